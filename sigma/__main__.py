@@ -1,0 +1,5 @@
+import sys
+
+from sigma.cli import main
+
+sys.exit(main())

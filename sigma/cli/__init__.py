@@ -1,0 +1,52 @@
+"""`sigma ...`: one entry point; each sub-command lives in its own module with `register` and `run`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sigma.errors import SigmaError
+
+# Each module defines register(subparsers) -> None and run(args) -> int.
+COMMAND_MODULES = (
+    "sigma.cli.annotate",
+    "sigma.cli.eval",
+    "sigma.cli.models",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sigma import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sigma",
+        description="SIGMA turns (original, edited, instruction) image pairs into pixel-accurate "
+                    "manipulation masks.",
+        epilog="Start with: sigma annotate ORIGINAL EDITED -i 'remove the boat' -o out/   "
+               "(sigma COMMAND --help for each command)",
+    )
+    parser.add_argument("--version", action="version", version=f"sigma {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except SigmaError as exc:
+        print(f"sigma: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sigma: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Merge defaults, a YAML file and `key=value` overrides once, validate, and write the result down.
+
+Plain values in, a validated pydantic object out: no global state, so the library can be called
+from any program (sam2's Hydra globals are what we avoid).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sigma.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_value(text: str) -> Any:
+    """`key=value` values are YAML scalars/lists: `0.1`, `true`, `[2,5,11]`, `null`, `name`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. threshold=0.4 or io.align=true)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        out[key] = parse_value(value)
+    return out
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
+    tree = json.loads(json.dumps(tree, default=str))
+    for key, value in overrides.items():
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(model: type[M], path: str | Path | None = None,
+                overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None) -> M:
+    """defaults (the model) < `base` < YAML file < overrides; errors name the offending key."""
+    tree: dict = dict(base or {})
+    if path is not None:
+        tree = deep_merge(tree, read_yaml(path))
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    tree = apply_overrides(tree, overrides or {})
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"invalid {model.__name__}: {problems}") from exc
+
+
+def config_hash(config: BaseModel | dict) -> str:
+    """Short stable hash of a resolved config; outputs are keyed by it."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to an output, atomically, so every result can be reproduced."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    target = directory / name
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(target)
+    return target

@@ -1,0 +1,26 @@
+"""Config sections shared by every front end. Each command composes these into its own model."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitsConfig(Strict):
+    max_pixels: int = Field(40_000_000, gt=0, description="largest width*height accepted per image")
+    max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="largest encoded image file accepted")
+    max_instruction_chars: int = Field(1000, gt=0)
+    max_aspect_change: float = Field(
+        0.05, ge=0, description="relative aspect-ratio difference between original and edited "
+        "above which the pair is refused instead of resized")
+
+
+class IOConfig(Strict):
+    limits: LimitsConfig = LimitsConfig()
+    align: bool = Field(False, description="estimate a small translation (phase correlation) and "
+                        "undo it on the edited image before differencing")
+    max_shift_px: int = Field(16, ge=0, description="largest translation `align` will undo")

@@ -1,0 +1,52 @@
+"""Errors that carry a stable machine-readable code.
+
+Every front end (CLI exit code 2, HTTP 4xx, batch manifests) maps these the same way, so a user
+sees one vocabulary of failure whichever way they call SIGMA.
+"""
+from __future__ import annotations
+
+
+class SigmaError(Exception):
+    """Base class: `code` is stable and documented; `message` is for people."""
+
+    code = "sigma_error"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+class InputError(SigmaError):
+    """Bad input from the user: a file, an image, an instruction, an option."""
+
+    code = "invalid_input"
+
+
+class ImageError(InputError):
+    code = "image_unreadable"
+
+
+class LimitError(InputError):
+    code = "limit_exceeded"
+
+
+class ConfigError(SigmaError):
+    code = "invalid_config"
+
+
+class UnknownNameError(SigmaError, KeyError):
+    code = "unknown_name"
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.message
+
+
+class WeightsNotFoundError(SigmaError):
+    """Raised instead of ever falling back to random weights."""
+
+    code = "weights_not_found"

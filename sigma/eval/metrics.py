@@ -1,0 +1,115 @@
+"""The one metrics module: training validation, `sigma eval` and benchmarks all score through it.
+
+Primary numbers follow IMDL-BenCo: per-image pixel F1, IoU and AUC at threshold 0.5, averaged over
+manipulated images (ground truth with at least one positive pixel). Secondary: pooled F1, PIXAR's
+cumulative IoU (cIoU) and mean per-image IoU (gIoU), averaged over all images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def _counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, int]:
+    pred = pred.astype(bool).ravel()
+    gt = gt.astype(bool).ravel()
+    tp = int(np.count_nonzero(pred & gt))
+    fp = int(np.count_nonzero(pred & ~gt))
+    fn = int(np.count_nonzero(~pred & gt))
+    tn = pred.size - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def f1_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    tp, fp, fn, _ = _counts(pred, gt)
+    denom = 2 * tp + fp + fn
+    return 1.0 if denom == 0 else 2 * tp / denom
+
+
+def iou_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    tp, fp, fn, _ = _counts(pred, gt)
+    denom = tp + fp + fn
+    return 1.0 if denom == 0 else tp / denom
+
+
+def auc_score(prob: np.ndarray, gt: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula with average ranks for ties; nan if one class."""
+    scores = prob.astype(np.float64).ravel()
+    labels = gt.astype(bool).ravel()
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    # average rank (1-based) of each run of equal scores
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [sorted_scores.size]))
+    run_rank = (starts + ends + 1) / 2.0
+    ranks = np.empty(scores.size, dtype=np.float64)
+    ranks[order] = np.repeat(run_rank, ends - starts)
+    rank_sum = ranks[labels].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+@dataclass
+class ImageScore:
+    pair_id: str
+    manipulated: bool
+    f1: float
+    iou: float
+    auc: float
+    gt_fraction: float
+    pred_fraction: float
+    tp: int
+    fp: int
+    fn: int
+
+
+def score_image(pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray) -> ImageScore:
+    if pred.shape != gt.shape or prob.shape != gt.shape:
+        raise ValueError(f"{pair_id}: prediction {pred.shape}/{prob.shape} vs ground truth {gt.shape}")
+    tp, fp, fn, _ = _counts(pred, gt)
+    manipulated = bool(gt.any())
+    return ImageScore(pair_id=pair_id, manipulated=manipulated, f1=f1_score(pred, gt), iou=iou_score(pred, gt),
+                      auc=auc_score(prob, gt), gt_fraction=float(gt.mean()), pred_fraction=float(pred.mean()),
+                      tp=tp, fp=fp, fn=fn)
+
+
+@dataclass
+class MetricAccumulator:
+    """update() per image, summary() at the end — the lifecycle IMDL-BenCo's evaluators share."""
+
+    scores: list[ImageScore] = field(default_factory=list)
+
+    def update(self, pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray) -> ImageScore:
+        score = score_image(pair_id, pred, prob, gt)
+        self.scores.append(score)
+        return score
+
+    def extend(self, other: "MetricAccumulator") -> None:
+        self.scores.extend(other.scores)
+
+    def summary(self) -> dict[str, float | int]:
+        return summarize(self.scores)
+
+
+def summarize(scores: list[ImageScore]) -> dict[str, float | int]:
+    manipulated = [s for s in scores if s.manipulated]
+    aucs = [s.auc for s in manipulated if not np.isnan(s.auc)]
+    tp = sum(s.tp for s in scores)
+    fp = sum(s.fp for s in scores)
+    fn = sum(s.fn for s in scores)
+    nan = float("nan")
+    return {
+        "pairs": len(scores),
+        "manipulated": len(manipulated),
+        "f1": float(np.mean([s.f1 for s in manipulated])) if manipulated else nan,
+        "iou": float(np.mean([s.iou for s in manipulated])) if manipulated else nan,
+        "auc": float(np.mean(aucs)) if aucs else nan,
+        "pooled_f1": (2 * tp / (2 * tp + fp + fn)) if (tp + fp + fn) else nan,
+        "ciou": (tp / (tp + fp + fn)) if (tp + fp + fn) else nan,
+        "giou": float(np.mean([s.iou for s in scores])) if scores else nan,
+    }

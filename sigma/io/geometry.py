@@ -1,0 +1,64 @@
+"""Bring the edited image onto the original's pixel grid before anything compares them."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from sigma.errors import InputError
+
+
+def check_aspect(original_hw: tuple[int, int], edited_hw: tuple[int, int], max_change: float,
+                 names: tuple[str, str] = ("original", "edited")) -> float:
+    """Relative aspect-ratio change; a change beyond `max_change` is a different picture, not a resize."""
+    ar_o = original_hw[1] / original_hw[0]
+    ar_e = edited_hw[1] / edited_hw[0]
+    change = abs(ar_e - ar_o) / ar_o
+    if change > max_change:
+        raise InputError(
+            f"{names[1]}: aspect ratio {edited_hw[1]}x{edited_hw[0]} differs from {names[0]} "
+            f"{original_hw[1]}x{original_hw[0]} by {change:.1%} (> io.limits.max_aspect_change "
+            f"{max_change:.1%}); crop or pad it to the original's framing", code="aspect_mismatch")
+    return change
+
+
+def sync_size(edited: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """Resize `edited` to `size_hw`: cubic when enlarging, area when shrinking (as PIXAR does)."""
+    h, w = size_hw
+    eh, ew = edited.shape[:2]
+    if (eh, ew) == (h, w):
+        return edited, None
+    enlarging = h * w > eh * ew
+    interp = cv2.INTER_CUBIC if enlarging else cv2.INTER_AREA
+    out = cv2.resize(edited, (w, h), interpolation=interp)
+    return out, f"edited resized {ew}x{eh} -> {w}x{h} ({'cubic' if enlarging else 'area'})"
+
+
+def estimate_translation(original: np.ndarray, edited: np.ndarray) -> tuple[float, float, float]:
+    """(dx, dy, response) such that edited(x + dx, y + dy) ≈ original(x, y), by phase correlation."""
+    a = cv2.cvtColor(original, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    b = cv2.cvtColor(edited, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    window = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_64F)
+    (dx, dy), response = cv2.phaseCorrelate(a, b, window)
+    return float(dx), float(dy), float(response)
+
+
+def undo_translation(edited: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Shift `edited` back by (dx, dy); borders are replicated so they do not light up as change."""
+    matrix = np.float32([[1, 0, -dx], [0, 1, -dy]])
+    return cv2.warpAffine(edited, matrix, (edited.shape[1], edited.shape[0]), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def align(original: np.ndarray, edited: np.ndarray, max_shift_px: int) -> tuple[np.ndarray, dict]:
+    dx, dy, response = estimate_translation(original, edited)
+    info = {"dx": round(dx, 3), "dy": round(dy, 3), "response": round(response, 4)}
+    if max(abs(dx), abs(dy)) < 0.25:
+        info["applied"] = False
+        info["reason"] = "shift below 0.25 px"
+        return edited, info
+    if max(abs(dx), abs(dy)) > max_shift_px:
+        info["applied"] = False
+        info["reason"] = f"shift beyond io.max_shift_px={max_shift_px}; not treated as misalignment"
+        return edited, info
+    info["applied"] = True
+    return undo_translation(edited, dx, dy), info

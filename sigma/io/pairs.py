@@ -1,0 +1,60 @@
+"""Build a `Pair` from files or bytes: decode, check, size-sync, optionally align."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sigma.config.schema import IOConfig
+from sigma.errors import InputError
+from sigma.io.geometry import align, check_aspect, sync_size
+from sigma.io.images import DecodedImage, decode_image, read_image
+from sigma.types import Pair
+
+
+def check_instruction(instruction: str | None, max_chars: int) -> str | None:
+    if instruction is None:
+        return None
+    if not isinstance(instruction, str):
+        raise InputError(f"instruction must be text, got {type(instruction).__name__}", code="invalid_instruction")
+    if not instruction.strip():
+        raise InputError("instruction is empty; leave it out to annotate without one",
+                         code="empty_instruction")
+    if len(instruction) > max_chars:
+        raise InputError(f"instruction has {len(instruction)} characters, more than "
+                         f"io.limits.max_instruction_chars={max_chars}", code="instruction_too_long")
+    return instruction.strip()
+
+
+def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction: str | None,
+                      io_config: IOConfig, pair_id: str = "pair",
+                      names: tuple[str, str] = ("original", "edited")) -> Pair:
+    instruction = check_instruction(instruction, io_config.limits.max_instruction_chars)
+    size_hw = original.rgb.shape[:2]
+    check_aspect(size_hw, edited.rgb.shape[:2], io_config.limits.max_aspect_change, names)
+    edited_rgb, resize_note = sync_size(edited.rgb, size_hw)
+    preprocess: dict = {"original": original.notes, "edited": edited.notes}
+    if resize_note:
+        preprocess["resize"] = resize_note
+    if io_config.align:
+        edited_rgb, info = align(original.rgb, edited_rgb, io_config.max_shift_px)
+        preprocess["alignment"] = info
+    return Pair(original=original.rgb, edited=np.ascontiguousarray(edited_rgb), instruction=instruction,
+                pair_id=pair_id, preprocess=preprocess)
+
+
+def load_pair(original: str | Path, edited: str | Path, instruction: str | None = None,
+              io_config: IOConfig | None = None, pair_id: str | None = None) -> Pair:
+    io_config = io_config or IOConfig()
+    decoded_o = read_image(original, io_config.limits)
+    decoded_e = read_image(edited, io_config.limits)
+    return pair_from_decoded(decoded_o, decoded_e, instruction, io_config,
+                             pair_id or Path(original).stem, (str(original), str(edited)))
+
+
+def pair_from_bytes(original: bytes, edited: bytes, instruction: str | None = None,
+                    io_config: IOConfig | None = None, pair_id: str = "pair") -> Pair:
+    io_config = io_config or IOConfig()
+    decoded_o = decode_image(original, "original", io_config.limits)
+    decoded_e = decode_image(edited, "edited", io_config.limits)
+    return pair_from_decoded(decoded_o, decoded_e, instruction, io_config, pair_id)

@@ -1,0 +1,87 @@
+"""The two values that cross every boundary: a `Pair` in, an `Annotation` out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Pair:
+    """An (original, edited, instruction) triple, already decoded and size-synchronised.
+
+    Images are uint8 RGB arrays of identical shape [H, W, 3]; `io.load_pair` guarantees it and
+    records what it had to do (alpha, EXIF, resize, shift) in `preprocess`.
+    """
+
+    original: np.ndarray
+    edited: np.ndarray
+    instruction: str | None = None
+    pair_id: str = "pair"
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("original", "edited"):
+            img = getattr(self, name)
+            if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError(f"Pair.{name} must be a uint8 [H, W, 3] array, got "
+                                 f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}")
+        if self.original.shape != self.edited.shape:
+            raise ValueError(f"Pair images differ in shape: {self.original.shape} vs {self.edited.shape}; "
+                             "use sigma.io.load_pair or sigma.io.sync_size first")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the original, the size every output is given at."""
+        return self.original.shape[0], self.original.shape[1]
+
+
+@dataclass
+class Annotation:
+    """What an annotator says about one pair, at the original's resolution."""
+
+    pair_id: str
+    prob: np.ndarray            # float32 [H, W] in [0, 1]
+    mask: np.ndarray            # bool [H, W]
+    threshold: float
+    annotator: str
+    config_hash: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)   # parser output, prior flags, confidence, ...
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def area_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def rle(self) -> dict:
+        from sigma.io.rle import encode_rle
+
+        return encode_rle(self.mask)
+
+    def bbox(self) -> list[int]:
+        from sigma.io.rle import mask_bbox
+
+        return mask_bbox(self.mask)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record with SA-1B field names (`segmentation{size,counts}`, `area`, `bbox`)."""
+        return {
+            "pair_id": self.pair_id,
+            "annotator": self.annotator,
+            "config_hash": self.config_hash,
+            "threshold": self.threshold,
+            "segmentation": self.rle(),
+            "area": self.area,
+            "bbox": self.bbox(),
+            "area_fraction": round(self.area_fraction, 6),
+            "size": [int(self.mask.shape[0]), int(self.mask.shape[1])],
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "preprocess": self.preprocess,
+            **self.extra,
+        }
