@@ -1,0 +1,115 @@
+"""Build, save and load SigmaNets. A saved model is a folder: `config.json` (the SigmaNetConfig) +
+`model.safetensors` (every tensor, backbone included), loaded strictly."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sigma.errors import ConfigError, WeightsNotFoundError
+from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
+from sigma.models.presets import PRESETS
+from sigma.models.sigma_net import SigmaNet
+from sigma.models.weights import load_safetensors, strict_load
+
+FORMAT = "sigma-net"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def preset_config(name: str, **overrides: Any) -> SigmaNetConfig:
+    if name not in PRESETS:
+        import difflib
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown model preset {name!r}.{hint} Known: {', '.join(sorted(PRESETS))}")
+    return make_config({**PRESETS[name], "name": name, **overrides})
+
+
+def make_config(data: dict[str, Any] | SigmaNetConfig) -> SigmaNetConfig:
+    if isinstance(data, SigmaNetConfig):
+        return data
+    try:
+        return SigmaNetConfig.model_validate(data)
+    except Exception as exc:  # pydantic ValidationError → a SIGMA error with the reason
+        raise ConfigError(f"invalid SigmaNet config: {exc}") from exc
+
+
+def build_model(config: SigmaNetConfig | str | dict[str, Any], *, pretrained: bool = True,
+                state_dict: dict[str, torch.Tensor] | None = None, allow_download: bool = False) -> SigmaNet:
+    """Build the architecture. `pretrained` loads the backbone's pretrained weights where it has any
+    (DINOv2; the compact backbone has none: it is trained from scratch). An explicit `state_dict` wins
+    over every other source and is loaded strictly into the whole network."""
+    cfg = preset_config(config) if isinstance(config, str) else make_config(config)
+    model = SigmaNet(cfg, pretrained=pretrained and state_dict is None, allow_download=allow_download)
+    if state_dict is not None:
+        strict_load(model, state_dict, f"SigmaNet {cfg.name}")
+    return model
+
+
+def _self_contained(cfg: SigmaNetConfig, model: SigmaNet) -> SigmaNetConfig:
+    """Record the DINOv2 architecture in the saved config so loading needs no backbone config.json."""
+    if isinstance(cfg.backbone, Dinov2BackboneConfig) and cfg.backbone.hf_config is None:
+        hf = model.backbone.model.config.to_dict()
+        keep = {k: v for k, v in hf.items() if k not in {"architectures", "transformers_version", "torch_dtype",
+                                                           "dtype", "_name_or_path", "id2label", "label2id"}}
+        backbone = cfg.backbone.model_copy(update={"hf_config": keep})
+        cfg = cfg.model_copy(update={"backbone": backbone})
+    return cfg
+
+
+def save_model(model: SigmaNet, directory: str | Path) -> Path:
+    """Atomic: files are written under temporary names and renamed, so a kill never leaves half a model."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = _self_contained(model.config, model)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tmp_w = directory / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp_w), metadata={"format": FORMAT})
+    tmp_c = directory / (CONFIG_NAME + ".tmp")
+    tmp_c.write_text(json.dumps({"format": FORMAT, "version": 1, "config": cfg.model_dump(mode="json")}, indent=2))
+    os.replace(tmp_w, directory / WEIGHTS_NAME)
+    os.replace(tmp_c, directory / CONFIG_NAME)
+    return directory
+
+
+def model_files(path: str | Path) -> tuple[Path, Path]:
+    """(config, weights) for a saved folder, or for `X.safetensors` with `X.json` beside it."""
+    path = Path(path)
+    if path.is_dir():
+        return path / CONFIG_NAME, path / WEIGHTS_NAME
+    if path.suffix == ".safetensors":
+        return path.with_suffix(".json"), path
+    if path.suffix == ".json":
+        return path, path.with_suffix(".safetensors")
+    return path / CONFIG_NAME, path / WEIGHTS_NAME
+
+
+def read_config(path: str | Path) -> SigmaNetConfig:
+    cfg_path, _ = model_files(path)
+    if not cfg_path.is_file():
+        raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} (a saved model is a folder with "
+                                   f"{CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json)")
+    try:
+        data = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if data.get("format") != FORMAT:
+        raise ConfigError(f"{cfg_path}: not a SigmaNet config (format {data.get('format')!r}, want {FORMAT!r})")
+    return make_config(data["config"])
+
+
+def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") -> SigmaNet:
+    cfg_path, weights_path = model_files(path)
+    cfg = read_config(path)
+    if not weights_path.is_file():
+        raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
+    state = load_safetensors(weights_path)
+    model = SigmaNet(cfg, pretrained=False)
+    strict_load(model, state, f"SigmaNet at {weights_path}")
+    return model.to(map_location)

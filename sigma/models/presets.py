@@ -1,0 +1,46 @@
+"""Named model configurations, as data. `build_model(name)` validates one into a SigmaNetConfig."""
+from __future__ import annotations
+
+from typing import Any
+
+TINY_DINOV2 = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
+               "patch_size": 14, "image_size": 56}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # compact backbone trained from scratch; refinement attends at 1/16 (32x32 tokens at 512 px)
+    "sigma-lite": {
+        "backbone": {"kind": "compact", "widths": [16, 32, 64, 128, 256], "depths": [0, 1, 1, 2, 2],
+                     "expansion": 3},
+        "image_size": 512, "size_multiple": 32, "keep_aspect": True,
+        "dim": 128, "token_stride": 16, "skip_dims": [64, 32, 16],
+        "refine_blocks": 2, "refine_heads": 4, "ffn_ratio": 2.0, "max_regions": 8,
+    },
+    # the paper's model: frozen DINOv2-B/14 at 518 px (37x37 tokens), taps = blocks 2, 5, 11
+    "sigma-b": {
+        "backbone": {"kind": "dinov2", "weights": "facebook/dinov2-base", "taps": [3, 6, 12]},
+        "image_size": 518, "size_multiple": 14, "keep_aspect": False,
+        "dim": 256, "token_stride": 14, "skip_dims": [64, 32], "pixel_stem": True,
+        "refine_blocks": 2, "refine_heads": 8, "ffn_ratio": 2.0, "max_regions": 8,
+    },
+    "sigma-s": {
+        "backbone": {"kind": "dinov2", "weights": "facebook/dinov2-small", "taps": [3, 6, 12]},
+        "image_size": 518, "size_multiple": 14, "keep_aspect": False,
+        "dim": 192, "token_stride": 14, "skip_dims": [64, 32], "pixel_stem": True,
+        "refine_blocks": 2, "refine_heads": 6, "ffn_ratio": 2.0, "max_regions": 8,
+    },
+    # tiny test configurations: build offline in milliseconds
+    "tiny-dinov2": {
+        "backbone": {"kind": "dinov2", "weights": "tiny-dinov2 (random)", "hf_config": TINY_DINOV2,
+                     "taps": [1, 2, 4]},
+        "image_size": 56, "size_multiple": 14, "keep_aspect": False,
+        "dim": 32, "token_stride": 14, "skip_dims": [16, 8], "pixel_stem": True,
+        "refine_blocks": 2, "refine_heads": 2, "ffn_ratio": 2.0, "max_regions": 4,
+    },
+    "tiny-lite": {
+        "backbone": {"kind": "compact", "widths": [8, 16, 16, 32, 32], "depths": [0, 1, 0, 1, 1],
+                     "expansion": 2},
+        "image_size": 64, "size_multiple": 32, "keep_aspect": True,
+        "dim": 32, "token_stride": 16, "skip_dims": [16, 16, 8],
+        "refine_blocks": 2, "refine_heads": 2, "ffn_ratio": 2.0, "max_regions": 4,
+    },
+}

@@ -1,0 +1,126 @@
+"""Where weights come from, in one fixed order that is data, not code.
+
+Order (first hit wins):
+  1. an explicit state dict handed to the builder (training, tests, a checkpoint already in memory);
+  2. a local file or directory (a `save_pretrained` folder, a `.safetensors` file);
+  3. the Hugging Face cache with `local_files_only=True` (honours `HF_HOME`, `HF_HUB_CACHE`,
+     `HF_HUB_OFFLINE`, resolved by huggingface_hub at call time, never cached by us);
+  4. a download, only when the caller allows it.
+Nothing found raises `WeightsNotFoundError` naming every place looked and what to do; nothing ever
+falls back to random weights unless the caller opted in explicitly.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sigma.errors import WeightsNotFoundError
+
+class WeightsMismatchError(WeightsNotFoundError):
+    """Weights were found but their keys or shapes do not fit the architecture (strict loading)."""
+
+    code = "weights_mismatch"
+
+
+RESOLUTION_ORDER: tuple[str, ...] = ("state_dict", "local_path", "hf_cache", "download")
+
+
+@dataclass
+class ResolvedWeights:
+    """How a weight reference was resolved: `kind` is one of RESOLUTION_ORDER (or "random_init")."""
+
+    kind: str
+    location: str
+    state_dict: dict[str, Any] | None = None
+    looked: list[str] = field(default_factory=list)
+
+
+def hf_cache_dir() -> str:
+    """The hub cache huggingface_hub would use right now (env vars read at call time)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(home, "hub")
+
+
+def looks_like_repo_id(ref: str) -> bool:
+    return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).exists()
+
+
+def downloads_allowed(allow_download: bool) -> bool:
+    """A download needs the caller's yes and must not contradict HF_HUB_OFFLINE."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return allow_download and not offline
+
+
+def resolve_hf_reference(ref: str, *, filename: str = "config.json", allow_download: bool = False,
+                         what: str = "weights", hint: str = "") -> ResolvedWeights:
+    """Resolve a local path or a Hugging Face repo id to a local directory (steps 2–4).
+
+    Returns the directory holding `filename`; the caller loads it strictly.
+    """
+    looked: list[str] = []
+    path = Path(os.path.expanduser(ref))
+    if path.exists():
+        if path.is_dir() and not (path / filename).is_file():
+            looked.append(f"local directory {path} (no {filename} in it)")
+        else:
+            return ResolvedWeights("local_path", str(path), looked=looked)
+    else:
+        looked.append(f"local path {path} (does not exist)")
+    if looks_like_repo_id(ref):
+        cache = hf_cache_dir()
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            looked.append("Hugging Face cache (huggingface_hub is not installed: pip install 'sigma-masks[hf]')")
+        else:
+            try:
+                local = snapshot_download(ref, local_files_only=True, cache_dir=cache)
+                if (Path(local) / filename).is_file():
+                    return ResolvedWeights("hf_cache", local, looked=looked)
+                looked.append(f"Hugging Face cache {cache} (snapshot of {ref} lacks {filename})")
+            except Exception:  # noqa: BLE001 - every miss is reported the same way below
+                looked.append(f"Hugging Face cache {cache} (no snapshot of {ref}; HF_HOME/HF_HUB_CACHE "
+                              "choose this folder)")
+            if downloads_allowed(allow_download):
+                try:
+                    local = snapshot_download(ref, cache_dir=cache)
+                    return ResolvedWeights("download", local, looked=looked)
+                except Exception as exc:  # noqa: BLE001
+                    looked.append(f"download of {ref} from the Hugging Face Hub failed ({exc.__class__.__name__})")
+            else:
+                why = "HF_HUB_OFFLINE is set" if allow_download else "downloads are off (allow_download=false)"
+                looked.append(f"download from the Hugging Face Hub ({why})")
+    raise WeightsNotFoundError(
+        f"{what} {ref!r} not found. Looked at, in order: " + "; ".join(looked) + ". "
+        + (hint or "Pass a local path (a save_pretrained folder or .safetensors file), put the files in "
+           "the Hugging Face cache, or allow a download."))
+
+
+def load_safetensors(path: str | Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
+    """load_state_dict(strict=True) with an error that lists the offending keys, as a SIGMA error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
+    if missing or unexpected or bad_shape:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {show(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {show(unexpected)}")
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} shape mismatch(es): {show(bad_shape)}")
+        raise WeightsMismatchError(f"{what}: weights do not match the architecture — " + "; ".join(parts))
+    module.load_state_dict(state_dict, strict=True)
