@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sigma.models.config import CompactBackboneConfig, Dinov2BackboneConfig
-from sigma.models.weights import ResolvedWeights, load_safetensors, resolve_hf_reference, strict_load
+from sigma.models.weights import ResolvedWeights, resolve_hf_reference
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,14 +108,16 @@ class Dinov2Backbone(Backbone):
         else:
             self.resolved = resolve_hf_reference(cfg.weights, allow_download=allow_download,
                                                  what="DINOv2 backbone")
-            hf_config = AutoConfig.from_pretrained(self.resolved.location, local_files_only=True)
+            hf_config = AutoConfig.from_pretrained(self._config_location(self.resolved.location),
+                                                   local_files_only=True)
         model_cls = _dinov2_classes(hf_config)
-        self.model = model_cls(hf_config)
         if pretrained:
             if self.resolved is None:
                 self.resolved = resolve_hf_reference(cfg.weights, allow_download=allow_download,
                                                      what="DINOv2 backbone")
-            self._load(self.resolved.location)
+            self.model = self._load(model_cls, hf_config, self.resolved.location)
+        else:
+            self.model = model_cls(hf_config)
         n_layers = hf_config.num_hidden_layers
         for tap in cfg.taps:
             if not 0 <= tap <= n_layers:
@@ -133,22 +135,47 @@ class Dinov2Backbone(Backbone):
             self.model.requires_grad_(False)
             self.model.eval()
 
-    def _load(self, location: str) -> None:
+    @staticmethod
+    def _config_location(location: str) -> str:
+        """A folder is its own config; a bare .safetensors needs config.json (or X.json) beside it."""
         from pathlib import Path
 
         path = Path(location)
-        files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-        if not files:
-            from sigma.errors import WeightsNotFoundError
-            raise WeightsNotFoundError(f"DINOv2 backbone: no .safetensors file in {path}")
-        state: dict[str, Any] = {}
-        for file in files:
-            state.update(load_safetensors(file))
-        # save_pretrained of the bare model writes keys without a prefix; some checkpoints carry "dinov2."
-        prefix = "dinov2."
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-        strict_load(self.model, state, f"DINOv2 backbone at {path}")
+        if path.is_dir():
+            return str(path)
+        for candidate in (path.parent / "config.json", path.with_suffix(".json")):
+            if candidate.is_file():
+                return str(candidate)
+        from sigma.errors import ConfigError
+        raise ConfigError(f"{path}: a bare DINOv2 weights file needs its architecture: put config.json beside "
+                          "it or set backbone.hf_config")
+
+    @staticmethod
+    def _load(model_cls, hf_config, location: str):
+        """transformers' own loader (it maps legacy key names, e.g. attention.query → q_proj), made
+        strict: any missing, unexpected or mis-shaped key is an error instead of a warning."""
+        import tempfile
+        from pathlib import Path
+
+        from sigma.models.weights import WeightsMismatchError
+
+        path = Path(location)
+        with tempfile.TemporaryDirectory() as tmp:
+            if path.is_file():   # a bare .safetensors: give it the architecture's config beside it
+                folder = Path(tmp)
+                (folder / "model.safetensors").symlink_to(path.resolve())
+                hf_config.save_pretrained(folder)
+            else:
+                folder = path
+            model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32,
+                                                    output_loading_info=True)
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys",
+                                                                  "mismatched_keys", "error_msgs")}
+        if problems:
+            detail = "; ".join(f"{k}: {', '.join(map(str, list(v)[:5]))}" for k, v in problems.items())
+            raise WeightsMismatchError(f"DINOv2 backbone at {path}: weights do not match the architecture — "
+                                       f"{detail}")
+        return model
 
     def train(self, mode: bool = True) -> "Dinov2Backbone":
         super().train(mode)
