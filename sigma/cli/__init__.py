@@ -18,7 +18,9 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     from sigma import __version__
 
-    parser = argparse.ArgumentParser(
+    from sigma.cli.common import SigmaArgumentParser
+
+    parser = SigmaArgumentParser(
         prog="sigma",
         description="SIGMA turns (original, edited, instruction) image pairs into pixel-accurate "
                     "manipulation masks.",
@@ -34,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: an exit code, also when called in-process
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -8,6 +8,14 @@ from typing import Any
 from sigma.errors import ConfigError
 
 
+class SigmaArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line in the same `sigma: error [code]: ...` form as every
+    other error (argparse's default prints the whole usage block first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"sigma: error [bad_arguments]: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
