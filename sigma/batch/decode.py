@@ -1,0 +1,73 @@
+"""Runs in the decode worker processes: encoded bytes (or paths) → a checked `Pair`, hashes and sizes.
+
+Kept free of torch and of the annotator so a spawned worker starts in well under a second.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sigma.config.schema import IOConfig
+from sigma.errors import ImageError, LimitError, SigmaError
+from sigma.io.corpora.base import SourceItem
+from sigma.io.images import decode_image
+from sigma.io.pairs import pair_from_bytes
+from sigma.types import Pair
+
+
+@dataclass
+class Decoded:
+    item: SourceItem                       # bytes dropped: only the description travels back
+    pair: Pair | None = None
+    gt: np.ndarray | None = None           # bool ground truth at the original's size
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: tuple[str, str] | None = None
+
+
+def _read(path: str, max_bytes: int) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{path}: file not found", code="file_not_found")
+    if p.stat().st_size > max_bytes:
+        raise LimitError(f"{path}: {p.stat().st_size} bytes exceeds io.limits.max_bytes={max_bytes}",
+                         code="file_too_large")
+    return p.read_bytes()
+
+
+def decode_one(item: SourceItem, io_config: IOConfig) -> Decoded:
+    light = replace(item, original=None, edited=None, mask=None)
+    if item.error:
+        return Decoded(light, error=item.error)
+    meta: dict[str, Any] = {}
+    try:
+        original = item.original if item.original is not None else _read(item.original_path, io_config.limits.max_bytes)
+        edited = item.edited if item.edited is not None else _read(item.edited_path, io_config.limits.max_bytes)
+        meta["original_sha256"] = hashlib.sha256(original).hexdigest()
+        meta["edited_sha256"] = hashlib.sha256(edited).hexdigest()
+        pair = pair_from_bytes(original, edited, item.instruction, io_config, pair_id=item.pair_id)
+    except SigmaError as exc:
+        message = exc.message if item.source in exc.message else f"{item.source}: {exc.message}"
+        return Decoded(light, meta=meta, error=(exc.code, message))
+    except Exception as exc:   # a decoder bug must cost one pair, not the run
+        return Decoded(light, meta=meta, error=("decode_failed", f"{item.source}: {type(exc).__name__}: {exc}"))
+    gt = None
+    if item.mask is not None or item.mask_path:
+        try:
+            data = item.mask if item.mask is not None else _read(item.mask_path, io_config.limits.max_bytes)
+            rgb = decode_image(data, "mask", io_config.limits).rgb
+            if rgb.shape[:2] == pair.size:
+                gt = rgb.astype(np.float32).mean(axis=2) > 127.5
+            else:
+                meta["gt_note"] = f"ground truth {rgb.shape[:2]} differs from the pair's {pair.size}: not scored"
+        except SigmaError as exc:
+            meta["gt_note"] = f"ground truth unreadable: [{exc.code}] {exc.message}"
+    return Decoded(light, pair=pair, gt=gt, meta=meta)
+
+
+def decode_items(items: list[SourceItem], io_config: dict[str, Any]) -> list[Decoded]:
+    cfg = IOConfig.model_validate(io_config)
+    return [decode_one(item, cfg) for item in items]

@@ -1,0 +1,132 @@
+"""The run folder: where each file lives, and the manifest of shard status.
+
+    OUT/run.json                  config, corpus identity, run hash, the planned shards (fixed at first run)
+    OUT/config.yaml               the resolved config (sigma.config.save_resolved)
+    OUT/shards/<key>.<hash>.parquet   one manifest per shard: a pure function of (input, shard, run hash)
+    OUT/status/<key>.json         written after the shard's parquet is renamed into place: "done" or "failed"
+    OUT/masks/<key>/<pair>.png    optional PNG masks
+
+Status lives in one small file per shard so that many fleet workers can finish shards concurrently without
+rewriting a shared file; `summary()` aggregates them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sigma.errors import InputError
+from sigma.io.corpora.base import Shard
+
+RUN_FILE = "run.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # --- the run record -------------------------------------------------------------------------
+    @property
+    def run_file(self) -> Path:
+        return self.root / RUN_FILE
+
+    def exists(self) -> bool:
+        return self.run_file.is_file()
+
+    def load(self) -> dict[str, Any]:
+        if not self.exists():
+            raise InputError(f"{self.root}: not a batch run folder (no {RUN_FILE}); start one with sigma batch run",
+                             code="not_a_run")
+        try:
+            return json.loads(self.run_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{self.run_file}: unreadable ({exc})", code="bad_run") from exc
+
+    def shards(self) -> list[Shard]:
+        return [Shard.from_dict(s) for s in self.load()["shards"]]
+
+    def write_run(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.run_file, record)
+
+    # --- per-shard paths --------------------------------------------------------------------------
+    def shard_path(self, shard: Shard, run_hash: str) -> Path:
+        return self.root / "shards" / f"{shard.key}.{run_hash}.parquet"
+
+    def status_path(self, shard: Shard) -> Path:
+        return self.root / "status" / f"{shard.key}.json"
+
+    def mask_dir(self, shard: Shard) -> Path:
+        return self.root / "masks" / shard.key
+
+    def status(self, shard: Shard) -> dict[str, Any] | None:
+        path = self.status_path(shard)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def is_done(self, shard: Shard, run_hash: str) -> bool:
+        """Done = a "done" status for this run hash and the output it names is there, unchanged."""
+        st = self.status(shard)
+        if not st or st.get("status") != "done" or st.get("run_hash") != run_hash:
+            return False
+        out = self.shard_path(shard, run_hash)
+        return out.is_file() and out.stat().st_size == st.get("bytes")
+
+    def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
+        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+
+    def summary(self) -> dict[str, Any]:
+        record = self.load()
+        run_hash = record["run_hash"]
+        counts = {"done": 0, "failed": 0, "pending": 0}
+        pairs = ok = errors = 0
+        codes: dict[str, int] = {}
+        failed: list[dict[str, str]] = []
+        for shard in self.shards():
+            st = self.status(shard)
+            if self.is_done(shard, run_hash):
+                counts["done"] += 1
+                pairs += st["pairs"]
+                ok += st["ok"]
+                errors += st["errors"]
+                for code, n in st.get("error_codes", {}).items():
+                    codes[code] = codes.get(code, 0) + n
+            elif st and st.get("status") == "failed" and st.get("run_hash") == run_hash:
+                counts["failed"] += 1
+                failed.append({"shard": shard.key, "error": st.get("error", "")})
+            else:
+                counts["pending"] += 1
+        return {"run_hash": run_hash, "shards": len(record["shards"]), **counts, "pairs": pairs, "ok": ok,
+                "errors": errors, "error_codes": dict(sorted(codes.items())), "failed_shards": failed,
+                "planned_pairs": record.get("planned_pairs")}
+
+    def done_outputs(self) -> list[tuple[Shard, Path]]:
+        run_hash = self.load()["run_hash"]
+        return [(s, self.shard_path(s, run_hash)) for s in self.shards() if self.is_done(s, run_hash)]

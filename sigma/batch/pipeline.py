@@ -1,0 +1,276 @@
+"""The shard pipeline: a reading thread, decode processes, batched inference here, a writing thread.
+
+    feeder thread ── chunks of SourceItems ──▶ decode processes ──▶ futures (bounded queue, in order)
+    main thread: wait on futures in order, batch pairs (never across shards), annotator.predict
+    writer thread: rows → one parquet per shard (temp + atomic rename) → status file
+
+Bounded queues keep memory flat however long the run; the annotator never waits on disk while the
+decode window is full.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from sigma.batch.decode import Decoded, decode_items
+from sigma.batch.layout import RunDir, sha256_file
+from sigma.batch.rows import error_row, ok_row, rows_to_table
+from sigma.errors import SigmaError
+from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
+from sigma.io.images import write_png
+
+_END = object()
+
+
+@dataclass
+class ShardResult:
+    shard: Shard
+    status: str                     # "done" | "failed"
+    pairs: int = 0
+    ok: int = 0
+    errors: int = 0
+    error: str | None = None
+
+
+@dataclass
+class PipelineStats:
+    pairs: int = 0
+    errors: int = 0
+    shards: list[ShardResult] = field(default_factory=list)
+
+
+class _Immediate:
+    """A finished future, for decoding in the reading thread (workers=0)."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
+    chunk: list[SourceItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class ShardWriter:
+    """Background thread: collects rows per shard and publishes the shard's parquet + status atomically."""
+
+    def __init__(self, rundir: RunDir, run_hash: str, on_shard: Callable[[ShardResult], None]):
+        self.rundir, self.run_hash, self.on_shard = rundir, run_hash, on_shard
+        self.q: queue.Queue = queue.Queue(maxsize=64)
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="sigma-batch-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, message: tuple) -> None:
+        if self.failure is not None:
+            raise RuntimeError(f"the shard writer failed: {self.failure}") from self.failure
+        self.q.put(message)
+
+    def _loop(self) -> None:
+        while True:
+            message = self.q.get()
+            if message is _END:
+                return
+            try:
+                self._handle(*message)
+            except BaseException as exc:   # surfaced to the main thread on its next put()
+                self.failure = exc
+                return
+
+    def _handle(self, kind: str, shard: Shard, payload: Any = None) -> None:
+        if kind == "row":
+            self.rows.setdefault(shard.key, []).append(payload)
+        elif kind == "ok":
+            # RLE, ground-truth scores and PNGs are built here, off the inference thread
+            decoded, ann, mask_rel = payload
+            row = ok_row(decoded, ann, shard.key, self.run_hash, mask_rel)
+            if mask_rel is not None:
+                write_png(ann.mask.astype("uint8") * 255, self.rundir.root / mask_rel)
+            self.rows.setdefault(shard.key, []).append(row)
+        elif kind == "finish":
+            rows = self.rows.pop(shard.key, [])
+            self._publish(shard, rows)
+        elif kind == "abort":
+            self.rows.pop(shard.key, None)
+            self.rundir.write_status(shard, {"status": "failed", "run_hash": self.run_hash, "error": str(payload)})
+            self.on_shard(ShardResult(shard, "failed", error=str(payload)))
+
+    def _publish(self, shard: Shard, rows: list[dict[str, Any]]) -> None:
+        import pyarrow.parquet as pq
+
+        target = self.rundir.shard_path(shard, self.run_hash)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        pq.write_table(rows_to_table(rows), tmp, compression="zstd", row_group_size=max(len(rows), 1))
+        tmp.replace(target)
+        errors = [r for r in rows if r["status"] != "ok"]
+        codes: dict[str, int] = {}
+        for r in errors:
+            codes[r["error_code"]] = codes.get(r["error_code"], 0) + 1
+        self.rundir.write_status(shard, {
+            "status": "done", "run_hash": self.run_hash, "output": str(target.relative_to(self.rundir.root)),
+            "bytes": target.stat().st_size, "sha256": sha256_file(target), "pairs": len(rows),
+            "ok": len(rows) - len(errors), "errors": len(errors), "error_codes": codes})
+        self.on_shard(ShardResult(shard, "done", len(rows), len(rows) - len(errors), len(errors)))
+
+    def close(self) -> None:
+        self.q.put(_END)
+        self.thread.join()
+        if self.failure is not None:
+            raise RuntimeError(f"the shard writer failed: {self.failure}") from self.failure
+
+
+class Pipeline:
+    """Reusable across calls (fleet workers keep one per process): holds the decode pool and annotator."""
+
+    def __init__(self, annotator, io_config: dict[str, Any], batch_size: int, workers: int,
+                 png_masks: bool = False):
+        self.annotator = annotator
+        self.io_config = io_config
+        self.batch_size = batch_size
+        self.workers = workers
+        self.png_masks = png_masks
+        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                     if workers > 0 else None)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- reading ---------------------------------------------------------------------------------
+    def _submit(self, chunk: list[SourceItem]):
+        if self.pool is None:
+            return _Immediate(decode_items(chunk, self.io_config))
+        return self.pool.submit(decode_items, chunk, self.io_config)
+
+    def _feed(self, corpus: Corpus, shards: list[Shard], q: queue.Queue, stop: threading.Event) -> None:
+        chunk_size = max(1, min(self.batch_size, 16))
+        try:
+            for shard in shards:
+                if stop.is_set():
+                    break
+                try:
+                    for chunk in _chunks(corpus.read(shard), chunk_size):
+                        q.put(("chunk", shard, self._submit(chunk)))
+                        if stop.is_set():
+                            break
+                    q.put(("end", shard, None))
+                except Exception as exc:   # a shard that cannot be read fails alone; the run goes on
+                    q.put(("fail", shard, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"))
+        finally:
+            q.put(None)
+
+    # --- running ---------------------------------------------------------------------------------
+    def run(self, corpus: Corpus, shards: list[Shard], rundir: RunDir, run_hash: str,
+            progress=None) -> PipelineStats:
+        stats = PipelineStats()
+        writer = ShardWriter(rundir, run_hash, stats.shards.append)
+        window = 2 * max(self.workers, 1) + 2
+        q: queue.Queue = queue.Queue(maxsize=window)
+        stop = threading.Event()
+        feeder = threading.Thread(target=self._feed, args=(corpus, shards, q, stop), name="sigma-batch-reader",
+                                  daemon=True)
+        feeder.start()
+        buffer: list[Decoded] = []
+        failed: set[str] = set()
+        try:
+            while True:
+                message = q.get()
+                if message is None:
+                    break
+                kind, shard, payload = message
+                if shard.key in failed:
+                    continue
+                if kind == "chunk":
+                    try:
+                        results = payload.result()
+                    except Exception as exc:   # a decode worker died (e.g. killed by the OOM killer)
+                        buffer.clear()
+                        failed.add(shard.key)
+                        writer.put(("abort", shard, f"decode worker failed: {type(exc).__name__}: {exc}"))
+                        continue
+                    for decoded in results:
+                        if decoded.error:
+                            code, msg = decoded.error
+                            writer.put(("row", shard, error_row(decoded, shard.key, run_hash, code, msg)))
+                            self._tick(stats, progress, error=True)
+                        else:
+                            buffer.append(decoded)
+                            if len(buffer) >= self.batch_size:
+                                self._infer(buffer, shard, writer, run_hash, stats, progress)
+                                buffer = []
+                elif kind == "end":
+                    if buffer:
+                        self._infer(buffer, shard, writer, run_hash, stats, progress)
+                        buffer = []
+                    writer.put(("finish", shard))
+                elif kind == "fail":
+                    buffer = []
+                    writer.put(("abort", shard, payload))
+        finally:
+            stop.set()
+            while feeder.is_alive():   # unblock a feeder waiting on a full queue
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            writer.close()
+        return stats
+
+    def _tick(self, stats: PipelineStats, progress, error: bool, n: int = 1) -> None:
+        stats.pairs += n
+        if error:
+            stats.errors += n
+        if progress is not None:
+            progress.update(n)
+            if error:
+                progress.set_postfix(errors=stats.errors, refresh=False)
+
+    def _infer(self, batch: list[Decoded], shard: Shard, writer: ShardWriter, run_hash: str,
+               stats: PipelineStats, progress) -> None:
+        try:
+            annotations = self.annotator.predict([d.pair for d in batch])
+            outcomes = list(zip(batch, annotations, [None] * len(batch)))
+        except Exception:
+            # isolate the pair that broke the batch; the others are annotated one by one
+            outcomes = []
+            for d in batch:
+                try:
+                    outcomes.append((d, self.annotator.predict([d.pair])[0], None))
+                except SigmaError as exc:
+                    outcomes.append((d, None, (exc.code, exc.message)))
+                except Exception as exc:
+                    outcomes.append((d, None, ("annotator_failed", f"{type(exc).__name__}: {exc}")))
+        for d, ann, err in outcomes:
+            if err is not None:
+                writer.put(("row", shard, error_row(d, shard.key, run_hash, *err)))
+                self._tick(stats, progress, error=True)
+                continue
+            mask_rel = None
+            if self.png_masks:
+                mask_rel = str(Path("masks") / shard.key / f"{d.item.index:06d}_{safe_name(d.item.pair_id, 80)}.png")
+            writer.put(("ok", shard, (d, ann, mask_rel)))
+            self._tick(stats, progress, error=False)

@@ -1,0 +1,121 @@
+"""One manifest row per pair, in a fixed Arrow schema, so every shard file has the same columns and types."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from sigma.batch.decode import Decoded
+from sigma.eval.metrics import score_image
+from sigma.io.rle import encode_rle
+from sigma.types import Annotation
+
+SCHEMA_FIELDS: list[tuple[str, str]] = [
+    ("pair_id", "string"), ("source", "string"), ("shard", "string"), ("index", "int64"), ("subset", "string"),
+    ("status", "string"), ("error_code", "string"), ("error", "string"),
+    ("instruction", "string"), ("edit_type", "string"),
+    ("height", "int32"), ("width", "int32"), ("edited_height", "int32"), ("edited_width", "int32"),
+    ("original_sha256", "string"), ("edited_sha256", "string"),
+    ("rle_counts", "string"), ("bbox", "list<int32>"), ("area", "int64"), ("area_fraction", "float64"),
+    ("threshold", "float64"), ("confidence", "float64"), ("parser", "string"), ("components", "string"),
+    ("intended_rle", "string"), ("side_effect_rle", "string"), ("extra", "string"), ("preprocess", "string"),
+    ("annotator", "string"), ("config_hash", "string"), ("run_hash", "string"), ("mask_png", "string"),
+    ("gt_f1", "float64"), ("gt_iou", "float64"), ("gt_auc", "float64"), ("gt_fraction", "float64"),
+    ("gt_tp", "int64"), ("gt_fp", "int64"), ("gt_fn", "int64"), ("gt_note", "string"),
+]
+KNOWN_EXTRA = {"confidence", "parser", "components", "intended", "side_effect", "intended_mask", "side_effect_mask",
+               "edit_type"}
+
+
+def arrow_schema():
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(),
+             "list<int32>": pa.list_(pa.int32())}
+    return pa.schema([(name, types[t]) for name, t in SCHEMA_FIELDS])
+
+
+def empty_row() -> dict[str, Any]:
+    return {name: None for name, _ in SCHEMA_FIELDS}
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return {"array_shape": list(value.shape)} if value.size > 64 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _rle_of(value: Any) -> str | None:
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        return encode_rle(value.astype(bool))["counts"]
+    if isinstance(value, dict) and "counts" in value:
+        counts = value["counts"]
+        return counts.decode("ascii") if isinstance(counts, bytes) else str(counts)
+    return None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(out) else out
+
+
+def base_row(decoded: Decoded, shard_key: str, run_hash: str) -> dict[str, Any]:
+    item = decoded.item
+    row = empty_row()
+    row.update(pair_id=item.pair_id, source=item.source, shard=shard_key, index=item.index, subset=item.subset,
+               instruction=item.instruction, edit_type=item.edit_type, run_hash=run_hash,
+               original_sha256=decoded.meta.get("original_sha256"), edited_sha256=decoded.meta.get("edited_sha256"),
+               gt_note=decoded.meta.get("gt_note"))
+    return row
+
+
+def error_row(decoded: Decoded, shard_key: str, run_hash: str, code: str, message: str) -> dict[str, Any]:
+    row = base_row(decoded, shard_key, run_hash)
+    row.update(status="error", error_code=code, error=message)
+    if decoded.pair is not None:
+        row.update(height=decoded.pair.size[0], width=decoded.pair.size[1])
+    return row
+
+
+def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mask_png: str | None) -> dict[str, Any]:
+    row = base_row(decoded, shard_key, run_hash)
+    pair = decoded.pair
+    extra = ann.extra or {}
+    parser = extra.get("parser")
+    edited_size = (pair.preprocess.get("edited") or {}).get("decoded_size") or list(pair.size)
+    row.update(status="ok", height=pair.size[0], width=pair.size[1], edited_height=int(edited_size[0]),
+               edited_width=int(edited_size[1]), rle_counts=encode_rle(ann.mask)["counts"], bbox=ann.bbox(),
+               area=ann.area, area_fraction=round(ann.area_fraction, 6), threshold=float(ann.threshold),
+               confidence=_number(extra.get("confidence")), parser=_json(parser),
+               components=_json(extra.get("components")),
+               intended_rle=_rle_of(extra.get("intended_mask", extra.get("intended"))),
+               side_effect_rle=_rle_of(extra.get("side_effect_mask", extra.get("side_effect"))),
+               extra=_json({k: v for k, v in sorted(extra.items()) if k not in KNOWN_EXTRA} or None),
+               preprocess=_json(pair.preprocess), annotator=ann.annotator, config_hash=ann.config_hash,
+               mask_png=mask_png)
+    if row["edit_type"] is None:
+        row["edit_type"] = extra.get("edit_type") or (parser.get("edit_type") if isinstance(parser, dict) else None)
+    if decoded.gt is not None:
+        score = score_image(pair.pair_id, ann.mask, ann.prob, decoded.gt)
+        row.update(gt_f1=score.f1, gt_iou=score.iou, gt_auc=_number(score.auc), gt_fraction=score.gt_fraction,
+                   gt_tp=score.tp, gt_fp=score.fp, gt_fn=score.fn)
+    return row
+
+
+def rows_to_table(rows: list[dict[str, Any]]):
+    import pyarrow as pa
+
+    rows = sorted(rows, key=lambda r: r["index"])
+    return pa.Table.from_pylist(rows, schema=arrow_schema())

@@ -1,0 +1,127 @@
+"""`sigma batch run`: plan the shards once, skip the finished ones, run the rest through the pipeline."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sigma.batch.config import BatchConfig
+from sigma.batch.layout import RunDir, atomic_write_json
+from sigma.batch.pipeline import Pipeline
+from sigma.config.loader import save_resolved
+from sigma.errors import ConfigError, InputError
+from sigma.io.corpora import Corpus, Shard, open_corpus
+
+RUN_VERSION = 1
+
+
+@dataclass
+class RunSummary:
+    out: str
+    run_hash: str
+    shards: int
+    skipped: int
+    done_now: int
+    failed_now: int
+    pairs: int
+    errors: int
+    seconds: float
+    pairs_per_s: float
+    failed: list[dict[str, str]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def corpus_from_config(cfg: BatchConfig) -> Corpus:
+    return open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns, cfg.input.shard_size)
+
+
+def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tuple[RunDir, Corpus, str, list[Shard]]:
+    """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after."""
+    corpus = corpus_from_config(cfg)
+    run_hash = cfg.run_hash(corpus.identity())
+    rundir = RunDir(out)
+    if rundir.exists():
+        record = rundir.load()
+        if record.get("run_hash") != run_hash:
+            raise ConfigError(
+                f"{rundir.root} holds another run (hash {record.get('run_hash')}, input "
+                f"{record.get('corpus', {}).get('path')}); this one would be {run_hash}. Outputs are keyed by input "
+                "and config: use a new --out, or the same input and options to continue that run")
+        shards = [Shard.from_dict(s) for s in record["shards"]]
+        done = sum(rundir.is_done(s, run_hash) for s in shards)
+        if done < len(shards) and not resume:
+            raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "
+                             "to continue it", code="run_exists")
+        return rundir, corpus, run_hash, shards
+    if rundir.root.exists() and any(rundir.root.iterdir()):
+        raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
+    shards = corpus.plan()
+    if not shards:
+        raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
+    counts = [s.num_items for s in shards]
+    record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),
+              "corpus": corpus.identity(), "format": corpus.format,
+              "planned_pairs": sum(counts) if all(c is not None for c in counts) else None,
+              "shards": [s.to_dict() for s in shards]}
+    rundir.write_run(record)
+    save_resolved(cfg, rundir.root)
+    return rundir, corpus, run_hash, shards
+
+
+def build_annotator_for(cfg: BatchConfig):
+    from sigma.cli.common import build_annotator, default_annotator_name
+
+    return build_annotator(cfg.annotator or default_annotator_name(), cfg.options, cfg.threshold)
+
+
+def make_progress(total: int | None, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="sigma batch", unit="pair", file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress: bool = True,
+              annotator=None, max_shards: int | None = None) -> RunSummary:
+    """Run (or continue) a batch; finished shards are skipped, so a re-run of a finished run does nothing."""
+    if cfg.annotator is None:
+        from sigma.cli.common import default_annotator_name
+
+        cfg = cfg.model_copy(update={"annotator": default_annotator_name()})
+    rundir, corpus, run_hash, shards = prepare_run(cfg, out, resume)
+    pending = [s for s in shards if not rundir.is_done(s, run_hash)]
+    if max_shards is not None:
+        pending = pending[:max_shards]
+    start = time.perf_counter()
+    failed_now = done_now = pairs = errors = 0
+    failed: list[dict[str, str]] = []
+    if pending:
+        if cfg.backend == "ray":
+            from sigma.batch.ray_backend import run_with_ray
+
+            return run_with_ray(cfg, rundir, corpus, run_hash, pending)
+        annotator = annotator or build_annotator_for(cfg)
+        counts = [s.num_items for s in pending]
+        total = sum(counts) if all(c is not None for c in counts) else None
+        with make_progress(total, progress) as bar, \
+                Pipeline(annotator, cfg.io.model_dump(mode="json"), cfg.batch_size, cfg.workers,
+                         cfg.png_masks) as pipeline:
+            stats = pipeline.run(corpus, pending, rundir, run_hash, progress=bar)
+        pairs, errors = stats.pairs, stats.errors
+        done_now = sum(r.status == "done" for r in stats.shards)
+        failed_now = sum(r.status == "failed" for r in stats.shards)
+        failed = [{"shard": r.shard.key, "error": r.error or ""} for r in stats.shards if r.status == "failed"]
+    seconds = time.perf_counter() - start
+    status = rundir.summary()
+    summary = RunSummary(out=str(rundir.root), run_hash=run_hash, shards=len(shards),
+                         skipped=len(shards) - len(pending), done_now=done_now, failed_now=failed_now, pairs=pairs,
+                         errors=errors, seconds=round(seconds, 3),
+                         pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0,
+                         failed=failed, status=status)
+    atomic_write_json(rundir.root / "summary.json", summary.to_dict())
+    return summary

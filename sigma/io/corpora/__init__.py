@@ -1,0 +1,67 @@
+"""Streaming readers for editing corpora: folders, JSONL/CSV manifests, parquet, `save_to_disk`, WebDataset.
+
+`open_corpus(path, format="auto")` picks the reader; every reader plans shards (`plan()`) and streams a
+shard's items (`read(shard)`) as encoded bytes or paths, never decoded pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sigma.errors import InputError
+from sigma.io.corpora.base import Corpus, Shard, SourceItem
+from sigma.io.corpora.folder import FolderCorpus, looks_like_pair_folder
+from sigma.io.corpora.hf_disk import SavedDatasetCorpus, is_saved_dataset
+from sigma.io.corpora.manifest import ManifestCorpus, find_sets
+from sigma.io.corpora.parquet import ParquetCorpus
+from sigma.io.corpora.presets import PRESETS, get_preset
+from sigma.io.corpora.webdataset import TAR_SUFFIXES, WebDatasetCorpus
+
+READERS: dict[str, type[Corpus]] = {
+    "folder": FolderCorpus, "jsonl": ManifestCorpus, "csv": ManifestCorpus, "parquet": ParquetCorpus,
+    "hf": SavedDatasetCorpus, "wds": WebDatasetCorpus,
+}
+FORMATS = ("auto", *READERS)
+
+
+def detect_format(path: Path) -> str:
+    if not path.exists():
+        raise InputError(f"{path}: input not found", code="file_not_found")
+    name = path.name.lower()
+    if path.is_file():
+        if name.endswith(".parquet"):
+            return "parquet"
+        if name.endswith((".jsonl", ".json", ".ndjson")):
+            return "jsonl"
+        if name.endswith((".csv", ".tsv")):
+            return "csv"
+        if name.endswith(TAR_SUFFIXES):
+            return "wds"
+        raise InputError(f"{path}: cannot tell the format from the name; pass --format", code="unknown_format")
+    if is_saved_dataset(path):
+        return "hf"
+    if find_sets(path):
+        return "jsonl"
+    if looks_like_pair_folder(path):
+        return "folder"
+    if next(path.rglob("*.parquet"), None) is not None:
+        return "parquet"
+    if any(p.name.endswith(TAR_SUFFIXES) for p in path.rglob("*")):
+        return "wds"
+    raise InputError(f"{path}: no pairs.jsonl, parquet, tar, save_to_disk or *_original/*_edited files here; "
+                     "pass --format", code="unknown_format")
+
+
+def open_corpus(path: str | Path, format: str = "auto", preset: str | None = None,
+                columns: dict[str, str] | None = None, shard_size: int = 1000) -> Corpus:
+    path = Path(path)
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt not in READERS:
+        raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}", code="unknown_format")
+    if preset is not None:
+        get_preset(preset)   # an unknown preset fails here, with the known names
+    corpus = READERS[fmt](path, dict(columns or {}), shard_size, preset)
+    corpus.format = fmt
+    return corpus
+
+
+__all__ = ["FORMATS", "PRESETS", "Corpus", "Shard", "SourceItem", "detect_format", "get_preset", "open_corpus"]

@@ -1,0 +1,148 @@
+"""What every corpus reader shares: the item it yields, the shard it plans, and column handling.
+
+A reader never decodes pixels: it hands encoded bytes (or file paths) to the decode workers, so the
+reading thread stays cheap and decoding runs in parallel processes.
+"""
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from sigma.errors import InputError
+
+ROLES = ("original", "edited", "instruction", "mask", "id", "edit_type")
+
+
+@dataclass
+class SourceItem:
+    """One pair as the corpus stores it; `error` is set when the reader already knows it is bad."""
+
+    index: int                         # position inside its shard: rows are written in this order
+    pair_id: str
+    source: str                        # where it came from: "file.parquet:row=12", "shard.tar#key", a path
+    original: bytes | None = None
+    edited: bytes | None = None
+    original_path: str | None = None
+    edited_path: str | None = None
+    mask: bytes | None = None          # ground truth, when the corpus has one
+    mask_path: str | None = None
+    instruction: str | None = None
+    edit_type: str | None = None
+    subset: str | None = None          # eval set / split name: the review page groups metrics by it
+    error: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The unit of work: a row-group range, a tar, N lines. `ref` says how to read it again anywhere."""
+
+    index: int
+    key: str                           # file-system-safe, unique in the corpus
+    ref: dict[str, Any] = field(default_factory=dict)
+    num_items: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Shard":
+        return cls(index=int(data["index"]), key=str(data["key"]), ref=dict(data.get("ref") or {}),
+                   num_items=data.get("num_items"))
+
+
+class Corpus(ABC):
+    """A streaming source of pairs: `plan()` lists shards, `read(shard)` yields that shard's items."""
+
+    format: str = ""
+
+    def __init__(self, path: str | Path, columns: dict[str, str], shard_size: int, preset: str | None = None):
+        self.path = Path(path).resolve()
+        self.columns = columns
+        self.shard_size = shard_size
+        self.preset = preset
+
+    @abstractmethod
+    def plan(self) -> list[Shard]:
+        """One streaming pass over indexes/headers; raises InputError on a structurally bad corpus."""
+
+    @abstractmethod
+    def read(self, shard: Shard) -> Iterator[SourceItem]:
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """What the outputs depend on: the run's config hash includes it."""
+        return {"format": self.format, "path": str(self.path), "columns": dict(sorted(self.columns.items())),
+                "preset": self.preset, "shard_size": self.shard_size}
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, max_len: int = 120) -> str:
+    """A string usable as one path component, stable for the same input."""
+    name = _UNSAFE.sub("_", text).strip("._") or "item"
+    return name[:max_len]
+
+
+def rel_key(path: Path, root: Path) -> str:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = Path(path.name)
+    return safe_name(str(rel).replace(os.sep, "__"))
+
+
+def image_value(value: Any, base_dir: Path | None, what: str) -> tuple[bytes | None, str | None]:
+    """A cell that holds an image: HF struct {bytes, path}, raw bytes, or a path string."""
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if data:
+            return bytes(data), None
+        if path:
+            return None, resolve_path(path, base_dir)
+        raise InputError(f"{what}: image cell has neither bytes nor path", code="missing_image")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if len(value) == 0:
+            raise InputError(f"{what}: image cell is empty (0 bytes)", code="image_empty")
+        return bytes(value), None
+    if isinstance(value, str) and value.strip():
+        return None, resolve_path(value, base_dir)
+    raise InputError(f"{what}: no image (cell is {'null' if value is None else type(value).__name__})",
+                     code="missing_image")
+
+
+def resolve_path(path: str, base_dir: Path | None) -> str:
+    p = Path(path)
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    return str(p)
+
+
+def text_value(value: Any) -> str | None:
+    """Instruction cells: a string, or a list of candidates (OmniEdit) of which the first non-empty wins."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        for candidate in value:
+            if isinstance(candidate, str) and candidate.strip():
+                return candidate
+        return "" if value else None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def missing_columns_error(where: str, found: list[str], columns: dict[str, str], required: list[str],
+                          preset: str | None) -> InputError:
+    missing = [f"{role}={columns[role]}" for role in required if columns[role] not in found]
+    expected = ", ".join(f"{role}={col}" for role, col in columns.items())
+    source = f"preset {preset!r}" if preset else "the column mapping"
+    return InputError(
+        f"{where}: missing column(s) {', '.join(missing)} required by {source}. Columns found: "
+        f"{', '.join(found) or '(none)'}. Expected: {expected}. Map your names with "
+        "--columns original=COL,edited=COL,instruction=COL or pick another --preset.",
+        code="bad_columns")

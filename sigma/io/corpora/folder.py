@@ -1,0 +1,122 @@
+"""A folder of image pairs: `<id>_original.<ext>` + `<id>_edited.<ext>` side by side, or two sub-folders
+(`original/`, `edited/`) matched by file stem; optional `<id>_mask.*` / `mask/` ground truth and an
+instructions file (`instructions.jsonl` with {"id", "instruction"}, `instructions.json` {id: text} or
+`instructions.csv` with id,instruction).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+from sigma.errors import InputError
+from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+_SUFFIX = re.compile(r"^(?P<id>.+)_(?P<role>original|edited|mask)$")
+INSTRUCTION_FILES = ("instructions.jsonl", "instructions.json", "instructions.csv")
+
+
+def looks_like_pair_folder(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    if (path / "original").is_dir() and (path / "edited").is_dir():
+        return True
+    return any(_SUFFIX.match(p.stem) and p.suffix.lower() in IMAGE_EXTS for p in path.iterdir())
+
+
+class FolderCorpus(Corpus):
+    format = "folder"
+
+    def __init__(self, path, columns, shard_size, preset=None):
+        super().__init__(path, columns, shard_size, preset)
+        self._index: list[tuple[str, dict[str, Path]]] | None = None
+        self._instructions: dict[str, str] | None = None
+
+    def _dirs(self) -> tuple[Path, Path, Path] | None:
+        o = self.path / self.columns.get("original", "original")
+        e = self.path / self.columns.get("edited", "edited")
+        if o.is_dir() and e.is_dir():
+            return o, e, self.path / self.columns.get("mask", "mask")
+        return None
+
+    def index(self) -> list[tuple[str, dict[str, Path]]]:
+        """Sorted (id, {role: path}); an id with only one side is kept so its error is reported."""
+        if self._index is not None:
+            return self._index
+        found: dict[str, dict[str, Path]] = {}
+        dirs = self._dirs()
+        if dirs:
+            for role, folder in zip(("original", "edited", "mask"), dirs):
+                if folder.is_dir():
+                    for p in folder.iterdir():
+                        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+                            found.setdefault(p.stem, {})[role] = p
+        else:
+            for p in self.path.iterdir():
+                m = _SUFFIX.match(p.stem)
+                if m and p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+                    found.setdefault(m["id"], {})[m["role"]] = p
+        if not found:
+            raise InputError(f"{self.path}: no <id>_original.* / <id>_edited.* files and no original/ + edited/ "
+                             "folders", code="no_pairs")
+        self._index = sorted(found.items())
+        return self._index
+
+    def instructions(self) -> dict[str, str]:
+        if self._instructions is not None:
+            return self._instructions
+        out: dict[str, str] = {}
+        name = self.columns.get("instruction")
+        candidates = [self.path / name] if name else [self.path / n for n in INSTRUCTION_FILES]
+        for file in candidates:
+            if not file.is_file():
+                continue
+            try:
+                if file.suffix == ".jsonl":
+                    for line in file.open(encoding="utf-8"):
+                        if line.strip():
+                            rec = json.loads(line)
+                            out[str(rec["id"])] = rec.get("instruction")
+                elif file.suffix == ".json":
+                    out.update({str(k): v for k, v in json.loads(file.read_text(encoding="utf-8")).items()})
+                else:
+                    with file.open(newline="", encoding="utf-8") as handle:
+                        for rec in csv.DictReader(handle):
+                            out[str(rec["id"])] = rec.get("instruction") or None
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, csv.Error) as exc:
+                raise InputError(f"{file}: unreadable instructions file ({exc}); expected {{'id', 'instruction'}} "
+                                 "records", code="bad_manifest") from exc
+            break
+        self._instructions = out
+        return out
+
+    def plan(self) -> list[Shard]:
+        ids = self.index()
+        shards = []
+        for start in range(0, len(ids), self.shard_size):
+            end = min(start + self.shard_size, len(ids))
+            key = safe_name(f"pairs.{start:07d}-{end - 1:07d}")
+            shards.append(Shard(len(shards), key, {"start": start, "end": end, "first_id": ids[start][0]},
+                                end - start))
+        return shards
+
+    def read(self, shard: Shard) -> Iterator[SourceItem]:
+        ids = self.index()
+        texts = self.instructions()
+        a, b = int(shard.ref["start"]), int(shard.ref["end"])
+        if b > len(ids) or ids[a][0] != shard.ref.get("first_id", ids[a][0]):
+            raise InputError(f"{self.path}: folder changed since the run was planned (shard {shard.key})",
+                             code="corpus_changed")
+        for index, (pair_id, files) in enumerate(ids[a:b]):
+            item = SourceItem(index=index, pair_id=pair_id, source=str(files.get("original") or files.get("edited")),
+                              instruction=texts.get(pair_id))
+            item.original_path = str(files["original"]) if "original" in files else None
+            item.edited_path = str(files["edited"]) if "edited" in files else None
+            item.mask_path = str(files["mask"]) if "mask" in files else None
+            missing = [r for r in ("original", "edited") if r not in files]
+            if missing:
+                item.error = ("file_not_found", f"{pair_id}: no {' and no '.join(missing)} image found")
+            yield item

@@ -1,0 +1,67 @@
+"""Column names of the public editing corpora, so `--preset magicbrush` is all a user types.
+
+`id` may name several columns joined with "-" (MagicBrush: img_id + turn_index); when a preset's id
+columns are absent the pair id falls back to `<file>:<row>`. A list-valued instruction column
+(OmniEdit's `edited_prompt_list`) yields its first non-empty entry, so the choice is deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sigma.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    columns: dict[str, str]
+    required: tuple[str, ...] = ("original", "edited", "instruction")
+    description: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("magicbrush", {"original": "source_img", "edited": "target_img", "instruction": "instruction",
+                          "mask": "mask_img", "id": "img_id,turn_index"},
+           description="MagicBrush (osunlp/MagicBrush): multi-turn edits with a drawn mask"),
+    Preset("instructpix2pix", {"original": "input_image", "edited": "edited_image", "instruction": "edit_prompt"},
+           description="InstructPix2Pix samples (input_image / edited_image / edit_prompt)"),
+    Preset("ultraedit", {"original": "source_image", "edited": "edited_image", "instruction": "edit_prompt",
+                         "mask": "mask_image"},
+           description="UltraEdit: free-form and region-based edits with an optional mask"),
+    Preset("anyedit", {"original": "image_file", "edited": "edited_file", "instruction": "edit_instruction",
+                       "edit_type": "edit_type"},
+           description="AnyEdit: 25 edit types, the type is kept in the manifest"),
+    Preset("omniedit", {"original": "src_img", "edited": "edited_img", "instruction": "edited_prompt_list",
+                        "id": "omni_edit_id"},
+           description="OmniEdit: the first non-empty prompt of edited_prompt_list is used"),
+    Preset("generic", {"original": "original", "edited": "edited", "instruction": "instruction", "mask": "mask",
+                       "id": "id", "edit_type": "edit_type"},
+           required=("original", "edited"),
+           description="our own names (also the pairs.jsonl layout); every column but original/edited optional"),
+)}
+
+
+def get_preset(name: str | None) -> Preset:
+    if name is None:
+        return PRESETS["generic"]
+    key = name.lower().replace("-", "").replace("_", "")
+    for preset in PRESETS.values():
+        if preset.name == key:
+            return preset
+    raise UnknownNameError(f"Unknown preset {name!r}. Known: {', '.join(PRESETS)}.", code="unknown_preset")
+
+
+def resolve_columns(preset: str | None, overrides: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The preset's mapping with the user's `--columns role=name` applied on top."""
+    base = get_preset(preset)
+    columns = dict(base.columns)
+    for role, col in overrides.items():
+        if role not in ("original", "edited", "instruction", "mask", "id", "edit_type"):
+            from sigma.errors import ConfigError
+
+            raise ConfigError(f"--columns: unknown role {role!r}; use original, edited, instruction, mask, id, "
+                              "edit_type")
+        columns[role] = col
+    required = tuple(r for r in base.required if r in columns)
+    return columns, required

@@ -1,0 +1,123 @@
+"""WebDataset tar shards: members grouped by `__key__` (the path up to the first dot of the file name),
+fields named by the rest (`000123.original.png` → key `000123`, field `original.png`).
+
+Each tar is one shard, streamed member by member. Which fields hold which role is configurable with
+`--columns original=src.jpg|original.png,...` (the first field present wins).
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+from sigma.errors import InputError
+from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key
+
+DEFAULT_FIELDS = {
+    "original": "original.png|original.jpg|original.jpeg|original.webp|src.png|src.jpg|source.png|source.jpg|"
+                "input.png|input.jpg",
+    "edited": "edited.png|edited.jpg|edited.jpeg|edited.webp|tgt.png|tgt.jpg|target.png|target.jpg|"
+              "output.png|output.jpg",
+    "mask": "mask.png|gt.png",
+    "instruction": "instruction.txt|txt|prompt.txt",
+    "json": "json",
+}
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def split_key(name: str) -> tuple[str, str]:
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    key = f"{folder}/{stem}" if folder else stem
+    return key, ext.lower() if dot else ""
+
+
+class WebDatasetCorpus(Corpus):
+    format = "wds"
+
+    def __init__(self, path, columns, shard_size, preset=None):
+        super().__init__(path, columns, shard_size, preset)
+        self.fields = {role: (columns.get(role) or default).split("|") for role, default in DEFAULT_FIELDS.items()}
+
+    def tars(self) -> list[Path]:
+        if self.path.is_file():
+            return [self.path]
+        tars = sorted(p for p in self.path.rglob("*") if p.is_file() and p.name.endswith(TAR_SUFFIXES))
+        if not tars:
+            raise InputError(f"{self.path}: no .tar shards", code="no_pairs")
+        return tars
+
+    def plan(self) -> list[Shard]:
+        root = self.path.parent if self.path.is_file() else self.path
+        shards = []
+        for tar in self.tars():
+            count = None
+            try:
+                if tar.suffix == ".tar":   # seekable: headers only, data skipped, so counting is cheap
+                    with tarfile.open(tar, "r:") as tf:
+                        keys = {split_key(m.name)[0] for m in tf if m.isfile()}
+                    count = len(keys)
+                else:
+                    with tarfile.open(tar, "r|*"):
+                        pass
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise InputError(f"{tar}: not a readable tar ({exc})", code="bad_tar") from exc
+            shards.append(Shard(len(shards), rel_key(tar, root), {"file": str(tar)}, count))
+        return shards
+
+    def read(self, shard: Shard) -> Iterator[SourceItem]:
+        tar = Path(shard.ref["file"])
+        index = 0
+        group: dict[str, bytes] = {}
+        current: str | None = None
+        try:
+            with tarfile.open(tar, "r|*") as tf:
+                for member in tf:
+                    if not member.isfile():
+                        continue
+                    key, ext = split_key(member.name)
+                    if current is not None and key != current:
+                        yield self._item(group, current, index, tar)
+                        index += 1
+                        group = {}
+                    current = key
+                    handle = tf.extractfile(member)
+                    group[ext] = handle.read() if handle else b""
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            if current is not None:
+                item = self._item(group, current, index, tar)
+                item.error = ("bad_tar", f"{tar}: truncated or unreadable after key {current} ({exc})")
+                yield item
+            return
+        if current is not None:
+            yield self._item(group, current, index, tar)
+
+    def _pick(self, group: dict[str, bytes], role: str) -> bytes | None:
+        for field in self.fields[role]:
+            if field in group:
+                return group[field]
+        return None
+
+    def _item(self, group: dict[str, bytes], key: str, index: int, tar: Path) -> SourceItem:
+        item = SourceItem(index=index, pair_id=key, source=f"{tar.name}#{key}")
+        meta: dict = {}
+        raw_json = self._pick(group, "json")
+        if raw_json:
+            try:
+                meta = json.loads(raw_json)
+                meta = meta if isinstance(meta, dict) else {}
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                item.error = ("bad_record", f"{item.source}: .json field is not valid JSON")
+        text = self._pick(group, "instruction")
+        item.instruction = text.decode("utf-8", errors="replace") if text is not None else meta.get("instruction")
+        item.edit_type = meta.get("edit_type")
+        item.original = self._pick(group, "original")
+        item.edited = self._pick(group, "edited")
+        item.mask = self._pick(group, "mask")
+        missing = [r for r in ("original", "edited") if getattr(item, r) is None]
+        if missing and item.error is None:
+            item.error = ("missing_image", f"{item.source}: no {' and no '.join(missing)} field among "
+                          f"{sorted(group)} (expected one of: " +
+                          "; ".join(f"{r}={'|'.join(self.fields[r])}" for r in missing) + ")")
+        return item
