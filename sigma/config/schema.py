@@ -24,3 +24,5 @@ class IOConfig(Strict):
     align: bool = Field(False, description="estimate a small translation (phase correlation) and "
                         "undo it on the edited image before differencing")
     max_shift_px: int = Field(16, ge=0, description="largest translation `align` will undo")
+    align_min_response: float = Field(0.1, ge=0.0, le=1.0, description="weakest phase-correlation peak "
+                                      "`align` trusts; below it the images are left as they are")

@@ -49,9 +49,20 @@ def undo_translation(edited: np.ndarray, dx: float, dy: float) -> np.ndarray:
                           borderMode=cv2.BORDER_REPLICATE)
 
 
-def align(original: np.ndarray, edited: np.ndarray, max_shift_px: int) -> tuple[np.ndarray, dict]:
+def align(original: np.ndarray, edited: np.ndarray, max_shift_px: int,
+          min_response: float = 0.1) -> tuple[np.ndarray, dict]:
+    """Undo a small global translation of `edited`, or leave it alone and say why.
+
+    A weak correlation peak (`response` < `min_response`) means the two pictures do not share enough
+    content for the estimate to mean anything (unrelated images score ~0.03, a shifted copy ~0.9,
+    a shifted copy with a large local edit ~0.5): warping on it would manufacture change.
+    """
     dx, dy, response = estimate_translation(original, edited)
     info = {"dx": round(dx, 3), "dy": round(dy, 3), "response": round(response, 4)}
+    if response < min_response:
+        info["applied"] = False
+        info["reason"] = f"correlation peak {response:.3f} below io.align_min_response={min_response}"
+        return edited, info
     if max(abs(dx), abs(dy)) < 0.25:
         info["applied"] = False
         info["reason"] = "shift below 0.25 px"

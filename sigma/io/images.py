@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,12 @@ from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, LimitError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
+_PIL_FORMATS = SUPPORTED_FORMATS          # the only PIL plugins ever tried on untrusted bytes
+
+# Our own pixel limit (io.limits.max_pixels, checked on the header) replaces PIL's warning; PIL's hard
+# DecompressionBombError (above 2 x Image.MAX_IMAGE_PIXELS, ~179 Mpx) stays as a ceiling behind it.
+# Set once at import instead of per call: `warnings.catch_warnings` is not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass
@@ -32,7 +39,8 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
         arr = np.asarray(img).astype(np.float64)
         peak = 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
-        notes["bit_depth"] = 16
+        if peak > 255:
+            notes["bit_depth"] = 16
         gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
@@ -48,8 +56,6 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             rgba = Image.alpha_composite(white, rgba)
         return np.asarray(rgba.convert("RGB")).copy()
-    if mode in ("RGB;16", "BGR;16") or getattr(img, "bits", 8) == 16:
-        notes["bit_depth"] = 16
     return np.asarray(img.convert("RGB")).copy()
 
 
@@ -71,52 +77,114 @@ def _read_16bit_png_rgb(data: bytes) -> np.ndarray | None:
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
+# EXIF orientation tag value -> the PIL transpose that shows the picture upright (as ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# Magic bytes of formats people try that we refuse, so the error can say what the file is.
+_KNOWN_MAGIC = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"%PDF", "PDF"), (b"%!PS", "PostScript"),
+                (b"8BPS", "PSD"), (b"\x00\x00\x01\x00", "ICO"), (b"\xff\x0a", "JPEG XL"),
+                (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"<svg", "SVG"), (b"<?xml", "XML/SVG"))
+
+
+def _sniff_format(data: bytes) -> str | None:
+    for magic, fmt in _KNOWN_MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[4:8] == b"ftyp":
+        brand = data[8:12].decode("ascii", "replace").strip()
+        return "AVIF" if brand.startswith("avi") else "HEIF" if brand.startswith(("hei", "mif", "hev")) else None
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _bit_depth(img: Image.Image, data: bytes, fmt: str) -> int:
+    if fmt == "PNG":
+        return 16 if _png_is_16bit(data) else 8
+    if fmt == "TIFF":
+        bits = getattr(img, "tag_v2", {}).get(258)
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return 16 if any(b == 16 for b in bits if isinstance(b, int)) else 8
+    return 16 if img.mode.startswith("I;16") else 8
+
+
 def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None = None) -> DecodedImage:
-    """Decode encoded bytes, enforcing `limits` before any pixel is allocated."""
+    """Decode encoded bytes, enforcing `limits` before any pixel is allocated.
+
+    The order matters: size in bytes, then the header's width x height (PIL parses only the header in
+    `Image.open`), and only then `load()`. A 30000x30000 PNG of a few hundred bytes is refused without a
+    pixel buffer ever being made. Only the five supported formats are even tried, so no exotic decoder
+    ever parses untrusted bytes.
+    """
     limits = limits or LimitsConfig()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"{name}: expected encoded image bytes, got {type(data).__name__}",
+                         code="image_unreadable")
+    data = bytes(data)
     if len(data) == 0:
         raise ImageError(f"{name}: empty file (0 bytes)", code="image_empty")
     if len(data) > limits.max_bytes:
         raise LimitError(f"{name}: {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes "
                          "(io.limits.max_bytes)", code="file_too_large")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise ImageError(f"{name}: zero-size image ({width}x{height})", code="image_empty")
-            if width * height > limits.max_pixels:
-                raise LimitError(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
-                                 f"{limits.max_pixels} (io.limits.max_pixels)", code="too_many_pixels")
-            if fmt not in SUPPORTED_FORMATS:
-                raise ImageError(f"{name}: format {fmt} is not supported (use one of "
-                                 f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
-            notes: dict[str, Any] = {"format": fmt, "decoded_size": [height, width]}
-            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-            img.load()
-            if orientation and orientation != 1:
-                img = ImageOps.exif_transpose(img)
-                notes["exif_orientation"] = int(orientation)
-            rgb = None
-            if fmt == "PNG" and img.mode in ("RGB", "RGBA") and _png_is_16bit(data):
-                rgb = _read_16bit_png_rgb(data)
-                if rgb is not None:
-                    notes["bit_depth"] = 16
-                    if img.mode == "RGBA":
-                        notes["alpha"] = "composited on white"
-            if rgb is None:
-                rgb = _to_uint8_rgb(img, notes)
+        img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+        fmt = "JPEG" if img.format == "MPO" else img.format   # camera JPEGs with a preview open as MPO
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ImageError(f"{name}: zero-size image ({width}x{height})", code="image_empty")
+        if width * height > limits.max_pixels:
+            raise LimitError(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                             f"{limits.max_pixels} (io.limits.max_pixels); refused before decoding",
+                             code="too_many_pixels")
+        if fmt not in SUPPORTED_FORMATS:  # pragma: no cover - formats= already restricts the plugins
+            raise ImageError(f"{name}: format {fmt} is not supported (use one of "
+                             f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
+        notes: dict[str, Any] = {"format": fmt, "decoded_size": [height, width]}
+        orientation = img.getexif().get(0x0112, 1)
+        img.load()
+        depth = _bit_depth(img, data, fmt)
+        rgb = None
+        if fmt == "PNG" and img.mode in ("RGB", "RGBA") and depth == 16:
+            rgb = _read_16bit_png_rgb(data)
+            if rgb is not None and img.mode == "RGBA":
+                notes["alpha"] = "composited on white"
+        if rgb is None:
+            rgb = _to_uint8_rgb(img, notes)
+        else:
+            notes["mode"] = img.mode
+        if depth == 16:
+            notes["bit_depth"] = 16
+        if orientation in _ORIENTATION_TRANSPOSE:
+            # Applied to the decoded array so the 16-bit path is turned upright too.
+            rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION_TRANSPOSE[orientation]))
+            notes["exif_orientation"] = int(orientation)
     except (LimitError, ImageError):
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise LimitError(f"{name}: refused as a decompression bomb ({exc})", code="decompression_bomb") from exc
+    except Image.DecompressionBombError as exc:
+        raise LimitError(f"{name}: refused before decoding as a decompression bomb ({_one_line(exc)})",
+                         code="decompression_bomb") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{name}: not an image or an unsupported format", code="image_unreadable") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{name}: unreadable or truncated image ({exc})", code="image_unreadable") from exc
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and (
+                data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
+            raise ImageError(f"{name}: zero-size image (PNG header says width or height 0)",
+                             code="image_empty") from exc
+        known = _sniff_format(data)
+        if known:
+            raise ImageError(f"{name}: {known} is not supported (use one of {', '.join(SUPPORTED_FORMATS)})",
+                             code="unsupported_format") from exc
+        raise ImageError(f"{name}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
+                         code="image_unreadable") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError,
+            MemoryError) as exc:
+        raise ImageError(f"{name}: unreadable or truncated image ({_one_line(exc)})",
+                         code="image_unreadable") from exc
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(f"{name}: zero-size image", code="image_empty")
     return DecodedImage(np.ascontiguousarray(rgb), notes)
 
@@ -129,15 +197,20 @@ def _png_is_16bit(data: bytes) -> bool:
 def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedImage:
     path = Path(path)
     limits = limits or LimitsConfig()
-    if not path.exists():
-        raise ImageError(f"{path}: file not found", code="file_not_found")
-    if not path.is_file():
-        raise ImageError(f"{path}: not a regular file", code="file_not_found")
-    size = path.stat().st_size
-    if size > limits.max_bytes:
-        raise LimitError(f"{path}: {size} bytes exceeds the limit of {limits.max_bytes} bytes "
-                         "(io.limits.max_bytes)", code="file_too_large")
-    return decode_image(path.read_bytes(), str(path), limits)
+    try:
+        if not path.exists():
+            raise ImageError(f"{path}: file not found", code="file_not_found")
+        if not path.is_file():
+            raise ImageError(f"{path}: not a regular file", code="file_not_found")
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise LimitError(f"{path}: {size} bytes exceeds the limit of {limits.max_bytes} bytes "
+                             "(io.limits.max_bytes)", code="file_too_large")
+        with open(path, "rb") as handle:      # read at most one byte past the limit (the file may grow)
+            data = handle.read(limits.max_bytes + 1)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
+    return decode_image(data, str(path), limits)
 
 
 def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:

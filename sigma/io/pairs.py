@@ -12,24 +12,29 @@ from sigma.io.images import DecodedImage, decode_image, read_image
 from sigma.types import Pair
 
 
-def check_instruction(instruction: str | None, max_chars: int) -> str | None:
+def check_instruction(instruction: str | None, max_chars: int, name: str = "pair") -> str | None:
+    """None means "no instruction" (annotators must cope); an empty string is a mistake, not a None.
+
+    `name` (the pair id or the edited file) starts the message, so a batch error says which pair it was.
+    """
     if instruction is None:
         return None
     if not isinstance(instruction, str):
-        raise InputError(f"instruction must be text, got {type(instruction).__name__}", code="invalid_instruction")
+        raise InputError(f"{name}: instruction must be text, got {type(instruction).__name__}",
+                         code="invalid_instruction")
     if not instruction.strip():
-        raise InputError("instruction is empty; leave it out to annotate without one",
+        raise InputError(f"{name}: instruction is empty; leave it out to annotate without one",
                          code="empty_instruction")
     if len(instruction) > max_chars:
-        raise InputError(f"instruction has {len(instruction)} characters, more than "
+        raise InputError(f"{name}: instruction has {len(instruction)} characters, more than "
                          f"io.limits.max_instruction_chars={max_chars}", code="instruction_too_long")
-    return instruction.strip()
+    return " ".join(instruction.split())
 
 
 def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction: str | None,
                       io_config: IOConfig, pair_id: str = "pair",
                       names: tuple[str, str] = ("original", "edited")) -> Pair:
-    instruction = check_instruction(instruction, io_config.limits.max_instruction_chars)
+    instruction = check_instruction(instruction, io_config.limits.max_instruction_chars, pair_id)
     size_hw = original.rgb.shape[:2]
     check_aspect(size_hw, edited.rgb.shape[:2], io_config.limits.max_aspect_change, names)
     edited_rgb, resize_note = sync_size(edited.rgb, size_hw)
@@ -37,7 +42,8 @@ def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction:
     if resize_note:
         preprocess["resize"] = resize_note
     if io_config.align:
-        edited_rgb, info = align(original.rgb, edited_rgb, io_config.max_shift_px)
+        edited_rgb, info = align(original.rgb, edited_rgb, io_config.max_shift_px,
+                                 io_config.align_min_response)
         preprocess["alignment"] = info
     return Pair(original=original.rgb, edited=np.ascontiguousarray(edited_rgb), instruction=instruction,
                 pair_id=pair_id, preprocess=preprocess)
@@ -53,8 +59,10 @@ def load_pair(original: str | Path, edited: str | Path, instruction: str | None 
 
 
 def pair_from_bytes(original: bytes, edited: bytes, instruction: str | None = None,
-                    io_config: IOConfig | None = None, pair_id: str = "pair") -> Pair:
+                    io_config: IOConfig | None = None, pair_id: str = "pair",
+                    names: tuple[str, str] = ("original", "edited")) -> Pair:
+    """Same checks as `load_pair`, for bytes from HTTP uploads or corpora; `names` label the errors."""
     io_config = io_config or IOConfig()
-    decoded_o = decode_image(original, "original", io_config.limits)
-    decoded_e = decode_image(edited, "edited", io_config.limits)
-    return pair_from_decoded(decoded_o, decoded_e, instruction, io_config, pair_id)
+    decoded_o = decode_image(original, names[0], io_config.limits)
+    decoded_e = decode_image(edited, names[1], io_config.limits)
+    return pair_from_decoded(decoded_o, decoded_e, instruction, io_config, pair_id, names)

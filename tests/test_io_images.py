@@ -1,0 +1,296 @@
+"""Image decoding: every supported format and depth, alpha, EXIF, limits and one-line errors."""
+from __future__ import annotations
+
+import io
+import struct
+import time
+import tracemalloc
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from sigma.config.schema import LimitsConfig
+from sigma.errors import ImageError, LimitError, SigmaError
+from sigma.io.images import decode_image, read_image, read_mask
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, size=(12, 17, 3), dtype=np.uint8)
+
+
+def encode(img: Image.Image | np.ndarray, fmt: str, **kw) -> bytes:
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid-looking PNG that claims width x height 8-bit RGB and carries a few bytes of pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + png_chunk(b"IEND", b""))
+
+
+def assert_one_line(exc: SigmaError, name: str) -> None:
+    assert "\n" not in exc.message
+    assert exc.message.startswith(name), exc.message
+
+
+# ---------------------------------------------------------------- formats, exact where lossless
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("WEBP", {"lossless": True}), ("TIFF", {}), ("BMP", {}),
+                                    ("TIFF", {"compression": "tiff_deflate"})])
+def test_lossless_formats_roundtrip_exactly(fmt, kw):
+    dec = decode_image(encode(RGB, fmt, **kw), f"x.{fmt.lower()}")
+    assert dec.rgb.dtype == np.uint8 and dec.rgb.shape == RGB.shape
+    np.testing.assert_array_equal(dec.rgb, RGB)
+    assert dec.notes["format"] == fmt
+    assert "alpha" not in dec.notes and "bit_depth" not in dec.notes
+
+
+def test_jpeg_decodes_close_to_source():
+    smooth = np.dstack([np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (24, 1))] * 3)
+    dec = decode_image(encode(smooth, "JPEG", quality=95), "x.jpg")
+    assert dec.notes["format"] == "JPEG"
+    assert np.abs(dec.rgb.astype(int) - smooth).mean() < 2.0
+
+
+def test_cmyk_jpeg_and_gray_and_bilevel_become_rgb():
+    cmyk = decode_image(encode(Image.fromarray(RGB).convert("CMYK"), "JPEG", quality=95), "c.jpg")
+    assert cmyk.rgb.shape == RGB.shape and cmyk.notes["mode"] == "CMYK"
+    gray = RNG.integers(0, 256, size=(9, 7), dtype=np.uint8)
+    dec = decode_image(encode(gray, "PNG"), "g.png")
+    np.testing.assert_array_equal(dec.rgb, np.repeat(gray[..., None], 3, axis=2))
+    bilevel = Image.fromarray(gray > 127).convert("1")
+    dec = decode_image(encode(bilevel, "BMP"), "b.bmp")
+    np.testing.assert_array_equal(dec.rgb[..., 0], np.where(gray > 127, 255, 0))
+
+
+# ---------------------------------------------------------------- 16 bit
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16bit_gray_is_scaled_not_truncated(fmt):
+    arr = np.array([[0, 257, 40000, 65535]], np.uint16)
+    dec = decode_image(encode(Image.fromarray(arr), fmt), f"g16.{fmt.lower()}")
+    np.testing.assert_array_equal(dec.rgb[0, :, 0], [0, 1, 156, 255])   # round(v / 65535 * 255)
+    assert dec.notes["bit_depth"] == 16
+
+
+def test_16bit_rgb_png_is_rounded_from_all_16_bits():
+    rgb16 = np.zeros((3, 4, 3), np.uint16)
+    rgb16[..., 0], rgb16[..., 1], rgb16[..., 2] = 65535, 40000, 128   # R, G, B
+    ok, enc = cv2.imencode(".png", rgb16[..., ::-1])                   # OpenCV writes BGR
+    assert ok
+    dec = decode_image(enc.tobytes(), "rgb16.png")
+    assert dec.notes["bit_depth"] == 16
+    np.testing.assert_array_equal(dec.rgb[0, 0], [255, 156, 0])
+
+
+def test_16bit_rgba_png_is_composited_on_white():
+    rgba16 = np.zeros((2, 2, 4), np.uint16)
+    rgba16[..., 2] = 65535                     # red in BGRA order
+    rgba16[0, 0, 3] = 65535                    # opaque red
+    rgba16[0, 1, 3] = 0                        # fully transparent -> white
+    ok, enc = cv2.imencode(".png", rgba16)
+    dec = decode_image(enc.tobytes(), "rgba16.png")
+    np.testing.assert_array_equal(dec.rgb[0, 0], [255, 0, 0])
+    np.testing.assert_array_equal(dec.rgb[0, 1], [255, 255, 255])
+    assert dec.notes["alpha"] == "composited on white" and dec.notes["bit_depth"] == 16
+
+
+def test_16bit_rgb_tiff_is_read_and_reported():
+    rgb16 = np.full((3, 3, 3), 40000, np.uint16)
+    ok, enc = cv2.imencode(".tiff", rgb16)
+    dec = decode_image(enc.tobytes(), "rgb16.tif")
+    assert dec.notes["bit_depth"] == 16
+    assert np.all(np.abs(dec.rgb.astype(int) - 156) <= 1)
+
+
+# ---------------------------------------------------------------- palette and alpha
+def test_palette_without_transparency_maps_to_rgb():
+    pal = Image.fromarray(RGB).quantize(colors=8)
+    dec = decode_image(encode(pal, "PNG"), "p.png")
+    np.testing.assert_array_equal(dec.rgb, np.asarray(pal.convert("RGB")))
+    assert dec.notes["mode"] == "P" and "alpha" not in dec.notes
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP"])
+def test_palette_bmp_and_png(fmt):
+    pal = Image.fromarray(RGB).quantize(colors=4)
+    dec = decode_image(encode(pal, fmt), f"p.{fmt.lower()}")
+    np.testing.assert_array_equal(dec.rgb, np.asarray(pal.convert("RGB")))
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    idx = np.array([[0, 1], [1, 0]], np.uint8)
+    pal = Image.fromarray(idx, mode="P")
+    pal.putpalette([10, 20, 30, 200, 0, 0] + [0] * 762)
+    dec = decode_image(encode(pal, "PNG", transparency=0), "pt.png")
+    np.testing.assert_array_equal(dec.rgb[0, 0], [255, 255, 255])
+    np.testing.assert_array_equal(dec.rgb[0, 1], [200, 0, 0])
+    assert dec.notes["alpha"] == "composited on white"
+
+
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("WEBP", {"lossless": True}), ("TIFF", {})])
+def test_rgba_is_composited_on_white_and_said(fmt, kw):
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 0] = 255                                       # red everywhere
+    rgba[..., 3] = [[255, 128, 0], [255, 255, 255]]
+    dec = decode_image(encode(rgba, fmt, **kw), f"a.{fmt.lower()}")
+    np.testing.assert_array_equal(dec.rgb[0, 0], [255, 0, 0])
+    np.testing.assert_allclose(dec.rgb[0, 1], [255, 127, 127], atol=1)   # 255 * (1 - 128/255)
+    np.testing.assert_array_equal(dec.rgb[0, 2], [255, 255, 255])
+    assert dec.notes["alpha"] == "composited on white"
+
+
+def test_opaque_alpha_is_not_reported_and_gray_alpha_works():
+    rgba = np.dstack([RGB, np.full(RGB.shape[:2], 255, np.uint8)])
+    dec = decode_image(encode(rgba, "PNG"), "opaque.png")
+    np.testing.assert_array_equal(dec.rgb, RGB)
+    assert "alpha" not in dec.notes
+    la = Image.fromarray(np.dstack([np.zeros((2, 2), np.uint8), np.array([[0, 255], [255, 255]], np.uint8)]),
+                         mode="LA")
+    dec = decode_image(encode(la, "PNG"), "la.png")
+    np.testing.assert_array_equal(dec.rgb[0, 0], [255, 255, 255])
+    np.testing.assert_array_equal(dec.rgb[0, 1], [0, 0, 0])
+
+
+# ---------------------------------------------------------------- EXIF orientation
+@pytest.mark.parametrize("orientation,expect", [
+    (1, lambda a: a), (3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)),
+    (2, lambda a: a[:, ::-1]), (4, lambda a: a[::-1]), (5, lambda a: a.transpose(1, 0, 2)),
+    (7, lambda a: np.rot90(a, 2).transpose(1, 0, 2))])
+def test_exif_orientation_is_applied(orientation, expect):
+    img = Image.fromarray(RGB)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    dec = decode_image(encode(img, "PNG", exif=exif), "exif.png")
+    np.testing.assert_array_equal(dec.rgb, expect(RGB))
+    assert dec.notes.get("exif_orientation", 1) == orientation
+    assert dec.notes["decoded_size"] == [12, 17]   # as stored, before turning upright
+
+
+def test_exif_orientation_in_a_jpeg_turns_the_shape():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    dec = decode_image(encode(RGB, "JPEG", exif=exif, quality=95), "phone.jpg")
+    assert dec.rgb.shape == (17, 12, 3) and dec.notes["exif_orientation"] == 6
+
+
+# ---------------------------------------------------------------- limits, bombs
+def test_decompression_bomb_header_refused_fast_without_allocating():
+    bomb = png_header_only(30000, 30000)            # claims 900 Mpx (2.7 GB of RGB) in ~100 bytes
+    assert len(bomb) < 200
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(LimitError) as info:
+        decode_image(bomb, "bomb.png")
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert info.value.code in ("too_many_pixels", "decompression_bomb")
+    assert "bomb.png" in info.value.message and "30000" in info.value.message.replace("900000000", "30000")
+    assert elapsed < 0.5 and peak < 5 * 2**20, (elapsed, peak)
+
+
+def test_pixel_limit_checked_on_the_header_before_decoding():
+    # 8000 x 8000 = 64 Mpx: above our default 40 Mpx, below PIL's own warning level, so ours decides.
+    with pytest.raises(LimitError) as info:
+        decode_image(png_header_only(8000, 8000), "big.png")
+    assert info.value.code == "too_many_pixels"
+    assert "io.limits.max_pixels" in info.value.message and "refused before decoding" in info.value.message
+    with pytest.raises(LimitError, match="too_many|exceeds"):
+        decode_image(encode(RGB, "PNG"), "small.png", LimitsConfig(max_pixels=100))
+    assert decode_image(encode(RGB, "PNG"), "ok.png", LimitsConfig(max_pixels=12 * 17)).rgb.shape == RGB.shape
+
+
+def test_byte_limit_on_bytes_and_on_files(tmp_path):
+    data = encode(RGB, "PNG")
+    with pytest.raises(LimitError) as info:
+        decode_image(data, "x.png", LimitsConfig(max_bytes=len(data) - 1))
+    assert info.value.code == "file_too_large"
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    with pytest.raises(LimitError) as info:
+        read_image(path, LimitsConfig(max_bytes=10))
+    assert info.value.code == "file_too_large" and str(path) in info.value.message
+
+
+# ---------------------------------------------------------------- bad bytes -> one-line errors with codes
+def _truncated_jpeg() -> bytes:
+    return encode(RNG.integers(0, 256, size=(64, 64, 3), dtype=np.uint8), "JPEG")[:400]
+
+
+def _truncated_png() -> bytes:
+    return encode(RNG.integers(0, 256, size=(64, 64, 3), dtype=np.uint8), "PNG")[:300]
+
+
+def _zero_width_png() -> bytes:
+    return png_header_only(0, 10)
+
+
+BAD = {
+    "empty": (b"", "image_empty"),
+    "text": (b"hello, I am not an image\n" * 10, "image_unreadable"),
+    "random": (bytes(RNG.integers(0, 256, 2000, dtype=np.uint8)), "image_unreadable"),
+    "truncated_jpeg": (_truncated_jpeg(), "image_unreadable"),
+    "truncated_png": (_truncated_png(), "image_unreadable"),
+    "zero_width_png": (_zero_width_png(), "image_empty"),
+    "gif": (encode(RGB, "GIF"), "unsupported_format"),
+    "pdf": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "unsupported_format"),
+    "png_signature_only": (b"\x89PNG\r\n\x1a\n", "image_unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_bytes_give_one_line_errors_with_stable_codes(case):
+    data, code = BAD[case]
+    with pytest.raises(ImageError) as info:
+        decode_image(data, f"{case}.bin")
+    assert_one_line(info.value, f"{case}.bin")
+    if code:
+        assert info.value.code == code
+    else:
+        assert info.value.code in ("image_empty", "image_unreadable")
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ImageError) as info:
+        read_image(tmp_path / "missing.png")
+    assert info.value.code == "file_not_found" and "missing.png" in info.value.message
+    with pytest.raises(ImageError) as info:
+        read_image(tmp_path)
+    assert info.value.code == "file_not_found" and "not a regular file" in info.value.message
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError) as info:
+        read_image(empty)
+    assert info.value.code == "image_empty"
+    assert_one_line(info.value, str(empty))
+
+
+def test_camera_jpeg_with_preview_opens_as_jpeg():
+    # Phones write MPO (a JPEG with an embedded second image); PIL reports it as "MPO".
+    buf = io.BytesIO()
+    Image.fromarray(RGB).save(buf, format="MPO", save_all=True, append_images=[Image.fromarray(RGB[::-1])])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    dec = decode_image(buf.getvalue(), "camera.jpg")
+    assert dec.notes["format"] == "JPEG" and dec.rgb.shape == RGB.shape
+
+
+def test_decode_rejects_non_bytes():
+    with pytest.raises(ImageError):
+        decode_image("x.png", "str-not-bytes")  # type: ignore[arg-type]
+
+
+def test_read_mask_binarises_at_half(tmp_path):
+    gray = np.array([[0, 127, 128, 255]], np.uint8)
+    path = tmp_path / "m.png"
+    path.write_bytes(encode(gray, "PNG"))
+    np.testing.assert_array_equal(read_mask(path)[0], [False, False, True, True])
