@@ -1,0 +1,56 @@
+"""`grounding-only`: the instruction prior alone, thresholded (METHOD §7 baseline). It finds what the
+instruction names and nothing else: no side effects, nothing without an instruction."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from sigma.annotators.base import Annotator, AnnotatorConfig
+from sigma.annotators.guidance import Guide
+from sigma.annotators.mask_extras import confidence
+from sigma.registry import ANNOTATORS
+from sigma.types import Pair
+
+DEFAULT_GROUNDING = "none"
+
+
+class GroundingOnlyConfig(AnnotatorConfig):
+    parser: str = "rules"
+    grounding: str = Field(DEFAULT_GROUNDING, description="grounding backend (see docs/grounding.md)")
+    grounding_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GroundingOnly(Annotator):
+    name: ClassVar[str] = "grounding-only"
+    config_cls = GroundingOnlyConfig
+
+    def __init__(self, config: GroundingOnlyConfig | None = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        cfg: GroundingOnlyConfig = self.config
+        self.guide = Guide(cfg.parser, cfg.grounding, cfg.grounding_options)
+
+    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        out = []
+        for pair in pairs:
+            g = self.guide(pair)
+            # an uninformative prior (0.5) is not a detection: it must give an empty mask, not a full one
+            prob = g.prior if g.informative else np.zeros(pair.size, np.float32)
+            out.append((prob, {"parse": g.parse, "prior": g.summary(),
+                               "confidence": confidence(prob, prob > self.threshold, self.threshold),
+                               "timings_ms": dict(g.timings_ms)}))
+        return out
+
+
+def _status() -> str:
+    try:
+        from sigma.grounding import weights_status
+    except ImportError:
+        return "none needed with grounding=none (an uninformative prior); real grounding: see docs/grounding.md"
+    return weights_status(DEFAULT_GROUNDING)
+
+
+@ANNOTATORS.register("grounding-only", "the instruction's grounded prior alone, thresholded (baseline)", _status)
+def build_grounding_only(**overrides: Any) -> GroundingOnly:
+    return GroundingOnly(**overrides)
