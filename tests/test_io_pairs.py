@@ -1,0 +1,184 @@
+"""Pairs: size sync, aspect check, instruction check, alignment with a known shift, RLE and bbox."""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from sigma.config.schema import IOConfig, LimitsConfig
+from sigma.errors import InputError, SigmaError
+from sigma.io.geometry import align, check_aspect, estimate_translation, sync_size, undo_translation
+from sigma.io.pairs import check_instruction, load_pair, pair_from_bytes
+from sigma.io.rle import decode_rle, encode_rle, mask_bbox
+from sigma.types import Annotation, Pair
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth random texture (blurred noise): phase correlation needs structure at several scales."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(noise, (0, 0), 2.0)
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- size sync
+def test_sync_size_cubic_when_enlarging_area_when_shrinking():
+    img = textured(20, 30)
+    same, note = sync_size(img, (20, 30))
+    assert same is img and note is None
+    up, note = sync_size(img, (40, 60))
+    assert up.shape == (40, 60, 3) and "cubic" in note and "30x20 -> 60x40" in note
+    np.testing.assert_array_equal(up, cv2.resize(img, (60, 40), interpolation=cv2.INTER_CUBIC))
+    down, note = sync_size(img, (10, 15))
+    assert down.shape == (10, 15, 3) and "area" in note
+    np.testing.assert_array_equal(down, cv2.resize(img, (15, 10), interpolation=cv2.INTER_AREA))
+
+
+def test_pair_records_the_resize_and_keeps_the_original_size():
+    orig = textured(24, 32)
+    edited_small = cv2.resize(orig, (16, 12), interpolation=cv2.INTER_AREA)
+    pair = pair_from_bytes(png(orig), png(edited_small), "make it pop", pair_id="p")
+    assert pair.size == (24, 32) and pair.edited.shape == orig.shape
+    assert "cubic" in pair.preprocess["resize"]
+    assert pair.preprocess["original"]["format"] == "PNG"
+    assert pair.instruction == "make it pop"
+
+
+def test_aspect_mismatch_is_refused_with_both_sizes():
+    with pytest.raises(InputError) as info:
+        pair_from_bytes(png(textured(20, 20)), png(textured(20, 40)), names=("o.png", "e.png"))
+    exc = info.value
+    assert exc.code == "aspect_mismatch" and exc.message.startswith("e.png")
+    assert "40x20" in exc.message and "20x20" in exc.message and "\n" not in exc.message
+    # within tolerance: resized, not refused
+    assert check_aspect((100, 100), (100, 104), 0.05) == pytest.approx(0.04)
+
+
+# ---------------------------------------------------------------- instruction
+@pytest.mark.parametrize("text,code", [("", "empty_instruction"), ("   \n\t", "empty_instruction"),
+                                       ("x" * 1001, "instruction_too_long"), (42, "invalid_instruction")])
+def test_bad_instructions(text, code):
+    with pytest.raises(InputError) as info:
+        check_instruction(text, 1000, "pair-7")
+    assert info.value.code == code and info.value.message.startswith("pair-7: ")
+
+
+def test_instruction_is_normalised_and_none_allowed():
+    assert check_instruction("  remove\n the   boat ", 100) == "remove the boat"
+    assert check_instruction(None, 100) is None
+
+
+def test_empty_instruction_in_a_pair_names_the_pair(tmp_path):
+    (tmp_path / "a.png").write_bytes(png(textured(8, 8)))
+    with pytest.raises(InputError) as info:
+        load_pair(tmp_path / "a.png", tmp_path / "a.png", "", pair_id="a")
+    assert info.value.code == "empty_instruction" and info.value.message.startswith("a:")
+
+
+def test_load_pair_errors_name_the_file(tmp_path):
+    good = tmp_path / "good.png"
+    good.write_bytes(png(textured(8, 8)))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SigmaError) as info:
+        load_pair(good, bad)
+    assert str(bad) in info.value.message and info.value.code == "image_unreadable"
+    with pytest.raises(SigmaError) as info:
+        load_pair(good, tmp_path / "nope.png")
+    assert info.value.code == "file_not_found"
+    tiny_limits = IOConfig(limits=LimitsConfig(max_pixels=10))
+    with pytest.raises(SigmaError) as info:
+        load_pair(good, good, io_config=tiny_limits)
+    assert info.value.code == "too_many_pixels" and str(good) in info.value.message
+
+
+def test_pair_type_guards():
+    with pytest.raises(ValueError):
+        Pair(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8))
+    with pytest.raises(ValueError):
+        Pair(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 3), np.float32))
+
+
+# ---------------------------------------------------------------- alignment
+@pytest.mark.parametrize("dx,dy", [(5, -3), (-7, 2), (0, 4)])
+def test_phase_correlation_recovers_a_known_integer_shift(dx, dy):
+    big = textured(160, 200, seed=3)
+    orig = big[20:148, 30:158]                                   # 128 x 128 window
+    edited = big[20 + dy:148 + dy, 30 + dx:158 + dx]            # edited(x, y) = original(x + dx, y + dy)
+    est_dx, est_dy, response = estimate_translation(orig, edited)
+    # The estimate (ex, ey) satisfies edited(x + ex, y + ey) = original(x, y), so (ex, ey) = (-dx, -dy).
+    assert est_dx == pytest.approx(-dx, abs=0.25) and est_dy == pytest.approx(-dy, abs=0.25)
+    assert response > 0.3
+
+
+def test_align_undoes_the_shift_so_pixel_difference_vanishes():
+    big = textured(160, 200, seed=4)
+    orig = big[16:144, 16:144].copy()
+    edited = big[16 - 3:144 - 3, 16 + 6:144 + 6].copy()        # content moved by (-6, +3)
+    edited[40:60, 40:60] = 255                                   # and a real edit
+    raw_diff = np.abs(orig.astype(int) - edited).mean()
+    fixed, info = align(orig, edited, max_shift_px=16)
+    assert info["applied"] is True
+    assert info["dx"] == pytest.approx(-6, abs=0.25) and info["dy"] == pytest.approx(3, abs=0.25)
+    inner = (slice(10, -10), slice(10, -10))
+    diff = np.abs(orig.astype(int) - fixed)[inner].mean(axis=2)
+    edit_zone = np.zeros(orig.shape[:2], bool)
+    edit_zone[34:66, 34:66] = True
+    assert diff[~edit_zone[inner]].mean() < 2.0 < raw_diff            # background matches again
+    assert diff[edit_zone[inner]].mean() > 40                          # the edit is still there
+
+
+def test_align_leaves_images_alone_when_it_should():
+    img = textured(96, 96, seed=5)
+    out, info = align(img, img.copy(), 16)
+    assert info["applied"] is False and "below 0.25" in info["reason"]
+    big = textured(200, 200, seed=6)
+    far = big[40:136, 40:136], big[40:136, 70:166]               # 30 px > max_shift_px
+    out, info = align(far[0], far[1], 16)
+    assert info["applied"] is False and "max_shift_px" in info["reason"] and out is far[1]
+    unrelated = textured(96, 96, seed=7)
+    out, info = align(img, unrelated, 16)
+    assert info["applied"] is False and "align_min_response" in info["reason"]
+
+
+def test_undo_translation_direction():
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[5, 5] = 255
+    moved = undo_translation(img, 2.0, 3.0)                     # content at (x+2, y+3) comes to (x, y)
+    assert moved[2, 3, 0] == 255
+
+
+def test_load_pair_with_align_reports_the_alignment(tmp_path):
+    big = textured(160, 200, seed=8)
+    (tmp_path / "o.png").write_bytes(png(big[16:144, 16:144]))
+    (tmp_path / "e.png").write_bytes(png(big[16:144, 20:148]))
+    pair = load_pair(tmp_path / "o.png", tmp_path / "e.png", io_config=IOConfig(align=True))
+    assert pair.preprocess["alignment"]["applied"] is True
+    assert pair.preprocess["alignment"]["dx"] == pytest.approx(-4, abs=0.25)
+    assert "alignment" not in load_pair(tmp_path / "o.png", tmp_path / "e.png").preprocess
+
+
+# ---------------------------------------------------------------- RLE / bbox / Annotation record
+def test_rle_roundtrip_bbox_and_sa1b_fields():
+    rng = np.random.default_rng(1)
+    mask = rng.random((13, 21)) > 0.7
+    rle = encode_rle(mask)
+    assert rle["size"] == [13, 21] and isinstance(rle["counts"], str)
+    np.testing.assert_array_equal(decode_rle(rle), mask)
+    box = np.zeros((10, 12), bool)
+    box[2:5, 3:9] = True
+    assert mask_bbox(box) == [3, 2, 6, 3]
+    assert mask_bbox(np.zeros((4, 4), bool)) == [0, 0, 0, 0]
+    ann = Annotation("p", prob=box.astype(np.float32), mask=box, threshold=0.5, annotator="t", config_hash="h")
+    rec = ann.to_dict()
+    assert rec["area"] == 18 and rec["bbox"] == [3, 2, 6, 3] and rec["size"] == [10, 12]
+    assert rec["area_fraction"] == pytest.approx(18 / 120, abs=1e-6)
+    np.testing.assert_array_equal(decode_rle(rec["segmentation"]), box)
