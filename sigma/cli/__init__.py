@@ -12,6 +12,9 @@ COMMAND_MODULES = (
     "sigma.cli.annotate",
     "sigma.cli.eval",
     "sigma.cli.models",
+    "sigma.cli.serve",
+    "sigma.cli.batch",
+    "sigma.cli.export",
 )
 
 

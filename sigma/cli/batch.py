@@ -1,0 +1,174 @@
+"""`sigma batch run|submit|status|presets`: annotate a whole corpus into sharded parquet manifests."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sigma.cli.common import add_config_args
+from sigma.errors import ConfigError
+
+HELP = """Annotate a corpus of editing pairs into one parquet manifest per shard.
+
+INPUT is a folder of pairs (<id>_original.* / <id>_edited.*, or original/ + edited/), a pairs.jsonl set
+(or a folder of sets, e.g. ../shared/data/eval), a .jsonl/.csv manifest of paths, parquet files (the
+Hugging Face layout), a datasets save_to_disk folder, or WebDataset .tar shards.
+
+Each shard is written to OUT/shards/<shard>.<hash>.parquet by temp file + atomic rename, and its status to
+OUT/status/; `--resume` continues an interrupted run and skips finished shards. A bad pair is a row
+with status=error and its reason; the run goes on.
+"""
+
+EXAMPLES = """examples:
+  sigma batch run ../shared/data/eval --out runs/eval --annotator pixel-diff
+  sigma batch run magicbrush/data/ --preset magicbrush --out runs/mb --batch-size 16 --workers 4
+  sigma batch run shards/ --format wds --columns original=src.jpg,edited=tgt.jpg --out runs/wds
+  sigma batch run magicbrush/data/ --preset magicbrush --out runs/mb --resume
+  sigma batch status runs/mb
+  sigma batch submit magicbrush/data/ --preset magicbrush --out /shared/runs/mb --redis redis://host:6379/0
+"""
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ConfigError(f"--columns: {part!r} is not role=column (e.g. original=source_img)")
+        role, col = part.split("=", 1)
+        out[role.strip()] = col.strip()
+    return out
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    from sigma.io.corpora import FORMATS, PRESETS
+
+    p.add_argument("input", help="the corpus (see above)")
+    p.add_argument("--out", required=True, help="run folder (created; holds run.json, shards/, status/)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="column names of a public corpus")
+    p.add_argument("--format", choices=FORMATS, help="reader (default: auto-detected)")
+    p.add_argument("--columns", help="role=column overrides: original=,edited=,instruction=,mask=,id=,edit_type= "
+                                     "(tars: field names, alternatives separated by |)")
+    p.add_argument("--shard-size", type=int, help="pairs per shard (default 1000)")
+    p.add_argument("--annotator", help="registry name (see `sigma models`)")
+    p.add_argument("--threshold", type=float, help="mask = prob > T")
+    p.add_argument("--batch-size", type=int, help="pairs per predict() call (default 8)")
+    p.add_argument("--workers", type=int, help="decode processes (default 2; 0 = none)")
+    p.add_argument("--png-masks", action="store_true", help="also write OUT/masks/<shard>/<pair>.png")
+    p.add_argument("--backend", choices=("local", "ray"), help="local (default) or ray (pip install 'sigma-masks[ray]')")
+    add_config_args(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="annotate a whole corpus (sharded, resumable; fleet mode on Redis)",
+                       description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bsub = p.add_subparsers(dest="batch_command", metavar="SUBCOMMAND")
+
+    r = bsub.add_parser("run", help="run (or --resume) a batch on this machine", description=HELP, epilog=EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_args(r)
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    r.set_defaults(run=run_run)
+
+    s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`")
+    _add_run_args(s)
+    s.add_argument("--redis", help="Redis URL (default: $SIGMA_REDIS_URL or redis://localhost:6379/0)")
+    s.add_argument("--stream", help="stream name (default: sigma:batch)")
+    s.set_defaults(run=run_submit)
+
+    st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)")
+    st.add_argument("out", help="run folder")
+    st.add_argument("--redis", help="also show the fleet queue (Redis URL)")
+    st.add_argument("--stream", help="stream name (default: sigma:batch)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(run=run_status)
+
+    pr = bsub.add_parser("presets", help="list the corpus presets and their columns")
+    pr.set_defaults(run=run_presets)
+    p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
+
+
+def build_config(args: argparse.Namespace):
+    from sigma.batch.config import BatchConfig
+    from sigma.config.loader import load_config, parse_overrides
+
+    overrides: dict[str, Any] = parse_overrides(args.overrides)
+    overrides["input.path"] = args.input
+    flags = {"input.preset": args.preset, "input.format": args.format, "input.shard_size": args.shard_size,
+             "annotator": args.annotator, "threshold": args.threshold, "batch_size": args.batch_size,
+             "workers": args.workers, "backend": args.backend}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.columns:
+        overrides["input.columns"] = parse_columns(args.columns)
+    if args.png_masks:
+        overrides["png_masks"] = True
+    return load_config(BatchConfig, args.config, overrides)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from sigma.batch.runner import run_batch
+
+    cfg = build_config(args)
+    summary = run_batch(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        st = summary.status
+        if summary.skipped == summary.shards:
+            print(f"{summary.out}: all {summary.shards} shards already done; nothing to do")
+        else:
+            print(f"{summary.out}: {summary.done_now} shard(s) written, {summary.skipped} skipped, "
+                  f"{summary.failed_now} failed; {summary.pairs} pairs ({summary.errors} errors) in "
+                  f"{summary.seconds:.1f} s = {summary.pairs_per_s:.1f} pairs/s")
+        print(f"run {summary.run_hash}: {st['done']}/{st['shards']} shards done, {st['ok']} pairs annotated, "
+              f"{st['errors']} bad pairs {st['error_codes'] or ''}")
+    for f in summary.failed:
+        print(f"sigma: error: shard {f['shard']} failed: {f['error']} (rerun with --resume)", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from sigma.batch.fleet import submit_run
+
+    cfg = build_config(args)
+    info = submit_run(cfg, args.out, redis_url=args.redis, stream=args.stream)
+    print(f"{args.out}: queued {info['queued']} shard task(s) on {info['stream']} ({info['skipped']} already done); "
+          "start `sigma worker --batch` on each machine, follow with `sigma batch status`")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from sigma.batch.layout import RunDir
+
+    status = RunDir(args.out).summary()
+    if args.redis or args.stream:
+        from sigma.batch.fleet import queue_status
+
+        status["queue"] = queue_status(args.redis, args.stream)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{args.out}: run {status['run_hash']}: {status['done']}/{status['shards']} shards done, "
+          f"{status['failed']} failed, {status['pending']} pending")
+    planned = status.get("planned_pairs")
+    print(f"pairs: {status['ok']} annotated, {status['errors']} bad"
+          + (f" (of {planned} planned)" if planned else "") + (f" {status['error_codes']}" if status['error_codes'] else ""))
+    for f in status["failed_shards"]:
+        print(f"  failed: {f['shard']}: {f['error']}")
+    if "queue" in status:
+        q = status["queue"]
+        print("queue: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+    return 0
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from sigma.io.corpora import PRESETS
+
+    for preset in PRESETS.values():
+        cols = ", ".join(f"{r}={c}" for r, c in preset.columns.items())
+        print(f"{preset.name:16s} {cols}\n{'':16s} {preset.description}")
+    return 0

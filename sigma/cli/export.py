@@ -1,0 +1,68 @@
+"""`sigma export imdl-benco|coco RUN_DIR`: a batch run's masks as training data for IML trainers."""
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLES = """examples:
+  sigma export imdl-benco runs/mb --out data/mb_benco --min-confidence 0.6 --max-area 0.5
+  sigma export coco runs/mb --out runs/mb/coco.json --images runs/mb/images
+"""
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a `sigma batch run` folder (finished shards are exported)")
+    p.add_argument("--min-confidence", type=float, help="keep pairs with confidence >= C (pairs without one drop)")
+    p.add_argument("--min-area", type=float, help="keep masks covering at least this fraction of the image")
+    p.add_argument("--max-area", type=float, help="keep masks covering at most this fraction of the image")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a batch run as IMDL-BenCo folders or COCO JSON", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    esub = p.add_subparsers(dest="export_format", metavar="FORMAT")
+    b = esub.add_parser("imdl-benco", help="Tp/ + Gt/ PNGs and the JSON list [[tp, gt|\"Negative\"], ...]",
+                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _filters(b)
+    b.add_argument("--out", required=True, help="output folder (Tp/, Gt/, imdl_benco.json)")
+    b.add_argument("--relative", action="store_true", help="paths in the JSON relative to --out (default absolute)")
+    b.set_defaults(run=run_imdl_benco)
+    c = esub.add_parser("coco", help="COCO-style JSON with RLE segmentations", epilog=EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _filters(c)
+    c.add_argument("--out", required=True, help="output JSON file")
+    c.add_argument("--images", help="also write the edited images here under the JSON's file_name")
+    c.set_defaults(run=run_coco)
+    p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
+
+
+def _row_filter(args: argparse.Namespace):
+    from sigma.errors import ConfigError
+    from sigma.export.select import RowFilter
+
+    for name in ("min_area", "max_area"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} is a fraction of the image in [0, 1], got {value}")
+    return RowFilter(min_confidence=args.min_confidence, min_area=args.min_area, max_area=args.max_area)
+
+
+def _report(info: dict) -> None:
+    skipped = info.pop("skipped", [])
+    print(json.dumps({**info, "skipped": len(skipped)}))
+    for s in skipped[:20]:
+        print(f"sigma: warning: skipped {s['pair_id']}: {s['reason']}")
+
+
+def run_imdl_benco(args: argparse.Namespace) -> int:
+    from sigma.export.imdl_benco import export_imdl_benco
+
+    _report(export_imdl_benco(args.run_dir, args.out, _row_filter(args), relative=args.relative))
+    return 0
+
+
+def run_coco(args: argparse.Namespace) -> int:
+    from sigma.export.coco import export_coco
+
+    _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images))
+    return 0

@@ -1,0 +1,6 @@
+"""Turn a finished batch run into training data: IMDL-BenCo folders + JSON list, or COCO JSON with RLE."""
+from sigma.export.coco import export_coco
+from sigma.export.imdl_benco import export_imdl_benco
+from sigma.export.select import RowFilter, iter_rows, load_rows
+
+__all__ = ["RowFilter", "export_coco", "export_imdl_benco", "iter_rows", "load_rows"]

@@ -1,0 +1,107 @@
+"""Read a run's shard manifests back, filter rows, and re-read the pairs they came from when pixels are needed.
+
+The manifests hold masks (RLE) but not images; exports and the review page reopen the corpus recorded in
+run.json and decode only the rows they keep, shard by shard, so memory stays flat.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from sigma.batch.config import BatchConfig
+from sigma.batch.layout import RunDir
+from sigma.errors import InputError
+from sigma.io.corpora.base import Shard, safe_name
+from sigma.types import Pair
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Export-time filters. A row without a confidence fails `min_confidence` (the annotator gave none)."""
+
+    min_confidence: float | None = None
+    min_area: float | None = None        # fraction of the image
+    max_area: float | None = None
+    include_errors: bool = False
+
+    def keep(self, row: dict[str, Any]) -> bool:
+        if row["status"] != "ok":
+            return self.include_errors
+        if self.min_confidence is not None and (row["confidence"] is None or row["confidence"] < self.min_confidence):
+            return False
+        if self.min_area is not None and row["area_fraction"] < self.min_area:
+            return False
+        if self.max_area is not None and row["area_fraction"] > self.max_area:
+            return False
+        return True
+
+
+def iter_rows(run_dir: str | Path, row_filter: RowFilter | None = None) -> Iterator[tuple[Shard, list[dict]]]:
+    """Per finished shard: its kept rows (in shard order)."""
+    import pyarrow.parquet as pq
+
+    rundir = RunDir(run_dir)
+    outputs = rundir.done_outputs()
+    if not outputs:
+        raise InputError(f"{run_dir}: no finished shards yet (see `sigma batch status {run_dir}`)", code="no_results")
+    row_filter = row_filter or RowFilter()
+    for shard, path in outputs:
+        rows = [r for r in pq.read_table(path).to_pylist() if row_filter.keep(r)]
+        yield shard, rows
+
+
+def load_rows(run_dir: str | Path, row_filter: RowFilter | None = None) -> list[dict]:
+    return [r for _, rows in iter_rows(run_dir, row_filter) for r in rows]
+
+
+def run_config(run_dir: str | Path) -> BatchConfig:
+    return BatchConfig.model_validate(RunDir(run_dir).load()["config"])
+
+
+def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
+               ) -> Iterator[tuple[dict, Pair | None, str | None]]:
+    """(row, pair, error) for every kept row, decoding from the corpus again; error when it cannot be re-read."""
+    from sigma.batch.decode import decode_one
+    from sigma.batch.runner import corpus_from_config
+
+    cfg = run_config(run_dir)
+    corpus = corpus_from_config(cfg)
+    for shard, rows in iter_rows(run_dir, row_filter):
+        if not rows:
+            continue
+        wanted = {r["index"]: r for r in rows}
+        seen = set()
+        try:
+            for item in corpus.read(shard):
+                row = wanted.get(item.index)
+                if row is None:
+                    continue
+                seen.add(item.index)
+                if item.pair_id != row["pair_id"]:
+                    yield row, None, f"corpus changed: expected {row['pair_id']} at {row['source']}, found {item.pair_id}"
+                    continue
+                decoded = decode_one(item, cfg.io)
+                yield row, decoded.pair, (None if decoded.pair is not None else decoded.error[1])
+        except InputError as exc:
+            for index, row in wanted.items():
+                if index not in seen:
+                    yield row, None, exc.message
+                    seen.add(index)
+        for index, row in wanted.items():
+            if index not in seen:
+                yield row, None, "not found in the corpus any more"
+
+
+class UniqueNames:
+    """File names from pair ids: safe, stable, and never two pairs on one file."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+
+    def __call__(self, row: dict) -> str:
+        name = safe_name(row["pair_id"], 100)
+        if name in self.used:
+            name = f"{name}-{safe_name(row['shard'], 60)}-{row['index']}"
+        self.used.add(name)
+        return name
