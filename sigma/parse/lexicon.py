@@ -1,0 +1,173 @@
+"""Word lists the rules parser reasons with. Data, not logic: extend a list, not an `if`.
+
+The lists are general English (colours, materials, scene nouns, verbs of editing); none of them
+names a sentence of any test set.
+"""
+from __future__ import annotations
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# ---- determiners, counts, sizes: dropped from concepts (SOURCES.md conventions) -----------------
+DETERMINERS = _words("""
+a an the this that these those some any one two three four five six seven eight nine ten eleven twelve
+several many few more most all every each both another other his her its their my your our whose
+single pair couple dozen multiple numerous various extra additional
+""")
+SIZE_WORDS = _words("""
+small large giant big tiny huge little enormous massive medium-sized small-sized large-sized gigantic
+miniature mini oversized entire whole
+""")
+# "a group of people" -> people; "a piece of clothing" -> clothing
+QUANTIFIER_NOUNS = _words("""
+couple group pair bunch lot lots number few set flock herd pile crowd handful piece pieces bit kind sort
+type cluster row swarm school pack bouquet collection series stack bundle heap
+""")
+# "the colour of the chair" / "the chair's colour" / "the lake surface" -> the owner
+ATTRIBUTE_NOUNS = _words("""
+color colour colors colours texture textures material materials shade hue tone tint pattern finish
+appearance look surface exterior fur hull facade façade wall walls shell skin paint paintwork coat
+coating expression pose posture hairstyle
+""")
+# "the entire face of the cube", "the top of the desk" -> the owner (a part that is the owner's surface)
+PART_OF_NOUNS = _words("face side sides top front back body outside")
+# Scene wording that names the background rather than an object
+BACKGROUND_WORDS = _words("""
+background backdrop setting settings environment environments scenery surroundings surrounding
+landscape backgrounds
+""")
+GENERIC_SCENE_TAILS = _words("environment setting scenery backdrop background surroundings")
+SCENES = _words("""
+beach beachside seaside coast coastline shore ocean sea underwater forest woods woodland jungle
+rainforest desert dunes mountain mountains mountainside hill hills valley field fields meadow grassland
+prairie savanna savannah park countryside farm farmland city cityscape skyline street streets town
+village downtown space galaxy glacier arctic antarctica tundra lake river waterfall canyon cave
+volcano island studio room office kitchen library classroom stadium palace temple ruins cafe
+restaurant bedroom garage backyard yard lawn swamp marsh cliff cliffs harbor harbour port airport
+station market square alley highway stage wilderness world planet universe lawn grass snowfield
+savanna orchard vineyard garden gardens plain plains courtyard plaza suburb suburbs metropolis
+wonderland fairyland underworld heaven
+""")
+WHOLE_IMAGE = _words("""
+image images photo photos photograph picture pictures pic it this everything scene whole overall shot
+frame view
+""")
+# Degradations whose removal is a whole-image restoration (I2EBench low-level tasks)
+DEGRADATIONS = _words("""
+blur blurriness blurry blurring haze haziness hazy noise noisiness noisy rain raindrops rainstreaks
+grain graininess artifacts artefacts fog fogginess mist darkness glare jpeg compression scratches
+distortion distortions motion-blur low-light lowlight streaks
+""")
+RESTORATION_VERBS = _words("""
+deblur denoise dehaze derain restore enhance sharpen brighten darken colorize colourize lighten
+upscale clarify unblur declutter
+""")
+GLOBAL_ADJUSTMENTS = _words("""
+brightness contrast saturation exposure lighting illumination quality sharpness clarity resolution
+vibrance temperature white-balance gamma hue tone tones colors colours color colour
+""")
+WEATHER = _words("""
+snow snowy snowing snowfall rain rainy raining fog foggy mist misty sunny cloudy stormy storm thunderstorm
+winter wintry summer autumn autumnal fall spring night nighttime night-time daytime day dusk dawn sunset
+sunrise evening morning twilight midnight noon overcast hazy frosty icy
+""")
+WEATHER_NOUNS = _words("snow rain fog mist snowfall rainfall sunshine sunlight storm thunderstorm hail")
+STYLE_WORDS = _words("""
+style styles painting paintings sketch sketches drawing drawings watercolor watercolour watercolors
+cartoon cartoonish anime manga pixel pixelated impressionist impressionism cubist cubism expressionist
+ghibli cyberpunk steampunk vintage retro sepia grayscale greyscale monochrome noir comic comics pop-art
+mosaic pencil charcoal ink oil oil-painting renaissance baroque surreal surrealist abstract ukiyo-e
+claymation lego low-poly 3d art artwork illustration engraving blueprint stained-glass woodcut etching
+pastel graffiti poster sculpture van gogh monet picasso rembrandt vermeer dali disney pixar
+photorealistic realistic filter
+""")
+COLOURS = _words("""
+red orange yellow green blue purple pink brown black white gray grey silver gold golden beige violet
+indigo cyan magenta teal turquoise navy maroon crimson scarlet lavender lilac olive tan cream ivory
+amber bronze copper khaki coral mint peach burgundy emerald ruby sapphire rainbow multicolored
+multicoloured colorful colourful transparent translucent blonde blond brunette ginger auburn platinum
+""")
+COLOUR_MODIFIERS = _words("""
+dark light bright pale deep pastel neon vivid dull soft rich warm cool darker lighter brighter deeper
+paler vibrant muted hot baby sky royal navy forest lime
+""")
+MATERIALS = _words("""
+wooden wood metal metallic steel iron glass plastic stone marble brick concrete leather fabric cotton
+silk wool woolen woollen velvet denim paper ceramic porcelain crystal rubber chrome clay knitted woven
+furry fluffy golden silvery glossy matte matt satin lace linen granite jade diamond
+""")
+STATE_ADJECTIVES = _words("""
+smooth rough shiny polished rusty old new worn broken cracked dirty clean wet dry frozen burning melting
+glowing sparkly sparkling striped spotted dotted checkered plaid floral hairy bald happy sad angry
+smiling surprised open closed lit empty full ripe rotten withered blooming young fat thin tall long
+curly straight wavy short-haired long-haired bearded shaved muddy dusty snowy icy bloody fresh wilted
+sleepy awake crying laughing asleep damaged pristine faded tattered torn dented scratched shattered
+bigger smaller larger taller shorter longer wider narrower thinner fatter thicker older younger happier
+sadder cleaner dirtier newer heavier lighter darker brighter deeper redder greener bluer whiter blacker
+round square oval triangular flat sharp dull soft hard bent twisted upside-down inverted mirrored
+elderly aged youthful ancient modern futuristic antique luminous illuminated
+""")
+ATTRIBUTE_VALUE_NOUNS = _words("""
+color colour shade tone hue finish texture pattern material look style appearance version tan
+""")
+# -ing / -ed words that are nouns or adjectives of a concept, not a participle clause ("the building")
+ING_NOUNS = _words("""
+building buildings painting paintings ring rings king kings wing wings string strings clothing ceiling
+ceilings pudding swing swings sling earring earrings icing wedding evening morning railing railings
+awning bedding stuffing frosting lighting sibling siblings duckling ducklings seedling sapling spring
+thing things sling viking vikings dumpling dumplings stocking stockings drawing drawings carving
+carvings sailing skiing wedding crossing opening clearing landing ring parking bowling boxing
+sing wing piping topping toppings filling railing shilling herring pudding sewing
+""")
+ED_KEEP = _words("red bed shed sled seed weed reed bed bobsled steed feed")
+
+# ---- verbs ------------------------------------------------------------------------------------
+ADD_VERBS = _words("""
+add adds adding added put puts putting place places placing placed insert inserts inserting inserted
+include includes including draw draws drawing attach attaches attaching introduce introduces
+introducing plant plants planting hang hangs hanging stick paste position positions create creates
+creating generate generates spawn append drop bring show
+""")
+REMOVE_VERBS = _words("""
+remove removes removing removed delete deletes deleting deleted erase erases erasing erased
+eliminate eliminates eliminating eliminated clear clears clearing omit omits exclude excludes hide
+hides ditch discard discards lose
+""")
+REPLACE_VERBS = _words("""
+replace replaces replacing replaced swap swaps swapping swapped substitute substitutes substituting
+exchange exchanges exchanging switch switches switching trade trades
+""")
+CHANGE_VERBS = _words("""
+change changes changing changed turn turns turning transform transforms transforming convert converts
+converting modify modifies alter alters adjust adjusts set edit edits update updates render renders
+transfer transfers reimagine recreate redraw stylize stylise morph morphs
+""")
+MAKE_VERBS = _words("make makes let have get")
+PAINT_VERBS = _words("""
+paint paints painting repaint recolor recolour color colour dye dyes tint tints tinge shade stain
+""")
+GIVE_VERBS = _words("give gives giving")
+WEAR_VERBS = _words("""
+wear wears wearing hold holds holding carry carries carrying have has having put
+""")
+BE_VERBS = _words("be is are was were become becomes became look looks appear appears seem seems")
+# Words after which a concept phrase ends: prepositions, relative words, conjunctions of clauses
+BOUNDARY_WORDS = _words("""
+in on at near to from with by beside behind under underneath over above below into onto inside outside
+along across around between towards toward next within against through throughout among beneath atop
+upon off for so that which who where while whose as than like instead via via leaving ensuring making
+keeping but then until when if because is are was were be should would could will can must has have
+had looks look appears appear seems seem becomes become being
+""")
+# Verbs that end a noun phrase after "make the man ..." / "have the dog ..." (actions, poses)
+ACTION_VERBS = _words("""
+turn raise smile look sit stand jump wave hold wear carry run walk dance laugh cry lie open close face
+point lift bend kneel eat drink sleep fly swim ride play read write cross fold hug kiss shake nod frown
+wink bow lean stretch reach clap throw catch kick climb squat crouch grab take rest lower tilt rotate
+spin hug sing shout yell scream blink gaze stare glance move step roll crawl fall float hover sink
+bark meow roar perch flap spread drive pose appear become grow shrink melt burn glow shine age wilt
+bloom have has get
+""")
+SCENE_PREPOSITIONS = _words("in at on into")

@@ -1,0 +1,1 @@
+"""Placeholder module: the llm backend lands in the next commit."""

@@ -1,0 +1,1 @@
+"""Placeholder module: the qwen-vl backend lands in the next commit."""

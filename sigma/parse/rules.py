@@ -1,0 +1,554 @@
+"""The default parser: deterministic verb/pattern rules over tokens plus noun-phrase extraction.
+
+Order of reasoning, per sentence: find the editing verb (or a non-imperative pattern such as
+"what if X were Y", "X should be Y", "there should be X"), read the object phrase, then decide the
+edit type from what the sentence says the object becomes:
+- a value (colour, material, state, "a darker shade")       -> attribute, source = target = object
+- a new thing                                               -> replace, source = object, target = thing
+- a scene, or the object is a background/setting            -> replace, source = "background"
+- the object is the whole image (it, the photo), a style, weather, a restoration -> global
+No weights, no network; the same text always gives the same parse.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sigma.parse import lexicon as L
+from sigma.parse.phrases import (Phrase, extract_phrase, is_action_form, is_value_word, is_word,
+                                 looks_participle, tokenize)
+from sigma.parse.registry import register_parser
+from sigma.parse.types import ParsedInstruction
+
+_FILLERS = [
+    ("please",), ("kindly",), ("can", "you"), ("could", "you"), ("would", "you"), ("will", "you"),
+    ("i", "want", "you", "to"), ("i", "want", "to"), ("i", "would", "like", "you", "to"),
+    ("i", "would", "like", "to"), ("i'd", "like", "to"), ("i'd", "like", "you", "to"), ("i", "need", "you", "to"),
+    ("i", "need", "to"), ("let's",), ("let", "us"), ("now",), ("then",), ("also",), ("just",), ("try", "to"),
+    ("help", "me"), ("go", "ahead", "and"), ("and",), ("ok",), ("okay",), ("hey",), ("simply",),
+    ("instruction",), ("edit",), (":",), ("-",), ("you", "should"), ("we", "need", "to"), ("lets",),
+]
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+")
+
+
+@dataclass(frozen=True)
+class Parse:
+    edit_type: str
+    source: str | None
+    target: str | None
+    rule: str
+
+
+def _strip_fillers(toks: list[str]) -> list[str]:
+    changed = True
+    while changed and toks:
+        changed = False
+        low = [t.lower() for t in toks]
+        for filler in _FILLERS:
+            if tuple(low[: len(filler)]) == filler and len(toks) > len(filler):
+                # "let the sky be ..." keeps its verb; only "let's"/"let us" are fillers
+                toks = toks[len(filler):]
+                changed = True
+                break
+    while toks and not is_word(toks[-1]):
+        toks = toks[:-1]
+    while toks and not is_word(toks[0]):
+        toks = toks[1:]
+    return toks
+
+
+def _clause_end(low: list[str], start: int) -> int:
+    """Where the first clause ends: a period/semicolon/comma+verb, or 'and' followed by a new verb."""
+    for j in range(start, len(low)):
+        w = low[j]
+        if w in (".", ";", "!", "?"):
+            return j
+        if w in ("and", ",", "then", "while") and j + 1 < len(low):
+            nxt = low[j + 1]
+            if nxt in ("then", "also"):
+                return j
+            if _verb_kind(nxt) is not None and nxt not in ("turn", "set", "show", "drop", "place"):
+                return j
+    return len(low)
+
+
+def _verb_kind(w: str) -> str | None:
+    if w in L.REMOVE_VERBS:
+        return "remove"
+    if w in L.REPLACE_VERBS:
+        return "replace"
+    if w in L.ADD_VERBS:
+        return "add"
+    if w in L.PAINT_VERBS:
+        return "paint"
+    if w in L.GIVE_VERBS:
+        return "give"
+    if w in L.MAKE_VERBS:
+        return "make"
+    if w in L.CHANGE_VERBS:
+        return "change"
+    if w in L.RESTORATION_VERBS:
+        return "restore"
+    if w in ("increase", "decrease", "reduce", "boost", "lower", "improve", "fix", "correct", "raise",
+             "enhance", "apply", "dress"):
+        return "adjust"
+    return None
+
+
+def _is_whole_image(ph: Phrase) -> bool:
+    return not ph.words or all(w in L.WHOLE_IMAGE for w in ph.words)
+
+
+def _has(words, vocab) -> bool:
+    return any(w in vocab for w in words)
+
+
+def _value_kind(y: list[str]) -> str:
+    """What `y` (the words after 'to'/'into'/'be') names: value, style, weather, scene or thing."""
+    content = [w for w in y if is_word(w) and w not in ("a", "an", "the", "more", "slightly", "very",
+                                                         "much", "bit", "little", "somewhat", "fully",
+                                                         "completely", "totally", "entirely", "into")]
+    if not content:
+        return "none"
+    if _has(content, L.STYLE_WORDS) and ("style" in content or "painting" in content
+                                          or "drawing" in content or "sketch" in content
+                                          or not any(w not in L.STYLE_WORDS for w in content[:1])):
+        return "style"
+    if _has(content, L.BACKGROUND_WORDS):
+        return "scene"
+    if all(w in L.WEATHER for w in content[:2]) or (content[0] in L.WEATHER and len(content) == 1):
+        return "weather"
+    if _has(content, L.ATTRIBUTE_VALUE_NOUNS) and not _has(content, L.SCENES):
+        return "value"
+    first = content[0]
+    indefinite = y and y[0] in ("a", "an")
+    if is_value_word(first):
+        if not indefinite or all(is_value_word(w) for w in content):
+            return "value"
+    if not indefinite and (looks_participle(first) or first in ("left", "right", "up", "down", "around",
+                                                               "sideways", "forward", "backward")):
+        return "value"
+    if indefinite and all(is_value_word(w) or w.endswith("er") for w in content):
+        return "value"
+    return "thing"
+
+
+def _strip_connectors(low: list[str], j: int) -> int:
+    while j < len(low) and low[j] in ("to", "into", "as", "be", "being", "become", "look", "looks",
+                                       "like", "appear", "seem", "turn", "in", "more", "so", "that",
+                                       "it", "is", "are", "now"):
+        j += 1
+    return j
+
+
+# ---------------------------------------------------------------------------------------------
+def _parse_remove(toks, low, j, verb) -> Parse:
+    if low[j:j + 2] in (["rid", "of"],) or (verb == "get" and low[j:j + 2] == ["rid", "of"]):
+        j += 2
+    if j < len(low) and low[j] in ("away", "out", "off", "up"):
+        j += 1
+    obj = extract_phrase(toks, j)
+    if obj.head in L.DEGRADATIONS or _has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2:
+        return Parse("global", None, None, "remove-degradation")
+    if not obj.words:
+        return Parse("remove", None, None, "remove-empty")
+    return Parse("remove", obj.text, None, "remove")
+
+
+def _parse_add(toks, low, j, verb) -> Parse:
+    if j < len(low) and low[j] in ("on", "in") and verb.startswith("put"):
+        j += 1                                            # "put on a hat"
+    obj = extract_phrase(toks, j)
+    if not obj.words:
+        return Parse("add", None, None, "add-empty")
+    if obj.head in L.WEATHER_NOUNS or (obj.head in L.WEATHER and len(obj.words) == 1):
+        return Parse("global", None, None, "add-weather")
+    if obj.head in L.STYLE_WORDS and obj.head in ("filter", "style", "effect"):
+        return Parse("global", None, None, "add-style")
+    if (obj.head in L.ATTRIBUTE_NOUNS or all(is_value_word(w) for w in obj.words)) and \
+            obj.end < len(low) and low[obj.end] in ("to", "on"):
+        owner = extract_phrase(toks, obj.end + 1)
+        if _is_whole_image(owner):
+            return Parse("global", None, None, "add-value-to-image")
+        return Parse("attribute", owner.text, owner.text, "add-value-to-object")
+    return Parse("add", None, obj.text, "add")
+
+
+def _find(low: list[str], start: int, end: int, words: tuple[str, ...]) -> int | None:
+    for k in range(start, end):
+        if low[k] in words:
+            return k
+    return None
+
+
+def _parse_replace(toks, low, j, verb, end) -> Parse:
+    if j < len(low) and low[j] in ("out",):
+        j += 1
+    obj = extract_phrase(toks, j)
+    k = _find(low, obj.end, end, ("with", "by", "to", "into", "for", "using"))
+    seg = low[j:k if k is not None else end]
+    new = extract_phrase(toks, k + 1) if k is not None else None
+    if verb.startswith("substitut") and k is not None and low[k] == "for":
+        obj, new = new, obj                               # "substitute a cat for the dog"
+    source = obj.text
+    if _has(seg, L.BACKGROUND_WORDS) and obj.head in L.BACKGROUND_WORDS | L.SCENES | {"background"}:
+        source = "background"
+    elif obj.saw_attribute and new is not None and _value_kind(low[k + 1:end]) == "value":
+        return Parse("attribute", obj.text, obj.text, "replace-attribute")
+    target = new.text if new is not None else None
+    return Parse("replace", source, target, "replace")
+
+
+def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, end: int,
+                     a: Phrase | None, rule: str) -> Parse:
+    """X (the object) becomes Y: decide the edit type from what Y is."""
+    y = low[y_start:end] if y_start is not None else []
+    kind = _value_kind(y)
+    ynp = extract_phrase(toks, y_start) if y_start is not None else None
+    if ynp is not None and ynp.end > end:
+        ynp.words = ynp.words[: max(0, len(ynp.words) - (ynp.end - end))]
+    bg_in_x = _has(seg, L.BACKGROUND_WORDS)
+    bg = bg_in_x or kind == "scene" or (a is not None and (a.head in L.SCENES or _has(a.words, L.BACKGROUND_WORDS)))
+    whole = _is_whole_image(x) and not bg_in_x
+    if x.saw_attribute and not whole and kind in ("value", "none", "weather", "thing"):
+        if kind != "thing" or not bg:
+            return Parse("attribute", x.text, x.text, rule + "-attribute-noun")
+    if bg and kind not in ("value", "style"):
+        if whole and kind == "weather":
+            return Parse("global", None, None, rule + "-weather")
+        return Parse("replace", "background", ynp.text if ynp else None, rule + "-background")
+    if whole:
+        return Parse("global", None, None, rule + "-whole-image")
+    if kind in ("value", "none"):
+        return Parse("attribute", x.text, x.text, rule + "-value")
+    if kind in ("style", "weather"):
+        return Parse("attribute", x.text, x.text, rule + "-" + kind)
+    if a is not None and is_value_word(a.head or ""):
+        return Parse("attribute", x.text, x.text, rule + "-from-value")
+    if x.head in L.SCENES and ynp is not None and ynp.head in L.SCENES:
+        return Parse("replace", "background", ynp.text, rule + "-scene")
+    if ynp is None or not ynp.words:
+        return Parse("attribute", x.text, x.text, rule + "-no-target")
+    return Parse("replace", x.text, ynp.text, rule + "-thing")
+
+
+def _parse_change(toks, low, j, verb, end) -> Parse:
+    """change/turn/transform/convert X [from A] (to|into|as) Y; turn/make X Y."""
+    if verb in ("turn",) and j < len(low) and low[j] in ("on", "off"):
+        obj = extract_phrase(toks, j + 1)
+        return Parse("attribute", obj.text, obj.text, "turn-on-off") if obj.words else \
+            Parse("global", None, None, "turn-on-off-image")
+    x = extract_phrase(toks, j, stop_at_verbs=True)
+    x, y_inline = _split_trailing_values(x)
+    if y_inline:
+        return _inline(x, y_inline, low[j:x.end], "change-inline")
+    k_from = _find(low, x.end, end, ("from",))
+    k_to = _find(low, x.end, end, ("to", "into", "as", "so", "like"))
+    if k_to is None:
+        k_to = _find(low, x.end, end, ("in",))
+    a = None
+    if k_from is not None and (k_to is None or k_from < k_to):
+        a = extract_phrase(toks, k_from + 1)
+        k_to = _find(low, a.end, end, ("to", "into", "as"))
+    seg = low[j:(k_from if k_from is not None else k_to if k_to is not None else end)]
+    if k_to is not None and low[k_to] == "in" and not _in_is_target(low, k_to, end):
+        k_to = None
+    y_start = _strip_connectors(low, k_to + 1) if k_to is not None else None
+    if x.end < end and low[x.end] in L.BE_VERBS | L.ACTION_VERBS | L.WEAR_VERBS and k_to is None:
+        return _parse_after_subject(toks, low, x, x.end, end, "change")
+    return _classify_change(toks, low, x, seg, y_start, end, a, "change")
+
+
+def _in_is_target(low, k, end) -> bool:
+    """'in' introduces the new look ('in Van Gogh style', 'in red'), not a location ('in the image')."""
+    rest = [w for w in low[k + 1:end] if w not in ("a", "an", "the")]
+    if not rest or rest[0] in L.WHOLE_IMAGE or rest[0] in ("foreground", "background", "middle", "center",
+                                                          "centre", "corner", "front", "back", "left",
+                                                          "right", "top", "bottom"):
+        return False
+    return _value_kind(rest) in ("value", "style", "weather") or _has(rest, L.SCENES)
+
+
+def _split_trailing_values(x: Phrase) -> tuple[Phrase, list[str]]:
+    """'the car red' -> ('car', ['red']): a phrase that swallowed its new value."""
+    words = list(x.words)
+    tail: list[str] = []
+    while len(words) > 1 and (is_value_word(words[-1]) or words[-1] in L.WEATHER):
+        tail.insert(0, words.pop())
+    if not tail:
+        return x, []
+    return Phrase(words, x.end, x.saw_attribute, x.seen, x.proper), tail
+
+
+def _inline(x: Phrase, values: list[str], seg: list[str], rule: str) -> Parse:
+    if _is_whole_image(x):
+        return Parse("global", None, None, rule + "-whole-image")
+    return Parse("attribute", x.text, x.text, rule)
+
+
+def _parse_after_subject(toks, low, x: Phrase, k: int, end: int, rule: str) -> Parse:
+    """X followed by a verb: 'make the man | wear a hat', 'have the dog | sit', 'the sky | be sunset'."""
+    w = low[k]
+    if w in L.WEAR_VERBS or is_action_form(w) and any(w.startswith(s) for s in ("wear", "hold", "carr")):
+        if w in ("have", "has", "having", "put") and k + 1 < end and low[k + 1] in ("on",):
+            k += 1
+        obj = extract_phrase(toks, k + 1)
+        if obj.words and not _is_whole_image(obj):
+            return Parse("add", None, obj.text, rule + "-wear")
+    if w in L.BE_VERBS or (w in ("turn", "turns", "turned", "get", "gets") and k + 1 < end
+                           and (low[k + 1] in ("into", "to") or is_value_word(low[k + 1]))):
+        y_start = _strip_connectors(low, k + 1)
+        return _classify_change(toks, low, x, low[:k], y_start, end, None, rule + "-be")
+    if _is_whole_image(x):
+        return Parse("global", None, None, rule + "-whole-image-action")
+    return Parse("attribute", x.text, x.text, rule + "-action")
+
+
+def _parse_make(toks, low, j, verb, end) -> Parse:
+    """make/let/have/get X Y | X VERB ... | there be X."""
+    if j < len(low) and low[j] == "there":
+        k = _strip_connectors(low, j + 1)
+        obj = extract_phrase(toks, k)
+        if obj.head in L.WEATHER_NOUNS or obj.head in L.WEATHER:
+            return Parse("global", None, None, "let-there-be-weather")
+        return Parse("add", None, obj.text, "let-there-be")
+    x = extract_phrase(toks, j, stop_at_verbs=True)
+    x, tail = _split_trailing_values(x)
+    if tail:
+        return _inline(x, tail, low[j:x.end], verb + "-inline")
+    k = x.end
+    if k < end and (low[k] in L.ACTION_VERBS or low[k] in L.WEAR_VERBS or low[k] in L.BE_VERBS):
+        return _parse_after_subject(toks, low, x, k, end, verb)
+    if k < end and low[k] in ("a", "an", "the") and not _is_whole_image(x):
+        # "make the dog a cat"
+        return _classify_change(toks, low, x, low[j:k], k, end, None, verb + "-object")
+    if k < end and low[k] in ("in", "at", "on") and _in_is_target(low, k, end):
+        y_start = _strip_connectors(low, k + 1)
+        rest = low[y_start:end]
+        if _value_kind(rest) in ("value", "style", "weather"):
+            return _classify_change(toks, low, x, low[j:k], y_start, end, None, verb + "-in")
+        ynp = extract_phrase(toks, y_start)
+        return Parse("replace", "background", ynp.text, verb + "-in-scene")
+    if k < end and low[k] in ("into", "to", "as", "like", "look"):
+        return _classify_change(toks, low, x, low[j:k], _strip_connectors(low, k + 1), end, None, verb + "-into")
+    # "make it snowy" when "snowy" was read into the phrase, or a bare adjective phrase
+    if _is_whole_image(x):
+        rest = low[k:end]
+        if rest and _value_kind(rest) in ("value", "style", "weather", "thing"):
+            return Parse("global", None, None, verb + "-whole-image")
+    if x.words and all(is_value_word(w) or w in L.WEATHER for w in x.words):
+        return Parse("global", None, None, verb + "-bare-value")
+    return _classify_change(toks, low, x, low[j:k], None, end, None, verb)
+
+
+def _parse_paint(toks, low, j, verb, end) -> Parse:
+    if j < len(low) and low[j] in ("a", "an"):
+        obj = extract_phrase(toks, j)
+        return Parse("add", None, obj.text, "paint-new-object")
+    x = extract_phrase(toks, j)
+    x, _ = _split_trailing_values(x)
+    if _is_whole_image(x):
+        return Parse("global", None, None, "paint-whole-image")
+    return Parse("attribute", x.text, x.text, "paint")
+
+
+def _parse_give(toks, low, j, verb, end) -> Parse:
+    x = extract_phrase(toks, j)
+    y = extract_phrase(toks, x.end)
+    rest = low[x.end:end]
+    kind = _value_kind(rest)
+    if _is_whole_image(x):
+        return Parse("global", None, None, "give-whole-image")
+    if kind in ("value", "style", "weather") or _has(rest, L.ATTRIBUTE_VALUE_NOUNS):
+        return Parse("attribute", x.text, x.text, "give-value")
+    if y.words:
+        return Parse("add", None, y.text, "give-object")
+    return Parse("attribute", x.text, x.text, "give")
+
+
+def _parse_restore(toks, low, j, verb, end) -> Parse:
+    obj = extract_phrase(toks, j)
+    if obj.head in L.GLOBAL_ADJUSTMENTS or obj.head in L.DEGRADATIONS:
+        k = _find(low, obj.end, end, ("of",))
+        owner = extract_phrase(toks, k + 1) if k is not None else None
+        if owner is None or _is_whole_image(owner):
+            return Parse("global", None, None, verb + "-adjustment")
+        return Parse("attribute", owner.text, owner.text, verb + "-adjust-object")
+    if verb == "dress":
+        k = _find(low, obj.end, end, ("in", "with"))
+        new = extract_phrase(toks, k + 1) if k is not None else None
+        return Parse("add", None, new.text if new else None, "dress")
+    if verb == "apply":
+        return Parse("global", None, None, "apply") if _is_whole_image(extract_phrase(toks, (
+            _find(low, obj.end, end, ("to",)) or end) + 1)) else Parse("attribute", None, None, "apply")
+    if _is_whole_image(obj):
+        return Parse("global", None, None, verb + "-image")
+    return Parse("attribute", obj.text, obj.text, verb + "-object")
+
+
+_DISPATCH = {
+    "remove": lambda t, lo, j, v, e: _parse_remove(t, lo, j, v),
+    "add": lambda t, lo, j, v, e: _parse_add(t, lo, j, v),
+    "replace": _parse_replace,
+    "change": _parse_change,
+    "make": _parse_make,
+    "paint": _parse_paint,
+    "give": _parse_give,
+    "restore": _parse_restore,
+    "adjust": _parse_restore,
+}
+
+
+def _multiword_verb(low: list[str], i: int) -> tuple[str, int] | None:
+    two = tuple(low[i:i + 2])
+    three = tuple(low[i:i + 3])
+    if three in (("get", "rid", "of"),):
+        return "remove", i + 3
+    if two in (("take", "away"), ("take", "out"), ("take", "off"), ("wipe", "out"), ("wipe", "off"),
+               ("wipe", "away"), ("cut", "out"), ("clean", "up"), ("clear", "away"), ("clear", "out")):
+        return "remove", i + 2
+    if two in (("put", "on"),):
+        return "add", i + 2
+    if two in (("swap", "out"), ("switch", "out")):
+        return "replace", i + 2
+    if two == ("turn", "on") or two == ("turn", "off"):
+        return "change", i + 1
+    return None
+
+
+def _parse_tokens(toks: list[str]) -> Parse | None:
+    low = [t.lower() for t in toks]
+    if not low:
+        return None
+    end = _clause_end(low, 0)
+    multi = _multiword_verb(low, 0)
+    if multi is not None:
+        kind, j = multi
+        return _DISPATCH[kind](toks, low, j, low[0], end)
+    kind = _verb_kind(low[0])
+    if kind == "add" and low[0] in ("show", "drop", "bring", "set", "draw") and len(low) > 1 \
+            and low[1] in ("the", "this", "it", "me"):
+        kind = "change" if low[0] != "show" else None        # "draw the image as a sketch"
+    if kind is not None:
+        return _DISPATCH[kind](toks, low, 1, low[0], end)
+    return _parse_declarative(toks, low)
+
+
+def _parse_declarative(toks, low) -> Parse | None:
+    """Instructions without a leading verb: 'what if X were Y', 'X should be Y', 'there is X',
+    'X instead of Y', 'X removed', or a verb later in the sentence."""
+    n = len(low)
+    end = _clause_end(low, 0)
+    j = 0
+    if low[:2] == ["what", "if"] or low[:2] == ["imagine", "if"] or low[:2] == ["suppose", "that"]:
+        j = 2
+    elif low[:1] in (["imagine"], ["suppose"], ["if"]):
+        j = 1
+    if low[j:j + 1] == ["there"]:
+        k = _strip_connectors(low, j + 1)
+        while k < n and low[k] in ("should", "must", "would", "could", "will", "was", "were", "be", "is", "are"):
+            k += 1
+        obj = extract_phrase(toks, k)
+        if obj.words:
+            if obj.head in L.WEATHER_NOUNS:
+                return Parse("global", None, None, "there-be-weather")
+            return Parse("add", None, obj.text, "there-be")
+    subj = extract_phrase(toks, j, stop_at_verbs=True, sentence_start=j)
+    k = subj.end
+    modal = ("should", "must", "would", "could", "will", "can", "shall", "might")
+    while k < end and low[k] in modal:
+        k += 1
+    if k < end and subj.words:
+        w = low[k]
+        if w in ("removed", "deleted", "erased", "gone", "eliminated", "missing", "disappear", "disappears",
+                 "vanish", "vanishes") or (w in ("be", "is", "are") and k + 1 < end and low[k + 1] in (
+                "removed", "deleted", "erased", "gone", "eliminated", "missing")):
+            if subj.head in L.DEGRADATIONS:
+                return Parse("global", None, None, "passive-remove-degradation")
+            return Parse("remove", subj.text, None, "passive-remove")
+        if w in ("replaced", "swapped") or (w in ("be", "is", "are") and k + 1 < end and low[k + 1] in (
+                "replaced", "swapped")):
+            kk = _find(low, k, end, ("with", "by", "for"))
+            new = extract_phrase(toks, kk + 1) if kk is not None else None
+            return Parse("replace", subj.text, new.text if new else None, "passive-replace")
+        if w in ("added", "appears", "appear"):
+            return Parse("add", None, subj.text, "passive-add")
+        if w in ("instead",) and low[k:k + 2] == ["instead", "of"]:
+            old = extract_phrase(toks, k + 2)
+            return Parse("replace", old.text, subj.text, "instead-of")
+        if w in L.BE_VERBS or w in ("were", "was", "became", "turned", "wore", "held") or \
+                w in L.ACTION_VERBS or w in L.WEAR_VERBS or is_action_form(w):
+            if w in ("wore",):
+                w = "wears"
+            toks2 = list(toks)
+            low2 = list(low)
+            if w in ("were", "was", "became", "turned"):
+                low2[k] = "be"
+            return _parse_after_subject(toks2, low2, subj, k, end, "declarative")
+        if w in ("to", "into", "->", "→"):
+            return _classify_change(toks, low, subj, low[j:k], _strip_connectors(low, k + 1), end, None,
+                                    "declarative-to")
+        if w == "with" and subj.words:
+            obj = extract_phrase(toks, k + 1)
+            return Parse("add", None, obj.text, "with-object") if obj.words else None
+        if w == "without":
+            obj = extract_phrase(toks, k + 1)
+            return Parse("remove", obj.text, None, "without") if obj.words else None
+    if k < end and low[k] in ("-", ">", "->") and subj.words:
+        q = k
+        while q < end and low[q] in ("-", ">"):
+            q += 1
+        return _classify_change(toks, low, subj, low[j:k], q, end, None, "arrow")
+    # a verb later in the sentence ("I think the dog should be removed" handled above; "in this photo, add a cat")
+    for q in range(1, end):
+        if _verb_kind(low[q]) in ("remove", "replace", "add", "change", "make", "paint") and \
+                (q == 0 or low[q - 1] in (",", "to", "please", "and", "then", "just")):
+            return _parse_tokens(toks[q:])
+    if _has(low, L.STYLE_WORDS) or _has(low, L.WEATHER) or _has(low, L.DEGRADATIONS):
+        return Parse("global", None, None, "keywords-global")
+    if _has(low, ("without",)):
+        q = low.index("without")
+        obj = extract_phrase(toks, q + 1)
+        if obj.words:
+            return Parse("remove", obj.text, None, "without")
+    return None
+
+
+def _parse_sentence(text: str) -> Parse | None:
+    toks = _strip_fillers(tokenize(text))
+    if not toks:
+        return None
+    return _parse_tokens(toks)
+
+
+def parse_rules(text: str | None) -> ParsedInstruction:
+    """Deterministic parse; never raises on odd text (an unparseable one is a guess, flagged)."""
+    if text is None or not any(ch.isalnum() for ch in text):
+        return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
+    sentences = [s for s in _SENTENCE_SPLIT.split(" ".join(text.split())) if any(c.isalnum() for c in s)]
+    first_guess: Parse | None = None
+    for sentence in sentences:
+        parse = _parse_sentence(sentence)
+        if parse is not None:
+            return ParsedInstruction(instruction=text, edit_type=parse.edit_type, source=parse.source,
+                                     target=parse.target, backend="rules", rule=parse.rule)
+    # Nothing matched: a caption-like request ("a cat wearing sunglasses") most often asks for the thing.
+    toks = _strip_fillers(tokenize(sentences[0])) if sentences else []
+    phrase = extract_phrase(toks, 0) if toks else None
+    if phrase is not None and phrase.words and not _is_whole_image(phrase):
+        first_guess = Parse("add", None, phrase.text, "default-add")
+    else:
+        first_guess = Parse("global", None, None, "default-global")
+    return ParsedInstruction(instruction=text, edit_type=first_guess.edit_type, source=first_guess.source,
+                             target=first_guess.target, backend="rules", rule=first_guess.rule)
+
+
+@register_parser("rules", "deterministic verb/pattern rules + noun phrases; no weights (default)")
+def build_rules_parser(**options):
+    if options:
+        from sigma.errors import ConfigError
+        raise ConfigError(f"the rules parser takes no options, got {sorted(options)}")
+
+    def parse(text: str | None, **_call) -> ParsedInstruction:
+        return parse_rules(text)
+    return parse
