@@ -1,0 +1,69 @@
+"""API keys: only SHA-256 digests are kept; a key carries scopes (`annotate`, `metrics`, `admin`).
+
+No key → 401 `missing_api_key`; an unknown key → 401 `invalid_api_key`; a known key without the
+route's scope → 403 `insufficient_scope`. Keys come as `Authorization: Bearer KEY` or `X-API-Key`.
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from api.errors import ApiError
+from workers.settings import SCOPES, AuthSettings, hash_key
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    scopes: frozenset[str]
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
+
+
+ANONYMOUS = Principal("anonymous", frozenset(SCOPES))
+
+
+def presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+class KeyChecker:
+    def __init__(self, settings: AuthSettings):
+        self.keys = [(k.sha256, Principal(k.name, frozenset(k.scopes))) for k in settings.keys]
+        self.anonymous = settings.allow_anonymous and not self.keys
+
+    def identify(self, request: Request) -> Principal:
+        key = presented_key(request)
+        if key is None:
+            if self.anonymous:
+                return ANONYMOUS
+            raise ApiError(401, "missing_api_key", "send an API key as 'Authorization: Bearer KEY' or 'X-API-Key'",
+                           {"WWW-Authenticate": "Bearer"})
+        digest = hash_key(key)
+        found = None
+        for stored, principal in self.keys:       # compare all, constant time each
+            if hmac.compare_digest(stored, digest):
+                found = principal
+        if found is None:
+            if self.anonymous:
+                return ANONYMOUS
+            raise ApiError(401, "invalid_api_key", "the API key is not valid", {"WWW-Authenticate": "Bearer"})
+        return found
+
+    def require(self, scope: str):
+        async def dependency(request: Request) -> Principal:
+            principal = self.identify(request)
+            if scope not in principal.scopes and not principal.admin:
+                raise ApiError(403, "insufficient_scope", f"this API key lacks the '{scope}' scope")
+            return principal
+        return dependency

@@ -1,0 +1,98 @@
+"""One error shape for every failure: `{"error": {"code", "message"}}` with a stable code.
+
+SigmaError codes from `sigma.io` (the same ones the CLI prints) map to HTTP statuses here; FastAPI's
+own validation errors, 404s and 405s are rewritten into the same shape so a client needs one parser.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sigma.errors import SigmaError
+
+log = logging.getLogger("sigma.api")
+
+# SigmaError code → HTTP status; anything else that is an InputError is a 422.
+STATUS_BY_CODE = {
+    "file_too_large": 413, "too_many_pixels": 413, "decompression_bomb": 413, "request_too_large": 413,
+    "bad_json": 400, "invalid_base64": 400, "malformed_multipart": 400, "missing_field": 400,
+    "not_a_file": 400, "invalid_request": 422, "unsupported_media_type": 415,
+    "unknown_annotator": 422, "unknown_name": 422,
+    "missing_api_key": 401, "invalid_api_key": 401, "insufficient_scope": 403,
+    "not_found": 404, "job_not_found": 404, "mask_not_available": 409, "method_not_allowed": 405,
+    "queue_full": 429, "queue_unavailable": 503, "annotation_failed": 500, "internal_error": 500,
+}
+
+# Documented codes (docs/service.md); the fuzz test asserts every error it sees is one of them.
+KNOWN_CODES = frozenset(STATUS_BY_CODE) | {
+    "image_empty", "image_unreadable", "unsupported_format", "aspect_mismatch", "instruction_too_long",
+    "empty_instruction", "invalid_instruction", "limit_exceeded", "invalid_input", "job_expired",
+    "dead_letter", "model_error", "worker_lost", "http_error", "cancelled",
+}
+
+HTTP_CODES = {400: "bad_request", 401: "missing_api_key", 403: "insufficient_scope", 404: "not_found",
+              405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type",
+              422: "invalid_request", 429: "queue_full", 503: "queue_unavailable"}
+KNOWN_CODES = KNOWN_CODES | frozenset(HTTP_CODES.values())
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 **extra: Any):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status,
+                        headers=headers)
+
+
+def status_for(exc: SigmaError) -> int:
+    return STATUS_BY_CODE.get(exc.code, 422)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "<body>"
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+
+    @app.exception_handler(SigmaError)
+    async def _sigma_error(_: Request, exc: SigmaError) -> JSONResponse:
+        return error_response(status_for(exc), exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("redis error: %s", exc)
+        return error_response(503, "queue_unavailable", f"the job queue is unreachable ({type(exc).__name__}); "
+                              "retry shortly", {"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); see the API log")

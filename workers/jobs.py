@@ -1,0 +1,213 @@
+"""Where a job lives in Redis, and the two atomic steps that must never be split.
+
+Keys (all under `redis.key_prefix`, `P` below):
+    P:stream:<annotator>      the work queue (consumer group `queue.group`); entries {"job": id}
+    P:dead:<annotator>        dead letters: the entry's fields + last error + delivery count
+    P:job:<id>                hash: status, annotator, owner, options, timestamps, attempts, last_error,
+                              result (JSON), error (JSON), completions (how many times a result was stored)
+    P:blob:<id>:original|edited   the uploaded bytes, deleted when the job finishes
+    P:done:<id>               a list a waiting API request BLPOPs; one element per completion
+    P:worker:<consumer>       heartbeat hash with a TTL
+    P:idem:<owner>:<key>      idempotency key → job id
+    P:metrics:<annotator>     worker histograms (batch size, inference latency), HINCRBY'd per batch
+
+`ENQUEUE` stores the job and adds the stream entry in one script, so a 429 (queue full) leaves
+nothing behind. `FINISH` stores a result only if the job has none yet: a job reclaimed after its
+first worker died just after storing is acknowledged, not stored twice (`completions` stays 1).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+TERMINAL = ("done", "failed", "cancelled")
+
+ENQUEUE = """
+-- KEYS: stream, job, blob original, blob edited
+-- ARGV: max_len, ttl_s, original bytes, edited bytes, job id, field, value, ...
+local limit = tonumber(ARGV[1])
+if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return false end
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return redis.call('XADD', KEYS[1], '*', 'job', ARGV[5])
+"""
+
+FINISH = """
+-- KEYS: job, done list, blob original, blob edited
+-- ARGV: status, result json, error json, finished_at, ttl_s, worker, done_ttl_s
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st == 'done' or st == 'failed' or st == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
+           'finished_at', ARGV[4], 'worker', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'completions', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+return 1
+"""
+
+START = """
+-- KEYS: job; ARGV: worker, started_at. Marks a queued job running; returns its status before.
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return false end
+if st == 'queued' or st == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+end
+return st
+"""
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Keys:
+    def __init__(self, prefix: str):
+        self.p = prefix
+
+    def stream(self, annotator: str) -> str:
+        return f"{self.p}:stream:{annotator}"
+
+    def dead(self, annotator: str) -> str:
+        return f"{self.p}:dead:{annotator}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.p}:job:{job_id}"
+
+    def blob(self, job_id: str, part: str) -> str:
+        return f"{self.p}:blob:{job_id}:{part}"
+
+    def done(self, job_id: str) -> str:
+        return f"{self.p}:done:{job_id}"
+
+    def worker(self, consumer: str) -> str:
+        return f"{self.p}:worker:{consumer}"
+
+    def worker_pattern(self) -> str:
+        return f"{self.p}:worker:*"
+
+    def idem(self, owner: str, key: str) -> str:
+        return f"{self.p}:idem:{owner}:{key}"
+
+    def metrics(self, annotator: str) -> str:
+        return f"{self.p}:metrics:{annotator}"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def job_fields(job_id: str, annotator: str, owner: str, instruction: str | None, threshold: float | None,
+               outputs: list[str]) -> dict[str, str]:
+    return {"id": job_id, "status": "queued", "annotator": annotator, "owner": owner,
+            "instruction": json.dumps(instruction), "threshold": json.dumps(threshold),
+            "outputs": json.dumps(outputs), "created_at": f"{time.time():.6f}", "attempts": "0",
+            "completions": "0"}
+
+
+def enqueue_args(keys: Keys, job_id: str, fields: dict[str, str], original: bytes, edited: bytes,
+                 max_len: int, ttl_s: int) -> tuple[list[str], list[Any]]:
+    flat: list[Any] = []
+    for k, v in fields.items():
+        flat += [k, v]
+    return ([keys.stream(fields["annotator"]), keys.job(job_id), keys.blob(job_id, "original"),
+             keys.blob(job_id, "edited")], [max_len, ttl_s, original, edited, job_id, *flat])
+
+
+def finish_args(keys: Keys, job_id: str, status: str, result: dict | None, error: dict | None, ttl_s: int,
+                worker: str) -> tuple[list[str], list[Any]]:
+    return ([keys.job(job_id), keys.done(job_id), keys.blob(job_id, "original"), keys.blob(job_id, "edited")],
+            [status, json.dumps(result) if result is not None else "", json.dumps(error) if error else "",
+             f"{time.time():.6f}", ttl_s, worker, min(ttl_s, 600)])
+
+
+def decode_hash(raw: dict) -> dict[str, str]:
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode("utf-8", "replace") if isinstance(v, bytes)
+                                                          else v) for k, v in raw.items()}
+
+
+def job_view(h: dict[str, str], include_result: bool = True) -> dict[str, Any]:
+    """The public shape of a job (GET /v1/jobs/{id})."""
+    def num(name: str) -> float | None:
+        try:
+            return float(h[name])
+        except (KeyError, ValueError):
+            return None
+
+    created, started, finished = num("created_at"), num("started_at"), num("finished_at")
+    timings: dict[str, float] = {}
+    if created and started:
+        timings["queued_ms"] = round((started - created) * 1000, 3)
+    if created and finished:
+        timings["total_ms"] = round((finished - created) * 1000, 3)
+    out: dict[str, Any] = {
+        "id": h.get("id"), "status": h.get("status"), "annotator": h.get("annotator"),
+        "instruction": json.loads(h.get("instruction") or "null"),
+        "created_at": created, "started_at": started, "finished_at": finished,
+        "attempts": int(h.get("attempts") or 0), "timings_ms": timings,
+        "result": None, "error": None,
+    }
+    if h.get("last_error") and h.get("status") not in ("done",):
+        out["last_error"] = json.loads(h["last_error"])
+    if include_result and h.get("result"):
+        out["result"] = json.loads(h["result"])
+    if h.get("error"):
+        out["error"] = json.loads(h["error"])
+    return out
+
+
+class JobStore:
+    """The worker's side (sync client): load, start, finish, fail jobs; record batch metrics."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, result_ttl_s: int):
+        self.r = client
+        self.keys = keys
+        self.result_ttl_s = result_ttl_s
+        self._finish = client.register_script(FINISH)
+        self._start = client.register_script(START)
+
+    def load(self, job_ids: list[str]) -> list[tuple[dict[str, str], bytes | None, bytes | None]]:
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.get(self.keys.blob(job_id, "original"))
+            pipe.get(self.keys.blob(job_id, "edited"))
+        raw = pipe.execute()
+        return [(decode_hash(raw[i]), raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
+
+    def start(self, job_id: str, worker: str) -> str | None:
+        out = self._start(keys=[self.keys.job(job_id)], args=[worker, f"{time.time():.6f}"])
+        return out.decode() if isinstance(out, bytes) else out
+
+    def finish(self, job_id: str, status: str, worker: str, result: dict | None = None,
+               error: dict | None = None) -> int:
+        keys, args = finish_args(self.keys, job_id, status, result, error, self.result_ttl_s, worker)
+        return int(self._finish(keys=keys, args=args))
+
+    def note_error(self, job_id: str, error: dict) -> None:
+        self.r.hset(self.keys.job(job_id), "last_error", json.dumps(error))
+
+    def record_batch(self, annotator: str, batch_size: int, seconds: float) -> None:
+        key = self.keys.metrics(annotator)
+        pipe = self.r.pipeline(transaction=False)
+        for le in BATCH_BUCKETS:
+            if batch_size <= le:
+                pipe.hincrby(key, f"batch_le_{le}", 1)
+        pipe.hincrby(key, "batch_count", 1)
+        pipe.hincrby(key, "batch_sum", batch_size)
+        for le in LATENCY_BUCKETS:
+            if seconds <= le:
+                pipe.hincrby(key, f"infer_le_{le}", 1)
+        pipe.hincrbyfloat(key, "infer_sum", seconds)
+        pipe.hincrby(key, "infer_count", 1)
+        pipe.hincrby(key, "jobs", batch_size)
+        pipe.execute()

@@ -1,0 +1,112 @@
+"""The serving predictor: `setup()` once, then `__call__(batch) -> list`, one result per item.
+
+This is the shape Ray Serve deployments and Ray Data actors expect (a class built once per replica,
+called on batches), so the same class can be wrapped there later; the Redis worker is one caller.
+
+Items are plain dicts (what a queue or a dataset row carries):
+    {"id": str, "original": bytes, "edited": bytes, "instruction": str | None,
+     "threshold": float | None, "outputs": ["rle", "png", "prob"]}
+Results are JSON-ready dicts: `{"ok": True, "result": {...}}` with the annotation record (always the COCO RLE
+with SA-1B names, bbox, area, parser output, timings; "png"/"prob" add base64 PNGs), or `{"ok": False, "error": {"code", "message"}}`
+when the item's input is bad (a permanent failure: retrying cannot help). An exception raised by
+the model propagates: the caller decides whether that is the batch's fault or one item's.
+"""
+from __future__ import annotations
+
+import base64
+import importlib
+import time
+from typing import Any
+
+import numpy as np
+
+from sigma.config.schema import IOConfig
+from sigma.errors import SigmaError
+from sigma.types import Pair
+
+
+def json_ready(value: Any) -> Any:
+    """Annotation extras may hold numpy scalars/arrays; JSON needs plain Python."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+class Predictor:
+    def __init__(self, annotator: str, options: dict[str, Any] | None = None, io_config: IOConfig | None = None,
+                 plugins: list[str] | None = None):
+        self.annotator_name = annotator
+        self.options = dict(options or {})
+        self.io_config = io_config or IOConfig()
+        self.plugins = list(plugins or [])
+        self.annotator = None
+        self.setup_ms: float | None = None
+
+    def setup(self) -> None:
+        """Import plugins and build the annotator (loads weights once; GPU when the annotator uses one)."""
+        from sigma.registry import create_annotator
+
+        start = time.perf_counter()
+        for module in self.plugins:
+            importlib.import_module(module)
+        self.annotator = create_annotator(self.annotator_name, **self.options)
+        self.setup_ms = (time.perf_counter() - start) * 1000.0
+
+    @property
+    def config_hash(self) -> str:
+        return getattr(self.annotator, "config_hash", "")
+
+    def decode(self, item: dict[str, Any]) -> Pair:
+        from sigma.io import pair_from_bytes
+
+        return pair_from_bytes(item["original"], item["edited"], item.get("instruction"), self.io_config,
+                               pair_id=str(item.get("id", "pair")))
+
+    def __call__(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.annotator is None:
+            self.setup()
+        results: list[dict[str, Any] | None] = [None] * len(batch)
+        pairs: list[Pair] = []
+        where: list[int] = []
+        decode_ms: list[float] = []
+        for n, item in enumerate(batch):
+            start = time.perf_counter()
+            try:
+                pairs.append(self.decode(item))
+                where.append(n)
+                decode_ms.append((time.perf_counter() - start) * 1000.0)
+            except SigmaError as exc:
+                results[n] = {"ok": False, "error": exc.to_dict()}
+        annotations = self.annotator.predict(pairs) if pairs else []
+        for n, pair, ann, dec_ms in zip(where, pairs, annotations, decode_ms, strict=True):
+            results[n] = {"ok": True, "result": self._record(batch[n], pair, ann, dec_ms)}
+        return results  # type: ignore[return-value]
+
+    def _record(self, item: dict[str, Any], pair: Pair, ann, decode_ms: float) -> dict[str, Any]:
+        from sigma.io import encode_png
+
+        start = time.perf_counter()
+        threshold = item.get("threshold")
+        if threshold is not None:
+            ann.mask = ann.prob > float(threshold)
+            ann.threshold = float(threshold)
+        outputs = item.get("outputs") or ["rle"]
+        record = json_ready(ann.to_dict())
+        record["instruction"] = pair.instruction
+        if "png" in outputs:
+            record["mask_png_base64"] = base64.b64encode(encode_png(ann.mask.astype(np.uint8) * 255)).decode()
+        if "prob" in outputs:
+            prob8 = np.round(ann.prob * 255).astype(np.uint8)
+            record["prob_png_base64"] = base64.b64encode(encode_png(prob8)).decode()
+        timings = record.setdefault("timings_ms", {})
+        timings["decode"] = round(decode_ms, 3)
+        timings["encode"] = round((time.perf_counter() - start) * 1000.0, 3)
+        return record

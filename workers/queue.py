@@ -1,0 +1,269 @@
+"""Redis Streams work queue with at-least-once delivery: the primitives every SIGMA consumer shares.
+
+The online service (`workers.worker`) and fleet batch mode (`sigma worker --batch`) both consume
+through this module, so the delivery rules are written once:
+
+    q = StreamQueue(redis.Redis.from_url(url), stream="sigma:stream:pixel-diff", group="sigma-workers",
+                    consumer="host-123", lease_ms=30_000, max_deliveries=3,
+                    dead_stream="sigma:dead:pixel-diff")
+    q.ensure_group()                          # XGROUP CREATE ... MKSTREAM (idempotent)
+    q.add({"job": "abc"}, max_len=1000)       # XADD, refused (None) when XLEN >= max_len; never trims
+    batch = q.read_batch(max_batch=8, block_ms=1000, max_wait_ms=5)   # XREADGROUP COUNT/BLOCK, micro-batched
+    live, exhausted = q.reclaim(count=16)     # XAUTOCLAIM entries idle past the lease (Redis >= 6.2)
+    q.dead_letter(entry, error="...")         # XADD dead stream, then XACK + XDEL in one MULTI
+    q.ack([e.id for e in batch])              # XACK + XDEL in one MULTI: only after the result is stored
+    q.extend(ids)                             # XCLAIM JUSTID: refresh the lease of work in progress
+    q.depth(), q.pending_count(), q.dead_count()
+
+    hb = Heartbeat(client, key="sigma:worker:host-123", interval_ms=2000, ttl_ms=10_000,
+                   info=lambda: {...}, queue=q)   # a thread: HSET + PEXPIRE, and q.extend(in-flight ids)
+    hb.track(ids) / hb.untrack(ids); hb.start(); hb.stop()
+
+Rules this module keeps: an entry leaves the stream only through `ack` (after the caller stored its
+result) or `dead_letter` (after it was delivered `max_deliveries` times); nothing is trimmed with
+MAXLEN except the dead-letter stream, whose entries are copies. `Entry.deliveries` is Redis' own
+delivery counter (1 on first read, +1 per XAUTOCLAIM), so a worker killed with `kill -9` costs its
+entries one delivery each, and an entry that kills every worker ends in the dead-letter stream.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
+
+ADD_IF_SHORTER = """
+local limit = tonumber(ARGV[1])
+if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class Entry:
+    """One stream entry as a consumer sees it."""
+
+    id: str
+    fields: dict[str, str]
+    deliveries: int = 1
+    claimed: bool = False          # came from XAUTOCLAIM, not a first read
+
+
+@dataclass
+class QueueStats:
+    depth: int
+    pending: int
+    dead: int
+    consumers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamQueue:
+    """A stream + consumer group + dead-letter stream, seen by one named consumer."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, *, lease_ms: int,
+                 max_deliveries: int, dead_stream: str, dead_maxlen: int = 10_000):
+        self.r = client
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.lease_ms = lease_ms
+        self.max_deliveries = max_deliveries
+        self.dead_stream = dead_stream
+        self.dead_maxlen = dead_maxlen
+        self._reclaim_cursor = "0-0"
+        self._add = client.register_script(ADD_IF_SHORTER)
+
+    # -- producing ---------------------------------------------------------------------------
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def add(self, fields: dict[str, str], max_len: int = 0) -> str | None:
+        """XADD unless the stream already holds `max_len` entries (0 = no limit); atomic (Lua)."""
+        flat: list[str] = []
+        for k, v in fields.items():
+            flat += [k, v]
+        out = self._add(keys=[self.stream], args=[max_len, *flat])
+        return _text(out) if out else None
+
+    # -- consuming ---------------------------------------------------------------------------
+    def _parse(self, raw: list) -> list[Entry]:
+        entries = []
+        for entry_id, data in raw or []:
+            if data is None:          # deleted while pending (only before Redis 7)
+                continue
+            entries.append(Entry(_text(entry_id), {_text(k): _text(v) for k, v in data.items()}))
+        return entries
+
+    def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries for this consumer; `block_ms=None` does not block."""
+        resp = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        if not resp:
+            return []
+        return self._parse(resp[0][1])
+
+    def read_batch(self, max_batch: int, block_ms: int, max_wait_ms: int = 0) -> list[Entry]:
+        """Block up to `block_ms` for a first entry, then up to `max_wait_ms` more to fill the batch."""
+        batch = self.read(max_batch, max(1, block_ms))
+        if not batch or max_wait_ms <= 0:
+            return batch
+        deadline = time.monotonic() + max_wait_ms / 1000.0
+        while len(batch) < max_batch:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                break
+            more = self.read(max_batch - len(batch), left_ms)
+            if not more:
+                break
+            batch += more
+        return batch
+
+    def reclaim(self, count: int = 16) -> tuple[list[Entry], list[Entry]]:
+        """Claim entries idle past the lease; split them into (to retry, delivered too often)."""
+        resp = self.r.xautoclaim(self.stream, self.group, self.consumer, self.lease_ms,
+                                 start_id=self._reclaim_cursor, count=count)
+        cursor, raw = _text(resp[0]), resp[1]
+        self._reclaim_cursor = cursor if cursor != "0-0" else "0-0"
+        entries = self._parse(raw)
+        if not entries:
+            return [], []
+        counts = self.delivery_counts([e.id for e in entries])
+        live, exhausted = [], []
+        for entry in entries:
+            entry.deliveries = counts.get(entry.id, self.max_deliveries + 1)
+            entry.claimed = True
+            (exhausted if entry.deliveries > self.max_deliveries else live).append(entry)
+        return live, exhausted
+
+    def delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        rows = self.r.xpending_range(self.stream, self.group, min=min(ids, key=_id_key),
+                                     max=max(ids, key=_id_key), count=max(len(ids) * 4, 64))
+        wanted = set(ids)
+        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows
+                if _text(row["message_id"]) in wanted}
+
+    def extend(self, ids: list[str]) -> None:
+        """Reset the idle time of entries this consumer still works on (no delivery is counted)."""
+        if ids:
+            self.r.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
+
+    def ack(self, ids: list[str]) -> None:
+        """Acknowledge and delete: call only after the entry's result is stored."""
+        if not ids:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xack(self.stream, self.group, *ids)
+        pipe.xdel(self.stream, *ids)
+        pipe.execute()
+
+    def dead_letter(self, entry: Entry, error: str, **extra: str) -> str:
+        """Copy the entry to the dead-letter stream with its last error, then remove it from the queue."""
+        record = {**entry.fields, "entry_id": entry.id, "stream": self.stream, "deliveries": str(entry.deliveries),
+                  "error": error[:4000], "consumer": self.consumer, "at": f"{time.time():.3f}", **extra}
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xadd(self.dead_stream, record, maxlen=self.dead_maxlen, approximate=True)
+        pipe.xack(self.stream, self.group, entry.id)
+        pipe.xdel(self.stream, entry.id)
+        return _text(pipe.execute()[0])
+
+    # -- observing ---------------------------------------------------------------------------
+    def depth(self) -> int:
+        return int(self.r.xlen(self.stream))
+
+    def pending_count(self) -> int:
+        try:
+            return int(self.r.xpending(self.stream, self.group)["pending"])
+        except redis.ResponseError:   # no group yet
+            return 0
+
+    def dead_count(self) -> int:
+        return int(self.r.xlen(self.dead_stream))
+
+    def dead_entries(self, count: int = 100) -> list[Entry]:
+        return self._parse(self.r.xrange(self.dead_stream, count=count))
+
+    def stats(self) -> QueueStats:
+        return QueueStats(self.depth(), self.pending_count(), self.dead_count())
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Heartbeat:
+    """A daemon thread: writes the worker's key with a TTL and extends the lease of in-flight entries.
+
+    Its own failures (Redis briefly down) are swallowed and retried on the next beat: a heartbeat
+    that misses a beat makes the worker look dead, which is the truth while Redis is unreachable.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, interval_ms: int, ttl_ms: int,
+                 info: Callable[[], dict[str, Any]], queue: StreamQueue | None = None):
+        self.r = client
+        self.key = key
+        self.interval = interval_ms / 1000.0
+        self.ttl_ms = ttl_ms
+        self.info = info
+        self.queue = queue
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sigma-heartbeat", daemon=True)
+        self.beats = 0
+        self.last_error: str | None = None
+
+    def track(self, ids: list[str]) -> None:
+        with self._lock:
+            self._in_flight.update(ids)
+
+    def untrack(self, ids: list[str]) -> None:
+        with self._lock:
+            self._in_flight.difference_update(ids)
+
+    def beat(self) -> None:
+        info = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self.info().items()}
+        info["last_beat"] = f"{time.time():.3f}"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key, mapping=info)
+        pipe.pexpire(self.key, self.ttl_ms)
+        pipe.execute()
+        with self._lock:
+            ids = sorted(self._in_flight)
+        if ids and self.queue is not None:
+            self.queue.extend(ids)
+        self.beats += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+                self.last_error = None
+            except redis.RedisError as exc:
+                self.last_error = str(exc)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def stop(self, delete: bool = True) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 1.0)
+        if delete:
+            try:
+                self.r.delete(self.key)
+            except redis.RedisError:
+                pass

@@ -1,0 +1,172 @@
+"""Settings of the annotation service (API and workers): one pydantic model, 12-factor overrides.
+
+Precedence, lowest first: the model's defaults < a YAML file (`configs/serve.yaml`) < environment
+variables < `--set key=value`. Environment variables:
+
+- `SIGMA_REDIS_URL`                → `redis.url`
+- `SIGMA_API_KEYS`                 → extra API keys, `KEY[:scope+scope],...` (hashed at once, never kept)
+- `SIGMA_API_KEY_HASHES`           → extra keys given as SHA-256 hex digests, `HEX[:scope+scope],...`
+- `SIGMA__SECTION__FIELD=value`    → any other field, e.g. `SIGMA__QUEUE__LEASE_MS=5000`
+  (`SIGMA__WORKER__OPTIONS__TAU=0.1` reaches nested dicts; values are YAML scalars).
+
+The API and the workers load the same model so a deployment has one place that says how long a
+lease lasts or how large an upload may be; each process reads only the sections it needs.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from sigma.config.loader import load_config, parse_value
+from sigma.config.schema import IOConfig, LimitsConfig, Strict
+from sigma.errors import ConfigError
+
+SCOPES = ("annotate", "metrics", "admin")
+DEFAULT_SCOPES = ["annotate", "metrics"]
+
+
+class RedisSettings(Strict):
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or unix:// URL (env SIGMA_REDIS_URL)")
+    key_prefix: str = Field("sigma", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$",
+                            description="every key and stream the service uses starts with this")
+    connect_timeout_s: float = Field(1.0, gt=0, description="a down Redis must fail fast, not hang requests")
+    socket_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(512, ge=4, description="API pool size; each waiting request holds one")
+
+
+class QueueSettings(Strict):
+    group: str = Field("sigma-workers", min_length=1, description="consumer group shared by all workers")
+    lease_ms: int = Field(30_000, ge=50, description="a pending entry idle this long is reclaimed by XAUTOCLAIM; "
+                          "workers extend the lease of what they are working on with every heartbeat")
+    block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK: also the longest a SIGTERM waits")
+    max_deliveries: int = Field(3, ge=1, description="an entry delivered this many times without success goes "
+                                "to the dead-letter stream and its job fails")
+    reclaim_interval_ms: int = Field(2000, ge=10, description="how often each worker runs the reaper")
+    heartbeat_interval_ms: int = Field(2000, ge=10)
+    heartbeat_ttl_ms: int = Field(10_000, ge=20, description="a worker whose key is older is not counted alive")
+    dead_letter_maxlen: int = Field(10_000, ge=1, description="dead letters are copies; only they are trimmed")
+    job_ttl_s: int = Field(86_400, ge=1, description="life of a queued job's data (images, status)")
+    result_ttl_s: int = Field(3_600, ge=1, description="life of a finished job's result")
+
+
+class ServiceLimits(Strict):
+    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0, description="whole HTTP body; 413 above it")
+    max_image_bytes: int = Field(25 * 1024 * 1024, gt=0, description="one encoded image")
+    max_pixels: int = Field(16_000_000, gt=0, description="width*height of one image")
+    max_instruction_chars: int = Field(1000, gt=0)
+    max_aspect_change: float = Field(0.05, ge=0)
+    max_queue_length: int = Field(1000, ge=1, description="entries waiting or in flight per annotator "
+                                  "stream; above it the API answers 429 + Retry-After and enqueues nothing")
+    retry_after_s: int = Field(2, ge=1, description="the Retry-After of a 429")
+
+    def io_config(self, align: bool = False) -> IOConfig:
+        return IOConfig(limits=LimitsConfig(max_pixels=self.max_pixels, max_bytes=self.max_image_bytes,
+                                            max_instruction_chars=self.max_instruction_chars,
+                                            max_aspect_change=self.max_aspect_change), align=align)
+
+
+class ApiKey(Strict):
+    name: str = Field("key", description="shown in logs and stored as the job's owner; never the key")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
+    scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_scopes(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"unknown scope(s) {unknown}; known: {list(SCOPES)}")
+        return value
+
+
+class AuthSettings(Strict):
+    keys: list[ApiKey] = Field(default_factory=list)
+    allow_anonymous: bool = Field(False, description="serve without keys (local use only); every caller "
+                                  "then has all scopes")
+
+
+class ApiSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    annotators: list[str] = Field(default_factory=lambda: ["pixel-diff"], min_length=1,
+                                  description="annotators a request may name; the first is the default")
+    wait_timeout_s: float = Field(30.0, ge=0, description="POST /v1/annotate waits this long, then answers 202")
+    max_wait_timeout_s: float = Field(120.0, ge=0)
+    align: bool = Field(False, description="io.align for every pair (undo a small translation)")
+
+
+class WorkerSettings(Strict):
+    annotator: str = "pixel-diff"
+    options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: int = Field(5, ge=0, description="after the first entry, wait this long to fill a batch")
+    consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
+    plugins: list[str] = Field(default_factory=list, description="modules imported before building the "
+                               "annotator, so third-party annotators can register themselves")
+
+
+class ServeConfig(Strict):
+    redis: RedisSettings = RedisSettings()
+    queue: QueueSettings = QueueSettings()
+    limits: ServiceLimits = ServiceLimits()
+    auth: AuthSettings = AuthSettings()
+    api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _parse_key_list(text: str, hashed: bool, source: str) -> list[dict]:
+    keys = []
+    for n, item in enumerate(part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        secret, _, scopes = item.partition(":")
+        if not secret:
+            raise ConfigError(f"{source}: entry {n + 1} has an empty key")
+        digest = secret.lower() if hashed else hash_key(secret)
+        entry: dict[str, Any] = {"name": f"{source.lower()}[{n}]", "sha256": digest}
+        if scopes:
+            entry["scopes"] = [s for s in scopes.split("+") if s]
+        keys.append(entry)
+    return keys
+
+
+def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
+    """Dotted overrides and extra API keys from the environment."""
+    overrides: dict[str, Any] = {}
+    if env.get("SIGMA_REDIS_URL"):
+        overrides["redis.url"] = env["SIGMA_REDIS_URL"]
+    for name, value in env.items():
+        if name.startswith("SIGMA__") and len(name) > 7:
+            dotted = ".".join(part.lower() for part in name[7:].split("__"))
+            overrides[dotted] = parse_value(value)
+    keys = _parse_key_list(env.get("SIGMA_API_KEYS", ""), False, "SIGMA_API_KEYS")
+    keys += _parse_key_list(env.get("SIGMA_API_KEY_HASHES", ""), True, "SIGMA_API_KEY_HASHES")
+    return overrides, keys
+
+
+def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      env: Mapping[str, str] | None = None) -> ServeConfig:
+    """defaults < YAML < environment < `overrides`; errors name the key (ConfigError)."""
+    env = os.environ if env is None else env
+    env_set, env_keys = env_overrides(env)
+    from sigma.config.loader import parse_overrides, read_yaml
+
+    base = read_yaml(path) if path is not None else {}
+    merged = {**env_set, **parse_overrides(overrides)}
+    cfg = load_config(ServeConfig, None, merged, base=base)
+    if env_keys:
+        try:
+            extra = [ApiKey.model_validate(k) for k in env_keys]
+        except Exception as exc:  # pydantic ValidationError → one line
+            raise ConfigError(f"API keys from the environment: {exc}") from exc
+        cfg.auth.keys = [*cfg.auth.keys, *extra]
+    return cfg
