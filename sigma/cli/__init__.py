@@ -15,6 +15,9 @@ COMMAND_MODULES = (
     "sigma.cli.serve",
     "sigma.cli.batch",
     "sigma.cli.export",
+    "sigma.cli.report",
+    "sigma.cli.train",
+    "sigma.cli.synth",
 )
 
 

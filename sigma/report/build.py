@@ -1,0 +1,94 @@
+"""Collect what the review page shows: the lowest-confidence pairs with their overlays, per-set metrics
+(through `sigma.eval.metrics`, when the corpus had ground truth) and the bad pairs with their reasons."""
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sigma.batch.layout import RunDir, atomic_write_bytes
+from sigma.eval.metrics import ImageScore, summarize
+from sigma.export.select import RowFilter, iter_pairs, load_rows
+from sigma.io.outputs import overlay_image
+from sigma.io.rle import decode_rle
+from sigma.report.page import render_page
+
+
+def _sort_key(row: dict) -> tuple:
+    conf = row["confidence"]
+    return (conf is None, conf if conf is not None else 0.0, row["shard"], row["index"])
+
+
+def thumbnail_b64(rgb: np.ndarray, max_side: int) -> str:
+    img = Image.fromarray(rgb)
+    scale = max_side / max(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=82)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def set_metrics(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    by_set: dict[str, list[ImageScore]] = {}
+    for r in rows:
+        if r["status"] != "ok" or r["gt_f1"] is None:
+            continue
+        score = ImageScore(pair_id=r["pair_id"], manipulated=bool(r["gt_fraction"]), f1=r["gt_f1"], iou=r["gt_iou"],
+                           auc=r["gt_auc"] if r["gt_auc"] is not None else float("nan"),
+                           gt_fraction=r["gt_fraction"], pred_fraction=r["area_fraction"], tp=r["gt_tp"],
+                           fp=r["gt_fp"], fn=r["gt_fn"])
+        by_set.setdefault(r["subset"] or "(all)", []).append(score)
+    if len(by_set) > 1:
+        by_set["overall"] = [s for scores in list(by_set.values()) for s in scores]
+    return {name: summarize(scores) for name, scores in by_set.items()}
+
+
+class _Chosen:
+    def __init__(self, keys: set[tuple[str, int]]):
+        self.keys = keys
+
+    def keep(self, row: dict) -> bool:
+        return (row["shard"], row["index"]) in self.keys
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int = 300,
+                 thumb: int = 192) -> dict[str, Any]:
+    rundir = RunDir(run_dir)
+    record = rundir.load()
+    rows = load_rows(run_dir, RowFilter(include_errors=True))
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=_sort_key)
+    errors = [r for r in rows if r["status"] != "ok"]
+    chosen = ok[:limit]
+    keys = {(r["shard"], r["index"]) for r in chosen}
+    thumbs: dict[tuple[str, int], dict[str, str]] = {}
+    unreadable = 0
+    for row, pair, _ in iter_pairs(run_dir, _Chosen(keys)):
+        if pair is None:
+            unreadable += 1
+            continue
+        mask = decode_rle({"size": [row["height"], row["width"]], "counts": row["rle_counts"]})
+        thumbs[(row["shard"], row["index"])] = {"original": thumbnail_b64(pair.original, thumb),
+                                                "overlay": thumbnail_b64(overlay_image(pair.edited, mask), thumb)}
+    items = []
+    for r in chosen:
+        items.append({**{k: r[k] for k in ("pair_id", "source", "subset", "instruction", "edit_type", "confidence",
+                                           "area_fraction", "gt_f1", "gt_iou", "annotator")},
+                      "images": thumbs.get((r["shard"], r["index"]))})
+    status = rundir.summary()
+    page = render_page(
+        title=f"SIGMA review: {Path(run_dir).resolve().name}",
+        run={"run_dir": str(Path(run_dir).resolve()), "run_hash": record["run_hash"],
+             "annotator": record["config"].get("annotator"), "input": record["config"]["input"]["path"],
+             "format": record.get("format"), **{k: status[k] for k in ("shards", "done", "failed", "pending")},
+             "pairs_ok": len(ok), "pairs_bad": len(errors), "shown": len(items)},
+        metrics=set_metrics(rows), items=items,
+        errors=[{k: r[k] for k in ("pair_id", "source", "error_code", "error")} for r in errors[:500]])
+    out = Path(out) if out else Path(run_dir) / "report.html"
+    atomic_write_bytes(out, page.encode("utf-8"))
+    return {"out": str(out), "items": len(items), "pairs_ok": len(ok), "pairs_bad": len(errors),
+            "metric_sets": len(set_metrics(rows)), "unreadable": unreadable}
