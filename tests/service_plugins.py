@@ -1,0 +1,46 @@
+"""Annotators that only the service's fault tests use, loaded by workers with `--plugin service_plugins`.
+
+`slow-diff` is pixel-diff that takes `delay_ms` per batch, so a test can kill a worker while it holds
+a batch; `poison-diff` raises on every pair whose instruction contains "poison", as a model that
+crashes on one input would.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import Field
+
+from sigma.annotators.pixel_diff import PixelDiff, PixelDiffConfig
+from sigma.registry import ANNOTATORS
+
+
+class SlowDiffConfig(PixelDiffConfig):
+    delay_ms: float = Field(400.0, ge=0)
+
+
+class SlowDiff(PixelDiff):
+    name = "slow-diff"
+    config_cls = SlowDiffConfig
+
+    def _predict_batch(self, pairs):
+        time.sleep(self.config.delay_ms / 1000.0)
+        return super()._predict_batch(pairs)
+
+
+class PoisonDiff(PixelDiff):
+    name = "poison-diff"
+
+    def _predict_batch(self, pairs):
+        for pair in pairs:
+            if pair.instruction and "poison" in pair.instruction:
+                raise RuntimeError(f"model crashed on {pair.pair_id}")
+        return super()._predict_batch(pairs)
+
+
+if "slow-diff" not in ANNOTATORS:
+    ANNOTATORS.register("slow-diff", "test only: pixel-diff with a delay per batch")(
+        lambda **kw: SlowDiff(**kw))
+if "poison-diff" not in ANNOTATORS:
+    ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'")(
+        lambda **kw: PoisonDiff(**kw))

@@ -1,0 +1,209 @@
+"""Helpers for the service tests: real API and worker processes against the session's redis-server.
+
+Each test module gets its own key prefix, so modules never see each other's streams or jobs.
+Timeouts are shortened through `--set` (lease, block, heartbeat) so fault tests finish in seconds.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import numpy as np
+from PIL import Image
+
+TESTS = Path(__file__).resolve().parent
+KEYS = {"user": "test-user-key", "other": "test-other-key", "metrics": "test-metrics-key", "admin": "test-admin-key"}
+API_KEYS_ENV = f"{KEYS['user']},{KEYS['other']},{KEYS['metrics']}:metrics,{KEYS['admin']}:admin"
+FAST = ["queue.lease_ms=800", "queue.block_ms=200", "queue.reclaim_interval_ms=150",
+        "queue.heartbeat_interval_ms=150", "queue.heartbeat_ttl_ms=1500", "queue.max_deliveries=3",
+        "limits.max_pixels=1000000", "limits.max_image_bytes=2000000", "limits.max_request_bytes=4500000",
+        "api.wait_timeout_s=10", "api.annotators=[pixel-diff,slow-diff,poison-diff]"]
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_pair(h: int = 48, w: int = 64, seed: int = 0, box: tuple[int, int, int, int] = (8, 10, 20, 30)
+              ) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    original = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    edited = original.copy()
+    y0, x0, y1, x1 = box
+    edited[y0:y1, x0:x1] = 255 - edited[y0:y1, x0:x1]
+    edited[0, 0] = np.clip(edited[0, 0].astype(int) + 6, 0, 255)    # a sub-threshold change for thresholds
+    return original, edited
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class Proc:
+    """A `sigma ...` child process with its output in a log file (shown when a test fails)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.args, self.log = args, log
+        self._fh = open(log, "wb")
+        self.p = subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env, stdout=self._fh,
+                                  stderr=subprocess.STDOUT, cwd=str(TESTS.parent))
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.p.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.alive():
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(timeout=5)
+        self._fh.close()
+        return self.p.returncode
+
+    def kill9(self) -> None:
+        self.p.kill()
+        self.p.wait(timeout=5)
+
+    def output(self) -> str:
+        self._fh.flush()
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def base_env(redis_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SIGMA_REDIS_URL"] = redis_url
+    env["SIGMA_API_KEYS"] = API_KEYS_ENV
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("SIGMA_SERVE_CONFIG", None)
+    for name in [k for k in env if k.startswith("SIGMA__")]:
+        env.pop(name)
+    return env
+
+
+class ServiceUnderTest:
+    def __init__(self, redis_server, tmp: Path, overrides: list[str] | None = None, port: int | None = None):
+        self.redis_server = redis_server
+        self.tmp = tmp
+        self.prefix = f"t{uuid.uuid4().hex[:10]}"
+        self.overrides = [*FAST, f"redis.key_prefix={self.prefix}", *(overrides or [])]
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = base_env(redis_server.url)
+        self.api: Proc | None = None
+        self.workers: list[Proc] = []
+        self.http = httpx.Client(base_url=self.url, timeout=30.0)
+
+    def sets(self, extra: list[str] | None = None) -> list[str]:
+        out = []
+        for item in [*self.overrides, *(extra or [])]:
+            out += ["--set", item]
+        return out
+
+    def start_api(self) -> None:
+        self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *self.sets()],
+                        self.env, self.tmp / f"api-{self.port}.log")
+        wait_until(lambda: self._healthy(), 20, f"API /healthz\n{self.api.output()}")
+
+    def _healthy(self) -> bool:
+        if self.api is not None and not self.api.alive():
+            raise AssertionError(f"API exited: {self.api.output()}")
+        return self.http.get("/healthz").status_code == 200
+
+    def start_worker(self, annotator: str = "pixel-diff", extra: list[str] | None = None, wait: bool = True
+                     ) -> Proc:
+        consumer = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
+        proc = Proc(["worker", "--annotator", annotator, "--consumer", consumer, "--plugin", "service_plugins",
+                     *self.sets(extra)], self.env, self.tmp / f"worker-{consumer}.log")
+        proc.consumer = consumer  # type: ignore[attr-defined]
+        self.workers.append(proc)
+        if wait:
+            r = self.redis_server.client()
+            key = f"{self.prefix}:worker:{consumer}"
+
+            def up() -> bool:
+                if not proc.alive():
+                    raise AssertionError(f"worker exited: {proc.output()}")
+                return bool(r.hget(key, "model_loaded") == b"1")
+            wait_until(up, 20, f"worker {consumer} heartbeat")
+        return proc
+
+    def headers(self, who: str = "user") -> dict[str, str]:
+        return {"Authorization": f"Bearer {KEYS[who]}"}
+
+    def files(self, original: np.ndarray | bytes, edited: np.ndarray | bytes) -> dict[str, Any]:
+        o = original if isinstance(original, bytes) else png_bytes(original)
+        e = edited if isinstance(edited, bytes) else png_bytes(edited)
+        return {"original": ("o.png", o, "image/png"), "edited": ("e.png", e, "image/png")}
+
+    def submit(self, original, edited, data: dict | None = None, who: str = "user", path: str = "/v1/jobs",
+               headers: dict | None = None) -> httpx.Response:
+        return self.http.post(path, files=self.files(original, edited), data=data or {},
+                              headers={**self.headers(who), **(headers or {})})
+
+    def job(self, job_id: str, who: str = "user") -> dict:
+        resp = self.http.get(f"/v1/jobs/{job_id}", headers=self.headers(who))
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def wait_jobs(self, ids: list[str], timeout: float, statuses: tuple[str, ...] = ("done", "failed")
+                  ) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+
+        def all_finished() -> bool:
+            for job_id in ids:
+                if job_id not in out:
+                    view = self.job(job_id, "admin")
+                    if view["status"] in statuses:
+                        out[job_id] = view
+            return len(out) == len(ids)
+        wait_until(all_finished, timeout, f"{len(ids)} jobs to finish ({len(out)} finished)", interval=0.1)
+        return out
+
+    def raw_job(self, job_id: str) -> dict[str, str]:
+        h = self.redis_server.client().hgetall(f"{self.prefix}:job:{job_id}")
+        return {k.decode(): v.decode() for k, v in h.items()}
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.signal(signal.SIGCONT)
+            w.stop()
+        if self.api is not None:
+            self.api.stop()
+        self.http.close()

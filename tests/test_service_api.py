@@ -1,0 +1,162 @@
+"""The API over real HTTP (uvicorn) with a real worker and Redis: round trips, auth, errors, health."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
+from sigma import create_annotator
+from sigma.io import decode_rle, pair_from_bytes
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def svc(redis_server, tmp_path_factory):
+    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-api"))
+    try:
+        s.start_api()
+        s.start_worker("pixel-diff")
+        yield s
+    finally:
+        s.close()
+
+
+def reference_mask(original: np.ndarray, edited: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    pair = pair_from_bytes(png_bytes(original), png_bytes(edited))
+    ann = create_annotator("pixel-diff").predict([pair])[0]
+    return ann.mask if threshold is None else ann.prob > threshold
+
+
+def test_round_trip_multipart_matches_in_process_annotator(svc):
+    original, edited = make_pair(seed=1)
+    resp = svc.submit(original, edited, {"instruction": "invert the box", "outputs": "rle,png,prob"},
+                      path="/v1/annotate")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "done" and body["attempts"] == 1
+    result = body["result"]
+    expected = reference_mask(original, edited)
+    assert np.array_equal(decode_rle(result["segmentation"]), expected)
+    assert result["area"] == int(expected.sum()) and result["bbox"] == [10, 8, 20, 12]
+    assert result["instruction"] == "invert the box" and result["annotator"] == "pixel-diff"
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["mask_png_base64"]))))
+    assert np.array_equal(png > 127, expected)
+    prob = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["prob_png_base64"]))))
+    assert prob.shape == expected.shape and prob[9, 11] > 0
+    assert {"queued_ms", "total_ms", "api_ms"} <= set(body["timings_ms"])
+    mask = svc.http.get(f"/v1/jobs/{body['id']}/mask.png", headers=svc.headers())
+    assert mask.status_code == 200 and mask.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(mask.content))) > 127, expected)
+
+
+def test_round_trip_json_base64_with_threshold(svc):
+    original, edited = make_pair(seed=2)
+    payload = {"original": base64.b64encode(png_bytes(original)).decode(),
+               "edited": base64.b64encode(png_bytes(edited)).decode(), "threshold": 0.01}
+    resp = svc.http.post("/v1/annotate", json=payload, headers=svc.headers())
+    assert resp.status_code == 200, resp.text
+    result = resp.json()["result"]
+    assert result["threshold"] == 0.01
+    got = decode_rle(result["segmentation"])
+    assert np.array_equal(got, reference_mask(original, edited, 0.01))
+    assert got[0, 0] and not reference_mask(original, edited)[0, 0]   # the threshold really changed the mask
+
+
+def test_job_lifecycle_idempotency_and_delete(svc):
+    original, edited = make_pair(seed=3)
+    first = svc.submit(original, edited, headers={"Idempotency-Key": "batch-7/item-1"})
+    assert first.status_code == 202 and first.headers["location"] == f"/v1/jobs/{first.json()['id']}"
+    job_id = first.json()["id"]
+    replay = svc.submit(original, edited, headers={"Idempotency-Key": "batch-7/item-1"})
+    assert replay.status_code == 200 and replay.json()["id"] == job_id
+    assert replay.headers["idempotent-replayed"] == "true"
+    done = svc.wait_jobs([job_id], 15)[job_id]
+    assert done["status"] == "done" and done["result"]["area"] > 0
+    assert svc.raw_job(job_id)["completions"] == "1"
+    # another key's owner cannot see it; an admin can
+    assert svc.http.get(f"/v1/jobs/{job_id}", headers=svc.headers("other")).status_code == 404
+    assert svc.http.get(f"/v1/jobs/{job_id}", headers=svc.headers("admin")).status_code == 200
+    deleted = svc.http.delete(f"/v1/jobs/{job_id}", headers=svc.headers())
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    gone = svc.http.get(f"/v1/jobs/{job_id}", headers=svc.headers())
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
+    # blobs were removed when the job finished: nothing of it is left in Redis
+    assert not svc.redis_server.client().keys(f"{svc.prefix}:*{job_id}*")
+
+
+def test_auth_401_403_and_scopes(svc):
+    original, edited = make_pair(seed=4)
+    none = svc.http.post("/v1/jobs", files=svc.files(original, edited))
+    assert none.status_code == 401 and none.json()["error"]["code"] == "missing_api_key"
+    wrong = svc.http.post("/v1/jobs", files=svc.files(original, edited), headers={"X-API-Key": "nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    scope = svc.http.post("/v1/jobs", files=svc.files(original, edited), headers=svc.headers("metrics"))
+    assert scope.status_code == 403 and scope.json()["error"]["code"] == "insufficient_scope"
+    assert svc.http.get("/metrics").status_code == 401
+    assert svc.http.get("/metrics", headers={"X-API-Key": KEYS["metrics"]}).status_code == 200
+    assert svc.http.get("/v1/jobs/" + "0" * 32).status_code == 401
+    assert svc.http.get("/healthz").status_code == 200     # health needs no key
+    assert svc.http.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("case", ["unknown_route", "method", "bad_json", "media_type", "missing_field", "not_a_file",
+                                  "unknown_field", "bad_threshold", "bad_base64", "unreadable", "too_many_pixels",
+                                  "too_long", "aspect", "unknown_annotator", "huge_body", "bad_job_id"])
+def test_errors_are_json_with_stable_codes(svc, case):
+    o, e = make_pair(seed=5)
+    h = svc.headers()
+    http = svc.http
+    expected = {
+        "unknown_route": (404, "not_found", lambda: http.get("/v2/nothing", headers=h)),
+        "method": (405, "method_not_allowed", lambda: http.put("/v1/jobs", headers=h)),
+        "bad_json": (400, "bad_json", lambda: http.post("/v1/annotate", content=b"{oops",
+                                                         headers={**h, "content-type": "application/json"})),
+        "media_type": (415, "unsupported_media_type", lambda: http.post("/v1/jobs", content=b"hi",
+                                                                        headers={**h, "content-type": "text/plain"})),
+        "missing_field": (400, "missing_field", lambda: http.post(
+            "/v1/jobs", files={"original": ("o.png", png_bytes(o))}, headers=h)),
+        "not_a_file": (400, "not_a_file", lambda: http.post(
+            "/v1/jobs", files={"original": ("o.png", png_bytes(o))}, data={"edited": "text"}, headers=h)),
+        "unknown_field": (422, "invalid_request", lambda: svc.submit(o, e, {"colour": "red"})),
+        "bad_threshold": (422, "invalid_request", lambda: svc.submit(o, e, {"threshold": "2"})),
+        "bad_base64": (400, "invalid_base64", lambda: http.post("/v1/jobs", json={"original": "@@", "edited": "@@"},
+                                                                 headers=h)),
+        "unreadable": (422, "image_unreadable", lambda: svc.submit(b"not an image at all", e)),
+        "too_many_pixels": (413, "too_many_pixels", lambda: svc.submit(
+            np.zeros((1100, 1000, 3), np.uint8), np.zeros((1100, 1000, 3), np.uint8))),
+        "too_long": (422, "instruction_too_long", lambda: svc.submit(o, e, {"instruction": "x" * 1001})),
+        "aspect": (422, "aspect_mismatch", lambda: svc.submit(o, np.zeros((48, 20, 3), np.uint8))),
+        "unknown_annotator": (422, "unknown_annotator", lambda: svc.submit(o, e, {"annotator": "sigma-xl"})),
+        "huge_body": (413, "request_too_large", lambda: http.post(
+            "/v1/jobs", files={"original": ("o.png", b"\0" * 4_600_000), "edited": ("e.png", b"x")}, headers=h)),
+        "bad_job_id": (404, "job_not_found", lambda: http.get("/v1/jobs/NOT-A-JOB", headers=h)),
+    }[case]
+    status, code, call = expected
+    resp = call()
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    err = resp.json()["error"]
+    assert err["code"] == code and err["message"]
+
+
+def test_readyz_metrics_and_openapi(svc):
+    ready = svc.http.get("/readyz").json()
+    assert ready["status"] == "ready"
+    assert ready["checks"]["redis"]["ok"] and ready["checks"]["workers"]["alive"] >= 1
+    assert ready["checks"]["model"]["loaded"] == ["pixel-diff"]
+    text = svc.http.get("/metrics", headers=svc.headers()).text
+    for family in ("sigma_http_requests_total", "sigma_http_request_duration_seconds_bucket",
+                   "sigma_queue_depth", "sigma_queue_pending", "sigma_dead_letters", "sigma_workers_alive",
+                   "sigma_worker_batch_size_bucket", "sigma_inference_seconds_bucket", "sigma_redis_up 1.0"):
+        assert family in text, family
+    assert 'route="/v1/annotate",status="200"' in text
+    spec = svc.http.get("/openapi.json").json()
+    assert {"/v1/annotate", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/mask.png", "/healthz", "/readyz",
+            "/metrics"} <= set(spec["paths"])
+    content = spec["paths"]["/v1/annotate"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(content)
