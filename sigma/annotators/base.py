@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from sigma.config.loader import config_hash
 from sigma.config.schema import Strict
@@ -30,7 +30,11 @@ class Annotator(ABC):
         if config is None:
             try:
                 config = self.config_cls(**overrides)
-            except Exception as exc:  # pydantic ValidationError → one readable line
+            except ValidationError as exc:  # → one readable line naming each bad key
+                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                                     for e in exc.errors())
+                raise ConfigError(f"{self.name}: {problems}") from exc
+            except TypeError as exc:
                 raise ConfigError(f"{self.name}: {exc}") from exc
         self.config = config
         self.config_hash = config_hash({"annotator": self.name, **config.model_dump(mode="json")})

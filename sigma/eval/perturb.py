@@ -44,13 +44,26 @@ def color_drift(image: np.ndarray, gamma: float, gains: np.ndarray) -> np.ndarra
 _VAE_CACHE: dict[str, object] = {}
 
 
-def vae_roundtrip(image: np.ndarray) -> np.ndarray:
-    from sigma.models.vae import load_default_vae  # lazy: torch + weights only when asked for
-
+def _default_vae():
+    try:
+        from sigma.models.vae import load_default_vae  # lazy: torch + weights only when asked for
+    except ImportError as exc:
+        raise ConfigError(f"perturbation 'vae' needs sigma.models.vae, which cannot be imported ({exc})",
+                          code="perturbation_unavailable") from exc
     vae = _VAE_CACHE.get("default")
     if vae is None:
-        vae = _VAE_CACHE["default"] = load_default_vae()
-    return vae.roundtrip_uint8(image)
+        vae = _VAE_CACHE["default"] = load_default_vae()   # WeightsNotFoundError says where it looked
+    return vae
+
+
+def vae_roundtrip(image: np.ndarray) -> np.ndarray:
+    return _default_vae().roundtrip_uint8(image)
+
+
+def prepare(names: list[str]) -> None:
+    """Load what a perturbation needs once, up front, so a missing VAE is one error and not one per pair."""
+    if "vae" in names:
+        _default_vae()
 
 
 def apply(name: str, image: np.ndarray, pair_id: str) -> np.ndarray:
@@ -73,7 +86,10 @@ def apply(name: str, image: np.ndarray, pair_id: str) -> np.ndarray:
 def expand(names: list[str] | str) -> list[str]:
     """'all' → every perturbation, 'none' first; keeps the user's order otherwise."""
     if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
+        names = [names]
+    names = [n.strip() for item in names for n in str(item).split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"no perturbation given; choose from {', '.join(PERTURBATIONS)} or 'all'")
     out: list[str] = []
     for name in names:
         for item in (PERTURBATIONS if name == "all" else (name,)):

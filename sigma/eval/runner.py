@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from sigma.annotators.base import Annotator
 from sigma.config.schema import IOConfig
-from sigma.errors import SigmaError
+from sigma.errors import InputError, SigmaError
 from sigma.eval import perturb
 from sigma.eval.dataset import EvalRecord, find_sets, read_set
 from sigma.eval.metrics import ImageScore, score_image, summarize
@@ -63,9 +63,13 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
              batch_size: int = 4, progress: Callable[[int, int], None] | None = None,
              limit: int | None = None) -> EvalResult:
     io_config = io_config or IOConfig()
+    perturbations = perturb.expand(perturbations)
     records = [rec for set_dir in find_sets(data) for rec in read_set(set_dir)]
+    perturb.prepare(perturbations)
     if limit:
         records = records[:limit]
+    if not records:
+        raise InputError(f"{data}: the pairs.jsonl files hold no pairs", code="no_pairs")
     result = EvalResult()
     total = len(records) * len(perturbations)
     done = 0
@@ -79,7 +83,7 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
                     pair = load_pair(rec.original, rec.edited, rec.instruction, io_config, pair_id=rec.pair_id)
                     gt = read_mask(rec.mask, io_config.limits)
                     if gt.shape != pair.size:
-                        raise SigmaError(f"{rec.mask}: mask {gt.shape} differs from original {pair.size}",
+                        raise InputError(f"{rec.mask}: mask {gt.shape} differs from original {pair.size}",
                                          code="mask_size_mismatch")
                     pair.edited = perturb.apply(name, pair.edited, rec.pair_id)
                 except SigmaError as exc:
