@@ -16,6 +16,10 @@ from sigma.errors import ConfigError
 from sigma.types import Pair
 
 UNINFORMATIVE = 0.5
+# the same flag vocabulary as sigma.grounding.types (FLAG_*), so result.json reads one way
+FLAG_NO_INSTRUCTION = "no_instruction"
+FLAG_GLOBAL = "global_edit"
+FLAG_NO_GROUNDING = "grounding_disabled"
 
 
 @dataclass
@@ -26,7 +30,7 @@ class Guidance:
     edit_type: str | None
     prior: np.ndarray                       # float32 [H, W] in [0, 1]
     informative: bool                       # False: π carries no information (0.5 everywhere)
-    flag: str | None                        # no_instruction, nothing_found, global, grounding_off, ...
+    flag: str | None                        # None = grounded; else one of the FLAG_* names
     regions: list[dict[str, Any]] = field(default_factory=list)   # box xyxy px, score, image, concept
     backend: str = "none"
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -88,13 +92,13 @@ class Guide:
         pd = _as_dict(parsed)
         edit_type = pd.get("edit_type") if pd else None
         if edit_type is None:
-            return Guidance(pd, None, np.full((h, w), UNINFORMATIVE, np.float32), False, "no_instruction",
+            return Guidance(pd, None, np.full((h, w), UNINFORMATIVE, np.float32), False, FLAG_NO_INSTRUCTION,
                             backend=self.grounding_name, timings_ms=timings)
         if edit_type == "global":
-            return Guidance(pd, edit_type, np.ones((h, w), np.float32), True, "global",
+            return Guidance(pd, edit_type, np.ones((h, w), np.float32), True, FLAG_GLOBAL,
                             backend=self.grounding_name, timings_ms=timings)
         if self.grounder is None:
-            return Guidance(pd, edit_type, np.full((h, w), UNINFORMATIVE, np.float32), False, "grounding_off",
+            return Guidance(pd, edit_type, np.full((h, w), UNINFORMATIVE, np.float32), False, FLAG_NO_GROUNDING,
                             backend="none", timings_ms=timings)
         t0 = time.perf_counter()
         result = self.grounder(pair, parsed)
@@ -114,7 +118,7 @@ class Guide:
             r = reg if isinstance(reg, dict) else (reg.model_dump() if hasattr(reg, "model_dump") else vars(reg))
             regions.append({"box": [float(v) for v in r["box"]], "score": float(r.get("score", 1.0)),
                             "image": r.get("image", "original"), "concept": r.get("concept")})
-        informative = flag in (None, "global") and bool(regions or prior.min() != prior.max())
+        informative = flag == FLAG_GLOBAL or (flag is None and bool(regions or prior.min() != prior.max()))
         return Guidance(pd, edit_type, np.clip(prior, 0.0, 1.0), informative, flag, regions,
                         backend=self.grounding_name, timings_ms=timings)
 

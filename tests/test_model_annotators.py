@@ -1,0 +1,158 @@
+"""Every model annotator in the registry on tiny configs: prediction shapes and extras, the
+where-I-looked errors instead of random weights, embedded-weight discovery, and the per-pair extras."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sigma.annotators import model_annotator
+from sigma.annotators.mask_extras import confidence, split_components
+from sigma.annotators.model_annotator import working_size
+from sigma.errors import WeightsNotFoundError
+from sigma.models import build_model, save_model
+from sigma.models.presets import TINY_DINOV2
+from sigma.registry import create_annotator, list_annotators
+from sigma.types import Pair
+
+pytest.importorskip("transformers")
+
+MODEL_ANNOTATORS = {
+    "sigma-lite": {"model": "tiny-lite", "random_init": True},
+    "sigma-b": {"model": "tiny-dinov2", "random_init": True},
+    "sigma-s": {"model": "tiny-dinov2", "random_init": True},
+    "feature-diff": {"hf_config": TINY_DINOV2, "random_init": True, "image_size": 56},
+    "grounding-only": {},
+}
+
+
+def _pairs() -> list[Pair]:
+    rng = np.random.default_rng(0)
+    out = []
+    for pid, (h, w), text in [("a", (70, 90), "remove the boat"), ("b", (48, 40), None),
+                              ("c", (70, 90), "make it snowy")]:
+        o = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        e = o.copy()
+        e[h // 4:h // 2, w // 4:w // 2] = 255 - e[h // 4:h // 2, w // 4:w // 2]
+        out.append(Pair(o, e, text, pid))
+    return out
+
+
+@pytest.fixture
+def no_embedded(tmp_path, monkeypatch):
+    """An install without shipped weights, whatever this checkout holds."""
+    monkeypatch.setattr(model_annotator, "WEIGHTS_DIR", tmp_path / "weights")
+    return tmp_path / "weights"
+
+
+def test_every_model_annotator_is_registered_and_tested():
+    names = {e.name for e in list_annotators()}
+    assert set(MODEL_ANNOTATORS) <= names
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_ANNOTATORS))
+def test_predict_shapes_and_extras(name, no_embedded):
+    ann = create_annotator(name, **MODEL_ANNOTATORS[name])
+    pairs = _pairs()
+    results = ann.predict(pairs)
+    assert [r.pair_id for r in results] == ["a", "b", "c"]
+    for pair, res in zip(pairs, results):
+        assert res.prob.shape == pair.size and res.mask.shape == pair.size
+        assert np.isfinite(res.prob).all() and res.prob.min() >= 0 and res.prob.max() <= 1
+        record = json.loads(json.dumps(res.to_dict()))      # result.json must serialise
+        assert record["annotator"] == name
+    if name.startswith("sigma-"):
+        a, b, c = (r.extra for r in results)
+        assert a["parse"]["edit_type"] == "remove" and a["parse"]["source"] == "boat"
+        assert b["parse"] is None and b["prior"]["flag"] == "no_instruction"
+        assert c["prior"]["flag"] == "global_edit" and c["prior"]["informative"]
+        assert a["prior"]["flag"] == "grounding_disabled"          # grounding=none by default
+        for extra in (a, b, c):
+            assert 0.0 <= extra["confidence"] <= 1.0
+            assert set(extra["components"]) >= {"intended", "side_effect", "split"}
+            assert "model" in results[0].timings_ms
+        assert a["working_size"] != b["working_size"] or name != "sigma-lite"
+
+
+def test_grounding_only_without_grounding_is_empty_not_full():
+    res = create_annotator("grounding-only").predict(_pairs())
+    assert res[0].area == 0 and res[1].area == 0
+    assert res[2].mask.all(), "a global edit's prior is the whole image"
+
+
+@pytest.mark.parametrize("name", ["sigma-lite", "sigma-b", "sigma-s"])
+def test_missing_trained_weights_say_where_they_looked(name, no_embedded):
+    with pytest.raises(WeightsNotFoundError) as err:
+        create_annotator(name)
+    msg = err.value.message
+    assert str(no_embedded / f"{name}.safetensors") in msg and "options.weights" in msg
+    entry = {e.name: e for e in list_annotators()}[name]
+    assert entry.weights_status().startswith("missing")
+
+
+def test_feature_diff_needs_backbone_weights(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(WeightsNotFoundError, match="facebook/dinov2-base"):
+        create_annotator("feature-diff")
+
+
+def test_feature_diff_from_a_local_backbone_folder(tmp_path):
+    import transformers
+
+    transformers.Dinov2Model(transformers.Dinov2Config(**TINY_DINOV2)).save_pretrained(tmp_path / "dino")
+    ann = create_annotator("feature-diff", backbone_weights=str(tmp_path / "dino"), image_size=56)
+    same = _pairs()[0]
+    same = Pair(same.original, same.original.copy(), None, "same")
+    res_same, res_diff = ann.predict([same, _pairs()[0]])
+    assert res_same.prob.max() < 1e-4, "identical images: cosine distance 0 everywhere"
+    assert res_diff.prob.max() > res_same.prob.max()
+
+
+def test_embedded_and_explicit_weights_are_loaded_exactly(no_embedded, tmp_path):
+    torch.manual_seed(1)
+    model = build_model("tiny-lite")
+    save_model(model, tmp_path / "saved")
+    # explicit path
+    ann = create_annotator("sigma-lite", model="tiny-lite", weights=str(tmp_path / "saved"))
+    assert ann.weights_source.startswith("file")
+    assert all(torch.equal(v, ann.model.state_dict()[k]) for k, v in model.state_dict().items())
+    # the embedded layout: sigma/weights/<preset>.safetensors + <preset>.json
+    no_embedded.mkdir()
+    (tmp_path / "saved" / "model.safetensors").rename(no_embedded / "sigma-lite.safetensors")
+    (tmp_path / "saved" / "config.json").rename(no_embedded / "sigma-lite.json")
+    entry = {e.name: e for e in list_annotators()}["sigma-lite"]
+    assert entry.weights_status() == "embedded (sigma/weights/sigma-lite.safetensors)"
+    ann = create_annotator("sigma-lite")
+    assert ann.weights_source == "embedded sigma-lite.safetensors"
+    assert all(torch.equal(v, ann.model.state_dict()[k]) for k, v in model.state_dict().items())
+    assert ann.predict(_pairs()[:1])[0].prob.shape == (70, 90)
+
+
+def test_working_size():
+    assert working_size(1000, 500, 512, 32, True, False) == (512, 256)
+    assert working_size(500, 1000, 512, 32, True, False) == (256, 512)
+    assert working_size(100, 60, 512, 32, True, False) == (96, 64)       # no upscaling by default
+    assert working_size(100, 60, 512, 32, True, True) == (512, 320)
+    assert working_size(100, 2000, 512, 32, True, False) == (32, 512)    # never below one multiple
+    assert working_size(300, 700, 518, 14, False, False) == (518, 518)
+
+
+def test_confidence_and_components():
+    prob = np.zeros((40, 40), np.float32)
+    prob[2:10, 2:10] = 1.0       # inside the prior: intended
+    prob[25:35, 25:38] = 1.0     # outside: a side effect
+    mask = prob > 0.5
+    assert confidence(prob, mask, 0.5) == 1.0
+    assert confidence(np.full((4, 4), 0.5, np.float32), np.zeros((4, 4), bool), 0.5) == 0.0
+    prior = np.zeros((40, 40), np.float32)
+    prior[0:12, 0:12] = 1.0
+    comps = split_components(mask, prior, True)
+    assert comps["split"] == "by_prior" and comps["count"] == 2
+    assert [c["bbox"] for c in comps["intended"]] == [[2, 2, 8, 8]]
+    assert [c["area"] for c in comps["side_effect"]] == [130] and comps["side_effect_area"] == 130
+    blind = split_components(mask, prior, False)
+    assert blind["split"] == "no_prior" and len(blind["unassigned"]) == 2 and not blind["intended"]
+    capped = split_components(mask, prior, True, max_components=1)
+    assert capped["count"] == 2 and len(capped["intended"]) + len(capped["side_effect"]) == 1
