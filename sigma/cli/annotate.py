@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,15 @@ each written to OUTDIR/<id>/. A bad pair is reported and the others are still an
 """
 
 EXAMPLES = """examples:
+  sigma annotate --example -o out/          (the bundled example pair; see sigma/assets/examples/README.md)
   sigma annotate orig.png edited.png -i "remove the boat" -o out/
   sigma annotate orig.png edited.png --annotator pixel-diff --threshold 0.1
+  sigma annotate orig.png edited.png --config configs/annotate.yaml --set io.align=true
   cat pairs.json | sigma annotate - -o out/
 """
+
+# A pair id becomes a folder name under OUTDIR: keep it to one safe path component.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class AnnotateConfig(Strict):
@@ -42,24 +49,68 @@ class AnnotateConfig(Strict):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("annotate", help="annotate one pair (or a JSON list of pairs on stdin)",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("original", help="original image (PNG/JPEG/WebP/TIFF/BMP), or '-' for a JSON list on stdin")
+    p.add_argument("original", nargs="?",
+                   help="original image (PNG/JPEG/WebP/TIFF/BMP), or '-' for a JSON list on stdin")
     p.add_argument("edited", nargs="?", help="edited image")
     p.add_argument("-i", "--instruction", help="the edit instruction, e.g. 'remove the boat' (optional)")
     p.add_argument("-o", "--outdir", default="sigma_out", help="output folder (default: sigma_out)")
     p.add_argument("--annotator", help="registry name (see `sigma models`); default: sigma-lite when embedded")
     p.add_argument("--threshold", type=float, help="mask = prob > T (pixel-diff: PIXAR's τ)")
+    p.add_argument("--example", action="store_true",
+                   help="annotate the example pair shipped with the package (astronaut photo, shuttle replaced "
+                        "by a cup of coffee) with its instruction")
     add_config_args(p)
     p.set_defaults(run=run)
 
 
-def _read_stdin_pairs() -> list[dict[str, Any]]:
+def _read_stdin_pairs() -> list[Any]:
     try:
         items = json.load(sys.stdin)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"stdin: not a JSON list of pairs ({exc})", code="bad_json") from exc
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+    if not isinstance(items, list):
         raise InputError("stdin: expected a JSON list of objects with 'original' and 'edited'", code="bad_json")
+    if not items:
+        raise InputError("stdin: the JSON list of pairs is empty", code="no_pairs")
     return items
+
+
+def _items_from_args(args: argparse.Namespace) -> tuple[list[Any], bool]:
+    """(pair items, several?) from --example, '-' (stdin) or ORIGINAL EDITED."""
+    if args.example:
+        if args.original or args.edited:
+            raise InputError("--example annotates the bundled pair; drop ORIGINAL/EDITED", code="bad_arguments")
+        from sigma.assets import example_pair
+
+        example = example_pair()
+        instruction = example["instruction"] if args.instruction is None else args.instruction
+        return [{"id": example["id"], "original": example["original"], "edited": example["edited"],
+                 "instruction": instruction}], False
+    if args.original is None:
+        raise InputError("give ORIGINAL EDITED, '-' for a JSON list on stdin, or --example", code="bad_arguments")
+    if args.original == "-":
+        if args.edited:
+            raise InputError("with '-' the pairs come from stdin; drop the EDITED argument", code="bad_arguments")
+        return _read_stdin_pairs(), True
+    if not args.edited:
+        raise InputError("missing EDITED image (or pass '-' to read a JSON list of pairs)", code="bad_arguments")
+    return [{"id": Path(args.original).stem, "original": args.original, "edited": args.edited,
+             "instruction": args.instruction}], False
+
+
+def _pair_id(item: Any, n: int, multi: bool, seen: set[str]) -> str:
+    if not isinstance(item, dict):
+        return f"pair_{n:04d}"
+    raw = item.get("id")
+    pair_id = str(raw) if raw not in (None, "") else (f"pair_{n:04d}" if multi else "pair")
+    if multi:
+        if not _SAFE_ID.match(pair_id):
+            raise InputError(f"pair #{n}: id {pair_id!r} is not a safe folder name (letters, digits, '.', '_', "
+                             "'-'; at most 128)", code="bad_json")
+        if pair_id in seen:
+            raise InputError(f"pair #{n}: id {pair_id!r} appears twice; ids name the output folders",
+                             code="bad_json")
+    return pair_id
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,48 +124,58 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         cfg.threshold = args.threshold
     cfg.annotator = cfg.annotator or default_annotator_name()
-
-    if args.original == "-":
-        if args.edited:
-            raise InputError("with '-' the pairs come from stdin; drop the EDITED argument", code="bad_arguments")
-        items = _read_stdin_pairs()
-        multi = True
-    else:
-        if not args.edited:
-            raise InputError("missing EDITED image (or pass '-' to read a JSON list of pairs)", code="bad_arguments")
-        items = [{"id": Path(args.original).stem, "original": args.original, "edited": args.edited,
-                  "instruction": args.instruction}]
-        multi = False
+    items, multi = _items_from_args(args)
+    # Built before any image is read: a typo in --annotator or --set is one error, not one per pair.
+    annotator = build_annotator(cfg.annotator, cfg.options, cfg.threshold)
+    resolved = cfg.model_dump(mode="json")
+    resolved["annotator_config"] = annotator.describe()
 
     outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir}: exists and is not a folder", code="bad_outdir")
     failures: list[str] = []
-    loaded = []
+    loaded, load_ms = [], {}
+    seen: set[str] = set()
     for n, item in enumerate(items):
-        pair_id = str(item.get("id") or f"pair_{n:04d}")
+        label = f"pair #{n}"
         try:
-            if "original" not in item or "edited" not in item:
+            pair_id = _pair_id(item, n, multi, seen)
+            label = pair_id
+            if not isinstance(item, dict):
+                raise InputError(f"pair #{n}: expected an object with 'original' and 'edited', got "
+                                 f"{type(item).__name__}", code="bad_json")
+            if not item.get("original") or not item.get("edited"):
                 raise InputError(f"pair {pair_id}: needs 'original' and 'edited'", code="bad_json")
-            loaded.append(load_pair(item["original"], item["edited"], item.get("instruction"), cfg.io, pair_id))
+            seen.add(pair_id)
+            start = time.perf_counter()
+            loaded.append(load_pair(str(item["original"]), str(item["edited"]), item.get("instruction"),
+                                    cfg.io, pair_id))
+            load_ms[pair_id] = (time.perf_counter() - start) * 1000.0
         except SigmaError as exc:
-            failures.append(f"{pair_id}: [{exc.code}] {exc.message}")
+            failures.append(f"{label}: [{exc.code}] {exc.message}")
 
-    if loaded:
-        annotator = build_annotator(cfg.annotator, cfg.options, cfg.threshold)
-        resolved = cfg.model_dump(mode="json")
-        resolved["annotator_config"] = annotator.describe()
-        for start in range(0, len(loaded), cfg.batch_size):
-            batch = loaded[start:start + cfg.batch_size]
+    written = 0
+    for start in range(0, len(loaded), cfg.batch_size):
+        batch = loaded[start:start + cfg.batch_size]
+        try:
+            annotations = annotator.predict(batch)
+        except SigmaError as exc:
+            failures.extend(f"{p.pair_id}: [{exc.code}] {exc.message}" for p in batch)
+            continue
+        for pair, ann in zip(batch, annotations, strict=True):
+            target = outdir / pair.pair_id if multi else outdir
+            ann.timings_ms = {"load": load_ms.get(pair.pair_id, 0.0), **ann.timings_ms}
             try:
-                annotations = annotator.predict(batch)
-            except SigmaError as exc:
-                failures.extend(f"{p.pair_id}: [{exc.code}] {exc.message}" for p in batch)
-                continue
-            for pair, ann in zip(batch, annotations, strict=True):
-                target = outdir / pair.pair_id if multi else outdir
                 write_annotation(ann, pair.edited, target, {"instruction": pair.instruction, "config": resolved})
                 save_resolved(resolved, target)
-                print(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> {target}/")
+            except OSError as exc:
+                failures.append(f"{pair.pair_id}: [output_unwritable] {target}: {exc.strerror or exc}")
+                continue
+            written += 1
+            print(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> {target}/")
 
     for line in failures:
         print(f"sigma: error: {line}", file=sys.stderr)
+    if failures and multi:
+        print(f"sigma: {written} of {len(items)} pairs annotated, {len(failures)} failed", file=sys.stderr)
     return 2 if failures else 0
