@@ -1,0 +1,116 @@
+"""Faults with real processes: kill -9 a worker mid-batch, a poison job, Redis restarted under load."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from servicekit import ServiceUnderTest, make_pair, wait_until
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def svc(redis_server, tmp_path):
+    s = ServiceUnderTest(redis_server, tmp_path)
+    try:
+        s.start_api()
+        yield s
+    finally:
+        s.close()
+
+
+def submit_many(svc, n: int, annotator: str, instruction: str | None = None) -> list[str]:
+    ids = []
+    for i in range(n):
+        original, edited = make_pair(seed=100 + i)
+        data = {"annotator": annotator}
+        if instruction:
+            data["instruction"] = instruction
+        resp = svc.submit(original, edited, data)
+        assert resp.status_code == 202, resp.text
+        ids.append(resp.json()["id"])
+    return ids
+
+
+def assert_exactly_once(svc, ids: list[str], annotator: str) -> None:
+    for job_id in ids:
+        raw = svc.raw_job(job_id)
+        assert raw["status"] == "done", (job_id, raw.get("error"), raw.get("last_error"))
+        assert raw["completions"] == "1", (job_id, raw["completions"])
+    r = svc.redis_server.client()
+    stream = f"{svc.prefix}:stream:{annotator}"
+    assert r.xlen(stream) == 0                                    # every entry acked and deleted
+    assert r.xpending(stream, "sigma-workers")["pending"] == 0
+
+
+def test_kill9_worker_mid_batch_loses_and_duplicates_nothing(svc):
+    slow = ["worker.options={delay_ms: 600}", "worker.max_batch_size=4", "worker.max_wait_ms=50"]
+    ids = submit_many(svc, 10, "slow-diff")
+    victim = svc.start_worker("slow-diff", slow)
+    running = wait_until(lambda: [j for j in ids if svc.raw_job(j).get("status") == "running"], 15,
+                         "the first worker to hold a batch")
+    victim.kill9()                                                # in the middle of predict (600 ms sleep)
+    assert not victim.alive()
+    r = svc.redis_server.client()
+    held = r.xpending_range(f"{svc.prefix}:stream:slow-diff", "sigma-workers", "-", "+", 100,
+                            consumername=victim.consumer)
+    assert held, "the killed worker held no pending entries: the test did not kill it mid-batch"
+    svc.start_worker("slow-diff", slow)
+    svc.wait_jobs(ids, 60)
+    assert_exactly_once(svc, ids, "slow-diff")
+    attempts = {j: int(svc.raw_job(j)["attempts"]) for j in ids}
+    redelivered = {j for j in ids if attempts[j] >= 2}
+    assert set(running) <= redelivered, attempts                 # what it held was delivered again
+    assert all(json.loads(svc.raw_job(j)["result"])["area"] > 0 for j in ids)
+
+
+def test_poison_job_goes_to_dead_letter_after_max_deliveries(svc):
+    worker = svc.start_worker("poison-diff", ["worker.max_batch_size=4", "worker.max_wait_ms=100"])
+    original, edited = make_pair(seed=7)
+    poison = svc.submit(original, edited, {"annotator": "poison-diff", "instruction": "poison the well"}).json()["id"]
+    good = svc.submit(original, edited, {"annotator": "poison-diff", "instruction": "invert a box"}).json()["id"]
+    views = svc.wait_jobs([poison, good], 30)
+    assert views[good]["status"] == "done" and views[good]["attempts"] == 1   # not held back by its neighbour
+    bad = views[poison]
+    assert bad["status"] == "failed" and bad["attempts"] == 3
+    assert bad["error"]["code"] == "dead_letter" and bad["error"]["deliveries"] == 3
+    assert "model crashed on" in bad["error"]["message"]
+    assert bad["error"]["last_error"]["code"] == "model_error"
+    r = svc.redis_server.client()
+    dead = r.xrange(f"{svc.prefix}:dead:poison-diff")
+    assert len(dead) == 1
+    fields = {k.decode(): v.decode() for k, v in dead[0][1].items()}
+    assert fields["job"] == poison and fields["deliveries"] == "3" and "RuntimeError" in fields["error"]
+    assert r.xlen(f"{svc.prefix}:stream:poison-diff") == 0
+    sync = svc.submit(original, edited, {"annotator": "poison-diff", "instruction": "poison again"},
+                      path="/v1/annotate")
+    assert sync.status_code == 500 and sync.json()["error"]["code"] == "annotation_failed"
+    metrics = svc.http.get("/metrics", headers=svc.headers()).text
+    assert 'sigma_dead_letters{annotator="poison-diff"} 2.0' in metrics
+    assert worker.alive()
+
+
+def test_redis_restart_with_queued_jobs_and_readyz(svc):
+    worker = svc.start_worker("pixel-diff")
+    wait_until(lambda: svc.http.get("/readyz").status_code == 200, 10, "ready")
+    worker.signal(signal.SIGSTOP)                                 # jobs pile up while it is frozen
+    ids = submit_many(svc, 5, "pixel-diff")
+    svc.redis_server.stop()                                       # SIGTERM: AOF is fsynced ("always")
+    t0 = time.monotonic()
+    down = svc.http.get("/readyz")
+    assert down.status_code == 503 and time.monotonic() - t0 < 5
+    assert down.json()["checks"]["redis"]["ok"] is False
+    original, edited = make_pair()
+    refused = svc.submit(original, edited)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_unavailable"
+    svc.redis_server.start()
+    worker.signal(signal.SIGCONT)
+    wait_until(lambda: svc.http.get("/readyz").status_code == 200, 20, "/readyz to recover by itself")
+    svc.wait_jobs(ids, 30)
+    assert_exactly_once(svc, ids, "pixel-diff")
+    after = svc.submit(original, edited, path="/v1/annotate")
+    assert after.status_code == 200 and after.json()["status"] == "done"
+    assert worker.alive()
