@@ -53,6 +53,8 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
                 f"{record.get('corpus', {}).get('path')}); this one would be {run_hash}. Outputs are keyed by input "
                 "and config: use a new --out, or the same input and options to continue that run")
         shards = [Shard.from_dict(s) for s in record["shards"]]
+        for stale in (rundir.root / "shards").glob(".*.tmp"):   # left by a killed run; rewritten identically
+            stale.unlink(missing_ok=True)
         done = sum(rundir.is_done(s, run_hash) for s in shards)
         if done < len(shards) and not resume:
             raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "

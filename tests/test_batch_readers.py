@@ -1,0 +1,154 @@
+"""Corpus readers on small real files of each kind: parquet with image structs, save_to_disk Arrow streams,
+WebDataset tars, folders, JSONL/CSV manifests and the shared evaluation layout."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sigma.errors import InputError, UnknownNameError
+from sigma.io.corpora import detect_format, open_corpus
+from sigma.io.corpora.synthetic import (synthetic_pairs, write_csv, write_folder, write_pairs_jsonl, write_parquet,
+                                        write_saved_dataset, write_webdataset)
+
+SHARED = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+
+
+def read_all(corpus):
+    shards = corpus.plan()
+    return shards, [item for shard in shards for item in corpus.read(shard)]
+
+
+def test_parquet_magicbrush_by_row_group(tmp_path):
+    path = write_parquet(tmp_path / "mb.parquet", synthetic_pairs(25), "magicbrush", row_group_size=5)
+    assert pq.ParquetFile(path).num_row_groups == 5
+    corpus = open_corpus(path, preset="magicbrush", shard_size=10)
+    shards, items = read_all(corpus)
+    # whole row groups per shard: 5+5, 5+5, 5
+    assert [s.ref["row_groups"] for s in shards] == [[0, 2], [2, 4], [4, 5]]
+    assert [s.num_items for s in shards] == [10, 10, 5]
+    assert len(items) == 25 and all(i.error is None for i in items)
+    assert items[0].pair_id == "p000000-1" and items[4].pair_id == "p000004-2"   # img_id-turn_index
+    assert items[4].instruction == "remove the object number 4"
+    assert items[0].original.startswith(b"\x89PNG") and items[0].mask.startswith(b"\x89PNG")
+    # one shard reads only its own rows, with global row numbers in the source reference
+    second = list(corpus.read(shards[1]))
+    assert [i.index for i in second] == list(range(10)) and second[0].source == "mb.parquet:row=10"
+
+
+@pytest.mark.parametrize("preset", ["instructpix2pix", "ultraedit", "anyedit", "omniedit"])
+def test_parquet_presets(tmp_path, preset):
+    path = write_parquet(tmp_path / f"{preset}.parquet", synthetic_pairs(4), preset, row_group_size=2)
+    _, items = read_all(open_corpus(path, preset=preset, shard_size=2))
+    assert len(items) == 4 and all(i.error is None for i in items)
+    assert items[1].instruction == "add the object number 1"   # omniedit: first prompt of the list
+    if preset == "anyedit":
+        assert items[1].edit_type == "add"
+    if preset == "ultraedit":
+        assert items[0].mask is not None
+    if preset == "omniedit":
+        assert items[2].pair_id == "p000002"
+
+
+def test_wrong_columns_lists_found_and_expected(tmp_path):
+    path = write_parquet(tmp_path / "mb.parquet", synthetic_pairs(2), "magicbrush")
+    with pytest.raises(InputError) as err:
+        open_corpus(path, preset="instructpix2pix").plan()
+    msg = err.value.message
+    assert err.value.code == "bad_columns"
+    assert "source_img" in msg and "target_img" in msg          # found
+    assert "original=input_image" in msg and "edit_prompt" in msg  # expected
+    # a column mapping fixes it
+    corpus = open_corpus(path, preset="instructpix2pix",
+                         columns={"original": "source_img", "edited": "target_img", "instruction": "instruction"})
+    assert len(read_all(corpus)[1]) == 2
+    with pytest.raises(UnknownNameError):
+        open_corpus(path, preset="magicbrushh")
+
+
+def test_saved_dataset_dict_layout(tmp_path):
+    root = write_saved_dataset(tmp_path / "ds", synthetic_pairs(12), "instructpix2pix", batch_rows=4, split="train")
+    assert detect_format(root) == "hf"
+    corpus = open_corpus(root, preset="instructpix2pix", shard_size=5)
+    shards, items = read_all(corpus)
+    assert [s.num_items for s in shards] == [8, 4]         # whole record batches: 4+4, 4
+    assert len(items) == 12 and items[5].subset == "train" and items[5].instruction == "add the object number 5"
+    assert items[5].pair_id == "train/data-00000-of-00001.arrow:5"
+    plain = write_saved_dataset(tmp_path / "plain", synthetic_pairs(3), "anyedit")
+    _, items = read_all(open_corpus(plain, preset="anyedit"))
+    assert [i.edit_type for i in items] == ["remove", "add", "replace"]
+
+
+def test_webdataset_key_grouping_and_fields(tmp_path):
+    write_webdataset(tmp_path / "wds", synthetic_pairs(7), per_tar=3)
+    corpus = open_corpus(tmp_path / "wds")
+    shards, items = read_all(corpus)
+    assert corpus.format == "wds" and [s.num_items for s in shards] == [3, 3, 1]
+    assert [i.pair_id for i in items] == [f"p{i:06d}" for i in range(7)]
+    assert items[2].instruction == "replace the object number 2" and items[2].edit_type == "replace"
+    # configurable field names: with edited mapped to a field that does not exist, every pair says why
+    odd = open_corpus(tmp_path / "wds", columns={"edited": "tgt.jpg"})
+    bad = next(iter(odd.read(odd.plan()[0])))
+    assert bad.error[0] == "missing_image" and "tgt.jpg" in bad.error[1]
+
+
+def test_folders_jsonl_and_csv(tmp_path):
+    flat = write_folder(tmp_path / "flat", synthetic_pairs(4))
+    (flat / "p000009_original.png").write_bytes((flat / "p000000_original.png").read_bytes())  # edited missing
+    _, items = read_all(open_corpus(flat))
+    assert [i.pair_id for i in items] == ["p000000", "p000001", "p000002", "p000003", "p000009"]
+    assert items[1].instruction == "add the object number 1" and items[1].mask_path.endswith("p000001_mask.png")
+    assert items[4].error[0] == "file_not_found"
+    two = write_folder(tmp_path / "two", synthetic_pairs(3), two_folders=True)
+    _, items = read_all(open_corpus(two))
+    assert len(items) == 3 and items[2].edited_path.endswith("edited/p000002.png")
+
+    write_pairs_jsonl(tmp_path / "sets" / "a", synthetic_pairs(3))
+    write_pairs_jsonl(tmp_path / "sets" / "b", synthetic_pairs(2, seed=1))
+    with open(tmp_path / "sets" / "b" / "pairs.jsonl", "a") as handle:
+        handle.write("{not json\n")
+    corpus = open_corpus(tmp_path / "sets", shard_size=2)
+    shards, items = read_all(corpus)
+    assert corpus.format == "jsonl" and [s.num_items for s in shards] == [2, 1, 2, 1]
+    assert items[0].pair_id == "a/p000000" and items[3].subset == "b"
+    assert items[-1].error[0] == "bad_record"
+
+    manifest = write_csv(tmp_path / "csv", synthetic_pairs(3))
+    with open(manifest, "a") as handle:
+        handle.write('x1,img/p000000_original.png,img/p000000_edited.png,"",\n')
+        handle.write('x2,img/p000000_original.png,img/p000000_edited.png,"two\nlines",\n')
+    _, items = read_all(open_corpus(manifest, shard_size=2))
+    assert [i.pair_id for i in items] == ["p000000", "p000001", "p000002", "x1", "x2"]
+    assert items[3].instruction is None and items[4].instruction == "two\nlines"
+    assert items[0].original_path == str(tmp_path / "csv" / "img" / "p000000_original.png")
+
+
+def test_csv_wrong_header_and_unknown_input(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("src,dst\na.png,b.png\n")
+    with pytest.raises(InputError) as err:
+        open_corpus(bad).plan()
+    assert err.value.code == "bad_columns" and "src, dst" in err.value.message
+    with pytest.raises(InputError) as err:
+        open_corpus(tmp_path / "nope")
+    assert err.value.code == "file_not_found"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as err:
+        open_corpus(tmp_path / "empty")
+    assert err.value.code == "unknown_format"
+
+
+def test_shared_eval_layout():
+    data = SHARED / "data" / "eval"
+    if not (data / "inpaint_anything" / "pairs.jsonl").is_file():
+        pytest.skip("../shared/data/eval not present")
+    corpus = open_corpus(data, shard_size=1000)
+    shards, items = read_all(corpus)
+    n = sum(sum(1 for line in open(p) if line.strip()) for p in data.glob("*/pairs.jsonl"))
+    assert len(items) == n and len(shards) == len(list(data.glob("*/pairs.jsonl")))
+    assert all(i.error is None and Path(i.original_path).is_file() and Path(i.mask_path).is_file() for i in items)
+    rec = json.loads(open(data / "inpaint_anything" / "pairs.jsonl").readline())
+    assert any(i.pair_id == f"inpaint_anything/{rec['id']}" for i in items)

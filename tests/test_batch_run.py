@@ -1,0 +1,195 @@
+"""`sigma batch run`: bad pairs recorded and the run goes on, resume/skip rules, deterministic shard outputs
+(including a real SIGKILL mid-run followed by --resume), manifest contents."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import sigma
+from sigma.batch import BatchConfig, RunDir, run_batch
+from sigma.cli import main
+from sigma.errors import ConfigError, InputError
+from sigma.io import load_pair
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl, write_parquet, write_webdataset
+from sigma.io.rle import decode_rle
+
+
+def cfg_for(path, **kw) -> BatchConfig:
+    base = {"input": {"path": str(path), **kw.pop("input", {})}, "annotator": "pixel-diff", "workers": 0}
+    return BatchConfig.model_validate({**base, **kw})
+
+
+def read_rows(out: Path) -> list[dict]:
+    return [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def png(array) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def messy_set(tmp_path) -> Path:
+    """A pairs.jsonl set with five good pairs and one of each kind of bad input."""
+    root = tmp_path / "messy"
+    write_pairs_jsonl(root, synthetic_pairs(5))
+    good = {"original": "p000000_original.png", "edited": "p000000_edited.png", "mask": "p000000_mask.png"}
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    (root / "wide.png").write_bytes(png(np.zeros((32, 64, 3), np.uint8)))
+    big = np.asarray(Image.open(root / "p000001_edited.png").resize((128, 128)))
+    (root / "big.png").write_bytes(png(big))
+    extra = [
+        {**good, "id": "missing", "edited": "nope.png", "instruction": "x"},
+        {**good, "id": "corrupt", "edited": "corrupt.png", "instruction": "x"},
+        {**good, "id": "aspect", "edited": "wide.png", "instruction": "x"},
+        {**good, "id": "resized", "original": "p000001_original.png", "edited": "big.png", "mask": "p000001_mask.png",
+         "instruction": "resize me"},
+        {**good, "id": "empty_instr", "instruction": "   "},
+    ]
+    with open(root / "pairs.jsonl", "a") as handle:
+        for rec in extra:
+            handle.write(json.dumps(rec) + "\n")
+        handle.write("{broken json\n")
+    return root
+
+
+def test_bad_pairs_are_recorded_and_good_ones_kept(messy_set, tmp_path):
+    out = tmp_path / "run"
+    summary = run_batch(cfg_for(messy_set, input={"shard_size": 4}), out, progress=False)
+    assert summary.shards == 3 and summary.done_now == 3 and summary.failed_now == 0
+    rows = {r["pair_id"]: r for r in read_rows(out)}
+    assert len(rows) == 11
+    codes = {pid: r["error_code"] for pid, r in rows.items() if r["status"] == "error"}
+    assert codes == {"messy/missing": "file_not_found", "messy/corrupt": "image_unreadable",
+                     "messy/aspect": "aspect_mismatch",
+                     "messy/empty_instr": "empty_instruction", "messy/pairs.jsonl:10": "bad_record"}
+    assert "messy/aspect" in rows and "aspect" in rows["messy/aspect"]["error"].lower()
+    assert all(rows[pid]["error"] for pid in codes)
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    assert len(ok) == 6
+    resized = rows["messy/resized"]
+    assert resized["status"] == "ok" and (resized["height"], resized["edited_height"]) == (64, 128)
+    # the manifest's mask is exactly what the annotator says for that pair
+    annotator = sigma.create_annotator("pixel-diff")
+    pair = load_pair(messy_set / "p000002_original.png", messy_set / "p000002_edited.png")
+    expected = annotator.predict([pair])[0]
+    row = rows["messy/p000002"]
+    assert np.array_equal(decode_rle({"size": [row["height"], row["width"]], "counts": row["rle_counts"]}),
+                          expected.mask)
+    assert row["bbox"] == expected.bbox() and row["area"] == expected.area
+    assert row["config_hash"] == annotator.config_hash and row["annotator"] == "pixel-diff"
+    assert row["gt_f1"] > 0.95 and row["gt_iou"] > 0.9 and row["confidence"] is None
+    assert len(row["original_sha256"]) == 64 and row["instruction"] == "replace the object number 2"
+    status = RunDir(out).summary()
+    assert status["ok"] == 6 and status["errors"] == 5 and status["error_codes"]["file_not_found"] == 1
+
+
+def test_rerun_resume_and_conflicts(messy_set, tmp_path):
+    out = tmp_path / "run"
+    cfg = cfg_for(messy_set, input={"shard_size": 4})
+    first = run_batch(cfg, out, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    again = run_batch(cfg, out, progress=False)          # a finished run: nothing to do
+    assert again.skipped == first.shards and again.pairs == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
+    with pytest.raises(ConfigError, match="holds another run"):
+        run_batch(cfg_for(messy_set, input={"shard_size": 4}, threshold=0.2), out, progress=False)
+    # lose one shard's status: the run is unfinished, --resume redoes only that shard, byte-identically
+    victim = sorted((out / "status").iterdir())[1]
+    victim.unlink()
+    with pytest.raises(InputError, match="--resume"):
+        run_batch(cfg, out, progress=False)
+    resumed = run_batch(cfg, out, resume=True, progress=False)
+    assert resumed.done_now == 1 and resumed.skipped == 2
+    assert {p: p.read_bytes() for p in (out / "shards").iterdir()} == {p: p.read_bytes() for p in before}
+    # a non-run, non-empty folder is refused
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x").write_text("x")
+    with pytest.raises(InputError, match="not empty"):
+        run_batch(cfg, tmp_path / "junk", progress=False)
+
+
+def test_worker_processes_give_identical_outputs(tmp_path):
+    path = write_parquet(tmp_path / "mb.parquet", synthetic_pairs(24), "magicbrush", row_group_size=6)
+    a = run_batch(cfg_for(path, input={"preset": "magicbrush", "shard_size": 12}), tmp_path / "a", progress=False)
+    b = run_batch(cfg_for(path, input={"preset": "magicbrush", "shard_size": 12}, workers=2, batch_size=5),
+                  tmp_path / "b", progress=False)
+    assert a.run_hash != b.run_hash        # batch size is part of the config hash...
+    c = run_batch(cfg_for(path, input={"preset": "magicbrush", "shard_size": 12}, workers=2), tmp_path / "c",
+                  progress=False)
+    assert c.run_hash == a.run_hash        # ...the number of decode workers is not
+    files_a = sorted((tmp_path / "a" / "shards").iterdir())
+    files_c = sorted((tmp_path / "c" / "shards").iterdir())
+    assert [f.name for f in files_a] == [f.name for f in files_c] and len(files_a) == 2
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(files_a, files_c))
+    assert [r["pair_id"] for r in read_rows(tmp_path / "b")] == [r["pair_id"] for r in read_rows(tmp_path / "a")]
+
+
+def test_png_masks_and_cli(tmp_path, capsys):
+    write_webdataset(tmp_path / "wds", synthetic_pairs(6), per_tar=3)
+    out = tmp_path / "run"
+    rc = main(["batch", "run", str(tmp_path / "wds"), "--out", str(out), "--annotator", "pixel-diff",
+               "--workers", "0", "--png-masks", "--no-progress", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"]["ok"] == 6 and summary["shards"] == 2
+    rows = read_rows(out)
+    mask = np.asarray(Image.open(out / rows[0]["mask_png"])) > 0
+    assert np.array_equal(mask, decode_rle({"size": [64, 64], "counts": rows[0]["rle_counts"]}))
+    assert (out / "config.yaml").is_file() and json.loads((out / "run.json").read_text())["format"] == "wds"
+    assert main(["batch", "status", str(out)]) == 0
+    assert "2/2 shards done" in capsys.readouterr().out
+    rc = main(["batch", "run", str(tmp_path / "wds"), "--out", str(tmp_path / "x"), "--preset", "nope"])
+    assert rc == 2
+    rc = main(["batch", "run", str(tmp_path / "wds"), "--out", str(tmp_path / "y"), "--columns", "garbage"])
+    assert rc == 2 and "role=column" in capsys.readouterr().err
+
+
+def _sigma(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sigma", *args]
+
+
+def test_killed_run_resumes_byte_identical(tmp_path):
+    """SIGKILL a real `sigma batch run` after a few shards, resume it, compare with an uninterrupted run."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(240, size=48))
+    common = ["--annotator", "pixel-diff", "--shard-size", "4", "--workers", "1", "--no-progress"]
+    full = tmp_path / "full"
+    assert subprocess.run(_sigma("batch", "run", str(root), "--out", str(full), *common), timeout=120,
+                          capture_output=True).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_sigma("batch", "run", str(root), "--out", str(killed), *common),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = killed / "status"
+        if status.is_dir() and len(list(status.glob("*.json"))) >= 3:
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)   # the run and its decode worker, mid-shard
+    proc.wait(timeout=10)
+    done_at_kill = len(list((killed / "status").glob("*.json")))
+    assert 3 <= done_at_kill < 60, "the run finished before it could be killed"
+    rc = subprocess.run(_sigma("batch", "run", str(root), "--out", str(killed), *common), capture_output=True,
+                        timeout=60, text=True)
+    assert rc.returncode == 2 and "--resume" in rc.stderr
+    rc = subprocess.run(_sigma("batch", "run", str(root), "--out", str(killed), "--resume", *common),
+                        capture_output=True, timeout=120, text=True)
+    assert rc.returncode == 0, rc.stderr
+    assert f"{60 - done_at_kill} shard(s) written, {done_at_kill} skipped" in rc.stdout
+    full_files = {p.name: p.read_bytes() for p in (full / "shards").glob("*.parquet")}
+    killed_files = {p.name: p.read_bytes() for p in (killed / "shards").glob("*.parquet")}
+    assert len(full_files) == 60 and full_files == killed_files
+    assert not list((killed / "shards").glob(".*.tmp"))
