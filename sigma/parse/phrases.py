@@ -171,13 +171,13 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
                 break
         if w.endswith("'s") or (w.endswith("'") and len(w) > 1):
             owner = w[:-2] if w.endswith("'s") else w[:-1]
-            if tok[0].isupper() and j > sentence_start:   # a name: "Rubik's cube", "McDonald's sign"
-                words.append(w)
+            nxt = toks[j + 1].lower() if j + 1 < n else None
+            if tok[0].isupper() and j > sentence_start and nxt not in L.ATTRIBUTE_NOUNS:
+                words.append(w)                           # a name: "Rubik's cube", "McDonald's sign"
                 proper = True
                 seen.append(w)
                 j += 1
                 continue
-            nxt = toks[j + 1].lower() if j + 1 < n else None
             seen.append(w)
             j += 1
             if nxt in L.ATTRIBUTE_NOUNS:                  # "the animal's fur colour" -> animal

@@ -107,7 +107,8 @@ def _value_kind(y: list[str]) -> str:
     """What `y` (the words after 'to'/'into'/'be') names: value, style, weather, scene or thing."""
     content = [w for w in y if is_word(w) and w not in ("a", "an", "the", "more", "slightly", "very",
                                                          "much", "bit", "little", "somewhat", "fully",
-                                                         "completely", "totally", "entirely", "into")]
+                                                         "completely", "totally", "entirely", "into",
+                                                         "one", "ones")]
     if not content:
         return "none"
     if _has(content, L.STYLE_WORDS) and ("style" in content or "painting" in content
@@ -121,14 +122,16 @@ def _value_kind(y: list[str]) -> str:
     if _has(content, L.ATTRIBUTE_VALUE_NOUNS) and not _has(content, L.SCENES):
         return "value"
     first = content[0]
+    if first in ("made", "built", "covered", "crafted", "carved") :
+        return "value"                                   # "made of gingerbread"
     indefinite = y and y[0] in ("a", "an")
+    if indefinite and len(content) == 1 and first in L.MATERIALS:
+        return "thing"                                   # "to a glass" (a thing) vs "to glass" (a material)
     if is_value_word(first):
         if not indefinite or all(is_value_word(w) for w in content):
             return "value"
     if not indefinite and (looks_participle(first) or first in ("left", "right", "up", "down", "around",
                                                                "sideways", "forward", "backward")):
-        return "value"
-    if indefinite and all(is_value_word(w) or w.endswith("er") for w in content):
         return "value"
     return "thing"
 
@@ -259,9 +262,12 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
     return _classify_change(toks, low, x, seg, y_start, end, a, "change")
 
 
-def _in_is_target(low, k, end) -> bool:
-    """'in' introduces the new look ('in Van Gogh style', 'in red'), not a location ('in the image')."""
+def _in_is_target(low, k, end, toks=None) -> bool:
+    """'in' introduces the new look ('in Van Gogh style', 'in red') or a new place ('in Italy'),
+    not a location in the picture ('in the image', 'in the corner')."""
     rest = [w for w in low[k + 1:end] if w not in ("a", "an", "the")]
+    if toks is not None and k + 1 < end and toks[k + 1][:1].isupper() and toks[k + 1].lower() not in L.WHOLE_IMAGE:
+        return True                                      # a named place
     if not rest or rest[0] in L.WHOLE_IMAGE or rest[0] in ("foreground", "background", "middle", "center",
                                                           "centre", "corner", "front", "back", "left",
                                                           "right", "top", "bottom"):
@@ -322,7 +328,7 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if k < end and low[k] in ("a", "an", "the") and not _is_whole_image(x):
         # "make the dog a cat"
         return _classify_change(toks, low, x, low[j:k], k, end, None, verb + "-object")
-    if k < end and low[k] in ("in", "at", "on") and _in_is_target(low, k, end):
+    if k < end and low[k] in ("in", "at", "on") and _in_is_target(low, k, end, toks):
         y_start = _strip_connectors(low, k + 1)
         rest = low[y_start:end]
         if _value_kind(rest) in ("value", "style", "weather"):

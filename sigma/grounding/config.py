@@ -1,0 +1,40 @@
+"""Grounding configuration: which detector, which segmenter, which thresholds."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sigma.config.schema import Strict
+
+
+class DetectorConfig(Strict):
+    weights: str = Field("IDEA-Research/grounding-dino-tiny",
+                         description="local save_pretrained folder or HF repo id (HF cache, local_files_only)")
+    box_threshold: float = Field(0.35, ge=0.0, le=1.0, description="minimum box score kept")
+    text_threshold: float = Field(0.25, ge=0.0, le=1.0, description="minimum token score for a label")
+    max_detections: int = Field(5, ge=1, le=100, description="boxes kept per image, best first")
+    image_size: int | None = Field(None, ge=32, description="shortest edge the detector sees "
+                                   "(None = the checkpoint's own, 800 for IDEA-Research)")
+    batch_size: int = Field(8, ge=1)
+
+
+class SegmenterConfig(Strict):
+    kind: Literal["sam2", "box", "native-sam2"] = Field(
+        "sam2", description="sam2 = transformers Sam2Model; box = filled boxes (no segmenter); "
+                            "native-sam2 = the facebookresearch `sam2` package (optional, not installed by default)")
+    weights: str = Field("facebook/sam2.1-hiera-tiny", description="folder / HF repo id (sam2), or a .pt "
+                         "checkpoint (native-sam2)")
+    native_config: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="native-sam2 model config")
+    mask_threshold: float | None = Field(None, ge=0.0, le=1.0, description="binarise masks at this "
+                                         "probability; None keeps SAM's soft masks")
+    batch_size: int = Field(8, ge=1, description="images encoded at once")
+
+
+class GroundingConfig(Strict):
+    backend: Literal["none", "gdino-sam2"] = "none"
+    detector: DetectorConfig = DetectorConfig()
+    segmenter: SegmenterConfig = SegmenterConfig()
+    device: str | None = Field(None, description="cuda / cpu / None = cuda when available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    allow_download: bool = False

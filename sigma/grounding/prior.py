@@ -1,0 +1,31 @@
+"""Regions -> a dense prior in [0, 1], and the two priors that carry no location."""
+from __future__ import annotations
+
+import numpy as np
+
+from sigma.grounding.types import UNINFORMATIVE, Region
+
+
+def uninformative_prior(size: tuple[int, int]) -> np.ndarray:
+    return np.full(size, UNINFORMATIVE, np.float32)
+
+
+def full_prior(size: tuple[int, int]) -> np.ndarray:
+    return np.ones(size, np.float32)
+
+
+def compose_prior(regions: list[Region], size: tuple[int, int]) -> np.ndarray:
+    """Score-weighted union: pi = 1 - prod_i (1 - s_i * m_i).
+
+    A noisy-OR rather than a max, so two weak detections that agree (the source in the original
+    and the target in the edited image over the same place) say more than either alone; it stays
+    in [0, 1] and equals s * m for a single region.
+    """
+    keep = np.ones(size, np.float64)
+    for region in regions:
+        if region.mask is None:
+            continue
+        if region.mask.shape != tuple(size):
+            raise ValueError(f"region mask {region.mask.shape} does not match the pair size {size}")
+        keep *= 1.0 - np.clip(region.score, 0.0, 1.0) * np.clip(region.mask, 0.0, 1.0)
+    return (1.0 - keep).astype(np.float32)
