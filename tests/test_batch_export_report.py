@@ -1,0 +1,120 @@
+"""Exports (IMDL-BenCo folders + JSON list, COCO JSON with RLE), export-time filters, and the review page
+(self-contained HTML, checked in headless Chromium when it is installed)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sigma.batch import BatchConfig, run_batch
+from sigma.cli import main
+from sigma.export.select import RowFilter
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.io.rle import decode_rle
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """Two sets of synthetic pairs with ground truth, one identical pair (empty mask) and one bad pair."""
+    root = tmp_path_factory.mktemp("corpus")
+    write_pairs_jsonl(root / "alpha", synthetic_pairs(6))
+    write_pairs_jsonl(root / "beta", synthetic_pairs(4, seed=3))
+    with open(root / "beta" / "pairs.jsonl", "a") as handle:
+        handle.write(json.dumps({"id": "same", "original": "p000000_original.png", "edited": "p000000_original.png",
+                                 "mask": "p000000_mask.png", "instruction": "nothing"}) + "\n")
+        handle.write(json.dumps({"id": "gone", "original": "gone.png", "edited": "p000000_edited.png"}) + "\n")
+    out = root.parent / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(root), "shard_size": 4}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    summary = run_batch(cfg, out, progress=False)
+    assert summary.status["ok"] == 11 and summary.status["errors"] == 1
+    return out
+
+
+def test_imdl_benco_export(run_dir, tmp_path, capsys):
+    out = tmp_path / "benco"
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert info["pairs"] == 11 and info["negatives"] == 1 and info["positives"] == 10
+    entries = json.loads((out / "imdl_benco.json").read_text())
+    assert len(entries) == 11 and all(Path(tp).is_file() for tp, _ in entries)
+    negative = [e for e in entries if e[1] == "Negative"]
+    assert len(negative) == 1 and negative[0][0].endswith("beta_same.png")
+    tp, gt = next(e for e in entries if e[0].endswith("alpha_p000003.png"))
+    assert Path(tp).is_absolute() and Path(gt).parent.name == "Gt"
+    tp_img, gt_img = np.asarray(Image.open(tp)), np.asarray(Image.open(gt))
+    assert tp_img.shape == (64, 64, 3) and gt_img.shape == (64, 64) and set(np.unique(gt_img)) <= {0, 255}
+    corpus = Path(json.loads((run_dir / "run.json").read_text())["config"]["input"]["path"])
+    src = np.asarray(Image.open(corpus / "alpha" / "p000003_edited.png").convert("RGB"))
+    assert np.array_equal(tp_img, src)                      # Tp is the edited image, pixel for pixel
+    # Tp/ and Gt/ stay aligned by name for IMDL-BenCo's ManiDataset (negatives get an all-black Gt)
+    assert sorted(p.name for p in (out / "Tp").iterdir()) == sorted(p.name for p in (out / "Gt").iterdir())
+    # area filter: a max area below every real edit keeps only the empty mask
+    small = tmp_path / "small"
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(small), "--max-area", "0.001",
+                 "--relative"]) == 0
+    assert json.loads((small / "imdl_benco.json").read_text()) == [["Tp/beta_same.png", "Negative"]]
+
+
+def test_coco_export_and_filters(run_dir, tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "coco.json"
+    assert main(["export", "coco", str(run_dir), "--out", str(out), "--images", str(tmp_path / "img"),
+                 "--min-area", "0.01"]) == 0
+    coco = COCO(str(out))
+    assert len(coco.imgs) == 10 and len(coco.anns) == 10      # the empty mask fails --min-area
+    ann = coco.anns[1]
+    img = coco.imgs[ann["image_id"]]
+    assert (tmp_path / "img" / img["file_name"]).is_file()
+    assert int(coco.annToMask(ann).sum()) == ann["area"] and ann["iscrowd"] == 0
+    # pixel-diff gives no confidence, so a confidence floor drops every pair
+    assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c2.json"), "--min-confidence", "0.1"]) == 0
+    assert json.loads((tmp_path / "c2.json").read_text())["images"] == []
+    f = RowFilter(min_confidence=0.5, max_area=0.5)
+    base = {"status": "ok", "area_fraction": 0.1}
+    assert f.keep({**base, "confidence": 0.7}) and not f.keep({**base, "confidence": 0.3})
+    assert not f.keep({**base, "confidence": None}) and not f.keep({**base, "confidence": 0.9, "area_fraction": 0.6})
+    assert not f.keep({"status": "error"}) and main(["export", "coco", str(run_dir), "--out", "x.json",
+                                                     "--max-area", "3"]) == 2
+
+
+def test_review_page_static(run_dir, tmp_path):
+    out = tmp_path / "review.html"
+    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert html.count('<figure class="item"') == 11
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)   # nothing fetched from anywhere
+    assert html.count("data:image/jpeg;base64,") == 22                # original + overlay per pair
+    assert 'id="metrics"' in html and ">alpha<" in html and ">overall<" in html
+    assert 'id="errors"' in html and "file_not_found" in html
+    # lowest confidence first is the default sort; pixel-diff has none, so the order is the manifest's
+    assert 'value="confidence:asc"' in html.split('<select id="sort">')[1][:40]
+
+
+def test_review_page_in_chromium(run_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    page = tmp_path / "review.html"
+    assert main(["report", str(run_dir), "--out", str(page), "--limit", "7"]) == 0
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1200,900"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p1'}", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=90, check=True)
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (900, 1200) and img.std() > 10               # rendered, not blank
+    red = (img[..., 0] > 180) & (img[..., 1] < 100) & (img[..., 2] < 100)
+    assert red.sum() > 50                                                  # the red mask outline shows
+    dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p2'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, timeout=90, text=True, check=True).stdout
+    assert dom.count('<figure class="item"') == 7
+    assert 'data-shown="7"' in dom and "7 of 7 shown" in dom          # the filter script ran
