@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except SigmaError as exc:
-        print(f"sigma: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        message = " ".join(str(exc.message).split())   # always one line, whatever a library put in it
+        print(f"sigma: error [{exc.code}]: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sigma: interrupted", file=sys.stderr)

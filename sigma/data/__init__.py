@@ -1,0 +1,1 @@
+"""Training data: the synthetic-edit engine (`sigma.data.synth`)."""

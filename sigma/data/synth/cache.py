@@ -1,0 +1,143 @@
+"""A one-off cache of the photo bank: each photo resized, plus its TAEF2 roundtrips and latent edits.
+
+Why: on a 2-core CPU one TAEF2 roundtrip of a 384 px photo costs about a second, far more than a training
+step's share. The expensive, photo-only work is therefore done once; the online generator
+(`engine.py`) only crops, masks, edits and composes. One `.npz` per photo (uint8 arrays, aligned):
+
+- `img`: the photo, long side ≤ `max_side`, sides multiples of 8;
+- `rt<scale>`: TAEF2 encode→decode of the photo resized by `scale` (and back): several VAE "strengths";
+- `lat<k>` + `latmask<k>`: a *latent edit*: the photo's latent with a region replaced by another photo's
+  latent or by structured noise, decoded whole (every pixel regenerated, only the region changed
+  semantically); `latmask<k>` is the full-resolution region (0/255).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from sigma.errors import InputError
+
+from .masks import random_mask
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+LATENT_MASK_SHAPES = {"blob": 3.0, "ellipse": 2.0, "polygon": 2.0, "brush": 1.5, "rectangle": 0.5}
+
+
+def list_photos(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: photo folder not found", code="file_not_found")
+    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if len(photos) < 2:
+        raise InputError(f"{folder}: need at least 2 photos (found {len(photos)})", code="no_photos")
+    return photos
+
+
+def load_photo(path: Path, max_side: int) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        rgb = np.asarray(im)
+    h, w = rgb.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    nh, nw = max(8, int(round(h * s / 8)) * 8), max(8, int(round(w * s / 8)) * 8)
+    return cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+
+
+def _to_t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(x, copy=True)).permute(2, 0, 1)[None].float().div(255.0)
+
+
+def _to_u8(t: torch.Tensor) -> np.ndarray:
+    return t[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
+
+
+def roundtrip_at(vae, img: np.ndarray, scale: float) -> tuple[np.ndarray, torch.Tensor | None]:
+    """VAE roundtrip after resizing by `scale` (a smaller scale = a stronger, blurrier perturbation)."""
+    h, w = img.shape[:2]
+    if abs(scale - 1.0) < 1e-6:
+        z = vae.encode(_to_t(img))
+        return _to_u8(vae.decode(z)), z
+    sh, sw = max(8, int(round(h * scale / 8)) * 8), max(8, int(round(w * scale / 8)) * 8)
+    small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    out = _to_u8(vae.roundtrip(_to_t(small)))
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_CUBIC if scale < 1 else cv2.INTER_AREA), None
+
+
+def latent_edit(vae, z: torch.Tensor, donor_z: torch.Tensor, rng: np.random.Generator,
+                h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    mask, _ = random_mask(rng, h, w, LATENT_MASK_SHAPES, area_range=(0.01, 0.5), multi_p=0.1)
+    lh, lw = z.shape[-2:]
+    alpha = cv2.resize(mask.astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA)
+    alpha = torch.from_numpy(alpha)[None, None]
+    if rng.random() < 0.7:  # paste another photo's latent (tiled/cropped to this size, random offset)
+        dz = donor_z
+        reps = (1, 1, -(-lh // dz.shape[-2]) + 1, -(-lw // dz.shape[-1]) + 1)
+        dz = dz.repeat(*reps)
+        oy, ox = int(rng.integers(0, dz.shape[-2] - lh + 1)), int(rng.integers(0, dz.shape[-1] - lw + 1))
+        src = dz[..., oy:oy + lh, ox:ox + lw]
+    else:  # structured noise: smooth random field scaled to the latent's own statistics
+        g = torch.from_numpy(rng.normal(size=(1, z.shape[1], max(1, lh // 4), max(1, lw // 4))).astype(np.float32))
+        noise = torch.nn.functional.interpolate(g, size=(lh, lw), mode="bilinear", align_corners=False)
+        src = z + float(rng.uniform(1.0, 2.5)) * z.std() * noise
+    edited = vae.decode(z * (1 - alpha) + src * alpha)
+    return _to_u8(edited), (mask.astype(np.uint8) * 255)
+
+
+def cache_key(photos: list[Path], max_side: int, scales: list[float], latent_edits: int, seed: int) -> str:
+    blob = json.dumps([[str(p) for p in photos], max_side, scales, latent_edits, seed]).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: int = 384,
+                scales: tuple[float, ...] = (1.0, 0.5), latent_edits: int = 1, seed: int = 0,
+                limit: int | None = None, log=print) -> Path:
+    """Idempotent: photos already cached are skipped, so an interrupted build simply continues."""
+    photos = list_photos(photo_dir)[: limit or None]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index = {"photo_dir": str(photo_dir), "max_side": max_side, "scales": list(scales) if vae else [],
+             "latent_edits": latent_edits if vae else 0, "seed": seed, "files": []}
+    donor_z = None
+    t0 = time.time()
+    for i, path in enumerate(photos):
+        name = f"{i:05d}.npz"
+        target = out / name
+        index["files"].append({"file": name, "photo": str(path)})
+        if target.is_file() and donor_z is not None:
+            continue
+        img = load_photo(path, max_side)
+        arrays = {"img": img}
+        z = None
+        if vae is not None:
+            with torch.no_grad():
+                for s in scales:
+                    rt, zz = roundtrip_at(vae, img, s)
+                    arrays[f"rt{int(round(s * 100)):03d}"] = rt
+                    z = zz if zz is not None else z
+                if z is None:
+                    z = vae.encode(_to_t(img))
+                if not target.is_file():
+                    rng = np.random.default_rng([seed, i])
+                    for k in range(latent_edits):
+                        dz = donor_z if donor_z is not None else torch.flip(z, dims=(-1, -2))
+                        lat, lmask = latent_edit(vae, z, dz, rng, img.shape[0], img.shape[1])
+                        arrays[f"lat{k}"], arrays[f"latmask{k}"] = lat, lmask
+            donor_z = z
+        if not target.is_file():
+            tmp = target.with_name(name + ".tmp.npz")
+            np.savez(tmp, **arrays)
+            tmp.replace(target)
+        if log and (i % 25 == 0 or i == len(photos) - 1):
+            log(f"cache {i + 1}/{len(photos)} {time.time() - t0:.0f}s")
+    tmp = out / "index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(out / "index.json")
+    return out

@@ -1,0 +1,152 @@
+"""Edits confined to a mask, mimicking the five edit types of text-driven editors.
+
+Each edit is split in two: `sample_*` draws the parameters from the rng, `apply_*` is a pure function of
+(base image, donor image, mask, params). That split lets the engine apply the *same* edit to a photo and
+to its cached VAE roundtrip, which is how an online "VAE roundtrip of the edited image" costs nothing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+Params = dict[str, Any]
+
+
+def feather(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Soft alpha in [0,1] from a bool mask; radius 0 → hard edge."""
+    a = mask.astype(np.float32)
+    if radius <= 0.3:
+        return a
+    k = int(2 * round(radius * 2) + 1)
+    return cv2.GaussianBlur(a, (k, k), radius)
+
+
+def blend(base: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    out = base.astype(np.float32) * (1 - a) + new.astype(np.float32) * a
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- remove: classical inpainting
+def sample_remove(rng: np.random.Generator, h: int, w: int) -> Params:
+    return {"method": str(rng.choice(["telea", "ns", "patch"], p=[0.35, 0.25, 0.4])),
+            "radius": int(rng.integers(3, 8)),
+            "shift": (int(rng.integers(-h // 2, h // 2 + 1)), int(rng.integers(-w // 2, w // 2 + 1))),
+            "smooth": float(rng.uniform(2, 8)), "feather": float(rng.uniform(0, 2.5))}
+
+
+def apply_remove(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+    m8 = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
+    if p["method"] in ("telea", "ns"):
+        flag = cv2.INPAINT_TELEA if p["method"] == "telea" else cv2.INPAINT_NS
+        filled = cv2.inpaint(base, m8, p["radius"], flag)
+    else:
+        # patch fill: texture borrowed from elsewhere in the same photo, its low frequencies replaced by a
+        # smooth fill of the hole, so the result looks like "background continued" rather than a copy.
+        texture = np.roll(base, p["shift"], axis=(0, 1)).astype(np.float32)
+        k = int(2 * round(p["smooth"] * 2) + 1)
+        tex_hf = texture - cv2.GaussianBlur(texture, (k, k), p["smooth"])
+        small = cv2.inpaint(cv2.resize(base, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA),
+                            cv2.resize(m8, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_NEAREST), 3,
+                            cv2.INPAINT_TELEA)
+        low = cv2.resize(small, (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        filled = np.clip(low + tex_hf, 0, 255).astype(np.uint8)
+    return blend(base, filled, feather(mask, p["feather"]))
+
+
+# ---------------------------------------------------------------- add / replace: splice from another photo
+def sample_splice(rng: np.random.Generator, h: int, w: int) -> Params:
+    return {"feather": float(rng.uniform(0, 3)), "harmonise": float(rng.uniform(0, 1)),
+            "copy_move": bool(rng.random() < 0.3),
+            "shift": (int(rng.integers(-h // 3, h // 3 + 1)), int(rng.integers(-w // 3, w // 3 + 1)))}
+
+
+def harmonise(src: np.ndarray, ref: np.ndarray, mask: np.ndarray, strength: float) -> np.ndarray:
+    """Move the spliced region's Lab mean/std towards the surroundings it lands in (strength 0–1)."""
+    if strength <= 0 or mask.sum() < 4:
+        return src
+    ring = cv2.dilate(mask.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool) & ~mask
+    if ring.sum() < 4:
+        ring = ~mask if (~mask).sum() >= 4 else mask
+    s = cv2.cvtColor(src, cv2.COLOR_RGB2LAB).astype(np.float32)
+    r = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB).astype(np.float32)
+    sm, ss = s[mask].mean(0), s[mask].std(0) + 1e-3
+    rm, rs = r[ring].mean(0), r[ring].std(0) + 1e-3
+    target = (s - sm) * (1 + strength * (rs / ss - 1)) + sm + strength * (rm - sm)
+    return cv2.cvtColor(np.clip(target, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def apply_splice(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+    src = np.roll(base, p["shift"], axis=(0, 1)) if p["copy_move"] else donor
+    src = harmonise(src, base, mask, p["harmonise"])
+    return blend(base, src, feather(mask, p["feather"]))
+
+
+# ---------------------------------------------------------------- attribute: same object, changed look
+def sample_attribute(rng: np.random.Generator, h: int, w: int) -> Params:
+    kind = str(rng.choice(["hue", "saturation", "brightness", "texture", "blur", "sharpen", "recolor"]))
+    return {"kind": kind, "hue": float(rng.uniform(20, 160)) * float(rng.choice([-1, 1])),
+            "sat": float(rng.choice([rng.uniform(0.0, 0.5), rng.uniform(1.6, 2.5)])),
+            "bright": float(rng.choice([rng.uniform(-70, -30), rng.uniform(30, 70)])),
+            "sigma": float(rng.uniform(2.0, 5.0)), "amount": float(rng.uniform(1.5, 3.0)),
+            "color": rng.integers(0, 256, 3).tolist(), "tex_seed": int(rng.integers(1 << 30)),
+            "feather": float(rng.uniform(0, 2.5))}
+
+
+def apply_attribute(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+    kind = p["kind"]
+    img = base
+    if kind in ("hue", "saturation"):
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
+        if kind == "hue":
+            hsv[..., 0] = (hsv[..., 0] + p["hue"] * 256 / 360) % 256
+            hsv[..., 1] = np.maximum(hsv[..., 1], 90)  # a hue shift on grey is invisible: give it colour
+        else:
+            hsv[..., 1] = np.clip(hsv[..., 1] * p["sat"] + (40 if p["sat"] > 1 else 0), 0, 255)
+        new = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB_FULL)
+    elif kind == "brightness":
+        new = np.clip(img.astype(np.float32) + p["bright"], 0, 255).astype(np.uint8)
+    elif kind == "blur":
+        new = cv2.GaussianBlur(img, (0, 0), p["sigma"])
+    elif kind == "sharpen":
+        soft = cv2.GaussianBlur(img, (0, 0), 2.0).astype(np.float32)
+        new = np.clip(img + p["amount"] * (img - soft), 0, 255).astype(np.uint8)
+    elif kind == "texture":
+        trng = np.random.default_rng(p["tex_seed"])
+        g = trng.normal(0, 1, (img.shape[0] // 4 + 1, img.shape[1] // 4 + 1)).astype(np.float32)
+        tex = cv2.resize(g, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_CUBIC)
+        new = np.clip(img.astype(np.float32) + 35 * tex[..., None], 0, 255).astype(np.uint8)
+    else:  # recolor: material/paint change, keep shading
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None] / 255.0
+        new = np.clip(np.array(p["color"], np.float32) * (0.4 + 0.9 * grey), 0, 255).astype(np.uint8)
+    return blend(base, new, feather(mask, p["feather"]))
+
+
+# ---------------------------------------------------------------- global: style / colour of the whole image
+def sample_global(rng: np.random.Generator, h: int, w: int) -> Params:
+    return {"kind": str(rng.choice(["grade", "posterize", "stylize", "mono"])),
+            "gains": rng.uniform(0.6, 1.4, 3).tolist(), "gamma": float(rng.uniform(0.6, 1.6)),
+            "levels": int(rng.integers(3, 7))}
+
+
+def apply_global(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+    x = base.astype(np.float32) / 255.0
+    if p["kind"] == "grade":
+        x = np.power(x, p["gamma"]) * np.array(p["gains"], np.float32)
+    elif p["kind"] == "posterize":
+        x = np.round(x * p["levels"]) / p["levels"]
+    elif p["kind"] == "stylize":
+        out = cv2.stylization(base, sigma_s=40, sigma_r=0.4) if hasattr(cv2, "stylization") else base
+        x = out.astype(np.float32) / 255.0
+    else:
+        g = x.mean(2, keepdims=True)
+        x = np.concatenate([g * 1.1, g * 0.95, g * 0.8], 2)
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+SAMPLERS = {"remove": sample_remove, "splice": sample_splice, "attribute": sample_attribute,
+            "global": sample_global}
+APPLIERS = {"remove": apply_remove, "splice": apply_splice, "attribute": apply_attribute,
+            "global": apply_global}

@@ -1,0 +1,112 @@
+"""The stage config: one pydantic tree drives Stage I and Stage II (every Stage II term is a switch)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from sigma.config.schema import Strict
+from sigma.data.synth.engine import SynthConfig
+
+
+class SourceConfig(Strict):
+    """A folder in the pairs.jsonl layout mixed into training (labelled corpus or unlabelled pairs)."""
+
+    path: str
+    weight: float = Field(0.1, ge=0, description="probability mass relative to synthetic pairs (1.0)")
+    labelled: bool = True
+
+
+class LossConfig(Strict):
+    bce: float = 1.0
+    dice: float = 1.0
+    pos_weight: float = Field(1.0, gt=0)
+
+
+class VaeCalibConfig(Strict):
+    """Stage II: more VAE-roundtripped pairs, and noise-only pairs labelled empty."""
+
+    enabled: bool = False
+    vae_p: float = Field(0.7, ge=0, le=1)
+    none_p: float = Field(0.15, ge=0, le=1)
+
+
+class EmaConfig(Strict):
+    """Stage II: EMA teacher → confident pseudo-labels on unlabelled pairs for a strong-view student."""
+
+    enabled: bool = False
+    momentum: float = Field(0.999, ge=0, lt=1)
+    hi: float = 0.7
+    lo: float = 0.3
+    weight: float = 1.0
+    withhold_latent_labels: bool = Field(True, description="latent-edit pairs become unlabelled pairs")
+    strong_noise: float = Field(0.02, ge=0, description="σ of Gaussian noise on the student's edited view")
+    strong_jitter: float = Field(0.05, ge=0, description="brightness/contrast jitter of the student view")
+
+
+class DisentangleConfig(Strict):
+    """Stage II (METHOD §6): edit part → 0 on noise-only pairs, decorrelate, noise part regresses residual."""
+
+    enabled: bool = False
+    zero: float = 0.1
+    decorrelate: float = 0.1
+    noise: float = 1.0
+    noise_scale: float = Field(10.0, gt=0, description="the residual target is multiplied by this")
+
+
+class EvalConfig(Strict):
+    every: int = Field(200, ge=0, description="steps between validations (0 = only at the end)")
+    val_size: int = Field(64, ge=0, description="fixed synthetic validation pairs")
+    val_seed: int = 12345
+    data: str = Field("", description="pairs.jsonl folder scored with sigma.eval ('' = none); "
+                      "'shared' = $SIGMA_SHARED/data/eval")
+    data_every: int = Field(0, ge=0, description="steps between real-set evaluations (0 = only at the end)")
+    perturb: list[str] = Field(default_factory=lambda: ["none"])
+    image_size: int | None = Field(None, description="working size for the real set (None = the model's)")
+    limit: int | None = None
+
+
+class TrainConfig(Strict):
+    name: str = "run"
+    stage: Literal["I", "II"] = "I"
+    seed: int = 0
+    out_dir: str = Field("runs", description="the run folder is <out_dir>/<name>")
+    model: str | dict[str, Any] = Field("sigma-lite", description="preset name or SigmaNetConfig fields")
+    init_from: str | None = Field(None, description="a saved model folder or a run folder to start from")
+    data: SynthConfig = Field(default_factory=SynthConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(1, ge=0)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)
+    max_bad_steps: int = Field(20, ge=1, description="NaN guard: abort after this many skipped steps in a row")
+    threads: int | None = Field(None, description="torch.set_num_threads (None = torch's default)")
+    amp: Literal["auto", "bf16", "fp32"] = "auto"
+    edit_type_p: float = Field(0.3, ge=0, le=1, description="fraction of samples told their edit type")
+    prior_p: float = Field(0.15, ge=0, le=1, description="fraction of samples given a box prior (30 % wrong)")
+    loss: LossConfig = Field(default_factory=LossConfig)
+    vae_calibration: VaeCalibConfig = Field(default_factory=VaeCalibConfig)
+    ema: EmaConfig = Field(default_factory=EmaConfig)
+    disentangle: DisentangleConfig = Field(default_factory=DisentangleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log_every: int = Field(10, ge=1)
+    ckpt_every: int = Field(100, ge=1)
+    tensorboard: bool = True
+
+
+def effective_synth(cfg: TrainConfig) -> SynthConfig:
+    """The synthetic distribution this stage trains on: VAE calibration reshapes the base recipe."""
+    data = cfg.data
+    if cfg.vae_calibration.enabled:
+        mix = dict(data.mix)
+        rest = sum(v for k, v in mix.items() if k != "none")
+        p_none = cfg.vae_calibration.none_p
+        mix = {k: (p_none if k == "none" else v / max(rest, 1e-9) * (1 - p_none)) for k, v in mix.items()}
+        mix.setdefault("none", p_none)
+        data = data.model_copy(update={"mix": mix, "perturb": data.perturb.model_copy(
+            update={"vae": cfg.vae_calibration.vae_p})})
+    return data

@@ -1,0 +1,121 @@
+"""Training batches: synthetic pairs (plus optional pairs.jsonl folders), indexed so the stream is a pure
+function of (seed, sample index). A resumed run therefore sees exactly the batches it would have seen."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from sigma.data.synth.engine import SynthEngine, SynthSample
+from sigma.models.refine import EDIT_TYPES
+
+from .config import SourceConfig, TrainConfig, effective_synth
+
+
+class FolderSource:
+    """Random crops from a pairs.jsonl folder (e.g. a user's own editor output, labelled or not)."""
+
+    def __init__(self, cfg: SourceConfig, crop: int):
+        from sigma.eval.dataset import find_sets, read_set
+
+        self.cfg, self.crop = cfg, crop
+        self.records = [r for s in find_sets(cfg.path) for r in read_set(s)]
+
+    def sample(self, rng: np.random.Generator) -> SynthSample:
+        from sigma.io.images import read_image, read_mask
+
+        rec = self.records[int(rng.integers(len(self.records)))]
+        orig = read_image(rec.original).rgb
+        edit = read_image(rec.edited).rgb
+        if edit.shape != orig.shape:
+            edit = cv2.resize(edit, (orig.shape[1], orig.shape[0]), interpolation=cv2.INTER_AREA)
+        mask = read_mask(rec.mask) if (self.cfg.labelled and rec.mask.is_file()) else np.zeros(orig.shape[:2], bool)
+        c = self.crop
+        h, w = orig.shape[:2]
+        s = max(c / min(h, w), min(1.0, 2 * c / max(h, w)))  # bring the short side near the crop size
+        if abs(s - 1) > 1e-3:
+            size = (max(c, round(w * s)), max(c, round(h * s)))
+            orig, edit = cv2.resize(orig, size, interpolation=cv2.INTER_AREA), cv2.resize(edit, size, interpolation=cv2.INTER_AREA)
+            mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        h, w = orig.shape[:2]
+        y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+        sl = (slice(y, y + c), slice(x, x + c))
+        return SynthSample(orig[sl].copy(), edit[sl].copy(), mask[sl].copy(), "folder", rec.edit_type,
+                           np.zeros((c, c), np.float32), {"labelled": self.cfg.labelled, "id": rec.pair_id})
+
+
+class TrainDataset(Dataset):
+    def __init__(self, cfg: TrainConfig, seed: int | None = None, withhold_latent: bool | None = None):
+        self.cfg = cfg
+        self.seed = cfg.seed if seed is None else seed
+        self.engine = SynthEngine(effective_synth(cfg), seed=self.seed)
+        self.sources = [FolderSource(s, cfg.data.crop) for s in cfg.sources]
+        w = np.array([1.0] + [s.weight for s in cfg.sources], np.float64)
+        self.source_p = w / w.sum()
+        if withhold_latent is None:
+            withhold_latent = cfg.ema.enabled and cfg.ema.withhold_latent_labels
+        self.withhold_latent = withhold_latent
+
+    def __len__(self) -> int:  # virtual: indices come from the sampler
+        return 1 << 40
+
+    def sample(self, index: int) -> tuple[SynthSample, bool]:
+        src = 0
+        if len(self.sources):
+            src = int(np.random.default_rng([self.seed, index, 7]).choice(len(self.source_p), p=self.source_p))
+        if src == 0:
+            s = self.engine.sample(index)
+            labelled = not (self.withhold_latent and s.kind == "latent")
+        else:
+            s = self.sources[src - 1].sample(np.random.default_rng([self.seed, index, 11]))
+            labelled = bool(s.meta["labelled"])
+        return s, labelled
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s, labelled = self.sample(int(index))
+        et = s.edit_type if s.edit_type in EDIT_TYPES else "none"
+        return {
+            "original": torch.from_numpy(s.original).permute(2, 0, 1),
+            "edited": torch.from_numpy(s.edited).permute(2, 0, 1),
+            "mask": torch.from_numpy(s.mask)[None].float(),
+            "noise": torch.from_numpy(s.noise)[None],
+            "labelled": torch.tensor(labelled),
+            "edit_type": torch.tensor(EDIT_TYPES.index(et)),
+            "index": torch.tensor(int(index)),
+        }
+
+
+class StepSampler(Sampler[int]):
+    """Indices for steps [start, end): step t, rank r takes t*B*W + r*B + [0, B)."""
+
+    def __init__(self, start_step: int, end_step: int, batch: int, rank: int = 0, world: int = 1):
+        self.start, self.end, self.batch, self.rank, self.world = start_step, end_step, batch, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        for t in range(self.start, self.end):
+            base = t * self.batch * self.world + self.rank * self.batch
+            yield from range(base, base + self.batch)
+
+    def __len__(self) -> int:
+        return (self.end - self.start) * self.batch
+
+
+def to_float(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out["original"] = out["original"].float().div_(255.0)
+    out["edited"] = out["edited"].float().div_(255.0)
+    return out
+
+
+def fixed_val_set(cfg: TrainConfig, size: int) -> list[SynthSample]:
+    """Synthetic validation pairs from their own seed (labels kept, latent edits included)."""
+    ds = TrainDataset(cfg.model_copy(update={"sources": []}), seed=cfg.eval.val_seed, withhold_latent=False)
+    return [ds.sample(i)[0] for i in range(size)]
+
+
+def resolve_path(p: str) -> Path:
+    return Path(p).expanduser()
