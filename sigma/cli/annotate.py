@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: exists and is not a folder", code="bad_outdir")
-    failures: list[str] = []
+    failures: list[tuple[str, str, str]] = []       # (pair id, code, message)
     loaded, load_ms = [], {}
     seen: set[str] = set()
     for n, item in enumerate(items):
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                                     cfg.io, pair_id))
             load_ms[pair_id] = (time.perf_counter() - start) * 1000.0
         except SigmaError as exc:
-            failures.append(f"{label}: [{exc.code}] {exc.message}")
+            failures.append((label, exc.code, exc.message))
 
     written = 0
     for start in range(0, len(loaded), cfg.batch_size):
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             annotations = annotator.predict(batch)
         except SigmaError as exc:
-            failures.extend(f"{p.pair_id}: [{exc.code}] {exc.message}" for p in batch)
+            failures.extend((p.pair_id, exc.code, exc.message) for p in batch)
             continue
         for pair, ann in zip(batch, annotations, strict=True):
             target = outdir / pair.pair_id if multi else outdir
@@ -169,13 +169,14 @@ def run(args: argparse.Namespace) -> int:
                 write_annotation(ann, pair.edited, target, {"instruction": pair.instruction, "config": resolved})
                 save_resolved(resolved, target)
             except OSError as exc:
-                failures.append(f"{pair.pair_id}: [output_unwritable] {target}: {exc.strerror or exc}")
+                failures.append((pair.pair_id, "output_unwritable", f"{target}: cannot write ({exc.strerror or exc})"))
                 continue
             written += 1
             print(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> {target}/")
 
-    for line in failures:
-        print(f"sigma: error: {line}", file=sys.stderr)
+    for pair_id, code, message in failures:
+        # Same one-line form as every other error; with several pairs, the pair id comes first.
+        print(f"sigma: error [{code}]: {pair_id + ': ' if multi else ''}{message}", file=sys.stderr)
     if failures and multi:
         print(f"sigma: {written} of {len(items)} pairs annotated, {len(failures)} failed", file=sys.stderr)
     return 2 if failures else 0

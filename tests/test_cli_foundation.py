@@ -1,0 +1,325 @@
+"""The `sigma` command: annotate, eval, models, config files, overrides and errors (exit 2, one line)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sigma.cli
+from sigma.assets import example_pair
+from sigma.io.rle import decode_rle, mask_bbox
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sigma_cmd(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed console script when there is one (a real install), else `python -m sigma`."""
+    exe = Path(sys.executable).with_name("sigma")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sigma"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(cmd + list(args), input=stdin, capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env=env)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    code = sigma.cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_error_line(err: str, code: str | None = None) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sigma: error ["), err
+    assert "Traceback" not in err
+    if code:
+        assert lines[0].startswith(f"sigma: error [{code}]"), err
+
+
+def save(arr: np.ndarray, path: Path) -> Path:
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture()
+def pair_files(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    orig = rng.integers(40, 200, size=(30, 40, 3), dtype=np.uint8)
+    edited = orig.copy()
+    edited[5:15, 10:30] = 250
+    return save(orig, tmp_path / "orig.png"), save(edited, tmp_path / "edited.png")
+
+
+def read_png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+# ---------------------------------------------------------------- annotate: the README's first command
+def test_annotate_example_writes_the_four_outputs(tmp_path):
+    out = tmp_path / "out"
+    proc = sigma_cmd("annotate", "--example", "--annotator", "pixel-diff", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "sigma_example" in proc.stdout
+    mask = read_png(out / "mask.png")
+    assert mask.dtype == np.uint8 and mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
+    prob = read_png(out / "prob.png")
+    assert prob.dtype == np.uint8 and prob.shape == (512, 512)
+    overlay = read_png(out / "overlay.png")
+    assert overlay.shape == (512, 512, 3)
+    record = json.loads((out / "result.json").read_text())
+    decoded = decode_rle(record["segmentation"])
+    np.testing.assert_array_equal(decoded, mask == 255)
+    assert record["area"] == int((mask == 255).sum()) and record["bbox"] == mask_bbox(mask == 255)
+    assert record["instruction"] == example_pair()["instruction"]
+    assert set(record["timings_ms"]) >= {"load", "predict"}
+    assert record["config"]["annotator"] == "pixel-diff" and record["config_hash"]
+    assert record["files"] == {"mask": "mask.png", "prob": "prob.png", "overlay": "overlay.png"}
+    assert (out / "config.yaml").is_file()
+    # and the mask is a good one: pixel difference on this composite is close to the ground truth
+    gt = read_png(Path(example_pair()["mask"])) > 127
+    pred = mask == 255
+    f1 = 2 * (pred & gt).sum() / (pred.sum() + gt.sum())
+    assert f1 > 0.85
+    # the overlay tints the marked pixels and leaves the others as the edited image
+    edited = np.asarray(Image.open(example_pair()["edited"]).convert("RGB"))
+    far = np.zeros_like(pred)
+    far[:100, :200] = True                      # top-left: flag and backdrop, untouched by the edit
+    assert not pred[far].any()
+    np.testing.assert_array_equal(overlay[far], edited[far])
+    assert (overlay[pred].astype(int)[:, 0] >= edited[pred].astype(int)[:, 0] - 1).all()
+
+
+def test_annotate_one_pair_in_process(capsys, pair_files, tmp_path):
+    orig, edited = pair_files
+    code, out, err = run_main(capsys, "annotate", str(orig), str(edited), "-i", "make a white bar",
+                              "--annotator", "pixel-diff", "-o", str(tmp_path / "o"))
+    assert code == 0, err
+    record = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert record["bbox"] == [10, 5, 20, 10] and record["area"] == 200
+    assert record["instruction"] == "make a white bar" and record["threshold"] == 0.05
+    assert record["preprocess"]["original"]["format"] == "PNG"
+
+
+def test_stdin_batch_annotates_the_good_and_reports_the_bad(pair_files, tmp_path):
+    orig, edited = pair_files
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    items = [{"id": "good1", "original": str(orig), "edited": str(edited), "instruction": "add a bar"},
+             {"id": "bad", "original": str(orig), "edited": str(bad)},
+             {"id": "good2", "original": str(orig), "edited": str(edited)}]
+    out = tmp_path / "batch"
+    proc = sigma_cmd("annotate", "-", "--annotator", "pixel-diff", "-o", str(out), stdin=json.dumps(items))
+    assert proc.returncode == 2
+    assert (out / "good1" / "mask.png").is_file() and (out / "good2" / "result.json").is_file()
+    assert not (out / "bad").exists()
+    assert "Traceback" not in proc.stderr
+    assert "sigma: error [image_unreadable]: bad: " in proc.stderr and str(bad) in proc.stderr
+    assert "2 of 3 pairs annotated" in proc.stderr
+
+
+def test_stdin_per_item_problems(capsys, monkeypatch, pair_files, tmp_path):
+    orig, edited = pair_files
+    items = [{"id": "../escape", "original": str(orig), "edited": str(edited)},
+             {"id": "ok", "original": str(orig), "edited": str(edited)},
+             {"id": "ok", "original": str(orig), "edited": str(edited)},
+             "not-an-object",
+             {"id": "noedited", "original": str(orig)},
+             {"id": "emptyinstr", "original": str(orig), "edited": str(edited), "instruction": "  "}]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
+    code, out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
+    assert code == 2
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["ok"]
+    assert not (tmp_path / "escape").exists()
+    assert "not a safe folder name" in err and "appears twice" in err and "got str" in err
+    assert "needs 'original' and 'edited'" in err and "[empty_instruction]" in err
+    assert "1 of 6 pairs annotated" in err
+
+
+# ---------------------------------------------------------------- every bad input: exit 2, one line
+def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str], str | None]]:
+    (tmp / "text.png").write_text("I am text")
+    (tmp / "empty.png").write_bytes(b"")
+    (tmp / "trunc.png").write_bytes(orig.read_bytes()[:60])
+    save(np.zeros((30, 80, 3), np.uint8), tmp / "wide.png")
+    (tmp / "bad.yaml").write_text("io: [unclosed")
+    (tmp / "unknown.yaml").write_text("io:\n  alignn: true\n")
+    (tmp / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp / "afile").write_text("x")
+    o, e = str(orig), str(edited)
+    pd = ["--annotator", "pixel-diff", "-o", str(tmp / "out")]
+    return {
+        "missing": (["annotate", o, str(tmp / "missing.png"), *pd], "file_not_found"),
+        "text": (["annotate", o, str(tmp / "text.png"), *pd], "image_unreadable"),
+        "empty": (["annotate", str(tmp / "empty.png"), e, *pd], "image_empty"),
+        "truncated": (["annotate", str(tmp / "trunc.png"), e, *pd], "image_unreadable"),
+        "aspect": (["annotate", o, str(tmp / "wide.png"), *pd], "aspect_mismatch"),
+        "empty_instruction": (["annotate", o, e, "-i", "", *pd], "empty_instruction"),
+        "too_many_pixels": (["annotate", o, e, "--set", "io.limits.max_pixels=100", *pd], "too_many_pixels"),
+        "too_many_bytes": (["annotate", o, e, "--set", "io.limits.max_bytes=10", *pd], "file_too_large"),
+        "unknown_annotator": (["annotate", o, e, "--annotator", "pixel-dif"], "unknown_name"),
+        "threshold_range": (["annotate", o, e, *pd, "--threshold", "2"], "invalid_config"),
+        "threshold_type": (["annotate", o, e, *pd, "--threshold", "x"], "bad_arguments"),
+        "unknown_set_key": (["annotate", o, e, *pd, "--set", "io.alignn=true"], "invalid_config"),
+        "set_syntax": (["annotate", o, e, *pd, "--set", "threshold"], "invalid_config"),
+        "unknown_option": (["annotate", o, e, *pd, "--set", "options.tau=0.1"], "invalid_config"),
+        "bad_yaml": (["annotate", o, e, *pd, "--config", str(tmp / "bad.yaml")], "invalid_config"),
+        "unknown_yaml_key": (["annotate", o, e, *pd, "--config", str(tmp / "unknown.yaml")], "invalid_config"),
+        "yaml_not_mapping": (["annotate", o, e, *pd, "--config", str(tmp / "list.yaml")], "invalid_config"),
+        "missing_config": (["annotate", o, e, *pd, "--config", str(tmp / "nope.yaml")], "invalid_config"),
+        "no_edited": (["annotate", o, *pd], "bad_arguments"),
+        "no_args": (["annotate"], "bad_arguments"),
+        "outdir_is_file": (["annotate", o, e, "--annotator", "pixel-diff", "-o", str(tmp / "afile")], "bad_outdir"),
+        "example_and_paths": (["annotate", "--example", o, e], "bad_arguments"),
+        "unknown_flag": (["annotate", o, e, "--treshold", "0.1"], "bad_arguments"),
+        "eval_missing_data": (["eval", "--data", str(tmp / "nothing"), "--annotator", "pixel-diff"],
+                              "file_not_found"),
+        "eval_bad_perturb": (["eval", "--data", str(tmp), "--annotator", "pixel-diff", "--perturb", "jpeg50"],
+                             "invalid_config"),
+        "eval_no_data_flag": (["eval"], "bad_arguments"),
+        "unknown_command": (["annotat"], "bad_arguments"),
+    }
+
+
+def test_every_bad_input_exits_2_with_one_line(capsys, pair_files, tmp_path):
+    orig, edited = pair_files
+    failures = []
+    for name, (argv, code) in _bad_cases(tmp_path, orig, edited).items():
+        rc, out, err = run_main(capsys, *argv)
+        try:
+            assert rc == 2, f"exit {rc}"
+            assert_one_error_line(err, code)
+        except AssertionError as exc:
+            failures.append(f"{name}: {exc} :: {err!r}")
+    assert not failures, "\n".join(failures)
+
+
+def test_bad_input_through_the_real_console_script(pair_files, tmp_path):
+    orig, _ = pair_files
+    proc = sigma_cmd("annotate", str(orig), str(tmp_path / "missing.png"), "--annotator", "pixel-diff")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert_one_error_line(proc.stderr, "file_not_found")
+    assert str(tmp_path / "missing.png") in proc.stderr
+    proc = sigma_cmd("annotate", "-", stdin="{not json")
+    assert proc.returncode == 2
+    assert_one_error_line(proc.stderr, "bad_json")
+
+
+def test_registry_did_you_mean(capsys, pair_files):
+    rc, _, err = run_main(capsys, "annotate", *map(str, pair_files), "--annotator", "pixel-dif")
+    assert rc == 2 and "Did you mean 'pixel-diff'?" in err and "Known:" in err
+    from sigma.errors import UnknownNameError
+    from sigma.registry import create_annotator
+
+    with pytest.raises(UnknownNameError) as info:
+        create_annotator("pixeldiff")
+    assert "pixel-diff" in str(info.value)
+
+
+# ---------------------------------------------------------------- config: file < --set < flags
+def test_config_precedence_file_then_set_then_flags(capsys, pair_files, tmp_path):
+    cfg = tmp_path / "annotate.yaml"
+    cfg.write_text("annotator: pixel-diff\nthreshold: 0.2\nio:\n  align: true\n")
+    orig, edited = map(str, pair_files)
+
+    def threshold_of(*extra: str) -> dict:
+        out = tmp_path / f"o{len(extra)}"
+        rc, _, err = run_main(capsys, "annotate", orig, edited, "--config", str(cfg), "-o", str(out), *extra)
+        assert rc == 0, err
+        return json.loads((out / "result.json").read_text())
+
+    rec = threshold_of()
+    assert rec["threshold"] == 0.2 and rec["config"]["io"]["align"] is True
+    assert "alignment" in rec["preprocess"]
+    assert threshold_of("--set", "threshold=0.3")["threshold"] == 0.3
+    assert threshold_of("--set", "threshold=0.3", "--threshold", "0.4")["threshold"] == 0.4
+    # the top-level threshold wins over the annotator's own option; null hands it back to the option
+    assert threshold_of("--set", "options.threshold=0.25")["threshold"] == 0.2
+    rec = threshold_of("--set", "threshold=null", "--set", "options.threshold=0.25", "--set", "io.align=false")
+    assert rec["threshold"] == 0.25 and "alignment" not in rec["preprocess"]
+
+
+def test_load_config_unit(tmp_path):
+    from sigma.cli.annotate import AnnotateConfig
+    from sigma.config import config_hash, load_config, save_resolved
+    from sigma.errors import ConfigError
+
+    cfg = load_config(AnnotateConfig, None, ["io.limits.max_pixels=1000", "batch_size=2", "options.x=[1,2]"])
+    assert cfg.io.limits.max_pixels == 1000 and cfg.batch_size == 2 and cfg.options == {"x": [1, 2]}
+    with pytest.raises(ConfigError, match="io.limits.max_pixelz"):
+        load_config(AnnotateConfig, None, ["io.limits.max_pixelz=1"])
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(AnnotateConfig, None, ["batch_size=0"])
+    path = save_resolved(cfg, tmp_path)
+    again = load_config(AnnotateConfig, path)
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    assert config_hash(load_config(AnnotateConfig, None, ["batch_size=3"])) != config_hash(cfg)
+
+
+# ---------------------------------------------------------------- help, models, eval
+def test_help_texts_teach(capsys):
+    rc, out, _ = run_main(capsys, "--help")
+    assert rc == 0 and "annotate" in out and "eval" in out and "models" in out
+    rc, out, _ = run_main(capsys, "annotate", "--help")
+    assert rc == 0
+    for needle in ("mask.png", "prob.png", "overlay.png", "result.json", "--example", "--set", "--config",
+                   "--threshold", "--annotator", "stdin"):
+        assert needle in out, needle
+    rc, out, _ = run_main(capsys, "eval", "--help")
+    assert rc == 0 and "--perturb" in out and "jpeg75" in out and "pairs.jsonl" in out
+    rc, out, _ = run_main(capsys, "models", "--help")
+    assert rc == 0 and "weights" in out
+    rc, out, err = run_main(capsys)
+    assert rc == 2 and "annotate" in out
+
+
+def test_version_and_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "sigma", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("sigma ")
+
+
+def test_models_lists_every_annotator_with_its_weights(capsys):
+    from sigma.registry import list_annotators
+
+    rc, out, _ = run_main(capsys, "models")
+    assert rc == 0
+    for entry in list_annotators():
+        assert entry.name in out
+    assert "pixel-diff" in out and "weights: none needed" in out
+    assert out.count("weights:") == len(list_annotators())
+
+
+def test_eval_prints_tables_and_writes_metrics(capsys, tmp_path):
+    from test_eval import make_pair_set
+
+    data = tmp_path / "eval"
+    make_pair_set(data, "edits", 2)
+    make_pair_set(data, "more", 2, seed=3)
+    out = tmp_path / "run"
+    rc, stdout, err = run_main(capsys, "eval", "--data", str(data), "--annotator", "pixel-diff", "--perturb",
+                               "none,jpeg90", "--out", str(out))
+    assert rc == 0, err
+    assert "== perturbation: none ==" in stdout and "== perturbation: jpeg90 ==" in stdout
+    assert "edits" in stdout and "more" in stdout and "overall" in stdout and "100.0" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tables"]["none"]["overall"]["f1"] == 1.0
+    assert set(metrics["tables"]) == {"none", "jpeg90"}
+    assert metrics["config"]["annotator"] == "pixel-diff" and metrics["config"]["perturb"] == ["none", "jpeg90"]
+    assert (out / "config.yaml").is_file()
+    rc, stdout, _ = run_main(capsys, "eval", "--data", str(data), "--annotator", "pixel-diff", "--threshold", "0.9",
+                             "--out", str(out))
+    assert rc == 0 and "threshold: 0.9" in stdout
+
+
+def test_eval_on_the_bundled_example(capsys, tmp_path):
+    rc, stdout, err = run_main(capsys, "eval", "--data", str(Path(example_pair()["original"]).parent),
+                               "--annotator", "pixel-diff", "--out", str(tmp_path))
+    assert rc == 0, err
+    f1 = json.loads((tmp_path / "metrics.json").read_text())["tables"]["none"]["overall"]["f1"]
+    assert f1 > 0.85
