@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--max-batch-size", type=int, help="worker.max_batch_size")
     w.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first so the annotators it registers can serve (repeatable)")
+    w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
+                   "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs")
     add_config_args(w)
     w.set_defaults(run=run_worker_cmd)
 
@@ -63,6 +65,10 @@ def run_worker_cmd(args: argparse.Namespace) -> int:
     from workers.worker import run_worker
 
     cfg = load(args)
+    if getattr(args, "batch", False):   # fleet batch mode (issue 7): the run's own config picks the annotator
+        from sigma.batch.fleet import run_batch_worker_from_serve_config
+
+        return run_batch_worker_from_serve_config(cfg, consumer=args.consumer)
     if args.annotator:
         cfg.worker.annotator = args.annotator
     if args.max_batch_size is not None:
