@@ -98,6 +98,7 @@ def test_review_page_static(run_dir, tmp_path):
     assert 'value="confidence:asc"' in html.split('<select id="sort">')[1][:40]
 
 
+@pytest.mark.chromium
 def test_review_page_in_chromium(run_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
