@@ -294,3 +294,12 @@ def test_read_mask_binarises_at_half(tmp_path):
     path = tmp_path / "m.png"
     path.write_bytes(encode(gray, "PNG"))
     np.testing.assert_array_equal(read_mask(path)[0], [False, False, True, True])
+
+
+def test_read_mask_with_transparency_counts_transparent_as_background(tmp_path):
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[..., 3] = [[255, 0, 0], [255, 255, 0]]         # opaque white = marked, transparent = not
+    path = tmp_path / "m.png"
+    path.write_bytes(encode(rgba, "PNG"))
+    np.testing.assert_array_equal(read_mask(path), [[True, False, False], [True, True, False]])

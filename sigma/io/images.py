@@ -214,8 +214,18 @@ def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedI
 
 
 def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:
-    """Ground-truth masks: binarised at mean RGB > 127.5 (the IMDL-BenCo convention)."""
-    rgb = read_image(path, limits).rgb
+    """Ground-truth masks: binarised at mean RGB > 127.5 (the IMDL-BenCo convention).
+
+    A mask with transparency is composited on black, not white: in a mask, "transparent" means
+    "nothing here", and on white every transparent pixel would count as manipulated.
+    """
+    decoded = read_image(path, limits)
+    rgb = decoded.rgb
+    if "alpha" in decoded.notes:
+        with Image.open(path) as img:
+            rgba = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"), dtype=np.float32)
+        if rgba.shape[:2] == rgb.shape[:2]:
+            rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
     return rgb.astype(np.float32).mean(axis=2) > 127.5
 
 
