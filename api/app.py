@@ -78,9 +78,12 @@ class Service:
         self.io_config = cfg.limits.io_config(cfg.api.align)
         self.metrics = ApiMetrics()
         self.auth = KeyChecker(cfg.auth)
-        self.r = _client(cfg, cfg.redis.socket_timeout_s)
+
+    async def open(self) -> None:
+        """Clients are made inside the server's event loop (an asyncio pool is bound to its loop)."""
+        self.r = _client(self.cfg, self.cfg.redis.socket_timeout_s)
         # BLPOP holds its connection for the whole wait: a client whose socket timeout outlasts it.
-        self.rb = _client(cfg, cfg.api.max_wait_timeout_s + cfg.redis.socket_timeout_s)
+        self.rb = _client(self.cfg, self.cfg.api.max_wait_timeout_s + self.cfg.redis.socket_timeout_s)
         self.enqueue_script = self.r.register_script(ENQUEUE)
         self.finish_script = self.r.register_script(FINISH)
 
@@ -116,10 +119,15 @@ class Service:
         except SigmaError:
             self.metrics.rejected.labels("invalid_input").inc()
             raise
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile bytes is still the input's fault
+            log.warning("decoder raised %s on an upload", type(exc).__name__)
+            self.metrics.rejected.labels("invalid_input").inc()
+            raise ApiError(422, "image_unreadable", f"an image could not be decoded ({type(exc).__name__})"
+                           ) from exc
 
     async def submit(self, request: Request, principal: Principal, idempotency_key: str | None = None
-                     ) -> tuple[str, bool]:
-        """Validate and enqueue; returns (job id, created). An idempotency key replays the first job."""
+                     ) -> tuple[str, bool, AnnotateOptions]:
+        """Validate and enqueue; returns (job id, created, options). An idempotency key replays the first job."""
         default = self.cfg.api.annotators[0]
         await self.check_room(default)
         sub = await parse_submission(request, self.cfg.limits.max_instruction_chars)
@@ -136,7 +144,7 @@ class Service:
             if not await self.r.set(idem_key, job_id, nx=True, ex=self.cfg.queue.job_ttl_s):
                 existing = await self.r.get(idem_key)
                 if existing:
-                    return existing.decode(), False
+                    return existing.decode(), False, sub.options
         fields = job_fields(job_id, annotator, principal.name, sub.options.instruction, sub.options.threshold,
                             list(dict.fromkeys(sub.options.outputs)))
         keys, args = enqueue_args(self.keys, job_id, fields, sub.original, sub.edited,
@@ -146,7 +154,7 @@ class Service:
                 await self.r.delete(idem_key)
             self.reject_full()
         self.metrics.enqueued.labels(annotator).inc()
-        return job_id, True
+        return job_id, True, sub.options
 
     # -- reading ---------------------------------------------------------------------------
     async def job(self, job_id: str, principal: Principal) -> dict[str, str]:
@@ -216,6 +224,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        await svc.open()
         yield
         await svc.close()
 
@@ -235,8 +244,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                          202: {"description": "not finished within the wait; poll Location"}})
     async def annotate(request: Request, principal: Principal = annotate_scope):
         t0 = time.perf_counter()
-        job_id, _ = await svc.submit(request, principal)
-        wait = svc.cfg.api.wait_timeout_s
+        job_id, _, options = await svc.submit(request, principal)
+        wait = svc.cfg.api.wait_timeout_s if options.wait is None else options.wait
         h = await svc.wait(job_id, min(wait, svc.cfg.api.max_wait_timeout_s))
         status = h.get("status")
         if status == "done":
@@ -258,7 +267,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.post("/v1/jobs", tags=["jobs"], openapi_extra=SUBMIT_BODY, status_code=202, summary="queue one pair")
     async def submit_job(request: Request, principal: Principal = annotate_scope,
                          idempotency_key: str | None = Header(None, alias="Idempotency-Key")):
-        job_id, created = await svc.submit(request, principal, idempotency_key)
+        job_id, created, _ = await svc.submit(request, principal, idempotency_key)
         if created:
             return _accepted(job_id)
         h = await svc.job(job_id, principal)

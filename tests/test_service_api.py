@@ -67,6 +67,15 @@ def test_round_trip_json_base64_with_threshold(svc):
     assert got[0, 0] and not reference_mask(original, edited)[0, 0]   # the threshold really changed the mask
 
 
+def test_annotate_wait_zero_answers_202_then_job_finishes(svc):
+    original, edited = make_pair(seed=6)
+    resp = svc.submit(original, edited, {"wait": "0"}, path="/v1/annotate")
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    assert resp.headers["location"] == f"/v1/jobs/{job_id}"
+    assert svc.wait_jobs([job_id], 15)[job_id]["status"] == "done"
+
+
 def test_job_lifecycle_idempotency_and_delete(svc):
     original, edited = make_pair(seed=3)
     first = svc.submit(original, edited, headers={"Idempotency-Key": "batch-7/item-1"})

@@ -85,6 +85,12 @@ class Predictor:
                 decode_ms.append((time.perf_counter() - start) * 1000.0)
             except SigmaError as exc:
                 results[n] = {"ok": False, "error": exc.to_dict()}
+            except (KeyError, TypeError) as exc:
+                results[n] = {"ok": False, "error": {"code": "invalid_input", "message": f"bad item: {exc}"}}
+            except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile bytes: the input's fault
+                results[n] = {"ok": False, "error": {"code": "image_unreadable",
+                                                     "message": f"an image could not be decoded "
+                                                                f"({type(exc).__name__}: {exc})"}}
         annotations = self.annotator.predict(pairs) if pairs else []
         for n, pair, ann, dec_ms in zip(where, pairs, annotations, decode_ms, strict=True):
             results[n] = {"ok": True, "result": self._record(batch[n], pair, ann, dec_ms)}

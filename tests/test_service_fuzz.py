@@ -1,0 +1,290 @@
+"""Hostile input and load over real HTTP: a hypothesis fuzz of >= 1000 requests, then concurrent clients.
+
+Fuzz: malformed multipart and JSON bodies, wrong types, truncated / corrupted / huge / non-image
+files, decompression bombs, mismatched sizes, missing and unknown fields, wrong keys, odd methods
+and paths → no 5xx, every error is `{"error": {"code", "message"}}` with a documented code, and the
+service is still healthy and correct afterwards.
+Load: concurrent clients against a small queue limit → only 202s and 429s (with Retry-After), no
+timeouts, and every accepted job completes exactly once.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from api.errors import KNOWN_CODES
+from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
+
+FUZZ_EXAMPLES = 560            # per fuzz test; two tests → > 1000 requests
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height and carries a little zlib stream: refused before decoding."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 65536, 9)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def encoded(arr: np.ndarray, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+ORIGINAL, EDITED = make_pair(32, 40, seed=11, box=(4, 4, 12, 20))
+VALID_O, VALID_E = png_bytes(ORIGINAL), png_bytes(EDITED)
+PAYLOADS = {
+    "valid_o": VALID_O, "valid_e": VALID_E,
+    "smaller_same_aspect": png_bytes(EDITED[::2, ::2].copy()),
+    "other_aspect": png_bytes(np.zeros((32, 12, 3), np.uint8)),
+    "jpeg": encoded(EDITED, "JPEG", quality=80), "bmp": encoded(EDITED, "BMP"),
+    "gif": encoded(EDITED, "GIF"), "rgba": png_bytes(np.dstack([ORIGINAL, np.full((32, 40), 128, np.uint8)])),
+    "gray16": encoded(np.full((32, 40), 40000, np.uint16), "PNG"),
+    "truncated": VALID_O[: len(VALID_O) // 2], "header_only": VALID_O[:33], "empty": b"",
+    "text": b"hello, this is not an image", "random": bytes(np.random.default_rng(0).integers(0, 256, 700,
+                                                                                              dtype=np.uint8)),
+    "bomb_header": bomb_header(40_000, 40_000), "bomb_zero_size": bomb_header(0, 10),
+    "bomb_real": encoded(np.zeros((1100, 1000), np.uint8), "PNG", optimize=True),
+    "over_image_bytes": b"\x89PNG\r\n\x1a\n" + b"\0" * 2_000_100,
+    "one_pixel": png_bytes(np.zeros((1, 1, 3), np.uint8)),
+}
+FIELD_NAMES = ["original", "edited", "instruction", "annotator", "threshold", "outputs", "wait", "extra", ""]
+TEXT_VALUES = st.one_of(
+    st.sampled_from(["remove the boat", "", " ", "x" * 1200, "pixel-diff", "sigma-xl", "0.5", "-1", "nan", "1e309",
+                     "rle", "png,prob", "rle,banana", "null", "[]", "{}", "\x00", "ünïcödé ✓"]),
+    st.text(max_size=40))
+AUTH = st.sampled_from([{"Authorization": f"Bearer {KEYS['user']}"}] * 6 + [
+    {}, {"Authorization": "Bearer wrong"}, {"X-API-Key": KEYS["metrics"]}, {"Authorization": "Basic abc"},
+    {"X-API-Key": ""}])
+
+
+def mutate(data: bytes, flips: list[tuple[int, int]]) -> bytes:
+    buf = bytearray(data)
+    for pos, val in flips:
+        if buf:
+            buf[pos % len(buf)] = val
+    return bytes(buf)
+
+
+FILE_BYTES = st.one_of(
+    st.sampled_from(sorted(PAYLOADS)).map(PAYLOADS.__getitem__),
+    st.tuples(st.sampled_from([VALID_O, PAYLOADS["jpeg"], PAYLOADS["bmp"]]),
+              st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8)
+              ).map(lambda t: mutate(*t)),
+    st.binary(max_size=200))
+
+
+VALID_OPTIONS = st.fixed_dictionaries({}, optional={
+    "instruction": st.sampled_from(["remove the boat", "make it red", " add a hat "]),
+    "threshold": st.sampled_from(["0", "0.05", "0.5", "1"]), "outputs": st.sampled_from(["rle", "png,prob"]),
+    "annotator": st.just("pixel-diff")})
+
+
+@st.composite
+def multipart_request(draw):
+    parts: list[tuple[str, tuple]] = []
+    data: list[tuple[str, str]] = []
+    if draw(st.integers(0, 3)) == 0:      # a valid request, so the fuzz also runs the success path
+        edited = draw(st.sampled_from(["valid_e", "smaller_same_aspect", "jpeg", "bmp", "rgba", "valid_o"]))
+        parts = [("original", ("o.png", VALID_O, "image/png")), ("edited", ("e", PAYLOADS[edited], "image/png"))]
+        return parts, sorted(draw(VALID_OPTIONS).items())
+    names = draw(st.lists(st.sampled_from(FIELD_NAMES), max_size=7))
+    if draw(st.booleans()):
+        names = ["original", "edited", *names]
+    for name in names:
+        if draw(st.integers(0, 3)) > 0 and name in ("original", "edited", "extra", ""):
+            parts.append((name, (draw(st.sampled_from(["a.png", "b.jpg", "", "x"])), draw(FILE_BYTES),
+                                 draw(st.sampled_from(["image/png", "application/octet-stream", "text/plain"])))))
+        else:
+            data.append((name, draw(TEXT_VALUES)))
+    return parts, data
+
+
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=False),
+                         st.text(max_size=20))
+JSON_ANY = st.recursive(JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                              st.dictionaries(st.text(max_size=8), inner,
+                                                                              max_size=4)), max_leaves=12)
+B64 = st.one_of(FILE_BYTES.map(lambda b: base64.b64encode(b).decode()),
+                st.sampled_from(["", "@@@", "aGVsbG8", "===="]), JSON_ANY)
+
+
+@st.composite
+def json_body(draw):
+    kind = draw(st.integers(0, 4))
+    if kind == 0:
+        return json.dumps(draw(JSON_ANY)).encode()
+    if kind == 1:
+        return draw(st.binary(max_size=80))          # not JSON at all
+    body = {}
+    for name in draw(st.lists(st.sampled_from(FIELD_NAMES), max_size=6)):
+        body[name] = draw(B64) if name in ("original", "edited") else draw(st.one_of(TEXT_VALUES, JSON_ANY))
+    if kind >= 3:
+        body.setdefault("original", base64.b64encode(draw(FILE_BYTES)).decode())
+        body.setdefault("edited", base64.b64encode(draw(FILE_BYTES)).decode())
+    return json.dumps(body).encode()
+
+
+class Tally:
+    def __init__(self):
+        self.statuses: Counter = Counter()
+        self.codes: Counter = Counter()
+        self.lock = threading.Lock()
+
+    def check(self, resp: httpx.Response) -> None:
+        with self.lock:
+            self.statuses[resp.status_code] += 1
+        assert resp.status_code < 500, f"{resp.status_code}: {resp.text[:500]}"
+        if resp.status_code >= 400 and resp.request.method != "HEAD":     # HEAD answers carry no body
+            assert resp.headers.get("content-type", "").startswith("application/json"), resp.text[:200]
+            err = resp.json()["error"]
+            assert isinstance(err["message"], str) and err["message"]
+            assert err["code"] in KNOWN_CODES, err
+            with self.lock:
+                self.codes[err["code"]] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+
+@pytest.fixture(scope="module")
+def fuzz_svc(redis_server, tmp_path_factory):
+    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-fuzz"),
+                         ["api.wait_timeout_s=3", "limits.max_queue_length=400", "queue.job_ttl_s=120"])
+    try:
+        s.start_api()
+        s.start_worker("pixel-diff", ["worker.max_batch_size=16"])
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def tally():
+    return Tally()
+
+
+FUZZ_SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+                         suppress_health_check=list(HealthCheck))
+
+
+@FUZZ_SETTINGS
+@given(req=multipart_request(), path=st.sampled_from(["/v1/jobs", "/v1/jobs", "/v1/annotate"]), auth=AUTH)
+def test_fuzz_multipart(fuzz_svc, tally, req, path, auth):
+    files, pairs = req
+    data: dict[str, list[str]] = {}
+    for name, value in pairs:
+        data.setdefault(name, []).append(value)
+    try:
+        resp = fuzz_svc.http.post(path, files=files or None, data=data or None, headers=auth)
+    except httpx.HTTPError as exc:
+        raise AssertionError(f"transport error (the server dropped the request?): {exc!r}") from exc
+    tally.check(resp)
+
+
+@FUZZ_SETTINGS
+@given(kind=st.integers(0, 9), body=json_body(), auth=AUTH,
+       ctype=st.sampled_from(["application/json", "application/json", "text/plain", "", "multipart/form-data",
+                              "multipart/form-data; boundary=xyz", "application/x-www-form-urlencoded"]),
+       method=st.sampled_from(["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+       job=st.one_of(st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
+                     st.text(alphabet="abcXYZ-_.%20", min_size=1, max_size=40)))
+def test_fuzz_json_raw_and_routes(fuzz_svc, tally, kind, body, auth, ctype, method, job):
+    http = fuzz_svc.http
+    headers = {**auth, **({"content-type": ctype} if ctype else {})}
+    if kind < 6:
+        resp = http.post(["/v1/jobs", "/v1/annotate"][kind % 2], content=body, headers=headers)
+    elif kind == 6:
+        resp = http.request(method, "/v1/jobs", headers=auth)
+    elif kind == 7:
+        resp = http.get(f"/v1/jobs/{job}", headers=auth)
+    elif kind == 8:
+        resp = http.request(["GET", "DELETE"][len(job) % 2], f"/v1/jobs/{job}/mask.png"
+                            if len(job) % 3 else f"/v1/jobs/{job}", headers=auth)
+    else:
+        resp = http.request(method, ["/metrics", "/v2/annotate", "/", "/v1", "/healthz"][len(job) % 5],
+                            headers=auth)
+    tally.check(resp)
+
+
+def test_fuzz_totals_and_still_healthy(fuzz_svc, tally):
+    """Runs after the two fuzz tests (file order): the figures for the report, then a clean round trip."""
+    assert tally.total >= 1000, tally.statuses
+    assert not [s for s in tally.statuses if s >= 500]
+    assert tally.statuses[202] + tally.statuses[200] > 20, tally.statuses      # valid requests were in the mix
+    assert len(tally.codes) >= 12, tally.codes                                 # many distinct failure modes
+    print(f"\nfuzz: {tally.total} requests, statuses {dict(sorted(tally.statuses.items()))}, "
+          f"codes {dict(tally.codes.most_common())}")
+    assert fuzz_svc.http.get("/healthz").status_code == 200
+    assert fuzz_svc.http.get("/readyz").status_code == 200
+    ok = fuzz_svc.submit(ORIGINAL, EDITED, path="/v1/annotate")
+    assert ok.status_code == 200 and ok.json()["result"]["area"] == 8 * 16
+    assert fuzz_svc.workers[0].alive() and fuzz_svc.api.alive()
+
+
+def test_load_concurrent_clients_queue_limit_gives_429_not_timeouts(redis_server, tmp_path):
+    s = ServiceUnderTest(redis_server, tmp_path, ["limits.max_queue_length=6", "limits.retry_after_s=1",
+                                                  "worker.max_batch_size=4"])
+    try:
+        s.start_api()
+        s.start_worker("slow-diff", ["worker.options={delay_ms: 40}"])
+        accepted: list[str] = []
+        statuses: Counter = Counter()
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop_at = time.monotonic() + 3.0
+        files = s.files(ORIGINAL, EDITED)
+
+        def client() -> None:
+            with httpx.Client(base_url=s.url, timeout=10.0) as http:
+                while time.monotonic() < stop_at:
+                    try:
+                        resp = http.post("/v1/jobs", files=files, data={"annotator": "slow-diff"},
+                                         headers=s.headers())
+                    except httpx.HTTPError as exc:
+                        with lock:
+                            errors.append(repr(exc))
+                        continue
+                    with lock:
+                        statuses[resp.status_code] += 1
+                        if resp.status_code == 202:
+                            accepted.append(resp.json()["id"])
+                        elif resp.status_code == 429:
+                            assert resp.headers["retry-after"] == "1"
+                            assert resp.json()["error"]["code"] == "queue_full"
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors, errors[:3]
+        assert set(statuses) <= {202, 429}, statuses
+        assert statuses[429] > 0 and statuses[202] > 0, statuses
+        assert len(set(accepted)) == len(accepted)
+        views = s.wait_jobs(accepted, 60)
+        assert all(v["status"] == "done" for v in views.values())
+        assert all(s.raw_job(j)["completions"] == "1" for j in accepted)
+        print(f"\nload: 8 clients x 3 s: {dict(statuses)}; {len(accepted)} accepted, all done exactly once")
+    finally:
+        s.close()
