@@ -24,7 +24,7 @@ MODEL_ANNOTATORS = {
     "sigma-b": {"model": "tiny-dinov2", "random_init": True},
     "sigma-s": {"model": "tiny-dinov2", "random_init": True},
     "feature-diff": {"hf_config": TINY_DINOV2, "random_init": True, "image_size": 56},
-    "grounding-only": {},
+    "grounding-only": {"grounding": "none"},
 }
 
 
@@ -66,9 +66,10 @@ def test_predict_shapes_and_extras(name, no_embedded):
     if name.startswith("sigma-"):
         a, b, c = (r.extra for r in results)
         assert a["parse"]["edit_type"] == "remove" and a["parse"]["source"] == "boat"
-        assert b["parse"] is None and b["prior"]["flag"] == "no_instruction"
-        assert c["prior"]["flag"] == "global_edit" and c["prior"]["informative"]
-        assert a["prior"]["flag"] == "grounding_disabled"          # grounding=none by default
+        assert b["parse"]["edit_type"] is None and b["grounding"]["flag"] == "no_instruction"
+        assert c["parse"]["edit_type"] == "global" and c["grounding"]["flag"] == "global_edit"
+        assert a["grounding"]["flag"] == "grounding_disabled"          # grounding=none by default
+        assert c["components"]["split"] == "by_prior" and b["components"]["split"] == "no_prior"
         for extra in (a, b, c):
             assert 0.0 <= extra["confidence"] <= 1.0
             assert set(extra["components"]) >= {"intended", "side_effect", "split"}
@@ -77,7 +78,7 @@ def test_predict_shapes_and_extras(name, no_embedded):
 
 
 def test_grounding_only_without_grounding_is_empty_not_full():
-    res = create_annotator("grounding-only").predict(_pairs())
+    res = create_annotator("grounding-only", grounding="none").predict(_pairs())
     assert res[0].area == 0 and res[1].area == 0
     assert res[2].mask.all(), "a global edit's prior is the whole image"
 
@@ -156,3 +157,41 @@ def test_confidence_and_components():
     assert blind["split"] == "no_prior" and len(blind["unassigned"]) == 2 and not blind["intended"]
     capped = split_components(mask, prior, True, max_components=1)
     assert capped["count"] == 2 and len(capped["intended"]) + len(capped["side_effect"]) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_grounding(tmp_path_factory):
+    """save_pretrained folders of a tiny random Grounding DINO and SAM 2 (the real loading path)."""
+    from sigma.grounding.tiny import tiny_grounding_dino, tiny_sam2
+
+    root = tmp_path_factory.mktemp("grounding")
+    tiny_grounding_dino(root / "gdino")
+    tiny_sam2(root / "sam2")
+    return {"detector": {"weights": str(root / "gdino"), "box_threshold": 0.0, "max_detections": 3},
+            "segmenter": {"weights": str(root / "sam2")}, "device": "cpu"}
+
+
+def test_grounded_pipeline_feeds_regions_and_prior(tiny_grounding, no_embedded):
+    """parser → tiny Grounding DINO → tiny SAM 2 → prior + region tokens → tiny SigmaNet → extras."""
+    ann = create_annotator("sigma-lite", model="tiny-lite", random_init=True, grounding="gdino-sam2",
+                           grounding_options=tiny_grounding)
+    a, b, c = ann.predict(_pairs())
+    g = a.extra["grounding"]
+    assert a.extra["parse"]["source"] == "boat"
+    assert g["flag"] is None and g["informative"] and len(g["regions"]) >= 1     # threshold 0: boxes found
+    assert all(r["image"] == "original" for r in g["regions"])                    # remove: source in original
+    assert a.extra["components"]["split"] == "by_prior"
+    assert b.extra["grounding"]["flag"] == "no_instruction" and c.extra["grounding"]["flag"] == "global_edit"
+    assert "ground" in a.timings_ms and a.prob.shape == (70, 90)
+    only = create_annotator("grounding-only", grounding="gdino-sam2", grounding_options=tiny_grounding)
+    res = only.predict(_pairs()[:1])[0]
+    assert res.prob.shape == (70, 90) and 0.0 <= res.prob.min() and res.prob.max() <= 1.0
+
+
+def test_grounding_only_default_needs_grounding_weights(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(WeightsNotFoundError):
+        create_annotator("grounding-only")
+    entry = {e.name: e for e in list_annotators()}["grounding-only"]
+    assert "missing" in entry.weights_status()

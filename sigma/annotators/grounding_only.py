@@ -13,7 +13,7 @@ from sigma.annotators.mask_extras import confidence
 from sigma.registry import ANNOTATORS
 from sigma.types import Pair
 
-DEFAULT_GROUNDING = "none"
+DEFAULT_GROUNDING = "gdino-sam2"
 
 
 class GroundingOnlyConfig(AnnotatorConfig):
@@ -33,22 +33,18 @@ class GroundingOnly(Annotator):
 
     def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
         out = []
-        for pair in pairs:
-            g = self.guide(pair)
+        for pair, g in zip(pairs, self.guide(pairs), strict=True):
             # an uninformative prior (0.5) is not a detection: it must give an empty mask, not a full one
             prob = g.prior if g.informative else np.zeros(pair.size, np.float32)
-            out.append((prob, {"parse": g.parse, "prior": g.summary(),
-                               "confidence": confidence(prob, prob > self.threshold, self.threshold),
+            out.append((prob, {**g.extra, "confidence": confidence(prob, prob > self.threshold, self.threshold),
                                "timings_ms": dict(g.timings_ms)}))
         return out
 
 
 def _status() -> str:
-    try:
-        from sigma.grounding import weights_status
-    except ImportError:
-        return "none needed with grounding=none (an uninformative prior); real grounding: see docs/grounding.md"
-    return weights_status(DEFAULT_GROUNDING)
+    from sigma.grounding.base import weights_status
+
+    return f"grounding {DEFAULT_GROUNDING}: {weights_status(DEFAULT_GROUNDING)}"
 
 
 @ANNOTATORS.register("grounding-only", "the instruction's grounded prior alone, thresholded (baseline)", _status)

@@ -171,7 +171,7 @@ class SigmaAnnotator(Annotator):
 
     def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
         cfg: ModelAnnotatorConfig = self.config
-        guides = [self.guide(p) for p in pairs]
+        guides = self.guide(pairs)
         sizes = [working_size(*p.size, self.size, self.multiple, self.keep_aspect, cfg.upscale) for p in pairs]
         probs: list[np.ndarray | None] = [None] * len(pairs)
         model_ms = [0.0] * len(pairs)
@@ -192,8 +192,7 @@ class SigmaAnnotator(Annotator):
             prob = probs[i]
             mask = prob > self.threshold
             extra = {
-                "parse": g.parse,
-                "prior": g.summary(),
+                **g.extra,
                 "confidence": confidence(prob, mask, self.threshold),
                 "components": split_components(mask, g.prior, g.informative, min_overlap=cfg.intended_overlap,
                                                max_components=cfg.max_components),
