@@ -303,3 +303,28 @@ def test_read_mask_with_transparency_counts_transparent_as_background(tmp_path):
     path = tmp_path / "m.png"
     path.write_bytes(encode(rgba, "PNG"))
     np.testing.assert_array_equal(read_mask(path), [[True, False, False], [True, True, False]])
+
+
+def test_fuzzed_files_only_ever_raise_sigma_errors():
+    """Bit flips and truncations of valid files of every format: decoded, or a SigmaError; nothing else."""
+    rng = np.random.default_rng(1234)
+    seeds = [encode(RGB, "PNG"), encode(RGB, "JPEG"), encode(RGB, "WEBP"), encode(RGB, "TIFF"), encode(RGB, "BMP"),
+             encode(np.dstack([RGB, RGB[..., :1]]), "PNG"), encode(Image.fromarray(RGB).quantize(8), "PNG")]
+    outcomes = {"decoded": 0, "refused": 0}
+    for data in seeds:
+        for _ in range(40):
+            arr = bytearray(data)
+            if rng.random() < 0.3:
+                arr = arr[:int(rng.integers(1, len(arr)))]
+            else:
+                for pos in rng.integers(0, len(arr), size=int(rng.integers(1, 6))):
+                    arr[pos] = int(rng.integers(0, 256))
+            try:
+                dec = decode_image(bytes(arr), "fuzz.bin")
+            except SigmaError as exc:
+                assert "\n" not in exc.message and exc.code
+                outcomes["refused"] += 1
+            else:
+                assert dec.rgb.dtype == np.uint8 and dec.rgb.ndim == 3 and dec.rgb.shape[2] == 3
+                outcomes["decoded"] += 1
+    assert outcomes["refused"] > 20 and outcomes["decoded"] > 20

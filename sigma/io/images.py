@@ -21,6 +21,9 @@ _PIL_FORMATS = SUPPORTED_FORMATS          # the only PIL plugins ever tried on u
 # DecompressionBombError (above 2 x Image.MAX_IMAGE_PIXELS, ~179 Mpx) stays as a ceiling behind it.
 # Set once at import instead of per call: `warnings.catch_warnings` is not thread-safe.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Corrupt files make PIL's plugins warn ("Metadata Warning", "Truncated File Read", malformed MPO) before
+# they fail or recover; the one-line error (or the recorded result) is what the user needs, not the noise.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 @dataclass
