@@ -1,0 +1,191 @@
+"""Service parts without HTTP: settings and keys, the queue primitives on real Redis, the predictor,
+the deployment files."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from servicekit import make_pair, png_bytes
+from sigma import create_annotator
+from sigma.errors import ConfigError
+from sigma.io import decode_rle, pair_from_bytes
+from workers.predictor import Predictor
+from workers.queue import Heartbeat, StreamQueue
+from workers.settings import ServeConfig, hash_key, load_serve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- settings ---------------------------------------------------------------------------------
+def test_env_overrides_yaml_and_keys_are_hashed(tmp_path):
+    cfg_file = tmp_path / "serve.yaml"
+    cfg_file.write_text("redis: {url: redis://yaml:1/0}\nqueue: {lease_ms: 5000}\n")
+    env = {"SIGMA_REDIS_URL": "redis://env:2/0", "SIGMA__QUEUE__MAX_DELIVERIES": "7",
+           "SIGMA__WORKER__OPTIONS__THRESHOLD": "0.2",
+           "SIGMA_API_KEYS": "alpha, beta:metrics+admin", "SIGMA_API_KEY_HASHES": hash_key("gamma") + ":annotate"}
+    cfg = load_serve_config(cfg_file, ["queue.block_ms=50"], env=env)
+    assert cfg.redis.url == "redis://env:2/0"          # env beats YAML
+    assert cfg.queue.lease_ms == 5000 and cfg.queue.max_deliveries == 7 and cfg.queue.block_ms == 50
+    assert cfg.worker.options == {"threshold": 0.2}
+    keys = {k.sha256: k.scopes for k in cfg.auth.keys}
+    assert keys == {hash_key("alpha"): ["annotate", "metrics"], hash_key("beta"): ["metrics", "admin"],
+                    hash_key("gamma"): ["annotate"]}
+    assert "alpha" not in cfg.model_dump_json()        # only digests are kept
+
+
+@pytest.mark.parametrize("env, overrides", [({"SIGMA_API_KEYS": "k:superuser"}, []),
+                                            ({}, ["queue.lease_ms=-1"]), ({}, ["queue.nonsense=1"]),
+                                            ({"SIGMA__LIMITS__MAX_PIXELS": "many"}, [])])
+def test_bad_settings_are_config_errors(env, overrides):
+    with pytest.raises(ConfigError):
+        load_serve_config(None, overrides, env=env)
+
+
+def test_shipped_yaml_documents_the_defaults():
+    assert load_serve_config(ROOT / "configs" / "serve.yaml", env={}) == ServeConfig()
+
+
+def test_api_refuses_to_start_without_keys():
+    from api.app import create_app
+
+    with pytest.raises(ConfigError, match="SIGMA_API_KEYS"):
+        create_app(load_serve_config(None, env={}))
+
+
+# -- queue primitives on real Redis -----------------------------------------------------------
+@pytest.fixture
+def queue_factory(redis_server):
+    client = redis_server.client()
+    prefix = f"uq{uuid.uuid4().hex[:8]}"
+
+    def make(consumer: str = "c1", lease_ms: int = 200, max_deliveries: int = 2) -> StreamQueue:
+        q = StreamQueue(redis_server.client(), f"{prefix}:s", "g", consumer, lease_ms=lease_ms,
+                        max_deliveries=max_deliveries, dead_stream=f"{prefix}:dead")
+        q.ensure_group()
+        return q
+    yield make
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+@pytest.mark.redis
+def test_add_refuses_past_max_len_and_never_trims(queue_factory):
+    q = queue_factory()
+    ids = [q.add({"job": str(i)}, max_len=3) for i in range(5)]
+    assert all(ids[:3]) and ids[3:] == [None, None]
+    got = q.read_batch(8, block_ms=10, max_wait_ms=0)
+    assert [e.fields["job"] for e in got] == ["0", "1", "2"] and all(e.deliveries == 1 for e in got)
+    assert q.add({"job": "x"}, max_len=3) is None       # in-flight entries still count
+    q.ack([got[0].id])
+    assert q.depth() == 2 and q.pending_count() == 2 and q.add({"job": "y"}, max_len=3)
+    q.ensure_group()                                     # idempotent
+
+
+@pytest.mark.redis
+def test_micro_batch_waits_for_more_entries_up_to_max_wait(queue_factory):
+    q = queue_factory()
+    q.add({"job": "a"})
+    t0 = time.monotonic()
+    assert len(q.read_batch(4, block_ms=10, max_wait_ms=150)) == 1
+    assert time.monotonic() - t0 >= 0.14                 # waited to fill the batch
+    for i in range(6):
+        q.add({"job": str(i)})
+    t0 = time.monotonic()
+    assert len(q.read_batch(4, block_ms=10, max_wait_ms=2000)) == 4
+    assert time.monotonic() - t0 < 1.0                   # full batch: no waiting
+
+
+@pytest.mark.redis
+def test_reclaim_counts_deliveries_and_dead_letters(queue_factory):
+    dead_worker, reaper = queue_factory("dead"), queue_factory("reaper")
+    dead_worker.add({"job": "j1"})
+    assert len(dead_worker.read(1, None)) == 1            # delivered, never acked (the worker "died")
+    assert reaper.reclaim() == ([], [])                   # not idle long enough yet
+    time.sleep(0.25)
+    live, exhausted = reaper.reclaim()
+    assert [(e.fields["job"], e.deliveries, e.claimed) for e in live] == [("j1", 2, True)] and not exhausted
+    time.sleep(0.25)
+    live, exhausted = reaper.reclaim()
+    assert not live and [e.deliveries for e in exhausted] == [3]
+    reaper.dead_letter(exhausted[0], "boom")
+    assert reaper.depth() == 0 and reaper.pending_count() == 0 and reaper.dead_count() == 1
+    dead = reaper.dead_entries()[0].fields
+    assert dead["job"] == "j1" and dead["error"] == "boom" and dead["deliveries"] == "3"
+
+
+@pytest.mark.redis
+def test_heartbeat_writes_ttl_key_and_extends_leases(queue_factory, redis_server):
+    worker, reaper = queue_factory("busy", lease_ms=300), queue_factory("reaper", lease_ms=300)
+    worker.add({"job": "long"})
+    entry = worker.read(1, None)[0]
+    key = f"{worker.stream}:hb"
+    hb = Heartbeat(redis_server.client(), key, interval_ms=50, ttl_ms=500, info=lambda: {"annotator": "x"},
+                   queue=worker)
+    hb.track([entry.id])
+    hb.start()
+    try:
+        time.sleep(0.5)                                   # longer than the lease
+        assert reaper.reclaim() == ([], [])               # ...but the heartbeat kept it
+        r = redis_server.client()
+        assert r.hget(key, "annotator") == b"x" and 0 < r.pttl(key) <= 500
+        hb.untrack([entry.id])
+        time.sleep(0.4)
+        live, _ = reaper.reclaim()
+        assert [e.id for e in live] == [entry.id]
+    finally:
+        hb.stop()
+    assert not redis_server.client().exists(key)
+
+
+# -- predictor ----------------------------------------------------------------------------------
+def test_predictor_matches_in_process_annotator_and_reports_bad_items():
+    original, edited = make_pair(seed=3)
+    o, e = png_bytes(original), png_bytes(edited)
+    pred = Predictor("pixel-diff")
+    pred.setup()
+    out = pred([{"id": "a", "original": o, "edited": e, "instruction": "invert", "outputs": ["rle", "png"]},
+                {"id": "b", "original": b"junk", "edited": e},
+                {"id": "c", "original": o, "edited": e, "threshold": 0.01}])
+    ref = create_annotator("pixel-diff").predict([pair_from_bytes(o, e)])[0]
+    assert out[0]["ok"] and np.array_equal(decode_rle(out[0]["result"]["segmentation"]), ref.mask)
+    assert out[0]["result"]["instruction"] == "invert" and "mask_png_base64" in out[0]["result"]
+    assert out[1]["ok"] is False and out[1]["error"]["code"] == "image_unreadable"
+    assert out[1]["error"]["message"].startswith("original:")
+    assert np.array_equal(decode_rle(out[2]["result"]["segmentation"]), ref.prob > 0.01)
+
+
+# -- deployment files ---------------------------------------------------------------------------
+def test_compose_file_structure():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "api", "worker"} <= set(services)
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"]) and "redis-data" in compose["volumes"]
+    for name in ("redis", "api", "worker"):
+        assert services[name]["healthcheck"]["test"], name
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["SIGMA_REDIS_URL"] == "redis://redis:6379/0"
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert (ROOT / services[name]["build"]["dockerfile"]).is_file()
+    assert "SIGMA_API_KEYS" in services["api"]["environment"]
+    device = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    worker_df = (ROOT / "docker" / "worker.Dockerfile").read_text()
+    assert "FROM nvidia/cuda:" in worker_df and "workers.healthcheck" in worker_df
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (v1) not installed")
+def test_docker_compose_config_validates():
+    out = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                         env={"SIGMA_API_KEYS": "x", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
