@@ -16,7 +16,6 @@ from sigma.batch import BatchConfig, run_batch
 from sigma.cli import main
 from sigma.export.select import RowFilter
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
-from sigma.io.rle import decode_rle
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +118,60 @@ def test_review_page_in_chromium(run_dir, tmp_path):
                          capture_output=True, timeout=90, text=True, check=True).stdout
     assert dom.count('<figure class="item"') == 7
     assert 'data-shown="7"' in dom and "7 of 7 shown" in dom          # the filter script ran
+
+
+class _ScoredDiff:
+    """A real annotator (pixel-diff plus the extras a model annotator reports), registered for this test."""
+
+    name = "test-scored-diff"
+
+    @staticmethod
+    def register():
+        from typing import Any, ClassVar
+
+        from sigma.annotators.pixel_diff import PixelDiff
+        from sigma.registry import ANNOTATORS
+
+        class ScoredDiff(PixelDiff):
+            name: ClassVar[str] = _ScoredDiff.name
+
+            def _predict_batch(self, pairs) -> list[tuple[np.ndarray, dict[str, Any]]]:
+                out = []
+                for pair, (prob, _) in zip(pairs, super()._predict_batch(pairs)):
+                    n = int(pair.pair_id.rsplit("p", 1)[-1]) if pair.pair_id[-1].isdigit() else 0
+                    out.append((prob, {"confidence": round(0.9 - 0.1 * n, 3),
+                                       "parse": {"edit_type": "remove", "source": "object"},
+                                       "components": {"split": "by_prior", "intended_area": 10 + n,
+                                                      "side_effect_area": n, "count": 2},
+                                       "intended_mask": prob > self.threshold}))
+                return out
+
+        if _ScoredDiff.name not in ANNOTATORS:
+            ANNOTATORS.register(_ScoredDiff.name, "test: pixel-diff with model-style extras")(
+                lambda **kw: ScoredDiff(**kw))
+
+
+def test_model_extras_reach_manifest_exports_and_page(tmp_path):
+    import pyarrow.parquet as pq
+
+    from sigma.io.corpora.synthetic import write_webdataset
+
+    _ScoredDiff.register()
+    write_webdataset(tmp_path / "wds", synthetic_pairs(5), per_tar=5)
+    out = tmp_path / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "wds")}, "annotator": _ScoredDiff.name,
+                                      "workers": 0})
+    run_batch(cfg, out, progress=False)
+    rows = pq.read_table(next((out / "shards").glob("*.parquet"))).to_pylist()
+    assert [r["confidence"] for r in rows] == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert json.loads(rows[1]["parser"]) == {"edit_type": "remove", "source": "object"}
+    assert rows[3]["intended_area"] == 13 and rows[3]["side_effect_area"] == 3
+    assert rows[0]["intended_rle"] == rows[0]["rle_counts"] and rows[0]["edit_type"] == "remove"  # tar's json wins
+    assert main(["export", "coco", str(out), "--out", str(tmp_path / "c.json"), "--min-confidence", "0.65"]) == 0
+    coco = json.loads((tmp_path / "c.json").read_text())
+    assert [i["pair_id"] for i in coco["images"]] == ["p000000", "p000001", "p000002"]
+    assert [a["score"] for a in coco["annotations"]] == [0.9, 0.8, 0.7]
+    assert main(["report", str(out), "--limit", "3"]) == 0
+    html = (out / "report.html").read_text()
+    shown = re.findall(r"<b>(p\d+)</b>", html)
+    assert shown == ["p000004", "p000003", "p000002"]      # the three least confident, lowest first

@@ -11,8 +11,15 @@ import pytest
 
 from sigma.errors import InputError, UnknownNameError
 from sigma.io.corpora import detect_format, open_corpus
-from sigma.io.corpora.synthetic import (synthetic_pairs, write_csv, write_folder, write_pairs_jsonl, write_parquet,
-                                        write_saved_dataset, write_webdataset)
+from sigma.io.corpora.synthetic import (
+    synthetic_pairs,
+    write_csv,
+    write_folder,
+    write_pairs_jsonl,
+    write_parquet,
+    write_saved_dataset,
+    write_webdataset,
+)
 
 SHARED = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
 
@@ -147,8 +154,8 @@ def test_shared_eval_layout():
         pytest.skip("../shared/data/eval not present")
     corpus = open_corpus(data, shard_size=1000)
     shards, items = read_all(corpus)
-    n = sum(sum(1 for line in open(p) if line.strip()) for p in data.glob("*/pairs.jsonl"))
+    n = sum(sum(1 for line in p.read_text().splitlines() if line.strip()) for p in data.glob("*/pairs.jsonl"))
     assert len(items) == n and len(shards) == len(list(data.glob("*/pairs.jsonl")))
     assert all(i.error is None and Path(i.original_path).is_file() and Path(i.mask_path).is_file() for i in items)
-    rec = json.loads(open(data / "inpaint_anything" / "pairs.jsonl").readline())
+    rec = json.loads((data / "inpaint_anything" / "pairs.jsonl").read_text().splitlines()[0])
     assert any(i.pair_id == f"inpaint_anything/{rec['id']}" for i in items)

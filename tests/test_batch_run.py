@@ -59,8 +59,7 @@ def messy_set(tmp_path) -> Path:
         {**good, "id": "empty_instr", "instruction": "   "},
     ]
     with open(root / "pairs.jsonl", "a") as handle:
-        for rec in extra:
-            handle.write(json.dumps(rec) + "\n")
+        handle.writelines(json.dumps(rec) + "\n" for rec in extra)
         handle.write("{broken json\n")
     return root
 
@@ -168,7 +167,7 @@ def test_killed_run_resumes_byte_identical(tmp_path):
     common = ["--annotator", "pixel-diff", "--shard-size", "4", "--workers", "1", "--no-progress"]
     full = tmp_path / "full"
     assert subprocess.run(_sigma("batch", "run", str(root), "--out", str(full), *common), timeout=120,
-                          capture_output=True).returncode == 0
+                          capture_output=True, check=False).returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_sigma("batch", "run", str(root), "--out", str(killed), *common),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -183,10 +182,10 @@ def test_killed_run_resumes_byte_identical(tmp_path):
     done_at_kill = len(list((killed / "status").glob("*.json")))
     assert 3 <= done_at_kill < 60, "the run finished before it could be killed"
     rc = subprocess.run(_sigma("batch", "run", str(root), "--out", str(killed), *common), capture_output=True,
-                        timeout=60, text=True)
+                        timeout=60, text=True, check=False)
     assert rc.returncode == 2 and "--resume" in rc.stderr
     rc = subprocess.run(_sigma("batch", "run", str(root), "--out", str(killed), "--resume", *common),
-                        capture_output=True, timeout=120, text=True)
+                        capture_output=True, timeout=120, text=True, check=False)
     assert rc.returncode == 0, rc.stderr
     assert f"{60 - done_at_kill} shard(s) written, {done_at_kill} skipped" in rc.stdout
     full_files = {p.name: p.read_bytes() for p in (full / "shards").glob("*.parquet")}
@@ -206,7 +205,7 @@ def test_ray_backend_matches_local(tmp_path):
     finally:
         ray.shutdown()
     assert summary.done_now == 2 and summary.status["ok"] == 12
-    files = lambda out: {p.name: p.read_bytes() for p in (out / "shards").iterdir()}  # noqa: E731
+    files = lambda out: {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
     assert files(tmp_path / "ray") == files(tmp_path / "local")
 
 

@@ -52,7 +52,7 @@ def decode_one(item: SourceItem, io_config: IOConfig) -> Decoded:
     except SigmaError as exc:
         message = exc.message if item.source in exc.message else f"{item.source}: {exc.message}"
         return Decoded(light, meta=meta, error=(exc.code, message))
-    except Exception as exc:   # a decoder bug must cost one pair, not the run
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one pair, not the run
         return Decoded(light, meta=meta, error=("decode_failed", f"{item.source}: {type(exc).__name__}: {exc}"))
     gt = None
     if item.mask is not None or item.mask_path:

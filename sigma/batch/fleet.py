@@ -192,7 +192,7 @@ def run_batch_worker(redis_url: str | None = None, stream: str | None = None, co
                     stats.dead += 1
                     stats.errors.append(str(exc))
                     continue
-                except Exception as exc:   # e.g. the corpus is briefly unreachable: retried via the lease
+                except Exception as exc:  # noqa: BLE001 - e.g. the corpus is briefly unreachable: retried via the lease
                     outcome, pairs, error = "failed", 0, f"{type(exc).__name__}: {exc}"
                 finally:
                     hb.untrack([entry.id])

@@ -12,11 +12,11 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import threading
-import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Self
 
 from sigma.batch.decode import Decoded, decode_items
 from sigma.batch.layout import RunDir, sha256_file
@@ -89,7 +89,7 @@ class ShardWriter:
                 return
             try:
                 self._handle(*message)
-            except BaseException as exc:   # surfaced to the main thread on its next put()
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the main thread on its next put()
                 self.failure = exc
                 return
 
@@ -154,7 +154,7 @@ class Pipeline:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -178,7 +178,7 @@ class Pipeline:
                         if stop.is_set():
                             break
                     q.put(("end", shard, None))
-                except Exception as exc:   # a shard that cannot be read fails alone; the run goes on
+                except Exception as exc:  # noqa: BLE001 - a shard that cannot be read fails alone; the run goes on
                     q.put(("fail", shard, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"))
         finally:
             q.put(None)
@@ -207,7 +207,7 @@ class Pipeline:
                 if kind == "chunk":
                     try:
                         results = payload.result()
-                    except Exception as exc:   # a decode worker died (e.g. killed by the OOM killer)
+                    except Exception as exc:  # noqa: BLE001 - a decode worker died (e.g. killed by the OOM killer)
                         buffer.clear()
                         failed.add(shard.key)
                         writer.put(("abort", shard, f"decode worker failed: {type(exc).__name__}: {exc}"))
@@ -254,7 +254,7 @@ class Pipeline:
         try:
             annotations = self.annotator.predict([d.pair for d in batch])
             outcomes = list(zip(batch, annotations, [None] * len(batch)))
-        except Exception:
+        except Exception:  # noqa: BLE001 - isolate the bad pair below
             # isolate the pair that broke the batch; the others are annotated one by one
             outcomes = []
             for d in batch:
@@ -262,7 +262,7 @@ class Pipeline:
                     outcomes.append((d, self.annotator.predict([d.pair])[0], None))
                 except SigmaError as exc:
                     outcomes.append((d, None, (exc.code, exc.message)))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
                     outcomes.append((d, None, ("annotator_failed", f"{type(exc).__name__}: {exc}")))
         for d, ann, err in outcomes:
             if err is not None:

@@ -19,12 +19,13 @@ SCHEMA_FIELDS: list[tuple[str, str]] = [
     ("original_sha256", "string"), ("edited_sha256", "string"),
     ("rle_counts", "string"), ("bbox", "list<int32>"), ("area", "int64"), ("area_fraction", "float64"),
     ("threshold", "float64"), ("confidence", "float64"), ("parser", "string"), ("components", "string"),
-    ("intended_rle", "string"), ("side_effect_rle", "string"), ("extra", "string"), ("preprocess", "string"),
+    ("intended_area", "int64"), ("side_effect_area", "int64"), ("intended_rle", "string"),
+    ("side_effect_rle", "string"), ("extra", "string"), ("preprocess", "string"),
     ("annotator", "string"), ("config_hash", "string"), ("run_hash", "string"), ("mask_png", "string"),
     ("gt_f1", "float64"), ("gt_iou", "float64"), ("gt_auc", "float64"), ("gt_fraction", "float64"),
     ("gt_tp", "int64"), ("gt_fp", "int64"), ("gt_fn", "int64"), ("gt_note", "string"),
 ]
-KNOWN_EXTRA = {"confidence", "parser", "components", "intended", "side_effect", "intended_mask", "side_effect_mask",
+KNOWN_EXTRA = {"confidence", "parser", "parse", "components", "intended", "side_effect", "intended_mask", "side_effect_mask",
                "edit_type"}
 
 
@@ -93,13 +94,16 @@ def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mas
     row = base_row(decoded, shard_key, run_hash)
     pair = decoded.pair
     extra = ann.extra or {}
-    parser = extra.get("parser")
+    parser = extra.get("parser", extra.get("parse"))
+    components = extra.get("components")
+    split = components if isinstance(components, dict) and components.get("split") not in (None, "no_prior") else {}
     edited_size = (pair.preprocess.get("edited") or {}).get("decoded_size") or list(pair.size)
     row.update(status="ok", height=pair.size[0], width=pair.size[1], edited_height=int(edited_size[0]),
                edited_width=int(edited_size[1]), rle_counts=encode_rle(ann.mask)["counts"], bbox=ann.bbox(),
                area=ann.area, area_fraction=round(ann.area_fraction, 6), threshold=float(ann.threshold),
                confidence=_number(extra.get("confidence")), parser=_json(parser),
-               components=_json(extra.get("components")),
+               components=_json(components), intended_area=split.get("intended_area"),
+               side_effect_area=split.get("side_effect_area"),
                intended_rle=_rle_of(extra.get("intended_mask", extra.get("intended"))),
                side_effect_rle=_rle_of(extra.get("side_effect_mask", extra.get("side_effect"))),
                extra=_json({k: v for k, v in sorted(extra.items()) if k not in KNOWN_EXTRA} or None),

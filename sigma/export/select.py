@@ -5,9 +5,10 @@ run.json and decode only the rows they keep, shard by shard, so memory stays fla
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
@@ -32,9 +33,7 @@ class RowFilter:
             return False
         if self.min_area is not None and row["area_fraction"] < self.min_area:
             return False
-        if self.max_area is not None and row["area_fraction"] > self.max_area:
-            return False
-        return True
+        return not (self.max_area is not None and row["area_fraction"] > self.max_area)
 
 
 def iter_rows(run_dir: str | Path, row_filter: RowFilter | None = None) -> Iterator[tuple[Shard, list[dict]]]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sigma.errors import InputError
 
@@ -49,7 +50,7 @@ class Shard:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Shard":
+    def from_dict(cls, data: dict[str, Any]) -> Shard:
         return cls(index=int(data["index"]), key=str(data["key"]), ref=dict(data.get("ref") or {}),
                    num_items=data.get("num_items"))
 

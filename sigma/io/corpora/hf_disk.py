@@ -7,8 +7,8 @@ Files are memory-mapped and read record batch by record batch, so nothing is loa
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name

@@ -8,8 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, image_value, safe_name, text_value

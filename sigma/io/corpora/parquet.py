@@ -1,8 +1,8 @@
 """Parquet files in the Hugging Face datasets layout, read one row-group range at a time."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key

@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -187,20 +188,25 @@ def write_webdataset(root: str | Path, pairs: Iterable[dict], per_tar: int = 100
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tars: list[Path] = []
-    tf = None
-    for n, p in enumerate(pairs):
-        if n % per_tar == 0:
-            if tf:
-                tf.close()
-            tars.append(root / f"shard-{len(tars):05d}.tar")
-            tf = tarfile.open(tars[-1], "w")
-        members = {"original.png": p["original"], "edited.png": p["edited"], "mask.png": p["mask"],
-                   "json": json.dumps({"instruction": p["instruction"], "edit_type": p["edit_type"]}).encode()}
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{p['id']}.{ext}")
-            info.size = len(data)
-            info.mtime = 0
-            tf.addfile(info, io.BytesIO(data))
-    if tf:
-        tf.close()
+    chunk: list[dict] = []
+    for p in pairs:
+        chunk.append(p)
+        if len(chunk) == per_tar:
+            tars.append(_write_tar(root / f"shard-{len(tars):05d}.tar", chunk))
+            chunk = []
+    if chunk:
+        tars.append(_write_tar(root / f"shard-{len(tars):05d}.tar", chunk))
     return tars
+
+
+def _write_tar(path: Path, pairs: list[dict]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for p in pairs:
+            members = {"original.png": p["original"], "edited.png": p["edited"], "mask.png": p["mask"],
+                       "json": json.dumps({"instruction": p["instruction"], "edit_type": p["edit_type"]}).encode()}
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{p['id']}.{ext}")
+                info.size = len(data)
+                info.mtime = 0
+                tf.addfile(info, io.BytesIO(data))
+    return path

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key
