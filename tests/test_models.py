@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from sigma.errors import ConfigError, WeightsNotFoundError
-from sigma.models import (PRESETS, Regions, SigmaNetConfig, WeightsMismatchError, build_model, load_model,
-                          preset_config, resolve_hf_reference, save_model)
+from sigma.models import (
+    PRESETS,
+    Regions,
+    SigmaNetConfig,
+    WeightsMismatchError,
+    build_model,
+    load_model,
+    preset_config,
+    resolve_hf_reference,
+    save_model,
+)
 from sigma.models.presets import TINY_DINOV2
 
 transformers = pytest.importorskip("transformers")

@@ -46,7 +46,7 @@ class FeatureDiff(Annotator):
             n_layers = (cfg.hf_config or {}).get("num_hidden_layers")
             taps = [n_layers] if n_layers else [-1]
         bcfg = Dinov2BackboneConfig(weights=cfg.backbone_weights, hf_config=cfg.hf_config,
-                                    taps=[t if t >= 0 else 0 for t in taps])
+                                    taps=[max(t, 0) for t in taps])
         self.backbone = Dinov2Backbone(bcfg, pretrained=not cfg.random_init, allow_download=cfg.allow_download)
         if taps == [-1]:          # the last layer, known only once the architecture is
             self.backbone.taps = [self.backbone.model.config.num_hidden_layers]
@@ -54,7 +54,7 @@ class FeatureDiff(Annotator):
                                    else cfg.device)
         self.backbone.to(self.device).eval()
         patch = self.backbone.patch
-        self.size = max(patch, int(round(cfg.image_size / patch)) * patch)
+        self.size = max(patch, round(cfg.image_size / patch) * patch)
 
     def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
         torch = self.torch

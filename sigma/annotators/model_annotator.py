@@ -12,8 +12,9 @@ The DINOv2 models use the paper's fixed 518x518 square.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -76,7 +77,7 @@ def backbone_status(ref: str) -> str:
 
 def working_size(h: int, w: int, size: int, multiple: int, keep_aspect: bool, upscale: bool) -> tuple[int, int]:
     def snap(v: float) -> int:
-        return max(multiple, int(round(v / multiple)) * multiple)
+        return max(multiple, round(v / multiple) * multiple)
 
     if not keep_aspect:
         return snap(size), snap(size)

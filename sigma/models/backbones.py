@@ -177,7 +177,7 @@ class Dinov2Backbone(Backbone):
                                        f"{detail}")
         return model
 
-    def train(self, mode: bool = True) -> "Dinov2Backbone":
+    def train(self, mode: bool = True) -> Dinov2Backbone:
         super().train(mode)
         if self.frozen:
             self.model.eval()

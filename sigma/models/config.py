@@ -5,7 +5,7 @@ between a model's arguments and its weights' provenance).
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -22,7 +22,7 @@ class CompactBackboneConfig(Strict):
     expansion: int = Field(3, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "CompactBackboneConfig":
+    def _check(self) -> CompactBackboneConfig:
         if len(self.depths) != len(self.widths):
             raise ValueError("compact backbone: depths and widths must have the same length")
         return self
@@ -45,7 +45,7 @@ class Dinov2BackboneConfig(Strict):
     frozen: bool = True
 
 
-BackboneConfig = Annotated[Union[CompactBackboneConfig, Dinov2BackboneConfig], Field(discriminator="kind")]
+BackboneConfig = Annotated[CompactBackboneConfig | Dinov2BackboneConfig, Field(discriminator="kind")]
 
 
 class SigmaNetConfig(Strict):
@@ -68,7 +68,7 @@ class SigmaNetConfig(Strict):
     max_regions: int = Field(8, ge=0, description="instruction tokens from at most this many regions")
 
     @model_validator(mode="after")
-    def _check(self) -> "SigmaNetConfig":
+    def _check(self) -> SigmaNetConfig:
         if self.dim % self.refine_heads:
             raise ValueError(f"dim {self.dim} is not divisible by refine_heads {self.refine_heads}")
         return self

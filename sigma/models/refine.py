@@ -10,8 +10,9 @@ the response, it never multiplies it, so a change outside the prior can still re
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ class Regions:
 
     @classmethod
     def from_lists(cls, items: Sequence[Sequence[dict]], max_regions: int,
-                   device: torch.device | str = "cpu") -> "Regions":
+                   device: torch.device | str = "cpu") -> Regions:
         """Per pair a list of {"box": normalised xyxy, "score": float, "image": "original"|"edited"};
         keeps the `max_regions` best-scored per pair."""
         batch = len(items)
@@ -145,7 +146,7 @@ class Refinement(nn.Module):
         self.out_norm = nn.LayerNorm(dim) if blocks else nn.Identity()
 
     def _region_tokens(self, feat: torch.Tensor, regions: Regions, type_emb: torch.Tensor) -> torch.Tensor:
-        b, d, h, w = feat.shape
+        h, w = feat.shape[-2:]
         boxes = regions.boxes.to(feat.dtype)
         ys = (torch.arange(h, device=feat.device, dtype=feat.dtype) + 0.5) / h
         xs = (torch.arange(w, device=feat.device, dtype=feat.dtype) + 0.5) / w

@@ -2,8 +2,9 @@
 instruction tokens → decoder. Pure tensors in and out; no files, no HTTP."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

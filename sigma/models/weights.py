@@ -18,6 +18,7 @@ from typing import Any
 
 from sigma.errors import WeightsNotFoundError
 
+
 class WeightsMismatchError(WeightsNotFoundError):
     """Weights were found but their keys or shapes do not fit the architecture (strict loading)."""
 
