@@ -6,8 +6,9 @@ Entries hold the factory, a one-line description and a weights probe, kept apart
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sigma.errors import UnknownNameError
 

@@ -25,7 +25,7 @@ def sigma_cmd(*args: str, stdin: str | None = None, cwd: Path | None = None) -> 
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sigma"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(cmd + list(args), input=stdin, capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env=env)
+                          env=env, check=False)
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -98,7 +98,7 @@ def test_annotate_example_writes_the_four_outputs(tmp_path):
 
 def test_annotate_one_pair_in_process(capsys, pair_files, tmp_path):
     orig, edited = pair_files
-    code, out, err = run_main(capsys, "annotate", str(orig), str(edited), "-i", "make a white bar",
+    code, _out, err = run_main(capsys, "annotate", str(orig), str(edited), "-i", "make a white bar",
                               "--annotator", "pixel-diff", "-o", str(tmp_path / "o"))
     assert code == 0, err
     record = json.loads((tmp_path / "o" / "result.json").read_text())
@@ -133,7 +133,7 @@ def test_stdin_per_item_problems(capsys, monkeypatch, pair_files, tmp_path):
              {"id": "noedited", "original": str(orig)},
              {"id": "emptyinstr", "original": str(orig), "edited": str(edited), "instruction": "  "}]
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
-    code, out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
+    code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
     assert code == 2
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["ok"]
     assert not (tmp_path / "escape").exists()
@@ -191,7 +191,7 @@ def test_every_bad_input_exits_2_with_one_line(capsys, pair_files, tmp_path):
     orig, edited = pair_files
     failures = []
     for name, (argv, code) in _bad_cases(tmp_path, orig, edited).items():
-        rc, out, err = run_main(capsys, *argv)
+        rc, _out, err = run_main(capsys, *argv)
         try:
             assert rc == 2, f"exit {rc}"
             assert_one_error_line(err, code)
@@ -275,12 +275,13 @@ def test_help_texts_teach(capsys):
     assert rc == 0 and "--perturb" in out and "jpeg75" in out and "pairs.jsonl" in out
     rc, out, _ = run_main(capsys, "models", "--help")
     assert rc == 0 and "weights" in out
-    rc, out, err = run_main(capsys)
+    rc, out, _err = run_main(capsys)
     assert rc == 2 and "annotate" in out
 
 
 def test_version_and_module_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "sigma", "--version"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "sigma", "--version"], capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("sigma ")
 
 
@@ -318,7 +319,7 @@ def test_eval_prints_tables_and_writes_metrics(capsys, tmp_path):
 
 
 def test_eval_on_the_bundled_example(capsys, tmp_path):
-    rc, stdout, err = run_main(capsys, "eval", "--data", str(Path(example_pair()["original"]).parent),
+    rc, _stdout, err = run_main(capsys, "eval", "--data", str(Path(example_pair()["original"]).parent),
                                "--annotator", "pixel-diff", "--out", str(tmp_path))
     assert rc == 0, err
     f1 = json.loads((tmp_path / "metrics.json").read_text())["tables"]["none"]["overall"]["f1"]

@@ -1,7 +1,6 @@
 """`sigma eval` internals on a tiny pair set built here, perturbations, and a smoke run on ../shared."""
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path

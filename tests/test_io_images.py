@@ -97,7 +97,7 @@ def test_16bit_rgba_png_is_composited_on_white():
     rgba16[..., 2] = 65535                     # red in BGRA order
     rgba16[0, 0, 3] = 65535                    # opaque red
     rgba16[0, 1, 3] = 0                        # fully transparent -> white
-    ok, enc = cv2.imencode(".png", rgba16)
+    _, enc = cv2.imencode(".png", rgba16)
     dec = decode_image(enc.tobytes(), "rgba16.png")
     np.testing.assert_array_equal(dec.rgb[0, 0], [255, 0, 0])
     np.testing.assert_array_equal(dec.rgb[0, 1], [255, 255, 255])
@@ -106,7 +106,7 @@ def test_16bit_rgba_png_is_composited_on_white():
 
 def test_16bit_rgb_tiff_is_read_and_reported():
     rgb16 = np.full((3, 3, 3), 40000, np.uint16)
-    ok, enc = cv2.imencode(".tiff", rgb16)
+    _, enc = cv2.imencode(".tiff", rgb16)
     dec = decode_image(enc.tobytes(), "rgb16.tif")
     assert dec.notes["bit_depth"] == 16
     assert np.all(np.abs(dec.rgb.astype(int) - 156) <= 1)

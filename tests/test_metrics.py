@@ -9,8 +9,7 @@ from sklearn.metrics import f1_score as sk_f1
 from sklearn.metrics import jaccard_score as sk_jaccard
 from sklearn.metrics import roc_auc_score as sk_auc
 
-from sigma.eval.metrics import (MetricAccumulator, auc_score, f1_score, iou_score, score_image,
-                                summarize)
+from sigma.eval.metrics import MetricAccumulator, auc_score, f1_score, iou_score, score_image, summarize
 
 PRED = np.array([[1, 1, 0], [0, 0, 0]], bool)
 GT = np.array([[1, 0, 0], [1, 0, 0]], bool)

@@ -89,7 +89,7 @@ class MetricAccumulator:
         self.scores.append(score)
         return score
 
-    def extend(self, other: "MetricAccumulator") -> None:
+    def extend(self, other: MetricAccumulator) -> None:
         self.scores.extend(other.scores)
 
     def summary(self) -> dict[str, float | int]:

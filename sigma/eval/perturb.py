@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

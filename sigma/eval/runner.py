@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sigma.annotators.base import Annotator
 from sigma.config.schema import IOConfig
