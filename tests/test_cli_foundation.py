@@ -262,6 +262,16 @@ def test_load_config_unit(tmp_path):
     assert config_hash(load_config(AnnotateConfig, None, ["batch_size=3"])) != config_hash(cfg)
 
 
+@pytest.mark.parametrize("name", ["annotate", "eval"])
+def test_shipped_config_files_spell_out_the_defaults(name):
+    from sigma.cli.annotate import AnnotateConfig
+    from sigma.cli.eval import EvalConfig
+    from sigma.config import load_config
+
+    model = {"annotate": AnnotateConfig, "eval": EvalConfig}[name]
+    assert load_config(model, REPO / "configs" / f"{name}.yaml") == model()
+
+
 # ---------------------------------------------------------------- help, models, eval
 def test_help_texts_teach(capsys):
     rc, out, _ = run_main(capsys, "--help")

@@ -19,7 +19,7 @@ class SigmaArgumentParser(argparse.ArgumentParser):
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set io.align=true --set options.tau=0.1 "
+                        help="override one config value, e.g. --set io.align=true --set io.limits.max_pixels=10000000 "
                              "(repeatable; applied after --config)")
 
 
