@@ -81,6 +81,7 @@ def test_dataset_reader(eval_root):
     sets = find_sets(eval_root)
     assert [s.name for s in sets] == ["aerial", "edits"]
     assert find_sets(eval_root / "edits") == [eval_root / "edits"]
+    assert find_sets(eval_root / "edits" / "pairs.jsonl") == [eval_root / "edits"]
     recs = list(read_set(eval_root / "edits"))
     assert [r.pair_id for r in recs] == ["edits_0", "edits_1", "edits_2", "broken"]
     assert recs[0].instruction is None and recs[1].instruction == "paint a white box"

@@ -24,6 +24,8 @@ class EvalRecord:
 def find_sets(data: str | Path) -> list[Path]:
     """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name."""
     data = Path(data)
+    if data.is_file() and data.name == "pairs.jsonl":   # the manifest itself: its folder is the set
+        data = data.parent
     if not data.is_dir():
         raise InputError(f"{data}: evaluation folder not found", code="file_not_found")
     if (data / "pairs.jsonl").is_file():
