@@ -103,6 +103,10 @@ def test_save_load_roundtrip_is_exact(tiny, tmp_path):
     (tmp_path / "m" / "config.json").rename(tmp_path / "x.json")
     again = load_model(tmp_path / "x.safetensors")
     assert all(torch.equal(ref[k], v) for k, v in again.state_dict().items())
+    save_model(model, tmp_path / "w" / "sigma-x.safetensors")       # written straight in that layout
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["sigma-x.json", "sigma-x.safetensors"]
+    assert all(torch.equal(ref[k], v) for k, v in load_model(tmp_path / "w" / "sigma-x.safetensors")
+               .state_dict().items())
 
 
 @pytest.mark.parametrize("damage", ["rename", "extra", "drop", "shape"])

@@ -61,21 +61,25 @@ def _self_contained(cfg: SigmaNetConfig, model: SigmaNet) -> SigmaNetConfig:
     return cfg
 
 
-def save_model(model: SigmaNet, directory: str | Path) -> Path:
-    """Atomic: files are written under temporary names and renamed, so a kill never leaves half a model."""
+def save_model(model: SigmaNet, path: str | Path) -> Path:
+    """Write `path/config.json` + `path/model.safetensors`, or, for a path ending in `.safetensors`,
+    that file + the same name with `.json` (the embedded layout: sigma/weights/sigma-lite.safetensors).
+    Atomic: files are written under temporary names and renamed, so a kill never leaves half a model."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    cfg_path, weights_path = model_files(path) if path.suffix == ".safetensors" else \
+        (path / CONFIG_NAME, path / WEIGHTS_NAME)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
     cfg = _self_contained(model.config, model)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp_w = directory / (WEIGHTS_NAME + ".tmp")
+    tmp_w = weights_path.with_name(weights_path.name + ".tmp")
     save_file(state, str(tmp_w), metadata={"format": FORMAT})
-    tmp_c = directory / (CONFIG_NAME + ".tmp")
+    tmp_c = cfg_path.with_name(cfg_path.name + ".tmp")
     tmp_c.write_text(json.dumps({"format": FORMAT, "version": 1, "config": cfg.model_dump(mode="json")}, indent=2))
-    os.replace(tmp_w, directory / WEIGHTS_NAME)
-    os.replace(tmp_c, directory / CONFIG_NAME)
-    return directory
+    os.replace(tmp_w, weights_path)
+    os.replace(tmp_c, cfg_path)
+    return path
 
 
 def model_files(path: str | Path) -> tuple[Path, Path]:
