@@ -207,3 +207,13 @@ def test_pixel_diff_reference_numbers_on_shared_editing_sets():
     editing = result.tables()["none"]["editing (all but whole-image-change sets)"]
     assert editing["pairs"] == 43
     assert round(100 * editing["f1"], 1) == 82.3 and round(100 * editing["iou"], 1) == 74.1
+
+
+def test_vae_unavailable_is_one_clear_error(monkeypatch, eval_root):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sigma.models.vae", None)      # as if the module were not installed
+    monkeypatch.setattr(perturb, "_VAE_CACHE", {})
+    with pytest.raises(ConfigError) as info:
+        evaluate(create_annotator("pixel-diff"), eval_root, ["none", "vae"])
+    assert info.value.code == "perturbation_unavailable" and "sigma.models.vae" in info.value.message
