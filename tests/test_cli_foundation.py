@@ -107,6 +107,22 @@ def test_annotate_one_pair_in_process(capsys, pair_files, tmp_path):
     assert record["preprocess"]["original"]["format"] == "PNG"
 
 
+def test_result_json_says_what_preprocessing_did(capsys, tmp_path):
+    rng = np.random.default_rng(2)
+    orig = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    rgba = np.dstack([orig, np.full((20, 30), 255, np.uint8)])
+    rgba[0, 0, 3] = 0                                                   # one transparent pixel
+    save(rgba, tmp_path / "o.png")
+    save(np.asarray(Image.fromarray(orig).resize((60, 40))), tmp_path / "e.png")   # twice the size
+    rc, _, err = run_main(capsys, "annotate", str(tmp_path / "o.png"), str(tmp_path / "e.png"),
+                          "--annotator", "pixel-diff", "-o", str(tmp_path / "out"))
+    assert rc == 0, err
+    rec = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert rec["preprocess"]["original"]["alpha"] == "composited on white"
+    assert rec["preprocess"]["resize"] == "edited resized 60x40 -> 30x20 (area)"
+    assert rec["size"] == [20, 30] and read_png(tmp_path / "out" / "mask.png").shape == (20, 30)
+
+
 def test_stdin_batch_annotates_the_good_and_reports_the_bad(pair_files, tmp_path):
     orig, edited = pair_files
     bad = tmp_path / "bad.png"
