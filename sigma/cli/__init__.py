@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "sigma.cli.report",
     "sigma.cli.train",
     "sigma.cli.synth",
+    "sigma.cli.parse",
 )
 
 

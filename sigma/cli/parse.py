@@ -1,0 +1,126 @@
+"""`sigma parse`: an instruction -> (edit_type, source, target) as JSON; or a whole JSONL file, scored."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sigma.errors import InputError, LimitError
+
+HELP = """Parse an editing instruction into (edit_type, source concept, target concept), the input of
+the grounding branch. edit_type is add | remove | replace | attribute | global (null: no instruction).
+
+With --file, parse one instruction per line (JSON objects with an "instruction" field, or plain text).
+When the lines carry expected fields (edit_type, source, target; e.g. ../shared/data/instructions/dev.jsonl)
+it prints edit-type accuracy and concept match instead of the parses."""
+
+EXAMPLES = """examples:
+  sigma parse "replace the dog with a cat"
+  sigma parse "make it snowy" --backend llm
+  sigma parse "remove the boat" --backend qwen-vl --model ./qwen2.5-vl --original a.png --edited b.png
+  sigma parse --file ../shared/data/instructions/dev.jsonl --show-errors
+"""
+
+MAX_CHARS = 1000
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("parse", help="parse an instruction into (edit_type, source, target)", description=HELP,
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("instruction", nargs="?", help="the editing instruction (quote it)")
+    p.add_argument("--file", metavar="JSONL", help="parse every line of this file instead")
+    p.add_argument("--backend", default="rules", help="rules (default) | llm | qwen-vl")
+    p.add_argument("--model", help="llm / qwen-vl: a local model folder, .gguf file or HF repo id in the cache")
+    p.add_argument("--original", metavar="IMAGE", help="qwen-vl: the original image")
+    p.add_argument("--edited", metavar="IMAGE", help="qwen-vl: the edited image")
+    p.add_argument("--show-errors", action="store_true", help="with --file: list every line that did not match")
+    p.add_argument("--out", metavar="JSONL", help="with --file: also write each parse to this file")
+    p.set_defaults(run=run)
+
+
+def _check(text: str | None, where: str = "instruction") -> None:
+    if text is not None and len(text) > MAX_CHARS:
+        raise LimitError(f"{where} is {len(text)} characters; at most {MAX_CHARS} are accepted")
+
+
+def _parser(args: argparse.Namespace):
+    from sigma.parse import get_parser
+
+    options: dict[str, Any] = {}
+    if args.model:
+        if args.backend == "rules":
+            raise InputError("--model applies to --backend llm or qwen-vl, not rules")
+        options["model"] = args.model
+    return get_parser(args.backend, **options)
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise InputError(f"--file {path}: no such file")
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(rec, dict) or ("instruction" not in rec):
+                    raise InputError(f"{path}:{lineno}: a JSON line needs an \"instruction\" field")
+                if rec["instruction"] is not None and not isinstance(rec["instruction"], str):
+                    raise InputError(f"{path}:{lineno}: \"instruction\" must be a string or null")
+            else:
+                rec = {"instruction": line}
+            _check(rec["instruction"], f"{path}:{lineno}")
+            records.append(rec)
+    return records
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.file and args.instruction is not None:
+        raise InputError("give either an INSTRUCTION or --file, not both")
+    if not args.file and args.instruction is None:
+        raise InputError("nothing to parse: give an INSTRUCTION (quoted) or --file X.jsonl")
+    images = None
+    if args.original or args.edited:
+        if args.backend != "qwen-vl" or not (args.original and args.edited):
+            raise InputError("--original and --edited go together, with --backend qwen-vl")
+        from sigma.io.images import read_image  # validated decoding, the same limits as annotate
+
+        images = [read_image(args.original).rgb, read_image(args.edited).rgb]
+    if args.file is None:
+        _check(args.instruction)
+        parser = _parser(args)
+        result = parser(args.instruction, images=images) if images is not None else parser(args.instruction)
+        print(json.dumps(result.to_json_dict(), ensure_ascii=False))
+        return 0
+
+    from sigma.parse.evaluate import has_expectations, score
+
+    records = _read_lines(Path(args.file))
+    parser = _parser(args)
+    parses = [parser(rec["instruction"]) for rec in records]
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for p in parses:
+                fh.write(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n")
+    if not any(has_expectations(r) for r in records):
+        for p in parses:
+            print(json.dumps(p.to_json_dict(), ensure_ascii=False))
+        return 0
+    summary = score(zip(records, parses))
+    errors = summary.pop("errors")
+    if args.show_errors:
+        for err in errors:
+            print(json.dumps(err, ensure_ascii=False))
+    print(f"{summary['n']} instructions, backend {args.backend}: edit-type accuracy "
+          f"{100 * summary['type_accuracy']:.1f} %, concept match {100 * summary['concept_match']:.1f} % "
+          f"(source {100 * summary['source_match']:.1f} %, target {100 * summary['target_match']:.1f} %)",
+          file=sys.stderr)
+    print(json.dumps({"backend": args.backend, **summary}, ensure_ascii=False))
+    return 0
