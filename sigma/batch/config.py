@@ -1,6 +1,7 @@
 """The batch run's config: what to read, which annotator, how to batch. Its hash names every output."""
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field
@@ -25,10 +26,18 @@ class BatchConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     batch_size: int = Field(8, ge=1, description="pairs per predict() call; batches never cross shards")
-    workers: int = Field(2, ge=0, description="decode processes (0: decode in the reading thread)")
+    workers: int | None = Field(None, ge=0, description="decode processes (0: decode in the reading thread); "
+                                "None = one per CPU core but one, at most 8")
     png_masks: bool = Field(False, description="also write masks/<shard>/<pair>.png")
+    ground_truth: bool = Field(True, description="score masks against the corpus's ground truth when it has one "
+                               "(gt_* columns, the review page's metrics); false skips decoding it")
     backend: Literal["local", "ray"] = "local"
     io: IOConfig = IOConfig()
+
+    def decode_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
 
     def output_fields(self, corpus_identity: dict[str, Any]) -> dict[str, Any]:
         """Everything an output byte depends on; `workers` and `backend` change speed, not results."""

@@ -38,7 +38,7 @@ def _read(path: str, max_bytes: int) -> bytes:
     return p.read_bytes()
 
 
-def decode_one(item: SourceItem, io_config: IOConfig) -> Decoded:
+def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True) -> Decoded:
     light = replace(item, original=None, edited=None, mask=None)
     if item.error:
         return Decoded(light, error=item.error)
@@ -55,7 +55,7 @@ def decode_one(item: SourceItem, io_config: IOConfig) -> Decoded:
     except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one pair, not the run
         return Decoded(light, meta=meta, error=("decode_failed", f"{item.source}: {type(exc).__name__}: {exc}"))
     gt = None
-    if item.mask is not None or item.mask_path:
+    if ground_truth and (item.mask is not None or item.mask_path):
         try:
             data = item.mask if item.mask is not None else _read(item.mask_path, io_config.limits.max_bytes)
             rgb = decode_image(data, "mask", io_config.limits).rgb
@@ -68,6 +68,6 @@ def decode_one(item: SourceItem, io_config: IOConfig) -> Decoded:
     return Decoded(light, pair=pair, gt=gt, meta=meta)
 
 
-def decode_items(items: list[SourceItem], io_config: dict[str, Any]) -> list[Decoded]:
+def decode_items(items: list[SourceItem], io_config: dict[str, Any], ground_truth: bool = True) -> list[Decoded]:
     cfg = IOConfig.model_validate(io_config)
-    return [decode_one(item, cfg) for item in items]
+    return [decode_one(item, cfg, ground_truth) for item in items]

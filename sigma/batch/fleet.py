@@ -19,7 +19,7 @@ from typing import Any
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
-from sigma.batch.runner import build_annotator_for, corpus_from_config, prepare_run
+from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
 
 log = logging.getLogger("sigma.batch.fleet")
@@ -90,9 +90,7 @@ class _RunCache:
         key = f"{run_hash}:{cfg.annotator}"
         if key != self.key:
             self.close()
-            workers = cfg.workers if self.workers is None else self.workers
-            self.pipeline = Pipeline(build_annotator_for(cfg), cfg.io.model_dump(mode="json"), cfg.batch_size,
-                                     workers, cfg.png_masks)
+            self.pipeline = Pipeline(cfg, workers=self.workers)
             self.key = key
         return self.pipeline
 

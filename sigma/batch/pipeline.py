@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from sigma.batch.config import BatchConfig
 from sigma.batch.decode import Decoded, decode_items
 from sigma.batch.layout import RunDir, sha256_file
 from sigma.batch.rows import error_row, ok_row, rows_to_table
@@ -139,15 +140,29 @@ class ShardWriter:
 class Pipeline:
     """Reusable across calls (fleet workers keep one per process): holds the decode pool and annotator."""
 
-    def __init__(self, annotator, io_config: dict[str, Any], batch_size: int, workers: int,
-                 png_masks: bool = False):
-        self.annotator = annotator
-        self.io_config = io_config
-        self.batch_size = batch_size
-        self.workers = workers
-        self.png_masks = png_masks
-        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-                     if workers > 0 else None)
+    def __init__(self, cfg: BatchConfig, annotator=None, workers: int | None = None):
+        self.io_config = cfg.io.model_dump(mode="json")
+        self.batch_size = cfg.batch_size
+        self.workers = cfg.decode_workers() if workers is None else workers
+        self.png_masks = cfg.png_masks
+        self.ground_truth = cfg.ground_truth
+        self.pool = None
+        warm: list = []
+        if self.workers > 0:
+            # spawn (not fork): the parent may hold torch/CUDA state. The workers boot while the model loads.
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            warm = [self.pool.submit(decode_items, [], self.io_config) for _ in range(self.workers)]
+        try:
+            if annotator is None:
+                from sigma.batch.runner import build_annotator_for
+
+                annotator = build_annotator_for(cfg)
+            self.annotator = annotator
+            for future in warm:
+                future.result()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self.pool is not None:
@@ -163,8 +178,8 @@ class Pipeline:
     # --- reading ---------------------------------------------------------------------------------
     def _submit(self, chunk: list[SourceItem]):
         if self.pool is None:
-            return _Immediate(decode_items(chunk, self.io_config))
-        return self.pool.submit(decode_items, chunk, self.io_config)
+            return _Immediate(decode_items(chunk, self.io_config, self.ground_truth))
+        return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth)
 
     def _feed(self, corpus: Corpus, shards: list[Shard], q: queue.Queue, stop: threading.Event) -> None:
         chunk_size = max(1, min(self.batch_size, 16))

@@ -23,14 +23,13 @@ class ShardActor:
 
     def __init__(self, config: dict[str, Any], run_dir: str):
         from sigma.batch.pipeline import Pipeline
-        from sigma.batch.runner import build_annotator_for, corpus_from_config
+        from sigma.batch.runner import corpus_from_config
 
         self.cfg = BatchConfig.model_validate(config)
         self.rundir = RunDir(run_dir)
         self.run_hash = self.rundir.load()["run_hash"]
         self.corpus = corpus_from_config(self.cfg)
-        self.pipeline = Pipeline(build_annotator_for(self.cfg), self.cfg.io.model_dump(mode="json"),
-                                 self.cfg.batch_size, self.cfg.workers, self.cfg.png_masks)
+        self.pipeline = Pipeline(self.cfg)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import json

@@ -107,12 +107,9 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
             from sigma.batch.ray_backend import run_with_ray
 
             return run_with_ray(cfg, rundir, corpus, run_hash, pending)
-        annotator = annotator or build_annotator_for(cfg)
         counts = [s.num_items for s in pending]
         total = sum(counts) if all(c is not None for c in counts) else None
-        with make_progress(total, progress) as bar, \
-                Pipeline(annotator, cfg.io.model_dump(mode="json"), cfg.batch_size, cfg.workers,
-                         cfg.png_masks) as pipeline:
+        with Pipeline(cfg, annotator) as pipeline, make_progress(total, progress) as bar:
             stats = pipeline.run(corpus, pending, rundir, run_hash, progress=bar)
         pairs, errors = stats.pairs, stats.errors
         done_now = sum(r.status == "done" for r in stats.shards)

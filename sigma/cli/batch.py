@@ -55,8 +55,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator", help="registry name (see `sigma models`)")
     p.add_argument("--threshold", type=float, help="mask = prob > T")
     p.add_argument("--batch-size", type=int, help="pairs per predict() call (default 8)")
-    p.add_argument("--workers", type=int, help="decode processes (default 2; 0 = none)")
+    p.add_argument("--workers", type=int, help="decode processes (default: CPU cores - 1, at most 8; 0 = none)")
     p.add_argument("--png-masks", action="store_true", help="also write OUT/masks/<shard>/<pair>.png")
+    p.add_argument("--no-ground-truth", action="store_true",
+                   help="do not score against the corpus's masks (skips decoding them)")
     p.add_argument("--backend", choices=("local", "ray"), help="local (default) or ray (pip install 'sigma-masks[ray]')")
     add_config_args(p)
 
@@ -106,6 +108,8 @@ def build_config(args: argparse.Namespace):
         overrides["input.columns"] = parse_columns(args.columns)
     if args.png_masks:
         overrides["png_masks"] = True
+    if args.no_ground_truth:
+        overrides["ground_truth"] = False
     return load_config(BatchConfig, args.config, overrides)
 
 

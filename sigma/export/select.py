@@ -80,7 +80,7 @@ def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
                 if item.pair_id != row["pair_id"]:
                     yield row, None, f"corpus changed: expected {row['pair_id']} at {row['source']}, found {item.pair_id}"
                     continue
-                decoded = decode_one(item, cfg.io)
+                decoded = decode_one(item, cfg.io, ground_truth=False)
                 yield row, decoded.pair, (None if decoded.pair is not None else decoded.error[1])
         except InputError as exc:
             for index, row in wanted.items():

@@ -1,0 +1,250 @@
+"""Benchmark of `sigma batch run`: pairs/s against a plain loop of single-pair predict on the same pairs
+and annotator, per input format; memory over a long run; a real model with random weights; a run over
+../shared/data/eval with its review page screenshot.
+
+    python bench/bench_batch.py                       # everything, JSON to bench/results/bench_batch.json
+    python bench/bench_batch.py --pairs 500 --long-pairs 2000 --skip-model   # quicker
+
+The batch runs here skip ground-truth scoring (the loop does none); the eval run scores it.
+The plain loop is what a user writes without the batch runner: read each pair with the same corpus
+reader, decode with sigma.io (pair_from_bytes / load_pair), `annotator.predict([pair])`, and append
+`Annotation.to_dict()` to a JSONL file. Both sides run in this process, one after the other.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from make_corpora import make
+
+import sigma
+from sigma.batch import BatchConfig, run_batch
+from sigma.errors import SigmaError
+from sigma.io import load_pair, pair_from_bytes
+from sigma.io.corpora import open_corpus
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+class MemorySampler:
+    """RSS of this process and of its children (the decode workers), every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.samples: list[tuple[float, float, float]] = []   # (t, main MB, children MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        start = time.perf_counter()
+        pid = os.getpid()
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.perf_counter() - start, rss_mb(pid), sum(rss_mb(c) for c in children(pid))))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def plain_loop(corpus_info: dict, annotator, out: Path) -> dict:
+    """Single-pair predict over the same pairs, results to JSONL; the baseline."""
+    corpus = open_corpus(corpus_info["path"], preset=corpus_info["preset"], shard_size=250)
+    start = time.perf_counter()
+    pairs = errors = 0
+    with open(out, "w") as handle:
+        for shard in corpus.plan():
+            for item in corpus.read(shard):
+                try:
+                    if item.error:
+                        raise SigmaError(item.error[1], item.error[0])
+                    if item.original is not None:
+                        pair = pair_from_bytes(item.original, item.edited, item.instruction, pair_id=item.pair_id)
+                    else:
+                        pair = load_pair(item.original_path, item.edited_path, item.instruction,
+                                         pair_id=item.pair_id)
+                    ann = annotator.predict([pair])[0]
+                    handle.write(json.dumps(ann.to_dict(), default=str) + "\n")
+                except SigmaError:
+                    errors += 1
+                pairs += 1
+    seconds = time.perf_counter() - start
+    return {"pairs": pairs, "errors": errors, "seconds": round(seconds, 3), "pairs_per_s": round(pairs / seconds, 2)}
+
+
+def batch_run(corpus_info: dict, annotator_name: str, options: dict, out: Path, workers: int | None,
+              batch_size: int, shard_size: int = 250, ground_truth: bool = False) -> dict:
+    cfg = BatchConfig.model_validate({"input": {"path": corpus_info["path"], "preset": corpus_info["preset"],
+                                                "shard_size": shard_size},
+                                      "annotator": annotator_name, "options": options, "workers": workers,
+                                      "batch_size": batch_size, "ground_truth": ground_truth})
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    summary = run_batch(cfg, out, progress=False)
+    seconds = time.perf_counter() - start
+    return {"pairs": summary.pairs, "errors": summary.errors, "shards": summary.shards, "seconds": round(seconds, 3),
+            "pairs_per_s": round(summary.pairs / seconds, 2), "workers": cfg.decode_workers(),
+            "batch_size": batch_size, "ground_truth_scored": ground_truth}
+
+
+def compare_formats(corpora: dict, work: Path, annotator_name: str, workers: int, batch_size: int) -> dict:
+    annotator = sigma.create_annotator(annotator_name)
+    out = {}
+    for name, info in corpora.items():
+        batch = batch_run(info, annotator_name, {}, work / f"run-{name}", workers, batch_size)
+        loop = plain_loop(info, annotator, work / f"loop-{name}.jsonl")
+        out[name] = {"batch_run": batch, "plain_loop": loop,
+                     "speedup": round(batch["pairs_per_s"] / loop["pairs_per_s"], 3)}
+        print(f"{name:8s} batch {batch['pairs_per_s']:8.1f} pairs/s   loop {loop['pairs_per_s']:8.1f} pairs/s   "
+              f"x{out[name]['speedup']}", flush=True)
+    return out
+
+
+def long_run(corpus_info: dict, work: Path, workers: int, batch_size: int) -> dict:
+    with MemorySampler() as sampler:
+        result = batch_run(corpus_info, "pixel-diff", {}, work / "run-long", workers, batch_size, shard_size=500)
+    s = sampler.samples
+    total = [m + c for _, m, c in s]
+    n = len(total)
+    quart = [statistics.mean(total[i * n // 4:(i + 1) * n // 4]) for i in range(4)] if n >= 8 else total
+    half = s[n // 2:]
+    slope = 0.0
+    if len(half) > 2:
+        ts = [t for t, _, _ in half]
+        ys = [m + c for _, m, c in half]
+        tm, ym = statistics.mean(ts), statistics.mean(ys)
+        slope = sum((t - tm) * (y - ym) for t, y in zip(ts, ys)) / max(sum((t - tm) ** 2 for t in ts), 1e-9)
+    pairs_per_s = result["pairs_per_s"]
+    return {**result, "samples": n, "rss_mb_main_first": round(s[0][1], 1) if s else None,
+            "rss_mb_main_last": round(s[-1][1], 1) if s else None,
+            "rss_mb_total_by_quarter": [round(q, 1) for q in quart],
+            "rss_mb_total_max": round(max(total), 1) if total else None,
+            "rss_growth_mb_per_1000_pairs_second_half": round(slope / pairs_per_s * 1000, 3) if pairs_per_s else None}
+
+
+def model_compare(corpus_info: dict, work: Path, pairs: int, workers: int, batch_size: int) -> dict:
+    """sigma-lite with random heads (explicit opt-in): batching matters once inference is not trivial."""
+    options = {"random_init": True, "image_size": 128}
+    try:
+        annotator = sigma.create_annotator("sigma-lite", **options)
+    except SigmaError as exc:
+        return {"skipped": f"sigma-lite could not be built: {exc.message}"}
+    sub = work / f"model-corpus-{pairs}"
+    info = make(sub, pairs, corpus_info["size"], ["parquet"])["parquet"]
+    batch = batch_run(info, "sigma-lite", options, work / "run-model", workers, batch_size, shard_size=100)
+    loop = plain_loop(info, annotator, work / "loop-model.jsonl")
+    print(f"sigma-lite batch {batch['pairs_per_s']:.2f} pairs/s  loop {loop['pairs_per_s']:.2f} pairs/s", flush=True)
+    return {"annotator": "sigma-lite", "options": options, "batch_run": batch, "plain_loop": loop,
+            "speedup": round(batch["pairs_per_s"] / loop["pairs_per_s"], 3)}
+
+
+def eval_run(shared: Path, work: Path) -> dict:
+    data = shared / "data" / "eval"
+    if not data.is_dir():
+        return {"skipped": f"{data} not found"}
+    out = work / "run-eval"
+    result = batch_run({"path": str(data), "preset": None}, "pixel-diff", {}, out, None, 8, shard_size=1000,
+                       ground_truth=True)
+    from sigma.batch.layout import RunDir
+    from sigma.report import build_report
+
+    report = build_report(out, out / "report.html", limit=60)
+    info = {**result, "status": RunDir(out).summary(), "report": report}
+    chromium = shutil.which("chromium")
+    if chromium:
+        shot = work / "review_eval_full.png"
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={work / 'chromium-profile'}", "--window-size=1200,1100",
+                        f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True, timeout=120,
+                       check=True)
+        from PIL import Image
+
+        img = Image.open(shot).convert("RGB")
+        img = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.LANCZOS).quantize(colors=128)
+        target = RESULTS / "review_eval.png"
+        img.save(target, optimize=True)
+        info["screenshot"] = str(target.relative_to(RESULTS.parent.parent))
+        info["screenshot_bytes"] = target.stat().st_size
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="/tmp/sigma_bench", help="where synthetic corpora are written (reused)")
+    ap.add_argument("--pairs", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--long-pairs", type=int, default=10000)
+    ap.add_argument("--model-pairs", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=None, help="decode processes (default: cores - 1)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS / "bench_batch.json"))
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shared = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+    data = Path(args.data)
+    work = Path(tempfile.mkdtemp(prefix="sigma_bench_runs_"))
+    try:
+        import torch
+
+        device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        device = "cpu"
+    result: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+                    "cpus": os.cpu_count(), "device": device, "python": platform.python_version(),
+                    "pairs_per_format": args.pairs, "image_size": args.size, "annotator": "pixel-diff"}
+    t0 = time.perf_counter()
+    corpora = make(data, args.pairs, args.size)
+    result["corpus_build_s"] = round(time.perf_counter() - t0, 1)
+    result["formats"] = compare_formats(corpora, work, "pixel-diff", args.workers, args.batch_size)
+    long_info = make(data, args.long_pairs, 64, ["wds"])["wds"]
+    result["long_run"] = long_run(long_info, work, args.workers, args.batch_size)
+    print(f"long run: {result['long_run']['pairs']} pairs, RSS by quarter {result['long_run']['rss_mb_total_by_quarter']}"
+          f" MB", flush=True)
+    if not args.skip_model:
+        result["model"] = model_compare(corpora["parquet"], work, args.model_pairs, args.workers, 8)
+    result["eval_run"] = eval_run(shared, work)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
