@@ -40,7 +40,8 @@ class ModelAnnotatorConfig(AnnotatorConfig):
     random_init: bool = Field(False, description="explicit opt-in to random heads: tests and training only")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="pairs per forward; None = 16 on CUDA, 2 on CPU "
+                                   "(larger CPU batches only add cache misses)")
     image_size: int | None = Field(None, ge=28, description="working size override (long side)")
     upscale: bool = Field(False, description="enlarge pairs smaller than the working size (keep-aspect "
                           "models); off: small pairs run at their own size, rounded to the size multiple")
@@ -114,6 +115,7 @@ class SigmaAnnotator(Annotator):
                                    else cfg.device)
         self.model.to(self.device)
         self.use_bf16 = self.device.type == "cuda" and cfg.precision in ("auto", "bf16")
+        self.batch_size = cfg.batch_size or (16 if self.device.type == "cuda" else 2)
         mcfg = self.model.config
         self.size = cfg.image_size or mcfg.image_size
         self.multiple = mcfg.size_multiple
@@ -180,8 +182,8 @@ class SigmaAnnotator(Annotator):
         for i, hw in enumerate(sizes):
             groups.setdefault(hw, []).append(i)
         for hw, idx in groups.items():
-            for start in range(0, len(idx), cfg.batch_size):
-                chunk = idx[start:start + cfg.batch_size]
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
                 t0 = time.perf_counter()
                 for i, p in zip(chunk, self._run([pairs[i] for i in chunk], [guides[i] for i in chunk], hw)):
                     probs[i] = p
