@@ -1,0 +1,264 @@
+"""The rules parser on the real dev set, on our own held-out phrasings, and its building blocks."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sigma.cli import main
+from sigma.errors import UnknownNameError
+from sigma.parse import concept_match, get_parser, normalize_concept, parse_instruction
+from sigma.parse.evaluate import score_parser
+from sigma.parse.jsonrepair import repair_json
+from sigma.parse.llm import parse_answer
+from sigma.parse.rules import parse_rules
+
+SHARED = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+DEV = SHARED / "data" / "instructions" / "dev.jsonl"
+
+# Written by us, never tuned against dev.jsonl: casual requests (the issue's phrasing), templated
+# benchmark styles, deictic KRIS-like and long ImgEdit-like sentences. (text, type, source, target)
+HELD_OUT = [
+    ("make it snowy", "global", None, None),
+    ("Make it look like winter.", "global", None, None),
+    ("turn the car red", "attribute", "car", "car"),
+    ("Turn the red car into a blue one", "attribute", "red car", "red car"),
+    ("have the man wear a hat", "add", None, "hat"),
+    ("Let the woman hold an umbrella.", "add", None, "umbrella"),
+    ("what if the dog were a cat", "replace", "dog", "cat"),
+    ("What if the house was made of gingerbread?", "attribute", "house", "house"),
+    ("add a bird on the branch", "add", None, "bird"),
+    ("remove the people in the background", "remove", "people", None),
+    ("replace the sofa with a wooden bench", "replace", "sofa", "wooden bench"),
+    ("let the sky be sunset", "attribute", "sky", "sky"),
+    ("Please erase the watermark in the corner.", "remove", "watermark", None),
+    ("get rid of the trash can next to the bench", "remove", "trash can", None),
+    ("Delete the two cars parked on the street", "remove", "cars", None),
+    ("Take away the lamp.", "remove", "lamp", None),
+    ("Put a vase of flowers on the table", "add", None, "vase"),
+    ("insert a small boat floating on the lake", "add", None, "boat"),
+    ("Could you add some clouds to the sky?", "add", None, "clouds"),
+    ("Swap the apple for an orange", "replace", "apple", "orange"),
+    ("Substitute the bicycle with a motorcycle.", "replace", "bicycle", "motorcycle"),
+    ("Change the cat into a tiger", "replace", "cat", "tiger"),
+    ("Transform the horse into a unicorn.", "replace", "horse", "unicorn"),
+    ("Make the dog a wolf", "replace", "dog", "wolf"),
+    ("the bus should be yellow", "attribute", "bus", "bus"),
+    ("Change the colour of the woman's dress to red.", "attribute", "dress", "dress"),
+    ("Recolor the door green", "attribute", "door", "door"),
+    ("Paint the fence white.", "attribute", "fence", "fence"),
+    ("Make the man smile", "attribute", "man", "man"),
+    ("Have the girl raise her hand.", "attribute", "girl", "girl"),
+    ("Make the flowers wilted", "attribute", "flowers", "flowers"),
+    ("Turn the photo into a Van Gogh painting", "global", None, None),
+    ("Convert the image to black and white.", "global", None, None),
+    ("Make it look like a watercolor painting", "global", None, None),
+    ("Apply a cartoon style to the whole image.", "global", None, None),
+    ("make it night", "global", None, None),
+    ("Remove the fog from the photo.", "global", None, None),
+    ("Increase the brightness of the image", "global", None, None),
+    ("Change the background to a snowy mountain.", "replace", "background", "snowy mountain"),
+    ("Replace the background with a city at night", "replace", "background", "city"),
+    ("Give the man a pair of sunglasses", "add", None, "sunglasses"),
+    ("Give the car a shiny chrome finish", "attribute", "car", "car"),
+    ("There should be a rainbow in the sky", "add", None, "rainbow"),
+    ("a cat wearing sunglasses", "add", None, "sunglasses"),
+    ("Change the season to autumn", "global", None, None),
+    ("Make the tree's leaves orange", "attribute", "leaves", "leaves"),
+    ("Change the hair of the girl to blonde", "attribute", "hair", "hair"),
+    ("Remove the man's glasses", "remove", "glasses", None),
+    ("Add snow", "global", None, None),
+    ("Replace the cup on the desk by a teapot.", "replace", "cup", "teapot"),
+    ("Make the car bigger", "attribute", "car", "car"),
+    ("Turn the lights off", "attribute", "lights", "lights"),
+    ("Change this mug to a glass.", "replace", "mug", "glass"),
+    ("Change the wall texture to brick", "attribute", "wall", "wall"),
+    ("Erase all the birds from the sky", "remove", "birds", None),
+    ("Add two ducks swimming in the pond.", "add", None, "ducks"),
+    ("Make the water frozen", "attribute", "water", "water"),
+    ("the dog should be removed", "remove", "dog", None),
+    ("Make the hedgehog in Italy.", "replace", "background", "italy"),
+    ("Replace the old man with a young boy", "replace", "old man", "young boy"),
+    ("Change the apples in the basket to pears", "replace", "apples", "pears"),
+    ("Render the scene in a cyberpunk style.", "global", None, None),
+    ("Sharpen the photo", "global", None, None),
+    ("Remove the rain streaks from the picture", "global", None, None),
+    ("Change the lighting to golden hour", "global", None, None),
+    # a second batch, written and run blind (4 concept misses on first run, fixed by general rules)
+    ("Add a red kite flying high in the sky above the trees.", "add", None, "red kite"),
+    ("Remove the lamp post standing on the left side of the street.", "remove", "lamp post", None),
+    ("Replace the wooden chair in the image with a modern office chair.", "replace", "wooden chair",
+     "modern office chair"),
+    ("Change the background of this photo to desert", "replace", "background", "desert"),
+    ("Transfer the image into a vibrant pop-art comic style.", "global", None, None),
+    ("replace horse with cow", "replace", "horse", "cow"),
+    ("Change this cup to red.", "attribute", "cup", "cup"),
+    ("Remove one banana.", "remove", "banana", None),
+    ("make the cat in Paris.", "replace", "background", "paris"),
+    ("add a crown on the dog head.", "add", None, "crown"),
+    ("Change the woman's hair color to pink.", "attribute", "hair", "hair"),
+    ("Change the material of the table to marble.", "attribute", "table", "table"),
+    ("Make the man raise both arms above his head.", "attribute", "man", "man"),
+    ("Change the beach setting in the picture to a snowy mountain landscape.", "replace", "background",
+     "snowy mountain"),
+    ("Change the city background from daytime to a starry night sky.", "replace", "background",
+     "starry night sky"),
+    ("Add a hot air balloon floating in the sky near the top of the image.", "add", None, "hot air balloon"),
+    ("Remove the boat sailing on the lake, keeping the water calm.", "remove", "boat", None),
+    ("Replace the cat sitting on the sofa with a small puppy.", "replace", "cat", "puppy"),
+    ("Change the T-shirt's color to green.", "attribute", "t-shirt", "t-shirt"),
+    ("Remove the three candles on the cake.", "remove", "candles", None),
+    ("Add a group of penguins walking on the ice.", "add", None, "penguins"),
+    ("replace the clock to a mirror.", "replace", "clock", "mirror"),
+    ("Change the surface of the table to glass.", "attribute", "table", "table"),
+    ("Make the woman look surprised.", "attribute", "woman", "woman"),
+    ("Change the person's expression to a smile.", "attribute", "person", "person"),
+    ("Add a couple sitting on the bench", "add", None, "couple"),
+    ("Change the sky to a sunset", "attribute", "sky", "sky"),
+]
+
+
+def test_dev_set_meets_the_thresholds():
+    if not DEV.is_file():
+        pytest.skip(f"no dev.jsonl at {DEV} (set SIGMA_SHARED)")
+    records = [json.loads(line) for line in DEV.read_text().splitlines() if line.strip()]
+    assert len(records) >= 100
+    result = score_parser(records, parse_rules)
+    assert result["n"] == len(records)
+    assert result["type_accuracy"] >= 0.97, result["errors"]
+    assert result["concept_match"] >= 0.85, result["errors"]
+
+
+@pytest.mark.parametrize("text,edit_type,source,target", HELD_OUT, ids=[c[0][:40] for c in HELD_OUT])
+def test_held_out_phrasings(text, edit_type, source, target):
+    p = parse_rules(text)
+    assert p.edit_type == edit_type, p
+    assert concept_match(p.source, source), p
+    assert concept_match(p.target, target), p
+
+
+def test_held_out_set_is_large_and_varied():
+    assert len(HELD_OUT) >= 30
+    assert {c[1] for c in HELD_OUT} == {"add", "remove", "replace", "attribute", "global"}
+
+
+@pytest.mark.parametrize("text", [None, "", "   ", "?!", "\n\t"])
+def test_no_instruction_gives_no_edit_type(text):
+    p = parse_instruction(text)
+    assert p.edit_type is None and p.source is None and p.target is None and p.is_empty
+
+
+def test_parse_shape_follows_the_edit_type():
+    assert parse_rules("add a dog").concepts() == {"original": None, "edited": "dog"}
+    assert parse_rules("remove the dog").concepts() == {"original": "dog", "edited": None}
+    assert parse_rules("replace the dog with a cat").concepts() == {"original": "dog", "edited": "cat"}
+    assert parse_rules("paint the door blue").concepts() == {"original": "door", "edited": "door"}
+    assert parse_rules("make it snowy").concepts() == {"original": None, "edited": None}
+
+
+def test_odd_text_never_raises_and_is_deterministic():
+    texts = ["add", "remove the", "replace with", "with with with", "a" * 900, "🙂 add a 🐱", "and and",
+             "change to", "make", "(((", "the the the cat", "Remove , , the dog"]
+    for text in texts:
+        first = parse_rules(text)
+        assert first == parse_rules(text)
+        assert first.edit_type in (None, "add", "remove", "replace", "attribute", "global")
+
+
+def test_concept_match_rules():
+    assert concept_match("skateboard", "giant skateboard")
+    assert concept_match("cube", "rubik's cube")
+    assert concept_match("forest", "forest environment")
+    assert concept_match("cherry", "cherries") and concept_match("people", "person")
+    assert concept_match(None, None)
+    assert not concept_match("red", "red bell pepper")
+    assert not concept_match("person riding skateboard", "person")
+    assert not concept_match("dog", None) and not concept_match(None, "dog")
+    assert normalize_concept("The two Pop-up Teddy Bears") == ("pop", "up", "teddy", "bear")
+
+
+def test_registry_did_you_mean():
+    with pytest.raises(UnknownNameError, match="Did you mean 'rules'"):
+        get_parser("rulez")
+
+
+def test_json_repair_reads_near_json():
+    assert repair_json('{edit_type: "replace", \'source\': "dog", target: None,}') == \
+        {"edit_type": "replace", "source": "dog", "target": None}
+    assert repair_json('Sure! {"edit_type": "add", "source": null, "target": "cat"} hope it helps') == \
+        {"edit_type": "add", "source": None, "target": "cat"}
+    assert repair_json('{"edit_type": "remove", "source": "boat"') == {"edit_type": "remove", "source": "boat"}
+    assert repair_json("{edit_type: global, source: none, target: none}") == \
+        {"edit_type": "global", "source": None, "target": None}
+    assert repair_json("no object here") is None
+
+
+def test_llm_answers_are_validated_and_fall_back_to_rules():
+    good = parse_answer('{"edit_type": "Replace", "source": "the dog", "target": "a white cat"}',
+                        "swap the dog for a cat")
+    assert (good.edit_type, good.source, good.target, good.fallback) == ("replace", "dog", "white cat", False)
+    attr = parse_answer('{"edit_type": "attribute", "source": "car", "target": "red"}', "turn the car red")
+    assert attr.source == attr.target == "car"            # attribute: the same object on both sides
+    for bad in ('{"edit_type": "make", "source": "snowy"}', "I cannot help", '{"edit_type": "add"}',
+                '{"edit_type": "replace", "source": 3}'):
+        p = parse_answer(bad, "replace the dog with a cat")
+        assert p.fallback and p.backend == "llm"
+        assert (p.edit_type, p.source, p.target) == ("replace", "dog", "cat")
+
+
+def test_cli_parse_one(capsys):
+    assert main(["parse", "replace the dog with a cat"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["edit_type"] == "replace" and out["source"] == "dog" and out["target"] == "cat"
+    assert out["backend"] == "rules" and out["fallback"] is False
+
+
+def test_cli_parse_file_scores_expected_fields(tmp_path, capsys):
+    f = tmp_path / "x.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"instruction": "add a cat", "edit_type": "add", "source": None, "target": "cat"},
+        {"instruction": "remove the dog", "edit_type": "remove", "source": "dog", "target": None},
+        {"instruction": "make it snowy", "edit_type": "replace", "source": "x", "target": "y"},
+    ]) + "\n")
+    out_file = tmp_path / "parses.jsonl"
+    assert main(["parse", "--file", str(f), "--show-errors", "--out", str(out_file)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["n"] == 3
+    assert summary["type_accuracy"] == pytest.approx(2 / 3, abs=1e-3)
+    assert summary["concept_match"] == pytest.approx(2 / 3, abs=1e-3)
+    assert "make it snowy" in captured.out                      # --show-errors lists the miss
+    assert "edit-type accuracy 66.7 %" in captured.err
+    assert len(out_file.read_text().splitlines()) == 3
+
+
+def test_cli_parse_file_plain_lines_prints_parses(tmp_path, capsys):
+    f = tmp_path / "plain.txt"
+    f.write_text("add a cat\n\nremove the dog\n")
+    assert main(["parse", "--file", str(f)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["edit_type"] for x in lines] == ["add", "remove"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["parse"], "nothing to parse"),
+    (["parse", "x", "--file", "y"], "not both"),
+    (["parse", "--file", "/no/such/file.jsonl"], "no such file"),
+    (["parse", "x", "--backend", "rulez"], "Did you mean"),
+    (["parse", "x" * 1001], "at most 1000"),
+    (["parse", "x", "--model", "m"], "--model applies"),
+    (["parse", "x", "--original", "a.png"], "go together"),
+])
+def test_cli_parse_bad_input_is_a_clear_error(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [") and message in err and "Traceback" not in err
+
+
+def test_cli_parse_bad_json_line(tmp_path, capsys):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"instruction": "add a cat"}\n{"instruction": \n')
+    assert main(["parse", "--file", str(f)]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
