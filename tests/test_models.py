@@ -85,6 +85,17 @@ def test_backward_reaches_every_trainable_parameter_and_frozen_stays_frozen(tiny
     model.zero_grad(set_to_none=True)
 
 
+def test_bf16_autocast_forward_and_backward(tiny):
+    """The GPU path runs under bf16 autocast; CPU autocast exercises the same dtype plumbing."""
+    name, model = tiny
+    a, b, prior, regions = _inputs(name, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.train()(a, b, prior=prior, edit_type="attribute", regions=regions)
+    assert torch.isfinite(out.logits.float()).all()
+    out.logits.float().mean().backward()
+    model.zero_grad(set_to_none=True)
+
+
 def test_save_load_roundtrip_is_exact(tiny, tmp_path):
     name, model = tiny
     model.eval()
