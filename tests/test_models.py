@@ -283,3 +283,21 @@ def test_dinov2_bare_safetensors_with_wrong_key_is_an_error(tmp_path):
     save_file(state, str(tmp_path / "dino" / "model.safetensors"))
     with pytest.raises(WeightsMismatchError, match="bogus"):
         build_model(_with_backbone(str(tmp_path / "dino")))
+
+
+def test_heads_only_file_gets_its_frozen_backbone_resolved(tmp_path):
+    """sigma-b ships 3.5 M trained parameters, not 90 M: the frozen DINOv2 is resolved at load time."""
+    from safetensors.torch import load_file
+
+    _tiny_dinov2().save_pretrained(tmp_path / "dino")
+    net = build_model(_with_backbone(str(tmp_path / "dino")))
+    save_model(net, tmp_path / "heads", include_frozen_backbone=False)
+    keys = load_file(str(tmp_path / "heads" / "model.safetensors")).keys()
+    assert keys and not any(k.startswith("backbone.model.") for k in keys)
+    loaded = load_model(tmp_path / "heads")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in net.state_dict().items())
+    (tmp_path / "dino").rename(tmp_path / "moved")
+    with pytest.raises(WeightsNotFoundError, match="dino"):
+        load_model(tmp_path / "heads")
+    again = load_model(tmp_path / "heads", backbone_weights=str(tmp_path / "moved"))
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())

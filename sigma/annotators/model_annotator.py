@@ -35,7 +35,8 @@ class ModelAnnotatorConfig(AnnotatorConfig):
     weights: str | None = Field(None, description="trained SigmaNet: a save_model folder or X.safetensors "
                                 "beside X.json; None = the weights embedded in the package")
     backbone_weights: str | None = Field(None, description="DINOv2 weights (local path or HF repo id) for "
-                                         "random_init=true; trained weights already hold the backbone")
+                                         "random_init=true and for trained files saved without their frozen "
+                                         "backbone")
     allow_download: bool = Field(False, description="let a missing backbone be downloaded from the Hub")
     random_init: bool = Field(False, description="explicit opt-in to random heads: tests and training only")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -128,12 +129,15 @@ class SigmaAnnotator(Annotator):
 
         preset = cfg.model or self.preset
         looked = []
+        def load(path):   # a heads-only file resolves its frozen backbone (backbone_weights > its config)
+            return load_model(path, allow_download=cfg.allow_download, backbone_weights=cfg.backbone_weights)
+
         if cfg.weights:
-            return load_model(cfg.weights), f"file {cfg.weights}"
+            return load(cfg.weights), f"file {cfg.weights}"
         looked.append("options.weights (not set)")
         embedded = embedded_weights(preset)
         if embedded_status(preset):
-            return load_model(embedded), f"embedded {embedded.name}"
+            return load(embedded), f"embedded {embedded.name}"
         looked.append(f"embedded {embedded} + {embedded.with_suffix('.json').name} (not in this install)")
         if cfg.random_init:
             mcfg = preset_config(preset)

@@ -61,10 +61,17 @@ def _self_contained(cfg: SigmaNetConfig, model: SigmaNet) -> SigmaNetConfig:
     return cfg
 
 
-def save_model(model: SigmaNet, path: str | Path) -> Path:
+BACKBONE_PREFIX = "backbone.model."
+
+
+def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bool = True) -> Path:
     """Write `path/config.json` + `path/model.safetensors`, or, for a path ending in `.safetensors`,
     that file + the same name with `.json` (the embedded layout: sigma/weights/sigma-lite.safetensors).
-    Atomic: files are written under temporary names and renamed, so a kill never leaves half a model."""
+
+    `include_frozen_backbone=False` leaves a frozen pretrained backbone out (sigma-b: 3.5 M trained
+    parameters instead of 90 M); `load_model` then resolves it from `backbone.weights` (local path >
+    HF cache > download if allowed). Atomic: files are written under temporary names and renamed, so a
+    kill never leaves half a model."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -72,11 +79,15 @@ def save_model(model: SigmaNet, path: str | Path) -> Path:
         (path / CONFIG_NAME, path / WEIGHTS_NAME)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     cfg = _self_contained(model.config, model)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    skip_backbone = not include_frozen_backbone and getattr(model.backbone, "frozen", False) \
+        and isinstance(cfg.backbone, Dinov2BackboneConfig)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+             if not (skip_backbone and k.startswith(BACKBONE_PREFIX))}
     tmp_w = weights_path.with_name(weights_path.name + ".tmp")
     save_file(state, str(tmp_w), metadata={"format": FORMAT})
     tmp_c = cfg_path.with_name(cfg_path.name + ".tmp")
-    tmp_c.write_text(json.dumps({"format": FORMAT, "version": 1, "config": cfg.model_dump(mode="json")}, indent=2))
+    tmp_c.write_text(json.dumps({"format": FORMAT, "version": 1, "backbone_in_file": not skip_backbone,
+                                 "config": cfg.model_dump(mode="json")}, indent=2))
     os.replace(tmp_w, weights_path)
     os.replace(tmp_c, cfg_path)
     return path
@@ -95,6 +106,11 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_config(path: str | Path) -> SigmaNetConfig:
+    return _read_saved(path)[0]
+
+
+def _read_saved(path: str | Path) -> tuple[SigmaNetConfig, bool]:
+    """(config, whether the weights file holds the backbone)."""
     cfg_path, _ = model_files(path)
     if not cfg_path.is_file():
         raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} (a saved model is a folder with "
@@ -105,15 +121,24 @@ def read_config(path: str | Path) -> SigmaNetConfig:
         raise ConfigError(f"{cfg_path}: not valid JSON ({exc})") from exc
     if data.get("format") != FORMAT:
         raise ConfigError(f"{cfg_path}: not a SigmaNet config (format {data.get('format')!r}, want {FORMAT!r})")
-    return make_config(data["config"])
+    return make_config(data["config"]), bool(data.get("backbone_in_file", True))
 
 
-def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") -> SigmaNet:
+def load_model(path: str | Path, *, map_location: str | torch.device = "cpu", allow_download: bool = False,
+               backbone_weights: str | None = None) -> SigmaNet:
+    """Strict load. A file saved without its frozen backbone gets it from `backbone_weights` or the
+    config's `backbone.weights`, through the usual resolution order."""
     cfg_path, weights_path = model_files(path)
-    cfg = read_config(path)
+    cfg, backbone_in_file = _read_saved(path)
     if not weights_path.is_file():
         raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
     state = load_safetensors(weights_path)
-    model = SigmaNet(cfg, pretrained=False)
+    if backbone_in_file:
+        model = SigmaNet(cfg, pretrained=False)
+    else:
+        if backbone_weights:
+            cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"weights": backbone_weights})})
+        model = SigmaNet(cfg, pretrained=True, allow_download=allow_download)
+        state = {**{k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)}, **state}
     strict_load(model, state, f"SigmaNet at {weights_path}")
     return model.to(map_location)
