@@ -1,8 +1,9 @@
 """Column names of the public editing corpora, so `--preset magicbrush` is all a user types.
 
-`id` may name several columns joined with "-" (MagicBrush: img_id + turn_index); when a preset's id
-columns are absent the pair id falls back to `<file>:<row>`. A list-valued instruction column
-(OmniEdit's `edited_prompt_list`) yields its first non-empty entry, so the choice is deterministic.
+`id` may name several columns joined with "+"; their values are joined with "-" (MagicBrush:
+img_id + turn_index). When a preset's id columns are absent the pair id falls back to `<file>:<row>`.
+A list-valued instruction column (OmniEdit's `edited_prompt_list`) yields its first non-empty entry,
+so the choice is deterministic.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("magicbrush", {"original": "source_img", "edited": "target_img", "instruction": "instruction",
-                          "mask": "mask_img", "id": "img_id,turn_index"},
+                          "mask": "mask_img", "id": "img_id+turn_index"},
            description="MagicBrush (osunlp/MagicBrush): multi-turn edits with a drawn mask"),
     Preset("instructpix2pix", {"original": "input_image", "edited": "edited_image", "instruction": "edit_prompt"},
            description="InstructPix2Pix samples (input_image / edited_image / edit_prompt)"),

@@ -1,6 +1,7 @@
 """Rows of a table (parquet, Arrow) → `SourceItem`s, given a role → column mapping."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,8 @@ from sigma.io.corpora.base import SourceItem, image_value, missing_columns_error
 
 
 def id_columns(columns: dict[str, str]) -> list[str]:
-    return [c.strip() for c in columns.get("id", "").split(",") if c.strip()]
+    """`id` may name several columns, joined by "+" (or "," in config files): img_id+turn_index."""
+    return [c.strip() for c in re.split(r"[+,]", columns.get("id", "")) if c.strip()]
 
 
 def check_schema(where: str, found: list[str], columns: dict[str, str], required: tuple[str, ...],
