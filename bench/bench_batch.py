@@ -184,8 +184,14 @@ def eval_run(shared: Path, work: Path) -> dict:
     from sigma.batch.layout import RunDir
     from sigma.report import build_report
 
+    from sigma.export.select import RowFilter, load_rows
+    from sigma.report.build import set_metrics
+
     report = build_report(out, out / "report.html", limit=60)
-    info = {**result, "status": RunDir(out).summary(), "report": report}
+    metrics = set_metrics(load_rows(out, RowFilter(include_errors=True)))
+    info = {**result, "status": RunDir(out).summary(), "report": {k: v for k, v in report.items() if k != "out"},
+            "metrics_pixel_diff": {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
+                                   for name, m in metrics.items()}}
     chromium = shutil.which("chromium")
     if chromium:
         shot = work / "review_eval_full.png"
@@ -229,7 +235,8 @@ def main() -> None:
         device = "cpu"
     result: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
                     "cpus": os.cpu_count(), "device": device, "python": platform.python_version(),
-                    "pairs_per_format": args.pairs, "image_size": args.size, "annotator": "pixel-diff"}
+                    "pairs_per_format": args.pairs, "image_size": args.size, "annotator": "pixel-diff",
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     t0 = time.perf_counter()
     corpora = make(data, args.pairs, args.size)
     result["corpus_build_s"] = round(time.perf_counter() - t0, 1)
@@ -241,6 +248,8 @@ def main() -> None:
     if not args.skip_model:
         result["model"] = model_compare(corpora["parquet"], work, args.model_pairs, args.workers, 8)
     result["eval_run"] = eval_run(shared, work)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["total_s"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     shutil.rmtree(work, ignore_errors=True)

@@ -56,7 +56,8 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
         for stale in (rundir.root / "shards").glob(".*.tmp"):   # left by a killed run; rewritten identically
             stale.unlink(missing_ok=True)
         done = sum(rundir.is_done(s, run_hash) for s in shards)
-        if done < len(shards) and not resume:
+        started = any(rundir.status(s) for s in shards)   # nothing written yet (e.g. the model failed to load)
+        if done < len(shards) and started and not resume:
             raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "
                              "to continue it", code="run_exists")
         return rundir, corpus, run_hash, shards

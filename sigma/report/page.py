@@ -15,6 +15,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:16px;background:#fafafa;color:#22
 h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:18px 0 6px}
 table{border-collapse:collapse;background:#fff} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}
+#run{max-width:100%} #run td{word-break:break-all}
 #controls{position:sticky;top:0;background:#fafafa;padding:8px 0;border-bottom:1px solid #ddd;z-index:1}
 #controls label{margin-right:14px}
 #gallery{display:flex;flex-wrap:wrap;gap:10px;margin-top:10px}
