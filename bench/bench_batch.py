@@ -182,9 +182,8 @@ def eval_run(shared: Path, work: Path) -> dict:
     result = batch_run({"path": str(data), "preset": None}, "pixel-diff", {}, out, None, 8, shard_size=1000,
                        ground_truth=True)
     from sigma.batch.layout import RunDir
-    from sigma.report import build_report
-
     from sigma.export.select import RowFilter, load_rows
+    from sigma.report import build_report
     from sigma.report.build import set_metrics
 
     report = build_report(out, out / "report.html", limit=60)
