@@ -52,7 +52,7 @@ wonderland fairyland underworld heaven
 """)
 WHOLE_IMAGE = _words("""
 image images photo photos photograph picture pictures pic it this everything scene whole overall shot
-frame view season weather time lighting atmosphere mood ambience ambiance palette
+view season weather time lighting atmosphere mood ambience ambiance palette
 """)
 # Degradations whose removal is a whole-image restoration (I2EBench low-level tasks)
 DEGRADATIONS = _words("""
@@ -91,7 +91,7 @@ multicoloured colorful colourful transparent translucent blonde blond brunette g
 """)
 COLOUR_MODIFIERS = _words("""
 dark light bright pale deep pastel neon vivid dull soft rich warm cool darker lighter brighter deeper
-paler vibrant muted hot baby sky royal navy forest lime
+paler vibrant muted hot royal
 """)
 MATERIALS = _words("""
 wooden wood metal metallic steel iron glass plastic stone marble brick concrete leather fabric cotton
@@ -107,7 +107,8 @@ sleepy awake crying laughing asleep damaged pristine faded tattered torn dented 
 bigger smaller larger taller shorter longer wider narrower thinner fatter thicker older younger happier
 sadder cleaner dirtier newer heavier lighter darker brighter deeper redder greener bluer whiter blacker
 round square oval triangular flat sharp dull soft hard bent twisted upside-down inverted mirrored
-elderly aged youthful ancient modern futuristic antique luminous illuminated
+elderly aged youthful ancient modern futuristic antique luminous illuminated clear clearer sharper crisp
+crisper warmer cooler colder hotter sunnier blurrier
 """)
 ATTRIBUTE_VALUE_NOUNS = _words("""
 color colour shade tone hue finish texture pattern material look style appearance version tan

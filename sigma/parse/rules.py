@@ -96,7 +96,8 @@ def _verb_kind(w: str) -> str | None:
 
 
 def _is_whole_image(ph: Phrase) -> bool:
-    return not ph.words or all(w in L.WHOLE_IMAGE for w in ph.words)
+    """No object, or one whose head is the picture itself ('it', 'the low-light image')."""
+    return not ph.words or ph.words[-1] in L.WHOLE_IMAGE or all(w in L.WHOLE_IMAGE for w in ph.words)
 
 
 def _has(words, vocab) -> bool:
@@ -194,7 +195,7 @@ def _parse_replace(toks, low, j, verb, end) -> Parse:
     if verb.startswith("substitut") and k is not None and low[k] == "for":
         obj, new = new, obj                               # "substitute a cat for the dog"
     source = obj.text
-    if _has(seg, L.BACKGROUND_WORDS) and obj.head in L.BACKGROUND_WORDS | L.SCENES | {"background"}:
+    if obj.head in L.BACKGROUND_WORDS:                   # a named object "in the background" stays itself
         source = "background"
     elif obj.saw_attribute and new is not None and _value_kind(low[k + 1:end]) == "value":
         return Parse("attribute", obj.text, obj.text, "replace-attribute")
@@ -319,6 +320,9 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
             return Parse("global", None, None, "let-there-be-weather")
         return Parse("add", None, obj.text, "let-there-be")
     x = extract_phrase(toks, j, stop_at_verbs=True)
+    if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
+            not _has(low[j:end], L.BACKGROUND_WORDS):
+        return Parse("global", None, None, verb + "-whole-image")      # "make the image clearer"
     x, tail = _split_trailing_values(x)
     if tail:
         return _inline(x, tail, low[j:x.end], verb + "-inline")
@@ -331,9 +335,10 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if k < end and low[k] in ("in", "at", "on") and _in_is_target(low, k, end, toks):
         y_start = _strip_connectors(low, k + 1)
         rest = low[y_start:end]
-        if _value_kind(rest) in ("value", "style", "weather"):
-            return _classify_change(toks, low, x, low[j:k], y_start, end, None, verb + "-in")
         ynp = extract_phrase(toks, y_start)
+        place = ynp.head in L.SCENES or ynp.head in L.WEATHER_NOUNS or ynp.proper
+        if not place and _value_kind(rest) in ("value", "style", "weather"):
+            return _classify_change(toks, low, x, low[j:k], y_start, end, None, verb + "-in")
         return Parse("replace", "background", ynp.text, verb + "-in-scene")
     if k < end and low[k] in ("into", "to", "as", "like", "look"):
         return _classify_change(toks, low, x, low[j:k], _strip_connectors(low, k + 1), end, None, verb + "-into")
