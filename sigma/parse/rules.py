@@ -131,6 +131,8 @@ def _value_kind(y: list[str]) -> str:
     if is_value_word(first):
         if not indefinite or all(is_value_word(w) for w in content):
             return "value"
+    if not indefinite and content[-1] in L.COLOURS:
+        return "value"                                   # "to autumn orange", "to sky blue"
     if not indefinite and (looks_participle(first) or first in ("left", "right", "up", "down", "around",
                                                                "sideways", "forward", "backward")):
         return "value"
