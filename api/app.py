@@ -30,8 +30,18 @@ from api.metrics import ApiMetrics, render
 from api.middleware import BodyLimit, RequestMetrics
 from api.requests import AnnotateJson, AnnotateOptions, Submission, parse_submission
 from sigma.errors import SigmaError
-from workers.jobs import ENQUEUE, FINISH, TERMINAL, Keys, decode_hash, enqueue_args, finish_args, job_fields, \
-    job_view, new_job_id
+from workers.jobs import (
+    ENQUEUE,
+    FINISH,
+    TERMINAL,
+    Keys,
+    decode_hash,
+    enqueue_args,
+    finish_args,
+    job_fields,
+    job_view,
+    new_job_id,
+)
 from workers.settings import ServeConfig, load_serve_config
 
 log = logging.getLogger("sigma.api")
@@ -111,15 +121,15 @@ class Service:
                        f"{self.cfg.limits.retry_after_s} s", {"Retry-After": str(self.cfg.limits.retry_after_s)})
 
     async def validate(self, sub: Submission) -> None:
-        from sigma.io import pair_from_bytes
+        from api.probe import check_pair
 
         try:
-            await anyio.to_thread.run_sync(pair_from_bytes, sub.original, sub.edited, sub.options.instruction,
-                                           self.io_config)
+            await anyio.to_thread.run_sync(check_pair, sub.original, sub.edited, sub.options.instruction,
+                                           self.io_config, self.cfg.api.upload_check == "full")
         except SigmaError:
             self.metrics.rejected.labels("invalid_input").inc()
             raise
-        except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile bytes is still the input's fault
+        except Exception as exc:
             log.warning("decoder raised %s on an upload", type(exc).__name__)
             self.metrics.rejected.labels("invalid_input").inc()
             raise ApiError(422, "image_unreadable", f"an image could not be decoded ({type(exc).__name__})"
@@ -259,7 +269,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 http, code = 409, "cancelled"
             elif code in WORKER_SIDE_FAILURES:
                 http, code = 500, "annotation_failed"
-            else:   # an input error the worker found (the API validated the same way, so rare)
+            else:   # an input error only a full decode finds (a truncated JPEG): same codes as the API's
                 http = errors.STATUS_BY_CODE.get(code, 422)
             return errors.error_response(http, code, err.get("message", "annotation failed"), job_id=job_id)
         return _accepted(job_id, status or "queued")

@@ -104,7 +104,7 @@ async def _multipart(request: Request, max_text_chars: int) -> Submission:
                                   max_part_size=max(4 * max_text_chars + 1024, 16_384))
     except StarletteHTTPException as exc:
         raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {exc.detail}") from exc
-    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types on garbage
+    except Exception as exc:
         raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed ({type(exc).__name__})"
                        ) from exc
     try:

@@ -7,7 +7,6 @@ crashes on one input would.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from pydantic import Field
 

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import numpy as np
@@ -71,7 +72,7 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.args, self.log = args, log
-        self._fh = open(log, "wb")
+        self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env, stdout=self._fh,
                                   stderr=subprocess.STDOUT, cwd=str(TESTS.parent))
 

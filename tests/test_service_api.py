@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
 from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
+
 from sigma import create_annotator
 from sigma.io import decode_rle, pair_from_bytes
 

@@ -6,7 +6,6 @@ import signal
 import time
 
 import pytest
-
 from servicekit import ServiceUnderTest, make_pair, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]

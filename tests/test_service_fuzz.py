@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
 
 from api.errors import KNOWN_CODES
-from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from servicekit import make_pair, png_bytes
+
 from sigma import create_annotator
 from sigma.errors import ConfigError
 from sigma.io import decode_rle, pair_from_bytes
@@ -185,7 +185,48 @@ def test_compose_file_structure():
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (v1) not installed")
 def test_docker_compose_config_validates():
-    out = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+    out = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], check=False,
                          env={"SIGMA_API_KEYS": "x", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+# -- the API's header check agrees with the library's full decode -------------------------------
+def _jpeg_rotated(h: int, w: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6                                      # stored sideways: turned 90 degrees on decode
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(buf, format="JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_header_check_gives_the_library_error_codes():
+    from api.probe import check_pair
+    from sigma.errors import SigmaError
+
+    io_cfg = ServeConfig().limits.io_config()
+    io_cfg.limits.max_pixels = 100_000
+    o, e = (png_bytes(a) for a in make_pair(48, 64, seed=1))
+    cases = {
+        "ok": (o, e, None), "truncated_png": (o, e[: len(e) // 2], None), "junk": (b"junk", e, None),
+        "empty": (o, b"", None), "too_many_pixels": (png_bytes(np.zeros((400, 400, 3), np.uint8)), e, None),
+        "aspect": (o, png_bytes(np.zeros((48, 20, 3), np.uint8)), None),
+        "rotated_exif": (_jpeg_rotated(64, 48), e, None),       # upright it is 48 x 64 like the edited
+        "instruction": (o, e, "x" * 1001),
+    }
+    for name, (a, b, instr) in cases.items():
+        want = got = None
+        try:
+            pair_from_bytes(a, b, instr, io_cfg)
+        except SigmaError as exc:
+            want = exc.code
+        try:
+            check_pair(a, b, instr, io_cfg)
+        except SigmaError as exc:
+            got = exc.code
+        assert got == want, (name, got, want)
+    assert check_pair(o, e, None, io_cfg) is None

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -117,15 +118,18 @@ class StreamQueue:
         batch = self.read(max_batch, max(1, block_ms))
         if not batch or max_wait_ms <= 0:
             return batch
+        # Polled, not XREADGROUP BLOCK: Redis 7.0 fires short BLOCK timeouts on its 100 ms cron tick
+        # (hz 10), so a 5 ms BLOCK can cost 100 ms. A non-blocking read every millisecond is exact.
         deadline = time.monotonic() + max_wait_ms / 1000.0
         while len(batch) < max_batch:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms < 1:
+            more = self.read(max_batch - len(batch), None)
+            if more:
+                batch += more
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
-            more = self.read(max_batch - len(batch), left_ms)
-            if not more:
-                break
-            batch += more
+            time.sleep(min(0.001, left))
         return batch
 
     def reclaim(self, count: int = 16) -> tuple[list[Entry], list[Entry]]:

@@ -18,7 +18,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -98,13 +98,17 @@ class ApiSettings(Strict):
     wait_timeout_s: float = Field(30.0, ge=0, description="POST /v1/annotate waits this long, then answers 202")
     max_wait_timeout_s: float = Field(120.0, ge=0)
     align: bool = Field(False, description="io.align for every pair (undo a small translation)")
+    upload_check: Literal["header", "full"] = Field(
+        "header", description="header: limits, format and aspect from the image headers "
+        "(fast; the worker decodes); full: also decode both images in the API before queueing")
 
 
 class WorkerSettings(Strict):
     annotator: str = "pixel-diff"
     options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
     max_batch_size: int = Field(8, ge=1)
-    max_wait_ms: int = Field(5, ge=0, description="after the first entry, wait this long to fill a batch")
+    max_wait_ms: int = Field(0, ge=0, description="after the first entry, wait this long for more; 0: take "
+                             "what is queued (under load batches fill while the previous batch runs)")
     consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
     plugins: list[str] = Field(default_factory=list, description="modules imported before building the "
                                "annotator, so third-party annotators can register themselves")

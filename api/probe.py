@@ -1,0 +1,63 @@
+"""A cheap pre-queue check of an uploaded pair: headers, limits, aspect, instruction — no pixel decode.
+
+The worker decodes the images anyway (`sigma.io.pair_from_bytes`); decoding them in the API too
+would double the cost of every request. So the API reads only what PIL parses in `Image.open`
+(format, size, EXIF orientation) plus PNG chunk CRCs (`verify`), and enforces the limits on that.
+Whenever this fast path has any doubt, it runs the full `pair_from_bytes`, so a bad upload still
+gets exactly the error code the library gives (the CLI's vocabulary). Damage only a full decode
+finds (a JPEG cut short) fails the job in the worker with the same codes (`image_unreadable`).
+"""
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from sigma.config.schema import IOConfig
+from sigma.io.geometry import check_aspect
+from sigma.io.images import SUPPORTED_FORMATS
+from sigma.io.pairs import check_instruction
+
+_SWAPS_AXES = (5, 6, 7, 8)     # EXIF orientations that turn the image by 90 degrees
+
+
+def _header_hw(data: bytes, io_config: IOConfig) -> tuple[int, int] | None:
+    """(height, width) as the decoder will see it, or None when only a full decode can judge."""
+    limits = io_config.limits
+    if not data or len(data) > limits.max_bytes:
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as img:
+            width, height = img.size
+            if width <= 0 or height <= 0 or width * height > limits.max_pixels:
+                return None
+            if img.format == "PNG":
+                # Pillow's getexif() on a PNG decodes the whole image to look for an eXIf chunk after
+                # the pixels; only a chunk before them (already in .info) is read here. The worker's
+                # decode applies either, and re-checks the aspect after turning the image upright.
+                exif = Image.Exif()
+                if img.info.get("exif"):
+                    exif.load(img.info["exif"])
+                orientation = exif.get(0x0112, 1)
+            else:
+                orientation = img.getexif().get(0x0112, 1)
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            with Image.open(io.BytesIO(data), formats=("PNG",)) as img:
+                img.verify()      # every chunk's CRC and the IEND: a truncated or damaged PNG
+    except Exception:  # noqa: BLE001 - any doubt goes to the full decode for the canonical error
+        return None
+    return (width, height) if orientation in _SWAPS_AXES else (height, width)
+
+
+def check_pair(original: bytes, edited: bytes, instruction: str | None, io_config: IOConfig,
+               full: bool = False) -> None:
+    """Raise the SigmaError `pair_from_bytes` would raise for this upload (header-level checks)."""
+    from sigma.io import pair_from_bytes
+
+    check_instruction(instruction, io_config.limits.max_instruction_chars)
+    hw_o = None if full else _header_hw(original, io_config)
+    hw_e = None if full or hw_o is None else _header_hw(edited, io_config)
+    if hw_o is None or hw_e is None:
+        pair_from_bytes(original, edited, instruction, io_config)
+        return
+    check_aspect(hw_o, hw_e, io_config.limits.max_aspect_change)
