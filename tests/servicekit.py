@@ -103,7 +103,8 @@ class Proc:
         self.p.wait(timeout=5)
 
     def output(self) -> str:
-        self._fh.flush()
+        if not self._fh.closed:
+            self._fh.flush()
         return self.log.read_text(errors="replace")[-4000:]
 
 

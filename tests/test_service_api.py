@@ -169,3 +169,20 @@ def test_readyz_metrics_and_openapi(svc):
             "/metrics"} <= set(spec["paths"])
     content = spec["paths"]["/v1/annotate"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(content)
+
+
+def test_sigma_serve_all_runs_api_and_one_worker(redis_server, tmp_path):
+    from servicekit import Proc, wait_until
+
+    s = ServiceUnderTest(redis_server, tmp_path)
+    proc = Proc(["serve", "all", "--port", str(s.port), "--log-level", "warning", *s.sets()], s.env,
+                tmp_path / "all.log")
+    try:
+        wait_until(lambda: s.http.get("/readyz").status_code == 200, 30, f"serve all ready\n{proc.output()}")
+        original, edited = make_pair(seed=9)
+        resp = s.submit(original, edited, path="/v1/annotate")
+        assert resp.status_code == 200 and resp.json()["status"] == "done"
+    finally:
+        assert proc.stop(timeout=20) == 0, proc.output()
+        s.http.close()
+    assert not redis_server.client().keys(f"{s.prefix}:worker:*")     # its worker exited cleanly too

@@ -113,3 +113,20 @@ def test_redis_restart_with_queued_jobs_and_readyz(svc):
     after = svc.submit(original, edited, path="/v1/annotate")
     assert after.status_code == 200 and after.json()["status"] == "done"
     assert worker.alive()
+
+
+def test_sigterm_finishes_the_batch_acks_and_exits_0(svc):
+    worker = svc.start_worker("slow-diff", ["worker.options={delay_ms: 700}", "worker.max_batch_size=4"])
+    ids = submit_many(svc, 3, "slow-diff")
+    wait_until(lambda: any(svc.raw_job(j).get("status") == "running" for j in ids), 15, "a batch in progress")
+    t0 = time.monotonic()
+    assert worker.stop(timeout=15) == 0
+    assert time.monotonic() - t0 < 10
+    finished = [j for j in ids if svc.raw_job(j)["status"] == "done"]
+    assert finished, "the batch in progress was not finished before exit"
+    r = svc.redis_server.client()
+    assert r.xpending(f"{svc.prefix}:stream:slow-diff", "sigma-workers")["pending"] == 0   # nothing held
+    assert not r.exists(f"{svc.prefix}:worker:{worker.consumer}")                         # heartbeat removed
+    svc.start_worker("slow-diff", ["worker.options={delay_ms: 0}"])
+    svc.wait_jobs(ids, 30)
+    assert_exactly_once(svc, ids, "slow-diff")

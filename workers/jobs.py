@@ -66,6 +66,15 @@ end
 return st
 """
 
+NOTE_ERROR = """
+-- KEYS: job; ARGV: error json. Only a live, unfinished job is touched (never re-created after expiry).
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'queued' or st == 'running' then
+  redis.call('HSET', KEYS[1], 'last_error', ARGV[1], 'status', 'queued')
+end
+return st
+"""
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -174,6 +183,7 @@ class JobStore:
         self.result_ttl_s = result_ttl_s
         self._finish = client.register_script(FINISH)
         self._start = client.register_script(START)
+        self._note = client.register_script(NOTE_ERROR)
 
     def load(self, job_ids: list[str]) -> list[tuple[dict[str, str], bytes | None, bytes | None]]:
         pipe = self.r.pipeline(transaction=False)
@@ -194,7 +204,8 @@ class JobStore:
         return int(self._finish(keys=keys, args=args))
 
     def note_error(self, job_id: str, error: dict) -> None:
-        self.r.hset(self.keys.job(job_id), "last_error", json.dumps(error))
+        """Record a failed attempt; the job goes back to `queued` until its entry is redelivered."""
+        self._note(keys=[self.keys.job(job_id)], args=[json.dumps(error)])
 
     def record_batch(self, annotator: str, batch_size: int, seconds: float) -> None:
         key = self.keys.metrics(annotator)

@@ -234,7 +234,6 @@ class Worker:
             self._dead_letter(entry, error)
         else:
             self.jobs.note_error(job_id, error)
-            self.r.hset(self.keys.job(job_id), "status", "queued")
 
 
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -100,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         if args.annotator:
             cmd += ["--annotator", args.annotator]
         worker = subprocess.Popen(cmd)
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler that was
+    # there before it; a no-op one lets us stop the worker and exit 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log)
     finally:
