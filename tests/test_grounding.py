@@ -6,17 +6,24 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-from sigma.errors import ConfigError, UnknownNameError, WeightsNotFoundError  # noqa: E402
-from sigma.grounding import (FLAG_GLOBAL, FLAG_NO_GROUNDING, FLAG_NO_INSTRUCTION, FLAG_NOTHING_FOUND,  # noqa: E402
-                             Region, build_grounder, compose_prior)
-from sigma.grounding.config import DetectorConfig, SegmenterConfig  # noqa: E402
-from sigma.grounding.detector import GroundingDinoDetector, concept_prompt  # noqa: E402
-from sigma.grounding.segmenter import BoxSegmenter, NativeSam2Segmenter, Sam2Segmenter  # noqa: E402
-from sigma.grounding.tiny import tiny_grounding_dino, tiny_sam2  # noqa: E402
-from sigma.models.weights import WeightsMismatchError  # noqa: E402
-from sigma.parse import parse_instruction  # noqa: E402
+from sigma.errors import ConfigError, UnknownNameError, WeightsNotFoundError
+from sigma.grounding import (
+    FLAG_GLOBAL,
+    FLAG_NO_GROUNDING,
+    FLAG_NO_INSTRUCTION,
+    FLAG_NOTHING_FOUND,
+    Region,
+    build_grounder,
+    compose_prior,
+)
+from sigma.grounding.config import DetectorConfig, SegmenterConfig
+from sigma.grounding.detector import GroundingDinoDetector, concept_prompt
+from sigma.grounding.segmenter import BoxSegmenter, NativeSam2Segmenter, Sam2Segmenter
+from sigma.grounding.tiny import tiny_grounding_dino, tiny_sam2
+from sigma.models.weights import WeightsMismatchError
+from sigma.parse import parse_instruction
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +154,10 @@ def test_box_segmenter_and_prior_composition():
 
 
 def test_native_sam2_adapter_without_the_package_is_a_clear_error():
-    pytest.importorskip  # the package is deliberately not installed here
-    try:
-        import sam2  # noqa: F401
-        pytest.skip("the native sam2 package is installed")
-    except Exception:
-        pass
+    import importlib.util
+
+    if importlib.util.find_spec("sam2") is not None:
+        pytest.skip("the native sam2 package is installed here")
     with pytest.raises(ConfigError, match="needs the `sam2` package"):
         NativeSam2Segmenter(SegmenterConfig(kind="native-sam2", weights="x.pt"))
 

@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from sigma.errors import WeightsNotFoundError  # noqa: E402
-from sigma.parse import get_parser  # noqa: E402
-from sigma.parse.tiny import tiny_qwen_vl  # noqa: E402
+from sigma.errors import WeightsNotFoundError
+from sigma.parse import get_parser
+from sigma.parse.tiny import tiny_qwen_vl
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,16 @@ edited, parses)` gives one `GroundingResult` per pair (prior at the pair's size,
 from sigma.grounding.base import GROUNDERS, Grounder, NoneGrounder, build_grounder, grounder_names
 from sigma.grounding.config import DetectorConfig, GroundingConfig, SegmenterConfig
 from sigma.grounding.prior import compose_prior, full_prior, uninformative_prior
-from sigma.grounding.types import (FLAG_GLOBAL, FLAG_NO_GROUNDING, FLAG_NO_INSTRUCTION, FLAG_NOTHING_FOUND,
-                                   UNINFORMATIVE, Detection, GroundingResult, Region)
+from sigma.grounding.types import (
+                                   FLAG_GLOBAL,
+                                   FLAG_NO_GROUNDING,
+                                   FLAG_NO_INSTRUCTION,
+                                   FLAG_NOTHING_FOUND,
+                                   UNINFORMATIVE,
+                                   Detection,
+                                   GroundingResult,
+                                   Region,
+)
 
 __all__ = ["FLAG_GLOBAL", "FLAG_NOTHING_FOUND", "FLAG_NO_GROUNDING", "FLAG_NO_INSTRUCTION", "GROUNDERS",
            "UNINFORMATIVE", "Detection", "DetectorConfig", "Grounder", "GroundingConfig", "GroundingResult",

@@ -3,15 +3,21 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from sigma.errors import ConfigError
 from sigma.grounding.config import GroundingConfig
 from sigma.grounding.prior import full_prior, uninformative_prior
-from sigma.grounding.types import (FLAG_GLOBAL, FLAG_NO_GROUNDING, FLAG_NO_INSTRUCTION, FLAG_NOTHING_FOUND,
-                                   GroundingResult)
+from sigma.grounding.types import (
+    FLAG_GLOBAL,
+    FLAG_NO_GROUNDING,
+    FLAG_NO_INSTRUCTION,
+    FLAG_NOTHING_FOUND,
+    GroundingResult,
+)
 from sigma.parse.types import ParsedInstruction
 from sigma.registry import Registry
 

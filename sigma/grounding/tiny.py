@@ -8,16 +8,23 @@ from __future__ import annotations
 from pathlib import Path
 
 # A small offline vocabulary: BERT's specials, '.', and words our tests ground.
-TINY_VOCAB = ("[PAD] [UNK] [CLS] [SEP] [MASK] . , a an the of and cat dog car person man woman tree bird hat "
-              "boat sky house chair table cup background red blue green square circle object").split()
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a", "an", "the", "of", "and", "cat", "dog", "car", "person", "man", "woman", "tree", "bird", "hat", "boat", "sky", "house", "chair", "table", "cup", "background", "red", "blue", "green", "square", "circle", "object"]
 
 
 def tiny_grounding_dino(folder: str | Path | None = None, seed: int = 0, image_size: int = 128):
     """(model, processor) with a 1-layer BERT text encoder and a 4-stage Swin of width 16."""
-    import torch
-    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessorPil, GroundingDinoProcessor, SwinConfig)
     import tempfile
+
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessorPil,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
 
     with tempfile.TemporaryDirectory() as vocab_dir:
         # BertTokenizerFast(vocab_file=...) ignores the file in transformers 5; from_pretrained(dir) reads it.
@@ -47,8 +54,14 @@ def tiny_grounding_dino(folder: str | Path | None = None, seed: int = 0, image_s
 def tiny_sam2(folder: str | Path | None = None, seed: int = 0, image_size: int = 64):
     """A Sam2Model with a 5-block Hiera of width 16 (image_size must be a multiple of 32)."""
     import torch
-    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2Model,
-                              Sam2PromptEncoderConfig, Sam2VisionConfig)
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
 
     s = image_size
     backbone = Sam2HieraDetConfig(hidden_size=16, num_attention_heads=1, image_size=[s, s],

@@ -27,5 +27,14 @@ def parse_instruction(text: str | None, backend: str = "rules", **kw: Any) -> Pa
     return parser(text, **call_kw)
 
 
-__all__ = ["EDIT_TYPES", "EditType", "PARSERS", "ParsedInstruction", "concept_match", "get_parser",
-           "normalize_concept", "parse_instruction", "parser_names"]
+__all__ = [
+    "EDIT_TYPES",
+    "PARSERS",
+    "EditType",
+    "ParsedInstruction",
+    "concept_match",
+    "get_parser",
+    "normalize_concept",
+    "parse_instruction",
+    "parser_names",
+]

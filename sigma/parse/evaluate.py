@@ -8,7 +8,8 @@ modifiers more or less after dropping articles, counts, size words and generic s
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sigma.parse.phrases import concept_match
 from sigma.parse.types import ParsedInstruction

@@ -80,7 +80,7 @@ class Phrase:
         return self.words[-1] if self.words else None
 
 
-_PRONOUNS = frozenset("him her them it himself herself itself themselves me us you".split())
+_PRONOUNS = frozenset(["him", "her", "them", "it", "himself", "herself", "itself", "themselves", "me", "us", "you"])
 
 
 def _next_word(toks: list[str], j: int) -> str | None:

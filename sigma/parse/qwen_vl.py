@@ -79,7 +79,7 @@ class QwenVLParser:
     def _images(self, images) -> list:
         pil = [_to_pil(im) for im in images]
         if self.use_qwen_vl_utils:
-            from qwen_vl_utils import process_vision_info   # imports torchvision: only on request
+            from qwen_vl_utils import process_vision_info  # imports torchvision: only on request
 
             pil, _ = process_vision_info([{"role": "user", "content": [{"type": "image", "image": im}
                                                                         for im in pil]}])

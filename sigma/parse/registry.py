@@ -1,7 +1,8 @@
 """Parser backends by name, with the same did-you-mean lookup as the annotator registry."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sigma.registry import Registry
 

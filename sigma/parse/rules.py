@@ -15,8 +15,15 @@ import re
 from dataclasses import dataclass
 
 from sigma.parse import lexicon as L
-from sigma.parse.phrases import (Phrase, extract_phrase, is_action_form, is_value_word, is_word,
-                                 looks_participle, tokenize)
+from sigma.parse.phrases import (
+    Phrase,
+    extract_phrase,
+    is_action_form,
+    is_value_word,
+    is_word,
+    looks_participle,
+    tokenize,
+)
 from sigma.parse.registry import register_parser
 from sigma.parse.types import ParsedInstruction
 
@@ -149,8 +156,6 @@ def _strip_connectors(low: list[str], j: int) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def _parse_remove(toks, low, j, verb) -> Parse:
-    if low[j:j + 2] in (["rid", "of"],) or (verb == "get" and low[j:j + 2] == ["rid", "of"]):
-        j += 2
     if j < len(low) and low[j] in ("away", "out", "off", "up"):
         j += 1
     obj = extract_phrase(toks, j)
@@ -192,7 +197,6 @@ def _parse_replace(toks, low, j, verb, end) -> Parse:
         j += 1
     obj = extract_phrase(toks, j)
     k = _find(low, obj.end, end, ("with", "by", "to", "into", "for", "using"))
-    seg = low[j:k if k is not None else end]
     new = extract_phrase(toks, k + 1) if k is not None else None
     if verb.startswith("substitut") and k is not None and low[k] == "for":
         obj, new = new, obj                               # "substitute a cat for the dog"
@@ -210,9 +214,7 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     """X (the object) becomes Y: decide the edit type from what Y is."""
     y = low[y_start:end] if y_start is not None else []
     kind = _value_kind(y)
-    ynp = extract_phrase(toks, y_start) if y_start is not None else None
-    if ynp is not None and ynp.end > end:
-        ynp.words = ynp.words[: max(0, len(ynp.words) - (ynp.end - end))]
+    ynp = extract_phrase(toks[:end], y_start) if y_start is not None else None
     bg_in_x = _has(seg, L.BACKGROUND_WORDS)
     bg = bg_in_x or kind == "scene" or (a is not None and (a.head in L.SCENES or _has(a.words, L.BACKGROUND_WORDS)))
     whole = _is_whole_image(x) and not bg_in_x
@@ -539,7 +541,6 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
     sentences = [s for s in _SENTENCE_SPLIT.split(" ".join(text.split())) if any(c.isalnum() for c in s)]
-    first_guess: Parse | None = None
     for sentence in sentences:
         parse = _parse_sentence(sentence)
         if parse is not None:
@@ -549,11 +550,11 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     toks = _strip_fillers(tokenize(sentences[0])) if sentences else []
     phrase = extract_phrase(toks, 0) if toks else None
     if phrase is not None and phrase.words and not _is_whole_image(phrase):
-        first_guess = Parse("add", None, phrase.text, "default-add")
+        guess = Parse("add", None, phrase.text, "default-add")
     else:
-        first_guess = Parse("global", None, None, "default-global")
-    return ParsedInstruction(instruction=text, edit_type=first_guess.edit_type, source=first_guess.source,
-                             target=first_guess.target, backend="rules", rule=first_guess.rule)
+        guess = Parse("global", None, None, "default-global")
+    return ParsedInstruction(instruction=text, edit_type=guess.edit_type, source=guess.source,
+                             target=guess.target, backend="rules", rule=guess.rule)
 
 
 @register_parser("rules", "deterministic verb/pattern rules + noun phrases; no weights (default)")
