@@ -29,8 +29,19 @@ type cluster row swarm school pack bouquet collection series stack bundle heap
 ATTRIBUTE_NOUNS = _words("""
 color colour colors colours texture textures material materials shade hue tone tint pattern finish
 appearance look surface exterior fur hull facade façade wall walls shell skin paint paintwork coat
-coating expression pose posture hairstyle
+coating expression pose posture hairstyle gesture stance
 """)
+# Attribute nouns of a body: an edit of these is an "action" edit of a person (ImgEdit `action`)
+BODY_ATTRIBUTES = _words("expression pose posture gesture stance")
+# People: the concept of an action edit is "person" whoever does it (the dataset's convention, and
+# the class a detector knows best)
+HUMAN_NOUNS = _words("""
+person people man men woman women boy boys girl girls child children kid kids baby babies lady ladies
+gentleman guy guys player players human humans individual figure he she they him her teenager teen
+toddler adult adults worker athlete
+""")
+DEGRADATION_PHRASES = frozenset({"low light", "poor light", "poor lighting", "bad lighting", "motion blur",
+                                 "rain streaks", "jpeg artifacts", "compression artifacts", "low-light"})
 # "the entire face of the cube", "the top of the desk" -> the owner (a part that is the owner's surface)
 PART_OF_NOUNS = _words("face side sides top front back body outside")
 # Scene wording that names the background rather than an object

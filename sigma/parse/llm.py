@@ -129,7 +129,7 @@ class LLMParser:
             kw = {"gguf_file": gguf_file} if gguf_file else {}
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
             model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
-                                                         torch_dtype=torch.float32, **kw)
+                                                         dtype=torch.float32, **kw)
         if tokenizer is None:
             raise ValueError("LLMParser: a model object needs its tokenizer")
         if getattr(tokenizer, "chat_template", None) is None:

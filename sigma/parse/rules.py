@@ -159,7 +159,8 @@ def _parse_remove(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("away", "out", "off", "up"):
         j += 1
     obj = extract_phrase(toks, j)
-    if obj.head in L.DEGRADATIONS or _has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2:
+    if obj.head in L.DEGRADATIONS or (_has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2) or \
+            obj.text in L.DEGRADATION_PHRASES:
         return Parse("global", None, None, "remove-degradation")
     if not obj.words:
         return Parse("remove", None, None, "remove-empty")
@@ -220,7 +221,8 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     whole = _is_whole_image(x) and not bg_in_x
     if x.saw_attribute and not whole and kind in ("value", "none", "weather", "thing"):
         if kind != "thing" or not bg:
-            return Parse("attribute", x.text, x.text, rule + "-attribute-noun")
+            who = _actor(x) if _has(seg, L.BODY_ATTRIBUTES) or _has(x.seen, L.BODY_ATTRIBUTES) else x.text
+            return Parse("attribute", who, who, rule + "-attribute-noun")
     if bg and kind not in ("value", "style"):
         if whole and kind == "weather":
             return Parse("global", None, None, rule + "-weather")
@@ -247,6 +249,12 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
         return Parse("attribute", obj.text, obj.text, "turn-on-off") if obj.words else \
             Parse("global", None, None, "turn-on-off-image")
     x = extract_phrase(toks, j, stop_at_verbs=True)
+    if x.head in L.GLOBAL_ADJUSTMENTS and x.head not in L.ATTRIBUTE_NOUNS:
+        # "adjust the brightness (of the image)" is global; "... of the sky" is the sky's attribute
+        owner = extract_phrase(toks, x.end + 1) if x.end < end and low[x.end] == "of" else None
+        if owner is None or _is_whole_image(owner):
+            return Parse("global", None, None, "change-global-adjustment")
+        return Parse("attribute", owner.text, owner.text, "change-adjust-object")
     x, y_inline = _split_trailing_values(x)
     if y_inline:
         return _inline(x, y_inline, low[j:x.end], "change-inline")
@@ -309,10 +317,20 @@ def _parse_after_subject(toks, low, x: Phrase, k: int, end: int, rule: str) -> P
     if w in L.BE_VERBS or (w in ("turn", "turns", "turned", "get", "gets") and k + 1 < end
                            and (low[k + 1] in ("into", "to") or is_value_word(low[k + 1]))):
         y_start = _strip_connectors(low, k + 1)
-        return _classify_change(toks, low, x, low[:k], y_start, end, None, rule + "-be")
+        parse = _classify_change(toks, low, x, low[:k], y_start, end, None, rule + "-be")
+        if w in ("look", "looks", "appear", "appears", "seem", "seems") and parse.edit_type == "attribute":
+            who = _actor(x)                              # "make the woman look surprised": an expression
+            return Parse("attribute", who, who, parse.rule)
+        return parse
     if _is_whole_image(x):
         return Parse("global", None, None, rule + "-whole-image-action")
-    return Parse("attribute", x.text, x.text, rule + "-action")
+    who = _actor(x)
+    return Parse("attribute", who, who, rule + "-action")
+
+
+def _actor(x: Phrase) -> str | None:
+    """The concept of a pose/expression/action edit: 'person' for any human, else the object."""
+    return "person" if x.head in L.HUMAN_NOUNS else x.text
 
 
 def _parse_make(toks, low, j, verb, end) -> Parse:
@@ -353,6 +371,10 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
             return Parse("global", None, None, verb + "-whole-image")
     if x.words and all(is_value_word(w) or w in L.WEATHER for w in x.words):
         return Parse("global", None, None, verb + "-bare-value")
+    # "make the boy in the image | wave his hand": a verb after the subject's location clause
+    for q in range(k, end):
+        if low[q] in L.ACTION_VERBS or low[q] in L.WEAR_VERBS or low[q] in L.BE_VERBS:
+            return _parse_after_subject(toks, low, x, q, end, verb)
     return _classify_change(toks, low, x, low[j:k], None, end, None, verb)
 
 
