@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu_count": os.cpu_count(), "machine": platform.machine(),
                     "gpu": torch.cuda.get_device_name(device) if cuda else None,
                     "note": "random weights; throughput does not depend on them",
-                    "loadavg_before": [round(v, 2) for v in os.getloadavg()]}
+                    "loadavg_before": [round(v, 2) for v in os.getloadavg()], "nice": os.nice(0)}
     if not args.skip_lite:
         result["sigma_lite_cpu_512"] = bench_sigma_lite(args.iters or 5)
         print(json.dumps(result["sigma_lite_cpu_512"], indent=1), flush=True)

@@ -116,7 +116,7 @@ def test_embedded_and_explicit_weights_are_loaded_exactly(no_embedded, tmp_path)
     model = build_model("tiny-lite")
     save_model(model, tmp_path / "saved")
     # explicit path
-    ann = create_annotator("sigma-lite", model="tiny-lite", weights=str(tmp_path / "saved"))
+    ann = create_annotator("sigma-lite", model="tiny-lite", weights=str(tmp_path / "saved"), fuse_batchnorm=False)
     assert ann.weights_source.startswith("file")
     assert all(torch.equal(v, ann.model.state_dict()[k]) for k, v in model.state_dict().items())
     # the embedded layout: sigma/weights/<preset>.safetensors + <preset>.json
@@ -125,10 +125,13 @@ def test_embedded_and_explicit_weights_are_loaded_exactly(no_embedded, tmp_path)
     (tmp_path / "saved" / "config.json").rename(no_embedded / "sigma-lite.json")
     entry = {e.name: e for e in list_annotators()}["sigma-lite"]
     assert entry.weights_status() == "embedded (sigma/weights/sigma-lite.safetensors)"
-    ann = create_annotator("sigma-lite")
+    ann = create_annotator("sigma-lite", fuse_batchnorm=False)
     assert ann.weights_source == "embedded sigma-lite.safetensors"
     assert all(torch.equal(v, ann.model.state_dict()[k]) for k, v in model.state_dict().items())
-    assert ann.predict(_pairs()[:1])[0].prob.shape == (70, 90)
+    prob = ann.predict(_pairs()[:1])[0].prob
+    assert prob.shape == (70, 90)
+    fused = create_annotator("sigma-lite")          # BatchNorm folded by default: same answer
+    assert np.allclose(fused.predict(_pairs()[:1])[0].prob, prob, atol=1e-4)
 
 
 def test_working_size():

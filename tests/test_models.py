@@ -301,3 +301,25 @@ def test_heads_only_file_gets_its_frozen_backbone_resolved(tmp_path):
         load_model(tmp_path / "heads")
     again = load_model(tmp_path / "heads", backbone_weights=str(tmp_path / "moved"))
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())
+
+
+def test_fuse_batchnorm_keeps_outputs(tiny):
+    import copy
+
+    from sigma.models.fuse import fuse_batchnorm
+
+    name, model = tiny
+    model.train()
+    a, b, prior, regions = _inputs(name, seed=4)
+    with torch.no_grad():
+        for _ in range(3):          # non-trivial running statistics
+            model(a, b)
+    model.eval()
+    fused = fuse_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        ref = model(a, b, prior, "add", regions).logits
+        got = fused(a, b, prior, "add", regions).logits
+    assert torch.allclose(ref, got, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="eval"):
+        fuse_batchnorm(copy.deepcopy(model).train())

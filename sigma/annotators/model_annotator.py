@@ -41,6 +41,7 @@ class ModelAnnotatorConfig(AnnotatorConfig):
     random_init: bool = Field(False, description="explicit opt-in to random heads: tests and training only")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
+    fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the convolutions (inference only)")
     batch_size: int | None = Field(None, ge=1, description="pairs per forward; None = 16 on CUDA, 2 on CPU "
                                    "(larger CPU batches only add cache misses)")
     image_size: int | None = Field(None, ge=28, description="working size override (long side)")
@@ -112,6 +113,10 @@ class SigmaAnnotator(Annotator):
         self.torch = torch
         self.model, self.weights_source = self._load_model(cfg)
         self.model.eval()
+        if cfg.fuse_batchnorm:
+            from sigma.models.fuse import fuse_batchnorm
+
+            fuse_batchnorm(self.model)
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
                                    else cfg.device)
         self.model.to(self.device)
