@@ -83,10 +83,10 @@ def test_end_to_end_parser_boxes_masks_prior(grounder):
     assert len(extra["grounding"]["regions"]) == len(replace.regions)
 
 
-def test_nothing_found_gives_uninformative_prior_and_flag(tiny_dirs):
-    gd, sam = tiny_dirs
-    g = build_grounder("gdino-sam2", detector={"weights": str(gd), "box_threshold": 1.0},
-                       segmenter={"weights": str(sam)}, device="cpu")
+def test_nothing_found_gives_uninformative_prior_and_flag(grounder):
+    strict = GroundingDinoDetector(DetectorConfig(box_threshold=1.0), model=grounder.detector.model,
+                                   processor=grounder.detector.processor, device="cpu")
+    g = build_grounder("gdino-sam2", detector_obj=strict, segmenter_obj=grounder.segmenter)
     o, e = _pair()
     res = g.ground(o, e, parse_instruction("remove the dog"))
     assert res.flag == FLAG_NOTHING_FOUND and not res.regions and np.all(res.prior == 0.5)
