@@ -157,9 +157,13 @@ class Service:
                     return existing.decode(), False, sub.options
         fields = job_fields(job_id, annotator, principal.name, sub.options.instruction, sub.options.threshold,
                             list(dict.fromkeys(sub.options.outputs)))
-        keys, args = enqueue_args(self.keys, job_id, fields, sub.original, sub.edited,
-                                  self.cfg.limits.max_queue_length, self.cfg.queue.job_ttl_s)
-        if not await self.enqueue_script(keys=keys, args=args):
+        ttl = self.cfg.queue.job_ttl_s
+        keys, args = enqueue_args(self.keys, job_id, fields, self.cfg.limits.max_queue_length, ttl)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(keys[2], sub.original, ex=ttl)
+        pipe.set(keys[3], sub.edited, ex=ttl)
+        await self.enqueue_script(keys=keys, args=args, client=pipe)
+        if not (await pipe.execute())[-1]:
             if idem_key:
                 await self.r.delete(idem_key)
             self.reject_full()

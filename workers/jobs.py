@@ -11,8 +11,8 @@ Keys (all under `redis.key_prefix`, `P` below):
     P:idem:<owner>:<key>      idempotency key → job id
     P:metrics:<annotator>     worker histograms (batch size, inference latency), HINCRBY'd per batch
 
-`ENQUEUE` stores the job and adds the stream entry in one script, so a 429 (queue full) leaves
-nothing behind. `FINISH` stores a result only if the job has none yet: a job reclaimed after its
+`ENQUEUE` (in one MULTI with the SETs of the images) stores the job and adds the stream entry, or
+deletes the images when the queue is full, so a 429 leaves nothing behind. `FINISH` stores a result only if the job has none yet: a job reclaimed after its
 first worker died just after storing is acknowledged, not stored twice (`completions` stays 1).
 """
 from __future__ import annotations
@@ -28,15 +28,17 @@ JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
 
 ENQUEUE = """
--- KEYS: stream, job, blob original, blob edited
--- ARGV: max_len, ttl_s, original bytes, edited bytes, job id, field, value, ...
+-- Runs in the same MULTI right after the two SETs of the images (large values travel as plain SET
+-- arguments: passing them through a script's ARGV costs ~4x more).
+-- KEYS: stream, job, blob original, blob edited; ARGV: max_len, ttl_s, job id, field, value, ...
 local limit = tonumber(ARGV[1])
-if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return false end
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
-redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then
+  redis.call('DEL', KEYS[3], KEYS[4])
+  return false
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-return redis.call('XADD', KEYS[1], '*', 'job', ARGV[5])
+return redis.call('XADD', KEYS[1], '*', 'job', ARGV[3])
 """
 
 FINISH = """
@@ -123,13 +125,14 @@ def job_fields(job_id: str, annotator: str, owner: str, instruction: str | None,
             "completions": "0"}
 
 
-def enqueue_args(keys: Keys, job_id: str, fields: dict[str, str], original: bytes, edited: bytes,
-                 max_len: int, ttl_s: int) -> tuple[list[str], list[Any]]:
+def enqueue_args(keys: Keys, job_id: str, fields: dict[str, str], max_len: int, ttl_s: int
+                 ) -> tuple[list[str], list[Any]]:
+    """Keys and args of ENQUEUE; the caller SETs `keys.blob(job_id, part)` (EX ttl_s) in the same MULTI."""
     flat: list[Any] = []
     for k, v in fields.items():
         flat += [k, v]
     return ([keys.stream(fields["annotator"]), keys.job(job_id), keys.blob(job_id, "original"),
-             keys.blob(job_id, "edited")], [max_len, ttl_s, original, edited, job_id, *flat])
+             keys.blob(job_id, "edited")], [max_len, ttl_s, job_id, *flat])
 
 
 def finish_args(keys: Keys, job_id: str, status: str, result: dict | None, error: dict | None, ttl_s: int,

@@ -136,7 +136,8 @@ def _parse_key_list(text: str, hashed: bool, source: str) -> list[dict]:
         if not secret:
             raise ConfigError(f"{source}: entry {n + 1} has an empty key")
         digest = secret.lower() if hashed else hash_key(secret)
-        entry: dict[str, Any] = {"name": f"{source.lower()}[{n}]", "sha256": digest}
+        # The name is the job owner: derived from the digest, so reordering the list keeps owners stable.
+        entry: dict[str, Any] = {"name": f"key-{digest[:12]}", "sha256": digest}
         if scopes:
             entry["scopes"] = [s for s in scopes.split("+") if s]
         keys.append(entry)
