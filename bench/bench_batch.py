@@ -123,16 +123,27 @@ def batch_run(corpus_info: dict, annotator_name: str, options: dict, out: Path, 
             "batch_size": batch_size, "ground_truth_scored": ground_truth}
 
 
-def compare_formats(corpora: dict, work: Path, annotator_name: str, workers: int, batch_size: int) -> dict:
+def compare_formats(corpora: dict, work: Path, annotator_name: str, workers: int, batch_size: int,
+                    repeats: int) -> dict:
+    """Batch run and plain loop alternate `repeats` times per format; medians are reported, because other
+    processes on a shared machine move single timings by ±50 %."""
     annotator = sigma.create_annotator(annotator_name)
     out = {}
     for name, info in corpora.items():
-        batch = batch_run(info, annotator_name, {}, work / f"run-{name}", workers, batch_size)
-        loop = plain_loop(info, annotator, work / f"loop-{name}.jsonl")
-        out[name] = {"batch_run": batch, "plain_loop": loop,
-                     "speedup": round(batch["pairs_per_s"] / loop["pairs_per_s"], 3)}
-        print(f"{name:8s} batch {batch['pairs_per_s']:8.1f} pairs/s   loop {loop['pairs_per_s']:8.1f} pairs/s   "
-              f"x{out[name]['speedup']}", flush=True)
+        batches, loops = [], []
+        for _ in range(repeats):
+            batches.append(batch_run(info, annotator_name, {}, work / f"run-{name}", workers, batch_size))
+            loops.append(plain_loop(info, annotator, work / f"loop-{name}.jsonl"))
+        b = statistics.median(r["pairs_per_s"] for r in batches)
+        l_ = statistics.median(r["pairs_per_s"] for r in loops)
+        ratios = [x["pairs_per_s"] / y["pairs_per_s"] for x, y in zip(batches, loops)]
+        out[name] = {"batch_run": {**batches[0], "pairs_per_s_median": b,
+                                   "pairs_per_s_all": [r["pairs_per_s"] for r in batches]},
+                     "plain_loop": {**loops[0], "pairs_per_s_median": l_,
+                                    "pairs_per_s_all": [r["pairs_per_s"] for r in loops]},
+                     "speedup_median": round(b / l_, 3), "speedup_per_repeat": [round(r, 3) for r in ratios]}
+        print(f"{name:8s} batch {b:8.1f} pairs/s   loop {l_:8.1f} pairs/s   x{out[name]['speedup_median']} "
+              f"(per repeat {out[name]['speedup_per_repeat']})", flush=True)
     return out
 
 
@@ -158,7 +169,7 @@ def long_run(corpus_info: dict, work: Path, workers: int, batch_size: int) -> di
             "rss_growth_mb_per_1000_pairs_second_half": round(slope / pairs_per_s * 1000, 3) if pairs_per_s else None}
 
 
-def model_compare(corpus_info: dict, work: Path, pairs: int, workers: int, batch_size: int) -> dict:
+def model_compare(corpus_info: dict, work: Path, pairs: int, workers: int, batch_size: int, repeats: int) -> dict:
     """sigma-lite with random heads (explicit opt-in): batching matters once inference is not trivial."""
     options = {"random_init": True, "image_size": 128}
     try:
@@ -167,11 +178,19 @@ def model_compare(corpus_info: dict, work: Path, pairs: int, workers: int, batch
         return {"skipped": f"sigma-lite could not be built: {exc.message}"}
     sub = work / f"model-corpus-{pairs}"
     info = make(sub, pairs, corpus_info["size"], ["parquet"])["parquet"]
-    batch = batch_run(info, "sigma-lite", options, work / "run-model", workers, batch_size, shard_size=100)
-    loop = plain_loop(info, annotator, work / "loop-model.jsonl")
-    print(f"sigma-lite batch {batch['pairs_per_s']:.2f} pairs/s  loop {loop['pairs_per_s']:.2f} pairs/s", flush=True)
-    return {"annotator": "sigma-lite", "options": options, "batch_run": batch, "plain_loop": loop,
-            "speedup": round(batch["pairs_per_s"] / loop["pairs_per_s"], 3)}
+    batches, loops = [], []
+    for _ in range(repeats):
+        batches.append(batch_run(info, "sigma-lite", options, work / "run-model", workers, batch_size,
+                                 shard_size=100))
+        loops.append(plain_loop(info, annotator, work / "loop-model.jsonl"))
+    b = statistics.median(r["pairs_per_s"] for r in batches)
+    l_ = statistics.median(r["pairs_per_s"] for r in loops)
+    ratios = [round(x["pairs_per_s"] / y["pairs_per_s"], 3) for x, y in zip(batches, loops)]
+    print(f"sigma-lite batch {b:.2f} pairs/s  loop {l_:.2f} pairs/s  per repeat {ratios}", flush=True)
+    return {"annotator": "sigma-lite", "options": options, "pairs": pairs,
+            "batch_run": {**batches[0], "pairs_per_s_median": b, "pairs_per_s_all": [r["pairs_per_s"] for r in batches]},
+            "plain_loop": {**loops[0], "pairs_per_s_median": l_, "pairs_per_s_all": [r["pairs_per_s"] for r in loops]},
+            "speedup_median": round(b / l_, 3), "speedup_per_repeat": ratios}
 
 
 def eval_run(shared: Path, work: Path) -> dict:
@@ -216,9 +235,10 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=2000)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--long-pairs", type=int, default=10000)
-    ap.add_argument("--model-pairs", type=int, default=200)
+    ap.add_argument("--model-pairs", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: cores - 1)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="alternations of batch run and loop per format")
     ap.add_argument("--skip-model", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "bench_batch.json"))
     args = ap.parse_args()
@@ -239,13 +259,14 @@ def main() -> None:
     t0 = time.perf_counter()
     corpora = make(data, args.pairs, args.size)
     result["corpus_build_s"] = round(time.perf_counter() - t0, 1)
-    result["formats"] = compare_formats(corpora, work, "pixel-diff", args.workers, args.batch_size)
+    result["repeats"] = args.repeats
+    result["formats"] = compare_formats(corpora, work, "pixel-diff", args.workers, args.batch_size, args.repeats)
     long_info = make(data, args.long_pairs, 64, ["wds"])["wds"]
     result["long_run"] = long_run(long_info, work, args.workers, args.batch_size)
     print(f"long run: {result['long_run']['pairs']} pairs, RSS by quarter {result['long_run']['rss_mb_total_by_quarter']}"
           f" MB", flush=True)
     if not args.skip_model:
-        result["model"] = model_compare(corpora["parquet"], work, args.model_pairs, args.workers, 8)
+        result["model"] = model_compare(corpora["parquet"], work, args.model_pairs, args.workers, 8, args.repeats)
     result["eval_run"] = eval_run(shared, work)
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["total_s"] = round(time.perf_counter() - t0, 1)
