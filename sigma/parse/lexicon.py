@@ -23,7 +23,8 @@ miniature mini oversized entire whole
 # "a group of people" -> people; "a piece of clothing" -> clothing
 QUANTIFIER_NOUNS = _words("""
 couple group pair bunch lot lots number few set flock herd pile crowd handful piece pieces bit kind sort
-type cluster row swarm school pack bouquet collection series stack bundle heap
+type cluster row swarm school pack bouquet collection series stack bundle heap slice slices chunk chunks
+scoop scoops sheet sheets
 """)
 # "the colour of the chair" / "the chair's colour" / "the lake surface" -> the owner
 ATTRIBUTE_NOUNS = _words("""
@@ -59,7 +60,7 @@ volcano island studio room office kitchen library classroom stadium palace templ
 restaurant bedroom garage backyard yard lawn swamp marsh cliff cliffs harbor harbour port airport
 station market square alley highway stage wilderness world planet universe lawn grass snowfield
 savanna orchard vineyard garden gardens plain plains courtyard plaza suburb suburbs metropolis
-wonderland fairyland underworld heaven
+wonderland fairyland underworld heaven moon mars
 """)
 WHOLE_IMAGE = _words("""
 image images photo photos photograph picture pictures pic it this everything scene whole overall shot

@@ -275,15 +275,17 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
     return _classify_change(toks, low, x, seg, y_start, end, a, "change")
 
 
+_LOCATIONS = frozenset("foreground background middle center centre corner front back left right top bottom "
+                       "side edge distance".split())
+
+
 def _in_is_target(low, k, end, toks=None) -> bool:
     """'in' introduces the new look ('in Van Gogh style', 'in red') or a new place ('in Italy'),
     not a location in the picture ('in the image', 'in the corner')."""
     rest = [w for w in low[k + 1:end] if w not in ("a", "an", "the")]
     if toks is not None and k + 1 < end and toks[k + 1][:1].isupper() and toks[k + 1].lower() not in L.WHOLE_IMAGE:
         return True                                      # a named place
-    if not rest or rest[0] in L.WHOLE_IMAGE or rest[0] in ("foreground", "background", "middle", "center",
-                                                          "centre", "corner", "front", "back", "left",
-                                                          "right", "top", "bottom"):
+    if not rest or rest[0] in L.WHOLE_IMAGE or rest[0] in _LOCATIONS:
         return False
     return _value_kind(rest) in ("value", "style", "weather") or _has(rest, L.SCENES)
 
@@ -362,6 +364,12 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         if not place and _value_kind(rest) in ("value", "style", "weather"):
             return _classify_change(toks, low, x, low[j:k], y_start, end, None, verb + "-in")
         return Parse("replace", "background", ynp.text, verb + "-in-scene")
+    if k < end and low[k] in ("in", "on", "at") and not any(
+            low[q] in L.ACTION_VERBS or low[q] in L.WEAR_VERBS or low[q] in L.BE_VERBS for q in range(k + 1, end)):
+        place = extract_phrase(toks, k + 1)
+        if place.words and not _has(place.words, L.WHOLE_IMAGE) and place.head not in _LOCATIONS and \
+                not is_value_word(place.head):
+            return Parse("replace", "background", place.text, verb + "-placed")   # "make the dog on the moon"
     if k < end and low[k] in ("into", "to", "as", "like", "look"):
         return _classify_change(toks, low, x, low[j:k], _strip_connectors(low, k + 1), end, None, verb + "-into")
     # "make it snowy" when "snowy" was read into the phrase, or a bare adjective phrase
