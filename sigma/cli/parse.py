@@ -104,11 +104,16 @@ def run(args: argparse.Namespace) -> int:
 
     records = _read_lines(Path(args.file))
     parser = _parser(args)
-    parses = [parser(rec["instruction"]) for rec in records]
+    from sigma.cli.common import progress_bar
+
+    parses = []
+    with progress_bar(len(records), f"parse ({args.backend})") as bar:   # a model backend takes seconds a line
+        for rec in records:
+            parses.append(parser(rec["instruction"]))
+            bar.update(1)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
-            for p in parses:
-                fh.write(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n")
+            fh.writelines(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n" for p in parses)
     if not any(has_expectations(r) for r in records):
         for p in parses:
             print(json.dumps(p.to_json_dict(), ensure_ascii=False))
