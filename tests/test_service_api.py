@@ -186,3 +186,16 @@ def test_sigma_serve_all_runs_api_and_one_worker(redis_server, tmp_path):
         assert proc.stop(timeout=20) == 0, proc.output()
         s.http.close()
     assert not redis_server.client().keys(f"{s.prefix}:worker:*")     # its worker exited cleanly too
+
+
+def test_damage_only_a_decode_finds_fails_the_job_with_the_same_code(svc):
+    original, edited = make_pair(seed=10)
+    buf = io.BytesIO()
+    Image.fromarray(edited).save(buf, format="JPEG", quality=90)
+    cut = buf.getvalue()[: len(buf.getvalue()) * 2 // 3]           # header intact, scan data cut short
+    resp = svc.submit(original, cut, path="/v1/annotate")
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "image_unreadable" and err["job_id"]
+    job = svc.job(err["job_id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "image_unreadable" and job["attempts"] == 1
