@@ -162,18 +162,16 @@ def test_missing_files_and_bad_config(tmp_path):
         build_model({"dim": 30, "refine_heads": 4})
 
 
-def _gated_region_response(model, size, inside_prior: bool):
-    """Response inside a changed square that lies OUTSIDE (or inside) the prior."""
+def _response_outside_prior(model, size):
+    """Logit response inside a changed square that the prior (1 everywhere else) leaves out."""
     h, w = size
     torch.manual_seed(3)
     a = torch.rand(1, 3, h, w)
     b = a.clone()
     ys, xs = slice(h // 4, h // 2), slice(w // 4, w // 2)
     b[..., ys, xs] = 1.0 - b[..., ys, xs]
-    prior = torch.zeros(1, 1, h, w) if inside_prior is False else torch.ones(1, 1, h, w)
-    if inside_prior is False:
-        prior[...] = 1.0
-        prior[..., ys, xs] = 0.0   # the prior covers everything except the change: a side effect
+    prior = torch.ones(1, 1, h, w)
+    prior[..., ys, xs] = 0.0          # the change is a side effect: nothing grounded there
     with torch.no_grad():
         changed = model(a, b, prior=prior, edit_type="add").logits
         same = model(a, a, prior=prior, edit_type="add").logits
@@ -185,7 +183,7 @@ def test_prior_modulates_never_gates(name):
     torch.manual_seed(0)
     model = build_model(name, pretrained=False).eval()
     size = SIZES[name]
-    response, changed, same, prior, (ys, xs) = _gated_region_response(model, size, inside_prior=False)
+    response, changed, same, prior, (ys, xs) = _response_outside_prior(model, size)
     assert response > 1e-3, "a change outside the prior must reach the output"
     # the same assertion on a gated model (output multiplied by the prior) fails: the test can fail
     gated = ((changed * prior) - (same * prior))[..., ys, xs].abs().mean().item()
