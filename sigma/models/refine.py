@@ -141,6 +141,11 @@ class Refinement(nn.Module):
             self.region_pool = nn.Linear(dim, dim)
             self.region_geom = nn.Linear(5, dim)          # cx, cy, w, h, score
             self.region_image = nn.Embedding(2, dim)
+        # Zero-initialised embeddings: an edit type (or image tag) never seen in training then adds
+        # nothing, instead of an N(0, 1) vector the network never learned to read.
+        nn.init.zeros_(self.type_embed.weight)
+        if max_regions > 0:
+            nn.init.zeros_(self.region_image.weight)
         self.blocks = nn.ModuleList(CrossBlock(dim, heads, ffn_ratio, update_instruction=i < blocks - 1)
                                     for i in range(blocks))
         self.out_norm = nn.LayerNorm(dim) if blocks else nn.Identity()
