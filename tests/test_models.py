@@ -321,3 +321,19 @@ def test_fuse_batchnorm_keeps_outputs(tiny):
     assert torch.allclose(ref, got, atol=1e-4, rtol=1e-4)
     with pytest.raises(RuntimeError, match="eval"):
         fuse_batchnorm(copy.deepcopy(model).train())
+
+
+def test_dinov2_with_registers_variant():
+    """Register tokens sit between CLS and the patches; the backbone drops all of them."""
+    cfg = preset_config("tiny-dinov2")
+    hf = {**TINY_DINOV2, "model_type": "dinov2_with_registers", "num_register_tokens": 4}
+    cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"hf_config": hf})})
+    net = build_model(cfg, pretrained=False).eval()
+    assert type(net.backbone.model).__name__ == "Dinov2WithRegistersModel" and net.backbone.n_prefix == 5
+    x = torch.rand(1, 3, 56, 84)
+    feats = net.backbone.features(x)
+    assert [tuple(f.shape) for f in feats] == [(1, 32, 4, 6)] * 3
+    with torch.no_grad():
+        hidden = net.backbone.model(pixel_values=(x - net.backbone.mean) / net.backbone.std,
+                                    output_hidden_states=True).hidden_states
+    assert torch.equal(feats[-1].flatten(2).transpose(1, 2), hidden[4][:, 5:])
