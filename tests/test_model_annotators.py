@@ -198,3 +198,14 @@ def test_grounding_only_default_needs_grounding_weights(monkeypatch, tmp_path):
         create_annotator("grounding-only")
     entry = {e.name: e for e in list_annotators()}["grounding-only"]
     assert "missing" in entry.weights_status()
+
+
+def test_unavailable_device_is_a_config_error():
+    from sigma.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA exists here")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        create_annotator("sigma-lite", model="tiny-lite", random_init=True, device="cuda")
+    with pytest.raises(ConfigError, match="not a torch device"):
+        create_annotator("sigma-lite", model="tiny-lite", random_init=True, device="gpu0")

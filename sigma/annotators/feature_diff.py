@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from sigma.annotators.base import Annotator, AnnotatorConfig
-from sigma.annotators.model_annotator import backbone_status, resize_image
+from sigma.annotators.model_annotator import backbone_status, pick_device, resize_image
 from sigma.registry import ANNOTATORS
 from sigma.types import Pair
 
@@ -50,8 +50,7 @@ class FeatureDiff(Annotator):
         self.backbone = Dinov2Backbone(bcfg, pretrained=not cfg.random_init, allow_download=cfg.allow_download)
         if taps == [-1]:          # the last layer, known only once the architecture is
             self.backbone.taps = [self.backbone.model.config.num_hidden_layers]
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
-                                   else cfg.device)
+        self.device = pick_device(cfg.device)
         self.backbone.to(self.device).eval()
         patch = self.backbone.patch
         self.size = max(patch, round(cfg.image_size / patch) * patch)

@@ -23,7 +23,7 @@ from pydantic import Field
 from sigma.annotators.base import Annotator, AnnotatorConfig
 from sigma.annotators.guidance import Guidance, Guide, normalised_regions
 from sigma.annotators.mask_extras import confidence, split_components
-from sigma.errors import WeightsNotFoundError
+from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.registry import ANNOTATORS
 from sigma.types import Pair
 
@@ -78,6 +78,21 @@ def backbone_status(ref: str) -> str:
     return f"backbone {ref}: found at {res.location}"
 
 
+def pick_device(name: str):
+    """auto → CUDA when present, else CPU; an explicit device that does not exist is a config error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use device=auto or cpu")
+    return device
+
+
 def working_size(h: int, w: int, size: int, multiple: int, keep_aspect: bool, upscale: bool) -> tuple[int, int]:
     def snap(v: float) -> int:
         return max(multiple, round(v / multiple) * multiple)
@@ -117,8 +132,7 @@ class SigmaAnnotator(Annotator):
             from sigma.models.fuse import fuse_batchnorm
 
             fuse_batchnorm(self.model)
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto"
-                                   else cfg.device)
+        self.device = pick_device(cfg.device)
         self.model.to(self.device)
         self.use_bf16 = self.device.type == "cuda" and cfg.precision in ("auto", "bf16")
         self.batch_size = cfg.batch_size or (16 if self.device.type == "cuda" else 2)
