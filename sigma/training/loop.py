@@ -30,6 +30,15 @@ from .data import StepSampler, TrainDataset, fixed_val_set, to_float
 from .validate import evaluate_real, validate_synthetic
 
 
+def _worker_init(_: int) -> None:
+    """Data workers do numpy/OpenCV work: one thread each, so they never oversubscribe the cores.
+    Workers are *spawned*: a forked child of a process whose OpenMP pool is running can deadlock."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 class TrainingDiverged(SigmaError):
     code = "training_diverged"
 
@@ -257,7 +266,9 @@ class Trainer:
         val = fixed_val_set(cfg, cfg.eval.val_size) if self.is_main and cfg.eval.val_size else []
         sampler = StepSampler(self.step, cfg.steps, cfg.batch_size, self.rank, self.world)
         loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None)
+                            persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None,
+                            worker_init_fn=_worker_init if cfg.num_workers else None,
+                            multiprocessing_context="spawn" if cfg.num_workers else None)
         bad = 0
         t_data = t_model = 0.0
         n_pairs = 0

@@ -98,25 +98,36 @@ def cache_key(photos: list[Path], max_side: int, scales: list[float], latent_edi
 
 def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: int = 384,
                 scales: tuple[float, ...] = (1.0, 0.5), latent_edits: int = 1, seed: int = 0,
-                limit: int | None = None, log=print) -> Path:
-    """Idempotent: photos already cached are skipped, so an interrupted build simply continues."""
+                limit: int | None = None, shuffle: bool = True, log=print) -> Path:
+    """Idempotent and interruptible: photos already cached are skipped, and `index.json` (which lists only
+    finished photos) is rewritten every few photos, so a killed build leaves a usable cache behind.
+    `shuffle` processes photos in a seeded random order, so a partial cache still spans every sub-folder."""
     photos = list_photos(photo_dir)[: limit or None]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    index = {"photo_dir": str(photo_dir), "max_side": max_side, "scales": list(scales) if vae else [],
-             "latent_edits": latent_edits if vae else 0, "seed": seed, "files": []}
+    order = np.random.default_rng(seed).permutation(len(photos)) if shuffle else np.arange(len(photos))
+    meta = {"photo_dir": str(photo_dir), "max_side": max_side, "scales": list(scales) if vae else [],
+            "latent_edits": latent_edits if vae else 0, "seed": seed}
+
+    def write_index() -> None:
+        files = [{"file": f"{i:05d}.npz", "photo": str(p)} for i, p in enumerate(photos)
+                 if (out / f"{i:05d}.npz").is_file()]
+        tmp = out / "index.json.tmp"
+        tmp.write_text(json.dumps({**meta, "files": files}, indent=1))
+        tmp.replace(out / "index.json")
+
     donor_z = None
     t0 = time.time()
-    for i, path in enumerate(photos):
+    for n_done, i in enumerate(order.tolist()):
+        path = photos[i]
         name = f"{i:05d}.npz"
         target = out / name
-        index["files"].append({"file": name, "photo": str(path)})
-        if target.is_file() and donor_z is not None:
+        if target.is_file():
             continue
         img = load_photo(path, max_side)
         arrays = {"img": img}
-        z = None
         if vae is not None:
+            z = None
             with torch.no_grad():
                 for s in scales:
                     rt, zz = roundtrip_at(vae, img, s)
@@ -124,20 +135,20 @@ def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: 
                     z = zz if zz is not None else z
                 if z is None:
                     z = vae.encode(_to_t(img))
-                if not target.is_file():
-                    rng = np.random.default_rng([seed, i])
-                    for k in range(latent_edits):
-                        dz = donor_z if donor_z is not None else torch.flip(z, dims=(-1, -2))
-                        lat, lmask = latent_edit(vae, z, dz, rng, img.shape[0], img.shape[1])
-                        arrays[f"lat{k}"], arrays[f"latmask{k}"] = lat, lmask
+                rng = np.random.default_rng([seed, i])
+                for k in range(latent_edits):
+                    dz = donor_z if donor_z is not None else torch.flip(z, dims=(-1, -2))
+                    lat, lmask = latent_edit(vae, z, dz, rng, img.shape[0], img.shape[1])
+                    arrays[f"lat{k}"], arrays[f"latmask{k}"] = lat, lmask
             donor_z = z
-        if not target.is_file():
-            tmp = target.with_name(name + ".tmp.npz")
-            np.savez(tmp, **arrays)
-            tmp.replace(target)
-        if log and (i % 25 == 0 or i == len(photos) - 1):
-            log(f"cache {i + 1}/{len(photos)} {time.time() - t0:.0f}s")
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(out / "index.json")
+        tmp = target.with_name(name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(target)
+        if n_done % 10 == 0:
+            write_index()
+        if log and (n_done % 25 == 0):
+            log(f"cache {n_done + 1}/{len(photos)} {time.time() - t0:.0f}s")
+    write_index()
+    if log:
+        log(f"cache done: {len(photos)} photos in {out} ({time.time() - t0:.0f}s)")
     return out

@@ -1,0 +1,123 @@
+"""Real (tiny) training runs through the CLI: Stage I, Stage II, kill-and-resume, config errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sigma.cli import main
+from sigma.training.config import TrainConfig
+from sigma.training.loop import lr_factor
+from sigma.training.losses import bce_dice
+
+from test_synth import make_photos
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE1 = str(ROOT / "configs/train/tiny-stage1.yaml")
+STAGE2 = str(ROOT / "configs/train/tiny-stage2.yaml")
+
+
+def steps_logged(run: Path) -> list[int]:
+    return [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(l)["event"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_photos(tmp_path_factory.mktemp("photos"), n=4, size=(80, 96))
+
+
+def test_stage1_then_stage2_through_the_cli(photos, tmp_path):
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "4", "--photos", str(photos), "crop=64"]) == 0
+    s1 = tmp_path / "runs" / "s1"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=s1",
+                 f"eval.data={pairs}"]) == 0
+    assert steps_logged(s1) == [1, 2, 3, 4]
+    recs = [json.loads(l) for l in (s1 / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in recs if r["event"] == "val"][-1]
+    assert 0 <= final["synthetic"]["f1"] <= 1 and "none/overall" in final["real"]
+    assert (s1 / "final" / "model.safetensors").is_file() and (s1 / "config.yaml").is_file()
+    first = [r for r in recs if r["event"] == "train"][0]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in recs if r["event"] == "train")
+
+    unl = tmp_path / "unlabelled"
+    assert main(["synth", "--out", str(unl), "-n", "3", "--seed", "9", "--photos", str(photos), "crop=64"]) == 0
+    s2 = tmp_path / "runs" / "s2"
+    assert main(["train", STAGE2, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=s2",
+                 f"init_from={s1}", f"sources=[{{path: {unl}, weight: 0.5, labelled: false}}]"]) == 0
+    rows = [json.loads(l) for l in (s2 / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["event"] == "train"]
+    assert len(train_rows) == 4
+    # every Stage II term ran: pseudo-labels (unlabelled folder), disentanglement terms
+    assert any("ema" in r for r in train_rows)
+    assert all({"dis_zero", "dis_decor", "dis_noise"} <= set(r) for r in train_rows)
+    assert first["loss"] > 0
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def test_kill_and_resume_continues_with_the_same_steps(photos, tmp_path):
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=14", "batch_size=2", "ckpt_every=3",
+              "eval.val_size=0", "warmup_steps=2"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", STAGE1, *common, "name=cut"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    cut = runs / "cut"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (cut / "checkpoint.pt").is_file():
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    ckpt = torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert 0 < ckpt["step"] < 14 and ckpt["step"] % 3 == 0
+    assert not (cut / "final").exists()
+
+    assert main(["train", "--resume", str(cut)]) == 0
+    steps = steps_logged(cut)
+    assert steps[-1] == 14 and steps.count(ckpt["step"] + 1) >= 1
+    assert torch.load(cut / "checkpoint.pt", weights_only=False)["step"] == 14
+    ref, got = _weights(runs / "ref"), _weights(cut)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=x", "steps=1",
+                 "eval.val_size=0"]) == 0
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=x"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", STAGE1, "no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+
+
+def test_schedule_and_losses():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(99, cfg) == pytest.approx(0.1, abs=0.01)
+    logits = torch.full((2, 1, 8, 8), -12.0)
+    empty = torch.zeros(2, 1, 8, 8)
+    full = torch.ones(2, 1, 8, 8)
+    w = torch.ones(2)
+    assert bce_dice(logits, empty, w) < 0.05 < bce_dice(logits, full, w)
+    assert bce_dice(logits, full, torch.zeros(2)) == 0
