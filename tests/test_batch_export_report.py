@@ -118,6 +118,11 @@ def test_review_page_in_chromium(run_dir, tmp_path):
                          capture_output=True, timeout=90, text=True, check=True).stdout
     assert dom.count('<figure class="item"') == 7
     assert 'data-shown="7"' in dom and "7 of 7 shown" in dom          # the filter script ran
+    # the filters work in the browser: by set, and by a confidence floor pixel-diff never meets
+    for query, shown in (("set=beta", 1), ("type=remove", 3), ("minconf=0.5", 0), ("q=p000003", 1)):
+        dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p3'}", "--dump-dom", f"{page.as_uri()}?{query}"],
+                             capture_output=True, timeout=90, text=True, check=True).stdout
+        assert f"{shown} of 7 shown" in dom, query
 
 
 class _ScoredDiff:

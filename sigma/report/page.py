@@ -53,6 +53,11 @@ SCRIPT = """
     document.body.dataset.shown = String(shown);
   }
   [q, type, subset, minc, sort].forEach(el => el.addEventListener('input', apply));
+  // a link can carry a view: report.html?type=remove&minconf=0.5&sort=area:desc
+  const params = new URLSearchParams(location.search);
+  for (const [key, el] of [['q', q], ['type', type], ['set', subset], ['minconf', minc], ['sort', sort]]) {
+    if (params.has(key)) el.value = params.get(key);
+  }
   apply();
 })();
 """
