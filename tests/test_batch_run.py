@@ -219,3 +219,29 @@ def test_ray_backend_missing_is_a_clear_error(tmp_path):
     cfg = cfg_for(path, input={"preset": "magicbrush"}, backend="ray")
     with pytest.raises(ConfigError, match="pip install 'sigma-masks\\[ray\\]'"):
         run_batch(cfg, tmp_path / "out", progress=False)
+
+
+def test_bad_rows_in_parquet_and_image_paths(tmp_path):
+    """Parquet cells: HF structs with bytes, a struct with only a relative path, raw bytes, nulls, corrupt bytes."""
+    import pyarrow as pa
+
+    pairs = list(synthetic_pairs(4))
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "e3.png").write_bytes(pairs[3]["edited"])
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "input_image": pa.array([{"bytes": p["original"], "path": None} for p in pairs], image),
+        "edited_image": pa.array([{"bytes": pairs[0]["edited"], "path": None}, None,
+                                  {"bytes": b"\x89PNG garbage", "path": None}, {"bytes": None, "path": "img/e3.png"}],
+                                 image),
+        "edit_prompt": ["fine", "no edited image", "corrupt", ""],
+    })
+    pq.write_table(table, tmp_path / "ip2p.parquet", row_group_size=2)
+    out = tmp_path / "run"
+    summary = run_batch(cfg_for(tmp_path / "ip2p.parquet", input={"preset": "instructpix2pix"}), out, progress=False)
+    rows = read_rows(out)
+    assert summary.shards == 1 and [r["status"] for r in rows] == ["ok", "error", "error", "error"]
+    assert [r["error_code"] for r in rows[1:]] == ["missing_image", "image_unreadable", "empty_instruction"]
+    assert rows[1]["source"] == "ip2p.parquet:row=1" and "edited" in rows[1]["error"]
+    # the path-only cell was found next to the parquet file: only its empty instruction failed it
+    assert rows[3]["edited_sha256"] is not None
