@@ -50,7 +50,7 @@ BACKGROUND_WORDS = _words("""
 background backdrop setting settings environment environments scenery surroundings surrounding
 landscape backgrounds
 """)
-GENERIC_SCENE_TAILS = _words("environment setting scenery backdrop background surroundings landscape")
+GENERIC_SCENE_TAILS = _words("environment setting scenery backdrop background surroundings landscape scene")
 SCENES = _words("""
 beach beachside seaside coast coastline shore ocean sea underwater forest woods woodland jungle
 rainforest desert dunes mountain mountains mountainside hill hills valley field fields meadow grassland

@@ -123,8 +123,8 @@ def _value_kind(y: list[str]) -> str:
                                           or "drawing" in content or "sketch" in content
                                           or not any(w not in L.STYLE_WORDS for w in content[:1])):
         return "style"
-    if _has(content, L.BACKGROUND_WORDS):
-        return "scene"
+    if _has(content, L.BACKGROUND_WORDS) or (len(content) > 1 and content[-1] in ("scene", "scenery")):
+        return "scene"                                   # "a beach setting", "a snowy winter scene"
     if all(w in L.WEATHER for w in content[:2]) or (content[0] in L.WEATHER and len(content) == 1):
         return "weather"
     if _has(content, L.ATTRIBUTE_VALUE_NOUNS) and not _has(content, L.SCENES):
@@ -224,8 +224,10 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
             who = _actor(x) if _has(seg, L.BODY_ATTRIBUTES) or _has(x.seen, L.BODY_ATTRIBUTES) else x.text
             return Parse("attribute", who, who, rule + "-attribute-noun")
     if bg and kind not in ("value", "style"):
-        if whole and kind == "weather":
-            return Parse("global", None, None, rule + "-weather")
+        said_setting = _has(y, L.BACKGROUND_WORDS) or (a is not None and _has(a.seen, L.BACKGROUND_WORDS))
+        if whole and not said_setting and (kind == "weather" or (ynp is not None and ynp.words
+                                                                 and all(w in L.WEATHER for w in ynp.words))):
+            return Parse("global", None, None, rule + "-weather")   # "change the image to a winter scene"
         return Parse("replace", "background", ynp.text if ynp else None, rule + "-background")
     if whole:
         return Parse("global", None, None, rule + "-whole-image")
