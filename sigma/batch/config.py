@@ -27,7 +27,7 @@ class BatchConfig(Strict):
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     batch_size: int = Field(8, ge=1, description="pairs per predict() call; batches never cross shards")
     workers: int | None = Field(None, ge=0, description="decode processes (0: decode in the reading thread); "
-                                "None = one per CPU core but one, at most 8")
+                                "None = 0 on <= 2 cores, else one per core but one, at most 8")
     png_masks: bool = Field(False, description="also write masks/<shard>/<pair>.png")
     ground_truth: bool = Field(True, description="score masks against the corpus's ground truth when it has one "
                                "(gt_* columns, the review page's metrics); false skips decoding it")
@@ -37,7 +37,9 @@ class BatchConfig(Strict):
     def decode_workers(self) -> int:
         if self.workers is not None:
             return self.workers
-        return max(1, min(8, (os.cpu_count() or 2) - 1))
+        cores = os.cpu_count() or 2
+        # measured on 2 shared cores: a decode process costs more in IPC than it wins (bench/bench_batch.py)
+        return 0 if cores <= 2 else min(8, cores - 1)
 
     def output_fields(self, corpus_identity: dict[str, Any]) -> dict[str, Any]:
         """Everything an output byte depends on; `workers` and `backend` change speed, not results."""

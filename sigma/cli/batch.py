@@ -55,7 +55,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator", help="registry name (see `sigma models`)")
     p.add_argument("--threshold", type=float, help="mask = prob > T")
     p.add_argument("--batch-size", type=int, help="pairs per predict() call (default 8)")
-    p.add_argument("--workers", type=int, help="decode processes (default: CPU cores - 1, at most 8; 0 = none)")
+    p.add_argument("--workers", type=int, help="decode processes (default: 0 on <= 2 cores, else cores - 1, at most 8)")
     p.add_argument("--png-masks", action="store_true", help="also write OUT/masks/<shard>/<pair>.png")
     p.add_argument("--no-ground-truth", action="store_true",
                    help="do not score against the corpus's masks (skips decoding them)")
