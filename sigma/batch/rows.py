@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -94,13 +95,16 @@ def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mas
     row = base_row(decoded, shard_key, run_hash)
     pair = decoded.pair
     extra = ann.extra or {}
+    # the SA-1B fields exactly as Annotation.to_dict() gives them (without the extras merged into it)
+    record = Annotation.to_dict(replace(ann, extra={}))
     parser = extra.get("parser", extra.get("parse"))
     components = extra.get("components")
     split = components if isinstance(components, dict) and components.get("split") not in (None, "no_prior") else {}
     edited_size = (pair.preprocess.get("edited") or {}).get("decoded_size") or list(pair.size)
     row.update(status="ok", height=pair.size[0], width=pair.size[1], edited_height=int(edited_size[0]),
-               edited_width=int(edited_size[1]), rle_counts=encode_rle(ann.mask)["counts"], bbox=ann.bbox(),
-               area=ann.area, area_fraction=round(ann.area_fraction, 6), threshold=float(ann.threshold),
+               edited_width=int(edited_size[1]), rle_counts=record["segmentation"]["counts"],
+               bbox=[int(v) for v in record["bbox"]], area=int(record["area"]),
+               area_fraction=float(record["area_fraction"]), threshold=float(record["threshold"]),
                confidence=_number(extra.get("confidence")), parser=_json(parser),
                components=_json(components), intended_area=split.get("intended_area"),
                side_effect_area=split.get("side_effect_area"),
