@@ -115,6 +115,20 @@ def bench_sigma_b_ratio(device: torch.device, batch: int, iters: int) -> dict:
         "image_size", "mlp_ratio", "layerscale_value", "drop_path_rate", "use_swiglu_ffn")}
     base.update(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518)
     cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"hf_config": base})})
+    # FLOPs on the meta device (no compute): how much the difference path adds to the bare backbone
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        meta = build_model(cfg, pretrained=False).eval()
+        x = torch.empty(1, 3, 518, 518)
+        with FlopCounterMode(display=False) as full_count, torch.no_grad():
+            meta(x, x)
+        with FlopCounterMode(display=False) as bare_count, torch.no_grad():
+            meta.backbone.model(pixel_values=torch.cat([x, x]))
+    flops = {"gflops_per_pair": round(full_count.get_total_flops() / 1e9, 2),
+             "bare_dinov2_gflops_per_pair": round(bare_count.get_total_flops() / 1e9, 2),
+             "flops_ratio_bound": round(bare_count.get_total_flops() / full_count.get_total_flops(), 4)}
+    del meta
     model = build_model(cfg, pretrained=False).eval().to(device)
     dino = model.backbone.model
     cuda = device.type == "cuda"
@@ -145,7 +159,7 @@ def bench_sigma_b_ratio(device: torch.device, batch: int, iters: int) -> dict:
     return {"batch_pairs": batch, "size": size, "bf16_autocast": cuda,
             "bare_dinov2_pairs_per_s": round(batch / t_bare, 3),
             "difference_path_pairs_per_s": round(batch / t_full, 3),
-            "ratio": round(t_bare / t_full, 3), "target_ratio": 0.8,
+            "ratio": round(t_bare / t_full, 3), "target_ratio": 0.8, **flops,
             "target_applies": cuda and batch >= 32,
             "heads_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))}
 
