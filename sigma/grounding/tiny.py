@@ -82,3 +82,36 @@ def tiny_sam2(folder: str | Path | None = None, seed: int = 0, image_size: int =
     if folder is not None:
         model.save_pretrained(folder)
     return model
+
+
+def random_grounding_dino_t(seed: int = 0, image_size: int = 800):
+    """(model, processor) with the architecture of IDEA-Research/grounding-dino-tiny (Swin-T, BERT-base text
+    encoder, 900 queries, 6+6 layers) and random weights, for benchmarks: speed does not depend on weights.
+    The BERT vocabulary is synthetic (specials, '.', a few words, then [unusedN] fillers to 30522)."""
+    import tempfile
+
+    import torch
+    from transformers import (BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessorPil, GroundingDinoProcessor)
+
+    vocab = list(TINY_VOCAB)
+    vocab += [f"[unused{i}]" for i in range(30522 - len(vocab))]
+    with tempfile.TemporaryDirectory() as vocab_dir:
+        (Path(vocab_dir) / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tokenizer = BertTokenizerFast.from_pretrained(vocab_dir)
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()   # the defaults are GD-T
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": image_size,
+                                                             "longest_edge": int(image_size * 1333 / 800)}),
+        tokenizer=tokenizer)
+    return model, processor
+
+
+def random_sam2_hiera_tiny(seed: int = 0):
+    """A Sam2Model with the architecture of facebook/sam2.1-hiera-tiny (1024 px) and random weights."""
+    import torch
+    from transformers import Sam2Config, Sam2Model
+
+    torch.manual_seed(seed)
+    return Sam2Model(Sam2Config()).eval()                                    # the defaults are hiera-tiny
