@@ -91,8 +91,13 @@ def random_grounding_dino_t(seed: int = 0, image_size: int = 800):
     import tempfile
 
     import torch
-    from transformers import (BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessorPil, GroundingDinoProcessor)
+    from transformers import (
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessorPil,
+        GroundingDinoProcessor,
+    )
 
     vocab = list(TINY_VOCAB)
     vocab += [f"[unused{i}]" for i in range(30522 - len(vocab))]
