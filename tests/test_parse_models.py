@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 from sigma.errors import WeightsNotFoundError
 from sigma.parse import get_parser
-from sigma.parse.tiny import tiny_qwen_vl
+from sigma.parse.tiny import tiny_causal_lm, tiny_qwen_vl
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,24 @@ def test_qwen_vl_missing_model_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     with pytest.raises(WeightsNotFoundError, match="Hugging Face cache"):
         get_parser("qwen-vl")
+
+
+def test_llm_backend_loads_any_chat_lm_folder_and_falls_back_on_invalid_output(tmp_path):
+    tiny_causal_lm(tmp_path / "lm")
+    parser = get_parser("llm", model=str(tmp_path / "lm"), max_new_tokens=6, device="cpu")
+    raw = parser.generate("remove the boat")
+    assert raw.startswith('{"edit_type": "')
+    result = parser("remove the boat")
+    assert result.backend == "llm" and result.fallback                 # random weights: not a valid parse
+    assert (result.edit_type, result.source) == ("remove", "boat")
+    assert "rules-fallback" in result.rule
+
+
+def test_llm_backend_refuses_a_tokenizer_without_chat_template(tmp_path):
+    model, tokenizer = tiny_causal_lm(None)
+    tokenizer.chat_template = None
+    with pytest.raises(WeightsNotFoundError, match="chat template"):
+        get_parser("llm", model=model, tokenizer=tokenizer)
 
 
 @pytest.mark.slow

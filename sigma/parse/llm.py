@@ -104,6 +104,21 @@ def smollm2_status() -> str:
     return f"found at {Path(folder) / name}"
 
 
+class _ClosedObject:
+    """Stop once the answer contains '}'. Decodes the new tokens, so it works with any tokenizer
+    (transformers' `stop_strings` needs one whose vocabulary it can map back to text)."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids, scores, **_: Any):
+        import torch
+
+        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
+        return torch.full((input_ids.shape[0],), "}" in text, dtype=torch.bool, device=input_ids.device)
+
+
 class LLMParser:
     def __init__(self, model: Any = None, tokenizer: Any = None, gguf_file: str | None = None,
                  max_new_tokens: int = 48, device: str | None = None, allow_download: bool = False):
@@ -153,7 +168,7 @@ class LLMParser:
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                                      stop_strings=["}"], tokenizer=self.tokenizer)
+                                      stopping_criteria=[_ClosedObject(self.tokenizer, enc["input_ids"].shape[1])])
         return '{"edit_type": "' + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def __call__(self, text: str | None, **_: Any) -> ParsedInstruction:

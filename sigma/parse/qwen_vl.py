@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sigma.parse.llm import EXAMPLES, SYSTEM_PROMPT, parse_answer
+from sigma.parse.llm import EXAMPLES, SYSTEM_PROMPT, _ClosedObject, parse_answer
 from sigma.parse.registry import register_parser
 from sigma.parse.rules import parse_rules
 from sigma.parse.types import ParsedInstruction
@@ -110,7 +110,8 @@ class QwenVLParser:
         enc = self.inputs(instruction, images)
         with self._torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                                      stopping_criteria=[_ClosedObject(self.tokenizer, enc["input_ids"].shape[1])])
         return '{"edit_type": "' + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def __call__(self, text: str | None, images=None, **_: Any) -> ParsedInstruction:

@@ -1,4 +1,4 @@
-"""A tiny random Qwen2.5-VL with an offline word-level tokenizer, for tests of the qwen-vl path only."""
+"""Tiny random language models with an offline word-level tokenizer, for tests of the llm and qwen-vl paths only."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,16 +17,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def tiny_qwen_vl(folder: str | Path | None = None, seed: int = 0):
-    """(model, tokenizer, image_processor); saved as a from_pretrained folder when `folder` is given."""
-    import torch
+def _word_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLImageProcessorPil,
-    )
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
@@ -34,6 +27,34 @@ def tiny_qwen_vl(folder: str | Path | None = None, seed: int = 0):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<|im_end|>",
                                         pad_token="<|endoftext|>", additional_special_tokens=SPECIALS,
                                         chat_template=CHAT_TEMPLATE)
+    return tokenizer, vocab
+
+
+def tiny_causal_lm(folder: str | Path | None = None, seed: int = 0):
+    """(model, tokenizer): a 2-layer random Llama with a chat template, for the `llm` backend's
+    save_pretrained path (the GGUF path is tested with the real SmolLM2)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer, vocab = _word_tokenizer()
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"],
+                         bos_token_id=vocab["<|im_start|>"])
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    if folder is not None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return model, tokenizer
+
+
+def tiny_qwen_vl(folder: str | Path | None = None, seed: int = 0):
+    """(model, tokenizer, image_processor); saved as a from_pretrained folder when `folder` is given."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    tokenizer, vocab = _word_tokenizer()
     image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
                                                size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112})
     config = Qwen2_5_VLConfig(
