@@ -32,6 +32,8 @@ color colour colors colours texture textures material materials shade hue tone t
 appearance look surface exterior fur hull facade façade wall walls shell skin paint paintwork coat
 coating expression pose posture hairstyle gesture stance
 """)
+# Adjectives that only qualify an attribute noun: "the man's facial expression" is still about the man
+ATTRIBUTE_MODIFIERS = _words("facial overall general main entire whole outer exterior body")
 # Attribute nouns of a body: an edit of these is an "action" edit of a person (ImgEdit `action`)
 BODY_ATTRIBUTES = _words("expression pose posture gesture stance")
 # People: the concept of an action edit is "person" whoever does it (the dataset's convention, and

@@ -171,7 +171,10 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
                 break
         if w.endswith("'s") or (w.endswith("'") and len(w) > 1):
             owner = w[:-2] if w.endswith("'s") else w[:-1]
-            nxt = toks[j + 1].lower() if j + 1 < n else None
+            k = j + 1                                     # the word after the possessive ...
+            if k + 1 < n and toks[k].lower() in L.ATTRIBUTE_MODIFIERS and toks[k + 1].lower() in L.ATTRIBUTE_NOUNS:
+                k += 1                                    # ... past "facial" in "the person's facial expression"
+            nxt = toks[k].lower() if k < n else None
             if tok[0].isupper() and j > sentence_start and nxt not in L.ATTRIBUTE_NOUNS:
                 words.append(w)                           # a name: "Rubik's cube", "McDonald's sign"
                 proper = True
@@ -179,14 +182,15 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
                 j += 1
                 continue
             seen.append(w)
-            j += 1
             if nxt in L.ATTRIBUTE_NOUNS:                  # "the animal's fur colour" -> animal
+                j = k
                 words.append(owner)
                 saw_attr = True
                 while j < n and toks[j].lower() in L.ATTRIBUTE_NOUNS:
                     seen.append(toks[j].lower())
                     j += 1
                 break
+            j += 1
             words = []                                    # "the woman's hat" -> hat
             continue
         if tok[0].isupper() and j > sentence_start:
