@@ -87,13 +87,16 @@ def superpixels(rng: np.random.Generator, h: int, w: int, area: float,
                 image: np.ndarray | None = None) -> np.ndarray:
     """A union of adjacent superpixels (SLIC over the photo when given, else Voronoi cells)."""
     n_seg = int(rng.integers(40, 160))
-    if image is not None:
+    labels = None
+    try:  # scikit-image is in the `train` extra; without it, Voronoi cells stand in for superpixels
         from skimage.segmentation import slic
-
+    except ImportError:
+        image = None
+    if image is not None:
         small = cv2.resize(image, (max(8, w // 2), max(8, h // 2)), interpolation=cv2.INTER_AREA)
         lab = slic(small, n_segments=n_seg, compactness=10, start_label=0)
         labels = cv2.resize(lab.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
-    if image is None or labels.max() < 4:  # no photo, or a flat one SLIC cannot split
+    if labels is None or labels.max() < 4:  # no photo, or a flat one SLIC cannot split
         pts = np.stack([rng.uniform(0, h, n_seg), rng.uniform(0, w, n_seg)], 1)
         yy, xx = np.mgrid[0:h:4, 0:w:4]
         d = (yy.ravel()[:, None] - pts[None, :, 0]) ** 2 + (xx.ravel()[:, None] - pts[None, :, 1]) ** 2
