@@ -1,6 +1,7 @@
 """Model throughput benchmark → bench/results/bench_models_<device>.json.
 
-1. sigma-lite at 512x512 on the CPU with torch.set_num_threads(2) (the 2-core target, >= 2 pairs/s):
+1. sigma-lite at 512x512 on the CPU with torch.set_num_threads(2) (the 2-core target, >= 2 pairs/s), and
+   at one thread (on a shared machine two OpenMP threads stall on each other at every op):
    the bare network and the whole annotator (resize, parse, network, resize back, extras), plus peak RSS.
 2. sigma-b's difference path (frozen DINOv2-B + difference branch + heads + refinement + decoder, no
    grounding) against the bare DINOv2-B forward on both images, same batch, same run (target ratio >= 0.8
@@ -58,6 +59,11 @@ def rates(t: dict[str, float], n: int, threads: int = 2) -> dict[str, float]:
             "pairs_per_s_cpu_time_est": round(threads * n / t["cpu"], 3)}
 
 
+def _infer(model, a):
+    with torch.inference_mode():
+        model(a, a)
+
+
 def bench_sigma_lite(iters: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -81,6 +87,10 @@ def bench_sigma_lite(iters: int) -> dict:
     t = timed_cpu(lambda: ann.predict(pairs), 1, max(2, iters // 2), lambda: None)
     out["annotator"] = {"batch_size": ann.batch_size, "pairs_per_call": len(pairs), **rates(t, len(pairs)),
                         "peak_rss_mb": round(rss_mb(), 1)}
+    torch.set_num_threads(1)
+    t = timed_cpu(lambda: ann.predict(pairs), 1, max(2, iters // 2), lambda: None)
+    out["annotator_1_thread"] = {"batch_size": ann.batch_size, **rates(t, len(pairs), threads=1)}
+    torch.set_num_threads(2)
     # 2. the bare network (BatchNorm folded, as the annotator runs it) at several batch sizes
     model = build_model("sigma-lite").eval()
     out["params"] = sum(p.numel() for p in model.parameters())
@@ -94,6 +104,12 @@ def bench_sigma_lite(iters: int) -> dict:
             with torch.inference_mode():
                 model(a, b)
         out["network"][f"batch{batch}"] = rates(timed_cpu(run, 1, iters, lambda: None), batch)
+    # the same at one thread: on a shared machine two OpenMP threads stall on each other at every op
+    torch.set_num_threads(1)
+    a = torch.rand(1, 3, 512, 512)
+    out["network_1_thread"] = {"batch1": rates(timed_cpu(lambda: _infer(model, a), 1, iters, lambda: None),
+                                             1, threads=1)}
+    torch.set_num_threads(2)
     x = torch.rand(1, 3, 512, 512)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x, x)

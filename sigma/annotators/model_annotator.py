@@ -41,6 +41,9 @@ class ModelAnnotatorConfig(AnnotatorConfig):
     random_init: bool = Field(False, description="explicit opt-in to random heads: tests and training only")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
+    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads (process-wide); None = "
+                                    "torch's default. On a CPU shared with other jobs 1 can be ~10x faster "
+                                    "than 2: OpenMP threads stall on each other at every op")
     fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the convolutions (inference only)")
     batch_size: int | None = Field(None, ge=1, description="pairs per forward; None = 16 on CUDA, 2 on CPU "
                                    "(larger CPU batches only add cache misses)")
@@ -133,6 +136,8 @@ class SigmaAnnotator(Annotator):
 
             fuse_batchnorm(self.model)
         self.device = pick_device(cfg.device)
+        if cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)
         self.model.to(self.device)
         self.use_bf16 = self.device.type == "cuda" and cfg.precision in ("auto", "bf16")
         self.batch_size = cfg.batch_size or (16 if self.device.type == "cuda" else 2)
