@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 
 from api import errors
 from api.auth import KeyChecker, Principal
+from api.batches import install_batches
 from api.errors import ApiError
 from api.metrics import ApiMetrics, render
 from api.middleware import BodyLimit, RequestMetrics
@@ -252,6 +253,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
     annotate_scope = Depends(svc.auth.require("annotate"))
     metrics_scope = Depends(svc.auth.require("metrics"))
+    install_batches(app, cfg, svc.auth.require("annotate"))
 
     @app.post("/v1/annotate", tags=["annotate"], openapi_extra=SUBMIT_BODY, summary="annotate one pair, waiting",
               responses={200: {"description": "the finished job with its result"},

@@ -27,6 +27,8 @@ STATUS_BY_CODE = {
     "missing_api_key": 401, "invalid_api_key": 401, "insufficient_scope": 403,
     "not_found": 404, "job_not_found": 404, "mask_not_available": 409, "method_not_allowed": 405,
     "queue_full": 429, "queue_unavailable": 503, "annotation_failed": 500, "internal_error": 500,
+    "batches_disabled": 404, "path_outside_root": 403, "input_not_found": 404, "out_not_empty": 409,
+    "invalid_config": 422, "no_pairs": 422, "unknown_preset": 422,
 }
 
 # Documented codes (docs/service.md); the fuzz test asserts every error it sees is one of them.

@@ -101,6 +101,10 @@ class ApiSettings(Strict):
     upload_check: Literal["header", "full"] = Field(
         "header", description="header: limits, format and aspect from the image headers "
         "(fast; the worker decodes); full: also decode both images in the API before queueing")
+    batch_root: str | None = Field(
+        None, description="folder on the server (shared with the batch workers) that POST /v1/batches may read "
+        "corpora from and write runs to; every path is resolved (symlinks, ..) and must stay under it. "
+        "None: the batch routes answer 404 batches_disabled")
 
 
 class WorkerSettings(Strict):

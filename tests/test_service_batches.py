@@ -1,0 +1,123 @@
+"""POST /v1/batches over real HTTP (uvicorn) and a real redis-server: a corpus under api.batch_root is queued
+for the batch workers, a real batch worker drains it into manifests, and paths outside the root are refused."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from servicekit import ServiceUnderTest, free_port
+
+from sigma.batch.fleet import run_batch_worker
+from sigma.batch.layout import RunDir
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("batches")
+    write_pairs_jsonl(base / "root" / "corpus", synthetic_pairs(6, size=32))
+    write_pairs_jsonl(base / "outside" / "corpus", synthetic_pairs(2, size=32))
+    os.symlink(base / "outside", base / "root" / "escape")     # a symlink must not lead out of the root
+    return base / "root"
+
+
+@pytest.fixture(scope="module")
+def svc(redis_server, root, tmp_path_factory):
+    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-batches"), [f"api.batch_root={root}"])
+    try:
+        s.start_api()
+        yield s
+    finally:
+        s.close()
+
+
+def post(svc: ServiceUnderTest, body: dict, who: str | None = "user"):
+    return svc.http.post("/v1/batches", json=body, headers=svc.headers(who) if who else {})
+
+
+def error_code(resp) -> str:
+    return resp.json()["error"]["code"]
+
+
+def test_submit_queues_one_task_per_shard_and_a_worker_writes_the_manifests(svc, root, redis_server):
+    resp = post(svc, {"input": "corpus", "out": "runs/r1", "shard_size": 2})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["queued"] == 3 and body["skipped"] == 0 and body["run_dir"] == "runs/r1"
+    assert body["stream"] == f"{svc.prefix}:batch:tasks" and len(body["run_hash"]) == 12
+
+    status = svc.http.get("/v1/batches/status", params={"out": "runs/r1"}, headers=svc.headers())
+    assert status.status_code == 200, status.text
+    assert status.json()["queue"]["queued"] == 3 and status.json()["run"]["pending"] == 3
+
+    stats = run_batch_worker(redis_server.url, body["stream"], "bw1", block_ms=50, exit_when_idle=True)
+    assert stats.done == 3 and stats.failed == 0 and stats.dead == 0, stats.errors
+    summary = RunDir(root / "runs" / "r1").summary()
+    assert summary["done"] == 3 and summary["ok"] == 6 and summary["run_hash"] == body["run_hash"]
+    assert len(list((root / "runs" / "r1" / "shards").glob(f"*.{body['run_hash']}.parquet"))) == 3
+
+    # the same submission again: every shard is finished, nothing is queued
+    again = post(svc, {"input": str(root / "corpus"), "out": str(root / "runs" / "r1"), "shard_size": 2})
+    assert again.status_code == 202 and again.json()["queued"] == 0 and again.json()["skipped"] == 3
+    status = svc.http.get("/v1/batches/status", params={"out": "runs/r1"}, headers=svc.headers()).json()
+    assert status["run"]["done"] == 3 and status["queue"]["queued"] == 0
+
+
+@pytest.mark.parametrize("body", [
+    {"input": "../outside/corpus", "out": "runs/x"},
+    {"input": "corpus", "out": "../outside/run"},
+    {"input": "ABS_OUTSIDE", "out": "runs/x"},
+    {"input": "escape/corpus", "out": "runs/x"},
+    {"input": "corpus/../../outside/corpus", "out": "runs/x"},
+])
+def test_paths_outside_the_root_are_refused(svc, root, body):
+    body = {k: str(root.parent / "outside" / "corpus") if v == "ABS_OUTSIDE" else v for k, v in body.items()}
+    resp = post(svc, body)
+    assert resp.status_code == 403 and error_code(resp) == "path_outside_root", resp.text
+    assert not (root.parent / "outside" / "run").exists() and not (root / "runs" / "x").exists()
+
+
+def test_bad_requests_get_clear_codes(svc, root):
+    resp = post(svc, {"input": "nope", "out": "runs/y"})
+    assert resp.status_code == 404 and error_code(resp) == "input_not_found"
+    resp = post(svc, {"input": "corpus", "out": "runs/y", "annotator": "no-such-model"})
+    assert resp.status_code == 422 and error_code(resp) == "unknown_annotator"
+    resp = post(svc, {"input": "corpus", "out": "runs/y", "preset": "no-such-preset"})
+    assert resp.status_code == 422 and error_code(resp) == "unknown_preset", resp.text
+    resp = post(svc, {"input": "corpus", "out": "runs/y", "format": "zip"})
+    assert resp.status_code == 422 and error_code(resp) == "invalid_config", resp.text
+    resp = post(svc, {"input": "corpus", "out": "runs/y", "shard_size": 0})
+    assert resp.status_code == 422 and error_code(resp) == "invalid_request"
+    resp = post(svc, {"input": "corpus", "out": "corpus"})    # a folder that is not a run
+    assert resp.status_code == 409 and error_code(resp) == "out_not_empty", resp.text
+    assert not (root / "runs" / "y").exists()
+
+
+def test_auth_is_required(svc):
+    resp = post(svc, {"input": "corpus", "out": "runs/z"}, who=None)
+    assert resp.status_code == 401 and error_code(resp) == "missing_api_key"
+    resp = post(svc, {"input": "corpus", "out": "runs/z"}, who="metrics")
+    assert resp.status_code == 403 and error_code(resp) == "insufficient_scope"
+    resp = svc.http.get("/v1/batches/status", headers=svc.headers("metrics"))
+    assert resp.status_code == 403
+
+
+def test_disabled_without_a_root_and_503_when_redis_is_down(redis_server, root, tmp_path):
+    off = ServiceUnderTest(redis_server, tmp_path)
+    dead = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}",
+                                                     f"redis.url=redis://127.0.0.1:{free_port()}/0"])
+    try:
+        off.start_api()
+        resp = post(off, {"input": "corpus", "out": "runs/off"})
+        assert resp.status_code == 404 and error_code(resp) == "batches_disabled"
+        assert error_code(off.http.get("/v1/batches/status", headers=off.headers())) == "batches_disabled"
+        dead.start_api()
+        resp = post(dead, {"input": "corpus", "out": "runs/dead"})
+        assert resp.status_code == 503 and error_code(resp) == "queue_unavailable", resp.text
+        assert resp.headers.get("Retry-After") == "1"
+    finally:
+        off.close()
+        dead.close()
