@@ -24,14 +24,8 @@ from sigma.models.presets import TINY_DINOV2
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread. On a shared 2-core machine two OpenMP threads wait on each
-    other at every op (measured: 5 s instead of 23 ms for a tiny-lite step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread (the shared fixture in conftest.py says why).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = ["tiny-lite", "tiny-dinov2"]
 SIZES = {"tiny-lite": (64, 96), "tiny-dinov2": (56, 84)}
