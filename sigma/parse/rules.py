@@ -79,27 +79,19 @@ def _clause_end(low: list[str], start: int) -> int:
     return len(low)
 
 
+ADJUST_VERBS = frozenset({"increase", "decrease", "reduce", "boost", "lower", "improve", "fix", "correct", "raise",
+                          "enhance", "apply", "dress"})
+
+# First match wins, so the order is part of the rule (a verb in two lists takes the earlier kind).
+VERB_KINDS: tuple[tuple[frozenset[str] | set[str], str], ...] = (
+    (L.REMOVE_VERBS, "remove"), (L.REPLACE_VERBS, "replace"), (L.ADD_VERBS, "add"), (L.PAINT_VERBS, "paint"),
+    (L.GIVE_VERBS, "give"), (L.MAKE_VERBS, "make"), (L.CHANGE_VERBS, "change"),
+    (L.RESTORATION_VERBS, "restore"), (ADJUST_VERBS, "adjust"),
+)
+
+
 def _verb_kind(w: str) -> str | None:
-    if w in L.REMOVE_VERBS:
-        return "remove"
-    if w in L.REPLACE_VERBS:
-        return "replace"
-    if w in L.ADD_VERBS:
-        return "add"
-    if w in L.PAINT_VERBS:
-        return "paint"
-    if w in L.GIVE_VERBS:
-        return "give"
-    if w in L.MAKE_VERBS:
-        return "make"
-    if w in L.CHANGE_VERBS:
-        return "change"
-    if w in L.RESTORATION_VERBS:
-        return "restore"
-    if w in ("increase", "decrease", "reduce", "boost", "lower", "improve", "fix", "correct", "raise",
-             "enhance", "apply", "dress"):
-        return "adjust"
-    return None
+    return next((kind for verbs, kind in VERB_KINDS if w in verbs), None)
 
 
 def _is_whole_image(ph: Phrase) -> bool:
