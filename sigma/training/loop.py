@@ -326,7 +326,7 @@ class Trainer:
                        "identity_initialised": rep.identity})
         ds = TrainDataset(cfg)
         val = self._val_set() if self.is_main else []
-        if cfg.eval.at_start and self.step == 0 and (val or cfg.eval.data):
+        if cfg.eval.at_start and self.step == 0 and (cfg.eval.val_size or cfg.eval.val_dir or cfg.eval.data):
             self.validate(val)
         sampler = StepSampler(self.step, cfg.steps, cfg.batch_size, self.rank, self.world)
         loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
