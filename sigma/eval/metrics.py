@@ -66,6 +66,29 @@ class ImageScore:
     tp: int
     fp: int
     fn: int
+    confidence: float | None = None     # the annotator's own quality score, when it gives one
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan for fewer than 3 pairs or a constant."""
+    if len(a) < 3:
+        return float("nan")
+
+    def ranks(x: list[float]) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        order = np.argsort(x, kind="mergesort")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=np.float64)
+        for v in np.unique(x):            # ties share their average rank
+            idx = x == v
+            if idx.sum() > 1:
+                r[idx] = r[idx].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def score_image(pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray) -> ImageScore:
@@ -103,6 +126,7 @@ def summarize(scores: list[ImageScore]) -> dict[str, float | int]:
     fp = sum(s.fp for s in scores)
     fn = sum(s.fn for s in scores)
     nan = float("nan")
+    rated = [s for s in manipulated if s.confidence is not None]
     return {
         "pairs": len(scores),
         "manipulated": len(manipulated),
@@ -112,4 +136,6 @@ def summarize(scores: list[ImageScore]) -> dict[str, float | int]:
         "pooled_f1": (2 * tp / (2 * tp + fp + fn)) if (tp + fp + fn) else nan,
         "ciou": (tp / (tp + fp + fn)) if (tp + fp + fn) else nan,
         "giou": float(np.mean([s.iou for s in scores])) if scores else nan,
+        # does the annotator's confidence rank its masks by quality? Spearman ρ(confidence, F1)
+        "conf_rho": spearman([s.confidence for s in rated], [s.f1 for s in rated]) if len(rated) >= 3 else nan,
     }

@@ -54,7 +54,8 @@ class EvalResult:
         return {
             "tables": self.tables(),
             "per_pair": {p: [{"set": r.set_name, "id": r.pair_id, "f1": s.f1, "iou": s.iou, "auc": s.auc,
-                              "gt_fraction": s.gt_fraction, "pred_fraction": s.pred_fraction}
+                              "gt_fraction": s.gt_fraction, "pred_fraction": s.pred_fraction,
+                              "confidence": s.confidence}
                              for r, s in rows] for p, rows in self.scores.items()},
             "errors": self.errors,
         }
@@ -95,7 +96,10 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
                 gts.append(gt)
                 kept.append(rec)
             for rec, gt, ann in zip(kept, gts, annotator.predict(pairs), strict=True):
-                rows.append((rec, score_image(rec.pair_id, ann.mask, ann.prob, gt)))
+                score = score_image(rec.pair_id, ann.mask, ann.prob, gt)
+                conf = ann.extra.get("confidence") if isinstance(ann.extra, dict) else None
+                score.confidence = float(conf) if isinstance(conf, (int, float)) else None
+                rows.append((rec, score))
             done += len(chunk)
             if progress:
                 progress(done, total)
@@ -107,11 +111,14 @@ def format_tables(result: EvalResult) -> str:
     for name, table in result.tables().items():
         lines.append(f"\n== perturbation: {name} ==")
         lines.append(f"{'set':<46} {'pairs':>5} {'manip':>5} {'F1':>6} {'IoU':>6} {'AUC':>6} "
-                     f"{'pF1':>6} {'cIoU':>6} {'gIoU':>6}")
+                     f"{'pF1':>6} {'cIoU':>6} {'gIoU':>6} {'ρconf':>6}")
         for group, row in table.items():
             def pct(v: float) -> str:
                 return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.1f}"
+
+            def rho(v: float | None) -> str:
+                return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.2f}"
             lines.append(f"{group[:46]:<46} {row['pairs']:>5} {row['manipulated']:>5} {pct(row['f1'])} "
                          f"{pct(row['iou'])} {pct(row['auc'])} {pct(row['pooled_f1'])} {pct(row['ciou'])} "
-                         f"{pct(row['giou'])}")
+                         f"{pct(row['giou'])} {rho(row.get('conf_rho'))}")
     return "\n".join(lines)
