@@ -61,9 +61,10 @@ def test_inpaint_label_is_the_whole_remade_region_with_faint_changes_around_the_
             continue
         diff = np.abs(s.edited.astype(int) - s.original.astype(int)).mean(2)
         assert diff[~s.mask].mean() < 1.0                        # outside the region: untouched
-        # inside: changed everywhere a little (re-rendered), strongly somewhere (the object)
+        # inside: nearly every pixel re-made (a few levels at least), an object edit somewhere in it
         inner = diff[s.mask]
-        assert np.median(inner) >= 1.0 and inner.max() > 3 * np.median(inner)
+        assert (inner >= 1.0).mean() > 0.8 and inner.max() > np.median(inner) + 5
+        assert s.meta["inpaint"]["object"] in ("remove", "splice", "attribute")
         found += 1
     assert found >= 5
 
