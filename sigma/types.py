@@ -50,6 +50,8 @@ class Annotation:
     timings_ms: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)   # parser output, prior flags, confidence, ...
     preprocess: dict[str, Any] = field(default_factory=dict)
+    # what the annotator needs to re-derive the mask-dependent fields at another threshold; never serialised
+    context: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def area(self) -> int:

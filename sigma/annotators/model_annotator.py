@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from sigma.annotators.base import Annotator, AnnotatorConfig
+from sigma.annotators.base import Annotator, AnnotatorConfig, Prediction
 from sigma.annotators.guidance import Guidance, Guide, normalised_regions
 from sigma.annotators.mask_extras import confidence, split_components
 from sigma.errors import ConfigError, WeightsNotFoundError
@@ -200,7 +200,7 @@ class SigmaAnnotator(Annotator):
             probs.append(torch.sigmoid(full)[0, 0].cpu().numpy())
         return probs
 
-    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    def _predict_batch(self, pairs: list[Pair]) -> list[Prediction]:
         cfg: ModelAnnotatorConfig = self.config
         guides = self.guide(pairs)
         sizes = [working_size(*p.size, self.size, self.multiple, self.keep_aspect, cfg.upscale) for p in pairs]
@@ -218,20 +218,18 @@ class SigmaAnnotator(Annotator):
                 per = (time.perf_counter() - t0) * 1000.0 / len(chunk)
                 for i in chunk:
                     model_ms[i] = per
-        results = []
-        for i, (pair, g) in enumerate(zip(pairs, guides)):
-            prob = probs[i]
-            mask = prob > self.threshold
-            extra = {
-                **g.extra,
-                "confidence": confidence(prob, mask, self.threshold),
-                "components": split_components(mask, g.prior, g.informative, min_overlap=cfg.intended_overlap,
-                                               max_components=cfg.max_components),
-                "working_size": list(sizes[i]),
-                "timings_ms": {**g.timings_ms, "model": model_ms[i]},
-            }
-            results.append((prob, extra))
-        return results
+        return [Prediction(probs[i], {**g.extra, "working_size": list(sizes[i]),
+                                      "timings_ms": {**g.timings_ms, "model": model_ms[i]}},
+                           {"prior": g.prior, "informative": g.informative})
+                for i, g in enumerate(guides)]
+
+    def derive(self, pair_size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
+               context: dict[str, Any]) -> dict[str, Any]:
+        cfg: ModelAnnotatorConfig = self.config
+        return {"confidence": confidence(prob, mask, threshold),
+                "components": split_components(mask, context.get("prior"), bool(context.get("informative")),
+                                               min_overlap=cfg.intended_overlap,
+                                               max_components=cfg.max_components)}
 
 
 class SigmaLite(SigmaAnnotator):
