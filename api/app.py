@@ -23,19 +23,18 @@ from fastapi.responses import JSONResponse, Response
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
-from api import errors
-from api.auth import KeyChecker, Principal
-from api.batches import install_batches
-from api.errors import ApiError
-from api.metrics import ApiMetrics, render
-from api.middleware import BodyLimit, RequestMetrics
-from api.requests import AnnotateJson, AnnotateOptions, Submission, parse_submission
+from sigma.api import errors
+from sigma.api.auth import KeyChecker, Principal
+from sigma.api.batches import install_batches
+from sigma.api.errors import ApiError
+from sigma.api.metrics import ApiMetrics, render
+from sigma.api.middleware import BodyLimit, RequestMetrics
+from sigma.api.requests import AnnotateJson, AnnotateOptions, Submission, parse_submission
 from sigma.errors import SigmaError
-from workers.jobs import (
+from sigma.service.jobs import (
     ENQUEUE,
     FINISH,
     TERMINAL,
-    Keys,
     decode_hash,
     enqueue_args,
     finish_args,
@@ -43,7 +42,8 @@ from workers.jobs import (
     job_view,
     new_job_id,
 )
-from workers.settings import ServeConfig, load_serve_config
+from sigma.service.keys import Keys
+from sigma.service.settings import ServeConfig, load_serve_config
 
 log = logging.getLogger("sigma.api")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -122,7 +122,7 @@ class Service:
                        f"{self.cfg.limits.retry_after_s} s", {"Retry-After": str(self.cfg.limits.retry_after_s)})
 
     async def validate(self, sub: Submission) -> None:
-        from api.probe import check_pair
+        from sigma.api.probe import check_pair
 
         try:
             await anyio.to_thread.run_sync(check_pair, sub.original, sub.edited, sub.options.instruction,

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from api.errors import ApiError
-from workers.settings import SCOPES, AuthSettings, hash_key
+from sigma.api.errors import ApiError
+from sigma.service.settings import SCOPES, AuthSettings, hash_key
 
 
 @dataclass(frozen=True)

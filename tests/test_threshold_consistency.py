@@ -54,7 +54,7 @@ def test_per_pair_thresholds_in_one_batch(annotator):
 
 def test_serving_predictor_threshold_override_is_consistent():
     from sigma.io import encode_png
-    from workers.predictor import Predictor
+    from sigma.service.predictor import Predictor
 
     pair = _pair()
     pred = Predictor("sigma-lite", {"model": "tiny-lite", "random_init": True})

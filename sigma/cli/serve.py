@@ -56,18 +56,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load(args: argparse.Namespace):
-    from workers.settings import load_serve_config
+    from sigma.service.settings import load_serve_config
 
     path = args.config or os.environ.get("SIGMA_SERVE_CONFIG") or None
     return load_serve_config(path, list(args.overrides))
 
 
 def run_worker_cmd(args: argparse.Namespace) -> int:
-    from workers.worker import run_worker
+    from sigma.workers.worker import run_worker
 
     cfg = load(args)
     if getattr(args, "batch", False):   # fleet batch mode (issue 7): the run's own config picks the annotator
-        from sigma.batch.fleet import run_batch_worker_from_serve_config
+        from sigma.workers.batch import run_batch_worker_from_serve_config
 
         return run_batch_worker_from_serve_config(cfg, consumer=args.consumer)
     if args.annotator:
@@ -85,7 +85,7 @@ def run_worker_cmd(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from sigma.api.app import create_app
 
     cfg = load(args)
     host = args.host or cfg.api.host
