@@ -19,6 +19,8 @@ class Entry:
     factory: Callable[..., Any]
     description: str
     weights_status: Callable[[], str]   # "embedded", "none needed", "found at ...", "missing: ..."
+    # options -> sha256 of the weights file those options would load, without loading it (None: no weights)
+    weights_digest: Callable[[dict[str, Any]], str | None] | None = None
 
 
 class Registry:
@@ -26,13 +28,13 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, description: str,
-                 weights_status: Callable[[], str] | None = None) -> Callable:
+    def register(self, name: str, description: str, weights_status: Callable[[], str] | None = None,
+                 weights_digest: Callable[[dict[str, Any]], str | None] | None = None) -> Callable:
         def deco(factory: Callable) -> Callable:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = Entry(name, factory, description,
-                                        weights_status or (lambda: "none needed"))
+            self._entries[name] = Entry(name, factory, description, weights_status or (lambda: "none needed"),
+                                        weights_digest)
             return factory
         return deco
 
@@ -61,12 +63,42 @@ def _ensure_builtins() -> None:
     import sigma.annotators  # noqa: F401  (registers the built-in annotators on import)
 
 
-def create_annotator(name: str, **overrides: Any):
-    """Build a registered annotator; `overrides` are validated by the annotator's config model."""
+def default_annotator_name() -> str:
+    """The policy every front end shares: the embedded sigma-lite when its weights ship with this install,
+    else the pixel-diff baseline (said on stderr by the CLI, so nobody mistakes one for the other)."""
     _ensure_builtins()
-    return ANNOTATORS.get(name).factory(**overrides)
+    if "sigma-lite" in ANNOTATORS and ANNOTATORS.get("sigma-lite").weights_status().startswith("embedded"):
+        return "sigma-lite"
+    return "pixel-diff"
+
+
+def create_annotator(name: str | None = None, **overrides: Any):
+    """Build a registered annotator (None: `default_annotator_name()`); `overrides` are validated by the
+    annotator's config model."""
+    _ensure_builtins()
+    return ANNOTATORS.get(name or default_annotator_name()).factory(**overrides)
+
+
+def annotator_identity(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `annotator.identity()` will say, without building the annotator (run hashes are planned before
+    any model loads): the name, the digest of the weights these options load, the package version."""
+    from sigma.annotators.base import annotator_identity as identity
+
+    _ensure_builtins()
+    entry = ANNOTATORS.get(name)
+    digest = entry.weights_digest(dict(options or {})) if entry.weights_digest else None
+    return identity(name, digest)
 
 
 def list_annotators() -> list[Entry]:
     _ensure_builtins()
     return ANNOTATORS.entries()
+
+
+def build_annotator(spec: Any):
+    """An `AnnotatorSpec` (annotator, options, threshold) → the annotator; the threshold is validated by the
+    annotator's own config like every other option."""
+    options = dict(spec.options)
+    if spec.threshold is not None:
+        options["threshold"] = spec.threshold
+    return create_annotator(spec.annotator or default_annotator_name(), **options)

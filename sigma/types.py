@@ -50,6 +50,7 @@ class Annotation:
     timings_ms: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)   # parser output, prior flags, confidence, ...
     preprocess: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None   # the trained weights that made it (None: an annotator without weights)
     # what the annotator needs to re-derive the mask-dependent fields at another threshold; never serialised
     context: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -77,6 +78,8 @@ class Annotation:
             "pair_id": self.pair_id,
             "annotator": self.annotator,
             "config_hash": self.config_hash,
+            "weights_sha256": self.weights_sha256,
+            "sigma_version": _version(),
             "threshold": self.threshold,
             "segmentation": self.rle(),
             "area": self.area,
@@ -87,3 +90,9 @@ class Annotation:
             "preprocess": self.preprocess,
             **self.extra,
         }
+
+
+def _version() -> str:
+    from sigma import __version__
+
+    return __version__

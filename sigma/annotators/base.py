@@ -21,6 +21,12 @@ from sigma.errors import ConfigError
 from sigma.types import Annotation, Pair
 
 
+def annotator_identity(name: str, weights_sha256: str | None) -> dict[str, Any]:
+    from sigma import __version__
+
+    return {"annotator": name, "weights_sha256": weights_sha256, "sigma_version": __version__}
+
+
 class AnnotatorConfig(Strict):
     threshold: float | None = Field(None, ge=0.0, le=1.0,
                                     description="mask = prob > threshold; None = the annotator's default")
@@ -61,15 +67,26 @@ class Annotator(ABC):
             except TypeError as exc:
                 raise ConfigError(f"{self.name}: {exc}") from exc
         self.config = config
-        self.config_hash = config_hash({"annotator": self.name, **config.model_dump(mode="json")})
+        # sha256 of the trained weights file this annotator runs (None: it has none); set by subclasses
+        # once they load, hashed once per process
+        self.weights_sha256: str | None = None
 
     @property
     def threshold(self) -> float:
         return self.default_threshold if self.config.threshold is None else self.config.threshold
 
+    def identity(self) -> dict[str, Any]:
+        """What makes this annotator's outputs what they are: the name, the weights' digest, the package."""
+        return annotator_identity(self.name, self.weights_sha256)
+
+    @property
+    def config_hash(self) -> str:
+        """Outputs are keyed by config *and* weights *and* package version: upgrading either changes it."""
+        return config_hash({**self.identity(), **self.config.model_dump(mode="json")})
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config.model_dump(mode="json"),
-                "config_hash": self.config_hash, "threshold": self.threshold}
+                "config_hash": self.config_hash, "threshold": self.threshold, **self.identity()}
 
     @abstractmethod
     def _predict_batch(self, pairs: list[Pair]) -> Sequence[Prediction | tuple[np.ndarray, dict[str, Any]]]:
@@ -90,8 +107,8 @@ class Annotator(ABC):
         derived = self.derive(pair.size, prob, mask, threshold, context)
         return Annotation(pair_id=pair.pair_id, prob=prob, mask=mask, threshold=threshold, annotator=self.name,
                           config_hash=self.config_hash, timings_ms=timings, extra={**extra, **derived},
-                          preprocess=pair.preprocess, context={"extra": extra, "context": context,
-                                                               "size": pair.size})
+                          preprocess=pair.preprocess, weights_sha256=self.weights_sha256,
+                          context={"extra": extra, "context": context, "size": pair.size})
 
     def rethreshold(self, ann: Annotation, threshold: float) -> Annotation:
         """The same prediction at another threshold, every mask-derived field recomputed."""
@@ -101,7 +118,8 @@ class Annotator(ABC):
         derived = self.derive(ann.context["size"], ann.prob, mask, threshold, ann.context["context"])
         return Annotation(pair_id=ann.pair_id, prob=ann.prob, mask=mask, threshold=threshold,
                           annotator=ann.annotator, config_hash=ann.config_hash, timings_ms=dict(ann.timings_ms),
-                          extra={**ann.context["extra"], **derived}, preprocess=ann.preprocess, context=ann.context)
+                          extra={**ann.context["extra"], **derived}, preprocess=ann.preprocess,
+                          weights_sha256=ann.weights_sha256, context=ann.context)
 
     def _thresholds(self, threshold: Thresholds, n: int) -> list[float]:
         if threshold is None or isinstance(threshold, (int, float)):

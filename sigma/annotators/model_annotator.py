@@ -69,6 +69,25 @@ def embedded_status(preset: str) -> str | None:
     return None
 
 
+def trained_weights_file(cfg: ModelAnnotatorConfig, preset: str) -> Path | None:
+    """The `.safetensors` file a config loads (options.weights > the embedded file), without loading it;
+    None when it would run random heads or has nothing to load."""
+    from sigma.models.factory import model_files
+
+    if cfg.weights:
+        return model_files(cfg.weights)[1]
+    if embedded_status(preset):
+        return embedded_weights(preset)
+    return None
+
+
+def weights_digest(cfg: ModelAnnotatorConfig, preset: str) -> str | None:
+    from sigma.models.weights import file_sha256
+
+    path = trained_weights_file(cfg, preset)
+    return file_sha256(path) if path is not None and path.is_file() else None
+
+
 def backbone_status(ref: str) -> str:
     from sigma.models.weights import resolve_hf_reference
 
@@ -130,6 +149,7 @@ class SigmaAnnotator(Annotator):
         cfg: ModelAnnotatorConfig = self.config
         self.torch = torch
         self.model, self.weights_source = self._load_model(cfg)
+        self.weights_sha256 = weights_digest(cfg, cfg.model or self.preset)
         self.model.eval()
         if cfg.fuse_batchnorm:
             from sigma.models.fuse import fuse_batchnorm
@@ -263,19 +283,26 @@ def _dinov2_status(preset: str, backbone: str) -> Callable[[], str]:
     return status
 
 
+def _digest(preset: str) -> Callable[[dict[str, Any]], str | None]:
+    def digest(options: dict[str, Any]) -> str | None:
+        cfg = ModelAnnotatorConfig(**options)
+        return weights_digest(cfg, cfg.model or preset)
+    return digest
+
+
 @ANNOTATORS.register("sigma-lite", "SIGMA heads on a compact CNN trained from scratch, 512 px, CPU-fast; "
-                     "the embedded default", _lite_status)
+                     "the embedded default", _lite_status, _digest("sigma-lite"))
 def build_sigma_lite(**overrides: Any) -> SigmaLite:
     return SigmaLite(**overrides)
 
 
 @ANNOTATORS.register("sigma-b", "SIGMA on frozen DINOv2-B/14 at 518 px (the paper's model)",
-                     _dinov2_status("sigma-b", "facebook/dinov2-base"))
+                     _dinov2_status("sigma-b", "facebook/dinov2-base"), _digest("sigma-b"))
 def build_sigma_b(**overrides: Any) -> SigmaB:
     return SigmaB(**overrides)
 
 
 @ANNOTATORS.register("sigma-s", "SIGMA on frozen DINOv2-S/14 at 518 px",
-                     _dinov2_status("sigma-s", "facebook/dinov2-small"))
+                     _dinov2_status("sigma-s", "facebook/dinov2-small"), _digest("sigma-s"))
 def build_sigma_s(**overrides: Any) -> SigmaS:
     return SigmaS(**overrides)

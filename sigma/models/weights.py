@@ -125,3 +125,23 @@ def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
             parts.append(f"{len(bad_shape)} shape mismatch(es): {show(bad_shape)}")
         raise WeightsMismatchError(f"{what}: weights do not match the architecture — " + "; ".join(parts))
     module.load_state_dict(state_dict, strict=True)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a weights file, read once per process (keyed by path, size and mtime): outputs are
+    keyed by the digest of the weights that made them, not by a file name."""
+    import hashlib
+
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
