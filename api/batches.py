@@ -108,8 +108,8 @@ def install_batches(app: FastAPI, cfg: ServeConfig, scope: Any) -> None:
 
     @app.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
     async def batch_status(out: str | None = None, _principal=scope_dep):
-        from sigma.service.fleet import queue_status
         from sigma.batch.layout import RunDir
+        from sigma.service.fleet import queue_status
 
         root = _root(cfg)
         answer: dict[str, Any] = {}

@@ -82,12 +82,12 @@ def create_annotator(name: str | None = None, **overrides: Any):
 def annotator_identity(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """What `annotator.identity()` will say, without building the annotator (run hashes are planned before
     any model loads): the name, the digest of the weights these options load, the package version."""
-    from sigma.annotators.base import annotator_identity as identity
+    from sigma.version import model_identity
 
     _ensure_builtins()
     entry = ANNOTATORS.get(name)
     digest = entry.weights_digest(dict(options or {})) if entry.weights_digest else None
-    return identity(name, digest)
+    return model_identity(name, digest)
 
 
 def list_annotators() -> list[Entry]:

@@ -63,12 +63,12 @@ class Annotation:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
     def rle(self) -> dict:
-        from sigma.io.rle import encode_rle
+        from sigma.rle import encode_rle
 
         return encode_rle(self.mask)
 
     def bbox(self) -> list[int]:
-        from sigma.io.rle import mask_bbox
+        from sigma.rle import mask_bbox
 
         return mask_bbox(self.mask)
 
@@ -93,6 +93,6 @@ class Annotation:
 
 
 def _version() -> str:
-    from sigma import __version__
+    from sigma import version
 
-    return __version__
+    return version.__version__

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from sigma.batch import BatchConfig, run_batch
-from sigma.service.fleet import make_queue, queue_status, run_batch_worker, submit_run
 from sigma.cli import main
-from sigma.service.keys import Keys
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.service.fleet import make_queue, queue_status, run_batch_worker, submit_run
+from sigma.service.keys import Keys
 
 pytestmark = pytest.mark.redis
 

@@ -192,7 +192,7 @@ def test_grounded_pipeline_feeds_regions_and_prior(tiny_grounding, no_embedded):
     assert "ground" in a.timings_ms and a.prob.shape == (70, 90)
     only = create_annotator("grounding-only", grounding="gdino-sam2", grounding_options=tiny_grounding)
     res = only.predict(_pairs()[:1])[0]
-    assert res.prob.shape == (70, 90) and 0.0 <= res.prob.min() and res.prob.max() <= 1.0
+    assert res.prob.shape == (70, 90) and res.prob.min() >= 0.0 and res.prob.max() <= 1.0
 
 
 def test_grounding_only_default_needs_grounding_weights(monkeypatch, tmp_path):

@@ -69,10 +69,11 @@ def test_resume_with_other_weights_exits_2_and_says_why(tmp_path, corpus, capsys
     _save_tiny(tmp_path / "m", 0)
     assert main(argv) == 0
     run_batch(cfg, tmp_path / "run2", progress=False, max_shards=1)
-    import sigma as pkg
-    old, pkg.__version__ = pkg.__version__, "99.0"
+    from sigma import version
+
+    old, version.__version__ = version.__version__, "99.0"
     try:
         assert main([*argv[:3], "--out", str(tmp_path / "run2"), *argv[5:]]) == 2
     finally:
-        pkg.__version__ = old
+        version.__version__ = old
     assert "sigma_version" in capsys.readouterr().err

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from servicekit import ServiceUnderTest, free_port
 
-from sigma.service.fleet import run_batch_worker
 from sigma.batch.layout import RunDir
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.service.fleet import run_batch_worker
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 

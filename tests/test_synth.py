@@ -59,7 +59,7 @@ def test_local_edits_change_inside_the_mask_only(kind):
     donor = base[::-1, ::-1].copy()
     mask = np.zeros((h, w), bool)
     mask[30:60, 20:70] = True
-    for trial in range(5):
+    for _trial in range(5):
         params = E.SAMPLERS[kind](rng, h, w)
         params["feather"] = 0.0
         out = E.APPLIERS[kind](base, donor, mask, params)

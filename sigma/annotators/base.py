@@ -19,12 +19,7 @@ from sigma.config.loader import config_hash
 from sigma.config.schema import Strict
 from sigma.errors import ConfigError
 from sigma.types import Annotation, Pair
-
-
-def annotator_identity(name: str, weights_sha256: str | None) -> dict[str, Any]:
-    from sigma import __version__
-
-    return {"annotator": name, "weights_sha256": weights_sha256, "sigma_version": __version__}
+from sigma.version import model_identity
 
 
 class AnnotatorConfig(Strict):
@@ -77,7 +72,7 @@ class Annotator(ABC):
 
     def identity(self) -> dict[str, Any]:
         """What makes this annotator's outputs what they are: the name, the weights' digest, the package."""
-        return annotator_identity(self.name, self.weights_sha256)
+        return model_identity(self.name, self.weights_sha256)
 
     @property
     def config_hash(self) -> str:

@@ -8,7 +8,8 @@ import numpy as np
 from pydantic import Field
 
 from sigma.annotators.base import Annotator, AnnotatorConfig
-from sigma.annotators.model_annotator import backbone_status, pick_device, resize_image
+from sigma.annotators.model_annotator import backbone_status, resize_image
+from sigma.models.device import pick_device
 from sigma.registry import ANNOTATORS
 from sigma.types import Pair
 

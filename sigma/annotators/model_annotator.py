@@ -23,7 +23,8 @@ from pydantic import Field
 from sigma.annotators.base import Annotator, AnnotatorConfig, Prediction
 from sigma.annotators.guidance import Guidance, Guide, normalised_regions
 from sigma.annotators.mask_extras import confidence, split_components
-from sigma.errors import ConfigError, WeightsNotFoundError
+from sigma.errors import WeightsNotFoundError
+from sigma.models.device import pick_device
 from sigma.registry import ANNOTATORS
 from sigma.types import Pair
 
@@ -98,21 +99,6 @@ def backbone_status(ref: str) -> str:
     except Exception as exc:  # noqa: BLE001 - a status line must never raise
         return f"backbone {ref}: unknown ({exc.__class__.__name__})"
     return f"backbone {ref}: found at {res.location}"
-
-
-def pick_device(name: str):
-    """auto → CUDA when present, else CPU; an explicit device that does not exist is a config error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use device=auto or cpu")
-    return device
 
 
 def working_size(h: int, w: int, size: int, multiple: int, keep_aspect: bool, upscale: bool) -> tuple[int, int]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from sigma.batch.decode import Decoded
 from sigma.eval.metrics import score_image
-from sigma.io.rle import encode_rle
+from sigma.rle import encode_rle
 from sigma.types import Annotation
 
 SCHEMA_FIELDS: list[tuple[str, str]] = [

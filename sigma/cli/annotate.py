@@ -12,10 +12,10 @@ from typing import Any
 from pydantic import Field
 
 from sigma.cli.common import add_config_args, flag_overrides
-from sigma.registry import build_annotator, default_annotator_name
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
+from sigma.registry import build_annotator, default_annotator_name
 
 HELP = """Annotate an (original, edited) pair with a manipulation mask.
 

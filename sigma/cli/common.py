@@ -6,7 +6,6 @@ import sys
 from typing import Any
 
 
-
 class SigmaArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line in the same `sigma: error [code]: ...` form as every
     other error (argparse's default prints the whole usage block first)."""

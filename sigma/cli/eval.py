@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
 from sigma.cli.common import add_config_args, flag_overrides, progress_bar
-from sigma.registry import build_annotator, default_annotator_name
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import AnnotatorSpec, IOConfig
+from sigma.registry import build_annotator, default_annotator_name
 
 HELP = """Score an annotator on pairs with ground-truth masks (the layout of ../shared/data/eval:
 <set>/pairs.jsonl + images + masks). DATA is one set or a folder of sets.

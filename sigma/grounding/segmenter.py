@@ -12,7 +12,8 @@ import numpy as np
 
 from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.grounding.config import SegmenterConfig
-from sigma.grounding.hf_loading import pick_device, pick_dtype, resolve_local, strict_from_pretrained
+from sigma.models.device import pick_device, pick_dtype
+from sigma.models.weights import resolve_local, strict_from_pretrained
 
 # SAM 2's image normalisation (ImageNet statistics), as in its own image processor
 _MEAN = (0.485, 0.456, 0.406)
@@ -86,7 +87,7 @@ class Sam2Segmenter(Segmenter):
             if not len(boxes[i]):
                 out[i] = np.zeros((0, *img.shape[:2]), np.float32)
         sh, sw = self.input_size
-        use_autocast = self.device.startswith("cuda") and self.dtype != torch.float32
+        use_autocast = self.device.type == "cuda" and self.dtype != torch.float32
         for start in range(0, len(todo), self.config.batch_size):
             chunk = todo[start:start + self.config.batch_size]
             with torch.inference_mode(), torch.autocast("cuda", dtype=self.dtype, enabled=use_autocast):

@@ -101,6 +101,24 @@ def resolve_hf_reference(ref: str, *, filename: str = "config.json", allow_downl
            "the Hugging Face cache, or allow a download."))
 
 
+def resolve_local(ref: str, *, what: str, allow_download: bool = False, hint: str = "",
+                  filename: str = "config.json") -> str:
+    """A local path or HF repo id -> a local folder (the resolution order above); WeightsNotFoundError
+    names every place looked."""
+    return resolve_hf_reference(ref, filename=filename, allow_download=allow_download, what=what, hint=hint).location
+
+
+def strict_from_pretrained(model_cls: Any, folder: str, *, what: str, **kwargs: Any):
+    """`from_pretrained` from a local folder, refusing a partial load: transformers silently re-initialises
+    weights it did not find, so a wrong checkpoint could otherwise pass for a detector or a parser."""
+    model, info = model_cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        detail = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
+        raise WeightsMismatchError(f"{what} at {folder}: checkpoint does not match the architecture — {detail}")
+    return model.eval()
+
+
 def load_safetensors(path: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 

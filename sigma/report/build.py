@@ -14,8 +14,8 @@ from sigma.batch.layout import RunDir, atomic_write_bytes
 from sigma.eval.metrics import ImageScore, summarize
 from sigma.export.select import RowFilter, iter_pairs, load_rows
 from sigma.io.outputs import overlay_image
-from sigma.io.rle import decode_rle
 from sigma.report.page import render_page
+from sigma.rle import decode_rle
 
 
 def _sort_key(row: dict) -> tuple:

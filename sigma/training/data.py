@@ -2,8 +2,8 @@
 function of (seed, sample index). A resumed run therefore sees exactly the batches it would have seen."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
