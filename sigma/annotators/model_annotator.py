@@ -1,8 +1,7 @@
-"""The batched, device-aware predictor around a SigmaNet: `sigma-lite`, `sigma-b`, `sigma-s`.
+"""The SigmaNet annotators: `sigma-lite`, `sigma-b`, `sigma-s` (device, batching, resizing: `torch_base.py`).
 
-Per batch: parse + ground each pair (when configured), resize to the working size, run the network in
-batches of equal working size (bf16 autocast on CUDA, fp32 on CPU), resize logits bilinearly to each
-original size, then the per-pair extras (parse, prior flag, confidence, intended/side-effect split).
+Per batch: parse + ground each pair (when configured), run the network at each pair's working size, then
+the per-pair extras (parse, prior flag, confidence, intended/side-effect split).
 
 Working size: sigma-lite keeps the aspect ratio (long side 512, both sides multiples of 32). The model is
 trained on undistorted crops, so squashing a 2:1 photo into a square would halve every object's width
@@ -11,27 +10,25 @@ The DINOv2 models use the paper's fixed 518x518 square.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 from pydantic import Field
 
-from sigma.annotators.base import Annotator, AnnotatorConfig, Prediction
+from sigma.annotators.base import Prediction
 from sigma.annotators.guidance import Guidance, Guide, normalised_regions
 from sigma.annotators.mask_extras import confidence, split_components
+from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig, resize_image
 from sigma.errors import WeightsNotFoundError
-from sigma.models.device import pick_device
 from sigma.registry import ANNOTATORS
 from sigma.types import Pair
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
-class ModelAnnotatorConfig(AnnotatorConfig):
+class ModelAnnotatorConfig(TorchAnnotatorConfig):
     model: str | None = Field(None, description="model preset name; None = the annotator's own")
     weights: str | None = Field(None, description="trained SigmaNet: a save_model folder or X.safetensors "
                                 "beside X.json; None = the weights embedded in the package")
@@ -40,14 +37,7 @@ class ModelAnnotatorConfig(AnnotatorConfig):
                                          "backbone")
     allow_download: bool = Field(False, description="let a missing backbone be downloaded from the Hub")
     random_init: bool = Field(False, description="explicit opt-in to random heads: tests and training only")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads (process-wide); None = "
-                                    "torch's default. On a CPU shared with other jobs 1 can be ~10x faster "
-                                    "than 2: OpenMP threads stall on each other at every op")
     fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the convolutions (inference only)")
-    batch_size: int | None = Field(None, ge=1, description="pairs per forward; None = 16 on CUDA, 2 on CPU "
-                                   "(larger CPU batches only add cache misses)")
     image_size: int | None = Field(None, ge=28, description="working size override (long side)")
     upscale: bool = Field(False, description="enlarge pairs smaller than the working size (keep-aspect "
                           "models); off: small pairs run at their own size, rounded to the size multiple")
@@ -113,15 +103,7 @@ def working_size(h: int, w: int, size: int, multiple: int, keep_aspect: bool, up
     return snap(h * scale), snap(w * scale)
 
 
-def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    h, w = hw
-    if img.shape[:2] == (h, w):
-        return img
-    shrink = h * w < img.shape[0] * img.shape[1]
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-class SigmaAnnotator(Annotator):
+class SigmaAnnotator(TorchAnnotator):
     """Subclasses set `name` and `preset`; everything else is shared."""
 
     name: ClassVar[str] = "sigma"
@@ -130,10 +112,7 @@ class SigmaAnnotator(Annotator):
 
     def __init__(self, config: ModelAnnotatorConfig | None = None, **overrides: Any):
         super().__init__(config, **overrides)
-        import torch
-
         cfg: ModelAnnotatorConfig = self.config
-        self.torch = torch
         self.model, self.weights_source = self._load_model(cfg)
         self.weights_sha256 = weights_digest(cfg, cfg.model or self.preset)
         self.model.eval()
@@ -141,12 +120,8 @@ class SigmaAnnotator(Annotator):
             from sigma.models.fuse import fuse_batchnorm
 
             fuse_batchnorm(self.model)
-        self.device = pick_device(cfg.device)
-        if cfg.cpu_threads:
-            torch.set_num_threads(cfg.cpu_threads)
+        self._setup_runtime()
         self.model.to(self.device)
-        self.use_bf16 = self.device.type == "cuda" and cfg.precision in ("auto", "bf16")
-        self.batch_size = cfg.batch_size or (16 if self.device.type == "cuda" else 2)
         mcfg = self.model.config
         self.size = cfg.image_size or mcfg.image_size
         self.multiple = mcfg.size_multiple
@@ -182,52 +157,27 @@ class SigmaAnnotator(Annotator):
             "beside X.json), train one (see docs/training.md), or use another annotator (`sigma models`).")
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "weights": self.weights_source, "device": str(self.device)}
+        return {**super().describe(), "weights": self.weights_source}
 
-    def _to_tensor(self, images: list[np.ndarray]):
-        arr = np.stack(images).astype(np.float32) / 255.0
-        return self.torch.from_numpy(arr).permute(0, 3, 1, 2).to(self.device)
-
-    def _run(self, pairs: list[Pair], guides: list[Guidance], hw: tuple[int, int]):
-        torch = self.torch
-        orig = self._to_tensor([resize_image(p.original, hw) for p in pairs])
-        edit = self._to_tensor([resize_image(p.edited, hw) for p in pairs])
-        prior = torch.from_numpy(np.stack([resize_image(g.prior, hw) for g in guides]))[:, None].to(self.device)
-        edit_types = [g.edit_type for g in guides]
-        regions = [normalised_regions(g.regions, p.size) for p, g in zip(pairs, guides)]
-        regions = regions if any(regions) else None
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            out = self.model(orig, edit, prior=prior, edit_type=edit_types, regions=regions)
-        logits = out.logits.float()
-        probs = []
-        for i, pair in enumerate(pairs):
-            full = torch.nn.functional.interpolate(logits[i:i + 1], size=pair.size, mode="bilinear",
-                                                   align_corners=False)
-            probs.append(torch.sigmoid(full)[0, 0].cpu().numpy())
-        return probs
-
-    def _predict_batch(self, pairs: list[Pair]) -> list[Prediction]:
+    def working_size(self, pair: Pair) -> tuple[int, int]:
         cfg: ModelAnnotatorConfig = self.config
-        guides = self.guide(pairs)
-        sizes = [working_size(*p.size, self.size, self.multiple, self.keep_aspect, cfg.upscale) for p in pairs]
-        probs: list[np.ndarray | None] = [None] * len(pairs)
-        model_ms = [0.0] * len(pairs)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, hw in enumerate(sizes):
-            groups.setdefault(hw, []).append(i)
-        for hw, idx in groups.items():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start:start + self.batch_size]
-                t0 = time.perf_counter()
-                for i, p in zip(chunk, self._run([pairs[i] for i in chunk], [guides[i] for i in chunk], hw)):
-                    probs[i] = p
-                per = (time.perf_counter() - t0) * 1000.0 / len(chunk)
-                for i in chunk:
-                    model_ms[i] = per
-        return [Prediction(probs[i], {**g.extra, "working_size": list(sizes[i]),
-                                      "timings_ms": {**g.timings_ms, "model": model_ms[i]}},
-                           {"prior": g.prior, "informative": g.informative})
-                for i, g in enumerate(guides)]
+        return working_size(*pair.size, self.size, self.multiple, self.keep_aspect, cfg.upscale)
+
+    def _prepare(self, pairs: list[Pair]) -> list[Guidance]:
+        return self.guide(pairs)
+
+    def _forward(self, original, edited, pairs: list[Pair], guides: list[Guidance]):
+        hw = tuple(original.shape[-2:])
+        prior = self.torch.from_numpy(np.stack([resize_image(g.prior, hw) for g in guides]))[:, None]
+        regions = [normalised_regions(g.regions, p.size) for p, g in zip(pairs, guides, strict=True)]
+        out = self.model(original, edited, prior=prior.to(self.device), edit_type=[g.edit_type for g in guides],
+                         regions=regions if any(regions) else None)
+        return out.logits
+
+    def _extra(self, pair: Pair, g: Guidance, hw: tuple[int, int], model_ms: float) -> Prediction:
+        return Prediction(np.empty(0), {**g.extra, "working_size": list(hw),
+                                        "timings_ms": {**g.timings_ms, "model": model_ms}},
+                          {"prior": g.prior, "informative": g.informative})
 
     def derive(self, pair_size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
                context: dict[str, Any]) -> dict[str, Any]:
