@@ -43,10 +43,7 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         if name not in self._entries:
-            known = self.names()
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(known)}.")
+            raise UnknownNameError(did_you_mean(self.kind, name, self.names()))
         return self._entries[name]
 
     def entries(self) -> list[Entry]:
@@ -54,6 +51,32 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+def did_you_mean(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Unknown {kind} {name!r}.{hint} Known: {', '.join(sorted(known))}."
+
+
+def registered(registry: Registry | Callable[[], list[str]], ensure: Callable[[], Any] | None = None,
+               also: tuple[str, ...] = ()) -> Any:
+    """A pydantic validator for a config field that names a registry entry: the registry is the extension
+    point (a plugin that registers a grounder or a reader is valid config without editing a Literal), and a
+    typo is an error with a did-you-mean. `ensure` imports the built-ins first; `also`: accepted extras."""
+    from pydantic import AfterValidator
+
+    def check(name: str | None) -> str | None:
+        if name is None or name in also:
+            return name
+        if ensure is not None:
+            ensure()
+        known = registry.names() if isinstance(registry, Registry) else list(registry())
+        if name not in known:
+            raise ValueError(did_you_mean(registry.kind if isinstance(registry, Registry) else "name", name,
+                                          [*known, *also]))
+        return name
+    return AfterValidator(check)
 
 
 ANNOTATORS = Registry("annotator")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -22,14 +22,21 @@ from sigma.annotators.guidance import Guidance, Guide, normalised_regions
 from sigma.annotators.mask_extras import confidence, split_components
 from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig, resize_image
 from sigma.errors import WeightsNotFoundError
-from sigma.registry import ANNOTATORS
+from sigma.registry import ANNOTATORS, registered
 from sigma.types import Pair
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
+def _preset_names() -> list[str]:
+    from sigma.models.presets import preset_names
+
+    return preset_names()
+
+
 class ModelAnnotatorConfig(TorchAnnotatorConfig):
-    model: str | None = Field(None, description="model preset name; None = the annotator's own")
+    model: Annotated[str | None, registered(_preset_names)] = Field(
+        None, description="model preset name; None = the annotator's own")
     weights: str | None = Field(None, description="trained SigmaNet: a save_model folder or X.safetensors "
                                 "beside X.json; None = the weights embedded in the package")
     backbone_weights: str | None = Field(None, description="DINOv2 weights (local path or HF repo id) for "
@@ -49,15 +56,32 @@ class ModelAnnotatorConfig(TorchAnnotatorConfig):
     max_components: int = Field(64, ge=0)
 
 
-def embedded_weights(preset: str) -> Path:
-    return WEIGHTS_DIR / f"{preset}.safetensors"
+def embedded_weights(preset: str) -> Path | None:
+    """The file the preset's pretrained config ships in the package (None: it ships none)."""
+    from sigma.models.presets import PRETRAINED
+
+    entry = PRETRAINED.get(preset)
+    return WEIGHTS_DIR / entry.file if entry is not None and entry.file else None
 
 
 def embedded_status(preset: str) -> str | None:
     path = embedded_weights(preset)
-    if path.is_file() and path.with_suffix(".json").is_file():
+    if path is not None and path.is_file() and path.with_suffix(".json").is_file():
         return f"embedded (sigma/weights/{path.name})"
     return None
+
+
+def verify_embedded(preset: str, path: Path) -> None:
+    """The shipped file must be the one its pretrained config names: a corrupt or swapped file is refused."""
+    from sigma.models.presets import PRETRAINED
+    from sigma.models.weights import WeightsMismatchError, file_sha256
+
+    expected = PRETRAINED[preset].sha256
+    if expected is not None and file_sha256(path) != expected:
+        raise WeightsMismatchError(
+            f"{path}: sha256 {file_sha256(path)[:16]}… is not the {preset} weights this release ships "
+            f"({expected[:16]}…): the install is corrupt or the file was replaced. Reinstall, or pass "
+            "options.weights=PATH to run another file on purpose")
 
 
 def trained_weights_file(cfg: ModelAnnotatorConfig, preset: str) -> Path | None:
@@ -141,9 +165,11 @@ class SigmaAnnotator(TorchAnnotator):
             return load(cfg.weights), f"file {cfg.weights}"
         looked.append("options.weights (not set)")
         embedded = embedded_weights(preset)
-        if embedded_status(preset):
+        if embedded is not None and embedded_status(preset):
+            verify_embedded(preset, embedded)
             return load(embedded), f"embedded {embedded.name}"
-        looked.append(f"embedded {embedded} + {embedded.with_suffix('.json').name} (not in this install)")
+        looked.append(f"embedded {embedded} + {embedded.with_suffix('.json').name} (not in this install)"
+                      if embedded is not None else f"embedded weights (preset {preset!r} ships none)")
         if cfg.random_init:
             mcfg = preset_config(preset)
             if cfg.backbone_weights and getattr(mcfg.backbone, "kind", "") == "dinov2":

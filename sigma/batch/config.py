@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from sigma.config.loader import config_hash
 from sigma.config.schema import AnnotatorSpec, IOConfig, Strict
+from sigma.io.corpora import CORPUS_READERS
+from sigma.registry import registered
 
 
 class InputConfig(Strict):
     path: str = Field(..., description="corpus: a folder, a .jsonl/.csv manifest, parquet, save_to_disk folder, tars")
-    format: Literal["auto", "folder", "jsonl", "csv", "parquet", "hf", "wds"] = "auto"
+    format: Annotated[str, registered(CORPUS_READERS, also=("auto",))] = Field(
+        "auto", description="a registered corpus reader, or auto (detected from the path)")
     preset: str | None = Field(None, description="column names of a public corpus (magicbrush, instructpix2pix, "
                                                  "ultraedit, anyedit, omniedit, generic)")
     columns: dict[str, str] = Field(default_factory=dict, description="role=column overrides on top of the preset")

@@ -43,12 +43,12 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    from sigma.io.corpora import FORMATS, PRESETS
+    from sigma.io.corpora import PRESETS, formats
 
     p.add_argument("input", help="the corpus (see above)")
     p.add_argument("--out", required=True, help="run folder (created; holds run.json, shards/, status/)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="column names of a public corpus")
-    p.add_argument("--format", choices=FORMATS, help="reader (default: auto-detected)")
+    p.add_argument("--format", help=f"reader: {', '.join(formats())} (default: auto-detected)")
     p.add_argument("--columns", help="role=column overrides: original=,edited=,instruction=,mask=,id=,edit_type= "
                                      "(tars: field names, alternatives separated by |)")
     p.add_argument("--shard-size", type=int, help="pairs per shard (default 1000)")

@@ -12,6 +12,7 @@ import numpy as np
 
 from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.grounding.config import SegmenterConfig
+from sigma.grounding.registry import SEGMENTERS
 from sigma.models.device import pick_device, pick_dtype
 from sigma.models.weights import resolve_local, strict_from_pretrained
 
@@ -159,10 +160,22 @@ class NativeSam2Segmenter(Segmenter):
         return out
 
 
+@SEGMENTERS.register("sam2", "transformers Sam2Model (facebook/sam2.1-hiera-*), strict local loading")
+def _build_sam2(config: SegmenterConfig, *, device: str | None = None, dtype: str = "auto",
+                allow_download: bool = False) -> Segmenter:
+    return Sam2Segmenter(config, device=device, dtype=dtype, allow_download=allow_download)
+
+
+@SEGMENTERS.register("box", "filled boxes: no segmenter")
+def _build_box(config: SegmenterConfig, **_: Any) -> Segmenter:
+    return BoxSegmenter()
+
+
+@SEGMENTERS.register("native-sam2", "the facebookresearch `sam2` package (optional, not installed by default)")
+def _build_native(config: SegmenterConfig, *, device: str | None = None, **_: Any) -> Segmenter:
+    return NativeSam2Segmenter(config, device=device)
+
+
 def build_segmenter(config: SegmenterConfig, *, device: str | None = None, dtype: str = "auto",
                     allow_download: bool = False) -> Segmenter:
-    if config.kind == "box":
-        return BoxSegmenter()
-    if config.kind == "native-sam2":
-        return NativeSam2Segmenter(config, device=device)
-    return Sam2Segmenter(config, device=device, dtype=dtype, allow_download=allow_download)
+    return SEGMENTERS.get(config.kind).factory(config, device=device, dtype=dtype, allow_download=allow_download)
