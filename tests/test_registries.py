@@ -9,7 +9,7 @@ from sigma.batch.config import BatchConfig, InputConfig
 from sigma.grounding.config import GroundingConfig, SegmenterConfig
 from sigma.grounding.registry import GROUNDERS, SEGMENTERS
 from sigma.io.corpora import CORPUS_READERS
-from sigma.models.presets import PRETRAINED, PRESETS
+from sigma.models.presets import PRESETS, PRETRAINED
 from sigma.models.weights import file_sha256
 
 

@@ -104,7 +104,7 @@ def test_no_edit_pairs_differ_only_by_perturbation(photos):
 
 def test_sigma_synth_writes_the_eval_layout(photos, tmp_path):
     from sigma.cli import main
-    from sigma.eval.dataset import read_set
+    from sigma.io.pairs_jsonl import read_set
 
     out = tmp_path / "synth"
     assert main(["synth", "--out", str(out), "-n", "5", "--seed", "3", "--photos", str(photos), "crop=48"]) == 0

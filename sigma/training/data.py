@@ -20,7 +20,7 @@ class FolderSource:
     """Random crops from a pairs.jsonl folder (e.g. a user's own editor output, labelled or not)."""
 
     def __init__(self, cfg: SourceConfig, crop: int):
-        from sigma.eval.dataset import find_sets, read_set
+        from sigma.io.pairs_jsonl import find_sets, read_set
 
         self.cfg, self.crop = cfg, crop
         self.records = [r for s in find_sets(cfg.path) for r in read_set(s)]
