@@ -67,3 +67,10 @@ class KeyChecker:
                 raise ApiError(403, "insufficient_scope", f"this API key lacks the '{scope}' scope")
             return principal
         return dependency
+
+
+def require_scope(scope: str):
+    """A route dependency: the caller's principal, refused (401/403) without a key holding `scope`."""
+    async def dependency(request: Request) -> Principal:
+        return await request.app.state.service.auth.require(scope)(request)
+    return dependency

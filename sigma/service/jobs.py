@@ -15,7 +15,6 @@ import redis
 
 from sigma.service.keys import Keys
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
 
 ENQUEUE = """

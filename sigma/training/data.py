@@ -3,7 +3,6 @@ function of (seed, sample index). A resumed run therefore sees exactly the batch
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -117,5 +116,3 @@ def fixed_val_set(cfg: TrainConfig, size: int) -> list[SynthSample]:
     return [ds.sample(i)[0] for i in range(size)]
 
 
-def resolve_path(p: str) -> Path:
-    return Path(p).expanduser()
