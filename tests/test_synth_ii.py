@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_synth import make_photos
 
 from sigma.data import perturb as K
 from sigma.data.synth import edits as E
 from sigma.data.synth import masks as M
 from sigma.data.synth import perturb as P
 from sigma.data.synth.engine import SynthConfig, SynthEngine
-
-from test_synth import make_photos
 
 FAMILY = dict(crop=64, scale_range=(0.8, 1.0), mix={"copymove": 1, "inpaint": 1, "remove": 1, "none": 0.3},
               small_p=0.5, small_range=(0.0005, 0.02), multi_p=0.3, multi_max=5, irregular_p=0.5,

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_synth import make_photos
 
 from sigma.config.loader import load_config
 from sigma.models import build_model, load_model
-from sigma.models.grow import grow_from
 from sigma.training.config import TrainConfig
 from sigma.training.data import TrainDataset, to_float
 from sigma.training.loop import Trainer
-
-from test_synth import make_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "sigma" / "weights" / "sigma-lite.safetensors"

@@ -7,7 +7,6 @@ family (`sigma.data.synth.perturb`): what the model is scored under and what it 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 
@@ -94,4 +93,3 @@ def expand(names: list[str] | str) -> list[str]:
     return out
 
 
-Perturbation = Callable[[np.ndarray, str], np.ndarray]

@@ -63,7 +63,7 @@ class DetectSegmentGrounder(Grounder):
 
 def _status() -> str:
     from sigma.errors import WeightsNotFoundError
-    from sigma.grounding.hf_loading import resolve_local
+    from sigma.models.weights import resolve_local
 
     cfg = GroundingConfig(backend="gdino-sam2")
     found = []

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sigma.models.weights import WeightsMismatchError
 from sigma.models.backbones import InvertedResidual
 from sigma.models.decoder import FullResHead
+from sigma.models.weights import WeightsMismatchError
 
 
 @dataclass

@@ -50,7 +50,8 @@ def score(pairs: Iterable[tuple[dict[str, Any], ParsedInstruction]]) -> dict[str
             errors.append({"instruction": rec.get("instruction"),
                            "expected": {k: rec.get(k) for k in EXPECTED_FIELDS},
                            "got": {k: getattr(p, k) for k in EXPECTED_FIELDS}, "rule": p.rule})
-    frac = (lambda k: round(k / n, 4) if n else None)
+    def frac(k: int) -> float | None:
+        return round(k / n, 4) if n else None
     return {"n": n, "type_accuracy": frac(type_ok), "concept_match": frac(concept_ok),
             "source_match": frac(source_ok), "target_match": frac(target_ok), "fallbacks": fallbacks,
             "type_accuracy_by_type": {k: round(per_type_ok[k] / v, 4) for k, v in sorted(per_type.items(),

@@ -2,8 +2,8 @@
 function of (seed, sample index). A resumed run therefore sees exactly the batches it would have seen."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -20,7 +20,7 @@ class FolderSource:
     """Random crops from a pairs.jsonl folder (e.g. a user's own editor output, labelled or not)."""
 
     def __init__(self, cfg: SourceConfig, crop: int):
-        from sigma.eval.dataset import find_sets, read_set
+        from sigma.io.pairs_jsonl import find_sets, read_set
 
         self.cfg, self.crop = cfg, crop
         self.records = [r for s in find_sets(cfg.path) for r in read_set(s)]
@@ -115,10 +115,6 @@ def fixed_val_set(cfg: TrainConfig, size: int) -> list[SynthSample]:
     """Synthetic validation pairs from their own seed (labels kept, latent edits included)."""
     ds = TrainDataset(cfg.model_copy(update={"sources": []}), seed=cfg.eval.val_seed, withhold_latent=False)
     return [ds.sample(i)[0] for i in range(size)]
-
-
-def resolve_path(p: str) -> Path:
-    return Path(p).expanduser()
 
 
 def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:

@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sigma.errors import InputError
 
 from . import edits as E
+from . import masks as M
 from . import perturb as P
 from .cache import list_photos, load_photo
-from . import masks as M
 
 KINDS = ("none", "remove", "splice", "attribute", "global", "latent", "copymove", "inpaint")
 OBJECT_SHAPES = {"blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "rectangle": 0.6, "superpixels": 1.0}
