@@ -118,6 +118,11 @@ class MetricAccumulator:
     def update(self, pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray, *groups: str) -> ImageScore:
         return self.add(score_image(pair_id, pred, prob, gt), *groups)
 
+    def extend(self, other: MetricAccumulator) -> None:
+        """Merge another accumulator's groups (e.g. one per process or per batch)."""
+        for group, scores in other.groups.items():
+            self.groups.setdefault(group, []).extend(scores)
+
     def scores(self, group: str = "overall") -> list[ImageScore]:
         return self.groups.get(group, [])
 
