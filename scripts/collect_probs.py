@@ -26,7 +26,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from sigma.eval import perturb
-    from sigma.eval.dataset import find_sets, read_set
+    from sigma.io.pairs_jsonl import find_sets, read_set
     from sigma.eval.metrics import score_image
     from sigma.io.images import read_mask
     from sigma.io.pairs import load_pair

@@ -1,4 +1,4 @@
-"""Issue 14, item 7: a golden test of the shipped file. sigma-lite on 10 real pairs of ../shared/data/eval
+"""Issue 14, item 7: a golden test of the shipped file. sigma-lite on 8 real pairs of ../shared/data/eval
 (small images, several editors) under the `vae` perturbation (TAEF2 roundtrip of the edited image), through
 the real annotator and the real metric; the mean F1 must stay above a floor a little under what the shipped
 file scores (measured when it was shipped: see docs/training.md), so a regression in the weights, the
@@ -11,19 +11,20 @@ import pytest
 from sigma.models.vae import shared_dir
 
 GOLDEN = {
-    "migan_object_removal": ["migan_places512obj_01", "migan_places512obj_03", "migan_places512obj_05",
-                             "migan_places512obj_07"],
+    "migan_object_removal": ["migan_places512obj_01", "migan_places512obj_03", "migan_places512obj_05"],
     "libcom_insertion": ["1bb218825e370c51_m02p5f1q_4a9db762_30", "35149c4895418040_m01yrx_e5b3a7bd_09",
                          "8351494f79f6bf8f_m03k3r_73176af9_08"],
-    "inpaint_anything": ["remove_boat", "remove_bridge"],
+    "inpaint_anything": ["remove_boat"],
     "blended_latent_diffusion_fig": ["bld_new_object_1"],
 }
-FLOOR_F1 = 0.0          # set from the shipped file's measured mean (docs/training.md) minus a margin
-MEASURED_F1 = None
+# the shipped file's mean on these 8 pairs under vae, measured when it was shipped (docs/training.md),
+# and the floor: 2 points under it (TAEF2 on another CPU / BLAS can move a boundary pixel or two)
+MEASURED_F1 = 0.939
+FLOOR_F1 = MEASURED_F1 - 0.02
 
 
 def _records():
-    from sigma.eval.dataset import read_set
+    from sigma.io.pairs_jsonl import read_set
 
     root = shared_dir() / "data" / "eval"
     if not root.is_dir() or not (shared_dir() / "weights" / "taef2").is_dir():

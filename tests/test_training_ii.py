@@ -58,13 +58,14 @@ def test_every_trainable_parameter_gets_a_gradient(config, photos, tmp_path, one
 def _untouched(name: str, value: torch.Tensor, fresh: list[torch.Tensor], module: torch.nn.Module) -> bool:
     """True when `value` is still what initialisation gives: equal to a deterministic init (the same in
     two fresh builds: BN/LayerNorm 1 and 0, zero-initialised embeddings and tokens), or, for a random
-    init, every entry still inside the init's range (training with AdamW moves some entry out of it)."""
+    init, every entry still inside the init's range and the same spread (training with AdamW moves some entry
+    out of it). Random-init tensors of fewer than 8 entries (the 1-channel output biases) cannot be judged."""
     if all(torch.equal(f, fresh[0]) for f in fresh[1:]):
         return torch.equal(value, fresh[0])
+    if value.numel() < 8:   # a random scalar bias: a trained value can sit anywhere, no test can tell
+        return False
     bound = max(float(f.abs().max()) for f in fresh)
     inside = bool(value.abs().max() <= bound * 1.001)
-    if value.numel() < 2:
-        return inside
     return inside and abs(float(value.std()) - float(fresh[0].std())) < 0.05 * float(fresh[0].std())
 
 
