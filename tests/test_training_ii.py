@@ -143,5 +143,7 @@ def test_ddp_two_processes_on_cpu_keep_the_same_weights(photos, tmp_path):
     assert sum(r["event"] == "val" for r in rows) >= 2
     assert all(math.isfinite(r["loss"]) for r in rows if r["event"] == "train")
     assert proc.stdout.count("step 3/3") == 1
+    best = json.loads((run / "best.json").read_text())                           # selection on synthetic val
+    assert best["f1"] >= max(r["synthetic"]["f1"] for r in rows if r["event"] == "val") - 1e-12
     saved = load_model(run / "final")
     assert all(torch.equal(saved.state_dict()[k], a[k]) for k in a)

@@ -304,8 +304,31 @@ class Trainer:
                 rec["real"] = evaluate_real(self.run_dir / "model", data, ev.perturb, ev.image_size, ev.limit)
             else:
                 rec["real"] = f"skipped: {data} not found"
+        self._keep_best(rec)
         self.emit(rec)
         self.log(f"[val step {self.step}] " + json.dumps(rec, default=lambda x: round(x, 4) if isinstance(x, float) else str(x)))
+
+    def _keep_best(self, rec: dict[str, Any]) -> None:
+        """`best/`: the weights with the highest synthetic-validation F1 so far (the selection rule), with
+        `best.json` saying which step and score; the at-start score of an init_from model counts as the
+        one to beat but is not copied (it already exists where it came from)."""
+        f1 = (rec.get("synthetic") or {}).get("f1")
+        if f1 is None or not math.isfinite(f1):
+            return
+        path = self.run_dir / "best.json"
+        best = json.loads(path.read_text()) if path.is_file() else None
+        if best is not None and f1 <= best["f1"]:
+            return
+        if self.step > 0:
+            from sigma.models import save_model
+
+            save_model(self.model, self.run_dir / "best")
+        info = {"step": self.step, "f1": f1, "iou": rec["synthetic"].get("iou"),
+                "saved": self.step > 0, "val": self.cfg.eval.val_dir or f"seed {self.cfg.eval.val_seed}"}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(info, indent=1))
+        tmp.replace(path)
+        rec["best"] = True
 
     def run(self) -> Path:
         cfg = self.cfg
