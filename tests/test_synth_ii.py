@@ -117,3 +117,14 @@ def test_shared_primitives_match_what_eval_applies():
     assert np.array_equal(EP.apply("jpeg75", img, "x"), K.jpeg(img, 75))
     assert EP.apply("resize", img, "x").shape == img.shape
     assert K.webp(img, 50).shape == img.shape and K.chroma_subsample(img, 2).shape == img.shape
+
+
+def test_inpaint_under_regeneration_labels_only_the_semantic_core(photos):
+    """METHOD §10: after a whole-image regenerator the faint re-rendering of the region is not
+    recoverable; the label is the object the editor drew or removed, not the whole region."""
+    eng = SynthEngine(SynthConfig(photos=str(photos), **{**FAMILY, "mix": {"inpaint": 1}, "small_p": 0.0,
+                                                          "perturb": {"mode": "stack", "stack_p": 1.0,
+                                                                      "jpeg": 1, "resample": 1}}), seed=1)
+    labels = [eng.sample(i).meta["inpaint"]["label"] for i in range(12)
+              if eng.sample(i).kind == "inpaint"]
+    assert labels and set(labels) == {"object"}

@@ -101,16 +101,26 @@ def _params(name: str, rng: np.random.Generator, cfg: PerturbConfig) -> dict[str
     raise ValueError(name)
 
 
+def with_donor(params: dict[str, Any], donor: np.ndarray) -> dict[str, Any]:
+    """Fill a colour transfer's target statistics from the photo it moves towards."""
+    if "mean" in params:
+        return params
+    mean, std = K.lab_stats(donor)
+    return {**params, "mean": mean, "std": std}
+
+
 def sample_illum(rng: np.random.Generator, cfg: IllumConfig, p: float,
                  donor: np.ndarray | None = None) -> Chain:
-    """An illumination / season change with probability `p` (at least one component when drawn)."""
+    """An illumination / season change with probability `p` (at least one component when drawn). The
+    colour transfer's target statistics come from `donor`; drawn without one, they are filled in later
+    (`with_donor`)."""
     if p <= 0 or rng.random() >= p:
         return []
     chain: Chain = []
     while not chain:
-        if donor is not None and rng.random() < cfg.transfer:
-            mean, std = K.lab_stats(donor)
-            chain.append(("transfer", {"mean": mean, "std": std, "strength": float(rng.uniform(0.3, 0.9))}))
+        if rng.random() < cfg.transfer:
+            step = {"strength": float(rng.uniform(0.3, 0.9))}
+            chain.append(("transfer", with_donor(step, donor) if donor is not None else step))
         if rng.random() < cfg.relight:
             chain.append(("relight", {"amplitude": float(rng.uniform(0.08, 0.35)), "seed": int(rng.integers(1 << 30)),
                                       "cells": int(rng.integers(2, 5))}))
@@ -123,7 +133,7 @@ def sample_illum(rng: np.random.Generator, cfg: IllumConfig, p: float,
         if rng.random() < cfg.season:
             chain.append(("season", {"hue_shift": float(rng.uniform(-45, 25)), "sat_gain": float(rng.uniform(0.5, 1.4)),
                                      "seed": int(rng.integers(1 << 30))}))
-        if donor is None and cfg.relight == cfg.shadow == cfg.haze == cfg.season == 0:
+        if cfg.transfer == cfg.relight == cfg.shadow == cfg.haze == cfg.season == 0:
             break
     return chain
 
