@@ -184,6 +184,7 @@ class SynthEngine:
         pat = cfg.aerial.pattern.lower()
         self.aerial = np.array([bool(pat) and pat in self.bank.photo(i).lower() for i in range(len(self.bank))])
         self.aerial_idx = np.nonzero(self.aerial)[0]
+        self.cached_idx = np.array([i for i in range(len(self.bank)) if self.bank.entries[i][1]], np.int64)
 
     def _mask(self, rng: np.random.Generator, c: int, shapes: dict[str, float], image: np.ndarray,
               area: float | None = None, count: int | None = None) -> tuple[np.ndarray, str]:
@@ -202,7 +203,13 @@ class SynthEngine:
         rng = np.random.default_rng([self.seed, int(index)])
         cfg = self.cfg
         n = len(self.bank)
-        pi = int(rng.integers(n))
+        # what needs the cache (a VAE roundtrip, a latent edit) is decided first and drawn from the cached
+        # photos: while a cache is being built the rates stay what the config says, and the photos not yet
+        # cached serve every other kind
+        want_vae = rng.random() < cfg.perturb.vae
+        kind = str(self.kinds[int(rng.choice(len(self.kinds), p=self.kind_p))])
+        pool = self.cached_idx if (want_vae or kind == "latent") and len(self.cached_idx) >= 2 else None
+        pi = int(pool[int(rng.integers(len(pool)))]) if pool is not None else int(rng.integers(n))
         qi = (pi + 1 + int(rng.integers(n - 1))) % n
         aerial = bool(self.aerial[pi])
         if aerial and len(self.aerial_idx) > 1 and rng.random() < cfg.aerial.donor_p:
@@ -216,13 +223,12 @@ class SynthEngine:
         orig = _crop(ent["img"], win, c)
         rts = sorted(k for k in ent if k.startswith("rt"))
         lats = sorted(k for k in ent if k.startswith("lat") and not k.startswith("latmask"))
-        kind = str(self.kinds[int(rng.choice(len(self.kinds), p=self.kind_p))])
         building = aerial and rng.random() < cfg.aerial.struct_p
         if building:
             kind = str(rng.choice(["splice", "remove", "attribute"], p=[0.65, 0.2, 0.15]))
         if kind == "latent" and not lats:
             kind = "splice"
-        use_vae = bool(rts) and rng.random() < cfg.perturb.vae
+        use_vae = bool(rts) and want_vae
         rt_key = str(rng.choice(rts)) if use_vae else None
         # the unlabelled whole-image changes are drawn before the edit: an inpainting label depends on them
         illum_p = cfg.perturb.illum.aerial_p if aerial else cfg.perturb.illum.p
