@@ -123,8 +123,12 @@ def test_inpaint_under_regeneration_labels_only_the_semantic_core(photos):
     """METHOD §10: after a whole-image regenerator the faint re-rendering of the region is not
     recoverable; the label is the object the editor drew or removed, not the whole region."""
     eng = SynthEngine(SynthConfig(photos=str(photos), **{**FAMILY, "mix": {"inpaint": 1}, "small_p": 0.0,
+                                                          "inpaint_composite_p": 0.0,
                                                           "perturb": {"mode": "stack", "stack_p": 1.0,
                                                                       "jpeg": 1, "resample": 1}}), seed=1)
     labels = [eng.sample(i).meta["inpaint"]["label"] for i in range(12)
               if eng.sample(i).kind == "inpaint"]
     assert labels and set(labels) == {"object"}
+    composite = SynthEngine(eng.cfg.model_copy(update={"inpaint_composite_p": 1.0}), seed=1)
+    kept = [s for s in (composite.sample(i) for i in range(12)) if s.kind == "inpaint"]
+    assert kept and all(s.meta["inpaint"]["label"] == "region" and not s.meta["perturb"] for s in kept)

@@ -67,7 +67,7 @@ class PretrainedCfg:
 PRETRAINED: dict[str, PretrainedCfg] = {
     "sigma-lite": PretrainedCfg(
         file="sigma-lite.safetensors",
-        sha256="0fc6ec1ba01a6f5c3e5275d458a12dec717b0bba29709f0ad7cae383e683e78f",
+        sha256="d23eebfc22cd7579742f3b900586d3375a92f5604e800ecff7571d28edcc4b3f",
         input_size=512, notes="trained from scratch on the 2-core CPU; model card in docs/training.md"),
     # no trained heads released yet: a file trained with `sigma train` and dropped here is picked up (unverified)
     "sigma-b": PretrainedCfg(file="sigma-b.safetensors", input_size=518, notes="not released; train on a GPU"),

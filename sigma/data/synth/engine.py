@@ -67,6 +67,8 @@ class SynthConfig(BaseModel):
     multi_max: int = Field(3, ge=2, description="several regions: 2..multi_max of them")
     irregular_p: float = Field(0.0, ge=0, le=1, description="probability of a roughened mask boundary")
     latent_whole_p: float = Field(0.5, ge=0, le=1, description="latent edit decoded whole vs composited back")
+    inpaint_composite_p: float = Field(0.5, ge=0, le=1, description="inpainting pairs left as composites (no "
+                                       "whole-image change after: the label is the whole re-made region)")
     global_label: Literal["full", "empty"] = "full"
     min_change: float = Field(4.0, ge=0, description="mean |Δ| (0–255) an edit must make inside its mask")
     perturb: P.PerturbConfig = Field(default_factory=P.PerturbConfig)
@@ -233,6 +235,8 @@ class SynthEngine:
         # the unlabelled whole-image changes are drawn before the edit: an inpainting label depends on them
         illum_p = cfg.perturb.illum.aerial_p if aerial else cfg.perturb.illum.p
         chain = P.sample_illum(rng, cfg.perturb.illum, illum_p, None) + P.sample(rng, cfg.perturb)
+        if kind == "inpaint" and rng.random() < cfg.inpaint_composite_p:
+            use_vae, rt_key, chain = False, None, []     # pasted back into the untouched photo, as inpainting pipelines do
         regenerated = use_vae or bool(chain)
         base = _crop(ent[rt_key], win, c) if rt_key else orig
         donor_full = dent[rt_key] if rt_key and rt_key in dent else dent["img"]
