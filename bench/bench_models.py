@@ -139,16 +139,21 @@ def bench_lite_vs_first(iters: int, baseline_weights: str | None) -> dict:
     new_cfg = preset_config("sigma-lite")
     old_cfg = new_cfg.model_copy(update={"full_res_head": SIGMA_LITE_V1["full_res_head"], "backbone":
                                          new_cfg.backbone.model_copy(update={"depths": SIGMA_LITE_V1["depths"]})})
-    nets = {name: fuse_batchnorm(build_model(cfg).eval()) for name, cfg in (("new", new_cfg), ("first", old_cfg))}
+    # as the annotator runs them on a CPU (BatchNorm folded, NHWC weights), plus the first file as it ran
+    # before issue 14 (NCHW): what a user saw
+    nets = {name: fuse_batchnorm(build_model(cfg).eval()) for name, cfg in (("new", new_cfg), ("first", old_cfg),
+                                                                           ("first_nchw", old_cfg))}
+    nets["new"].to(memory_format=torch.channels_last)
+    nets["first"].to(memory_format=torch.channels_last)
     out: dict = {"threads": 2, "network": {}}
-    for name, net in nets.items():
+    for name, net in list(nets.items())[:2]:
         x = torch.rand(1, 3, 512, 512)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             net(x, x)
         out[f"gflops_{name}"] = round(counter.get_total_flops() / 1e9, 3)
     for batch in (1, 2):
         a, b = torch.rand(batch, 3, 512, 512), torch.rand(batch, 3, 512, 512)
-        best = {"new": [], "first": []}
+        best = {name: [] for name in nets}
         for name in nets:
             _infer(nets[name], a)
         for _ in range(iters):
@@ -159,6 +164,7 @@ def bench_lite_vs_first(iters: int, baseline_weights: str | None) -> dict:
                 best[name].append(time.perf_counter() - t)
         row = {f"{k}_pairs_per_s_best": round(batch / min(v), 3) for k, v in best.items()}
         row["ratio_new_over_first"] = round(min(best["first"]) / min(best["new"]), 3)
+        row["ratio_new_over_first_nchw"] = round(min(best["first_nchw"]) / min(best["new"]), 3)
         out["network"][f"batch{batch}"] = row
     if baseline_weights:
         rng = np.random.default_rng(0)
