@@ -26,10 +26,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from sigma.eval import perturb
-    from sigma.io.pairs_jsonl import find_sets, read_set
     from sigma.eval.metrics import score_image
     from sigma.io.images import read_mask
     from sigma.io.pairs import load_pair
+    from sigma.io.pairs_jsonl import find_sets, read_set
     from sigma.registry import create_annotator
 
     ann = create_annotator("sigma-lite", weights=args.weights, parser=None)
