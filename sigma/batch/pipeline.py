@@ -10,6 +10,7 @@ decode window is full.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -117,7 +118,9 @@ class ShardWriter:
 
         target = self.rundir.shard_path(shard, self.run_hash)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
+        # unique per writer: two workers given the same shard (a retry while the first still runs) never share
+        # a temp file; both rename identical bytes into place
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         pq.write_table(rows_to_table(rows), tmp, compression="zstd", row_group_size=max(len(rows), 1))
         tmp.replace(target)
         errors = [r for r in rows if r["status"] != "ok"]

@@ -31,6 +31,8 @@ class RunSummary:
     pairs_per_s: float
     failed: list[dict[str, str]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
+    retried: list[dict[str, Any]] = field(default_factory=list)   # shards lost with their process, run again
+    backend: dict[str, Any] = field(default_factory=dict)         # how it ran: processes, actors, cluster
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,8 +79,15 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
 
 
 def build_annotator_for(cfg: BatchConfig):
+    import importlib
+
     from sigma.cli.common import build_annotator, default_annotator_name
 
+    for module in cfg.plugins:   # registers custom annotators, in every process that builds one
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"plugin {module!r} cannot be imported here: {exc}") from exc
     return build_annotator(cfg.annotator or default_annotator_name(), cfg.options, cfg.threshold)
 
 
@@ -107,9 +116,17 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
         if cfg.backend == "ray":
             from sigma.batch.ray_backend import run_with_ray
 
-            return run_with_ray(cfg, rundir, corpus, run_hash, pending)
+            return run_with_ray(cfg, rundir, run_hash, pending, len(shards), progress)
+        from sigma.batch.procs import inference_procs, run_with_procs
+
+        if annotator is None and inference_procs(cfg, len(pending)) > 1:
+            return run_with_procs(cfg, rundir, run_hash, pending, len(shards), progress)
         counts = [s.num_items for s in pending]
         total = sum(counts) if all(c is not None for c in counts) else None
+        if cfg.threads:
+            from sigma.batch.shard_runner import limit_threads
+
+            limit_threads(cfg.threads)
         with Pipeline(cfg, annotator) as pipeline, make_progress(total, progress) as bar:
             stats = pipeline.run(corpus, pending, rundir, run_hash, progress=bar)
         pairs, errors = stats.pairs, stats.errors

@@ -25,6 +25,8 @@ EXAMPLES = """examples:
   sigma batch run magicbrush/data/ --preset magicbrush --out runs/mb --batch-size 16 --workers 4
   sigma batch run shards/ --format wds --columns original=src.jpg,edited=tgt.jpg --out runs/wds
   sigma batch run magicbrush/data/ --preset magicbrush --out runs/mb --resume
+  sigma batch run magicbrush/data/ --preset magicbrush --out runs/mb --procs 4 --threads 1
+  sigma batch run magicbrush/data/ --preset magicbrush --out /shared/runs/mb --backend ray --ray-address auto
   sigma batch status runs/mb
   sigma batch submit magicbrush/data/ --preset magicbrush --out /shared/runs/mb --redis redis://host:6379/0
 """
@@ -60,7 +62,26 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ground-truth", action="store_true",
                    help="do not score against the corpus's masks (skips decoding them)")
     p.add_argument("--backend", choices=("local", "ray"), help="local (default) or ray (pip install 'sigma-masks[ray]')")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE before building the annotator, in every process and actor (registers your "
+                        "own annotators; repeatable)")
     add_config_args(p)
+
+
+def _add_scale_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("processes and Ray (speed only: outputs are the same bytes whichever you choose)")
+    g.add_argument("--procs", type=int, help="local backend: inference processes fed whole shards (default: one per "
+                                             "core for a network on a machine without GPU, else 1)")
+    g.add_argument("--threads", type=int, help="torch threads per inference process or Ray actor (default: 1 with "
+                                               "several processes and on CPU actors)")
+    g.add_argument("--ray-address", metavar="ADDR", help="run on this Ray cluster (implies --backend ray): HOST:PORT "
+                                                         "of its head, 'auto' (the one `ray start` runs here) or "
+                                                         "ray://HOST:10001; default $RAY_ADDRESS, else a Ray on this "
+                                                         "machine")
+    g.add_argument("--actors", type=int, help="Ray shard actors (default: one per GPU, or per CPU on a CPU cluster)")
+    g.add_argument("--actor-cpus", type=float, help="CPUs each Ray actor reserves (default 1)")
+    g.add_argument("--actor-gpus", type=float, help="GPUs each Ray actor reserves; 0.5 packs two per GPU (default: 1 "
+                                                    "on a cluster with GPUs, else 0)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = bsub.add_parser("run", help="run (or --resume) a batch on this machine", description=HELP, epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_args(r)
+    _add_scale_args(r)
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -110,7 +132,23 @@ def build_config(args: argparse.Namespace):
         overrides["png_masks"] = True
     if args.no_ground_truth:
         overrides["ground_truth"] = False
-    return load_config(BatchConfig, args.config, overrides)
+    if args.plugin:
+        overrides["plugins"] = list(args.plugin)
+    scale = {"procs": getattr(args, "procs", None), "threads": getattr(args, "threads", None),
+             "ray.address": getattr(args, "ray_address", None), "ray.actors": getattr(args, "actors", None),
+             "ray.num_cpus": getattr(args, "actor_cpus", None), "ray.num_gpus": getattr(args, "actor_gpus", None)}
+    flag_names = {"ray.address": "--ray-address", "ray.actors": "--actors", "ray.num_cpus": "--actor-cpus",
+                  "ray.num_gpus": "--actor-gpus"}
+    ray_flags = [flag_names[k] for k, v in scale.items() if k in flag_names and v is not None]
+    if ray_flags and args.backend is None:
+        overrides["backend"] = "ray"          # --ray-address / --actors ... mean Ray
+    elif ray_flags and args.backend == "local":
+        raise ConfigError(f"{ray_flags[0]} is a Ray option; drop it or use --backend ray")
+    overrides.update({k: v for k, v in scale.items() if v is not None})
+    cfg = load_config(BatchConfig, args.config, overrides)
+    if cfg.backend == "ray" and cfg.procs is not None:
+        raise ConfigError("--procs is for the local backend; on Ray set the number of actors with --actors")
+    return cfg
 
 
 def run_run(args: argparse.Namespace) -> int:
