@@ -194,27 +194,9 @@ def test_killed_run_resumes_byte_identical(tmp_path):
     assert not list((killed / "shards").glob(".*.tmp"))
 
 
-def test_ray_backend_matches_local(tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'sigma-masks[ray]'")
-    path = write_parquet(tmp_path / "mb.parquet", synthetic_pairs(12), "magicbrush", row_group_size=3)
-    local = cfg_for(path, input={"preset": "magicbrush", "shard_size": 6})
-    run_batch(local, tmp_path / "local", progress=False)
-    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        summary = run_batch(local.model_copy(update={"backend": "ray"}), tmp_path / "ray", progress=False)
-    finally:
-        ray.shutdown()
-    assert summary.done_now == 2 and summary.status["ok"] == 12
-    files = lambda out: {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
-    assert files(tmp_path / "ray") == files(tmp_path / "local")
-
-
-def test_ray_backend_missing_is_a_clear_error(tmp_path):
-    try:
-        import ray  # noqa: F401
-        pytest.skip("Ray is installed")
-    except ImportError:
-        pass
+def test_ray_backend_missing_is_a_clear_error(tmp_path, monkeypatch):
+    """Where Ray is not installed (simulated: `import ray` fails); tests/test_batch_ray.py runs the real thing."""
+    monkeypatch.setitem(sys.modules, "ray", None)
     path = write_parquet(tmp_path / "mb.parquet", synthetic_pairs(2), "magicbrush")
     cfg = cfg_for(path, input={"preset": "magicbrush"}, backend="ray")
     with pytest.raises(ConfigError, match="pip install 'sigma-masks\\[ray\\]'"):

@@ -90,11 +90,15 @@ class ShardLedger:
         failed = [{"shard": o.shard, "error": o.error or ""} for o in outcomes if o.status != "done"]
         pairs = sum(o.pairs for o in outcomes)
         errors = sum(o.errors for o in outcomes)
+        by_worker: dict[str, int] = {}
+        for o in outcomes:
+            if o.worker:
+                by_worker[o.worker] = by_worker.get(o.worker, 0) + 1
         summary = RunSummary(out=str(self.rundir.root), run_hash=self.run_hash, shards=shards,
                              skipped=shards - self.total, done_now=len(outcomes) - len(failed),
                              failed_now=len(failed), pairs=pairs, errors=errors, seconds=round(seconds, 3),
                              pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0,
                              failed=failed, status=self.rundir.summary(), retried=self.retried,
-                             backend=dict(extra or {}))
+                             backend={**(extra or {}), "shards_by_worker": dict(sorted(by_worker.items()))})
         atomic_write_json(self.rundir.root / "summary.json", summary.to_dict())
         return summary
