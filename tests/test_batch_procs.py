@@ -1,0 +1,187 @@
+"""`sigma batch run --procs N`: the same bytes as one process, a child killed mid-shard (its shard retried), a
+SIGKILLed driver whose children die with it (then --resume), the default number of processes, bad flags."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sigma.batch import BatchConfig, run_batch
+from sigma.batch.procs import inference_procs
+from sigma.cli import main
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+TESTS = Path(__file__).resolve().parent
+SLOW = {"annotator": "slow-diff", "options": {"delay_ms": 200}, "batch_size": 1, "plugins": ["service_plugins"]}
+
+
+def cfg_for(path: Path, **kw) -> BatchConfig:
+    base = {"input": {"path": str(path), "shard_size": 3}, "annotator": "pixel-diff", "workers": 0}
+    return BatchConfig.model_validate({**base, **kw})
+
+
+def digests(out: Path) -> dict[str, str]:
+    files = sorted((out / "shards").glob("*.parquet")) + sorted((out / "status").glob("*.json"))
+    return {f"{p.parent.name}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def children_of(pid: int) -> list[int]:
+    """Live child processes of `pid`, from /proc (Linux)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("procs")
+    write_pairs_jsonl(root / "set", synthetic_pairs(12, size=40))
+    with open(root / "set" / "pairs.jsonl", "a") as handle:
+        handle.write(json.dumps({"id": "gone", "original": "nope.png", "edited": "nope.png", "instruction": "x"}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def slow_reference(corpus) -> Path:
+    import service_plugins  # noqa: F401 - registers slow-diff
+
+    run_batch(cfg_for(corpus / "set", **SLOW), corpus / "slow-one", progress=False)
+    return corpus / "slow-one"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_reference):
+    one = run_batch(cfg_for(corpus / "set"), corpus / "one", progress=False)
+    two = run_batch(cfg_for(corpus / "set", procs=2), corpus / "two", progress=False)
+    assert (one.backend, two.backend["procs"], two.backend["threads"]) == ({}, 2, 1)
+    assert (two.done_now, two.pairs, two.errors) == (one.done_now, one.pairs, one.errors) == (5, 13, 1)
+    assert digests(corpus / "two") == digests(corpus / "one")
+    assert len(two.backend["shards_by_worker"]) == 2
+
+    # SIGKILL one child while it works on a shard: that shard is run again by a child, same bytes
+    out = corpus / "killed-child"
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg_for(corpus / "set", procs=2, **SLOW), out,
+                                                                   progress=False)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
+        time.sleep(0.01)
+    victims = children_of(os.getpid())
+    victims = [p for p in victims if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert victims, "no inference process found"
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(120)
+    summary = box["s"]
+    assert len(summary.retried) == 1 and summary.retried[0]["action"] == "retried"
+    assert "signal 9" in summary.retried[0]["reason"]
+    assert summary.done_now == 5 and summary.failed_now == 0 and summary.backend["processes_started"] == 3
+    assert digests(out) == digests(slow_reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_children_die_with_a_killed_driver_and_the_run_resumes(corpus, slow_reference):
+    out = corpus / "killed-driver"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    args = ["batch", "run", str(corpus / "set"), "--out", str(out), "--procs", "2", "--shard-size", "3",
+            "--annotator", "slow-diff", "--set", "options.delay_ms=200", "--batch-size", "1", "--workers", "0",
+            "--plugin", "service_plugins", "--no-progress"]
+    driver = subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
+        assert driver.poll() is None, driver.stderr.read().decode()
+        time.sleep(0.01)
+    kids = children_of(driver.pid)
+    assert len(kids) >= 2
+    driver.kill()                         # SIGKILL the driver only, not its process group
+    driver.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(k) for k in kids):
+        time.sleep(0.05)
+    assert not any(alive(k) for k in kids), "inference processes outlived their driver"
+    done = len(list((out / "status").glob("*.json")))
+    assert 1 <= done < 5
+    resumed = run_batch(cfg_for(corpus / "set", **SLOW), out, resume=True, progress=False)
+    assert (resumed.skipped, resumed.done_now) == (done, 5 - done)
+    assert digests(out) == digests(slow_reference)
+
+
+def test_default_number_of_processes(corpus, monkeypatch):
+    from sigma.batch import procs
+
+    monkeypatch.setattr(procs, "available_cores", lambda: 4)
+    monkeypatch.setattr(procs, "has_gpu", lambda: False)
+    lite = cfg_for(corpus / "set", annotator="sigma-lite")
+    assert inference_procs(lite, 10) == 4          # a network on a CPU: one process per core...
+    assert inference_procs(lite, 3) == 3           # ...never more than the shards left
+    assert inference_procs(cfg_for(corpus / "set"), 10) == 1              # pixel-diff: one process
+    assert inference_procs(cfg_for(corpus / "set", procs=3), 10) == 3     # --procs wins
+    monkeypatch.setattr(procs, "has_gpu", lambda: True)
+    assert inference_procs(lite, 10) == 1          # a GPU machine: one process holds the GPU
+
+
+def test_scale_flags_that_do_not_fit(corpus, tmp_path, capsys):
+    base = ["batch", "run", str(corpus / "set"), "--out", str(tmp_path / "x"), "--annotator", "pixel-diff"]
+    assert main([*base, "--procs", "2", "--backend", "ray"]) == 2
+    assert "--procs is for the local backend" in capsys.readouterr().err
+    assert main([*base, "--actors", "2", "--backend", "local"]) == 2
+    assert "--actors is a Ray option" in capsys.readouterr().err
+    assert main([*base, "--plugin", "no_such_module_here", "--no-progress"]) == 2
+    assert "no_such_module_here" in capsys.readouterr().err
+
+
+MIDDLE = '''
+import multiprocessing, os, sys, time
+
+def child(parent):
+    from sigma.batch.lifeline import die_with_parent
+    die_with_parent(parent)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    p = multiprocessing.get_context("spawn").Process(target=child, args=(os.getpid(),))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(120)
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_child_with_a_lifeline_dies_with_its_parent(tmp_path):
+    """parent (SIGKILLed) -> child asleep for 2 minutes: the child must be gone within seconds."""
+    script = tmp_path / "middle.py"
+    script.write_text(MIDDLE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)                            # let it reach its sleep (lifeline armed)
+    assert alive(child)
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and alive(child):
+        time.sleep(0.05)
+    assert not alive(child), "the child outlived its parent"
