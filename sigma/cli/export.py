@@ -7,6 +7,7 @@ import json
 EXAMPLES = """examples:
   sigma export imdl-benco runs/mb --out data/mb_benco --min-confidence 0.6 --max-area 0.5
   sigma export coco runs/mb --out runs/mb/coco.json --images runs/mb/images
+  sigma export hf runs/mb data/mb_hf --min-confidence 0.5   # then: load_dataset("parquet", data_dir="data/mb_hf")
 """
 
 
@@ -18,7 +19,8 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a batch run as IMDL-BenCo folders or COCO JSON", epilog=EXAMPLES,
+    p = sub.add_parser("export", help="export a batch run as IMDL-BenCo folders, COCO JSON or a Hugging Face dataset",
+                       epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     esub = p.add_subparsers(dest="export_format", metavar="FORMAT")
     b = esub.add_parser("imdl-benco", help="Tp/ + Gt/ PNGs and the JSON list [[tp, gt|\"Negative\"], ...]",
@@ -33,6 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="output JSON file")
     c.add_argument("--images", help="also write the edited images here under the JSON's file_name")
     c.set_defaults(run=run_coco)
+    h = esub.add_parser("hf", help="a Hugging Face dataset: parquet with Image() columns + a dataset card",
+                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _filters(h)
+    h.add_argument("out", nargs="?", help="output folder (README.md, data/train-*.parquet)")
+    h.add_argument("--out", dest="out_flag", metavar="OUT", help="the same, as an option")
+    h.add_argument("--name", help="the dataset's pretty name in the card")
+    h.add_argument("--max-shard-mb", type=float, default=500, help="start a new parquet file past this size (500)")
+    h.add_argument("--overwrite", action="store_true", help="replace a dataset already exported to OUT")
+    h.set_defaults(run=run_hf)
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
 
@@ -65,4 +76,16 @@ def run_coco(args: argparse.Namespace) -> int:
     from sigma.export.coco import export_coco
 
     _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images))
+    return 0
+
+
+def run_hf(args: argparse.Namespace) -> int:
+    from sigma.errors import ConfigError
+    from sigma.export.hf import export_hf
+
+    out = args.out or args.out_flag
+    if not out or (args.out and args.out_flag and args.out != args.out_flag):
+        raise ConfigError("sigma export hf RUN_DIR OUT: give the output folder once (as OUT or --out)")
+    _report(export_hf(args.run_dir, out, _row_filter(args), name=args.name, max_shard_mb=args.max_shard_mb,
+                      overwrite=args.overwrite))
     return 0
