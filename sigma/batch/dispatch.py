@@ -27,6 +27,8 @@ class ShardLedger:
         self.start = time.perf_counter()
         self.pairs = 0
         self.errors = 0
+        self.sent: dict[str, float] = {}      # shard → when it was handed out
+        self.overhead: list[float] = []       # per finished shard: driver round trip - the worker's own time
 
     # --- handing out work -------------------------------------------------------------------------
     def next(self) -> Shard | None:
@@ -34,6 +36,7 @@ class ShardLedger:
             return None
         shard = self.queue.popleft()
         self.attempts[shard.key] = self.attempts.get(shard.key, 0) + 1
+        self.sent[shard.key] = time.perf_counter()
         return shard
 
     @property
@@ -55,6 +58,8 @@ class ShardLedger:
         """A shard came back (done or failed by the pipeline); `ticked` is what `tick` already counted of it."""
         self.tick(outcome.pairs - ticked[0], outcome.errors - ticked[1])
         self.outcomes[outcome.shard] = outcome
+        if outcome.shard in self.sent:
+            self.overhead.append(time.perf_counter() - self.sent.pop(outcome.shard) - outcome.seconds)
 
     def lost(self, shard: Shard, reason: str, worker: str = "", ticked: tuple[int, int] = (0, 0)) -> None:
         """The process running `shard` died: run it again elsewhere, or fail it after `max_attempts` tries."""
@@ -99,6 +104,9 @@ class ShardLedger:
                              failed_now=len(failed), pairs=pairs, errors=errors, seconds=round(seconds, 3),
                              pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0,
                              failed=failed, status=self.rundir.summary(), retried=self.retried,
-                             backend={**(extra or {}), "shards_by_worker": dict(sorted(by_worker.items()))})
+                             backend={**(extra or {}), "shards_by_worker": dict(sorted(by_worker.items())),
+                                      "overhead_ms_per_shard": round(1000 * sum(self.overhead) / len(self.overhead), 2)
+                                      if self.overhead else None,
+                                      "worker_seconds": round(sum(o.seconds for o in outcomes), 3)})
         atomic_write_json(self.rundir.root / "summary.json", summary.to_dict())
         return summary
