@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -74,20 +75,54 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (ppid, cmdline, RSS MB) of every process (Linux /proc)."""
+    out = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            rss = next(int(line.split()[1]) for line in (d / "status").read_text().splitlines()
+                       if line.startswith("VmRSS:")) / 1024
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue
+        out[int(d.name)] = (ppid, cmd, rss)
+    return out
+
+
+def memory_mb(root: int) -> tuple[float, float]:
+    """(RSS of `root` and its descendants, RSS of Ray shard actors), MB."""
+    procs = _processes()
+    tree, frontier = set(), {root}
+    while frontier:
+        tree |= frontier
+        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - tree
+    own = sum(procs[p][2] for p in tree if p in procs)
+    actors = sum(rss for _, cmd, rss in procs.values() if cmd.startswith("ray::ShardActor"))
+    return own, actors
+
+
 def sigma_run(corpus: Path, out: Path, flags: list[str], annotator: str, shard_size: int) -> dict:
     args = [sys.executable, "-m", "sigma", "batch", "run", str(corpus), "--out", str(out), "--annotator", annotator,
             "--shard-size", str(shard_size), "--workers", "0", "--no-ground-truth", "--no-progress", "--json", *flags]
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env=env(), check=False, timeout=3600)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    peak_own = peak_actors = 0.0
+    while proc.poll() is None:
+        own, actors = memory_mb(proc.pid)
+        peak_own, peak_actors = max(peak_own, own), max(peak_actors, actors)
+        time.sleep(0.25)
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = json.loads(proc.stdout)
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    summary = json.loads(stdout)
     digest = hashlib.sha256()
     for f in sorted((out / "shards").glob("*.parquet")):
         digest.update(f.read_bytes())
     return {"wall_s": round(wall, 3), "pairs": summary["pairs"], "run_s": summary["seconds"],
             "pairs_per_s_wall": round(summary["pairs"] / wall, 3), "pairs_per_s_run": summary["pairs_per_s"],
+            "peak_rss_mb_driver_and_children": round(peak_own, 1), "peak_rss_mb_ray_actors": round(peak_actors, 1),
             "backend": summary.get("backend", {}), "shards_sha256": digest.hexdigest()[:16]}
 
 
@@ -146,7 +181,9 @@ def main() -> int:
     ap.add_argument("--proj-pairs", type=int, default=16, help="pairs at 512 px for the per-pair cost")
     ap.add_argument("--tiny-shards", type=int, default=60, help="one-pair shards for the overhead per shard")
     ap.add_argument("--out", default=str(RESULTS / "bench_scaleout.json"))
+    ap.add_argument("--keep", action="store_true", help="keep the temporary corpora and runs")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # run the clean-up below on `kill`
 
     work = Path(tempfile.mkdtemp(prefix="sigma-scaleout-"))
     corpus = work / "corpus"
@@ -187,13 +224,15 @@ def main() -> int:
         lite = sigma_run(big, work / "p512-lite", ["--procs", "2"], "sigma-lite", per)
         host = sigma_run(big, work / "p512-host", ["--procs", "2"], "pixel-diff", per)
     finally:
-        head.terminate()                       # `ray start --block` stops the head's processes on SIGTERM
+        head.send_signal(signal.SIGINT)        # `ray start --block` stops the head's processes on Ctrl-C
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)   # anything of that head still left (its own process group)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
     def ratios(key: str) -> dict:
         out = {}
