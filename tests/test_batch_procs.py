@@ -185,3 +185,25 @@ def test_a_child_with_a_lifeline_dies_with_its_parent(tmp_path):
     while time.monotonic() < deadline and alive(child):
         time.sleep(0.05)
     assert not alive(child), "the child outlived its parent"
+
+
+def test_ray_actor_plans(corpus):
+    """Ray placement from config alone (no cluster needed): GPUs, fractions, CPU-only clusters, caps."""
+    from sigma.batch.ray_backend import plan_actors
+    from sigma.errors import ConfigError
+
+    def plan(resources, pending=1000, **kw):
+        p = plan_actors(cfg_for(corpus / "set", **kw), resources, pending)
+        return p.actors, p.num_cpus, p.num_gpus, p.threads, p.workers
+
+    gpu_box = {"CPU": 64, "GPU": 8}
+    assert plan(gpu_box) == (8, 1.0, 1.0, 1, 0)                                   # one actor per GPU
+    assert plan(gpu_box, ray={"num_gpus": 0.25}) == (32, 1.0, 0.25, 1, 0)         # four sigma-lite actors a GPU
+    assert plan(gpu_box, ray={"num_gpus": 0.5, "num_cpus": 8}, workers=7) == (8, 8.0, 0.5, 8, 7)   # CPU-bound
+    assert plan({"CPU": 32}) == (32, 1.0, 0.0, 1, 0)                              # CPU cluster: a core, a thread
+    assert plan({"CPU": 32}, pending=5) == (5, 1.0, 0.0, 1, 0)                    # never more than the shards
+    assert plan({"CPU": 32}, ray={"actors": 3}, threads=2) == (3, 1.0, 0.0, 2, 0)
+    with pytest.raises(ConfigError, match="GPU"):
+        plan({"CPU": 32}, ray={"num_gpus": 1})
+    with pytest.raises(ConfigError, match="CPU"):
+        plan({"CPU": 2}, ray={"num_cpus": 4})

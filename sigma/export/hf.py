@@ -120,12 +120,13 @@ def weights_digest(record: dict[str, Any]) -> tuple[str | None, str]:
         digest = _sha256_path(Path(options["weights"]))
         return digest, f"options.weights {options['weights']}, hashed at export"
     name = options.get("model") or cfg.get("annotator")
-    if name:
-        from sigma.annotators.model_annotator import embedded_weights
+    if name:   # the package's embedded weights: sigma/weights/<preset>.safetensors (+ .json)
+        from importlib.resources import files
 
-        digest = _sha256_path(embedded_weights(name))
+        embedded = Path(str(files("sigma") / "weights" / f"{name}.safetensors"))
+        digest = _sha256_path(embedded)
         if digest:
-            return digest, f"embedded {embedded_weights(name).name}, hashed at export"
+            return digest, f"embedded {embedded.name}, hashed at export"
     return None, "no weights (a training-free annotator)"
 
 
