@@ -1,6 +1,6 @@
 """Scale-out benchmark: `sigma-lite` pairs/s on one corpus for the local backend with one process (torch's
-default threads, and 1 thread), `--procs 2`, and Ray with 1 and 2 actors, alternated in one run, as ratios to
-the one-process run of the same round; Ray's and the process pool's overhead per shard; and the inputs of the
+default threads, and 1 thread), `--procs 2`, Ray with 1 and 2 actors, and no flags at all (the defaults),
+alternated in one run, as ratios to the one-process run of the same round; Ray's and the process pool's overhead per shard; and the inputs of the
 1.1 M-pair projection in docs/batch.md (per-pair cost at 512 px, host-side cost per pair, FLOPs per pair).
 
     python bench/bench_scaleout.py                         # JSON to bench/results/bench_scaleout.json
@@ -189,12 +189,14 @@ def main() -> int:
     corpus = work / "corpus"
     source = make_corpus(corpus, args.pairs, args.size)
     head, address, ray_start_s = start_ray_head(cpus=os.cpu_count() or 2)
+    cores = os.cpu_count() or 2
     configs = {
-        "local_1proc": ["--procs", "1"],                       # torch's default threads: the baseline
+        "local_1proc": ["--procs", "1", "--threads", str(cores)],   # torch's default threads: the baseline
         "local_1proc_1thread": ["--procs", "1", "--threads", "1"],
         "local_procs2": ["--procs", "2"],
         "ray_1actor": ["--ray-address", address, "--actors", "1"],
         "ray_2actors": ["--ray-address", address, "--actors", "2"],
+        "local_default": [],                                        # what `sigma batch run` picks by itself
     }
     rounds: list[dict] = []
     try:

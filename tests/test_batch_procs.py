@@ -75,7 +75,7 @@ def slow_reference(corpus) -> Path:
 def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_reference):
     one = run_batch(cfg_for(corpus / "set"), corpus / "one", progress=False)
     two = run_batch(cfg_for(corpus / "set", procs=2), corpus / "two", progress=False)
-    assert (one.backend, two.backend["procs"], two.backend["threads"]) == ({}, 2, 1)
+    assert (one.backend["procs"], two.backend["procs"], two.backend["threads"]) == (1, 2, 1)
     assert (two.done_now, two.pairs, two.errors) == (one.done_now, one.pairs, one.errors) == (5, 13, 1)
     assert digests(corpus / "two") == digests(corpus / "one")
     assert len(two.backend["shards_by_worker"]) == 2
@@ -129,18 +129,30 @@ def test_children_die_with_a_killed_driver_and_the_run_resumes(corpus, slow_refe
     assert digests(out) == digests(slow_reference)
 
 
-def test_default_number_of_processes(corpus, monkeypatch):
+def test_default_processes_and_threads(corpus, monkeypatch):
     from sigma.batch import procs
+    from sigma.batch.procs import inference_threads
 
     monkeypatch.setattr(procs, "available_cores", lambda: 4)
     monkeypatch.setattr(procs, "has_gpu", lambda: False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert procs.idle_cores() == 4
     lite = cfg_for(corpus / "set", annotator="sigma-lite")
-    assert inference_procs(lite, 10) == 4          # a network on a CPU: one process per core...
-    assert inference_procs(lite, 3) == 3           # ...never more than the shards left
-    assert inference_procs(cfg_for(corpus / "set"), 10) == 1              # pixel-diff: one process
-    assert inference_procs(cfg_for(corpus / "set", procs=3), 10) == 3     # --procs wins
+    assert (inference_procs(lite, 10), inference_threads(lite, 4)) == (4, 1)   # a network on an idle CPU
+    assert (inference_procs(lite, 1), inference_threads(lite, 1)) == (1, 4)    # one shard: one process, 4 threads
+    assert inference_procs(lite, 3) == 3                                       # never more than the shards left
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 2.0, 2.0))             # other jobs hold 2.6 cores
+    assert (procs.idle_cores(), inference_procs(lite, 10), inference_threads(lite, 1)) == (1, 1, 1)
+    monkeypatch.setattr(os, "getloadavg", lambda: (15.0, 15.0, 15.0))          # this machine while measured
+    assert (inference_procs(lite, 10), inference_threads(lite, 1)) == (1, 1)
+    pixel = cfg_for(corpus / "set")
+    assert (inference_procs(pixel, 10), inference_threads(pixel, 1)) == (1, None)   # pixel-diff: as before
+    explicit = cfg_for(corpus / "set", annotator="sigma-lite", procs=3)
+    assert (inference_procs(explicit, 10), inference_threads(explicit, 3)) == (3, 1)  # --procs N: N x 1 thread
+    assert inference_threads(cfg_for(corpus / "set", threads=2), 1) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr(procs, "has_gpu", lambda: True)
-    assert inference_procs(lite, 10) == 1          # a GPU machine: one process holds the GPU
+    assert (inference_procs(lite, 10), inference_threads(lite, 1)) == (1, None)     # a GPU: one process
 
 
 def test_scale_flags_that_do_not_fit(corpus, tmp_path, capsys):
@@ -207,3 +219,20 @@ def test_ray_actor_plans(corpus):
         plan({"CPU": 32}, ray={"num_gpus": 1})
     with pytest.raises(ConfigError, match="CPU"):
         plan({"CPU": 2}, ray={"num_cpus": 4})
+
+
+def test_thread_limit_gives_the_settings_back():
+    import cv2
+    import torch
+
+    from sigma.batch.shard_runner import thread_limit
+
+    before = (torch.get_num_threads(), cv2.getNumThreads(), os.environ.get("OMP_NUM_THREADS"))
+    torch.set_num_threads(3)
+    try:
+        with thread_limit(1):
+            assert (torch.get_num_threads(), cv2.getNumThreads(), os.environ["OMP_NUM_THREADS"]) == (1, 1, "1")
+        assert torch.get_num_threads() == 3 and cv2.getNumThreads() == before[1]
+        assert os.environ.get("OMP_NUM_THREADS") == before[2]
+    finally:
+        torch.set_num_threads(before[0])

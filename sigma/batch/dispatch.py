@@ -28,6 +28,7 @@ class ShardLedger:
         self.pairs = 0
         self.errors = 0
         self.sent: dict[str, float] = {}      # shard → when it was handed out
+        self.first_sent = 0.0                 # the first shard: a worker was ready (start-up is over)
         self.overhead: list[float] = []       # per finished shard: driver round trip - the worker's own time
 
     # --- handing out work -------------------------------------------------------------------------
@@ -37,6 +38,7 @@ class ShardLedger:
         shard = self.queue.popleft()
         self.attempts[shard.key] = self.attempts.get(shard.key, 0) + 1
         self.sent[shard.key] = time.perf_counter()
+        self.first_sent = self.first_sent or self.sent[shard.key]
         return shard
 
     @property
@@ -107,6 +109,8 @@ class ShardLedger:
                              backend={**(extra or {}), "shards_by_worker": dict(sorted(by_worker.items())),
                                       "overhead_ms_per_shard": round(1000 * sum(self.overhead) / len(self.overhead), 2)
                                       if self.overhead else None,
-                                      "worker_seconds": round(sum(o.seconds for o in outcomes), 3)})
+                                      "worker_seconds": round(sum(o.seconds for o in outcomes), 3),
+                                      "seconds_from_first_shard": round(time.perf_counter() - self.first_sent, 3)
+                                      if self.first_sent else None})
         atomic_write_json(self.rundir.root / "summary.json", summary.to_dict())
         return summary

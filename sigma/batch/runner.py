@@ -112,22 +112,22 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
     start = time.perf_counter()
     failed_now = done_now = pairs = errors = 0
     failed: list[dict[str, str]] = []
+    backend: dict[str, Any] = {}
     if pending:
         if cfg.backend == "ray":
             from sigma.batch.ray_backend import run_with_ray
 
             return run_with_ray(cfg, rundir, run_hash, pending, len(shards), progress)
-        from sigma.batch.procs import inference_procs, run_with_procs
+        from sigma.batch.procs import inference_procs, inference_threads, run_with_procs
+        from sigma.batch.shard_runner import thread_limit
 
         if annotator is None and inference_procs(cfg, len(pending)) > 1:
             return run_with_procs(cfg, rundir, run_hash, pending, len(shards), progress)
         counts = [s.num_items for s in pending]
         total = sum(counts) if all(c is not None for c in counts) else None
-        if cfg.threads:
-            from sigma.batch.shard_runner import limit_threads
-
-            limit_threads(cfg.threads)
-        with Pipeline(cfg, annotator) as pipeline, make_progress(total, progress) as bar:
+        threads = inference_threads(cfg, 1) if annotator is None else cfg.threads
+        backend = {"backend": "local", "procs": 1, "threads": threads}
+        with thread_limit(threads), Pipeline(cfg, annotator) as pipeline, make_progress(total, progress) as bar:
             stats = pipeline.run(corpus, pending, rundir, run_hash, progress=bar)
         pairs, errors = stats.pairs, stats.errors
         done_now = sum(r.status == "done" for r in stats.shards)
@@ -139,6 +139,6 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
                          skipped=len(shards) - len(pending), done_now=done_now, failed_now=failed_now, pairs=pairs,
                          errors=errors, seconds=round(seconds, 3),
                          pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0,
-                         failed=failed, status=status)
+                         failed=failed, status=status, backend=backend)
     atomic_write_json(rundir.root / "summary.json", summary.to_dict())
     return summary

@@ -6,9 +6,11 @@ writes, byte for byte, and a shard lost with its process is simply run again.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,41 @@ def limit_threads(threads: int | None) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """`limit_threads` for the length of a run in the caller's own process, then the settings it had."""
+    if not threads:
+        yield
+        return
+    import sys
+
+    import cv2
+
+    env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    cv2_threads = cv2.getNumThreads()
+    torch_before = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    limit_threads(threads)
+    try:
+        yield
+    finally:
+        for var, value in env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        cv2.setNumThreads(cv2_threads)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(torch_before or _default_threads())   # imported during the run: its default
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 class Progress:
