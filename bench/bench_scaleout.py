@@ -75,31 +75,51 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
-def _processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (ppid, cmdline, RSS MB) of every process (Linux /proc)."""
+def _parents() -> dict[int, int]:
     out = {}
-    for d in Path("/proc").glob("[0-9]*"):
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            rss = next(int(line.split()[1]) for line in (d / "status").read_text().splitlines()
-                       if line.startswith("VmRSS:")) / 1024
-        except (OSError, StopIteration, ValueError, IndexError):
+            out[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        out[int(d.name)] = (ppid, cmd, rss)
     return out
 
 
-def memory_mb(root: int) -> tuple[float, float]:
-    """(RSS of `root` and its descendants, RSS of Ray shard actors), MB."""
-    procs = _processes()
+def descendants(root: int) -> set[int]:
+    parents = _parents()
     tree, frontier = set(), {root}
     while frontier:
         tree |= frontier
-        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - tree
-    own = sum(procs[p][2] for p in tree if p in procs)
-    actors = sum(rss for _, cmd, rss in procs.values() if cmd.startswith("ray::ShardActor"))
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - tree
+    return tree
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def memory_mb(root: int, ray_head: int | None) -> tuple[float, float]:
+    """(RSS of `root` and its descendants, RSS of the Ray head's shard actors), MB."""
+    own = sum(_rss_mb(p) for p in descendants(root))
+    actors = 0.0
+    if ray_head is not None:
+        for pid in descendants(ray_head):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::") and b"ShardActor" in \
+                        Path(f"/proc/{pid}/cmdline").read_bytes():
+                    actors += _rss_mb(pid)
+            except OSError:
+                continue
     return own, actors
+
+
+RAY_HEAD: int | None = None
 
 
 def sigma_run(corpus: Path, out: Path, flags: list[str], annotator: str, shard_size: int) -> dict:
@@ -108,10 +128,10 @@ def sigma_run(corpus: Path, out: Path, flags: list[str], annotator: str, shard_s
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     peak_own = peak_actors = 0.0
-    while proc.poll() is None:
-        own, actors = memory_mb(proc.pid)
+    while proc.poll() is None:          # once a second: the sampling itself must not compete with the run
+        own, actors = memory_mb(proc.pid, RAY_HEAD)
         peak_own, peak_actors = max(peak_own, own), max(peak_actors, actors)
-        time.sleep(0.25)
+        time.sleep(1.0)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -138,9 +158,11 @@ def start_ray_head(cpus: int) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     start = time.perf_counter()
+    # same session as the local runs: with the kernel's autogroup scheduling (on here) a session of its own
+    # would get its own share of the CPU and flatter Ray against the local backend
     proc = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", f"--num-cpus={cpus}",
                              "--include-dashboard=false", "--disable-usage-stats", "--block"],
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -188,7 +210,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="sigma-scaleout-"))
     corpus = work / "corpus"
     source = make_corpus(corpus, args.pairs, args.size)
+    global RAY_HEAD
     head, address, ray_start_s = start_ray_head(cpus=os.cpu_count() or 2)
+    RAY_HEAD = head.pid
     cores = os.cpu_count() or 2
     configs = {
         "local_1proc": ["--procs", "1", "--threads", str(cores)],   # torch's default threads: the baseline
@@ -226,13 +250,15 @@ def main() -> int:
         lite = sigma_run(big, work / "p512-lite", ["--procs", "2"], "sigma-lite", per)
         host = sigma_run(big, work / "p512-host", ["--procs", "2"], "pixel-diff", per)
     finally:
+        left = descendants(head.pid) - {head.pid}
         head.send_signal(signal.SIGINT)        # `ray start --block` stops the head's processes on Ctrl-C
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)   # anything of that head still left (its own process group)
+            head.kill()
+        for pid in left:                       # anything of that head still there
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
