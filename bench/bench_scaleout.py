@@ -72,7 +72,10 @@ def make_corpus(folder: Path, pairs: int, size: int, seed: int = 0) -> str:
 
 # --- running --------------------------------------------------------------------------------------
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    """One authentication mode for the head and every driver (Ray >= 2.59 would otherwise turn tokens on in
+    `ray start` alone when ~/.ray/auth_token exists); the benchmark's head listens on loopback only."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
 
 
 def _parents() -> dict[int, int]:
@@ -161,6 +164,7 @@ def start_ray_head(cpus: int) -> tuple[subprocess.Popen, str, float]:
     # same session as the local runs: with the kernel's autogroup scheduling (on here) a session of its own
     # would get its own share of the CPU and flatter Ray against the local backend
     proc = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", f"--num-cpus={cpus}",
+                             "--node-ip-address=127.0.0.1",
                              "--include-dashboard=false", "--disable-usage-stats", "--block"],
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
@@ -251,9 +255,9 @@ def main() -> int:
         host = sigma_run(big, work / "p512-host", ["--procs", "2"], "pixel-diff", per)
     finally:
         left = descendants(head.pid) - {head.pid}
-        head.send_signal(signal.SIGINT)        # `ray start --block` stops the head's processes on Ctrl-C
+        head.terminate()                       # `ray start --block` stops the head's processes on SIGTERM
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=20)
         except subprocess.TimeoutExpired:
             head.kill()
         for pid in left:                       # anything of that head still there

@@ -139,22 +139,6 @@ def _quiet_auth_notice():
         log.setLevel(level)
 
 
-def _token_if_available() -> None:
-    """Join with Ray's token authentication when a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
-    ~/.ray/auth_token) and RAY_AUTH_MODE is unset: `ray start` enables it on the same condition (Ray 2.59-2.60;
-    every cluster from 2.61), and a token-mode driver also joins a cluster without authentication."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # pragma: no cover - Ray < 2.52 has no token authentication
-        return
-    with _quiet_auth_notice(), contextlib.suppress(Exception):
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
 def connect(ray_cfg: RayConfig) -> tuple[bool, str]:
     """Join the configured cluster, or start a one-machine Ray; (started_here, address). An address that
     does not answer is a one-line error naming it (exit 2), never a hang."""
@@ -164,10 +148,10 @@ def connect(ray_cfg: RayConfig) -> tuple[bool, str]:
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address in (None, "", "local"):
-        from sigma.batch.procs import available_cores
+        from sigma.batch.procs import idle_cores
 
-        with _quiet_auth_notice():
-            ray.init(address="local", num_cpus=available_cores(), include_dashboard=False,
+        with _quiet_auth_notice():   # as many CPUs as are idle, like the local backend's default processes
+            ray.init(address="local", num_cpus=idle_cores(), include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE, **quiet)
         return True, "local"
     target = resolve_address(address)
@@ -179,13 +163,14 @@ def connect(ray_cfg: RayConfig) -> tuple[bool, str]:
                          + (f" ({target})" if target != address else "") + f": {exc}. Is `ray start --head` "
                          "running there, and the port open? (--ray-address / RAY_ADDRESS)",
                          code="ray_unreachable") from exc
-    _token_if_available()
     try:
         ray.init(address=target, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SigmaError(f"cannot join the Ray cluster at {address}: {exc}. If the cluster uses token "
-                         "authentication, this machine needs its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token from "
-                         "`ray get-auth-token` on the head) and RAY_AUTH_MODE=token", code="ray_unreachable") from exc
+                         "authentication (Ray >= 2.59 turns it on when ~/.ray/auth_token exists), set "
+                         "RAY_AUTH_MODE=token here and give this machine the head's token (RAY_AUTH_TOKEN, or "
+                         "~/.ray/auth_token; `ray get-auth-token` on the head prints it)",
+                         code="ray_unreachable") from exc
     return False, target
 
 
