@@ -142,7 +142,7 @@ def _simple_np_end(toks: list[str], k: int) -> int:
                 or w in L.MAKE_VERBS or w in L.PAINT_VERBS or w in L.GIVE_VERBS):
             break
         k += 1
-    return k if k > start else start
+    return max(k, start)
 
 
 def _list_follows(toks: list[str], j: int) -> bool:
@@ -229,6 +229,9 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
                     j += 1
                     continue
             break
+        if words and not after_and and (w in ("that", "which", "who", "whose", "where")
+                                        or w in ("says", "say", "saying", "reads", "reading", "spelling")):
+            break                                         # "the sign | that says EXIT", "a sign | reading OPEN"
         if w in L.DETERMINERS or w.isdigit() or (w in L.SIZE_WORDS and not words):
             if words and not after_and and stop_at_determiner and w in ("a", "an", "the"):
                 break
@@ -256,6 +259,7 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
             if (not words or nxt is None or nxt in L.BOUNDARY_WORDS or nxt in L.ADD_VERBS
                     or nxt in L.REMOVE_VERBS or nxt in L.REPLACE_VERBS or nxt in L.CHANGE_VERBS
                     or nxt in L.MAKE_VERBS or nxt in L.PAINT_VERBS or looks_participle(nxt)
+                    or nxt in L.CONSTRAINT_STARTS                 # "the dog | and fill the area ..."
                     or is_value_word(nxt) and words and is_value_word(words[-1]) and not compound_value):
                 break
             words.append("and")

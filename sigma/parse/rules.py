@@ -98,7 +98,8 @@ def _clause_end(low: list[str], start: int) -> int:
         if j > start and w in ("and", ",", "then", "while", "but", "plus") and j + 1 < len(low):
             if low[j + 1] in ("then", "also"):
                 return j
-            if _verb_at(low, _skip_connectors(low, j + 1)):
+            q = _skip_connectors(low, j + 1)
+            if _verb_at(low, q) or (q + 1 < len(low) and low[q] in L.CONSTRAINT_STARTS and is_word(low[q + 1])):
                 return j
     return len(low)
 
@@ -110,7 +111,7 @@ ADJUST_VERBS = frozenset({"increase", "decrease", "reduce", "boost", "lower", "i
 VERB_KINDS: tuple[tuple[frozenset[str] | set[str], str], ...] = (
     (L.REMOVE_VERBS, "remove"), (L.REPLACE_VERBS, "replace"), (L.ADD_VERBS, "add"), (L.PAINT_VERBS, "paint"),
     (L.GIVE_VERBS, "give"), (L.MAKE_VERBS, "make"), (L.CHANGE_VERBS, "change"),
-    (L.RESTORATION_VERBS, "restore"), (ADJUST_VERBS, "adjust"),
+    (L.RESTORATION_VERBS, "restore"), (ADJUST_VERBS, "adjust"), (L.STATE_VERBS, "state"),
 )
 
 
@@ -175,8 +176,9 @@ def _parse_remove(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("away", "out", "off", "up"):
         j += 1
     obj = extract_phrase(toks, j)
-    if obj.head in L.DEGRADATIONS or (_has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2) or \
-            obj.text in L.DEGRADATION_PHRASES:
+    degradation = obj.head in L.DEGRADATIONS or (_has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2) or \
+        obj.text in L.DEGRADATION_PHRASES
+    if degradation and not _located(toks, low, obj) and _nouns_of(obj) <= L.DEGRADATIONS | {"low-light", "light"}:
         return Parse("global", None, None, "remove-degradation")
     if not obj.words:
         return Parse("remove", None, None, "remove-empty")
@@ -186,11 +188,14 @@ def _parse_remove(toks, low, j, verb) -> Parse:
 def _parse_add(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("on", "in") and verb.startswith("put"):
         j += 1                                            # "put on a hat"
-    obj = extract_phrase(toks, j)
+    obj = extract_phrase(toks, j, caps_literal=verb in L.WRITE_VERBS)
     if not obj.words:
         return Parse("add", None, None, "add-empty")
-    if obj.head in L.WEATHER_NOUNS or (obj.head in L.WEATHER and len(obj.words) == 1):
-        return Parse("global", None, None, "add-weather")
+    if obj.literal and not obj.nouns:
+        return Parse("add", None, f"text {obj.literal}", "add-text")      # 'write "HELLO" on the wall'
+    if (obj.head in L.WEATHER_NOUNS or (obj.head in L.WEATHER and len(obj.words) == 1)) and \
+            not _located(toks, low, obj):
+        return Parse("global", None, None, "add-weather")       # "add snow" (but "snow on the roof" is local)
     if obj.head in L.STYLE_WORDS and obj.head in ("filter", "style", "effect"):
         return Parse("global", None, None, "add-style")
     if (obj.head in L.ATTRIBUTE_NOUNS or all(is_value_word(w) for w in obj.words)) and \
@@ -200,6 +205,31 @@ def _parse_add(toks, low, j, verb) -> Parse:
             return Parse("global", None, None, "add-value-to-image")
         return Parse("attribute", owner.text, owner.text, "add-value-to-object")
     return Parse("add", None, obj.text, "add")
+
+
+def _located(toks, low, obj: Phrase) -> bool:
+    """The phrase is placed on/in a named object ("snow on the roof", "scratches on the table"),
+    not on the image ("rain in the photo") nor in the sky ("fog in the sky" is still the weather)."""
+    if obj.end >= len(low) or low[obj.end] not in ("on", "onto", "over", "from", "in", "to", "across", "along"):
+        return False
+    place = extract_phrase(toks, obj.end + 1)
+    return bool(place.words) and not _is_whole_image(place) and place.head not in L.SKY_WORDS \
+        and place.head not in L.BACKGROUND_WORDS and place.head not in L.SCENES
+
+
+def _nouns_of(obj: Phrase) -> set[str]:
+    """The head of each conjunct of a compound phrase ('stain and scratches' -> {stain, scratches})."""
+    heads, last = set(), None
+    for w in obj.words:
+        if w in ("and", "or", ","):
+            if last:
+                heads.add(last)
+            last = None
+        else:
+            last = w
+    if last:
+        heads.add(last)
+    return heads
 
 
 def _find(low: list[str], start: int, end: int, words: tuple[str, ...]) -> int | None:
@@ -234,6 +264,9 @@ def _parse_replace(toks, low, j, verb, end) -> Parse:
     obj = extract_phrase(toks, j)
     k = _find(low, obj.end, end, ("with", "by", "to", "into", "for", "using"))
     new = extract_phrase(toks, k + 1, caps_literal=_is_text(obj)) if k is not None else None
+    if k is not None and low[k + 1:k + 2] in (["one"], ["ones"]) and (
+            k + 2 >= end or low[k + 2] in L.BOUNDARY_WORDS or low[k + 2] in ("that", "which")):
+        new = obj                                         # "replace the sign with one that says ENTER"
     if verb.startswith("substitut") and k is not None and low[k] == "for":
         obj, new = new, obj                               # "substitute a cat for the dog"
     text = _text_edit(obj, None, new, "replace") if new is not None else None
@@ -340,8 +373,10 @@ def _split_trailing_values(x: Phrase) -> tuple[Phrase, list[str]]:
     """'the car red' -> ('car', ['red']): a phrase that swallowed its new value."""
     words = list(x.words)
     tail: list[str] = []
-    while len(words) > 1 and (is_value_word(words[-1]) or words[-1] in L.WEATHER):
-        tail.insert(0, words.pop())
+    while len(words) > 1 and (is_value_word(words[-1]) or words[-1] in L.WEATHER or (
+            tail and words[-1] in ("and", "or", ",") and len(words) > 2
+            and (is_value_word(words[-2]) or words[-2] in L.WEATHER))):
+        tail.insert(0, words.pop())                       # "the sky dark and stormy" -> sky
     if not tail:
         return x, []
     return Phrase(words, x.end, x.saw_attribute, x.seen, x.proper), tail
@@ -448,8 +483,10 @@ def _parse_paint(toks, low, j, verb, end) -> Parse:
 
 
 def _parse_give(toks, low, j, verb, end) -> Parse:
-    if j + 1 < end and (low[j] in ("him", "them", "me", "us") or low[j] == "her" and low[j + 1] in L.DETERMINERS):
-        x = Phrase([low[j]], j + 1, seen=[low[j]])        # "give her a necklace" ("her" is not "her dress")
+    her_object = low[j:j + 1] == ["her"] and j + 1 < end and (
+        low[j + 1] in L.DETERMINERS or extract_phrase(toks, j + 1).end >= end)
+    if j + 1 < end and (low[j] in ("him", "them", "me", "us") or her_object):
+        x = Phrase([low[j]], j + 1, seen=[low[j]])        # "give her (a) necklace"; not "give her hair a tint"
     else:
         x = extract_phrase(toks, j)
     y = extract_phrase(toks, x.end)
@@ -462,6 +499,14 @@ def _parse_give(toks, low, j, verb, end) -> Parse:
     if y.words:
         return Parse("add", None, y.text, "give-object")
     return Parse("attribute", x.text, x.text, "give")
+
+
+def _parse_state(toks, low, j, verb, end) -> Parse:
+    """open/close/shut X: the same object in another state."""
+    x = extract_phrase(toks, j)
+    if _is_whole_image(x):
+        return Parse("global", None, None, "state-whole-image")
+    return Parse("attribute", x.text, x.text, "state")
 
 
 def _parse_restore(toks, low, j, verb, end) -> Parse:
@@ -494,6 +539,7 @@ _DISPATCH = {
     "give": _parse_give,
     "restore": _parse_restore,
     "adjust": _parse_restore,
+    "state": _parse_state,
 }
 
 
@@ -657,6 +703,8 @@ def _np_start(low: list[str], q: int) -> bool:
         return False
     if w in L.DETERMINERS:
         return True
+    if w.endswith("ly") and w not in L.LY_NOUNS:
+        return False                                      # ", slightly to the right": an adverb
     return (is_word(w) and not is_value_word(w) and not looks_participle(w) and w not in L.BOUNDARY_WORDS
             and w not in ("and", "or") and not _verb_at(low, q) and w not in L.WEATHER)
 
@@ -667,6 +715,8 @@ def _has_complement(low: list[str], ph: Phrase, end: int) -> bool:
     if ph.end < end and low[ph.end] in L.COMPLEMENT_PREPS:
         after = [w for w in low[ph.end + 1:end] if w not in L.DETERMINERS][:1]
         return not (after and after[0] in L.WHOLE_IMAGE)
+    if ph.end < end and looks_participle(low[ph.end]) and ph.end + 1 < end:
+        return True                                       # "a dog | sitting next to the man"
     return bool(_split_trailing_values(ph)[1])
 
 
@@ -715,7 +765,7 @@ def _is_pronoun_value(low: list[str], s: int, vlen: int, e: int) -> bool:
     return _value_kind(rest) == "value"
 
 
-def _sentence_edits(toks: list[str], first: bool) -> list[Parse]:
+def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = None) -> list[Parse]:
     """Every edit of one sentence, clause by clause. The first clause of the instruction may be
     anything the single-edit rules read; a later clause counts only when it starts with an editing
     verb, continues the previous verb (gapping), or is a declarative about a named object, and not
@@ -724,6 +774,7 @@ def _sentence_edits(toks: list[str], first: bool) -> list[Parse]:
     low = [t.lower() for t in toks]
     n = len(low)
     out: list[Parse] = []
+    context = list(before or [])                          # edits of earlier sentences, for "it"
     prev_verb: list[str] = []
     gapped = False
     i = 0
@@ -733,18 +784,22 @@ def _sentence_edits(toks: list[str], first: bool) -> list[Parse]:
             break
         e = _clause_end(low, s)
         vlen = _verb_at(low, s) if not first else (_verb_at(low, s) or (1 if _verb_kind(low[s]) else 0))
-        split = _inner_split(toks, low, s, e, vlen)
+        if not vlen and gapped and prev_verb:            # "..., the grass yellow and the house red"
+            virtual = prev_verb + toks[s:e]
+            split = _inner_split(virtual, [t.lower() for t in virtual], 0, len(virtual), len(prev_verb))
+            if split is not None:
+                split = (s + split[0] - len(prev_verb), split[1])
+        else:
+            split = _inner_split(toks, low, s, e, vlen)
         ce, how = split if split is not None else (e, None)
         clause = toks[s:ce]
         while clause and not is_word(clause[-1]):
             clause = clause[:-1]
-        constraint = low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (("make", "sure"), ("make", "certain"),
-                                                                              ("do", "not"))
+        constraint = (low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (
+            ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (first and low[s] == "without")
         parse: Parse | None = None
-        if clause and not (constraint and not first):
-            if first:
-                parse = _parse_tokens(clause)
-            elif vlen:
+        if clause and not constraint:
+            if first or vlen:
                 parse = _parse_tokens(clause)
             elif gapped and prev_verb:
                 parse = _parse_tokens(prev_verb + clause)
@@ -755,7 +810,8 @@ def _sentence_edits(toks: list[str], first: bool) -> list[Parse]:
         if parse is not None and not first:
             if any(w in L.QUALITY_WORDS for w in low[s:ce]):
                 parse = None                              # "and make it look natural"
-            elif out and out[-1].edit_type in ("add", "replace", "attribute") and _is_pronoun_value(low, s, vlen, ce):
+            elif (context + out) and (context + out)[-1].edit_type in ("add", "replace", "attribute") and \
+                    _is_pronoun_value(low, s, vlen, ce):
                 parse = None                              # "add a dog and make it brown": the dog's look
         if parse is not None and (parse.edit_type, parse.source, parse.target) not in \
                 [(p.edit_type, p.source, p.target) for p in out]:
@@ -777,7 +833,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     sentences = [s for s in _SENTENCE_SPLIT.split(" ".join(text.split())) if any(c.isalnum() for c in s)]
     parses: list[Parse] = []
     for sentence in sentences:
-        for parse in _sentence_edits(tokenize(sentence), first=not parses):
+        for parse in _sentence_edits(tokenize(sentence), first=not parses, before=parses):
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
     if not parses:
