@@ -12,7 +12,7 @@ from sigma.config.schema import IOConfig, LimitsConfig
 from sigma.errors import InputError, SigmaError
 from sigma.io.geometry import align, check_aspect, estimate_translation, sync_size, undo_translation
 from sigma.io.pairs import check_instruction, load_pair, pair_from_bytes
-from sigma.io.rle import decode_rle, encode_rle, mask_bbox
+from sigma.rle import decode_rle, encode_rle, mask_bbox
 from sigma.types import Annotation, Pair
 
 

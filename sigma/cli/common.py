@@ -5,8 +5,6 @@ import argparse
 import sys
 from typing import Any
 
-from sigma.errors import ConfigError
-
 
 class SigmaArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line in the same `sigma: error [code]: ...` form as every
@@ -23,25 +21,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; applied after --config)")
 
 
-def default_annotator_name() -> str:
-    """The embedded sigma-lite when its weights ship with the package, else the pixel-diff baseline."""
-    from sigma.registry import list_annotators
+def flag_overrides(overrides: list[str], **flags: Any) -> dict[str, Any]:
+    """`--set key=value` items plus the command's own flags (None = not given) as dotted overrides: flags
+    are applied before validation, like every other override, never by mutating a validated config."""
+    from sigma.config.loader import parse_overrides
 
-    for entry in list_annotators():
-        if entry.name == "sigma-lite" and entry.weights_status().startswith("embedded"):
-            return "sigma-lite"
-    return "pixel-diff"
-
-
-def build_annotator(name: str, options: dict[str, Any], threshold: float | None):
-    from sigma.registry import create_annotator
-
-    options = dict(options)
-    if threshold is not None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
-        options["threshold"] = threshold
-    return create_annotator(name, **options)
+    merged = parse_overrides(overrides)
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    return merged
 
 
 def progress_bar(total: int, desc: str):

@@ -43,7 +43,10 @@ class DetectSegmentGrounder(Grounder):
                     requests.append(key)
                 if k not in asked_by[key]:
                     asked_by[key].append(k)
-        image = (lambda i, side: originals[i] if side == "original" else edited[i])
+
+        def image(i: int, side: str) -> np.ndarray:
+            return originals[i] if side == "original" else edited[i]
+
         t0 = time.perf_counter()
         detections = self.detector.detect([image(i, side) for i, side, _ in requests],
                                           [c for _, _, c in requests]) if requests else []
@@ -82,7 +85,7 @@ class DetectSegmentGrounder(Grounder):
 
 def _status() -> str:
     from sigma.errors import WeightsNotFoundError
-    from sigma.grounding.hf_loading import resolve_local
+    from sigma.models.weights import resolve_local
 
     cfg = GroundingConfig(backend="gdino-sam2")
     found = []

@@ -71,7 +71,10 @@ def score(pairs: Iterable[tuple[dict[str, Any], ParsedInstruction]]) -> dict[str
                 err["expected"]["edits"] = [[e.get(k) for k in EXPECTED_FIELDS] for e in rec["edits"]]
                 err["got"]["edits"] = [[getattr(e, k) for k in EXPECTED_FIELDS] for e in p.edits]
             errors.append(err)
-    frac = (lambda k: round(k / n, 4) if n else None)
+
+    def frac(k: int) -> float | None:
+        return round(k / n, 4) if n else None
+
     multi = {"n_with_edits": n_multi, "edits_match": round(edits_ok / n_multi, 4),
              "edit_count_match": round(count_ok / n_multi, 4)} if n_multi else {}
     return {**multi, "n": n, "type_accuracy": frac(type_ok), "concept_match": frac(concept_ok),

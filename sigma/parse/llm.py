@@ -168,7 +168,8 @@ class LLMParser:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from sigma.grounding.hf_loading import pick_device
+        from sigma.models.device import pick_device
+        from sigma.models.weights import strict_from_pretrained
 
         self.device = pick_device(device)
         if model is None or isinstance(model, (str, Path)):
@@ -181,13 +182,13 @@ class LLMParser:
                 elif gguf_file is not None:
                     folder = str(path)
                 else:
-                    from sigma.grounding.hf_loading import resolve_local
+                    from sigma.models.weights import resolve_local
 
                     folder = resolve_local(str(model), what="llm parser model", allow_download=allow_download)
             kw = {"gguf_file": gguf_file} if gguf_file else {}
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
-            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
-                                                         dtype=torch.float32, **kw)
+            model = strict_from_pretrained(AutoModelForCausalLM, folder, what="llm parser model",
+                                           dtype=torch.float32, **kw)
         if tokenizer is None:
             raise ValueError("LLMParser: a model object needs its tokenizer")
         if getattr(tokenizer, "chat_template", None) is None:

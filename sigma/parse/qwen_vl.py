@@ -41,7 +41,8 @@ class QwenVLParser:
         import torch
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-        from sigma.grounding.hf_loading import pick_device, pick_dtype, resolve_local, strict_from_pretrained
+        from sigma.models.device import pick_device, pick_dtype
+        from sigma.models.weights import resolve_local, strict_from_pretrained
 
         self.device = pick_device(device)
         if isinstance(model, (str, Path)):
@@ -122,7 +123,7 @@ class QwenVLParser:
 
 def _status() -> str:
     from sigma.errors import WeightsNotFoundError
-    from sigma.grounding.hf_loading import resolve_local
+    from sigma.models.weights import resolve_local
 
     try:
         return f"found at {resolve_local(DEFAULT_MODEL, what='qwen-vl')}"
