@@ -96,12 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    r.set_defaults(run=run_run)
+    r.set_defaults(run=run_run, needs=("batch",))
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`")
     _add_run_args(s)
     _add_redis_args(s)
-    s.set_defaults(run=run_submit)
+    s.set_defaults(run=run_submit, needs=("batch", "redis"))
 
     st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)")
     st.add_argument("out", help="run folder")
@@ -167,6 +167,10 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     from sigma.batch.layout import RunDir
+    from sigma.cli.common import check_extras
+
+    if args.redis or args.key_prefix or args.serve_config:
+        check_extras("batch status --redis", ("redis",))
 
     status = RunDir(args.out).summary()
     if args.redis or args.key_prefix or args.serve_config:
