@@ -149,7 +149,7 @@ def run_run(args: argparse.Namespace) -> int:
                   f"{summary.failed_now} failed; {summary.pairs} pairs ({summary.errors} errors) in "
                   f"{summary.seconds:.1f} s = {summary.pairs_per_s:.1f} pairs/s")
         print(f"run {summary.run_hash}: {st['done']}/{st['shards']} shards done, {st['ok']} pairs annotated, "
-              f"{st['errors']} bad pairs {st['error_codes'] or ''}")
+              f"{st['errors']} bad pairs{_codes(st['error_codes'])}")
     for f in summary.failed:
         print(f"sigma: error: shard {f['shard']} failed: {f['error']} (rerun with --resume)", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -163,6 +163,13 @@ def run_submit(args: argparse.Namespace) -> int:
     print(f"{args.out}: queued {info['queued']} shard task(s) on {info['stream']} ({info['skipped']} already done); "
           "start `sigma worker --batch` on each machine, follow with `sigma batch status`")
     return 0
+
+
+def _codes(counts: dict[str, int] | None) -> str:
+    """{'file_not_found': 2, 'bad_record': 1} -> ' (file_not_found x2, bad_record x1)' for people, not a dict repr."""
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{code} x{n}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ")"
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -184,7 +191,7 @@ def run_status(args: argparse.Namespace) -> int:
           f"{status['failed']} failed, {status['pending']} pending")
     planned = status.get("planned_pairs")
     print(f"pairs: {status['ok']} annotated, {status['errors']} bad"
-          + (f" (of {planned} planned)" if planned else "") + (f" {status['error_codes']}" if status['error_codes'] else ""))
+          + (f" (of {planned} planned)" if planned else "") + _codes(status["error_codes"]))
     for f in status["failed_shards"]:
         print(f"  failed: {f['shard']}: {f['error']}")
     if "queue" in status:
