@@ -257,3 +257,35 @@ def test_status_prints_error_codes_for_people(messy_set, tmp_path, capsys):
     assert main(["batch", "status", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "{" not in out and "bad_record x1" in out
+
+
+def test_one_run_per_output_folder(tmp_path, capsys):
+    """Two runs on one --out: the second exits 2 with run_locked and the holder's pid (issue 11 item 12: both
+    used to exit 0 with shards of two run hashes mixed, or die on a shared .parquet.tmp name)."""
+    from sigma.batch.layout import temp_name
+
+    src = tmp_path / "set"
+    write_pairs_jsonl(src, synthetic_pairs(6, size=32))
+    out = tmp_path / "run"
+    argv = ["batch", "run", str(src), "--out", str(out), "--annotator", "pixel-diff", "--workers", "0",
+            "--no-progress"]
+    with RunDir(out).locked():
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "[run_locked]" in err and f"pid {os.getpid()}" in err
+    # a holder killed with SIGKILL leaves no lock behind
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sigma.batch.layout import RunDir\n"
+                               "with RunDir(sys.argv[1]).locked():\n    print('held', flush=True)\n"
+                               "    time.sleep(60)\n", str(out)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert main(argv) == 2 and f"pid {holder.pid}" in capsys.readouterr().err
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert main(argv) == 0
+    assert len({temp_name(out / "x.parquet") for _ in range(50)}) == 50
+    # a failed start on a folder that did not exist leaves nothing behind; a file as --out is a clean error
+    assert main([*argv[:4], str(tmp_path / "new"), *argv[5:], "--format", "parquet"]) == 2
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "afile").write_text("x")
+    assert main([*argv[:4], str(tmp_path / "afile"), *argv[5:]]) == 2
+    assert "[out_not_a_folder]" in capsys.readouterr().err

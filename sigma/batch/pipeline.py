@@ -20,7 +20,7 @@ from typing import Any, Self
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.decode import Decoded, decode_items
-from sigma.batch.layout import RunDir, sha256_file
+from sigma.batch.layout import RunDir, sha256_file, temp_name
 from sigma.batch.rows import error_row, ok_row, rows_to_table
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
@@ -117,7 +117,7 @@ class ShardWriter:
 
         target = self.rundir.shard_path(shard, self.run_hash)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = temp_name(target)
         pq.write_table(rows_to_table(rows), tmp, compression="zstd", row_group_size=max(len(rows), 1))
         tmp.replace(target)
         errors = [r for r in rows if r["status"] != "ok"]

@@ -76,7 +76,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
             raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "
                              "to continue it", code="run_exists")
         return rundir, corpus, run_hash, shards
-    if rundir.root.exists() and any(rundir.root.iterdir()):
+    if not rundir.is_empty():
         raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
     shards = corpus.plan()
     if not shards:
@@ -106,6 +106,12 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
               annotator=None, max_shards: int | None = None) -> RunSummary:
     """Run (or continue) a batch; finished shards are skipped, so a re-run of a finished run does nothing."""
     cfg = with_default_annotator(cfg)
+    with RunDir(out).locked():
+        return _run_locked(cfg, out, resume, progress, annotator, max_shards)
+
+
+def _run_locked(cfg: BatchConfig, out: str | Path, resume: bool, progress: bool, annotator,
+                max_shards: int | None) -> RunSummary:
     rundir, corpus, run_hash, shards = prepare_run(cfg, out, resume)
     pending = [s for s in shards if not rundir.is_done(s, run_hash)]
     if max_shards is not None:

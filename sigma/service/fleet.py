@@ -45,7 +45,8 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
 
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
-    rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
+    with RunDir(out).locked():          # planning writes run.json: not while a local run holds the folder
+        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
     pending = [s for s in shards if not rundir.is_done(s, run_hash)]
     try:
         q = make_queue(sync_client(settings), keys, consumer="submitter")
@@ -143,7 +144,8 @@ def process_task(fields: dict[str, str], cache: _RunCache) -> tuple[str, int, st
         return "skipped", 0, None
     cfg = BatchConfig.model_validate(record["config"])
     corpus = corpus_from_config(cfg)
-    stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash)
+    with rundir.locked(exclusive=False):   # run_locked while a local run holds it: retried after the lease
+        stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash)
     result = stats.shards[0] if stats.shards else None
     if result is None or result.status != "done":
         return "failed", stats.pairs, (result.error if result else "no result")
