@@ -11,9 +11,12 @@ rewriting a shared file; `summary()` aggregates them.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +99,31 @@ class RunDir:
         out = self.shard_path(shard, run_hash)
         return out.is_file() and out.stat().st_size == st.get("bytes")
 
+    @contextmanager
+    def _status_lock(self, shard: Shard) -> Iterator[None]:
+        """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
+        lock = self.root / "status" / f".{shard.key}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
-        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+        with self._status_lock(shard):
+            atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+
+    def mark_failed(self, shard: Shard, run_hash: str, error: str, **extra: Any) -> bool:
+        """Record a shard given up on (a fleet task dead-lettered), unless it is done for this run: another
+        worker may have finished it meanwhile, and a done shard is never overwritten. True when written."""
+        with self._status_lock(shard):
+            if self.is_done(shard, run_hash):
+                return False
+            atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, "status": "failed",
+                                                        "run_hash": run_hash, "error": error, **extra})
+            return True
 
     def summary(self) -> dict[str, Any]:
         record = self.load()

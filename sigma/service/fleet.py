@@ -195,8 +195,28 @@ class FleetHandler:
         """Left pending: the lease runs out and a worker (maybe this one) retries the shard."""
 
     def on_dead(self, entry: Entry, error: dict[str, Any] | None) -> dict[str, Any]:
+        """The run's status must say the shard failed, and why (not "pending" for ever): a failed status file,
+        written unless the shard is done meanwhile. A task whose folder is gone or holds another run has no
+        status to write."""
         self.stats.dead += 1
-        return error or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
+        error = error or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
+        fields = entry.fields
+        try:
+            rundir = RunDir(fields["run_dir"])
+            record = rundir.load()
+            shard = next((s for s in rundir.shards() if s.key == fields.get("shard")), None)
+        except (KeyError, SigmaError, OSError):
+            return error
+        if shard is None or record.get("run_hash") != fields.get("run_hash"):
+            return error
+        reason = (f"dead-lettered after {entry.deliveries} deliveries: [{error.get('code')}] "
+                  f"{error.get('message')}")
+        try:
+            rundir.mark_failed(shard, record["run_hash"], reason, error_code=error.get("code"),
+                               deliveries=entry.deliveries, dead_letter=True)
+        except OSError as exc:   # the shared folder is unwritable: the dead-letter stream still has the record
+            log.warning("shard %s: could not record its failure in %s: %s", shard.key, rundir.root, exc)
+        return error
 
     def close(self) -> None:
         self.cache.close()
