@@ -14,6 +14,18 @@ if TYPE_CHECKING:
     from sigma.service.settings import RedisSettings
 
 
+def display_url(url: str) -> str:
+    """The URL for messages and logs, with any password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def sync_client(settings: RedisSettings, *, block_ms: int = 0) -> redis.Redis:
     """For workers and CLI tools; `block_ms`: the longest blocking command the caller issues, so a blocking
     read gets `socket_timeout_s` on top of its BLOCK before a silent (frozen) server counts as a timeout.
