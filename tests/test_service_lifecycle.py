@@ -106,13 +106,15 @@ def test_worker_without_redis_names_the_url_waits_and_stops_cleanly(tmp_path):
     common = sets([*FAST[:5], f"redis.key_prefix={prefix}"])
     annotation = Proc(["worker", "--annotator", "pixel-diff", "--consumer", "early", *common], env,
                       tmp_path / "worker.log")
-    fleet = Proc(["worker", "--batch", *common], env, tmp_path / "fleet.log")
+    secret_url = f"redis://:s3cret@127.0.0.1:{port}/0"
+    fleet = Proc(["worker", "--batch", *common], base_env(secret_url), tmp_path / "fleet.log")
     server = RedisServer(binary, tmp_path, port)
     try:
-        for proc in (annotation, fleet):
+        for proc, shown in ((annotation, redis_url), (fleet, f"redis://:***@127.0.0.1:{port}/0")):
             wait_until(lambda p=proc: "cannot reach Redis" in p.output(), 60, f"the message\n{proc.output()}", 0.2)
             line = next(x for x in proc.output().splitlines() if "cannot reach Redis" in x)
-            assert redis_url in line and "SIGMA_REDIS_URL" in line and "waiting" in line, line
+            assert shown in line and "SIGMA_REDIS_URL" in line and "waiting" in line, line
+        assert "s3cret" not in fleet.output()
         time.sleep(1.0)
         assert annotation.alive() and fleet.alive()                  # waiting, not exiting
         fleet.signal(signal.SIGTERM)                                 # stopped while waiting for Redis

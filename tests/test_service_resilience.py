@@ -78,6 +78,8 @@ class Stack:
         return "\n".join(p.log.read_text(errors="replace") for p in self.procs())
 
     def close(self) -> None:
+        for proc in [*self.procs(), *([self.svc.api] if self.svc.api else [])]:
+            proc.signal(signal.SIGTERM)           # all at once: each then exits in parallel
         self.svc.close()
         if self.fleet is not None:
             self.fleet.stop()

@@ -53,8 +53,8 @@ class StopSignals:
             raise Interrupted(f"{name} while {self._abrupt}")
         if self.received > 1:
             raise Interrupted(f"second {name}: the batch in hand is left to be redelivered")
-        log.info("%s: finishing the current batch, then exiting (send it again to leave the batch to another "
-                 "worker)", name)
+        log.info("%s: stopping; a batch in hand is finished first (send %s again to leave it to another worker)",
+                 name, name)
 
     @contextmanager
     def abrupt_while(self, doing: str) -> Iterator[None]:
@@ -71,9 +71,11 @@ def report_unreachable_redis(settings: RedisSettings, command: str) -> bool:
     """One PING at start-up; when it fails, one line on stderr that says where the worker looks and how to
     point it elsewhere. True when Redis answered. Never raises on Redis trouble: the worker then waits."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     client = redis.Redis.from_url(settings.url, socket_connect_timeout=settings.connect_timeout_s,
-                                  socket_timeout=settings.connect_timeout_s + 1)
+                                  socket_timeout=settings.connect_timeout_s + 1, retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
         return True

@@ -20,7 +20,7 @@ from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
-from sigma.service.connections import sync_client
+from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Consumer, Outcome
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
@@ -52,7 +52,7 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
         for shard in pending:
             q.add({"run_dir": str(rundir.root.resolve()), "shard": shard.key, "run_hash": run_hash})
     except redis_lib.RedisError as exc:
-        raise InputError(f"cannot queue shard tasks on Redis at {settings.url} ({exc})",
+        raise InputError(f"cannot queue shard tasks on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
     return {"stream": keys.batch_tasks(), "queued": len(pending), "skipped": len(shards) - len(pending),
             "run_hash": run_hash}
@@ -70,7 +70,7 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
         return {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
                 "dead": q.dead_count(), "live_workers": workers}
     except redis_lib.RedisError as exc:
-        raise InputError(f"cannot read the queue on Redis at {settings.url} ({exc})",
+        raise InputError(f"cannot read the queue on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
 
 
