@@ -30,6 +30,8 @@ def redis_problem(exc: BaseException) -> str:
         return "out of memory"
     if isinstance(exc, redis.TimeoutError):
         return "not answering (timeout)"
+    if isinstance(exc, redis_errors.BusyLoadingError):
+        return "loading its data"
     if isinstance(exc, redis.ConnectionError):
         return "unreachable"
     if isinstance(exc, redis_errors.ReadOnlyError) or str(exc).startswith(("MISCONF", "READONLY")):

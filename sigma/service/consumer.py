@@ -7,9 +7,11 @@ The annotation worker (`sigma worker`) and the batch fleet worker (`sigma worker
   (after `max_deliveries` deliveries); a handler that says "retry" leaves it pending, and the lease
   (extended by the heartbeat while the entry is worked on) hands it to a worker again when it runs out;
 - Redis trouble is transient: connection loss, timeouts (a SIGSTOPped server), `OOM` under
-  `maxmemory`, `LOADING` after a restart. The loop backs off with jitter, reconnects, and keeps the
-  outcomes it already computed until they are stored — it never drops work and never exits because
-  of Redis; it exits on `stop` (SIGTERM/SIGINT) or on a bug (an exception from a handler).
+  `maxmemory`, `LOADING` after a restart (`is_transient`). The loop backs off with jitter, reconnects,
+  keeps the outcomes it already computed until they are stored, and the entries it read until they are
+  handled (their leases extended meanwhile, so an outage costs no delivery) — it never drops work and
+  never exits because of Redis; it exits on `stop` (SIGTERM/SIGINT) or on a bug (an exception from a
+  handler that is not a transient Redis error).
 """
 from __future__ import annotations
 
