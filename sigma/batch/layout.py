@@ -4,6 +4,8 @@
     OUT/config.yaml               the resolved config (sigma.config.save_resolved)
     OUT/shards/<key>.<hash>.parquet   one manifest per shard: a pure function of (input, shard, run hash)
     OUT/status/<key>.json         written after the shard's parquet is renamed into place: "done" or "failed"
+                                  (also "failed" when a fleet task for the shard was dead-lettered)
+    OUT/.locks/status-<key>.lock  flock serialising the writes of one shard's status across processes
     OUT/masks/<key>/<pair>.png    optional PNG masks
 
 Status lives in one small file per shard so that many fleet workers can finish shards concurrently without
@@ -102,7 +104,7 @@ class RunDir:
     @contextmanager
     def _status_lock(self, shard: Shard) -> Iterator[None]:
         """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
-        lock = self.root / "status" / f".{shard.key}.lock"
+        lock = self.root / ".locks" / f"status-{shard.key}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
