@@ -101,6 +101,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("redis error: %s", exc)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):   # maxmemory reached (noeviction): not a 500
+            return error_response(503, "queue_unavailable", "the job queue is out of memory (Redis maxmemory); "
+                                  "retry later", {"Retry-After": "5"})
         return error_response(503, "queue_unavailable", f"the job queue is unreachable ({type(exc).__name__}); "
                               "retry shortly", {"Retry-After": "1"})
 

@@ -4,6 +4,8 @@
     OUT/config.yaml               the resolved config (sigma.config.save_resolved)
     OUT/shards/<key>.<hash>.parquet   one manifest per shard: a pure function of (input, shard, run hash)
     OUT/status/<key>.json         written after the shard's parquet is renamed into place: "done" or "failed"
+                                  (also "failed" when a fleet task for the shard was dead-lettered)
+    OUT/.locks/status-<key>.lock  flock serialising the writes of one shard's status across processes
     OUT/masks/<key>/<pair>.png    optional PNG masks
     OUT/.lock                     flock: a local run holds it exclusively, fleet workers share it per shard
 
@@ -71,7 +73,7 @@ class RunDir:
 
     def is_empty(self) -> bool:
         """Nothing but (maybe) our lock file: a folder a new run may take."""
-        return not self.root.exists() or all(p.name == LOCK_FILE for p in self.root.iterdir())
+        return not self.root.exists() or all(p.name in (LOCK_FILE, ".locks") for p in self.root.iterdir())
 
     @contextmanager
     def locked(self, exclusive: bool = True) -> Iterator[None]:
@@ -151,8 +153,31 @@ class RunDir:
         out = self.shard_path(shard, run_hash)
         return out.is_file() and out.stat().st_size == st.get("bytes")
 
+    @contextmanager
+    def _status_lock(self, shard: Shard) -> Iterator[None]:
+        """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
+        lock = self.root / ".locks" / f"status-{shard.key}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
-        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+        with self._status_lock(shard):
+            atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+
+    def mark_failed(self, shard: Shard, run_hash: str, error: str, **extra: Any) -> bool:
+        """Record a shard given up on (a fleet task dead-lettered), unless it is done for this run: another
+        worker may have finished it meanwhile, and a done shard is never overwritten. True when written."""
+        with self._status_lock(shard):
+            if self.is_done(shard, run_hash):
+                return False
+            atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, "status": "failed",
+                                                        "run_hash": run_hash, "error": error, **extra})
+            return True
 
     def summary(self) -> dict[str, Any]:
         record = self.load()

@@ -117,6 +117,13 @@ class WorkerSettings(Strict):
     consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
     plugins: list[str] = Field(default_factory=list, description="modules imported before building the "
                                "annotator, so third-party annotators can register themselves")
+    restart_backoff_s: float = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
+                                     "that died; doubled after each quick death, up to restart_max_backoff_s")
+    restart_max_backoff_s: float = Field(30.0, gt=0)
+    max_restarts: int = Field(5, ge=0, description="`sigma serve all`: a worker that dies this many times within "
+                              "restart_window_s is not restarted again; the server stops with exit status 1")
+    restart_window_s: float = Field(60.0, gt=0, description="deaths older than this are forgiven; a worker that "
+                                    "ran this long counts as healthy again")
 
 
 class ServeConfig(Strict):
