@@ -69,7 +69,9 @@ def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
     if annotator not in cfg.api.annotators:
         raise ApiError(422, "unknown_annotator", f"annotator {annotator!r} is not served here; "
                        f"choose one of {cfg.api.annotators}")
-    overrides: dict[str, Any] = {"input.path": str(input_path), "annotator": annotator}
+    # input.root: every file the corpus names must resolve under the batch root (decode refuses the rest)
+    overrides: dict[str, Any] = {"input.path": str(input_path), "input.root": os.path.realpath(cfg.api.batch_root),
+                                 "annotator": annotator}
     flags = {"input.preset": body.preset, "input.format": body.format, "input.columns": body.columns,
              "input.shard_size": body.shard_size, "options": body.options, "threshold": body.threshold,
              "batch_size": body.batch_size}

@@ -19,6 +19,9 @@ class InputConfig(Strict):
     preset: str | None = Field(None, description="column names of a public corpus (magicbrush, instructpix2pix, "
                                                  "ultraedit, anyedit, omniedit, generic)")
     columns: dict[str, str] = Field(default_factory=dict, description="role=column overrides on top of the preset")
+    root: str | None = Field(None, description="confine every file the corpus names (manifest paths, symlinks) to "
+                             "this folder, resolved; set by POST /v1/batches to api.batch_root. None (the CLI's "
+                             "default): the corpus may name any file the user can read")
     shard_size: int = Field(1000, ge=1, description="pairs per shard (parquet/Arrow: whole row groups/batches "
                                                     "accumulated up to at least this many rows; tars: one per tar)")
 

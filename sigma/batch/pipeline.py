@@ -146,6 +146,7 @@ class Pipeline:
         self.workers = cfg.decode_workers() if workers is None else workers
         self.png_masks = cfg.png_masks
         self.ground_truth = cfg.ground_truth
+        self.root = cfg.input.root
         self.pool = None
         warm: list = []
         if self.workers > 0:
@@ -178,8 +179,8 @@ class Pipeline:
     # --- reading ---------------------------------------------------------------------------------
     def _submit(self, chunk: list[SourceItem]):
         if self.pool is None:
-            return _Immediate(decode_items(chunk, self.io_config, self.ground_truth))
-        return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth)
+            return _Immediate(decode_items(chunk, self.io_config, self.ground_truth, self.root))
+        return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth, self.root)
 
     def _feed(self, corpus: Corpus, shards: list[Shard], q: queue.Queue, stop: threading.Event) -> None:
         chunk_size = max(1, min(self.batch_size, 16))

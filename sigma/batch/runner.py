@@ -1,6 +1,7 @@
 """`sigma batch run`: plan the shards once, skip the finished ones, run the rest through the pipeline."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,31 @@ class RunSummary:
         return asdict(self)
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".tar")
+
+
+def check_confined(path: str | Path, root: str) -> None:
+    """A confined run (from the API) must not read outside `root` through the corpus's own files: the input
+    path, and any symlinked folder or data file (manifest, parquet, arrow, tar) inside it, must resolve under
+    the root. Images a corpus names are checked one by one when they are read (`decode.confined`)."""
+    real_root = os.path.realpath(root)
+
+    def inside(p: str) -> bool:
+        return os.path.commonpath([real_root, os.path.realpath(p)]) == real_root
+
+    if not inside(str(path)):
+        raise InputError("the input resolves outside the batch root", code="path_outside_root")
+    if not os.path.isdir(path):
+        return
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(folder, name)
+            if os.path.islink(full) and (name in dirs or name.lower().endswith(DATA_SUFFIXES)) and not inside(full):
+                rel = os.path.relpath(full, path)
+                raise InputError(f"{rel}: a link out of the batch root; refused (nothing read)",
+                                 code="path_outside_root")
+
+
 def corpus_from_config(cfg: BatchConfig) -> Corpus:
     return open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns, cfg.input.shard_size)
 
@@ -59,6 +85,8 @@ def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, 
 def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tuple[RunDir, Corpus, str, list[Shard]]:
     """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after."""
     cfg = with_default_annotator(cfg)
+    if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
+        check_confined(cfg.input.path, cfg.input.root)
     corpus = corpus_from_config(cfg)
     model = annotator_identity(cfg.annotator, cfg.options)
     run_hash = cfg.run_hash(corpus.identity(), model)

@@ -17,7 +17,12 @@ Hugging Face layout), a datasets save_to_disk folder, or WebDataset .tar shards.
 
 Each shard is written to OUT/shards/<shard>.<hash>.parquet by temp file + atomic rename, and its status to
 OUT/status/; `--resume` continues an interrupted run and skips finished shards. A bad pair is a row
-with status=error and its reason; the run goes on.
+with status=error and its reason; the run goes on. One run at a time per OUT (a second exits 2, run_locked).
+
+Paths: a corpus run from this command may name any file you can read (a manifest may point anywhere, symlinks
+are followed). Runs submitted through the API (POST /v1/batches) are confined to api.batch_root: every file a
+corpus names must resolve under it, or that pair fails with path_outside_root and nothing is read. The same
+confinement is available here with --set input.root=DIR.
 """
 
 EXAMPLES = """examples:
