@@ -1,6 +1,7 @@
 """Health and metrics: `/healthz` (alive), `/readyz` (Redis, a worker, its model), `/metrics` (Prometheus)."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from sigma.api.auth import require_scope
 from sigma.api.metrics import render
 from sigma.api.service import Service, get_service
 
+log = logging.getLogger("sigma.api")
 router = APIRouter()
 SERVICE = Depends(get_service)
 METRICS = Depends(require_scope("metrics"))
@@ -36,7 +38,8 @@ async def readyz(svc: Service = SERVICE):
         loaded = [w for w in served if w.get("model_loaded") == "1"]
         checks["model"] = {"ok": bool(loaded), "loaded": sorted({w.get("annotator", "") for w in loaded})}
     except (redis.RedisError, OSError) as exc:
-        checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        log.warning("readyz: redis unreachable: %s", exc)      # the address stays in the log (no key here)
+        checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: the queue's Redis is unreachable"}
         checks["workers"] = {"ok": False, "error": "unknown while Redis is unreachable"}
         checks["model"] = {"ok": False, "error": "unknown while Redis is unreachable"}
     ready = all(c["ok"] for c in checks.values())

@@ -38,8 +38,9 @@ class PoisonDiff(PixelDiff):
 
 
 if "slow-diff" not in ANNOTATORS:
-    ANNOTATORS.register("slow-diff", "test only: pixel-diff with a delay per batch")(
+    ANNOTATORS.register("slow-diff", "test only: pixel-diff with a delay per batch", config_cls=SlowDiffConfig)(
         lambda **kw: SlowDiff(**kw))
 if "poison-diff" not in ANNOTATORS:
-    ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'")(
+    ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'",
+                        config_cls=PixelDiffConfig)(
         lambda **kw: PoisonDiff(**kw))

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sigma.api.app import create_app
+    from sigma.api.server import uvicorn_options
 
     cfg = load(args, **{"api.host": args.host, "api.port": args.port})
     host, port = cfg.api.host, cfg.api.port
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     # there before it; a no-op one lets us stop the worker and exit 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log)
+        uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log,
+                    **uvicorn_options(cfg))
     finally:
         if worker is not None:
             worker.terminate()
