@@ -220,6 +220,7 @@ async def submit_batch(request: Request, _principal=ANNOTATE, svc: Service = SER
         raise ApiError(404, "input_not_found", f"input {_relative(root, input_path)!r} does not exist under the "
                        "batch root")
     _check_out(out_path, real_root)
+    await svc.r.ping()      # Redis down: 503 now, before a run folder is planned (and the model code imported)
     try:
         info = await anyio.to_thread.run_sync(plan_and_queue, cfg, body, input_path, out_path)
     except (SigmaError, OSError, ImportError) as exc:
