@@ -21,6 +21,7 @@ from sigma.api.middleware import BodyLimit, BodyTimeout, CatchAll, RequestMetric
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.routes_health import router as health_router
 from sigma.api.routes_jobs import router as jobs_router
+from sigma.api.server import return_large_buffers_to_os
 from sigma.api.service import Service
 from sigma.errors import ConfigError
 from sigma.service.settings import ServeConfig, load_serve_config
@@ -34,6 +35,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        return_large_buffers_to_os()
         await svc.open()
         yield
         await svc.close()

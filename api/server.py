@@ -10,11 +10,18 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
   leaves the rest of the body to be discarded; it must have arrived within that time, else close.
 
 The body a route does read is bounded by the `BodyTimeout` middleware (408 `request_timeout` as JSON).
+
+`return_large_buffers_to_os` is the other half of the memory budget (`api/budget.py`): glibc raises its mmap
+threshold after the first large free, so later 16-25 MB request buffers came from the heap and stayed in the
+process after the request (832 MB held after 16 large bodies); a fixed 1 MiB threshold gives them back.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
+import logging
+import os
 from typing import Any
 
 import h11
@@ -85,6 +92,22 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel("_head_timer")
         self._cancel("_drain_timer")
         super().connection_lost(exc)
+
+
+M_MMAP_THRESHOLD = -3          # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_large_buffers_to_os() -> bool:
+    """Serve every allocation of 1 MiB or more from its own mapping, unmapped on free (glibc only; an
+    operator's MALLOC_MMAP_THRESHOLD_ wins). True when applied."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):     # not glibc (musl, macOS): nothing to tune
+        logging.getLogger("sigma.api").debug("mallopt unavailable; large buffers stay with the allocator")
+        return False
 
 
 def guarded_protocol(header_timeout_s: float, drain_timeout_s: float) -> type[GuardedH11Protocol]:
