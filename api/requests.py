@@ -188,6 +188,11 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int) ->
             if not isinstance(values[0], UploadFile):
                 raise ApiError(400, "not_a_file", f"'{name}' must be a file upload, not a text field")
             images[name] = await values[0].read()
+        texts = {name: [v for v in form.getlist(name) if isinstance(v, str)] for name in form}
+        where = find_surrogate(texts)    # a client-chosen charset (unicode_escape) can decode to lone surrogates
+        if where is not None:
+            raise ApiError(422, "invalid_text", f"{where.split('[')[0]}: a field holds a lone UTF-16 surrogate; "
+                           "text must be valid Unicode")
         raw: dict = {}
         for name in OPTION_FIELDS:
             values = form.getlist(name)

@@ -28,6 +28,7 @@ ORIGINAL, EDITED = make_pair(32, 40, seed=21, box=(4, 4, 12, 20))
 B64_O = base64.b64encode(png_bytes(ORIGINAL)).decode()
 B64_E = base64.b64encode(png_bytes(EDITED)).decode()
 HUGE_INT = "9" * 5000           # CPython refuses to parse ints of more than 4300 digits (ValueError)
+BODY_TIMEOUT_S = 2.5
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,20 @@ def test_item1_lone_surrogates_are_refused_at_the_door(svc, path, where):
     assert code(resp) == "invalid_text" and "surrogate" in resp.json()["error"]["message"]
 
 
+def test_item1_multipart_text_decoded_by_a_chosen_charset_is_checked_too(svc):
+    boundary = "xyzzy"
+    parts = [("original", "o.png", png_bytes(ORIGINAL)), ("edited", "e.png", png_bytes(EDITED))]
+    body = b""
+    for name, filename, data in parts:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
+                 f"Content-Type: image/png\r\n\r\n").encode() + data + b"\r\n"
+    body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"instruction\"\r\n\r\n"
+             "add \\ud800 here\r\n").encode() + f"--{boundary}--\r\n".encode()
+    resp = svc.http.post("/v1/annotate", content=body, headers={
+        **svc.headers(), "content-type": f"multipart/form-data; boundary={boundary}; charset=unicode_escape"})
+    assert resp.status_code == 422 and code(resp) == "invalid_text", resp.text
+
+
 def test_item1_a_valid_surrogate_pair_is_fine(svc):
     resp = raw_post(svc, "/v1/annotate", job_json(instruction='"add a \\ud83d\\ude00"'))
     assert resp.status_code == 200, resp.text
@@ -101,13 +116,15 @@ def test_item1_a_stored_job_with_a_surrogate_still_renders(svc, redis_server):
                          "instruction": '"x \\ud800 y"', "created_at": "1.0", "finished_at": "2.0",
                          "attempts": "1", "completions": "1",
                          "result": json.dumps({"segmentation": {"size": [2, 2], "counts": "4"}, "area": 0,
-                                               "instruction": "x \ud800 y", "parse": {"source": "\udfff"}})})
+                                               "instruction": "x \ud800 y", "parse": {"source": "\udfff"},
+                                               "confidence": float("nan")})})
     r.expire(key, 60)
     for who in ("user", "admin"):
         resp = svc.http.get(f"/v1/jobs/{job_id}", headers=svc.headers(who))
         assert resp.status_code == 200, resp.text
         view = resp.json()
         assert view["instruction"] == "x \ufffd y" and view["result"]["parse"]["source"] == "\ufffd"
+        assert view["result"]["confidence"] is None          # a worker's NaN: JSON has no NaN
 
 
 # -- item 2: integers of more than 4300 digits ------------------------------------------------------------------
@@ -314,12 +331,14 @@ def test_item11_concurrent_first_requests_make_one_job(svc):
             assert code(r) == "idempotency_key_in_use" and r.headers["retry-after"]
 
 
-# -- item 10, item 14 budget, public docs: a second API, no workers ---------------------------------------------
+# -- items 10, 14, 16 and the public-docs setting: a second API, no workers, short timeouts --------------------
 @pytest.fixture(scope="module")
 def small(redis_server, tmp_path_factory):
     s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-small"),
                          ["api.annotators=[pixel-diff,sigma-lite]", "limits.max_queue_length=3",
-                          "limits.max_bytes_in_flight=3000000", "api.public_docs=false"])
+                          "limits.max_bytes_in_flight=3000000", "api.public_docs=false",
+                          "api.header_timeout_s=1", f"api.body_timeout_s={BODY_TIMEOUT_S}",
+                          "api.keep_alive_timeout_s=1"])
     try:
         s.start_api()
         yield s
@@ -345,20 +364,21 @@ def test_item14_request_bodies_share_a_byte_budget(small):
     body_len = 2_500_000
     head = (f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer test-user-key\r\n"
             f"Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n").encode()
+    one_mb = b"{" + b" " * 1_000_000 + b"}"      # valid JSON, no images: 400 missing_field once admitted
+
+    def post_one_mb() -> httpx.Response:
+        return small.http.post("/v1/jobs", content=one_mb, headers={**small.headers(),
+                                                                    "content-type": "application/json"})
     with socket.create_connection((host, port), timeout=10) as slow:
         slow.sendall(head + b'{"original": "')
         time.sleep(0.3)                     # the API has taken this request's bytes from the budget
 
         def busy() -> bool:
-            resp = small.http.post("/v1/jobs", content=b"{" + b" " * 1_000_000 + b"}",
-                                   headers={**small.headers(), "content-type": "application/json"})
-            return resp.status_code == 429 and code(resp) == "server_busy" and resp.headers["retry-after"]
-        wait_until(busy, 5, "a 429 server_busy while the budget is held")
-    # the slow request went away: its bytes are back
-    o, e = make_pair(seed=42)
-    wait_until(lambda: small.submit(o, e, {"annotator": "sigma-lite"}).status_code in (202, 429) and
-               small.http.post("/v1/jobs", content=b"[]", headers={**small.headers(),
-                               "content-type": "application/json"}).status_code == 422, 10, "budget released")
+            resp = post_one_mb()
+            return resp.status_code == 429 and code(resp) == "server_busy" and bool(resp.headers["retry-after"])
+        wait_until(busy, BODY_TIMEOUT_S, "a 429 server_busy while the budget is held")
+    # the slow client went away: its bytes are back in the budget
+    wait_until(lambda: code(post_one_mb()) == "missing_field", 10, "the budget to be released")
 
 
 def test_public_docs_setting(small, svc):
@@ -371,19 +391,8 @@ def test_public_docs_setting(small, svc):
 
 
 # -- item 16: slow clients are cut off ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def timed(redis_server, tmp_path_factory):
-    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-timed"),
-                         ["api.header_timeout_s=1", "api.body_timeout_s=1.5", "api.keep_alive_timeout_s=1"])
-    try:
-        s.start_api()
-        yield s
-    finally:
-        s.close()
-
-
-def test_item16_slow_clients_are_closed_and_the_server_keeps_answering(timed):
-    host, port = "127.0.0.1", timed.port
+def test_item16_slow_clients_are_closed_and_the_server_keeps_answering(small):
+    host, port = "127.0.0.1", small.port
     closed_after: dict[str, float] = {}
     first_bytes: dict[str, bytes] = {}
     lock = threading.Lock()
@@ -430,13 +439,13 @@ def test_item16_slow_clients_are_closed_and_the_server_keeps_answering(timed):
     latencies = []
     while any(t.is_alive() for t in threads):
         t0 = time.monotonic()
-        assert timed.http.get("/healthz").status_code == 200
+        assert small.http.get("/healthz").status_code == 200
         latencies.append(time.monotonic() - t0)
         time.sleep(0.1)
     for t in threads:
         t.join()
     assert len(closed_after) == 10
-    late = {k: round(v, 2) for k, v in closed_after.items() if v > 6}
+    late = {k: round(v, 2) for k, v in closed_after.items() if v > BODY_TIMEOUT_S + 3}
     assert not late, f"slow connections still open long after the timeouts: {late}"
     for name, data in first_bytes.items():
         if name.startswith(("head", "body")):
@@ -446,4 +455,64 @@ def test_item16_slow_clients_are_closed_and_the_server_keeps_answering(timed):
         if name.startswith("unread"):
             assert data.startswith(b"HTTP/1.1 401"), (name, data[:200])
     assert max(latencies) < 2.0, latencies
-    assert timed.http.get("/healthz").status_code == 200
+    assert small.http.get("/healthz").status_code == 200
+
+
+# -- in-process checks of two layers the HTTP tests cannot provoke on purpose -------------------------------------
+def _run_asgi(app, body: bytes = b"", headers: list | None = None) -> list[dict]:
+    import asyncio
+
+    sent: list[dict] = []
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": headers or [], "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_item4_an_unexpected_exception_is_a_500_that_keeps_the_connection():
+    from sigma.api.middleware import CatchAll
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug")
+
+    sent = _run_asgi(CatchAll(broken))       # nothing raised out of the layer: the server keeps the connection
+    assert sent[0]["status"] == 500 and (b"connection", b"close") not in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == "internal_error"
+
+
+def test_item14_multipart_parts_spool_to_disk_above_the_setting():
+    import asyncio
+
+    from starlette.requests import Request
+
+    from sigma.api.requests import _parse_form
+
+    boundary = "b0und4ry"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"original\"; filename=\"o.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + b"\x89" * 100_000 + f"\r\n--{boundary}--\r\n".encode()
+    headers = [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]
+
+    def rolled(spool_bytes: int) -> bool:
+        chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            return chunks.pop(0)
+
+        async def parse() -> bool:
+            request = Request({"type": "http", "method": "POST", "headers": headers, "query_string": b""}, receive)
+            form = await _parse_form(request, 1000, spool_bytes)
+            upload = form["original"]
+            assert len(await upload.read()) == 100_000
+            rolled = upload.file._rolled            # SpooledTemporaryFile: True once it went to a real file
+            await form.close()
+            return rolled
+        return asyncio.run(parse())
+
+    assert rolled(1024) and not rolled(1 << 20)
