@@ -73,7 +73,9 @@ def test_bad_pairs_are_recorded_and_good_ones_kept(messy_set, tmp_path):
     codes = {pid: r["error_code"] for pid, r in rows.items() if r["status"] == "error"}
     assert codes == {"messy/missing": "file_not_found", "messy/corrupt": "image_unreadable",
                      "messy/aspect": "aspect_mismatch",
-                     "messy/empty_instr": "empty_instruction", "messy/pairs.jsonl:10": "bad_record"}
+                     "messy/empty_instr": "empty_instruction", "messy/pairs.jsonl:11": "bad_record"}
+    # the id of an id-less record and its `source` name the same (1-based) line of the manifest
+    assert rows["messy/pairs.jsonl:11"]["source"] == "messy/pairs.jsonl:line=11"
     assert "messy/aspect" in rows and "aspect" in rows["messy/aspect"]["error"].lower()
     assert all(rows[pid]["error"] for pid in codes)
     ok = [r for r in rows.values() if r["status"] == "ok"]
@@ -246,3 +248,12 @@ def test_bad_rows_in_parquet_and_image_paths(tmp_path):
     assert rows[1]["source"] == "ip2p.parquet:row=1" and "edited" in rows[1]["error"]
     # the path-only cell was found next to the parquet file: only its empty instruction failed it
     assert rows[3]["edited_sha256"] is not None
+
+
+def test_status_prints_error_codes_for_people(messy_set, tmp_path, capsys):
+    from sigma.cli import main
+
+    run_batch(cfg_for(messy_set, input={"shard_size": 4}), tmp_path / "run", progress=False)
+    assert main(["batch", "status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "bad_record x1" in out

@@ -203,7 +203,8 @@ class SigmaAnnotator(TorchAnnotator):
     def _extra(self, pair: Pair, g: Guidance, hw: tuple[int, int], model_ms: float) -> Prediction:
         return Prediction(np.empty(0), {**g.extra, "working_size": list(hw),
                                         "timings_ms": {**g.timings_ms, "model": model_ms}},
-                          {"prior": g.prior, "informative": g.informative})
+                          # all the split needs is where the prior is >= 0.5: a bool map, not a 64 MB float one
+                          {"prior": g.prior >= 0.5 if g.informative else None, "informative": g.informative})
 
     def derive(self, pair_size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
                context: dict[str, Any]) -> dict[str, Any]:

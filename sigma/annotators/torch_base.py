@@ -73,8 +73,9 @@ class TorchAnnotator(Annotator):
         return [None] * len(pairs)
 
     def _to_prob(self, score):
-        """The upsampled score map → probabilities in [0, 1] (default: the score is a logit)."""
-        return self.torch.sigmoid(score)
+        """The upsampled score map → probabilities in [0, 1], in place (default: the score is a logit).
+        In place matters: at 16 Mpx every full-resolution float map is 64 MB per pair."""
+        return score.sigmoid_()
 
     def _extra(self, pair: Pair, context: Any, hw: tuple[int, int], model_ms: float) -> Prediction:
         return Prediction(np.empty(0), {"working_size": list(hw), "timings_ms": {"model": model_ms}})

@@ -168,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             written += 1
             print(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> {target}/")
+            for warning in pair.preprocess.get("warnings", []):
+                print(f"sigma: warning: {pair.pair_id}: {warning}", file=sys.stderr)
 
     for pair_id, code, message in failures:
         # Same one-line form as every other error; with several pairs, the pair id comes first.

@@ -96,12 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    r.set_defaults(run=run_run)
+    r.set_defaults(run=run_run, needs=("batch",))
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`")
     _add_run_args(s)
     _add_redis_args(s)
-    s.set_defaults(run=run_submit)
+    s.set_defaults(run=run_submit, needs=("batch", "redis"))
 
     st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)")
     st.add_argument("out", help="run folder")
@@ -149,7 +149,7 @@ def run_run(args: argparse.Namespace) -> int:
                   f"{summary.failed_now} failed; {summary.pairs} pairs ({summary.errors} errors) in "
                   f"{summary.seconds:.1f} s = {summary.pairs_per_s:.1f} pairs/s")
         print(f"run {summary.run_hash}: {st['done']}/{st['shards']} shards done, {st['ok']} pairs annotated, "
-              f"{st['errors']} bad pairs {st['error_codes'] or ''}")
+              f"{st['errors']} bad pairs{_codes(st['error_codes'])}")
     for f in summary.failed:
         print(f"sigma: error: shard {f['shard']} failed: {f['error']} (rerun with --resume)", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -165,8 +165,19 @@ def run_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _codes(counts: dict[str, int] | None) -> str:
+    """{'file_not_found': 2, 'bad_record': 1} -> ' (file_not_found x2, bad_record x1)' for people, not a dict repr."""
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{code} x{n}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ")"
+
+
 def run_status(args: argparse.Namespace) -> int:
     from sigma.batch.layout import RunDir
+    from sigma.cli.common import check_extras
+
+    if args.redis or args.key_prefix or args.serve_config:
+        check_extras("batch status --redis", ("redis",))
 
     status = RunDir(args.out).summary()
     if args.redis or args.key_prefix or args.serve_config:
@@ -180,7 +191,7 @@ def run_status(args: argparse.Namespace) -> int:
           f"{status['failed']} failed, {status['pending']} pending")
     planned = status.get("planned_pairs")
     print(f"pairs: {status['ok']} annotated, {status['errors']} bad"
-          + (f" (of {planned} planned)" if planned else "") + (f" {status['error_codes']}" if status['error_codes'] else ""))
+          + (f" (of {planned} planned)" if planned else "") + _codes(status["error_codes"]))
     for f in status["failed_shards"]:
         print(f"  failed: {f['shard']}: {f['error']}")
     if "queue" in status:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from sigma.cli.common import add_config_args, flag_overrides, progress_bar
+from sigma.cli.common import Progress, add_config_args, flag_overrides
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import AnnotatorSpec, IOConfig
 from sigma.registry import build_annotator, default_annotator_name
@@ -57,14 +57,8 @@ def run(args: argparse.Namespace) -> int:
                                  "perturb": perturb.expand(cfg.perturb)})
     annotator = build_annotator(cfg)
 
-    bar = progress_bar(0, f"eval {cfg.annotator}")
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, progress, cfg.limit)
-    bar.close()
+    with Progress(f"eval {cfg.annotator}") as bar:
+        result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
     print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
     print(format_tables(result))
     for err in result.errors:

@@ -26,13 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _filters(b)
     b.add_argument("--out", required=True, help="output folder (Tp/, Gt/, imdl_benco.json)")
     b.add_argument("--relative", action="store_true", help="paths in the JSON relative to --out (default absolute)")
-    b.set_defaults(run=run_imdl_benco)
+    b.set_defaults(run=run_imdl_benco, needs=("batch",))
     c = esub.add_parser("coco", help="COCO-style JSON with RLE segmentations", epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(c)
     c.add_argument("--out", required=True, help="output JSON file")
     c.add_argument("--images", help="also write the edited images here under the JSON's file_name")
-    c.set_defaults(run=run_coco)
+    c.set_defaults(run=run_coco, needs=("batch",))
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     add_config_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, needs=("serve",))
 
     w = sub.add_parser("worker", help="run one annotation worker (consumes the Redis queue)",
                        description="A long-lived worker: loads the annotator once, consumes its Redis stream in "
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs")
     add_config_args(w)
-    w.set_defaults(run=run_worker_cmd)
+    w.set_defaults(run=run_worker_cmd, needs=("redis",))
 
 
 def load(args: argparse.Namespace, **flags):

@@ -70,7 +70,6 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
     io_config = io_config or IOConfig()
     perturbations = perturb.expand(perturbations)
     records = [rec for set_dir in find_sets(data) for rec in read_set(set_dir)]
-    perturb.prepare(perturbations)
     if limit:
         records = records[:limit]
     if not records:
@@ -78,6 +77,9 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
     result = EvalResult()
     total = len(records) * len(perturbations)
     done = 0
+    if progress:
+        progress(0, total)            # the bar shows at once, before the perturbations' models load
+    perturb.prepare(perturbations)
     for name in perturbations:
         rows = result.scores.setdefault(name, [])
         for start in range(0, len(records), batch_size):
