@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,16 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import redis
+from bench_service import KEY, ROOT, free_port  # the sibling benchmark's helpers (bench/ is on sys.path)
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-KEY = "bench-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_status(pid: int) -> dict[str, int]:
