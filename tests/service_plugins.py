@@ -54,8 +54,9 @@ if "slow-load" not in ANNOTATORS:
     ANNOTATORS.register("slow-load", "test only: pixel-diff that takes load_delay_ms to build")(
         lambda **kw: SlowLoad(**kw))
 if "slow-diff" not in ANNOTATORS:
-    ANNOTATORS.register("slow-diff", "test only: pixel-diff with a delay per batch")(
+    ANNOTATORS.register("slow-diff", "test only: pixel-diff with a delay per batch", config_cls=SlowDiffConfig)(
         lambda **kw: SlowDiff(**kw))
 if "poison-diff" not in ANNOTATORS:
-    ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'")(
+    ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'",
+                        config_cls=PixelDiffConfig)(
         lambda **kw: PoisonDiff(**kw))

@@ -178,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sigma.api.app import create_app
+    from sigma.api.server import uvicorn_options
 
     cfg = load(args, **{"api.host": args.host, "api.port": args.port})
     host, port = cfg.api.host, cfg.api.port
@@ -190,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
                 supervisor.stop_supervising()
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log))
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log,
+                                   **uvicorn_options(cfg)))
     if args.what == "all":
         cmd = [sys.executable, "-m", "sigma", "worker"]
         if args.config:
