@@ -142,8 +142,41 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
     options = dict(body.options or {})
     if body.threshold is not None:
         options["threshold"] = body.threshold
+    confine_file_options(options, os.path.realpath(_root(cfg)))
     validate_annotator_options(batch_cfg.annotator, options)
     return submit_run(batch_cfg, out_path, cfg.redis)
+
+
+# Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.
+FILE_OPTION_KEYS = frozenset({"weights", "backbone_weights", "native_config", "model", "path", "gguf_file"})
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def confine_file_options(options: Any, root: str, where: str = "options") -> None:
+    """A run from the API may not make the API or a worker read a file outside the batch root through its
+    options (`{"weights": "/etc/shadow"}` would be hashed at planning and loaded by the worker). A file-valued
+    option is an absolute path that resolves under the root, a Hugging Face hub id (`owner/name`: looked up
+    in the server's own cache only, never on disk by that name), or a preset name without a slash."""
+    if isinstance(options, dict):
+        for key, value in options.items():
+            if key in FILE_OPTION_KEYS and isinstance(value, str):
+                _check_file_value(value, root, f"{where}.{key}")
+            else:
+                confine_file_options(value, root, f"{where}.{key}")
+    elif isinstance(options, list):
+        for n, value in enumerate(options):
+            confine_file_options(value, root, f"{where}[{n}]")
+
+
+def _check_file_value(value: str, root: str, where: str) -> None:
+    if "/" not in value and "\\" not in value and not value.startswith(("~", ".")):
+        return                                   # a preset or file name with no folder: nothing to escape with
+    if _HUB_ID.match(value) and ".." not in value and not os.path.exists(value):
+        return                                   # owner/name: the hub cache, never a path on this server
+    if os.path.isabs(value) and os.path.commonpath([root, os.path.realpath(value)]) == root:
+        return
+    raise ApiError(403, "path_outside_root", f"{where}: files named in a batch's options must be absolute paths "
+                   "under the batch root (or a Hugging Face hub id)")
 
 
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,

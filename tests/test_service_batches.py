@@ -168,3 +168,26 @@ def test_corpus_contents_that_point_outside_the_root_are_refused_and_never_read(
         os.symlink(outside / "set" / "pairs.jsonl", linked / "pairs.jsonl")
     resp = post(svc, {"input": "linked-set", "out": "runs/linked"})
     assert resp.status_code in (403, 422) and resp.json()["error"]["code"] == "path_outside_root", resp.text
+
+
+@pytest.mark.parametrize("options", [
+    {"weights": "/etc/passwd"},
+    {"weights": "../../x/model.safetensors"},
+    {"backbone_weights": "~/.ssh/id_rsa"},
+    {"grounding_options": {"detector": {"weights": "/etc"}}},
+])
+def test_file_valued_options_cannot_point_outside_the_root(svc, options):
+    """Batch options that name files (weights, backbone weights, grounding checkpoints) are read by the API at
+    planning (hashed) and by the worker: from the API they must stay under the batch root."""
+    resp = post(svc, {"input": "corpus", "out": "runs/opt", "annotator": "pixel-diff", "options": options})
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "path_outside_root", resp.text
+    assert "/etc" not in resp.text and ".ssh" not in resp.text
+
+
+def test_confine_file_options_accepts_hub_ids_and_paths_under_the_root(root):
+    from sigma.api.batches import confine_file_options
+
+    real = os.path.realpath(root)
+    confine_file_options({"weights": str(root / "models" / "m"), "backbone_weights": "facebook/dinov2-base",
+                          "model": "sigma-lite", "grounding_options": {"detector": {"weights": "IDEA-Research/x"}}},
+                         real)
