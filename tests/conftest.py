@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -66,6 +67,15 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server holds every connection open and answers nothing (a stalled host)."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
@@ -77,6 +87,20 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory):
+    """A redis-server of the module's own, for tests that freeze it (SIGSTOP), fill it (maxmemory) or restart
+    it: the session-wide server stays untouched for everyone else."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    server = RedisServer(binary, tmp_path_factory.mktemp("private-redis"), free_port())
+    server.start()
+    yield server
+    server.thaw()
+    server.stop(kill=True)
 
 
 @pytest.fixture(scope="module")

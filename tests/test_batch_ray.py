@@ -134,7 +134,7 @@ def busy_actor(node_prefix: str | None = None, timeout: float = 90.0):
             try:
                 handle = ray.get_actor(entry["name"], namespace=NAMESPACE)
                 info = ray.get(handle.progress.remote(), timeout=5)
-            except Exception:  # noqa: BLE001, S112 - starting, or gone
+            except Exception:  # noqa: BLE001 - starting, or gone
                 continue
             on_node = node_prefix is None or f"on node {node_prefix}" in info["worker"]
             if info["shard"] and info["pairs"] >= 1 and on_node:

@@ -22,7 +22,7 @@ from sigma.cli import main
 from sigma.errors import ConfigError, InputError
 from sigma.io import load_pair
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl, write_parquet, write_webdataset
-from sigma.io.rle import decode_rle
+from sigma.rle import decode_rle
 
 
 def cfg_for(path, **kw) -> BatchConfig:
@@ -73,7 +73,9 @@ def test_bad_pairs_are_recorded_and_good_ones_kept(messy_set, tmp_path):
     codes = {pid: r["error_code"] for pid, r in rows.items() if r["status"] == "error"}
     assert codes == {"messy/missing": "file_not_found", "messy/corrupt": "image_unreadable",
                      "messy/aspect": "aspect_mismatch",
-                     "messy/empty_instr": "empty_instruction", "messy/pairs.jsonl:10": "bad_record"}
+                     "messy/empty_instr": "empty_instruction", "messy/pairs.jsonl:11": "bad_record"}
+    # the id of an id-less record and its `source` name the same (1-based) line of the manifest
+    assert rows["messy/pairs.jsonl:11"]["source"] == "messy/pairs.jsonl:line=11"
     assert "messy/aspect" in rows and "aspect" in rows["messy/aspect"]["error"].lower()
     assert all(rows[pid]["error"] for pid in codes)
     ok = [r for r in rows.values() if r["status"] == "ok"]
@@ -227,3 +229,44 @@ def test_bad_rows_in_parquet_and_image_paths(tmp_path):
     assert rows[1]["source"] == "ip2p.parquet:row=1" and "edited" in rows[1]["error"]
     # the path-only cell was found next to the parquet file: only its empty instruction failed it
     assert rows[3]["edited_sha256"] is not None
+
+
+def test_status_prints_error_codes_for_people(messy_set, tmp_path, capsys):
+    from sigma.cli import main
+
+    run_batch(cfg_for(messy_set, input={"shard_size": 4}), tmp_path / "run", progress=False)
+    assert main(["batch", "status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "bad_record x1" in out
+
+
+def test_one_run_per_output_folder(tmp_path, capsys):
+    """Two runs on one --out: the second exits 2 with run_locked and the holder's pid (issue 11 item 12: both
+    used to exit 0 with shards of two run hashes mixed, or die on a shared .parquet.tmp name)."""
+    from sigma.batch.layout import temp_name
+
+    src = tmp_path / "set"
+    write_pairs_jsonl(src, synthetic_pairs(6, size=32))
+    out = tmp_path / "run"
+    argv = ["batch", "run", str(src), "--out", str(out), "--annotator", "pixel-diff", "--workers", "0",
+            "--no-progress"]
+    with RunDir(out).locked():
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "[run_locked]" in err and f"pid {os.getpid()}" in err
+    # a holder killed with SIGKILL leaves no lock behind
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sigma.batch.layout import RunDir\n"
+                               "with RunDir(sys.argv[1]).locked():\n    print('held', flush=True)\n"
+                               "    time.sleep(60)\n", str(out)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert main(argv) == 2 and f"pid {holder.pid}" in capsys.readouterr().err
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert main(argv) == 0
+    assert len({temp_name(out / "x.parquet") for _ in range(50)}) == 50
+    # a failed start on a folder that did not exist leaves nothing behind; a file as --out is a clean error
+    assert main([*argv[:4], str(tmp_path / "new"), *argv[5:], "--format", "parquet"]) == 2
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "afile").write_text("x")
+    assert main([*argv[:4], str(tmp_path / "afile"), *argv[5:]]) == 2
+    assert "[out_not_a_folder]" in capsys.readouterr().err

@@ -2,20 +2,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from sigma.config.loader import config_hash
-from sigma.config.schema import IOConfig, Strict
+from sigma.config.schema import AnnotatorSpec, IOConfig, Strict
+from sigma.io.corpora import CORPUS_READERS
+from sigma.registry import registered
 
 
 class InputConfig(Strict):
     path: str = Field(..., description="corpus: a folder, a .jsonl/.csv manifest, parquet, save_to_disk folder, tars")
-    format: Literal["auto", "folder", "jsonl", "csv", "parquet", "hf", "wds"] = "auto"
+    format: Annotated[str, registered(CORPUS_READERS, also=("auto",))] = Field(
+        "auto", description="a registered corpus reader, or auto (detected from the path)")
     preset: str | None = Field(None, description="column names of a public corpus (magicbrush, instructpix2pix, "
                                                  "ultraedit, anyedit, omniedit, generic)")
     columns: dict[str, str] = Field(default_factory=dict, description="role=column overrides on top of the preset")
+    root: str | None = Field(None, description="confine every file the corpus names (manifest paths, symlinks) to "
+                             "this folder, resolved; set by POST /v1/batches to api.batch_root. None (the CLI's "
+                             "default): the corpus may name any file the user can read")
     shard_size: int = Field(1000, ge=1, description="pairs per shard (parquet/Arrow: whole row groups/batches "
                                                     "accumulated up to at least this many rows; tars: one per tar)")
 
@@ -41,11 +47,8 @@ class RayConfig(Strict):
 NOT_HASHED = {"workers", "backend", "input", "procs", "threads", "attempts", "plugins", "ray"}
 
 
-class BatchConfig(Strict):
+class BatchConfig(AnnotatorSpec):
     input: InputConfig
-    annotator: str | None = Field(None, description="registry name; None = the embedded default")
-    options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
     batch_size: int = Field(8, ge=1, description="pairs per predict() call; batches never cross shards")
     workers: int | None = Field(None, ge=0, description="decode processes (0: decode in the reading thread); "
                                 "None = 0 on <= 2 cores, else one per core but one, at most 8")
@@ -54,10 +57,11 @@ class BatchConfig(Strict):
                                "(gt_* columns, the review page's metrics); false skips decoding it")
     backend: Literal["local", "ray"] = "local"
     procs: int | None = Field(None, ge=1, description="local backend: inference processes fed whole shards, "
-                              "each with `threads` torch threads; None = one per core on a machine without CUDA "
-                              "(several shards pending), else 1")
+                              "each with `threads` torch threads; None = for a network on a machine without a GPU "
+                              "one per idle core (cores - load average), else 1")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per inference process or Ray "
-                                "actor; None = 1 with several processes and for CPU actors, else torch's default")
+                                "actor; None = 1 with several processes and for CPU actors, the idle cores for a "
+                                "single CPU process running a network, else torch's default")
     attempts: int = Field(3, ge=1, description="a shard whose process or Ray actor dies is run again by another "
                           "one, up to this many tries in all; then it is failed (rerun with --resume)")
     plugins: list[str] = Field(default_factory=list, description="modules imported before the annotator is built, "
@@ -72,10 +76,11 @@ class BatchConfig(Strict):
         # measured on 2 shared cores: a decode process costs more in IPC than it wins (bench/bench_batch.py)
         return 0 if cores <= 2 else min(8, cores - 1)
 
-    def output_fields(self, corpus_identity: dict[str, Any]) -> dict[str, Any]:
-        """Everything an output byte depends on; workers, processes, backend and placement change speed only."""
+    def output_fields(self, corpus_identity: dict[str, Any], model_identity: dict[str, Any]) -> dict[str, Any]:
+        """Everything an output byte depends on: the corpus, the config, and the model that runs (its
+        weights' sha256 and the package version); workers, processes, backend and placement change speed only."""
         data = self.model_dump(mode="json", exclude=NOT_HASHED)
-        return {"corpus": corpus_identity, **data}
+        return {"corpus": corpus_identity, "model": model_identity, **data}
 
-    def run_hash(self, corpus_identity: dict[str, Any]) -> str:
-        return config_hash(self.output_fields(corpus_identity))
+    def run_hash(self, corpus_identity: dict[str, Any], model_identity: dict[str, Any]) -> str:
+        return config_hash(self.output_fields(corpus_identity, model_identity))

@@ -10,7 +10,6 @@ decode window is full.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +20,7 @@ from typing import Any, Self
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.decode import Decoded, decode_items
-from sigma.batch.layout import RunDir, sha256_file
+from sigma.batch.layout import RunDir, sha256_file, temp_name
 from sigma.batch.rows import error_row, ok_row, rows_to_table
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
@@ -118,9 +117,7 @@ class ShardWriter:
 
         target = self.rundir.shard_path(shard, self.run_hash)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # unique per writer: two workers given the same shard (a retry while the first still runs) never share
-        # a temp file; both rename identical bytes into place
-        tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        tmp = temp_name(target)
         pq.write_table(rows_to_table(rows), tmp, compression="zstd", row_group_size=max(len(rows), 1))
         tmp.replace(target)
         errors = [r for r in rows if r["status"] != "ok"]
@@ -149,6 +146,7 @@ class Pipeline:
         self.workers = cfg.decode_workers() if workers is None else workers
         self.png_masks = cfg.png_masks
         self.ground_truth = cfg.ground_truth
+        self.root = cfg.input.root
         self.pool = None
         warm: list = []
         if self.workers > 0:
@@ -181,8 +179,8 @@ class Pipeline:
     # --- reading ---------------------------------------------------------------------------------
     def _submit(self, chunk: list[SourceItem]):
         if self.pool is None:
-            return _Immediate(decode_items(chunk, self.io_config, self.ground_truth))
-        return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth)
+            return _Immediate(decode_items(chunk, self.io_config, self.ground_truth, self.root))
+        return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth, self.root)
 
     def _feed(self, corpus: Corpus, shards: list[Shard], q: queue.Queue, stop: threading.Event) -> None:
         chunk_size = max(1, min(self.batch_size, 16))

@@ -1,6 +1,7 @@
 """`sigma batch run`: plan the shards once, skip the finished ones, run the rest through the pipeline."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,6 +14,7 @@ from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
+from sigma.registry import annotator_identity, build_annotator, default_annotator_name
 
 RUN_VERSION = 1
 
@@ -38,22 +40,75 @@ class RunSummary:
         return asdict(self)
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".tar")
+
+
+def check_confined(path: str | Path, root: str) -> None:
+    """A confined run (from the API) must not read outside `root` through the corpus's own files: the input
+    path, and any symlinked folder or data file (manifest, parquet, arrow, tar) inside it, must resolve under
+    the root. Images a corpus names are checked one by one when they are read (`decode.confined`)."""
+    real_root = os.path.realpath(root)
+
+    def inside(p: str) -> bool:
+        return os.path.commonpath([real_root, os.path.realpath(p)]) == real_root
+
+    if not inside(str(path)):
+        raise InputError("the input resolves outside the batch root", code="path_outside_root")
+    if not os.path.isdir(path):
+        return
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(folder, name)
+            if os.path.islink(full) and (name in dirs or name.lower().endswith(DATA_SUFFIXES)) and not inside(full):
+                rel = os.path.relpath(full, path)
+                raise InputError(f"{rel}: a link out of the batch root; refused (nothing read)",
+                                 code="path_outside_root")
+
+
 def corpus_from_config(cfg: BatchConfig) -> Corpus:
     return open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns, cfg.input.shard_size)
 
 
+def import_plugins(cfg: BatchConfig) -> None:
+    """`plugins`: modules that register annotators, imported in every process that plans or builds one."""
+    import importlib
+
+    for module in cfg.plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"plugin {module!r} cannot be imported here: {exc}") from exc
+
+
+def with_default_annotator(cfg: BatchConfig) -> BatchConfig:
+    return cfg if cfg.annotator else cfg.model_copy(update={"annotator": default_annotator_name()})
+
+
+def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, Any], run_hash: str) -> str:
+    before = record.get("model") or {}
+    if before and before != model:
+        changed = ", ".join(f"{k} {before.get(k)} -> {model.get(k)}" for k in model if before.get(k) != model.get(k))
+        return (f"{rundir.root} was annotated by another model ({changed}); continuing would mix two models under "
+                "one run. Use a new --out, or run the same weights and package version to continue it")
+    return (f"{rundir.root} holds another run (hash {record.get('run_hash')}, input "
+            f"{record.get('corpus', {}).get('path')}); this one would be {run_hash}. Outputs are keyed by input, "
+            "config and model: use a new --out, or the same input and options to continue that run")
+
+
 def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tuple[RunDir, Corpus, str, list[Shard]]:
     """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after."""
+    import_plugins(cfg)
+    cfg = with_default_annotator(cfg)
+    if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
+        check_confined(cfg.input.path, cfg.input.root)
     corpus = corpus_from_config(cfg)
-    run_hash = cfg.run_hash(corpus.identity())
+    model = annotator_identity(cfg.annotator, cfg.options)
+    run_hash = cfg.run_hash(corpus.identity(), model)
     rundir = RunDir(out)
     if rundir.exists():
         record = rundir.load()
         if record.get("run_hash") != run_hash:
-            raise ConfigError(
-                f"{rundir.root} holds another run (hash {record.get('run_hash')}, input "
-                f"{record.get('corpus', {}).get('path')}); this one would be {run_hash}. Outputs are keyed by input "
-                "and config: use a new --out, or the same input and options to continue that run")
+            raise ConfigError(_other_run_message(rundir, record, model, run_hash))
         shards = [Shard.from_dict(s) for s in record["shards"]]
         for stale in (rundir.root / "shards").glob(".*.tmp"):   # left by a killed run; rewritten identically
             stale.unlink(missing_ok=True)
@@ -63,14 +118,14 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
             raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "
                              "to continue it", code="run_exists")
         return rundir, corpus, run_hash, shards
-    if rundir.root.exists() and any(rundir.root.iterdir()):
+    if not rundir.is_empty():
         raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
     shards = corpus.plan()
     if not shards:
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
     counts = [s.num_items for s in shards]
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),
-              "corpus": corpus.identity(), "format": corpus.format,
+              "model": model, "corpus": corpus.identity(), "format": corpus.format,
               "planned_pairs": sum(counts) if all(c is not None for c in counts) else None,
               "shards": [s.to_dict() for s in shards]}
     rundir.write_run(record)
@@ -79,16 +134,8 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
 
 
 def build_annotator_for(cfg: BatchConfig):
-    import importlib
-
-    from sigma.cli.common import build_annotator, default_annotator_name
-
-    for module in cfg.plugins:   # registers custom annotators, in every process that builds one
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"plugin {module!r} cannot be imported here: {exc}") from exc
-    return build_annotator(cfg.annotator or default_annotator_name(), cfg.options, cfg.threshold)
+    import_plugins(cfg)
+    return build_annotator(with_default_annotator(cfg))
 
 
 def make_progress(total: int | None, enabled: bool):
@@ -101,10 +148,13 @@ def make_progress(total: int | None, enabled: bool):
 def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress: bool = True,
               annotator=None, max_shards: int | None = None) -> RunSummary:
     """Run (or continue) a batch; finished shards are skipped, so a re-run of a finished run does nothing."""
-    if cfg.annotator is None:
-        from sigma.cli.common import default_annotator_name
+    cfg = with_default_annotator(cfg)
+    with RunDir(out).locked():
+        return _run_locked(cfg, out, resume, progress, annotator, max_shards)
 
-        cfg = cfg.model_copy(update={"annotator": default_annotator_name()})
+
+def _run_locked(cfg: BatchConfig, out: str | Path, resume: bool, progress: bool, annotator,
+                max_shards: int | None) -> RunSummary:
     rundir, corpus, run_hash, shards = prepare_run(cfg, out, resume)
     pending = [s for s in shards if not rundir.is_done(s, run_hash)]
     if max_shards is not None:

@@ -17,7 +17,12 @@ Hugging Face layout), a datasets save_to_disk folder, or WebDataset .tar shards.
 
 Each shard is written to OUT/shards/<shard>.<hash>.parquet by temp file + atomic rename, and its status to
 OUT/status/; `--resume` continues an interrupted run and skips finished shards. A bad pair is a row
-with status=error and its reason; the run goes on.
+with status=error and its reason; the run goes on. One run at a time per OUT (a second exits 2, run_locked).
+
+Paths: a corpus run from this command may name any file you can read (a manifest may point anywhere, symlinks
+are followed). Runs submitted through the API (POST /v1/batches) are confined to api.batch_root: every file a
+corpus names must resolve under it, or that pair fails with path_outside_root and nothing is read. The same
+confinement is available here with --set input.root=DIR.
 """
 
 EXAMPLES = """examples:
@@ -45,12 +50,12 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    from sigma.io.corpora import FORMATS, PRESETS
+    from sigma.io.corpora import PRESETS, formats
 
     p.add_argument("input", help="the corpus (see above)")
     p.add_argument("--out", required=True, help="run folder (created; holds run.json, shards/, status/)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="column names of a public corpus")
-    p.add_argument("--format", choices=FORMATS, help="reader (default: auto-detected)")
+    p.add_argument("--format", help=f"reader: {', '.join(formats())} (default: auto-detected)")
     p.add_argument("--columns", help="role=column overrides: original=,edited=,instruction=,mask=,id=,edit_type= "
                                      "(tars: field names, alternatives separated by |)")
     p.add_argument("--shard-size", type=int, help="pairs per shard (default 1000)")
@@ -70,10 +75,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("processes and Ray (speed only: outputs are the same bytes whichever you choose)")
-    g.add_argument("--procs", type=int, help="local backend: inference processes fed whole shards (default: one per "
-                                             "core for a network on a machine without GPU, else 1)")
+    g.add_argument("--procs", type=int, help="local backend: inference processes fed whole shards (default: for a "
+                                             "network on a machine without GPU, one per idle core = cores minus "
+                                             "the load average; else 1)")
     g.add_argument("--threads", type=int, help="torch threads per inference process or Ray actor (default: 1 with "
-                                               "several processes and on CPU actors)")
+                                               "several processes and on CPU actors; the idle cores for one CPU "
+                                               "process)")
     g.add_argument("--ray-address", metavar="ADDR", help="run on this Ray cluster (implies --backend ray): HOST:PORT "
                                                          "of its head, 'auto' (the one `ray start` runs here) or "
                                                          "ray://HOST:10001; default $RAY_ADDRESS, else a Ray on this "
@@ -82,6 +89,28 @@ def _add_scale_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--actor-cpus", type=float, help="CPUs each Ray actor reserves (default 1)")
     g.add_argument("--actor-gpus", type=float, help="GPUs each Ray actor reserves; 0.5 packs two per GPU (default: 1 "
                                                     "on a cluster with GPUs, else 0)")
+
+
+def _add_redis_args(p: argparse.ArgumentParser, redis_help: str | None = None) -> None:
+    """The fleet's Redis settings: the same model (and environment) as `sigma worker --batch` reads."""
+    p.add_argument("--redis", help=redis_help or "Redis URL (default: redis.url of the service settings: "
+                   "$SIGMA_REDIS_URL, else redis://127.0.0.1:6379/0)")
+    p.add_argument("--key-prefix", help="redis.key_prefix (default: the service settings', `sigma`); the tasks "
+                   "go to <prefix>:batch:tasks, where `sigma worker --batch` with the same prefix reads them")
+    p.add_argument("--serve-config", metavar="FILE", help="service settings YAML (default: $SIGMA_SERVE_CONFIG)")
+
+
+def _redis_settings(args: argparse.Namespace):
+    import os
+
+    from sigma.service.settings import load_serve_config
+
+    overrides = []
+    if args.redis:
+        overrides.append(f"redis.url={args.redis}")
+    if args.key_prefix:
+        overrides.append(f"redis.key_prefix={args.key_prefix}")
+    return load_serve_config(args.serve_config or os.environ.get("SIGMA_SERVE_CONFIG") or None, overrides).redis
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,18 +125,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    r.set_defaults(run=run_run)
+    r.set_defaults(run=run_run, needs=("batch",))
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`")
     _add_run_args(s)
-    s.add_argument("--redis", help="Redis URL (default: $SIGMA_REDIS_URL or redis://localhost:6379/0)")
-    s.add_argument("--stream", help="stream name (default: sigma:batch)")
-    s.set_defaults(run=run_submit)
+    _add_redis_args(s)
+    s.set_defaults(run=run_submit, needs=("batch", "redis"))
 
     st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)")
     st.add_argument("out", help="run folder")
-    st.add_argument("--redis", help="also show the fleet queue (Redis URL)")
-    st.add_argument("--stream", help="stream name (default: sigma:batch)")
+    _add_redis_args(st, "also show the fleet queue on this Redis URL")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=run_status)
 
@@ -167,30 +194,41 @@ def run_run(args: argparse.Namespace) -> int:
                   f"{summary.failed_now} failed; {summary.pairs} pairs ({summary.errors} errors) in "
                   f"{summary.seconds:.1f} s = {summary.pairs_per_s:.1f} pairs/s")
         print(f"run {summary.run_hash}: {st['done']}/{st['shards']} shards done, {st['ok']} pairs annotated, "
-              f"{st['errors']} bad pairs {st['error_codes'] or ''}")
+              f"{st['errors']} bad pairs{_codes(st['error_codes'])}")
     for f in summary.failed:
         print(f"sigma: error: shard {f['shard']} failed: {f['error']} (rerun with --resume)", file=sys.stderr)
     return 1 if summary.failed else 0
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from sigma.batch.fleet import submit_run
+    from sigma.service.fleet import submit_run
 
     cfg = build_config(args)
-    info = submit_run(cfg, args.out, redis_url=args.redis, stream=args.stream)
+    info = submit_run(cfg, args.out, _redis_settings(args))
     print(f"{args.out}: queued {info['queued']} shard task(s) on {info['stream']} ({info['skipped']} already done); "
           "start `sigma worker --batch` on each machine, follow with `sigma batch status`")
     return 0
 
 
+def _codes(counts: dict[str, int] | None) -> str:
+    """{'file_not_found': 2, 'bad_record': 1} -> ' (file_not_found x2, bad_record x1)' for people, not a dict repr."""
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{code} x{n}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ")"
+
+
 def run_status(args: argparse.Namespace) -> int:
     from sigma.batch.layout import RunDir
+    from sigma.cli.common import check_extras
+
+    if args.redis or args.key_prefix or args.serve_config:
+        check_extras("batch status --redis", ("redis",))
 
     status = RunDir(args.out).summary()
-    if args.redis or args.stream:
-        from sigma.batch.fleet import queue_status
+    if args.redis or args.key_prefix or args.serve_config:
+        from sigma.service.fleet import queue_status
 
-        status["queue"] = queue_status(args.redis, args.stream)
+        status["queue"] = queue_status(_redis_settings(args))
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -198,7 +236,7 @@ def run_status(args: argparse.Namespace) -> int:
           f"{status['failed']} failed, {status['pending']} pending")
     planned = status.get("planned_pairs")
     print(f"pairs: {status['ok']} annotated, {status['errors']} bad"
-          + (f" (of {planned} planned)" if planned else "") + (f" {status['error_codes']}" if status['error_codes'] else ""))
+          + (f" (of {planned} planned)" if planned else "") + _codes(status["error_codes"]))
     for f in status["failed_shards"]:
         print(f"  failed: {f['shard']}: {f['error']}")
     if "queue" in status:

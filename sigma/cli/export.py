@@ -28,13 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _filters(b)
     b.add_argument("--out", required=True, help="output folder (Tp/, Gt/, imdl_benco.json)")
     b.add_argument("--relative", action="store_true", help="paths in the JSON relative to --out (default absolute)")
-    b.set_defaults(run=run_imdl_benco)
+    b.set_defaults(run=run_imdl_benco, needs=("batch",))
     c = esub.add_parser("coco", help="COCO-style JSON with RLE segmentations", epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(c)
     c.add_argument("--out", required=True, help="output JSON file")
     c.add_argument("--images", help="also write the edited images here under the JSON's file_name")
-    c.set_defaults(run=run_coco)
+    c.set_defaults(run=run_coco, needs=("batch",))
     h = esub.add_parser("hf", help="a Hugging Face dataset: parquet with Image() columns + a dataset card",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(h)
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--name", help="the dataset's pretty name in the card")
     h.add_argument("--max-shard-mb", type=float, default=500, help="start a new parquet file past this size (500)")
     h.add_argument("--overwrite", action="store_true", help="replace a dataset already exported to OUT")
-    h.set_defaults(run=run_hf)
+    h.set_defaults(run=run_hf, needs=("batch",))
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
 

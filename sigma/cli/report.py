@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
     p.add_argument("--limit", type=int, default=300, help="pairs in the gallery, lowest confidence first (300)")
     p.add_argument("--thumb", type=int, default=192, help="thumbnail size in pixels (192)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, needs=("batch",))
 
 
 def run(args: argparse.Namespace) -> int:

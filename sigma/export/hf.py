@@ -110,7 +110,11 @@ def _sha256_path(path: Path) -> str | None:
 
 def weights_digest(record: dict[str, Any]) -> tuple[str | None, str]:
     """(sha256, where it came from): the digest the run recorded, else the weights file the run's config names
-    (options.weights, or the weights embedded in this install), hashed now."""
+    (runs older than the model record: options.weights, or the weights embedded in this install), hashed now."""
+    model = record.get("model")
+    if isinstance(model, dict) and "weights_sha256" in model:      # runs record the model they ran
+        digest = model["weights_sha256"]
+        return digest, ("recorded by the run" if digest else "no weights (a training-free annotator)")
     recorded = _find(record, "weights_sha256")
     if recorded:
         return str(recorded), "recorded by the run"
@@ -147,6 +151,11 @@ def _read(data: bytes | None, path: str | None) -> bytes:
     raise FileNotFoundError(path or "no bytes and no path")
 
 
+def _file_name(path: str | None) -> str | None:
+    """A file name, never the machine's full path (the dataset may be published)."""
+    return Path(path).name if path else None
+
+
 def _rle(size: list[int], counts: str | None) -> dict[str, Any] | None:
     return {"size": size, "counts": counts} if counts else None
 
@@ -163,11 +172,10 @@ def _record(row: dict[str, Any], item, weights: str | None) -> tuple[dict[str, A
         return None, "the corpus changed since the run (edited's sha256 differs)"
     size = [int(row["height"]), int(row["width"])]
     mask = decode_rle({"size": size, "counts": row["rle_counts"]})
-    name = lambda p: Path(p).name if p else None   # a file name, never the machine's full path
     out = {name_: row.get(name_) for name_, _, _, _ in COLUMNS}
     out.update(
-        original={"bytes": original, "path": name(item.original_path)},
-        edited={"bytes": edited, "path": name(item.edited_path)},
+        original={"bytes": original, "path": _file_name(item.original_path)},
+        edited={"bytes": edited, "path": _file_name(item.edited_path)},
         mask={"bytes": _png_mask(mask), "path": None},
         mask_rle={"size": size, "counts": row["rle_counts"]},
         parse=row.get("parser"), intended_rle=_rle(size, row.get("intended_rle")),

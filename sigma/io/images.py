@@ -59,6 +59,8 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             rgba = Image.alpha_composite(white, rgba)
         return np.asarray(rgba.convert("RGB")).copy()
+    if mode == "RGB":
+        return np.array(img)     # one writable copy (convert + asarray + copy made three: 48 MB each at 16 Mpx)
     return np.asarray(img.convert("RGB")).copy()
 
 
@@ -216,8 +218,13 @@ def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedI
     return decode_image(data, str(path), limits)
 
 
+def binarize_mask(rgb: np.ndarray) -> np.ndarray:
+    """The one ground-truth binarisation: mean RGB > 127.5 (the IMDL-BenCo convention)."""
+    return rgb.astype(np.float32).mean(axis=2) > 127.5
+
+
 def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:
-    """Ground-truth masks: binarised at mean RGB > 127.5 (the IMDL-BenCo convention).
+    """Ground-truth masks, binarised by `binarize_mask`.
 
     A mask with transparency is composited on black, not white: in a mask, "transparent" means
     "nothing here", and on white every transparent pixel would count as manipulated.
@@ -229,7 +236,7 @@ def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarra
             rgba = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"), dtype=np.float32)
         if rgba.shape[:2] == rgb.shape[:2]:
             rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
-    return rgb.astype(np.float32).mean(axis=2) > 127.5
+    return binarize_mask(rgb)
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from sigma.config.schema import IOConfig
-from sigma.errors import SigmaError
+from sigma.errors import ConfigError, SigmaError
 from sigma.types import Pair
 
 
@@ -60,7 +60,10 @@ class Predictor:
 
         start = time.perf_counter()
         for module in self.plugins:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigError(f"worker.plugins: cannot import {module!r} ({exc})") from exc
         self.annotator = create_annotator(self.annotator_name, **self.options)
         if self.decode_threads > 1:
             self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="sigma-decode")
@@ -130,7 +133,8 @@ class Predictor:
                 pairs.append(pair)
                 where.append(n)
                 decode_ms.append(ms)
-        annotations = self.annotator.predict(pairs) if pairs else []
+        thresholds = [batch[n].get("threshold") for n in where]
+        annotations = self.annotator.predict(pairs, threshold=thresholds) if pairs else []
         for n, pair, ann, dec_ms in zip(where, pairs, annotations, decode_ms, strict=True):
             results[n] = {"ok": True, "result": self._record(batch[n], pair, ann, dec_ms)}
         return results  # type: ignore[return-value]
@@ -139,10 +143,6 @@ class Predictor:
         from sigma.io import encode_png
 
         start = time.perf_counter()
-        threshold = item.get("threshold")
-        if threshold is not None:
-            ann.mask = ann.prob > float(threshold)
-            ann.threshold = float(threshold)
         outputs = item.get("outputs") or ["rle"]
         record = json_ready(ann.to_dict())
         record["instruction"] = pair.instruction
