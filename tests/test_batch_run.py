@@ -270,3 +270,48 @@ def test_one_run_per_output_folder(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main([*argv[:4], str(tmp_path / "afile"), *argv[5:]]) == 2
     assert "[out_not_a_folder]" in capsys.readouterr().err
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def test_children_die_with_a_sigkilled_run(tmp_path):
+    """Issue 11 item 13: SIGKILL of `sigma batch run --workers 1` (the run only, not its process group) used to
+    leave the decode worker and multiprocessing's resource tracker alive, blocked on a pipe."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(240, size=48))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_sigma("batch", "run", str(root), "--out", str(out), "--annotator", "pixel-diff",
+                                   "--shard-size", "4", "--workers", "1", "--no-progress"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    kids: set[int] = set()
+    while time.monotonic() < deadline:
+        kids = _descendants(proc.pid)
+        status = out / "status"
+        if len(kids) >= 2 and status.is_dir() and len(list(status.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.01)
+    assert len(kids) >= 2, "expected a decode worker and the resource tracker"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
+        time.sleep(0.05)
+    alive = [k for k in kids if Path(f"/proc/{k}").exists() and "Z" not in Path(f"/proc/{k}/stat").read_text()[:60]]
+    for k in alive:           # never leave them behind, whatever the assertion says
+        os.kill(k, signal.SIGKILL)
+    assert not alive, f"children outlived the run: {alive}"

@@ -10,6 +10,7 @@ decode window is full.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from typing import Any, Self
 from sigma.batch.config import BatchConfig
 from sigma.batch.decode import Decoded, decode_items
 from sigma.batch.layout import RunDir, sha256_file, temp_name
+from sigma.batch.lifeline import die_with_parent
 from sigma.batch.rows import error_row, ok_row, rows_to_table
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
@@ -151,7 +153,10 @@ class Pipeline:
         warm: list = []
         if self.workers > 0:
             # spawn (not fork): the parent may hold torch/CUDA state. The workers boot while the model loads.
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            # die_with_parent: a SIGKILLed run must not leave decoders (and through them multiprocessing's resource
+            # tracker) alive, blocked on a pipe nobody reads
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=die_with_parent, initargs=(os.getpid(),))
             warm = [self.pool.submit(decode_items, [], self.io_config) for _ in range(self.workers)]
         try:
             if annotator is None:
