@@ -284,11 +284,11 @@ def _build(model, label, shapes, fields, key, graph, manifest_path, failed, thre
 def prune(folder: Path, label: str, keep: int) -> list[Path]:
     """Delete all but the `keep` newest graphs (and their manifests) of `label`. A process still using a
     deleted graph is unaffected (its session holds the model in memory)."""
-    graphs = sorted(folder.glob(f"{label}-*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    prefix = f"{label}-"
+    graphs = [p for p in folder.glob(f"{prefix}*.onnx") if "-" not in p.stem[len(prefix):]]  # not "label-x-..."
+    graphs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     removed = []
     for old in graphs[keep:]:
-        if old.stem[len(label) + 1:].count("-"):     # another label that starts with this one
-            continue
         for p in (old, old.with_suffix(".json"), old.with_suffix(".lock")):
             p.unlink(missing_ok=True)
         removed.append(old)
