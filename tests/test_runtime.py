@@ -168,7 +168,7 @@ def test_graph_is_verified_and_dynamic(tiny, onnx_stack):
         x = _inputs(b, h, w)
         got = onnx_stack.run_session(session, *(t.numpy() for t in x))
         assert np.abs(got - _logits(model, x)).max() <= 1e-4
-    again, cached = onnx_stack.ensure_graph(model, "tiny-lite", None, 1, root=root)
+    _again, cached = onnx_stack.ensure_graph(model, "tiny-lite", None, 1, root=root)
     assert not cached.built and cached.path == graph.path
 
 
@@ -262,7 +262,7 @@ def test_new_weights_build_a_new_entry_once_with_two_concurrent_builders(micro, 
 
 
 def test_a_graph_that_disagrees_with_torch_falls_back_with_one_warning(tiny, onnx_stack, monkeypatch, tmp_path):
-    model, _, _, graph = tiny
+    _model, _, _, graph = tiny
     other = _tiny(11)                       # different weights, same architecture
     good_graph = graph.path.read_bytes()
     # an "export" that yields a valid graph of the wrong weights: verification must catch it

@@ -30,8 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from sigma.runtime.cache import (cache_root, entry_is_valid, entry_lock, key_digest, read_manifest,
-                                 temp_path_beside, write_atomic)
+from sigma.runtime.cache import (
+    cache_root,
+    entry_is_valid,
+    entry_lock,
+    key_digest,
+    read_manifest,
+    temp_path_beside,
+    write_atomic,
+)
 
 log = logging.getLogger("sigma.runtime")
 
@@ -256,7 +263,7 @@ def _build(model, label, shapes, fields, key, graph, manifest_path, failed, thre
         except GraphUnavailable as exc:
             _record_failure(failed, key, str(exc))
             raise
-        except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure means: run torch
+        except Exception as exc:  # any exporter/runtime failure means: run torch
             msg = f"{label} does not export to ONNX ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"
             _record_failure(failed, key, msg)
             raise GraphUnavailable(msg) from exc
