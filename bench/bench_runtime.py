@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -40,14 +41,25 @@ def sgemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict:
     torch.set_num_threads(threads)
     a, b = torch.rand(n, n), torch.rand(n, n)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return {"threads": threads, "n": n, "best_s": round(best, 4), "gflops": round(2 * n ** 3 / best / 1e9, 1)}
+    runs = [_timed2(lambda: a @ b) for _ in range(repeats)]
+    best = min(w for w, _ in runs)
+    best_cpu = min(c for _, c in runs) / threads
+    return {"threads": threads, "n": n, "best_s": round(best, 4), "gflops": round(2 * n ** 3 / best / 1e9, 1),
+            "gflops_cpu_time": round(2 * n ** 3 / best_cpu / 1e9, 1)}
 
 
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def _timed2(fn) -> tuple[float, float]:
+    """(wall s, process CPU s). On a shared machine wall time includes the time the scheduler gave to
+    others; at one thread the CPU time is what the call costs on a dedicated core."""
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
 
 
 def pairs_512(n: int = 4):
@@ -111,16 +123,22 @@ def bench_annotators(threads: int, repeats: int, int8: str | None, gflops: float
     prior = torch.full((1, 1, 512, 512), 0.5)
     net = {k: [] for k in anns}
     e2e = {k: [] for k in anns}
+    net_cpu = {k: [] for k in anns}
+    e2e_cpu = {k: [] for k in anns}
     outputs = {}
     for _ in range(repeats + 1):          # round 0 warms every variant up and is dropped
         for name, ann in anns.items():
             torch.set_num_threads(threads)
-            net[name].append(_timed(lambda ann=ann: ann.runner(x[0], x[1], prior, ["none"])))
-            t = time.perf_counter()
-            outputs[name] = ann.predict(pairs)
-            e2e[name].append((time.perf_counter() - t) / len(pairs))
+            w, c = _timed2(lambda ann=ann: ann.runner(x[0], x[1], prior, ["none"]))
+            net[name].append(w)
+            net_cpu[name].append(c)
+            w, c = _timed2(lambda ann=ann, name=name: outputs.__setitem__(name, ann.predict(pairs)))
+            e2e[name].append(w / len(pairs))
+            e2e_cpu[name].append(c / len(pairs))
     ref_logits = anns["torch_nchw (today)"].runner(x[0], x[1], prior, ["none"]).numpy()
-    base_net, base_e2e = min(net["torch_nchw (today)"][1:]), min(e2e["torch_nchw (today)"][1:])
+    today = "torch_nchw (today)"
+    base_net, base_e2e = min(net[today][1:]), min(e2e[today][1:])
+    base_net_cpu, base_e2e_cpu = min(net_cpu[today][1:]), min(e2e_cpu[today][1:])
     rows = {}
     for name, ann in anns.items():
         n, e = min(net[name][1:]), min(e2e[name][1:])
@@ -130,13 +148,18 @@ def bench_annotators(threads: int, repeats: int, int8: str | None, gflops: float
                       "annotator_ms_per_pair": round(e * 1e3, 1), "annotator_pairs_per_s": round(1 / e, 2),
                       "annotator_speedup": round(base_e2e / e, 2),
                       "network_gflops_per_s": round(gflops / n, 1),
+                      "network_cpu_ms_per_pair": round(min(net_cpu[name][1:]) * 1e3, 1),
+                      "annotator_cpu_ms_per_pair": round(min(e2e_cpu[name][1:]) * 1e3, 1),
+                      "network_speedup_cpu_time": round(base_net_cpu / min(net_cpu[name][1:]), 2),
+                      "annotator_speedup_cpu_time": round(base_e2e_cpu / min(e2e_cpu[name][1:]), 2),
+                      "network_gflops_per_cpu_s": round(gflops / (min(net_cpu[name][1:]) / threads), 1),
                       "max_abs_dlogit_vs_nchw": float(np.abs(logits - ref_logits).max()),
                       "min_mask_agreement_vs_nchw": min(agree), "load_s": round(ann.load_s, 2),
                       "runtime": ann.runner.describe()}
     return {"threads": threads, "repeats": repeats, "pairs": len(pairs), "size": 512, "variants": rows}
 
 
-def bench_batch(pairs: int, repeats: int, work: Path, threads_env: dict) -> dict:
+def bench_batch(pairs: int, repeats: int, work: Path, extra_both: list[str]) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     from sigma.io.corpora.synthetic import synthetic_pairs, write_folder
 
@@ -146,15 +169,19 @@ def bench_batch(pairs: int, repeats: int, work: Path, threads_env: dict) -> dict
     configs = {"default (auto)": [],
                "today (torch NCHW)": ["--set", "options.runtime=torch", "--set", "options.channels_last=false"]}
     walls: dict[str, list[float]] = {k: [] for k in configs}
-    env = {**os.environ, **threads_env, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    cpus: dict[str, list[float]] = {k: [] for k in configs}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
     for r in range(repeats):
         for name, extra in configs.items():
-            out = work / f"run-{r}-{name.split()[0]}"
+            out = work / f"run-{os.getpid()}-{r}-{name.split()[0]}"
             cmd = [sys.executable, "-m", "sigma", "batch", "run", str(corpus), "--out", str(out), "--no-progress",
-                   "--no-ground-truth", *extra]
+                   "--no-ground-truth", *extra_both, *extra]
             t = time.perf_counter()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             walls[name].append(time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
             if proc.returncode != 0:
                 raise RuntimeError(f"{cmd}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
     best = {k: min(v) for k, v in walls.items()}
@@ -162,6 +189,8 @@ def bench_batch(pairs: int, repeats: int, work: Path, threads_env: dict) -> dict
             "wall_s": {k: [round(x, 1) for x in v] for k, v in walls.items()},
             "pairs_per_s_best": {k: round(pairs / v, 2) for k, v in best.items()},
             "speedup_default_vs_today": round(best["today (torch NCHW)"] / best["default (auto)"], 2),
+            "cpu_s": {k: [round(x, 1) for x in v] for k, v in cpus.items()},
+            "speedup_default_vs_today_cpu_time": round(min(cpus["today (torch NCHW)"]) / min(cpus["default (auto)"]), 2),
             "default_runtime": _default_runtime(),
             "note": "wall time of the whole `sigma batch run` process: start-up, model load, ORT session "
                     "(graph cached), decode, network, parquet"}
@@ -181,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-pairs", type=int, default=200)
     ap.add_argument("--batch-repeats", type=int, default=2)
     ap.add_argument("--skip-batch", action="store_true")
+    ap.add_argument("--skip-annotator", action="store_true")
+    ap.add_argument("--batch-threads", type=int, default=None,
+                    help="options.cpu_threads for both batch runs (default: unset = the default config)")
     ap.add_argument("--int8", default=None, help="a quantised sigma-lite .onnx to add as a variant")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--out", default=str(RESULTS / "bench_runtime_cpu.json"))
@@ -211,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     result["network_gflops_per_pair_512"] = round(gflops, 3)
     print(json.dumps(result["sgemm_peak"]), flush=True)
     result["annotator_512"] = []
-    for threads in args.threads:
+    for threads in ([] if args.skip_annotator else args.threads):
         row = bench_annotators(threads, args.repeats, args.int8, gflops)
         peak = next(p["gflops"] for p in result["sgemm_peak"] if p["threads"] == threads)
         for v in row["variants"].values():
@@ -219,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         result["annotator_512"].append(row)
         print(json.dumps(row, indent=1, default=str), flush=True)
     if not args.skip_batch:
-        result["batch_run"] = bench_batch(args.batch_pairs, args.batch_repeats, work, {})
+        extra = ["--set", f"options.cpu_threads={args.batch_threads}"] if args.batch_threads else []
+        result["batch_run"] = bench_batch(args.batch_pairs, args.batch_repeats, work, extra)
+        result["batch_run"]["extra_args_both"] = extra
         print(json.dumps(result["batch_run"], indent=1), flush=True)
     result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out)

@@ -284,6 +284,18 @@ def test_a_graph_that_disagrees_with_torch_falls_back_with_one_warning(tiny, onn
     assert again.name == "torch"
 
 
+def test_an_unusable_cache_folder_means_torch_with_one_warning(tiny, onnx_stack, monkeypatch, tmp_path):
+    model = tiny[0]
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SIGMA_CACHE_DIR", str(not_a_dir))
+    monkeypatch.setattr(onnx_stack, "export_graph", lambda *a, **k: pytest.fail("no export without a cache"))
+    with pytest.warns(RuntimeWarning, match="SIGMA_CACHE_DIR") as caught:
+        runner = build_runner(copy.deepcopy(model), RuntimeOptions("auto"), device=torch.device("cpu"),
+                              use_bf16=False, trained=True, label="tiny-lite")
+    assert len(caught) == 1 and runner.name == "torch" and runner.channels_last
+
+
 def test_prune_keeps_the_newest_graphs_of_a_label(tmp_path, onnx_stack):
     for i in range(6):
         for suffix in (".onnx", ".json"):

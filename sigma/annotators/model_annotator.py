@@ -41,9 +41,9 @@ class ModelAnnotatorConfig(AnnotatorConfig):
     random_init: bool = Field(False, description="explicit opt-in to random heads: tests and training only")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
-    cpu_threads: int | None = Field(None, ge=1, description="torch (process-wide) and ONNX Runtime intra-op threads; None = "
-                                    "torch's default. On a CPU shared with other jobs 1 can be ~10x faster "
-                                    "than 2: OpenMP threads stall on each other at every op")
+    cpu_threads: int | None = Field(None, ge=1, description="intra-op threads of torch (process-wide) and "
+                                    "ONNX Runtime; None = each library's default. On a CPU shared with other "
+                                    "jobs 1 can be ~10x faster than 2: threads stall on each other at every op")
     runtime: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="what runs the network: auto = ONNX Runtime on the CPU when installed and the "
         "model exports (graph built once, verified, cached; ~2x), torch otherwise and always on CUDA")

@@ -83,15 +83,19 @@ def build_runner(model, options: RuntimeOptions, *, device, use_bf16: bool, trai
     channels_last = options.channels_last if options.channels_last is not None else device.type == "cpu"
     if choice.runtime == "torch":
         return TorchRunner(model, device, use_bf16, channels_last, reason=choice.reason)
+    from sigma.runtime.cache import cache_root
     from sigma.runtime.ort_graph import GraphUnavailable, ensure_graph
 
     try:   # export before TorchRunner converts the weights to channels-last
         session, graph = ensure_graph(model, label, working, options.cpu_threads,
                                       honour_failure=options.runtime == "auto")
-    except GraphUnavailable as exc:
-        warnings.warn(f"sigma: {label} runs on torch instead of ONNX Runtime: {exc}", RuntimeWarning,
+    except (GraphUnavailable, OSError) as exc:
+        why = str(exc) if isinstance(exc, GraphUnavailable) else (
+            f"the graph cache {cache_root()} is not usable ({exc.__class__.__name__}: {exc}); set "
+            "SIGMA_CACHE_DIR to a writable folder")
+        warnings.warn(f"sigma: {label} runs on torch instead of ONNX Runtime: {why}", RuntimeWarning,
                       stacklevel=2)
-        return TorchRunner(model, device, use_bf16, channels_last, reason=f"fallback: {exc}")
+        return TorchRunner(model, device, use_bf16, channels_last, reason=f"fallback: {why}")
     info: dict[str, Any] = {"graph": str(graph.path), "max_abs_diff": graph.manifest.get("max_abs_diff"),
                             "cached": not graph.built, "threads": options.cpu_threads or "onnxruntime default",
                             "reason": choice.reason}
