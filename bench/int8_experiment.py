@@ -83,6 +83,9 @@ def main() -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "eval"))
     ap.add_argument("--perturb", default="none,vae,jpeg75,resize")
     ap.add_argument("--work", default=None)
+    ap.add_argument("--fp32-metrics", default=None, help="metrics.json of `sigma eval` with the fp32 default "
+                    "(same data and perturbations): reused instead of evaluating fp32 again")
+    ap.add_argument("--int8", default=None, help="an already quantised graph (skip quantisation)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8_experiment.json"))
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="sigma-int8-"))
@@ -93,33 +96,42 @@ def main() -> int:
     from sigma.registry import create_annotator
     from sigma.runtime.ort_graph import make_session
 
-    fp32 = create_annotator("sigma-lite", runtime="onnxruntime", parser="rules")
+    fp32 = create_annotator("sigma-lite", runtime="onnxruntime", parser="rules", cpu_threads=1)
     graph = Path(fp32.runner.describe()["graph"])
-    int8_path = work / "sigma-lite.int8.onnx"
-    result: dict = {"fp32_graph": str(graph)}
-    result["quantisation"] = quantise(graph, int8_path, args.calib, args.photos)
+    int8_path = Path(args.int8) if args.int8 else work / "sigma-lite.int8.onnx"
+    result: dict = {"fp32_graph": str(graph), "int8_graph": str(int8_path)}
+    if not args.int8:
+        result["quantisation"] = quantise(graph, int8_path, args.calib, args.photos)
     print(json.dumps(result), flush=True)
-    q = create_annotator("sigma-lite", runtime="onnxruntime", parser="rules")
-    q.runner.session = make_session(int8_path, None)
+    q = create_annotator("sigma-lite", runtime="onnxruntime", parser="rules", cpu_threads=1)
+    q.runner.session = make_session(int8_path, 1)
     # speed, network only, 512 px, min of 5
     x = torch.rand(1, 3, 512, 512)
     prior = torch.full((1, 1, 512, 512), 0.5)
-    times = {}
+    times, cpu = {}, {}
     for name, ann in (("fp32", fp32), ("int8", q)):
         ann.runner(x, x, prior, ["none"])
-        best = 1e9
+        best, best_cpu = 1e9, 1e9
         for _ in range(5):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             ann.runner(x, x, prior, ["none"])
-            best = min(best, time.perf_counter() - t)
-        times[name] = round(best * 1e3, 1)
+            best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
+        times[name], cpu[name] = round(best * 1e3, 1), round(best_cpu * 1e3, 1)
     result["network_ms_512"] = times
+    result["network_cpu_ms_512"] = cpu
     result["int8_speedup"] = round(times["fp32"] / times["int8"], 2)
+    result["int8_speedup_cpu_time"] = round(cpu["fp32"] / cpu["int8"], 2)
     dl = np.abs(q.runner(x, x, prior, ["none"]).numpy() - fp32.runner(x, x, prior, ["none"]).numpy()).max()
     result["max_abs_dlogit_random_input"] = float(dl)
     perturb = args.perturb.split(",")
-    result["eval_fp32"] = evaluate_with(fp32, args.data, perturb)
-    result["eval_int8"] = evaluate_with(q, args.data, perturb)
+    result["eval_int8"] = evaluate_with(q, args.data, perturb)   # first: the fp32 metrics may still be running
+    if args.fp32_metrics:
+        tables = json.loads(Path(args.fp32_metrics).read_text())["tables"]
+        result["eval_fp32"] = {p: {g: {"f1": r["f1"], "iou": r["iou"]} for g, r in t.items()}
+                               for p, t in tables.items()}
+        result["eval_fp32_from"] = args.fp32_metrics
+    else:
+        result["eval_fp32"] = evaluate_with(fp32, args.data, perturb)
     worst = {}
     for p in perturb:
         f, i = result["eval_fp32"][p], result["eval_int8"][p]
