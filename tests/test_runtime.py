@@ -261,6 +261,23 @@ def test_new_weights_build_a_new_entry_once_with_two_concurrent_builders(micro, 
     assert not list(root.glob("onnx/*.tmp")), "no temporary files left behind"
 
 
+def test_a_consistent_entry_that_disagrees_with_torch_is_not_trusted(micro, onnx_stack, caplog):
+    """A graph whose manifest matches it but whose numbers are not this model's (stale code, a swapped
+    file with its manifest rewritten): the load-time probe refuses it."""
+    model, root, _, graph = micro
+    others = [p for p in (root / "onnx").glob("micro-*.onnx") if p != graph.path]
+    assert others, "the concurrency test above leaves a graph of other weights here"
+    manifest_path = graph.path.with_suffix(".json")
+    manifest = json.loads(manifest_path.read_text())
+    graph.path.write_bytes(others[0].read_bytes())
+    manifest_path.write_text(json.dumps({**manifest, "sha256": sha256_file(graph.path),
+                                         "bytes": graph.path.stat().st_size}))
+    shapes = onnx_stack.shape_mode(model, (64, 64))
+    with caplog.at_level(logging.WARNING, logger="sigma.runtime"):
+        assert onnx_stack._load_valid(model, shapes, graph.path, manifest_path, manifest["key"], 1) is None
+    assert "differs from torch" in caplog.text
+
+
 def test_a_graph_that_disagrees_with_torch_falls_back_with_one_warning(tiny, onnx_stack, monkeypatch, tmp_path):
     _model, _, _, graph = tiny
     other = _tiny(11)                       # different weights, same architecture

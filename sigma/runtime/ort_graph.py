@@ -8,8 +8,9 @@ returns the logits: grounded regions are a variable-length structure the graph d
 caller runs torch for batches that have them).
 
 The cache key is the sha256 of the fields below — the weights as loaded (after BatchNorm folding), the
-architecture, the package, torch and onnxruntime versions, the shape mode — so new weights, a new
-release or a new runtime never reuse an old graph. A build is checked against torch on fixed inputs
+architecture, the network's source code, the package, torch and onnxruntime versions, the shape mode — so
+new weights, new code, a new release or a new runtime never reuse an old graph; every load also re-checks
+the graph against torch on one small probe (milliseconds) before trusting it. A build is checked against torch on fixed inputs
 (max |Δ logit| ≤ `TOLERANCE`); a graph that fails is never cached as good: a `.failed.json` marker
 records why, so the next process falls back at once instead of exporting again.
 """
@@ -81,11 +82,22 @@ def shape_mode(model: nn.Module, working: tuple[int, int] | None) -> dict[str, A
     return {"hw": list(working), "multiple": model.config.size_multiple}
 
 
-def key_fields(model: nn.Module, shapes: dict[str, Any], ort_version: str) -> dict[str, Any]:
-    import sigma
+def model_code_digest() -> str:
+    """sha256 of the network's source (sigma/models/*.py): a change to the forward with the same weights and
+    version number (a developer's checkout) must not reuse a graph traced from the old code."""
+    import sigma.models
 
-    return {"format": FORMAT_VERSION, "sigma": sigma.__version__, "torch": torch.__version__,
-            "onnxruntime": ort_version, "weights_sha256": weights_digest(model),
+    h = hashlib.sha256()
+    for path in sorted(Path(sigma.models.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def key_fields(model: nn.Module, shapes: dict[str, Any], ort_version: str) -> dict[str, Any]:
+    from sigma import __version__
+
+    return {"format": FORMAT_VERSION, "sigma": __version__, "torch": torch.__version__,
+            "onnxruntime": ort_version, "weights_sha256": weights_digest(model), "model_code": model_code_digest(),
             "architecture": model.config.model_dump(mode="json"), "shapes": shapes}
 
 
@@ -169,11 +181,13 @@ def run_session(session, original, edited, prior, edit_type) -> np.ndarray:
     return session.run(["logits"], feed)[0]
 
 
-def verify(model: nn.Module, session, shapes: dict[str, Any]) -> float:
-    """max |Δ logit| between torch and the session over the probe inputs."""
+def verify(model: nn.Module, session, shapes: dict[str, Any], quick: bool = False) -> float:
+    """max |Δ logit| between torch and the session over the probe inputs (`quick`: the smallest one only,
+    the check every load of a cached graph makes)."""
     wrapper = LogitsOnly(model).eval()
     worst = 0.0
-    for i, (batch, hw) in enumerate(_probe_shapes(shapes)):
+    probes = _probe_shapes(shapes)
+    for i, (batch, hw) in enumerate(probes[-1:] if quick else probes):
         x = _sample_inputs(batch, hw, seed=100 + i)
         with torch.inference_mode():
             ref = wrapper(*x).float().numpy()
@@ -214,11 +228,11 @@ def ensure_graph(model: nn.Module, label: str, working: tuple[int, int] | None, 
     reason = _cached_failure(failed, key) if honour_failure else None
     if reason:
         raise GraphUnavailable(f"{reason} (recorded in {failed}; delete it to retry)")
-    loaded = _load_valid(graph, manifest_path, key, threads)
+    loaded = _load_valid(model, shapes, graph, manifest_path, key, threads)
     if loaded:
         return loaded
     with entry_lock(lock):
-        loaded = _load_valid(graph, manifest_path, key, threads)   # another process may have just built it
+        loaded = _load_valid(model, shapes, graph, manifest_path, key, threads)   # another process may have built it
         if loaded:
             return loaded
         return _build(model, label, shapes, fields, key, graph, manifest_path, failed, threads)
@@ -231,16 +245,24 @@ def _cached_failure(failed: Path, key: str) -> str | None:
     return None
 
 
-def _load_valid(graph: Path, manifest_path: Path, key: str, threads: int | None):
+def _load_valid(model: nn.Module, shapes: dict[str, Any], graph: Path, manifest_path: Path, key: str,
+                threads: int | None):
+    """The cached session when the entry is complete, intact, for this key, and still agrees with torch on
+    a small probe (milliseconds); None (rebuild) otherwise."""
     if not graph.exists() and not manifest_path.exists():
         return None
     manifest = read_manifest(manifest_path)
     problem = entry_is_valid(graph, manifest, key)
     if problem is None:
         try:
-            return make_session(graph, threads), CachedGraph(graph, manifest, built=False)
-        except Exception as exc:  # noqa: BLE001 - a file ORT cannot load is as bad as a corrupt one
-            problem = f"onnxruntime cannot load it ({exc.__class__.__name__})"
+            session = make_session(graph, threads)
+            delta = verify(model, session, shapes, quick=True)
+        except Exception as exc:  # noqa: BLE001 - a file ORT cannot load or run is as bad as a corrupt one
+            problem = f"onnxruntime cannot load or run it ({exc.__class__.__name__})"
+        else:
+            if delta <= TOLERANCE:
+                return session, CachedGraph(graph, manifest, built=False)
+            problem = f"it differs from torch by {delta:.2e} on the load-time probe"
     log.warning("sigma: cached ONNX graph %s is unusable: %s; rebuilding it", graph.name, problem)
     return None
 
