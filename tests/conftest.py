@@ -113,3 +113,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sigma_cache_dir(tmp_path_factory):
+    """Built artefacts (the ONNX Runtime graphs of model annotators) go to one folder per test session,
+    never the user's ~/.cache; subprocesses inherit it, so a graph is exported once per session."""
+    import os
+
+    path = tmp_path_factory.mktemp("sigma-cache")
+    before = os.environ.get("SIGMA_CACHE_DIR")
+    os.environ["SIGMA_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("SIGMA_CACHE_DIR", None)
+    else:
+        os.environ["SIGMA_CACHE_DIR"] = before

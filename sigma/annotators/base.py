@@ -21,6 +21,10 @@ from sigma.errors import ConfigError
 from sigma.types import Annotation, Pair
 from sigma.version import model_identity
 
+# Options that change how fast an annotator runs, never what it outputs (masks are equal across runtimes:
+# tests/test_runtime.py); they stay out of config hashes.
+SPEED_ONLY_OPTIONS = ("cpu_threads", "batch_size", "runtime", "channels_last", "build_graph")
+
 
 class AnnotatorConfig(Strict):
     threshold: float | None = Field(None, ge=0.0, le=1.0,
@@ -76,8 +80,11 @@ class Annotator(ABC):
 
     @property
     def config_hash(self) -> str:
-        """Outputs are keyed by config *and* weights *and* package version: upgrading either changes it."""
-        return config_hash({**self.identity(), **self.config.model_dump(mode="json")})
+        """Outputs are keyed by config *and* weights *and* package version: upgrading either changes it. Options
+        that change only speed (threads, batch size, which runtime runs the network) are left out, so resuming
+        a run on another machine or runtime continues it."""
+        data = self.config.model_dump(mode="json", exclude=set(SPEED_ONLY_OPTIONS))
+        return config_hash({**self.identity(), **data})
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config.model_dump(mode="json"),

@@ -25,9 +25,9 @@ from sigma.types import Pair
 class TorchAnnotatorConfig(AnnotatorConfig):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads (process-wide); None = "
-                                    "torch's default. On a CPU shared with other jobs 1 can be ~10x faster "
-                                    "than 2: OpenMP threads stall on each other at every op")
+    cpu_threads: int | None = Field(None, ge=1, description="intra-op threads of torch (process-wide) and "
+                                    "ONNX Runtime; None = each library's default. On a CPU shared with other "
+                                    "jobs 1 can be ~10x faster than 2: threads stall on each other at every op")
     batch_size: int | None = Field(None, ge=1, description="pairs per forward; None = the annotator's default "
                                    "for the device")
 
