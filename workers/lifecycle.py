@@ -71,11 +71,10 @@ def report_unreachable_redis(settings: RedisSettings, command: str) -> bool:
     """One PING at start-up; when it fails, one line on stderr that says where the worker looks and how to
     point it elsewhere. True when Redis answered. Never raises on Redis trouble: the worker then waits."""
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
-    client = redis.Redis.from_url(settings.url, socket_connect_timeout=settings.connect_timeout_s,
-                                  socket_timeout=settings.connect_timeout_s + 1, retry=Retry(NoBackoff(), 0))
+    from sigma.service.connections import probe_client
+
+    client = probe_client(settings)
     try:
         client.ping()
         return True

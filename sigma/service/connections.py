@@ -51,3 +51,14 @@ def async_client(settings: RedisSettings, socket_timeout: float | None) -> aredi
     return aredis.Redis.from_url(settings.url, socket_connect_timeout=settings.connect_timeout_s,
                                  socket_timeout=socket_timeout, max_connections=settings.max_connections,
                                  retry=Retry(NoBackoff(), 1), health_check_interval=5)
+
+
+def probe_client(settings: RedisSettings, timeout_s: float | None = None) -> redis.Redis:
+    """For one-shot checks (start-up ping, container health check): no retries, a short socket timeout."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    timeout = timeout_s if timeout_s is not None else settings.connect_timeout_s + 1
+    return redis.Redis.from_url(settings.url, socket_connect_timeout=min(settings.connect_timeout_s, timeout),
+                                socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
