@@ -78,7 +78,12 @@ def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_ref
     assert (one.backend["procs"], two.backend["procs"], two.backend["threads"]) == (1, 2, 1)
     assert (two.done_now, two.pairs, two.errors) == (one.done_now, one.pairs, one.errors) == (5, 13, 1)
     assert digests(corpus / "two") == digests(corpus / "one")
-    assert len(two.backend["shards_by_worker"]) == 2
+    assert sum(two.backend["shards_by_worker"].values()) == 5
+    # both processes take shards when each shard takes a while (pixel-diff is so fast on 40 px pairs that the
+    # first process to start can finish all five before the second has imported torch)
+    both = run_batch(cfg_for(corpus / "set", procs=2, **SLOW), corpus / "two-slow", progress=False)
+    assert len(both.backend["shards_by_worker"]) == 2
+    assert digests(corpus / "two-slow") == digests(slow_reference)
 
     # SIGKILL one child while it works on a shard: that shard is run again by a child, same bytes
     out = corpus / "killed-child"
