@@ -1,0 +1,392 @@
+"""Composite test and synthesised footprint: the second mask a SIGMA result carries.
+
+The semantic mask says what changed in meaning; it is the only honest answer when the editor regenerated
+the whole image. But most editing pipelines paste their output back (inpainting, object removal,
+copy-move, cut-and-paste): every pixel outside the edit is then bit-identical to the original, or within
+a few levels of it after a JPEG re-save. On such a *composite* the exact set of pixels the editor re-made
+is recoverable from the pixels themselves, and that is the label a forensic localisation detector wants.
+
+Two steps, pure numpy/OpenCV (no torch), both at the original resolution:
+
+1. `composite_test(original, edited, prob)`: explain the untouched background. The reference is the
+   original itself, or (JPEG-ghost search, Farid 2009) the original re-encoded as JPEG at the quality and
+   chroma subsampling that best explain the edited image, so a composite saved as JPEG 75 still has a
+   background within a level or two of its reference. The background statistics are taken away from the
+   model's semantic region (dilated), and scattered exceedances are told apart from coherent ones (an
+   edit the model missed is a solid region; noise is not), so a missed edit does not inflate the
+   tolerance. The pair is a composite when a tolerance of at most `max_tolerance` levels explains the
+   background and at least `min_untouched` of all pixels lie within it ("most pixels untouched").
+   A VAE roundtrip or resampling of the whole image leaves residuals of tens of levels on every textured
+   region: no small tolerance explains the background, so the test says no.
+2. `synthesise_footprint(test, semantic)`: hysteresis on the residual (weak = above the tolerance,
+   strong = well above it), connected components kept when they touch the semantic mask or are solid
+   enough not to be noise, a small closing and hole filling (pixels an inpainter happened to reproduce
+   exactly, inside its region), then the semantic core added: the semantic mask minus the pixels the
+   composite proves untouched (bit-identical, outside the footprint). On a noisy composite nothing is
+   proven untouched, so the whole semantic mask is kept.
+
+`mask_mode` picks which mask is *the* mask: `auto` (default) = the footprint on composites, the semantic
+mask elsewhere. Why auto: on a composite the footprint is exact where the semantic mask can only be
+approximate (it marks the object that appeared or vanished, not the whole re-synthesised region), and
+it always contains the semantic core; off composites pixel differences are everywhere, and only the
+semantic mask means anything.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from sigma.config.schema import Strict
+
+MaskMode = Literal["auto", "semantic", "footprint"]
+MASK_MODES: tuple[str, ...] = ("auto", "semantic", "footprint")
+
+
+class FootprintConfig(Strict):
+    """Knobs of the composite test and the footprint; the defaults are the documented product behaviour."""
+
+    max_tolerance: int = Field(6, ge=0, le=64, description="largest background residual (grey levels, "
+                               "max over RGB) a composite may have after its best reference: 'within a few "
+                               "levels'. A JPEG 75 re-save explained by the JPEG search leaves 1-2; a VAE "
+                               "roundtrip or a resampling tens")
+    min_identical_blocks: float = Field(0.01, ge=0.0, le=1.0, description="fraction of the image in "
+                                        "textured 8x8 blocks bit-identical to the original that proves a "
+                                        "paste-back (exact tier, tolerance 0): a regenerated image has none")
+    max_missed: float = Field(0.25, ge=0.0, le=1.0, description="largest share of the background a solid "
+                              "changed region may cover and still count as an edit the model missed rather "
+                              "than a re-rendered background")
+    min_untouched: float = Field(0.5, ge=0.0, le=1.0, description="fraction of all pixels within the "
+                                 "tolerance for the pair to count as a composite ('most pixels untouched')")
+    noise_rate: float = Field(0.005, gt=0.0, lt=0.5, description="fraction of background pixels allowed "
+                              "above the tolerance as scattered noise")
+    jpeg_search: bool = Field(True, description="also try the original re-encoded as JPEG (qualities "
+                              "50-100, 4:2:0 and 4:4:4) as the reference, so JPEG re-saved composites are "
+                              "recognised; costs a few small encodes per pair")
+    background_prob: float = Field(0.3, ge=0.0, le=1.0, description="semantic probability from which a "
+                                   "pixel is kept out of the background statistics (before dilation)")
+    background_dilate: float = Field(0.02, ge=0.0, le=0.5, description="dilation of that region, as a "
+                                     "fraction of the image diagonal")
+    min_component: float = Field(5e-5, ge=0.0, le=0.1, description="smallest changed region kept away "
+                                 "from the semantic mask, as a fraction of the image (at least 16 px); "
+                                 "on bit-identical composites 4 px")
+    close_radius: float = Field(0.002, ge=0.0, le=0.05, description="closing radius as a fraction of "
+                                "the image diagonal (at least 1 px): fills pinholes where the edit's "
+                                "residual fell inside the tolerance")
+    refute_identical: bool = Field(True, description="on a bit-identical composite, leave out of the "
+                                   "footprint the semantic pixels that are bit-identical and outside it (the "
+                                   "pixels prove them untouched); off: footprint = changed regions ∪ semantic")
+    max_hole: float = Field(0.002, ge=0.0, le=1.0, description="largest enclosed hole filled, as a "
+                            "fraction of the image")
+
+
+@dataclass
+class CompositeTest:
+    """The threshold-independent half: what explains the background, and the residual to cut the footprint from."""
+
+    is_composite: bool
+    residual: np.ndarray            # uint8 [H, W]: max over RGB of |reference - edited|
+    tolerance: int                  # levels; on non-composites the tolerance a forced footprint uses
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        """Bit-identical background: every unchanged pixel is proven untouched."""
+        return self.is_composite and self.tolerance == 0
+
+
+@dataclass
+class FootprintResult:
+    """Both masks, the one chosen by `mask_mode`, and the evidence for the choice."""
+
+    mask: np.ndarray                # bool [H, W]: the mask mask_mode picked
+    chosen: Literal["semantic", "footprint"]
+    semantic: np.ndarray            # bool [H, W]
+    footprint: np.ndarray | None    # bool [H, W]; None when not a composite and mode is not `footprint`
+    mask_mode: str
+    composite: dict[str, Any]       # {"is_composite": bool, ...evidence}
+
+
+# ---------------------------------------------------------------------------------------------- residuals
+
+def residual_map(reference: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """max over RGB of |reference - edited| as uint8: a colour-only change counts as much as a grey one."""
+    d = cv2.absdiff(reference, edited)
+    return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
+    """PIL's (libjpeg's IJG tables) encode -> decode: the same path nearly every tool that re-saves a JPEG takes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality), subsampling=int(subsampling))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def _probe_strip(original: np.ndarray, edited: np.ndarray, background: np.ndarray, size: int = 128,
+                 count: int = 4) -> tuple[np.ndarray, np.ndarray] | None:
+    """Up to `count` MCU-aligned background windows with the most texture, side by side in one strip
+    (one encode per candidate instead of one per window). JPEG qualities differ most on texture, and a
+    window aligned to the 16 px grid quantises exactly as it does inside the whole image."""
+    h, w = background.shape
+    size = min(size, (h // 16) * 16, (w // 16) * 16)
+    if size < 48:
+        return None
+    grey = cv2.cvtColor(original, cv2.COLOR_RGB2GRAY)
+    scored = []
+    for y in range(0, h - size + 1, size):
+        for x in range(0, w - size + 1, size):
+            if background[y:y + size, x:x + size].mean() >= 0.98:
+                scored.append((float(grey[y:y + size, x:x + size].std()), y, x))
+    if not scored:
+        return None
+    scored.sort(reverse=True)
+    picks = [(y, x) for _, y, x in scored[:count]]
+    strip_o = np.concatenate([original[y:y + size, x:x + size] for y, x in picks], axis=1)
+    strip_e = np.concatenate([edited[y:y + size, x:x + size] for y, x in picks], axis=1)
+    return strip_o, strip_e
+
+
+def _strip_error(reference: np.ndarray, edited: np.ndarray) -> float:
+    """Mean residual over the strip's window interiors (8 px in from each side: chroma upsampling reads across)."""
+    size = reference.shape[0]
+    res = residual_map(reference, edited)
+    inner = np.zeros(res.shape, bool)
+    for x in range(0, res.shape[1], size):
+        inner[8:size - 8, x + 8:x + size - 8] = True
+    return float(res[inner].mean())
+
+
+def best_reference(original: np.ndarray, edited: np.ndarray, background: np.ndarray, jpeg_search: bool
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The original, or its JPEG re-encode that best explains the edited image's background (JPEG ghost)."""
+    identity_info: dict[str, Any] = {"reference": "original"}
+    if not jpeg_search:
+        return original, identity_info
+    strip = _probe_strip(original, edited, background)
+    if strip is None:
+        return original, identity_info
+    strip_o, strip_e = strip
+    base = _strip_error(strip_o, strip_e)
+    if base < 0.05:          # already bit-identical where it matters: nothing for a JPEG to explain
+        return original, identity_info
+    errors: dict[tuple[int, int], float] = {}
+
+    def err(q: int, ss: int) -> float:
+        if (q, ss) not in errors:
+            errors[(q, ss)] = _strip_error(jpeg_roundtrip(strip_o, q, ss), strip_e)
+        return errors[(q, ss)]
+
+    for q in range(50, 101, 10):             # coarse, 4:2:0 (what nearly every tool writes) ...
+        err(q, 2)
+    q0 = min(errors, key=errors.get)[0]
+    for q in range(max(1, q0 - 9), min(100, q0 + 9) + 1):   # ... then every quality around the best
+        err(q, 2)
+    q1 = min(errors, key=errors.get)[0]
+    err(q1, 0)                                # and 4:4:4 at that quality
+    (q, ss), best = min(errors.items(), key=lambda kv: kv[1])
+    if best >= 0.5 * base:   # a JPEG does not explain the background much better than the original does
+        return original, {**identity_info, "jpeg_probe_error": round(best, 3), "original_probe_error": round(base, 3)}
+    info = {"reference": "jpeg", "jpeg_quality": q, "jpeg_subsampling": {2: "4:2:0", 0: "4:4:4"}[ss],
+            "jpeg_probe_error": round(best, 3), "original_probe_error": round(base, 3)}
+    return jpeg_roundtrip(original, q, ss), info
+
+
+# ------------------------------------------------------------------------------------------ composite test
+
+def _disk(radius: int) -> np.ndarray:
+    r = max(0, int(radius))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _background(prob: np.ndarray | None, cfg: FootprintConfig) -> np.ndarray:
+    """Pixels far from anything the model calls changed: where a composite's background statistics live."""
+    h, w = prob.shape if prob is not None else (0, 0)
+    if prob is None:
+        raise ValueError("prob is required")
+    region = (prob >= cfg.background_prob).astype(np.uint8)
+    radius = round(cfg.background_dilate * float(np.hypot(h, w)))
+    if radius > 0 and region.any():
+        region = cv2.dilate(region, _disk(radius))
+    background = region == 0
+    if background.mean() < 0.2:      # the model marks most of the image: judge on the whole image
+        background = np.ones_like(background)
+    return background
+
+
+def identical_block_fraction(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0) -> float:
+    """Fraction of the image in textured blocks whose every value is bit-identical in both images.
+
+    No whole-image process (a VAE roundtrip, resampling, a JPEG re-save at another quality, a colour
+    change) leaves a textured 8x8 block exactly as it was: these blocks are proof of a paste-back. Flat
+    blocks are left out because a JPEG re-save or a resize can reproduce a flat patch exactly.
+    """
+    h, w = original.shape[:2]
+    hb, wb = h // block, w // block
+    if hb == 0 or wb == 0:
+        return 0.0
+    crop = (slice(0, hb * block), slice(0, wb * block))
+    same = (residual_map(original[crop], edited[crop]) == 0).reshape(hb, block, wb, block).all(axis=(1, 3))
+    grey = cv2.cvtColor(original[crop], cv2.COLOR_RGB2GRAY).astype(np.float32).reshape(hb, block, wb, block)
+    textured = grey.std(axis=(1, 3)) >= min_std
+    return float((same & textured).sum() * block * block / (h * w))
+
+
+def _scattered_fraction(exceed: np.ndarray, background: np.ndarray, max_solid: float) -> float:
+    """Share of the background above the tolerance once solid changed regions (an edit the model missed)
+    are set aside, or 1.0 when the solid part is itself too large to be a missed edit (dense noise, or a
+    re-rendered image whose whole texture changed)."""
+    solid = cv2.morphologyEx(exceed.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    near_solid = cv2.dilate(solid, _disk(3)) > 0
+    n_bg = max(int(background.sum()), 1)
+    if (near_solid & background).sum() / n_bg > max_solid:
+        return 1.0
+    return float((exceed & ~near_solid & background).sum() / n_bg)
+
+
+def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
+                   cfg: FootprintConfig | None = None) -> CompositeTest:
+    """Is this pair a composite (most pixels untouched, up to a JPEG re-save), and on what evidence?
+
+    Two tiers. Exact: textured 8x8 blocks bit-identical in both images cover at least
+    `min_identical_blocks` of the image; tolerance 0. Near-exact: the smallest tolerance (<=
+    `max_tolerance` levels, after the best reference: the original or a JPEG re-encode of it) that
+    explains the background as noise, and at least `min_untouched` of all pixels within it.
+    Depends on the images and the semantic probability map, not on the mask threshold, so a per-request
+    threshold re-derives the footprint without re-running this.
+    """
+    cfg = cfg or FootprintConfig()
+    if original.shape != edited.shape or original.dtype != np.uint8 or edited.dtype != np.uint8:
+        raise ValueError(f"composite_test needs two uint8 images of one shape, got {original.shape} "
+                         f"{original.dtype} and {edited.shape} {edited.dtype}")
+    if prob.shape != original.shape[:2]:
+        raise ValueError(f"prob {prob.shape} does not match the images {original.shape[:2]}")
+    identity = residual_map(original, edited)
+    identical = float(np.mean(identity == 0))
+    blocks = identical_block_fraction(original, edited)
+    background = _background(prob, cfg)
+    common = {"identical_fraction": round(identical, 4), "identical_block_fraction": round(blocks, 4),
+              "background_fraction": round(float(background.mean()), 4)}
+    if blocks >= cfg.min_identical_blocks:
+        untouched = identical
+        evidence = {"tier": "exact", "untouched_fraction": round(untouched, 4), "tolerance": 0,
+                    "noise_floor": 0.0, "reference": "original", **common,
+                    "reason": f"{100 * blocks:.1f}% of the image is textured blocks bit-identical to the original "
+                              f"(no whole-image process leaves any): pasted back; {100 * untouched:.1f}% of "
+                              "pixels untouched"}
+        return CompositeTest(is_composite=True, residual=identity, tolerance=0, evidence=evidence)
+
+    reference, ref_info = best_reference(original, edited, background, cfg.jpeg_search)
+    residual = identity if reference is original else residual_map(reference, edited)
+    bg = residual[background]
+    n_bg = max(bg.size, 1)
+    tolerance = None
+    for t in range(0, cfg.max_tolerance + 1):
+        exceed = background & (residual > t)
+        if exceed.sum() / n_bg <= cfg.noise_rate or \
+                _scattered_fraction(exceed, background, cfg.max_missed) <= cfg.noise_rate:
+            tolerance = t
+            break
+    q_hi = int(np.quantile(bg, 1.0 - cfg.noise_rate)) if bg.size else 0
+    what = "original" if ref_info["reference"] == "original" else \
+        f"original re-encoded as JPEG q{ref_info['jpeg_quality']} {ref_info['jpeg_subsampling']}"
+    if tolerance is None:
+        untouched = float(np.mean(residual <= cfg.max_tolerance))
+        is_composite = False
+        reason = (f"no tolerance <= {cfg.max_tolerance} levels explains the background as noise (its "
+                  f"{100 * (1 - cfg.noise_rate):.1f}th percentile residual to the {what} is {q_hi}): the whole "
+                  "image was re-rendered")
+        forced = max(q_hi, cfg.max_tolerance)
+    else:
+        untouched = float(np.mean(residual <= tolerance))
+        is_composite = untouched >= cfg.min_untouched
+        reason = (f"{100 * untouched:.1f}% of pixels within {tolerance} levels of the {what}"
+                  + ("" if is_composite else f" (< {100 * cfg.min_untouched:.0f}% needed)"))
+        forced = tolerance
+    evidence = {"tier": "near-exact" if is_composite else "none", "untouched_fraction": round(untouched, 4),
+                "tolerance": tolerance, "noise_floor": round(float(bg.mean()) if bg.size else 0.0, 3),
+                "background_p995": q_hi, **ref_info, **common, "reason": reason}
+    return CompositeTest(is_composite=is_composite, residual=residual, tolerance=int(forced), evidence=evidence)
+
+
+# --------------------------------------------------------------------------------------------- footprint
+
+def _fill_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """Fill background pockets fully enclosed by the mask and no larger than max_area."""
+    if max_area <= 0 or not mask.any():
+        return mask
+    inv = (~mask).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
+    if n <= 1:
+        return mask
+    h, w = mask.shape
+    x, y, ww, hh, area = (stats[:, i] for i in range(5))
+    touches = (x == 0) | (y == 0) | (x + ww >= w) | (y + hh >= h)
+    fill = ~touches & (area <= max_area)
+    fill[0] = False
+    return mask | fill[labels]
+
+
+def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: FootprintConfig | None = None
+                         ) -> np.ndarray:
+    """The pixels the editor re-made, at the original resolution, always containing the semantic core."""
+    cfg = cfg or FootprintConfig()
+    residual = test.residual
+    h, w = residual.shape
+    if semantic.shape != (h, w):
+        raise ValueError(f"semantic mask {semantic.shape} does not match the residual {(h, w)}")
+    tol = test.tolerance
+    weak = residual > tol
+    strong_level = tol + max(2, tol)
+    seed = cv2.dilate(semantic.astype(np.uint8), _disk(2)) > 0
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8), connectivity=8)
+    if n > 1:
+        area = stats[:, cv2.CC_STAT_AREA]
+        touches_seed = np.bincount(labels[seed], minlength=n) > 0
+        if test.exact:     # no noise on a bit-identical background: every changed region is an edit
+            keep = touches_seed | (area >= 4)
+        else:              # away from the model's region, only solid regions well above the noise
+            mean = np.bincount(labels.ravel(), weights=residual.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+            keep = touches_seed | ((mean > strong_level) & (area >= max(16, round(cfg.min_component * h * w))))
+        keep[0] = False
+        footprint = keep[labels]
+    else:
+        footprint = np.zeros((h, w), bool)
+    if footprint.any():
+        if not test.exact:   # on a noisy background the edit's residual dips inside the tolerance here and there
+            radius = max(1, round(cfg.close_radius * float(np.hypot(h, w))))
+            footprint = cv2.morphologyEx(footprint.astype(np.uint8), cv2.MORPH_CLOSE, _disk(radius)) > 0
+        footprint = _fill_holes(footprint, round(cfg.max_hole * h * w))
+    # the semantic core: all of the semantic mask, less what a bit-identical background proves untouched
+    core = semantic & (footprint | (residual > 0)) if (test.exact and cfg.refute_identical) else semantic
+    return footprint | core
+
+
+def choose(mode: str, semantic: np.ndarray, test: CompositeTest | None, cfg: FootprintConfig | None = None
+           ) -> FootprintResult:
+    """Both masks and the one `mode` picks. `footprint` forces the footprint even off composites (with the
+    background's own tolerance); the evidence still says the pair is not a composite."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    semantic = semantic.astype(bool, copy=False)
+    if test is None:
+        return FootprintResult(mask=semantic, chosen="semantic", semantic=semantic, footprint=None,
+                               mask_mode=mode, composite={"is_composite": None})
+    footprint = synthesise_footprint(test, semantic, cfg) if (test.is_composite or mode == "footprint") else None
+    use_footprint = mode == "footprint" or (mode == "auto" and test.is_composite)
+    chosen: Literal["semantic", "footprint"] = "footprint" if use_footprint else "semantic"
+    return FootprintResult(mask=footprint if use_footprint else semantic, chosen=chosen, semantic=semantic,
+                           footprint=footprint, mask_mode=mode,
+                           composite={"is_composite": bool(test.is_composite), **test.evidence})
+
+
+def analyse(original: np.ndarray, edited: np.ndarray, prob: np.ndarray, semantic: np.ndarray, mode: str = "auto",
+            cfg: FootprintConfig | None = None) -> FootprintResult:
+    """One call: composite test, footprint, choice. `semantic` mode still runs the test (the result reports it)."""
+    test = composite_test(original, edited, prob, cfg)
+    return choose(mode, semantic, test, cfg)
