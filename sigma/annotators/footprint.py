@@ -65,7 +65,7 @@ class FootprintConfig(Strict):
     noise_rate: float = Field(0.005, gt=0.0, lt=0.5, description="fraction of background pixels allowed "
                               "above the tolerance as scattered noise")
     jpeg_search: bool = Field(True, description="also try the original re-encoded as JPEG (qualities "
-                              "50-100, 4:2:0 and 4:4:4) as the reference, so JPEG re-saved composites are "
+                              "36-100, 4:2:0 and 4:4:4) as the reference, so JPEG re-saved composites are "
                               "recognised; costs a few small encodes per pair")
     background_prob: float = Field(0.3, ge=0.0, le=1.0, description="semantic probability from which a "
                                    "pixel is kept out of the background statistics (before dilation)")
@@ -77,26 +77,36 @@ class FootprintConfig(Strict):
     close_radius: float = Field(0.002, ge=0.0, le=0.05, description="closing radius as a fraction of "
                                 "the image diagonal (at least 1 px): fills pinholes where the edit's "
                                 "residual fell inside the tolerance")
-    refute_identical: bool = Field(True, description="on a bit-identical composite, leave out of the "
-                                   "footprint the semantic pixels that are bit-identical and outside it (the "
-                                   "pixels prove them untouched); off: footprint = changed regions ∪ semantic")
+    refute_identical: bool = Field(True, description="leave out of the footprint the semantic pixels the "
+                                   "composite explains as untouched: on a bit-identical background all of them, "
+                                   "on a noisy one only the semantic mask's rim (see core_rim); off: footprint "
+                                   "= changed regions ∪ the whole semantic mask")
+    core_rim: float = Field(0.003, ge=0.0, le=0.05, description="width of the semantic mask's rim that a "
+                            "noisy composite may leave out where its pixels are within the tolerance, as a "
+                            "fraction of the image diagonal (at least 1 px)")
+    jpeg_noise_factor: float = Field(3.0, ge=0.0, le=20.0, description="inside 8x8 blocks a JPEG reference "
+                                     "cannot explain, a pixel is re-made when it differs from the original by "
+                                     "more than this many times the local re-encoding noise")
     max_hole: float = Field(0.002, ge=0.0, le=1.0, description="largest enclosed hole filled, as a "
                             "fraction of the image")
 
 
 @dataclass
 class CompositeTest:
-    """The threshold-independent half: what explains the background, and the residual to cut the footprint from."""
+    """The threshold-independent half: what explains the background, and the maps to cut the footprint from."""
 
     is_composite: bool
     residual: np.ndarray            # uint8 [H, W]: max over RGB of |reference - edited|
     tolerance: int                  # levels; on non-composites the tolerance a forced footprint uses
     evidence: dict[str, Any] = field(default_factory=dict)
+    original_residual: np.ndarray | None = None   # |original - edited| when the reference is a JPEG re-encode
+    floor: np.ndarray | None = None  # float32 [H, W]: local re-encoding noise |reference - original|, smoothed
+    block: int = 1                  # 8 when the reference is a JPEG: a change re-quantises whole 8x8 blocks
 
     @property
     def exact(self) -> bool:
-        """Bit-identical background: every unchanged pixel is proven untouched."""
-        return self.is_composite and self.tolerance == 0
+        """Bit-identical background (exact tier): every unchanged pixel is proven untouched, nothing is noise."""
+        return self.is_composite and self.evidence.get("tier") == "exact"
 
 
 @dataclass
@@ -182,11 +192,14 @@ def best_reference(original: np.ndarray, edited: np.ndarray, background: np.ndar
             errors[(q, ss)] = _strip_error(jpeg_roundtrip(strip_o, q, ss), strip_e)
         return errors[(q, ss)]
 
-    for q in range(50, 101, 10):             # coarse, 4:2:0 (what nearly every tool writes) ...
+    # The error dips sharply at the exact quality only (a neighbour is already ~1 level off), so: a
+    # coarse pass in 4:2:0 (what nearly every tool writes), every quality around the two best coarse
+    # ones, then 4:4:4 at the best.
+    for q in range(40, 101, 5):
         err(q, 2)
-    q0 = min(errors, key=errors.get)[0]
-    for q in range(max(1, q0 - 9), min(100, q0 + 9) + 1):   # ... then every quality around the best
-        err(q, 2)
+    for q0 in sorted(errors, key=errors.get)[:2]:
+        for q in range(max(1, q0[0] - 4), min(100, q0[0] + 4) + 1):
+            err(q, 2)
     q1 = min(errors, key=errors.get)[0]
     err(q1, 0)                                # and 4:4:4 at that quality
     (q, ss), best = min(errors.items(), key=lambda kv: kv[1])
@@ -249,14 +262,29 @@ def _scattered_fraction(exceed: np.ndarray, background: np.ndarray, max_solid: f
     return float((exceed & ~near_solid & background).sum() / n_bg)
 
 
+def _tolerance(residual: np.ndarray, background: np.ndarray, cfg: FootprintConfig) -> int | None:
+    """Smallest tolerance (<= max_tolerance) above which the background holds only scattered noise, or None."""
+    n_bg = max(int(background.sum()), 1)
+    for t in range(0, cfg.max_tolerance + 1):
+        exceed = background & (residual > t)
+        if exceed.sum() / n_bg <= cfg.noise_rate or \
+                _scattered_fraction(exceed, background, cfg.max_missed) <= cfg.noise_rate:
+            return t
+    return None
+
+
 def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
                    cfg: FootprintConfig | None = None) -> CompositeTest:
     """Is this pair a composite (most pixels untouched, up to a JPEG re-save), and on what evidence?
 
-    Two tiers. Exact: textured 8x8 blocks bit-identical in both images cover at least
-    `min_identical_blocks` of the image; tolerance 0. Near-exact: the smallest tolerance (<=
-    `max_tolerance` levels, after the best reference: the original or a JPEG re-encode of it) that
-    explains the background as noise, and at least `min_untouched` of all pixels within it.
+    The reference is the original, or, when the original leaves the background unexplained, its JPEG
+    re-encode that best explains the edited image (JPEG ghost). The tolerance is the smallest number of
+    levels (<= `max_tolerance`) above which the background (away from the model's region) holds only
+    scattered noise. A composite needs a tolerance and either `min_untouched` of all pixels within it
+    ("most pixels untouched") or proof of a paste-back: textured 8x8 blocks bit-identical to the
+    original over `min_identical_blocks` of the image, which no whole-image process leaves (a large edit
+    pasted back over a small kept region). Tiers: `exact` (the original, tolerance 0: every unchanged
+    pixel is bit-identical), `near-exact` (a JPEG reference or a tolerance of a few levels), `none`.
     Depends on the images and the semantic probability map, not on the mask threshold, so a per-request
     threshold re-derives the footprint without re-running this.
     """
@@ -267,51 +295,54 @@ def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
     if prob.shape != original.shape[:2]:
         raise ValueError(f"prob {prob.shape} does not match the images {original.shape[:2]}")
     identity = residual_map(original, edited)
-    identical = float(np.mean(identity == 0))
     blocks = identical_block_fraction(original, edited)
     background = _background(prob, cfg)
-    common = {"identical_fraction": round(identical, 4), "identical_block_fraction": round(blocks, 4),
-              "background_fraction": round(float(background.mean()), 4)}
-    if blocks >= cfg.min_identical_blocks:
-        untouched = identical
-        evidence = {"tier": "exact", "untouched_fraction": round(untouched, 4), "tolerance": 0,
-                    "noise_floor": 0.0, "reference": "original", **common,
-                    "reason": f"{100 * blocks:.1f}% of the image is textured blocks bit-identical to the original "
-                              f"(no whole-image process leaves any): pasted back; {100 * untouched:.1f}% of "
-                              "pixels untouched"}
-        return CompositeTest(is_composite=True, residual=identity, tolerance=0, evidence=evidence)
-
-    reference, ref_info = best_reference(original, edited, background, cfg.jpeg_search)
-    residual = identity if reference is original else residual_map(reference, edited)
+    reference, ref_info, residual = original, {"reference": "original"}, identity
+    tolerance = _tolerance(identity, background, cfg)
+    if tolerance != 0 and cfg.jpeg_search:
+        candidate, info = best_reference(original, edited, background, True)
+        if candidate is not original:
+            res_j = residual_map(candidate, edited)
+            tol_j = _tolerance(res_j, background, cfg)
+            if tol_j is not None and (tolerance is None or tol_j < tolerance):
+                reference, residual, tolerance = candidate, res_j, tol_j
+            ref_info = info if reference is candidate else {**info, "reference": "original"}
+    jpeg = reference is not original
     bg = residual[background]
-    n_bg = max(bg.size, 1)
-    tolerance = None
-    for t in range(0, cfg.max_tolerance + 1):
-        exceed = background & (residual > t)
-        if exceed.sum() / n_bg <= cfg.noise_rate or \
-                _scattered_fraction(exceed, background, cfg.max_missed) <= cfg.noise_rate:
-            tolerance = t
-            break
     q_hi = int(np.quantile(bg, 1.0 - cfg.noise_rate)) if bg.size else 0
-    what = "original" if ref_info["reference"] == "original" else \
-        f"original re-encoded as JPEG q{ref_info['jpeg_quality']} {ref_info['jpeg_subsampling']}"
+    what = "the original" if not jpeg else \
+        f"the original re-encoded as JPEG q{ref_info['jpeg_quality']} {ref_info['jpeg_subsampling']}"
     if tolerance is None:
         untouched = float(np.mean(residual <= cfg.max_tolerance))
-        is_composite = False
+        is_composite, tier = False, "none"
         reason = (f"no tolerance <= {cfg.max_tolerance} levels explains the background as noise (its "
-                  f"{100 * (1 - cfg.noise_rate):.1f}th percentile residual to the {what} is {q_hi}): the whole "
+                  f"{100 * (1 - cfg.noise_rate):.1f}th percentile residual to {what} is {q_hi}): the whole "
                   "image was re-rendered")
         forced = max(q_hi, cfg.max_tolerance)
     else:
         untouched = float(np.mean(residual <= tolerance))
-        is_composite = untouched >= cfg.min_untouched
-        reason = (f"{100 * untouched:.1f}% of pixels within {tolerance} levels of the {what}"
-                  + ("" if is_composite else f" (< {100 * cfg.min_untouched:.0f}% needed)"))
+        pasted = blocks >= cfg.min_identical_blocks
+        is_composite = untouched >= cfg.min_untouched or pasted
+        tier = ("exact" if tolerance == 0 and not jpeg else "near-exact") if is_composite else "none"
+        reason = f"{100 * untouched:.1f}% of pixels within {tolerance} levels of {what}"
+        if pasted:
+            reason += (f"; {100 * blocks:.1f}% of the image is textured blocks bit-identical to the original, "
+                       "which no whole-image process leaves: pasted back")
+        elif not is_composite:
+            reason += f" (< {100 * cfg.min_untouched:.0f}% needed)"
         forced = tolerance
-    evidence = {"tier": "near-exact" if is_composite else "none", "untouched_fraction": round(untouched, 4),
-                "tolerance": tolerance, "noise_floor": round(float(bg.mean()) if bg.size else 0.0, 3),
-                "background_p995": q_hi, **ref_info, **common, "reason": reason}
-    return CompositeTest(is_composite=is_composite, residual=residual, tolerance=int(forced), evidence=evidence)
+    evidence = {"tier": tier, "untouched_fraction": round(untouched, 4), "tolerance": tolerance,
+                "identical_fraction": round(float(np.mean(identity == 0)), 4),
+                "identical_block_fraction": round(blocks, 4),
+                "noise_floor": round(float(bg.mean()) if bg.size else 0.0, 3), "background_p995": q_hi,
+                "background_fraction": round(float(background.mean()), 4), **ref_info, "reason": reason}
+    extras: dict[str, Any] = {}
+    if jpeg:   # inside a re-quantised block, an untouched pixel still differs from the original by the
+        # re-encoding noise of that place; only a difference well above it was re-made
+        floor = cv2.blur(residual_map(reference, original).astype(np.float32), (9, 9))
+        extras = {"original_residual": identity, "floor": floor, "block": 8}
+    return CompositeTest(is_composite=is_composite, residual=residual, tolerance=int(forced), evidence=evidence,
+                         **extras)
 
 
 # --------------------------------------------------------------------------------------------- footprint
@@ -332,16 +363,32 @@ def _fill_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
     return mask | fill[labels]
 
 
+def _blockify(mask: np.ndarray, block: int) -> np.ndarray:
+    """Every block x block cell (on the image grid) that holds any True pixel, as a pixel mask."""
+    h, w = mask.shape
+    hb, wb = -(-h // block), -(-w // block)
+    pad = np.zeros((hb * block, wb * block), bool)
+    pad[:h, :w] = mask
+    cells = pad.reshape(hb, block, wb, block).any(axis=(1, 3))
+    return np.repeat(np.repeat(cells, block, axis=0), block, axis=1)[:h, :w]
+
+
 def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: FootprintConfig | None = None
                          ) -> np.ndarray:
     """The pixels the editor re-made, at the original resolution, always containing the semantic core."""
     cfg = cfg or FootprintConfig()
-    residual = test.residual
-    h, w = residual.shape
+    h, w = test.residual.shape
     if semantic.shape != (h, w):
         raise ValueError(f"semantic mask {semantic.shape} does not match the residual {(h, w)}")
     tol = test.tolerance
-    weak = residual > tol
+    support = test.residual > tol                       # what the reference cannot explain
+    if test.block > 1:
+        support = _blockify(support, test.block)
+    if test.floor is not None:                          # pixel level inside re-quantised blocks
+        excess = test.original_residual.astype(np.float32) - cfg.jpeg_noise_factor * test.floor
+    else:
+        excess = test.residual.astype(np.float32)
+    weak = support & (excess > tol)
     strong_level = tol + max(2, tol)
     seed = cv2.dilate(semantic.astype(np.uint8), _disk(2)) > 0
     n, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8), connectivity=8)
@@ -351,7 +398,7 @@ def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: Footpri
         if test.exact:     # no noise on a bit-identical background: every changed region is an edit
             keep = touches_seed | (area >= 4)
         else:              # away from the model's region, only solid regions well above the noise
-            mean = np.bincount(labels.ravel(), weights=residual.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+            mean = np.bincount(labels.ravel(), weights=excess.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
             keep = touches_seed | ((mean > strong_level) & (area >= max(16, round(cfg.min_component * h * w))))
         keep[0] = False
         footprint = keep[labels]
@@ -362,9 +409,30 @@ def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: Footpri
             radius = max(1, round(cfg.close_radius * float(np.hypot(h, w))))
             footprint = cv2.morphologyEx(footprint.astype(np.uint8), cv2.MORPH_CLOSE, _disk(radius)) > 0
         footprint = _fill_holes(footprint, round(cfg.max_hole * h * w))
-    # the semantic core: all of the semantic mask, less what a bit-identical background proves untouched
-    core = semantic & (footprint | (residual > 0)) if (test.exact and cfg.refute_identical) else semantic
-    return footprint | core
+        if test.block > 1:   # nothing outside the blocks the reference cannot explain
+            footprint &= support
+    return footprint | semantic_core(test, semantic, footprint, support, cfg)
+
+
+def semantic_core(test: CompositeTest, semantic: np.ndarray, footprint: np.ndarray, support: np.ndarray,
+                  cfg: FootprintConfig) -> np.ndarray:
+    """The part of the semantic mask the pixels do not contradict, which the footprint always contains.
+
+    On a bit-identical background an unchanged pixel outside the footprint is proven untouched, so the
+    core is the semantic mask less those. On a noisy background a pixel within the tolerance is only
+    probably untouched: the core keeps the semantic mask's interior (a subtle edit inside the tolerance
+    that the model saw stays in) and drops only its rim where the pixels are explained (the model's
+    mask, upsampled from its working size, spills a few pixels past an object's edge).
+    """
+    if not (test.is_composite and cfg.refute_identical):
+        return semantic
+    unexplained = footprint | support
+    if test.exact:
+        return semantic & unexplained
+    h, w = semantic.shape
+    rim = max(1, round(cfg.core_rim * float(np.hypot(h, w))))
+    interior = cv2.erode(semantic.astype(np.uint8), _disk(rim)) > 0
+    return semantic & (unexplained | interior)
 
 
 def choose(mode: str, semantic: np.ndarray, test: CompositeTest | None, cfg: FootprintConfig | None = None
