@@ -1,35 +1,40 @@
 """Composite test and synthesised footprint: the second mask a SIGMA result carries.
 
 The semantic mask says what changed in meaning; it is the only honest answer when the editor regenerated
-the whole image. But most editing pipelines paste their output back (inpainting, object removal,
+the whole image. But many editing pipelines paste their output back (inpainting, object removal,
 copy-move, cut-and-paste): every pixel outside the edit is then bit-identical to the original, or within
 a few levels of it after a JPEG re-save. On such a *composite* the exact set of pixels the editor re-made
 is recoverable from the pixels themselves, and that is the label a forensic localisation detector wants.
 
 Two steps, pure numpy/OpenCV (no torch), both at the original resolution:
 
-1. `composite_test(original, edited, prob)`: explain the untouched background. The reference is the
-   original itself, or (JPEG-ghost search, Farid 2009) the original re-encoded as JPEG at the quality and
-   chroma subsampling that best explain the edited image, so a composite saved as JPEG 75 still has a
-   background within a level or two of its reference. The background statistics are taken away from the
-   model's semantic region (dilated), and scattered exceedances are told apart from coherent ones (an
-   edit the model missed is a solid region; noise is not), so a missed edit does not inflate the
-   tolerance. The pair is a composite when a tolerance of at most `max_tolerance` levels explains the
-   background and at least `min_untouched` of all pixels lie within it ("most pixels untouched").
-   A VAE roundtrip or resampling of the whole image leaves residuals of tens of levels on every textured
-   region: no small tolerance explains the background, so the test says no.
-2. `synthesise_footprint(test, semantic)`: hysteresis on the residual (weak = above the tolerance,
-   strong = well above it), connected components kept when they touch the semantic mask or are solid
-   enough not to be noise, a small closing and hole filling (pixels an inpainter happened to reproduce
-   exactly, inside its region), then the semantic core added: the semantic mask minus the pixels the
-   composite proves untouched (bit-identical, outside the footprint). On a noisy composite nothing is
-   proven untouched, so the whole semantic mask is kept.
+1. `composite_test(original, edited, prob)` explains the untouched background. The reference is the
+   original, or, when that leaves the background unexplained, the original re-encoded as JPEG at the
+   quality and chroma subsampling that best explain the edited image (a JPEG-ghost search, Farid 2009),
+   so a composite re-saved as JPEG 75 still has a background that matches its reference exactly. The
+   tolerance is the smallest number of levels (<= `max_tolerance`, "within a few levels") above which
+   the background, taken away from the model's semantic region, holds only scattered noise; a solid
+   changed region (an edit the model missed) is set aside, so it does not inflate the tolerance. A
+   composite has a tolerance and either most pixels within it, or textured 8x8 blocks bit-identical to
+   the original, which no whole-image process leaves (proof of a paste-back, e.g. a large regenerated
+   background around a kept object). A VAE roundtrip or a resampling of the whole image leaves tens of
+   levels on every textured region: no small tolerance explains it, so the test says no.
+2. `synthesise_footprint(test, semantic)` cuts the changed pixels out of the residual: connected
+   regions above the tolerance, kept when they touch the semantic mask, or, away from it, when they are
+   solid and well above the noise (on a bit-identical background every change is kept: there is no
+   noise). Under a JPEG reference a change re-quantises whole 8x8 blocks, so inside those blocks a pixel
+   counts only when it differs from the original by more than twice the local re-quantisation noise. A
+   small closing (noisy backgrounds) and the filling of small enclosed pockets (pixels an inpainter
+   happened to reproduce exactly) follow, then the semantic core: the semantic mask less the pixels the
+   composite explains as untouched.
 
-`mask_mode` picks which mask is *the* mask: `auto` (default) = the footprint on composites, the semantic
-mask elsewhere. Why auto: on a composite the footprint is exact where the semantic mask can only be
-approximate (it marks the object that appeared or vanished, not the whole re-synthesised region), and
-it always contains the semantic core; off composites pixel differences are everywhere, and only the
-semantic mask means anything.
+`mask_mode` picks which mask is *the* mask: `auto` (the default) = the footprint on composites, the
+semantic mask elsewhere. Why: on a composite the footprint is exact where the semantic mask can only be
+approximate (the model marks the object that appeared or vanished, not the whole region the editor
+re-synthesised, and its mask is upsampled from a 512 px working size), and the footprint contains the
+semantic core; off composites pixel differences are everywhere, and only the semantic mask means
+anything. `semantic` and `footprint` force one or the other (`footprint` off a composite uses the
+background's own tolerance and is rarely what anyone wants; the evidence says so).
 """
 from __future__ import annotations
 
@@ -52,11 +57,11 @@ class FootprintConfig(Strict):
 
     max_tolerance: int = Field(6, ge=0, le=64, description="largest background residual (grey levels, "
                                "max over RGB) a composite may have after its best reference: 'within a few "
-                               "levels'. A JPEG 75 re-save explained by the JPEG search leaves 1-2; a VAE "
-                               "roundtrip or a resampling tens")
+                               "levels'. A JPEG re-save explained by the JPEG search leaves 0-2, a noisy "
+                               "paste-back 3-5, a VAE roundtrip or a resampling tens")
     min_identical_blocks: float = Field(0.01, ge=0.0, le=1.0, description="fraction of the image in "
                                         "textured 8x8 blocks bit-identical to the original that proves a "
-                                        "paste-back (exact tier, tolerance 0): a regenerated image has none")
+                                        "paste-back even when most pixels changed: a regenerated image has none")
     max_missed: float = Field(0.25, ge=0.0, le=1.0, description="largest share of the background a solid "
                               "changed region may cover and still count as an edit the model missed rather "
                               "than a re-rendered background")
@@ -75,19 +80,16 @@ class FootprintConfig(Strict):
                                  "from the semantic mask, as a fraction of the image (at least 16 px); "
                                  "on bit-identical composites 4 px")
     close_radius: float = Field(0.002, ge=0.0, le=0.05, description="closing radius as a fraction of "
-                                "the image diagonal (at least 1 px): fills pinholes where the edit's "
-                                "residual fell inside the tolerance")
-    refute_identical: bool = Field(True, description="leave out of the footprint the semantic pixels the "
-                                   "composite explains as untouched: on a bit-identical background all of them, "
-                                   "on a noisy one only the semantic mask's rim (see core_rim); off: footprint "
-                                   "= changed regions ∪ the whole semantic mask")
-    core_rim: float = Field(0.003, ge=0.0, le=0.05, description="width of the semantic mask's rim that a "
-                            "noisy composite may leave out where its pixels are within the tolerance, as a "
-                            "fraction of the image diagonal (at least 1 px)")
-    jpeg_noise_factor: float = Field(3.0, ge=0.0, le=20.0, description="inside 8x8 blocks a JPEG reference "
-                                     "cannot explain, a pixel is re-made when it differs from the original by "
-                                     "more than this many times the local re-encoding noise")
-    max_hole: float = Field(0.002, ge=0.0, le=1.0, description="largest enclosed hole filled, as a "
+                                "the image diagonal, noisy composites only (0 = none): fills pinholes "
+                                "where the edit's residual fell inside the tolerance")
+    refute_explained: bool = Field(True, description="on a composite, leave out of the footprint the "
+                                   "semantic pixels the composite explains as untouched (within the tolerance "
+                                   "of the reference, outside the changed regions); off: footprint = changed "
+                                   "regions ∪ the whole semantic mask")
+    jpeg_noise_factor: float = Field(2.0, ge=0.0, le=20.0, description="inside the 8x8 blocks a JPEG "
+                                     "reference cannot explain, a pixel is re-made when it differs from the "
+                                     "original by more than this many times the local re-quantisation noise")
+    max_hole: float = Field(0.0005, ge=0.0, le=1.0, description="largest enclosed hole filled, as a "
                             "fraction of the image")
 
 
@@ -100,7 +102,7 @@ class CompositeTest:
     tolerance: int                  # levels; on non-composites the tolerance a forced footprint uses
     evidence: dict[str, Any] = field(default_factory=dict)
     original_residual: np.ndarray | None = None   # |original - edited| when the reference is a JPEG re-encode
-    floor: np.ndarray | None = None  # float32 [H, W]: local re-encoding noise |reference - original|, smoothed
+    floor: np.ndarray | None = None  # float32 [H, W]: local re-quantisation noise (JPEG reference only)
     block: int = 1                  # 8 when the reference is a JPEG: a change re-quantises whole 8x8 blocks
 
     @property
@@ -217,11 +219,9 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def _background(prob: np.ndarray | None, cfg: FootprintConfig) -> np.ndarray:
+def _background(prob: np.ndarray, cfg: FootprintConfig) -> np.ndarray:
     """Pixels far from anything the model calls changed: where a composite's background statistics live."""
-    h, w = prob.shape if prob is not None else (0, 0)
-    if prob is None:
-        raise ValueError("prob is required")
+    h, w = prob.shape
     region = (prob >= cfg.background_prob).astype(np.uint8)
     radius = round(cfg.background_dilate * float(np.hypot(h, w)))
     if radius > 0 and region.any():
@@ -260,6 +260,25 @@ def _scattered_fraction(exceed: np.ndarray, background: np.ndarray, max_solid: f
     if (near_solid & background).sum() / n_bg > max_solid:
         return 1.0
     return float((exceed & ~near_solid & background).sum() / n_bg)
+
+
+def _requantisation_floor(original: np.ndarray, edited: np.ndarray, ref_info: dict[str, Any]) -> np.ndarray:
+    """Local noise a JPEG re-save leaves in a re-quantised block, per pixel.
+
+    Inside a block the edit touched, an untouched pixel still differs from the original by the block's
+    quantisation noise, and that noise grows with the block's new content (a pasted edge rings through
+    the whole block). Two estimates, the larger wins: what the re-save does to the original there, and
+    what it does to the edited content on a grid shifted by half a block (re-encoding on its own grid
+    would be near-idempotent and show nothing).
+    """
+    q = int(ref_info["jpeg_quality"])
+    ss = 2 if ref_info["jpeg_subsampling"] == "4:2:0" else 0
+    of_original = residual_map(jpeg_roundtrip(original, q, ss), original)
+    shifted = np.ascontiguousarray(edited[4:, 4:])
+    of_edited = np.zeros_like(of_original)
+    of_edited[4:, 4:] = residual_map(jpeg_roundtrip(shifted, q, ss), shifted)
+    noise = np.maximum(of_original, of_edited).astype(np.float32)
+    return cv2.blur(noise, (9, 9))
 
 
 def _tolerance(residual: np.ndarray, background: np.ndarray, cfg: FootprintConfig) -> int | None:
@@ -337,10 +356,9 @@ def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
                 "noise_floor": round(float(bg.mean()) if bg.size else 0.0, 3), "background_p995": q_hi,
                 "background_fraction": round(float(background.mean()), 4), **ref_info, "reason": reason}
     extras: dict[str, Any] = {}
-    if jpeg:   # inside a re-quantised block, an untouched pixel still differs from the original by the
-        # re-encoding noise of that place; only a difference well above it was re-made
-        floor = cv2.blur(residual_map(reference, original).astype(np.float32), (9, 9))
-        extras = {"original_residual": identity, "floor": floor, "block": 8}
+    if jpeg:
+        extras = {"original_residual": identity, "floor": _requantisation_floor(original, edited, ref_info),
+                  "block": 8}
     return CompositeTest(is_composite=is_composite, residual=residual, tolerance=int(forced), evidence=evidence,
                          **extras)
 
@@ -405,8 +423,8 @@ def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: Footpri
     else:
         footprint = np.zeros((h, w), bool)
     if footprint.any():
-        if not test.exact:   # on a noisy background the edit's residual dips inside the tolerance here and there
-            radius = max(1, round(cfg.close_radius * float(np.hypot(h, w))))
+        radius = round(cfg.close_radius * float(np.hypot(h, w)))
+        if radius > 0 and not test.exact:   # on a noisy background the edit's residual dips inside the tolerance
             footprint = cv2.morphologyEx(footprint.astype(np.uint8), cv2.MORPH_CLOSE, _disk(radius)) > 0
         footprint = _fill_holes(footprint, round(cfg.max_hole * h * w))
         if test.block > 1:   # nothing outside the blocks the reference cannot explain
@@ -416,23 +434,18 @@ def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: Footpri
 
 def semantic_core(test: CompositeTest, semantic: np.ndarray, footprint: np.ndarray, support: np.ndarray,
                   cfg: FootprintConfig) -> np.ndarray:
-    """The part of the semantic mask the pixels do not contradict, which the footprint always contains.
+    """The part of the semantic mask the pixels do not contradict; the footprint always contains it.
 
-    On a bit-identical background an unchanged pixel outside the footprint is proven untouched, so the
-    core is the semantic mask less those. On a noisy background a pixel within the tolerance is only
-    probably untouched: the core keeps the semantic mask's interior (a subtle edit inside the tolerance
-    that the model saw stays in) and drops only its rim where the pixels are explained (the model's
-    mask, upsampled from its working size, spills a few pixels past an object's edge).
+    On a composite, a pixel within the tolerance of the reference and outside the footprint is explained
+    as untouched (bit-identical on an exact composite; within the re-save noise otherwise). The model's
+    mask, upsampled from its working size, spills a few pixels past an object's edge and sometimes
+    bridges a gap between two parts of it: those pixels are left out. An edit so faint it stays within
+    the tolerance everywhere is invisible to the footprint; with `refute_explained` off the footprint
+    keeps the whole semantic mask instead.
     """
-    if not (test.is_composite and cfg.refute_identical):
+    if not (test.is_composite and cfg.refute_explained):
         return semantic
-    unexplained = footprint | support
-    if test.exact:
-        return semantic & unexplained
-    h, w = semantic.shape
-    rim = max(1, round(cfg.core_rim * float(np.hypot(h, w))))
-    interior = cv2.erode(semantic.astype(np.uint8), _disk(rim)) > 0
-    return semantic & (unexplained | interior)
+    return semantic & (footprint | support)
 
 
 def choose(mode: str, semantic: np.ndarray, test: CompositeTest | None, cfg: FootprintConfig | None = None
