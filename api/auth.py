@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from api.errors import ApiError
-from workers.settings import SCOPES, AuthSettings, hash_key
+from sigma.api.errors import ApiError
+from sigma.service.settings import SCOPES, AuthSettings, hash_key
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,10 @@ class KeyChecker:
                 raise ApiError(403, "insufficient_scope", f"this API key lacks the '{scope}' scope")
             return principal
         return dependency
+
+
+def require_scope(scope: str):
+    """A route dependency: the caller's principal, refused (401/403) without a key holding `scope`."""
+    async def dependency(request: Request) -> Principal:
+        return await request.app.state.service.auth.require(scope)(request)
+    return dependency

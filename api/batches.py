@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.errors import ApiError
+from sigma.api.auth import require_scope
+from sigma.api.errors import ApiError
+from sigma.api.service import Service, get_service
 from sigma.errors import SigmaError
-from workers.settings import ServeConfig
+from sigma.service.settings import ServeConfig
 
 
 class BatchRequest(BaseModel):
@@ -34,11 +36,6 @@ class BatchRequest(BaseModel):
     options: dict[str, Any] | None = Field(None, description="annotator config overrides")
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     batch_size: int | None = Field(None, ge=1)
-
-
-def batch_stream(cfg: ServeConfig) -> str:
-    """The stream `sigma worker --batch` reads with the same settings (run_batch_worker_from_serve_config)."""
-    return f"{cfg.redis.key_prefix}:batch:tasks"
 
 
 def resolve_under(root: str, path: str, what: str) -> Path:
@@ -81,52 +78,54 @@ def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
 
 
 def _sigma_to_api(exc: SigmaError) -> ApiError:
-    from api.errors import status_for
+    from sigma.api.errors import status_for
 
     if exc.code == "redis_unavailable":
         return ApiError(503, "queue_unavailable", f"{exc.message}; retry shortly", {"Retry-After": "1"})
     return ApiError(status_for(exc), exc.code, exc.message)
 
 
-def install_batches(app: FastAPI, cfg: ServeConfig, scope: Any) -> None:
-    """Add the batch routes; `scope` is the dependency that authorises them (the `annotate` scope)."""
-    scope_dep = Depends(scope)
+router = APIRouter()
+ANNOTATE = Depends(require_scope("annotate"))
+SERVICE = Depends(get_service)
 
-    @app.post("/v1/batches", tags=["batches"], status_code=202, summary="queue a corpus on the server's storage",
-              responses={202: {"description": "shards queued for `sigma worker --batch`"}})
-    async def submit_batch(body: BatchRequest, _principal=scope_dep):
-        from sigma.batch.fleet import submit_run
 
-        root = _root(cfg)
-        input_path = resolve_under(root, body.input, "input")
-        out_path = resolve_under(root, body.out, "out")
-        if not input_path.exists():
-            raise ApiError(404, "input_not_found", f"input {body.input!r} does not exist under the batch root")
-        if out_path == Path(os.path.realpath(root)):
-            raise ApiError(422, "invalid_request", "out must be a folder below the batch root, not the root itself")
-        batch_cfg = build_batch_config(cfg, body, input_path)
-        stream = batch_stream(cfg)
-        try:
-            info = await anyio.to_thread.run_sync(submit_run, batch_cfg, out_path, cfg.redis.url, stream)
-        except SigmaError as exc:
-            raise _sigma_to_api(exc) from exc
-        return JSONResponse({"run_dir": _relative(root, out_path), **info}, status_code=202)
+@router.post("/v1/batches", tags=["batches"], status_code=202, summary="queue a corpus on the server's storage",
+          responses={202: {"description": "shards queued for `sigma worker --batch`"}})
+async def submit_batch(body: BatchRequest, _principal=ANNOTATE, svc: Service = SERVICE):
+    cfg = svc.cfg
+    from sigma.service.fleet import submit_run
 
-    @app.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
-    async def batch_status(out: str | None = None, _principal=scope_dep):
-        from sigma.batch.fleet import queue_status
-        from sigma.batch.layout import RunDir
+    root = _root(cfg)
+    input_path = resolve_under(root, body.input, "input")
+    out_path = resolve_under(root, body.out, "out")
+    if not input_path.exists():
+        raise ApiError(404, "input_not_found", f"input {body.input!r} does not exist under the batch root")
+    if out_path == Path(os.path.realpath(root)):
+        raise ApiError(422, "invalid_request", "out must be a folder below the batch root, not the root itself")
+    batch_cfg = build_batch_config(cfg, body, input_path)
+    try:
+        info = await anyio.to_thread.run_sync(submit_run, batch_cfg, out_path, cfg.redis)
+    except SigmaError as exc:
+        raise _sigma_to_api(exc) from exc
+    return JSONResponse({"run_dir": _relative(root, out_path), **info}, status_code=202)
 
-        root = _root(cfg)
-        answer: dict[str, Any] = {}
-        if out is not None:
-            out_path = resolve_under(root, out, "out")
-            rundir = RunDir(out_path)
-            if not rundir.exists():
-                raise ApiError(404, "not_found", f"no batch run in {out!r}")
-            answer["run"] = {**await anyio.to_thread.run_sync(rundir.summary), "run_dir": _relative(root, out_path)}
-        try:
-            answer["queue"] = await anyio.to_thread.run_sync(queue_status, cfg.redis.url, batch_stream(cfg))
-        except SigmaError as exc:
-            raise _sigma_to_api(exc) from exc
-        return answer
+@router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
+async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service = SERVICE):
+    cfg = svc.cfg
+    from sigma.batch.layout import RunDir
+    from sigma.service.fleet import queue_status
+
+    root = _root(cfg)
+    answer: dict[str, Any] = {}
+    if out is not None:
+        out_path = resolve_under(root, out, "out")
+        rundir = RunDir(out_path)
+        if not rundir.exists():
+            raise ApiError(404, "not_found", f"no batch run in {out!r}")
+        answer["run"] = {**await anyio.to_thread.run_sync(rundir.summary), "run_dir": _relative(root, out_path)}
+    try:
+        answer["queue"] = await anyio.to_thread.run_sync(queue_status, cfg.redis)
+    except SigmaError as exc:
+        raise _sigma_to_api(exc) from exc
+    return answer

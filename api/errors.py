@@ -31,6 +31,16 @@ STATUS_BY_CODE = {
     "invalid_config": 422, "no_pairs": 422, "unknown_preset": 422,
 }
 
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for status, text in [(400, "malformed body"), (401, "missing or unknown API key"), (403, "wrong scope"),
+                         (404, "no such job"), (413, "upload too large"), (415, "unsupported media type"),
+                         (422, "invalid input"), (429, "queue full (see Retry-After)"),
+                         (503, "queue unreachable")]}
+
 # Documented codes (docs/service.md); the fuzz test asserts every error it sees is one of them.
 KNOWN_CODES = frozenset(STATUS_BY_CODE) | {
     "image_empty", "image_unreadable", "unsupported_format", "aspect_mismatch", "instruction_too_long",

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
-from workers.jobs import BATCH_BUCKETS, LATENCY_BUCKETS
+from sigma.service.jobs import BATCH_BUCKETS, LATENCY_BUCKETS
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

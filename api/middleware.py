@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from api.metrics import ApiMetrics
+from sigma.api.metrics import ApiMetrics
 
 
 class BodyTooLarge(Exception):

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import ApiError
+from sigma.api.errors import ApiError
 from sigma.config.schema import Strict
 
 OUTPUTS = ("rle", "png", "prob")

@@ -58,7 +58,7 @@ def wait_until(pred, timeout: float, what: str) -> None:
         try:
             if pred():
                 return
-        except Exception:  # noqa: BLE001, S110 - not up yet
+        except Exception:  # noqa: BLE001 - not up yet
             pass
         time.sleep(0.05)
     raise SystemExit(f"bench: timed out waiting for {what}")

@@ -29,7 +29,6 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from sigma.config.loader import load_config
     from sigma.data.synth.engine import SynthConfig, SynthEngine
     from sigma.models import build_model
     from sigma.models.vae import shared_dir
@@ -84,7 +83,6 @@ def main() -> int:
 
     loop = None
     if args.loop_steps:
-        from sigma.training.config import TrainConfig
         from sigma.training.loop import start
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +96,8 @@ def main() -> int:
             t = time.perf_counter()
             run = start(str(cfg_path), overrides, log=lambda *_: None)
             wall = time.perf_counter() - t
-            rec = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()
-                   if json.loads(l)["event"] == "train"][-1]
+            rec = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["event"] == "train"][-1]
             loop = {"steps": args.loop_steps, "loop_pairs_per_s": rec["pairs_per_s"], "data_wait_s": rec["data_s"],
                     "model_s": rec["model_s"], "wall_s_including_startup": wall}
 

@@ -4,14 +4,18 @@ FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-# The package depends on torch; the API never uses it, so the small CPU build is enough.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch
 COPY pyproject.toml README.md ./
 COPY sigma ./sigma
 COPY api ./api
 COPY workers ./workers
 COPY configs ./configs
-RUN pip install ".[serve]" && useradd --create-home --uid 10001 sigma
+# The API never imports torch (tests/test_packaging.py keeps that true), so the image has none: the package
+# goes in without its dependencies, then every dependency and the `serve` extra except torch.
+RUN pip install --no-deps . \
+    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join([d for d in p['dependencies'] if not d.startswith('torch')] + p['optional-dependencies']['serve']))" \
+       > /tmp/api-requirements.txt \
+    && pip install -r /tmp/api-requirements.txt && useradd --create-home --uid 10001 sigma
 USER sigma
 
 ENV SIGMA_SERVE_CONFIG=/app/configs/serve.yaml

@@ -19,6 +19,6 @@ USER sigma
 
 ENV SIGMA_SERVE_CONFIG=/app/configs/serve.yaml
 # The worker has no HTTP port: healthy = a fresh heartbeat for this host in Redis (written after setup).
-HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["python", "-m", "workers.healthcheck"]
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["python", "-m", "sigma.workers.healthcheck"]
 # SIGTERM: finish the batch, acknowledge, exit (give it stop_grace_period in compose).
 CMD ["sigma", "worker"]

@@ -19,6 +19,8 @@ class Entry:
     factory: Callable[..., Any]
     description: str
     weights_status: Callable[[], str]   # "embedded", "none needed", "found at ...", "missing: ..."
+    # options -> sha256 of the weights file those options would load, without loading it (None: no weights)
+    weights_digest: Callable[[dict[str, Any]], str | None] | None = None
 
 
 class Registry:
@@ -26,13 +28,13 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, description: str,
-                 weights_status: Callable[[], str] | None = None) -> Callable:
+    def register(self, name: str, description: str, weights_status: Callable[[], str] | None = None,
+                 weights_digest: Callable[[dict[str, Any]], str | None] | None = None) -> Callable:
         def deco(factory: Callable) -> Callable:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = Entry(name, factory, description,
-                                        weights_status or (lambda: "none needed"))
+            self._entries[name] = Entry(name, factory, description, weights_status or (lambda: "none needed"),
+                                        weights_digest)
             return factory
         return deco
 
@@ -41,10 +43,7 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         if name not in self._entries:
-            known = self.names()
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(known)}.")
+            raise UnknownNameError(did_you_mean(self.kind, name, self.names()))
         return self._entries[name]
 
     def entries(self) -> list[Entry]:
@@ -54,6 +53,32 @@ class Registry:
         return name in self._entries
 
 
+def did_you_mean(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Unknown {kind} {name!r}.{hint} Known: {', '.join(sorted(known))}."
+
+
+def registered(registry: Registry | Callable[[], list[str]], ensure: Callable[[], Any] | None = None,
+               also: tuple[str, ...] = ()) -> Any:
+    """A pydantic validator for a config field that names a registry entry: the registry is the extension
+    point (a plugin that registers a grounder or a reader is valid config without editing a Literal), and a
+    typo is an error with a did-you-mean. `ensure` imports the built-ins first; `also`: accepted extras."""
+    from pydantic import AfterValidator
+
+    def check(name: str | None) -> str | None:
+        if name is None or name in also:
+            return name
+        if ensure is not None:
+            ensure()
+        known = registry.names() if isinstance(registry, Registry) else list(registry())
+        if name not in known:
+            raise ValueError(did_you_mean(registry.kind if isinstance(registry, Registry) else "name", name,
+                                          [*known, *also]))
+        return name
+    return AfterValidator(check)
+
+
 ANNOTATORS = Registry("annotator")
 
 
@@ -61,12 +86,42 @@ def _ensure_builtins() -> None:
     import sigma.annotators  # noqa: F401  (registers the built-in annotators on import)
 
 
-def create_annotator(name: str, **overrides: Any):
-    """Build a registered annotator; `overrides` are validated by the annotator's config model."""
+def default_annotator_name() -> str:
+    """The policy every front end shares: the embedded sigma-lite when its weights ship with this install,
+    else the pixel-diff baseline (said on stderr by the CLI, so nobody mistakes one for the other)."""
     _ensure_builtins()
-    return ANNOTATORS.get(name).factory(**overrides)
+    if "sigma-lite" in ANNOTATORS and ANNOTATORS.get("sigma-lite").weights_status().startswith("embedded"):
+        return "sigma-lite"
+    return "pixel-diff"
+
+
+def create_annotator(name: str | None = None, **overrides: Any):
+    """Build a registered annotator (None: `default_annotator_name()`); `overrides` are validated by the
+    annotator's config model."""
+    _ensure_builtins()
+    return ANNOTATORS.get(name or default_annotator_name()).factory(**overrides)
+
+
+def annotator_identity(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `annotator.identity()` will say, without building the annotator (run hashes are planned before
+    any model loads): the name, the digest of the weights these options load, the package version."""
+    from sigma.version import model_identity
+
+    _ensure_builtins()
+    entry = ANNOTATORS.get(name)
+    digest = entry.weights_digest(dict(options or {})) if entry.weights_digest else None
+    return model_identity(name, digest)
 
 
 def list_annotators() -> list[Entry]:
     _ensure_builtins()
     return ANNOTATORS.entries()
+
+
+def build_annotator(spec: Any):
+    """An `AnnotatorSpec` (annotator, options, threshold) → the annotator; the threshold is validated by the
+    annotator's own config like every other option."""
+    options = dict(spec.options)
+    if spec.threshold is not None:
+        options["threshold"] = spec.threshold
+    return create_annotator(spec.annotator or default_annotator_name(), **options)

@@ -50,6 +50,9 @@ class Annotation:
     timings_ms: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)   # parser output, prior flags, confidence, ...
     preprocess: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None   # the trained weights that made it (None: an annotator without weights)
+    # what the annotator needs to re-derive the mask-dependent fields at another threshold; never serialised
+    context: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def area(self) -> int:
@@ -60,12 +63,12 @@ class Annotation:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
     def rle(self) -> dict:
-        from sigma.io.rle import encode_rle
+        from sigma.rle import encode_rle
 
         return encode_rle(self.mask)
 
     def bbox(self) -> list[int]:
-        from sigma.io.rle import mask_bbox
+        from sigma.rle import mask_bbox
 
         return mask_bbox(self.mask)
 
@@ -75,6 +78,8 @@ class Annotation:
             "pair_id": self.pair_id,
             "annotator": self.annotator,
             "config_hash": self.config_hash,
+            "weights_sha256": self.weights_sha256,
+            "sigma_version": _version(),
             "threshold": self.threshold,
             "segmentation": self.rle(),
             "area": self.area,
@@ -85,3 +90,9 @@ class Annotation:
             "preprocess": self.preprocess,
             **self.extra,
         }
+
+
+def _version() -> str:
+    from sigma import version
+
+    return version.__version__

@@ -26,7 +26,7 @@ KEYS = {"user": "test-user-key", "other": "test-other-key", "metrics": "test-met
 API_KEYS_ENV = f"{KEYS['user']},{KEYS['other']},{KEYS['metrics']}:metrics,{KEYS['admin']}:admin"
 FAST = ["queue.lease_ms=800", "queue.block_ms=200", "queue.reclaim_interval_ms=150",
         "queue.heartbeat_interval_ms=150", "queue.heartbeat_ttl_ms=1500", "queue.max_deliveries=3",
-        "limits.max_pixels=1000000", "limits.max_image_bytes=2000000", "limits.max_request_bytes=4500000",
+        "limits.max_pixels=1000000", "limits.max_bytes=2000000", "limits.max_request_bytes=4500000",
         "api.wait_timeout_s=10", "api.annotators=[pixel-diff,slow-diff,poison-diff]"]
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from sigma.batch import BatchConfig, run_batch
-from sigma.batch.fleet import make_queue, queue_status, run_batch_worker, submit_run
 from sigma.cli import main
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.service.fleet import make_queue, queue_status, run_batch_worker, submit_run
+from sigma.service.keys import Keys
 
 pytestmark = pytest.mark.redis
 
@@ -32,8 +33,8 @@ def cfg_for(path: Path) -> BatchConfig:
                                        "workers": 0})
 
 
-def stream_name() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}:batch:tasks"
+def prefix_name() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
@@ -41,56 +42,62 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 
 def test_submit_and_two_workers_match_a_local_run(redis_server, corpus, tmp_path):
-    stream = stream_name()
-    info = submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, stream)
+    prefix = prefix_name()
+    info = submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, prefix)
     assert info["queued"] == 6 and info["skipped"] == 0
-    status = queue_status(redis_server.url, stream)
+    status = queue_status(redis_server.url, prefix)
     assert status["queued"] == 6 and status["in_progress"] == 0
     results = []
     threads = [threading.Thread(target=lambda c=c: results.append(
-        run_batch_worker(redis_server.url, stream, c, block_ms=50, exit_when_idle=True))) for c in ("w1", "w2")]
+        run_batch_worker(redis_server.url, prefix, c, block_ms=50, exit_when_idle=True))) for c in ("w1", "w2")]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
     assert sum(r.done for r in results) == 6 and sum(r.failed + r.dead for r in results) == 0
-    assert queue_status(redis_server.url, stream)["queued"] == 0
+    assert queue_status(redis_server.url, prefix)["queued"] == 0
     run_batch(cfg_for(corpus), tmp_path / "local", progress=False)
     assert shard_bytes(tmp_path / "fleet") == shard_bytes(tmp_path / "local")
     # re-submitting a finished run queues nothing
-    assert submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, stream)["queued"] == 0
+    assert submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, prefix)["queued"] == 0
 
 
 def test_dead_worker_tasks_are_reclaimed_and_poison_is_dead_lettered(redis_server, corpus, tmp_path, capsys):
-    stream = stream_name()
-    submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, stream)
+    prefix = prefix_name()
+    keys = Keys(prefix)
+    submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, prefix)
     client = redis_server.client()
     # a worker that took two tasks and died: they stay pending under its name
-    ghost = make_queue(client, stream, "ghost", lease_ms=200)
+    ghost = make_queue(client, keys, "ghost", lease_ms=200)
     taken = ghost.read(2, None)
     assert len(taken) == 2 and ghost.pending_count() == 2
     # a poison task: its run folder does not exist
     ghost.add({"run_dir": str(tmp_path / "nowhere"), "shard": "x", "run_hash": "0"})
     time.sleep(0.3)   # the ghost's lease runs out
-    stats = run_batch_worker(redis_server.url, stream, "w1", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+    stats = run_batch_worker(redis_server.url, prefix, "w1", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
                              exit_when_idle=True)
     assert stats.done == 6 and stats.dead == 1 and "nowhere" in stats.errors[0]
-    q = make_queue(client, stream, "check")
+    q = make_queue(client, keys, "check")
     assert q.depth() == 0 and q.pending_count() == 0 and q.dead_count() == 1
     assert q.dead_entries()[0].fields["run_dir"].endswith("nowhere")
-    assert main(["batch", "status", str(tmp_path / "fleet"), "--redis", redis_server.url, "--stream", stream]) == 0
+    assert main(["batch", "status", str(tmp_path / "fleet"), "--redis", redis_server.url, "--key-prefix", prefix]) == 0
     out = capsys.readouterr().out
     assert "6/6 shards done" in out and "dead=1" in out
 
 
 def test_sigma_worker_batch_cli_consumes_and_stops_on_sigterm(redis_server, corpus, tmp_path):
-    stream_prefix = f"test-{uuid.uuid4().hex[:8]}"
-    stream = f"{stream_prefix}:batch:tasks"
-    assert main(["batch", "submit", str(corpus), "--out", str(tmp_path / "fleet"), "--annotator", "pixel-diff",
-                 "--shard-size", "3", "--workers", "0", "--redis", redis_server.url, "--stream", stream]) == 0
-    env = {**os.environ, "SIGMA_REDIS_URL": redis_server.url}
-    proc = subprocess.Popen([sys.executable, "-m", "sigma", "worker", "--batch", "--set",
-                             f"redis.key_prefix={stream_prefix}", "--set", "queue.block_ms=100"],
+    # A non-default prefix reaches both sides through the one settings model: no --stream to hide a drift.
+    stream_prefix = prefix_name()
+    env = {**os.environ, "SIGMA_REDIS_URL": redis_server.url, "SIGMA__REDIS__KEY_PREFIX": stream_prefix}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGMA_REDIS_URL", redis_server.url)
+    mp.setenv("SIGMA__REDIS__KEY_PREFIX", stream_prefix)
+    try:
+        assert main(["batch", "submit", str(corpus), "--out", str(tmp_path / "fleet"), "--annotator", "pixel-diff",
+                     "--shard-size", "3", "--workers", "0"]) == 0
+    finally:
+        mp.undo()
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "worker", "--batch", "--set", "queue.block_ms=100"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -101,5 +108,6 @@ def test_sigma_worker_batch_cli_consumes_and_stops_on_sigterm(redis_server, corp
         output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
     assert "6 shard(s) done" in output
-    status = queue_status(redis_server.url, stream)
+    status = queue_status(redis_server.url, stream_prefix)
+    assert status["stream"] == f"{stream_prefix}:batch:tasks"
     assert status["queued"] == 0 and status["live_workers"] == 0

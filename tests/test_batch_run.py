@@ -22,7 +22,7 @@ from sigma.cli import main
 from sigma.errors import ConfigError, InputError
 from sigma.io import load_pair
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl, write_parquet, write_webdataset
-from sigma.io.rle import decode_rle
+from sigma.rle import decode_rle
 
 
 def cfg_for(path, **kw) -> BatchConfig:
@@ -205,7 +205,8 @@ def test_ray_backend_matches_local(tmp_path):
     finally:
         ray.shutdown()
     assert summary.done_now == 2 and summary.status["ok"] == 12
-    files = lambda out: {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    def files(out):
+        return {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
     assert files(tmp_path / "ray") == files(tmp_path / "local")
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import sigma.cli
 from sigma.assets import example_pair
-from sigma.io.rle import decode_rle, mask_bbox
+from sigma.rle import decode_rle, mask_bbox
 
 REPO = Path(__file__).resolve().parents[1]
 

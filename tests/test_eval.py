@@ -13,8 +13,8 @@ from PIL import Image
 from sigma.annotators.base import Annotator
 from sigma.errors import ConfigError, InputError
 from sigma.eval import perturb
-from sigma.eval.dataset import find_sets, read_set
 from sigma.eval.runner import evaluate, format_tables
+from sigma.io.pairs_jsonl import find_sets, read_set
 from sigma.registry import create_annotator
 from sigma.types import Pair
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from servicekit import ServiceUnderTest, free_port
 
-from sigma.batch.fleet import run_batch_worker
 from sigma.batch.layout import RunDir
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.service.fleet import run_batch_worker
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -53,7 +53,7 @@ def test_submit_queues_one_task_per_shard_and_a_worker_writes_the_manifests(svc,
     assert status.status_code == 200, status.text
     assert status.json()["queue"]["queued"] == 3 and status.json()["run"]["pending"] == 3
 
-    stats = run_batch_worker(redis_server.url, body["stream"], "bw1", block_ms=50, exit_when_idle=True)
+    stats = run_batch_worker(redis_server.url, svc.prefix, "bw1", block_ms=50, exit_when_idle=True)
     assert stats.done == 3 and stats.failed == 0 and stats.dead == 0, stats.errors
     summary = RunDir(root / "runs" / "r1").summary()
     assert summary["done"] == 3 and summary["ok"] == 6 and summary["run_hash"] == body["run_hash"]

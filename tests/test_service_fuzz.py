@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
 
-from api.errors import KNOWN_CODES
+from sigma.api.errors import KNOWN_CODES
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 

@@ -16,9 +16,9 @@ from servicekit import make_pair, png_bytes
 from sigma import create_annotator
 from sigma.errors import ConfigError
 from sigma.io import decode_rle, pair_from_bytes
-from workers.predictor import Predictor
-from workers.queue import Heartbeat, StreamQueue
-from workers.settings import ServeConfig, hash_key, load_serve_config
+from sigma.service.predictor import Predictor
+from sigma.service.queue import Heartbeat, StreamQueue
+from sigma.service.settings import ServeConfig, hash_key, load_serve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_shipped_yaml_documents_the_defaults():
 
 
 def test_api_refuses_to_start_without_keys():
-    from api.app import create_app
+    from sigma.api.app import create_app
 
     with pytest.raises(ConfigError, match="SIGMA_API_KEYS"):
         create_app(load_serve_config(None, env={}))
@@ -205,7 +205,7 @@ def _jpeg_rotated(h: int, w: int) -> bytes:
 
 
 def test_header_check_gives_the_library_error_codes():
-    from api.probe import check_pair
+    from sigma.api.probe import check_pair
     from sigma.errors import SigmaError
 
     io_cfg = ServeConfig().limits.io_config()

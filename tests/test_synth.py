@@ -59,7 +59,7 @@ def test_local_edits_change_inside_the_mask_only(kind):
     donor = base[::-1, ::-1].copy()
     mask = np.zeros((h, w), bool)
     mask[30:60, 20:70] = True
-    for trial in range(5):
+    for _trial in range(5):
         params = E.SAMPLERS[kind](rng, h, w)
         params["feather"] = 0.0
         out = E.APPLIERS[kind](base, donor, mask, params)
@@ -104,7 +104,7 @@ def test_no_edit_pairs_differ_only_by_perturbation(photos):
 
 def test_sigma_synth_writes_the_eval_layout(photos, tmp_path):
     from sigma.cli import main
-    from sigma.eval.dataset import read_set
+    from sigma.io.pairs_jsonl import read_set
 
     out = tmp_path / "synth"
     assert main(["synth", "--out", str(out), "-n", "5", "--seed", "3", "--photos", str(photos), "crop=48"]) == 0

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_synth import make_photos
 
 from sigma.cli import main
 from sigma.training.config import TrainConfig
 from sigma.training.loop import lr_factor
 from sigma.training.losses import bce_dice
-
-from test_synth import make_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE1 = str(ROOT / "configs/train/tiny-stage1.yaml")
@@ -25,8 +24,8 @@ STAGE2 = str(ROOT / "configs/train/tiny-stage2.yaml")
 
 
 def steps_logged(run: Path) -> list[int]:
-    return [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
-            if json.loads(l)["event"] == "train"]
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "train"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def test_stage1_then_stage2_through_the_cli(photos, tmp_path):
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=s1",
                  f"eval.data={pairs}"]) == 0
     assert steps_logged(s1) == [1, 2, 3, 4]
-    recs = [json.loads(l) for l in (s1 / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (s1 / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in recs if r["event"] == "val"][-1]
     assert 0 <= final["synthetic"]["f1"] <= 1 and "none/overall" in final["real"]
     assert (s1 / "final" / "model.safetensors").is_file() and (s1 / "config.yaml").is_file()
@@ -53,7 +52,7 @@ def test_stage1_then_stage2_through_the_cli(photos, tmp_path):
     s2 = tmp_path / "runs" / "s2"
     assert main(["train", STAGE2, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=s2",
                  f"init_from={s1}", f"sources=[{{path: {unl}, weight: 0.5, labelled: false}}]"]) == 0
-    rows = [json.loads(l) for l in (s2 / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (s2 / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["event"] == "train"]
     assert len(train_rows) == 4
     # every Stage II term ran: pseudo-labels (unlabelled folder), disentanglement terms

@@ -1,6 +1,6 @@
 """Container health check for a worker: exit 0 when a worker on this host has a fresh heartbeat.
 
-`python -m workers.healthcheck` (Docker HEALTHCHECK): the worker writes `P:worker:<host>-<pid>` with a
+`python -m sigma.workers.healthcheck` (Docker HEALTHCHECK): the worker writes `P:worker:<host>-<pid>` with a
 TTL only after its model loaded, so "a key for this host exists" means alive, connected and ready.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 def main() -> int:
     import redis
 
-    from workers.jobs import Keys
-    from workers.settings import load_serve_config
+    from sigma.service.keys import Keys
+    from sigma.service.settings import load_serve_config
 
     cfg = load_serve_config(os.environ.get("SIGMA_SERVE_CONFIG"))
     client = redis.Redis.from_url(cfg.redis.url, socket_connect_timeout=2, socket_timeout=2)

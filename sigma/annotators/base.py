@@ -1,8 +1,15 @@
-"""The annotator contract: a batch of pairs in, one annotation per pair out, at the original size."""
+"""The annotator contract: a batch of pairs in, one annotation per pair out, at the original size.
+
+Everything derived from the mask (the mask itself, its area, confidence, connected components) comes
+from one step, `Annotator.finalize(prob, threshold, ...)`, so a caller that asks for another threshold
+(`predict(pairs, threshold=...)` or `rethreshold(annotation, t)`) gets a record that agrees with itself.
+"""
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,6 +19,7 @@ from sigma.config.loader import config_hash
 from sigma.config.schema import Strict
 from sigma.errors import ConfigError
 from sigma.types import Annotation, Pair
+from sigma.version import model_identity
 
 
 class AnnotatorConfig(Strict):
@@ -19,8 +27,25 @@ class AnnotatorConfig(Strict):
                                     description="mask = prob > threshold; None = the annotator's default")
 
 
+@dataclass
+class Prediction:
+    """What `_predict_batch` returns per pair: the probability map at the pair's size, the extra fields
+    that do not depend on the threshold, and what `derive` needs to re-derive the rest (kept off the
+    record). Iterates as `(prob, extra)`, the tuple form plugins may still return."""
+
+    prob: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.prob, self.extra))
+
+
+Thresholds = float | Sequence[float | None] | None
+
+
 class Annotator(ABC):
-    """Subclasses implement `_predict_batch`; thresholding, RLE and timing live here once."""
+    """Subclasses implement `_predict_batch` (and optionally `derive`); thresholding, RLE, timing live here."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type[AnnotatorConfig]] = AnnotatorConfig
@@ -37,40 +62,86 @@ class Annotator(ABC):
             except TypeError as exc:
                 raise ConfigError(f"{self.name}: {exc}") from exc
         self.config = config
-        self.config_hash = config_hash({"annotator": self.name, **config.model_dump(mode="json")})
+        # sha256 of the trained weights file this annotator runs (None: it has none); set by subclasses
+        # once they load, hashed once per process
+        self.weights_sha256: str | None = None
 
     @property
     def threshold(self) -> float:
         return self.default_threshold if self.config.threshold is None else self.config.threshold
 
+    def identity(self) -> dict[str, Any]:
+        """What makes this annotator's outputs what they are: the name, the weights' digest, the package."""
+        return model_identity(self.name, self.weights_sha256)
+
+    @property
+    def config_hash(self) -> str:
+        """Outputs are keyed by config *and* weights *and* package version: upgrading either changes it."""
+        return config_hash({**self.identity(), **self.config.model_dump(mode="json")})
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config.model_dump(mode="json"),
-                "config_hash": self.config_hash, "threshold": self.threshold}
+                "config_hash": self.config_hash, "threshold": self.threshold, **self.identity()}
 
     @abstractmethod
-    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    def _predict_batch(self, pairs: list[Pair]) -> Sequence[Prediction | tuple[np.ndarray, dict[str, Any]]]:
         """Per pair: a float32 probability map at the pair's size, and extra result fields."""
 
-    def binarize(self, prob: np.ndarray) -> np.ndarray:
-        return prob > self.threshold
+    # -- the one place a mask is made ---------------------------------------------------------
+    def binarize(self, prob: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        return prob > (self.threshold if threshold is None else threshold)
 
-    def predict(self, pairs: list[Pair]) -> list[Annotation]:
+    def derive(self, pair_size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
+               context: dict[str, Any]) -> dict[str, Any]:
+        """Fields that depend on the mask (confidence, components, ...); subclasses add theirs."""
+        return {}
+
+    def finalize(self, pair: Pair, prob: np.ndarray, extra: dict[str, Any], context: dict[str, Any],
+                 threshold: float, timings: dict[str, float]) -> Annotation:
+        mask = self.binarize(prob, threshold)
+        derived = self.derive(pair.size, prob, mask, threshold, context)
+        return Annotation(pair_id=pair.pair_id, prob=prob, mask=mask, threshold=threshold, annotator=self.name,
+                          config_hash=self.config_hash, timings_ms=timings, extra={**extra, **derived},
+                          preprocess=pair.preprocess, weights_sha256=self.weights_sha256,
+                          context={"extra": extra, "context": context, "size": pair.size})
+
+    def rethreshold(self, ann: Annotation, threshold: float) -> Annotation:
+        """The same prediction at another threshold, every mask-derived field recomputed."""
+        if ann.context is None:
+            raise ValueError("rethreshold needs an annotation made by this process's predict()")
+        mask = self.binarize(ann.prob, threshold)
+        derived = self.derive(ann.context["size"], ann.prob, mask, threshold, ann.context["context"])
+        return Annotation(pair_id=ann.pair_id, prob=ann.prob, mask=mask, threshold=threshold,
+                          annotator=ann.annotator, config_hash=ann.config_hash, timings_ms=dict(ann.timings_ms),
+                          extra={**ann.context["extra"], **derived}, preprocess=ann.preprocess,
+                          weights_sha256=ann.weights_sha256, context=ann.context)
+
+    def _thresholds(self, threshold: Thresholds, n: int) -> list[float]:
+        if threshold is None or isinstance(threshold, (int, float)):
+            return [self.threshold if threshold is None else float(threshold)] * n
+        values = list(threshold)
+        if len(values) != n:
+            raise ValueError(f"{len(values)} thresholds for {n} pairs")
+        return [self.threshold if t is None else float(t) for t in values]
+
+    def predict(self, pairs: list[Pair], threshold: Thresholds = None) -> list[Annotation]:
+        """`threshold`: None (the annotator's), one value, or one per pair (None entries = the default)."""
         if not pairs:
             return []
+        thresholds = self._thresholds(threshold, len(pairs))
         start = time.perf_counter()
         outputs = self._predict_batch(pairs)
         per_pair_ms = (time.perf_counter() - start) * 1000.0 / len(pairs)
         annotations = []
-        for pair, (prob, extra) in zip(pairs, outputs, strict=True):
-            if prob.shape != pair.size:
-                raise RuntimeError(f"{self.name} returned a {prob.shape} map for a {pair.size} pair")
-            prob = np.clip(prob.astype(np.float32, copy=False), 0.0, 1.0)
+        for pair, out, t in zip(pairs, outputs, thresholds, strict=True):
+            pred = out if isinstance(out, Prediction) else Prediction(out[0], out[1])
+            if pred.prob.shape != pair.size:
+                raise RuntimeError(f"{self.name} returned a {pred.prob.shape} map for a {pair.size} pair")
+            prob = np.clip(pred.prob.astype(np.float32, copy=False), 0.0, 1.0)
+            extra = dict(pred.extra)
             timings = {"predict": per_pair_ms, **extra.pop("timings_ms", {})}
-            annotations.append(Annotation(pair_id=pair.pair_id, prob=prob, mask=self.binarize(prob),
-                                          threshold=self.threshold, annotator=self.name,
-                                          config_hash=self.config_hash, timings_ms=timings, extra=extra,
-                                          preprocess=pair.preprocess))
+            annotations.append(self.finalize(pair, prob, extra, pred.context, t, timings))
         return annotations
 
-    def __call__(self, pairs: list[Pair]) -> list[Annotation]:
-        return self.predict(pairs)
+    def __call__(self, pairs: list[Pair], threshold: Thresholds = None) -> list[Annotation]:
+        return self.predict(pairs, threshold)

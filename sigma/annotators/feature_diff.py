@@ -7,15 +7,16 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from sigma.annotators.base import Annotator, AnnotatorConfig
-from sigma.annotators.model_annotator import backbone_status, pick_device, resize_image
+from sigma.annotators.base import Prediction
+from sigma.annotators.model_annotator import backbone_status
+from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig
 from sigma.registry import ANNOTATORS
 from sigma.types import Pair
 
 DEFAULT_BACKBONE = "facebook/dinov2-base"
 
 
-class FeatureDiffConfig(AnnotatorConfig):
+class FeatureDiffConfig(TorchAnnotatorConfig):
     backbone_weights: str = Field(DEFAULT_BACKBONE, description="DINOv2 weights: local path or HF repo id "
                                   "(looked up in the local HF cache; never downloaded unless allowed)")
     allow_download: bool = False
@@ -24,23 +25,19 @@ class FeatureDiffConfig(AnnotatorConfig):
     taps: list[int] | None = Field(None, description="hidden_states indices averaged; None = the last layer")
     image_size: int = Field(518, ge=14)
     scale: float = Field(0.5, gt=0, description="prob = clip((1 - cos) / scale, 0, 1)")
-    device: str = "auto"
-    batch_size: int = Field(8, ge=1)
 
 
-class FeatureDiff(Annotator):
+class FeatureDiff(TorchAnnotator):
     name: ClassVar[str] = "feature-diff"
     config_cls = FeatureDiffConfig
+    default_batch_size: ClassVar[dict[str, int]] = {"cuda": 8, "cpu": 8}
 
     def __init__(self, config: FeatureDiffConfig | None = None, **overrides: Any):
         super().__init__(config, **overrides)
-        import torch
-
         from sigma.models.backbones import Dinov2Backbone
         from sigma.models.config import Dinov2BackboneConfig
 
         cfg: FeatureDiffConfig = self.config
-        self.torch = torch
         taps = cfg.taps
         if taps is None:
             n_layers = (cfg.hf_config or {}).get("num_hidden_layers")
@@ -50,32 +47,27 @@ class FeatureDiff(Annotator):
         self.backbone = Dinov2Backbone(bcfg, pretrained=not cfg.random_init, allow_download=cfg.allow_download)
         if taps == [-1]:          # the last layer, known only once the architecture is
             self.backbone.taps = [self.backbone.model.config.num_hidden_layers]
-        self.device = pick_device(cfg.device)
+        self._setup_runtime()
         self.backbone.to(self.device).eval()
         patch = self.backbone.patch
         self.size = max(patch, round(cfg.image_size / patch) * patch)
 
-    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    def working_size(self, pair: Pair) -> tuple[int, int]:
+        return self.size, self.size
+
+    def _forward(self, original, edited, pairs: list[Pair], contexts: list[Any]):
         torch = self.torch
+        n = original.shape[0]
+        feats = self.backbone.features(torch.cat([original, edited]))
+        return torch.stack([1.0 - torch.nn.functional.cosine_similarity(f[:n].float(), f[n:].float(), dim=1)
+                            for f in feats]).mean(0)[:, None]
+
+    def _to_prob(self, score):
         cfg: FeatureDiffConfig = self.config
-        hw = (self.size, self.size)
-        out = []
-        for start in range(0, len(pairs), cfg.batch_size):
-            chunk = pairs[start:start + cfg.batch_size]
-            imgs = [resize_image(p.original, hw) for p in chunk] + [resize_image(p.edited, hw) for p in chunk]
-            x = torch.from_numpy(np.stack(imgs).astype(np.float32) / 255.0).permute(0, 3, 1, 2).to(self.device)
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                        enabled=self.device.type == "cuda"):
-                feats = self.backbone.features(x)
-            n = len(chunk)
-            dist = torch.stack([1.0 - torch.nn.functional.cosine_similarity(f[:n].float(), f[n:].float(), dim=1)
-                                for f in feats]).mean(0)[:, None]
-            for i, pair in enumerate(chunk):
-                up = torch.nn.functional.interpolate(dist[i:i + 1], size=pair.size, mode="bilinear",
-                                                     align_corners=False)
-                prob = (up[0, 0] / cfg.scale).clamp(0, 1).cpu().numpy()
-                out.append((prob, {"taps": list(self.backbone.taps)}))
-        return out
+        return (score / cfg.scale).clamp(0, 1)
+
+    def _extra(self, pair: Pair, context: Any, hw: tuple[int, int], model_ms: float) -> Prediction:
+        return Prediction(np.empty(0), {"taps": list(self.backbone.taps), "timings_ms": {"model": model_ms}})
 
 
 @ANNOTATORS.register("feature-diff", "training-free 1 - cos of frozen DINOv2 patch features (upsampled)",

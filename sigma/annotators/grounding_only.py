@@ -36,9 +36,12 @@ class GroundingOnly(Annotator):
         for pair, g in zip(pairs, self.guide(pairs), strict=True):
             # an uninformative prior (0.5) is not a detection: it must give an empty mask, not a full one
             prob = g.prior if g.informative else np.zeros(pair.size, np.float32)
-            out.append((prob, {**g.extra, "confidence": confidence(prob, prob > self.threshold, self.threshold),
-                               "timings_ms": dict(g.timings_ms)}))
+            out.append((prob, {**g.extra, "timings_ms": dict(g.timings_ms)}))
         return out
+
+    def derive(self, pair_size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
+               context: dict[str, Any]) -> dict[str, Any]:
+        return {"confidence": confidence(prob, mask, threshold)}
 
 
 def _status() -> str:

@@ -1,8 +1,7 @@
-"""The batched, device-aware predictor around a SigmaNet: `sigma-lite`, `sigma-b`, `sigma-s`.
+"""The SigmaNet annotators: `sigma-lite`, `sigma-b`, `sigma-s` (device, batching, resizing: `torch_base.py`).
 
-Per batch: parse + ground each pair (when configured), resize to the working size, run the network in
-batches of equal working size (bf16 autocast on CUDA, fp32 on CPU), resize logits bilinearly to each
-original size, then the per-pair extras (parse, prior flag, confidence, intended/side-effect split).
+Per batch: parse + ground each pair (when configured), run the network at each pair's working size, then
+the per-pair extras (parse, prior flag, confidence, intended/side-effect split).
 
 Working size: sigma-lite keeps the aspect ratio (long side 512, both sides multiples of 32). The model is
 trained on undistorted crops, so squashing a 2:1 photo into a square would halve every object's width
@@ -11,27 +10,33 @@ The DINOv2 models use the paper's fixed 518x518 square.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
-import cv2
 import numpy as np
 from pydantic import Field
 
-from sigma.annotators.base import Annotator, AnnotatorConfig
+from sigma.annotators.base import Prediction
 from sigma.annotators.guidance import Guidance, Guide, normalised_regions
 from sigma.annotators.mask_extras import confidence, split_components
-from sigma.errors import ConfigError, WeightsNotFoundError
-from sigma.registry import ANNOTATORS
+from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig, resize_image
+from sigma.errors import WeightsNotFoundError
+from sigma.registry import ANNOTATORS, registered
 from sigma.types import Pair
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
-class ModelAnnotatorConfig(AnnotatorConfig):
-    model: str | None = Field(None, description="model preset name; None = the annotator's own")
+def _preset_names() -> list[str]:
+    from sigma.models.presets import preset_names
+
+    return preset_names()
+
+
+class ModelAnnotatorConfig(TorchAnnotatorConfig):
+    model: Annotated[str | None, registered(_preset_names)] = Field(
+        None, description="model preset name; None = the annotator's own")
     weights: str | None = Field(None, description="trained SigmaNet: a save_model folder or X.safetensors "
                                 "beside X.json; None = the weights embedded in the package")
     backbone_weights: str | None = Field(None, description="DINOv2 weights (local path or HF repo id) for "
@@ -39,14 +44,7 @@ class ModelAnnotatorConfig(AnnotatorConfig):
                                          "backbone")
     allow_download: bool = Field(False, description="let a missing backbone be downloaded from the Hub")
     random_init: bool = Field(False, description="explicit opt-in to random heads: tests and training only")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads (process-wide); None = "
-                                    "torch's default. On a CPU shared with other jobs 1 can be ~10x faster "
-                                    "than 2: OpenMP threads stall on each other at every op")
     fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the convolutions (inference only)")
-    batch_size: int | None = Field(None, ge=1, description="pairs per forward; None = 16 on CUDA, 2 on CPU "
-                                   "(larger CPU batches only add cache misses)")
     image_size: int | None = Field(None, ge=28, description="working size override (long side)")
     upscale: bool = Field(False, description="enlarge pairs smaller than the working size (keep-aspect "
                           "models); off: small pairs run at their own size, rounded to the size multiple")
@@ -58,15 +56,51 @@ class ModelAnnotatorConfig(AnnotatorConfig):
     max_components: int = Field(64, ge=0)
 
 
-def embedded_weights(preset: str) -> Path:
-    return WEIGHTS_DIR / f"{preset}.safetensors"
+def embedded_weights(preset: str) -> Path | None:
+    """The file the preset's pretrained config ships in the package (None: it ships none)."""
+    from sigma.models.presets import PRETRAINED
+
+    entry = PRETRAINED.get(preset)
+    return WEIGHTS_DIR / entry.file if entry is not None and entry.file else None
 
 
 def embedded_status(preset: str) -> str | None:
     path = embedded_weights(preset)
-    if path.is_file() and path.with_suffix(".json").is_file():
+    if path is not None and path.is_file() and path.with_suffix(".json").is_file():
         return f"embedded (sigma/weights/{path.name})"
     return None
+
+
+def verify_embedded(preset: str, path: Path) -> None:
+    """The shipped file must be the one its pretrained config names: a corrupt or swapped file is refused."""
+    from sigma.models.presets import PRETRAINED
+    from sigma.models.weights import WeightsMismatchError, file_sha256
+
+    expected = PRETRAINED[preset].sha256
+    if expected is not None and file_sha256(path) != expected:
+        raise WeightsMismatchError(
+            f"{path}: sha256 {file_sha256(path)[:16]}… is not the {preset} weights this release ships "
+            f"({expected[:16]}…): the install is corrupt or the file was replaced. Reinstall, or pass "
+            "options.weights=PATH to run another file on purpose")
+
+
+def trained_weights_file(cfg: ModelAnnotatorConfig, preset: str) -> Path | None:
+    """The `.safetensors` file a config loads (options.weights > the embedded file), without loading it;
+    None when it would run random heads or has nothing to load."""
+    from sigma.models.factory import model_files
+
+    if cfg.weights:
+        return model_files(cfg.weights)[1]
+    if embedded_status(preset):
+        return embedded_weights(preset)
+    return None
+
+
+def weights_digest(cfg: ModelAnnotatorConfig, preset: str) -> str | None:
+    from sigma.models.weights import file_sha256
+
+    path = trained_weights_file(cfg, preset)
+    return file_sha256(path) if path is not None and path.is_file() else None
 
 
 def backbone_status(ref: str) -> str:
@@ -81,21 +115,6 @@ def backbone_status(ref: str) -> str:
     return f"backbone {ref}: found at {res.location}"
 
 
-def pick_device(name: str):
-    """auto → CUDA when present, else CPU; an explicit device that does not exist is a config error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use device=auto or cpu")
-    return device
-
-
 def working_size(h: int, w: int, size: int, multiple: int, keep_aspect: bool, upscale: bool) -> tuple[int, int]:
     def snap(v: float) -> int:
         return max(multiple, round(v / multiple) * multiple)
@@ -108,15 +127,7 @@ def working_size(h: int, w: int, size: int, multiple: int, keep_aspect: bool, up
     return snap(h * scale), snap(w * scale)
 
 
-def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    h, w = hw
-    if img.shape[:2] == (h, w):
-        return img
-    shrink = h * w < img.shape[0] * img.shape[1]
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-class SigmaAnnotator(Annotator):
+class SigmaAnnotator(TorchAnnotator):
     """Subclasses set `name` and `preset`; everything else is shared."""
 
     name: ClassVar[str] = "sigma"
@@ -125,22 +136,16 @@ class SigmaAnnotator(Annotator):
 
     def __init__(self, config: ModelAnnotatorConfig | None = None, **overrides: Any):
         super().__init__(config, **overrides)
-        import torch
-
         cfg: ModelAnnotatorConfig = self.config
-        self.torch = torch
         self.model, self.weights_source = self._load_model(cfg)
+        self.weights_sha256 = weights_digest(cfg, cfg.model or self.preset)
         self.model.eval()
         if cfg.fuse_batchnorm:
             from sigma.models.fuse import fuse_batchnorm
 
             fuse_batchnorm(self.model)
-        self.device = pick_device(cfg.device)
-        if cfg.cpu_threads:
-            torch.set_num_threads(cfg.cpu_threads)
+        self._setup_runtime()
         self.model.to(self.device)
-        self.use_bf16 = self.device.type == "cuda" and cfg.precision in ("auto", "bf16")
-        self.batch_size = cfg.batch_size or (16 if self.device.type == "cuda" else 2)
         mcfg = self.model.config
         self.size = cfg.image_size or mcfg.image_size
         self.multiple = mcfg.size_multiple
@@ -160,9 +165,11 @@ class SigmaAnnotator(Annotator):
             return load(cfg.weights), f"file {cfg.weights}"
         looked.append("options.weights (not set)")
         embedded = embedded_weights(preset)
-        if embedded_status(preset):
+        if embedded is not None and embedded_status(preset):
+            verify_embedded(preset, embedded)
             return load(embedded), f"embedded {embedded.name}"
-        looked.append(f"embedded {embedded} + {embedded.with_suffix('.json').name} (not in this install)")
+        looked.append(f"embedded {embedded} + {embedded.with_suffix('.json').name} (not in this install)"
+                      if embedded is not None else f"embedded weights (preset {preset!r} ships none)")
         if cfg.random_init:
             mcfg = preset_config(preset)
             if cfg.backbone_weights and getattr(mcfg.backbone, "kind", "") == "dinov2":
@@ -176,62 +183,35 @@ class SigmaAnnotator(Annotator):
             "beside X.json), train one (see docs/training.md), or use another annotator (`sigma models`).")
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "weights": self.weights_source, "device": str(self.device)}
+        return {**super().describe(), "weights": self.weights_source}
 
-    def _to_tensor(self, images: list[np.ndarray]):
-        arr = np.stack(images).astype(np.float32) / 255.0
-        return self.torch.from_numpy(arr).permute(0, 3, 1, 2).to(self.device)
-
-    def _run(self, pairs: list[Pair], guides: list[Guidance], hw: tuple[int, int]):
-        torch = self.torch
-        orig = self._to_tensor([resize_image(p.original, hw) for p in pairs])
-        edit = self._to_tensor([resize_image(p.edited, hw) for p in pairs])
-        prior = torch.from_numpy(np.stack([resize_image(g.prior, hw) for g in guides]))[:, None].to(self.device)
-        edit_types = [g.edit_type for g in guides]
-        regions = [normalised_regions(g.regions, p.size) for p, g in zip(pairs, guides)]
-        regions = regions if any(regions) else None
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            out = self.model(orig, edit, prior=prior, edit_type=edit_types, regions=regions)
-        logits = out.logits.float()
-        probs = []
-        for i, pair in enumerate(pairs):
-            full = torch.nn.functional.interpolate(logits[i:i + 1], size=pair.size, mode="bilinear",
-                                                   align_corners=False)
-            probs.append(torch.sigmoid(full)[0, 0].cpu().numpy())
-        return probs
-
-    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    def working_size(self, pair: Pair) -> tuple[int, int]:
         cfg: ModelAnnotatorConfig = self.config
-        guides = self.guide(pairs)
-        sizes = [working_size(*p.size, self.size, self.multiple, self.keep_aspect, cfg.upscale) for p in pairs]
-        probs: list[np.ndarray | None] = [None] * len(pairs)
-        model_ms = [0.0] * len(pairs)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, hw in enumerate(sizes):
-            groups.setdefault(hw, []).append(i)
-        for hw, idx in groups.items():
-            for start in range(0, len(idx), self.batch_size):
-                chunk = idx[start:start + self.batch_size]
-                t0 = time.perf_counter()
-                for i, p in zip(chunk, self._run([pairs[i] for i in chunk], [guides[i] for i in chunk], hw)):
-                    probs[i] = p
-                per = (time.perf_counter() - t0) * 1000.0 / len(chunk)
-                for i in chunk:
-                    model_ms[i] = per
-        results = []
-        for i, (pair, g) in enumerate(zip(pairs, guides)):
-            prob = probs[i]
-            mask = prob > self.threshold
-            extra = {
-                **g.extra,
-                "confidence": confidence(prob, mask, self.threshold),
-                "components": split_components(mask, g.prior, g.informative, min_overlap=cfg.intended_overlap,
-                                               max_components=cfg.max_components),
-                "working_size": list(sizes[i]),
-                "timings_ms": {**g.timings_ms, "model": model_ms[i]},
-            }
-            results.append((prob, extra))
-        return results
+        return working_size(*pair.size, self.size, self.multiple, self.keep_aspect, cfg.upscale)
+
+    def _prepare(self, pairs: list[Pair]) -> list[Guidance]:
+        return self.guide(pairs)
+
+    def _forward(self, original, edited, pairs: list[Pair], guides: list[Guidance]):
+        hw = tuple(original.shape[-2:])
+        prior = self.torch.from_numpy(np.stack([resize_image(g.prior, hw) for g in guides]))[:, None]
+        regions = [normalised_regions(g.regions, p.size) for p, g in zip(pairs, guides, strict=True)]
+        out = self.model(original, edited, prior=prior.to(self.device), edit_type=[g.edit_type for g in guides],
+                         regions=regions if any(regions) else None)
+        return out.logits
+
+    def _extra(self, pair: Pair, g: Guidance, hw: tuple[int, int], model_ms: float) -> Prediction:
+        return Prediction(np.empty(0), {**g.extra, "working_size": list(hw),
+                                        "timings_ms": {**g.timings_ms, "model": model_ms}},
+                          {"prior": g.prior, "informative": g.informative})
+
+    def derive(self, pair_size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
+               context: dict[str, Any]) -> dict[str, Any]:
+        cfg: ModelAnnotatorConfig = self.config
+        return {"confidence": confidence(prob, mask, threshold),
+                "components": split_components(mask, context.get("prior"), bool(context.get("informative")),
+                                               min_overlap=cfg.intended_overlap,
+                                               max_components=cfg.max_components)}
 
 
 class SigmaLite(SigmaAnnotator):
@@ -265,19 +245,26 @@ def _dinov2_status(preset: str, backbone: str) -> Callable[[], str]:
     return status
 
 
+def _digest(preset: str) -> Callable[[dict[str, Any]], str | None]:
+    def digest(options: dict[str, Any]) -> str | None:
+        cfg = ModelAnnotatorConfig(**options)
+        return weights_digest(cfg, cfg.model or preset)
+    return digest
+
+
 @ANNOTATORS.register("sigma-lite", "SIGMA heads on a compact CNN trained from scratch, 512 px, CPU-fast; "
-                     "the embedded default", _lite_status)
+                     "the embedded default", _lite_status, _digest("sigma-lite"))
 def build_sigma_lite(**overrides: Any) -> SigmaLite:
     return SigmaLite(**overrides)
 
 
 @ANNOTATORS.register("sigma-b", "SIGMA on frozen DINOv2-B/14 at 518 px (the paper's model)",
-                     _dinov2_status("sigma-b", "facebook/dinov2-base"))
+                     _dinov2_status("sigma-b", "facebook/dinov2-base"), _digest("sigma-b"))
 def build_sigma_b(**overrides: Any) -> SigmaB:
     return SigmaB(**overrides)
 
 
 @ANNOTATORS.register("sigma-s", "SIGMA on frozen DINOv2-S/14 at 518 px",
-                     _dinov2_status("sigma-s", "facebook/dinov2-small"))
+                     _dinov2_status("sigma-s", "facebook/dinov2-small"), _digest("sigma-s"))
 def build_sigma_s(**overrides: Any) -> SigmaS:
     return SigmaS(**overrides)

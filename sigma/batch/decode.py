@@ -14,7 +14,7 @@ import numpy as np
 from sigma.config.schema import IOConfig
 from sigma.errors import ImageError, LimitError, SigmaError
 from sigma.io.corpora.base import SourceItem
-from sigma.io.images import decode_image
+from sigma.io.images import binarize_mask, decode_image
 from sigma.io.pairs import pair_from_bytes
 from sigma.types import Pair
 
@@ -60,7 +60,7 @@ def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True)
             data = item.mask if item.mask is not None else _read(item.mask_path, io_config.limits.max_bytes)
             rgb = decode_image(data, "mask", io_config.limits).rgb
             if rgb.shape[:2] == pair.size:
-                gt = rgb.astype(np.float32).mean(axis=2) > 127.5
+                gt = binarize_mask(rgb)
             else:
                 meta["gt_note"] = f"ground truth {rgb.shape[:2]} differs from the pair's {pair.size}: not scored"
         except SigmaError as exc:

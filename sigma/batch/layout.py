@@ -79,9 +79,6 @@ class RunDir:
     def status_path(self, shard: Shard) -> Path:
         return self.root / "status" / f"{shard.key}.json"
 
-    def mask_dir(self, shard: Shard) -> Path:
-        return self.root / "masks" / shard.key
-
     def status(self, shard: Shard) -> dict[str, Any] | None:
         path = self.status_path(shard)
         if not path.is_file():

@@ -9,7 +9,7 @@ import numpy as np
 
 from sigma.batch.decode import Decoded
 from sigma.eval.metrics import score_image
-from sigma.io.rle import encode_rle
+from sigma.rle import encode_rle
 from sigma.types import Annotation
 
 SCHEMA_FIELDS: list[tuple[str, str]] = [
@@ -22,7 +22,8 @@ SCHEMA_FIELDS: list[tuple[str, str]] = [
     ("threshold", "float64"), ("confidence", "float64"), ("parser", "string"), ("components", "string"),
     ("intended_area", "int64"), ("side_effect_area", "int64"), ("intended_rle", "string"),
     ("side_effect_rle", "string"), ("extra", "string"), ("preprocess", "string"),
-    ("annotator", "string"), ("config_hash", "string"), ("run_hash", "string"), ("mask_png", "string"),
+    ("annotator", "string"), ("config_hash", "string"), ("weights_sha256", "string"), ("sigma_version", "string"),
+    ("run_hash", "string"), ("mask_png", "string"),
     ("gt_f1", "float64"), ("gt_iou", "float64"), ("gt_auc", "float64"), ("gt_fraction", "float64"),
     ("gt_tp", "int64"), ("gt_fp", "int64"), ("gt_fn", "int64"), ("gt_note", "string"),
 ]
@@ -112,7 +113,7 @@ def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mas
                side_effect_rle=_rle_of(extra.get("side_effect_mask", extra.get("side_effect"))),
                extra=_json({k: v for k, v in sorted(extra.items()) if k not in KNOWN_EXTRA} or None),
                preprocess=_json(pair.preprocess), annotator=ann.annotator, config_hash=ann.config_hash,
-               mask_png=mask_png)
+               weights_sha256=record["weights_sha256"], sigma_version=record["sigma_version"], mask_png=mask_png)
     if row["edit_type"] is None:
         row["edit_type"] = extra.get("edit_type") or (parser.get("edit_type") if isinstance(parser, dict) else None)
     if decoded.gt is not None:

@@ -13,6 +13,7 @@ from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
+from sigma.registry import annotator_identity, build_annotator, default_annotator_name
 
 RUN_VERSION = 1
 
@@ -40,18 +41,32 @@ def corpus_from_config(cfg: BatchConfig) -> Corpus:
     return open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns, cfg.input.shard_size)
 
 
+def with_default_annotator(cfg: BatchConfig) -> BatchConfig:
+    return cfg if cfg.annotator else cfg.model_copy(update={"annotator": default_annotator_name()})
+
+
+def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, Any], run_hash: str) -> str:
+    before = record.get("model") or {}
+    if before and before != model:
+        changed = ", ".join(f"{k} {before.get(k)} -> {model.get(k)}" for k in model if before.get(k) != model.get(k))
+        return (f"{rundir.root} was annotated by another model ({changed}); continuing would mix two models under "
+                "one run. Use a new --out, or run the same weights and package version to continue it")
+    return (f"{rundir.root} holds another run (hash {record.get('run_hash')}, input "
+            f"{record.get('corpus', {}).get('path')}); this one would be {run_hash}. Outputs are keyed by input, "
+            "config and model: use a new --out, or the same input and options to continue that run")
+
+
 def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tuple[RunDir, Corpus, str, list[Shard]]:
     """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after."""
+    cfg = with_default_annotator(cfg)
     corpus = corpus_from_config(cfg)
-    run_hash = cfg.run_hash(corpus.identity())
+    model = annotator_identity(cfg.annotator, cfg.options)
+    run_hash = cfg.run_hash(corpus.identity(), model)
     rundir = RunDir(out)
     if rundir.exists():
         record = rundir.load()
         if record.get("run_hash") != run_hash:
-            raise ConfigError(
-                f"{rundir.root} holds another run (hash {record.get('run_hash')}, input "
-                f"{record.get('corpus', {}).get('path')}); this one would be {run_hash}. Outputs are keyed by input "
-                "and config: use a new --out, or the same input and options to continue that run")
+            raise ConfigError(_other_run_message(rundir, record, model, run_hash))
         shards = [Shard.from_dict(s) for s in record["shards"]]
         for stale in (rundir.root / "shards").glob(".*.tmp"):   # left by a killed run; rewritten identically
             stale.unlink(missing_ok=True)
@@ -68,7 +83,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
     counts = [s.num_items for s in shards]
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),
-              "corpus": corpus.identity(), "format": corpus.format,
+              "model": model, "corpus": corpus.identity(), "format": corpus.format,
               "planned_pairs": sum(counts) if all(c is not None for c in counts) else None,
               "shards": [s.to_dict() for s in shards]}
     rundir.write_run(record)
@@ -77,9 +92,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
 
 
 def build_annotator_for(cfg: BatchConfig):
-    from sigma.cli.common import build_annotator, default_annotator_name
-
-    return build_annotator(cfg.annotator or default_annotator_name(), cfg.options, cfg.threshold)
+    return build_annotator(with_default_annotator(cfg))
 
 
 def make_progress(total: int | None, enabled: bool):
@@ -92,10 +105,7 @@ def make_progress(total: int | None, enabled: bool):
 def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress: bool = True,
               annotator=None, max_shards: int | None = None) -> RunSummary:
     """Run (or continue) a batch; finished shards are skipped, so a re-run of a finished run does nothing."""
-    if cfg.annotator is None:
-        from sigma.cli.common import default_annotator_name
-
-        cfg = cfg.model_copy(update={"annotator": default_annotator_name()})
+    cfg = with_default_annotator(cfg)
     rundir, corpus, run_hash, shards = prepare_run(cfg, out, resume)
     pending = [s for s in shards if not rundir.is_done(s, run_hash)]
     if max_shards is not None:

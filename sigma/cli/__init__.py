@@ -25,7 +25,6 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     from sigma import __version__
-
     from sigma.cli.common import SigmaArgumentParser
 
     parser = SigmaArgumentParser(

@@ -11,10 +11,11 @@ from typing import Any
 
 from pydantic import Field
 
-from sigma.cli.common import add_config_args, build_annotator, default_annotator_name
+from sigma.cli.common import add_config_args, flag_overrides
 from sigma.config.loader import load_config, save_resolved
-from sigma.config.schema import IOConfig, Strict
+from sigma.config.schema import AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
+from sigma.registry import build_annotator, default_annotator_name
 
 HELP = """Annotate an (original, edited) pair with a manipulation mask.
 
@@ -38,10 +39,7 @@ EXAMPLES = """examples:
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class AnnotateConfig(Strict):
-    annotator: str | None = Field(None, description="registry name; None = the embedded default")
-    options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
-    threshold: float | None = None
+class AnnotateConfig(AnnotatorSpec):
     batch_size: int = Field(4, ge=1)
     io: IOConfig = IOConfig()
 
@@ -117,16 +115,13 @@ def run(args: argparse.Namespace) -> int:
     from sigma.io.outputs import write_annotation
     from sigma.io.pairs import load_pair
 
-    overrides = list(args.overrides)
+    # flags are overrides like --set ones, applied before validation (so a bad --threshold is a config error)
+    overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold)
     cfg = load_config(AnnotateConfig, args.config, overrides)
-    if args.annotator:
-        cfg.annotator = args.annotator
-    if args.threshold is not None:
-        cfg.threshold = args.threshold
-    cfg.annotator = cfg.annotator or default_annotator_name()
+    cfg = cfg.model_copy(update={"annotator": cfg.annotator or default_annotator_name()})
     items, multi = _items_from_args(args)
     # Built before any image is read: a typo in --annotator or --set is one error, not one per pair.
-    annotator = build_annotator(cfg.annotator, cfg.options, cfg.threshold)
+    annotator = build_annotator(cfg)
     resolved = cfg.model_dump(mode="json")
     resolved["annotator_config"] = annotator.describe()
 
@@ -173,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             written += 1
             print(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> {target}/")
+            for warning in pair.preprocess.get("warnings", []):
+                print(f"sigma: warning: {pair.pair_id}: {warning}", file=sys.stderr)
 
     for pair_id, code, message in failures:
         # Same one-line form as every other error; with several pairs, the pair id comes first.

@@ -43,12 +43,12 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    from sigma.io.corpora import FORMATS, PRESETS
+    from sigma.io.corpora import PRESETS, formats
 
     p.add_argument("input", help="the corpus (see above)")
     p.add_argument("--out", required=True, help="run folder (created; holds run.json, shards/, status/)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="column names of a public corpus")
-    p.add_argument("--format", choices=FORMATS, help="reader (default: auto-detected)")
+    p.add_argument("--format", help=f"reader: {', '.join(formats())} (default: auto-detected)")
     p.add_argument("--columns", help="role=column overrides: original=,edited=,instruction=,mask=,id=,edit_type= "
                                      "(tars: field names, alternatives separated by |)")
     p.add_argument("--shard-size", type=int, help="pairs per shard (default 1000)")
@@ -61,6 +61,28 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="do not score against the corpus's masks (skips decoding them)")
     p.add_argument("--backend", choices=("local", "ray"), help="local (default) or ray (pip install 'sigma-masks[ray]')")
     add_config_args(p)
+
+
+def _add_redis_args(p: argparse.ArgumentParser, redis_help: str | None = None) -> None:
+    """The fleet's Redis settings: the same model (and environment) as `sigma worker --batch` reads."""
+    p.add_argument("--redis", help=redis_help or "Redis URL (default: redis.url of the service settings: "
+                   "$SIGMA_REDIS_URL, else redis://127.0.0.1:6379/0)")
+    p.add_argument("--key-prefix", help="redis.key_prefix (default: the service settings', `sigma`); the tasks "
+                   "go to <prefix>:batch:tasks, where `sigma worker --batch` with the same prefix reads them")
+    p.add_argument("--serve-config", metavar="FILE", help="service settings YAML (default: $SIGMA_SERVE_CONFIG)")
+
+
+def _redis_settings(args: argparse.Namespace):
+    import os
+
+    from sigma.service.settings import load_serve_config
+
+    overrides = []
+    if args.redis:
+        overrides.append(f"redis.url={args.redis}")
+    if args.key_prefix:
+        overrides.append(f"redis.key_prefix={args.key_prefix}")
+    return load_serve_config(args.serve_config or os.environ.get("SIGMA_SERVE_CONFIG") or None, overrides).redis
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,14 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`")
     _add_run_args(s)
-    s.add_argument("--redis", help="Redis URL (default: $SIGMA_REDIS_URL or redis://localhost:6379/0)")
-    s.add_argument("--stream", help="stream name (default: sigma:batch)")
+    _add_redis_args(s)
     s.set_defaults(run=run_submit)
 
     st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)")
     st.add_argument("out", help="run folder")
-    st.add_argument("--redis", help="also show the fleet queue (Redis URL)")
-    st.add_argument("--stream", help="stream name (default: sigma:batch)")
+    _add_redis_args(st, "also show the fleet queue on this Redis URL")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=run_status)
 
@@ -136,10 +156,10 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from sigma.batch.fleet import submit_run
+    from sigma.service.fleet import submit_run
 
     cfg = build_config(args)
-    info = submit_run(cfg, args.out, redis_url=args.redis, stream=args.stream)
+    info = submit_run(cfg, args.out, _redis_settings(args))
     print(f"{args.out}: queued {info['queued']} shard task(s) on {info['stream']} ({info['skipped']} already done); "
           "start `sigma worker --batch` on each machine, follow with `sigma batch status`")
     return 0
@@ -149,10 +169,10 @@ def run_status(args: argparse.Namespace) -> int:
     from sigma.batch.layout import RunDir
 
     status = RunDir(args.out).summary()
-    if args.redis or args.stream:
-        from sigma.batch.fleet import queue_status
+    if args.redis or args.key_prefix or args.serve_config:
+        from sigma.service.fleet import queue_status
 
-        status["queue"] = queue_status(args.redis, args.stream)
+        status["queue"] = queue_status(_redis_settings(args))
     if args.json:
         print(json.dumps(status, indent=2))
         return 0

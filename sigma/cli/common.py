@@ -5,8 +5,6 @@ import argparse
 import sys
 from typing import Any
 
-from sigma.errors import ConfigError
-
 
 class SigmaArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line in the same `sigma: error [code]: ...` form as every
@@ -23,28 +21,52 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; applied after --config)")
 
 
-def default_annotator_name() -> str:
-    """The embedded sigma-lite when its weights ship with the package, else the pixel-diff baseline."""
-    from sigma.registry import list_annotators
+def flag_overrides(overrides: list[str], **flags: Any) -> dict[str, Any]:
+    """`--set key=value` items plus the command's own flags (None = not given) as dotted overrides: flags
+    are applied before validation, like every other override, never by mutating a validated config."""
+    from sigma.config.loader import parse_overrides
 
-    for entry in list_annotators():
-        if entry.name == "sigma-lite" and entry.weights_status().startswith("embedded"):
-            return "sigma-lite"
-    return "pixel-diff"
-
-
-def build_annotator(name: str, options: dict[str, Any], threshold: float | None):
-    from sigma.registry import create_annotator
-
-    options = dict(options)
-    if threshold is not None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
-        options["threshold"] = threshold
-    return create_annotator(name, **options)
+    merged = parse_overrides(overrides)
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    return merged
 
 
-def progress_bar(total: int, desc: str):
-    from tqdm import tqdm
+class Progress:
+    """A progress bar (count, rate, ETA) on a terminal, silence when stderr is piped or redirected.
 
-    return tqdm(total=total, desc=desc, unit="pair", file=sys.stderr, disable=not sys.stderr.isatty() and total < 2)
+    The bar is made at the first update, once the total is known: a tqdm bar made with total=0 and given
+    its total later never draws (that is how `sigma eval` ran 85 s in silence)."""
+
+    def __init__(self, desc: str, unit: str = "pair", total: int | None = None, enabled: bool | None = None):
+        self.desc, self.unit, self.total = desc, unit, total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+
+    def _make(self, total: int | None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True,
+                        smoothing=0.1, disable=not self.enabled)
+
+    def update(self, done: int, total: int | None = None) -> None:
+        """Absolute progress: `done` of `total` (the callback form `evaluate(progress=...)` uses)."""
+        if self.bar is None:
+            self._make(total if total is not None else self.total)
+        elif total is not None and total != self.bar.total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is None:
+            self._make(self.total)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
-from sigma.cli.common import add_config_args, build_annotator, default_annotator_name, progress_bar
+from sigma.cli.common import Progress, add_config_args, flag_overrides
 from sigma.config.loader import load_config, save_resolved
-from sigma.config.schema import IOConfig, Strict
+from sigma.config.schema import AnnotatorSpec, IOConfig
+from sigma.registry import build_annotator, default_annotator_name
 
 HELP = """Score an annotator on pairs with ground-truth masks (the layout of ../shared/data/eval:
 <set>/pairs.jsonl + images + masks). DATA is one set or a folder of sets.
@@ -25,10 +25,7 @@ EXAMPLES = """examples:
 """
 
 
-class EvalConfig(Strict):
-    annotator: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    threshold: float | None = None
+class EvalConfig(AnnotatorSpec):
     perturb: list[str] = Field(default_factory=lambda: ["none"])
     batch_size: int = Field(4, ge=1)
     limit: int | None = Field(None, ge=1, description="score only the first N pairs (smoke runs)")
@@ -53,25 +50,15 @@ def run(args: argparse.Namespace) -> int:
     from sigma.eval.runner import evaluate, format_tables
     from sigma.io.outputs import write_json
 
-    cfg = load_config(EvalConfig, args.config, list(args.overrides))
-    if args.annotator:
-        cfg.annotator = args.annotator
-    if args.threshold is not None:
-        cfg.threshold = args.threshold
-    if args.perturb:
-        cfg.perturb = [args.perturb]
-    cfg.annotator = cfg.annotator or default_annotator_name()
-    cfg.perturb = perturb.expand(cfg.perturb)
-    annotator = build_annotator(cfg.annotator, cfg.options, cfg.threshold)
+    overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold,
+                               perturb=[args.perturb] if args.perturb else None)
+    cfg = load_config(EvalConfig, args.config, overrides)
+    cfg = cfg.model_copy(update={"annotator": cfg.annotator or default_annotator_name(),
+                                 "perturb": perturb.expand(cfg.perturb)})
+    annotator = build_annotator(cfg)
 
-    bar = progress_bar(0, f"eval {cfg.annotator}")
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, progress, cfg.limit)
-    bar.close()
+    with Progress(f"eval {cfg.annotator}") as bar:
+        result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
     print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
     print(format_tables(result))
     for err in result.errors:

@@ -55,41 +55,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(run=run_worker_cmd)
 
 
-def load(args: argparse.Namespace):
-    from workers.settings import load_serve_config
+def load(args: argparse.Namespace, **flags):
+    """The service settings; a command's flags (dotted keys) are overrides applied before validation."""
+    from sigma.service.settings import load_serve_config
 
     path = args.config or os.environ.get("SIGMA_SERVE_CONFIG") or None
-    return load_serve_config(path, list(args.overrides))
+    return load_serve_config(path, list(args.overrides), flags=flags)
 
 
 def run_worker_cmd(args: argparse.Namespace) -> int:
-    from workers.worker import run_worker
+    from sigma.workers.worker import run_worker
 
-    cfg = load(args)
     if getattr(args, "batch", False):   # fleet batch mode (issue 7): the run's own config picks the annotator
-        from sigma.batch.fleet import run_batch_worker_from_serve_config
+        from sigma.workers.batch import run_batch_worker_from_serve_config
 
-        return run_batch_worker_from_serve_config(cfg, consumer=args.consumer)
-    if args.annotator:
-        cfg.worker.annotator = args.annotator
-    if args.max_batch_size is not None:
-        if args.max_batch_size < 1:
-            from sigma.errors import ConfigError
-
-            raise ConfigError("--max-batch-size must be >= 1")
-        cfg.worker.max_batch_size = args.max_batch_size
-    cfg.worker.plugins = [*cfg.worker.plugins, *args.plugin]
+        return run_batch_worker_from_serve_config(load(args), consumer=args.consumer)
+    plugins = [*load(args).worker.plugins, *args.plugin] if args.plugin else None   # --plugin adds to the list
+    cfg = load(args, **{"worker.annotator": args.annotator, "worker.max_batch_size": args.max_batch_size,
+                        "worker.plugins": plugins})
     return run_worker(cfg, consumer=args.consumer)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from sigma.api.app import create_app
 
-    cfg = load(args)
-    host = args.host or cfg.api.host
-    port = cfg.api.port if args.port is None else args.port
+    cfg = load(args, **{"api.host": args.host, "api.port": args.port})
+    host, port = cfg.api.host, cfg.api.port
     app = create_app(cfg)      # fails here (exit 2) on a config error, before a worker is started
     worker = None
     if args.what == "all":

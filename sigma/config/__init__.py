@@ -1,6 +1,6 @@
 """One config system: pydantic models filled from defaults, a YAML file, then `key=value` overrides."""
 from sigma.config.loader import apply_overrides, config_hash, load_config, parse_overrides, save_resolved
-from sigma.config.schema import IOConfig, LimitsConfig
+from sigma.config.schema import AnnotatorSpec, IOConfig, LimitsConfig
 
-__all__ = ["IOConfig", "LimitsConfig", "apply_overrides", "config_hash", "load_config",
+__all__ = ["AnnotatorSpec", "IOConfig", "LimitsConfig", "apply_overrides", "config_hash", "load_config",
            "parse_overrides", "save_resolved"]

@@ -1,6 +1,8 @@
 """Config sections shared by every front end. Each command composes these into its own model."""
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -26,3 +28,14 @@ class IOConfig(Strict):
     max_shift_px: int = Field(16, ge=0, description="largest translation `align` will undo")
     align_min_response: float = Field(0.1, ge=0.0, le=1.0, description="weakest phase-correlation peak "
                                       "`align` trusts; below it the images are left as they are")
+
+
+class AnnotatorSpec(Strict):
+    """Which annotator runs, with which options and threshold: the one section `sigma annotate`, `sigma eval`
+    and `sigma batch` configs share (`sigma.registry.build_annotator(spec)` builds it)."""
+
+    annotator: str | None = Field(None, description="registry name; None = the embedded default (sigma-lite when "
+                                  "its weights ship with this install, else pixel-diff)")
+    options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="mask = prob > threshold; None = the "
+                                    "annotator's default")

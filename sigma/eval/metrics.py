@@ -6,7 +6,7 @@ cumulative IoU (cIoU) and mean per-image IoU (gIoU), averaged over all images.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -78,22 +78,38 @@ def score_image(pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray
                       tp=tp, fp=fp, fn=fn)
 
 
-@dataclass
 class MetricAccumulator:
-    """update() per image, summary() at the end — the lifecycle IMDL-BenCo's evaluators share."""
+    """The one accumulator `sigma eval`, training validation and the batch review page score through:
+    `update()` (or `add()` of a ready score) per image, into any number of named groups (a set, "editing",
+    "tiny", ...; every image also lands in "overall"), then `summaries()` — the lifecycle IMDL-BenCo's
+    evaluators share, so every image counts once per group however the caller batches."""
 
-    scores: list[ImageScore] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.groups: dict[str, list[ImageScore]] = {}
 
-    def update(self, pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray) -> ImageScore:
-        score = score_image(pair_id, pred, prob, gt)
-        self.scores.append(score)
+    def add(self, score: ImageScore, *groups: str) -> ImageScore:
+        for group in dict.fromkeys((*groups, "overall")):
+            self.groups.setdefault(group, []).append(score)
         return score
 
-    def extend(self, other: MetricAccumulator) -> None:
-        self.scores.extend(other.scores)
+    def update(self, pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray, *groups: str) -> ImageScore:
+        return self.add(score_image(pair_id, pred, prob, gt), *groups)
 
-    def summary(self) -> dict[str, float | int]:
-        return summarize(self.scores)
+    def extend(self, other: MetricAccumulator) -> None:
+        """Merge another accumulator's groups (e.g. one per process or per batch)."""
+        for group, scores in other.groups.items():
+            self.groups.setdefault(group, []).extend(scores)
+
+    def scores(self, group: str = "overall") -> list[ImageScore]:
+        return self.groups.get(group, [])
+
+    def summary(self, group: str = "overall") -> dict[str, float | int]:
+        return summarize(self.scores(group))
+
+    def summaries(self) -> dict[str, dict[str, float | int]]:
+        """Every group, "overall" last (the order tables print in)."""
+        names = [g for g in self.groups if g != "overall"] + (["overall"] if "overall" in self.groups else [])
+        return {g: summarize(self.groups[g]) for g in names}
 
 
 def summarize(scores: list[ImageScore]) -> dict[str, float | int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -100,4 +99,3 @@ def expand(names: list[str] | str) -> list[str]:
     return out
 
 
-Perturbation = Callable[[np.ndarray, str], np.ndarray]

@@ -11,10 +11,10 @@ from sigma.annotators.base import Annotator
 from sigma.config.schema import IOConfig
 from sigma.errors import InputError, SigmaError
 from sigma.eval import perturb
-from sigma.eval.dataset import EvalRecord, find_sets, read_set
-from sigma.eval.metrics import ImageScore, score_image, summarize
+from sigma.eval.metrics import ImageScore, MetricAccumulator, score_image
 from sigma.io.images import read_mask
 from sigma.io.pairs import load_pair
+from sigma.io.pairs_jsonl import EvalRecord, find_sets, read_set
 
 TINY_FRACTION = 0.02
 
@@ -25,30 +25,34 @@ class EvalResult:
     scores: dict[str, list[tuple[EvalRecord, ImageScore]]] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
 
-    def groups(self, perturbation: str) -> dict[str, list[ImageScore]]:
+    def accumulator(self, perturbation: str) -> MetricAccumulator:
         """Per set, then the aggregates people quote: editing sets, whole-image-change sets, tiny, all."""
         rows = self.scores.get(perturbation, [])
-        out: dict[str, list[ImageScore]] = {}
-        for rec, score in rows:
-            out.setdefault(rec.set_name, []).append(score)
         # A set is a change-detection set when every pair in it is a whole-image change (aerial photos
         # years apart); editing sets may hold a few regenerated images and still count as editing.
         by_set: dict[str, list[bool]] = {}
         for rec, _ in rows:
             by_set.setdefault(rec.set_name, []).append(rec.whole_image_changed)
         changed_sets = {name for name, flags in by_set.items() if all(flags)}
-        editing = [s for rec, s in rows if rec.set_name not in changed_sets]
-        if editing and changed_sets:
-            out["editing (all but whole-image-change sets)"] = editing
-            out["whole-image-change sets"] = [s for rec, s in rows if rec.set_name in changed_sets]
-        tiny = [s for rec, s in rows if rec.set_name not in changed_sets and 0 < s.gt_fraction < TINY_FRACTION]
-        if tiny:
-            out[f"tiny edits (<{TINY_FRACTION:.0%} of the image)"] = tiny
-        out["overall"] = [s for _, s in rows]
-        return out
+        split = bool(changed_sets) and len(changed_sets) < len(by_set)
+        acc = MetricAccumulator()
+        for rec, _ in rows:            # the per-set rows first, in set order
+            acc.groups.setdefault(rec.set_name, [])
+        for rec, score in rows:
+            groups = [rec.set_name]
+            if split:
+                groups.append("whole-image-change sets" if rec.set_name in changed_sets
+                              else "editing (all but whole-image-change sets)")
+            if rec.set_name not in changed_sets and 0 < score.gt_fraction < TINY_FRACTION:
+                groups.append(f"tiny edits (<{TINY_FRACTION:.0%} of the image)")
+            acc.add(score, *groups)
+        return acc
+
+    def groups(self, perturbation: str) -> dict[str, list[ImageScore]]:
+        return self.accumulator(perturbation).groups
 
     def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
-        return {p: {g: summarize(s) for g, s in self.groups(p).items()} for p in self.scores}
+        return {p: self.accumulator(p).summaries() for p in self.scores}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +70,6 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
     io_config = io_config or IOConfig()
     perturbations = perturb.expand(perturbations)
     records = [rec for set_dir in find_sets(data) for rec in read_set(set_dir)]
-    perturb.prepare(perturbations)
     if limit:
         records = records[:limit]
     if not records:
@@ -74,6 +77,9 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
     result = EvalResult()
     total = len(records) * len(perturbations)
     done = 0
+    if progress:
+        progress(0, total)            # the bar shows at once, before the perturbations' models load
+    perturb.prepare(perturbations)
     for name in perturbations:
         rows = result.scores.setdefault(name, [])
         for start in range(0, len(records), batch_size):

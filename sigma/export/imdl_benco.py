@@ -15,7 +15,7 @@ import numpy as np
 from sigma.batch.layout import atomic_write_bytes
 from sigma.export.select import RowFilter, UniqueNames, iter_pairs
 from sigma.io.images import write_png
-from sigma.io.rle import decode_rle
+from sigma.rle import decode_rle
 
 
 def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from sigma.errors import ConfigError
 from sigma.grounding.config import GroundingConfig
 from sigma.grounding.prior import full_prior, uninformative_prior
+from sigma.grounding.registry import GROUNDERS, ensure_grounders
 from sigma.grounding.types import (
     FLAG_GLOBAL,
     FLAG_NO_GROUNDING,
@@ -19,9 +19,6 @@ from sigma.grounding.types import (
     GroundingResult,
 )
 from sigma.parse.types import ParsedInstruction
-from sigma.registry import Registry
-
-GROUNDERS = Registry("grounding backend")
 
 
 def _check_pair(original: np.ndarray, edited: np.ndarray) -> tuple[int, int]:
@@ -67,13 +64,13 @@ class Grounder(ABC):
         return results  # type: ignore[return-value]
 
     def _trivial(self, size: tuple[int, int], parse: ParsedInstruction) -> GroundingResult | None:
-        """The cases no detector is needed for (METHOD §3)."""
-        if parse.edit_type is None:
+        """The cases no detector is needed for (METHOD §3). With several edits, one global edit makes
+        the whole image the edit (its prior is 1 everywhere, which any union with local regions is)."""
+        if parse.edit_type is None or not parse.edits:
             return GroundingResult(uninformative_prior(size), parse, flag=FLAG_NO_INSTRUCTION, backend=self.name)
-        if parse.edit_type == "global":
+        if "global" in parse.edit_types:
             return GroundingResult(full_prior(size), parse, flag=FLAG_GLOBAL, backend=self.name)
-        concepts = parse.concepts()
-        if not concepts["original"] and not concepts["edited"]:
+        if not parse.all_concepts():
             return GroundingResult(uninformative_prior(size), parse, flag=FLAG_NOTHING_FOUND, backend=self.name)
         return None
 
@@ -108,8 +105,7 @@ def _build_none(config: GroundingConfig | None = None, **_: Any) -> Grounder:
 def build_grounder(config: GroundingConfig | str | None = None, **overrides: Any) -> Grounder:
     """`build_grounder("gdino-sam2", detector={"weights": dir}, segmenter={...})` or a GroundingConfig.
     Models can also be handed in directly: `detector=Detector`, `segmenter=Segmenter` objects."""
-    from sigma.grounding import pipeline  # noqa: F401  (registers gdino-sam2)
-
+    ensure_grounders()
     objects = {k: overrides.pop(k) for k in ("detector_obj", "segmenter_obj") if k in overrides}
     if config is None or isinstance(config, str):
         data: dict[str, Any] = {"backend": config or "none", **overrides}
@@ -125,15 +121,10 @@ def build_grounder(config: GroundingConfig | str | None = None, **overrides: Any
 
 
 def grounder_names() -> list[str]:
-    from sigma.grounding import pipeline  # noqa: F401
-
+    ensure_grounders()
     return GROUNDERS.names()
 
 
 def weights_status(backend: str) -> str:
-    from sigma.grounding import pipeline  # noqa: F401
-
+    ensure_grounders()
     return GROUNDERS.get(backend).weights_status()
-
-
-Factory = Callable[..., Grounder]

@@ -1,11 +1,13 @@
 """Grounding configuration: which detector, which segmenter, which thresholds."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from sigma.config.schema import Strict
+from sigma.grounding.registry import GROUNDERS, SEGMENTERS, ensure_grounders, ensure_segmenters
+from sigma.registry import registered
 
 
 class DetectorConfig(Strict):
@@ -20,7 +22,7 @@ class DetectorConfig(Strict):
 
 
 class SegmenterConfig(Strict):
-    kind: Literal["sam2", "box", "native-sam2"] = Field(
+    kind: Annotated[str, registered(SEGMENTERS, ensure_segmenters)] = Field(
         "sam2", description="sam2 = transformers Sam2Model; box = filled boxes (no segmenter); "
                             "native-sam2 = the facebookresearch `sam2` package (optional, not installed by default)")
     weights: str = Field("facebook/sam2.1-hiera-tiny", description="folder / HF repo id (sam2), or a .pt "
@@ -32,7 +34,8 @@ class SegmenterConfig(Strict):
 
 
 class GroundingConfig(Strict):
-    backend: Literal["none", "gdino-sam2"] = "none"
+    backend: Annotated[str, registered(GROUNDERS, ensure_grounders)] = Field(
+        "none", description="a registered grounding backend (none, gdino-sam2, or a plugin's)")
     detector: DetectorConfig = DetectorConfig()
     segmenter: SegmenterConfig = SegmenterConfig()
     device: str | None = Field(None, description="cuda / cpu / None = cuda when available")

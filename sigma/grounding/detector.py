@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from sigma.grounding.config import DetectorConfig
-from sigma.grounding.hf_loading import pick_device, pick_dtype, resolve_local, strict_from_pretrained
 from sigma.grounding.types import Detection
+from sigma.models.device import pick_device, pick_dtype
+from sigma.models.weights import resolve_local, strict_from_pretrained
 
 
 class Detector(ABC):
@@ -70,7 +71,7 @@ class GroundingDinoDetector(Detector):
         prompts = [concept_prompt(c) for c in concepts]
         inputs = self.processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        autocast = torch.autocast("cuda", dtype=self.dtype) if self.device.startswith("cuda") and \
+        autocast = torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" and \
             self.dtype != torch.float32 else _nullcontext()
         with torch.inference_mode(), autocast:
             outputs = self.model(**inputs)

@@ -12,7 +12,9 @@ import numpy as np
 
 from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.grounding.config import SegmenterConfig
-from sigma.grounding.hf_loading import pick_device, pick_dtype, resolve_local, strict_from_pretrained
+from sigma.grounding.registry import SEGMENTERS
+from sigma.models.device import pick_device, pick_dtype
+from sigma.models.weights import resolve_local, strict_from_pretrained
 
 # SAM 2's image normalisation (ImageNet statistics), as in its own image processor
 _MEAN = (0.485, 0.456, 0.406)
@@ -86,7 +88,7 @@ class Sam2Segmenter(Segmenter):
             if not len(boxes[i]):
                 out[i] = np.zeros((0, *img.shape[:2]), np.float32)
         sh, sw = self.input_size
-        use_autocast = self.device.startswith("cuda") and self.dtype != torch.float32
+        use_autocast = self.device.type == "cuda" and self.dtype != torch.float32
         for start in range(0, len(todo), self.config.batch_size):
             chunk = todo[start:start + self.config.batch_size]
             with torch.inference_mode(), torch.autocast("cuda", dtype=self.dtype, enabled=use_autocast):
@@ -158,10 +160,22 @@ class NativeSam2Segmenter(Segmenter):
         return out
 
 
+@SEGMENTERS.register("sam2", "transformers Sam2Model (facebook/sam2.1-hiera-*), strict local loading")
+def _build_sam2(config: SegmenterConfig, *, device: str | None = None, dtype: str = "auto",
+                allow_download: bool = False) -> Segmenter:
+    return Sam2Segmenter(config, device=device, dtype=dtype, allow_download=allow_download)
+
+
+@SEGMENTERS.register("box", "filled boxes: no segmenter")
+def _build_box(config: SegmenterConfig, **_: Any) -> Segmenter:
+    return BoxSegmenter()
+
+
+@SEGMENTERS.register("native-sam2", "the facebookresearch `sam2` package (optional, not installed by default)")
+def _build_native(config: SegmenterConfig, *, device: str | None = None, **_: Any) -> Segmenter:
+    return NativeSam2Segmenter(config, device=device)
+
+
 def build_segmenter(config: SegmenterConfig, *, device: str | None = None, dtype: str = "auto",
                     allow_download: bool = False) -> Segmenter:
-    if config.kind == "box":
-        return BoxSegmenter()
-    if config.kind == "native-sam2":
-        return NativeSam2Segmenter(config, device=device)
-    return Sam2Segmenter(config, device=device, dtype=dtype, allow_download=allow_download)
+    return SEGMENTERS.get(config.kind).factory(config, device=device, dtype=dtype, allow_download=allow_download)

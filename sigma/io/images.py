@@ -216,8 +216,13 @@ def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedI
     return decode_image(data, str(path), limits)
 
 
+def binarize_mask(rgb: np.ndarray) -> np.ndarray:
+    """The one ground-truth binarisation: mean RGB > 127.5 (the IMDL-BenCo convention)."""
+    return rgb.astype(np.float32).mean(axis=2) > 127.5
+
+
 def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:
-    """Ground-truth masks: binarised at mean RGB > 127.5 (the IMDL-BenCo convention).
+    """Ground-truth masks, binarised by `binarize_mask`.
 
     A mask with transparency is composited on black, not white: in a mask, "transparent" means
     "nothing here", and on white every transparent pixel would count as manipulated.
@@ -229,7 +234,7 @@ def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarra
             rgba = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"), dtype=np.float32)
         if rgba.shape[:2] == rgb.shape[:2]:
             rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
-    return rgb.astype(np.float32).mean(axis=2) > 127.5
+    return binarize_mask(rgb)
 
 
 def encode_png(array: np.ndarray) -> bytes:

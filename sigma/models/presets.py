@@ -1,6 +1,7 @@
 """Named model configurations, as data. `build_model(name)` validates one into a SigmaNetConfig."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 TINY_DINOV2 = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
@@ -44,3 +45,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         "refine_blocks": 2, "refine_heads": 2, "ffn_ratio": 2.0, "max_regions": 4,
     },
 }
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Where a preset's trained weights come from, kept next to its architecture (timm's pretrained_cfg):
+    a file shipped in the package (`sigma/weights/<file>` + its `.json` config) or a Hub id, the sha256 the
+    file must have (checked at load: a corrupt or swapped file is refused, never trusted), and the input size
+    it was trained for."""
+
+    file: str | None = None
+    hub_id: str | None = None
+    sha256: str | None = None
+    input_size: int | None = None
+    notes: str = ""
+
+
+# Presets without an entry ship no weights: pass options.weights=PATH. sha256=None: the file is not verified.
+PRETRAINED: dict[str, PretrainedCfg] = {
+    "sigma-lite": PretrainedCfg(
+        file="sigma-lite.safetensors",
+        sha256="db42baba5a9d4830c24fc5a1f8fcd31f454c5893497ec2d7f4b4b72894f5bb17",
+        input_size=512, notes="trained from scratch on the 2-core CPU; model card in docs/training.md"),
+    # no trained heads released yet: a file trained with `sigma train` and dropped here is picked up (unverified)
+    "sigma-b": PretrainedCfg(file="sigma-b.safetensors", input_size=518, notes="not released; train on a GPU"),
+    "sigma-s": PretrainedCfg(file="sigma-s.safetensors", input_size=518, notes="not released; train on a GPU"),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)

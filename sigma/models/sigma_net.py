@@ -43,9 +43,6 @@ class SigmaNet(nn.Module):
                                  config.max_regions)
         self.decoder = Decoder(config.dim, skip_dims)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     def _prior_grid(self, prior: torch.Tensor | None, batch: int, grid: tuple[int, int],
                     like: torch.Tensor) -> torch.Tensor:
         if prior is None:

@@ -101,6 +101,24 @@ def resolve_hf_reference(ref: str, *, filename: str = "config.json", allow_downl
            "the Hugging Face cache, or allow a download."))
 
 
+def resolve_local(ref: str, *, what: str, allow_download: bool = False, hint: str = "",
+                  filename: str = "config.json") -> str:
+    """A local path or HF repo id -> a local folder (the resolution order above); WeightsNotFoundError
+    names every place looked."""
+    return resolve_hf_reference(ref, filename=filename, allow_download=allow_download, what=what, hint=hint).location
+
+
+def strict_from_pretrained(model_cls: Any, folder: str, *, what: str, **kwargs: Any):
+    """`from_pretrained` from a local folder, refusing a partial load: transformers silently re-initialises
+    weights it did not find, so a wrong checkpoint could otherwise pass for a detector or a parser."""
+    model, info = model_cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        detail = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
+        raise WeightsMismatchError(f"{what} at {folder}: checkpoint does not match the architecture — {detail}")
+    return model.eval()
+
+
 def load_safetensors(path: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -125,3 +143,23 @@ def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
             parts.append(f"{len(bad_shape)} shape mismatch(es): {show(bad_shape)}")
         raise WeightsMismatchError(f"{what}: weights do not match the architecture — " + "; ".join(parts))
     module.load_state_dict(state_dict, strict=True)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a weights file, read once per process (keyed by path, size and mtime): outputs are
+    keyed by the digest of the weights that made them, not by a file name."""
+    import hashlib
+
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]

@@ -19,12 +19,38 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# A quoted span is one token, the text an edit writes or changes ("the sign 'SALE'"); a single quote
+# opens only after a non-word character, so possessives ("the dogs' bowl") are not quotes.
+_QUOTED = re.compile(r'"([^"]{1,80})"|(?<![\w\'])\'([^\'\s](?:[^\']{0,78}[^\'\s])?)\'(?![\w])')
+
+
 def tokenize(text: str) -> list[str]:
-    return _TOKEN.findall(clean_text(text))
+    """Words, punctuation, and quoted spans as one literal token `"..."` (case kept)."""
+    text = clean_text(text)
+    out: list[str] = []
+    pos = 0
+    for m in _QUOTED.finditer(text):
+        literal = " ".join((m.group(1) or m.group(2) or "").split())
+        if not any(c.isalnum() for c in literal):
+            continue
+        out += _TOKEN.findall(text[pos:m.start()])
+        out.append(f'"{literal}"')
+        pos = m.end()
+    return out + _TOKEN.findall(text[pos:])
+
+
+def is_literal(tok: str) -> bool:
+    """A quoted text token made by `tokenize` ('"SOLD OUT"')."""
+    return len(tok) > 2 and tok[0] == '"' and tok[-1] == '"'
+
+
+def is_caps_word(tok: str) -> bool:
+    """An ALL-CAPS word ("OPEN", "STOP"): written text when it follows a text noun."""
+    return len(tok) > 1 and tok.isalpha() and tok.isupper()
 
 
 def is_word(tok: str) -> bool:
-    return bool(tok) and (tok[0].isalnum())
+    return bool(tok) and (tok[0].isalnum() or is_literal(tok))
 
 
 def _stem_candidates(w: str, suffix: str) -> list[str]:
@@ -73,7 +99,17 @@ class Phrase:
 
     @property
     def text(self) -> str | None:
-        return " ".join(self.words) if self.words else None
+        return " ".join(self.words).replace(" ,", ",") if self.words else None
+
+    @property
+    def literal(self) -> str | None:
+        """The quoted text the phrase names ('"OPEN"' in 'text "OPEN"'), if any."""
+        return next((w for w in self.words if is_literal(w)), None)
+
+    @property
+    def nouns(self) -> list[str]:
+        """The words that are not quoted text."""
+        return [w for w in self.words if not is_literal(w)]
 
     @property
     def head(self) -> str | None:
@@ -92,12 +128,63 @@ def _next_word(toks: list[str], j: int) -> str | None:
     return None
 
 
+def _simple_np_end(toks: list[str], k: int) -> int:
+    """Where a plain noun phrase (determiners, then words that are not verbs, prepositions or
+    participles) starting at k ends; k when there is none."""
+    n = len(toks)
+    while k < n and toks[k].lower() in L.DETERMINERS:
+        k += 1
+    start = k
+    while k < n and is_word(toks[k]):
+        w = toks[k].lower()
+        if (w in L.BOUNDARY_WORDS or w in ("and", "or") or w in L.DETERMINERS or looks_participle(w)
+                or w in L.ADD_VERBS or w in L.REMOVE_VERBS or w in L.REPLACE_VERBS or w in L.CHANGE_VERBS
+                or w in L.MAKE_VERBS or w in L.PAINT_VERBS or w in L.GIVE_VERBS):
+            break
+        k += 1
+    return max(k, start)
+
+
+def _list_follows(toks: list[str], j: int) -> bool:
+    """toks[j] is a comma: does a list of plain noun phrases follow, closed by 'and'/'or'
+    ("a cat, a dog and a rabbit", "cups, plates, and napkins")?"""
+    n = len(toks)
+    k = j
+    while k < n:
+        if toks[k] == ",":
+            k += 1
+        last = k < n and toks[k].lower() in ("and", "or")
+        if last:
+            k += 1
+        end = _simple_np_end(toks, k)
+        if end == k or (end > k and all(t.lower() in L.DETERMINERS for t in toks[k:end])):
+            return False
+        if last:
+            return True
+        k = end
+        if not (k < n and (toks[k] == "," or toks[k].lower() in ("and", "or"))):
+            return False
+    return False
+
+
+def _values_then_noun(toks: list[str], j: int) -> bool:
+    """After 'and' at j-1: value words then a noun ("red and | blue kite"), not values alone."""
+    k = j
+    while k < len(toks) and is_value_word(toks[k].lower()):
+        k += 1
+    return k > j and k < len(toks) and is_word(toks[k]) and toks[k].lower() not in L.BOUNDARY_WORDS \
+        and toks[k].lower() not in ("and", "or") and not looks_participle(toks[k].lower())
+
+
 def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
-                   stop_at_determiner: bool = True, sentence_start: int = 0) -> Phrase:
+                   stop_at_determiner: bool = True, sentence_start: int = 0,
+                   caps_literal: bool = False) -> Phrase:
     """Read a noun phrase starting at toks[i].
 
     stop_at_verbs: end the phrase at an action verb ("make the man | smile").
     stop_at_determiner: a second article starts a new phrase ("make the dog | a cat").
+    caps_literal: ALL-CAPS words at the start are written text ("with | CLOSED"); after a text
+    noun they always are ("the text OPEN").
     """
     words: list[str] = []
     seen: list[str] = []
@@ -115,6 +202,19 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
                 k += 1
             j = k + 1
             continue
+        caps = is_caps_word(tok) and (caps_literal and not [x for x in words if not is_literal(x)]
+                                      or bool(words) and words[-1] in L.TEXT_NOUNS)
+        if is_literal(tok) or caps:
+            if caps:                                     # "the text SOLD OUT" -> one literal
+                k = j
+                while k < n and is_caps_word(toks[k]):
+                    k += 1
+                tok, j = '"' + " ".join(toks[j:k]) + '"', k - 1
+            words.append(tok)
+            seen.append(tok.lower())
+            j += 1
+            after_and = False
+            continue
         if not is_word(w):
             if w == "," and words and j + 1 < n and is_word(toks[j + 1]):
                 nxt = toks[j + 1].lower()
@@ -122,7 +222,16 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
                         and nxt not in L.DETERMINERS and not looks_participle(nxt)):
                     j += 1                               # "futuristic, metallic structures"
                     continue
+                if not after_and and _list_follows(toks, j):
+                    words.append(",")                    # "a cat, a dog and a rabbit"
+                    seen.append(",")
+                    after_and = True
+                    j += 1
+                    continue
             break
+        if words and not after_and and (w in ("that", "which", "who", "whose", "where")
+                                        or w in ("says", "say", "saying", "reads", "reading", "spelling")):
+            break                                         # "the sign | that says EXIT", "a sign | reading OPEN"
         if w in L.DETERMINERS or w.isdigit() or (w in L.SIZE_WORDS and not words):
             if words and not after_and and stop_at_determiner and w in ("a", "an", "the"):
                 break
@@ -146,10 +255,12 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
             break
         if w in ("and", "or", "&"):
             nxt = _next_word(toks, j + 1)
+            compound_value = all(is_value_word(x) for x in words) and _values_then_noun(toks, j + 1)
             if (not words or nxt is None or nxt in L.BOUNDARY_WORDS or nxt in L.ADD_VERBS
                     or nxt in L.REMOVE_VERBS or nxt in L.REPLACE_VERBS or nxt in L.CHANGE_VERBS
                     or nxt in L.MAKE_VERBS or nxt in L.PAINT_VERBS or looks_participle(nxt)
-                    or is_value_word(nxt) and words and is_value_word(words[-1])):
+                    or nxt in L.CONSTRAINT_STARTS                 # "the dog | and fill the area ..."
+                    or is_value_word(nxt) and words and is_value_word(words[-1]) and not compound_value):
                 break
             words.append("and")
             after_and = True
@@ -210,10 +321,11 @@ def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
 
 def _tidy(words: list[str]) -> list[str]:
     out = [w for k, w in enumerate(words)
-           if not (w in L.DETERMINERS or (w in L.SIZE_WORDS and (k == 0 or words[k - 1] == "and")))]
-    while out and out[-1] == "and":
+           if not (w in L.DETERMINERS or (w in L.SIZE_WORDS and (k == 0 or words[k - 1] in ("and", ","))))]
+    out = [w for k, w in enumerate(out) if not (w == "," and k + 1 < len(out) and out[k + 1] in ("and", "or"))]
+    while out and out[-1] in ("and", ","):
         out.pop()
-    while out and out[0] == "and":
+    while out and out[0] in ("and", ","):
         out.pop(0)
     return out
 

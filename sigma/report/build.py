@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 
 from sigma.batch.layout import RunDir, atomic_write_bytes
-from sigma.eval.metrics import ImageScore, summarize
+from sigma.eval.metrics import ImageScore, MetricAccumulator
 from sigma.export.select import RowFilter, iter_pairs, load_rows
 from sigma.io.outputs import overlay_image
-from sigma.io.rle import decode_rle
 from sigma.report.page import render_page
+from sigma.rle import decode_rle
 
 
 def _sort_key(row: dict) -> tuple:
@@ -34,7 +34,7 @@ def thumbnail_b64(rgb: np.ndarray, max_side: int) -> str:
 
 
 def set_metrics(rows: list[dict]) -> dict[str, dict[str, Any]]:
-    by_set: dict[str, list[ImageScore]] = {}
+    acc = MetricAccumulator()
     for r in rows:
         if r["status"] != "ok" or r["gt_f1"] is None:
             continue
@@ -42,10 +42,11 @@ def set_metrics(rows: list[dict]) -> dict[str, dict[str, Any]]:
                            auc=r["gt_auc"] if r["gt_auc"] is not None else float("nan"),
                            gt_fraction=r["gt_fraction"], pred_fraction=r["area_fraction"], tp=r["gt_tp"],
                            fp=r["gt_fp"], fn=r["gt_fn"])
-        by_set.setdefault(r["subset"] or "(all)", []).append(score)
-    if len(by_set) > 1:
-        by_set["overall"] = [s for scores in list(by_set.values()) for s in scores]
-    return {name: summarize(scores) for name, scores in by_set.items()}
+        acc.add(score, r["subset"] or "(all)")
+    tables = acc.summaries()
+    if len(tables) == 2:      # one set: its row and "overall" say the same
+        tables.pop("overall")
+    return tables
 
 
 class _Chosen:

@@ -2,8 +2,7 @@
 function of (seed, sample index). A resumed run therefore sees exactly the batches it would have seen."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -20,7 +19,7 @@ class FolderSource:
     """Random crops from a pairs.jsonl folder (e.g. a user's own editor output, labelled or not)."""
 
     def __init__(self, cfg: SourceConfig, crop: int):
-        from sigma.eval.dataset import find_sets, read_set
+        from sigma.io.pairs_jsonl import find_sets, read_set
 
         self.cfg, self.crop = cfg, crop
         self.records = [r for s in find_sets(cfg.path) for r in read_set(s)]
@@ -117,5 +116,3 @@ def fixed_val_set(cfg: TrainConfig, size: int) -> list[SynthSample]:
     return [ds.sample(i)[0] for i in range(size)]
 
 
-def resolve_path(p: str) -> Path:
-    return Path(p).expanduser()

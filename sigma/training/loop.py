@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 
 from sigma.config.loader import config_hash, load_config, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError
-from sigma.models.refine import EDIT_TYPES
 
 from . import losses as L
 from .checkpoint import load_checkpoint, save_checkpoint

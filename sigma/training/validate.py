@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from sigma.data.synth.engine import SynthSample
-from sigma.eval.metrics import score_image, summarize
+from sigma.eval.metrics import MetricAccumulator
 
 
 @torch.no_grad()
@@ -17,19 +17,18 @@ def validate_synthetic(model: torch.nn.Module, samples: list[SynthSample], devic
     """F1/IoU at 0.5 on the fixed synthetic set; also the false-positive rate on its no-edit pairs."""
     was = model.training
     model.eval()
-    scores, empty_fp = [], []
+    acc, empty_fp = MetricAccumulator(), []
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
         o = torch.from_numpy(np.stack([s.original for s in chunk])).permute(0, 3, 1, 2).float().div(255).to(device)
         e = torch.from_numpy(np.stack([s.edited for s in chunk])).permute(0, 3, 1, 2).float().div(255).to(device)
         prob = torch.sigmoid(model(o, e).logits.float())[:, 0].cpu().numpy()
         for i, s in enumerate(chunk):
-            score = score_image(str(start + i), prob[i] > 0.5, prob[i], s.mask)
-            scores.append(score)
+            score = acc.update(str(start + i), prob[i] > 0.5, prob[i], s.mask)
             if not s.mask.any():
                 empty_fp.append(score.pred_fraction)
     model.train(was)
-    summ = summarize(scores)
+    summ = acc.summary()
     return {"f1": summ["f1"], "iou": summ["iou"], "auc": summ["auc"], "pairs": summ["pairs"],
             "empty_fp": float(np.mean(empty_fp)) if empty_fp else None}
 

@@ -12,7 +12,6 @@ step's share. The expensive, photo-only work is therefore done once; the online 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -89,11 +88,6 @@ def latent_edit(vae, z: torch.Tensor, donor_z: torch.Tensor, rng: np.random.Gene
         src = z + float(rng.uniform(1.0, 2.5)) * z.std() * noise
     edited = vae.decode(z * (1 - alpha) + src * alpha)
     return _to_u8(edited), (mask.astype(np.uint8) * 255)
-
-
-def cache_key(photos: list[Path], max_side: int, scales: list[float], latent_edits: int, seed: int) -> str:
-    blob = json.dumps([[str(p) for p in photos], max_side, scales, latent_edits, seed]).encode()
-    return hashlib.sha256(blob).hexdigest()[:10]
 
 
 def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: int = 384,

@@ -7,7 +7,7 @@ unions), brush strokes from mask-drawing UIs, thin structures (wires, text lines
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

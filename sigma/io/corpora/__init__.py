@@ -15,12 +15,24 @@ from sigma.io.corpora.manifest import ManifestCorpus, find_sets
 from sigma.io.corpora.parquet import ParquetCorpus
 from sigma.io.corpora.presets import PRESETS, get_preset
 from sigma.io.corpora.webdataset import TAR_SUFFIXES, WebDatasetCorpus
+from sigma.registry import Registry
 
-READERS: dict[str, type[Corpus]] = {
-    "folder": FolderCorpus, "jsonl": ManifestCorpus, "csv": ManifestCorpus, "parquet": ParquetCorpus,
-    "hf": SavedDatasetCorpus, "wds": WebDatasetCorpus,
-}
-FORMATS = ("auto", *READERS)
+# Corpus readers by format name: `InputConfig.format` validates against this registry, so a reader a plugin
+# registers (`CORPUS_READERS.register("myformat", "...")(MyCorpus)`) is usable with `--format myformat`.
+CORPUS_READERS = Registry("corpus format")
+for _name, _cls, _what in [
+    ("folder", FolderCorpus, "a folder of <id>_original/<id>_edited files, or original/ + edited/ folders"),
+    ("jsonl", ManifestCorpus, "pairs.jsonl manifests (one set, or a folder of sets)"),
+    ("csv", ManifestCorpus, "a CSV manifest with original/edited columns"),
+    ("parquet", ParquetCorpus, "parquet files (Hugging Face datasets' layout; presets name the columns)"),
+    ("hf", SavedDatasetCorpus, "a datasets.save_to_disk folder (read with pyarrow)"),
+    ("wds", WebDatasetCorpus, "WebDataset tar shards"),
+]:
+    CORPUS_READERS.register(_name, _what)(_cls)
+
+
+def formats() -> tuple[str, ...]:
+    return ("auto", *CORPUS_READERS.names())
 
 
 def detect_format(path: Path) -> str:
@@ -55,13 +67,14 @@ def open_corpus(path: str | Path, format: str = "auto", preset: str | None = Non
                 columns: dict[str, str] | None = None, shard_size: int = 1000) -> Corpus:
     path = Path(path)
     fmt = detect_format(path) if format == "auto" else format
-    if fmt not in READERS:
-        raise InputError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}", code="unknown_format")
+    if fmt not in CORPUS_READERS:
+        raise InputError(f"unknown format {format!r}; use one of {', '.join(formats())}", code="unknown_format")
     if preset is not None:
         get_preset(preset)   # an unknown preset fails here, with the known names
-    corpus = READERS[fmt](path, dict(columns or {}), shard_size, preset)
+    corpus = CORPUS_READERS.get(fmt).factory(path, dict(columns or {}), shard_size, preset)
     corpus.format = fmt
     return corpus
 
 
-__all__ = ["FORMATS", "PRESETS", "Corpus", "Shard", "SourceItem", "detect_format", "get_preset", "open_corpus"]
+__all__ = ["CORPUS_READERS", "PRESETS", "Corpus", "Shard", "SourceItem", "detect_format", "formats", "get_preset",
+           "open_corpus"]

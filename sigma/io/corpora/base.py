@@ -15,8 +15,6 @@ from typing import Any
 
 from sigma.errors import InputError
 
-ROLES = ("original", "edited", "instruction", "mask", "id", "edit_type")
-
 
 @dataclass
 class SourceItem:

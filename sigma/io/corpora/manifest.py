@@ -37,9 +37,13 @@ def iter_records(handle, csv_mode: bool) -> Iterator[tuple[int, bytes]]:
 
 
 def find_sets(path: Path) -> list[Path]:
-    if (path / "pairs.jsonl").is_file():
-        return [path]
-    return sorted(p.parent for p in path.glob("*/pairs.jsonl"))
+    """The sets of a folder, as `sigma eval` finds them (none: an empty list, the caller says why)."""
+    from sigma.io.pairs_jsonl import find_sets as find_eval_sets
+
+    try:
+        return find_eval_sets(path)
+    except InputError:
+        return []
 
 
 class ManifestCorpus(Corpus):

@@ -80,7 +80,7 @@ class TAEF2(nn.Module):
         return self.decode(self.encode(x))
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "TAEF2":
+    def from_dir(cls, directory: str | Path) -> TAEF2:
         directory = Path(directory)
         model = cls()
         for part, module in (("encoder", model.encoder), ("decoder", model.decoder)):

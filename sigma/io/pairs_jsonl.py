@@ -1,4 +1,5 @@
-"""Read the evaluation pair layout (`<set>/pairs.jsonl` + images + masks) exactly as shipped."""
+"""The one reader of the `pairs.jsonl` layout (`<set>/pairs.jsonl` + images + masks), as ../shared ships it:
+`sigma eval`, training's labelled folders and the batch corpus reader all find sets and read records here."""
 from __future__ import annotations
 
 import json

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 
 from sigma.config.loader import load_config, parse_value
 from sigma.config.schema import IOConfig, LimitsConfig, Strict
@@ -54,20 +54,21 @@ class QueueSettings(Strict):
     result_ttl_s: int = Field(3_600, ge=1, description="life of a finished job's result")
 
 
-class ServiceLimits(Strict):
+class ServiceLimits(LimitsConfig):
+    """The library's image limits (`LimitsConfig`: max_pixels, max_bytes, max_instruction_chars,
+    max_aspect_change) with a service's tighter defaults, plus the limits only a service has."""
+
+    max_pixels: int = Field(16_000_000, gt=0, description="width*height of one image (a worker must survive a "
+                            "batch of max-size pairs)")
+    max_bytes: int = Field(25 * 1024 * 1024, gt=0, description="one encoded image",
+                           validation_alias=AliasChoices("max_bytes", "max_image_bytes"))
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0, description="whole HTTP body; 413 above it")
-    max_image_bytes: int = Field(25 * 1024 * 1024, gt=0, description="one encoded image")
-    max_pixels: int = Field(16_000_000, gt=0, description="width*height of one image")
-    max_instruction_chars: int = Field(1000, gt=0)
-    max_aspect_change: float = Field(0.05, ge=0)
     max_queue_length: int = Field(1000, ge=1, description="entries waiting or in flight per annotator "
                                   "stream; above it the API answers 429 + Retry-After and enqueues nothing")
     retry_after_s: int = Field(2, ge=1, description="the Retry-After of a 429")
 
     def io_config(self, align: bool = False) -> IOConfig:
-        return IOConfig(limits=LimitsConfig(max_pixels=self.max_pixels, max_bytes=self.max_image_bytes,
-                                            max_instruction_chars=self.max_instruction_chars,
-                                            max_aspect_change=self.max_aspect_change), align=align)
+        return IOConfig(limits=LimitsConfig(**self.model_dump(include=set(LimitsConfig.model_fields))), align=align)
 
 
 class ApiKey(Strict):
@@ -163,14 +164,15 @@ def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
 
 
 def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                      env: Mapping[str, str] | None = None) -> ServeConfig:
-    """defaults < YAML < environment < `overrides`; errors name the key (ConfigError)."""
+                      env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> ServeConfig:
+    """defaults < YAML < environment < `overrides` (`--set`) < `flags` (a command's own options, dotted keys,
+    None = not given); everything is validated once, at the end; errors name the key (ConfigError)."""
     env = os.environ if env is None else env
     env_set, env_keys = env_overrides(env)
     from sigma.config.loader import parse_overrides, read_yaml
 
     base = read_yaml(path) if path is not None else {}
-    merged = {**env_set, **parse_overrides(overrides)}
+    merged = {**env_set, **parse_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
     cfg = load_config(ServeConfig, None, merged, base=base)
     if env_keys:
         try:

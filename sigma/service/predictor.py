@@ -130,7 +130,8 @@ class Predictor:
                 pairs.append(pair)
                 where.append(n)
                 decode_ms.append(ms)
-        annotations = self.annotator.predict(pairs) if pairs else []
+        thresholds = [batch[n].get("threshold") for n in where]
+        annotations = self.annotator.predict(pairs, threshold=thresholds) if pairs else []
         for n, pair, ann, dec_ms in zip(where, pairs, annotations, decode_ms, strict=True):
             results[n] = {"ok": True, "result": self._record(batch[n], pair, ann, dec_ms)}
         return results  # type: ignore[return-value]
@@ -139,10 +140,6 @@ class Predictor:
         from sigma.io import encode_png
 
         start = time.perf_counter()
-        threshold = item.get("threshold")
-        if threshold is not None:
-            ann.mask = ann.prob > float(threshold)
-            ann.threshold = float(threshold)
         outputs = item.get("outputs") or ["rle"]
         record = json_ready(ann.to_dict())
         record["instruction"] = pair.instruction

@@ -1,15 +1,4 @@
-"""Where a job lives in Redis, and the two atomic steps that must never be split.
-
-Keys (all under `redis.key_prefix`, `P` below):
-    P:stream:<annotator>      the work queue (consumer group `queue.group`); entries {"job": id}
-    P:dead:<annotator>        dead letters: the entry's fields + last error + delivery count
-    P:job:<id>                hash: status, annotator, owner, options, timestamps, attempts, last_error,
-                              result (JSON), error (JSON), completions (how many times a result was stored)
-    P:blob:<id>:original|edited   the uploaded bytes, deleted when the job finishes
-    P:done:<id>               a list a waiting API request BLPOPs; one element per completion
-    P:worker:<consumer>       heartbeat hash with a TTL
-    P:idem:<owner>:<key>      idempotency key → job id
-    P:metrics:<annotator>     worker histograms (batch size, inference latency), HINCRBY'd per batch
+"""A job's record in Redis, and the atomic steps on it that must never be split (key names: `keys.py`).
 
 `ENQUEUE` (in one MULTI with the SETs of the images) stores the job and adds the stream entry, or
 deletes the images when the queue is full, so a 429 leaves nothing behind. `FINISH` stores a result only if the job has none yet: a job reclaimed after its
@@ -24,7 +13,8 @@ from typing import Any
 
 import redis
 
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+from sigma.service.keys import Keys
+
 TERMINAL = ("done", "failed", "cancelled")
 
 ENQUEUE = """
@@ -79,38 +69,6 @@ return st
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class Keys:
-    def __init__(self, prefix: str):
-        self.p = prefix
-
-    def stream(self, annotator: str) -> str:
-        return f"{self.p}:stream:{annotator}"
-
-    def dead(self, annotator: str) -> str:
-        return f"{self.p}:dead:{annotator}"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.p}:job:{job_id}"
-
-    def blob(self, job_id: str, part: str) -> str:
-        return f"{self.p}:blob:{job_id}:{part}"
-
-    def done(self, job_id: str) -> str:
-        return f"{self.p}:done:{job_id}"
-
-    def worker(self, consumer: str) -> str:
-        return f"{self.p}:worker:{consumer}"
-
-    def worker_pattern(self) -> str:
-        return f"{self.p}:worker:*"
-
-    def idem(self, owner: str, key: str) -> str:
-        return f"{self.p}:idem:{owner}:{key}"
-
-    def metrics(self, annotator: str) -> str:
-        return f"{self.p}:metrics:{annotator}"
 
 
 def new_job_id() -> str:

@@ -1,0 +1,112 @@
+"""The job routes: submit a pair (waiting or not), read a job, its mask, cancel or delete it."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from sigma.api import errors
+from sigma.api.auth import Principal, require_scope
+from sigma.api.errors import ApiError
+from sigma.api.requests import AnnotateJson, AnnotateOptions
+from sigma.api.service import Service, get_service
+from sigma.service.jobs import TERMINAL, finish_args, job_view
+
+router = APIRouter()
+SERVICE = Depends(get_service)
+ANNOTATE = Depends(require_scope("annotate"))
+
+WORKER_SIDE_FAILURES = ("dead_letter", "model_error", "worker_lost", "job_expired")
+
+def _multipart_schema() -> dict[str, Any]:
+    props: dict[str, Any] = {"original": {"type": "string", "format": "binary"},
+                             "edited": {"type": "string", "format": "binary"}}
+    for name, field in AnnotateOptions.model_fields.items():
+        props[name] = {"type": "string", "description": field.description or name}
+    return {"type": "object", "required": ["original", "edited"], "properties": props}
+
+
+SUBMIT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": _multipart_schema()},
+    "application/json": {"schema": AnnotateJson.model_json_schema()}}}}
+
+
+def _job_response(h: dict[str, str], status_code: int = 200, headers: dict[str, str] | None = None
+                  ) -> JSONResponse:
+    return JSONResponse(job_view(h), status_code=status_code, headers=headers)
+
+
+def _accepted(job_id: str, status: str = "queued") -> JSONResponse:
+    url = f"/v1/jobs/{job_id}"
+    return JSONResponse({"id": job_id, "status": status, "links": {"self": url, "mask": f"{url}/mask.png"}},
+                        status_code=202, headers={"Location": url})
+
+
+
+@router.post("/v1/annotate", tags=["annotate"], openapi_extra=SUBMIT_BODY, summary="annotate one pair, waiting",
+          responses={200: {"description": "the finished job with its result"},
+                     202: {"description": "not finished within the wait; poll Location"}})
+async def annotate(request: Request, principal: Principal = ANNOTATE, svc: Service = SERVICE):
+    t0 = time.perf_counter()
+    job_id, _, options = await svc.submit(request, principal)
+    wait = svc.cfg.api.wait_timeout_s if options.wait is None else options.wait
+    h = await svc.wait(job_id, min(wait, svc.cfg.api.max_wait_timeout_s))
+    status = h.get("status")
+    if status == "done":
+        view = job_view(h)
+        view["timings_ms"]["api_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return JSONResponse(view)
+    if status in ("failed", "cancelled"):
+        err = json.loads(h.get("error") or "{}")
+        code = err.get("code", "annotation_failed")
+        if status == "cancelled":
+            http, code = 409, "cancelled"
+        elif code in WORKER_SIDE_FAILURES:
+            http, code = 500, "annotation_failed"
+        else:   # an input error only a full decode finds (a truncated JPEG): same codes as the API's
+            http = errors.STATUS_BY_CODE.get(code, 422)
+        return errors.error_response(http, code, err.get("message", "annotation failed"), job_id=job_id)
+    return _accepted(job_id, status or "queued")
+
+@router.post("/v1/jobs", tags=["jobs"], openapi_extra=SUBMIT_BODY, status_code=202, summary="queue one pair")
+async def submit_job(request: Request, principal: Principal = ANNOTATE, svc: Service = SERVICE,
+                     idempotency_key: str | None = Header(None, alias="Idempotency-Key")):
+    job_id, created, _ = await svc.submit(request, principal, idempotency_key)
+    if created:
+        return _accepted(job_id)
+    h = await svc.job(job_id, principal)
+    return _job_response(h, 200, {"Location": f"/v1/jobs/{job_id}", "Idempotent-Replayed": "true"})
+
+@router.get("/v1/jobs/{job_id}", tags=["jobs"], summary="status and result of a job")
+async def get_job(job_id: str, principal: Principal = ANNOTATE, svc: Service = SERVICE):
+    return _job_response(await svc.job(job_id, principal))
+
+@router.get("/v1/jobs/{job_id}/mask.png", tags=["jobs"], summary="the mask as a 0/255 PNG",
+         responses={200: {"content": {"image/png": {}}}})
+async def get_mask(job_id: str, principal: Principal = ANNOTATE, svc: Service = SERVICE):
+    from sigma.io import decode_rle, encode_png
+
+    h = await svc.job(job_id, principal)
+    if h.get("status") != "done":
+        raise ApiError(409, "mask_not_available", f"job {job_id} is {h.get('status')}; the mask exists once "
+                       "it is done")
+    seg = json.loads(h["result"])["segmentation"]
+    png = await anyio.to_thread.run_sync(lambda: encode_png(decode_rle(seg).astype("uint8") * 255))
+    return Response(png, media_type="image/png")
+
+@router.delete("/v1/jobs/{job_id}", tags=["jobs"], summary="cancel a queued job or delete a finished one")
+async def delete_job(job_id: str, principal: Principal = ANNOTATE, svc: Service = SERVICE):
+    h = await svc.job(job_id, principal)
+    if h.get("status") in TERMINAL:
+        await svc.r.delete(svc.keys.job(job_id), svc.keys.done(job_id))
+        return {"id": job_id, "status": h.get("status"), "deleted": True}
+    keys, args = finish_args(svc.keys, job_id, "cancelled", None,
+                             {"code": "cancelled", "message": f"cancelled by {principal.name}"},
+                             svc.cfg.queue.result_ttl_s, "api")
+    await svc.finish_script(keys=keys, args=args)
+    return {"id": job_id, "status": "cancelled", "deleted": False}
+

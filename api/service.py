@@ -1,0 +1,171 @@
+"""The API's shared state and its dependency: settings, Redis clients and scripts, metrics, key checks.
+
+Routes get it with `Depends(get_service)`; it is made once per app (`create_app`) and opened inside the
+server's event loop (an asyncio Redis pool is bound to the loop that made it).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import anyio
+import redis
+from fastapi import Request
+
+from sigma.api.auth import KeyChecker, Principal
+from sigma.api.errors import ApiError
+from sigma.api.metrics import ApiMetrics
+from sigma.api.requests import AnnotateOptions, Submission, parse_submission
+from sigma.errors import SigmaError
+from sigma.service.connections import async_client
+from sigma.service.jobs import ENQUEUE, FINISH, decode_hash, enqueue_args, job_fields, new_job_id
+from sigma.service.keys import Keys
+from sigma.service.settings import ServeConfig
+
+log = logging.getLogger("sigma.api")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class Service:
+    """State shared by the routes: settings, Redis clients and scripts, metrics."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.keys = Keys(cfg.redis.key_prefix)
+        self.io_config = cfg.limits.io_config(cfg.api.align)
+        self.metrics = ApiMetrics()
+        self.auth = KeyChecker(cfg.auth)
+
+    async def open(self) -> None:
+        """Clients are made inside the server's event loop (an asyncio pool is bound to its loop)."""
+        self.r = async_client(self.cfg.redis, self.cfg.redis.socket_timeout_s)
+        # BLPOP holds its connection for the whole wait: a client whose socket timeout outlasts it.
+        self.rb = async_client(self.cfg.redis, self.cfg.api.max_wait_timeout_s + self.cfg.redis.socket_timeout_s)
+        self.enqueue_script = self.r.register_script(ENQUEUE)
+        self.finish_script = self.r.register_script(FINISH)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+        await self.rb.aclose()
+
+    # -- submitting ------------------------------------------------------------------------
+    def annotator_for(self, options: AnnotateOptions) -> str:
+        name = options.annotator or self.cfg.api.annotators[0]
+        if name not in self.cfg.api.annotators:
+            raise ApiError(422, "unknown_annotator", f"annotator {name!r} is not served here; "
+                           f"served: {', '.join(self.cfg.api.annotators)}")
+        return name
+
+    async def check_room(self, annotator: str) -> None:
+        """Cheap early 429 before the body is read and decoded; ENQUEUE re-checks atomically."""
+        if await self.r.xlen(self.keys.stream(annotator)) >= self.cfg.limits.max_queue_length:
+            self.reject_full()
+
+    def reject_full(self) -> None:
+        self.metrics.rejected.labels("queue_full").inc()
+        raise ApiError(429, "queue_full", f"the queue holds limits.max_queue_length="
+                       f"{self.cfg.limits.max_queue_length} jobs; retry after "
+                       f"{self.cfg.limits.retry_after_s} s", {"Retry-After": str(self.cfg.limits.retry_after_s)})
+
+    async def validate(self, sub: Submission) -> None:
+        from sigma.api.probe import check_pair
+
+        try:
+            await anyio.to_thread.run_sync(check_pair, sub.original, sub.edited, sub.options.instruction,
+                                           self.io_config, self.cfg.api.upload_check == "full")
+        except SigmaError:
+            self.metrics.rejected.labels("invalid_input").inc()
+            raise
+        except Exception as exc:
+            log.warning("decoder raised %s on an upload", type(exc).__name__)
+            self.metrics.rejected.labels("invalid_input").inc()
+            raise ApiError(422, "image_unreadable", f"an image could not be decoded ({type(exc).__name__})"
+                           ) from exc
+
+    async def submit(self, request: Request, principal: Principal, idempotency_key: str | None = None
+                     ) -> tuple[str, bool, AnnotateOptions]:
+        """Validate and enqueue; returns (job id, created, options). An idempotency key replays the first job."""
+        default = self.cfg.api.annotators[0]
+        await self.check_room(default)
+        sub = await parse_submission(request, self.cfg.limits.max_instruction_chars)
+        annotator = self.annotator_for(sub.options)
+        if annotator != default:
+            await self.check_room(annotator)
+        await self.validate(sub)
+        job_id = new_job_id()
+        idem_key = None
+        if idempotency_key is not None:
+            if not IDEMPOTENCY_KEY.match(idempotency_key):
+                raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-200 printable ASCII characters")
+            idem_key = self.keys.idem(principal.name, idempotency_key)
+            if not await self.r.set(idem_key, job_id, nx=True, ex=self.cfg.queue.job_ttl_s):
+                existing = await self.r.get(idem_key)
+                if existing:
+                    return existing.decode(), False, sub.options
+        fields = job_fields(job_id, annotator, principal.name, sub.options.instruction, sub.options.threshold,
+                            list(dict.fromkeys(sub.options.outputs)))
+        ttl = self.cfg.queue.job_ttl_s
+        keys, args = enqueue_args(self.keys, job_id, fields, self.cfg.limits.max_queue_length, ttl)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(keys[2], sub.original, ex=ttl)
+        pipe.set(keys[3], sub.edited, ex=ttl)
+        await self.enqueue_script(keys=keys, args=args, client=pipe)
+        if not (await pipe.execute())[-1]:
+            if idem_key:
+                await self.r.delete(idem_key)
+            self.reject_full()
+        self.metrics.enqueued.labels(annotator).inc()
+        return job_id, True, sub.options
+
+    # -- reading ---------------------------------------------------------------------------
+    async def job(self, job_id: str, principal: Principal) -> dict[str, str]:
+        if not JOB_ID.match(job_id):
+            raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+        h = decode_hash(await self.r.hgetall(self.keys.job(job_id)))
+        if not h or (h.get("owner") != principal.name and not principal.admin):
+            raise ApiError(404, "job_not_found", f"no job {job_id} (finished jobs are kept "
+                           f"{self.cfg.queue.result_ttl_s} s)")
+        return h
+
+    async def wait(self, job_id: str, seconds: float) -> dict[str, str]:
+        if seconds > 0:
+            await self.rb.blpop([self.keys.done(job_id)], timeout=seconds)
+        return decode_hash(await self.r.hgetall(self.keys.job(job_id)))
+
+    # -- health ----------------------------------------------------------------------------
+    async def workers(self) -> list[dict[str, str]]:
+        found = []
+        async for key in self.r.scan_iter(match=self.keys.worker_pattern(), count=200):
+            h = decode_hash(await self.r.hgetall(key))
+            if h:
+                found.append(h)
+        return found
+
+    async def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {"redis_up": False, "queues": {}, "workers": [], "worker_metrics": {}}
+        try:
+            for name in self.cfg.api.annotators:
+                stream = self.keys.stream(name)
+                pipe = self.r.pipeline(transaction=False)
+                pipe.xlen(stream)
+                pipe.xlen(self.keys.dead(name))
+                pipe.hgetall(self.keys.metrics(name))
+                depth, dead, wm = await pipe.execute()
+                try:
+                    pending = int((await self.r.xpending(stream, self.cfg.queue.group))["pending"])
+                except redis.ResponseError:
+                    pending = 0
+                snap["queues"][name] = {"depth": depth, "pending": pending, "dead": dead}
+                snap["worker_metrics"][name] = decode_hash(wm)
+            snap["workers"] = await self.workers()
+            snap["redis_up"] = True
+        except (redis.RedisError, OSError) as exc:
+            snap["error"] = f"{type(exc).__name__}: {exc}"
+        return snap
+
+
+def get_service(request: Request) -> Service:
+    """The dependency every route takes: the app's one Service."""
+    return request.app.state.service

@@ -1,0 +1,158 @@
+"""The annotation handler: what `sigma worker` does with a batch of queued jobs.
+
+Per batch: load the jobs and their images (one pipeline), mark them running, run the predictor once
+for the whole batch, and hand each job's outcome to the consumer, which stores it (`FINISH`, at most
+once per job) and only then acknowledges the entry. A bad input fails its job at once (retrying cannot
+help); a model exception is retried by redelivery up to `max_deliveries`, after the batch was retried
+one pair at a time so that one poisonous pair does not fail its neighbours.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from functools import partial
+from typing import Any
+
+import redis
+
+from sigma.service.consumer import Outcome
+from sigma.service.jobs import JobStore
+from sigma.service.keys import Keys
+from sigma.service.predictor import Predictor
+from sigma.service.queue import Entry
+
+log = logging.getLogger("sigma.worker")
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def gpu_memory_bytes() -> int | None:
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            return int(torch.cuda.memory_allocated())
+    except Exception:  # noqa: BLE001 - a probe, never fatal
+        return None
+    return None
+
+
+def run_isolated(fn, items: list[Any]) -> list[Any]:
+    """`fn(items)`, and when it raises on a batch, `fn([item])` for each item: one exception per bad item,
+    results for the rest. The one "retry the batch one at a time" path of every worker."""
+    try:
+        return list(fn(items))
+    except Exception:  # noqa: BLE001 - isolate the item that fails, keep the others
+        if len(items) == 1:
+            return [sys.exc_info()[1]]
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.append(fn([item])[0])
+        except Exception as exc:  # noqa: BLE001
+            out.append(exc)
+    return out
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    return {"code": getattr(exc, "code", "model_error"), "message": f"{type(exc).__name__}: {exc}"[:2000],
+            "trace": "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]}
+
+
+class AnnotationHandler:
+    """Jobs of one annotator stream → results in their job records."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, annotator: str, predictor: Predictor, *, consumer: str,
+                 result_ttl_s: int, batch_size: int, max_wait_ms: int):
+        self.r = client
+        self.keys = keys
+        self.annotator = annotator
+        self.predictor = predictor
+        self.consumer = consumer
+        self.jobs = JobStore(client, keys, result_ttl_s)
+        self.batch_size = batch_size
+        self.max_wait_ms = max_wait_ms
+        self.started_at = time.time()
+        self.counts = {"jobs_done": 0, "jobs_failed": 0, "duplicates": 0}
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
+                                "annotator": self.annotator, "config_hash": self.predictor.config_hash,
+                                "model_loaded": int(self.predictor.annotator is not None),
+                                "started_at": f"{self.started_at:.3f}", **self.counts}
+        mem = gpu_memory_bytes()
+        if mem is not None:
+            info["gpu_memory_bytes"] = mem
+        return info
+
+    def _finish(self, job_id: str, status: str, result: dict | None = None, error: dict | None = None) -> None:
+        self.jobs.finish(job_id, status, self.consumer, result=result, error=error)
+        self.counts["jobs_done" if status == "done" else "jobs_failed"] += 1
+
+    def handle(self, entries: list[Entry]) -> list[Outcome]:
+        job_ids = [e.fields.get("job", "") for e in entries]
+        loaded = self.jobs.load(job_ids)
+        outcomes: list[Outcome] = []
+        work: list[tuple[Entry, dict[str, Any]]] = []
+        for entry, job_id, (h, original, edited) in zip(entries, job_ids, loaded, strict=True):
+            status = self.jobs.start(job_id, self.consumer) if h else None
+            if status is None or status in ("done", "failed", "cancelled"):
+                if status == "done":
+                    self.counts["duplicates"] += 1
+                outcomes.append(Outcome(entry, "ack"))          # expired, cancelled or already finished
+                continue
+            if original is None or edited is None:
+                error = {"code": "job_expired", "message": "the job's images expired before a worker reached it "
+                         "(queue.job_ttl_s)"}
+                outcomes.append(Outcome(entry, "ack", store=partial(self._finish, job_id, "failed", error=error)))
+                continue
+            item = {"id": job_id, "original": original, "edited": edited,
+                    "instruction": json.loads(h.get("instruction") or "null"),
+                    "threshold": json.loads(h.get("threshold") or "null"),
+                    "outputs": json.loads(h.get("outputs") or '["rle"]')}
+            work.append((entry, item))
+        if not work:
+            return outcomes
+        start = time.perf_counter()
+        results = run_isolated(self.predictor, [item for _, item in work])
+        seconds = time.perf_counter() - start
+        for (entry, item), res in zip(work, results, strict=True):
+            if isinstance(res, Exception):
+                error = error_record(res)
+                log.warning("job %s failed on delivery %d: %s", item["id"], entry.deliveries, error["message"])
+                outcomes.append(Outcome(entry, "retry", error=error))
+            elif res["ok"]:
+                outcomes.append(Outcome(entry, "ack", store=partial(self._finish, item["id"], "done",
+                                                                    result=res["result"])))
+            else:
+                outcomes.append(Outcome(entry, "ack", store=partial(self._finish, item["id"], "failed",
+                                                                    error=res["error"])))
+        try:   # metrics are best effort: never worth holding results back for
+            self.jobs.record_batch(self.annotator, len(work), seconds)
+        except redis.RedisError as exc:
+            log.debug("batch metrics not recorded: %s", exc)
+        return outcomes
+
+    def on_retry(self, entry: Entry, error: dict[str, Any]) -> None:
+        self.jobs.note_error(entry.fields.get("job", ""), error)
+
+    def on_dead(self, entry: Entry, last_error: dict[str, Any] | None) -> dict[str, Any]:
+        job_id = entry.fields.get("job", "")
+        if last_error is None:
+            raw = self.r.hget(self.keys.job(job_id), "last_error") if job_id else None
+            last_error = json.loads(raw) if raw else {
+                "code": "worker_lost", "message": "the worker processing this job stopped without a result "
+                f"({entry.deliveries} deliveries)"}
+        error = {"code": "dead_letter", "message": f"gave up after {entry.deliveries} deliveries: "
+                 f"[{last_error.get('code')}] {last_error.get('message')}", "last_error": last_error,
+                 "deliveries": entry.deliveries}
+        if job_id:
+            self._finish(job_id, "failed", error=error)
+        return last_error
+

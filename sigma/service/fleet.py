@@ -1,0 +1,226 @@
+"""Fleet mode: shard tasks on a Redis stream, consumed by `sigma worker --batch` on every GPU machine.
+
+Delivery follows the service's rules (the fleet handler runs on the one consumer loop, `consumer.py`): at-least-once, a lease extended by the
+heartbeat while a shard is worked on, XAUTOCLAIM of entries whose worker died, dead-letter after
+`max_deliveries`. Running a shard twice is safe: its output is a pure function of (input, shard, run
+hash), published by atomic rename, and a finished shard is skipped. The run folder (and the corpus)
+must be on storage every worker sees; Redis carries only {run_dir, shard, run_hash}.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sigma.batch.config import BatchConfig
+from sigma.batch.layout import RunDir
+from sigma.batch.runner import corpus_from_config, prepare_run
+from sigma.errors import InputError, SigmaError
+from sigma.service.connections import sync_client
+from sigma.service.consumer import Consumer, Outcome
+from sigma.service.keys import Keys
+from sigma.service.queue import Entry, StreamQueue
+from sigma.service.settings import QueueSettings, RedisSettings
+
+log = logging.getLogger("sigma.batch.fleet")
+
+GROUP = "sigma-batch"
+
+
+def make_queue(client, keys: Keys, consumer: str, lease_ms: int = 30_000, max_deliveries: int = 3) -> StreamQueue:
+    q = StreamQueue(client, keys.batch_tasks(), GROUP, consumer, lease_ms=lease_ms, max_deliveries=max_deliveries,
+                    dead_stream=keys.batch_dead())
+    q.ensure_group()
+    return q
+
+
+def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | None = None,
+               key_prefix: str | None = None) -> dict[str, Any]:
+    """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`."""
+    import redis as redis_lib
+
+    settings = redis_settings(redis, key_prefix)
+    keys = Keys(settings.key_prefix)
+    rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
+    pending = [s for s in shards if not rundir.is_done(s, run_hash)]
+    try:
+        q = make_queue(sync_client(settings), keys, consumer="submitter")
+        for shard in pending:
+            q.add({"run_dir": str(rundir.root.resolve()), "shard": shard.key, "run_hash": run_hash})
+    except redis_lib.RedisError as exc:
+        raise InputError(f"cannot queue shard tasks on Redis at {settings.url} ({exc})",
+                         code="redis_unavailable") from exc
+    return {"stream": keys.batch_tasks(), "queued": len(pending), "skipped": len(shards) - len(pending),
+            "run_hash": run_hash}
+
+
+def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None) -> dict[str, Any]:
+    import redis as redis_lib
+
+    settings = redis_settings(redis, key_prefix)
+    keys = Keys(settings.key_prefix)
+    client = sync_client(settings)
+    try:
+        q = make_queue(client, keys, consumer="status")
+        workers = sum(1 for _ in client.scan_iter(match=keys.batch_worker_pattern(), count=500))
+        return {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
+                "dead": q.dead_count(), "live_workers": workers}
+    except redis_lib.RedisError as exc:
+        raise InputError(f"cannot read the queue on Redis at {settings.url} ({exc})",
+                         code="redis_unavailable") from exc
+
+
+def redis_settings(redis: RedisSettings | str | None, key_prefix: str | None = None) -> RedisSettings:
+    """A URL (or None: $SIGMA_REDIS_URL, else the default) and a prefix, as the service's settings."""
+    if isinstance(redis, RedisSettings):
+        settings = redis
+    else:
+        url = redis or os.environ.get("SIGMA_REDIS_URL") or RedisSettings().url
+        settings = RedisSettings(url=url, connect_timeout_s=2, socket_timeout_s=10)
+    if key_prefix:
+        settings = settings.model_copy(update={"key_prefix": key_prefix})
+    return settings
+
+
+@dataclass
+class _RunCache:
+    """One annotator + decode pool per run config, kept across tasks: loading a model once per shard
+    would cost more than the shard."""
+
+    workers: int | None = None
+    key: str | None = None
+    pipeline: Any = None
+
+    def get(self, cfg: BatchConfig, run_hash: str):
+        from sigma.batch.pipeline import Pipeline
+
+        key = f"{run_hash}:{cfg.annotator}"
+        if key != self.key:
+            self.close()
+            self.pipeline = Pipeline(cfg, workers=self.workers)
+            self.key = key
+        return self.pipeline
+
+    def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+        self.pipeline, self.key = None, None
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    dead: int = 0
+    pairs: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class PermanentTaskError(Exception):
+    """A task no retry can fix (its run folder is gone or belongs to another run)."""
+
+
+def process_task(fields: dict[str, str], cache: _RunCache) -> tuple[str, int, str | None]:
+    """Run one shard task: ("done" | "skipped" | "failed", pairs, error)."""
+    try:
+        rundir = RunDir(fields["run_dir"])
+        record = rundir.load()
+    except (KeyError, SigmaError) as exc:
+        raise PermanentTaskError(f"bad task {fields}: {getattr(exc, 'message', exc)}") from exc
+    if record["run_hash"] != fields.get("run_hash"):
+        raise PermanentTaskError(f"{fields['run_dir']} now holds run {record['run_hash']}, "
+                                 f"not {fields.get('run_hash')}")
+    shard = next((s for s in rundir.shards() if s.key == fields.get("shard")), None)
+    if shard is None:
+        raise PermanentTaskError(f"{fields['run_dir']}: no shard {fields.get('shard')!r} in the plan")
+    run_hash = record["run_hash"]
+    if rundir.is_done(shard, run_hash):
+        return "skipped", 0, None
+    cfg = BatchConfig.model_validate(record["config"])
+    corpus = corpus_from_config(cfg)
+    stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash)
+    result = stats.shards[0] if stats.shards else None
+    if result is None or result.status != "done":
+        return "failed", stats.pairs, (result.error if result else "no result")
+    return "done", stats.pairs, None
+
+
+class FleetHandler:
+    """Shard tasks → shard files in their run folders; one task at a time (a shard is minutes of work)."""
+
+    batch_size = 1
+    max_wait_ms = 0
+
+    def __init__(self, consumer: str, workers: int | None = None):
+        self.consumer = consumer
+        self.stats = WorkerStats()
+        self.cache = _RunCache(workers=workers)
+        self.current: dict[str, str] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {"consumer": self.consumer, "mode": "batch", "done": self.stats.done, "failed": self.stats.failed,
+                "shard": self.current.get("shard", "")}
+
+    def handle(self, entries: list[Entry]) -> list[Outcome]:
+        outcomes = []
+        for entry in entries:
+            self.current.update(entry.fields)
+            try:
+                outcome, pairs, error = process_task(entry.fields, self.cache)
+            except PermanentTaskError as exc:
+                self.stats.errors.append(str(exc))
+                outcomes.append(Outcome(entry, "dead", error={"code": "bad_task", "message": str(exc)}))
+                continue
+            except Exception as exc:  # noqa: BLE001 - e.g. the corpus is briefly unreachable: retried via the lease
+                outcome, pairs, error = "failed", 0, f"{type(exc).__name__}: {exc}"
+            finally:
+                self.current.clear()
+            self.stats.pairs += pairs
+            if outcome in ("done", "skipped"):
+                setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+                outcomes.append(Outcome(entry, "ack"))
+            else:
+                self.stats.failed += 1
+                self.stats.errors.append(f"{entry.fields.get('shard')}: {error}")
+                log.warning("shard %s failed (delivery %d): %s", entry.fields.get("shard"), entry.deliveries, error)
+                outcomes.append(Outcome(entry, "retry", error={"code": "shard_failed", "message": error or "failed"}))
+        return outcomes
+
+    def on_retry(self, entry: Entry, error: dict[str, Any]) -> None:
+        """Left pending: the lease runs out and a worker (maybe this one) retries the shard."""
+
+    def on_dead(self, entry: Entry, error: dict[str, Any] | None) -> dict[str, Any]:
+        self.stats.dead += 1
+        return error or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str | None = None,
+                     consumer: str | None = None, *, queue: QueueSettings | None = None, workers: int | None = None,
+                     stop: threading.Event | None = None, exit_when_idle: bool = False,
+                     max_tasks: int | None = None, **queue_overrides: Any) -> WorkerStats:
+    """Consume shard tasks until `stop` is set (SIGTERM in the CLI), or the queue is empty with
+    `exit_when_idle`. The shard in progress is always finished before returning. `queue_overrides`:
+    fields of QueueSettings (lease_ms, block_ms, max_deliveries, reclaim_interval_ms, ...)."""
+    settings = redis_settings(redis, key_prefix)
+    qs = (queue or QueueSettings()).model_copy(update=queue_overrides)
+    keys = Keys(settings.key_prefix)
+    consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    client = sync_client(settings, block_ms=qs.block_ms)
+    q = StreamQueue(client, keys.batch_tasks(), GROUP, consumer, lease_ms=qs.lease_ms,
+                    max_deliveries=qs.max_deliveries, dead_stream=keys.batch_dead(), dead_maxlen=qs.dead_letter_maxlen)
+    handler = FleetHandler(consumer, workers)
+    loop = Consumer(client, q, handler, qs, heartbeat_key=keys.batch_worker(consumer), stop=stop,
+                    describe=f"batch worker {consumer}")
+    try:
+        loop.run(max_batches=max_tasks, exit_when_idle=exit_when_idle)
+    finally:
+        handler.close()
+    return handler.stats

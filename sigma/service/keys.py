@@ -1,0 +1,74 @@
+"""Every Redis key and stream name the service and the batch fleet use, in one place.
+
+All names start with `redis.key_prefix` (`P` below), so two deployments (or a test) can share one Redis
+by choosing different prefixes, and the API, the annotation workers, `sigma batch submit` and
+`sigma worker --batch` meet on the same names because they all ask this class:
+
+    P:stream:<annotator>          the annotation work queue (consumer group `queue.group`); entries {"job": id}
+    P:dead:<annotator>            its dead letters: the entry's fields + last error + delivery count
+    P:job:<id>                    hash: status, annotator, owner, options, timestamps, attempts, last_error,
+                                  result (JSON), error (JSON), completions
+    P:blob:<id>:original|edited   the uploaded bytes, deleted when the job finishes
+    P:done:<id>                   a list a waiting API request BLPOPs; one element per completion
+    P:worker:<consumer>           a worker's heartbeat hash, with a TTL
+    P:idem:<owner>:<key>          idempotency key → job id (+ the request's digest)
+    P:metrics:<annotator>         worker histograms (batch size, inference latency)
+    P:batch:tasks                 the fleet's shard tasks {run_dir, shard, run_hash}
+    P:batch:tasks:dead            their dead letters
+    P:batch:tasks:worker:<c>      a batch worker's heartbeat
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "sigma"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def p(self) -> str:
+        return self.prefix
+
+    # -- annotation jobs ------------------------------------------------------------------------
+    def stream(self, annotator: str) -> str:
+        return f"{self.p}:stream:{annotator}"
+
+    def dead(self, annotator: str) -> str:
+        return f"{self.p}:dead:{annotator}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.p}:job:{job_id}"
+
+    def blob(self, job_id: str, part: str) -> str:
+        return f"{self.p}:blob:{job_id}:{part}"
+
+    def done(self, job_id: str) -> str:
+        return f"{self.p}:done:{job_id}"
+
+    def worker(self, consumer: str) -> str:
+        return f"{self.p}:worker:{consumer}"
+
+    def worker_pattern(self) -> str:
+        return f"{self.p}:worker:*"
+
+    def idem(self, owner: str, key: str) -> str:
+        return f"{self.p}:idem:{owner}:{key}"
+
+    def metrics(self, annotator: str) -> str:
+        return f"{self.p}:metrics:{annotator}"
+
+    # -- the batch fleet ------------------------------------------------------------------------
+    def batch_tasks(self) -> str:
+        return f"{self.p}:batch:tasks"
+
+    def batch_dead(self) -> str:
+        return f"{self.batch_tasks()}:dead"
+
+    def batch_worker(self, consumer: str) -> str:
+        return f"{self.batch_tasks()}:worker:{consumer}"
+
+    def batch_worker_pattern(self) -> str:
+        return f"{self.batch_tasks()}:worker:*"

@@ -1,0 +1,74 @@
+"""Registries are the extension point: config fields that name a grounder, a segmenter, a corpus reader or a
+model preset validate against their registry, so a plugin's entry is valid config and a typo says did-you-mean."""
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from sigma.batch.config import BatchConfig, InputConfig
+from sigma.grounding.config import GroundingConfig, SegmenterConfig
+from sigma.grounding.registry import GROUNDERS, SEGMENTERS
+from sigma.io.corpora import CORPUS_READERS
+from sigma.models.presets import PRESETS, PRETRAINED
+from sigma.models.weights import file_sha256
+
+
+@pytest.mark.parametrize("model, field, value, hint", [
+    (GroundingConfig, "backend", "gdino-sam", "gdino-sam2"),
+    (SegmenterConfig, "kind", "sam3", "sam2"),
+    (InputConfig, "format", "parquett", "parquet"),
+])
+def test_unknown_names_say_did_you_mean(model, field, value, hint):
+    extra = {"path": "x"} if model is InputConfig else {}
+    with pytest.raises(ValidationError) as err:
+        model(**{field: value, **extra})
+    assert f"Did you mean {hint!r}" in str(err.value)
+
+
+def test_a_plugin_entry_is_valid_config_without_editing_a_literal():
+    name = "test-plugin-grounder"
+    if name not in GROUNDERS:
+        GROUNDERS.register(name, "a plugin's grounder")(lambda config=None, **_: None)
+    assert GroundingConfig(backend=name).backend == name
+    seg = "test-plugin-segmenter"
+    if seg not in SEGMENTERS:
+        SEGMENTERS.register(seg, "a plugin's segmenter")(lambda config, **_: None)
+    assert SegmenterConfig(kind=seg).kind == seg
+    fmt = "test-plugin-format"
+    if fmt not in CORPUS_READERS:
+        CORPUS_READERS.register(fmt, "a plugin's reader")(object)
+    cfg = BatchConfig.model_validate({"input": {"path": "x", "format": fmt}})
+    assert cfg.input.format == fmt and InputConfig(path="x").format == "auto"
+
+
+def test_model_preset_names_are_validated():
+    from sigma.annotators.model_annotator import ModelAnnotatorConfig
+
+    assert ModelAnnotatorConfig(model="tiny-lite").model == "tiny-lite"
+    with pytest.raises(ValidationError) as err:
+        ModelAnnotatorConfig(model="sigma-lit")
+    assert "Did you mean 'sigma-lite'" in str(err.value)
+
+
+def test_pretrained_configs_name_real_presets_and_the_shipped_file():
+    from sigma.annotators.model_annotator import WEIGHTS_DIR
+
+    assert set(PRETRAINED) <= set(PRESETS)
+    lite = PRETRAINED["sigma-lite"]
+    assert lite.input_size == PRESETS["sigma-lite"]["image_size"]
+    shipped = WEIGHTS_DIR / lite.file
+    assert shipped.is_file() and shipped.with_suffix(".json").is_file()
+    assert file_sha256(shipped) == lite.sha256, "sigma/weights changed: update PRETRAINED['sigma-lite'].sha256"
+
+
+def test_a_swapped_embedded_file_is_refused(tmp_path, monkeypatch):
+    from sigma.annotators import model_annotator
+    from sigma.errors import SigmaError
+    from sigma.registry import create_annotator
+
+    (tmp_path / "sigma-lite.safetensors").write_bytes(b"not the released weights")
+    (tmp_path / "sigma-lite.json").write_text("{}")
+    monkeypatch.setattr(model_annotator, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(SigmaError) as err:
+        create_annotator("sigma-lite")
+    assert err.value.code == "weights_mismatch" and "corrupt or the file was replaced" in err.value.message
