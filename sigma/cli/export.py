@@ -4,17 +4,30 @@ from __future__ import annotations
 import argparse
 import json
 
+MASKS = ("chosen", "semantic", "footprint")          # sigma.export.select.MASKS (not imported: CLI start-up)
+ORDERS = ("corpus", "confidence", "confidence-asc")  # sigma.export.select.ORDERS
+
 EXAMPLES = """examples:
   sigma export imdl-benco runs/mb --out data/mb_benco --min-confidence 0.6 --max-area 0.5
+  sigma export imdl-benco runs/mb --out data/mb_forensic --mask footprint --sort confidence
   sigma export coco runs/mb --out runs/mb/coco.json --images runs/mb/images
 """
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a `sigma batch run` folder (finished shards are exported)")
-    p.add_argument("--min-confidence", type=float, help="keep pairs with confidence >= C (pairs without one drop)")
+    p.add_argument("--min-confidence", type=float, help="keep pairs with confidence >= C (pairs without one "
+                   "drop); docs/evaluation.md gives the expected F1 for each C")
+    p.add_argument("--max-confidence", type=float, help="keep pairs with confidence <= C (e.g. to hand-check)")
     p.add_argument("--min-area", type=float, help="keep masks covering at least this fraction of the image")
     p.add_argument("--max-area", type=float, help="keep masks covering at most this fraction of the image")
+    p.add_argument("--composite", choices=("only", "exclude"), help="keep only the pairs found to be "
+                   "composites (most pixels untouched), or only the others")
+    p.add_argument("--mask", choices=MASKS, default="chosen", help="which mask to export: chosen (the run's "
+                   "mask_mode, default), semantic (what changed in meaning), footprint (every pixel the editor "
+                   "re-made; composites only, the others are skipped)")
+    p.add_argument("--sort", choices=ORDERS, default="corpus", help="output order: corpus (default), "
+                   "confidence (highest first) or confidence-asc")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +57,13 @@ def _row_filter(args: argparse.Namespace):
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} is a fraction of the image in [0, 1], got {value}")
-    return RowFilter(min_confidence=args.min_confidence, min_area=args.min_area, max_area=args.max_area)
+    for name in ("min_confidence", "max_confidence"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} is a confidence in [0, 1], got {value}")
+    composite = {"only": True, "exclude": False, None: None}[args.composite]
+    return RowFilter(min_confidence=args.min_confidence, max_confidence=args.max_confidence,
+                     min_area=args.min_area, max_area=args.max_area, composite=composite)
 
 
 def _report(info: dict) -> None:
@@ -57,12 +76,14 @@ def _report(info: dict) -> None:
 def run_imdl_benco(args: argparse.Namespace) -> int:
     from sigma.export.imdl_benco import export_imdl_benco
 
-    _report(export_imdl_benco(args.run_dir, args.out, _row_filter(args), relative=args.relative))
+    _report(export_imdl_benco(args.run_dir, args.out, _row_filter(args), relative=args.relative, mask=args.mask,
+                              order=args.sort))
     return 0
 
 
 def run_coco(args: argparse.Namespace) -> int:
     from sigma.export.coco import export_coco
 
-    _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images))
+    _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images, mask=args.mask,
+                        order=args.sort))
     return 0
