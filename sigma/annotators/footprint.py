@@ -62,6 +62,10 @@ class FootprintConfig(Strict):
     min_identical_blocks: float = Field(0.01, ge=0.0, le=1.0, description="fraction of the image in "
                                         "textured 8x8 blocks bit-identical to the original that proves a "
                                         "paste-back even when most pixels changed: a regenerated image has none")
+    min_identical_share: float = Field(0.9, ge=0.0, le=1.0, description="share of the background's "
+                                       "textured 8x8 blocks that must be bit-identical for the exact tier "
+                                       "(tolerance 0) without a tolerance search; a partly idempotent JPEG "
+                                       "re-save leaves fewer")
     max_missed: float = Field(0.25, ge=0.0, le=1.0, description="largest share of the background a solid "
                               "changed region may cover and still count as an edit the model missed rather "
                               "than a re-rendered background")
@@ -236,34 +240,54 @@ def _background(prob: np.ndarray, cfg: FootprintConfig) -> np.ndarray:
     return background
 
 
-def identical_block_fraction(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0) -> float:
-    """Fraction of the image in textured blocks whose every value is bit-identical in both images.
+def identical_blocks(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per 8x8 block of the image grid: (textured and bit-identical in both images, textured).
 
     No whole-image process (a VAE roundtrip, resampling, a JPEG re-save at another quality, a colour
-    change) leaves a textured 8x8 block exactly as it was: these blocks are proof of a paste-back. Flat
+    change) leaves a textured block exactly as it was: these blocks are proof of a paste-back. Flat
     blocks are left out because a JPEG re-save or a resize can reproduce a flat patch exactly.
     """
     h, w = original.shape[:2]
     hb, wb = h // block, w // block
     if hb == 0 or wb == 0:
-        return 0.0
+        return np.zeros((0, 0), bool), np.zeros((0, 0), bool)
     crop = (slice(0, hb * block), slice(0, wb * block))
     same = (residual_map(original[crop], edited[crop]) == 0).reshape(hb, block, wb, block).all(axis=(1, 3))
     grey = cv2.cvtColor(original[crop], cv2.COLOR_RGB2GRAY).astype(np.float32).reshape(hb, block, wb, block)
     textured = grey.std(axis=(1, 3)) >= min_std
-    return float((same & textured).sum() * block * block / (h * w))
+    return same & textured, textured
 
 
-def _scattered_fraction(exceed: np.ndarray, background: np.ndarray, max_solid: float) -> float:
-    """Share of the background above the tolerance once solid changed regions (an edit the model missed)
-    are set aside, or 1.0 when the solid part is itself too large to be a missed edit (dense noise, or a
-    re-rendered image whose whole texture changed)."""
-    solid = cv2.morphologyEx(exceed.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    near_solid = cv2.dilate(solid, _disk(3)) > 0
+def _block_share(background: np.ndarray, same: np.ndarray, textured: np.ndarray, block: int = 8) -> float:
+    """Share of the textured blocks lying wholly in the background that are bit-identical (1.0 if none)."""
+    hb, wb = textured.shape
+    if hb == 0:
+        return 0.0
+    inside = background[:hb * block, :wb * block].reshape(hb, block, wb, block).all(axis=(1, 3)) & textured
+    return float(same[inside].mean()) if inside.any() else 0.0
+
+
+def _scattered_fraction(residual: np.ndarray, t: int, background: np.ndarray, max_solid: float) -> float:
+    """Share of the background above tolerance `t` once changed regions (an edit, or the part of one the
+    model missed) are set aside; 1.0 when those regions are themselves too large a share of the background
+    to be a missed edit (dense noise, or a re-rendered image whose whole texture changed).
+
+    A changed region is a connected run of 16 or more pixels above `t` whose mean residual is well above
+    it (2t + 2): sparse noise does not form such runs, and the tail of a structured noise (a foreign
+    encoder, sensor noise along edges) that does is barely above the tolerance, where an edit is not.
+    """
+    exceed = residual > t
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(exceed.astype(np.uint8), connectivity=8)
+    area = stats[:, cv2.CC_STAT_AREA]
+    mean = np.bincount(labels.ravel(), weights=residual.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+    solid_label = (area >= 16) & (mean > 2 * t + 2)
+    solid_label[0] = False
+    solid = solid_label[labels]
     n_bg = max(int(background.sum()), 1)
-    if (near_solid & background).sum() / n_bg > max_solid:
+    if (solid & background).sum() / n_bg > max_solid:
         return 1.0
-    return float((exceed & ~near_solid & background).sum() / n_bg)
+    return float((exceed & ~solid & background).sum() / n_bg)
 
 
 def _requantisation_floor(original: np.ndarray, edited: np.ndarray, ref_info: dict[str, Any]) -> np.ndarray:
@@ -306,7 +330,7 @@ def _tolerance(residual: np.ndarray, background: np.ndarray, cfg: FootprintConfi
     for t in range(0, cfg.max_tolerance + 1):
         exceed = background & (residual > t)
         if exceed.sum() / n_bg <= cfg.noise_rate or \
-                _scattered_fraction(exceed, background, cfg.max_missed) <= cfg.noise_rate:
+                _scattered_fraction(residual, t, background, cfg.max_missed) <= cfg.noise_rate:
             return t
     return None
 
@@ -333,10 +357,16 @@ def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
     if prob.shape != original.shape[:2]:
         raise ValueError(f"prob {prob.shape} does not match the images {original.shape[:2]}")
     identity = residual_map(original, edited)
-    blocks = identical_block_fraction(original, edited)
+    same, textured = identical_blocks(original, edited)
+    h, w = identity.shape
+    blocks = float(same.sum()) * 64 / (h * w)
     background = _background(prob, cfg)
+    share = _block_share(background, same, textured)
     reference, ref_info, residual = original, {"reference": "original"}, identity
-    tolerance = _tolerance(identity, background, cfg)
+    if blocks >= cfg.min_identical_blocks and share >= cfg.min_identical_share:
+        tolerance = 0     # the background's textured blocks are bit-identical: a lossless paste-back
+    else:
+        tolerance = _tolerance(identity, background, cfg)
     if tolerance != 0 and cfg.jpeg_search:
         candidate, info = best_reference(original, edited, background, True)
         if candidate is not original:
@@ -380,6 +410,7 @@ def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
     evidence = {"tier": tier, "untouched_fraction": round(untouched, 4), "tolerance": tolerance,
                 "identical_fraction": round(float(np.mean(identity == 0)), 4),
                 "identical_block_fraction": round(blocks, 4),
+                "background_identical_share": round(share, 4),
                 "noise_floor": round(float(bg.mean()) if bg.size else 0.0, 3), "background_p995": q_hi,
                 "background_fraction": round(float(background.mean()), 4), **ref_info, "reason": reason}
     extras: dict[str, Any] = {}
