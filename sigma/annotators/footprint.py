@@ -230,11 +230,12 @@ def _disk(radius: int) -> np.ndarray:
 def _background(prob: np.ndarray, cfg: FootprintConfig) -> np.ndarray:
     """Pixels far from anything the model calls changed: where a composite's background statistics live."""
     h, w = prob.shape
-    region = (prob >= cfg.background_prob).astype(np.uint8)
+    region = prob >= cfg.background_prob
     radius = round(cfg.background_dilate * float(np.hypot(h, w)))
-    if radius > 0 and region.any():
-        region = cv2.dilate(region, _disk(radius))
-    background = region == 0
+    if radius > 0 and region.any():   # a dilation by a disk, in O(pixels) whatever the radius
+        background = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 3) > radius
+    else:
+        background = ~region
     if background.mean() < 0.2:      # the model marks most of the image: judge on the whole image
         background = np.ones_like(background)
     return background
@@ -329,7 +330,10 @@ def _tolerance(residual: np.ndarray, background: np.ndarray, cfg: FootprintConfi
     n_bg = max(int(background.sum()), 1)
     for t in range(0, cfg.max_tolerance + 1):
         exceed = background & (residual > t)
-        if exceed.sum() / n_bg <= cfg.noise_rate or \
+        share = exceed.sum() / n_bg
+        if share > cfg.max_missed + cfg.noise_rate:   # more than a missed edit plus noise could be
+            continue
+        if share <= cfg.noise_rate or \
                 _scattered_fraction(residual, t, background, cfg.max_missed) <= cfg.noise_rate:
             return t
     return None
