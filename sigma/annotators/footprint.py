@@ -236,9 +236,11 @@ def _background(prob: np.ndarray, cfg: FootprintConfig) -> np.ndarray:
         background = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 3) > radius
     else:
         background = ~region
-    if background.mean() < 0.2:      # the model marks most of the image: judge on the whole image
-        background = np.ones_like(background)
-    return background
+    if background.mean() >= 0.2:
+        return background
+    # the model marks most of the image (a regenerated background around a kept object): judge on what
+    # it leaves out, undilated, or on the whole image when that is next to nothing
+    return ~region if (~region).mean() >= 0.02 else np.ones_like(background)
 
 
 def identical_blocks(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0
