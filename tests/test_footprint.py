@@ -225,7 +225,12 @@ class FixedProb(Annotator):
         self.probs = probs
 
     def _predict_batch(self, pairs: list[Pair]):
-        return [(self.probs[p.pair_id], {"confidence": 0.9}) for p in pairs]
+        return [(self.probs[p.pair_id], {}) for p in pairs]
+
+    def derive(self, pair_size, prob, mask, threshold, context):
+        from sigma.annotators.mask_extras import confidence
+
+        return {"confidence": confidence(prob, mask, threshold), "derived_area": int(mask.sum())}
 
 
 def test_annotator_mask_mode_result_json_and_rethreshold(scene, tmp_path):
@@ -239,6 +244,11 @@ def test_annotator_mask_mode_result_json_and_rethreshold(scene, tmp_path):
     [ann] = auto.predict([pair])
     assert ann.mask_mode == "auto" and ann.mask_source == "footprint" and np.array_equal(ann.mask, gt)
     assert np.array_equal(ann.semantic_mask, sem) and "composite_test" in ann.timings_ms
+    # mask-derived fields follow *the* mask; the confidence stays the model's own (of the semantic mask)
+    from sigma.annotators.mask_extras import confidence
+
+    assert ann.extra["derived_area"] == ann.area == int(gt.sum())
+    assert ann.extra["confidence"] == confidence(prob, sem, auto.threshold)
     paths = write_annotation(ann, edited, tmp_path / "out")
     rec = json.loads(paths["result"].read_text())
     assert rec["mask_mode"] == "auto" and rec["mask_source"] == "footprint"
@@ -298,6 +308,9 @@ def test_eval_reports_both_masks_and_rho(tmp_path):
     class Graded(FixedProb):
         def _predict_batch(self, pairs):   # confidence falls as the semantic core shrinks
             return [(self.probs[p.pair_id], {"confidence": 1.0 - 0.1 * int(p.pair_id[1:])}) for p in pairs]
+
+        def derive(self, pair_size, prob, mask, threshold, context):
+            return {}
 
     result = evaluate(Graded(probs, mask_mode="semantic"), tmp_path / "eval", ["none"])
     row = result.mask_tables()["none"]["composites"]
