@@ -258,6 +258,9 @@ def test_annotator_mask_mode_result_json_and_rethreshold(scene, tmp_path):
     assert np.array_equal(decode_rle(rec["footprint_segmentation"]), gt)
     mask_png = np.asarray(Image.open(paths["mask"])) > 0
     assert np.array_equal(mask_png, gt), "mask.png is the chosen mask"
+    assert rec["files"]["semantic_mask"] == "mask_semantic.png" and rec["files"]["footprint_mask"] == "mask_footprint.png"
+    assert np.array_equal(np.asarray(Image.open(paths["semantic_mask"])) > 0, sem)
+    assert np.array_equal(np.asarray(Image.open(paths["footprint_mask"])) > 0, gt)
     # another threshold re-derives the semantic mask; the footprint (its core inside) follows
     again = auto.rethreshold(ann, 0.05)
     assert again.semantic_mask.sum() > sem.sum() and (again.footprint_mask >= (again.semantic_mask & gt)).all()
