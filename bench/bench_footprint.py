@@ -180,7 +180,6 @@ def main() -> int:
     model_s = foot_s = 0.0
     calls = 0
     for i, idx in enumerate(picks):
-        prng = np.random.default_rng([args.seed, int(idx)])
         photo = load_photo(photos[int(idx)], args.max_side)
         donor = load_photo(photos[int(picks[(i + 1) % len(picks)])], args.max_side)
         kind = EDITS[i % len(EDITS)]
@@ -209,7 +208,6 @@ def main() -> int:
                               "semantic": f1(semantic, gt), "footprint": f1(forced.mask, gt), "auto": f1(auto.mask, gt)})
             diff = np.abs(original.astype(np.int16) - edited).mean(axis=2) / 255.0
             pixrows[cond].append((diff, gt, kind))
-            del prng
         print(f"{i + 1}/{len(picks)} {kind}", file=sys.stderr, flush=True)
     summary = {}
     for cond, rows in per.items():
