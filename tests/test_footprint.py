@@ -7,7 +7,6 @@ found, a whole-image filter or a TAEF2 roundtrip must not count as a composite.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path

@@ -16,7 +16,6 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Shard, safe_name
 from sigma.types import Pair
 
-
 MASKS = ("chosen", "semantic", "footprint")
 ORDERS = ("corpus", "confidence", "confidence-asc")
 
