@@ -352,3 +352,11 @@ def test_batch_rows_and_footprint_export(tmp_path):
     assert main(["export", "imdl-benco", str(tmp_path / "run"), "--out", str(benco), "--mask", "semantic",
                  "--composite", "exclude"]) == 0
     assert json.loads((benco / "imdl_benco.json").read_text()) == []
+    import pyarrow.parquet as pq
+
+    hf = tmp_path / "hf"
+    assert main(["export", "hf", str(tmp_path / "run"), str(hf), "--mask", "footprint"]) == 0
+    rows = pq.read_table(next((hf / "data").glob("*.parquet"))).to_pylist()
+    assert len(rows) == 3 and all(r["is_composite"] and r["mask_source"] == "footprint" for r in rows)
+    assert all(r["mask_rle"]["counts"] == r["footprint_rle"]["counts"] and r["semantic_rle"] for r in rows)
+    assert "synthesised footprint" in (hf / "README.md").read_text()

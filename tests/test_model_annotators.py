@@ -134,7 +134,8 @@ def test_embedded_and_explicit_weights_are_loaded_exactly(no_embedded, tmp_path,
     model = build_model("tiny-lite")
     save_model(model, tmp_path / "saved")
     # explicit path
-    ann = create_annotator("sigma-lite", model="tiny-lite", weights=str(tmp_path / "saved"), fuse_batchnorm=False)
+    ann = create_annotator("sigma-lite", model="tiny-lite", weights=str(tmp_path / "saved"), fuse_batchnorm=False,
+                           runtime="torch")   # loading is under test here; runtimes are in test_runtime.py
     assert ann.weights_source.startswith("file")
     assert all(torch.equal(v, ann.model.state_dict()[k]) for k, v in model.state_dict().items())
     # the embedded layout: sigma/weights/<preset>.safetensors + <preset>.json, named by the preset's pretrained
@@ -146,12 +147,12 @@ def test_embedded_and_explicit_weights_are_loaded_exactly(no_embedded, tmp_path,
     (tmp_path / "saved" / "config.json").rename(no_embedded / "sigma-lite.json")
     entry = {e.name: e for e in list_annotators()}["sigma-lite"]
     assert entry.weights_status() == "embedded (sigma/weights/sigma-lite.safetensors)"
-    ann = create_annotator("sigma-lite", fuse_batchnorm=False)
+    ann = create_annotator("sigma-lite", fuse_batchnorm=False, runtime="torch")
     assert ann.weights_source == "embedded sigma-lite.safetensors"
     assert all(torch.equal(v, ann.model.state_dict()[k]) for k, v in model.state_dict().items())
     prob = ann.predict(_pairs()[:1])[0].prob
     assert prob.shape == (70, 90)
-    fused = create_annotator("sigma-lite")          # BatchNorm folded by default: same answer
+    fused = create_annotator("sigma-lite", runtime="torch")   # BatchNorm folded by default: same answer
     assert np.allclose(fused.predict(_pairs()[:1])[0].prob, prob, atol=1e-4)
 
 

@@ -22,6 +22,10 @@ from sigma.errors import ConfigError
 from sigma.types import Annotation, Pair
 from sigma.version import model_identity
 
+# Options that change how fast an annotator runs, never what it outputs (masks are equal across runtimes:
+# tests/test_runtime.py); they stay out of config hashes.
+SPEED_ONLY_OPTIONS = ("cpu_threads", "batch_size", "runtime", "channels_last", "build_graph")
+
 
 class AnnotatorConfig(Strict):
     threshold: float | None = Field(None, ge=0.0, le=1.0,
@@ -89,8 +93,11 @@ class Annotator(ABC):
 
     @property
     def config_hash(self) -> str:
-        """Outputs are keyed by config *and* weights *and* package version: upgrading either changes it."""
-        return config_hash({**self.identity(), **self.config.model_dump(mode="json")})
+        """Outputs are keyed by config *and* weights *and* package version: upgrading either changes it. Options
+        that change only speed (threads, batch size, which runtime runs the network) are left out, so resuming
+        a run on another machine or runtime continues it."""
+        data = self.config.model_dump(mode="json", exclude=set(SPEED_ONLY_OPTIONS))
+        return config_hash({**self.identity(), **data})
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config.model_dump(mode="json"),
@@ -177,7 +184,8 @@ class Annotator(ABC):
             pred = out if isinstance(out, Prediction) else Prediction(out[0], out[1])
             if pred.prob.shape != pair.size:
                 raise RuntimeError(f"{self.name} returned a {pred.prob.shape} map for a {pair.size} pair")
-            prob = np.clip(pred.prob.astype(np.float32, copy=False), 0.0, 1.0)
+            prob = pred.prob.astype(np.float32, copy=False)
+            prob = np.clip(prob, 0.0, 1.0, out=prob if prob.flags.writeable else None)   # no 64 MB copy at 16 Mpx
             extra = dict(pred.extra)
             timings = {"predict": per_pair_ms, **extra.pop("timings_ms", {})}
             annotations.append(self.finalize(pair, prob, extra, pred.context, t, timings))

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Any
+
+from sigma.errors import SigmaError
 
 
 class SigmaArgumentParser(argparse.ArgumentParser):
@@ -19,6 +22,42 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set io.align=true --set io.limits.max_pixels=10000000 "
                              "(repeatable; applied after --config)")
+
+
+# What each optional extra brings, by import name: a command says which it needs (`set_defaults(needs=...)`),
+# and `sigma` checks them before any work, so a plain `pip install -e .` gets one line naming the extra
+# instead of a traceback after the work is done.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "batch": ("pyarrow",),
+    "serve": ("fastapi", "uvicorn", "redis", "prometheus_client", "multipart", "httpx"),
+    "redis": ("redis",),
+}
+EXTRA_OF = {"redis": "serve"}      # a sub-set of an extra installs with the extra
+
+
+def missing_extras(needs: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(extra, module) pairs that cannot be imported."""
+    missing = []
+    for extra in needs:
+        for module in EXTRAS[extra]:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                missing.append((EXTRA_OF.get(extra, extra), module))
+    return missing
+
+
+def check_extras(command: str, needs: tuple[str, ...]) -> None:
+    missing = missing_extras(needs)
+    if missing:
+        extras = sorted({e for e, _ in missing})
+        modules = ", ".join(sorted({m for _, m in missing}))
+        raise MissingExtraError(f"`{command}` needs {modules}, which this install lacks: "
+                                f"pip install 'sigma-masks[{','.join(extras)}]'")
+
+
+class MissingExtraError(SigmaError):
+    code = "missing_extra"
 
 
 def flag_overrides(overrides: list[str], **flags: Any) -> dict[str, Any]:

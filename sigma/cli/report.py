@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sort", choices=("confidence-asc", "confidence"), default="confidence-asc",
                    help="which pairs fill the gallery: lowest confidence first (default: the ones to check) "
                         "or highest first (what an export at --min-confidence keeps)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, needs=("batch",))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -579,73 +579,120 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
 
 def _parse_declarative(toks, low) -> Parse | None:
     """Instructions without a leading verb: 'what if X were Y', 'X should be Y', 'there is X',
-    'X instead of Y', 'X removed', or a verb later in the sentence."""
-    n = len(low)
+    'X instead of Y', 'X removed', or a verb later in the sentence. Such a sentence names its object
+    first, so the subject is read up to its verb, and the word after it (past any modal) decides
+    which pattern the rest follows."""
     end = _clause_end(low, 0)
-    j = 0
-    if low[:2] == ["what", "if"] or low[:2] == ["imagine", "if"] or low[:2] == ["suppose", "that"]:
-        j = 2
-    elif low[:1] in (["imagine"], ["suppose"], ["if"]):
-        j = 1
+    j = _hypothetical_lead(low)
     if low[j:j + 1] == ["there"]:
-        k = _strip_connectors(low, j + 1)
-        while k < n and low[k] in ("should", "must", "would", "could", "will", "was", "were", "be", "is", "are"):
-            k += 1
-        obj = extract_phrase(toks, k)
-        if obj.words:
-            if obj.head in L.WEATHER_NOUNS:
-                return Parse("global", None, None, "there-be-weather")
-            return Parse("add", None, obj.text, "there-be")
+        parse = _parse_there_be(toks, low, j)
+        if parse is not None:
+            return parse
     subj = extract_phrase(toks, j, stop_at_verbs=True, sentence_start=j)
     k = subj.end
-    modal = ("should", "must", "would", "could", "will", "can", "shall", "might")
-    while k < end and low[k] in modal:
+    while k < end and low[k] in L.MODALS:
         k += 1
-    if k < end and subj.words:
-        w = low[k]
-        if w in ("removed", "deleted", "erased", "gone", "eliminated", "missing", "disappear", "disappears",
-                 "vanish", "vanishes") or (w in ("be", "is", "are") and k + 1 < end and low[k + 1] in (
-                "removed", "deleted", "erased", "gone", "eliminated", "missing")):
-            if subj.head in L.DEGRADATIONS:
-                return Parse("global", None, None, "passive-remove-degradation")
-            return Parse("remove", subj.text, None, "passive-remove")
-        if w in ("replaced", "swapped") or (w in ("be", "is", "are") and k + 1 < end and low[k + 1] in (
-                "replaced", "swapped")):
-            kk = _find(low, k, end, ("with", "by", "for"))
-            new = extract_phrase(toks, kk + 1) if kk is not None else None
-            return Parse("replace", subj.text, new.text if new else None, "passive-replace")
-        if w in ("added", "appears", "appear"):
-            return Parse("add", None, subj.text, "passive-add")
-        if w in ("instead",) and low[k:k + 2] == ["instead", "of"]:
-            old = extract_phrase(toks, k + 2)
-            return Parse("replace", old.text, subj.text, "instead-of")
-        if w in L.BE_VERBS or w in ("were", "was", "became", "turned", "wore", "held") or \
-                w in L.ACTION_VERBS or w in L.WEAR_VERBS or is_action_form(w):
-            if w in ("wore",):
-                w = "wears"
-            toks2 = list(toks)
-            low2 = list(low)
-            if w in ("were", "was", "became", "turned"):
-                low2[k] = "be"
-            return _parse_after_subject(toks2, low2, subj, k, end, "declarative")
-        if w in ("to", "into", "->", "→"):
-            return _classify_change(toks, low, subj, low[j:k], _strip_connectors(low, k + 1), end, None,
-                                    "declarative-to")
-        if w == "with" and subj.words:
-            obj = extract_phrase(toks, k + 1)
-            return Parse("add", None, obj.text, "with-object") if obj.words else None
-        if w == "without":
-            obj = extract_phrase(toks, k + 1)
-            return Parse("remove", obj.text, None, "without") if obj.words else None
+    kind = _predicate_kind(low, k, end) if k < end and subj.words else None
+    if kind is not None:
+        return _parse_predicate(kind, toks, low, subj, j, k, end)
     if k < end and low[k] in ("-", ">", "->") and subj.words:
-        q = k
+        q = k                                             # "the car -> a bus", "the car - > a bus"
         while q < end and low[q] in ("-", ">"):
             q += 1
         return _classify_change(toks, low, subj, low[j:k], q, end, None, "arrow")
-    # a verb later in the sentence ("I think the dog should be removed" handled above; "in this photo, add a cat")
+    return _parse_late_verb_or_keywords(toks, low, end)
+
+
+def _hypothetical_lead(low: list[str]) -> int:
+    """How many tokens frame the sentence as a supposition ('what if', 'imagine', 'suppose that'):
+    the edit is the state the rest describes, so the rest is read like any declarative."""
+    if low[:2] == ["what", "if"] or low[:2] == ["imagine", "if"] or low[:2] == ["suppose", "that"]:
+        return 2
+    if low[:1] in (["imagine"], ["suppose"], ["if"]):
+        return 1
+    return 0
+
+
+def _parse_there_be(toks, low, j) -> Parse | None:
+    """'there should be X' asks for X to appear, unless X is weather, which changes the whole image.
+    None when no object follows, so the other patterns still get their turn."""
+    n = len(low)
+    k = _strip_connectors(low, j + 1)
+    while k < n and low[k] in ("should", "must", "would", "could", "will", "was", "were", "be", "is", "are"):
+        k += 1
+    obj = extract_phrase(toks, k)
+    if not obj.words:
+        return None
+    if obj.head in L.WEATHER_NOUNS:
+        return Parse("global", None, None, "there-be-weather")
+    return Parse("add", None, obj.text, "there-be")
+
+
+_GONE = ("removed", "deleted", "erased", "gone", "eliminated", "missing")
+
+
+def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
+    """What the word after the subject (and its modals) makes of the sentence; None when it names no
+    edit, so the sentence may still hold an arrow, a later verb or keywords. A passive participle,
+    alone or after 'be', says what happens to the subject ('the cat should be replaced by a dog');
+    a state or action verb says what it becomes or does ('the dog were a cat', 'the man wore a hat')."""
+    w = low[k]
+    after_be = low[k + 1] if w in ("be", "is", "are") and k + 1 < end else None
+    if w in _GONE or w in ("disappear", "disappears", "vanish", "vanishes") or after_be in _GONE:
+        return "remove"
+    if w in ("replaced", "swapped") or after_be in ("replaced", "swapped"):
+        return "replace"
+    if w in ("added", "appears", "appear"):
+        return "add"
+    if low[k:k + 2] == ["instead", "of"]:
+        return "instead-of"
+    if w in L.BE_VERBS or w in ("were", "was", "became", "turned", "wore", "held") or \
+            w in L.ACTION_VERBS or w in L.WEAR_VERBS or is_action_form(w):
+        return "state-or-action"
+    if w in ("to", "into", "->", "→"):
+        return "to"
+    if w in ("with", "without"):
+        return w
+    return None
+
+
+def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: int) -> Parse | None:
+    """The edit of 'SUBJECT [modal] PREDICATE', the predicate at k being of `kind`."""
+    if kind == "remove":
+        if subj.head in L.DEGRADATIONS:                   # "the blur should be removed": a restoration
+            return Parse("global", None, None, "passive-remove-degradation")
+        return Parse("remove", subj.text, None, "passive-remove")
+    if kind == "replace":
+        kk = _find(low, k, end, ("with", "by", "for"))
+        new = extract_phrase(toks, kk + 1) if kk is not None else None
+        return Parse("replace", subj.text, new.text if new else None, "passive-replace")
+    if kind == "add":
+        return Parse("add", None, subj.text, "passive-add")
+    if kind == "instead-of":
+        old = extract_phrase(toks, k + 2)
+        return Parse("replace", old.text, subj.text, "instead-of")
+    if kind == "state-or-action":
+        if low[k] in ("were", "was", "became", "turned"):  # a state reached reads as "be": 'X were Y'
+            low = [*low[:k], "be", *low[k + 1:]]
+        return _parse_after_subject(toks, low, subj, k, end, "declarative")
+    if kind == "to":
+        return _classify_change(toks, low, subj, low[j:k], _strip_connectors(low, k + 1), end, None,
+                                "declarative-to")
+    obj = extract_phrase(toks, k + 1)                     # "X with Y" asks for Y, "X without Y" takes Y away
+    if not obj.words:
+        return None
+    if kind == "with":
+        return Parse("add", None, obj.text, "with-object")
+    return Parse("remove", obj.text, None, "without")
+
+
+def _parse_late_verb_or_keywords(toks, low, end: int) -> Parse | None:
+    """No sentence pattern: an editing verb after a lead-in ('in this photo, add a cat') starts the
+    real instruction; failing that, style, weather or degradation words ask for a global edit, and
+    'without X' anywhere asks for X to go."""
     for q in range(1, end):
         if _verb_kind(low[q]) in ("remove", "replace", "add", "change", "make", "paint") and \
-                (q == 0 or low[q - 1] in (",", "to", "please", "and", "then", "just")):
+                low[q - 1] in (",", "to", "please", "and", "then", "just"):
             return _parse_tokens(toks[q:])
     if _has(low, L.STYLE_WORDS) or _has(low, L.WEATHER) or _has(low, L.DEGRADATIONS):
         return Parse("global", None, None, "keywords-global")
