@@ -77,7 +77,10 @@ def test_predict_shapes_and_extras(name, no_embedded):
         assert record["annotator"] == name and record["config_hash"] == ann.config_hash
         # every annotator honours a per-pair threshold through the one binarize step
         again = ann.rethreshold(res, 0.0)
-        assert again.threshold == 0.0 and again.area == int((res.prob > 0.0).sum())
+        semantic = again.mask if again.mask_mode is None else again.semantic_mask
+        assert again.threshold == 0.0 and int(semantic.sum()) == int((res.prob > 0.0).sum())
+        if again.mask_source == "footprint":   # a composite under mask_mode=auto: the footprint is the mask
+            assert (again.mask == again.footprint_mask).all() and record["composite"]["is_composite"]
     if name.startswith("sigma-"):
         a, b, c = (r.extra for r in results)
         assert a["parse"]["edit_type"] == "remove" and a["parse"]["source"] == "boat"

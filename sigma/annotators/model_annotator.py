@@ -142,6 +142,7 @@ class SigmaAnnotator(TorchAnnotator):
     name: ClassVar[str] = "sigma"
     preset: ClassVar[str] = "sigma-lite"
     config_cls = ModelAnnotatorConfig
+    default_mask_mode: ClassVar[str | None] = "auto"   # the footprint on composites (sigma.annotators.footprint)
 
     def __init__(self, config: ModelAnnotatorConfig | None = None, **overrides: Any):
         super().__init__(config, **overrides)

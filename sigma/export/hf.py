@@ -22,8 +22,8 @@ import numpy as np
 
 from sigma.batch.layout import RunDir, atomic_write_bytes
 from sigma.errors import InputError
-from sigma.export.select import RowFilter, iter_rows, run_config
-from sigma.io.rle import decode_rle
+from sigma.export.select import RowFilter, iter_rows, row_mask_counts, run_config
+from sigma.io.rle import decode_rle, mask_bbox
 
 SPLIT = "train"
 
@@ -47,6 +47,12 @@ COLUMNS: list[tuple[str, str, dict[str, Any], str]] = [
     ("edited", "image", _IMAGE, "the edited image: the corpus's bytes, unchanged (size: edited_height/width)"),
     ("mask", "image", _IMAGE, "the manipulation mask, PNG, 255 = edited, at the original's size"),
     ("mask_rle", "rle", _RLE, "the same mask as COCO RLE ({size: [h, w], counts})"),
+    ("mask_source", "string", _value("string"), "which of the two masks `mask` is: semantic or footprint"),
+    ("semantic_rle", "rle", _RLE, "the semantic mask (what changed in meaning), RLE"),
+    ("footprint_rle", "rle", _RLE, "the synthesised footprint (every pixel the editor re-made), RLE; null "
+     "when the pair is not a composite"),
+    ("is_composite", "bool", _value("bool"), "most pixels untouched (pasted back, maybe JPEG re-saved)"),
+    ("composite", "string", _value("string"), "the composite test's evidence (JSON)"),
     ("bbox", "list<int32>", {"feature": _value("int32"), "_type": "Sequence"}, "[x, y, w, h] of the mask"),
     ("area", "int64", _value("int64"), "mask pixels"),
     ("area_fraction", "float64", _value("float64"), "mask pixels / image pixels"),
@@ -77,7 +83,7 @@ def arrow_schema():
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     rle = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
     types = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(),
-             "list<int32>": pa.list_(pa.int32()), "image": image, "rle": rle}
+             "bool": pa.bool_(), "list<int32>": pa.list_(pa.int32()), "image": image, "rle": rle}
     features = {name: feature for name, _, feature, _ in COLUMNS}
     meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
     return pa.schema([(name, types[t]) for name, t, _, _ in COLUMNS], metadata=meta)
@@ -160,7 +166,11 @@ def _rle(size: list[int], counts: str | None) -> dict[str, Any] | None:
     return {"size": size, "counts": counts} if counts else None
 
 
-def _record(row: dict[str, Any], item, weights: str | None) -> tuple[dict[str, Any] | None, str | None]:
+def _record(row: dict[str, Any], item, weights: str | None, which: str = "chosen"
+            ) -> tuple[dict[str, Any] | None, str | None]:
+    counts = row_mask_counts(row, which)
+    if counts is None:
+        return None, f"no {which} mask (not a composite)"
     try:
         original = _read(item.original, item.original_path)
         edited = _read(item.edited, item.edited_path)
@@ -171,20 +181,25 @@ def _record(row: dict[str, Any], item, weights: str | None) -> tuple[dict[str, A
     if row["edited_sha256"] and hashlib.sha256(edited).hexdigest() != row["edited_sha256"]:
         return None, "the corpus changed since the run (edited's sha256 differs)"
     size = [int(row["height"]), int(row["width"])]
-    mask = decode_rle({"size": size, "counts": row["rle_counts"]})
+    mask = decode_rle({"size": size, "counts": counts})
     out = {name_: row.get(name_) for name_, _, _, _ in COLUMNS}
+    if which != "chosen":     # bbox and area of the mask asked for
+        out.update(bbox=[int(v) for v in mask_bbox(mask)], area=int(mask.sum()),
+                   area_fraction=float(mask.mean()) if mask.size else 0.0, mask_source=which)
     out.update(
         original={"bytes": original, "path": _file_name(item.original_path)},
         edited={"bytes": edited, "path": _file_name(item.edited_path)},
         mask={"bytes": _png_mask(mask), "path": None},
-        mask_rle={"size": size, "counts": row["rle_counts"]},
+        mask_rle={"size": size, "counts": counts},
+        semantic_rle=_rle(size, row_mask_counts(row, "semantic")),
+        footprint_rle=_rle(size, row_mask_counts(row, "footprint")),
         parse=row.get("parser"), intended_rle=_rle(size, row.get("intended_rle")),
         side_effect_rle=_rle(size, row.get("side_effect_rle")), weights_sha256=weights)
     return out, None
 
 
 def iter_records(run_dir: str | Path, row_filter: RowFilter | None, weights: str | None,
-                 skipped: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
+                 skipped: list[dict[str, str]], which: str = "chosen") -> Iterator[dict[str, Any]]:
     """Kept rows with their images, shard by shard (one shard's images in memory at most)."""
     from sigma.batch.runner import corpus_from_config
 
@@ -201,7 +216,7 @@ def iter_records(run_dir: str | Path, row_filter: RowFilter | None, weights: str
                 if item.pair_id != row["pair_id"]:
                     skipped.append({"pair_id": row["pair_id"], "reason": f"corpus changed: found {item.pair_id}"})
                     continue
-                record, error = _record(row, item, weights)
+                record, error = _record(row, item, weights, which)
                 if record is None:
                     skipped.append({"pair_id": row["pair_id"], "reason": error})
                 else:
@@ -318,8 +333,9 @@ made by SIGMA (`sigma batch run`, package `sigma-masks`) and exported with `sigm
 - Batch run `{info["run_hash"]}`: {info["run_pairs"]} pairs annotated, {info["run_errors"]} bad pairs
   (unreadable images, mismatched sizes, ...) left out.
 - Export filters: {filters}; {info["rows"]} pairs kept, {info["skipped"]} could not be re-read.
-- The mask is what changed in meaning between `original` and `edited` (SIGMA's semantic mask): 255 = edited,
-  at the original's size, also as COCO RLE in `mask_rle`. Where the annotator splits it, `intended_rle` is
+- The mask (255 = edited, at the original's size, also as COCO RLE in `mask_rle`) is {info["mask"]}. Both
+  of SIGMA's masks are in `semantic_rle` (what changed in meaning) and `footprint_rle` (every pixel the
+  editor re-made, when the pair is a composite: most pixels untouched; `is_composite`, `composite`). Where the annotator splits it, `intended_rle` is
   the part the instruction asked for and `side_effect_rle` the editor's side effects.
 - `original` and `edited` are the corpus's bytes, unchanged (`original_sha256`, `edited_sha256`). The masks
   are machine-made: check `confidence`, and the review page of the run, before training on them.
@@ -349,7 +365,10 @@ Upload unchanged: `huggingface-cli upload USER/NAME path/to/this/folder --repo-t
 
 
 def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None, *,
-              name: str | None = None, max_shard_mb: float = 500, overwrite: bool = False) -> dict[str, Any]:
+              name: str | None = None, max_shard_mb: float = 500, overwrite: bool = False,
+              mask: str = "chosen") -> dict[str, Any]:
+    """`mask`: which of the two masks fills `mask` / `mask_rle` (chosen = the run's mask_mode; semantic;
+    footprint, which keeps only composites); both are always in `semantic_rle` / `footprint_rle`."""
     out = Path(out)
     data_dir = out / "data"
     existing = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
@@ -365,7 +384,7 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
     skipped: list[dict[str, str]] = []
     writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))))
     first: dict[str, Any] = {}
-    for rec in iter_records(run_dir, row_filter, weights, skipped):
+    for rec in iter_records(run_dir, row_filter, weights, skipped, mask):
         first = first or rec
         writer.add(rec)
     files = writer.close(replaces=existing)
@@ -378,6 +397,8 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
             "weights_source": weights_source, "threshold": first.get("threshold", cfg.get("threshold")),
             "run_hash": record["run_hash"], "run_pairs": status["ok"], "run_errors": status["errors"],
             "rows": writer.rows, "skipped": len(skipped),
+            "mask": {"chosen": "the one the run's mask_mode chose (`mask_source` says which)",
+                     "semantic": "the semantic mask", "footprint": "the synthesised footprint"}[mask],
             "filters": {"min_confidence": row_filter.min_confidence, "min_area": row_filter.min_area,
                         "max_area": row_filter.max_area}}
     atomic_write_bytes(out / "README.md", dataset_card(info).encode())
