@@ -22,8 +22,8 @@ import numpy as np
 
 from sigma.batch.layout import RunDir, atomic_write_bytes
 from sigma.errors import InputError
-from sigma.export.select import RowFilter, iter_rows, row_mask_counts, run_config
-from sigma.io.rle import decode_rle, mask_bbox
+from sigma.export.select import RowFilter, iter_items, row_mask_counts
+from sigma.rle import decode_rle, mask_bbox
 
 SPLIT = "train"
 
@@ -201,31 +201,14 @@ def _record(row: dict[str, Any], item, weights: str | None, which: str = "chosen
 def iter_records(run_dir: str | Path, row_filter: RowFilter | None, weights: str | None,
                  skipped: list[dict[str, str]], which: str = "chosen") -> Iterator[dict[str, Any]]:
     """Kept rows with their images, shard by shard (one shard's images in memory at most)."""
-    from sigma.batch.runner import corpus_from_config
-
-    corpus = corpus_from_config(run_config(run_dir))
-    for shard, rows in iter_rows(run_dir, row_filter):
-        wanted = {r["index"]: r for r in rows}
-        seen: set[int] = set()
-        try:
-            for item in corpus.read(shard):
-                row = wanted.get(item.index)
-                if row is None:
-                    continue
-                seen.add(item.index)
-                if item.pair_id != row["pair_id"]:
-                    skipped.append({"pair_id": row["pair_id"], "reason": f"corpus changed: found {item.pair_id}"})
-                    continue
-                record, error = _record(row, item, weights, which)
-                if record is None:
-                    skipped.append({"pair_id": row["pair_id"], "reason": error})
-                else:
-                    yield record
-        except InputError as exc:
-            skipped.extend({"pair_id": wanted[i]["pair_id"], "reason": exc.message} for i in wanted if i not in seen)
-            seen.update(wanted)
-        skipped.extend({"pair_id": wanted[i]["pair_id"], "reason": "not found in the corpus any more"}
-                       for i in sorted(set(wanted) - seen))
+    for row, item, error in iter_items(run_dir, row_filter):
+        record = None
+        if item is not None:
+            record, error = _record(row, item, weights, which)
+        if record is None:
+            skipped.append({"pair_id": row["pair_id"], "reason": error})
+        else:
+            yield record
 
 
 # --- writing --------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
 from sigma.errors import InputError
-from sigma.io.corpora.base import Shard, safe_name
+from sigma.io.corpora.base import Shard, SourceItem, safe_name
 from sigma.types import Pair
 
 MASKS = ("chosen", "semantic", "footprint")
@@ -91,14 +91,13 @@ def run_config(run_dir: str | Path) -> BatchConfig:
     return BatchConfig.model_validate(RunDir(run_dir).load()["config"])
 
 
-def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
-               ) -> Iterator[tuple[dict, Pair | None, str | None]]:
-    """(row, pair, error) for every kept row, decoding from the corpus again; error when it cannot be re-read."""
-    from sigma.batch.decode import decode_one
+def iter_items(run_dir: str | Path, row_filter: RowFilter | None = None
+               ) -> Iterator[tuple[dict, SourceItem | None, str | None]]:
+    """(row, source item, error) for every kept row, read from the corpus again shard by shard (one shard's
+    items in memory at most); error when the row's pair cannot be found as it was annotated."""
     from sigma.batch.runner import corpus_from_config
 
-    cfg = run_config(run_dir)
-    corpus = corpus_from_config(cfg)
+    corpus = corpus_from_config(run_config(run_dir))
     for shard, rows in iter_rows(run_dir, row_filter):
         if not rows:
             continue
@@ -113,8 +112,7 @@ def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
                 if item.pair_id != row["pair_id"]:
                     yield row, None, f"corpus changed: expected {row['pair_id']} at {row['source']}, found {item.pair_id}"
                     continue
-                decoded = decode_one(item, cfg.io, ground_truth=False)
-                yield row, decoded.pair, (None if decoded.pair is not None else decoded.error[1])
+                yield row, item, None
         except InputError as exc:
             for index, row in wanted.items():
                 if index not in seen:
@@ -123,6 +121,20 @@ def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
         for index, row in wanted.items():
             if index not in seen:
                 yield row, None, "not found in the corpus any more"
+
+
+def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
+               ) -> Iterator[tuple[dict, Pair | None, str | None]]:
+    """(row, pair, error) for every kept row, decoding from the corpus again; error when it cannot be re-read."""
+    from sigma.batch.decode import decode_one
+
+    cfg = run_config(run_dir)
+    for row, item, error in iter_items(run_dir, row_filter):
+        if item is None:
+            yield row, None, error
+            continue
+        decoded = decode_one(item, cfg.io, ground_truth=False, root=cfg.input.root)
+        yield row, decoded.pair, (None if decoded.pair is not None else decoded.error[1])
 
 
 class UniqueNames:
