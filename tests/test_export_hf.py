@@ -27,7 +27,7 @@ from sigma.cli import main
 from sigma.export import RowFilter, export_hf
 from sigma.export.hf import COLUMNS
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
-from sigma.io.rle import decode_rle
+from sigma.rle import decode_rle
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "sigma" / "weights" / "sigma-lite.safetensors"
 
