@@ -119,6 +119,77 @@ def bench_sigma_lite(iters: int) -> dict:
     return out
 
 
+# The first shipped sigma-lite (issue 14 compares against it): 2.19 M parameters, 6.2 GFLOPs per 512² pair.
+SIGMA_LITE_V1 = {"depths": [0, 1, 1, 2, 2], "full_res_head": 0}
+
+
+def bench_lite_vs_first(iters: int, baseline_weights: str | None) -> dict:
+    """Today's sigma-lite against the first shipped one, interleaved in one run (a load spike from another
+    job hits both alike): the bare network at 512² (BatchNorm folded), 2 threads, batch 1 and 2, and — with
+    `--baseline-weights` (the first file, e.g. extracted with `git show fd6bbec:sigma/weights/...`) — the
+    whole annotator path with the embedded file against that file. Ratio = new / first pairs per second."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sigma.models import build_model, preset_config
+    from sigma.models.fuse import fuse_batchnorm
+    from sigma.registry import create_annotator
+    from sigma.types import Pair
+
+    torch.set_num_threads(2)
+    new_cfg = preset_config("sigma-lite")
+    old_cfg = new_cfg.model_copy(update={"full_res_head": SIGMA_LITE_V1["full_res_head"], "backbone":
+                                         new_cfg.backbone.model_copy(update={"depths": SIGMA_LITE_V1["depths"]})})
+    # as the annotator runs them on a CPU (BatchNorm folded, NHWC weights), plus the first file as it ran
+    # before issue 14 (NCHW): what a user saw
+    nets = {name: fuse_batchnorm(build_model(cfg).eval()) for name, cfg in (("new", new_cfg), ("first", old_cfg),
+                                                                           ("first_nchw", old_cfg))}
+    nets["new"].to(memory_format=torch.channels_last)
+    nets["first"].to(memory_format=torch.channels_last)
+    out: dict = {"threads": 2, "network": {}}
+    for name, net in list(nets.items())[:2]:
+        x = torch.rand(1, 3, 512, 512)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(x, x)
+        out[f"gflops_{name}"] = round(counter.get_total_flops() / 1e9, 3)
+    for batch in (1, 2):
+        a, b = torch.rand(batch, 3, 512, 512), torch.rand(batch, 3, 512, 512)
+        best = {name: [] for name in nets}
+        for name in nets:
+            _infer(nets[name], a)
+        for _ in range(iters):
+            for name, net in nets.items():
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    net(a, b)
+                best[name].append(time.perf_counter() - t)
+        row = {f"{k}_pairs_per_s_best": round(batch / min(v), 3) for k, v in best.items()}
+        row["ratio_new_over_first"] = round(min(best["first"]) / min(best["new"]), 3)
+        row["ratio_new_over_first_nchw"] = round(min(best["first_nchw"]) / min(best["new"]), 3)
+        out["network"][f"batch{batch}"] = row
+    if baseline_weights:
+        rng = np.random.default_rng(0)
+        pairs = []
+        for i in range(4):
+            o = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+            e = o.copy()
+            e[100:300, 150:350] = 255 - e[100:300, 150:350]
+            pairs.append(Pair(o, e, None, f"p{i}"))
+        anns = {"new": create_annotator("sigma-lite", device="cpu", parser=None),
+                "first": create_annotator("sigma-lite", device="cpu", parser=None, weights=baseline_weights)}
+        best = {"new": [], "first": []}
+        for ann in anns.values():
+            ann.predict(pairs)
+        for _ in range(max(2, iters // 2)):
+            for name, ann in anns.items():
+                t = time.perf_counter()
+                ann.predict(pairs)
+                best[name].append(time.perf_counter() - t)
+        out["annotator"] = {f"{k}_pairs_per_s_best": round(len(pairs) / min(v), 3) for k, v in best.items()}
+        out["annotator"]["ratio_new_over_first"] = round(min(best["first"]) / min(best["new"]), 3)
+    out["target"] = "sigma-lite >= 2 pairs/s at 512 px on the 2-core CPU"
+    return out
+
+
 def bench_sigma_b_ratio(device: torch.device, batch: int, iters: int) -> dict:
     from transformers import Dinov2Config
 
@@ -187,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--skip-lite", action="store_true")
     p.add_argument("--skip-b", action="store_true")
+    p.add_argument("--vs-first", action="store_true", help="today's sigma-lite against the first shipped one")
+    p.add_argument("--baseline-weights", default=None, help="with --vs-first: the first file, for the annotator path")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/bench_models_<device>.json)")
     args = p.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -198,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                     "gpu": torch.cuda.get_device_name(device) if cuda else None,
                     "note": "random weights; throughput does not depend on them",
                     "loadavg_before": [round(v, 2) for v in os.getloadavg()], "nice": os.nice(0)}
+    if args.vs_first:
+        result["sigma_lite_vs_first"] = bench_lite_vs_first(args.iters or 5, args.baseline_weights)
+        print(json.dumps(result["sigma_lite_vs_first"], indent=1), flush=True)
     if not args.skip_lite:
         result["sigma_lite_cpu_512"] = bench_sigma_lite(args.iters or 5)
         print(json.dumps(result["sigma_lite_cpu_512"], indent=1), flush=True)

@@ -213,7 +213,8 @@ def test_regions_and_edit_types_validated():
 
 
 def test_sigma_lite_budget():
-    """The shipped compact model: <= 5 M parameters, <= ~6.5 GFLOPs per 512x512 pair."""
+    """The shipped compact model: <= 5 M parameters, <= 9.5 GFLOPs per 512x512 pair (issue 14 allows up to
+    3x the first file's 6.2 GFLOPs while sigma-lite keeps >= 2 pairs/s on 2 cores; it uses 1.4x)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build_model("sigma-lite").eval()
@@ -222,7 +223,7 @@ def test_sigma_lite_budget():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         out = model(x, x)
     assert out.logits.shape == (1, 1, 512, 512)
-    assert counter.get_total_flops() <= 6.5e9
+    assert counter.get_total_flops() <= 9.5e9
 
 
 def test_presets_validate():

@@ -66,6 +66,7 @@ class ImageScore:
     tp: int
     fp: int
     fn: int
+    confidence: float | None = None     # the annotator's own quality score, when it gives one
 
 
 def score_image(pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray) -> ImageScore:
@@ -119,6 +120,7 @@ def summarize(scores: list[ImageScore]) -> dict[str, float | int]:
     fp = sum(s.fp for s in scores)
     fn = sum(s.fn for s in scores)
     nan = float("nan")
+    rated = [s for s in manipulated if s.confidence is not None]
     return {
         "pairs": len(scores),
         "manipulated": len(manipulated),
@@ -128,6 +130,8 @@ def summarize(scores: list[ImageScore]) -> dict[str, float | int]:
         "pooled_f1": (2 * tp / (2 * tp + fp + fn)) if (tp + fp + fn) else nan,
         "ciou": (tp / (tp + fp + fn)) if (tp + fp + fn) else nan,
         "giou": float(np.mean([s.iou for s in scores])) if scores else nan,
+        # does the annotator's confidence rank its masks by quality? Spearman ρ(confidence, F1)
+        "conf_rho": spearman([s.confidence for s in rated], [s.f1 for s in rated]) if len(rated) >= 3 else nan,
     }
 
 

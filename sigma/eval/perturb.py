@@ -1,16 +1,16 @@
 """Whole-image perturbations applied to the edited image only; the ground truth never changes.
 
-Each is deterministic from (name, pair id) so two runs of `sigma eval` score the same inputs.
+Each is deterministic from (name, pair id) so two runs of `sigma eval` score the same inputs. The
+operations themselves live in `sigma.data.perturb`, shared with the synthetic-edit engine's regenerator
+family (`sigma.data.synth.perturb`): what the model is scored under and what it is trained on are one code.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 
-import cv2
 import numpy as np
-from PIL import Image
 
+from sigma.data import perturb as K
 from sigma.errors import ConfigError
 
 PERTURBATIONS = ("none", "vae", "jpeg75", "jpeg90", "resize", "color")
@@ -22,22 +22,16 @@ def _rng(name: str, pair_id: str) -> np.random.Generator:
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).copy()
+    return K.jpeg(image, quality)
 
 
 def resample(image: np.ndarray, factor: float) -> np.ndarray:
     """Down by `factor` (area) and back up (cubic): the softening an editor's resize leaves."""
-    h, w = image.shape[:2]
-    small = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return K.resample(image, factor, interp_down=2, interp_up=1)
 
 
 def color_drift(image: np.ndarray, gamma: float, gains: np.ndarray) -> np.ndarray:
-    x = image.astype(np.float32) / 255.0
-    x = np.power(x, gamma) * gains[None, None, :]
-    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+    return K.color_drift(image, gamma, gains)
 
 
 _VAE_CACHE: dict[str, object] = {}

@@ -206,8 +206,11 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
                 gts.append(gt)
                 kept.append(rec)
             for rec, gt, ann in zip(kept, gts, annotator.predict(pairs), strict=True):
-                rows.append((rec, score_image(rec.pair_id, ann.mask, ann.prob, gt)))
-                details.append(_detail(ann, gt))
+                score = score_image(rec.pair_id, ann.mask, ann.prob, gt)
+                detail = _detail(ann, gt)
+                score.confidence = detail.confidence      # the per-set tables' conf_rho reads it
+                rows.append((rec, score))
+                details.append(detail)
             done += len(chunk)
             if progress:
                 progress(done, total)
@@ -229,7 +232,7 @@ def format_tables(result: EvalResult) -> str:
     for name, table in result.tables().items():
         lines.append(f"\n== perturbation: {name} ==")
         lines.append(f"{'set':<46} {'pairs':>5} {'manip':>5} {'F1':>6} {'IoU':>6} {'AUC':>6} "
-                     f"{'pF1':>6} {'cIoU':>6} {'gIoU':>6}")
+                     f"{'pF1':>6} {'cIoU':>6} {'gIoU':>6} {'ρconf':>6}")
         for group, row in table.items():
             lines.append(f"{group[:46]:<46} {row['pairs']:>5} {row['manipulated']:>5} {_pct(row['f1'])} "
                          f"{_pct(row['iou'])} {_pct(row['auc'])} {_pct(row['pooled_f1'])} {_pct(row['ciou'])} "

@@ -62,6 +62,9 @@ class SigmaNetConfig(Strict):
     skip_dims: list[int] = Field([64, 32, 16], description="widths of the decoder skips, coarse to fine")
     pixel_stem: bool = Field(False, description="add a few strided convs over (I_o, I_e, |I_o-I_e|) as "
                              "decoder skips at 1/8 and 1/4 (ViT backbones have no fine taps)")
+    full_res_head: int = Field(0, ge=0, description="width of a residual head that refines the logits at the "
+                               "full working resolution from the pair's own pixels (0 = none: logits at the "
+                               "decoder's finest level, bilinearly upsampled)")
     refine_blocks: int = Field(2, ge=0)
     refine_heads: int = Field(4, ge=1)
     ffn_ratio: float = Field(2.0, gt=0)

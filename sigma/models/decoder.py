@@ -36,10 +36,40 @@ class UpBlock(nn.Module):
         return self.conv(self.reduce(torch.cat([x, skip], dim=1)))
 
 
-class Decoder(nn.Module):
-    """Upsample the refined tokens through each skip (coarse → fine), then a 1x1 conv to one logit."""
+class FullResHead(nn.Module):
+    """Logits at the full working resolution (issue 14: edits under 2 % of the image are a few pixels
+    wide at the decoder's finest level, and a one-pixel error there is two at the input).
 
-    def __init__(self, dim: int, skip_dims: list[int]):
+    A residual correction of the upsampled coarse logit from a few cheap convs over the pair itself
+    (original, edited, |original − edited| at full resolution) and the decoder's finest features: the
+    coarse logit says where, the pixels say exactly which. `zero_init_()` makes it add nothing, so a
+    trained model grown with this head predicts exactly as before until it is trained."""
+
+    def __init__(self, cin: int, width: int):
+        super().__init__()
+        self.pix = ConvBNAct(9, width, 3)
+        self.reduce = ConvBNAct(cin, width, 1)
+        self.fuse = ConvBNAct(2 * width + 1, width, 3)
+        self.out = nn.Conv2d(width, 1, 1)
+
+    def zero_init_(self) -> None:
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, feat: torch.Tensor, logit: torch.Tensor, original: torch.Tensor,
+                edited: torch.Tensor) -> torch.Tensor:
+        size = original.shape[-2:]
+        coarse = F.interpolate(logit, size=size, mode="bilinear", align_corners=False)
+        f = F.interpolate(self.reduce(feat), size=size, mode="bilinear", align_corners=False)
+        p = self.pix(torch.cat([original, edited, (original - edited).abs()], dim=1))
+        return coarse + self.out(self.fuse(torch.cat([f, p, coarse], dim=1)))
+
+
+class Decoder(nn.Module):
+    """Upsample the refined tokens through each skip (coarse → fine), then a 1x1 conv to one logit;
+    with `full_res` > 0 a `FullResHead` of that width refines it at the input resolution."""
+
+    def __init__(self, dim: int, skip_dims: list[int], full_res: int = 0):
         super().__init__()
         blocks, cin = [], dim
         for c in skip_dims:
@@ -47,8 +77,13 @@ class Decoder(nn.Module):
             cin = c
         self.blocks = nn.ModuleList(blocks)
         self.out = nn.Conv2d(cin, 1, 1)
+        self.full = FullResHead(cin, full_res) if full_res > 0 else None
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], size: tuple[int, int],
+                images: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         for block, skip in zip(self.blocks, skips, strict=True):
             x = block(x, skip)
-        return F.interpolate(self.out(x), size=size, mode="bilinear", align_corners=False)
+        logit = self.out(x)
+        if self.full is not None and images is not None:   # images are at `size`: the network's input
+            return self.full(x, logit, images[0], images[1])
+        return F.interpolate(logit, size=size, mode="bilinear", align_corners=False)

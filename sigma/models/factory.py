@@ -64,14 +64,17 @@ def _self_contained(cfg: SigmaNetConfig, model: SigmaNet) -> SigmaNetConfig:
 BACKBONE_PREFIX = "backbone.model."
 
 
-def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bool = True) -> Path:
+def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bool = True,
+               dtype: torch.dtype | None = None) -> Path:
     """Write `path/config.json` + `path/model.safetensors`, or, for a path ending in `.safetensors`,
     that file + the same name with `.json` (the embedded layout: sigma/weights/sigma-lite.safetensors).
 
     `include_frozen_backbone=False` leaves a frozen pretrained backbone out (sigma-b: 3.5 M trained
     parameters instead of 90 M); `load_model` then resolves it from `backbone.weights` (local path >
     HF cache > download if allowed). Atomic: files are written under temporary names and renamed, so a
-    kill never leaves half a model."""
+    kill never leaves half a model. `dtype` (e.g. torch.float16) stores the floating-point tensors in that
+    precision (the embedded sigma-lite: half the bytes; BatchNorm statistics stay fp32); `load_model` casts
+    them back to the model's."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -83,11 +86,16 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
         and isinstance(cfg.backbone, Dinov2BackboneConfig)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
              if not (skip_backbone and k.startswith(BACKBONE_PREFIX))}
+    if dtype is not None:   # BatchNorm running statistics keep fp32: a variance can exceed fp16's range
+        state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
+                 else v for k, v in state.items()}
     tmp_w = weights_path.with_name(weights_path.name + ".tmp")
     save_file(state, str(tmp_w), metadata={"format": FORMAT})
     tmp_c = cfg_path.with_name(cfg_path.name + ".tmp")
-    tmp_c.write_text(json.dumps({"format": FORMAT, "version": 1, "backbone_in_file": not skip_backbone,
-                                 "config": cfg.model_dump(mode="json")}, indent=2))
+    meta = {"format": FORMAT, "version": 1, "backbone_in_file": not skip_backbone}
+    if dtype is not None:
+        meta["stored_dtype"] = str(dtype).removeprefix("torch.")
+    tmp_c.write_text(json.dumps({**meta, "config": cfg.model_dump(mode="json")}, indent=2))
     os.replace(tmp_w, weights_path)
     os.replace(tmp_c, cfg_path)
     return path

@@ -41,7 +41,7 @@ class SigmaNet(nn.Module):
         self.heads = SplitHeads(config.dim)
         self.refine = Refinement(config.dim, config.refine_blocks, config.refine_heads, config.ffn_ratio,
                                  config.max_regions)
-        self.decoder = Decoder(config.dim, skip_dims)
+        self.decoder = Decoder(config.dim, skip_dims, config.full_res_head)
 
     def _prior_grid(self, prior: torch.Tensor | None, batch: int, grid: tuple[int, int],
                     like: torch.Tensor) -> torch.Tensor:
@@ -72,5 +72,5 @@ class SigmaNet(nn.Module):
             regions = Regions.from_lists(regions, self.config.max_regions, device=original.device)
         type_ids = edit_type_ids(edit_type, b, original.device)
         refined = self.refine(edit_feat, prior_g, type_ids, regions)
-        logits = self.decoder(refined, skips, (h, w))
+        logits = self.decoder(refined, skips, (h, w), images=(original, edited))
         return SigmaOutput(logits=logits, edit_feat=edit_feat, noise_feat=noise_feat, noise_pred=noise_pred)

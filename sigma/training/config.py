@@ -58,6 +58,11 @@ class EvalConfig(Strict):
     every: int = Field(200, ge=0, description="steps between validations (0 = only at the end)")
     val_size: int = Field(64, ge=0, description="fixed synthetic validation pairs")
     val_seed: int = 12345
+    val_dir: str = Field("", description="the fixed synthetic validation set as a pairs.jsonl folder; written "
+                         "once (val_size pairs, val_seed, cached photos only) when missing, then only read, so "
+                         "every run and every checkpoint is scored on the same pairs ('' = generate in memory)")
+    at_start: bool = Field(True, description="validate before the first step of a fresh run (the init_from "
+                           "baseline on the same pairs)")
     data: str = Field("", description="pairs.jsonl folder scored with sigma.eval ('' = none); "
                       "'shared' = $SIGMA_SHARED/data/eval")
     data_every: int = Field(0, ge=0, description="steps between real-set evaluations (0 = only at the end)")
@@ -85,9 +90,13 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)
     max_bad_steps: int = Field(20, ge=1, description="NaN guard: abort after this many skipped steps in a row")
     threads: int | None = Field(None, description="torch.set_num_threads (None = torch's default)")
+    channels_last: bool = Field(True, description="on a CPU, keep convolution weights in NHWC (faster oneDNN kernels)")
     amp: Literal["auto", "bf16", "fp32"] = "auto"
     edit_type_p: float = Field(0.3, ge=0, le=1, description="fraction of samples told their edit type")
     prior_p: float = Field(0.15, ge=0, le=1, description="fraction of samples given a box prior (30 % wrong)")
+    region_p: float = Field(0.3, ge=0, le=1, description="fraction of samples given region tokens: jittered "
+                            "true boxes (from the original, the edited image or both, by edit type), wrong "
+                            "boxes, or true plus wrong (trains refine.region_*)")
     loss: LossConfig = Field(default_factory=LossConfig)
     vae_calibration: VaeCalibConfig = Field(default_factory=VaeCalibConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)

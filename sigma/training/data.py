@@ -3,6 +3,7 @@ function of (seed, sample index). A resumed run therefore sees exactly the batch
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -116,3 +117,85 @@ def fixed_val_set(cfg: TrainConfig, size: int) -> list[SynthSample]:
     return [ds.sample(i)[0] for i in range(size)]
 
 
+def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """Snapshot the cache's index.json into the run folder and point the config at it, so a cache still
+    being built (new photos land every few seconds) cannot change the run's stream; a later run picks up
+    the grown cache. Rank 0 writes; other ranks wait for the file."""
+    import json
+    import os
+    import shutil
+    import time
+
+    if not cfg.data.cache or cfg.data.cache_index:
+        return cfg
+    src = Path(cfg.data.cache) / "index.json"
+    if not src.is_file():
+        return cfg   # the engine raises the clear error
+    target = run_dir / "cache_index.json"
+    if int(os.environ.get("RANK", "0")) == 0:
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        json.loads(tmp.read_text())
+        tmp.replace(target)
+    else:
+        deadline = time.time() + 120
+        while not target.is_file() and time.time() < deadline:
+            time.sleep(0.2)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_index": str(target)})})
+
+
+def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
+    """The fixed synthetic validation set, written once as a pairs.jsonl folder (also readable by
+    `sigma eval --data`). Drawn from the cached photos only, so it has every family (VAE variants, latent
+    edits) whatever the state of the cache build when it is written."""
+    import json
+
+    from sigma.config.loader import save_resolved
+    from sigma.data.synth.engine import SynthEngine
+    from sigma.io.images import write_png
+
+    data = effective_synth(cfg).model_copy(update={"photos": ""} if cfg.data.cache else {})
+    engine = SynthEngine(data, seed=cfg.eval.val_seed)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(size):
+        s = engine.sample(i)
+        pid = f"val{cfg.eval.val_seed}_{i:05d}"
+        write_png(s.original, tmp / f"{pid}_original.png")
+        write_png(s.edited, tmp / f"{pid}_edited.png")
+        write_png(s.mask.astype(np.uint8) * 255, tmp / f"{pid}_mask.png")
+        lines.append(json.dumps({
+            "id": pid, "original": f"{pid}_original.png", "edited": f"{pid}_edited.png", "mask": f"{pid}_mask.png",
+            "instruction": None, "edit_type": s.edit_type, "editor": f"synthetic {s.kind}",
+            "whole_image_changed": s.kind == "global", "source": f"sigma synth seed={cfg.eval.val_seed} index={i}",
+            "mask_provenance": "exact region of the synthetic edit", "synth": s.meta}, default=str))
+    (tmp / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    save_resolved(data, tmp, "synth_config.yaml")
+    if folder.exists():        # a folder without pairs.jsonl: an earlier write that did not finish
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+
+
+def load_val_dir(folder: Path) -> list[SynthSample]:
+    """A pairs.jsonl folder as SynthSamples (kind read back from the synth metadata when present)."""
+    import json
+
+    from sigma.io.images import read_image, read_mask
+
+    out = []
+    for line in (folder / "pairs.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        orig = read_image(folder / rec["original"]).rgb
+        edit = read_image(folder / rec["edited"]).rgb
+        mask = read_mask(folder / rec["mask"])
+        meta = rec.get("synth") or {}
+        kind = meta.get("kind", "folder") if isinstance(meta, dict) else "folder"
+        out.append(SynthSample(orig, edit, mask, kind, rec.get("edit_type"),
+                               np.zeros(mask.shape, np.float32), {**(meta if isinstance(meta, dict) else {}),
+                                                                  "id": rec["id"]}))
+    return out

@@ -31,15 +31,25 @@ def blend(base: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- remove: classical inpainting
 def sample_remove(rng: np.random.Generator, h: int, w: int) -> Params:
-    return {"method": str(rng.choice(["telea", "ns", "patch"], p=[0.35, 0.25, 0.4])),
+    return {"method": str(rng.choice(["telea", "ns", "patch", "nearby"], p=[0.25, 0.15, 0.3, 0.3])),
             "radius": int(rng.integers(3, 8)),
             "shift": (int(rng.integers(-h // 2, h // 2 + 1)), int(rng.integers(-w // 2, w // 2 + 1))),
-            "smooth": float(rng.uniform(2, 8)), "feather": float(rng.uniform(0, 2.5))}
+            "angle": float(rng.uniform(0, 2 * np.pi)), "reach": float(rng.uniform(1.1, 2.0)),
+            "smooth": float(rng.uniform(2, 8)), "feather": float(rng.uniform(0, 4.0))}
 
 
 def apply_remove(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
     m8 = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
-    if p["method"] in ("telea", "ns"):
+    if p["method"] == "nearby":
+        # background continued from just beside the hole (a content-aware / exemplar fill): the photo's
+        # own texture at a distance of ~1-2 hole sizes, low frequencies matched to the hole's ring
+        ys, xs = np.nonzero(mask)
+        size = max(4.0, float(max(np.ptp(ys), np.ptp(xs)))) if len(ys) else 8.0
+        d = p["reach"] * size
+        shift = (int(round(d * np.sin(p["angle"]))), int(round(d * np.cos(p["angle"]))))
+        texture = np.roll(base, shift, axis=(0, 1))
+        filled = harmonise(texture, base, mask, 0.8)
+    elif p["method"] in ("telea", "ns"):
         flag = cv2.INPAINT_TELEA if p["method"] == "telea" else cv2.INPAINT_NS
         filled = cv2.inpaint(base, m8, p["radius"], flag)
     else:
@@ -82,6 +92,36 @@ def apply_splice(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Param
     src = np.roll(base, p["shift"], axis=(0, 1)) if p["copy_move"] else donor
     src = harmonise(src, base, mask, p["harmonise"])
     return blend(base, src, feather(mask, p["feather"]))
+
+
+# ---------------------------------------------------------------- copy-move inside the same photo
+def sample_copymove(rng: np.random.Generator, h: int, w: int) -> Params:
+    transform = rng.random() < 0.5
+    return {"dy": float(rng.uniform(-0.45, 0.45) * h), "dx": float(rng.uniform(-0.45, 0.45) * w),
+            "angle": float(rng.choice([rng.uniform(-35, 35), rng.choice([90.0, 180.0, -90.0])], p=[0.8, 0.2]))
+            if transform else 0.0,
+            "scale": float(np.exp(rng.uniform(np.log(0.7), np.log(1.45)))) if transform else 1.0,
+            "flip": bool(transform and rng.random() < 0.25),
+            "feather": float(rng.choice([0.0, rng.uniform(0.3, 2.0)])), "harmonise": float(rng.uniform(0, 0.3))}
+
+
+def apply_copymove(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+    """A patch of the same photo pasted over the mask (hiding what was there), optionally rotated /
+    scaled / mirrored: the copy-move forgery. The label is the whole pasted patch."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    cy, cx = (float(ys.mean()), float(xs.mean())) if len(ys) else (h / 2, w / 2)
+    src_c = (cx - p["dx"], cy - p["dy"])              # where the patch comes from
+    m = cv2.getRotationMatrix2D(src_c, p["angle"], p["scale"])
+    m[0, 2] += cx - src_c[0]
+    m[1, 2] += cy - src_c[1]
+    src = base[:, ::-1] if p["flip"] else base
+    if p["flip"]:
+        m = m @ np.array([[-1, 0, w - 1], [0, 1, 0], [0, 0, 1]], np.float64)
+    moved = cv2.warpAffine(np.ascontiguousarray(src), m, (w, h), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT)
+    moved = harmonise(moved, base, mask, p["harmonise"])
+    return blend(base, moved, feather(mask, p["feather"]))
 
 
 # ---------------------------------------------------------------- attribute: same object, changed look
@@ -146,7 +186,37 @@ def apply_global(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Param
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+# ---------------------------------------------------------------- generative inpainting of a region
+def sample_regen(rng: np.random.Generator) -> Params:
+    """How an inpainting editor re-renders the whole region it was handed, around the object it drew."""
+    return {"offset": float(rng.choice([-1, 1]) * rng.uniform(2, 9)), "gains": rng.uniform(0.96, 1.04, 3).tolist(),
+            "field": float(rng.uniform(0, 6)), "seed": int(rng.integers(1 << 30)),
+            "render": str(rng.choice(["vae", "texture", "blur", "resample"], p=[0.55, 0.2, 0.1, 0.15])),
+            "strength": float(rng.uniform(15, 45)), "sigma": float(rng.uniform(0.5, 1.2)),
+            "factor": float(rng.uniform(0.5, 0.8)), "feather": float(rng.uniform(0, 2.5))}
+
+
+def regenerate(base: np.ndarray, rendered: np.ndarray | None, p: Params) -> np.ndarray:
+    """The region as the editor re-synthesised it: another rendering of the same content (a VAE
+    decode when given, else texture re-rendering), a few levels brighter/darker, slightly tinted,
+    with a smooth variation across it (a wall re-rendered a few levels brighter)."""
+    from sigma.data import perturb as K
+
+    if p["render"] == "vae" and rendered is not None:
+        out = rendered
+    elif p["render"] == "blur":
+        out = K.blur(base, p["sigma"])
+    elif p["render"] == "resample":
+        out = K.resample(base, p["factor"], 2, 1)
+    else:
+        out = K.denoise_sharpen(base, p["strength"], 0.6, 1.0)
+    h, w = base.shape[:2]
+    field = p["field"] * K.smooth_field(h, w, p["seed"], 3)
+    x = out.astype(np.float32) * np.asarray(p["gains"], np.float32) + p["offset"] + field[..., None]
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
 SAMPLERS = {"remove": sample_remove, "splice": sample_splice, "attribute": sample_attribute,
-            "global": sample_global}
+            "global": sample_global, "copymove": sample_copymove}
 APPLIERS = {"remove": apply_remove, "splice": apply_splice, "attribute": apply_attribute,
-            "global": apply_global}
+            "global": apply_global, "copymove": apply_copymove}

@@ -24,19 +24,35 @@ from pydantic import BaseModel, ConfigDict, Field
 from sigma.errors import InputError
 
 from . import edits as E
+from . import masks as M
 from . import perturb as P
 from .cache import list_photos, load_photo
-from .masks import random_mask
 
-KINDS = ("none", "remove", "splice", "attribute", "global", "latent")
+KINDS = ("none", "remove", "splice", "attribute", "global", "latent", "copymove", "inpaint")
+OBJECT_SHAPES = {"blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "rectangle": 0.6, "superpixels": 1.0}
+REGION_SHAPES = {"rectangle": 1.5, "blob": 2.0, "ellipse": 1.0, "brush": 1.5, "polygon": 1.0}
+BUILDING_SHAPES = {"rectangle": 3.0, "polygon": 2.0, "blob": 0.5}
+
+
+class AerialConfig(BaseModel):
+    """Aerial tiles (bi-temporal change): structural edits (buildings appearing / vanishing / re-roofed)
+    under an unlabelled illumination or season change."""
+
+    model_config = ConfigDict(extra="forbid")
+    pattern: str = Field("rsscn7", description="a photo whose path contains this is an aerial tile")
+    struct_p: float = Field(0.0, ge=0, le=1, description="probability of a building-like edit on an aerial tile")
+    donor_p: float = Field(0.8, ge=0, le=1, description="probability the donor is another aerial tile")
 
 
 class SynthConfig(BaseModel):
     """Everything that shapes the generated distribution; saved with every run."""
 
     model_config = ConfigDict(extra="forbid")
-    photos: str = Field("", description="photo folder (used when no cache is given)")
+    photos: str = Field("", description="photo folder (with a cache: photos not yet cached are used "
+                        "without VAE variants)")
     cache: str = Field("", description="folder built by build_cache (index.json + .npz per photo)")
+    cache_index: str = Field("", description="a frozen copy of the cache's index.json (a run snapshots "
+                             "it at start, so a cache still being built cannot change its stream)")
     crop: int = Field(192, ge=32)
     scale_range: tuple[float, float] = (0.75, 1.33)
     mix: dict[str, float] = Field(default_factory=lambda: {
@@ -45,11 +61,18 @@ class SynthConfig(BaseModel):
         "blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "brush": 1.5, "rectangle": 0.7, "superpixels": 1.0,
         "thin": 0.3})
     area_range: tuple[float, float] = (0.005, 0.6)
+    small_p: float = Field(0.0, ge=0, le=1, description="probability of a tiny edit (area from small_range)")
+    small_range: tuple[float, float] = (0.0005, 0.02)
     multi_p: float = Field(0.15, ge=0, le=1)
+    multi_max: int = Field(3, ge=2, description="several regions: 2..multi_max of them")
+    irregular_p: float = Field(0.0, ge=0, le=1, description="probability of a roughened mask boundary")
     latent_whole_p: float = Field(0.5, ge=0, le=1, description="latent edit decoded whole vs composited back")
+    inpaint_composite_p: float = Field(0.5, ge=0, le=1, description="inpainting pairs left as composites (no "
+                                       "whole-image change after: the label is the whole re-made region)")
     global_label: Literal["full", "empty"] = "full"
     min_change: float = Field(4.0, ge=0, description="mean |Δ| (0–255) an edit must make inside its mask")
     perturb: P.PerturbConfig = Field(default_factory=P.PerturbConfig)
+    aerial: AerialConfig = Field(default_factory=AerialConfig)
     noise_blur: float = Field(4.0, ge=0, description="σ (px) of the low-pass on the noise-regression target")
 
 
@@ -69,30 +92,52 @@ class SynthSample:
 
 
 class PhotoBank:
-    """Aligned per-photo arrays: `img`, `rt<scale>` (VAE roundtrips), `lat<k>`/`latmask<k>` (latent edits)."""
+    """Aligned per-photo arrays: `img`, `rt<scale>` (VAE roundtrips), `lat<k>`/`latmask<k>` (latent edits).
 
-    def __init__(self, cache: str | Path | None = None, photos: str | Path | None = None, max_side: int = 384):
+    With both a cache and a photo folder, photos the cache does not hold (yet) are served from the folder
+    (`img` only): the whole photo pool is used while a cache is still being built."""
+
+    def __init__(self, cache: str | Path | None = None, photos: str | Path | None = None, max_side: int = 384,
+                 index: str | Path | None = None):
         self.cache = Path(cache) if cache else None
-        if self.cache is not None:
-            idx = self.cache / "index.json"
-            if not idx.is_file():
-                raise InputError(f"{self.cache}: not a synth cache (no index.json); build it with "
-                                 "`sigma synth --build-cache`", code="file_not_found")
-            self.files = [self.cache / f["file"] for f in json.loads(idx.read_text())["files"]]
-            self.files = [f for f in self.files if f.is_file()]
-            if len(self.files) < 2:
-                raise InputError(f"{self.cache}: fewer than 2 cached photos", code="no_photos")
-        elif photos:
-            self.files = list_photos(photos)
-        else:
-            raise InputError("no photos: give a photo folder or a synth cache", code="no_photos")
         self.max_side = max_side
+        entries: list[tuple[str, bool, str]] = []       # (file, cached, photo path)
+        if self.cache is not None:
+            idx = Path(index) if index else self.cache / "index.json"
+            if not idx.is_file():
+                raise InputError(f"{idx}: not a synth cache index (no index.json); build it with "
+                                 "`sigma synth --build-cache`", code="file_not_found")
+            data = json.loads(idx.read_text())
+            max_side = int(data.get("max_side", max_side))
+            self.max_side = max_side
+            for f in data["files"]:
+                if (self.cache / f["file"]).is_file():
+                    entries.append((str(self.cache / f["file"]), True, str(f.get("photo", f["file"]))))
+        if photos:
+            have = {str(Path(e[2]).resolve()) for e in entries}
+            for ph in list_photos(photos):
+                if str(ph.resolve()) not in have:
+                    entries.append((str(ph), False, str(ph)))
+        if not entries and self.cache is None and not photos:
+            raise InputError("no photos: give a photo folder or a synth cache", code="no_photos")
+        if len(entries) < 2:
+            raise InputError(f"{self.cache or photos}: fewer than 2 photos", code="no_photos")
+        entries.sort(key=lambda e: (not e[1], e[2]))
+        self.entries = entries
+        self.files = [Path(e[0]) for e in entries]
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.entries)
+
+    def n_cached(self) -> int:
+        return sum(1 for e in self.entries if e[1])
+
+    def photo(self, i: int) -> str:
+        return self.entries[i][2]
 
     def get(self, i: int) -> dict[str, np.ndarray]:
-        return _load_entry(str(self.files[i]), self.cache is not None, self.max_side)
+        f, cached, _ = self.entries[i]
+        return _load_entry(f, cached, self.max_side)
 
 
 @lru_cache(maxsize=64)
@@ -118,26 +163,59 @@ def _crop(arr: np.ndarray, win, crop: int, is_mask: bool = False) -> np.ndarray:
     return cv2.resize(a, (crop, crop), interpolation=cv2.INTER_LINEAR if is_mask else interp)
 
 
+def _edit_type(kind: str, params: dict[str, Any], rng: np.random.Generator) -> str:
+    if kind in ("remove", "attribute"):
+        return kind
+    if kind == "copymove" or params.get("copy_move"):
+        return "add"
+    return "add" if rng.random() < 0.5 else "replace"
+
+
 class SynthEngine:
     def __init__(self, cfg: SynthConfig, seed: int = 0, bank: PhotoBank | None = None):
         self.cfg = cfg
         self.seed = int(seed)
-        self.bank = bank or PhotoBank(cfg.cache or None, cfg.photos or None)
-        kinds = [k for k in KINDS if cfg.mix.get(k, 0) > 0]
+        self.bank = bank or PhotoBank(cfg.cache or None, cfg.photos or None, index=cfg.cache_index or None)
         unknown = set(cfg.mix) - set(KINDS)
         if unknown:
             raise InputError(f"synth mix has unknown kinds {sorted(unknown)}; choose from {KINDS}",
                              code="invalid_config")
-        self.kinds = kinds
-        p = np.array([cfg.mix[k] for k in kinds], np.float64)
+        self.kinds = [k for k in KINDS if cfg.mix.get(k, 0) > 0]
+        p = np.array([cfg.mix[k] for k in self.kinds], np.float64)
         self.kind_p = p / p.sum()
+        pat = cfg.aerial.pattern.lower()
+        self.aerial = np.array([bool(pat) and pat in self.bank.photo(i).lower() for i in range(len(self.bank))])
+        self.aerial_idx = np.nonzero(self.aerial)[0]
+        self.cached_idx = np.array([i for i in range(len(self.bank)) if self.bank.entries[i][1]], np.int64)
+
+    def _mask(self, rng: np.random.Generator, c: int, shapes: dict[str, float], image: np.ndarray,
+              area: float | None = None, count: int | None = None) -> tuple[np.ndarray, str]:
+        cfg = self.cfg
+        if area is None:
+            area = M.sample_area_mix(rng, tuple(cfg.area_range), cfg.small_p, tuple(cfg.small_range))
+        if count is None:
+            count = int(rng.integers(2, cfg.multi_max + 1)) if rng.random() < cfg.multi_p else 1
+        mask, shape = M.shaped_mask(rng, c, c, shapes, area, count, image=image)
+        if cfg.irregular_p > 0 and rng.random() < cfg.irregular_p:
+            mask = M.irregular(rng, mask, float(rng.uniform(0.1, 0.4)))
+            shape += "+irregular"
+        return mask, shape
 
     def sample(self, index: int) -> SynthSample:
         rng = np.random.default_rng([self.seed, int(index)])
         cfg = self.cfg
         n = len(self.bank)
-        pi = int(rng.integers(n))
+        # what needs the cache (a VAE roundtrip, a latent edit) is decided first and drawn from the cached
+        # photos: while a cache is being built the rates stay what the config says, and the photos not yet
+        # cached serve every other kind
+        want_vae = rng.random() < cfg.perturb.vae
+        kind = str(self.kinds[int(rng.choice(len(self.kinds), p=self.kind_p))])
+        pool = self.cached_idx if (want_vae or kind == "latent") and len(self.cached_idx) >= 2 else None
+        pi = int(pool[int(rng.integers(len(pool)))]) if pool is not None else int(rng.integers(n))
         qi = (pi + 1 + int(rng.integers(n - 1))) % n
+        aerial = bool(self.aerial[pi])
+        if aerial and len(self.aerial_idx) > 1 and rng.random() < cfg.aerial.donor_p:
+            qi = int(rng.choice(self.aerial_idx[self.aerial_idx != pi]))
         ent, dent = self.bank.get(pi), self.bank.get(qi)
         h, w = ent["img"].shape[:2]
         win = _window(rng, h, w, cfg.crop, cfg.scale_range)
@@ -147,17 +225,25 @@ class SynthEngine:
         orig = _crop(ent["img"], win, c)
         rts = sorted(k for k in ent if k.startswith("rt"))
         lats = sorted(k for k in ent if k.startswith("lat") and not k.startswith("latmask"))
-        kind = str(self.kinds[int(rng.choice(len(self.kinds), p=self.kind_p))])
+        building = aerial and rng.random() < cfg.aerial.struct_p
+        if building:
+            kind = str(rng.choice(["splice", "remove", "attribute"], p=[0.65, 0.2, 0.15]))
         if kind == "latent" and not lats:
             kind = "splice"
-        use_vae = bool(rts) and rng.random() < cfg.perturb.vae
+        use_vae = bool(rts) and want_vae
         rt_key = str(rng.choice(rts)) if use_vae else None
+        # the unlabelled whole-image changes are drawn before the edit: an inpainting label depends on them
+        illum_p = cfg.perturb.illum.aerial_p if aerial else cfg.perturb.illum.p
+        chain = P.sample_illum(rng, cfg.perturb.illum, illum_p, None) + P.sample(rng, cfg.perturb)
+        if kind == "inpaint" and rng.random() < cfg.inpaint_composite_p:
+            use_vae, rt_key, chain = False, None, []     # pasted back into the untouched photo, as inpainting pipelines do
+        regenerated = use_vae or bool(chain)
         base = _crop(ent[rt_key], win, c) if rt_key else orig
         donor_full = dent[rt_key] if rt_key and rt_key in dent else dent["img"]
         donor = _crop(donor_full, (dwin[0], dwin[1], dwin[2]), c)
-        meta: dict[str, Any] = {"photo": pi, "donor": qi, "vae": rt_key}
+        meta: dict[str, Any] = {"photo": pi, "donor": qi, "vae": rt_key, "aerial": aerial}
 
-        edit_type: str | None
+        edit_type: str | None = None
         shape = ""
         for attempt in range(4):
             if kind == "none":
@@ -187,19 +273,36 @@ class SynthEngine:
                     break
                 kind = "splice"  # latent region fell outside the crop or changed nothing: use a splice
                 continue
-            mask, shape = random_mask(rng, c, c, cfg.shapes, tuple(cfg.area_range), cfg.multi_p, image=orig)
+            if kind == "inpaint":
+                edited, mask, edit_type, shape, info = self._inpaint(rng, ent, win, base, donor, rt_key, orig,
+                                                                     regenerated)
+                meta["inpaint"] = info
+                if mask.any() and _change(base, edited, mask) >= cfg.min_change * 0.75:
+                    break
+                kind = "splice"
+                continue
+            if building:
+                area = float(np.exp(rng.uniform(np.log(0.003), np.log(0.12))))
+                mask, shape = self._mask(rng, c, BUILDING_SHAPES, orig, area=area, count=int(rng.integers(1, 6)))
+            elif kind == "copymove":
+                small = rng.random() < 0.6
+                area = M.sample_area(rng, *((cfg.small_range) if small else (0.005, 0.08)))
+                mask, shape = self._mask(rng, c, OBJECT_SHAPES, orig, area=area)
+            else:
+                mask, shape = self._mask(rng, c, cfg.shapes, orig)
             params = E.SAMPLERS[kind](rng, c, c)
+            if building and kind == "splice":
+                params["copy_move"], params["feather"] = False, float(rng.uniform(0, 0.8))
             edited = E.APPLIERS[kind](base, donor, mask, params)
             meta["params"] = params
-            edit_type = {"remove": "remove", "attribute": "attribute"}.get(kind) or (
-                "add" if params.get("copy_move") or rng.random() < 0.5 else "replace")
+            edit_type = _edit_type(kind, params, rng)
             if _change(base, edited, mask) >= cfg.min_change:
                 break
             if attempt == 2:
                 kind = "splice"
         meta["kind"], meta["shape"] = kind, shape
 
-        chain = P.sample(rng, cfg.perturb)
+        chain = [(n, P.with_donor(p, donor) if n == "transfer" else p) for n, p in chain]
         meta["perturb"] = [name for name, _ in chain] + ([f"vae:{rt_key}"] if rt_key else [])
         edited = P.apply(edited, chain)
         clean_base = _crop(ent["rt100"], win, c) if (kind == "latent" and meta["latent"]["whole"]
@@ -212,6 +315,48 @@ class SynthEngine:
             orig, edited, mask, noise = orig[:, ::-1], edited[:, ::-1], mask[:, ::-1], noise[:, ::-1]
         return SynthSample(np.ascontiguousarray(orig), np.ascontiguousarray(edited), np.ascontiguousarray(mask),
                            kind, edit_type, np.ascontiguousarray(noise, dtype=np.float32), meta)
+
+    def _inpaint(self, rng, ent, win, base, donor, rt_key, orig, regenerated: bool):
+        """Generative inpainting: the editor is handed a region R, draws / removes / changes an object O
+        inside it and re-synthesises the rest of R with faint changes.
+
+        The label follows METHOD §10: on a composite (nothing else touches the image) every re-made pixel
+        is recoverable, and the label is R, as in the reference labels of inpainting benchmarks; when a
+        whole-image change follows (VAE roundtrip, a regenerator, relighting), R's faint changes sink
+        under it and only the semantic core is recoverable: the label is O. (Labelling R there taught the
+        model to dilate every edit under regeneration: 2-4x the true area on real removals.)"""
+        c = self.cfg.crop
+        area = float(np.exp(rng.uniform(np.log(0.01), np.log(0.5))))
+        region, shape = self._mask(rng, c, REGION_SHAPES, orig, area=area, count=1)
+        # the object: a smaller shape inside the region
+        inner = cv2.erode(region.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        inner = inner if inner.sum() >= 16 else region
+        obj_area = float(region.mean() * rng.uniform(0.1, 0.6))
+        obj = np.zeros_like(region)
+        for _ in range(4):
+            cand, _ = M.shaped_mask(rng, c, c, OBJECT_SHAPES, obj_area, 1, image=orig)
+            ys, xs = np.nonzero(inner)
+            cy, cx = ys.mean(), xs.mean()
+            oy, ox = np.nonzero(cand)
+            if len(oy):
+                cand = np.roll(cand, (int(cy - oy.mean()), int(cx - ox.mean())), axis=(0, 1))
+            obj = cand & inner
+            if obj.sum() >= 8:
+                break
+        if obj.sum() < 8:
+            obj = inner
+        others = [k for k in ent if k.startswith("rt") and k != rt_key]
+        rendered = _crop(ent[str(rng.choice(others))], win, c) if others else None
+        rp = E.sample_regen(rng)
+        regen = E.regenerate(base, rendered, rp)
+        sub = str(rng.choice(["remove", "splice", "attribute"], p=[0.4, 0.4, 0.2]))
+        params = E.SAMPLERS[sub](rng, c, c)
+        painted = E.APPLIERS[sub](regen, donor, obj, params)
+        edited = E.blend(base, painted, E.feather(region, rp["feather"]))
+        label = obj if regenerated else region
+        return edited, label, _edit_type(sub, params, rng), shape, {"object": sub, "render": rp["render"],
+                                                                       "offset": rp["offset"],
+                                                                       "label": "object" if regenerated else "region"}
 
 
 def _change(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:

@@ -177,3 +177,50 @@ def random_mask(rng: np.random.Generator, h: int, w: int, weights: dict[str, flo
         out = ellipse(rng, h, w, max(area, 0.005))
         used = ["ellipse"]
     return out, (used[0] if count == 1 else "multi:" + "+".join(used))
+
+
+def irregular(rng: np.random.Generator, mask: np.ndarray, amount: float) -> np.ndarray:
+    """Roughen a mask's boundary (hand-drawn inpainting masks, ragged object outlines): the mask is
+    softened, a smooth noise field of relative `amount` is added, and the result thresholded again.
+    The mask's interior is kept; an empty result returns the input."""
+    if amount <= 0 or not mask.any():
+        return mask
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    size = max(4.0, float(max(np.ptp(ys), np.ptp(xs))) + 1)
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(0.8, 0.08 * size))
+    cells = int(np.clip(max(h, w) / max(2.0, 0.25 * size), 3, 48))
+    g = rng.normal(size=(cells, cells)).astype(np.float32)
+    noise = cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+    out = soft + amount * noise / max(float(np.abs(noise).max()), 1e-6) > 0.5
+    out |= cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & (soft > 0.9)
+    return out if out.sum() >= max(4, 0.3 * mask.sum()) else mask
+
+
+def sample_area_mix(rng: np.random.Generator, area_range: tuple[float, float], small_p: float,
+                    small_range: tuple[float, float]) -> float:
+    """Log-uniform over `area_range`, or with probability `small_p` over `small_range` (tiny edits:
+    single small objects, text-sized patches, down to 0.05 % of the image)."""
+    if small_p > 0 and rng.random() < small_p:
+        return sample_area(rng, *small_range)
+    return sample_area(rng, *area_range)
+
+
+def shaped_mask(rng: np.random.Generator, h: int, w: int, weights: dict[str, float], area: float,
+                count: int = 1, image: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """`count` regions of total area ≈ `area`, shapes drawn from `weights`."""
+    names = list(weights)
+    p = np.array([weights[n] for n in names], np.float64)
+    p /= p.sum()
+    out = np.zeros((h, w), bool)
+    used = []
+    for _ in range(count):
+        name = names[int(rng.choice(len(names), p=p))]
+        fn = SHAPES[name]
+        part = area / count
+        out |= fn(rng, h, w, part, image) if name == "superpixels" else fn(rng, h, w, part)
+        used.append(name)
+    if not out.any():
+        out = ellipse(rng, h, w, max(area, 0.002))
+        used = ["ellipse"]
+    return out, (used[0] if count == 1 else "multi:" + "+".join(used))

@@ -1,0 +1,49 @@
+"""F1 on the fixed synthetic validation set, per family (edit kind, tiny < 2 %, aerial, regenerated /
+relit), for one or more saved models: the selection metric of issue 14, broken down.
+
+    python scripts/val_breakdown.py runs/val/synth-ii-v1 sigma/weights/sigma-lite.safetensors runs/sigma-lite-ii/model
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main(val: str, models: list[str]) -> None:
+    from sigma.eval.metrics import score_image, summarize
+    from sigma.models import load_model
+    from sigma.training.data import load_val_dir
+
+    torch.set_num_threads(2)
+    samples = load_val_dir(Path(val))
+    illum = {"transfer", "relight", "shadow", "haze", "season"}
+    groups = {"all": lambda s: True, "tiny<2%": lambda s: 0 < s.mask.mean() < 0.02,
+              "aerial": lambda s: bool(s.meta.get("aerial")),
+              "relit": lambda s: bool(illum & set(s.meta.get("perturb", []))),
+              "vae": lambda s: any(str(p).startswith("vae:") for p in s.meta.get("perturb", []))}
+    for k in sorted({s.kind for s in samples}):
+        groups[f"kind={k}"] = lambda s, k=k: s.kind == k
+    for path in models:
+        model = load_model(path).eval()
+        scores = []
+        with torch.no_grad():
+            for i in range(0, len(samples), 16):
+                chunk = samples[i:i + 16]
+                o = torch.from_numpy(np.stack([s.original for s in chunk])).permute(0, 3, 1, 2).float() / 255
+                e = torch.from_numpy(np.stack([s.edited for s in chunk])).permute(0, 3, 1, 2).float() / 255
+                prob = torch.sigmoid(model(o, e).logits)[:, 0].numpy()
+                scores += [score_image(str(i + j), prob[j] > 0.5, prob[j], s.mask) for j, s in enumerate(chunk)]
+        row = []
+        for name, pred in groups.items():
+            sel = [sc for sc, s in zip(scores, samples) if pred(s)]
+            summ = summarize(sel)
+            row.append(f"{name}={100 * summ['f1']:.1f}({summ['manipulated']})")
+        empty = [sc.pred_fraction for sc, s in zip(scores, samples) if not s.mask.any()]
+        print(path, " ".join(row), f"empty_fp={100 * float(np.mean(empty)):.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

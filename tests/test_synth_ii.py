@@ -1,0 +1,134 @@
+"""Issue 14, item 2: the data engine's new families, deterministic in (seed, index).
+
+Each family is checked for what makes it useful: tiny areas really occur, copy-move copies the same photo
+(rotated / scaled), a generative-inpainting label covers the whole re-made region (not only the object),
+regenerators and illumination are unlabelled whole-image changes, aerial tiles get building-like edits,
+and the shared perturbation primitives keep shape and dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_synth import make_photos
+
+from sigma.data import perturb as K
+from sigma.data.synth import edits as E
+from sigma.data.synth import masks as M
+from sigma.data.synth import perturb as P
+from sigma.data.synth.engine import SynthConfig, SynthEngine
+
+FAMILY = dict(crop=64, scale_range=(0.8, 1.0), mix={"copymove": 1, "inpaint": 1, "remove": 1, "none": 0.3},
+              small_p=0.5, small_range=(0.0005, 0.02), multi_p=0.3, multi_max=5, irregular_p=0.5,
+              perturb={"mode": "stack", "stack": (1, 3), "jpeg": 1, "webp": 1, "chroma": 1, "texture": 1,
+                       "dither": 1, "median": 1, "resample": 1, "illum": {"p": 0.5, "aerial_p": 1.0}},
+              aerial={"struct_p": 1.0, "pattern": "rsscn7"})
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = make_photos(tmp_path_factory.mktemp("photos"), n=4, size=(80, 96))
+    # two of them named like the aerial tiles of ../shared/data/photos
+    (folder / "p2.png").rename(folder / "rsscn7_resident_f001.png")
+    (folder / "p3.png").rename(folder / "rsscn7_industry_c009.png")
+    return folder
+
+
+def test_new_families_are_deterministic_and_labelled_by_region(photos):
+    eng = SynthEngine(SynthConfig(photos=str(photos), **FAMILY), seed=5)
+    again = SynthEngine(SynthConfig(photos=str(photos), **FAMILY), seed=5)
+    samples = [eng.sample(i) for i in range(60)]
+    for i in (0, 7, 33):
+        a, b = samples[i], again.sample(i)
+        assert np.array_equal(a.edited, b.edited) and np.array_equal(a.mask, b.mask)
+    kinds = {s.kind for s in samples}
+    assert {"copymove", "inpaint", "none"} <= kinds
+    fractions = [s.mask.mean() for s in samples if s.mask.any()]
+    assert min(fractions) < 0.01                                  # tiny edits occur
+    assert all(not s.mask.any() for s in samples if s.kind == "none")
+    assert any(s.meta["aerial"] and s.meta["kind"] in ("splice", "remove", "attribute") for s in samples)
+    names = {n for s in samples for n in s.meta["perturb"]}
+    assert {"webp", "chroma", "texture"} & names and {"relight", "shadow", "haze", "season", "transfer"} & names
+
+
+def test_inpaint_label_is_the_whole_remade_region_with_faint_changes_around_the_object(photos):
+    eng = SynthEngine(SynthConfig(photos=str(photos), **{**FAMILY, "mix": {"inpaint": 1}, "small_p": 0.0,
+                                                          "perturb": {"mode": "stack", "stack_p": 0.0}}), seed=1)
+    found = 0
+    for i in range(20):
+        s = eng.sample(i)
+        if s.kind != "inpaint":
+            continue
+        diff = np.abs(s.edited.astype(int) - s.original.astype(int)).mean(2)
+        assert diff[~s.mask].mean() < 1.0                        # outside the region: untouched
+        # inside: nearly every pixel re-made (a few levels at least), an object edit somewhere in it
+        inner = diff[s.mask]
+        assert (inner >= 1.0).mean() > 0.8 and inner.max() > np.median(inner) + 5
+        assert s.meta["inpaint"]["object"] in ("remove", "splice", "attribute")
+        found += 1
+    assert found >= 5
+
+
+def test_copymove_pastes_a_transformed_patch_of_the_same_photo():
+    rng = np.random.default_rng(0)
+    img = (np.random.default_rng(1).uniform(0, 255, (64, 64, 3))).astype(np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[20:30, 24:36] = True
+    p = {"dy": 15.0, "dx": -10.0, "angle": 0.0, "scale": 1.0, "flip": False, "feather": 0.0, "harmonise": 0.0}
+    out = E.apply_copymove(img, img, mask, p)
+    assert np.array_equal(out[20:30, 24:36], img[5:15, 34:46])   # the patch 15 up, 10 right of its place
+    assert np.array_equal(out[~mask], img[~mask])
+    rot = E.apply_copymove(img, img, mask, {**p, "angle": 30.0, "scale": 1.3})
+    assert not np.array_equal(rot[mask], out[mask]) and np.array_equal(rot[~mask], img[~mask])
+    assert E.sample_copymove(rng, 64, 64)["scale"] > 0
+
+
+def test_irregular_boundaries_keep_the_object():
+    rng = np.random.default_rng(2)
+    m = M.ellipse(rng, 96, 96, 0.1)
+    r = M.irregular(rng, m, 0.35)
+    inter = (m & r).sum() / m.sum()
+    assert inter > 0.6 and not np.array_equal(m, r)
+
+
+@pytest.mark.parametrize("name", sorted(P.REGENERATORS))
+def test_each_regenerator_is_a_same_size_uint8_change(name):
+    rng = np.random.default_rng(4)
+    img = (np.random.default_rng(3).uniform(0, 255, (48, 64, 3))).astype(np.uint8)
+    cfg = P.PerturbConfig()
+    out = P.apply(img, [(name, P._params(name, rng, cfg))])
+    assert out.shape == img.shape and out.dtype == np.uint8
+
+
+def test_illumination_changes_every_pixel_a_little_and_is_unlabelled(photos):
+    cfg = P.IllumConfig(p=1.0, transfer=1.0, relight=1.0, shadow=1.0, haze=1.0, season=1.0)
+    img = (np.random.default_rng(3).uniform(40, 220, (48, 64, 3))).astype(np.uint8)
+    donor = (np.random.default_rng(4).uniform(0, 120, (48, 64, 3))).astype(np.uint8)
+    chain = P.sample_illum(np.random.default_rng(0), cfg, 1.0, donor)
+    assert [n for n, _ in chain] == ["transfer", "relight", "shadow", "haze", "season"]
+    out = P.apply(img, chain)
+    assert out.shape == img.shape and np.abs(out.astype(int) - img.astype(int)).mean() > 3
+    assert P.sample_illum(np.random.default_rng(0), cfg, 0.0, donor) == []
+
+
+def test_shared_primitives_match_what_eval_applies():
+    from sigma.eval import perturb as EP
+
+    img = (np.random.default_rng(3).uniform(0, 255, (40, 56, 3))).astype(np.uint8)
+    assert np.array_equal(EP.apply("jpeg75", img, "x"), K.jpeg(img, 75))
+    assert EP.apply("resize", img, "x").shape == img.shape
+    assert K.webp(img, 50).shape == img.shape and K.chroma_subsample(img, 2).shape == img.shape
+
+
+def test_inpaint_under_regeneration_labels_only_the_semantic_core(photos):
+    """METHOD §10: after a whole-image regenerator the faint re-rendering of the region is not
+    recoverable; the label is the object the editor drew or removed, not the whole region."""
+    eng = SynthEngine(SynthConfig(photos=str(photos), **{**FAMILY, "mix": {"inpaint": 1}, "small_p": 0.0,
+                                                          "inpaint_composite_p": 0.0,
+                                                          "perturb": {"mode": "stack", "stack_p": 1.0,
+                                                                      "jpeg": 1, "resample": 1}}), seed=1)
+    labels = [eng.sample(i).meta["inpaint"]["label"] for i in range(12)
+              if eng.sample(i).kind == "inpaint"]
+    assert labels and set(labels) == {"object"}
+    composite = SynthEngine(eng.cfg.model_copy(update={"inpaint_composite_p": 1.0}), seed=1)
+    kept = [s for s in (composite.sample(i) for i in range(12)) if s.kind == "inpaint"]
+    assert kept and all(s.meta["inpaint"]["label"] == "region" and not s.meta["perturb"] for s in kept)
