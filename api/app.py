@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 
 from sigma.api import errors
+from sigma.api.auth import require_key
 from sigma.api.batches import router as batches_router
 from sigma.api.errors import ERROR_RESPONSES
-from sigma.api.middleware import BodyLimit, RequestMetrics
+from sigma.api.middleware import BodyLimit, BodyTimeout, CatchAll, RequestMetrics
+from sigma.api.responses import SafeJSONResponse
 from sigma.api.routes_health import router as health_router
 from sigma.api.routes_jobs import router as jobs_router
+from sigma.api.server import return_large_buffers_to_os
 from sigma.api.service import Service
 from sigma.errors import ConfigError
 from sigma.service.settings import ServeConfig, load_serve_config
@@ -31,21 +35,48 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        return_large_buffers_to_os()
         await svc.open()
         yield
         await svc.close()
 
+    public = cfg.api.public_docs
     app = FastAPI(title="SIGMA annotation service", version="1",
                   description="Queue (original, edited, instruction) triples to GPU workers and get pixel "
                   "masks back (COCO RLE with SA-1B field names). Errors: {\"error\": {\"code\", \"message\"}}.",
-                  lifespan=lifespan, responses=ERROR_RESPONSES)
+                  lifespan=lifespan, responses=ERROR_RESPONSES, default_response_class=SafeJSONResponse,
+                  openapi_url="/openapi.json" if public else None, docs_url="/docs" if public else None,
+                  redoc_url="/redoc" if public else None)
     app.state.service = svc
     errors.install(app)
+    # outermost last: metrics see every answer; CatchAll answers what a route lets out without closing the
+    # connection; the body limit and the body read timeout wrap `receive`
+    app.add_middleware(BodyTimeout, seconds=cfg.api.body_timeout_s)
     app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_request_bytes)
+    app.add_middleware(CatchAll)
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
     for router in (jobs_router, batches_router, health_router):
         app.include_router(router)
+    if not public:
+        _keyed_docs(app)
     return app
+
+
+def _keyed_docs(app: FastAPI) -> None:
+    """api.public_docs=false: the spec and its two viewers answer only a caller with a valid key (any scope)."""
+    key = [Depends(require_key())]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=key)
+    async def openapi():
+        return SafeJSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=key)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=key)
+    async def redoc():
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
 def app_from_env() -> FastAPI:

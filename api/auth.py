@@ -69,6 +69,13 @@ class KeyChecker:
         return dependency
 
 
+def require_key():
+    """A route dependency: any valid key (whatever its scopes), e.g. for the docs when they are not public."""
+    async def dependency(request: Request) -> Principal:
+        return request.app.state.service.auth.identify(request)
+    return dependency
+
+
 def require_scope(scope: str):
     """A route dependency: the caller's principal, refused (401/403) without a key holding `scope`."""
     async def dependency(request: Request) -> Principal:

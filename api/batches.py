@@ -2,25 +2,36 @@
 
 The API never reads pairs here: it plans the run (the same `submit_run` as `sigma batch submit`) and puts one
 task per shard on `<key_prefix>:batch:tasks`, the stream the batch workers consume. Because the caller names
-paths on the server, every path is resolved (realpath: symlinks and `..` followed) and must stay under
-`api.batch_root`; with no root configured the routes answer `batches_disabled`.
+paths on the server, every path is checked as text first (no NUL, no component over NAME_MAX, nothing over
+PATH_MAX: 422 `invalid_path`), its `..` are resolved as text (so nothing outside the root is ever looked at),
+then resolved with realpath (symlinks) and must stay under `api.batch_root`; with no root configured the
+routes answer `batches_disabled`. Answers never name the server's folders: paths are relative to the root,
+messages from the batch library are rewritten the same way, and the details go to the log.
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sigma.api.auth import require_scope
-from sigma.api.errors import ApiError
+from sigma.api.errors import ApiError, status_for
+from sigma.api.requests import read_json_object
+from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
 from sigma.errors import SigmaError
 from sigma.service.settings import ServeConfig
+
+log = logging.getLogger("sigma.api")
+
+MAX_BATCH_BODY_BYTES = 1024 * 1024      # a batch request names paths and options; it is never large
 
 
 class BatchRequest(BaseModel):
@@ -33,18 +44,47 @@ class BatchRequest(BaseModel):
     columns: dict[str, str] | None = Field(None, description="role=column overrides")
     shard_size: int | None = Field(None, ge=1, description="pairs per shard (default 1000)")
     annotator: str | None = Field(None, description="one of api.annotators; default: the first")
-    options: dict[str, Any] | None = Field(None, description="annotator config overrides")
+    options: dict[str, Any] | None = Field(None, description="annotator config overrides (validated against "
+                                           "the annotator's config model at submit: 422 invalid_config)")
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     batch_size: int | None = Field(None, ge=1)
 
 
+def _limits(root: str) -> tuple[int, int]:
+    """(NAME_MAX, PATH_MAX) of the root's filesystem, in bytes."""
+    try:
+        return os.pathconf(root, "PC_NAME_MAX"), os.pathconf(root, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
+
+
+def _within(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_path_text(root: str, path: str, what: str) -> None:
+    """Refuse, before any filesystem call, what the filesystem would choke on."""
+    if "\x00" in path:
+        raise ApiError(422, "invalid_path", f"{what} holds a NUL byte")
+    name_max, path_max = _limits(root)
+    if len(os.path.join(root, path).encode("utf-8", "surrogateescape")) >= path_max:
+        raise ApiError(422, "invalid_path", f"{what} is longer than the server's path limit ({path_max} bytes)")
+    if any(len(part.encode("utf-8", "surrogateescape")) > name_max for part in path.split("/")):
+        raise ApiError(422, "invalid_path", f"{what} has a component longer than {name_max} bytes")
+
+
 def resolve_under(root: str, path: str, what: str) -> Path:
-    """realpath of `path` (relative paths are taken from `root`); refuse anything that escapes `root`."""
+    """The real path of `path` (relative paths are taken from `root`), refused when it leaves `root`.
+
+    `..` is resolved as text first: a request cannot make the server look at (lstat, follow) anything outside
+    the root, so the answer for an outside path never depends on what exists there. The message does not
+    echo the path, so every outside path gets the same answer."""
     real_root = os.path.realpath(root)
-    candidate = path if os.path.isabs(path) else os.path.join(real_root, path)
-    real = os.path.realpath(candidate)
-    if os.path.commonpath([real_root, real]) != real_root:
-        raise ApiError(403, "path_outside_root", f"{what} {path!r} resolves outside the batch root")
+    check_path_text(real_root, path, what)
+    candidate = os.path.normpath(os.path.join(real_root, path))
+    real = os.path.realpath(candidate) if _within(real_root, candidate) else candidate
+    if not _within(real_root, real):
+        raise ApiError(403, "path_outside_root", f"{what} resolves outside the batch root")
     return Path(real)
 
 
@@ -61,6 +101,19 @@ def _relative(root: str, path: Path) -> str:
     return os.path.relpath(path, os.path.realpath(root))
 
 
+# an absolute path left in a message after the root was made relative: not preceded by a word, a dot, a
+# colon or a slash (so `4/36`, `a/b` and `redis://h:1/0` stay), up to whitespace or a quote
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/[^\s'\"]+")
+
+
+def scrub(message: str, root: str) -> str:
+    """A library message with every path made relative to the batch root, and any other absolute path hidden."""
+    for prefix in sorted({os.path.realpath(root), os.path.abspath(root), root.rstrip("/")}, key=len, reverse=True):
+        if prefix and prefix != "/":
+            message = message.replace(prefix + "/", "").replace(prefix, ".")
+    return _ABSOLUTE.sub("<server path>", message)
+
+
 def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
     from sigma.batch.config import BatchConfig
     from sigma.config.loader import load_config
@@ -69,7 +122,9 @@ def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
     if annotator not in cfg.api.annotators:
         raise ApiError(422, "unknown_annotator", f"annotator {annotator!r} is not served here; "
                        f"choose one of {cfg.api.annotators}")
-    overrides: dict[str, Any] = {"input.path": str(input_path), "annotator": annotator}
+    # input.root: every file the corpus names must resolve under the batch root (decode refuses the rest)
+    overrides: dict[str, Any] = {"input.path": str(input_path), "input.root": os.path.realpath(cfg.api.batch_root),
+                                 "annotator": annotator}
     flags = {"input.preset": body.preset, "input.format": body.format, "input.columns": body.columns,
              "input.shard_size": body.shard_size, "options": body.options, "threshold": body.threshold,
              "batch_size": body.batch_size}
@@ -77,38 +132,136 @@ def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
     return load_config(BatchConfig, None, overrides)
 
 
-def _sigma_to_api(exc: SigmaError) -> ApiError:
-    from sigma.api.errors import status_for
+def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_path: Path) -> dict[str, Any]:
+    """In a worker thread: the config, the annotator's options checked (nothing loaded), the run planned and
+    its shards queued. The annotator registry imports the model code, hence not on the event loop."""
+    from sigma.registry import validate_annotator_options
+    from sigma.service.fleet import submit_run
 
-    if exc.code == "redis_unavailable":
-        return ApiError(503, "queue_unavailable", f"{exc.message}; retry shortly", {"Retry-After": "1"})
-    return ApiError(status_for(exc), exc.code, exc.message)
+    batch_cfg = build_batch_config(cfg, body, input_path)
+    options = dict(body.options or {})
+    if body.threshold is not None:
+        options["threshold"] = body.threshold
+    confine_file_options(options, os.path.realpath(_root(cfg)))
+    validate_annotator_options(batch_cfg.annotator, options)
+    return submit_run(batch_cfg, out_path, cfg.redis)
+
+
+# Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.
+FILE_OPTION_KEYS = frozenset({"weights", "backbone_weights", "native_config", "model", "path", "gguf_file"})
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def confine_file_options(options: Any, root: str, where: str = "options") -> None:
+    """A run from the API may not make the API or a worker read a file outside the batch root through its
+    options (`{"weights": "/etc/shadow"}` would be hashed at planning and loaded by the worker). A file-valued
+    option is an absolute path that resolves under the root, a Hugging Face hub id (`owner/name`: looked up
+    in the server's own cache only, never on disk by that name), or a preset name without a slash."""
+    if isinstance(options, dict):
+        for key, value in options.items():
+            if key in FILE_OPTION_KEYS and isinstance(value, str):
+                _check_file_value(value, root, f"{where}.{key}")
+            else:
+                confine_file_options(value, root, f"{where}.{key}")
+    elif isinstance(options, list):
+        for n, value in enumerate(options):
+            confine_file_options(value, root, f"{where}[{n}]")
+
+
+def _check_file_value(value: str, root: str, where: str) -> None:
+    if "/" not in value and "\\" not in value and not value.startswith(("~", ".")):
+        return                                   # a preset or file name with no folder: nothing to escape with
+    if _HUB_ID.match(value) and ".." not in value and not os.path.exists(value):
+        return                                   # owner/name: the hub cache, never a path on this server
+    if os.path.isabs(value) and os.path.commonpath([root, os.path.realpath(value)]) == root:
+        return
+    raise ApiError(403, "path_outside_root", f"{where}: files named in a batch's options must be absolute paths "
+                   "under the batch root (or a Hugging Face hub id)")
+
+
+_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                errno.ENOENT}
+_DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _to_api(exc: Exception, root: str) -> ApiError:
+    """What the batch library raised → an answer with a code and a message naming no server folder."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, SigmaError):
+        if exc.code == "redis_unavailable":
+            log.warning("batch queue: %s", exc.message)
+            return ApiError(503, "queue_unavailable", "the job queue is unreachable; retry shortly",
+                            {"Retry-After": "1"})
+        log.info("batch request refused [%s]: %s", exc.code, exc.message)
+        return ApiError(status_for(exc), exc.code, scrub(exc.message, root))
+    if isinstance(exc, ImportError):
+        log.warning("batch planning needs a module this install lacks: %s", exc)
+        return ApiError(503, "missing_dependency", "this API install cannot plan batch runs (a module is "
+                        "missing); install sigma-masks with its batch extra, torch included")
+    if isinstance(exc, OSError):
+        log.warning("batch request: filesystem error %s", exc)
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        if exc.errno in _DENIED_ERRNOS:
+            return ApiError(403, "permission_denied", f"the server may not use that path ({reason})")
+        if exc.errno in _PATH_ERRNOS:
+            return ApiError(422, "invalid_path", f"a path of the request cannot be used ({reason})")
+        return ApiError(503, "storage_unavailable", f"the batch storage failed ({reason}); retry later",
+                        {"Retry-After": "5"})
+    raise exc
+
+
+def _check_out(out_path: Path, real_root: str) -> None:
+    if str(out_path) == real_root:
+        raise ApiError(422, "invalid_request", "out must be a folder below the batch root, not the root itself")
+    probe = out_path
+    while not os.path.lexists(probe) and str(probe) != real_root:
+        probe = probe.parent
+    if os.path.lexists(probe) and not os.path.isdir(probe):
+        what = "is a file" if probe == out_path else "lies below a file"
+        raise ApiError(409, "out_not_empty", f"out {what}, not a run folder; choose a new out")
 
 
 router = APIRouter()
 ANNOTATE = Depends(require_scope("annotate"))
 SERVICE = Depends(get_service)
+BATCH_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": BatchRequest.model_json_schema()}}}}
+
+
+async def _batch_request(request: Request) -> BatchRequest:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/json", ""):
+        raise ApiError(415, "unsupported_media_type", f"content type {ctype!r}: send application/json")
+    data = await read_json_object(request, MAX_BATCH_BODY_BYTES)
+    try:
+        return BatchRequest.model_validate(data)
+    except ValidationError as exc:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ())) or '<body>'}: {e.get('msg')}"
+                 for e in exc.errors()[:5]]
+        raise ApiError(422, "invalid_request", "; ".join(parts)) from exc
 
 
 @router.post("/v1/batches", tags=["batches"], status_code=202, summary="queue a corpus on the server's storage",
-          responses={202: {"description": "shards queued for `sigma worker --batch`"}})
-async def submit_batch(body: BatchRequest, _principal=ANNOTATE, svc: Service = SERVICE):
+             openapi_extra=BATCH_BODY, responses={202: {"description": "shards queued for `sigma worker --batch`"}})
+async def submit_batch(request: Request, _principal=ANNOTATE, svc: Service = SERVICE):
     cfg = svc.cfg
-    from sigma.service.fleet import submit_run
-
     root = _root(cfg)
+    real_root = os.path.realpath(root)
+    body = await _batch_request(request)
     input_path = resolve_under(root, body.input, "input")
     out_path = resolve_under(root, body.out, "out")
-    if not input_path.exists():
-        raise ApiError(404, "input_not_found", f"input {body.input!r} does not exist under the batch root")
-    if out_path == Path(os.path.realpath(root)):
-        raise ApiError(422, "invalid_request", "out must be a folder below the batch root, not the root itself")
-    batch_cfg = build_batch_config(cfg, body, input_path)
+    if not os.path.exists(input_path):
+        raise ApiError(404, "input_not_found", f"input {_relative(root, input_path)!r} does not exist under the "
+                       "batch root")
+    _check_out(out_path, real_root)
+    await svc.r.ping()      # Redis down: 503 now, before a run folder is planned (and the model code imported)
     try:
-        info = await anyio.to_thread.run_sync(submit_run, batch_cfg, out_path, cfg.redis)
-    except SigmaError as exc:
-        raise _sigma_to_api(exc) from exc
-    return JSONResponse({"run_dir": _relative(root, out_path), **info}, status_code=202)
+        info = await anyio.to_thread.run_sync(plan_and_queue, cfg, body, input_path, out_path)
+    except (SigmaError, OSError, ImportError) as exc:
+        raise _to_api(exc, root) from exc
+    return SafeJSONResponse({"run_dir": _relative(root, out_path), **info}, status_code=202)
+
 
 @router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
 async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service = SERVICE):
@@ -121,11 +274,17 @@ async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service
     if out is not None:
         out_path = resolve_under(root, out, "out")
         rundir = RunDir(out_path)
-        if not rundir.exists():
-            raise ApiError(404, "not_found", f"no batch run in {out!r}")
-        answer["run"] = {**await anyio.to_thread.run_sync(rundir.summary), "run_dir": _relative(root, out_path)}
+        if not os.path.isfile(rundir.run_file):
+            raise ApiError(404, "not_found", f"no batch run in {_relative(root, out_path)!r}")
+        try:
+            summary = await anyio.to_thread.run_sync(rundir.summary)
+        except (SigmaError, OSError) as exc:
+            raise _to_api(exc, root) from exc
+        for failed in summary.get("failed_shards", []):
+            failed["error"] = scrub(str(failed.get("error", "")), root)
+        answer["run"] = {**summary, "run_dir": _relative(root, out_path)}
     try:
         answer["queue"] = await anyio.to_thread.run_sync(queue_status, cfg.redis)
     except SigmaError as exc:
-        raise _sigma_to_api(exc) from exc
+        raise _to_api(exc, root) from exc
     return answer

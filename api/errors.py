@@ -11,9 +11,9 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sigma.api.responses import SafeJSONResponse
 from sigma.errors import SigmaError
 
 log = logging.getLogger("sigma.api")
@@ -29,6 +29,12 @@ STATUS_BY_CODE = {
     "queue_full": 429, "queue_unavailable": 503, "annotation_failed": 500, "internal_error": 500,
     "batches_disabled": 404, "path_outside_root": 403, "input_not_found": 404, "out_not_empty": 409,
     "invalid_config": 422, "no_pairs": 422, "unknown_preset": 422,
+    "invalid_text": 422, "invalid_path": 422, "request_timeout": 408, "server_busy": 429,
+    "idempotency_key_reused": 422, "idempotency_key_in_use": 409, "permission_denied": 403,
+    "storage_unavailable": 503, "missing_dependency": 503,
+    # codes of the batch library a submission can meet (sigma.io.corpora, sigma.batch): all the caller's input
+    "unknown_format": 422, "file_not_found": 422, "bad_manifest": 422, "bad_dataset": 422, "bad_parquet": 422,
+    "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,
 }
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -38,8 +44,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
     for status, text in [(400, "malformed body"), (401, "missing or unknown API key"), (403, "wrong scope"),
                          (404, "no such job"), (413, "upload too large"), (415, "unsupported media type"),
-                         (422, "invalid input"), (429, "queue full (see Retry-After)"),
-                         (503, "queue unreachable")]}
+                         (408, "request body too slow"), (409, "conflict"), (422, "invalid input"),
+                         (429, "queue full or server busy (see Retry-After)"), (503, "queue unreachable")]}
 
 # Documented codes (docs/service.md); the fuzz test asserts every error it sees is one of them.
 KNOWN_CODES = frozenset(STATUS_BY_CODE) | {
@@ -49,7 +55,7 @@ KNOWN_CODES = frozenset(STATUS_BY_CODE) | {
 }
 
 HTTP_CODES = {400: "bad_request", 401: "missing_api_key", 403: "insufficient_scope", 404: "not_found",
-              405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type",
+              405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large", 415: "unsupported_media_type",
               422: "invalid_request", 429: "queue_full", 503: "queue_unavailable"}
 KNOWN_CODES = KNOWN_CODES | frozenset(HTTP_CODES.values())
 
@@ -62,8 +68,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-                   **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status,
+                   **extra: Any) -> SafeJSONResponse:
+    return SafeJSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status,
                         headers=headers)
 
 
@@ -81,30 +87,33 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(_: Request, exc: ApiError) -> SafeJSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
 
     @app.exception_handler(SigmaError)
-    async def _sigma_error(_: Request, exc: SigmaError) -> JSONResponse:
+    async def _sigma_error(_: Request, exc: SigmaError) -> SafeJSONResponse:
         return error_response(status_for(exc), exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
         return error_response(422, "invalid_request", _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(redis.RedisError)
-    async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
+    async def _redis(_: Request, exc: redis.RedisError) -> SafeJSONResponse:
         log.warning("redis error: %s", exc)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):   # maxmemory reached (noeviction): not a 500
+            return error_response(503, "queue_unavailable", "the job queue is out of memory (Redis maxmemory); "
+                                  "retry later", {"Retry-After": "5"})
         return error_response(503, "queue_unavailable", f"the job queue is unreachable ({type(exc).__name__}); "
                               "retry shortly", {"Retry-After": "1"})
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    async def _internal(_: Request, exc: Exception) -> SafeJSONResponse:
         log.exception("unhandled error")
         return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); see the API log")

@@ -1,27 +1,59 @@
-"""Two pure-ASGI layers: refuse bodies over `limits.max_request_bytes`, and time every request.
+"""Pure-ASGI layers: time every request, answer any unexpected exception without dropping the connection,
+refuse bodies over `limits.max_request_bytes`, and bound how long reading a body may take.
 
-The body limit is checked against Content-Length first and then counted while the body streams
-in, so a chunked upload without a length cannot exhaust memory or disk either.
+The body limit is checked against Content-Length first and then counted while the body streams in, so a
+chunked upload without a length cannot exhaust memory or disk either. The read timeout starts at the
+app's first read of the body (the headers are bounded by the server protocol, `sigma.api.server`), so a
+client that trickles its body gets 408 `request_timeout` instead of holding a connection and its buffers.
+Both raise a `BodyReadAborted` out of `receive`; parsers let it through and the layer that raised it answers.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from typing import Any
 
 from sigma.api.metrics import ApiMetrics
 
+log = logging.getLogger("sigma.api")
 
-class BodyTooLarge(Exception):
+
+class BodyReadAborted(Exception):
+    """Raised from `receive` when the body may not be read further; the middleware that raised it answers."""
+
+
+class BodyTooLarge(BodyReadAborted):
     pass
 
 
-def _json_error(status: int, code: str, message: str) -> tuple[dict, dict]:
+class BodyReadTimeout(BodyReadAborted):
+    pass
+
+
+def _json_error(status: int, code: str, message: str, close: bool = True,
+                headers: dict[str, str] | None = None) -> tuple[dict, dict]:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"connection", b"close")]}
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if close:   # the rest of the body is not read: the connection cannot carry another request
+        raw.append((b"connection", b"close"))
+    start = {"type": "http.response.start", "status": status, "headers": raw}
     return start, {"type": "http.response.body", "body": body}
+
+
+class _Tracked:
+    """Wraps `send` to know whether the answer has started (then an error can only close the connection)."""
+
+    def __init__(self, send: Any):
+        self._send = send
+        self.started = False
+
+    async def __call__(self, msg: dict) -> None:
+        if msg["type"] == "http.response.start":
+            self.started = True
+        await self._send(msg)
 
 
 class BodyLimit:
@@ -36,7 +68,7 @@ class BodyLimit:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    declared = int(value)
+                    declared = int(value) if len(value) <= 20 else self.max_bytes + 1
                 except ValueError:
                     declared = -1
                 if declared > self.max_bytes:
@@ -45,7 +77,6 @@ class BodyLimit:
                     await send(body)
                     return
         seen = 0
-        started = False
 
         async def counting_receive() -> dict:
             nonlocal seen
@@ -56,19 +87,85 @@ class BodyLimit:
                     raise BodyTooLarge()
             return msg
 
-        async def tracking_send(msg: dict) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
+        tracked = _Tracked(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracked)
         except BodyTooLarge:
-            if not started:
-                start, body = _json_error(413, "request_too_large", message)
-                await send(start)
-                await send(body)
+            if tracked.started:
+                raise
+            start, body = _json_error(413, "request_too_large", message)
+            await send(start)
+            await send(body)
+
+
+class BodyTimeout:
+    """408 `request_timeout` when the body is not all there `seconds` after the app first asked for it."""
+
+    def __init__(self, app: Any, seconds: float):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        complete = False
+
+        async def timed_receive() -> dict:
+            nonlocal deadline, complete
+            if complete:                 # after the body: waiting for a disconnect is not bounded here
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.seconds
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise BodyReadTimeout()
+            try:
+                msg = await asyncio.wait_for(receive(), remaining)
+            except TimeoutError:
+                raise BodyReadTimeout() from None
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                complete = True
+            return msg
+
+        tracked = _Tracked(send)
+        try:
+            await self.app(scope, timed_receive, tracked)
+        except BodyReadTimeout:
+            if tracked.started:
+                raise
+            log.info("request body not received within %.1f s: 408", self.seconds)
+            start, body = _json_error(408, "request_timeout", f"the request body did not arrive within "
+                                      f"api.body_timeout_s={self.seconds:g} s")
+            await send(start)
+            await send(body)
+
+
+class CatchAll:
+    """Any exception a route lets out becomes a 500 `internal_error` answer *without* closing the connection
+    (Starlette's outermost handler answers too, but then re-raises, and the server drops the connection:
+    a keep-alive client lost the requests it had queued on it). Details go to the log only."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        tracked = _Tracked(send)
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if type(exc).__name__ == "ClientDisconnect":     # nobody is left to answer
+                return
+            if tracked.started:
+                raise
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            start, body = _json_error(500, "internal_error", f"internal error ({type(exc).__name__}); see the "
+                                      "API log", close=False)
+            await send(start)
+            await send(body)
 
 
 class RequestMetrics:

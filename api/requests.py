@@ -1,23 +1,32 @@
 """Turn an HTTP body (multipart or JSON with base64 images) into bytes + validated options.
 
 Parsing is done by hand rather than by FastAPI parameters so that one route accepts both content
-types and every malformed body gets a stable error code instead of a framework default.
+types and every malformed body gets a stable error code instead of a framework default. JSON is held to
+RFC 8259 where Python's parser is laxer: NaN/Infinity and integers of more than 4300 digits are `bad_json`
+(400), a string holding a lone UTF-16 surrogate (`"\\ud800"`, or its raw bytes) is `invalid_text` (422): such
+text cannot be encoded, stored or answered faithfully, so it is refused rather than silently changed.
+The body is streamed into one buffer and dropped as soon as it is parsed, base64 is decoded without
+intermediate copies, and multipart files above `api.multipart_spool_bytes` are spooled to disk.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sigma.api.errors import ApiError
+from sigma.api.middleware import BodyReadAborted
+from sigma.api.responses import find_surrogate
 from sigma.config.schema import Strict
+
+MAX_INT_DIGITS = 4300          # CPython's own default limit, enforced whatever the interpreter is set to
 
 OUTPUTS = ("rle", "png", "prob")
 OPTION_FIELDS = ("instruction", "annotator", "threshold", "outputs", "wait")
@@ -60,17 +69,70 @@ def _options(raw: dict) -> AnnotateOptions:
         raise ApiError(422, "invalid_request", _validation_message(exc)) from exc
 
 
-def _b64(text: str, name: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
+def _b64(text: Any, name: str) -> bytes:
+    if not isinstance(text, str):
+        raise ApiError(422, "invalid_request", f"{name}: Input should be a valid string (base64)")
+    try:    # one pass, no copy: a2b_base64 reads an ASCII str directly; strict = b64decode(validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise ApiError(400, "invalid_base64", f"{name}: not valid base64 ({exc})") from exc
 
 
-async def parse_submission(request: Request, max_text_chars: int) -> Submission:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"a number has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def parse_json(body: bytes | bytearray) -> Any:
+    """RFC 8259 JSON → Python; anything Python's parser would raise on becomes 400 bad_json."""
+    try:
+        return json.loads(body, parse_int=_int, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ApiError(400, "bad_json", "body is not valid JSON (nested too deeply)") from exc
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "bad_json", "body is not valid JSON (not UTF-8 text)") from exc
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "bad_json", f"body is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                       f"{exc.colno})") from exc
+    except ValueError as exc:       # parse_int / parse_constant (and CPython's own int limit)
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {str(exc)[:200]}") from exc
+
+
+async def read_body(request: Request, max_bytes: int | None = None) -> bytearray:
+    """The whole body in one buffer (no second copy; nothing cached on the request)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if max_bytes is not None and len(body) > max_bytes:
+            raise ApiError(413, "request_too_large", f"this route takes a JSON body of at most {max_bytes} bytes")
+    return body
+
+
+async def read_json_object(request: Request, max_bytes: int | None = None) -> dict[str, Any]:
+    """A JSON object body, checked for text that cannot be represented (lone surrogates → 422 invalid_text)."""
+    body = await read_body(request, max_bytes)
+    if not body:
+        raise ApiError(400, "bad_json", "empty body: send a JSON object")
+    data = parse_json(body)
+    del body
+    where = find_surrogate(data)
+    if where is not None:
+        raise ApiError(422, "invalid_text", f"{where}: a string holds a lone UTF-16 surrogate (e.g. \\ud800); "
+                       "JSON text must be valid Unicode")
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_request", f"body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+async def parse_submission(request: Request, max_text_chars: int, spool_bytes: int = 1024 * 1024) -> Submission:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        return await _multipart(request, max_text_chars)
+        return await _multipart(request, max_text_chars, spool_bytes)
     if ctype in ("application/json", ""):
         return await _json(request)
     raise ApiError(415, "unsupported_media_type", f"content type {ctype!r}: send multipart/form-data with "
@@ -78,33 +140,37 @@ async def parse_submission(request: Request, max_text_chars: int) -> Submission:
 
 
 async def _json(request: Request) -> Submission:
-    body = await request.body()
-    if not body:
-        raise ApiError(400, "bad_json", "empty body: send multipart/form-data or a JSON object")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ApiError(400, "bad_json", f"body is not valid JSON ({type(exc).__name__})") from exc
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_request", f"body must be a JSON object, got {type(data).__name__}")
+    data = await read_json_object(request)
     for name in ("original", "edited"):
         if name not in data:
             raise ApiError(400, "missing_field", f"'{name}' (base64 image) is required")
-    try:
-        parsed = AnnotateJson.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_request", _validation_message(exc)) from exc
-    options = AnnotateOptions.model_validate(parsed.model_dump(include=set(OPTION_FIELDS)))
-    return Submission(_b64(parsed.original, "original"), _b64(parsed.edited, "edited"), options)
+    # the two large strings are taken out (not copied by a model) and decoded one at a time
+    original, edited = data.pop("original"), data.pop("edited")
+    options = _options(data)
+    o = _b64(original, "original")
+    del original
+    e = _b64(edited, "edited")
+    return Submission(o, e, options)
 
 
-async def _multipart(request: Request, max_text_chars: int) -> Submission:
+async def _parse_form(request: Request, max_text_chars: int, spool_bytes: int):
+    parser = MultiPartParser(request.headers, request.stream(), max_files=2, max_fields=len(OPTION_FIELDS) + 2,
+                             max_part_size=max(4 * max_text_chars + 1024, 16_384))
+    parser.spool_max_size = spool_bytes        # file parts above it go to a temporary file while streaming
+    return await parser.parse()
+
+
+async def _multipart(request: Request, max_text_chars: int, spool_bytes: int) -> Submission:
     try:
-        form = await request.form(max_files=2, max_fields=len(OPTION_FIELDS) + 2,
-                                  max_part_size=max(4 * max_text_chars + 1024, 16_384))
-    except StarletteHTTPException as exc:
-        raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {exc.detail}") from exc
+        form = await _parse_form(request, max_text_chars, spool_bytes)
+    except BodyReadAborted:
+        raise                   # too large / too slow: the middleware that raised it answers
+    except (MultiPartException, StarletteHTTPException) as exc:
+        detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
+        raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {detail}") from exc
     except Exception as exc:
+        if type(exc).__name__ == "ClientDisconnect":
+            raise
         raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed ({type(exc).__name__})"
                        ) from exc
     try:
@@ -122,6 +188,11 @@ async def _multipart(request: Request, max_text_chars: int) -> Submission:
             if not isinstance(values[0], UploadFile):
                 raise ApiError(400, "not_a_file", f"'{name}' must be a file upload, not a text field")
             images[name] = await values[0].read()
+        texts = {name: [v for v in form.getlist(name) if isinstance(v, str)] for name in form}
+        where = find_surrogate(texts)    # a client-chosen charset (unicode_escape) can decode to lone surrogates
+        if where is not None:
+            raise ApiError(422, "invalid_text", f"{where.split('[')[0]}: a field holds a lone UTF-16 surrogate; "
+                           "text must be valid Unicode")
         raw: dict = {}
         for name in OPTION_FIELDS:
             values = form.getlist(name)

@@ -1,10 +1,12 @@
 """Health and metrics: `/healthz` (alive), `/readyz` (Redis, a worker, its model), `/metrics` (Prometheus)."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import redis
+import redis.exceptions as redis_errors
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
@@ -12,6 +14,7 @@ from sigma.api.auth import require_scope
 from sigma.api.metrics import render
 from sigma.api.service import Service, get_service
 
+log = logging.getLogger("sigma.api")
 router = APIRouter()
 SERVICE = Depends(get_service)
 METRICS = Depends(require_scope("metrics"))
@@ -21,13 +24,55 @@ METRICS = Depends(require_scope("metrics"))
 async def healthz():
     return {"status": "ok"}
 
-@router.get("/readyz", tags=["health"], summary="Redis reachable, a worker alive, its model loaded")
-async def readyz(svc: Service = SERVICE):
-    checks: dict[str, dict[str, Any]] = {}
+def redis_problem(exc: BaseException) -> str:
+    """What a caller may read about a Redis failure: a phrase, never the address (that goes to the log)."""
+    if isinstance(exc, redis_errors.OutOfMemoryError):
+        return "out of memory"
+    if isinstance(exc, redis.TimeoutError):
+        return "not answering (timeout)"
+    if isinstance(exc, redis_errors.BusyLoadingError):
+        return "loading its data"
+    if isinstance(exc, redis.ConnectionError):
+        return "unreachable"
+    if isinstance(exc, redis_errors.ReadOnlyError) or str(exc).startswith(("MISCONF", "READONLY")):
+        return "refuses writes"
+    return "error"
+
+
+_last_problem: list[str | None] = [None]
+
+
+def _log_change(problem: str | None, exc: BaseException | None = None) -> None:
+    """One log line per change of Redis' state, not one per probe."""
+    if problem != _last_problem[0]:
+        if problem is None:
+            log.info("readyz: redis is ok again")
+        else:
+            log.warning("readyz: redis %s (%s: %s)", problem, type(exc).__name__, exc)
+        _last_problem[0] = problem
+
+
+async def redis_check(svc: Service) -> dict[str, Any]:
+    """PING, then a write probe: Redis still answers PING when it refuses every write (over `maxmemory` with
+    noeviction, a failed RDB save, a read-only replica), and submissions then fail with 503."""
+    t = time.perf_counter()
     try:
-        t = time.perf_counter()
         await svc.r.ping()
-        checks["redis"] = {"ok": True, "ms": round((time.perf_counter() - t) * 1000, 2)}
+        await svc.r.set(svc.keys.readiness_probe(), "1", px=10_000)
+    except (redis.RedisError, OSError) as exc:
+        problem = redis_problem(exc)
+        _log_change(problem, exc)
+        return {"ok": False, "error": problem}
+    _log_change(None)
+    return {"ok": True, "ms": round((time.perf_counter() - t) * 1000, 2)}
+
+
+@router.get("/readyz", tags=["health"], summary="Redis reachable and writable, a worker alive, its model loaded")
+async def readyz(svc: Service = SERVICE):
+    checks: dict[str, dict[str, Any]] = {"redis": await redis_check(svc)}
+    try:
+        if checks["redis"].get("error") in ("unreachable", "not answering (timeout)"):
+            raise redis.ConnectionError    # one wait for a frozen server is enough
         workers = await svc.workers()
         served = [w for w in workers if w.get("annotator") in svc.cfg.api.annotators]
         checks["workers"] = {"ok": bool(served), "alive": len(served),
@@ -35,8 +80,7 @@ async def readyz(svc: Service = SERVICE):
                                               for a in svc.cfg.api.annotators}}
         loaded = [w for w in served if w.get("model_loaded") == "1"]
         checks["model"] = {"ok": bool(loaded), "loaded": sorted({w.get("annotator", "") for w in loaded})}
-    except (redis.RedisError, OSError) as exc:
-        checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    except (redis.RedisError, OSError):
         checks["workers"] = {"ok": False, "error": "unknown while Redis is unreachable"}
         checks["model"] = {"ok": False, "error": "unknown while Redis is unreachable"}
     ready = all(c["ok"] for c in checks.values())

@@ -7,12 +7,13 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from sigma.api import errors
 from sigma.api.auth import Principal, require_scope
 from sigma.api.errors import ApiError
 from sigma.api.requests import AnnotateJson, AnnotateOptions
+from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
 from sigma.service.jobs import TERMINAL, finish_args, job_view
 
@@ -36,13 +37,13 @@ SUBMIT_BODY = {"requestBody": {"required": True, "content": {
 
 
 def _job_response(h: dict[str, str], status_code: int = 200, headers: dict[str, str] | None = None
-                  ) -> JSONResponse:
-    return JSONResponse(job_view(h), status_code=status_code, headers=headers)
+                  ) -> SafeJSONResponse:
+    return SafeJSONResponse(job_view(h), status_code=status_code, headers=headers)
 
 
-def _accepted(job_id: str, status: str = "queued") -> JSONResponse:
+def _accepted(job_id: str, status: str = "queued") -> SafeJSONResponse:
     url = f"/v1/jobs/{job_id}"
-    return JSONResponse({"id": job_id, "status": status, "links": {"self": url, "mask": f"{url}/mask.png"}},
+    return SafeJSONResponse({"id": job_id, "status": status, "links": {"self": url, "mask": f"{url}/mask.png"}},
                         status_code=202, headers={"Location": url})
 
 
@@ -59,7 +60,7 @@ async def annotate(request: Request, principal: Principal = ANNOTATE, svc: Servi
     if status == "done":
         view = job_view(h)
         view["timings_ms"]["api_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        return JSONResponse(view)
+        return SafeJSONResponse(view)
     if status in ("failed", "cancelled"):
         err = json.loads(h.get("error") or "{}")
         code = err.get("code", "annotation_failed")

@@ -14,7 +14,9 @@ import redis
 from fastapi import Request
 
 from sigma.api.auth import KeyChecker, Principal
+from sigma.api.budget import ByteBudget, declared_length
 from sigma.api.errors import ApiError
+from sigma.api.idempotency import Idempotency, request_digest
 from sigma.api.metrics import ApiMetrics
 from sigma.api.requests import AnnotateOptions, Submission, parse_submission
 from sigma.errors import SigmaError
@@ -37,6 +39,7 @@ class Service:
         self.io_config = cfg.limits.io_config(cfg.api.align)
         self.metrics = ApiMetrics()
         self.auth = KeyChecker(cfg.auth)
+        self.budget = ByteBudget(cfg.limits.max_bytes_in_flight, cfg.limits.retry_after_s)
 
     async def open(self) -> None:
         """Clients are made inside the server's event loop (an asyncio pool is bound to its loop)."""
@@ -45,6 +48,7 @@ class Service:
         self.rb = async_client(self.cfg.redis, self.cfg.api.max_wait_timeout_s + self.cfg.redis.socket_timeout_s)
         self.enqueue_script = self.r.register_script(ENQUEUE)
         self.finish_script = self.r.register_script(FINISH)
+        self.idempotency = Idempotency(self.r, self.keys.job(""), self.cfg.queue.job_ttl_s)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -59,13 +63,23 @@ class Service:
         return name
 
     async def check_room(self, annotator: str) -> None:
-        """Cheap early 429 before the body is read and decoded; ENQUEUE re-checks atomically."""
+        """The annotator's own queue (limits are per annotator stream); ENQUEUE re-checks atomically."""
         if await self.r.xlen(self.keys.stream(annotator)) >= self.cfg.limits.max_queue_length:
-            self.reject_full()
+            self.reject_full(annotator)
 
-    def reject_full(self) -> None:
+    async def check_any_room(self) -> None:
+        """Cheap early 429 before the body is read: only when every served queue is full, since the body
+        names the annotator (one full queue must not refuse a request for another)."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in self.cfg.api.annotators:
+            pipe.xlen(self.keys.stream(name))
+        if all(n >= self.cfg.limits.max_queue_length for n in await pipe.execute()):
+            self.reject_full(None)
+
+    def reject_full(self, annotator: str | None) -> None:
         self.metrics.rejected.labels("queue_full").inc()
-        raise ApiError(429, "queue_full", f"the queue holds limits.max_queue_length="
+        which = f"the {annotator} queue holds" if annotator else "every queue holds"
+        raise ApiError(429, "queue_full", f"{which} limits.max_queue_length="
                        f"{self.cfg.limits.max_queue_length} jobs; retry after "
                        f"{self.cfg.limits.retry_after_s} s", {"Retry-After": str(self.cfg.limits.retry_after_s)})
 
@@ -86,38 +100,71 @@ class Service:
 
     async def submit(self, request: Request, principal: Principal, idempotency_key: str | None = None
                      ) -> tuple[str, bool, AnnotateOptions]:
-        """Validate and enqueue; returns (job id, created, options). An idempotency key replays the first job."""
-        default = self.cfg.api.annotators[0]
-        await self.check_room(default)
-        sub = await parse_submission(request, self.cfg.limits.max_instruction_chars)
-        annotator = self.annotator_for(sub.options)
-        if annotator != default:
-            await self.check_room(annotator)
-        await self.validate(sub)
+        """Validate and enqueue; returns (job id, created, options). With an idempotency key, the same request
+        replays its job (created=False) and another request under the key is refused (`idempotency.py`)."""
+        if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
+            raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-200 printable ASCII characters")
+        await self.check_any_room()
+        limits = self.cfg.limits
+        try:
+            with self.budget.hold(declared_length(request, limits.max_request_bytes)):
+                sub = await parse_submission(request, limits.max_instruction_chars,
+                                             self.cfg.api.multipart_spool_bytes)
+                annotator = self.annotator_for(sub.options)
+                await self.check_room(annotator)
+                await self.validate(sub)
+                return await self._enqueue(sub, annotator, principal, idempotency_key)
+        except ApiError as exc:
+            if exc.code == "server_busy":
+                self.metrics.rejected.labels("server_busy").inc()
+            raise
+
+    async def _enqueue(self, sub: Submission, annotator: str, principal: Principal, idempotency_key: str | None
+                       ) -> tuple[str, bool, AnnotateOptions]:
         job_id = new_job_id()
+        outputs = list(dict.fromkeys(sub.options.outputs))
         idem_key = None
         if idempotency_key is not None:
-            if not IDEMPOTENCY_KEY.match(idempotency_key):
-                raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-200 printable ASCII characters")
             idem_key = self.keys.idem(principal.name, idempotency_key)
-            if not await self.r.set(idem_key, job_id, nx=True, ex=self.cfg.queue.job_ttl_s):
-                existing = await self.r.get(idem_key)
-                if existing:
-                    return existing.decode(), False, sub.options
+            digest = await anyio.to_thread.run_sync(request_digest, annotator, sub.options.instruction,
+                                                    sub.options.threshold, outputs, sub.original, sub.edited)
+            outcome, existing = await self.idempotency.claim(idem_key, digest, job_id)
+            if outcome == "replay":
+                return existing, False, sub.options
+            if outcome == "mismatch":
+                raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with another request "
+                               "(other images or options); use a new key for a new request")
+            if outcome == "pending":
+                raise ApiError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being "
+                               "queued; retry shortly", {"Retry-After": "1"})
         fields = job_fields(job_id, annotator, principal.name, sub.options.instruction, sub.options.threshold,
-                            list(dict.fromkeys(sub.options.outputs)))
+                            outputs)
         ttl = self.cfg.queue.job_ttl_s
         keys, args = enqueue_args(self.keys, job_id, fields, self.cfg.limits.max_queue_length, ttl)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(keys[2], sub.original, ex=ttl)
-        pipe.set(keys[3], sub.edited, ex=ttl)
-        await self.enqueue_script(keys=keys, args=args, client=pipe)
-        if not (await pipe.execute())[-1]:
+        try:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.set(keys[2], sub.original, ex=ttl)
+            pipe.set(keys[3], sub.edited, ex=ttl)
+            await self.enqueue_script(keys=keys, args=args, client=pipe)
+            queued = bool((await pipe.execute())[-1])
+        except Exception:
             if idem_key:
-                await self.r.delete(idem_key)
-            self.reject_full()
+                await self._release_quietly(idem_key, job_id)
+            raise
+        if not queued:
+            if idem_key:
+                await self._release_quietly(idem_key, job_id)
+            self.reject_full(annotator)
+        if idem_key:
+            await self.idempotency.commit(idem_key, job_id)
         self.metrics.enqueued.labels(annotator).inc()
         return job_id, True, sub.options
+
+    async def _release_quietly(self, idem_key: str, job_id: str) -> None:
+        try:
+            await self.idempotency.release(idem_key, job_id)
+        except redis.RedisError:      # the claim expires by itself (CLAIM_TTL_S)
+            log.warning("could not release idempotency claim %s", idem_key)
 
     # -- reading ---------------------------------------------------------------------------
     async def job(self, job_id: str, principal: Principal) -> dict[str, str]:

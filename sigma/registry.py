@@ -21,6 +21,8 @@ class Entry:
     weights_status: Callable[[], str]   # "embedded", "none needed", "found at ...", "missing: ..."
     # options -> sha256 of the weights file those options would load, without loading it (None: no weights)
     weights_digest: Callable[[dict[str, Any]], str | None] | None = None
+    # the pydantic model the entry's options are validated with (None: found from the factory's return type)
+    config_cls: type | None = None
 
 
 class Registry:
@@ -29,12 +31,13 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, description: str, weights_status: Callable[[], str] | None = None,
-                 weights_digest: Callable[[dict[str, Any]], str | None] | None = None) -> Callable:
+                 weights_digest: Callable[[dict[str, Any]], str | None] | None = None,
+                 config_cls: type | None = None) -> Callable:
         def deco(factory: Callable) -> Callable:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = Entry(name, factory, description, weights_status or (lambda: "none needed"),
-                                        weights_digest)
+                                        weights_digest, config_cls)
             return factory
         return deco
 
@@ -111,6 +114,43 @@ def annotator_identity(name: str, options: dict[str, Any] | None = None) -> dict
     entry = ANNOTATORS.get(name)
     digest = entry.weights_digest(dict(options or {})) if entry.weights_digest else None
     return model_identity(name, digest)
+
+
+def annotator_config_cls(name: str) -> type | None:
+    """The config model an annotator validates its options with, found without building it: the entry's
+    `config_cls`, else the `config_cls` of the class its factory is annotated to return; None when neither
+    says (a plugin registered with a bare lambda), and then only building the annotator can tell."""
+    import typing
+
+    _ensure_builtins()
+    entry = ANNOTATORS.get(name)
+    if entry.config_cls is not None:
+        return entry.config_cls
+    try:
+        returned = typing.get_type_hints(entry.factory).get("return")
+    except Exception:  # noqa: BLE001 - an unresolvable annotation is "unknown", not an error
+        return None
+    return getattr(returned, "config_cls", None)
+
+
+def validate_annotator_options(name: str, options: dict[str, Any]) -> Any:
+    """Validate `options` as `create_annotator(name, **options)` would, but load nothing (no weights, no
+    model): a front end refuses bad options at the door. Returns the config, or None when the annotator's
+    config model is unknown; raises ConfigError naming each bad key."""
+    from pydantic import ValidationError
+
+    from sigma.errors import ConfigError
+
+    cls = annotator_config_cls(name)
+    if cls is None:
+        return None
+    try:
+        return cls(**options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{name}: {problems}") from exc
+    except TypeError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
 def list_annotators() -> list[Entry]:

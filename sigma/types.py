@@ -51,6 +51,13 @@ class Annotation:
     extra: dict[str, Any] = field(default_factory=dict)   # parser output, prior flags, confidence, ...
     preprocess: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str | None = None   # the trained weights that made it (None: an annotator without weights)
+    # Two masks (sigma.annotators.footprint): `mask` is the one `mask_mode` chose; under a mask_mode the
+    # semantic mask, the synthesised footprint (None: not a composite) and the composite evidence ride along.
+    semantic_mask: np.ndarray | None = None     # bool [H, W]
+    footprint_mask: np.ndarray | None = None    # bool [H, W]
+    composite: dict[str, Any] | None = None     # {"is_composite": bool, "tier", "tolerance", ...}
+    mask_mode: str | None = None                # auto | semantic | footprint; None: no composite test ran
+    mask_source: str | None = None              # semantic | footprint: what `mask` is
     # what the annotator needs to re-derive the mask-dependent fields at another threshold; never serialised
     context: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -88,8 +95,20 @@ class Annotation:
             "size": [int(self.mask.shape[0]), int(self.mask.shape[1])],
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "preprocess": self.preprocess,
+            **self.mask_fields(),
             **self.extra,
         }
+
+    def mask_fields(self) -> dict[str, Any]:
+        """Both masks as RLE + the composite evidence (empty when no composite test ran)."""
+        if self.mask_mode is None:
+            return {}
+        from sigma.rle import encode_rle
+
+        return {"mask_mode": self.mask_mode, "mask_source": self.mask_source,
+                "semantic_segmentation": encode_rle(self.semantic_mask) if self.semantic_mask is not None else None,
+                "footprint_segmentation": encode_rle(self.footprint_mask) if self.footprint_mask is not None else None,
+                "composite": self.composite}
 
 
 def _version() -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -66,6 +67,15 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server holds every connection open and answers nothing (a stalled host)."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
@@ -80,6 +90,20 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def private_redis(tmp_path_factory):
+    """A redis-server of the module's own, for tests that freeze it (SIGSTOP), fill it (maxmemory) or restart
+    it: the session-wide server stays untouched for everyone else."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    server = RedisServer(binary, tmp_path_factory.mktemp("private-redis"), free_port())
+    server.start()
+    yield server
+    server.thaw()
+    server.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: one intra-op thread. On a shared 2-core machine two OpenMP threads wait on each
     other at every op (measured: 5 s instead of 23 ms for a tiny-lite step)."""
@@ -89,3 +113,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sigma_cache_dir(tmp_path_factory):
+    """Built artefacts (the ONNX Runtime graphs of model annotators) go to one folder per test session,
+    never the user's ~/.cache; subprocesses inherit it, so a graph is exported once per session."""
+    import os
+
+    path = tmp_path_factory.mktemp("sigma-cache")
+    before = os.environ.get("SIGMA_CACHE_DIR")
+    os.environ["SIGMA_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("SIGMA_CACHE_DIR", None)
+    else:
+        os.environ["SIGMA_CACHE_DIR"] = before

@@ -2,7 +2,7 @@
 
 `slow-diff` is pixel-diff that takes `delay_ms` per batch, so a test can kill a worker while it holds
 a batch; `poison-diff` raises on every pair whose instruction contains "poison", as a model that
-crashes on one input would.
+crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a large model takes to load.
 """
 from __future__ import annotations
 
@@ -37,9 +37,26 @@ class PoisonDiff(PixelDiff):
         return super()._predict_batch(pairs)
 
 
+class SlowLoadConfig(PixelDiffConfig):
+    load_delay_ms: float = Field(0.0, ge=0)
+
+
+class SlowLoad(PixelDiff):
+    name = "slow-load"
+    config_cls = SlowLoadConfig
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        time.sleep(self.config.load_delay_ms / 1000.0)
+
+
+if "slow-load" not in ANNOTATORS:
+    ANNOTATORS.register("slow-load", "test only: pixel-diff that takes load_delay_ms to build")(
+        lambda **kw: SlowLoad(**kw))
 if "slow-diff" not in ANNOTATORS:
-    ANNOTATORS.register("slow-diff", "test only: pixel-diff with a delay per batch")(
+    ANNOTATORS.register("slow-diff", "test only: pixel-diff with a delay per batch", config_cls=SlowDiffConfig)(
         lambda **kw: SlowDiff(**kw))
 if "poison-diff" not in ANNOTATORS:
-    ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'")(
+    ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'",
+                        config_cls=PixelDiffConfig)(
         lambda **kw: PoisonDiff(**kw))

@@ -111,3 +111,37 @@ def test_sigma_worker_batch_cli_consumes_and_stops_on_sigterm(redis_server, corp
     status = queue_status(redis_server.url, stream_prefix)
     assert status["stream"] == f"{stream_prefix}:batch:tasks"
     assert status["queued"] == 0 and status["live_workers"] == 0
+
+
+def test_a_dead_lettered_shard_shows_as_failed_with_its_reason(redis_server, corpus, tmp_path, capsys):
+    """Issue 11 item 7: a shard task given up on (dead-lettered) is "failed" in the run's status, with the
+    reason, instead of "pending" for ever; a shard done meanwhile is never overwritten by it."""
+    from sigma.batch.layout import RunDir
+    from sigma.service.fleet import FleetHandler
+    from sigma.service.queue import Entry
+
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 6}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    tasks = {"lease_ms": 200, "block_ms": 50, "reclaim_interval_ms": 50, "max_deliveries": 2}
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 3
+    first = run_batch_worker(redis_server.url, prefix, "w1", max_tasks=1, **tasks)
+    assert first.done == 1
+    corpus.rename(tmp_path / "moved")             # the corpus vanished: every later delivery fails the same way
+    stats = run_batch_worker(redis_server.url, prefix, "w2", exit_when_idle=True, **tasks)
+    assert stats.dead == 2 and stats.done == 0
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (1, 2, 0), summary
+    for failed in summary["failed_shards"]:
+        assert failed["error"].startswith("dead-lettered after 2 deliveries: [shard_failed]"), failed
+        assert str(corpus) in failed["error"], failed   # the underlying reason names the missing corpus
+    assert main(["batch", "status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1/3 shards done, 2 failed, 0 pending" in printed and printed.count("failed: ") == 2
+    # a dead letter arriving late for a shard another worker finished does not clobber it
+    done_shard = next(s for s in RunDir(out).shards() if RunDir(out).is_done(s, summary["run_hash"]))
+    late = Entry("0-1", {"run_dir": str(out.resolve()), "shard": done_shard.key, "run_hash": summary["run_hash"]},
+                 deliveries=3)
+    assert FleetHandler("late").on_dead(late, None)["code"] == "worker_lost"
+    assert RunDir(out).status(done_shard)["status"] == "done" and RunDir(out).summary()["done"] == 1

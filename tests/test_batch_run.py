@@ -73,7 +73,9 @@ def test_bad_pairs_are_recorded_and_good_ones_kept(messy_set, tmp_path):
     codes = {pid: r["error_code"] for pid, r in rows.items() if r["status"] == "error"}
     assert codes == {"messy/missing": "file_not_found", "messy/corrupt": "image_unreadable",
                      "messy/aspect": "aspect_mismatch",
-                     "messy/empty_instr": "empty_instruction", "messy/pairs.jsonl:10": "bad_record"}
+                     "messy/empty_instr": "empty_instruction", "messy/pairs.jsonl:11": "bad_record"}
+    # the id of an id-less record and its `source` name the same (1-based) line of the manifest
+    assert rows["messy/pairs.jsonl:11"]["source"] == "messy/pairs.jsonl:line=11"
     assert "messy/aspect" in rows and "aspect" in rows["messy/aspect"]["error"].lower()
     assert all(rows[pid]["error"] for pid in codes)
     ok = [r for r in rows.values() if r["status"] == "ok"]
@@ -194,28 +196,9 @@ def test_killed_run_resumes_byte_identical(tmp_path):
     assert not list((killed / "shards").glob(".*.tmp"))
 
 
-def test_ray_backend_matches_local(tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'sigma-masks[ray]'")
-    path = write_parquet(tmp_path / "mb.parquet", synthetic_pairs(12), "magicbrush", row_group_size=3)
-    local = cfg_for(path, input={"preset": "magicbrush", "shard_size": 6})
-    run_batch(local, tmp_path / "local", progress=False)
-    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        summary = run_batch(local.model_copy(update={"backend": "ray"}), tmp_path / "ray", progress=False)
-    finally:
-        ray.shutdown()
-    assert summary.done_now == 2 and summary.status["ok"] == 12
-    def files(out):
-        return {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
-    assert files(tmp_path / "ray") == files(tmp_path / "local")
-
-
-def test_ray_backend_missing_is_a_clear_error(tmp_path):
-    try:
-        import ray  # noqa: F401
-        pytest.skip("Ray is installed")
-    except ImportError:
-        pass
+def test_ray_backend_missing_is_a_clear_error(tmp_path, monkeypatch):
+    """Where Ray is not installed (simulated: `import ray` fails); tests/test_batch_ray.py runs the real thing."""
+    monkeypatch.setitem(sys.modules, "ray", None)
     path = write_parquet(tmp_path / "mb.parquet", synthetic_pairs(2), "magicbrush")
     cfg = cfg_for(path, input={"preset": "magicbrush"}, backend="ray")
     with pytest.raises(ConfigError, match="pip install 'sigma-masks\\[ray\\]'"):
@@ -246,3 +229,89 @@ def test_bad_rows_in_parquet_and_image_paths(tmp_path):
     assert rows[1]["source"] == "ip2p.parquet:row=1" and "edited" in rows[1]["error"]
     # the path-only cell was found next to the parquet file: only its empty instruction failed it
     assert rows[3]["edited_sha256"] is not None
+
+
+def test_status_prints_error_codes_for_people(messy_set, tmp_path, capsys):
+    from sigma.cli import main
+
+    run_batch(cfg_for(messy_set, input={"shard_size": 4}), tmp_path / "run", progress=False)
+    assert main(["batch", "status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "bad_record x1" in out
+
+
+def test_one_run_per_output_folder(tmp_path, capsys):
+    """Two runs on one --out: the second exits 2 with run_locked and the holder's pid (issue 11 item 12: both
+    used to exit 0 with shards of two run hashes mixed, or die on a shared .parquet.tmp name)."""
+    from sigma.batch.layout import temp_name
+
+    src = tmp_path / "set"
+    write_pairs_jsonl(src, synthetic_pairs(6, size=32))
+    out = tmp_path / "run"
+    argv = ["batch", "run", str(src), "--out", str(out), "--annotator", "pixel-diff", "--workers", "0",
+            "--no-progress"]
+    with RunDir(out).locked():
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "[run_locked]" in err and f"pid {os.getpid()}" in err
+    # a holder killed with SIGKILL leaves no lock behind
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sigma.batch.layout import RunDir\n"
+                               "with RunDir(sys.argv[1]).locked():\n    print('held', flush=True)\n"
+                               "    time.sleep(60)\n", str(out)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert main(argv) == 2 and f"pid {holder.pid}" in capsys.readouterr().err
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert main(argv) == 0
+    assert len({temp_name(out / "x.parquet") for _ in range(50)}) == 50
+    # a failed start on a folder that did not exist leaves nothing behind; a file as --out is a clean error
+    assert main([*argv[:4], str(tmp_path / "new"), *argv[5:], "--format", "parquet"]) == 2
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "afile").write_text("x")
+    assert main([*argv[:4], str(tmp_path / "afile"), *argv[5:]]) == 2
+    assert "[out_not_a_folder]" in capsys.readouterr().err
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def test_children_die_with_a_sigkilled_run(tmp_path):
+    """Issue 11 item 13: SIGKILL of `sigma batch run --workers 1` (the run only, not its process group) used to
+    leave the decode worker and multiprocessing's resource tracker alive, blocked on a pipe."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(240, size=48))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_sigma("batch", "run", str(root), "--out", str(out), "--annotator", "pixel-diff",
+                                   "--shard-size", "4", "--workers", "1", "--no-progress"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    kids: set[int] = set()
+    while time.monotonic() < deadline:
+        kids = _descendants(proc.pid)
+        status = out / "status"
+        if len(kids) >= 2 and status.is_dir() and len(list(status.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.01)
+    assert len(kids) >= 2, "expected a decode worker and the resource tracker"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
+        time.sleep(0.05)
+    alive = [k for k in kids if Path(f"/proc/{k}").exists() and "Z" not in Path(f"/proc/{k}/stat").read_text()[:60]]
+    for k in alive:           # never leave them behind, whatever the assertion says
+        os.kill(k, signal.SIGKILL)
+    assert not alive, f"children outlived the run: {alive}"

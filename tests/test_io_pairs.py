@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import cv2
 import numpy as np
@@ -182,3 +183,28 @@ def test_rle_roundtrip_bbox_and_sa1b_fields():
     assert rec["area"] == 18 and rec["bbox"] == [3, 2, 6, 3] and rec["size"] == [10, 12]
     assert rec["area_fraction"] == pytest.approx(18 / 120, abs=1e-6)
     np.testing.assert_array_equal(decode_rle(rec["segmentation"]), box)
+
+
+def test_a_large_size_sync_is_warned_about_on_stderr(tmp_path):
+    """An edited image 8x smaller than the original used to be upscaled in silence (76 % of the image marked)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from sigma.io.pairs import resize_warning
+
+    assert resize_warning((400, 400), (50, 50)) is not None
+    assert resize_warning((400, 400), (300, 300)) is None            # 1.33x: ordinary
+    assert "aspect" in resize_warning((400, 400), (380, 300))          # squashed
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "o.png")
+    Image.fromarray(img[::8, ::8]).save(tmp_path / "e.png")
+    proc = subprocess.run([sys.executable, "-m", "sigma", "annotate", str(tmp_path / "o.png"), str(tmp_path / "e.png"),
+                           "-o", str(tmp_path / "out"), "--annotator", "pixel-diff"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0
+    assert "sigma: warning:" in proc.stderr and "enlarged 8.0x" in proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["preprocess"]["warnings"]

@@ -77,7 +77,10 @@ def test_predict_shapes_and_extras(name, no_embedded):
         assert record["annotator"] == name and record["config_hash"] == ann.config_hash
         # every annotator honours a per-pair threshold through the one binarize step
         again = ann.rethreshold(res, 0.0)
-        assert again.threshold == 0.0 and again.area == int((res.prob > 0.0).sum())
+        semantic = again.mask if again.mask_mode is None else again.semantic_mask
+        assert again.threshold == 0.0 and int(semantic.sum()) == int((res.prob > 0.0).sum())
+        if again.mask_source == "footprint":   # a composite under mask_mode=auto: the footprint is the mask
+            assert (again.mask == again.footprint_mask).all() and record["composite"]["is_composite"]
     if name.startswith("sigma-"):
         a, b, c = (r.extra for r in results)
         assert a["parse"]["edit_type"] == "remove" and a["parse"]["source"] == "boat"
@@ -131,7 +134,8 @@ def test_embedded_and_explicit_weights_are_loaded_exactly(no_embedded, tmp_path,
     model = build_model("tiny-lite")
     save_model(model, tmp_path / "saved")
     # explicit path
-    ann = create_annotator("sigma-lite", model="tiny-lite", weights=str(tmp_path / "saved"), fuse_batchnorm=False)
+    ann = create_annotator("sigma-lite", model="tiny-lite", weights=str(tmp_path / "saved"), fuse_batchnorm=False,
+                           runtime="torch")   # loading is under test here; runtimes are in test_runtime.py
     assert ann.weights_source.startswith("file")
     assert all(torch.equal(v, ann.model.state_dict()[k]) for k, v in model.state_dict().items())
     # the embedded layout: sigma/weights/<preset>.safetensors + <preset>.json, named by the preset's pretrained
@@ -143,12 +147,12 @@ def test_embedded_and_explicit_weights_are_loaded_exactly(no_embedded, tmp_path,
     (tmp_path / "saved" / "config.json").rename(no_embedded / "sigma-lite.json")
     entry = {e.name: e for e in list_annotators()}["sigma-lite"]
     assert entry.weights_status() == "embedded (sigma/weights/sigma-lite.safetensors)"
-    ann = create_annotator("sigma-lite", fuse_batchnorm=False)
+    ann = create_annotator("sigma-lite", fuse_batchnorm=False, runtime="torch")
     assert ann.weights_source == "embedded sigma-lite.safetensors"
     assert all(torch.equal(v, ann.model.state_dict()[k]) for k, v in model.state_dict().items())
     prob = ann.predict(_pairs()[:1])[0].prob
     assert prob.shape == (70, 90)
-    fused = create_annotator("sigma-lite")          # BatchNorm folded by default: same answer
+    fused = create_annotator("sigma-lite", runtime="torch")   # BatchNorm folded by default: same answer
     assert np.allclose(fused.predict(_pairs()[:1])[0].prob, prob, atol=1e-4)
 
 

@@ -33,7 +33,7 @@ def corpus(tmp_path):
 
 def test_results_name_the_weights_digest_and_version(tmp_path):
     _save_tiny(tmp_path / "m", 0)
-    ann = create_annotator("sigma-lite", weights=str(tmp_path / "m"))
+    ann = create_annotator("sigma-lite", weights=str(tmp_path / "m"), runtime="torch")
     digest = file_sha256(tmp_path / "m" / "model.safetensors")
     assert ann.weights_sha256 == digest and ann.describe()["weights_sha256"] == digest
     assert annotator_identity("sigma-lite", {"weights": str(tmp_path / "m")}) == ann.identity()
@@ -46,21 +46,21 @@ def test_results_name_the_weights_digest_and_version(tmp_path):
 
 def test_config_hash_changes_with_the_weights_at_the_same_path(tmp_path):
     _save_tiny(tmp_path / "m", 0)
-    first = create_annotator("sigma-lite", weights=str(tmp_path / "m")).config_hash
+    first = create_annotator("sigma-lite", weights=str(tmp_path / "m"), runtime="torch").config_hash
     _save_tiny(tmp_path / "m", 1)
-    assert create_annotator("sigma-lite", weights=str(tmp_path / "m")).config_hash != first
+    assert create_annotator("sigma-lite", weights=str(tmp_path / "m"), runtime="torch").config_hash != first
 
 
 def test_resume_with_other_weights_exits_2_and_says_why(tmp_path, corpus, capsys):
     _save_tiny(tmp_path / "m", 0)
     cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 2}, "annotator": "sigma-lite",
-                                      "options": {"weights": str(tmp_path / "m")}, "workers": 0})
+                                      "options": {"weights": str(tmp_path / "m"), "runtime": "torch"}, "workers": 0})
     run_batch(cfg, tmp_path / "run", progress=False, max_shards=1)      # an unfinished run
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["model"]["weights_sha256"] == file_sha256(tmp_path / "m" / "model.safetensors")
     _save_tiny(tmp_path / "m", 1)                                         # the weights change under the same path
     argv = ["batch", "run", str(corpus), "--out", str(tmp_path / "run"), "--annotator", "sigma-lite",
-            "--shard-size", "2", "--workers", "0", "--set", f"options.weights={tmp_path / 'm'}", "--resume",
+            "--shard-size", "2", "--workers", "0", "--set", f"options.weights={tmp_path / 'm'}", "--set", "options.runtime=torch", "--resume",
             "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err

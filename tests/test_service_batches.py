@@ -121,3 +121,73 @@ def test_disabled_without_a_root_and_503_when_redis_is_down(redis_server, root, 
     finally:
         off.close()
         dead.close()
+
+
+def test_corpus_contents_that_point_outside_the_root_are_refused_and_never_read(svc, root, redis_server,
+                                                                                 tmp_path):
+    """Issue 11 item 5: a pairs.jsonl under the root naming /etc/passwd, ../x.png or a FIFO outside the root, and a
+    folder corpus holding a symlink out: every such pair is refused with path_outside_root and nothing outside is
+    opened (a FIFO would block the reading worker forever if it were)."""
+    import json
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    outside = root.parent / "outside-files"
+    outside.mkdir(exist_ok=True)
+    fifo = outside / "trap.png"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(outside / "real.png")
+    evil = root / "evil"
+    write_pairs_jsonl(evil, synthetic_pairs(2, size=32))
+    lines = (evil / "pairs.jsonl").read_text().splitlines()
+    good = json.loads(lines[0])
+    bad = [dict(good, id="passwd", original="/etc/passwd"), dict(good, id="dotdot", edited="../../outside-files/real.png"),
+           dict(good, id="fifo", original=str(fifo)), dict(good, id="maskout", mask=str(outside / "real.png"))]
+    (evil / "pairs.jsonl").write_text("\n".join(lines + [json.dumps(b) for b in bad]) + "\n")
+    os.symlink(outside / "real.png", evil / "linked_original.png")
+    (evil / "pairs.jsonl").write_text((evil / "pairs.jsonl").read_text()
+                                      + json.dumps(dict(good, id="symlink", original="linked_original.png")) + "\n")
+    resp = post(svc, {"input": "evil", "out": "runs/evil", "shard_size": 100})
+    assert resp.status_code == 202, resp.text
+    stats = run_batch_worker(redis_server.url, svc.prefix, "bw-evil", block_ms=50, exit_when_idle=True)
+    assert stats.done == 1, stats.errors
+    table = pq.read_table(next((root / "runs" / "evil" / "shards").glob("*.parquet"))).to_pylist()
+    rows = {r["pair_id"].split("/")[-1]: r for r in table}
+    for pid in ("passwd", "dotdot", "fifo", "symlink"):
+        assert rows[pid]["status"] == "error" and rows[pid]["error_code"] == "path_outside_root", rows[pid]
+        assert str(outside) not in (rows[pid]["error"] or "") and "/etc" not in (rows[pid]["error"] or "")
+    assert rows["maskout"]["status"] == "ok" and rows["maskout"]["gt_f1"] is None     # its ground truth refused
+    assert sum(r["status"] == "ok" for r in table) == 3
+    # a symlinked manifest out of the root refuses the whole corpus at planning
+    linked = root / "linked-set"
+    linked.mkdir(exist_ok=True)
+    write_pairs_jsonl(outside / "set", synthetic_pairs(1, size=32))
+    if not (linked / "pairs.jsonl").exists():
+        os.symlink(outside / "set" / "pairs.jsonl", linked / "pairs.jsonl")
+    resp = post(svc, {"input": "linked-set", "out": "runs/linked"})
+    assert resp.status_code in (403, 422) and resp.json()["error"]["code"] == "path_outside_root", resp.text
+
+
+@pytest.mark.parametrize("options", [
+    {"weights": "/etc/passwd"},
+    {"weights": "../../x/model.safetensors"},
+    {"backbone_weights": "~/.ssh/id_rsa"},
+    {"grounding_options": {"detector": {"weights": "/etc"}}},
+])
+def test_file_valued_options_cannot_point_outside_the_root(svc, options):
+    """Batch options that name files (weights, backbone weights, grounding checkpoints) are read by the API at
+    planning (hashed) and by the worker: from the API they must stay under the batch root."""
+    resp = post(svc, {"input": "corpus", "out": "runs/opt", "annotator": "pixel-diff", "options": options})
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "path_outside_root", resp.text
+    assert "/etc" not in resp.text and ".ssh" not in resp.text
+
+
+def test_confine_file_options_accepts_hub_ids_and_paths_under_the_root(root):
+    from sigma.api.batches import confine_file_options
+
+    real = os.path.realpath(root)
+    confine_file_options({"weights": str(root / "models" / "m"), "backbone_weights": "facebook/dinov2-base",
+                          "model": "sigma-lite", "grounding_options": {"detector": {"weights": "IDEA-Research/x"}}},
+                         real)

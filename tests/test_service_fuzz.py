@@ -1,9 +1,12 @@
-"""Hostile input and load over real HTTP: a hypothesis fuzz of >= 1000 requests, then concurrent clients.
+"""Hostile input and load over real HTTP: a hypothesis fuzz of >= 2000 requests, then concurrent clients.
 
 Fuzz: malformed multipart and JSON bodies, wrong types, truncated / corrupted / huge / non-image
 files, decompression bombs, mismatched sizes, missing and unknown fields, wrong keys, odd methods
-and paths → no 5xx, every error is `{"error": {"code", "message"}}` with a documented code, and the
-service is still healthy and correct afterwards.
+and paths, JSON strings with lone surrogates and integers of more than 4300 digits (the two 500s of
+issue 11), and every field of `POST /v1/batches` (NUL bytes, over-long components, files where folders
+go, paths outside the root) and `GET /v1/batches/status` → no 5xx, every error is
+`{"error": {"code", "message"}}` with a documented code, and the service is still healthy and correct
+afterwards.
 Load: concurrent clients against a small queue limit → only 202s and 429s (with Retry-After), no
 timeouts, and every accepted job completes exactly once.
 """
@@ -12,9 +15,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import struct
 import threading
 import time
+import urllib.parse
 import zlib
 from collections import Counter
 
@@ -27,10 +32,14 @@ from PIL import Image
 from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
 
 from sigma.api.errors import KNOWN_CODES
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 
-FUZZ_EXAMPLES = 560            # per fuzz test; two tests → > 1000 requests
+FUZZ_EXAMPLES = 560            # per fuzz test of single pairs; with the batch fuzz → > 2000 requests
+BATCH_EXAMPLES = 900
+HUGE = "__huge_int__"          # replaced by an integer of 5000 digits in the JSON text (json.dumps refuses it)
+HUGE_DIGITS = "7" * 5000
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -119,8 +128,15 @@ def multipart_request(draw):
     return parts, data
 
 
+SURROGATE_TEXT = st.tuples(st.text(max_size=6), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+                           st.text(max_size=6)).map("".join)      # json.dumps writes them as \\udXXX escapes
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=False),
-                         st.text(max_size=20))
+                         st.text(max_size=20), SURROGATE_TEXT, st.just(HUGE))
+
+
+def dumps(value) -> bytes:
+    """JSON text, with the huge-integer marker turned into the real thing."""
+    return json.dumps(value).replace(f'"{HUGE}"', HUGE_DIGITS).encode()
 JSON_ANY = st.recursive(JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                               st.dictionaries(st.text(max_size=8), inner,
                                                                               max_size=4)), max_leaves=12)
@@ -132,7 +148,7 @@ B64 = st.one_of(FILE_BYTES.map(lambda b: base64.b64encode(b).decode()),
 def json_body(draw):
     kind = draw(st.integers(0, 4))
     if kind == 0:
-        return json.dumps(draw(JSON_ANY)).encode()
+        return dumps(draw(JSON_ANY))
     if kind == 1:
         return draw(st.binary(max_size=80))          # not JSON at all
     body = {}
@@ -141,13 +157,14 @@ def json_body(draw):
     if kind >= 3:
         body.setdefault("original", base64.b64encode(draw(FILE_BYTES)).decode())
         body.setdefault("edited", base64.b64encode(draw(FILE_BYTES)).decode())
-    return json.dumps(body).encode()
+    return dumps(body)
 
 
 class Tally:
     def __init__(self):
         self.statuses: Counter = Counter()
         self.codes: Counter = Counter()
+        self.batches: Counter = Counter()        # outcomes of the /v1/batches requests alone
         self.lock = threading.Lock()
 
     def check(self, resp: httpx.Response) -> None:
@@ -168,9 +185,22 @@ class Tally:
 
 
 @pytest.fixture(scope="module")
-def fuzz_svc(redis_server, tmp_path_factory):
+def batch_root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fuzz-batches")
+    write_pairs_jsonl(base / "root" / "corpus", synthetic_pairs(4, size=32))
+    (base / "root" / "weird").mkdir()
+    (base / "root" / "weird" / "notes.xyz").write_text("not a corpus")
+    (base / "outside").mkdir()
+    (base / "outside" / "secret.txt").write_text("secret")
+    os.symlink(base / "outside", base / "root" / "escape")
+    return base / "root"
+
+
+@pytest.fixture(scope="module")
+def fuzz_svc(redis_server, batch_root, tmp_path_factory):
     s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-fuzz"),
-                         ["api.wait_timeout_s=3", "limits.max_queue_length=400", "queue.job_ttl_s=120"])
+                         ["api.wait_timeout_s=3", "limits.max_queue_length=400", "queue.job_ttl_s=120",
+                          f"api.batch_root={batch_root}"])
     try:
         s.start_api()
         s.start_worker("pixel-diff", ["worker.max_batch_size=16"])
@@ -227,14 +257,79 @@ def test_fuzz_json_raw_and_routes(fuzz_svc, tally, kind, body, auth, ctype, meth
     tally.check(resp)
 
 
+PATHS = st.one_of(
+    st.sampled_from(["corpus", "corpus/pairs.jsonl", "corpus/", "./corpus", "corpus/../corpus", "weird", "nope",
+                     "escape", "escape/secret.txt", "../outside", "../outside/secret.txt", "/etc", "/etc/passwd",
+                     "runs/f1", "runs/f2", "runs/f1/../f3", "corpus/pairs.jsonl/run", ".", "", "/", "//", "..",
+                     "corp\x00us", "runs/\x00", "a" * 300, "runs/" + "b" * 256, "/".join(["c" * 200] * 25),
+                     "~/x", "runs/ünï", "runs/a b", "\\", HUGE]),
+    st.text(max_size=30), SURROGATE_TEXT, JSON_ANY)
+OPTIONS = st.one_of(st.dictionaries(st.sampled_from(["threshold", "evil", "tau", "weights", "model", "image_size",
+                                                      ""]), JSON_ANY, max_size=3), JSON_ANY)
+BATCH_FIELDS = {
+    "input": PATHS, "out": PATHS,
+    "preset": st.one_of(st.sampled_from(["magicbrush", "instructpix2pix", "nope", ""]), JSON_ANY),
+    "format": st.one_of(st.sampled_from(["auto", "jsonl", "pairs_jsonl", "folder", "parquet", "zip", ""]), JSON_ANY),
+    "columns": st.one_of(st.dictionaries(st.sampled_from(["original", "edited", "instruction", "x"]),
+                                         st.one_of(st.text(max_size=8), SURROGATE_TEXT), max_size=3), JSON_ANY),
+    "shard_size": st.one_of(st.integers(-3, 10**7), st.just(HUGE), JSON_ANY),
+    "annotator": st.one_of(st.sampled_from(["pixel-diff", "sigma-xl", ""]), JSON_ANY),
+    "options": OPTIONS,
+    "threshold": st.one_of(st.floats(-1, 2), st.just(HUGE), JSON_ANY),
+    "batch_size": st.one_of(st.integers(-3, 10**6), JSON_ANY),
+    "unknown": JSON_ANY,
+}
+
+
+BATCH_AUTH = st.sampled_from([{"Authorization": f"Bearer {KEYS['user']}"}] * 12 + [
+    {}, {"Authorization": "Bearer wrong"}, {"X-API-Key": KEYS["metrics"]}])
+
+
+@st.composite
+def batch_body(draw):
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return dumps(draw(JSON_ANY))
+    if kind == 1:
+        return draw(st.binary(max_size=60))
+    body: dict = {}
+    if kind >= 3:           # mostly well-formed enough to reach the path checks, the planner and the queue
+        body = {"input": draw(PATHS), "out": draw(PATHS)}
+    if kind >= 7:
+        body = {"input": "corpus", "out": draw(st.sampled_from(["runs/f1", "runs/f2", "runs/f3"]))}
+    for name in draw(st.lists(st.sampled_from(sorted(BATCH_FIELDS)), max_size=4, unique=True)):
+        body[name] = draw(BATCH_FIELDS[name])
+    return dumps(body)
+
+
+@settings(max_examples=BATCH_EXAMPLES, deadline=None, database=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(kind=st.integers(0, 5), body=batch_body(), out=PATHS, auth=BATCH_AUTH,
+       ctype=st.sampled_from(["application/json"] * 4 + ["", "text/plain", "multipart/form-data"]))
+def test_fuzz_batches(fuzz_svc, tally, kind, body, out, auth, ctype):
+    http = fuzz_svc.http
+    if kind < 4:
+        headers = {**auth, **({"content-type": ctype} if ctype else {})}
+        resp = http.post("/v1/batches", content=body, headers=headers)
+    elif isinstance(out, str):     # the raw bytes, percent-encoded (a lone surrogate as its 3 UTF-8-ish bytes)
+        value = HUGE_DIGITS if out == HUGE else out
+        query = urllib.parse.quote(value.encode("utf-8", "surrogatepass"), safe="")
+        resp = http.get(f"/v1/batches/status?out={query}", headers=auth)
+    else:
+        resp = http.get("/v1/batches/status", headers=auth)
+    tally.check(resp)
+    body_json = resp.json() if resp.content else {}
+    tally.batches[body_json.get("error", {}).get("code") or resp.status_code] += 1
+
+
 def test_fuzz_totals_and_still_healthy(fuzz_svc, tally):
-    """Runs after the two fuzz tests (file order): the figures for the report, then a clean round trip."""
-    assert tally.total >= 1000, tally.statuses
+    """Runs after the fuzz tests (file order): the figures for the report, then a clean round trip."""
+    assert tally.total >= 2000, tally.statuses
     assert not [s for s in tally.statuses if s >= 500]
     assert tally.statuses[202] + tally.statuses[200] > 20, tally.statuses      # valid requests were in the mix
     assert len(tally.codes) >= 12, tally.codes                                 # many distinct failure modes
     print(f"\nfuzz: {tally.total} requests, statuses {dict(sorted(tally.statuses.items()))}, "
-          f"codes {dict(tally.codes.most_common())}")
+          f"codes {dict(tally.codes.most_common())}; batches: {dict(tally.batches.most_common())}")
     assert fuzz_svc.http.get("/healthz").status_code == 200
     assert fuzz_svc.http.get("/readyz").status_code == 200
     ok = fuzz_svc.submit(ORIGINAL, EDITED, path="/v1/annotate")

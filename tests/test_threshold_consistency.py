@@ -28,7 +28,9 @@ def _consistent(record: dict, threshold: float) -> None:
 
 @pytest.fixture(scope="module")
 def annotator():
-    return create_annotator("sigma-lite", model="tiny-lite", random_init=True, weights=None)
+    # the test pair is a composite: under the default mask_mode=auto *the* mask would be its footprint,
+    # which does not move with the threshold; the semantic mask is what the threshold cuts
+    return create_annotator("sigma-lite", model="tiny-lite", random_init=True, weights=None, mask_mode="semantic")
 
 
 def test_predict_with_a_threshold_rederives_everything(annotator):
@@ -57,7 +59,7 @@ def test_serving_predictor_threshold_override_is_consistent():
     from sigma.service.predictor import Predictor
 
     pair = _pair()
-    pred = Predictor("sigma-lite", {"model": "tiny-lite", "random_init": True})
+    pred = Predictor("sigma-lite", {"model": "tiny-lite", "random_init": True, "mask_mode": "semantic"})
     items = [{"id": f"j{t}", "original": encode_png(pair.original), "edited": encode_png(pair.edited),
               "instruction": pair.instruction, "threshold": t} for t in (0.05, 0.95)]
     out = pred(items)

@@ -5,22 +5,37 @@ so a non-default prefix reaches both sides through the one settings model.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 
+from sigma.errors import ConfigError
+from sigma.service.connections import display_url
 from sigma.service.fleet import run_batch_worker
 from sigma.service.keys import Keys
 from sigma.service.settings import ServeConfig
-from sigma.workers.worker import install_stop_signals
+from sigma.workers.lifecycle import Interrupted, StopSignals, report_unreachable_redis
 
 
 def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = None) -> int:
+    """`worker.plugins` (and `--plugin`) are imported first, so a run may name a third-party annotator."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for module in cfg.worker.plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"worker.plugins: cannot import {module!r} ({exc})") from exc
     stop = threading.Event()
-    install_stop_signals(stop)
+    signals = StopSignals(stop).install()
     stream = Keys(cfg.redis.key_prefix).batch_tasks()
-    print(f"sigma worker --batch: consuming {stream} on {cfg.redis.url}", flush=True)
-    stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop)
+    print(f"sigma worker --batch: consuming {stream} on {display_url(cfg.redis.url)}", flush=True)
+    try:
+        with signals.abrupt_while("checking Redis"):
+            report_unreachable_redis(cfg.redis, "sigma worker --batch")
+        stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop)
+    except Interrupted as exc:
+        print(f"sigma worker --batch: stopped ({exc})", flush=True)
+        return 0
     print(f"sigma worker --batch: {stats.done} shard(s) done, {stats.skipped} already done, {stats.failed} failed, "
           f"{stats.dead} dead-lettered", flush=True)
     return 0

@@ -13,11 +13,12 @@ import sys
 def main() -> int:
     import redis
 
+    from sigma.service.connections import probe_client
     from sigma.service.keys import Keys
     from sigma.service.settings import load_serve_config
 
     cfg = load_serve_config(os.environ.get("SIGMA_SERVE_CONFIG"))
-    client = redis.Redis.from_url(cfg.redis.url, socket_connect_timeout=2, socket_timeout=2)
+    client = probe_client(cfg.redis, timeout_s=2)
     host = socket.gethostname()
     pattern = Keys(cfg.redis.key_prefix).worker(f"{cfg.worker.consumer or host}*")
     try:

@@ -3,13 +3,13 @@
 Loads the annotator once, then consumes its stream in micro-batches (`sigma.service.consumer`): reclaim
 entries idle past the lease, dead-letter those delivered `max_deliveries` times, read up to
 `max_batch_size` entries, annotate, store each result and only then acknowledge. Redis outages, stalls
-and `maxmemory` refusals are waited out (backoff with jitter, results kept until stored). SIGTERM/SIGINT:
-finish the current batch, store, acknowledge, exit 0.
+and `maxmemory` refusals are waited out (backoff with jitter, results kept until stored), at start-up too
+(after one line on stderr naming the URL). SIGTERM/SIGINT: exit 0 — at once while loading or waiting,
+after finishing, storing and acknowledging the batch in hand otherwise (`lifecycle.py`).
 """
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 
 from sigma.service.annotation import AnnotationHandler, default_consumer
@@ -19,6 +19,7 @@ from sigma.service.keys import Keys
 from sigma.service.predictor import Predictor
 from sigma.service.queue import StreamQueue
 from sigma.service.settings import ServeConfig
+from sigma.workers.lifecycle import Interrupted, StopSignals, report_unreachable_redis
 
 log = logging.getLogger("sigma.worker")
 
@@ -42,24 +43,23 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
                     describe=f"worker {name} ({annotator})")
 
 
-def install_stop_signals(stop: threading.Event) -> None:
-    if threading.current_thread() is threading.main_thread():
-        def handler(signum, _frame):
-            log.info("signal %s: finishing the current batch, then exiting", signum)
-            stop.set()
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
-
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
-    install_stop_signals(stop)
+    signals = StopSignals(stop).install()
     worker = build_worker(cfg, consumer=consumer, stop=stop)
     handler: AnnotationHandler = worker.handler  # type: ignore[assignment]
-    handler.predictor.setup()
-    log.info("%s: loaded in %.0f ms, consuming %s", worker.describe, handler.predictor.setup_ms or 0,
-             worker.queue.stream)
-    counts = worker.run()
+    try:
+        with signals.abrupt_while("checking Redis"):
+            report_unreachable_redis(cfg.redis, "sigma worker")
+        log.info("%s: loading the annotator", worker.describe)
+        with signals.abrupt_while("loading the model"):
+            handler.predictor.setup()
+        log.info("%s: loaded in %.0f ms, consuming %s", worker.describe, handler.predictor.setup_ms or 0,
+                 worker.queue.stream)
+        counts = worker.run()
+    except Interrupted as exc:
+        log.info("%s: stopped (%s)", worker.describe, exc)
+        return 0
     log.info("%s: stopped after %s %s", worker.describe, counts.as_dict(), handler.counts)
     return 0

@@ -64,7 +64,7 @@ class FeatureDiff(TorchAnnotator):
 
     def _to_prob(self, score):
         cfg: FeatureDiffConfig = self.config
-        return (score / cfg.scale).clamp(0, 1)
+        return score.div_(cfg.scale).clamp_(0, 1)
 
     def _extra(self, pair: Pair, context: Any, hw: tuple[int, int], model_ms: float) -> Prediction:
         return Prediction(np.empty(0), {"taps": list(self.backbone.taps), "timings_ms": {"model": model_ms}})

@@ -13,17 +13,36 @@ from sigma.errors import ConfigError
 from sigma.types import Pair
 
 
+def edit_type_token(edit_types: list[str]) -> str | None:
+    """The one edit-type token the network takes for an instruction with several edits.
+
+    One kind of edit (or all edits of one kind) -> that type. Any global edit -> "global": the whole
+    image changes, whatever else does. Local edits of different kinds ("make the sky purple and add
+    a moon") -> None, the network's "not told" token (training withholds the type from most samples,
+    so it is well practised): naming either type would bias it against the other edit's region.
+    Each edit still reaches the network through its regions: the image a region was found in
+    (original for remove, edited for add, both for replace/attribute) goes in with the region token.
+    """
+    kinds = list(dict.fromkeys(edit_types))
+    if not kinds:
+        return None
+    if "global" in kinds:
+        return "global"
+    return kinds[0] if len(kinds) == 1 else None
+
+
 @dataclass
 class Guidance:
     """What the instruction says about one pair, at the pair's size."""
 
-    edit_type: str | None
-    prior: np.ndarray                       # float32 [H, W] in [0, 1]
-    informative: bool                       # the prior locates something (grounded, or a global edit)
+    edit_type: str | None                   # the network's edit-type token (edit_type_token of edit_types)
+    prior: np.ndarray                       # float32 [H, W] in [0, 1]: the regions of every edit
+    informative: bool                       # the prior locates something (grounded, partly found, or global)
     flag: str | None                        # sigma.grounding FLAG_* name; None = grounded
     regions: list[dict[str, Any]] = field(default_factory=list)   # box xyxy px, score, image
     extra: dict[str, Any] = field(default_factory=dict)           # parse + grounding summary for result.json
     timings_ms: dict[str, float] = field(default_factory=dict)
+    edit_types: list[str] = field(default_factory=list)           # every edit's type, in instruction order
 
 
 class Guide:
@@ -51,7 +70,7 @@ class Guide:
         return self.parser(text)
 
     def __call__(self, pairs: list[Pair]) -> list[Guidance]:
-        from sigma.grounding import FLAG_GLOBAL
+        from sigma.grounding import FLAG_GLOBAL, FLAG_PARTLY_FOUND
 
         t0 = time.perf_counter()
         parses = [self._parse(p) for p in pairs]
@@ -65,8 +84,10 @@ class Guide:
                        for r in res.regions]
             timings = {"parse": (t1 - t0) * 1000.0 / n, "ground": (t2 - t1) * 1000.0 / n,
                        **{f"ground_{k}": v for k, v in res.timings_ms.items()}}
-            out.append(Guidance(parse.edit_type, np.clip(np.asarray(res.prior, np.float32), 0.0, 1.0),
-                                res.flag in (None, FLAG_GLOBAL), res.flag, regions, res.to_extra(), timings))
+            out.append(Guidance(edit_type_token(parse.edit_types), np.clip(np.asarray(res.prior, np.float32), 0.0, 1.0),
+                                res.flag in (None, FLAG_GLOBAL, FLAG_PARTLY_FOUND), res.flag, regions, res.to_extra(),
+                                timings,
+                                edit_types=parse.edit_types))
         return out
 
 

@@ -25,9 +25,9 @@ from sigma.types import Pair
 class TorchAnnotatorConfig(AnnotatorConfig):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
-    cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads (process-wide); None = "
-                                    "torch's default. On a CPU shared with other jobs 1 can be ~10x faster "
-                                    "than 2: OpenMP threads stall on each other at every op")
+    cpu_threads: int | None = Field(None, ge=1, description="intra-op threads of torch (process-wide) and "
+                                    "ONNX Runtime; None = each library's default. On a CPU shared with other "
+                                    "jobs 1 can be ~10x faster than 2: threads stall on each other at every op")
     batch_size: int | None = Field(None, ge=1, description="pairs per forward; None = the annotator's default "
                                    "for the device")
 
@@ -73,8 +73,9 @@ class TorchAnnotator(Annotator):
         return [None] * len(pairs)
 
     def _to_prob(self, score):
-        """The upsampled score map → probabilities in [0, 1] (default: the score is a logit)."""
-        return self.torch.sigmoid(score)
+        """The upsampled score map → probabilities in [0, 1], in place (default: the score is a logit).
+        In place matters: at 16 Mpx every full-resolution float map is 64 MB per pair."""
+        return score.sigmoid_()
 
     def _extra(self, pair: Pair, context: Any, hw: tuple[int, int], model_ms: float) -> Prediction:
         return Prediction(np.empty(0), {"working_size": list(hw), "timings_ms": {"model": model_ms}})

@@ -19,8 +19,32 @@ class InputConfig(Strict):
     preset: str | None = Field(None, description="column names of a public corpus (magicbrush, instructpix2pix, "
                                                  "ultraedit, anyedit, omniedit, generic)")
     columns: dict[str, str] = Field(default_factory=dict, description="role=column overrides on top of the preset")
+    root: str | None = Field(None, description="confine every file the corpus names (manifest paths, symlinks) to "
+                             "this folder, resolved; set by POST /v1/batches to api.batch_root. None (the CLI's "
+                             "default): the corpus may name any file the user can read")
     shard_size: int = Field(1000, ge=1, description="pairs per shard (parquet/Arrow: whole row groups/batches "
                                                     "accumulated up to at least this many rows; tars: one per tar)")
+
+
+class RayConfig(Strict):
+    """`--backend ray`: where the cluster is and what each shard actor asks of it (never part of the run hash)."""
+
+    address: str | None = Field(None, description="an existing cluster: host:port of its head, 'auto' (the one "
+                                "`ray start` runs on this machine) or ray://host:10001; None = $RAY_ADDRESS, else "
+                                "a one-machine Ray started for this run")
+    actors: int | None = Field(None, ge=1, description="shard actors (Ray Data's `concurrency`); None = as many as "
+                               "fit: GPUs / num_gpus on a GPU cluster, else CPUs / num_cpus; never more than the "
+                               "pending shards")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each actor reserves")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs each actor reserves; fractions pack actors "
+                                   "(0.5: two per GPU); None = 1 on a cluster with GPUs, else 0")
+    connect_timeout_s: float = Field(10.0, gt=0, description="how long to wait for the cluster's address to answer")
+    actor_timeout_s: float = Field(600.0, gt=0, description="no live actor for this long while shards remain "
+                                   "(none could be placed): the remaining shards are failed")
+
+
+# Options that change speed or placement, never a byte of output: outside the run hash.
+NOT_HASHED = {"workers", "backend", "input", "procs", "threads", "attempts", "plugins", "ray"}
 
 
 class BatchConfig(AnnotatorSpec):
@@ -32,6 +56,17 @@ class BatchConfig(AnnotatorSpec):
     ground_truth: bool = Field(True, description="score masks against the corpus's ground truth when it has one "
                                "(gt_* columns, the review page's metrics); false skips decoding it")
     backend: Literal["local", "ray"] = "local"
+    procs: int | None = Field(None, ge=1, description="local backend: inference processes fed whole shards, "
+                              "each with `threads` torch threads; None = for a network on a machine without a GPU "
+                              "one per idle core (cores - load average), else 1")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads per inference process or Ray "
+                                "actor; None = 1 with several processes and for CPU actors, the idle cores for a "
+                                "single CPU process running a network, else torch's default")
+    attempts: int = Field(3, ge=1, description="a shard whose process or Ray actor dies is run again by another "
+                          "one, up to this many tries in all; then it is failed (rerun with --resume)")
+    plugins: list[str] = Field(default_factory=list, description="modules imported before the annotator is built, "
+                               "in every process and actor (to register your own annotators)")
+    ray: RayConfig = RayConfig()
     io: IOConfig = IOConfig()
 
     def decode_workers(self) -> int:
@@ -43,8 +78,8 @@ class BatchConfig(AnnotatorSpec):
 
     def output_fields(self, corpus_identity: dict[str, Any], model_identity: dict[str, Any]) -> dict[str, Any]:
         """Everything an output byte depends on: the corpus, the config, and the model that runs (its
-        weights' sha256 and the package version); `workers` and `backend` change speed, not results."""
-        data = self.model_dump(mode="json", exclude={"workers", "backend", "input"})
+        weights' sha256 and the package version); workers, processes, backend and placement change speed only."""
+        data = self.model_dump(mode="json", exclude=NOT_HASHED)
         return {"corpus": corpus_identity, "model": model_identity, **data}
 
     def run_hash(self, corpus_identity: dict[str, Any], model_identity: dict[str, Any]) -> str:

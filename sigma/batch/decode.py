@@ -5,6 +5,7 @@ Kept free of torch and of the annotator so a spawned worker starts in well under
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from sigma.config.schema import IOConfig
-from sigma.errors import ImageError, LimitError, SigmaError
+from sigma.errors import ImageError, InputError, LimitError, SigmaError
 from sigma.io.corpora.base import SourceItem
 from sigma.io.images import binarize_mask, decode_image
 from sigma.io.pairs import pair_from_bytes
@@ -28,8 +29,22 @@ class Decoded:
     error: tuple[str, str] | None = None
 
 
-def _read(path: str, max_bytes: int) -> bytes:
-    p = Path(path)
+def confined(path: str, root: str | None) -> str:
+    """`path` resolved (symlinks, `..`) must lie under `root` (a run submitted through the API: the corpus is
+    untrusted, and a manifest line or a symlink naming /etc/passwd must not be read). Checked before anything
+    touches the file — not even a stat, so neither its existence nor a FIFO's blocking open can leak out."""
+    if root is None:
+        return path
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise InputError("the corpus names a file outside the batch root; refused, nothing was read",
+                         code="path_outside_root")
+    return real
+
+
+def _read(path: str, max_bytes: int, root: str | None = None) -> bytes:
+    p = Path(confined(path, root))
     if not p.is_file():
         raise ImageError(f"{path}: file not found", code="file_not_found")
     if p.stat().st_size > max_bytes:
@@ -38,14 +53,15 @@ def _read(path: str, max_bytes: int) -> bytes:
     return p.read_bytes()
 
 
-def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True) -> Decoded:
+def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True, root: str | None = None) -> Decoded:
     light = replace(item, original=None, edited=None, mask=None)
     if item.error:
         return Decoded(light, error=item.error)
     meta: dict[str, Any] = {}
     try:
-        original = item.original if item.original is not None else _read(item.original_path, io_config.limits.max_bytes)
-        edited = item.edited if item.edited is not None else _read(item.edited_path, io_config.limits.max_bytes)
+        limit = io_config.limits.max_bytes
+        original = item.original if item.original is not None else _read(item.original_path, limit, root)
+        edited = item.edited if item.edited is not None else _read(item.edited_path, limit, root)
         meta["original_sha256"] = hashlib.sha256(original).hexdigest()
         meta["edited_sha256"] = hashlib.sha256(edited).hexdigest()
         pair = pair_from_bytes(original, edited, item.instruction, io_config, pair_id=item.pair_id)
@@ -57,7 +73,7 @@ def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True)
     gt = None
     if ground_truth and (item.mask is not None or item.mask_path):
         try:
-            data = item.mask if item.mask is not None else _read(item.mask_path, io_config.limits.max_bytes)
+            data = item.mask if item.mask is not None else _read(item.mask_path, io_config.limits.max_bytes, root)
             rgb = decode_image(data, "mask", io_config.limits).rgb
             if rgb.shape[:2] == pair.size:
                 gt = binarize_mask(rgb)
@@ -68,6 +84,7 @@ def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True)
     return Decoded(light, pair=pair, gt=gt, meta=meta)
 
 
-def decode_items(items: list[SourceItem], io_config: dict[str, Any], ground_truth: bool = True) -> list[Decoded]:
+def decode_items(items: list[SourceItem], io_config: dict[str, Any], ground_truth: bool = True,
+                 root: str | None = None) -> list[Decoded]:
     cfg = IOConfig.model_validate(io_config)
-    return [decode_one(item, cfg, ground_truth) for item in items]
+    return [decode_one(item, cfg, ground_truth, root) for item in items]

@@ -4,16 +4,24 @@
     OUT/config.yaml               the resolved config (sigma.config.save_resolved)
     OUT/shards/<key>.<hash>.parquet   one manifest per shard: a pure function of (input, shard, run hash)
     OUT/status/<key>.json         written after the shard's parquet is renamed into place: "done" or "failed"
+                                  (also "failed" when a fleet task for the shard was dead-lettered)
+    OUT/.locks/status-<key>.lock  flock serialising the writes of one shard's status across processes
     OUT/masks/<key>/<pair>.png    optional PNG masks
+    OUT/.lock                     flock: a local run holds it exclusively, fleet workers share it per shard
 
 Status lives in one small file per shard so that many fleet workers can finish shards concurrently without
 rewriting a shared file; `summary()` aggregates them.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +29,17 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Shard
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+
+
+def temp_name(path: Path) -> Path:
+    """A temp file beside `path` that no other writer (process, thread, host) picks: pid + random."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -56,6 +70,49 @@ class RunDir:
 
     def exists(self) -> bool:
         return self.run_file.is_file()
+
+    def is_empty(self) -> bool:
+        """Nothing but (maybe) our lock file: a folder a new run may take."""
+        return not self.root.exists() or all(p.name in (LOCK_FILE, ".locks") for p in self.root.iterdir())
+
+    @contextmanager
+    def locked(self, exclusive: bool = True) -> Iterator[None]:
+        """Hold the run folder: `sigma batch run` exclusively for the whole run (a second run on the same --out
+        exits with `run_locked` and the holder's pid), fleet workers shared while they write a shard (so a local
+        run cannot start under them, and they wait while one holds it). The kernel drops the lock when the
+        process dies, however it dies: a killed run never leaves the folder locked."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: exists and is not a folder; choose another --out", code="out_not_a_folder")
+        created = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                who = f"pid {holder}" if holder else "fleet workers (sigma worker --batch)"
+                raise InputError(f"{self.root}: another run holds this folder ({who}); wait for it to finish or "
+                                 "choose another --out", code="run_locked") from None
+            if exclusive:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            if exclusive:
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
+            os.close(fd)
+            if created and self.is_empty():      # a run that failed before writing anything leaves no folder
+                try:
+                    (self.root / LOCK_FILE).unlink(missing_ok=True)
+                    self.root.rmdir()
+                except OSError:
+                    pass
 
     def load(self) -> dict[str, Any]:
         if not self.exists():
@@ -96,8 +153,31 @@ class RunDir:
         out = self.shard_path(shard, run_hash)
         return out.is_file() and out.stat().st_size == st.get("bytes")
 
+    @contextmanager
+    def _status_lock(self, shard: Shard) -> Iterator[None]:
+        """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
+        lock = self.root / ".locks" / f"status-{shard.key}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
-        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+        with self._status_lock(shard):
+            atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+
+    def mark_failed(self, shard: Shard, run_hash: str, error: str, **extra: Any) -> bool:
+        """Record a shard given up on (a fleet task dead-lettered), unless it is done for this run: another
+        worker may have finished it meanwhile, and a done shard is never overwritten. True when written."""
+        with self._status_lock(shard):
+            if self.is_done(shard, run_hash):
+                return False
+            atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, "status": "failed",
+                                                        "run_hash": run_hash, "error": error, **extra})
+            return True
 
     def summary(self) -> dict[str, Any]:
         record = self.load()

@@ -10,6 +10,7 @@ decode window is full.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +21,8 @@ from typing import Any, Self
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.decode import Decoded, decode_items
-from sigma.batch.layout import RunDir, sha256_file
+from sigma.batch.layout import RunDir, sha256_file, temp_name
+from sigma.batch.lifeline import die_with_parent
 from sigma.batch.rows import error_row, ok_row, rows_to_table
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
@@ -117,7 +119,7 @@ class ShardWriter:
 
         target = self.rundir.shard_path(shard, self.run_hash)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = temp_name(target)
         pq.write_table(rows_to_table(rows), tmp, compression="zstd", row_group_size=max(len(rows), 1))
         tmp.replace(target)
         errors = [r for r in rows if r["status"] != "ok"]
@@ -146,11 +148,15 @@ class Pipeline:
         self.workers = cfg.decode_workers() if workers is None else workers
         self.png_masks = cfg.png_masks
         self.ground_truth = cfg.ground_truth
+        self.root = cfg.input.root
         self.pool = None
         warm: list = []
         if self.workers > 0:
             # spawn (not fork): the parent may hold torch/CUDA state. The workers boot while the model loads.
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            # die_with_parent: a SIGKILLed run must not leave decoders (and through them multiprocessing's resource
+            # tracker) alive, blocked on a pipe nobody reads
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=die_with_parent, initargs=(os.getpid(),))
             warm = [self.pool.submit(decode_items, [], self.io_config) for _ in range(self.workers)]
         try:
             if annotator is None:
@@ -178,8 +184,8 @@ class Pipeline:
     # --- reading ---------------------------------------------------------------------------------
     def _submit(self, chunk: list[SourceItem]):
         if self.pool is None:
-            return _Immediate(decode_items(chunk, self.io_config, self.ground_truth))
-        return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth)
+            return _Immediate(decode_items(chunk, self.io_config, self.ground_truth, self.root))
+        return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth, self.root)
 
     def _feed(self, corpus: Corpus, shards: list[Shard], q: queue.Queue, stop: threading.Event) -> None:
         chunk_size = max(1, min(self.batch_size, 16))

@@ -1,81 +1,392 @@
-"""`--backend ray`: the same shards, scheduled by Ray Data over a cluster's GPUs.
+"""`--backend ray`: the same shards, run by actors spread over a Ray cluster.
 
-Ray Data maps shard descriptors (not pairs) through an actor class that holds one annotator and the
-ordinary pipeline (`map_batches(ShardActor, batch_size=1, concurrency=k, num_gpus=1)`), so each shard's
-output is the same file, byte for byte, that the local backend writes, status files included, and
-`--resume`, exports and the review page work unchanged. A per-pair `read_parquet → map_batches →
-write_parquet` graph would have lost that contract: Ray names and splits its output blocks itself.
-Optional: `pip install 'sigma-masks[ray]'`.
+Each actor holds one `ShardRunner` (the annotator loaded once, the ordinary pipeline) and is handed whole
+shard descriptors by this driver, so every shard's output is the file the local backend writes, byte for
+byte, status file included, and `--resume` (with either backend), exports and the review page work
+unchanged. The driver, not Ray, owns retries: an actor that dies (killed, out of memory, its node gone)
+loses only its shard, which goes to the front of the queue for another actor, and the run summary says
+which shards were retried and why. Ray Core actors rather than a Ray Data `map_batches` graph: a shard is
+already the unit of work, and owning the queue is what makes retries, per-pair progress and error counts
+exact. Optional: `pip install 'sigma-masks[ray]'`.
+
+Resources are configuration (`ray.*` in the batch config, `--actors`, `--actor-cpus`, `--actor-gpus`,
+`--threads`): by default one actor per GPU, or on a CPU-only cluster one actor per CPU with one torch thread.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import os
+import socket
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from sigma.batch.config import BatchConfig
-from sigma.batch.layout import RunDir, atomic_write_json
-from sigma.errors import ConfigError
-from sigma.io.corpora.base import Corpus, Shard
+from sigma.batch.config import BatchConfig, RayConfig
+from sigma.batch.dispatch import ShardLedger
+from sigma.batch.layout import RunDir
+from sigma.batch.shard_runner import Progress, ShardOutcome, ShardRunner, absolute_config
+from sigma.errors import ConfigError, SigmaError
+from sigma.io.corpora.base import Shard
+
+NAMESPACE = "sigma"
+POLL_S = 1.0                       # progress questions to busy actors, and the driver's wake-up period
+LOCAL_OBJECT_STORE = 128 << 20     # shard descriptors and outcomes are tiny; Ray's minimum is 75 MiB
 
 
 class ShardActor:
-    """One per Ray worker: builds the annotator once and runs whole shards through the local pipeline."""
+    """One per actor process: builds the annotator once, then runs whole shards. A threaded actor
+    (max_concurrency=2) so `progress` answers while `run` works. Never raises from __init__: a failure to
+    build is reported by `ready()`, so the driver can show the real error (e.g. missing weights) and stop."""
 
-    def __init__(self, config: dict[str, Any], run_dir: str):
-        from sigma.batch.pipeline import Pipeline
-        from sigma.batch.runner import corpus_from_config
+    def __init__(self, config: dict[str, Any], run_dir: str, threads: int | None, workers: int | None):
+        import ray
 
-        self.cfg = BatchConfig.model_validate(config)
-        self.rundir = RunDir(run_dir)
-        self.run_hash = self.rundir.load()["run_hash"]
-        self.corpus = corpus_from_config(self.cfg)
-        self.pipeline = Pipeline(self.cfg)
+        node = ray.get_runtime_context().get_node_id()[:8]
+        self.name = f"actor pid {os.getpid()} on node {node}"
+        self.error: dict[str, Any] | None = None
+        self.runner: ShardRunner | None = None
+        try:
+            self.runner = ShardRunner(config, run_dir, threads=threads, workers=workers, worker_name=self.name)
+        except Exception as exc:  # noqa: BLE001 - reported through ready()
+            self.error = {"type": type(exc).__name__, "code": getattr(exc, "code", None),
+                          "message": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import json
+    def ready(self) -> dict[str, Any]:
+        return {"worker": self.name, "error": self.error, "pid": os.getpid()}
 
-        statuses, pairs = [], []
-        for text in batch["shard"]:
-            shard = Shard.from_dict(json.loads(text))
-            stats = self.pipeline.run(self.corpus, [shard], self.rundir, self.run_hash)
-            statuses.append(stats.shards[0].status if stats.shards else "failed")
-            pairs.append(stats.pairs)
-        return {"shard": list(batch["shard"]), "status": statuses, "pairs": pairs}
+    def run(self, shard: dict[str, Any]) -> dict[str, Any]:
+        self.runner.progress = Progress()
+        return self.runner.run(shard).to_dict()
+
+    def progress(self) -> dict[str, Any]:
+        runner = self.runner
+        if runner is None:
+            return {"shard": None, "pairs": 0, "errors": 0, "worker": self.name}
+        pairs, errors = runner.progress.take()
+        return {"shard": runner.current, "pairs": pairs, "errors": errors, "worker": self.name}
 
 
-def run_with_ray(cfg: BatchConfig, rundir: RunDir, corpus: Corpus, run_hash: str, pending: list[Shard],
-                 concurrency: int | None = None):
+# --- connecting -----------------------------------------------------------------------------------
+def import_ray():
     try:
         import ray
     except ImportError as exc:
         raise ConfigError("--backend ray needs Ray: pip install 'sigma-masks[ray]' (or use the local backend, or "
                           "fleet mode: sigma batch submit + sigma worker --batch)") from exc
-    import json
+    return ray
 
-    from sigma.batch.runner import RunSummary
 
+def _host_port(address: str) -> tuple[str, int]:
+    bare = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = bare.rpartition(":")
+    if not host:
+        return bare, 6379           # `ray start --head`'s default port
     try:
-        import torch
+        return host.strip("[]"), int(port)
+    except ValueError as exc:
+        raise ConfigError(f"Ray address {address!r} is not host:port, 'auto' or ray://host:port") from exc
 
-        gpus = torch.cuda.device_count()
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        gpus = 0
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False)
-    concurrency = concurrency or max(1, gpus)
-    start = time.perf_counter()
-    ds = ray.data.from_items([{"shard": json.dumps(s.to_dict())} for s in pending])
-    ds = ds.map_batches(ShardActor, batch_size=1, concurrency=concurrency, num_gpus=1 if gpus else 0,
-                        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "run_dir": str(rundir.root)})
-    rows = ds.take_all()
-    seconds = time.perf_counter() - start
-    pairs = sum(int(r["pairs"]) for r in rows)
-    failed = [{"shard": json.loads(r["shard"])["key"], "error": "see status/"} for r in rows if r["status"] != "done"]
-    status = rundir.summary()
-    summary = RunSummary(out=str(rundir.root), run_hash=run_hash, shards=status["shards"],
-                         skipped=status["shards"] - len(pending), done_now=len(rows) - len(failed),
-                         failed_now=len(failed), pairs=pairs, errors=0, seconds=round(seconds, 3),
-                         pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0, failed=failed,
-                         status=status)
-    atomic_write_json(rundir.root / "summary.json", summary.to_dict())
-    return summary
+
+def probe_grpc(host: str, port: int, timeout: float) -> None:
+    """Raise OSError unless host:port answers as a gRPC (HTTP/2) server: a Ray head's GCS or Ray Client
+    server does; a dead port, a firewall or another kind of service does not. Bounded by `timeout`
+    (ray.init itself would retry an unreachable address for minutes)."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        # the HTTP/2 client preface and an empty SETTINGS frame; a server answers with its own SETTINGS
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        header = b""
+        while len(header) < 9:
+            chunk = sock.recv(9 - len(header))
+            if not chunk:
+                raise OSError("the connection was closed without an HTTP/2 answer (not a Ray cluster?)")
+            header += chunk
+        if header[3] != 0x04:
+            raise OSError(f"it answered {header!r}, not HTTP/2 (not a Ray cluster?)")
+
+
+def resolve_address(address: str) -> str:
+    """'auto' → the address `ray start` recorded on this machine; anything else as given."""
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # pragma: no cover - Ray moved it; let ray.init resolve it
+        return address
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except (ConnectionError, ValueError) as exc:
+        raise SigmaError(f"no running Ray cluster found for address 'auto' ({exc}); start one with "
+                         "`ray start --head`, or pass --ray-address HOST:PORT", code="ray_unreachable") from exc
+    if not found:
+        raise SigmaError("no running Ray cluster found for address 'auto' (nothing started with `ray start` on this "
+                         "machine); start one with `ray start --head`, or pass --ray-address HOST:PORT",
+                         code="ray_unreachable")
+    return found
+
+
+@contextlib.contextmanager
+def _quiet_auth_notice():
+    """Ray >= 2.59 logs a warning whenever it turns token authentication on; the run's output is not the place."""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def connect(ray_cfg: RayConfig) -> tuple[bool, str]:
+    """Join the configured cluster, or start a one-machine Ray; (started_here, address). An address that
+    does not answer is a one-line error naming it (exit 2), never a hang."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False, "(already connected)"
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address in (None, "", "local"):
+        from sigma.batch.procs import idle_cores
+
+        with _quiet_auth_notice():   # as many CPUs as are idle, like the local backend's default processes
+            ray.init(address="local", num_cpus=idle_cores(), include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE, **quiet)
+        return True, "local"
+    target = resolve_address(address)
+    host, port = _host_port(target)
+    try:
+        probe_grpc(host, port, ray_cfg.connect_timeout_s)
+    except OSError as exc:
+        raise SigmaError(f"cannot reach the Ray cluster at {address}"
+                         + (f" ({target})" if target != address else "") + f": {exc}. Is `ray start --head` "
+                         "running there, and the port open? (--ray-address / RAY_ADDRESS)",
+                         code="ray_unreachable") from exc
+    try:
+        ray.init(address=target, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SigmaError(f"cannot join the Ray cluster at {address}: {exc}. If the cluster uses token "
+                         "authentication (Ray >= 2.59 turns it on when ~/.ray/auth_token exists), set "
+                         "RAY_AUTH_MODE=token here and give this machine the head's token (RAY_AUTH_TOKEN, or "
+                         "~/.ray/auth_token; `ray get-auth-token` on the head prints it)",
+                         code="ray_unreachable") from exc
+    return False, target
+
+
+# --- placement ------------------------------------------------------------------------------------
+@dataclass
+class ActorPlan:
+    actors: int
+    num_cpus: float
+    num_gpus: float
+    threads: int
+    workers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"actors": self.actors, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                "threads": self.threads, "decode_workers": self.workers}
+
+
+def plan_actors(cfg: BatchConfig, resources: dict[str, float], pending: int) -> ActorPlan:
+    """One actor per GPU (or per `num_gpus` share of one); on a CPU-only cluster one per `num_cpus` CPUs,
+    each with one torch thread per CPU it holds."""
+    rc = cfg.ray
+    gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+    num_gpus = rc.num_gpus if rc.num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
+    if rc.actors is not None:
+        actors = rc.actors
+    elif num_gpus > 0:
+        actors = min(math.floor(gpus / num_gpus + 1e-9), math.floor(cpus / rc.num_cpus + 1e-9) or 1)
+    else:
+        actors = math.floor(cpus / rc.num_cpus + 1e-9)
+    if num_gpus > 0 and gpus < num_gpus:
+        raise ConfigError(f"each Ray actor would ask for {num_gpus} GPU but the cluster has {gpus:g}; set "
+                          "--actor-gpus 0 (or ray.num_gpus=0) to run on its CPUs")
+    if cpus < rc.num_cpus:
+        raise ConfigError(f"each Ray actor would ask for {rc.num_cpus:g} CPU but the cluster has {cpus:g}")
+    threads = cfg.threads or max(1, int(rc.num_cpus))
+    workers = cfg.workers if cfg.workers is not None else 0   # one actor = one process: decode in its reader
+    return ActorPlan(max(1, min(actors, pending)), rc.num_cpus, num_gpus, threads, workers)
+
+
+# --- driving --------------------------------------------------------------------------------------
+@dataclass
+class _Slot:
+    index: int
+    handle: Any = None
+    name: str = ""
+    started: float = 0.0
+    ready: bool = False
+    worker: str = ""
+    shard: Shard | None = None
+    ticked: tuple[int, int] = (0, 0)
+    asking: bool = False                 # a progress() call is out
+    generation: int = 0
+    refs: dict[str, Any] = field(default_factory=dict)
+
+
+class _Driver:
+    def __init__(self, ray, cfg: BatchConfig, rundir: RunDir, plan: ActorPlan, ledger: ShardLedger):
+        self.ray, self.cfg, self.plan, self.ledger = ray, cfg, plan, ledger
+        self.actor_cls = ray.remote(ShardActor)
+        self.config = absolute_config(cfg)
+        self.run_dir = str(rundir.root.resolve())
+        self.tag = f"sigma-{ledger.run_hash}-{os.getpid()}"
+        self.slots = [_Slot(i) for i in range(plan.actors)]
+        self.inflight: dict[Any, tuple[_Slot, str, int]] = {}    # ref → (slot, kind, generation)
+        self.started = 0
+        self.unready_deaths = 0
+        for slot in self.slots:
+            self.start(slot)
+
+    def start(self, slot: _Slot) -> None:
+        self.started += 1
+        slot.generation += 1
+        slot.name = f"{self.tag}-{slot.index}-{slot.generation}"
+        slot.ready, slot.shard, slot.ticked, slot.asking, slot.worker = False, None, (0, 0), False, ""
+        slot.started = time.monotonic()
+        slot.handle = self.actor_cls.options(
+            name=slot.name, namespace=NAMESPACE, num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus,
+            max_restarts=0, max_task_retries=0, max_concurrency=2,
+        ).remote(self.config, self.run_dir, self.plan.threads, self.plan.workers)
+        self.inflight[slot.handle.ready.remote()] = (slot, "ready", slot.generation)
+
+    def kill(self, slot: _Slot) -> None:
+        if slot.handle is not None:
+            with contextlib.suppress(Exception):   # already gone
+                self.ray.kill(slot.handle, no_restart=True)
+        slot.handle, slot.ready = None, False
+
+    def assign(self) -> None:
+        for slot in self.slots:
+            if slot.ready and slot.shard is None and self.ledger.queue:
+                slot.shard, slot.ticked = self.ledger.next(), (0, 0)
+                self.inflight[slot.handle.run.remote(slot.shard.to_dict())] = (slot, "run", slot.generation)
+
+    def ask_progress(self) -> None:
+        for slot in self.slots:
+            if slot.ready and slot.shard is not None and not slot.asking:
+                slot.asking = True
+                self.inflight[slot.handle.progress.remote()] = (slot, "progress", slot.generation)
+
+    def lost(self, slot: _Slot, reason: str) -> None:
+        """The slot's actor is dead or unusable: its shard goes back to the queue; a new actor takes the slot
+        (Ray places it wherever resources are left; it may wait, the others go on)."""
+        self.kill(slot)
+        if slot.shard is not None:
+            self.ledger.lost(slot.shard, reason, slot.worker or slot.name, slot.ticked)
+            slot.shard, slot.ticked = None, (0, 0)
+        if self.ledger.queue:
+            self.start(slot)
+
+    def handle(self, ref: Any) -> None:
+        slot, kind, generation = self.inflight.pop(ref)
+        if generation != slot.generation:      # an answer from a previous actor of this slot
+            return
+        ray = self.ray
+        try:
+            value = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if kind == "progress":
+                slot.asking = False
+                return                          # the run() call reports the death
+            if not slot.ready:
+                self.unready_deaths += 1
+                if self.unready_deaths > 2 * len(self.slots) + self.cfg.attempts:
+                    raise SigmaError(f"Ray actors keep dying before they are ready (last: {_first_line(exc)})",
+                                     code="worker_failed") from exc
+            self.lost(slot, f"actor died: {_first_line(exc)}")
+            return
+        except ray.exceptions.RayTaskError as exc:
+            if kind == "run":                   # the shard raised (e.g. the writer failed): try elsewhere
+                self.lost(slot, f"shard raised: {_first_line(exc)}")
+            else:
+                slot.asking = False
+            return
+        if kind == "ready":
+            if value["error"]:
+                _raise_actor_error(value["error"])
+            slot.ready, slot.worker = True, value["worker"]
+        elif kind == "progress":
+            slot.asking = False
+            if slot.shard is not None and value["shard"] == slot.shard.key:
+                delta = (value["pairs"] - slot.ticked[0], value["errors"] - slot.ticked[1])
+                if delta[0] > 0 or delta[1] > 0:
+                    self.ledger.tick(max(delta[0], 0), max(delta[1], 0))
+                    slot.ticked = (max(value["pairs"], slot.ticked[0]), max(value["errors"], slot.ticked[1]))
+        elif kind == "run":
+            self.ledger.done(ShardOutcome(**value), slot.ticked)
+            slot.shard, slot.ticked = None, (0, 0)
+
+    def drive(self) -> None:
+        ray = self.ray
+        last_live = time.monotonic()
+        next_poll = time.monotonic() + POLL_S
+        while not self.ledger.finished:
+            self.assign()
+            now = time.monotonic()
+            if any(s.ready for s in self.slots):
+                last_live = now
+            elif now - last_live > self.cfg.ray.actor_timeout_s:
+                self.ledger.fail_remaining(
+                    f"no Ray actor could be placed for {self.cfg.ray.actor_timeout_s:.0f} s (each asks for "
+                    f"{self.plan.num_cpus} CPU, {self.plan.num_gpus} GPU; cluster: {ray.cluster_resources()})")
+                break
+            if now >= next_poll:
+                self.ask_progress()
+                next_poll = now + POLL_S
+            if not self.inflight:
+                time.sleep(0.05)
+                continue
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                self.handle(ref)
+            while self.inflight:                # everything else that is already there
+                more, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0)
+                if not more:
+                    break
+                self.handle(more[0])
+
+    def close(self) -> None:
+        for slot in self.slots:
+            self.kill(slot)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(text[0].split())[:300] if text else type(exc).__name__
+
+
+def _raise_actor_error(info: dict[str, Any]) -> None:
+    from sigma import errors
+
+    cls = getattr(errors, info.get("type") or "", None)
+    if isinstance(cls, type) and issubclass(cls, SigmaError):
+        raise cls(info["message"], code=info.get("code"))
+    raise SigmaError(f"a Ray actor could not load the annotator: {info['message']}", code="worker_failed")
+
+
+def run_with_ray(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: list[Shard], total_shards: int,
+                 progress: bool = True):
+    from sigma.batch.runner import make_progress
+
+    ray = import_ray()
+    started_here, address = connect(cfg.ray)
+    driver = None
+    try:
+        plan = plan_actors(cfg, ray.cluster_resources(), len(pending))
+        counts = [s.num_items for s in pending]
+        total = sum(counts) if all(c is not None for c in counts) else None
+        with make_progress(total, progress) as bar:
+            ledger = ShardLedger(rundir, run_hash, pending, cfg.attempts, bar)
+            driver = _Driver(ray, cfg, rundir, plan, ledger)
+            driver.drive()
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        return ledger.summary(total_shards, {"backend": "ray", "address": address, **plan.to_dict(),
+                                             "actors_started": driver.started, "nodes": nodes})
+    finally:
+        if driver is not None:
+            driver.close()
+        if started_here:
+            ray.shutdown()

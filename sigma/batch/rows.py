@@ -19,7 +19,11 @@ SCHEMA_FIELDS: list[tuple[str, str]] = [
     ("height", "int32"), ("width", "int32"), ("edited_height", "int32"), ("edited_width", "int32"),
     ("original_sha256", "string"), ("edited_sha256", "string"),
     ("rle_counts", "string"), ("bbox", "list<int32>"), ("area", "int64"), ("area_fraction", "float64"),
-    ("threshold", "float64"), ("confidence", "float64"), ("parser", "string"), ("components", "string"),
+    ("threshold", "float64"), ("confidence", "float64"),
+    # the two masks (sigma.annotators.footprint): rle_counts is the chosen one
+    ("mask_mode", "string"), ("mask_source", "string"), ("semantic_rle", "string"), ("footprint_rle", "string"),
+    ("is_composite", "bool"), ("composite", "string"),
+    ("parser", "string"), ("components", "string"),
     ("intended_area", "int64"), ("side_effect_area", "int64"), ("intended_rle", "string"),
     ("side_effect_rle", "string"), ("extra", "string"), ("preprocess", "string"),
     ("annotator", "string"), ("config_hash", "string"), ("weights_sha256", "string"), ("sigma_version", "string"),
@@ -35,7 +39,7 @@ def arrow_schema():
     import pyarrow as pa
 
     types = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(),
-             "list<int32>": pa.list_(pa.int32())}
+             "bool": pa.bool_(), "list<int32>": pa.list_(pa.int32())}
     return pa.schema([(name, types[t]) for name, t in SCHEMA_FIELDS])
 
 
@@ -114,6 +118,11 @@ def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mas
                extra=_json({k: v for k, v in sorted(extra.items()) if k not in KNOWN_EXTRA} or None),
                preprocess=_json(pair.preprocess), annotator=ann.annotator, config_hash=ann.config_hash,
                weights_sha256=record["weights_sha256"], sigma_version=record["sigma_version"], mask_png=mask_png)
+    if ann.mask_mode is not None:
+        composite = ann.composite or {}
+        row.update(mask_mode=ann.mask_mode, mask_source=ann.mask_source,
+                   semantic_rle=_rle_of(ann.semantic_mask), footprint_rle=_rle_of(ann.footprint_mask),
+                   is_composite=composite.get("is_composite"), composite=_json(composite or None))
     if row["edit_type"] is None:
         row["edit_type"] = extra.get("edit_type") or (parser.get("edit_type") if isinstance(parser, dict) else None)
     if decoded.gt is not None:

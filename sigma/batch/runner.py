@@ -1,6 +1,7 @@
 """`sigma batch run`: plan the shards once, skip the finished ones, run the rest through the pipeline."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,13 +33,51 @@ class RunSummary:
     pairs_per_s: float
     failed: list[dict[str, str]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
+    retried: list[dict[str, Any]] = field(default_factory=list)   # shards lost with their process, run again
+    backend: dict[str, Any] = field(default_factory=dict)         # how it ran: processes, actors, cluster
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".tar")
+
+
+def check_confined(path: str | Path, root: str) -> None:
+    """A confined run (from the API) must not read outside `root` through the corpus's own files: the input
+    path, and any symlinked folder or data file (manifest, parquet, arrow, tar) inside it, must resolve under
+    the root. Images a corpus names are checked one by one when they are read (`decode.confined`)."""
+    real_root = os.path.realpath(root)
+
+    def inside(p: str) -> bool:
+        return os.path.commonpath([real_root, os.path.realpath(p)]) == real_root
+
+    if not inside(str(path)):
+        raise InputError("the input resolves outside the batch root", code="path_outside_root")
+    if not os.path.isdir(path):
+        return
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(folder, name)
+            if os.path.islink(full) and (name in dirs or name.lower().endswith(DATA_SUFFIXES)) and not inside(full):
+                rel = os.path.relpath(full, path)
+                raise InputError(f"{rel}: a link out of the batch root; refused (nothing read)",
+                                 code="path_outside_root")
+
+
 def corpus_from_config(cfg: BatchConfig) -> Corpus:
     return open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns, cfg.input.shard_size)
+
+
+def import_plugins(cfg: BatchConfig) -> None:
+    """`plugins`: modules that register annotators, imported in every process that plans or builds one."""
+    import importlib
+
+    for module in cfg.plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"plugin {module!r} cannot be imported here: {exc}") from exc
 
 
 def with_default_annotator(cfg: BatchConfig) -> BatchConfig:
@@ -58,7 +97,10 @@ def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, 
 
 def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tuple[RunDir, Corpus, str, list[Shard]]:
     """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after."""
+    import_plugins(cfg)
     cfg = with_default_annotator(cfg)
+    if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
+        check_confined(cfg.input.path, cfg.input.root)
     corpus = corpus_from_config(cfg)
     model = annotator_identity(cfg.annotator, cfg.options)
     run_hash = cfg.run_hash(corpus.identity(), model)
@@ -76,7 +118,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
             raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "
                              "to continue it", code="run_exists")
         return rundir, corpus, run_hash, shards
-    if rundir.root.exists() and any(rundir.root.iterdir()):
+    if not rundir.is_empty():
         raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
     shards = corpus.plan()
     if not shards:
@@ -92,6 +134,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
 
 
 def build_annotator_for(cfg: BatchConfig):
+    import_plugins(cfg)
     return build_annotator(with_default_annotator(cfg))
 
 
@@ -106,6 +149,12 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
               annotator=None, max_shards: int | None = None) -> RunSummary:
     """Run (or continue) a batch; finished shards are skipped, so a re-run of a finished run does nothing."""
     cfg = with_default_annotator(cfg)
+    with RunDir(out).locked():
+        return _run_locked(cfg, out, resume, progress, annotator, max_shards)
+
+
+def _run_locked(cfg: BatchConfig, out: str | Path, resume: bool, progress: bool, annotator,
+                max_shards: int | None) -> RunSummary:
     rundir, corpus, run_hash, shards = prepare_run(cfg, out, resume)
     pending = [s for s in shards if not rundir.is_done(s, run_hash)]
     if max_shards is not None:
@@ -113,14 +162,22 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
     start = time.perf_counter()
     failed_now = done_now = pairs = errors = 0
     failed: list[dict[str, str]] = []
+    backend: dict[str, Any] = {}
     if pending:
         if cfg.backend == "ray":
             from sigma.batch.ray_backend import run_with_ray
 
-            return run_with_ray(cfg, rundir, corpus, run_hash, pending)
+            return run_with_ray(cfg, rundir, run_hash, pending, len(shards), progress)
+        from sigma.batch.procs import inference_procs, inference_threads, run_with_procs
+        from sigma.batch.shard_runner import thread_limit
+
+        if annotator is None and inference_procs(cfg, len(pending)) > 1:
+            return run_with_procs(cfg, rundir, run_hash, pending, len(shards), progress)
         counts = [s.num_items for s in pending]
         total = sum(counts) if all(c is not None for c in counts) else None
-        with Pipeline(cfg, annotator) as pipeline, make_progress(total, progress) as bar:
+        threads = inference_threads(cfg, 1) if annotator is None else cfg.threads
+        backend = {"backend": "local", "procs": 1, "threads": threads}
+        with thread_limit(threads), Pipeline(cfg, annotator) as pipeline, make_progress(total, progress) as bar:
             stats = pipeline.run(corpus, pending, rundir, run_hash, progress=bar)
         pairs, errors = stats.pairs, stats.errors
         done_now = sum(r.status == "done" for r in stats.shards)
@@ -132,6 +189,6 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
                          skipped=len(shards) - len(pending), done_now=done_now, failed_now=failed_now, pairs=pairs,
                          errors=errors, seconds=round(seconds, 3),
                          pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0,
-                         failed=failed, status=status)
+                         failed=failed, status=status, backend=backend)
     atomic_write_json(rundir.root / "summary.json", summary.to_dict())
     return summary

@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "needs", None):
+            from sigma.cli.common import check_extras
+
+            check_extras(" ".join(a for a in (argv if argv is not None else sys.argv[1:])[:2] if not a.startswith("-")),
+                         args.needs)
         return int(args.run(args) or 0)
     except SigmaError as exc:
         message = " ".join(str(exc.message).split())   # always one line, whatever a library put in it

@@ -111,6 +111,22 @@ def _pair_id(item: Any, n: int, multi: bool, seen: set[str]) -> str:
     return pair_id
 
 
+EXPORT_WORTH_PAIRS = 16    # below this, a one-off ONNX export (tens of seconds) costs more than it saves
+
+
+def _few_pairs_skip_export(cfg: AnnotateConfig, n_pairs: int) -> AnnotateConfig:
+    """A handful of pairs runs on a cached ONNX graph or on torch, never waiting for an export: the first
+    `sigma annotate --example` on a machine takes seconds, not a minute. `--set options.build_graph=true` wins."""
+    from sigma.registry import annotator_config_cls
+
+    if n_pairs >= EXPORT_WORTH_PAIRS or "build_graph" in cfg.options:
+        return cfg
+    cls = annotator_config_cls(cfg.annotator)
+    if cls is None or "build_graph" not in cls.model_fields:
+        return cfg
+    return cfg.model_copy(update={"options": {**cfg.options, "build_graph": False}})
+
+
 def run(args: argparse.Namespace) -> int:
     from sigma.io.outputs import write_annotation
     from sigma.io.pairs import load_pair
@@ -120,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(AnnotateConfig, args.config, overrides)
     cfg = cfg.model_copy(update={"annotator": cfg.annotator or default_annotator_name()})
     items, multi = _items_from_args(args)
+    cfg = _few_pairs_skip_export(cfg, len(items))
     # Built before any image is read: a typo in --annotator or --set is one error, not one per pair.
     annotator = build_annotator(cfg)
     resolved = cfg.model_dump(mode="json")
@@ -168,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             written += 1
             print(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> {target}/")
+            for warning in pair.preprocess.get("warnings", []):
+                print(f"sigma: warning: {pair.pair_id}: {warning}", file=sys.stderr)
 
     for pair_id, code, message in failures:
         # Same one-line form as every other error; with several pairs, the pair id comes first.

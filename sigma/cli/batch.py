@@ -17,7 +17,12 @@ Hugging Face layout), a datasets save_to_disk folder, or WebDataset .tar shards.
 
 Each shard is written to OUT/shards/<shard>.<hash>.parquet by temp file + atomic rename, and its status to
 OUT/status/; `--resume` continues an interrupted run and skips finished shards. A bad pair is a row
-with status=error and its reason; the run goes on.
+with status=error and its reason; the run goes on. One run at a time per OUT (a second exits 2, run_locked).
+
+Paths: a corpus run from this command may name any file you can read (a manifest may point anywhere, symlinks
+are followed). Runs submitted through the API (POST /v1/batches) are confined to api.batch_root: every file a
+corpus names must resolve under it, or that pair fails with path_outside_root and nothing is read. The same
+confinement is available here with --set input.root=DIR.
 """
 
 EXAMPLES = """examples:
@@ -25,6 +30,8 @@ EXAMPLES = """examples:
   sigma batch run magicbrush/data/ --preset magicbrush --out runs/mb --batch-size 16 --workers 4
   sigma batch run shards/ --format wds --columns original=src.jpg,edited=tgt.jpg --out runs/wds
   sigma batch run magicbrush/data/ --preset magicbrush --out runs/mb --resume
+  sigma batch run magicbrush/data/ --preset magicbrush --out runs/mb --procs 4 --threads 1
+  sigma batch run magicbrush/data/ --preset magicbrush --out /shared/runs/mb --backend ray --ray-address auto
   sigma batch status runs/mb
   sigma batch submit magicbrush/data/ --preset magicbrush --out /shared/runs/mb --redis redis://host:6379/0
 """
@@ -60,7 +67,28 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ground-truth", action="store_true",
                    help="do not score against the corpus's masks (skips decoding them)")
     p.add_argument("--backend", choices=("local", "ray"), help="local (default) or ray (pip install 'sigma-masks[ray]')")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE before building the annotator, in every process and actor (registers your "
+                        "own annotators; repeatable)")
     add_config_args(p)
+
+
+def _add_scale_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("processes and Ray (speed only: outputs are the same bytes whichever you choose)")
+    g.add_argument("--procs", type=int, help="local backend: inference processes fed whole shards (default: for a "
+                                             "network on a machine without GPU, one per idle core = cores minus "
+                                             "the load average; else 1)")
+    g.add_argument("--threads", type=int, help="torch threads per inference process or Ray actor (default: 1 with "
+                                               "several processes and on CPU actors; the idle cores for one CPU "
+                                               "process)")
+    g.add_argument("--ray-address", metavar="ADDR", help="run on this Ray cluster (implies --backend ray): HOST:PORT "
+                                                         "of its head, 'auto' (the one `ray start` runs here) or "
+                                                         "ray://HOST:10001; default $RAY_ADDRESS, else a Ray on this "
+                                                         "machine")
+    g.add_argument("--actors", type=int, help="Ray shard actors (default: one per GPU, or per CPU on a CPU cluster)")
+    g.add_argument("--actor-cpus", type=float, help="CPUs each Ray actor reserves (default 1)")
+    g.add_argument("--actor-gpus", type=float, help="GPUs each Ray actor reserves; 0.5 packs two per GPU (default: 1 "
+                                                    "on a cluster with GPUs, else 0)")
 
 
 def _add_redis_args(p: argparse.ArgumentParser, redis_help: str | None = None) -> None:
@@ -93,15 +121,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = bsub.add_parser("run", help="run (or --resume) a batch on this machine", description=HELP, epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_args(r)
+    _add_scale_args(r)
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    r.set_defaults(run=run_run)
+    r.set_defaults(run=run_run, needs=("batch",))
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`")
     _add_run_args(s)
     _add_redis_args(s)
-    s.set_defaults(run=run_submit)
+    s.set_defaults(run=run_submit, needs=("batch", "redis"))
 
     st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)")
     st.add_argument("out", help="run folder")
@@ -130,7 +159,23 @@ def build_config(args: argparse.Namespace):
         overrides["png_masks"] = True
     if args.no_ground_truth:
         overrides["ground_truth"] = False
-    return load_config(BatchConfig, args.config, overrides)
+    if args.plugin:
+        overrides["plugins"] = list(args.plugin)
+    scale = {"procs": getattr(args, "procs", None), "threads": getattr(args, "threads", None),
+             "ray.address": getattr(args, "ray_address", None), "ray.actors": getattr(args, "actors", None),
+             "ray.num_cpus": getattr(args, "actor_cpus", None), "ray.num_gpus": getattr(args, "actor_gpus", None)}
+    flag_names = {"ray.address": "--ray-address", "ray.actors": "--actors", "ray.num_cpus": "--actor-cpus",
+                  "ray.num_gpus": "--actor-gpus"}
+    ray_flags = [flag_names[k] for k, v in scale.items() if k in flag_names and v is not None]
+    if ray_flags and args.backend is None:
+        overrides["backend"] = "ray"          # --ray-address / --actors ... mean Ray
+    elif ray_flags and args.backend == "local":
+        raise ConfigError(f"{ray_flags[0]} is a Ray option; drop it or use --backend ray")
+    overrides.update({k: v for k, v in scale.items() if v is not None})
+    cfg = load_config(BatchConfig, args.config, overrides)
+    if cfg.backend == "ray" and cfg.procs is not None:
+        raise ConfigError("--procs is for the local backend; on Ray set the number of actors with --actors")
+    return cfg
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -149,7 +194,7 @@ def run_run(args: argparse.Namespace) -> int:
                   f"{summary.failed_now} failed; {summary.pairs} pairs ({summary.errors} errors) in "
                   f"{summary.seconds:.1f} s = {summary.pairs_per_s:.1f} pairs/s")
         print(f"run {summary.run_hash}: {st['done']}/{st['shards']} shards done, {st['ok']} pairs annotated, "
-              f"{st['errors']} bad pairs {st['error_codes'] or ''}")
+              f"{st['errors']} bad pairs{_codes(st['error_codes'])}")
     for f in summary.failed:
         print(f"sigma: error: shard {f['shard']} failed: {f['error']} (rerun with --resume)", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -165,8 +210,19 @@ def run_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _codes(counts: dict[str, int] | None) -> str:
+    """{'file_not_found': 2, 'bad_record': 1} -> ' (file_not_found x2, bad_record x1)' for people, not a dict repr."""
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{code} x{n}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ")"
+
+
 def run_status(args: argparse.Namespace) -> int:
     from sigma.batch.layout import RunDir
+    from sigma.cli.common import check_extras
+
+    if args.redis or args.key_prefix or args.serve_config:
+        check_extras("batch status --redis", ("redis",))
 
     status = RunDir(args.out).summary()
     if args.redis or args.key_prefix or args.serve_config:
@@ -180,7 +236,7 @@ def run_status(args: argparse.Namespace) -> int:
           f"{status['failed']} failed, {status['pending']} pending")
     planned = status.get("planned_pairs")
     print(f"pairs: {status['ok']} annotated, {status['errors']} bad"
-          + (f" (of {planned} planned)" if planned else "") + (f" {status['error_codes']}" if status['error_codes'] else ""))
+          + (f" (of {planned} planned)" if planned else "") + _codes(status["error_codes"]))
     for f in status["failed_shards"]:
         print(f"  failed: {f['shard']}: {f['error']}")
     if "queue" in status:

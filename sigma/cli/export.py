@@ -4,21 +4,37 @@ from __future__ import annotations
 import argparse
 import json
 
+MASKS = ("chosen", "semantic", "footprint")          # sigma.export.select.MASKS (not imported: CLI start-up)
+ORDERS = ("corpus", "confidence", "confidence-asc")  # sigma.export.select.ORDERS
+
 EXAMPLES = """examples:
-  sigma export imdl-benco runs/mb --out data/mb_benco --min-confidence 0.6 --max-area 0.5
+  sigma export imdl-benco runs/mb --out data/mb_benco --min-confidence 0.97 --max-area 0.5   # docs/masks.md: expected F1 per cut
+  sigma export imdl-benco runs/mb --out data/mb_forensic --mask footprint --sort confidence
   sigma export coco runs/mb --out runs/mb/coco.json --images runs/mb/images
+  sigma export hf runs/mb data/mb_hf --min-confidence 0.5   # then: load_dataset("parquet", data_dir="data/mb_hf")
 """
 
 
-def _filters(p: argparse.ArgumentParser) -> None:
+def _filters(p: argparse.ArgumentParser, sort: bool = True) -> None:
     p.add_argument("run_dir", help="a `sigma batch run` folder (finished shards are exported)")
-    p.add_argument("--min-confidence", type=float, help="keep pairs with confidence >= C (pairs without one drop)")
+    p.add_argument("--min-confidence", type=float, help="keep pairs with confidence >= C (pairs without one "
+                   "drop); docs/masks.md gives the expected F1 for each C")
+    p.add_argument("--max-confidence", type=float, help="keep pairs with confidence <= C (e.g. to hand-check)")
     p.add_argument("--min-area", type=float, help="keep masks covering at least this fraction of the image")
     p.add_argument("--max-area", type=float, help="keep masks covering at most this fraction of the image")
+    p.add_argument("--composite", choices=("only", "exclude"), help="keep only the pairs found to be "
+                   "composites (most pixels untouched), or only the others")
+    p.add_argument("--mask", choices=MASKS, default="chosen", help="which mask to export: chosen (the run's "
+                   "mask_mode, default), semantic (what changed in meaning), footprint (every pixel the editor "
+                   "re-made; composites only, the others are skipped)")
+    if sort:
+        p.add_argument("--sort", choices=ORDERS, default="corpus", help="output order: corpus (default), "
+                       "confidence (highest first) or confidence-asc")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a batch run as IMDL-BenCo folders or COCO JSON", epilog=EXAMPLES,
+    p = sub.add_parser("export", help="export a batch run as IMDL-BenCo folders, COCO JSON or a Hugging Face dataset",
+                       epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     esub = p.add_subparsers(dest="export_format", metavar="FORMAT")
     b = esub.add_parser("imdl-benco", help="Tp/ + Gt/ PNGs and the JSON list [[tp, gt|\"Negative\"], ...]",
@@ -26,13 +42,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     _filters(b)
     b.add_argument("--out", required=True, help="output folder (Tp/, Gt/, imdl_benco.json)")
     b.add_argument("--relative", action="store_true", help="paths in the JSON relative to --out (default absolute)")
-    b.set_defaults(run=run_imdl_benco)
+    b.set_defaults(run=run_imdl_benco, needs=("batch",))
     c = esub.add_parser("coco", help="COCO-style JSON with RLE segmentations", epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(c)
     c.add_argument("--out", required=True, help="output JSON file")
     c.add_argument("--images", help="also write the edited images here under the JSON's file_name")
-    c.set_defaults(run=run_coco)
+    c.set_defaults(run=run_coco, needs=("batch",))
+    h = esub.add_parser("hf", help="a Hugging Face dataset: parquet with Image() columns + a dataset card",
+                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _filters(h, sort=False)
+    h.add_argument("out", nargs="?", help="output folder (README.md, data/train-*.parquet)")
+    h.add_argument("--out", dest="out_flag", metavar="OUT", help="the same, as an option")
+    h.add_argument("--name", help="the dataset's pretty name in the card")
+    h.add_argument("--max-shard-mb", type=float, default=500, help="start a new parquet file past this size (500)")
+    h.add_argument("--overwrite", action="store_true", help="replace a dataset already exported to OUT")
+    h.set_defaults(run=run_hf, needs=("batch",))
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
 
@@ -44,7 +69,9 @@ def _row_filter(args: argparse.Namespace):
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} is a fraction of the image in [0, 1], got {value}")
-    return RowFilter(min_confidence=args.min_confidence, min_area=args.min_area, max_area=args.max_area)
+    composite = {"only": True, "exclude": False, None: None}[args.composite]
+    return RowFilter(min_confidence=args.min_confidence, max_confidence=args.max_confidence,
+                     min_area=args.min_area, max_area=args.max_area, composite=composite)
 
 
 def _report(info: dict) -> None:
@@ -57,12 +84,26 @@ def _report(info: dict) -> None:
 def run_imdl_benco(args: argparse.Namespace) -> int:
     from sigma.export.imdl_benco import export_imdl_benco
 
-    _report(export_imdl_benco(args.run_dir, args.out, _row_filter(args), relative=args.relative))
+    _report(export_imdl_benco(args.run_dir, args.out, _row_filter(args), relative=args.relative, mask=args.mask,
+                              order=args.sort))
     return 0
 
 
 def run_coco(args: argparse.Namespace) -> int:
     from sigma.export.coco import export_coco
 
-    _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images))
+    _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images, mask=args.mask,
+                        order=args.sort))
+    return 0
+
+
+def run_hf(args: argparse.Namespace) -> int:
+    from sigma.errors import ConfigError
+    from sigma.export.hf import export_hf
+
+    out = args.out or args.out_flag
+    if not out or (args.out and args.out_flag and args.out != args.out_flag):
+        raise ConfigError("sigma export hf RUN_DIR OUT: give the output folder once (as OUT or --out)")
+    _report(export_hf(args.run_dir, out, _row_filter(args), name=args.name, max_shard_mb=args.max_shard_mb,
+                      overwrite=args.overwrite, mask=args.mask))
     return 0

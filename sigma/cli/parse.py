@@ -104,13 +104,14 @@ def run(args: argparse.Namespace) -> int:
 
     records = _read_lines(Path(args.file))
     parser = _parser(args)
-    from sigma.cli.common import progress_bar
+    from sigma.cli.common import Progress
 
     parses = []
-    with progress_bar(len(records), f"parse ({args.backend})") as bar:   # a model backend takes seconds a line
+    # a model backend takes seconds a line
+    with Progress(f"parse ({args.backend})", unit="instruction", total=len(records)) as bar:
         for rec in records:
             parses.append(parser(rec["instruction"]))
-            bar.update(1)
+            bar.advance()
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n" for p in parses)

@@ -8,14 +8,20 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a static HTML review page for a batch run",
                        description="Writes RUN_DIR/report.html (or --out): the pairs with their masks overlaid, "
-                                   "lowest confidence first, with filters by edit type, set and confidence, "
+                                   "lowest confidence first (or --sort confidence), within --min/--max-confidence, "
+                                   "with filters by edit type, set and confidence, "
                                    "per-set metrics when the corpus had ground truth, and the bad pairs. "
                                    "No network: images are inlined.")
     p.add_argument("run_dir", help="a `sigma batch run` folder")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
     p.add_argument("--limit", type=int, default=300, help="pairs in the gallery, lowest confidence first (300)")
     p.add_argument("--thumb", type=int, default=192, help="thumbnail size in pixels (192)")
-    p.set_defaults(run=run)
+    p.add_argument("--min-confidence", type=float, help="show only pairs with confidence >= C")
+    p.add_argument("--max-confidence", type=float, help="show only pairs with confidence <= C")
+    p.add_argument("--sort", choices=("confidence-asc", "confidence"), default="confidence-asc",
+                   help="which pairs fill the gallery: lowest confidence first (default: the ones to check) "
+                        "or highest first (what an export at --min-confidence keeps)")
+    p.set_defaults(run=run, needs=("batch",))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,5 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit < 1 or args.thumb < 16:
         raise ConfigError("--limit must be >= 1 and --thumb >= 16")
-    print(json.dumps(build_report(args.run_dir, args.out, limit=args.limit, thumb=args.thumb)))
+    for name in ("min_confidence", "max_confidence"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} is a confidence in [0, 1], got {value}")
+    print(json.dumps(build_report(args.run_dir, args.out, limit=args.limit, thumb=args.thumb,
+                                  min_confidence=args.min_confidence, max_confidence=args.max_confidence,
+                                  sort=args.sort)))
     return 0

@@ -11,13 +11,22 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sigma.cli.common import add_config_args
+
+if TYPE_CHECKING:
+    from sigma.service.settings import WorkerSettings
 
 SERVE_HELP = """Run the annotation service's HTTP API (and, with `all`, one worker beside it).
 
   api   the FastAPI front end only (workers run elsewhere: `sigma worker`)
-  all   the API plus one worker process, against a Redis you already run
+  all   the API plus one worker process, against a Redis you already run; a worker that dies is
+        restarted (worker.restart_backoff_s, doubled per quick death); after worker.max_restarts deaths
+        within worker.restart_window_s the server stops with exit status 1
 """
 
 EXAMPLES = """examples:
@@ -38,11 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     add_config_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, needs=("serve",))
 
     w = sub.add_parser("worker", help="run one annotation worker (consumes the Redis queue)",
                        description="A long-lived worker: loads the annotator once, consumes its Redis stream in "
-                       "micro-batches, stores results, heartbeats; SIGTERM finishes the batch and exits.",
+                       "micro-batches, stores results, heartbeats. Redis outages (down, frozen, over maxmemory) are "
+                       "waited out, also at start-up: an unreachable Redis gets one line naming the URL (set it with "
+                       "SIGMA_REDIS_URL or --set redis.url=...), then the worker waits for it. SIGTERM/SIGINT exit "
+                       "with status 0: at once while loading or waiting, after finishing the batch in hand otherwise "
+                       "(a second signal leaves the batch to be redelivered).",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--annotator", help="registry name (default: worker.annotator, pixel-diff)")
     w.add_argument("--consumer", help="consumer name in the group (default: <host>-<pid>)")
@@ -52,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs")
     add_config_args(w)
-    w.set_defaults(run=run_worker_cmd)
+    w.set_defaults(run=run_worker_cmd, needs=("redis",))
 
 
 def load(args: argparse.Namespace, **flags):
@@ -66,25 +79,120 @@ def load(args: argparse.Namespace, **flags):
 def run_worker_cmd(args: argparse.Namespace) -> int:
     from sigma.workers.worker import run_worker
 
+    plugins = [*load(args).worker.plugins, *args.plugin] if args.plugin else None   # --plugin adds to the list
     if getattr(args, "batch", False):   # fleet batch mode (issue 7): the run's own config picks the annotator
         from sigma.workers.batch import run_batch_worker_from_serve_config
 
-        return run_batch_worker_from_serve_config(load(args), consumer=args.consumer)
-    plugins = [*load(args).worker.plugins, *args.plugin] if args.plugin else None   # --plugin adds to the list
+        return run_batch_worker_from_serve_config(load(args, **{"worker.plugins": plugins}), consumer=args.consumer)
     cfg = load(args, **{"worker.annotator": args.annotator, "worker.max_batch_size": args.max_batch_size,
                         "worker.plugins": plugins})
     return run_worker(cfg, consumer=args.consumer)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class WorkerSupervisor:
+    """`sigma serve all`'s worker child, kept alive: a child that exits while the server runs (kill -9, a crash,
+    the OOM killer) is restarted after a backoff (doubled after each quick death, capped), each restart said on
+    stderr. After `max_restarts` deaths within `restart_window_s` it gives up and calls `on_give_up` (the
+    server then stops with status 1): a worker that cannot start is a configuration to fix, not a loop to run."""
+
+    def __init__(self, cmd: list[str], settings: WorkerSettings, on_give_up: Callable[[], None]):
+        self.cmd = cmd
+        self.settings = settings
+        self.on_give_up = on_give_up
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.gave_up = False
+        self._deaths: list[float] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="sigma-worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if not self._stop.is_set():
+                self.proc = subprocess.Popen(self.cmd)
+
+    def _run(self) -> None:
+        backoff = self.settings.restart_backoff_s
+        while not self._stop.is_set():
+            proc = self.proc
+            if proc is None:
+                return
+            started = time.monotonic()
+            code = proc.wait()
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            ran = now - started
+            window = self.settings.restart_window_s
+            if ran >= window:
+                backoff = self.settings.restart_backoff_s      # it had been healthy: start over
+            self._deaths = [t for t in self._deaths if now - t < window] + [now]
+            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
+            if len(self._deaths) > self.settings.max_restarts:
+                print(f"sigma serve all: the worker (pid {proc.pid}) {how} after {ran:.1f} s: {len(self._deaths)} "
+                      f"deaths within {window:g} s (worker.max_restarts={self.settings.max_restarts}); giving up, "
+                      "stopping the server", file=sys.stderr, flush=True)
+                self.gave_up = True
+                self.on_give_up()
+                return
+            self.restarts += 1
+            print(f"sigma serve all: the worker (pid {proc.pid}) {how} after {ran:.1f} s; restarting it in "
+                  f"{backoff:.1f} s (restart {self.restarts})", file=sys.stderr, flush=True)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.settings.restart_max_backoff_s)
+            self._spawn()
+
+    def stop_supervising(self) -> None:
+        """The server is shutting down (a signal that may have reached the child too): no more restarts."""
+        self._stop.set()
+
+    def stop(self, timeout: float) -> None:
+        """Stop supervising, then SIGTERM the child (it finishes its batch) and wait; SIGKILL after `timeout`."""
+        with self._lock:
+            self._stop.set()
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._thread.join(timeout=5)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sigma.api.app import create_app
+    from sigma.api.server import uvicorn_options
 
     cfg = load(args, **{"api.host": args.host, "api.port": args.port})
     host, port = cfg.api.host, cfg.api.port
     app = create_app(cfg)      # fails here (exit 2) on a config error, before a worker is started
-    worker = None
+    supervisor: WorkerSupervisor | None = None
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if supervisor is not None:   # Ctrl-C reaches the worker too: its exit is not a death to restart
+                supervisor.stop_supervising()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log,
+                                   **uvicorn_options(cfg)))
     if args.what == "all":
         cmd = [sys.executable, "-m", "sigma", "worker"]
         if args.config:
@@ -93,17 +201,18 @@ def run(args: argparse.Namespace) -> int:
             cmd += ["--set", item]
         if args.annotator:
             cmd += ["--annotator", args.annotator]
-        worker = subprocess.Popen(cmd)
-    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler that was
+
+        def give_up() -> None:
+            server.should_exit = True
+        supervisor = WorkerSupervisor(cmd, cfg.worker, give_up)
+        supervisor.start()
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the handler that was
     # there before it; a no-op one lets us stop the worker and exit 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log)
+        server.run()
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=cfg.queue.block_ms / 1000 + 30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-    return 0
+        if supervisor is not None:
+            supervisor.stop(timeout=cfg.queue.block_ms / 1000 + 30)
+    return 1 if supervisor is not None and supervisor.gave_up else 0

@@ -69,28 +69,6 @@ class ImageScore:
     confidence: float | None = None     # the annotator's own quality score, when it gives one
 
 
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties); nan for fewer than 3 pairs or a constant."""
-    if len(a) < 3:
-        return float("nan")
-
-    def ranks(x: list[float]) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        order = np.argsort(x, kind="mergesort")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for v in np.unique(x):            # ties share their average rank
-            idx = x == v
-            if idx.sum() > 1:
-                r[idx] = r[idx].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def score_image(pair_id: str, pred: np.ndarray, prob: np.ndarray, gt: np.ndarray) -> ImageScore:
     if pred.shape != gt.shape or prob.shape != gt.shape:
         raise ValueError(f"{pair_id}: prediction {pred.shape}/{prob.shape} vs ground truth {gt.shape}")
@@ -155,3 +133,51 @@ def summarize(scores: list[ImageScore]) -> dict[str, float | int]:
         # does the annotator's confidence rank its masks by quality? Spearman ρ(confidence, F1)
         "conf_rho": spearman([s.confidence for s in rated], [s.f1 for s in rated]) if len(rated) >= 3 else nan,
     }
+
+
+def spearman(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan below 3 pairs or when either side is constant."""
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"spearman: {a.shape} vs {b.shape}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if a.size < 3:
+        return float("nan")
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="mergesort")
+    sorted_v = v[order]
+    boundaries = np.flatnonzero(np.diff(sorted_v)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [v.size]))
+    ranks = np.empty(v.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
+    return ranks
+
+
+def confidence_curve(confidences: list[float], f1s: list[float], keep: tuple[float, ...] = (1.0, 0.9, 0.75, 0.5, 0.25)
+                     ) -> list[dict[str, float | int]]:
+    """"Keep pairs with confidence >= c -> mean F1 x": per kept share, the cut c (the confidence of the
+    last pair kept, most confident first) and the mean F1 of the kept pairs. Ties at c are all kept."""
+    conf = np.asarray(confidences, dtype=np.float64)
+    f1 = np.asarray(f1s, dtype=np.float64)
+    ok = np.isfinite(conf) & np.isfinite(f1)
+    conf, f1 = conf[ok], f1[ok]
+    if conf.size == 0:
+        return []
+    order = np.argsort(-conf, kind="mergesort")
+    rows = []
+    for share in keep:
+        n = max(1, int(round(share * conf.size)))
+        cut = float(conf[order[n - 1]])
+        kept = conf >= cut
+        rows.append({"keep": share, "min_confidence": cut, "pairs": int(kept.sum()),
+                     "f1": float(f1[kept].mean())})
+    return rows

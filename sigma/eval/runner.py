@@ -7,26 +7,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sigma.annotators.base import Annotator
 from sigma.config.schema import IOConfig
 from sigma.errors import InputError, SigmaError
 from sigma.eval import perturb
-from sigma.eval.metrics import ImageScore, MetricAccumulator, score_image
+from sigma.eval.metrics import ImageScore, MetricAccumulator, confidence_curve, score_image, spearman
 from sigma.io.images import read_mask
 from sigma.io.pairs import load_pair
 from sigma.io.pairs_jsonl import EvalRecord, find_sets, read_set
 
 TINY_FRACTION = 0.02
+EDITING_GROUP = "editing (all but whole-image-change sets)"
+CHANGE_GROUP = "whole-image-change sets"
+
+
+@dataclass
+class PairDetail:
+    """Beyond the chosen mask's score: the other mask's scores, the composite verdict and the confidence."""
+
+    semantic: ImageScore | None = None      # the semantic mask (under a mask_mode)
+    footprint: ImageScore | None = None     # the synthesised footprint (composites only)
+    composite: bool | None = None           # None: the annotator ran no composite test
+    mask_source: str | None = None          # what the chosen mask is: semantic | footprint
+    confidence: float | None = None
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
 @dataclass
 class EvalResult:
-    # scores[perturbation] = list of (record, score)
+    # scores[perturbation] = list of (record, score of the chosen mask); details[perturbation] aligned with it
     scores: dict[str, list[tuple[EvalRecord, ImageScore]]] = field(default_factory=dict)
+    details: dict[str, list[PairDetail]] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
 
-    def accumulator(self, perturbation: str) -> MetricAccumulator:
-        """Per set, then the aggregates people quote: editing sets, whole-image-change sets, tiny, all."""
+    def memberships(self, perturbation: str) -> list[list[str]]:
+        """Per row, the groups it counts in: its set, then the aggregates people quote (editing sets,
+        whole-image-change sets, tiny edits); "overall" is implied."""
         rows = self.scores.get(perturbation, [])
         # A set is a change-detection set when every pair in it is a whole-image change (aerial photos
         # years apart); editing sets may hold a few regenerated images and still count as editing.
@@ -35,16 +56,23 @@ class EvalResult:
             by_set.setdefault(rec.set_name, []).append(rec.whole_image_changed)
         changed_sets = {name for name, flags in by_set.items() if all(flags)}
         split = bool(changed_sets) and len(changed_sets) < len(by_set)
-        acc = MetricAccumulator()
-        for rec, _ in rows:            # the per-set rows first, in set order
-            acc.groups.setdefault(rec.set_name, [])
+        out = []
         for rec, score in rows:
             groups = [rec.set_name]
             if split:
-                groups.append("whole-image-change sets" if rec.set_name in changed_sets
-                              else "editing (all but whole-image-change sets)")
+                groups.append(CHANGE_GROUP if rec.set_name in changed_sets else EDITING_GROUP)
             if rec.set_name not in changed_sets and 0 < score.gt_fraction < TINY_FRACTION:
                 groups.append(f"tiny edits (<{TINY_FRACTION:.0%} of the image)")
+            out.append(groups)
+        return out
+
+    def accumulator(self, perturbation: str) -> MetricAccumulator:
+        """Per set, then the aggregates people quote: editing sets, whole-image-change sets, tiny, all."""
+        rows = self.scores.get(perturbation, [])
+        acc = MetricAccumulator()
+        for rec, _ in rows:            # the per-set rows first, in set order
+            acc.groups.setdefault(rec.set_name, [])
+        for (_, score), groups in zip(rows, self.memberships(perturbation)):
             acc.add(score, *groups)
         return acc
 
@@ -54,15 +82,90 @@ class EvalResult:
     def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
         return {p: self.accumulator(p).summaries() for p in self.scores}
 
+    def _grouped_details(self, perturbation: str) -> dict[str, list[tuple[ImageScore, PairDetail]]]:
+        rows = self.scores.get(perturbation, [])
+        details = self.details.get(perturbation) or [PairDetail() for _ in rows]
+        out: dict[str, list[tuple[ImageScore, PairDetail]]] = {}
+        for rec, _ in rows:
+            out.setdefault(rec.set_name, [])
+        for (_, score), detail, groups in zip(rows, details, self.memberships(perturbation)):
+            for g in dict.fromkeys((*groups, "overall")):
+                out.setdefault(g, []).append((score, detail))
+        return {g: v for g, v in out.items() if g != "overall"} | ({"overall": out["overall"]} if "overall" in out else {})
+
+    def mask_tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per perturbation and group: both masks' F1, how many pairs were composites, and Spearman's
+        ρ between confidence and the chosen mask's F1 (manipulated pairs only, as the F1 columns)."""
+        tables: dict[str, dict[str, dict[str, Any]]] = {}
+        for pert in self.scores:
+            table = {}
+            for group, items in self._grouped_details(pert).items():
+                manip = [(s, d) for s, d in items if s.manipulated]
+                sem = [d.semantic.f1 for s, d in manip if d.semantic is not None]
+                foot = [d.footprint.f1 for s, d in manip if d.footprint is not None]
+                conf = [(d.confidence, s.f1) for s, d in manip if d.confidence is not None]
+                table[group] = {
+                    "pairs": len(items), "manipulated": len(manip),
+                    "composites": sum(1 for _, d in items if d.composite),
+                    "tested": sum(1 for _, d in items if d.composite is not None),
+                    "f1": float(np.mean([s.f1 for s, _ in manip])) if manip else float("nan"),
+                    "semantic_f1": float(np.mean(sem)) if sem else float("nan"),
+                    "footprint_f1": float(np.mean(foot)) if foot else float("nan"),
+                    "footprint_pairs": len(foot),
+                    "semantic_f1_on_composites": float(np.mean([d.semantic.f1 for s, d in manip
+                                                                if d.footprint is not None and d.semantic is not None]))
+                    if foot else float("nan"),
+                    "rho_confidence_f1": spearman([c for c, _ in conf], [f for _, f in conf]),
+                    "rho_pairs": len(conf),
+                }
+            tables[pert] = table
+        return tables
+
+    def confidence_tables(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Per perturbation: "keep pairs with confidence >= c -> mean F1 x" over the editing pairs (all
+        pairs when there is no editing/change split), and over every pair."""
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for pert in self.scores:
+            grouped = self._grouped_details(pert)
+            pert_out = {}
+            for group in (EDITING_GROUP, "overall"):
+                items = [(s, d) for s, d in grouped.get(group, []) if s.manipulated and d.confidence is not None]
+                if items:
+                    pert_out[group] = confidence_curve([d.confidence for _, d in items], [s.f1 for s, _ in items])
+            out[pert] = pert_out
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "tables": self.tables(),
-            "per_pair": {p: [{"set": r.set_name, "id": r.pair_id, "f1": s.f1, "iou": s.iou, "auc": s.auc,
-                              "gt_fraction": s.gt_fraction, "pred_fraction": s.pred_fraction,
-                              "confidence": s.confidence}
-                             for r, s in rows] for p, rows in self.scores.items()},
-            "errors": self.errors,
-        }
+        per_pair = {}
+        for p, rows in self.scores.items():
+            details = self.details.get(p) or [PairDetail() for _ in rows]
+            per_pair[p] = [{"set": r.set_name, "id": r.pair_id, "f1": s.f1, "iou": s.iou, "auc": s.auc,
+                            "gt_fraction": s.gt_fraction, "pred_fraction": s.pred_fraction,
+                            "confidence": d.confidence, "composite": d.composite, "mask_source": d.mask_source,
+                            "semantic_f1": d.semantic.f1 if d.semantic else None,
+                            "footprint_f1": d.footprint.f1 if d.footprint else None}
+                           for (r, s), d in zip(rows, details)]
+        masks = {p: {g: {k: _nan_to_none(v) for k, v in row.items()} for g, row in t.items()}
+                 for p, t in self.mask_tables().items()}
+        return {"tables": self.tables(), "masks": masks, "confidence": self.confidence_tables(),
+                "per_pair": per_pair, "errors": self.errors}
+
+
+def _detail(ann, gt) -> PairDetail:
+    conf = ann.extra.get("confidence")
+    try:
+        conf = float(conf) if conf is not None else None
+    except (TypeError, ValueError):
+        conf = None
+    semantic = footprint = None
+    if ann.mask_mode is not None:
+        if ann.semantic_mask is not None:
+            semantic = score_image(ann.pair_id, ann.semantic_mask, ann.prob, gt)
+        if ann.footprint_mask is not None:
+            footprint = score_image(ann.pair_id, ann.footprint_mask, ann.prob, gt)
+    composite = None if ann.composite is None else bool(ann.composite.get("is_composite"))
+    return PairDetail(semantic=semantic, footprint=footprint, composite=composite, mask_source=ann.mask_source,
+                      confidence=conf)
 
 
 def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], io_config: IOConfig | None = None,
@@ -71,7 +174,6 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
     io_config = io_config or IOConfig()
     perturbations = perturb.expand(perturbations)
     records = [rec for set_dir in find_sets(data) for rec in read_set(set_dir)]
-    perturb.prepare(perturbations)
     if limit:
         records = records[:limit]
     if not records:
@@ -79,8 +181,12 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
     result = EvalResult()
     total = len(records) * len(perturbations)
     done = 0
+    if progress:
+        progress(0, total)            # the bar shows at once, before the perturbations' models load
+    perturb.prepare(perturbations)
     for name in perturbations:
         rows = result.scores.setdefault(name, [])
+        details = result.details.setdefault(name, [])
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             pairs, gts, kept = [], [], []
@@ -101,28 +207,51 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
                 kept.append(rec)
             for rec, gt, ann in zip(kept, gts, annotator.predict(pairs), strict=True):
                 score = score_image(rec.pair_id, ann.mask, ann.prob, gt)
-                conf = ann.extra.get("confidence") if isinstance(ann.extra, dict) else None
-                score.confidence = float(conf) if isinstance(conf, (int, float)) else None
+                detail = _detail(ann, gt)
+                score.confidence = detail.confidence      # the per-set tables' conf_rho reads it
                 rows.append((rec, score))
+                details.append(detail)
             done += len(chunk)
             if progress:
                 progress(done, total)
     return result
 
 
+def _pct(v: float | None) -> str:
+    return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.1f}"
+
+
+def _rho(v: float | None) -> str:
+    return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+6.2f}"
+
+
 def format_tables(result: EvalResult) -> str:
     lines = []
+    masks = result.mask_tables()
+    curves = result.confidence_tables()
     for name, table in result.tables().items():
         lines.append(f"\n== perturbation: {name} ==")
         lines.append(f"{'set':<46} {'pairs':>5} {'manip':>5} {'F1':>6} {'IoU':>6} {'AUC':>6} "
                      f"{'pF1':>6} {'cIoU':>6} {'gIoU':>6} {'ρconf':>6}")
         for group, row in table.items():
-            def pct(v: float) -> str:
-                return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.1f}"
-
-            def rho(v: float | None) -> str:
-                return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.2f}"
-            lines.append(f"{group[:46]:<46} {row['pairs']:>5} {row['manipulated']:>5} {pct(row['f1'])} "
-                         f"{pct(row['iou'])} {pct(row['auc'])} {pct(row['pooled_f1'])} {pct(row['ciou'])} "
-                         f"{pct(row['giou'])} {rho(row.get('conf_rho'))}")
+            lines.append(f"{group[:46]:<46} {row['pairs']:>5} {row['manipulated']:>5} {_pct(row['f1'])} "
+                         f"{_pct(row['iou'])} {_pct(row['auc'])} {_pct(row['pooled_f1'])} {_pct(row['ciou'])} "
+                         f"{_pct(row['giou'])}")
+        mt = masks.get(name, {})
+        if any(r["tested"] for r in mt.values()) or any(r["rho_pairs"] for r in mt.values()):
+            lines.append(f"\n-- {name}: both masks (F1 = the chosen mask; footprint and 'sem@comp' over the "
+                         "composites only) and rho = Spearman(confidence, F1) --")
+            lines.append(f"{'set':<46} {'manip':>5} {'comp':>5} {'F1':>6} {'sem':>6} {'foot':>6} "
+                         f"{'sem@comp':>8} {'rho':>6}")
+            for group, row in mt.items():
+                comp = f"{row['composites']}" if row["tested"] else "-"
+                lines.append(f"{group[:46]:<46} {row['manipulated']:>5} {comp:>5} {_pct(row['f1'])} "
+                             f"{_pct(row['semantic_f1'])} {_pct(row['footprint_f1'])} "
+                             f"{_pct(row['semantic_f1_on_composites']):>8} {_rho(row['rho_confidence_f1'])}")
+        for group, curve in curves.get(name, {}).items():
+            if group == "overall" and EDITING_GROUP in curves.get(name, {}):
+                continue
+            cells = ", ".join(f"top {row['keep']:.0%} (conf >= {row['min_confidence']:.4f}): F1 "
+                              f"{100 * row['f1']:.1f}" for row in curve)
+            lines.append(f"keep the most confident ({group.split(' (')[0]}): {cells}")
     return "\n".join(lines)

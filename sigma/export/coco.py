@@ -10,42 +10,72 @@ from pathlib import Path
 from typing import Any
 
 from sigma.batch.layout import atomic_write_bytes
-from sigma.export.select import RowFilter, UniqueNames, iter_pairs, iter_rows
+from sigma.export.select import RowFilter, UniqueNames, iter_pairs, iter_rows, order_key, row_mask_counts
 from sigma.io.images import write_png
+from sigma.rle import decode_rle, mask_bbox
 
 CATEGORY = {"id": 1, "name": "edited", "supercategory": "manipulation"}
 
 
+def _rle(row: dict, counts: str | None) -> dict | None:
+    return None if counts is None else {"size": [row["height"], row["width"]], "counts": counts}
+
+
 def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,
-                images_dir: str | Path | None = None) -> dict[str, Any]:
+                images_dir: str | Path | None = None, mask: str = "chosen", order: str = "corpus") -> dict[str, Any]:
+    """One image per kept pair, one annotation per non-empty mask. `segmentation` is the `mask` asked for
+    (chosen = the run's mask_mode; semantic; footprint, which skips pairs that are not composites); every
+    annotation also carries both masks (`semantic_segmentation`, `footprint_segmentation`: RLE or null)
+    and the composite evidence. `order`: images in corpus order or by confidence."""
+    key = order_key(order)
     names = UniqueNames()
-    images: list[dict] = []
-    annotations: list[dict] = []
+    kept: list[tuple[dict, dict | None, float | None]] = []
     skipped: list[dict[str, str]] = []
     if images_dir is not None:
         source = ((row, pair, err) for row, pair, err in iter_pairs(run_dir, row_filter))
     else:
         source = ((row, None, None) for _, rows in iter_rows(run_dir, row_filter) for row in rows)
     for row, pair, error in source:
+        counts = row_mask_counts(row, mask)
+        if counts is None:
+            skipped.append({"pair_id": row["pair_id"], "reason": f"no {mask} mask (not a composite)"})
+            continue
         if images_dir is not None and pair is None:
             skipped.append({"pair_id": row["pair_id"], "reason": error or "unreadable"})
             continue
         name = names(row)
-        image_id = len(images) + 1
         file_name = f"{name}.png"
         if pair is not None:
             write_png(pair.edited, Path(images_dir) / file_name)
-        images.append({"id": image_id, "file_name": file_name, "height": row["height"], "width": row["width"],
-                       "pair_id": row["pair_id"], "source": row["source"], "instruction": row["instruction"],
-                       "edit_type": row["edit_type"]})
-        if row["area"]:
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": CATEGORY["id"],
-                "segmentation": {"size": [row["height"], row["width"]], "counts": row["rle_counts"]},
-                "area": int(row["area"]), "bbox": [int(v) for v in row["bbox"]], "iscrowd": 0,
-                "score": row["confidence"], "annotator": row["annotator"], "config_hash": row["config_hash"]})
-    data = {"info": {"description": f"SIGMA batch run {Path(run_dir).resolve()}"}, "images": images,
-            "annotations": annotations, "categories": [CATEGORY]}
+        image = {"file_name": file_name, "height": row["height"], "width": row["width"], "pair_id": row["pair_id"],
+                 "source": row["source"], "instruction": row["instruction"], "edit_type": row["edit_type"]}
+        if mask == "chosen":
+            area, bbox = int(row["area"]), [int(v) for v in row["bbox"]]
+        else:
+            decoded = decode_rle(_rle(row, counts))
+            area, bbox = int(decoded.sum()), [int(v) for v in mask_bbox(decoded)]
+        annotation = None
+        if area:
+            annotation = {
+                "category_id": CATEGORY["id"], "segmentation": _rle(row, counts), "area": area, "bbox": bbox,
+                "iscrowd": 0, "score": row["confidence"], "annotator": row["annotator"],
+                "config_hash": row["config_hash"], "mask": mask, "mask_mode": row.get("mask_mode"),
+                "mask_source": row.get("mask_source") if mask == "chosen" else mask,
+                "semantic_segmentation": _rle(row, row_mask_counts(row, "semantic")),
+                "footprint_segmentation": _rle(row, row_mask_counts(row, "footprint")),
+                "composite": json.loads(row["composite"]) if row.get("composite") else None}
+        kept.append((image, annotation, row["confidence"]))
+    if key is not None:
+        kept.sort(key=lambda t: key({"confidence": t[2]}))
+    images: list[dict] = []
+    annotations: list[dict] = []
+    for image, annotation, _ in kept:
+        images.append({"id": len(images) + 1, **image})
+        if annotation is not None:
+            annotations.append({"id": len(annotations) + 1, "image_id": len(images), **annotation})
+    data = {"info": {"description": f"SIGMA batch run {Path(run_dir).resolve()}", "mask": mask, "order": order},
+            "images": images, "annotations": annotations, "categories": [CATEGORY]}
     out = Path(out)
     atomic_write_bytes(out, json.dumps(data).encode())
-    return {"out": str(out), "images": len(images), "annotations": len(annotations), "skipped": skipped}
+    return {"out": str(out), "images": len(images), "annotations": len(annotations), "mask": mask, "order": order,
+            "skipped": skipped}

@@ -2,7 +2,9 @@
 and the JSON list its JsonDataset reads, `[[tp, gt], ...]` with "Negative" for an empty mask.
 
 A negative still gets an all-black Gt file so the Tp/ and Gt/ folders stay pairwise aligned for
-IMDL-BenCo's ManiDataset, which pairs the two folders by sorted name.
+IMDL-BenCo's ManiDataset, which pairs the two folders by sorted name. Gt is the run's chosen mask, or, with
+`mask=semantic|footprint`, the one a detector of that kind should learn (a footprint export keeps only the
+composites).
 """
 from __future__ import annotations
 
@@ -13,35 +15,43 @@ from typing import Any
 import numpy as np
 
 from sigma.batch.layout import atomic_write_bytes
-from sigma.export.select import RowFilter, UniqueNames, iter_pairs
+from sigma.export.select import RowFilter, UniqueNames, iter_pairs, order_key, row_mask_counts
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
 
 
 def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,
-                      relative: bool = False, json_name: str = "imdl_benco.json") -> dict[str, Any]:
+                      relative: bool = False, json_name: str = "imdl_benco.json", mask: str = "chosen",
+                      order: str = "corpus") -> dict[str, Any]:
+    """`mask`: which mask becomes Gt (chosen = the run's mask_mode; semantic; footprint, which skips the
+    pairs that are not composites). `order`: the JSON list in corpus order or by confidence."""
+    key = order_key(order)
     out = Path(out).resolve()
     (out / "Tp").mkdir(parents=True, exist_ok=True)
     (out / "Gt").mkdir(parents=True, exist_ok=True)
     names = UniqueNames()
-    entries: list[list[str]] = []
+    entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     positives = 0
     for row, pair, error in iter_pairs(run_dir, row_filter):
+        counts = row_mask_counts(row, mask)
+        if counts is None:
+            skipped.append({"pair_id": row["pair_id"], "reason": f"no {mask} mask (not a composite)"})
+            continue
         if pair is None:
             skipped.append({"pair_id": row["pair_id"], "reason": error or "unreadable"})
             continue
         name = names(row)
-        mask = decode_rle({"size": [row["height"], row["width"]], "counts": row["rle_counts"]})
+        gt_mask = decode_rle({"size": [row["height"], row["width"]], "counts": counts})
         tp = write_png(pair.edited, out / "Tp" / f"{name}.png")
-        gt = write_png(mask.astype(np.uint8) * 255, out / "Gt" / f"{name}.png")
+        gt = write_png(gt_mask.astype(np.uint8) * 255, out / "Gt" / f"{name}.png")
         tp_ref = str(tp.relative_to(out)) if relative else str(tp)
         gt_ref = str(gt.relative_to(out)) if relative else str(gt)
-        if mask.any():
-            positives += 1
-            entries.append([tp_ref, gt_ref])
-        else:
-            entries.append([tp_ref, "Negative"])
-    atomic_write_bytes(out / json_name, json.dumps(entries, indent=1).encode())
+        positive = bool(gt_mask.any())
+        positives += positive
+        entries.append({"entry": [tp_ref, gt_ref if positive else "Negative"], "confidence": row["confidence"]})
+    if key is not None:
+        entries.sort(key=key)
+    atomic_write_bytes(out / json_name, json.dumps([e["entry"] for e in entries], indent=1).encode())
     return {"out": str(out), "json": str(out / json_name), "pairs": len(entries), "positives": positives,
-            "negatives": len(entries) - positives, "skipped": skipped}
+            "negatives": len(entries) - positives, "mask": mask, "order": order, "skipped": skipped}

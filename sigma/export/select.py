@@ -13,27 +13,60 @@ from typing import Any
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
 from sigma.errors import InputError
-from sigma.io.corpora.base import Shard, safe_name
+from sigma.io.corpora.base import Shard, SourceItem, safe_name
 from sigma.types import Pair
+
+MASKS = ("chosen", "semantic", "footprint")
+ORDERS = ("corpus", "confidence", "confidence-asc")
 
 
 @dataclass(frozen=True)
 class RowFilter:
-    """Export-time filters. A row without a confidence fails `min_confidence` (the annotator gave none)."""
+    """Export-time filters. A row without a confidence fails a confidence bound (the annotator gave none).
+    `composite`: True keeps only the pairs found to be composites, False only the others."""
 
     min_confidence: float | None = None
+    max_confidence: float | None = None
     min_area: float | None = None        # fraction of the image
     max_area: float | None = None
+    composite: bool | None = None
     include_errors: bool = False
 
     def keep(self, row: dict[str, Any]) -> bool:
         if row["status"] != "ok":
             return self.include_errors
-        if self.min_confidence is not None and (row["confidence"] is None or row["confidence"] < self.min_confidence):
+        conf = row["confidence"]
+        if self.min_confidence is not None and (conf is None or conf < self.min_confidence):
+            return False
+        if self.max_confidence is not None and (conf is None or conf > self.max_confidence):
+            return False
+        if self.composite is not None and bool(row.get("is_composite")) != self.composite:
             return False
         if self.min_area is not None and row["area_fraction"] < self.min_area:
             return False
         return not (self.max_area is not None and row["area_fraction"] > self.max_area)
+
+
+def row_mask_counts(row: dict[str, Any], which: str = "chosen") -> str | None:
+    """The RLE counts of one of a row's masks: `chosen` (*the* mask), `semantic`, or `footprint` (None when
+    the pair is not a composite). Runs made without a composite test have only the one (semantic) mask."""
+    if which not in MASKS:
+        raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {which!r}")
+    if which == "chosen":
+        return row["rle_counts"]
+    if row.get("mask_mode") is None:         # no composite test ran: the mask is the semantic one
+        return row["rle_counts"] if which == "semantic" else None
+    return row.get(f"{which}_rle")
+
+
+def order_key(order: str):
+    """Sort key for ORDERS over anything with a `confidence` (None sorts last either way); None = keep order."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    if order == "corpus":
+        return None
+    sign = -1.0 if order == "confidence" else 1.0
+    return lambda item: (item["confidence"] is None, sign * (item["confidence"] or 0.0))
 
 
 def iter_rows(run_dir: str | Path, row_filter: RowFilter | None = None) -> Iterator[tuple[Shard, list[dict]]]:
@@ -58,14 +91,13 @@ def run_config(run_dir: str | Path) -> BatchConfig:
     return BatchConfig.model_validate(RunDir(run_dir).load()["config"])
 
 
-def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
-               ) -> Iterator[tuple[dict, Pair | None, str | None]]:
-    """(row, pair, error) for every kept row, decoding from the corpus again; error when it cannot be re-read."""
-    from sigma.batch.decode import decode_one
+def iter_items(run_dir: str | Path, row_filter: RowFilter | None = None
+               ) -> Iterator[tuple[dict, SourceItem | None, str | None]]:
+    """(row, source item, error) for every kept row, read from the corpus again shard by shard (one shard's
+    items in memory at most); error when the row's pair cannot be found as it was annotated."""
     from sigma.batch.runner import corpus_from_config
 
-    cfg = run_config(run_dir)
-    corpus = corpus_from_config(cfg)
+    corpus = corpus_from_config(run_config(run_dir))
     for shard, rows in iter_rows(run_dir, row_filter):
         if not rows:
             continue
@@ -80,8 +112,7 @@ def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
                 if item.pair_id != row["pair_id"]:
                     yield row, None, f"corpus changed: expected {row['pair_id']} at {row['source']}, found {item.pair_id}"
                     continue
-                decoded = decode_one(item, cfg.io, ground_truth=False)
-                yield row, decoded.pair, (None if decoded.pair is not None else decoded.error[1])
+                yield row, item, None
         except InputError as exc:
             for index, row in wanted.items():
                 if index not in seen:
@@ -90,6 +121,20 @@ def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
         for index, row in wanted.items():
             if index not in seen:
                 yield row, None, "not found in the corpus any more"
+
+
+def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
+               ) -> Iterator[tuple[dict, Pair | None, str | None]]:
+    """(row, pair, error) for every kept row, decoding from the corpus again; error when it cannot be re-read."""
+    from sigma.batch.decode import decode_one
+
+    cfg = run_config(run_dir)
+    for row, item, error in iter_items(run_dir, row_filter):
+        if item is None:
+            yield row, None, error
+            continue
+        decoded = decode_one(item, cfg.io, ground_truth=False, root=cfg.input.root)
+        yield row, decoded.pair, (None if decoded.pair is not None else decoded.error[1])
 
 
 class UniqueNames:

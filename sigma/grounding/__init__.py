@@ -11,13 +11,14 @@ from sigma.grounding.types import (
                                    FLAG_NO_GROUNDING,
                                    FLAG_NO_INSTRUCTION,
                                    FLAG_NOTHING_FOUND,
+                                   FLAG_PARTLY_FOUND,
                                    UNINFORMATIVE,
                                    Detection,
                                    GroundingResult,
                                    Region,
 )
 
-__all__ = ["FLAG_GLOBAL", "FLAG_NOTHING_FOUND", "FLAG_NO_GROUNDING", "FLAG_NO_INSTRUCTION", "GROUNDERS",
-           "UNINFORMATIVE", "Detection", "DetectorConfig", "Grounder", "GroundingConfig", "GroundingResult",
+__all__ = ["FLAG_GLOBAL", "FLAG_NOTHING_FOUND", "FLAG_NO_GROUNDING", "FLAG_NO_INSTRUCTION", "FLAG_PARTLY_FOUND",
+           "GROUNDERS", "UNINFORMATIVE", "Detection", "DetectorConfig", "Grounder", "GroundingConfig", "GroundingResult",
            "NoneGrounder", "Region", "SegmenterConfig", "build_grounder", "compose_prior", "full_prior",
            "grounder_names", "uninformative_prior"]

@@ -64,13 +64,13 @@ class Grounder(ABC):
         return results  # type: ignore[return-value]
 
     def _trivial(self, size: tuple[int, int], parse: ParsedInstruction) -> GroundingResult | None:
-        """The cases no detector is needed for (METHOD §3)."""
-        if parse.edit_type is None:
+        """The cases no detector is needed for (METHOD §3). With several edits, one global edit makes
+        the whole image the edit (its prior is 1 everywhere, which any union with local regions is)."""
+        if parse.edit_type is None or not parse.edits:
             return GroundingResult(uninformative_prior(size), parse, flag=FLAG_NO_INSTRUCTION, backend=self.name)
-        if parse.edit_type == "global":
+        if "global" in parse.edit_types:
             return GroundingResult(full_prior(size), parse, flag=FLAG_GLOBAL, backend=self.name)
-        concepts = parse.concepts()
-        if not concepts["original"] and not concepts["edited"]:
+        if not parse.all_concepts():
             return GroundingResult(uninformative_prior(size), parse, flag=FLAG_NOTHING_FOUND, backend=self.name)
         return None
 

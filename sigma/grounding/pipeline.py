@@ -1,8 +1,9 @@
 """Grounding DINO -> SAM 2 -> prior (METHOD §3).
 
 The source concept is looked for in the original (remove, replace, attribute) and the target in the
-edited image (add, replace, attribute). All detection requests of a batch go to the detector at
-once; each image with boxes is encoded once by the segmenter, its boxes decoded together.
+edited image (add, replace, attribute), for every edit of the instruction. All detection requests of
+a batch go to the detector at once; each image with boxes is encoded once by the segmenter, the boxes
+of all its concepts decoded together; the regions of every edit make one prior.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sigma.grounding.config import GroundingConfig
 from sigma.grounding.detector import Detector, GroundingDinoDetector
 from sigma.grounding.prior import compose_prior, uninformative_prior
 from sigma.grounding.segmenter import Segmenter, build_segmenter
-from sigma.grounding.types import FLAG_NOTHING_FOUND, GroundingResult, Region
+from sigma.grounding.types import FLAG_NOTHING_FOUND, FLAG_PARTLY_FOUND, UNINFORMATIVE, GroundingResult, Region
 from sigma.parse.types import ParsedInstruction
 
 
@@ -30,34 +31,55 @@ class DetectSegmentGrounder(Grounder):
     def _ground_pending(self, originals, edited, parses: list[ParsedInstruction]) -> list[GroundingResult]:
         import time
 
-        # 1. one detection request per (pair, side) that the edit type needs
-        requests: list[tuple[int, str, np.ndarray, str]] = []
+        # 1. one detection request per (pair, side, concept) that some edit needs; edits naming the same
+        #    concept on the same side share it (each concept keeps its own label and box budget)
+        requests: list[tuple[int, str, str]] = []
+        asked_by: dict[tuple[int, str, str], list[int]] = {}
         for i, parse in enumerate(parses):
-            for side, concept in parse.concepts().items():
-                if concept:
-                    requests.append((i, side, originals[i] if side == "original" else edited[i], concept))
+            for k, side, concept in parse.all_concepts():
+                key = (i, side, concept)
+                if key not in asked_by:
+                    asked_by[key] = []
+                    requests.append(key)
+                if k not in asked_by[key]:
+                    asked_by[key].append(k)
+
+        def image(i: int, side: str) -> np.ndarray:
+            return originals[i] if side == "original" else edited[i]
+
         t0 = time.perf_counter()
-        detections = self.detector.detect([r[2] for r in requests], [r[3] for r in requests]) if requests else []
+        detections = self.detector.detect([image(i, side) for i, side, _ in requests],
+                                          [c for _, _, c in requests]) if requests else []
         t1 = time.perf_counter()
-        # 2. boxes -> masks, each image once
-        boxes = [np.array([d.box for d in dets], np.float32).reshape(-1, 4) for dets in detections]
-        masks = self.segmenter.segment([r[2] for r in requests], boxes) if requests else []
+        # 2. boxes -> masks: each image is encoded once, with the boxes of all its concepts together
+        by_image: dict[tuple[int, str], list[int]] = {}
+        for r, (i, side, _concept) in enumerate(requests):
+            by_image.setdefault((i, side), []).append(r)
+        groups = list(by_image.items())
+        boxes = [np.array([d.box for r in idx for d in detections[r]], np.float32).reshape(-1, 4) for _, idx in groups]
+        masks = self.segmenter.segment([image(i, side) for (i, side), _ in groups], boxes) if groups else []
         t2 = time.perf_counter()
         regions: list[list[Region]] = [[] for _ in parses]
-        for (i, side, _img, concept), dets, mks in zip(requests, detections, masks, strict=True):
-            for det, mask in zip(dets, mks, strict=True):
-                regions[i].append(Region(det.box, det.score, concept, side, mask))  # type: ignore[arg-type]
+        for ((i, side), idx), mks in zip(groups, masks, strict=True):
+            m = 0
+            for r in idx:
+                concept = requests[r][2]
+                for det in detections[r]:
+                    regions[i].append(Region(det.box, det.score, concept, side, mks[m],  # type: ignore[arg-type]
+                                             tuple(asked_by[requests[r]])))
+                    m += 1
         n = max(len(parses), 1)
         timings = {"detect": (t1 - t0) * 1000.0 / n, "segment": (t2 - t1) * 1000.0 / n}
         out = []
         for i, parse in enumerate(parses):
             size = originals[i].shape[:2]
+            result = GroundingResult(uninformative_prior(size), parse, regions[i], FLAG_NOTHING_FOUND, self.name,
+                                     dict(timings))
             if regions[i]:
-                out.append(GroundingResult(compose_prior(regions[i], size), parse, regions[i], None, self.name,
-                                           dict(timings)))
-            else:
-                out.append(GroundingResult(uninformative_prior(size), parse, [], FLAG_NOTHING_FOUND, self.name,
-                                           dict(timings)))
+                unlocated = any(count == 0 for count in result.edits_found())
+                result.prior = compose_prior(regions[i], size, floor=UNINFORMATIVE if unlocated else 0.0)
+                result.flag = FLAG_PARTLY_FOUND if unlocated else None
+            out.append(result)
         return out
 
 

@@ -14,12 +14,15 @@ def full_prior(size: tuple[int, int]) -> np.ndarray:
     return np.ones(size, np.float32)
 
 
-def compose_prior(regions: list[Region], size: tuple[int, int]) -> np.ndarray:
-    """Score-weighted union: pi = 1 - prod_i (1 - s_i * m_i).
+def compose_prior(regions: list[Region], size: tuple[int, int], floor: float = 0.0) -> np.ndarray:
+    """Score-weighted union: pi = max(floor, 1 - prod_i (1 - s_i * m_i)).
 
     A noisy-OR rather than a max, so two weak detections that agree (the source in the original
     and the target in the edited image over the same place) say more than either alone; it stays
-    in [0, 1] and equals s * m for a single region.
+    in [0, 1] and equals s * m for a single region. The regions of every edit of an instruction go
+    into the one union. `floor` is the least value anywhere: 0.5 (uninformative) when one of the
+    instruction's edits was not located, since that edit may be anywhere. A floor, not a noisy-OR
+    term, so `pi > 0.5` still marks exactly the confident detections (SAM's soft masks are rarely 0).
     """
     keep = np.ones(size, np.float64)
     for region in regions:
@@ -28,4 +31,4 @@ def compose_prior(regions: list[Region], size: tuple[int, int]) -> np.ndarray:
         if region.mask.shape != tuple(size):
             raise ValueError(f"region mask {region.mask.shape} does not match the pair size {size}")
         keep *= 1.0 - np.clip(region.score, 0.0, 1.0) * np.clip(region.mask, 0.0, 1.0)
-    return (1.0 - keep).astype(np.float32)
+    return np.maximum(1.0 - keep, float(np.clip(floor, 0.0, 1.0))).astype(np.float32)

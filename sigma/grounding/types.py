@@ -15,6 +15,9 @@ FLAG_NO_INSTRUCTION = "no_instruction"
 FLAG_NOTHING_FOUND = "nothing_found"
 FLAG_NO_GROUNDING = "grounding_disabled"
 FLAG_GLOBAL = "global_edit"
+# Several edits, some located and some not: the prior marks what was found over a 0.5 floor (the
+# unfound edit may be anywhere, so nothing is called unlikely to have changed)
+FLAG_PARTLY_FOUND = "partly_found"
 UNINFORMATIVE = 0.5
 
 
@@ -36,10 +39,11 @@ class Region:
     concept: str
     image: ImageSide
     mask: np.ndarray | None = None             # float32 [H, W] in [0, 1] at the pair's size
+    edits: tuple[int, ...] = (0,)              # which edits of the parse asked for this concept
 
     def to_dict(self) -> dict[str, Any]:
         return {"box": [round(float(v), 2) for v in self.box], "score": round(float(self.score), 4),
-                "concept": self.concept, "image": self.image,
+                "concept": self.concept, "image": self.image, "edits": list(self.edits),
                 "area_fraction": None if self.mask is None else round(float((self.mask > 0.5).mean()), 6)}
 
 
@@ -59,9 +63,18 @@ class GroundingResult:
     def informative(self) -> bool:
         return self.flag is None
 
+    def edits_found(self) -> list[int]:
+        """Per edit of the parse, how many regions were found for it."""
+        counts = [0] * len(self.parse.edits)
+        for region in self.regions:
+            for k in region.edits:
+                if 0 <= k < len(counts):
+                    counts[k] += 1
+        return counts
+
     def to_extra(self) -> dict[str, Any]:
         """JSON-ready summary for `Annotation.extra` (the prior itself stays an array)."""
         return {"parse": self.parse.to_json_dict(), "grounding": {
             "backend": self.backend, "flag": self.flag, "informative": self.informative,
-            "regions": [r.to_dict() for r in self.regions],
+            "regions": [r.to_dict() for r in self.regions], "regions_per_edit": self.edits_found(),
             "prior_mean": round(float(self.prior.mean()), 6)}}

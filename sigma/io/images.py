@@ -59,6 +59,8 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             rgba = Image.alpha_composite(white, rgba)
         return np.asarray(rgba.convert("RGB")).copy()
+    if mode == "RGB":
+        return np.array(img)     # one writable copy (convert + asarray + copy made three: 48 MB each at 16 Mpx)
     return np.asarray(img.convert("RGB")).copy()
 
 

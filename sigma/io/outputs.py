@@ -54,6 +54,12 @@ def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | P
         "prob": write_png(np.round(annotation.prob * 255).astype(np.uint8), outdir / "prob.png"),
         "overlay": write_png(overlay_image(edited, annotation.mask), outdir / "overlay.png"),
     }
+    # the two masks (docs/masks.md) when the annotator ran the composite test: mask.png is the chosen one
+    if annotation.mask_mode is not None and annotation.semantic_mask is not None:
+        paths["semantic_mask"] = write_png(annotation.semantic_mask.astype(np.uint8) * 255, outdir / "mask_semantic.png")
+    if annotation.mask_mode is not None and annotation.footprint_mask is not None:
+        paths["footprint_mask"] = write_png(annotation.footprint_mask.astype(np.uint8) * 255,
+                                            outdir / "mask_footprint.png")
     record = annotation.to_dict()
     record.update(record_extra or {})
     record["files"] = {k: p.name for k, p in paths.items()}

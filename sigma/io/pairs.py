@@ -31,6 +31,28 @@ def check_instruction(instruction: str | None, max_chars: int, name: str = "pair
     return " ".join(instruction.split())
 
 
+MAX_SILENT_SCALE = 2.0          # a size sync beyond this factor (either way) is worth a warning
+MAX_SILENT_ASPECT_CHANGE = 0.01
+
+
+def resize_warning(size_hw: tuple[int, int], edited_hw: tuple[int, int]) -> str | None:
+    """A size sync that scales by more than 2x, or bends the aspect ratio, can make every pixel differ: the
+    mask then says more about the resampling than about the edit. Say so (front ends print it)."""
+    h, w = size_hw
+    eh, ew = edited_hw
+    scale = ((h * w) / max(1, eh * ew)) ** 0.5
+    aspect = abs((w / h) / (ew / eh) - 1.0)
+    parts = []
+    if scale > MAX_SILENT_SCALE or scale < 1 / MAX_SILENT_SCALE:
+        parts.append(f"the edited image ({ew}x{eh}) was {'enlarged' if scale > 1 else 'shrunk'} "
+                     f"{max(scale, 1 / scale):.1f}x to the original's {w}x{h}")
+    if aspect > MAX_SILENT_ASPECT_CHANGE:
+        parts.append(f"its aspect ratio changed by {aspect:.1%}")
+    if not parts:
+        return None
+    return "; ".join(parts) + ": resampling alone may mark much of the image (check the pair)"
+
+
 def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction: str | None,
                       io_config: IOConfig, pair_id: str = "pair",
                       names: tuple[str, str] = ("original", "edited")) -> Pair:
@@ -41,6 +63,9 @@ def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction:
     preprocess: dict = {"original": original.notes, "edited": edited.notes}
     if resize_note:
         preprocess["resize"] = resize_note
+        warning = resize_warning(size_hw, edited.rgb.shape[:2])
+        if warning:
+            preprocess["warnings"] = [warning]
     if io_config.align:
         edited_rgb, info = align(original.rgb, edited_rgb, io_config.max_shift_px,
                                  io_config.align_min_response)

@@ -4,6 +4,10 @@ Concept match (phrases.concept_match): both absent, or the same head noun with a
 modifiers more or less after dropping articles, counts, size words and generic scene words
 ("environment", "setting") and singularising — the SOURCES.md conventions of dev.jsonl, read as
 "would a detector be asked for the same thing". A line's concepts match when source AND target do.
+
+The top-level fields score the first edit. Lines that also list every expected edit (`edits`: a
+list of {edit_type, source, target}) are scored as a whole too: `edits_match` counts a line when the
+parse has the same number of edits and each, in order, has the right type and concepts.
 """
 from __future__ import annotations
 
@@ -21,6 +25,13 @@ def has_expectations(record: dict[str, Any]) -> bool:
     return "edit_type" in record
 
 
+def edits_match(parse: ParsedInstruction, expected: list[dict[str, Any]]) -> bool:
+    """Every expected edit, in order, with the right type and concepts, and no other."""
+    return len(parse.edits) == len(expected) and all(
+        e.edit_type == x.get("edit_type") and concept_match(e.source, x.get("source"))
+        and concept_match(e.target, x.get("target")) for e, x in zip(parse.edits, expected))
+
+
 def score_parser(records: Iterable[dict[str, Any]], parse: Callable[[str | None], ParsedInstruction]) -> dict[str, Any]:
     records = [r for r in records if has_expectations(r)]
     return score([(r, parse(r.get("instruction"))) for r in records])
@@ -29,6 +40,7 @@ def score_parser(records: Iterable[dict[str, Any]], parse: Callable[[str | None]
 def score(pairs: Iterable[tuple[dict[str, Any], ParsedInstruction]]) -> dict[str, Any]:
     """pairs: (record with expected fields, parse); records without expectations are skipped."""
     n = type_ok = concept_ok = source_ok = target_ok = fallbacks = 0
+    n_multi = edits_ok = count_ok = 0
     per_type: Counter = Counter()
     per_type_ok: Counter = Counter()
     errors: list[dict[str, Any]] = []
@@ -46,13 +58,26 @@ def score(pairs: Iterable[tuple[dict[str, Any], ParsedInstruction]]) -> dict[str
         fallbacks += p.fallback
         per_type[rec.get("edit_type")] += 1
         per_type_ok[rec.get("edit_type")] += t
-        if not (t and s and g):
-            errors.append({"instruction": rec.get("instruction"),
-                           "expected": {k: rec.get(k) for k in EXPECTED_FIELDS},
-                           "got": {k: getattr(p, k) for k in EXPECTED_FIELDS}, "rule": p.rule})
+        whole = True
+        if isinstance(rec.get("edits"), list):
+            n_multi += 1
+            count_ok += len(p.edits) == len(rec["edits"])
+            whole = edits_match(p, rec["edits"])
+            edits_ok += whole
+        if not (t and s and g and whole):
+            err = {"instruction": rec.get("instruction"), "expected": {k: rec.get(k) for k in EXPECTED_FIELDS},
+                   "got": {k: getattr(p, k) for k in EXPECTED_FIELDS}, "rule": p.rule}
+            if isinstance(rec.get("edits"), list):
+                err["expected"]["edits"] = [[e.get(k) for k in EXPECTED_FIELDS] for e in rec["edits"]]
+                err["got"]["edits"] = [[getattr(e, k) for k in EXPECTED_FIELDS] for e in p.edits]
+            errors.append(err)
+
     def frac(k: int) -> float | None:
         return round(k / n, 4) if n else None
-    return {"n": n, "type_accuracy": frac(type_ok), "concept_match": frac(concept_ok),
+
+    multi = {"n_with_edits": n_multi, "edits_match": round(edits_ok / n_multi, 4),
+             "edit_count_match": round(count_ok / n_multi, 4)} if n_multi else {}
+    return {**multi, "n": n, "type_accuracy": frac(type_ok), "concept_match": frac(concept_ok),
             "source_match": frac(source_ok), "target_match": frac(target_ok), "fallbacks": fallbacks,
             "type_accuracy_by_type": {k: round(per_type_ok[k] / v, 4) for k, v in sorted(per_type.items(),
                                                                                           key=lambda kv: str(kv[0]))},

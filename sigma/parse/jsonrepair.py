@@ -10,11 +10,9 @@ import json
 import re
 
 
-def first_object(text: str) -> str | None:
-    """The first balanced {...} in `text` (quotes respected), or the unclosed tail closed with '}'."""
-    start = text.find("{")
-    if start < 0:
-        return None
+def _object_at(text: str, start: int) -> tuple[str, int]:
+    """The balanced {...} starting at text[start] (quotes respected) and where it ends; an unclosed
+    tail is closed with '}'."""
     depth = 0
     quote: str | None = None
     escape = False
@@ -35,11 +33,30 @@ def first_object(text: str) -> str | None:
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i + 1]
+                return text[start:i + 1], i + 1
     tail = text[start:].rstrip().rstrip(",")
     if quote:
         tail += quote
-    return tail + "}" * max(depth, 1)
+    return tail + "}" * max(depth, 1), len(text)
+
+
+def first_object(text: str) -> str | None:
+    """The first balanced {...} in `text` (quotes respected), or the unclosed tail closed with '}'."""
+    start = text.find("{")
+    return None if start < 0 else _object_at(text, start)[0]
+
+
+def all_objects(text: str, limit: int = 8) -> list[str]:
+    """Every top-level {...} in `text`, in order (a model answering one object per edit)."""
+    out: list[str] = []
+    pos = 0
+    while len(out) < limit:
+        start = text.find("{", pos)
+        if start < 0:
+            break
+        obj, pos = _object_at(text, start)
+        out.append(obj)
+    return out
 
 
 _KEY = re.compile(r'([{,]\s*)([A-Za-z_][A-Za-z0-9_\-]*)\s*:')
@@ -53,8 +70,24 @@ _BARE_VALUE = re.compile(r'(:\s*)([A-Za-z][A-Za-z \-]*?)(\s*[,}])')
 def repair_json(text: str) -> dict | None:
     """Best-effort parse of the first JSON-like object in `text`; None when nothing usable."""
     obj = first_object(text)
-    if obj is None:
-        return None
+    return None if obj is None else repair_object(obj)
+
+
+def repair_all(text: str, limit: int = 8) -> list[dict | None]:
+    """Every JSON-like object in `text`, each repaired (None where one is unusable). An object
+    holding a list of edits ({"edits": [...]}) stands for its items."""
+    out: list[dict | None] = []
+    for obj in all_objects(text, limit):
+        value = repair_object(obj)
+        items = value.get("edits") if isinstance(value, dict) else None
+        if isinstance(items, list) and "edit_type" not in value:
+            out += [v if isinstance(v, dict) else None for v in items[:limit]]
+        else:
+            out.append(value)
+    return out[:limit]
+
+
+def repair_object(obj: str) -> dict | None:
     for candidate in _candidates(obj):
         try:
             value = json.loads(candidate)

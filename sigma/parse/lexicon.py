@@ -143,8 +143,9 @@ ADD_VERBS = _words("""
 add adds adding added put puts putting place places placing placed insert inserts inserting inserted
 include includes including draw draws drawing attach attaches attaching introduce introduces
 introducing plant plants planting hang hangs hanging stick paste position positions create creates
-creating generate generates spawn append drop bring show
+creating generate generates spawn append drop bring show write writes print prints engrave
 """)
+WRITE_VERBS = _words("write writes print prints engrave")
 REMOVE_VERBS = _words("""
 remove removes removing removed delete deletes deleting deleted erase erases erasing erased
 eliminate eliminates eliminating eliminated clear clears clearing omit omits exclude excludes hide
@@ -174,7 +175,7 @@ in on at near to from with by beside behind under underneath over above below in
 along across around between towards toward next within against through throughout among beneath atop
 upon off for so that which who where while whose as than like instead via leaving ensuring making
 keeping but then until when if because is are was were be should would could will must has have
-had looks look appears appear seems seem becomes become being
+had looks look appears appear seems seem becomes become being there here except excluding
 """)
 # Verbs that end a noun phrase after "make the man ..." / "have the dog ..." (actions, poses)
 ACTION_VERBS = _words("""
@@ -186,3 +187,60 @@ bark meow roar perch flap spread drive pose appear become grow shrink melt burn 
 bloom have has get
 """)
 SCENE_PREPOSITIONS = _words("in at on into")
+
+# ---- several edits in one instruction ----------------------------------------------------------
+# Words between two clauses that carry no edit ("..., and then also add ...")
+CLAUSE_CONNECTORS = _words(", ; and then also please just finally lastly afterwards additionally plus kindly")
+# Editing verbs that are also common nouns ("a plant", "the light switch"): after "and"/"," they
+# start a new clause only when an object follows ("and plant some flowers", "and turn the lights off")
+NOUNY_VERBS = _words("""
+plant plants drop set place places show stick paste paint color colour shade stain tint dye switch trade
+exchange turn change fix update edit hide lower raise clear correct trade swap spawn position open close
+shut
+""")
+# What may follow such a verb for it to read as a verb: an object start or a particle
+OBJECT_STARTS = _words("""
+a an the this that these those some any his her its their my your our it them him me all every each
+both another one two three four five six seven eight nine ten several many few more
+on off out away up down rid over
+""")
+# Clauses that state a constraint, not an edit ("and make sure it looks natural", "keep the rest")
+CONSTRAINT_STARTS = _words("""
+keep keeping leave leaving maintain maintaining preserve preserving ensure ensuring avoid avoiding
+don't dont without retain retaining fill filling match matching
+""")
+# Verbs of a state change of the object itself ("open the curtains"): attribute edits
+STATE_VERBS = _words("open opens close closes shut shuts")
+# A clause (after the first) mentioning these is about how the result should look, not another edit
+QUALITY_WORDS = _words("""
+natural naturally realistic realistically seamless seamlessly unchanged intact untouched consistent
+coherent believable blend blends blended blending unaltered original same identical
+""")
+MODALS = _words("should must would could will can shall might")
+# Nouns ending in -ly (other -ly words after "and"/"," are adverbs: ", slightly to the right")
+LY_NOUNS = _words("""
+lily lilies fly butterfly dragonfly firefly housefly belly jelly family ally holly rally assembly bully
+anomaly gully trolley pulley valley volley alley
+""")
+# After a subject these start a predicate: "the cat | should be removed", "the sky | is purple"
+PASSIVE_MARKERS = _words("removed deleted erased gone eliminated missing replaced swapped added")
+# After an object these introduce its own outcome or place: "replace the dog | with a cat",
+# "add a ship | on the sea", "the colour of the car | to blue"
+COMPLEMENT_PREPS = _words("""
+with by for to into as on onto in at near under underneath above below beside behind inside over
+across along next atop upon from
+""")
+
+# ---- the sky and text: edits with conventions of their own --------------------------------------
+# "change the sky to a sunset" replaces the sky with a scene (source = the sky, target = the scene);
+# "make the sky stormy" (an adjective) stays an attribute of the sky
+SKY_WORDS = _words("sky skies")
+SKY_SCENES = _words("""
+sunset sunsets sunrise sunrises night nighttime night-time dusk dawn twilight evening midnight storm
+thunderstorm aurora aurorae auroras daybreak nightfall
+""")
+# Nouns that name written text; an ALL-CAPS word after them is the text itself ("the text OPEN")
+TEXT_NOUNS = _words("""
+text word words writing letters lettering caption title label slogan inscription message headline
+phrase sign-text
+""")

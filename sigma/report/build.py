@@ -18,9 +18,10 @@ from sigma.report.page import render_page
 from sigma.rle import decode_rle
 
 
-def _sort_key(row: dict) -> tuple:
+def _sort_key(row: dict, descending: bool = False) -> tuple:
     conf = row["confidence"]
-    return (conf is None, conf if conf is not None else 0.0, row["shard"], row["index"])
+    value = conf if conf is not None else 0.0
+    return (conf is None, -value if descending else value, row["shard"], row["index"])
 
 
 def thumbnail_b64(rgb: np.ndarray, max_side: int) -> str:
@@ -58,11 +59,18 @@ class _Chosen:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int = 300,
-                 thumb: int = 192) -> dict[str, Any]:
+                 thumb: int = 192, min_confidence: float | None = None, max_confidence: float | None = None,
+                 sort: str = "confidence-asc") -> dict[str, Any]:
+    """The gallery shows `limit` pairs within the confidence bounds, lowest confidence first (the ones to
+    check) or, with sort="confidence", highest first (what an export at that cut would keep)."""
+    if sort not in ("confidence-asc", "confidence"):
+        raise ValueError(f"sort must be confidence-asc or confidence, got {sort!r}")
     rundir = RunDir(run_dir)
     record = rundir.load()
     rows = load_rows(run_dir, RowFilter(include_errors=True))
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=_sort_key)
+    bounds = RowFilter(min_confidence=min_confidence, max_confidence=max_confidence)
+    ok = sorted((r for r in rows if r["status"] == "ok" and bounds.keep(r)),
+                key=lambda r: _sort_key(r, descending=sort == "confidence"))
     errors = [r for r in rows if r["status"] != "ok"]
     chosen = ok[:limit]
     keys = {(r["shard"], r["index"]) for r in chosen}
@@ -79,6 +87,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
     for r in chosen:
         items.append({**{k: r[k] for k in ("pair_id", "source", "subset", "instruction", "edit_type", "confidence",
                                            "area_fraction", "gt_f1", "gt_iou", "annotator")},
+                      "mask_source": r.get("mask_source"), "is_composite": r.get("is_composite"),
                       "images": thumbs.get((r["shard"], r["index"]))})
     status = rundir.summary()
     page = render_page(
@@ -86,7 +95,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
         run={"run_dir": str(Path(run_dir).resolve()), "run_hash": record["run_hash"],
              "annotator": record["config"].get("annotator"), "input": record["config"]["input"]["path"],
              "format": record.get("format"), **{k: status[k] for k in ("shards", "done", "failed", "pending")},
-             "pairs_ok": len(ok), "pairs_bad": len(errors), "shown": len(items)},
+             "pairs_ok": len(ok), "pairs_bad": len(errors), "shown": len(items), "order": sort,
+             "confidence_bounds": [min_confidence, max_confidence]},
         metrics=set_metrics(rows), items=items,
         errors=[{k: r[k] for k in ("pair_id", "source", "error_code", "error")} for r in errors[:500]])
     out = Path(out) if out else Path(run_dir) / "report.html"

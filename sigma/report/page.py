@@ -85,6 +85,9 @@ def _figure(item: dict[str, Any]) -> str:
     text = " ".join(str(item.get(k) or "") for k in ("pair_id", "instruction", "source")).lower()
     gt = f' · F1 {_fmt(item["gt_f1"])} IoU {_fmt(item["gt_iou"])}' if item.get("gt_f1") is not None else ""
     low = " low" if conf is not None and conf < 0.5 else ""
+    if item.get("mask_source"):   # which of the two masks the overlay shows
+        gt += " · " + ("footprint (composite)" if item["mask_source"] == "footprint" else
+                       "semantic" + (" (composite)" if item.get("is_composite") else ""))
     return (
         f'<figure class="item" data-confidence="{_attr(conf)}" data-area="{_attr(item["area_fraction"])}" '
         f'data-f1="{_attr(item.get("gt_f1"))}" data-edit-type="{_attr(item["edit_type"])}" '

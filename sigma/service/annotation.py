@@ -101,7 +101,7 @@ class AnnotationHandler:
         outcomes: list[Outcome] = []
         work: list[tuple[Entry, dict[str, Any]]] = []
         for entry, job_id, (h, original, edited) in zip(entries, job_ids, loaded, strict=True):
-            status = self.jobs.start(job_id, self.consumer) if h else None
+            status = self.jobs.start(job_id, self.consumer, entry.deliveries) if h else None
             if status is None or status in ("done", "failed", "cancelled"):
                 if status == "done":
                     self.counts["duplicates"] += 1

@@ -14,13 +14,32 @@ if TYPE_CHECKING:
     from sigma.service.settings import RedisSettings
 
 
+def display_url(url: str) -> str:
+    """The URL for messages and logs, with any password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def sync_client(settings: RedisSettings, *, block_ms: int = 0) -> redis.Redis:
-    """For workers and CLI tools; `block_ms`: the longest blocking command the caller issues."""
+    """For workers and CLI tools; `block_ms`: the longest blocking command the caller issues, so a blocking
+    read gets `socket_timeout_s` on top of its BLOCK before a silent (frozen) server counts as a timeout.
+
+    One immediate retry inside the client (a pooled connection the server closed), no more: redis-py's default
+    (3 retries with up to 10 s of backoff) would hide an outage for tens of seconds, while the consumer loop
+    has its own backoff, keeps its results, and says what it is waiting for."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     return redis.Redis.from_url(settings.url, socket_connect_timeout=settings.connect_timeout_s,
-                                socket_timeout=max(settings.socket_timeout_s, block_ms / 1000 + 5),
-                                health_check_interval=5)
+                                socket_timeout=block_ms / 1000 + settings.socket_timeout_s,
+                                retry=Retry(NoBackoff(), 1), health_check_interval=5)
 
 
 def async_client(settings: RedisSettings, socket_timeout: float | None) -> aredis.Redis:
@@ -32,3 +51,14 @@ def async_client(settings: RedisSettings, socket_timeout: float | None) -> aredi
     return aredis.Redis.from_url(settings.url, socket_connect_timeout=settings.connect_timeout_s,
                                  socket_timeout=socket_timeout, max_connections=settings.max_connections,
                                  retry=Retry(NoBackoff(), 1), health_check_interval=5)
+
+
+def probe_client(settings: RedisSettings, timeout_s: float | None = None) -> redis.Redis:
+    """For one-shot checks (start-up ping, container health check): no retries, a short socket timeout."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    timeout = timeout_s if timeout_s is not None else settings.connect_timeout_s + 1
+    return redis.Redis.from_url(settings.url, socket_connect_timeout=min(settings.connect_timeout_s, timeout),
+                                socket_timeout=timeout, retry=Retry(NoBackoff(), 0))

@@ -7,9 +7,11 @@ The annotation worker (`sigma worker`) and the batch fleet worker (`sigma worker
   (after `max_deliveries` deliveries); a handler that says "retry" leaves it pending, and the lease
   (extended by the heartbeat while the entry is worked on) hands it to a worker again when it runs out;
 - Redis trouble is transient: connection loss, timeouts (a SIGSTOPped server), `OOM` under
-  `maxmemory`, `LOADING` after a restart. The loop backs off with jitter, reconnects, and keeps the
-  outcomes it already computed until they are stored — it never drops work and never exits because
-  of Redis; it exits on `stop` (SIGTERM/SIGINT) or on a bug (an exception from a handler).
+  `maxmemory`, `LOADING` after a restart (`is_transient`). The loop backs off with jitter, reconnects,
+  keeps the outcomes it already computed until they are stored, and the entries it read until they are
+  handled (their leases extended meanwhile, so an outage costs no delivery) — it never drops work and
+  never exits because of Redis; it exits on `stop` (SIGTERM/SIGINT) or on a bug (an exception from a
+  handler that is not a transient Redis error).
 """
 from __future__ import annotations
 
@@ -23,20 +25,37 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import redis
+import redis.exceptions as redis_errors
 
 from sigma.service.queue import Entry, Heartbeat, StreamQueue
 from sigma.service.settings import QueueSettings
 
 log = logging.getLogger("sigma.service.consumer")
 
-TRANSIENT_REPLIES = ("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOGROUP", "BUSY")
+# redis-py raises these classes for replies whose code it knows (and strips the code from the message:
+# an OOM reply reads "command not allowed when used memory > 'maxmemory'", as does a pipeline's).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,            # refused, reset, closed; BusyLoadingError (LOADING after a restart) too
+    redis.TimeoutError,               # a frozen (SIGSTOP) or overloaded server
+    redis_errors.OutOfMemoryError,    # OOM: over maxmemory with noeviction
+    redis_errors.ReadOnlyError,       # READONLY: talking to a replica during a failover
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,    # CLUSTERDOWN, MASTERDOWN
+)
+# Replies redis-py leaves as a plain ResponseError, by their code.
+TRANSIENT_REPLIES = ("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOGROUP", "BUSY", "MISCONF",
+                     "READONLY", "NOREPLICAS")
 
 
 def is_transient(exc: BaseException) -> bool:
     """Redis errors that end by themselves (or by our reconnect), as opposed to bugs."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if isinstance(exc, TRANSIENT_ERRORS):
         return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    # a pipeline prefixes the reply: "Command # 2 (XADD ...) of pipeline caused error: MISCONF ..."
+    reply = str(exc).rpartition("caused error: ")[2].lstrip("('\"")
+    return reply.startswith(TRANSIENT_REPLIES)
 
 
 @dataclass
@@ -48,7 +67,8 @@ class Outcome:
     action: Literal["ack", "retry", "dead"]
     error: dict[str, Any] | None = None
     store: Callable[[], Any] | None = None
-    stored: bool = False
+    stored: bool = False                      # `store` (or `on_retry`) ran: not again after a Redis error
+    record: dict[str, Any] | None = None      # what `on_dead` returned, for the dead-letter entry
 
 
 class Handler(Protocol):
@@ -114,7 +134,8 @@ class Consumer:
         self.counts = ConsumerCounts()
         self.heartbeat = Heartbeat(client, heartbeat_key, settings.heartbeat_interval_ms,
                                    settings.heartbeat_ttl_ms, self._info, queue)
-        self._unstored: list[Outcome] = []
+        self._unstored: list[Outcome] = []   # decided, not yet stored/acked
+        self._unhandled: list[Entry] = []    # read (ours in the group), not yet handled
         self._backoff = Backoff()
         self._next_reclaim = 0.0
         self._last_warning = 0.0
@@ -157,12 +178,15 @@ class Consumer:
         self.heartbeat.start()
         try:
             while not self.stop.is_set():
-                if max_batches is not None and self.counts.batches >= max_batches and not self._unstored:
-                    break
                 try:
                     if self._unstored:
                         self._store_all()
                         continue
+                    if self._unhandled:
+                        self._handle_kept()
+                        continue
+                    if max_batches is not None and self.counts.batches >= max_batches:
+                        break
                     if not self._step() and exit_when_idle and self._idle():
                         break
                     self._backoff.reset()
@@ -172,48 +196,78 @@ class Consumer:
                     self._transient(exc, "consuming")
                     if "NOGROUP" in str(exc) or isinstance(exc, redis.ConnectionError):
                         self.connect()
-            if self._unstored:     # stopping with results in hand: one last try to store them
-                try:
-                    self._store_all()
-                except redis.RedisError as exc:
-                    log.warning("%s: stopped with %d result(s) unstored (%s); their entries stay pending and "
-                                "will be redelivered", self.describe, len(self._unstored), exc)
+            self._finish_on_stop()
         finally:
             self.heartbeat.stop()
         return self.counts
 
+    def _finish_on_stop(self) -> None:
+        """Stopping with outcomes in hand: one last try to store them; entries never handled stay pending."""
+        try:
+            if self._unstored:
+                self._store_all()
+        except redis.RedisError as exc:
+            log.warning("%s: stopped with %d result(s) unstored (%s); their entries stay pending and will be "
+                        "redelivered", self.describe, len(self._unstored), exc)
+        if self._unhandled:
+            log.warning("%s: stopped with %d entries read but not handled (redis was unavailable); they stay "
+                        "pending and will be redelivered", self.describe, len(self._unhandled))
+
     def _idle(self) -> bool:
         return self.queue.depth() == 0 and self.queue.pending_count() == 0
+
+    def _keep(self, entries: list[Entry]) -> None:
+        """Entries this consumer now holds: tracked by the heartbeat (their lease is extended) until settled."""
+        self.heartbeat.track([e.id for e in entries])
+        self._unhandled.extend(entries)
 
     def _step(self) -> bool:
         """One reclaim-or-read and its processing; False when there was nothing to do."""
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.settings.reclaim_interval_ms / 1000
             live, exhausted = self.queue.reclaim(count=max(16, self.handler.batch_size))
-            for entry in exhausted:
-                self._dead_letter(entry, None)
+            # Held from here on: a Redis error below must not drop them (each new claim costs a delivery).
+            self.heartbeat.track([e.id for e in exhausted])
+            self._unstored.extend(Outcome(entry, "dead") for entry in exhausted)
             if live:
                 log.info("%s: reclaimed %d entries idle past the lease", self.describe, len(live))
                 self.counts.reclaimed += len(live)
-                for start in range(0, len(live), self.handler.batch_size):
-                    self.process(live[start:start + self.handler.batch_size])
+                self._keep(live)
+            if exhausted:
+                self._store_all()
+            if live:
+                self._handle_kept()
                 return True
         batch = self.queue.read_batch(self.handler.batch_size, self.settings.block_ms, self.handler.max_wait_ms)
         if batch:
-            self.process(batch)
+            self._keep(batch)
+            self._handle_kept()
         return bool(batch)
 
+    def _handle_kept(self) -> None:
+        """Hand the entries in hand to the handler, a batch at a time, and settle their outcomes. A transient
+        Redis error from the handler (loading jobs, marking them running) keeps the entries for the next try
+        after the backoff, leases extended, instead of leaving them to be reclaimed at the cost of a delivery."""
+        first = True
+        while self._unhandled and (first or not self.stop.is_set()):   # on stop: finish the batch in hand only
+            first = False
+            chunk = self._unhandled[:self.handler.batch_size]
+            try:
+                outcomes = self.handler.handle(chunk)
+            except redis.RedisError as exc:
+                if is_transient(exc):
+                    raise                       # kept: retried after the backoff
+                self.heartbeat.untrack([e.id for e in self._unhandled])
+                raise
+            del self._unhandled[:len(chunk)]
+            self.counts.batches += 1
+            self._unstored.extend(outcomes)
+            self._store_all()
+
     def process(self, entries: list[Entry]) -> None:
-        ids = [e.id for e in entries]
-        self.heartbeat.track(ids)
-        try:
-            outcomes = self.handler.handle(entries)
-        except BaseException:
-            self.heartbeat.untrack(ids)
-            raise
-        self.counts.batches += 1
-        self._unstored.extend(outcomes)
-        self._store_all()
+        """Handle entries read elsewhere and settle their outcomes (a Redis error keeps them for `run`)."""
+        self._keep(entries)
+        self._handle_kept()
 
     def _store_all(self) -> None:
         """Store, then ack (or retry, or dead-letter) every outcome in hand; a Redis error keeps the rest."""
@@ -228,11 +282,13 @@ class Consumer:
         if outcome.action == "retry" and entry.deliveries >= self.settings.max_deliveries:
             outcome.action = "dead"
         if outcome.action == "dead":
-            self._dead_letter(entry, outcome.error)
+            self._dead_letter(outcome)
             return
         if outcome.action == "retry":
-            self.handler.on_retry(entry, outcome.error or {})
-            self.counts.retried += 1
+            if not outcome.stored:
+                self.handler.on_retry(entry, outcome.error or {})
+                outcome.stored = True
+                self.counts.retried += 1
             return
         if outcome.store is not None and not outcome.stored:
             outcome.store()
@@ -240,9 +296,11 @@ class Consumer:
         self.queue.ack([entry.id])
         self.counts.acked += 1
 
-    def _dead_letter(self, entry: Entry, error: dict[str, Any] | None) -> None:
-        record = self.handler.on_dead(entry, error)
-        self.queue.dead_letter(entry, json.dumps(record, default=str))
+    def _dead_letter(self, outcome: Outcome) -> None:
+        entry = outcome.entry
+        if outcome.record is None:      # once, even when the XADD below fails and the outcome is settled again
+            outcome.record = self.handler.on_dead(entry, outcome.error)
+        self.queue.dead_letter(entry, json.dumps(outcome.record, default=str))
         self.counts.dead_lettered += 1
         log.warning("%s: entry %s dead-lettered after %d deliveries: %s", self.describe, entry.id, entry.deliveries,
-                    record)
+                    outcome.record)

@@ -20,7 +20,7 @@ from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
-from sigma.service.connections import sync_client
+from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Consumer, Outcome
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
@@ -45,14 +45,15 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
 
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
-    rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
+    with RunDir(out).locked():          # planning writes run.json: not while a local run holds the folder
+        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
     pending = [s for s in shards if not rundir.is_done(s, run_hash)]
     try:
         q = make_queue(sync_client(settings), keys, consumer="submitter")
         for shard in pending:
             q.add({"run_dir": str(rundir.root.resolve()), "shard": shard.key, "run_hash": run_hash})
     except redis_lib.RedisError as exc:
-        raise InputError(f"cannot queue shard tasks on Redis at {settings.url} ({exc})",
+        raise InputError(f"cannot queue shard tasks on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
     return {"stream": keys.batch_tasks(), "queued": len(pending), "skipped": len(shards) - len(pending),
             "run_hash": run_hash}
@@ -70,7 +71,7 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
         return {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
                 "dead": q.dead_count(), "live_workers": workers}
     except redis_lib.RedisError as exc:
-        raise InputError(f"cannot read the queue on Redis at {settings.url} ({exc})",
+        raise InputError(f"cannot read the queue on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
 
 
@@ -143,7 +144,8 @@ def process_task(fields: dict[str, str], cache: _RunCache) -> tuple[str, int, st
         return "skipped", 0, None
     cfg = BatchConfig.model_validate(record["config"])
     corpus = corpus_from_config(cfg)
-    stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash)
+    with rundir.locked(exclusive=False):   # run_locked while a local run holds it: retried after the lease
+        stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash)
     result = stats.shards[0] if stats.shards else None
     if result is None or result.status != "done":
         return "failed", stats.pairs, (result.error if result else "no result")
@@ -195,8 +197,28 @@ class FleetHandler:
         """Left pending: the lease runs out and a worker (maybe this one) retries the shard."""
 
     def on_dead(self, entry: Entry, error: dict[str, Any] | None) -> dict[str, Any]:
+        """The run's status must say the shard failed, and why (not "pending" for ever): a failed status file,
+        written unless the shard is done meanwhile. A task whose folder is gone or holds another run has no
+        status to write."""
         self.stats.dead += 1
-        return error or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
+        error = error or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
+        fields = entry.fields
+        try:
+            rundir = RunDir(fields["run_dir"])
+            record = rundir.load()
+            shard = next((s for s in rundir.shards() if s.key == fields.get("shard")), None)
+        except (KeyError, SigmaError, OSError):
+            return error
+        if shard is None or record.get("run_hash") != fields.get("run_hash"):
+            return error
+        reason = (f"dead-lettered after {entry.deliveries} deliveries: [{error.get('code')}] "
+                  f"{error.get('message')}")
+        try:
+            rundir.mark_failed(shard, record["run_hash"], reason, error_code=error.get("code"),
+                               deliveries=entry.deliveries, dead_letter=True)
+        except OSError as exc:   # the shared folder is unwritable: the dead-letter stream still has the record
+            log.warning("shard %s: could not record its failure in %s: %s", shard.key, rundir.root, exc)
+        return error
 
     def close(self) -> None:
         self.cache.close()

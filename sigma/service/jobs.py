@@ -34,6 +34,11 @@ return redis.call('XADD', KEYS[1], '*', 'job', ARGV[3])
 FINISH = """
 -- KEYS: job, done list, blob original, blob edited
 -- ARGV: status, result json, error json, finished_at, ttl_s, worker, done_ttl_s
+-- The images go first, whatever the job's state (a finished job has none left to keep): DEL is not a
+-- `denyoom` command, and Redis lets a script that already wrote go on writing when it is over `maxmemory`
+-- (noeviction), so finishing a job, which frees far more than its result takes, still works when Redis
+-- is full: the queue that frees the memory keeps draining.
+redis.call('DEL', KEYS[3], KEYS[4])
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if st == 'done' or st == 'failed' or st == 'cancelled' then return 0 end
@@ -41,19 +46,22 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[
            'finished_at', ARGV[4], 'worker', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'completions', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 return 1
 """
 
 START = """
--- KEYS: job; ARGV: worker, started_at. Marks a queued job running; returns its status before.
+-- KEYS: job; ARGV: worker, started_at, delivery. Marks a queued job running; returns its status before.
+-- `attempts` is the stream entry's delivery count (Redis' own), so handling a batch again after a Redis
+-- error (same delivery) does not count an attempt twice.
+-- A running job has no final error: the HDEL (not `denyoom`) comes first so that, as in FINISH, Redis lets the
+-- script write when it is over `maxmemory`: the jobs already queued can still be worked off (and free their images).
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
 if st == 'queued' or st == 'running' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('HDEL', KEYS[1], 'error')
+  redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2], 'attempts', ARGV[3])
 end
 return st
 """
@@ -155,8 +163,8 @@ class JobStore:
         raw = pipe.execute()
         return [(decode_hash(raw[i]), raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
 
-    def start(self, job_id: str, worker: str) -> str | None:
-        out = self._start(keys=[self.keys.job(job_id)], args=[worker, f"{time.time():.6f}"])
+    def start(self, job_id: str, worker: str, delivery: int = 1) -> str | None:
+        out = self._start(keys=[self.keys.job(job_id)], args=[worker, f"{time.time():.6f}", delivery])
         return out.decode() if isinstance(out, bytes) else out
 
     def finish(self, job_id: str, status: str, worker: str, result: dict | None = None,

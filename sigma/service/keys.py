@@ -13,6 +13,7 @@ by choosing different prefixes, and the API, the annotation workers, `sigma batc
     P:worker:<consumer>           a worker's heartbeat hash, with a TTL
     P:idem:<owner>:<key>          idempotency key → job id (+ the request's digest)
     P:metrics:<annotator>         worker histograms (batch size, inference latency)
+    P:readyz                      /readyz's write probe (10 s TTL): Redis answers PING when it refuses writes
     P:batch:tasks                 the fleet's shard tasks {run_dir, shard, run_hash}
     P:batch:tasks:dead            their dead letters
     P:batch:tasks:worker:<c>      a batch worker's heartbeat
@@ -59,6 +60,9 @@ class Keys:
 
     def metrics(self, annotator: str) -> str:
         return f"{self.p}:metrics:{annotator}"
+
+    def readiness_probe(self) -> str:
+        return f"{self.p}:readyz"
 
     # -- the batch fleet ------------------------------------------------------------------------
     def batch_tasks(self) -> str:

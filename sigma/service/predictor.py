@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from sigma.config.schema import IOConfig
-from sigma.errors import SigmaError
+from sigma.errors import ConfigError, SigmaError
 from sigma.types import Pair
 
 
@@ -60,7 +60,10 @@ class Predictor:
 
         start = time.perf_counter()
         for module in self.plugins:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigError(f"worker.plugins: cannot import {module!r} ({exc})") from exc
         self.annotator = create_annotator(self.annotator_name, **self.options)
         if self.decode_threads > 1:
             self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="sigma-decode")

@@ -11,7 +11,7 @@ through this module, so the delivery rules are written once:
     batch = q.read_batch(max_batch=8, block_ms=1000, max_wait_ms=5)   # XREADGROUP COUNT/BLOCK, micro-batched
     live, exhausted = q.reclaim(count=16)     # XAUTOCLAIM entries idle past the lease (Redis >= 6.2)
     q.dead_letter(entry, error="...")         # XADD dead stream, then XACK + XDEL in one MULTI
-    q.ack([e.id for e in batch])              # XACK + XDEL in one MULTI: only after the result is stored
+    q.ack([e.id for e in batch])              # XACK + XDEL in one script: only after the result is stored
     q.extend(ids)                             # XCLAIM JUSTID: refresh the lease of work in progress
     q.depth(), q.pending_count(), q.dead_count()
 
@@ -27,6 +27,7 @@ entries one delivery each, and an entry that kills every worker ends in the dead
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+
+log = logging.getLogger("sigma.service.queue")
+
+ACK = """
+-- KEYS: stream; ARGV: group, id, id, ... Acknowledge and delete in one step. A script and not a MULTI:
+-- Redis refuses every command queued in a MULTI once it is over `maxmemory`, while XACK and XDEL alone (and
+-- a script calling only them) still run, so finished work leaves the queue, and frees memory, when Redis is full.
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
 
 ADD_IF_SHORTER = """
 local limit = tonumber(ARGV[1])
@@ -80,6 +91,7 @@ class StreamQueue:
         self.dead_maxlen = dead_maxlen
         self._reclaim_cursor = "0-0"
         self._add = client.register_script(ADD_IF_SHORTER)
+        self._ack = client.register_script(ACK)
 
     # -- producing ---------------------------------------------------------------------------
     def ensure_group(self) -> None:
@@ -122,7 +134,10 @@ class StreamQueue:
         # (hz 10), so a 5 ms BLOCK can cost 100 ms. A non-blocking read every millisecond is exact.
         deadline = time.monotonic() + max_wait_ms / 1000.0
         while len(batch) < max_batch:
-            more = self.read(max_batch - len(batch), None)
+            try:
+                more = self.read(max_batch - len(batch), None)
+            except redis.RedisError:
+                break       # what was read is this consumer's now: return it; the error shows on the next call
             if more:
                 batch += more
                 continue
@@ -165,12 +180,8 @@ class StreamQueue:
 
     def ack(self, ids: list[str]) -> None:
         """Acknowledge and delete: call only after the entry's result is stored."""
-        if not ids:
-            return
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xack(self.stream, self.group, *ids)
-        pipe.xdel(self.stream, *ids)
-        pipe.execute()
+        if ids:
+            self._ack(keys=[self.stream], args=[self.group, *ids])
 
     def dead_letter(self, entry: Entry, error: str, **extra: str) -> str:
         """Copy the entry to the dead-letter stream with its last error, then remove it from the queue."""
@@ -238,28 +249,40 @@ class Heartbeat:
             self._in_flight.difference_update(ids)
 
     def beat(self) -> None:
+        """Extend the leases first: XCLAIM is allowed when Redis is over `maxmemory` and the HSET is not, and
+        an expired lease hands the work in progress to another worker (one more delivery, work done twice)."""
+        with self._lock:
+            ids = sorted(self._in_flight)
+        if ids and self.queue is not None:
+            self.queue.extend(ids)
         info = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self.info().items()}
         info["last_beat"] = f"{time.time():.3f}"
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.key, mapping=info)
         pipe.pexpire(self.key, self.ttl_ms)
         pipe.execute()
-        with self._lock:
-            ids = sorted(self._in_flight)
-        if ids and self.queue is not None:
-            self.queue.extend(ids)
         self.beats += 1
+
+    def _beat_once(self) -> None:
+        try:
+            self.beat()
+        except redis.RedisError as exc:
+            if self.last_error is None:
+                log.warning("heartbeat %s: redis error (%s: %s); retrying every %.1f s", self.key,
+                            type(exc).__name__, exc, self.interval)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return
+        if self.last_error is not None:
+            log.info("heartbeat %s: beating again", self.key)
+        self.last_error = None
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-                self.last_error = None
-            except redis.RedisError as exc:
-                self.last_error = str(exc)
+            self._beat_once()
 
     def start(self) -> None:
-        self.beat()
+        """The first beat now (a Redis error is retried by the thread: starting never fails on Redis)."""
+        self._beat_once()
         self._thread.start()
 
     def stop(self, delete: bool = True) -> None:

@@ -66,6 +66,10 @@ class ServiceLimits(LimitsConfig):
     max_queue_length: int = Field(1000, ge=1, description="entries waiting or in flight per annotator "
                                   "stream; above it the API answers 429 + Retry-After and enqueues nothing")
     retry_after_s: int = Field(2, ge=1, description="the Retry-After of a 429")
+    max_bytes_in_flight: int = Field(128 * 1024 * 1024, gt=0, description="request bytes the API parses and "
+                                     "decodes at once, summed over concurrent submissions (Content-Length, or "
+                                     "max_request_bytes when a body has none); above it 429 server_busy + "
+                                     "Retry-After. One request is always admitted when none is in flight")
 
     def io_config(self, align: bool = False) -> IOConfig:
         return IOConfig(limits=LimitsConfig(**self.model_dump(include=set(LimitsConfig.model_fields))), align=align)
@@ -106,6 +110,17 @@ class ApiSettings(Strict):
         None, description="folder on the server (shared with the batch workers) that POST /v1/batches may read "
         "corpora from and write runs to; every path is resolved (symlinks, ..) and must stay under it. "
         "None: the batch routes answer 404 batches_disabled")
+    public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json without an API key; "
+                              "false: they need a valid key (any scope)")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within "
+                                    "this long of its first byte (or of the connection); else 408 and close")
+    body_timeout_s: float = Field(60.0, gt=0, description="reading a request body may take this long from the "
+                                  "first read; else 408 request_timeout and close (also bounds an unread body "
+                                  "still arriving after the answer)")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after "
+                                        "this long (uvicorn timeout_keep_alive)")
+    multipart_spool_bytes: int = Field(1024 * 1024, ge=0, description="a multipart file part larger than this "
+                                       "is spooled to a temporary file while the body streams in")
 
 
 class WorkerSettings(Strict):
@@ -117,6 +132,13 @@ class WorkerSettings(Strict):
     consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
     plugins: list[str] = Field(default_factory=list, description="modules imported before building the "
                                "annotator, so third-party annotators can register themselves")
+    restart_backoff_s: float = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
+                                     "that died; doubled after each quick death, up to restart_max_backoff_s")
+    restart_max_backoff_s: float = Field(30.0, gt=0)
+    max_restarts: int = Field(5, ge=0, description="`sigma serve all`: a worker that dies this many times within "
+                              "restart_window_s is not restarted again; the server stops with exit status 1")
+    restart_window_s: float = Field(60.0, gt=0, description="deaths older than this are forgiven; a worker that "
+                                    "ran this long counts as healthy again")
 
 
 class ServeConfig(Strict):

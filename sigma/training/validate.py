@@ -39,7 +39,8 @@ def evaluate_real(model_dir: Path, data: str, perturbations: list[str], image_si
     from sigma.eval.runner import evaluate
     from sigma.registry import create_annotator
 
-    opts: dict[str, Any] = {"weights": str(model_dir), "parser": None}
+    # torch: each checkpoint is new weights, an ONNX export per validation would cost about what it saves
+    opts: dict[str, Any] = {"weights": str(model_dir), "parser": None, "runtime": "torch"}
     if image_size:
         opts["image_size"] = image_size
     ann = create_annotator("sigma-lite", **opts)

@@ -17,22 +17,24 @@ from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
 
 
-def iter_records(handle, csv_mode: bool) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, raw record) from a binary handle; a CSV record may span lines inside quotes."""
-    pending, start = b"", handle.tell()
+def iter_records(handle, csv_mode: bool, first_line: int = 1) -> Iterator[tuple[int, bytes, int]]:
+    """(byte offset, raw record, 1-based line the record starts on) from a binary handle positioned on line
+    `first_line`; blank lines are skipped, a CSV record may span lines inside quotes."""
+    pending, start, start_line, line_no = b"", handle.tell(), first_line, first_line - 1
     while True:
         line = handle.readline()
         if not line:
             if pending.strip():
-                yield start, pending
+                yield start, pending, start_line
             return
+        line_no += 1
         if not pending:
-            start = handle.tell() - len(line)
+            start, start_line = handle.tell() - len(line), line_no
         pending += line
         if csv_mode and pending.count(b'"') % 2 == 1:
             continue
         if pending.strip():
-            yield start, pending
+            yield start, pending, start_line
         pending = b""
 
 
@@ -81,18 +83,19 @@ class ManifestCorpus(Corpus):
                 header = self._header(handle, file)
                 if header is not None:
                     check_schema(str(file), header, self.mapping, self.required, self.preset)
-                count, offset = 0, None
-                for n, (pos, raw) in enumerate(iter_records(handle, header is not None)):
+                count, offset, line = 0, None, 1
+                first_line = 2 if header is not None else 1
+                for n, (pos, raw, line_no) in enumerate(iter_records(handle, header is not None, first_line)):
                     if n == 0 and header is None:
                         self._check_first_json(file, raw)
                     if count == 0:
-                        offset = pos
+                        offset, line = pos, line_no
                     count += 1
                     if count == self.shard_size:
-                        shards.append(self._shard(len(shards), file, subset, offset, count, n + 1 - count))
+                        shards.append(self._shard(len(shards), file, subset, offset, count, n + 1 - count, line))
                         count = 0
                 if count:
-                    shards.append(self._shard(len(shards), file, subset, offset, count, n + 1 - count))
+                    shards.append(self._shard(len(shards), file, subset, offset, count, n + 1 - count, line))
         return shards
 
     def _check_first_json(self, file: Path, raw: bytes) -> None:
@@ -103,11 +106,12 @@ class ManifestCorpus(Corpus):
         if isinstance(first, dict):
             check_schema(f"{file} (first record)", list(first), self.mapping, self.required, self.preset)
 
-    def _shard(self, index: int, file: Path, subset: str | None, offset: int, count: int, first: int) -> Shard:
+    def _shard(self, index: int, file: Path, subset: str | None, offset: int, count: int, first: int,
+               first_line: int) -> Shard:
         stem = f"{subset}__{file.stem}" if subset else file.stem
         key = safe_name(f"{stem}.r{first:07d}-{first + count - 1:07d}")
         return Shard(index, key, {"file": str(file), "subset": subset, "offset": offset, "count": count,
-                                  "first_record": first}, count)
+                                  "first_record": first, "first_line": first_line}, count)
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
         file = Path(shard.ref["file"])
@@ -115,21 +119,24 @@ class ManifestCorpus(Corpus):
         with open(file, "rb") as handle:
             header = self._header(handle, file)
             handle.seek(int(shard.ref["offset"]))
-            records = iter_records(handle, header is not None)
+            # plans made before line numbers were recorded number records instead (1-based, as before)
+            first_line = shard.ref.get("first_line")
+            records = iter_records(handle, header is not None, int(first_line or 1))
             for index in range(int(shard.ref["count"])):
                 try:
-                    _, raw = next(records)
+                    _, raw, line_no = next(records)
                 except StopIteration:
                     raise InputError(f"{file}: changed since the run was planned (shard {shard.key} ends early)",
                                      code="corpus_changed") from None
-                record_no = int(shard.ref["first_record"]) + index
-                yield self._item(raw, header, file, subset, index, record_no)
+                if first_line is None:
+                    line_no = int(shard.ref["first_record"]) + index + 1
+                yield self._item(raw, header, file, subset, index, line_no)
 
     def _item(self, raw: bytes, header: list[str] | None, file: Path, subset: str | None, index: int,
-              record_no: int) -> SourceItem:
+              line_no: int) -> SourceItem:
+        """`line_no`: the 1-based line the record starts on, in the id of an id-less record and in its source."""
         label = f"{subset}/{file.name}" if subset else file.name
-        fallback_id = f"{label}:{record_no}"
-        item = SourceItem(index=index, pair_id=fallback_id, source=f"{label}:line={record_no + 1}", subset=subset)
+        item = SourceItem(index=index, pair_id=f"{label}:{line_no}", source=f"{label}:line={line_no}", subset=subset)
         try:
             if header is not None:
                 delimiter = "\t" if file.suffix.lower() == ".tsv" else ","

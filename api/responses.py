@@ -1,0 +1,67 @@
+"""JSON answers that always encode, and the check that keeps invalid text out in the first place.
+
+Python's `json.loads` turns `"\\ud800"` into a str holding a lone UTF-16 surrogate, which no UTF-8 encoder
+accepts: rendering it made Starlette's JSONResponse raise, so a job stored with such an instruction answered
+500 on every GET. Requests are refused at the door (`find_surrogate`, 422 `invalid_text`); and whatever a
+record holds (written before that check, or by another writer), `SafeJSONResponse` renders it with U+FFFD in
+place of each lone surrogate rather than failing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def find_surrogate(value: Any, where: str = "") -> str | None:
+    """The location (`a.b[2]`, `<key>`) of the first string holding a lone surrogate, or None."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, loc = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return (loc or "<body>")[:120]
+        elif isinstance(item, dict):
+            for key, val in item.items():
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    return (f"{loc}.<key>" if loc else "<key>")[:120]
+                stack.append((val, f"{loc}.{key}" if loc else str(key)))
+        elif isinstance(item, list):
+            stack.extend((val, f"{loc}[{i}]") for i, val in enumerate(item))
+    return None
+
+
+def replace_surrogates(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities (which a worker's json.dumps writes and JSON cannot hold) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    """Starlette's JSONResponse, except that a lone surrogate becomes U+FFFD and a non-finite float null,
+    instead of a 500: a stored record must always render."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+        except ValueError:
+            text = json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, indent=None,
+                              separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return replace_surrogates(text).encode("utf-8")

@@ -1,0 +1,324 @@
+"""`sigma batch run --procs N`: N inference processes on this machine, each with its own annotator and few
+torch threads, fed whole shards by the driver.
+
+On a CPU, N processes x 1 thread beat one process x N threads (OpenMP threads stall on each other at
+every op, worst on a shared machine: bench/bench_scaleout.py), so this is the default without CUDA.
+Each child runs the ordinary pipeline on one shard at a time, so outputs are the single-process files,
+byte for byte. A child that dies (OOM killer, a crash in native code) loses only its shard, which
+another child runs again; every child dies with the driver (`sigma.batch.lifeline`).
+
+    driver ── shard ──▶ child k: ShardRunner(pipeline, annotator)  ── ticks / outcome ──▶ driver
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from sigma.batch.config import BatchConfig
+from sigma.batch.dispatch import ShardLedger
+from sigma.batch.layout import RunDir
+from sigma.errors import SigmaError
+from sigma.io.corpora.base import Shard
+
+TICK_INTERVAL_S = 0.25
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def has_gpu() -> bool:
+    """Without importing torch (seconds on a busy machine, and a pixel-diff run never needs it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return bool(torch.cuda.is_available())
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()
+
+
+def loads_weights(annotator: str | None) -> bool:
+    """A network (an annotator with weights to load) costs tens of ms a pair on a CPU, enough that a process
+    per core pays for its start-up; pixel-diff's ~1 ms does not (measured: bench/bench_scaleout.py)."""
+    from sigma.registry import list_annotators
+
+    entry = next((e for e in list_annotators() if e.name == annotator), None)
+    if entry is None:
+        return False
+    try:
+        return entry.weights_status() != "none needed"
+    except Exception:  # noqa: BLE001 - a status probe must not decide a run's fate
+        return False
+
+
+def idle_cores() -> int:
+    """Cores minus the 1-minute load average, at least 1: what a run can have without queueing behind other
+    jobs. On a busy machine a second inference process only adds start-up and contention (measured on 2
+    shared cores at load ~15: 1 process x 1 thread 5.8x torch's default, 2 processes 3.5x)."""
+    cores = available_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - no load average here
+        return cores
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def _cpu_network(cfg: BatchConfig) -> bool:
+    return not has_gpu() and loads_weights(cfg.annotator)
+
+
+def inference_procs(cfg: BatchConfig, pending_shards: int) -> int:
+    """`--procs`, else for a network on a machine without a GPU one process per idle core, else 1; never
+    more than the shards to run."""
+    if cfg.procs is not None:
+        wanted = cfg.procs
+    elif pending_shards > 1 and _cpu_network(cfg):
+        wanted = idle_cores()
+    else:
+        wanted = 1
+    return max(1, min(wanted, pending_shards))
+
+
+def inference_threads(cfg: BatchConfig, procs: int) -> int | None:
+    """`--threads`, else 1 per process with `--procs`, else for a network on a CPU the idle cores shared out
+    (1 per process when there are as many processes as idle cores); None = torch's own default (a GPU, or
+    pixel-diff)."""
+    if cfg.threads:
+        return cfg.threads
+    if cfg.procs is not None and cfg.procs > 1:
+        return 1
+    if _cpu_network(cfg):
+        return max(1, idle_cores() // max(procs, 1))
+    return None if procs <= 1 else 1
+
+
+# --- the child ------------------------------------------------------------------------------------
+class _Ticker:
+    """The pipeline's progress sink in a child: forwards (pairs, errors) deltas a few times a second."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.pairs = self.errors = 0          # this shard so far
+        self.sent = (0, 0)
+        self.last = time.monotonic()
+
+    def reset(self) -> None:
+        self.pairs = self.errors = 0
+        self.sent = (0, 0)
+
+    def update(self, n: int = 1) -> None:
+        self.pairs += n
+        if time.monotonic() - self.last >= TICK_INTERVAL_S:
+            self.flush()
+
+    def set_postfix(self, errors: int = 0, **_: Any) -> None:
+        self.errors = errors
+
+    def flush(self) -> None:
+        delta = (self.pairs - self.sent[0], self.errors - self.sent[1])
+        if delta != (0, 0):
+            self.conn.send(("tick", delta))
+            self.sent = (self.pairs, self.errors)
+        self.last = time.monotonic()
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, SigmaError):
+        return {"type": type(exc).__name__, "code": exc.code, "message": exc.message}
+    return {"type": type(exc).__name__, "code": None, "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, threads: int, parent_pid: int,
+                name: str) -> None:
+    from sigma.batch.lifeline import die_with_parent
+
+    die_with_parent(parent_pid)
+    try:
+        from sigma.batch.shard_runner import ShardRunner
+
+        runner = ShardRunner(config, run_dir, threads=threads, workers=0, worker_name=f"{name} (pid {os.getpid()})")
+    except BaseException as exc:  # noqa: BLE001 - reported to the driver, which raises it
+        conn.send(("init_error", _describe(exc)))
+        return
+    conn.send(("ready", os.getpid()))
+    ticker = _Ticker(conn)
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:
+                return
+            if message is None:
+                return
+            ticker.reset()
+            try:
+                outcome = runner.run(message, progress=ticker)
+            except Exception as exc:  # noqa: BLE001 - e.g. the writer failed (disk full): the driver decides
+                ticker.flush()
+                conn.send(("shard_error", _describe(exc)["message"]))
+                continue
+            ticker.flush()
+            conn.send(("done", outcome.to_dict()))
+    finally:
+        runner.close()
+
+
+# --- the driver -----------------------------------------------------------------------------------
+@dataclass
+class _Child:
+    name: str
+    process: Any
+    conn: Connection
+    ready: bool = False
+    shard: Shard | None = None
+    ticked: tuple[int, int] = (0, 0)
+    alive: bool = True
+
+
+def _raise_child_error(name: str, info: dict[str, Any]) -> None:
+    from sigma import errors
+
+    cls = getattr(errors, info.get("type") or "", None)
+    if isinstance(cls, type) and issubclass(cls, SigmaError):
+        raise cls(info["message"], code=info.get("code"))
+    raise SigmaError(f"{name} could not start: {info['message']}", code="worker_failed")
+
+
+class ProcPool:
+    def __init__(self, cfg: BatchConfig, rundir: RunDir, n: int, threads: int):
+        from sigma.batch.shard_runner import absolute_config
+
+        self.ctx = multiprocessing.get_context("spawn")   # never fork a process that may hold torch/CUDA state
+        self.config = absolute_config(cfg)
+        self.run_dir = str(rundir.root.resolve())
+        self.threads = threads
+        self.children: list[_Child] = []
+        self.spawned = 0
+        for _ in range(n):
+            self.spawn()
+
+    def spawn(self) -> _Child:
+        self.spawned += 1
+        name = f"inference process {self.spawned}"
+        ours, theirs = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(target=_child_main, name=f"sigma-{self.spawned}", daemon=True,
+                                   args=(theirs, self.config, self.run_dir, self.threads, os.getpid(), name))
+        process.start()
+        theirs.close()
+        child = _Child(name, process, ours)
+        self.children.append(child)
+        return child
+
+    def live(self) -> list[_Child]:
+        return [c for c in self.children if c.alive]
+
+    def bury(self, child: _Child) -> str:
+        """Mark a child dead (its pipe closed or its process gone) and say how it ended."""
+        child.alive = False
+        child.conn.close()
+        child.process.join(timeout=5)
+        code = child.process.exitcode
+        if code is None:
+            child.process.kill()
+            child.process.join(timeout=5)
+            code = child.process.exitcode
+        return f"{child.name} exited with {'signal ' + str(-code) if code and code < 0 else 'code ' + str(code)}"
+
+    def close(self, graceful: bool = True) -> None:
+        for child in self.live():
+            try:
+                child.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + (10 if graceful else 0)
+        for child in self.children:
+            child.process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(timeout=5)
+            if child.alive:
+                child.alive = False
+                child.conn.close()
+
+
+def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: list[Shard], total_shards: int,
+                   progress: bool = True):
+    from sigma.batch.runner import make_progress
+
+    n = inference_procs(cfg, len(pending))
+    threads = inference_threads(cfg, n) or 1
+    counts = [s.num_items for s in pending]
+    total = sum(counts) if all(c is not None for c in counts) else None
+    with make_progress(total, progress) as bar:
+        ledger = ShardLedger(rundir, run_hash, pending, cfg.attempts, bar)
+        pool = ProcPool(cfg, rundir, n, threads)
+        try:
+            while not ledger.finished:
+                for child in pool.live():
+                    if child.ready and child.shard is None and ledger.queue:
+                        child.shard, child.ticked = ledger.next(), (0, 0)
+                        try:
+                            child.conn.send(child.shard.to_dict())
+                        except OSError:      # it died since the last look
+                            _died(child, ledger, pool, pool.bury(child))
+                live = pool.live()
+                if not live:
+                    ledger.fail_remaining("no inference process left (each one died; see the log above)")
+                    break
+                ready = set(wait([c.conn for c in live] + [c.process.sentinel for c in live], timeout=1.0))
+                for child in live:
+                    if child.conn in ready or child.process.sentinel in ready:
+                        _drain(child, ledger, pool)
+                    if child.alive and child.process.sentinel in ready and not child.process.is_alive():
+                        _died(child, ledger, pool, pool.bury(child))
+        except BaseException:
+            pool.close(graceful=False)   # an error or Ctrl-C: do not wait for shards in progress
+            raise
+        pool.close()
+    return ledger.summary(total_shards, {"backend": "local", "procs": n, "threads": threads,
+                                         "processes_started": pool.spawned})
+
+
+def _drain(child: _Child, ledger: ShardLedger, pool: ProcPool) -> None:
+    """Read everything the child has sent so far."""
+    try:
+        while child.alive and child.conn.poll():
+            kind, payload = child.conn.recv()
+            if kind == "ready":
+                child.ready = True
+            elif kind == "init_error":
+                _raise_child_error(child.name, payload)
+            elif kind == "tick":
+                ledger.tick(*payload)
+                child.ticked = (child.ticked[0] + payload[0], child.ticked[1] + payload[1])
+            elif kind == "done":
+                from sigma.batch.shard_runner import ShardOutcome
+
+                ledger.done(ShardOutcome(**payload), child.ticked)
+                child.shard, child.ticked = None, (0, 0)
+            elif kind == "shard_error":
+                shard, ticked = child.shard, child.ticked
+                child.shard, child.ticked = None, (0, 0)
+                if shard is not None:
+                    ledger.lost(shard, payload, child.name, ticked)
+    except (EOFError, OSError):
+        _died(child, ledger, pool, pool.bury(child))
+
+
+def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
+    if not child.ready:
+        raise SigmaError(f"{how} before it was ready (its traceback, if any, is above; out of memory? try fewer "
+                         "--procs; a script that calls run_batch needs `if __name__ == '__main__':`)",
+                         code="worker_failed")
+    if child.shard is not None:
+        ledger.lost(child.shard, how, child.name, child.ticked)
+        child.shard, child.ticked = None, (0, 0)
+    if ledger.queue:
+        pool.spawn()

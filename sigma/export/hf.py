@@ -1,0 +1,389 @@
+"""A batch run as a Hugging Face dataset: parquet shards with `datasets`' image structs and a dataset card.
+
+    OUT/README.md                               the card: YAML (configs, features) + how the masks were made
+    OUT/data/train-00000-of-00003.parquet       original, edited, mask (struct{bytes, path}) + annotation columns
+
+The `huggingface` schema metadata of every file carries the features, so
+`datasets.load_dataset("parquet", data_dir=OUT)` gives `Image()` columns, and the card's YAML does the
+same for `load_dataset(OUT)` and on the Hub (`huggingface-cli upload NAME OUT --repo-type dataset`).
+Only pyarrow is needed to write it. The images are the corpus's own bytes, unchanged (their sha256 is
+the manifest's); the mask is a PNG (0/255) at the original's size, the same mask as `mask_rle`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sigma.batch.layout import RunDir, atomic_write_bytes
+from sigma.errors import InputError
+from sigma.export.select import RowFilter, iter_items, row_mask_counts
+from sigma.rle import decode_rle, mask_bbox
+
+SPLIT = "train"
+
+# (column, parquet type, datasets feature): one table so the schema, the metadata and the card agree
+_IMAGE = {"_type": "Image"}
+_RLE = {"size": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "Sequence"},
+        "counts": {"dtype": "string", "_type": "Value"}}
+
+
+def _value(dtype: str) -> dict[str, str]:
+    return {"dtype": dtype, "_type": "Value"}
+
+
+COLUMNS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("pair_id", "string", _value("string"), "the pair's id in the corpus"),
+    ("source", "string", _value("string"), "where the pair came from (file:row, tar#key, path)"),
+    ("subset", "string", _value("string"), "eval set or split of the corpus, when it has one"),
+    ("instruction", "string", _value("string"), "the editing instruction"),
+    ("edit_type", "string", _value("string"), "the corpus's edit type, else the parser's"),
+    ("original", "image", _IMAGE, "the original image: the corpus's bytes, unchanged"),
+    ("edited", "image", _IMAGE, "the edited image: the corpus's bytes, unchanged (size: edited_height/width)"),
+    ("mask", "image", _IMAGE, "the manipulation mask, PNG, 255 = edited, at the original's size"),
+    ("mask_rle", "rle", _RLE, "the same mask as COCO RLE ({size: [h, w], counts})"),
+    ("mask_source", "string", _value("string"), "which of the two masks `mask` is: semantic or footprint"),
+    ("semantic_rle", "rle", _RLE, "the semantic mask (what changed in meaning), RLE"),
+    ("footprint_rle", "rle", _RLE, "the synthesised footprint (every pixel the editor re-made), RLE; null "
+     "when the pair is not a composite"),
+    ("is_composite", "bool", _value("bool"), "most pixels untouched (pasted back, maybe JPEG re-saved)"),
+    ("composite", "string", _value("string"), "the composite test's evidence (JSON)"),
+    ("bbox", "list<int32>", {"feature": _value("int32"), "_type": "Sequence"}, "[x, y, w, h] of the mask"),
+    ("area", "int64", _value("int64"), "mask pixels"),
+    ("area_fraction", "float64", _value("float64"), "mask pixels / image pixels"),
+    ("confidence", "float64", _value("float64"), "the annotator's confidence (null when it gives none)"),
+    ("threshold", "float64", _value("float64"), "mask = probability > threshold"),
+    ("parse", "string", _value("string"), "the parsed instruction (JSON: edit type, source, target)"),
+    ("components", "string", _value("string"), "connected components and their intended / side-effect split (JSON)"),
+    ("intended_rle", "rle", _RLE, "the part of the mask the instruction asked for (RLE), when split"),
+    ("side_effect_rle", "rle", _RLE, "the rest: side effects of the editor (RLE), when split"),
+    ("height", "int32", _value("int32"), "original height"),
+    ("width", "int32", _value("int32"), "original width"),
+    ("edited_height", "int32", _value("int32"), "edited height as stored"),
+    ("edited_width", "int32", _value("int32"), "edited width as stored"),
+    ("original_sha256", "string", _value("string"), "sha256 of the original's bytes"),
+    ("edited_sha256", "string", _value("string"), "sha256 of the edited image's bytes"),
+    ("gt_f1", "float64", _value("float64"), "F1 against the corpus's own mask, when it has one"),
+    ("gt_iou", "float64", _value("float64"), "IoU against the corpus's own mask, when it has one"),
+    ("annotator", "string", _value("string"), "the model that made the mask"),
+    ("config_hash", "string", _value("string"), "hash of the annotator's resolved config"),
+    ("weights_sha256", "string", _value("string"), "sha256 of the model's weights file (null: no weights)"),
+    ("run_hash", "string", _value("string"), "the batch run's hash (input + every option that changes output)"),
+]
+
+
+def arrow_schema():
+    import pyarrow as pa
+
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rle = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
+    types = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(),
+             "bool": pa.bool_(), "list<int32>": pa.list_(pa.int32()), "image": image, "rle": rle}
+    features = {name: feature for name, _, feature, _ in COLUMNS}
+    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    return pa.schema([(name, types[t]) for name, t, _, _ in COLUMNS], metadata=meta)
+
+
+# --- provenance -----------------------------------------------------------------------------------
+def _find(data: Any, key: str) -> Any:
+    if isinstance(data, dict):
+        if data.get(key):
+            return data[key]
+        for value in data.values():
+            found = _find(value, key)
+            if found:
+                return found
+    return None
+
+
+def _sha256_path(path: Path) -> str | None:
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if files:
+            digest = hashlib.sha256()
+            for f in files:
+                digest.update(hashlib.sha256(f.read_bytes()).digest())
+            return digest.hexdigest()
+    return None
+
+
+def weights_digest(record: dict[str, Any]) -> tuple[str | None, str]:
+    """(sha256, where it came from): the digest the run recorded, else the weights file the run's config names
+    (runs older than the model record: options.weights, or the weights embedded in this install), hashed now."""
+    model = record.get("model")
+    if isinstance(model, dict) and "weights_sha256" in model:      # runs record the model they ran
+        digest = model["weights_sha256"]
+        return digest, ("recorded by the run" if digest else "no weights (a training-free annotator)")
+    recorded = _find(record, "weights_sha256")
+    if recorded:
+        return str(recorded), "recorded by the run"
+    cfg = record.get("config") or {}
+    options = cfg.get("options") or {}
+    if options.get("weights"):
+        digest = _sha256_path(Path(options["weights"]))
+        return digest, f"options.weights {options['weights']}, hashed at export"
+    name = options.get("model") or cfg.get("annotator")
+    if name:   # the package's embedded weights: sigma/weights/<preset>.safetensors (+ .json)
+        from importlib.resources import files
+
+        embedded = Path(str(files("sigma") / "weights" / f"{name}.safetensors"))
+        digest = _sha256_path(embedded)
+        if digest:
+            return digest, f"embedded {embedded.name}, hashed at export"
+    return None, "no weights (a training-free annotator)"
+
+
+# --- rows -----------------------------------------------------------------------------------------
+def _png_mask(mask: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _read(data: bytes | None, path: str | None) -> bytes:
+    if data is not None:
+        return data
+    if path and Path(path).is_file():
+        return Path(path).read_bytes()
+    raise FileNotFoundError(path or "no bytes and no path")
+
+
+def _file_name(path: str | None) -> str | None:
+    """A file name, never the machine's full path (the dataset may be published)."""
+    return Path(path).name if path else None
+
+
+def _rle(size: list[int], counts: str | None) -> dict[str, Any] | None:
+    return {"size": size, "counts": counts} if counts else None
+
+
+def _record(row: dict[str, Any], item, weights: str | None, which: str = "chosen"
+            ) -> tuple[dict[str, Any] | None, str | None]:
+    counts = row_mask_counts(row, which)
+    if counts is None:
+        return None, f"no {which} mask (not a composite)"
+    try:
+        original = _read(item.original, item.original_path)
+        edited = _read(item.edited, item.edited_path)
+    except OSError as exc:
+        return None, f"cannot re-read the images: {exc}"
+    if row["original_sha256"] and hashlib.sha256(original).hexdigest() != row["original_sha256"]:
+        return None, "the corpus changed since the run (original's sha256 differs)"
+    if row["edited_sha256"] and hashlib.sha256(edited).hexdigest() != row["edited_sha256"]:
+        return None, "the corpus changed since the run (edited's sha256 differs)"
+    size = [int(row["height"]), int(row["width"])]
+    mask = decode_rle({"size": size, "counts": counts})
+    out = {name_: row.get(name_) for name_, _, _, _ in COLUMNS}
+    if which != "chosen":     # bbox and area of the mask asked for
+        out.update(bbox=[int(v) for v in mask_bbox(mask)], area=int(mask.sum()),
+                   area_fraction=float(mask.mean()) if mask.size else 0.0, mask_source=which)
+    out.update(
+        original={"bytes": original, "path": _file_name(item.original_path)},
+        edited={"bytes": edited, "path": _file_name(item.edited_path)},
+        mask={"bytes": _png_mask(mask), "path": None},
+        mask_rle={"size": size, "counts": counts},
+        semantic_rle=_rle(size, row_mask_counts(row, "semantic")),
+        footprint_rle=_rle(size, row_mask_counts(row, "footprint")),
+        parse=row.get("parser"), intended_rle=_rle(size, row.get("intended_rle")),
+        side_effect_rle=_rle(size, row.get("side_effect_rle")), weights_sha256=weights)
+    return out, None
+
+
+def iter_records(run_dir: str | Path, row_filter: RowFilter | None, weights: str | None,
+                 skipped: list[dict[str, str]], which: str = "chosen") -> Iterator[dict[str, Any]]:
+    """Kept rows with their images, shard by shard (one shard's images in memory at most)."""
+    for row, item, error in iter_items(run_dir, row_filter):
+        record = None
+        if item is not None:
+            record, error = _record(row, item, weights, which)
+        if record is None:
+            skipped.append({"pair_id": row["pair_id"], "reason": error})
+        else:
+            yield record
+
+
+# --- writing --------------------------------------------------------------------------------------
+class _ShardedWriter:
+    """Parquet files of at most ~max_bytes each (the Hub's default is 500 MB), row groups of <= 100 rows."""
+
+    ROW_GROUP = 100
+
+    def __init__(self, data_dir: Path, max_bytes: int):
+        self.dir, self.max_bytes = data_dir, max_bytes
+        self.schema = arrow_schema()
+        self.files: list[Path] = []
+        self.writer = None
+        self.file_bytes = 0
+        self.buffer: list[dict[str, Any]] = []
+        self.buffer_bytes = 0
+        self.rows = 0
+
+    @staticmethod
+    def _size(record: dict[str, Any]) -> int:
+        return sum(len(record[k]["bytes"]) for k in ("original", "edited", "mask")) + 1024
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.buffer.append(record)
+        self.buffer_bytes += self._size(record)
+        self.rows += 1
+        if len(self.buffer) >= self.ROW_GROUP or self.buffer_bytes >= min(self.max_bytes, 64 << 20):
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.buffer:
+            return
+        if self.writer is None:
+            path = self.dir / f".{SPLIT}-{len(self.files):05d}.parquet.tmp"
+            self.files.append(path)
+            self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+            self.file_bytes = 0
+        self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
+        self.file_bytes += self.buffer_bytes
+        self.buffer, self.buffer_bytes = [], 0
+        if self.file_bytes >= self.max_bytes:
+            self.writer.close()
+            self.writer = None
+
+    def close(self, replaces: list[Path]) -> list[Path]:
+        """Finish the files and put them in place of `replaces` (a previous export); nothing kept: an error,
+        and the previous export is left as it was."""
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+        if not self.rows:
+            for tmp in self.files:
+                tmp.unlink(missing_ok=True)
+            raise InputError("no pair of the run passes the export filters: nothing to export", code="no_results")
+        for old in replaces:
+            old.unlink(missing_ok=True)
+        final = []
+        for i, tmp in enumerate(self.files):
+            target = self.dir / f"{SPLIT}-{i:05d}-of-{len(self.files):05d}.parquet"
+            tmp.replace(target)
+            final.append(target)
+        return final
+
+
+def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
+    kind = feature.get("_type")
+    if kind == "Image":
+        return {"name": name, "dtype": "image"}
+    if kind == "Value":
+        return {"name": name, "dtype": feature["dtype"]}
+    if kind == "Sequence":
+        return {"name": name, "sequence": feature["feature"]["dtype"]}
+    return {"name": name, "struct": [_yaml_feature(k, v) for k, v in feature.items()]}
+
+
+def dataset_card(info: dict[str, Any]) -> str:
+    import yaml
+
+    front = {
+        "pretty_name": info["name"],
+        "task_categories": ["image-segmentation"],
+        "tags": ["image-forensics", "manipulation-localization", "image-editing", "sigma"],
+        "configs": [{"config_name": "default", "data_files": [{"split": SPLIT, "path": f"data/{SPLIT}-*"}]}],
+        "dataset_info": {"features": [_yaml_feature(n, f) for n, _, f, _ in COLUMNS],
+                         "splits": [{"name": SPLIT, "num_examples": info["rows"]}]},
+    }
+    filters = ", ".join(f"{k} = {v}" for k, v in info["filters"].items() if v is not None) or "none"
+    table = "\n".join(f"| `{n}` | {d} |" for n, _, _, d in COLUMNS)
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).rstrip()}
+---
+
+# {info["name"]}
+
+Pixel-level manipulation masks for the image-editing pairs of `{info["corpus"]}` ({info["format"]}),
+made by SIGMA (`sigma batch run`, package `sigma-masks`) and exported with `sigma export hf`.
+
+## How the masks were made
+
+- Annotator: **{info["annotator"]}** (config hash `{info["config_hash"]}`), weights sha256
+  `{info["weights_sha256"] or "none"}` ({info["weights_source"]}); threshold {info["threshold"]}.
+- Batch run `{info["run_hash"]}`: {info["run_pairs"]} pairs annotated, {info["run_errors"]} bad pairs
+  (unreadable images, mismatched sizes, ...) left out.
+- Export filters: {filters}; {info["rows"]} pairs kept, {info["skipped"]} could not be re-read.
+- The mask (255 = edited, at the original's size, also as COCO RLE in `mask_rle`) is {info["mask"]}. Both
+  of SIGMA's masks are in `semantic_rle` (what changed in meaning) and `footprint_rle` (every pixel the
+  editor re-made, when the pair is a composite: most pixels untouched; `is_composite`, `composite`). Where the annotator splits it, `intended_rle` is
+  the part the instruction asked for and `side_effect_rle` the editor's side effects.
+- `original` and `edited` are the corpus's bytes, unchanged (`original_sha256`, `edited_sha256`). The masks
+  are machine-made: check `confidence`, and the review page of the run, before training on them.
+
+## Use
+
+```python
+from datasets import load_dataset
+
+ds = load_dataset("parquet", data_dir="path/to/this/folder")["train"]   # or load_dataset("user/name")
+row = ds[0]
+row["mask"]            # PIL image, mode L: 255 = edited
+import numpy as np
+from pycocotools import mask as mask_utils
+m = mask_utils.decode({{"size": row["mask_rle"]["size"], "counts": row["mask_rle"]["counts"].encode()}})
+assert (m.astype(bool) == (np.asarray(row["mask"]) > 127)).all()
+```
+
+Upload unchanged: `huggingface-cli upload USER/NAME path/to/this/folder --repo-type dataset`.
+
+## Columns
+
+| column | meaning |
+|---|---|
+{table}
+"""
+
+
+def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None, *,
+              name: str | None = None, max_shard_mb: float = 500, overwrite: bool = False,
+              mask: str = "chosen") -> dict[str, Any]:
+    """`mask`: which of the two masks fills `mask` / `mask_rle` (chosen = the run's mask_mode; semantic;
+    footprint, which keeps only composites); both are always in `semantic_rle` / `footprint_rle`."""
+    out = Path(out)
+    data_dir = out / "data"
+    existing = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
+    if existing and not overwrite:
+        raise InputError(f"{out} already holds an exported dataset ({len(existing)} parquet files); pass --overwrite "
+                         "to replace it, or choose another folder", code="out_not_empty")
+    record = RunDir(run_dir).load()
+    row_filter = row_filter or RowFilter()
+    weights, weights_source = weights_digest(record)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(data_dir.glob(".*.tmp")):     # left by an interrupted export
+        stale.unlink()
+    skipped: list[dict[str, str]] = []
+    writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))))
+    first: dict[str, Any] = {}
+    for rec in iter_records(run_dir, row_filter, weights, skipped, mask):
+        first = first or rec
+        writer.add(rec)
+    files = writer.close(replaces=existing)
+    status = RunDir(run_dir).summary()
+    cfg = record.get("config") or {}
+    info = {"name": name or f"{Path(str(record.get('corpus', {}).get('path') or run_dir)).name} (SIGMA masks)",
+            "corpus": Path(str((record.get("corpus") or {}).get("path") or cfg.get("input", {}).get("path"))).name,
+            "format": record.get("format"), "annotator": first.get("annotator") or cfg.get("annotator"),
+            "config_hash": first.get("config_hash") or "n/a", "weights_sha256": weights,
+            "weights_source": weights_source, "threshold": first.get("threshold", cfg.get("threshold")),
+            "run_hash": record["run_hash"], "run_pairs": status["ok"], "run_errors": status["errors"],
+            "rows": writer.rows, "skipped": len(skipped),
+            "mask": {"chosen": "the one the run's mask_mode chose (`mask_source` says which)",
+                     "semantic": "the semantic mask", "footprint": "the synthesised footprint"}[mask],
+            "filters": {"min_confidence": row_filter.min_confidence, "min_area": row_filter.min_area,
+                        "max_area": row_filter.max_area}}
+    atomic_write_bytes(out / "README.md", dataset_card(info).encode())
+    return {"out": str(out), "rows": writer.rows, "files": [str(f.relative_to(out)) for f in files],
+            "weights_sha256": weights, "skipped": skipped}

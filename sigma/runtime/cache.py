@@ -1,0 +1,120 @@
+"""Where built artefacts (ONNX graphs) live on the user's machine, and how an entry is written safely.
+
+An entry is `<stem>.onnx` + `<stem>.json` (its manifest: the key's fields, the file's sha256 and size,
+how it was verified). The manifest is written last, so an entry without one — or whose file does not
+hash to what the manifest says — is incomplete or damaged and gets rebuilt, never loaded. Writers go
+through a temporary name and `os.replace`, and hold a per-entry file lock while building, so two
+processes that need the same entry build it once and never see half a file.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ENV_CACHE_DIR = "SIGMA_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """`$SIGMA_CACHE_DIR`, else `$XDG_CACHE_HOME/sigma`, else `~/.cache/sigma` (read at call time)."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sigma"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def key_digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` under a unique temporary name beside `path`, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def temp_path_beside(path: Path) -> Path:
+    """A unique, not yet existing name in `path`'s folder (for writers that want a file name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def entry_lock(path: Path, timeout_s: float = 900.0) -> Iterator[bool]:
+    """Exclusive advisory lock on `path` (fcntl). Yields True when held; after `timeout_s` (a builder that
+    hangs) or where fcntl does not exist, yields False and the caller proceeds unlocked — the atomic
+    rename still keeps readers from ever seeing a partial file."""
+    try:
+        import fcntl
+    except ImportError:          # pragma: no cover - Windows: no advisory locks here
+        yield False
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + timeout_s
+        held = False
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def entry_is_valid(artefact: Path, manifest: dict[str, Any] | None, key: str) -> str | None:
+    """None when `artefact` is the complete file the manifest describes for `key`; else why not."""
+    if manifest is None:
+        return "no manifest (never built, or the build was interrupted)"
+    if manifest.get("key") != key:
+        return "manifest is for another key (stale)"
+    try:
+        size = artefact.stat().st_size
+    except OSError:
+        return "file missing"
+    if size != manifest.get("bytes"):
+        return f"size {size} != {manifest.get('bytes')} (truncated or replaced)"
+    if sha256_file(artefact) != manifest.get("sha256"):
+        return "sha256 mismatch (corrupt)"
+    return None

@@ -1,0 +1,243 @@
+"""`sigma batch run --procs N`: the same bytes as one process, a child killed mid-shard (its shard retried), a
+SIGKILLed driver whose children die with it (then --resume), the default number of processes, bad flags."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sigma.batch import BatchConfig, run_batch
+from sigma.batch.procs import inference_procs
+from sigma.cli import main
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+TESTS = Path(__file__).resolve().parent
+SLOW = {"annotator": "slow-diff", "options": {"delay_ms": 200}, "batch_size": 1, "plugins": ["service_plugins"]}
+
+
+def cfg_for(path: Path, **kw) -> BatchConfig:
+    base = {"input": {"path": str(path), "shard_size": 3}, "annotator": "pixel-diff", "workers": 0}
+    return BatchConfig.model_validate({**base, **kw})
+
+
+def digests(out: Path) -> dict[str, str]:
+    files = sorted((out / "shards").glob("*.parquet")) + sorted((out / "status").glob("*.json"))
+    return {f"{p.parent.name}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def children_of(pid: int) -> list[int]:
+    """Live child processes of `pid`, from /proc (Linux)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("procs")
+    write_pairs_jsonl(root / "set", synthetic_pairs(12, size=40))
+    with open(root / "set" / "pairs.jsonl", "a") as handle:
+        handle.write(json.dumps({"id": "gone", "original": "nope.png", "edited": "nope.png", "instruction": "x"}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def slow_reference(corpus) -> Path:
+    import service_plugins  # noqa: F401 - registers slow-diff
+
+    run_batch(cfg_for(corpus / "set", **SLOW), corpus / "slow-one", progress=False)
+    return corpus / "slow-one"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_reference):
+    one = run_batch(cfg_for(corpus / "set"), corpus / "one", progress=False)
+    two = run_batch(cfg_for(corpus / "set", procs=2), corpus / "two", progress=False)
+    assert (one.backend["procs"], two.backend["procs"], two.backend["threads"]) == (1, 2, 1)
+    assert (two.done_now, two.pairs, two.errors) == (one.done_now, one.pairs, one.errors) == (5, 13, 1)
+    assert digests(corpus / "two") == digests(corpus / "one")
+    assert sum(two.backend["shards_by_worker"].values()) == 5
+    # both processes take shards when each shard takes a while (pixel-diff is so fast on 40 px pairs that the
+    # first process to start can finish all five before the second has imported torch)
+    both = run_batch(cfg_for(corpus / "set", procs=2, **SLOW), corpus / "two-slow", progress=False)
+    assert len(both.backend["shards_by_worker"]) == 2
+    assert digests(corpus / "two-slow") == digests(slow_reference)
+
+    # SIGKILL one child while it works on a shard: that shard is run again by a child, same bytes
+    out = corpus / "killed-child"
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg_for(corpus / "set", procs=2, **SLOW), out,
+                                                                   progress=False)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
+        time.sleep(0.01)
+    victims = children_of(os.getpid())
+    victims = [p for p in victims if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert victims, "no inference process found"
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(120)
+    summary = box["s"]
+    assert len(summary.retried) == 1 and summary.retried[0]["action"] == "retried"
+    assert "signal 9" in summary.retried[0]["reason"]
+    assert summary.done_now == 5 and summary.failed_now == 0 and summary.backend["processes_started"] == 3
+    assert digests(out) == digests(slow_reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_children_die_with_a_killed_driver_and_the_run_resumes(corpus, slow_reference):
+    out = corpus / "killed-driver"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    args = ["batch", "run", str(corpus / "set"), "--out", str(out), "--procs", "2", "--shard-size", "3",
+            "--annotator", "slow-diff", "--set", "options.delay_ms=200", "--batch-size", "1", "--workers", "0",
+            "--plugin", "service_plugins", "--no-progress"]
+    driver = subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
+        assert driver.poll() is None, driver.stderr.read().decode()
+        time.sleep(0.01)
+    kids = children_of(driver.pid)
+    assert len(kids) >= 2
+    driver.kill()                         # SIGKILL the driver only, not its process group
+    driver.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(k) for k in kids):
+        time.sleep(0.05)
+    assert not any(alive(k) for k in kids), "inference processes outlived their driver"
+    done = len(list((out / "status").glob("*.json")))
+    assert 1 <= done < 5
+    resumed = run_batch(cfg_for(corpus / "set", **SLOW), out, resume=True, progress=False)
+    assert (resumed.skipped, resumed.done_now) == (done, 5 - done)
+    assert digests(out) == digests(slow_reference)
+
+
+def test_default_processes_and_threads(corpus, monkeypatch):
+    from sigma.batch import procs
+    from sigma.batch.procs import inference_threads
+
+    monkeypatch.setattr(procs, "available_cores", lambda: 4)
+    monkeypatch.setattr(procs, "has_gpu", lambda: False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert procs.idle_cores() == 4
+    lite = cfg_for(corpus / "set", annotator="sigma-lite")
+    assert (inference_procs(lite, 10), inference_threads(lite, 4)) == (4, 1)   # a network on an idle CPU
+    assert (inference_procs(lite, 1), inference_threads(lite, 1)) == (1, 4)    # one shard: one process, 4 threads
+    assert inference_procs(lite, 3) == 3                                       # never more than the shards left
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 2.0, 2.0))             # other jobs hold 2.6 cores
+    assert (procs.idle_cores(), inference_procs(lite, 10), inference_threads(lite, 1)) == (1, 1, 1)
+    monkeypatch.setattr(os, "getloadavg", lambda: (15.0, 15.0, 15.0))          # this machine while measured
+    assert (inference_procs(lite, 10), inference_threads(lite, 1)) == (1, 1)
+    pixel = cfg_for(corpus / "set")
+    assert (inference_procs(pixel, 10), inference_threads(pixel, 1)) == (1, None)   # pixel-diff: as before
+    explicit = cfg_for(corpus / "set", annotator="sigma-lite", procs=3)
+    assert (inference_procs(explicit, 10), inference_threads(explicit, 3)) == (3, 1)  # --procs N: N x 1 thread
+    assert inference_threads(cfg_for(corpus / "set", threads=2), 1) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(procs, "has_gpu", lambda: True)
+    assert (inference_procs(lite, 10), inference_threads(lite, 1)) == (1, None)     # a GPU: one process
+
+
+def test_scale_flags_that_do_not_fit(corpus, tmp_path, capsys):
+    base = ["batch", "run", str(corpus / "set"), "--out", str(tmp_path / "x"), "--annotator", "pixel-diff"]
+    assert main([*base, "--procs", "2", "--backend", "ray"]) == 2
+    assert "--procs is for the local backend" in capsys.readouterr().err
+    assert main([*base, "--actors", "2", "--backend", "local"]) == 2
+    assert "--actors is a Ray option" in capsys.readouterr().err
+    assert main([*base, "--plugin", "no_such_module_here", "--no-progress"]) == 2
+    assert "no_such_module_here" in capsys.readouterr().err
+
+
+MIDDLE = '''
+import multiprocessing, os, sys, time
+
+def child(parent):
+    from sigma.batch.lifeline import die_with_parent
+    die_with_parent(parent)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    p = multiprocessing.get_context("spawn").Process(target=child, args=(os.getpid(),))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(120)
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_child_with_a_lifeline_dies_with_its_parent(tmp_path):
+    """parent (SIGKILLed) -> child asleep for 2 minutes: the child must be gone within seconds."""
+    script = tmp_path / "middle.py"
+    script.write_text(MIDDLE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)                            # let it reach its sleep (lifeline armed)
+    assert alive(child)
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and alive(child):
+        time.sleep(0.05)
+    assert not alive(child), "the child outlived its parent"
+
+
+def test_ray_actor_plans(corpus):
+    """Ray placement from config alone (no cluster needed): GPUs, fractions, CPU-only clusters, caps."""
+    from sigma.batch.ray_backend import plan_actors
+    from sigma.errors import ConfigError
+
+    def plan(resources, pending=1000, **kw):
+        p = plan_actors(cfg_for(corpus / "set", **kw), resources, pending)
+        return p.actors, p.num_cpus, p.num_gpus, p.threads, p.workers
+
+    gpu_box = {"CPU": 64, "GPU": 8}
+    assert plan(gpu_box) == (8, 1.0, 1.0, 1, 0)                                   # one actor per GPU
+    assert plan(gpu_box, ray={"num_gpus": 0.25}) == (32, 1.0, 0.25, 1, 0)         # four sigma-lite actors a GPU
+    assert plan(gpu_box, ray={"num_gpus": 0.5, "num_cpus": 8}, workers=7) == (8, 8.0, 0.5, 8, 7)   # CPU-bound
+    assert plan({"CPU": 32}) == (32, 1.0, 0.0, 1, 0)                              # CPU cluster: a core, a thread
+    assert plan({"CPU": 32}, pending=5) == (5, 1.0, 0.0, 1, 0)                    # never more than the shards
+    assert plan({"CPU": 32}, ray={"actors": 3}, threads=2) == (3, 1.0, 0.0, 2, 0)
+    with pytest.raises(ConfigError, match="GPU"):
+        plan({"CPU": 32}, ray={"num_gpus": 1})
+    with pytest.raises(ConfigError, match="CPU"):
+        plan({"CPU": 2}, ray={"num_cpus": 4})
+
+
+def test_thread_limit_gives_the_settings_back():
+    import cv2
+    import torch
+
+    from sigma.batch.shard_runner import thread_limit
+
+    before = (torch.get_num_threads(), cv2.getNumThreads(), os.environ.get("OMP_NUM_THREADS"))
+    torch.set_num_threads(3)
+    try:
+        with thread_limit(1):
+            assert (torch.get_num_threads(), cv2.getNumThreads(), os.environ["OMP_NUM_THREADS"]) == (1, 1, "1")
+        assert torch.get_num_threads() == 3 and cv2.getNumThreads() == before[1]
+        assert os.environ.get("OMP_NUM_THREADS") == before[2]
+    finally:
+        torch.set_num_threads(before[0])

@@ -1,0 +1,185 @@
+"""The life of the service's processes (issue 11, items 9 and 18), with real processes and real signals:
+`sigma serve all` restarts a worker child killed with SIGKILL (and gives up, exit 1, on one that keeps
+dying); `sigma worker` without Redis says where it looks and waits; SIGINT/SIGTERM end every worker with
+status 0 and no traceback, while waiting for Redis, while loading the model and mid-batch."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import httpx
+import pytest
+from conftest import RedisServer
+from servicekit import FAST, Proc, base_env, free_port, make_pair, png_bytes, wait_until
+
+from sigma.batch import BatchConfig
+from sigma.batch.layout import RunDir
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.service.fleet import submit_run
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+
+def sets(items: list[str]) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
+def finished(proc: Proc, timeout: float) -> tuple[int, str]:
+    try:
+        code = proc.p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{proc.args[:2]} still running after {timeout} s:\n{proc.output()}") from None
+    return code, proc.log.read_text(errors="replace")
+
+
+def worker_heartbeats(client, prefix: str) -> dict[int, dict[str, str]]:
+    """pid -> heartbeat of every annotation worker with a fresh heartbeat and a loaded model."""
+    out = {}
+    for key in client.scan_iter(match=f"{prefix}:worker:*"):
+        h = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+        if h.get("model_loaded") == "1":
+            out[int(h["pid"])] = h
+    return out
+
+
+# -- item 9: `sigma serve all` supervises its worker ------------------------------------------------------------
+def test_serve_all_restarts_a_worker_killed_with_sigkill(redis_server, tmp_path):
+    prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    proc = Proc(["serve", "all", "--port", str(port), "--annotator", "pixel-diff", "--log-level", "warning",
+                 *sets([*FAST, f"redis.key_prefix={prefix}", "worker.restart_backoff_s=0.2"])],
+                base_env(redis_server.url), tmp_path / "serve-all.log")
+    r = redis_server.client()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30.0) as http:
+            wait_until(lambda: http.get("/readyz").status_code == 200, 60, f"serve all ready\n{proc.output()}", 0.2)
+            (first,) = worker_heartbeats(r, prefix)
+            os.kill(first, signal.SIGKILL)
+            restarted = wait_until(lambda: [p for p in worker_heartbeats(r, prefix) if p != first], 60,
+                                   f"a new worker\n{proc.output()}", 0.2)
+            wait_until(lambda: http.get("/readyz").status_code == 200, 20, "/readyz again")
+            original, edited = make_pair(seed=5)
+            done = http.post("/v1/annotate", headers={"Authorization": "Bearer test-user-key"},
+                             files={"original": ("o.png", png_bytes(original), "image/png"),
+                                    "edited": ("e.png", png_bytes(edited), "image/png")})
+            assert done.status_code == 200 and done.json()["status"] == "done", done.text
+        assert proc.alive()
+        assert f"the worker (pid {first}) was killed by SIGKILL" in proc.output()
+        assert "restarting it in 0.2 s (restart 1)" in proc.output()
+    finally:
+        code = proc.stop(timeout=30)
+    assert code == 0, proc.output()
+    with pytest.raises(ProcessLookupError):       # the restarted child went down with the server
+        os.kill(restarted[0], 0)
+
+
+def test_serve_all_gives_up_on_a_worker_that_keeps_dying(redis_server, tmp_path):
+    prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    proc = Proc(["serve", "all", "--port", str(port), "--log-level", "warning",
+                 *sets([*FAST, f"redis.key_prefix={prefix}", "worker.plugins=[no_such_plugin_module]",
+                        "worker.restart_backoff_s=0.1", "worker.max_restarts=2"])],
+                base_env(redis_server.url), tmp_path / "serve-all.log")
+    code, log = finished(proc, 90)
+    proc.stop()
+    assert code == 1, log
+    assert log.count("sigma: error [invalid_config]: worker.plugins: cannot import 'no_such_plugin_module'") == 3, log
+    assert "restart 2)" in log and "3 deaths within 60 s (worker.max_restarts=2); giving up" in log, log
+    assert "Traceback" not in log, log
+
+
+# -- item 18: no Redis at start-up, and signals --------------------------------------------------------------
+def test_worker_without_redis_names_the_url_waits_and_stops_cleanly(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    env = base_env(redis_url)
+    common = sets([*FAST[:5], f"redis.key_prefix={prefix}"])
+    annotation = Proc(["worker", "--annotator", "pixel-diff", "--consumer", "early", *common], env,
+                      tmp_path / "worker.log")
+    secret_url = f"redis://:s3cret@127.0.0.1:{port}/0"
+    fleet = Proc(["worker", "--batch", *common], base_env(secret_url), tmp_path / "fleet.log")
+    server = RedisServer(binary, tmp_path, port)
+    try:
+        for proc, shown in ((annotation, redis_url), (fleet, f"redis://:***@127.0.0.1:{port}/0")):
+            wait_until(lambda p=proc: "cannot reach Redis" in p.output(), 60, f"the message\n{proc.output()}", 0.2)
+            line = next(x for x in proc.output().splitlines() if "cannot reach Redis" in x)
+            assert shown in line and "SIGMA_REDIS_URL" in line and "waiting" in line, line
+        assert "s3cret" not in fleet.output()
+        time.sleep(1.0)
+        assert annotation.alive() and fleet.alive()                  # waiting, not exiting
+        fleet.signal(signal.SIGTERM)                                 # stopped while waiting for Redis
+        code, log = finished(fleet, 15)
+        assert code == 0 and "Traceback" not in log, log
+        server.start()                                               # Redis comes up: the waiting worker serves
+        r = server.client()
+        wait_until(lambda: r.hget(f"{prefix}:worker:early", "model_loaded") == b"1", 30,
+                   f"the worker to come up by itself\n{annotation.output()}", 0.2)
+        server.stop()
+        time.sleep(0.5)
+        annotation.signal(signal.SIGINT)                             # Ctrl-C while waiting out an outage
+        code, log = finished(annotation, 20)
+        assert code == 0 and "Traceback" not in log, log
+    finally:
+        annotation.stop()
+        fleet.stop()
+        server.stop(kill=True)
+
+
+def test_a_signal_while_loading_the_model_exits_0_at_once(redis_server, tmp_path):
+    env = base_env(redis_server.url)
+    proc = Proc(["worker", "--annotator", "slow-load", "--plugin", "service_plugins",
+                 *sets([*FAST[:5], f"redis.key_prefix=t{uuid.uuid4().hex[:10]}",
+                        "worker.options={load_delay_ms: 120000}"])], env, tmp_path / "worker.log")
+    wait_until(lambda: "loading the annotator" in proc.output(), 60, f"the load to start\n{proc.output()}", 0.2)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    code, log = finished(proc, 15)
+    assert code == 0 and time.monotonic() - t0 < 10, log              # not after the 120 s load
+    assert "stopped (SIGTERM while loading the model)" in log and "Traceback" not in log, log
+
+
+@pytest.fixture
+def plugin_annotators(monkeypatch):
+    """The test plugin's annotators (slow-diff, ...) in this process' registry for one test only."""
+    import importlib
+
+    import service_plugins
+
+    from sigma.registry import ANNOTATORS
+
+    monkeypatch.setattr(ANNOTATORS, "_entries", dict(ANNOTATORS._entries))
+    importlib.reload(service_plugins)         # registers into the copy, which goes away with the test
+
+
+def test_fleet_worker_sigint_mid_shard_finishes_the_shard_and_exits_0(redis_server, tmp_path, plugin_annotators):
+    """Ctrl-C while a shard is annotated: the shard is finished and acknowledged, then exit 0."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 1000}, "batch_size": 1,
+                                      "workers": 0})
+    assert submit_run(cfg, tmp_path / "run", redis_server.url, prefix)["queued"] == 2
+    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "fleet.log")
+    r = redis_server.client()
+    wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
+               f"a shard in progress\n{proc.output()}", 0.1)
+    proc.signal(signal.SIGINT)
+    code, log = finished(proc, 30)
+    assert code == 0 and "Traceback" not in log, log
+    summary = RunDir(tmp_path / "run").summary()
+    assert summary["done"] == 1 and summary["pending"] == 1, summary     # the one in hand, not the next
+    assert r.xpending(f"{prefix}:batch:tasks", "sigma-batch")["pending"] == 0
+    assert "1 shard(s) done" in log

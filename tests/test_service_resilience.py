@@ -1,0 +1,411 @@
+"""Workers that outlive Redis (issue 11, item 8), with real processes on a redis-server of the module's own.
+
+One stack serves every test here: the API, a pixel-diff worker, a sigma-lite worker (tiny, random weights:
+the model's code path at a test's cost) and a `sigma worker --batch` fleet worker. Redis is then frozen
+with SIGSTOP for longer than the workers' socket timeout under load, restarted, and pushed over `maxmemory`
+(noeviction) with jobs in flight. After each fault: every accepted job is done exactly once (`completions`
+in its hash), every shard of the fleet run is done, no worker exited, nobody restarted anything by hand.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from servicekit import Proc, ServiceUnderTest, make_pair, png_bytes, wait_until
+
+from sigma.batch import BatchConfig
+from sigma.batch.layout import RunDir
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.service.consumer import is_transient
+from sigma.service.fleet import submit_run
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
+
+LITE = ["worker.options={model: tiny-lite, random_init: true}", "worker.max_batch_size=4"]
+SLOW = ["worker.options={delay_ms: 1500}", "worker.max_batch_size=3"]
+# The workers' socket timeout is queue.block_ms / 1000 + redis.socket_timeout_s = 1.2 s here
+# (sigma.service.connections.sync_client); the API's is redis.socket_timeout_s = 1 s. Frozen for more than
+# three of them, every worker's loop runs into at least one timeout (and the heartbeat threads into several).
+WORKER_SOCKET_TIMEOUT_S = 1.2
+STALL_S = 4.5
+
+
+class Stack:
+    """The API + one worker of each kind, against `private_redis`."""
+
+    def __init__(self, redis_server, tmp: Path):
+        self.svc = ServiceUnderTest(redis_server, tmp, overrides=[
+            "api.annotators=[pixel-diff,sigma-lite,slow-diff]", "redis.socket_timeout_s=1",
+            "limits.max_queue_length=5000"])
+        self.tmp = tmp
+        self.fleet: Proc | None = None
+        self.fleet_consumer = f"fleet-{uuid.uuid4().hex[:6]}"
+
+    def start(self) -> None:
+        svc = self.svc
+        svc.start_api()
+        svc.start_worker("pixel-diff", wait=False)
+        svc.start_worker("sigma-lite", LITE, wait=False)
+        self.fleet = Proc(["worker", "--batch", "--consumer", self.fleet_consumer, *svc.sets()], svc.env,
+                          self.tmp / "fleet-worker.log")
+        r = svc.redis_server.client()
+        keys = [f"{svc.prefix}:worker:{w.consumer}" for w in svc.workers]
+
+        def all_up() -> bool:
+            for proc in self.procs():
+                if not proc.alive():
+                    raise AssertionError(f"{proc.args[:3]} exited: {proc.output()}")
+            loaded = all(r.hget(k, "model_loaded") == b"1" for k in keys)
+            return loaded and bool(r.exists(f"{svc.prefix}:batch:tasks:worker:{self.fleet_consumer}"))
+        wait_until(all_up, 90, "the workers' heartbeats", interval=0.2)
+
+    def procs(self) -> list[Proc]:
+        return [*self.svc.workers, *([self.fleet] if self.fleet else [])]
+
+    def assert_all_alive(self) -> None:
+        for proc in self.procs():
+            assert proc.alive(), f"{proc.args[:3]} exited: {proc.output()}"
+
+    def logs(self) -> str:
+        return "\n".join(p.log.read_text(errors="replace") for p in self.procs())
+
+    def close(self) -> None:
+        for proc in [*self.procs(), *([self.svc.api] if self.svc.api else [])]:
+            proc.signal(signal.SIGTERM)           # all at once: each then exits in parallel
+        self.svc.close()
+        if self.fleet is not None:
+            self.fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(private_redis, tmp_path_factory):
+    s = Stack(private_redis, tmp_path_factory.mktemp("resilience"))
+    try:
+        s.start()
+        yield s
+    finally:
+        private_redis.thaw()
+        s.close()
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+PAIRS = [tuple(png_bytes(a) for a in make_pair(seed=300 + i)) for i in range(8)]
+
+
+def submit(client: httpx.Client, svc: ServiceUnderTest, annotator: str, n: int) -> httpx.Response:
+    original, edited = PAIRS[n % len(PAIRS)]
+    return client.post("/v1/jobs", files=svc.files(original, edited), data={"annotator": annotator},
+                       headers=svc.headers())
+
+
+class Load:
+    """Clients submitting jobs without pause, round-robin over annotators; every 202 is an accepted job."""
+
+    def __init__(self, svc: ServiceUnderTest, annotators: list[str], clients: int = 2):
+        self.svc, self.annotators = svc, annotators
+        self.accepted: list[str] = []
+        self.statuses: Counter = Counter()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(clients)]
+
+    def _run(self, k: int) -> None:
+        with httpx.Client(base_url=self.svc.url, timeout=30.0) as client:
+            n = k
+            while not self.stop.is_set():
+                try:
+                    resp = submit(client, self.svc, self.annotators[n % len(self.annotators)], n)
+                except httpx.HTTPError as exc:
+                    self.statuses[type(exc).__name__] += 1
+                    continue
+                finally:
+                    n += len(self.threads)
+                self.statuses[resp.status_code] += 1
+                if resp.status_code == 202:
+                    self.accepted.append(resp.json()["id"])
+                else:
+                    assert resp.status_code == 503, resp.text
+                    assert resp.json()["error"]["code"] == "queue_unavailable", resp.text
+                time.sleep(0.01)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def job_states(svc: ServiceUnderTest, ids: list[str]) -> list[tuple[str, int]]:
+    r = svc.redis_server.client()
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(f"{svc.prefix}:job:{job_id}", "status", "completions")
+    return [((s or b"").decode(), int(c or 0)) for s, c in pipe.execute()]
+
+
+def wait_done(svc: ServiceUnderTest, ids: list[str], timeout: float) -> None:
+    def finished() -> bool:
+        return all(s in ("done", "failed") for s, _ in job_states(svc, ids))
+    wait_until(finished, timeout, f"{len(ids)} accepted jobs to finish", interval=0.2)
+
+
+def exactly_once(svc: ServiceUnderTest, ids: list[str]) -> dict[str, int]:
+    """Figures over the accepted jobs, plus a scan of every job hash of the prefix for a second completion
+    (a submission the API answered 503 for may still have been queued when Redis woke up: never twice)."""
+    states = job_states(svc, ids)
+    r = svc.redis_server.client()
+    every = [k.decode().rsplit(":", 1)[1] for k in r.scan_iter(match=f"{svc.prefix}:job:*", count=1000)]
+    figures = {"accepted": len(ids), "done_once": sum(s == "done" and c == 1 for s, c in states),
+               "lost": sum(s != "done" for s, _ in states), "duplicated": sum(c > 1 for _, c in states),
+               "jobs_in_redis": len(every),
+               "duplicated_anywhere": sum(c > 1 for _, c in job_states(svc, every))}
+    for annotator in ("pixel-diff", "sigma-lite", "slow-diff"):
+        stream = f"{svc.prefix}:stream:{annotator}"
+        if r.exists(stream):
+            assert r.xpending(stream, "sigma-workers")["pending"] == 0, annotator
+    return figures
+
+
+def fleet_run(stack: Stack, name: str, shards: int, size: int = 2) -> Path:
+    corpus = stack.tmp / f"{name}-corpus"
+    write_pairs_jsonl(corpus, synthetic_pairs(shards * size, size=40, seed=shards))
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": size},
+                                      "annotator": "pixel-diff", "workers": 0})
+    out = stack.tmp / f"{name}-run"
+    info = submit_run(cfg, out, stack.svc.redis_server.url, stack.svc.prefix)
+    assert info["queued"] == shards
+    return out
+
+
+def wait_fleet(out: Path, timeout: float) -> dict:
+    def all_done():
+        summary = RunDir(out).summary()
+        return summary if summary["done"] == summary["shards"] else None
+    return wait_until(all_done, timeout, f"every shard of {out.name} done", interval=0.2)
+
+
+# -- the consumer loop in-process, against a real Redis over maxmemory -------------------------------------
+class full_redis:
+    """`with full_redis(client):` Redis over maxmemory (noeviction) inside the block: every `denyoom` write
+    (SET, HSET, XADD, anything queued in a MULTI) gets an OOM reply."""
+
+    def __init__(self, client):
+        self.r = client
+
+    def __enter__(self):
+        self.r.config_set("maxmemory-policy", "noeviction")
+        self.r.config_set("maxmemory", 1)
+        return self
+
+    def __exit__(self, *exc):
+        self.r.config_set("maxmemory", 0)
+
+
+def test_oom_and_other_passing_replies_are_transient(private_redis):
+    r = private_redis.client()
+    r.hset("resilience:h", "a", "1")
+    with full_redis(r):
+        seen = []
+        for attempt in (lambda: r.set("resilience:x", "1"),
+                        lambda: r.pipeline(transaction=True).set("resilience:x", "1").incr("resilience:y").execute(),
+                        lambda: r.eval("redis.call('HGET', KEYS[1], 'a'); return redis.call('HSET', KEYS[1], 'a', 2)",
+                                       1, "resilience:h")):
+            with pytest.raises(redis.RedisError) as info:
+                attempt()
+            seen.append(info.value)
+    assert all(is_transient(exc) for exc in seen), [repr(e) for e in seen]
+    with pytest.raises(redis.ResponseError) as bug:            # a programming error is not waited out
+        r.lpush("resilience:h", "x")
+    assert not is_transient(bug.value)
+    assert is_transient(redis.ResponseError("Command # 2 (XADD s * a b) of pipeline caused error: MISCONF "
+                                            "Redis is configured to save RDB snapshots, but it's failing"))
+
+
+class MarkingHandler:
+    """Writes a marker per entry in `handle` (an HSET: refused over maxmemory), like a handler that marks
+    its jobs running; records the delivery count it saw for each entry."""
+
+    batch_size = 4
+    max_wait_ms = 0
+
+    def __init__(self, client, key: str):
+        self.r, self.key = client, key
+        self.seen: dict[str, int] = {}
+        self.dead: list[str] = []
+
+    def handle(self, entries):
+        from sigma.service.consumer import Outcome
+
+        for e in entries:
+            self.r.hset(self.key, e.fields["n"], e.deliveries)
+        for e in entries:
+            self.seen[e.fields["n"]] = e.deliveries
+        return [Outcome(e, "ack") for e in entries]
+
+    def on_retry(self, entry, error):
+        pass
+
+    def on_dead(self, entry, error):
+        self.dead.append(entry.fields["n"])
+        return error or {"code": "worker_lost"}
+
+    def info(self):
+        return {"consumer": "marking"}
+
+
+def test_consumer_holds_what_it_read_through_a_long_outage_without_spending_deliveries(private_redis):
+    """Redis refuses the handler's writes for longer than max_deliveries leases: the consumer keeps the entries
+    it read (extending their leases), retries with backoff, and handles each on its first delivery once Redis
+    accepts writes again: nothing reclaimed, nothing dead-lettered, the loop never exits."""
+    from sigma.service.connections import sync_client
+    from sigma.service.consumer import Consumer
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings, RedisSettings
+
+    prefix = f"hold-{uuid.uuid4().hex[:6]}"
+    qs = QueueSettings(lease_ms=200, block_ms=50, reclaim_interval_ms=50, heartbeat_interval_ms=50,
+                       heartbeat_ttl_ms=500, max_deliveries=2)
+    client = sync_client(RedisSettings(url=private_redis.url, socket_timeout_s=1), block_ms=qs.block_ms)
+    queue = StreamQueue(client, f"{prefix}:s", "g", "c1", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                        dead_stream=f"{prefix}:dead")
+    queue.ensure_group()
+    for n in range(6):
+        queue.add({"n": str(n)})
+    handler = MarkingHandler(client, f"{prefix}:marks")
+    stop = threading.Event()
+    consumer = Consumer(client, queue, handler, qs, heartbeat_key=f"{prefix}:hb", stop=stop)
+    r = private_redis.client()
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            consumer.run()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            failure.append(exc)
+    with full_redis(r):
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        time.sleep(1.5)                      # > max_deliveries x lease_ms: a lease left to run out would be spent
+        assert thread.is_alive(), failure
+        assert handler.seen == {} and consumer.counts.redis_errors > 0
+    wait_until(lambda: len(handler.seen) == 6, 15, "every entry handled")
+    stop.set()
+    thread.join(timeout=10)
+    assert not failure, failure
+    assert handler.seen == {str(n): 1 for n in range(6)}, handler.seen   # each on its first delivery
+    assert handler.dead == [] and queue.dead_count() == 0
+    assert consumer.counts.reclaimed == 0 and consumer.counts.acked == 6
+    assert queue.depth() == 0 and queue.pending_count() == 0
+
+
+# -- the faults -----------------------------------------------------------------------------------------
+def test_redis_frozen_past_the_socket_timeout_under_load(stack):
+    svc, r = stack.svc, stack.svc.redis_server.client()
+    out = fleet_run(stack, "stall", shards=24)
+    with Load(svc, ["pixel-diff", "sigma-lite"]) as load:
+        wait_until(lambda: len(load.accepted) >= 20, 30, "load to build up")
+        svc.redis_server.freeze()
+        t0 = time.monotonic()
+        time.sleep(STALL_S)
+        svc.redis_server.thaw()
+        stalled = time.monotonic() - t0
+        accepted_at_thaw = len(load.accepted)
+        wait_until(lambda: len(load.accepted) >= accepted_at_thaw + 10, 30, "submissions to resume")
+    wait_done(svc, load.accepted, 90)
+    summary = wait_fleet(out, 60)
+    figures = exactly_once(svc, load.accepted)
+    print(f"\nredis frozen {stalled:.1f} s (worker socket timeout {WORKER_SOCKET_TIMEOUT_S} s): {figures}, "
+          f"HTTP {dict(load.statuses)}, fleet shards {summary['done']}/{summary['shards']} done")
+    assert figures["done_once"] == figures["accepted"] and figures["lost"] == 0
+    assert figures["duplicated"] == 0 and figures["duplicated_anywhere"] == 0
+    assert summary["failed"] == 0 and summary["pending"] == 0
+    assert r.xlen(f"{svc.prefix}:batch:tasks:dead") == 0
+    stack.assert_all_alive()
+    for proc in stack.procs():                     # each worker did run into the stall, and waited it out
+        log = proc.log.read_text(errors="replace")
+        assert "redis error (TimeoutError" in log or "redis error while consuming (TimeoutError" in log, log[-3000:]
+
+
+def test_redis_restart_keeps_every_worker_including_the_fleet(stack):
+    svc = stack.svc
+    out = fleet_run(stack, "restart", shards=8)
+    with httpx.Client(base_url=svc.url, timeout=30.0) as client:
+        ids = [submit(client, svc, a, n).json()["id"] for n, a in enumerate(["pixel-diff", "sigma-lite"] * 5)]
+    svc.redis_server.stop()                        # SIGTERM: AOF fsynced; queued work survives
+    time.sleep(1.5)
+    svc.redis_server.start()
+    wait_done(svc, ids, 60)
+    wait_fleet(out, 60)
+    figures = exactly_once(svc, ids)
+    assert figures["done_once"] == len(ids) and figures["duplicated_anywhere"] == 0, figures
+    stack.assert_all_alive()
+
+
+def test_redis_over_maxmemory_refuses_new_work_and_drains_what_it_accepted(stack):
+    """Over maxmemory (noeviction) with jobs in flight and queued: /readyz says "out of memory", submissions get
+    503, and the workers work off everything already accepted while Redis stays full (marking a job running,
+    storing its result and acknowledging it all run over maxmemory, and each finished job frees its images);
+    once memory is freed the service is ready again by itself."""
+    svc, r = stack.svc, stack.svc.redis_server.client()
+    slow = svc.start_worker("slow-diff", SLOW, wait=False)
+    wait_until(lambda: r.hget(f"{svc.prefix}:worker:{slow.consumer}", "model_loaded") == b"1", 60, "slow worker")
+    out = fleet_run(stack, "oom", shards=6)
+    slow.signal(signal.SIGSTOP)                    # so that its first batch is a full one
+    with httpx.Client(base_url=svc.url, timeout=30.0) as client:
+        ids = [submit(client, svc, "slow-diff", n).json()["id"] for n in range(6)]
+        ids += [submit(client, svc, a, n).json()["id"] for n, a in enumerate(["pixel-diff", "sigma-lite"] * 2)]
+        slow.signal(signal.SIGCONT)
+        in_flight = wait_until(lambda: [j for j, (s, _) in zip(ids[:6], job_states(svc, ids[:6]), strict=True)
+                                        if s == "running"], 15, "a slow-diff batch in flight")
+        with full_redis(r):
+            ready = client.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["checks"]["redis"] == {"ok": False, "error": "out of memory"}, ready.text
+            refused = submit(client, svc, "pixel-diff", 0)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "queue_unavailable"
+            assert "out of memory" in refused.json()["error"]["message"]
+            wait_done(svc, ids, 60)
+            summary = wait_fleet(out, 60)
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                r.set(f"{svc.prefix}:still-full", "1")             # full the whole time
+            assert r.keys(f"{svc.prefix}:blob:*") == []            # every accepted job's images freed
+            figures = exactly_once(svc, ids)
+            stack.assert_all_alive()
+            assert slow.alive(), slow.output()
+        print(f"\nmaxmemory squeeze, {len(in_flight)} job(s) in flight and {len(ids) - len(in_flight)} queued: "
+              f"{figures}, fleet shards {summary['done']}/{summary['shards']} done while Redis was full")
+        assert figures["done_once"] == len(ids) and figures["duplicated_anywhere"] == 0, figures
+        wait_until(lambda: client.get("/readyz").status_code == 200, 20, "/readyz to recover by itself")
+        after = submit(client, svc, "pixel-diff", 1)
+        assert after.status_code == 202, after.text
+        wait_done(svc, [after.json()["id"]], 20)
+    stack.assert_all_alive()
+    assert slow.alive()
+
+
+def test_readyz_names_no_redis_address(stack):
+    """Item 6 for /readyz (no key): the Redis error stays in the logs, the caller gets a phrase."""
+    svc = stack.svc
+    svc.redis_server.stop()                        # connection refused: redis-py's message names host:port
+    try:
+        down = svc.http.get("/readyz")
+    finally:
+        svc.redis_server.start()
+    assert down.status_code == 503
+    body = json.dumps(down.json())
+    assert str(svc.redis_server.port) not in body and "127.0.0.1" not in body, body
+    assert down.json()["checks"]["redis"]["ok"] is False
+    wait_until(lambda: svc.http.get("/readyz").status_code == 200, 20, "/readyz to recover")
+    stack.assert_all_alive()

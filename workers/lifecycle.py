@@ -1,0 +1,87 @@
+"""What every `sigma worker` process does around its consumer loop: stop cleanly on a signal, and say where it
+looks for Redis when Redis is not there.
+
+Signals (SIGTERM, SIGINT/Ctrl-C) always end the process with status 0 and no traceback:
+- while waiting for Redis, and between batches: the consumer loop sees `stop` and returns at once;
+- while loading the model (or probing Redis at start-up) there is nothing to finish: `Interrupted` is raised
+  at once rather than after a load that may take minutes;
+- during a batch: the batch is finished, stored and acknowledged first; a second signal leaves it (its
+  entries stay pending and are redelivered after the lease: at-least-once delivery makes that safe).
+
+Start-up without Redis: one clear line on stderr naming the URL and `SIGMA_REDIS_URL`, then the worker waits
+(as it waits out any outage once running) — a worker started before its Redis, as compose or a supervisor
+may do, comes up by itself.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sigma.service.connections import display_url
+from sigma.service.settings import RedisSettings
+
+log = logging.getLogger("sigma.worker")
+
+
+class Interrupted(Exception):
+    """A stop signal where there is nothing to finish, or a second one."""
+
+
+class StopSignals:
+    """SIGTERM/SIGINT set `stop`; inside `abrupt_while(...)`, and on a second signal, they raise `Interrupted`."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.received = 0
+        self._abrupt: str | None = None
+
+    def install(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self.received += 1
+        self.stop.set()
+        name = signal.Signals(signum).name
+        if self._abrupt is not None:
+            raise Interrupted(f"{name} while {self._abrupt}")
+        if self.received > 1:
+            raise Interrupted(f"second {name}: the batch in hand is left to be redelivered")
+        log.info("%s: stopping; a batch in hand is finished first (send %s again to leave it to another worker)",
+                 name, name)
+
+    @contextmanager
+    def abrupt_while(self, doing: str) -> Iterator[None]:
+        if self.stop.is_set():
+            raise Interrupted(f"stopped before {doing}")
+        self._abrupt = doing
+        try:
+            yield
+        finally:
+            self._abrupt = None
+
+
+def report_unreachable_redis(settings: RedisSettings, command: str) -> bool:
+    """One PING at start-up; when it fails, one line on stderr that says where the worker looks and how to
+    point it elsewhere. True when Redis answered. Never raises on Redis trouble: the worker then waits."""
+    import redis
+
+    from sigma.service.connections import probe_client
+
+    client = probe_client(settings)
+    try:
+        client.ping()
+        return True
+    except redis.RedisError as exc:
+        print(f"{command}: cannot reach Redis at {display_url(settings.url)} ({type(exc).__name__}: {exc}). "
+              f"Set SIGMA_REDIS_URL (or --set redis.url=...) if it runs elsewhere; waiting for it "
+              f"(Ctrl-C to stop).", file=sys.stderr, flush=True)
+        return False
+    finally:
+        client.close()
