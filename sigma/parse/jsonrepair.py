@@ -10,33 +10,50 @@ import json
 import re
 
 
+class QuoteState:
+    """Where a left-to-right scan stands with respect to quoted strings (backslash escapes respected):
+    the one rule both the repairer and the LLM's stop test need, so that a brace inside a string never
+    counts."""
+
+    def __init__(self, quotes: str = "\"'"):
+        self.quotes = quotes
+        self.open: str | None = None
+        self._escape = False
+
+    def structural(self, ch: str) -> bool:
+        """Feed one character; True when it stands outside every string and is not a quote itself."""
+        if self.open:
+            if self._escape:
+                self._escape = False
+            elif ch == "\\":
+                self._escape = True
+            elif ch == self.open:
+                self.open = None
+            return False
+        if ch in self.quotes:
+            self.open = ch
+            return False
+        return True
+
+
 def _object_at(text: str, start: int) -> tuple[str, int]:
     """The balanced {...} starting at text[start] (quotes respected) and where it ends; an unclosed
     tail is closed with '}'."""
     depth = 0
-    quote: str | None = None
-    escape = False
+    state = QuoteState()
     for i in range(start, len(text)):
         ch = text[i]
-        if quote:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == quote:
-                quote = None
+        if not state.structural(ch):
             continue
-        if ch in "\"'":
-            quote = ch
-        elif ch == "{":
+        if ch == "{":
             depth += 1
         elif ch == "}":
             depth -= 1
             if depth == 0:
                 return text[start:i + 1], i + 1
     tail = text[start:].rstrip().rstrip(",")
-    if quote:
-        tail += quote
+    if state.open:
+        tail += state.open
     return tail + "}" * max(depth, 1), len(text)
 
 

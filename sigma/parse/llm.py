@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from sigma.errors import WeightsNotFoundError
-from sigma.parse.jsonrepair import repair_all
+from sigma.parse.jsonrepair import QuoteState, repair_all
 from sigma.parse.phrases import extract_phrase, tokenize
 from sigma.parse.registry import register_parser
 from sigma.parse.rules import parse_rules
@@ -117,19 +117,12 @@ def answer_finished(text: str, max_objects: int = MAX_EDITS) -> bool:
     """Has the model finished its answer? True once `max_objects` objects are closed, or when
     something other than another object ('{') follows the last closed one. Right after a '}' it is
     not yet known whether a second edit follows, so generation goes on for one more token."""
-    depth, quote, escape, closed, last_end = 0, None, False, 0, 0
+    depth, closed, last_end = 0, 0, 0
+    state = QuoteState('"')
     for i, ch in enumerate(text):
-        if quote:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == quote:
-                quote = None
+        if not state.structural(ch):
             continue
-        if ch == '"':
-            quote = ch
-        elif ch == "{":
+        if ch == "{":
             depth += 1
         elif ch == "}" and depth > 0:
             depth -= 1
