@@ -27,6 +27,22 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def bench_pairs(with_instructions: bool, n: int = 4, size: int = 512) -> list:
+    """The fixed 512² pairs every annotator figure here is measured on (seeded noise, one inverted box),
+    so two figures in one JSON describe the same work."""
+    from sigma.types import Pair
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(n):
+        o = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        e = o.copy()
+        e[100:300, 150:350] = 255 - e[100:300, 150:350]
+        text = "remove the car" if with_instructions and i % 2 else None
+        pairs.append(Pair(o, e, text, f"p{i}"))
+    return pairs
+
+
 def rss_mb() -> float:
     """Peak resident set of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -70,20 +86,13 @@ def bench_sigma_lite(iters: int) -> dict:
     from sigma.models import build_model
     from sigma.models.fuse import fuse_batchnorm
     from sigma.registry import create_annotator
-    from sigma.types import Pair
 
     torch.set_num_threads(2)
     out: dict = {"threads": 2, "rss_before_model_mb": round(rss_mb(), 1)}
     # 1. the whole annotator path on 512x512 pairs, first, so its peak RSS is its own
     #    (random weights; `random_init` is the explicit opt-in)
     ann = create_annotator("sigma-lite", random_init=True, device="cpu")
-    rng = np.random.default_rng(0)
-    pairs = []
-    for i in range(4):
-        o = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
-        e = o.copy()
-        e[100:300, 150:350] = 255 - e[100:300, 150:350]
-        pairs.append(Pair(o, e, "remove the car" if i % 2 else None, f"p{i}"))
+    pairs = bench_pairs(with_instructions=True)
     t = timed_cpu(lambda: ann.predict(pairs), 1, max(2, iters // 2), lambda: None)
     out["annotator"] = {"batch_size": ann.batch_size, "pairs_per_call": len(pairs), **rates(t, len(pairs)),
                         "peak_rss_mb": round(rss_mb(), 1)}
@@ -133,7 +142,6 @@ def bench_lite_vs_first(iters: int, baseline_weights: str | None) -> dict:
     from sigma.models import build_model, preset_config
     from sigma.models.fuse import fuse_batchnorm
     from sigma.registry import create_annotator
-    from sigma.types import Pair
 
     torch.set_num_threads(2)
     new_cfg = preset_config("sigma-lite")
@@ -167,13 +175,7 @@ def bench_lite_vs_first(iters: int, baseline_weights: str | None) -> dict:
         row["ratio_new_over_first_nchw"] = round(min(best["first_nchw"]) / min(best["new"]), 3)
         out["network"][f"batch{batch}"] = row
     if baseline_weights:
-        rng = np.random.default_rng(0)
-        pairs = []
-        for i in range(4):
-            o = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
-            e = o.copy()
-            e[100:300, 150:350] = 255 - e[100:300, 150:350]
-            pairs.append(Pair(o, e, None, f"p{i}"))
+        pairs = bench_pairs(with_instructions=False)
         anns = {"new": create_annotator("sigma-lite", device="cpu", parser=None),
                 "first": create_annotator("sigma-lite", device="cpu", parser=None, weights=baseline_weights)}
         best = {"new": [], "first": []}

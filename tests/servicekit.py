@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,18 @@ class ServiceUnderTest:
         if self.api is not None:
             self.api.stop()
         self.http.close()
+
+
+@contextmanager
+def running_service(redis_server, tmp: Path, overrides: list[str] | None = None,
+                    workers: list[tuple[str, list[str] | None]] = ()) -> Iterator[ServiceUnderTest]:
+    """An API (and the named workers, each `(annotator, extra overrides)`) up for the block, always
+    closed after it: the shape every service fixture shares."""
+    s = ServiceUnderTest(redis_server, tmp, overrides)
+    try:
+        s.start_api()
+        for annotator, extra in workers:
+            s.start_worker(annotator, extra)
+        yield s
+    finally:
+        s.close()

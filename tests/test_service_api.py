@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
+from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes, running_service
 
 from sigma import create_annotator
 from sigma.io import decode_rle, pair_from_bytes
@@ -17,13 +17,8 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def svc(redis_server, tmp_path_factory):
-    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-api"))
-    try:
-        s.start_api()
-        s.start_worker("pixel-diff")
+    with running_service(redis_server, tmp_path_factory.mktemp("svc-api"), workers=[("pixel-diff", None)]) as s:
         yield s
-    finally:
-        s.close()
 
 
 def reference_mask(original: np.ndarray, edited: np.ndarray, threshold: float | None = None) -> np.ndarray:

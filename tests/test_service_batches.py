@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from servicekit import ServiceUnderTest, free_port
+from servicekit import ServiceUnderTest, free_port, running_service
 
 from sigma.batch.layout import RunDir
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
@@ -26,12 +26,8 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def svc(redis_server, root, tmp_path_factory):
-    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-batches"), [f"api.batch_root={root}"])
-    try:
-        s.start_api()
+    with running_service(redis_server, tmp_path_factory.mktemp("svc-batches"), [f"api.batch_root={root}"]) as s:
         yield s
-    finally:
-        s.close()
 
 
 def post(svc: ServiceUnderTest, body: dict, who: str | None = "user"):

@@ -6,19 +6,15 @@ import signal
 import time
 
 import pytest
-from servicekit import ServiceUnderTest, make_pair, wait_until
+from servicekit import make_pair, running_service, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
 def svc(redis_server, tmp_path):
-    s = ServiceUnderTest(redis_server, tmp_path)
-    try:
-        s.start_api()
+    with running_service(redis_server, tmp_path) as s:
         yield s
-    finally:
-        s.close()
 
 
 def submit_many(svc, n: int, annotator: str, instruction: str | None = None) -> list[str]:

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes
+from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes, running_service
 
 from sigma.api.errors import KNOWN_CODES
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
@@ -198,15 +198,11 @@ def batch_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fuzz_svc(redis_server, batch_root, tmp_path_factory):
-    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-fuzz"),
+    with running_service(redis_server, tmp_path_factory.mktemp("svc-fuzz"),
                          ["api.wait_timeout_s=3", "limits.max_queue_length=400", "queue.job_ttl_s=120",
-                          f"api.batch_root={batch_root}"])
-    try:
-        s.start_api()
-        s.start_worker("pixel-diff", ["worker.max_batch_size=16"])
+                          f"api.batch_root={batch_root}"],
+                         workers=[("pixel-diff", ["worker.max_batch_size=16"])]) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servicekit import ServiceUnderTest, make_pair, png_bytes, wait_until
+from servicekit import ServiceUnderTest, make_pair, png_bytes, running_service, wait_until
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -46,14 +46,10 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def svc(redis_server, root, tmp_path_factory):
-    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-hardening"),
-                         [f"api.batch_root={root}", "api.wait_timeout_s=5"])
-    try:
-        s.start_api()
-        s.start_worker("pixel-diff")
+    with running_service(redis_server, tmp_path_factory.mktemp("svc-hardening"),
+                         [f"api.batch_root={root}", "api.wait_timeout_s=5"],
+                         workers=[("pixel-diff", None)]) as s:
         yield s
-    finally:
-        s.close()
 
 
 def raw_post(svc: ServiceUnderTest, path: str, text: str, who: str = "user", http: httpx.Client | None = None
