@@ -7,7 +7,7 @@ A key is scoped to its API key (owner) and stored with a digest of the request i
 - same key, another request → 422 `idempotency_key_reused`, nothing queued;
 - same key while its first request is still being enqueued → 409 `idempotency_key_in_use` + Retry-After.
 
-"The same request" is what decides the result: the annotator, instruction, threshold, the set of outputs and
+"The same request" is what decides the result: the annotator, instruction, threshold, mask mode, the set of outputs and
 the two images' bytes (sha256), whether they came as multipart or JSON; `wait` only affects how the answer
 is delivered. The record is `P:idem:<owner>:<key>` = {digest, job, state}; a claim is held `pending` for
 `CLAIM_TTL_S` and made durable (queue.job_ttl_s) once the job is enqueued, so an API that dies between the two
@@ -61,9 +61,10 @@ return 0
 
 
 def request_digest(annotator: str, instruction: str | None, threshold: float | None, outputs: list[str],
-                   original: bytes, edited: bytes) -> str:
+                   original: bytes, edited: bytes, mask_mode: str | None = None) -> str:
     """sha256 of what makes a request this request (hashing 2 x 25 MB releases the GIL: call it in a thread)."""
     fields: dict[str, Any] = {"annotator": annotator, "instruction": instruction, "threshold": threshold,
+                              "mask_mode": mask_mode,
                               "outputs": sorted(set(outputs)), "original": hashlib.sha256(original).hexdigest(),
                               "edited": hashlib.sha256(edited).hexdigest()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

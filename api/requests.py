@@ -29,13 +29,17 @@ from sigma.config.schema import Strict
 MAX_INT_DIGITS = 4300          # CPython's own default limit, enforced whatever the interpreter is set to
 
 OUTPUTS = ("rle", "png", "prob")
-OPTION_FIELDS = ("instruction", "annotator", "threshold", "outputs", "wait")
+OPTION_FIELDS = ("instruction", "annotator", "threshold", "mask_mode", "outputs", "wait")
 
 
 class AnnotateOptions(Strict):
     instruction: str | None = Field(None, description="the edit instruction, e.g. 'remove the boat'")
     annotator: str | None = Field(None, description="registry name; default: the first of api.annotators")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="mask = prob > threshold")
+    mask_mode: Literal["auto", "semantic", "footprint"] | None = Field(
+        None, description="which mask is *the* mask (segmentation, area, bbox, png): auto = the synthesised "
+        "footprint on composites, the semantic mask elsewhere; both are reported either way. Default: the "
+        "annotator's (auto for the SIGMA models; baselines keep their own mask unless one is asked for)")
     outputs: list[Literal["rle", "png", "prob"]] = Field(
         default_factory=lambda: ["rle"], description="rle (always included), png (base64 mask PNG), "
         "prob (base64 8-bit probability PNG)")

@@ -127,7 +127,8 @@ class Service:
         if idempotency_key is not None:
             idem_key = self.keys.idem(principal.name, idempotency_key)
             digest = await anyio.to_thread.run_sync(request_digest, annotator, sub.options.instruction,
-                                                    sub.options.threshold, outputs, sub.original, sub.edited)
+                                                    sub.options.threshold, outputs, sub.original, sub.edited,
+                                                    sub.options.mask_mode)
             outcome, existing = await self.idempotency.claim(idem_key, digest, job_id)
             if outcome == "replay":
                 return existing, False, sub.options
@@ -138,7 +139,7 @@ class Service:
                 raise ApiError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being "
                                "queued; retry shortly", {"Retry-After": "1"})
         fields = job_fields(job_id, annotator, principal.name, sub.options.instruction, sub.options.threshold,
-                            outputs)
+                            outputs, sub.options.mask_mode)
         ttl = self.cfg.queue.job_ttl_s
         keys, args = enqueue_args(self.keys, job_id, fields, self.cfg.limits.max_queue_length, ttl)
         try:

@@ -277,6 +277,30 @@ def test_annotator_mask_mode_result_json_and_rethreshold(scene, tmp_path):
         create_annotator("pixel-diff", mask_mode="both")
 
 
+def test_per_pair_mask_modes_in_one_batch(scene):
+    """A request's own mask_mode (the API's field) rides with its pair, as a per-pair threshold does."""
+    img, edited, gt = scene
+    prob, sem = semantic_of(gt, shrink=6)
+    pairs = [Pair(img, edited, None, "p"), Pair(img, edited, None, "p"), Pair(img, edited, None, "p")]
+    ann = FixedProb({"p": prob})
+    own, forced_semantic, forced_footprint = ann.predict(pairs, mask_mode=[None, "semantic", "footprint"])
+    assert own.mask_mode == "auto" and own.mask_source == "footprint"
+    assert forced_semantic.mask_mode == "semantic" and np.array_equal(forced_semantic.mask, sem)
+    assert forced_footprint.mask_source == "footprint" and np.array_equal(forced_footprint.mask, gt)
+    # rethreshold keeps the pair's own mode, not the annotator's
+    assert ann.rethreshold(forced_semantic, 0.3).mask_source == "semantic"
+    # a baseline asked for a mode per pair runs the composite test for that pair only
+    from sigma.registry import create_annotator
+
+    plain, asked = create_annotator("pixel-diff").predict(pairs[:2], mask_mode=[None, "footprint"])
+    assert plain.mask_mode is None and "composite_test" not in plain.timings_ms
+    assert asked.mask_source == "footprint" and np.array_equal(asked.mask, gt)
+    with pytest.raises(ValueError, match="mask_mode"):
+        ann.predict(pairs[:1], mask_mode=["both"])
+    with pytest.raises(ValueError, match="2 mask modes for 1 pairs"):
+        ann.predict(pairs[:1], mask_mode=["auto", "auto"])
+
+
 # ------------------------------------------------------------------------------------ eval, rho, exports
 
 def test_spearman_and_confidence_curve():

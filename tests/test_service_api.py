@@ -62,6 +62,34 @@ def test_round_trip_json_base64_with_threshold(svc):
     assert got[0, 0] and not reference_mask(original, edited)[0, 0]   # the threshold really changed the mask
 
 
+def test_mask_mode_per_request(svc):
+    """pixel-diff keeps its own mask unless a request asks for one: then the composite test runs and the
+    result carries both masks, *the* mask being the one asked for."""
+    from sigma.rle import decode_rle
+
+    original, edited = make_pair(seed=12)
+    box = np.zeros(original.shape[:2], bool)
+    box[8:20, 10:30] = True
+    plain = svc.submit(original, edited, path="/v1/annotate").json()["result"]
+    assert "mask_source" not in plain
+    for mode in ("semantic", "footprint", "auto"):
+        resp = svc.submit(original, edited, {"mask_mode": mode}, path="/v1/annotate")
+        assert resp.status_code == 200, resp.text
+        result = resp.json()["result"]
+        assert result["mask_mode"] == mode and result["composite"]["is_composite"] is True
+        assert result["mask_source"] == ("semantic" if mode == "semantic" else "footprint")
+        chosen = decode_rle(result["segmentation"])
+        assert chosen[box].all(), "the edited box is inside whichever mask is chosen"
+        assert np.array_equal(decode_rle(result["semantic_segmentation"]), decode_rle(plain["segmentation"]))
+    bad = svc.submit(original, edited, {"mask_mode": "both"}, path="/v1/annotate")
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+    # the mode is part of what makes a request this request
+    first = svc.submit(original, edited, {"mask_mode": "semantic"}, headers={"Idempotency-Key": "mm-1"})
+    assert first.status_code == 202, first.text
+    other = svc.submit(original, edited, {"mask_mode": "footprint"}, headers={"Idempotency-Key": "mm-1"})
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+
+
 def test_annotate_wait_zero_answers_202_then_job_finishes(svc):
     original, edited = make_pair(seed=6)
     resp = svc.submit(original, edited, {"wait": "0"}, path="/v1/annotate")

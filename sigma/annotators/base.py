@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, ValidationError
 
-from sigma.annotators.footprint import CompositeTest, FootprintConfig, MaskMode, choose, composite_test
+from sigma.annotators.footprint import MASK_MODES, CompositeTest, FootprintConfig, MaskMode, choose, composite_test
 from sigma.config.loader import config_hash
 from sigma.config.schema import Strict
 from sigma.errors import ConfigError
@@ -54,6 +54,7 @@ class Prediction:
 
 
 Thresholds = float | Sequence[float | None] | None
+MaskModes = str | Sequence[str | None] | None
 
 
 class Annotator(ABC):
@@ -116,11 +117,11 @@ class Annotator(ABC):
         """Fields that depend on the mask (confidence, components, ...); subclasses add theirs."""
         return {}
 
-    def _masks(self, semantic: np.ndarray, test: CompositeTest | None) -> dict[str, Any]:
+    def _masks(self, semantic: np.ndarray, test: CompositeTest | None, mode: str | None) -> dict[str, Any]:
         """The semantic mask and, under a mask_mode, the footprint and which of the two is *the* mask."""
-        if test is None:
+        if test is None or mode is None:
             return {"mask": semantic}
-        chosen = choose(self.mask_mode, semantic, test, self.config.footprint)
+        chosen = choose(mode, semantic, test, self.config.footprint)
         return {"mask": chosen.mask, "semantic_mask": semantic, "footprint_mask": chosen.footprint,
                 "composite": chosen.composite, "mask_mode": chosen.mask_mode, "mask_source": chosen.chosen}
 
@@ -136,19 +137,22 @@ class Annotator(ABC):
         return derived
 
     def finalize(self, pair: Pair, prob: np.ndarray, extra: dict[str, Any], context: dict[str, Any],
-                 threshold: float, timings: dict[str, float]) -> Annotation:
+                 threshold: float, timings: dict[str, float], mask_mode: str | None = None) -> Annotation:
+        """`mask_mode`: this pair's (a request's own), None = the annotator's."""
+        mode = self.mask_mode if mask_mode is None else mask_mode
         semantic = self.binarize(prob, threshold)
         test = None
-        if self.mask_mode is not None:   # threshold-independent: kept in the context for rethreshold
+        if mode is not None:   # threshold-independent: kept in the context for rethreshold
             t0 = time.perf_counter()
             test = composite_test(pair.original, pair.edited, prob, self.config.footprint)
             timings = {**timings, "composite_test": (time.perf_counter() - t0) * 1000.0}
-        masks = self._masks(semantic, test)
+        masks = self._masks(semantic, test, mode)
         derived = self._derive_all(pair.size, prob, masks, threshold, context)
         return Annotation(pair_id=pair.pair_id, prob=prob, threshold=threshold, annotator=self.name,
                           config_hash=self.config_hash, timings_ms=timings, extra={**extra, **derived},
                           preprocess=pair.preprocess, weights_sha256=self.weights_sha256,
-                          context={"extra": extra, "context": context, "size": pair.size, "composite_test": test},
+                          context={"extra": extra, "context": context, "size": pair.size, "composite_test": test,
+                                   "mask_mode": mode},
                           **masks)
 
     def rethreshold(self, ann: Annotation, threshold: float) -> Annotation:
@@ -156,7 +160,8 @@ class Annotator(ABC):
         if ann.context is None:
             raise ValueError("rethreshold needs an annotation made by this process's predict()")
         semantic = self.binarize(ann.prob, threshold)
-        masks = self._masks(semantic, ann.context.get("composite_test"))
+        mode = ann.context.get("mask_mode", self.mask_mode)
+        masks = self._masks(semantic, ann.context.get("composite_test"), mode)
         derived = self._derive_all(ann.context["size"], ann.prob, masks, threshold, ann.context["context"])
         return Annotation(pair_id=ann.pair_id, prob=ann.prob, threshold=threshold,
                           annotator=ann.annotator, config_hash=ann.config_hash, timings_ms=dict(ann.timings_ms),
@@ -171,16 +176,28 @@ class Annotator(ABC):
             raise ValueError(f"{len(values)} thresholds for {n} pairs")
         return [self.threshold if t is None else float(t) for t in values]
 
-    def predict(self, pairs: list[Pair], threshold: Thresholds = None) -> list[Annotation]:
-        """`threshold`: None (the annotator's), one value, or one per pair (None entries = the default)."""
+    def _mask_modes(self, mask_mode: MaskModes, n: int) -> list[str | None]:
+        values = [mask_mode] * n if mask_mode is None or isinstance(mask_mode, str) else list(mask_mode)
+        if len(values) != n:
+            raise ValueError(f"{len(values)} mask modes for {n} pairs")
+        for value in values:
+            if value is not None and value not in MASK_MODES:
+                raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {value!r}")
+        return values
+
+    def predict(self, pairs: list[Pair], threshold: Thresholds = None, mask_mode: MaskModes = None
+                ) -> list[Annotation]:
+        """`threshold`: None (the annotator's), one value, or one per pair (None entries = the default);
+        `mask_mode` likewise (a pair's own mode runs the composite test even for a baseline)."""
         if not pairs:
             return []
         thresholds = self._thresholds(threshold, len(pairs))
+        modes = self._mask_modes(mask_mode, len(pairs))
         start = time.perf_counter()
         outputs = self._predict_batch(pairs)
         per_pair_ms = (time.perf_counter() - start) * 1000.0 / len(pairs)
         annotations = []
-        for pair, out, t in zip(pairs, outputs, thresholds, strict=True):
+        for pair, out, t, mode in zip(pairs, outputs, thresholds, modes, strict=True):
             pred = out if isinstance(out, Prediction) else Prediction(out[0], out[1])
             if pred.prob.shape != pair.size:
                 raise RuntimeError(f"{self.name} returned a {pred.prob.shape} map for a {pair.size} pair")
@@ -188,8 +205,9 @@ class Annotator(ABC):
             prob = np.clip(prob, 0.0, 1.0, out=prob if prob.flags.writeable else None)   # no 64 MB copy at 16 Mpx
             extra = dict(pred.extra)
             timings = {"predict": per_pair_ms, **extra.pop("timings_ms", {})}
-            annotations.append(self.finalize(pair, prob, extra, pred.context, t, timings))
+            annotations.append(self.finalize(pair, prob, extra, pred.context, t, timings, mode))
         return annotations
 
-    def __call__(self, pairs: list[Pair], threshold: Thresholds = None) -> list[Annotation]:
-        return self.predict(pairs, threshold)
+    def __call__(self, pairs: list[Pair], threshold: Thresholds = None, mask_mode: MaskModes = None
+                 ) -> list[Annotation]:
+        return self.predict(pairs, threshold, mask_mode)

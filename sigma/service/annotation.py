@@ -115,6 +115,7 @@ class AnnotationHandler:
             item = {"id": job_id, "original": original, "edited": edited,
                     "instruction": json.loads(h.get("instruction") or "null"),
                     "threshold": json.loads(h.get("threshold") or "null"),
+                    "mask_mode": json.loads(h.get("mask_mode") or "null"),
                     "outputs": json.loads(h.get("outputs") or '["rle"]')}
             work.append((entry, item))
         if not work:

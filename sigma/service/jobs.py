@@ -84,9 +84,10 @@ def new_job_id() -> str:
 
 
 def job_fields(job_id: str, annotator: str, owner: str, instruction: str | None, threshold: float | None,
-               outputs: list[str]) -> dict[str, str]:
+               outputs: list[str], mask_mode: str | None = None) -> dict[str, str]:
     return {"id": job_id, "status": "queued", "annotator": annotator, "owner": owner,
             "instruction": json.dumps(instruction), "threshold": json.dumps(threshold),
+            "mask_mode": json.dumps(mask_mode),
             "outputs": json.dumps(outputs), "created_at": f"{time.time():.6f}", "attempts": "0",
             "completions": "0"}
 

@@ -5,7 +5,8 @@ called on batches), so the same class can be wrapped there later; the Redis work
 
 Items are plain dicts (what a queue or a dataset row carries):
     {"id": str, "original": bytes, "edited": bytes, "instruction": str | None,
-     "threshold": float | None, "outputs": ["rle", "png", "prob"]}
+     "threshold": float | None, "mask_mode": "auto" | "semantic" | "footprint" | None,
+     "outputs": ["rle", "png", "prob"]}
 Results are JSON-ready dicts: `{"ok": True, "result": {...}}` with the annotation record (always the COCO RLE
 with SA-1B names, bbox, area, parser output, timings; "png"/"prob" add base64 PNGs), or `{"ok": False, "error": {"code", "message"}}`
 when the item's input is bad (a permanent failure: retrying cannot help). An exception raised by
@@ -134,7 +135,8 @@ class Predictor:
                 where.append(n)
                 decode_ms.append(ms)
         thresholds = [batch[n].get("threshold") for n in where]
-        annotations = self.annotator.predict(pairs, threshold=thresholds) if pairs else []
+        modes = [batch[n].get("mask_mode") for n in where]
+        annotations = self.annotator.predict(pairs, threshold=thresholds, mask_mode=modes) if pairs else []
         for n, pair, ann, dec_ms in zip(where, pairs, annotations, decode_ms, strict=True):
             results[n] = {"ok": True, "result": self._record(batch[n], pair, ann, dec_ms)}
         return results  # type: ignore[return-value]
