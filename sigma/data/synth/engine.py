@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from sigma.config.schema import Strict
 from sigma.errors import InputError
 
 from . import edits as E
@@ -34,20 +35,18 @@ REGION_SHAPES = {"rectangle": 1.5, "blob": 2.0, "ellipse": 1.0, "brush": 1.5, "p
 BUILDING_SHAPES = {"rectangle": 3.0, "polygon": 2.0, "blob": 0.5}
 
 
-class AerialConfig(BaseModel):
+class AerialConfig(Strict):
     """Aerial tiles (bi-temporal change): structural edits (buildings appearing / vanishing / re-roofed)
     under an unlabelled illumination or season change."""
 
-    model_config = ConfigDict(extra="forbid")
     pattern: str = Field("rsscn7", description="a photo whose path contains this is an aerial tile")
     struct_p: float = Field(0.0, ge=0, le=1, description="probability of a building-like edit on an aerial tile")
     donor_p: float = Field(0.8, ge=0, le=1, description="probability the donor is another aerial tile")
 
 
-class SynthConfig(BaseModel):
+class SynthConfig(Strict):
     """Everything that shapes the generated distribution; saved with every run."""
 
-    model_config = ConfigDict(extra="forbid")
     photos: str = Field("", description="photo folder (with a cache: photos not yet cached are used "
                         "without VAE variants)")
     cache: str = Field("", description="folder built by build_cache (index.json + .npz per photo)")

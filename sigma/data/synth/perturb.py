@@ -21,8 +21,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from sigma.config.schema import Strict
 from sigma.data import perturb as K
 
 Chain = list[tuple[str, dict[str, Any]]]
@@ -31,10 +32,9 @@ REGENERATORS = ("resample", "blur", "color", "noise", "shift", "jpeg", "webp", "
 CODECS = ("jpeg", "webp")   # in stack mode a codec always comes last, as an encoder's output would
 
 
-class IllumConfig(BaseModel):
+class IllumConfig(Strict):
     """Unlabelled illumination / season change of the edited image (bi-temporal pairs)."""
 
-    model_config = ConfigDict(extra="forbid")
     p: float = Field(0.0, ge=0, le=1, description="probability for an ordinary photo")
     aerial_p: float = Field(0.0, ge=0, le=1, description="probability for an aerial tile (set by the engine)")
     transfer: float = Field(0.6, ge=0, le=1, description="colour transfer towards another photo")
@@ -44,10 +44,9 @@ class IllumConfig(BaseModel):
     season: float = Field(0.3, ge=0, le=1, description="vegetation hue/saturation shift")
 
 
-class PerturbConfig(BaseModel):
+class PerturbConfig(Strict):
     """Probabilities (independent mode) or weights (stack mode) of each regenerator."""
 
-    model_config = ConfigDict(extra="forbid")
     mode: Literal["independent", "stack"] = "independent"
     stack_p: float = Field(0.85, ge=0, le=1, description="stack mode: probability of any regenerator")
     stack: tuple[int, int] = Field((1, 3), description="stack mode: how many regenerators (inclusive)")
