@@ -170,6 +170,25 @@ def _edit_type(kind: str, params: dict[str, Any], rng: np.random.Generator) -> s
     return "add" if rng.random() < 0.5 else "replace"
 
 
+@dataclass
+class _Draw:
+    """What one sample is made from, drawn before the edit: the photo and donor crops, the cached
+    roundtrip / latent edits available, and the unlabelled regeneration that will follow the edit."""
+
+    kind: str
+    ent: dict[str, np.ndarray]
+    win: tuple[int, int, int]
+    orig: np.ndarray
+    base: np.ndarray              # the crop the edit starts from (the VAE roundtrip when one is drawn)
+    donor: np.ndarray
+    lats: list[str]
+    building: bool
+    rt_key: str | None
+    chain: list[tuple[str, dict[str, Any]]]
+    regenerated: bool
+    meta: dict[str, Any]
+
+
 class SynthEngine:
     def __init__(self, cfg: SynthConfig, seed: int = 0, bank: PhotoBank | None = None):
         self.cfg = cfg
@@ -201,7 +220,16 @@ class SynthEngine:
         return mask, shape
 
     def sample(self, index: int) -> SynthSample:
+        """Sample `index` of this engine's stream: a pure function of (seed, index), so a resumed run and
+        every data worker see the same pairs. Three steps share one generator, in this order: draw the
+        photos and what will regenerate the result, make the edit, regenerate and package."""
         rng = np.random.default_rng([self.seed, int(index)])
+        draw = self._draw(rng)
+        kind, edited, mask, edit_type, shape = self._edit(rng, draw)
+        draw.meta["kind"], draw.meta["shape"] = kind, shape
+        return self._finish(rng, draw, kind, edited, mask, edit_type)
+
+    def _draw(self, rng: np.random.Generator) -> _Draw:
         cfg = self.cfg
         n = len(self.bank)
         # what needs the cache (a VAE roundtrip, a latent edit) is decided first and drawn from the cached
@@ -236,84 +264,101 @@ class SynthEngine:
         chain = P.sample_illum(rng, cfg.perturb.illum, illum_p, None) + P.sample(rng, cfg.perturb)
         if kind == "inpaint" and rng.random() < cfg.inpaint_composite_p:
             use_vae, rt_key, chain = False, None, []     # pasted back into the untouched photo, as inpainting pipelines do
-        regenerated = use_vae or bool(chain)
         base = _crop(ent[rt_key], win, c) if rt_key else orig
         donor_full = dent[rt_key] if rt_key and rt_key in dent else dent["img"]
         donor = _crop(donor_full, (dwin[0], dwin[1], dwin[2]), c)
-        meta: dict[str, Any] = {"photo": pi, "donor": qi, "vae": rt_key, "aerial": aerial}
+        return _Draw(kind=kind, ent=ent, win=win, orig=orig, base=base, donor=donor, lats=lats, building=building,
+                     rt_key=rt_key, chain=chain, regenerated=use_vae or bool(chain),
+                     meta={"photo": pi, "donor": qi, "vae": rt_key, "aerial": aerial})
 
+    def _edit(self, rng: np.random.Generator, d: _Draw
+              ) -> tuple[str, np.ndarray, np.ndarray, str | None, str]:
+        """Up to four tries at a visible edit; a kind that cannot make one here falls back to a splice.
+        Returns (kind, edited, mask, edit_type, shape)."""
+        cfg, c, kind = self.cfg, self.cfg.crop, d.kind
         edit_type: str | None = None
         shape = ""
         for attempt in range(4):
             if kind == "none":
-                mask = np.zeros((c, c), bool)
-                edited, edit_type = base, None
-                break
+                return kind, d.base, np.zeros((c, c), bool), None, shape
             if kind == "global":
                 params = E.sample_global(rng, c, c)
-                edited = E.apply_global(base, donor, np.ones((c, c), bool), params)
-                mask = np.full((c, c), cfg.global_label == "full")
-                edit_type, shape = "global", "full"
-                meta["params"] = params
-                break
+                edited = E.apply_global(d.base, d.donor, np.ones((c, c), bool), params)
+                d.meta["params"] = params
+                return kind, edited, np.full((c, c), cfg.global_label == "full"), "global", "full"
             if kind == "latent":
-                k = str(rng.choice(lats))
-                lat = _crop(ent[k], win, c)
-                mask = _crop(ent["latmask" + k[3:]], win, c, is_mask=True) > 127
-                whole = rng.random() < cfg.latent_whole_p
-                edited = lat if whole else E.blend(base, lat, E.feather(mask, float(rng.uniform(0.5, 3))))
+                edited, mask, visible = self._latent(rng, d)
                 edit_type, shape = "replace", "latent"
-                meta["latent"] = {"key": k, "whole": bool(whole)}
-                if not whole:
-                    base_for_check = base
-                else:
-                    base_for_check = _crop(ent["rt100"], win, c) if "rt100" in ent else base
-                if mask.sum() >= 16 and _change(base_for_check, edited, mask) >= cfg.min_change:
-                    break
+                if visible:
+                    return kind, edited, mask, edit_type, shape
                 kind = "splice"  # latent region fell outside the crop or changed nothing: use a splice
                 continue
             if kind == "inpaint":
-                edited, mask, edit_type, shape, info = self._inpaint(rng, ent, win, base, donor, rt_key, orig,
-                                                                     regenerated)
-                meta["inpaint"] = info
-                if mask.any() and _change(base, edited, mask) >= cfg.min_change * 0.75:
-                    break
+                edited, mask, edit_type, shape, info = self._inpaint(rng, d.ent, d.win, d.base, d.donor, d.rt_key,
+                                                                     d.orig, d.regenerated)
+                d.meta["inpaint"] = info
+                if mask.any() and _change(d.base, edited, mask) >= cfg.min_change * 0.75:
+                    return kind, edited, mask, edit_type, shape
                 kind = "splice"
                 continue
-            if building:
-                area = float(np.exp(rng.uniform(np.log(0.003), np.log(0.12))))
-                mask, shape = self._mask(rng, c, BUILDING_SHAPES, orig, area=area, count=int(rng.integers(1, 6)))
-            elif kind == "copymove":
-                small = rng.random() < 0.6
-                area = M.sample_area(rng, *((cfg.small_range) if small else (0.005, 0.08)))
-                mask, shape = self._mask(rng, c, OBJECT_SHAPES, orig, area=area)
-            else:
-                mask, shape = self._mask(rng, c, cfg.shapes, orig)
-            params = E.SAMPLERS[kind](rng, c, c)
-            if building and kind == "splice":
-                params["copy_move"], params["feather"] = False, float(rng.uniform(0, 0.8))
-            edited = E.APPLIERS[kind](base, donor, mask, params)
-            meta["params"] = params
-            edit_type = _edit_type(kind, params, rng)
-            if _change(base, edited, mask) >= cfg.min_change:
-                break
+            edited, mask, edit_type, shape = self._region_edit(rng, d, kind)
+            if _change(d.base, edited, mask) >= cfg.min_change:
+                return kind, edited, mask, edit_type, shape
             if attempt == 2:
                 kind = "splice"
-        meta["kind"], meta["shape"] = kind, shape
+        return kind, edited, mask, edit_type, shape
 
-        chain = [(n, P.with_donor(p, donor) if n == "transfer" else p) for n, p in chain]
-        meta["perturb"] = [name for name, _ in chain] + ([f"vae:{rt_key}"] if rt_key else [])
+    def _latent(self, rng: np.random.Generator, d: _Draw) -> tuple[np.ndarray, np.ndarray, bool]:
+        """A cached latent-space edit, whole (the decoder re-made every pixel) or blended back into the crop;
+        False when its region left the crop or it changed nothing visible."""
+        cfg, c = self.cfg, self.cfg.crop
+        k = str(rng.choice(d.lats))
+        lat = _crop(d.ent[k], d.win, c)
+        mask = _crop(d.ent["latmask" + k[3:]], d.win, c, is_mask=True) > 127
+        whole = rng.random() < cfg.latent_whole_p
+        edited = lat if whole else E.blend(d.base, lat, E.feather(mask, float(rng.uniform(0.5, 3))))
+        d.meta["latent"] = {"key": k, "whole": bool(whole)}
+        reference = _crop(d.ent["rt100"], d.win, c) if whole and "rt100" in d.ent else d.base
+        return edited, mask, bool(mask.sum() >= 16 and _change(reference, edited, mask) >= cfg.min_change)
+
+    def _region_edit(self, rng: np.random.Generator, d: _Draw, kind: str
+                     ) -> tuple[np.ndarray, np.ndarray, str | None, str]:
+        """remove / splice / attribute / copy-move on a drawn region (building-like ones on aerial tiles)."""
+        cfg, c = self.cfg, self.cfg.crop
+        if d.building:
+            area = float(np.exp(rng.uniform(np.log(0.003), np.log(0.12))))
+            mask, shape = self._mask(rng, c, BUILDING_SHAPES, d.orig, area=area, count=int(rng.integers(1, 6)))
+        elif kind == "copymove":
+            small = rng.random() < 0.6
+            area = M.sample_area(rng, *((cfg.small_range) if small else (0.005, 0.08)))
+            mask, shape = self._mask(rng, c, OBJECT_SHAPES, d.orig, area=area)
+        else:
+            mask, shape = self._mask(rng, c, cfg.shapes, d.orig)
+        params = E.SAMPLERS[kind](rng, c, c)
+        if d.building and kind == "splice":
+            params["copy_move"], params["feather"] = False, float(rng.uniform(0, 0.8))
+        edited = E.APPLIERS[kind](d.base, d.donor, mask, params)
+        d.meta["params"] = params
+        return edited, mask, _edit_type(kind, params, rng), shape
+
+    def _finish(self, rng: np.random.Generator, d: _Draw, kind: str, edited: np.ndarray, mask: np.ndarray,
+                edit_type: str | None) -> SynthSample:
+        """Regenerate the edited image (unlabelled), measure the noise target, flip half the samples."""
+        cfg, c = self.cfg, self.cfg.crop
+        chain = [(n, P.with_donor(p, d.donor) if n == "transfer" else p) for n, p in d.chain]
+        d.meta["perturb"] = [name for name, _ in chain] + ([f"vae:{d.rt_key}"] if d.rt_key else [])
         edited = P.apply(edited, chain)
-        clean_base = _crop(ent["rt100"], win, c) if (kind == "latent" and meta["latent"]["whole"]
-                                                    and "rt100" in ent) else base
+        clean_base = _crop(d.ent["rt100"], d.win, c) if (kind == "latent" and d.meta["latent"]["whole"]
+                                                        and "rt100" in d.ent) else d.base
         pert_base = P.apply(clean_base, chain) if chain else clean_base
+        orig = d.orig
         noise = np.abs(pert_base.astype(np.float32) - orig.astype(np.float32)).mean(2) / 255.0
         if cfg.noise_blur > 0:
             noise = cv2.GaussianBlur(noise, (0, 0), cfg.noise_blur)
         if rng.random() < 0.5:
             orig, edited, mask, noise = orig[:, ::-1], edited[:, ::-1], mask[:, ::-1], noise[:, ::-1]
         return SynthSample(np.ascontiguousarray(orig), np.ascontiguousarray(edited), np.ascontiguousarray(mask),
-                           kind, edit_type, np.ascontiguousarray(noise, dtype=np.float32), meta)
+                           kind, edit_type, np.ascontiguousarray(noise, dtype=np.float32), d.meta)
 
     def _inpaint(self, rng, ent, win, base, donor, rt_key, orig, regenerated: bool):
         """Generative inpainting: the editor is handed a region R, draws / removes / changes an object O
