@@ -25,6 +25,7 @@ from sigma.api.errors import ApiError
 from sigma.api.middleware import BodyReadAborted
 from sigma.api.responses import find_surrogate
 from sigma.config.schema import Strict
+from sigma.types import MaskMode
 
 MAX_INT_DIGITS = 4300          # CPython's own default limit, enforced whatever the interpreter is set to
 
@@ -36,7 +37,7 @@ class AnnotateOptions(Strict):
     instruction: str | None = Field(None, description="the edit instruction, e.g. 'remove the boat'")
     annotator: str | None = Field(None, description="registry name; default: the first of api.annotators")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="mask = prob > threshold")
-    mask_mode: Literal["auto", "semantic", "footprint"] | None = Field(
+    mask_mode: MaskMode | None = Field(
         None, description="which mask is *the* mask (segmentation, area, bbox, png): auto = the synthesised "
         "footprint on composites, the semantic mask elsewhere; both are reported either way. Default: the "
         "annotator's (auto for the SIGMA models; baselines keep their own mask unless one is asked for)")

@@ -2,9 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+
+# Which of a result's two masks is *the* mask (docs/masks.md); the API validates requests against it.
+MaskMode = Literal["auto", "semantic", "footprint"]
+MASK_MODES: tuple[str, ...] = get_args(MaskMode)
+
+
+def check_mask_mode(mode: str) -> str:
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    return mode
 
 
 @dataclass

@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, ValidationError
 
-from sigma.annotators.footprint import MASK_MODES, CompositeTest, FootprintConfig, MaskMode, choose, composite_test
+from sigma.annotators.footprint import CompositeTest, FootprintConfig, choose, composite_test
 from sigma.config.loader import config_hash
 from sigma.config.schema import Strict
 from sigma.errors import ConfigError
-from sigma.types import Annotation, Pair
+from sigma.types import Annotation, MaskMode, Pair, check_mask_mode
 from sigma.version import model_identity
 
 # Options that change how fast an annotator runs, never what it outputs (masks are equal across runtimes:
@@ -168,22 +168,20 @@ class Annotator(ABC):
                           extra={**ann.context["extra"], **derived}, preprocess=ann.preprocess,
                           weights_sha256=ann.weights_sha256, context=ann.context, **masks)
 
-    def _thresholds(self, threshold: Thresholds, n: int) -> list[float]:
-        if threshold is None or isinstance(threshold, (int, float)):
-            return [self.threshold if threshold is None else float(threshold)] * n
-        values = list(threshold)
+    @staticmethod
+    def _per_pair(value: Any, n: int, what: str) -> list[Any]:
+        """One value for every pair (a scalar or None), or one per pair."""
+        values = [value] * n if value is None or isinstance(value, (int, float, str)) else list(value)
         if len(values) != n:
-            raise ValueError(f"{len(values)} thresholds for {n} pairs")
-        return [self.threshold if t is None else float(t) for t in values]
+            raise ValueError(f"{len(values)} {what} for {n} pairs")
+        return values
+
+    def _thresholds(self, threshold: Thresholds, n: int) -> list[float]:
+        return [self.threshold if t is None else float(t) for t in self._per_pair(threshold, n, "thresholds")]
 
     def _mask_modes(self, mask_mode: MaskModes, n: int) -> list[str | None]:
-        values = [mask_mode] * n if mask_mode is None or isinstance(mask_mode, str) else list(mask_mode)
-        if len(values) != n:
-            raise ValueError(f"{len(values)} mask modes for {n} pairs")
-        for value in values:
-            if value is not None and value not in MASK_MODES:
-                raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {value!r}")
-        return values
+        """Checked before the model runs: a bad mode must not cost a batch's forward pass."""
+        return [m if m is None else check_mask_mode(m) for m in self._per_pair(mask_mode, n, "mask modes")]
 
     def predict(self, pairs: list[Pair], threshold: Thresholds = None, mask_mode: MaskModes = None
                 ) -> list[Annotation]:

@@ -47,9 +47,7 @@ import numpy as np
 from pydantic import Field
 
 from sigma.config.schema import Strict
-
-MaskMode = Literal["auto", "semantic", "footprint"]
-MASK_MODES: tuple[str, ...] = ("auto", "semantic", "footprint")
+from sigma.types import MASK_MODES, MaskMode, check_mask_mode  # noqa: F401  (MASK_MODES: re-exported)
 
 
 class FootprintConfig(Strict):
@@ -516,8 +514,7 @@ def choose(mode: str, semantic: np.ndarray, test: CompositeTest | None, cfg: Foo
            ) -> FootprintResult:
     """Both masks and the one `mode` picks. `footprint` forces the footprint even off composites (with the
     background's own tolerance); the evidence still says the pair is not a composite."""
-    if mode not in MASK_MODES:
-        raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    check_mask_mode(mode)
     semantic = semantic.astype(bool, copy=False)
     if test is None:
         return FootprintResult(mask=semantic, chosen="semantic", semantic=semantic, footprint=None,
