@@ -345,6 +345,10 @@ def test_eval_reports_both_masks_and_rho(tmp_path):
     assert row["rho_confidence_f1"] == pytest.approx(1.0)          # the most confident are the best
     text = format_tables(result)
     assert "rho" in text and "+1.00" in text and "keep the most confident" in text
+    first = text.split("\n-- ")[0].splitlines()
+    header = next(line for line in first if "ρconf" in line)
+    row_line = next(line for line in first if line.startswith("composites"))
+    assert len(row_line.split()) == len(header.split()) and row_line.split()[-1] == "+1.00", row_line
     data = result.to_dict()
     assert data["masks"]["none"]["overall"]["rho_confidence_f1"] == pytest.approx(1.0)
     assert data["per_pair"]["none"][0]["footprint_f1"] == pytest.approx(1.0)

@@ -236,7 +236,7 @@ def format_tables(result: EvalResult) -> str:
         for group, row in table.items():
             lines.append(f"{group[:46]:<46} {row['pairs']:>5} {row['manipulated']:>5} {_pct(row['f1'])} "
                          f"{_pct(row['iou'])} {_pct(row['auc'])} {_pct(row['pooled_f1'])} {_pct(row['ciou'])} "
-                         f"{_pct(row['giou'])}")
+                         f"{_pct(row['giou'])} {_rho(row.get('conf_rho'))}")
         mt = masks.get(name, {})
         if any(r["tested"] for r in mt.values()) or any(r["rho_pairs"] for r in mt.values()):
             lines.append(f"\n-- {name}: both masks (F1 = the chosen mask; footprint and 'sem@comp' over the "
