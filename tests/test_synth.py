@@ -119,6 +119,18 @@ def test_sigma_synth_writes_the_eval_layout(photos, tmp_path):
     assert (out / recs[2].edited.name).read_bytes() == (again / recs[2].edited.name).read_bytes()
 
 
+def test_sigma_synth_writes_the_copymove_and_inpaint_kinds(photos, tmp_path):
+    from sigma.cli import main
+
+    out = tmp_path / "kinds"
+    assert main(["synth", "--out", str(out), "-n", "6", "--seed", "1", "--photos", str(photos), "crop=48",
+                 "mix={copymove: 1.0, inpaint: 1.0}"]) == 0
+    recs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    kinds = {r["synth"]["kind"] for r in recs}
+    assert kinds & {"copymove", "inpaint"}, kinds
+    assert all(r["editor"].startswith("synthetic") for r in recs if r["synth"]["kind"] in ("copymove", "inpaint"))
+
+
 def test_synth_bad_input_is_a_clear_error(tmp_path, capsys):
     from sigma.cli import main
 

@@ -21,7 +21,9 @@ EXAMPLES = """examples:
 _KIND_EDITOR = {"none": "no edit (perturbation only)", "remove": "synthetic removal (OpenCV inpainting / patch fill)",
                 "splice": "synthetic splice (another photo / copy-move, feathered, harmonised)",
                 "attribute": "synthetic attribute change inside the mask", "global": "synthetic global restyle",
-                "latent": "TAEF2 latent edit (region of the latent replaced, decoded)"}
+                "latent": "TAEF2 latent edit (region of the latent replaced, decoded)",
+                "copymove": "synthetic copy-move (a patch of the same photo, rotated / scaled)",
+                "inpaint": "synthetic generative inpainting (a region re-made around an object)"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
