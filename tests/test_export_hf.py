@@ -118,6 +118,26 @@ def test_filters_and_shards(run, tmp_path):
     assert load(tmp_path / "small", tmp_path)["pair_id"] == load(tmp_path / "all", tmp_path)["pair_id"]
 
 
+def test_rereads_honour_the_runs_batch_root(tmp_path):
+    """A run confined to a batch root (as the API submits it) is re-read under the same root: a corpus file
+    swapped for a symlink to the same bytes outside the root is skipped, not read."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_pairs_jsonl(root / "set", synthetic_pairs(3, size=48))
+    cfg = BatchConfig.model_validate({"input": {"path": str(root / "set"), "root": str(root)},
+                                      "annotator": "pixel-diff", "workers": 0, "procs": 1})
+    assert run_batch(cfg, root / "run", progress=False).errors == 0
+    record = json.loads((root / "set" / "pairs.jsonl").read_text().splitlines()[0])
+    target = root / "set" / record["original"]
+    outside.mkdir()
+    (outside / target.name).write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(outside / target.name)
+    info = export_hf(root / "run", tmp_path / "out")
+    assert info["rows"] == 2
+    [skip] = info["skipped"]
+    assert skip["pair_id"].endswith(record["id"]) and "outside the batch root" in skip["reason"], skip
+
+
 def test_cli_refuses_to_mix_two_exports(run, tmp_path, capsys):
     out = tmp_path / "ds"
     assert main(["export", "hf", str(run), str(out)]) == 0

@@ -53,6 +53,16 @@ def _read(path: str, max_bytes: int, root: str | None = None) -> bytes:
     return p.read_bytes()
 
 
+def source_bytes(data: bytes | None, path: str | None, max_bytes: int, root: str | None = None) -> bytes:
+    """An item's bytes as the corpus holds them, or its file read under the batch root and the size limit:
+    the one way anything re-reads a corpus file (the batch, the exports)."""
+    if data is not None:
+        return data
+    if not path:
+        raise ImageError("the corpus gave neither bytes nor a path", code="file_not_found")
+    return _read(path, max_bytes, root)
+
+
 def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True, root: str | None = None) -> Decoded:
     light = replace(item, original=None, edited=None, mask=None)
     if item.error:
@@ -60,8 +70,8 @@ def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True,
     meta: dict[str, Any] = {}
     try:
         limit = io_config.limits.max_bytes
-        original = item.original if item.original is not None else _read(item.original_path, limit, root)
-        edited = item.edited if item.edited is not None else _read(item.edited_path, limit, root)
+        original = source_bytes(item.original, item.original_path, limit, root)
+        edited = source_bytes(item.edited, item.edited_path, limit, root)
         meta["original_sha256"] = hashlib.sha256(original).hexdigest()
         meta["edited_sha256"] = hashlib.sha256(edited).hexdigest()
         pair = pair_from_bytes(original, edited, item.instruction, io_config, pair_id=item.pair_id)
@@ -73,7 +83,7 @@ def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True,
     gt = None
     if ground_truth and (item.mask is not None or item.mask_path):
         try:
-            data = item.mask if item.mask is not None else _read(item.mask_path, io_config.limits.max_bytes, root)
+            data = source_bytes(item.mask, item.mask_path, io_config.limits.max_bytes, root)
             rgb = decode_image(data, "mask", io_config.limits).rgb
             if rgb.shape[:2] == pair.size:
                 gt = binarize_mask(rgb)

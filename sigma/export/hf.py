@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from sigma.batch.decode import source_bytes
 from sigma.batch.layout import RunDir, atomic_write_bytes
-from sigma.errors import InputError
-from sigma.export.select import RowFilter, iter_items, row_mask_counts
+from sigma.errors import InputError, SigmaError
+from sigma.export.select import RowFilter, iter_items, row_mask_counts, run_config
 from sigma.rle import decode_rle, mask_bbox
 
 SPLIT = "train"
@@ -149,14 +150,6 @@ def _png_mask(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _read(data: bytes | None, path: str | None) -> bytes:
-    if data is not None:
-        return data
-    if path and Path(path).is_file():
-        return Path(path).read_bytes()
-    raise FileNotFoundError(path or "no bytes and no path")
-
-
 def _file_name(path: str | None) -> str | None:
     """A file name, never the machine's full path (the dataset may be published)."""
     return Path(path).name if path else None
@@ -166,14 +159,16 @@ def _rle(size: list[int], counts: str | None) -> dict[str, Any] | None:
     return {"size": size, "counts": counts} if counts else None
 
 
-def _record(row: dict[str, Any], item, weights: str | None, which: str = "chosen"
+def _record(row: dict[str, Any], item, weights: str | None, which: str, max_bytes: int, root: str | None
             ) -> tuple[dict[str, Any] | None, str | None]:
     counts = row_mask_counts(row, which)
     if counts is None:
         return None, f"no {which} mask (not a composite)"
-    try:
-        original = _read(item.original, item.original_path)
-        edited = _read(item.edited, item.edited_path)
+    try:    # as the run read them: under its batch root, within its size limit
+        original = source_bytes(item.original, item.original_path, max_bytes, root)
+        edited = source_bytes(item.edited, item.edited_path, max_bytes, root)
+    except SigmaError as exc:
+        return None, f"cannot re-read the images: {exc.message}"
     except OSError as exc:
         return None, f"cannot re-read the images: {exc}"
     if row["original_sha256"] and hashlib.sha256(original).hexdigest() != row["original_sha256"]:
@@ -201,10 +196,11 @@ def _record(row: dict[str, Any], item, weights: str | None, which: str = "chosen
 def iter_records(run_dir: str | Path, row_filter: RowFilter | None, weights: str | None,
                  skipped: list[dict[str, str]], which: str = "chosen") -> Iterator[dict[str, Any]]:
     """Kept rows with their images, shard by shard (one shard's images in memory at most)."""
+    cfg = run_config(run_dir)
     for row, item, error in iter_items(run_dir, row_filter):
         record = None
         if item is not None:
-            record, error = _record(row, item, weights, which)
+            record, error = _record(row, item, weights, which, cfg.io.limits.max_bytes, cfg.input.root)
         if record is None:
             skipped.append({"pair_id": row["pair_id"], "reason": error})
         else:
