@@ -109,6 +109,19 @@ def _agreement(a, b) -> float:
     return float((a.mask == b.mask).mean())
 
 
+def test_channels_last_option_is_what_the_torch_path_runs(lite_annotators):
+    """`channels_last=False` keeps NCHW weights (the runner alone decides the layout)."""
+    import torch
+
+    def conv_layouts(ann) -> set[bool]:
+        return {m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+                for m in ann.model.modules()    # layouts differ only with > 1 input channel and a k x k kernel
+                if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1}
+
+    assert conv_layouts(lite_annotators["torch"]) == {False}
+    assert conv_layouts(lite_annotators["torch-cl"]) == {True}
+
+
 @pytest.mark.parametrize("which", ["example", "synthetic"])
 def test_runtimes_give_the_same_masks(lite_annotators, which):
     pairs = [_example_pair()] if which == "example" else _synthetic_pairs()

@@ -155,9 +155,7 @@ class SigmaAnnotator(TorchAnnotator):
 
             fuse_batchnorm(self.model)
         self._setup_runtime()
-        self.model.to(self.device)
-        if self.device.type == "cpu":   # NHWC conv weights: oneDNN's faster CPU kernels (1.5x for sigma-lite)
-            self.model.to(memory_format=self.torch.channels_last)
+        self.model.to(self.device)   # NHWC weights on CPUs: the runner's choice (options.channels_last)
         mcfg = self.model.config
         self.size = cfg.image_size or mcfg.image_size
         self.multiple = mcfg.size_multiple
