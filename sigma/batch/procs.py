@@ -23,17 +23,11 @@ from typing import Any
 from sigma.batch.config import BatchConfig
 from sigma.batch.dispatch import ShardLedger
 from sigma.batch.layout import RunDir
+from sigma.batch.shard_runner import available_cores
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Shard
 
 TICK_INTERVAL_S = 0.25
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def has_gpu() -> bool:

@@ -80,10 +80,11 @@ def thread_limit(threads: int | None) -> Iterator[None]:
         cv2.setNumThreads(cv2_threads)
         torch = sys.modules.get("torch")
         if torch is not None:
-            torch.set_num_threads(torch_before or _default_threads())   # imported during the run: its default
+            torch.set_num_threads(torch_before or available_cores())   # imported during the run: its default
 
 
-def _default_threads() -> int:
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container or taskset limits it)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
