@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sigma.api.auth import require_scope
-from sigma.api.errors import ApiError, status_for
+from sigma.api.errors import ApiError, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
@@ -237,9 +237,7 @@ async def _batch_request(request: Request) -> BatchRequest:
     try:
         return BatchRequest.model_validate(data)
     except ValidationError as exc:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ())) or '<body>'}: {e.get('msg')}"
-                 for e in exc.errors()[:5]]
-        raise ApiError(422, "invalid_request", "; ".join(parts)) from exc
+        raise ApiError(422, "invalid_request", validation_message(exc)) from exc
 
 
 @router.post("/v1/batches", tags=["batches"], status_code=202, summary="queue a corpus on the server's storage",

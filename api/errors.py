@@ -11,6 +11,7 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sigma.api.responses import SafeJSONResponse
@@ -77,7 +78,8 @@ def status_for(exc: SigmaError) -> int:
     return STATUS_BY_CODE.get(exc.code, 422)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def validation_message(exc: RequestValidationError | ValidationError) -> str:
+    """The first five problems of a pydantic validation, `loc: msg` each (FastAPI's `body` prefix dropped)."""
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "<body>"
@@ -96,7 +98,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
-        return error_response(422, "invalid_request", _validation_message(exc))
+        return error_response(422, "invalid_request", validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:

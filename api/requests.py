@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from sigma.api.errors import ApiError
+from sigma.api.errors import ApiError, validation_message
 from sigma.api.middleware import BodyReadAborted
 from sigma.api.responses import find_surrogate
 from sigma.config.schema import Strict
@@ -59,19 +59,11 @@ class Submission:
     options: AnnotateOptions
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "<body>"
-        parts.append(f"{loc}: {err.get('msg')}")
-    return "; ".join(parts)
-
-
 def _options(raw: dict) -> AnnotateOptions:
     try:
         return AnnotateOptions.model_validate(raw)
     except ValidationError as exc:
-        raise ApiError(422, "invalid_request", _validation_message(exc)) from exc
+        raise ApiError(422, "invalid_request", validation_message(exc)) from exc
 
 
 def _b64(text: Any, name: str) -> bytes:
