@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from sigma.service.annotation import AnnotationHandler, default_consumer
+from sigma.service.annotation import AnnotationHandler
 from sigma.service.connections import sync_client
-from sigma.service.consumer import Consumer
+from sigma.service.consumer import Consumer, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.predictor import Predictor
 from sigma.service.queue import StreamQueue

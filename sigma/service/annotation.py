@@ -29,10 +29,6 @@ from sigma.service.queue import Entry
 log = logging.getLogger("sigma.worker")
 
 
-def default_consumer() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 def gpu_memory_bytes() -> int | None:
     torch = sys.modules.get("torch")
     try:

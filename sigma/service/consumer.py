@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -83,6 +85,11 @@ class Handler(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
+
+
+def default_consumer() -> str:
+    """A consumer name unique to this process on this host: the Redis group tells workers apart by it."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 @dataclass
 class ConsumerCounts:

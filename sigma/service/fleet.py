@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from sigma.batch.layout import RunDir
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
 from sigma.service.connections import display_url, sync_client
-from sigma.service.consumer import Consumer, Outcome
+from sigma.service.consumer import Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import QueueSettings, RedisSettings
@@ -234,7 +233,7 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
     settings = redis_settings(redis, key_prefix)
     qs = (queue or QueueSettings()).model_copy(update=queue_overrides)
     keys = Keys(settings.key_prefix)
-    consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    consumer = consumer or default_consumer()
     client = sync_client(settings, block_ms=qs.block_ms)
     q = StreamQueue(client, keys.batch_tasks(), GROUP, consumer, lease_ms=qs.lease_ms,
                     max_deliveries=qs.max_deliveries, dead_stream=keys.batch_dead(), dead_maxlen=qs.dead_letter_maxlen)
