@@ -38,7 +38,6 @@ background's own tolerance and is rarely what anyone wants; the evidence says so
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +46,9 @@ import numpy as np
 from pydantic import Field
 
 from sigma.config.schema import Strict
+
+# PIL's (libjpeg's IJG tables) encode -> decode: the path nearly every tool that re-saves a JPEG takes
+from sigma.data.perturb import jpeg as jpeg_roundtrip
 from sigma.types import MASK_MODES, MaskMode, check_mask_mode  # noqa: F401  (MASK_MODES: re-exported)
 
 
@@ -135,15 +137,6 @@ def residual_map(reference: np.ndarray, edited: np.ndarray) -> np.ndarray:
     """max over RGB of |reference - edited| as uint8: a colour-only change counts as much as a grey one."""
     d = cv2.absdiff(reference, edited)
     return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
-
-
-def jpeg_roundtrip(image: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
-    """PIL's (libjpeg's IJG tables) encode -> decode: the same path nearly every tool that re-saves a JPEG takes."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality), subsampling=int(subsampling))
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 def _probe_strip(original: np.ndarray, edited: np.ndarray, background: np.ndarray, size: int = 128,
