@@ -133,8 +133,14 @@ class Annotator(ABC):
         -0.42 instead of +0.21 on the development set's editing pairs; docs/masks.md)."""
         derived = self.derive(size, prob, masks["mask"], threshold, context)
         if masks.get("mask_source") == "footprint" and "confidence" in derived:
-            derived["confidence"] = self.derive(size, prob, masks["semantic_mask"], threshold, context)["confidence"]
+            derived["confidence"] = self.mask_confidence(size, prob, masks["semantic_mask"], threshold, context)
         return derived
+
+    def mask_confidence(self, size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
+                        context: dict[str, Any]) -> Any:
+        """The `confidence` that `derive` gives `mask`. Annotators whose `derive` does more (components at
+        full resolution) override it with the formula alone."""
+        return self.derive(size, prob, mask, threshold, context)["confidence"]
 
     def finalize(self, pair: Pair, prob: np.ndarray, extra: dict[str, Any], context: dict[str, Any],
                  threshold: float, timings: dict[str, float], mask_mode: str | None = None) -> Annotation:

@@ -224,10 +224,14 @@ class SigmaAnnotator(TorchAnnotator):
                           # all the split needs is where the prior is >= 0.5: a bool map, not a 64 MB float one
                           {"prior": g.prior >= 0.5 if g.informative else None, "informative": g.informative})
 
+    def mask_confidence(self, size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
+                        context: dict[str, Any]) -> float:
+        return confidence(prob, mask, threshold)
+
     def derive(self, pair_size: tuple[int, int], prob: np.ndarray, mask: np.ndarray, threshold: float,
                context: dict[str, Any]) -> dict[str, Any]:
         cfg: ModelAnnotatorConfig = self.config
-        return {"confidence": confidence(prob, mask, threshold),
+        return {"confidence": self.mask_confidence(pair_size, prob, mask, threshold, context),
                 "components": split_components(mask, context.get("prior"), bool(context.get("informative")),
                                                min_overlap=cfg.intended_overlap,
                                                max_components=cfg.max_components)}
