@@ -38,14 +38,11 @@ def margin_confidence(prob: np.ndarray, mask: np.ndarray, threshold: float) -> f
     return round(float(np.clip(np.mean(margins), 0.0, 1.0)), 4) if margins else 0.0
 
 
-# Fitted on the fixed synthetic validation set (issue 14: select there, report on ../shared/data/eval);
-# see docs/training.md, "confidence".
-CONFIDENCE_TEMPERATURE = 1.0
-
 
 def confidence(prob: np.ndarray, mask: np.ndarray, threshold: float) -> float:
-    """A quality score that ranks masks by their expected F1 (`expected_f1` of the calibrated
-    probabilities); `threshold` made `mask` (kept for the callers' signature)."""
+    """A quality score that ranks masks by their expected F1: the margin of the probabilities on either
+    side of `threshold` (`margin_confidence`), chosen on the synthetic validation set over `expected_f1`
+    and a fitted head (docs/training.md, "Confidence"); an empty mask scores 0."""
     if not mask.any():
         return 0.0
     return margin_confidence(prob, mask, threshold)

@@ -220,7 +220,7 @@ def graph_paths(label: str, key: str, root: Path | None = None) -> tuple[Path, P
 def ensure_graph(model: nn.Module, label: str, working: tuple[int, int] | None, threads: int | None, *,
                  honour_failure: bool = True, root: Path | None = None, build: bool = True):
     """Return (session, CachedGraph): from a valid cache entry, else exported, verified and cached
-    (`build=False`: GraphUnavailable instead of an export, for callers with too few pairs to pay for one).
+    (`build=False`: NotBuilt instead of an export, for callers with too few pairs to pay for one).
 
     Raises GraphUnavailable when the model does not export or disagrees with torch (and records it),
     or when a recorded failure for this key exists and `honour_failure` is set."""
