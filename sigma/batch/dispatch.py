@@ -72,21 +72,38 @@ class ShardLedger:
             self.progress.update(-ticked[0])
         attempt = self.attempts.get(shard.key, 1)
         record = {"shard": shard.key, "attempt": attempt, "worker": worker, "reason": reason}
-        if attempt < self.max_attempts:
+        published = self._published(shard, worker)
+        if published is not None:
+            # the worker died after publishing (status written, reply lost): the shard is done, not lost
+            record["action"] = "already_done"
+            self.sent.pop(shard.key, None)      # no round trip to time
+            self.done(published)
+        elif attempt < self.max_attempts:
             record["action"] = "retried"
             self.queue.appendleft(shard)
         else:
             record["action"] = "failed"
             error = f"lost {attempt} time(s) with its worker; last: {reason}"
-            self.rundir.write_status(shard, {"status": "failed", "run_hash": self.run_hash, "error": error})
-            self.outcomes[shard.key] = ShardOutcome(shard.key, "failed", error=error, worker=worker)
+            self._fail(shard, error, worker)
         self.retried.append(record)
+
+    def _published(self, shard: Shard, worker: str) -> ShardOutcome | None:
+        """The shard's outcome when its output is on disk for this run (see `RunDir.is_done`)."""
+        if not self.rundir.is_done(shard, self.run_hash):
+            return None
+        st = self.rundir.status(shard) or {}
+        return ShardOutcome(shard.key, "done", pairs=int(st.get("pairs", 0)), errors=int(st.get("errors", 0)),
+                            worker=worker)
+
+    def _fail(self, shard: Shard, error: str, worker: str = "") -> None:
+        """A failed outcome; the status file only when no worker finished the shard meanwhile."""
+        self.rundir.mark_failed(shard, self.run_hash, error)
+        published = self._published(shard, worker)
+        self.outcomes[shard.key] = published or ShardOutcome(shard.key, "failed", error=error, worker=worker)
 
     def fail_remaining(self, reason: str) -> None:
         while self.queue:
-            shard = self.queue.popleft()
-            self.rundir.write_status(shard, {"status": "failed", "run_hash": self.run_hash, "error": reason})
-            self.outcomes[shard.key] = ShardOutcome(shard.key, "failed", error=reason)
+            self._fail(self.queue.popleft(), reason)
 
     # --- the end ----------------------------------------------------------------------------------
     def summary(self, shards: int, extra: dict[str, Any] | None = None):
