@@ -132,7 +132,8 @@ def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
     return load_config(BatchConfig, None, overrides)
 
 
-def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_path: Path) -> dict[str, Any]:
+def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_path: Path,
+                   client: Any = None) -> dict[str, Any]:
     """In a worker thread: the config, the annotator's options checked (nothing loaded), the run planned and
     its shards queued. The annotator registry imports the model code, hence not on the event loop."""
     from sigma.registry import validate_annotator_options
@@ -144,7 +145,7 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
         options["threshold"] = body.threshold
     confine_file_options(options, os.path.realpath(_root(cfg)))
     validate_annotator_options(batch_cfg.annotator, options)
-    return submit_run(batch_cfg, out_path, cfg.redis)
+    return submit_run(batch_cfg, out_path, cfg.redis, client=client)
 
 
 # Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.
@@ -255,7 +256,7 @@ async def submit_batch(request: Request, _principal=ANNOTATE, svc: Service = SER
     _check_out(out_path, real_root)
     await svc.r.ping()      # Redis down: 503 now, before a run folder is planned (and the model code imported)
     try:
-        info = await anyio.to_thread.run_sync(plan_and_queue, cfg, body, input_path, out_path)
+        info = await anyio.to_thread.run_sync(plan_and_queue, cfg, body, input_path, out_path, svc.sync_redis)
     except (SigmaError, OSError, ImportError) as exc:
         raise _to_api(exc, root) from exc
     return SafeJSONResponse({"run_dir": _relative(root, out_path), **info}, status_code=202)
@@ -282,7 +283,8 @@ async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service
             failed["error"] = scrub(str(failed.get("error", "")), root)
         answer["run"] = {**summary, "run_dir": _relative(root, out_path)}
     try:
-        answer["queue"] = await anyio.to_thread.run_sync(queue_status, cfg.redis)
+        client = svc.sync_redis
+        answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(cfg.redis, client=client))
     except SigmaError as exc:
         raise _to_api(exc, root) from exc
     return answer

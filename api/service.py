@@ -20,7 +20,7 @@ from sigma.api.idempotency import Idempotency, request_digest
 from sigma.api.metrics import ApiMetrics
 from sigma.api.requests import AnnotateOptions, Submission, parse_submission
 from sigma.errors import SigmaError
-from sigma.service.connections import async_client
+from sigma.service.connections import async_client, sync_client
 from sigma.service.jobs import ENQUEUE, FINISH, decode_hash, enqueue_args, job_fields, new_job_id
 from sigma.service.keys import Keys
 from sigma.service.settings import ServeConfig
@@ -40,6 +40,7 @@ class Service:
         self.metrics = ApiMetrics()
         self.auth = KeyChecker(cfg.auth)
         self.budget = ByteBudget(cfg.limits.max_bytes_in_flight, cfg.limits.retry_after_s)
+        self._sync: redis.Redis | None = None
 
     async def open(self) -> None:
         """Clients are made inside the server's event loop (an asyncio pool is bound to its loop)."""
@@ -53,6 +54,17 @@ class Service:
     async def close(self) -> None:
         await self.r.aclose()
         await self.rb.aclose()
+        if self._sync is not None:
+            self._sync.close()
+
+    @property
+    def sync_redis(self) -> redis.Redis:
+        """One blocking client (thread-safe pool) for the batch routes, which run the fleet's sync code in
+        worker threads: a status poll reuses its connection instead of connecting each time. Read it on the
+        event loop, not in the threads, so only one is ever made."""
+        if self._sync is None:
+            self._sync = sync_client(self.cfg.redis)
+        return self._sync
 
     # -- submitting ------------------------------------------------------------------------
     def annotator_for(self, options: AnnotateOptions) -> str:

@@ -187,3 +187,16 @@ def test_confine_file_options_accepts_hub_ids_and_paths_under_the_root(root):
     confine_file_options({"weights": str(root / "models" / "m"), "backbone_weights": "facebook/dinov2-base",
                           "model": "sigma-lite", "grounding_options": {"detector": {"weights": "IDEA-Research/x"}}},
                          real)
+
+
+def test_status_polls_reuse_one_redis_connection(svc, redis_server):
+    """`GET /v1/batches/status` runs the fleet's blocking code in a thread: it uses the API's one sync client,
+    so polling it (dashboards do, once a second) is not a TCP connect to Redis per request."""
+    r = redis_server.client()
+    assert svc.http.get("/v1/batches/status", headers=svc.headers()).status_code == 200   # the client exists
+    before = r.info("stats")["total_connections_received"]
+    for _ in range(20):
+        resp = svc.http.get("/v1/batches/status", headers=svc.headers())
+        assert resp.status_code == 200 and "queued" in resp.json()["queue"]
+    grown = r.info("stats")["total_connections_received"] - before
+    assert grown <= 2, f"{grown} new Redis connections for 20 status polls"

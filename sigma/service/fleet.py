@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,22 @@ def make_queue(client, keys: Keys, consumer: str, lease_ms: int = 30_000, max_de
     return q
 
 
+@contextmanager
+def _client(settings: RedisSettings, client: Any = None) -> Iterator[Any]:
+    """The caller's client (a long-lived process keeps one: the API, so a status poll is not a TCP connect
+    each time), else one made for this call and closed after it."""
+    if client is not None:
+        yield client
+        return
+    own = sync_client(settings)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
 def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | None = None,
-               key_prefix: str | None = None) -> dict[str, Any]:
+               key_prefix: str | None = None, client: Any = None) -> dict[str, Any]:
     """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`."""
     import redis as redis_lib
 
@@ -48,9 +64,10 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
         rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
     pending = [s for s in shards if not rundir.is_done(s, run_hash)]
     try:
-        q = make_queue(sync_client(settings), keys, consumer="submitter")
-        for shard in pending:
-            q.add({"run_dir": str(rundir.root.resolve()), "shard": shard.key, "run_hash": run_hash})
+        with _client(settings, client) as conn:
+            q = make_queue(conn, keys, consumer="submitter")
+            for shard in pending:
+                q.add({"run_dir": str(rundir.root.resolve()), "shard": shard.key, "run_hash": run_hash})
     except redis_lib.RedisError as exc:
         raise InputError(f"cannot queue shard tasks on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
@@ -58,17 +75,18 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
             "run_hash": run_hash}
 
 
-def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None) -> dict[str, Any]:
+def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None,
+                 client: Any = None) -> dict[str, Any]:
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
-    client = sync_client(settings)
     try:
-        q = make_queue(client, keys, consumer="status")
-        workers = sum(1 for _ in client.scan_iter(match=keys.batch_worker_pattern(), count=500))
-        return {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
-                "dead": q.dead_count(), "live_workers": workers}
+        with _client(settings, client) as conn:
+            q = make_queue(conn, keys, consumer="status")
+            workers = sum(1 for _ in conn.scan_iter(match=keys.batch_worker_pattern(), count=500))
+            return {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
+                    "dead": q.dead_count(), "live_workers": workers}
     except redis_lib.RedisError as exc:
         raise InputError(f"cannot read the queue on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
