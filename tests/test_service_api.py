@@ -177,6 +177,9 @@ def test_errors_are_json_with_stable_codes(svc, case):
 
 
 def test_readyz_metrics_and_openapi(svc):
+    # one annotation of its own: the worker histograms exist once a batch ran (not only after other tests)
+    done = svc.submit(*make_pair(seed=9), path="/v1/annotate")
+    assert done.status_code == 200 and done.json()["status"] == "done", done.text
     ready = svc.http.get("/readyz").json()
     assert ready["status"] == "ready"
     assert ready["checks"]["redis"]["ok"] and ready["checks"]["workers"]["alive"] >= 1

@@ -41,16 +41,7 @@ def auc_score(prob: np.ndarray, gt: np.ndarray) -> float:
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    # average rank (1-based) of each run of equal scores
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [sorted_scores.size]))
-    run_rank = (starts + ends + 1) / 2.0
-    ranks = np.empty(scores.size, dtype=np.float64)
-    ranks[order] = np.repeat(run_rank, ends - starts)
-    rank_sum = ranks[labels].sum()
+    rank_sum = (average_ranks(scores) + 1.0)[labels].sum()      # 1-based ranks
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
@@ -145,13 +136,14 @@ def spearman(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float:
     a, b = a[keep], b[keep]
     if a.size < 3:
         return float("nan")
-    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = average_ranks(a), average_ranks(b)
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _average_ranks(v: np.ndarray) -> np.ndarray:
+def average_ranks(v: np.ndarray) -> np.ndarray:
+    """0-based ranks, ties sharing the mean of their ranks (what both AUC and Spearman need)."""
     order = np.argsort(v, kind="mergesort")
     sorted_v = v[order]
     boundaries = np.flatnonzero(np.diff(sorted_v)) + 1
