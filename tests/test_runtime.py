@@ -23,10 +23,11 @@ import pytest
 import torch
 
 from sigma.annotators.model_annotator import embedded_status
+from sigma.digest import sha256_file
 from sigma.errors import ConfigError
 from sigma.models import build_model
 from sigma.runtime import MissingRuntimeError, RuntimeOptions, build_runner, choose_runtime
-from sigma.runtime.cache import entry_is_valid, sha256_file
+from sigma.runtime.cache import entry_is_valid
 from sigma.types import Pair
 
 ROOT = Path(__file__).resolve().parents[1]

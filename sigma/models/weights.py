@@ -151,15 +151,11 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 def file_sha256(path: str | Path) -> str:
     """sha256 of a weights file, read once per process (keyed by path, size and mtime): outputs are
     keyed by the digest of the weights that made them, not by a file name."""
-    import hashlib
+    from sigma.digest import sha256_file
 
     p = Path(path).resolve()
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with p.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = sha256_file(p)
     return _DIGESTS[key]

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sigma.digest import sha256_file
+
 ENV_CACHE_DIR = "SIGMA_CACHE_DIR"
 
 
@@ -27,14 +29,6 @@ def cache_root() -> Path:
         return Path(os.environ[ENV_CACHE_DIR]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "sigma"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def key_digest(fields: dict[str, Any]) -> str:

@@ -301,7 +301,7 @@ def _build(model, label, shapes, fields, key, graph, manifest_path, failed, thre
             msg = f"ONNX graph of {label} differs from torch by {delta:.2e} > {TOLERANCE:.0e}"
             _record_failure(failed, key, msg)
             raise GraphUnavailable(msg)
-        from sigma.runtime.cache import sha256_file
+        from sigma.digest import sha256_file
 
         manifest = {**fields, "key": key, "sha256": sha256_file(tmp), "bytes": tmp.stat().st_size,
                     "max_abs_diff": delta, "tolerance": TOLERANCE, "export_s": round(time.perf_counter() - start, 2),
