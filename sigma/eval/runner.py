@@ -151,7 +151,8 @@ class EvalResult:
                 "per_pair": per_pair, "errors": self.errors}
 
 
-def _detail(ann, gt) -> PairDetail:
+def _detail(ann, gt, auc: float) -> PairDetail:
+    """The chosen mask's companions, scored from the same probability map (`auc`: the chosen mask's)."""
     conf = ann.extra.get("confidence")
     try:
         conf = float(conf) if conf is not None else None
@@ -160,9 +161,9 @@ def _detail(ann, gt) -> PairDetail:
     semantic = footprint = None
     if ann.mask_mode is not None:
         if ann.semantic_mask is not None:
-            semantic = score_image(ann.pair_id, ann.semantic_mask, ann.prob, gt)
+            semantic = score_image(ann.pair_id, ann.semantic_mask, ann.prob, gt, auc)
         if ann.footprint_mask is not None:
-            footprint = score_image(ann.pair_id, ann.footprint_mask, ann.prob, gt)
+            footprint = score_image(ann.pair_id, ann.footprint_mask, ann.prob, gt, auc)
     composite = None if ann.composite is None else bool(ann.composite.get("is_composite"))
     return PairDetail(semantic=semantic, footprint=footprint, composite=composite, mask_source=ann.mask_source,
                       confidence=conf)
@@ -207,7 +208,7 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
                 kept.append(rec)
             for rec, gt, ann in zip(kept, gts, annotator.predict(pairs), strict=True):
                 score = score_image(rec.pair_id, ann.mask, ann.prob, gt)
-                detail = _detail(ann, gt)
+                detail = _detail(ann, gt, score.auc)
                 score.confidence = detail.confidence      # the per-set tables' conf_rho reads it
                 rows.append((rec, score))
                 details.append(detail)
