@@ -99,6 +99,29 @@ def test_kill_and_resume_continues_with_the_same_steps(photos, tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_max_minutes_pauses_a_stretch_and_resume_finishes_the_same_run(photos, tmp_path):
+    """A stretch of work with a wall-clock budget: past `max_minutes` the run checkpoints, validates and
+    exits 0 without `final/`; `--resume` (budget lifted) ends with the weights of an uninterrupted run."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=6", "batch_size=2", "log_every=2",
+              "eval.val_size=4", "eval.every=0", "eval.at_start=false", "warmup_steps=1"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, "name=cut", "max_minutes=1e-6"]) == 0
+    cut = runs / "cut"
+    recs = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    paused = [r for r in recs if r["event"] == "paused"]
+    assert len(paused) == 1 and paused[0]["step"] == 2 and paused[0]["reason"] == "max_minutes"
+    assert [r["step"] for r in recs if r["event"] == "val"] == [2]         # this stretch's progress is scored
+    assert torch.load(cut / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert not (cut / "final").exists()
+
+    assert main(["train", "--resume", str(cut), "max_minutes=null"]) == 0
+    assert steps_logged(cut) == [2, 4, 6]
+    ref, got = _weights(runs / "ref"), _weights(cut)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=x", "steps=1",

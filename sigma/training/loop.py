@@ -350,6 +350,7 @@ class Trainer:
                  "identity_initialised": rep.identity, "dropped": rep.dropped}, indent=1))
             self.emit({"event": "grow", "loaded": len(rep.loaded), "new": len(rep.new),
                        "identity_initialised": rep.identity})
+        started = time.monotonic()
         ds = TrainDataset(cfg)
         val = self._val_set() if self.is_main else []
         if cfg.eval.at_start and self.step == 0 and (cfg.eval.val_size or cfg.eval.val_dir or cfg.eval.data):
@@ -397,12 +398,38 @@ class Trainer:
                 self.checkpoint()
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
                 self.validate(val)
+            if self.step % cfg.log_every == 0 and self.step < cfg.steps and self._out_of_time(started):
+                return self._pause(val, started)
         self.checkpoint()
         self.validate(val, final=True)
         if self.is_main:
             from sigma.models import save_model
 
             save_model(self.model, self.run_dir / "final")
+        self.barrier()
+        if self.tb is not None:
+            self.tb.close()
+        return self.run_dir
+
+    def _out_of_time(self, started: float) -> bool:
+        """Past `max_minutes`? Every rank must stop at the same step: rank 0's clock decides for all."""
+        if self.cfg.max_minutes is None:
+            return False
+        over = torch.tensor([float(time.monotonic() - started > 60.0 * self.cfg.max_minutes)])
+        if self.world > 1:
+            torch.distributed.broadcast(over, src=0)
+        return bool(over.item())
+
+    def _pause(self, val, started: float) -> Path:
+        """End of a stretch, not of the run: checkpoint, score (so `best/` holds this stretch's progress),
+        no `final/`; the next `--resume` continues the schedule from this step."""
+        self.checkpoint()
+        if not (self.cfg.eval.every and self.step % self.cfg.eval.every == 0):
+            self.validate(val)
+        minutes = (time.monotonic() - started) / 60.0
+        self.emit({"event": "paused", "reason": "max_minutes", "minutes": round(minutes, 2)})
+        self.log(f"stopped at step {self.step} of {self.cfg.steps} after {minutes:.1f} min (max_minutes="
+                 f"{self.cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
         self.barrier()
         if self.tb is not None:
             self.tb.close()
