@@ -68,6 +68,11 @@ class SynthConfig(Strict):
     latent_whole_p: float = Field(0.5, ge=0, le=1, description="latent edit decoded whole vs composited back")
     inpaint_composite_p: float = Field(0.5, ge=0, le=1, description="inpainting pairs left as composites (no "
                                        "whole-image change after: the label is the whole re-made region)")
+    inpaint_margin_p: float = Field(0.0, ge=0, le=1, description="inpainting pairs whose region is the object "
+                                    "dilated by a thin margin (1-4 % of the crop), as object-removal tools build "
+                                    "it (Inpaint-Anything dilates the SAM mask by 15 px by default); the label is "
+                                    "that region even under a regenerator: the band follows the object, so it "
+                                    "is predictable from the object alone. 0 keeps the stream of earlier files")
     global_label: Literal["full", "empty"] = "full"
     min_change: float = Field(4.0, ge=0, description="mean |Δ| (0–255) an edit must make inside its mask")
     perturb: P.PerturbConfig = Field(default_factory=P.PerturbConfig)
@@ -370,9 +375,28 @@ class SynthEngine:
         under it and only the semantic core is recoverable: the label is O. (Labelling R there taught the
         model to dilate every edit under regeneration: 2-4x the true area on real removals.)"""
         c = self.cfg.crop
+        margin = self.cfg.inpaint_margin_p > 0 and rng.random() < self.cfg.inpaint_margin_p
+        if margin:
+            region, obj, shape = self._margin_region(rng, c, orig)
+        else:
+            region, obj, shape = self._object_in_region(rng, c, orig)
+        others = [k for k in ent if k.startswith("rt") and k != rt_key]
+        rendered = _crop(ent[str(rng.choice(others))], win, c) if others else None
+        rp = E.sample_regen(rng)
+        regen = E.regenerate(base, rendered, rp)
+        sub = str(rng.choice(["remove", "splice", "attribute"], p=[0.4, 0.4, 0.2]))
+        params = E.SAMPLERS[sub](rng, c, c)
+        painted = E.APPLIERS[sub](regen, donor, obj, params)
+        edited = E.blend(base, painted, E.feather(region, rp["feather"]))
+        label = obj if regenerated and not margin else region
+        return edited, label, _edit_type(sub, params, rng), shape, {
+            "object": sub, "render": rp["render"], "offset": rp["offset"], "margin": margin,
+            "label": "object" if regenerated and not margin else "region"}
+
+    def _object_in_region(self, rng, c: int, orig: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """A region brushed by hand (1-50 % of the crop) and the object, 10-60 % of it, inside."""
         area = float(np.exp(rng.uniform(np.log(0.01), np.log(0.5))))
         region, shape = self._mask(rng, c, REGION_SHAPES, orig, area=area, count=1)
-        # the object: a smaller shape inside the region
         inner = cv2.erode(region.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         inner = inner if inner.sum() >= 16 else region
         obj_area = float(region.mean() * rng.uniform(0.1, 0.6))
@@ -389,18 +413,16 @@ class SynthEngine:
                 break
         if obj.sum() < 8:
             obj = inner
-        others = [k for k in ent if k.startswith("rt") and k != rt_key]
-        rendered = _crop(ent[str(rng.choice(others))], win, c) if others else None
-        rp = E.sample_regen(rng)
-        regen = E.regenerate(base, rendered, rp)
-        sub = str(rng.choice(["remove", "splice", "attribute"], p=[0.4, 0.4, 0.2]))
-        params = E.SAMPLERS[sub](rng, c, c)
-        painted = E.APPLIERS[sub](regen, donor, obj, params)
-        edited = E.blend(base, painted, E.feather(region, rp["feather"]))
-        label = obj if regenerated else region
-        return edited, label, _edit_type(sub, params, rng), shape, {"object": sub, "render": rp["render"],
-                                                                       "offset": rp["offset"],
-                                                                       "label": "object" if regenerated else "region"}
+        return region, obj, shape
+
+    def _margin_region(self, rng, c: int, orig: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """An object (any size the mix draws, tiny ones included) and the region an object-removal tool
+        hands the editor: the object dilated by a margin of 1-4 % of the crop."""
+        obj, shape = self._mask(rng, c, OBJECT_SHAPES, orig)
+        m = max(1, round(c * float(rng.uniform(0.01, 0.04))))
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * m + 1, 2 * m + 1))
+        region = cv2.dilate(obj.astype(np.uint8), disk).astype(bool)
+        return region, obj, shape + "+margin"
 
 
 def _change(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
