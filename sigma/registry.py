@@ -6,11 +6,12 @@ Entries hold the factory, a one-line description and a weights probe, kept apart
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sigma.errors import UnknownNameError
+from sigma.errors import ConfigError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,16 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+def import_plugins(modules: Iterable[str], where: str = "plugins") -> None:
+    """Plugin modules register their annotators (readers, backends) on import; every process that plans or
+    builds one imports them first. `where` names the setting in the error (`worker.plugins`, `plugins`)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"{where}: cannot import {module!r} ({exc})") from exc
 
 
 def did_you_mean(kind: str, name: str, known: list[str]) -> str:

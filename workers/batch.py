@@ -5,11 +5,10 @@ so a non-default prefix reaches both sides through the one settings model.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 
-from sigma.errors import ConfigError
+from sigma.registry import import_plugins
 from sigma.service.connections import display_url
 from sigma.service.fleet import run_batch_worker
 from sigma.service.keys import Keys
@@ -20,11 +19,7 @@ from sigma.workers.lifecycle import Interrupted, StopSignals, report_unreachable
 def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = None) -> int:
     """`worker.plugins` (and `--plugin`) are imported first, so a run may name a third-party annotator."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for module in cfg.worker.plugins:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"worker.plugins: cannot import {module!r} ({exc})") from exc
+    import_plugins(cfg.worker.plugins, "worker.plugins")
     stop = threading.Event()
     signals = StopSignals(stop).install()
     stream = Keys(cfg.redis.key_prefix).batch_tasks()

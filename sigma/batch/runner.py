@@ -14,7 +14,7 @@ from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
-from sigma.registry import annotator_identity, build_annotator, default_annotator_name
+from sigma.registry import annotator_identity, build_annotator, default_annotator_name, import_plugins
 
 RUN_VERSION = 1
 
@@ -69,17 +69,6 @@ def corpus_from_config(cfg: BatchConfig) -> Corpus:
     return open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns, cfg.input.shard_size)
 
 
-def import_plugins(cfg: BatchConfig) -> None:
-    """`plugins`: modules that register annotators, imported in every process that plans or builds one."""
-    import importlib
-
-    for module in cfg.plugins:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"plugin {module!r} cannot be imported here: {exc}") from exc
-
-
 def with_default_annotator(cfg: BatchConfig) -> BatchConfig:
     return cfg if cfg.annotator else cfg.model_copy(update={"annotator": default_annotator_name()})
 
@@ -97,7 +86,7 @@ def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, 
 
 def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tuple[RunDir, Corpus, str, list[Shard]]:
     """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after."""
-    import_plugins(cfg)
+    import_plugins(cfg.plugins)
     cfg = with_default_annotator(cfg)
     if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
         check_confined(cfg.input.path, cfg.input.root)
@@ -134,7 +123,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
 
 
 def build_annotator_for(cfg: BatchConfig):
-    import_plugins(cfg)
+    import_plugins(cfg.plugins)
     return build_annotator(with_default_annotator(cfg))
 
 

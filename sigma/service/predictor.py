@@ -15,7 +15,6 @@ the model propagates: the caller decides whether that is the batch's fault or on
 from __future__ import annotations
 
 import base64
-import importlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from sigma.config.schema import IOConfig
-from sigma.errors import ConfigError, SigmaError
+from sigma.errors import SigmaError
 from sigma.types import Pair
 
 
@@ -57,14 +56,10 @@ class Predictor:
 
     def setup(self) -> None:
         """Import plugins and build the annotator (loads weights once; GPU when the annotator uses one)."""
-        from sigma.registry import create_annotator
+        from sigma.registry import create_annotator, import_plugins
 
         start = time.perf_counter()
-        for module in self.plugins:
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:
-                raise ConfigError(f"worker.plugins: cannot import {module!r} ({exc})") from exc
+        import_plugins(self.plugins, "worker.plugins")
         self.annotator = create_annotator(self.annotator_name, **self.options)
         if self.decode_threads > 1:
             self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="sigma-decode")
