@@ -83,8 +83,10 @@ def test_poison_job_goes_to_dead_letter_after_max_deliveries(svc):
     sync = svc.submit(original, edited, {"annotator": "poison-diff", "instruction": "poison again"},
                       path="/v1/annotate")
     assert sync.status_code == 500 and sync.json()["error"]["code"] == "annotation_failed"
-    metrics = svc.http.get("/metrics", headers=svc.headers()).text
-    assert 'sigma_dead_letters{annotator="poison-diff"} 2.0' in metrics
+    # the job is marked failed before its entry moves to the dead-letter stream (a crash between the two
+    # redelivers the entry, never loses the job's status), so the second dead letter may trail the answer
+    wait_until(lambda: 'sigma_dead_letters{annotator="poison-diff"} 2.0'
+               in svc.http.get("/metrics", headers=svc.headers()).text, 10, "the second dead letter")
     assert worker.alive()
 
 

@@ -119,16 +119,22 @@ def test_grow_refuses_a_wider_layer():
                       build_model({"name": "w", **wide}).state_dict())
 
 
-def test_ddp_two_processes_on_cpu_keep_the_same_weights(photos, tmp_path):
+def torchrun_tiny(photos: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """The real `sigma train` loop on 2 gloo ranks (tests/ddp_train_worker.py saves each rank's weights)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "ddp_train_worker.py"), str(tmp_path),
            str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
-           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=3", "ckpt_every=2", "eval.every=2",
-           "region_p=0.5", "prior_p=0.5", "max_minutes=600"]   # the budget check: one broadcast per log step
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_ddp_two_processes_on_cpu_keep_the_same_weights(photos, tmp_path):
+    proc = torchrun_tiny(photos, tmp_path, "steps=3", "ckpt_every=2", "eval.every=2", "region_p=0.5",
+                         "prior_p=0.5", "max_minutes=600")   # the budget check: one broadcast per log step
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys()
@@ -152,15 +158,8 @@ def test_ddp_two_processes_on_cpu_keep_the_same_weights(photos, tmp_path):
 def test_ddp_ranks_pause_together_on_rank0s_clock(photos, tmp_path):
     """`max_minutes` under DDP: rank 0's clock decides for every rank (a rank stopping alone would leave the
     other blocked in the next all-reduce), so both end at the same step and the run can be resumed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "ddp_train_worker.py"), str(tmp_path),
-           str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
-           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=6", "log_every=2", "eval.every=0",
-           "eval.at_start=false", "max_minutes=1e-6"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_tiny(photos, tmp_path, "steps=6", "log_every=2", "eval.every=0", "eval.at_start=false",
+                  "max_minutes=1e-6")
     run = tmp_path / "runs" / "ddp"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["reason"]) for r in rows if r["event"] == "paused"] == [(2, "max_minutes")]
