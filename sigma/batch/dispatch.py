@@ -96,9 +96,10 @@ class ShardLedger:
                             worker=worker)
 
     def _fail(self, shard: Shard, error: str, worker: str = "") -> None:
-        """A failed outcome; the status file only when no worker finished the shard meanwhile."""
-        self.rundir.mark_failed(shard, self.run_hash, error)
-        published = self._published(shard, worker)
+        """A failed outcome; the status file only when no worker finished the shard meanwhile (then it is
+        done: `mark_failed` refused to overwrite it)."""
+        written = self.rundir.mark_failed(shard, self.run_hash, error)
+        published = None if written else self._published(shard, worker)
         self.outcomes[shard.key] = published or ShardOutcome(shard.key, "failed", error=error, worker=worker)
 
     def fail_remaining(self, reason: str) -> None:

@@ -86,10 +86,10 @@ class Handler(Protocol):
     def info(self) -> dict[str, Any]: ...
 
 
-
 def default_consumer() -> str:
     """A consumer name unique to this process on this host: the Redis group tells workers apart by it."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
 
 @dataclass
 class ConsumerCounts:

@@ -406,6 +406,10 @@ class Trainer:
             from sigma.models import save_model
 
             save_model(self.model, self.run_dir / "final")
+        return self._close()
+
+    def _close(self) -> Path:
+        """The end of a stretch, finished or paused: every rank waits for rank 0's writes."""
         self.barrier()
         if self.tb is not None:
             self.tb.close()
@@ -422,18 +426,18 @@ class Trainer:
 
     def _pause(self, val, started: float) -> Path:
         """End of a stretch, not of the run: checkpoint, score (so `best/` holds this stretch's progress),
-        no `final/`; the next `--resume` continues the schedule from this step."""
-        self.checkpoint()
-        if not (self.cfg.eval.every and self.step % self.cfg.eval.every == 0):
+        no `final/`; the next `--resume` continues the schedule from this step. What this step's loop
+        iteration already wrote (a checkpoint, a validation) is not done again."""
+        cfg = self.cfg
+        if self.step % cfg.ckpt_every:
+            self.checkpoint()
+        if not (cfg.eval.every and self.step % cfg.eval.every == 0):
             self.validate(val)
         minutes = (time.monotonic() - started) / 60.0
         self.emit({"event": "paused", "reason": "max_minutes", "minutes": round(minutes, 2)})
-        self.log(f"stopped at step {self.step} of {self.cfg.steps} after {minutes:.1f} min (max_minutes="
-                 f"{self.cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
-        self.barrier()
-        if self.tb is not None:
-            self.tb.close()
-        return self.run_dir
+        self.log(f"stopped at step {self.step} of {cfg.steps} after {minutes:.1f} min (max_minutes="
+                 f"{cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
+        return self._close()
 
     def _val_set(self):
         ev = self.cfg.eval
