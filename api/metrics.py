@@ -29,6 +29,8 @@ class ApiMetrics:
                                 registry=self.registry)
         self.rejected = Counter("sigma_jobs_rejected_total", "requests refused before enqueueing",
                                 ["reason"], registry=self.registry)
+        self.withdrawn = Counter("sigma_jobs_withdrawn_total", "submissions answered 503 after their MULTI was "
+                                 "sent, then taken back (api/withdrawals.py)", registry=self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method, route, str(status))

@@ -19,6 +19,7 @@ from sigma.api.errors import ApiError
 from sigma.api.idempotency import Idempotency, request_digest
 from sigma.api.metrics import ApiMetrics
 from sigma.api.requests import AnnotateOptions, Submission, parse_submission
+from sigma.api.withdrawals import Withdrawals
 from sigma.errors import SigmaError
 from sigma.service.connections import async_client, sync_client
 from sigma.service.jobs import ENQUEUE, FINISH, decode_hash, enqueue_args, job_fields, new_job_id
@@ -50,8 +51,11 @@ class Service:
         self.enqueue_script = self.r.register_script(ENQUEUE)
         self.finish_script = self.r.register_script(FINISH)
         self.idempotency = Idempotency(self.r, self.keys.job(""), self.cfg.queue.job_ttl_s)
+        self.withdrawals = Withdrawals(self.r, self.keys, self.cfg.queue.result_ttl_s, self.cfg.queue.job_ttl_s,
+                                       on_done=lambda _: self.metrics.withdrawn.inc())
 
     async def close(self) -> None:
+        await self.withdrawals.close()
         await self.r.aclose()
         await self.rb.aclose()
         if self._sync is not None:
@@ -160,7 +164,9 @@ class Service:
             pipe.set(keys[3], sub.edited, ex=ttl)
             await self.enqueue_script(keys=keys, args=args, client=pipe)
             queued = bool((await pipe.execute())[-1])
-        except Exception:
+        except BaseException as exc:
+            if not isinstance(exc, redis.ResponseError):    # a refused MULTI ran nothing; else it may yet run
+                self.withdrawals.start(job_id, principal.name, annotator)
             if idem_key:
                 await self._release_quietly(idem_key, job_id)
             raise

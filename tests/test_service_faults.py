@@ -4,9 +4,23 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 
 import pytest
-from servicekit import make_pair, running_service, wait_until
+from redisproxy import ReplyLosingProxy
+from servicekit import ServiceUnderTest, make_pair, running_service, wait_until
+
+from sigma.service.jobs import (
+    ENQUEUE,
+    FINISH,
+    WITHDRAW,
+    enqueue_args,
+    finish_args,
+    job_fields,
+    new_job_id,
+    withdraw_args,
+)
+from sigma.service.keys import Keys
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -128,3 +142,95 @@ def test_sigterm_finishes_the_batch_acks_and_exits_0(svc):
     svc.start_worker("slow-diff", ["worker.options={delay_ms: 0}"])
     svc.wait_jobs(ids, 30)
     assert_exactly_once(svc, ids, "slow-diff")
+
+
+def test_a_503_whose_multi_ran_is_withdrawn_and_a_retry_is_the_only_job(redis_server, tmp_path):
+    """Redis runs the submission but its reply is lost (a proxy drops it: what a frozen Redis does to a client
+    with a socket timeout): the client gets 503, and the job that Redis did queue is taken back — cancelled
+    with `withdrawn`, never worked on — so the client's retry (with the same Idempotency-Key) is the only job."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    s = ServiceUnderTest(redis_server, tmp_path, ["redis.socket_timeout_s=1"])
+    try:
+        s.env["SIGMA_REDIS_URL"] = proxy.url            # the API talks through the proxy, the worker directly
+        s.start_api()
+        s.env["SIGMA_REDIS_URL"] = redis_server.url
+        r = redis_server.client()
+        original, edited = make_pair(seed=7)
+        proxy.lose_next_exec_replies(4)                 # each submission's MULTI and the client's one retry
+        plain = s.submit(original, edited, {"annotator": "pixel-diff"})
+        keyed = s.submit(original, edited, {"annotator": "pixel-diff"}, headers={"Idempotency-Key": "k-1"})
+        for resp in (plain, keyed):
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["error"]["code"] == "queue_unavailable"
+        assert proxy.lost == 4
+        stream = f"{s.prefix}:stream:pixel-diff"
+        assert r.xlen(stream) == 2                      # Redis did queue both (once each: the retry is a no-op)
+
+        def jobs() -> dict[str, dict[str, str]]:
+            return {k.decode().rsplit(":", 1)[1]: {a.decode(): b.decode() for a, b in r.hgetall(k).items()}
+                    for k in r.scan_iter(match=f"{s.prefix}:job:*")}
+        withdrawn = wait_until(lambda: (lambda j: j if len(j) == 2 and all(h["status"] == "cancelled"
+                                                                             for h in j.values()) else None)(jobs()),
+                               15, "both submissions withdrawn")
+        for h in withdrawn.values():
+            assert json.loads(h["error"])["code"] == "withdrawn" and h["completions"] == "0", h
+        assert r.keys(f"{s.prefix}:blob:*") == []        # their images freed at once
+        s.start_worker("pixel-diff")                     # acknowledges both entries without working on them
+        retry = s.submit(original, edited, {"annotator": "pixel-diff"}, headers={"Idempotency-Key": "k-1"})
+        assert retry.status_code == 202, retry.text
+        done = s.wait_jobs([retry.json()["id"]], 30)
+        assert done[retry.json()["id"]]["status"] == "done"
+        wait_until(lambda: r.xlen(stream) == 0, 15, "every entry acknowledged")
+        after = jobs()
+        assert {j for j, h in after.items() if h["status"] == "done"} == {retry.json()["id"]}
+        assert all(after[j]["status"] == "cancelled" and after[j]["completions"] == "0" for j in withdrawn)
+        metrics = s.http.get("/metrics", headers=s.headers("metrics")).text
+        assert "sigma_jobs_withdrawn_total 2.0" in metrics
+    finally:
+        s.close()
+        proxy.close()
+
+
+def test_a_withdrawal_that_lands_first_makes_the_late_multi_a_no_op(redis_server):
+    """The other order: the WITHDRAW reaches Redis before the submission's MULTI (two connections); the MULTI
+    then queues nothing and frees its images, and the cancelled record stays."""
+    r = redis_server.client()
+    keys, job_id = Keys(f"t{uuid.uuid4().hex[:10]}"), new_job_id()
+    wkeys, wargs = withdraw_args(keys, job_id, "user", "pixel-diff", 60)
+    assert r.register_script(WITHDRAW)(keys=wkeys, args=wargs) is None            # nothing there yet
+    fields = job_fields(job_id, "pixel-diff", "user", None, None, ["rle"])
+    ekeys, eargs = enqueue_args(keys, job_id, fields, 100, 60)
+    pipe = r.pipeline(transaction=True)
+    pipe.set(keys.blob(job_id, "original"), b"o", ex=60)
+    pipe.set(keys.blob(job_id, "edited"), b"e", ex=60)
+    r.register_script(ENQUEUE)(keys=ekeys, args=eargs, client=pipe)
+    assert pipe.execute()[-1] is None                                             # not queued
+    assert r.xlen(keys.stream("pixel-diff")) == 0
+    assert not r.exists(keys.blob(job_id, "original"), keys.blob(job_id, "edited"))
+    assert r.hget(keys.job(job_id), "status") == b"cancelled"
+    assert r.register_script(WITHDRAW)(keys=wkeys, args=wargs) == b"cancelled"    # again: left alone
+
+
+def test_the_client_librarys_retry_of_a_multi_queues_the_job_once(redis_server):
+    """redis-py sends a transaction again after a lost reply: the second ENQUEUE of one job id adds no second
+    stream entry, and one that comes after the job finished keeps no images."""
+    r = redis_server.client()
+    keys, job_id = Keys(f"t{uuid.uuid4().hex[:10]}"), new_job_id()
+    fields = job_fields(job_id, "pixel-diff", "user", None, None, ["rle"])
+    ekeys, eargs = enqueue_args(keys, job_id, fields, 100, 60)
+    enqueue = r.register_script(ENQUEUE)
+
+    def send() -> object:
+        pipe = r.pipeline(transaction=True)
+        pipe.set(keys.blob(job_id, "original"), b"o", ex=60)
+        pipe.set(keys.blob(job_id, "edited"), b"e", ex=60)
+        enqueue(keys=ekeys, args=eargs, client=pipe)
+        return pipe.execute()[-1]
+    assert send().count(b"-") == 1                                 # a stream id
+    assert send() == b"again" and r.xlen(keys.stream("pixel-diff")) == 1
+    assert r.exists(keys.blob(job_id, "original"), keys.blob(job_id, "edited")) == 2   # queued: still needed
+    fkeys, fargs = finish_args(keys, job_id, "done", {"ok": True}, None, 60, "w")
+    assert r.register_script(FINISH)(keys=fkeys, args=fargs) == 1
+    assert send() == b"again" and r.xlen(keys.stream("pixel-diff")) == 1
+    assert not r.exists(keys.blob(job_id, "original"), keys.blob(job_id, "edited"))
+    assert r.hget(keys.job(job_id), "status") == b"done"

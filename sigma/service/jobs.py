@@ -1,7 +1,10 @@
 """A job's record in Redis, and the atomic steps on it that must never be split (key names: `keys.py`).
 
 `ENQUEUE` (in one MULTI with the SETs of the images) stores the job and adds the stream entry, or
-deletes the images when the queue is full, so a 429 leaves nothing behind. `FINISH` stores a result only if the job has none yet: a job reclaimed after its
+deletes the images when the queue is full, so a 429 leaves nothing behind. `WITHDRAW` takes back a submission
+the API answered 503 for after its MULTI was sent (a timeout loses the reply, not the request: a frozen Redis
+runs the MULTI when it wakes): it cancels the job or, arriving first, leaves a cancelled record that ENQUEUE
+then refuses to overwrite, so a 503 never leaves a job behind that nobody knows the id of. `FINISH` stores a result only if the job has none yet: a job reclaimed after its
 first worker died just after storing is acknowledged, not stored twice (`completions` stays 1).
 """
 from __future__ import annotations
@@ -21,6 +24,15 @@ ENQUEUE = """
 -- Runs in the same MULTI right after the two SETs of the images (large values travel as plain SET
 -- arguments: passing them through a script's ARGV costs ~4x more).
 -- KEYS: stream, job, blob original, blob edited; ARGV: max_len, ttl_s, job id, field, value, ...
+-- Job ids are fresh uuids, so a record already there is this same MULTI sent again (the client library
+-- retries once after a lost reply): queued once, no second entry, and no images kept for a finished job;
+-- or a WITHDRAW that arrived first (see below): nothing queued.
+local st = redis.call('HGET', KEYS[2], 'status')
+if st then
+  if st ~= 'queued' and st ~= 'running' then redis.call('DEL', KEYS[3], KEYS[4]) end
+  if st == 'cancelled' then return false end
+  return 'again'
+end
 local limit = tonumber(ARGV[1])
 if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then
   redis.call('DEL', KEYS[3], KEYS[4])
@@ -49,6 +61,19 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 return 1
+"""
+
+WITHDRAW = """
+-- KEYS: job, blob original, blob edited; ARGV: error json, finished_at, ttl_s, job id, owner, annotator.
+-- Returns the job's status before (false: not there yet, or never to come). A finished job is left alone.
+-- DEL first (not `denyoom`), as in FINISH.
+redis.call('DEL', KEYS[2], KEYS[3])
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'done' or st == 'failed' or st == 'cancelled' then return st end
+redis.call('HSET', KEYS[1], 'id', ARGV[4], 'owner', ARGV[5], 'annotator', ARGV[6], 'status', 'cancelled',
+           'error', ARGV[1], 'finished_at', ARGV[2], 'worker', 'api')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return st or false
 """
 
 START = """
@@ -107,6 +132,14 @@ def finish_args(keys: Keys, job_id: str, status: str, result: dict | None, error
     return ([keys.job(job_id), keys.done(job_id), keys.blob(job_id, "original"), keys.blob(job_id, "edited")],
             [status, json.dumps(result) if result is not None else "", json.dumps(error) if error else "",
              f"{time.time():.6f}", ttl_s, worker, min(ttl_s, 600)])
+
+
+def withdraw_args(keys: Keys, job_id: str, owner: str, annotator: str, ttl_s: int
+                  ) -> tuple[list[str], list[Any]]:
+    error = {"code": "withdrawn", "message": "the API answered 503 for this submission (Redis did not reply in "
+             "time), so it was taken back; a retry is a new job"}
+    return ([keys.job(job_id), keys.blob(job_id, "original"), keys.blob(job_id, "edited")],
+            [json.dumps(error), f"{time.time():.6f}", ttl_s, job_id, owner, annotator])
 
 
 def decode_hash(raw: dict) -> dict[str, str]:
