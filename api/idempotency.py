@@ -33,7 +33,11 @@ end
 local cur = redis.call('HMGET', KEYS[1], 'digest', 'job', 'state')
 if cur[1] then
   if cur[1] ~= ARGV[1] then return {'mismatch', cur[2]} end
-  if cur[3] == 'pending' then return {'pending', cur[2]} end
+  if cur[3] == 'pending' then
+    -- the same claim sent again (the client library retries once after a lost reply) is still this request's
+    if cur[2] == ARGV[2] then return {'new', ARGV[2]} end
+    return {'pending', cur[2]}
+  end
   if redis.call('EXISTS', ARGV[4] .. cur[2]) == 1 then return {'replay', cur[2]} end
 end
 redis.call('HSET', KEYS[1], 'digest', ARGV[1], 'job', ARGV[2], 'state', 'pending')

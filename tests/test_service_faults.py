@@ -234,3 +234,25 @@ def test_the_client_librarys_retry_of_a_multi_queues_the_job_once(redis_server):
     assert send() == b"again" and r.xlen(keys.stream("pixel-diff")) == 1
     assert not r.exists(keys.blob(job_id, "original"), keys.blob(job_id, "edited"))
     assert r.hget(keys.job(job_id), "status") == b"done"
+
+
+def test_an_idempotency_claim_sent_again_is_still_the_requests_own(redis_server):
+    """A lost reply to CLAIM makes redis-py send it again: the request that holds the claim must not be told
+    409 `idempotency_key_in_use` about itself (for the claim's 30 s), while another request still is."""
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from sigma.api.idempotency import Idempotency
+
+    async def run() -> list[tuple[str, str]]:
+        client = aredis.Redis(host="127.0.0.1", port=redis_server.port)
+        try:
+            idem = Idempotency(client, "t:job:", 60)
+            key = f"t{uuid.uuid4().hex[:10]}:idem:user:k"
+            return [await idem.claim(key, "digest-a", "job-1"), await idem.claim(key, "digest-a", "job-1"),
+                    await idem.claim(key, "digest-a", "job-2"), await idem.claim(key, "digest-b", "job-3")]
+        finally:
+            await client.aclose()
+    assert asyncio.run(run()) == [("new", "job-1"), ("new", "job-1"), ("pending", "job-1"),
+                                  ("mismatch", "job-1")]
