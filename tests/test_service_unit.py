@@ -114,7 +114,8 @@ def test_reclaim_counts_deliveries_and_dead_letters(queue_factory):
     time.sleep(0.25)
     live, exhausted = reaper.reclaim()
     assert not live and [e.deliveries for e in exhausted] == [3]
-    reaper.dead_letter(exhausted[0], "boom")
+    assert reaper.dead_letter(exhausted[0], "boom") is not None
+    assert reaper.dead_letter(exhausted[0], "boom") is None  # sent again after a lost reply: one record, not two
     assert reaper.depth() == 0 and reaper.pending_count() == 0 and reaper.dead_count() == 1
     dead = reaper.dead_entries()[0].fields
     assert dead["job"] == "j1" and dead["error"] == "boom" and dead["deliveries"] == "3"

@@ -10,7 +10,7 @@ through this module, so the delivery rules are written once:
     q.add({"job": "abc"}, max_len=1000)       # XADD, refused (None) when XLEN >= max_len; never trims
     batch = q.read_batch(max_batch=8, block_ms=1000, max_wait_ms=5)   # XREADGROUP COUNT/BLOCK, micro-batched
     live, exhausted = q.reclaim(count=16)     # XAUTOCLAIM entries idle past the lease (Redis >= 6.2)
-    q.dead_letter(entry, error="...")         # XADD dead stream, then XACK + XDEL in one MULTI
+    q.dead_letter(entry, error="...")         # XACK, then XADD dead stream + XDEL: one script, at most once
     q.ack([e.id for e in batch])              # XACK + XDEL in one script: only after the result is stored
     q.extend(ids)                             # XCLAIM JUSTID: refresh the lease of work in progress
     q.depth(), q.pending_count(), q.dead_count()
@@ -44,6 +44,17 @@ ACK = """
 -- a script calling only them) still run, so finished work leaves the queue, and frees memory, when Redis is full.
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
+DEAD_LETTER = """
+-- KEYS: stream, dead stream; ARGV: group, entry id, dead maxlen, field, value, ...
+-- The XACK decides: the same call sent again (a lost reply; the consumer settles an outcome until Redis
+-- answers) finds the entry settled and adds no second record. XACK is not `denyoom`, so, as in ACK, a
+-- poison entry still leaves the queue when Redis is over `maxmemory`.
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('XDEL', KEYS[1], ARGV[2])
+return id
 """
 
 ADD_IF_SHORTER = """
@@ -92,6 +103,7 @@ class StreamQueue:
         self._reclaim_cursor = "0-0"
         self._add = client.register_script(ADD_IF_SHORTER)
         self._ack = client.register_script(ACK)
+        self._dead_letter = client.register_script(DEAD_LETTER)
 
     # -- producing ---------------------------------------------------------------------------
     def ensure_group(self) -> None:
@@ -183,15 +195,17 @@ class StreamQueue:
         if ids:
             self._ack(keys=[self.stream], args=[self.group, *ids])
 
-    def dead_letter(self, entry: Entry, error: str, **extra: str) -> str:
-        """Copy the entry to the dead-letter stream with its last error, then remove it from the queue."""
+    def dead_letter(self, entry: Entry, error: str, **extra: str) -> str | None:
+        """Move the entry to the dead-letter stream with its last error; the record's id, or None when the entry
+        was settled already (by this call sent before, or by another consumer)."""
         record = {**entry.fields, "entry_id": entry.id, "stream": self.stream, "deliveries": str(entry.deliveries),
                   "error": error[:4000], "consumer": self.consumer, "at": f"{time.time():.3f}", **extra}
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.dead_stream, record, maxlen=self.dead_maxlen, approximate=True)
-        pipe.xack(self.stream, self.group, entry.id)
-        pipe.xdel(self.stream, entry.id)
-        return _text(pipe.execute()[0])
+        flat: list[str] = []
+        for k, v in record.items():
+            flat += [k, v]
+        out = self._dead_letter(keys=[self.stream, self.dead_stream],
+                                args=[self.group, entry.id, self.dead_maxlen, *flat])
+        return _text(out) if out else None
 
     # -- observing ---------------------------------------------------------------------------
     def depth(self) -> int:
