@@ -140,7 +140,8 @@ def test_corpus_contents_that_point_outside_the_root_are_refused_and_never_read(
     lines = (evil / "pairs.jsonl").read_text().splitlines()
     good = json.loads(lines[0])
     bad = [dict(good, id="passwd", original="/etc/passwd"), dict(good, id="dotdot", edited="../../outside-files/real.png"),
-           dict(good, id="fifo", original=str(fifo)), dict(good, id="maskout", mask=str(outside / "real.png"))]
+           dict(good, id="fifo", original=str(fifo)), dict(good, id="maskout", mask=str(outside / "real.png")),
+           dict(good, id="nul", edited="x\u0000.png"), dict(good, id="masknul", mask="m\u0000.png")]
     (evil / "pairs.jsonl").write_text("\n".join(lines + [json.dumps(b) for b in bad]) + "\n")
     os.symlink(outside / "real.png", evil / "linked_original.png")
     (evil / "pairs.jsonl").write_text((evil / "pairs.jsonl").read_text()
@@ -155,7 +156,9 @@ def test_corpus_contents_that_point_outside_the_root_are_refused_and_never_read(
         assert rows[pid]["status"] == "error" and rows[pid]["error_code"] == "path_outside_root", rows[pid]
         assert str(outside) not in (rows[pid]["error"] or "") and "/etc" not in (rows[pid]["error"] or "")
     assert rows["maskout"]["status"] == "ok" and rows["maskout"]["gt_f1"] is None     # its ground truth refused
-    assert sum(r["status"] == "ok" for r in table) == 3
+    assert rows["nul"]["status"] == "error" and rows["nul"]["error_code"] == "invalid_path", rows["nul"]
+    assert rows["masknul"]["status"] == "ok" and rows["masknul"]["gt_f1"] is None     # a NUL costs the pair's mask only
+    assert sum(r["status"] == "ok" for r in table) == 4
     # a symlinked manifest out of the root refuses the whole corpus at planning
     linked = root / "linked-set"
     linked.mkdir(exist_ok=True)

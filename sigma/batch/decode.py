@@ -29,15 +29,23 @@ class Decoded:
     error: tuple[str, str] | None = None
 
 
+def resolved_under(path: str, real_root: str) -> str | None:
+    """`path` resolved (symlinks, `..`) if it lies under `real_root` (itself resolved), else None: the one test
+    of confinement, for the run's input and links (`runner.check_confined`) and each file a corpus names."""
+    if "\x00" in path:
+        raise InputError("the corpus names a path with a NUL byte; refused", code="invalid_path")
+    real = os.path.realpath(path)
+    return real if os.path.commonpath([real_root, real]) == real_root else None
+
+
 def confined(path: str, root: str | None) -> str:
-    """`path` resolved (symlinks, `..`) must lie under `root` (a run submitted through the API: the corpus is
-    untrusted, and a manifest line or a symlink naming /etc/passwd must not be read). Checked before anything
-    touches the file — not even a stat, so neither its existence nor a FIFO's blocking open can leak out."""
+    """`path` resolved must lie under `root` (a run submitted through the API: the corpus is untrusted, and a
+    manifest line or a symlink naming /etc/passwd must not be read). Checked before anything touches the
+    file — not even a stat, so neither its existence nor a FIFO's blocking open can leak out."""
     if root is None:
         return path
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
-    if os.path.commonpath([real_root, real]) != real_root:
+    real = resolved_under(path, os.path.realpath(root))
+    if real is None:
         raise InputError("the corpus names a file outside the batch root; refused, nothing was read",
                          code="path_outside_root")
     return real
@@ -91,6 +99,8 @@ def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True,
                 meta["gt_note"] = f"ground truth {rgb.shape[:2]} differs from the pair's {pair.size}: not scored"
         except SigmaError as exc:
             meta["gt_note"] = f"ground truth unreadable: [{exc.code}] {exc.message}"
+        except Exception as exc:  # noqa: BLE001 - as above: costs the ground truth, not the run
+            meta["gt_note"] = f"ground truth unreadable: {type(exc).__name__}: {exc}"
     return Decoded(light, pair=pair, gt=gt, meta=meta)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma.batch.config import BatchConfig
+from sigma.batch.decode import resolved_under
 from sigma.batch.layout import RunDir, atomic_write_json
 from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
@@ -50,7 +51,7 @@ def check_confined(path: str | Path, root: str) -> None:
     real_root = os.path.realpath(root)
 
     def inside(p: str) -> bool:
-        return os.path.commonpath([real_root, os.path.realpath(p)]) == real_root
+        return resolved_under(p, real_root) is not None
 
     if not inside(str(path)):
         raise InputError("the input resolves outside the batch root", code="path_outside_root")
