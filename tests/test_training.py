@@ -99,6 +99,38 @@ def test_kill_and_resume_continues_with_the_same_steps(photos, tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_folder_is_free_once_its_holder_dies(
+        photos, tmp_path, capsys):
+    """Two `sigma train` on one folder would interleave checkpoints, metrics and best/: while one runs, the same
+    name= and a --resume of it are refused (run_locked, the holder's pid), touching nothing; killed, it leaves
+    the folder free (the kernel drops the lock) and --resume continues it."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=400", "batch_size=2", "ckpt_every=1",
+              "eval.val_size=0", "warmup_steps=2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", STAGE1, *common, "name=busy"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    busy = runs / "busy"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (busy / "checkpoint.pt").is_file():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.02)
+        config = (busy / "config.yaml").read_bytes()
+        assert main(["train", STAGE1, *common, "name=busy", "seed=99"]) == 2
+        assert main(["train", "--resume", str(busy), "steps=401"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("run_locked") == 2 and f"pid {proc.pid}" in err, err
+        assert (busy / "config.yaml").read_bytes() == config            # the refused runs changed nothing
+        assert proc.poll() is None
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert main(["train", "--resume", str(busy), "steps=" + str(
+        torch.load(busy / "checkpoint.pt", weights_only=False)["step"] + 1)]) == 0
+    assert (busy / "final" / "model.safetensors").is_file()
+
+
 def test_max_minutes_pauses_a_stretch_and_resume_finishes_the_same_run(photos, tmp_path):
     """A stretch of work with a wall-clock budget: past `max_minutes` the run checkpoints, validates and
     exits 0 without `final/`; `--resume` (budget lifted) ends with the weights of an uninterrupted run."""

@@ -14,7 +14,6 @@ rewriting a shared file; `summary()` aggregates them.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -25,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from sigma.errors import InputError
+from sigma.folderlock import LOCK_FILE, hold_folder
 from sigma.io.corpora.base import Shard
 
 RUN_FILE = "run.json"
-LOCK_FILE = ".lock"
 
 
 def temp_name(path: Path) -> Path:
@@ -68,36 +67,14 @@ class RunDir:
 
     @contextmanager
     def locked(self, exclusive: bool = True) -> Iterator[None]:
-        """Hold the run folder: `sigma batch run` exclusively for the whole run (a second run on the same --out
-        exits with `run_locked` and the holder's pid), fleet workers shared while they write a shard (so a local
-        run cannot start under them, and they wait while one holds it). The kernel drops the lock when the
-        process dies, however it dies: a killed run never leaves the folder locked."""
-        if self.root.exists() and not self.root.is_dir():
-            raise InputError(f"{self.root}: exists and is not a folder; choose another --out", code="out_not_a_folder")
+        """Hold the run folder (`sigma.folderlock`): `sigma batch run` exclusively for the whole run (a second
+        run on the same --out exits with `run_locked` and the holder's pid), fleet workers shared while they
+        write a shard (so a local run cannot start under them, and they wait while one holds it)."""
         created = not self.root.exists()
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-                who = f"pid {holder}" if holder else "fleet workers (sigma worker --batch)"
-                raise InputError(f"{self.root}: another run holds this folder ({who}); wait for it to finish or "
-                                 "choose another --out", code="run_locked") from None
-            if exclusive:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
+            with hold_folder(self.root, exclusive, other="--out"):
+                yield
         finally:
-            if exclusive:
-                try:
-                    os.ftruncate(fd, 0)
-                except OSError:
-                    pass
-            os.close(fd)
             if created and self.is_empty():      # a run that failed before writing anything leaves no folder
                 try:
                     (self.root / LOCK_FILE).unlink(missing_ok=True)

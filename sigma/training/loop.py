@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from sigma.config.loader import config_hash, load_config, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError
+from sigma.folderlock import hold_folder
 
 from . import losses as L
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -456,7 +458,9 @@ class Trainer:
 
 def start(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None,
           log=print) -> Path:
-    """`sigma train CONFIG [k=v ...]` or `sigma train --resume RUN_DIR`."""
+    """`sigma train CONFIG [k=v ...]` or `sigma train --resume RUN_DIR`. The run folder is held for the whole
+    run (rank 0 holds it under DDP): a second `sigma train` on it — the same name=, or --resume while the
+    first still runs — is refused with `run_locked` before it reads or writes anything there."""
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
@@ -467,11 +471,12 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
         cfg = load_config(TrainConfig, config_path, overrides or [])
         run_dir = Path(cfg.out_dir) / cfg.name
-        if (run_dir / "checkpoint.pt").is_file():
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
+        if not resume and (run_dir / "checkpoint.pt").is_file():
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        cfg = freeze_cache_index(cfg, run_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_resolved(cfg, run_dir)
-    return Trainer(cfg, run_dir, log=log).run()
+        if not resume:
+            cfg = freeze_cache_index(cfg, run_dir)
+        if rank0:
+            save_resolved(cfg, run_dir)
+        return Trainer(cfg, run_dir, log=log).run()

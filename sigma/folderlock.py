@@ -1,0 +1,50 @@
+"""An output folder held by one process at a time: two runs writing into one folder would interleave their
+files (checkpoints, manifests) and lose work, so the second is refused at once and told who holds it.
+
+A kernel advisory lock (flock) on `FOLDER/.lock`: the kernel drops it when the holder dies, however it dies,
+so a killed run never leaves its folder locked. An exclusive holder writes its pid into the file for the
+message; shared holders (fleet workers writing shards of one batch run) leave it empty.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sigma.errors import InputError
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def hold_folder(root: Path, exclusive: bool = True, other: str = "folder") -> Iterator[None]:
+    """Hold `root` (created if missing) for the block; `InputError(run_locked)` when another process holds it.
+    `other`: what the messages tell the user to choose instead (`--out`, `name=`)."""
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root}: exists and is not a folder; choose another {other}", code="out_not_a_folder")
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            who = f"pid {holder}" if holder else "fleet workers (sigma worker --batch)"
+            raise InputError(f"{root}: another run holds this folder ({who}); wait for it to finish or choose "
+                             f"another {other}", code="run_locked") from None
+        if exclusive:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if exclusive:
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+        os.close(fd)
