@@ -131,6 +131,48 @@ def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_folder_is_free_onc
     assert (busy / "final" / "model.safetensors").is_file()
 
 
+def test_a_killed_data_worker_is_replaced_and_the_run_ends_with_the_uninterrupted_weights(photos, tmp_path):
+    """SIGKILL to the DataLoader's worker process mid-run (what the OOM killer does): the run restarts its
+    loader at the step in hand by itself, logs a `loader_restart` row, exits 0, and — batches being a pure
+    function of (seed, step) — ends with the weights of a run nobody disturbed."""
+    import psutil
+
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=120", "batch_size=2", "ckpt_every=1000",
+              "eval.val_size=0", "warmup_steps=2", "log_every=1"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", STAGE1, *common, "name=hit", "num_workers=1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    hit = runs / "hit"
+    try:
+        def logged() -> int:
+            path = hit / "metrics.jsonl"
+            return len(steps_logged(hit)) if path.is_file() else 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and logged() < 3:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.01)
+        workers = [c for c in psutil.Process(proc.pid).children()
+                   if "resource_tracker" not in " ".join(c.cmdline())]
+        assert len(workers) == 1, [c.cmdline() for c in workers]
+        workers[0].kill()
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out.decode()[-3000:]
+    assert "a data worker died" in out.decode()
+    recs = [json.loads(line) for line in (hit / "metrics.jsonl").read_text().splitlines()]
+    restarts = [r for r in recs if r["event"] == "loader_restart"]
+    assert len(restarts) == 1 and 3 <= restarts[0]["step"] < 120, restarts
+    assert steps_logged(hit) == list(range(1, 121))                    # every step once, none skipped
+    ref, got = _weights(runs / "ref"), _weights(hit)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_max_minutes_pauses_a_stretch_and_resume_finishes_the_same_run(photos, tmp_path):
     """A stretch of work with a wall-clock budget: past `max_minutes` the run checkpoints, validates and
     exits 0 without `final/`; `--resume` (budget lifted) ends with the weights of an uninterrupted run."""

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,13 @@ def _worker_init(_: int) -> None:
 
 class TrainingDiverged(SigmaError):
     code = "training_diverged"
+
+
+class DataWorkersDying(SigmaError):
+    code = "data_workers_dying"
+
+
+MAX_LOADER_RESTARTS = 3
 
 
 def shared_eval_dir() -> Path:
@@ -357,17 +365,12 @@ class Trainer:
         val = self._val_set() if self.is_main else []
         if cfg.eval.at_start and self.step == 0 and (cfg.eval.val_size or cfg.eval.val_dir or cfg.eval.data):
             self.validate(val)
-        sampler = StepSampler(self.step, cfg.steps, cfg.batch_size, self.rank, self.world)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None,
-                            worker_init_fn=_worker_init if cfg.num_workers else None,
-                            multiprocessing_context="spawn" if cfg.num_workers else None)
         bad = 0
         t_data = t_model = 0.0
         n_pairs = 0
         t_last = time.perf_counter()
         window: dict[str, list[float]] = {}
-        for batch in loader:
+        for batch in self._batches(ds):
             t0 = time.perf_counter()
             t_data += t0 - t_last
             b = to_float(batch, self.device)
@@ -409,6 +412,53 @@ class Trainer:
 
             save_model(self.model, self.run_dir / "final")
         return self._close()
+
+    def _loader(self, ds: TrainDataset) -> DataLoader:
+        cfg = self.cfg
+        sampler = StepSampler(self.step, cfg.steps, cfg.batch_size, self.rank, self.world)
+        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                          persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None,
+                          worker_init_fn=_worker_init if cfg.num_workers else None,
+                          multiprocessing_context="spawn" if cfg.num_workers else None)
+
+    def _loader_iter(self, ds: TrainDataset) -> Iterator[dict[str, torch.Tensor]]:
+        """The loader's iterator, without torch's SIGCHLD handler: that handler raises a worker's death in the
+        main thread at whatever bytecode runs — inside backward() or halfway through optimizer.step(), where
+        nothing can be recovered. Without it the loader notices the death itself on its next read (a liveness
+        check every few seconds while it waits) and raises there, between two steps, where `_batches` can
+        start a new loader."""
+        import signal
+        import threading
+
+        main_thread = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGCHLD")
+        before = signal.getsignal(signal.SIGCHLD) if main_thread else None
+        iterator = iter(self._loader(ds))
+        if main_thread and signal.getsignal(signal.SIGCHLD) is not before:
+            signal.signal(signal.SIGCHLD, before if before is not None else signal.SIG_DFL)
+        return iterator
+
+    def _batches(self, ds: TrainDataset) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches from `self.step` on. A data worker that dies (the OOM killer, a stray kill) ends the
+        DataLoader with a RuntimeError; since batch t is a pure function of (seed, t), a new loader from the
+        step in hand continues the very same stream, so the run goes on by itself instead of waiting for a
+        person to --resume it. A worker that dies again before one more batch arrives, `MAX_LOADER_RESTARTS`
+        times in a row, is a real fault (a dataset that kills its process): the run stops with it."""
+        restarts = 0
+        while self.step < self.cfg.steps:
+            start = self.step
+            try:
+                yield from self._loader_iter(ds)
+                return
+            except (RuntimeError, ConnectionError, EOFError) as exc:
+                # a death seen by the loader, or the pipe it tore (a tensor in transit when it was killed)
+                if isinstance(exc, RuntimeError) and "DataLoader worker" not in str(exc):
+                    raise
+                restarts = restarts + 1 if self.step == start else 1
+                if restarts > MAX_LOADER_RESTARTS:
+                    raise DataWorkersDying(f"the data workers died {restarts} times in a row at step {self.step} "
+                                           f"({exc}); the last checkpoint is kept: --resume once fixed") from exc
+                self.log(f"a data worker died at step {self.step} ({exc}); the data loader restarts there")
+                self.emit({"event": "loader_restart", "error": str(exc)[:500]})
 
     def _close(self) -> Path:
         """The end of a stretch, finished or paused: every rank waits for rank 0's writes."""
