@@ -158,6 +158,23 @@ def test_stdin_per_item_problems(capsys, monkeypatch, pair_files, tmp_path):
     assert "1 of 6 pairs annotated" in err
 
 
+def test_stdin_pairs_refuse_per_pair_options_and_say_which_keys_they_ignore(capsys, monkeypatch, pair_files,
+                                                                          tmp_path):
+    """A per-pair "threshold" (the API takes one per request) would be silently ignored here, the mask made
+    with another: refused, naming the way to set it; metadata such as a pairs.jsonl record's mask or editor
+    is ignored with one warning line."""
+    orig, edited = pair_files
+    items = [{"id": "p1", "original": str(orig), "edited": str(edited), "threshold": 0.9},
+             {"id": "meta", "original": str(orig), "edited": str(edited), "mask": "m.png", "editor": "x"}]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
+    code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
+    assert code == 2
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["meta"]
+    assert "sigma: error [bad_json]: pair p1: 'threshold' cannot be set per pair" in err and "--threshold" in err
+    assert "sigma: warning: ignored key(s) in the pairs: 'editor', 'mask'" in err
+    assert err.count("p1") == 1                                   # the pair is named once, not twice
+
+
 # ---------------------------------------------------------------- every bad input: exit 2, one line
 def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str], str | None]]:
     (tmp / "text.png").write_text("I am text")
@@ -192,6 +209,12 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "no_edited": (["annotate", o, *pd], "bad_arguments"),
         "no_args": (["annotate"], "bad_arguments"),
         "outdir_is_file": (["annotate", o, e, "--annotator", "pixel-diff", "-o", str(tmp / "afile")], "bad_outdir"),
+        "outdir_name_too_long": (["annotate", o, e, "--annotator", "pixel-diff", "-o", str(tmp / ("d" * 300))],
+                                 "bad_outdir"),
+        "synth_out_name_too_long": (["synth", "--out", str(tmp / ("s" * 300)), "-n", "1", "--photos", str(tmp)],
+                                    "os_error"),
+        "eval_data_name_too_long": (["eval", "--data", str(tmp / ("e" * 300)), "--annotator", "pixel-diff"],
+                                    "os_error"),
         "example_and_paths": (["annotate", "--example", o, e], "bad_arguments"),
         "unknown_flag": (["annotate", o, e, "--treshold", "0.1"], "bad_arguments"),
         "eval_missing_data": (["eval", "--data", str(tmp / "nothing"), "--annotator", "pixel-diff"],

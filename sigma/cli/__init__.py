@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `sigma eval ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:   # the machine refused (a name too long, no space, no permission): one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"sigma: error [os_error]: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

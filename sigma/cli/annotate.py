@@ -111,6 +111,10 @@ def _pair_id(item: Any, n: int, multi: bool, seen: set[str]) -> str:
     return pair_id
 
 
+PAIR_KEYS = frozenset({"id", "original", "edited", "instruction"})
+# options the API takes per request: in a pair here they would be ignored, so they are refused instead;
+# other keys (a pairs.jsonl record's mask, editor, source ...) are metadata, ignored with one warning
+PER_RUN_OPTIONS = frozenset({"threshold", "annotator", "mask_mode", "outputs", "options"})
 EXPORT_WORTH_PAIRS = 16    # below this, a one-off ONNX export (tens of seconds) costs more than it saves
 
 
@@ -143,11 +147,16 @@ def run(args: argparse.Namespace) -> int:
     resolved["annotator_config"] = annotator.describe()
 
     outdir = Path(args.outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir}: exists and is not a folder", code="bad_outdir")
+    try:
+        if outdir.exists() and not outdir.is_dir():
+            raise InputError(f"{outdir}: exists and is not a folder", code="bad_outdir")
+    except OSError as exc:           # a name too long, a path through a file: said before any pair is read
+        raise InputError(f"{outdir}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir"
+                         ) from exc
     failures: list[tuple[str, str, str]] = []       # (pair id, code, message)
     loaded, load_ms = [], {}
     seen: set[str] = set()
+    ignored: set[str] = set()
     for n, item in enumerate(items):
         label = f"pair #{n}"
         try:
@@ -158,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
                                  f"{type(item).__name__}", code="bad_json")
             if not item.get("original") or not item.get("edited"):
                 raise InputError(f"pair {pair_id}: needs 'original' and 'edited'", code="bad_json")
+            options = sorted(set(item) & PER_RUN_OPTIONS)
+            if options:                  # a per-pair "threshold" silently ignored would be a wrong mask, unsaid
+                raise InputError(f"pair {pair_id}: {', '.join(map(repr, options))} cannot be set per pair here; "
+                                 "give it once with --threshold/--annotator or --set (e.g. --set options.mask_mode=semantic)",
+                                 code="bad_json")
+            ignored.update(set(item) - PAIR_KEYS)
             seen.add(pair_id)
             start = time.perf_counter()
             loaded.append(load_pair(str(item["original"]), str(item["edited"]), item.get("instruction"),
@@ -166,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
         except SigmaError as exc:
             failures.append((label, exc.code, exc.message))
 
+    if ignored:
+        print(f"sigma: warning: ignored key(s) in the pairs: {', '.join(sorted(map(repr, ignored)))} (a pair has "
+              f"{', '.join(sorted(PAIR_KEYS))})", file=sys.stderr)
     written = 0
     for start in range(0, len(loaded), cfg.batch_size):
         batch = loaded[start:start + cfg.batch_size]
@@ -189,8 +207,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"sigma: warning: {pair.pair_id}: {warning}", file=sys.stderr)
 
     for pair_id, code, message in failures:
-        # Same one-line form as every other error; with several pairs, the pair id comes first.
-        print(f"sigma: error [{code}]: {pair_id + ': ' if multi else ''}{message}", file=sys.stderr)
+        # Same one-line form as every other error; with several pairs, the pair id comes first (once).
+        named = message.startswith((f"{pair_id}: ", f"pair {pair_id}: "))
+        print(f"sigma: error [{code}]: {pair_id + ': ' if multi and not named else ''}{message}", file=sys.stderr)
     if failures and multi:
         print(f"sigma: {written} of {len(items)} pairs annotated, {len(failures)} failed", file=sys.stderr)
     return 2 if failures else 0
