@@ -146,33 +146,35 @@ class Annotator(ABC):
                  threshold: float, timings: dict[str, float], mask_mode: str | None = None) -> Annotation:
         """`mask_mode`: this pair's (a request's own), None = the annotator's."""
         mode = self.mask_mode if mask_mode is None else mask_mode
-        semantic = self.binarize(prob, threshold)
         test = None
         if mode is not None:   # threshold-independent: kept in the context for rethreshold
             t0 = time.perf_counter()
             test = composite_test(pair.original, pair.edited, prob, self.config.footprint)
             timings = {**timings, "composite_test": (time.perf_counter() - t0) * 1000.0}
-        masks = self._masks(semantic, test, mode)
-        derived = self._derive_all(pair.size, prob, masks, threshold, context)
-        return Annotation(pair_id=pair.pair_id, prob=prob, threshold=threshold, annotator=self.name,
-                          config_hash=self.config_hash, timings_ms=timings, extra={**extra, **derived},
-                          preprocess=pair.preprocess, weights_sha256=self.weights_sha256,
-                          context={"extra": extra, "context": context, "size": pair.size, "composite_test": test,
-                                   "mask_mode": mode},
-                          **masks)
+        kept = {"extra": extra, "context": context, "size": pair.size, "composite_test": test, "mask_mode": mode}
+        return self._annotation(pair.pair_id, prob, threshold, kept, timings_ms=timings, preprocess=pair.preprocess,
+                                annotator=self.name, config_hash=self.config_hash,
+                                weights_sha256=self.weights_sha256)
 
     def rethreshold(self, ann: Annotation, threshold: float) -> Annotation:
         """The same prediction at another threshold, every mask-derived field recomputed."""
         if ann.context is None:
             raise ValueError("rethreshold needs an annotation made by this process's predict()")
-        semantic = self.binarize(ann.prob, threshold)
-        mode = ann.context.get("mask_mode", self.mask_mode)
-        masks = self._masks(semantic, ann.context.get("composite_test"), mode)
-        derived = self._derive_all(ann.context["size"], ann.prob, masks, threshold, ann.context["context"])
-        return Annotation(pair_id=ann.pair_id, prob=ann.prob, threshold=threshold,
-                          annotator=ann.annotator, config_hash=ann.config_hash, timings_ms=dict(ann.timings_ms),
-                          extra={**ann.context["extra"], **derived}, preprocess=ann.preprocess,
-                          weights_sha256=ann.weights_sha256, context=ann.context, **masks)
+        kept = {"mask_mode": self.mask_mode, **ann.context}
+        return self._annotation(ann.pair_id, ann.prob, threshold, kept, timings_ms=dict(ann.timings_ms),
+                                preprocess=ann.preprocess, annotator=ann.annotator, config_hash=ann.config_hash,
+                                weights_sha256=ann.weights_sha256)
+
+    def _annotation(self, pair_id: str, prob: np.ndarray, threshold: float, kept: dict[str, Any],
+                    **fields: Any) -> Annotation:
+        """What finalize and rethreshold share, so a mask re-made at another threshold is made exactly as the
+        first: the masks at `threshold`, then the fields derived from *the* mask. `kept`: what the prediction
+        left that does not depend on the threshold (extra fields, model context, size, composite test, mode)."""
+        semantic = self.binarize(prob, threshold)
+        masks = self._masks(semantic, kept.get("composite_test"), kept["mask_mode"])
+        derived = self._derive_all(kept["size"], prob, masks, threshold, kept["context"])
+        return Annotation(pair_id=pair_id, prob=prob, threshold=threshold, extra={**kept["extra"], **derived},
+                          context=kept, **fields, **masks)
 
     @staticmethod
     def _per_pair(value: Any, n: int, what: str) -> list[Any]:
