@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 HELP = """Generate synthetic edit pairs (deterministic from --seed) over real photos, written in the
@@ -52,7 +51,6 @@ def _default_photos() -> Path:
 def run(args: argparse.Namespace) -> int:
     from sigma.config.loader import load_config, save_resolved
     from sigma.errors import ConfigError, InputError
-    from sigma.io.images import write_png
 
     photos = Path(args.photos) if args.photos else _default_photos()
     if args.build_cache:
@@ -73,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise InputError("-n must be at least 1", code="bad_arguments")
     from sigma.data.synth.engine import SynthConfig, SynthEngine
+    from sigma.data.synth.pairs_out import write_synth_pair
 
     overrides = [o[5:] if o.startswith("data.") else o for o in args.overrides]
     cfg = load_config(SynthConfig, None, overrides)
@@ -86,16 +85,8 @@ def run(args: argparse.Namespace) -> int:
     lines = []
     for i in range(args.n):
         s = engine.sample(i)
-        pid = f"synth{args.seed}_{i:05d}"
-        write_png(s.original, out / f"{pid}_original.png")
-        write_png(s.edited, out / f"{pid}_edited.png")
-        write_png((s.mask.astype("uint8") * 255), out / f"{pid}_mask.png")
-        lines.append(json.dumps({
-            "id": pid, "original": f"{pid}_original.png", "edited": f"{pid}_edited.png", "mask": f"{pid}_mask.png",
-            "instruction": None, "instruction_source": None, "prompt": None, "edit_type": s.edit_type,
-            "editor": _KIND_EDITOR[s.kind], "whole_image_changed": s.kind == "global",
-            "source": f"sigma synth seed={args.seed} index={i}",
-            "mask_provenance": "exact region of the synthetic edit", "synth": s.meta}, default=str))
+        lines.append(write_synth_pair(s, out, f"synth{args.seed}_{i:05d}", _KIND_EDITOR[s.kind],
+                                      f"sigma synth seed={args.seed} index={i}", instruction_fields=True))
     tmp = out / "pairs.jsonl.tmp"
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out / "pairs.jsonl")

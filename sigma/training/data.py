@@ -148,11 +148,9 @@ def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
     """The fixed synthetic validation set, written once as a pairs.jsonl folder (also readable by
     `sigma eval --data`). Drawn from the cached photos only, so it has every family (VAE variants, latent
     edits) whatever the state of the cache build when it is written."""
-    import json
-
     from sigma.config.loader import save_resolved
     from sigma.data.synth.engine import SynthEngine
-    from sigma.io.images import write_png
+    from sigma.data.synth.pairs_out import write_synth_pair
 
     data = effective_synth(cfg).model_copy(update={"photos": ""} if cfg.data.cache else {})
     engine = SynthEngine(data, seed=cfg.eval.val_seed)
@@ -161,15 +159,8 @@ def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
     lines = []
     for i in range(size):
         s = engine.sample(i)
-        pid = f"val{cfg.eval.val_seed}_{i:05d}"
-        write_png(s.original, tmp / f"{pid}_original.png")
-        write_png(s.edited, tmp / f"{pid}_edited.png")
-        write_png(s.mask.astype(np.uint8) * 255, tmp / f"{pid}_mask.png")
-        lines.append(json.dumps({
-            "id": pid, "original": f"{pid}_original.png", "edited": f"{pid}_edited.png", "mask": f"{pid}_mask.png",
-            "instruction": None, "edit_type": s.edit_type, "editor": f"synthetic {s.kind}",
-            "whole_image_changed": s.kind == "global", "source": f"sigma synth seed={cfg.eval.val_seed} index={i}",
-            "mask_provenance": "exact region of the synthetic edit", "synth": s.meta}, default=str))
+        lines.append(write_synth_pair(s, tmp, f"val{cfg.eval.val_seed}_{i:05d}", f"synthetic {s.kind}",
+                                      f"sigma synth seed={cfg.eval.val_seed} index={i}"))
     (tmp / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     save_resolved(data, tmp, "synth_config.yaml")
     if folder.exists():        # a folder without pairs.jsonl: an earlier write that did not finish
