@@ -25,7 +25,7 @@ from sigma.batch.dispatch import ShardLedger
 from sigma.batch.layout import RunDir
 from sigma.batch.shard_runner import available_cores
 from sigma.errors import SigmaError
-from sigma.io.corpora.base import Shard
+from sigma.io.corpora.base import Shard, planned_pairs
 
 TICK_INTERVAL_S = 0.25
 
@@ -248,8 +248,7 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
 
     n = inference_procs(cfg, len(pending))
     threads = inference_threads(cfg, n) or 1
-    counts = [s.num_items for s in pending]
-    total = sum(counts) if all(c is not None for c in counts) else None
+    total = planned_pairs(pending)
     with make_progress(total, progress) as bar:
         ledger = ShardLedger(rundir, run_hash, pending, cfg.attempts, bar)
         pool = ProcPool(cfg, rundir, n, threads)

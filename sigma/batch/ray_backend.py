@@ -28,7 +28,7 @@ from sigma.batch.dispatch import ShardLedger
 from sigma.batch.layout import RunDir
 from sigma.batch.shard_runner import Progress, ShardOutcome, ShardRunner, absolute_config
 from sigma.errors import ConfigError, SigmaError
-from sigma.io.corpora.base import Shard
+from sigma.io.corpora.base import Shard, planned_pairs
 
 NAMESPACE = "sigma"
 POLL_S = 1.0                       # progress questions to busy actors, and the driver's wake-up period
@@ -376,8 +376,7 @@ def run_with_ray(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: list[
     driver = None
     try:
         plan = plan_actors(cfg, ray.cluster_resources(), len(pending))
-        counts = [s.num_items for s in pending]
-        total = sum(counts) if all(c is not None for c in counts) else None
+        total = planned_pairs(pending)
         with make_progress(total, progress) as bar:
             ledger = ShardLedger(rundir, run_hash, pending, cfg.attempts, bar)
             driver = _Driver(ray, cfg, rundir, plan, ledger)

@@ -15,6 +15,7 @@ from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
+from sigma.io.corpora.base import planned_pairs
 from sigma.registry import annotator_identity, build_annotator, default_annotator_name, import_plugins
 
 RUN_VERSION = 1
@@ -113,10 +114,9 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
     shards = corpus.plan()
     if not shards:
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
-    counts = [s.num_items for s in shards]
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),
               "model": model, "corpus": corpus.identity(), "format": corpus.format,
-              "planned_pairs": sum(counts) if all(c is not None for c in counts) else None,
+              "planned_pairs": planned_pairs(shards),
               "shards": [s.to_dict() for s in shards]}
     rundir.write_run(record)
     save_resolved(cfg, rundir.root)
@@ -163,8 +163,7 @@ def _run_locked(cfg: BatchConfig, out: str | Path, resume: bool, progress: bool,
 
         if annotator is None and inference_procs(cfg, len(pending)) > 1:
             return run_with_procs(cfg, rundir, run_hash, pending, len(shards), progress)
-        counts = [s.num_items for s in pending]
-        total = sum(counts) if all(c is not None for c in counts) else None
+        total = planned_pairs(pending)
         threads = inference_threads(cfg, 1) if annotator is None else cfg.threads
         backend = {"backend": "local", "procs": 1, "threads": threads}
         with thread_limit(threads), Pipeline(cfg, annotator) as pipeline, make_progress(total, progress) as bar:

@@ -53,6 +53,12 @@ class Shard:
                    num_items=data.get("num_items"))
 
 
+def planned_pairs(shards: list[Shard]) -> int | None:
+    """How many pairs the shards hold, when every one knows (a progress bar's total, the run record's)."""
+    counts = [s.num_items for s in shards]
+    return sum(counts) if all(c is not None for c in counts) else None
+
+
 class Corpus(ABC):
     """A streaming source of pairs: `plan()` lists shards, `read(shard)` yields that shard's items."""
 
