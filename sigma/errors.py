@@ -50,3 +50,20 @@ class WeightsNotFoundError(SigmaError):
     """Raised instead of ever falling back to random weights."""
 
     code = "weights_not_found"
+
+
+def error_record(exc: BaseException) -> dict:
+    """An exception as plain data, to cross a process boundary (a `--procs` child, a Ray actor) and be raised
+    again on the other side by `raise_error_record`, code and message intact."""
+    if isinstance(exc, SigmaError):
+        return {"type": type(exc).__name__, "code": exc.code, "message": exc.message}
+    return {"type": type(exc).__name__, "code": None, "message": f"{type(exc).__name__}: {exc}"}
+
+
+def raise_error_record(info: dict, what_failed: str) -> None:
+    """Raise what `error_record` described: a SigmaError of this module as its own class (a missing weights
+    file stays `weights_not_found`), anything else as `worker_failed` prefixed by `what_failed`."""
+    cls = globals().get(info.get("type") or "")
+    if isinstance(cls, type) and issubclass(cls, SigmaError):
+        raise cls(info["message"], code=info.get("code"))
+    raise SigmaError(f"{what_failed}: {info['message']}", code="worker_failed")

@@ -280,3 +280,21 @@ def test_a_worker_lost_after_publishing_leaves_its_shard_done(corpus):
         assert (out / "status" / f"{key}.json").read_bytes() == before[f"{key}.json"]
     assert json.loads((out / "status" / f"{third.key}.json").read_text())["status"] == "failed"
     assert ledger.pairs == 3
+
+
+def test_an_error_crosses_a_process_boundary_with_its_class_and_code():
+    """What a --procs child or a Ray actor reports when its annotator cannot be built is raised again by the
+    driver as the same error: a missing weights file stays `weights_not_found` (exit 2 with that code), a
+    custom code survives, and anything else is `worker_failed` naming who failed."""
+    import pickle
+
+    from sigma.errors import InputError, SigmaError, WeightsNotFoundError, error_record, raise_error_record
+
+    cases = [(WeightsNotFoundError("no file at /w"), WeightsNotFoundError, "weights_not_found", "no file at /w"),
+             (InputError("bad", code="path_outside_root"), InputError, "path_outside_root", "bad"),
+             (ValueError("boom"), SigmaError, "worker_failed", "proc 1 could not start: ValueError: boom")]
+    for exc, cls, code, message in cases:
+        info = pickle.loads(pickle.dumps(error_record(exc)))          # what the pipe or Ray carries
+        with pytest.raises(SigmaError) as caught:
+            raise_error_record(info, "proc 1 could not start")
+        assert type(caught.value) is cls and caught.value.code == code and caught.value.message == message

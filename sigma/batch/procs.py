@@ -24,7 +24,7 @@ from sigma.batch.config import BatchConfig
 from sigma.batch.dispatch import ShardLedger
 from sigma.batch.layout import RunDir
 from sigma.batch.shard_runner import available_cores
-from sigma.errors import SigmaError
+from sigma.errors import SigmaError, error_record, raise_error_record
 from sigma.io.corpora.base import Shard, planned_pairs
 
 TICK_INTERVAL_S = 0.25
@@ -123,12 +123,6 @@ class _Ticker:
         self.last = time.monotonic()
 
 
-def _describe(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, SigmaError):
-        return {"type": type(exc).__name__, "code": exc.code, "message": exc.message}
-    return {"type": type(exc).__name__, "code": None, "message": f"{type(exc).__name__}: {exc}"}
-
-
 def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, threads: int, parent_pid: int,
                 name: str) -> None:
     from sigma.batch.lifeline import die_with_parent
@@ -139,7 +133,7 @@ def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, threads:
 
         runner = ShardRunner(config, run_dir, threads=threads, workers=0, worker_name=f"{name} (pid {os.getpid()})")
     except BaseException as exc:  # noqa: BLE001 - reported to the driver, which raises it
-        conn.send(("init_error", _describe(exc)))
+        conn.send(("init_error", error_record(exc)))
         return
     conn.send(("ready", os.getpid()))
     ticker = _Ticker(conn)
@@ -156,7 +150,7 @@ def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, threads:
                 outcome = runner.run(message, progress=ticker)
             except Exception as exc:  # noqa: BLE001 - e.g. the writer failed (disk full): the driver decides
                 ticker.flush()
-                conn.send(("shard_error", _describe(exc)["message"]))
+                conn.send(("shard_error", error_record(exc)["message"]))
                 continue
             ticker.flush()
             conn.send(("done", outcome.to_dict()))
@@ -174,15 +168,6 @@ class _Child:
     shard: Shard | None = None
     ticked: tuple[int, int] = (0, 0)
     alive: bool = True
-
-
-def _raise_child_error(name: str, info: dict[str, Any]) -> None:
-    from sigma import errors
-
-    cls = getattr(errors, info.get("type") or "", None)
-    if isinstance(cls, type) and issubclass(cls, SigmaError):
-        raise cls(info["message"], code=info.get("code"))
-    raise SigmaError(f"{name} could not start: {info['message']}", code="worker_failed")
 
 
 class ProcPool:
@@ -287,7 +272,7 @@ def _drain(child: _Child, ledger: ShardLedger, pool: ProcPool) -> None:
             if kind == "ready":
                 child.ready = True
             elif kind == "init_error":
-                _raise_child_error(child.name, payload)
+                raise_error_record(payload, f"{child.name} could not start")
             elif kind == "tick":
                 ledger.tick(*payload)
                 child.ticked = (child.ticked[0] + payload[0], child.ticked[1] + payload[1])

@@ -27,7 +27,7 @@ from sigma.batch.config import BatchConfig, RayConfig
 from sigma.batch.dispatch import ShardLedger
 from sigma.batch.layout import RunDir
 from sigma.batch.shard_runner import Progress, ShardOutcome, ShardRunner, absolute_config
-from sigma.errors import ConfigError, SigmaError
+from sigma.errors import ConfigError, SigmaError, error_record, raise_error_record
 from sigma.io.corpora.base import Shard, planned_pairs
 
 NAMESPACE = "sigma"
@@ -50,8 +50,7 @@ class ShardActor:
         try:
             self.runner = ShardRunner(config, run_dir, threads=threads, workers=workers, worker_name=self.name)
         except Exception as exc:  # noqa: BLE001 - reported through ready()
-            self.error = {"type": type(exc).__name__, "code": getattr(exc, "code", None),
-                          "message": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"}
+            self.error = error_record(exc)
 
     def ready(self) -> dict[str, Any]:
         return {"worker": self.name, "error": self.error, "pid": os.getpid()}
@@ -306,7 +305,7 @@ class _Driver:
             return
         if kind == "ready":
             if value["error"]:
-                _raise_actor_error(value["error"])
+                raise_error_record(value["error"], "a Ray actor could not load the annotator")
             slot.ready, slot.worker = True, value["worker"]
         elif kind == "progress":
             slot.asking = False
@@ -356,15 +355,6 @@ class _Driver:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return " ".join(text[0].split())[:300] if text else type(exc).__name__
-
-
-def _raise_actor_error(info: dict[str, Any]) -> None:
-    from sigma import errors
-
-    cls = getattr(errors, info.get("type") or "", None)
-    if isinstance(cls, type) and issubclass(cls, SigmaError):
-        raise cls(info["message"], code=info.get("code"))
-    raise SigmaError(f"a Ray actor could not load the annotator: {info['message']}", code="worker_failed")
 
 
 def run_with_ray(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: list[Shard], total_shards: int,
