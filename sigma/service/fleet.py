@@ -21,6 +21,7 @@ from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
+from sigma.io.corpora.base import Shard
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
@@ -143,19 +144,26 @@ class PermanentTaskError(Exception):
     """A task no retry can fix (its run folder is gone or belongs to another run)."""
 
 
-def process_task(fields: dict[str, str], cache: _RunCache) -> tuple[str, int, str | None]:
-    """Run one shard task: ("done" | "skipped" | "failed", pairs, error)."""
+def locate_task(fields: dict[str, str]) -> tuple[RunDir, dict[str, Any], Shard]:
+    """The run folder, its record and the shard a task names; PermanentTaskError when no retry can find them
+    (the folder is gone or unreadable, holds another run, or plans no such shard)."""
     try:
         rundir = RunDir(fields["run_dir"])
         record = rundir.load()
     except (KeyError, SigmaError) as exc:
         raise PermanentTaskError(f"bad task {fields}: {getattr(exc, 'message', exc)}") from exc
-    if record["run_hash"] != fields.get("run_hash"):
-        raise PermanentTaskError(f"{fields['run_dir']} now holds run {record['run_hash']}, "
+    if record.get("run_hash") != fields.get("run_hash"):
+        raise PermanentTaskError(f"{fields['run_dir']} now holds run {record.get('run_hash')}, "
                                  f"not {fields.get('run_hash')}")
     shard = next((s for s in rundir.shards() if s.key == fields.get("shard")), None)
     if shard is None:
         raise PermanentTaskError(f"{fields['run_dir']}: no shard {fields.get('shard')!r} in the plan")
+    return rundir, record, shard
+
+
+def process_task(fields: dict[str, str], cache: _RunCache) -> tuple[str, int, str | None]:
+    """Run one shard task: ("done" | "skipped" | "failed", pairs, error)."""
+    rundir, record, shard = locate_task(fields)
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
         return "skipped", 0, None
@@ -219,14 +227,9 @@ class FleetHandler:
         status to write."""
         self.stats.dead += 1
         error = error or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
-        fields = entry.fields
         try:
-            rundir = RunDir(fields["run_dir"])
-            record = rundir.load()
-            shard = next((s for s in rundir.shards() if s.key == fields.get("shard")), None)
-        except (KeyError, SigmaError, OSError):
-            return error
-        if shard is None or record.get("run_hash") != fields.get("run_hash"):
+            rundir, record, shard = locate_task(entry.fields)
+        except (PermanentTaskError, OSError):
             return error
         reason = (f"dead-lettered after {entry.deliveries} deliveries: [{error.get('code')}] "
                   f"{error.get('message')}")
