@@ -25,6 +25,7 @@ from sigma.service.keys import Keys
 log = logging.getLogger("sigma.api")
 FIRST_DELAY_S = 0.1
 MAX_DELAY_S = 2.0
+MAX_PENDING = 1000      # an outage long enough to pile up more is logged per job instead of retried
 
 
 class Withdrawals:
@@ -40,6 +41,10 @@ class Withdrawals:
         self.tasks: dict[str, asyncio.Task] = {}
 
     def start(self, job_id: str, owner: str, annotator: str) -> None:
+        if len(self.tasks) >= MAX_PENDING:
+            log.error("not withdrawing job %s: %d withdrawals already wait for Redis; if Redis ran its submission, "
+                      "it will be worked on although the client was answered 503", job_id, len(self.tasks))
+            return
         task = asyncio.get_running_loop().create_task(self._run(job_id, owner, annotator),
                                                       name=f"withdraw-{job_id}")
         self.tasks[job_id] = task
