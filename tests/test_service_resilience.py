@@ -237,6 +237,25 @@ def test_oom_and_other_passing_replies_are_transient(private_redis):
                                             "Redis is configured to save RDB snapshots, but it's failing"))
 
 
+def test_a_poison_entry_is_dead_lettered_while_redis_is_full(private_redis):
+    """Over maxmemory a MULTI holding an XADD is refused whole (the old dead-lettering), so an exhausted entry
+    stayed pending and came back: the script acknowledges first, which Redis lets go on writing."""
+    from sigma.service.queue import StreamQueue
+
+    r = private_redis.client()
+    q = StreamQueue(r, "resilience:poison", "g", "c", lease_ms=1000, max_deliveries=3,
+                    dead_stream="resilience:poison:dead")
+    q.ensure_group()
+    q.add({"job": "poison"})
+    entry = q.read(1, None)[0]
+    with full_redis(r):
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            r.xadd("resilience:other", {"a": "b"})
+        assert q.dead_letter(entry, "boom") is not None
+        assert q.dead_count() == 1 and q.pending_count() == 0 and q.depth() == 0
+    assert q.dead_entries()[0].fields["error"] == "boom"
+
+
 class MarkingHandler:
     """Writes a marker per entry in `handle` (an HSET: refused over maxmemory), like a handler that marks
     its jobs running; records the delivery count it saw for each entry."""
