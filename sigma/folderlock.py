@@ -20,29 +20,31 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
-def hold_folder(root: Path, exclusive: bool = True, other: str = "folder") -> Iterator[None]:
+def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marker: bool = True) -> Iterator[None]:
     """Hold `root` (created if missing) for the block; `InputError(run_locked)` when another process holds it.
-    `other`: what the messages tell the user to choose instead (`--out`, `name=`)."""
+    `other`: what the messages tell the user to choose instead (`--out`, `name=`). `marker=False` locks the
+    folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the pid."""
     if root.exists() and not root.is_dir():
         raise InputError(f"{root}: exists and is not a folder; choose another {other}", code="out_not_a_folder")
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644) if marker else os.open(root, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            who = f"pid {holder}" if holder else "fleet workers (sigma worker --batch)"
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() if marker else ""
+            who = f"pid {holder}" if holder else ("another process" if not marker
+                                                  else "fleet workers (sigma worker --batch)")
             raise InputError(f"{root}: another run holds this folder ({who}); wait for it to finish or choose "
                              f"another {other}", code="run_locked") from None
-        if exclusive:
+        if exclusive and marker:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        if exclusive:
+        if exclusive and marker:
             try:
                 os.ftruncate(fd, 0)
             except OSError:

@@ -61,6 +61,23 @@ def test_imdl_benco_export(run_dir, tmp_path, capsys):
     assert json.loads((small / "imdl_benco.json").read_text()) == [["Tp/beta_same.png", "Negative"]]
 
 
+def test_a_second_export_into_a_busy_folder_is_refused_and_the_folder_carries_no_lock_file(run_dir, tmp_path,
+                                                                                           capsys):
+    """Two exports into one OUT would mix their files (an HF export even deletes the other's temporary shards
+    as stale): while one holds the folder, the other exits 2 with run_locked and writes nothing. The lock is
+    on the folder itself, so an exported folder holds no extra file to upload."""
+    from sigma.folderlock import hold_folder
+
+    for fmt, out in (("imdl-benco", tmp_path / "benco"), ("hf", tmp_path / "hf")):
+        with hold_folder(out, other="OUT folder", marker=False):       # another export, mid-way
+            assert main(["export", fmt, str(run_dir), "--out", str(out)]) == 2
+            assert "[run_locked]" in capsys.readouterr().err
+            assert list(out.iterdir()) == []
+        assert main(["export", fmt, str(run_dir), "--out", str(out)]) == 0
+        assert not any(p.name == ".lock" for p in out.rglob("*"))
+    capsys.readouterr()
+
+
 def test_coco_export_and_filters(run_dir, tmp_path):
     from pycocotools.coco import COCO
 

@@ -24,6 +24,7 @@ from sigma.batch.decode import source_bytes
 from sigma.batch.layout import RunDir, atomic_write_bytes
 from sigma.errors import InputError, SigmaError
 from sigma.export.select import RowFilter, iter_items, row_mask_counts, run_config
+from sigma.folderlock import hold_folder
 from sigma.rle import decode_rle, mask_bbox
 
 SPLIT = "train"
@@ -347,8 +348,23 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
               name: str | None = None, max_shard_mb: float = 500, overwrite: bool = False,
               mask: str = "chosen") -> dict[str, Any]:
     """`mask`: which of the two masks fills `mask` / `mask_rle` (chosen = the run's mask_mode; semantic;
-    footprint, which keeps only composites); both are always in `semantic_rle` / `footprint_rle`."""
+    footprint, which keeps only composites); both are always in `semantic_rle` / `footprint_rle`. One export
+    at a time per folder (`run_locked`): a second would delete the first's temporary shards as stale."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another OUT folder", code="out_not_a_folder")
+    existing_folder = out.is_dir()
+    try:
+        with hold_folder(out, other="OUT folder", marker=False):
+            return _export_hf(run_dir, out, row_filter, name, max_shard_mb, overwrite, mask)
+    except SigmaError:
+        if not existing_folder and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()            # refused before writing anything: leave no empty folder behind
+        raise
+
+
+def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, name: str | None,
+               max_shard_mb: float, overwrite: bool, mask: str) -> dict[str, Any]:
     data_dir = out / "data"
     existing = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
     if existing and not overwrite:

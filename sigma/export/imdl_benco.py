@@ -16,6 +16,7 @@ import numpy as np
 
 from sigma.batch.layout import atomic_write_bytes
 from sigma.export.select import RowFilter, UniqueNames, iter_pairs, order_key, row_mask_counts
+from sigma.folderlock import hold_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
 
@@ -24,9 +25,16 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
                       relative: bool = False, json_name: str = "imdl_benco.json", mask: str = "chosen",
                       order: str = "corpus") -> dict[str, Any]:
     """`mask`: which mask becomes Gt (chosen = the run's mask_mode; semantic; footprint, which skips the
-    pairs that are not composites). `order`: the JSON list in corpus order or by confidence."""
-    key = order_key(order)
+    pairs that are not composites). `order`: the JSON list in corpus order or by confidence. One export
+    at a time per folder (`run_locked`): two would mix their Tp/Gt files under one JSON."""
     out = Path(out).resolve()
+    with hold_folder(out, other="OUT folder", marker=False):
+        return _export(run_dir, out, row_filter, relative, json_name, mask, order)
+
+
+def _export(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
+            mask: str, order: str) -> dict[str, Any]:
+    key = order_key(order)
     (out / "Tp").mkdir(parents=True, exist_ok=True)
     (out / "Gt").mkdir(parents=True, exist_ok=True)
     names = UniqueNames()
