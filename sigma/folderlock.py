@@ -3,7 +3,8 @@ files (checkpoints, manifests) and lose work, so the second is refused at once a
 
 A kernel advisory lock (flock) on `FOLDER/.lock`: the kernel drops it when the holder dies, however it dies,
 so a killed run never leaves its folder locked. An exclusive holder writes its pid into the file for the
-message; shared holders (fleet workers writing shards of one batch run) leave it empty.
+message; shared holders (fleet workers writing shards of one batch run) leave it empty. An export folder,
+which is published as it is, is locked through the folder itself instead (no file, no pid).
 """
 from __future__ import annotations
 
@@ -35,8 +36,7 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() if marker else ""
-            who = f"pid {holder}" if holder else ("another process" if not marker
-                                                  else "fleet workers (sigma worker --batch)")
+            who = f"pid {holder}" if holder else ("fleet workers (sigma worker --batch)" if marker else "an export")
             raise InputError(f"{root}: another run holds this folder ({who}); wait for it to finish or choose "
                              f"another {other}", code="run_locked") from None
         if exclusive and marker:

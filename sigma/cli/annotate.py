@@ -170,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
             options = sorted(set(item) & PER_RUN_OPTIONS)
             if options:                  # a per-pair "threshold" silently ignored would be a wrong mask, unsaid
                 raise InputError(f"pair {pair_id}: {', '.join(map(repr, options))} cannot be set per pair here; "
-                                 "give it once with --threshold/--annotator or --set (e.g. --set options.mask_mode=semantic)",
-                                 code="bad_json")
+                                 "give it once with --threshold/--annotator or --set (e.g. --set "
+                                 "options.mask_mode=semantic)", code="bad_json")
             ignored.update(set(item) - PAIR_KEYS)
             seen.add(pair_id)
             start = time.perf_counter()

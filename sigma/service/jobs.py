@@ -1,11 +1,12 @@
 """A job's record in Redis, and the atomic steps on it that must never be split (key names: `keys.py`).
 
 `ENQUEUE` (in one MULTI with the SETs of the images) stores the job and adds the stream entry, or
-deletes the images when the queue is full, so a 429 leaves nothing behind. `WITHDRAW` takes back a submission
-the API answered 503 for after its MULTI was sent (a timeout loses the reply, not the request: a frozen Redis
-runs the MULTI when it wakes): it cancels the job or, arriving first, leaves a cancelled record that ENQUEUE
-then refuses to overwrite, so a 503 never leaves a job behind that nobody knows the id of. `FINISH` stores a result only if the job has none yet: a job reclaimed after its
-first worker died just after storing is acknowledged, not stored twice (`completions` stays 1).
+deletes the images when the queue is full, so a 429 leaves nothing behind. `WITHDRAW` takes back a
+submission the API answered 503 for after its MULTI was sent (a timeout loses the reply, not the request: a
+frozen Redis runs the MULTI when it wakes): it cancels the job or, arriving first, leaves a cancelled record
+that ENQUEUE then refuses to overwrite, so a 503 never leaves a job behind that nobody knows the id of.
+`FINISH` stores a result only if the job has none yet: a job reclaimed after its first worker died just
+after storing is acknowledged, not stored twice (`completions` stays 1).
 """
 from __future__ import annotations
 
