@@ -79,13 +79,15 @@ def load(args: argparse.Namespace, **flags):
 def run_worker_cmd(args: argparse.Namespace) -> int:
     from sigma.workers.worker import run_worker
 
-    plugins = [*load(args).worker.plugins, *args.plugin] if args.plugin else None   # --plugin adds to the list
-    if getattr(args, "batch", False):   # fleet batch mode (issue 7): the run's own config picks the annotator
+    batch = getattr(args, "batch", False)   # fleet batch mode (issue 7): the run's own config picks the annotator
+    cfg = load(args) if batch else load(args, **{"worker.annotator": args.annotator,
+                                                  "worker.max_batch_size": args.max_batch_size})
+    if args.plugin:                          # --plugin adds to the configured list
+        cfg.worker.plugins = [*cfg.worker.plugins, *args.plugin]
+    if batch:
         from sigma.workers.batch import run_batch_worker_from_serve_config
 
-        return run_batch_worker_from_serve_config(load(args, **{"worker.plugins": plugins}), consumer=args.consumer)
-    cfg = load(args, **{"worker.annotator": args.annotator, "worker.max_batch_size": args.max_batch_size,
-                        "worker.plugins": plugins})
+        return run_batch_worker_from_serve_config(cfg, consumer=args.consumer)
     return run_worker(cfg, consumer=args.consumer)
 
 
