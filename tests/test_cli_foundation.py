@@ -222,6 +222,9 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "eval_bad_perturb": (["eval", "--data", str(tmp), "--annotator", "pixel-diff", "--perturb", "jpeg50"],
                              "invalid_config"),
         "eval_no_data_flag": (["eval"], "bad_arguments"),
+        "export_nan_confidence": (["export", "coco", str(tmp), "--out", str(tmp / "c.json"), "--min-confidence",
+                                   "nan"], "invalid_config"),
+        "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "invalid_config"),
         "unknown_command": (["annotat"], "bad_arguments"),
     }
 

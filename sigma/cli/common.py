@@ -109,3 +109,14 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_unit_interval(args: argparse.Namespace, what: dict[str, str]) -> None:
+    """Flags that are fractions in [0, 1] (`what`: flag attribute → what it is, for the message); NaN fails too,
+    where a bare comparison would let it through and filter out every row, unsaid."""
+    from sigma.errors import ConfigError
+
+    for name, meaning in what.items():
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} is {meaning} in [0, 1], got {value}")

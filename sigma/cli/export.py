@@ -62,13 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _row_filter(args: argparse.Namespace):
-    from sigma.errors import ConfigError
+    from sigma.cli.common import check_unit_interval
     from sigma.export.select import RowFilter
 
-    for name in ("min_area", "max_area"):
-        value = getattr(args, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ConfigError(f"--{name.replace('_', '-')} is a fraction of the image in [0, 1], got {value}")
+    check_unit_interval(args, {"min_area": "a fraction of the image", "max_area": "a fraction of the image",
+                               "min_confidence": "a confidence", "max_confidence": "a confidence"})
     composite = {"only": True, "exclude": False, None: None}[args.composite]
     return RowFilter(min_confidence=args.min_confidence, max_confidence=args.max_confidence,
                      min_area=args.min_area, max_area=args.max_area, composite=composite)

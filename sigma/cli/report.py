@@ -25,15 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sigma.cli.common import check_unit_interval
     from sigma.errors import ConfigError
     from sigma.report.build import build_report
 
     if args.limit < 1 or args.thumb < 16:
         raise ConfigError("--limit must be >= 1 and --thumb >= 16")
-    for name in ("min_confidence", "max_confidence"):
-        value = getattr(args, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ConfigError(f"--{name.replace('_', '-')} is a confidence in [0, 1], got {value}")
+    check_unit_interval(args, {"min_confidence": "a confidence", "max_confidence": "a confidence"})
     print(json.dumps(build_report(args.run_dir, args.out, limit=args.limit, thumb=args.thumb,
                                   min_confidence=args.min_confidence, max_confidence=args.max_confidence,
                                   sort=args.sort)))

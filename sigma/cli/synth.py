@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = """Generate synthetic edit pairs (deterministic from --seed) over real photos, written in the
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scales", default="1.0,0.5", help="cache: TAEF2 roundtrip scales")
     p.add_argument("--latent-edits", type=int, default=1, help="cache: latent edits per photo")
     p.add_argument("--no-vae", action="store_true", help="cache without TAEF2 (no roundtrips, no latent edits)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides, e.g. data.crop=256")
     p.set_defaults(run=run)
 
@@ -82,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
     engine = SynthEngine(cfg, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
     lines = []
-    for i in range(args.n):
+    for i in tqdm(range(args.n), desc="sigma synth", unit="pair", file=sys.stderr, disable=args.no_progress,
+                  dynamic_ncols=True):
         s = engine.sample(i)
         lines.append(write_synth_pair(s, out, f"synth{args.seed}_{i:05d}", _KIND_EDITOR[s.kind],
                                       f"sigma synth seed={args.seed} index={i}", instruction_fields=True))
