@@ -145,6 +145,9 @@ def test_cli_refuses_to_mix_two_exports(run, tmp_path, capsys):
     assert main(["export", "hf", str(run), str(out), "--min-confidence", "0.99"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["export", "hf", str(run), "--out", str(out), "--min-confidence", "2", "--overwrite"]) == 2
+    assert "[invalid_config]: --min-confidence is a confidence in [0, 1]" in capsys.readouterr().err
+    assert main(["export", "hf", str(run), "--out", str(out), "--min-confidence", "0.99", "--max-confidence", "0.01",
+                 "--overwrite"]) == 2
     assert "nothing to export" in capsys.readouterr().err
     assert len(load(out, tmp_path)) == 8              # a failed export leaves the previous one as it was
     assert main(["export", "hf", str(run), "--out", str(out), "--max-area", "0.05", "--overwrite"]) == 0
