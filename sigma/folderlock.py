@@ -4,7 +4,8 @@ files (checkpoints, manifests) and lose work, so the second is refused at once a
 A kernel advisory lock (flock) on `FOLDER/.lock`: the kernel drops it when the holder dies, however it dies,
 so a killed run never leaves its folder locked. An exclusive holder writes its pid into the file for the
 message; shared holders (fleet workers writing shards of one batch run) leave it empty. An export folder,
-which is published as it is, is locked through the folder itself instead (no file, no pid).
+which is published as it is, is locked through the folder itself instead (no file, no pid). A folder the
+hold made and nothing was written into is removed again, so a run refused or failed at once leaves no trace.
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
     folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the pid."""
     if root.exists() and not root.is_dir():
         raise InputError(f"{root}: exists and is not a folder; choose another {other}", code="out_not_a_folder")
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644) if marker else os.open(root, os.O_RDONLY)
+    held = False
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
@@ -39,6 +42,7 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             who = f"pid {holder}" if holder else ("fleet workers (sigma worker --batch)" if marker else "an export")
             raise InputError(f"{root}: another run holds this folder ({who}); wait for it to finish or choose "
                              f"another {other}", code="run_locked") from None
+        held = True
         if exclusive and marker:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -50,3 +54,14 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             except OSError:
                 pass
         os.close(fd)
+        if created and held:         # only the holder: a refused process must not remove the holder's folder
+            _remove_if_unused(root, marker)
+
+
+def _remove_if_unused(root: Path, marker: bool) -> None:
+    try:
+        if {p.name for p in root.iterdir()} <= ({LOCK_FILE} if marker else set()):
+            (root / LOCK_FILE).unlink(missing_ok=True)
+            root.rmdir()
+    except OSError:
+        pass

@@ -69,18 +69,10 @@ class RunDir:
     def locked(self, exclusive: bool = True) -> Iterator[None]:
         """Hold the run folder (`sigma.folderlock`): `sigma batch run` exclusively for the whole run (a second
         run on the same --out exits with `run_locked` and the holder's pid), fleet workers shared while they
-        write a shard (so a local run cannot start under them, and they wait while one holds it)."""
-        created = not self.root.exists()
-        try:
-            with hold_folder(self.root, exclusive, other="--out"):
-                yield
-        finally:
-            if created and self.is_empty():      # a run that failed before writing anything leaves no folder
-                try:
-                    (self.root / LOCK_FILE).unlink(missing_ok=True)
-                    self.root.rmdir()
-                except OSError:
-                    pass
+        write a shard (so a local run cannot start under them, and they wait while one holds it). A run that
+        failed before writing anything leaves no folder."""
+        with hold_folder(self.root, exclusive, other="--out"):
+            yield
 
     def load(self) -> dict[str, Any]:
         if not self.exists():

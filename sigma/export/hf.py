@@ -351,16 +351,8 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
     footprint, which keeps only composites); both are always in `semantic_rle` / `footprint_rle`. One export
     at a time per folder (`run_locked`): a second would delete the first's temporary shards as stale."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder; choose another OUT folder", code="out_not_a_folder")
-    existing_folder = out.is_dir()
-    try:
-        with hold_folder(out, other="OUT folder", marker=False):
-            return _export_hf(run_dir, out, row_filter, name, max_shard_mb, overwrite, mask)
-    except SigmaError:
-        if not existing_folder and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()            # refused before writing anything: leave no empty folder behind
-        raise
+    with hold_folder(out, other="OUT folder", marker=False):    # refused before writing: no folder left behind
+        return _export_hf(run_dir, out, row_filter, name, max_shard_mb, overwrite, mask)
 
 
 def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, name: str | None,
