@@ -52,7 +52,7 @@ class Service:
         self.finish_script = self.r.register_script(FINISH)
         self.idempotency = Idempotency(self.r, self.keys.job(""), self.cfg.queue.job_ttl_s)
         self.withdrawals = Withdrawals(self.r, self.keys, self.cfg.queue.result_ttl_s, self.cfg.queue.job_ttl_s,
-                                       on_done=lambda _: self.metrics.withdrawn.inc())
+                                       on_done=self.metrics.withdrawn.inc)
 
     async def close(self) -> None:
         await self.withdrawals.close()

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -31,12 +32,12 @@ MAX_PENDING = 1000      # an outage long enough to pile up more is logged per jo
 class Withdrawals:
     """Background WITHDRAWs, one task each, retried with capped jittered backoff for up to `give_up_s`."""
 
-    def __init__(self, r: Any, keys: Keys, record_ttl_s: int, give_up_s: float, on_done: Any = None):
+    def __init__(self, r: Any, keys: Keys, record_ttl_s: int, give_up_s: float, on_done: Callable[[], None] | None = None):
         self.r = r
         self.keys = keys
         self.record_ttl_s = record_ttl_s
         self.give_up_s = give_up_s
-        self.on_done = on_done          # called with the status the job had, once a WITHDRAW ran
+        self.on_done = on_done          # called once a WITHDRAW ran (the API counts them)
         self.script = r.register_script(WITHDRAW)
         self.tasks: dict[str, asyncio.Task] = {}
 
@@ -69,7 +70,7 @@ class Withdrawals:
         status = before.decode() if isinstance(before, bytes) else (before or None)
         log.warning("withdrew job %s after a 503 (its status was %s)", job_id, status or "not queued")
         if self.on_done is not None:
-            self.on_done(status)
+            self.on_done()
 
     async def close(self) -> None:
         """At shutdown: the ones still waiting for Redis are named in the log, then cancelled."""
