@@ -191,6 +191,18 @@ def test_a_503_whose_multi_ran_is_withdrawn_and_a_retry_is_the_only_job(redis_se
         proxy.close()
 
 
+def enqueue_in_multi(r, keys: Keys, job_id: str) -> object:
+    """What the API sends for a submission (api/service.py `_enqueue`): the two image SETs and ENQUEUE in one
+    MULTI; ENQUEUE's reply."""
+    fields = job_fields(job_id, "pixel-diff", "user", None, None, ["rle"])
+    ekeys, eargs = enqueue_args(keys, job_id, fields, 100, 60)
+    pipe = r.pipeline(transaction=True)
+    pipe.set(keys.blob(job_id, "original"), b"o", ex=60)
+    pipe.set(keys.blob(job_id, "edited"), b"e", ex=60)
+    r.register_script(ENQUEUE)(keys=ekeys, args=eargs, client=pipe)
+    return pipe.execute()[-1]
+
+
 def test_a_withdrawal_that_lands_first_makes_the_late_multi_a_no_op(redis_server):
     """The other order: the WITHDRAW reaches Redis before the submission's MULTI (two connections); the MULTI
     then queues nothing and frees its images, and the cancelled record stays."""
@@ -198,13 +210,7 @@ def test_a_withdrawal_that_lands_first_makes_the_late_multi_a_no_op(redis_server
     keys, job_id = Keys(f"t{uuid.uuid4().hex[:10]}"), new_job_id()
     wkeys, wargs = withdraw_args(keys, job_id, "user", "pixel-diff", 60)
     assert r.register_script(WITHDRAW)(keys=wkeys, args=wargs) is None            # nothing there yet
-    fields = job_fields(job_id, "pixel-diff", "user", None, None, ["rle"])
-    ekeys, eargs = enqueue_args(keys, job_id, fields, 100, 60)
-    pipe = r.pipeline(transaction=True)
-    pipe.set(keys.blob(job_id, "original"), b"o", ex=60)
-    pipe.set(keys.blob(job_id, "edited"), b"e", ex=60)
-    r.register_script(ENQUEUE)(keys=ekeys, args=eargs, client=pipe)
-    assert pipe.execute()[-1] is None                                             # not queued
+    assert enqueue_in_multi(r, keys, job_id) is None                              # not queued
     assert r.xlen(keys.stream("pixel-diff")) == 0
     assert not r.exists(keys.blob(job_id, "original"), keys.blob(job_id, "edited"))
     assert r.hget(keys.job(job_id), "status") == b"cancelled"
@@ -216,16 +222,9 @@ def test_the_client_librarys_retry_of_a_multi_queues_the_job_once(redis_server):
     stream entry, and one that comes after the job finished keeps no images."""
     r = redis_server.client()
     keys, job_id = Keys(f"t{uuid.uuid4().hex[:10]}"), new_job_id()
-    fields = job_fields(job_id, "pixel-diff", "user", None, None, ["rle"])
-    ekeys, eargs = enqueue_args(keys, job_id, fields, 100, 60)
-    enqueue = r.register_script(ENQUEUE)
 
     def send() -> object:
-        pipe = r.pipeline(transaction=True)
-        pipe.set(keys.blob(job_id, "original"), b"o", ex=60)
-        pipe.set(keys.blob(job_id, "edited"), b"e", ex=60)
-        enqueue(keys=ekeys, args=eargs, client=pipe)
-        return pipe.execute()[-1]
+        return enqueue_in_multi(r, keys, job_id)
     assert send().count(b"-") == 1                                 # a stream id
     assert send() == b"again" and r.xlen(keys.stream("pixel-diff")) == 1
     assert r.exists(keys.blob(job_id, "original"), keys.blob(job_id, "edited")) == 2   # queued: still needed
