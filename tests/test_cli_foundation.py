@@ -226,6 +226,14 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                    "nan"], "invalid_config"),
         "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "invalid_config"),
         "unknown_command": (["annotat"], "bad_arguments"),
+        # a batch is held in memory: an absurd size is a config error, not a shard decoded into RAM
+        "annotate_batch_size_huge": (["annotate", o, e, *pd, "--set", "batch_size=100000000"], "invalid_config"),
+        "eval_batch_size_huge": (["eval", "--data", str(tmp), "--annotator", "pixel-diff", "--set",
+                                  "batch_size=99999999999999999999"], "invalid_config"),
+        "batch_size_huge": (["batch", "run", str(tmp), "--out", str(tmp / "b"), "--annotator", "pixel-diff",
+                             "--batch-size", "100000"], "invalid_config"),
+        "annotator_batch_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"),
+                                       "--set", "options.batch_size=5000"], "invalid_config"),
     }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from sigma.annotators.base import Annotator, AnnotatorConfig, Prediction
+from sigma.config.schema import MAX_BATCH_SIZE
 from sigma.models.device import pick_device
 from sigma.types import Pair
 
@@ -28,8 +29,8 @@ class TorchAnnotatorConfig(AnnotatorConfig):
     cpu_threads: int | None = Field(None, ge=1, description="intra-op threads of torch (process-wide) and "
                                     "ONNX Runtime; None = each library's default. On a CPU shared with other "
                                     "jobs 1 can be ~10x faster than 2: threads stall on each other at every op")
-    batch_size: int | None = Field(None, ge=1, description="pairs per forward; None = the annotator's default "
-                                   "for the device")
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, description="pairs per forward; None = the "
+                                   "annotator's default for the device")
 
 
 def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from sigma.config.loader import config_hash
-from sigma.config.schema import AnnotatorSpec, IOConfig, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig, Strict
 from sigma.io.corpora import CORPUS_READERS
 from sigma.registry import registered
 
@@ -49,7 +49,8 @@ NOT_HASHED = {"workers", "backend", "input", "procs", "threads", "attempts", "pl
 
 class BatchConfig(AnnotatorSpec):
     input: InputConfig
-    batch_size: int = Field(8, ge=1, description="pairs per predict() call; batches never cross shards")
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE, description="pairs per predict() call; batches never "
+                            "cross shards")
     workers: int | None = Field(None, ge=0, description="decode processes (0: decode in the reading thread); "
                                 "None = 0 on <= 2 cores, else one per core but one, at most 8")
     png_masks: bool = Field(False, description="also write masks/<shard>/<pair>.png")

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from sigma.cli.common import add_config_args, flag_overrides
 from sigma.config.loader import load_config, save_resolved
-from sigma.config.schema import AnnotatorSpec, IOConfig
+from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
 from sigma.registry import build_annotator, default_annotator_name
 
@@ -40,7 +40,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class AnnotateConfig(AnnotatorSpec):
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE)
     io: IOConfig = IOConfig()
 
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from sigma.cli.common import Progress, add_config_args, flag_overrides
 from sigma.config.loader import load_config, save_resolved
-from sigma.config.schema import AnnotatorSpec, IOConfig
+from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.registry import build_annotator, default_annotator_name
 
 HELP = """Score an annotator on pairs with ground-truth masks (the layout of ../shared/data/eval:
@@ -34,7 +34,7 @@ EXAMPLES = """examples:
 
 class EvalConfig(AnnotatorSpec):
     perturb: list[str] = Field(default_factory=lambda: ["none"])
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE)
     limit: int | None = Field(None, ge=1, description="score only the first N pairs (smoke runs)")
     io: IOConfig = IOConfig()
 

@@ -5,6 +5,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Pairs decoded and held in memory at once by one batch: a bound, so a typo (--batch-size 1000000) is a
+# config error instead of a whole shard decoded into memory.
+MAX_BATCH_SIZE = 1024
+
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""

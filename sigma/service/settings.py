@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 
 from sigma.config.loader import load_config, parse_value
-from sigma.config.schema import IOConfig, LimitsConfig, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, IOConfig, LimitsConfig, Strict
 from sigma.errors import ConfigError
 
 SCOPES = ("annotate", "metrics", "admin")
@@ -126,7 +126,7 @@ class ApiSettings(Strict):
 class WorkerSettings(Strict):
     annotator: str = "pixel-diff"
     options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
-    max_batch_size: int = Field(8, ge=1)
+    max_batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
     max_wait_ms: int = Field(0, ge=0, description="after the first entry, wait this long for more; 0: take "
                              "what is queued (under load batches fill while the previous batch runs)")
     consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
