@@ -165,6 +165,28 @@ def test_working_size():
     assert working_size(300, 700, 518, 14, False, False) == (518, 518)
 
 
+
+def test_embedded_sigma_lite_runs_each_pair_at_its_own_resolution_up_to_its_cap():
+    """The shipped preset's image_size is a cap, not a resize target: a pair below it keeps its own pixels,
+    a larger one is brought down to it keeping its shape, and options.image_size moves the cap."""
+    rng = np.random.default_rng(3)
+
+    def pair(h: int, w: int) -> Pair:
+        o = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        e = o.copy()
+        e[h // 4:h // 2, w // 4:w // 2] = 255 - e[h // 4:h // 2, w // 4:w // 2]
+        return Pair(o, e, None, f"{h}x{w}")
+
+    ann = create_annotator("sigma-lite", runtime="torch", parser=None)
+    sizes = {(512, 512): [512, 512], (768, 1024): [384, 512], (700, 1400): [256, 512], (200, 300): [192, 288]}
+    pairs = [pair(*hw) for hw in sizes]
+    for p, res in zip(pairs, ann.predict(pairs), strict=True):
+        assert res.extra["working_size"] == sizes[p.size], p.pair_id
+        assert res.prob.shape == p.size and res.mask.shape == p.size
+    native = create_annotator("sigma-lite", runtime="torch", parser=None, image_size=1024)
+    assert [r.extra["working_size"] for r in native.predict(pairs[1:3])] == [[768, 1024], [512, 1024]]
+
+
 def test_confidence_and_components():
     prob = np.zeros((40, 40), np.float32)
     prob[2:10, 2:10] = 1.0       # inside the prior: intended

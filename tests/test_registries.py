@@ -2,6 +2,8 @@
 model preset validate against their registry, so a plugin's entry is valid config and a typo says did-you-mean."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -59,6 +61,9 @@ def test_pretrained_configs_name_real_presets_and_the_shipped_file():
     shipped = WEIGHTS_DIR / lite.file
     assert shipped.is_file() and shipped.with_suffix(".json").is_file()
     assert file_sha256(shipped) == lite.sha256, "sigma/weights changed: update PRETRAINED['sigma-lite'].sha256"
+    # the shipped config and the preset agree on the working size cap (the preset is what training builds)
+    shipped_cfg = json.loads(shipped.with_suffix(".json").read_text())["config"]
+    assert shipped_cfg["image_size"] == PRESETS["sigma-lite"]["image_size"] == lite.input_size
 
 
 def test_a_swapped_embedded_file_is_refused(tmp_path, monkeypatch):

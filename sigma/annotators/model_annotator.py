@@ -3,10 +3,14 @@
 Per batch: parse + ground each pair (when configured), run the network at each pair's working size, then
 the per-pair extras (parse, prior flag, confidence, intended/side-effect split).
 
-Working size: sigma-lite keeps the aspect ratio (long side 512, both sides multiples of 32). The model is
-trained on undistorted crops, so squashing a 2:1 photo into a square would halve every object's width
-and show it shapes it never saw; keeping aspect costs only that pairs of different shapes batch apart.
-The DINOv2 models use the paper's fixed 518x518 square.
+Working size: sigma-lite keeps the aspect ratio (both sides multiples of 32) and runs each pair at its own
+resolution up to a long side of 512 (the preset's `image_size` is a cap; `options.image_size` moves it).
+The model is trained on undistorted crops, so squashing a 2:1 photo into a square would halve every
+object's width and show it shapes it never saw; keeping aspect costs only that pairs of different shapes
+batch apart. Why 512 and not the native resolution of large pairs: below 512 resolution pays (the synthetic
+native-resolution check, `scripts/write_hires_check.py`: 448 px pairs at 224 / 320 / 448 px score 78.9 /
+82.3 / 84.1 F1), above it the gain is gone while the cost grows with the pixels (docs/training.md,
+"Resolution"). The DINOv2 models use the paper's fixed 518x518 square.
 """
 from __future__ import annotations
 
@@ -54,7 +58,8 @@ class ModelAnnotatorConfig(TorchAnnotatorConfig):
                               "torch — what `sigma annotate` does for a handful of pairs, where the export would "
                               "cost more than it saves")
     fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the convolutions (inference only)")
-    image_size: int | None = Field(None, ge=28, description="working size override (long side)")
+    image_size: int | None = Field(None, ge=28, description="working size cap (long side); None = the "
+                                     "model's (sigma-lite: 512; pairs below it run at their own size)")
     upscale: bool = Field(False, description="enlarge pairs smaller than the working size (keep-aspect "
                           "models); off: small pairs run at their own size, rounded to the size multiple")
     parser: str | None = Field("rules", description="instruction parser backend; None = ignore instructions")

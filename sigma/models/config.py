@@ -51,7 +51,8 @@ BackboneConfig = Annotated[CompactBackboneConfig | Dinov2BackboneConfig, Field(d
 class SigmaNetConfig(Strict):
     name: str = "custom"
     backbone: BackboneConfig = CompactBackboneConfig()
-    # working size: the network sees each pair at this size (long side), a multiple of `size_multiple`
+    # working size: the network sees each pair at this size (long side), a multiple of `size_multiple`;
+    # for keep_aspect models a cap (smaller pairs run at their own size unless the annotator upscales)
     image_size: int = Field(512, ge=28)
     size_multiple: int = Field(32, ge=1)
     keep_aspect: bool = Field(True, description="keep the pair's aspect ratio (long side = image_size) "
