@@ -23,8 +23,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sigma.api.errors import ApiError, validation_message
 from sigma.api.middleware import BodyReadAborted
-from sigma.api.responses import find_surrogate
 from sigma.config.schema import Strict
+from sigma.text import find_surrogate
 from sigma.types import MaskMode
 
 MAX_INT_DIGITS = 4300          # CPython's own default limit, enforced whatever the interpreter is set to

@@ -10,34 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def find_surrogate(value: Any, where: str = "") -> str | None:
-    """The location (`a.b[2]`, `<key>`) of the first string holding a lone surrogate, or None."""
-    stack: list[tuple[Any, str]] = [(value, where)]
-    while stack:
-        item, loc = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii() and _SURROGATE.search(item):
-                return (loc or "<body>")[:120]
-        elif isinstance(item, dict):
-            for key, val in item.items():
-                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
-                    return (f"{loc}.<key>" if loc else "<key>")[:120]
-                stack.append((val, f"{loc}.{key}" if loc else str(key)))
-        elif isinstance(item, list):
-            stack.extend((val, f"{loc}[{i}]") for i, val in enumerate(item))
-    return None
-
-
-def replace_surrogates(text: str) -> str:
-    return _SURROGATE.sub("\ufffd", text)
+from sigma.text import replace_surrogates
 
 
 def _finite(value: Any) -> Any:

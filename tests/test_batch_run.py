@@ -97,6 +97,37 @@ def test_bad_pairs_are_recorded_and_good_ones_kept(messy_set, tmp_path):
     assert status["ok"] == 6 and status["errors"] == 5 and status["error_codes"]["file_not_found"] == 1
 
 
+def test_text_that_cannot_be_written_does_not_stop_the_run(tmp_path):
+    """Lone UTF-16 surrogates reach a run two ways: a manifest's JSON escape ("\\ud800") and a file name that
+    is not UTF-8 (Python hands it over as \\udcff). Either made the shard writer raise and the run stop; now
+    ids keep them escaped (two ids stay two), instructions get U+FFFD, and every pair is annotated."""
+    manifest = tmp_path / "manifest"
+    write_pairs_jsonl(manifest, synthetic_pairs(1))
+    good = {"original": "p000000_original.png", "edited": "p000000_edited.png", "mask": "p000000_mask.png"}
+    with open(manifest / "pairs.jsonl", "a") as handle:
+        handle.write(json.dumps({**good, "id": "\ud800a", "instruction": "remove the \udc80 boat"}) + "\n")
+        handle.write(json.dumps({**good, "id": "\ud801a"}) + "\n")
+    summary = run_batch(cfg_for(manifest), tmp_path / "run1", progress=False)
+    assert summary.failed_now == 0
+    rows = {r["pair_id"]: r for r in read_rows(tmp_path / "run1")}
+    assert set(rows) == {"manifest/p000000", "manifest/\\ud800a", "manifest/\\ud801a"}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["manifest/\\ud800a"]["instruction"] == "remove the \ufffd boat"
+
+    folder = tmp_path / "names"
+    folder.mkdir()
+    pair = next(synthetic_pairs(1))          # PNG bytes per role
+    for name in (b"\xff", b"\xfe"):          # two file names that are not UTF-8
+        for role in ("original", "edited"):
+            with open(os.fsencode(folder) + b"/" + name + f"_{role}.png".encode(), "wb") as handle:
+                handle.write(pair[role])
+    summary = run_batch(cfg_for(folder), tmp_path / "run2", progress=False)
+    assert summary.failed_now == 0
+    rows = read_rows(tmp_path / "run2")
+    assert sorted(r["pair_id"] for r in rows) == ["\\udcfe", "\\udcff"]
+    assert all(r["status"] == "ok" for r in rows)
+
+
 def test_rerun_resume_and_conflicts(messy_set, tmp_path):
     out = tmp_path / "run"
     cfg = cfg_for(messy_set, input={"shard_size": 4})

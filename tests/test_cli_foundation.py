@@ -185,6 +185,13 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
     (tmp / "unknown.yaml").write_text("io:\n  alignn: true\n")
     (tmp / "list.yaml").write_text("- 1\n- 2\n")
     (tmp / "afile").write_text("x")
+    # pairs.jsonl sets that a print, a hash or an open() of would have crashed on, refused at the line
+    rec = {"id": "a", "original": orig.name, "edited": edited.name, "mask": orig.name}
+    for name, line in {"surrogate": json.dumps({**rec, "instruction": "remove the \udc80"}),
+                       "nul": json.dumps({**rec, "edited": "b\x00.png"}), "not_utf8": None}.items():
+        (tmp / f"set_{name}").mkdir()
+        (tmp / f"set_{name}" / "pairs.jsonl").write_bytes(
+            line.encode() + b"\n" if line else json.dumps(rec).encode()[:-1] + b', "editor": "\xff"}\n')
     o, e = str(orig), str(edited)
     pd = ["--annotator", "pixel-diff", "-o", str(tmp / "out")]
     return {
@@ -222,6 +229,11 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "eval_bad_perturb": (["eval", "--data", str(tmp), "--annotator", "pixel-diff", "--perturb", "jpeg50"],
                              "invalid_config"),
         "eval_no_data_flag": (["eval"], "bad_arguments"),
+        "eval_surrogate_record": (["eval", "--data", str(tmp / "set_surrogate"), "--annotator", "pixel-diff"],
+                                  "invalid_text"),
+        "eval_nul_path": (["eval", "--data", str(tmp / "set_nul"), "--annotator", "pixel-diff"], "invalid_path"),
+        "eval_not_utf8": (["eval", "--data", str(tmp / "set_not_utf8"), "--annotator", "pixel-diff"],
+                          "bad_manifest"),
         "export_nan_confidence": (["export", "coco", str(tmp), "--out", str(tmp / "c.json"), "--min-confidence",
                                    "nan"], "invalid_config"),
         "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "invalid_config"),

@@ -17,6 +17,7 @@ from sigma.errors import ImageError, InputError, LimitError, SigmaError
 from sigma.io.corpora.base import SourceItem
 from sigma.io.images import binarize_mask, decode_image
 from sigma.io.pairs import pair_from_bytes
+from sigma.text import escape_surrogates, find_surrogate, replace_surrogates
 from sigma.types import Pair
 
 
@@ -71,7 +72,35 @@ def source_bytes(data: bytes | None, path: str | None, max_bytes: int, root: str
     return _read(path, max_bytes, root)
 
 
+def writable(item: SourceItem) -> SourceItem:
+    """The item with text that a row can hold. A lone surrogate (a JSON `"\\ud800"` in a manifest, a file
+    name that is not UTF-8) cannot be encoded: it made the shard writer fail and the whole run stop. Names
+    (id, source, subset, error message) get it escaped, so two ids stay two; the instruction and edit type
+    get U+FFFD, the text a parser can read."""
+    changes: dict[str, Any] = {}
+    for name in ("pair_id", "source", "subset"):
+        value = getattr(item, name)
+        if isinstance(value, str) and find_surrogate(value):
+            changes[name] = escape_surrogates(value)
+    for name in ("instruction", "edit_type"):
+        value = getattr(item, name)
+        if isinstance(value, str) and find_surrogate(value):
+            changes[name] = replace_surrogates(value)
+    if item.error and find_surrogate(item.error[1]):
+        changes["error"] = (item.error[0], escape_surrogates(item.error[1]))
+    return replace(item, **changes) if changes else item
+
+
 def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True, root: str | None = None) -> Decoded:
+    decoded = _decode_one(writable(item), io_config, ground_truth, root)
+    if decoded.error and find_surrogate(decoded.error[1]):      # a path with a surrogate, quoted by an error
+        decoded.error = (decoded.error[0], escape_surrogates(decoded.error[1]))
+    if find_surrogate(decoded.meta):
+        decoded.meta = {k: escape_surrogates(v) if isinstance(v, str) else v for k, v in decoded.meta.items()}
+    return decoded
+
+
+def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root: str | None) -> Decoded:
     light = replace(item, original=None, edited=None, mask=None)
     if item.error:
         return Decoded(light, error=item.error)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sigma.errors import InputError
+from sigma.text import find_surrogate
 
 
 @dataclass(frozen=True)
@@ -39,17 +40,34 @@ def find_sets(data: str | Path) -> list[Path]:
 
 
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:
-    with open(set_dir / "pairs.jsonl") as handle:
-        for line_no, line in enumerate(handle, 1):
+    """Every record, or an InputError naming the line: a record that is not JSON, lacks a field, holds text
+    that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise) or names a
+    file with a NUL byte stops the read, as a malformed manifest should, instead of failing somewhere later."""
+    manifest = set_dir / "pairs.jsonl"
+    with open(manifest, "rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            where = f"{manifest}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})",
+                                 code="bad_manifest") from exc
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
+                field = find_surrogate(rec)
+                if field is not None:
+                    raise InputError(f"{where}: {field} holds a lone UTF-16 surrogate (e.g. \\ud800), text no "
+                                     "file or terminal can hold; fix the record", code="invalid_text")
+                files = {name: str(rec[name]) for name in ("original", "edited", "mask")}
+                for name, value in files.items():
+                    if "\x00" in value:
+                        raise InputError(f"{where}: {name} names a path with a NUL byte", code="invalid_path")
                 yield EvalRecord(
-                    set_name=set_dir.name, pair_id=str(rec["id"]), original=set_dir / rec["original"],
-                    edited=set_dir / rec["edited"], mask=set_dir / rec["mask"],
+                    set_name=set_dir.name, pair_id=str(rec["id"]), original=set_dir / files["original"],
+                    edited=set_dir / files["edited"], mask=set_dir / files["mask"],
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
                     whole_image_changed=bool(rec.get("whole_image_changed", False)))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InputError(f"{set_dir / 'pairs.jsonl'}:{line_no}: bad record ({exc})",
-                                 code="bad_manifest") from exc
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise InputError(f"{where}: bad record ({exc})", code="bad_manifest") from exc

@@ -1,0 +1,43 @@
+"""Text that cannot be written: lone UTF-16 surrogates.
+
+`json.loads` turns `"\\ud800"` into a str holding a lone surrogate, which no UTF-8 encoder accepts: the
+first print, hash, file name or parquet row that touches it raises. Every reader of JSON that users hand
+us (API bodies, pairs.jsonl, corpus manifests and sidecars) finds such text at the door with
+`find_surrogate` and refuses that record with `invalid_text`; whatever must still be shown uses
+`replace_surrogates` (U+FFFD in place of each one). Bottom layer: the API and the io readers share it.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def find_surrogate(value: Any, where: str = "") -> str | None:
+    """The location (`a.b[2]`, `<key>`) of the first string holding a lone surrogate, or None."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, loc = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return (loc or "<body>")[:120]
+        elif isinstance(item, dict):
+            for key, val in item.items():
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    return (f"{loc}.<key>" if loc else "<key>")[:120]
+                stack.append((val, f"{loc}.{key}" if loc else str(key)))
+        elif isinstance(item, list):
+            stack.extend((val, f"{loc}[{i}]") for i, val in enumerate(item))
+    return None
+
+
+def replace_surrogates(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def escape_surrogates(text: str) -> str:
+    """Each lone surrogate as the six characters `\\udXXX`: for names (pair ids, sources), where two
+    different ids must stay different — U+FFFD would merge `\\udcff` and `\\udcfe` (the non-UTF-8 bytes
+    0xFF and 0xFE of two file names) into one id."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
