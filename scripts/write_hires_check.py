@@ -1,0 +1,35 @@
+"""Write the synthetic native-resolution check set (issue 14, item 3): the training engine's families at a
+resolution twice the training scale, so the working size can be chosen on synthetic pairs, not on the report.
+
+    sigma synth --build-cache runs/cache/hires768 --photos PHOTOS_448 --max-side 768 --scales 1.0,0.5
+    python scripts/write_hires_check.py configs/train/sigma-lite-ii.yaml runs/cache/hires768 runs/val/hires-check
+
+PHOTOS_448: the photos of ../shared/data/photos whose short side is >= 448 px (208 of 946), stored at
+long side 768. Every pair is a 448 px crop taken at the photo's own scale (no resampling of the crop), so
+a working size of 448 is the pair's native resolution and 224 is what a 512 px working size does to a
+1024 px image. Then:
+
+    sigma eval --data runs/val/hires-check --annotator sigma-lite --set options.mask_mode=semantic \
+        --set options.image_size=224        # and 320, 448
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def main(config: str, cache: str, out: str, n: int = 160, seed: int = 4242, crop: int = 448) -> None:
+    from sigma.config.loader import load_config
+    from sigma.training.config import TrainConfig
+    from sigma.training.data import write_val_dir
+
+    cfg = load_config(TrainConfig, config, [])
+    data = cfg.data.model_copy(update={"cache": cache, "photos": "", "cache_index": "", "crop": crop,
+                                       "scale_range": (1.0, 1.0)})
+    cfg = cfg.model_copy(update={"data": data, "eval": cfg.eval.model_copy(update={"val_seed": seed})})
+    write_val_dir(cfg, Path(out), n)
+    print(f"wrote {n} pairs ({crop} px, native scale, seed {seed}) to {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], *(int(a) for a in sys.argv[4:7]))
