@@ -1,13 +1,17 @@
-"""Text that cannot be written: lone UTF-16 surrogates.
+"""Text users hand us that the standard library chokes on: lone UTF-16 surrogates, and JSON whose
+parse fails with something other than a JSONDecodeError.
 
 `json.loads` turns `"\\ud800"` into a str holding a lone surrogate, which no UTF-8 encoder accepts: the
 first print, hash, file name or parquet row that touches it raises. Every reader of JSON that users hand
 us (API bodies, pairs.jsonl, corpus manifests and sidecars) finds such text at the door with
 `find_surrogate` and refuses that record with `invalid_text`; whatever must still be shown uses
-`replace_surrogates` (U+FFFD in place of each one). Bottom layer: the API and the io readers share it.
+`replace_surrogates` (U+FFFD in place of each one). `loads` is `json.loads` for files and streams users
+give us (pairs.jsonl, manifests, sidecars, stdin): every failure is a ValueError. Bottom layer: the API
+and the io readers share it.
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -41,3 +45,20 @@ def escape_surrogates(text: str) -> str:
     different ids must stay different — U+FFFD would merge `\\udcff` and `\\udcfe` (the non-UTF-8 bytes
     0xFF and 0xFE of two file names) into one id."""
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def loads(text: str | bytes) -> Any:
+    """`json.loads`, every failure a ValueError (JSONDecodeError is one). CPython also raises a bare
+    ValueError for an integer of more than 4300 digits — with advice about sys.set_int_max_str_digits that
+    means nothing to the user — and RecursionError for nesting deeper than its stack: a reader that caught
+    only JSONDecodeError crashed on either (sigma eval, a batch plan, a shard's instructions file)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            raise ValueError("an integer of more than 4300 digits") from exc
+        raise

@@ -61,6 +61,7 @@ def messy_set(tmp_path) -> Path:
     with open(root / "pairs.jsonl", "a") as handle:
         handle.writelines(json.dumps(rec) + "\n" for rec in extra)
         handle.write("{broken json\n")
+        handle.write('{"id": "huge", "original": "a.png", "edited": "b.png", "n": ' + "9" * 5000 + "}\n")
     return root
 
 
@@ -69,11 +70,12 @@ def test_bad_pairs_are_recorded_and_good_ones_kept(messy_set, tmp_path):
     summary = run_batch(cfg_for(messy_set, input={"shard_size": 4}), out, progress=False)
     assert summary.shards == 3 and summary.done_now == 3 and summary.failed_now == 0
     rows = {r["pair_id"]: r for r in read_rows(out)}
-    assert len(rows) == 11
+    assert len(rows) == 12
     codes = {pid: r["error_code"] for pid, r in rows.items() if r["status"] == "error"}
     assert codes == {"messy/missing": "file_not_found", "messy/corrupt": "image_unreadable",
-                     "messy/aspect": "aspect_mismatch",
-                     "messy/empty_instr": "empty_instruction", "messy/pairs.jsonl:11": "bad_record"}
+                     "messy/aspect": "aspect_mismatch", "messy/empty_instr": "empty_instruction",
+                     "messy/pairs.jsonl:11": "bad_record", "messy/pairs.jsonl:12": "bad_record"}
+    assert "more than 4300 digits" in rows["messy/pairs.jsonl:12"]["error"]
     # the id of an id-less record and its `source` name the same (1-based) line of the manifest
     assert rows["messy/pairs.jsonl:11"]["source"] == "messy/pairs.jsonl:line=11"
     assert "messy/aspect" in rows and "aspect" in rows["messy/aspect"]["error"].lower()
@@ -94,7 +96,7 @@ def test_bad_pairs_are_recorded_and_good_ones_kept(messy_set, tmp_path):
     assert row["gt_f1"] > 0.95 and row["gt_iou"] > 0.9 and row["confidence"] is None
     assert len(row["original_sha256"]) == 64 and row["instruction"] == "replace the object number 2"
     status = RunDir(out).summary()
-    assert status["ok"] == 6 and status["errors"] == 5 and status["error_codes"]["file_not_found"] == 1
+    assert status["ok"] == 6 and status["errors"] == 6 and status["error_codes"]["file_not_found"] == 1
 
 
 def test_text_that_cannot_be_written_does_not_stop_the_run(tmp_path):
@@ -268,7 +270,7 @@ def test_status_prints_error_codes_for_people(messy_set, tmp_path, capsys):
     run_batch(cfg_for(messy_set, input={"shard_size": 4}), tmp_path / "run", progress=False)
     assert main(["batch", "status", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "{" not in out and "bad_record x1" in out
+    assert "{" not in out and "bad_record x2" in out
 
 
 def test_one_run_per_output_folder(tmp_path, capsys):

@@ -188,10 +188,17 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
     # pairs.jsonl sets that a print, a hash or an open() of would have crashed on, refused at the line
     rec = {"id": "a", "original": orig.name, "edited": edited.name, "mask": orig.name}
     for name, line in {"surrogate": json.dumps({**rec, "instruction": "remove the \udc80"}),
-                       "nul": json.dumps({**rec, "edited": "b\x00.png"}), "not_utf8": None}.items():
+                       "nul": json.dumps({**rec, "edited": "b\x00.png"}), "not_utf8": None,
+                       # CPython raises a bare ValueError / RecursionError for these, not a JSONDecodeError
+                       "huge_int": json.dumps(rec)[:-1] + ', "whole_image_changed": ' + "9" * 5000 + "}",
+                       "deep": json.dumps(rec)[:-1] + ', "x": ' + "[" * 200_000 + "]" * 200_000 + "}"}.items():
         (tmp / f"set_{name}").mkdir()
         (tmp / f"set_{name}" / "pairs.jsonl").write_bytes(
             line.encode() + b"\n" if line else json.dumps(rec).encode()[:-1] + b', "editor": "\xff"}\n')
+    (tmp / "folder_bad_instructions").mkdir()
+    (tmp / "folder_bad_instructions" / "x_original.png").write_bytes(orig.read_bytes())
+    (tmp / "folder_bad_instructions" / "x_edited.png").write_bytes(edited.read_bytes())
+    (tmp / "folder_bad_instructions" / "instructions.jsonl").write_text('{"id": "x", "instruction": ' + "9" * 5000 + "}\n")
     o, e = str(orig), str(edited)
     pd = ["--annotator", "pixel-diff", "-o", str(tmp / "out")]
     return {
@@ -234,6 +241,10 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "eval_nul_path": (["eval", "--data", str(tmp / "set_nul"), "--annotator", "pixel-diff"], "invalid_path"),
         "eval_not_utf8": (["eval", "--data", str(tmp / "set_not_utf8"), "--annotator", "pixel-diff"],
                           "bad_manifest"),
+        "eval_huge_int": (["eval", "--data", str(tmp / "set_huge_int"), "--annotator", "pixel-diff"], "bad_manifest"),
+        "eval_deep_json": (["eval", "--data", str(tmp / "set_deep"), "--annotator", "pixel-diff"], "bad_manifest"),
+        "batch_huge_int_instructions": (["batch", "run", str(tmp / "folder_bad_instructions"), "--out",
+                                         str(tmp / "b2"), "--annotator", "pixel-diff"], "bad_manifest"),
         "export_nan_confidence": (["export", "coco", str(tmp), "--out", str(tmp / "c.json"), "--min-confidence",
                                    "nan"], "invalid_config"),
         "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "invalid_config"),

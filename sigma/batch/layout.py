@@ -26,6 +26,7 @@ from typing import Any
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder
 from sigma.io.corpora.base import Shard
+from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"
 
@@ -79,8 +80,8 @@ class RunDir:
             raise InputError(f"{self.root}: not a batch run folder (no {RUN_FILE}); start one with sigma batch run",
                              code="not_a_run")
         try:
-            return json.loads(self.run_file.read_text())
-        except json.JSONDecodeError as exc:
+            return load_json(self.run_file.read_bytes())
+        except ValueError as exc:
             raise InputError(f"{self.run_file}: unreadable ({exc})", code="bad_run") from exc
 
     def shards(self) -> list[Shard]:
@@ -101,8 +102,8 @@ class RunDir:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            return load_json(path.read_bytes())
+        except ValueError:     # torn or corrupt: the shard is not done
             return None
 
     def is_done(self, shard: Shard, run_hash: str) -> bool:

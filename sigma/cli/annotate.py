@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -16,6 +15,7 @@ from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
 from sigma.registry import build_annotator, default_annotator_name
+from sigma.text import loads as load_json
 
 HELP = """Annotate an (original, edited) pair with a manipulation mask.
 
@@ -63,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _read_stdin_pairs() -> list[Any]:
     try:
-        items = json.load(sys.stdin)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        items = load_json(sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read())
+    except ValueError as exc:
         raise InputError(f"stdin: not a JSON list of pairs ({exc})", code="bad_json") from exc
     if not isinstance(items, list):
         raise InputError("stdin: expected a JSON list of objects with 'original' and 'edited'", code="bad_json")

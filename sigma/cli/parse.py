@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma.errors import InputError, LimitError
+from sigma.text import loads as load_json
 
 HELP = """Parse an editing instruction into (edit_type, source concept, target concept), the input of
 the grounding branch. edit_type is add | remove | replace | attribute | global (null: no instruction).
@@ -67,9 +68,9 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
                 continue
             if line.startswith("{"):
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                    rec = load_json(line)
+                except ValueError as exc:
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)})") from exc
                 if not isinstance(rec, dict) or ("instruction" not in rec):
                     raise InputError(f"{path}:{lineno}: a JSON line needs an \"instruction\" field")
                 if rec["instruction"] is not None and not isinstance(rec["instruction"], str):

@@ -2,13 +2,13 @@
 `sigma eval`, training's labelled folders and the batch corpus reader all find sets and read records here."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sigma.errors import InputError
 from sigma.text import find_surrogate
+from sigma.text import loads as load_json
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = load_json(line)
                 field = find_surrogate(rec)
                 if field is not None:
                     raise InputError(f"{where}: {field} holds a lone UTF-16 surrogate (e.g. \\ud800), text no "
@@ -69,5 +69,5 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                     edited=set_dir / files["edited"], mask=set_dir / files["mask"],
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
                     whole_image_changed=bool(rec.get("whole_image_changed", False)))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise InputError(f"{where}: bad record ({exc})", code="bad_manifest") from exc

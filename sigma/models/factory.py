@@ -14,6 +14,7 @@ from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.weights import load_safetensors, strict_load
+from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
 CONFIG_NAME = "config.json"
@@ -124,8 +125,8 @@ def _read_saved(path: str | Path) -> tuple[SigmaNetConfig, bool]:
         raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} (a saved model is a folder with "
                                    f"{CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json)")
     try:
-        data = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
+        data = load_json(cfg_path.read_bytes())
+    except ValueError as exc:
         raise ConfigError(f"{cfg_path}: not valid JSON ({exc})") from exc
     if data.get("format") != FORMAT:
         raise ConfigError(f"{cfg_path}: not a SigmaNet config (format {data.get('format')!r}, want {FORMAT!r})")

@@ -6,13 +6,13 @@ instructions file (`instructions.jsonl` with {"id", "instruction"}, `instruction
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
+from sigma.text import loads as load_json
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 _SUFFIX = re.compile(r"^(?P<id>.+)_(?P<role>original|edited|mask)$")
@@ -78,15 +78,15 @@ class FolderCorpus(Corpus):
                 if file.suffix == ".jsonl":
                     for line in file.open(encoding="utf-8"):
                         if line.strip():
-                            rec = json.loads(line)
+                            rec = load_json(line)
                             out[str(rec["id"])] = rec.get("instruction")
                 elif file.suffix == ".json":
-                    out.update({str(k): v for k, v in json.loads(file.read_text(encoding="utf-8")).items()})
+                    out.update({str(k): v for k, v in load_json(file.read_bytes()).items()})
                 else:
                     with file.open(newline="", encoding="utf-8") as handle:
                         for rec in csv.DictReader(handle):
                             out[str(rec["id"])] = rec.get("instruction") or None
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, csv.Error) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:
                 raise InputError(f"{file}: unreadable instructions file ({exc}); expected {{'id', 'instruction'}} "
                                  "records", code="bad_manifest") from exc
             break
@@ -95,6 +95,7 @@ class FolderCorpus(Corpus):
 
     def plan(self) -> list[Shard]:
         ids = self.index()
+        self.instructions()   # an unreadable instructions file is the corpus's error, before any shard runs
         shards = []
         for start in range(0, len(ids), self.shard_size):
             end = min(start + self.shard_size, len(ids))

@@ -6,7 +6,6 @@ Files are memory-mapped and read record batch by record batch, so nothing is loa
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, needed_columns, row_to_item
+from sigma.text import loads as load_json
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -54,8 +54,8 @@ class SavedDatasetCorpus(Corpus):
     def splits(self) -> list[tuple[str | None, Path]]:
         if (self.path / "dataset_dict.json").is_file():
             try:
-                names = json.loads((self.path / "dataset_dict.json").read_text())["splits"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                names = load_json((self.path / "dataset_dict.json").read_bytes())["splits"]
+            except (ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"{self.path}/dataset_dict.json: unreadable ({exc})", code="bad_dataset") from exc
             return [(str(name), self.path / str(name)) for name in names]
         return [(None, self.path)]
@@ -66,8 +66,8 @@ class SavedDatasetCorpus(Corpus):
         if not state.is_file():
             raise InputError(f"{folder}: no state.json (not a save_to_disk folder)", code="bad_dataset")
         try:
-            files = [folder / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            files = [folder / f["filename"] for f in load_json(state.read_bytes())["_data_files"]]
+        except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{state}: unreadable ({exc})", code="bad_dataset") from exc
         for file in files:
             if not file.is_file():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, image_value, safe_name, text_value
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
+from sigma.text import loads as load_json
 
 
 def iter_records(handle, csv_mode: bool, first_line: int = 1) -> Iterator[tuple[int, bytes, int]]:
@@ -100,8 +100,8 @@ class ManifestCorpus(Corpus):
 
     def _check_first_json(self, file: Path, raw: bytes) -> None:
         try:
-            first = json.loads(raw)
-        except json.JSONDecodeError:
+            first = load_json(raw)
+        except ValueError:
             return   # a bad line is that pair's error, found again when the shard is read
         if isinstance(first, dict):
             check_schema(f"{file} (first record)", list(first), self.mapping, self.required, self.preset)
@@ -144,7 +144,7 @@ class ManifestCorpus(Corpus):
                 # CSV cannot say null: an empty cell means "no value"
                 record = {h: (v if v != "" else None) for h, v in zip(header, values)}
             else:
-                record = json.loads(raw)
+                record = load_json(raw)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as exc:

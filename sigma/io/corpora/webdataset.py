@@ -6,13 +6,13 @@ Each tar is one shard, streamed member by member. Which fields hold which role i
 """
 from __future__ import annotations
 
-import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key
+from sigma.text import loads as load_json
 
 DEFAULT_FIELDS = {
     "original": "original.png|original.jpg|original.jpeg|original.webp|src.png|src.jpg|source.png|source.jpg|"
@@ -105,9 +105,9 @@ class WebDatasetCorpus(Corpus):
         raw_json = self._pick(group, "json")
         if raw_json:
             try:
-                meta = json.loads(raw_json)
+                meta = load_json(raw_json)
                 meta = meta if isinstance(meta, dict) else {}
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except ValueError:          # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
                 item.error = ("bad_record", f"{item.source}: .json field is not valid JSON")
         text = self._pick(group, "instruction")
         item.instruction = text.decode("utf-8", errors="replace") if text is not None else meta.get("instruction")
