@@ -39,3 +39,41 @@ def test_a_refused_hold_never_removes_the_holders_folder(tmp_path, monkeypatch, 
         assert refused.value.code == "run_locked"
         assert out.is_dir() and (out / ".lock").exists() == marker
     assert not out.exists()                                 # the holder made it and wrote nothing
+
+
+def _photos(folder: Path, n: int = 3) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_the_synth_cache_and_synth_pairs_have_one_writer(tmp_path):
+    """Two cache builds on one folder would write the same <n>.tmp.npz at once and could publish a file spliced
+    from both; two `sigma synth --out` runs would leave a pairs.jsonl naming a mix of both. The second is
+    refused (run_locked) and the first completes."""
+    import json
+
+    from sigma.cli import main
+    from sigma.data.synth.cache import build_cache
+
+    photos = _photos(tmp_path / "photos")
+    cache = tmp_path / "cache"
+    with hold_folder(cache):
+        with pytest.raises(InputError) as err:
+            build_cache(photos, cache, vae=None, log=None)
+        assert err.value.code == "run_locked"
+        assert [p.name for p in cache.iterdir()] == [".lock"]
+    build_cache(photos, cache, vae=None, log=None)
+    assert len(json.loads((cache / "index.json").read_text())["files"]) == 3
+
+    out = tmp_path / "pairs"
+    with hold_folder(out):
+        assert main(["synth", "--out", str(out), "-n", "2", "--photos", str(photos), "--no-progress"]) == 2
+        assert not (out / "pairs.jsonl").exists()
+    assert main(["synth", "--out", str(out), "-n", "2", "--photos", str(photos), "--no-progress"]) == 0
+    assert len((out / "pairs.jsonl").read_text().splitlines()) == 2

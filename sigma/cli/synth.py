@@ -83,18 +83,21 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"photos": str(photos)})
     engine = SynthEngine(cfg, seed=args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
-    lines = []
-    for i in tqdm(range(args.n), desc="sigma synth", unit="pair", file=sys.stderr, disable=args.no_progress,
-                  dynamic_ncols=True):
-        s = engine.sample(i)
-        lines.append(write_synth_pair(s, out, f"synth{args.seed}_{i:05d}", _KIND_EDITOR[s.kind],
-                                      f"sigma synth seed={args.seed} index={i}", instruction_fields=True))
-    tmp = out / "pairs.jsonl.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out / "pairs.jsonl")
-    save_resolved(cfg, out, "synth_config.yaml")
+    from sigma.folderlock import hold_folder
+
+    # one writer per folder: two (other seeds, other -n) would leave a pairs.jsonl naming a mix of both
+    with hold_folder(out, other="--out"):
+        lines = []
+        for i in tqdm(range(args.n), desc="sigma synth", unit="pair", file=sys.stderr, disable=args.no_progress,
+                      dynamic_ncols=True):
+            s = engine.sample(i)
+            lines.append(write_synth_pair(s, out, f"synth{args.seed}_{i:05d}", _KIND_EDITOR[s.kind],
+                                          f"sigma synth seed={args.seed} index={i}", instruction_fields=True))
+        tmp = out / "pairs.jsonl.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(out / "pairs.jsonl")
+        save_resolved(cfg, out, "synth_config.yaml")
     print(f"{args.n} pairs in {out}/pairs.jsonl")
     return 0

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sigma.errors import InputError
+from sigma.folderlock import hold_folder
 
 from .masks import random_mask
 
@@ -94,55 +95,58 @@ def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: 
                 scales: tuple[float, ...] = (1.0, 0.5), latent_edits: int = 1, seed: int = 0,
                 limit: int | None = None, shuffle: bool = True, log=print) -> Path:
     """Idempotent and interruptible: photos already cached are skipped, and `index.json` (which lists only
-    finished photos) is rewritten every few photos, so a killed build leaves a usable cache behind.
+    finished photos) is rewritten every few photos, so a killed build leaves a usable cache behind; a second
+    build on the same folder while one runs is refused (run_locked).
     `shuffle` processes photos in a seeded random order, so a partial cache still spans every sub-folder."""
     photos = list_photos(photo_dir)[: limit or None]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    order = np.random.default_rng(seed).permutation(len(photos)) if shuffle else np.arange(len(photos))
-    meta = {"photo_dir": str(photo_dir), "max_side": max_side, "scales": list(scales) if vae else [],
-            "latent_edits": latent_edits if vae else 0, "seed": seed}
+    # one builder per folder: two would write the same <n>.tmp.npz and index.json.tmp at once and could
+    # publish a file spliced from both, which training then reads as a corrupt photo
+    with hold_folder(out, other="cache folder (or wait for the build that holds this one)"):
+        order = np.random.default_rng(seed).permutation(len(photos)) if shuffle else np.arange(len(photos))
+        meta = {"photo_dir": str(photo_dir), "max_side": max_side, "scales": list(scales) if vae else [],
+                "latent_edits": latent_edits if vae else 0, "seed": seed}
 
-    def write_index() -> None:
-        files = [{"file": f"{i:05d}.npz", "photo": str(p)} for i, p in enumerate(photos)
-                 if (out / f"{i:05d}.npz").is_file()]
-        tmp = out / "index.json.tmp"
-        tmp.write_text(json.dumps({**meta, "files": files}, indent=1))
-        tmp.replace(out / "index.json")
+        def write_index() -> None:
+            files = [{"file": f"{i:05d}.npz", "photo": str(p)} for i, p in enumerate(photos)
+                     if (out / f"{i:05d}.npz").is_file()]
+            tmp = out / "index.json.tmp"
+            tmp.write_text(json.dumps({**meta, "files": files}, indent=1))
+            tmp.replace(out / "index.json")
 
-    donor_z = None
-    t0 = time.time()
-    for n_done, i in enumerate(order.tolist()):
-        path = photos[i]
-        name = f"{i:05d}.npz"
-        target = out / name
-        if target.is_file():
-            continue
-        img = load_photo(path, max_side)
-        arrays = {"img": img}
-        if vae is not None:
-            z = None
-            with torch.no_grad():
-                for s in scales:
-                    rt, zz = roundtrip_at(vae, img, s)
-                    arrays[f"rt{int(round(s * 100)):03d}"] = rt
-                    z = zz if zz is not None else z
-                if z is None:
-                    z = vae.encode(_to_t(img))
-                rng = np.random.default_rng([seed, i])
-                for k in range(latent_edits):
-                    dz = donor_z if donor_z is not None else torch.flip(z, dims=(-1, -2))
-                    lat, lmask = latent_edit(vae, z, dz, rng, img.shape[0], img.shape[1])
-                    arrays[f"lat{k}"], arrays[f"latmask{k}"] = lat, lmask
-            donor_z = z
-        tmp = target.with_name(name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(target)
-        if n_done % 10 == 0:
-            write_index()
-        if log and (n_done % 25 == 0):
-            log(f"cache {n_done + 1}/{len(photos)} {time.time() - t0:.0f}s")
-    write_index()
-    if log:
-        log(f"cache done: {len(photos)} photos in {out} ({time.time() - t0:.0f}s)")
-    return out
+        donor_z = None
+        t0 = time.time()
+        for n_done, i in enumerate(order.tolist()):
+            path = photos[i]
+            name = f"{i:05d}.npz"
+            target = out / name
+            if target.is_file():
+                continue
+            img = load_photo(path, max_side)
+            arrays = {"img": img}
+            if vae is not None:
+                z = None
+                with torch.no_grad():
+                    for s in scales:
+                        rt, zz = roundtrip_at(vae, img, s)
+                        arrays[f"rt{int(round(s * 100)):03d}"] = rt
+                        z = zz if zz is not None else z
+                    if z is None:
+                        z = vae.encode(_to_t(img))
+                    rng = np.random.default_rng([seed, i])
+                    for k in range(latent_edits):
+                        dz = donor_z if donor_z is not None else torch.flip(z, dims=(-1, -2))
+                        lat, lmask = latent_edit(vae, z, dz, rng, img.shape[0], img.shape[1])
+                        arrays[f"lat{k}"], arrays[f"latmask{k}"] = lat, lmask
+                donor_z = z
+            tmp = target.with_name(name + ".tmp.npz")
+            np.savez(tmp, **arrays)
+            tmp.replace(target)
+            if n_done % 10 == 0:
+                write_index()
+            if log and (n_done % 25 == 0):
+                log(f"cache {n_done + 1}/{len(photos)} {time.time() - t0:.0f}s")
+        write_index()
+        if log:
+            log(f"cache done: {len(photos)} photos in {out} ({time.time() - t0:.0f}s)")
+        return out
