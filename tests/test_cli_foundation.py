@@ -241,6 +241,11 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "eval_nul_path": (["eval", "--data", str(tmp / "set_nul"), "--annotator", "pixel-diff"], "invalid_path"),
         "eval_not_utf8": (["eval", "--data", str(tmp / "set_not_utf8"), "--annotator", "pixel-diff"],
                           "bad_manifest"),
+        # refused before the evaluation (the data is not even looked at), not after minutes of it
+        "eval_out_is_file": (["eval", "--data", str(tmp / "nothing"), "--annotator", "pixel-diff", "--out",
+                              str(tmp / "afile")], "bad_outdir"),
+        "eval_out_unwritable": (["eval", "--data", str(tmp / "nothing"), "--annotator", "pixel-diff", "--out",
+                                 str(tmp / "afile" / "sub")], "bad_outdir"),
         "eval_huge_int": (["eval", "--data", str(tmp / "set_huge_int"), "--annotator", "pixel-diff"], "bad_manifest"),
         "eval_deep_json": (["eval", "--data", str(tmp / "set_deep"), "--annotator", "pixel-diff"], "bad_manifest"),
         "batch_huge_int_instructions": (["batch", "run", str(tmp / "folder_bad_instructions"), "--out",

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field
 
-from sigma.cli.common import add_config_args, flag_overrides
+from sigma.cli.common import add_config_args, check_outdir, flag_overrides
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
@@ -146,13 +146,7 @@ def run(args: argparse.Namespace) -> int:
     resolved = cfg.model_dump(mode="json")
     resolved["annotator_config"] = annotator.describe()
 
-    outdir = Path(args.outdir)
-    try:
-        if outdir.exists() and not outdir.is_dir():
-            raise InputError(f"{outdir}: exists and is not a folder", code="bad_outdir")
-    except OSError as exc:           # a name too long, a path through a file: said before any pair is read
-        raise InputError(f"{outdir}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir"
-                         ) from exc
+    outdir = check_outdir(Path(args.outdir))      # said before any pair is read
     failures: list[tuple[str, str, str]] = []       # (pair id, code, message)
     loaded, load_ms = [], {}
     seen: set[str] = set()

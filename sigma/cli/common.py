@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Any
 
 from sigma.errors import SigmaError
@@ -120,3 +121,20 @@ def check_unit_interval(args: argparse.Namespace, what: dict[str, str]) -> None:
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} is {meaning} in [0, 1], got {value}")
+
+
+def check_outdir(outdir: Path, create: bool = False) -> Path:
+    """Refuse an output folder that cannot be one (a file, a name too long, a path through a file, a
+    read-only place) before any work, not after minutes of it: `create` makes it now, which is the only
+    test a permission or a read-only file system answers honestly."""
+    from sigma.errors import InputError
+
+    try:
+        if outdir.exists() and not outdir.is_dir():
+            raise InputError(f"{outdir}: exists and is not a folder", code="bad_outdir")
+        if create:
+            outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{outdir}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir"
+                         ) from exc
+    return outdir

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from sigma.cli.common import Progress, add_config_args, flag_overrides
+from sigma.cli.common import Progress, add_config_args, check_outdir, flag_overrides
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.registry import build_annotator, default_annotator_name
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update={"annotator": cfg.annotator or default_annotator_name(),
                                  "perturb": perturb.expand(cfg.perturb)})
     annotator = build_annotator(cfg)
+    out = check_outdir(Path(args.out), create=True)   # before the evaluation, not after it
 
     with Progress(f"eval {cfg.annotator}") as bar:
         result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
@@ -70,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_tables(result))
     for err in result.errors:
         print(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] {err['message']}")
-    out = Path(args.out)
     resolved = cfg.model_dump(mode="json") | {"annotator_config": annotator.describe(), "data": str(args.data)}
     write_json(result.to_dict() | {"config": resolved}, out / "metrics.json")
     save_resolved(resolved, out)
