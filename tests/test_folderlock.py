@@ -77,3 +77,22 @@ def test_the_synth_cache_and_synth_pairs_have_one_writer(tmp_path):
         assert not (out / "pairs.jsonl").exists()
     assert main(["synth", "--out", str(out), "-n", "2", "--photos", str(photos), "--no-progress"]) == 0
     assert len((out / "pairs.jsonl").read_text().splitlines()) == 2
+
+
+def test_one_eval_per_out_folder(tmp_path, capsys):
+    """Every eval started in one folder writes to the same default sigma_eval/: a second one while the first
+    runs would splice metrics.json.tmp or pair one run's metrics with the other's config.yaml."""
+    import json
+
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data = tmp_path / "set"
+    write_pairs_jsonl(data, synthetic_pairs(2))
+    out = tmp_path / "eval"
+    out.mkdir()
+    with hold_folder(out):
+        assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 2
+        assert "[run_locked]" in capsys.readouterr().err and not (out / "metrics.json").exists()
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["annotator"] == "pixel-diff"

@@ -9,6 +9,7 @@ from pydantic import Field
 from sigma.cli.common import Progress, add_config_args, check_outdir, flag_overrides
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
+from sigma.folderlock import hold_folder
 from sigma.registry import build_annotator, default_annotator_name
 
 HELP = """Score an annotator on pairs with ground-truth masks (the layout of ../shared/data/eval:
@@ -64,15 +65,18 @@ def run(args: argparse.Namespace) -> int:
                                  "perturb": perturb.expand(cfg.perturb)})
     annotator = build_annotator(cfg)
     out = check_outdir(Path(args.out), create=True)   # before the evaluation, not after it
-
-    with Progress(f"eval {cfg.annotator}") as bar:
-        result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
-    print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
-    print(format_tables(result))
-    for err in result.errors:
-        print(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] {err['message']}")
-    resolved = cfg.model_dump(mode="json") | {"annotator_config": annotator.describe(), "data": str(args.data)}
-    write_json(result.to_dict() | {"config": resolved}, out / "metrics.json")
-    save_resolved(resolved, out)
+    # one eval per --out (the default is the same sigma_eval/ for every eval started in a folder): two would
+    # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other
+    with hold_folder(out, other="--out"):
+        with Progress(f"eval {cfg.annotator}") as bar:
+            result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
+        print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
+        print(format_tables(result))
+        for err in result.errors:
+            print(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] {err['message']}")
+        resolved = cfg.model_dump(mode="json") | {"annotator_config": annotator.describe(),
+                                                  "data": str(args.data)}
+        write_json(result.to_dict() | {"config": resolved}, out / "metrics.json")
+        save_resolved(resolved, out)
     print(f"\nwrote {out / 'metrics.json'}")
     return 0
