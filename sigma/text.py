@@ -1,13 +1,13 @@
 """Text users hand us that the standard library chokes on: lone UTF-16 surrogates, and JSON whose
 parse fails with something other than a JSONDecodeError.
 
-`json.loads` turns `"\\ud800"` into a str holding a lone surrogate, which no UTF-8 encoder accepts: the
-first print, hash, file name or parquet row that touches it raises. Every reader of JSON that users hand
-us (API bodies, pairs.jsonl, corpus manifests and sidecars) finds such text at the door with
-`find_surrogate` and refuses that record with `invalid_text`; whatever must still be shown uses
-`replace_surrogates` (U+FFFD in place of each one). `loads` is `json.loads` for files and streams users
-give us (pairs.jsonl, manifests, sidecars, stdin): every failure is a ValueError. Bottom layer: the API
-and the io readers share it.
+`json.loads` turns `"\\ud800"` into a str holding a lone surrogate, which no UTF-8 encoder accepts, and a
+file name that is not UTF-8 reaches Python with its bad bytes as surrogates (`\\udcff`): the first print,
+hash, file name or parquet row that touches either raises. Where it is found (`find_surrogate`): the API
+refuses the request (422 `invalid_text`) and a pairs.jsonl record is refused (`invalid_text`); a batch run,
+which must go on, keeps names escaped (`escape_surrogates`: two ids stay two) and gives instructions U+FFFD
+(`replace_surrogates`). `loads` is `json.loads` for files and streams users give us (pairs.jsonl,
+manifests, sidecars, stdin): every failure is a ValueError. Bottom layer: the API and the readers share it.
 """
 from __future__ import annotations
 
