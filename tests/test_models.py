@@ -124,6 +124,20 @@ def test_save_load_roundtrip_is_exact(tiny, tmp_path):
                .state_dict().items())
 
 
+@pytest.mark.parametrize("config_text", ["{broken", "[1]", '{"format": "sigma-net"}', '{"format": "other", "config": {}}',
+                                         '{"format": "sigma-net", "config": ' + "9" * 5000 + "}", "\xff\xfe"])
+def test_a_damaged_saved_config_is_a_config_error(tmp_path, config_text):
+    """A saved model's config.json that is not one (not JSON, a list, no config, a 5000-digit integer, not
+    UTF-8) is a ConfigError naming the file, never an AttributeError / ValueError traceback."""
+    from sigma.errors import ConfigError
+
+    save_model(build_model("tiny-lite"), tmp_path)
+    (tmp_path / "config.json").write_bytes(config_text.encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_model(tmp_path)
+    assert "config.json" in err.value.message
+
+
 @pytest.mark.parametrize("damage", ["rename", "extra", "drop", "shape"])
 def test_strict_load_rejects_wrong_keys(tmp_path, damage):
     from safetensors.torch import load_file, save_file

@@ -128,8 +128,10 @@ def _read_saved(path: str | Path) -> tuple[SigmaNetConfig, bool]:
         data = load_json(cfg_path.read_bytes())
     except ValueError as exc:
         raise ConfigError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    if data.get("format") != FORMAT:
-        raise ConfigError(f"{cfg_path}: not a SigmaNet config (format {data.get('format')!r}, want {FORMAT!r})")
+    found = data.get("format") if isinstance(data, dict) else type(data).__name__
+    if found != FORMAT or not isinstance(data.get("config"), dict):
+        raise ConfigError(f"{cfg_path}: not a SigmaNet config (format {found!r}, want {FORMAT!r} with a "
+                          "'config' object)")
     return make_config(data["config"]), bool(data.get("backbone_in_file", True))
 
 
