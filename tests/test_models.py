@@ -129,8 +129,6 @@ def test_save_load_roundtrip_is_exact(tiny, tmp_path):
 def test_a_damaged_saved_config_is_a_config_error(tmp_path, config_text):
     """A saved model's config.json that is not one (not JSON, a list, no config, a 5000-digit integer, not
     UTF-8) is a ConfigError naming the file, never an AttributeError / ValueError traceback."""
-    from sigma.errors import ConfigError
-
     save_model(build_model("tiny-lite"), tmp_path)
     (tmp_path / "config.json").write_bytes(config_text.encode("latin-1"))
     with pytest.raises(ConfigError) as err:
