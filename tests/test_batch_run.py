@@ -99,7 +99,7 @@ def test_bad_pairs_are_recorded_and_good_ones_kept(messy_set, tmp_path):
     assert status["ok"] == 6 and status["errors"] == 6 and status["error_codes"]["file_not_found"] == 1
 
 
-def test_text_that_cannot_be_written_does_not_stop_the_run(tmp_path):
+def test_text_that_cannot_be_written_does_not_stop_the_run(tmp_path, capsys):
     """Lone UTF-16 surrogates reach a run two ways: a manifest's JSON escape ("\\ud800") and a file name that
     is not UTF-8 (Python hands it over as \\udcff). Either made the shard writer raise and the run stop; now
     ids keep them escaped (two ids stay two), instructions get U+FFFD, and every pair is annotated."""
@@ -128,6 +128,18 @@ def test_text_that_cannot_be_written_does_not_stop_the_run(tmp_path):
     rows = read_rows(tmp_path / "run2")
     assert sorted(r["pair_id"] for r in rows) == ["\\udcfe", "\\udcff"]
     assert all(r["status"] == "ok" for r in rows)
+    # and what reads the corpus again finds those pairs (the exports and the review page matched the raw id
+    # against the escaped one: "corpus changed"), and the HF export's file names are writable
+    for argv in (["export", "hf", str(tmp_path / "run2"), "--out", str(tmp_path / "hf")],
+                 ["export", "imdl-benco", str(tmp_path / "run2"), "--out", str(tmp_path / "benco")],
+                 ["report", str(tmp_path / "run2"), "--out", str(tmp_path / "review")]):
+        assert main(argv) == 0, argv
+    assert '"unreadable": 0' in capsys.readouterr().out          # the review page found both pairs' images
+    shard = next((tmp_path / "hf" / "data").glob("*.parquet"))
+    assert sorted(r["original"]["path"] for r in pq.read_table(shard).to_pylist()) == [
+        "\\udcfe_original.png", "\\udcff_original.png"]
+    benco = json.loads((tmp_path / "benco" / "imdl_benco.json").read_text())
+    assert len(benco) == 2
 
 
 def test_rerun_resume_and_conflicts(messy_set, tmp_path):

@@ -26,6 +26,7 @@ from sigma.errors import InputError, SigmaError
 from sigma.export.select import RowFilter, iter_items, row_mask_counts, run_config
 from sigma.folderlock import hold_folder
 from sigma.rle import decode_rle, mask_bbox
+from sigma.text import escape_surrogates
 
 SPLIT = "train"
 
@@ -152,8 +153,9 @@ def _png_mask(mask: np.ndarray) -> bytes:
 
 
 def _file_name(path: str | None) -> str | None:
-    """A file name, never the machine's full path (the dataset may be published)."""
-    return Path(path).name if path else None
+    """A file name, never the machine's full path (the dataset may be published); a name that is not UTF-8
+    keeps its bytes escaped, as the run's pair ids do (parquet holds UTF-8 only)."""
+    return escape_surrogates(Path(path).name) if path else None
 
 
 def _rle(size: list[int], counts: str | None) -> dict[str, Any] | None:

@@ -95,6 +95,7 @@ def iter_items(run_dir: str | Path, row_filter: RowFilter | None = None
                ) -> Iterator[tuple[dict, SourceItem | None, str | None]]:
     """(row, source item, error) for every kept row, read from the corpus again shard by shard (one shard's
     items in memory at most); error when the row's pair cannot be found as it was annotated."""
+    from sigma.batch.decode import writable
     from sigma.batch.runner import corpus_from_config
 
     corpus = corpus_from_config(run_config(run_dir))
@@ -104,7 +105,7 @@ def iter_items(run_dir: str | Path, row_filter: RowFilter | None = None
         wanted = {r["index"]: r for r in rows}
         seen = set()
         try:
-            for item in corpus.read(shard):
+            for item in map(writable, corpus.read(shard)):   # ids as the rows hold them (surrogates escaped)
                 row = wanted.get(item.index)
                 if row is None:
                     continue
