@@ -9,23 +9,11 @@ place of each lone surrogate rather than failing.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from sigma.text import replace_surrogates
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities (which a worker's json.dumps writes and JSON cannot hold) become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+from sigma.text import finite, replace_surrogates
 
 
 class SafeJSONResponse(JSONResponse):
@@ -36,7 +24,7 @@ class SafeJSONResponse(JSONResponse):
         try:
             text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
         except ValueError:
-            text = json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, indent=None,
+            text = json.dumps(finite(content), ensure_ascii=False, allow_nan=False, indent=None,
                               separators=(",", ":"))
         try:
             return text.encode("utf-8")

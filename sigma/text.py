@@ -7,13 +7,18 @@ hash, file name or parquet row that touches either raises. Where it is found (`f
 refuses the request (422 `invalid_text`) and a pairs.jsonl record is refused (`invalid_text`); a batch run,
 which must go on, keeps names escaped (`escape_surrogates`: two ids stay two) and gives instructions U+FFFD
 (`replace_surrogates`). `loads` is `json.loads` for files and streams users give us (pairs.jsonl,
-manifests, sidecars, stdin): every failure is a ValueError. Bottom layer: the API and the readers share it.
+manifests, sidecars, stdin): every failure is a ValueError; `finite` is what we write back: JSON has no NaN
+or infinity (Python writes them, strict parsers — JSON.parse, jq — refuse the file), so they become null.
+Bottom layer: the API, the readers and the writers share it.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
+
+import numpy as np
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -62,3 +67,15 @@ def loads(text: str | bytes) -> Any:
         if "integer string conversion" in str(exc):
             raise ValueError("an integer of more than 4300 digits") from exc
         raise
+
+
+def finite(value: Any) -> Any:
+    """NaN and infinities become None, in nested dicts / lists / tuples, numpy scalars included: what a JSON
+    file or answer we write may hold (an undefined Spearman rho of a one-pair set is NaN)."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

@@ -217,3 +217,28 @@ def test_vae_unavailable_is_one_clear_error(monkeypatch, eval_root):
     with pytest.raises(ConfigError) as info:
         evaluate(create_annotator("pixel-diff"), eval_root, ["none", "vae"])
     assert info.value.code == "perturbation_unavailable" and "sigma.models.vae" in info.value.message
+
+
+def _refuse(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_what_eval_and_the_review_page_write_is_strict_json(tmp_path, capsys):
+    """A one-pair set has no Spearman rho (NaN): Python wrote it as the bare word NaN, which JSON does not
+    have — JSON.parse and jq refuse metrics.json, summary.json and the review page's data block. Now null."""
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data = tmp_path / "one"
+    write_pairs_jsonl(data, synthetic_pairs(1))
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text(), parse_constant=_refuse)
+    assert metrics["tables"]["none"]["one"]["conf_rho"] is None
+    assert main(["batch", "run", str(data), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+                 "--no-progress"]) == 0
+    json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=_refuse)
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "page.html")]) == 0
+    page = (tmp_path / "page.html").read_text()
+    block = page.split('<script type="application/json" id="data">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(block, parse_constant=_refuse)["metrics"]["one"]["conf_rho"] is None
+    capsys.readouterr()

@@ -26,6 +26,7 @@ from typing import Any
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder
 from sigma.io.corpora.base import Shard
+from sigma.text import finite
 from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"
@@ -47,7 +48,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(path, json.dumps(finite(data), indent=2, sort_keys=True).encode())   # NaN -> null
 
 
 class RunDir:

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from sigma.io.images import write_png
+from sigma.text import finite
 from sigma.types import Annotation
 
 TINT_RGB = (255, 32, 32)
@@ -30,7 +31,7 @@ def write_json(data: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(finite(data), indent=2, default=_json_default))   # NaN -> null
     tmp.replace(path)
     return path
 

@@ -10,6 +10,8 @@ import math
 from html import escape
 from typing import Any
 
+from sigma.text import finite
+
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;background:#fafafa;color:#222}
 h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:18px 0 6px}
@@ -129,7 +131,8 @@ def render_page(title: str, run: dict[str, Any], metrics: dict[str, dict[str, An
     if has_f1:
         sort_opts.append(("f1:asc", "F1 vs ground truth, lowest first"))
     sort_html = "".join(f'<option value="{v}">{escape(label)}</option>' for v, label in sort_opts)
-    data = json.dumps({"run": run, "metrics": metrics}, default=str).replace("</", "<\\/")
+    # strict JSON (NaN -> null: a one-pair set has no rho), for whoever reads the page's data block
+    data = json.dumps(finite({"run": run, "metrics": metrics}), default=str, allow_nan=False).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
