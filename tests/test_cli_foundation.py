@@ -260,6 +260,11 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                   "batch_size=99999999999999999999"], "invalid_config"),
         "batch_size_huge": (["batch", "run", str(tmp), "--out", str(tmp / "b"), "--annotator", "pixel-diff",
                              "--batch-size", "100000"], "invalid_config"),
+        # options an API batch may set: a 10^10-pixel working size or 100000 threads would kill its worker
+        "working_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"), "--set",
+                               "options.image_size=100000", "--set", "options.upscale=true"], "invalid_config"),
+        "threads_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"), "--set",
+                          "options.cpu_threads=100000"], "invalid_config"),
         "annotator_batch_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"),
                                        "--set", "options.batch_size=5000"], "invalid_config"),
     }

@@ -183,6 +183,19 @@ def test_file_valued_options_cannot_point_outside_the_root(svc, options):
     assert "/etc" not in resp.text and ".ssh" not in resp.text
 
 
+def test_options_that_would_kill_a_worker_are_refused_at_submit():
+    """What `POST /v1/batches` checks options with (nothing loaded): a working size of 10^5 px with upscale,
+    10^5 threads or a batch of 10^6 pairs are config errors, not a worker OOM-killed at every redelivery."""
+    from sigma.errors import ConfigError
+    from sigma.registry import validate_annotator_options
+
+    for options in ({"image_size": 100_000, "upscale": True}, {"cpu_threads": 100_000}, {"batch_size": 10**6},
+                    {"grounding": "grounding-dino", "grounding_options": {"detector": {"image_size": 10**6}}}):
+        with pytest.raises(ConfigError):
+            validate_annotator_options("sigma-lite", options)
+    validate_annotator_options("sigma-lite", {"image_size": 1024, "cpu_threads": 2, "batch_size": 8})
+
+
 def test_confine_file_options_accepts_hub_ids_and_paths_under_the_root(root):
     from sigma.api.batches import confine_file_options
 

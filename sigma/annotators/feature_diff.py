@@ -10,6 +10,7 @@ from pydantic import Field
 from sigma.annotators.base import Prediction
 from sigma.annotators.model_annotator import backbone_status
 from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig
+from sigma.config.schema import MAX_WORKING_SIZE
 from sigma.registry import ANNOTATORS
 from sigma.types import Pair
 
@@ -23,7 +24,7 @@ class FeatureDiffConfig(TorchAnnotatorConfig):
     hf_config: dict[str, Any] | None = Field(None, description="architecture override (tiny test models)")
     random_init: bool = Field(False, description="explicit opt-in to a random backbone: tests only")
     taps: list[int] | None = Field(None, description="hidden_states indices averaged; None = the last layer")
-    image_size: int = Field(518, ge=14)
+    image_size: int = Field(518, ge=14, le=MAX_WORKING_SIZE)
     scale: float = Field(0.5, gt=0, description="prob = clip((1 - cos) / scale, 0, 1)")
 
 

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sigma.annotators.base import Prediction
 from sigma.annotators.guidance import Guidance, Guide, normalised_regions
 from sigma.annotators.mask_extras import confidence, split_components
 from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig, resize_image
+from sigma.config.schema import MAX_WORKING_SIZE
 from sigma.errors import WeightsNotFoundError
 from sigma.registry import ANNOTATORS, registered
 from sigma.types import Pair
@@ -58,8 +59,9 @@ class ModelAnnotatorConfig(TorchAnnotatorConfig):
                               "torch — what `sigma annotate` does for a handful of pairs, where the export would "
                               "cost more than it saves")
     fuse_batchnorm: bool = Field(True, description="fold BatchNorm into the convolutions (inference only)")
-    image_size: int | None = Field(None, ge=28, description="working size cap (long side); None = the "
-                                     "model's (sigma-lite: 512; pairs below it run at their own size)")
+    image_size: int | None = Field(None, ge=28, le=MAX_WORKING_SIZE, description="working size cap (long "
+                                     "side); None = the model's (sigma-lite: 512; pairs below it run at their "
+                                     "own size)")
     upscale: bool = Field(False, description="enlarge pairs smaller than the working size (keep-aspect "
                           "models); off: small pairs run at their own size, rounded to the size multiple")
     parser: str | None = Field("rules", description="instruction parser backend; None = ignore instructions")
@@ -68,6 +70,17 @@ class ModelAnnotatorConfig(TorchAnnotatorConfig):
     intended_overlap: float = Field(0.1, ge=0.0, le=1.0, description="a mask component is intended when "
                                     "this fraction of it lies where the prior is >= 0.5")
     max_components: int = Field(64, ge=0)
+
+    @model_validator(mode="after")
+    def _grounding_options_are_a_grounding_config(self) -> ModelAnnotatorConfig:
+        """Checked with the rest, not when the grounder is built: a batch submitted through the API is
+        validated here without loading anything, and a bad (or huge: a 10^6 px detector size) grounding
+        option would otherwise reach the worker."""
+        from sigma.grounding.config import GroundingConfig
+
+        data = {k: v for k, v in self.grounding_options.items() if not k.endswith("_obj")}   # handed-in models
+        GroundingConfig(backend=self.grounding, **data)
+        return self
 
 
 def embedded_weights(preset: str) -> Path | None:

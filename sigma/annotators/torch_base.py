@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from sigma.annotators.base import Annotator, AnnotatorConfig, Prediction
-from sigma.config.schema import MAX_BATCH_SIZE
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_THREADS
 from sigma.models.device import pick_device
 from sigma.types import Pair
 
@@ -26,9 +26,10 @@ from sigma.types import Pair
 class TorchAnnotatorConfig(AnnotatorConfig):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
-    cpu_threads: int | None = Field(None, ge=1, description="intra-op threads of torch (process-wide) and "
-                                    "ONNX Runtime; None = each library's default. On a CPU shared with other "
-                                    "jobs 1 can be ~10x faster than 2: threads stall on each other at every op")
+    cpu_threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="intra-op threads of torch "
+                                    "(process-wide) and ONNX Runtime; None = each library's default. On a CPU "
+                                    "shared with other jobs 1 can be ~10x faster than 2: threads stall on each "
+                                    "other at every op")
     batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, description="pairs per forward; None = the "
                                    "annotator's default for the device")
 

@@ -8,6 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 # Pairs decoded and held in memory at once by one batch: a bound, so a typo (--batch-size 1000000) is a
 # config error instead of a whole shard decoded into memory.
 MAX_BATCH_SIZE = 1024
+# The largest working size (long side, px) a network may be asked to run at, and the most intra-op threads:
+# both are options a batch submitted through the API may set, and 100000 px with upscale=true (a 10^10-pixel
+# tensor) or 100000 threads would kill the worker that takes the task, again at each redelivery.
+MAX_WORKING_SIZE = 4096
+MAX_THREADS = 256
 
 
 class Strict(BaseModel):

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from sigma.config.schema import Strict
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_WORKING_SIZE, Strict
 from sigma.grounding.registry import GROUNDERS, SEGMENTERS, ensure_grounders, ensure_segmenters
 from sigma.registry import registered
 
@@ -16,9 +16,9 @@ class DetectorConfig(Strict):
     box_threshold: float = Field(0.35, ge=0.0, le=1.0, description="minimum box score kept")
     text_threshold: float = Field(0.25, ge=0.0, le=1.0, description="minimum token score for a label")
     max_detections: int = Field(5, ge=1, le=100, description="boxes kept per image, best first")
-    image_size: int | None = Field(None, ge=32, description="shortest edge the detector sees "
+    image_size: int | None = Field(None, ge=32, le=MAX_WORKING_SIZE, description="shortest edge the detector sees "
                                    "(None = the checkpoint's own, 800 for IDEA-Research)")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
 
 
 class SegmenterConfig(Strict):
@@ -30,7 +30,7 @@ class SegmenterConfig(Strict):
     native_config: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="native-sam2 model config")
     mask_threshold: float | None = Field(None, ge=0.0, le=1.0, description="binarise masks at this "
                                          "probability; None keeps SAM's soft masks")
-    batch_size: int = Field(8, ge=1, description="images encoded at once")
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE, description="images encoded at once")
 
 
 class GroundingConfig(Strict):
