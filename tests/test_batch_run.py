@@ -360,3 +360,21 @@ def test_children_die_with_a_sigkilled_run(tmp_path):
     for k in alive:           # never leave them behind, whatever the assertion says
         os.kill(k, signal.SIGKILL)
     assert not alive, f"children outlived the run: {alive}"
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from sigma.batch.layout import atomic_write_bytes
+
+    target = tmp_path / "page.html"
+
+    def refuse(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"x" * 1000)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with pytest.raises(InputError) as err:
+        atomic_write_bytes(tmp_path, b"x")            # a folder: refused, nothing written beside it
+    assert err.value.code == "out_is_a_folder" and list(tmp_path.iterdir()) == []

@@ -253,6 +253,10 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "export_nan_confidence": (["export", "coco", str(tmp), "--out", str(tmp / "c.json"), "--min-confidence",
                                    "nan"], "invalid_config"),
         "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "invalid_config"),
+        # output files that are folders, or lie under a file: said before any work, no temporary file left
+        "report_out_is_folder": (["report", str(tmp), "--out", str(tmp)], "out_is_a_folder"),
+        "coco_out_is_folder": (["export", "coco", str(tmp), "--out", str(tmp)], "out_is_a_folder"),
+        "coco_out_under_file": (["export", "coco", str(tmp), "--out", str(tmp / "afile" / "c.json")], "bad_outdir"),
         "unknown_command": (["annotat"], "bad_arguments"),
         # a batch is held in memory: an absurd size is a config error, not a shard decoded into RAM
         "annotate_batch_size_huge": (["annotate", o, e, *pd, "--set", "batch_size=100000000"], "invalid_config"),

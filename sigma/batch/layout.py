@@ -38,13 +38,22 @@ def temp_name(path: Path) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Whole or not at all; a write that fails (a full disk, `path` a folder) takes its temporary file with
+    it instead of leaving a hidden `.name.pid.tmp` beside the target."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; name the file to write", code="out_is_a_folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

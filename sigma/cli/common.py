@@ -138,3 +138,21 @@ def check_outdir(outdir: Path, create: bool = False) -> Path:
         raise InputError(f"{outdir}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir"
                          ) from exc
     return outdir
+
+
+def check_outfile(path: Path) -> Path:
+    """An output *file* (a COCO JSON, the review page) refused before the work when it names a folder or
+    lies under a file, instead of after it."""
+    from sigma.errors import InputError
+
+    try:
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; name the file to write", code="out_is_a_folder")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise InputError(f"{path}: {parent} is not a folder", code="bad_outdir")
+    except OSError as exc:
+        raise InputError(f"{path}: not a usable output file ({exc.strerror or exc})", code="bad_outdir") from exc
+    return path

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 MASKS = ("chosen", "semantic", "footprint")          # sigma.export.select.MASKS (not imported: CLI start-up)
 ORDERS = ("corpus", "confidence", "confidence-asc")  # sigma.export.select.ORDERS
@@ -88,8 +89,10 @@ def run_imdl_benco(args: argparse.Namespace) -> int:
 
 
 def run_coco(args: argparse.Namespace) -> int:
+    from sigma.cli.common import check_outfile
     from sigma.export.coco import export_coco
 
+    check_outfile(Path(args.out))
     _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images, mask=args.mask,
                         order=args.sort))
     return 0

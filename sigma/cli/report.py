@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,13 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sigma.cli.common import check_unit_interval
+    from sigma.cli.common import check_outfile, check_unit_interval
     from sigma.errors import ConfigError
     from sigma.report.build import build_report
 
     if args.limit < 1 or args.thumb < 16:
         raise ConfigError("--limit must be >= 1 and --thumb >= 16")
     check_unit_interval(args, {"min_confidence": "a confidence", "max_confidence": "a confidence"})
+    if args.out:
+        check_outfile(Path(args.out))
     print(json.dumps(build_report(args.run_dir, args.out, limit=args.limit, thumb=args.thumb,
                                   min_confidence=args.min_confidence, max_confidence=args.max_confidence,
                                   sort=args.sort)))
