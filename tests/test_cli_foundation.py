@@ -269,6 +269,10 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                "options.image_size=100000", "--set", "options.upscale=true"], "invalid_config"),
         "threads_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"), "--set",
                           "options.cpu_threads=100000"], "invalid_config"),
+        "batch_workers_huge": (["batch", "run", str(tmp), "--out", str(tmp / "b"), "--annotator", "pixel-diff",
+                                "--workers", "100000"], "invalid_config"),
+        "batch_threads_huge": (["batch", "run", str(tmp), "--out", str(tmp / "b"), "--annotator", "pixel-diff",
+                                "--threads", "100000"], "invalid_config"),
         "annotator_batch_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"),
                                        "--set", "options.batch_size=5000"], "invalid_config"),
     }

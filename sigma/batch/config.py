@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from sigma.config.loader import config_hash
-from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, AnnotatorSpec, IOConfig, Strict
 from sigma.io.corpora import CORPUS_READERS
 from sigma.registry import registered
 
@@ -32,9 +32,9 @@ class RayConfig(Strict):
     address: str | None = Field(None, description="an existing cluster: host:port of its head, 'auto' (the one "
                                 "`ray start` runs on this machine) or ray://host:10001; None = $RAY_ADDRESS, else "
                                 "a one-machine Ray started for this run")
-    actors: int | None = Field(None, ge=1, description="shard actors (Ray Data's `concurrency`); None = as many as "
-                               "fit: GPUs / num_gpus on a GPU cluster, else CPUs / num_cpus; never more than the "
-                               "pending shards")
+    actors: int | None = Field(None, ge=1, le=MAX_PROCESSES, description="shard actors (Ray Data's "
+                               "`concurrency`); None = as many as fit: GPUs / num_gpus on a GPU cluster, else CPUs "
+                               "/ num_cpus; never more than the pending shards")
     num_cpus: float = Field(1.0, gt=0, description="CPUs each actor reserves")
     num_gpus: float | None = Field(None, ge=0, description="GPUs each actor reserves; fractions pack actors "
                                    "(0.5: two per GPU); None = 1 on a cluster with GPUs, else 0")
@@ -51,18 +51,18 @@ class BatchConfig(AnnotatorSpec):
     input: InputConfig
     batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE, description="pairs per predict() call; batches never "
                             "cross shards")
-    workers: int | None = Field(None, ge=0, description="decode processes (0: decode in the reading thread); "
-                                "None = 0 on <= 2 cores, else one per core but one, at most 8")
+    workers: int | None = Field(None, ge=0, le=MAX_PROCESSES, description="decode processes (0: decode in the "
+                                "reading thread); None = 0 on <= 2 cores, else one per core but one, at most 8")
     png_masks: bool = Field(False, description="also write masks/<shard>/<pair>.png")
     ground_truth: bool = Field(True, description="score masks against the corpus's ground truth when it has one "
                                "(gt_* columns, the review page's metrics); false skips decoding it")
     backend: Literal["local", "ray"] = "local"
-    procs: int | None = Field(None, ge=1, description="local backend: inference processes fed whole shards, "
-                              "each with `threads` torch threads; None = for a network on a machine without a GPU "
-                              "one per idle core (cores - load average), else 1")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads per inference process or Ray "
-                                "actor; None = 1 with several processes and for CPU actors, the idle cores for a "
-                                "single CPU process running a network, else torch's default")
+    procs: int | None = Field(None, ge=1, le=MAX_PROCESSES, description="local backend: inference processes "
+                              "fed whole shards, each with `threads` torch threads; None = for a network on a "
+                              "machine without a GPU one per idle core (cores - load average), else 1")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="torch intra-op threads per inference "
+                                "process or Ray actor; None = 1 with several processes and for CPU actors, the "
+                                "idle cores for a single CPU process running a network, else torch's default")
     attempts: int = Field(3, ge=1, description="a shard whose process or Ray actor dies is run again by another "
                           "one, up to this many tries in all; then it is failed (rerun with --resume)")
     plugins: list[str] = Field(default_factory=list, description="modules imported before the annotator is built, "

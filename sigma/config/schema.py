@@ -13,6 +13,9 @@ MAX_BATCH_SIZE = 1024
 # tensor) or 100000 threads would kill the worker that takes the task, again at each redelivery.
 MAX_WORKING_SIZE = 4096
 MAX_THREADS = 256
+# Processes one command may start (decode workers, inference processes, Ray actors): `--workers 100000`
+# forked until the machine stalled, `--threads 100000` died with "can't start new thread".
+MAX_PROCESSES = 256
 
 
 class Strict(BaseModel):
