@@ -79,7 +79,7 @@ class ModelAnnotatorConfig(TorchAnnotatorConfig):
         from sigma.grounding.config import GroundingConfig
 
         data = {k: v for k, v in self.grounding_options.items() if not k.endswith("_obj")}   # handed-in models
-        GroundingConfig(backend=self.grounding, **data)
+        GroundingConfig(**{"backend": self.grounding, **data})   # as build_grounder merges them
         return self
 
 
