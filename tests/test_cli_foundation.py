@@ -198,7 +198,8 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
     (tmp / "folder_bad_instructions").mkdir()
     (tmp / "folder_bad_instructions" / "x_original.png").write_bytes(orig.read_bytes())
     (tmp / "folder_bad_instructions" / "x_edited.png").write_bytes(edited.read_bytes())
-    (tmp / "folder_bad_instructions" / "instructions.jsonl").write_text('{"id": "x", "instruction": ' + "9" * 5000 + "}\n")
+    (tmp / "folder_bad_instructions" / "instructions.jsonl").write_text(
+        '{"id": "x", "instruction": ' + "9" * 5000 + "}\n")
     o, e = str(orig), str(edited)
     pd = ["--annotator", "pixel-diff", "-o", str(tmp / "out")]
     return {

@@ -124,7 +124,8 @@ def test_save_load_roundtrip_is_exact(tiny, tmp_path):
                .state_dict().items())
 
 
-@pytest.mark.parametrize("config_text", ["{broken", "[1]", '{"format": "sigma-net"}', '{"format": "other", "config": {}}',
+@pytest.mark.parametrize("config_text", ["{broken", "[1]", '{"format": "sigma-net"}',
+                                         '{"format": "other", "config": {}}',
                                          '{"format": "sigma-net", "config": ' + "9" * 5000 + "}", "\xff\xfe"])
 def test_a_damaged_saved_config_is_a_config_error(tmp_path, config_text):
     """A saved model's config.json that is not one (not JSON, a list, no config, a 5000-digit integer, not
