@@ -37,12 +37,17 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+def refuse_folder(path: Path) -> None:
+    """An output *file* that names a folder: the one check, said early by the CLI and again at the write."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; name the file to write", code="out_is_a_folder")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Whole or not at all; a write that fails (a full disk, `path` a folder) takes its temporary file with
     it instead of leaving a hidden `.name.pid.tmp` beside the target."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; name the file to write", code="out_is_a_folder")
+    refuse_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:

@@ -143,11 +143,11 @@ def check_outdir(outdir: Path, create: bool = False) -> Path:
 def check_outfile(path: Path) -> Path:
     """An output *file* (a COCO JSON, the review page) refused before the work when it names a folder or
     lies under a file, instead of after it."""
+    from sigma.batch.layout import refuse_folder
     from sigma.errors import InputError
 
     try:
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder; name the file to write", code="out_is_a_folder")
+        refuse_folder(path)
         parent = path.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
