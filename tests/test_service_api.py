@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import signal
 
 import numpy as np
 import pytest
@@ -92,7 +93,16 @@ def test_mask_mode_per_request(svc):
 
 def test_annotate_wait_zero_answers_202_then_job_finishes(svc):
     original, edited = make_pair(seed=6)
-    resp = svc.submit(original, edited, {"wait": "0"}, path="/v1/annotate")
+    # the workers are held still for the request: a 48x64 pixel-diff pair is done in ~10 ms, and a worker that
+    # finished it before the API's one read of the job made the answer a (correct) 200 — a flaky test, not an
+    # API fault
+    for worker in svc.workers:
+        worker.signal(signal.SIGSTOP)
+    try:
+        resp = svc.submit(original, edited, {"wait": "0"}, path="/v1/annotate")
+    finally:
+        for worker in svc.workers:
+            worker.signal(signal.SIGCONT)
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
     assert resp.headers["location"] == f"/v1/jobs/{job_id}"
