@@ -162,3 +162,52 @@ def test_inpaint_margin_regions_follow_the_object_and_stay_labelled_under_regene
     plain = SynthEngine(cfg.model_copy(update={"inpaint_margin_p": 0.0}), seed=4)
     labels = {s.meta["inpaint"]["label"] for s in (plain.sample(i) for i in range(16)) if s.kind == "inpaint"}
     assert labels == {"object"}
+
+
+def test_a_drawn_roof_fills_the_footprint_and_casts_an_unlabelled_shadow_beside_it():
+    """Aerial change labels mark building footprints: the roof repaints every pixel of the mask in one
+    roof colour (a gable splits it in two tones), its shadow darkens ground outside the mask, and pixels
+    away from both are untouched."""
+    img = np.full((64, 64, 3), 120, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[20:32, 16:40] = True
+    p = {**E.sample_roof(np.random.default_rng(0), 64, 64), "colour": 1, "jitter": [0.0, 0.0, 0.0],
+         "gable": 0.2, "grain": 1.0, "shadow": 0.5, "sun": np.pi / 2, "reach": 3.0, "feather": 0.0}
+    out = E.apply_roof(img, mask, p).astype(int)
+    roof = out[mask].mean(1)
+    assert abs(roof.mean() - 203) < 12 and roof.std() > 10          # the palette's light grey, two tones
+    shadow = out[32:35, 16:40]                                        # the sun at 90°: the shadow falls below
+    assert (shadow == 60).all()
+    assert (out[45:, :] == 120).all() and (out[:, 50:] == 120).all()
+
+
+def _aerial_engine(photos, landcover_p: float) -> SynthEngine:
+    cfg = SynthConfig(photos=str(photos), crop=64, scale_range=(0.8, 1.0), mix={"splice": 1}, multi_p=0.0,
+                      perturb={"mode": "stack", "stack_p": 0.0, "vae": 0.0, "illum": {"p": 0.0, "aerial_p": 0.0}},
+                      aerial={"struct_p": 1.0, "roof_p": 0.5, "landcover_p": landcover_p,
+                              "landcover_area": (0.4, 0.8), "pattern": "rsscn7"})
+    return SynthEngine(cfg, seed=9)
+
+
+def test_landcover_change_is_unlabelled_and_goes_around_the_labelled_building(photos):
+    """Bi-temporal labels leave a ploughed field or a cleared lot out: the land-cover change re-textures a
+    large part of an aerial crop with no label, and never touches the labelled building (nor its 2 px
+    ring): the same draw without it has the same edit, pixel for pixel, inside the label."""
+    with_lc, without = _aerial_engine(photos, 1.0), _aerial_engine(photos, 0.0)
+    seen = 0
+    for i in range(40):
+        a, b = with_lc.sample(i), without.sample(i)
+        if not a.meta["aerial"]:
+            assert "landcover" not in a.meta and np.array_equal(a.edited, b.edited)
+            continue
+        assert "landcover" in a.meta and "landcover" not in b.meta
+        bm, be, bo = (b.mask, b.edited, b.original) if np.array_equal(a.original, b.original) else \
+            (b.mask[:, ::-1], b.edited[:, ::-1], b.original[:, ::-1])       # the last draw (a flip) may differ
+        assert np.array_equal(a.mask, bm) and a.mask.any()                  # the label: the building only
+        assert np.array_equal(a.edited[a.mask], be[a.mask])
+        outside = np.abs(a.edited.astype(int) - bo.astype(int)).max(2)[~a.mask]
+        assert (outside > 0).mean() > 0.2                                   # a large unlabelled change
+        seen += 1
+    assert seen >= 8
+    kinds = {tuple(sorted(s.meta["params"])) for s in (with_lc.sample(i) for i in range(40)) if s.meta["aerial"]}
+    assert any("gable" in k for k in kinds) and any("harmonise" in k for k in kinds)   # roofs and spliced texture

@@ -94,6 +94,48 @@ def apply_splice(base: np.ndarray, donor: np.ndarray, mask: np.ndarray, p: Param
     return blend(base, src, feather(mask, p["feather"]))
 
 
+# ---------------------------------------------------------------- a new building seen from above
+ROOF_PALETTE = np.array([[150, 150, 150], [205, 205, 200], [235, 232, 225], [90, 90, 95], [160, 85, 65],
+                         [120, 70, 55], [75, 115, 175], [60, 95, 150], [170, 150, 120]], np.float32)
+
+
+def sample_roof(rng: np.random.Generator, h: int, w: int) -> Params:
+    return {"colour": int(rng.integers(len(ROOF_PALETTE))), "jitter": rng.uniform(-25, 25, 3).tolist(),
+            "gable": float(rng.uniform(0.05, 0.3)) if rng.random() < 0.6 else 0.0,
+            "grain": float(rng.uniform(1.5, 8.0)), "shadow": float(rng.uniform(0.45, 0.8)),
+            "sun": float(rng.uniform(0, 2 * np.pi)), "reach": float(rng.uniform(1.0, 4.0)),
+            "feather": float(rng.uniform(0, 0.8)), "seed": int(rng.integers(2**31))}
+
+
+def apply_roof(base: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+    """Roofs on the mask's components (one colour for the lot, a gable ridge along each one's long axis,
+    grain) and their cast shadow beside them. Aerial change labels mark the footprint, not the shadow:
+    the shadow darkens ground outside the mask, unlabelled. Why procedural: a splice of another tile's
+    texture in a rectangle looks like no building, and real new buildings are what those labels mark."""
+    rng = np.random.default_rng(p["seed"])
+    h, w = mask.shape
+    out = base.astype(np.float32)
+    dy, dx = np.sin(p["sun"]) * p["reach"], np.cos(p["sun"]) * p["reach"]
+    shifted = cv2.warpAffine(mask.astype(np.uint8), np.float32([[1, 0, dx], [0, 1, dy]]), (w, h),
+                             flags=cv2.INTER_NEAREST).astype(bool)
+    out[shifted & ~mask] *= p["shadow"]
+    colour = np.clip(ROOF_PALETTE[p["colour"]] + np.float32(p["jitter"]), 0, 255)
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8))
+    roof = out.copy()
+    for k in range(1, n):
+        ys, xs = np.nonzero(labels == k)
+        shade = np.ones(len(ys), np.float32)
+        if p["gable"] > 0 and len(ys) >= 6:
+            cy, cx = ys.mean(), xs.mean()
+            evecs = np.linalg.eigh(np.cov(np.stack([ys - cy, xs - cx])))[1]
+            major = evecs[:, 1]
+            side = (ys - cy) * major[1] - (xs - cx) * major[0] > 0
+            shade = np.where(side, 1 + p["gable"], 1 - p["gable"]).astype(np.float32)
+        roof[ys, xs] = colour[None] * shade[:, None] + rng.normal(0, p["grain"], (len(ys), 1)).astype(np.float32)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return blend(out, np.clip(roof, 0, 255).astype(np.uint8), feather(mask, p["feather"]))
+
+
 # ---------------------------------------------------------------- copy-move inside the same photo
 def sample_copymove(rng: np.random.Generator, h: int, w: int) -> Params:
     transform = rng.random() < 0.5

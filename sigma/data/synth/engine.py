@@ -33,6 +33,7 @@ KINDS = ("none", "remove", "splice", "attribute", "global", "latent", "copymove"
 OBJECT_SHAPES = {"blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "rectangle": 0.6, "superpixels": 1.0}
 REGION_SHAPES = {"rectangle": 1.5, "blob": 2.0, "ellipse": 1.0, "brush": 1.5, "polygon": 1.0}
 BUILDING_SHAPES = {"rectangle": 3.0, "polygon": 2.0, "blob": 0.5}
+LANDCOVER_SHAPES = {"blob": 2.0, "superpixels": 2.0, "polygon": 1.0, "brush": 1.0}
 
 
 class AerialConfig(Strict):
@@ -42,6 +43,13 @@ class AerialConfig(Strict):
     pattern: str = Field("rsscn7", description="a photo whose path contains this is an aerial tile")
     struct_p: float = Field(0.0, ge=0, le=1, description="probability of a building-like edit on an aerial tile")
     donor_p: float = Field(0.8, ge=0, le=1, description="probability the donor is another aerial tile")
+    roof_p: float = Field(0.0, ge=0, le=1, description="probability a building splice is a drawn roof (a "
+                          "gabled footprint in a roof colour, its shadow cast beside it, unlabelled) instead of "
+                          "another tile's texture. 0 keeps the stream of earlier files")
+    landcover_p: float = Field(0.0, ge=0, le=1, description="probability of an unlabelled land-cover change on "
+                               "an aerial tile: large irregular regions re-textured from another tile, around "
+                               "(never over) the labelled edit. 0 keeps the stream of earlier files")
+    landcover_area: tuple[float, float] = Field((0.15, 0.8), description="fraction of the crop re-textured")
 
 
 class SynthConfig(Strict):
@@ -342,6 +350,11 @@ class SynthEngine:
         params = E.SAMPLERS[kind](rng, c, c)
         if d.building and kind == "splice":
             params["copy_move"], params["feather"] = False, float(rng.uniform(0, 0.8))
+        if d.building and kind == "splice" and cfg.aerial.roof_p > 0 and rng.random() < cfg.aerial.roof_p:
+            params = E.sample_roof(rng, c, c)
+            edited = E.apply_roof(d.base, mask, params)
+            d.meta["params"] = params
+            return edited, mask, "add", shape
         edited = E.APPLIERS[kind](d.base, d.donor, mask, params)
         d.meta["params"] = params
         return edited, mask, _edit_type(kind, params, rng), shape
@@ -352,9 +365,13 @@ class SynthEngine:
         cfg, c = self.cfg, self.cfg.crop
         chain = [(n, P.with_donor(p, d.donor) if n == "transfer" else p) for n, p in d.chain]
         d.meta["perturb"] = [name for name, _ in chain] + ([f"vae:{d.rt_key}"] if d.rt_key else [])
-        edited = P.apply(edited, chain)
         clean_base = _crop(d.ent["rt100"], d.win, c) if (kind == "latent" and d.meta["latent"]["whole"]
                                                         and "rt100" in d.ent) else d.base
+        if (d.meta["aerial"] and cfg.aerial.landcover_p > 0 and kind not in ("global", "inpaint")
+                and rng.random() < cfg.aerial.landcover_p):
+            texture, alpha = self._landcover(rng, d, mask)
+            edited, clean_base = E.blend(edited, texture, alpha), E.blend(clean_base, texture, alpha)
+        edited = P.apply(edited, chain)
         pert_base = P.apply(clean_base, chain) if chain else clean_base
         orig = d.orig
         noise = np.abs(pert_base.astype(np.float32) - orig.astype(np.float32)).mean(2) / 255.0
@@ -364,6 +381,27 @@ class SynthEngine:
             orig, edited, mask, noise = orig[:, ::-1], edited[:, ::-1], mask[:, ::-1], noise[:, ::-1]
         return SynthSample(np.ascontiguousarray(orig), np.ascontiguousarray(edited), np.ascontiguousarray(mask),
                            kind, edit_type, np.ascontiguousarray(noise, dtype=np.float32), d.meta)
+
+    def _landcover(self, rng: np.random.Generator, d: _Draw, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Land-cover change between two dates (a field ploughed, a lot cleared, a road laid, trees in
+        leaf): large irregular regions of the crop take the texture of another aerial tile. Bi-temporal
+        change labels (LEVIR-CD, DSIFN-CD) mark the buildings and leave such change out, and a model shown
+        only smooth relighting as unlabelled marked whole real tiles as changed. The label's own pixels
+        (and a 2 px ring) keep the edit: the new ground goes around a building, never over it."""
+        c = self.cfg.crop
+        pool = self.aerial_idx[self.aerial_idx != d.meta["photo"]]
+        li = int(rng.choice(pool)) if len(pool) else int(d.meta["photo"])
+        ent = self.bank.get(li)
+        h, w = ent["img"].shape[:2]
+        texture = np.ascontiguousarray(np.rot90(_crop(ent["img"], _window(rng, h, w, c, self.cfg.scale_range), c),
+                                                int(rng.integers(4))))
+        area = float(rng.uniform(*self.cfg.aerial.landcover_area))
+        region, _ = M.shaped_mask(rng, c, c, LANDCOVER_SHAPES, area, int(rng.integers(1, 4)), image=d.orig)
+        keep = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        alpha = E.feather(region & ~keep, float(rng.uniform(0.5, 4.0)))
+        alpha[keep] = 0.0
+        d.meta["landcover"] = {"photo": li, "area": round(float((alpha > 0.5).mean()), 4)}
+        return texture, alpha
 
     def _inpaint(self, rng, ent, win, base, donor, rt_key, orig, regenerated: bool):
         """Generative inpainting: the editor is handed a region R, draws / removes / changes an object O

@@ -1,0 +1,44 @@
+"""Write the synthetic check set of the aerial change family (issue 14, run l's selection): aerial tiles only,
+every pair with an unlabelled land-cover change and illumination / season change, buildings (drawn roofs,
+another tile's texture, removals) labelled, from a run's own data config.
+
+    python scripts/write_aerial_check.py runs/sigma-lite-ii-l/config.yaml runs/val/aerial-check [N] [SEED]
+
+Then `sigma eval --data runs/val/aerial-check --set options.weights=RUN/best --set options.mask_mode=semantic`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(config: str, out: str, n: int = 96, seed: int = 778) -> None:
+    from sigma.config.loader import load_config
+    from sigma.training.config import TrainConfig
+    from sigma.training.data import write_val_dir
+
+    cfg = load_config(TrainConfig, config, [])
+    data = cfg.data
+    if not data.cache:
+        raise SystemExit("the config has no data.cache: the check set is drawn from the cached photos")
+    pattern = data.aerial.pattern.lower()
+    index = json.loads((Path(data.cache) / "index.json").read_text())
+    index["files"] = [f for f in index["files"] if pattern in str(f.get("photo", f["file"])).lower()]
+    if len(index["files"]) < 2:
+        raise SystemExit(f"fewer than 2 cached photos match the aerial pattern {pattern!r}")
+    dest = Path(out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    frozen = dest.with_name(dest.name + "-index.json")
+    frozen.write_text(json.dumps(index))
+    aerial = data.aerial.model_copy(update={"struct_p": 1.0, "landcover_p": 1.0, "roof_p": 0.7})
+    illum = data.perturb.illum.model_copy(update={"aerial_p": 1.0})
+    data = data.model_copy(update={"cache_index": str(frozen), "crop": 160, "aerial": aerial,
+                                   "perturb": data.perturb.model_copy(update={"illum": illum})})
+    cfg = cfg.model_copy(update={"data": data, "eval": cfg.eval.model_copy(update={"val_seed": seed})})
+    write_val_dir(cfg, dest, n)
+    print(f"wrote {n} aerial change pairs ({len(index['files'])} tiles, seed {seed}) to {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:5]))
