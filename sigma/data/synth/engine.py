@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sigma.config.schema import Strict
 from sigma.errors import InputError
@@ -32,6 +32,14 @@ from .cache import list_photos, load_photo
 KINDS = ("none", "remove", "splice", "attribute", "global", "latent", "copymove", "inpaint")
 OBJECT_SHAPES = {"blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "rectangle": 0.6, "superpixels": 1.0}
 REGION_SHAPES = {"rectangle": 1.5, "blob": 2.0, "ellipse": 1.0, "brush": 1.5, "polygon": 1.0}
+def _check_range(name: str, value: tuple[float, float], top: float) -> None:
+    """A (low, high) range the sampler draws from: 0 < low <= high <= top, said at load, not as a NaN
+    (log of a negative area) or an empty crop steps into a training run."""
+    lo, hi = value
+    if not (0 < lo <= hi <= top):
+        raise ValueError(f"{name} must be (low, high) with 0 < low <= high <= {top:g}, got ({lo:g}, {hi:g})")
+
+
 BUILDING_SHAPES = {"rectangle": 3.0, "polygon": 2.0, "blob": 0.5}
 LANDCOVER_SHAPES = {"blob": 2.0, "superpixels": 2.0, "polygon": 1.0, "brush": 1.0}
 
@@ -50,6 +58,11 @@ class AerialConfig(Strict):
                                "an aerial tile: large irregular regions re-textured from another tile, around "
                                "(never over) the labelled edit. 0 keeps the stream of earlier files")
     landcover_area: tuple[float, float] = Field((0.15, 0.8), description="fraction of the crop re-textured")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AerialConfig:
+        _check_range("aerial.landcover_area", self.landcover_area, 1.0)
+        return self
 
 
 class SynthConfig(Strict):
@@ -86,6 +99,13 @@ class SynthConfig(Strict):
     perturb: P.PerturbConfig = Field(default_factory=P.PerturbConfig)
     aerial: AerialConfig = Field(default_factory=AerialConfig)
     noise_blur: float = Field(4.0, ge=0, description="σ (px) of the low-pass on the noise-regression target")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SynthConfig:
+        _check_range("area_range", self.area_range, 1.0)
+        _check_range("small_range", self.small_range, 1.0)
+        _check_range("scale_range", self.scale_range, 8.0)
+        return self
 
 
 @dataclass
