@@ -224,3 +224,18 @@ def test_a_range_the_sampler_cannot_draw_from_is_refused_at_load(override, tmp_p
     err = capsys.readouterr().err
     assert rc == 2 and "[invalid_config]" in err and "0 < low <= high" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override", ["mix={splice: 0}", "mix={splice: -1, none: 1}", "mix={paint: 1}",
+                                      "shapes={blob: 0}", "shapes={star: 1}", "perturb.stack=[3,1]",
+                                      "perturb.jpeg_quality=[0,95]"])
+def test_weights_and_integer_ranges_the_sampler_cannot_use_are_refused_at_load(override, tmp_path, capsys):
+    """All-zero or negative weights (NaN probabilities in numpy's choice), unknown kinds or shapes, a
+    reversed regenerator count: a config error naming the key, before any pair is drawn."""
+    from sigma.cli import main
+
+    rc = main(["synth", "--out", str(tmp_path / "out"), "-n", "1", "--photos", str(tmp_path), override])
+    err = capsys.readouterr().err
+    key = override.split("=")[0].split(".")[-1]
+    assert rc == 2 and "[invalid_config]" in err and key in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ changed semantically, the default; "empty" = treat a global restyle as a perturb
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -105,6 +106,12 @@ class SynthConfig(Strict):
         _check_range("area_range", self.area_range, 1.0)
         _check_range("small_range", self.small_range, 1.0)
         _check_range("scale_range", self.scale_range, 8.0)
+        for name, weights, known in (("mix", self.mix, KINDS), ("shapes", self.shapes, tuple(M.SHAPES))):
+            unknown = sorted(set(weights) - set(known))
+            if unknown:
+                raise ValueError(f"{name} has unknown keys {unknown}; choose from {list(known)}")
+            if not all(math.isfinite(v) and v >= 0 for v in weights.values()) or sum(weights.values()) <= 0:
+                raise ValueError(f"{name} weights must be finite, >= 0, and not all 0, got {weights}")
         return self
 
 
@@ -227,10 +234,6 @@ class SynthEngine:
         self.cfg = cfg
         self.seed = int(seed)
         self.bank = bank or PhotoBank(cfg.cache or None, cfg.photos or None, index=cfg.cache_index or None)
-        unknown = set(cfg.mix) - set(KINDS)
-        if unknown:
-            raise InputError(f"synth mix has unknown kinds {sorted(unknown)}; choose from {KINDS}",
-                             code="invalid_config")
         self.kinds = [k for k in KINDS if cfg.mix.get(k, 0) > 0]
         p = np.array([cfg.mix[k] for k in self.kinds], np.float64)
         self.kind_p = p / p.sum()

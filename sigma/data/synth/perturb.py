@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sigma.config.schema import Strict
 from sigma.data import perturb as K
@@ -65,6 +65,17 @@ class PerturbConfig(Strict):
     dither: float = Field(0.0, ge=0, le=1, description="posterise + dither re-rendering")
     median: float = Field(0.0, ge=0, le=1, description="noise + median re-rendering")
     illum: IllumConfig = Field(default_factory=IllumConfig)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PerturbConfig:
+        """Integer ranges the sampler draws from, checked at load (a reversed `stack` raised inside a
+        training run's data worker; a JPEG quality of 0 or 300 means nothing)."""
+        for name, (lo, hi), top in (("stack", self.stack, 16), ("jpeg_quality", self.jpeg_quality, 100),
+                                    ("webp_quality", self.webp_quality, 100)):
+            if not (1 <= lo <= hi <= top):
+                raise ValueError(f"perturb.{name} must be (low, high) with 1 <= low <= high <= {top}, "
+                                 f"got ({lo}, {hi})")
+        return self
 
 
 def _params(name: str, rng: np.random.Generator, cfg: PerturbConfig) -> dict[str, Any]:
