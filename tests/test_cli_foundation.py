@@ -17,6 +17,7 @@ from sigma.assets import example_pair
 from sigma.rle import decode_rle, mask_bbox
 
 REPO = Path(__file__).resolve().parents[1]
+TRAIN_TINY = REPO / "configs" / "train" / "tiny-stage1.yaml"
 
 
 def sigma_cmd(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -276,6 +277,9 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                 "--threads", "100000"], "invalid_config"),
         "annotator_batch_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"),
                                        "--set", "options.batch_size=5000"], "invalid_config"),
+        # a training config: 0 threads (torch raises), a 10^5 px crop (30 GB a sample in the data worker)
+        "train_threads_zero": (["train", str(TRAIN_TINY), "threads=0"], "invalid_config"),
+        "train_crop_huge": (["train", str(TRAIN_TINY), "data.crop=100000"], "invalid_config"),
     }
 
 

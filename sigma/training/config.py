@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sigma.config.schema import Strict
+from sigma.config.schema import MAX_THREADS, Strict
 from sigma.data.synth.engine import SynthConfig
 
 
@@ -89,7 +89,8 @@ class TrainConfig(Strict):
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
     grad_clip: float = Field(1.0, ge=0)
     max_bad_steps: int = Field(20, ge=1, description="NaN guard: abort after this many skipped steps in a row")
-    threads: int | None = Field(None, description="torch.set_num_threads (None = torch's default)")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS,
+                                description="torch.set_num_threads (None = torch's default)")
     channels_last: bool = Field(True, description="on a CPU, keep convolution weights in NHWC (faster oneDNN kernels)")
     amp: Literal["auto", "bf16", "fp32"] = "auto"
     edit_type_p: float = Field(0.3, ge=0, le=1, description="fraction of samples told their edit type")

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
-from sigma.config.schema import Strict
+from sigma.config.schema import MAX_WORKING_SIZE, Strict
 from sigma.errors import InputError
 
 from . import edits as E
@@ -74,7 +74,7 @@ class SynthConfig(Strict):
     cache: str = Field("", description="folder built by build_cache (index.json + .npz per photo)")
     cache_index: str = Field("", description="a frozen copy of the cache's index.json (a run snapshots "
                              "it at start, so a cache still being built cannot change its stream)")
-    crop: int = Field(192, ge=32)
+    crop: int = Field(192, ge=32, le=MAX_WORKING_SIZE)
     scale_range: tuple[float, float] = (0.75, 1.33)
     mix: dict[str, float] = Field(default_factory=lambda: {
         "none": 0.06, "remove": 0.16, "splice": 0.25, "attribute": 0.15, "global": 0.02, "latent": 0.36})
