@@ -280,6 +280,11 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         # a training config: 0 threads (torch raises), a 10^5 px crop (30 GB a sample in the data worker)
         "train_threads_zero": (["train", str(TRAIN_TINY), "threads=0"], "invalid_config"),
         "train_crop_huge": (["train", str(TRAIN_TINY), "data.crop=100000"], "invalid_config"),
+        # sigma synth's numbers, said before the VAE loads (a traceback from float('abc') / a negative seed)
+        "synth_scales_text": (["synth", "--build-cache", str(tmp / "cache"), "--scales", "abc"], "bad_arguments"),
+        "synth_scales_nan": (["synth", "--build-cache", str(tmp / "cache"), "--scales", "1.0,nan"], "bad_arguments"),
+        "synth_max_side_zero": (["synth", "--build-cache", str(tmp / "cache"), "--max-side", "0"], "bad_arguments"),
+        "synth_seed_negative": (["synth", "--out", str(tmp / "syn"), "--seed", "-1"], "bad_arguments"),
     }
 
 

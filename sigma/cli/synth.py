@@ -50,12 +50,35 @@ def _default_photos() -> Path:
     return shared_dir() / "data" / "photos"
 
 
+def _cache_arguments(args: argparse.Namespace) -> tuple[float, ...]:
+    """The cache's numbers checked before the VAE loads and the first photo is read (a bad one used to
+    surface as a traceback, or as a 0-px photo deep in the build); returns the parsed scales."""
+    from sigma.config.schema import MAX_WORKING_SIZE
+    from sigma.errors import InputError
+
+    try:
+        scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
+    except ValueError:
+        scales = ()
+    if not scales or not all(0 < s <= 2 for s in scales):
+        raise InputError(f"--scales: comma-separated roundtrip scales in (0, 2], e.g. 1.0,0.5; got {args.scales!r}",
+                         code="bad_arguments")
+    if not 32 <= args.max_side <= MAX_WORKING_SIZE:
+        raise InputError(f"--max-side must be in 32 .. {MAX_WORKING_SIZE}, got {args.max_side}", code="bad_arguments")
+    if not 0 <= args.latent_edits <= 16:
+        raise InputError(f"--latent-edits must be in 0 .. 16, got {args.latent_edits}", code="bad_arguments")
+    return scales
+
+
 def run(args: argparse.Namespace) -> int:
     from sigma.config.loader import load_config, save_resolved
     from sigma.errors import ConfigError, InputError
 
     photos = Path(args.photos) if args.photos else _default_photos()
+    if not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed must be in 0 .. 2^63-1, got {args.seed}", code="bad_arguments")
     if args.build_cache:
+        scales = _cache_arguments(args)
         import torch
 
         from sigma.data.synth.cache import build_cache
@@ -63,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         vae = None if args.no_vae else load_default_vae()
-        scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
         out = build_cache(photos, args.build_cache, vae, max_side=args.max_side, scales=scales,
                           latent_edits=args.latent_edits, seed=args.seed)
         print(f"cache: {out}")
