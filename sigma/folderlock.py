@@ -22,13 +22,16 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
-def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marker: bool = True) -> Iterator[None]:
+def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marker: bool = True,
+                created: bool | None = None) -> Iterator[None]:
     """Hold `root` (created if missing) for the block; `InputError(run_locked)` when another process holds it.
     `other`: what the messages tell the user to choose instead (`--out`, `name=`). `marker=False` locks the
-    folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the pid."""
+    folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the pid.
+    A folder this process made (`created`: said by a caller that made it just before, to test it early) is
+    removed again when the block leaves nothing in it."""
     if root.exists() and not root.is_dir():
         raise InputError(f"{root}: exists and is not a folder; choose another {other}", code="out_not_a_folder")
-    created = not root.exists()
+    created = (not root.exists()) if created is None else created
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644) if marker else os.open(root, os.O_RDONLY)
     held = False

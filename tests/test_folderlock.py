@@ -96,3 +96,17 @@ def test_one_eval_per_out_folder(tmp_path, capsys):
         assert "[run_locked]" in capsys.readouterr().err and not (out / "metrics.json").exists()
     assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["config"]["annotator"] == "pixel-diff"
+
+
+def test_a_failed_eval_leaves_no_empty_out_folder_it_made(tmp_path, capsys):
+    """`sigma eval` makes --out before the evaluation (to refuse an unusable one early); an eval that then
+    fails (no such data) removes the folder it made, and never one that was there before."""
+    from sigma.cli import main
+
+    made = tmp_path / "new" / "eval"
+    assert main(["eval", "--data", str(tmp_path / "missing"), "--annotator", "pixel-diff", "--out", str(made)]) == 2
+    assert "[file_not_found]" in capsys.readouterr().err and not made.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["eval", "--data", str(tmp_path / "missing"), "--annotator", "pixel-diff", "--out", str(kept)]) == 2
+    assert kept.is_dir() and not (kept / "metrics.json").exists()

@@ -64,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update={"annotator": cfg.annotator or default_annotator_name(),
                                  "perturb": perturb.expand(cfg.perturb)})
     annotator = build_annotator(cfg)
+    made = not Path(args.out).exists()
     out = check_outdir(Path(args.out), create=True)   # before the evaluation, not after it
     # one eval per --out (the default is the same sigma_eval/ for every eval started in a folder): two would
-    # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other
-    with hold_folder(out, other="--out"):
+    # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other; an
+    # eval that fails before writing leaves no empty folder it made
+    with hold_folder(out, other="--out", created=made):
         with Progress(f"eval {cfg.annotator}") as bar:
             result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
         print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
