@@ -176,6 +176,36 @@ def test_stdin_pairs_refuse_per_pair_options_and_say_which_keys_they_ignore(caps
     assert err.count("p1") == 1                                   # the pair is named once, not twice
 
 
+def test_stdin_pairs_are_decoded_one_batch_at_a_time(capsys, monkeypatch, pair_files, tmp_path):
+    """A long list on stdin holds batch_size decoded pairs in memory, not all of them: each batch is read,
+    annotated and written before the next is read (so the pairs before a fault are on disk)."""
+    import sigma.io.outputs
+    import sigma.io.pairs
+
+    orig, edited = pair_files
+    events: list[str] = []
+    real_load, real_write = sigma.io.pairs.load_pair, sigma.io.outputs.write_annotation
+    monkeypatch.setattr(sigma.io.pairs, "load_pair", lambda *a, **k: events.append("load") or real_load(*a, **k))
+    monkeypatch.setattr(sigma.io.outputs, "write_annotation",
+                        lambda *a, **k: events.append("write") or real_write(*a, **k))
+    items = [{"id": f"p{i}", "original": str(orig), "edited": str(edited)} for i in range(5)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
+    code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"),
+                               "--set", "batch_size=2")
+    assert code == 0, err
+    assert events == ["load", "load", "write", "write", "load", "load", "write", "write", "load", "write"]
+
+
+def test_stdin_larger_than_the_cap_is_refused_before_parsing(capsys, monkeypatch, tmp_path):
+    import sigma.cli.annotate
+
+    monkeypatch.setattr(sigma.cli.annotate, "MAX_STDIN_BYTES", 64)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps([{"original": "a" * 80, "edited": "b"}])))
+    code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
+    assert code == 2 and "[input_too_large]" in err and "sigma batch run" in err
+    assert not (tmp_path / "b").exists()
+
+
 # ---------------------------------------------------------------- every bad input: exit 2, one line
 def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str], str | None]]:
     (tmp / "text.png").write_text("I am text")

@@ -61,9 +61,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+MAX_STDIN_BYTES = 32 * 1024 * 1024   # a JSON list of paths; a corpus is `sigma batch run`'s job
+
+
 def _read_stdin_pairs() -> list[Any]:
+    stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
+    raw = stream.read(MAX_STDIN_BYTES + 1)
+    if len(raw) > MAX_STDIN_BYTES:
+        raise InputError(f"stdin: more than {MAX_STDIN_BYTES // 2**20} MiB of pairs; for a corpus use "
+                         "`sigma batch run` (sharded, resumable)", code="input_too_large")
     try:
-        items = load_json(sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read())
+        items = load_json(raw)
     except ValueError as exc:
         raise InputError(f"stdin: not a JSON list of pairs ({exc})", code="bad_json") from exc
     if not isinstance(items, list):
@@ -148,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     outdir = check_outdir(Path(args.outdir))      # said before any pair is read
     failures: list[tuple[str, str, str]] = []       # (pair id, code, message)
-    loaded, load_ms = [], {}
+    checked: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
     ignored: set[str] = set()
     for n, item in enumerate(items):
@@ -168,10 +176,7 @@ def run(args: argparse.Namespace) -> int:
                                  "options.mask_mode=semantic)", code="bad_json")
             ignored.update(set(item) - PAIR_KEYS)
             seen.add(pair_id)
-            start = time.perf_counter()
-            loaded.append(load_pair(str(item["original"]), str(item["edited"]), item.get("instruction"),
-                                    cfg.io, pair_id))
-            load_ms[pair_id] = (time.perf_counter() - start) * 1000.0
+            checked.append((pair_id, item))
         except SigmaError as exc:
             failures.append((label, exc.code, exc.message))
 
@@ -179,8 +184,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"sigma: warning: ignored key(s) in the pairs: {', '.join(sorted(map(repr, ignored)))} (a pair has "
               f"{', '.join(sorted(PAIR_KEYS))})", file=sys.stderr)
     written = 0
-    for start in range(0, len(loaded), cfg.batch_size):
-        batch = loaded[start:start + cfg.batch_size]
+    # images are decoded one batch at a time: a long list on stdin holds batch_size pairs in memory, not all
+    # of them, and the pairs before a fault are written
+    for start in range(0, len(checked), cfg.batch_size):
+        batch, load_ms = [], {}
+        for pair_id, item in checked[start:start + cfg.batch_size]:
+            t0 = time.perf_counter()
+            try:
+                batch.append(load_pair(str(item["original"]), str(item["edited"]), item.get("instruction"),
+                                       cfg.io, pair_id))
+            except SigmaError as exc:
+                failures.append((pair_id, exc.code, exc.message))
+                continue
+            load_ms[pair_id] = (time.perf_counter() - t0) * 1000.0
+        if not batch:
+            continue
         try:
             annotations = annotator.predict(batch)
         except SigmaError as exc:
