@@ -21,7 +21,7 @@ def main(val: str, models: list[str]) -> None:
     samples = load_val_dir(Path(val))
     illum = {"transfer", "relight", "shadow", "haze", "season"}
     groups = {"all": lambda s: True, "tiny<2%": lambda s: 0 < s.mask.mean() < 0.02,
-              "aerial": lambda s: bool(s.meta.get("aerial")),
+              "aerial": lambda s: bool(s.meta.get("aerial")), "not-aerial": lambda s: not s.meta.get("aerial"),
               "relit": lambda s: bool(illum & set(s.meta.get("perturb", []))),
               "vae": lambda s: any(str(p).startswith("vae:") for p in s.meta.get("perturb", []))}
     for k in sorted({s.kind for s in samples}):
