@@ -33,16 +33,16 @@ from .cache import list_photos, load_photo
 KINDS = ("none", "remove", "splice", "attribute", "global", "latent", "copymove", "inpaint")
 OBJECT_SHAPES = {"blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "rectangle": 0.6, "superpixels": 1.0}
 REGION_SHAPES = {"rectangle": 1.5, "blob": 2.0, "ellipse": 1.0, "brush": 1.5, "polygon": 1.0}
+BUILDING_SHAPES = {"rectangle": 3.0, "polygon": 2.0, "blob": 0.5}
+LANDCOVER_SHAPES = {"blob": 2.0, "superpixels": 2.0, "polygon": 1.0, "brush": 1.0}
+
+
 def _check_range(name: str, value: tuple[float, float], top: float) -> None:
     """A (low, high) range the sampler draws from: 0 < low <= high <= top, said at load, not as a NaN
     (log of a negative area) or an empty crop steps into a training run."""
     lo, hi = value
     if not (0 < lo <= hi <= top):
         raise ValueError(f"{name} must be (low, high) with 0 < low <= high <= {top:g}, got ({lo:g}, {hi:g})")
-
-
-BUILDING_SHAPES = {"rectangle": 3.0, "polygon": 2.0, "blob": 0.5}
-LANDCOVER_SHAPES = {"blob": 2.0, "superpixels": 2.0, "polygon": 1.0, "brush": 1.0}
 
 
 class AerialConfig(Strict):
