@@ -1,6 +1,7 @@
 """Write the synthetic check set of the aerial change family (issue 14, run l's selection): aerial tiles only,
-every pair with an unlabelled land-cover change and illumination / season change, buildings (drawn roofs,
-another tile's texture, removals) labelled, from a run's own data config.
+every pair with an unlabelled land-cover change and illumination / season change, buildings (drawn roofs with
+the config's roof_p, else another tile's texture; removals; re-coloured roofs) labelled, from a run's own data
+config.
 
     python scripts/write_aerial_check.py runs/sigma-lite-ii-l/config.yaml runs/val/aerial-check [N] [SEED]
 
@@ -31,7 +32,7 @@ def main(config: str, out: str, n: int = 96, seed: int = 778) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     frozen = dest.with_name(dest.name + "-index.json")
     frozen.write_text(json.dumps(index))
-    aerial = data.aerial.model_copy(update={"struct_p": 1.0, "landcover_p": 1.0, "roof_p": 0.7})
+    aerial = data.aerial.model_copy(update={"struct_p": 1.0, "landcover_p": 1.0})   # roofs: the config's roof_p
     illum = data.perturb.illum.model_copy(update={"aerial_p": 1.0})
     data = data.model_copy(update={"cache_index": str(frozen), "crop": 160, "aerial": aerial,
                                    "perturb": data.perturb.model_copy(update={"illum": illum})})

@@ -289,6 +289,10 @@ class SynthEngine:
         rts = sorted(k for k in ent if k.startswith("rt"))
         lats = sorted(k for k in ent if k.startswith("lat") and not k.startswith("latmask"))
         building = aerial and rng.random() < cfg.aerial.struct_p
+        # with land-cover change on, an aerial "none" stays one (new ground, nothing labelled: the purest
+        # lesson of the family); without it the earlier streams are kept
+        if building and kind == "none" and cfg.aerial.landcover_p > 0:
+            building = False
         if building:
             kind = str(rng.choice(["splice", "remove", "attribute"], p=[0.65, 0.2, 0.15]))
         if kind == "latent" and not lats:
