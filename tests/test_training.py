@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,3 +218,55 @@ def test_schedule_and_losses():
     w = torch.ones(2)
     assert bce_dice(logits, empty, w) < 0.05 < bce_dice(logits, full, w)
     assert bce_dice(logits, full, torch.zeros(2)) == 0
+
+
+def test_a_damaged_checkpoint_resumes_from_the_one_before_and_two_are_one_clear_error(photos, tmp_path, capsys):
+    """A checkpoint that is there but cannot be read (a disk fault; a file cut short by a full disk) costs one
+    checkpoint interval: the resume says so, continues from checkpoint.prev.pt and ends with the weights of
+    an uninterrupted run. With both damaged: `checkpoint_unreadable`, naming both, not a traceback."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=8", "batch_size=2", "ckpt_every=3",
+              "eval.val_size=0", "warmup_steps=2"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    cut = runs / "cut"
+    shutil.copytree(runs / "ref", cut)                 # checkpoints at steps 3, 6 and the last at 8
+    assert torch.load(cut / "checkpoint.prev.pt", map_location="cpu", weights_only=False)["step"] == 6
+    (cut / "final").rename(cut / "final.ref")
+    data = (cut / "checkpoint.pt").read_bytes()
+    (cut / "checkpoint.pt").write_bytes(data[: len(data) // 3])
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut)]) == 0
+    said = "".join(capsys.readouterr())
+    assert "checkpoint.pt: " in said and "resuming from checkpoint.prev.pt (step 6) instead" in said
+    assert steps_logged(cut)[-2:] == [7, 8]
+    ref, got = _weights(runs / "ref"), _weights(cut)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (cut / name).write_bytes(b"not a checkpoint")
+    assert main(["train", "--resume", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "[checkpoint_unreadable]" in err and "checkpoint.prev.pt" in err and "Traceback" not in err
+
+
+def test_damaged_weights_files_are_one_clear_error(photos, tmp_path, capsys):
+    """A saved model whose safetensors file is cut short or is not one: `weights_unreadable` with the path,
+    for `sigma eval` and for a training run's init_from (it was a Rust SafetensorError traceback)."""
+    from sigma.models import build_model, preset_config, save_model
+
+    folder = tmp_path / "m"
+    save_model(build_model(preset_config("sigma-lite"), pretrained=False), folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "2", "--photos", str(photos), "crop=64"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--data", str(pairs), "--set", f"options.weights={folder}", "--out",
+                 str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "[weights_unreadable]" in err and str(weights) in err and "Traceback" not in err
+    weights.write_bytes(b"\x00" * 64)
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=x",
+                 f"init_from={folder}"]) == 2
+    assert "[weights_unreadable]" in capsys.readouterr().err

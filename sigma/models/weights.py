@@ -25,6 +25,13 @@ class WeightsMismatchError(WeightsNotFoundError):
     code = "weights_mismatch"
 
 
+class WeightsUnreadableError(WeightsNotFoundError):
+    """A weights file is there but cannot be read (truncated, not a safetensors / torch file, a disk fault):
+    said with the path, never a traceback from the reader's internals."""
+
+    code = "weights_unreadable"
+
+
 RESOLUTION_ORDER: tuple[str, ...] = ("state_dict", "local_path", "hf_cache", "download")
 
 
@@ -122,7 +129,13 @@ def strict_from_pretrained(model_cls: Any, folder: str, *, what: str, **kwargs: 
 def load_safetensors(path: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except OSError as exc:
+        raise WeightsUnreadableError(f"{path}: cannot read the weights file ({exc.strerror or exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - SafetensorError (a Rust exception) and friends: a damaged file
+        raise WeightsUnreadableError(f"{path}: not a readable safetensors file ({exc}); the file is damaged or "
+                                     "not what it is named — write it again (save_model / the training run)") from exc
 
 
 def strict_load(module, state_dict: dict[str, Any], what: str) -> None:

@@ -1,13 +1,22 @@
-"""Atomic checkpoints (temp file + rename): a kill at any moment leaves the previous checkpoint intact."""
+"""Atomic checkpoints (temp file + rename): a kill at any moment leaves the previous checkpoint intact.
+
+The one before it is kept too (`checkpoint.prev.pt`, a hard link, so no copy): a checkpoint that is there but
+cannot be read (a disk fault, a file truncated by a full disk before the rename) costs one checkpoint interval,
+and a resume says so and goes on, instead of ending the run."""
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sigma.errors import InputError
+
 CKPT = "checkpoint.pt"
+PREV = "checkpoint.prev.pt"
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
@@ -16,12 +25,40 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     torch.save(state, tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
+    if target.is_file():
+        keep = run_dir / (PREV + ".tmp")
+        keep.unlink(missing_ok=True)
+        try:
+            os.link(target, keep)
+        except OSError:          # a file system without hard links: a copy
+            shutil.copyfile(target, keep)
+        os.replace(keep, run_dir / PREV)
     os.replace(tmp, target)
     return target
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / CKPT
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+def _read(path: Path) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError("not a training checkpoint (no step)")
+    return state
+
+
+def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The latest readable checkpoint: checkpoint.pt, else the one before it (with a warning), else None
+    when the run has none; `checkpoint_unreadable` when neither can be read."""
+    found = [p for p in (run_dir / CKPT, run_dir / PREV) if p.is_file()]
+    problems = []
+    for path in found:
+        try:
+            state = _read(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged file of any kind: try the one before it
+            problems.append(f"{path.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            continue
+        if problems and warn is not None:
+            warn(f"{problems[0]} — resuming from {path.name} (step {state['step']}) instead")
+        return state
+    if problems:
+        raise InputError(f"{run_dir}: no readable checkpoint ({'; '.join(problems)}); start the run again "
+                         "from its best/ or model/ with init_from", code="checkpoint_unreadable")
+    return None

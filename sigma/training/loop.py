@@ -1,8 +1,8 @@
 """The one training loop for Stage I and Stage II.
 
 A run folder holds: `config.yaml` (the resolved TrainConfig), `checkpoint.pt` (model, optimiser, schedule,
-EMA teacher, step; written atomically), `metrics.jsonl` (one JSON object per log/validation event),
-`model/` (the latest weights as a `sigma.models.save_model` folder, what `sigma eval` loads) and, at the
+EMA teacher, step; written atomically, the one before kept as `checkpoint.prev.pt`), `metrics.jsonl` (one
+JSON object per log/validation event), `model/` (the latest weights as a `sigma.models.save_model` folder, what `sigma eval` loads) and, at the
 end, `final/`. Batches are a pure function of (seed, step), so `--resume` continues the same stream.
 """
 from __future__ import annotations
@@ -346,7 +346,7 @@ class Trainer:
 
     def run(self) -> Path:
         cfg = self.cfg
-        ckpt = load_checkpoint(self.run_dir)
+        ckpt = load_checkpoint(self.run_dir, warn=self.log)
         if ckpt is not None:
             self.restore(ckpt)
             self.log(f"resumed {self.run_dir} at step {self.step}")

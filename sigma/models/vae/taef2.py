@@ -84,6 +84,14 @@ class TAEF2(nn.Module):
         directory = Path(directory)
         model = cls()
         for part, module in (("encoder", model.encoder), ("decoder", model.decoder)):
-            state = torch.load(directory / f"taef2_{part}.pth", map_location="cpu", weights_only=True)
+            path = directory / f"taef2_{part}.pth"
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: said with its path
+                from sigma.models.weights import WeightsUnreadableError
+
+                raise WeightsUnreadableError(f"{path}: not a readable TAEF2 weights file ({exc})") from exc
             module.load_state_dict(state, strict=True)
         return model.eval().requires_grad_(False)
