@@ -328,3 +328,24 @@ def test_fuzzed_files_only_ever_raise_sigma_errors():
                 assert dec.rgb.dtype == np.uint8 and dec.rgb.ndim == 3 and dec.rgb.shape[2] == 3
                 outcomes["decoded"] += 1
     assert outcomes["refused"] > 20 and outcomes["decoded"] > 20
+
+
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("TIFF", {}), ("WEBP", {"lossless": True})])
+def test_an_animated_or_multi_page_image_decodes_its_first_frame_and_says_so(fmt, kw, tmp_path):
+    """APNG, animated WebP and multi-page TIFF: the first frame is what is annotated, recorded in the notes
+    and said as a pair warning (it was silent: a user passing an animation got a mask of frame 1 only)."""
+    from sigma.config.schema import IOConfig
+    from sigma.io.pairs import load_pair
+
+    rng = np.random.default_rng(3)
+    first, second = (rng.integers(0, 255, (24, 32, 3), np.uint8) for _ in range(2))
+    path = tmp_path / f"anim.{fmt.lower()}"
+    Image.fromarray(first).save(path, format=fmt, save_all=True, append_images=[Image.fromarray(second)], **kw)
+    decoded = read_image(path)
+    assert decoded.notes["multi_frame"] == "first frame used"
+    assert np.array_equal(decoded.rgb, first)
+    Image.fromarray(first).save(tmp_path / "still.png")
+    assert "multi_frame" not in read_image(tmp_path / "still.png").notes
+    pair = load_pair(str(tmp_path / "still.png"), str(path), None, IOConfig(), "p")
+    assert pair.preprocess["warnings"] == [f"{path} is animated or multi-page: only its first frame was "
+                                           "annotated"]

@@ -152,6 +152,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
                              f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
         notes: dict[str, Any] = {"format": fmt, "decoded_size": [height, width]}
         orientation = img.getexif().get(0x0112, 1)
+        if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
+            notes["multi_frame"] = "first frame used"   # (is_animated, not n_frames: that walks every frame)
         img.load()
         depth = _bit_depth(img, data, fmt)
         rgb = None

@@ -61,11 +61,15 @@ def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction:
     check_aspect(size_hw, edited.rgb.shape[:2], io_config.limits.max_aspect_change, names)
     edited_rgb, resize_note = sync_size(edited.rgb, size_hw)
     preprocess: dict = {"original": original.notes, "edited": edited.notes}
+    warnings = [f"{name} is animated or multi-page: only its first frame was annotated"
+                for name, image in zip(names, (original, edited), strict=True) if image.notes.get("multi_frame")]
     if resize_note:
         preprocess["resize"] = resize_note
         warning = resize_warning(size_hw, edited.rgb.shape[:2])
         if warning:
-            preprocess["warnings"] = [warning]
+            warnings.append(warning)
+    if warnings:
+        preprocess["warnings"] = warnings
     if io_config.align:
         edited_rgb, info = align(original.rgb, edited_rgb, io_config.max_shift_px,
                                  io_config.align_min_response)
