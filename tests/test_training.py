@@ -270,3 +270,20 @@ def test_damaged_weights_files_are_one_clear_error(photos, tmp_path, capsys):
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=x",
                  f"init_from={folder}"]) == 2
     assert "[weights_unreadable]" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_model_override_and_leaves_the_run_resumable(photos, tmp_path, capsys):
+    """`--resume RUN model.dim=16` was a size-mismatch traceback — after config.yaml had been rewritten with
+    the override, so every later plain --resume failed too. Now refused first; the run resumes as it was."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=4",
+                 "eval.val_size=0"]) == 0
+    run = runs / "r"
+    before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "steps=6", "model.dim=16"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]" in err and "model" in err and "Traceback" not in err
+    assert (run / "config.yaml").read_text() == before
+    assert main(["train", "--resume", str(run), "steps=6"]) == 0
+    assert steps_logged(run)[-1] == 6

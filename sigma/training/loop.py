@@ -157,8 +157,12 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.cfg)}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"], strict=True)
-        self.opt.load_state_dict(ckpt["opt"])
+        try:
+            self.model.load_state_dict(ckpt["model"], strict=True)
+            self.opt.load_state_dict(ckpt["opt"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{self.run_dir}: the checkpoint does not fit the configured model "
+                              f"({str(exc).splitlines()[0][:200]})") from exc
         if self.teacher is not None and ckpt.get("teacher") is not None:
             self.teacher.load_state_dict(ckpt["teacher"], strict=True)
         torch.set_rng_state(ckpt["torch_rng"])
@@ -516,6 +520,10 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not (run_dir / "config.yaml").is_file():
             raise InputError(f"{run_dir}: not a run folder (no config.yaml)", code="file_not_found")
         cfg = load_config(TrainConfig, run_dir / "config.yaml", overrides or [])
+        saved = load_config(TrainConfig, run_dir / "config.yaml", [])
+        if cfg.model != saved.model:   # refused before config.yaml is rewritten: the run stays resumable
+            raise ConfigError(f"{run_dir}: --resume continues the run's own model; a model.* override changes its "
+                              "architecture (start a new run with init_from instead)")
     else:
         if not config_path:
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
