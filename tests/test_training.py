@@ -287,3 +287,18 @@ def test_resume_refuses_a_model_override_and_leaves_the_run_resumable(photos, tm
     assert (run / "config.yaml").read_text() == before
     assert main(["train", "--resume", str(run), "steps=6"]) == 0
     assert steps_logged(run)[-1] == 6
+
+
+@pytest.mark.parametrize("bad_line", ['{"id": ', "[1, 2]", '{"id": "x", "original": 3, "edited": "e", "mask": "m"}'])
+def test_a_damaged_validation_set_is_one_error_at_its_line(photos, tmp_path, capsys, bad_line):
+    """eval.val_dir is read with the run's first validation: a damaged line was a JSONDecodeError /
+    TypeError traceback; now `bad_manifest` naming file:line."""
+    val = tmp_path / "val"
+    assert main(["synth", "--out", str(val), "-n", "2", "--photos", str(photos), "crop=64", "--no-progress"]) == 0
+    with open(val / "pairs.jsonl", "a") as handle:
+        handle.write(bad_line + "\n")
+    capsys.readouterr()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=v",
+                 f"eval.val_dir={val}"]) == 2
+    err = capsys.readouterr().err
+    assert "[bad_manifest]" in err and "pairs.jsonl:3" in err and "Traceback" not in err

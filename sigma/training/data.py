@@ -172,15 +172,23 @@ def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
 
 def load_val_dir(folder: Path) -> list[SynthSample]:
     """A pairs.jsonl folder as SynthSamples (kind read back from the synth metadata when present)."""
-    import json
-
+    from sigma.errors import InputError
     from sigma.io.images import read_image, read_mask
+    from sigma.text import loads
 
     out = []
-    for line in (folder / "pairs.jsonl").read_text().splitlines():
+    manifest = folder / "pairs.jsonl"
+    for line_no, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
-        rec = json.loads(line)
+        try:   # a damaged set is said at its line before the run starts, not as a JSONDecodeError traceback
+            rec = loads(line)
+        except ValueError as exc:
+            raise InputError(f"{manifest}:{line_no}: not a JSON record ({exc})", code="bad_manifest") from exc
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) and rec[k]
+                                                for k in ("id", "original", "edited", "mask")):
+            raise InputError(f"{manifest}:{line_no}: a validation record needs text id, original, edited and mask",
+                             code="bad_manifest")
         orig = read_image(folder / rec["original"]).rgb
         edit = read_image(folder / rec["edited"]).rgb
         mask = read_mask(folder / rec["mask"])
