@@ -378,3 +378,23 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(InputError) as err:
         atomic_write_bytes(tmp_path, b"x")            # a folder: refused, nothing written beside it
     assert err.value.code == "out_is_a_folder" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("make", ["zero_blocks", "no_members", "only_folders"])
+def test_a_tar_with_no_pairs_is_no_pairs_not_an_empty_done_run(tmp_path, capsys, make):
+    """A tar that reads as an archive with nothing in it (a file of zero blocks, an empty archive, folders
+    only) reported "1/1 shards done, 0 pairs annotated": a silent success. Now `no_pairs`, no run folder."""
+    import tarfile
+
+    tar = tmp_path / "corpus.tar"
+    if make == "zero_blocks":
+        tar.write_bytes(b"\0" * 1024 + b"junk")
+    else:
+        with tarfile.open(tar, "w") as tf:
+            if make == "only_folders":
+                info = tarfile.TarInfo("shard0")
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+    out = tmp_path / "run"
+    assert main(["batch", "run", str(tar), "--out", str(out), "--annotator", "pixel-diff", "--no-progress"]) == 2
+    assert "[no_pairs]" in capsys.readouterr().err and not out.exists()

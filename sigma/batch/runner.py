@@ -112,7 +112,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
     if not rundir.is_empty():
         raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
     shards = corpus.plan()
-    if not shards:
+    if not shards or planned_pairs(shards) == 0:   # e.g. a tar of zero blocks: a readable, empty archive
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),
               "model": model, "corpus": corpus.identity(), "format": corpus.format,
