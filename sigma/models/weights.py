@@ -133,7 +133,7 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
         return load_file(str(path))
     except OSError as exc:
         raise WeightsUnreadableError(f"{path}: cannot read the weights file ({exc.strerror or exc})") from exc
-    except Exception as exc:  # noqa: BLE001 - SafetensorError (a Rust exception) and friends: a damaged file
+    except Exception as exc:  # SafetensorError (a Rust exception) and friends: a damaged file
         raise WeightsUnreadableError(f"{path}: not a readable safetensors file ({exc}); the file is damaged or "
                                      "not what it is named — write it again (save_model / the training run)") from exc
 

@@ -89,7 +89,7 @@ class TAEF2(nn.Module):
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except FileNotFoundError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: said with its path
+            except Exception as exc:  # a truncated or foreign file: said with its path
                 from sigma.models.weights import WeightsUnreadableError
 
                 raise WeightsUnreadableError(f"{path}: not a readable TAEF2 weights file ({exc})") from exc
