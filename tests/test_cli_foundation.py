@@ -216,6 +216,7 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
     (tmp / "unknown.yaml").write_text("io:\n  alignn: true\n")
     (tmp / "list.yaml").write_text("- 1\n- 2\n")
     (tmp / "afile").write_text("x")
+    (tmp / "latin1.txt").write_bytes("remove the boat\nremove the caf\xe9\n".encode("latin-1"))
     # pairs.jsonl sets that a print, a hash or an open() of would have crashed on, refused at the line
     rec = {"id": "a", "original": orig.name, "edited": edited.name, "mask": orig.name}
     for name, line in {"surrogate": json.dumps({**rec, "instruction": "remove the \udc80"}),
@@ -310,6 +311,11 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         # a training config: 0 threads (torch raises), a 10^5 px crop (30 GB a sample in the data worker)
         "train_threads_zero": (["train", str(TRAIN_TINY), "threads=0"], "invalid_config"),
         "train_crop_huge": (["train", str(TRAIN_TINY), "data.crop=100000"], "invalid_config"),
+        # text no file can hold: non-UTF-8 bytes in argv arrive as lone surrogates; a non-UTF-8 --file line
+        "annotate_instruction_surrogate": (["annotate", o, e, *pd, "-i", "add \udcff", "-o", str(tmp / "s")],
+                                           "invalid_text"),
+        "parse_surrogate": (["parse", "remove the \udcff boat"], "invalid_text"),
+        "parse_file_not_utf8": (["parse", "--file", str(tmp / "latin1.txt")], "invalid_input"),
         # sigma synth's numbers, said before the VAE loads (a traceback from float('abc') / a negative seed)
         "synth_scales_text": (["synth", "--build-cache", str(tmp / "cache"), "--scales", "abc"], "bad_arguments"),
         "synth_scales_nan": (["synth", "--build-cache", str(tmp / "cache"), "--scales", "1.0,nan"], "bad_arguments"),

@@ -15,6 +15,7 @@ from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
 from sigma.registry import build_annotator, default_annotator_name
+from sigma.text import find_surrogate
 from sigma.text import loads as load_json
 
 HELP = """Annotate an (original, edited) pair with a manipulation mask.
@@ -174,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"pair {pair_id}: {', '.join(map(repr, options))} cannot be set per pair here; "
                                  "give it once with --threshold/--annotator or --set (e.g. --set "
                                  "options.mask_mode=semantic)", code="bad_json")
+            if isinstance(item.get("instruction"), str) and find_surrogate(item["instruction"]) is not None:
+                # non-UTF-8 bytes in -i (argv) or "\ud800" on stdin: result.json would carry a lone surrogate
+                raise InputError(f"pair {pair_id}: the instruction holds a lone UTF-16 surrogate (bytes that are "
+                                 "not UTF-8?)", code="invalid_text")
             ignored.update(set(item) - PAIR_KEYS)
             seen.add(pair_id)
             checked.append((pair_id, item))

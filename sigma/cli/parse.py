@@ -42,8 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(text: str | None, where: str = "instruction") -> None:
+    from sigma.text import find_surrogate
+
     if text is not None and len(text) > MAX_CHARS:
         raise LimitError(f"{where} is {len(text)} characters; at most {MAX_CHARS} are accepted")
+    if text is not None and find_surrogate(text) is not None:   # "\ud800" in JSON, non-UTF-8 bytes in argv
+        raise InputError(f"{where}: holds a lone UTF-16 surrogate (text no file or terminal can hold)",
+                         code="invalid_text")
 
 
 def _parser(args: argparse.Namespace):
@@ -61,9 +66,12 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"--file {path}: no such file")
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:   # said at the line, not as a traceback from the codec
+                raise InputError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
             if not line:
                 continue
             if line.startswith("{"):
