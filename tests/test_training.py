@@ -302,3 +302,11 @@ def test_a_damaged_validation_set_is_one_error_at_its_line(photos, tmp_path, cap
                  f"eval.val_dir={val}"]) == 2
     err = capsys.readouterr().err
     assert "[bad_manifest]" in err and "pairs.jsonl:3" in err and "Traceback" not in err
+
+
+def test_an_eval_data_folder_that_is_not_there_is_said_before_the_run(photos, tmp_path, capsys):
+    """A typo in eval.data was noticed in the last line of the run ("real": "skipped: ... not found"), after
+    all of its training; now a config error before any step (`shared`, which may be absent, still skips)."""
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=e",
+                 f"eval.data={tmp_path / 'no-such-set'}"]) == 2
+    assert "[invalid_config]" in capsys.readouterr().err and not (tmp_path / "runs" / "e").exists()

@@ -529,6 +529,9 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
         cfg = load_config(TrainConfig, config_path, overrides or [])
         run_dir = Path(cfg.out_dir) / cfg.name
+    if cfg.eval.data and cfg.eval.data != "shared" and not Path(cfg.eval.data).is_dir():
+        # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
+        raise ConfigError(f"eval.data {cfg.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
         if not resume and (run_dir / "checkpoint.pt").is_file():
