@@ -203,6 +203,10 @@ def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
                  "eval.val_size=0"]) == 0
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=x"]) == 2
     assert "--resume" in capsys.readouterr().err
+    # only the checkpoint before the latest left: still a run, not a fresh start that silently resumes it
+    (runs / "x" / "checkpoint.pt").replace(runs / "x" / "checkpoint.prev.pt")
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=x"]) == 2
+    assert "--resume" in capsys.readouterr().err
     assert main(["train", STAGE1, "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2

@@ -26,7 +26,7 @@ from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.folderlock import hold_folder
 
 from . import losses as L
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .regions import sample_regions
@@ -534,7 +534,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         raise ConfigError(f"eval.data {cfg.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
-        if not resume and (run_dir / "checkpoint.pt").is_file():
+        if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
         if not resume:
             cfg = freeze_cache_index(cfg, run_dir)
