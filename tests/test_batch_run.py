@@ -398,3 +398,34 @@ def test_a_tar_with_no_pairs_is_no_pairs_not_an_empty_done_run(tmp_path, capsys,
     out = tmp_path / "run"
     assert main(["batch", "run", str(tar), "--out", str(out), "--annotator", "pixel-diff", "--no-progress"]) == 2
     assert "[no_pairs]" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_full_disk_is_one_os_error_line_and_resume_finishes_the_run(tmp_path, capsys, monkeypatch):
+    """The shard writer runs in a thread; a full disk there (a mask PNG, a parquet file) surfaced as a
+    RuntimeError traceback. Now the OSError itself: one `os_error` line, exit 2, and once there is room
+    `--resume` finishes the run with every pair."""
+    import sigma.batch.pipeline as pipeline
+
+    corpus = tmp_path / "set"
+    write_pairs_jsonl(corpus, synthetic_pairs(6))
+    out = tmp_path / "run"
+    real = pipeline.write_png
+    calls = {"n": 0}
+
+    def full_after_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_png", full_after_two)
+    argv = ["batch", "run", str(corpus), "--out", str(out), "--annotator", "pixel-diff", "--png-masks",
+            "--shard-size", "2", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "sigma: error [os_error]: No space left on device" in err and "Traceback" not in err
+    monkeypatch.setattr(pipeline, "write_png", real)
+    assert main([*argv, "--resume"]) == 0
+    rows = [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert len(list((out / "masks").rglob("*.png"))) == 6

@@ -81,9 +81,17 @@ class ShardWriter:
         self.thread = threading.Thread(target=self._loop, name="sigma-batch-writer", daemon=True)
         self.thread.start()
 
-    def put(self, message: tuple) -> None:
+    def _raise_failure(self) -> None:
+        """The writer thread's failure, in the main thread. The machine refusing a write (a full disk, a
+        permission) stays an OSError: the CLI says it in one line (`os_error`) and `--resume` redoes the shards
+        that were not published, once there is room; anything else is a bug, said as one."""
+        if isinstance(self.failure, OSError):
+            raise self.failure
         if self.failure is not None:
             raise RuntimeError(f"the shard writer failed: {self.failure}") from self.failure
+
+    def put(self, message: tuple) -> None:
+        self._raise_failure()
         self.q.put(message)
 
     def _loop(self) -> None:
@@ -136,8 +144,7 @@ class ShardWriter:
     def close(self) -> None:
         self.q.put(_END)
         self.thread.join()
-        if self.failure is not None:
-            raise RuntimeError(f"the shard writer failed: {self.failure}") from self.failure
+        self._raise_failure()
 
 
 class Pipeline:
