@@ -298,3 +298,32 @@ def test_an_error_crosses_a_process_boundary_with_its_class_and_code():
         with pytest.raises(SigmaError) as caught:
             raise_error_record(info, "proc 1 could not start")
         assert type(caught.value) is cls and caught.value.code == code and caught.value.message == message
+
+
+def test_a_driver_side_write_error_is_raised_not_taken_for_a_dead_child():
+    """With --procs on a full disk the driver's own status write (a shard failed in a child) raised OSError
+    inside `_drain`, which took it for the child's pipe breaking: the child was buried and the shard in
+    hand dropped, so the run waited for it for ever. Now only the pipe's errors mean a death."""
+    import multiprocessing
+
+    from sigma.batch.procs import _Child, _drain
+
+    class FullDisk:
+        queue: list = []
+
+        def lost(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+    class Pool:
+        def bury(self, child):
+            raise AssertionError("a healthy child was buried")
+
+    ours, theirs = multiprocessing.Pipe()
+    child = _Child("inference process 1", process=None, conn=ours, ready=True,
+                   shard=Shard(0, "s0", {}, 2))
+    theirs.send(("shard_error", "writer failed: [Errno 28] No space left on device"))
+    with pytest.raises(OSError) as err:
+        _drain(child, FullDisk(), Pool())
+    assert err.value.errno == 28 and child.alive
+    ours.close()
+    theirs.close()

@@ -265,29 +265,34 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
 
 
 def _drain(child: _Child, ledger: ShardLedger, pool: ProcPool) -> None:
-    """Read everything the child has sent so far."""
-    try:
-        while child.alive and child.conn.poll():
+    """Read everything the child has sent so far. Only the pipe's own errors mean the child died: the
+    ledger's (a status file it cannot write on a full disk) go up to the caller, never taken for a death
+    (which dropped the shard in hand — the run then waited for it for ever)."""
+    while child.alive:
+        try:
+            if not child.conn.poll():
+                return
             kind, payload = child.conn.recv()
-            if kind == "ready":
-                child.ready = True
-            elif kind == "init_error":
-                raise_error_record(payload, f"{child.name} could not start")
-            elif kind == "tick":
-                ledger.tick(*payload)
-                child.ticked = (child.ticked[0] + payload[0], child.ticked[1] + payload[1])
-            elif kind == "done":
-                from sigma.batch.shard_runner import ShardOutcome
+        except (EOFError, OSError):
+            _died(child, ledger, pool, pool.bury(child))
+            return
+        if kind == "ready":
+            child.ready = True
+        elif kind == "init_error":
+            raise_error_record(payload, f"{child.name} could not start")
+        elif kind == "tick":
+            ledger.tick(*payload)
+            child.ticked = (child.ticked[0] + payload[0], child.ticked[1] + payload[1])
+        elif kind == "done":
+            from sigma.batch.shard_runner import ShardOutcome
 
-                ledger.done(ShardOutcome(**payload), child.ticked)
-                child.shard, child.ticked = None, (0, 0)
-            elif kind == "shard_error":
-                shard, ticked = child.shard, child.ticked
-                child.shard, child.ticked = None, (0, 0)
-                if shard is not None:
-                    ledger.lost(shard, payload, child.name, ticked)
-    except (EOFError, OSError):
-        _died(child, ledger, pool, pool.bury(child))
+            ledger.done(ShardOutcome(**payload), child.ticked)
+            child.shard, child.ticked = None, (0, 0)
+        elif kind == "shard_error":
+            shard, ticked = child.shard, child.ticked
+            child.shard, child.ticked = None, (0, 0)
+            if shard is not None:
+                ledger.lost(shard, payload, child.name, ticked)
 
 
 def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
