@@ -314,3 +314,29 @@ def test_an_eval_data_folder_that_is_not_there_is_said_before_the_run(photos, tm
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=e",
                  f"eval.data={tmp_path / 'no-such-set'}"]) == 2
     assert "[invalid_config]" in capsys.readouterr().err and not (tmp_path / "runs" / "e").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """On a full disk torch's zip writer raises RuntimeError("unexpected pos ...") and left a partial
+    checkpoint.pt.tmp holding the space: a traceback, and less room for the next try. Now an OSError that says
+    so (the CLI's one os_error line), no temporary file, the previous checkpoint intact."""
+    import errno
+    from collections import namedtuple
+
+    import sigma.training.checkpoint as C
+
+    C.save_checkpoint(tmp_path, {"step": 3})
+    real_save = torch.save
+
+    def full_disk(state, path):
+        Path(path).write_bytes(b"x" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 291712 vs 291600")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(C.shutil, "disk_usage", lambda _p: namedtuple("u", "total used free")(10, 10, 0))
+    with pytest.raises(OSError) as err:
+        C.save_checkpoint(tmp_path, {"step": 6})
+    assert err.value.errno == errno.ENOSPC and "no space left" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    monkeypatch.setattr(torch, "save", real_save)
+    assert C.load_checkpoint(tmp_path)["step"] == 3

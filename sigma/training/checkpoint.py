@@ -5,6 +5,7 @@ cannot be read (a disk fault, a file truncated by a full disk before the rename)
 and a resume says so and goes on, instead of ending the run."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -22,9 +23,19 @@ PREV = "checkpoint.prev.pt"
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     target = run_dir / CKPT
     tmp = run_dir / (CKPT + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)          # a partial file would hold the space the next try needs
+        if isinstance(exc, RuntimeError):    # torch's zip writer loses the errno ("unexpected pos ..."): say it
+            free = shutil.disk_usage(run_dir).free
+            cause = "no space left on the device" if free < 64 * 1024 * 1024 else "the write failed"
+            raise OSError(errno.ENOSPC if free < 64 * 1024 * 1024 else errno.EIO,
+                          f"{target}: cannot write the checkpoint ({cause}, {free // 1024} KiB free; "
+                          f"{str(exc).splitlines()[0][:120]})") from exc
+        raise
     if target.is_file():
         keep = run_dir / (PREV + ".tmp")
         keep.unlink(missing_ok=True)
