@@ -355,3 +355,21 @@ def test_dinov2_with_registers_variant():
         hidden = net.backbone.model(pixel_values=(x - net.backbone.mean) / net.backbone.std,
                                     output_hidden_states=True).hidden_states
     assert torch.equal(feats[-1].flatten(2).transpose(1, 2), hidden[4][:, 5:])
+
+
+def test_a_model_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeypatch):
+    """safetensors' own error type on a full disk ('No space left on device (os error 28)') was a traceback
+    and left model.safetensors.tmp holding the space: now an OSError (the CLI's os_error line), no tmp file."""
+    import safetensors.torch
+
+    from sigma.models import build_model, preset_config, save_model
+
+    def full_disk(state, path, metadata=None):
+        open(path, "wb").write(b"x" * 100)
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError) as err:
+        save_model(build_model(preset_config("sigma-lite"), pretrained=False), tmp_path / "m")
+    assert "No space left" in str(err.value)
+    assert list((tmp_path / "m").iterdir()) == []

@@ -91,12 +91,19 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
         state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
                  else v for k, v in state.items()}
     tmp_w = weights_path.with_name(weights_path.name + ".tmp")
-    save_file(state, str(tmp_w), metadata={"format": FORMAT})
     tmp_c = cfg_path.with_name(cfg_path.name + ".tmp")
     meta = {"format": FORMAT, "version": 1, "backbone_in_file": not skip_backbone}
     if dtype is not None:
         meta["stored_dtype"] = str(dtype).removeprefix("torch.")
-    tmp_c.write_text(json.dumps({**meta, "config": cfg.model_dump(mode="json")}, indent=2))
+    try:
+        save_file(state, str(tmp_w), metadata={"format": FORMAT})
+        tmp_c.write_text(json.dumps({**meta, "config": cfg.model_dump(mode="json")}, indent=2))
+    except BaseException as exc:
+        for tmp in (tmp_w, tmp_c):           # a partial file would hold the space the next save needs
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, OSError):   # safetensors' own error type
+            raise OSError(f"{weights_path}: cannot write the model ({str(exc).splitlines()[0][:160]})") from exc
+        raise
     os.replace(tmp_w, weights_path)
     os.replace(tmp_c, cfg_path)
     return path
