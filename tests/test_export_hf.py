@@ -154,3 +154,33 @@ def test_cli_refuses_to_mix_two_exports(run, tmp_path, capsys):
     kept = json.loads(capsys.readouterr().out.splitlines()[0])["rows"]
     assert 0 < kept < 8 and len(load(out, tmp_path / "again")) == kept
     assert not list((out / "data").glob(".*"))
+
+
+def test_an_export_that_fails_on_a_full_disk_takes_its_temporary_shards_with_it(run, tmp_path, monkeypatch):
+    """A full disk mid-export left `.train-00000.parquet.tmp` holding the space until the next export; now
+    the failure is raised as it was and no temporary shard stays (the previous export, if any, is kept)."""
+    import pyarrow.parquet
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", full_disk)
+    out = tmp_path / "hf"
+    with pytest.raises(OSError):
+        export_hf(run, out)
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_atomic_png_and_json_writes_leave_no_tmp_when_the_rename_fails(tmp_path, monkeypatch):
+    from sigma.io.images import write_png
+    from sigma.io.outputs import write_json
+
+    def refuse(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError):
+        write_png(np.zeros((4, 4), np.uint8), tmp_path / "m.png")
+    with pytest.raises(OSError):
+        write_json({"a": 1}, tmp_path / "r.json")
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@ save/load, weight resolution (local folder, offline HF cache), and the prior-nev
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -365,7 +366,7 @@ def test_a_model_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeyp
     from sigma.models import build_model, preset_config, save_model
 
     def full_disk(state, path, metadata=None):
-        open(path, "wb").write(b"x" * 100)
+        Path(path).write_bytes(b"x" * 100)
         raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)

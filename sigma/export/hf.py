@@ -255,6 +255,17 @@ class _ShardedWriter:
             self.writer.close()
             self.writer = None
 
+    def abort(self) -> None:
+        """An export that failed (a full disk, Ctrl-C): its temporary shards go, the previous export stays."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - closing a file on a full disk may fail too; it is removed anyway
+                pass
+            self.writer = None
+        for tmp in self.files:
+            tmp.unlink(missing_ok=True)
+
     def close(self, replaces: list[Path]) -> list[Path]:
         """Finish the files and put them in place of `replaces` (a previous export); nothing kept: an error,
         and the previous export is left as it was."""
@@ -373,10 +384,14 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
     skipped: list[dict[str, str]] = []
     writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))))
     first: dict[str, Any] = {}
-    for rec in iter_records(run_dir, row_filter, weights, skipped, mask):
-        first = first or rec
-        writer.add(rec)
-    files = writer.close(replaces=existing)
+    try:
+        for rec in iter_records(run_dir, row_filter, weights, skipped, mask):
+            first = first or rec
+            writer.add(rec)
+        files = writer.close(replaces=existing)
+    except BaseException:
+        writer.abort()
+        raise
     status = RunDir(run_dir).summary()
     cfg = record.get("config") or {}
     info = {"name": name or f"{Path(str(record.get('corpus', {}).get('path') or run_dir)).name} (SIGMA masks)",

@@ -253,6 +253,10 @@ def write_png(array: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(encode_png(array))
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(encode_png(array))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)      # a full disk: no half-written .tmp left holding the space
+        raise
     return path

@@ -31,8 +31,12 @@ def write_json(data: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(finite(data), indent=2, default=_json_default))   # NaN -> null
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(finite(data), indent=2, default=_json_default))   # NaN -> null
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)      # a full disk: no half-written .tmp left holding the space
+        raise
     return path
 
 
