@@ -327,3 +327,29 @@ def test_a_driver_side_write_error_is_raised_not_taken_for_a_dead_child():
     assert err.value.errno == 28 and child.alive
     ours.close()
     theirs.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_stopped_child_is_taken_as_hung_and_its_shard_runs_elsewhere(corpus, slow_reference):
+    """A process that holds a shard and says nothing (SIGSTOP here; a deadlock in native code alike) kept the
+    run waiting for ever: a dead child is noticed, a silent one was not. After `stall_s` without a word it is
+    killed and its shard goes to another process: same bytes as the one-process run."""
+    out = corpus / "stopped-child"
+    box: dict = {}
+    cfg = cfg_for(corpus / "set", procs=2, stall_s=3, **SLOW)
+    thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg, out, progress=False)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
+        time.sleep(0.01)
+    victims = [p for p in children_of(os.getpid()) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert victims, "no inference process found"
+    os.kill(victims[0], signal.SIGSTOP)
+    thread.join(120)
+    assert not thread.is_alive(), "the run waited for the stopped process"
+    summary = box["s"]
+    assert summary.done_now == 5 and summary.failed_now == 0
+    hung = [r for r in summary.retried if "taken as hung" in r["reason"]]
+    assert len(hung) == 1 and hung[0]["action"] in ("retried", "already_done")
+    assert not alive(victims[0])
+    assert digests(out) == digests(slow_reference)

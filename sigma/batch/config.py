@@ -44,7 +44,7 @@ class RayConfig(Strict):
 
 
 # Options that change speed or placement, never a byte of output: outside the run hash.
-NOT_HASHED = {"workers", "backend", "input", "procs", "threads", "attempts", "plugins", "ray"}
+NOT_HASHED = {"workers", "backend", "input", "procs", "threads", "attempts", "stall_s", "plugins", "ray"}
 
 
 class BatchConfig(AnnotatorSpec):
@@ -63,6 +63,9 @@ class BatchConfig(AnnotatorSpec):
     threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="torch intra-op threads per inference "
                                 "process or Ray actor; None = 1 with several processes and for CPU actors, the "
                                 "idle cores for a single CPU process running a network, else torch's default")
+    stall_s: float = Field(900.0, gt=0, description="--procs: an inference process that holds a shard and reports "
+                           "no progress for this long is taken as hung (a deadlock, a stopped process): it is "
+                           "killed and its shard goes to another")
     attempts: int = Field(3, ge=1, description="a shard whose process or Ray actor dies is run again by another "
                           "one, up to this many tries in all; then it is failed (rerun with --resume)")
     plugins: list[str] = Field(default_factory=list, description="modules imported before the annotator is built, "

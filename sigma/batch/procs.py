@@ -168,6 +168,7 @@ class _Child:
     shard: Shard | None = None
     ticked: tuple[int, int] = (0, 0)
     alive: bool = True
+    heard: float = 0.0                 # monotonic time of its last message (or of the shard it was handed)
 
 
 class ProcPool:
@@ -241,7 +242,7 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
             while not ledger.finished:
                 for child in pool.live():
                     if child.ready and child.shard is None and ledger.queue:
-                        child.shard, child.ticked = ledger.next(), (0, 0)
+                        child.shard, child.ticked, child.heard = ledger.next(), (0, 0), time.monotonic()
                         try:
                             child.conn.send(child.shard.to_dict())
                         except OSError:      # it died since the last look
@@ -256,6 +257,11 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
                         _drain(child, ledger, pool)
                     if child.alive and child.process.sentinel in ready and not child.process.is_alive():
                         _died(child, ledger, pool, pool.bury(child))
+                    elif child.alive and child.shard is not None and time.monotonic() - child.heard > cfg.stall_s:
+                        # alive but silent (a deadlock in native code, SIGSTOP): the run must not wait for ever
+                        child.process.kill()
+                        _died(child, ledger, pool, f"{pool.bury(child)} after no progress for {cfg.stall_s:g} s "
+                                                   "(taken as hung)")
         except BaseException:
             pool.close(graceful=False)   # an error or Ctrl-C: do not wait for shards in progress
             raise
@@ -276,6 +282,7 @@ def _drain(child: _Child, ledger: ShardLedger, pool: ProcPool) -> None:
         except (EOFError, OSError):
             _died(child, ledger, pool, pool.bury(child))
             return
+        child.heard = time.monotonic()
         if kind == "ready":
             child.ready = True
         elif kind == "init_error":
