@@ -353,3 +353,29 @@ def test_a_stopped_child_is_taken_as_hung_and_its_shard_runs_elsewhere(corpus, s
     assert len(hung) == 1 and hung[0]["action"] in ("retried", "already_done")
     assert not alive(victims[0])
     assert digests(out) == digests(slow_reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_stopped_decode_worker_fails_its_shards_instead_of_hanging_and_resume_finishes(corpus, tmp_path):
+    """`--workers N` decode processes: one that gives no result for stall_s (SIGSTOP here) kept the run waiting
+    for ever on its future. Now the pool is replaced, the shards it held are failed, the run ends, and
+    `--resume` finishes every pair."""
+    out = tmp_path / "stopped-decoder"
+    box: dict = {}
+    cfg = cfg_for(corpus / "set", workers=1, stall_s=3, **SLOW)
+    thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg, out, progress=False)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
+        time.sleep(0.01)
+    decoders = [p for p in children_of(os.getpid()) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert decoders, "no decode process found"
+    for pid in decoders:
+        os.kill(pid, signal.SIGSTOP)
+    thread.join(120)
+    assert not thread.is_alive(), "the run waited for the stopped decoder"
+    first = box["s"]
+    assert first.failed_now >= 1 and first.done_now + first.failed_now == 5
+    assert all(not alive(pid) for pid in decoders)
+    again = run_batch(cfg_for(corpus / "set", workers=1, **SLOW), out, resume=True, progress=False)
+    assert again.failed_now == 0 and first.done_now + again.done_now == 5

@@ -15,6 +15,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -55,7 +56,7 @@ class _Immediate:
     def __init__(self, value):
         self._value = value
 
-    def result(self):
+    def result(self, timeout: float | None = None):
         return self._value
 
 
@@ -157,14 +158,11 @@ class Pipeline:
         self.png_masks = cfg.png_masks
         self.ground_truth = cfg.ground_truth
         self.root = cfg.input.root
+        self.stall_s = cfg.stall_s
         self.pool = None
         warm: list = []
         if self.workers > 0:
-            # spawn (not fork): the parent may hold torch/CUDA state. The workers boot while the model loads.
-            # die_with_parent: a SIGKILLed run must not leave decoders (and through them multiprocessing's resource
-            # tracker) alive, blocked on a pipe nobody reads
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=die_with_parent, initargs=(os.getpid(),))
+            self.pool = self._new_pool()
             warm = [self.pool.submit(decode_items, [], self.io_config) for _ in range(self.workers)]
         try:
             if annotator is None:
@@ -177,6 +175,23 @@ class Pipeline:
         except BaseException:
             self.close()
             raise
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn (not fork): the parent may hold torch/CUDA state. The workers boot while the model loads.
+        # die_with_parent: a SIGKILLed run must not leave decoders (and through them multiprocessing's resource
+        # tracker) alive, blocked on a pipe nobody reads
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
+
+    def _replace_hung_pool(self) -> None:
+        """A decode worker that gives no result for stall_s (stopped, deadlocked in a codec) would keep the run
+        waiting for ever, and an executor cannot drop one worker: all of them are killed and a new pool takes
+        over. Chunks already handed to the old pool fail with it (their shards are failed; --resume redoes
+        them)."""
+        old, self.pool = self.pool, self._new_pool()
+        for process in list(getattr(old, "_processes", {}).values()):
+            process.kill()
+        old.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -235,7 +250,13 @@ class Pipeline:
                     continue
                 if kind == "chunk":
                     try:
-                        results = payload.result()
+                        results = payload.result(timeout=self.stall_s)
+                    except FuturesTimeout:
+                        self._replace_hung_pool()
+                        buffer.clear()
+                        failed.add(shard.key)
+                        writer.put(("abort", shard, f"decode worker hung: no result for {self.stall_s:g} s"))
+                        continue
                     except Exception as exc:  # noqa: BLE001 - a decode worker died (e.g. killed by the OOM killer)
                         buffer.clear()
                         failed.add(shard.key)
