@@ -55,6 +55,25 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def stop_children_mid_run(cfg: BatchConfig, out: Path, first_only: bool):
+    """Start `run_batch` in a thread, SIGSTOP its spawned children (the first, or all) once a shard is done,
+    and wait for the run: (its summary, the stopped pids). A run that is still waiting after 120 s fails."""
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg, out, progress=False)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
+        time.sleep(0.01)
+    spawned = [p for p in children_of(os.getpid()) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert spawned, "no spawned process found"
+    stopped = spawned[:1] if first_only else spawned
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    thread.join(120)
+    assert not thread.is_alive(), "the run waited for the stopped process"
+    return box["s"], stopped
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("procs")
@@ -334,25 +353,13 @@ def test_a_stopped_child_is_taken_as_hung_and_its_shard_runs_elsewhere(corpus, s
     """A process that holds a shard and says nothing (SIGSTOP here; a deadlock in native code alike) kept the
     run waiting for ever: a dead child is noticed, a silent one was not. After `stall_s` without a word it is
     killed and its shard goes to another process: same bytes as the one-process run."""
-    out = corpus / "stopped-child"
-    box: dict = {}
-    cfg = cfg_for(corpus / "set", procs=2, stall_s=3, **SLOW)
-    thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg, out, progress=False)), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
-        time.sleep(0.01)
-    victims = [p for p in children_of(os.getpid()) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert victims, "no inference process found"
-    os.kill(victims[0], signal.SIGSTOP)
-    thread.join(120)
-    assert not thread.is_alive(), "the run waited for the stopped process"
-    summary = box["s"]
+    summary, victims = stop_children_mid_run(cfg_for(corpus / "set", procs=2, stall_s=3, **SLOW),
+                                             corpus / "stopped-child", first_only=True)
     assert summary.done_now == 5 and summary.failed_now == 0
     hung = [r for r in summary.retried if "taken as hung" in r["reason"]]
     assert len(hung) == 1 and hung[0]["action"] in ("retried", "already_done")
     assert not alive(victims[0])
-    assert digests(out) == digests(slow_reference)
+    assert digests(corpus / "stopped-child") == digests(slow_reference)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
@@ -361,20 +368,8 @@ def test_a_stopped_decode_worker_fails_its_shards_instead_of_hanging_and_resume_
     for ever on its future. Now the pool is replaced, the shards it held are failed, the run ends, and
     `--resume` finishes every pair."""
     out = tmp_path / "stopped-decoder"
-    box: dict = {}
-    cfg = cfg_for(corpus / "set", workers=1, stall_s=3, **SLOW)
-    thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg, out, progress=False)), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
-        time.sleep(0.01)
-    decoders = [p for p in children_of(os.getpid()) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert decoders, "no decode process found"
-    for pid in decoders:
-        os.kill(pid, signal.SIGSTOP)
-    thread.join(120)
-    assert not thread.is_alive(), "the run waited for the stopped decoder"
-    first = box["s"]
+    first, decoders = stop_children_mid_run(cfg_for(corpus / "set", workers=1, stall_s=3, **SLOW), out,
+                                            first_only=False)
     assert first.failed_now >= 1 and first.done_now + first.failed_now == 5
     assert all(not alive(pid) for pid in decoders)
     again = run_batch(cfg_for(corpus / "set", workers=1, **SLOW), out, resume=True, progress=False)
