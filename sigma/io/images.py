@@ -250,13 +250,18 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def write_png(array: np.ndarray, path: str | Path) -> Path:
     """Atomic PNG write: a killed process never leaves a half-written mask behind."""
-    path = Path(path)
+    return replace_atomically(Path(path), encode_png(array))
+
+
+def replace_atomically(path: Path, data: bytes) -> Path:
+    """Write `<path>.tmp`, then rename it over `path`; a write or rename that fails (a full disk) takes the
+    `.tmp` with it instead of leaving it to hold the space. The one writer of write_png and write_json."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_bytes(encode_png(array))
+        tmp.write_bytes(data)
         tmp.replace(path)
     except BaseException:
-        tmp.unlink(missing_ok=True)      # a full disk: no half-written .tmp left holding the space
+        tmp.unlink(missing_ok=True)
         raise
     return path

@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sigma.io.images import write_png
+from sigma.io.images import replace_atomically, write_png
 from sigma.text import finite
 from sigma.types import Annotation
 
@@ -28,16 +28,8 @@ def overlay_image(edited: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> 
 
 
 def write_json(data: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(finite(data), indent=2, default=_json_default))   # NaN -> null
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)      # a full disk: no half-written .tmp left holding the space
-        raise
-    return path
+    text = json.dumps(finite(data), indent=2, default=_json_default)   # NaN -> null
+    return replace_atomically(Path(path), text.encode())
 
 
 def _json_default(value: Any) -> Any:

@@ -31,8 +31,9 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
         tmp.unlink(missing_ok=True)          # a partial file would hold the space the next try needs
         if isinstance(exc, RuntimeError):    # torch's zip writer loses the errno ("unexpected pos ..."): say it
             free = shutil.disk_usage(run_dir).free
-            cause = "no space left on the device" if free < 64 * 1024 * 1024 else "the write failed"
-            raise OSError(errno.ENOSPC if free < 64 * 1024 * 1024 else errno.EIO,
+            full = free < 64 * 1024 * 1024
+            cause = "no space left on the device" if full else "the write failed"
+            raise OSError(errno.ENOSPC if full else errno.EIO,
                           f"{target}: cannot write the checkpoint ({cause}, {free // 1024} KiB free; "
                           f"{str(exc).splitlines()[0][:120]})") from exc
         raise

@@ -2,8 +2,9 @@
 
 A run folder holds: `config.yaml` (the resolved TrainConfig), `checkpoint.pt` (model, optimiser, schedule,
 EMA teacher, step; written atomically, the one before kept as `checkpoint.prev.pt`), `metrics.jsonl` (one
-JSON object per log/validation event), `model/` (the latest weights as a `sigma.models.save_model` folder, what `sigma eval` loads) and, at the
-end, `final/`. Batches are a pure function of (seed, step), so `--resume` continues the same stream.
+JSON object per log/validation event), `model/` (the latest weights as a `sigma.models.save_model` folder,
+what `sigma eval` loads) and, at the end, `final/`. Batches are a pure function of (seed, step), so
+`--resume` continues the same stream.
 """
 from __future__ import annotations
 
