@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -182,6 +183,14 @@ def test_vae_perturbation_when_available():
     out = perturb.apply("vae", img, "p")
     assert out.shape == img.shape and out.dtype == np.uint8
     np.testing.assert_array_equal(out, perturb.apply("vae", img, "p"))     # deterministic
+    # the regeneration chain: same size and type, seeded per pair, and more than its JPEG step alone
+    smooth = cv2.GaussianBlur(img, (0, 0), 2)
+    chained = perturb.apply("regen", smooth, "p")
+    assert chained.shape == img.shape and chained.dtype == np.uint8
+    np.testing.assert_array_equal(chained, perturb.apply("regen", smooth, "p"))
+    assert not np.array_equal(chained, perturb.apply("regen", smooth, "q"))
+    jpeg_only = np.abs(perturb.apply("jpeg90", smooth, "p").astype(int) - smooth).mean()
+    assert np.abs(chained.astype(int) - smooth).mean() > jpeg_only
 
 
 # ---------------------------------------------------------------- ../shared (skipped on a fresh clone)

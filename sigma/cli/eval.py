@@ -17,7 +17,8 @@ HELP = """Score an annotator on pairs with ground-truth masks (the layout of ../
 
 Per-image F1, IoU and AUC at the annotator's threshold, averaged over manipulated images (IMDL-BenCo);
 pooled F1, cIoU and gIoU (PIXAR) as secondary columns. Perturbations touch the edited image only:
-vae (TAEF2 encode→decode), jpeg75, jpeg90, resize (down 0.5–0.8× and back), color (gamma/white balance).
+vae (TAEF2 encode→decode), jpeg75, jpeg90, resize (down 0.5–0.8× and back), color (gamma/white balance),
+regen (a regeneration chain: down 0.6–0.85×, TAEF2, back up, JPEG 80–95, gamma).
 
 The SIGMA models carry two masks (mask_mode, default auto: the synthesised footprint on composites, the
 semantic mask elsewhere). F1 in the first table scores the chosen mask; a second table per perturbation
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotator", help="registry name (default: the embedded default)")
     p.add_argument("--threshold", type=float, help="mask threshold (pixel-diff: τ)")
     p.add_argument("--perturb", default=None,
-                   help="none|vae|jpeg75|jpeg90|resize|color|all, comma-separated (default: none)")
+                   help="none|vae|jpeg75|jpeg90|resize|color|regen|all, comma-separated (default: none)")
     p.add_argument("--out", default="sigma_eval", help="folder for metrics.json and config.yaml")
     add_config_args(p)
     p.set_defaults(run=run)

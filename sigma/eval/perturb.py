@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 
+import cv2
 import numpy as np
 
 from sigma.data import perturb as K
 from sigma.errors import ConfigError
 
-PERTURBATIONS = ("none", "vae", "jpeg75", "jpeg90", "resize", "color")
+PERTURBATIONS = ("none", "vae", "jpeg75", "jpeg90", "resize", "color", "regen")
 
 
 def _rng(name: str, pair_id: str) -> np.random.Generator:
@@ -53,9 +54,22 @@ def vae_roundtrip(image: np.ndarray) -> np.ndarray:
     return _default_vae().roundtrip_uint8(image)
 
 
+def regeneration_chain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What an editor that re-makes the whole image through a latent model and then saves it does: down by
+    0.6-0.85 (area), TAEF2 roundtrip at that size, up again (cubic), JPEG 80-95, a gamma of 0.92-1.08. Five
+    artefacts at once, none of them at the strength of a single-step perturbation: the "regeneration chain"
+    condition of issue 14's table, so users can measure it on their own sets."""
+    h, w = image.shape[:2]
+    factor = float(rng.uniform(0.6, 0.85))
+    small = cv2.resize(image, (max(8, round(w * factor)), max(8, round(h * factor))), interpolation=cv2.INTER_AREA)
+    up = cv2.resize(vae_roundtrip(small), (w, h), interpolation=cv2.INTER_CUBIC)
+    saved = K.jpeg(up, int(rng.integers(80, 96)))
+    return K.color_drift(saved, float(rng.uniform(0.92, 1.08)), np.ones(3, np.float32))
+
+
 def prepare(names: list[str]) -> None:
     """Load what a perturbation needs once, up front, so a missing VAE is one error and not one per pair."""
-    if "vae" in names:
+    if "vae" in names or "regen" in names:
         _default_vae()
 
 
@@ -73,6 +87,8 @@ def apply(name: str, image: np.ndarray, pair_id: str) -> np.ndarray:
         return color_drift(image, float(rng.uniform(0.9, 1.1)), rng.uniform(0.96, 1.04, size=3).astype(np.float32))
     if name == "vae":
         return vae_roundtrip(image)
+    if name == "regen":
+        return regeneration_chain(image, rng)
     raise ConfigError(f"unknown perturbation {name!r}; choose from {', '.join(PERTURBATIONS)} or 'all'")
 
 
