@@ -429,3 +429,28 @@ def test_a_full_disk_is_one_os_error_line_and_resume_finishes_the_run(tmp_path, 
     rows = [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
     assert len(list((out / "masks").rglob("*.png"))) == 6
+
+
+def test_shards_whose_names_collide_keep_their_own_outputs(tmp_path):
+    """Shard keys are file names made safe and cut to 120 characters: a manifest with a long name gave every
+    shard one key (the record range was cut off), and "a b.parquet" / "a_b.parquet" gave two files one key.
+    One key is one output file: all but the last shard's rows were lost, while the run said every shard was
+    done and counted every pair."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(6))
+    manifest = root / ("x" * 130 + ".jsonl")
+    (root / "pairs.jsonl").rename(manifest)
+    out = tmp_path / "long"
+    summary = run_batch(cfg_for(manifest, input={"shard_size": 2}), out, progress=False)
+    assert summary.shards == 3 and summary.status["done"] == 3
+    assert len(list((out / "shards").iterdir())) == 3 and len(list((out / "status").iterdir())) == 3
+    assert sorted(r["pair_id"] for r in read_rows(out)) == [f"p{i:06d}" for i in range(6)]
+
+    pairs = list(synthetic_pairs(4))
+    write_parquet(tmp_path / "pq" / "a b.parquet", pairs[:2], "magicbrush")
+    write_parquet(tmp_path / "pq" / "a_b.parquet", pairs[2:], "magicbrush")
+    out = tmp_path / "pq_run"
+    summary = run_batch(cfg_for(tmp_path / "pq", input={"preset": "magicbrush"}), out, progress=False)
+    keys = [s["key"] for s in json.loads((out / "run.json").read_text())["shards"]]
+    assert summary.shards == 2 and len(set(keys)) == 2
+    assert len(read_rows(out)) == 4 and len({r["original_sha256"] for r in read_rows(out)}) == 4

@@ -15,7 +15,7 @@ from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
-from sigma.io.corpora.base import planned_pairs
+from sigma.io.corpora.base import planned_pairs, unique_keys
 from sigma.registry import annotator_identity, build_annotator, default_annotator_name, import_plugins
 
 RUN_VERSION = 1
@@ -111,7 +111,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
         return rundir, corpus, run_hash, shards
     if not rundir.is_empty():
         raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
-    shards = corpus.plan()
+    shards = unique_keys(corpus.plan())
     if not shards or planned_pairs(shards) == 0:   # e.g. a tar of zero blocks: a readable, empty archive
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),

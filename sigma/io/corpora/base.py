@@ -53,6 +53,26 @@ class Shard:
                    num_items=data.get("num_items"))
 
 
+def unique_keys(shards: list[Shard]) -> list[Shard]:
+    """The plan with one key per shard. Readers build keys from file names made safe and cut to a length
+    (`safe_name`), so two shards could get one key: "a b.parquet" and "a_b.parquet", two sets "x y" and "x_y",
+    or every shard of a manifest whose long name cut off the record range. One key is one output file and one
+    status file: all but the last shard's rows were lost while the run said every shard was done. A repeated
+    key (compared case-folded, for case-insensitive disks) gets the shard's index appended."""
+    seen: set[str] = set()
+    out = []
+    for shard in shards:
+        key = shard.key
+        if key.casefold() in seen:
+            key = f"{key}-{shard.index}"
+            while key.casefold() in seen:
+                key += "x"
+            shard = Shard(shard.index, key, shard.ref, shard.num_items)
+        seen.add(key.casefold())
+        out.append(shard)
+    return out
+
+
 def planned_pairs(shards: list[Shard]) -> int | None:
     """How many pairs the shards hold, when every one knows (a progress bar's total, the run record's)."""
     counts = [s.num_items for s in shards]
