@@ -114,6 +114,31 @@ def test_review_page_static(run_dir, tmp_path):
     assert 'value="confidence:asc"' in html.split('<select id="sort">')[1][:40]
 
 
+def test_outputs_over_the_runs_own_files_are_refused_before_any_work(run_dir, tmp_path, capsys):
+    """`sigma export coco RUN --out RUN/run.json` (or `sigma report RUN --out RUN/status/x.json`) replaced the run
+    record with a COCO JSON and exited 0: the run was gone (`sigma batch status` then crashed with a KeyError)."""
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    shard = next((run_dir / "shards").iterdir())
+    status = next((run_dir / "status").iterdir())
+    for argv in (["export", "coco", str(run_dir), "--out", str(run_dir / "run.json")],
+                 ["export", "coco", str(run_dir), "--out", str(shard)],
+                 ["report", str(run_dir), "--out", str(status)],
+                 ["report", str(run_dir), "--out", str(run_dir / "config.yaml")]):
+        assert main(argv) == 2
+        assert "[out_is_run_file]" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    assert main(["batch", "status", str(run_dir)]) == 0
+    # a run record that is JSON but not a run (written over by hand or by an older sigma): one line, exit 2
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "run.json").write_text(json.dumps({"info": {}, "images": []}))
+    capsys.readouterr()
+    for argv in (["batch", "status", str(broken)], ["report", str(broken)],
+                 ["export", "coco", str(broken), "--out", str(tmp_path / "c.json")]):
+        assert main(argv) == 2
+        assert "[bad_run]" in capsys.readouterr().err
+
+
 @pytest.mark.chromium
 def test_review_page_in_chromium(run_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
