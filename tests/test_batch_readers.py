@@ -102,6 +102,43 @@ def test_webdataset_key_grouping_and_fields(tmp_path):
     assert bad.error[0] == "missing_image" and "tgt.jpg" in bad.error[1]
 
 
+def test_webdataset_members_above_the_byte_limit_are_not_read(tmp_path):
+    """A tar member was read whole into memory whatever its size: an 811 KB .tar.gz holding an 800 MB field
+    took the run to 1.9 GB of memory (a larger one: the OOM killer). A field no role reads is skipped, and an
+    image above io.limits.max_bytes is that pair's file_too_large, unread."""
+    import io
+    import tarfile
+    import tracemalloc
+
+    from sigma.batch import BatchConfig
+    from sigma.batch.runner import corpus_from_config
+
+    pairs = list(synthetic_pairs(2))
+    big = 48 << 20
+    tar = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tar, "w:gz", compresslevel=1) as tf:
+        def add(name, data):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        add("a.original.png", pairs[0]["original"])
+        add("a.edited.png", bytes(big))                 # above the limit below
+        add("a.extra.bin", bytes(big))                  # a field no role reads
+        add("b.original.png", pairs[1]["original"])
+        add("b.edited.png", pairs[1]["edited"])
+    cfg = BatchConfig.model_validate({"input": {"path": str(tar)}, "annotator": "pixel-diff",
+                                      "io": {"limits": {"max_bytes": 1 << 20}}})
+    corpus = corpus_from_config(cfg)
+    tracemalloc.start()
+    items = [item for shard in corpus.plan() for item in corpus.read(shard)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [i.pair_id for i in items] == ["a", "b"]
+    assert items[0].error[0] == "file_too_large" and "edited.png" in items[0].error[1] and items[0].edited is None
+    assert items[1].error is None and items[1].edited == pairs[1]["edited"]
+    assert peak < 8 << 20, peak
+
+
 def test_folders_jsonl_and_csv(tmp_path):
     flat = write_folder(tmp_path / "flat", synthetic_pairs(4))
     (flat / "p000009_original.png").write_bytes((flat / "p000000_original.png").read_bytes())  # edited missing

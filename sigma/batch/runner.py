@@ -68,7 +68,10 @@ def check_confined(path: str | Path, root: str) -> None:
 
 
 def corpus_from_config(cfg: BatchConfig) -> Corpus:
-    return open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns, cfg.input.shard_size)
+    corpus = open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns,
+                         cfg.input.shard_size)
+    corpus.max_bytes = cfg.io.limits.max_bytes
+    return corpus
 
 
 def with_default_annotator(cfg: BatchConfig) -> BatchConfig:

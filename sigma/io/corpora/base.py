@@ -83,6 +83,9 @@ class Corpus(ABC):
     """A streaming source of pairs: `plan()` lists shards, `read(shard)` yields that shard's items."""
 
     format: str = ""
+    # io.limits.max_bytes of the run (set by `corpus_from_config`): a reader that streams members out of an
+    # archive skips one above it instead of reading it into memory (None: no limit, as before)
+    max_bytes: int | None = None
 
     def __init__(self, path: str | Path, columns: dict[str, str], shard_size: int, preset: str | None = None):
         self.path = Path(path).resolve()
