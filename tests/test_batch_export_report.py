@@ -114,6 +114,29 @@ def test_review_page_static(run_dir, tmp_path):
     assert 'value="confidence:asc"' in html.split('<select id="sort">')[1][:40]
 
 
+def test_export_names_never_put_two_pairs_on_one_file(tmp_path):
+    """Two pairs named alike: the second took "<name>-<shard>-<index>", which a third pair's own id could already
+    be, so the IMDL-BenCo JSON listed two entries on one Tp/Gt file (one pair's image under the other's
+    entry); ids differing only in case shared a file on a case-insensitive disk."""
+    root = tmp_path / "corpus" / "s"
+    pairs = list(synthetic_pairs(4))
+    write_pairs_jsonl(root, pairs)
+    ids = ["x-s__pairs.r0000000-0000003-2", "x", "x", "X"]
+    with open(root / "pairs.jsonl", "w") as handle:
+        for pair_id, p in zip(ids, pairs):
+            handle.write(json.dumps({"id": pair_id, "original": f"{p['id']}_original.png",
+                                     "edited": f"{p['id']}_edited.png"}) + "\n")
+    run = tmp_path / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(root.parent)}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, run, progress=False)
+    assert [p.name.split(".")[0] for p in (run / "shards").iterdir()] == ["s__pairs"]
+    assert main(["export", "imdl-benco", str(run), "--out", str(tmp_path / "benco")]) == 0
+    entries = json.loads((tmp_path / "benco" / "imdl_benco.json").read_text())
+    names = [Path(tp).name.casefold() for tp, _ in entries]
+    assert len(entries) == 4 and len(set(names)) == 4
+    assert len({p.read_bytes() for p in (tmp_path / "benco" / "Tp").iterdir()}) == 4
+
+
 def test_outputs_over_the_runs_own_files_are_refused_before_any_work(run_dir, tmp_path, capsys):
     """`sigma export coco RUN --out RUN/run.json` (or `sigma report RUN --out RUN/status/x.json`) replaced the run
     record with a COCO JSON and exited 0: the run was gone (`sigma batch status` then crashed with a KeyError)."""

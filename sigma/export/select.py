@@ -145,8 +145,15 @@ class UniqueNames:
         self.used: set[str] = set()
 
     def __call__(self, row: dict) -> str:
+        """A taken name gets the shard and index, and then a counter while that is taken too (a pair whose
+        own id is "x-<shard>-2" took the name the second "x" was then given: two pairs on one file). Names
+        are compared case-folded, so "A" and "a" stay two files on a case-insensitive disk."""
         name = safe_name(row["pair_id"], 100)
-        if name in self.used:
-            name = f"{name}-{safe_name(row['shard'], 60)}-{row['index']}"
-        self.used.add(name)
+        if name.casefold() in self.used:
+            base = name = f"{name}-{safe_name(row['shard'], 60)}-{row['index']}"
+            n = 1
+            while name.casefold() in self.used:
+                n += 1
+                name = f"{base}-{n}"
+        self.used.add(name.casefold())
         return name
