@@ -139,6 +139,28 @@ def test_webdataset_members_above_the_byte_limit_are_not_read(tmp_path):
     assert peak < 8 << 20, peak
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+@pytest.mark.parametrize("shard_size", [1, 3])
+def test_csv_records_are_the_csv_modules_records(tmp_path, suffix, shard_size):
+    """Records were split by counting quotes, so an unquoted `5" wider` (text to the csv module) opened a
+    "quoted field" that swallowed the following lines: 4 records read as 2, three pairs lost, no error."""
+    import csv
+
+    sep = "\t" if suffix == ".tsv" else ","
+    texts = ['make the tv 5" wider', "remove the cat", '"two\r\nlines, one ""quoted"""', '"a"b then c',
+             'the 12" pizza and 3" cookie', "add a dog"]
+    lines = [sep.join(["id", "original", "edited", "instruction"])]
+    lines += [sep.join([f"p{i}", "o.png", "e.png", t]) for i, t in enumerate(texts)]
+    manifest = tmp_path / f"m{suffix}"
+    manifest.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        expected = [row for row in csv.reader(handle, delimiter=sep)][1:]
+    assert len(expected) == len(texts)
+    shards, items = read_all(open_corpus(manifest, shard_size=shard_size))
+    assert sum(s.num_items for s in shards) == len(texts)
+    assert [(i.pair_id, i.instruction) for i in items] == [(row[0], row[3]) for row in expected]
+
+
 def test_folders_jsonl_and_csv(tmp_path):
     flat = write_folder(tmp_path / "flat", synthetic_pairs(4))
     (flat / "p000009_original.png").write_bytes((flat / "p000000_original.png").read_bytes())  # edited missing

@@ -16,11 +16,38 @@ from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
 from sigma.text import loads as load_json
 
+_QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
 
-def iter_records(handle, csv_mode: bool, first_line: int = 1) -> Iterator[tuple[int, bytes, int]]:
+
+def quoted_at_end(line: bytes, delimiter: bytes, quoted: bool) -> bool:
+    """Whether a quoted field is still open after `line`, read as the csv module reads it: a quote opens a
+    quoted field only as a field's first character (`5" wide` unquoted is text), `""` inside one is a quote.
+    Counting quotes instead took `make it 5" wider` for an open field and swallowed the records after it."""
+    if not quoted and _QUOTE not in line:
+        return False
+    delim = delimiter[0]
+    state = "quoted" if quoted else "start"      # start of a field, in a plain field, quoted, quote in quoted
+    for c in line:
+        if state == "quoted":
+            if c == _QUOTE:
+                state = "quote"
+        elif state == "quote":
+            state = "quoted" if c == _QUOTE else ("start" if c in (delim, _CR, _LF) else "plain")
+        elif c == delim or c in (_CR, _LF):
+            state = "start"
+        elif state == "start" and c == _QUOTE:
+            state = "quoted"
+        else:
+            state = "plain"
+    return state == "quoted"
+
+
+def iter_records(handle, csv_mode: bool, first_line: int = 1, delimiter: bytes = b","
+                 ) -> Iterator[tuple[int, bytes, int]]:
     """(byte offset, raw record, 1-based line the record starts on) from a binary handle positioned on line
     `first_line`; blank lines are skipped, a CSV record may span lines inside quotes."""
     pending, start, start_line, line_no = b"", handle.tell(), first_line, first_line - 1
+    quoted = False
     while True:
         line = handle.readline()
         if not line:
@@ -31,8 +58,10 @@ def iter_records(handle, csv_mode: bool, first_line: int = 1) -> Iterator[tuple[
         if not pending:
             start, start_line = handle.tell() - len(line), line_no
         pending += line
-        if csv_mode and pending.count(b'"') % 2 == 1:
-            continue
+        if csv_mode:
+            quoted = quoted_at_end(line, delimiter, quoted)
+            if quoted:
+                continue
         if pending.strip():
             yield start, pending, start_line
         pending = b""
@@ -68,11 +97,14 @@ class ManifestCorpus(Corpus):
     def _is_csv(self, file: Path) -> bool:
         return file.suffix.lower() in (".csv", ".tsv")
 
+    def _delimiter(self, file: Path) -> str:
+        return "\t" if file.suffix.lower() == ".tsv" else ","
+
     def _header(self, handle, file: Path) -> list[str] | None:
         if not self._is_csv(file):
             return None
         first = handle.readline()
-        delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
+        delimiter = self._delimiter(file)
         header = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
         return [h.strip() for h in header]
 
@@ -85,7 +117,8 @@ class ManifestCorpus(Corpus):
                     check_schema(str(file), header, self.mapping, self.required, self.preset)
                 count, offset, line = 0, None, 1
                 first_line = 2 if header is not None else 1
-                for n, (pos, raw, line_no) in enumerate(iter_records(handle, header is not None, first_line)):
+                for n, (pos, raw, line_no) in enumerate(iter_records(handle, header is not None, first_line,
+                                                                          self._delimiter(file).encode())):
                     if n == 0 and header is None:
                         self._check_first_json(file, raw)
                     if count == 0:
@@ -121,7 +154,7 @@ class ManifestCorpus(Corpus):
             handle.seek(int(shard.ref["offset"]))
             # plans made before line numbers were recorded number records instead (1-based, as before)
             first_line = shard.ref.get("first_line")
-            records = iter_records(handle, header is not None, int(first_line or 1))
+            records = iter_records(handle, header is not None, int(first_line or 1), self._delimiter(file).encode())
             for index in range(int(shard.ref["count"])):
                 try:
                     _, raw, line_no = next(records)
@@ -139,8 +172,7 @@ class ManifestCorpus(Corpus):
         item = SourceItem(index=index, pair_id=f"{label}:{line_no}", source=f"{label}:line={line_no}", subset=subset)
         try:
             if header is not None:
-                delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
-                values = next(csv.reader(io.StringIO(raw.decode("utf-8")), delimiter=delimiter), [])
+                values = next(csv.reader(io.StringIO(raw.decode("utf-8")), delimiter=self._delimiter(file)), [])
                 # CSV cannot say null: an empty cell means "no value"
                 record = {h: (v if v != "" else None) for h, v in zip(header, values)}
             else:
