@@ -108,6 +108,11 @@ def test_filters_and_shards(run, tmp_path):
     kept = load(tmp_path / "conf", tmp_path)
     assert info["rows"] == len(kept) == sum(c >= cut for c in confidences) < 8
     assert all(c >= cut for c in kept["confidence"])
+    assert f"min_confidence = {cut}" in (tmp_path / "conf" / "README.md").read_text()
+    composite = any(r["is_composite"] for r in rows.values())     # a value that keeps pairs
+    export_hf(run, tmp_path / "low", RowFilter(max_confidence=1.0, composite=composite))
+    card = (tmp_path / "low" / "README.md").read_text()    # said "Export filters: none"
+    assert "max_confidence = 1.0" in card and f"composite = {'only' if composite else 'exclude'}" in card
     fractions = sorted(r["area_fraction"] for r in rows.values())
     info = export_hf(run, tmp_path / "area", RowFilter(max_area=fractions[2]))
     assert info["rows"] == sum(f <= fractions[2] for f in fractions)

@@ -403,8 +403,11 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
             "rows": writer.rows, "skipped": len(skipped),
             "mask": {"chosen": "the one the run's mask_mode chose (`mask_source` says which)",
                      "semantic": "the semantic mask", "footprint": "the synthesised footprint"}[mask],
-            "filters": {"min_confidence": row_filter.min_confidence, "min_area": row_filter.min_area,
-                        "max_area": row_filter.max_area}}
+            # every filter the rows passed (max_confidence and composite were left out: a card of an export
+            # of the least confident pairs said "Export filters: none")
+            "filters": {"min_confidence": row_filter.min_confidence, "max_confidence": row_filter.max_confidence,
+                        "min_area": row_filter.min_area, "max_area": row_filter.max_area,
+                        "composite": {True: "only", False: "exclude", None: None}[row_filter.composite]}}
     atomic_write_bytes(out / "README.md", dataset_card(info).encode())
     return {"out": str(out), "rows": writer.rows, "files": [str(f.relative_to(out)) for f in files],
             "weights_sha256": weights, "skipped": skipped}
