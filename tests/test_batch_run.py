@@ -454,3 +454,20 @@ def test_shards_whose_names_collide_keep_their_own_outputs(tmp_path):
     keys = [s["key"] for s in json.loads((out / "run.json").read_text())["shards"]]
     assert summary.shards == 2 and len(set(keys)) == 2
     assert len(read_rows(out)) == 4 and len({r["original_sha256"] for r in read_rows(out)}) == 4
+
+
+def test_an_image_cell_of_the_wrong_type_is_that_pairs_error_not_the_shards(tmp_path):
+    """{"bytes": "abc"} or {"path": 5} in a manifest raised a TypeError in the reader: the whole shard failed
+    (no pair of it written) and failed again at every --resume."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(2))
+    good = {"original": "p000000_original.png", "edited": "p000000_edited.png"}
+    with open(root / "pairs.jsonl", "a") as handle:
+        for pair_id, cell in [("str", {"bytes": "abc"}), ("int", {"path": 5}), ("list", {"bytes": [300]})]:
+            handle.write(json.dumps({**good, "id": pair_id, "original": cell}) + "\n")
+        handle.write(json.dumps({**good, "id": "mask", "mask": {"bytes": "abc"}}) + "\n")
+    summary = run_batch(cfg_for(root), tmp_path / "run", progress=False)
+    assert summary.done_now == 1 and summary.failed_now == 0
+    rows = {r["pair_id"].split("/")[-1]: r for r in read_rows(tmp_path / "run")}
+    assert [rows[f"p{i:06d}"]["status"] for i in range(2)] == ["ok", "ok"] and rows["mask"]["status"] == "ok"
+    assert {rows[k]["error_code"] for k in ("str", "int", "list")} == {"missing_image"}

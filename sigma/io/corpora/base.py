@@ -128,6 +128,13 @@ def image_value(value: Any, base_dir: Path | None, what: str) -> tuple[bytes | N
     """A cell that holds an image: HF struct {bytes, path}, raw bytes, or a path string."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
+        # a manifest can say anything: {"bytes": "abc"} or {"path": 5} raised a TypeError that failed the whole
+        # shard (every pair in it, at every --resume) instead of being this pair's error
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InputError(f"{what}: the image cell's bytes are {type(data).__name__}, not binary",
+                             code="missing_image")
+        if path is not None and not isinstance(path, str):
+            raise InputError(f"{what}: the image cell's path is {type(path).__name__}, not text", code="missing_image")
         if data:
             return bytes(data), None
         if path:
