@@ -471,3 +471,27 @@ def test_an_image_cell_of_the_wrong_type_is_that_pairs_error_not_the_shards(tmp_
     rows = {r["pair_id"].split("/")[-1]: r for r in read_rows(tmp_path / "run")}
     assert [rows[f"p{i:06d}"]["status"] for i in range(2)] == ["ok", "ok"] and rows["mask"]["status"] == "ok"
     assert {rows[k]["error_code"] for k in ("str", "int", "list")} == {"missing_image"}
+
+
+def test_a_tar_json_field_with_non_text_values_does_not_stop_the_run(tmp_path, capsys):
+    """A WebDataset `.json` field with `"edit_type": {"a": 1}` (or a number, or an instruction that is an
+    object) reached the shard writer as a dict: "the shard writer failed: Expected bytes, got a 'dict'
+    object", a traceback, and the whole run stopped."""
+    import tarfile
+
+    pairs = list(synthetic_pairs(3))
+    metas = [{"instruction": "remove it", "edit_type": {"a": 1}}, {"instruction": {"x": [1]}, "edit_type": 5},
+             {"instruction": "add a cat"}]
+    tar = tmp_path / "odd.tar"
+    with tarfile.open(tar, "w") as tf:
+        for p, meta in zip(pairs, metas):
+            for name, data in ((f"{p['id']}.original.png", p["original"]), (f"{p['id']}.edited.png", p["edited"]),
+                               (f"{p['id']}.json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    assert main(["batch", "run", str(tar), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+                 "--workers", "0", "--no-progress"]) == 0
+    rows = read_rows(tmp_path / "run")
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert [(r["instruction"], r["edit_type"]) for r in rows[:2]] == [("remove it", "{'a': 1}"), ("{'x': [1]}", "5")]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sigma.errors import InputError
-from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key
+from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key, text_value
 from sigma.text import loads as load_json
 
 DEFAULT_FIELDS = {
@@ -129,8 +129,11 @@ class WebDatasetCorpus(Corpus):
             except ValueError:          # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
                 item.error = ("bad_record", f"{item.source}: .json field is not valid JSON")
         text = self._pick(group, "instruction")
-        item.instruction = text.decode("utf-8", errors="replace") if text is not None else meta.get("instruction")
-        item.edit_type = meta.get("edit_type")
+        # the .json field's values as text, as the other readers give them: a dict there reached the shard
+        # writer and stopped the whole run with a traceback
+        item.instruction = text.decode("utf-8", errors="replace") if text is not None else text_value(
+            meta.get("instruction"))
+        item.edit_type = text_value(meta.get("edit_type"))
         item.original = self._pick(group, "original")
         item.edited = self._pick(group, "edited")
         item.mask = self._pick(group, "mask")
