@@ -21,7 +21,13 @@ from sigma.batch import BatchConfig, RunDir, run_batch
 from sigma.cli import main
 from sigma.errors import ConfigError, InputError
 from sigma.io import load_pair
-from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl, write_parquet, write_webdataset
+from sigma.io.corpora.synthetic import (
+    synthetic_pairs,
+    write_pairs_jsonl,
+    write_parquet,
+    write_saved_dataset,
+    write_webdataset,
+)
 from sigma.rle import decode_rle
 
 
@@ -495,3 +501,43 @@ def test_a_tar_json_field_with_non_text_values_does_not_stop_the_run(tmp_path, c
     rows = read_rows(tmp_path / "run")
     assert [r["status"] for r in rows] == ["ok"] * 3
     assert [(r["instruction"], r["edit_type"]) for r in rows[:2]] == [("remove it", "{'a': 1}"), ("{'x': [1]}", "5")]
+
+
+def test_a_confined_run_reads_no_data_file_outside_its_root(tmp_path):
+    """input.root (every run from POST /v1/batches) confined images and symlinked manifests, but not the data
+    files a save_to_disk folder names (state.json: an absolute path or ../; dataset_dict.json: a split "../x")
+    nor a symlinked .tgz / .tar.gz shard: those were read from outside the root, all their pairs annotated."""
+    import tarfile
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    pairs = list(synthetic_pairs(2))
+    write_saved_dataset(outside / "ds", pairs)
+    arrow = outside / "ds" / "data-00000-of-00001.arrow"
+    tars = write_webdataset(outside / "wds", pairs, per_tar=2)
+    with tarfile.open(tars[0]) as src, tarfile.open(outside / "shard.tgz", "w:gz") as out:
+        for member in src:
+            out.addfile(member, src.extractfile(member))
+    cases = {}
+    for name, filename in (("abs", str(arrow)), ("up", f"../../outside/ds/{arrow.name}")):
+        write_saved_dataset(root / name, pairs[:1])
+        state = json.loads((root / name / "state.json").read_text())
+        state["_data_files"] = [{"filename": filename}]
+        (root / name / "state.json").write_text(json.dumps(state))
+        cases[name] = root / name
+    write_saved_dataset(root / "dict", pairs[:1], split="train")
+    (root / "dict" / "dataset_dict.json").write_text(json.dumps({"splits": ["../../outside/ds"]}))
+    cases["dict"] = root / "dict"
+    for suffix in (".tgz", ".tar.gz"):
+        (root / f"wds{suffix}").mkdir(parents=True)
+        os.symlink(outside / "shard.tgz", root / f"wds{suffix}" / f"a{suffix}")
+        cases[suffix] = root / f"wds{suffix}"
+    for name, path in cases.items():
+        preset = None if name.startswith(".") else "instructpix2pix"
+        cfg = cfg_for(path, input={"root": str(root), "preset": preset})
+        with pytest.raises(InputError) as err:
+            run_batch(cfg, tmp_path / f"run-{name}", progress=False)
+        assert err.value.code == "path_outside_root", (name, err.value)
+        assert str(outside) not in err.value.message
+        unconfined = run_batch(cfg_for(path, input={"preset": preset}), tmp_path / f"free-{name}",
+                               progress=False)    # the CLI's default: any file the user can read
+        assert unconfined.status["ok"] == 2, name

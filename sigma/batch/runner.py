@@ -42,7 +42,7 @@ class RunSummary:
         return asdict(self)
 
 
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".tar")
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".tar", ".tar.gz", ".tgz")
 
 
 def check_confined(path: str | Path, root: str) -> None:
@@ -71,6 +71,7 @@ def corpus_from_config(cfg: BatchConfig) -> Corpus:
     corpus = open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns,
                          cfg.input.shard_size)
     corpus.max_bytes = cfg.io.limits.max_bytes
+    corpus.root = cfg.input.root
     return corpus
 
 

@@ -86,12 +86,28 @@ class Corpus(ABC):
     # io.limits.max_bytes of the run (set by `corpus_from_config`): a reader that streams members out of an
     # archive skips one above it instead of reading it into memory (None: no limit, as before)
     max_bytes: int | None = None
+    # input.root of a confined run (set by `corpus_from_config`): every data file a reader opens must resolve
+    # under it, checked before the file is touched (None: the CLI's default, any file the user can read)
+    root: str | None = None
 
     def __init__(self, path: str | Path, columns: dict[str, str], shard_size: int, preset: str | None = None):
         self.path = Path(path).resolve()
         self.columns = columns
         self.shard_size = shard_size
         self.preset = preset
+
+    def confine(self, path: Path, named_by: str | Path | None = None) -> Path:
+        """`path` if the run may read it: a confined run refuses a data file or folder outside its root (a
+        state.json naming /elsewhere/x.arrow or ../x, a symlinked .tgz), before anything looks at it."""
+        if self.root is None:
+            return path
+        from sigma.batch.decode import resolved_under
+
+        if resolved_under(str(path), os.path.realpath(self.root)) is None:
+            where = f"{named_by} names" if named_by else "the corpus holds"
+            raise InputError(f"{where} a file outside the batch root; refused (nothing read)",
+                             code="path_outside_root")
+        return path
 
     @abstractmethod
     def plan(self) -> list[Shard]:

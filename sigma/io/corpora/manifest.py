@@ -111,7 +111,7 @@ class ManifestCorpus(Corpus):
     def plan(self) -> list[Shard]:
         shards: list[Shard] = []
         for file, subset in self.files():
-            with open(file, "rb") as handle:
+            with open(self.confine(file), "rb") as handle:
                 header = self._header(handle, file)
                 if header is not None:
                     check_schema(str(file), header, self.mapping, self.required, self.preset)
@@ -147,7 +147,7 @@ class ManifestCorpus(Corpus):
                                   "first_record": first, "first_line": first_line}, count)
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
-        file = Path(shard.ref["file"])
+        file = self.confine(Path(shard.ref["file"]))
         subset = shard.ref.get("subset")
         with open(file, "rb") as handle:
             header = self._header(handle, file)

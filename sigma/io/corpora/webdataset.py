@@ -59,6 +59,7 @@ class WebDatasetCorpus(Corpus):
         root = self.path.parent if self.path.is_file() else self.path
         shards = []
         for tar in self.tars():
+            self.confine(tar)                         # a symlinked .tgz out of the root
             count = None
             try:
                 if tar.suffix == ".tar":   # seekable: headers only, data skipped, so counting is cheap
@@ -74,7 +75,7 @@ class WebDatasetCorpus(Corpus):
         return shards
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
-        tar = Path(shard.ref["file"])
+        tar = self.confine(Path(shard.ref["file"]))
         index = 0
         group: dict[str, bytes | TooLarge | None] = {}
         wanted = {f for fields in self.fields.values() for f in fields}
