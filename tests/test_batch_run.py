@@ -23,6 +23,7 @@ from sigma.errors import ConfigError, InputError
 from sigma.io import load_pair
 from sigma.io.corpora.synthetic import (
     synthetic_pairs,
+    write_folder,
     write_pairs_jsonl,
     write_parquet,
     write_saved_dataset,
@@ -541,3 +542,23 @@ def test_a_confined_run_reads_no_data_file_outside_its_root(tmp_path):
         unconfined = run_batch(cfg_for(path, input={"preset": preset}), tmp_path / f"free-{name}",
                                progress=False)    # the CLI's default: any file the user can read
         assert unconfined.status["ok"] == 2, name
+
+
+def test_a_confined_folder_corpus_cannot_name_folders_or_files_outside_its_root(tmp_path):
+    """`columns` (a POST /v1/batches field) names a folder corpus's original/edited folders and its
+    instructions file: {"original": "/etc", "edited": "/etc"} listed a folder outside the root (its file names
+    became the run's pair ids) and {"instruction": "../../outside/x.csv"} read that file's text into the rows."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_folder(root / "corpus", synthetic_pairs(2), two_folders=True)
+    write_folder(outside / "secret", synthetic_pairs(2), two_folders=True)
+    (outside / "texts.csv").write_text("id,instruction\np000000,the secret text\n")
+    for columns in ({"original": str(outside / "secret" / "original"), "edited": str(outside / "secret" / "edited")},
+                    {"original": "../../outside/secret/original", "edited": "../../outside/secret/edited"},
+                    {"instruction": "../../outside/texts.csv"}):
+        with pytest.raises(InputError) as err:
+            run_batch(cfg_for(root / "corpus", input={"root": str(root), "columns": columns, "format": "folder"}),
+                      tmp_path / "run", progress=False)
+        assert err.value.code == "path_outside_root" and "secret" not in err.value.message, (columns, err.value)
+        assert not (tmp_path / "run" / "shards").exists()
+    summary = run_batch(cfg_for(root / "corpus", input={"root": str(root)}), tmp_path / "ok", progress=False)
+    assert summary.status["ok"] == 2

@@ -36,10 +36,12 @@ class FolderCorpus(Corpus):
         self._instructions: dict[str, str] | None = None
 
     def _dirs(self) -> tuple[Path, Path, Path] | None:
-        o = self.path / self.columns.get("original", "original")
-        e = self.path / self.columns.get("edited", "edited")
+        # --columns names these folders (and POST /v1/batches takes `columns`): a confined run must not list
+        # /etc through {"original": "/etc"} (the pair ids are the file names it finds)
+        o = self.confine(self.path / self.columns.get("original", "original"), "--columns original")
+        e = self.confine(self.path / self.columns.get("edited", "edited"), "--columns edited")
         if o.is_dir() and e.is_dir():
-            return o, e, self.path / self.columns.get("mask", "mask")
+            return o, e, self.confine(self.path / self.columns.get("mask", "mask"), "--columns mask")
         return None
 
     def index(self) -> list[tuple[str, dict[str, Path]]]:
@@ -70,7 +72,8 @@ class FolderCorpus(Corpus):
             return self._instructions
         out: dict[str, str] = {}
         name = self.columns.get("instruction")
-        candidates = [self.path / name] if name else [self.path / n for n in INSTRUCTION_FILES]
+        candidates = [self.confine(self.path / name, "--columns instruction")] if name else [
+            self.path / n for n in INSTRUCTION_FILES]
         for file in candidates:
             if not file.is_file():
                 continue
