@@ -161,6 +161,21 @@ def test_csv_records_are_the_csv_modules_records(tmp_path, suffix, shard_size):
     assert [(i.pair_id, i.instruction) for i in items] == [(row[0], row[3]) for row in expected]
 
 
+@pytest.mark.parametrize("two_folders", [False, True])
+def test_a_folder_pair_with_two_files_for_one_image_is_an_error_not_a_coin_toss(tmp_path, two_folders):
+    """p_original.png and p_original.jpg side by side: the file the disk listed last was annotated, so the
+    same corpus copied to another disk (another listing order) gave another mask without a word."""
+    root = write_folder(tmp_path / "f", synthetic_pairs(3), two_folders=two_folders)
+    other = (root / ("original/p000000.png" if two_folders else "p000000_original.png")).read_bytes()
+    (root / ("original/p000001.jpg" if two_folders else "p000001_original.jpg")).write_bytes(other)
+    (root / ("mask/p000002.jpg" if two_folders else "p000002_mask.jpg")).write_bytes(other)
+    _, items = read_all(open_corpus(root))
+    assert [i.pair_id for i in items] == ["p000000", "p000001", "p000002"]
+    assert items[0].error is None and items[0].mask_path is not None
+    assert items[1].error[0] == "ambiguous_pair" and "p000001" in items[1].error[1] and ".jpg" in items[1].error[1]
+    assert items[2].error is None and items[2].mask_path is None       # which ground truth? none
+
+
 def test_folders_jsonl_and_csv(tmp_path):
     flat = write_folder(tmp_path / "flat", synthetic_pairs(4))
     (flat / "p000009_original.png").write_bytes((flat / "p000000_original.png").read_bytes())  # edited missing
