@@ -137,6 +137,24 @@ def test_export_names_never_put_two_pairs_on_one_file(tmp_path):
     assert len({p.read_bytes() for p in (tmp_path / "benco" / "Tp").iterdir()}) == 4
 
 
+def test_an_image_changed_since_the_run_is_not_exported_with_the_old_mask(tmp_path, capsys):
+    """The exports re-read the corpus: an edited image replaced after the run went to IMDL-BenCo's Tp/ (and
+    COCO --images) beside the mask of the image it replaced, a wrong training pair, without a word (the HF
+    export already checked the sha256 the manifest records)."""
+    root = tmp_path / "corpus" / "s"
+    write_pairs_jsonl(root, synthetic_pairs(3))
+    cfg = BatchConfig.model_validate({"input": {"path": str(root)}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, tmp_path / "run", progress=False)
+    (root / "p000001_edited.png").write_bytes((root / "p000002_edited.png").read_bytes())
+    assert main(["export", "imdl-benco", str(tmp_path / "run"), "--out", str(tmp_path / "benco")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0])["pairs"] == 2 and "p000001: the corpus changed since the run" in out
+    assert sorted(p.name for p in (tmp_path / "benco" / "Tp").iterdir()) == ["s_p000000.png", "s_p000002.png"]
+    assert main(["export", "coco", str(tmp_path / "run"), "--out", str(tmp_path / "c.json"), "--images",
+                 str(tmp_path / "img")]) == 0
+    assert len(json.loads((tmp_path / "c.json").read_text())["images"]) == 2
+
+
 def test_outputs_over_the_runs_own_files_are_refused_before_any_work(run_dir, tmp_path, capsys):
     """`sigma export coco RUN --out RUN/run.json` (or `sigma report RUN --out RUN/status/x.json`) replaced the run
     record with a COCO JSON and exited 0: the run was gone (`sigma batch status` then crashed with a KeyError)."""

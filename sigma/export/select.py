@@ -135,7 +135,17 @@ def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
             yield row, None, error
             continue
         decoded = decode_one(item, cfg.io, ground_truth=False, root=cfg.input.root)
-        yield row, decoded.pair, (None if decoded.pair is not None else decoded.error[1])
+        if decoded.pair is None:
+            yield row, None, decoded.error[1]
+            continue
+        # the images the mask was made from, or none: an image replaced since the run was exported (IMDL-BenCo
+        # Tp/Gt, COCO --images, the review page) with the old image's mask, as a training pair, without a word
+        changed = [role for role in ("original", "edited")
+                   if row.get(f"{role}_sha256") and decoded.meta.get(f"{role}_sha256") != row[f"{role}_sha256"]]
+        if changed:
+            yield row, None, f"the corpus changed since the run ({' and '.join(changed)}'s sha256 differs)"
+            continue
+        yield row, decoded.pair, None
 
 
 class UniqueNames:
