@@ -161,6 +161,34 @@ def test_csv_records_are_the_csv_modules_records(tmp_path, suffix, shard_size):
     assert [(i.pair_id, i.instruction) for i in items] == [(row[0], row[3]) for row in expected]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_record_longer_than_the_limit_is_a_bad_record_never_held(tmp_path, suffix):
+    """A 600 MB line in a manifest was read whole (7.3 GB of memory at planning, in the API process for a
+    POST /v1/batches) and became a 600 MB pair id in the shard file; now it is that line's bad_record."""
+    import tracemalloc
+
+    from sigma.io.corpora.manifest import MAX_RECORD_BYTES
+
+    huge = "x" * (8 * MAX_RECORD_BYTES)
+    if suffix == ".jsonl":
+        lines = [json.dumps({"id": "a", "original": "o.png", "edited": "e.png"}), json.dumps({"id": huge}),
+                 json.dumps({"id": "b", "original": "o.png", "edited": "e.png"})]
+    else:
+        lines = ["id,original,edited", "a,o.png,e.png", f'{huge},o.png,"e.png', 'still quoted', f'{huge}"',
+                 "b,o.png,e.png"]
+    manifest = tmp_path / f"m{suffix}"
+    manifest.write_text("\n".join(lines) + "\n")
+    corpus = open_corpus(manifest, shard_size=2)
+    tracemalloc.start()
+    shards, items = read_all(corpus)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [s.num_items for s in shards] == [2, 1]
+    assert items[0].pair_id == "a" and items[2].pair_id == "b" and items[2].error is None
+    assert items[1].error[0] == "bad_record" and "longer than" in items[1].error[1] and len(items[1].pair_id) < 100
+    assert peak < 4 * MAX_RECORD_BYTES, peak
+
+
 @pytest.mark.parametrize("two_folders", [False, True])
 def test_a_folder_pair_with_two_files_for_one_image_is_an_error_not_a_coin_toss(tmp_path, two_folders):
     """p_original.png and p_original.jpg side by side: the file the disk listed last was annotated, so the

@@ -42,29 +42,54 @@ def quoted_at_end(line: bytes, delimiter: bytes, quoted: bool) -> bool:
     return state == "quoted"
 
 
-def iter_records(handle, csv_mode: bool, first_line: int = 1, delimiter: bytes = b","
-                 ) -> Iterator[tuple[int, bytes, int]]:
-    """(byte offset, raw record, 1-based line the record starts on) from a binary handle positioned on line
-    `first_line`; blank lines are skipped, a CSV record may span lines inside quotes."""
-    pending, start, start_line, line_no = b"", handle.tell(), first_line, first_line - 1
-    quoted = False
-    while True:
-        line = handle.readline()
-        if not line:
-            if pending.strip():
-                yield start, pending, start_line
-            return
-        line_no += 1
-        if not pending:
-            start, start_line = handle.tell() - len(line), line_no
-        pending += line
+MAX_RECORD_BYTES = 1 << 20     # a manifest record (paths, ids, an instruction) is a few hundred bytes
+
+
+def _read_line(handle, csv_mode: bool, delimiter: bytes, quoted: bool, limit: int) -> tuple[bytes | None, bool]:
+    """One physical line (b"" at the end of the file), or None when it is longer than `limit`: then it is read
+    through in chunks and kept nowhere. Also whether a quoted CSV field is open after it."""
+    line = handle.readline(limit + 1)
+    if csv_mode:
+        quoted = quoted_at_end(line, delimiter, quoted)
+    if len(line) <= limit or line.endswith(b"\n"):
+        return line, quoted
+    while line and not line.endswith(b"\n"):
+        line = handle.readline(1 << 20)
         if csv_mode:
             quoted = quoted_at_end(line, delimiter, quoted)
+    return None, quoted
+
+
+def iter_records(handle, csv_mode: bool, first_line: int = 1, delimiter: bytes = b","
+                 ) -> Iterator[tuple[int, bytes | None, int]]:
+    """(byte offset, raw record, 1-based line the record starts on) from a binary handle positioned on line
+    `first_line`; blank lines are skipped, a CSV record may span lines inside quotes. A record longer than
+    MAX_RECORD_BYTES comes as None, never held: a 600 MB line took 7 GB of memory and became a 600 MB pair id."""
+    pending, start, start_line, line_no = b"", handle.tell(), first_line, first_line - 1
+    quoted = too_long = False
+    while True:
+        pos = handle.tell()
+        line, quoted_after = _read_line(handle, csv_mode, delimiter, quoted, max(0, MAX_RECORD_BYTES - len(pending)))
+        if line == b"":
+            if too_long or pending.strip():
+                yield start, None if too_long else pending, start_line
+            return
+        line_no += 1
+        if not pending and not too_long:
+            start, start_line = pos, line_no
+        if line is None:
+            too_long, pending = True, b""
+        elif not too_long:
+            pending += line
+        if csv_mode:
+            quoted = quoted_after
             if quoted:
                 continue
-        if pending.strip():
+        if too_long:
+            yield start, None, start_line
+        elif pending.strip():
             yield start, pending, start_line
-        pending = b""
+        pending, too_long = b"", False
 
 
 def find_sets(path: Path) -> list[Path]:
@@ -119,7 +144,7 @@ class ManifestCorpus(Corpus):
                 first_line = 2 if header is not None else 1
                 for n, (pos, raw, line_no) in enumerate(iter_records(handle, header is not None, first_line,
                                                                           self._delimiter(file).encode())):
-                    if n == 0 and header is None:
+                    if n == 0 and header is None and raw is not None:
                         self._check_first_json(file, raw)
                     if count == 0:
                         offset, line = pos, line_no
@@ -165,11 +190,14 @@ class ManifestCorpus(Corpus):
                     line_no = int(shard.ref["first_record"]) + index + 1
                 yield self._item(raw, header, file, subset, index, line_no)
 
-    def _item(self, raw: bytes, header: list[str] | None, file: Path, subset: str | None, index: int,
+    def _item(self, raw: bytes | None, header: list[str] | None, file: Path, subset: str | None, index: int,
               line_no: int) -> SourceItem:
         """`line_no`: the 1-based line the record starts on, in the id of an id-less record and in its source."""
         label = f"{subset}/{file.name}" if subset else file.name
         item = SourceItem(index=index, pair_id=f"{label}:{line_no}", source=f"{label}:line={line_no}", subset=subset)
+        if raw is None:
+            item.error = ("bad_record", f"{item.source}: a record longer than {MAX_RECORD_BYTES} bytes; not read")
+            return item
         try:
             if header is not None:
                 values = next(csv.reader(io.StringIO(raw.decode("utf-8")), delimiter=self._delimiter(file)), [])
