@@ -161,6 +161,16 @@ def test_csv_records_are_the_csv_modules_records(tmp_path, suffix, shard_size):
     assert [(i.pair_id, i.instruction) for i in items] == [(row[0], row[3]) for row in expected]
 
 
+def test_format_csv_reads_a_csv_manifest_whatever_its_name(tmp_path):
+    """`--format csv` on manifest.txt parsed it as JSONL: the run "finished" with every record a bad_record."""
+    manifest = write_csv(tmp_path / "c", synthetic_pairs(3))
+    renamed = manifest.with_name("manifest.txt")
+    manifest.rename(renamed)
+    _, items = read_all(open_corpus(renamed, format="csv"))
+    assert [(i.pair_id, i.error) for i in items] == [(f"p{i:06d}", None) for i in range(3)]
+    assert items[0].original_path.endswith("p000000_original.png")
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_a_record_longer_than_the_limit_is_a_bad_record_never_held(tmp_path, suffix):
     """A 600 MB line in a manifest was read whole (7.3 GB of memory at planning, in the API process for a

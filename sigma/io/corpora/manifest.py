@@ -120,7 +120,8 @@ class ManifestCorpus(Corpus):
         return [(s / "pairs.jsonl", s.name) for s in sets]
 
     def _is_csv(self, file: Path) -> bool:
-        return file.suffix.lower() in (".csv", ".tsv")
+        # --format csv on a file not named .csv (manifest.txt) was read as JSONL: every record a bad_record
+        return self.format == "csv" or file.suffix.lower() in (".csv", ".tsv")
 
     def _delimiter(self, file: Path) -> str:
         return "\t" if file.suffix.lower() == ".tsv" else ","
