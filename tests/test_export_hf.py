@@ -189,3 +189,20 @@ def test_atomic_png_and_json_writes_leave_no_tmp_when_the_rename_fails(tmp_path,
     with pytest.raises(OSError):
         write_json({"a": 1}, tmp_path / "r.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_never_replaces_the_corpus_it_was_made_from(tmp_path, capsys):
+    """A Hugging Face download is data/train-*.parquet, the very names an export writes: `sigma export hf RUN
+    CORPUS --overwrite` deleted the run's own corpus and put the export in its place."""
+    from sigma.io.corpora.synthetic import write_parquet
+
+    corpus = tmp_path / "hub_download"
+    source = write_parquet(corpus / "data" / "train-00000-of-00001.parquet", synthetic_pairs(3), "magicbrush")
+    before = source.read_bytes()
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "preset": "magicbrush"},
+                                      "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, tmp_path / "run", progress=False)
+    assert main(["export", "hf", str(tmp_path / "run"), str(corpus), "--overwrite"]) == 2
+    assert "[out_not_empty]" in capsys.readouterr().err and source.read_bytes() == before
+    assert sorted(p.name for p in (corpus / "data").iterdir()) == [source.name]
+    assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "elsewhere")]) == 0
