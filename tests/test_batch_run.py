@@ -562,3 +562,21 @@ def test_a_confined_folder_corpus_cannot_name_folders_or_files_outside_its_root(
         assert not (tmp_path / "run" / "shards").exists()
     summary = run_batch(cfg_for(root / "corpus", input={"root": str(root)}), tmp_path / "ok", progress=False)
     assert summary.status["ok"] == 2
+
+
+def test_status_files_that_are_json_but_not_a_status_cost_their_shard_not_every_command(tmp_path, capsys):
+    """A status file holding a JSON string, or a "done" one missing its counts (edited by hand, written by
+    another tool), made `sigma batch status`, `--resume`, the exports and the review page die with an
+    AttributeError / KeyError traceback."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6))
+    out = tmp_path / "run"
+    run_batch(cfg_for(tmp_path / "set", input={"shard_size": 2}), out, progress=False)
+    first, second, _ = sorted((out / "status").iterdir())
+    first.write_text('"done"')
+    st = json.loads(second.read_text())
+    del st["pairs"], st["ok"]
+    second.write_text(json.dumps(st))
+    assert main(["batch", "status", str(out)]) == 0
+    assert "2/3 shards done" in capsys.readouterr().out
+    resumed = run_batch(cfg_for(tmp_path / "set", input={"shard_size": 2}), out, resume=True, progress=False)
+    assert resumed.done_now == 1 and resumed.status["done"] == 3

@@ -142,9 +142,10 @@ class RunDir:
         if not path.is_file():
             return None
         try:
-            return load_json(path.read_bytes())
+            st = load_json(path.read_bytes())
         except ValueError:     # torn or corrupt: the shard is not done
             return None
+        return st if isinstance(st, dict) else None
 
     def is_done(self, shard: Shard, run_hash: str) -> bool:
         """Done = a "done" status for this run hash and the output it names is there, unchanged."""
@@ -191,10 +192,12 @@ class RunDir:
             st = self.status(shard)
             if self.is_done(shard, run_hash):
                 counts["done"] += 1
-                pairs += st["pairs"]
-                ok += st["ok"]
-                errors += st["errors"]
-                for code, n in st.get("error_codes", {}).items():
+                # a status with a field missing (edited by hand, written by another version) is still done:
+                # its counts are unknown, not a KeyError traceback in every command that reads the run
+                pairs += int(st.get("pairs") or 0)
+                ok += int(st.get("ok") or 0)
+                errors += int(st.get("errors") or 0)
+                for code, n in (st.get("error_codes") or {}).items():
                     codes[code] = codes.get(code, 0) + n
             elif st and st.get("status") == "failed" and st.get("run_hash") == run_hash:
                 counts["failed"] += 1
