@@ -161,6 +161,21 @@ def test_csv_records_are_the_csv_modules_records(tmp_path, suffix, shard_size):
     assert [(i.pair_id, i.instruction) for i in items] == [(row[0], row[3]) for row in expected]
 
 
+def test_a_csv_cell_over_the_csv_modules_field_limit_is_that_records_error(tmp_path):
+    """A cell over 128 KB raised csv.Error (not a ValueError): the whole shard failed, at every --resume; in
+    the header line it was a traceback."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,original,edited,instruction\na,o.png,e.png,ok\nb,o.png,e.png," + "y" * 200_000 +
+                        "\nc,o.png,e.png,fine\n")
+    _, items = read_all(open_corpus(manifest))
+    assert [i.pair_id for i in items] == ["a", "m.csv:3", "c"]
+    assert items[0].error is None and items[2].error is None and items[1].error[0] == "bad_record"
+    manifest.write_text("id,original,edited," + "z" * 200_000 + "\na,o.png,e.png,ok\n")
+    with pytest.raises(InputError) as err:
+        open_corpus(manifest).plan()
+    assert err.value.code == "bad_manifest"
+
+
 def test_format_csv_reads_a_csv_manifest_whatever_its_name(tmp_path):
     """`--format csv` on manifest.txt parsed it as JSONL: the run "finished" with every record a bad_record."""
     manifest = write_csv(tmp_path / "c", synthetic_pairs(3))

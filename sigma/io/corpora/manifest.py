@@ -131,7 +131,10 @@ class ManifestCorpus(Corpus):
             return None
         first = handle.readline()
         delimiter = self._delimiter(file)
-        header = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
+        try:
+            header = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
+        except (UnicodeDecodeError, csv.Error) as exc:      # a traceback before
+            raise InputError(f"{file}: unreadable header line ({exc})", code="bad_manifest") from exc
         return [h.strip() for h in header]
 
     def plan(self) -> list[Shard]:
@@ -208,7 +211,9 @@ class ManifestCorpus(Corpus):
                 record = load_json(raw)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+            # csv.Error (a cell over the csv module's 128 KB field limit) is not a ValueError: it failed the
+            # whole shard, at every --resume
             item.error = ("bad_record", f"{item.source}: unreadable record ({exc})")
             return item
         m = self.mapping
