@@ -114,6 +114,72 @@ def test_review_page_static(run_dir, tmp_path):
     assert 'value="confidence:asc"' in html.split('<select id="sort">')[1][:40]
 
 
+def test_export_names_never_put_two_pairs_on_one_file(tmp_path):
+    """Two pairs named alike: the second took "<name>-<shard>-<index>", which a third pair's own id could already
+    be, so the IMDL-BenCo JSON listed two entries on one Tp/Gt file (one pair's image under the other's
+    entry); ids differing only in case shared a file on a case-insensitive disk."""
+    root = tmp_path / "corpus" / "s"
+    pairs = list(synthetic_pairs(4))
+    write_pairs_jsonl(root, pairs)
+    ids = ["x-s__pairs.r0000000-0000003-2", "x", "x", "X"]
+    with open(root / "pairs.jsonl", "w") as handle:
+        for pair_id, p in zip(ids, pairs):
+            handle.write(json.dumps({"id": pair_id, "original": f"{p['id']}_original.png",
+                                     "edited": f"{p['id']}_edited.png"}) + "\n")
+    run = tmp_path / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(root.parent)}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, run, progress=False)
+    assert [p.name.split(".")[0] for p in (run / "shards").iterdir()] == ["s__pairs"]
+    assert main(["export", "imdl-benco", str(run), "--out", str(tmp_path / "benco")]) == 0
+    entries = json.loads((tmp_path / "benco" / "imdl_benco.json").read_text())
+    names = [Path(tp).name.casefold() for tp, _ in entries]
+    assert len(entries) == 4 and len(set(names)) == 4
+    assert len({p.read_bytes() for p in (tmp_path / "benco" / "Tp").iterdir()}) == 4
+
+
+def test_an_image_changed_since_the_run_is_not_exported_with_the_old_mask(tmp_path, capsys):
+    """The exports re-read the corpus: an edited image replaced after the run went to IMDL-BenCo's Tp/ (and
+    COCO --images) beside the mask of the image it replaced, a wrong training pair, without a word (the HF
+    export already checked the sha256 the manifest records)."""
+    root = tmp_path / "corpus" / "s"
+    write_pairs_jsonl(root, synthetic_pairs(3))
+    cfg = BatchConfig.model_validate({"input": {"path": str(root)}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, tmp_path / "run", progress=False)
+    (root / "p000001_edited.png").write_bytes((root / "p000002_edited.png").read_bytes())
+    assert main(["export", "imdl-benco", str(tmp_path / "run"), "--out", str(tmp_path / "benco")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0])["pairs"] == 2 and "p000001: the corpus changed since the run" in out
+    assert sorted(p.name for p in (tmp_path / "benco" / "Tp").iterdir()) == ["s_p000000.png", "s_p000002.png"]
+    assert main(["export", "coco", str(tmp_path / "run"), "--out", str(tmp_path / "c.json"), "--images",
+                 str(tmp_path / "img")]) == 0
+    assert len(json.loads((tmp_path / "c.json").read_text())["images"]) == 2
+
+
+def test_outputs_over_the_runs_own_files_are_refused_before_any_work(run_dir, tmp_path, capsys):
+    """`sigma export coco RUN --out RUN/run.json` (or `sigma report RUN --out RUN/status/x.json`) replaced the run
+    record with a COCO JSON and exited 0: the run was gone (`sigma batch status` then crashed with a KeyError)."""
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    shard = next((run_dir / "shards").iterdir())
+    status = next((run_dir / "status").iterdir())
+    for argv in (["export", "coco", str(run_dir), "--out", str(run_dir / "run.json")],
+                 ["export", "coco", str(run_dir), "--out", str(shard)],
+                 ["report", str(run_dir), "--out", str(status)],
+                 ["report", str(run_dir), "--out", str(run_dir / "config.yaml")]):
+        assert main(argv) == 2
+        assert "[out_is_run_file]" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    assert main(["batch", "status", str(run_dir)]) == 0
+    # a run record that is JSON but not a run (written over by hand or by an older sigma): one line, exit 2
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "run.json").write_text(json.dumps({"info": {}, "images": []}))
+    capsys.readouterr()
+    for argv in (["batch", "status", str(broken)], ["report", str(broken)],
+                 ["export", "coco", str(broken), "--out", str(tmp_path / "c.json")]):
+        assert main(argv) == 2
+        assert "[bad_run]" in capsys.readouterr().err
+
+
 @pytest.mark.chromium
 def test_review_page_in_chromium(run_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -102,6 +102,133 @@ def test_webdataset_key_grouping_and_fields(tmp_path):
     assert bad.error[0] == "missing_image" and "tgt.jpg" in bad.error[1]
 
 
+def test_webdataset_members_above_the_byte_limit_are_not_read(tmp_path):
+    """A tar member was read whole into memory whatever its size: an 811 KB .tar.gz holding an 800 MB field
+    took the run to 1.9 GB of memory (a larger one: the OOM killer). A field no role reads is skipped, and an
+    image above io.limits.max_bytes is that pair's file_too_large, unread."""
+    import io
+    import tarfile
+    import tracemalloc
+
+    from sigma.batch import BatchConfig
+    from sigma.batch.runner import corpus_from_config
+
+    pairs = list(synthetic_pairs(2))
+    big = 48 << 20
+    tar = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tar, "w:gz", compresslevel=1) as tf:
+        def add(name, data):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        add("a.original.png", pairs[0]["original"])
+        add("a.edited.png", bytes(big))                 # above the limit below
+        add("a.extra.bin", bytes(big))                  # a field no role reads
+        add("b.original.png", pairs[1]["original"])
+        add("b.edited.png", pairs[1]["edited"])
+    cfg = BatchConfig.model_validate({"input": {"path": str(tar)}, "annotator": "pixel-diff",
+                                      "io": {"limits": {"max_bytes": 1 << 20}}})
+    corpus = corpus_from_config(cfg)
+    tracemalloc.start()
+    items = [item for shard in corpus.plan() for item in corpus.read(shard)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [i.pair_id for i in items] == ["a", "b"]
+    assert items[0].error[0] == "file_too_large" and "edited.png" in items[0].error[1] and items[0].edited is None
+    assert items[1].error is None and items[1].edited == pairs[1]["edited"]
+    assert peak < 8 << 20, peak
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+@pytest.mark.parametrize("shard_size", [1, 3])
+def test_csv_records_are_the_csv_modules_records(tmp_path, suffix, shard_size):
+    """Records were split by counting quotes, so an unquoted `5" wider` (text to the csv module) opened a
+    "quoted field" that swallowed the following lines: 4 records read as 2, three pairs lost, no error."""
+    import csv
+
+    sep = "\t" if suffix == ".tsv" else ","
+    texts = ['make the tv 5" wider', "remove the cat", '"two\r\nlines, one ""quoted"""', '"a"b then c',
+             'the 12" pizza and 3" cookie', "add a dog"]
+    lines = [sep.join(["id", "original", "edited", "instruction"])]
+    lines += [sep.join([f"p{i}", "o.png", "e.png", t]) for i, t in enumerate(texts)]
+    manifest = tmp_path / f"m{suffix}"
+    manifest.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        expected = [row for row in csv.reader(handle, delimiter=sep)][1:]
+    assert len(expected) == len(texts)
+    shards, items = read_all(open_corpus(manifest, shard_size=shard_size))
+    assert sum(s.num_items for s in shards) == len(texts)
+    assert [(i.pair_id, i.instruction) for i in items] == [(row[0], row[3]) for row in expected]
+
+
+def test_a_csv_cell_over_the_csv_modules_field_limit_is_that_records_error(tmp_path):
+    """A cell over 128 KB raised csv.Error (not a ValueError): the whole shard failed, at every --resume; in
+    the header line it was a traceback."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,original,edited,instruction\na,o.png,e.png,ok\nb,o.png,e.png," + "y" * 200_000 +
+                        "\nc,o.png,e.png,fine\n")
+    _, items = read_all(open_corpus(manifest))
+    assert [i.pair_id for i in items] == ["a", "m.csv:3", "c"]
+    assert items[0].error is None and items[2].error is None and items[1].error[0] == "bad_record"
+    manifest.write_text("id,original,edited," + "z" * 200_000 + "\na,o.png,e.png,ok\n")
+    with pytest.raises(InputError) as err:
+        open_corpus(manifest).plan()
+    assert err.value.code == "bad_manifest"
+
+
+def test_format_csv_reads_a_csv_manifest_whatever_its_name(tmp_path):
+    """`--format csv` on manifest.txt parsed it as JSONL: the run "finished" with every record a bad_record."""
+    manifest = write_csv(tmp_path / "c", synthetic_pairs(3))
+    renamed = manifest.with_name("manifest.txt")
+    manifest.rename(renamed)
+    _, items = read_all(open_corpus(renamed, format="csv"))
+    assert [(i.pair_id, i.error) for i in items] == [(f"p{i:06d}", None) for i in range(3)]
+    assert items[0].original_path.endswith("p000000_original.png")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_record_longer_than_the_limit_is_a_bad_record_never_held(tmp_path, suffix):
+    """A 600 MB line in a manifest was read whole (7.3 GB of memory at planning, in the API process for a
+    POST /v1/batches) and became a 600 MB pair id in the shard file; now it is that line's bad_record."""
+    import tracemalloc
+
+    from sigma.io.corpora.manifest import MAX_RECORD_BYTES
+
+    huge = "x" * (8 * MAX_RECORD_BYTES)
+    if suffix == ".jsonl":
+        lines = [json.dumps({"id": "a", "original": "o.png", "edited": "e.png"}), json.dumps({"id": huge}),
+                 json.dumps({"id": "b", "original": "o.png", "edited": "e.png"})]
+    else:
+        lines = ["id,original,edited", "a,o.png,e.png", f'{huge},o.png,"e.png', 'still quoted', f'{huge}"',
+                 "b,o.png,e.png"]
+    manifest = tmp_path / f"m{suffix}"
+    manifest.write_text("\n".join(lines) + "\n")
+    corpus = open_corpus(manifest, shard_size=2)
+    tracemalloc.start()
+    shards, items = read_all(corpus)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [s.num_items for s in shards] == [2, 1]
+    assert items[0].pair_id == "a" and items[2].pair_id == "b" and items[2].error is None
+    assert items[1].error[0] == "bad_record" and "longer than" in items[1].error[1] and len(items[1].pair_id) < 100
+    assert peak < 4 * MAX_RECORD_BYTES, peak
+
+
+@pytest.mark.parametrize("two_folders", [False, True])
+def test_a_folder_pair_with_two_files_for_one_image_is_an_error_not_a_coin_toss(tmp_path, two_folders):
+    """p_original.png and p_original.jpg side by side: the file the disk listed last was annotated, so the
+    same corpus copied to another disk (another listing order) gave another mask without a word."""
+    root = write_folder(tmp_path / "f", synthetic_pairs(3), two_folders=two_folders)
+    other = (root / ("original/p000000.png" if two_folders else "p000000_original.png")).read_bytes()
+    (root / ("original/p000001.jpg" if two_folders else "p000001_original.jpg")).write_bytes(other)
+    (root / ("mask/p000002.jpg" if two_folders else "p000002_mask.jpg")).write_bytes(other)
+    _, items = read_all(open_corpus(root))
+    assert [i.pair_id for i in items] == ["p000000", "p000001", "p000002"]
+    assert items[0].error is None and items[0].mask_path is not None
+    assert items[1].error[0] == "ambiguous_pair" and "p000001" in items[1].error[1] and ".jpg" in items[1].error[1]
+    assert items[2].error is None and items[2].mask_path is None       # which ground truth? none
+
+
 def test_folders_jsonl_and_csv(tmp_path):
     flat = write_folder(tmp_path / "flat", synthetic_pairs(4))
     (flat / "p000009_original.png").write_bytes((flat / "p000000_original.png").read_bytes())  # edited missing

@@ -21,7 +21,14 @@ from sigma.batch import BatchConfig, RunDir, run_batch
 from sigma.cli import main
 from sigma.errors import ConfigError, InputError
 from sigma.io import load_pair
-from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl, write_parquet, write_webdataset
+from sigma.io.corpora.synthetic import (
+    synthetic_pairs,
+    write_folder,
+    write_pairs_jsonl,
+    write_parquet,
+    write_saved_dataset,
+    write_webdataset,
+)
 from sigma.rle import decode_rle
 
 
@@ -429,3 +436,147 @@ def test_a_full_disk_is_one_os_error_line_and_resume_finishes_the_run(tmp_path, 
     rows = [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
     assert len(list((out / "masks").rglob("*.png"))) == 6
+
+
+def test_shards_whose_names_collide_keep_their_own_outputs(tmp_path):
+    """Shard keys are file names made safe and cut to 120 characters: a manifest with a long name gave every
+    shard one key (the record range was cut off), and "a b.parquet" / "a_b.parquet" gave two files one key.
+    One key is one output file: all but the last shard's rows were lost, while the run said every shard was
+    done and counted every pair."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(6))
+    manifest = root / ("x" * 130 + ".jsonl")
+    (root / "pairs.jsonl").rename(manifest)
+    out = tmp_path / "long"
+    summary = run_batch(cfg_for(manifest, input={"shard_size": 2}), out, progress=False)
+    assert summary.shards == 3 and summary.status["done"] == 3
+    assert len(list((out / "shards").iterdir())) == 3 and len(list((out / "status").iterdir())) == 3
+    assert sorted(r["pair_id"] for r in read_rows(out)) == [f"p{i:06d}" for i in range(6)]
+
+    pairs = list(synthetic_pairs(4))
+    write_parquet(tmp_path / "pq" / "a b.parquet", pairs[:2], "magicbrush")
+    write_parquet(tmp_path / "pq" / "a_b.parquet", pairs[2:], "magicbrush")
+    out = tmp_path / "pq_run"
+    summary = run_batch(cfg_for(tmp_path / "pq", input={"preset": "magicbrush"}), out, progress=False)
+    keys = [s["key"] for s in json.loads((out / "run.json").read_text())["shards"]]
+    assert summary.shards == 2 and len(set(keys)) == 2
+    assert len(read_rows(out)) == 4 and len({r["original_sha256"] for r in read_rows(out)}) == 4
+
+
+def test_an_image_cell_of_the_wrong_type_is_that_pairs_error_not_the_shards(tmp_path):
+    """{"bytes": "abc"} or {"path": 5} in a manifest raised a TypeError in the reader: the whole shard failed
+    (no pair of it written) and failed again at every --resume."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(2))
+    good = {"original": "p000000_original.png", "edited": "p000000_edited.png"}
+    with open(root / "pairs.jsonl", "a") as handle:
+        for pair_id, cell in [("str", {"bytes": "abc"}), ("int", {"path": 5}), ("list", {"bytes": [300]})]:
+            handle.write(json.dumps({**good, "id": pair_id, "original": cell}) + "\n")
+        handle.write(json.dumps({**good, "id": "mask", "mask": {"bytes": "abc"}}) + "\n")
+    summary = run_batch(cfg_for(root), tmp_path / "run", progress=False)
+    assert summary.done_now == 1 and summary.failed_now == 0
+    rows = {r["pair_id"].split("/")[-1]: r for r in read_rows(tmp_path / "run")}
+    assert [rows[f"p{i:06d}"]["status"] for i in range(2)] == ["ok", "ok"] and rows["mask"]["status"] == "ok"
+    assert {rows[k]["error_code"] for k in ("str", "int", "list")} == {"missing_image"}
+
+
+def test_a_tar_json_field_with_non_text_values_does_not_stop_the_run(tmp_path, capsys):
+    """A WebDataset `.json` field with `"edit_type": {"a": 1}` (or a number, or an instruction that is an
+    object) reached the shard writer as a dict: "the shard writer failed: Expected bytes, got a 'dict'
+    object", a traceback, and the whole run stopped."""
+    import tarfile
+
+    pairs = list(synthetic_pairs(3))
+    metas = [{"instruction": "remove it", "edit_type": {"a": 1}}, {"instruction": {"x": [1]}, "edit_type": 5},
+             {"instruction": "add a cat"}]
+    tar = tmp_path / "odd.tar"
+    with tarfile.open(tar, "w") as tf:
+        for p, meta in zip(pairs, metas):
+            for name, data in ((f"{p['id']}.original.png", p["original"]), (f"{p['id']}.edited.png", p["edited"]),
+                               (f"{p['id']}.json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    assert main(["batch", "run", str(tar), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+                 "--workers", "0", "--no-progress"]) == 0
+    rows = read_rows(tmp_path / "run")
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert [(r["instruction"], r["edit_type"]) for r in rows[:2]] == [("remove it", "{'a': 1}"), ("{'x': [1]}", "5")]
+
+
+def test_a_confined_run_reads_no_data_file_outside_its_root(tmp_path):
+    """input.root (every run from POST /v1/batches) confined images and symlinked manifests, but not the data
+    files a save_to_disk folder names (state.json: an absolute path or ../; dataset_dict.json: a split "../x")
+    nor a symlinked .tgz / .tar.gz shard: those were read from outside the root, all their pairs annotated."""
+    import tarfile
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    pairs = list(synthetic_pairs(2))
+    write_saved_dataset(outside / "ds", pairs)
+    arrow = outside / "ds" / "data-00000-of-00001.arrow"
+    tars = write_webdataset(outside / "wds", pairs, per_tar=2)
+    with tarfile.open(tars[0]) as src, tarfile.open(outside / "shard.tgz", "w:gz") as out:
+        for member in src:
+            out.addfile(member, src.extractfile(member))
+    cases = {}
+    for name, filename in (("abs", str(arrow)), ("up", f"../../outside/ds/{arrow.name}")):
+        write_saved_dataset(root / name, pairs[:1])
+        state = json.loads((root / name / "state.json").read_text())
+        state["_data_files"] = [{"filename": filename}]
+        (root / name / "state.json").write_text(json.dumps(state))
+        cases[name] = root / name
+    write_saved_dataset(root / "dict", pairs[:1], split="train")
+    (root / "dict" / "dataset_dict.json").write_text(json.dumps({"splits": ["../../outside/ds"]}))
+    cases["dict"] = root / "dict"
+    for suffix in (".tgz", ".tar.gz"):
+        (root / f"wds{suffix}").mkdir(parents=True)
+        os.symlink(outside / "shard.tgz", root / f"wds{suffix}" / f"a{suffix}")
+        cases[suffix] = root / f"wds{suffix}"
+    for name, path in cases.items():
+        preset = None if name.startswith(".") else "instructpix2pix"
+        cfg = cfg_for(path, input={"root": str(root), "preset": preset})
+        with pytest.raises(InputError) as err:
+            run_batch(cfg, tmp_path / f"run-{name}", progress=False)
+        assert err.value.code == "path_outside_root", (name, err.value)
+        assert str(outside) not in err.value.message
+        unconfined = run_batch(cfg_for(path, input={"preset": preset}), tmp_path / f"free-{name}",
+                               progress=False)    # the CLI's default: any file the user can read
+        assert unconfined.status["ok"] == 2, name
+
+
+def test_a_confined_folder_corpus_cannot_name_folders_or_files_outside_its_root(tmp_path):
+    """`columns` (a POST /v1/batches field) names a folder corpus's original/edited folders and its
+    instructions file: {"original": "/etc", "edited": "/etc"} listed a folder outside the root (its file names
+    became the run's pair ids) and {"instruction": "../../outside/x.csv"} read that file's text into the rows."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_folder(root / "corpus", synthetic_pairs(2), two_folders=True)
+    write_folder(outside / "secret", synthetic_pairs(2), two_folders=True)
+    (outside / "texts.csv").write_text("id,instruction\np000000,the secret text\n")
+    for columns in ({"original": str(outside / "secret" / "original"), "edited": str(outside / "secret" / "edited")},
+                    {"original": "../../outside/secret/original", "edited": "../../outside/secret/edited"},
+                    {"instruction": "../../outside/texts.csv"}):
+        with pytest.raises(InputError) as err:
+            run_batch(cfg_for(root / "corpus", input={"root": str(root), "columns": columns, "format": "folder"}),
+                      tmp_path / "run", progress=False)
+        assert err.value.code == "path_outside_root" and "secret" not in err.value.message, (columns, err.value)
+        assert not (tmp_path / "run" / "shards").exists()
+    summary = run_batch(cfg_for(root / "corpus", input={"root": str(root)}), tmp_path / "ok", progress=False)
+    assert summary.status["ok"] == 2
+
+
+def test_status_files_that_are_json_but_not_a_status_cost_their_shard_not_every_command(tmp_path, capsys):
+    """A status file holding a JSON string, or a "done" one missing its counts (edited by hand, written by
+    another tool), made `sigma batch status`, `--resume`, the exports and the review page die with an
+    AttributeError / KeyError traceback."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6))
+    out = tmp_path / "run"
+    run_batch(cfg_for(tmp_path / "set", input={"shard_size": 2}), out, progress=False)
+    first, second, _ = sorted((out / "status").iterdir())
+    first.write_text('"done"')
+    st = json.loads(second.read_text())
+    del st["pairs"], st["ok"]
+    second.write_text(json.dumps(st))
+    assert main(["batch", "status", str(out)]) == 0
+    assert "2/3 shards done" in capsys.readouterr().out
+    resumed = run_batch(cfg_for(tmp_path / "set", input={"shard_size": 2}), out, resume=True, progress=False)
+    assert resumed.done_now == 1 and resumed.status["done"] == 3

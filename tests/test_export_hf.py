@@ -108,6 +108,11 @@ def test_filters_and_shards(run, tmp_path):
     kept = load(tmp_path / "conf", tmp_path)
     assert info["rows"] == len(kept) == sum(c >= cut for c in confidences) < 8
     assert all(c >= cut for c in kept["confidence"])
+    assert f"min_confidence = {cut}" in (tmp_path / "conf" / "README.md").read_text()
+    composite = any(r["is_composite"] for r in rows.values())     # a value that keeps pairs
+    export_hf(run, tmp_path / "low", RowFilter(max_confidence=1.0, composite=composite))
+    card = (tmp_path / "low" / "README.md").read_text()    # said "Export filters: none"
+    assert "max_confidence = 1.0" in card and f"composite = {'only' if composite else 'exclude'}" in card
     fractions = sorted(r["area_fraction"] for r in rows.values())
     info = export_hf(run, tmp_path / "area", RowFilter(max_area=fractions[2]))
     assert info["rows"] == sum(f <= fractions[2] for f in fractions)
@@ -184,3 +189,20 @@ def test_atomic_png_and_json_writes_leave_no_tmp_when_the_rename_fails(tmp_path,
     with pytest.raises(OSError):
         write_json({"a": 1}, tmp_path / "r.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_never_replaces_the_corpus_it_was_made_from(tmp_path, capsys):
+    """A Hugging Face download is data/train-*.parquet, the very names an export writes: `sigma export hf RUN
+    CORPUS --overwrite` deleted the run's own corpus and put the export in its place."""
+    from sigma.io.corpora.synthetic import write_parquet
+
+    corpus = tmp_path / "hub_download"
+    source = write_parquet(corpus / "data" / "train-00000-of-00001.parquet", synthetic_pairs(3), "magicbrush")
+    before = source.read_bytes()
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "preset": "magicbrush"},
+                                      "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, tmp_path / "run", progress=False)
+    assert main(["export", "hf", str(tmp_path / "run"), str(corpus), "--overwrite"]) == 2
+    assert "[out_not_empty]" in capsys.readouterr().err and source.read_bytes() == before
+    assert sorted(p.name for p in (corpus / "data").iterdir()) == [source.name]
+    assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "elsewhere")]) == 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from sigma.config.schema import IOConfig
 from sigma.errors import ImageError, InputError, LimitError, SigmaError
-from sigma.io.corpora.base import SourceItem
+from sigma.io.corpora.base import SourceItem, text_value
 from sigma.io.images import binarize_mask, decode_image
 from sigma.io.pairs import pair_from_bytes
 from sigma.text import escape_surrogates, find_surrogate, replace_surrogates
@@ -84,6 +84,8 @@ def writable(item: SourceItem) -> SourceItem:
             changes[name] = escape_surrogates(value)
     for name in ("instruction", "edit_type"):
         value = getattr(item, name)
+        if value is not None and not isinstance(value, str):    # a reader (a plugin's) that gave a dict or a number
+            value = changes[name] = text_value(value)
         if isinstance(value, str) and find_surrogate(value):
             changes[name] = replace_surrogates(value)
     if item.error and find_surrogate(item.error[1]):

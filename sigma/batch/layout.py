@@ -43,6 +43,25 @@ def refuse_folder(path: Path) -> None:
         raise InputError(f"{path}: is a folder; name the file to write", code="out_is_a_folder")
 
 
+# What a run folder holds for itself: an export or review page written over one of these destroys the run
+# (`--out RUN/run.json`) or a shard's output; anything else in the folder (report.html, coco.json) is fine.
+RUN_OWN = frozenset({RUN_FILE, "config.yaml", "summary.json", LOCK_FILE, ".locks", "shards", "status", "masks"})
+
+
+def refuse_run_file(path: str | Path) -> None:
+    """An output file that would land on a run folder's own record, status or shard files: refused before any
+    work. The folder is found by its run.json one or two levels up (`RUN/run.json`, `RUN/shards/x.parquet`)."""
+    target = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(path))
+    for candidate in {target, real}:
+        for folder in (candidate.parent, candidate.parent.parent):
+            if (folder / RUN_FILE).is_file():
+                first = candidate.relative_to(folder).parts[0]
+                if first in RUN_OWN:
+                    raise InputError(f"{path}: would overwrite the batch run's own {first} in {folder}; write "
+                                     "the output elsewhere", code="out_is_run_file")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Whole or not at all; a write that fails (a full disk, `path` a folder) takes its temporary file with
     it instead of leaving a hidden `.name.pid.tmp` beside the target."""
@@ -95,9 +114,15 @@ class RunDir:
             raise InputError(f"{self.root}: not a batch run folder (no {RUN_FILE}); start one with sigma batch run",
                              code="not_a_run")
         try:
-            return load_json(self.run_file.read_bytes())
+            record = load_json(self.run_file.read_bytes())
         except ValueError as exc:
             raise InputError(f"{self.run_file}: unreadable ({exc})", code="bad_run") from exc
+        shards = record.get("shards") if isinstance(record, dict) else None
+        if (not isinstance(record, dict) or not isinstance(record.get("run_hash"), str)
+                or not isinstance(shards, list) or not all(isinstance(s, dict) and "key" in s for s in shards)):
+            # valid JSON that is not a run record (overwritten by hand or by a tool): a KeyError traceback before
+            raise InputError(f"{self.run_file}: not a batch run record (no run_hash and shard list)", code="bad_run")
+        return record
 
     def shards(self) -> list[Shard]:
         return [Shard.from_dict(s) for s in self.load()["shards"]]
@@ -117,9 +142,10 @@ class RunDir:
         if not path.is_file():
             return None
         try:
-            return load_json(path.read_bytes())
+            st = load_json(path.read_bytes())
         except ValueError:     # torn or corrupt: the shard is not done
             return None
+        return st if isinstance(st, dict) else None
 
     def is_done(self, shard: Shard, run_hash: str) -> bool:
         """Done = a "done" status for this run hash and the output it names is there, unchanged."""
@@ -166,10 +192,12 @@ class RunDir:
             st = self.status(shard)
             if self.is_done(shard, run_hash):
                 counts["done"] += 1
-                pairs += st["pairs"]
-                ok += st["ok"]
-                errors += st["errors"]
-                for code, n in st.get("error_codes", {}).items():
+                # a status with a field missing (edited by hand, written by another version) is still done:
+                # its counts are unknown, not a KeyError traceback in every command that reads the run
+                pairs += int(st.get("pairs") or 0)
+                ok += int(st.get("ok") or 0)
+                errors += int(st.get("errors") or 0)
+                for code, n in (st.get("error_codes") or {}).items():
                     codes[code] = codes.get(code, 0) + n
             elif st and st.get("status") == "failed" and st.get("run_hash") == run_hash:
                 counts["failed"] += 1

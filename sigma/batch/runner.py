@@ -15,7 +15,7 @@ from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
-from sigma.io.corpora.base import planned_pairs
+from sigma.io.corpora.base import planned_pairs, unique_keys
 from sigma.registry import annotator_identity, build_annotator, default_annotator_name, import_plugins
 
 RUN_VERSION = 1
@@ -42,7 +42,7 @@ class RunSummary:
         return asdict(self)
 
 
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".tar")
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".tar", ".tar.gz", ".tgz")
 
 
 def check_confined(path: str | Path, root: str) -> None:
@@ -68,7 +68,11 @@ def check_confined(path: str | Path, root: str) -> None:
 
 
 def corpus_from_config(cfg: BatchConfig) -> Corpus:
-    return open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns, cfg.input.shard_size)
+    corpus = open_corpus(cfg.input.path, cfg.input.format, cfg.input.preset, cfg.input.columns,
+                         cfg.input.shard_size)
+    corpus.max_bytes = cfg.io.limits.max_bytes
+    corpus.root = cfg.input.root
+    return corpus
 
 
 def with_default_annotator(cfg: BatchConfig) -> BatchConfig:
@@ -111,7 +115,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
         return rundir, corpus, run_hash, shards
     if not rundir.is_empty():
         raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
-    shards = corpus.plan()
+    shards = unique_keys(corpus.plan())
     if not shards or planned_pairs(shards) == 0:   # e.g. a tar of zero blocks: a readable, empty archive
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),

@@ -141,13 +141,14 @@ def check_outdir(outdir: Path, create: bool = False) -> Path:
 
 
 def check_outfile(path: Path) -> Path:
-    """An output *file* (a COCO JSON, the review page) refused before the work when it names a folder or
-    lies under a file, instead of after it."""
-    from sigma.batch.layout import refuse_folder
+    """An output *file* (a COCO JSON, the review page) refused before the work when it names a folder, lies
+    under a file, or would overwrite a batch run's own files (run.json, status, shards), instead of after it."""
+    from sigma.batch.layout import refuse_folder, refuse_run_file
     from sigma.errors import InputError
 
     try:
         refuse_folder(path)
+        refuse_run_file(path)
         parent = path.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sigma.batch.layout import atomic_write_bytes
+from sigma.batch.layout import atomic_write_bytes, refuse_run_file
 from sigma.export.select import RowFilter, UniqueNames, iter_pairs, iter_rows, order_key, row_mask_counts
 from sigma.io.images import write_png
 from sigma.rle import decode_rle, mask_bbox
@@ -27,6 +27,7 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     (chosen = the run's mask_mode; semantic; footprint, which skips pairs that are not composites); every
     annotation also carries both masks (`semantic_segmentation`, `footprint_segmentation`: RLE or null)
     and the composite evidence. `order`: images in corpus order or by confidence."""
+    refuse_run_file(out)
     key = order_key(order)
     names = UniqueNames()
     kept: list[tuple[dict, dict | None, float | None]] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -376,6 +377,15 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
         raise InputError(f"{out} already holds an exported dataset ({len(existing)} parquet files); pass --overwrite "
                          "to replace it, or choose another folder", code="out_not_empty")
     record = RunDir(run_dir).load()
+    corpus = (record.get("corpus") or {}).get("path")
+    if corpus and existing:
+        # a Hugging Face download is laid out as data/train-*.parquet, the names an export writes: exporting
+        # into the corpus's own folder with --overwrite deleted the corpus the run was made from
+        real = os.path.realpath(corpus)
+        mine = [f for f in existing if os.path.commonpath([real, os.path.realpath(f)]) == real]
+        if mine:
+            raise InputError(f"{out}: holds the corpus this run was made from ({mine[0].name}, ...); an export there "
+                             "would replace it. Choose another folder", code="out_not_empty")
     row_filter = row_filter or RowFilter()
     weights, weights_source = weights_digest(record)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -403,8 +413,11 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
             "rows": writer.rows, "skipped": len(skipped),
             "mask": {"chosen": "the one the run's mask_mode chose (`mask_source` says which)",
                      "semantic": "the semantic mask", "footprint": "the synthesised footprint"}[mask],
-            "filters": {"min_confidence": row_filter.min_confidence, "min_area": row_filter.min_area,
-                        "max_area": row_filter.max_area}}
+            # every filter the rows passed (max_confidence and composite were left out: a card of an export
+            # of the least confident pairs said "Export filters: none")
+            "filters": {"min_confidence": row_filter.min_confidence, "max_confidence": row_filter.max_confidence,
+                        "min_area": row_filter.min_area, "max_area": row_filter.max_area,
+                        "composite": {True: "only", False: "exclude", None: None}[row_filter.composite]}}
     atomic_write_bytes(out / "README.md", dataset_card(info).encode())
     return {"out": str(out), "rows": writer.rows, "files": [str(f.relative_to(out)) for f in files],
             "weights_sha256": weights, "skipped": skipped}

@@ -135,7 +135,17 @@ def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
             yield row, None, error
             continue
         decoded = decode_one(item, cfg.io, ground_truth=False, root=cfg.input.root)
-        yield row, decoded.pair, (None if decoded.pair is not None else decoded.error[1])
+        if decoded.pair is None:
+            yield row, None, decoded.error[1]
+            continue
+        # the images the mask was made from, or none: an image replaced since the run was exported (IMDL-BenCo
+        # Tp/Gt, COCO --images, the review page) with the old image's mask, as a training pair, without a word
+        changed = [role for role in ("original", "edited")
+                   if row.get(f"{role}_sha256") and decoded.meta.get(f"{role}_sha256") != row[f"{role}_sha256"]]
+        if changed:
+            yield row, None, f"the corpus changed since the run ({' and '.join(changed)}'s sha256 differs)"
+            continue
+        yield row, decoded.pair, None
 
 
 class UniqueNames:
@@ -145,8 +155,15 @@ class UniqueNames:
         self.used: set[str] = set()
 
     def __call__(self, row: dict) -> str:
+        """A taken name gets the shard and index, and then a counter while that is taken too (a pair whose
+        own id is "x-<shard>-2" took the name the second "x" was then given: two pairs on one file). Names
+        are compared case-folded, so "A" and "a" stay two files on a case-insensitive disk."""
         name = safe_name(row["pair_id"], 100)
-        if name in self.used:
-            name = f"{name}-{safe_name(row['shard'], 60)}-{row['index']}"
-        self.used.add(name)
+        if name.casefold() in self.used:
+            base = name = f"{name}-{safe_name(row['shard'], 60)}-{row['index']}"
+            n = 1
+            while name.casefold() in self.used:
+                n += 1
+                name = f"{base}-{n}"
+        self.used.add(name.casefold())
         return name

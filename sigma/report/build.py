@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sigma.batch.layout import RunDir, atomic_write_bytes
+from sigma.batch.layout import RunDir, atomic_write_bytes, refuse_run_file
 from sigma.eval.metrics import ImageScore, MetricAccumulator
 from sigma.export.select import RowFilter, iter_pairs, load_rows
 from sigma.io.outputs import overlay_image
@@ -65,6 +65,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
     check) or, with sort="confidence", highest first (what an export at that cut would keep)."""
     if sort not in ("confidence-asc", "confidence"):
         raise ValueError(f"sort must be confidence-asc or confidence, got {sort!r}")
+    out = Path(out) if out else Path(run_dir) / "report.html"
+    refuse_run_file(out)
     rundir = RunDir(run_dir)
     record = rundir.load()
     rows = load_rows(run_dir, RowFilter(include_errors=True))
@@ -99,7 +101,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
              "confidence_bounds": [min_confidence, max_confidence]},
         metrics=set_metrics(rows), items=items,
         errors=[{k: r[k] for k in ("pair_id", "source", "error_code", "error")} for r in errors[:500]])
-    out = Path(out) if out else Path(run_dir) / "report.html"
     atomic_write_bytes(out, page.encode("utf-8"))
     return {"out": str(out), "items": len(items), "pairs_ok": len(ok), "pairs_bad": len(errors),
             "metric_sets": len(set_metrics(rows)), "unreadable": unreadable}

@@ -53,6 +53,26 @@ class Shard:
                    num_items=data.get("num_items"))
 
 
+def unique_keys(shards: list[Shard]) -> list[Shard]:
+    """The plan with one key per shard. Readers build keys from file names made safe and cut to a length
+    (`safe_name`), so two shards could get one key: "a b.parquet" and "a_b.parquet", two sets "x y" and "x_y",
+    or every shard of a manifest whose long name cut off the record range. One key is one output file and one
+    status file: all but the last shard's rows were lost while the run said every shard was done. A repeated
+    key (compared case-folded, for case-insensitive disks) gets the shard's index appended."""
+    seen: set[str] = set()
+    out = []
+    for shard in shards:
+        key = shard.key
+        if key.casefold() in seen:
+            key = f"{key}-{shard.index}"
+            while key.casefold() in seen:
+                key += "x"
+            shard = Shard(shard.index, key, shard.ref, shard.num_items)
+        seen.add(key.casefold())
+        out.append(shard)
+    return out
+
+
 def planned_pairs(shards: list[Shard]) -> int | None:
     """How many pairs the shards hold, when every one knows (a progress bar's total, the run record's)."""
     counts = [s.num_items for s in shards]
@@ -63,12 +83,31 @@ class Corpus(ABC):
     """A streaming source of pairs: `plan()` lists shards, `read(shard)` yields that shard's items."""
 
     format: str = ""
+    # io.limits.max_bytes of the run (set by `corpus_from_config`): a reader that streams members out of an
+    # archive skips one above it instead of reading it into memory (None: no limit, as before)
+    max_bytes: int | None = None
+    # input.root of a confined run (set by `corpus_from_config`): every data file a reader opens must resolve
+    # under it, checked before the file is touched (None: the CLI's default, any file the user can read)
+    root: str | None = None
 
     def __init__(self, path: str | Path, columns: dict[str, str], shard_size: int, preset: str | None = None):
         self.path = Path(path).resolve()
         self.columns = columns
         self.shard_size = shard_size
         self.preset = preset
+
+    def confine(self, path: Path, named_by: str | Path | None = None) -> Path:
+        """`path` if the run may read it: a confined run refuses a data file or folder outside its root (a
+        state.json naming /elsewhere/x.arrow or ../x, a symlinked .tgz), before anything looks at it."""
+        if self.root is None:
+            return path
+        from sigma.batch.decode import resolved_under
+
+        if resolved_under(str(path), os.path.realpath(self.root)) is None:
+            where = f"{named_by} names" if named_by else "the corpus holds"
+            raise InputError(f"{where} a file outside the batch root; refused (nothing read)",
+                             code="path_outside_root")
+        return path
 
     @abstractmethod
     def plan(self) -> list[Shard]:
@@ -105,6 +144,13 @@ def image_value(value: Any, base_dir: Path | None, what: str) -> tuple[bytes | N
     """A cell that holds an image: HF struct {bytes, path}, raw bytes, or a path string."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
+        # a manifest can say anything: {"bytes": "abc"} or {"path": 5} raised a TypeError that failed the whole
+        # shard (every pair in it, at every --resume) instead of being this pair's error
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InputError(f"{what}: the image cell's bytes are {type(data).__name__}, not binary",
+                             code="missing_image")
+        if path is not None and not isinstance(path, str):
+            raise InputError(f"{what}: the image cell's path is {type(path).__name__}, not text", code="missing_image")
         if data:
             return bytes(data), None
         if path:

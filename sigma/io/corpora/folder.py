@@ -34,12 +34,15 @@ class FolderCorpus(Corpus):
         super().__init__(path, columns, shard_size, preset)
         self._index: list[tuple[str, dict[str, Path]]] | None = None
         self._instructions: dict[str, str] | None = None
+        self._ambiguous: dict[str, dict[str, list[Path]]] = {}     # id -> role -> the files found for it
 
     def _dirs(self) -> tuple[Path, Path, Path] | None:
-        o = self.path / self.columns.get("original", "original")
-        e = self.path / self.columns.get("edited", "edited")
+        # --columns names these folders (and POST /v1/batches takes `columns`): a confined run must not list
+        # /etc through {"original": "/etc"} (the pair ids are the file names it finds)
+        o = self.confine(self.path / self.columns.get("original", "original"), "--columns original")
+        e = self.confine(self.path / self.columns.get("edited", "edited"), "--columns edited")
         if o.is_dir() and e.is_dir():
-            return o, e, self.path / self.columns.get("mask", "mask")
+            return o, e, self.confine(self.path / self.columns.get("mask", "mask"), "--columns mask")
         return None
 
     def index(self) -> list[tuple[str, dict[str, Path]]]:
@@ -47,18 +50,28 @@ class FolderCorpus(Corpus):
         if self._index is not None:
             return self._index
         found: dict[str, dict[str, Path]] = {}
+        self._ambiguous = {}
+
+        def add(pair_id: str, role: str, p: Path) -> None:
+            # two files for one role (p_original.png and p_original.jpg): whichever the disk listed last won,
+            # so a copy of the corpus on another disk could annotate the other image; now the pair's error
+            files = found.setdefault(pair_id, {})
+            if role in files:
+                self._ambiguous.setdefault(pair_id, {}).setdefault(role, [files[role]]).append(p)
+            files[role] = p
+
         dirs = self._dirs()
         if dirs:
             for role, folder in zip(("original", "edited", "mask"), dirs):
                 if folder.is_dir():
-                    for p in folder.iterdir():
+                    for p in sorted(folder.iterdir()):
                         if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-                            found.setdefault(p.stem, {})[role] = p
+                            add(p.stem, role, p)
         else:
-            for p in self.path.iterdir():
+            for p in sorted(self.path.iterdir()):
                 m = _SUFFIX.match(p.stem)
                 if m and p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-                    found.setdefault(m["id"], {})[m["role"]] = p
+                    add(m["id"], m["role"], p)
         if not found:
             raise InputError(f"{self.path}: no <id>_original.* / <id>_edited.* files and no original/ + edited/ "
                              "folders", code="no_pairs")
@@ -70,7 +83,8 @@ class FolderCorpus(Corpus):
             return self._instructions
         out: dict[str, str] = {}
         name = self.columns.get("instruction")
-        candidates = [self.path / name] if name else [self.path / n for n in INSTRUCTION_FILES]
+        candidates = [self.confine(self.path / name, "--columns instruction")] if name else [
+            self.path / n for n in INSTRUCTION_FILES]
         for file in candidates:
             if not file.is_file():
                 continue
@@ -120,4 +134,11 @@ class FolderCorpus(Corpus):
             missing = [r for r in ("original", "edited") if r not in files]
             if missing:
                 item.error = ("file_not_found", f"{pair_id}: no {' and no '.join(missing)} image found")
+            twice = self._ambiguous.get(pair_id, {})
+            if "mask" in twice:             # which ground truth? none, rather than the one the disk listed last
+                item.mask_path = None
+            images = [p.name for role in ("original", "edited") for p in twice.get(role, [])]
+            if images and not missing:
+                item.error = ("ambiguous_pair", f"{pair_id}: more than one file for one image "
+                              f"({', '.join(sorted(images))}); keep one")
             yield item

@@ -57,11 +57,10 @@ class SavedDatasetCorpus(Corpus):
                 names = load_json((self.path / "dataset_dict.json").read_bytes())["splits"]
             except (ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"{self.path}/dataset_dict.json: unreadable ({exc})", code="bad_dataset") from exc
-            return [(str(name), self.path / str(name)) for name in names]
+            return [(str(name), self.confine(self.path / str(name), "dataset_dict.json")) for name in names]
         return [(None, self.path)]
 
-    @staticmethod
-    def arrow_files(folder: Path) -> list[Path]:
+    def arrow_files(self, folder: Path) -> list[Path]:
         state = folder / "state.json"
         if not state.is_file():
             raise InputError(f"{folder}: no state.json (not a save_to_disk folder)", code="bad_dataset")
@@ -70,6 +69,7 @@ class SavedDatasetCorpus(Corpus):
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{state}: unreadable ({exc})", code="bad_dataset") from exc
         for file in files:
+            self.confine(file, state.name)              # before is_file: not even its existence leaks
             if not file.is_file():
                 raise InputError(f"{file}: listed in state.json but missing", code="file_not_found")
         return files
@@ -96,7 +96,7 @@ class SavedDatasetCorpus(Corpus):
         return shards
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
-        file = Path(shard.ref["file"])
+        file = self.confine(Path(shard.ref["file"]))
         split = shard.ref.get("split")
         reader = _open_batches(file)
         present = check_schema(str(file), reader.schema.names, self.mapping, self.required, self.preset)

@@ -16,26 +16,80 @@ from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
 from sigma.text import loads as load_json
 
+_QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
 
-def iter_records(handle, csv_mode: bool, first_line: int = 1) -> Iterator[tuple[int, bytes, int]]:
+
+def quoted_at_end(line: bytes, delimiter: bytes, quoted: bool) -> bool:
+    """Whether a quoted field is still open after `line`, read as the csv module reads it: a quote opens a
+    quoted field only as a field's first character (`5" wide` unquoted is text), `""` inside one is a quote.
+    Counting quotes instead took `make it 5" wider` for an open field and swallowed the records after it."""
+    if not quoted and _QUOTE not in line:
+        return False
+    delim = delimiter[0]
+    state = "quoted" if quoted else "start"      # start of a field, in a plain field, quoted, quote in quoted
+    for c in line:
+        if state == "quoted":
+            if c == _QUOTE:
+                state = "quote"
+        elif state == "quote":
+            state = "quoted" if c == _QUOTE else ("start" if c in (delim, _CR, _LF) else "plain")
+        elif c == delim or c in (_CR, _LF):
+            state = "start"
+        elif state == "start" and c == _QUOTE:
+            state = "quoted"
+        else:
+            state = "plain"
+    return state == "quoted"
+
+
+MAX_RECORD_BYTES = 1 << 20     # a manifest record (paths, ids, an instruction) is a few hundred bytes
+
+
+def _read_line(handle, csv_mode: bool, delimiter: bytes, quoted: bool, limit: int) -> tuple[bytes | None, bool]:
+    """One physical line (b"" at the end of the file), or None when it is longer than `limit`: then it is read
+    through in chunks and kept nowhere. Also whether a quoted CSV field is open after it."""
+    line = handle.readline(limit + 1)
+    if csv_mode:
+        quoted = quoted_at_end(line, delimiter, quoted)
+    if len(line) <= limit or line.endswith(b"\n"):
+        return line, quoted
+    while line and not line.endswith(b"\n"):
+        line = handle.readline(1 << 20)
+        if csv_mode:
+            quoted = quoted_at_end(line, delimiter, quoted)
+    return None, quoted
+
+
+def iter_records(handle, csv_mode: bool, first_line: int = 1, delimiter: bytes = b","
+                 ) -> Iterator[tuple[int, bytes | None, int]]:
     """(byte offset, raw record, 1-based line the record starts on) from a binary handle positioned on line
-    `first_line`; blank lines are skipped, a CSV record may span lines inside quotes."""
+    `first_line`; blank lines are skipped, a CSV record may span lines inside quotes. A record longer than
+    MAX_RECORD_BYTES comes as None, never held: a 600 MB line took 7 GB of memory and became a 600 MB pair id."""
     pending, start, start_line, line_no = b"", handle.tell(), first_line, first_line - 1
+    quoted = too_long = False
     while True:
-        line = handle.readline()
-        if not line:
-            if pending.strip():
-                yield start, pending, start_line
+        pos = handle.tell()
+        line, quoted_after = _read_line(handle, csv_mode, delimiter, quoted, max(0, MAX_RECORD_BYTES - len(pending)))
+        if line == b"":
+            if too_long or pending.strip():
+                yield start, None if too_long else pending, start_line
             return
         line_no += 1
-        if not pending:
-            start, start_line = handle.tell() - len(line), line_no
-        pending += line
-        if csv_mode and pending.count(b'"') % 2 == 1:
-            continue
-        if pending.strip():
+        if not pending and not too_long:
+            start, start_line = pos, line_no
+        if line is None:
+            too_long, pending = True, b""
+        elif not too_long:
+            pending += line
+        if csv_mode:
+            quoted = quoted_after
+            if quoted:
+                continue
+        if too_long:
+            yield start, None, start_line
+        elif pending.strip():
             yield start, pending, start_line
-        pending = b""
+        pending, too_long = b"", False
 
 
 def find_sets(path: Path) -> list[Path]:
@@ -66,27 +120,35 @@ class ManifestCorpus(Corpus):
         return [(s / "pairs.jsonl", s.name) for s in sets]
 
     def _is_csv(self, file: Path) -> bool:
-        return file.suffix.lower() in (".csv", ".tsv")
+        # --format csv on a file not named .csv (manifest.txt) was read as JSONL: every record a bad_record
+        return self.format == "csv" or file.suffix.lower() in (".csv", ".tsv")
+
+    def _delimiter(self, file: Path) -> str:
+        return "\t" if file.suffix.lower() == ".tsv" else ","
 
     def _header(self, handle, file: Path) -> list[str] | None:
         if not self._is_csv(file):
             return None
         first = handle.readline()
-        delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
-        header = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
+        delimiter = self._delimiter(file)
+        try:
+            header = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
+        except (UnicodeDecodeError, csv.Error) as exc:      # a traceback before
+            raise InputError(f"{file}: unreadable header line ({exc})", code="bad_manifest") from exc
         return [h.strip() for h in header]
 
     def plan(self) -> list[Shard]:
         shards: list[Shard] = []
         for file, subset in self.files():
-            with open(file, "rb") as handle:
+            with open(self.confine(file), "rb") as handle:
                 header = self._header(handle, file)
                 if header is not None:
                     check_schema(str(file), header, self.mapping, self.required, self.preset)
                 count, offset, line = 0, None, 1
                 first_line = 2 if header is not None else 1
-                for n, (pos, raw, line_no) in enumerate(iter_records(handle, header is not None, first_line)):
-                    if n == 0 and header is None:
+                for n, (pos, raw, line_no) in enumerate(iter_records(handle, header is not None, first_line,
+                                                                          self._delimiter(file).encode())):
+                    if n == 0 and header is None and raw is not None:
                         self._check_first_json(file, raw)
                     if count == 0:
                         offset, line = pos, line_no
@@ -114,14 +176,14 @@ class ManifestCorpus(Corpus):
                                   "first_record": first, "first_line": first_line}, count)
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
-        file = Path(shard.ref["file"])
+        file = self.confine(Path(shard.ref["file"]))
         subset = shard.ref.get("subset")
         with open(file, "rb") as handle:
             header = self._header(handle, file)
             handle.seek(int(shard.ref["offset"]))
             # plans made before line numbers were recorded number records instead (1-based, as before)
             first_line = shard.ref.get("first_line")
-            records = iter_records(handle, header is not None, int(first_line or 1))
+            records = iter_records(handle, header is not None, int(first_line or 1), self._delimiter(file).encode())
             for index in range(int(shard.ref["count"])):
                 try:
                     _, raw, line_no = next(records)
@@ -132,22 +194,26 @@ class ManifestCorpus(Corpus):
                     line_no = int(shard.ref["first_record"]) + index + 1
                 yield self._item(raw, header, file, subset, index, line_no)
 
-    def _item(self, raw: bytes, header: list[str] | None, file: Path, subset: str | None, index: int,
+    def _item(self, raw: bytes | None, header: list[str] | None, file: Path, subset: str | None, index: int,
               line_no: int) -> SourceItem:
         """`line_no`: the 1-based line the record starts on, in the id of an id-less record and in its source."""
         label = f"{subset}/{file.name}" if subset else file.name
         item = SourceItem(index=index, pair_id=f"{label}:{line_no}", source=f"{label}:line={line_no}", subset=subset)
+        if raw is None:
+            item.error = ("bad_record", f"{item.source}: a record longer than {MAX_RECORD_BYTES} bytes; not read")
+            return item
         try:
             if header is not None:
-                delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
-                values = next(csv.reader(io.StringIO(raw.decode("utf-8")), delimiter=delimiter), [])
+                values = next(csv.reader(io.StringIO(raw.decode("utf-8")), delimiter=self._delimiter(file)), [])
                 # CSV cannot say null: an empty cell means "no value"
                 record = {h: (v if v != "" else None) for h, v in zip(header, values)}
             else:
                 record = load_json(raw)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+            # csv.Error (a cell over the csv module's 128 KB field limit) is not a ValueError: it failed the
+            # whole shard, at every --resume
             item.error = ("bad_record", f"{item.source}: unreadable record ({exc})")
             return item
         m = self.mapping

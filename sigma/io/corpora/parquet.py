@@ -43,6 +43,7 @@ class ParquetCorpus(Corpus):
         pq = _pq()
         shards: list[Shard] = []
         for file in self.files():
+            self.confine(file)
             try:
                 meta = pq.ParquetFile(file)
             except Exception as exc:
@@ -62,7 +63,7 @@ class ParquetCorpus(Corpus):
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
         pq = _pq()
-        file = Path(shard.ref["file"])
+        file = self.confine(Path(shard.ref["file"]))
         pf = pq.ParquetFile(file)
         present = check_schema(str(file), pf.schema_arrow.names, self.mapping, self.required, self.preset)
         label = file.name

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sigma.errors import InputError
-from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key
+from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key, text_value
 from sigma.text import loads as load_json
 
 DEFAULT_FIELDS = {
@@ -33,6 +33,13 @@ def split_key(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+class TooLarge:
+    """A member above io.limits.max_bytes, skipped unread: its size, for the pair's error."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
 class WebDatasetCorpus(Corpus):
     format = "wds"
 
@@ -52,6 +59,7 @@ class WebDatasetCorpus(Corpus):
         root = self.path.parent if self.path.is_file() else self.path
         shards = []
         for tar in self.tars():
+            self.confine(tar)                         # a symlinked .tgz out of the root
             count = None
             try:
                 if tar.suffix == ".tar":   # seekable: headers only, data skipped, so counting is cheap
@@ -67,9 +75,10 @@ class WebDatasetCorpus(Corpus):
         return shards
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
-        tar = Path(shard.ref["file"])
+        tar = self.confine(Path(shard.ref["file"]))
         index = 0
-        group: dict[str, bytes] = {}
+        group: dict[str, bytes | TooLarge | None] = {}
+        wanted = {f for fields in self.fields.values() for f in fields}
         current: str | None = None
         try:
             with tarfile.open(tar, "r|*") as tf:
@@ -82,8 +91,13 @@ class WebDatasetCorpus(Corpus):
                         index += 1
                         group = {}
                     current = key
-                    handle = tf.extractfile(member)
-                    group[ext] = handle.read() if handle else b""
+                    if ext not in wanted:              # a field no role reads: listed, never read
+                        group.setdefault(ext, None)
+                    elif self.max_bytes is not None and member.size > self.max_bytes:
+                        group[ext] = TooLarge(member.size)   # a 1 KB .tar.gz can hold a 10 GB member
+                    else:
+                        handle = tf.extractfile(member)
+                        group[ext] = handle.read() if handle else b""
         except (tarfile.TarError, OSError, EOFError) as exc:
             if current is not None:
                 item = self._item(group, current, index, tar)
@@ -93,14 +107,20 @@ class WebDatasetCorpus(Corpus):
         if current is not None:
             yield self._item(group, current, index, tar)
 
-    def _pick(self, group: dict[str, bytes], role: str) -> bytes | None:
+    def _pick(self, group: dict[str, bytes | TooLarge | None], role: str) -> bytes | None:
         for field in self.fields[role]:
-            if field in group:
+            if isinstance(group.get(field), bytes):
                 return group[field]
         return None
 
-    def _item(self, group: dict[str, bytes], key: str, index: int, tar: Path) -> SourceItem:
+    def _item(self, group: dict[str, bytes | TooLarge | None], key: str, index: int, tar: Path) -> SourceItem:
         item = SourceItem(index=index, pair_id=key, source=f"{tar.name}#{key}")
+        for role in ("original", "edited"):
+            field = next((f for f in self.fields[role] if f in group), None)
+            if isinstance(group.get(field), TooLarge):
+                item.error = ("file_too_large", f"{item.source}: field {field} is {group[field].size} bytes, above "
+                              f"io.limits.max_bytes={self.max_bytes}; not read")
+                return item
         meta: dict = {}
         raw_json = self._pick(group, "json")
         if raw_json:
@@ -110,8 +130,11 @@ class WebDatasetCorpus(Corpus):
             except ValueError:          # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
                 item.error = ("bad_record", f"{item.source}: .json field is not valid JSON")
         text = self._pick(group, "instruction")
-        item.instruction = text.decode("utf-8", errors="replace") if text is not None else meta.get("instruction")
-        item.edit_type = meta.get("edit_type")
+        # the .json field's values as text, as the other readers give them: a dict there reached the shard
+        # writer and stopped the whole run with a traceback
+        item.instruction = text.decode("utf-8", errors="replace") if text is not None else text_value(
+            meta.get("instruction"))
+        item.edit_type = text_value(meta.get("edit_type"))
         item.original = self._pick(group, "original")
         item.edited = self._pick(group, "edited")
         item.mask = self._pick(group, "mask")
