@@ -56,6 +56,8 @@ async def annotate(request: Request, principal: Principal = ANNOTATE, svc: Servi
     job_id, _, options = await svc.submit(request, principal)
     wait = svc.cfg.api.wait_timeout_s if options.wait is None else options.wait
     h = await svc.wait(job_id, min(wait, svc.cfg.api.max_wait_timeout_s))
+    if h is None:       # Redis failed while we waited: the job is queued all the same, so its id is the answer
+        return _accepted(job_id)
     status = h.get("status")
     if status == "done":
         view = job_view(h)

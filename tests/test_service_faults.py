@@ -255,3 +255,46 @@ def test_an_idempotency_claim_sent_again_is_still_the_requests_own(redis_server)
             await client.aclose()
     assert asyncio.run(run()) == [("new", "job-1"), ("new", "job-1"), ("pending", "job-1"),
                                   ("mismatch", "job-1")]
+
+
+def test_annotate_whose_wait_meets_a_redis_failure_answers_202_with_the_queued_job(redis_server, tmp_path):
+    """/v1/annotate queues the job, then waits for it. Redis frozen or killed during that wait must not become
+    503 `queue_unavailable` (documented as "not queued": the client submits again while the first job runs
+    unseen), nor hold the client past the wait plus the socket timeout: the answer is 202 with the job's id."""
+    import threading
+
+    with running_service(redis_server, tmp_path, ["redis.socket_timeout_s=1"]) as s:
+        r, stream = redis_server.client(), f"{s.prefix}:stream:pixel-diff"
+        answers: list[tuple[float, object]] = []
+
+        def annotate_while(fault, recover, wait_s: str, queued: int) -> tuple[float, object]:
+            original, edited = make_pair(seed=queued)
+
+            def call() -> None:
+                t0 = time.monotonic()
+                resp = s.submit(original, edited, {"wait": wait_s}, path="/v1/annotate")
+                answers.append((time.monotonic() - t0, resp))
+            thread = threading.Thread(target=call)
+            thread.start()
+            wait_until(lambda: r.xlen(stream) == queued, 10, "the job queued")   # no worker: it stays there
+            try:
+                fault()
+                thread.join(9)
+            finally:
+                recover()
+            thread.join(30)
+            return answers[-1]
+
+        # frozen for 9 s: answered once the 2 s wait and the 1 s socket timeout are over, not after the thaw
+        elapsed, frozen = annotate_while(redis_server.freeze, redis_server.thaw, "2", 1)
+        assert frozen.status_code == 202, frozen.text
+        assert elapsed < 6, elapsed
+        # killed (SIGTERM: the AOF keeps the job): the job is queued, so not a 503
+        _, killed = annotate_while(lambda: (time.sleep(0.3), redis_server.stop()), redis_server.start, "5", 2)
+        assert killed.status_code == 202, killed.text
+        ids = [resp.json()["id"] for _, resp in answers]
+        assert {resp.headers["Location"] for _, resp in answers} == {f"/v1/jobs/{j}" for j in ids}
+        s.start_worker("pixel-diff")
+        s.wait_jobs(ids, 30)
+        assert_exactly_once(s, ids, "pixel-diff")          # the two jobs the client holds ids of: no others
+        assert len(list(r.scan_iter(match=f"{s.prefix}:job:*"))) == 2
