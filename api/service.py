@@ -175,7 +175,14 @@ class Service:
                 await self._release_quietly(idem_key, job_id)
             self.reject_full(annotator)
         if idem_key:
-            await self.idempotency.commit(idem_key, job_id)
+            try:
+                await self.idempotency.commit(idem_key, job_id)
+            except BaseException:
+                # The job is queued but its key does not name it (Redis failed in between): answered 503 like a
+                # lost MULTI reply, so it is taken back too, or it would run unseen and a retry would be a second job.
+                self.withdrawals.start(job_id, principal.name, annotator)
+                await self._release_quietly(idem_key, job_id)
+                raise
         self.metrics.enqueued.labels(annotator).inc()
         return job_id, True, sub.options
 

@@ -13,7 +13,11 @@ EXEC = b"\r\nEXEC\r\n"
 
 
 class ReplyLosingProxy:
-    def __init__(self, upstream_port: int):
+    """`marker`: the bytes of the command after which replies are lost (default EXEC; e.g. a script's sha for its
+    EVALSHA)."""
+
+    def __init__(self, upstream_port: int, marker: bytes = EXEC):
+        self.marker = marker
         self.upstream_port = upstream_port
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -46,8 +50,8 @@ class ReplyLosingProxy:
         tail = b""
         try:
             while chunk := client.recv(65536):
-                seen, tail = tail + chunk, (tail + chunk)[-len(EXEC):]
-                if EXEC in seen and not muted.is_set():
+                seen, tail = tail + chunk, (tail + chunk)[-len(self.marker):]
+                if self.marker in seen and not muted.is_set():
                     with self.lock:
                         if self.exec_replies_to_lose > 0:
                             self.exec_replies_to_lose -= 1

@@ -298,3 +298,44 @@ def test_annotate_whose_wait_meets_a_redis_failure_answers_202_with_the_queued_j
         s.wait_jobs(ids, 30)
         assert_exactly_once(s, ids, "pixel-diff")          # the two jobs the client holds ids of: no others
         assert len(list(r.scan_iter(match=f"{s.prefix}:job:*"))) == 2
+
+
+def test_a_503_after_the_multi_but_before_the_idempotency_commit_is_withdrawn_too(redis_server, tmp_path):
+    """The MULTI queued the job and answered, then Redis failed on the idempotency commit (its reply lost, twice:
+    the client library's retry): the client gets 503, so that job is taken back (`withdrawn`, never worked on),
+    and a retry with the same key is the only job."""
+    import hashlib
+
+    from sigma.api.idempotency import COMMIT
+
+    proxy = ReplyLosingProxy(redis_server.port, marker=hashlib.sha1(COMMIT.encode()).hexdigest().encode())
+    s = ServiceUnderTest(redis_server, tmp_path, ["redis.socket_timeout_s=1"])
+    try:
+        s.env["SIGMA_REDIS_URL"] = proxy.url            # the API talks through the proxy, the worker directly
+        s.start_api()
+        s.env["SIGMA_REDIS_URL"] = redis_server.url
+        r, stream = redis_server.client(), f"{s.prefix}:stream:pixel-diff"
+        original, edited = make_pair(seed=11)
+        warm = s.submit(original, edited, headers={"Idempotency-Key": "warm"})     # COMMIT's script is loaded
+        assert warm.status_code == 202, warm.text
+        proxy.lose_next_exec_replies(2)
+        lost = s.submit(original, edited, headers={"Idempotency-Key": "k-2"})
+        assert lost.status_code == 503 and lost.json()["error"]["code"] == "queue_unavailable", lost.text
+        assert proxy.lost == 2 and r.xlen(stream) == 2                          # Redis did queue it
+
+        def withdrawn() -> list[str]:
+            jobs = {k.decode().rsplit(":", 1)[1]: r.hgetall(k) for k in r.scan_iter(match=f"{s.prefix}:job:*")}
+            return [j for j, h in jobs.items() if h.get(b"status") == b"cancelled"
+                    and json.loads(h[b"error"])["code"] == "withdrawn"]
+        [phantom] = wait_until(withdrawn, 15, "the queued job withdrawn")
+        retry = s.submit(original, edited, headers={"Idempotency-Key": "k-2"})
+        assert retry.status_code == 202, retry.text
+        s.start_worker("pixel-diff")
+        done = s.wait_jobs([warm.json()["id"], retry.json()["id"]], 30)
+        assert all(view["status"] == "done" for view in done.values())
+        wait_until(lambda: r.xlen(stream) == 0, 15, "every entry acknowledged")
+        assert r.hget(f"{s.prefix}:job:{phantom}", "status") == b"cancelled"
+        assert r.hget(f"{s.prefix}:job:{phantom}", "completions") == b"0"
+    finally:
+        s.close()
+        proxy.close()
