@@ -40,6 +40,26 @@ def test_env_overrides_yaml_and_keys_are_hashed(tmp_path):
     assert "alpha" not in cfg.model_dump_json()        # only digests are kept
 
 
+def test_keys_without_a_name_in_yaml_do_not_share_an_owner(tmp_path):
+    """Every unnamed YAML key was named "key": the jobs' owner, so each could read and delete the others' jobs."""
+    cfg_file = tmp_path / "serve.yaml"
+    cfg_file.write_text(f"auth:\n  keys:\n    - sha256: {hash_key('alice')}\n    - sha256: {hash_key('bob')}\n"
+                        f"    - {{name: team, sha256: {hash_key('old')}}}\n    - {{name: team, sha256: {hash_key('new')}}}\n")
+    cfg = load_serve_config(cfg_file, env={"SIGMA_API_KEYS": "carol"})
+    owners = {k.sha256: k.name for k in cfg.auth.keys}
+    assert owners[hash_key("alice")] != owners[hash_key("bob")]
+    assert owners[hash_key("alice")] == f"key-{hash_key('alice')[:12]}"       # as SIGMA_API_KEYS names its keys
+    assert owners[hash_key("carol")] == f"key-{hash_key('carol')[:12]}"
+    assert owners[hash_key("old")] == owners[hash_key("new")] == "team"         # one name given: shared on purpose
+    from starlette.requests import Request
+
+    from sigma.api.auth import KeyChecker
+
+    def who(key: str) -> str:
+        return KeyChecker(cfg.auth).identify(Request({"type": "http", "headers": [(b"x-api-key", key.encode())]})).name
+    assert who("alice") != who("bob")
+
+
 @pytest.mark.parametrize("env, overrides", [({"SIGMA_API_KEYS": "k:superuser"}, []),
                                             ({}, ["queue.lease_ms=-1"]), ({}, ["queue.nonsense=1"]),
                                             ({"SIGMA__LIMITS__MAX_PIXELS": "many"}, [])])
