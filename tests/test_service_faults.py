@@ -156,13 +156,13 @@ def test_a_503_whose_multi_ran_is_withdrawn_and_a_retry_is_the_only_job(redis_se
         s.env["SIGMA_REDIS_URL"] = redis_server.url
         r = redis_server.client()
         original, edited = make_pair(seed=7)
-        proxy.lose_next_exec_replies(4)                 # each submission's MULTI and the client's one retry
+        proxy.lose_next_exec_replies(2)                 # each submission's MULTI (a timeout is not retried)
         plain = s.submit(original, edited, {"annotator": "pixel-diff"})
         keyed = s.submit(original, edited, {"annotator": "pixel-diff"}, headers={"Idempotency-Key": "k-1"})
         for resp in (plain, keyed):
             assert resp.status_code == 503, resp.text
             assert resp.json()["error"]["code"] == "queue_unavailable"
-        assert proxy.lost == 4
+        assert proxy.lost == 2
         stream = f"{s.prefix}:stream:pixel-diff"
         assert r.xlen(stream) == 2                      # Redis did queue both (once each: the retry is a no-op)
 
@@ -301,8 +301,8 @@ def test_annotate_whose_wait_meets_a_redis_failure_answers_202_with_the_queued_j
 
 
 def test_a_503_after_the_multi_but_before_the_idempotency_commit_is_withdrawn_too(redis_server, tmp_path):
-    """The MULTI queued the job and answered, then Redis failed on the idempotency commit (its reply lost, twice:
-    the client library's retry): the client gets 503, so that job is taken back (`withdrawn`, never worked on),
+    """The MULTI queued the job and answered, then Redis failed on the idempotency commit (its reply lost): the
+    client gets 503, so that job is taken back (`withdrawn`, never worked on),
     and a retry with the same key is the only job."""
     import hashlib
 
@@ -318,10 +318,10 @@ def test_a_503_after_the_multi_but_before_the_idempotency_commit_is_withdrawn_to
         original, edited = make_pair(seed=11)
         warm = s.submit(original, edited, headers={"Idempotency-Key": "warm"})     # COMMIT's script is loaded
         assert warm.status_code == 202, warm.text
-        proxy.lose_next_exec_replies(2)
+        proxy.lose_next_exec_replies(1)
         lost = s.submit(original, edited, headers={"Idempotency-Key": "k-2"})
         assert lost.status_code == 503 and lost.json()["error"]["code"] == "queue_unavailable", lost.text
-        assert proxy.lost == 2 and r.xlen(stream) == 2                          # Redis did queue it
+        assert proxy.lost == 1 and r.xlen(stream) == 2                          # Redis did queue it
 
         def withdrawn() -> list[str]:
             jobs = {k.decode().rsplit(":", 1)[1]: r.hgetall(k) for k in r.scan_iter(match=f"{s.prefix}:job:*")}
@@ -339,3 +339,31 @@ def test_a_503_after_the_multi_but_before_the_idempotency_commit_is_withdrawn_to
     finally:
         s.close()
         proxy.close()
+
+
+def test_a_frozen_redis_is_answered_within_one_socket_timeout(redis_server, tmp_path):
+    """Redis frozen (SIGSTOP): every API call that needs it answers after `redis.socket_timeout_s`, not several
+    (the client retried a timeout: health-check PING, command, and again on a new connection: 4x). /metrics says
+    `sigma_redis_up 0` before a scraper's timeout, /readyz says why, a submission is a 503."""
+    with running_service(redis_server, tmp_path, ["redis.socket_timeout_s=1.5"]) as s:
+        original, edited = make_pair(seed=3)
+        assert s.submit(original, edited).status_code == 202
+        time.sleep(5.5)                             # pooled connections idle past the health-check interval
+        calls = {"readyz": lambda: s.http.get("/readyz"),
+                 "metrics": lambda: s.http.get("/metrics", headers=s.headers("metrics")),
+                 "job": lambda: s.http.get("/v1/jobs/" + "0" * 32, headers=s.headers()),
+                 "submit": lambda: s.submit(original, edited)}
+        answers = {}
+        redis_server.freeze()
+        try:
+            for name, call in calls.items():
+                t0 = time.monotonic()
+                resp = call()
+                answers[name] = (round(time.monotonic() - t0, 2), resp.status_code, resp.text)
+        finally:
+            redis_server.thaw()
+        assert all(elapsed < 2.7 for elapsed, _, _ in answers.values()), answers
+        assert answers["readyz"][1] == 503 and "not answering (timeout)" in answers["readyz"][2]
+        assert answers["metrics"][1] == 200 and "sigma_redis_up 0.0" in answers["metrics"][2]
+        assert answers["job"][1] == answers["submit"][1] == 503 and "queue_unavailable" in answers["submit"][2]
+        wait_until(lambda: s.http.get("/readyz").json()["checks"]["redis"]["ok"], 10, "redis ok again")
