@@ -142,6 +142,34 @@ def test_reclaim_counts_deliveries_and_dead_letters(queue_factory):
 
 
 @pytest.mark.redis
+def test_worker_healthcheck_counts_only_this_hosts_worker(redis_server):
+    """`python -m sigma.workers.healthcheck` matched `P:worker:<consumer or host>*`: a worker named w1 (or on host
+    gpu1) was healthy while only w10 (gpu10-…, gpu1-b-…) had a heartbeat."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import uuid
+
+    prefix, host = f"t{uuid.uuid4().hex[:10]}", socket.gethostname()
+    r = redis_server.client()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGMA")}
+    env.update(SIGMA_REDIS_URL=redis_server.url, SIGMA__REDIS__KEY_PREFIX=prefix)
+
+    def healthy(consumer: str | None = None) -> bool:
+        extra = {"SIGMA__WORKER__CONSUMER": consumer} if consumer else {}
+        return subprocess.run([sys.executable, "-m", "sigma.workers.healthcheck"], env={**env, **extra},
+                              capture_output=True, timeout=60).returncode == 0
+
+    for other in ("w10", f"{host}0-123", f"{host}-b-123"):
+        r.hset(f"{prefix}:worker:{other}", "model_loaded", "1")
+    assert not healthy("w1") and not healthy()
+    r.hset(f"{prefix}:worker:w1", "model_loaded", "1")
+    r.hset(f"{prefix}:worker:{host}-4242", "model_loaded", "1")
+    assert healthy("w1") and healthy()
+
+
+@pytest.mark.redis
 def test_heartbeat_writes_ttl_key_and_extends_leases(queue_factory, redis_server):
     worker, reaper = queue_factory("busy", lease_ms=300), queue_factory("reaper", lease_ms=300)
     worker.add({"job": "long"})
