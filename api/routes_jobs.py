@@ -110,6 +110,9 @@ async def delete_job(job_id: str, principal: Principal = ANNOTATE, svc: Service 
     keys, args = finish_args(svc.keys, job_id, "cancelled", None,
                              {"code": "cancelled", "message": f"cancelled by {principal.name}"},
                              svc.cfg.queue.result_ttl_s, "api")
-    await svc.finish_script(keys=keys, args=args)
-    return {"id": job_id, "status": "cancelled", "deleted": False}
+    if int(await svc.finish_script(keys=keys, args=args)) == 1:
+        return {"id": job_id, "status": "cancelled", "deleted": False}
+    # it finished (or went) between the read above and the cancel, which FINISH then left alone: say what it is
+    h = await svc.job(job_id, principal)
+    return {"id": job_id, "status": h.get("status"), "deleted": False}
 

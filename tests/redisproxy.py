@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 EXEC = b"\r\nEXEC\r\n"
 
@@ -28,12 +29,19 @@ class ReplyLosingProxy:
         self.lock = threading.Lock()
         self.exec_replies_to_lose = 0
         self.lost = 0
+        self.hold_next_s = 0.0                  # `hold_next`: the next command with the marker waits this long
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def lose_next_exec_replies(self, n: int) -> None:
         with self.lock:
             self.exec_replies_to_lose = n
+
+    def hold_next(self, seconds: float) -> None:
+        """Delay the next command that holds the marker by `seconds` on its way to Redis (a slow network or a busy
+        Redis between a caller's read and its write), then pass it on."""
+        with self.lock:
+            self.hold_next_s = seconds
 
     def _accept(self) -> None:
         while not self.closed:
@@ -52,6 +60,10 @@ class ReplyLosingProxy:
             while chunk := client.recv(65536):
                 seen, tail = tail + chunk, (tail + chunk)[-len(self.marker):]
                 if self.marker in seen and not muted.is_set():
+                    with self.lock:
+                        hold, self.hold_next_s = self.hold_next_s, 0.0
+                    if hold:
+                        time.sleep(hold)
                     with self.lock:
                         if self.exec_replies_to_lose > 0:
                             self.exec_replies_to_lose -= 1

@@ -367,3 +367,28 @@ def test_a_frozen_redis_is_answered_within_one_socket_timeout(redis_server, tmp_
         assert answers["metrics"][1] == 200 and "sigma_redis_up 0.0" in answers["metrics"][2]
         assert answers["job"][1] == answers["submit"][1] == 503 and "queue_unavailable" in answers["submit"][2]
         wait_until(lambda: s.http.get("/readyz").json()["checks"]["redis"]["ok"], 10, "redis ok again")
+
+
+def test_a_cancel_that_loses_the_race_with_the_worker_says_the_job_is_done(redis_server, tmp_path):
+    """DELETE reads a running job, then sends the cancel (FINISH), which leaves a job the worker finished in
+    between alone. The answer said `cancelled` all the same, for a job that is done (its result kept)."""
+    import hashlib
+
+    proxy = ReplyLosingProxy(redis_server.port, marker=hashlib.sha1(FINISH.encode()).hexdigest().encode())
+    s = ServiceUnderTest(redis_server, tmp_path)
+    try:
+        s.env["SIGMA_REDIS_URL"] = proxy.url            # the API talks through the proxy, the worker directly
+        s.start_api()
+        s.env["SIGMA_REDIS_URL"] = redis_server.url
+        s.start_worker("slow-diff", ["worker.options={delay_ms: 800}"])
+        [job_id] = submit_many(s, 1, "slow-diff")
+        wait_until(lambda: s.raw_job(job_id).get("status") == "running", 15, "the job running")
+        proxy.hold_next(3.0)                            # the cancel reaches Redis after the worker's result
+        resp = s.http.delete(f"/v1/jobs/{job_id}", headers=s.headers())
+        assert resp.status_code == 200, resp.text
+        assert s.raw_job(job_id)["status"] == "done"
+        assert resp.json() == {"id": job_id, "status": "done", "deleted": False}
+        assert s.job(job_id)["result"] is not None
+    finally:
+        s.close()
+        proxy.close()
