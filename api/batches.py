@@ -236,7 +236,7 @@ async def _batch_request(request: Request) -> BatchRequest:
         raise ApiError(415, "unsupported_media_type", f"content type {ctype!r}: send application/json")
     data = await read_json_object(request, MAX_BATCH_BODY_BYTES)
     try:
-        return BatchRequest.model_validate(data)
+        return BatchRequest.model_validate(data, strict=True)    # JSON types as sent: `"shard_size": true` is no 1
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", validation_message(exc)) from exc
 

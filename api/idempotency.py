@@ -56,8 +56,10 @@ return 0
 """
 
 RELEASE = """
--- KEYS: the record; ARGV: job id. The request failed before its job existed: free the key.
-if redis.call('HGET', KEYS[1], 'job') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'pending' then
+-- KEYS: the record; ARGV: job id. The request failed (answered 4xx/5xx; a job it may have queued is withdrawn):
+-- free the key. Also when it is already committed: a COMMIT whose reply was lost did run, and a key left naming
+-- the withdrawn job would replay it to the client's retry instead of queueing the retry.
+if redis.call('HGET', KEYS[1], 'job') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0

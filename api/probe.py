@@ -15,7 +15,7 @@ from PIL import Image
 
 from sigma.config.schema import IOConfig
 from sigma.io.geometry import check_aspect
-from sigma.io.images import SUPPORTED_FORMATS
+from sigma.io.images import MAX_JPEG_SCANS, SUPPORTED_FORMATS, jpeg_scan_count
 from sigma.io.pairs import check_instruction
 
 _SWAPS_AXES = (5, 6, 7, 8)     # EXIF orientations that turn the image by 90 degrees
@@ -41,6 +41,8 @@ def _header_hw(data: bytes, io_config: IOConfig) -> tuple[int, int] | None:
                 orientation = exif.get(0x0112, 1)
             else:
                 orientation = img.getexif().get(0x0112, 1)
+            if img.format in ("JPEG", "MPO") and jpeg_scan_count(data) > MAX_JPEG_SCANS:
+                return None     # a scan bomb: the full path refuses it (before decoding) with the library's code
         if data[:8] == b"\x89PNG\r\n\x1a\n":
             with Image.open(io.BytesIO(data), formats=("PNG",)) as img:
                 img.verify()      # every chunk's CRC and the IEND: a truncated or damaged PNG

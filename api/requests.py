@@ -59,9 +59,11 @@ class Submission:
     options: AnnotateOptions
 
 
-def _options(raw: dict) -> AnnotateOptions:
+def _options(raw: dict, strict: bool = False) -> AnnotateOptions:
+    """`strict` for JSON, whose values carry their own types: `"threshold": true` is a 422, not 1.0 (an empty mask);
+    multipart fields are text, converted as pydantic does."""
     try:
-        return AnnotateOptions.model_validate(raw)
+        return AnnotateOptions.model_validate(raw, strict=strict)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", validation_message(exc)) from exc
 
@@ -143,7 +145,7 @@ async def _json(request: Request) -> Submission:
             raise ApiError(400, "missing_field", f"'{name}' (base64 image) is required")
     # the two large strings are taken out (not copied by a model) and decoded one at a time
     original, edited = data.pop("original"), data.pop("edited")
-    options = _options(data)
+    options = _options(data, strict=True)
     o = _b64(original, "original")
     del original
     e = _b64(edited, "edited")

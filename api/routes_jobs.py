@@ -56,6 +56,8 @@ async def annotate(request: Request, principal: Principal = ANNOTATE, svc: Servi
     job_id, _, options = await svc.submit(request, principal)
     wait = svc.cfg.api.wait_timeout_s if options.wait is None else options.wait
     h = await svc.wait(job_id, min(wait, svc.cfg.api.max_wait_timeout_s))
+    if h is None:       # Redis failed while we waited: the job is queued all the same, so its id is the answer
+        return _accepted(job_id)
     status = h.get("status")
     if status == "done":
         view = job_view(h)
@@ -108,6 +110,9 @@ async def delete_job(job_id: str, principal: Principal = ANNOTATE, svc: Service 
     keys, args = finish_args(svc.keys, job_id, "cancelled", None,
                              {"code": "cancelled", "message": f"cancelled by {principal.name}"},
                              svc.cfg.queue.result_ttl_s, "api")
-    await svc.finish_script(keys=keys, args=args)
-    return {"id": job_id, "status": "cancelled", "deleted": False}
+    if int(await svc.finish_script(keys=keys, args=args)) == 1:
+        return {"id": job_id, "status": "cancelled", "deleted": False}
+    # it finished (or went) between the read above and the cancel, which FINISH then left alone: say what it is
+    h = await svc.job(job_id, principal)
+    return {"id": job_id, "status": h.get("status"), "deleted": False}
 

@@ -175,7 +175,14 @@ class Service:
                 await self._release_quietly(idem_key, job_id)
             self.reject_full(annotator)
         if idem_key:
-            await self.idempotency.commit(idem_key, job_id)
+            try:
+                await self.idempotency.commit(idem_key, job_id)
+            except BaseException:
+                # The job is queued but its key does not name it (Redis failed in between): answered 503 like a
+                # lost MULTI reply, so it is taken back too, or it would run unseen and a retry would be a second job.
+                self.withdrawals.start(job_id, principal.name, annotator)
+                await self._release_quietly(idem_key, job_id)
+                raise
         self.metrics.enqueued.labels(annotator).inc()
         return job_id, True, sub.options
 
@@ -195,10 +202,19 @@ class Service:
                            f"{self.cfg.queue.result_ttl_s} s)")
         return h
 
-    async def wait(self, job_id: str, seconds: float) -> dict[str, str]:
-        if seconds > 0:
-            await self.rb.blpop([self.keys.done(job_id)], timeout=seconds)
-        return decode_hash(await self.r.hgetall(self.keys.job(job_id)))
+    async def wait(self, job_id: str, seconds: float) -> dict[str, str] | None:
+        """The job's record after waiting up to `seconds` for it to finish; None when Redis failed or did not
+        answer within `seconds` + `redis.socket_timeout_s`. The job is queued either way, so the caller answers
+        with its id (202), never 503 (which says "not queued": a client would submit it again)."""
+        try:
+            with anyio.fail_after(seconds + self.cfg.redis.socket_timeout_s):
+                if seconds > 0:
+                    await self.rb.blpop([self.keys.done(job_id)], timeout=seconds)
+                return decode_hash(await self.r.hgetall(self.keys.job(job_id)))
+        except (redis.RedisError, OSError) as exc:      # OSError: anyio's TimeoutError too
+            log.warning("waiting for queued job %s: redis did not answer (%s); answering 202", job_id,
+                        type(exc).__name__)
+            return None
 
     # -- health ----------------------------------------------------------------------------
     async def workers(self) -> list[dict[str, str]]:

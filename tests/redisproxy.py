@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 EXEC = b"\r\nEXEC\r\n"
 
 
 class ReplyLosingProxy:
-    def __init__(self, upstream_port: int):
+    """`marker`: the bytes of the command after which replies are lost (default EXEC; e.g. a script's sha for its
+    EVALSHA)."""
+
+    def __init__(self, upstream_port: int, marker: bytes = EXEC):
+        self.marker = marker
         self.upstream_port = upstream_port
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -24,12 +29,19 @@ class ReplyLosingProxy:
         self.lock = threading.Lock()
         self.exec_replies_to_lose = 0
         self.lost = 0
+        self.hold_next_s = 0.0                  # `hold_next`: the next command with the marker waits this long
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def lose_next_exec_replies(self, n: int) -> None:
         with self.lock:
             self.exec_replies_to_lose = n
+
+    def hold_next(self, seconds: float) -> None:
+        """Delay the next command that holds the marker by `seconds` on its way to Redis (a slow network or a busy
+        Redis between a caller's read and its write), then pass it on."""
+        with self.lock:
+            self.hold_next_s = seconds
 
     def _accept(self) -> None:
         while not self.closed:
@@ -46,8 +58,12 @@ class ReplyLosingProxy:
         tail = b""
         try:
             while chunk := client.recv(65536):
-                seen, tail = tail + chunk, (tail + chunk)[-len(EXEC):]
-                if EXEC in seen and not muted.is_set():
+                seen, tail = tail + chunk, (tail + chunk)[-len(self.marker):]
+                if self.marker in seen and not muted.is_set():
+                    with self.lock:
+                        hold, self.hold_next_s = self.hold_next_s, 0.0
+                    if hold:
+                        time.sleep(hold)
                     with self.lock:
                         if self.exec_replies_to_lose > 0:
                             self.exec_replies_to_lose -= 1

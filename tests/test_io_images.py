@@ -39,6 +39,22 @@ def png_header_only(width: int, height: int) -> bytes:
             + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + png_chunk(b"IEND", b""))
 
 
+def jpeg_scan_bomb(size: int, repeats: int, stray: bytes = b"") -> bytes:
+    """A flat progressive JPEG whose smallest scan (a dozen bytes) is repeated `repeats` times (`stray` bytes
+    between the copies, which libjpeg skips): every scan is a decoder pass over the whole image."""
+    data = encode(np.zeros((size, size, 3), np.uint8), "JPEG", progressive=True, quality=50)
+    segments, i = [], 2
+    while data[i + 1] != 0xD9:
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if data[i + 1] == 0xDA:         # entropy-coded data up to the next marker that is not 0xFF00 or RSTn
+            end = next(k for k in range(end, len(data) - 1) if data[k] == 0xFF and data[k + 1] != 0
+                       and not 0xD0 <= data[k + 1] <= 0xD7)
+        segments.append(data[i:end])
+        i = end
+    scan = min((seg for seg in segments[1:] if seg[1] == 0xDA), key=len)
+    return data[:2] + b"".join(segments) + (stray + scan) * repeats + b"\xff\xd9"
+
+
 def assert_one_line(exc: SigmaError, name: str) -> None:
     assert "\n" not in exc.message
     assert exc.message.startswith(name), exc.message
@@ -197,6 +213,24 @@ def test_decompression_bomb_header_refused_fast_without_allocating():
     assert info.value.code in ("too_many_pixels", "decompression_bomb")
     assert "bomb.png" in info.value.message and "30000" in info.value.message.replace("900000000", "30000")
     assert elapsed < 0.5 and peak < 5 * 2**20, (elapsed, peak)
+
+
+@pytest.mark.parametrize("stray", [b"", b"\x00\x13\xff\x00"])
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding(stray):
+    """A progressive JPEG is decoded one scan at a time, each a pass over the whole image: 0.8 MB of 20000 tiny scans
+    of a 16 Mpx image took libjpeg 19 s in a worker (one within max_bytes, minutes) with no pixel limit broken."""
+    bomb = jpeg_scan_bomb(1000, 3000, stray)
+    assert len(bomb) < 100_000
+    start = time.perf_counter()
+    with pytest.raises(LimitError) as info:
+        decode_image(bomb, "scans.jpg")
+    assert time.perf_counter() - start < 0.5
+    assert info.value.code == "decompression_bomb" and info.value.message.startswith("scans.jpg: a JPEG of 30")
+    # a real progressive JPEG, and one whose comment holds the SOS marker's bytes 600 times, are decoded
+    assert decode_image(jpeg_scan_bomb(64, 0), "ok.jpg").rgb.shape == (64, 64, 3)
+    commented = encode(RGB, "JPEG", progressive=True, comment=b"\xff\xda" * 600)
+    assert commented.count(b"\xff\xda") > 600
+    assert decode_image(commented, "comment.jpg").rgb.shape == RGB.shape
 
 
 def test_pixel_limit_checked_on_the_header_before_decoding():

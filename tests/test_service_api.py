@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes, running_service
+from test_io_images import jpeg_scan_bomb
 
 from sigma import create_annotator
 from sigma.io import decode_rle, pair_from_bytes
@@ -148,7 +149,8 @@ def test_auth_401_403_and_scopes(svc):
 
 @pytest.mark.parametrize("case", ["unknown_route", "method", "bad_json", "media_type", "missing_field", "not_a_file",
                                   "unknown_field", "bad_threshold", "bad_base64", "unreadable", "too_many_pixels",
-                                  "too_long", "aspect", "unknown_annotator", "huge_body", "bad_job_id"])
+                                  "too_long", "aspect", "unknown_annotator", "huge_body", "bad_job_id", "jpeg_scans",
+                                  "bool_threshold"])
 def test_errors_are_json_with_stable_codes(svc, case):
     o, e = make_pair(seed=5)
     h = svc.headers()
@@ -177,6 +179,13 @@ def test_errors_are_json_with_stable_codes(svc, case):
         "huge_body": (413, "request_too_large", lambda: http.post(
             "/v1/jobs", files={"original": ("o.png", b"\0" * 4_600_000), "edited": ("e.png", b"x")}, headers=h)),
         "bad_job_id": (404, "job_not_found", lambda: http.get("/v1/jobs/NOT-A-JOB", headers=h)),
+        # JSON values keep their type: `true` is not the threshold 1.0 (which would be an empty mask)
+        "bool_threshold": (422, "invalid_request", lambda: http.post("/v1/jobs", headers=h, json={
+            "original": base64.b64encode(png_bytes(o)).decode(), "edited": base64.b64encode(png_bytes(e)).decode(),
+            "threshold": True})),
+        # headers within every limit, 3000 scans: refused at the door, not queued for a worker to grind through
+        "jpeg_scans": (413, "decompression_bomb", lambda: svc.submit(jpeg_scan_bomb(1000, 3000),
+                                                                     jpeg_scan_bomb(1000, 3000))),
     }[case]
     status, code, call = expected
     resp = call()

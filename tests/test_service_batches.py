@@ -87,6 +87,9 @@ def test_bad_requests_get_clear_codes(svc, root):
     assert resp.status_code == 422 and error_code(resp) == "invalid_config", resp.text
     resp = post(svc, {"input": "corpus", "out": "runs/y", "shard_size": 0})
     assert resp.status_code == 422 and error_code(resp) == "invalid_request"
+    for wrong in ({"shard_size": True}, {"batch_size": 2.5}, {"threshold": False}, {"shard_size": "10"}):
+        resp = post(svc, {"input": "corpus", "out": "runs/y", **wrong})     # JSON of the wrong type: never converted
+        assert resp.status_code == 422 and error_code(resp) == "invalid_request", (wrong, resp.text)
     resp = post(svc, {"input": "corpus", "out": "corpus"})    # a folder that is not a run
     assert resp.status_code == 409 and error_code(resp) == "out_not_empty", resp.text
     assert not (root / "runs" / "y").exists()

@@ -156,13 +156,13 @@ def test_a_503_whose_multi_ran_is_withdrawn_and_a_retry_is_the_only_job(redis_se
         s.env["SIGMA_REDIS_URL"] = redis_server.url
         r = redis_server.client()
         original, edited = make_pair(seed=7)
-        proxy.lose_next_exec_replies(4)                 # each submission's MULTI and the client's one retry
+        proxy.lose_next_exec_replies(2)                 # each submission's MULTI (a timeout is not retried)
         plain = s.submit(original, edited, {"annotator": "pixel-diff"})
         keyed = s.submit(original, edited, {"annotator": "pixel-diff"}, headers={"Idempotency-Key": "k-1"})
         for resp in (plain, keyed):
             assert resp.status_code == 503, resp.text
             assert resp.json()["error"]["code"] == "queue_unavailable"
-        assert proxy.lost == 4
+        assert proxy.lost == 2
         stream = f"{s.prefix}:stream:pixel-diff"
         assert r.xlen(stream) == 2                      # Redis did queue both (once each: the retry is a no-op)
 
@@ -255,3 +255,140 @@ def test_an_idempotency_claim_sent_again_is_still_the_requests_own(redis_server)
             await client.aclose()
     assert asyncio.run(run()) == [("new", "job-1"), ("new", "job-1"), ("pending", "job-1"),
                                   ("mismatch", "job-1")]
+
+
+def test_annotate_whose_wait_meets_a_redis_failure_answers_202_with_the_queued_job(redis_server, tmp_path):
+    """/v1/annotate queues the job, then waits for it. Redis frozen or killed during that wait must not become
+    503 `queue_unavailable` (documented as "not queued": the client submits again while the first job runs
+    unseen), nor hold the client past the wait plus the socket timeout: the answer is 202 with the job's id."""
+    import threading
+
+    with running_service(redis_server, tmp_path, ["redis.socket_timeout_s=1"]) as s:
+        r, stream = redis_server.client(), f"{s.prefix}:stream:pixel-diff"
+        answers: list[tuple[float, object]] = []
+
+        def annotate_while(fault, recover, wait_s: str, queued: int) -> tuple[float, object]:
+            original, edited = make_pair(seed=queued)
+
+            def call() -> None:
+                t0 = time.monotonic()
+                resp = s.submit(original, edited, {"wait": wait_s}, path="/v1/annotate")
+                answers.append((time.monotonic() - t0, resp))
+            thread = threading.Thread(target=call)
+            thread.start()
+            wait_until(lambda: r.xlen(stream) == queued, 10, "the job queued")   # no worker: it stays there
+            try:
+                fault()
+                thread.join(9)
+            finally:
+                recover()
+            thread.join(30)
+            return answers[-1]
+
+        # frozen for 9 s: answered once the 2 s wait and the 1 s socket timeout are over, not after the thaw
+        elapsed, frozen = annotate_while(redis_server.freeze, redis_server.thaw, "2", 1)
+        assert frozen.status_code == 202, frozen.text
+        assert elapsed < 6, elapsed
+        # killed (SIGTERM: the AOF keeps the job): the job is queued, so not a 503
+        _, killed = annotate_while(lambda: (time.sleep(0.3), redis_server.stop()), redis_server.start, "5", 2)
+        assert killed.status_code == 202, killed.text
+        ids = [resp.json()["id"] for _, resp in answers]
+        assert {resp.headers["Location"] for _, resp in answers} == {f"/v1/jobs/{j}" for j in ids}
+        s.start_worker("pixel-diff")
+        s.wait_jobs(ids, 30)
+        assert_exactly_once(s, ids, "pixel-diff")          # the two jobs the client holds ids of: no others
+        assert len(list(r.scan_iter(match=f"{s.prefix}:job:*"))) == 2
+
+
+def test_a_503_after_the_multi_but_before_the_idempotency_commit_is_withdrawn_too(redis_server, tmp_path):
+    """The MULTI queued the job and answered, then Redis failed on the idempotency commit (its reply lost): the
+    client gets 503, so that job is taken back (`withdrawn`, never worked on),
+    and a retry with the same key is the only job."""
+    import hashlib
+
+    from sigma.api.idempotency import COMMIT
+
+    proxy = ReplyLosingProxy(redis_server.port, marker=hashlib.sha1(COMMIT.encode()).hexdigest().encode())
+    s = ServiceUnderTest(redis_server, tmp_path, ["redis.socket_timeout_s=1"])
+    try:
+        s.env["SIGMA_REDIS_URL"] = proxy.url            # the API talks through the proxy, the worker directly
+        s.start_api()
+        s.env["SIGMA_REDIS_URL"] = redis_server.url
+        r, stream = redis_server.client(), f"{s.prefix}:stream:pixel-diff"
+        original, edited = make_pair(seed=11)
+        warm = s.submit(original, edited, headers={"Idempotency-Key": "warm"})     # COMMIT's script is loaded
+        assert warm.status_code == 202, warm.text
+        proxy.lose_next_exec_replies(1)
+        lost = s.submit(original, edited, headers={"Idempotency-Key": "k-2"})
+        assert lost.status_code == 503 and lost.json()["error"]["code"] == "queue_unavailable", lost.text
+        assert proxy.lost == 1 and r.xlen(stream) == 2                          # Redis did queue it
+
+        def withdrawn() -> list[str]:
+            jobs = {k.decode().rsplit(":", 1)[1]: r.hgetall(k) for k in r.scan_iter(match=f"{s.prefix}:job:*")}
+            return [j for j, h in jobs.items() if h.get(b"status") == b"cancelled"
+                    and json.loads(h[b"error"])["code"] == "withdrawn"]
+        [phantom] = wait_until(withdrawn, 15, "the queued job withdrawn")
+        retry = s.submit(original, edited, headers={"Idempotency-Key": "k-2"})
+        assert retry.status_code == 202, retry.text
+        s.start_worker("pixel-diff")
+        done = s.wait_jobs([warm.json()["id"], retry.json()["id"]], 30)
+        assert all(view["status"] == "done" for view in done.values())
+        wait_until(lambda: r.xlen(stream) == 0, 15, "every entry acknowledged")
+        assert r.hget(f"{s.prefix}:job:{phantom}", "status") == b"cancelled"
+        assert r.hget(f"{s.prefix}:job:{phantom}", "completions") == b"0"
+    finally:
+        s.close()
+        proxy.close()
+
+
+def test_a_frozen_redis_is_answered_within_one_socket_timeout(redis_server, tmp_path):
+    """Redis frozen (SIGSTOP): every API call that needs it answers after `redis.socket_timeout_s`, not several
+    (the client retried a timeout: health-check PING, command, and again on a new connection: 4x). /metrics says
+    `sigma_redis_up 0` before a scraper's timeout, /readyz says why, a submission is a 503."""
+    with running_service(redis_server, tmp_path, ["redis.socket_timeout_s=1.5"]) as s:
+        original, edited = make_pair(seed=3)
+        assert s.submit(original, edited).status_code == 202
+        time.sleep(5.5)                             # pooled connections idle past the health-check interval
+        calls = {"readyz": lambda: s.http.get("/readyz"),
+                 "metrics": lambda: s.http.get("/metrics", headers=s.headers("metrics")),
+                 "job": lambda: s.http.get("/v1/jobs/" + "0" * 32, headers=s.headers()),
+                 "submit": lambda: s.submit(original, edited)}
+        answers = {}
+        redis_server.freeze()
+        try:
+            for name, call in calls.items():
+                t0 = time.monotonic()
+                resp = call()
+                answers[name] = (round(time.monotonic() - t0, 2), resp.status_code, resp.text)
+        finally:
+            redis_server.thaw()
+        assert all(elapsed < 2.7 for elapsed, _, _ in answers.values()), answers
+        assert answers["readyz"][1] == 503 and "not answering (timeout)" in answers["readyz"][2]
+        assert answers["metrics"][1] == 200 and "sigma_redis_up 0.0" in answers["metrics"][2]
+        assert answers["job"][1] == answers["submit"][1] == 503 and "queue_unavailable" in answers["submit"][2]
+        wait_until(lambda: s.http.get("/readyz").json()["checks"]["redis"]["ok"], 10, "redis ok again")
+
+
+def test_a_cancel_that_loses_the_race_with_the_worker_says_the_job_is_done(redis_server, tmp_path):
+    """DELETE reads a running job, then sends the cancel (FINISH), which leaves a job the worker finished in
+    between alone. The answer said `cancelled` all the same, for a job that is done (its result kept)."""
+    import hashlib
+
+    proxy = ReplyLosingProxy(redis_server.port, marker=hashlib.sha1(FINISH.encode()).hexdigest().encode())
+    s = ServiceUnderTest(redis_server, tmp_path)
+    try:
+        s.env["SIGMA_REDIS_URL"] = proxy.url            # the API talks through the proxy, the worker directly
+        s.start_api()
+        s.env["SIGMA_REDIS_URL"] = redis_server.url
+        s.start_worker("slow-diff", ["worker.options={delay_ms: 800}"])
+        [job_id] = submit_many(s, 1, "slow-diff")
+        wait_until(lambda: s.raw_job(job_id).get("status") == "running", 15, "the job running")
+        proxy.hold_next(3.0)                            # the cancel reaches Redis after the worker's result
+        resp = s.http.delete(f"/v1/jobs/{job_id}", headers=s.headers())
+        assert resp.status_code == 200, resp.text
+        assert s.raw_job(job_id)["status"] == "done"
+        assert resp.json() == {"id": job_id, "status": "done", "deleted": False}
+        assert s.job(job_id)["result"] is not None
+    finally:
+        s.close()
+        proxy.close()

@@ -333,6 +333,46 @@ def test_consumer_holds_what_it_read_through_a_long_outage_without_spending_deli
     assert queue.depth() == 0 and queue.pending_count() == 0
 
 
+def test_consumer_outlives_its_stream_being_deleted_while_it_blocks(private_redis):
+    """FLUSHALL (or a DEL, or a failover to an empty replica) while a worker waits in XREADGROUP BLOCK: Redis
+    answers it `UNBLOCKED the stream key no longer exists`, which ended `sigma worker` with a traceback (an idle
+    pixel-diff worker died; the busy ones got NOGROUP, which is waited out). The loop makes the group again."""
+    from sigma.service.connections import sync_client
+    from sigma.service.consumer import Consumer
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings, RedisSettings
+
+    prefix = f"unblocked-{uuid.uuid4().hex[:6]}"
+    qs = QueueSettings(block_ms=3000, reclaim_interval_ms=50, heartbeat_interval_ms=50)
+    client = sync_client(RedisSettings(url=private_redis.url, socket_timeout_s=1), block_ms=qs.block_ms)
+    queue = StreamQueue(client, f"{prefix}:s", "g", "c1", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                        dead_stream=f"{prefix}:dead")
+    queue.ensure_group()
+    queue.add({"n": "0"})
+    handler = MarkingHandler(client, f"{prefix}:marks")
+    stop = threading.Event()
+    consumer = Consumer(client, queue, handler, qs, heartbeat_key=f"{prefix}:hb", stop=stop)
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            consumer.run()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            failure.append(exc)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: "0" in handler.seen, 10, "the first entry handled")
+    time.sleep(0.5)                                  # blocked in XREADGROUP now
+    private_redis.client().delete(f"{prefix}:s")
+    time.sleep(0.5)
+    assert thread.is_alive(), failure
+    queue.add({"n": "1"})                            # a new stream: the worker finds it and makes its group again
+    wait_until(lambda: "1" in handler.seen, 15, "an entry of the new stream handled")
+    stop.set()
+    thread.join(timeout=10)
+    assert not failure, failure
+
+
 # -- the faults -----------------------------------------------------------------------------------------
 def test_redis_frozen_past_the_socket_timeout_under_load(stack):
     svc, r = stack.svc, stack.svc.redis_server.client()

@@ -40,6 +40,26 @@ def test_env_overrides_yaml_and_keys_are_hashed(tmp_path):
     assert "alpha" not in cfg.model_dump_json()        # only digests are kept
 
 
+def test_keys_without_a_name_in_yaml_do_not_share_an_owner(tmp_path):
+    """Every unnamed YAML key was named "key": the jobs' owner, so each could read and delete the others' jobs."""
+    cfg_file = tmp_path / "serve.yaml"
+    cfg_file.write_text(f"auth:\n  keys:\n    - sha256: {hash_key('alice')}\n    - sha256: {hash_key('bob')}\n"
+                        f"    - {{name: team, sha256: {hash_key('old')}}}\n    - {{name: team, sha256: {hash_key('new')}}}\n")
+    cfg = load_serve_config(cfg_file, env={"SIGMA_API_KEYS": "carol"})
+    owners = {k.sha256: k.name for k in cfg.auth.keys}
+    assert owners[hash_key("alice")] != owners[hash_key("bob")]
+    assert owners[hash_key("alice")] == f"key-{hash_key('alice')[:12]}"       # as SIGMA_API_KEYS names its keys
+    assert owners[hash_key("carol")] == f"key-{hash_key('carol')[:12]}"
+    assert owners[hash_key("old")] == owners[hash_key("new")] == "team"         # one name given: shared on purpose
+    from starlette.requests import Request
+
+    from sigma.api.auth import KeyChecker
+
+    def who(key: str) -> str:
+        return KeyChecker(cfg.auth).identify(Request({"type": "http", "headers": [(b"x-api-key", key.encode())]})).name
+    assert who("alice") != who("bob")
+
+
 @pytest.mark.parametrize("env, overrides", [({"SIGMA_API_KEYS": "k:superuser"}, []),
                                             ({}, ["queue.lease_ms=-1"]), ({}, ["queue.nonsense=1"]),
                                             ({"SIGMA__LIMITS__MAX_PIXELS": "many"}, [])])
@@ -119,6 +139,34 @@ def test_reclaim_counts_deliveries_and_dead_letters(queue_factory):
     assert reaper.depth() == 0 and reaper.pending_count() == 0 and reaper.dead_count() == 1
     dead = reaper.dead_entries()[0].fields
     assert dead["job"] == "j1" and dead["error"] == "boom" and dead["deliveries"] == "3"
+
+
+@pytest.mark.redis
+def test_worker_healthcheck_counts_only_this_hosts_worker(redis_server):
+    """`python -m sigma.workers.healthcheck` matched `P:worker:<consumer or host>*`: a worker named w1 (or on host
+    gpu1) was healthy while only w10 (gpu10-…, gpu1-b-…) had a heartbeat."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import uuid
+
+    prefix, host = f"t{uuid.uuid4().hex[:10]}", socket.gethostname()
+    r = redis_server.client()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGMA")}
+    env.update(SIGMA_REDIS_URL=redis_server.url, SIGMA__REDIS__KEY_PREFIX=prefix)
+
+    def healthy(consumer: str | None = None) -> bool:
+        extra = {"SIGMA__WORKER__CONSUMER": consumer} if consumer else {}
+        return subprocess.run([sys.executable, "-m", "sigma.workers.healthcheck"], env={**env, **extra},
+                              capture_output=True, timeout=60).returncode == 0
+
+    for other in ("w10", f"{host}0-123", f"{host}-b-123"):
+        r.hset(f"{prefix}:worker:{other}", "model_loaded", "1")
+    assert not healthy("w1") and not healthy()
+    r.hset(f"{prefix}:worker:w1", "model_loaded", "1")
+    r.hset(f"{prefix}:worker:{host}-4242", "model_loaded", "1")
+    assert healthy("w1") and healthy()
 
 
 @pytest.mark.redis

@@ -1,4 +1,4 @@
-"""Container health check for a worker: exit 0 when a worker on this host has a fresh heartbeat.
+"""Container health check for a worker: exit 0 when this host's worker has a fresh heartbeat.
 
 `python -m sigma.workers.healthcheck` (Docker HEALTHCHECK): the worker writes `P:worker:<host>-<pid>` with a
 TTL only after its model loaded, so "a key for this host exists" means alive, connected and ready.
@@ -10,6 +10,11 @@ import socket
 import sys
 
 
+def _glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def main() -> int:
     import redis
 
@@ -19,11 +24,15 @@ def main() -> int:
 
     cfg = load_serve_config(os.environ.get("SIGMA_SERVE_CONFIG"))
     client = probe_client(cfg.redis, timeout_s=2)
-    host = socket.gethostname()
-    pattern = Keys(cfg.redis.key_prefix).worker(f"{cfg.worker.consumer or host}*")
+    # This host's worker only: `worker.consumer` exactly, else `<host>-<pid>`. A bare prefix (`gpu1*`) also
+    # matched gpu10's workers (and `w1*` a worker named w10): a dead worker passed on another's heartbeat.
+    consumer = cfg.worker.consumer
+    wanted = Keys(cfg.redis.key_prefix).worker(consumer or f"{socket.gethostname()}-")
+    pattern = _glob_escape(wanted) if consumer else _glob_escape(wanted) + "*"
     try:
         for key in client.scan_iter(match=pattern, count=100):
-            if client.hget(key, "model_loaded") == b"1":
+            pid = key.decode("utf-8", "replace")[len(wanted):]
+            if (consumer or pid.isdigit()) and client.hget(key, "model_loaded") == b"1":
                 return 0
     except redis.RedisError as exc:
         print(f"unhealthy: redis unreachable ({exc})", file=sys.stderr)

@@ -43,14 +43,19 @@ def sync_client(settings: RedisSettings, *, block_ms: int = 0) -> redis.Redis:
 
 
 def async_client(settings: RedisSettings, socket_timeout: float | None) -> aredis.Redis:
-    """For the API: one pool per event loop; no retry inside the client (the API answers 503 instead)."""
+    """For the API: one pool per event loop. One immediate retry after a connection error (a pooled connection
+    the server closed), none after a timeout: a frozen Redis would otherwise cost each call up to four socket
+    timeouts (the health-check PING, the command, and each again on a new connection, whose handshake waits too),
+    so /metrics took 4 x `socket_timeout_s` to say `sigma_redis_up 0` and a submission as long to answer 503."""
     import redis.asyncio as aredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     return aredis.Redis.from_url(settings.url, socket_connect_timeout=settings.connect_timeout_s,
                                  socket_timeout=socket_timeout, max_connections=settings.max_connections,
-                                 retry=Retry(NoBackoff(), 1), health_check_interval=5)
+                                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                                 health_check_interval=5)
 
 
 def probe_client(settings: RedisSettings, timeout_s: float | None = None) -> redis.Redis:

@@ -44,9 +44,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.TryAgainError,
     redis_errors.ClusterDownError,    # CLUSTERDOWN, MASTERDOWN
 )
-# Replies redis-py leaves as a plain ResponseError, by their code.
-TRANSIENT_REPLIES = ("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOGROUP", "BUSY", "MISCONF",
-                     "READONLY", "NOREPLICAS")
+# Replies redis-py leaves as a plain ResponseError, by their code. NOGROUP and UNBLOCKED: the stream (and its
+# group) is gone (FLUSHALL, a DEL, a failover to an empty replica): UNBLOCKED is what a consumer blocked in
+# XREADGROUP gets (Redis >= 7), NOGROUP the others; `connect` makes the group again.
+TRANSIENT_REPLIES = ("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOGROUP", "UNBLOCKED", "BUSY",
+                     "MISCONF", "READONLY", "NOREPLICAS")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -201,7 +203,7 @@ class Consumer:
                     if not is_transient(exc):
                         raise
                     self._transient(exc, "consuming")
-                    if "NOGROUP" in str(exc) or isinstance(exc, redis.ConnectionError):
+                    if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc) or isinstance(exc, redis.ConnectionError):
                         self.connect()
             self._finish_on_stop()
         finally:

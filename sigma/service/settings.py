@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from sigma.config.loader import load_config, parse_value
 from sigma.config.schema import MAX_BATCH_SIZE, IOConfig, LimitsConfig, Strict
@@ -76,9 +76,20 @@ class ServiceLimits(LimitsConfig):
 
 
 class ApiKey(Strict):
-    name: str = Field("key", description="shown in logs and stored as the job's owner; never the key")
+    name: str = Field(description="shown in logs and stored as the job's owner; never the key. Default "
+                      "key-<first 12 hex digits of sha256>, as for SIGMA_API_KEYS: keys without a name never share "
+                      "jobs (give two keys one name to let them, e.g. while rotating a key)")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
     scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_from_digest(cls, data: Any) -> Any:
+        """An unnamed key was named "key", like every other unnamed key: each could read and delete the others'
+        jobs and replay their Idempotency-Keys."""
+        if isinstance(data, dict) and data.get("name") is None and isinstance(data.get("sha256"), str):
+            data = {**data, "name": f"key-{data['sha256'][:12]}"}
+        return data
 
     @field_validator("scopes")
     @classmethod
