@@ -194,8 +194,9 @@ class Service:
 
     # -- reading ---------------------------------------------------------------------------
     async def job(self, job_id: str, principal: Principal) -> dict[str, str]:
-        if not JOB_ID.match(job_id):
-            raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+        if not JOB_ID.match(job_id):   # not a job id: said without echoing it (a 60 KB path came back whole)
+            shown = job_id if len(job_id) <= 64 else f"{job_id[:32]}… ({len(job_id)} characters)"
+            raise ApiError(404, "job_not_found", f"no job {shown!r}: job ids are 32 hex digits")
         h = decode_hash(await self.r.hgetall(self.keys.job(job_id)))
         if not h or (h.get("owner") != principal.name and not principal.admin):
             raise ApiError(404, "job_not_found", f"no job {job_id} (finished jobs are kept "

@@ -150,7 +150,7 @@ def test_auth_401_403_and_scopes(svc):
 @pytest.mark.parametrize("case", ["unknown_route", "method", "bad_json", "media_type", "missing_field", "not_a_file",
                                   "unknown_field", "bad_threshold", "bad_base64", "unreadable", "too_many_pixels",
                                   "too_long", "aspect", "unknown_annotator", "huge_body", "bad_job_id", "jpeg_scans",
-                                  "bool_threshold"])
+                                  "bool_threshold", "long_job_id"])
 def test_errors_are_json_with_stable_codes(svc, case):
     o, e = make_pair(seed=5)
     h = svc.headers()
@@ -179,6 +179,7 @@ def test_errors_are_json_with_stable_codes(svc, case):
         "huge_body": (413, "request_too_large", lambda: http.post(
             "/v1/jobs", files={"original": ("o.png", b"\0" * 4_600_000), "edited": ("e.png", b"x")}, headers=h)),
         "bad_job_id": (404, "job_not_found", lambda: http.get("/v1/jobs/NOT-A-JOB", headers=h)),
+        "long_job_id": (404, "job_not_found", lambda: http.get("/v1/jobs/" + "a" * 10_000, headers=h)),
         # JSON values keep their type: `true` is not the threshold 1.0 (which would be an empty mask)
         "bool_threshold": (422, "invalid_request", lambda: http.post("/v1/jobs", headers=h, json={
             "original": base64.b64encode(png_bytes(o)).decode(), "edited": base64.b64encode(png_bytes(e)).decode(),
@@ -193,6 +194,8 @@ def test_errors_are_json_with_stable_codes(svc, case):
     assert resp.headers["content-type"].startswith("application/json")
     err = resp.json()["error"]
     assert err["code"] == code and err["message"]
+    if case == "long_job_id":                 # what the client sent is not echoed back whole
+        assert len(err["message"]) < 200 and "10000 characters" in err["message"]
 
 
 def test_readyz_metrics_and_openapi(svc):
