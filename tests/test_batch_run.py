@@ -580,3 +580,20 @@ def test_status_files_that_are_json_but_not_a_status_cost_their_shard_not_every_
     assert "2/3 shards done" in capsys.readouterr().out
     resumed = run_batch(cfg_for(tmp_path / "set", input={"shard_size": 2}), out, resume=True, progress=False)
     assert resumed.done_now == 1 and resumed.status["done"] == 3
+
+
+def test_a_shard_file_damaged_in_place_is_redone_by_resume(tmp_path):
+    """A done shard was checked by its size only, so a file damaged in place (bytes flipped by a bad disk, a copy
+    patched up) counted as done for ever: `--resume` said "all done" and every export failed on it."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6))
+    out = tmp_path / "run"
+    cfg = cfg_for(tmp_path / "set", input={"shard_size": 2})
+    run_batch(cfg, out, progress=False)
+    before = {p: p.read_bytes() for p in (out / "shards").iterdir()}
+    victim = sorted(before)[1]
+    damaged = bytearray(before[victim])
+    damaged[40:140] = bytes(b ^ 0xFF for b in damaged[40:140])      # same size, other bytes
+    victim.write_bytes(bytes(damaged))
+    resumed = run_batch(cfg, out, resume=True, progress=False)
+    assert resumed.done_now == 1 and resumed.skipped == 2
+    assert {p: p.read_bytes() for p in (out / "shards").iterdir()} == before

@@ -147,13 +147,22 @@ class RunDir:
             return None
         return st if isinstance(st, dict) else None
 
-    def is_done(self, shard: Shard, run_hash: str) -> bool:
-        """Done = a "done" status for this run hash and the output it names is there, unchanged."""
+    def is_done(self, shard: Shard, run_hash: str, verify: bool = False) -> bool:
+        """Done = a "done" status for this run hash and the output it names is there, unchanged: the size it was
+        written with, and with `verify` (a run or a fleet submission deciding what to redo) its sha256 too — a
+        shard file damaged in place (a bad disk, a copy cut and patched) keeps its size, and was taken as done
+        for ever; the status records the checksum, so reading the file once per resume settles it."""
         st = self.status(shard)
         if not st or st.get("status") != "done" or st.get("run_hash") != run_hash:
             return False
         out = self.shard_path(shard, run_hash)
-        return out.is_file() and out.stat().st_size == st.get("bytes")
+        if not (out.is_file() and out.stat().st_size == st.get("bytes")):
+            return False
+        if verify and isinstance(st.get("sha256"), str):
+            from sigma.digest import sha256_file
+
+            return sha256_file(out) == st["sha256"]
+        return True
 
     @contextmanager
     def _status_lock(self, shard: Shard) -> Iterator[None]:

@@ -150,7 +150,7 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
 def _run_locked(cfg: BatchConfig, out: str | Path, resume: bool, progress: bool, annotator,
                 max_shards: int | None) -> RunSummary:
     rundir, corpus, run_hash, shards = prepare_run(cfg, out, resume)
-    pending = [s for s in shards if not rundir.is_done(s, run_hash)]
+    pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
     if max_shards is not None:
         pending = pending[:max_shards]
     start = time.perf_counter()

@@ -63,7 +63,7 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
     keys = Keys(settings.key_prefix)
     with RunDir(out).locked():          # planning writes run.json: not while a local run holds the folder
         rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
-    pending = [s for s in shards if not rundir.is_done(s, run_hash)]
+    pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
     try:
         with _client(settings, client) as conn:
             q = make_queue(conn, keys, consumer="submitter")
