@@ -9,7 +9,7 @@ A key is scoped to its API key (owner) and stored with a digest of the request i
 
 "The same request" is what decides the result: the annotator, instruction, threshold, mask mode, the set of outputs and
 the two images' bytes (sha256), whether they came as multipart or JSON; `wait` only affects how the answer
-is delivered. The record is `P:idem:<owner>:<key>` = {digest, job, state}; a claim is held `pending` for
+is delivered. The record is `P:idem:<len(owner)>:<owner>:<key>` = {digest, job, state}; a claim is held `pending` for
 `CLAIM_TTL_S` and made durable (queue.job_ttl_s) once the job is enqueued, so an API that dies between the two
 frees the key by itself.
 """

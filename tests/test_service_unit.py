@@ -279,3 +279,11 @@ def test_header_check_gives_the_library_error_codes():
             got = exc.code
         assert got == want, (name, got, want)
     assert check_pair(o, e, None, io_cfg) is None
+
+
+def test_idempotency_records_of_two_owners_never_share_a_key():
+    from sigma.service.keys import Keys
+
+    keys = Keys("sigma")
+    assert keys.idem("a", "b:c") != keys.idem("a:b", "c")
+    assert keys.idem("a", "b") == keys.idem("a", "b")

@@ -56,7 +56,9 @@ class Keys:
         return f"{self.p}:worker:*"
 
     def idem(self, owner: str, key: str) -> str:
-        return f"{self.p}:idem:{owner}:{key}"
+        # the owner's length first: `owner:key` alone made owner "a" with key "b:c" and owner "a:b" with key "c"
+        # one record (one client saw the other's pending or committed request)
+        return f"{self.p}:idem:{len(owner)}:{owner}:{key}"
 
     def metrics(self, annotator: str) -> str:
         return f"{self.p}:metrics:{annotator}"
