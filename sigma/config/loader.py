@@ -18,10 +18,73 @@ from sigma.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_value(text: str) -> Any:
-    """`key=value` values are YAML scalars/lists: `0.1`, `true`, `[2,5,11]`, `null`, `name`."""
+# A config is a few hundred values a few levels deep. These bounds are what a YAML file or a `--set` value may
+# expand to: aliases cost nothing to parse and everything to copy (9 aliases of 9 aliases, nine levels down, is
+# 387 M values — the "billion laughs"), and a list nested 100000 deep blew the parser's stack (a traceback).
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that names one key twice: PyYAML keeps the last and drops the first without a word."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, refusing a key given twice in one mapping (a merge key `<<` may still be overridden)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise DuplicateKeyError("while constructing a mapping", node.start_mark,
+                                            f"found duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Walk the loaded tree (aliases counted once per use, as every later copy would) within the bounds."""
+    stack, count = [(data, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: expands to more than {MAX_CONFIG_VALUES} values (YAML aliases that "
+                              "repeat themselves?); a config is a few hundred")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load` within the bounds above, duplicate keys refused. YAML syntax errors are raised as
+    `yaml.YAMLError` (the caller says where); what the parser cannot hold is a ConfigError naming `where`."""
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)   # a SafeLoader subclass: no python/* tags
+    except RecursionError as exc:
+        raise ConfigError(f"{where}: nested too deeply for a config") from exc
+    except ValueError as exc:   # CPython's bound on int(str): an integer of more than 4300 digits
+        if "integer string conversion" not in str(exc):
+            raise
+        raise ConfigError(f"{where}: holds an integer of more than 4300 digits") from exc
+    _check_size(data, where)
+    return data
+
+
+def parse_value(text: str, key: str = "value") -> Any:
+    """`key=value` values are YAML scalars/lists: `0.1`, `true`, `[2,5,11]`, `null`, `name`; text that is not
+    YAML stays text."""
+    try:
+        return load_yaml(text, f"override {key}")
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"override {key}: {exc.problem}") from exc
     except yaml.YAMLError:
         return text
 
@@ -35,7 +98,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        out[key] = parse_value(value)
+        out[key] = parse_value(value, key)
     return out
 
 
@@ -73,7 +136,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(), str(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
