@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_synth import make_photos
 
 from sigma.cli import main
@@ -210,6 +211,21 @@ def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
     assert main(["train", STAGE1, "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+
+
+def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
+    """The run folder is <out_dir>/<name>: `name=/` trained into `/` (config.yaml, checkpoints, model/, final/
+    at the file system's root), `name=../x` beside out_dir, an absolute name anywhere."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "eval.val_size=0"]
+    for name in ("../escaped", str(tmp_path / "absolute"), ".", "a/../../up"):
+        assert main(["train", STAGE1, *common, f"name={name}"]) == 2, name
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and "name must be a relative folder name inside out_dir" in err, err
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "absolute").exists()
+    assert not (tmp_path / "up").exists() and not runs.exists()
+    assert main(["train", STAGE1, *common, "name=group/one"]) == 0      # a sub-folder of out_dir is fine
+    assert (runs / "group" / "one" / "final").is_dir()
 
 
 def test_schedule_and_losses():

@@ -1,9 +1,10 @@
 """The stage config: one pydantic tree drives Stage I and Stage II (every Stage II term is a switch)."""
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sigma.config.schema import MAX_THREADS, Strict
 from sigma.data.synth.engine import SynthConfig
@@ -110,6 +111,17 @@ class TrainConfig(Strict):
                                       "(exit 0); `sigma train --resume RUN` continues the same schedule. "
                                       "For a shared machine or a time-limited device slot")
     tensorboard: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name_inside_out_dir(cls, name: str) -> str:
+        """`<out_dir>/<name>` must be a folder under out_dir: `name=/` made the run folder `/` (the run wrote its
+        checkpoints there), `name=../x` one outside out_dir, `name=.` out_dir itself, among the other runs."""
+        parts = PurePosixPath(name).parts
+        if not parts or parts == (".",) or PurePosixPath(name).is_absolute() or ".." in parts:
+            raise ValueError(f"the run folder is <out_dir>/<name>: name must be a relative folder name inside "
+                             f"out_dir (no leading /, no '..', not '.'), got {name!r}")
+        return name
 
 
 def effective_synth(cfg: TrainConfig) -> SynthConfig:
