@@ -228,6 +228,20 @@ def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
     assert (runs / "group" / "one" / "final").is_dir()
 
 
+def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, capsys):
+    """A NUL byte in a config path (a YAML string can hold one) was a ValueError traceback from the first mkdir."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "eval.val_size=0"]
+    for key, tree in (("out_dir", {"out_dir": f"{tmp_path}/a\0b"}), ("init_from", {"init_from": "run\0"}),
+                      ("sources[0].path", {"sources": [{"path": "pairs\0"}]})):
+        cfg = tmp_path / "nul.yaml"
+        cfg.write_text(yaml.safe_dump({**yaml.safe_load(Path(STAGE1).read_text()), **tree}))
+        assert main(["train", str(cfg), *[c for c in common if not c.startswith(key)], "name=nul"]) == 2
+        err = capsys.readouterr().err
+        assert f"[invalid_config]: {key}: holds a NUL byte" in err, err
+    assert not (runs / "nul").exists()
+
+
 def test_schedule_and_losses():
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)

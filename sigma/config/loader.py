@@ -149,6 +149,24 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _refuse_nul(tree: dict) -> None:
+    """No config text may hold a NUL byte: every one is a path, a name or a choice, and the first `open()` or
+    `mkdir()` of it raised a bare ValueError ("embedded null byte"), a traceback, after the config was taken."""
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, str) and "\x00" in node:
+            raise ConfigError(f"{where or '<root>'}: holds a NUL byte ({node[:80]!r}); no path or name can")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                dotted = f"{where}.{key}" if where else str(key)
+                if "\x00" in str(key):
+                    raise ConfigError(f"{dotted!r}: a key holding a NUL byte")
+                stack.append((dotted, value))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))
+
+
 def load_config(model: type[M], path: str | Path | None = None,
                 overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None) -> M:
     """defaults (the model) < `base` < YAML file < overrides; errors name the offending key."""
@@ -158,6 +176,7 @@ def load_config(model: type[M], path: str | Path | None = None,
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     tree = apply_overrides(tree, overrides or {})
+    _refuse_nul(tree)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
