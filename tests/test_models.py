@@ -291,6 +291,63 @@ def test_dinov2_from_offline_hf_cache(tmp_path, monkeypatch):
     assert str(hub) in msg and "local path" in msg and "HF_HUB_OFFLINE" in msg
 
 
+def _hub_snapshot(hub: Path) -> Path:
+    """A tiny DINOv2 laid out as huggingface_hub does: blobs named by their sha256, the snapshot's files
+    relative symlinks to them."""
+    import hashlib
+    import os
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub / "models--sigma-test--tiny-dinov2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    _tiny_dinov2().save_pretrained(hub / "plain")
+    snap, blobs = repo / "snapshots" / commit, repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    for f in (hub / "plain").iterdir():
+        blob = blobs / hashlib.sha256(f.read_bytes()).hexdigest()
+        f.replace(blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    return snap
+
+
+@pytest.mark.parametrize("damage", ["dangling_symlink", "weights_removed", "cut_short", "config_not_json"])
+def test_a_damaged_hf_cache_snapshot_is_one_weights_error(tmp_path, monkeypatch, capsys, damage):
+    """A snapshot whose weights blob is gone (a download cut short, a cache cleaned by hand) was transformers'
+    OSError; a weights file cut short was safetensors' SafetensorError, a traceback; a config.json that is not
+    JSON, transformers' OSError. Each is now the weights error of the model, naming the snapshot."""
+    import os
+
+    from sigma.assets import example_pair
+    from sigma.cli import main
+    from sigma.models.weights import WeightsUnreadableError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snap = _hub_snapshot(tmp_path / "hf" / "hub")
+    weights, config = snap / "model.safetensors", snap / "config.json"
+    if damage == "dangling_symlink":
+        os.unlink(os.path.realpath(weights))
+    elif damage == "weights_removed":
+        weights.unlink()
+    elif damage == "cut_short":
+        Path(os.path.realpath(weights)).write_bytes(Path(os.path.realpath(weights)).read_bytes()[:1000])
+    else:
+        Path(os.path.realpath(config)).write_text("{not json")
+    expected = WeightsNotFoundError if damage in ("dangling_symlink", "weights_removed") else WeightsUnreadableError
+    with pytest.raises(WeightsNotFoundError) as err:
+        build_model(_with_backbone("sigma-test/tiny-dinov2"))
+    assert type(err.value) is expected and str(snap) in err.value.message
+    capsys.readouterr()
+    pair = example_pair()
+    assert main(["annotate", pair["original"], pair["edited"], "--annotator", "feature-diff", "-o",
+                 str(tmp_path / "out"), "--set", "options.backbone_weights=sigma-test/tiny-dinov2"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sigma: error")]
+    assert len(lines) == 1 and f"[{expected.code}]" in lines[0], lines
+
+
 def test_dinov2_bare_safetensors_with_wrong_key_is_an_error(tmp_path):
     from safetensors.torch import load_file, save_file
 

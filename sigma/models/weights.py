@@ -115,10 +115,36 @@ def resolve_local(ref: str, *, what: str, allow_download: bool = False, hint: st
     return resolve_hf_reference(ref, filename=filename, allow_download=allow_download, what=what, hint=hint).location
 
 
+def from_pretrained_or_error(load: Any, folder: str, *, what: str, where: str | None = None, **kwargs: Any) -> Any:
+    """`load(folder, local_files_only=True, **kwargs)` (a transformers `from_pretrained`) with its failures said as
+    SIGMA errors naming the folder. A Hugging Face snapshot whose weights file is missing or a dangling symlink (a
+    download cut short, a blob cleaned away) was transformers' OSError; a weights file cut short or not what it
+    is named was safetensors' SafetensorError, a traceback."""
+    from sigma.errors import SigmaError
+
+    where = where or folder
+    try:
+        return load(folder, local_files_only=True, **kwargs)
+    except (SigmaError, ImportError):    # ours, or a missing package: said as they are
+        raise
+    except OSError as exc:
+        text = " ".join(str(exc).split())[:300]
+        if exc.errno is None and ("no file named" in text or "does not appear to have" in text):
+            raise WeightsNotFoundError(f"{what} at {where}: the weights file is missing ({text}); copy the "
+                                       "model again (a Hugging Face snapshot: download it again)") from exc
+        raise WeightsUnreadableError(f"{what} at {where}: cannot read the model files ({text})") from exc
+    except Exception as exc:   # SafetensorError (a Rust exception), a bad pickle, a broken JSON
+        text = " ".join(str(exc).split())[:300]
+        raise WeightsUnreadableError(f"{what} at {where}: the model files cannot be read ({type(exc).__name__}: "
+                                     f"{text}); a file is damaged or not what it is named — copy the model "
+                                     "again") from exc
+
+
 def strict_from_pretrained(model_cls: Any, folder: str, *, what: str, **kwargs: Any):
     """`from_pretrained` from a local folder, refusing a partial load: transformers silently re-initialises
     weights it did not find, so a wrong checkpoint could otherwise pass for a detector or a parser."""
-    model, info = model_cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    model, info = from_pretrained_or_error(model_cls.from_pretrained, folder, what=what, output_loading_info=True,
+                                           **kwargs)
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         detail = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
