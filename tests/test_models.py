@@ -162,6 +162,61 @@ def test_strict_load_rejects_wrong_keys(tmp_path, damage):
         build_model("tiny-lite", state_dict=state)
 
 
+@pytest.mark.parametrize("damage", ["nan", "inf", "int64", "bool", "complex"])
+def test_weights_of_the_wrong_kind_or_not_finite_are_refused(tmp_path, capsys, damage):
+    """load_state_dict copies across dtypes: an integer, bool or complex tensor became a float parameter
+    without a word, and NaN / inf weights loaded as they were — `sigma annotate` then wrote a mask from NaN
+    probabilities (a RuntimeWarning, exit 0). fp16 / fp64 files still load (cast back, as the embedded fp16
+    file is)."""
+    from safetensors.torch import load_file, save_file
+
+    from sigma.assets import example_pair
+    from sigma.cli import main
+    from sigma.models.weights import WeightsUnreadableError
+
+    save_model(build_model("tiny-lite"), tmp_path / "m")
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    key = "decoder.out.weight"
+    state[key] = {"nan": torch.full_like(state[key], float("nan")), "inf": state[key] / 0.0,
+                  "int64": (state[key] * 100).long(), "bool": state[key] > 0,
+                  "complex": state[key].to(torch.complex64)}[damage]
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    expected = WeightsUnreadableError if damage in ("nan", "inf") else WeightsMismatchError
+    with pytest.raises(expected) as err:
+        load_model(tmp_path / "m")
+    assert key in err.value.message
+    with pytest.raises(expected):
+        build_model("tiny-lite", state_dict=state)
+    pair = example_pair()
+    capsys.readouterr()
+    assert main(["annotate", pair["original"], pair["edited"], "--annotator", "sigma-lite", "-o", str(tmp_path / "o"),
+                 "--set", f"options.weights={tmp_path / 'm'}", "--set", "options.cpu_threads=1"]) == 2
+    assert f"[{expected.code}]" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "mask.png").exists()
+    for dtype in (torch.float16, torch.float64):
+        good = load_file(str(tmp_path / "m" / "model.safetensors"))
+        good[key] = torch.zeros(good[key].shape, dtype=dtype)
+        save_file(good, str(tmp_path / "m" / "model.safetensors"))
+        assert load_model(tmp_path / "m").state_dict()[key].dtype == torch.float32
+
+
+def test_a_config_that_disagrees_with_its_weights_is_refused_before_the_network_is_built(tmp_path):
+    """The shapes are compared on a meta-device skeleton first: a config.json claiming 200000 channels
+    (rewritten by hand, or another model's) allocated that network — 20 GB for widths of 50000, a MemoryError
+    traceback or the OOM killer — before the weights were found not to fit."""
+    import resource
+
+    save_model(build_model("tiny-lite"), tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"]["backbone"]["widths"][-1] = 200_000
+    meta["config"]["dim"] = 200_000
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(WeightsMismatchError, match="shape mismatch"):
+        load_model(tmp_path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000   # KiB: nothing of it was built
+
+
 def test_explicit_state_dict_wins():
     src = build_model("tiny-dinov2", pretrained=False)
     dst = build_model("tiny-dinov2", state_dict=src.state_dict())

@@ -13,7 +13,7 @@ from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
-from sigma.models.weights import load_safetensors, strict_load
+from sigma.models.weights import check_state, load_safetensors, strict_load
 from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
@@ -152,6 +152,12 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu", al
         raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
     state = load_safetensors(weights_path)
     if backbone_in_file:
+        # checked against a skeleton on the meta device first: a config.json that disagrees with its weights
+        # (widths of 50000) allocated the network it describes — 20 GB, a MemoryError traceback or the OOM
+        # killer — before the shapes were compared
+        with torch.device("meta"):
+            skeleton = SigmaNet(cfg, pretrained=False)
+        check_state(skeleton, state, f"SigmaNet at {weights_path}")
         model = SigmaNet(cfg, pretrained=False)
     else:
         if backbone_weights:

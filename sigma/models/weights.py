@@ -164,13 +164,23 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
                                      "not what it is named — write it again (save_model / the training run)") from exc
 
 
-def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
-    """load_state_dict(strict=True) with an error that lists the offending keys, as a SIGMA error."""
+def check_state(module, state_dict: dict[str, Any], what: str) -> None:
+    """The checks of `strict_load` without loading: every key there and no other, every shape, every dtype of
+    the same kind (a float parameter from an integer, bool or complex tensor was cast without a word — load_state_dict
+    copies across dtypes), and every value finite (NaN or inf weights gave NaN probabilities: masks of garbage,
+    exit 0). `module` may live on the meta device (shapes and dtypes only)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    bad_shape = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or bad_shape:
+    common = sorted(set(own) & set(state_dict))
+    bad_shape = [k for k in common if tuple(own[k].shape) != tuple(state_dict[k].shape)]
+
+    def kind(t: Any) -> str:
+        return "complex" if t.is_complex() else "float" if t.is_floating_point() else "integer or bool"
+
+    bad_dtype = [f"{k} ({kind(state_dict[k])}, not {kind(own[k])})" for k in common
+                 if k not in bad_shape and kind(own[k]) != kind(state_dict[k])]
+    if missing or unexpected or bad_shape or bad_dtype:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
         parts = []
@@ -180,7 +190,23 @@ def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
             parts.append(f"{len(unexpected)} unexpected key(s): {show(unexpected)}")
         if bad_shape:
             parts.append(f"{len(bad_shape)} shape mismatch(es): {show(bad_shape)}")
+        if bad_dtype:
+            parts.append(f"{len(bad_dtype)} dtype mismatch(es): {show(bad_dtype)}")
         raise WeightsMismatchError(f"{what}: weights do not match the architecture — " + "; ".join(parts))
+    import torch
+
+    not_finite = [k for k in common if state_dict[k].is_floating_point()
+                  and not bool(torch.isfinite(state_dict[k]).all())]
+    if not_finite:
+        raise WeightsUnreadableError(f"{what}: {len(not_finite)} tensor(s) hold NaN or infinite values "
+                                     f"({', '.join(not_finite[:5])}): the file is damaged or was saved from a "
+                                     "diverged training run")
+
+
+def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
+    """load_state_dict(strict=True) after `check_state`, with an error that lists the offending keys, as a SIGMA
+    error."""
+    check_state(module, state_dict, what)
     module.load_state_dict(state_dict, strict=True)
 
 
