@@ -133,6 +133,26 @@ def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_folder_is_free_onc
     assert (busy / "final" / "model.safetensors").is_file()
 
 
+def test_runs_started_together_on_one_val_dir_write_it_once_and_score_the_same_pairs(photos, tmp_path):
+    """configs/train/sigma-lite-ii.yaml names one eval.val_dir for every run: three runs of it started together
+    (a seed sweep) all wrote the set into one .tmp folder; the first to finish renamed it away, and the others
+    died writing into it (os_error) or removed the set another was reading. Now one writes, the others wait for
+    it and read the same pairs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    val = tmp_path / "val" / "synth"
+    common = [f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "steps=1", "batch_size=2",
+              f"eval.val_dir={val}", "eval.val_size=64", "eval.at_start=false"]
+    procs = [subprocess.Popen([sys.executable, "-m", "sigma", "train", STAGE1, *common, f"name=r{i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-400:] for _, err in outs]
+    assert sum("wrote the fixed synthetic validation set" in out for out, _ in outs) == 1
+    assert len((val / "pairs.jsonl").read_text().splitlines()) == 64 and not (tmp_path / "val" / "synth.tmp").exists()
+    scores = [[json.loads(line)["synthetic"] for line in (tmp_path / "runs" / f"r{i}" / "metrics.jsonl").read_text()
+               .splitlines() if json.loads(line)["event"] == "val"][-1] for i in range(3)]
+    assert all(s["pairs"] == 64 for s in scores) and scores[0] == scores[1] == scores[2]
+
+
 def test_a_killed_data_worker_is_replaced_and_the_run_ends_with_the_uninterrupted_weights(photos, tmp_path):
     """SIGKILL to the DataLoader's worker process mid-run (what the OOM killer does): the run restarts its
     loader at the step in hand by itself, logs a `loader_restart` row, exits 0, and — batches being a pure

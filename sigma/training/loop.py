@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -505,10 +505,30 @@ class Trainer:
                     raise ConfigError(f"eval.val_dir {folder} holds no pairs.jsonl and eval.val_size is 0")
                 from .data import write_val_dir
 
-                write_val_dir(self.cfg, folder, ev.val_size)
-                self.log(f"wrote the fixed synthetic validation set: {ev.val_size} pairs in {folder}")
+                # one writer: runs started together with one val_dir (a seed sweep of a shipped config) wrote into
+                # one .tmp folder at once, and the one that finished second lost its files (os_error) or removed
+                # the set the first was reading; the others wait here and then read what the writer wrote
+                with _held_while_written(folder):
+                    if not (folder / "pairs.jsonl").is_file():
+                        write_val_dir(self.cfg, folder, ev.val_size)
+                        self.log(f"wrote the fixed synthetic validation set: {ev.val_size} pairs in {folder}")
             return load_val_dir(folder)
         return fixed_val_set(self.cfg, ev.val_size) if ev.val_size else []
+
+
+@contextmanager
+def _held_while_written(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `.<folder name>.lock` beside `folder`, waited for (the kernel drops it if the
+    holder dies)."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def start(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None,
