@@ -110,8 +110,10 @@ class SynthConfig(Strict):
             unknown = sorted(set(weights) - set(known))
             if unknown:
                 raise ValueError(f"{name} has unknown keys {unknown}; choose from {list(known)}")
-            if not all(math.isfinite(v) and v >= 0 for v in weights.values()) or sum(weights.values()) <= 0:
-                raise ValueError(f"{name} weights must be finite, >= 0, and not all 0, got {weights}")
+            total = sum(weights.values())
+            # the sum too: two weights of 1e308 add up to inf, and inf / inf made NaN probabilities (a traceback)
+            if not all(math.isfinite(v) and v >= 0 for v in weights.values()) or not 0 < total < math.inf:
+                raise ValueError(f"{name} weights must be finite, >= 0, not all 0, with a finite sum, got {weights}")
         return self
 
 
