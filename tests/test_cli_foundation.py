@@ -308,9 +308,12 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                 "--threads", "100000"], "invalid_config"),
         "annotator_batch_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"),
                                        "--set", "options.batch_size=5000"], "invalid_config"),
-        # a training config: 0 threads (torch raises), a 10^5 px crop (30 GB a sample in the data worker)
+        # a training config: 0 threads (torch raises), a 10^5 px crop (30 GB a sample in the data worker),
         "train_threads_zero": (["train", str(TRAIN_TINY), "threads=0"], "invalid_config"),
         "train_crop_huge": (["train", str(TRAIN_TINY), "data.crop=100000"], "invalid_config"),
+        # ... 100000 data worker processes, a batch of a million crops in one worker's memory
+        "train_workers_huge": (["train", str(TRAIN_TINY), "num_workers=100000"], "invalid_config"),
+        "train_batch_huge": (["train", str(TRAIN_TINY), "batch_size=1000000"], "invalid_config"),
         # text no file can hold: non-UTF-8 bytes in argv arrive as lone surrogates; a non-UTF-8 --file line
         "annotate_instruction_surrogate": (["annotate", o, e, *pd, "-i", "add \udcff", "-o", str(tmp / "s")],
                                            "invalid_text"),

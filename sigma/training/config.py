@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from sigma.config.schema import MAX_THREADS, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, Strict
 from sigma.data.synth.engine import SynthConfig
 
 
@@ -82,8 +82,10 @@ class TrainConfig(Strict):
     data: SynthConfig = Field(default_factory=SynthConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     steps: int = Field(1000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    num_workers: int = Field(1, ge=0)
+    # bounded like every other command's: num_workers=100000 started that many data processes, batch_size=10^6
+    # asked one data worker for a million crops in memory
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)
+    num_workers: int = Field(1, ge=0, le=MAX_PROCESSES)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(50, ge=0)
