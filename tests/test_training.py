@@ -101,6 +101,32 @@ def test_kill_and_resume_continues_with_the_same_steps(photos, tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_a_run_stopped_after_its_last_checkpoint_is_finished_by_resume(photos, tmp_path, capsys):
+    """Killed in the final validation (after the checkpoint of the last step, before final/: with eval.data
+    that is minutes of scoring), a run was left with no final/, and `--resume` said "already at step N of N"
+    and exited 0 without writing it, however often it was run. Now the resume does the end: the final
+    validation, best/, and a final/ equal to the uninterrupted run's."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=4", "batch_size=2", "eval.val_size=8",
+              "eval.at_start=false"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, "name=cut"]) == 0
+    cut = runs / "cut"
+    # the state a SIGKILL in the final validation leaves: the step-4 checkpoint and model/, nothing after them
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "best")
+    (cut / "best.json").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut)]) == 0
+    assert "finishing it" in capsys.readouterr().out
+    assert (cut / "final" / "model.safetensors").read_bytes() == (runs / "ref" / "final" / "model.safetensors"
+                                                                  ).read_bytes()
+    assert (cut / "best" / "model.safetensors").is_file() and json.loads((cut / "best.json").read_text())["step"] == 4
+    assert json.loads((cut / "metrics.jsonl").read_text().splitlines()[-1])["event"] == "val"
+    assert main(["train", "--resume", str(cut)]) == 0                 # finished: nothing more to do
+    assert "already at step 4 of 4" in capsys.readouterr().out
+
+
 def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_folder_is_free_once_its_holder_dies(
         photos, tmp_path, capsys):
     """Two `sigma train` on one folder would interleave checkpoints, metrics and best/: while one runs, the same

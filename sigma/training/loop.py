@@ -356,8 +356,15 @@ class Trainer:
             self.restore(ckpt)
             self.log(f"resumed {self.run_dir} at step {self.step}")
         if self.step >= cfg.steps:
-            self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
-            return self.run_dir
+            if (self.run_dir / "final" / "config.json").is_file():   # save_model writes the config last
+                self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
+                return self.run_dir
+            # stopped after its last checkpoint, before its end was written (killed in the final validation,
+            # which scores a real set for minutes): the end is done now — it used to say "already at step N"
+            # and exit 0 with no final/, no final validation and no best/ from it, however often resumed
+            self.log(f"{self.run_dir}: at step {self.step} of {cfg.steps} but stopped before final/ was written; "
+                     "finishing it")
+            return self._finish(self._val_set() if self.is_main else [])
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
             (self.run_dir / "grow.json").write_text(json.dumps(
@@ -411,6 +418,10 @@ class Trainer:
             if self.step % cfg.log_every == 0 and self.step < cfg.steps and self._out_of_time(started):
                 return self._pause(val, started)
         self.checkpoint()
+        return self._finish(val)
+
+    def _finish(self, val) -> Path:
+        """The end of the run, after its last checkpoint: the final validation (the real set too), final/."""
         self.validate(val, final=True)
         if self.is_main:
             from sigma.models import save_model
