@@ -127,6 +127,27 @@ def test_a_run_stopped_after_its_last_checkpoint_is_finished_by_resume(photos, t
     assert "already at step 4 of 4" in capsys.readouterr().out
 
 
+def test_a_run_on_a_cache_resumes_from_another_folder_and_after_being_moved(photos, tmp_path, monkeypatch, capsys):
+    """A run on data.cache freezes the cache's index into its folder and config.yaml names that copy by the path
+    it had then (relative to the working folder of the first `sigma train`): a resume from another folder, or of
+    the run folder copied back from a device slot, was file_not_found. The resume uses the run's own copy; the
+    run ends with the uninterrupted run's weights."""
+    cache = tmp_path / "cache"
+    assert main(["synth", "--build-cache", str(cache), "--photos", str(photos), "--no-vae", "--max-side", "96"]) == 0
+    common = [f"data.cache={cache}", "steps=3", "batch_size=2", "eval.val_size=0", "out_dir=runs"]
+    (tmp_path / "first").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, "name=cut", "max_minutes=0.00001"]) == 0   # paused at step 1
+    assert "runs/cut/cache_index.json" in (tmp_path / "first" / "runs" / "cut" / "config.yaml").read_text()
+    shutil.move(tmp_path / "first" / "runs" / "cut", tmp_path / "moved")
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(tmp_path / "moved"), "max_minutes=null"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "moved" / "final" / "model.safetensors").read_bytes() == (
+        tmp_path / "first" / "runs" / "ref" / "final" / "model.safetensors").read_bytes()
+
+
 def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_folder_is_free_once_its_holder_dies(
         photos, tmp_path, capsys):
     """Two `sigma train` on one folder would interleave checkpoints, metrics and best/: while one runs, the same

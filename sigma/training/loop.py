@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sigma.config.loader import config_hash, load_config, save_resolved
+from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.folderlock import hold_folder
 
@@ -556,6 +556,12 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if cfg.model != saved.model:   # refused before config.yaml is rewritten: the run stays resumable
             raise ConfigError(f"{run_dir}: --resume continues the run's own model; a model.* override changes its "
                               "architecture (start a new run with init_from instead)")
+        frozen = run_dir / "cache_index.json"
+        if cfg.data.cache_index and frozen.is_file() and "data.cache_index" not in parse_overrides(overrides):
+            # the run's own snapshot of the cache index, wherever the run folder is now: config.yaml holds the
+            # path it was written at (relative to the first run's working folder), so a resume from another
+            # folder, or of a run folder moved or copied back from another machine, failed with file_not_found
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_index": str(frozen)})})
     else:
         if not config_path:
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
