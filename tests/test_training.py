@@ -148,6 +148,25 @@ def test_a_run_on_a_cache_resumes_from_another_folder_and_after_being_moved(phot
         tmp_path / "first" / "runs" / "ref" / "final" / "model.safetensors").read_bytes()
 
 
+def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):
+    """Every weight of a resumed run comes from its checkpoint, but the resume loaded `init_from` again first:
+    with the source deleted (or the run folder copied to another machine) the run could not be resumed at all
+    (invalid_config: no saved model). Now it resumes and ends with the uninterrupted run's weights."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=3", "batch_size=2", "eval.val_size=0"]
+    assert main(["train", STAGE1, *common, "name=src", "steps=1"]) == 0
+    shutil.copytree(runs / "src", tmp_path / "init")
+    init = [f"init_from={tmp_path / 'init'}"]
+    assert main(["train", STAGE1, *common, *init, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, *init, "name=cut", "max_minutes=0.00001"]) == 0   # paused at step 1
+    assert torch.load(runs / "cut" / "checkpoint.pt", weights_only=False)["step"] == 1
+    shutil.rmtree(tmp_path / "init")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "cut"), "max_minutes=null"]) == 0, capsys.readouterr().err
+    assert (runs / "cut" / "final" / "model.safetensors").read_bytes() == (
+        runs / "ref" / "final" / "model.safetensors").read_bytes()
+
+
 def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_folder_is_free_once_its_holder_dies(
         photos, tmp_path, capsys):
     """Two `sigma train` on one folder would interleave checkpoints, metrics and best/: while one runs, the same

@@ -79,15 +79,17 @@ def init_source(init_from: str) -> Path:
     raise ConfigError(f"init_from {src}: no saved model (looked for final/, model/, config.json or a .safetensors)")
 
 
-def _build_model(cfg: TrainConfig, log=print):
+def _build_model(cfg: TrainConfig, log=print, resuming: bool = False):
     """`cfg.model` is the architecture. With `init_from`, a saved model of the same architecture is
     loaded strictly; a different (grown) one gets every matching tensor, new blocks initialised so the
-    grown network starts out computing what the saved one did (`sigma.models.grow`)."""
+    grown network starts out computing what the saved one did (`sigma.models.grow`). A run that resumes takes
+    every weight from its checkpoint: `init_from` is not read again (it may be gone: deleted, or on the machine
+    the run folder was copied from)."""
     from sigma.models import build_model, load_model
     from sigma.models.factory import read_config
     from sigma.models.grow import grow_from
 
-    if not cfg.init_from:
+    if not cfg.init_from or resuming:
         return build_model(cfg.model, pretrained=True), None
     src = init_source(cfg.init_from)
     saved = read_config(src)
@@ -121,7 +123,8 @@ class Trainer:
         self.is_main = self.rank == 0
         if not self.is_main:
             self.log = log = lambda *a, **k: None        # only rank 0 logs
-        self.model, self.grow_report = _build_model(cfg, log)
+        resuming = any((run_dir / name).is_file() for name in (CKPT, PREV))
+        self.model, self.grow_report = _build_model(cfg, log, resuming=resuming)
         self.model = self.model.to(self.device)
         if self.device.type == "cpu" and cfg.channels_last:
             # oneDNN's convolutions run 25 % faster per training step in NHWC on this CPU (measured: 1.11 → 0.83
