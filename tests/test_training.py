@@ -370,6 +370,40 @@ def test_a_damaged_checkpoint_resumes_from_the_one_before_and_two_are_one_clear_
     assert "[checkpoint_unreadable]" in err and "checkpoint.prev.pt" in err and "Traceback" not in err
 
 
+class _RunsCode:
+    """A pickle that calls a function when it is loaded: what a checkpoint.pt from elsewhere may hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_not_unpickled(photos, tmp_path, capsys):
+    """`--resume` unpickled checkpoint.pt with the full unpickler (weights_only=False): a run folder from
+    elsewhere ran whatever its checkpoint said (here: create a file; os.system works the same). Only tensors,
+    numbers and text are read now: such a file counts as damaged (the resume says so and continues from the
+    checkpoint before it), and nothing in it runs."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=8", "batch_size=2", "ckpt_every=3",
+              "eval.val_size=0", "warmup_steps=2"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    cut = runs / "cut"
+    shutil.copytree(runs / "ref", cut)
+    shutil.rmtree(cut / "final")
+    state = torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=True)
+    marker = tmp_path / "code_ran"
+    torch.save({**state, "config_hash": _RunsCode(marker)}, cut / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut)]) == 0
+    said = "".join(capsys.readouterr())
+    assert not marker.exists()
+    assert "unpickling them would run code" in said and "resuming from checkpoint.prev.pt (step 6)" in said
+    assert (cut / "final" / "model.safetensors").read_bytes() == (runs / "ref" / "final" / "model.safetensors"
+                                                                  ).read_bytes()
+
+
 def test_damaged_weights_files_are_one_clear_error(photos, tmp_path, capsys):
     """A saved model whose safetensors file is cut short or is not one: `weights_unreadable` with the path,
     for `sigma eval` and for a training run's init_from (it was a Rust SafetensorError traceback)."""
