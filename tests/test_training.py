@@ -328,6 +328,22 @@ def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, cap
     assert not (runs / "nul").exists()
 
 
+def test_source_weights_that_make_no_probabilities_are_refused_at_load(photos, tmp_path, capsys):
+    """A sources weight of inf (or two of 1e308, summing to inf) passed `ge=0` and made the sampling
+    probabilities NaN: a ValueError traceback from the data loader once the run had started."""
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "2", "--photos", str(photos), "crop=64"]) == 0
+    runs = tmp_path / "runs"
+    for weights in ([".inf"], ["1e308", "1e308"]):
+        sources = ", ".join(f"{{path: {pairs}, weight: {w}}}" for w in weights)
+        capsys.readouterr()
+        assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "steps=2", "batch_size=2",
+                     "eval.val_size=0", f"sources=[{sources}]"]) == 2
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and "sources" in err and "Traceback" not in err
+    assert not runs.exists()
+
+
 def test_schedule_and_losses():
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)

@@ -1,6 +1,7 @@
 """The stage config: one pydantic tree drives Stage I and Stage II (every Stage II term is a switch)."""
 from __future__ import annotations
 
+import math
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
@@ -14,7 +15,8 @@ class SourceConfig(Strict):
     """A folder in the pairs.jsonl layout mixed into training (labelled corpus or unlabelled pairs)."""
 
     path: str
-    weight: float = Field(0.1, ge=0, description="probability mass relative to synthetic pairs (1.0)")
+    weight: float = Field(0.1, ge=0, allow_inf_nan=False,
+                          description="probability mass relative to synthetic pairs (1.0)")
     labelled: bool = True
 
 
@@ -113,6 +115,15 @@ class TrainConfig(Strict):
                                       "(exit 0); `sigma train --resume RUN` continues the same schedule. "
                                       "For a shared machine or a time-limited device slot")
     tensorboard: bool = True
+
+    @field_validator("sources")
+    @classmethod
+    def _source_weights_sum(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        """weight inf (or two of 1e308, summing to inf) made the sampling probabilities NaN: a ValueError traceback
+        in the data loader after the run had started."""
+        if not math.isfinite(1.0 + sum(s.weight for s in sources)):
+            raise ValueError("the sources' weights must add up to a finite number")
+        return sources
 
     @field_validator("name")
     @classmethod
