@@ -344,6 +344,22 @@ def test_source_weights_that_make_no_probabilities_are_refused_at_load(photos, t
     assert not runs.exists()
 
 
+def test_real_set_options_are_checked_when_the_config_is_read(photos, tmp_path, capsys):
+    """The real set (eval.data) is scored at the end of the run: an unknown eval.perturb or an eval.image_size the
+    annotator refuses was an invalid_config after every training step, with no final/. Now said at load."""
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "2", "--photos", str(photos), "crop=64"]) == 0
+    runs = tmp_path / "runs"
+    for override, needle in (("eval.perturb=[jpeg50]", "unknown perturbation 'jpeg50'"),
+                             ("eval.image_size=100000", "eval.image_size"), ("eval.image_size=10", "at least 28")):
+        capsys.readouterr()
+        assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "steps=2", "batch_size=2",
+                     "eval.val_size=0", f"eval.data={pairs}", override]) == 2
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and needle in err, err
+        assert not runs.exists()
+
+
 def test_schedule_and_losses():
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, MAX_WORKING_SIZE, Strict
 from sigma.data.synth.engine import SynthConfig
 
 
@@ -70,8 +70,30 @@ class EvalConfig(Strict):
                       "'shared' = $SIGMA_SHARED/data/eval")
     data_every: int = Field(0, ge=0, description="steps between real-set evaluations (0 = only at the end)")
     perturb: list[str] = Field(default_factory=lambda: ["none"])
-    image_size: int | None = Field(None, description="working size for the real set (None = the model's)")
+    image_size: int | None = Field(None, ge=0, le=MAX_WORKING_SIZE,
+                                   description="working size for the real set (None = the model's)")
     limit: int | None = None
+
+    # Checked when the config is read: the real set is scored at the end of the run, and an unknown perturbation
+    # or a working size the annotator refuses ended hours of training there, with no final/.
+    @field_validator("perturb")
+    @classmethod
+    def _known_perturbations(cls, names: list[str]) -> list[str]:
+        from sigma.errors import ConfigError
+        from sigma.eval.perturb import expand
+
+        try:
+            expand(names)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return names
+
+    @field_validator("image_size")
+    @classmethod
+    def _working_size(cls, size: int | None) -> int | None:
+        if size and size < 28:
+            raise ValueError(f"the real set's working size is at least 28 px (or null: the model's), got {size}")
+        return size
 
 
 class TrainConfig(Strict):
