@@ -360,6 +360,44 @@ def test_real_set_options_are_checked_when_the_config_is_read(photos, tmp_path, 
         assert not runs.exists()
 
 
+def test_a_photo_bank_with_files_that_are_not_photos_trains(photos, tmp_path, capsys):
+    """A photo folder of thousands holds the odd broken file: a 0-byte or text file named .jpg/.png, a JPEG cut
+    short. Any of them ended `sigma synth --build-cache` (partial cache), `sigma synth` and a training run
+    (os_error) when drawn — at the same step again after every --resume. Now: the cache build skips them,
+    files with no image header are left out with one warning, a photo whose data is cut short is said once
+    and the next photo used in its place (the same in every process: a resumed run ends with the same bytes);
+    a damaged cached .npz is treated the same."""
+    from PIL import Image
+
+    bank = tmp_path / "bank"
+    shutil.copytree(photos, bank)
+    (bank / "notes.png").write_text("not a photo")
+    (bank / "empty.jpg").write_bytes(b"")
+    Image.open(next(iter(sorted(photos.iterdir())))).save(bank / "full.jpg", quality=90)
+    data = (bank / "full.jpg").read_bytes()
+    (bank / "cut.jpg").write_bytes(data[: len(data) // 3])
+    cache = tmp_path / "cache"
+    assert main(["synth", "--build-cache", str(cache), "--photos", str(bank), "--no-vae", "--max-side", "96"]) == 0
+    files = json.loads((cache / "index.json").read_text())["files"]
+    cached = [f["photo"] for f in files]
+    assert len(cached) == 5 and not any(n in " ".join(cached) for n in ("notes", "empty", "cut"))
+    assert main(["synth", "--out", str(tmp_path / "pairs"), "-n", "6", "--photos", str(bank), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "2 file(s) in the photo folder are not readable images" in err and "cut.jpg" in err
+    runs = tmp_path / "runs"
+    common = [f"data.photos={bank}", f"out_dir={runs}", "steps=6", "batch_size=2", "eval.val_size=0"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, "name=cut", "max_minutes=0.00001"]) == 0
+    assert main(["train", "--resume", str(runs / "cut"), "max_minutes=null"]) == 0
+    assert (runs / "cut" / "final" / "model.safetensors").read_bytes() == (
+        runs / "ref" / "final" / "model.safetensors").read_bytes()
+    damaged = cache / files[0]["file"]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert main(["train", STAGE1, f"data.cache={cache}", f"out_dir={runs}", "steps=4", "batch_size=2",
+                 "eval.val_size=0", "name=cache"]) == 0
+    assert f"{damaged.name}: cached photo cannot be read" in capsys.readouterr().err
+
+
 def test_schedule_and_losses():
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
