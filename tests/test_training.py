@@ -398,6 +398,28 @@ def test_a_photo_bank_with_files_that_are_not_photos_trains(photos, tmp_path, ca
     assert f"{damaged.name}: cached photo cannot be read" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("link", ["metrics.jsonl", "checkpoint.pt.tmp", "model/config.json"])
+def test_a_run_folder_with_symbolic_links_where_it_writes_is_refused(photos, tmp_path, capsys, link):
+    """A run folder from elsewhere holding a symbolic link where the run writes sent the write to the file it
+    named: metrics.jsonl appended its rows to it, checkpoint.pt.tmp and model/config.json overwrote it. Refused
+    (bad_outdir) before anything is written; the linked file is untouched."""
+    import os
+
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2", "batch_size=2",
+                 "eval.val_size=0"]) == 0
+    run = runs / "r"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (run / link).unlink(missing_ok=True)
+    os.symlink(precious, run / link)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "[bad_outdir]" in err and link in err, err
+    assert precious.read_text() == "keep me"
+
+
 def test_schedule_and_losses():
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)

@@ -530,6 +530,24 @@ class Trainer:
         return fixed_val_set(self.cfg, ev.val_size) if ev.val_size else []
 
 
+def _refuse_links(run_dir: Path) -> None:
+    """A run folder never holds symbolic links (sigma train makes none): one where the run writes — metrics.jsonl
+    appended to, checkpoint.pt.tmp written, model/ replaced — sent the write to whatever file it named (a run
+    folder from elsewhere appended its metrics to ~/.bashrc). Refused before anything is written."""
+    if not run_dir.is_dir():
+        return
+    links = [p for p in run_dir.iterdir() if p.is_symlink()]
+    for sub in ("model", "best", "final", "tb"):
+        folder = run_dir / sub
+        if folder.is_dir() and not folder.is_symlink():
+            links += [p for p in folder.iterdir() if p.is_symlink()]
+    if links:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in links[:5])
+        raise InputError(f"{run_dir}: holds symbolic links where the run writes ({names}); the run would write "
+                         "through them into the files they name — replace them with the files themselves",
+                         code="bad_outdir")
+
+
 @contextmanager
 def _held_while_written(folder: Path) -> Iterator[None]:
     """An exclusive flock on `.<folder name>.lock` beside `folder`, waited for (the kernel drops it if the
@@ -575,6 +593,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         raise ConfigError(f"eval.data {cfg.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
+        _refuse_links(run_dir)
         if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
         if not resume:
