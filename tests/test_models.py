@@ -138,6 +138,23 @@ def test_a_damaged_saved_config_is_a_config_error(tmp_path, config_text):
     assert "config.json" in err.value.message
 
 
+@pytest.mark.parametrize("arch", [{"backbone": {"kind": "compact", "widths": [8], "depths": [0]}, "skip_dims": []},
+                                  {"backbone": {"kind": "compact", "widths": [8, 8, 8, 8, 8], "depths": [0] * 5},
+                                   "skip_dims": [8]}])
+def test_an_architecture_that_cannot_be_built_is_a_config_error(tmp_path, arch):
+    """Configs that pass SigmaNetConfig's checks but no network can be built from (no tap as coarse as
+    token_stride; fewer skip_dims than fine taps): a ValueError traceback from `sigma train model={...}` or a
+    saved config.json. Now a ConfigError (invalid_config) saying why."""
+    with pytest.raises(ConfigError, match="cannot be built"):
+        build_model(arch)
+    save_model(build_model("tiny-lite"), tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"] = {**meta["config"], **arch}
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="cannot be built"):
+        load_model(tmp_path)
+
+
 @pytest.mark.parametrize("damage", ["rename", "extra", "drop", "shape"])
 def test_strict_load_rejects_wrong_keys(tmp_path, damage):
     from safetensors.torch import load_file, save_file
