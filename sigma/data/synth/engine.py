@@ -171,6 +171,7 @@ class PhotoBank:
         entries.sort(key=lambda e: (not e[1], e[2]))
         self.entries = entries
         self.files = [Path(e[0]) for e in entries]
+        self.unreadable: set[str] = set()     # entries found unreadable when first decoded (see `get`)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -185,15 +186,14 @@ class PhotoBank:
         """Photo `i`; one whose data turns out unreadable (a JPEG cut short passes the header check) is said once
         and replaced by the next readable one, the same in every process and after every --resume: it ended the
         run at the step that drew it, and again at that step after each resume."""
-        bad = self.__dict__.setdefault("_bad", set())
         for k in range(len(self.entries)):
             f, cached, _ = self.entries[(i + k) % len(self.entries)]
-            if f in bad:
+            if f in self.unreadable:
                 continue
             try:
                 return _load_entry(f, cached, self.max_side)
             except ImageError as exc:
-                bad.add(f)
+                self.unreadable.add(f)
                 print(f"sigma: warning: {exc.message}; the next photo is used in its place", file=sys.stderr)
         raise InputError(f"{self.cache or 'the photo folder'}: no photo can be decoded", code="no_photos")
 
