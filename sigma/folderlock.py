@@ -33,7 +33,16 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
         raise InputError(f"{root}: exists and is not a folder; choose another {other}", code="out_not_a_folder")
     created = (not root.exists()) if created is None else created
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644) if marker else os.open(root, os.O_RDONLY)
+    try:
+        # O_NOFOLLOW: a `.lock` that is a symbolic link (a run folder from elsewhere) had its target truncated and
+        # overwritten with our pid — any file the user could write
+        fd = (os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644) if marker
+              else os.open(root, os.O_RDONLY))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise InputError(f"{root / LOCK_FILE}: is a symbolic link, not the lock file this folder's runs write; "
+                         "remove it (nothing is written through it)", code="bad_outdir") from None
     held = False
     try:
         try:

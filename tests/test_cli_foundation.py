@@ -308,9 +308,12 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                 "--threads", "100000"], "invalid_config"),
         "annotator_batch_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"),
                                        "--set", "options.batch_size=5000"], "invalid_config"),
-        # a training config: 0 threads (torch raises), a 10^5 px crop (30 GB a sample in the data worker)
+        # a training config: 0 threads (torch raises), a 10^5 px crop (30 GB a sample in the data worker),
         "train_threads_zero": (["train", str(TRAIN_TINY), "threads=0"], "invalid_config"),
         "train_crop_huge": (["train", str(TRAIN_TINY), "data.crop=100000"], "invalid_config"),
+        # ... 100000 data worker processes, a batch of a million crops in one worker's memory
+        "train_workers_huge": (["train", str(TRAIN_TINY), "num_workers=100000"], "invalid_config"),
+        "train_batch_huge": (["train", str(TRAIN_TINY), "batch_size=1000000"], "invalid_config"),
         # text no file can hold: non-UTF-8 bytes in argv arrive as lone surrogates; a non-UTF-8 --file line
         "annotate_instruction_surrogate": (["annotate", o, e, *pd, "-i", "add \udcff", "-o", str(tmp / "s")],
                                            "invalid_text"),
@@ -397,6 +400,43 @@ def test_load_config_unit(tmp_path):
     again = load_config(AnnotateConfig, path)
     assert again == cfg and config_hash(again) == config_hash(cfg)
     assert config_hash(load_config(AnnotateConfig, None, ["batch_size=3"])) != config_hash(cfg)
+
+
+def _laughs(levels: int) -> str:
+    """YAML aliases nine deep per level: a few hundred bytes that expand to 9**levels values."""
+    lines = ["&l0 [" + ", ".join(["1"] * 9) + "]"]
+    lines += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(lines) + "]"
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_yaml_that_expands_nests_or_repeats_a_key_is_one_config_error(capsys, pair_files, tmp_path, how):
+    """A YAML file or a --set value is parsed within bounds: aliases expanding to millions of values (the
+    "billion laughs": 4 GB and growing after a minute), nesting that blew the parser's stack (RecursionError
+    traceback), an integer of 5000 digits (ValueError traceback), and a key given twice (the first was dropped
+    without a word) are each one `invalid_config` line naming the file or the key, before any work."""
+    orig, edited = map(str, pair_files)
+    cases = {"expands to more than": f"options: {{x: {_laughs(7)}}}",
+             "nested too deeply": "options: {x: " + "[" * 20000 + "]" * 20000 + "}",
+             "more than 4300 digits": "batch_size: " + "9" * 5000,
+             "duplicate key 'threshold'": "threshold: 0.9\nio: {align: true}\nthreshold: 0.1"}
+    for i, (needle, text) in enumerate(cases.items()):
+        if how == "file":
+            (tmp_path / f"c{i}.yaml").write_text(text + "\n")
+            args = ["--config", str(tmp_path / f"c{i}.yaml")]
+        else:
+            key, value = text.split(": ", 1)
+            args = ["--set", f"{key}={value}" if "\n" not in value else "options={a: 1, a: 2}"]
+            needle = "duplicate key 'a'" if "\n" in value else needle
+        rc, _, err = run_main(capsys, "annotate", orig, edited, "--annotator", "pixel-diff", "-o",
+                              str(tmp_path / "out"), *args)
+        assert rc == 2 and needle in err, (needle, err[-300:])
+        assert_one_error_line(err, "invalid_config")
+        assert not (tmp_path / "out").exists()
+    # what YAML is for still works: an anchor merged, and a merged key overridden (not a duplicate)
+    from sigma.config.loader import load_yaml
+
+    assert load_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, x: 3}\n", "t") == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
 
 
 @pytest.mark.parametrize("name", ["annotate", "eval"])

@@ -41,6 +41,29 @@ def test_a_refused_hold_never_removes_the_holders_folder(tmp_path, monkeypatch, 
     assert not out.exists()                                 # the holder made it and wrote nothing
 
 
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path, capsys):
+    """A held folder's `.lock` that is a symbolic link (a run folder copied from elsewhere) had its target
+    truncated and overwritten with the holder's pid: `sigma train --resume RUN` emptied whatever file the link
+    named. Now refused (bad_outdir) before anything is written, through the link or into the folder."""
+    import os
+
+    from sigma.cli import main
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(precious, run / ".lock")
+    with pytest.raises(InputError) as err, hold_folder(run):
+        pass
+    assert err.value.code == "bad_outdir" and precious.read_text() == "keep me"
+    (run / "config.yaml").write_text("name: run\n")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "[bad_outdir]" in capsys.readouterr().err and precious.read_text() == "keep me"
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]
+
+
 def _photos(folder: Path, n: int = 3) -> Path:
     import numpy as np
     from PIL import Image

@@ -138,6 +138,23 @@ def test_a_damaged_saved_config_is_a_config_error(tmp_path, config_text):
     assert "config.json" in err.value.message
 
 
+@pytest.mark.parametrize("arch", [{"backbone": {"kind": "compact", "widths": [8], "depths": [0]}, "skip_dims": []},
+                                  {"backbone": {"kind": "compact", "widths": [8, 8, 8, 8, 8], "depths": [0] * 5},
+                                   "skip_dims": [8]}])
+def test_an_architecture_that_cannot_be_built_is_a_config_error(tmp_path, arch):
+    """Configs that pass SigmaNetConfig's checks but no network can be built from (no tap as coarse as
+    token_stride; fewer skip_dims than fine taps): a ValueError traceback from `sigma train model={...}` or a
+    saved config.json. Now a ConfigError (invalid_config) saying why."""
+    with pytest.raises(ConfigError, match="cannot be built"):
+        build_model(arch)
+    save_model(build_model("tiny-lite"), tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"] = {**meta["config"], **arch}
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="cannot be built"):
+        load_model(tmp_path)
+
+
 @pytest.mark.parametrize("damage", ["rename", "extra", "drop", "shape"])
 def test_strict_load_rejects_wrong_keys(tmp_path, damage):
     from safetensors.torch import load_file, save_file
@@ -160,6 +177,61 @@ def test_strict_load_rejects_wrong_keys(tmp_path, damage):
     assert ("bogus" in err.value.message) if damage == "extra" else ("decoder.out" in err.value.message)
     with pytest.raises(WeightsMismatchError):
         build_model("tiny-lite", state_dict=state)
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "int64", "bool", "complex"])
+def test_weights_of_the_wrong_kind_or_not_finite_are_refused(tmp_path, capsys, damage):
+    """load_state_dict copies across dtypes: an integer, bool or complex tensor became a float parameter
+    without a word, and NaN / inf weights loaded as they were — `sigma annotate` then wrote a mask from NaN
+    probabilities (a RuntimeWarning, exit 0). fp16 / fp64 files still load (cast back, as the embedded fp16
+    file is)."""
+    from safetensors.torch import load_file, save_file
+
+    from sigma.assets import example_pair
+    from sigma.cli import main
+    from sigma.models.weights import WeightsUnreadableError
+
+    save_model(build_model("tiny-lite"), tmp_path / "m")
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    key = "decoder.out.weight"
+    state[key] = {"nan": torch.full_like(state[key], float("nan")), "inf": state[key] / 0.0,
+                  "int64": (state[key] * 100).long(), "bool": state[key] > 0,
+                  "complex": state[key].to(torch.complex64)}[damage]
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    expected = WeightsUnreadableError if damage in ("nan", "inf") else WeightsMismatchError
+    with pytest.raises(expected) as err:
+        load_model(tmp_path / "m")
+    assert key in err.value.message
+    with pytest.raises(expected):
+        build_model("tiny-lite", state_dict=state)
+    pair = example_pair()
+    capsys.readouterr()
+    assert main(["annotate", pair["original"], pair["edited"], "--annotator", "sigma-lite", "-o", str(tmp_path / "o"),
+                 "--set", f"options.weights={tmp_path / 'm'}", "--set", "options.cpu_threads=1"]) == 2
+    assert f"[{expected.code}]" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "mask.png").exists()
+    for dtype in (torch.float16, torch.float64):
+        good = load_file(str(tmp_path / "m" / "model.safetensors"))
+        good[key] = torch.zeros(good[key].shape, dtype=dtype)
+        save_file(good, str(tmp_path / "m" / "model.safetensors"))
+        assert load_model(tmp_path / "m").state_dict()[key].dtype == torch.float32
+
+
+def test_a_config_that_disagrees_with_its_weights_is_refused_before_the_network_is_built(tmp_path):
+    """The shapes are compared on a meta-device skeleton first: a config.json claiming 200000 channels
+    (rewritten by hand, or another model's) allocated that network — 20 GB for widths of 50000, a MemoryError
+    traceback or the OOM killer — before the weights were found not to fit."""
+    import resource
+
+    save_model(build_model("tiny-lite"), tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"]["backbone"]["widths"][-1] = 200_000
+    meta["config"]["dim"] = 200_000
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(WeightsMismatchError, match="shape mismatch"):
+        load_model(tmp_path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000   # KiB: nothing of it was built
 
 
 def test_explicit_state_dict_wins():
@@ -289,6 +361,63 @@ def test_dinov2_from_offline_hf_cache(tmp_path, monkeypatch):
         resolve_hf_reference("sigma-test/absent", allow_download=True)
     msg = err.value.message
     assert str(hub) in msg and "local path" in msg and "HF_HUB_OFFLINE" in msg
+
+
+def _hub_snapshot(hub: Path) -> Path:
+    """A tiny DINOv2 laid out as huggingface_hub does: blobs named by their sha256, the snapshot's files
+    relative symlinks to them."""
+    import hashlib
+    import os
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub / "models--sigma-test--tiny-dinov2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    _tiny_dinov2().save_pretrained(hub / "plain")
+    snap, blobs = repo / "snapshots" / commit, repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    for f in (hub / "plain").iterdir():
+        blob = blobs / hashlib.sha256(f.read_bytes()).hexdigest()
+        f.replace(blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    return snap
+
+
+@pytest.mark.parametrize("damage", ["dangling_symlink", "weights_removed", "cut_short", "config_not_json"])
+def test_a_damaged_hf_cache_snapshot_is_one_weights_error(tmp_path, monkeypatch, capsys, damage):
+    """A snapshot whose weights blob is gone (a download cut short, a cache cleaned by hand) was transformers'
+    OSError; a weights file cut short was safetensors' SafetensorError, a traceback; a config.json that is not
+    JSON, transformers' OSError. Each is now the weights error of the model, naming the snapshot."""
+    import os
+
+    from sigma.assets import example_pair
+    from sigma.cli import main
+    from sigma.models.weights import WeightsUnreadableError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snap = _hub_snapshot(tmp_path / "hf" / "hub")
+    weights, config = snap / "model.safetensors", snap / "config.json"
+    if damage == "dangling_symlink":
+        os.unlink(os.path.realpath(weights))
+    elif damage == "weights_removed":
+        weights.unlink()
+    elif damage == "cut_short":
+        Path(os.path.realpath(weights)).write_bytes(Path(os.path.realpath(weights)).read_bytes()[:1000])
+    else:
+        Path(os.path.realpath(config)).write_text("{not json")
+    expected = WeightsNotFoundError if damage in ("dangling_symlink", "weights_removed") else WeightsUnreadableError
+    with pytest.raises(WeightsNotFoundError) as err:
+        build_model(_with_backbone("sigma-test/tiny-dinov2"))
+    assert type(err.value) is expected and str(snap) in err.value.message
+    capsys.readouterr()
+    pair = example_pair()
+    assert main(["annotate", pair["original"], pair["edited"], "--annotator", "feature-diff", "-o",
+                 str(tmp_path / "out"), "--set", "options.backbone_weights=sigma-test/tiny-dinov2"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sigma: error")]
+    assert len(lines) == 1 and f"[{expected.code}]" in lines[0], lines
 
 
 def test_dinov2_bare_safetensors_with_wrong_key_is_an_error(tmp_path):

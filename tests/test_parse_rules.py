@@ -517,6 +517,26 @@ def test_cli_parse_bad_input_is_a_clear_error(argv, message, capsys):
     assert err.startswith("sigma: error [") and message in err and "Traceback" not in err
 
 
+def test_cli_parse_out_is_checked_before_the_parse(tmp_path, capsys):
+    """`--out` naming the --file it reads replaced a labelled dev set by the parses (its expected fields lost,
+    exit 0); a folder was an os_error only after every line was parsed (minutes with a model backend); with one
+    INSTRUCTION it was ignored without a word. Each is now refused before the parser loads."""
+    f = tmp_path / "dev.jsonl"
+    dev = json.dumps({"instruction": "remove the dog", "edit_type": "remove", "source": "dog", "target": None}) + "\n"
+    f.write_text(dev)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link.jsonl").symlink_to(f)
+    for out, code in ((f, "bad_arguments"), (tmp_path / "link.jsonl", "bad_arguments"),
+                      (tmp_path / "folder", "out_is_a_folder")):
+        assert main(["parse", "--file", str(f), "--out", str(out)]) == 2
+        assert f"sigma: error [{code}]" in capsys.readouterr().err
+    assert f.read_text() == dev
+    assert main(["parse", "remove the dog", "--out", str(tmp_path / "one.jsonl")]) == 2
+    assert "--out goes with --file" in capsys.readouterr().err and not (tmp_path / "one.jsonl").exists()
+    assert main(["parse", "--file", str(f), "--out", str(tmp_path / "sub" / "p.jsonl")]) == 0
+    assert json.loads((tmp_path / "sub" / "p.jsonl").read_text())["source"] == "dog"
+
+
 def test_cli_parse_bad_json_line(tmp_path, capsys):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"instruction": "add a cat"}\n{"instruction": \n')

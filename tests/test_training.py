@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_synth import make_photos
 
 from sigma.cli import main
@@ -100,6 +101,72 @@ def test_kill_and_resume_continues_with_the_same_steps(photos, tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_a_run_stopped_after_its_last_checkpoint_is_finished_by_resume(photos, tmp_path, capsys):
+    """Killed in the final validation (after the checkpoint of the last step, before final/: with eval.data
+    that is minutes of scoring), a run was left with no final/, and `--resume` said "already at step N of N"
+    and exited 0 without writing it, however often it was run. Now the resume does the end: the final
+    validation, best/, and a final/ equal to the uninterrupted run's."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=4", "batch_size=2", "eval.val_size=8",
+              "eval.at_start=false"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, "name=cut"]) == 0
+    cut = runs / "cut"
+    # the state a SIGKILL in the final validation leaves: the step-4 checkpoint and model/, nothing after them
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "best")
+    (cut / "best.json").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut)]) == 0
+    assert "finishing it" in capsys.readouterr().out
+    assert (cut / "final" / "model.safetensors").read_bytes() == (runs / "ref" / "final" / "model.safetensors"
+                                                                  ).read_bytes()
+    assert (cut / "best" / "model.safetensors").is_file() and json.loads((cut / "best.json").read_text())["step"] == 4
+    assert json.loads((cut / "metrics.jsonl").read_text().splitlines()[-1])["event"] == "val"
+    assert main(["train", "--resume", str(cut)]) == 0                 # finished: nothing more to do
+    assert "already at step 4 of 4" in capsys.readouterr().out
+
+
+def test_a_run_on_a_cache_resumes_from_another_folder_and_after_being_moved(photos, tmp_path, monkeypatch, capsys):
+    """A run on data.cache freezes the cache's index into its folder and config.yaml names that copy by the path
+    it had then (relative to the working folder of the first `sigma train`): a resume from another folder, or of
+    the run folder copied back from a device slot, was file_not_found. The resume uses the run's own copy; the
+    run ends with the uninterrupted run's weights."""
+    cache = tmp_path / "cache"
+    assert main(["synth", "--build-cache", str(cache), "--photos", str(photos), "--no-vae", "--max-side", "96"]) == 0
+    common = [f"data.cache={cache}", "steps=3", "batch_size=2", "eval.val_size=0", "out_dir=runs"]
+    (tmp_path / "first").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, "name=cut", "max_minutes=0.00001"]) == 0   # paused at step 1
+    assert "runs/cut/cache_index.json" in (tmp_path / "first" / "runs" / "cut" / "config.yaml").read_text()
+    shutil.move(tmp_path / "first" / "runs" / "cut", tmp_path / "moved")
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(tmp_path / "moved"), "max_minutes=null"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "moved" / "final" / "model.safetensors").read_bytes() == (
+        tmp_path / "first" / "runs" / "ref" / "final" / "model.safetensors").read_bytes()
+
+
+def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):
+    """Every weight of a resumed run comes from its checkpoint, but the resume loaded `init_from` again first:
+    with the source deleted (or the run folder copied to another machine) the run could not be resumed at all
+    (invalid_config: no saved model). Now it resumes and ends with the uninterrupted run's weights."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=3", "batch_size=2", "eval.val_size=0"]
+    assert main(["train", STAGE1, *common, "name=src", "steps=1"]) == 0
+    shutil.copytree(runs / "src", tmp_path / "init")
+    init = [f"init_from={tmp_path / 'init'}"]
+    assert main(["train", STAGE1, *common, *init, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, *init, "name=cut", "max_minutes=0.00001"]) == 0   # paused at step 1
+    assert torch.load(runs / "cut" / "checkpoint.pt", weights_only=False)["step"] == 1
+    shutil.rmtree(tmp_path / "init")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "cut"), "max_minutes=null"]) == 0, capsys.readouterr().err
+    assert (runs / "cut" / "final" / "model.safetensors").read_bytes() == (
+        runs / "ref" / "final" / "model.safetensors").read_bytes()
+
+
 def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_folder_is_free_once_its_holder_dies(
         photos, tmp_path, capsys):
     """Two `sigma train` on one folder would interleave checkpoints, metrics and best/: while one runs, the same
@@ -130,6 +197,26 @@ def test_a_second_run_on_a_busy_run_folder_is_refused_and_the_folder_is_free_onc
     assert main(["train", "--resume", str(busy), "steps=" + str(
         torch.load(busy / "checkpoint.pt", weights_only=False)["step"] + 1)]) == 0
     assert (busy / "final" / "model.safetensors").is_file()
+
+
+def test_runs_started_together_on_one_val_dir_write_it_once_and_score_the_same_pairs(photos, tmp_path):
+    """configs/train/sigma-lite-ii.yaml names one eval.val_dir for every run: three runs of it started together
+    (a seed sweep) all wrote the set into one .tmp folder; the first to finish renamed it away, and the others
+    died writing into it (os_error) or removed the set another was reading. Now one writes, the others wait for
+    it and read the same pairs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    val = tmp_path / "val" / "synth"
+    common = [f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "steps=1", "batch_size=2",
+              f"eval.val_dir={val}", "eval.val_size=64", "eval.at_start=false"]
+    procs = [subprocess.Popen([sys.executable, "-m", "sigma", "train", STAGE1, *common, f"name=r{i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-400:] for _, err in outs]
+    assert sum("wrote the fixed synthetic validation set" in out for out, _ in outs) == 1
+    assert len((val / "pairs.jsonl").read_text().splitlines()) == 64 and not (tmp_path / "val" / "synth.tmp").exists()
+    scores = [[json.loads(line)["synthetic"] for line in (tmp_path / "runs" / f"r{i}" / "metrics.jsonl").read_text()
+               .splitlines() if json.loads(line)["event"] == "val"][-1] for i in range(3)]
+    assert all(s["pairs"] == 64 for s in scores) and scores[0] == scores[1] == scores[2]
 
 
 def test_a_killed_data_worker_is_replaced_and_the_run_ends_with_the_uninterrupted_weights(photos, tmp_path):
@@ -212,6 +299,127 @@ def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
 
 
+def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
+    """The run folder is <out_dir>/<name>: `name=/` trained into `/` (config.yaml, checkpoints, model/, final/
+    at the file system's root), `name=../x` beside out_dir, an absolute name anywhere."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "eval.val_size=0"]
+    for name in ("../escaped", str(tmp_path / "absolute"), ".", "a/../../up"):
+        assert main(["train", STAGE1, *common, f"name={name}"]) == 2, name
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and "name must be a relative folder name inside out_dir" in err, err
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "absolute").exists()
+    assert not (tmp_path / "up").exists() and not runs.exists()
+    assert main(["train", STAGE1, *common, "name=group/one"]) == 0      # a sub-folder of out_dir is fine
+    assert (runs / "group" / "one" / "final").is_dir()
+
+
+def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, capsys):
+    """A NUL byte in a config path (a YAML string can hold one) was a ValueError traceback from the first mkdir."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "eval.val_size=0"]
+    for key, tree in (("out_dir", {"out_dir": f"{tmp_path}/a\0b"}), ("init_from", {"init_from": "run\0"}),
+                      ("sources[0].path", {"sources": [{"path": "pairs\0"}]})):
+        cfg = tmp_path / "nul.yaml"
+        cfg.write_text(yaml.safe_dump({**yaml.safe_load(Path(STAGE1).read_text()), **tree}))
+        assert main(["train", str(cfg), *[c for c in common if not c.startswith(key)], "name=nul"]) == 2
+        err = capsys.readouterr().err
+        assert f"[invalid_config]: {key}: holds a NUL byte" in err, err
+    assert not (runs / "nul").exists()
+
+
+def test_source_weights_that_make_no_probabilities_are_refused_at_load(photos, tmp_path, capsys):
+    """A sources weight of inf (or two of 1e308, summing to inf) passed `ge=0` and made the sampling
+    probabilities NaN: a ValueError traceback from the data loader once the run had started."""
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "2", "--photos", str(photos), "crop=64"]) == 0
+    runs = tmp_path / "runs"
+    for weights in ([".inf"], ["1e308", "1e308"]):
+        sources = ", ".join(f"{{path: {pairs}, weight: {w}}}" for w in weights)
+        capsys.readouterr()
+        assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "steps=2", "batch_size=2",
+                     "eval.val_size=0", f"sources=[{sources}]"]) == 2
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and "sources" in err and "Traceback" not in err
+    assert not runs.exists()
+
+
+def test_real_set_options_are_checked_when_the_config_is_read(photos, tmp_path, capsys):
+    """The real set (eval.data) is scored at the end of the run: an unknown eval.perturb or an eval.image_size the
+    annotator refuses was an invalid_config after every training step, with no final/. Now said at load."""
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "2", "--photos", str(photos), "crop=64"]) == 0
+    runs = tmp_path / "runs"
+    for override, needle in (("eval.perturb=[jpeg50]", "unknown perturbation 'jpeg50'"),
+                             ("eval.image_size=100000", "eval.image_size"), ("eval.image_size=10", "at least 28")):
+        capsys.readouterr()
+        assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "steps=2", "batch_size=2",
+                     "eval.val_size=0", f"eval.data={pairs}", override]) == 2
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and needle in err, err
+        assert not runs.exists()
+
+
+def test_a_photo_bank_with_files_that_are_not_photos_trains(photos, tmp_path, capsys):
+    """A photo folder of thousands holds the odd broken file: a 0-byte or text file named .jpg/.png, a JPEG cut
+    short. Any of them ended `sigma synth --build-cache` (partial cache), `sigma synth` and a training run
+    (os_error) when drawn — at the same step again after every --resume. Now: the cache build skips them,
+    files with no image header are left out with one warning, a photo whose data is cut short is said once
+    and the next photo used in its place (the same in every process: a resumed run ends with the same bytes);
+    a damaged cached .npz is treated the same."""
+    from PIL import Image
+
+    bank = tmp_path / "bank"
+    shutil.copytree(photos, bank)
+    (bank / "notes.png").write_text("not a photo")
+    (bank / "empty.jpg").write_bytes(b"")
+    Image.open(next(iter(sorted(photos.iterdir())))).save(bank / "full.jpg", quality=90)
+    data = (bank / "full.jpg").read_bytes()
+    (bank / "cut.jpg").write_bytes(data[: len(data) // 3])
+    cache = tmp_path / "cache"
+    assert main(["synth", "--build-cache", str(cache), "--photos", str(bank), "--no-vae", "--max-side", "96"]) == 0
+    files = json.loads((cache / "index.json").read_text())["files"]
+    cached = [f["photo"] for f in files]
+    assert len(cached) == 5 and not any(n in " ".join(cached) for n in ("notes", "empty", "cut"))
+    assert main(["synth", "--out", str(tmp_path / "pairs"), "-n", "6", "--photos", str(bank), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "2 file(s) in the photo folder are not readable images" in err and "cut.jpg" in err
+    runs = tmp_path / "runs"
+    common = [f"data.photos={bank}", f"out_dir={runs}", "steps=6", "batch_size=2", "eval.val_size=0"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, "name=cut", "max_minutes=0.00001"]) == 0
+    assert main(["train", "--resume", str(runs / "cut"), "max_minutes=null"]) == 0
+    assert (runs / "cut" / "final" / "model.safetensors").read_bytes() == (
+        runs / "ref" / "final" / "model.safetensors").read_bytes()
+    damaged = cache / files[0]["file"]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert main(["train", STAGE1, f"data.cache={cache}", f"out_dir={runs}", "steps=4", "batch_size=2",
+                 "eval.val_size=0", "name=cache"]) == 0
+    assert f"{damaged.name}: cached photo cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("link", ["metrics.jsonl", "checkpoint.pt.tmp", "model/config.json"])
+def test_a_run_folder_with_symbolic_links_where_it_writes_is_refused(photos, tmp_path, capsys, link):
+    """A run folder from elsewhere holding a symbolic link where the run writes sent the write to the file it
+    named: metrics.jsonl appended its rows to it, checkpoint.pt.tmp and model/config.json overwrote it. Refused
+    (bad_outdir) before anything is written; the linked file is untouched."""
+    import os
+
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2", "batch_size=2",
+                 "eval.val_size=0"]) == 0
+    run = runs / "r"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (run / link).unlink(missing_ok=True)
+    os.symlink(precious, run / link)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "[bad_outdir]" in err and link in err, err
+    assert precious.read_text() == "keep me"
+
+
 def test_schedule_and_losses():
     cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
@@ -252,6 +460,40 @@ def test_a_damaged_checkpoint_resumes_from_the_one_before_and_two_are_one_clear_
     assert main(["train", "--resume", str(cut)]) == 2
     err = capsys.readouterr().err
     assert "[checkpoint_unreadable]" in err and "checkpoint.prev.pt" in err and "Traceback" not in err
+
+
+class _RunsCode:
+    """A pickle that calls a function when it is loaded: what a checkpoint.pt from elsewhere may hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_not_unpickled(photos, tmp_path, capsys):
+    """`--resume` unpickled checkpoint.pt with the full unpickler (weights_only=False): a run folder from
+    elsewhere ran whatever its checkpoint said (here: create a file; os.system works the same). Only tensors,
+    numbers and text are read now: such a file counts as damaged (the resume says so and continues from the
+    checkpoint before it), and nothing in it runs."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=8", "batch_size=2", "ckpt_every=3",
+              "eval.val_size=0", "warmup_steps=2"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    cut = runs / "cut"
+    shutil.copytree(runs / "ref", cut)
+    shutil.rmtree(cut / "final")
+    state = torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=True)
+    marker = tmp_path / "code_ran"
+    torch.save({**state, "config_hash": _RunsCode(marker)}, cut / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut)]) == 0
+    said = "".join(capsys.readouterr())
+    assert not marker.exists()
+    assert "unpickling them would run code" in said and "resuming from checkpoint.prev.pt (step 6)" in said
+    assert (cut / "final" / "model.safetensors").read_bytes() == (runs / "ref" / "final" / "model.safetensors"
+                                                                  ).read_bytes()
 
 
 def test_damaged_weights_files_are_one_clear_error(photos, tmp_path, capsys):

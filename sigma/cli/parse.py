@@ -95,6 +95,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give either an INSTRUCTION or --file, not both")
     if not args.file and args.instruction is None:
         raise InputError("nothing to parse: give an INSTRUCTION (quoted) or --file X.jsonl")
+    if args.out:
+        # said before the parser loads and every line is parsed (minutes with a model backend), not at the write
+        from sigma.cli.common import check_outfile
+
+        if not args.file:
+            raise InputError("--out goes with --file (one instruction is printed)", code="bad_arguments")
+        out, src = Path(args.out), Path(args.file)
+        check_outfile(out)
+        if out.exists() and src.exists() and out.samefile(src):
+            raise InputError(f"--out {out} is the --file it reads: the instructions (and their expected fields) "
+                             "would be replaced by the parses; name another file", code="bad_arguments")
     images = None
     if args.original or args.edited:
         if args.backend != "qwen-vl" or not (args.original and args.edited):
@@ -122,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
             parses.append(parser(rec["instruction"]))
             bar.advance()
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n" for p in parses)
+        from sigma.batch.layout import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.out), "".join(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n"
+                                                    for p in parses).encode())
     if not any(has_expectations(r) for r in records):
         for p in parses:
             print(json.dumps(p.to_json_dict(), ensure_ascii=False))

@@ -103,14 +103,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"cache": args.cache})
     elif not cfg.cache and not cfg.photos:
         cfg = cfg.model_copy(update={"photos": str(photos)})
-    engine = SynthEngine(cfg, seed=args.seed)
     out = Path(args.out)
     from tqdm import tqdm
 
     from sigma.folderlock import hold_folder
 
-    # one writer per folder: two (other seeds, other -n) would leave a pairs.jsonl naming a mix of both
+    # one writer per folder: two (other seeds, other -n) would leave a pairs.jsonl naming a mix of both; held
+    # before the photo folder is read, so an unusable --out is said first
     with hold_folder(out, other="--out"):
+        engine = SynthEngine(cfg, seed=args.seed)
         lines = []
         for i in tqdm(range(args.n), desc="sigma synth", unit="pair", file=sys.stderr, disable=args.no_progress,
                       dynamic_ncols=True):

@@ -18,10 +18,73 @@ from sigma.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_value(text: str) -> Any:
-    """`key=value` values are YAML scalars/lists: `0.1`, `true`, `[2,5,11]`, `null`, `name`."""
+# A config is a few hundred values a few levels deep. These bounds are what a YAML file or a `--set` value may
+# expand to: aliases cost nothing to parse and everything to copy (9 aliases of 9 aliases, nine levels down, is
+# 387 M values — the "billion laughs"), and a list nested 100000 deep blew the parser's stack (a traceback).
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that names one key twice: PyYAML keeps the last and drops the first without a word."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, refusing a key given twice in one mapping (a merge key `<<` may still be overridden)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise DuplicateKeyError("while constructing a mapping", node.start_mark,
+                                            f"found duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Walk the loaded tree (aliases counted once per use, as every later copy would) within the bounds."""
+    stack, count = [(data, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: expands to more than {MAX_CONFIG_VALUES} values (YAML aliases that "
+                              "repeat themselves?); a config is a few hundred")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load` within the bounds above, duplicate keys refused. YAML syntax errors are raised as
+    `yaml.YAMLError` (the caller says where); what the parser cannot hold is a ConfigError naming `where`."""
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)   # a SafeLoader subclass: no python/* tags
+    except RecursionError as exc:
+        raise ConfigError(f"{where}: nested too deeply for a config") from exc
+    except ValueError as exc:   # CPython's bound on int(str): an integer of more than 4300 digits
+        if "integer string conversion" not in str(exc):
+            raise
+        raise ConfigError(f"{where}: holds an integer of more than 4300 digits") from exc
+    _check_size(data, where)
+    return data
+
+
+def parse_value(text: str, key: str = "value") -> Any:
+    """`key=value` values are YAML scalars/lists: `0.1`, `true`, `[2,5,11]`, `null`, `name`; text that is not
+    YAML stays text."""
+    try:
+        return load_yaml(text, f"override {key}")
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"override {key}: {exc.problem}") from exc
     except yaml.YAMLError:
         return text
 
@@ -35,7 +98,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        out[key] = parse_value(value)
+        out[key] = parse_value(value, key)
     return out
 
 
@@ -73,7 +136,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(), str(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -86,6 +149,24 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _refuse_nul(tree: dict) -> None:
+    """No config text may hold a NUL byte: every one is a path, a name or a choice, and the first `open()` or
+    `mkdir()` of it raised a bare ValueError ("embedded null byte"), a traceback, after the config was taken."""
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, str) and "\x00" in node:
+            raise ConfigError(f"{where or '<root>'}: holds a NUL byte ({node[:80]!r}); no path or name can")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                dotted = f"{where}.{key}" if where else str(key)
+                if "\x00" in str(key):
+                    raise ConfigError(f"{dotted!r}: a key holding a NUL byte")
+                stack.append((dotted, value))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))
+
+
 def load_config(model: type[M], path: str | Path | None = None,
                 overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None) -> M:
     """defaults (the model) < `base` < YAML file < overrides; errors name the offending key."""
@@ -95,6 +176,7 @@ def load_config(model: type[M], path: str | Path | None = None,
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     tree = apply_overrides(tree, overrides or {})
+    _refuse_nul(tree)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sigma.models.config import CompactBackboneConfig, Dinov2BackboneConfig
-from sigma.models.weights import ResolvedWeights, resolve_hf_reference
+from sigma.models.weights import ResolvedWeights, from_pretrained_or_error, resolve_hf_reference
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,8 +108,9 @@ class Dinov2Backbone(Backbone):
         else:
             self.resolved = resolve_hf_reference(cfg.weights, allow_download=allow_download,
                                                  what="DINOv2 backbone")
-            hf_config = AutoConfig.from_pretrained(self._config_location(self.resolved.location),
-                                                   local_files_only=True)
+            hf_config = from_pretrained_or_error(AutoConfig.from_pretrained,
+                                                 self._config_location(self.resolved.location),
+                                                 what="DINOv2 backbone config")
         model_cls = _dinov2_classes(hf_config)
         if pretrained:
             if self.resolved is None:
@@ -167,8 +168,8 @@ class Dinov2Backbone(Backbone):
                 hf_config.save_pretrained(folder)
             else:
                 folder = path
-            model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32,
-                                                    output_loading_info=True)
+            model, info = from_pretrained_or_error(model_cls.from_pretrained, str(folder), what="DINOv2 backbone",
+                                                   where=str(path), dtype=torch.float32, output_loading_info=True)
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys",
                                                                   "mismatched_keys", "error_msgs")}
         if problems:

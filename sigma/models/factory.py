@@ -13,7 +13,7 @@ from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
-from sigma.models.weights import load_safetensors, strict_load
+from sigma.models.weights import check_state, load_safetensors, strict_load
 from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
@@ -39,13 +39,23 @@ def make_config(data: dict[str, Any] | SigmaNetConfig) -> SigmaNetConfig:
         raise ConfigError(f"invalid SigmaNet config: {exc}") from exc
 
 
+def _net(cfg: SigmaNetConfig, **kwargs: Any) -> SigmaNet:
+    """SigmaNet(cfg): an architecture the config's own checks let through but the network cannot be built from
+    (no backbone tap as coarse as token_stride, fewer skip_dims than fine taps) is a ConfigError naming it —
+    from a training `model=` or a saved config.json it was a ValueError traceback."""
+    try:
+        return SigmaNet(cfg, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"SigmaNet {cfg.name}: the architecture cannot be built ({exc})") from exc
+
+
 def build_model(config: SigmaNetConfig | str | dict[str, Any], *, pretrained: bool = True,
                 state_dict: dict[str, torch.Tensor] | None = None, allow_download: bool = False) -> SigmaNet:
     """Build the architecture. `pretrained` loads the backbone's pretrained weights where it has any
     (DINOv2; the compact backbone has none: it is trained from scratch). An explicit `state_dict` wins
     over every other source and is loaded strictly into the whole network."""
     cfg = preset_config(config) if isinstance(config, str) else make_config(config)
-    model = SigmaNet(cfg, pretrained=pretrained and state_dict is None, allow_download=allow_download)
+    model = _net(cfg, pretrained=pretrained and state_dict is None, allow_download=allow_download)
     if state_dict is not None:
         strict_load(model, state_dict, f"SigmaNet {cfg.name}")
     return model
@@ -152,11 +162,17 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu", al
         raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
     state = load_safetensors(weights_path)
     if backbone_in_file:
-        model = SigmaNet(cfg, pretrained=False)
+        # checked against a skeleton on the meta device first: a config.json that disagrees with its weights
+        # (widths of 50000) allocated the network it describes — 20 GB, a MemoryError traceback or the OOM
+        # killer — before the shapes were compared
+        with torch.device("meta"):
+            skeleton = _net(cfg, pretrained=False)
+        check_state(skeleton, state, f"SigmaNet at {weights_path}")
+        model = _net(cfg, pretrained=False)
     else:
         if backbone_weights:
             cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"weights": backbone_weights})})
-        model = SigmaNet(cfg, pretrained=True, allow_download=allow_download)
+        model = _net(cfg, pretrained=True, allow_download=allow_download)
         state = {**{k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)}, **state}
     strict_load(model, state, f"SigmaNet at {weights_path}")
     return model.to(map_location)

@@ -115,10 +115,36 @@ def resolve_local(ref: str, *, what: str, allow_download: bool = False, hint: st
     return resolve_hf_reference(ref, filename=filename, allow_download=allow_download, what=what, hint=hint).location
 
 
+def from_pretrained_or_error(load: Any, folder: str, *, what: str, where: str | None = None, **kwargs: Any) -> Any:
+    """`load(folder, local_files_only=True, **kwargs)` (a transformers `from_pretrained`) with its failures said as
+    SIGMA errors naming the folder. A Hugging Face snapshot whose weights file is missing or a dangling symlink (a
+    download cut short, a blob cleaned away) was transformers' OSError; a weights file cut short or not what it
+    is named was safetensors' SafetensorError, a traceback."""
+    from sigma.errors import SigmaError
+
+    where = where or folder
+    try:
+        return load(folder, local_files_only=True, **kwargs)
+    except (SigmaError, ImportError):    # ours, or a missing package: said as they are
+        raise
+    except OSError as exc:
+        text = " ".join(str(exc).split())[:300]
+        if exc.errno is None and ("no file named" in text or "does not appear to have" in text):
+            raise WeightsNotFoundError(f"{what} at {where}: the weights file is missing ({text}); copy the "
+                                       "model again (a Hugging Face snapshot: download it again)") from exc
+        raise WeightsUnreadableError(f"{what} at {where}: cannot read the model files ({text})") from exc
+    except Exception as exc:   # SafetensorError (a Rust exception), a bad pickle, a broken JSON
+        text = " ".join(str(exc).split())[:300]
+        raise WeightsUnreadableError(f"{what} at {where}: the model files cannot be read ({type(exc).__name__}: "
+                                     f"{text}); a file is damaged or not what it is named — copy the model "
+                                     "again") from exc
+
+
 def strict_from_pretrained(model_cls: Any, folder: str, *, what: str, **kwargs: Any):
     """`from_pretrained` from a local folder, refusing a partial load: transformers silently re-initialises
     weights it did not find, so a wrong checkpoint could otherwise pass for a detector or a parser."""
-    model, info = model_cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    model, info = from_pretrained_or_error(model_cls.from_pretrained, folder, what=what, output_loading_info=True,
+                                           **kwargs)
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         detail = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
@@ -138,13 +164,23 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
                                      "not what it is named — write it again (save_model / the training run)") from exc
 
 
-def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
-    """load_state_dict(strict=True) with an error that lists the offending keys, as a SIGMA error."""
+def check_state(module, state_dict: dict[str, Any], what: str) -> None:
+    """The checks of `strict_load` without loading: every key there and no other, every shape, every dtype of
+    the same kind (a float parameter from an integer, bool or complex tensor was cast without a word — load_state_dict
+    copies across dtypes), and every value finite (NaN or inf weights gave NaN probabilities: masks of garbage,
+    exit 0). `module` may live on the meta device (shapes and dtypes only)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    bad_shape = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or bad_shape:
+    common = sorted(set(own) & set(state_dict))
+    bad_shape = [k for k in common if tuple(own[k].shape) != tuple(state_dict[k].shape)]
+
+    def kind(t: Any) -> str:
+        return "complex" if t.is_complex() else "float" if t.is_floating_point() else "integer or bool"
+
+    bad_dtype = [f"{k} ({kind(state_dict[k])}, not {kind(own[k])})" for k in common
+                 if k not in bad_shape and kind(own[k]) != kind(state_dict[k])]
+    if missing or unexpected or bad_shape or bad_dtype:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
         parts = []
@@ -154,7 +190,23 @@ def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
             parts.append(f"{len(unexpected)} unexpected key(s): {show(unexpected)}")
         if bad_shape:
             parts.append(f"{len(bad_shape)} shape mismatch(es): {show(bad_shape)}")
+        if bad_dtype:
+            parts.append(f"{len(bad_dtype)} dtype mismatch(es): {show(bad_dtype)}")
         raise WeightsMismatchError(f"{what}: weights do not match the architecture — " + "; ".join(parts))
+    import torch
+
+    not_finite = [k for k in common if state_dict[k].is_floating_point()
+                  and not bool(torch.isfinite(state_dict[k]).all())]
+    if not_finite:
+        raise WeightsUnreadableError(f"{what}: {len(not_finite)} tensor(s) hold NaN or infinite values "
+                                     f"({', '.join(not_finite[:5])}): the file is damaged or was saved from a "
+                                     "diverged training run")
+
+
+def strict_load(module, state_dict: dict[str, Any], what: str) -> None:
+    """load_state_dict(strict=True) after `check_state`, with an error that lists the offending keys, as a SIGMA
+    error."""
+    check_state(module, state_dict, what)
     module.load_state_dict(state_dict, strict=True)
 
 

@@ -190,7 +190,7 @@ def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
     for name, value in env.items():
         if name.startswith("SIGMA__") and len(name) > 7:
             dotted = ".".join(part.lower() for part in name[7:].split("__"))
-            overrides[dotted] = parse_value(value)
+            overrides[dotted] = parse_value(value, name)
     keys = _parse_key_list(env.get("SIGMA_API_KEYS", ""), False, "SIGMA_API_KEYS")
     keys += _parse_key_list(env.get("SIGMA_API_KEY_HASHES", ""), True, "SIGMA_API_KEY_HASHES")
     return overrides, keys

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,15 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: tensors, numbers, strings and containers — everything a checkpoint holds. The full unpickler
+    # ran whatever a checkpoint.pt told it to (os.system, at `sigma train --resume` of a run folder from elsewhere)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise
+        raise ValueError("holds objects other than tensors, numbers and text (refused: unpickling them would run "
+                         "code); not a checkpoint sigma train wrote") from exc
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError("not a training checkpoint (no step)")
     return state

@@ -1,11 +1,13 @@
 """The stage config: one pydantic tree drives Stage I and Stage II (every Stage II term is a switch)."""
 from __future__ import annotations
 
+import math
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from sigma.config.schema import MAX_THREADS, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, MAX_WORKING_SIZE, Strict
 from sigma.data.synth.engine import SynthConfig
 
 
@@ -13,7 +15,8 @@ class SourceConfig(Strict):
     """A folder in the pairs.jsonl layout mixed into training (labelled corpus or unlabelled pairs)."""
 
     path: str
-    weight: float = Field(0.1, ge=0, description="probability mass relative to synthetic pairs (1.0)")
+    weight: float = Field(0.1, ge=0, allow_inf_nan=False,
+                          description="probability mass relative to synthetic pairs (1.0)")
     labelled: bool = True
 
 
@@ -67,8 +70,30 @@ class EvalConfig(Strict):
                       "'shared' = $SIGMA_SHARED/data/eval")
     data_every: int = Field(0, ge=0, description="steps between real-set evaluations (0 = only at the end)")
     perturb: list[str] = Field(default_factory=lambda: ["none"])
-    image_size: int | None = Field(None, description="working size for the real set (None = the model's)")
+    image_size: int | None = Field(None, ge=0, le=MAX_WORKING_SIZE,
+                                   description="working size for the real set (None = the model's)")
     limit: int | None = None
+
+    # Checked when the config is read: the real set is scored at the end of the run, and an unknown perturbation
+    # or a working size the annotator refuses ended hours of training there, with no final/.
+    @field_validator("perturb")
+    @classmethod
+    def _known_perturbations(cls, names: list[str]) -> list[str]:
+        from sigma.errors import ConfigError
+        from sigma.eval.perturb import expand
+
+        try:
+            expand(names)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return names
+
+    @field_validator("image_size")
+    @classmethod
+    def _working_size(cls, size: int | None) -> int | None:
+        if size and size < 28:
+            raise ValueError(f"the real set's working size is at least 28 px (or null: the model's), got {size}")
+        return size
 
 
 class TrainConfig(Strict):
@@ -81,8 +106,10 @@ class TrainConfig(Strict):
     data: SynthConfig = Field(default_factory=SynthConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     steps: int = Field(1000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    num_workers: int = Field(1, ge=0)
+    # bounded like every other command's: num_workers=100000 started that many data processes, batch_size=10^6
+    # asked one data worker for a million crops in memory
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)
+    num_workers: int = Field(1, ge=0, le=MAX_PROCESSES)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(50, ge=0)
@@ -110,6 +137,26 @@ class TrainConfig(Strict):
                                       "(exit 0); `sigma train --resume RUN` continues the same schedule. "
                                       "For a shared machine or a time-limited device slot")
     tensorboard: bool = True
+
+    @field_validator("sources")
+    @classmethod
+    def _source_weights_sum(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        """weight inf (or two of 1e308, summing to inf) made the sampling probabilities NaN: a ValueError traceback
+        in the data loader after the run had started."""
+        if not math.isfinite(1.0 + sum(s.weight for s in sources)):
+            raise ValueError("the sources' weights must add up to a finite number")
+        return sources
+
+    @field_validator("name")
+    @classmethod
+    def _name_inside_out_dir(cls, name: str) -> str:
+        """`<out_dir>/<name>` must be a folder under out_dir: `name=/` made the run folder `/` (the run wrote its
+        checkpoints there), `name=../x` one outside out_dir, `name=.` out_dir itself, among the other runs."""
+        parts = PurePosixPath(name).parts
+        if not parts or parts == (".",) or PurePosixPath(name).is_absolute() or ".." in parts:
+            raise ValueError(f"the run folder is <out_dir>/<name>: name must be a relative folder name inside "
+                             f"out_dir (no leading /, no '..', not '.'), got {name!r}")
+        return name
 
 
 def effective_synth(cfg: TrainConfig) -> SynthConfig:

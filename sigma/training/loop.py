@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sigma.config.loader import config_hash, load_config, save_resolved
+from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.folderlock import hold_folder
 
@@ -79,15 +79,17 @@ def init_source(init_from: str) -> Path:
     raise ConfigError(f"init_from {src}: no saved model (looked for final/, model/, config.json or a .safetensors)")
 
 
-def _build_model(cfg: TrainConfig, log=print):
+def _build_model(cfg: TrainConfig, log=print, resuming: bool = False):
     """`cfg.model` is the architecture. With `init_from`, a saved model of the same architecture is
     loaded strictly; a different (grown) one gets every matching tensor, new blocks initialised so the
-    grown network starts out computing what the saved one did (`sigma.models.grow`)."""
+    grown network starts out computing what the saved one did (`sigma.models.grow`). A run that resumes takes
+    every weight from its checkpoint: `init_from` is not read again (it may be gone: deleted, or on the machine
+    the run folder was copied from)."""
     from sigma.models import build_model, load_model
     from sigma.models.factory import read_config
     from sigma.models.grow import grow_from
 
-    if not cfg.init_from:
+    if not cfg.init_from or resuming:
         return build_model(cfg.model, pretrained=True), None
     src = init_source(cfg.init_from)
     saved = read_config(src)
@@ -121,7 +123,8 @@ class Trainer:
         self.is_main = self.rank == 0
         if not self.is_main:
             self.log = log = lambda *a, **k: None        # only rank 0 logs
-        self.model, self.grow_report = _build_model(cfg, log)
+        resuming = any((run_dir / name).is_file() for name in (CKPT, PREV))
+        self.model, self.grow_report = _build_model(cfg, log, resuming=resuming)
         self.model = self.model.to(self.device)
         if self.device.type == "cpu" and cfg.channels_last:
             # oneDNN's convolutions run 25 % faster per training step in NHWC on this CPU (measured: 1.11 → 0.83
@@ -356,8 +359,15 @@ class Trainer:
             self.restore(ckpt)
             self.log(f"resumed {self.run_dir} at step {self.step}")
         if self.step >= cfg.steps:
-            self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
-            return self.run_dir
+            if (self.run_dir / "final" / "config.json").is_file():   # save_model writes the config last
+                self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
+                return self.run_dir
+            # stopped after its last checkpoint, before its end was written (killed in the final validation,
+            # which scores a real set for minutes): the end is done now — it used to say "already at step N"
+            # and exit 0 with no final/, no final validation and no best/ from it, however often resumed
+            self.log(f"{self.run_dir}: at step {self.step} of {cfg.steps} but stopped before final/ was written; "
+                     "finishing it")
+            return self._finish(self._val_set() if self.is_main else [])
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
             (self.run_dir / "grow.json").write_text(json.dumps(
@@ -411,6 +421,10 @@ class Trainer:
             if self.step % cfg.log_every == 0 and self.step < cfg.steps and self._out_of_time(started):
                 return self._pause(val, started)
         self.checkpoint()
+        return self._finish(val)
+
+    def _finish(self, val) -> Path:
+        """The end of the run, after its last checkpoint: the final validation (the real set too), final/."""
         self.validate(val, final=True)
         if self.is_main:
             from sigma.models import save_model
@@ -505,10 +519,48 @@ class Trainer:
                     raise ConfigError(f"eval.val_dir {folder} holds no pairs.jsonl and eval.val_size is 0")
                 from .data import write_val_dir
 
-                write_val_dir(self.cfg, folder, ev.val_size)
-                self.log(f"wrote the fixed synthetic validation set: {ev.val_size} pairs in {folder}")
+                # one writer: runs started together with one val_dir (a seed sweep of a shipped config) wrote into
+                # one .tmp folder at once, and the one that finished second lost its files (os_error) or removed
+                # the set the first was reading; the others wait here and then read what the writer wrote
+                with _held_while_written(folder):
+                    if not (folder / "pairs.jsonl").is_file():
+                        write_val_dir(self.cfg, folder, ev.val_size)
+                        self.log(f"wrote the fixed synthetic validation set: {ev.val_size} pairs in {folder}")
             return load_val_dir(folder)
         return fixed_val_set(self.cfg, ev.val_size) if ev.val_size else []
+
+
+def _refuse_links(run_dir: Path) -> None:
+    """A run folder never holds symbolic links (sigma train makes none): one where the run writes — metrics.jsonl
+    appended to, checkpoint.pt.tmp written, model/ replaced — sent the write to whatever file it named (a run
+    folder from elsewhere appended its metrics to ~/.bashrc). Refused before anything is written."""
+    if not run_dir.is_dir():
+        return
+    links = [p for p in run_dir.iterdir() if p.is_symlink()]
+    for sub in ("model", "best", "final", "tb"):
+        folder = run_dir / sub
+        if folder.is_dir() and not folder.is_symlink():
+            links += [p for p in folder.iterdir() if p.is_symlink()]
+    if links:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in links[:5])
+        raise InputError(f"{run_dir}: holds symbolic links where the run writes ({names}); the run would write "
+                         "through them into the files they name — replace them with the files themselves",
+                         code="bad_outdir")
+
+
+@contextmanager
+def _held_while_written(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `.<folder name>.lock` beside `folder`, waited for (the kernel drops it if the
+    holder dies)."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def start(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None,
@@ -525,6 +577,12 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if cfg.model != saved.model:   # refused before config.yaml is rewritten: the run stays resumable
             raise ConfigError(f"{run_dir}: --resume continues the run's own model; a model.* override changes its "
                               "architecture (start a new run with init_from instead)")
+        frozen = run_dir / "cache_index.json"
+        if cfg.data.cache_index and frozen.is_file() and "data.cache_index" not in parse_overrides(overrides):
+            # the run's own snapshot of the cache index, wherever the run folder is now: config.yaml holds the
+            # path it was written at (relative to the first run's working folder), so a resume from another
+            # folder, or of a run folder moved or copied back from another machine, failed with file_not_found
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_index": str(frozen)})})
     else:
         if not config_path:
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
@@ -535,6 +593,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         raise ConfigError(f"eval.data {cfg.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
+        _refuse_links(run_dir)
         if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
         if not resume:

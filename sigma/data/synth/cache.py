@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from sigma.errors import InputError
+from sigma.errors import ImageError, InputError
 from sigma.folderlock import hold_folder
 
 from .masks import random_mask
@@ -39,12 +39,36 @@ def list_photos(folder: str | Path) -> list[Path]:
     return photos
 
 
+def readable_photos(photos: list[Path]) -> tuple[list[Path], list[str]]:
+    """(photos whose header PIL reads, 'path: why' for the others): a photo bank of thousands holds the odd
+    0-byte file, a text file named .png or a format PIL does not know; only the header is read."""
+    from PIL import Image
+
+    good, bad = [], []
+    for path in photos:
+        try:
+            with Image.open(path) as im:
+                if im.width < 1 or im.height < 1:
+                    raise ValueError("width or height 0")
+        except Exception as exc:  # noqa: BLE001 - any reason a photo cannot be opened: skipped and said
+            bad.append(f"{path}: {' '.join(str(exc).split())[:120]}")
+        else:
+            good.append(path)
+    return good, bad
+
+
 def load_photo(path: Path, max_side: int) -> np.ndarray:
+    """The photo as RGB, long side ≤ max_side; `image_unreadable` naming it when it cannot be decoded (cut
+    short, not an image): PIL's own OSError read as an os_error with no hint that a photo was at fault."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        rgb = np.asarray(im)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            rgb = np.asarray(im)
+    except Exception as exc:   # UnidentifiedImageError, truncated data, a decompression bomb
+        raise ImageError(f"{path}: photo cannot be decoded ({' '.join(str(exc).split())[:160]}); remove it from "
+                         "the photo folder") from exc
     h, w = rgb.shape[:2]
     s = min(1.0, max_side / max(h, w))
     nh, nw = max(8, int(round(h * s / 8)) * 8), max(8, int(round(w * s / 8)) * 8)
@@ -122,7 +146,12 @@ def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: 
             target = out / name
             if target.is_file():
                 continue
-            img = load_photo(path, max_side)
+            try:
+                img = load_photo(path, max_side)
+            except ImageError as exc:   # one bad photo costs itself, not the build: it stays out of the index
+                if log:
+                    log(f"skipped {exc.message}")
+                continue
             arrays = {"img": img}
             if vae is not None:
                 z = None

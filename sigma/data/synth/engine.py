@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -23,12 +24,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from sigma.config.schema import MAX_WORKING_SIZE, Strict
-from sigma.errors import InputError
+from sigma.errors import ImageError, InputError
 
 from . import edits as E
 from . import masks as M
 from . import perturb as P
-from .cache import list_photos, load_photo
+from .cache import list_photos, load_photo, readable_photos
 
 KINDS = ("none", "remove", "splice", "attribute", "global", "latent", "copymove", "inpaint")
 OBJECT_SHAPES = {"blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "rectangle": 0.6, "superpixels": 1.0}
@@ -110,8 +111,10 @@ class SynthConfig(Strict):
             unknown = sorted(set(weights) - set(known))
             if unknown:
                 raise ValueError(f"{name} has unknown keys {unknown}; choose from {list(known)}")
-            if not all(math.isfinite(v) and v >= 0 for v in weights.values()) or sum(weights.values()) <= 0:
-                raise ValueError(f"{name} weights must be finite, >= 0, and not all 0, got {weights}")
+            total = sum(weights.values())
+            # the sum too: two weights of 1e308 add up to inf, and inf / inf made NaN probabilities (a traceback)
+            if not all(math.isfinite(v) and v >= 0 for v in weights.values()) or not 0 < total < math.inf:
+                raise ValueError(f"{name} weights must be finite, >= 0, not all 0, with a finite sum, got {weights}")
         return self
 
 
@@ -154,9 +157,13 @@ class PhotoBank:
                     entries.append((str(self.cache / f["file"]), True, str(f.get("photo", f["file"]))))
         if photos:
             have = {str(Path(e[2]).resolve()) for e in entries}
-            for ph in list_photos(photos):
-                if str(ph.resolve()) not in have:
-                    entries.append((str(ph), False, str(ph)))
+            # photos that are not images are left out here, said once: one of them killed `sigma synth` and
+            # a training run (os_error) whenever it was drawn — at the same step again after every --resume
+            good, bad = readable_photos([ph for ph in list_photos(photos) if str(ph.resolve()) not in have])
+            if bad:
+                print(f"sigma: warning: {len(bad)} file(s) in the photo folder are not readable images and are left "
+                      f"out: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
+            entries.extend((str(ph), False, str(ph)) for ph in good)
         if not entries and self.cache is None and not photos:
             raise InputError("no photos: give a photo folder or a synth cache", code="no_photos")
         if len(entries) < 2:
@@ -164,6 +171,7 @@ class PhotoBank:
         entries.sort(key=lambda e: (not e[1], e[2]))
         self.entries = entries
         self.files = [Path(e[0]) for e in entries]
+        self.unreadable: set[str] = set()     # entries found unreadable when first decoded (see `get`)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -175,15 +183,30 @@ class PhotoBank:
         return self.entries[i][2]
 
     def get(self, i: int) -> dict[str, np.ndarray]:
-        f, cached, _ = self.entries[i]
-        return _load_entry(f, cached, self.max_side)
+        """Photo `i`; one whose data turns out unreadable (a JPEG cut short passes the header check) is said once
+        and replaced by the next readable one, the same in every process and after every --resume: it ended the
+        run at the step that drew it, and again at that step after each resume."""
+        for k in range(len(self.entries)):
+            f, cached, _ = self.entries[(i + k) % len(self.entries)]
+            if f in self.unreadable:
+                continue
+            try:
+                return _load_entry(f, cached, self.max_side)
+            except ImageError as exc:
+                self.unreadable.add(f)
+                print(f"sigma: warning: {exc.message}; the next photo is used in its place", file=sys.stderr)
+        raise InputError(f"{self.cache or 'the photo folder'}: no photo can be decoded", code="no_photos")
 
 
 @lru_cache(maxsize=64)
 def _load_entry(path: str, cached: bool, max_side: int) -> dict[str, np.ndarray]:
     if cached:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        except Exception as exc:   # a cache file cut short or damaged on disk (BadZipFile, ValueError, OSError)
+            raise ImageError(f"{path}: cached photo cannot be read ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:120]}); rebuild the cache to replace it") from exc
     return {"img": load_photo(Path(path), max_side)}
 
 
