@@ -14,7 +14,7 @@ import numpy as np
 
 from sigma.config.schema import IOConfig
 from sigma.errors import ImageError, InputError, LimitError, SigmaError
-from sigma.io.corpora.base import SourceItem, text_value
+from sigma.io.corpora.base import SourceItem, resolved_under, text_value
 from sigma.io.images import binarize_mask, decode_image
 from sigma.io.pairs import pair_from_bytes
 from sigma.text import escape_surrogates, find_surrogate, replace_surrogates
@@ -28,15 +28,6 @@ class Decoded:
     gt: np.ndarray | None = None           # bool ground truth at the original's size
     meta: dict[str, Any] = field(default_factory=dict)
     error: tuple[str, str] | None = None
-
-
-def resolved_under(path: str, real_root: str) -> str | None:
-    """`path` resolved (symlinks, `..`) if it lies under `real_root` (itself resolved), else None: the one test
-    of confinement, for the run's input and links (`runner.check_confined`) and each file a corpus names."""
-    if "\x00" in path:
-        raise InputError("the corpus names a path with a NUL byte; refused", code="invalid_path")
-    real = os.path.realpath(path)
-    return real if os.path.commonpath([real_root, real]) == real_root else None
 
 
 def confined(path: str, root: str | None) -> str:

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from sigma.batch.config import BatchConfig
-from sigma.batch.decode import resolved_under
 from sigma.batch.layout import RunDir, atomic_write_json
 from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
-from sigma.io.corpora.base import planned_pairs, unique_keys
+from sigma.io.corpora.base import planned_pairs, resolved_under, unique_keys
 from sigma.registry import annotator_identity, build_annotator, default_annotator_name, import_plugins
 
 RUN_VERSION = 1

@@ -79,6 +79,15 @@ def planned_pairs(shards: list[Shard]) -> int | None:
     return sum(counts) if all(c is not None for c in counts) else None
 
 
+def resolved_under(path: str, real_root: str) -> str | None:
+    """`path` resolved (symlinks, `..`) if it lies under `real_root` (itself resolved), else None: the one test
+    of confinement, for the run's input and links (`runner.check_confined`) and each file a corpus names."""
+    if "\x00" in path:
+        raise InputError("the corpus names a path with a NUL byte; refused", code="invalid_path")
+    real = os.path.realpath(path)
+    return real if os.path.commonpath([real_root, real]) == real_root else None
+
+
 class Corpus(ABC):
     """A streaming source of pairs: `plan()` lists shards, `read(shard)` yields that shard's items."""
 
@@ -101,8 +110,6 @@ class Corpus(ABC):
         state.json naming /elsewhere/x.arrow or ../x, a symlinked .tgz), before anything looks at it."""
         if self.root is None:
             return path
-        from sigma.batch.decode import resolved_under
-
         if resolved_under(str(path), os.path.realpath(self.root)) is None:
             where = f"{named_by} names" if named_by else "the corpus holds"
             raise InputError(f"{where} a file outside the batch root; refused (nothing read)",
