@@ -288,6 +288,20 @@ class MarkingHandler:
         return {"consumer": "marking"}
 
 
+def start_consumer(consumer) -> tuple[threading.Thread, list[BaseException]]:
+    """`consumer.run()` in a daemon thread; what it raises lands in the list, for the test to report."""
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            consumer.run()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            failure.append(exc)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, failure
+
+
 def test_consumer_holds_what_it_read_through_a_long_outage_without_spending_deliveries(private_redis):
     """Redis refuses the handler's writes for longer than max_deliveries leases: the consumer keeps the entries
     it read (extending their leases), retries with backoff, and handles each on its first delivery once Redis
@@ -310,16 +324,8 @@ def test_consumer_holds_what_it_read_through_a_long_outage_without_spending_deli
     stop = threading.Event()
     consumer = Consumer(client, queue, handler, qs, heartbeat_key=f"{prefix}:hb", stop=stop)
     r = private_redis.client()
-    failure: list[BaseException] = []
-
-    def run():
-        try:
-            consumer.run()
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            failure.append(exc)
     with full_redis(r):
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
+        thread, failure = start_consumer(consumer)
         time.sleep(1.5)                      # > max_deliveries x lease_ms: a lease left to run out would be spent
         assert thread.is_alive(), failure
         assert handler.seen == {} and consumer.counts.redis_errors > 0
@@ -352,15 +358,7 @@ def test_consumer_outlives_its_stream_being_deleted_while_it_blocks(private_redi
     handler = MarkingHandler(client, f"{prefix}:marks")
     stop = threading.Event()
     consumer = Consumer(client, queue, handler, qs, heartbeat_key=f"{prefix}:hb", stop=stop)
-    failure: list[BaseException] = []
-
-    def run():
-        try:
-            consumer.run()
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
-            failure.append(exc)
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, failure = start_consumer(consumer)
     wait_until(lambda: "0" in handler.seen, 10, "the first entry handled")
     time.sleep(0.5)                                  # blocked in XREADGROUP now
     private_redis.client().delete(f"{prefix}:s")
