@@ -319,6 +319,13 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                            "invalid_text"),
         "parse_surrogate": (["parse", "remove the \udcff boat"], "invalid_text"),
         "parse_file_not_utf8": (["parse", "--file", str(tmp / "latin1.txt")], "invalid_input"),
+        # sigma parse says the codes the table of docs/foundation.md gives, not the generic invalid_input
+        "parse_file_missing": (["parse", "--file", str(tmp / "no_such.jsonl")], "file_not_found"),
+        "parse_too_long": (["parse", "x" * 1001], "instruction_too_long"),
+        "parse_text_and_file": (["parse", "remove the boat", "--file", str(tmp / "latin1.txt")], "bad_arguments"),
+        "parse_nothing": (["parse"], "bad_arguments"),
+        "parse_model_with_rules": (["parse", "remove the boat", "--model", "m"], "bad_arguments"),
+        "parse_original_alone": (["parse", "remove the boat", "--original", o], "bad_arguments"),
         # sigma synth's numbers, said before the VAE loads (a traceback from float('abc') / a negative seed)
         "synth_scales_text": (["synth", "--build-cache", str(tmp / "cache"), "--scales", "abc"], "bad_arguments"),
         "synth_scales_nan": (["synth", "--build-cache", str(tmp / "cache"), "--scales", "1.0,nan"], "bad_arguments"),
