@@ -347,6 +347,24 @@ def test_every_bad_input_exits_2_with_one_line(capsys, pair_files, tmp_path):
     assert not failures, "\n".join(failures)
 
 
+def test_every_error_code_the_code_raises_is_documented():
+    """docs/foundation.md's table (and the tables of the other docs it points to) name every code a user can
+    meet: each `code="..."`, `code = "..."` and `{"code": "..."}` written in sigma/, api/ and workers/."""
+    import re
+
+    pattern = re.compile(r"""\bcode\s*=\s*["']([a-z_]+)["']|["']code["']\s*:\s*["']([a-z_]+)["']""")
+    raised = set()
+    for folder in ("sigma", "api", "workers"):
+        for path in (REPO / folder).rglob("*.py"):
+            raised |= {a or b for a, b in pattern.findall(path.read_text(encoding="utf-8"))}
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")])
+    # the base classes' own codes: every raise names a more precise one
+    undocumented = sorted(c for c in raised - {"sigma_error", "limit_exceeded"} if f"`{c}`" not in docs and f"[{c}]" not in docs)
+    assert not undocumented, f"codes raised but in no docs table: {undocumented}"
+    assert {"invalid_input", "no_photos", "no_results", "out_not_a_folder", "missing_extra", "redis_unavailable",
+            "worker_failed"} <= raised
+
+
 def test_bad_input_through_the_real_console_script(pair_files, tmp_path):
     orig, _ = pair_files
     proc = sigma_cmd("annotate", str(orig), str(tmp_path / "missing.png"), "--annotator", "pixel-diff")
