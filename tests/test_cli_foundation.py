@@ -491,6 +491,46 @@ def test_help_texts_teach(capsys):
     assert rc == 2 and "annotate" in out
 
 
+def _subcommand_parsers(parser, prefix=""):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix}{name}", sub
+                yield from _subcommand_parsers(sub, f"{prefix}{name} ")
+
+
+def test_every_help_set_example_is_a_key_of_that_command():
+    """The `--set` examples a --help shows are keys of that command's config (`sigma serve --set io.align=true`
+    was invalid_config: ServeConfig has no io)."""
+    import re
+
+    from sigma.batch.config import BatchConfig
+    from sigma.cli.annotate import AnnotateConfig
+    from sigma.cli.eval import EvalConfig
+    from sigma.config import load_config
+    from sigma.service.settings import load_serve_config
+
+    validate = {
+        "annotate": lambda o: load_config(AnnotateConfig, None, o),
+        "eval": lambda o: load_config(EvalConfig, None, o),
+        "batch run": lambda o: load_config(BatchConfig, None, ["input.path=x", *o]),
+        "batch submit": lambda o: load_config(BatchConfig, None, ["input.path=x", *o]),
+        "serve": lambda o: load_serve_config(None, o, env={}),
+        "worker": lambda o: load_serve_config(None, o, env={}),
+    }
+    checked = set()
+    for name, sub in _subcommand_parsers(sigma.cli.build_parser()):
+        for action in sub._actions:
+            if "--set" in action.option_strings:
+                examples = re.findall(r"--set (\S+)", action.help)
+                assert examples and name in validate, name
+                validate[name](examples)
+                checked.add(name)
+    assert checked == set(validate)
+
+
 def test_version_and_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "sigma", "--version"], capture_output=True, text=True, timeout=60,
                           check=False)
