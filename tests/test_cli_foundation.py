@@ -501,9 +501,9 @@ def _subcommand_parsers(parser, prefix=""):
                 yield from _subcommand_parsers(sub, f"{prefix}{name} ")
 
 
-def test_every_help_set_example_is_a_key_of_that_command():
-    """The `--set` examples a --help shows are keys of that command's config (`sigma serve --set io.align=true`
-    was invalid_config: ServeConfig has no io)."""
+def test_every_help_has_examples_and_its_set_examples_are_its_own_keys():
+    """README: "Every command has a `--help` with examples"; and the `--set` examples a --help shows are keys of
+    that command's config (`sigma serve --set io.align=true` was invalid_config: ServeConfig has no io)."""
     import re
 
     from sigma.batch.config import BatchConfig
@@ -520,14 +520,17 @@ def test_every_help_set_example_is_a_key_of_that_command():
         "serve": lambda o: load_serve_config(None, o, env={}),
         "worker": lambda o: load_serve_config(None, o, env={}),
     }
-    checked = set()
+    no_examples, checked = [], set()
     for name, sub in _subcommand_parsers(sigma.cli.build_parser()):
+        if "examples:" not in sub.format_help():
+            no_examples.append(name)
         for action in sub._actions:
             if "--set" in action.option_strings:
                 examples = re.findall(r"--set (\S+)", action.help)
                 assert examples and name in validate, name
                 validate[name](examples)
                 checked.add(name)
+    assert not no_examples, f"--help without examples: {no_examples}"
     assert checked == set(validate)
 
 
