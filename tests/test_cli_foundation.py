@@ -319,6 +319,13 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                            "invalid_text"),
         "parse_surrogate": (["parse", "remove the \udcff boat"], "invalid_text"),
         "parse_file_not_utf8": (["parse", "--file", str(tmp / "latin1.txt")], "invalid_input"),
+        # sigma parse says the codes the table of docs/foundation.md gives, not the generic invalid_input
+        "parse_file_missing": (["parse", "--file", str(tmp / "no_such.jsonl")], "file_not_found"),
+        "parse_too_long": (["parse", "x" * 1001], "instruction_too_long"),
+        "parse_text_and_file": (["parse", "remove the boat", "--file", str(tmp / "latin1.txt")], "bad_arguments"),
+        "parse_nothing": (["parse"], "bad_arguments"),
+        "parse_model_with_rules": (["parse", "remove the boat", "--model", "m"], "bad_arguments"),
+        "parse_original_alone": (["parse", "remove the boat", "--original", o], "bad_arguments"),
         # sigma synth's numbers, said before the VAE loads (a traceback from float('abc') / a negative seed)
         "synth_scales_text": (["synth", "--build-cache", str(tmp / "cache"), "--scales", "abc"], "bad_arguments"),
         "synth_scales_nan": (["synth", "--build-cache", str(tmp / "cache"), "--scales", "1.0,nan"], "bad_arguments"),
@@ -338,6 +345,24 @@ def test_every_bad_input_exits_2_with_one_line(capsys, pair_files, tmp_path):
         except AssertionError as exc:
             failures.append(f"{name}: {exc} :: {err!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_every_error_code_the_code_raises_is_documented():
+    """docs/foundation.md's table (and the tables of the other docs it points to) name every code a user can
+    meet: each `code="..."`, `code = "..."` and `{"code": "..."}` written in sigma/, api/ and workers/."""
+    import re
+
+    pattern = re.compile(r"""\bcode\s*=\s*["']([a-z_]+)["']|["']code["']\s*:\s*["']([a-z_]+)["']""")
+    raised = set()
+    for folder in ("sigma", "api", "workers"):
+        for path in (REPO / folder).rglob("*.py"):
+            raised |= {a or b for a, b in pattern.findall(path.read_text(encoding="utf-8"))}
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")])
+    # the base classes' own codes: every raise names a more precise one
+    undocumented = sorted(c for c in raised - {"sigma_error", "limit_exceeded"} if f"`{c}`" not in docs and f"[{c}]" not in docs)
+    assert not undocumented, f"codes raised but in no docs table: {undocumented}"
+    assert {"invalid_input", "no_photos", "no_results", "out_not_a_folder", "missing_extra", "redis_unavailable",
+            "worker_failed"} <= raised
 
 
 def test_bad_input_through_the_real_console_script(pair_files, tmp_path):
@@ -464,6 +489,49 @@ def test_help_texts_teach(capsys):
     assert rc == 0 and "weights" in out
     rc, out, _err = run_main(capsys)
     assert rc == 2 and "annotate" in out
+
+
+def _subcommand_parsers(parser, prefix=""):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix}{name}", sub
+                yield from _subcommand_parsers(sub, f"{prefix}{name} ")
+
+
+def test_every_help_has_examples_and_its_set_examples_are_its_own_keys():
+    """README: "Every command has a `--help` with examples"; and the `--set` examples a --help shows are keys of
+    that command's config (`sigma serve --set io.align=true` was invalid_config: ServeConfig has no io)."""
+    import re
+
+    from sigma.batch.config import BatchConfig
+    from sigma.cli.annotate import AnnotateConfig
+    from sigma.cli.eval import EvalConfig
+    from sigma.config import load_config
+    from sigma.service.settings import load_serve_config
+
+    validate = {
+        "annotate": lambda o: load_config(AnnotateConfig, None, o),
+        "eval": lambda o: load_config(EvalConfig, None, o),
+        "batch run": lambda o: load_config(BatchConfig, None, ["input.path=x", *o]),
+        "batch submit": lambda o: load_config(BatchConfig, None, ["input.path=x", *o]),
+        "serve": lambda o: load_serve_config(None, o, env={}),
+        "worker": lambda o: load_serve_config(None, o, env={}),
+    }
+    no_examples, checked = [], set()
+    for name, sub in _subcommand_parsers(sigma.cli.build_parser()):
+        if "examples:" not in sub.format_help():
+            no_examples.append(name)
+        for action in sub._actions:
+            if "--set" in action.option_strings:
+                examples = re.findall(r"--set (\S+)", action.help)
+                assert examples and name in validate, name
+                validate[name](examples)
+                checked.add(name)
+    assert not no_examples, f"--help without examples: {no_examples}"
+    assert checked == set(validate)
 
 
 def test_version_and_module_entry_point():

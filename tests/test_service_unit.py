@@ -229,7 +229,9 @@ def test_compose_file_structure():
     device = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     worker_df = (ROOT / "docker" / "worker.Dockerfile").read_text()
-    assert "FROM nvidia/cuda:" in worker_df and "workers.healthcheck" in worker_df
+    assert "FROM nvidia/cuda:" in worker_df and '"sigma.workers.healthcheck"]' in worker_df
+    # the module as installed (docs/service.md): a top-level `workers` only resolved from the image's /app
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "sigma.workers.healthcheck"]
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (v1) not installed")

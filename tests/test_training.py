@@ -127,6 +127,20 @@ def test_a_run_stopped_after_its_last_checkpoint_is_finished_by_resume(photos, t
     assert "already at step 4 of 4" in capsys.readouterr().out
 
 
+def test_a_fresh_run_without_init_from_keeps_its_own_best(photos, tmp_path):
+    """docs/training.md: `best/` + `best.json` hold the highest validation F1 so far. The at-start validation
+    of a run with no init_from scores random weights; kept as the one to beat, a run that never beat it (here
+    a tie) ended with no best/ and a best.json naming step 0, weights that exist nowhere."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=fresh", "eval.val_size=8"]) == 0
+    run = runs / "fresh"
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "val"]
+    assert vals[0]["step"] == 0                                   # the at-start validation still runs and is logged
+    best = json.loads((run / "best.json").read_text())
+    assert best["step"] > 0 and best["saved"] and (run / "best" / "model.safetensors").is_file()
+
+
 def test_a_run_on_a_cache_resumes_from_another_folder_and_after_being_moved(photos, tmp_path, monkeypatch, capsys):
     """A run on data.cache freezes the cache's index into its folder and config.yaml names that copy by the path
     it had then (relative to the working folder of the first `sigma train`): a resume from another folder, or of

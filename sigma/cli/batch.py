@@ -36,6 +36,18 @@ EXAMPLES = """examples:
   sigma batch submit magicbrush/data/ --preset magicbrush --out /shared/runs/mb --redis redis://host:6379/0
 """
 
+SUBMIT_EXAMPLES = """examples:
+  sigma batch submit magicbrush/data/ --preset magicbrush --out /shared/runs/mb --redis redis://host:6379/0
+  sigma worker --batch                 # on every machine that sees /shared (SIGMA_REDIS_URL=redis://host:6379/0)
+  sigma batch status /shared/runs/mb --redis redis://host:6379/0
+"""
+
+STATUS_EXAMPLES = """examples:
+  sigma batch status runs/mb
+  sigma batch status runs/mb --json
+  sigma batch status /shared/runs/mb --redis redis://host:6379/0   # with the fleet queue
+"""
+
 
 def parse_columns(text: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -127,18 +139,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
     r.set_defaults(run=run_run, needs=("batch",))
 
-    s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`")
+    s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`",
+                        epilog=SUBMIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_args(s)
     _add_redis_args(s)
     s.set_defaults(run=run_submit, needs=("batch", "redis"))
 
-    st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)")
+    st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)",
+                         epilog=STATUS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("out", help="run folder")
     _add_redis_args(st, "also show the fleet queue on this Redis URL")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=run_status)
 
-    pr = bsub.add_parser("presets", help="list the corpus presets and their columns")
+    pr = bsub.add_parser("presets", help="list the corpus presets and their columns",
+                         epilog="examples:\n  sigma batch presets\n  sigma batch run mb/ --preset magicbrush --out runs/mb\n",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.set_defaults(run=run_presets)
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 

@@ -18,11 +18,12 @@ class SigmaArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"sigma: error [bad_arguments]: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_args(parser: argparse.ArgumentParser,
+                    example: str = "--set io.align=true --set io.limits.max_pixels=10000000") -> None:
+    """`--config` and `--set`; `example` are overrides the command's own config accepts (its --help shows them)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set io.align=true --set io.limits.max_pixels=10000000 "
-                             "(repeatable; applied after --config)")
+                        help=f"override one config value, e.g. {example} (repeatable; applied after --config)")
 
 
 # What each optional extra brings, by import name: a command says which it needs (`set_defaults(needs=...)`),

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import argparse
 
+EXAMPLES = """examples:
+  sigma models
+  sigma models --prepare              # build sigma-lite's ONNX Runtime graph once (tens of seconds)
+  sigma models --prepare sigma-b
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered annotators and their weight status",
-                       description="List every registered annotator with one line each and the status of "
-                                   "its weights (embedded, found at PATH, or missing with where it looked).")
+                       description="List every registered annotator with one line each and the status of its\n"
+                                   "weights (embedded, found at PATH, or missing with where it looked).",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prepare", metavar="NAME", nargs="?", const="sigma-lite",
                    help="load NAME (default sigma-lite) once and build what its fast CPU path needs (the ONNX "
                         "Runtime graph, cached per machine and weights), so the next run starts fast")

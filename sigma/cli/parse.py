@@ -45,7 +45,8 @@ def _check(text: str | None, where: str = "instruction") -> None:
     from sigma.text import find_surrogate
 
     if text is not None and len(text) > MAX_CHARS:
-        raise LimitError(f"{where} is {len(text)} characters; at most {MAX_CHARS} are accepted")
+        raise LimitError(f"{where} is {len(text)} characters; at most {MAX_CHARS} are accepted",
+                         code="instruction_too_long")
     if text is not None and find_surrogate(text) is not None:   # "\ud800" in JSON, non-UTF-8 bytes in argv
         raise InputError(f"{where}: holds a lone UTF-16 surrogate (text no file or terminal can hold)",
                          code="invalid_text")
@@ -57,14 +58,14 @@ def _parser(args: argparse.Namespace):
     options: dict[str, Any] = {}
     if args.model:
         if args.backend == "rules":
-            raise InputError("--model applies to --backend llm or qwen-vl, not rules")
+            raise InputError("--model applies to --backend llm or qwen-vl, not rules", code="bad_arguments")
         options["model"] = args.model
     return get_parser(args.backend, **options)
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise InputError(f"--file {path}: no such file")
+        raise InputError(f"--file {path}: no such file", code="file_not_found")
     records = []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -92,9 +93,9 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     if args.file and args.instruction is not None:
-        raise InputError("give either an INSTRUCTION or --file, not both")
+        raise InputError("give either an INSTRUCTION or --file, not both", code="bad_arguments")
     if not args.file and args.instruction is None:
-        raise InputError("nothing to parse: give an INSTRUCTION (quoted) or --file X.jsonl")
+        raise InputError("nothing to parse: give an INSTRUCTION (quoted) or --file X.jsonl", code="bad_arguments")
     if args.out:
         # said before the parser loads and every line is parsed (minutes with a model backend), not at the write
         from sigma.cli.common import check_outfile
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     images = None
     if args.original or args.edited:
         if args.backend != "qwen-vl" or not (args.original and args.edited):
-            raise InputError("--original and --edited go together, with --backend qwen-vl")
+            raise InputError("--original and --edited go together, with --backend qwen-vl", code="bad_arguments")
         from sigma.io.images import read_image  # validated decoding, the same limits as annotate
 
         images = [read_image(args.original).rgb, read_image(args.edited).rgb]

@@ -5,14 +5,20 @@ import argparse
 import json
 from pathlib import Path
 
+EXAMPLES = """examples:
+  sigma report runs/eval                                   # runs/eval/report.html: the 300 least confident pairs
+  sigma report runs/mb --out mb.html --limit 1000 --thumb 256
+  sigma report runs/mb --sort confidence --min-confidence 0.97   # what an export at that cut keeps
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a static HTML review page for a batch run",
-                       description="Writes RUN_DIR/report.html (or --out): the pairs with their masks overlaid, "
-                                   "lowest confidence first (or --sort confidence), within --min/--max-confidence, "
-                                   "with filters by edit type, set and confidence, "
-                                   "per-set metrics when the corpus had ground truth, and the bad pairs. "
-                                   "No network: images are inlined.")
+                       description="Writes RUN_DIR/report.html (or --out): the pairs with their masks overlaid,\n"
+                                   "lowest confidence first (or --sort confidence), within --min/--max-confidence,\n"
+                                   "with filters by edit type, set and confidence, per-set metrics when the corpus\n"
+                                   "had ground truth, and the bad pairs. No network: images are inlined.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a `sigma batch run` folder")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
     p.add_argument("--limit", type=int, default=300, help="pairs in the gallery, lowest confidence first (300)")

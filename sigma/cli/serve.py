@@ -37,6 +37,10 @@ EXAMPLES = """examples:
 """
 
 
+# keys of the service settings (configs/serve.yaml): the annotate/eval keys (io.*) are not among them
+SET_EXAMPLE = "--set queue.lease_ms=5000 --set worker.max_wait_ms=5"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the annotation service (HTTP API; `all` adds one worker)",
                        description=SERVE_HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotator", help="with `all`: the worker's annotator (default: worker.annotator)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
-    add_config_args(p)
+    add_config_args(p, SET_EXAMPLE)
     p.set_defaults(run=run, needs=("serve",))
 
     w = sub.add_parser("worker", help="run one annotation worker (consumes the Redis queue)",
@@ -64,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="import MODULE first so the annotators it registers can serve (repeatable)")
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs")
-    add_config_args(w)
+    add_config_args(w, SET_EXAMPLE)
     w.set_defaults(run=run_worker_cmd, needs=("redis",))
 
 

@@ -337,6 +337,10 @@ class Trainer:
         f1 = (rec.get("synthetic") or {}).get("f1")
         if f1 is None or not math.isfinite(f1):
             return
+        if self.step == 0 and not self.cfg.init_from:
+            # random weights are no baseline: kept as the one to beat, a run whose model never scored above
+            # them (a tie: both mark every pixel) had no best/ at all and a best.json naming weights nowhere
+            return
         path = self.run_dir / "best.json"
         best = json.loads(path.read_text()) if path.is_file() else None
         if best is not None and f1 <= best["f1"]:
