@@ -5,8 +5,8 @@ files written by scripts/collect_probs.py, and the cutoff table (keep pairs with
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 import numpy as np
 
@@ -42,4 +42,6 @@ def main(paths):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("npz", nargs="+", help="files written by scripts/collect_probs.py")
+    main(ap.parse_args().npz)

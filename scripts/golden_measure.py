@@ -2,6 +2,7 @@
 (what the golden test asserts a floor on): python scripts/golden_measure.py [WEIGHTS]"""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -32,4 +33,6 @@ def main(weights: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("weights", nargs="?", help="a .safetensors file (default: the shipped sigma-lite)")
+    main(ap.parse_args().weights)

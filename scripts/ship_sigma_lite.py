@@ -6,9 +6,9 @@ into `PRETRAINED["sigma-lite"]` in sigma/models/presets.py (a swapped file is re
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -36,4 +36,6 @@ def main(source: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", help="a saved model: a run's best/ or final/ folder")
+    main(ap.parse_args().source)

@@ -5,7 +5,7 @@ relit), for one or more saved models: the selection metric of issue 14, broken d
 """
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -46,4 +46,8 @@ def main(val: str, models: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("val", help="a validation folder (pairs.jsonl written by write_val_dir)")
+    ap.add_argument("models", nargs="+", help="saved models (.safetensors or model folders)")
+    args = ap.parse_args()
+    main(args.val, args.models)
