@@ -10,6 +10,8 @@ from sigma.errors import InputError
 from sigma.text import find_surrogate
 from sigma.text import loads as load_json
 
+MAX_RECORD_BYTES = 1 << 20     # a record (paths, an id, an instruction) is a few hundred bytes
+
 
 @dataclass(frozen=True)
 class EvalRecord:
@@ -32,7 +34,9 @@ def find_sets(data: str | Path) -> list[Path]:
         raise InputError(f"{data}: evaluation folder not found", code="file_not_found")
     if (data / "pairs.jsonl").is_file():
         return [data]
-    sets = sorted(p.parent for p in data.glob("*/pairs.jsonl"))
+    # regular files only (as the set itself above): a pairs.jsonl that is a FIFO hung the read for ever, one
+    # that links to /dev/zero was read as one endless line
+    sets = sorted(p.parent for p in data.glob("*/pairs.jsonl") if p.is_file())
     if not sets:
         raise InputError(f"{data}: no pairs.jsonl here or in its sub-folders (expected <set>/pairs.jsonl)",
                          code="no_pairs")
@@ -42,11 +46,16 @@ def find_sets(data: str | Path) -> list[Path]:
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     """Every record, or an InputError naming the line: a record that is not JSON, lacks a field, holds text
     that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise) or names a
-    file with a NUL byte stops the read, as a malformed manifest should, instead of failing somewhere later."""
+    file with a NUL byte stops the read, as a malformed manifest should, instead of failing somewhere later. So
+    does a record longer than MAX_RECORD_BYTES, read no further than that (a 300 MB line took 1.2 GB and became a
+    300 MB pair id in metrics.json; an endless one, a MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
     with open(manifest, "rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
+        for line_no, raw in enumerate(iter(lambda: handle.readline(MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
+            if len(raw) > MAX_RECORD_BYTES:
+                raise InputError(f"{where}: a record longer than {MAX_RECORD_BYTES} bytes; not a pairs.jsonl "
+                                 "record", code="bad_manifest")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
