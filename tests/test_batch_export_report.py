@@ -61,6 +61,33 @@ def test_imdl_benco_export(run_dir, tmp_path, capsys):
     assert json.loads((small / "imdl_benco.json").read_text()) == [["Tp/beta_same.png", "Negative"]]
 
 
+def test_an_imdl_benco_export_never_mixes_with_an_earlier_one_in_its_folder(run_dir, tmp_path, capsys, monkeypatch):
+    """A second export into one OUT (a stricter filter, another --mask) rewrote the JSON but left the first
+    export's Tp/Gt files beside its own: ManiDataset, which pairs the two folders by name, trained on the pairs
+    the filter had dropped. Such an OUT is refused (out_not_empty) unless --overwrite, which replaces Tp/ and
+    Gt/ whole; a failed export leaves the earlier one as it was."""
+    out = tmp_path / "benco"
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out)]) == 0
+    assert len(list((out / "Tp").iterdir())) == 11
+    capsys.readouterr()
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--max-area", "0.001"]) == 2
+    assert "[out_not_empty]" in capsys.readouterr().err and len(list((out / "Tp").iterdir())) == 11
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--max-area", "0.001", "--relative",
+                 "--overwrite"]) == 0
+    assert json.loads((out / "imdl_benco.json").read_text()) == [["Tp/beta_same.png", "Negative"]]
+    assert [p.name for p in (out / "Tp").iterdir()] == [p.name for p in (out / "Gt").iterdir()] == ["beta_same.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "imdl_benco.json"]      # nothing staged is left
+    import sigma.export.imdl_benco as benco
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(benco, "write_png", full_disk)
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--overwrite"]) == 2
+    assert [p.name for p in (out / "Tp").iterdir()] == ["beta_same.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "imdl_benco.json"]
+
+
 def test_a_second_export_into_a_busy_folder_is_refused_and_the_folder_carries_no_lock_file(run_dir, tmp_path,
                                                                                            capsys):
     """Two exports into one OUT would mix their files (an HF export even deletes the other's temporary shards
