@@ -117,15 +117,42 @@ def test_coco_export_and_filters(run_dir, tmp_path):
     img = coco.imgs[ann["image_id"]]
     assert (tmp_path / "img" / img["file_name"]).is_file()
     assert int(coco.annToMask(ann).sum()) == ann["area"] and ann["iscrowd"] == 0
-    # pixel-diff gives no confidence, so a confidence floor drops every pair
-    assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c2.json"), "--min-confidence", "0.1"]) == 0
-    assert json.loads((tmp_path / "c2.json").read_text())["images"] == []
+    # pixel-diff gives no confidence, so a confidence floor drops every pair: nothing to export (every format)
+    assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c2.json"), "--min-confidence", "0.1"]) == 2
+    assert not (tmp_path / "c2.json").exists()
     f = RowFilter(min_confidence=0.5, max_area=0.5)
     base = {"status": "ok", "area_fraction": 0.1}
     assert f.keep({**base, "confidence": 0.7}) and not f.keep({**base, "confidence": 0.3})
     assert not f.keep({**base, "confidence": None}) and not f.keep({**base, "confidence": 0.9, "area_fraction": 0.6})
     assert not f.keep({"status": "error"}) and main(["export", "coco", str(run_dir), "--out", "x.json",
                                                      "--max-area", "3"]) == 2
+
+
+def test_an_export_that_keeps_no_pair_is_refused_alike_in_every_format(run_dir, tmp_path, capsys):
+    """A run with no good pair, or filters that drop every pair: the HF export was refused (no_results, exit 2,
+    but an empty data/ folder left behind) while COCO wrote an empty JSON and IMDL-BenCo empty Tp/ Gt/ and
+    `[]`, both exit 0. Every format now refuses it with no_results, writes nothing and keeps an earlier export."""
+    outs = {"coco": tmp_path / "c.json", "imdl-benco": tmp_path / "benco", "hf": tmp_path / "hf"}
+    for fmt, out in outs.items():
+        assert main(["export", fmt, str(run_dir), "--out", str(out), "--min-confidence", "0.5"]) == 2, fmt
+        err = capsys.readouterr().err
+        assert "[no_results]" in err and "nothing to export" in err, (fmt, err)
+        assert not out.exists(), fmt
+    bad = tmp_path / "bad_corpus" / "s"
+    bad.mkdir(parents=True)
+    (bad / "pairs.jsonl").write_text(json.dumps({"id": "g", "original": "no.png", "edited": "no2.png"}) + "\n")
+    cfg = BatchConfig.model_validate({"input": {"path": str(bad.parent)}, "annotator": "pixel-diff", "workers": 0})
+    assert run_batch(cfg, tmp_path / "bad_run", progress=False).status["errors"] == 1
+    for fmt, out in outs.items():
+        assert main(["export", fmt, str(tmp_path / "bad_run"), "--out", str(out)]) == 2, fmt
+        assert "[no_results]" in capsys.readouterr().err and not out.exists(), fmt
+    # an earlier export in OUT stays as it was
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(outs["imdl-benco"])]) == 0
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(outs["imdl-benco"]), "--min-confidence", "0.5",
+                 "--overwrite"]) == 2
+    assert len(json.loads((outs["imdl-benco"] / "imdl_benco.json").read_text())) == 11
+    assert len(list((outs["imdl-benco"] / "Tp").iterdir())) == 11
+    capsys.readouterr()
 
 
 def test_review_page_static(run_dir, tmp_path):

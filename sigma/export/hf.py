@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 from sigma.batch.decode import source_bytes
 from sigma.batch.layout import RunDir, atomic_write_bytes
 from sigma.errors import InputError, SigmaError
-from sigma.export.select import RowFilter, iter_items, row_mask_counts, run_config
+from sigma.export.select import RowFilter, iter_items, nothing_to_export, row_mask_counts, run_config
 from sigma.folderlock import hold_folder
 from sigma.rle import decode_rle, mask_bbox
 from sigma.text import escape_surrogates
@@ -217,8 +218,9 @@ class _ShardedWriter:
 
     ROW_GROUP = 100
 
-    def __init__(self, data_dir: Path, max_bytes: int):
+    def __init__(self, data_dir: Path, max_bytes: int, skipped: list[dict[str, str]] | None = None):
         self.dir, self.max_bytes = data_dir, max_bytes
+        self.skipped = [] if skipped is None else skipped      # the rows kept but not exported (why, when none is)
         self.schema = arrow_schema()
         self.files: list[Path] = []
         self.writer = None
@@ -276,7 +278,7 @@ class _ShardedWriter:
         if not self.rows:
             for tmp in self.files:
                 tmp.unlink(missing_ok=True)
-            raise InputError("no pair of the run passes the export filters: nothing to export", code="no_results")
+            raise nothing_to_export(self.skipped)
         for old in replaces:
             old.unlink(missing_ok=True)
         final = []
@@ -388,11 +390,12 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
                              "would replace it. Choose another folder", code="out_not_empty")
     row_filter = row_filter or RowFilter()
     weights, weights_source = weights_digest(record)
+    made_data_dir = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in sorted(data_dir.glob(".*.tmp")):     # left by an interrupted export
         stale.unlink()
     skipped: list[dict[str, str]] = []
-    writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))))
+    writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))), skipped)
     first: dict[str, Any] = {}
     try:
         for rec in iter_records(run_dir, row_filter, weights, skipped, mask):
@@ -401,6 +404,8 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
         files = writer.close(replaces=existing)
     except BaseException:
         writer.abort()
+        if made_data_dir:           # a refused or failed first export leaves no empty data/ behind
+            shutil.rmtree(data_dir, ignore_errors=True)
         raise
     status = RunDir(run_dir).summary()
     cfg = record.get("config") or {}

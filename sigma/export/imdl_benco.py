@@ -17,7 +17,7 @@ import numpy as np
 
 from sigma.batch.layout import atomic_write_bytes
 from sigma.errors import InputError
-from sigma.export.select import RowFilter, UniqueNames, iter_pairs, order_key, row_mask_counts
+from sigma.export.select import RowFilter, UniqueNames, iter_pairs, nothing_to_export, order_key, row_mask_counts
 from sigma.folderlock import hold_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
@@ -88,6 +88,8 @@ def _write(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relativ
         positive = bool(gt_mask.any())
         positives += positive
         entries.append({"entry": [tp_ref, gt_ref if positive else "Negative"], "confidence": row["confidence"]})
+    if not entries:
+        raise nothing_to_export(skipped)
     if key is not None:
         entries.sort(key=key)
     for folder in FOLDERS:
