@@ -286,6 +286,9 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "export_nan_confidence": (["export", "coco", str(tmp), "--out", str(tmp / "c.json"), "--min-confidence",
                                    "nan"], "invalid_config"),
         "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "invalid_config"),
+        "hf_max_shard_nan": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "nan"], "invalid_config"),
+        "hf_max_shard_inf": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "inf"], "invalid_config"),
+        "hf_max_shard_zero": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "0"], "invalid_config"),
         # output files that are folders, or lie under a file: said before any work, no temporary file left
         "report_out_is_folder": (["report", str(tmp), "--out", str(tmp)], "out_is_a_folder"),
         "coco_out_is_folder": (["export", "coco", str(tmp), "--out", str(tmp)], "out_is_a_folder"),

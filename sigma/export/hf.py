@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import numpy as np
 
 from sigma.batch.decode import source_bytes
 from sigma.batch.layout import RunDir, atomic_write_bytes
-from sigma.errors import InputError, SigmaError
+from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.export.select import RowFilter, iter_items, nothing_to_export, row_mask_counts, run_config
 from sigma.folderlock import hold_folder
 from sigma.rle import decode_rle, mask_bbox
@@ -366,6 +367,9 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
     """`mask`: which of the two masks fills `mask` / `mask_rle` (chosen = the run's mask_mode; semantic;
     footprint, which keeps only composites); both are always in `semantic_rle` / `footprint_rle`. One export
     at a time per folder (`run_locked`): a second would delete the first's temporary shards as stale."""
+    if not (isinstance(max_shard_mb, (int, float)) and math.isfinite(max_shard_mb) and max_shard_mb > 0):
+        # NaN or inf was a ValueError / OverflowError traceback after the folder was made; 0 or less, one file a row
+        raise ConfigError(f"--max-shard-mb is the largest parquet file in MB, a number > 0; got {max_shard_mb}")
     out = Path(out)
     with hold_folder(out, other="OUT folder", marker=False):    # refused before writing: no folder left behind
         return _export_hf(run_dir, out, row_filter, name, max_shard_mb, overwrite, mask)
