@@ -159,6 +159,19 @@ def test_stdin_per_item_problems(capsys, monkeypatch, pair_files, tmp_path):
     assert "1 of 6 pairs annotated" in err
 
 
+def test_stdin_ids_differing_only_in_case_are_one_folder(capsys, monkeypatch, pair_files, tmp_path):
+    """"Boat" and "boat" were two pairs here but one output folder on a case-insensitive disk (macOS, Windows):
+    the second pair's mask overwrote the first's, both reported as written. Ids are compared case-folded, as
+    the exports name their files."""
+    orig, edited = pair_files
+    items = [{"id": "Boat", "original": str(orig), "edited": str(edited)},
+             {"id": "boat", "original": str(orig), "edited": str(edited)}]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
+    code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
+    assert code == 2 and [p.name for p in (tmp_path / "b").iterdir()] == ["Boat"]
+    assert "[bad_json]" in err and "'boat' appears twice" in err and "1 of 2 pairs annotated" in err
+
+
 def test_stdin_pairs_refuse_per_pair_options_and_say_which_keys_they_ignore(capsys, monkeypatch, pair_files,
                                                                           tmp_path):
     """A per-pair "threshold" (the API takes one per request) would be silently ignored here, the mask made
