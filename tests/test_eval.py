@@ -149,6 +149,21 @@ def test_evaluate_scores_groups_and_reports_bad_pairs(eval_root):
     assert len(record["per_pair"]["none"]) == 5
 
 
+def test_a_set_named_like_an_aggregate_keeps_its_own_row(tmp_path):
+    """A set named "overall" merged into the overall row: the table showed one "overall" row of every pair and
+    the set's own scores were nowhere, in the printed table or in metrics.json. Its row is now "overall (set)"."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "overall", 2)
+    make_pair_set(root, "other", 3, seed=1)
+    result = evaluate(create_annotator("pixel-diff"), root, ["none"])
+    tables = result.tables()["none"]
+    assert list(tables) == ["other", "overall (set)", "overall"]
+    assert tables["overall (set)"]["pairs"] == 2 and tables["overall"]["pairs"] == 5
+    assert list(result.mask_tables()["none"]) == ["other", "overall (set)", "overall"]
+    assert {row["set"] for row in result.to_dict()["per_pair"]["none"]} == {"other", "overall"}
+    assert "overall (set)" in format_tables(result)
+
+
 def test_perturbations_touch_the_edited_image_only(eval_root):
     rec = Recorder()
     result = evaluate(rec, eval_root / "edits", ["none", "jpeg75", "resize"])
