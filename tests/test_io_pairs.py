@@ -61,6 +61,13 @@ def test_aspect_mismatch_is_refused_with_both_sizes():
     assert "40x20" in exc.message and "20x20" in exc.message and "\n" not in exc.message
     # within tolerance: resized, not refused
     assert check_aspect((100, 100), (100, 104), 0.05) == pytest.approx(0.04)
+    # exactly at the limit is within it: in floats 105x100 changed by 0.05000000000000004 > 0.05 and was refused
+    # as "by 5.0% (> 5.0%)"
+    assert check_aspect((100, 100), (100, 105), 0.05) == pytest.approx(0.05)
+    assert check_aspect((10, 10), (10, 11), 0.1) == pytest.approx(0.1)
+    assert check_aspect((10, 10), (10, 1000), float("inf")) == pytest.approx(99.0)
+    with pytest.raises(InputError):
+        check_aspect((100, 100), (100, 106), 0.05)
 
 
 # ---------------------------------------------------------------- instruction
