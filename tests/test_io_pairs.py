@@ -157,6 +157,16 @@ def test_align_leaves_images_alone_when_it_should():
     assert info["applied"] is False and "align_min_response" in info["reason"]
 
 
+@pytest.mark.parametrize("hw", [(1, 50), (50, 1), (1, 1)])
+def test_align_on_a_one_pixel_wide_or_tall_image_is_skipped_not_a_traceback(hw):
+    """`io.align=true` with a 1xN or Nx1 image was a cv2.error traceback (createHanningWindow needs 2 px each
+    way) in sigma annotate / eval / batch and the service's worker; the pair is left as it is and says why."""
+    img = textured(*hw, seed=9)
+    pair = pair_from_bytes(png(img), png(255 - img), io_config=IOConfig(align=True))
+    assert pair.preprocess["alignment"]["applied"] is False and "too small" in pair.preprocess["alignment"]["reason"]
+    assert np.array_equal(pair.edited, 255 - img)
+
+
 def test_undo_translation_direction():
     img = np.zeros((20, 20, 3), np.uint8)
     img[5, 5] = 255

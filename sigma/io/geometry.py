@@ -62,6 +62,9 @@ def align(original: np.ndarray, edited: np.ndarray, max_shift_px: int,
     content for the estimate to mean anything (unrelated images score ~0.03, a shifted copy ~0.9,
     a shifted copy with a large local edit ~0.5): warping on it would manufacture change.
     """
+    h, w = original.shape[:2]
+    if min(h, w) < 2:      # OpenCV's window needs 2 px each way: a 1xN image was a cv2.error traceback
+        return edited, {"applied": False, "reason": f"a {w}x{h} image is too small to estimate a shift"}
     dx, dy, response = estimate_translation(original, edited)
     info = {"dx": round(dx, 3), "dy": round(dy, 3), "response": round(response, 4)}
     if response < min_response:
