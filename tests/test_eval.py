@@ -149,6 +149,24 @@ def test_evaluate_scores_groups_and_reports_bad_pairs(eval_root):
     assert len(record["per_pair"]["none"]) == 5
 
 
+def test_whole_image_changed_as_text_is_read_as_meant(tmp_path):
+    """bool("false") is True: records carrying "whole_image_changed": "false" (a CSV turned JSON) made their set a
+    whole-image-change set, scored out of the editing aggregate without a word. Text yes/no values are read as
+    meant; anything else is bad_manifest at file:line."""
+    d = tmp_path / "s"
+    d.mkdir()
+    base = {"original": "o.png", "edited": "e.png", "mask": "m.png"}
+    values = [False, None, 0, "false", "False", "0", "", "no", True, 1, "true", "TRUE", "1", "yes"]
+    (d / "pairs.jsonl").write_text("".join(json.dumps({**base, "id": str(i), "whole_image_changed": v}) + "\n"
+                                           for i, v in enumerate(values)) + json.dumps({**base, "id": "x"}) + "\n")
+    assert [r.whole_image_changed for r in read_set(d)] == [False] * 8 + [True] * 6 + [False]
+    for bad in ("maybe", 2, [True]):
+        (d / "pairs.jsonl").write_text(json.dumps({**base, "id": "b", "whole_image_changed": bad}) + "\n")
+        with pytest.raises(InputError) as info:
+            list(read_set(d))
+        assert info.value.code == "bad_manifest" and "whole_image_changed" in info.value.message
+
+
 def test_a_set_named_like_an_aggregate_keeps_its_own_row(tmp_path):
     """A set named "overall" merged into the overall row: the table showed one "overall" row of every pair and
     the set's own scores were nowhere, in the printed table or in metrics.json. Its row is now "overall (set)"."""

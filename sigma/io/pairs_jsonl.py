@@ -25,6 +25,21 @@ class EvalRecord:
     whole_image_changed: bool
 
 
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
+
+
+def _flag(value: object, name: str) -> bool:
+    """A yes/no field: JSON true/false (null: false), 0/1, or those words as text (a CSV turned JSON). bool() took
+    the text "false" for true: a set of such records became a whole-image-change set, out of the editing rows."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def find_sets(data: str | Path) -> list[Path]:
     """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name."""
     data = Path(data)
@@ -77,6 +92,6 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                     set_name=set_dir.name, pair_id=str(rec["id"]), original=set_dir / files["original"],
                     edited=set_dir / files["edited"], mask=set_dir / files["mask"],
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
-                    whole_image_changed=bool(rec.get("whole_image_changed", False)))
+                    whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise InputError(f"{where}: bad record ({exc})", code="bad_manifest") from exc
