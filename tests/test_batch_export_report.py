@@ -86,6 +86,16 @@ def test_an_imdl_benco_export_never_mixes_with_an_earlier_one_in_its_folder(run_
     assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--overwrite"]) == 2
     assert [p.name for p in (out / "Tp").iterdir()] == ["beta_same.png"]
     assert sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "imdl_benco.json"]
+    monkeypatch.undo()
+    # --overwrite replaces Tp/ and Gt/ whole: a Tp/ holding files no earlier export wrote (a CASIA-style corpus,
+    # Tp/ + Au/ + Gt/) is refused even so, and kept
+    casia = tmp_path / "casia"
+    (casia / "Tp").mkdir(parents=True)
+    (casia / "Tp" / "Tp_D_CRN_S_N_0001.jpg").write_bytes(b"corpus image")
+    for flags in ([], ["--overwrite"]):
+        assert main(["export", "imdl-benco", str(run_dir), "--out", str(casia), *flags]) == 2
+        assert "[out_not_empty]" in capsys.readouterr().err
+    assert [p.name for p in casia.rglob("*")] == ["Tp", "Tp_D_CRN_S_N_0001.jpg"]
 
 
 def test_a_second_export_into_a_busy_folder_is_refused_and_the_folder_carries_no_lock_file(run_dir, tmp_path,

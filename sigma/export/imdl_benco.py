@@ -40,6 +40,15 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
 FOLDERS = ("Tp", "Gt")
 
 
+def _foreign(out: Path, json_name: str) -> list[Path]:
+    """The files in OUT's Tp/ and Gt/ that the export recorded in OUT's JSON did not write."""
+    try:
+        names = {Path(entry[0]).name for entry in json.loads((out / json_name).read_text())}
+    except (OSError, ValueError, TypeError, IndexError, KeyError):
+        names = set()
+    return sorted(p for f in FOLDERS if (out / f).is_dir() for p in (out / f).iterdir() if p.name not in names)
+
+
 def _staging(out: Path, folder: str) -> Path:
     return out / f".{folder}.tmp"
 
@@ -52,6 +61,13 @@ def _export(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relati
     if held and not overwrite:
         raise InputError(f"{out} already holds an IMDL-BenCo export ({', '.join(p.name for p in held)}); pass "
                          "--overwrite to replace it, or choose another folder", code="out_not_empty")
+    foreign = _foreign(out, json_name) if held else []
+    if foreign:
+        # Tp/ (+ Au/, Gt/) is also how CASIA-style corpora are laid out: --overwrite replaces Tp/ and Gt/ whole, so
+        # files no earlier export wrote (a corpus, the user's own) would be deleted with them
+        raise InputError(f"{out}: {foreign[0].parent.name}/{foreign[0].name} (and {len(foreign) - 1} more) is not a "
+                         f"file of an earlier export ({json_name} does not list it); an export there would delete it. "
+                         "Choose another folder", code="out_not_empty")
     for folder in FOLDERS:        # staged, then swapped in whole: the old export stays until the new one is done
         for stale in (_staging(out, folder), out / f".{folder}.old"):     # left by an interrupted export
             shutil.rmtree(stale, ignore_errors=True)
