@@ -61,6 +61,43 @@ def test_imdl_benco_export(run_dir, tmp_path, capsys):
     assert json.loads((small / "imdl_benco.json").read_text()) == [["Tp/beta_same.png", "Negative"]]
 
 
+def test_an_imdl_benco_export_never_mixes_with_an_earlier_one_in_its_folder(run_dir, tmp_path, capsys, monkeypatch):
+    """A second export into one OUT (a stricter filter, another --mask) rewrote the JSON but left the first
+    export's Tp/Gt files beside its own: ManiDataset, which pairs the two folders by name, trained on the pairs
+    the filter had dropped. Such an OUT is refused (out_not_empty) unless --overwrite, which replaces Tp/ and
+    Gt/ whole; a failed export leaves the earlier one as it was."""
+    out = tmp_path / "benco"
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out)]) == 0
+    assert len(list((out / "Tp").iterdir())) == 11
+    capsys.readouterr()
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--max-area", "0.001"]) == 2
+    assert "[out_not_empty]" in capsys.readouterr().err and len(list((out / "Tp").iterdir())) == 11
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--max-area", "0.001", "--relative",
+                 "--overwrite"]) == 0
+    assert json.loads((out / "imdl_benco.json").read_text()) == [["Tp/beta_same.png", "Negative"]]
+    assert [p.name for p in (out / "Tp").iterdir()] == [p.name for p in (out / "Gt").iterdir()] == ["beta_same.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "imdl_benco.json"]      # nothing staged is left
+    import sigma.export.imdl_benco as benco
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(benco, "write_png", full_disk)
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--overwrite"]) == 2
+    assert [p.name for p in (out / "Tp").iterdir()] == ["beta_same.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "imdl_benco.json"]
+    monkeypatch.undo()
+    # --overwrite replaces Tp/ and Gt/ whole: a Tp/ holding files no earlier export wrote (a CASIA-style corpus,
+    # Tp/ + Au/ + Gt/) is refused even so, and kept
+    casia = tmp_path / "casia"
+    (casia / "Tp").mkdir(parents=True)
+    (casia / "Tp" / "Tp_D_CRN_S_N_0001.jpg").write_bytes(b"corpus image")
+    for flags in ([], ["--overwrite"]):
+        assert main(["export", "imdl-benco", str(run_dir), "--out", str(casia), *flags]) == 2
+        assert "[out_not_empty]" in capsys.readouterr().err
+    assert [p.name for p in casia.rglob("*")] == ["Tp", "Tp_D_CRN_S_N_0001.jpg"]
+
+
 def test_a_second_export_into_a_busy_folder_is_refused_and_the_folder_carries_no_lock_file(run_dir, tmp_path,
                                                                                            capsys):
     """Two exports into one OUT would mix their files (an HF export even deletes the other's temporary shards
@@ -90,15 +127,42 @@ def test_coco_export_and_filters(run_dir, tmp_path):
     img = coco.imgs[ann["image_id"]]
     assert (tmp_path / "img" / img["file_name"]).is_file()
     assert int(coco.annToMask(ann).sum()) == ann["area"] and ann["iscrowd"] == 0
-    # pixel-diff gives no confidence, so a confidence floor drops every pair
-    assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c2.json"), "--min-confidence", "0.1"]) == 0
-    assert json.loads((tmp_path / "c2.json").read_text())["images"] == []
+    # pixel-diff gives no confidence, so a confidence floor drops every pair: nothing to export (every format)
+    assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c2.json"), "--min-confidence", "0.1"]) == 2
+    assert not (tmp_path / "c2.json").exists()
     f = RowFilter(min_confidence=0.5, max_area=0.5)
     base = {"status": "ok", "area_fraction": 0.1}
     assert f.keep({**base, "confidence": 0.7}) and not f.keep({**base, "confidence": 0.3})
     assert not f.keep({**base, "confidence": None}) and not f.keep({**base, "confidence": 0.9, "area_fraction": 0.6})
     assert not f.keep({"status": "error"}) and main(["export", "coco", str(run_dir), "--out", "x.json",
                                                      "--max-area", "3"]) == 2
+
+
+def test_an_export_that_keeps_no_pair_is_refused_alike_in_every_format(run_dir, tmp_path, capsys):
+    """A run with no good pair, or filters that drop every pair: the HF export was refused (no_results, exit 2,
+    but an empty data/ folder left behind) while COCO wrote an empty JSON and IMDL-BenCo empty Tp/ Gt/ and
+    `[]`, both exit 0. Every format now refuses it with no_results, writes nothing and keeps an earlier export."""
+    outs = {"coco": tmp_path / "c.json", "imdl-benco": tmp_path / "benco", "hf": tmp_path / "hf"}
+    for fmt, out in outs.items():
+        assert main(["export", fmt, str(run_dir), "--out", str(out), "--min-confidence", "0.5"]) == 2, fmt
+        err = capsys.readouterr().err
+        assert "[no_results]" in err and "nothing to export" in err, (fmt, err)
+        assert not out.exists(), fmt
+    bad = tmp_path / "bad_corpus" / "s"
+    bad.mkdir(parents=True)
+    (bad / "pairs.jsonl").write_text(json.dumps({"id": "g", "original": "no.png", "edited": "no2.png"}) + "\n")
+    cfg = BatchConfig.model_validate({"input": {"path": str(bad.parent)}, "annotator": "pixel-diff", "workers": 0})
+    assert run_batch(cfg, tmp_path / "bad_run", progress=False).status["errors"] == 1
+    for fmt, out in outs.items():
+        assert main(["export", fmt, str(tmp_path / "bad_run"), "--out", str(out)]) == 2, fmt
+        assert "[no_results]" in capsys.readouterr().err and not out.exists(), fmt
+    # an earlier export in OUT stays as it was
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(outs["imdl-benco"])]) == 0
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(outs["imdl-benco"]), "--min-confidence", "0.5",
+                 "--overwrite"]) == 2
+    assert len(json.loads((outs["imdl-benco"] / "imdl_benco.json").read_text())) == 11
+    assert len(list((outs["imdl-benco"] / "Tp").iterdir())) == 11
+    capsys.readouterr()
 
 
 def test_review_page_static(run_dir, tmp_path):

@@ -159,6 +159,44 @@ def test_stdin_per_item_problems(capsys, monkeypatch, pair_files, tmp_path):
     assert "1 of 6 pairs annotated" in err
 
 
+def test_a_second_result_in_one_folder_leaves_no_mask_of_the_first(capsys, tmp_path):
+    """A composite annotated into -o, then a pair that is not one (or pixel-diff, which writes one mask) into the
+    same -o: the first pair's mask_footprint.png (and mask_semantic.png) stayed beside a result.json whose
+    footprint_segmentation was null and whose "files" did not list it, another pair's mask read as this one's."""
+    rng = np.random.default_rng(0)
+    orig = rng.integers(0, 255, (33, 65, 3), dtype=np.uint8)
+    composite = orig.copy()
+    composite[8:16, 16:32] = 255 - composite[8:16, 16:32]
+    for name, img in (("o.png", orig), ("c.png", composite), ("r.png", 255 - orig)):
+        save(img, tmp_path / name)
+    out = tmp_path / "out"
+    base = ["annotate", str(tmp_path / "o.png")]
+    assert run_main(capsys, *base, str(tmp_path / "c.png"), "--annotator", "pixel-diff", "--set",
+                    "options.mask_mode=auto", "-o", str(out))[0] == 0
+    assert (out / "mask_footprint.png").is_file() and (out / "mask_semantic.png").is_file()
+    assert run_main(capsys, *base, str(tmp_path / "r.png"), "--annotator", "pixel-diff", "--set",
+                    "options.mask_mode=auto", "-o", str(out))[0] == 0
+    record = json.loads((out / "result.json").read_text())
+    assert record["footprint_segmentation"] is None and "footprint_mask" not in record["files"]
+    assert not (out / "mask_footprint.png").exists() and (out / "mask_semantic.png").is_file()
+    assert run_main(capsys, *base, str(tmp_path / "c.png"), "--annotator", "pixel-diff", "-o", str(out))[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "mask.png", "overlay.png", "prob.png",
+                                                     "result.json"]
+
+
+def test_stdin_ids_differing_only_in_case_are_one_folder(capsys, monkeypatch, pair_files, tmp_path):
+    """"Boat" and "boat" were two pairs here but one output folder on a case-insensitive disk (macOS, Windows):
+    the second pair's mask overwrote the first's, both reported as written. Ids are compared case-folded, as
+    the exports name their files."""
+    orig, edited = pair_files
+    items = [{"id": "Boat", "original": str(orig), "edited": str(edited)},
+             {"id": "boat", "original": str(orig), "edited": str(edited)}]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
+    code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
+    assert code == 2 and [p.name for p in (tmp_path / "b").iterdir()] == ["Boat"]
+    assert "[bad_json]" in err and "'boat' appears twice" in err and "1 of 2 pairs annotated" in err
+
+
 def test_stdin_pairs_refuse_per_pair_options_and_say_which_keys_they_ignore(capsys, monkeypatch, pair_files,
                                                                           tmp_path):
     """A per-pair "threshold" (the API takes one per request) would be silently ignored here, the mask made
@@ -286,6 +324,9 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "export_nan_confidence": (["export", "coco", str(tmp), "--out", str(tmp / "c.json"), "--min-confidence",
                                    "nan"], "invalid_config"),
         "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "invalid_config"),
+        "hf_max_shard_nan": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "nan"], "invalid_config"),
+        "hf_max_shard_inf": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "inf"], "invalid_config"),
+        "hf_max_shard_zero": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "0"], "invalid_config"),
         # output files that are folders, or lie under a file: said before any work, no temporary file left
         "report_out_is_folder": (["report", str(tmp), "--out", str(tmp)], "out_is_a_folder"),
         "coco_out_is_folder": (["export", "coco", str(tmp), "--out", str(tmp)], "out_is_a_folder"),

@@ -104,6 +104,36 @@ def test_bad_manifest_line_is_named(tmp_path):
     assert info.value.code == "bad_manifest" and "pairs.jsonl:1" in info.value.message
 
 
+def test_an_endless_record_or_a_pairs_jsonl_that_is_not_a_file_is_never_read_whole(tmp_path, capsys):
+    """A 300 MB line was read whole (1.2 GB RSS) and became a 300 MB pair id in metrics.json; a pairs.jsonl
+    linked to /dev/zero was one endless line (MemoryError traceback), one that is a FIFO hung the eval. A record
+    is read no further than MAX_RECORD_BYTES (bad_manifest at file:line); only regular files are sets."""
+    import tracemalloc
+
+    from sigma.cli import main
+    from sigma.io.pairs_jsonl import MAX_RECORD_BYTES
+
+    root = make_pair_set(tmp_path / "data", "ok", 1).parent
+    big = root / "big"
+    big.mkdir()
+    with open(big / "pairs.jsonl", "w") as handle:
+        handle.write('{"id": "' + "x" * (16 * MAX_RECORD_BYTES) + '", "original": "a", "edited": "b", "mask": "m"}\n')
+    tracemalloc.start()
+    with pytest.raises(InputError) as info:
+        list(read_set(big))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert info.value.code == "bad_manifest" and "pairs.jsonl:1" in info.value.message
+    assert peak < 4 * MAX_RECORD_BYTES, peak
+    assert main(["eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 2
+    assert "[bad_manifest]" in capsys.readouterr().err
+    (big / "pairs.jsonl").unlink()
+    (big / "pairs.jsonl").symlink_to("/dev/zero")
+    os.mkfifo(root / "fifo_set_pairs")
+    (root / "fifo").mkdir()
+    (root / "fifo" / "pairs.jsonl").symlink_to(root / "fifo_set_pairs")
+    assert find_sets(root) == [root / "ok"]
+
 def test_evaluate_scores_groups_and_reports_bad_pairs(eval_root):
     result = evaluate(create_annotator("pixel-diff"), eval_root, ["none"])
     tables = result.tables()["none"]
@@ -117,6 +147,39 @@ def test_evaluate_scores_groups_and_reports_bad_pairs(eval_root):
     record = result.to_dict()
     json.dumps(record)                                              # JSON-ready
     assert len(record["per_pair"]["none"]) == 5
+
+
+def test_whole_image_changed_as_text_is_read_as_meant(tmp_path):
+    """bool("false") is True: records carrying "whole_image_changed": "false" (a CSV turned JSON) made their set a
+    whole-image-change set, scored out of the editing aggregate without a word. Text yes/no values are read as
+    meant; anything else is bad_manifest at file:line."""
+    d = tmp_path / "s"
+    d.mkdir()
+    base = {"original": "o.png", "edited": "e.png", "mask": "m.png"}
+    values = [False, None, 0, "false", "False", "0", "", "no", True, 1, "true", "TRUE", "1", "yes"]
+    (d / "pairs.jsonl").write_text("".join(json.dumps({**base, "id": str(i), "whole_image_changed": v}) + "\n"
+                                           for i, v in enumerate(values)) + json.dumps({**base, "id": "x"}) + "\n")
+    assert [r.whole_image_changed for r in read_set(d)] == [False] * 8 + [True] * 6 + [False]
+    for bad in ("maybe", 2, [True]):
+        (d / "pairs.jsonl").write_text(json.dumps({**base, "id": "b", "whole_image_changed": bad}) + "\n")
+        with pytest.raises(InputError) as info:
+            list(read_set(d))
+        assert info.value.code == "bad_manifest" and "whole_image_changed" in info.value.message
+
+
+def test_a_set_named_like_an_aggregate_keeps_its_own_row(tmp_path):
+    """A set named "overall" merged into the overall row: the table showed one "overall" row of every pair and
+    the set's own scores were nowhere, in the printed table or in metrics.json. Its row is now "overall (set)"."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "overall", 2)
+    make_pair_set(root, "other", 3, seed=1)
+    result = evaluate(create_annotator("pixel-diff"), root, ["none"])
+    tables = result.tables()["none"]
+    assert list(tables) == ["other", "overall (set)", "overall"]
+    assert tables["overall (set)"]["pairs"] == 2 and tables["overall"]["pairs"] == 5
+    assert list(result.mask_tables()["none"]) == ["other", "overall (set)", "overall"]
+    assert {row["set"] for row in result.to_dict()["per_pair"]["none"]} == {"other", "overall"}
+    assert "overall (set)" in format_tables(result)
 
 
 def test_perturbations_touch_the_edited_image_only(eval_root):

@@ -61,6 +61,13 @@ def test_aspect_mismatch_is_refused_with_both_sizes():
     assert "40x20" in exc.message and "20x20" in exc.message and "\n" not in exc.message
     # within tolerance: resized, not refused
     assert check_aspect((100, 100), (100, 104), 0.05) == pytest.approx(0.04)
+    # exactly at the limit is within it: in floats 105x100 changed by 0.05000000000000004 > 0.05 and was refused
+    # as "by 5.0% (> 5.0%)"
+    assert check_aspect((100, 100), (100, 105), 0.05) == pytest.approx(0.05)
+    assert check_aspect((10, 10), (10, 11), 0.1) == pytest.approx(0.1)
+    assert check_aspect((10, 10), (10, 1000), float("inf")) == pytest.approx(99.0)
+    with pytest.raises(InputError):
+        check_aspect((100, 100), (100, 106), 0.05)
 
 
 # ---------------------------------------------------------------- instruction
@@ -148,6 +155,16 @@ def test_align_leaves_images_alone_when_it_should():
     unrelated = textured(96, 96, seed=7)
     out, info = align(img, unrelated, 16)
     assert info["applied"] is False and "align_min_response" in info["reason"]
+
+
+@pytest.mark.parametrize("hw", [(1, 50), (50, 1), (1, 1)])
+def test_align_on_a_one_pixel_wide_or_tall_image_is_skipped_not_a_traceback(hw):
+    """`io.align=true` with a 1xN or Nx1 image was a cv2.error traceback (createHanningWindow needs 2 px each
+    way) in sigma annotate / eval / batch and the service's worker; the pair is left as it is and says why."""
+    img = textured(*hw, seed=9)
+    pair = pair_from_bytes(png(img), png(255 - img), io_config=IOConfig(align=True))
+    assert pair.preprocess["alignment"]["applied"] is False and "too small" in pair.preprocess["alignment"]["reason"]
+    assert np.array_equal(pair.edited, 255 - img)
 
 
 def test_undo_translation_direction():

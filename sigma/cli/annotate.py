@@ -114,9 +114,9 @@ def _pair_id(item: Any, n: int, multi: bool, seen: set[str]) -> str:
         if not _SAFE_ID.match(pair_id):
             raise InputError(f"pair #{n}: id {pair_id!r} is not a safe folder name (letters, digits, '.', '_', "
                              "'-'; at most 128)", code="bad_json")
-        if pair_id in seen:
-            raise InputError(f"pair #{n}: id {pair_id!r} appears twice; ids name the output folders",
-                             code="bad_json")
+        if pair_id.casefold() in seen:       # case-folded: "Boat" and "boat" are one folder on macOS or Windows
+            raise InputError(f"pair #{n}: id {pair_id!r} appears twice (letter case aside); ids name the output "
+                             "folders", code="bad_json")
     return pair_id
 
 
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"pair {pair_id}: the instruction holds a lone UTF-16 surrogate (bytes that are "
                                  "not UTF-8?)", code="invalid_text")
             ignored.update(set(item) - PAIR_KEYS)
-            seen.add(pair_id)
+            seen.add(pair_id.casefold())
             checked.append((pair_id, item))
         except SigmaError as exc:
             failures.append((label, exc.code, exc.message))

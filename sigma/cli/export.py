@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _filters(b)
     b.add_argument("--out", required=True, help="output folder (Tp/, Gt/, imdl_benco.json)")
     b.add_argument("--relative", action="store_true", help="paths in the JSON relative to --out (default absolute)")
+    b.add_argument("--overwrite", action="store_true", help="replace an export already in --out (Tp/, Gt/ and the JSON)")
     b.set_defaults(run=run_imdl_benco, needs=("batch",))
     c = esub.add_parser("coco", help="COCO-style JSON with RLE segmentations", epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +85,7 @@ def run_imdl_benco(args: argparse.Namespace) -> int:
     from sigma.export.imdl_benco import export_imdl_benco
 
     _report(export_imdl_benco(args.run_dir, args.out, _row_filter(args), relative=args.relative, mask=args.mask,
-                              order=args.sort))
+                              order=args.sort, overwrite=args.overwrite))
     return 0
 
 

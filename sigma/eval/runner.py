@@ -21,6 +21,14 @@ from sigma.io.pairs_jsonl import EvalRecord, find_sets, read_set
 TINY_FRACTION = 0.02
 EDITING_GROUP = "editing (all but whole-image-change sets)"
 CHANGE_GROUP = "whole-image-change sets"
+TINY_GROUP = f"tiny edits (<{TINY_FRACTION:.0%} of the image)"
+AGGREGATES = frozenset({"overall", EDITING_GROUP, CHANGE_GROUP, TINY_GROUP})
+
+
+def set_group(set_name: str) -> str:
+    """A set's row in the tables: its name, unless that is an aggregate's ("overall"), where the set's scores
+    merged into the aggregate and its own row was lost without a word."""
+    return f"{set_name} (set)" if set_name in AGGREGATES else set_name
 
 
 @dataclass
@@ -58,11 +66,11 @@ class EvalResult:
         split = bool(changed_sets) and len(changed_sets) < len(by_set)
         out = []
         for rec, score in rows:
-            groups = [rec.set_name]
+            groups = [set_group(rec.set_name)]
             if split:
                 groups.append(CHANGE_GROUP if rec.set_name in changed_sets else EDITING_GROUP)
             if rec.set_name not in changed_sets and 0 < score.gt_fraction < TINY_FRACTION:
-                groups.append(f"tiny edits (<{TINY_FRACTION:.0%} of the image)")
+                groups.append(TINY_GROUP)
             out.append(groups)
         return out
 
@@ -71,7 +79,7 @@ class EvalResult:
         rows = self.scores.get(perturbation, [])
         acc = MetricAccumulator()
         for rec, _ in rows:            # the per-set rows first, in set order
-            acc.groups.setdefault(rec.set_name, [])
+            acc.groups.setdefault(set_group(rec.set_name), [])
         for (_, score), groups in zip(rows, self.memberships(perturbation)):
             acc.add(score, *groups)
         return acc
@@ -87,7 +95,7 @@ class EvalResult:
         details = self.details.get(perturbation) or [PairDetail() for _ in rows]
         out: dict[str, list[tuple[ImageScore, PairDetail]]] = {}
         for rec, _ in rows:
-            out.setdefault(rec.set_name, [])
+            out.setdefault(set_group(rec.set_name), [])
         for (_, score), detail, groups in zip(rows, details, self.memberships(perturbation)):
             for g in dict.fromkeys((*groups, "overall")):
                 out.setdefault(g, []).append((score, detail))

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from sigma.batch.layout import atomic_write_bytes, refuse_run_file
-from sigma.export.select import RowFilter, UniqueNames, iter_pairs, iter_rows, order_key, row_mask_counts
+from sigma.export.select import (
+    RowFilter,
+    UniqueNames,
+    iter_pairs,
+    iter_rows,
+    nothing_to_export,
+    order_key,
+    row_mask_counts,
+)
 from sigma.io.images import write_png
 from sigma.rle import decode_rle, mask_bbox
 
@@ -66,6 +74,8 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
                 "footprint_segmentation": _rle(row, row_mask_counts(row, "footprint")),
                 "composite": json.loads(row["composite"]) if row.get("composite") else None}
         kept.append((image, annotation, row["confidence"]))
+    if not kept:
+        raise nothing_to_export(skipped)
     if key is not None:
         kept.sort(key=lambda t: key({"confidence": t[2]}))
     images: list[dict] = []

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,8 @@ import numpy as np
 
 from sigma.batch.decode import source_bytes
 from sigma.batch.layout import RunDir, atomic_write_bytes
-from sigma.errors import InputError, SigmaError
-from sigma.export.select import RowFilter, iter_items, row_mask_counts, run_config
+from sigma.errors import ConfigError, InputError, SigmaError
+from sigma.export.select import RowFilter, iter_items, nothing_to_export, row_mask_counts, run_config
 from sigma.folderlock import hold_folder
 from sigma.rle import decode_rle, mask_bbox
 from sigma.text import escape_surrogates
@@ -217,8 +219,9 @@ class _ShardedWriter:
 
     ROW_GROUP = 100
 
-    def __init__(self, data_dir: Path, max_bytes: int):
+    def __init__(self, data_dir: Path, max_bytes: int, skipped: list[dict[str, str]] | None = None):
         self.dir, self.max_bytes = data_dir, max_bytes
+        self.skipped = [] if skipped is None else skipped      # the rows kept but not exported (why, when none is)
         self.schema = arrow_schema()
         self.files: list[Path] = []
         self.writer = None
@@ -276,7 +279,7 @@ class _ShardedWriter:
         if not self.rows:
             for tmp in self.files:
                 tmp.unlink(missing_ok=True)
-            raise InputError("no pair of the run passes the export filters: nothing to export", code="no_results")
+            raise nothing_to_export(self.skipped)
         for old in replaces:
             old.unlink(missing_ok=True)
         final = []
@@ -364,6 +367,9 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
     """`mask`: which of the two masks fills `mask` / `mask_rle` (chosen = the run's mask_mode; semantic;
     footprint, which keeps only composites); both are always in `semantic_rle` / `footprint_rle`. One export
     at a time per folder (`run_locked`): a second would delete the first's temporary shards as stale."""
+    if not (isinstance(max_shard_mb, (int, float)) and math.isfinite(max_shard_mb) and max_shard_mb > 0):
+        # NaN or inf was a ValueError / OverflowError traceback after the folder was made; 0 or less, one file a row
+        raise ConfigError(f"--max-shard-mb is the largest parquet file in MB, a number > 0; got {max_shard_mb}")
     out = Path(out)
     with hold_folder(out, other="OUT folder", marker=False):    # refused before writing: no folder left behind
         return _export_hf(run_dir, out, row_filter, name, max_shard_mb, overwrite, mask)
@@ -388,11 +394,12 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
                              "would replace it. Choose another folder", code="out_not_empty")
     row_filter = row_filter or RowFilter()
     weights, weights_source = weights_digest(record)
+    made_data_dir = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in sorted(data_dir.glob(".*.tmp")):     # left by an interrupted export
         stale.unlink()
     skipped: list[dict[str, str]] = []
-    writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))))
+    writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))), skipped)
     first: dict[str, Any] = {}
     try:
         for rec in iter_records(run_dir, row_filter, weights, skipped, mask):
@@ -401,6 +408,8 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
         files = writer.close(replaces=existing)
     except BaseException:
         writer.abort()
+        if made_data_dir:           # a refused or failed first export leaves no empty data/ behind
+            shutil.rmtree(data_dir, ignore_errors=True)
         raise
     status = RunDir(run_dir).summary()
     cfg = record.get("config") or {}

@@ -9,13 +9,15 @@ composites).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sigma.batch.layout import atomic_write_bytes
-from sigma.export.select import RowFilter, UniqueNames, iter_pairs, order_key, row_mask_counts
+from sigma.errors import InputError
+from sigma.export.select import RowFilter, UniqueNames, iter_pairs, nothing_to_export, order_key, row_mask_counts
 from sigma.folderlock import hold_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
@@ -23,20 +25,63 @@ from sigma.rle import decode_rle
 
 def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,
                       relative: bool = False, json_name: str = "imdl_benco.json", mask: str = "chosen",
-                      order: str = "corpus") -> dict[str, Any]:
+                      order: str = "corpus", overwrite: bool = False) -> dict[str, Any]:
     """`mask`: which mask becomes Gt (chosen = the run's mask_mode; semantic; footprint, which skips the
     pairs that are not composites). `order`: the JSON list in corpus order or by confidence. One export
-    at a time per folder (`run_locked`): two would mix their Tp/Gt files under one JSON."""
+    at a time per folder (`run_locked`): two would mix their Tp/Gt files under one JSON. An OUT that holds an
+    export already is refused (`out_not_empty`) unless `overwrite`; then the new Tp/ and Gt/ replace the old
+    ones whole once they are complete (a file of the old export left beside the new ones is a pair
+    ManiDataset, which reads the folders, trains on; a failed export leaves the old one as it was)."""
     out = Path(out).resolve()
     with hold_folder(out, other="OUT folder", marker=False):
-        return _export(run_dir, out, row_filter, relative, json_name, mask, order)
+        return _export(run_dir, out, row_filter, relative, json_name, mask, order, overwrite)
+
+
+FOLDERS = ("Tp", "Gt")
+
+
+def _foreign(out: Path, json_name: str) -> list[Path]:
+    """The files in OUT's Tp/ and Gt/ that the export recorded in OUT's JSON did not write."""
+    try:
+        names = {Path(entry[0]).name for entry in json.loads((out / json_name).read_text())}
+    except (OSError, ValueError, TypeError, IndexError, KeyError):
+        names = set()
+    return sorted(p for f in FOLDERS if (out / f).is_dir() for p in (out / f).iterdir() if p.name not in names)
+
+
+def _staging(out: Path, folder: str) -> Path:
+    return out / f".{folder}.tmp"
 
 
 def _export(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
-            mask: str, order: str) -> dict[str, Any]:
+            mask: str, order: str, overwrite: bool) -> dict[str, Any]:
     key = order_key(order)
-    (out / "Tp").mkdir(parents=True, exist_ok=True)
-    (out / "Gt").mkdir(parents=True, exist_ok=True)
+    held = [out / f for f in FOLDERS if (out / f).is_dir() and any((out / f).iterdir())]
+    held += [p for p in (out / json_name,) if p.exists()]
+    if held and not overwrite:
+        raise InputError(f"{out} already holds an IMDL-BenCo export ({', '.join(p.name for p in held)}); pass "
+                         "--overwrite to replace it, or choose another folder", code="out_not_empty")
+    foreign = _foreign(out, json_name) if held else []
+    if foreign:
+        # Tp/ (+ Au/, Gt/) is also how CASIA-style corpora are laid out: --overwrite replaces Tp/ and Gt/ whole, so
+        # files no earlier export wrote (a corpus, the user's own) would be deleted with them
+        raise InputError(f"{out}: {foreign[0].parent.name}/{foreign[0].name} (and {len(foreign) - 1} more) is not a "
+                         f"file of an earlier export ({json_name} does not list it); an export there would delete it. "
+                         "Choose another folder", code="out_not_empty")
+    for folder in FOLDERS:        # staged, then swapped in whole: the old export stays until the new one is done
+        for stale in (_staging(out, folder), out / f".{folder}.old"):     # left by an interrupted export
+            shutil.rmtree(stale, ignore_errors=True)
+        _staging(out, folder).mkdir(parents=True)
+    try:
+        return _write(run_dir, out, row_filter, relative, json_name, mask, order, key)
+    finally:
+        for folder in FOLDERS:
+            shutil.rmtree(_staging(out, folder), ignore_errors=True)
+            shutil.rmtree(out / f".{folder}.old", ignore_errors=True)
+
+
+def _write(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
+           mask: str, order: str, key) -> dict[str, Any]:
     names = UniqueNames()
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -51,15 +96,22 @@ def _export(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relati
             continue
         name = names(row)
         gt_mask = decode_rle({"size": [row["height"], row["width"]], "counts": counts})
-        tp = write_png(pair.edited, out / "Tp" / f"{name}.png")
-        gt = write_png(gt_mask.astype(np.uint8) * 255, out / "Gt" / f"{name}.png")
+        write_png(pair.edited, _staging(out, "Tp") / f"{name}.png")
+        write_png(gt_mask.astype(np.uint8) * 255, _staging(out, "Gt") / f"{name}.png")
+        tp, gt = out / "Tp" / f"{name}.png", out / "Gt" / f"{name}.png"       # where they are once swapped in
         tp_ref = str(tp.relative_to(out)) if relative else str(tp)
         gt_ref = str(gt.relative_to(out)) if relative else str(gt)
         positive = bool(gt_mask.any())
         positives += positive
         entries.append({"entry": [tp_ref, gt_ref if positive else "Negative"], "confidence": row["confidence"]})
+    if not entries:
+        raise nothing_to_export(skipped)
     if key is not None:
         entries.sort(key=key)
+    for folder in FOLDERS:
+        if (out / folder).exists():
+            (out / folder).replace(out / f".{folder}.old")     # removed on the way out
+        _staging(out, folder).replace(out / folder)
     atomic_write_bytes(out / json_name, json.dumps([e["entry"] for e in entries], indent=1).encode())
     return {"out": str(out), "json": str(out / json_name), "pairs": len(entries), "positives": positives,
             "negatives": len(entries) - positives, "mask": mask, "order": order, "skipped": skipped}

@@ -47,6 +47,14 @@ class RowFilter:
         return not (self.max_area is not None and row["area_fraction"] > self.max_area)
 
 
+def nothing_to_export(skipped: list[dict[str, str]]) -> InputError:
+    """The one refusal of an export that would keep no pair (every format: nothing is written, the previous
+    export stays), saying why when kept pairs could not be exported."""
+    why = (f"; {len(skipped)} pair(s) passed the filters but were skipped (e.g. {skipped[0]['pair_id']}: "
+           f"{skipped[0]['reason']})" if skipped else "")
+    return InputError(f"no pair of the run passes the export filters: nothing to export{why}", code="no_results")
+
+
 def row_mask_counts(row: dict[str, Any], which: str = "chosen") -> str | None:
     """The RLE counts of one of a row's masks: `chosen` (*the* mask), `semantic`, or `footprint` (None when
     the pair is not a composite). Runs made without a composite test have only the one (semantic) mask."""

@@ -1,6 +1,9 @@
 """Bring the edited image onto the original's pixel grid before anything compares them."""
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import cv2
 import numpy as np
 
@@ -10,10 +13,12 @@ from sigma.errors import InputError
 def check_aspect(original_hw: tuple[int, int], edited_hw: tuple[int, int], max_change: float,
                  names: tuple[str, str] = ("original", "edited")) -> float:
     """Relative aspect-ratio change; a change beyond `max_change` is a different picture, not a resize."""
-    ar_o = original_hw[1] / original_hw[0]
-    ar_e = edited_hw[1] / edited_hw[0]
-    change = abs(ar_e - ar_o) / ar_o
-    if change > max_change:
+    (ho, wo), (he, we) = original_hw, edited_hw
+    # |ar_e - ar_o| / ar_o = |we*ho - he*wo| / (he*wo), compared exactly: in floats 105x100 against 100x100
+    # changed by 0.05000000000000004 and was refused at max_aspect_change=0.05 ("by 5.0% (> 5.0%)")
+    exact = Fraction(abs(we * ho - he * wo), he * wo)
+    change = float(exact)
+    if math.isfinite(max_change) and exact > Fraction(max_change):
         raise InputError(
             f"{names[1]}: aspect ratio {edited_hw[1]}x{edited_hw[0]} differs from {names[0]} "
             f"{original_hw[1]}x{original_hw[0]} by {change:.1%} (> io.limits.max_aspect_change "
@@ -57,6 +62,9 @@ def align(original: np.ndarray, edited: np.ndarray, max_shift_px: int,
     content for the estimate to mean anything (unrelated images score ~0.03, a shifted copy ~0.9,
     a shifted copy with a large local edit ~0.5): warping on it would manufacture change.
     """
+    h, w = original.shape[:2]
+    if min(h, w) < 2:      # OpenCV's window needs 2 px each way: a 1xN image was a cv2.error traceback
+        return edited, {"applied": False, "reason": f"a {w}x{h} image is too small to estimate a shift"}
     dx, dy, response = estimate_translation(original, edited)
     info = {"dx": round(dx, 3), "dy": round(dy, 3), "response": round(response, 4)}
     if response < min_response:

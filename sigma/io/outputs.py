@@ -57,6 +57,11 @@ def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | P
     if annotation.mask_mode is not None and annotation.footprint_mask is not None:
         paths["footprint_mask"] = write_png(annotation.footprint_mask.astype(np.uint8) * 255,
                                             outdir / "mask_footprint.png")
+    # an earlier result in this folder (a composite before, a pair that is not one now; sigma-lite, then
+    # pixel-diff) left its other masks here, beside a result.json that says there are none
+    for key, name in (("semantic_mask", "mask_semantic.png"), ("footprint_mask", "mask_footprint.png")):
+        if key not in paths:
+            (outdir / name).unlink(missing_ok=True)
     record = annotation.to_dict()
     record.update(record_extra or {})
     record["files"] = {k: p.name for k, p in paths.items()}

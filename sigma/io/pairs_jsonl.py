@@ -10,6 +10,8 @@ from sigma.errors import InputError
 from sigma.text import find_surrogate
 from sigma.text import loads as load_json
 
+MAX_RECORD_BYTES = 1 << 20     # a record (paths, an id, an instruction) is a few hundred bytes
+
 
 @dataclass(frozen=True)
 class EvalRecord:
@@ -23,6 +25,21 @@ class EvalRecord:
     whole_image_changed: bool
 
 
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
+
+
+def _flag(value: object, name: str) -> bool:
+    """A yes/no field: JSON true/false (null: false), 0/1, or those words as text (a CSV turned JSON). bool() took
+    the text "false" for true: a set of such records became a whole-image-change set, out of the editing rows."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def find_sets(data: str | Path) -> list[Path]:
     """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name."""
     data = Path(data)
@@ -32,7 +49,9 @@ def find_sets(data: str | Path) -> list[Path]:
         raise InputError(f"{data}: evaluation folder not found", code="file_not_found")
     if (data / "pairs.jsonl").is_file():
         return [data]
-    sets = sorted(p.parent for p in data.glob("*/pairs.jsonl"))
+    # regular files only (as the set itself above): a pairs.jsonl that is a FIFO hung the read for ever, one
+    # that links to /dev/zero was read as one endless line
+    sets = sorted(p.parent for p in data.glob("*/pairs.jsonl") if p.is_file())
     if not sets:
         raise InputError(f"{data}: no pairs.jsonl here or in its sub-folders (expected <set>/pairs.jsonl)",
                          code="no_pairs")
@@ -42,11 +61,16 @@ def find_sets(data: str | Path) -> list[Path]:
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     """Every record, or an InputError naming the line: a record that is not JSON, lacks a field, holds text
     that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise) or names a
-    file with a NUL byte stops the read, as a malformed manifest should, instead of failing somewhere later."""
+    file with a NUL byte stops the read, as a malformed manifest should, instead of failing somewhere later. So
+    does a record longer than MAX_RECORD_BYTES, read no further than that (a 300 MB line took 1.2 GB and became a
+    300 MB pair id in metrics.json; an endless one, a MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
     with open(manifest, "rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
+        for line_no, raw in enumerate(iter(lambda: handle.readline(MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
+            if len(raw) > MAX_RECORD_BYTES:
+                raise InputError(f"{where}: a record longer than {MAX_RECORD_BYTES} bytes; not a pairs.jsonl "
+                                 "record", code="bad_manifest")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -68,6 +92,6 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                     set_name=set_dir.name, pair_id=str(rec["id"]), original=set_dir / files["original"],
                     edited=set_dir / files["edited"], mask=set_dir / files["mask"],
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
-                    whole_image_changed=bool(rec.get("whole_image_changed", False)))
+                    whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise InputError(f"{where}: bad record ({exc})", code="bad_manifest") from exc

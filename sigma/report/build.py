@@ -12,6 +12,7 @@ from PIL import Image
 
 from sigma.batch.layout import RunDir, atomic_write_bytes, refuse_run_file
 from sigma.eval.metrics import ImageScore, MetricAccumulator
+from sigma.eval.runner import set_group
 from sigma.export.select import RowFilter, iter_pairs, load_rows
 from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
@@ -43,7 +44,7 @@ def set_metrics(rows: list[dict]) -> dict[str, dict[str, Any]]:
                            auc=r["gt_auc"] if r["gt_auc"] is not None else float("nan"),
                            gt_fraction=r["gt_fraction"], pred_fraction=r["area_fraction"], tp=r["gt_tp"],
                            fp=r["gt_fp"], fn=r["gt_fn"])
-        acc.add(score, r["subset"] or "(all)")
+        acc.add(score, set_group(r["subset"] or "(all)"))     # a set named "overall" keeps its own row
     tables = acc.summaries()
     if len(tables) == 2:      # one set: its row and "overall" say the same
         tables.pop("overall")

@@ -14,6 +14,7 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, image_value, safe_name, text_value
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
+from sigma.io.pairs_jsonl import MAX_RECORD_BYTES  # a manifest record: a few hundred bytes
 from sigma.text import loads as load_json
 
 _QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
@@ -40,9 +41,6 @@ def quoted_at_end(line: bytes, delimiter: bytes, quoted: bool) -> bool:
         else:
             state = "plain"
     return state == "quoted"
-
-
-MAX_RECORD_BYTES = 1 << 20     # a manifest record (paths, ids, an instruction) is a few hundred bytes
 
 
 def _read_line(handle, csv_mode: bool, delimiter: bytes, quoted: bool, limit: int) -> tuple[bytes | None, bool]:
