@@ -9,7 +9,6 @@ Then `sigma eval --data runs/val/aerial-check --set options.weights=RUN/best --s
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -42,10 +41,11 @@ def main(config: str, out: str, n: int = 96, seed: int = 778) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", help="a run's config.yaml (its data section is used)")
-    ap.add_argument("out", help="the folder to write")
-    ap.add_argument("n", nargs="?", type=int, default=96, help="pairs (96)")
-    ap.add_argument("seed", nargs="?", type=int, default=778, help="seed (778)")
-    args = ap.parse_args()
-    main(args.config, args.out, args.n, args.seed)
+    from _cli import run
+
+    run(main, __doc__, {
+        "config": "a run's config.yaml (its data section is used)",
+        "out": "the folder to write",
+        "n": "pairs",
+        "seed": "seed",
+    })

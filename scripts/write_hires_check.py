@@ -14,7 +14,6 @@ a working size of 448 is the pair's native resolution and 224 is what a 512 px w
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
@@ -32,12 +31,13 @@ def main(config: str, cache: str, out: str, n: int = 160, seed: int = 4242, crop
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", help="a run's config.yaml (its data section is used)")
-    ap.add_argument("cache", help="the high-resolution synth cache")
-    ap.add_argument("out", help="the folder to write")
-    ap.add_argument("n", nargs="?", type=int, default=160, help="pairs (160)")
-    ap.add_argument("seed", nargs="?", type=int, default=4242, help="seed (4242)")
-    ap.add_argument("crop", nargs="?", type=int, default=448, help="crop size in pixels (448)")
-    args = ap.parse_args()
-    main(args.config, args.cache, args.out, args.n, args.seed, args.crop)
+    from _cli import run
+
+    run(main, __doc__, {
+        "config": "a run's config.yaml (its data section is used)",
+        "out": "the folder to write",
+        "n": "pairs",
+        "seed": "seed",
+        "cache": "the high-resolution synth cache",
+        "crop": "crop size in pixels",
+    })
