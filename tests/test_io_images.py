@@ -330,6 +330,17 @@ def test_read_mask_binarises_at_half(tmp_path):
     np.testing.assert_array_equal(read_mask(path)[0], [False, False, True, True])
 
 
+def test_read_mask_reads_a_zero_one_label_map_as_one(tmp_path):
+    """Masks stored as 0/1 (common in datasets) were all empty at 127.5: their pairs scored as untouched."""
+    labels = np.array([[0, 1, 1, 0]], np.uint8)
+    path = tmp_path / "m01.png"
+    path.write_bytes(encode(labels, "PNG"))
+    np.testing.assert_array_equal(read_mask(path)[0], [False, True, True, False])
+    # not a label map: a 2 anywhere keeps the 127.5 rule (a dark, noisy "empty" mask stays empty)
+    path.write_bytes(encode(np.array([[0, 1, 2, 0]], np.uint8), "PNG"))
+    assert not read_mask(path).any()
+
+
 def test_read_mask_with_transparency_counts_transparent_as_background(tmp_path):
     rgba = np.zeros((2, 3, 4), np.uint8)
     rgba[..., :3] = 255

@@ -269,8 +269,13 @@ def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedI
 
 
 def binarize_mask(rgb: np.ndarray) -> np.ndarray:
-    """The one ground-truth binarisation: mean RGB > 127.5 (the IMDL-BenCo convention)."""
-    return rgb.astype(np.float32).mean(axis=2) > 127.5
+    """The one ground-truth binarisation: mean RGB > 127.5 (the IMDL-BenCo convention), except for a 0/1 label
+    map — every value 0 or 1 and some 1 — whose 1s are the mask. Many datasets store masks that way, and at
+    127.5 every such mask read as empty: its pairs were silently scored as not manipulated."""
+    values = rgb.astype(np.float32)
+    if values.max(initial=0.0) == 1.0 and bool(np.isin(values, (0.0, 1.0)).all()):
+        return values.mean(axis=2) > 0.5
+    return values.mean(axis=2) > 127.5
 
 
 def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:
