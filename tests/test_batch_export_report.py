@@ -244,6 +244,24 @@ def test_outputs_over_the_runs_own_files_are_refused_before_any_work(run_dir, tm
         assert "[bad_run]" in capsys.readouterr().err
 
 
+def test_coco_images_never_land_on_the_runs_or_the_corpus_files(run_dir, tmp_path, capsys):
+    """`--images` was never checked: RUN/shards (or RUN/masks/<shard> of a --png-masks run) and the corpus's own
+    folders took edited images named like the files there (a folder corpus's `edited/<id>.png` replaced by the
+    decoded, size-synced copy: the corpus changed under the run)."""
+    corpus = Path(json.loads((run_dir / "run.json").read_text())["corpus"]["path"])
+    watched = [run_dir, corpus]
+    before = {p: p.read_bytes() for root in watched for p in root.rglob("*") if p.is_file()}
+    for images, code in ((run_dir / "shards" / "x", "out_is_run_file"), (run_dir / "masks", "out_is_run_file"),
+                         (corpus, "out_not_empty"), (corpus / "alpha", "out_not_empty")):
+        assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json"), "--images", str(images)]) == 2
+        assert f"[{code}]" in capsys.readouterr().err
+    assert {p: p.read_bytes() for root in watched for p in root.rglob("*") if p.is_file()} == before
+    # a new folder of the run (the documented example) and any other folder still take the images
+    assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json"),
+                 "--images", str(tmp_path / "imgs")]) == 0
+    assert len(list((tmp_path / "imgs").glob("*.png"))) == 11
+
+
 @pytest.mark.chromium
 def test_review_page_in_chromium(run_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -62,6 +62,29 @@ def refuse_run_file(path: str | Path) -> None:
                                      "the output elsewhere", code="out_is_run_file")
 
 
+def refuse_images_dir(folder: str | Path, run_dir: str | Path) -> None:
+    """A folder an export writes images into (`sigma export coco --images`) must not be where the run or its corpus
+    keeps files: inside a run's own folders (`RUN/masks/<shard>`: the run's --png-masks replaced by edited images),
+    inside a folder corpus, or the folder of a manifest corpus (where its images sit: `<id>.png` there would replace
+    them). Checked before any work; `RUN/images` (a new folder of the run) stays allowed."""
+    real = Path(os.path.realpath(folder))
+    for up in (real, *real.parents):
+        if (up / RUN_FILE).is_file() and up != real and real.relative_to(up).parts[0] in RUN_OWN:
+            raise InputError(f"{folder}: inside the batch run's own {real.relative_to(up).parts[0]}/ in {up}; "
+                             "write the images elsewhere", code="out_is_run_file")
+    try:
+        corpus = (load_json(Path(run_dir, RUN_FILE).read_bytes()).get("corpus") or {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        return          # the export itself says what is wrong with the run
+    if not corpus:
+        return
+    source = Path(os.path.realpath(corpus))
+    root = source if source.is_dir() else source.parent
+    if real == root or (source.is_dir() and root in real.parents):
+        raise InputError(f"{folder}: where the corpus this run was made from keeps its files ({corpus}); images "
+                         "written there would replace them. Choose another folder", code="out_not_empty")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Whole or not at all; a write that fails (a full disk, `path` a folder) takes its temporary file with
     it instead of leaving a hidden `.name.pid.tmp` beside the target."""

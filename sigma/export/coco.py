@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sigma.batch.layout import atomic_write_bytes, refuse_run_file
+from sigma.batch.layout import atomic_write_bytes, refuse_images_dir, refuse_run_file
 from sigma.export.select import (
     RowFilter,
     UniqueNames,
@@ -36,6 +36,8 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     annotation also carries both masks (`semantic_segmentation`, `footprint_segmentation`: RLE or null)
     and the composite evidence. `order`: images in corpus order or by confidence."""
     refuse_run_file(out)
+    if images_dir is not None:
+        refuse_images_dir(images_dir, run_dir)
     key = order_key(order)
     names = UniqueNames()
     kept: list[tuple[dict, dict | None, float | None]] = []
