@@ -549,6 +549,27 @@ def test_resume_refuses_a_model_override_and_leaves_the_run_resumable(photos, tm
     assert steps_logged(run)[-1] == 6
 
 
+def test_ema_switched_on_at_resume_starts_its_teacher_from_the_weights_the_run_reached(photos, tmp_path):
+    """`--resume RUN ema.enabled=true` of a run without EMA: the teacher was copied from the model before the
+    checkpoint replaced its weights, so it started from the freshly built network, not the trained one."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=4",
+                 "eval.val_size=0"]) == 0
+    run = runs / "r"
+    reached = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert main(["train", "--resume", str(run), "steps=5", "ema.enabled=true", "ema.momentum=0.5"]) == 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    teacher, model = ckpt["teacher"], ckpt["model"]
+    moved = 0
+    for key, t in teacher.items():
+        if not t.is_floating_point():
+            continue
+        mean = 0.5 * (reached[key] + model[key])        # one EMA step from the reached weights (buffers: copied)
+        assert torch.allclose(t, mean, atol=1e-6) or torch.equal(t, model[key]), key
+        moved += not torch.equal(reached[key], model[key]) and torch.allclose(t, mean, atol=1e-6)
+    assert moved > 0
+
+
 @pytest.mark.parametrize("bad_line", ['{"id": ', "[1, 2]", '{"id": "x", "original": 3, "edited": "e", "mask": "m"}'])
 def test_a_damaged_validation_set_is_one_error_at_its_line(photos, tmp_path, capsys, bad_line):
     """eval.val_dir is read with the run's first validation: a damaged line was a JSONDecodeError /

@@ -167,8 +167,13 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ConfigError(f"{self.run_dir}: the checkpoint does not fit the configured model "
                               f"({str(exc).splitlines()[0][:200]})") from exc
-        if self.teacher is not None and ckpt.get("teacher") is not None:
-            self.teacher.load_state_dict(ckpt["teacher"], strict=True)
+        if self.teacher is not None:
+            if ckpt.get("teacher") is not None:
+                self.teacher.load_state_dict(ckpt["teacher"], strict=True)
+            else:
+                # EMA switched on at --resume of a run that had none: the teacher starts from the weights the run
+                # reached, not from the ones it was built with before the checkpoint replaced them
+                self.teacher.load_state_dict(self.model.state_dict(), strict=True)
         torch.set_rng_state(ckpt["torch_rng"])
         self.step = int(ckpt["step"])
 
