@@ -374,6 +374,26 @@ def test_real_set_options_are_checked_when_the_config_is_read(photos, tmp_path, 
         assert not runs.exists()
 
 
+def test_a_real_set_perturbation_without_its_vae_is_said_before_the_first_step(photos, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """eval.perturb=[vae] (or regen) with no TAEF2 weights ended the run at its last step, with no final/."""
+    from sigma.eval import perturb
+
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "2", "--photos", str(photos), "crop=64"]) == 0
+    monkeypatch.setenv("SIGMA_SHARED", str(tmp_path / "no-shared"))
+    monkeypatch.delenv("SIGMA_TAEF2", raising=False)
+    monkeypatch.chdir(tmp_path)                     # ../shared beside the working folder is looked at too
+    monkeypatch.setattr(perturb, "_VAE_CACHE", {})
+    runs = tmp_path / "runs"
+    capsys.readouterr()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "steps=2", "batch_size=2",
+                 "eval.val_size=0", f"eval.data={pairs}", "eval.perturb=[none,regen]"]) == 2
+    err = capsys.readouterr().err
+    assert "[weights_not_found]" in err and "taef2" in err.lower() and "Traceback" not in err
+    assert not runs.exists()
+
+
 def test_a_photo_bank_with_files_that_are_not_photos_trains(photos, tmp_path, capsys):
     """A photo folder of thousands holds the odd broken file: a 0-byte or text file named .jpg/.png, a JPEG cut
     short. Any of them ended `sigma synth --build-cache` (partial cache), `sigma synth` and a training run

@@ -600,6 +600,12 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
     if cfg.eval.data and cfg.eval.data != "shared" and not Path(cfg.eval.data).is_dir():
         # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
         raise ConfigError(f"eval.data {cfg.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)")
+    if cfg.eval.data and (cfg.eval.data != "shared" or shared_eval_dir().is_dir()):
+        # what the perturbations need (TAEF2 for vae / regen) is loaded now: a missing module or missing weights
+        # ended the run only when the real set was scored, after the last step, with no final/
+        from sigma.eval import perturb
+
+        perturb.prepare(perturb.expand(cfg.eval.perturb))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
         _refuse_links(run_dir)
