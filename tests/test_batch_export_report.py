@@ -262,6 +262,34 @@ def test_coco_images_never_land_on_the_runs_or_the_corpus_files(run_dir, tmp_pat
     assert len(list((tmp_path / "imgs").glob("*.png"))) == 11
 
 
+def test_exports_write_strict_json_when_a_row_holds_nan(run_dir, tmp_path):
+    """A plugin's NaN confidence reached the COCO and IMDL-BenCo JSON as the bare token NaN, which strict JSON
+    readers (JSON.parse, jq, Go, Rust) refuse: written as null now."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    shard = sorted((run / "shards").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    nan = pa.array([float("nan")] * table.num_rows, pa.float64())
+    pq.write_table(table.set_column(table.schema.get_field_index("confidence"), "confidence", nan), shard)
+    status = next(p for p in (run / "status").iterdir()
+                  if json.loads(p.read_text()).get("output") == f"shards/{shard.name}")
+    record = json.loads(status.read_text())
+    record.update(bytes=shard.stat().st_size, sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
+    status.write_text(json.dumps(record))
+    assert main(["export", "coco", str(run), "--out", str(tmp_path / "c.json")]) == 0
+    assert main(["export", "imdl-benco", str(run), "--out", str(tmp_path / "imdl")]) == 0
+    def refuse(token: str):
+        raise AssertionError(f"not strict JSON: {token}")
+
+    for path in [tmp_path / "c.json", *(tmp_path / "imdl").glob("*.json")]:
+        json.loads(path.read_text(), parse_constant=refuse)
+
+
 @pytest.mark.chromium
 def test_review_page_in_chromium(run_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
