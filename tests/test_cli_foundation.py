@@ -499,6 +499,13 @@ def test_yaml_that_expands_nests_or_repeats_a_key_is_one_config_error(capsys, pa
         assert rc == 2 and needle in err, (needle, err[-300:])
         assert_one_error_line(err, "invalid_config")
         assert not (tmp_path / "out").exists()
+    if how == "file":   # a file of gigabytes (a dataset passed by mistake) was read whole before parsing
+        with open(tmp_path / "big.yaml", "wb") as handle:
+            handle.truncate(5 * 2**20)
+        rc, _, err = run_main(capsys, "annotate", orig, edited, "--annotator", "pixel-diff", "-o",
+                              str(tmp_path / "out"), "--config", str(tmp_path / "big.yaml"))
+        assert rc == 2 and "more than a config file holds" in err
+        assert_one_error_line(err, "invalid_config")
     # what YAML is for still works: an anchor merged, and a merged key overridden (not a duplicate)
     from sigma.config.loader import load_yaml
 

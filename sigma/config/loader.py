@@ -23,6 +23,7 @@ M = TypeVar("M", bound=BaseModel)
 # 387 M values — the "billion laughs"), and a list nested 100000 deep blew the parser's stack (a traceback).
 MAX_CONFIG_VALUES = 100_000
 MAX_CONFIG_DEPTH = 64
+MAX_CONFIG_BYTES = 4 * 2**20      # a config file is a few KB; a file of gigabytes was read whole before parsing
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -136,6 +137,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes, more than a config file holds "
+                              f"(at most {MAX_CONFIG_BYTES // 2**20} MiB); is it the right file?")
         data = load_yaml(path.read_text(), str(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
