@@ -183,3 +183,35 @@ def test_fleet_worker_sigint_mid_shard_finishes_the_shard_and_exits_0(redis_serv
     assert summary["done"] == 1 and summary["pending"] == 1, summary     # the one in hand, not the next
     assert r.xpending(f"{prefix}:batch:tasks", "sigma-batch")["pending"] == 0
     assert "1 shard(s) done" in log
+
+
+def test_fleet_worker_second_signal_inside_the_model_leaves_the_shard_unpublished(redis_server, tmp_path,
+                                                                                  plugin_annotators):
+    """A second (and third) SIGTERM arrives while the model runs, where the time goes: the worker exits 0 at once
+    and leaves the shard to be redelivered. The signal used to be taken for a model failure (the batch retried
+    pair by pair, the signal swallowed) and the third one published the shard as done with a pair recorded as
+    `annotator_failed: Interrupted ...`."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 3000}, "batch_size": 1,
+                                      "workers": 0})
+    assert submit_run(cfg, tmp_path / "run", redis_server.url, prefix)["queued"] == 1
+    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "fleet.log")
+    r = redis_server.client()
+    wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
+               f"a shard in progress\n{proc.output()}", 0.1)
+    time.sleep(0.5)                                    # inside the first pair's 3 s predict
+    t0 = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.signal(signal.SIGTERM)
+    code, log = finished(proc, 30)
+    assert code == 0 and "Traceback" not in log, log
+    assert time.monotonic() - t0 < 2.9, log            # not after the batch (3 s) nor the pair-by-pair retry
+    assert "second SIGTERM" in log, log
+    summary = RunDir(tmp_path / "run").summary()
+    assert (summary["done"], summary["pending"], summary["errors"]) == (0, 1, 0), summary
+    assert r.xpending(f"{prefix}:batch:tasks", "sigma-batch")["pending"] == 1    # redelivered after the lease
