@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,6 +38,15 @@ def finished(proc: Proc, timeout: float) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"{proc.args[:2]} still running after {timeout} s:\n{proc.output()}") from None
     return code, proc.log.read_text(errors="replace")
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state == "Z"
 
 
 def worker_heartbeats(client, prefix: str) -> dict[int, dict[str, str]]:
@@ -78,6 +88,28 @@ def test_serve_all_restarts_a_worker_killed_with_sigkill(redis_server, tmp_path)
     assert code == 0, proc.output()
     with pytest.raises(ProcessLookupError):       # the restarted child went down with the server
         os.kill(restarted[0], 0)
+
+
+def test_serve_all_killed_with_sigkill_takes_its_worker_with_it(redis_server, tmp_path):
+    """A SIGKILLed `sigma serve all` runs no cleanup: its worker (the first, spawned by the main thread, and a
+    restarted one, spawned by the supervisor's thread) used to live on, orphaned, consuming with the old settings."""
+    prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    proc = Proc(["serve", "all", "--port", str(port), "--annotator", "pixel-diff", "--log-level", "warning",
+                 *sets([*FAST, f"redis.key_prefix={prefix}", "worker.restart_backoff_s=0.2"])],
+                base_env(redis_server.url), tmp_path / "serve-all.log")
+    r = redis_server.client()
+    second = None
+    try:
+        (first,) = wait_until(lambda: list(worker_heartbeats(r, prefix)), 60, f"a worker\n{proc.output()}", 0.2)
+        os.kill(first, signal.SIGKILL)
+        (second,) = wait_until(lambda: [p for p in worker_heartbeats(r, prefix) if p != first], 60,
+                               f"a new worker\n{proc.output()}", 0.2)
+        proc.kill9()
+        wait_until(lambda: gone(second), 10, f"the orphaned worker {second} to go\n{proc.output()}", 0.1)
+    finally:
+        proc.stop()
+        if second is not None and os.path.exists(f"/proc/{second}"):     # the orphan, when the test failed
+            os.kill(second, signal.SIGKILL)
 
 
 def test_serve_all_gives_up_on_a_worker_that_keeps_dying(redis_server, tmp_path):
