@@ -145,3 +145,26 @@ def test_a_dead_lettered_shard_shows_as_failed_with_its_reason(redis_server, cor
                  deliveries=3)
     assert FleetHandler("late").on_dead(late, None)["code"] == "worker_lost"
     assert RunDir(out).status(done_shard)["status"] == "done" and RunDir(out).summary()["done"] == 1
+
+
+def test_a_run_can_be_submitted_again_while_fleet_workers_hold_its_shards(redis_server, corpus, tmp_path):
+    """Submitting a planned run again (to queue a dead-lettered shard, or tasks Redis lost) while fleet workers
+    write other shards of it: it used to be refused (run_locked) for as long as any worker held a shard, since
+    the submission held the folder exclusively; it now shares it as the workers do and leaves their temporary
+    files alone. A local run still excludes it."""
+    from sigma.batch.layout import RunDir
+    from sigma.errors import InputError
+
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    in_the_making = out / "shards" / ".set__pairs.r0000000-0000002.x.1234.abcd.tmp"
+    in_the_making.parent.mkdir(parents=True, exist_ok=True)
+    in_the_making.write_bytes(b"a worker's shard file, half written")
+    with RunDir(out).locked(exclusive=False):             # what `sigma worker --batch` holds while it writes a shard
+        again = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert again["queued"] == 6 and again["run_hash"] is not None
+    assert in_the_making.exists()                          # not swept from under the worker
+    with RunDir(out).locked(), pytest.raises(InputError) as refused:     # what `sigma batch run` holds
+        submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert refused.value.code == "run_locked"

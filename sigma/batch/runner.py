@@ -89,8 +89,12 @@ def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, 
             "config and model: use a new --out, or the same input and options to continue that run")
 
 
-def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tuple[RunDir, Corpus, str, list[Shard]]:
-    """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after."""
+def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: bool = True
+                ) -> tuple[RunDir, Corpus, str, list[Shard]]:
+    """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after.
+    `sweep`: remove the temporary shard files a killed run left — only by a caller that holds the folder
+    exclusively (a fleet submission that shares it with working fleet workers would delete their files in
+    the making)."""
     import_plugins(cfg.plugins)
     cfg = with_default_annotator(cfg)
     if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
@@ -104,7 +108,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
         if record.get("run_hash") != run_hash:
             raise ConfigError(_other_run_message(rundir, record, model, run_hash))
         shards = [Shard.from_dict(s) for s in record["shards"]]
-        for stale in (rundir.root / "shards").glob(".*.tmp"):   # left by a killed run; rewritten identically
+        for stale in (rundir.root / "shards").glob(".*.tmp") if sweep else ():   # left by a killed run
             stale.unlink(missing_ok=True)
         done = sum(rundir.is_done(s, run_hash) for s in shards)
         started = any(rundir.status(s) for s in shards)   # nothing written yet (e.g. the model failed to load)

@@ -61,8 +61,13 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
 
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
-    with RunDir(out).locked():          # planning writes run.json: not while a local run holds the folder
-        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
+    # Planning a new run writes run.json: the folder is held exclusively (not while a local run holds it). A run
+    # already planned is only read, so the folder is shared as the fleet workers share it: the run can be submitted
+    # again (a dead-lettered shard, tasks Redis lost) while workers finish its other shards, which an exclusive
+    # hold refused (run_locked) for as long as any worker held a shard. A local run still excludes it.
+    planned = RunDir(out).exists()
+    with RunDir(out).locked(exclusive=not planned):
+        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True, sweep=not planned)
     pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
     try:
         with _client(settings, client) as conn:
