@@ -195,7 +195,10 @@ def _to_api(exc: Exception, root: str) -> ApiError:
             return ApiError(503, "queue_unavailable", "the job queue is unreachable; retry shortly",
                             {"Retry-After": "1"})
         log.info("batch request refused [%s]: %s", exc.code, exc.message)
-        return ApiError(status_for(exc), exc.code, scrub(exc.message, root))
+        # run_locked: another submission is planning the run, or a local `sigma batch run` holds it: not the
+        # caller's input (a 422 said so), a conflict that ends by itself
+        headers = {"Retry-After": "5"} if exc.code == "run_locked" else None
+        return ApiError(status_for(exc), exc.code, scrub(exc.message, root), headers)
     if isinstance(exc, ImportError):
         log.warning("batch planning needs a module this install lacks: %s", exc)
         return ApiError(503, "missing_dependency", "this API install cannot plan batch runs (a module is "

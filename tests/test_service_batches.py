@@ -219,3 +219,14 @@ def test_status_polls_reuse_one_redis_connection(svc, redis_server):
         assert resp.status_code == 200 and "queued" in resp.json()["queue"]
     grown = r.info("stats")["total_connections_received"] - before
     assert grown <= 2, f"{grown} new Redis connections for 20 status polls"
+
+
+def test_a_run_held_by_a_local_run_is_409_run_locked_with_retry_after(svc, root):
+    """A conflict that ends by itself (a local `sigma batch run` on the folder, another submission planning it),
+    not the caller's input: it was a 422 with a code no table listed."""
+    resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
+    assert resp.status_code == 202, resp.text
+    with RunDir(root / "runs" / "held").locked():         # what `sigma batch run` holds for the whole run
+        resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
+    assert resp.status_code == 409 and error_code(resp) == "run_locked", resp.text
+    assert resp.headers.get("Retry-After") == "5" and str(root) not in resp.text
