@@ -273,6 +273,7 @@ async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service
 
     root = _root(cfg)
     answer: dict[str, Any] = {}
+    rundir = None
     if out is not None:
         out_path = resolve_under(root, out, "out")
         rundir = RunDir(out_path)
@@ -287,7 +288,7 @@ async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service
         answer["run"] = {**summary, "run_dir": _relative(root, out_path)}
     try:
         client = svc.sync_redis
-        answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(cfg.redis, client=client))
-    except SigmaError as exc:
+        answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(cfg.redis, client=client, run=rundir))
+    except (SigmaError, OSError) as exc:
         raise _to_api(exc, root) from exc
     return answer

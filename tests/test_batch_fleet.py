@@ -2,6 +2,7 @@
 tasks of a worker that died, dead-letter a poison task, and get the same bytes as a local run."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from sigma.batch import BatchConfig, run_batch
+from sigma.batch.layout import RunDir
 from sigma.cli import main
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
-from sigma.service.fleet import make_queue, queue_status, run_batch_worker, submit_run
+from sigma.service.fleet import _run_tasks, make_queue, queue_status, run_batch_worker, submit_run
 from sigma.service.keys import Keys
 
 pytestmark = pytest.mark.redis
@@ -196,3 +198,30 @@ def test_a_worker_reads_a_runs_plan_once_not_once_per_task(redis_server, corpus,
     RunDir(out).write_run({**record, "run_hash": "another"})
     with pytest.raises(PermanentTaskError, match="now holds run another"):
         locate_task(fields)
+
+
+def test_status_says_when_redis_lost_a_runs_tasks_and_submitting_again_requeues_them(redis_server, corpus,
+                                                                                      tmp_path, capsys):
+    """Redis restarted without its data (or flushed) mid-run: the workers carry on, but the run's remaining tasks
+    are gone, so it stayed "pending" for ever with idle workers and a queue that said 0 of everything (and
+    serves every run, so it could not say whose tasks it held). The status now counts the run's own tasks and
+    says which pending shards have none, and what to do."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    assert run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, max_tasks=2).done == 2
+    status = ["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix]
+    assert main([*status, "--json"]) == 0
+    queue = json.loads(capsys.readouterr().out)["queue"]
+    assert (queue["run_tasks"], queue["unqueued"]) == (4, 0), queue
+    redis_server.client().delete(Keys(prefix).batch_tasks())          # what a restart without persistence does
+    assert main(status) == 0
+    printed = capsys.readouterr().out
+    assert "4 pending shard(s) have no task" in printed and "submit the run again" in printed, printed
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 4
+    assert queue_status(redis_server.url, prefix, run=RunDir(out))["unqueued"] == 0
+    run_hash, pending = RunDir(out).pending_keys()
+    count, keys = _run_tasks(redis_server.client(), Keys(prefix).batch_tasks(), str(out.resolve()), run_hash, page=3)
+    assert count == 4 and keys == set(pending)                         # read a page at a time, none twice
+    assert run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True).done == 4
+    assert RunDir(out).summary()["done"] == 6

@@ -48,6 +48,7 @@ def test_submit_queues_one_task_per_shard_and_a_worker_writes_the_manifests(svc,
     status = svc.http.get("/v1/batches/status", params={"out": "runs/r1"}, headers=svc.headers())
     assert status.status_code == 200, status.text
     assert status.json()["queue"]["queued"] == 3 and status.json()["run"]["pending"] == 3
+    assert (status.json()["queue"]["run_tasks"], status.json()["queue"]["unqueued"]) == (3, 0), status.text
 
     stats = run_batch_worker(redis_server.url, svc.prefix, "bw1", block_ms=50, exit_when_idle=True)
     assert stats.done == 3 and stats.failed == 0 and stats.dead == 0, stats.errors

@@ -217,6 +217,20 @@ class RunDir:
                 "errors": errors, "error_codes": dict(sorted(codes.items())), "failed_shards": failed,
                 "planned_pairs": record.get("planned_pairs")}
 
+    def pending_keys(self) -> tuple[str, list[str]] | None:
+        """(run hash, the keys of the shards neither done nor failed); None when the folder holds no run."""
+        if not self.exists():
+            return None
+        record = self.load()
+        run_hash = record["run_hash"]
+        pending = []
+        for shard in (Shard.from_dict(s) for s in record["shards"]):
+            st = self.status(shard)
+            failed = bool(st) and st.get("status") == "failed" and st.get("run_hash") == run_hash
+            if not failed and not self.is_done(shard, run_hash):
+                pending.append(shard.key)
+        return run_hash, pending
+
     def done_outputs(self) -> list[tuple[Shard, Path]]:
         run_hash = self.load()["run_hash"]
         return [(s, self.shard_path(s, run_hash)) for s in self.shards() if self.is_done(s, run_hash)]

@@ -82,20 +82,49 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
 
 
 def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None,
-                 client: Any = None) -> dict[str, Any]:
+                 client: Any = None, run: RunDir | None = None) -> dict[str, Any]:
+    """The fleet queue (it serves every run); with `run`, also that run's own tasks on it (`run_tasks`, queued or
+    in progress) and `unqueued`: its pending shards that no task will ever run — Redis lost them (restarted
+    without its data, FLUSHALL, a failover to an empty replica) — so the run would stay "pending" for ever with
+    idle workers; submitting the run again queues them."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
+    pending = run.pending_keys() if run is not None else None
     try:
         with _client(settings, client) as conn:
             q = make_queue(conn, keys, consumer="status")
             workers = sum(1 for _ in conn.scan_iter(match=keys.batch_worker_pattern(), count=500))
-            return {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
-                    "dead": q.dead_count(), "live_workers": workers}
+            status = {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
+                      "dead": q.dead_count(), "live_workers": workers}
+            if run is not None and pending is not None:
+                count, with_task = _run_tasks(conn, keys.batch_tasks(), str(run.root.resolve()), pending[0])
+                status["run_tasks"] = count
+                status["unqueued"] = sum(1 for key in pending[1] if key not in with_task)
+            return status
     except redis_lib.RedisError as exc:
         raise InputError(f"cannot read the queue on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
+
+
+def _run_tasks(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = 1000) -> tuple[int, set[str]]:
+    """(tasks of this run on the stream, the shard keys they name). Acknowledged tasks are deleted, so the stream
+    holds only work not finished yet: queued, or held by a worker."""
+    def text(value: Any) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    count, shards, start = 0, set(), "-"
+    while True:
+        entries = conn.xrange(stream, min=start, max="+", count=page)
+        for _id, data in entries:
+            fields = {text(k): text(v) for k, v in data.items()}
+            if fields.get("run_dir") == run_dir and fields.get("run_hash") == run_hash:
+                count += 1
+                shards.add(fields.get("shard", ""))
+        if len(entries) < page:
+            return count, shards
+        start = "(" + text(entries[-1][0])          # exclusive start (Redis >= 6.2)
 
 
 def redis_settings(redis: RedisSettings | str | None, key_prefix: str | None = None) -> RedisSettings:
