@@ -165,7 +165,7 @@ def test_a_run_can_be_submitted_again_while_fleet_workers_hold_its_shards(redis_
     in_the_making.write_bytes(b"a worker's shard file, half written")
     with RunDir(out).locked(exclusive=False):             # what `sigma worker --batch` holds while it writes a shard
         again = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
-    assert again["queued"] == 6 and again["run_hash"] is not None
+    assert again["queued"] == 0 and again["already_queued"] == 6 and again["run_hash"] is not None
     assert in_the_making.exists()                          # not swept from under the worker
     with RunDir(out).locked(), pytest.raises(InputError) as refused:     # what `sigma batch run` holds
         submit_run(cfg_for(corpus), out, redis_server.url, prefix)
@@ -225,3 +225,29 @@ def test_status_says_when_redis_lost_a_runs_tasks_and_submitting_again_requeues_
     assert count == 4 and keys == set(pending)                         # read a page at a time, none twice
     assert run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True).done == 4
     assert RunDir(out).summary()["done"] == 6
+
+
+def test_a_submission_sent_twice_queues_each_shard_once(redis_server, corpus, tmp_path):
+    """A client retrying a slow POST /v1/batches (or a user running `sigma batch submit` twice) queued every
+    pending shard a second time, so two workers could compute one shard side by side. A shard whose task is
+    still on the stream (queued or held by a worker) is not queued again; one whose task is gone is."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    first = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    again = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert (first["queued"], again["queued"], again["already_queued"], again["skipped"]) == (6, 0, 6, 0), again
+    assert queue_status(redis_server.url, prefix)["queued"] == 6
+    client = redis_server.client()
+    holder = make_queue(client, Keys(prefix), "holder")
+    held = holder.read(1, None)                                              # one task held by a worker
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 0
+    holder.ack([held[0].id])                                                 # its task gone, shard not done
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 1
+    results = []
+    threads = [threading.Thread(target=lambda c=c: results.append(
+        run_batch_worker(redis_server.url, prefix, c, block_ms=50, exit_when_idle=True))) for c in ("w1", "w2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sum(r.done for r in results) == 6 and sum(r.skipped for r in results) == 0, results

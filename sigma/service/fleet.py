@@ -69,16 +69,22 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
     with RunDir(out).locked(exclusive=not planned):
         rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True, sweep=not planned)
     pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
+    run_dir = str(rundir.root.resolve())
     try:
         with _client(settings, client) as conn:
             q = make_queue(conn, keys, consumer="submitter")
-            for shard in pending:
-                q.add({"run_dir": str(rundir.root.resolve()), "shard": shard.key, "run_hash": run_hash})
+            # a shard whose task is still on the stream (queued, or held by a worker) is not queued again: a
+            # submission sent twice (a client retrying a slow POST /v1/batches) queued every shard twice, and two
+            # workers could compute one shard side by side
+            _, with_task = _run_tasks(conn, keys.batch_tasks(), run_dir, run_hash)
+            to_queue = [s for s in pending if s.key not in with_task]
+            for shard in to_queue:
+                q.add({"run_dir": run_dir, "shard": shard.key, "run_hash": run_hash})
     except redis_lib.RedisError as exc:
         raise InputError(f"cannot queue shard tasks on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
-    return {"stream": keys.batch_tasks(), "queued": len(pending), "skipped": len(shards) - len(pending),
-            "run_hash": run_hash}
+    return {"stream": keys.batch_tasks(), "queued": len(to_queue), "skipped": len(shards) - len(pending),
+            "already_queued": len(pending) - len(to_queue), "run_hash": run_hash}
 
 
 def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None,
