@@ -247,3 +247,38 @@ def test_fleet_worker_second_signal_inside_the_model_leaves_the_shard_unpublishe
     summary = RunDir(tmp_path / "run").summary()
     assert (summary["done"], summary["pending"], summary["errors"]) == (0, 1, 0), summary
     assert r.xpending(f"{prefix}:batch:tasks", "sigma-batch")["pending"] == 1    # redelivered after the lease
+
+
+def test_a_run_folder_deleted_under_a_fleet_worker_stays_deleted(redis_server, tmp_path, plugin_annotators):
+    """`rm -rf` of a run folder while a worker writes one of its shards: the worker made the folder again (a shard,
+    a status and locks that no run.json describes, the shard counted as done), and submitting anew to that folder
+    was refused (out_not_empty). Now the shard's write fails, its task ends dead-lettered, the folder stays gone."""
+    from sigma.errors import InputError
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 1000}, "batch_size": 1,
+                                      "png_masks": True, "workers": 0})
+    run = tmp_path / "run"
+    assert submit_run(cfg, run, redis_server.url, prefix)["queued"] == 2
+    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "fleet.log")
+    r = redis_server.client()
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
+                   f"a shard in progress\n{proc.output()}", 0.1)
+        shutil.rmtree(run)
+        wait_until(lambda: r.xlen(f"{prefix}:batch:tasks:dead") == 2, 30, f"both tasks given up\n{proc.output()}",
+                   0.1)
+        assert not run.exists(), sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    finally:
+        proc.signal(signal.SIGTERM)
+        code, log = finished(proc, 30)
+    assert code == 0 and "Traceback" not in log and "0 shard(s) done" in log, log
+    assert not run.exists()
+    try:
+        assert submit_run(cfg, run, redis_server.url, prefix)["queued"] == 2      # a new run in its place
+    except InputError as exc:
+        raise AssertionError(exc.message) from None

@@ -131,6 +131,17 @@ class RunDir:
         atomic_write_json(self.run_file, record)
 
     # --- per-shard paths --------------------------------------------------------------------------
+    def subdir(self, *parts: str) -> Path:
+        """A folder inside the run, made as needed, but never the run folder itself: a run folder deleted while a
+        fleet worker (or a local run) writes a shard stays deleted — FileNotFoundError for the writer. It was made
+        again, holding a shard and status no run.json describes, and submitting to it anew was refused
+        (out_not_empty) until it was deleted a second time."""
+        path = self.root
+        for part in parts:
+            path = path / part
+            path.mkdir(exist_ok=True)
+        return path
+
     def shard_path(self, shard: Shard, run_hash: str) -> Path:
         return self.root / "shards" / f"{shard.key}.{run_hash}.parquet"
 
@@ -167,8 +178,7 @@ class RunDir:
     @contextmanager
     def _status_lock(self, shard: Shard) -> Iterator[None]:
         """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
-        lock = self.root / ".locks" / f"status-{shard.key}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.subdir(".locks") / f"status-{shard.key}.lock"
         with open(lock, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -178,6 +188,7 @@ class RunDir:
 
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
         with self._status_lock(shard):
+            self.subdir("status")
             atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
 
     def mark_failed(self, shard: Shard, run_hash: str, error: str, **extra: Any) -> bool:
@@ -186,6 +197,7 @@ class RunDir:
         with self._status_lock(shard):
             if self.is_done(shard, run_hash):
                 return False
+            self.subdir("status")
             atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, "status": "failed",
                                                         "run_hash": run_hash, "error": error, **extra})
             return True

@@ -114,6 +114,7 @@ class ShardWriter:
             decoded, ann, mask_rel = payload
             row = ok_row(decoded, ann, shard.key, self.run_hash, mask_rel)
             if mask_rel is not None:
+                self.rundir.subdir("masks", shard.key)       # never the run folder itself (RunDir.subdir)
                 write_png(ann.mask.astype("uint8") * 255, self.rundir.root / mask_rel)
             self.rows.setdefault(shard.key, []).append(row)
         elif kind == "finish":
@@ -128,7 +129,7 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
         target = self.rundir.shard_path(shard, self.run_hash)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self.rundir.subdir("shards")
         tmp = temp_name(target)
         pq.write_table(rows_to_table(rows), tmp, compression="zstd", row_group_size=max(len(rows), 1))
         tmp.replace(target)
