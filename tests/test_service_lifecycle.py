@@ -282,3 +282,34 @@ def test_a_run_folder_deleted_under_a_fleet_worker_stays_deleted(redis_server, t
         assert submit_run(cfg, run, redis_server.url, prefix)["queued"] == 2      # a new run in its place
     except InputError as exc:
         raise AssertionError(exc.message) from None
+
+
+def test_ctrl_c_to_a_fleet_worker_with_decode_processes_finishes_the_shard(redis_server, tmp_path,
+                                                                          plugin_annotators):
+    """Ctrl-C signals the whole process group (systemd's stop the whole cgroup): the decode processes died with a
+    KeyboardInterrupt traceback each, the pool broke, and the shard in hand was failed (BrokenProcessPool) rather
+    than finished. They now leave the signal to the worker, which finishes the shard and exits 0."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(24, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 12},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 250}, "batch_size": 1,
+                                      "workers": 1})
+    assert submit_run(cfg, tmp_path / "run", redis_server.url, prefix)["queued"] == 2
+    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "fleet.log", new_session=True)
+    r = redis_server.client()
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
+                   f"a shard in progress\n{proc.output()}", 0.1)
+        time.sleep(0.8)                                  # a few pairs in: most of the shard still to decode
+        os.killpg(proc.pid, signal.SIGINT)
+        code, log = finished(proc, 60)
+    finally:
+        if proc.alive():
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stop()
+    assert code == 0 and "Traceback" not in log and "KeyboardInterrupt" not in log, log
+    summary = RunDir(tmp_path / "run").summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (1, 0, 1), summary
+    assert "1 shard(s) done" in log and "0 failed" in log, log

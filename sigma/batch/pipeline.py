@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -149,6 +150,17 @@ class ShardWriter:
         self._raise_failure()
 
 
+def decode_process_init(parent_pid: int) -> None:
+    """A decode process dies with its parent and leaves SIGINT/SIGTERM to it. Ctrl-C (the terminal signals the
+    whole process group) and a service manager's stop (systemd signals the whole cgroup) reached the decode
+    processes too: each died with a KeyboardInterrupt traceback, the pool broke, and the shard a stopping
+    `sigma worker --batch` was to finish failed instead (BrokenProcessPool). The parent decides: it finishes or
+    drops its work and shuts the pool down (and a parent killed outright takes them with it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+
+
 class Pipeline:
     """Reusable across calls (fleet workers keep one per process): holds the decode pool and annotator."""
 
@@ -182,7 +194,7 @@ class Pipeline:
         # die_with_parent: a SIGKILLed run must not leave decoders (and through them multiprocessing's resource
         # tracker) alive, blocked on a pipe nobody reads
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=die_with_parent, initargs=(os.getpid(),))
+                                   initializer=decode_process_init, initargs=(os.getpid(),))
 
     def _replace_hung_pool(self) -> None:
         """A decode worker that gives no result for stall_s (stopped, deadlocked in a codec) would keep the run
