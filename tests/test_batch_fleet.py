@@ -251,3 +251,22 @@ def test_a_submission_sent_twice_queues_each_shard_once(redis_server, corpus, tm
     for t in threads:
         t.join(timeout=60)
     assert sum(r.done for r in results) == 6 and sum(r.skipped for r in results) == 0, results
+
+
+def test_a_worker_reclaims_one_dead_workers_task_at_a_time(redis_server, corpus, tmp_path):
+    """A reclaim took up to 16 tasks of dead workers at once; the worker then ran those shards one after another
+    (minutes each) with their leases kept alive, so idle workers could not take them. It takes one, as it reads
+    one; the others stay claimable, their delivery count untouched."""
+    prefix = prefix_name()
+    keys = Keys(prefix)
+    submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, prefix)
+    client = redis_server.client()
+    ghost = make_queue(client, keys, "ghost", lease_ms=200)
+    assert len(ghost.read(3, None)) == 3                   # a worker took three tasks and died
+    time.sleep(0.3)
+    stats = run_batch_worker(redis_server.url, prefix, "w1", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+                             max_tasks=1)
+    assert stats.done == 1, stats                          # 3 before: the whole reclaim, one shard after another
+    rows = client.xpending_range(keys.batch_tasks(), "sigma-batch", min="-", max="+", count=10)
+    held = [(row["consumer"].decode(), row["times_delivered"]) for row in rows]
+    assert held == [("ghost", 1), ("ghost", 1)], rows      # the other two: still the dead worker's, claimable

@@ -259,6 +259,10 @@ class FleetHandler:
 
     batch_size = 1
     max_wait_ms = 0
+    # One task per reclaim, as per read: a reclaim took up to 16 tasks of dead workers at once, and the worker then
+    # ran those shards one after another (minutes each) while keeping their leases alive, so idle workers could not
+    # take them (and a stop left them pending, a delivery spent on each).
+    reclaim_count = 1
 
     def __init__(self, consumer: str, workers: int | None = None):
         self.consumer = consumer
