@@ -145,7 +145,9 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
         options["threshold"] = body.threshold
     confine_file_options(options, os.path.realpath(_root(cfg)))
     validate_annotator_options(batch_cfg.annotator, options)
-    return submit_run(batch_cfg, out_path, cfg.redis, client=client)
+    # a bound on the shards, hence on the tasks put on Redis (the online service's Redis: shard_size=1 over a big
+    # corpus put a task per pair there, and took the API seconds to minutes and a record of ~5 KB per shard)
+    return submit_run(batch_cfg, out_path, cfg.redis, client=client, max_shards=cfg.api.max_batch_shards)
 
 
 # Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.

@@ -231,3 +231,21 @@ def test_a_run_held_by_a_local_run_is_409_run_locked_with_retry_after(svc, root)
         resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
     assert resp.status_code == 409 and error_code(resp) == "run_locked", resp.text
     assert resp.headers.get("Retry-After") == "5" and str(root) not in resp.text
+
+
+def test_a_run_of_more_shards_than_the_server_allows_is_refused_before_anything_is_queued(redis_server, root,
+                                                                                           tmp_path):
+    """shard_size=1 over a large corpus planned a shard (and put a task on the service's Redis) per pair, the API
+    building a record of ~5 KB per shard first: 50,000 pairs took 15 s and 270 MB. api.max_batch_shards bounds it."""
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}", "api.max_batch_shards=4"])
+    try:
+        svc.start_api()
+        resp = post(svc, {"input": "corpus", "out": "runs/many", "shard_size": 1})
+        assert resp.status_code == 422 and error_code(resp) == "too_many_shards", resp.text
+        assert "6 shards" in resp.text and "at least 2" in resp.text and str(root) not in resp.text, resp.text
+        assert not (root / "runs" / "many").exists()
+        assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == 0
+        resp = post(svc, {"input": "corpus", "out": "runs/many", "shard_size": 2})
+        assert resp.status_code == 202 and resp.json()["queued"] == 3, resp.text
+    finally:
+        svc.close()

@@ -89,12 +89,13 @@ def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, 
             "config and model: use a new --out, or the same input and options to continue that run")
 
 
-def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: bool = True
-                ) -> tuple[RunDir, Corpus, str, list[Shard]]:
+def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: bool = True,
+                max_shards: int | None = None) -> tuple[RunDir, Corpus, str, list[Shard]]:
     """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after.
     `sweep`: remove the temporary shard files a killed run left — only by a caller that holds the folder
     exclusively (a fleet submission that shares it with working fleet workers would delete their files in
-    the making)."""
+    the making). `max_shards`: a new plan of more shards is refused (too_many_shards) before its record is
+    built or written."""
     import_plugins(cfg.plugins)
     cfg = with_default_annotator(cfg)
     if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
@@ -121,6 +122,10 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
     shards = unique_keys(corpus.plan())
     if not shards or planned_pairs(shards) == 0:   # e.g. a tar of zero blocks: a readable, empty archive
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
+    if max_shards is not None and len(shards) > max_shards:
+        raise InputError(f"{cfg.input.path}: {len(shards)} shards of {cfg.input.shard_size} pairs is more than the "
+                         f"{max_shards} a run may have here; use a larger shard_size (at least "
+                         f"{-(-planned_pairs(shards) // max_shards)})", code="too_many_shards")
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),
               "model": model, "corpus": corpus.identity(), "format": corpus.format,
               "planned_pairs": planned_pairs(shards),

@@ -55,8 +55,9 @@ def _client(settings: RedisSettings, client: Any = None) -> Iterator[Any]:
 
 
 def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | None = None,
-               key_prefix: str | None = None, client: Any = None) -> dict[str, Any]:
-    """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`."""
+               key_prefix: str | None = None, client: Any = None, max_shards: int | None = None) -> dict[str, Any]:
+    """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`. `max_shards`:
+    a new plan of more shards is refused (too_many_shards), before anything is written or queued."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
@@ -67,7 +68,7 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
     # hold refused (run_locked) for as long as any worker held a shard. A local run still excludes it.
     planned = RunDir(out).exists()
     with RunDir(out).locked(exclusive=not planned):
-        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True, sweep=not planned)
+        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True, sweep=not planned, max_shards=max_shards)
     pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
     run_dir = str(rundir.root.resolve())
     try:
