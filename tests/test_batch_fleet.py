@@ -270,3 +270,29 @@ def test_a_worker_reclaims_one_dead_workers_task_at_a_time(redis_server, corpus,
     rows = client.xpending_range(keys.batch_tasks(), "sigma-batch", min="-", max="+", count=10)
     held = [(row["consumer"].decode(), row["times_delivered"]) for row in rows]
     assert held == [("ghost", 1), ("ghost", 1)], rows      # the other two: still the dead worker's, claimable
+
+
+def test_a_kept_plan_is_checked_against_the_disk_before_a_task_is_given_up_on(redis_server, corpus, tmp_path):
+    """The plan a worker keeps is keyed by run.json's inode, size and mtime; a run folder made again at once on a
+    filesystem with coarse mtimes can match all three. A task that does not fit the kept plan is checked against
+    the file before it is dead-lettered."""
+    import json as json_lib
+    import os as os_lib
+
+    from sigma.batch.layout import RunDir
+    from sigma.service.fleet import locate_task
+
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    info = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    record = RunDir(out).load()
+    fields = {"run_dir": str(out.resolve()), "shard": record["shards"][0]["key"], "run_hash": info["run_hash"]}
+    assert locate_task(fields)[1]["run_hash"] == info["run_hash"]           # kept
+    run_file = RunDir(out).run_file
+    st = os_lib.stat(run_file)
+    other = "f" * len(info["run_hash"])
+    text = run_file.read_text().replace(json_lib.dumps(info["run_hash"]), json_lib.dumps(other))
+    with open(run_file, "r+") as handle:                                     # same inode, same size ...
+        handle.write(text)
+    os_lib.utime(run_file, ns=(st.st_atime_ns, st.st_mtime_ns))              # ... same mtime
+    assert locate_task({**fields, "run_hash": other})[1]["run_hash"] == other

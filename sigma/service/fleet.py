@@ -199,7 +199,7 @@ _PLANS: dict[str, _Plan] = {}
 _PLANS_KEPT = 4
 
 
-def _load_plan(rundir: RunDir) -> tuple[dict[str, Any], dict[str, Shard]]:
+def _load_plan(rundir: RunDir, fresh: bool = False) -> tuple[dict[str, Any], dict[str, Shard]]:
     path = str(rundir.run_file)
     try:
         st = os.stat(path)
@@ -207,7 +207,7 @@ def _load_plan(rundir: RunDir) -> tuple[dict[str, Any], dict[str, Shard]]:
     except OSError:
         stamp = None
     cached = _PLANS.get(path)
-    if stamp is not None and cached is not None and cached.stamp == stamp:
+    if not fresh and stamp is not None and cached is not None and cached.stamp == stamp:
         return cached.record, cached.shards
     record = rundir.load()                 # not a run, unreadable: its InputError
     shards: dict[str, Shard] = {}
@@ -228,6 +228,10 @@ def locate_task(fields: dict[str, str]) -> tuple[RunDir, dict[str, Any], Shard]:
     try:
         rundir = RunDir(fields["run_dir"])
         record, shards = _load_plan(rundir)
+        if record.get("run_hash") != fields.get("run_hash") or fields.get("shard") not in shards:
+            # before a task is given up on, the plan as it is on disk now, not as kept (a run folder made again
+            # at once on a filesystem with coarse mtimes may reuse the inode, size and mtime)
+            record, shards = _load_plan(rundir, fresh=True)
     except (KeyError, SigmaError) as exc:
         raise PermanentTaskError(f"bad task {fields}: {getattr(exc, 'message', exc)}") from exc
     if record.get("run_hash") != fields.get("run_hash"):
