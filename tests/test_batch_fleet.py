@@ -296,3 +296,17 @@ def test_a_kept_plan_is_checked_against_the_disk_before_a_task_is_given_up_on(re
         handle.write(text)
     os_lib.utime(run_file, ns=(st.st_atime_ns, st.st_mtime_ns))              # ... same mtime
     assert locate_task({**fields, "run_hash": other})[1]["run_hash"] == other
+
+
+def test_a_task_naming_an_impossible_path_is_dead_lettered_without_ending_the_worker(redis_server, tmp_path):
+    """A damaged task (a NUL byte in run_dir) raised ValueError where the worker dead-letters it: the worker ended
+    (a bug ends it, crash-only), and every restarted worker reclaimed the entry and ended again."""
+    prefix = prefix_name()
+    client = redis_server.client()
+    make_queue(client, Keys(prefix), "submitter").add({"run_dir": str(tmp_path / "a\x00b"), "shard": "s",
+                                                       "run_hash": "0"})
+    stats = run_batch_worker(redis_server.url, prefix, "w1", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+                             exit_when_idle=True)
+    assert stats.dead == 1 and "bad task" in stats.errors[0], stats
+    q = make_queue(client, Keys(prefix), "check")
+    assert q.depth() == 0 and q.pending_count() == 0 and q.dead_count() == 1

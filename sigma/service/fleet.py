@@ -232,7 +232,7 @@ def locate_task(fields: dict[str, str]) -> tuple[RunDir, dict[str, Any], Shard]:
             # before a task is given up on, the plan as it is on disk now, not as kept (a run folder made again
             # at once on a filesystem with coarse mtimes may reuse the inode, size and mtime)
             record, shards = _load_plan(rundir, fresh=True)
-    except (KeyError, SigmaError) as exc:
+    except (KeyError, ValueError, SigmaError) as exc:   # ValueError: a NUL in the path (a damaged entry)
         raise PermanentTaskError(f"bad task {fields}: {getattr(exc, 'message', exc)}") from exc
     if record.get("run_hash") != fields.get("run_hash"):
         raise PermanentTaskError(f"{fields['run_dir']} now holds run {record.get('run_hash')}, "
