@@ -145,7 +145,9 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
         options["threshold"] = body.threshold
     confine_file_options(options, os.path.realpath(_root(cfg)))
     validate_annotator_options(batch_cfg.annotator, options)
-    return submit_run(batch_cfg, out_path, cfg.redis, client=client)
+    # a bound on the shards, hence on the tasks put on Redis (the online service's Redis: shard_size=1 over a big
+    # corpus put a task per pair there, and took the API seconds to minutes and a record of ~5 KB per shard)
+    return submit_run(batch_cfg, out_path, cfg.redis, client=client, max_shards=cfg.api.max_batch_shards)
 
 
 # Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.
@@ -195,7 +197,10 @@ def _to_api(exc: Exception, root: str) -> ApiError:
             return ApiError(503, "queue_unavailable", "the job queue is unreachable; retry shortly",
                             {"Retry-After": "1"})
         log.info("batch request refused [%s]: %s", exc.code, exc.message)
-        return ApiError(status_for(exc), exc.code, scrub(exc.message, root))
+        # run_locked: another submission is planning the run, or a local `sigma batch run` holds it: not the
+        # caller's input (a 422 said so), a conflict that ends by itself
+        headers = {"Retry-After": "5"} if exc.code == "run_locked" else None
+        return ApiError(status_for(exc), exc.code, scrub(exc.message, root), headers)
     if isinstance(exc, ImportError):
         log.warning("batch planning needs a module this install lacks: %s", exc)
         return ApiError(503, "missing_dependency", "this API install cannot plan batch runs (a module is "
@@ -270,6 +275,7 @@ async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service
 
     root = _root(cfg)
     answer: dict[str, Any] = {}
+    rundir = None
     if out is not None:
         out_path = resolve_under(root, out, "out")
         rundir = RunDir(out_path)
@@ -284,7 +290,7 @@ async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service
         answer["run"] = {**summary, "run_dir": _relative(root, out_path)}
     try:
         client = svc.sync_redis
-        answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(cfg.redis, client=client))
-    except SigmaError as exc:
+        answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(cfg.redis, client=client, run=rundir))
+    except (SigmaError, OSError) as exc:
         raise _to_api(exc, root) from exc
     return answer

@@ -71,11 +71,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 class Proc:
     """A `sigma ...` child process with its output in a log file (shown when a test fails)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, new_session: bool = False):
         self.args, self.log = args, log
         self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        # new_session: its own process group, for a signal to the whole group as a terminal's Ctrl-C sends it
         self.p = subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env, stdout=self._fh,
-                                  stderr=subprocess.STDOUT, cwd=str(TESTS.parent))
+                                  stderr=subprocess.STDOUT, cwd=str(TESTS.parent), start_new_session=new_session)
 
     @property
     def pid(self) -> int:

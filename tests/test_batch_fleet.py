@@ -2,6 +2,7 @@
 tasks of a worker that died, dead-letter a poison task, and get the same bytes as a local run."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from sigma.batch import BatchConfig, run_batch
+from sigma.batch.layout import RunDir
 from sigma.cli import main
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
-from sigma.service.fleet import make_queue, queue_status, run_batch_worker, submit_run
+from sigma.service.fleet import _run_tasks, make_queue, queue_status, run_batch_worker, submit_run
 from sigma.service.keys import Keys
 
 pytestmark = pytest.mark.redis
@@ -145,3 +147,166 @@ def test_a_dead_lettered_shard_shows_as_failed_with_its_reason(redis_server, cor
                  deliveries=3)
     assert FleetHandler("late").on_dead(late, None)["code"] == "worker_lost"
     assert RunDir(out).status(done_shard)["status"] == "done" and RunDir(out).summary()["done"] == 1
+
+
+def test_a_run_can_be_submitted_again_while_fleet_workers_hold_its_shards(redis_server, corpus, tmp_path):
+    """Submitting a planned run again (to queue a dead-lettered shard, or tasks Redis lost) while fleet workers
+    write other shards of it: it used to be refused (run_locked) for as long as any worker held a shard, since
+    the submission held the folder exclusively; it now shares it as the workers do and leaves their temporary
+    files alone. A local run still excludes it."""
+    from sigma.batch.layout import RunDir
+    from sigma.errors import InputError
+
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    in_the_making = out / "shards" / ".set__pairs.r0000000-0000002.x.1234.abcd.tmp"
+    in_the_making.parent.mkdir(parents=True, exist_ok=True)
+    in_the_making.write_bytes(b"a worker's shard file, half written")
+    with RunDir(out).locked(exclusive=False):             # what `sigma worker --batch` holds while it writes a shard
+        again = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert again["queued"] == 0 and again["already_queued"] == 6 and again["run_hash"] is not None
+    assert in_the_making.exists()                          # not swept from under the worker
+    with RunDir(out).locked(), pytest.raises(InputError) as refused:     # what `sigma batch run` holds
+        submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert refused.value.code == "run_locked"
+
+
+def test_a_worker_reads_a_runs_plan_once_not_once_per_task(redis_server, corpus, tmp_path, monkeypatch):
+    """Every task parsed the whole run.json (twice) and built every Shard: with 50,000 one-pair shards (15 MB)
+    that was 1.4 s per task for 30 ms of work, quadratic in the shard count. The plan is read once per worker,
+    and again only when run.json is another file."""
+    from sigma.batch.layout import RunDir
+    from sigma.service.fleet import PermanentTaskError, locate_task
+
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    info = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert info["queued"] == 6
+    loads = []
+    real_load = RunDir.load
+    monkeypatch.setattr(RunDir, "load", lambda self: loads.append(self.root) or real_load(self))
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert stats.done == 6 and stats.failed == 0
+    assert len(loads) <= 1, loads                     # 12 before: two per task
+    run_batch(cfg_for(corpus), tmp_path / "local", progress=False)
+    assert shard_bytes(out) == shard_bytes(tmp_path / "local")
+    # run.json replaced by another run's (a new file): read again, and the old run's task is refused
+    record = real_load(RunDir(out))
+    fields = {"run_dir": str(out.resolve()), "shard": record["shards"][0]["key"], "run_hash": info["run_hash"]}
+    assert locate_task(fields)[2].key == fields["shard"]
+    RunDir(out).write_run({**record, "run_hash": "another"})
+    with pytest.raises(PermanentTaskError, match="now holds run another"):
+        locate_task(fields)
+
+
+def test_status_says_when_redis_lost_a_runs_tasks_and_submitting_again_requeues_them(redis_server, corpus,
+                                                                                      tmp_path, capsys):
+    """Redis restarted without its data (or flushed) mid-run: the workers carry on, but the run's remaining tasks
+    are gone, so it stayed "pending" for ever with idle workers and a queue that said 0 of everything (and
+    serves every run, so it could not say whose tasks it held). The status now counts the run's own tasks and
+    says which pending shards have none, and what to do."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    assert run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, max_tasks=2).done == 2
+    status = ["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix]
+    assert main([*status, "--json"]) == 0
+    queue = json.loads(capsys.readouterr().out)["queue"]
+    assert (queue["run_tasks"], queue["unqueued"]) == (4, 0), queue
+    redis_server.client().delete(Keys(prefix).batch_tasks())          # what a restart without persistence does
+    assert main(status) == 0
+    printed = capsys.readouterr().out
+    assert "4 pending shard(s) have no task" in printed and "submit the run again" in printed, printed
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 4
+    assert queue_status(redis_server.url, prefix, run=RunDir(out))["unqueued"] == 0
+    run_hash, pending = RunDir(out).pending_keys()
+    count, keys = _run_tasks(redis_server.client(), Keys(prefix).batch_tasks(), str(out.resolve()), run_hash, page=3)
+    assert count == 4 and keys == set(pending)                         # read a page at a time, none twice
+    assert run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True).done == 4
+    assert RunDir(out).summary()["done"] == 6
+
+
+def test_a_submission_sent_twice_queues_each_shard_once(redis_server, corpus, tmp_path):
+    """A client retrying a slow POST /v1/batches (or a user running `sigma batch submit` twice) queued every
+    pending shard a second time, so two workers could compute one shard side by side. A shard whose task is
+    still on the stream (queued or held by a worker) is not queued again; one whose task is gone is."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    first = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    again = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert (first["queued"], again["queued"], again["already_queued"], again["skipped"]) == (6, 0, 6, 0), again
+    assert queue_status(redis_server.url, prefix)["queued"] == 6
+    client = redis_server.client()
+    holder = make_queue(client, Keys(prefix), "holder")
+    held = holder.read(1, None)                                              # one task held by a worker
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 0
+    holder.ack([held[0].id])                                                 # its task gone, shard not done
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 1
+    results = []
+    threads = [threading.Thread(target=lambda c=c: results.append(
+        run_batch_worker(redis_server.url, prefix, c, block_ms=50, exit_when_idle=True))) for c in ("w1", "w2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sum(r.done for r in results) == 6 and sum(r.skipped for r in results) == 0, results
+
+
+def test_a_worker_reclaims_one_dead_workers_task_at_a_time(redis_server, corpus, tmp_path):
+    """A reclaim took up to 16 tasks of dead workers at once; the worker then ran those shards one after another
+    (minutes each) with their leases kept alive, so idle workers could not take them. It takes one, as it reads
+    one; the others stay claimable, their delivery count untouched."""
+    prefix = prefix_name()
+    keys = Keys(prefix)
+    submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, prefix)
+    client = redis_server.client()
+    ghost = make_queue(client, keys, "ghost", lease_ms=200)
+    assert len(ghost.read(3, None)) == 3                   # a worker took three tasks and died
+    time.sleep(0.3)
+    stats = run_batch_worker(redis_server.url, prefix, "w1", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+                             max_tasks=1)
+    assert stats.done == 1, stats                          # 3 before: the whole reclaim, one shard after another
+    rows = client.xpending_range(keys.batch_tasks(), "sigma-batch", min="-", max="+", count=10)
+    held = [(row["consumer"].decode(), row["times_delivered"]) for row in rows]
+    assert held == [("ghost", 1), ("ghost", 1)], rows      # the other two: still the dead worker's, claimable
+
+
+def test_a_kept_plan_is_checked_against_the_disk_before_a_task_is_given_up_on(redis_server, corpus, tmp_path):
+    """The plan a worker keeps is keyed by run.json's inode, size and mtime; a run folder made again at once on a
+    filesystem with coarse mtimes can match all three. A task that does not fit the kept plan is checked against
+    the file before it is dead-lettered."""
+    import json as json_lib
+    import os as os_lib
+
+    from sigma.batch.layout import RunDir
+    from sigma.service.fleet import locate_task
+
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    info = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    record = RunDir(out).load()
+    fields = {"run_dir": str(out.resolve()), "shard": record["shards"][0]["key"], "run_hash": info["run_hash"]}
+    assert locate_task(fields)[1]["run_hash"] == info["run_hash"]           # kept
+    run_file = RunDir(out).run_file
+    st = os_lib.stat(run_file)
+    other = "f" * len(info["run_hash"])
+    text = run_file.read_text().replace(json_lib.dumps(info["run_hash"]), json_lib.dumps(other))
+    with open(run_file, "r+") as handle:                                     # same inode, same size ...
+        handle.write(text)
+    os_lib.utime(run_file, ns=(st.st_atime_ns, st.st_mtime_ns))              # ... same mtime
+    assert locate_task({**fields, "run_hash": other})[1]["run_hash"] == other
+
+
+def test_a_task_naming_an_impossible_path_is_dead_lettered_without_ending_the_worker(redis_server, tmp_path):
+    """A damaged task (a NUL byte in run_dir) raised ValueError where the worker dead-letters it: the worker ended
+    (a bug ends it, crash-only), and every restarted worker reclaimed the entry and ended again."""
+    prefix = prefix_name()
+    client = redis_server.client()
+    make_queue(client, Keys(prefix), "submitter").add({"run_dir": str(tmp_path / "a\x00b"), "shard": "s",
+                                                       "run_hash": "0"})
+    stats = run_batch_worker(redis_server.url, prefix, "w1", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+                             exit_when_idle=True)
+    assert stats.dead == 1 and "bad task" in stats.errors[0], stats
+    q = make_queue(client, Keys(prefix), "check")
+    assert q.depth() == 0 and q.pending_count() == 0 and q.dead_count() == 1

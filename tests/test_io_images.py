@@ -394,3 +394,30 @@ def test_an_animated_or_multi_page_image_decodes_its_first_frame_and_says_so(fmt
     pair = load_pair(str(tmp_path / "still.png"), str(path), None, IOConfig(), "p")
     assert pair.preprocess["warnings"] == [f"{path} is animated or multi-page: only its first frame was "
                                            "annotated"]
+
+
+def test_two_writers_of_one_file_never_trip_over_each_other(tmp_path):
+    """Two fleet workers on one shard write its masks side by side: with one shared `<path>.tmp` one writer's rename
+    found the file gone (FileNotFoundError, the shard failed) in most of 400 concurrent writes here."""
+    import threading
+
+    from sigma.io.images import replace_atomically
+
+    target = tmp_path / "masks" / "m.png"
+    data = bytes(range(256)) * 4096
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        for _ in range(200):
+            try:
+                replace_atomically(target, data)
+            except Exception as exc:  # noqa: BLE001 - counted
+                failures.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == [] and target.read_bytes() == data
+    assert [p.name for p in target.parent.iterdir()] == ["m.png"]          # no temporary file left

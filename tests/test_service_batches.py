@@ -48,6 +48,7 @@ def test_submit_queues_one_task_per_shard_and_a_worker_writes_the_manifests(svc,
     status = svc.http.get("/v1/batches/status", params={"out": "runs/r1"}, headers=svc.headers())
     assert status.status_code == 200, status.text
     assert status.json()["queue"]["queued"] == 3 and status.json()["run"]["pending"] == 3
+    assert (status.json()["queue"]["run_tasks"], status.json()["queue"]["unqueued"]) == (3, 0), status.text
 
     stats = run_batch_worker(redis_server.url, svc.prefix, "bw1", block_ms=50, exit_when_idle=True)
     assert stats.done == 3 and stats.failed == 0 and stats.dead == 0, stats.errors
@@ -219,3 +220,32 @@ def test_status_polls_reuse_one_redis_connection(svc, redis_server):
         assert resp.status_code == 200 and "queued" in resp.json()["queue"]
     grown = r.info("stats")["total_connections_received"] - before
     assert grown <= 2, f"{grown} new Redis connections for 20 status polls"
+
+
+def test_a_run_held_by_a_local_run_is_409_run_locked_with_retry_after(svc, root):
+    """A conflict that ends by itself (a local `sigma batch run` on the folder, another submission planning it),
+    not the caller's input: it was a 422 with a code no table listed."""
+    resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
+    assert resp.status_code == 202, resp.text
+    with RunDir(root / "runs" / "held").locked():         # what `sigma batch run` holds for the whole run
+        resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
+    assert resp.status_code == 409 and error_code(resp) == "run_locked", resp.text
+    assert resp.headers.get("Retry-After") == "5" and str(root) not in resp.text
+
+
+def test_a_run_of_more_shards_than_the_server_allows_is_refused_before_anything_is_queued(redis_server, root,
+                                                                                           tmp_path):
+    """shard_size=1 over a large corpus planned a shard (and put a task on the service's Redis) per pair, the API
+    building a record of ~5 KB per shard first: 50,000 pairs took 15 s and 270 MB. api.max_batch_shards bounds it."""
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}", "api.max_batch_shards=4"])
+    try:
+        svc.start_api()
+        resp = post(svc, {"input": "corpus", "out": "runs/many", "shard_size": 1})
+        assert resp.status_code == 422 and error_code(resp) == "too_many_shards", resp.text
+        assert "6 shards" in resp.text and "at least 2" in resp.text and str(root) not in resp.text, resp.text
+        assert not (root / "runs" / "many").exists()
+        assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == 0
+        resp = post(svc, {"input": "corpus", "out": "runs/many", "shard_size": 2})
+        assert resp.status_code == 202 and resp.json()["queued"] == 3, resp.text
+    finally:
+        svc.close()

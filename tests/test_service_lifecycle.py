@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,6 +38,15 @@ def finished(proc: Proc, timeout: float) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"{proc.args[:2]} still running after {timeout} s:\n{proc.output()}") from None
     return code, proc.log.read_text(errors="replace")
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state == "Z"
 
 
 def worker_heartbeats(client, prefix: str) -> dict[int, dict[str, str]]:
@@ -78,6 +88,28 @@ def test_serve_all_restarts_a_worker_killed_with_sigkill(redis_server, tmp_path)
     assert code == 0, proc.output()
     with pytest.raises(ProcessLookupError):       # the restarted child went down with the server
         os.kill(restarted[0], 0)
+
+
+def test_serve_all_killed_with_sigkill_takes_its_worker_with_it(redis_server, tmp_path):
+    """A SIGKILLed `sigma serve all` runs no cleanup: its worker (the first, spawned by the main thread, and a
+    restarted one, spawned by the supervisor's thread) used to live on, orphaned, consuming with the old settings."""
+    prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    proc = Proc(["serve", "all", "--port", str(port), "--annotator", "pixel-diff", "--log-level", "warning",
+                 *sets([*FAST, f"redis.key_prefix={prefix}", "worker.restart_backoff_s=0.2"])],
+                base_env(redis_server.url), tmp_path / "serve-all.log")
+    r = redis_server.client()
+    second = None
+    try:
+        (first,) = wait_until(lambda: list(worker_heartbeats(r, prefix)), 60, f"a worker\n{proc.output()}", 0.2)
+        os.kill(first, signal.SIGKILL)
+        (second,) = wait_until(lambda: [p for p in worker_heartbeats(r, prefix) if p != first], 60,
+                               f"a new worker\n{proc.output()}", 0.2)
+        proc.kill9()
+        wait_until(lambda: gone(second), 10, f"the orphaned worker {second} to go\n{proc.output()}", 0.1)
+    finally:
+        proc.stop()
+        if second is not None and os.path.exists(f"/proc/{second}"):     # the orphan, when the test failed
+            os.kill(second, signal.SIGKILL)
 
 
 def test_serve_all_gives_up_on_a_worker_that_keeps_dying(redis_server, tmp_path):
@@ -183,3 +215,101 @@ def test_fleet_worker_sigint_mid_shard_finishes_the_shard_and_exits_0(redis_serv
     assert summary["done"] == 1 and summary["pending"] == 1, summary     # the one in hand, not the next
     assert r.xpending(f"{prefix}:batch:tasks", "sigma-batch")["pending"] == 0
     assert "1 shard(s) done" in log
+
+
+def test_fleet_worker_second_signal_inside_the_model_leaves_the_shard_unpublished(redis_server, tmp_path,
+                                                                                  plugin_annotators):
+    """A second (and third) SIGTERM arrives while the model runs, where the time goes: the worker exits 0 at once
+    and leaves the shard to be redelivered. The signal used to be taken for a model failure (the batch retried
+    pair by pair, the signal swallowed) and the third one published the shard as done with a pair recorded as
+    `annotator_failed: Interrupted ...`."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 3000}, "batch_size": 1,
+                                      "workers": 0})
+    assert submit_run(cfg, tmp_path / "run", redis_server.url, prefix)["queued"] == 1
+    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "fleet.log")
+    r = redis_server.client()
+    wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
+               f"a shard in progress\n{proc.output()}", 0.1)
+    time.sleep(0.5)                                    # inside the first pair's 3 s predict
+    t0 = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.signal(signal.SIGTERM)
+    code, log = finished(proc, 30)
+    assert code == 0 and "Traceback" not in log, log
+    assert time.monotonic() - t0 < 2.9, log            # not after the batch (3 s) nor the pair-by-pair retry
+    assert "second SIGTERM" in log, log
+    summary = RunDir(tmp_path / "run").summary()
+    assert (summary["done"], summary["pending"], summary["errors"]) == (0, 1, 0), summary
+    assert r.xpending(f"{prefix}:batch:tasks", "sigma-batch")["pending"] == 1    # redelivered after the lease
+
+
+def test_a_run_folder_deleted_under_a_fleet_worker_stays_deleted(redis_server, tmp_path, plugin_annotators):
+    """`rm -rf` of a run folder while a worker writes one of its shards: the worker made the folder again (a shard,
+    a status and locks that no run.json describes, the shard counted as done), and submitting anew to that folder
+    was refused (out_not_empty). Now the shard's write fails, its task ends dead-lettered, the folder stays gone."""
+    from sigma.errors import InputError
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 1000}, "batch_size": 1,
+                                      "png_masks": True, "workers": 0})
+    run = tmp_path / "run"
+    assert submit_run(cfg, run, redis_server.url, prefix)["queued"] == 2
+    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "fleet.log")
+    r = redis_server.client()
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
+                   f"a shard in progress\n{proc.output()}", 0.1)
+        shutil.rmtree(run)
+        wait_until(lambda: r.xlen(f"{prefix}:batch:tasks:dead") == 2, 30, f"both tasks given up\n{proc.output()}",
+                   0.1)
+        assert not run.exists(), sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    finally:
+        proc.signal(signal.SIGTERM)
+        code, log = finished(proc, 30)
+    assert code == 0 and "Traceback" not in log and "0 shard(s) done" in log, log
+    assert not run.exists()
+    try:
+        assert submit_run(cfg, run, redis_server.url, prefix)["queued"] == 2      # a new run in its place
+    except InputError as exc:
+        raise AssertionError(exc.message) from None
+
+
+def test_ctrl_c_to_a_fleet_worker_with_decode_processes_finishes_the_shard(redis_server, tmp_path,
+                                                                          plugin_annotators):
+    """Ctrl-C signals the whole process group (systemd's stop the whole cgroup): the decode processes died with a
+    KeyboardInterrupt traceback each, the pool broke, and the shard in hand was failed (BrokenProcessPool) rather
+    than finished. They now leave the signal to the worker, which finishes the shard and exits 0."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(24, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 12},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 250}, "batch_size": 1,
+                                      "workers": 1})
+    assert submit_run(cfg, tmp_path / "run", redis_server.url, prefix)["queued"] == 2
+    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "fleet.log", new_session=True)
+    r = redis_server.client()
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
+                   f"a shard in progress\n{proc.output()}", 0.1)
+        time.sleep(0.8)                                  # a few pairs in: most of the shard still to decode
+        os.killpg(proc.pid, signal.SIGINT)
+        code, log = finished(proc, 60)
+    finally:
+        if proc.alive():
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stop()
+    assert code == 0 and "Traceback" not in log and "KeyboardInterrupt" not in log, log
+    summary = RunDir(tmp_path / "run").summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (1, 0, 1), summary
+    assert "1 shard(s) done" in log and "0 failed" in log, log

@@ -193,6 +193,26 @@ def test_heartbeat_writes_ttl_key_and_extends_leases(queue_factory, redis_server
     assert not redis_server.client().exists(key)
 
 
+@pytest.mark.redis
+def test_heartbeat_goes_on_when_the_stream_of_the_work_in_hand_is_gone(queue_factory, redis_server):
+    """FLUSHALL (or Redis restarted without its data) while a worker holds an entry: the lease extension fails
+    with NOGROUP, and the heartbeat write after it was skipped every beat until the batch ended — a fleet worker
+    on a long shard vanished from `live_workers` (an annotation worker from /readyz) while it worked."""
+    worker = queue_factory("busy")
+    worker.add({"job": "long"})
+    entry = worker.read(1, None)[0]
+    key = f"{worker.stream}:hb"
+    r = redis_server.client()
+    hb = Heartbeat(r, key, interval_ms=50, ttl_ms=500, info=lambda: {"annotator": "x"}, queue=worker)
+    hb.track([entry.id])
+    r.delete(worker.stream)                               # the stream and its group are gone
+    try:
+        hb.beat()
+        assert r.hget(key, "annotator") == b"x" and 0 < r.pttl(key) <= 500
+    finally:
+        hb.stop()
+
+
 # -- predictor ----------------------------------------------------------------------------------
 def test_predictor_matches_in_process_annotator_and_reports_bad_items():
     original, edited = make_pair(seed=3)

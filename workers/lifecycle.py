@@ -27,8 +27,12 @@ from sigma.service.settings import RedisSettings
 log = logging.getLogger("sigma.worker")
 
 
-class Interrupted(Exception):
-    """A stop signal where there is nothing to finish, or a second one."""
+class Interrupted(BaseException):
+    """A stop signal where there is nothing to finish, or a second one. A BaseException, as KeyboardInterrupt is:
+    it is raised wherever the main thread happens to be — most often inside the model — and the `except Exception`
+    that isolates a bad pair or a failed shard must not take it for the model's failure (it did: the signal was
+    swallowed, the batch retried pair by pair, and a later signal published a shard as done with a pair recorded as
+    `annotator_failed: Interrupted`)."""
 
 
 class StopSignals:

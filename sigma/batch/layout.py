@@ -154,6 +154,17 @@ class RunDir:
         atomic_write_json(self.run_file, record)
 
     # --- per-shard paths --------------------------------------------------------------------------
+    def subdir(self, *parts: str) -> Path:
+        """A folder inside the run, made as needed, but never the run folder itself: a run folder deleted while a
+        fleet worker (or a local run) writes a shard stays deleted — FileNotFoundError for the writer. It was made
+        again, holding a shard and status no run.json describes, and submitting to it anew was refused
+        (out_not_empty) until it was deleted a second time."""
+        path = self.root
+        for part in parts:
+            path = path / part
+            path.mkdir(exist_ok=True)
+        return path
+
     def shard_path(self, shard: Shard, run_hash: str) -> Path:
         return self.root / "shards" / f"{shard.key}.{run_hash}.parquet"
 
@@ -190,8 +201,7 @@ class RunDir:
     @contextmanager
     def _status_lock(self, shard: Shard) -> Iterator[None]:
         """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
-        lock = self.root / ".locks" / f"status-{shard.key}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.subdir(".locks") / f"status-{shard.key}.lock"
         with open(lock, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -201,6 +211,7 @@ class RunDir:
 
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
         with self._status_lock(shard):
+            self.subdir("status")
             atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
 
     def mark_failed(self, shard: Shard, run_hash: str, error: str, **extra: Any) -> bool:
@@ -209,6 +220,7 @@ class RunDir:
         with self._status_lock(shard):
             if self.is_done(shard, run_hash):
                 return False
+            self.subdir("status")
             atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, "status": "failed",
                                                         "run_hash": run_hash, "error": error, **extra})
             return True
@@ -239,6 +251,20 @@ class RunDir:
         return {"run_hash": run_hash, "shards": len(record["shards"]), **counts, "pairs": pairs, "ok": ok,
                 "errors": errors, "error_codes": dict(sorted(codes.items())), "failed_shards": failed,
                 "planned_pairs": record.get("planned_pairs")}
+
+    def pending_keys(self) -> tuple[str, list[str]] | None:
+        """(run hash, the keys of the shards neither done nor failed); None when the folder holds no run."""
+        if not self.exists():
+            return None
+        record = self.load()
+        run_hash = record["run_hash"]
+        pending = []
+        for shard in (Shard.from_dict(s) for s in record["shards"]):
+            st = self.status(shard)
+            failed = bool(st) and st.get("status") == "failed" and st.get("run_hash") == run_hash
+            if not failed and not self.is_done(shard, run_hash):
+                pending.append(shard.key)
+        return run_hash, pending
 
     def done_outputs(self) -> list[tuple[Shard, Path]]:
         run_hash = self.load()["run_hash"]

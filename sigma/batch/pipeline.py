@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -114,6 +115,7 @@ class ShardWriter:
             decoded, ann, mask_rel = payload
             row = ok_row(decoded, ann, shard.key, self.run_hash, mask_rel)
             if mask_rel is not None:
+                self.rundir.subdir("masks", shard.key)       # never the run folder itself (RunDir.subdir)
                 write_png(ann.mask.astype("uint8") * 255, self.rundir.root / mask_rel)
             self.rows.setdefault(shard.key, []).append(row)
         elif kind == "finish":
@@ -128,7 +130,7 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
         target = self.rundir.shard_path(shard, self.run_hash)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self.rundir.subdir("shards")
         tmp = temp_name(target)
         pq.write_table(rows_to_table(rows), tmp, compression="zstd", row_group_size=max(len(rows), 1))
         tmp.replace(target)
@@ -146,6 +148,17 @@ class ShardWriter:
         self.q.put(_END)
         self.thread.join()
         self._raise_failure()
+
+
+def decode_process_init(parent_pid: int) -> None:
+    """A decode process dies with its parent and leaves SIGINT/SIGTERM to it. Ctrl-C (the terminal signals the
+    whole process group) and a service manager's stop (systemd signals the whole cgroup) reached the decode
+    processes too: each died with a KeyboardInterrupt traceback, the pool broke, and the shard a stopping
+    `sigma worker --batch` was to finish failed instead (BrokenProcessPool). The parent decides: it finishes or
+    drops its work and shuts the pool down (and a parent killed outright takes them with it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent_pid)
 
 
 class Pipeline:
@@ -181,7 +194,7 @@ class Pipeline:
         # die_with_parent: a SIGKILLed run must not leave decoders (and through them multiprocessing's resource
         # tracker) alive, blocked on a pipe nobody reads
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=die_with_parent, initargs=(os.getpid(),))
+                                   initializer=decode_process_init, initargs=(os.getpid(),))
 
     def _replace_hung_pool(self) -> None:
         """A decode worker that gives no result for stall_s (stopped, deadlocked in a codec) would keep the run

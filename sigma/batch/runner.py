@@ -89,8 +89,13 @@ def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, 
             "config and model: use a new --out, or the same input and options to continue that run")
 
 
-def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tuple[RunDir, Corpus, str, list[Shard]]:
-    """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after."""
+def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: bool = True,
+                max_shards: int | None = None) -> tuple[RunDir, Corpus, str, list[Shard]]:
+    """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after.
+    `sweep`: remove the temporary shard files a killed run left — only by a caller that holds the folder
+    exclusively (a fleet submission that shares it with working fleet workers would delete their files in
+    the making). `max_shards`: a new plan of more shards is refused (too_many_shards) before its record is
+    built or written."""
     import_plugins(cfg.plugins)
     cfg = with_default_annotator(cfg)
     if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
@@ -104,7 +109,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
         if record.get("run_hash") != run_hash:
             raise ConfigError(_other_run_message(rundir, record, model, run_hash))
         shards = [Shard.from_dict(s) for s in record["shards"]]
-        for stale in (rundir.root / "shards").glob(".*.tmp"):   # left by a killed run; rewritten identically
+        for stale in (rundir.root / "shards").glob(".*.tmp") if sweep else ():   # left by a killed run
             stale.unlink(missing_ok=True)
         done = sum(rundir.is_done(s, run_hash) for s in shards)
         started = any(rundir.status(s) for s in shards)   # nothing written yet (e.g. the model failed to load)
@@ -117,6 +122,10 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False) -> tupl
     shards = unique_keys(corpus.plan())
     if not shards or planned_pairs(shards) == 0:   # e.g. a tar of zero blocks: a readable, empty archive
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")
+    if max_shards is not None and len(shards) > max_shards:
+        raise InputError(f"{cfg.input.path}: {len(shards)} shards of {cfg.input.shard_size} pairs is more than the "
+                         f"{max_shards} a run may have here; use a larger shard_size (at least "
+                         f"{-(-planned_pairs(shards) // max_shards)})", code="too_many_shards")
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),
               "model": model, "corpus": corpus.identity(), "format": corpus.format,
               "planned_pairs": planned_pairs(shards),

@@ -244,7 +244,7 @@ def run_status(args: argparse.Namespace) -> int:
     if args.redis or args.key_prefix or args.serve_config:
         from sigma.service.fleet import queue_status
 
-        status["queue"] = queue_status(_redis_settings(args))
+        status["queue"] = queue_status(_redis_settings(args), run=RunDir(args.out))
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -258,6 +258,10 @@ def run_status(args: argparse.Namespace) -> int:
     if "queue" in status:
         q = status["queue"]
         print("queue: " + ", ".join(f"{k}={v}" for k, v in q.items()))
+        if q.get("unqueued"):
+            print(f"  {q['unqueued']} pending shard(s) have no task on {q['stream']}: the queue lost them (Redis "
+                  "restarted without its data, or was flushed); submit the run again (`sigma batch submit` with the "
+                  "same input and options, or POST /v1/batches) to queue them")
     return 0
 
 

@@ -21,6 +21,10 @@ from sigma.cli.common import add_config_args
 if TYPE_CHECKING:
     from sigma.service.settings import WorkerSettings
 
+# Set by `sigma serve all` in its worker child's environment: the supervisor's pid. The child dies with it (a
+# SIGKILLed `serve all` runs no cleanup, and its worker lived on, orphaned, consuming with the old settings).
+PARENT_ENV = "SIGMA_SERVE_PARENT_PID"
+
 SERVE_HELP = """Run the annotation service's HTTP API (and, with `all`, one worker beside it).
 
   api   the FastAPI front end only (workers run elsewhere: `sigma worker`)
@@ -83,6 +87,12 @@ def load(args: argparse.Namespace, **flags):
 def run_worker_cmd(args: argparse.Namespace) -> int:
     from sigma.workers.worker import run_worker
 
+    parent = os.environ.pop(PARENT_ENV, "")
+    if parent.isdigit():                     # `sigma serve all`'s child: never outlive the supervisor
+        from sigma.batch.lifeline import die_with_parent
+
+        die_with_parent(int(parent))
+
     batch = getattr(args, "batch", False)   # fleet batch mode (issue 7): the run's own config picks the annotator
     cfg = load(args) if batch else load(args, **{"worker.annotator": args.annotator,
                                                   "worker.max_batch_size": args.max_batch_size})
@@ -127,7 +137,7 @@ class WorkerSupervisor:
     def _spawn(self) -> None:
         with self._lock:
             if not self._stop.is_set():
-                self.proc = subprocess.Popen(self.cmd)
+                self.proc = subprocess.Popen(self.cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
 
     def _run(self) -> None:
         backoff = self.settings.restart_backoff_s

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import secrets
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -307,10 +309,13 @@ def write_png(array: np.ndarray, path: str | Path) -> Path:
 
 
 def replace_atomically(path: Path, data: bytes) -> Path:
-    """Write `<path>.tmp`, then rename it over `path`; a write or rename that fails (a full disk) takes the
-    `.tmp` with it instead of leaving it to hold the space. The one writer of write_png and write_json."""
+    """Write a temporary file beside `path`, then rename it over `path`; a write or rename that fails (a full disk)
+    takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png and
+    write_json. The temporary name is this writer's own (pid + random): with one shared `<path>.tmp`, two writers
+    of one file — two fleet workers on one shard's masks — truncated each other's file and one rename found it
+    gone (FileNotFoundError: the shard failed), and a writer killed then left the other's mask cut short."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         tmp.write_bytes(data)
         tmp.replace(path)

@@ -78,6 +78,8 @@ class Outcome:
 class Handler(Protocol):
     batch_size: int
     max_wait_ms: int
+    # optional `reclaim_count`: entries one reclaim may take (XAUTOCLAIM COUNT; default max(16, batch_size)) —
+    # every one claimed is this worker's, its lease kept alive, until handled
 
     def handle(self, entries: list[Entry]) -> list[Outcome]: ...
 
@@ -234,7 +236,8 @@ class Consumer:
         """One reclaim-or-read and its processing; False when there was nothing to do."""
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.settings.reclaim_interval_ms / 1000
-            live, exhausted = self.queue.reclaim(count=max(16, self.handler.batch_size))
+            count = getattr(self.handler, "reclaim_count", None) or max(16, self.handler.batch_size)
+            live, exhausted = self.queue.reclaim(count=count)
             # Held from here on: a Redis error below must not drop them (each new claim costs a delivery).
             self.heartbeat.track([e.id for e in exhausted])
             self._unstored.extend(Outcome(entry, "dead") for entry in exhausted)

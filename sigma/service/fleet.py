@@ -55,42 +55,83 @@ def _client(settings: RedisSettings, client: Any = None) -> Iterator[Any]:
 
 
 def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | None = None,
-               key_prefix: str | None = None, client: Any = None) -> dict[str, Any]:
-    """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`."""
+               key_prefix: str | None = None, client: Any = None, max_shards: int | None = None) -> dict[str, Any]:
+    """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`. `max_shards`:
+    a new plan of more shards is refused (too_many_shards), before anything is written or queued."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
-    with RunDir(out).locked():          # planning writes run.json: not while a local run holds the folder
-        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True)
+    # Planning a new run writes run.json: the folder is held exclusively (not while a local run holds it). A run
+    # already planned is only read, so the folder is shared as the fleet workers share it: the run can be submitted
+    # again (a dead-lettered shard, tasks Redis lost) while workers finish its other shards, which an exclusive
+    # hold refused (run_locked) for as long as any worker held a shard. A local run still excludes it.
+    planned = RunDir(out).exists()
+    with RunDir(out).locked(exclusive=not planned):
+        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True, sweep=not planned, max_shards=max_shards)
     pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
+    run_dir = str(rundir.root.resolve())
     try:
         with _client(settings, client) as conn:
             q = make_queue(conn, keys, consumer="submitter")
-            for shard in pending:
-                q.add({"run_dir": str(rundir.root.resolve()), "shard": shard.key, "run_hash": run_hash})
+            # a shard whose task is still on the stream (queued, or held by a worker) is not queued again: a
+            # submission sent twice (a client retrying a slow POST /v1/batches) queued every shard twice, and two
+            # workers could compute one shard side by side
+            _, with_task = _run_tasks(conn, keys.batch_tasks(), run_dir, run_hash)
+            to_queue = [s for s in pending if s.key not in with_task]
+            for shard in to_queue:
+                q.add({"run_dir": run_dir, "shard": shard.key, "run_hash": run_hash})
     except redis_lib.RedisError as exc:
         raise InputError(f"cannot queue shard tasks on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
-    return {"stream": keys.batch_tasks(), "queued": len(pending), "skipped": len(shards) - len(pending),
-            "run_hash": run_hash}
+    return {"stream": keys.batch_tasks(), "queued": len(to_queue), "skipped": len(shards) - len(pending),
+            "already_queued": len(pending) - len(to_queue), "run_hash": run_hash}
 
 
 def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None,
-                 client: Any = None) -> dict[str, Any]:
+                 client: Any = None, run: RunDir | None = None) -> dict[str, Any]:
+    """The fleet queue (it serves every run); with `run`, also that run's own tasks on it (`run_tasks`, queued or
+    in progress) and `unqueued`: its pending shards that no task will ever run — Redis lost them (restarted
+    without its data, FLUSHALL, a failover to an empty replica) — so the run would stay "pending" for ever with
+    idle workers; submitting the run again queues them."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
+    pending = run.pending_keys() if run is not None else None
     try:
         with _client(settings, client) as conn:
             q = make_queue(conn, keys, consumer="status")
             workers = sum(1 for _ in conn.scan_iter(match=keys.batch_worker_pattern(), count=500))
-            return {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
-                    "dead": q.dead_count(), "live_workers": workers}
+            status = {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
+                      "dead": q.dead_count(), "live_workers": workers}
+            if run is not None and pending is not None:
+                count, with_task = _run_tasks(conn, keys.batch_tasks(), str(run.root.resolve()), pending[0])
+                status["run_tasks"] = count
+                status["unqueued"] = sum(1 for key in pending[1] if key not in with_task)
+            return status
     except redis_lib.RedisError as exc:
         raise InputError(f"cannot read the queue on Redis at {display_url(settings.url)} ({exc})",
                          code="redis_unavailable") from exc
+
+
+def _run_tasks(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = 1000) -> tuple[int, set[str]]:
+    """(tasks of this run on the stream, the shard keys they name). Acknowledged tasks are deleted, so the stream
+    holds only work not finished yet: queued, or held by a worker."""
+    def text(value: Any) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    count, shards, start = 0, set(), "-"
+    while True:
+        entries = conn.xrange(stream, min=start, max="+", count=page)
+        for _id, data in entries:
+            fields = {text(k): text(v) for k, v in data.items()}
+            if fields.get("run_dir") == run_dir and fields.get("run_hash") == run_hash:
+                count += 1
+                shards.add(fields.get("shard", ""))
+        if len(entries) < page:
+            return count, shards
+        start = "(" + text(entries[-1][0])          # exclusive start (Redis >= 6.2)
 
 
 def redis_settings(redis: RedisSettings | str | None, key_prefix: str | None = None) -> RedisSettings:
@@ -144,18 +185,59 @@ class PermanentTaskError(Exception):
     """A task no retry can fix (its run folder is gone or belongs to another run)."""
 
 
+@dataclass
+class _Plan:
+    stamp: tuple[int, int, int, int]
+    record: dict[str, Any]
+    shards: dict[str, Shard]
+
+
+# run.json -> its parsed plan, per worker process. A plan is fixed once written (a new one is a new file: atomic
+# rename), so it is read again only when its inode, size or mtime changed. Parsed per task, a run of 50,000
+# one-pair shards (a 15 MB run.json) cost 1.4 s of JSON and Shard objects per task for 30 ms of work: quadratic.
+_PLANS: dict[str, _Plan] = {}
+_PLANS_KEPT = 4
+
+
+def _load_plan(rundir: RunDir, fresh: bool = False) -> tuple[dict[str, Any], dict[str, Shard]]:
+    path = str(rundir.run_file)
+    try:
+        st = os.stat(path)
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = None
+    cached = _PLANS.get(path)
+    if not fresh and stamp is not None and cached is not None and cached.stamp == stamp:
+        return cached.record, cached.shards
+    record = rundir.load()                 # not a run, unreadable: its InputError
+    shards: dict[str, Shard] = {}
+    for item in record["shards"]:
+        shard = Shard.from_dict(item)
+        shards.setdefault(shard.key, shard)
+    if stamp is not None:
+        _PLANS.pop(path, None)
+        while len(_PLANS) >= _PLANS_KEPT:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[path] = _Plan(stamp, record, shards)
+    return record, shards
+
+
 def locate_task(fields: dict[str, str]) -> tuple[RunDir, dict[str, Any], Shard]:
     """The run folder, its record and the shard a task names; PermanentTaskError when no retry can find them
     (the folder is gone or unreadable, holds another run, or plans no such shard)."""
     try:
         rundir = RunDir(fields["run_dir"])
-        record = rundir.load()
-    except (KeyError, SigmaError) as exc:
+        record, shards = _load_plan(rundir)
+        if record.get("run_hash") != fields.get("run_hash") or fields.get("shard") not in shards:
+            # before a task is given up on, the plan as it is on disk now, not as kept (a run folder made again
+            # at once on a filesystem with coarse mtimes may reuse the inode, size and mtime)
+            record, shards = _load_plan(rundir, fresh=True)
+    except (KeyError, ValueError, SigmaError) as exc:   # ValueError: a NUL in the path (a damaged entry)
         raise PermanentTaskError(f"bad task {fields}: {getattr(exc, 'message', exc)}") from exc
     if record.get("run_hash") != fields.get("run_hash"):
         raise PermanentTaskError(f"{fields['run_dir']} now holds run {record.get('run_hash')}, "
                                  f"not {fields.get('run_hash')}")
-    shard = next((s for s in rundir.shards() if s.key == fields.get("shard")), None)
+    shard = shards.get(fields.get("shard", ""))
     if shard is None:
         raise PermanentTaskError(f"{fields['run_dir']}: no shard {fields.get('shard')!r} in the plan")
     return rundir, record, shard
@@ -182,6 +264,10 @@ class FleetHandler:
 
     batch_size = 1
     max_wait_ms = 0
+    # One task per reclaim, as per read: a reclaim took up to 16 tasks of dead workers at once, and the worker then
+    # ran those shards one after another (minutes each) while keeping their leases alive, so idle workers could not
+    # take them (and a stop left them pending, a delivery spent on each).
+    reclaim_count = 1
 
     def __init__(self, consumer: str, workers: int | None = None):
         self.consumer = consumer

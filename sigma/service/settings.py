@@ -121,6 +121,9 @@ class ApiSettings(Strict):
         None, description="folder on the server (shared with the batch workers) that POST /v1/batches may read "
         "corpora from and write runs to; every path is resolved (symlinks, ..) and must stay under it. "
         "None: the batch routes answer 404 batches_disabled")
+    max_batch_shards: int = Field(100_000, ge=1, description="POST /v1/batches refuses to plan a run of more "
+                                  "shards (422 too_many_shards: raise shard_size): each is a task on Redis and "
+                                  "a record the API builds while planning")
     public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json without an API key; "
                               "false: they need a valid key (any scope)")
     header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within "
