@@ -385,6 +385,9 @@ def test_a_real_set_perturbation_without_its_vae_is_said_before_the_first_step(p
     monkeypatch.delenv("SIGMA_TAEF2", raising=False)
     monkeypatch.chdir(tmp_path)                     # ../shared beside the working folder is looked at too
     monkeypatch.setattr(perturb, "_VAE_CACHE", {})
+    import sigma.models.vae as vae_module
+
+    monkeypatch.setattr(vae_module, "_DEFAULT", {})    # loaded once per process: an earlier test's copy
     runs = tmp_path / "runs"
     capsys.readouterr()
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "steps=2", "batch_size=2",
