@@ -253,3 +253,32 @@ def test_unavailable_device_is_a_config_error():
         create_annotator("sigma-lite", model="tiny-lite", random_init=True, device="cuda")
     with pytest.raises(ConfigError, match="not a torch device"):
         create_annotator("sigma-lite", model="tiny-lite", random_init=True, device="gpu0")
+
+
+def _edited_pair(pair_id: str = "p") -> Pair:
+    original = np.zeros((24, 32, 3), np.uint8)
+    edited = original.copy()
+    edited[4:10, 4:12] = 200
+    return Pair(original, edited, "remove the box", pair_id=pair_id)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1.5, -0.1, "0.3", True, [0.2, float("nan")]])
+def test_predict_refuses_a_threshold_the_config_would_refuse(bad):
+    """predict(threshold=...) and rethreshold took any float: NaN (prob > NaN is False) gave an empty mask with
+    threshold NaN in the record, -0.1 a full one, each said as a result; a numpy float32 was a TypeError."""
+    annotator = create_annotator("pixel-diff")
+    pairs = [_edited_pair("a"), _edited_pair("b")]
+    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\]"):
+        annotator.predict(pairs, threshold=bad)
+    if not isinstance(bad, list):
+        with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\]"):
+            annotator.rethreshold(annotator.predict(pairs)[0], bad)
+
+
+def test_predict_takes_numpy_scalar_thresholds():
+    annotator = create_annotator("pixel-diff")
+    plain = annotator.predict([_edited_pair()], threshold=0.25)[0]
+    for t in (np.float32(0.25), np.float64(0.25), np.array(0.25), [np.float32(0.25)]):
+        ann = annotator.predict([_edited_pair()], threshold=t)[0]
+        assert ann.area == plain.area == 48 and abs(ann.threshold - 0.25) < 1e-6
+

@@ -6,6 +6,7 @@ from one step, `Annotator.finalize(prob, threshold, ...)`, so a caller that asks
 """
 from __future__ import annotations
 
+import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,16 @@ class Prediction:
 
 
 Thresholds = float | Sequence[float | None] | None
+
+
+def check_threshold(value: Any) -> float:
+    """A threshold given to predict/rethreshold: a real number (a numpy scalar too) in [0, 1]; mask = prob > it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.integer, np.floating)):
+        raise ValueError(f"threshold must be a number in [0, 1], got {type(value).__name__} {value!r}")
+    t = float(value)
+    if not 0.0 <= t <= 1.0:   # NaN fails too
+        raise ValueError(f"threshold must be a number in [0, 1], got {t!r}")
+    return t
 MaskModes = str | Sequence[str | None] | None
 
 
@@ -160,6 +171,7 @@ class Annotator(ABC):
         """The same prediction at another threshold, every mask-derived field recomputed."""
         if ann.context is None:
             raise ValueError("rethreshold needs an annotation made by this process's predict()")
+        threshold = check_threshold(threshold)
         kept = {"mask_mode": self.mask_mode, **ann.context}
         return self._annotation(ann.pair_id, ann.prob, threshold, kept, timings_ms=dict(ann.timings_ms),
                                 preprocess=ann.preprocess, annotator=ann.annotator, config_hash=ann.config_hash,
@@ -179,13 +191,19 @@ class Annotator(ABC):
     @staticmethod
     def _per_pair(value: Any, n: int, what: str) -> list[Any]:
         """One value for every pair (a scalar or None), or one per pair."""
-        values = [value] * n if value is None or isinstance(value, (int, float, str)) else list(value)
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        scalar = value is None or isinstance(value, (numbers.Number, str, np.generic))
+        values = [value] * n if scalar else list(value)
         if len(values) != n:
             raise ValueError(f"{len(values)} {what} for {n} pairs")
         return values
 
     def _thresholds(self, threshold: Thresholds, n: int) -> list[float]:
-        return [self.threshold if t is None else float(t) for t in self._per_pair(threshold, n, "thresholds")]
+        """Checked before the model runs, as the config's threshold is: NaN or a value outside [0, 1] would
+        give an empty or a full mask said as a result."""
+        return [self.threshold if t is None else check_threshold(t)
+                for t in self._per_pair(threshold, n, "thresholds")]
 
     def _mask_modes(self, mask_mode: MaskModes, n: int) -> list[str | None]:
         """Checked before the model runs: a bad mode must not cost a batch's forward pass."""
