@@ -282,3 +282,24 @@ def test_predict_takes_numpy_scalar_thresholds():
         ann = annotator.predict([_edited_pair()], threshold=t)[0]
         assert ann.area == plain.area == 48 and abs(ann.threshold - 0.25) < 1e-6
 
+
+def test_a_non_finite_probability_map_is_an_error_not_an_empty_mask():
+    """A plugin model that returned NaN for a pair (a diverged network, a 0/0) had it clipped (NaN stays NaN) and
+    thresholded (NaN > t is False): an empty mask, status ok, scored as a miss in a batch run."""
+    from sigma.annotators.pixel_diff import PixelDiff
+
+    class NanMap(PixelDiff):
+        name = "nan-map"
+
+        def _predict_batch(self, pairs):
+            maps = [np.full(p.size, 0.9, np.float32) for p in pairs]
+            for pair, prob in zip(pairs, maps, strict=True):
+                prob[0, 0] = {"bad": np.nan, "inf": np.inf}.get(pair.pair_id, 0.9)
+            return [(prob, {}) for prob in maps]
+
+    annotator = NanMap()
+    assert annotator.predict([_edited_pair("good")])[0].mask.all()
+    with pytest.raises(RuntimeError, match="non-finite"):
+        annotator.predict([_edited_pair("good"), _edited_pair("bad")])
+    with pytest.raises(RuntimeError, match="1 non-finite values"):
+        annotator.predict([_edited_pair("inf")])

@@ -226,6 +226,10 @@ class Annotator(ABC):
             if pred.prob.shape != pair.size:
                 raise RuntimeError(f"{self.name} returned a {pred.prob.shape} map for a {pair.size} pair")
             prob = pred.prob.astype(np.float32, copy=False)
+            if not np.isfinite(prob).all():   # NaN > t is False: an empty mask said as a result, not an error
+                bad = int(prob.size - np.count_nonzero(np.isfinite(prob)))
+                raise RuntimeError(f"{self.name} returned a probability map with {bad} non-finite values "
+                                   f"(NaN or inf) for pair {pair.pair_id}")
             prob = np.clip(prob, 0.0, 1.0, out=prob if prob.flags.writeable else None)   # no 64 MB copy at 16 Mpx
             extra = dict(pred.extra)
             timings = {"predict": per_pair_ms, **extra.pop("timings_ms", {})}
