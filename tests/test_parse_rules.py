@@ -542,3 +542,18 @@ def test_cli_parse_bad_json_line(tmp_path, capsys):
     f.write_text('{"instruction": "add a cat"}\n{"instruction": \n')
     assert main(["parse", "--file", str(f)]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, edits", [
+    ("remove the cat\nadd a dog", [("remove", "cat", None), ("add", None, "dog")]),
+    ("Remove the people\r\nAdd a fountain\r\nMake the grass greener",
+     [("remove", "people", None), ("add", None, "fountain"), ("attribute", "grass", "grass")]),
+    ("remove the cat\n\n\nadd a dog\n", [("remove", "cat", None), ("add", None, "dog")]),
+    ("replace the dog\nwith a cat", [("replace", "dog", "cat")]),   # a wrapped line is one sentence
+    ("remove the flower\nplant pot", [("remove", "flower plant pot", None)]),
+])
+def test_a_line_that_starts_with_an_editing_verb_is_a_new_edit(text, edits):
+    """Line breaks were read as spaces: one edit per line (no full stops, as people type a list) gave one edit
+    whose concept ran into the next line's verb ('remove the cat' / 'add a dog' -> remove 'cat add')."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+

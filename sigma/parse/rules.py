@@ -872,11 +872,24 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
     return out
 
 
+def _join_lines(text: str) -> str:
+    """The text on one line. A line that starts with an editing verb is a new sentence ("remove the cat" /
+    "add a dog", one edit per line, no full stops), as after a full stop; any other line break is a wrapped
+    line ("replace the dog" / "with a cat") and reads as a space."""
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    out = ""
+    for line in (ln for ln in lines if ln):
+        if out and out[-1] not in ".!?;" and _verb_at([t.lower() for t in tokenize(line)], 0):
+            out += "."
+        out = f"{out} {line}" if out else line
+    return out
+
+
 def parse_rules(text: str | None) -> ParsedInstruction:
     """Deterministic parse; never raises on odd text (an unparseable one is a guess, flagged)."""
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
-    sentences = [s for s in _SENTENCE_SPLIT.split(" ".join(text.split())) if any(c.isalnum() for c in s)]
+    sentences = [s for s in _SENTENCE_SPLIT.split(_join_lines(text)) if any(c.isalnum() for c in s)]
     parses: list[Parse] = []
     for sentence in sentences:
         for parse in _sentence_edits(tokenize(sentence), first=not parses, before=parses):
