@@ -557,3 +557,19 @@ def test_a_line_that_starts_with_an_editing_verb_is_a_new_edit(text, edits):
     whose concept ran into the next line's verb ('remove the cat' / 'add a dog' -> remove 'cat add')."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
 
+
+@pytest.mark.parametrize("text, edit_type, source, target", [
+    ("replace the jalapeño with a tomato", "replace", "jalapeño", "tomato"),
+    ("remove the café sign", "remove", "café sign", None),
+    ("add a piñata", "add", None, "piñata"),
+    ("make the fac\u0327ade blue", "attribute", "façade", "façade"),        # decomposed: NFC
+    ("remove the ca\u200dt", "remove", "cat", None),                       # zero-width joiner
+    ("remove\x00 the cat", "remove", "cat", None),                         # a control character
+    ("remove the \u00adcat", "remove", "cat", None),                       # soft hyphen
+    ("remove the 猫", "remove", "猫", None),
+])
+def test_letters_outside_ascii_stay_in_their_word(text, edit_type, source, target):
+    """The tokenizer took only A-Z as letters: every accented letter was a token of its own, so the detector
+    was asked for 'jalape ñ o' or 'caf é sign'; a zero-width joiner or a NUL split a word or lost the object."""
+    p = parse_rules(text)
+    assert (p.edit_type, p.source, p.target) == (edit_type, source, target)

@@ -7,15 +7,24 @@ parentheticals ("the streetcar (tram) in the foreground" -> "streetcar").
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from sigma.parse import lexicon as L
 
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:[-'][A-Za-z0-9]+)*'?|[^\sA-Za-z0-9]")
+# A word is letters and digits of any script ("jalapeño", "café", "猫"), not ASCII alone: an accented letter
+# was a token of its own, so "the jalapeño" gave the concept "jalape ñ o".
+_TOKEN = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*'?|[^\s\w]|_")
 
 
 def clean_text(text: str) -> str:
+    """NFC (a decomposed "é" is one letter), quotes made plain, control characters a space and invisible
+    format characters (zero-width joiners, direction marks, soft hyphens) dropped, so they neither split a
+    word ("ca<ZWJ>t") nor stand between a verb and its object."""
+    text = unicodedata.normalize("NFC", text)
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text
+                   if unicodedata.category(ch) != "Cf")
     return " ".join(text.split())
 
 
