@@ -573,3 +573,19 @@ def test_letters_outside_ascii_stay_in_their_word(text, edit_type, source, targe
     was asked for 'jalape ñ o' or 'caf é sign'; a zero-width joiner or a NUL split a word or lost the object."""
     p = parse_rules(text)
     assert (p.edit_type, p.source, p.target) == (edit_type, source, target)
+
+
+def test_cli_parse_file_with_a_bom_and_crlf(tmp_path, capsys):
+    """A UTF-8 BOM (Notepad, Excel's UTF-8 export) made the first JSON line plain text: it was parsed as the
+    instruction '\\ufeff{"instruction": ...}' (an add of '"instruction"') and scored against its labels."""
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes('\ufeff{"instruction": "remove the cat"}\r\n{"instruction": "remove the cat"}\r\n'
+                  '\r\nadd a dog\r\n'.encode())
+    assert main(["parse", "--file", str(f)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["instruction"], r["edit_type"], r["source"], r["target"]) for r in rows] == [
+        ("remove the cat", "remove", "cat", None), ("remove the cat", "remove", "cat", None),
+        ("add a dog", "add", None, "dog")]
+    f.write_bytes("\ufeffremove the cat\n".encode())
+    assert main(["parse", "--file", str(f)]) == 0
+    assert json.loads(capsys.readouterr().out)["instruction"] == "remove the cat"

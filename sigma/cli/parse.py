@@ -70,7 +70,9 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
-                line = raw.decode("utf-8").strip()
+                # utf-8-sig on the first line: a BOM (Notepad, Excel's "UTF-8" export) made the first JSON
+                # line plain text, parsed as the instruction '{"instruction": ...' (add '"instruction"')
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
             except UnicodeDecodeError as exc:   # said at the line, not as a traceback from the codec
                 raise InputError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
             if not line:
