@@ -37,6 +37,8 @@ class Pair:
             if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise ValueError(f"Pair.{name} must be a uint8 [H, W, 3] array, got "
                                  f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}")
+            if img.shape[0] == 0 or img.shape[1] == 0:   # every annotator divided by its pixel count
+                raise ValueError(f"Pair.{name} is empty ({img.shape}): an image needs at least one pixel")
         if self.original.shape != self.edited.shape:
             raise ValueError(f"Pair images differ in shape: {self.original.shape} vs {self.edited.shape}; "
                              "use sigma.io.load_pair or sigma.io.sync_size first")

@@ -303,3 +303,13 @@ def test_a_non_finite_probability_map_is_an_error_not_an_empty_mask():
         annotator.predict([_edited_pair("good"), _edited_pair("bad")])
     with pytest.raises(RuntimeError, match="1 non-finite values"):
         annotator.predict([_edited_pair("inf")])
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 5, 3), (5, 0, 3)])
+def test_an_empty_image_is_refused_when_the_pair_is_made(shape):
+    """Pair took a (0, 0, 3) image; predict then failed inside the annotator (pixel-diff: AttributeError
+    'NoneType' object has no attribute 'mean', sigma-lite: ZeroDivisionError) instead of a clear error."""
+    with pytest.raises(ValueError, match="is empty"):
+        Pair(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
+    ann = create_annotator("pixel-diff").predict([Pair(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 3), np.uint8))])
+    assert ann[0].mask.shape == (1, 1)
