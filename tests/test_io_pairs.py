@@ -225,3 +225,20 @@ def test_a_large_size_sync_is_warned_about_on_stderr(tmp_path):
     assert "sigma: warning:" in proc.stderr and "enlarged 8.0x" in proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["preprocess"]["warnings"]
+
+
+def test_the_pair_size_error_names_a_function_that_exists():
+    """Pair(a, b) of two sizes says 'use sigma.io.load_pair or sigma.io.sync_size first'; sigma.io had no
+    sync_size (it lived in sigma.io.geometry only), so following the message was an AttributeError."""
+    import re
+
+    import sigma.io
+    from sigma.types import Pair
+
+    original, edited = np.zeros((20, 30, 3), np.uint8), np.full((10, 15, 3), 7, np.uint8)
+    with pytest.raises(ValueError) as err:
+        Pair(original, edited)
+    for name in re.findall(r"sigma\.io\.(\w+)", str(err.value)):
+        assert callable(getattr(sigma.io, name))
+    synced, note = sigma.io.sync_size(edited, original.shape[:2])
+    assert Pair(original, synced).size == (20, 30) and "resized" in note
