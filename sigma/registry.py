@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sigma.errors import ConfigError, UnknownNameError
+from sigma.errors import ConfigError, SigmaError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,14 @@ def create_annotator(name: str | None = None, **overrides: Any):
     """Build a registered annotator (None: `default_annotator_name()`); `overrides` are validated by the
     annotator's config model."""
     _ensure_builtins()
-    return ANNOTATORS.get(name or default_annotator_name()).factory(**overrides)
+    entry = ANNOTATORS.get(name or default_annotator_name())
+    try:
+        return entry.factory(**overrides)
+    except SigmaError:
+        raise
+    except Exception as exc:   # a plugin's constructor failing is said, not a traceback
+        raise SigmaError(f"annotator {entry.name!r} could not be built: {type(exc).__name__}: {exc}",
+                         code="annotator_failed") from exc
 
 
 def annotator_identity(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -77,3 +77,32 @@ def test_a_swapped_embedded_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SigmaError) as err:
         create_annotator("sigma-lite")
     assert err.value.code == "weights_mismatch" and "corrupt or the file was replaced" in err.value.message
+
+
+def test_a_plugin_whose_constructor_raises_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """A registered annotator whose constructor raised (a plugin's bug, a model that cannot load) came out of
+    `sigma batch run --plugin ...` (and every front end) as a traceback; it is annotator_failed, exit 2."""
+    import numpy as np
+
+    from sigma.cli import main
+    from sigma.errors import SigmaError
+    from sigma.io import write_png
+    from sigma.registry import ANNOTATORS, Entry, create_annotator
+
+    def broken(**options):
+        raise RuntimeError("boom in the constructor")
+
+    monkeypatch.setitem(ANNOTATORS._entries, "ctor-fail", Entry("ctor-fail", broken, "test only", lambda: "none"))
+    with pytest.raises(SigmaError) as err:
+        create_annotator("ctor-fail")
+    assert err.value.code == "annotator_failed" and "RuntimeError: boom in the constructor" in err.value.message
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_png(np.zeros((8, 8, 3), np.uint8), corpus / "a_original.png")
+    write_png(np.full((8, 8, 3), 9, np.uint8), corpus / "a_edited.png")
+    capsys.readouterr()
+    assert main(["batch", "run", str(corpus), "--out", str(tmp_path / "run"), "--annotator", "ctor-fail",
+                 "--no-progress"]) == 2
+    err_text = capsys.readouterr().err
+    assert "sigma: error [annotator_failed]: annotator 'ctor-fail' could not be built" in err_text
+    assert "Traceback" not in err_text
