@@ -241,3 +241,18 @@ def test_cli_prints_and_scores_every_edit(tmp_path, capsys):
     assert main(["parse", "--file", str(f)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["edits_match"] == 0.5 and summary["type_accuracy"] == 1.0
+
+
+def test_an_llm_answer_copied_from_the_worked_example_is_invalid():
+    """SmolLM2 answered 'a' * 1000 (and other text it cannot read) with the prompt's worked example: replace
+    'dog' with 'white cat', fallback false, so grounding looked for a dog and a white cat nobody named."""
+    example = '{"edit_type": "replace", "source": "dog", "target": "white cat"}'
+    copied = parse_answer(example, "a" * 1000)
+    assert copied.fallback and "worked example" in copied.rule and copied.edits == parse_rules("a" * 1000).edits
+    later = parse_answer('{"edit_type": "remove", "source": "car"} ' + example, "remove the car")
+    assert _edits(later) == [("remove", "car", None)] and "1 invalid" in later.rule
+    # the example's words in the instruction are a real answer
+    real = parse_answer(example, "swap the dogs for a white cat")
+    assert _edits(real) == [("replace", "dog", "white cat")] and not real.fallback
+    assert _edits(parse_answer('{"edit_type": "remove", "source": "car"}', "get rid of the automobile")) == \
+        [("remove", "car", None)]           # a concept of its own (not the example's) is the model's word

