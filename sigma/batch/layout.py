@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,11 +86,26 @@ def refuse_images_dir(folder: str | Path, run_dir: str | Path) -> None:
                          "written there would replace them. Choose another folder", code="out_not_empty")
 
 
+def _is_stream(path: Path) -> bool:
+    """A pipe or a device (followed through links): there is no file to replace, only a stream to write."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Whole or not at all; a write that fails (a full disk, `path` a folder) takes its temporary file with
     it instead of leaving a hidden `.name.pid.tmp` beside the target."""
     path = Path(path)
     refuse_folder(path)
+    if _is_stream(path):
+        # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
+        # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
