@@ -81,7 +81,10 @@ def refuse_images_dir(folder: str | Path, run_dir: str | Path) -> None:
         return
     source = Path(os.path.realpath(corpus))
     root = source if source.is_dir() else source.parent
-    if real == root or (source.is_dir() and root in real.parents):
+    # a folder inside a run folder that itself sits in the corpus (`cd corpus && sigma batch run . --out run`, then
+    # the documented `--images run/images`) is the run's, not the corpus's: no reader takes images from there
+    in_run = any((up / RUN_FILE).is_file() and root in up.parents for up in real.parents)
+    if real == root or (source.is_dir() and root in real.parents and not in_run):
         raise InputError(f"{folder}: where the corpus this run was made from keeps its files ({corpus}); images "
                          "written there would replace them. Choose another folder", code="out_not_empty")
 
