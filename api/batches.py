@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sigma.api.auth import require_scope
 from sigma.api.errors import ApiError, status_for, validation_message
@@ -48,6 +48,15 @@ class BatchRequest(BaseModel):
                                            "the annotator's config model at submit: 422 invalid_config)")
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     batch_size: int | None = Field(None, ge=1)
+
+    @field_validator("shard_size", "batch_size", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any) -> Any:
+        """JSON has one number type: 500.0 is the number 500 (what json.dumps writes for a Python float), taken as
+        before strict validation (7bb4a21) took it; true, "10" and 2.5 stay refused."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 def _limits(root: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from PIL import Image
 from sigma.batch import BatchConfig, run_batch
 from sigma.cli import main
 from sigma.export.select import RowFilter
-from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.io.corpora.synthetic import synthetic_pairs, write_folder, write_pairs_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +288,22 @@ def test_exports_write_strict_json_when_a_row_holds_nan(run_dir, tmp_path):
 
     for path in [tmp_path / "c.json", *(tmp_path / "imdl").glob("*.json")]:
         json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_coco_images_into_a_run_made_inside_its_folder_corpus(tmp_path, capsys):
+    """`cd corpus && sigma batch run . --out run`, then the documented `--images run/images`: 14bec19 refused every
+    folder under a folder corpus (out_not_empty, 'images written there would replace them'), though no reader
+    takes images from inside a run folder; the corpus's own folders stay refused."""
+    corpus = write_folder(tmp_path / "corpus", synthetic_pairs(3, size=32, seed=1))
+    run = corpus / "run"
+    assert main(["batch", "run", str(corpus), "--out", str(run), "--annotator", "pixel-diff", "--workers", "0"]) == 0
+    before = {p: p.read_bytes() for p in corpus.iterdir() if p.is_file()}
+    assert main(["export", "coco", str(run), "--out", str(run / "coco.json"), "--images", str(run / "images")]) == 0
+    assert len(list((run / "images").glob("*.png"))) == 3
+    assert {p: p.read_bytes() for p in corpus.iterdir() if p.is_file()} == before
+    for images in (corpus, corpus / "run" / "shards"):
+        assert main(["export", "coco", str(run), "--out", str(tmp_path / "c.json"), "--images", str(images)]) == 2
+        assert ("[out_not_empty]" if images == corpus else "[out_is_run_file]") in capsys.readouterr().err
 
 
 @pytest.mark.chromium

@@ -206,3 +206,21 @@ def test_an_export_never_replaces_the_corpus_it_was_made_from(tmp_path, capsys):
     assert "[out_not_empty]" in capsys.readouterr().err and source.read_bytes() == before
     assert sorted(p.name for p in (corpus / "data").iterdir()) == [source.name]
     assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "elsewhere")]) == 0
+
+
+def test_an_export_under_the_corpus_folder_can_be_replaced(tmp_path, capsys):
+    """An export into a folder under a parquet corpus (`sigma export hf RUN CORPUS/hf`) could be made once and then
+    never replaced: b105bcc took every parquet file under the corpus folder for the corpus ('holds the corpus this
+    run was made from') though the run's shards read only the corpus's own files; the corpus's files stay refused."""
+    from sigma.io.corpora.synthetic import write_parquet
+
+    corpus = tmp_path / "corpus"
+    source = write_parquet(corpus / "mb.parquet", synthetic_pairs(3), "magicbrush")
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "preset": "magicbrush"},
+                                      "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, tmp_path / "run", progress=False)
+    assert main(["export", "hf", str(tmp_path / "run"), str(corpus / "hf")]) == 0
+    capsys.readouterr()
+    assert main(["export", "hf", str(tmp_path / "run"), str(corpus / "hf"), "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 3
+    assert source.is_file()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -535,6 +536,25 @@ def test_cli_parse_out_is_checked_before_the_parse(tmp_path, capsys):
     assert "--out goes with --file" in capsys.readouterr().err and not (tmp_path / "one.jsonl").exists()
     assert main(["parse", "--file", str(f), "--out", str(tmp_path / "sub" / "p.jsonl")]) == 0
     assert json.loads((tmp_path / "sub" / "p.jsonl").read_text())["source"] == "dog"
+
+
+def test_cli_parse_out_to_a_pipe(tmp_path, capsys):
+    """`--out /dev/stdout`, a FIFO or `>(gzip > x.gz)` took the parses before --out became an atomic write
+    (271c1c7); the rename then replaced the pipe (as root: the /dev/stdout link itself) and the reader got nothing.
+    A stream is written to, never renamed over."""
+    f = tmp_path / "dev.jsonl"
+    f.write_text(json.dumps({"instruction": "remove the dog"}) + "\n")
+    fifo = tmp_path / "parses.pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)     # a reader is there, so the writer's open never waits
+    try:
+        assert main(["parse", "--file", str(f), "--out", str(fifo)]) == 0
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+        received = os.read(reader, 65536)
+    finally:
+        os.close(reader)
+    assert json.loads(received)["source"] == "dog"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_cli_parse_bad_json_line(tmp_path, capsys):

@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,9 +81,21 @@ def refuse_images_dir(folder: str | Path, run_dir: str | Path) -> None:
         return
     source = Path(os.path.realpath(corpus))
     root = source if source.is_dir() else source.parent
-    if real == root or (source.is_dir() and root in real.parents):
+    # a folder inside a run folder that itself sits in the corpus (`cd corpus && sigma batch run . --out run`, then
+    # the documented `--images run/images`) is the run's, not the corpus's: no reader takes images from there
+    in_run = any((up / RUN_FILE).is_file() and root in up.parents for up in real.parents)
+    if real == root or (source.is_dir() and root in real.parents and not in_run):
         raise InputError(f"{folder}: where the corpus this run was made from keeps its files ({corpus}); images "
                          "written there would replace them. Choose another folder", code="out_not_empty")
+
+
+def _is_stream(path: Path) -> bool:
+    """A pipe or a device (followed through links): there is no file to replace, only a stream to write."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -90,6 +103,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     it instead of leaving a hidden `.name.pid.tmp` beside the target."""
     path = Path(path)
     refuse_folder(path)
+    if _is_stream(path):
+        # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
+        # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:

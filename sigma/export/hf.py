@@ -387,8 +387,13 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
     if corpus and existing:
         # a Hugging Face download is laid out as data/train-*.parquet, the names an export writes: exporting
         # into the corpus's own folder with --overwrite deleted the corpus the run was made from
+        # the files its shards read, when the run names them: an earlier export into a folder under the corpus
+        # (`cd corpus && sigma batch run . --out run && sigma export hf run hf`) is not the corpus and may be replaced
+        read = {os.path.realpath(ref["file"]) for shard in record.get("shards") or []
+                if isinstance(ref := shard.get("ref"), dict) and isinstance(ref.get("file"), str)}
         real = os.path.realpath(corpus)
-        mine = [f for f in existing if os.path.commonpath([real, os.path.realpath(f)]) == real]
+        mine = [f for f in existing if (os.path.realpath(f) in read if read else
+                                        os.path.commonpath([real, os.path.realpath(f)]) == real)]
         if mine:
             raise InputError(f"{out}: holds the corpus this run was made from ({mine[0].name}, ...); an export there "
                              "would replace it. Choose another folder", code="out_not_empty")
