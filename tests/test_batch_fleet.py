@@ -43,19 +43,25 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")}
 
 
+def two_workers_until_idle(url: str, prefix: str) -> list:
+    """Workers w1 and w2 in threads until the queue is empty; their results."""
+    results: list = []
+    threads = [threading.Thread(target=lambda c=c: results.append(
+        run_batch_worker(url, prefix, c, block_ms=50, exit_when_idle=True))) for c in ("w1", "w2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
 def test_submit_and_two_workers_match_a_local_run(redis_server, corpus, tmp_path):
     prefix = prefix_name()
     info = submit_run(cfg_for(corpus), tmp_path / "fleet", redis_server.url, prefix)
     assert info["queued"] == 6 and info["skipped"] == 0
     status = queue_status(redis_server.url, prefix)
     assert status["queued"] == 6 and status["in_progress"] == 0
-    results = []
-    threads = [threading.Thread(target=lambda c=c: results.append(
-        run_batch_worker(redis_server.url, prefix, c, block_ms=50, exit_when_idle=True))) for c in ("w1", "w2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = two_workers_until_idle(redis_server.url, prefix)
     assert sum(r.done for r in results) == 6 and sum(r.failed + r.dead for r in results) == 0
     assert queue_status(redis_server.url, prefix)["queued"] == 0
     run_batch(cfg_for(corpus), tmp_path / "local", progress=False)
@@ -243,13 +249,7 @@ def test_a_submission_sent_twice_queues_each_shard_once(redis_server, corpus, tm
     assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 0
     holder.ack([held[0].id])                                                 # its task gone, shard not done
     assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 1
-    results = []
-    threads = [threading.Thread(target=lambda c=c: results.append(
-        run_batch_worker(redis_server.url, prefix, c, block_ms=50, exit_when_idle=True))) for c in ("w1", "w2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = two_workers_until_idle(redis_server.url, prefix)
     assert sum(r.done for r in results) == 6 and sum(r.skipped for r in results) == 0, results
 
 

@@ -194,20 +194,27 @@ def plugin_annotators(monkeypatch):
     importlib.reload(service_plugins)         # registers into the copy, which goes away with the test
 
 
-def test_fleet_worker_sigint_mid_shard_finishes_the_shard_and_exits_0(redis_server, tmp_path, plugin_annotators):
-    """Ctrl-C while a shard is annotated: the shard is finished and acknowledged, then exit 0."""
+def fleet_worker_in_a_shard(redis_server, tmp_path, pairs: int, delay_ms: int):
+    """A run of `pairs` slow pairs (2 per shard) submitted, and a `sigma worker --batch` started and seen holding
+    its first shard: (the worker process, a Redis client, the key prefix)."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=32))
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(pairs, size=32))
     cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
-                                      "annotator": "slow-diff", "options": {"delay_ms": 1000}, "batch_size": 1,
+                                      "annotator": "slow-diff", "options": {"delay_ms": delay_ms}, "batch_size": 1,
                                       "workers": 0})
-    assert submit_run(cfg, tmp_path / "run", redis_server.url, prefix)["queued"] == 2
+    assert submit_run(cfg, tmp_path / "run", redis_server.url, prefix)["queued"] == (pairs + 1) // 2
     proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
                  *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
                 tmp_path / "fleet.log")
     r = redis_server.client()
     wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
                f"a shard in progress\n{proc.output()}", 0.1)
+    return proc, r, prefix
+
+
+def test_fleet_worker_sigint_mid_shard_finishes_the_shard_and_exits_0(redis_server, tmp_path, plugin_annotators):
+    """Ctrl-C while a shard is annotated: the shard is finished and acknowledged, then exit 0."""
+    proc, r, prefix = fleet_worker_in_a_shard(redis_server, tmp_path, pairs=4, delay_ms=1000)
     proc.signal(signal.SIGINT)
     code, log = finished(proc, 30)
     assert code == 0 and "Traceback" not in log, log
@@ -223,18 +230,7 @@ def test_fleet_worker_second_signal_inside_the_model_leaves_the_shard_unpublishe
     and leaves the shard to be redelivered. The signal used to be taken for a model failure (the batch retried
     pair by pair, the signal swallowed) and the third one published the shard as done with a pair recorded as
     `annotator_failed: Interrupted ...`."""
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
-    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
-                                      "annotator": "slow-diff", "options": {"delay_ms": 3000}, "batch_size": 1,
-                                      "workers": 0})
-    assert submit_run(cfg, tmp_path / "run", redis_server.url, prefix)["queued"] == 1
-    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "fleet",
-                 *sets([*FAST[:5], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
-                tmp_path / "fleet.log")
-    r = redis_server.client()
-    wait_until(lambda: r.hget(f"{prefix}:batch:tasks:worker:fleet", "shard") not in (None, b""), 60,
-               f"a shard in progress\n{proc.output()}", 0.1)
+    proc, r, prefix = fleet_worker_in_a_shard(redis_server, tmp_path, pairs=2, delay_ms=3000)
     time.sleep(0.5)                                    # inside the first pair's 3 s predict
     t0 = time.monotonic()
     proc.signal(signal.SIGTERM)
