@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,15 +26,11 @@ from typing import Any
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder
 from sigma.io.corpora.base import Shard
+from sigma.io.images import replace_atomically
 from sigma.text import finite
 from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"
-
-
-def temp_name(path: Path) -> Path:
-    """A temp file beside `path` that no other writer (process, thread, host) picks: pid + random."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def refuse_folder(path: Path) -> None:
@@ -109,17 +104,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with open(path, "wb") as handle:
             handle.write(data)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, data, durable=True)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -308,17 +308,27 @@ def write_png(array: np.ndarray, path: str | Path) -> Path:
     return replace_atomically(Path(path), encode_png(array))
 
 
-def replace_atomically(path: Path, data: bytes) -> Path:
+def temp_name(path: Path) -> Path:
+    """A temp file beside `path` that no other writer (process, thread, host) picks: pid + random."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
     """Write a temporary file beside `path`, then rename it over `path`; a write or rename that fails (a full disk)
-    takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png and
-    write_json. The temporary name is this writer's own (pid + random): with one shared `<path>.tmp`, two writers
+    takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png,
+    write_json and the batch layer's atomic_write_bytes (`durable`: fsync before the rename, for run records and
+    exports). The temporary name is this writer's own (`temp_name`): with one shared `<path>.tmp`, two writers
     of one file — two fleet workers on one shard's masks — truncated each other's file and one rename found it
     gone (FileNotFoundError: the shard failed), and a writer killed then left the other's mask cut short."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_name(path)
     try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
