@@ -22,6 +22,19 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
+def waiting_lock(lock: Path) -> Iterator[None]:
+    """An exclusive flock on the file `lock` (made if missing), waited for rather than refused: for a short
+    critical section others queue behind (one shard's status write, one writer of a shared validation set). The
+    kernel drops it if the holder dies."""
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
 def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marker: bool = True,
                 created: bool | None = None) -> Iterator[None]:
     """Hold `root` (created if missing) for the block; `InputError(run_locked)` when another process holds it.

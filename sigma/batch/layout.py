@@ -14,7 +14,6 @@ rewriting a shared file; `summary()` aggregates them.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import stat
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma.errors import InputError
-from sigma.folderlock import LOCK_FILE, hold_folder
+from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard
 from sigma.io.images import replace_atomically
 from sigma.text import finite
@@ -205,13 +204,8 @@ class RunDir:
     @contextmanager
     def _status_lock(self, shard: Shard) -> Iterator[None]:
         """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
-        lock = self.subdir(".locks") / f"status-{shard.key}.lock"
-        with open(lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with waiting_lock(self.subdir(".locks") / f"status-{shard.key}.lock"):
+            yield
 
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
         with self._status_lock(shard):

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError
-from sigma.folderlock import hold_folder
+from sigma.folderlock import hold_folder, waiting_lock
 
 from . import losses as L
 from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint
@@ -531,7 +531,8 @@ class Trainer:
                 # one writer: runs started together with one val_dir (a seed sweep of a shipped config) wrote into
                 # one .tmp folder at once, and the one that finished second lost its files (os_error) or removed
                 # the set the first was reading; the others wait here and then read what the writer wrote
-                with _held_while_written(folder):
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                with waiting_lock(folder.parent / f".{folder.name}.lock"):
                     if not (folder / "pairs.jsonl").is_file():
                         write_val_dir(self.cfg, folder, ev.val_size)
                         self.log(f"wrote the fixed synthetic validation set: {ev.val_size} pairs in {folder}")
@@ -555,21 +556,6 @@ def _refuse_links(run_dir: Path) -> None:
         raise InputError(f"{run_dir}: holds symbolic links where the run writes ({names}); the run would write "
                          "through them into the files they name — replace them with the files themselves",
                          code="bad_outdir")
-
-
-@contextmanager
-def _held_while_written(folder: Path) -> Iterator[None]:
-    """An exclusive flock on `.<folder name>.lock` beside `folder`, waited for (the kernel drops it if the
-    holder dies)."""
-    import fcntl
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def start(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None,
