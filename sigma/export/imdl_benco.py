@@ -113,6 +113,7 @@ def _write(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relativ
         if (out / folder).exists():
             (out / folder).replace(out / f".{folder}.old")     # removed on the way out
         _staging(out, folder).replace(out / folder)
-    atomic_write_bytes(out / json_name, json.dumps(finite([e["entry"] for e in entries]), indent=1, allow_nan=False).encode())
+    listing = json.dumps(finite([e["entry"] for e in entries]), indent=1, allow_nan=False)
+    atomic_write_bytes(out / json_name, listing.encode())
     return {"out": str(out), "json": str(out / json_name), "pairs": len(entries), "positives": positives,
             "negatives": len(entries) - positives, "mask": mask, "order": order, "skipped": skipped}
