@@ -2,7 +2,9 @@
 
 `slow-diff` is pixel-diff that takes `delay_ms` per batch, so a test can kill a worker while it holds
 a batch; `poison-diff` raises on every pair whose instruction contains "poison", as a model that
-crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a large model takes to load.
+crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a large model takes to load (with
+`swallow_exceptions`, an exception raised into its load does not stop it, as one raised inside C++ frames or
+caught by a loader's bare `except` does not).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class PoisonDiff(PixelDiff):
 
 class SlowLoadConfig(PixelDiffConfig):
     load_delay_ms: float = Field(0.0, ge=0)
+    swallow_exceptions: bool = False
 
 
 class SlowLoad(PixelDiff):
@@ -47,7 +50,14 @@ class SlowLoad(PixelDiff):
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
-        time.sleep(self.config.load_delay_ms / 1000.0)
+        until = time.monotonic() + self.config.load_delay_ms / 1000.0
+        print("slow-load: building", flush=True)                  # tests wait for this line before signalling
+        while time.monotonic() < until:
+            try:
+                time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+            except BaseException:
+                if not self.config.swallow_exceptions:
+                    raise
 
 
 if "slow-load" not in ANNOTATORS:

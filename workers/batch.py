@@ -24,12 +24,16 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
     signals = StopSignals(stop).install()
     stream = Keys(cfg.redis.key_prefix).batch_tasks()
     print(f"sigma worker --batch: consuming {stream} on {display_url(cfg.redis.url)}", flush=True)
+
+    def say_stopped(reason: str) -> None:
+        print(f"sigma worker --batch: stopped ({reason})", flush=True)
+
     try:
-        with signals.abrupt_while("checking Redis"):
+        with signals.abrupt_while("checking Redis", say_stopped):
             report_unreachable_redis(cfg.redis, "sigma worker --batch")
         stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop)
     except Interrupted as exc:
-        print(f"sigma worker --batch: stopped ({exc})", flush=True)
+        say_stopped(str(exc))
         return 0
     print(f"sigma worker --batch: {stats.done} shard(s) done, {stats.skipped} already done, {stats.failed} failed, "
           f"{stats.dead} dead-lettered", flush=True)

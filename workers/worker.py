@@ -49,17 +49,21 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
     signals = StopSignals(stop).install()
     worker = build_worker(cfg, consumer=consumer, stop=stop)
     handler: AnnotationHandler = worker.handler  # type: ignore[assignment]
+
+    def say_stopped(reason: str) -> None:
+        log.info("%s: stopped (%s)", worker.describe, reason)
+
     try:
-        with signals.abrupt_while("checking Redis"):
+        with signals.abrupt_while("checking Redis", say_stopped):
             report_unreachable_redis(cfg.redis, "sigma worker")
         log.info("%s: loading the annotator", worker.describe)
-        with signals.abrupt_while("loading the model"):
+        with signals.abrupt_while("loading the model", say_stopped):
             handler.predictor.setup()
         log.info("%s: loaded in %.0f ms, consuming %s", worker.describe, handler.predictor.setup_ms or 0,
                  worker.queue.stream)
         counts = worker.run()
     except Interrupted as exc:
-        log.info("%s: stopped (%s)", worker.describe, exc)
+        say_stopped(str(exc))
         return 0
     log.info("%s: stopped after %s %s", worker.describe, counts.as_dict(), handler.counts)
     return 0
