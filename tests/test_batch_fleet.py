@@ -310,3 +310,100 @@ def test_a_task_naming_an_impossible_path_is_dead_lettered_without_ending_the_wo
     assert stats.dead == 1 and "bad task" in stats.errors[0], stats
     q = make_queue(client, Keys(prefix), "check")
     assert q.depth() == 0 and q.pending_count() == 0 and q.dead_count() == 1
+
+
+def test_a_run_json_briefly_unreadable_is_read_again_not_dead_lettered(redis_server, corpus, tmp_path):
+    """A worker that found run.json half written (a write seen over NFS before it was whole) or missing for a
+    moment (being replaced) dead-lettered the task at once, and the shard was failed for good. It reads the file
+    again with backoff, and the shard is done once the file is whole."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    run_file = RunDir(out).run_file
+    whole = run_file.read_bytes()
+    run_file.write_bytes(whole[: len(whole) // 2])                   # torn: what a reader saw mid-write
+
+    def mend() -> None:
+        time.sleep(0.4)
+        run_file.unlink()                                            # then gone for a moment (being replaced) ...
+        time.sleep(0.3)
+        run_file.write_bytes(whole)                                  # ... and whole again
+
+    mender = threading.Thread(target=mend)
+    mender.start()
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True, run_read_retry_s=5)
+    mender.join()
+    assert (stats.done, stats.dead, stats.failed) == (6, 0, 0), stats
+    assert RunDir(out).summary()["done"] == 6
+
+
+def test_a_run_json_that_stays_unreadable_goes_through_the_lease_and_is_dead_lettered_with_why(redis_server, corpus,
+                                                                                            tmp_path):
+    """A run.json that no retry mends is given back through the lease each time (a delivery each), and dead-lettered
+    after max_deliveries with the code `run_unreadable` and what was wrong; a folder that is gone is still bad_task at
+    once (the test above it)."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 18}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 1
+    RunDir(out).run_file.write_bytes(b'{"run_hash": "')
+    stats = run_batch_worker(redis_server.url, prefix, "w1", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+                             max_deliveries=2, exit_when_idle=True, run_read_retry_s=0.2)
+    assert (stats.failed, stats.dead, stats.done) == (2, 1, 0), stats
+    q = make_queue(redis_server.client(), Keys(prefix), "check")
+    assert q.depth() == 0 and q.pending_count() == 0 and q.dead_count() == 1
+    record = json.loads(q.dead_entries()[0].fields["error"])
+    assert record["code"] == "run_unreadable" and "unreadable for 0.2 s ([bad_run]" in record["message"], record
+
+
+def test_a_run_folder_that_links_out_of_itself_is_refused_and_nothing_is_read_or_written_through_it(
+        redis_server, corpus, tmp_path):
+    """A run folder from elsewhere (a shared volume) whose run.json, shards/ or status/ is a symbolic link made the
+    worker read or write outside the folder: a run.json linked to another run's record was worked on, a `shards/`
+    linked to /elsewhere had the shard files written there. Refused (link_outside_run); the task is dead-lettered
+    with why, and nothing lands outside."""
+    from sigma.errors import InputError
+
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    info = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert info["queued"] == 6
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert not (out / "shards").exists()                      # nothing run yet
+    (out / "shards").symlink_to(elsewhere)                    # writers would put the shard files there
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert (stats.dead, stats.done) == (6, 0), stats
+    assert "link_outside_run" in stats.errors[0], stats.errors
+    assert list(elsewhere.iterdir()) == []
+    # run.json itself a link to a record outside the folder: read by no one
+    (out / "shards").unlink()
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(RunDir(out).run_file.read_bytes())
+    RunDir(out).run_file.unlink()
+    RunDir(out).run_file.symlink_to(outside)
+    with pytest.raises(InputError) as refused:
+        RunDir(out).load()
+    assert refused.value.code == "link_outside_run"
+    assert main(["batch", "status", str(out)]) == 2
+    # a link that stays inside the folder is fine
+    RunDir(out).run_file.unlink()
+    (out / "record.json").write_bytes(outside.read_bytes())
+    RunDir(out).run_file.symlink_to(out / "record.json")
+    assert RunDir(out).load()["run_hash"] == info["run_hash"]
+
+
+def test_a_shard_key_that_is_a_path_is_refused(tmp_path, corpus):
+    """A run.json from elsewhere naming a shard `../../x` had its shard and status files written outside the run
+    folder by every worker and local run that took it."""
+    from sigma.errors import InputError
+
+    out = tmp_path / "run"
+    run_batch(cfg_for(corpus), out, progress=False)
+    record = RunDir(out).load()
+    record["shards"][0]["key"] = "../../escaped"
+    RunDir(out).write_run(record)
+    with pytest.raises(InputError, match="not a plain file name") as refused:
+        RunDir(out).load()
+    assert refused.value.code == "bad_run"

@@ -31,7 +31,8 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
     try:
         with signals.abrupt_while("checking Redis", say_stopped):
             report_unreachable_redis(cfg.redis, "sigma worker --batch")
-        stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop)
+        stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop,
+                                 run_read_retry_s=cfg.worker.run_read_retry_s)
     except Interrupted as exc:
         say_stopped(str(exc))
         return 0

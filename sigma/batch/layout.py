@@ -24,7 +24,7 @@ from typing import Any
 
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
-from sigma.io.corpora.base import Shard
+from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import replace_atomically
 from sigma.text import finite
 from sigma.text import loads as load_json
@@ -122,6 +122,18 @@ class RunDir:
     def exists(self) -> bool:
         return self.run_file.is_file()
 
+    def own(self, path: Path) -> Path:
+        """`path` if it stays in the run folder once symbolic links are followed, else InputError
+        (link_outside_run). A run folder from elsewhere (a shared volume, a hostile corpus next to it) whose
+        run.json, status file or shard file is a link to /elsewhere made every reader of the run (a fleet worker,
+        `sigma batch status`, an export) read that file, and a `shards/`, `status/` or `masks/` that is one made
+        the writers put their files there. Links that stay inside the folder are fine, as for a corpus's files
+        (`resolved_under`)."""
+        if resolved_under(str(path), os.path.realpath(self.root)) is None:
+            raise InputError(f"{path}: a symbolic link that leaves the run folder {self.root}; a run reads and "
+                             "writes only its own files (remove the link)", code="link_outside_run")
+        return path
+
     def is_empty(self) -> bool:
         """Nothing but (maybe) our lock file: a folder a new run may take."""
         return not self.root.exists() or all(p.name in (LOCK_FILE, ".locks") for p in self.root.iterdir())
@@ -140,7 +152,7 @@ class RunDir:
             raise InputError(f"{self.root}: not a batch run folder (no {RUN_FILE}); start one with sigma batch run",
                              code="not_a_run")
         try:
-            record = load_json(self.run_file.read_bytes())
+            record = load_json(self.own(self.run_file).read_bytes())
         except ValueError as exc:
             raise InputError(f"{self.run_file}: unreadable ({exc})", code="bad_run") from exc
         shards = record.get("shards") if isinstance(record, dict) else None
@@ -148,6 +160,12 @@ class RunDir:
                 or not isinstance(shards, list) or not all(isinstance(s, dict) and "key" in s for s in shards)):
             # valid JSON that is not a run record (overwritten by hand or by a tool): a KeyError traceback before
             raise InputError(f"{self.run_file}: not a batch run record (no run_hash and shard list)", code="bad_run")
+        for item in shards:
+            # a key names the shard's files (shards/<key>.<hash>.parquet, status/<key>.json): a run.json from
+            # elsewhere with `"key": "../../x"` had every writer put them outside the run folder
+            key = str(item["key"])
+            if key in ("", ".", "..") or any(c in key for c in "/\\\x00"):
+                raise InputError(f"{self.run_file}: shard key {key!r} is not a plain file name", code="bad_run")
         return record
 
     def shards(self) -> list[Shard]:
@@ -164,18 +182,26 @@ class RunDir:
         (out_not_empty) until it was deleted a second time."""
         path = self.root
         for part in parts:
-            path = path / part
+            path = self.own(path / part)          # checked before mkdir: a dangling link to /elsewhere too
             path.mkdir(exist_ok=True)
         return path
 
     def shard_path(self, shard: Shard, run_hash: str) -> Path:
         return self.root / "shards" / f"{shard.key}.{run_hash}.parquet"
 
+    def check_links(self, shard: Shard, run_hash: str) -> None:
+        """Every path the work on `shard` reads or writes stays in the run folder (`own`): checked by a fleet
+        worker before it starts, so a run folder that links out is refused (a dead letter that says why) and
+        nothing is read or written through the link."""
+        for path in (self.run_file, self.shard_path(shard, run_hash), self.status_path(shard),
+                     self.root / "masks" / shard.key, self.root / ".locks" / f"status-{shard.key}.lock"):
+            self.own(path)
+
     def status_path(self, shard: Shard) -> Path:
         return self.root / "status" / f"{shard.key}.json"
 
     def status(self, shard: Shard) -> dict[str, Any] | None:
-        path = self.status_path(shard)
+        path = self.own(self.status_path(shard))
         if not path.is_file():
             return None
         try:
@@ -192,7 +218,7 @@ class RunDir:
         st = self.status(shard)
         if not st or st.get("status") != "done" or st.get("run_hash") != run_hash:
             return False
-        out = self.shard_path(shard, run_hash)
+        out = self.own(self.shard_path(shard, run_hash))
         if not (out.is_file() and out.stat().st_size == st.get("bytes")):
             return False
         if verify and isinstance(st.get("sha256"), str):
@@ -204,7 +230,7 @@ class RunDir:
     @contextmanager
     def _status_lock(self, shard: Shard) -> Iterator[None]:
         """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
-        with waiting_lock(self.subdir(".locks") / f"status-{shard.key}.lock"):
+        with waiting_lock(self.own(self.subdir(".locks") / f"status-{shard.key}.lock")):
             yield
 
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:

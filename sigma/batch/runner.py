@@ -109,7 +109,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
         if record.get("run_hash") != run_hash:
             raise ConfigError(_other_run_message(rundir, record, model, run_hash))
         shards = [Shard.from_dict(s) for s in record["shards"]]
-        for stale in (rundir.root / "shards").glob(".*.tmp") if sweep else ():   # left by a killed run
+        for stale in rundir.own(rundir.root / "shards").glob(".*.tmp") if sweep else ():   # left by a killed run
             stale.unlink(missing_ok=True)
         done = sum(rundir.is_done(s, run_hash) for s in shards)
         started = any(rundir.status(s) for s in shards)   # nothing written yet (e.g. the model failed to load)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
 from sigma.io.corpora.base import Shard
 from sigma.service.connections import display_url, sync_client
-from sigma.service.consumer import Consumer, Outcome, default_consumer
+from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import QueueSettings, RedisSettings
@@ -185,6 +186,17 @@ class PermanentTaskError(Exception):
     """A task no retry can fix (its run folder is gone or belongs to another run)."""
 
 
+class RunUnreadable(Exception):
+    """The run folder is there but its run.json could not be read (or parsed) for the whole patience: the task
+    goes back through its lease like a failed shard, and is dead-lettered (`run_unreadable`) only once
+    `max_deliveries` deliveries all found it so."""
+
+
+# How long one delivery reads an unreadable run.json again (full-jitter backoff) before it gives the task back:
+# a file being replaced, a write half seen over NFS, a momentary EACCES or ESTALE. `worker.run_read_retry_s`.
+RUN_READ_RETRY_S = 5.0
+
+
 @dataclass
 class _Plan:
     stamp: tuple[int, int, int, int]
@@ -199,17 +211,57 @@ _PLANS: dict[str, _Plan] = {}
 _PLANS_KEPT = 4
 
 
-def _load_plan(rundir: RunDir, fresh: bool = False) -> tuple[dict[str, Any], dict[str, Shard]]:
+def _folder_gone(root: Path) -> bool:
+    """The run folder itself is missing (deleted, or never there): no retry brings it back. Any other error
+    looking at it (EACCES, ESTALE, EIO) may pass."""
+    try:
+        os.stat(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _read_record(rundir: RunDir, patience_s: float) -> dict[str, Any]:
+    """run.json's record. A run.json that cannot be read or parsed while its folder is there is read again, with
+    backoff, for `patience_s`: a worker that found it briefly unreadable (replaced, a write half seen over NFS, a
+    momentary EACCES) dead-lettered the task at once and the shard was failed for good. Then RunUnreadable: the
+    task is retried through its lease. A folder that is gone, or a run.json that is a link out of the folder, is
+    said at once (InputError)."""
+    backoff = Backoff(base_s=0.05, cap_s=1.0)
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return rundir.load()
+        except InputError as exc:
+            # a record that parses but is no run (a shard key that is a path): as bad on every try
+            torn = exc.code == "bad_run" and isinstance(exc.__cause__, ValueError)
+            if not (exc.code == "not_a_run" or torn) or _folder_gone(rundir.root):
+                raise
+            error = f"[{exc.code}] {exc.message}"
+        except OSError as exc:
+            if _folder_gone(rundir.root):
+                raise InputError(f"{rundir.root}: the run folder is gone ({exc})", code="not_a_run") from exc
+            error = f"{type(exc).__name__}: {exc}"
+        delay = backoff.next_delay()
+        if time.monotonic() + delay > deadline:
+            raise RunUnreadable(f"{rundir.run_file}: unreadable for {patience_s:g} s ({error})")
+        time.sleep(delay)
+
+
+def _load_plan(rundir: RunDir, fresh: bool = False,
+               patience_s: float = RUN_READ_RETRY_S) -> tuple[dict[str, Any], dict[str, Shard]]:
     path = str(rundir.run_file)
     try:
-        st = os.stat(path)
+        st = os.lstat(path)              # the link itself: a run.json made a link later is read (and refused) again
         stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError:
         stamp = None
     cached = _PLANS.get(path)
     if not fresh and stamp is not None and cached is not None and cached.stamp == stamp:
         return cached.record, cached.shards
-    record = rundir.load()                 # not a run, unreadable: its InputError
+    record = _read_record(rundir, patience_s)   # not a run, a link out: its InputError; unreadable: RunUnreadable
     shards: dict[str, Shard] = {}
     for item in record["shards"]:
         shard = Shard.from_dict(item)
@@ -222,16 +274,18 @@ def _load_plan(rundir: RunDir, fresh: bool = False) -> tuple[dict[str, Any], dic
     return record, shards
 
 
-def locate_task(fields: dict[str, str]) -> tuple[RunDir, dict[str, Any], Shard]:
+def locate_task(fields: dict[str, str],
+                patience_s: float = RUN_READ_RETRY_S) -> tuple[RunDir, dict[str, Any], Shard]:
     """The run folder, its record and the shard a task names; PermanentTaskError when no retry can find them
-    (the folder is gone or unreadable, holds another run, or plans no such shard)."""
+    (the folder is gone, holds another run, plans no such shard, or links out of itself), RunUnreadable when its
+    run.json stayed unreadable for `patience_s`."""
     try:
         rundir = RunDir(fields["run_dir"])
-        record, shards = _load_plan(rundir)
+        record, shards = _load_plan(rundir, patience_s=patience_s)
         if record.get("run_hash") != fields.get("run_hash") or fields.get("shard") not in shards:
             # before a task is given up on, the plan as it is on disk now, not as kept (a run folder made again
             # at once on a filesystem with coarse mtimes may reuse the inode, size and mtime)
-            record, shards = _load_plan(rundir, fresh=True)
+            record, shards = _load_plan(rundir, fresh=True, patience_s=patience_s)
     except (KeyError, ValueError, SigmaError) as exc:   # ValueError: a NUL in the path (a damaged entry)
         raise PermanentTaskError(f"bad task {fields}: {getattr(exc, 'message', exc)}") from exc
     if record.get("run_hash") != fields.get("run_hash"):
@@ -240,12 +294,17 @@ def locate_task(fields: dict[str, str]) -> tuple[RunDir, dict[str, Any], Shard]:
     shard = shards.get(fields.get("shard", ""))
     if shard is None:
         raise PermanentTaskError(f"{fields['run_dir']}: no shard {fields.get('shard')!r} in the plan")
+    try:
+        rundir.check_links(shard, record["run_hash"])
+    except SigmaError as exc:
+        raise PermanentTaskError(f"bad task {fields}: [{exc.code}] {exc.message}") from exc
     return rundir, record, shard
 
 
-def process_task(fields: dict[str, str], cache: _RunCache) -> tuple[str, int, str | None]:
+def process_task(fields: dict[str, str], cache: _RunCache,
+                 patience_s: float = RUN_READ_RETRY_S) -> tuple[str, int, str | None]:
     """Run one shard task: ("done" | "skipped" | "failed", pairs, error)."""
-    rundir, record, shard = locate_task(fields)
+    rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
         return "skipped", 0, None
@@ -269,8 +328,9 @@ class FleetHandler:
     # take them (and a stop left them pending, a delivery spent on each).
     reclaim_count = 1
 
-    def __init__(self, consumer: str, workers: int | None = None):
+    def __init__(self, consumer: str, workers: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S):
         self.consumer = consumer
+        self.run_read_retry_s = run_read_retry_s
         self.stats = WorkerStats()
         self.cache = _RunCache(workers=workers)
         self.current: dict[str, str] = {}
@@ -284,10 +344,16 @@ class FleetHandler:
         for entry in entries:
             self.current.update(entry.fields)
             try:
-                outcome, pairs, error = process_task(entry.fields, self.cache)
+                outcome, pairs, error = process_task(entry.fields, self.cache, self.run_read_retry_s)
             except PermanentTaskError as exc:
                 self.stats.errors.append(str(exc))
                 outcomes.append(Outcome(entry, "dead", error={"code": "bad_task", "message": str(exc)}))
+                continue
+            except RunUnreadable as exc:       # through the lease; dead-lettered after max_deliveries
+                self.stats.failed += 1
+                self.stats.errors.append(str(exc))
+                log.warning("task %s (delivery %d): %s", entry.fields.get("shard"), entry.deliveries, exc)
+                outcomes.append(Outcome(entry, "retry", error={"code": "run_unreadable", "message": str(exc)}))
                 continue
             except Exception as exc:  # noqa: BLE001 - e.g. the corpus is briefly unreachable: retried via the lease
                 outcome, pairs, error = "failed", 0, f"{type(exc).__name__}: {exc}"
@@ -314,15 +380,15 @@ class FleetHandler:
         self.stats.dead += 1
         error = error or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
         try:
-            rundir, record, shard = locate_task(entry.fields)
-        except (PermanentTaskError, OSError):
+            rundir, record, shard = locate_task(entry.fields, patience_s=0)    # no waiting: it is given up on
+        except (PermanentTaskError, RunUnreadable, OSError):
             return error
         reason = (f"dead-lettered after {entry.deliveries} deliveries: [{error.get('code')}] "
                   f"{error.get('message')}")
         try:
             rundir.mark_failed(shard, record["run_hash"], reason, error_code=error.get("code"),
                                deliveries=entry.deliveries, dead_letter=True)
-        except OSError as exc:   # the shared folder is unwritable: the dead-letter stream still has the record
+        except (OSError, SigmaError) as exc:   # unwritable, or a link out: the dead-letter stream has the record
             log.warning("shard %s: could not record its failure in %s: %s", shard.key, rundir.root, exc)
         return error
 
@@ -333,10 +399,12 @@ class FleetHandler:
 def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str | None = None,
                      consumer: str | None = None, *, queue: QueueSettings | None = None, workers: int | None = None,
                      stop: threading.Event | None = None, exit_when_idle: bool = False,
-                     max_tasks: int | None = None, **queue_overrides: Any) -> WorkerStats:
+                     max_tasks: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
+                     **queue_overrides: Any) -> WorkerStats:
     """Consume shard tasks until `stop` is set (SIGTERM in the CLI), or the queue is empty with
     `exit_when_idle`. The shard in progress is always finished before returning. `queue_overrides`:
-    fields of QueueSettings (lease_ms, block_ms, max_deliveries, reclaim_interval_ms, ...)."""
+    fields of QueueSettings (lease_ms, block_ms, max_deliveries, reclaim_interval_ms, ...).
+    `run_read_retry_s`: how long a delivery reads an unreadable run.json again before giving the task back."""
     settings = redis_settings(redis, key_prefix)
     qs = (queue or QueueSettings()).model_copy(update=queue_overrides)
     keys = Keys(settings.key_prefix)
@@ -344,7 +412,7 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
     client = sync_client(settings, block_ms=qs.block_ms)
     q = StreamQueue(client, keys.batch_tasks(), GROUP, consumer, lease_ms=qs.lease_ms,
                     max_deliveries=qs.max_deliveries, dead_stream=keys.batch_dead(), dead_maxlen=qs.dead_letter_maxlen)
-    handler = FleetHandler(consumer, workers)
+    handler = FleetHandler(consumer, workers, run_read_retry_s)
     loop = Consumer(client, q, handler, qs, heartbeat_key=keys.batch_worker(consumer), stop=stop,
                     describe=f"batch worker {consumer}")
     try:

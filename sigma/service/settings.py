@@ -146,6 +146,9 @@ class WorkerSettings(Strict):
     consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
     plugins: list[str] = Field(default_factory=list, description="modules imported before building the "
                                "annotator, so third-party annotators can register themselves")
+    run_read_retry_s: float = Field(5.0, ge=0, description="`sigma worker --batch`: a run.json found unreadable "
+                                    "(being replaced, half seen over NFS, a passing EACCES) is read again with "
+                                    "backoff for this long before the task goes back through its lease")
     restart_backoff_s: float = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
                                      "that died; doubled after each quick death, up to restart_max_backoff_s")
     restart_max_backoff_s: float = Field(30.0, gt=0)
