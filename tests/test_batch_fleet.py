@@ -407,3 +407,88 @@ def test_a_shard_key_that_is_a_path_is_refused(tmp_path, corpus):
     with pytest.raises(InputError, match="not a plain file name") as refused:
         RunDir(out).load()
     assert refused.value.code == "bad_run"
+
+
+def counting_client(url: str, fail_from: int | None = None, lose_first_reply: bool = False):
+    """A real redis-py client on the real server whose connections count round trips (a packed send is one
+    request; a pipeline or a script call with many tasks is one), and can fail every task-adding script call from
+    the `fail_from`-th on (Redis gone mid-submit), or lose the reply to the first one (a timeout after Redis ran
+    it: redis-py sends it again)."""
+    import redis
+
+    state = {"round_trips": 0, "chunks": 0, "lost": False}
+
+    class Counting(redis.Connection):
+        def send_packed_command(self, command, check_health=True):
+            state["round_trips"] += 1
+            data = b"".join(command) if isinstance(command, list) else command
+            self.adding = b"EVALSHA" in data and b":submit:" in data
+            if self.adding:
+                state["chunks"] += 1
+                if fail_from is not None and state["chunks"] >= fail_from:
+                    raise redis.ConnectionError("injected: Redis went away")
+            return super().send_packed_command(command, check_health)
+
+        def read_response(self, *args, **kwargs):
+            response = super().read_response(*args, **kwargs)
+            if lose_first_reply and getattr(self, "adding", False) and not state["lost"]:
+                state["lost"] = True
+                raise redis.TimeoutError("injected: the reply was lost")
+            return response
+
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from sigma.service.fleet import ADD_TASKS
+
+    redis.Redis.from_url(url).script_load(ADD_TASKS)     # as after any earlier submission: no NOSCRIPT to count
+    return redis.Redis.from_url(url, connection_class=Counting, retry=Retry(NoBackoff(), 1)), state
+
+
+def test_a_run_of_many_shards_is_submitted_in_few_round_trips(redis_server, tmp_path):
+    """One XADD (a round trip) per shard: 50,000 shards were 50,000 round trips. The tasks go in chunks, one script
+    call each: 120 shards cost the round trips 12 do (the connection's handshake, the group, one read of the
+    stream)."""
+    trips = {}
+    for pairs in (12, 120):
+        write_pairs_jsonl(tmp_path / f"set{pairs}", synthetic_pairs(pairs, size=8))
+        cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / f"set{pairs}"), "shard_size": 1},
+                                          "annotator": "pixel-diff", "workers": 0})
+        prefix = prefix_name()
+        client, state = counting_client(redis_server.url)
+        out = tmp_path / f"fleet{pairs}"
+        assert submit_run(cfg, out, redis_server.url, prefix, client=client)["queued"] == pairs
+        trips[pairs] = state["round_trips"]
+        run_hash, pending = RunDir(out).pending_keys()
+        count, shards = _run_tasks(redis_server.client(), Keys(prefix).batch_tasks(), str(out.resolve()), run_hash)
+        assert count == pairs and shards == set(pending)
+    assert trips[120] == trips[12] < 10, trips                    # 120+ before
+
+
+def test_a_submit_that_redis_fails_half_way_says_how_far_it_got_and_a_second_finishes_it(redis_server, corpus,
+                                                                                        tmp_path, monkeypatch):
+    """Redis gone half way through a submission: the chunks sent are queued whole, the message says how many tasks
+    are and that submitting again queues the rest; it does, and no shard twice. A reply lost after Redis added a
+    chunk (redis-py sends the call again) adds it once."""
+    import sigma.service.fleet as fleet
+    from sigma.errors import InputError
+
+    monkeypatch.setattr(fleet, "SUBMIT_CHUNK", 4)
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    client, _ = counting_client(redis_server.url, fail_from=3)
+    with pytest.raises(InputError) as failed:
+        submit_run(cfg, out, redis_server.url, prefix, client=client)
+    assert failed.value.code == "redis_unavailable"
+    assert "8 of 18 shard task(s) were queued" in failed.value.message and "submit the run again" in failed.value.message
+    assert queue_status(redis_server.url, prefix)["queued"] == 8                  # two chunks, whole
+    again = submit_run(cfg, out, redis_server.url, prefix)
+    assert (again["queued"], again["already_queued"]) == (10, 8), again
+    assert queue_status(redis_server.url, prefix)["queued"] == 18
+    # a lost reply: the same chunk sent twice is added once
+    prefix = prefix_name()
+    client, state = counting_client(redis_server.url, lose_first_reply=True)
+    assert submit_run(cfg, tmp_path / "other", redis_server.url, prefix, client=client)["queued"] == 18
+    assert state["lost"] and queue_status(redis_server.url, prefix)["queued"] == 18

@@ -17,6 +17,7 @@ by choosing different prefixes, and the API, the annotation workers, `sigma batc
     P:batch:tasks                 the fleet's shard tasks {run_dir, shard, run_hash}
     P:batch:tasks:dead            their dead letters
     P:batch:tasks:worker:<c>      a batch worker's heartbeat
+    P:batch:tasks:submit:<token>  a submitted chunk of shard tasks (an hour: a retried call adds it once)
 """
 from __future__ import annotations
 
@@ -75,6 +76,9 @@ class Keys:
 
     def batch_worker(self, consumer: str) -> str:
         return f"{self.batch_tasks()}:worker:{consumer}"
+
+    def batch_submit_token(self, token: str) -> str:
+        return f"{self.batch_tasks()}:submit:{token}"
 
     def batch_worker_pattern(self) -> str:
         return f"{self.batch_tasks()}:worker:*"
