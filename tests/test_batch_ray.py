@@ -10,6 +10,7 @@ With SIGMA_CI=1 (set by .ci/run) a missing Ray fails this module instead of skip
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -177,6 +178,28 @@ def test_actor_killed_mid_shard_is_retried_elsewhere(cluster, slow):
     assert summary.retried[0]["action"] == "retried" and "died" in summary.retried[0]["reason"]
     assert summary.done_now == 4 and summary.failed_now == 0 and summary.pairs == 12
     assert digests(slow / "killed-actor") == digests(slow / "local")
+
+
+def test_a_stopped_actor_is_taken_as_hung_and_its_shard_runs_elsewhere(cluster, slow):
+    """An actor that holds a shard and moves on no pair (SIGSTOP here; a deadlock in native code or a GPU call that
+    never returns alike) kept the run waiting for ever: the driver noticed dead actors only, while the local
+    backend's processes had the `stall_s` watchdog. After `stall_s` without progress it is killed and its shard
+    goes to another actor: same bytes as the local run."""
+    out = slow / "stopped-actor"
+    thread, box = run_in_thread(cfg_for(slow / "set", backend="ray", stall_s=4, **SLOW), out)
+    _, info = busy_actor()
+    pid = int(info["worker"].split()[2])                   # "actor pid N on node X"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        summary = finish(thread, box)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    hung = [r for r in summary.retried if "taken as hung" in r["reason"]]
+    assert info["shard"] in [r["shard"] for r in hung], summary.retried
+    assert f"pid {pid} " in next(r for r in hung if r["shard"] == info["shard"])["reason"]
+    assert summary.done_now == 4 and summary.failed_now == 0 and summary.pairs == 12
+    assert digests(out) == digests(slow / "local")
 
 
 def test_driver_killed_then_resumed_by_the_local_backend(cluster, slow):

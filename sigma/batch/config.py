@@ -63,10 +63,10 @@ class BatchConfig(AnnotatorSpec):
     threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="torch intra-op threads per inference "
                                 "process or Ray actor; None = 1 with several processes and for CPU actors, the "
                                 "idle cores for a single CPU process running a network, else torch's default")
-    stall_s: float = Field(900.0, gt=0, description="--procs: an inference process that holds a shard and reports "
-                           "no progress for this long is taken as hung (a deadlock, a stopped process): it is "
-                           "killed and its shard goes to another; --workers: a decode chunk with no result for "
-                           "this long replaces the decode pool and fails the shards it held")
+    stall_s: float = Field(900.0, gt=0, description="--procs and --backend ray: an inference process or actor "
+                           "that holds a shard and reports no progress for this long is taken as hung (a deadlock, "
+                           "a stopped process): it is killed and its shard goes to another; --workers: a decode "
+                           "chunk with no result for this long replaces the decode pool and fails the shards it held")
     attempts: int = Field(3, ge=1, description="a shard whose process or Ray actor dies is run again by another "
                           "one, up to this many tries in all; then it is failed (rerun with --resume)")
     plugins: list[str] = Field(default_factory=list, description="modules imported before the annotator is built, "

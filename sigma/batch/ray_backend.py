@@ -220,6 +220,7 @@ class _Slot:
     worker: str = ""
     shard: Shard | None = None
     ticked: tuple[int, int] = (0, 0)
+    heard: float = 0.0                   # monotonic time the shard was handed, or last moved on
     asking: bool = False                 # a progress() call is out
     generation: int = 0
     refs: dict[str, Any] = field(default_factory=dict)
@@ -256,11 +257,12 @@ class _Driver:
             with contextlib.suppress(Exception):   # already gone
                 self.ray.kill(slot.handle, no_restart=True)
         slot.handle, slot.ready = None, False
+        slot.generation += 1                   # what the killed actor still answers is not news of the slot
 
     def assign(self) -> None:
         for slot in self.slots:
             if slot.ready and slot.shard is None and self.ledger.queue:
-                slot.shard, slot.ticked = self.ledger.next(), (0, 0)
+                slot.shard, slot.ticked, slot.heard = self.ledger.next(), (0, 0), time.monotonic()
                 self.inflight[slot.handle.run.remote(slot.shard.to_dict())] = (slot, "run", slot.generation)
 
     def ask_progress(self) -> None:
@@ -268,6 +270,15 @@ class _Driver:
             if slot.ready and slot.shard is not None and not slot.asking:
                 slot.asking = True
                 self.inflight[slot.handle.progress.remote()] = (slot, "progress", slot.generation)
+
+    def watch(self, now: float) -> None:
+        """An actor that holds a shard and has moved on no pair for `stall_s` (a deadlock in native code, a
+        stopped process, a GPU call that never returns) is taken as hung, as the local backend's processes are: a
+        run only noticed dead actors, so one hung actor kept the whole run waiting for ever. It is killed and its
+        shard goes to another actor."""
+        for slot in self.slots:
+            if slot.ready and slot.shard is not None and now - slot.heard > self.cfg.stall_s:
+                self.lost(slot, f"{slot.worker or slot.name}: no progress for {self.cfg.stall_s:g} s (taken as hung)")
 
     def lost(self, slot: _Slot, reason: str) -> None:
         """The slot's actor is dead or unusable: its shard goes back to the queue; a new actor takes the slot
@@ -312,6 +323,7 @@ class _Driver:
             if slot.shard is not None and value["shard"] == slot.shard.key:
                 delta = (value["pairs"] - slot.ticked[0], value["errors"] - slot.ticked[1])
                 if delta[0] > 0 or delta[1] > 0:
+                    slot.heard = time.monotonic()
                     self.ledger.tick(max(delta[0], 0), max(delta[1], 0))
                     slot.ticked = (max(value["pairs"], slot.ticked[0]), max(value["errors"], slot.ticked[1]))
         elif kind == "run":
@@ -334,6 +346,7 @@ class _Driver:
                 break
             if now >= next_poll:
                 self.ask_progress()
+                self.watch(now)
                 next_poll = now + POLL_S
             if not self.inflight:
                 time.sleep(0.05)
