@@ -597,3 +597,23 @@ def test_a_shard_file_damaged_in_place_is_redone_by_resume(tmp_path):
     resumed = run_batch(cfg, out, resume=True, progress=False)
     assert resumed.done_now == 1 and resumed.skipped == 2
     assert {p: p.read_bytes() for p in (out / "shards").iterdir()} == before
+
+
+def test_a_status_file_with_counts_that_are_not_numbers_does_not_end_the_status_in_a_traceback(tmp_path, capsys):
+    """A status file written by hand, by another tool or by a hostile run folder (`"pairs": "many"`,
+    `"error_codes": ["x"]`) ended `sigma batch status` (and the API's status route: a 500) in a ValueError
+    traceback. Its counts are unknown: taken as 0; the shard is still done."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=16))
+    out = tmp_path / "run"
+    run_batch(cfg_for(tmp_path / "set", input={"shard_size": 3}), out, progress=False)
+    first, second = sorted((out / "status").glob("*.json"))
+    st = json.loads(first.read_text())
+    first.write_text(json.dumps({**st, "pairs": "many", "ok": [1], "errors": "x",
+                                 "error_codes": ["x"]}))
+    st = json.loads(second.read_text())
+    second.write_text(json.dumps({**st, "error_codes": {"bad_record": "two", "image_unreadable": 2}}))
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["pairs"], summary["ok"], summary["errors"]) == (2, 3, 3, 0), summary
+    assert summary["error_codes"] == {"bad_record": 0, "image_unreadable": 2}
+    assert main(["batch", "status", str(out)]) == 0
+    assert "2/2 shards done" in capsys.readouterr().out

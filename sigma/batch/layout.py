@@ -110,6 +110,17 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, json.dumps(finite(data), indent=2, sort_keys=True).encode())   # NaN -> null
 
 
+def _count(value: Any) -> int:
+    """A count a status file holds, or 0 when it holds something else: a status written by hand, by another tool
+    or by a hostile run folder (`"pairs": "many"`, `"error_codes": [1]`) ended `sigma batch status`, the API's
+    status route and every export in a ValueError traceback (a 500)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not (value.is_integer() and abs(value) < 2 ** 63):
+        return 0
+    return max(int(value), 0)
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -262,14 +273,15 @@ class RunDir:
                 counts["done"] += 1
                 # a status with a field missing (edited by hand, written by another version) is still done:
                 # its counts are unknown, not a KeyError traceback in every command that reads the run
-                pairs += int(st.get("pairs") or 0)
-                ok += int(st.get("ok") or 0)
-                errors += int(st.get("errors") or 0)
-                for code, n in (st.get("error_codes") or {}).items():
-                    codes[code] = codes.get(code, 0) + n
+                pairs += _count(st.get("pairs"))
+                ok += _count(st.get("ok"))
+                errors += _count(st.get("errors"))
+                error_codes = st.get("error_codes")
+                for code, n in (error_codes.items() if isinstance(error_codes, dict) else ()):
+                    codes[str(code)] = codes.get(str(code), 0) + _count(n)
             elif st and st.get("status") == "failed" and st.get("run_hash") == run_hash:
                 counts["failed"] += 1
-                failed.append({"shard": shard.key, "error": st.get("error", "")})
+                failed.append({"shard": shard.key, "error": str(st.get("error", ""))})
             else:
                 counts["pending"] += 1
         return {"run_hash": run_hash, "shards": len(record["shards"]), **counts, "pairs": pairs, "ok": ok,
