@@ -492,3 +492,23 @@ def test_a_submit_that_redis_fails_half_way_says_how_far_it_got_and_a_second_fin
     client, state = counting_client(redis_server.url, lose_first_reply=True)
     assert submit_run(cfg, tmp_path / "other", redis_server.url, prefix, client=client)["queued"] == 18
     assert state["lost"] and queue_status(redis_server.url, prefix)["queued"] == 18
+
+
+@pytest.mark.parametrize("damage", [{"index": "x"}, {"ref": 5}, {"num_items": "many"}, {"key": ["a"]}])
+def test_a_plan_whose_shard_records_are_not_shards_is_bad_run_not_a_traceback(redis_server, corpus, tmp_path,
+                                                                               capsys, damage):
+    """A run.json whose shard records parse but are not shards (`"index": "x"`, `"ref": 5`) ended `sigma batch
+    status` in a ValueError / TypeError traceback, and a fleet worker retried such tasks to the end, when the
+    TypeError escaped the dead-letter path and ended the worker. Now bad_run, and the tasks bad_task at once."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    record = json.loads(RunDir(out).run_file.read_text())
+    record["shards"][0].update(damage)
+    RunDir(out).run_file.write_text(json.dumps(record))
+    assert main(["batch", "status", str(out)]) == 2
+    assert "[bad_run]" in capsys.readouterr().err
+    stats = run_batch_worker(redis_server.url, prefix, "w1", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+                             exit_when_idle=True, run_read_retry_s=0.1)
+    assert (stats.dead, stats.done, stats.failed) == (6, 0, 0), stats
+    assert all("not a shard record" in e or "plain file name" in e for e in stats.errors), stats

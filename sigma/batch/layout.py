@@ -171,12 +171,21 @@ class RunDir:
                 or not isinstance(shards, list) or not all(isinstance(s, dict) and "key" in s for s in shards)):
             # valid JSON that is not a run record (overwritten by hand or by a tool): a KeyError traceback before
             raise InputError(f"{self.run_file}: not a batch run record (no run_hash and shard list)", code="bad_run")
-        for item in shards:
+        for n, item in enumerate(shards):
             # a key names the shard's files (shards/<key>.<hash>.parquet, status/<key>.json): a run.json from
             # elsewhere with `"key": "../../x"` had every writer put them outside the run folder
-            key = str(item["key"])
-            if key in ("", ".", "..") or any(c in key for c in "/\\\x00"):
+            key = item["key"]
+            if not isinstance(key, str) or key in ("", ".", "..") or any(c in key for c in "/\\\x00"):
                 raise InputError(f"{self.run_file}: shard key {key!r} is not a plain file name", code="bad_run")
+            # `"index": "x"`, `"ref": 5`: a ValueError / TypeError traceback in every command that read the run,
+            # and a fleet worker that could neither run nor dead-letter the task
+            if (isinstance(item.get("index"), bool) or not isinstance(item.get("index"), int)
+                    or not isinstance(item.get("ref") or {}, dict)
+                    or not isinstance(item.get("num_items"), int | None) or isinstance(item.get("num_items"), bool)):
+                raise InputError(f"{self.run_file}: shard {n} ({key!r}) is not a shard record (an integer index, "
+                                 "a ref object, a pair count or null)", code="bad_run")
+        if not isinstance(record.get("config", {}), dict):
+            raise InputError(f"{self.run_file}: its config is not an object", code="bad_run")
         return record
 
     def shards(self) -> list[Shard]:
