@@ -156,7 +156,8 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
     validate_annotator_options(batch_cfg.annotator, options)
     # a bound on the shards, hence on the tasks put on Redis (the online service's Redis: shard_size=1 over a big
     # corpus put a task per pair there, and took the API seconds to minutes and a record of ~5 KB per shard)
-    return submit_run(batch_cfg, out_path, cfg.redis, client=client, max_shards=cfg.api.max_batch_shards)
+    return submit_run(batch_cfg, out_path, cfg.redis, client=client, max_shards=cfg.api.max_batch_shards,
+                      max_tasks=cfg.api.max_batch_tasks)
 
 
 # Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.
@@ -208,7 +209,9 @@ def _to_api(exc: Exception, root: str) -> ApiError:
         log.info("batch request refused [%s]: %s", exc.code, exc.message)
         # run_locked: another submission is planning the run, or a local `sigma batch run` holds it: not the
         # caller's input (a 422 said so), a conflict that ends by itself
-        headers = {"Retry-After": "5"} if exc.code == "run_locked" else None
+        # queue_full: the workers drain the stream; the same request later queues what is not queued yet
+        headers = {"Retry-After": "5"} if exc.code == "run_locked" else (
+            {"Retry-After": "30"} if exc.code == "queue_full" else None)
         return ApiError(status_for(exc), exc.code, scrub(exc.message, root), headers)
     if isinstance(exc, ImportError):
         log.warning("batch planning needs a module this install lacks: %s", exc)

@@ -512,3 +512,36 @@ def test_a_plan_whose_shard_records_are_not_shards_is_bad_run_not_a_traceback(re
                              exit_when_idle=True, run_read_retry_s=0.1)
     assert (stats.dead, stats.done, stats.failed) == (6, 0, 0), stats
     assert all("not a shard record" in e or "plain file name" in e for e in stats.errors), stats
+
+
+def test_a_chunk_that_would_pass_the_stream_limit_is_not_queued_and_the_submit_says_how_far_it_got(
+        redis_server, corpus, tmp_path, monkeypatch):
+    """The limit on the stream (api.max_batch_tasks) is checked before anything is queued, and again by each chunk's
+    script, atomically with its XADDs: another submission that filled the stream meanwhile stops this one between
+    chunks, never half way through one, and the message says how many were queued."""
+    import sigma.service.fleet as fleet
+    from sigma.errors import InputError
+
+    monkeypatch.setattr(fleet, "SUBMIT_CHUNK", 4)
+    prefix = prefix_name()
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    with pytest.raises(InputError) as full:
+        submit_run(cfg, tmp_path / "a", redis_server.url, prefix, max_tasks=17)
+    assert full.value.code == "queue_full" and "nothing was queued" in full.value.message
+    assert queue_status(redis_server.url, prefix)["queued"] == 0
+    real_add = fleet._add_tasks
+    calls = []
+
+    def add_while_another_fills(conn, q, keys, tasks, limit=0):
+        calls.append(len(tasks))
+        if len(calls) == 2:              # another submission takes 13 places after our first chunk
+            for n in range(13):
+                q.add({"run_dir": "/elsewhere", "shard": f"x{n}", "run_hash": "0"})
+        return real_add(conn, q, keys, tasks, limit)
+
+    monkeypatch.setattr(fleet, "_add_tasks", add_while_another_fills)
+    with pytest.raises(InputError) as full:
+        submit_run(cfg, tmp_path / "a", redis_server.url, prefix, max_tasks=20)
+    assert full.value.code == "queue_full" and "4 of them were queued" in full.value.message, full.value.message
+    assert queue_status(redis_server.url, prefix)["queued"] == 17           # 4 + the other's 13: no part of a chunk

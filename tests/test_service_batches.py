@@ -258,3 +258,26 @@ def test_a_run_of_more_shards_than_the_server_allows_is_refused_before_anything_
         assert resp.status_code == 202 and resp.json()["queued"] == 3, resp.text
     finally:
         svc.close()
+
+
+def test_submissions_that_would_fill_the_batch_stream_past_its_limit_are_refused_whole(redis_server, root, tmp_path):
+    """Each POST /v1/batches could put up to api.max_batch_shards tasks on the Redis the online service shares, and
+    nothing bounded the stream across runs: a client posting run after run filled Redis. api.max_batch_tasks bounds
+    every run's tasks together: a submission that would pass it is refused (429 queue_full, Retry-After), nothing
+    of it queued, and the same request queues once the workers have drained the stream."""
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}", "api.max_batch_tasks=5"])
+    try:
+        svc.start_api()
+        first = post(svc, {"input": "corpus", "out": "runs/full-a", "shard_size": 2})
+        assert first.status_code == 202 and first.json()["queued"] == 3, first.text
+        refused = post(svc, {"input": "corpus", "out": "runs/full-b", "shard_size": 2})
+        assert refused.status_code == 429 and error_code(refused) == "queue_full", refused.text
+        assert "nothing was queued" in refused.text and refused.headers.get("Retry-After") == "30"
+        assert str(root) not in refused.text
+        assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == 3
+        stats = run_batch_worker(redis_server.url, svc.prefix, "bw-full", block_ms=50, exit_when_idle=True)
+        assert stats.done == 3, stats
+        again = post(svc, {"input": "corpus", "out": "runs/full-b", "shard_size": 2})
+        assert again.status_code == 202 and again.json()["queued"] == 3, again.text
+    finally:
+        svc.close()

@@ -57,9 +57,12 @@ def _client(settings: RedisSettings, client: Any = None) -> Iterator[Any]:
 
 
 def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | None = None,
-               key_prefix: str | None = None, client: Any = None, max_shards: int | None = None) -> dict[str, Any]:
+               key_prefix: str | None = None, client: Any = None, max_shards: int | None = None,
+               max_tasks: int | None = None) -> dict[str, Any]:
     """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`. `max_shards`:
-    a new plan of more shards is refused (too_many_shards), before anything is written or queued."""
+    a new plan of more shards is refused (too_many_shards), before anything is written or queued. `max_tasks`:
+    the stream (every run's tasks, waiting or in progress) may not grow past it (queue_full), checked before
+    anything is queued and again, atomically, by each chunk."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
@@ -83,9 +86,13 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
             # workers could compute one shard side by side
             _, with_task = _run_tasks(conn, keys.batch_tasks(), run_dir, run_hash)
             to_queue = [s for s in pending if s.key not in with_task]
+            if max_tasks is not None and to_queue and conn.xlen(keys.batch_tasks()) + len(to_queue) > max_tasks:
+                raise _queue_full(len(to_queue), max_tasks, 0)
             for start in range(0, len(to_queue), SUBMIT_CHUNK):
                 chunk = to_queue[start:start + SUBMIT_CHUNK]
-                _add_tasks(conn, q, keys, [{"run_dir": run_dir, "shard": s.key, "run_hash": run_hash} for s in chunk])
+                tasks = [{"run_dir": run_dir, "shard": s.key, "run_hash": run_hash} for s in chunk]
+                if not _add_tasks(conn, q, keys, tasks, max_tasks or 0):
+                    raise _queue_full(len(to_queue), max_tasks or 0, queued)   # filled by another submission
                 queued += len(chunk)
     except redis_lib.RedisError as exc:
         partial = ""
@@ -108,28 +115,41 @@ SUBMIT_CHUNK = 1000
 CHUNK_TOKEN_TTL_S = 3600
 
 ADD_TASKS = """
--- KEYS: stream, the chunk's token; ARGV: token ttl, values per task, then each task's field/value pairs in turn.
--- Atomic: a chunk is on the stream whole or not at all. The token makes it idempotent: the same call sent again
--- (redis-py retries once when a reply is lost: a timeout, a dropped connection) finds it set and adds nothing.
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local per = tonumber(ARGV[2])
-local n = 0
-for i = 3, #ARGV, per do
+-- KEYS: stream, the chunk's token; ARGV: token ttl, stream limit (0: none), values per task, then each task's
+-- field/value pairs in turn. Atomic: a chunk is on the stream whole or not at all, and only when the stream then
+-- holds no more than the limit (else false). The token makes it idempotent: the same call sent again (redis-py
+-- retries once when a reply is lost: a timeout, a dropped connection) finds it set and adds nothing.
+local per = tonumber(ARGV[3])
+local n = (#ARGV - 3) / per
+local limit = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if limit > 0 and redis.call('XLEN', KEYS[1]) + n > limit then return false end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+for i = 4, #ARGV, per do
   redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + per - 1))
-  n = n + 1
 end
 return n
 """
 
 
-def _add_tasks(conn: Any, q: StreamQueue, keys: Keys, tasks: list[dict[str, str]]) -> None:
-    """One round trip: `tasks` (each with the same fields, in the same order) appended to the stream at once."""
+def _add_tasks(conn: Any, q: StreamQueue, keys: Keys, tasks: list[dict[str, str]], limit: int = 0) -> bool:
+    """One round trip: `tasks` (each with the same fields, in the same order) appended to the stream at once;
+    False (nothing added) when the stream would then hold more than `limit` entries (0: no limit)."""
     flat: list[str] = []
     for task in tasks:
         for name, value in task.items():
             flat += [name, value]
     token = keys.batch_submit_token(uuid.uuid4().hex)
-    conn.register_script(ADD_TASKS)(keys=[q.stream, token], args=[CHUNK_TOKEN_TTL_S, 2 * len(tasks[0]), *flat])
+    added = conn.register_script(ADD_TASKS)(keys=[q.stream, token],
+                                            args=[CHUNK_TOKEN_TTL_S, limit, 2 * len(tasks[0]), *flat])
+    return added is not None
+
+
+def _queue_full(wanted: int, limit: int, queued: int) -> InputError:
+    partial = (f"; {queued} of them were queued before the stream filled up: submit the run again later to "
+               "queue the rest") if queued else "; nothing was queued"
+    return InputError(f"the batch queue is full: {wanted} shard task(s) would take it past its limit of {limit} "
+                      f"(api.max_batch_tasks, every run's tasks waiting or in progress){partial}", code="queue_full")
 
 
 def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None,

@@ -124,6 +124,9 @@ class ApiSettings(Strict):
     max_batch_shards: int = Field(100_000, ge=1, description="POST /v1/batches refuses to plan a run of more "
                                   "shards (422 too_many_shards: raise shard_size): each is a task on Redis and "
                                   "a record the API builds while planning")
+    max_batch_tasks: int = Field(1_000_000, ge=1, description="POST /v1/batches queues no task past this many on "
+                                 "the batch stream (every run's, waiting or in progress): 429 queue_full, nothing "
+                                 "queued; each task is ~250 bytes of Redis memory the online service shares")
     public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json without an API key; "
                               "false: they need a valid key (any scope)")
     header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within "
