@@ -617,3 +617,22 @@ def test_a_status_file_with_counts_that_are_not_numbers_does_not_end_the_status_
     assert summary["error_codes"] == {"bad_record": 0, "image_unreadable": 2}
     assert main(["batch", "status", str(out)]) == 0
     assert "2/2 shards done" in capsys.readouterr().out
+
+
+def test_a_new_run_inside_another_runs_own_folders_is_refused(tmp_path):
+    """`--out RUN/status/x` (or `RUN/masks/<shard>`, `RUN/shards`) planned a run inside another's own files: the outer
+    run's writes landed in the inner run (a shard keyed `run` put its status over the inner run.json, --png-masks
+    wrote into it) and a sweep of RUN/shards took the inner run's files. Refused before anything is written; a run
+    in a folder of RUN's that is not its own is fine."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=16))
+    outer = tmp_path / "outer"
+    run_batch(cfg_for(tmp_path / "set", png_masks=True), outer, progress=False)
+    for inside in (outer / "status" / "nested", outer / "masks" / "nested", outer / "shards"):
+        with pytest.raises(InputError) as refused:
+            run_batch(cfg_for(tmp_path / "set"), inside, progress=False)
+        assert refused.value.code == "out_is_run_file", inside
+    assert not (outer / "status" / "nested").exists() and not (outer / "masks" / "nested").exists()
+    assert not (outer / "shards" / "run.json").exists()
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(outer / "status" / "n2"), "--annotator",
+                 "pixel-diff", "--workers", "0", "--no-progress"]) == 2
+    assert run_batch(cfg_for(tmp_path / "set"), outer / "elsewhere", progress=False).done_now == 1

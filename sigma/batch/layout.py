@@ -57,6 +57,20 @@ def refuse_run_file(path: str | Path) -> None:
                                      "the output elsewhere", code="out_is_run_file")
 
 
+def refuse_inside_run(folder: str | Path) -> None:
+    """A new run folder may not lie in another run's own files (`RUN/status/x`, `RUN/masks/<shard>`, `RUN/shards`):
+    the two runs wrote into each other (a shard keyed `run` put its status over the inner run's run.json, the outer
+    run's masks landed in the inner run, and a sweep of `RUN/shards` took the inner run's files). Checked when a
+    run is planned (`sigma batch run`, `sigma batch submit`, POST /v1/batches); a run inside `RUN/other` is fine."""
+    real = Path(os.path.realpath(folder))
+    for up in real.parents:
+        if (up / RUN_FILE).is_file():
+            first = real.relative_to(up).parts[0]
+            if first in RUN_OWN:
+                raise InputError(f"{folder}: inside the batch run's own {first}/ in {up}; choose another --out",
+                                 code="out_is_run_file")
+
+
 def refuse_images_dir(folder: str | Path, run_dir: str | Path) -> None:
     """A folder an export writes images into (`sigma export coco --images`) must not be where the run or its corpus
     keeps files: inside a run's own folders (`RUN/masks/<shard>`: the run's --png-masks replaced by edited images),

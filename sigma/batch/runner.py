@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma.batch.config import BatchConfig
-from sigma.batch.layout import RunDir, atomic_write_json
+from sigma.batch.layout import RunDir, atomic_write_json, refuse_inside_run
 from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
@@ -117,6 +117,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
             raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "
                              "to continue it", code="run_exists")
         return rundir, corpus, run_hash, shards
+    refuse_inside_run(rundir.root)
     if not rundir.is_empty():
         raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
     shards = unique_keys(corpus.plan())
