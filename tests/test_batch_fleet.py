@@ -545,3 +545,39 @@ def test_a_chunk_that_would_pass_the_stream_limit_is_not_queued_and_the_submit_s
         submit_run(cfg, tmp_path / "a", redis_server.url, prefix, max_tasks=20)
     assert full.value.code == "queue_full" and "4 of them were queued" in full.value.message, full.value.message
     assert queue_status(redis_server.url, prefix)["queued"] == 17           # 4 + the other's 13: no part of a chunk
+
+
+def test_the_temporary_file_of_a_worker_killed_mid_write_is_removed_by_the_next_one_but_a_live_writers_is_kept(
+        redis_server, corpus, tmp_path):
+    """A worker killed while writing a shard's parquet (preempted, OOM-killed) left `.<shard file>.<pid>.<rand>.tmp`;
+    a run worked on by fleet workers only is never swept (that needs the folder held exclusively), so each kill left
+    up to a shard's size on the shared disk for good. The worker that takes the shard next removes it when no
+    writer holds it (writers hold an flock until their rename); a live writer's file is left alone."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    info = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    shard = RunDir(out).shards()[0]
+    target = RunDir(out).shard_path(shard, info["run_hash"])
+    target.parent.mkdir(exist_ok=True)
+    writer = ("import fcntl, os, sys, time\n"
+              "h = open(sys.argv[1], 'xb'); fcntl.flock(h, fcntl.LOCK_EX); h.write(b'PAR1 half'); h.flush()\n"
+              "os.utime(sys.argv[1], (time.time() - 60, time.time() - 60)); print('ready', flush=True)\n"
+              "time.sleep(60)\n")
+    dead_tmp = target.with_name(f".{target.name}.4242.dead0001.tmp")
+    live_tmp = target.with_name(f".{target.name}.4343.live0001.tmp")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(p)], stdout=subprocess.PIPE, text=True)
+             for p in (dead_tmp, live_tmp)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        procs[0].kill()                                     # killed mid-write: its file stays, nobody holds it
+        procs[0].wait(timeout=10)
+        stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+        assert stats.done == 6, stats
+        assert not dead_tmp.exists()
+        assert live_tmp.exists()                            # its writer still holds it
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert RunDir(out).summary()["done"] == 6

@@ -231,6 +231,36 @@ class RunDir:
                      self.root / "masks" / shard.key, self.root / ".locks" / f"status-{shard.key}.lock"):
             self.own(path)
 
+    def sweep_temps(self, shard: Shard, run_hash: str, min_age_s: float = 5.0) -> int:
+        """Remove the temporary parquet files of `shard` that no writer holds: what a writer killed mid-write left
+        (a preempted fleet worker, the OOM killer). A folder worked on only by fleet workers is never swept at a
+        start (that needs it held exclusively), so every such kill left a file up to a shard's size for good. A
+        writer holds an flock on its file until it renames it (`ShardWriter`), as the fleet's folder lock relies on
+        flock across machines; `min_age_s` spares a file made an instant ago, before its writer could lock it."""
+        import fcntl
+        import glob
+        import time
+
+        folder = self.root / "shards"
+        if folder.is_symlink() or not folder.is_dir():
+            return 0
+        removed = 0
+        cutoff = time.time() - min_age_s
+        for tmp in folder.glob(f".{glob.escape(self.shard_path(shard, run_hash).name)}.*.tmp"):
+            try:
+                if tmp.is_symlink() or tmp.lstat().st_mtime > cutoff:
+                    continue
+                with open(tmp, "rb") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue              # its writer is alive
+                    tmp.unlink()
+                    removed += 1
+            except OSError:                   # gone meanwhile
+                continue
+        return removed
+
     def status_path(self, shard: Shard) -> Path:
         return self.root / "status" / f"{shard.key}.json"
 

@@ -9,6 +9,7 @@ decode window is full.
 """
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import queue
@@ -132,8 +133,17 @@ class ShardWriter:
         target = self.rundir.shard_path(shard, self.run_hash)
         self.rundir.subdir("shards")
         tmp = temp_name(target)
-        pq.write_table(rows_to_table(rows), tmp, compression="zstd", row_group_size=max(len(rows), 1))
-        tmp.replace(target)
+        try:
+            with open(tmp, "xb") as handle:
+                # held until the rename: a worker that takes the shard after this one died removes the file only
+                # when nobody holds it (RunDir.sweep_temps); the kernel drops the lock with the writer
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                pq.write_table(rows_to_table(rows), handle, compression="zstd", row_group_size=max(len(rows), 1))
+                handle.flush()
+                tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         errors = [r for r in rows if r["status"] != "ok"]
         codes: dict[str, int] = {}
         for r in errors:

@@ -374,6 +374,8 @@ def process_task(fields: dict[str, str], cache: _RunCache,
     cfg = BatchConfig.model_validate(record["config"])
     corpus = corpus_from_config(cfg)
     with rundir.locked(exclusive=False):   # run_locked while a local run holds it: retried after the lease
+        # the temporary parquet a worker killed on this shard before left: nobody else sweeps it
+        rundir.sweep_temps(shard, run_hash)
         stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash)
     result = stats.shards[0] if stats.shards else None
     if result is None or result.status != "done":
