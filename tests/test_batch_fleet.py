@@ -581,3 +581,55 @@ def test_the_temporary_file_of_a_worker_killed_mid_write_is_removed_by_the_next_
             proc.kill()
             proc.wait(timeout=10)
     assert RunDir(out).summary()["done"] == 6
+
+
+def test_a_submit_to_a_redis_frozen_half_way_reports_how_far_it_got_and_adds_no_chunk_twice(
+        private_redis, corpus, tmp_path, monkeypatch):
+    """Redis SIGSTOPped between two chunks of a submission: the next call times out (and redis-py's retry, on a new
+    connection, too) and the submission fails saying how many tasks were queued, and that the chunk in flight may be
+    too: Redis runs the call it had buffered once it is thawed. Submitting again queues the rest, and no shard has
+    two tasks."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    import sigma.service.fleet as fleet
+    from sigma.errors import InputError
+
+    monkeypatch.setattr(fleet, "SUBMIT_CHUNK", 4)
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    real_add = fleet._add_tasks
+    calls = []
+
+    def freeze_after_the_first_chunk(conn, q, keys, tasks, limit=0):
+        calls.append(len(tasks))
+        if len(calls) == 2:
+            private_redis.freeze()
+        return real_add(conn, q, keys, tasks, limit)
+
+    monkeypatch.setattr(fleet, "_add_tasks", freeze_after_the_first_chunk)
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                  retry=Retry(NoBackoff(), 1))
+    try:
+        with pytest.raises(InputError) as failed:
+            submit_run(cfg, out, private_redis.url, prefix, client=client)
+    finally:
+        private_redis.thaw()
+    assert failed.value.code == "redis_unavailable"
+    assert "4 of 18 shard task(s) were queued" in failed.value.message, failed.value.message
+    assert "the 4 in flight may be too" in failed.value.message, failed.value.message
+    monkeypatch.setattr(fleet, "_add_tasks", real_add)
+    stream = Keys(prefix).batch_tasks()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and private_redis.client().xlen(stream) < 8:
+        time.sleep(0.05)                                     # the buffered calls run once Redis is thawed
+    time.sleep(0.2)
+    assert private_redis.client().xlen(stream) == 8           # the chunk in flight landed once Redis ran again
+    again = submit_run(cfg, out, private_redis.url, prefix)
+    assert (again["queued"], again["already_queued"]) == (10, 8), again
+    run_hash, pending = RunDir(out).pending_keys()
+    count, shards = _run_tasks(private_redis.client(), stream, str(out.resolve()), run_hash)
+    assert count == 18 and shards == set(pending)

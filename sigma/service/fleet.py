@@ -99,8 +99,10 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
         if to_queue:
             # the chunks sent are on the stream whole (one script each), the rest not at all; a second submission
             # queues only the shards with no task, so it finishes the job without doubling any
-            partial = (f"; {queued} of {len(to_queue)} shard task(s) were queued before it failed: submit the run "
-                       "again to queue the rest (a shard with a task is not queued twice)")
+            in_flight = min(SUBMIT_CHUNK, len(to_queue) - queued)
+            partial = (f"; {queued} of {len(to_queue)} shard task(s) were queued before it failed (the {in_flight} "
+                       "in flight may be too, once Redis answers): submit the run again to queue the rest (a shard "
+                       "with a task is not queued twice)")
         raise InputError(f"cannot queue shard tasks on Redis at {display_url(settings.url)} ({exc}){partial}",
                          code="redis_unavailable") from exc
     return {"stream": keys.batch_tasks(), "queued": len(to_queue), "skipped": len(shards) - len(pending),
