@@ -633,3 +633,31 @@ def test_a_submit_to_a_redis_frozen_half_way_reports_how_far_it_got_and_adds_no_
     run_hash, pending = RunDir(out).pending_keys()
     count, shards = _run_tasks(private_redis.client(), stream, str(out.resolve()), run_hash)
     assert count == 18 and shards == set(pending)
+
+
+@pytest.mark.parametrize("edit", ["corpus", "options"])
+def test_a_run_json_edited_after_planning_cannot_lift_the_runs_confinement_or_change_its_options(
+        redis_server, tmp_path, edit):
+    """run.json sits on storage the users of the batch root may write. A run planned by POST /v1/batches (confined
+    to the root) whose run.json was then rewritten — the corpus pointed out of the root with `input.root` dropped,
+    or the annotator's options changed (a weights file anywhere) — had every worker run what it said. The root and
+    the run hash come with the task (Redis): such a task is refused at once (bad_task), nothing run."""
+    root = tmp_path / "root"
+    write_pairs_jsonl(root / "corpus", synthetic_pairs(6, size=16))
+    write_pairs_jsonl(tmp_path / "outside", synthetic_pairs(6, size=16))
+    prefix = prefix_name()
+    out = root / "runs" / "r"
+    cfg = BatchConfig.model_validate({"input": {"path": str(root / "corpus"), "shard_size": 3,
+                                                "root": str(root)}, "annotator": "pixel-diff", "workers": 0})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    record = json.loads(RunDir(out).run_file.read_text())
+    if edit == "corpus":
+        record["config"]["input"].update({"path": str(tmp_path / "outside"), "root": None})
+    else:
+        record["config"]["options"] = {"threshold": 0.9}
+    RunDir(out).run_file.write_text(json.dumps(record))
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert (stats.dead, stats.done, stats.failed) == (2, 0, 0), stats
+    why = "outside the run's root" if edit == "corpus" else "no longer hashes to run"
+    assert all(why in e for e in stats.errors), stats.errors
+    assert not (out / "shards").exists() or not list((out / "shards").iterdir())

@@ -23,7 +23,7 @@ from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
-from sigma.io.corpora.base import Shard
+from sigma.io.corpora.base import Shard, resolved_under
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
@@ -90,7 +90,10 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
                 raise _queue_full(len(to_queue), max_tasks, 0)
             for start in range(0, len(to_queue), SUBMIT_CHUNK):
                 chunk = to_queue[start:start + SUBMIT_CHUNK]
-                tasks = [{"run_dir": run_dir, "shard": s.key, "run_hash": run_hash} for s in chunk]
+                # a confined run's root rides in the task (Redis), not only in run.json (the shared disk): a
+                # run.json edited to drop it cannot lift the confinement (`process_task`)
+                confined = {"root": cfg.input.root} if cfg.input.root else {}
+                tasks = [{"run_dir": run_dir, "shard": s.key, "run_hash": run_hash, **confined} for s in chunk]
                 if not _add_tasks(conn, q, keys, tasks, max_tasks or 0):
                     raise _queue_full(len(to_queue), max_tasks or 0, queued)   # filled by another submission
                 queued += len(chunk)
@@ -366,6 +369,30 @@ def locate_task(fields: dict[str, str],
     return rundir, record, shard
 
 
+def _trusted_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConfig:
+    """The run's config as the task vouches for it. run.json sits on shared storage that users of the batch root may
+    write: one rewritten after planning made every worker run what it said — the annotator options (weights read
+    from anywhere), the corpus path and its `input.root` confinement gone. The options, annotator and model are
+    what the run hash covers, and the hash came with the task (Redis): a config that no longer hashes to it is
+    refused. The corpus is outside the hash (its identity stands for it), so a confined run's root came with the
+    task too: it is put back and the corpus path must lie under it."""
+    try:
+        cfg = BatchConfig.model_validate(record["config"])
+        corpus_identity, model_identity = record["corpus"], record["model"]
+        if cfg.run_hash(corpus_identity, model_identity) != fields.get("run_hash"):
+            raise PermanentTaskError(f"{fields['run_dir']}: run.json's config or model no longer hashes to run "
+                                     f"{fields.get('run_hash')} (edited after the run was planned); refused")
+    except (KeyError, TypeError, ValueError) as exc:      # ValidationError is a ValueError
+        raise PermanentTaskError(f"{fields['run_dir']}: run.json holds no usable config ({exc})") from exc
+    root = fields.get("root")
+    if root:
+        cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"root": root})})
+        if resolved_under(str(cfg.input.path), os.path.realpath(root)) is None:
+            raise PermanentTaskError(f"{fields['run_dir']}: run.json names a corpus outside the run's root "
+                                     "(edited after the run was planned); refused, nothing read")
+    return cfg
+
+
 def process_task(fields: dict[str, str], cache: _RunCache,
                  patience_s: float = RUN_READ_RETRY_S) -> tuple[str, int, str | None]:
     """Run one shard task: ("done" | "skipped" | "failed", pairs, error)."""
@@ -373,7 +400,7 @@ def process_task(fields: dict[str, str], cache: _RunCache,
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
         return "skipped", 0, None
-    cfg = BatchConfig.model_validate(record["config"])
+    cfg = _trusted_config(fields, record)
     corpus = corpus_from_config(cfg)
     with rundir.locked(exclusive=False):   # run_locked while a local run holds it: retried after the lease
         # the temporary parquet a worker killed on this shard before left: nobody else sweeps it
