@@ -661,3 +661,19 @@ def test_a_run_json_edited_after_planning_cannot_lift_the_runs_confinement_or_ch
     why = "outside the run's root" if edit == "corpus" else "no longer hashes to run"
     assert all(why in e for e in stats.errors), stats.errors
     assert not (out / "shards").exists() or not list((out / "shards").iterdir())
+
+
+def test_a_task_whose_run_folder_is_now_a_file_is_dead_lettered_at_once(redis_server, corpus, tmp_path):
+    """A run folder replaced by a file is as gone as a deleted one: its tasks were read again for the whole
+    run.json patience and then given back through the lease max_deliveries times before they were dead-lettered."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    import shutil
+
+    shutil.rmtree(out)
+    out.write_bytes(b"not a folder")
+    start = time.monotonic()
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True, run_read_retry_s=2)
+    assert (stats.dead, stats.failed) == (6, 0), stats
+    assert time.monotonic() - start < 6 and "not a batch run folder" in stats.errors[0], stats.errors

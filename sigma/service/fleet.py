@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -280,15 +281,14 @@ _PLANS_KEPT = 4
 
 
 def _folder_gone(root: Path) -> bool:
-    """The run folder itself is missing (deleted, or never there): no retry brings it back. Any other error
-    looking at it (EACCES, ESTALE, EIO) may pass."""
+    """The run folder itself is missing (deleted, never there, or a file now): no retry brings it back. Any other
+    error looking at it (EACCES, ESTALE, EIO) may pass."""
     try:
-        os.stat(root)
+        return not stat.S_ISDIR(os.stat(root).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return True
     except OSError:
         return False
-    return False
 
 
 def _read_record(rundir: RunDir, patience_s: float) -> dict[str, Any]:
