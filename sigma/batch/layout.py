@@ -154,6 +154,8 @@ class RunDir:
         `sigma batch status`, an export) read that file, and a `shards/`, `status/` or `masks/` that is one made
         the writers put their files there. Links that stay inside the folder are fine, as for a corpus's files
         (`resolved_under`)."""
+        if self._no_link_below_root(path):
+            return path             # the common case, in a few lstat calls (a status poll asks this per shard)
         if resolved_under(str(path), os.path.realpath(self.root)) is None:
             raise InputError(f"{path}: a symbolic link that leaves the run folder {self.root}; a run reads and "
                              "writes only its own files (remove the link)", code="link_outside_run")
@@ -222,6 +224,26 @@ class RunDir:
 
     def shard_path(self, shard: Shard, run_hash: str) -> Path:
         return self.root / "shards" / f"{shard.key}.{run_hash}.parquet"
+
+    def _no_link_below_root(self, path: Path) -> bool:
+        """True when no component of `path` below the run folder is a symbolic link (nor `.` or `..`): it is inside.
+        On strings, not Paths: a status poll asks this twice per shard."""
+        root, text = str(self.root), str(path)
+        if not text.startswith(root + os.sep):
+            return False
+        probe = root
+        for part in text[len(root) + 1:].split(os.sep):
+            if part in ("..", ".", ""):
+                return False
+            probe = probe + os.sep + part
+            try:
+                if stat.S_ISLNK(os.lstat(probe).st_mode):
+                    return False
+            except FileNotFoundError:
+                return True         # nothing below a missing component exists
+            except OSError:
+                return False
+        return True
 
     def check_links(self, shard: Shard, run_hash: str) -> None:
         """Every path the work on `shard` reads or writes stays in the run folder (`own`): checked by a fleet
