@@ -468,6 +468,44 @@ def test_load_config_unit(tmp_path):
     assert config_hash(load_config(AnnotateConfig, None, ["batch_size=3"])) != config_hash(cfg)
 
 
+def test_set_values_of_text_fields_are_taken_as_written(capsys, pair_files, tmp_path):
+    """`--set name=a: b` was read as YAML into a mapping {a: b} ("name: Input should be a valid string"), `out_dir=on`
+    into true, `name=2026-01-01` into a date, and `name=a #1` was taken as 'a' without a word. A text field takes
+    the text as written (quotes removed, null where the field allows None); another field's error says what YAML
+    made of the value and how to quote it."""
+    from sigma.config import load_config
+    from sigma.errors import ConfigError
+    from sigma.service.settings import load_serve_config
+    from sigma.training.config import TrainConfig
+
+    def train(*items: str) -> TrainConfig:
+        return load_config(TrainConfig, None, list(items))
+
+    assert train("name=a: b").name == "a: b" and train("name=a #1").name == "a #1"
+    assert train("out_dir=on").out_dir == "on" and train("name=2026-01-01").name == "2026-01-01"
+    assert train("name=[x]").name == "[x]" and train("name=123").name == "123" and train("name=null").name == "null"
+    assert train("data.photos=").data.photos == "" and train("amp=bf16").amp == "bf16"
+    assert train('name="quoted"').name == "quoted" and train("name='a: b'").name == "a: b"
+    assert train("init_from=null").init_from is None and train("init_from=").init_from is None
+    assert train("init_from=a: b").init_from == "a: b"
+    assert train("model={backbone: {kind: compact}}").model == {"backbone": {"kind": "compact"}}
+    assert train("model=tiny-lite").model == "tiny-lite" and train("steps=7").steps == 7
+    assert train("eval.perturb=[none, jpeg75]").eval.perturb == ["none", "jpeg75"]
+    with pytest.raises(ConfigError, match=r"steps: .*read as YAML, giving \{\"a\": \"b\"\}.*quote it"):
+        train("steps=a: b")
+    # the environment and `sigma serve --set` follow the same rule
+    assert load_serve_config(None, ["redis.url=redis://h:1/0 #x"], env={}).redis.url == "redis://h:1/0 #x"
+    # through the CLI: the annotator named 'pixel: diff' is looked up (and not found), not refused as a mapping
+    orig, edited = map(str, pair_files)
+    rc, _, err = run_main(capsys, "annotate", orig, edited, "-o", str(tmp_path / "o"), "--set", "annotator=pixel: diff")
+    assert rc == 2 and "'pixel: diff'" in err
+    assert_one_error_line(err, "unknown_name")
+    rc, _, err = run_main(capsys, "annotate", orig, edited, "-o", str(tmp_path / "o"), "--annotator", "pixel-diff",
+                          "--set", "batch_size=a: b")
+    assert rc == 2 and "read as YAML" in err and "batch_size=\"a: b\"" in err
+    assert_one_error_line(err, "invalid_config")
+
+
 def _laughs(levels: int) -> str:
     """YAML aliases nine deep per level: a few hundred bytes that expand to 9**levels values."""
     lines = ["&l0 [" + ", ".join(["1"] * 9) + "]"]

@@ -18,12 +18,18 @@ class SigmaArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"sigma: error [bad_arguments]: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+# How a `--set` / `key=value` VALUE is read (sigma.config.loader.Override): said in every --help that takes one.
+VALUE_RULE = ("VALUE is YAML (0.1, true, null, [2,5,11], {a: 1}), except that a text field takes the text as "
+              "written (name=a: b gives 'a: b', out_dir=on gives 'on'; outer quotes are removed).")
+
+
 def add_config_args(parser: argparse.ArgumentParser,
                     example: str = "--set io.align=true --set io.limits.max_pixels=10000000") -> None:
     """`--config` and `--set`; `example` are overrides the command's own config accepts (its --help shows them)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override one config value, e.g. {example} (repeatable; applied after --config)")
+                        help=f"override one config value, e.g. {example} (repeatable; applied after --config). "
+                             f"{VALUE_RULE}")
 
 
 # What each optional extra brings, by import name: a command says which it needs (`set_defaults(needs=...)`),
@@ -65,9 +71,9 @@ class MissingExtraError(SigmaError):
 def flag_overrides(overrides: list[str], **flags: Any) -> dict[str, Any]:
     """`--set key=value` items plus the command's own flags (None = not given) as dotted overrides: flags
     are applied before validation, like every other override, never by mutating a validated config."""
-    from sigma.config.loader import parse_overrides
+    from sigma.config.loader import read_overrides
 
-    merged = parse_overrides(overrides)
+    merged: dict[str, Any] = dict(read_overrides(overrides))
     merged.update({k: v for k, v in flags.items() if v is not None})
     return merged
 
