@@ -558,6 +558,15 @@ def _refuse_links(run_dir: Path) -> None:
                          code="bad_outdir")
 
 
+def _check_model(cfg: TrainConfig) -> None:
+    """The configured architecture, validated and its size checked (`sigma.models.size`) before the run folder is
+    made: a `model:` mapping with an absurd width was built, and failed, after config.yaml had been written."""
+    from sigma.models import make_config, preset_config
+    from sigma.models.size import check_model_size
+
+    check_model_size(preset_config(cfg.model) if isinstance(cfg.model, str) else make_config(cfg.model))
+
+
 def start(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None,
           log=print) -> Path:
     """`sigma train CONFIG [k=v ...]` or `sigma train --resume RUN_DIR`. The run folder is held for the whole
@@ -583,6 +592,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
         cfg = load_config(TrainConfig, config_path, overrides or [])
         run_dir = Path(cfg.out_dir) / cfg.name
+    _check_model(cfg)
     if cfg.eval.data and cfg.eval.data != "shared" and not Path(cfg.eval.data).is_dir():
         # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
         raise ConfigError(f"eval.data {cfg.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)")
