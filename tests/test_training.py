@@ -162,6 +162,52 @@ def test_a_run_on_a_cache_resumes_from_another_folder_and_after_being_moved(phot
         tmp_path / "first" / "runs" / "ref" / "final" / "model.safetensors").read_bytes()
 
 
+def test_a_run_with_relative_input_paths_resumes_from_another_folder(photos, tmp_path, monkeypatch, capsys):
+    """`data.cache: cache` and `data.photos: photos`, relative to the folder `sigma train` was started in: a
+    `--resume` from another folder looked for them in its own folder and said `no_photos` ("cache: fewer than 2
+    photos"). config.yaml records that folder (workdir) and the relative paths are read from it; a path given at
+    the resume is relative to where the resume runs; a path that is nowhere is said with the folder it was
+    looked for in."""
+    start = tmp_path / "start"
+    start.mkdir()
+    shutil.copytree(photos, start / "photos")
+    monkeypatch.chdir(start)
+    assert main(["synth", "--build-cache", "cache", "--photos", "photos", "--no-vae", "--max-side", "96"]) == 0
+    common = ["steps=3", "batch_size=2", "eval.val_size=2", "eval.val_dir=val", "out_dir=runs"]
+    for name, data in {"c": "data.cache=cache", "p": "data.photos=photos"}.items():
+        assert main(["train", STAGE1, data, *common, f"name={name}", "max_minutes=0.00001"]) == 0
+        saved = yaml.safe_load((start / "runs" / name / "config.yaml").read_text())
+        assert saved["workdir"] == str(start) and saved["eval"]["val_dir"] == "val"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    for name in ("c", "p"):
+        assert main(["train", "--resume", str(start / "runs" / name), "max_minutes=null"]) == 0, capsys.readouterr().err
+        assert steps_logged(start / "runs" / name)[-1] == 3 and (start / "runs" / name / "final").is_dir()
+    assert not (elsewhere / "val").exists()        # the validation set of the first stretch was read again
+    # a relative path given at the resume is the resume's own folder's
+    shutil.copytree(start / "runs" / "p", elsewhere / "copy")
+    shutil.rmtree(elsewhere / "copy" / "final")
+    (elsewhere / "copy" / "metrics.jsonl").write_text("")
+    shutil.copytree(photos, elsewhere / "mine")
+    capsys.readouterr()
+    assert main(["train", "--resume", "copy", "data.photos=mine", "steps=4"]) == 0, capsys.readouterr().err
+    assert yaml.safe_load((elsewhere / "copy" / "config.yaml").read_text())["data"]["photos"] == str(elsewhere / "mine")
+    # a path that is nowhere: the error names where it was looked for
+    shutil.rmtree(start / "photos")
+    shutil.rmtree(start / "runs" / "p" / "final")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(start / "runs" / "p"), "steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert str(start / "photos") in err and "[file_not_found]" in err
+    shutil.rmtree(start / "cache")           # the run's frozen index is there, the cached files are not
+    shutil.rmtree(start / "runs" / "c" / "final")
+    assert main(["train", "--resume", str(start / "runs" / "c"), "steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert f"none of their files is in {start / 'cache'}" in err and "[no_photos]" in err
+
+
 def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):
     """Every weight of a resumed run comes from its checkpoint, but the resume loaded `init_from` again first:
     with the source deleted (or the run folder copied to another machine) the run could not be resumed at all

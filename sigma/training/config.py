@@ -101,6 +101,10 @@ class TrainConfig(Strict):
     stage: Literal["I", "II"] = "I"
     seed: int = 0
     out_dir: str = Field("runs", description="the run folder is <out_dir>/<name>")
+    workdir: str = Field("", description="the folder the relative paths of this config (data.photos, data.cache, "
+                         "data.cache_index, sources, eval.val_dir, eval.data, init_from) are read from; `sigma "
+                         "train` records the folder a run starts in, so `--resume` from another folder reads the "
+                         "same files ('' = the current folder)")
     model: str | dict[str, Any] = Field("sigma-lite", description="preset name or SigmaNetConfig fields")
     init_from: str | None = Field(None, description="a saved model folder or a run folder to start from")
     data: SynthConfig = Field(default_factory=SynthConfig)

@@ -558,6 +558,77 @@ def _refuse_links(run_dir: Path) -> None:
                          code="bad_outdir")
 
 
+# The config's paths that name inputs (read, never written): relative ones are read from `workdir`.
+INPUT_PATHS = ("data.photos", "data.cache", "data.cache_index", "eval.val_dir", "eval.data", "init_from")
+
+
+def _get(cfg: TrainConfig, dotted: str) -> str | None:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _replace(cfg: TrainConfig, dotted: str, value: Any) -> TrainConfig:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return cfg.model_copy(update={head: value})
+    return cfg.model_copy(update={head: getattr(cfg, head).model_copy(update={rest: value})})
+
+
+def _input_paths(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """(key, path) of every non-empty input path in `cfg`; a source is `sources[i]`."""
+    found = [(key, _get(cfg, key)) for key in INPUT_PATHS]
+    found += [(f"sources[{i}]", s.path) for i, s in enumerate(cfg.sources)]
+    return [(k, v) for k, v in found if v and not (k == "eval.data" and v == "shared")]
+
+
+def _absolute_overrides(overrides: list[str]) -> list[str]:
+    """`--resume RUN key=PATH`: a relative path given now is relative to the current folder, not to the folder the
+    run started in (where config.yaml's own paths are read from): written down absolute."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.strip() in INPUT_PATHS and value and value not in ("null", "~", "shared") \
+                and not Path(value).is_absolute():
+            item = f"{key.strip()}={Path(value).absolute()}"
+        out.append(item)
+    return out
+
+
+def resolve_inputs(cfg: TrainConfig, log=print) -> TrainConfig:
+    """`cfg` with each relative input path read from `cfg.workdir` (the folder the run started in): `--resume` of a
+    run started elsewhere looked for `data.cache: cache` in the current folder, found no photo files and said
+    `no_photos`. A path that is not under workdir but is in the current folder (the run folder copied to another
+    machine, with its data, and resumed from the project root) is taken from there, and said."""
+    base = Path(cfg.workdir) if cfg.workdir else Path.cwd()
+    for key, value in _input_paths(cfg):
+        path = Path(value)
+        if path.is_absolute():
+            continue
+        chosen = base / path
+        if not chosen.exists() and path.exists() and path.absolute() != chosen.absolute():
+            log(f"{key}: {value} is not in {base} (where the run started) but is in the current folder; using "
+                f"{path.absolute()}")
+            chosen = path
+        chosen = chosen.absolute()
+        if key.startswith("sources["):
+            i = int(key[8:-1])
+            sources = list(cfg.sources)
+            sources[i] = sources[i].model_copy(update={"path": str(chosen)})
+            cfg = cfg.model_copy(update={"sources": sources})
+        else:
+            cfg = _replace(cfg, key, str(chosen))
+    return cfg
+
+
+def _relative_note(cfg: TrainConfig, key: str) -> str:
+    value = _get(cfg, key)
+    if not value or Path(value).is_absolute():
+        return ""
+    return f" ({key} is {value!r}, read from {cfg.workdir or Path.cwd()}, the folder the run started in: workdir)"
+
+
 def _check_model(cfg: TrainConfig) -> None:
     """The configured architecture, validated and its size checked (`sigma.models.size`) before the run folder is
     made: a `model:` mapping with an absurd width was built, and failed, after config.yaml had been written."""
@@ -576,12 +647,13 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise InputError(f"{run_dir}: not a run folder (no config.yaml)", code="file_not_found")
-        cfg = load_config(TrainConfig, run_dir / "config.yaml", overrides or [])
+        overrides = _absolute_overrides(overrides or [])
+        cfg = load_config(TrainConfig, run_dir / "config.yaml", overrides)
         saved = load_config(TrainConfig, run_dir / "config.yaml", [])
         if cfg.model != saved.model:   # refused before config.yaml is rewritten: the run stays resumable
             raise ConfigError(f"{run_dir}: --resume continues the run's own model; a model.* override changes its "
                               "architecture (start a new run with init_from instead)")
-        frozen = run_dir / "cache_index.json"
+        frozen = (run_dir / "cache_index.json").absolute()
         if cfg.data.cache_index and frozen.is_file() and "data.cache_index" not in parse_overrides(overrides):
             # the run's own snapshot of the cache index, wherever the run folder is now: config.yaml holds the
             # path it was written at (relative to the first run's working folder), so a resume from another
@@ -591,11 +663,15 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not config_path:
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
         cfg = load_config(TrainConfig, config_path, overrides or [])
+        if not cfg.workdir:     # recorded in config.yaml: a --resume from elsewhere reads the same inputs
+            cfg = cfg.model_copy(update={"workdir": str(Path.cwd())})
         run_dir = Path(cfg.out_dir) / cfg.name
     _check_model(cfg)
-    if cfg.eval.data and cfg.eval.data != "shared" and not Path(cfg.eval.data).is_dir():
+    inputs = resolve_inputs(cfg, log=log)     # what the run reads: relative paths from where it started
+    if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).is_dir():
         # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
-        raise ConfigError(f"eval.data {cfg.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)")
+        raise ConfigError(f"eval.data {inputs.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)"
+                          f"{_relative_note(cfg, 'eval.data')}")
     if cfg.eval.data and (cfg.eval.data != "shared" or shared_eval_dir().is_dir()):
         # what the perturbations need (TAEF2 for vae / regen) is loaded now: a missing module or missing weights
         # ended the run only when the real set was scored, after the last step, with no final/
@@ -608,7 +684,8 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
         if not resume:
-            cfg = freeze_cache_index(cfg, run_dir)
+            inputs = freeze_cache_index(inputs, run_dir)
+            cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
         if rank0:
-            save_resolved(cfg, run_dir)
-        return Trainer(cfg, run_dir, log=log).run()
+            save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
+        return Trainer(inputs, run_dir, log=log).run()

@@ -152,9 +152,15 @@ class PhotoBank:
             data = json.loads(idx.read_text())
             max_side = int(data.get("max_side", max_side))
             self.max_side = max_side
+            listed = len(data["files"])
             for f in data["files"]:
                 if (self.cache / f["file"]).is_file():
                     entries.append((str(self.cache / f["file"]), True, str(f.get("photo", f["file"]))))
+            if listed and not entries and not photos:
+                # said as such: "cache: fewer than 2 photos" sent people looking for a cache that was too small
+                raise InputError(f"{idx} lists {listed} cached photos but none of their files is in "
+                                 f"{self.cache.absolute()} (a relative data.cache is read from the current folder, "
+                                 "or for sigma train from the folder the run started in)", code="no_photos")
         if photos:
             have = {str(Path(e[2]).resolve()) for e in entries}
             # photos that are not images are left out here, said once: one of them killed `sigma synth` and
