@@ -323,22 +323,31 @@ def test_a_killed_data_worker_is_replaced_and_the_run_ends_with_the_uninterrupte
 
 def test_max_minutes_pauses_a_stretch_and_resume_finishes_the_same_run(photos, tmp_path):
     """A stretch of work with a wall-clock budget: past `max_minutes` the run checkpoints, validates and
-    exits 0 without `final/`; `--resume` (budget lifted) ends with the weights of an uninterrupted run."""
+    exits 0 without `final/`; `--resume` (budget lifted) ends with the weights of an uninterrupted run.
+    The budget is checked after every step: it was checked at log steps only, so a run overshot it by up to a
+    whole logging interval (here 4 steps); the steps since the last log row are logged at the stop, and the
+    checkpoint written there is the whole state at that step (model/ holds its weights)."""
+    from safetensors.torch import load_file
+
     runs = tmp_path / "runs"
-    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=6", "batch_size=2", "log_every=2",
-              "eval.val_size=4", "eval.every=0", "eval.at_start=false", "warmup_steps=1"]
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=6", "batch_size=2", "log_every=4",
+              "ckpt_every=4", "eval.val_size=4", "eval.every=0", "eval.at_start=false", "warmup_steps=1"]
     assert main(["train", STAGE1, *common, "name=ref"]) == 0
     assert main(["train", STAGE1, *common, "name=cut", "max_minutes=1e-6"]) == 0
     cut = runs / "cut"
     recs = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     paused = [r for r in recs if r["event"] == "paused"]
-    assert len(paused) == 1 and paused[0]["step"] == 2 and paused[0]["reason"] == "max_minutes"
-    assert [r["step"] for r in recs if r["event"] == "val"] == [2]         # this stretch's progress is scored
-    assert torch.load(cut / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert len(paused) == 1 and paused[0]["step"] == 1 and paused[0]["reason"] == "max_minutes"
+    assert [r["step"] for r in recs if r["event"] == "val"] == [1]         # this stretch's progress is scored
+    assert steps_logged(cut) == [1] and recs[0]["loss"] > 0
+    ckpt = torch.load(cut / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["opt"]["state"] and ckpt["torch_rng"] is not None
+    on_disk = load_file(str(cut / "model" / "model.safetensors"))
+    assert all(torch.equal(on_disk[k], v.contiguous()) for k, v in ckpt["model"].items())
     assert not (cut / "final").exists()
 
     assert main(["train", "--resume", str(cut), "max_minutes=null"]) == 0
-    assert steps_logged(cut) == [2, 4, 6]
+    assert steps_logged(cut) == [1, 4, 6]
     ref, got = _weights(runs / "ref"), _weights(cut)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -136,8 +136,8 @@ class TrainConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log_every: int = Field(10, ge=1)
     ckpt_every: int = Field(100, ge=1)
-    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of this stretch: at the first "
-                                      "log step past it the run checkpoints, validates and stops cleanly "
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of this stretch: at the end of "
+                                      "the first step past it the run checkpoints, validates and stops cleanly "
                                       "(exit 0); `sigma train --resume RUN` continues the same schedule. "
                                       "For a shared machine or a time-limited device slot")
     tensorboard: bool = True

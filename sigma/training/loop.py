@@ -427,8 +427,9 @@ class Trainer:
                 self.checkpoint()
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
                 self.validate(val)
-            if self.step % cfg.log_every == 0 and self.step < cfg.steps and self._out_of_time(started):
-                return self._pause(val, started)
+            # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
+            if self.step < cfg.steps and self._out_of_time(started):
+                return self._pause(val, started, window, n_pairs, t_data, t_model)
         self.checkpoint()
         return self._finish(val)
 
@@ -496,7 +497,8 @@ class Trainer:
         return self.run_dir
 
     def _out_of_time(self, started: float) -> bool:
-        """Past `max_minutes`? Every rank must stop at the same step: rank 0's clock decides for all."""
+        """Past `max_minutes`? Asked after every step: a clock read, and under DDP one 4-byte broadcast (every rank
+        must stop at the same step: rank 0's clock decides for all), next to the step's gradient all-reduce."""
         if self.cfg.max_minutes is None:
             return False
         over = torch.tensor([float(time.monotonic() - started > 60.0 * self.cfg.max_minutes)])
@@ -504,11 +506,17 @@ class Trainer:
             torch.distributed.broadcast(over, src=0)
         return bool(over.item())
 
-    def _pause(self, val, started: float) -> Path:
-        """End of a stretch, not of the run: checkpoint, score (so `best/` holds this stretch's progress),
-        no `final/`; the next `--resume` continues the schedule from this step. What this step's loop
-        iteration already wrote (a checkpoint, a validation) is not done again."""
+    def _pause(self, val, started: float, window: dict[str, list[float]] | None = None, n_pairs: int = 0,
+               t_data: float = 0.0, t_model: float = 0.0) -> Path:
+        """End of a stretch, not of the run: the steps since the last log row logged, checkpoint, score (so
+        `best/` holds this stretch's progress), no `final/`; the next `--resume` continues the schedule from this
+        step. What this step's loop iteration already wrote (a checkpoint, a validation) is not done again."""
         cfg = self.cfg
+        if window and self.step % cfg.log_every:    # a stop between log steps: their losses are not lost
+            rec = self._reduce_window(window)
+            rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9), data_s=t_data,
+                       model_s=t_model)
+            self.emit(rec)
         if self.step % cfg.ckpt_every:
             self.checkpoint()
         if not (cfg.eval.every and self.step % cfg.eval.every == 0):
