@@ -131,19 +131,15 @@ def check_unit_interval(args: argparse.Namespace, what: dict[str, str]) -> None:
 
 
 def check_outdir(outdir: Path, create: bool = False) -> Path:
-    """Refuse an output folder that cannot be one (a file, a name too long, a path through a file, a
-    read-only place) before any work, not after minutes of it: `create` makes it now, which is the only
-    test a permission or a read-only file system answers honestly."""
-    from sigma.errors import InputError
+    """Refuse an output folder that cannot be one (a file: `out_not_a_folder`; a name too long, a path through
+    a file, a read-only place: `bad_outdir`) before any work, not after minutes of it: `create` makes it now,
+    which is the only test a permission or a read-only file system answers honestly. The codes every command's
+    output folder answers with (`sigma.folderlock.make_out_folder`)."""
+    from sigma.folderlock import make_out_folder, refuse_non_folder
 
-    try:
-        if outdir.exists() and not outdir.is_dir():
-            raise InputError(f"{outdir}: exists and is not a folder", code="bad_outdir")
-        if create:
-            outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{outdir}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir"
-                         ) from exc
+    refuse_non_folder(outdir)
+    if create:
+        make_out_folder(outdir)
     return outdir
 
 
