@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -206,6 +207,29 @@ def test_a_run_with_relative_input_paths_resumes_from_another_folder(photos, tmp
     assert main(["train", "--resume", str(start / "runs" / "c"), "steps=5"]) == 2
     err = capsys.readouterr().err
     assert f"none of their files is in {start / 'cache'}" in err and "[no_photos]" in err
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_of_a_validation_with_nothing_to_score_are_strict_json(photos, tmp_path):
+    """A validation set with no edited pair (every synthetic pair noise-only) has an undefined F1 and AUC (NaN):
+    metrics.jsonl got `NaN` in its val row, which JSON.parse and jq refuse (the run's whole log unreadable to
+    them). Every JSON file the run writes goes through the one finite writer (`sigma.text.dumps_finite`): null."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=none", "steps=2",
+                 "batch_size=2", "eval.val_size=2", "data.mix={none: 1.0}"]) == 0
+    rows = [_strict_json(line) for line in (runs / "none" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["event"] == "val"]
+    assert val and all(r["synthetic"]["f1"] is None and r["synthetic"]["auc"] is None for r in val)
+    from sigma.text import dumps_finite
+
+    assert _strict_json(dumps_finite({"a": [float("inf"), np.float32("nan"), (1.5,)]})) == {"a": [None, None, [1.5]]}
+    assert dumps_finite({"p": Path("x")}, default=lambda v: float("nan")) == '{"p": null}'
 
 
 def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):

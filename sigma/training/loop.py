@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.folderlock import hold_folder, waiting_lock
+from sigma.text import dumps_finite
 
 from . import losses as L
 from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint
@@ -190,7 +191,7 @@ class Trainer:
             return
         record = {"step": self.step, "time": round(time.time(), 2), **record}
         with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record, default=float) + "\n")
+            handle.write(dumps_finite(record, default=float) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "time"):
@@ -357,7 +358,7 @@ class Trainer:
         info = {"step": self.step, "f1": f1, "iou": rec["synthetic"].get("iou"),
                 "saved": self.step > 0, "val": self.cfg.eval.val_dir or f"seed {self.cfg.eval.val_seed}"}
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(info, indent=1))
+        tmp.write_text(dumps_finite(info, indent=1))
         tmp.replace(path)
         rec["best"] = True
 
@@ -379,7 +380,7 @@ class Trainer:
             return self._finish(self._val_set() if self.is_main else [])
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
-            (self.run_dir / "grow.json").write_text(json.dumps(
+            (self.run_dir / "grow.json").write_text(dumps_finite(
                 {"init_from": cfg.init_from, "loaded": len(rep.loaded), "new": rep.new,
                  "identity_initialised": rep.identity, "dropped": rep.dropped}, indent=1))
             self.emit({"event": "grow", "loaded": len(rep.loaded), "new": len(rep.new),
