@@ -628,6 +628,17 @@ def test_every_help_has_examples_and_its_set_examples_are_its_own_keys():
     assert checked == set(validate)
 
 
+def test_every_help_fits_120_columns(monkeypatch):
+    """`sigma worker --help` printed its description as one line of 498 characters (a raw-text formatter keeps
+    the lines it is given), `sigma export --help` an example of 129: on a 120-column terminal (the limit the code
+    keeps to) each help wraps or fits."""
+    monkeypatch.setenv("COLUMNS", "120")
+    parser = sigma.cli.build_parser()
+    long = [(name, line) for name, sub in [("sigma", parser), *_subcommand_parsers(parser)]
+            for line in sub.format_help().splitlines() if len(line) > 120]
+    assert not long, [(name, len(line), line[:60]) for name, line in long]
+
+
 def test_version_and_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "sigma", "--version"], capture_output=True, text=True, timeout=60,
                           check=False)
