@@ -519,6 +519,9 @@ def test_set_values_of_text_fields_are_taken_as_written(capsys, pair_files, tmp_
     assert train("eval.perturb=[none, jpeg75]").eval.perturb == ["none", "jpeg75"]
     with pytest.raises(ConfigError, match=r"steps: .*read as YAML, giving \{\"a\": \"b\"\}.*quote it"):
         train("steps=a: b")
+    with pytest.raises(ConfigError) as info:      # a list where a list is wanted: no note about quoting
+        train("eval.perturb=[]")
+    assert "no perturbation given" in info.value.message and "read as YAML" not in info.value.message
     # the environment and `sigma serve --set` follow the same rule
     assert load_serve_config(None, ["redis.url=redis://h:1/0 #x"], env={}).redis.url == "redis://h:1/0 #x"
     # through the CLI: the annotator named 'pixel: diff' is looked up (and not found), not refused as a mapping

@@ -392,6 +392,19 @@ def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
 
 
+@pytest.mark.parametrize("override", ["seed=-1", "seed=1000000000000000000000000000000", "eval.val_seed=-5",
+                                      "lr=inf", "lr=1e308", "loss.bce=nan", "ema.hi=.nan", "disentangle.noise_scale=inf",
+                                      "max_minutes=inf"])
+def test_numbers_a_run_cannot_use_are_config_errors(photos, tmp_path, capsys, override):
+    """A negative seed (numpy: ValueError traceback) or one of 10^30 (torch: OverflowError traceback) ended the run
+    after its folder was made; lr=inf trained NaN weights into final/ with exit 0 and loss.bce=nan skipped every
+    step of a short run without a word. Each is one invalid_config line naming the key, and no run folder."""
+    rc = main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path}", "name=r", "steps=2", override])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[invalid_config]" in err and override.split("=")[0] in err, err[-400:]
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
 def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
     """The run folder is <out_dir>/<name>: `name=/` trained into `/` (config.yaml, checkpoints, model/, final/
     at the file system's root), `name=../x` beside out_dir, an absolute name anywhere."""

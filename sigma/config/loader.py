@@ -289,17 +289,20 @@ def load_config(model: type[M], path: str | Path | None = None,
         return model.model_validate(tree)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                             f"{_yaml_note(e['loc'], given) if e['type'] != 'extra_forbidden' else ''}"
+                             f"{_yaml_note(e['loc'], given, model) if e['type'] != 'extra_forbidden' else ''}"
                              for e in exc.errors())
         raise ConfigError(f"invalid {model.__name__}: {problems}") from exc
 
 
-def _yaml_note(loc: tuple, given: dict[str, Override]) -> str:
-    """What YAML made of the `--set` value behind an error, when that is not what the text looks like: a
+def _yaml_note(loc: tuple, given: dict[str, Override], model: type[BaseModel]) -> str:
+    """What YAML made of the `--set` value behind an error, when the field does not take a value of that kind: a
     mapping from `a: b`, a list from `[x]`, a date, or text cut at a ` #` comment."""
     dotted = ".".join(str(p) for p in loc)
     for key, o in given.items():
         if dotted != key and not dotted.startswith(key + "."):
+            continue
+        accepts = field_types(model, key)
+        if accepts is None or type(o.value) in accepts.types:     # read as meant; the error is about the value
             continue
         if isinstance(o.value, (dict, list, datetime.date)) or isinstance(o.value, str) and o.value != o.text.strip():
             shown = json.dumps(o.value, default=str, ensure_ascii=False)[:80]

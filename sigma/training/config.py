@@ -5,13 +5,26 @@ import math
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, MAX_WORKING_SIZE, Strict
 from sigma.data.synth.engine import SynthConfig
 
 
-class SourceConfig(Strict):
+class Section(Strict):
+    """A training config section: no float may be NaN or infinite. `lr=inf` trained a model of NaN weights into
+    final/ (exit 0), `loss.bce=nan` skipped every step of a short run without a word; a budget without limit is
+    `max_minutes=null`, not inf."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Seeds feed numpy (non-negative only: a ValueError traceback for -1) and torch.Generator().manual_seed(seed * 1000003
+# + step) (a 64-bit integer: 10^30 was an OverflowError traceback).
+MAX_SEED = 2**32 - 1
+
+
+class SourceConfig(Section):
     """A folder in the pairs.jsonl layout mixed into training (labelled corpus or unlabelled pairs)."""
 
     path: str
@@ -20,13 +33,13 @@ class SourceConfig(Strict):
     labelled: bool = True
 
 
-class LossConfig(Strict):
+class LossConfig(Section):
     bce: float = 1.0
     dice: float = 1.0
     pos_weight: float = Field(1.0, gt=0)
 
 
-class VaeCalibConfig(Strict):
+class VaeCalibConfig(Section):
     """Stage II: more VAE-roundtripped pairs, and noise-only pairs labelled empty."""
 
     enabled: bool = False
@@ -34,7 +47,7 @@ class VaeCalibConfig(Strict):
     none_p: float = Field(0.15, ge=0, le=1)
 
 
-class EmaConfig(Strict):
+class EmaConfig(Section):
     """Stage II: EMA teacher → confident pseudo-labels on unlabelled pairs for a strong-view student."""
 
     enabled: bool = False
@@ -47,7 +60,7 @@ class EmaConfig(Strict):
     strong_jitter: float = Field(0.05, ge=0, description="brightness/contrast jitter of the student view")
 
 
-class DisentangleConfig(Strict):
+class DisentangleConfig(Section):
     """Stage II (METHOD §6): edit part → 0 on noise-only pairs, decorrelate, noise part regresses residual."""
 
     enabled: bool = False
@@ -57,10 +70,10 @@ class DisentangleConfig(Strict):
     noise_scale: float = Field(10.0, gt=0, description="the residual target is multiplied by this")
 
 
-class EvalConfig(Strict):
+class EvalConfig(Section):
     every: int = Field(200, ge=0, description="steps between validations (0 = only at the end)")
     val_size: int = Field(64, ge=0, description="fixed synthetic validation pairs")
-    val_seed: int = 12345
+    val_seed: int = Field(12345, ge=0, le=MAX_SEED)
     val_dir: str = Field("", description="the fixed synthetic validation set as a pairs.jsonl folder; written "
                          "once (val_size pairs, val_seed, cached photos only) when missing, then only read, so "
                          "every run and every checkpoint is scored on the same pairs ('' = generate in memory)")
@@ -96,10 +109,10 @@ class EvalConfig(Strict):
         return size
 
 
-class TrainConfig(Strict):
+class TrainConfig(Section):
     name: str = "run"
     stage: Literal["I", "II"] = "I"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     out_dir: str = Field("runs", description="the run folder is <out_dir>/<name>")
     workdir: str = Field("", description="the folder the relative paths of this config (data.photos, data.cache, "
                          "data.cache_index, sources, eval.val_dir, eval.data, init_from) are read from; `sigma "
@@ -114,7 +127,7 @@ class TrainConfig(Strict):
     # asked one data worker for a million crops in memory
     batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)
     num_workers: int = Field(1, ge=0, le=MAX_PROCESSES)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(2e-3, gt=0, le=10, description="peak learning rate (AdamW); above 10 is a typo, not a choice")
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
