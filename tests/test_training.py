@@ -232,6 +232,24 @@ def test_metrics_of_a_validation_with_nothing_to_score_are_strict_json(photos, t
     assert dumps_finite({"p": Path("x")}, default=lambda v: float("nan")) == '{"p": null}'
 
 
+def test_a_metrics_line_cut_short_by_a_kill_is_removed_before_the_resume_appends(photos, tmp_path, capsys):
+    """A run killed while writing metrics.jsonl (or on a full disk) left half a line; the resume appended its first
+    record to it, gluing two records into one line that every JSON-lines reader refused from then on."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=torn", "steps=3", "batch_size=2",
+                 "eval.val_size=0", "max_minutes=0.00001"]) == 0
+    metrics = runs / "torn" / "metrics.jsonl"
+    whole = metrics.read_bytes()
+    metrics.write_bytes(whole + b'{"step": 2, "time": 17')
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "torn"), "max_minutes=null"]) == 0
+    assert "last line was cut short (22 bytes" in capsys.readouterr().out
+    text = metrics.read_text()
+    assert text.startswith(whole.decode()) and text.endswith("\n")
+    rows = [_strict_json(line) for line in text.splitlines()]
+    assert [r["step"] for r in rows if r["event"] == "train"] == [1, 2, 3]
+
+
 def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):
     """Every weight of a resumed run comes from its checkpoint, but the resume loaded `init_from` again first:
     with the source deleted (or the run folder copied to another machine) the run could not be resumed at all

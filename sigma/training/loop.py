@@ -362,8 +362,26 @@ class Trainer:
         tmp.replace(path)
         rec["best"] = True
 
+    def _heal_metrics(self) -> None:
+        """A run killed (or out of disk space) in the middle of a metrics.jsonl write left half a line; the resume
+        appended its first record to it, and that line — two records glued together — failed every reader from
+        then on. The torn tail is cut off (and said) before anything is appended."""
+        path = self.metrics_path
+        if not self.is_main or not path.is_file() or path.stat().st_size == 0:
+            return
+        with open(path, "rb+") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) == b"\n":
+                return
+            data = handle.seek(0) or handle.read()
+            keep = data.rfind(b"\n") + 1
+            handle.truncate(keep)
+        self.log(f"{path}: its last line was cut short ({len(data) - keep} bytes, the run was stopped while writing "
+                 "it); removed")
+
     def run(self) -> Path:
         cfg = self.cfg
+        self._heal_metrics()
         ckpt = load_checkpoint(self.run_dir, warn=self.log)
         if ckpt is not None:
             self.restore(ckpt)
