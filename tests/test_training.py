@@ -250,6 +250,22 @@ def test_a_metrics_line_cut_short_by_a_kill_is_removed_before_the_resume_appends
     assert [r["step"] for r in rows if r["event"] == "train"] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("damage", [b"{\"step\": 1, \"f1", b"[]", b"{\"step\": 1, \"f1\": null}", b"\xff\xfe"])
+def test_a_damaged_best_json_is_replaced_not_a_traceback_at_the_first_validation(photos, tmp_path, capsys, damage):
+    """best.json cut short, not an object, holding no f1 or not UTF-8: the resume's first validation raised
+    (JSONDecodeError, TypeError, UnicodeDecodeError) after the work of an evaluation interval. Said, and the next
+    best written in its place."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=b", "steps=2", "batch_size=2",
+                 "eval.val_size=2", "max_minutes=0.00001"]) == 0
+    (runs / "b" / "best.json").write_bytes(damage)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "b"), "max_minutes=null"]) == 0
+    assert "best.json: cannot be read" in capsys.readouterr().out
+    best = _strict_json((runs / "b" / "best.json").read_text())
+    assert best["step"] == 2 and 0 <= best["f1"] <= 1
+
+
 def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):
     """Every weight of a resumed run comes from its checkpoint, but the resume loaded `init_from` again first:
     with the source deleted (or the run folder copied to another machine) the run could not be resumed at all

@@ -336,6 +336,22 @@ class Trainer:
         self.emit(rec)
         self.log(f"[val step {self.step}] " + json.dumps(rec, default=lambda x: round(x, 4) if isinstance(x, float) else str(x)))
 
+    def _read_best(self, path: Path) -> dict[str, Any] | None:
+        """best.json, or None when there is none or it cannot be read: a damaged one (a disk fault, an edit by
+        hand, null for a NaN score) was a JSONDecodeError / KeyError / TypeError traceback at the first validation
+        of a resume, after the work of a whole evaluation interval. Said, and replaced by the next best."""
+        if not path.is_file():
+            return None
+        try:
+            best = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(best, dict) and isinstance(best.get("f1"), (int, float)) and math.isfinite(best["f1"]):
+                return best
+            problem = "no finite f1"
+        except (OSError, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        self.log(f"{path}: cannot be read ({problem}); the next validation's score replaces it")
+        return None
+
     def _keep_best(self, rec: dict[str, Any]) -> None:
         """`best/`: the weights with the highest synthetic-validation F1 so far (the selection rule), with
         `best.json` saying which step and score; the at-start score of an init_from model counts as the
@@ -348,7 +364,7 @@ class Trainer:
             # them (a tie: both mark every pixel) had no best/ at all and a best.json naming weights nowhere
             return
         path = self.run_dir / "best.json"
-        best = json.loads(path.read_text()) if path.is_file() else None
+        best = self._read_best(path)
         if best is not None and f1 <= best["f1"]:
             return
         if self.step > 0:
