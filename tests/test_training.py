@@ -624,6 +624,17 @@ def test_a_damaged_checkpoint_resumes_from_the_one_before_and_two_are_one_clear_
     err = capsys.readouterr().err
     assert "[checkpoint_unreadable]" in err and "checkpoint.prev.pt" in err and "Traceback" not in err
 
+    # checkpoints that load but cannot be resumed from (a foreign or hand-made file): a negative step asked the data
+    # stream for sample -6 (ValueError traceback), an RNG state of another kind was a TypeError traceback
+    good = torch.load(runs / "ref" / "checkpoint.prev.pt", weights_only=True)
+    for change, said in [({"step": -3}, "step '-3'"), ({"step": "6"}, "step '6'"), ({"torch_rng": [1, 2]}, "RNG"),
+                         ({"opt": {}}, "optimiser"), ({"model": {"w": 1}}, "model state")]:
+        torch.save({**good, **change}, cut / "checkpoint.pt")
+        torch.save({**good, **change}, cut / "checkpoint.prev.pt")
+        assert main(["train", "--resume", str(cut)]) == 2
+        err = capsys.readouterr().err
+        assert "[checkpoint_unreadable]" in err and said in err, (change, err)
+
 
 class _RunsCode:
     """A pickle that calls a function when it is loaded: what a checkpoint.pt from elsewhere may hold."""
