@@ -468,6 +468,28 @@ def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, cap
     assert not (runs / "nul").exists()
 
 
+def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_path, capsys):
+    """`name: "r\\ud800"` (a YAML escape) made a run name no file system takes: a UnicodeEncodeError traceback at
+    the mkdir of the run folder; `eval.val_dir` the same at the first validation. Refused with the key; a
+    surrogate that stands for a non-UTF-8 file-name byte (`\\udcff`, how such an argument arrives) is a name."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "batch_size=2", "eval.val_size=2"]
+    base = yaml.safe_load(Path(STAGE1).read_text())
+    for key, tree in (("name", {"name": "r\ud800"}), ("eval.val_dir", {"eval": {**base["eval"], "val_dir": "v\ud800"}})):
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump({**base, **tree}))     # written as the escape "\uD800"
+        assert main(["train", str(tmp_path / "s.yaml"), *common]) == 2
+        err = capsys.readouterr().err
+        assert f"[invalid_config]: {key}: holds a lone UTF-16 surrogate" in err, err
+    assert not runs.exists()
+    # a name from non-UTF-8 bytes trains, and is printed as those bytes even where stdout is strict UTF-8 (its last
+    # line, "run folder: ...", was a UnicodeEncodeError traceback after the whole run)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8:strict"}
+    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, *common, b"name=r\xff", "eval.val_size=0"],
+                          env=env, capture_output=True, timeout=300, check=False)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (runs / "r\udcff" / "final").is_dir() and f"run folder: {runs}/r".encode() + b"\xff" in proc.stdout
+
+
 def test_source_weights_that_make_no_probabilities_are_refused_at_load(photos, tmp_path, capsys):
     """A sources weight of inf (or two of 1e308, summing to inf) passed `ge=0` and made the sampling
     probabilities NaN: a ValueError traceback from the data loader once the run had started."""

@@ -256,19 +256,33 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _unusable(text: str) -> str | None:
+    """Why `text` can be no path or name: a NUL byte, or a lone surrogate that is not an undecodable file-name
+    byte (`\udc80`-`\udcff`, what a non-UTF-8 argument or name arrives as, is one; `\ud800` from a YAML escape
+    is none)."""
+    if "\x00" in text:
+        return "a NUL byte"
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return "a lone UTF-16 surrogate"
+    return None
+
+
 def _refuse_nul(tree: dict) -> None:
-    """No config text may hold a NUL byte: every one is a path, a name or a choice, and the first `open()` or
-    `mkdir()` of it raised a bare ValueError ("embedded null byte"), a traceback, after the config was taken."""
+    """No config text may hold a NUL byte or a lone surrogate: every one is a path, a name or a choice, and the first
+    `open()` or `mkdir()` of it raised a bare ValueError ("embedded null byte") or UnicodeEncodeError ("surrogates
+    not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made)."""
     stack: list[tuple[str, Any]] = [("", tree)]
     while stack:
         where, node = stack.pop()
-        if isinstance(node, str) and "\x00" in node:
-            raise ConfigError(f"{where or '<root>'}: holds a NUL byte ({node[:80]!r}); no path or name can")
+        if isinstance(node, str) and (why := _unusable(node)):
+            raise ConfigError(f"{where or '<root>'}: holds {why} ({node[:80]!r}); no path or name can")
         if isinstance(node, dict):
             for key, value in node.items():
                 dotted = f"{where}.{key}" if where else str(key)
-                if "\x00" in str(key):
-                    raise ConfigError(f"{dotted!r}: a key holding a NUL byte")
+                if why := _unusable(str(key)):
+                    raise ConfigError(f"{dotted!r}: a key holding {why}")
                 stack.append((dotted, value))
         elif isinstance(node, list):
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))
