@@ -193,8 +193,11 @@ def test_a_run_with_relative_input_paths_resumes_from_another_folder(photos, tmp
     (elsewhere / "copy" / "metrics.jsonl").write_text("")
     shutil.copytree(photos, elsewhere / "mine")
     capsys.readouterr()
-    assert main(["train", "--resume", "copy", "data.photos=mine", "steps=4"]) == 0, capsys.readouterr().err
-    assert yaml.safe_load((elsewhere / "copy" / "config.yaml").read_text())["data"]["photos"] == str(elsewhere / "mine")
+    assert main(["synth", "--out", "pairs", "-n", "2", "--photos", "mine", "crop=64"]) == 0
+    assert main(["train", "--resume", "copy", "data.photos=mine", "steps=4",
+                 "sources=[{path: pairs, weight: 0.5}]"]) == 0, capsys.readouterr().err
+    saved = yaml.safe_load((elsewhere / "copy" / "config.yaml").read_text())
+    assert saved["data"]["photos"] == str(elsewhere / "mine") and saved["sources"][0]["path"] == str(elsewhere / "pairs")
     # a path that is nowhere: the error names where it was looked for
     shutil.rmtree(start / "photos")
     shutil.rmtree(start / "runs" / "p" / "final")

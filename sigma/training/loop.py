@@ -629,12 +629,22 @@ def _input_paths(cfg: TrainConfig) -> list[tuple[str, str]]:
 def _absolute_overrides(overrides: list[str]) -> list[str]:
     """`--resume RUN key=PATH`: a relative path given now is relative to the current folder, not to the folder the
     run started in (where config.yaml's own paths are read from): written down absolute."""
+    from sigma.config.loader import parse_value
+
     out = []
     for item in overrides:
         key, sep, value = item.partition("=")
-        if sep and key.strip() in INPUT_PATHS and value and value not in ("null", "~", "shared") \
+        key = key.strip()
+        if sep and key in INPUT_PATHS and value and value not in ("null", "~", "shared") \
                 and not Path(value).is_absolute():
-            item = f"{key.strip()}={Path(value).absolute()}"
+            item = f"{key}={Path(value).absolute()}"
+        elif sep and key == "sources":
+            sources = parse_value(value, key)
+            if isinstance(sources, list):
+                sources = [{**s, "path": str(Path(s["path"]).absolute())}
+                           if isinstance(s, dict) and isinstance(s.get("path"), str) and s["path"] else s
+                           for s in sources]
+                item = f"{key}={json.dumps(sources)}"        # JSON is YAML: read back as it was given
         out.append(item)
     return out
 
