@@ -433,6 +433,18 @@ def test_dinov2_from_local_save_pretrained_folder(tmp_path):
     assert all(torch.equal(v, got[k]) for k, v in ref.state_dict().items())
 
 
+@pytest.mark.parametrize("change", [{"hidden_size": 10**6, "num_attention_heads": 1}, {"num_hidden_layers": 10**5}])
+def test_a_dinov2_weights_config_of_absurd_size_is_refused_before_its_weights_load(tmp_path, change):
+    """The architecture of a DINOv2 named by weights (no hf_config) comes from the weights' own config.json: a
+    config.json claiming hidden_size 10^6 or 10^5 layers was built as claimed before its weights were compared."""
+    _tiny_dinov2().save_pretrained(tmp_path / "dino")
+    config = json.loads((tmp_path / "dino" / "config.json").read_text())
+    (tmp_path / "dino" / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ConfigError) as info:
+        build_model(_with_backbone(str(tmp_path / "dino")))
+    assert info.value.code == ("model_too_large" if "hidden_size" in change else "invalid_config"), info.value.message
+
+
 def test_dinov2_from_offline_hf_cache(tmp_path, monkeypatch):
     """A fake HF cache (HF_HOME/HF_HUB_CACHE) holding a tiny DINOv2 resolves with local_files_only."""
     hub = tmp_path / "hf" / "hub"
