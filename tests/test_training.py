@@ -442,6 +442,24 @@ def test_numbers_a_run_cannot_use_are_config_errors(photos, tmp_path, capsys, ov
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
+def test_a_crop_a_vit_backbone_cannot_see_is_refused_before_the_run(photos, tmp_path, capsys):
+    """A DINOv2 model sees whole 14-px patches: data.crop=64 was a ValueError traceback at the first training step,
+    after the run folder, the backbone load and the first validation."""
+    from sigma.models.presets import PRESETS, TINY_DINOV2
+
+    transformers = pytest.importorskip("transformers")
+    transformers.Dinov2Model(transformers.Dinov2Config(**TINY_DINOV2)).save_pretrained(tmp_path / "dino")
+    model = {**PRESETS["tiny-dinov2"], "backbone": {"kind": "dinov2", "weights": str(tmp_path / "dino"),
+                                                     "taps": [1, 2, 4]}}
+    common = [f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "steps=1", "batch_size=2", "eval.val_size=2",
+              f"model={json.dumps(model)}"]
+    assert main(["train", STAGE1, *common, "name=bad", "data.crop=64"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]: data.crop 64 is not a multiple of the DINOv2 patch size 14" in err and "56 or 70" in err
+    assert not (tmp_path / "runs" / "bad").exists()
+    assert main(["train", STAGE1, *common, "name=good", "data.crop=56"]) == 0
+
+
 def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
     """The run folder is <out_dir>/<name>: `name=/` trained into `/` (config.yaml, checkpoints, model/, final/
     at the file system's root), `name=../x` beside out_dir, an absolute name anywhere."""

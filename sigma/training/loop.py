@@ -686,9 +686,18 @@ def _check_model(cfg: TrainConfig) -> None:
     """The configured architecture, validated and its size checked (`sigma.models.size`) before the run folder is
     made: a `model:` mapping with an absurd width was built, and failed, after config.yaml had been written."""
     from sigma.models import make_config, preset_config
+    from sigma.models.config import Dinov2BackboneConfig
     from sigma.models.size import check_model_size
 
-    check_model_size(preset_config(cfg.model) if isinstance(cfg.model, str) else make_config(cfg.model))
+    model = preset_config(cfg.model) if isinstance(cfg.model, str) else make_config(cfg.model)
+    check_model_size(model)
+    if isinstance(model.backbone, Dinov2BackboneConfig):
+        # a ViT sees whole patches: a crop of 64 for patch 14 was a ValueError traceback at the first step
+        patch = int((model.backbone.hf_config or {}).get("patch_size") or model.size_multiple)
+        if cfg.data.crop % patch:
+            low = cfg.data.crop // patch * patch
+            raise ConfigError(f"data.crop {cfg.data.crop} is not a multiple of the DINOv2 patch size {patch}: the "
+                              f"network sees whole patches (use {low} or {low + patch})")
 
 
 def start(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None,
