@@ -805,7 +805,9 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
 
     import sigma.training.checkpoint as C
 
-    C.save_checkpoint(tmp_path, {"step": 3})
+    # what a checkpoint holds (load_checkpoint checks the fields a resume reads)
+    state = {"model": {"w": torch.zeros(1)}, "opt": {"state": {}, "param_groups": []}, "torch_rng": torch.get_rng_state()}
+    C.save_checkpoint(tmp_path, {**state, "step": 3})
     real_save = torch.save
 
     def full_disk(state, path):
@@ -815,7 +817,7 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
     monkeypatch.setattr(torch, "save", full_disk)
     monkeypatch.setattr(C.shutil, "disk_usage", lambda _p: namedtuple("u", "total used free")(10, 10, 0))
     with pytest.raises(OSError) as err:
-        C.save_checkpoint(tmp_path, {"step": 6})
+        C.save_checkpoint(tmp_path, {**state, "step": 6})
     assert err.value.errno == errno.ENOSPC and "no space left" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     monkeypatch.setattr(torch, "save", real_save)
