@@ -431,11 +431,13 @@ def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
 
 @pytest.mark.parametrize("override", ["seed=-1", "seed=1000000000000000000000000000000", "eval.val_seed=-5",
                                       "lr=inf", "lr=1e308", "loss.bce=nan", "ema.hi=.nan", "disentangle.noise_scale=inf",
-                                      "max_minutes=inf"])
+                                      "max_minutes=inf", "eval.val_size=100000000", "data.multi_max=1000000000"])
 def test_numbers_a_run_cannot_use_are_config_errors(photos, tmp_path, capsys, override):
     """A negative seed (numpy: ValueError traceback) or one of 10^30 (torch: OverflowError traceback) ended the run
     after its folder was made; lr=inf trained NaN weights into final/ with exit 0 and loss.bce=nan skipped every
-    step of a short run without a word. Each is one invalid_config line naming the key, and no run folder."""
+    step of a short run without a word; eval.val_size=10^8 generated validation pairs until memory ran out and
+    data.multi_max=10^9 drew a mask of 10^9 regions (both: no step in a minute). Each is one invalid_config line
+    naming the key, and no run folder."""
     rc = main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path}", "name=r", "steps=2", override])
     err = capsys.readouterr().err
     assert rc == 2 and "[invalid_config]" in err and override.split("=")[0] in err, err[-400:]

@@ -86,7 +86,8 @@ class SynthConfig(Strict):
     small_p: float = Field(0.0, ge=0, le=1, description="probability of a tiny edit (area from small_range)")
     small_range: tuple[float, float] = (0.0005, 0.02)
     multi_p: float = Field(0.15, ge=0, le=1)
-    multi_max: int = Field(3, ge=2, description="several regions: 2..multi_max of them")
+    multi_max: int = Field(3, ge=2, le=64, description="several regions: 2..multi_max of them (a bound: 10^9 drew "
+                           "a mask of 10^9 regions, and the data worker never returned)")
     irregular_p: float = Field(0.0, ge=0, le=1, description="probability of a roughened mask boundary")
     latent_whole_p: float = Field(0.5, ge=0, le=1, description="latent edit decoded whole vs composited back")
     inpaint_composite_p: float = Field(0.5, ge=0, le=1, description="inpainting pairs left as composites (no "
