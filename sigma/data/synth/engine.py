@@ -101,7 +101,8 @@ class SynthConfig(Strict):
     min_change: float = Field(4.0, ge=0, description="mean |Δ| (0–255) an edit must make inside its mask")
     perturb: P.PerturbConfig = Field(default_factory=P.PerturbConfig)
     aerial: AerialConfig = Field(default_factory=AerialConfig)
-    noise_blur: float = Field(4.0, ge=0, description="σ (px) of the low-pass on the noise-regression target")
+    noise_blur: float = Field(4.0, ge=0, le=64, allow_inf_nan=False, description="σ (px) of the low-pass on the "
+                              "noise-regression target (σ 10^9 blurred with a kernel of billions: no first step)")
 
     @model_validator(mode="after")
     def _ranges(self) -> SynthConfig:
