@@ -432,7 +432,7 @@ def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
 @pytest.mark.parametrize("override", ["seed=-1", "seed=1000000000000000000000000000000", "eval.val_seed=-5",
                                       "lr=inf", "lr=1e308", "loss.bce=nan", "ema.hi=.nan", "disentangle.noise_scale=inf",
                                       "max_minutes=inf", "eval.val_size=100000000", "data.multi_max=1000000000",
-                                      "data.noise_blur=1000000000"])
+                                      "data.noise_blur=1000000000", "eval.limit=-1", "loss.dice=-1", "ema.hi=5"])
 def test_numbers_a_run_cannot_use_are_config_errors(photos, tmp_path, capsys, override):
     """A negative seed (numpy: ValueError traceback) or one of 10^30 (torch: OverflowError traceback) ended the run
     after its folder was made; lr=inf trained NaN weights into final/ with exit 0 and loss.bce=nan skipped every

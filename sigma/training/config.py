@@ -34,8 +34,8 @@ class SourceConfig(Section):
 
 
 class LossConfig(Section):
-    bce: float = 1.0
-    dice: float = 1.0
+    bce: float = Field(1.0, ge=0)     # a negative weight maximises its loss: the run diverges, unsaid
+    dice: float = Field(1.0, ge=0)
     pos_weight: float = Field(1.0, gt=0)
 
 
@@ -52,9 +52,9 @@ class EmaConfig(Section):
 
     enabled: bool = False
     momentum: float = Field(0.999, ge=0, lt=1)
-    hi: float = 0.7
-    lo: float = 0.3
-    weight: float = 1.0
+    hi: float = Field(0.7, ge=0, le=1, description="teacher probability above which a pixel is a confident edit")
+    lo: float = Field(0.3, ge=0, le=1, description="teacher probability below which a pixel is confidently unedited")
+    weight: float = Field(1.0, ge=0)
     withhold_latent_labels: bool = Field(True, description="latent-edit pairs become unlabelled pairs")
     strong_noise: float = Field(0.02, ge=0, description="σ of Gaussian noise on the student's edited view")
     strong_jitter: float = Field(0.05, ge=0, description="brightness/contrast jitter of the student view")
@@ -64,9 +64,9 @@ class DisentangleConfig(Section):
     """Stage II (METHOD §6): edit part → 0 on noise-only pairs, decorrelate, noise part regresses residual."""
 
     enabled: bool = False
-    zero: float = 0.1
-    decorrelate: float = 0.1
-    noise: float = 1.0
+    zero: float = Field(0.1, ge=0)
+    decorrelate: float = Field(0.1, ge=0)
+    noise: float = Field(1.0, ge=0)
     noise_scale: float = Field(10.0, gt=0, description="the residual target is multiplied by this")
 
 
@@ -87,7 +87,7 @@ class EvalConfig(Section):
     perturb: list[str] = Field(default_factory=lambda: ["none"])
     image_size: int | None = Field(None, ge=0, le=MAX_WORKING_SIZE,
                                    description="working size for the real set (None = the model's)")
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1, description="score the first N pairs of the real set (None = all)")
 
     # Checked when the config is read: the real set is scored at the end of the run, and an unknown perturbation
     # or a working size the annotator refuses ended hours of training there, with no final/.
