@@ -725,8 +725,8 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not config_path:
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
         cfg = load_config(TrainConfig, config_path, overrides or [])
-        if not cfg.workdir:     # recorded in config.yaml: a --resume from elsewhere reads the same inputs
-            cfg = cfg.model_copy(update={"workdir": str(Path.cwd())})
+        # recorded in config.yaml, absolute: a --resume from elsewhere reads the same inputs
+        cfg = cfg.model_copy(update={"workdir": str(Path(cfg.workdir or ".").absolute())})
         run_dir = Path(cfg.out_dir) / cfg.name
     _check_model(cfg)
     inputs = resolve_inputs(cfg, log=log)     # what the run reads: relative paths from where it started
