@@ -536,7 +536,8 @@ class Trainer:
         must stop at the same step: rank 0's clock decides for all), next to the step's gradient all-reduce."""
         if self.cfg.max_minutes is None:
             return False
-        over = torch.tensor([float(time.monotonic() - started > 60.0 * self.cfg.max_minutes)])
+        # on the training device: NCCL (multi-GPU) broadcasts CUDA tensors only, a CPU one raised there
+        over = torch.tensor([float(time.monotonic() - started > 60.0 * self.cfg.max_minutes)], device=self.device)
         if self.world > 1:
             torch.distributed.broadcast(over, src=0)
         return bool(over.item())
