@@ -103,6 +103,28 @@ def _build_model(cfg: TrainConfig, log=print, resuming: bool = False):
     return model, report
 
 
+def cut_torn_tail(path: Path) -> int:
+    """Cut a JSON-lines file back to its last newline; the number of bytes removed (0: it ended with one)."""
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        keep = end = size
+        while end > 0:      # back to the last newline, a block at a time (a long run's log is large)
+            start = max(0, end - 65536)
+            handle.seek(start)
+            found = handle.read(end - start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            end, keep = start, 0
+        handle.truncate(keep)
+    return size - keep
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, log=print):
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
@@ -382,18 +404,11 @@ class Trainer:
         """A run killed (or out of disk space) in the middle of a metrics.jsonl write left half a line; the resume
         appended its first record to it, and that line — two records glued together — failed every reader from
         then on. The torn tail is cut off (and said) before anything is appended."""
-        path = self.metrics_path
-        if not self.is_main or not path.is_file() or path.stat().st_size == 0:
-            return
-        with open(path, "rb+") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) == b"\n":
-                return
-            data = handle.seek(0) or handle.read()
-            keep = data.rfind(b"\n") + 1
-            handle.truncate(keep)
-        self.log(f"{path}: its last line was cut short ({len(data) - keep} bytes, the run was stopped while writing "
-                 "it); removed")
+        if self.is_main and self.metrics_path.is_file():
+            cut = cut_torn_tail(self.metrics_path)
+            if cut:
+                self.log(f"{self.metrics_path}: its last line was cut short ({cut} bytes, the run was stopped while "
+                         "writing it); removed")
 
     def run(self) -> Path:
         cfg = self.cfg
