@@ -255,9 +255,10 @@ def test_a_metrics_line_cut_short_by_a_kill_is_removed_before_the_resume_appends
     # a torn line longer than the block read backwards, a file that is one torn line, a whole file
     from sigma.training.loop import cut_torn_tail
 
-    for body, kept in [(b'{"a": 1}\n' + b"x" * 200_000, b'{"a": 1}\n'), (b"y" * 70_000, b""), (b'{"a": 1}\n', None)]:
+    whole_line = b'{"a": 1}\n'
+    for body, kept in [(whole_line + b"x" * 200_000, whole_line), (b"y" * 70_000, b""), (whole_line, whole_line)]:
         metrics.write_bytes(body)
-        assert cut_torn_tail(metrics) == len(body) - len(kept or body) and metrics.read_bytes() == (kept or body)
+        assert cut_torn_tail(metrics) == len(body) - len(kept) and metrics.read_bytes() == kept
 
 
 @pytest.mark.parametrize("damage", [b"{\"step\": 1, \"f1", b"[]", b"{\"step\": 1, \"f1\": null}", b"\xff\xfe"])
