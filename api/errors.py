@@ -49,17 +49,18 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (408, "request body too slow"), (409, "conflict"), (422, "invalid input"),
                          (429, "queue full or server busy (see Retry-After)"), (503, "queue unreachable")]}
 
-# Documented codes (docs/service.md); the fuzz test asserts every error it sees is one of them.
-KNOWN_CODES = frozenset(STATUS_BY_CODE) | {
-    "image_empty", "image_unreadable", "unsupported_format", "aspect_mismatch", "instruction_too_long",
-    "empty_instruction", "invalid_instruction", "limit_exceeded", "invalid_input", "job_expired",
-    "dead_letter", "model_error", "worker_lost", "http_error", "cancelled", "withdrawn",
-}
-
 HTTP_CODES = {400: "bad_request", 401: "missing_api_key", 403: "insufficient_scope", 404: "not_found",
               405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large", 415: "unsupported_media_type",
               422: "invalid_request", 429: "queue_full", 503: "queue_unavailable"}
-KNOWN_CODES = KNOWN_CODES | frozenset(HTTP_CODES.values())
+OTHER_HTTP_CODE = "http_error"     # an HTTP error status Starlette raises that HTTP_CODES does not name
+
+# Every code an answer or a job record may carry, each in docs/service.md's table: the fuzz test asserts each
+# error it meets is one, and tests/test_cli_foundation.py that each is documented and each code api/ writes is one.
+KNOWN_CODES = frozenset(STATUS_BY_CODE) | frozenset(HTTP_CODES.values()) | {OTHER_HTTP_CODE} | {
+    "image_empty", "image_unreadable", "unsupported_format", "aspect_mismatch", "instruction_too_long",
+    "empty_instruction", "invalid_instruction", "limit_exceeded", "invalid_input", "job_expired",
+    "dead_letter", "model_error", "worker_lost", "cancelled", "withdrawn",
+}
 
 
 class ApiError(Exception):
@@ -103,7 +104,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "http_error")
+        code = HTTP_CODES.get(exc.status_code, OTHER_HTTP_CODE)
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 

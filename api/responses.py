@@ -8,12 +8,11 @@ place of each lone surrogate rather than failing.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from sigma.text import finite, replace_surrogates
+from sigma.text import dumps_finite, replace_surrogates
 
 
 class SafeJSONResponse(JSONResponse):
@@ -21,11 +20,7 @@ class SafeJSONResponse(JSONResponse):
     instead of a 500: a stored record must always render."""
 
     def render(self, content: Any) -> bytes:
-        try:
-            text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
-        except ValueError:
-            text = json.dumps(finite(content), ensure_ascii=False, allow_nan=False, indent=None,
-                              separators=(",", ":"))
+        text = dumps_finite(content, ensure_ascii=False, indent=None, separators=(",", ":"))
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:

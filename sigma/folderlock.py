@@ -34,6 +34,26 @@ def waiting_lock(lock: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def refuse_non_folder(root: Path, hint: str = "") -> None:
+    """An output folder that names an existing file: `out_not_a_folder`, from every command (annotate -o and
+    eval --out said `bad_outdir` for it, batch, synth, train and the exports `out_not_a_folder`)."""
+    try:
+        is_file = root.exists() and not root.is_dir()
+    except OSError as exc:     # a name too long to even look up
+        raise InputError(f"{root}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir") from exc
+    if is_file:
+        raise InputError(f"{root}: exists and is not a folder{hint}", code="out_not_a_folder")
+
+
+def make_out_folder(root: Path) -> None:
+    """mkdir -p, or `bad_outdir` with the system's reason (a name too long, a path through a file, no permission,
+    a read-only file system): annotate and eval said `bad_outdir`, the other commands `os_error`."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{root}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir") from exc
+
+
 @contextmanager
 def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marker: bool = True,
                 created: bool | None = None) -> Iterator[None]:
@@ -42,10 +62,9 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
     folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the pid.
     A folder this process made (`created`: said by a caller that made it just before, to test it early) is
     removed again when the block leaves nothing in it."""
-    if root.exists() and not root.is_dir():
-        raise InputError(f"{root}: exists and is not a folder; choose another {other}", code="out_not_a_folder")
+    refuse_non_folder(root, f"; choose another {other}")
     created = (not root.exists()) if created is None else created
-    root.mkdir(parents=True, exist_ok=True)
+    make_out_folder(root)
     try:
         # O_NOFOLLOW: a `.lock` that is a symbolic link (a run folder from elsewhere) had its target truncated and
         # overwritten with our pid — any file the user could write

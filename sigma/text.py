@@ -69,6 +69,17 @@ def loads(text: str | bytes) -> Any:
         raise
 
 
+def dumps_finite(value: Any, **kwargs: Any) -> str:
+    """`json.dumps` for every JSON file, line or answer we write: NaN and infinities become null (`finite`) and
+    `allow_nan=False` makes sure none is left (a numpy or `default=` value included). It was spelled three ways:
+    `finite` + `allow_nan=False`, `finite` alone, and `json.dumps` with neither, which wrote `NaN` into a training
+    run's metrics.jsonl (an F1 with no edited pair to score) that JSON.parse and jq refuse."""
+    default = kwargs.pop("default", None)
+    if default is not None:
+        kwargs["default"] = lambda v: finite(default(v))
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
 def finite(value: Any) -> Any:
     """NaN and infinities become None, in nested dicts / lists / tuples, numpy scalars included: what a JSON
     file or answer we write may hold (an undefined Spearman rho of a one-pair set is NaN)."""

@@ -225,13 +225,107 @@ def test_a_config_that_disagrees_with_its_weights_is_refused_before_the_network_
 
     save_model(build_model("tiny-lite"), tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
-    meta["config"]["backbone"]["widths"][-1] = 200_000
-    meta["config"]["dim"] = 200_000
+    meta["config"]["backbone"]["widths"][-1] = 5_000
+    meta["config"]["dim"] = 5_000
     (tmp_path / "config.json").write_text(json.dumps(meta))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(WeightsMismatchError, match="shape mismatch"):
         load_model(tmp_path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000   # KiB: nothing of it was built
+    meta["config"]["dim"] = 200_000             # above the size limit: refused by its count, before the skeleton
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="parameters") as info:
+        load_model(tmp_path)
+    assert info.value.code == "model_too_large"
+
+
+def _meta_count(cfg: SigmaNetConfig) -> int:
+    from sigma.models.sigma_net import SigmaNet
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in SigmaNet(cfg, pretrained=False).parameters())
+
+
+def test_the_parameter_count_is_computed_from_the_config_alone():
+    """`estimate_parameters` is what `check_model_size` compares with the limit: it must be the count of the
+    network the config builds, for every layer type (registers, SwiGLU, no qkv bias, pixel stem, no regions)."""
+    from sigma.models.size import estimate_parameters
+
+    dino = PRESETS["tiny-dinov2"]
+    cases = [preset_config(n) for n in ("tiny-lite", "sigma-lite", "tiny-dinov2")] + [
+        preset_config("tiny-dinov2", pixel_stem=False),
+        preset_config("tiny-lite", max_regions=0, refine_blocks=0, full_res_head=0, ffn_ratio=0.1),
+        preset_config("tiny-lite", refine_blocks=1, token_stride=8, skip_dims=[8, 8]),
+        SigmaNetConfig.model_validate({**dino, "backbone": {"kind": "dinov2", "taps": [1], "hf_config": {
+            **TINY_DINOV2, "model_type": "dinov2_with_registers", "num_register_tokens": 4, "use_swiglu_ffn": True,
+            "qkv_bias": False}}}),
+        SigmaNetConfig.model_validate({**PRESETS["sigma-b"], "backbone": {"kind": "dinov2", "hf_config": {
+            "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "image_size": 518}}}),
+    ]
+    for cfg in cases:
+        assert estimate_parameters(cfg) == _meta_count(cfg), cfg
+
+
+@pytest.mark.parametrize("change", ["hidden_1e6", "layers_1e5", "dim_1e6", "decoder_1e6", "full_res_1e7",
+                                    "blocks_1e5", "hidden_negative", "hidden_text", "patch_0", "heads_3"])
+def test_a_model_config_of_absurd_size_is_refused_before_anything_is_built(change, monkeypatch):
+    """A DINOv2 hf_config with hidden_size 10^6 or 10^5 layers, a decoder 10^6 wide: the network was allocated as
+    configured (gigabytes, minutes, the OOM killer; 10^5 small layers took 4 minutes and 10 GB). Now the count
+    from the config is checked first, and sizes transformers would take and fail on later are config errors."""
+    import resource
+    import time
+
+    dino, lite = dict(PRESETS["tiny-dinov2"]), dict(PRESETS["tiny-lite"])
+    hf = {**TINY_DINOV2}
+    code = "invalid_config"
+    if change == "hidden_1e6":
+        hf.update(hidden_size=10**6, num_attention_heads=1)
+        code = "model_too_large"
+    elif change == "layers_1e5":
+        hf.update(num_hidden_layers=10**5)
+    elif change == "hidden_negative":
+        hf.update(hidden_size=-5)
+    elif change == "hidden_text":
+        hf.update(hidden_size="abc")
+    elif change == "patch_0":
+        hf.update(patch_size=0)
+    elif change == "heads_3":
+        hf.update(num_attention_heads=3)
+    config = {**dino, "backbone": {"kind": "dinov2", "hf_config": hf, "taps": [1]}}
+    if change in ("dim_1e6", "decoder_1e6", "full_res_1e7", "blocks_1e5"):
+        key, value = {"dim_1e6": ("dim", 10**6), "decoder_1e6": ("skip_dims", [10**6, 16, 8]),
+                      "full_res_1e7": ("full_res_head", 10**7), "blocks_1e5": ("refine_blocks", 10**5)}[change]
+        config = {**lite, key: value, "refine_heads": 1}
+        code = "invalid_config" if change == "blocks_1e5" else "model_too_large"
+    before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        build_model(config, pretrained=False)
+    assert info.value.code == code, info.value.message
+    assert time.monotonic() - started < 5 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000
+
+
+def test_the_model_size_limit_is_configurable_and_said_before_a_training_run_folder_is_made(monkeypatch, tmp_path,
+                                                                                             capsys):
+    from sigma.cli import main
+    from sigma.models.size import ENV_MAX_PARAMETERS, estimate_parameters
+
+    assert estimate_parameters(preset_config("tiny-lite")) == 80143
+    monkeypatch.setenv(ENV_MAX_PARAMETERS, "80000")
+    with pytest.raises(ConfigError, match=ENV_MAX_PARAMETERS) as info:
+        build_model("tiny-lite")
+    assert info.value.code == "model_too_large" and "80,143" in info.value.message
+    monkeypatch.setenv(ENV_MAX_PARAMETERS, "80143")
+    build_model("tiny-lite")
+    monkeypatch.setenv(ENV_MAX_PARAMETERS, "lots")
+    with pytest.raises(ConfigError, match="positive number"):
+        build_model("tiny-lite")
+    monkeypatch.delenv(ENV_MAX_PARAMETERS)
+    config = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-stage1.yaml"
+    rc = main(["train", str(config), f"out_dir={tmp_path}", "name=big", "data.photos=nowhere",
+               "model={backbone: {kind: compact, widths: [16, 32, 64, 128, 256], depths: [0, 1, 1, 2, 2]}, "
+               "dim: 1000000, refine_heads: 1}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[model_too_large]" in err and not (tmp_path / "big").exists()
 
 
 def test_explicit_state_dict_wins():
@@ -337,6 +431,18 @@ def test_dinov2_from_local_save_pretrained_folder(tmp_path):
     assert net.backbone.resolved.kind == "local_path"
     got = net.backbone.model.state_dict()
     assert all(torch.equal(v, got[k]) for k, v in ref.state_dict().items())
+
+
+@pytest.mark.parametrize("change", [{"hidden_size": 10**6, "num_attention_heads": 1}, {"num_hidden_layers": 10**5}])
+def test_a_dinov2_weights_config_of_absurd_size_is_refused_before_its_weights_load(tmp_path, change):
+    """The architecture of a DINOv2 named by weights (no hf_config) comes from the weights' own config.json: a
+    config.json claiming hidden_size 10^6 or 10^5 layers was built as claimed before its weights were compared."""
+    _tiny_dinov2().save_pretrained(tmp_path / "dino")
+    config = json.loads((tmp_path / "dino" / "config.json").read_text())
+    (tmp_path / "dino" / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ConfigError) as info:
+        build_model(_with_backbone(str(tmp_path / "dino")))
+    assert info.value.code == ("model_too_large" if "hidden_size" in change else "invalid_config"), info.value.message
 
 
 def test_dinov2_from_offline_hf_cache(tmp_path, monkeypatch):

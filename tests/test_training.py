@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -162,6 +163,120 @@ def test_a_run_on_a_cache_resumes_from_another_folder_and_after_being_moved(phot
         tmp_path / "first" / "runs" / "ref" / "final" / "model.safetensors").read_bytes()
 
 
+def test_a_run_with_relative_input_paths_resumes_from_another_folder(photos, tmp_path, monkeypatch, capsys):
+    """`data.cache: cache` and `data.photos: photos`, relative to the folder `sigma train` was started in: a
+    `--resume` from another folder looked for them in its own folder and said `no_photos` ("cache: fewer than 2
+    photos"). config.yaml records that folder (workdir) and the relative paths are read from it; a path given at
+    the resume is relative to where the resume runs; a path that is nowhere is said with the folder it was
+    looked for in."""
+    start = tmp_path / "start"
+    start.mkdir()
+    shutil.copytree(photos, start / "photos")
+    monkeypatch.chdir(start)
+    assert main(["synth", "--build-cache", "cache", "--photos", "photos", "--no-vae", "--max-side", "96"]) == 0
+    common = ["steps=3", "batch_size=2", "eval.val_size=2", "eval.val_dir=val", "out_dir=runs"]
+    for name, data in {"c": "data.cache=cache", "p": "data.photos=photos"}.items():
+        workdir = ["workdir=."] if name == "p" else []          # a relative workdir is recorded absolute
+        assert main(["train", STAGE1, data, *common, *workdir, f"name={name}", "max_minutes=0.00001"]) == 0
+        saved = yaml.safe_load((start / "runs" / name / "config.yaml").read_text())
+        assert saved["workdir"] == str(start) and saved["eval"]["val_dir"] == "val"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    for name in ("c", "p"):
+        assert main(["train", "--resume", str(start / "runs" / name), "max_minutes=null"]) == 0, capsys.readouterr().err
+        assert steps_logged(start / "runs" / name)[-1] == 3 and (start / "runs" / name / "final").is_dir()
+    assert not (elsewhere / "val").exists()        # the validation set of the first stretch was read again
+    # a relative path given at the resume is the resume's own folder's
+    shutil.copytree(start / "runs" / "p", elsewhere / "copy")
+    shutil.rmtree(elsewhere / "copy" / "final")
+    (elsewhere / "copy" / "metrics.jsonl").write_text("")
+    shutil.copytree(photos, elsewhere / "mine")
+    capsys.readouterr()
+    assert main(["synth", "--out", "pairs", "-n", "2", "--photos", "mine", "crop=64"]) == 0
+    assert main(["train", "--resume", "copy", "data.photos=mine", "steps=4",
+                 "sources=[{path: pairs, weight: 0.5}]"]) == 0, capsys.readouterr().err
+    saved = yaml.safe_load((elsewhere / "copy" / "config.yaml").read_text())
+    assert saved["data"]["photos"] == str(elsewhere / "mine") and saved["sources"][0]["path"] == str(elsewhere / "pairs")
+    # a path that is nowhere: the error names where it was looked for
+    shutil.rmtree(start / "photos")
+    shutil.rmtree(start / "runs" / "p" / "final")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(start / "runs" / "p"), "steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert str(start / "photos") in err and "[file_not_found]" in err
+    shutil.rmtree(start / "cache")           # the run's frozen index is there, the cached files are not
+    shutil.rmtree(start / "runs" / "c" / "final")
+    assert main(["train", "--resume", str(start / "runs" / "c"), "steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert f"none of their files is in {start / 'cache'}" in err and "[no_photos]" in err
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_of_a_validation_with_nothing_to_score_are_strict_json(photos, tmp_path):
+    """A validation set with no edited pair (every synthetic pair noise-only) has an undefined F1 and AUC (NaN):
+    metrics.jsonl got `NaN` in its val row, which JSON.parse and jq refuse (the run's whole log unreadable to
+    them). Every JSON file the run writes goes through the one finite writer (`sigma.text.dumps_finite`): null."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=none", "steps=2",
+                 "batch_size=2", "eval.val_size=2", "data.mix={none: 1.0}"]) == 0
+    rows = [_strict_json(line) for line in (runs / "none" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["event"] == "val"]
+    assert val and all(r["synthetic"]["f1"] is None and r["synthetic"]["auc"] is None for r in val)
+    from sigma.text import dumps_finite
+
+    assert _strict_json(dumps_finite({"a": [float("inf"), np.float32("nan"), (1.5,)]})) == {"a": [None, None, [1.5]]}
+    assert dumps_finite({"p": Path("x")}, default=lambda v: float("nan")) == '{"p": null}'
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_removed_before_the_resume_appends(photos, tmp_path, capsys):
+    """A run killed while writing metrics.jsonl (or on a full disk) left half a line; the resume appended its first
+    record to it, gluing two records into one line that every JSON-lines reader refused from then on."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=torn", "steps=3", "batch_size=2",
+                 "eval.val_size=0", "max_minutes=0.00001"]) == 0
+    metrics = runs / "torn" / "metrics.jsonl"
+    whole = metrics.read_bytes()
+    metrics.write_bytes(whole + b'{"step": 2, "time": 17')
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "torn"), "max_minutes=null"]) == 0
+    assert "last line was cut short (22 bytes" in capsys.readouterr().out
+    text = metrics.read_text()
+    assert text.startswith(whole.decode()) and text.endswith("\n")
+    rows = [_strict_json(line) for line in text.splitlines()]
+    assert [r["step"] for r in rows if r["event"] == "train"] == [1, 2, 3]
+    # a torn line longer than the block read backwards, a file that is one torn line, a whole file
+    from sigma.training.loop import cut_torn_tail
+
+    whole_line = b'{"a": 1}\n'
+    for body, kept in [(whole_line + b"x" * 200_000, whole_line), (b"y" * 70_000, b""), (whole_line, whole_line)]:
+        metrics.write_bytes(body)
+        assert cut_torn_tail(metrics) == len(body) - len(kept) and metrics.read_bytes() == kept
+
+
+@pytest.mark.parametrize("damage", [b"{\"step\": 1, \"f1", b"[]", b"{\"step\": 1, \"f1\": null}", b"\xff\xfe"])
+def test_a_damaged_best_json_is_replaced_not_a_traceback_at_the_first_validation(photos, tmp_path, capsys, damage):
+    """best.json cut short, not an object, holding no f1 or not UTF-8: the resume's first validation raised
+    (JSONDecodeError, TypeError, UnicodeDecodeError) after the work of an evaluation interval. Said, and the next
+    best written in its place."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=b", "steps=2", "batch_size=2",
+                 "eval.val_size=2", "max_minutes=0.00001"]) == 0
+    (runs / "b" / "best.json").write_bytes(damage)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "b"), "max_minutes=null"]) == 0
+    assert "best.json: cannot be read" in capsys.readouterr().out
+    best = _strict_json((runs / "b" / "best.json").read_text())
+    assert best["step"] == 2 and 0 <= best["f1"] <= 1
+
+
 def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):
     """Every weight of a resumed run comes from its checkpoint, but the resume loaded `init_from` again first:
     with the source deleted (or the run folder copied to another machine) the run could not be resumed at all
@@ -277,22 +392,31 @@ def test_a_killed_data_worker_is_replaced_and_the_run_ends_with_the_uninterrupte
 
 def test_max_minutes_pauses_a_stretch_and_resume_finishes_the_same_run(photos, tmp_path):
     """A stretch of work with a wall-clock budget: past `max_minutes` the run checkpoints, validates and
-    exits 0 without `final/`; `--resume` (budget lifted) ends with the weights of an uninterrupted run."""
+    exits 0 without `final/`; `--resume` (budget lifted) ends with the weights of an uninterrupted run.
+    The budget is checked after every step: it was checked at log steps only, so a run overshot it by up to a
+    whole logging interval (here 4 steps); the steps since the last log row are logged at the stop, and the
+    checkpoint written there is the whole state at that step (model/ holds its weights)."""
+    from safetensors.torch import load_file
+
     runs = tmp_path / "runs"
-    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=6", "batch_size=2", "log_every=2",
-              "eval.val_size=4", "eval.every=0", "eval.at_start=false", "warmup_steps=1"]
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=6", "batch_size=2", "log_every=4",
+              "ckpt_every=4", "eval.val_size=4", "eval.every=0", "eval.at_start=false", "warmup_steps=1"]
     assert main(["train", STAGE1, *common, "name=ref"]) == 0
     assert main(["train", STAGE1, *common, "name=cut", "max_minutes=1e-6"]) == 0
     cut = runs / "cut"
     recs = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     paused = [r for r in recs if r["event"] == "paused"]
-    assert len(paused) == 1 and paused[0]["step"] == 2 and paused[0]["reason"] == "max_minutes"
-    assert [r["step"] for r in recs if r["event"] == "val"] == [2]         # this stretch's progress is scored
-    assert torch.load(cut / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert len(paused) == 1 and paused[0]["step"] == 1 and paused[0]["reason"] == "max_minutes"
+    assert [r["step"] for r in recs if r["event"] == "val"] == [1]         # this stretch's progress is scored
+    assert steps_logged(cut) == [1] and recs[0]["loss"] > 0
+    ckpt = torch.load(cut / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["opt"]["state"] and ckpt["torch_rng"] is not None
+    on_disk = load_file(str(cut / "model" / "model.safetensors"))
+    assert all(torch.equal(on_disk[k], v.contiguous()) for k, v in ckpt["model"].items())
     assert not (cut / "final").exists()
 
     assert main(["train", "--resume", str(cut), "max_minutes=null"]) == 0
-    assert steps_logged(cut) == [2, 4, 6]
+    assert steps_logged(cut) == [1, 4, 6]
     ref, got = _weights(runs / "ref"), _weights(cut)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -311,6 +435,40 @@ def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
     assert main(["train", STAGE1, "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+
+
+@pytest.mark.parametrize("override", ["seed=-1", "seed=1000000000000000000000000000000", "eval.val_seed=-5",
+                                      "lr=inf", "lr=1e308", "loss.bce=nan", "ema.hi=.nan", "disentangle.noise_scale=inf",
+                                      "max_minutes=inf", "eval.val_size=100000000", "data.multi_max=1000000000",
+                                      "data.noise_blur=1000000000", "eval.limit=-1", "loss.dice=-1", "ema.hi=5"])
+def test_numbers_a_run_cannot_use_are_config_errors(photos, tmp_path, capsys, override):
+    """A negative seed (numpy: ValueError traceback) or one of 10^30 (torch: OverflowError traceback) ended the run
+    after its folder was made; lr=inf trained NaN weights into final/ with exit 0 and loss.bce=nan skipped every
+    step of a short run without a word; eval.val_size=10^8 generated validation pairs until memory ran out and
+    data.multi_max=10^9 drew a mask of 10^9 regions (both: no step in a minute). Each is one invalid_config line
+    naming the key, and no run folder."""
+    rc = main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path}", "name=r", "steps=2", override])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[invalid_config]" in err and override.split("=")[0] in err, err[-400:]
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_crop_a_vit_backbone_cannot_see_is_refused_before_the_run(photos, tmp_path, capsys):
+    """A DINOv2 model sees whole 14-px patches: data.crop=64 was a ValueError traceback at the first training step,
+    after the run folder, the backbone load and the first validation."""
+    from sigma.models.presets import PRESETS, TINY_DINOV2
+
+    transformers = pytest.importorskip("transformers")
+    transformers.Dinov2Model(transformers.Dinov2Config(**TINY_DINOV2)).save_pretrained(tmp_path / "dino")
+    model = {**PRESETS["tiny-dinov2"], "backbone": {"kind": "dinov2", "weights": str(tmp_path / "dino"),
+                                                     "taps": [1, 2, 4]}}
+    common = [f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "steps=1", "batch_size=2", "eval.val_size=2",
+              f"model={json.dumps(model)}"]
+    assert main(["train", STAGE1, *common, "name=bad", "data.crop=64"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]: data.crop 64 is not a multiple of the DINOv2 patch size 14" in err and "56 or 70" in err
+    assert not (tmp_path / "runs" / "bad").exists()
+    assert main(["train", STAGE1, *common, "name=good", "data.crop=56"]) == 0
 
 
 def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
@@ -340,6 +498,28 @@ def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, cap
         err = capsys.readouterr().err
         assert f"[invalid_config]: {key}: holds a NUL byte" in err, err
     assert not (runs / "nul").exists()
+
+
+def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_path, capsys):
+    """`name: "r\\ud800"` (a YAML escape) made a run name no file system takes: a UnicodeEncodeError traceback at
+    the mkdir of the run folder; `eval.val_dir` the same at the first validation. Refused with the key; a
+    surrogate that stands for a non-UTF-8 file-name byte (`\\udcff`, how such an argument arrives) is a name."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "batch_size=2", "eval.val_size=2"]
+    base = yaml.safe_load(Path(STAGE1).read_text())
+    for key, tree in (("name", {"name": "r\ud800"}), ("eval.val_dir", {"eval": {**base["eval"], "val_dir": "v\ud800"}})):
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump({**base, **tree}))     # written as the escape "\uD800"
+        assert main(["train", str(tmp_path / "s.yaml"), *common]) == 2
+        err = capsys.readouterr().err
+        assert f"[invalid_config]: {key}: holds a lone UTF-16 surrogate" in err, err
+    assert not runs.exists()
+    # a name from non-UTF-8 bytes trains, and is printed as those bytes even where stdout is strict UTF-8 (its last
+    # line, "run folder: ...", was a UnicodeEncodeError traceback after the whole run)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8:strict"}
+    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, *common, b"name=r\xff", "eval.val_size=0"],
+                          env=env, capture_output=True, timeout=300, check=False)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (runs / "r\udcff" / "final").is_dir() and f"run folder: {runs}/r".encode() + b"\xff" in proc.stdout
 
 
 def test_source_weights_that_make_no_probabilities_are_refused_at_load(photos, tmp_path, capsys):
@@ -498,6 +678,17 @@ def test_a_damaged_checkpoint_resumes_from_the_one_before_and_two_are_one_clear_
     err = capsys.readouterr().err
     assert "[checkpoint_unreadable]" in err and "checkpoint.prev.pt" in err and "Traceback" not in err
 
+    # checkpoints that load but cannot be resumed from (a foreign or hand-made file): a negative step asked the data
+    # stream for sample -6 (ValueError traceback), an RNG state of another kind was a TypeError traceback
+    good = torch.load(runs / "ref" / "checkpoint.prev.pt", weights_only=True)
+    for change, said in [({"step": -3}, "step '-3'"), ({"step": "6"}, "step '6'"), ({"torch_rng": [1, 2]}, "RNG"),
+                         ({"opt": {}}, "optimiser"), ({"model": {"w": 1}}, "model state")]:
+        torch.save({**good, **change}, cut / "checkpoint.pt")
+        torch.save({**good, **change}, cut / "checkpoint.prev.pt")
+        assert main(["train", "--resume", str(cut)]) == 2
+        err = capsys.readouterr().err
+        assert "[checkpoint_unreadable]" in err and said in err, (change, err)
+
 
 class _RunsCode:
     """A pickle that calls a function when it is loaded: what a checkpoint.pt from elsewhere may hold."""
@@ -625,7 +816,9 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
 
     import sigma.training.checkpoint as C
 
-    C.save_checkpoint(tmp_path, {"step": 3})
+    # what a checkpoint holds (load_checkpoint checks the fields a resume reads)
+    state = {"model": {"w": torch.zeros(1)}, "opt": {"state": {}, "param_groups": []}, "torch_rng": torch.get_rng_state()}
+    C.save_checkpoint(tmp_path, {**state, "step": 3})
     real_save = torch.save
 
     def full_disk(state, path):
@@ -635,7 +828,7 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
     monkeypatch.setattr(torch, "save", full_disk)
     monkeypatch.setattr(C.shutil, "disk_usage", lambda _p: namedtuple("u", "total used free")(10, 10, 0))
     with pytest.raises(OSError) as err:
-        C.save_checkpoint(tmp_path, {"step": 6})
+        C.save_checkpoint(tmp_path, {**state, "step": 6})
     assert err.value.errno == errno.ENOSPC and "no space left" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     monkeypatch.setattr(torch, "save", real_save)

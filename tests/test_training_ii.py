@@ -134,7 +134,7 @@ def torchrun_tiny(photos: Path, tmp_path: Path, *overrides: str) -> subprocess.C
 
 def test_ddp_two_processes_on_cpu_keep_the_same_weights(photos, tmp_path):
     proc = torchrun_tiny(photos, tmp_path, "steps=3", "ckpt_every=2", "eval.every=2", "region_p=0.5",
-                         "prior_p=0.5", "max_minutes=600")   # the budget check: one broadcast per log step
+                         "prior_p=0.5", "max_minutes=600")   # the budget check: one broadcast per step
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys()
@@ -163,7 +163,7 @@ def test_ddp_ranks_pause_together_on_rank0s_clock(photos, tmp_path):
                   "max_minutes=1e-6")
     run = tmp_path / "runs" / "ddp"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["reason"]) for r in rows if r["event"] == "paused"] == [(2, "max_minutes")]
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2 and not (run / "final").exists()
+    assert [(r["step"], r["reason"]) for r in rows if r["event"] == "paused"] == [(1, "max_minutes")]   # every step
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1 and not (run / "final").exists()
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)

@@ -14,7 +14,6 @@ rewriting a shared file; `summary()` aggregates them.
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import replace_atomically
-from sigma.text import finite
+from sigma.text import dumps_finite
 from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"
@@ -121,7 +120,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(finite(data), indent=2, sort_keys=True).encode())   # NaN -> null
+    atomic_write_bytes(path, dumps_finite(data, indent=2, sort_keys=True).encode())   # NaN -> null
 
 
 def _count(value: Any) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import sys
 
@@ -41,7 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable_names() -> None:
+    """A file name that is not UTF-8 reaches Python with its bad bytes as surrogates (`\\udcff`); under a UTF-8
+    locale stdout is strict, so the first line naming such a path (`run folder: ...` after a whole training run)
+    was a UnicodeEncodeError traceback. stdout writes those bytes back as they were (what `ls` shows), stderr
+    escapes them. Only the process's own console streams are changed, not a stream a caller put in their place."""
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        if type(stream) is io.TextIOWrapper and stream.errors == "strict":
+            stream.reconfigure(errors=errors)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_names()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

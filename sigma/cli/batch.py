@@ -161,9 +161,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace):
     from sigma.batch.config import BatchConfig
-    from sigma.config.loader import load_config, parse_overrides
+    from sigma.config.loader import load_config, read_overrides
 
-    overrides: dict[str, Any] = parse_overrides(args.overrides)
+    overrides: dict[str, Any] = dict(read_overrides(args.overrides))
     overrides["input.path"] = args.input
     flags = {"input.preset": args.preset, "input.format": args.format, "input.shard_size": args.shard_size,
              "annotator": args.annotator, "threshold": args.threshold, "batch_size": args.batch_size,

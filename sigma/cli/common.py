@@ -18,12 +18,18 @@ class SigmaArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"sigma: error [bad_arguments]: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+# How a `--set` / `key=value` VALUE is read (sigma.config.loader.Override): said in every --help that takes one.
+VALUE_RULE = ("VALUE is YAML (0.1, true, null, [2,5,11], {a: 1}), except that a text field takes the text as "
+              "written (name=a: b gives 'a: b', out_dir=on gives 'on'; outer quotes are removed).")
+
+
 def add_config_args(parser: argparse.ArgumentParser,
                     example: str = "--set io.align=true --set io.limits.max_pixels=10000000") -> None:
     """`--config` and `--set`; `example` are overrides the command's own config accepts (its --help shows them)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override one config value, e.g. {example} (repeatable; applied after --config)")
+                        help=f"override one config value, e.g. {example} (repeatable; applied after --config). "
+                             f"{VALUE_RULE}")
 
 
 # What each optional extra brings, by import name: a command says which it needs (`set_defaults(needs=...)`),
@@ -65,9 +71,9 @@ class MissingExtraError(SigmaError):
 def flag_overrides(overrides: list[str], **flags: Any) -> dict[str, Any]:
     """`--set key=value` items plus the command's own flags (None = not given) as dotted overrides: flags
     are applied before validation, like every other override, never by mutating a validated config."""
-    from sigma.config.loader import parse_overrides
+    from sigma.config.loader import read_overrides
 
-    merged = parse_overrides(overrides)
+    merged: dict[str, Any] = dict(read_overrides(overrides))
     merged.update({k: v for k, v in flags.items() if v is not None})
     return merged
 
@@ -125,19 +131,15 @@ def check_unit_interval(args: argparse.Namespace, what: dict[str, str]) -> None:
 
 
 def check_outdir(outdir: Path, create: bool = False) -> Path:
-    """Refuse an output folder that cannot be one (a file, a name too long, a path through a file, a
-    read-only place) before any work, not after minutes of it: `create` makes it now, which is the only
-    test a permission or a read-only file system answers honestly."""
-    from sigma.errors import InputError
+    """Refuse an output folder that cannot be one (a file: `out_not_a_folder`; a name too long, a path through
+    a file, a read-only place: `bad_outdir`) before any work, not after minutes of it: `create` makes it now,
+    which is the only test a permission or a read-only file system answers honestly. The codes every command's
+    output folder answers with (`sigma.folderlock.make_out_folder`)."""
+    from sigma.folderlock import make_out_folder, refuse_non_folder
 
-    try:
-        if outdir.exists() and not outdir.is_dir():
-            raise InputError(f"{outdir}: exists and is not a folder", code="bad_outdir")
-        if create:
-            outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{outdir}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir"
-                         ) from exc
+    refuse_non_folder(outdir)
+    if create:
+        make_out_folder(outdir)
     return outdir
 
 

@@ -9,7 +9,7 @@ MASKS = ("chosen", "semantic", "footprint")          # sigma.export.select.MASKS
 ORDERS = ("corpus", "confidence", "confidence-asc")  # sigma.export.select.ORDERS
 
 EXAMPLES = """examples:
-  sigma export imdl-benco runs/mb --out data/mb_benco --min-confidence 0.97 --max-area 0.5   # docs/masks.md: expected F1 per cut
+  sigma export imdl-benco runs/mb --out data/mb_benco --min-confidence 0.97 --max-area 0.5   # docs/masks.md: F1 per cut
   sigma export imdl-benco runs/mb --out data/mb_forensic --mask footprint --sort confidence
   sigma export coco runs/mb --out runs/mb/coco.json --images runs/mb/images
   sigma export hf runs/mb data/mb_hf --min-confidence 0.5   # then: load_dataset("parquet", data_dir="data/mb_hf")

@@ -59,11 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     w = sub.add_parser("worker", help="run one annotation worker (consumes the Redis queue)",
                        description="A long-lived worker: loads the annotator once, consumes its Redis stream in "
-                       "micro-batches, stores results, heartbeats. Redis outages (down, frozen, over maxmemory) are "
-                       "waited out, also at start-up: an unreachable Redis gets one line naming the URL (set it with "
-                       "SIGMA_REDIS_URL or --set redis.url=...), then the worker waits for it. SIGTERM/SIGINT exit "
-                       "with status 0: at once while loading or waiting, after finishing the batch in hand otherwise "
-                       "(a second signal leaves the batch to be redelivered).",
+                       "micro-batches,\nstores results, heartbeats. Redis outages (down, frozen, over maxmemory) are "
+                       "waited out, also at\nstart-up: an unreachable Redis gets one line naming the URL (set it with "
+                       "SIGMA_REDIS_URL or\n--set redis.url=...), then the worker waits for it. SIGTERM/SIGINT exit "
+                       "with status 0: at once while\nloading or waiting, after finishing the batch in hand otherwise "
+                       "(a second signal leaves the batch to be\nredelivered).",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--annotator", help="registry name (default: worker.annotator, pixel-diff)")
     w.add_argument("--consumer", help="consumer name in the group (default: <host>-<pid>)")

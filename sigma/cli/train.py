@@ -20,10 +20,13 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from sigma.cli.common import VALUE_RULE
+
     p = sub.add_parser("train", help="train a model (Stage I / Stage II) from a stage config",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="stage config YAML (configs/train/...)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=500 lr=1e-3")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help=f"config overrides, e.g. steps=500 lr=1e-3. {VALUE_RULE}")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.set_defaults(run=run)
 

@@ -5,8 +5,12 @@ from any program (sam2's Hydra globals are what we avoid).
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,7 +85,7 @@ def load_yaml(text: str, where: str) -> Any:
 
 def parse_value(text: str, key: str = "value") -> Any:
     """`key=value` values are YAML scalars/lists: `0.1`, `true`, `[2,5,11]`, `null`, `name`; text that is not
-    YAML stays text."""
+    YAML stays text. Type-blind: `load_config` reads a `--set` value against its field (`Override`)."""
     try:
         return load_yaml(text, f"override {key}")
     except DuplicateKeyError as exc:
@@ -90,8 +94,96 @@ def parse_value(text: str, key: str = "value") -> Any:
         return text
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+@dataclass(frozen=True)
+class Override:
+    """One `--set key=value`: the text as typed and what YAML made of it. `load_config` picks one by the type
+    of the field the key names (`resolve`): YAML read `name=a: b` as a mapping {a: b}, `out_dir=on` as true,
+    `name=2026-01-01` as a date and `name=a #1` as 'a' (the rest a comment) — each refused as "not a valid
+    string", or, worse, taken cut short. A text field takes the text as written unless it is quoted or YAML
+    gave a value of a type the field also accepts (null for an optional field, a mapping for `model`)."""
+
+    text: str
+    value: Any
+
+    @classmethod
+    def read(cls, text: str, key: str) -> Override:
+        return cls(text, parse_value(text, key))
+
+    def resolve(self, accepts: FieldTypes | None) -> Any:
+        if accepts is None or str not in accepts.types:
+            return self.value
+        if isinstance(self.value, str):
+            return self.value if _quoted(self.text) else self.text
+        if self.value is None:
+            return None if accepts.none else self.text
+        if type(self.value) in accepts.types or isinstance(self.value, bool) and bool in accepts.types:
+            return self.value
+        return self.text
+
+
+def _quoted(text: str) -> bool:
+    text = text.strip()
+    return len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+
+
+@dataclass(frozen=True)
+class FieldTypes:
+    """What a config field accepts, as far as a `--set` value is concerned: plain Python types, and None."""
+
+    types: frozenset[type]
+    none: bool
+
+
+def _types_of(annotation: Any) -> tuple[set[type], bool, list[type[BaseModel]]]:
+    """(plain types, accepts None, pydantic models) an annotation admits; Any admits nothing in particular."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _types_of(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        plain, none, models = set(), False, []
+        for arg in typing.get_args(annotation):
+            p, n, m = _types_of(arg)
+            plain |= p
+            none = none or n
+            models += m
+        return plain, none, models
+    if annotation is type(None) or annotation is None:
+        return set(), True, []
+    if origin is typing.Literal:
+        return {type(a) for a in typing.get_args(annotation)}, None in typing.get_args(annotation), []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {dict}, False, [annotation]
+    if isinstance(origin, type):
+        return {origin}, False, []
+    if isinstance(annotation, type):
+        return {annotation, int} if annotation is float else {annotation}, False, []
+    return set(), False, []
+
+
+def field_types(model: type[BaseModel], dotted: str) -> FieldTypes | None:
+    """What the field `dotted` (`data.photos`, `eval.val_dir`) of `model` accepts; None when the key is not a
+    field (an unknown key, or one inside a free mapping like `options`)."""
+    models: list[type[BaseModel]] = [model]
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        found = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not found:
+            return None
+        plain, none = set(), False
+        models = []
+        for info in found:
+            p, n, m = _types_of(info.annotation)
+            plain |= p
+            none = none or n
+            models += m
+        if i == len(parts) - 1:
+            return FieldTypes(frozenset(plain), none)
+    return None
+
+
+def read_overrides(items: list[str] | None) -> dict[str, Override]:
+    """`key=value` items as `Override`s: `load_config` reads each value against the type of its field."""
+    out: dict[str, Override] = {}
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. threshold=0.4 or io.align=true)")
@@ -99,8 +191,19 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        out[key] = parse_value(value, key)
+        out[key] = Override.read(value, key)
     return out
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`key=value` items as YAML values, without a config model to read them against (see `read_overrides`)."""
+    return {key: o.value for key, o in read_overrides(items).items()}
+
+
+def resolve_overrides(model: type[BaseModel], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Each `Override` as the value its field takes (`Override.resolve`); plain values as they are."""
+    return {key: value.resolve(field_types(model, key)) if isinstance(value, Override) else value
+            for key, value in overrides.items()}
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -153,19 +256,33 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _unusable(text: str) -> str | None:
+    """Why `text` can be no path or name: a NUL byte, or a lone surrogate that is not an undecodable file-name
+    byte (`\udc80`-`\udcff`, what a non-UTF-8 argument or name arrives as, is one; `\ud800` from a YAML escape
+    is none)."""
+    if "\x00" in text:
+        return "a NUL byte"
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return "a lone UTF-16 surrogate"
+    return None
+
+
 def _refuse_nul(tree: dict) -> None:
-    """No config text may hold a NUL byte: every one is a path, a name or a choice, and the first `open()` or
-    `mkdir()` of it raised a bare ValueError ("embedded null byte"), a traceback, after the config was taken."""
+    """No config text may hold a NUL byte or a lone surrogate: every one is a path, a name or a choice, and the first
+    `open()` or `mkdir()` of it raised a bare ValueError ("embedded null byte") or UnicodeEncodeError ("surrogates
+    not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made)."""
     stack: list[tuple[str, Any]] = [("", tree)]
     while stack:
         where, node = stack.pop()
-        if isinstance(node, str) and "\x00" in node:
-            raise ConfigError(f"{where or '<root>'}: holds a NUL byte ({node[:80]!r}); no path or name can")
+        if isinstance(node, str) and (why := _unusable(node)):
+            raise ConfigError(f"{where or '<root>'}: holds {why} ({node[:80]!r}); no path or name can")
         if isinstance(node, dict):
             for key, value in node.items():
                 dotted = f"{where}.{key}" if where else str(key)
-                if "\x00" in str(key):
-                    raise ConfigError(f"{dotted!r}: a key holding a NUL byte")
+                if why := _unusable(str(key)):
+                    raise ConfigError(f"{dotted!r}: a key holding {why}")
                 stack.append((dotted, value))
         elif isinstance(node, list):
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))
@@ -178,15 +295,34 @@ def load_config(model: type[M], path: str | Path | None = None,
     if path is not None:
         tree = deep_merge(tree, read_yaml(path))
     if isinstance(overrides, list):
-        overrides = parse_overrides(overrides)
-    tree = apply_overrides(tree, overrides or {})
+        overrides = read_overrides(overrides)
+    given = {k: v for k, v in (overrides or {}).items() if isinstance(v, Override)}
+    tree = apply_overrides(tree, resolve_overrides(model, overrides or {}))
     _refuse_nul(tree)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                             f"{_yaml_note(e['loc'], given, model) if e['type'] != 'extra_forbidden' else ''}"
                              for e in exc.errors())
         raise ConfigError(f"invalid {model.__name__}: {problems}") from exc
+
+
+def _yaml_note(loc: tuple, given: dict[str, Override], model: type[BaseModel]) -> str:
+    """What YAML made of the `--set` value behind an error, when the field does not take a value of that kind: a
+    mapping from `a: b`, a list from `[x]`, a date, or text cut at a ` #` comment."""
+    dotted = ".".join(str(p) for p in loc)
+    for key, o in given.items():
+        if dotted != key and not dotted.startswith(key + "."):
+            continue
+        accepts = field_types(model, key)
+        if accepts is None or type(o.value) in accepts.types:     # read as meant; the error is about the value
+            continue
+        if isinstance(o.value, (dict, list, datetime.date)) or isinstance(o.value, str) and o.value != o.text.strip():
+            shown = json.dumps(o.value, default=str, ensure_ascii=False)[:80]
+            return (f" (--set {key}={o.text!r} was read as YAML, giving {shown}: ': ', ' #' and brackets are "
+                    f"YAML syntax; to pass the text itself, quote it inside the argument: --set '{key}=\"{o.text}\"')")
+    return ""
 
 
 def config_hash(config: BaseModel | dict) -> str:

@@ -21,7 +21,7 @@ from sigma.export.select import (
 )
 from sigma.io.images import write_png
 from sigma.rle import decode_rle, mask_bbox
-from sigma.text import finite
+from sigma.text import dumps_finite
 
 CATEGORY = {"id": 1, "name": "edited", "supercategory": "manipulation"}
 
@@ -91,6 +91,6 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
             "images": images, "annotations": annotations, "categories": [CATEGORY]}
     out = Path(out)
     # finite: a plugin's NaN confidence or evidence would make the file JSON that strict readers refuse
-    atomic_write_bytes(out, json.dumps(finite(data), allow_nan=False).encode())
+    atomic_write_bytes(out, dumps_finite(data).encode())
     return {"out": str(out), "images": len(images), "annotations": len(annotations), "mask": mask, "order": order,
             "skipped": skipped}

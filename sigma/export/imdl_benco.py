@@ -21,7 +21,7 @@ from sigma.export.select import RowFilter, UniqueNames, iter_pairs, nothing_to_e
 from sigma.folderlock import hold_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
-from sigma.text import finite
+from sigma.text import dumps_finite
 
 
 def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,
@@ -113,7 +113,7 @@ def _write(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relativ
         if (out / folder).exists():
             (out / folder).replace(out / f".{folder}.old")     # removed on the way out
         _staging(out, folder).replace(out / folder)
-    listing = json.dumps(finite([e["entry"] for e in entries]), indent=1, allow_nan=False)
+    listing = dumps_finite([e["entry"] for e in entries], indent=1)
     atomic_write_bytes(out / json_name, listing.encode())
     return {"out": str(out), "json": str(out / json_name), "pairs": len(entries), "positives": positives,
             "negatives": len(entries) - positives, "mask": mask, "order": order, "skipped": skipped}

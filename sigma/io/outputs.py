@@ -1,7 +1,6 @@
 """What `sigma annotate` leaves on disk for one pair: mask, probability, overlay and a JSON record."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +8,7 @@ import cv2
 import numpy as np
 
 from sigma.io.images import replace_atomically, write_png
-from sigma.text import finite
+from sigma.text import dumps_finite
 from sigma.types import Annotation
 
 TINT_RGB = (255, 32, 32)
@@ -28,7 +27,7 @@ def overlay_image(edited: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> 
 
 
 def write_json(data: Any, path: str | Path) -> Path:
-    text = json.dumps(finite(data), indent=2, default=_json_default)   # NaN -> null
+    text = dumps_finite(data, indent=2, default=_json_default)   # NaN -> null
     return replace_atomically(Path(path), text.encode())
 
 

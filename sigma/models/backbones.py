@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sigma.models.config import CompactBackboneConfig, Dinov2BackboneConfig
+from sigma.models.size import check_dinov2, hf_dinov2_config
 from sigma.models.weights import ResolvedWeights, from_pretrained_or_error, resolve_hf_reference
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,22 +96,20 @@ class Dinov2Backbone(Backbone):
     def __init__(self, cfg: Dinov2BackboneConfig, *, pretrained: bool = True, allow_download: bool = False):
         super().__init__()
         try:
-            from transformers import AutoConfig, Dinov2Config, Dinov2WithRegistersConfig
+            from transformers import AutoConfig
         except ImportError as exc:  # pragma: no cover - transformers is in the hf extra
             from sigma.errors import ConfigError
             raise ConfigError("DINOv2 backbones need transformers: pip install 'sigma-masks[hf]'") from exc
         self.resolved: ResolvedWeights | None = None
         if cfg.hf_config is not None:
-            fields = dict(cfg.hf_config)
-            kind = fields.pop("model_type", "dinov2")
-            cls = Dinov2WithRegistersConfig if kind == "dinov2_with_registers" else Dinov2Config
-            hf_config = cls(**fields)
+            hf_config = hf_dinov2_config(cfg.hf_config)      # its size was checked with the whole SigmaNet's
         else:
             self.resolved = resolve_hf_reference(cfg.weights, allow_download=allow_download,
                                                  what="DINOv2 backbone")
             hf_config = from_pretrained_or_error(AutoConfig.from_pretrained,
                                                  self._config_location(self.resolved.location),
                                                  what="DINOv2 backbone config")
+            check_dinov2(hf_config, cfg.weights)              # the weights' own config.json: checked before loading
         model_cls = _dinov2_classes(hf_config)
         if pretrained:
             if self.resolved is None:

@@ -11,14 +11,20 @@ from pydantic import Field, model_validator
 
 from sigma.config.schema import Strict
 
+# Blocks (a backbone stage's, the refinement's) and transformer layers one config may ask for: each is a Python
+# module with its own tensors, and 10^5 small ones took 4 minutes and 10 GB to build while their parameter count
+# (`sigma.models.size`) looked harmless. The largest model we use has 40 layers (DINOv2-giant).
+MAX_BLOCKS = 256
+
 
 class CompactBackboneConfig(Strict):
     """Siamese CNN trained from scratch: stage i has stride 2**(i+1) (2, 4, 8, 16, 32)."""
 
     kind: Literal["compact"] = "compact"
-    widths: list[int] = Field([16, 32, 64, 128, 256], min_length=1, max_length=5)
-    depths: list[int] = Field([0, 1, 1, 2, 2], description="inverted-residual blocks after each stage's "
-                              "strided conv; cheap (1x1 → depthwise 3x3 → 1x1) so 2 CPU cores keep up")
+    widths: list[Annotated[int, Field(ge=1)]] = Field([16, 32, 64, 128, 256], min_length=1, max_length=5)
+    depths: list[Annotated[int, Field(ge=0, le=MAX_BLOCKS)]] = Field(
+        [0, 1, 1, 2, 2], description="inverted-residual blocks after each stage's strided conv; cheap (1x1 → "
+        "depthwise 3x3 → 1x1) so 2 CPU cores keep up")
     expansion: int = Field(3, ge=1)
 
     @model_validator(mode="after")
@@ -60,15 +66,16 @@ class SigmaNetConfig(Strict):
     dim: int = Field(128, ge=8, description="width d of the fused difference tokens")
     token_stride: int = Field(16, description="taps at this stride or coarser are fused into the token grid "
                               "the refinement attends over; finer taps become decoder skips")
-    skip_dims: list[int] = Field([64, 32, 16], description="widths of the decoder skips, coarse to fine")
+    skip_dims: list[Annotated[int, Field(ge=1)]] = Field([64, 32, 16], max_length=8,
+                                                         description="widths of the decoder skips, coarse to fine")
     pixel_stem: bool = Field(False, description="add a few strided convs over (I_o, I_e, |I_o-I_e|) as "
                              "decoder skips at 1/8 and 1/4 (ViT backbones have no fine taps)")
     full_res_head: int = Field(0, ge=0, description="width of a residual head that refines the logits at the "
                                "full working resolution from the pair's own pixels (0 = none: logits at the "
                                "decoder's finest level, bilinearly upsampled)")
-    refine_blocks: int = Field(2, ge=0)
+    refine_blocks: int = Field(2, ge=0, le=MAX_BLOCKS)
     refine_heads: int = Field(4, ge=1)
-    ffn_ratio: float = Field(2.0, gt=0)
+    ffn_ratio: float = Field(2.0, gt=0, le=64)
     max_regions: int = Field(8, ge=0, description="instruction tokens from at most this many regions")
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
+from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
 from sigma.text import loads as load_json
 
@@ -43,6 +44,7 @@ def _net(cfg: SigmaNetConfig, **kwargs: Any) -> SigmaNet:
     """SigmaNet(cfg): an architecture the config's own checks let through but the network cannot be built from
     (no backbone tap as coarse as token_stride, fewer skip_dims than fine taps) is a ConfigError naming it —
     from a training `model=` or a saved config.json it was a ValueError traceback."""
+    check_model_size(cfg)    # arithmetic on the config: an absurd size is refused before a tensor exists
     try:
         return SigmaNet(cfg, **kwargs)
     except ValueError as exc:

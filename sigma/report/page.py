@@ -5,12 +5,11 @@ script only filters and sorts the `figure.item` elements by their data attribute
 """
 from __future__ import annotations
 
-import json
 import math
 from html import escape
 from typing import Any
 
-from sigma.text import finite
+from sigma.text import dumps_finite
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;background:#fafafa;color:#222}
@@ -132,7 +131,7 @@ def render_page(title: str, run: dict[str, Any], metrics: dict[str, dict[str, An
         sort_opts.append(("f1:asc", "F1 vs ground truth, lowest first"))
     sort_html = "".join(f'<option value="{v}">{escape(label)}</option>' for v, label in sort_opts)
     # strict JSON (NaN -> null: a one-pair set has no rho), for whoever reads the page's data block
-    data = json.dumps(finite({"run": run, "metrics": metrics}), default=str, allow_nan=False).replace("</", "<\\/")
+    data = dumps_finite({"run": run, "metrics": metrics}, default=str).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from sigma.config.loader import load_config, parse_value
+from sigma.config.loader import Override, load_config
 from sigma.config.schema import MAX_BATCH_SIZE, IOConfig, LimitsConfig, Strict
 from sigma.errors import ConfigError
 
@@ -199,7 +199,7 @@ def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
     for name, value in env.items():
         if name.startswith("SIGMA__") and len(name) > 7:
             dotted = ".".join(part.lower() for part in name[7:].split("__"))
-            overrides[dotted] = parse_value(value, name)
+            overrides[dotted] = Override.read(value, name)
     keys = _parse_key_list(env.get("SIGMA_API_KEYS", ""), False, "SIGMA_API_KEYS")
     keys += _parse_key_list(env.get("SIGMA_API_KEY_HASHES", ""), True, "SIGMA_API_KEY_HASHES")
     return overrides, keys
@@ -211,10 +211,10 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
     None = not given); everything is validated once, at the end; errors name the key (ConfigError)."""
     env = os.environ if env is None else env
     env_set, env_keys = env_overrides(env)
-    from sigma.config.loader import parse_overrides, read_yaml
+    from sigma.config.loader import read_overrides, read_yaml
 
     base = read_yaml(path) if path is not None else {}
-    merged = {**env_set, **parse_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
+    merged = {**env_set, **read_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
     cfg = load_config(ServeConfig, None, merged, base=base)
     if env_keys:
         try:

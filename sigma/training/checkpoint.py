@@ -62,7 +62,26 @@ def _read(path: Path) -> dict[str, Any]:
                          "code); not a checkpoint sigma train wrote") from exc
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError("not a training checkpoint (no step)")
+    _check_fields(state)
     return state
+
+
+def _check_fields(state: dict[str, Any]) -> None:
+    """What `Trainer.restore` reads, of the kinds it needs: a checkpoint that loads but holds a negative or
+    non-integer step (the data stream was asked for sample -6: a ValueError traceback), no optimiser state, or an
+    RNG state that is not a byte tensor (TypeError traceback) is a damaged checkpoint like one cut short."""
+    step = state["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"step {str(step)[:40]!r} is not a non-negative integer")
+    if not isinstance(state.get("model"), dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise ValueError("no model state (a mapping of tensors)")
+    if not isinstance(state.get("opt"), dict) or not {"state", "param_groups"} <= set(state["opt"]):
+        raise ValueError("no optimiser state")
+    rng = state.get("torch_rng")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+        raise ValueError("no torch RNG state (a byte tensor)")
+    if state.get("teacher") is not None and not isinstance(state["teacher"], dict):
+        raise ValueError("an EMA teacher state that is not a mapping")
 
 
 def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:

@@ -5,13 +5,26 @@ import math
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, MAX_WORKING_SIZE, Strict
 from sigma.data.synth.engine import SynthConfig
 
 
-class SourceConfig(Strict):
+class Section(Strict):
+    """A training config section: no float may be NaN or infinite. `lr=inf` trained a model of NaN weights into
+    final/ (exit 0), `loss.bce=nan` skipped every step of a short run without a word; a budget without limit is
+    `max_minutes=null`, not inf."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Seeds feed numpy (non-negative only: a ValueError traceback for -1) and torch.Generator().manual_seed(seed * 1000003
+# + step) (a 64-bit integer: 10^30 was an OverflowError traceback).
+MAX_SEED = 2**32 - 1
+
+
+class SourceConfig(Section):
     """A folder in the pairs.jsonl layout mixed into training (labelled corpus or unlabelled pairs)."""
 
     path: str
@@ -20,13 +33,13 @@ class SourceConfig(Strict):
     labelled: bool = True
 
 
-class LossConfig(Strict):
-    bce: float = 1.0
-    dice: float = 1.0
+class LossConfig(Section):
+    bce: float = Field(1.0, ge=0)     # a negative weight maximises its loss: the run diverges, unsaid
+    dice: float = Field(1.0, ge=0)
     pos_weight: float = Field(1.0, gt=0)
 
 
-class VaeCalibConfig(Strict):
+class VaeCalibConfig(Section):
     """Stage II: more VAE-roundtripped pairs, and noise-only pairs labelled empty."""
 
     enabled: bool = False
@@ -34,33 +47,35 @@ class VaeCalibConfig(Strict):
     none_p: float = Field(0.15, ge=0, le=1)
 
 
-class EmaConfig(Strict):
+class EmaConfig(Section):
     """Stage II: EMA teacher → confident pseudo-labels on unlabelled pairs for a strong-view student."""
 
     enabled: bool = False
     momentum: float = Field(0.999, ge=0, lt=1)
-    hi: float = 0.7
-    lo: float = 0.3
-    weight: float = 1.0
+    hi: float = Field(0.7, ge=0, le=1, description="teacher probability above which a pixel is a confident edit")
+    lo: float = Field(0.3, ge=0, le=1, description="teacher probability below which a pixel is confidently unedited")
+    weight: float = Field(1.0, ge=0)
     withhold_latent_labels: bool = Field(True, description="latent-edit pairs become unlabelled pairs")
     strong_noise: float = Field(0.02, ge=0, description="σ of Gaussian noise on the student's edited view")
     strong_jitter: float = Field(0.05, ge=0, description="brightness/contrast jitter of the student view")
 
 
-class DisentangleConfig(Strict):
+class DisentangleConfig(Section):
     """Stage II (METHOD §6): edit part → 0 on noise-only pairs, decorrelate, noise part regresses residual."""
 
     enabled: bool = False
-    zero: float = 0.1
-    decorrelate: float = 0.1
-    noise: float = 1.0
+    zero: float = Field(0.1, ge=0)
+    decorrelate: float = Field(0.1, ge=0)
+    noise: float = Field(1.0, ge=0)
     noise_scale: float = Field(10.0, gt=0, description="the residual target is multiplied by this")
 
 
-class EvalConfig(Strict):
+class EvalConfig(Section):
     every: int = Field(200, ge=0, description="steps between validations (0 = only at the end)")
-    val_size: int = Field(64, ge=0, description="fixed synthetic validation pairs")
-    val_seed: int = 12345
+    # held in memory for the whole run (about 0.4 MB a pair at crop 192): val_size=10^8 generated pairs for as long
+    # as the memory lasted, before the first step
+    val_size: int = Field(64, ge=0, le=10_000, description="fixed synthetic validation pairs")
+    val_seed: int = Field(12345, ge=0, le=MAX_SEED)
     val_dir: str = Field("", description="the fixed synthetic validation set as a pairs.jsonl folder; written "
                          "once (val_size pairs, val_seed, cached photos only) when missing, then only read, so "
                          "every run and every checkpoint is scored on the same pairs ('' = generate in memory)")
@@ -72,7 +87,7 @@ class EvalConfig(Strict):
     perturb: list[str] = Field(default_factory=lambda: ["none"])
     image_size: int | None = Field(None, ge=0, le=MAX_WORKING_SIZE,
                                    description="working size for the real set (None = the model's)")
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1, description="score the first N pairs of the real set (None = all)")
 
     # Checked when the config is read: the real set is scored at the end of the run, and an unknown perturbation
     # or a working size the annotator refuses ended hours of training there, with no final/.
@@ -96,11 +111,15 @@ class EvalConfig(Strict):
         return size
 
 
-class TrainConfig(Strict):
+class TrainConfig(Section):
     name: str = "run"
     stage: Literal["I", "II"] = "I"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     out_dir: str = Field("runs", description="the run folder is <out_dir>/<name>")
+    workdir: str = Field("", description="the folder the relative paths of this config (data.photos, data.cache, "
+                         "data.cache_index, sources, eval.val_dir, eval.data, init_from) are read from; `sigma "
+                         "train` records the folder a run starts in, so `--resume` from another folder reads the "
+                         "same files ('' = the current folder)")
     model: str | dict[str, Any] = Field("sigma-lite", description="preset name or SigmaNetConfig fields")
     init_from: str | None = Field(None, description="a saved model folder or a run folder to start from")
     data: SynthConfig = Field(default_factory=SynthConfig)
@@ -110,7 +129,7 @@ class TrainConfig(Strict):
     # asked one data worker for a million crops in memory
     batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)
     num_workers: int = Field(1, ge=0, le=MAX_PROCESSES)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(2e-3, gt=0, le=10, description="peak learning rate (AdamW); above 10 is a typo, not a choice")
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
@@ -132,8 +151,8 @@ class TrainConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log_every: int = Field(10, ge=1)
     ckpt_every: int = Field(100, ge=1)
-    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of this stretch: at the first "
-                                      "log step past it the run checkpoints, validates and stops cleanly "
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of this stretch: at the end of "
+                                      "the first step past it the run checkpoints, validates and stops cleanly "
                                       "(exit 0); `sigma train --resume RUN` continues the same schedule. "
                                       "For a shared machine or a time-limited device slot")
     tensorboard: bool = True

@@ -131,7 +131,7 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     src = Path(cfg.data.cache) / "index.json"
     if not src.is_file():
         return cfg   # the engine raises the clear error
-    target = run_dir / "cache_index.json"
+    target = (run_dir / "cache_index.json").absolute()    # read from anywhere, not only from the starting folder
     if int(os.environ.get("RANK", "0")) == 0:
         tmp = target.with_name(target.name + ".tmp")
         shutil.copyfile(src, tmp)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.folderlock import hold_folder, waiting_lock
+from sigma.text import dumps_finite
 
 from . import losses as L
 from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint
@@ -100,6 +101,28 @@ def _build_model(cfg: TrainConfig, log=print, resuming: bool = False):
     log(f"init_from {src}: grown to {cfg.model if isinstance(cfg.model, str) else 'the configured model'}: "
         f"{report.summary()}")
     return model, report
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Cut a JSON-lines file back to its last newline; the number of bytes removed (0: it ended with one)."""
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        keep = end = size
+        while end > 0:      # back to the last newline, a block at a time (a long run's log is large)
+            start = max(0, end - 65536)
+            handle.seek(start)
+            found = handle.read(end - start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            end, keep = start, 0
+        handle.truncate(keep)
+    return size - keep
 
 
 class Trainer:
@@ -190,7 +213,7 @@ class Trainer:
             return
         record = {"step": self.step, "time": round(time.time(), 2), **record}
         with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record, default=float) + "\n")
+            handle.write(dumps_finite(record, default=float) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "time"):
@@ -335,6 +358,22 @@ class Trainer:
         self.emit(rec)
         self.log(f"[val step {self.step}] " + json.dumps(rec, default=lambda x: round(x, 4) if isinstance(x, float) else str(x)))
 
+    def _read_best(self, path: Path) -> dict[str, Any] | None:
+        """best.json, or None when there is none or it cannot be read: a damaged one (a disk fault, an edit by
+        hand, null for a NaN score) was a JSONDecodeError / KeyError / TypeError traceback at the first validation
+        of a resume, after the work of a whole evaluation interval. Said, and replaced by the next best."""
+        if not path.is_file():
+            return None
+        try:
+            best = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(best, dict) and isinstance(best.get("f1"), (int, float)) and math.isfinite(best["f1"]):
+                return best
+            problem = "no finite f1"
+        except (OSError, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        self.log(f"{path}: cannot be read ({problem}); the next validation's score replaces it")
+        return None
+
     def _keep_best(self, rec: dict[str, Any]) -> None:
         """`best/`: the weights with the highest synthetic-validation F1 so far (the selection rule), with
         `best.json` saying which step and score; the at-start score of an init_from model counts as the
@@ -347,7 +386,7 @@ class Trainer:
             # them (a tie: both mark every pixel) had no best/ at all and a best.json naming weights nowhere
             return
         path = self.run_dir / "best.json"
-        best = json.loads(path.read_text()) if path.is_file() else None
+        best = self._read_best(path)
         if best is not None and f1 <= best["f1"]:
             return
         if self.step > 0:
@@ -357,12 +396,23 @@ class Trainer:
         info = {"step": self.step, "f1": f1, "iou": rec["synthetic"].get("iou"),
                 "saved": self.step > 0, "val": self.cfg.eval.val_dir or f"seed {self.cfg.eval.val_seed}"}
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(info, indent=1))
+        tmp.write_text(dumps_finite(info, indent=1))
         tmp.replace(path)
         rec["best"] = True
 
+    def _heal_metrics(self) -> None:
+        """A run killed (or out of disk space) in the middle of a metrics.jsonl write left half a line; the resume
+        appended its first record to it, and that line — two records glued together — failed every reader from
+        then on. The torn tail is cut off (and said) before anything is appended."""
+        if self.is_main and self.metrics_path.is_file():
+            cut = cut_torn_tail(self.metrics_path)
+            if cut:
+                self.log(f"{self.metrics_path}: its last line was cut short ({cut} bytes, the run was stopped while "
+                         "writing it); removed")
+
     def run(self) -> Path:
         cfg = self.cfg
+        self._heal_metrics()
         ckpt = load_checkpoint(self.run_dir, warn=self.log)
         if ckpt is not None:
             self.restore(ckpt)
@@ -379,7 +429,7 @@ class Trainer:
             return self._finish(self._val_set() if self.is_main else [])
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
-            (self.run_dir / "grow.json").write_text(json.dumps(
+            (self.run_dir / "grow.json").write_text(dumps_finite(
                 {"init_from": cfg.init_from, "loaded": len(rep.loaded), "new": rep.new,
                  "identity_initialised": rep.identity, "dropped": rep.dropped}, indent=1))
             self.emit({"event": "grow", "loaded": len(rep.loaded), "new": len(rep.new),
@@ -427,8 +477,9 @@ class Trainer:
                 self.checkpoint()
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
                 self.validate(val)
-            if self.step % cfg.log_every == 0 and self.step < cfg.steps and self._out_of_time(started):
-                return self._pause(val, started)
+            # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
+            if self.step < cfg.steps and self._out_of_time(started):
+                return self._pause(val, started, window, n_pairs, t_data, t_model)
         self.checkpoint()
         return self._finish(val)
 
@@ -496,19 +547,27 @@ class Trainer:
         return self.run_dir
 
     def _out_of_time(self, started: float) -> bool:
-        """Past `max_minutes`? Every rank must stop at the same step: rank 0's clock decides for all."""
+        """Past `max_minutes`? Asked after every step: a clock read, and under DDP one 4-byte broadcast (every rank
+        must stop at the same step: rank 0's clock decides for all), next to the step's gradient all-reduce."""
         if self.cfg.max_minutes is None:
             return False
-        over = torch.tensor([float(time.monotonic() - started > 60.0 * self.cfg.max_minutes)])
+        # on the training device: NCCL (multi-GPU) broadcasts CUDA tensors only, a CPU one raised there
+        over = torch.tensor([float(time.monotonic() - started > 60.0 * self.cfg.max_minutes)], device=self.device)
         if self.world > 1:
             torch.distributed.broadcast(over, src=0)
         return bool(over.item())
 
-    def _pause(self, val, started: float) -> Path:
-        """End of a stretch, not of the run: checkpoint, score (so `best/` holds this stretch's progress),
-        no `final/`; the next `--resume` continues the schedule from this step. What this step's loop
-        iteration already wrote (a checkpoint, a validation) is not done again."""
+    def _pause(self, val, started: float, window: dict[str, list[float]] | None = None, n_pairs: int = 0,
+               t_data: float = 0.0, t_model: float = 0.0) -> Path:
+        """End of a stretch, not of the run: the steps since the last log row logged, checkpoint, score (so
+        `best/` holds this stretch's progress), no `final/`; the next `--resume` continues the schedule from this
+        step. What this step's loop iteration already wrote (a checkpoint, a validation) is not done again."""
         cfg = self.cfg
+        if window and self.step % cfg.log_every:    # a stop between log steps: their losses are not lost
+            rec = self._reduce_window(window)
+            rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9), data_s=t_data,
+                       model_s=t_model)
+            self.emit(rec)
         if self.step % cfg.ckpt_every:
             self.checkpoint()
         if not (cfg.eval.every and self.step % cfg.eval.every == 0):
@@ -558,6 +617,105 @@ def _refuse_links(run_dir: Path) -> None:
                          code="bad_outdir")
 
 
+# The config's paths that name inputs (read, never written): relative ones are read from `workdir`.
+INPUT_PATHS = ("data.photos", "data.cache", "data.cache_index", "eval.val_dir", "eval.data", "init_from")
+
+
+def _get(cfg: TrainConfig, dotted: str) -> str | None:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _replace(cfg: TrainConfig, dotted: str, value: Any) -> TrainConfig:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return cfg.model_copy(update={head: value})
+    return cfg.model_copy(update={head: getattr(cfg, head).model_copy(update={rest: value})})
+
+
+def _input_paths(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """(key, path) of every non-empty input path in `cfg`; a source is `sources[i]`."""
+    found = [(key, _get(cfg, key)) for key in INPUT_PATHS]
+    found += [(f"sources[{i}]", s.path) for i, s in enumerate(cfg.sources)]
+    return [(k, v) for k, v in found if v and not (k == "eval.data" and v == "shared")]
+
+
+def _absolute_overrides(overrides: list[str]) -> list[str]:
+    """`--resume RUN key=PATH`: a relative path given now is relative to the current folder, not to the folder the
+    run started in (where config.yaml's own paths are read from): written down absolute."""
+    from sigma.config.loader import parse_value
+
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if sep and key in INPUT_PATHS and value and value not in ("null", "~", "shared") \
+                and not Path(value).is_absolute():
+            item = f"{key}={Path(value).absolute()}"
+        elif sep and key == "sources":
+            sources = parse_value(value, key)
+            if isinstance(sources, list):
+                sources = [{**s, "path": str(Path(s["path"]).absolute())}
+                           if isinstance(s, dict) and isinstance(s.get("path"), str) and s["path"] else s
+                           for s in sources]
+                item = f"{key}={json.dumps(sources)}"        # JSON is YAML: read back as it was given
+        out.append(item)
+    return out
+
+
+def resolve_inputs(cfg: TrainConfig, log=print) -> TrainConfig:
+    """`cfg` with each relative input path read from `cfg.workdir` (the folder the run started in): `--resume` of a
+    run started elsewhere looked for `data.cache: cache` in the current folder, found no photo files and said
+    `no_photos`. A path that is not under workdir but is in the current folder (the run folder copied to another
+    machine, with its data, and resumed from the project root) is taken from there, and said."""
+    base = Path(cfg.workdir) if cfg.workdir else Path.cwd()
+    for key, value in _input_paths(cfg):
+        path = Path(value)
+        if path.is_absolute():
+            continue
+        chosen = base / path
+        if not chosen.exists() and path.exists() and path.absolute() != chosen.absolute():
+            log(f"{key}: {value} is not in {base} (where the run started) but is in the current folder; using "
+                f"{path.absolute()}")
+            chosen = path
+        chosen = chosen.absolute()
+        if key.startswith("sources["):
+            i = int(key[8:-1])
+            sources = list(cfg.sources)
+            sources[i] = sources[i].model_copy(update={"path": str(chosen)})
+            cfg = cfg.model_copy(update={"sources": sources})
+        else:
+            cfg = _replace(cfg, key, str(chosen))
+    return cfg
+
+
+def _relative_note(cfg: TrainConfig, key: str) -> str:
+    value = _get(cfg, key)
+    if not value or Path(value).is_absolute():
+        return ""
+    return f" ({key} is {value!r}, read from {cfg.workdir or Path.cwd()}, the folder the run started in: workdir)"
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    """The configured architecture, validated and its size checked (`sigma.models.size`) before the run folder is
+    made: a `model:` mapping with an absurd width was built, and failed, after config.yaml had been written."""
+    from sigma.models import make_config, preset_config
+    from sigma.models.config import Dinov2BackboneConfig
+    from sigma.models.size import check_model_size
+
+    model = preset_config(cfg.model) if isinstance(cfg.model, str) else make_config(cfg.model)
+    check_model_size(model)
+    if isinstance(model.backbone, Dinov2BackboneConfig):
+        # a ViT sees whole patches: a crop of 64 for patch 14 was a ValueError traceback at the first step
+        patch = int((model.backbone.hf_config or {}).get("patch_size") or model.size_multiple)
+        if cfg.data.crop % patch:
+            low = cfg.data.crop // patch * patch
+            raise ConfigError(f"data.crop {cfg.data.crop} is not a multiple of the DINOv2 patch size {patch}: the "
+                              f"network sees whole patches (use {low} or {low + patch})")
+
+
 def start(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None,
           log=print) -> Path:
     """`sigma train CONFIG [k=v ...]` or `sigma train --resume RUN_DIR`. The run folder is held for the whole
@@ -567,12 +725,13 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise InputError(f"{run_dir}: not a run folder (no config.yaml)", code="file_not_found")
-        cfg = load_config(TrainConfig, run_dir / "config.yaml", overrides or [])
+        overrides = _absolute_overrides(overrides or [])
+        cfg = load_config(TrainConfig, run_dir / "config.yaml", overrides)
         saved = load_config(TrainConfig, run_dir / "config.yaml", [])
         if cfg.model != saved.model:   # refused before config.yaml is rewritten: the run stays resumable
             raise ConfigError(f"{run_dir}: --resume continues the run's own model; a model.* override changes its "
                               "architecture (start a new run with init_from instead)")
-        frozen = run_dir / "cache_index.json"
+        frozen = (run_dir / "cache_index.json").absolute()
         if cfg.data.cache_index and frozen.is_file() and "data.cache_index" not in parse_overrides(overrides):
             # the run's own snapshot of the cache index, wherever the run folder is now: config.yaml holds the
             # path it was written at (relative to the first run's working folder), so a resume from another
@@ -582,10 +741,15 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not config_path:
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
         cfg = load_config(TrainConfig, config_path, overrides or [])
+        # recorded in config.yaml, absolute: a --resume from elsewhere reads the same inputs
+        cfg = cfg.model_copy(update={"workdir": str(Path(cfg.workdir or ".").absolute())})
         run_dir = Path(cfg.out_dir) / cfg.name
-    if cfg.eval.data and cfg.eval.data != "shared" and not Path(cfg.eval.data).is_dir():
+    _check_model(cfg)
+    inputs = resolve_inputs(cfg, log=log)     # what the run reads: relative paths from where it started
+    if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).is_dir():
         # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
-        raise ConfigError(f"eval.data {cfg.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)")
+        raise ConfigError(f"eval.data {inputs.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)"
+                          f"{_relative_note(cfg, 'eval.data')}")
     if cfg.eval.data and (cfg.eval.data != "shared" or shared_eval_dir().is_dir()):
         # what the perturbations need (TAEF2 for vae / regen) is loaded now: a missing module or missing weights
         # ended the run only when the real set was scored, after the last step, with no final/
@@ -598,7 +762,8 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
         if not resume:
-            cfg = freeze_cache_index(cfg, run_dir)
+            inputs = freeze_cache_index(inputs, run_dir)
+            cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
         if rank0:
-            save_resolved(cfg, run_dir)
-        return Trainer(cfg, run_dir, log=log).run()
+            save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
+        return Trainer(inputs, run_dir, log=log).run()

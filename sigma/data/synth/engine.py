@@ -86,7 +86,8 @@ class SynthConfig(Strict):
     small_p: float = Field(0.0, ge=0, le=1, description="probability of a tiny edit (area from small_range)")
     small_range: tuple[float, float] = (0.0005, 0.02)
     multi_p: float = Field(0.15, ge=0, le=1)
-    multi_max: int = Field(3, ge=2, description="several regions: 2..multi_max of them")
+    multi_max: int = Field(3, ge=2, le=64, description="several regions: 2..multi_max of them (a bound: 10^9 drew "
+                           "a mask of 10^9 regions, and the data worker never returned)")
     irregular_p: float = Field(0.0, ge=0, le=1, description="probability of a roughened mask boundary")
     latent_whole_p: float = Field(0.5, ge=0, le=1, description="latent edit decoded whole vs composited back")
     inpaint_composite_p: float = Field(0.5, ge=0, le=1, description="inpainting pairs left as composites (no "
@@ -100,7 +101,8 @@ class SynthConfig(Strict):
     min_change: float = Field(4.0, ge=0, description="mean |Δ| (0–255) an edit must make inside its mask")
     perturb: P.PerturbConfig = Field(default_factory=P.PerturbConfig)
     aerial: AerialConfig = Field(default_factory=AerialConfig)
-    noise_blur: float = Field(4.0, ge=0, description="σ (px) of the low-pass on the noise-regression target")
+    noise_blur: float = Field(4.0, ge=0, le=64, allow_inf_nan=False, description="σ (px) of the low-pass on the "
+                              "noise-regression target (σ 10^9 blurred with a kernel of billions: no first step)")
 
     @model_validator(mode="after")
     def _ranges(self) -> SynthConfig:
@@ -152,9 +154,15 @@ class PhotoBank:
             data = json.loads(idx.read_text())
             max_side = int(data.get("max_side", max_side))
             self.max_side = max_side
+            listed = len(data["files"])
             for f in data["files"]:
                 if (self.cache / f["file"]).is_file():
                     entries.append((str(self.cache / f["file"]), True, str(f.get("photo", f["file"]))))
+            if listed and not entries and not photos:
+                # said as such: "cache: fewer than 2 photos" sent people looking for a cache that was too small
+                raise InputError(f"{idx} lists {listed} cached photos but none of their files is in "
+                                 f"{self.cache.absolute()} (a relative data.cache is read from the current folder, "
+                                 "or for sigma train from the folder the run started in)", code="no_photos")
         if photos:
             have = {str(Path(e[2]).resolve()) for e in entries}
             # photos that are not images are left out here, said once: one of them killed `sigma synth` and
