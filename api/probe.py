@@ -15,7 +15,7 @@ from PIL import Image
 
 from sigma.config.schema import IOConfig
 from sigma.io.geometry import check_aspect
-from sigma.io.images import MAX_JPEG_SCANS, SUPPORTED_FORMATS, jpeg_scan_count
+from sigma.io.images import MAX_JPEG_SCANS, MAX_PNG_CHUNKS, SUPPORTED_FORMATS, jpeg_scan_count, png_chunk_count
 from sigma.io.pairs import check_instruction
 
 _SWAPS_AXES = (5, 6, 7, 8)     # EXIF orientations that turn the image by 90 degrees
@@ -25,6 +25,8 @@ def _header_hw(data: bytes, io_config: IOConfig) -> tuple[int, int] | None:
     """(height, width) as the decoder will see it, or None when only a full decode can judge."""
     limits = io_config.limits
     if not data or len(data) > limits.max_bytes:
+        return None
+    if png_chunk_count(data) > MAX_PNG_CHUNKS:     # Image.open and verify() would each walk them all
         return None
     try:
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as img:

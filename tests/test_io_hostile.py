@@ -52,3 +52,64 @@ def test_parquet_cell_bomb_is_refused_from_page_headers_without_reading_it(tmp_p
         assert code == "file_too_large"
         assert "row group 1" in message and "target_img.bytes holds a page of 2097" in message
         assert "io.limits.max_bytes=1048576" in message
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_with_chunks(n_empty: int, idat_piece: int | None = None) -> bytes:
+    """An 8x8 grey PNG with `n_empty` empty ancillary chunks before its pixels, or its IDAT cut in
+    `idat_piece`-byte chunks."""
+    import struct
+    import zlib
+    w = h = 8
+    comp = zlib.compress(b"".join(b"\0" + b"\x80" * (w * 3) for _ in range(h)))
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    step = idat_piece or len(comp)
+    idat = b"".join(_chunk(b"IDAT", comp[i:i + step]) for i in range(0, len(comp), step))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + _chunk(b"abCd", b"") * n_empty + idat + _chunk(b"IEND", b"")
+
+
+def test_png_of_a_million_chunks_is_refused_before_pillow_walks_them():
+    """1M empty ancillary chunks (12 MB, under io.limits.max_bytes) took Pillow's Image.open 6 s, one Python call
+    per chunk; now the chunk count is bounded (MAX_PNG_CHUNKS) before Pillow sees the file."""
+    import time
+
+    import pytest
+
+    from sigma.errors import LimitError
+    from sigma.io.images import MAX_PNG_CHUNKS, decode_image
+
+    bomb = _png_with_chunks(1_000_000)
+    start = time.perf_counter()
+    with pytest.raises(LimitError) as err:
+        decode_image(bomb, "bomb.png")
+    assert time.perf_counter() - start < 1.0
+    assert err.value.code == "decompression_bomb" and f"more than {MAX_PNG_CHUNKS} chunks" in err.value.message
+    assert err.value.message.startswith("bomb.png:")
+    # at the cap (and with one-byte IDATs, each a decoder call) a PNG still decodes as before
+    fine = decode_image(_png_with_chunks(MAX_PNG_CHUNKS - 3), "fine.png")
+    assert fine.rgb.shape == (8, 8, 3) and (fine.rgb == 0x80).all()
+    split = decode_image(_png_with_chunks(0, idat_piece=1), "split.png")
+    assert (split.rgb == 0x80).all()
+
+
+def test_api_probe_refuses_a_chunk_bomb_without_opening_it_twice():
+    """The API's header check opened the PNG and then verify()-ed it: two walks of every chunk before the full
+    decode; now the probe hands it to the full decode at once, which refuses it with the library's code."""
+    import time
+
+    import pytest
+
+    from sigma.api.probe import check_pair
+    from sigma.config.schema import IOConfig
+    from sigma.errors import LimitError
+
+    bomb = _png_with_chunks(1_000_000)
+    start = time.perf_counter()
+    with pytest.raises(LimitError) as err:
+        check_pair(bomb, _png_with_chunks(0), None, IOConfig())
+    assert time.perf_counter() - start < 1.0 and err.value.code == "decompression_bomb"
