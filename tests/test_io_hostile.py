@@ -113,3 +113,55 @@ def test_api_probe_refuses_a_chunk_bomb_without_opening_it_twice():
     with pytest.raises(LimitError) as err:
         check_pair(bomb, _png_with_chunks(0), None, IOConfig())
     assert time.perf_counter() - start < 1.0 and err.value.code == "decompression_bomb"
+
+
+def _manifest_folder(tmp_path, name: str, text: str):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), (90, 20, 30)).save(tmp_path / "b.png")
+    path = tmp_path / name
+    path.write_bytes(text.encode())
+    return path
+
+
+def _read_corpus(path, shard_size: int = 2):
+    from sigma.io.corpora import open_corpus
+
+    corpus = open_corpus(path, shard_size=shard_size)
+    return [item for shard in corpus.plan() for item in corpus.read(shard)]
+
+
+def test_csv_with_old_mac_and_mixed_line_endings_reads_every_record(tmp_path):
+    """Lines ended at LF only: a CR-only CSV was one header line (the run refused with 'new-line character seen
+    in unquoted field'), and in a mixed file a record ending in CR swallowed the next (two pairs, one bad_record).
+    Now LF, CRLF and a lone CR each end a line, as in Python's text mode; shards seek to the right records."""
+    rows = ["original,edited,instruction", "a.png,b.png,edit 0", "a.png,b.png,edit 1", "a.png,b.png,edit 2",
+            'a.png,b.png,"two\rlines"', "a.png,b.png,edit 4"]
+    cr = _manifest_folder(tmp_path, "cr.csv", "\r".join(rows) + "\r")
+    items = _read_corpus(cr)
+    assert [(i.instruction, i.error) for i in items] == [("edit 0", None), ("edit 1", None), ("edit 2", None),
+                                                        ("two\rlines", None), ("edit 4", None)]
+    assert [i.source for i in items] == ["cr.csv:line=2", "cr.csv:line=3", "cr.csv:line=4", "cr.csv:line=5",
+                                         "cr.csv:line=7"]
+    mixed = _manifest_folder(tmp_path, "mixed.csv", rows[0] + "\r\n" + rows[1] + "\r" + rows[2] + "\n" + rows[3]
+                             + "\r\n\r" + rows[5])
+    items = _read_corpus(mixed)
+    assert [(i.instruction, i.error) for i in items] == [("edit 0", None), ("edit 1", None), ("edit 2", None),
+                                                        ("edit 4", None)]
+
+
+def test_jsonl_with_old_mac_line_endings_reads_every_record(tmp_path):
+    """A CR-only pairs.jsonl was one line: the batch reader made one bad_record of all its pairs, `sigma eval`
+    stopped at line 1 ('Extra data'). Both now read each record."""
+    import json
+
+    from sigma.io.pairs_jsonl import read_set
+
+    records = [json.dumps({"id": f"p{i}", "original": "a.png", "edited": "b.png", "mask": "a.png",
+                           "instruction": f"e{i}"}) for i in range(3)]
+    path = _manifest_folder(tmp_path, "pairs.jsonl", "\r".join(records) + "\r")
+    items = _read_corpus(path)
+    assert [(i.pair_id, i.instruction, i.error) for i in items] == [("p0", "e0", None), ("p1", "e1", None),
+                                                                   ("p2", "e2", None)]
+    assert [r.pair_id for r in read_set(tmp_path)] == ["p0", "p1", "p2"]

@@ -14,6 +14,7 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, image_value, safe_name, text_value
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
+from sigma.io.lines import ends_line, read_line
 from sigma.io.pairs_jsonl import MAX_RECORD_BYTES  # a manifest record: a few hundred bytes
 from sigma.text import loads as load_json
 
@@ -46,13 +47,13 @@ def quoted_at_end(line: bytes, delimiter: bytes, quoted: bool) -> bool:
 def _read_line(handle, csv_mode: bool, delimiter: bytes, quoted: bool, limit: int) -> tuple[bytes | None, bool]:
     """One physical line (b"" at the end of the file), or None when it is longer than `limit`: then it is read
     through in chunks and kept nowhere. Also whether a quoted CSV field is open after it."""
-    line = handle.readline(limit + 1)
+    line = read_line(handle, limit + 1)
     if csv_mode:
         quoted = quoted_at_end(line, delimiter, quoted)
-    if len(line) <= limit or line.endswith(b"\n"):
+    if len(line) <= limit or ends_line(line):
         return line, quoted
-    while line and not line.endswith(b"\n"):
-        line = handle.readline(1 << 20)
+    while line and not ends_line(line):
+        line = read_line(handle, 1 << 20)
         if csv_mode:
             quoted = quoted_at_end(line, delimiter, quoted)
     return None, quoted
@@ -127,7 +128,9 @@ class ManifestCorpus(Corpus):
     def _header(self, handle, file: Path) -> list[str] | None:
         if not self._is_csv(file):
             return None
-        first = handle.readline()
+        first = read_line(handle, MAX_RECORD_BYTES + 1)
+        if len(first) > MAX_RECORD_BYTES:
+            raise InputError(f"{file}: a header line longer than {MAX_RECORD_BYTES} bytes", code="bad_manifest")
         delimiter = self._delimiter(file)
         try:
             header = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
