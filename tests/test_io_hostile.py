@@ -165,3 +165,82 @@ def test_jsonl_with_old_mac_line_endings_reads_every_record(tmp_path):
     assert [(i.pair_id, i.instruction, i.error) for i in items] == [("p0", "e0", None), ("p1", "e1", None),
                                                                    ("p2", "e2", None)]
     assert [r.pair_id for r in read_set(tmp_path)] == ["p0", "p1", "p2"]
+
+
+def _colourful(h: int = 48, w: int = 64):
+    import numpy as np
+
+    y, x = np.mgrid[0:h, 0:w]          # smooth colours (JPEG keeps them), all over the gamut
+    return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)], axis=2).astype(np.uint8)
+
+
+def _in_profile(rgb, icc: bytes):
+    """sRGB pixels as another profile's values (what an editor exporting in that space writes)."""
+    import io
+
+    from PIL import Image, ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    target = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    return ImageCms.profileToProfile(Image.fromarray(rgb), srgb, target,
+                                     renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+
+
+def _encoded(image, fmt: str, icc: bytes | None = None, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **({"icc_profile": icc} if icc else {}), **kw)
+    return buf.getvalue()
+
+
+def test_pair_with_different_colour_profiles_is_compared_in_srgb(tmp_path):
+    """An original without a profile (sRGB) and its edit exported in Display P3 (PNG) or Adobe RGB (JPEG): raw
+    values differ in every pixel, so pixel-diff marked most of the image. Both are now compared in sRGB: only the
+    edited box is marked, and the conversion is recorded."""
+    import numpy as np
+    from iccprofiles import adobe_rgb, display_p3
+    from PIL import Image
+
+    from sigma.io.images import decode_image
+    from sigma.io.pairs import pair_from_bytes
+    from sigma.registry import create_annotator
+
+    original = _colourful()
+    edited = original.copy()
+    edited[10:20, 12:30] = (250, 20, 200)
+    box = np.zeros(original.shape[:2], bool)
+    box[10:20, 12:30] = True
+    plain = _encoded(Image.fromarray(original), "PNG")
+    # 8 bits in another space and back: a few levels off in dark channels of saturated colours, more in JPEG
+    for icc, fmt, tolerance in ((display_p3(), "PNG", 8), (adobe_rgb(), "JPEG", 32)):
+        data = _encoded(_in_profile(edited, icc), fmt, icc, **({"quality": 98, "subsampling": 0} if fmt == "JPEG" else {}))
+        decoded = decode_image(data, f"edited.{fmt.lower()}")
+        assert decoded.notes["icc_profile"].startswith("converted to sRGB from ")
+        error = np.abs(decoded.rgb.astype(int) - edited.astype(int)).max(axis=2)
+        error[7:23, 9:33] = 0                  # the box and 3 px around it, where JPEG rings at its edge
+        assert error.max() <= tolerance and error.mean() < 2, (fmt, error.max(), error.mean())
+        pair = pair_from_bytes(plain, data, "make the box magenta")
+        mask = create_annotator("pixel-diff").predict([pair])[0].mask
+        assert mask[box].mean() > 0.9 and mask[~box].mean() < 0.02, (fmt, mask[box].mean(), mask[~box].mean())
+
+
+def test_srgb_and_unreadable_profiles_keep_the_values():
+    """An sRGB profile is not converted (no rounding added); a profile littleCMS cannot read, or one of the wrong
+    colour space, is ignored as browsers ignore it: the image still decodes, the note says why."""
+    import numpy as np
+    from iccprofiles import display_p3
+    from PIL import Image, ImageCms
+
+    from sigma.io.images import decode_image
+
+    rgb = _colourful()
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    kept = decode_image(_encoded(Image.fromarray(rgb), "PNG", srgb))
+    assert np.array_equal(kept.rgb, rgb) and kept.notes["icc_profile"].startswith("sRGB")
+    for bad in (b"not a profile at all" * 10, display_p3()[:200]):
+        ignored = decode_image(_encoded(Image.fromarray(rgb), "PNG", bad))
+        assert np.array_equal(ignored.rgb, rgb) and ignored.notes["icc_profile"].startswith("ignored")
+    cmyk = Image.fromarray(rgb).convert("CMYK")                 # an RGB profile on a CMYK JPEG: not applied
+    wrong = decode_image(_encoded(cmyk, "JPEG", display_p3(), quality=95))
+    assert wrong.notes["icc_profile"].startswith("ignored") and wrong.rgb.shape == rgb.shape

@@ -8,11 +8,12 @@ import secrets
 import struct
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, LimitError
@@ -102,6 +103,50 @@ def check_png_chunks(data: bytes, name: str) -> None:
     if png_chunk_count(data) > MAX_PNG_CHUNKS:
         raise LimitError(f"{name}: a PNG of more than {MAX_PNG_CHUNKS} chunks, each parsed one by one: refused "
                          "before decoding as a decompression bomb", code="decompression_bomb")
+
+
+# Colour profiles. Pixel values mean nothing without their colour space: the same red is (255, 0, 0) in sRGB and
+# (234, 51, 35) in Display P3, so a pair whose edited image was saved by a phone or an editor in another space
+# than its original differed in every pixel, and every annotator marked the whole image. An image with an embedded
+# RGB or CMYK profile that is not sRGB is converted to sRGB (littleCMS, relative colorimetric, as browsers
+# show it) on decode, whatever the other image carries: models are trained on sRGB, and an image without a
+# profile is taken to be sRGB. An sRGB profile is kept as it is (converting it would only add rounding), and an
+# unreadable profile, or one that does not fit the image (a CMYK profile on an RGB image), is ignored, as
+# browsers do; `notes["icc_profile"]` says which happened.
+_INTENT = ImageCms.Intent.RELATIVE_COLORIMETRIC
+
+
+@lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@lru_cache(maxsize=8)      # a corpus's images share a few profiles: each transform is built once
+def _srgb_transform(icc: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform | None, str]:
+    """(the transform from `icc` to sRGB for a `mode` image, None when `icc` is sRGB itself; its description)."""
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    name = " ".join((ImageCms.getProfileDescription(profile) or "").split())[:100] or "unnamed profile"
+    space = profile.profile.xcolor_space.strip()
+    if space == "RGB" and "srgb" in name.lower():
+        return None, name
+    if (space, mode) not in (("RGB", "RGB"), ("CMYK", "CMYK")):
+        raise ValueError(f"a {space} profile on a {mode} image")
+    return ImageCms.buildTransform(profile, _srgb_profile(), mode, "RGB", renderingIntent=_INTENT), name
+
+
+def _to_srgb(image: Image.Image, icc: bytes, notes: dict[str, Any]) -> Image.Image | None:
+    """`image` (RGB or CMYK) converted to sRGB, or None to keep it: its profile is sRGB, unreadable or does not
+    fit it."""
+    try:
+        transform, name = _srgb_transform(icc, image.mode)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        notes["icc_profile"] = f"ignored ({_one_line(exc)[:120]})"
+        return None
+    if transform is None:
+        notes["icc_profile"] = f"sRGB ({name})"
+        return None
+    notes["icc_profile"] = f"converted to sRGB from {name}"
+    return ImageCms.applyTransform(image, transform)
 
 
 @dataclass
@@ -236,6 +281,12 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
             notes["multi_frame"] = "first frame used"   # (is_animated, not n_frames: that walks every frame)
         img.load()
+        icc = img.info.get("icc_profile")
+        icc = bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None
+        if icc is not None and img.mode == "CMYK":     # through its profile, not PIL's naive CMYK formula
+            converted = _to_srgb(img, icc, notes)
+            img = img if converted is None else converted
+            icc = None
         depth = _bit_depth(img, data, fmt)
         rgb = None
         if fmt == "PNG" and img.mode in ("RGB", "RGBA") and depth == 16:
@@ -248,6 +299,9 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
             notes["mode"] = img.mode
         if depth == 16:
             notes["bit_depth"] = 16
+        if icc is not None:          # on the 8-bit RGB (the 16-bit path and alpha on white included)
+            converted = _to_srgb(Image.fromarray(rgb), icc, notes)
+            rgb = rgb if converted is None else np.array(converted)
         if orientation in _ORIENTATION_TRANSPOSE:
             # Applied to the decoded array so the 16-bit path is turned upright too.
             rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION_TRANSPOSE[orientation]))
