@@ -244,3 +244,37 @@ def test_srgb_and_unreadable_profiles_keep_the_values():
     cmyk = Image.fromarray(rgb).convert("CMYK")                 # an RGB profile on a CMYK JPEG: not applied
     wrong = decode_image(_encoded(cmyk, "JPEG", display_p3(), quality=95))
     assert wrong.notes["icc_profile"].startswith("ignored") and wrong.rgb.shape == rgb.shape
+
+
+def test_a_real_adobe_rgb_photo_against_its_srgb_export():
+    """scikit-image's rocket.jpg carries an Adobe RGB (1998) profile (a camera's): against the same photo exported
+    to sRGB (as any browser or editor shows it) with one box painted, only the box differs once both are sRGB."""
+    import io
+    import os
+    from pathlib import Path
+
+    import numpy as np
+    import pytest
+    from PIL import Image, ImageCms
+
+    from sigma.io.pairs import pair_from_bytes
+    from sigma.registry import create_annotator
+
+    shared = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+    photo = shared / "data" / "photos" / "skimage" / "rocket.jpg"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not here")
+    data = photo.read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        icc = img.info["icc_profile"]
+        assert "Adobe RGB" in ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
+        srgb = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile(
+            "sRGB"), renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    edited = np.array(srgb)
+    edited[100:160, 200:300] = (255, 0, 255)
+    pair = pair_from_bytes(data, _encoded(Image.fromarray(edited), "PNG"), "paint a magenta box")
+    assert pair.preprocess["original"]["icc_profile"] == "converted to sRGB from Adobe RGB (1998)"
+    mask = create_annotator("pixel-diff").predict([pair])[0].mask
+    box = np.zeros(mask.shape, bool)
+    box[100:160, 200:300] = True
+    assert mask[box].mean() > 0.9 and mask[~box].mean() < 0.01, (mask[box].mean(), mask[~box].mean())
