@@ -278,3 +278,41 @@ def test_a_real_adobe_rgb_photo_against_its_srgb_export():
     box = np.zeros(mask.shape, bool)
     box[100:160, 200:300] = True
     assert mask[box].mean() > 0.9 and mask[~box].mean() < 0.01, (mask[box].mean(), mask[~box].mean())
+
+
+def test_corpus_paths_with_nul_bytes_or_too_long_names_are_clear_per_pair_errors(tmp_path):
+    """A manifest naming a 6000-character path made the pair `decode_failed` with 'OSError: [Errno 36] File name
+    too long' and the whole path in its message; a NUL byte in a path was 'file not found' with the NUL printed.
+    Now: file_unreadable / invalid_path, the path shown cut and escaped; the good pairs are annotated."""
+    import json
+
+    from sigma.batch.decode import source_bytes
+    from sigma.errors import SigmaError
+    from sigma.io.images import read_image
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    deep = "/".join(["d"] * 3000) + ".png"
+    for bad, code in ((str(folder / ("x" * 5000 + ".png")), "file_unreadable"), (str(folder / deep), "file_unreadable"),
+                      (str(folder / "a\x00.png"), "invalid_path")):
+        for read in (lambda p: source_bytes(None, p, 1 << 20), read_image):
+            try:
+                read(bad)
+            except SigmaError as exc:
+                assert exc.code == code and len(exc.message) < 400 and "\x00" not in exc.message, exc.message
+            else:
+                raise AssertionError(f"{bad[:40]!r} was read")
+    # through a real batch run: the row says so, the run goes on
+    _manifest_folder(folder, "pairs.jsonl", "\n".join(json.dumps(r) for r in [
+        {"id": "ok", "original": "a.png", "edited": "b.png", "mask": "a.png"},
+        {"id": "long", "original": "x" * 5000 + ".png", "edited": "b.png", "mask": "a.png"},
+        {"id": "nul", "original": "a\x00.png", "edited": "b.png", "mask": "a.png"}]) + "\n")
+    from sigma.batch.decode import _decode_one
+    from sigma.config.schema import IOConfig
+    from sigma.io.corpora import open_corpus
+
+    corpus = open_corpus(folder)
+    results = {i.pair_id: _decode_one(i, IOConfig(), False, None) for s in corpus.plan() for i in corpus.read(s)}
+    assert results["set/ok"].error is None and results["set/ok"].pair is not None
+    assert results["set/long"].error[0] == "file_unreadable" and len(results["set/long"].error[1]) < 400
+    assert results["set/nul"].error[0] == "invalid_path"

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
-from sigma.errors import ImageError, LimitError
+from sigma.errors import ImageError, InputError, LimitError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 _PIL_FORMATS = SUPPORTED_FORMATS          # the only PIL plugins ever tried on untrusted bytes
@@ -336,23 +336,42 @@ def _png_is_16bit(data: bytes) -> bool:
     return len(data) > 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16
 
 
-def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedImage:
+def shown_path(path: str | Path, limit: int = 240) -> str:
+    """A path as an error message shows it: NUL and control characters escaped, a long one cut in the middle (a
+    corpus can name a 6000-character path: the message repeated it whole in every row and log line)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 2 - 3):]}"
+
+
+def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most `max_bytes` (else file_too_large), with one-line errors: file_not_found,
+    file_unreadable (permissions, a name too long for the file system), invalid_path (a NUL byte)."""
+    shown = shown_path(path)
+    if "\x00" in str(path):
+        raise InputError(f"{shown}: a path with a NUL byte; refused", code="invalid_path")
     path = Path(path)
-    limits = limits or LimitsConfig()
     try:
         if not path.exists():
-            raise ImageError(f"{path}: file not found", code="file_not_found")
+            raise ImageError(f"{shown}: file not found", code="file_not_found")
         if not path.is_file():
-            raise ImageError(f"{path}: not a regular file", code="file_not_found")
+            raise ImageError(f"{shown}: not a regular file", code="file_not_found")
         size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise LimitError(f"{path}: {size} bytes exceeds the limit of {limits.max_bytes} bytes "
+        if size > max_bytes:
+            raise LimitError(f"{shown}: {size} bytes exceeds the limit of {max_bytes} bytes "
                              "(io.limits.max_bytes)", code="file_too_large")
-        with open(path, "rb") as handle:      # read at most one byte past the limit (the file may grow)
-            data = handle.read(limits.max_bytes + 1)
+        with open(path, "rb") as handle:      # at most one byte past the limit (the file may grow, /proc says 0)
+            data = handle.read(max_bytes + 1)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
-    return decode_image(data, str(path), limits)
+        raise ImageError(f"{shown}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
+    if len(data) > max_bytes:
+        raise LimitError(f"{shown}: more than the limit of {max_bytes} bytes (io.limits.max_bytes)",
+                         code="file_too_large")
+    return data
+
+
+def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedImage:
+    limits = limits or LimitsConfig()
+    return decode_image(read_file_bytes(path, limits.max_bytes), shown_path(path), limits)
 
 
 def binarize_mask(rgb: np.ndarray) -> np.ndarray:
