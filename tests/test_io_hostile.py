@@ -316,3 +316,98 @@ def test_corpus_paths_with_nul_bytes_or_too_long_names_are_clear_per_pair_errors
     assert results["set/ok"].error is None and results["set/ok"].pair is not None
     assert results["set/long"].error[0] == "file_unreadable" and len(results["set/long"].error[1]) < 400
     assert results["set/nul"].error[0] == "invalid_path"
+
+
+def _hostile_saved_dataset(tmp_path, cell_bytes: int, compression: str | None):
+    """A save_to_disk folder of six InstructPix2Pix rows in batches of two; row 3's edited image is `cell_bytes`
+    zeros, the Arrow stream compressed with `compression` (pyarrow writes it; `datasets` never does)."""
+    import pyarrow as pa
+
+    from sigma.io.corpora.synthetic import write_saved_dataset
+
+    root = write_saved_dataset(tmp_path / f"ds-{compression}", synthetic_pairs(6), batch_rows=2)
+    arrow = root / "data-00000-of-00001.arrow"
+    with pa.memory_map(str(arrow)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    rows = table.to_pylist()
+    rows[3]["edited_image"] = {"bytes": b"\0" * cell_bytes, "path": None}
+    table = pa.Table.from_pylist(rows, schema=table.schema)
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table, max_chunksize=2)
+    return root
+
+
+def _read_in_child(path, max_bytes: int, preset: str | None = None, warm=None) -> dict:
+    """Plan and read a corpus in a fresh process: its items and how much its peak RSS grew meanwhile (after
+    reading the clean corpus `warm` first, so that imports and codecs are not counted)."""
+    import json
+
+    script = textwrap.dedent(f"""
+        import json, re
+        from sigma.io.corpora import open_corpus
+        peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+        if {str(warm) if warm else None!r}:
+            clean = open_corpus({str(warm)!r}, preset={preset!r}, shard_size=100)
+            assert all(i.error is None for s in clean.plan() for i in clean.read(s))
+        corpus = open_corpus({str(path)!r}, preset={preset!r}, shard_size=100)
+        corpus.max_bytes = {max_bytes}
+        before = peak()
+        items = [i for s in corpus.plan() for i in corpus.read(s)]
+        print(json.dumps({{"grown": peak() - before,
+                          "items": [[i.pair_id, i.error, i.edited is not None] for i in items]}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_saved_dataset_cell_bombs_are_refused_without_decompressing_or_copying(tmp_path):
+    """An 11 KB zstd-compressed Arrow stream holding a 200 MB cell of zeros took 200 MB to plan (counting rows
+    decoded every batch) and 600 MB to read; an uncompressed one had its cell copied to Python before the decoder
+    refused it. Now rows are counted from the batch metadata, the compressed batch is refused from its buffer
+    sizes (both its pairs file_too_large), the uncompressed cell from its length (only its pair), unread."""
+    for compression, bad in (("zstd", [2, 3]), (None, [3])):
+        root = _hostile_saved_dataset(tmp_path, 200 << 20, compression)
+        clean = _hostile_saved_dataset(tmp_path / "clean", 100, compression)
+        out = _read_in_child(root, 1 << 20, "instructpix2pix", warm=clean)
+        assert out["grown"] < 50 << 20, f"{compression}: reading grew the process by {out['grown'] >> 20} MB"
+        items = out["items"]
+        assert len(items) == 6
+        assert [n for n, (_, error, _) in enumerate(items) if error is not None] == bad
+        assert all(edited for n, (_, error, edited) in enumerate(items) if n not in bad)
+        for n in bad:
+            code, message = items[n][1]
+            assert code == "file_too_large" and "io.limits.max_bytes=1048576" in message, message
+        assert ("decompresses a buffer of 2097" in items[3][1][1]) == (compression == "zstd")
+
+
+def test_saved_dataset_in_the_ipc_file_format_or_broken(tmp_path):
+    """The batch metadata walk also reads the IPC *file* format (magic, stream, footer); a file that is not Arrow,
+    or is cut short, is bad_dataset at plan time, not a traceback."""
+    import pyarrow as pa
+    import pytest
+
+    from sigma.errors import InputError
+    from sigma.io.corpora import open_corpus
+
+    root = _hostile_saved_dataset(tmp_path, 100, None)
+    arrow = root / "data-00000-of-00001.arrow"
+    with pa.memory_map(str(arrow)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    rewritten = arrow.with_suffix(".new")       # not over the mapped file: the table still reads from it
+    with pa.OSFile(str(rewritten), "wb") as sink, pa.ipc.new_file(
+            sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
+        writer.write_table(table, max_chunksize=4)
+    del table
+    rewritten.replace(arrow)
+    corpus = open_corpus(root, preset="instructpix2pix", shard_size=100)
+    items = [i for s in corpus.plan() for i in corpus.read(s)]
+    assert len(items) == 6 and all(i.error is None and i.edited for i in items)
+    whole = arrow.read_bytes()
+    for broken in (b"not an arrow file at all", whole[:len(whole) // 2]):
+        rewritten.write_bytes(broken)
+        rewritten.replace(arrow)
+        with pytest.raises(InputError) as err:
+            open_corpus(root, preset="instructpix2pix", shard_size=100).plan()
+        assert err.value.code == "bad_dataset"

@@ -11,18 +11,12 @@ from pathlib import Path
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import InputError
-from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key
+from sigma.io.corpora.base import MAX_PAGE_CELLS, Corpus, Shard, SourceItem, held_bytes_allowed, rel_key
 from sigma.io.corpora.parquet_pages import PageHeaderError, column_pages
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns, needed_columns, row_to_item
 
 READ_BATCH_ROWS = 64
-# A page may hold at most io.limits.max_bytes per value it stores, and at most this many values' worth: the
-# reader holds a whole page at once, so this bounds the memory one page can take (400 MB at the default 50 MB).
-# A dictionary page of one row group's images (pyarrow's default encoding) stays far under it; one hostile cell
-# among many small ones in such a page does not.
-MAX_PAGE_CELLS = 8
-PAGE_SLACK = 64 * 1024          # length prefixes and level bytes beside the values
 READ_BUFFER_BYTES = 1 << 20     # stream each column chunk through a buffer instead of reading it whole
 
 
@@ -133,8 +127,7 @@ def oversized_page(handle, row_group, columns: list[str], max_bytes: int) -> tup
         except (PageHeaderError, OSError, IndexError) as exc:
             return path, f"has page headers that cannot be read ({exc})"
         for page in pages:
-            cells = min(max(page.values or 1, 1), MAX_PAGE_CELLS)
-            if page.uncompressed > cells * max_bytes + PAGE_SLACK:
+            if page.uncompressed > held_bytes_allowed(page.values or 1, max_bytes):
                 held = f"{page.values} value(s)" if page.values is not None else "its values"
                 return path, (f"holds a page of {page.uncompressed} bytes for {held}, more than "
                               f"io.limits.max_bytes={max_bytes} per cell (at most {MAX_PAGE_CELLS} cells' worth "
