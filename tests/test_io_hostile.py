@@ -411,3 +411,35 @@ def test_saved_dataset_in_the_ipc_file_format_or_broken(tmp_path):
         with pytest.raises(InputError) as err:
             open_corpus(root, preset="instructpix2pix", shard_size=100).plan()
         assert err.value.code == "bad_dataset"
+
+
+def test_exif_orientations_that_differ_between_the_two_images_are_said():
+    """A camera JPEG stored landscape with orientation 6, and its edit saved by a tool that dropped the tag without
+    turning the pixels: the original was turned upright, the edit not; a square pair then differed in every pixel
+    without a word, an oblong one was an aspect_mismatch that did not say why. Both now name the orientations."""
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from sigma.errors import InputError
+    from sigma.io.pairs import pair_from_bytes
+
+    def jpeg(rgb, orientation=None) -> bytes:
+        image = Image.fromarray(rgb)
+        exif = Image.Exif()
+        if orientation:
+            exif[0x0112] = orientation
+        return _encoded(image, "JPEG", quality=95, exif=exif.tobytes())
+
+    square = _colourful(48, 48)
+    pair = pair_from_bytes(jpeg(square, 6), jpeg(square), "nothing", names=("o.jpg", "e.jpg"))
+    warning = " ".join(pair.preprocess.get("warnings", []))
+    assert "different EXIF orientations (o.jpg: 90 degrees clockwise, e.jpg: none)" in warning
+    assert pair.preprocess["original"]["exif_orientation"] == 6
+    oblong = _colourful(48, 64)
+    with pytest.raises(InputError) as err:
+        pair_from_bytes(jpeg(oblong, 6), jpeg(oblong), "nothing", names=("o.jpg", "e.jpg"))
+    assert err.value.code == "aspect_mismatch" and "different EXIF orientations" in err.value.message
+    same = pair_from_bytes(jpeg(oblong, 6), jpeg(oblong, 6), "nothing")       # both tagged: no word
+    assert not any("EXIF" in w for w in same.preprocess.get("warnings", []))
+    assert np.asarray(same.original).shape == (64, 48, 3)
