@@ -15,7 +15,15 @@ from PIL import Image
 
 from sigma.config.schema import IOConfig
 from sigma.io.geometry import check_aspect
-from sigma.io.images import MAX_JPEG_SCANS, MAX_PNG_CHUNKS, SUPPORTED_FORMATS, jpeg_scan_count, png_chunk_count
+from sigma.io.images import (
+    MAX_JPEG_HEADER_STEPS,
+    MAX_JPEG_SCANS,
+    MAX_PNG_CHUNKS,
+    SUPPORTED_FORMATS,
+    jpeg_header_steps,
+    jpeg_scan_count,
+    png_chunk_count,
+)
 from sigma.io.pairs import check_instruction
 
 _SWAPS_AXES = (5, 6, 7, 8)     # EXIF orientations that turn the image by 90 degrees
@@ -26,8 +34,8 @@ def _header_hw(data: bytes, io_config: IOConfig) -> tuple[int, int] | None:
     limits = io_config.limits
     if not data or len(data) > limits.max_bytes:
         return None
-    if png_chunk_count(data) > MAX_PNG_CHUNKS:     # Image.open and verify() would each walk them all
-        return None
+    if png_chunk_count(data) > MAX_PNG_CHUNKS or jpeg_header_steps(data) > MAX_JPEG_HEADER_STEPS:
+        return None             # Image.open (and verify()) would walk them all: the full path refuses it
     try:
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as img:
             width, height = img.size

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pyarrow.parquet as pq
+import pytest
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_parquet
 
@@ -443,3 +444,36 @@ def test_exif_orientations_that_differ_between_the_two_images_are_said():
     same = pair_from_bytes(jpeg(oblong, 6), jpeg(oblong, 6), "nothing")       # both tagged: no word
     assert not any("EXIF" in w for w in same.preprocess.get("warnings", []))
     assert np.asarray(same.original).shape == (64, 48, 3)
+
+
+@pytest.mark.parametrize("padding", ["segments", "fill", "junk"])
+def test_jpeg_headers_of_endless_segments_or_fill_are_refused_before_pillow_walks_them(padding):
+    """Pillow reads a JPEG header one segment, fill byte or junk byte per Python step: 3M empty APP1 segments
+    (12 MB) took ~5 s to open, and the API probe opened such a file before its scan check. Now the header is
+    measured first (MAX_JPEG_HEADER_STEPS); a normal JPEG with EXIF, ICC and a little padding still decodes."""
+    import time
+
+    from PIL import Image
+
+    from sigma.api.probe import check_pair
+    from sigma.config.schema import IOConfig
+    from sigma.errors import LimitError
+    from sigma.io.images import MAX_JPEG_HEADER_STEPS, decode_image
+
+    plain = _encoded(Image.new("RGB", (8, 8), (10, 20, 30)), "JPEG")
+    head, rest = plain[:20], plain[20:]                 # SOI + APP0 (JFIF), then the tables and the scan
+    filler = {"segments": b"\xff\xe1\x00\x02" * 3_000_000, "fill": b"\xff" * 12_000_000,
+              "junk": b"\x00" * 12_000_000}[padding]
+    bomb = head + filler + rest
+    for check in (lambda: decode_image(bomb, "bomb.jpg"), lambda: check_pair(bomb, plain, None, IOConfig())):
+        start = time.perf_counter()
+        with pytest.raises(LimitError) as err:
+            check()
+        assert time.perf_counter() - start < 1.0 and err.value.code == "decompression_bomb"
+        assert f"more than {MAX_JPEG_HEADER_STEPS} segments" in err.value.message
+    small = {"segments": b"\xff\xe1\x00\x02" * 200, "fill": b"\xff" * 1000, "junk": b"\x00" * 1000}[padding]
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    from iccprofiles import display_p3
+    real = _encoded(Image.new("RGB", (8, 8), (10, 20, 30)), "JPEG", display_p3(), exif=exif.tobytes())
+    assert decode_image(real[:20] + small + real[20:]).rgb.shape == (8, 8, 3)
