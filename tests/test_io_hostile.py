@@ -477,3 +477,34 @@ def test_jpeg_headers_of_endless_segments_or_fill_are_refused_before_pillow_walk
     from iccprofiles import display_p3
     real = _encoded(Image.new("RGB", (8, 8), (10, 20, 30)), "JPEG", display_p3(), exif=exif.tobytes())
     assert decode_image(real[:20] + small + real[20:]).rgb.shape == (8, 8, 3)
+
+
+def test_folder_instruction_files_are_read_within_bounds(tmp_path, monkeypatch):
+    """instructions.jsonl was read a text line at a time with no bound (a 600 MB line: gigabytes), and
+    instructions.json whole at any size. Now a line over MAX_RECORD_BYTES, or a JSON file over its bound, is the
+    corpus's bad_manifest, said before any shard runs; CR-only lines work as in the manifests."""
+    import json
+
+    from PIL import Image
+
+    from sigma.errors import InputError
+    from sigma.io.corpora import folder, open_corpus
+
+    for name in ("p1", "p2"):
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / f"{name}_original.png")
+        Image.new("RGB", (8, 8), (9, 2, 3)).save(tmp_path / f"{name}_edited.png")
+    lines = [json.dumps({"id": "p1", "instruction": "one"}), json.dumps({"id": "p2", "instruction": "two"})]
+    (tmp_path / "instructions.jsonl").write_bytes("\r".join(lines).encode())
+    corpus = open_corpus(tmp_path)
+    assert [i.instruction for s in corpus.plan() for i in corpus.read(s)] == ["one", "two"]
+    (tmp_path / "instructions.jsonl").write_bytes(
+        (json.dumps({"id": "p1", "instruction": "x" * (3 << 20)}) + "\n" + lines[1]).encode())
+    with pytest.raises(InputError) as err:
+        open_corpus(tmp_path).plan()
+    assert err.value.code == "bad_manifest" and "longer than 1048576 bytes" in err.value.message
+    (tmp_path / "instructions.jsonl").unlink()
+    (tmp_path / "instructions.json").write_text(json.dumps({"p1": "one", "p2": "two " * 500}))
+    monkeypatch.setattr(folder, "MAX_INSTRUCTIONS_JSON_BYTES", 1000)
+    with pytest.raises(InputError) as err:
+        open_corpus(tmp_path).plan()
+    assert err.value.code == "bad_manifest" and "write instructions.jsonl" in err.value.message
