@@ -508,3 +508,19 @@ def test_folder_instruction_files_are_read_within_bounds(tmp_path, monkeypatch):
     with pytest.raises(InputError) as err:
         open_corpus(tmp_path).plan()
     assert err.value.code == "bad_manifest" and "write instructions.jsonl" in err.value.message
+
+
+def test_saved_dataset_index_files_are_read_within_a_bound(tmp_path):
+    """state.json and dataset_dict.json were read whole at any size; above MAX_INDEX_BYTES (16 MiB, for an index of
+    a few hundred bytes per data file) they are now bad_dataset, read no further."""
+    from sigma.errors import InputError
+    from sigma.io.corpora import open_corpus
+
+    MAX_INDEX_BYTES = 16 * 1024 * 1024
+    root = _hostile_saved_dataset(tmp_path, 100, None)
+    state = root / "state.json"
+    assert len(open_corpus(root, preset="instructpix2pix").plan()) == 1
+    state.write_bytes(b" " * (MAX_INDEX_BYTES + 1) + state.read_bytes())       # valid JSON, padded
+    with pytest.raises(InputError) as err:
+        open_corpus(root, preset="instructpix2pix").plan()
+    assert err.value.code == "bad_dataset" and f"more than {MAX_INDEX_BYTES} bytes" in err.value.message

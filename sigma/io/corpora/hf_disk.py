@@ -26,6 +26,18 @@ def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
+MAX_INDEX_BYTES = 16 * 1024 * 1024     # state.json / dataset_dict.json: a few hundred bytes per data file
+
+
+def _index_json(path: Path):
+    """A save_to_disk index file, read no further than MAX_INDEX_BYTES (they are read whole: a 5 GB one was)."""
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_INDEX_BYTES + 1)
+    if len(data) > MAX_INDEX_BYTES:
+        raise ValueError(f"more than {MAX_INDEX_BYTES} bytes: not a save_to_disk index")
+    return load_json(data)
+
+
 def _open_batches(file: Path):
     import pyarrow as pa
 
@@ -60,8 +72,8 @@ class SavedDatasetCorpus(Corpus):
     def splits(self) -> list[tuple[str | None, Path]]:
         if (self.path / "dataset_dict.json").is_file():
             try:
-                names = load_json((self.path / "dataset_dict.json").read_bytes())["splits"]
-            except (ValueError, KeyError, TypeError) as exc:
+                names = _index_json(self.path / "dataset_dict.json")["splits"]
+            except (ValueError, KeyError, TypeError, OSError) as exc:
                 raise InputError(f"{self.path}/dataset_dict.json: unreadable ({exc})", code="bad_dataset") from exc
             return [(str(name), self.confine(self.path / str(name), "dataset_dict.json")) for name in names]
         return [(None, self.path)]
@@ -71,8 +83,8 @@ class SavedDatasetCorpus(Corpus):
         if not state.is_file():
             raise InputError(f"{folder}: no state.json (not a save_to_disk folder)", code="bad_dataset")
         try:
-            files = [folder / f["filename"] for f in load_json(state.read_bytes())["_data_files"]]
-        except (ValueError, KeyError, TypeError) as exc:
+            files = [folder / f["filename"] for f in _index_json(state)["_data_files"]]
+        except (ValueError, KeyError, TypeError, OSError) as exc:
             raise InputError(f"{state}: unreadable ({exc})", code="bad_dataset") from exc
         for file in files:
             self.confine(file, state.name)              # before is_file: not even its existence leaks
