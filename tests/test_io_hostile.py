@@ -524,3 +524,15 @@ def test_saved_dataset_index_files_are_read_within_a_bound(tmp_path):
     with pytest.raises(InputError) as err:
         open_corpus(root, preset="instructpix2pix").plan()
     assert err.value.code == "bad_dataset" and f"more than {MAX_INDEX_BYTES} bytes" in err.value.message
+
+
+def test_csv_quote_never_closed_is_a_bad_record_not_a_giant_instruction(tmp_path):
+    """A stray quote opening a field (`"edit 1` with no closing quote) made the csv module take the rest of the
+    file as that one field: the pairs after it vanished and the pair got a many-line instruction, status ok. Now
+    that record is a bad_record saying the quote is never closed; a quoted field that closes still spans lines."""
+    text = ('original,edited,instruction\na.png,b.png,edit 0\na.png,b.png,"two\nlines"\n'
+            'a.png,b.png,"edit 2\na.png,b.png,edit 3\na.png,b.png,edit 4\n')
+    items = _read_corpus(_manifest_folder(tmp_path, "q.csv", text))
+    assert [(i.instruction, i.error and i.error[0]) for i in items] == [
+        ("edit 0", None), ("two\nlines", None), (None, "bad_record")]
+    assert "line=5" in items[2].source and "never closed" in items[2].error[1]
