@@ -536,3 +536,23 @@ def test_csv_quote_never_closed_is_a_bad_record_not_a_giant_instruction(tmp_path
     assert [(i.instruction, i.error and i.error[0]) for i in items] == [
         ("edit 0", None), ("two\nlines", None), (None, "bad_record")]
     assert "line=5" in items[2].source and "never closed" in items[2].error[1]
+
+
+def test_folder_instructions_csv_with_an_unclosed_quote_is_refused(tmp_path):
+    """instructions.csv with `p1,"one` and no closing quote gave p1 the rest of the file as its instruction and p2
+    none, silently; now the file is the corpus's bad_manifest."""
+    from PIL import Image
+
+    from sigma.errors import InputError
+    from sigma.io.corpora import open_corpus
+
+    for name in ("p1", "p2"):
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / f"{name}_original.png")
+        Image.new("RGB", (8, 8), (9, 2, 3)).save(tmp_path / f"{name}_edited.png")
+    (tmp_path / "instructions.csv").write_text('id,instruction\np1,make it 5" wide\np2,"a ""b"" c"\n')
+    corpus = open_corpus(tmp_path)
+    assert [i.instruction for s in corpus.plan() for i in corpus.read(s)] == ['make it 5" wide', 'a "b" c']
+    (tmp_path / "instructions.csv").write_text('id,instruction\np1,"one\np2,two\n')
+    with pytest.raises(InputError) as err:
+        open_corpus(tmp_path).plan()
+    assert err.value.code == "bad_manifest" and "unexpected end of data" in err.value.message

@@ -109,7 +109,7 @@ class FolderCorpus(Corpus):
                     out.update({str(k): v for k, v in load_json(file.read_bytes()).items()})
                 else:
                     with file.open(newline="", encoding="utf-8") as handle:
-                        for rec in csv.DictReader(handle):
+                        for rec in csv.DictReader(handle, strict=True):   # an unclosed quote: an error
                             out[str(rec["id"])] = rec.get("instruction") or None
             except (ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:
                 raise InputError(f"{file}: unreadable instructions file ({exc}); expected {{'id', 'instruction'}} "
