@@ -556,3 +556,26 @@ def test_folder_instructions_csv_with_an_unclosed_quote_is_refused(tmp_path):
     with pytest.raises(InputError) as err:
         open_corpus(tmp_path).plan()
     assert err.value.code == "bad_manifest" and "unexpected end of data" in err.value.message
+
+
+def test_page_header_walk_of_garbage_stops_with_an_error(tmp_path):
+    """The hand-written Thrift reader meets hostile bytes: random data, a header that never ends, a length that
+    points past the file, endless nesting. Each is a PageHeaderError (its row group refused), never a hang."""
+    import io
+    import os
+    import time
+
+    from sigma.io.corpora.parquet_pages import PageHeaderError, column_pages
+
+    rng_data = [os.urandom(4096) for _ in range(200)]
+    endless_list = b"\x19\xf1" + b"\xff" * 8 + b"\x7f" + b"\x01" * 2_000_000     # a list of 2**63 bools
+    cases = [*rng_data, b"\x1c" * 100_000, b"\x15\x00\x15\x04\x15\x04\x18\xff\xff\xff\xff\x0f", b"\x19\xf8" * 50_000,
+             endless_list, b""]
+    for data in cases:
+        start = time.perf_counter()
+        try:
+            pages = column_pages(io.BytesIO(data), 0, len(data) or 1)
+        except PageHeaderError:
+            assert time.perf_counter() - start < 0.1, (len(data), time.perf_counter() - start)
+            continue
+        assert sum(p.compressed for p in pages) <= len(data) + 1 << 40     # walked to the end of the stated range

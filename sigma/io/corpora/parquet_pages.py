@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 _READ = 4096
 MAX_HEADER_BYTES = 1 << 20          # a page header is tens of bytes (statistics: a few KB); more is not a header
+MAX_HEADER_STEPS = 4096             # bytes parsed one by one in a header (statistics' values are seeked over)
+MAX_CHUNK_STEPS = 4_000_000         # ... in all the headers of one column chunk: a hostile chunk costs ~1 s at most
 MAX_DEPTH = 16                      # nested structs inside a header; PageHeader needs 3
 
 
@@ -37,8 +39,12 @@ class _Compact:
     def __init__(self, handle: BinaryIO, pos: int):
         self.handle, self.start, self.pos = handle, pos, pos
         self.buf, self.buf_at = b"", pos
+        self.steps = 0
 
     def byte(self) -> int:
+        self.steps += 1
+        if self.steps > MAX_HEADER_STEPS:
+            raise PageHeaderError(f"a page header of more than {MAX_HEADER_STEPS} fields and values")
         i = self.pos - self.buf_at
         if i >= len(self.buf):
             if self.pos - self.start > MAX_HEADER_BYTES:
@@ -108,8 +114,8 @@ class _Compact:
                 self.skip(kind, depth)
 
 
-def read_page_header(handle: BinaryIO, pos: int) -> tuple[PageInfo, int]:
-    """The page header at `pos` and the length of the header itself."""
+def read_page_header(handle: BinaryIO, pos: int) -> tuple[PageInfo, int, int]:
+    """The page header at `pos`, the length of the header itself and the bytes parsed one by one."""
     r = _Compact(handle, pos)
     top: dict[int, int] = {}
     values: list[int] = []
@@ -132,17 +138,21 @@ def read_page_header(handle: BinaryIO, pos: int) -> tuple[PageInfo, int]:
     r.fields(take)
     if not {1, 2, 3} <= top.keys() or top[2] < 0 or top[3] < 0:
         raise PageHeaderError("a page header without its type and sizes")
-    return PageInfo(top[1], top[2], top[3], values[0] if values else None), r.pos - pos
+    return PageInfo(top[1], top[2], top[3], values[0] if values else None), r.pos - pos, r.steps
 
 
-def column_pages(handle: BinaryIO, start: int, length: int, max_pages: int = 1_000_000) -> list[PageInfo]:
-    """Every page of the column chunk stored in bytes [start, start + length) of the file."""
+def column_pages(handle: BinaryIO, start: int, length: int, max_pages: int = 100_000) -> list[PageInfo]:
+    """Every page of the column chunk stored in bytes [start, start + length) of the file. A chunk of more than
+    `max_pages` pages (a page holds at least one value: 100000 image pages would be a row group of 100 GB) is an
+    error, so walking one costs at most that many header reads."""
     pages: list[PageInfo] = []
-    pos, end = start, start + length
+    pos, end, steps = start, start + length, 0
     while pos < end:
-        page, header = read_page_header(handle, pos)
+        page, header, parsed = read_page_header(handle, pos)
         pages.append(page)
-        if len(pages) > max_pages:
-            raise PageHeaderError(f"a column chunk of more than {max_pages} pages")
+        steps += parsed
+        if len(pages) > max_pages or steps > MAX_CHUNK_STEPS:
+            raise PageHeaderError(f"a column chunk of more than {min(len(pages), max_pages)} pages or "
+                                  f"{MAX_CHUNK_STEPS} header bytes")
         pos += header + page.compressed
     return pages
