@@ -579,3 +579,32 @@ def test_page_header_walk_of_garbage_stops_with_an_error(tmp_path):
             assert time.perf_counter() - start < 0.1, (len(data), time.perf_counter() - start)
             continue
         assert sum(p.compressed for p in pages) <= len(data) + 1 << 40     # walked to the end of the stated range
+
+
+def test_arrow_batch_metadata_of_garbage_stops_with_an_error():
+    """The hand-read flatbuffer metadata of a record batch meets hostile bytes: each is a BatchMetadataError (the
+    file bad_dataset) or no record batch at all, quickly; never another exception."""
+    import os
+    import struct
+    import time
+
+    from sigma.io.corpora.arrow_batches import BatchMetadataError, batch_info
+
+    # a RecordBatch header whose buffers vector claims 2**32 - 1 entries
+    huge = bytearray(64)
+    struct.pack_into("<I", huge, 0, 16)                    # root table at 16
+    struct.pack_into("<i", huge, 16, 16 - 4)               # its vtable at 4
+    struct.pack_into("<HHHHH", huge, 4, 10, 12, 0, 4, 8)   # fields: header_type at +4, header at +8
+    huge[20] = 3                                           # RecordBatch
+    struct.pack_into("<I", huge, 24, 8)                    # header table at 32
+    struct.pack_into("<i", huge, 32, 32 - 40)              # vtable at 40
+    struct.pack_into("<HHHHH", huge, 40, 10, 8, 0, 0, 4)   # field 2 (buffers) at +4
+    struct.pack_into("<I", huge, 36, 12)                   # vector at 48
+    struct.pack_into("<I", huge, 48, 0xFFFFFFFF)
+    for meta in [os.urandom(n) for n in range(0, 400, 3)] + [bytes(huge)]:
+        start = time.perf_counter()
+        try:
+            batch_info(meta, None)
+        except BatchMetadataError:
+            pass
+        assert time.perf_counter() - start < 0.1

@@ -59,7 +59,10 @@ def batch_info(meta: bytes, body: Any) -> BatchInfo | None:
         at = _field(meta, batch, 2)
         if at is not None:
             vector = at + struct.unpack_from("<I", meta, at)[0]
-            for i in range(struct.unpack_from("<I", meta, vector)[0]):
+            count = struct.unpack_from("<I", meta, vector)[0]
+            if count * 16 > len(meta):
+                raise BatchMetadataError(f"{count} buffers stated in {len(meta)} bytes of metadata")
+            for i in range(count):
                 offset, length = struct.unpack_from("<qq", meta, vector + 4 + 16 * i)
                 size = length
                 if compressed and length >= 8:
