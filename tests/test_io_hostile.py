@@ -608,3 +608,29 @@ def test_arrow_batch_metadata_of_garbage_stops_with_an_error():
         except BatchMetadataError:
             pass
         assert time.perf_counter() - start < 0.1
+
+
+def test_saved_dataset_oversized_cell_keeps_its_pair_id(tmp_path):
+    """The pair refused for an oversized cell is named by its id columns (MagicBrush: img_id-turn_index), as
+    every other pair of the corpus is, not by its row number."""
+    import pyarrow as pa
+
+    from sigma.io.corpora import open_corpus
+    from sigma.io.corpora.synthetic import write_saved_dataset
+
+    root = write_saved_dataset(tmp_path / "mb", synthetic_pairs(4), preset="magicbrush", batch_rows=2)
+    arrow = root / "data-00000-of-00001.arrow"
+    with pa.memory_map(str(arrow)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    schema, rows = table.schema, table.to_pylist()
+    del table                                   # nothing reads the mapped file while it is rewritten
+    rows[3]["target_img"] = {"bytes": b"\0" * (3 << 20), "path": None}
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(table, max_chunksize=2)
+    corpus = open_corpus(root, preset="magicbrush")
+    corpus.max_bytes = 1 << 20
+    items = [i for s in corpus.plan() for i in corpus.read(s)]
+    assert [i.pair_id for i in items] == ["p000000-1", "p000001-2", "p000002-3", "p000003-1"]
+    assert [i.error and i.error[0] for i in items] == [None, None, None, "file_too_large"]
+    assert "column target_img.bytes holds 3145728 bytes" in items[3].error[1]

@@ -16,7 +16,7 @@ from sigma.errors import InputError
 from sigma.io.corpora.arrow_batches import BatchInfo, iter_batches, read_schema
 from sigma.io.corpora.base import MAX_PAGE_CELLS, Corpus, Shard, SourceItem, held_bytes_allowed, safe_name
 from sigma.io.corpora.presets import resolve_columns
-from sigma.io.corpora.tabular import check_schema, needed_columns, oversized_cells, row_to_item
+from sigma.io.corpora.tabular import check_schema, id_columns, needed_columns, oversized_cells, row_to_item
 from sigma.text import loads as load_json
 
 CONVERT_ROWS = 64          # rows copied out to Python at once
@@ -150,8 +150,9 @@ class SavedDatasetCorpus(Corpus):
                     else:
                         why = too_big or (f"column {cells[n][0]} holds {cells[n][1]} bytes, above "
                                           f"io.limits.max_bytes={max_bytes}")
-                        item = SourceItem(index=index, pair_id=f"{label}:{row_no}", source=f"{label}:row={row_no}",
-                                          subset=split)
+                        pair_id = None if too_big else _pair_id(batch, present, n, cells[n][0])
+                        item = SourceItem(index=index, pair_id=pair_id or f"{label}:{row_no}",
+                                          source=f"{label}:row={row_no}", subset=split)
                         item.error = ("file_too_large", f"{item.source}: not read: {why}")
                         yield item
                     index += 1
@@ -165,6 +166,14 @@ def _refused(info: BatchInfo, max_bytes: int) -> str | None:
                 f"io.limits.max_bytes={max_bytes} per row (at most {MAX_PAGE_CELLS} rows' worth): an image cell above "
                 "the limit, or a decompression bomb")
     return None
+
+
+def _pair_id(batch, present: dict[str, str], n: int, oversized: str) -> str | None:
+    """Row `n`'s id from its id columns, unless one of them is the oversized cell (then the caller's default)."""
+    ids = id_columns(present) if "id" in present else []
+    if not ids or oversized.split(".")[0] in ids:
+        return None
+    return "-".join(str(batch.column(c)[n].as_py()) for c in ids)
 
 
 def _copy_out(batch, part: range, cells: list) -> list[dict]:
