@@ -634,3 +634,28 @@ def test_saved_dataset_oversized_cell_keeps_its_pair_id(tmp_path):
     assert [i.pair_id for i in items] == ["p000000-1", "p000001-2", "p000002-3", "p000003-1"]
     assert [i.error and i.error[0] for i in items] == [None, None, None, "file_too_large"]
     assert "column target_img.bytes holds 3145728 bytes" in items[3].error[1]
+
+
+def test_a_huge_embedded_profile_is_used_but_not_kept():
+    """A JPEG can carry a 16 MB profile in 255 pieces; the transform cache kept each profile's bytes as its key (8
+    of them: 128 MB held by a worker for good). A profile above 1 MiB is converted with but not cached."""
+    import struct
+
+    from iccprofiles import rgb_profile
+    from PIL import Image
+
+    from sigma.io import images
+
+    def padded(name: str, extra: int) -> bytes:
+        profile = rgb_profile(name)                 # bytes after the last tag: still a valid profile
+        return struct.pack(">I", len(profile) + extra) + profile[4:] + b"\0" * extra
+
+    cache = getattr(images, "_cached_srgb_transform", images._srgb_transform)     # (before: the one cache)
+    cache.cache_clear()
+    rgb = _colourful()
+    big = _encoded(Image.fromarray(rgb), "JPEG", padded("Big P3", 3 << 20), quality=95)
+    small = _encoded(Image.fromarray(rgb), "JPEG", padded("Small P3", 1000), quality=95)
+    assert images.decode_image(big).notes["icc_profile"] == "converted to sRGB from Big P3"
+    assert cache.cache_info().currsize == 0
+    assert images.decode_image(small).notes["icc_profile"] == "converted to sRGB from Small P3"
+    assert cache.cache_info().currsize == 1

@@ -159,9 +159,14 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-@lru_cache(maxsize=8)      # a corpus's images share a few profiles: each transform is built once
 def _srgb_transform(icc: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform | None, str]:
-    """(the transform from `icc` to sRGB for a `mode` image, None when `icc` is sRGB itself; its description)."""
+    """(the transform from `icc` to sRGB for a `mode` image, None when `icc` is sRGB itself; its description).
+    A corpus's images share a few profiles, so each transform is built once; a profile above 1 MiB (a JPEG can
+    carry 16 MB in 255 pieces) is not kept as a cache key."""
+    return _build_srgb_transform(icc, mode) if len(icc) > 1 << 20 else _cached_srgb_transform(icc, mode)
+
+
+def _build_srgb_transform(icc: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform | None, str]:
     profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     name = " ".join((ImageCms.getProfileDescription(profile) or "").split())[:100] or "unnamed profile"
     space = profile.profile.xcolor_space.strip()
@@ -170,6 +175,9 @@ def _srgb_transform(icc: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform |
     if (space, mode) not in (("RGB", "RGB"), ("CMYK", "CMYK")):
         raise ValueError(f"a {space} profile on a {mode} image")
     return ImageCms.buildTransform(profile, _srgb_profile(), mode, "RGB", renderingIntent=_INTENT), name
+
+
+_cached_srgb_transform = lru_cache(maxsize=8)(_build_srgb_transform)
 
 
 def _to_srgb(image: Image.Image, icc: bytes, notes: dict[str, Any]) -> Image.Image | None:
