@@ -659,3 +659,23 @@ def test_a_huge_embedded_profile_is_used_but_not_kept():
     assert cache.cache_info().currsize == 0
     assert images.decode_image(small).notes["icc_profile"] == "converted to sRGB from Small P3"
     assert cache.cache_info().currsize == 1
+
+
+def test_a_fifo_or_folder_named_like_a_parquet_file_is_not_opened(tmp_path):
+    """A FIFO named b.parquet beside a real one hung the plan for ever (pyarrow waited for a writer); a folder
+    named c.parquet failed the corpus as bad_parquet. Only regular files are parquet files now."""
+    import os
+
+    write_parquet(tmp_path / "a.parquet", synthetic_pairs(2), "magicbrush")
+    os.mkfifo(tmp_path / "b.parquet")
+    (tmp_path / "c.parquet").mkdir()
+    script = textwrap.dedent(f"""
+        from sigma.io.corpora import open_corpus
+        corpus = open_corpus({str(tmp_path)!r}, preset="magicbrush")
+        print(len([i for s in corpus.plan() for i in corpus.read(s) if i.error is None]))
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("planning the corpus hung on the FIFO") from None
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr

@@ -39,7 +39,8 @@ class ParquetCorpus(Corpus):
     def files(self) -> list[Path]:
         if self.path.is_file():
             return [self.path]
-        files = sorted(self.path.rglob("*.parquet"))
+        # regular files only: a FIFO named x.parquet hung the plan for ever, a folder of that name failed it
+        files = sorted(p for p in self.path.rglob("*.parquet") if p.is_file())
         if not files:
             raise InputError(f"{self.path}: no *.parquet files", code="no_pairs")
         return files
