@@ -707,3 +707,21 @@ def test_a_tar_of_many_members_is_read_without_keeping_their_headers(tmp_path):
     pairs, planned, grown = map(int, done.stdout.split())
     assert pairs == planned == 150_000
     assert grown < 40 << 20, f"planning and reading grew the process by {grown >> 20} MB"
+
+
+def test_api_probe_says_why_the_aspect_differs_when_exif_orientations_do():
+    """The API's header check refused an oblong pair whose EXIF orientations differ as a bare aspect_mismatch; it
+    now gives the library's message, which names both orientations."""
+    from PIL import Image
+
+    from sigma.api.probe import check_pair
+    from sigma.config.schema import IOConfig
+    from sigma.errors import InputError
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    oblong = Image.fromarray(_colourful(48, 64))
+    tagged = _encoded(oblong, "JPEG", quality=95, exif=exif.tobytes())
+    with pytest.raises(InputError) as err:
+        check_pair(tagged, _encoded(oblong, "JPEG", quality=95), None, IOConfig())
+    assert err.value.code == "aspect_mismatch" and "different EXIF orientations" in err.value.message
