@@ -20,10 +20,12 @@ from sigma.io.images import (
     MAX_JPEG_HEADER_STEPS,
     MAX_JPEG_SCANS,
     MAX_PNG_CHUNKS,
+    MAX_TIFF_STRIPS,
     SUPPORTED_FORMATS,
     jpeg_header_steps,
     jpeg_scan_count,
     png_chunk_count,
+    tiff_strip_count,
 )
 from sigma.io.pairs import check_instruction
 
@@ -36,7 +38,8 @@ def _header_hw(data: bytes, io_config: IOConfig) -> tuple[tuple[int, int], int] 
     limits = io_config.limits
     if not data or len(data) > limits.max_bytes:
         return None
-    if png_chunk_count(data) > MAX_PNG_CHUNKS or jpeg_header_steps(data) > MAX_JPEG_HEADER_STEPS:
+    if (png_chunk_count(data) > MAX_PNG_CHUNKS or jpeg_header_steps(data) > MAX_JPEG_HEADER_STEPS
+            or tiff_strip_count(data) > MAX_TIFF_STRIPS):
         return None             # Image.open (and verify()) would walk them all: the full path refuses it
     try:
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as img:

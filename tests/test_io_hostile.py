@@ -725,3 +725,66 @@ def test_api_probe_says_why_the_aspect_differs_when_exif_orientations_do():
     with pytest.raises(InputError) as err:
         check_pair(tagged, _encoded(oblong, "JPEG", quality=95), None, IOConfig())
     assert err.value.code == "aspect_mismatch" and "different EXIF orientations" in err.value.message
+
+
+def _strip_tiff(rows: int, second_page: bool = False) -> bytes:
+    """An RGB TIFF one pixel wide with one row per strip (`rows` strips); with `second_page`, that page comes
+    second, after an ordinary 8x8 one."""
+    import struct
+
+    def page(width: int, height: int, at: int, strips: int, next_ifd: int = 0) -> tuple[bytes, int]:
+        pixels = b"\x80" * (width * height * 3)
+        per = height // strips
+        offsets_at = at + len(pixels)
+        offsets = struct.pack(f"<{strips}I", *range(at, at + len(pixels), width * per * 3))
+        counts_at = offsets_at + len(offsets)
+        counts = struct.pack(f"<{strips}I", *([width * per * 3] * strips))
+        bps_at = counts_at + len(counts)
+        ifd_at = bps_at + 6
+        tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, bps_at), (259, 3, 1, 1), (262, 3, 1, 2),
+                (273, 4, strips, offsets_at if strips > 1 else at), (277, 3, 1, 3), (278, 4, 1, per),
+                (279, 4, strips, counts_at if strips > 1 else width * per * 3)]
+        ifd = struct.pack("<H", len(tags)) + b"".join(
+            struct.pack("<HHII", t, ty, c, v) if ty == 4 or t == 258 else struct.pack("<HHIHH", t, ty, c, v, 0)
+            for t, ty, c, v in tags)
+        body = pixels + offsets + counts + struct.pack("<3H", 8, 8, 8) + ifd
+        return body + struct.pack("<I", next_ifd), ifd_at
+
+    if not second_page:
+        body, ifd_at = page(1, rows, 8, rows)
+        return b"II*\x00" + struct.pack("<I", ifd_at) + body
+    first, first_ifd = page(8, 8, 8, 1)
+    second, second_ifd = page(1, rows, 8 + len(first), rows)
+    first = first[:-4] + struct.pack("<I", second_ifd)
+    return b"II*\x00" + struct.pack("<I", first_ifd) + first + second
+
+
+def test_tiff_of_a_million_strips_is_refused_before_pillow_lists_them():
+    """Pillow makes a Python list entry per strip of page 1 when it opens a TIFF: 1M one-row strips (10 MB, 1 Mpx)
+    took 2.2 s to open and 5 s and 350 MB to decode. The first IFD's count is now read first (MAX_TIFF_STRIPS);
+    ordinary and multi-page TIFFs still decode."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from sigma.api.probe import check_pair
+    from sigma.config.schema import IOConfig
+    from sigma.errors import LimitError
+    from sigma.io.images import MAX_TIFF_STRIPS, decode_image
+
+    plain = _encoded(Image.new("RGB", (8, 8), (1, 2, 3)), "TIFF")
+    bomb = _strip_tiff(1_000_000)
+    for check in (lambda: decode_image(bomb, "bomb.tif"), lambda: check_pair(bomb, plain, None, IOConfig())):
+        start = time.perf_counter()
+        with pytest.raises(LimitError) as err:
+            check()
+        assert time.perf_counter() - start < 0.5 and err.value.code == "decompression_bomb"
+        assert f"more than {MAX_TIFF_STRIPS} strips" in err.value.message
+    assert decode_image(_strip_tiff(2000)).rgb.shape == (2000, 1, 3)            # one-row strips, a scanner's
+    for rows in (1000, 1_000_000):          # a later page is never set up, whatever its strips
+        two = decode_image(_strip_tiff(rows, second_page=True))
+        assert two.rgb.shape == (8, 8, 3) and two.notes["multi_frame"] == "first frame used"
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (5, 6, 7)).save(buf, "TIFF", compression="tiff_deflate")
+    assert decode_image(buf.getvalue()).rgb.shape == (48, 64, 3)
