@@ -560,25 +560,25 @@ def test_folder_instructions_csv_with_an_unclosed_quote_is_refused(tmp_path):
 
 def test_page_header_walk_of_garbage_stops_with_an_error(tmp_path):
     """The hand-written Thrift reader meets hostile bytes: random data, a header that never ends, a length that
-    points past the file, endless nesting. Each is a PageHeaderError (its row group refused), never a hang."""
+    points past the file, endless nesting, a list of 2**63 bools. Each is a PageHeaderError (its row group
+    refused), never a hang; the list stops at MAX_HEADER_STEPS bytes parsed, not at the 1 MiB header bound
+    (~0.5 s a page before, and 100000 pages a chunk were allowed)."""
     import io
     import os
-    import time
 
-    from sigma.io.corpora.parquet_pages import PageHeaderError, column_pages
+    from sigma.io.corpora.parquet_pages import MAX_HEADER_STEPS, PageHeaderError, column_pages
 
-    rng_data = [os.urandom(4096) for _ in range(200)]
     endless_list = b"\x19\xf1" + b"\xff" * 8 + b"\x7f" + b"\x01" * 2_000_000     # a list of 2**63 bools
-    cases = [*rng_data, b"\x1c" * 100_000, b"\x15\x00\x15\x04\x15\x04\x18\xff\xff\xff\xff\x0f", b"\x19\xf8" * 50_000,
-             endless_list, b""]
+    with pytest.raises(PageHeaderError, match=f"more than {MAX_HEADER_STEPS} fields"):
+        column_pages(io.BytesIO(endless_list), 0, len(endless_list))
+    cases = [*(os.urandom(4096) for _ in range(200)), b"\x1c" * 100_000,
+             b"\x15\x00\x15\x04\x15\x04\x18\xff\xff\xff\xff\x0f", b"\x19\xf8" * 50_000, b""]
     for data in cases:
-        start = time.perf_counter()
         try:
             pages = column_pages(io.BytesIO(data), 0, len(data) or 1)
         except PageHeaderError:
-            assert time.perf_counter() - start < 0.1, (len(data), time.perf_counter() - start)
             continue
-        assert sum(p.compressed for p in pages) <= len(data) + 1 << 40     # walked to the end of the stated range
+        assert all(p.compressed >= 0 and p.uncompressed >= 0 for p in pages)
 
 
 def test_arrow_batch_metadata_of_garbage_stops_with_an_error():
