@@ -607,7 +607,7 @@ def test_arrow_batch_metadata_of_garbage_stops_with_an_error():
             batch_info(meta, None)
         except BatchMetadataError:
             pass
-        assert time.perf_counter() - start < 0.1
+        assert time.perf_counter() - start < 1.0
 
 
 def test_saved_dataset_oversized_cell_keeps_its_pair_id(tmp_path):
@@ -779,7 +779,7 @@ def test_tiff_of_a_million_strips_is_refused_before_pillow_lists_them():
         start = time.perf_counter()
         with pytest.raises(LimitError) as err:
             check()
-        assert time.perf_counter() - start < 0.5 and err.value.code == "decompression_bomb"
+        assert time.perf_counter() - start < 1.5 and err.value.code == "decompression_bomb"
         assert f"more than {MAX_TIFF_STRIPS} strips" in err.value.message
     assert decode_image(_strip_tiff(2000)).rgb.shape == (2000, 1, 3)            # one-row strips, a scanner's
     for rows in (1000, 1_000_000):          # a later page is never set up, whatever its strips
