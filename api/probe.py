@@ -14,18 +14,33 @@ import io
 from PIL import Image
 
 from sigma.config.schema import IOConfig
+from sigma.errors import InputError
 from sigma.io.geometry import check_aspect
-from sigma.io.images import MAX_JPEG_SCANS, SUPPORTED_FORMATS, jpeg_scan_count
+from sigma.io.images import (
+    MAX_JPEG_HEADER_STEPS,
+    MAX_JPEG_SCANS,
+    MAX_PNG_CHUNKS,
+    MAX_TIFF_STRIPS,
+    SUPPORTED_FORMATS,
+    jpeg_header_steps,
+    jpeg_scan_count,
+    png_chunk_count,
+    tiff_strip_count,
+)
 from sigma.io.pairs import check_instruction
 
 _SWAPS_AXES = (5, 6, 7, 8)     # EXIF orientations that turn the image by 90 degrees
 
 
-def _header_hw(data: bytes, io_config: IOConfig) -> tuple[int, int] | None:
-    """(height, width) as the decoder will see it, or None when only a full decode can judge."""
+def _header_hw(data: bytes, io_config: IOConfig) -> tuple[tuple[int, int], int] | None:
+    """((height, width) as the decoder will see it, EXIF orientation), or None when only a full decode can
+    judge."""
     limits = io_config.limits
     if not data or len(data) > limits.max_bytes:
         return None
+    if (png_chunk_count(data) > MAX_PNG_CHUNKS or jpeg_header_steps(data) > MAX_JPEG_HEADER_STEPS
+            or tiff_strip_count(data) > MAX_TIFF_STRIPS):
+        return None             # Image.open (and verify()) would walk them all: the full path refuses it
     try:
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as img:
             width, height = img.size
@@ -48,7 +63,7 @@ def _header_hw(data: bytes, io_config: IOConfig) -> tuple[int, int] | None:
                 img.verify()      # every chunk's CRC and the IEND: a truncated or damaged PNG
     except Exception:  # noqa: BLE001 - any doubt goes to the full decode for the canonical error
         return None
-    return (width, height) if orientation in _SWAPS_AXES else (height, width)
+    return ((width, height) if orientation in _SWAPS_AXES else (height, width)), orientation
 
 
 def check_pair(original: bytes, edited: bytes, instruction: str | None, io_config: IOConfig,
@@ -57,9 +72,14 @@ def check_pair(original: bytes, edited: bytes, instruction: str | None, io_confi
     from sigma.io import pair_from_bytes
 
     check_instruction(instruction, io_config.limits.max_instruction_chars)
-    hw_o = None if full else _header_hw(original, io_config)
-    hw_e = None if full or hw_o is None else _header_hw(edited, io_config)
-    if hw_o is None or hw_e is None:
+    head_o = None if full else _header_hw(original, io_config)
+    head_e = None if full or head_o is None else _header_hw(edited, io_config)
+    if head_o is None or head_e is None:
         pair_from_bytes(original, edited, instruction, io_config)
         return
-    check_aspect(hw_o, hw_e, io_config.limits.max_aspect_change)
+    try:
+        check_aspect(head_o[0], head_e[0], io_config.limits.max_aspect_change)
+    except InputError:
+        if head_o[1] != head_e[1]:   # the full path names the differing EXIF orientations (same code)
+            pair_from_bytes(original, edited, instruction, io_config)
+        raise

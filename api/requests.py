@@ -6,7 +6,9 @@ RFC 8259 where Python's parser is laxer: NaN/Infinity and integers of more than 
 (400), a string holding a lone UTF-16 surrogate (`"\\ud800"`, or its raw bytes) is `invalid_text` (422): such
 text cannot be encoded, stored or answered faithfully, so it is refused rather than silently changed.
 The body is streamed into one buffer and dropped as soon as it is parsed, base64 is decoded without
-intermediate copies, and multipart files above `api.multipart_spool_bytes` are spooled to disk.
+intermediate copies, and multipart files above `api.multipart_spool_bytes` are spooled to disk. A file part is
+counted while it streams in: one above `limits.max_bytes` is 413 `file_too_large` at once, with the connection
+closed, instead of being spooled whole, read into memory and only then refused by the decoder.
 """
 from __future__ import annotations
 
@@ -128,10 +130,38 @@ async def read_json_object(request: Request, max_bytes: int | None = None) -> di
     return data
 
 
-async def parse_submission(request: Request, max_text_chars: int, spool_bytes: int = 1024 * 1024) -> Submission:
+class FilePartTooLarge(Exception):
+    def __init__(self, name: str, limit: int):
+        super().__init__(name)
+        self.name, self.limit = name, limit
+
+
+class _LimitedParser(MultiPartParser):
+    """Starlette's parser, with each file part held to `max_file_bytes` as its bytes arrive (Starlette bounds only
+    text parts): the part above it stops the parse, before anything more of the body is read."""
+
+    def __init__(self, *args: Any, max_file_bytes: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.max_file_bytes = max_file_bytes
+        self._file_bytes = 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._file_bytes = 0
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current_part.file is not None and self.max_file_bytes is not None:
+            self._file_bytes += end - start
+            if self._file_bytes > self.max_file_bytes:
+                raise FilePartTooLarge(self._current_part.field_name, self.max_file_bytes)
+        super().on_part_data(data, start, end)
+
+
+async def parse_submission(request: Request, max_text_chars: int, spool_bytes: int = 1024 * 1024,
+                           max_file_bytes: int | None = None) -> Submission:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        return await _multipart(request, max_text_chars, spool_bytes)
+        return await _multipart(request, max_text_chars, spool_bytes, max_file_bytes)
     if ctype in ("application/json", ""):
         return await _json(request)
     raise ApiError(415, "unsupported_media_type", f"content type {ctype!r}: send multipart/form-data with "
@@ -152,18 +182,23 @@ async def _json(request: Request) -> Submission:
     return Submission(o, e, options)
 
 
-async def _parse_form(request: Request, max_text_chars: int, spool_bytes: int):
-    parser = MultiPartParser(request.headers, request.stream(), max_files=2, max_fields=len(OPTION_FIELDS) + 2,
-                             max_part_size=max(4 * max_text_chars + 1024, 16_384))
+async def _parse_form(request: Request, max_text_chars: int, spool_bytes: int, max_file_bytes: int | None = None):
+    parser = _LimitedParser(request.headers, request.stream(), max_files=2, max_fields=len(OPTION_FIELDS) + 2,
+                            max_part_size=max(4 * max_text_chars + 1024, 16_384), max_file_bytes=max_file_bytes)
     parser.spool_max_size = spool_bytes        # file parts above it go to a temporary file while streaming
     return await parser.parse()
 
 
-async def _multipart(request: Request, max_text_chars: int, spool_bytes: int) -> Submission:
+async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, max_file_bytes: int | None
+                     ) -> Submission:
     try:
-        form = await _parse_form(request, max_text_chars, spool_bytes)
+        form = await _parse_form(request, max_text_chars, spool_bytes, max_file_bytes)
     except BodyReadAborted:
         raise                   # too large / too slow: the middleware that raised it answers
+    except FilePartTooLarge as exc:
+        # the rest of the body is not read: the connection cannot carry another request
+        raise ApiError(413, "file_too_large", f"'{exc.name}': more than limits.max_bytes={exc.limit} bytes; "
+                       "refused while it was arriving", {"Connection": "close"}) from exc
     except (MultiPartException, StarletteHTTPException) as exc:
         detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
         raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {detail}") from exc

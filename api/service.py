@@ -125,7 +125,7 @@ class Service:
         try:
             with self.budget.hold(declared_length(request, limits.max_request_bytes)):
                 sub = await parse_submission(request, limits.max_instruction_chars,
-                                             self.cfg.api.multipart_spool_bytes)
+                                             self.cfg.api.multipart_spool_bytes, limits.max_bytes)
                 annotator = self.annotator_for(sub.options)
                 await self.check_room(annotator)
                 await self.validate(sub)

@@ -7,15 +7,14 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sigma.config.schema import IOConfig
-from sigma.errors import ImageError, InputError, LimitError, SigmaError
+from sigma.errors import ImageError, InputError, SigmaError
 from sigma.io.corpora.base import SourceItem, resolved_under, text_value
-from sigma.io.images import binarize_mask, decode_image
+from sigma.io.images import binarize_mask, decode_image, read_file_bytes
 from sigma.io.pairs import pair_from_bytes
 from sigma.text import escape_surrogates, find_surrogate, replace_surrogates
 from sigma.types import Pair
@@ -44,13 +43,9 @@ def confined(path: str, root: str | None) -> str:
 
 
 def _read(path: str, max_bytes: int, root: str | None = None) -> bytes:
-    p = Path(confined(path, root))
-    if not p.is_file():
-        raise ImageError(f"{path}: file not found", code="file_not_found")
-    if p.stat().st_size > max_bytes:
-        raise LimitError(f"{path}: {p.stat().st_size} bytes exceeds io.limits.max_bytes={max_bytes}",
-                         code="file_too_large")
-    return p.read_bytes()
+    """A 6000-character path (ENAMETOOLONG) was a `decode_failed` OSError quoting all of it, and a file that
+    grew after its stat, or a /proc file of size 0, was read whole."""
+    return read_file_bytes(confined(path, root), max_bytes)
 
 
 def source_bytes(data: bytes | None, path: str | None, max_bytes: int, root: str | None = None) -> bytes:

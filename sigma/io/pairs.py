@@ -53,16 +53,40 @@ def resize_warning(size_hw: tuple[int, int], edited_hw: tuple[int, int]) -> str 
     return "; ".join(parts) + ": resampling alone may mark much of the image (check the pair)"
 
 
+_TURNS = {1: "none", 2: "mirrored", 3: "180 degrees", 4: "flipped", 5: "transposed", 6: "90 degrees clockwise",
+          7: "transversed", 8: "90 degrees counter-clockwise"}
+
+
+def orientation_mismatch(original: DecodedImage, edited: DecodedImage, names: tuple[str, str]) -> str | None:
+    """What to tell the user when the two images carry different EXIF orientations, else None. Each image is turned
+    upright by its own tag; when an editor dropped the tag without turning the pixels (or turned them and kept
+    it), the edited image is compared turned: every pixel differs, or the aspect ratios do."""
+    o, e = (image.notes.get("exif_orientation", 1) for image in (original, edited))
+    if o == e:
+        return None
+    return (f"the two images carry different EXIF orientations ({names[0]}: {_TURNS.get(o, o)}, {names[1]}: "
+            f"{_TURNS.get(e, e)}); each was turned upright by its own, so if one looks turned, its editor dropped "
+            "the tag without turning the pixels (or turned them and kept it): re-save it upright without the tag")
+
+
 def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction: str | None,
                       io_config: IOConfig, pair_id: str = "pair",
                       names: tuple[str, str] = ("original", "edited")) -> Pair:
     instruction = check_instruction(instruction, io_config.limits.max_instruction_chars, pair_id)
     size_hw = original.rgb.shape[:2]
-    check_aspect(size_hw, edited.rgb.shape[:2], io_config.limits.max_aspect_change, names)
+    turned = orientation_mismatch(original, edited, names)
+    try:
+        check_aspect(size_hw, edited.rgb.shape[:2], io_config.limits.max_aspect_change, names)
+    except InputError as exc:
+        if turned is None:
+            raise
+        raise InputError(f"{exc.message}. {turned}", code=exc.code) from exc
     edited_rgb, resize_note = sync_size(edited.rgb, size_hw)
     preprocess: dict = {"original": original.notes, "edited": edited.notes}
     warnings = [f"{name} is animated or multi-page: only its first frame was annotated"
                 for name, image in zip(names, (original, edited), strict=True) if image.notes.get("multi_frame")]
+    if turned is not None:
+        warnings.append(turned)
     if resize_note:
         preprocess["resize"] = resize_note
         warning = resize_warning(size_hw, edited.rgb.shape[:2])

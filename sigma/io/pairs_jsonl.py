@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sigma.errors import InputError
+from sigma.io.lines import read_line
 from sigma.text import find_surrogate
 from sigma.text import loads as load_json
 
@@ -66,7 +67,7 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     300 MB pair id in metrics.json; an endless one, a MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
     with open(manifest, "rb") as handle:
-        for line_no, raw in enumerate(iter(lambda: handle.readline(MAX_RECORD_BYTES + 1), b""), 1):
+        for line_no, raw in enumerate(iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
             if len(raw) > MAX_RECORD_BYTES:
                 raise InputError(f"{where}: a record longer than {MAX_RECORD_BYTES} bytes; not a pairs.jsonl "

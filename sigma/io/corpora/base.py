@@ -130,6 +130,19 @@ class Corpus(ABC):
                 "preset": self.preset, "shard_size": self.shard_size}
 
 
+# What a reader may decompress at once to get at `values` cells: io.limits.max_bytes per cell, at most this many
+# cells' worth. Parquet pages and compressed Arrow buffers must be held whole before one value of them can be
+# looked at, so a cell of 2 GB of zeros (a few KB compressed) is refused from its stated size instead; this
+# bounds what one page or buffer can take (400 MB at the default 50 MB). A page of one row group's images
+# (pyarrow writes them as one dictionary page) stays far under it, one hostile cell among small ones does not.
+MAX_PAGE_CELLS = 8
+PAGE_SLACK = 64 * 1024          # length prefixes, offsets and level bytes beside the values
+
+
+def held_bytes_allowed(values: int, max_bytes: int) -> int:
+    return min(max(values, 1), MAX_PAGE_CELLS) * max_bytes + PAGE_SLACK
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -12,11 +12,16 @@ from pathlib import Path
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
+from sigma.io.lines import read_line
+from sigma.io.pairs_jsonl import MAX_RECORD_BYTES
 from sigma.text import loads as load_json
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 _SUFFIX = re.compile(r"^(?P<id>.+)_(?P<role>original|edited|mask)$")
 INSTRUCTION_FILES = ("instructions.jsonl", "instructions.json", "instructions.csv")
+# instructions.json is one object, read whole (and held ~10x in Python): 1M pairs of 200-character instructions
+# are ~250 MB. instructions.jsonl is read a line at a time, each at most MAX_RECORD_BYTES, like every manifest.
+MAX_INSTRUCTIONS_JSON_BYTES = 256 * 1024 * 1024
 
 
 def looks_like_pair_folder(path: Path) -> bool:
@@ -90,15 +95,21 @@ class FolderCorpus(Corpus):
                 continue
             try:
                 if file.suffix == ".jsonl":
-                    for line in file.open(encoding="utf-8"):
-                        if line.strip():
-                            rec = load_json(line)
-                            out[str(rec["id"])] = rec.get("instruction")
+                    with file.open("rb") as handle:
+                        for line in iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""):
+                            if len(line) > MAX_RECORD_BYTES:
+                                raise ValueError(f"a line longer than {MAX_RECORD_BYTES} bytes")
+                            if line.strip():
+                                rec = load_json(line)
+                                out[str(rec["id"])] = rec.get("instruction")
                 elif file.suffix == ".json":
+                    if file.stat().st_size > MAX_INSTRUCTIONS_JSON_BYTES:
+                        raise ValueError(f"{file.stat().st_size} bytes, more than {MAX_INSTRUCTIONS_JSON_BYTES} "
+                                         "in one JSON object; write instructions.jsonl, one line per pair")
                     out.update({str(k): v for k, v in load_json(file.read_bytes()).items()})
                 else:
                     with file.open(newline="", encoding="utf-8") as handle:
-                        for rec in csv.DictReader(handle):
+                        for rec in csv.DictReader(handle, strict=True):   # an unclosed quote: an error
                             out[str(rec["id"])] = rec.get("instruction") or None
             except (ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:
                 raise InputError(f"{file}: unreadable instructions file ({exc}); expected {{'id', 'instruction'}} "

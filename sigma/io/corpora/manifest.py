@@ -14,6 +14,7 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, image_value, safe_name, text_value
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
+from sigma.io.lines import ends_line, read_line
 from sigma.io.pairs_jsonl import MAX_RECORD_BYTES  # a manifest record: a few hundred bytes
 from sigma.text import loads as load_json
 
@@ -46,30 +47,41 @@ def quoted_at_end(line: bytes, delimiter: bytes, quoted: bool) -> bool:
 def _read_line(handle, csv_mode: bool, delimiter: bytes, quoted: bool, limit: int) -> tuple[bytes | None, bool]:
     """One physical line (b"" at the end of the file), or None when it is longer than `limit`: then it is read
     through in chunks and kept nowhere. Also whether a quoted CSV field is open after it."""
-    line = handle.readline(limit + 1)
+    line = read_line(handle, limit + 1)
     if csv_mode:
         quoted = quoted_at_end(line, delimiter, quoted)
-    if len(line) <= limit or line.endswith(b"\n"):
+    if len(line) <= limit or ends_line(line):
         return line, quoted
-    while line and not line.endswith(b"\n"):
-        line = handle.readline(1 << 20)
+    while line and not ends_line(line):
+        line = read_line(handle, 1 << 20)
         if csv_mode:
             quoted = quoted_at_end(line, delimiter, quoted)
     return None, quoted
 
 
+class Unclosed:
+    """A CSV record whose quoted field is still open at the end of the file."""
+
+
+UNCLOSED = Unclosed()
+
+
 def iter_records(handle, csv_mode: bool, first_line: int = 1, delimiter: bytes = b","
-                 ) -> Iterator[tuple[int, bytes | None, int]]:
+                 ) -> Iterator[tuple[int, bytes | Unclosed | None, int]]:
     """(byte offset, raw record, 1-based line the record starts on) from a binary handle positioned on line
     `first_line`; blank lines are skipped, a CSV record may span lines inside quotes. A record longer than
-    MAX_RECORD_BYTES comes as None, never held: a 600 MB line took 7 GB of memory and became a 600 MB pair id."""
+    MAX_RECORD_BYTES comes as None, never held: a 600 MB line took 7 GB of memory and became a 600 MB pair id.
+    A quote opened and never closed comes as UNCLOSED: the csv module took the rest of the file as that one
+    field, so the records after it vanished into one pair's instruction without a word."""
     pending, start, start_line, line_no = b"", handle.tell(), first_line, first_line - 1
     quoted = too_long = False
     while True:
         pos = handle.tell()
         line, quoted_after = _read_line(handle, csv_mode, delimiter, quoted, max(0, MAX_RECORD_BYTES - len(pending)))
         if line == b"":
-            if too_long or pending.strip():
+            if csv_mode and quoted:
+                yield start, UNCLOSED, start_line
+            elif too_long or pending.strip():
                 yield start, None if too_long else pending, start_line
             return
         line_no += 1
@@ -127,7 +139,9 @@ class ManifestCorpus(Corpus):
     def _header(self, handle, file: Path) -> list[str] | None:
         if not self._is_csv(file):
             return None
-        first = handle.readline()
+        first = read_line(handle, MAX_RECORD_BYTES + 1)
+        if len(first) > MAX_RECORD_BYTES:
+            raise InputError(f"{file}: a header line longer than {MAX_RECORD_BYTES} bytes", code="bad_manifest")
         delimiter = self._delimiter(file)
         try:
             header = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter), [])
@@ -192,13 +206,17 @@ class ManifestCorpus(Corpus):
                     line_no = int(shard.ref["first_record"]) + index + 1
                 yield self._item(raw, header, file, subset, index, line_no)
 
-    def _item(self, raw: bytes | None, header: list[str] | None, file: Path, subset: str | None, index: int,
+    def _item(self, raw: bytes | Unclosed | None, header: list[str] | None, file: Path, subset: str | None, index: int,
               line_no: int) -> SourceItem:
         """`line_no`: the 1-based line the record starts on, in the id of an id-less record and in its source."""
         label = f"{subset}/{file.name}" if subset else file.name
         item = SourceItem(index=index, pair_id=f"{label}:{line_no}", source=f"{label}:line={line_no}", subset=subset)
         if raw is None:
             item.error = ("bad_record", f"{item.source}: a record longer than {MAX_RECORD_BYTES} bytes; not read")
+            return item
+        if isinstance(raw, Unclosed):
+            item.error = ("bad_record", f"{item.source}: a quoted field opened in this record is never closed, so "
+                          "every line after it would be part of it; close the quote (or double a quote inside one)")
             return item
         try:
             if header is not None:

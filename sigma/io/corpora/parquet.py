@@ -1,15 +1,23 @@
-"""Parquet files in the Hugging Face datasets layout, read one row-group range at a time."""
+"""Parquet files in the Hugging Face datasets layout, read one row-group range at a time.
+
+No cell is decoded whose page is larger than its values may be (`oversized_page`): a parquet file is compressed,
+so a 12 KB file can hold a 300 MB cell of zeros, and the reader must hold a whole page before it can look at
+one value of it. Such a row group's pairs are each reported `file_too_large` and the run goes on.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+from sigma.config.schema import LimitsConfig
 from sigma.errors import InputError
-from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key
+from sigma.io.corpora.base import MAX_PAGE_CELLS, Corpus, Shard, SourceItem, held_bytes_allowed, rel_key
+from sigma.io.corpora.parquet_pages import PageHeaderError, column_pages
 from sigma.io.corpora.presets import resolve_columns
-from sigma.io.corpora.tabular import check_schema, needed_columns, row_to_item
+from sigma.io.corpora.tabular import check_schema, id_columns, needed_columns, row_to_item
 
 READ_BATCH_ROWS = 64
+READ_BUFFER_BYTES = 1 << 20     # stream each column chunk through a buffer instead of reading it whole
 
 
 def _pq():
@@ -31,7 +39,8 @@ class ParquetCorpus(Corpus):
     def files(self) -> list[Path]:
         if self.path.is_file():
             return [self.path]
-        files = sorted(self.path.rglob("*.parquet"))
+        # regular files only: a FIFO named x.parquet hung the plan for ever, a folder of that name failed it
+        files = sorted(p for p in self.path.rglob("*.parquet") if p.is_file())
         if not files:
             raise InputError(f"{self.path}: no *.parquet files", code="no_pairs")
         return files
@@ -64,15 +73,64 @@ class ParquetCorpus(Corpus):
     def read(self, shard: Shard) -> Iterator[SourceItem]:
         pq = _pq()
         file = self.confine(Path(shard.ref["file"]))
-        pf = pq.ParquetFile(file)
+        pf = pq.ParquetFile(file, buffer_size=READ_BUFFER_BYTES)
         present = check_schema(str(file), pf.schema_arrow.names, self.mapping, self.required, self.preset)
         label = file.name
         row_no = int(shard.ref["first_row"])
         index = 0
+        columns = needed_columns(present)
+        max_bytes = self.max_bytes if self.max_bytes is not None else LimitsConfig().max_bytes
         a, b = shard.ref["row_groups"]
-        for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=list(range(a, b)),
-                                     columns=needed_columns(present), use_threads=False):
-            for row in batch.to_pylist():
-                yield row_to_item(row, present, index, row_no, label, file.parent)
-                index += 1
-                row_no += 1
+        with open(file, "rb") as handle:
+            for group in range(a, b):
+                refused = oversized_page(handle, pf.metadata.row_group(group), columns, max_bytes)
+                if refused is None:
+                    rows = (row for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
+                                                             columns=columns, use_threads=False)
+                            for row in batch.to_pylist())
+                    for row in rows:
+                        yield row_to_item(row, present, index, row_no, label, file.parent)
+                        index += 1
+                        row_no += 1
+                    continue
+                bad_column, why = refused
+                ids = self._ids(pf, group, present, handle, max_bytes)
+                for n in range(pf.metadata.row_group(group).num_rows):
+                    pair_id = ids[n] if ids else f"{label}:{row_no}"
+                    item = SourceItem(index=index, pair_id=pair_id, source=f"{label}:row={row_no}")
+                    item.error = ("file_too_large", f"{item.source}: row group {group} of {label} was not read: "
+                                  f"column {bad_column} {why}")
+                    yield item
+                    index += 1
+                    row_no += 1
+
+    def _ids(self, pf, group: int, present: dict[str, str], handle, max_bytes: int) -> list[str] | None:
+        """The pair ids of a row group not otherwise read, when its id columns are themselves safe to read."""
+        ids = id_columns(present) if "id" in present else []
+        if not ids or oversized_page(handle, pf.metadata.row_group(group), ids, max_bytes) is not None:
+            return None
+        table = pf.read_row_group(group, columns=ids, use_threads=False).to_pydict()
+        return ["-".join(str(v) for v in values) for values in zip(*(table[c] for c in ids), strict=True)]
+
+
+def oversized_page(handle, row_group, columns: list[str], max_bytes: int) -> tuple[str, str] | None:
+    """(column, why) for the first page of `columns` in `row_group` that holds more than its values may
+    (io.limits.max_bytes each, at most MAX_PAGE_CELLS of them), or whose headers cannot be walked; else None.
+    Only page headers are read."""
+    for j in range(row_group.num_columns):
+        chunk = row_group.column(j)
+        path = chunk.path_in_schema
+        if not any(path == c or path.startswith(c + ".") for c in columns):
+            continue
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+        try:
+            pages = column_pages(handle, int(start), int(chunk.total_compressed_size))
+        except (PageHeaderError, OSError, IndexError) as exc:
+            return path, f"has page headers that cannot be read ({exc})"
+        for page in pages:
+            if page.uncompressed > held_bytes_allowed(page.values or 1, max_bytes):
+                held = f"{page.values} value(s)" if page.values is not None else "its values"
+                return path, (f"holds a page of {page.uncompressed} bytes for {held}, more than "
+                              f"io.limits.max_bytes={max_bytes} per cell (at most {MAX_PAGE_CELLS} cells' worth "
+                              "per page): an image cell above the limit, or a decompression bomb")
+    return None

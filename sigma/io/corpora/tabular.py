@@ -63,3 +63,28 @@ def row_to_item(row: dict[str, Any], present: dict[str, str], index: int, row_no
     except InputError as exc:
         item.error = (exc.code, exc.message)
     return item
+
+
+def oversized_cells(batch: Any, columns: list[str], max_bytes: int) -> list[tuple[str, int] | None]:
+    """Per row of an Arrow record batch: (column, bytes) of a binary or text cell of `columns` larger than
+    `max_bytes` (an image cell's `bytes` or `path` field included), else None. Only the lengths are computed:
+    from a memory-mapped file no value is copied, so such a row can be refused before its cell is read."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found: list[tuple[str, int] | None] = [None] * batch.num_rows
+    for name in columns:
+        array = batch.column(name)
+        parts = [(name, array)]
+        if pa.types.is_struct(array.type):
+            parts = [(f"{name}.{f.name}", array.field(f.name)) for f in array.type]
+        for label, part in parts:
+            if not (pa.types.is_binary(part.type) or pa.types.is_large_binary(part.type)
+                    or pa.types.is_string(part.type) or pa.types.is_large_string(part.type)):
+                continue
+            sizes = np.asarray(pc.fill_null(pc.binary_length(part), 0))
+            for row in np.flatnonzero(sizes > max_bytes):
+                if found[row] is None:
+                    found[row] = (label, int(sizes[row]))
+    return found

@@ -1,0 +1,86 @@
+"""Upload limits over real HTTP: a file part above limits.max_bytes is refused while the body is still arriving,
+not after the API has taken all of it in (spooled to disk, then read into memory, then refused by the decoder)."""
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+import time
+
+import pytest
+from servicekit import make_pair, running_service
+
+MAX_IMAGE = 1_000_000                 # limits.max_bytes of this API
+BODY = 60_000_000                     # under limits.max_request_bytes (64 MiB): only the image limit applies
+
+
+@pytest.fixture(scope="module")
+def api(redis_server, tmp_path_factory):
+    limits = [f"limits.max_bytes={MAX_IMAGE}", "limits.max_request_bytes=64000000"]
+    with running_service(redis_server, tmp_path_factory.mktemp("uploads"), limits) as s:
+        yield s
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        return int(re.search(r"VmHWM:\s+(\d+)", handle.read()).group(1)) * 1024
+
+
+def _stream_upload(port: int, total: int) -> tuple[int, bytes]:
+    """POST a multipart body of `total` bytes whose 'original' part is all zeros, 64 KiB at a time, reading the
+    answer as soon as one comes; (bytes sent by then, the answer)."""
+    boundary = "b0und4ry"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="original"; filename="o.png"\r\n'
+            "Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    request = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-user-key\r\n"
+               f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {total}\r\n\r\n"
+               ).encode() + head
+    filler = total - len(head) - len(tail)
+    sent, answer = 0, b""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)   # `sent` follows what the API has read
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(request)
+        chunk = b"\0" * 65536
+        while sent < filler:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(chunk[:filler - sent])
+            except OSError:
+                break
+            sent += min(len(chunk), filler - sent)
+        else:
+            sock.sendall(tail)
+        deadline = time.monotonic() + 30
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 20:
+            if time.monotonic() > deadline:
+                break
+            try:
+                got = sock.recv(65536)
+            except OSError:
+                break
+            if not got:
+                break
+            answer += got
+    return sent, answer
+
+
+def test_a_file_part_above_the_image_limit_is_refused_while_it_streams(api):
+    """A 60 MB 'original' part (the image limit: 1 MB) was spooled whole, read into memory and only then refused;
+    now the API answers 413 file_too_large after about the limit, long before the client has sent it all, and
+    its memory does not grow by the part's size."""
+    before = _peak_rss(api.api.pid)
+    sent, answer = _stream_upload(api.port, BODY)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 413"), answer[:300]
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "file_too_large" and "limits.max_bytes=1000000" in body["error"]["message"]
+    assert sent < BODY // 3, f"the answer came after {sent} of {BODY} bytes"
+    assert _peak_rss(api.api.pid) - before < 20_000_000
+    ok = api.submit(*make_pair(seed=3))         # and it still takes a normal pair
+    assert ok.status_code == 202, ok.text
