@@ -4,12 +4,15 @@
 a batch; `poison-diff` raises on every pair whose instruction contains "poison", as a model that
 crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a large model takes to load (with
 `swallow_exceptions`, an exception raised into its load does not stop it, as one raised inside C++ frames or
-caught by a loader's bare `except` does not).
+caught by a loader's bare `except` does not); `bad-output` breaks the output contract (`defect`: a 0-255 map, NaN, a
+wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does.
 """
 from __future__ import annotations
 
 import time
+from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from sigma.annotators.pixel_diff import PixelDiff, PixelDiffConfig
@@ -60,6 +63,42 @@ class SlowLoad(PixelDiff):
                     raise
 
 
+class BadOutputConfig(PixelDiffConfig):
+    defect: Literal["scale-255-uint8", "scale-255-float", "nan", "inf", "negative", "wrong-size", "channels",
+                    "int-0-1", "list", "extra-none", "not-a-tuple", "too-few", "slop"] = "scale-255-uint8"
+
+
+def broken_output(defect: str, prob: np.ndarray, extra: dict):
+    """One pair's output with `defect`, as a buggy plugin returns it."""
+    if defect == "scale-255-uint8":
+        return np.round(prob * 255).astype(np.uint8), extra
+    if defect == "scale-255-float":
+        return prob * 255.0, extra
+    if defect in ("nan", "inf", "slop"):
+        value = {"nan": np.nan, "inf": np.inf, "slop": 1.0004}[defect]
+        return np.where(prob > 0.5, np.float32(value), prob).astype(np.float32), extra
+    if defect == "not-a-tuple":
+        return prob
+    return {"negative": lambda: (prob - 0.5, extra), "wrong-size": lambda: (prob[:-1], extra),
+            "channels": lambda: (prob[..., None], extra), "int-0-1": lambda: ((prob > 0.5).astype(np.int64), extra),
+            "list": lambda: (prob.tolist(), extra), "extra-none": lambda: (prob, None)}[defect]()
+
+
+class BadOutput(PixelDiff):
+    name = "bad-output"
+    config_cls = BadOutputConfig
+
+    def _predict_batch(self, pairs):
+        out = list(super()._predict_batch(pairs))
+        if self.config.defect == "too-few" and any("bad" in p.pair_id for p in pairs):
+            return out[:-1]
+        return [broken_output(self.config.defect, *res) if "bad" in pair.pair_id else res
+                for pair, res in zip(pairs, out, strict=True)]
+
+
+if "bad-output" not in ANNOTATORS:
+    ANNOTATORS.register("bad-output", "test only: pixel-diff that breaks the output contract on pairs named *bad*",
+                        config_cls=BadOutputConfig)(lambda **kw: BadOutput(**kw))
 if "slow-load" not in ANNOTATORS:
     ANNOTATORS.register("slow-load", "test only: pixel-diff that takes load_delay_ms to build")(
         lambda **kw: SlowLoad(**kw))
