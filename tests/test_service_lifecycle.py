@@ -313,3 +313,57 @@ def test_ctrl_c_to_a_fleet_worker_with_decode_processes_finishes_the_shard(redis
     summary = RunDir(tmp_path / "run").summary()
     assert (summary["done"], summary["failed"], summary["pending"]) == (1, 0, 1), summary
     assert "1 shard(s) done" in log and "0 failed" in log, log
+
+
+def enqueue_job(client, prefix: str, annotator: str) -> str:
+    """One job queued as the API queues it (images and ENQUEUE in one MULTI), without starting an API."""
+    from sigma.service.jobs import ENQUEUE, enqueue_args, job_fields, new_job_id
+    from sigma.service.keys import Keys
+
+    keys, job_id = Keys(prefix), new_job_id()
+    original, edited = make_pair(seed=7)
+    ekeys, eargs = enqueue_args(keys, job_id, job_fields(job_id, annotator, "user", None, None, ["rle"]), 100, 60)
+    pipe = client.pipeline(transaction=True)
+    pipe.set(keys.blob(job_id, "original"), png_bytes(original), ex=60)
+    pipe.set(keys.blob(job_id, "edited"), png_bytes(edited), ex=60)
+    client.register_script(ENQUEUE)(keys=ekeys, args=eargs, client=pipe)
+    pipe.execute()
+    return job_id
+
+
+@pytest.mark.parametrize("gap_s", [0.01, 0.05])
+def test_a_burst_of_signals_mid_batch_always_exits_0_without_a_traceback(redis_server, tmp_path, gap_s):
+    """SIGTERM, then a burst of SIGTERM/SIGINT while the model runs (an impatient operator, a supervisor and a
+    terminal at once). The second signal raised `Interrupted` into the main thread; a third landed in the unwinding
+    (`Exception ignored ... Interrupted` from threading's shutdown) or after the interpreter had put the default
+    handlers back (killed, status -15). Now the second ends the process at once: status 0, no traceback, the job's
+    entry left pending for redelivery, the worker's heartbeat key deleted (or expiring within its TTL)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    proc = Proc(["worker", "--annotator", "slow-diff", "--plugin", "service_plugins", "--consumer", "burst",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}", "worker.options={delay_ms: 4000}"])],
+                base_env(redis_server.url), tmp_path / "worker.log")
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:worker:burst", "model_loaded") == b"1", 60, f"up\n{proc.output()}", 0.1)
+        job_id = enqueue_job(r, prefix, "slow-diff")
+        wait_until(lambda: r.hget(f"{prefix}:job:{job_id}", "status") == b"running", 20, "the batch", 0.05)
+        time.sleep(0.3)                                   # inside the 4 s predict
+        t0 = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        for n in range(8):
+            if not proc.alive():
+                break
+            proc.signal(signal.SIGINT if n % 3 == 2 else signal.SIGTERM)
+            time.sleep(gap_s)
+        code, log = finished(proc, 30)
+    finally:
+        proc.stop()
+    assert code == 0, log
+    assert "Traceback" not in log and "Exception ignored" not in log and "Logging error" not in log, log
+    assert time.monotonic() - t0 < 3.5, log                # not after the 4 s batch
+    assert "stopped (second SIGTERM: the batch in hand is left to be redelivered)" in log, log
+    assert r.xpending(f"{prefix}:stream:slow-diff", "sigma-workers")["pending"] == 1      # redelivered later
+    assert r.hget(f"{prefix}:job:{job_id}", "status") == b"running"
+    key = f"{prefix}:worker:burst"
+    assert not r.exists(key) or 0 < r.pttl(key) <= 1500, r.pttl(key)     # FAST: heartbeat_ttl_ms=1500

@@ -5,7 +5,8 @@ entries idle past the lease, dead-letter those delivered `max_deliveries` times,
 `max_batch_size` entries, annotate, store each result and only then acknowledge. Redis outages, stalls
 and `maxmemory` refusals are waited out (backoff with jitter, results kept until stored), at start-up too
 (after one line on stderr naming the URL). SIGTERM/SIGINT: exit 0 — at once while loading or waiting,
-after finishing, storing and acknowledging the batch in hand otherwise (`lifecycle.py`).
+after finishing, storing and acknowledging the batch in hand otherwise, at once on a second signal
+(`lifecycle.py`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sigma.service.keys import Keys
 from sigma.service.predictor import Predictor
 from sigma.service.queue import StreamQueue
 from sigma.service.settings import ServeConfig
-from sigma.workers.lifecycle import Interrupted, StopSignals, report_unreachable_redis
+from sigma.workers.lifecycle import Interrupted, StopSignals, forget_worker_key, report_unreachable_redis
 
 log = logging.getLogger("sigma.worker")
 
@@ -44,26 +45,31 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
 
 
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
+    """Runs until stopped, then ends the process (status 0: `StopSignals.end`); errors before the loop (a plugin
+    that cannot be imported, an annotator that cannot be built) are raised for the CLI to say."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
-    signals = StopSignals(stop).install()
     worker = build_worker(cfg, consumer=consumer, stop=stop)
     handler: AnnotationHandler = worker.handler  # type: ignore[assignment]
 
     def say_stopped(reason: str) -> None:
         log.info("%s: stopped (%s)", worker.describe, reason)
 
+    signals = StopSignals(stop, say_stopped).install()
+    signals.at_hard_exit(forget_worker_key(cfg.redis, worker.heartbeat.key))
     try:
-        with signals.abrupt_while("checking Redis", say_stopped):
+        with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker")
         log.info("%s: loading the annotator", worker.describe)
-        with signals.abrupt_while("loading the model", say_stopped):
+        with signals.abrupt_while("loading the model"):
             handler.predictor.setup()
         log.info("%s: loaded in %.0f ms, consuming %s", worker.describe, handler.predictor.setup_ms or 0,
                  worker.queue.stream)
         counts = worker.run()
     except Interrupted as exc:
         say_stopped(str(exc))
+        signals.end(0)
         return 0
     log.info("%s: stopped after %s %s", worker.describe, counts.as_dict(), handler.counts)
+    signals.end(0)
     return 0
