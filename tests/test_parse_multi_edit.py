@@ -256,3 +256,33 @@ def test_an_llm_answer_copied_from_the_worked_example_is_invalid():
     assert _edits(real) == [("replace", "dog", "white cat")] and not real.fallback
     assert _edits(parse_answer('{"edit_type": "remove", "source": "car"}', "get rid of the automobile")) == \
         [("remove", "car", None)]           # a concept of its own (not the example's) is the model's word
+
+
+@pytest.mark.parametrize("answer, edits, completed", [
+    # SmolLM2-135M's real answer: one object, the first edit only
+    ('{"edit_type": "remove", "source": "dog", "target": null}',
+     [("remove", "dog", None), ("attribute", "sky", "sky")], [False, True]),
+    # a model that answered the second clause only: text order is kept, its own edit in its place
+    ('{"edit_type": "attribute", "source": "sky", "target": "red"}',
+     [("remove", "dog", None), ("attribute", "sky", "sky")], [True, False]),
+    # a model with its own (other) type for the first edit keeps it; the rest comes from the rules
+    ('{"edit_type": "replace", "source": "dog", "target": "puppy"}',
+     [("replace", "dog", "puppy"), ("attribute", "sky", "sky")], [False, True]),
+    # a model about something the rules did not find: its edit first, then the rules' later clauses
+    ('{"edit_type": "add", "source": null, "target": "moon"}',
+     [("add", None, "moon"), ("attribute", "sky", "sky")], [False, True]),
+    # both edits answered: left alone
+    ('{"edit_type": "remove", "source": "dog"}\n{"edit_type": "attribute", "source": "sky", "target": "red"}',
+     [("remove", "dog", None), ("attribute", "sky", "sky")], [False, False]),
+])
+def test_a_model_answer_missing_edits_is_completed_from_the_rules(answer, edits, completed):
+    """The llm backend (and qwen-vl) parsed only the first edit of "remove the dog and make the sky red": SmolLM2
+    answers one object however many edits are asked, while the rules parser lists both. Both now keep the one
+    contract: `edits` holds every edit the instruction asks for, in text order."""
+    text = "remove the dog and make the sky red"
+    assert _edits(parse_rules(text)) == [("remove", "dog", None), ("attribute", "sky", "sky")]
+    p = parse_answer(answer, text)
+    assert _edits(p) == edits and not p.fallback and p.backend == "llm"
+    assert [e.rule.startswith("rules-completion") for e in p.edits] == completed
+    assert ("edit(s) from rules" in p.rule) == any(completed), p.rule
+    assert (p.edit_type, p.source, p.target) == edits[0]
