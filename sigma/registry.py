@@ -65,6 +65,9 @@ def import_plugins(modules: Iterable[str], where: str = "plugins") -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"{where}: cannot import {module!r} ({exc})") from exc
+        except (Exception, SystemExit) as exc:   # the plugin's own bug at import: said, no traceback
+            # (a RuntimeError or SyntaxError in the module, a name registered twice, a sys.exit() at import)
+            raise ConfigError(f"{where}: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def did_you_mean(kind: str, name: str, known: list[str]) -> str:
