@@ -286,3 +286,30 @@ def test_a_model_answer_missing_edits_is_completed_from_the_rules(answer, edits,
     assert [e.rule.startswith("rules-completion") for e in p.edits] == completed
     assert ("edit(s) from rules" in p.rule) == any(completed), p.rule
     assert (p.edit_type, p.source, p.target) == edits[0]
+
+
+def test_an_instruction_yields_at_most_max_edits():
+    """'remove a0. remove a1. ...' (1000 characters) listed 90 edits, each a detection per pair in grounding."""
+    from sigma.parse.types import MAX_EDITS
+
+    many = parse_rules("".join(f"remove the a{i}. " for i in range(100)))
+    assert _edits(many) == [("remove", f"a{i}", None) for i in range(MAX_EDITS)]
+    assert many.rule.endswith(f"at most {MAX_EDITS} edits read")
+    one_sentence = parse_rules("remove " + ", ".join(f"the b{i}" for i in range(100)))
+    assert len(one_sentence.edits) <= MAX_EDITS
+    assert parse_rules("remove the dog and add a cat").rule == "remove"      # no note under the cap
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("unit", ["and ", "and then ", "please ", "then ", "remove the a{}. ", "remove the x, "])
+def test_a_long_hostile_instruction_parses_in_linear_time(unit):
+    """200 KB of connectors ('and and and ...') took minutes (100 KB: 54 s): fillers were stripped by slicing the
+    token list again after each one, and the connector run was scanned again from every position; 200 KB of
+    distinct edits took 30 s deduplicating an unbounded list. An operator may raise max_instruction_chars."""
+    import time
+
+    text = "".join(unit.format(i) for i in range(200_000 // len(unit)))
+    start = time.process_time()
+    parse = parse_rules(text)
+    assert time.process_time() - start < 10, len(text)
+    assert parse.edits and parse.instruction == text
