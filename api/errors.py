@@ -53,7 +53,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 KNOWN_CODES = frozenset(STATUS_BY_CODE) | {
     "image_empty", "image_unreadable", "unsupported_format", "aspect_mismatch", "instruction_too_long",
     "empty_instruction", "invalid_instruction", "limit_exceeded", "invalid_input", "job_expired",
-    "dead_letter", "model_error", "worker_lost", "http_error", "cancelled", "withdrawn",
+    "dead_letter", "model_error", "worker_lost", "worker_hung", "annotator_failed", "http_error", "cancelled",
+    "withdrawn",
 }
 
 HTTP_CODES = {400: "bad_request", 401: "missing_api_key", 403: "insufficient_scope", 404: "not_found",

@@ -5,10 +5,12 @@ a batch; `poison-diff` raises on every pair whose instruction contains "poison",
 crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a large model takes to load (with
 `swallow_exceptions`, an exception raised into its load does not stop it, as one raised inside C++ frames or
 caught by a loader's bare `except` does not); `bad-output` breaks the output contract (`defect`: a 0-255 map, NaN, a
-wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does.
+wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does; `hang-diff` never returns from a
+pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code).
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Literal
 
@@ -96,6 +98,21 @@ class BadOutput(PixelDiff):
                 for pair, res in zip(pairs, out, strict=True)]
 
 
+class HangDiff(PixelDiff):
+    name = "hang-diff"
+
+    def _predict_batch(self, pairs):
+        if any(pair.instruction and "hang" in pair.instruction for pair in pairs):
+            print("hang-diff: hanging", flush=True)
+            forever = threading.Lock()
+            forever.acquire()
+            forever.acquire()                 # never returns
+        return super()._predict_batch(pairs)
+
+
+if "hang-diff" not in ANNOTATORS:
+    ANNOTATORS.register("hang-diff", "test only: pixel-diff that never returns on instructions with 'hang'",
+                        config_cls=PixelDiffConfig)(lambda **kw: HangDiff(**kw))
 if "bad-output" not in ANNOTATORS:
     ANNOTATORS.register("bad-output", "test only: pixel-diff that breaks the output contract on pairs named *bad*",
                         config_cls=BadOutputConfig)(lambda **kw: BadOutput(**kw))

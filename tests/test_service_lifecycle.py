@@ -315,14 +315,15 @@ def test_ctrl_c_to_a_fleet_worker_with_decode_processes_finishes_the_shard(redis
     assert "1 shard(s) done" in log and "0 failed" in log, log
 
 
-def enqueue_job(client, prefix: str, annotator: str) -> str:
+def enqueue_job(client, prefix: str, annotator: str, instruction: str | None = None) -> str:
     """One job queued as the API queues it (images and ENQUEUE in one MULTI), without starting an API."""
     from sigma.service.jobs import ENQUEUE, enqueue_args, job_fields, new_job_id
     from sigma.service.keys import Keys
 
     keys, job_id = Keys(prefix), new_job_id()
     original, edited = make_pair(seed=7)
-    ekeys, eargs = enqueue_args(keys, job_id, job_fields(job_id, annotator, "user", None, None, ["rle"]), 100, 60)
+    fields = job_fields(job_id, annotator, "user", instruction, None, ["rle"])
+    ekeys, eargs = enqueue_args(keys, job_id, fields, 100, 60)
     pipe = client.pipeline(transaction=True)
     pipe.set(keys.blob(job_id, "original"), png_bytes(original), ex=60)
     pipe.set(keys.blob(job_id, "edited"), png_bytes(edited), ex=60)
@@ -367,3 +368,41 @@ def test_a_burst_of_signals_mid_batch_always_exits_0_without_a_traceback(redis_s
     assert r.hget(f"{prefix}:job:{job_id}", "status") == b"running"
     key = f"{prefix}:worker:burst"
     assert not r.exists(key) or 0 < r.pttl(key) <= 1500, r.pttl(key)     # FAST: heartbeat_ttl_ms=1500
+
+
+def test_a_batch_that_hangs_ends_the_worker_and_its_job_is_dead_lettered(redis_server, tmp_path):
+    """A model that never returns (a deadlock in native code, a plugin's endless loop) held its batch for ever: the
+    heartbeat extended the entries' leases, so no other worker took them, the job stayed `running` and its client
+    waited for ever. Past worker.batch_timeout_s the heartbeat thread records `worker_hung` in the job and the
+    worker exits with status 1 (no traceback) for its supervisor to restart; each delivery ends so, until the
+    entry is dead-lettered with that as its last error."""
+    import json
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    job_id = enqueue_job(r, prefix, "hang-diff", instruction="hang the picture on the wall")
+    logs = []
+    for attempt in range(6):
+        proc = Proc(["worker", "--annotator", "hang-diff", "--plugin", "service_plugins", "--consumer", f"h{attempt}",
+                     *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.batch_timeout_s=1.5"])],
+                    base_env(redis_server.url), tmp_path / f"worker-{attempt}.log")
+        try:
+            wait_until(lambda p=proc: not p.alive() or r.hget(f"{prefix}:job:{job_id}", "status") == b"failed", 60,
+                       f"the worker to end or the job to fail\n{proc.output()}", 0.1)
+        finally:
+            code = proc.stop()
+        log = proc.output()
+        logs.append(log)
+        if r.hget(f"{prefix}:job:{job_id}", "status") == b"failed":
+            assert code == 0 and "Traceback" not in log, log            # the worker that dead-lettered it
+            break
+        assert code == 1 and "hang-diff: hanging" in log, log
+        assert "a batch hung for" in log and "Traceback" not in log, log
+        assert json.loads(r.hget(f"{prefix}:job:{job_id}", "last_error"))["code"] == "worker_hung"
+        assert r.hget(f"{prefix}:job:{job_id}", "status") == b"queued"
+        assert not r.exists(f"{prefix}:worker:h{attempt}")
+        time.sleep(0.9)                                      # the lease (800 ms) runs out: redelivered
+    error = json.loads(r.hget(f"{prefix}:job:{job_id}", "error"))
+    assert error["code"] == "dead_letter" and error["last_error"]["code"] == "worker_hung", error
+    assert attempt == 3, logs                                # max_deliveries=3 hangs, then dead-lettered
+    assert r.xlen(f"{prefix}:dead:hang-diff") == 1

@@ -24,6 +24,11 @@ as any dead worker's key does). A signal while the hard exit runs ends the proce
 normally also ends with `os._exit` (`StopSignals.end`), so a signal during the interpreter's finalization cannot
 kill it with a default handler either.
 
+A batch that runs past `worker.batch_timeout_s` (a model hung in native code, a plugin's endless loop; the
+heartbeat would otherwise extend its leases for ever and its jobs would never end) is noticed by the heartbeat
+thread: the jobs get `worker_hung` as their last error and the process ends the same way, with status 1, for its
+supervisor to restart it; the entries are redelivered after the lease (dead-lettered after `max_deliveries`).
+
 Start-up without Redis: one clear line on stderr naming the URL and `SIGMA_REDIS_URL`, then the worker waits
 (as it waits out any outage once running) — a worker started before its Redis, as compose or a supervisor
 may do, comes up by itself.
@@ -86,14 +91,14 @@ class StopSignals:
         quietly(log.info, "%s: stopping; a batch in hand is finished first (send %s again to leave it to another "
                 "worker)", name, name)
 
-    def hard_exit(self, reason: str) -> None:
-        """Say why, run the cleanups (each failure ignored), and end the process with status 0 without unwinding
-        the main thread."""
+    def hard_exit(self, reason: str, code: int = 0) -> None:
+        """Say why, run the cleanups (each failure ignored), and end the process with `code` without unwinding
+        the main thread. Also from another thread (a stuck batch noticed by the heartbeat: status 1)."""
         self._exiting = True
         quietly(self.say, reason)
         for cleanup in self._cleanups:
             quietly(cleanup)
-        exit_now(0)
+        exit_now(code)
 
     def end(self, code: int) -> None:
         """The worker is done: end the process now, as a hard exit does, instead of through the interpreter's

@@ -18,9 +18,15 @@ from sigma.service.connections import sync_client
 from sigma.service.consumer import Consumer, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.predictor import Predictor
-from sigma.service.queue import StreamQueue
+from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import ServeConfig
-from sigma.workers.lifecycle import Interrupted, StopSignals, forget_worker_key, report_unreachable_redis
+from sigma.workers.lifecycle import (
+    Interrupted,
+    StopSignals,
+    forget_worker_key,
+    quietly,
+    report_unreachable_redis,
+)
 
 log = logging.getLogger("sigma.worker")
 
@@ -41,7 +47,7 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
     handler = AnnotationHandler(client, keys, annotator, predictor, consumer=name, result_ttl_s=q.result_ttl_s,
                                 batch_size=cfg.worker.max_batch_size, max_wait_ms=cfg.worker.max_wait_ms)
     return Consumer(client, queue, handler, q, heartbeat_key=keys.worker(name), stop=stop,
-                    describe=f"worker {name} ({annotator})")
+                    describe=f"worker {name} ({annotator})", handle_timeout_s=cfg.worker.batch_timeout_s or None)
 
 
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
@@ -57,6 +63,15 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
 
     signals = StopSignals(stop, say_stopped).install()
     signals.at_hard_exit(forget_worker_key(cfg.redis, worker.heartbeat.key))
+
+    def on_stuck(entries: list[Entry], seconds: float) -> None:
+        """A batch hung: say so in each job (its dead-letter record will), then end for the supervisor."""
+        error = {"code": "worker_hung", "message": f"the worker had no result after {seconds:.0f} s "
+                 f"(worker.batch_timeout_s={cfg.worker.batch_timeout_s:g}) and exited to be restarted"}
+        for entry in entries:
+            quietly(handler.on_retry, entry, error)
+        signals.hard_exit(f"a batch hung for {seconds:.0f} s (worker.batch_timeout_s); exiting with status 1", 1)
+    worker.on_stuck = on_stuck
     try:
         with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker")

@@ -146,6 +146,10 @@ class WorkerSettings(Strict):
     consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
     plugins: list[str] = Field(default_factory=list, description="modules imported before building the "
                                "annotator, so third-party annotators can register themselves")
+    batch_timeout_s: float = Field(600.0, ge=0, description="a batch (decode, model, encode) still running after "
+                                   "this long means the model hangs: the jobs get `worker_hung` as their last error "
+                                   "and the worker exits with status 1 for its supervisor to restart it (the entries "
+                                   "are redelivered, and dead-lettered after queue.max_deliveries); 0: no limit")
     restart_backoff_s: float = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
                                      "that died; doubled after each quick death, up to restart_max_backoff_s")
     restart_max_backoff_s: float = Field(30.0, gt=0)
