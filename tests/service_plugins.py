@@ -6,7 +6,9 @@ crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a lar
 `swallow_exceptions`, an exception raised into its load does not stop it, as one raised inside C++ frames or
 caught by a loader's bare `except` does not); `bad-output` breaks the output contract (`defect`: a 0-255 map, NaN, a
 wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does; `hang-diff` never returns from a
-pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code).
+pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
+`odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
+instruction contains "odd".
 """
 from __future__ import annotations
 
@@ -110,6 +112,25 @@ class HangDiff(PixelDiff):
         return super()._predict_batch(pairs)
 
 
+class OddExtra(PixelDiff):
+    name = "odd-extra"
+
+    def _predict_batch(self, pairs):
+        out = super()._predict_batch(pairs)
+        return [(prob, {**extra, "tags": {"b", "a"}, "blob": b"\x00" * 10, "when": OddThing(),
+                        "map": np.zeros((100, 100), np.float32), "small": np.arange(3), "nan": float("nan")})
+                if pair.instruction and "odd" in pair.instruction else (prob, extra)
+                for pair, (prob, extra) in zip(pairs, out, strict=True)]
+
+
+class OddThing:
+    def __str__(self) -> str:
+        return "an odd thing"
+
+
+if "odd-extra" not in ANNOTATORS:
+    ANNOTATORS.register("odd-extra", "test only: pixel-diff with extras JSON cannot hold on instructions with 'odd'",
+                        config_cls=PixelDiffConfig)(lambda **kw: OddExtra(**kw))
 if "hang-diff" not in ANNOTATORS:
     ANNOTATORS.register("hang-diff", "test only: pixel-diff that never returns on instructions with 'hang'",
                         config_cls=PixelDiffConfig)(lambda **kw: HangDiff(**kw))

@@ -406,3 +406,31 @@ def test_a_batch_that_hangs_ends_the_worker_and_its_job_is_dead_lettered(redis_s
     assert error["code"] == "dead_letter" and error["last_error"]["code"] == "worker_hung", error
     assert attempt == 3, logs                                # max_deliveries=3 hangs, then dead-lettered
     assert r.xlen(f"{prefix}:dead:hang-diff") == 1
+
+
+def test_extras_json_cannot_hold_do_not_end_the_worker_or_cost_the_batch(redis_server, tmp_path):
+    """A plugin's extras holding a set, bytes or another object made storing the job fail with a TypeError, which
+    ended the worker as a bug: the batch was redelivered, and the good job read with it spent its deliveries too
+    (all dead-lettered as worker_lost). Now such values are stored in a JSON form and both jobs are done at once."""
+    import json
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    good = enqueue_job(r, prefix, "odd-extra", instruction="remove the box")
+    odd = enqueue_job(r, prefix, "odd-extra", instruction="remove the odd box")
+    proc = Proc(["worker", "--annotator", "odd-extra", "--plugin", "service_plugins", "--consumer", "odd",
+                 *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.max_batch_size=4"])],
+                base_env(redis_server.url), tmp_path / "worker.log")
+    try:
+        wait_until(lambda: {r.hget(f"{prefix}:job:{j}", "status") for j in (good, odd)} == {b"done"}, 60,
+                   f"both jobs done\n{proc.output()}", 0.1)
+        assert proc.alive(), proc.output()
+    finally:
+        code = proc.stop()
+    assert code == 0 and "Traceback" not in proc.output(), proc.output()
+    assert [r.hget(f"{prefix}:job:{j}", "attempts") for j in (good, odd)] == [b"1", b"1"]    # first delivery
+    result = json.loads(r.hget(f"{prefix}:job:{odd}", "result"))
+    assert (result["tags"], result["blob"], result["when"], result["small"], result["nan"]) == (
+        ["a", "b"], {"bytes": 10}, "an odd thing", [0, 1, 2], None), result
+    assert result["map"] == {"array_shape": [100, 100], "dtype": "float32"}
+    assert "tags" not in json.loads(r.hget(f"{prefix}:job:{good}", "result"))
