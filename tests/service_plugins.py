@@ -8,7 +8,7 @@ caught by a loader's bare `except` does not); `bad-output` breaks the output con
 wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does; `hang-diff` never returns from a
 pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
 `odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
-instruction contains "odd".
+instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch.
 """
 from __future__ import annotations
 
@@ -110,6 +110,27 @@ class HangDiff(PixelDiff):
             forever.acquire()
             forever.acquire()                 # never returns
         return super()._predict_batch(pairs)
+
+
+class LeakDiffConfig(PixelDiffConfig):
+    leak_mb: int = Field(100, ge=0)
+
+
+LEAKED: list[np.ndarray] = []
+
+
+class LeakDiff(PixelDiff):
+    name = "leak-diff"
+    config_cls = LeakDiffConfig
+
+    def _predict_batch(self, pairs):
+        LEAKED.append(np.ones(self.config.leak_mb * 1024 * 1024, np.uint8))     # touched: resident
+        return super()._predict_batch(pairs)
+
+
+if "leak-diff" not in ANNOTATORS:
+    ANNOTATORS.register("leak-diff", "test only: pixel-diff that leaks leak_mb per batch",
+                        config_cls=LeakDiffConfig)(lambda **kw: LeakDiff(**kw))
 
 
 class OddExtra(PixelDiff):

@@ -434,3 +434,43 @@ def test_extras_json_cannot_hold_do_not_end_the_worker_or_cost_the_batch(redis_s
         ["a", "b"], {"bytes": 10}, "an odd thing", [0, 1, 2], None), result
     assert result["map"] == {"array_shape": [100, 100], "dtype": "float32"}
     assert "tags" not in json.loads(r.hget(f"{prefix}:job:{good}", "result"))
+
+
+def test_a_worker_that_leaks_is_recycled_between_batches(redis_server, tmp_path):
+    """A model or plugin that leaks grew the worker until the OOM killer ended it mid-batch (the batch redelivered,
+    a delivery spent). With worker.max_rss_mb, the worker stops after the batch that took it past the limit, with
+    that batch stored and acknowledged (status 0, for its supervisor to start a fresh one)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    common = ["worker", "--annotator", "leak-diff", "--plugin", "service_plugins"]
+
+    def worker(name: str, extra: list[str]) -> Proc:
+        return Proc([*common, "--consumer", name, *sets([*FAST[:6], f"redis.key_prefix={prefix}",
+                                                         "worker.options={leak_mb: 100}", *extra])],
+                    base_env(redis_server.url), tmp_path / f"{name}.log")
+    probe = worker("probe", [])
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:worker:probe", "model_loaded") == b"1", 60, probe.output(), 0.1)
+        loaded = float(r.hget(f"{prefix}:worker:probe", "rss_mb"))          # what a loaded worker holds
+    finally:
+        assert probe.stop() == 0
+    proc = worker("leaky", [f"worker.max_rss_mb={int(loaded + 150)}"])
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:worker:leaky", "model_loaded") == b"1", 60, proc.output(), 0.1)
+        jobs = []
+        for n in range(4):
+            jobs.append(enqueue_job(r, prefix, "leak-diff", instruction=f"remove box {n}"))
+            wait_until(lambda j=jobs[-1]: r.hget(f"{prefix}:job:{j}", "status") == b"done" or not proc.alive(), 30,
+                       proc.output(), 0.05)
+            try:
+                proc.p.wait(timeout=1.5)           # the memory is checked once the batch is stored
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        code, log = finished(proc, 30)
+    finally:
+        proc.stop()
+    assert code == 0 and "Traceback" not in log, log
+    assert len(jobs) == 2 and "exceeds worker.max_rss_mb" in log, (len(jobs), log)   # +100 MiB, then +200
+    assert [r.hget(f"{prefix}:job:{j}", "status") for j in jobs] == [b"done", b"done"]
+    assert r.xpending(f"{prefix}:stream:leak-diff", "sigma-workers")["pending"] == 0     # nothing left held

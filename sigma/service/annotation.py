@@ -39,6 +39,16 @@ def gpu_memory_bytes() -> int | None:
     return None
 
 
+def rss_mb() -> float | None:
+    """This process' resident memory in MiB (Linux /proc/self/statm), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
 def run_isolated(fn, items: list[Any]) -> list[Any]:
     """`fn(items)`, and when it raises on a batch, `fn([item])` for each item: one exception per bad item,
     results for the rest. The one "retry the batch one at a time" path of every worker."""
@@ -85,6 +95,9 @@ class AnnotationHandler:
         mem = gpu_memory_bytes()
         if mem is not None:
             info["gpu_memory_bytes"] = mem
+        rss = rss_mb()
+        if rss is not None:
+            info["rss_mb"] = round(rss, 1)
         return info
 
     def _finish(self, job_id: str, status: str, result: dict | None = None, error: dict | None = None) -> None:

@@ -137,7 +137,8 @@ class Consumer:
     def __init__(self, client: redis.Redis, queue: StreamQueue, handler: Handler, settings: QueueSettings, *,
                  heartbeat_key: str, stop: threading.Event | None = None, describe: str = "",
                  handle_timeout_s: float | None = None,
-                 on_stuck: Callable[[list[Entry], float], None] | None = None):
+                 on_stuck: Callable[[list[Entry], float], None] | None = None,
+                 after_batch: Callable[[], None] | None = None):
         self.r = client
         self.queue = queue
         self.handler = handler
@@ -155,6 +156,7 @@ class Consumer:
         self.on_stuck = on_stuck
         self._handling: tuple[float, list[Entry]] | None = None
         self._stuck_reported = False
+        self.after_batch = after_batch       # called once a batch's outcomes are stored (the worker's memory check)
         self._unstored: list[Outcome] = []   # decided, not yet stored/acked
         self._unhandled: list[Entry] = []    # read (ours in the group), not yet handled
         self._backoff = Backoff()
@@ -288,6 +290,8 @@ class Consumer:
             self.counts.batches += 1
             self._unstored.extend(outcomes)
             self._store_all()
+            if self.after_batch is not None:
+                self.after_batch()
 
     def _watch(self) -> None:
         """In the heartbeat thread: the batch in hand has been handled for longer than `handle_timeout_s`."""
