@@ -8,10 +8,12 @@ caught by a loader's bare `except` does not); `bad-output` breaks the output con
 wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does; `hang-diff` never returns from a
 pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
 `odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
-instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch.
+instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
+"exit", as a library that gives up does.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Literal
@@ -110,6 +112,20 @@ class HangDiff(PixelDiff):
             forever.acquire()
             forever.acquire()                 # never returns
         return super()._predict_batch(pairs)
+
+
+class ExitDiff(PixelDiff):
+    name = "exit-diff"
+
+    def _predict_batch(self, pairs):
+        if any(pair.instruction and "exit" in pair.instruction for pair in pairs):
+            sys.exit(3)
+        return super()._predict_batch(pairs)
+
+
+if "exit-diff" not in ANNOTATORS:
+    ANNOTATORS.register("exit-diff", "test only: pixel-diff that calls sys.exit(3) on instructions with 'exit'",
+                        config_cls=PixelDiffConfig)(lambda **kw: ExitDiff(**kw))
 
 
 class LeakDiffConfig(PixelDiffConfig):

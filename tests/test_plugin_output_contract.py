@@ -106,3 +106,20 @@ def test_a_batch_run_records_the_broken_pair_and_goes_on(plugin_annotators, tmp_
     assert "'bad-output'" in bad["error"] and "pair set/p-bad" in bad["error"] and "divide by 255" in bad["error"]
     assert sorted(pid for pid, r in rows.items() if r["status"] == "ok") == sorted(
         f"set/{r['id']}" for r in records if r["id"] != "p-bad")
+
+
+def test_a_model_that_calls_sys_exit_fails_its_pair_not_the_run(plugin_annotators, tmp_path, capsys):
+    """`sigma batch run` with a plugin that gives up with sys.exit(3) on one pair ended the whole run with status 3
+    and no word; the pair is now `annotator_failed` saying so, the rest of the run goes on."""
+    from sigma.cli import main
+
+    records = list(synthetic_pairs(3, size=32))
+    records[1]["instruction"] = "remove the exit sign"
+    write_pairs_jsonl(tmp_path / "set", records)
+    out = tmp_path / "run"
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "exit-diff",
+                 "--batch-size", "4", "--set", "workers=0", "--plugin", "service_plugins", "--no-progress"]) == 0
+    rows = {r["pair_id"]: r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+    bad = rows[f"set/{records[1]['id']}"]
+    assert bad["error_code"] == "annotator_failed" and "sys.exit(3)" in bad["error"], bad
+    assert sum(r["status"] == "ok" for r in rows.values()) == 2

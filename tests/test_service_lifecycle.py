@@ -474,3 +474,29 @@ def test_a_worker_that_leaks_is_recycled_between_batches(redis_server, tmp_path)
     assert len(jobs) == 2 and "exceeds worker.max_rss_mb" in log, (len(jobs), log)   # +100 MiB, then +200
     assert [r.hget(f"{prefix}:job:{j}", "status") for j in jobs] == [b"done", b"done"]
     assert r.xpending(f"{prefix}:stream:leak-diff", "sigma-workers")["pending"] == 0     # nothing left held
+
+
+def test_a_model_that_calls_sys_exit_fails_its_job_not_the_worker(redis_server, tmp_path):
+    """A plugin (or a library it calls) giving up with sys.exit() on one pair ended the worker: the batch was
+    redelivered, and the good job read with the bad one spent a delivery each time until both were dead-lettered
+    as worker_lost. Now the exit is that pair's model error: the good job is done on its first delivery, the bad
+    one is retried and dead-lettered saying so, and the worker lives on."""
+    import json
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    good = enqueue_job(r, prefix, "exit-diff", instruction="remove the box")
+    bad = enqueue_job(r, prefix, "exit-diff", instruction="remove the exit sign")
+    proc = Proc(["worker", "--annotator", "exit-diff", "--plugin", "service_plugins", "--consumer", "exits",
+                 *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.max_batch_size=4"])],
+                base_env(redis_server.url), tmp_path / "worker.log")
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:job:{bad}", "status") == b"failed", 60, f"the bad job\n{proc.output()}",
+                   0.1)
+        assert proc.alive(), proc.output()
+    finally:
+        code = proc.stop()
+    assert code == 0 and "Traceback" not in proc.output(), proc.output()
+    assert r.hget(f"{prefix}:job:{good}", "status") == b"done" and r.hget(f"{prefix}:job:{good}", "attempts") == b"1"
+    error = json.loads(r.hget(f"{prefix}:job:{bad}", "error"))
+    assert error["code"] == "dead_letter" and "sys.exit(3)" in error["last_error"]["message"], error

@@ -350,14 +350,18 @@ class Pipeline:
         try:
             annotations = self.annotator.predict([d.pair for d in batch])
             outcomes = list(zip(batch, annotations, [None] * len(batch)))
-        except Exception:  # noqa: BLE001 - isolate the bad pair below
-            # isolate the pair that broke the batch; the others are annotated one by one
+        except (Exception, SystemExit):  # noqa: BLE001 - isolate the bad pair below
+            # isolate the pair that broke the batch; the others are annotated one by one. A model (or a library it
+            # calls) giving up with sys.exit() is that pair's failure too: it ended the run with the exit's status
+            # and no word
             outcomes = []
             for d in batch:
                 try:
                     outcomes.append((d, self.annotator.predict([d.pair])[0], None))
                 except SigmaError as exc:
                     outcomes.append((d, None, (exc.code, exc.message)))
+                except SystemExit as exc:
+                    outcomes.append((d, None, ("annotator_failed", f"the model called sys.exit({exc.code!r})")))
                 except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
                     outcomes.append((d, None, ("annotator_failed", f"{type(exc).__name__}: {exc}")))
         for d, ann, err in outcomes:

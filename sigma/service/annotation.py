@@ -51,19 +51,27 @@ def rss_mb() -> float | None:
 
 def run_isolated(fn, items: list[Any]) -> list[Any]:
     """`fn(items)`, and when it raises on a batch, `fn([item])` for each item: one exception per bad item,
-    results for the rest. The one "retry the batch one at a time" path of every worker."""
+    results for the rest. The one "retry the batch one at a time" path of every worker. A SystemExit from the model
+    (a plugin, or a library it calls, giving up with sys.exit()) is that item's failure too: it ended the worker,
+    and the jobs read with the bad one spent a delivery each time, until all were dead-lettered as worker_lost."""
     try:
         return list(fn(items))
-    except Exception:  # noqa: BLE001 - isolate the item that fails, keep the others
+    except (Exception, SystemExit):  # noqa: BLE001 - isolate the item that fails, keep the others
         if len(items) == 1:
-            return [sys.exc_info()[1]]
+            return [_as_exception(sys.exc_info()[1])]
     out: list[Any] = []
     for item in items:
         try:
             out.append(fn([item])[0])
-        except Exception as exc:  # noqa: BLE001
-            out.append(exc)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
+            out.append(_as_exception(exc))
     return out
+
+
+def _as_exception(exc: BaseException | None) -> Exception:
+    if isinstance(exc, Exception):
+        return exc
+    return RuntimeError(f"the model called sys.exit({getattr(exc, 'code', None)!r})")
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
