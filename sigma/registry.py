@@ -118,12 +118,18 @@ def create_annotator(name: str | None = None, **overrides: Any):
     _ensure_builtins()
     entry = ANNOTATORS.get(name or default_annotator_name())
     try:
-        return entry.factory(**overrides)
+        annotator = entry.factory(**overrides)
     except SigmaError:
         raise
     except Exception as exc:   # a plugin's constructor failing is said, not a traceback
         raise SigmaError(f"annotator {entry.name!r} could not be built: {type(exc).__name__}: {exc}",
                          code="annotator_failed") from exc
+    if not callable(getattr(annotator, "predict", None)):
+        # a plugin factory returning None (a missing `return`): every pair of a run failed with an AttributeError
+        raise SigmaError(f"annotator {entry.name!r} could not be built: its factory returned a "
+                         f"{type(annotator).__name__}, not an annotator (subclass sigma.annotators.base.Annotator)",
+                         code="annotator_failed")
+    return annotator
 
 
 def annotator_identity(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -134,3 +134,21 @@ def test_a_plugin_module_that_fails_on_import_is_one_error_line(tmp_path, monkey
     err = capsys.readouterr().err
     assert f"sigma: error [invalid_config]: plugins: importing '{module}' {said}" in err, err
     assert "Traceback" not in err
+
+
+def test_a_plugin_factory_that_returns_no_annotator_is_refused_when_built(tmp_path, monkeypatch, capsys):
+    """A factory without its `return` gave None: a batch run went through every pair, each `annotator_failed:
+    AttributeError: 'NoneType' object has no attribute 'predict'`, and exited 0. It is refused before any work."""
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+    from sigma.registry import ANNOTATORS, Entry
+
+    monkeypatch.setitem(ANNOTATORS._entries, "no-return", Entry("no-return", lambda **kw: None, "test only",
+                                                                 lambda: "none"))
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    capsys.readouterr()
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator", "no-return",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "sigma: error [annotator_failed]: annotator 'no-return' could not be built: its factory returned a " \
+           "NoneType, not an annotator" in err, err
