@@ -9,10 +9,12 @@ wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does; `
 pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
 `odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
 instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
-"exit", as a library that gives up does.
+"exit", as a library that gives up does; `native-slow` spends each batch in one native call that releases the GIL
+and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 import time
@@ -112,6 +114,25 @@ class HangDiff(PixelDiff):
             forever.acquire()
             forever.acquire()                 # never returns
         return super()._predict_batch(pairs)
+
+
+class NativeSlowConfig(PixelDiffConfig):
+    iterations: int = Field(40_000_000, ge=1)
+
+
+class NativeSlow(PixelDiff):
+    name = "native-slow"
+    config_cls = NativeSlowConfig
+
+    def _predict_batch(self, pairs):
+        print("native-slow: in the native call", flush=True)
+        hashlib.pbkdf2_hmac("sha256", b"password", b"salt", self.config.iterations)
+        return super()._predict_batch(pairs)
+
+
+if "native-slow" not in ANNOTATORS:
+    ANNOTATORS.register("native-slow", "test only: pixel-diff after one long native call per batch",
+                        config_cls=NativeSlowConfig)(lambda **kw: NativeSlow(**kw))
 
 
 class ExitDiff(PixelDiff):

@@ -500,3 +500,32 @@ def test_a_model_that_calls_sys_exit_fails_its_job_not_the_worker(redis_server, 
     assert r.hget(f"{prefix}:job:{good}", "status") == b"done" and r.hget(f"{prefix}:job:{good}", "attempts") == b"1"
     error = json.loads(r.hget(f"{prefix}:job:{bad}", "error"))
     assert error["code"] == "dead_letter" and "sys.exit(3)" in error["last_error"]["message"], error
+
+
+def test_a_second_signal_during_a_long_native_call_exits_at_once(redis_server, tmp_path):
+    """The signal handlers were Python-level: they ran only when the main thread next executed Python bytecode, so
+    while the model spent 15 s in one native call (a forward pass; PBKDF2 here) the second SIGTERM waited for it.
+    The signals thread (set_wakeup_fd) now answers at once: status 0, the job left pending for redelivery."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    proc = Proc(["worker", "--annotator", "native-slow", "--plugin", "service_plugins", "--consumer", "native",
+                 *sets([*FAST[:6], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "worker.log")
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:worker:native", "model_loaded") == b"1", 60, proc.output(), 0.1)
+        job_id = enqueue_job(r, prefix, "native-slow")
+        wait_until(lambda: "native-slow: in the native call" in proc.output(), 20, proc.output(), 0.05)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.signal(signal.SIGTERM)
+        code, log = finished(proc, 60)
+        took = time.monotonic() - t0
+    finally:
+        proc.stop()
+    assert code == 0 and "Traceback" not in log, log
+    assert took < 3, (took, log)                          # not after the native call (about 15 s)
+    assert "SIGTERM: stopping" in log and "stopped (second SIGTERM" in log, log
+    assert r.hget(f"{prefix}:job:{job_id}", "status") == b"running"
+    assert r.xpending(f"{prefix}:stream:native-slow", "sigma-workers")["pending"] == 1

@@ -9,8 +9,10 @@ and no traceback:
 - during a batch: the batch is finished, stored and acknowledged first; a second signal leaves it at once (its
   entries stay pending and are redelivered after the lease: at-least-once delivery makes that safe).
 
-Every abrupt end (a signal while loading, a second signal) is a hard exit from the handler (`os._exit(0)` after
-saying why and deleting the worker's heartbeat key), never an exception raised into the main thread. The main
+Signals are acted on in a thread of their own, woken by `signal.set_wakeup_fd` (`StopSignals.install`), so the
+answer does not wait for the main thread to return from a long native call. Every abrupt end (a signal while
+loading, a second signal) is a hard exit from that thread (`os._exit(0)` after saying why and deleting the
+worker's heartbeat key), never an exception raised into the main thread. The main
 thread is then most often inside the model, and often inside C++ that called back into Python (torch's import
 and ops, an unpickler, a model library's loader): an exception raised there crosses pybind11 and aborts the
 process (SIGABRT, status -6, seen in CI at load time), and a plugin or loader with a bare `except` swallows it and
@@ -20,7 +22,8 @@ default handlers back during finalization and killed the process (status -15). A
 unwinding would have kept: results already stored stay stored, the batch in hand was to be redelivered anyway,
 decode processes die with their parent, and the heartbeat key is deleted on a connection of its own (or, when
 Redis does not answer within a second or a last beat races the delete, expires after `queue.heartbeat_ttl_ms`
-as any dead worker's key does). A signal while the hard exit runs ends the process at once. A worker that stopped
+as any dead worker's key does). A signal while the hard exit runs ends the process at once (when the main thread
+runs Python; else when the cleanup's one-second timeout ends). A worker that stopped
 normally also ends with `os._exit` (`StopSignals.end`), so a signal during the interpreter's finalization cannot
 kill it with a default handler either.
 
@@ -68,18 +71,45 @@ class StopSignals:
         self._cleanups: list[Callable[[], None]] = []
 
     def install(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+        """The signals are acted on in a thread of their own ("sigma-signals"), woken through `set_wakeup_fd`, not
+        in a Python-level handler: that one runs only when the main thread next executes Python bytecode, so a
+        second signal during a long native call (a forward pass, a codec, a model's import) waited for the call to
+        return (tens of seconds), and a third, raised into the unwinding, was a traceback. The Python-level handler
+        only ends a process that is already exiting."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._in_main_thread)
+        threading.Thread(target=self._watch, args=(read_fd,), name="sigma-signals", daemon=True).start()
         return self
+
+    def _in_main_thread(self, _signum: int, _frame) -> None:
+        if self._exiting:          # a signal while the hard exit says why or cleans up: end now
+            os._exit(0)
+
+    def _watch(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            for signum in data:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self._on_signal(signum)
 
     def at_hard_exit(self, cleanup: Callable[[], None]) -> None:
         """`cleanup()` runs before a hard exit, in the signal handler: it must be quick, bounded (a timeout on
         any I/O) and share no lock with the main thread (a Redis client of its own, not the worker's)."""
         self._cleanups.append(cleanup)
 
-    def _on_signal(self, signum: int, _frame) -> None:
-        if self._exiting:          # a signal while the hard exit says why or cleans up (nested in this handler)
+    def _on_signal(self, signum: int) -> None:
+        """In the signals thread: count, set `stop`, and end the process where that is the answer."""
+        if self._exiting:
             os._exit(0)
         self.received += 1
         self.stop.set()
