@@ -276,7 +276,7 @@ class Consumer:
         while self._unhandled and (first or not self.stop.is_set()):   # on stop: finish the batch in hand only
             first = False
             chunk = self._unhandled[:self.handler.batch_size]
-            self._handling = (time.monotonic(), chunk)
+            self._handling, self._stuck_reported = (time.monotonic(), chunk), False
             try:
                 outcomes = self.handler.handle(chunk)
             except redis.RedisError as exc:
