@@ -65,6 +65,9 @@ def import_plugins(modules: Iterable[str], where: str = "plugins") -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"{where}: cannot import {module!r} ({exc})") from exc
+        except (Exception, SystemExit) as exc:   # the plugin's own bug at import: said, no traceback
+            # (a RuntimeError or SyntaxError in the module, a name registered twice, a sys.exit() at import)
+            raise ConfigError(f"{where}: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def did_you_mean(kind: str, name: str, known: list[str]) -> str:
@@ -115,12 +118,18 @@ def create_annotator(name: str | None = None, **overrides: Any):
     _ensure_builtins()
     entry = ANNOTATORS.get(name or default_annotator_name())
     try:
-        return entry.factory(**overrides)
+        annotator = entry.factory(**overrides)
     except SigmaError:
         raise
     except Exception as exc:   # a plugin's constructor failing is said, not a traceback
         raise SigmaError(f"annotator {entry.name!r} could not be built: {type(exc).__name__}: {exc}",
                          code="annotator_failed") from exc
+    if not callable(getattr(annotator, "predict", None)):
+        # a plugin factory returning None (a missing `return`): every pair of a run failed with an AttributeError
+        raise SigmaError(f"annotator {entry.name!r} could not be built: its factory returned a "
+                         f"{type(annotator).__name__}, not an annotator (subclass sigma.annotators.base.Annotator)",
+                         code="annotator_failed")
+    return annotator
 
 
 def annotator_identity(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -4,12 +4,23 @@
 a batch; `poison-diff` raises on every pair whose instruction contains "poison", as a model that
 crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a large model takes to load (with
 `swallow_exceptions`, an exception raised into its load does not stop it, as one raised inside C++ frames or
-caught by a loader's bare `except` does not).
+caught by a loader's bare `except` does not); `bad-output` breaks the output contract (`defect`: a 0-255 map, NaN, a
+wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does; `hang-diff` never returns from a
+pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
+`odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
+instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
+"exit", as a library that gives up does; `native-slow` spends each batch in one native call that releases the GIL
+and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
 """
 from __future__ import annotations
 
+import hashlib
+import sys
+import threading
 import time
+from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from sigma.annotators.pixel_diff import PixelDiff, PixelDiffConfig
@@ -60,6 +71,130 @@ class SlowLoad(PixelDiff):
                     raise
 
 
+class BadOutputConfig(PixelDiffConfig):
+    defect: Literal["scale-255-uint8", "scale-255-float", "nan", "inf", "negative", "wrong-size", "channels",
+                    "int-0-1", "list", "extra-none", "not-a-tuple", "too-few", "slop"] = "scale-255-uint8"
+
+
+def broken_output(defect: str, prob: np.ndarray, extra: dict):
+    """One pair's output with `defect`, as a buggy plugin returns it."""
+    if defect == "scale-255-uint8":
+        return np.round(prob * 255).astype(np.uint8), extra
+    if defect == "scale-255-float":
+        return prob * 255.0, extra
+    if defect in ("nan", "inf", "slop"):
+        value = {"nan": np.nan, "inf": np.inf, "slop": 1.0004}[defect]
+        return np.where(prob > 0.5, np.float32(value), prob).astype(np.float32), extra
+    if defect == "not-a-tuple":
+        return prob
+    return {"negative": lambda: (prob - 0.5, extra), "wrong-size": lambda: (prob[:-1], extra),
+            "channels": lambda: (prob[..., None], extra), "int-0-1": lambda: ((prob > 0.5).astype(np.int64), extra),
+            "list": lambda: (prob.tolist(), extra), "extra-none": lambda: (prob, None)}[defect]()
+
+
+class BadOutput(PixelDiff):
+    name = "bad-output"
+    config_cls = BadOutputConfig
+
+    def _predict_batch(self, pairs):
+        out = list(super()._predict_batch(pairs))
+        if self.config.defect == "too-few" and any("bad" in p.pair_id for p in pairs):
+            return out[:-1]
+        return [broken_output(self.config.defect, *res) if "bad" in pair.pair_id else res
+                for pair, res in zip(pairs, out, strict=True)]
+
+
+class HangDiff(PixelDiff):
+    name = "hang-diff"
+
+    def _predict_batch(self, pairs):
+        if any(pair.instruction and "hang" in pair.instruction for pair in pairs):
+            print("hang-diff: hanging", flush=True)
+            forever = threading.Lock()
+            forever.acquire()
+            forever.acquire()                 # never returns
+        return super()._predict_batch(pairs)
+
+
+class NativeSlowConfig(PixelDiffConfig):
+    iterations: int = Field(40_000_000, ge=1)
+
+
+class NativeSlow(PixelDiff):
+    name = "native-slow"
+    config_cls = NativeSlowConfig
+
+    def _predict_batch(self, pairs):
+        print("native-slow: in the native call", flush=True)
+        hashlib.pbkdf2_hmac("sha256", b"password", b"salt", self.config.iterations)
+        return super()._predict_batch(pairs)
+
+
+if "native-slow" not in ANNOTATORS:
+    ANNOTATORS.register("native-slow", "test only: pixel-diff after one long native call per batch",
+                        config_cls=NativeSlowConfig)(lambda **kw: NativeSlow(**kw))
+
+
+class ExitDiff(PixelDiff):
+    name = "exit-diff"
+
+    def _predict_batch(self, pairs):
+        if any(pair.instruction and "exit" in pair.instruction for pair in pairs):
+            sys.exit(3)
+        return super()._predict_batch(pairs)
+
+
+if "exit-diff" not in ANNOTATORS:
+    ANNOTATORS.register("exit-diff", "test only: pixel-diff that calls sys.exit(3) on instructions with 'exit'",
+                        config_cls=PixelDiffConfig)(lambda **kw: ExitDiff(**kw))
+
+
+class LeakDiffConfig(PixelDiffConfig):
+    leak_mb: int = Field(100, ge=0)
+
+
+LEAKED: list[np.ndarray] = []
+
+
+class LeakDiff(PixelDiff):
+    name = "leak-diff"
+    config_cls = LeakDiffConfig
+
+    def _predict_batch(self, pairs):
+        LEAKED.append(np.ones(self.config.leak_mb * 1024 * 1024, np.uint8))     # touched: resident
+        return super()._predict_batch(pairs)
+
+
+if "leak-diff" not in ANNOTATORS:
+    ANNOTATORS.register("leak-diff", "test only: pixel-diff that leaks leak_mb per batch",
+                        config_cls=LeakDiffConfig)(lambda **kw: LeakDiff(**kw))
+
+
+class OddExtra(PixelDiff):
+    name = "odd-extra"
+
+    def _predict_batch(self, pairs):
+        out = super()._predict_batch(pairs)
+        return [(prob, {**extra, "tags": {"b", "a"}, "blob": b"\x00" * 10, "when": OddThing(),
+                        "map": np.zeros((100, 100), np.float32), "small": np.arange(3), "nan": float("nan")})
+                if pair.instruction and "odd" in pair.instruction else (prob, extra)
+                for pair, (prob, extra) in zip(pairs, out, strict=True)]
+
+
+class OddThing:
+    def __str__(self) -> str:
+        return "an odd thing"
+
+
+if "odd-extra" not in ANNOTATORS:
+    ANNOTATORS.register("odd-extra", "test only: pixel-diff with extras JSON cannot hold on instructions with 'odd'",
+                        config_cls=PixelDiffConfig)(lambda **kw: OddExtra(**kw))
+if "hang-diff" not in ANNOTATORS:
+    ANNOTATORS.register("hang-diff", "test only: pixel-diff that never returns on instructions with 'hang'",
+                        config_cls=PixelDiffConfig)(lambda **kw: HangDiff(**kw))
+if "bad-output" not in ANNOTATORS:
+    ANNOTATORS.register("bad-output", "test only: pixel-diff that breaks the output contract on pairs named *bad*",
+                        config_cls=BadOutputConfig)(lambda **kw: BadOutput(**kw))
 if "slow-load" not in ANNOTATORS:
     ANNOTATORS.register("slow-load", "test only: pixel-diff that takes load_delay_ms to build")(
         lambda **kw: SlowLoad(**kw))

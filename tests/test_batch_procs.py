@@ -374,3 +374,35 @@ def test_a_stopped_decode_worker_fails_its_shards_instead_of_hanging_and_resume_
     assert all(not alive(pid) for pid in decoders)
     again = run_batch(cfg_for(corpus / "set", workers=1, **SLOW), out, resume=True, progress=False)
     assert again.failed_now == 0 and first.done_now + again.done_now == 5
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_decode_worker_hung_in_a_call_is_killed_and_a_new_pool_decodes(corpus):
+    """A decode worker that never returns (here: blocked in a 1-hour sleep inside the worker, as a codec deadlock
+    blocks; not stopped by a signal from outside) is killed when its pool is replaced. The pool's workers are now
+    found through the processes its multiprocessing context started (`RecordingContext`, public `Process.kill`),
+    not the executor's private `_processes` map; the behaviour is the same: the hung process dies, the work it held
+    fails at once instead of waiting, and the new pool decodes."""
+    from concurrent.futures import TimeoutError as FuturesTimeout
+
+    from sigma.batch.pipeline import Pipeline
+
+    pipeline = Pipeline(cfg_for(corpus / "set", workers=1))
+    try:
+        worker = pipeline.pool.submit(os.getpid).result(timeout=120)
+        hung = pipeline.pool.submit(time.sleep, 3600)
+        with pytest.raises(FuturesTimeout):
+            hung.result(timeout=0.5)
+        assert alive(worker)
+        pipeline._replace_hung_pool()
+        deadline = time.monotonic() + 10
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(worker), "the hung decode worker was not killed"
+        with pytest.raises(Exception) as failed:               # BrokenProcessPool: not another hour of waiting
+            hung.result(timeout=10)
+        assert not isinstance(failed.value, FuturesTimeout), failed.value
+        fresh = pipeline.pool.submit(os.getpid).result(timeout=120)
+        assert fresh != worker and alive(fresh)
+    finally:
+        pipeline.close()

@@ -11,7 +11,7 @@ import torch
 from sigma.annotators import model_annotator
 from sigma.annotators.mask_extras import confidence, split_components
 from sigma.annotators.model_annotator import working_size
-from sigma.errors import WeightsNotFoundError
+from sigma.errors import SigmaError, WeightsNotFoundError
 from sigma.models import build_model, save_model
 from sigma.models.presets import TINY_DINOV2
 from sigma.registry import create_annotator, list_annotators
@@ -299,9 +299,9 @@ def test_a_non_finite_probability_map_is_an_error_not_an_empty_mask():
 
     annotator = NanMap()
     assert annotator.predict([_edited_pair("good")])[0].mask.all()
-    with pytest.raises(RuntimeError, match="non-finite"):
+    with pytest.raises(SigmaError, match="non-finite"):
         annotator.predict([_edited_pair("good"), _edited_pair("bad")])
-    with pytest.raises(RuntimeError, match="1 non-finite values"):
+    with pytest.raises(SigmaError, match="1 non-finite values"):
         annotator.predict([_edited_pair("inf")])
 
 

@@ -87,3 +87,7 @@ def test_llm_backend_with_the_real_smollm2_gguf():
     assert result.rule == "llm-json" and not result.fallback, result
     assert (result.edit_type, result.source, result.target) == ("replace", "cat", "dog")
     assert parser(None).edit_type is None
+    # SmolLM2 answers one object for two edits; the parse still lists both, as the rules parser does
+    both = parser("remove the dog and make the sky red")
+    assert [(e.edit_type, e.source) for e in both.edits] == [("remove", "dog"), ("attribute", "sky")], both
+    assert not both.fallback and both.edits[0].rule == "llm-json"

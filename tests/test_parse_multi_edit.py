@@ -256,3 +256,60 @@ def test_an_llm_answer_copied_from_the_worked_example_is_invalid():
     assert _edits(real) == [("replace", "dog", "white cat")] and not real.fallback
     assert _edits(parse_answer('{"edit_type": "remove", "source": "car"}', "get rid of the automobile")) == \
         [("remove", "car", None)]           # a concept of its own (not the example's) is the model's word
+
+
+@pytest.mark.parametrize("answer, edits, completed", [
+    # SmolLM2-135M's real answer: one object, the first edit only
+    ('{"edit_type": "remove", "source": "dog", "target": null}',
+     [("remove", "dog", None), ("attribute", "sky", "sky")], [False, True]),
+    # a model that answered the second clause only: text order is kept, its own edit in its place
+    ('{"edit_type": "attribute", "source": "sky", "target": "red"}',
+     [("remove", "dog", None), ("attribute", "sky", "sky")], [True, False]),
+    # a model with its own (other) type for the first edit keeps it; the rest comes from the rules
+    ('{"edit_type": "replace", "source": "dog", "target": "puppy"}',
+     [("replace", "dog", "puppy"), ("attribute", "sky", "sky")], [False, True]),
+    # a model about something the rules did not find: its edit first, then the rules' later clauses
+    ('{"edit_type": "add", "source": null, "target": "moon"}',
+     [("add", None, "moon"), ("attribute", "sky", "sky")], [False, True]),
+    # both edits answered: left alone
+    ('{"edit_type": "remove", "source": "dog"}\n{"edit_type": "attribute", "source": "sky", "target": "red"}',
+     [("remove", "dog", None), ("attribute", "sky", "sky")], [False, False]),
+])
+def test_a_model_answer_missing_edits_is_completed_from_the_rules(answer, edits, completed):
+    """The llm backend (and qwen-vl) parsed only the first edit of "remove the dog and make the sky red": SmolLM2
+    answers one object however many edits are asked, while the rules parser lists both. Both now keep the one
+    contract: `edits` holds every edit the instruction asks for, in text order."""
+    text = "remove the dog and make the sky red"
+    assert _edits(parse_rules(text)) == [("remove", "dog", None), ("attribute", "sky", "sky")]
+    p = parse_answer(answer, text)
+    assert _edits(p) == edits and not p.fallback and p.backend == "llm"
+    assert [e.rule.startswith("rules-completion") for e in p.edits] == completed
+    assert ("edit(s) from rules" in p.rule) == any(completed), p.rule
+    assert (p.edit_type, p.source, p.target) == edits[0]
+
+
+def test_an_instruction_yields_at_most_max_edits():
+    """'remove a0. remove a1. ...' (1000 characters) listed 90 edits, each a detection per pair in grounding."""
+    from sigma.parse.types import MAX_EDITS
+
+    many = parse_rules("".join(f"remove the a{i}. " for i in range(100)))
+    assert _edits(many) == [("remove", f"a{i}", None) for i in range(MAX_EDITS)]
+    assert many.rule.endswith(f"at most {MAX_EDITS} edits read")
+    one_sentence = parse_rules("remove " + ", ".join(f"the b{i}" for i in range(100)))
+    assert len(one_sentence.edits) <= MAX_EDITS
+    assert parse_rules("remove the dog and add a cat").rule == "remove"      # no note under the cap
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("unit", ["and ", "and then ", "please ", "then ", "remove the a{}. ", "remove the x, "])
+def test_a_long_hostile_instruction_parses_in_linear_time(unit):
+    """200 KB of connectors ('and and and ...') took minutes (100 KB: 54 s): fillers were stripped by slicing the
+    token list again after each one, and the connector run was scanned again from every position; 200 KB of
+    distinct edits took 30 s deduplicating an unbounded list. An operator may raise max_instruction_chars."""
+    import time
+
+    text = "".join(unit.format(i) for i in range(200_000 // len(unit)))
+    start = time.process_time()
+    parse = parse_rules(text)
+    assert time.process_time() - start < 10, len(text)
+    assert parse.edits and parse.instruction == text

@@ -609,3 +609,39 @@ def test_cli_parse_file_with_a_bom_and_crlf(tmp_path, capsys):
     f.write_bytes("\ufeffremove the cat\n".encode())
     assert main(["parse", "--file", str(f)]) == 0
     assert json.loads(capsys.readouterr().out)["instruction"] == "remove the cat"
+
+
+@pytest.mark.parametrize("expected, said", [
+    ({"edit_type": "delete", "source": "dog"}, "expected edit_type 'delete' is not an edit type (known: add, remove, "),
+    ({"edit_type": "Remove", "source": "dog"}, "expected edit_type 'Remove' is not an edit type"),
+    ({"edit_type": ["remove"]}, "expected edit_type ['remove'] is not an edit type"),
+    ({"edit_type": {"a": 1}}, "expected edit_type {'a': 1} is not an edit type"),
+    ({"edit_type": "remove", "source": 5}, "expected source must be a string or null, not int 5"),
+    ({"edit_type": "remove", "edits": [5]}, "expected edits[0] is int 5, not an object"),
+    ({"edit_type": "remove", "edits": "remove"}, "expected edits must be a list, not str"),
+    ({"edit_type": "remove", "edits": [{"edit_type": "remove"}, {"edit_type": "zap"}]},
+     "expected edits[1] edit_type 'zap' is not an edit type"),
+])
+def test_cli_parse_file_refuses_expected_fields_it_cannot_score(tmp_path, capsys, expected, said):
+    """An expected edit type that is no edit type ('delete') was counted as the parser's miss without a word
+    (type_accuracy_by_type {"delete": 0.0}); a list or object as the type, a number as a concept or an `edits`
+    entry that is no object crashed the scoring with a traceback. Each is now the file's error, at its line."""
+    f = tmp_path / "dev.jsonl"
+    f.write_text(json.dumps({"instruction": "add a cat", "edit_type": "add", "target": "cat"}) + "\n"
+                 + json.dumps({"instruction": "remove the dog", **expected}) + "\n")
+    assert main(["parse", "--file", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [invalid_input]: 1 line(s) with expected fields that cannot be scored")
+    assert f"dev.jsonl:2: {said}" in err and "Traceback" not in err, err
+
+
+def test_cli_parse_file_says_every_bad_label_at_once_and_null_means_no_edit(tmp_path, capsys):
+    f = tmp_path / "dev.jsonl"
+    f.write_text("".join(json.dumps({"instruction": "remove the dog", "edit_type": "delete"}) + "\n"
+                         for _ in range(7)) + json.dumps({"instruction": None, "edit_type": None}) + "\n")
+    assert main(["parse", "--file", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "7 line(s)" in err and "dev.jsonl:5:" in err and "dev.jsonl:6:" not in err and "(and 2 more)" in err
+    f.write_text(json.dumps({"instruction": None, "edit_type": None}) + "\n")
+    assert main(["parse", "--file", str(f)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["type_accuracy"] == 1.0

@@ -106,3 +106,49 @@ def test_a_plugin_whose_constructor_raises_is_one_error_line(tmp_path, monkeypat
     err_text = capsys.readouterr().err
     assert "sigma: error [annotator_failed]: annotator 'ctor-fail' could not be built" in err_text
     assert "Traceback" not in err_text
+
+
+@pytest.mark.parametrize("source, said", [
+    ('raise RuntimeError("boom at import")\n', "failed: RuntimeError: boom at import"),
+    ("def f(:\n", "failed: SyntaxError: "),
+    ("import sys\nsys.exit(3)\n", "failed: SystemExit: 3"),
+    ('from sigma.registry import ANNOTATORS\nANNOTATORS.register("pixel-diff", "again")(lambda **kw: None)\n',
+     "failed: ValueError: annotator 'pixel-diff' registered twice"),
+])
+def test_a_plugin_module_that_fails_on_import_is_one_error_line(tmp_path, monkeypatch, capsys, source, said):
+    """Only ImportError was caught: a plugin module raising anything else at import (its own bug, a syntax error,
+    a name registered twice) came out of `--plugin` as a traceback (exit 1), and one calling sys.exit() ended the
+    command with its status and no word. Each is now invalid_config naming the module, exit 2."""
+    import uuid
+
+    from sigma.cli import main
+
+    module = f"plugin_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    capsys.readouterr()
+    assert main(["batch", "run", str(corpus), "--out", str(tmp_path / "run"), "--plugin", module,
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"sigma: error [invalid_config]: plugins: importing '{module}' {said}" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_plugin_factory_that_returns_no_annotator_is_refused_when_built(tmp_path, monkeypatch, capsys):
+    """A factory without its `return` gave None: a batch run went through every pair, each `annotator_failed:
+    AttributeError: 'NoneType' object has no attribute 'predict'`, and exited 0. It is refused before any work."""
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+    from sigma.registry import ANNOTATORS, Entry
+
+    monkeypatch.setitem(ANNOTATORS._entries, "no-return", Entry("no-return", lambda **kw: None, "test only",
+                                                                 lambda: "none"))
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    capsys.readouterr()
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator", "no-return",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "sigma: error [annotator_failed]: annotator 'no-return' could not be built: its factory returned a " \
+           "NoneType, not an annotator" in err, err

@@ -313,3 +313,219 @@ def test_ctrl_c_to_a_fleet_worker_with_decode_processes_finishes_the_shard(redis
     summary = RunDir(tmp_path / "run").summary()
     assert (summary["done"], summary["failed"], summary["pending"]) == (1, 0, 1), summary
     assert "1 shard(s) done" in log and "0 failed" in log, log
+
+
+def enqueue_job(client, prefix: str, annotator: str, instruction: str | None = None) -> str:
+    """One job queued as the API queues it (images and ENQUEUE in one MULTI), without starting an API."""
+    from sigma.service.jobs import ENQUEUE, enqueue_args, job_fields, new_job_id
+    from sigma.service.keys import Keys
+
+    keys, job_id = Keys(prefix), new_job_id()
+    original, edited = make_pair(seed=7)
+    fields = job_fields(job_id, annotator, "user", instruction, None, ["rle"])
+    ekeys, eargs = enqueue_args(keys, job_id, fields, 100, 60)
+    pipe = client.pipeline(transaction=True)
+    pipe.set(keys.blob(job_id, "original"), png_bytes(original), ex=60)
+    pipe.set(keys.blob(job_id, "edited"), png_bytes(edited), ex=60)
+    client.register_script(ENQUEUE)(keys=ekeys, args=eargs, client=pipe)
+    pipe.execute()
+    return job_id
+
+
+@pytest.mark.parametrize("gap_s", [0.01, 0.05])
+def test_a_burst_of_signals_mid_batch_always_exits_0_without_a_traceback(redis_server, tmp_path, gap_s):
+    """SIGTERM, then a burst of SIGTERM/SIGINT while the model runs (an impatient operator, a supervisor and a
+    terminal at once). The second signal raised `Interrupted` into the main thread; a third landed in the unwinding
+    (`Exception ignored ... Interrupted` from threading's shutdown) or after the interpreter had put the default
+    handlers back (killed, status -15). Now the second ends the process at once: status 0, no traceback, the job's
+    entry left pending for redelivery, the worker's heartbeat key deleted (or expiring within its TTL)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    proc = Proc(["worker", "--annotator", "slow-diff", "--plugin", "service_plugins", "--consumer", "burst",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}", "worker.options={delay_ms: 4000}"])],
+                base_env(redis_server.url), tmp_path / "worker.log")
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:worker:burst", "model_loaded") == b"1", 60, f"up\n{proc.output()}", 0.1)
+        job_id = enqueue_job(r, prefix, "slow-diff")
+        wait_until(lambda: r.hget(f"{prefix}:job:{job_id}", "status") == b"running", 20, "the batch", 0.05)
+        time.sleep(0.3)                                   # inside the 4 s predict
+        t0 = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        for n in range(8):
+            if not proc.alive():
+                break
+            proc.signal(signal.SIGINT if n % 3 == 2 else signal.SIGTERM)
+            time.sleep(gap_s)
+        code, log = finished(proc, 30)
+    finally:
+        proc.stop()
+    assert code == 0, log
+    assert "Traceback" not in log and "Exception ignored" not in log and "Logging error" not in log, log
+    assert time.monotonic() - t0 < 3.5, log                # not after the 4 s batch
+    assert "stopped (second SIGTERM: the batch in hand is left to be redelivered)" in log, log
+    assert r.xpending(f"{prefix}:stream:slow-diff", "sigma-workers")["pending"] == 1      # redelivered later
+    assert r.hget(f"{prefix}:job:{job_id}", "status") == b"running"
+    key = f"{prefix}:worker:burst"
+    assert not r.exists(key) or 0 < r.pttl(key) <= 1500, r.pttl(key)     # FAST: heartbeat_ttl_ms=1500
+
+
+def test_a_batch_that_hangs_ends_the_worker_and_its_job_is_dead_lettered(redis_server, tmp_path):
+    """A model that never returns (a deadlock in native code, a plugin's endless loop) held its batch for ever: the
+    heartbeat extended the entries' leases, so no other worker took them, the job stayed `running` and its client
+    waited for ever. Past worker.batch_timeout_s the heartbeat thread records `worker_hung` in the job and the
+    worker exits with status 1 (no traceback) for its supervisor to restart; each delivery ends so, until the
+    entry is dead-lettered with that as its last error."""
+    import json
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    job_id = enqueue_job(r, prefix, "hang-diff", instruction="hang the picture on the wall")
+    logs = []
+    for attempt in range(6):
+        proc = Proc(["worker", "--annotator", "hang-diff", "--plugin", "service_plugins", "--consumer", f"h{attempt}",
+                     *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.batch_timeout_s=1.5"])],
+                    base_env(redis_server.url), tmp_path / f"worker-{attempt}.log")
+        try:
+            wait_until(lambda p=proc: not p.alive() or r.hget(f"{prefix}:job:{job_id}", "status") == b"failed", 60,
+                       f"the worker to end or the job to fail\n{proc.output()}", 0.1)
+        finally:
+            code = proc.stop()
+        log = proc.output()
+        logs.append(log)
+        if r.hget(f"{prefix}:job:{job_id}", "status") == b"failed":
+            assert code == 0 and "Traceback" not in log, log            # the worker that dead-lettered it
+            break
+        assert code == 1 and "hang-diff: hanging" in log, log
+        assert "a batch hung for" in log and "Traceback" not in log, log
+        assert json.loads(r.hget(f"{prefix}:job:{job_id}", "last_error"))["code"] == "worker_hung"
+        assert r.hget(f"{prefix}:job:{job_id}", "status") == b"queued"
+        assert not r.exists(f"{prefix}:worker:h{attempt}")
+        time.sleep(0.9)                                      # the lease (800 ms) runs out: redelivered
+    error = json.loads(r.hget(f"{prefix}:job:{job_id}", "error"))
+    assert error["code"] == "dead_letter" and error["last_error"]["code"] == "worker_hung", error
+    assert attempt == 3, logs                                # max_deliveries=3 hangs, then dead-lettered
+    assert r.xlen(f"{prefix}:dead:hang-diff") == 1
+
+
+def test_extras_json_cannot_hold_do_not_end_the_worker_or_cost_the_batch(redis_server, tmp_path):
+    """A plugin's extras holding a set, bytes or another object made storing the job fail with a TypeError, which
+    ended the worker as a bug: the batch was redelivered, and the good job read with it spent its deliveries too
+    (all dead-lettered as worker_lost). Now such values are stored in a JSON form and both jobs are done at once."""
+    import json
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    good = enqueue_job(r, prefix, "odd-extra", instruction="remove the box")
+    odd = enqueue_job(r, prefix, "odd-extra", instruction="remove the odd box")
+    proc = Proc(["worker", "--annotator", "odd-extra", "--plugin", "service_plugins", "--consumer", "odd",
+                 *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.max_batch_size=4"])],
+                base_env(redis_server.url), tmp_path / "worker.log")
+    try:
+        wait_until(lambda: {r.hget(f"{prefix}:job:{j}", "status") for j in (good, odd)} == {b"done"}, 60,
+                   f"both jobs done\n{proc.output()}", 0.1)
+        assert proc.alive(), proc.output()
+    finally:
+        code = proc.stop()
+    assert code == 0 and "Traceback" not in proc.output(), proc.output()
+    assert [r.hget(f"{prefix}:job:{j}", "attempts") for j in (good, odd)] == [b"1", b"1"]    # first delivery
+    result = json.loads(r.hget(f"{prefix}:job:{odd}", "result"))
+    assert (result["tags"], result["blob"], result["when"], result["small"], result["nan"]) == (
+        ["a", "b"], {"bytes": 10}, "an odd thing", [0, 1, 2], None), result
+    assert result["map"] == {"array_shape": [100, 100], "dtype": "float32"}
+    assert "tags" not in json.loads(r.hget(f"{prefix}:job:{good}", "result"))
+
+
+def test_a_worker_that_leaks_is_recycled_between_batches(redis_server, tmp_path):
+    """A model or plugin that leaks grew the worker until the OOM killer ended it mid-batch (the batch redelivered,
+    a delivery spent). With worker.max_rss_mb, the worker stops after the batch that took it past the limit, with
+    that batch stored and acknowledged (status 0, for its supervisor to start a fresh one)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    common = ["worker", "--annotator", "leak-diff", "--plugin", "service_plugins"]
+
+    def worker(name: str, extra: list[str]) -> Proc:
+        return Proc([*common, "--consumer", name, *sets([*FAST[:6], f"redis.key_prefix={prefix}",
+                                                         "worker.options={leak_mb: 100}", *extra])],
+                    base_env(redis_server.url), tmp_path / f"{name}.log")
+    probe = worker("probe", [])
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:worker:probe", "model_loaded") == b"1", 60, probe.output(), 0.1)
+        loaded = float(r.hget(f"{prefix}:worker:probe", "rss_mb"))          # what a loaded worker holds
+    finally:
+        assert probe.stop() == 0
+    proc = worker("leaky", [f"worker.max_rss_mb={int(loaded + 150)}"])
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:worker:leaky", "model_loaded") == b"1", 60, proc.output(), 0.1)
+        jobs = []
+        for n in range(4):
+            jobs.append(enqueue_job(r, prefix, "leak-diff", instruction=f"remove box {n}"))
+            wait_until(lambda j=jobs[-1]: r.hget(f"{prefix}:job:{j}", "status") == b"done" or not proc.alive(), 30,
+                       proc.output(), 0.05)
+            try:
+                proc.p.wait(timeout=1.5)           # the memory is checked once the batch is stored
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        code, log = finished(proc, 30)
+    finally:
+        proc.stop()
+    assert code == 0 and "Traceback" not in log, log
+    assert len(jobs) == 2 and "exceeds worker.max_rss_mb" in log, (len(jobs), log)   # +100 MiB, then +200
+    assert [r.hget(f"{prefix}:job:{j}", "status") for j in jobs] == [b"done", b"done"]
+    assert r.xpending(f"{prefix}:stream:leak-diff", "sigma-workers")["pending"] == 0     # nothing left held
+
+
+def test_a_model_that_calls_sys_exit_fails_its_job_not_the_worker(redis_server, tmp_path):
+    """A plugin (or a library it calls) giving up with sys.exit() on one pair ended the worker: the batch was
+    redelivered, and the good job read with the bad one spent a delivery each time until both were dead-lettered
+    as worker_lost. Now the exit is that pair's model error: the good job is done on its first delivery, the bad
+    one is retried and dead-lettered saying so, and the worker lives on."""
+    import json
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    good = enqueue_job(r, prefix, "exit-diff", instruction="remove the box")
+    bad = enqueue_job(r, prefix, "exit-diff", instruction="remove the exit sign")
+    proc = Proc(["worker", "--annotator", "exit-diff", "--plugin", "service_plugins", "--consumer", "exits",
+                 *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.max_batch_size=4"])],
+                base_env(redis_server.url), tmp_path / "worker.log")
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:job:{bad}", "status") == b"failed", 60, f"the bad job\n{proc.output()}",
+                   0.1)
+        assert proc.alive(), proc.output()
+    finally:
+        code = proc.stop()
+    assert code == 0 and "Traceback" not in proc.output(), proc.output()
+    assert r.hget(f"{prefix}:job:{good}", "status") == b"done" and r.hget(f"{prefix}:job:{good}", "attempts") == b"1"
+    error = json.loads(r.hget(f"{prefix}:job:{bad}", "error"))
+    assert error["code"] == "dead_letter" and "sys.exit(3)" in error["last_error"]["message"], error
+
+
+def test_a_second_signal_during_a_long_native_call_exits_at_once(redis_server, tmp_path):
+    """The signal handlers were Python-level: they ran only when the main thread next executed Python bytecode, so
+    while the model spent 15 s in one native call (a forward pass; PBKDF2 here) the second SIGTERM waited for it.
+    The signals thread (set_wakeup_fd) now answers at once: status 0, the job left pending for redelivery."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    proc = Proc(["worker", "--annotator", "native-slow", "--plugin", "service_plugins", "--consumer", "native",
+                 *sets([*FAST[:6], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
+                tmp_path / "worker.log")
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:worker:native", "model_loaded") == b"1", 60, proc.output(), 0.1)
+        job_id = enqueue_job(r, prefix, "native-slow")
+        wait_until(lambda: "native-slow: in the native call" in proc.output(), 20, proc.output(), 0.05)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.signal(signal.SIGTERM)
+        code, log = finished(proc, 60)
+        took = time.monotonic() - t0
+    finally:
+        proc.stop()
+    assert code == 0 and "Traceback" not in log, log
+    assert took < 3, (took, log)                          # not after the native call (about 15 s)
+    assert "SIGTERM: stopping" in log and "stopped (second SIGTERM" in log, log
+    assert r.hget(f"{prefix}:job:{job_id}", "status") == b"running"
+    assert r.xpending(f"{prefix}:stream:native-slow", "sigma-workers")["pending"] == 1

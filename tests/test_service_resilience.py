@@ -471,3 +471,44 @@ def test_readyz_names_no_redis_address(stack):
     assert down.json()["checks"]["redis"]["ok"] is False
     wait_until(lambda: svc.http.get("/readyz").status_code == 200, 20, "/readyz to recover")
     stack.assert_all_alive()
+
+
+class SlowHandler(MarkingHandler):
+    """Takes `delay_s` over each batch of one entry."""
+
+    batch_size = 1
+
+    def __init__(self, client, key: str, delay_s: float):
+        super().__init__(client, key)
+        self.delay_s = delay_s
+
+    def handle(self, entries):
+        time.sleep(self.delay_s)
+        return super().handle(entries)
+
+
+def test_every_stuck_batch_is_reported_not_only_the_first(redis_server):
+    """handle_timeout_s: the heartbeat thread reports a batch handled for longer (`on_stuck`, the worker's exit).
+    The reported flag was never reset, so after a stuck batch that came back, the next one went unnoticed."""
+    from sigma.service.connections import sync_client
+    from sigma.service.consumer import Consumer
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings, RedisSettings
+
+    prefix = f"stuck-{uuid.uuid4().hex[:6]}"
+    qs = QueueSettings(lease_ms=5000, block_ms=50, reclaim_interval_ms=1000, heartbeat_interval_ms=50,
+                       heartbeat_ttl_ms=500, max_deliveries=3)
+    client = sync_client(RedisSettings(url=redis_server.url), block_ms=qs.block_ms)
+    queue = StreamQueue(client, f"{prefix}:s", "g", "c1", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                        dead_stream=f"{prefix}:dead")
+    queue.ensure_group()
+    for n in range(2):
+        queue.add({"n": str(n)})
+    reported: list[tuple[list[str], float]] = []
+    consumer = Consumer(client, queue, SlowHandler(client, f"{prefix}:marks", 1.5), qs, heartbeat_key=f"{prefix}:hb",
+                        handle_timeout_s=0.3, on_stuck=lambda entries, s: reported.append(([e.fields["n"]
+                                                                                               for e in entries], s)))
+    consumer.run(max_batches=2)
+    assert [names for names, _ in reported] == [["0"], ["1"]], reported
+    assert all(0.3 <= s < 1.5 for _, s in reported), reported
+    assert consumer.counts.acked == 2

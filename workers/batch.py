@@ -10,10 +10,11 @@ import threading
 
 from sigma.registry import import_plugins
 from sigma.service.connections import display_url
+from sigma.service.consumer import default_consumer
 from sigma.service.fleet import run_batch_worker
 from sigma.service.keys import Keys
 from sigma.service.settings import ServeConfig
-from sigma.workers.lifecycle import Interrupted, StopSignals, report_unreachable_redis
+from sigma.workers.lifecycle import Interrupted, StopSignals, forget_worker_key, report_unreachable_redis
 
 
 def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = None) -> int:
@@ -21,21 +22,25 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import_plugins(cfg.worker.plugins, "worker.plugins")
     stop = threading.Event()
-    signals = StopSignals(stop).install()
+    consumer = consumer or default_consumer()
     stream = Keys(cfg.redis.key_prefix).batch_tasks()
     print(f"sigma worker --batch: consuming {stream} on {display_url(cfg.redis.url)}", flush=True)
 
     def say_stopped(reason: str) -> None:
         print(f"sigma worker --batch: stopped ({reason})", flush=True)
 
+    signals = StopSignals(stop, say_stopped).install()
+    signals.at_hard_exit(forget_worker_key(cfg.redis, Keys(cfg.redis.key_prefix).batch_worker(consumer)))
     try:
-        with signals.abrupt_while("checking Redis", say_stopped):
+        with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker --batch")
         stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop,
                                  run_read_retry_s=cfg.worker.run_read_retry_s)
     except Interrupted as exc:
         say_stopped(str(exc))
+        signals.end(0)
         return 0
     print(f"sigma worker --batch: {stats.done} shard(s) done, {stats.skipped} already done, {stats.failed} failed, "
           f"{stats.dead} dead-lettered", flush=True)
+    signals.end(0)
     return 0

@@ -1,15 +1,36 @@
 """What every `sigma worker` process does around its consumer loop: stop cleanly on a signal, and say where it
 looks for Redis when Redis is not there.
 
-Signals (SIGTERM, SIGINT/Ctrl-C) always end the process with status 0 and no traceback:
+Signals (SIGTERM, SIGINT/Ctrl-C), however many and however close together, always end the process with status 0
+and no traceback:
 - while waiting for Redis, and between batches: the consumer loop sees `stop` and returns at once;
 - while loading the model (or probing Redis at start-up) there is nothing to finish: the process says so and
-  exits at once rather than after a load that may take minutes. It exits from the handler (`os._exit`) instead
-  of raising, because the main thread is then often inside C++ that called back into Python (torch's import,
-  an unpickler, a model library's loader): an exception raised there crosses pybind11 and aborts the process
-  (SIGABRT, status -6, seen in CI), and a loader with a bare `except` would swallow it and load on;
-- during a batch: the batch is finished, stored and acknowledged first; a second signal leaves it (its
+  exits at once rather than after a load that may take minutes;
+- during a batch: the batch is finished, stored and acknowledged first; a second signal leaves it at once (its
   entries stay pending and are redelivered after the lease: at-least-once delivery makes that safe).
+
+Signals are acted on in a thread of their own, woken by `signal.set_wakeup_fd` (`StopSignals.install`), so the
+answer does not wait for the main thread to return from a long native call. Every abrupt end (a signal while
+loading, a second signal) is a hard exit from that thread (`os._exit(0)` after saying why and deleting the
+worker's heartbeat key), never an exception raised into the main thread. The main
+thread is then most often inside the model, and often inside C++ that called back into Python (torch's import
+and ops, an unpickler, a model library's loader): an exception raised there crosses pybind11 and aborts the
+process (SIGABRT, status -6, seen in CI at load time), and a plugin or loader with a bare `except` swallows it and
+goes on. Raising on the second signal had a further hazard: a third signal landed in the unwinding and raised again
+(a traceback from `except`/`finally` blocks or threading's shutdown), or came after the interpreter had put the
+default handlers back during finalization and killed the process (status -15). A hard exit loses nothing the
+unwinding would have kept: results already stored stay stored, the batch in hand was to be redelivered anyway,
+decode processes die with their parent, and the heartbeat key is deleted on a connection of its own (or, when
+Redis does not answer within a second or a last beat races the delete, expires after `queue.heartbeat_ttl_ms`
+as any dead worker's key does). A signal while the hard exit runs ends the process at once (when the main thread
+runs Python; else when the cleanup's one-second timeout ends). A worker that stopped
+normally also ends with `os._exit` (`StopSignals.end`), so a signal during the interpreter's finalization cannot
+kill it with a default handler either.
+
+A batch that runs past `worker.batch_timeout_s` (a model hung in native code, a plugin's endless loop; the
+heartbeat would otherwise extend its leases for ever and its jobs would never end) is noticed by the heartbeat
+thread: the jobs get `worker_hung` as their last error and the process ends the same way, with status 1, for its
+supervisor to restart it; the entries are redelivered after the lease (dead-lettered after `max_deliveries`).
 
 Start-up without Redis: one clear line on stderr naming the URL and `SIGMA_REDIS_URL`, then the worker waits
 (as it waits out any outage once running) — a worker started before its Redis, as compose or a supervisor
@@ -24,6 +45,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sigma.service.connections import display_url
 from sigma.service.settings import RedisSettings
@@ -32,64 +54,136 @@ log = logging.getLogger("sigma.worker")
 
 
 class Interrupted(BaseException):
-    """A stop signal where there is nothing to finish, or a second one. A BaseException, as KeyboardInterrupt is:
-    it is raised wherever the main thread happens to be — most often inside the model — and the `except Exception`
-    that isolates a bad pair or a failed shard must not take it for the model's failure (it did: the signal was
-    swallowed, the batch retried pair by pair, and a later signal published a shard as done with a pair recorded as
-    `annotator_failed: Interrupted`)."""
+    """A stop that came before a step with nothing to finish (`abrupt_while` entered with `stop` already set). A
+    BaseException, as KeyboardInterrupt is, so that no `except Exception` takes it for a failure."""
 
 
 class StopSignals:
-    """SIGTERM/SIGINT set `stop`; inside `abrupt_while(...)` they end the process (status 0); on a second signal
-    they raise `Interrupted`."""
+    """SIGTERM/SIGINT set `stop`; inside `abrupt_while(...)`, and on a second signal, they end the process at once
+    (status 0) after saying why (`say`) and running the `at_hard_exit` cleanups."""
 
-    def __init__(self, stop: threading.Event):
+    def __init__(self, stop: threading.Event, say: Callable[[str], None] | None = None):
         self.stop = stop
         self.received = 0
-        self._abrupt: tuple[str, Callable[[str], None]] | None = None
+        self.say = say or (lambda reason: log.info("stopped (%s)", reason))
+        self._abrupt: str | None = None
+        self._exiting = False
+        self._cleanups: list[Callable[[], None]] = []
 
     def install(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+        """The signals are acted on in a thread of their own ("sigma-signals"), woken through `set_wakeup_fd`, not
+        in a Python-level handler: that one runs only when the main thread next executes Python bytecode, so a
+        second signal during a long native call (a forward pass, a codec, a model's import) waited for the call to
+        return (tens of seconds), and a third, raised into the unwinding, was a traceback. The Python-level handler
+        only ends a process that is already exiting."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._in_main_thread)
+        threading.Thread(target=self._watch, args=(read_fd,), name="sigma-signals", daemon=True).start()
         return self
 
-    def _on_signal(self, signum: int, _frame) -> None:
+    def _in_main_thread(self, _signum: int, _frame) -> None:
+        if self._exiting:          # a signal while the hard exit says why or cleans up: end now
+            os._exit(0)
+
+    def _watch(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            for signum in data:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self._on_signal(signum)
+
+    def at_hard_exit(self, cleanup: Callable[[], None]) -> None:
+        """`cleanup()` runs before a hard exit, in the signal handler: it must be quick, bounded (a timeout on
+        any I/O) and share no lock with the main thread (a Redis client of its own, not the worker's)."""
+        self._cleanups.append(cleanup)
+
+    def _on_signal(self, signum: int) -> None:
+        """In the signals thread: count, set `stop`, and end the process where that is the answer."""
+        if self._exiting:
+            os._exit(0)
         self.received += 1
         self.stop.set()
         name = signal.Signals(signum).name
         if self._abrupt is not None:
-            doing, say = self._abrupt
-            try:
-                say(f"{name} while {doing}")       # may fail (a reentrant write to a stream the thread was in)
-            finally:
-                exit_now(0)
+            self.hard_exit(f"{name} while {self._abrupt}")
         if self.received > 1:
-            raise Interrupted(f"second {name}: the batch in hand is left to be redelivered")
-        log.info("%s: stopping; a batch in hand is finished first (send %s again to leave it to another worker)",
-                 name, name)
+            self.hard_exit(f"second {name}: the batch in hand is left to be redelivered")
+        quietly(log.info, "%s: stopping; a batch in hand is finished first (send %s again to leave it to another "
+                "worker)", name, name)
+
+    def hard_exit(self, reason: str, code: int = 0) -> None:
+        """Say why, run the cleanups (each failure ignored), and end the process with `code` without unwinding
+        the main thread. Also from another thread (a stuck batch noticed by the heartbeat: status 1)."""
+        self._exiting = True
+        quietly(self.say, reason)
+        for cleanup in self._cleanups:
+            quietly(cleanup)
+        exit_now(code)
+
+    def end(self, code: int) -> None:
+        """The worker is done: end the process now, as a hard exit does, instead of through the interpreter's
+        finalization (which puts the default handlers back: a signal then killed the process, status -15)."""
+        self._exiting = True
+        exit_now(code)
 
     @contextmanager
-    def abrupt_while(self, doing: str, say: Callable[[str], None]) -> Iterator[None]:
-        """While `doing` holds nothing worth finishing, a signal calls `say(reason)` and exits with status 0."""
+    def abrupt_while(self, doing: str) -> Iterator[None]:
+        """While `doing` holds nothing worth finishing, a signal says so and exits with status 0."""
         if self.stop.is_set():
             raise Interrupted(f"stopped before {doing}")
-        self._abrupt = (doing, say)
+        self._abrupt = doing
         try:
             yield
         finally:
             self._abrupt = None
 
 
+def quietly(fn: Callable[..., Any], *args: Any) -> None:
+    """`fn(*args)` from a signal handler: a failure (a reentrant write to a stream the main thread was writing
+    to) is dropped, and logging's own error report (a traceback on stderr) is kept quiet meanwhile."""
+    raise_exceptions = logging.raiseExceptions
+    logging.raiseExceptions = False
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - nothing said is worth a traceback while stopping
+        pass
+    finally:
+        logging.raiseExceptions = raise_exceptions
+
+
 def exit_now(code: int) -> None:
     """End the process without unwinding the main thread (which may be inside C++): flush what was said first."""
-    logging.shutdown()
+    quietly(logging.shutdown)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - a closed stream, or one the main thread was writing to (reentrant)
             pass
     os._exit(code)
+
+
+def forget_worker_key(settings: RedisSettings, key: str) -> Callable[[], None]:
+    """A hard-exit cleanup deleting a worker's heartbeat key, on a connection of its own with a 1 s timeout."""
+
+    def cleanup() -> None:
+        from sigma.service.connections import probe_client
+
+        client = probe_client(settings, timeout_s=1.0)
+        try:
+            client.delete(key)
+        finally:
+            client.close()
+    return cleanup
 
 
 def report_unreachable_redis(settings: RedisSettings, command: str) -> bool:

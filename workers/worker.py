@@ -5,21 +5,28 @@ entries idle past the lease, dead-letter those delivered `max_deliveries` times,
 `max_batch_size` entries, annotate, store each result and only then acknowledge. Redis outages, stalls
 and `maxmemory` refusals are waited out (backoff with jitter, results kept until stored), at start-up too
 (after one line on stderr naming the URL). SIGTERM/SIGINT: exit 0 — at once while loading or waiting,
-after finishing, storing and acknowledging the batch in hand otherwise (`lifecycle.py`).
+after finishing, storing and acknowledging the batch in hand otherwise, at once on a second signal
+(`lifecycle.py`).
 """
 from __future__ import annotations
 
 import logging
 import threading
 
-from sigma.service.annotation import AnnotationHandler
+from sigma.service.annotation import AnnotationHandler, rss_mb
 from sigma.service.connections import sync_client
 from sigma.service.consumer import Consumer, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.predictor import Predictor
-from sigma.service.queue import StreamQueue
+from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import ServeConfig
-from sigma.workers.lifecycle import Interrupted, StopSignals, report_unreachable_redis
+from sigma.workers.lifecycle import (
+    Interrupted,
+    StopSignals,
+    forget_worker_key,
+    quietly,
+    report_unreachable_redis,
+)
 
 log = logging.getLogger("sigma.worker")
 
@@ -40,30 +47,53 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
     handler = AnnotationHandler(client, keys, annotator, predictor, consumer=name, result_ttl_s=q.result_ttl_s,
                                 batch_size=cfg.worker.max_batch_size, max_wait_ms=cfg.worker.max_wait_ms)
     return Consumer(client, queue, handler, q, heartbeat_key=keys.worker(name), stop=stop,
-                    describe=f"worker {name} ({annotator})")
+                    describe=f"worker {name} ({annotator})", handle_timeout_s=cfg.worker.batch_timeout_s or None)
 
 
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
+    """Runs until stopped, then ends the process (status 0: `StopSignals.end`); errors before the loop (a plugin
+    that cannot be imported, an annotator that cannot be built) are raised for the CLI to say."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
-    signals = StopSignals(stop).install()
     worker = build_worker(cfg, consumer=consumer, stop=stop)
     handler: AnnotationHandler = worker.handler  # type: ignore[assignment]
 
     def say_stopped(reason: str) -> None:
         log.info("%s: stopped (%s)", worker.describe, reason)
 
+    signals = StopSignals(stop, say_stopped).install()
+    signals.at_hard_exit(forget_worker_key(cfg.redis, worker.heartbeat.key))
+
+    def on_stuck(entries: list[Entry], seconds: float) -> None:
+        """A batch hung: say so in each job (its dead-letter record will), then end for the supervisor."""
+        error = {"code": "worker_hung", "message": f"the worker had no result after {seconds:.0f} s "
+                 f"(worker.batch_timeout_s={cfg.worker.batch_timeout_s:g}) and exited to be restarted"}
+        for entry in entries:
+            quietly(handler.on_retry, entry, error)
+        signals.hard_exit(f"a batch hung for {seconds:.0f} s (worker.batch_timeout_s); exiting with status 1", 1)
+    worker.on_stuck = on_stuck
+
+    def recycle_when_big() -> None:
+        """After a stored batch: past worker.max_rss_mb (a leak), stop for the supervisor to start a fresh one."""
+        rss = rss_mb()
+        if cfg.worker.max_rss_mb and rss is not None and rss > cfg.worker.max_rss_mb and not stop.is_set():
+            log.warning("%s: resident memory %.0f MiB exceeds worker.max_rss_mb=%d after a batch; stopping for a fresh "
+                        "process", worker.describe, rss, cfg.worker.max_rss_mb)
+            stop.set()
+    worker.after_batch = recycle_when_big
     try:
-        with signals.abrupt_while("checking Redis", say_stopped):
+        with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker")
         log.info("%s: loading the annotator", worker.describe)
-        with signals.abrupt_while("loading the model", say_stopped):
+        with signals.abrupt_while("loading the model"):
             handler.predictor.setup()
         log.info("%s: loaded in %.0f ms, consuming %s", worker.describe, handler.predictor.setup_ms or 0,
                  worker.queue.stream)
         counts = worker.run()
     except Interrupted as exc:
         say_stopped(str(exc))
+        signals.end(0)
         return 0
     log.info("%s: stopped after %s %s", worker.describe, counts.as_dict(), handler.counts)
+    signals.end(0)
     return 0

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError
 from sigma.annotators.footprint import CompositeTest, FootprintConfig, choose, composite_test
 from sigma.config.loader import config_hash
 from sigma.config.schema import Strict
-from sigma.errors import ConfigError
+from sigma.errors import ConfigError, SigmaError
 from sigma.types import Annotation, MaskMode, Pair, check_mask_mode
 from sigma.version import model_identity
 
@@ -55,6 +55,9 @@ class Prediction:
 
 
 Thresholds = float | Sequence[float | None] | None
+# How far outside [0, 1] a probability map may stray (rounding in a half-precision or exported network) before it
+# is refused as broken rather than clipped: a map on another scale (0-255, logits) is a bug, never slop.
+PROB_SLACK = 1e-3
 
 
 def check_threshold(value: Any) -> float:
@@ -117,7 +120,8 @@ class Annotator(ABC):
 
     @abstractmethod
     def _predict_batch(self, pairs: list[Pair]) -> Sequence[Prediction | tuple[np.ndarray, dict[str, Any]]]:
-        """Per pair: a float32 probability map at the pair's size, and extra result fields."""
+        """Per pair, in order: a probability map at the pair's size (float, values in [0, 1]) and a dict of extra
+        result fields; `predict` refuses anything else (`_prediction`)."""
 
     # -- the one place a mask is made ---------------------------------------------------------
     def binarize(self, prob: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -218,23 +222,62 @@ class Annotator(ABC):
         thresholds = self._thresholds(threshold, len(pairs))
         modes = self._mask_modes(mask_mode, len(pairs))
         start = time.perf_counter()
-        outputs = self._predict_batch(pairs)
+        outputs = list(self._predict_batch(pairs))
         per_pair_ms = (time.perf_counter() - start) * 1000.0 / len(pairs)
+        if len(outputs) != len(pairs):
+            raise self._broken(f"{len(outputs)} results for {len(pairs)} pairs")
         annotations = []
         for pair, out, t, mode in zip(pairs, outputs, thresholds, modes, strict=True):
-            pred = out if isinstance(out, Prediction) else Prediction(out[0], out[1])
-            if pred.prob.shape != pair.size:
-                raise RuntimeError(f"{self.name} returned a {pred.prob.shape} map for a {pair.size} pair")
-            prob = pred.prob.astype(np.float32, copy=False)
-            if not np.isfinite(prob).all():   # NaN > t is False: an empty mask said as a result, not an error
-                bad = int(prob.size - np.count_nonzero(np.isfinite(prob)))
-                raise RuntimeError(f"{self.name} returned a probability map with {bad} non-finite values "
-                                   f"(NaN or inf) for pair {pair.pair_id}")
-            prob = np.clip(prob, 0.0, 1.0, out=prob if prob.flags.writeable else None)   # no 64 MB copy at 16 Mpx
+            pred = self._prediction(out, pair)
             extra = dict(pred.extra)
             timings = {"predict": per_pair_ms, **extra.pop("timings_ms", {})}
-            annotations.append(self.finalize(pair, prob, extra, pred.context, t, timings, mode))
+            annotations.append(self.finalize(pair, pred.prob, extra, pred.context, t, timings, mode))
         return annotations
+
+    def _broken(self, what: str) -> SigmaError:
+        return SigmaError(f"annotator {self.name!r} broke the output contract: {what} (docs/ARCHITECTURE.md, "
+                          f"'The annotator output contract')", code="annotator_failed")
+
+    def _prediction(self, out: Any, pair: Pair) -> Prediction:
+        """One pair's output, checked against the contract: a floating-point (or bool) array of the pair's size
+        with every value in [0, 1] (within PROB_SLACK, then clipped), and a dict of extras. A map on a 0-255
+        scale used to be clipped silently (every changed pixel 1, a full box said as a result); NaN thresholded
+        to an empty mask. Either is now the pair's error (`annotator_failed`) naming the annotator and the pair."""
+        if isinstance(out, Prediction):
+            pred = out
+        elif isinstance(out, tuple) and len(out) == 2:
+            pred = Prediction(out[0], out[1])
+        else:
+            raise self._broken(f"pair {pair.pair_id}: a {type(out).__name__} instead of a Prediction or a "
+                               f"(prob, extra) tuple")
+        prob = pred.prob
+        if not isinstance(prob, np.ndarray):
+            raise self._broken(f"pair {pair.pair_id}: the probability map is a {type(prob).__name__}, not a numpy "
+                               f"array")
+        if prob.dtype.kind not in "fb":
+            raise self._broken(f"pair {pair.pair_id}: a {prob.dtype} probability map; it must be floating-point "
+                               f"in [0, 1] (a 0-255 map: divide by 255)")
+        if prob.shape != pair.size:
+            raise self._broken(f"pair {pair.pair_id}: a {prob.shape} map for a {pair.size} pair")
+        for what, value in (("extra fields", pred.extra), ("context", pred.context)):
+            if not isinstance(value, dict):
+                raise self._broken(f"pair {pair.pair_id}: the {what} must be a dict, not a {type(value).__name__}")
+        prob = prob.astype(np.float32, copy=False)
+        if prob.size:
+            lo, hi = float(prob.min()), float(prob.max())     # NaN propagates to both, inf to one
+            if not (lo >= -PROB_SLACK and hi <= 1.0 + PROB_SLACK):
+                finite = np.isfinite(prob)
+                bad = int(prob.size - np.count_nonzero(finite))
+                if bad:   # NaN > t is False: an empty mask said as a result, not an error
+                    raise self._broken(f"pair {pair.pair_id}: a probability map with {bad} non-finite values "
+                                       f"(NaN or inf)")
+                outside = int(np.count_nonzero((prob < -PROB_SLACK) | (prob > 1.0 + PROB_SLACK)))
+                hint = " (a 0-255 map? divide by 255)" if hi > 1.0 + PROB_SLACK and hi <= 255.0 else ""
+                raise self._broken(f"pair {pair.pair_id}: a probability map with {outside} values outside [0, 1] "
+                                   f"(min {lo:g}, max {hi:g}){hint}")
+            if lo < 0.0 or hi > 1.0:   # rounding slop only: no 64 MB copy at 16 Mpx when the map is writable
+                prob = np.clip(prob, 0.0, 1.0, out=prob if prob.flags.writeable else None)
+        return Prediction(prob, pred.extra, pred.context)
 
     def __call__(self, pairs: list[Pair], threshold: Thresholds = None, mask_mode: MaskModes = None
                  ) -> list[Annotation]:

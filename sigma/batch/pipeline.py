@@ -171,6 +171,34 @@ def decode_process_init(parent_pid: int) -> None:
     die_with_parent(parent_pid)
 
 
+class RecordingContext:
+    """A multiprocessing context (the one `method` names) that remembers every process it starts. A
+    ProcessPoolExecutor starts its workers through its `mp_context`, so a pool made with one of these has its
+    workers here, to be killed with the public `Process.kill` when it hangs (the executor has no public way)."""
+
+    def __init__(self, method: str):
+        self._context = multiprocessing.get_context(method)
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self._lock = threading.Lock()
+
+    def Process(self, *args: Any, **kwargs: Any) -> multiprocessing.process.BaseProcess:   # a context's name for it
+        process = self._context.Process(*args, **kwargs)
+        with self._lock:
+            self.processes.append(process)
+        return process
+
+    def kill_all(self) -> None:
+        """SIGKILL every process started that is still running (one not yet started is left alone)."""
+        with self._lock:
+            processes = list(self.processes)
+        for process in processes:
+            if process.pid is not None and process.exitcode is None:
+                process.kill()
+
+    def __getattr__(self, name: str) -> Any:      # SimpleQueue, Queue, get_start_method, ...: the real context's
+        return getattr(self._context, name)
+
+
 class Pipeline:
     """Reusable across calls (fleet workers keep one per process): holds the decode pool and annotator."""
 
@@ -183,6 +211,7 @@ class Pipeline:
         self.root = cfg.input.root
         self.stall_s = cfg.stall_s
         self.pool = None
+        self._pool_context: RecordingContext | None = None
         warm: list = []
         if self.workers > 0:
             self.pool = self._new_pool()
@@ -203,18 +232,22 @@ class Pipeline:
         # spawn (not fork): the parent may hold torch/CUDA state. The workers boot while the model loads.
         # die_with_parent: a SIGKILLed run must not leave decoders (and through them multiprocessing's resource
         # tracker) alive, blocked on a pipe nobody reads
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+        self._pool_context = RecordingContext("spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=self._pool_context,  # type: ignore[arg-type]
                                    initializer=decode_process_init, initargs=(os.getpid(),))
 
     def _replace_hung_pool(self) -> None:
         """A decode worker that gives no result for stall_s (stopped, deadlocked in a codec) would keep the run
         waiting for ever, and an executor cannot drop one worker: all of them are killed and a new pool takes
         over. Chunks already handed to the old pool fail with it (their shards are failed; --resume redoes
-        them)."""
-        old, self.pool = self.pool, self._new_pool()
-        for process in list(getattr(old, "_processes", {}).values()):
-            process.kill()
-        old.shutdown(wait=False, cancel_futures=True)
+        them). The workers are the processes the pool's context started (`RecordingContext`), not the
+        executor's private `_processes`."""
+        old, old_context = self.pool, self._pool_context
+        self.pool = self._new_pool()
+        if old_context is not None:
+            old_context.kill_all()
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -327,14 +360,18 @@ class Pipeline:
         try:
             annotations = self.annotator.predict([d.pair for d in batch])
             outcomes = list(zip(batch, annotations, [None] * len(batch)))
-        except Exception:  # noqa: BLE001 - isolate the bad pair below
-            # isolate the pair that broke the batch; the others are annotated one by one
+        except (Exception, SystemExit):  # noqa: BLE001 - isolate the bad pair below
+            # isolate the pair that broke the batch; the others are annotated one by one. A model (or a library it
+            # calls) giving up with sys.exit() is that pair's failure too: it ended the run with the exit's status
+            # and no word
             outcomes = []
             for d in batch:
                 try:
                     outcomes.append((d, self.annotator.predict([d.pair])[0], None))
                 except SigmaError as exc:
                     outcomes.append((d, None, (exc.code, exc.message)))
+                except SystemExit as exc:
+                    outcomes.append((d, None, ("annotator_failed", f"the model called sys.exit({exc.code!r})")))
                 except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
                     outcomes.append((d, None, ("annotator_failed", f"{type(exc).__name__}: {exc}")))
         for d, ann, err in outcomes:

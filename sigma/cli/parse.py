@@ -25,6 +25,7 @@ EXAMPLES = """examples:
 """
 
 MAX_CHARS = 1000
+MAX_PROBLEMS_SHOWN = 5   # lines said in the error when expected fields are bad; the rest are counted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,9 +65,14 @@ def _parser(args: argparse.Namespace):
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """The file's records, each checked; lines whose expected fields cannot be scored (an unknown edit type) are
+    said together, before the parser loads (a model backend takes seconds a line)."""
+    from sigma.parse.evaluate import expectation_problem
+
     if not path.is_file():
         raise InputError(f"--file {path}: no such file", code="file_not_found")
     records = []
+    problems: list[str] = []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
@@ -89,7 +95,14 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
             else:
                 rec = {"instruction": line}
             _check(rec["instruction"], f"{path}:{lineno}")
+            problem = expectation_problem(rec)
+            if problem is not None:
+                problems.append(f"{path}:{lineno}: {problem}")
             records.append(rec)
+    if problems:
+        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+        more = f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+        raise InputError(f"{len(problems)} line(s) with expected fields that cannot be scored: {shown}{more}")
     return records
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from sigma.errors import WeightsNotFoundError
 from sigma.parse.jsonrepair import QuoteState, repair_all
-from sigma.parse.phrases import extract_phrase, tokenize
+from sigma.parse.phrases import concept_match, extract_phrase, tokenize
 from sigma.parse.registry import register_parser
 from sigma.parse.rules import parse_rules
 from sigma.parse.types import Edit, ParsedInstruction
@@ -233,10 +234,42 @@ class LLMParser:
         return parse_answer(raw, text)
 
 
+def _same_object(a: Edit, b: Edit) -> bool:
+    """Two edits about the same thing: a concept of one matches a concept of the other (the types may differ: a
+    model's 'replace' for the rules' 'attribute'), or both are global."""
+    if a.edit_type == "global" or b.edit_type == "global":
+        return a.edit_type == b.edit_type
+    return any(concept_match(x, y) for x in (a.source, a.target) if x for y in (b.source, b.target) if y)
+
+
+def complete_from_rules(model: list[Edit], rules: Sequence[Edit]) -> list[Edit]:
+    """The contract every backend keeps: `edits` lists every edit the instruction asks for, in text order. A small
+    model (SmolLM2-135M) answers one object however many edits are asked ("remove the dog and make the sky red"
+    gave only the removal), so when the model found fewer edits than the rules parser's clause split, the rules'
+    edits it left out are added (their `rule` says `rules-completion`). When each model edit is one of the rules'
+    edits, the list takes the rules' (text) order with the model's version of each; otherwise the model's edits
+    come first and the rules' later clauses follow. A model that finds as many edits or more is left alone."""
+    if len(model) >= len(rules):
+        return list(model)
+
+    def completed(edit: Edit) -> Edit:
+        return edit.model_copy(update={"rule": f"rules-completion ({edit.rule})"})
+    where: dict[int, int] = {}                     # rules index -> model index
+    for j, edit in enumerate(model):
+        i = next((i for i, r in enumerate(rules) if i not in where and _same_object(edit, r)), None)
+        if i is None:
+            break
+        where[i] = j
+    if len(where) == len(model):
+        return [model[where[i]] if i in where else completed(r) for i, r in enumerate(rules)]
+    return [*model, *(completed(r) for r in rules[len(model):] if not any(_same_object(r, m) for m in model))]
+
+
 def parse_answer(raw: str, instruction: str, backend: str = "llm") -> ParsedInstruction:
     """Model text -> parse, one edit per JSON object in the answer. The rules parse (fallback=True)
     answers when the first object is not a valid edit; an invalid later object is dropped (and
-    counted in `rule`), since the edits before it stand on their own."""
+    counted in `rule`), since the edits before it stand on their own. Edits the model left out are completed
+    from the rules parse (`complete_from_rules`; counted in `rule`)."""
     objects = repair_all(raw, MAX_EDITS)
     edits: list[Edit] = []
     dropped = 0
@@ -255,7 +288,11 @@ def parse_answer(raw: str, instruction: str, backend: str = "llm") -> ParsedInst
             continue
         if (edit.edit_type, edit.source, edit.target) not in [(e.edit_type, e.source, e.target) for e in edits]:
             edits.append(edit)
+    found = len(edits)
+    edits = complete_from_rules(edits, parse_rules(instruction).edits)
     rule = "llm-json" if not dropped else f"llm-json ({dropped} invalid object(s) dropped)"
+    if len(edits) > found:
+        rule += f" + {len(edits) - found} edit(s) from rules"
     return ParsedInstruction(instruction=instruction, edits=edits, backend=backend, rule=rule)
 
 

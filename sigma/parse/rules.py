@@ -25,7 +25,7 @@ from sigma.parse.phrases import (
     tokenize,
 )
 from sigma.parse.registry import register_parser
-from sigma.parse.types import Edit, ParsedInstruction
+from sigma.parse.types import MAX_EDITS, Edit, ParsedInstruction
 
 _FILLERS = [
     ("please",), ("kindly",), ("can", "you"), ("could", "you"), ("would", "you"), ("will", "you"),
@@ -49,21 +49,24 @@ class Parse:
 
 
 def _strip_fillers(toks: list[str]) -> list[str]:
+    """Past leading fillers ('please', 'can you'), and punctuation at either end. Positions, not slices: slicing
+    after every filler made 100 KB of 'and ' take seconds here (quadratic)."""
+    low = [t.lower() for t in toks]
+    s, n = 0, len(toks)
     changed = True
-    while changed and toks:
+    while changed and s < n:
         changed = False
-        low = [t.lower() for t in toks]
         for filler in _FILLERS:
-            if tuple(low[: len(filler)]) == filler and len(toks) > len(filler):
+            if tuple(low[s:s + len(filler)]) == filler and n - s > len(filler):
                 # "let the sky be ..." keeps its verb; only "let's"/"let us" are fillers
-                toks = toks[len(filler):]
+                s += len(filler)
                 changed = True
                 break
-    while toks and not is_word(toks[-1]):
-        toks = toks[:-1]
-    while toks and not is_word(toks[0]):
-        toks = toks[1:]
-    return toks
+    while n > s and not is_word(toks[n - 1]):
+        n -= 1
+    while s < n and not is_word(toks[s]):
+        s += 1
+    return toks[s:n]
 
 
 def _skip_connectors(low: list[str], j: int) -> int:
@@ -706,6 +709,7 @@ def _parse_late_verb_or_keywords(toks, low, end: int) -> Parse | None:
 
 def _leading_fillers(low: list[str], s: int) -> int:
     """Past fillers and connectors at s ('and then please', 'first,'), keeping at least one token."""
+    to_end: set[int] = set()      # positions whose connectors run to the end: not scanned again (quadratic)
     changed = True
     while changed and s < len(low):
         changed = False
@@ -714,12 +718,25 @@ def _leading_fillers(low: list[str], s: int) -> int:
                 s += len(filler)
                 changed = True
                 break
+        if s in to_end:
+            continue
         k = _skip_connectors(low, s)
         if k != s and k < len(low):
             s, changed = k, True
+        elif k >= len(low):
+            to_end.update(_connector_path(low, s))
     while s < len(low) and not is_word(low[s]):
         s += 1
     return s
+
+
+def _connector_path(low: list[str], j: int) -> list[int]:
+    """The positions `_skip_connectors(low, j)` steps through: from each, it ends where it ends from j."""
+    path = []
+    while j < len(low) and (low[j] in L.CLAUSE_CONNECTORS or tuple(low[j:j + 2]) == ("after", "that")):
+        path.append(j)
+        j += 2 if low[j] == "after" else 1
+    return path
 
 
 _WISHES = (("i", "want"), ("i", "would", "like"), ("i'd", "like"), ("we", "want"), ("i", "wish"),
@@ -811,7 +828,8 @@ def _is_pronoun_value(low: list[str], s: int, vlen: int, e: int) -> bool:
     return _value_kind(rest) == "value"
 
 
-def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = None) -> list[Parse]:
+def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = None,
+                    limit: int = MAX_EDITS) -> list[Parse]:
     """Every edit of one sentence, clause by clause. The first clause of the instruction may be
     anything the single-edit rules read; a later clause counts only when it starts with an editing
     verb, continues the previous verb (gapping), or is a declarative about a named object, and not
@@ -862,6 +880,8 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
         if parse is not None and (parse.edit_type, parse.source, parse.target) not in \
                 [(p.edit_type, p.source, p.target) for p in out]:
             out.append(parse)
+            if len(out) >= limit:
+                break
         if vlen:
             prev_verb = toks[s:s + vlen]
         gapped = how == "gap"
@@ -886,13 +906,17 @@ def _join_lines(text: str) -> str:
 
 
 def parse_rules(text: str | None) -> ParsedInstruction:
-    """Deterministic parse; never raises on odd text (an unparseable one is a guess, flagged)."""
+    """Deterministic parse; never raises on odd text (an unparseable one is a guess, flagged). At most
+    `MAX_EDITS` edits are read: the text after the last is not parsed, and `rule` says so."""
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
     sentences = [s for s in _SENTENCE_SPLIT.split(_join_lines(text)) if any(c.isalnum() for c in s)]
     parses: list[Parse] = []
     for sentence in sentences:
-        for parse in _sentence_edits(tokenize(sentence), first=not parses, before=parses):
+        if len(parses) >= MAX_EDITS:
+            break
+        for parse in _sentence_edits(tokenize(sentence), first=not parses, before=parses,
+                                     limit=MAX_EDITS - len(parses)):
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
     if not parses:
@@ -903,9 +927,9 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             parses = [Parse("add", None, phrase.text, "default-add")]
         else:
             parses = [Parse("global", None, None, "default-global")]
-    return ParsedInstruction(instruction=text, backend="rules",
-                             edits=[Edit(edit_type=p.edit_type, source=p.source, target=p.target, rule=p.rule)
-                                    for p in parses])
+    edits = [Edit(edit_type=p.edit_type, source=p.source, target=p.target, rule=p.rule) for p in parses[:MAX_EDITS]]
+    rule = edits[0].rule if len(parses) < MAX_EDITS else f"{edits[0].rule}; at most {MAX_EDITS} edits read"
+    return ParsedInstruction(instruction=text, backend="rules", edits=edits, rule=rule)
 
 
 @register_parser("rules", "deterministic verb/pattern rules + noun phrases; no weights (default)")

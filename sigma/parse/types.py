@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EditType = Literal["add", "remove", "replace", "attribute", "global"]
 EDIT_TYPES: tuple[str, ...] = ("add", "remove", "replace", "attribute", "global")
+# The most edits one instruction yields. Grounding asks the detector once per concept of every edit, so a text that
+# lists a hundred objects ("remove a1. remove a2. ...", 1000 characters) cost a hundred detections per pair (and a
+# 200 KB one 30 s of parsing); the edits after the 8th are not read (`rule` says so). Real instructions name 1-4.
+MAX_EDITS = 8
 
 
 def concepts_of(edit_type: str | None, source: str | None, target: str | None) -> dict[str, str | None]:

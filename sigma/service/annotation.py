@@ -39,21 +39,39 @@ def gpu_memory_bytes() -> int | None:
     return None
 
 
+def rss_mb() -> float | None:
+    """This process' resident memory in MiB (Linux /proc/self/statm), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
 def run_isolated(fn, items: list[Any]) -> list[Any]:
     """`fn(items)`, and when it raises on a batch, `fn([item])` for each item: one exception per bad item,
-    results for the rest. The one "retry the batch one at a time" path of every worker."""
+    results for the rest. The one "retry the batch one at a time" path of every worker. A SystemExit from the model
+    (a plugin, or a library it calls, giving up with sys.exit()) is that item's failure too: it ended the worker,
+    and the jobs read with the bad one spent a delivery each time, until all were dead-lettered as worker_lost."""
     try:
         return list(fn(items))
-    except Exception:  # noqa: BLE001 - isolate the item that fails, keep the others
+    except (Exception, SystemExit):  # noqa: BLE001 - isolate the item that fails, keep the others
         if len(items) == 1:
-            return [sys.exc_info()[1]]
+            return [_as_exception(sys.exc_info()[1])]
     out: list[Any] = []
     for item in items:
         try:
             out.append(fn([item])[0])
-        except Exception as exc:  # noqa: BLE001
-            out.append(exc)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
+            out.append(_as_exception(exc))
     return out
+
+
+def _as_exception(exc: BaseException | None) -> Exception:
+    if isinstance(exc, Exception):
+        return exc
+    return RuntimeError(f"the model called sys.exit({getattr(exc, 'code', None)!r})")
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
@@ -85,6 +103,9 @@ class AnnotationHandler:
         mem = gpu_memory_bytes()
         if mem is not None:
             info["gpu_memory_bytes"] = mem
+        rss = rss_mb()
+        if rss is not None:
+            info["rss_mb"] = round(rss, 1)
         return info
 
     def _finish(self, job_id: str, status: str, result: dict | None = None, error: dict | None = None) -> None:

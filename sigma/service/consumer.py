@@ -135,7 +135,10 @@ class Consumer:
     """Runs a handler on one stream until `stop` is set."""
 
     def __init__(self, client: redis.Redis, queue: StreamQueue, handler: Handler, settings: QueueSettings, *,
-                 heartbeat_key: str, stop: threading.Event | None = None, describe: str = ""):
+                 heartbeat_key: str, stop: threading.Event | None = None, describe: str = "",
+                 handle_timeout_s: float | None = None,
+                 on_stuck: Callable[[list[Entry], float], None] | None = None,
+                 after_batch: Callable[[], None] | None = None):
         self.r = client
         self.queue = queue
         self.handler = handler
@@ -144,7 +147,16 @@ class Consumer:
         self.describe = describe or queue.stream
         self.counts = ConsumerCounts()
         self.heartbeat = Heartbeat(client, heartbeat_key, settings.heartbeat_interval_ms,
-                                   settings.heartbeat_ttl_ms, self._info, queue)
+                                   settings.heartbeat_ttl_ms, self._info, queue, watch=self._watch)
+        # A handler call that runs past `handle_timeout_s` is stuck (a model hung in native code, a plugin in an
+        # endless loop): the heartbeat would extend its entries' leases for ever, so no other worker got them and
+        # their jobs never ended. The heartbeat thread notices; `on_stuck(entries, seconds)` decides (the worker
+        # records why and exits for its supervisor to restart it); without one the leases are left to run out.
+        self.handle_timeout_s = handle_timeout_s
+        self.on_stuck = on_stuck
+        self._handling: tuple[float, list[Entry]] | None = None
+        self._stuck_reported = False
+        self.after_batch = after_batch       # called once a batch's outcomes are stored (the worker's memory check)
         self._unstored: list[Outcome] = []   # decided, not yet stored/acked
         self._unhandled: list[Entry] = []    # read (ours in the group), not yet handled
         self._backoff = Backoff()
@@ -264,6 +276,7 @@ class Consumer:
         while self._unhandled and (first or not self.stop.is_set()):   # on stop: finish the batch in hand only
             first = False
             chunk = self._unhandled[:self.handler.batch_size]
+            self._handling, self._stuck_reported = (time.monotonic(), chunk), False
             try:
                 outcomes = self.handler.handle(chunk)
             except redis.RedisError as exc:
@@ -271,10 +284,30 @@ class Consumer:
                     raise                       # kept: retried after the backoff
                 self.heartbeat.untrack([e.id for e in self._unhandled])
                 raise
+            finally:
+                self._handling = None
             del self._unhandled[:len(chunk)]
             self.counts.batches += 1
             self._unstored.extend(outcomes)
             self._store_all()
+            if self.after_batch is not None:
+                self.after_batch()
+
+    def _watch(self) -> None:
+        """In the heartbeat thread: the batch in hand has been handled for longer than `handle_timeout_s`."""
+        handling = self._handling
+        if handling is None or not self.handle_timeout_s or self._stuck_reported:
+            return
+        started, entries = handling
+        waited = time.monotonic() - started
+        if waited < self.handle_timeout_s:
+            return
+        self._stuck_reported = True
+        log.error("%s: a batch of %d entries has been handled for %.0f s (longer than %g s): stuck", self.describe,
+                  len(entries), waited, self.handle_timeout_s)
+        self.heartbeat.untrack([e.id for e in entries])     # their leases run out: another worker takes them
+        if self.on_stuck is not None:
+            self.on_stuck(list(entries), waited)
 
     def process(self, entries: list[Entry]) -> None:
         """Handle entries read elsewhere and settle their outcomes (a Redis error keeps them for `run`)."""

@@ -26,20 +26,35 @@ from sigma.config.schema import IOConfig
 from sigma.errors import SigmaError
 from sigma.types import Pair
 
+MAX_ARRAY_ITEMS = 64   # an array in a plugin's extras longer than this is said by its shape, as in batch rows
+
 
 def json_ready(value: Any) -> Any:
-    """Annotation extras may hold numpy scalars/arrays; JSON needs plain Python."""
+    """Annotation extras as plain JSON, whatever a plugin put there. Only numpy values were converted: a set, bytes
+    or any other object made the job's store fail with a TypeError, which ended the worker as a bug; the batch in
+    hand was redelivered, so the good jobs beside the bad one spent deliveries too, and all were dead-lettered as
+    `worker_lost` after `max_deliveries`. A map-sized array was stored as a list of millions of numbers. Now: numpy
+    scalars and short arrays as numbers, longer arrays as their shape, sets as sorted lists, bytes as their
+    length, anything else as its `str` (as batch rows write extras)."""
     if isinstance(value, dict):
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((json_ready(v) for v in value), key=repr)
     if isinstance(value, np.generic):
-        return value.item()
+        return json_ready(value.item())
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+        if value.size > MAX_ARRAY_ITEMS:
+            return {"array_shape": list(value.shape), "dtype": str(value.dtype)}
+        return json_ready(value.tolist())
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytes": len(value)}
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    return str(value)
 
 
 class Predictor:

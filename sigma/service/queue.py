@@ -240,13 +240,15 @@ class Heartbeat:
     """
 
     def __init__(self, client: redis.Redis, key: str, interval_ms: int, ttl_ms: int,
-                 info: Callable[[], dict[str, Any]], queue: StreamQueue | None = None):
+                 info: Callable[[], dict[str, Any]], queue: StreamQueue | None = None,
+                 watch: Callable[[], None] | None = None):
         self.r = client
         self.key = key
         self.interval = interval_ms / 1000.0
         self.ttl_ms = ttl_ms
         self.info = info
         self.queue = queue
+        self.watch = watch              # called after every beat, in this thread (the consumer's stuck-batch check)
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -300,6 +302,11 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self._beat_once()
+            if self.watch is not None:
+                try:
+                    self.watch()
+                except Exception as exc:  # noqa: BLE001 - a failing check must not stop the beats
+                    log.warning("heartbeat %s: watch failed: %s: %s", self.key, type(exc).__name__, exc)
 
     def start(self) -> None:
         """The first beat now (a Redis error is retried by the thread: starting never fails on Redis)."""

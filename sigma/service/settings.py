@@ -152,6 +152,14 @@ class WorkerSettings(Strict):
     run_read_retry_s: float = Field(5.0, ge=0, description="`sigma worker --batch`: a run.json found unreadable "
                                     "(being replaced, half seen over NFS, a passing EACCES) is read again with "
                                     "backoff for this long before the task goes back through its lease")
+    batch_timeout_s: float = Field(600.0, ge=0, description="a batch (decode, model, encode) still running after "
+                                   "this long means the model hangs: the jobs get `worker_hung` as their last error "
+                                   "and the worker exits with status 1 for its supervisor to restart it (the entries "
+                                   "are redelivered, and dead-lettered after queue.max_deliveries); 0: no limit")
+    max_rss_mb: int = Field(0, ge=0, description="after a batch is stored and acknowledged, a worker whose resident "
+                            "memory exceeds this many MiB stops (status 0) for its supervisor to start a fresh one: "
+                            "a model or plugin that leaks is recycled between batches, not killed by the OOM killer "
+                            "mid-batch (which costs the batch a delivery); 0: no limit (Linux: /proc/self/statm)")
     restart_backoff_s: float = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
                                      "that died; doubled after each quick death, up to restart_max_backoff_s")
     restart_max_backoff_s: float = Field(30.0, gt=0)

@@ -1,0 +1,125 @@
+"""A plugin annotator's output is checked against the contract (docs/ARCHITECTURE.md, 'The annotator output
+contract') before any mask is made: a probability map on a 0-255 scale used to be clipped to [0, 1] silently (every
+changed pixel 1: a confident full mask said as a result), NaN thresholded to an empty one. Now each broken output
+is that pair's `annotator_failed` error naming the annotator and the pair, and a batch run goes on."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from sigma.errors import SigmaError
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+from sigma.types import Pair
+
+
+@pytest.fixture
+def plugin_annotators(monkeypatch):
+    """The test plugin's annotators in this process' registry for one test only."""
+    import service_plugins
+
+    from sigma.registry import ANNOTATORS
+
+    monkeypatch.setattr(ANNOTATORS, "_entries", dict(ANNOTATORS._entries))
+    importlib.reload(service_plugins)
+
+
+def pair(pair_id: str) -> Pair:
+    rng = np.random.default_rng(3)
+    original = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    edited = original.copy()
+    edited[4:12, 6:20] = 255 - edited[4:12, 6:20]
+    return Pair(original, edited, pair_id=pair_id)
+
+
+@pytest.mark.parametrize(("defect", "said"), [
+    ("scale-255-uint8", "a uint8 probability map; it must be floating-point in [0, 1] (a 0-255 map: divide by 255)"),
+    ("scale-255-float", "112 values outside [0, 1] (min 0, max 221.667) (a 0-255 map? divide by 255)"),
+    ("negative", "values outside [0, 1] (min -0.5"),
+    ("nan", "non-finite values (NaN or inf)"),
+    ("inf", "non-finite values (NaN or inf)"),
+    ("wrong-size", "a (23, 32) map for a (24, 32) pair"),
+    ("channels", "a (24, 32, 1) map for a (24, 32) pair"),
+    ("int-0-1", "a int64 probability map"),
+    ("list", "the probability map is a list, not a numpy array"),
+    ("extra-none", "the extra fields must be a dict, not a NoneType"),
+    ("not-a-tuple", "a ndarray instead of a Prediction or a (prob, extra) tuple"),
+    ("too-few", "1 results for 2 pairs"),
+])
+def test_a_broken_output_is_an_error_naming_the_annotator_and_the_pair(plugin_annotators, defect, said):
+    from sigma.registry import create_annotator
+
+    annotator = create_annotator("bad-output", defect=defect)
+    good = annotator.predict([pair("good")])[0]
+    assert good.area == 8 * 14
+    with pytest.raises(SigmaError) as err:
+        annotator.predict([pair("good"), pair("bad")])
+    assert err.value.code == "annotator_failed", err.value
+    assert "annotator 'bad-output' broke the output contract" in err.value.message, err.value.message
+    assert said in err.value.message, err.value.message
+    if defect != "too-few":
+        assert "pair bad:" in err.value.message, err.value.message
+
+
+def test_rounding_slop_just_outside_0_1_is_clipped_not_refused(plugin_annotators):
+    """A half-precision or exported network may stray by an ulp; within PROB_SLACK it is clipped as before."""
+    from sigma.annotators.base import PROB_SLACK
+    from sigma.registry import create_annotator
+
+    assert PROB_SLACK > 1.0004 - 1.0
+    ann = create_annotator("bad-output", defect="slop").predict([pair("bad")])[0]
+    assert float(ann.prob.max()) == 1.0 and ann.area == 8 * 14
+
+
+def test_a_bool_map_is_a_valid_hard_probability_map():
+    from sigma.annotators.pixel_diff import PixelDiff
+
+    class Hard(PixelDiff):
+        name = "hard"
+
+        def _predict_batch(self, pairs):
+            return [(prob > 0.5, extra) for prob, extra in super()._predict_batch(pairs)]
+
+    hard = (PixelDiff().predict([pair("p")])[0].prob > 0.5).sum()
+    ann = Hard().predict([pair("p")])[0]
+    assert ann.prob.dtype == np.float32 and set(np.unique(ann.prob).tolist()) == {0.0, 1.0}
+    assert ann.area == hard > 0
+
+
+def test_a_batch_run_records_the_broken_pair_and_goes_on(plugin_annotators, tmp_path):
+    """`sigma batch run --plugin`: the 0-255 pair is an `annotator_failed` row naming the annotator, not a full
+    mask; its neighbours in the same batch are annotated."""
+    from sigma.cli import main
+
+    records = list(synthetic_pairs(4, size=32))
+    records[1]["id"] = "p-bad"
+    write_pairs_jsonl(tmp_path / "set", records)
+    out = tmp_path / "run"
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "bad-output",
+                 "--set", "options.defect=scale-255-float", "--batch-size", "4", "--set", "workers=0",
+                 "--plugin", "service_plugins", "--no-progress"]) == 0
+    rows = {r["pair_id"]: r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+    bad = rows["set/p-bad"]
+    assert bad["status"] == "error" and bad["error_code"] == "annotator_failed", bad
+    assert "'bad-output'" in bad["error"] and "pair set/p-bad" in bad["error"] and "divide by 255" in bad["error"]
+    assert sorted(pid for pid, r in rows.items() if r["status"] == "ok") == sorted(
+        f"set/{r['id']}" for r in records if r["id"] != "p-bad")
+
+
+def test_a_model_that_calls_sys_exit_fails_its_pair_not_the_run(plugin_annotators, tmp_path, capsys):
+    """`sigma batch run` with a plugin that gives up with sys.exit(3) on one pair ended the whole run with status 3
+    and no word; the pair is now `annotator_failed` saying so, the rest of the run goes on."""
+    from sigma.cli import main
+
+    records = list(synthetic_pairs(3, size=32))
+    records[1]["instruction"] = "remove the exit sign"
+    write_pairs_jsonl(tmp_path / "set", records)
+    out = tmp_path / "run"
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "exit-diff",
+                 "--batch-size", "4", "--set", "workers=0", "--plugin", "service_plugins", "--no-progress"]) == 0
+    rows = {r["pair_id"]: r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+    bad = rows[f"set/{records[1]['id']}"]
+    assert bad["error_code"] == "annotator_failed" and "sys.exit(3)" in bad["error"], bad
+    assert sum(r["status"] == "ok" for r in rows.values()) == 2
