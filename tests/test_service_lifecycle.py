@@ -332,6 +332,12 @@ def enqueue_job(client, prefix: str, annotator: str, instruction: str | None = N
     return job_id
 
 
+def plugin_worker(redis_url: str, log: Path, prefix: str, annotator: str, consumer: str, *overrides: str) -> Proc:
+    """A `sigma worker` on one of service_plugins' annotators, with the fast test timings and its own key prefix."""
+    return Proc(["worker", "--annotator", annotator, "--plugin", "service_plugins", "--consumer", consumer,
+                 *sets([*FAST[:6], f"redis.key_prefix={prefix}", *overrides])], base_env(redis_url), log)
+
+
 @pytest.mark.parametrize("gap_s", [0.01, 0.05])
 def test_a_burst_of_signals_mid_batch_always_exits_0_without_a_traceback(redis_server, tmp_path, gap_s):
     """SIGTERM, then a burst of SIGTERM/SIGINT while the model runs (an impatient operator, a supervisor and a
@@ -341,9 +347,8 @@ def test_a_burst_of_signals_mid_batch_always_exits_0_without_a_traceback(redis_s
     entry left pending for redelivery, the worker's heartbeat key deleted (or expiring within its TTL)."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     r = redis_server.client()
-    proc = Proc(["worker", "--annotator", "slow-diff", "--plugin", "service_plugins", "--consumer", "burst",
-                 *sets([*FAST[:5], f"redis.key_prefix={prefix}", "worker.options={delay_ms: 4000}"])],
-                base_env(redis_server.url), tmp_path / "worker.log")
+    proc = plugin_worker(redis_server.url, tmp_path / "worker.log", prefix, "slow-diff", "burst",
+                         "worker.options={delay_ms: 4000}")
     try:
         wait_until(lambda: r.hget(f"{prefix}:worker:burst", "model_loaded") == b"1", 60, f"up\n{proc.output()}", 0.1)
         job_id = enqueue_job(r, prefix, "slow-diff")
@@ -383,9 +388,8 @@ def test_a_batch_that_hangs_ends_the_worker_and_its_job_is_dead_lettered(redis_s
     job_id = enqueue_job(r, prefix, "hang-diff", instruction="hang the picture on the wall")
     logs = []
     for attempt in range(6):
-        proc = Proc(["worker", "--annotator", "hang-diff", "--plugin", "service_plugins", "--consumer", f"h{attempt}",
-                     *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.batch_timeout_s=1.5"])],
-                    base_env(redis_server.url), tmp_path / f"worker-{attempt}.log")
+        proc = plugin_worker(redis_server.url, tmp_path / f"worker-{attempt}.log", prefix, "hang-diff", f"h{attempt}",
+                             "worker.batch_timeout_s=1.5")
         try:
             wait_until(lambda p=proc: not p.alive() or r.hget(f"{prefix}:job:{job_id}", "status") == b"failed", 60,
                        f"the worker to end or the job to fail\n{proc.output()}", 0.1)
@@ -418,9 +422,8 @@ def test_extras_json_cannot_hold_do_not_end_the_worker_or_cost_the_batch(redis_s
     r = redis_server.client()
     good = enqueue_job(r, prefix, "odd-extra", instruction="remove the box")
     odd = enqueue_job(r, prefix, "odd-extra", instruction="remove the odd box")
-    proc = Proc(["worker", "--annotator", "odd-extra", "--plugin", "service_plugins", "--consumer", "odd",
-                 *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.max_batch_size=4"])],
-                base_env(redis_server.url), tmp_path / "worker.log")
+    proc = plugin_worker(redis_server.url, tmp_path / "worker.log", prefix, "odd-extra", "odd",
+                         "worker.max_batch_size=4")
     try:
         wait_until(lambda: {r.hget(f"{prefix}:job:{j}", "status") for j in (good, odd)} == {b"done"}, 60,
                    f"both jobs done\n{proc.output()}", 0.1)
@@ -442,12 +445,10 @@ def test_a_worker_that_leaks_is_recycled_between_batches(redis_server, tmp_path)
     that batch stored and acknowledged (status 0, for its supervisor to start a fresh one)."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     r = redis_server.client()
-    common = ["worker", "--annotator", "leak-diff", "--plugin", "service_plugins"]
 
     def worker(name: str, extra: list[str]) -> Proc:
-        return Proc([*common, "--consumer", name, *sets([*FAST[:6], f"redis.key_prefix={prefix}",
-                                                         "worker.options={leak_mb: 100}", *extra])],
-                    base_env(redis_server.url), tmp_path / f"{name}.log")
+        return plugin_worker(redis_server.url, tmp_path / f"{name}.log", prefix, "leak-diff", name,
+                             "worker.options={leak_mb: 100}", *extra)
     probe = worker("probe", [])
     try:
         wait_until(lambda: r.hget(f"{prefix}:worker:probe", "model_loaded") == b"1", 60, probe.output(), 0.1)
@@ -487,9 +488,8 @@ def test_a_model_that_calls_sys_exit_fails_its_job_not_the_worker(redis_server, 
     r = redis_server.client()
     good = enqueue_job(r, prefix, "exit-diff", instruction="remove the box")
     bad = enqueue_job(r, prefix, "exit-diff", instruction="remove the exit sign")
-    proc = Proc(["worker", "--annotator", "exit-diff", "--plugin", "service_plugins", "--consumer", "exits",
-                 *sets([*FAST[:6], f"redis.key_prefix={prefix}", "worker.max_batch_size=4"])],
-                base_env(redis_server.url), tmp_path / "worker.log")
+    proc = plugin_worker(redis_server.url, tmp_path / "worker.log", prefix, "exit-diff", "exits",
+                         "worker.max_batch_size=4")
     try:
         wait_until(lambda: r.hget(f"{prefix}:job:{bad}", "status") == b"failed", 60, f"the bad job\n{proc.output()}",
                    0.1)
@@ -508,9 +508,7 @@ def test_a_second_signal_during_a_long_native_call_exits_at_once(redis_server, t
     The signals thread (set_wakeup_fd) now answers at once: status 0, the job left pending for redelivery."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     r = redis_server.client()
-    proc = Proc(["worker", "--annotator", "native-slow", "--plugin", "service_plugins", "--consumer", "native",
-                 *sets([*FAST[:6], f"redis.key_prefix={prefix}"])], base_env(redis_server.url),
-                tmp_path / "worker.log")
+    proc = plugin_worker(redis_server.url, tmp_path / "worker.log", prefix, "native-slow", "native")
     try:
         wait_until(lambda: r.hget(f"{prefix}:worker:native", "model_loaded") == b"1", 60, proc.output(), 0.1)
         job_id = enqueue_job(r, prefix, "native-slow")
