@@ -28,6 +28,7 @@ from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
 from sigma.errors import SigmaError
 from sigma.service.settings import ServeConfig
+from sigma.text import cut_long_values, shown
 
 log = logging.getLogger("sigma.api")
 
@@ -116,11 +117,12 @@ _ABSOLUTE = re.compile(r"(?<![\w.:/~-])/[^\s'\"]+")
 
 
 def scrub(message: str, root: str) -> str:
-    """A library message with every path made relative to the batch root, and any other absolute path hidden."""
+    """A library message with every path made relative to the batch root, any other absolute path hidden, and the
+    request's long values cut (an unknown preset or column of 1 MiB came back whole)."""
     for prefix in sorted({os.path.realpath(root), os.path.abspath(root), root.rstrip("/")}, key=len, reverse=True):
         if prefix and prefix != "/":
             message = message.replace(prefix + "/", "").replace(prefix, ".")
-    return _ABSOLUTE.sub("<server path>", message)
+    return cut_long_values(_ABSOLUTE.sub("<server path>", message))
 
 
 def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
@@ -129,7 +131,7 @@ def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
 
     annotator = body.annotator or cfg.api.annotators[0]
     if annotator not in cfg.api.annotators:
-        raise ApiError(422, "unknown_annotator", f"annotator {annotator!r} is not served here; "
+        raise ApiError(422, "unknown_annotator", f"annotator {shown(annotator)!r} is not served here; "
                        f"choose one of {cfg.api.annotators}")
     # input.root: every file the corpus names must resolve under the batch root (decode refuses the rest)
     overrides: dict[str, Any] = {"input.path": str(input_path), "input.root": os.path.realpath(cfg.api.batch_root),

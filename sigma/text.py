@@ -21,6 +21,26 @@ from typing import Any
 import numpy as np
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# a user-given name or id in a message: longer ones are cut (`shown`); a whole message, at most MAX_MESSAGE
+SHOWN_LIMIT = 64
+MAX_MESSAGE = 2000
+_LONG_TOKEN = re.compile(rf"[^\s'\"]{{{2 * SHOWN_LIMIT},}}")
+
+
+def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """A user-given value as a message echoes it: cut in the middle past `limit` characters, with its length
+    said. A 1 MiB name in a request (a preset, an annotator, a job id) came back whole in the answer and the log."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}…{text[-(limit // 2):]} ({len(text)} characters)"
+
+
+def cut_long_values(message: str, limit: int = MAX_MESSAGE) -> str:
+    """A message built elsewhere from user-given values (a library's "unknown preset 'x…'"): every run of more
+    than 2 * SHOWN_LIMIT characters without a space or quote is cut (`shown`), then the message to `limit`."""
+    message = _LONG_TOKEN.sub(lambda m: shown(m.group(0)), message)
+    return shown(message, limit)
 
 
 def find_surrogate(value: Any, where: str = "") -> str | None:

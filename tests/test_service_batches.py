@@ -96,6 +96,22 @@ def test_bad_requests_get_clear_codes(svc, root):
     assert not (root / "runs" / "y").exists()
 
 
+LONG = "x" * 400_000 + "END"
+
+
+@pytest.mark.parametrize("field", [
+    {"preset": LONG}, {"format": LONG}, {"annotator": LONG}, {"columns": {"original": LONG}},
+    {"columns": {LONG: "a"}}, {"options": {LONG: 1}}, {"options": {"threshold": LONG}}, {LONG: 1},
+])
+def test_a_long_name_is_not_echoed_whole(svc, root, field):
+    """An unknown preset (or format, annotator, column, option) came back whole in the error message: a 1 MiB body
+    made a 1 MiB answer (and log line). Echoed values are now cut, with their length said."""
+    resp = post(svc, {"input": "corpus", "out": "runs/long", **field})
+    assert 400 <= resp.status_code < 500, resp.text[:300]
+    assert len(resp.content) < 4000 and "x" * 200 not in resp.text, (resp.status_code, resp.text[:300], len(resp.text))
+    assert not (root / "runs" / "long").exists()
+
+
 def test_integral_json_numbers_are_integers(svc, root, redis_server):
     """JSON has one number type: `"shard_size": 3.0` (json.dumps of a Python float) was planned as 3 until strict
     validation (7bb4a21) answered 422 'Input should be a valid integer'."""
