@@ -26,6 +26,7 @@ from sigma.api.errors import ApiError, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE
 from sigma.errors import SigmaError
 from sigma.service.settings import ServeConfig
 from sigma.text import cut_long_values, shown
@@ -43,12 +44,13 @@ class BatchRequest(BaseModel):
     preset: str | None = Field(None, description="column names of a public corpus (see `sigma batch presets`)")
     format: str | None = Field(None, description="reader (default: auto-detected)")
     columns: dict[str, str] | None = Field(None, description="role=column overrides")
-    shard_size: int | None = Field(None, ge=1, description="pairs per shard (default 1000)")
+    shard_size: int | None = Field(None, ge=1, le=MAX_SHARD_SIZE, description="pairs per shard (default 1000, "
+                                   f"at most {MAX_SHARD_SIZE})")
     annotator: str | None = Field(None, description="one of api.annotators; default: the first")
     options: dict[str, Any] | None = Field(None, description="annotator config overrides (validated against "
                                            "the annotator's config model at submit: 422 invalid_config)")
     threshold: float | None = Field(None, ge=0.0, le=1.0)
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
 
     @field_validator("shard_size", "batch_size", mode="before")
     @classmethod
