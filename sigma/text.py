@@ -24,7 +24,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # a user-given name or id in a message: longer ones are cut (`shown`); a whole message, at most MAX_MESSAGE
 SHOWN_LIMIT = 64
 MAX_MESSAGE = 2000
-_LONG_TOKEN = re.compile(rf"[^\s'\"]{{{2 * SHOWN_LIMIT},}}")
+_LONG_TOKEN = re.compile(r"[^\s'\"]+")
 
 
 def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
@@ -36,10 +36,12 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
     return f"{text[:limit // 2]}…{text[-(limit // 2):]} ({len(text)} characters)"
 
 
-def cut_long_values(message: str, limit: int = MAX_MESSAGE) -> str:
+def cut_long_values(message: str, limit: int = MAX_MESSAGE, token_limit: int = SHOWN_LIMIT) -> str:
     """A message built elsewhere from user-given values (a library's "unknown preset 'x…'"): every run of more
-    than 2 * SHOWN_LIMIT characters without a space or quote is cut (`shown`), then the message to `limit`."""
-    message = _LONG_TOKEN.sub(lambda m: shown(m.group(0)), message)
+    than 2 * `token_limit` characters without a space or quote is cut to `token_limit` (`shown`), then the whole
+    message to `limit`."""
+    message = _LONG_TOKEN.sub(lambda m: m.group(0) if len(m.group(0)) <= 2 * token_limit
+                              else shown(m.group(0), token_limit), message)
     return shown(message, limit)
 
 

@@ -746,3 +746,39 @@ def test_a_shard_longer_than_the_batch_timeout_is_not_taken_for_a_hang_while_its
                              exit_when_idle=True, batch_timeout_s=1.0, on_stuck=lambda e, s: stuck.append(s))
     assert time.monotonic() - start > 1.5                 # the shard ran past the timeout in all
     assert (stats.done, stats.failed, stuck) == (1, 0, []), (stats, stuck)
+
+
+def test_a_task_naming_a_huge_or_relative_run_dir_is_dead_lettered_at_once_with_a_short_reason(redis_server,
+                                                                                              tmp_path):
+    """A task whose run_dir is longer than the filesystem allows (ENAMETOOLONG) was taken for a run.json briefly
+    unreadable: read again for worker.run_read_retry_s on each of max_deliveries deliveries before it was given up
+    on, and its 300 KB path went, several times over, into every log line, error and dead letter. A relative
+    run_dir was looked up in the worker's own folder. Each is now `bad_task` at once, its reason cut."""
+    prefix = prefix_name()
+    q = make_queue(redis_server.client(), Keys(prefix), "submitter")
+    for run_dir in ["/tmp/" + "a" * 300_000, "/tmp/" + "/".join(["b" * 300] * 30), "relative/run"]:
+        q.add({"run_dir": run_dir, "shard": "s" * 100_000, "run_hash": "0"})
+    start = time.monotonic()
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, lease_ms=300, reclaim_interval_ms=50,
+                             exit_when_idle=True, run_read_retry_s=3)
+    assert (stats.dead, stats.failed) == (3, 0), (stats.dead, stats.failed, [e[:200] for e in stats.errors])
+    assert time.monotonic() - start < 3, "read again as if unreadable"
+    assert all(len(e) < 10_000 for e in stats.errors), [len(e) for e in stats.errors]
+    assert "not an absolute path" in stats.errors[2], stats.errors[2][:300]
+    for dead in q.dead_entries():
+        error = json.loads(dead.fields["error"])
+        assert error["code"] == "bad_task" and "characters)" in error["message"], error
+
+
+def test_a_dead_letters_long_error_record_is_cut_and_stays_json(redis_server):
+    """A dead letter kept the first 4000 characters of its error record: a longer one (a long path, a message with
+    non-ASCII text escaped six-fold) was cut mid-string and no longer JSON, so a reader of the dead letter could not
+    parse it. Each text in it is cut instead, and the record stays JSON."""
+    prefix = prefix_name()
+    q = make_queue(redis_server.client(), Keys(prefix), "w1", max_deliveries=1)
+    q.add({"run_dir": "/r", "shard": "s", "run_hash": "0"})
+    entry = q.read(1, None)[0]
+    record = {"code": "shard_failed", "message": "é" * 3000 + " the end", "deliveries": 1}
+    q.dead_letter(entry, json.dumps(record))
+    error = json.loads(q.dead_entries()[0].fields["error"])
+    assert error["code"] == "shard_failed" and error["deliveries"] == 1 and "characters)" in error["message"], error

@@ -8,6 +8,7 @@ must be on storage every worker sees; Redis carries only {run_dir, shard, run_ha
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import QueueSettings, RedisSettings
+from sigma.text import cut_long_values
 
 log = logging.getLogger("sigma.batch.fleet")
 
@@ -252,14 +254,31 @@ class WorkerStats:
     errors: list[str] = field(default_factory=list)
 
 
+# A task's error as the worker's log, its stats and the dead letter keep it: each path or name at most 1024
+# characters, the message at most 3000 (a dead letter keeps 4000 of its record). A task naming a 300 KB run_dir
+# put it, several times over, in every one.
+TASK_ERROR_TOKEN = 1024
+TASK_ERROR_LIMIT = 3000
+
+
+def task_error(message: str) -> str:
+    return cut_long_values(message, TASK_ERROR_LIMIT, TASK_ERROR_TOKEN)
+
+
 class PermanentTaskError(Exception):
     """A task no retry can fix (its run folder is gone or belongs to another run)."""
+
+    def __init__(self, message: str):
+        super().__init__(task_error(message))
 
 
 class RunUnreadable(Exception):
     """The run folder is there but its run.json could not be read (or parsed) for the whole patience: the task
     goes back through its lease like a failed shard, and is dead-lettered (`run_unreadable`) only once
     `max_deliveries` deliveries all found it so."""
+
+    def __init__(self, message: str):
+        super().__init__(task_error(message))
 
 
 # How long one delivery reads an unreadable run.json again (full-jitter backoff) before it gives the task back:
@@ -288,8 +307,8 @@ def _folder_gone(root: Path) -> bool:
         return not stat.S_ISDIR(os.stat(root).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return True
-    except OSError:
-        return False
+    except OSError as exc:   # a name too long for the filesystem is so on every try
+        return exc.errno == errno.ENAMETOOLONG
 
 
 def _read_record(rundir: RunDir, patience_s: float) -> dict[str, Any]:
@@ -349,6 +368,8 @@ def locate_task(fields: dict[str, str],
     (the folder is gone, holds another run, plans no such shard, or links out of itself), RunUnreadable when its
     run.json stayed unreadable for `patience_s`."""
     try:
+        if not os.path.isabs(fields["run_dir"]):     # would be read from the worker's own folder: a damaged task
+            raise InputError("the task's run_dir is not an absolute path", code="bad_task")
         rundir = RunDir(fields["run_dir"])
         record, shards = _load_plan(rundir, patience_s=patience_s)
         if record.get("run_hash") != fields.get("run_hash") or fields.get("shard") not in shards:
@@ -475,7 +496,7 @@ class FleetHandler:
                 outcomes.append(Outcome(entry, "retry", error={"code": "run_unreadable", "message": str(exc)}))
                 continue
             except Exception as exc:  # noqa: BLE001 - e.g. the corpus is briefly unreachable: retried via the lease
-                outcome, pairs, error = "failed", 0, f"{type(exc).__name__}: {exc}"
+                outcome, pairs, error = "failed", 0, task_error(f"{type(exc).__name__}: {exc}")
             finally:
                 self.current.clear()
             self.stats.pairs += pairs
@@ -483,8 +504,9 @@ class FleetHandler:
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
                 outcomes.append(Outcome(entry, "ack"))
             else:
+                error = task_error(error or "failed")
                 self.stats.failed += 1
-                self.stats.errors.append(f"{entry.fields.get('shard')}: {error}")
+                self.stats.errors.append(task_error(f"{entry.fields.get('shard')}: {error}"))
                 log.warning("shard %s failed (delivery %d): %s", entry.fields.get("shard"), entry.deliveries, error)
                 outcomes.append(Outcome(entry, "retry", error={"code": "shard_failed", "message": error or "failed"}))
         return outcomes
