@@ -26,8 +26,10 @@ from sigma.api.errors import ApiError, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE
 from sigma.errors import SigmaError
 from sigma.service.settings import ServeConfig
+from sigma.text import cut_long_values, shown
 
 log = logging.getLogger("sigma.api")
 
@@ -42,12 +44,13 @@ class BatchRequest(BaseModel):
     preset: str | None = Field(None, description="column names of a public corpus (see `sigma batch presets`)")
     format: str | None = Field(None, description="reader (default: auto-detected)")
     columns: dict[str, str] | None = Field(None, description="role=column overrides")
-    shard_size: int | None = Field(None, ge=1, description="pairs per shard (default 1000)")
+    shard_size: int | None = Field(None, ge=1, le=MAX_SHARD_SIZE, description="pairs per shard (default 1000, "
+                                   f"at most {MAX_SHARD_SIZE})")
     annotator: str | None = Field(None, description="one of api.annotators; default: the first")
     options: dict[str, Any] | None = Field(None, description="annotator config overrides (validated against "
                                            "the annotator's config model at submit: 422 invalid_config)")
     threshold: float | None = Field(None, ge=0.0, le=1.0)
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
 
     @field_validator("shard_size", "batch_size", mode="before")
     @classmethod
@@ -116,11 +119,12 @@ _ABSOLUTE = re.compile(r"(?<![\w.:/~-])/[^\s'\"]+")
 
 
 def scrub(message: str, root: str) -> str:
-    """A library message with every path made relative to the batch root, and any other absolute path hidden."""
+    """A library message with every path made relative to the batch root, any other absolute path hidden, and the
+    request's long values cut (an unknown preset or column of 1 MiB came back whole)."""
     for prefix in sorted({os.path.realpath(root), os.path.abspath(root), root.rstrip("/")}, key=len, reverse=True):
         if prefix and prefix != "/":
             message = message.replace(prefix + "/", "").replace(prefix, ".")
-    return _ABSOLUTE.sub("<server path>", message)
+    return cut_long_values(_ABSOLUTE.sub("<server path>", message))
 
 
 def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
@@ -129,7 +133,7 @@ def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
 
     annotator = body.annotator or cfg.api.annotators[0]
     if annotator not in cfg.api.annotators:
-        raise ApiError(422, "unknown_annotator", f"annotator {annotator!r} is not served here; "
+        raise ApiError(422, "unknown_annotator", f"annotator {shown(annotator)!r} is not served here; "
                        f"choose one of {cfg.api.annotators}")
     # input.root: every file the corpus names must resolve under the batch root (decode refuses the rest)
     overrides: dict[str, Any] = {"input.path": str(input_path), "input.root": os.path.realpath(cfg.api.batch_root),

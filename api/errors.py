@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sigma.api.responses import SafeJSONResponse
 from sigma.errors import SigmaError
+from sigma.text import shown
 
 log = logging.getLogger("sigma.api")
 
@@ -84,7 +85,8 @@ def validation_message(exc: RequestValidationError | ValidationError) -> str:
     """The first five problems of a pydantic validation, `loc: msg` each (FastAPI's `body` prefix dropped)."""
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "<body>"
+        # a key of the body is the caller's text (an unknown field, an option's name): cut, not echoed whole
+        loc = ".".join(shown(p) for p in err.get("loc", ()) if p != "body") or "<body>"
         parts.append(f"{loc}: {err.get('msg')}")
     return "; ".join(parts) or "invalid request"
 

@@ -25,6 +25,7 @@ from sigma.service.connections import async_client, sync_client
 from sigma.service.jobs import ENQUEUE, FINISH, decode_hash, enqueue_args, job_fields, new_job_id
 from sigma.service.keys import Keys
 from sigma.service.settings import ServeConfig
+from sigma.text import shown
 
 log = logging.getLogger("sigma.api")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -195,8 +196,7 @@ class Service:
     # -- reading ---------------------------------------------------------------------------
     async def job(self, job_id: str, principal: Principal) -> dict[str, str]:
         if not JOB_ID.match(job_id):   # not a job id: said without echoing it (a 60 KB path came back whole)
-            shown = job_id if len(job_id) <= 64 else f"{job_id[:32]}… ({len(job_id)} characters)"
-            raise ApiError(404, "job_not_found", f"no job {shown!r}: job ids are 32 hex digits")
+            raise ApiError(404, "job_not_found", f"no job {shown(job_id)!r}: job ids are 32 hex digits")
         h = decode_hash(await self.r.hgetall(self.keys.job(job_id)))
         if not h or (h.get("owner") != principal.name and not principal.admin):
             raise ApiError(404, "job_not_found", f"no job {job_id} (finished jobs are kept "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sigma.errors import ConfigError, SigmaError, UnknownNameError
+from sigma.text import shown
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ def import_plugins(modules: Iterable[str], where: str = "plugins") -> None:
 
 
 def did_you_mean(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5) if len(name) <= 256 else []
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"Unknown {kind} {name!r}.{hint} Known: {', '.join(sorted(known))}."
+    return f"Unknown {kind} {shown(name)!r}.{hint} Known: {', '.join(sorted(known))}."
 
 
 def registered(registry: Registry | Callable[[], list[str]], ensure: Callable[[], Any] | None = None,

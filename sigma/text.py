@@ -21,6 +21,28 @@ from typing import Any
 import numpy as np
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# a user-given name or id in a message: longer ones are cut (`shown`); a whole message, at most MAX_MESSAGE
+SHOWN_LIMIT = 64
+MAX_MESSAGE = 2000
+_LONG_TOKEN = re.compile(r"[^\s'\"]+")
+
+
+def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """A user-given value as a message echoes it: cut in the middle past `limit` characters, with its length
+    said. A 1 MiB name in a request (a preset, an annotator, a job id) came back whole in the answer and the log."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}…{text[-(limit // 2):]} ({len(text)} characters)"
+
+
+def cut_long_values(message: str, limit: int = MAX_MESSAGE, token_limit: int = SHOWN_LIMIT) -> str:
+    """A message built elsewhere from user-given values (a library's "unknown preset 'x…'"): every run of more
+    than 2 * `token_limit` characters without a space or quote is cut to `token_limit` (`shown`), then the whole
+    message to `limit`."""
+    message = _LONG_TOKEN.sub(lambda m: m.group(0) if len(m.group(0)) <= 2 * token_limit
+                              else shown(m.group(0), token_limit), message)
+    return shown(message, limit)
 
 
 def find_surrogate(value: Any, where: str = "") -> str | None:

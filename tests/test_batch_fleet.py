@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -677,3 +678,107 @@ def test_a_task_whose_run_folder_is_now_a_file_is_dead_lettered_at_once(redis_se
     stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True, run_read_retry_s=2)
     assert (stats.dead, stats.failed) == (6, 0), stats
     assert time.monotonic() - start < 6 and "not a batch run folder" in stats.errors[0], stats.errors
+
+
+def test_a_shard_whose_model_hangs_ends_the_worker_and_is_dead_lettered_as_hung(redis_server, tmp_path):
+    """A fleet worker whose model never returned held its shard for ever: the heartbeat extended the task's lease, so
+    no other worker took it and the run stayed "pending". Now a shard with no pair done for worker.batch_timeout_s
+    ends the worker with status 1 (no traceback) for its supervisor to restart, the task is redelivered, and after
+    queue.max_deliveries hangs it is dead-lettered with `worker_hung` as its reason; the other shards are done."""
+    import service_plugins  # noqa: F401 - registers hang-diff here, for the plan
+    from servicekit import Proc, base_env
+
+    pairs = list(synthetic_pairs(3, size=32))
+    pairs[1]["instruction"] = "hang the picture on the wall"
+    write_pairs_jsonl(tmp_path / "set", pairs)
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 1},
+                                      "annotator": "hang-diff", "workers": 0})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 3
+    settings = [f"redis.key_prefix={prefix}", "queue.lease_ms=800", "queue.block_ms=200",
+                "queue.reclaim_interval_ms=150", "queue.heartbeat_interval_ms=150", "queue.max_deliveries=3",
+                "worker.batch_timeout_s=1.5"]
+    sets = [arg for item in settings for arg in ("--set", item)]
+    logs, hung = [], 0
+    for attempt in range(6):
+        proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", f"b{attempt}", *sets],
+                    base_env(redis_server.url), tmp_path / f"worker-{attempt}.log")
+        deadline = time.monotonic() + 60
+        try:
+            while proc.alive() and RunDir(out).summary()["failed"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            code = proc.stop()
+        log = proc.output()
+        logs.append(log)
+        assert "Traceback" not in log, log
+        if RunDir(out).summary()["failed"]:
+            assert code == 0, log                      # the worker that dead-lettered it goes on
+            break
+        assert code == 1 and "hang-diff: hanging" in log and "a shard hung for" in log, log
+        assert not redis_server.client().exists(Keys(prefix).batch_worker(f"b{attempt}"))
+        hung += 1
+        time.sleep(0.9)                                # the lease (800 ms) runs out: redelivered
+    assert hung == 3, logs                             # max_deliveries=3 hangs, then dead-lettered
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (2, 1, 0), summary
+    error = summary["failed_shards"][0]["error"]
+    # the claim that finds it spent counts as a delivery too (XAUTOCLAIM): 3 hangs, then 4
+    assert re.match(r"dead-lettered after [34] deliveries: \[worker_hung\] .*batch_timeout_s=1\.5", error), error
+    assert make_queue(redis_server.client(), Keys(prefix), "check").dead_count() == 1
+
+
+def test_a_shard_longer_than_the_batch_timeout_is_not_taken_for_a_hang_while_its_pairs_progress(redis_server,
+                                                                                                tmp_path):
+    """worker.batch_timeout_s bounds one model batch of a shard, not the shard: a shard of many batches that takes
+    longer in all, each batch well within it, is done, and nothing is reported stuck."""
+    import service_plugins  # noqa: F401 - registers slow-diff
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(5, size=32))
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 5},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 400}, "batch_size": 1,
+                                      "workers": 0})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 1
+    stuck: list = []
+    start = time.monotonic()
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, heartbeat_interval_ms=100,
+                             exit_when_idle=True, batch_timeout_s=1.0, on_stuck=lambda e, s: stuck.append(s))
+    assert time.monotonic() - start > 1.5                 # the shard ran past the timeout in all
+    assert (stats.done, stats.failed, stuck) == (1, 0, []), (stats, stuck)
+
+
+def test_a_task_naming_a_huge_or_relative_run_dir_is_dead_lettered_at_once_with_a_short_reason(redis_server,
+                                                                                              tmp_path):
+    """A task whose run_dir is longer than the filesystem allows (ENAMETOOLONG) was taken for a run.json briefly
+    unreadable: read again for worker.run_read_retry_s on each of max_deliveries deliveries before it was given up
+    on, and its 300 KB path went, several times over, into every log line, error and dead letter. A relative
+    run_dir was looked up in the worker's own folder. Each is now `bad_task` at once, its reason cut."""
+    prefix = prefix_name()
+    q = make_queue(redis_server.client(), Keys(prefix), "submitter")
+    for run_dir in ["/tmp/" + "a" * 300_000, "/tmp/" + "/".join(["b" * 300] * 30), "relative/run"]:
+        q.add({"run_dir": run_dir, "shard": "s" * 100_000, "run_hash": "0"})
+    start = time.monotonic()
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, lease_ms=300, reclaim_interval_ms=50,
+                             exit_when_idle=True, run_read_retry_s=3)
+    assert (stats.dead, stats.failed) == (3, 0), (stats.dead, stats.failed, [e[:200] for e in stats.errors])
+    assert time.monotonic() - start < 3, "read again as if unreadable"
+    assert all(len(e) < 10_000 for e in stats.errors), [len(e) for e in stats.errors]
+    assert "not an absolute path" in stats.errors[2], stats.errors[2][:300]
+    for dead in q.dead_entries():
+        error = json.loads(dead.fields["error"])
+        assert error["code"] == "bad_task" and "characters)" in error["message"], error
+
+
+def test_a_dead_letters_long_error_record_is_cut_and_stays_json(redis_server):
+    """A dead letter kept the first 4000 characters of its error record: a longer one (a long path, a message with
+    non-ASCII text escaped six-fold) was cut mid-string and no longer JSON, so a reader of the dead letter could not
+    parse it. Each text in it is cut instead, and the record stays JSON."""
+    prefix = prefix_name()
+    q = make_queue(redis_server.client(), Keys(prefix), "w1", max_deliveries=1)
+    q.add({"run_dir": "/r", "shard": "s", "run_hash": "0"})
+    entry = q.read(1, None)[0]
+    record = {"code": "shard_failed", "message": "é" * 3000 + " the end", "deliveries": 1}
+    q.dead_letter(entry, json.dumps(record))
+    error = json.loads(q.dead_entries()[0].fields["error"])
+    assert error["code"] == "shard_failed" and error["deliveries"] == 1 and "characters)" in error["message"], error

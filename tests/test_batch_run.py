@@ -636,3 +636,16 @@ def test_a_new_run_inside_another_runs_own_folders_is_refused(tmp_path):
     assert main(["batch", "run", str(tmp_path / "set"), "--out", str(outer / "status" / "n2"), "--annotator",
                  "pixel-diff", "--workers", "0", "--no-progress"]) == 2
     assert run_batch(cfg_for(tmp_path / "set"), outer / "elsewhere", progress=False).done_now == 1
+
+
+@pytest.mark.parametrize("args", [["--shard-size", "100001"], ["--set", "input.shard_size=1.0e+300"],
+                                  ["--shard-size", str(10 ** 40)]])
+def test_a_huge_shard_size_is_a_config_error_naming_the_maximum(tmp_path, capsys, args):
+    """`input.shard_size: 1e300` (an integral float) or any huge integer was taken: the whole corpus in one shard
+    held in memory. Now it is at most MAX_SHARD_SIZE (100000): exit 2, one line saying so, nothing planned."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    rc = main(["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+               "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and "shard_size" in err and "100000" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run" / "run.json").exists()

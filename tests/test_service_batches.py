@@ -96,6 +96,36 @@ def test_bad_requests_get_clear_codes(svc, root):
     assert not (root / "runs" / "y").exists()
 
 
+LONG = "x" * 400_000 + "END"
+
+
+@pytest.mark.parametrize("field", [
+    {"preset": LONG}, {"format": LONG}, {"annotator": LONG}, {"columns": {"original": LONG}},
+    {"columns": {LONG: "a"}}, {"options": {LONG: 1}}, {"options": {"threshold": LONG}}, {LONG: 1},
+])
+def test_a_long_name_is_not_echoed_whole(svc, root, field):
+    """An unknown preset (or format, annotator, column, option) came back whole in the error message: a 1 MiB body
+    made a 1 MiB answer (and log line). Echoed values are now cut, with their length said."""
+    resp = post(svc, {"input": "corpus", "out": "runs/long", **field})
+    assert 400 <= resp.status_code < 500, resp.text[:300]
+    assert len(resp.content) < 4000 and "x" * 200 not in resp.text, (resp.status_code, resp.text[:300], len(resp.text))
+    assert not (root / "runs" / "long").exists()
+
+
+@pytest.mark.parametrize("raw", ['1e300', '100001', str(10 ** 40), '9' * 5000])
+def test_a_huge_shard_size_is_refused_with_the_documented_maximum(svc, root, raw):
+    """`"shard_size": 1e300` (an integral float) was taken, and so was any huge integer: the whole corpus went into
+    one shard, its rows held in memory until written, and a number of 300 digits went into run.json. Now it is at
+    most MAX_SHARD_SIZE (100000): 422 invalid_request, saying so; nothing is planned."""
+    body = '{"input": "corpus", "out": "runs/huge", "shard_size": ' + raw + "}"
+    resp = svc.http.post("/v1/batches", content=body, headers={**svc.headers(), "content-type": "application/json"})
+    assert resp.status_code in (400, 422), resp.text[:300]     # 400 bad_json: past Python's 4300 digits
+    assert error_code(resp) in ("invalid_request", "bad_json") and len(resp.content) < 2000, resp.text[:300]
+    if len(raw) < 100:
+        assert "100000" in resp.json()["error"]["message"], resp.text
+    assert not (root / "runs" / "huge").exists()
+
+
 def test_integral_json_numbers_are_integers(svc, root, redis_server):
     """JSON has one number type: `"shard_size": 3.0` (json.dumps of a Python float) was planned as 3 until strict
     validation (7bb4a21) answered 422 'Input should be a valid integer'."""

@@ -13,6 +13,7 @@ from sigma.service.connections import display_url
 from sigma.service.consumer import default_consumer
 from sigma.service.fleet import run_batch_worker
 from sigma.service.keys import Keys
+from sigma.service.queue import Entry
 from sigma.service.settings import ServeConfig
 from sigma.workers.lifecycle import Interrupted, StopSignals, forget_worker_key, report_unreachable_redis
 
@@ -31,11 +32,16 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
 
     signals = StopSignals(stop, say_stopped).install()
     signals.at_hard_exit(forget_worker_key(cfg.redis, Keys(cfg.redis.key_prefix).batch_worker(consumer)))
+    def on_stuck(entries: list[Entry], seconds: float) -> None:
+        """A shard hung (its task now says `worker_hung`): end for the supervisor, as `sigma worker` does."""
+        signals.hard_exit(f"a shard hung for {seconds:.0f} s (worker.batch_timeout_s); exiting with status 1", 1)
+
     try:
         with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker --batch")
         stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop,
-                                 run_read_retry_s=cfg.worker.run_read_retry_s)
+                                 run_read_retry_s=cfg.worker.run_read_retry_s,
+                                 batch_timeout_s=cfg.worker.batch_timeout_s, on_stuck=on_stuck)
     except Interrupted as exc:
         say_stopped(str(exc))
         signals.end(0)

@@ -4,10 +4,18 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sigma.config.loader import config_hash
-from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, AnnotatorSpec, IOConfig, Strict
+from sigma.config.schema import (
+    MAX_BATCH_SIZE,
+    MAX_PROCESSES,
+    MAX_SHARD_SIZE,
+    MAX_THREADS,
+    AnnotatorSpec,
+    IOConfig,
+    Strict,
+)
 from sigma.io.corpora import CORPUS_READERS
 from sigma.registry import registered
 
@@ -22,8 +30,17 @@ class InputConfig(Strict):
     root: str | None = Field(None, description="confine every file the corpus names (manifest paths, symlinks) to "
                              "this folder, resolved; set by POST /v1/batches to api.batch_root. None (the CLI's "
                              "default): the corpus may name any file the user can read")
-    shard_size: int = Field(1000, ge=1, description="pairs per shard (parquet/Arrow: whole row groups/batches "
+    shard_size: int = Field(1000, ge=1, le=MAX_SHARD_SIZE, description="pairs per shard (parquet/Arrow: whole row groups/batches "
                                                     "accumulated up to at least this many rows; tars: one per tar)")
+
+    @field_validator("shard_size", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        """A number past the maximum is said as such: 1e300 (or 10**40) was 'exceeded maximum size' at best."""
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_SHARD_SIZE:
+            raise ValueError(f"at most {MAX_SHARD_SIZE} pairs per shard (MAX_SHARD_SIZE: a shard's rows are held in "
+                             "memory until its parquet is written)")
+        return value
 
 
 class RayConfig(Strict):

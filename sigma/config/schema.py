@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 # Pairs decoded and held in memory at once by one batch: a bound, so a typo (--batch-size 1000000) is a
 # config error instead of a whole shard decoded into memory.
 MAX_BATCH_SIZE = 1024
+# Pairs per batch shard: a shard's rows are held in memory until its parquet is written, and a shard is one
+# fleet task (one lease). `shard_size: 1e300` was taken (an integral float), a whole corpus in one shard.
+MAX_SHARD_SIZE = 100_000
 # The largest working size (long side, px) a network may be asked to run at, and the most intra-op threads:
 # both are options a batch submitted through the API may set, and 100000 px with upscale=true (a 10^10-pixel
 # tensor) or 100000 threads would kill the worker that takes the task, again at each redelivery.

@@ -309,6 +309,13 @@ class Consumer:
         if self.on_stuck is not None:
             self.on_stuck(list(entries), waited)
 
+    def progressed(self) -> None:
+        """The handler moved on within the batch in hand (a fleet shard is many model batches: one finished):
+        `handle_timeout_s` counts from now, so it bounds one model batch, not a whole shard of minutes."""
+        handling = self._handling
+        if handling is not None and not self._stuck_reported:
+            self._handling = (time.monotonic(), handling[1])
+
     def process(self, entries: list[Entry]) -> None:
         """Handle entries read elsewhere and settle their outcomes (a Redis error keeps them for `run`)."""
         self._keep(entries)

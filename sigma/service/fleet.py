@@ -8,13 +8,15 @@ must be on storage every worker sees; Redis carries only {run_dir, shard, run_ha
 """
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import QueueSettings, RedisSettings
+from sigma.text import cut_long_values
 
 log = logging.getLogger("sigma.batch.fleet")
 
@@ -225,7 +228,7 @@ class _RunCache:
     key: str | None = None
     pipeline: Any = None
 
-    def get(self, cfg: BatchConfig, run_hash: str):
+    def get(self, cfg: BatchConfig, run_hash: str) -> Any:
         from sigma.batch.pipeline import Pipeline
 
         key = f"{run_hash}:{cfg.annotator}"
@@ -251,14 +254,31 @@ class WorkerStats:
     errors: list[str] = field(default_factory=list)
 
 
+# A task's error as the worker's log, its stats and the dead letter keep it: each path or name at most 1024
+# characters, the message at most 3000 (a dead letter keeps 4000 of its record). A task naming a 300 KB run_dir
+# put it, several times over, in every one.
+TASK_ERROR_TOKEN = 1024
+TASK_ERROR_LIMIT = 3000
+
+
+def task_error(message: str) -> str:
+    return cut_long_values(message, TASK_ERROR_LIMIT, TASK_ERROR_TOKEN)
+
+
 class PermanentTaskError(Exception):
     """A task no retry can fix (its run folder is gone or belongs to another run)."""
+
+    def __init__(self, message: str):
+        super().__init__(task_error(message))
 
 
 class RunUnreadable(Exception):
     """The run folder is there but its run.json could not be read (or parsed) for the whole patience: the task
     goes back through its lease like a failed shard, and is dead-lettered (`run_unreadable`) only once
     `max_deliveries` deliveries all found it so."""
+
+    def __init__(self, message: str):
+        super().__init__(task_error(message))
 
 
 # How long one delivery reads an unreadable run.json again (full-jitter backoff) before it gives the task back:
@@ -287,8 +307,8 @@ def _folder_gone(root: Path) -> bool:
         return not stat.S_ISDIR(os.stat(root).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return True
-    except OSError:
-        return False
+    except OSError as exc:   # a name too long for the filesystem is so on every try
+        return exc.errno == errno.ENAMETOOLONG
 
 
 def _read_record(rundir: RunDir, patience_s: float) -> dict[str, Any]:
@@ -348,6 +368,8 @@ def locate_task(fields: dict[str, str],
     (the folder is gone, holds another run, plans no such shard, or links out of itself), RunUnreadable when its
     run.json stayed unreadable for `patience_s`."""
     try:
+        if not os.path.isabs(fields["run_dir"]):     # would be read from the worker's own folder: a damaged task
+            raise InputError("the task's run_dir is not an absolute path", code="bad_task")
         rundir = RunDir(fields["run_dir"])
         record, shards = _load_plan(rundir, patience_s=patience_s)
         if record.get("run_hash") != fields.get("run_hash") or fields.get("shard") not in shards:
@@ -393,9 +415,23 @@ def _trusted_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConf
     return cfg
 
 
-def process_task(fields: dict[str, str], cache: _RunCache,
-                 patience_s: float = RUN_READ_RETRY_S) -> tuple[str, int, str | None]:
-    """Run one shard task: ("done" | "skipped" | "failed", pairs, error)."""
+class _Beat:
+    """The pipeline's progress bar, as the consumer's watch sees it: each model batch done (`update`) is progress,
+    so `worker.batch_timeout_s` bounds one model batch of a shard, not the whole shard."""
+
+    def __init__(self, on_progress: Callable[[], None]):
+        self.on_progress = on_progress
+
+    def update(self, n: int = 1) -> None:
+        self.on_progress()
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing to show."""
+
+
+def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
+                 on_progress: Callable[[], None] | None = None) -> tuple[str, int, str | None]:
+    """Run one shard task: ("done" | "skipped" | "failed", pairs, error). `on_progress`: called as pairs are done."""
     rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
@@ -405,7 +441,8 @@ def process_task(fields: dict[str, str], cache: _RunCache,
     with rundir.locked(exclusive=False):   # run_locked while a local run holds it: retried after the lease
         # the temporary parquet a worker killed on this shard before left: nobody else sweeps it
         rundir.sweep_temps(shard, run_hash)
-        stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash)
+        beat = _Beat(on_progress) if on_progress is not None else None
+        stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash, progress=beat)
     result = stats.shards[0] if stats.shards else None
     if result is None or result.status != "done":
         return "failed", stats.pairs, (result.error if result else "no result")
@@ -422,9 +459,17 @@ class FleetHandler:
     # take them (and a stop left them pending, a delivery spent on each).
     reclaim_count = 1
 
-    def __init__(self, consumer: str, workers: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S):
+    # how long a task's last error is kept for its dead letter (`Keys.batch_task_error`)
+    last_error_ttl_s = 86_400
+
+    def __init__(self, consumer: str, workers: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
+                 client: Any = None, keys: Keys | None = None):
         self.consumer = consumer
         self.run_read_retry_s = run_read_retry_s
+        # where a task's last error is kept (None: not kept): a task whose workers all hung or died is dead-lettered
+        # by a worker that never ran it, and its record said only "worker_lost"
+        self.client, self.keys = client, keys
+        self.on_progress: Callable[[], None] | None = None
         self.stats = WorkerStats()
         self.cache = _RunCache(workers=workers)
         self.current: dict[str, str] = {}
@@ -438,7 +483,8 @@ class FleetHandler:
         for entry in entries:
             self.current.update(entry.fields)
             try:
-                outcome, pairs, error = process_task(entry.fields, self.cache, self.run_read_retry_s)
+                outcome, pairs, error = process_task(entry.fields, self.cache, self.run_read_retry_s,
+                                                     self.on_progress)
             except PermanentTaskError as exc:
                 self.stats.errors.append(str(exc))
                 outcomes.append(Outcome(entry, "dead", error={"code": "bad_task", "message": str(exc)}))
@@ -450,7 +496,7 @@ class FleetHandler:
                 outcomes.append(Outcome(entry, "retry", error={"code": "run_unreadable", "message": str(exc)}))
                 continue
             except Exception as exc:  # noqa: BLE001 - e.g. the corpus is briefly unreachable: retried via the lease
-                outcome, pairs, error = "failed", 0, f"{type(exc).__name__}: {exc}"
+                outcome, pairs, error = "failed", 0, task_error(f"{type(exc).__name__}: {exc}")
             finally:
                 self.current.clear()
             self.stats.pairs += pairs
@@ -458,21 +504,37 @@ class FleetHandler:
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
                 outcomes.append(Outcome(entry, "ack"))
             else:
+                error = task_error(error or "failed")
                 self.stats.failed += 1
-                self.stats.errors.append(f"{entry.fields.get('shard')}: {error}")
+                self.stats.errors.append(task_error(f"{entry.fields.get('shard')}: {error}"))
                 log.warning("shard %s failed (delivery %d): %s", entry.fields.get("shard"), entry.deliveries, error)
                 outcomes.append(Outcome(entry, "retry", error={"code": "shard_failed", "message": error or "failed"}))
         return outcomes
 
     def on_retry(self, entry: Entry, error: dict[str, Any]) -> None:
-        """Left pending: the lease runs out and a worker (maybe this one) retries the shard."""
+        """Left pending: the lease runs out and a worker (maybe this one) retries the shard. Its error is kept
+        (`Keys.batch_task_error`) for the dead letter, which a worker that reclaims it spent may write."""
+        if self.client is not None and self.keys is not None and error:
+            self.client.set(self.keys.batch_task_error(entry.id), json.dumps(error, default=str),
+                            ex=self.last_error_ttl_s)
+
+    def _last_error(self, entry: Entry) -> dict[str, Any] | None:
+        if self.client is None or self.keys is None:
+            return None
+        try:
+            raw = self.client.get(self.keys.batch_task_error(entry.id))
+            self.client.delete(self.keys.batch_task_error(entry.id))
+            error = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return error if isinstance(error, dict) else None
 
     def on_dead(self, entry: Entry, error: dict[str, Any] | None) -> dict[str, Any]:
         """The run's status must say the shard failed, and why (not "pending" for ever): a failed status file,
         written unless the shard is done meanwhile. A task whose folder is gone or holds another run has no
         status to write."""
         self.stats.dead += 1
-        error = error or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
+        error = error or self._last_error(entry) or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
         try:
             rundir, record, shard = locate_task(entry.fields, patience_s=0)    # no waiting: it is given up on
         except (PermanentTaskError, RunUnreadable, OSError):
@@ -494,11 +556,16 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
                      consumer: str | None = None, *, queue: QueueSettings | None = None, workers: int | None = None,
                      stop: threading.Event | None = None, exit_when_idle: bool = False,
                      max_tasks: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
+                     batch_timeout_s: float = 0.0, on_stuck: Callable[[list[Entry], float], None] | None = None,
                      **queue_overrides: Any) -> WorkerStats:
     """Consume shard tasks until `stop` is set (SIGTERM in the CLI), or the queue is empty with
     `exit_when_idle`. The shard in progress is always finished before returning. `queue_overrides`:
     fields of QueueSettings (lease_ms, block_ms, max_deliveries, reclaim_interval_ms, ...).
-    `run_read_retry_s`: how long a delivery reads an unreadable run.json again before giving the task back."""
+    `run_read_retry_s`: how long a delivery reads an unreadable run.json again before giving the task back.
+    `batch_timeout_s` (0: none): a shard with no pair done for that long is stuck (a model that hangs): its task
+    gets `worker_hung` as its last error and `on_stuck(entries, seconds)` is called, from the heartbeat thread (the
+    CLI ends the process for its supervisor to restart); the lease runs out and the task is redelivered, and
+    dead-lettered after `max_deliveries` with that error."""
     settings = redis_settings(redis, key_prefix)
     qs = (queue or QueueSettings()).model_copy(update=queue_overrides)
     keys = Keys(settings.key_prefix)
@@ -506,9 +573,22 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
     client = sync_client(settings, block_ms=qs.block_ms)
     q = StreamQueue(client, keys.batch_tasks(), GROUP, consumer, lease_ms=qs.lease_ms,
                     max_deliveries=qs.max_deliveries, dead_stream=keys.batch_dead(), dead_maxlen=qs.dead_letter_maxlen)
-    handler = FleetHandler(consumer, workers, run_read_retry_s)
+    handler = FleetHandler(consumer, workers, run_read_retry_s, client=client, keys=keys)
+
+    def stuck(entries: list[Entry], seconds: float) -> None:
+        error = {"code": "worker_hung", "message": f"no pair of the shard was done for {seconds:.0f} s "
+                 f"(worker.batch_timeout_s={batch_timeout_s:g}): the model hangs; the worker exited to be restarted"}
+        for entry in entries:
+            try:
+                handler.on_retry(entry, error)
+            except Exception as exc:  # noqa: BLE001 - Redis down: the dead letter says worker_lost instead
+                log.warning("could not record that shard %s hung: %s", entry.fields.get("shard"), exc)
+        if on_stuck is not None:
+            on_stuck(entries, seconds)
+
     loop = Consumer(client, q, handler, qs, heartbeat_key=keys.batch_worker(consumer), stop=stop,
-                    describe=f"batch worker {consumer}")
+                    describe=f"batch worker {consumer}", handle_timeout_s=batch_timeout_s or None, on_stuck=stuck)
+    handler.on_progress = loop.progressed
     try:
         loop.run(max_batches=max_tasks, exit_when_idle=exit_when_idle)
     finally:

@@ -18,6 +18,7 @@ by choosing different prefixes, and the API, the annotation workers, `sigma batc
     P:batch:tasks:dead            their dead letters
     P:batch:tasks:worker:<c>      a batch worker's heartbeat
     P:batch:tasks:submit:<token>  a submitted chunk of shard tasks (an hour: a retried call adds it once)
+    P:batch:tasks:error:<id>      a shard task's last error (a day), for its dead letter
 """
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ class Keys:
 
     def batch_submit_token(self, token: str) -> str:
         return f"{self.batch_tasks()}:submit:{token}"
+
+    def batch_task_error(self, entry_id: str) -> str:
+        return f"{self.batch_tasks()}:error:{entry_id}"
 
     def batch_worker_pattern(self) -> str:
         return f"{self.batch_tasks()}:worker:*"

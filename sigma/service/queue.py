@@ -27,6 +27,7 @@ entries one delivery each, and an entry that kills every worker ends in the dead
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -35,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+
+from sigma.text import shown
 
 log = logging.getLogger("sigma.service.queue")
 
@@ -66,6 +69,32 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+# A dead letter's error (a JSON record) is kept to this many characters.
+DEAD_ERROR_LIMIT = 4000
+
+
+def bounded_error(error: str, limit: int = DEAD_ERROR_LIMIT) -> str:
+    """The error as a dead letter keeps it: cut to `limit`, and still JSON when it was (a record cut at 4000
+    characters was no longer JSON, and whoever read the dead letter could not parse its error): each text in
+    it is cut in the middle until it fits."""
+    if len(error) <= limit:
+        return error
+    try:
+        record = json.loads(error)
+    except ValueError:
+        return error[:limit]
+    if not isinstance(record, dict):
+        return error[:limit]
+    keep = limit // 2
+    while keep >= 16:
+        cut = {k: shown(v, keep) if isinstance(v, str) else v for k, v in record.items()}
+        text = json.dumps(cut, default=str)
+        if len(text) <= limit:
+            return text
+        keep //= 2
+    return json.dumps({"code": str(record.get("code", ""))[:64], "message": "(the error record was too long)"})
 
 
 @dataclass
@@ -199,7 +228,7 @@ class StreamQueue:
         """Move the entry to the dead-letter stream with its last error; the record's id, or None when the entry
         was settled already (by this call sent before, or by another consumer)."""
         record = {**entry.fields, "entry_id": entry.id, "stream": self.stream, "deliveries": str(entry.deliveries),
-                  "error": error[:4000], "consumer": self.consumer, "at": f"{time.time():.3f}", **extra}
+                  "error": bounded_error(error), "consumer": self.consumer, "at": f"{time.time():.3f}", **extra}
         flat: list[str] = []
         for k, v in record.items():
             flat += [k, v]

@@ -155,7 +155,8 @@ class WorkerSettings(Strict):
     batch_timeout_s: float = Field(600.0, ge=0, description="a batch (decode, model, encode) still running after "
                                    "this long means the model hangs: the jobs get `worker_hung` as their last error "
                                    "and the worker exits with status 1 for its supervisor to restart it (the entries "
-                                   "are redelivered, and dead-lettered after queue.max_deliveries); 0: no limit")
+                                   "are redelivered, and dead-lettered after queue.max_deliveries); `--batch`: a shard "
+                                   "with no pair done for this long, the same; 0: no limit")
     max_rss_mb: int = Field(0, ge=0, description="after a batch is stored and acknowledged, a worker whose resident "
                             "memory exceeds this many MiB stops (status 0) for its supervisor to start a fresh one: "
                             "a model or plugin that leaks is recycled between batches, not killed by the OOM killer "

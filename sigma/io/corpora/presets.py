@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sigma.errors import UnknownNameError
+from sigma.text import shown
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def get_preset(name: str | None) -> Preset:
     for preset in PRESETS.values():
         if preset.name == key:
             return preset
-    raise UnknownNameError(f"Unknown preset {name!r}. Known: {', '.join(PRESETS)}.", code="unknown_preset")
+    raise UnknownNameError(f"Unknown preset {shown(name)!r}. Known: {', '.join(PRESETS)}.", code="unknown_preset")
 
 
 def resolve_columns(preset: str | None, overrides: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
