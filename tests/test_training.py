@@ -102,6 +102,26 @@ def test_kill_and_resume_continues_with_the_same_steps(photos, tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_steps_rerun_after_a_kill_are_logged_once(photos, tmp_path, capsys):
+    """Killed after its last checkpoint, a run had already logged the steps since; the resume ran and logged them
+    again, so metrics.jsonl held those steps twice. The rows past the checkpoint are dropped at the resume."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=k", "steps=5", "batch_size=2",
+                 "ckpt_every=3", "eval.val_size=0", "log_every=1"]) == 0
+    run = runs / "k"
+    # what a SIGKILL at step 5, before its checkpoint, leaves: the checkpoint of step 3, rows up to step 5
+    shutil.copyfile(run / "checkpoint.prev.pt", run / "checkpoint.pt")
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    shutil.rmtree(run / "final")
+    before = (run / "metrics.jsonl").read_text().splitlines()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "3 rows past step 3" in capsys.readouterr().out   # steps 4 and 5, the final validation
+    assert steps_logged(run) == [1, 2, 3, 4, 5]
+    after = (run / "metrics.jsonl").read_text().splitlines()
+    assert after[:3] == before[:3] and not (run / "metrics.jsonl.tmp").exists()
+
+
 def test_a_run_stopped_after_its_last_checkpoint_is_finished_by_resume(photos, tmp_path, capsys):
     """Killed in the final validation (after the checkpoint of the last step, before final/: with eval.data
     that is minutes of scoring), a run was left with no final/, and `--resume` said "already at step N of N"

@@ -125,6 +125,39 @@ def cut_torn_tail(path: Path) -> int:
     return size - keep
 
 
+def drop_rows_after(path: Path, step: int) -> int:
+    """Remove the rows of `path` (metrics.jsonl) logged past `step`; the number removed. A run killed after its
+    last checkpoint had logged the steps since, and the resume logs them again: each appeared twice. Written to a
+    new file that replaces the old one (a kill here leaves one or the other, whole); untouched when nothing is past
+    `step`. A line that is not a JSON object with an integer step is kept as it is."""
+    def past(line: bytes) -> bool:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step
+
+    with open(path, "rb") as handle:
+        if not any(past(line) for line in handle):
+            return 0
+    tmp = path.with_name(path.name + ".tmp")
+    dropped = 0
+    try:
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            for line in src:
+                if past(line):
+                    dropped += 1
+                else:
+                    dst.write(line)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dropped
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, log=print):
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
@@ -410,6 +443,14 @@ class Trainer:
                 self.log(f"{self.metrics_path}: its last line was cut short ({cut} bytes, the run was stopped while "
                          "writing it); removed")
 
+    def _trim_metrics(self) -> None:
+        """The rows past the step the run continues from are dropped: they are logged again by the steps re-run."""
+        if self.is_main and self.metrics_path.is_file():
+            dropped = drop_rows_after(self.metrics_path, self.step)
+            if dropped:
+                self.log(f"{self.metrics_path}: {dropped} rows past step {self.step} (logged after the last "
+                         "checkpoint, before the run stopped) removed; those steps run again")
+
     def run(self) -> Path:
         cfg = self.cfg
         self._heal_metrics()
@@ -417,6 +458,7 @@ class Trainer:
         if ckpt is not None:
             self.restore(ckpt)
             self.log(f"resumed {self.run_dir} at step {self.step}")
+        self._trim_metrics()
         if self.step >= cfg.steps:
             if (self.run_dir / "final" / "config.json").is_file():   # save_model writes the config last
                 self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
