@@ -290,11 +290,49 @@ def test_a_damaged_best_json_is_replaced_not_a_traceback_at_the_first_validation
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=b", "steps=2", "batch_size=2",
                  "eval.val_size=2", "max_minutes=0.00001"]) == 0
     (runs / "b" / "best.json").write_bytes(damage)
+    (runs / "b" / "best" / "best.json").unlink()     # a run folder from before best/ held its own record
     capsys.readouterr()
     assert main(["train", "--resume", str(runs / "b"), "max_minutes=null"]) == 0
     assert "best.json: cannot be read" in capsys.readouterr().out
     best = _strict_json((runs / "b" / "best.json").read_text())
     assert best["step"] == 2 and 0 <= best["f1"] <= 1
+
+
+def test_best_and_best_json_agree_whatever_point_a_kill_stopped_their_write(photos, tmp_path, capsys):
+    """best/ and best.json were written one after the other: a kill between them left best.json naming a step
+    whose weights were not in best/ (and, its score unbeaten, for good). The record now lives in best/ beside
+    the weights and best.json is rewritten from it; a kill inside the folder swap is completed at the resume."""
+    from sigma.training.loop import settle_best
+
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=b", "steps=2", "batch_size=2",
+                 "eval.val_size=2", "max_minutes=0.00001"]) == 0
+    run = runs / "b"
+    record = json.loads((run / "best" / "best.json").read_text())
+    assert record == json.loads((run / "best.json").read_text()) and record["step"] >= 1
+    weights = (run / "best" / "model.safetensors").read_bytes()
+    # killed after best/ was replaced, before best.json: best.json still names an earlier step (here unbeatable)
+    (run / "best.json").write_text(json.dumps({"step": 7, "f1": 1.0, "iou": 1.0, "saved": True, "val": "seed 0"}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "max_minutes=null", "steps=3"]) == 0
+    assert "best.json did not name the weights in best/" in capsys.readouterr().out
+    best = json.loads((run / "best.json").read_text())
+    assert best == json.loads((run / "best" / "best.json").read_text()) and record["step"] <= best["step"] <= 3
+    # killed between the two renames: best/ moved aside, the finished best.new/ not yet in place
+    os.replace(run / "best", run / "best.new")
+    shutil.copytree(run / "best.new", run / "best.old")
+    (run / "best.json").write_text("{}")
+    assert "moved" in settle_best(run)
+    assert json.loads((run / "best.json").read_text()) == best
+    assert not (run / "best.new").exists() and not (run / "best.old").exists()
+    # killed while best.new/ was written (no record yet): removed, the old pair stays
+    shutil.copytree(run / "best", run / "best.new")
+    (run / "best.new" / "best.json").unlink()
+    (run / "best.new" / "model.safetensors").write_bytes(b"cut")
+    assert "unfinished" in settle_best(run) and not (run / "best.new").exists()
+    assert json.loads((run / "best.json").read_text()) == best
+    if best["step"] == record["step"]:
+        assert (run / "best" / "model.safetensors").read_bytes() == weights
 
 
 def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):

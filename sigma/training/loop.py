@@ -158,6 +158,78 @@ def drop_rows_after(path: Path, step: int) -> int:
     return dropped
 
 
+BEST_INFO = "best.json"      # inside best/: the step and score of the weights beside it (the pair's record)
+
+
+def write_json_atomically(path: Path, info: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps_finite(info, indent=1))
+    tmp.replace(path)
+
+
+def save_best(run_dir: Path, model, info: dict[str, Any]) -> None:
+    """`best/` replaced by `model` with `info` inside it, then `best.json` (a copy of that record) rewritten.
+    Written into `best.new/` (the record last: a folder without it is unfinished), swapped in by two renames
+    through `best.old/`; a kill at any point leaves a state `settle_best` completes. With best/ and best.json
+    written one after the other, a kill between them left best.json naming a step whose weights were not in best/."""
+    import shutil
+
+    from sigma.models import save_model
+
+    new, old, best = run_dir / "best.new", run_dir / "best.old", run_dir / "best"
+    shutil.rmtree(new, ignore_errors=True)
+    save_model(model, new)
+    write_json_atomically(new / BEST_INFO, info)
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(new, best)
+    shutil.rmtree(old, ignore_errors=True)
+    write_json_atomically(run_dir / "best.json", info)
+
+
+def _best_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((folder / BEST_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(info, dict) and isinstance(info.get("step"), int) and isinstance(info.get("f1"), (int, float))
+    return info if ok and (folder / "config.json").is_file() else None
+
+
+def settle_best(run_dir: Path) -> str:
+    """Finish what a kill inside `save_best` left: a complete `best.new/` with no `best/` is swapped in, an
+    unfinished one removed, `best.old/` restored or removed; then `best.json` is made the copy of the record in
+    `best/` (the weights decide). A best/ from before the record existed is left as it is. What was done, or ''."""
+    import shutil
+
+    new, old, best = run_dir / "best.new", run_dir / "best.old", run_dir / "best"
+    notes = []
+    if not best.exists():
+        if new.is_dir() and _best_record(new) is not None:
+            os.replace(new, best)
+            notes.append("the new best weights were written but not yet moved into place; moved")
+        elif old.is_dir():
+            os.replace(old, best)
+            notes.append("restored from best.old/")
+    if new.exists():
+        shutil.rmtree(new, ignore_errors=True)
+        notes.append("an unfinished best.new/ removed")
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    record = _best_record(best)
+    if record is not None:
+        path = run_dir / "best.json"
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            current = None
+        if current != record:
+            write_json_atomically(path, record)
+            notes.append(f"best.json did not name the weights in best/; rewritten (step {record['step']})")
+    return "; ".join(notes)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, log=print):
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
@@ -422,16 +494,19 @@ class Trainer:
         best = self._read_best(path)
         if best is not None and f1 <= best["f1"]:
             return
-        if self.step > 0:
-            from sigma.models import save_model
-
-            save_model(self.model, self.run_dir / "best")
         info = {"step": self.step, "f1": f1, "iou": rec["synthetic"].get("iou"),
                 "saved": self.step > 0, "val": self.cfg.eval.val_dir or f"seed {self.cfg.eval.val_seed}"}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(dumps_finite(info, indent=1))
-        tmp.replace(path)
+        if self.step > 0:
+            save_best(self.run_dir, self.model, info)
+        else:
+            write_json_atomically(path, info)
         rec["best"] = True
+
+    def _settle_best(self) -> None:
+        if self.is_main:
+            note = settle_best(self.run_dir)
+            if note:
+                self.log(f"{self.run_dir / 'best'}: {note}")
 
     def _heal_metrics(self) -> None:
         """A run killed (or out of disk space) in the middle of a metrics.jsonl write left half a line; the resume
@@ -454,6 +529,7 @@ class Trainer:
     def run(self) -> Path:
         cfg = self.cfg
         self._heal_metrics()
+        self._settle_best()
         ckpt = load_checkpoint(self.run_dir, warn=self.log)
         if ckpt is not None:
             self.restore(ckpt)
