@@ -542,6 +542,14 @@ def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
     assert not (tmp_path / "up").exists() and not runs.exists()
     assert main(["train", STAGE1, *common, "name=group/one"]) == 0      # a sub-folder of out_dir is fine
     assert (runs / "group" / "one" / "final").is_dir()
+    # one run inside another: `a` then `a/b`, or `c/d` then `c`: refused before either folder is touched
+    assert main(["train", STAGE1, *common, "name=group/one/inner"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]" in err and "a run cannot be made inside another run" in err, err
+    assert main(["train", STAGE1, *common, "name=group"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]" in err and "holds the run folder" in err, err
+    assert not (runs / "group" / "one" / "inner").exists() and not (runs / "group" / "config.yaml").exists()
 
 
 def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, capsys):

@@ -735,6 +735,24 @@ def _refuse_links(run_dir: Path) -> None:
                          code="bad_outdir")
 
 
+def _refuse_nesting(out_dir: Path, name: str) -> None:
+    """A run folder never lies inside another, nor holds one: names `a` and `a/b` in one out_dir put run b's
+    config.yaml, checkpoints and model/ inside run a's folder (an export or a copy of a carried b along, a
+    removal of a removed b). A name with sub-folders (`group/run`) is fine while no folder on its way is a run."""
+    parts = Path(name).parts
+    for depth in range(1, len(parts)):
+        outer = out_dir.joinpath(*parts[:depth])
+        if (outer / "config.yaml").is_file():
+            raise ConfigError(f"name={name}: {outer} is a run folder; a run cannot be made inside another run "
+                              "(choose a name beside it)")
+    run_dir = out_dir / name
+    if run_dir.is_dir():
+        inner = next((p for p in run_dir.rglob("config.yaml") if p.parent != run_dir), None)
+        if inner is not None:
+            raise ConfigError(f"name={name}: {run_dir} holds the run folder {inner.parent}; a run cannot be made "
+                              "around another run (choose another name)")
+
+
 # The config's paths that name inputs (read, never written): relative ones are read from `workdir`.
 INPUT_PATHS = ("data.photos", "data.cache", "data.cache_index", "eval.val_dir", "eval.data", "init_from")
 
@@ -862,6 +880,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         # recorded in config.yaml, absolute: a --resume from elsewhere reads the same inputs
         cfg = cfg.model_copy(update={"workdir": str(Path(cfg.workdir or ".").absolute())})
         run_dir = Path(cfg.out_dir) / cfg.name
+        _refuse_nesting(Path(cfg.out_dir), cfg.name)
     _check_model(cfg)
     inputs = resolve_inputs(cfg, log=log)     # what the run reads: relative paths from where it started
     if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).is_dir():
