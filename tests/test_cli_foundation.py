@@ -355,6 +355,9 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                                 "--workers", "100000"], "invalid_config"),
         "batch_threads_huge": (["batch", "run", str(tmp), "--out", str(tmp / "b"), "--annotator", "pixel-diff",
                                 "--threads", "100000"], "invalid_config"),
+        # an instruction limit with no ceiling: 10^12 characters accepted whatever the body limit let through
+        "instruction_chars_huge": (["annotate", o, e, *pd, "--set", "io.limits.max_instruction_chars=1000000000000"],
+                                   "invalid_config"),
         "annotator_batch_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"),
                                        "--set", "options.batch_size=5000"], "invalid_config"),
         # a training config: 0 threads (torch raises), a 10^5 px crop (30 GB a sample in the data worker),

@@ -298,6 +298,11 @@ def test_an_instruction_yields_at_most_max_edits():
     one_sentence = parse_rules("remove " + ", ".join(f"the b{i}" for i in range(100)))
     assert len(one_sentence.edits) <= MAX_EDITS
     assert parse_rules("remove the dog and add a cat").rule == "remove"      # no note under the cap
+    # exactly MAX_EDITS edits: none dropped, so no note (it said "at most 8 edits read" all the same); one more: said
+    exact = parse_rules("".join(f"remove the a{i}. " for i in range(MAX_EDITS)))
+    assert _edits(exact) == [("remove", f"a{i}", None) for i in range(MAX_EDITS)] and exact.rule == "remove"
+    over = parse_rules("".join(f"remove the a{i}. " for i in range(MAX_EDITS + 1)))
+    assert len(over.edits) == MAX_EDITS and over.rule == f"remove; at most {MAX_EDITS} edits read"
 
 
 @pytest.mark.timeout(120)

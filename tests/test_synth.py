@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from sigma.cli import main
 from sigma.data.synth import edits as E
 from sigma.data.synth import masks as M
 from sigma.data.synth.engine import SynthConfig, SynthEngine
@@ -136,3 +138,51 @@ def test_synth_bad_input_is_a_clear_error(tmp_path, capsys):
 
     assert main(["synth", "--out", str(tmp_path / "o"), "--photos", str(tmp_path / "missing")]) == 2
     assert "photo folder not found" in capsys.readouterr().err
+
+
+def _old_load(path: Path, max_side: int) -> np.ndarray:
+    """What the photo cache did before it used sigma.io: Pillow directly (the shipped model was trained on this)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    h, w = rgb.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    nh, nw = max(8, int(round(h * s / 8)) * 8), max(8, int(round(w * s / 8)) * 8)
+    return cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+
+
+def test_training_photos_go_through_the_one_decoder(photos, tmp_path, capsys):
+    """The photo cache opened photos with Pillow itself: none of sigma.io's limits (a 64 Mpx PNG of a few KB was
+    decoded whole), no ICC conversion (a Display P3 photo trained as if sRGB). Now sigma.io decodes them; an
+    ordinary sRGB photo gives the very pixels it gave before, a photo past the limits is skipped and said."""
+    from iccprofiles import display_p3
+    from PIL import Image
+
+    from sigma.data.synth.cache import load_photo, readable_photos
+    from sigma.errors import ImageError
+
+    bank = tmp_path / "bank"
+    shutil.copytree(photos, bank)
+    src = Image.open(sorted(photos.iterdir())[0]).convert("RGB")
+    src.save(bank / "plain.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src.save(bank / "rotated.jpg", quality=90, exif=exif)
+    for path in sorted(bank.iterdir()):                # PNG, JPEG, EXIF-rotated JPEG: not one pixel changes
+        for side in (48, 384):
+            np.testing.assert_array_equal(load_photo(path, side), _old_load(path, side), err_msg=path.name)
+    assert load_photo(bank / "rotated.jpg", 384).shape[:2] == (128, 96)
+    src.save(bank / "p3.png", icc_profile=display_p3())
+    assert not np.array_equal(load_photo(bank / "p3.png", 384), _old_load(bank / "p3.png", 384))
+
+    Image.new("L", (8000, 8000)).save(bank / "bomb.png")          # 64 Mpx > io.limits.max_pixels, ~60 KB
+    good, bad = readable_photos(sorted(bank.iterdir()))
+    assert bank / "bomb.png" not in good and len(good) == 6
+    assert len(bad) == 1 and "bomb.png" in bad[0] and "io.limits.max_pixels" in bad[0]
+    with pytest.raises(ImageError, match="bomb.png: photo cannot be decoded.*max_pixels"):
+        load_photo(bank / "bomb.png", 384)
+    capsys.readouterr()
+    assert main(["synth", "--out", str(tmp_path / "pairs"), "-n", "4", "--photos", str(bank), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "1 file(s) in the photo folder are not readable images" in err and "bomb.png" in err

@@ -102,6 +102,26 @@ def test_kill_and_resume_continues_with_the_same_steps(photos, tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_steps_rerun_after_a_kill_are_logged_once(photos, tmp_path, capsys):
+    """Killed after its last checkpoint, a run had already logged the steps since; the resume ran and logged them
+    again, so metrics.jsonl held those steps twice. The rows past the checkpoint are dropped at the resume."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=k", "steps=5", "batch_size=2",
+                 "ckpt_every=3", "eval.val_size=0", "log_every=1"]) == 0
+    run = runs / "k"
+    # what a SIGKILL at step 5, before its checkpoint, leaves: the checkpoint of step 3, rows up to step 5
+    shutil.copyfile(run / "checkpoint.prev.pt", run / "checkpoint.pt")
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    shutil.rmtree(run / "final")
+    before = (run / "metrics.jsonl").read_text().splitlines()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "3 rows past step 3" in capsys.readouterr().out   # steps 4 and 5, the final validation
+    assert steps_logged(run) == [1, 2, 3, 4, 5]
+    after = (run / "metrics.jsonl").read_text().splitlines()
+    assert after[:3] == before[:3] and not (run / "metrics.jsonl.tmp").exists()
+
+
 def test_a_run_stopped_after_its_last_checkpoint_is_finished_by_resume(photos, tmp_path, capsys):
     """Killed in the final validation (after the checkpoint of the last step, before final/: with eval.data
     that is minutes of scoring), a run was left with no final/, and `--resume` said "already at step N of N"
@@ -270,11 +290,50 @@ def test_a_damaged_best_json_is_replaced_not_a_traceback_at_the_first_validation
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=b", "steps=2", "batch_size=2",
                  "eval.val_size=2", "max_minutes=0.00001"]) == 0
     (runs / "b" / "best.json").write_bytes(damage)
+    (runs / "b" / "best" / "best.json").unlink()     # a run folder from before best/ held its own record
     capsys.readouterr()
     assert main(["train", "--resume", str(runs / "b"), "max_minutes=null"]) == 0
     assert "best.json: cannot be read" in capsys.readouterr().out
     best = _strict_json((runs / "b" / "best.json").read_text())
     assert best["step"] == 2 and 0 <= best["f1"] <= 1
+
+
+def test_best_and_best_json_agree_whatever_point_a_kill_stopped_their_write(photos, tmp_path, capsys):
+    """best/ and best.json were written one after the other: a kill between them left best.json naming a step
+    whose weights were not in best/ (and, its score unbeaten, for good). The record now lives in best/ beside
+    the weights and best.json is rewritten from it; a kill inside the folder swap is completed at the resume."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=b", "steps=2", "batch_size=2",
+                 "eval.val_size=2", "max_minutes=0.00001"]) == 0
+    run = runs / "b"
+    record = json.loads((run / "best.json").read_text())
+    assert record["step"] >= 1
+    weights = (run / "best" / "model.safetensors").read_bytes()
+    # killed after best/ was replaced, before best.json: best.json still names an earlier step (here unbeatable)
+    (run / "best.json").write_text(json.dumps({"step": 7, "f1": 1.0, "iou": 1.0, "saved": True, "val": "seed 0"}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "max_minutes=null", "steps=3"]) == 0
+    assert "best.json did not name the weights in best/" in capsys.readouterr().out
+    best = json.loads((run / "best.json").read_text())
+    assert record["step"] <= best["step"] <= 3 and best["f1"] < 1.0      # not the step-7 record: none was saved
+    assert best == json.loads((run / "best" / "best.json").read_text())
+    from sigma.training.loop import settle_best
+
+    # killed between the two renames: best/ moved aside, the finished best.new/ not yet in place
+    os.replace(run / "best", run / "best.new")
+    shutil.copytree(run / "best.new", run / "best.old")
+    (run / "best.json").write_text("{}")
+    assert "moved" in settle_best(run)
+    assert json.loads((run / "best.json").read_text()) == best
+    assert not (run / "best.new").exists() and not (run / "best.old").exists()
+    # killed while best.new/ was written (no record yet): removed, the old pair stays
+    shutil.copytree(run / "best", run / "best.new")
+    (run / "best.new" / "best.json").unlink()
+    (run / "best.new" / "model.safetensors").write_bytes(b"cut")
+    assert "unfinished" in settle_best(run) and not (run / "best.new").exists()
+    assert json.loads((run / "best.json").read_text()) == best
+    if best["step"] == record["step"]:
+        assert (run / "best" / "model.safetensors").read_bytes() == weights
 
 
 def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, capsys):
@@ -484,6 +543,14 @@ def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
     assert not (tmp_path / "up").exists() and not runs.exists()
     assert main(["train", STAGE1, *common, "name=group/one"]) == 0      # a sub-folder of out_dir is fine
     assert (runs / "group" / "one" / "final").is_dir()
+    # one run inside another: `a` then `a/b`, or `c/d` then `c`: refused before either folder is touched
+    assert main(["train", STAGE1, *common, "name=group/one/inner"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]" in err and "a run cannot be made inside another run" in err, err
+    assert main(["train", STAGE1, *common, "name=group"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]" in err and "holds the run folder" in err, err
+    assert not (runs / "group" / "one" / "inner").exists() and not (runs / "group" / "config.yaml").exists()
 
 
 def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, capsys):

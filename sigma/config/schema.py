@@ -21,6 +21,12 @@ MAX_THREADS = 256
 MAX_PROCESSES = 256
 
 
+# The most an operator may raise io.limits.max_instruction_chars to: an instruction is held whole in every job record,
+# result row and LLM prompt and parsed on the request path (linear, ~1 s per 20 KB of hostile text); a config that
+# set 10^12 accepted any instruction the body limit let through.
+MAX_INSTRUCTION_CHARS = 100_000
+
+
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
 
@@ -30,7 +36,8 @@ class Strict(BaseModel):
 class LimitsConfig(Strict):
     max_pixels: int = Field(40_000_000, gt=0, description="largest width*height accepted per image")
     max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="largest encoded image file accepted")
-    max_instruction_chars: int = Field(1000, gt=0)
+    max_instruction_chars: int = Field(1000, gt=0, le=MAX_INSTRUCTION_CHARS,
+                                       description="longest instruction accepted (characters); at most 100000")
     max_aspect_change: float = Field(
         0.05, ge=0, description="relative aspect-ratio difference between original and edited "
         "above which the pair is refused instead of resized")

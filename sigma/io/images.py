@@ -458,6 +458,34 @@ def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
     return data
 
 
+def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tuple[int, int]:
+    """(height, width) of an image file from its header alone, with the limits `read_image` enforces that a header
+    shows: the byte size, a supported format, the pixel count. For scanning a folder of thousands of photos
+    (training's photo bank) without decoding them; the full checks run when one is read."""
+    limits = limits or LimitsConfig()
+    shown = shown_path(path)
+    try:
+        size = Path(path).stat().st_size
+        if size > limits.max_bytes:
+            raise LimitError(f"{shown}: {size} bytes exceeds the limit of {limits.max_bytes} bytes "
+                             "(io.limits.max_bytes)", code="file_too_large")
+        with Image.open(path, formats=_PIL_FORMATS) as img:
+            width, height = img.size
+    except (LimitError, ImageError):
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{shown}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
+                         code="image_unreadable") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{shown}: unreadable image ({_one_line(exc)})", code="image_unreadable") from exc
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{shown}: zero-size image ({width}x{height})", code="image_empty")
+    if width * height > limits.max_pixels:
+        raise LimitError(f"{shown}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                         f"{limits.max_pixels} (io.limits.max_pixels)", code="too_many_pixels")
+    return height, width
+
+
 def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedImage:
     limits = limits or LimitsConfig()
     return decode_image(read_file_bytes(path, limits.max_bytes), shown_path(path), limits)

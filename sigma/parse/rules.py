@@ -907,16 +907,18 @@ def _join_lines(text: str) -> str:
 
 def parse_rules(text: str | None) -> ParsedInstruction:
     """Deterministic parse; never raises on odd text (an unparseable one is a guess, flagged). At most
-    `MAX_EDITS` edits are read: the text after the last is not parsed, and `rule` says so."""
+    `MAX_EDITS` edits are kept: the text after the next one is not parsed, and `rule` says edits were dropped
+    (only when there was one more: an instruction of exactly `MAX_EDITS` edits loses none)."""
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
     sentences = [s for s in _SENTENCE_SPLIT.split(_join_lines(text)) if any(c.isalnum() for c in s)]
     parses: list[Parse] = []
+    read = MAX_EDITS + 1       # one past the cap: whether an edit was dropped (exactly MAX_EDITS was said to drop)
     for sentence in sentences:
-        if len(parses) >= MAX_EDITS:
+        if len(parses) >= read:
             break
         for parse in _sentence_edits(tokenize(sentence), first=not parses, before=parses,
-                                     limit=MAX_EDITS - len(parses)):
+                                     limit=read - len(parses)):
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
     if not parses:
@@ -928,7 +930,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         else:
             parses = [Parse("global", None, None, "default-global")]
     edits = [Edit(edit_type=p.edit_type, source=p.source, target=p.target, rule=p.rule) for p in parses[:MAX_EDITS]]
-    rule = edits[0].rule if len(parses) < MAX_EDITS else f"{edits[0].rule}; at most {MAX_EDITS} edits read"
+    rule = edits[0].rule if len(parses) <= MAX_EDITS else f"{edits[0].rule}; at most {MAX_EDITS} edits read"
     return ParsedInstruction(instruction=text, backend="rules", edits=edits, rule=rule)
 
 

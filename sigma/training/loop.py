@@ -125,6 +125,111 @@ def cut_torn_tail(path: Path) -> int:
     return size - keep
 
 
+def drop_rows_after(path: Path, step: int) -> int:
+    """Remove the rows of `path` (metrics.jsonl) logged past `step`; the number removed. A run killed after its
+    last checkpoint had logged the steps since, and the resume logs them again: each appeared twice. Written to a
+    new file that replaces the old one (a kill here leaves one or the other, whole); untouched when nothing is past
+    `step`. A line that is not a JSON object with an integer step is kept as it is."""
+    def past(line: bytes) -> bool:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step
+
+    with open(path, "rb") as handle:
+        if not any(past(line) for line in handle):
+            return 0
+    tmp = path.with_name(path.name + ".tmp")
+    dropped = 0
+    try:
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            for line in src:
+                if past(line):
+                    dropped += 1
+                else:
+                    dst.write(line)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dropped
+
+
+BEST_INFO = "best.json"      # inside best/: the step and score of the weights beside it (the pair's record)
+
+
+def write_json_atomically(path: Path, info: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps_finite(info, indent=1))
+    tmp.replace(path)
+
+
+def save_best(run_dir: Path, model, info: dict[str, Any]) -> None:
+    """`best/` replaced by `model` with `info` inside it, then `best.json` (a copy of that record) rewritten.
+    Written into `best.new/` (the record last: a folder without it is unfinished), swapped in by two renames
+    through `best.old/`; a kill at any point leaves a state `settle_best` completes. With best/ and best.json
+    written one after the other, a kill between them left best.json naming a step whose weights were not in best/."""
+    import shutil
+
+    from sigma.models import save_model
+
+    new, old, best = run_dir / "best.new", run_dir / "best.old", run_dir / "best"
+    shutil.rmtree(new, ignore_errors=True)
+    save_model(model, new)
+    write_json_atomically(new / BEST_INFO, info)
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(new, best)
+    shutil.rmtree(old, ignore_errors=True)
+    write_json_atomically(run_dir / "best.json", info)
+
+
+def _best_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((folder / BEST_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(info, dict) and isinstance(info.get("step"), int) and isinstance(info.get("f1"), (int, float))
+    return info if ok and (folder / "config.json").is_file() else None
+
+
+def settle_best(run_dir: Path) -> str:
+    """Finish what a kill inside `save_best` left: a complete `best.new/` with no `best/` is swapped in, an
+    unfinished one removed, `best.old/` restored or removed; then `best.json` is made the copy of the record in
+    `best/` (the weights decide). A best/ from before the record existed is left as it is. What was done, or ''."""
+    import shutil
+
+    new, old, best = run_dir / "best.new", run_dir / "best.old", run_dir / "best"
+    notes = []
+    if not best.exists():
+        if new.is_dir() and _best_record(new) is not None:
+            os.replace(new, best)
+            notes.append("the new best weights were written but not yet moved into place; moved")
+        elif old.is_dir():
+            os.replace(old, best)
+            notes.append("restored from best.old/")
+    if new.exists():
+        shutil.rmtree(new, ignore_errors=True)
+        notes.append("an unfinished best.new/ removed")
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    record = _best_record(best)
+    if record is not None:
+        path = run_dir / "best.json"
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            current = None
+        if current != record:
+            write_json_atomically(path, record)
+            notes.append(f"best.json did not name the weights in best/; rewritten (step {record['step']})")
+    return "; ".join(notes)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, log=print):
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
@@ -389,16 +494,19 @@ class Trainer:
         best = self._read_best(path)
         if best is not None and f1 <= best["f1"]:
             return
-        if self.step > 0:
-            from sigma.models import save_model
-
-            save_model(self.model, self.run_dir / "best")
         info = {"step": self.step, "f1": f1, "iou": rec["synthetic"].get("iou"),
                 "saved": self.step > 0, "val": self.cfg.eval.val_dir or f"seed {self.cfg.eval.val_seed}"}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(dumps_finite(info, indent=1))
-        tmp.replace(path)
+        if self.step > 0:
+            save_best(self.run_dir, self.model, info)
+        else:
+            write_json_atomically(path, info)
         rec["best"] = True
+
+    def _settle_best(self) -> None:
+        if self.is_main:
+            note = settle_best(self.run_dir)
+            if note:
+                self.log(f"{self.run_dir / 'best'}: {note}")
 
     def _heal_metrics(self) -> None:
         """A run killed (or out of disk space) in the middle of a metrics.jsonl write left half a line; the resume
@@ -410,13 +518,23 @@ class Trainer:
                 self.log(f"{self.metrics_path}: its last line was cut short ({cut} bytes, the run was stopped while "
                          "writing it); removed")
 
+    def _trim_metrics(self) -> None:
+        """The rows past the step the run continues from are dropped: they are logged again by the steps re-run."""
+        if self.is_main and self.metrics_path.is_file():
+            dropped = drop_rows_after(self.metrics_path, self.step)
+            if dropped:
+                self.log(f"{self.metrics_path}: {dropped} rows past step {self.step} (logged after the last "
+                         "checkpoint, before the run stopped) removed; those steps run again")
+
     def run(self) -> Path:
         cfg = self.cfg
         self._heal_metrics()
+        self._settle_best()
         ckpt = load_checkpoint(self.run_dir, warn=self.log)
         if ckpt is not None:
             self.restore(ckpt)
             self.log(f"resumed {self.run_dir} at step {self.step}")
+        self._trim_metrics()
         if self.step >= cfg.steps:
             if (self.run_dir / "final" / "config.json").is_file():   # save_model writes the config last
                 self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
@@ -617,6 +735,24 @@ def _refuse_links(run_dir: Path) -> None:
                          code="bad_outdir")
 
 
+def _refuse_nesting(out_dir: Path, name: str) -> None:
+    """A run folder never lies inside another, nor holds one: names `a` and `a/b` in one out_dir put run b's
+    config.yaml, checkpoints and model/ inside run a's folder (an export or a copy of a carried b along, a
+    removal of a removed b). A name with sub-folders (`group/run`) is fine while no folder on its way is a run."""
+    parts = Path(name).parts
+    for depth in range(1, len(parts)):
+        outer = out_dir.joinpath(*parts[:depth])
+        if (outer / "config.yaml").is_file():
+            raise ConfigError(f"name={name}: {outer} is a run folder; a run cannot be made inside another run "
+                              "(choose a name beside it)")
+    run_dir = out_dir / name
+    if run_dir.is_dir():
+        inner = next((p for p in run_dir.rglob("config.yaml") if p.parent != run_dir), None)
+        if inner is not None:
+            raise ConfigError(f"name={name}: {run_dir} holds the run folder {inner.parent}; a run cannot be made "
+                              "around another run (choose another name)")
+
+
 # The config's paths that name inputs (read, never written): relative ones are read from `workdir`.
 INPUT_PATHS = ("data.photos", "data.cache", "data.cache_index", "eval.val_dir", "eval.data", "init_from")
 
@@ -744,6 +880,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         # recorded in config.yaml, absolute: a --resume from elsewhere reads the same inputs
         cfg = cfg.model_copy(update={"workdir": str(Path(cfg.workdir or ".").absolute())})
         run_dir = Path(cfg.out_dir) / cfg.name
+        _refuse_nesting(Path(cfg.out_dir), cfg.name)
     _check_model(cfg)
     inputs = resolve_inputs(cfg, log=log)     # what the run reads: relative paths from where it started
     if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).is_dir():

@@ -22,6 +22,7 @@ import torch
 
 from sigma.errors import ImageError, InputError
 from sigma.folderlock import hold_folder
+from sigma.io.images import probe_image_file, read_image
 
 from .masks import random_mask
 
@@ -40,35 +41,31 @@ def list_photos(folder: str | Path) -> list[Path]:
 
 
 def readable_photos(photos: list[Path]) -> tuple[list[Path], list[str]]:
-    """(photos whose header PIL reads, 'path: why' for the others): a photo bank of thousands holds the odd
-    0-byte file, a text file named .png or a format PIL does not know; only the header is read."""
-    from PIL import Image
-
+    """(photos whose header passes `sigma.io`'s checks, 'path: why' for the others): a photo bank of thousands
+    holds the odd 0-byte file, a text file named .png, a format the decoder does not take or a photo above the
+    size limits; only the header is read."""
     good, bad = [], []
     for path in photos:
         try:
-            with Image.open(path) as im:
-                if im.width < 1 or im.height < 1:
-                    raise ValueError("width or height 0")
-        except Exception as exc:  # noqa: BLE001 - any reason a photo cannot be opened: skipped and said
-            bad.append(f"{path}: {' '.join(str(exc).split())[:120]}")
+            probe_image_file(path)
+        except InputError as exc:   # any reason a photo cannot be opened: skipped and said
+            bad.append(" ".join(exc.message.split())[:200])
         else:
             good.append(path)
     return good, bad
 
 
 def load_photo(path: Path, max_side: int) -> np.ndarray:
-    """The photo as RGB, long side ≤ max_side; `image_unreadable` naming it when it cannot be decoded (cut
-    short, not an image): PIL's own OSError read as an os_error with no hint that a photo was at fault."""
-    from PIL import Image, ImageOps
-
+    """The photo as sRGB RGB, long side ≤ max_side, decoded by the project's one decoder (`sigma.io.read_image`:
+    byte and pixel limits, decompression-bomb checks, ICC profiles to sRGB, EXIF orientation); `image_unreadable`
+    naming it when it cannot be decoded or breaks a limit, so the caller skips it and says so. Pillow opened
+    photos directly here: a bomb within PIL's own ceiling was decoded whole, and a Display P3 photo was trained on
+    as if it were sRGB."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            rgb = np.asarray(im)
-    except Exception as exc:   # UnidentifiedImageError, truncated data, a decompression bomb
-        raise ImageError(f"{path}: photo cannot be decoded ({' '.join(str(exc).split())[:160]}); remove it from "
-                         "the photo folder") from exc
+        rgb = read_image(path).rgb
+    except InputError as exc:   # ImageError, LimitError, a path the file system refuses
+        raise ImageError(f"{path}: photo cannot be decoded ({' '.join(exc.message.split())[:200]}); remove it "
+                         "from the photo folder") from exc
     h, w = rgb.shape[:2]
     s = min(1.0, max_side / max(h, w))
     nh, nw = max(8, int(round(h * s / 8)) * 8), max(8, int(round(w * s / 8)) * 8)
