@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.folderlock import hold_folder, waiting_lock
+from sigma.io.images import replace_atomically
 from sigma.text import dumps_finite
 
 from . import losses as L
@@ -138,33 +139,18 @@ def drop_rows_after(path: Path, step: int) -> int:
         return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step
 
     with open(path, "rb") as handle:
-        if not any(past(line) for line in handle):
-            return 0
-    tmp = path.with_name(path.name + ".tmp")
-    dropped = 0
-    try:
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
-            for line in src:
-                if past(line):
-                    dropped += 1
-                else:
-                    dst.write(line)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dropped
+        lines = handle.readlines()
+    kept = [line for line in lines if not past(line)]
+    if len(kept) < len(lines):
+        replace_atomically(path, b"".join(kept), durable=True)
+    return len(lines) - len(kept)
 
 
 BEST_INFO = "best.json"      # inside best/: the step and score of the weights beside it (the pair's record)
 
 
 def write_json_atomically(path: Path, info: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_finite(info, indent=1))
-    tmp.replace(path)
+    replace_atomically(path, dumps_finite(info, indent=1).encode())
 
 
 def save_best(run_dir: Path, model, info: dict[str, Any]) -> None:
