@@ -17,6 +17,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError
+from sigma.text import shown
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 _PIL_FORMATS = SUPPORTED_FORMATS          # the only PIL plugins ever tried on untrusted bytes
@@ -237,6 +238,23 @@ def check_tiff_strips(data: bytes, name: str) -> None:
                          "decompression bomb", code="decompression_bomb")
 
 
+def check_byte_size(name: str, size: int, max_bytes: int) -> None:
+    """file_too_large above `max_bytes`: the one check of bytes in hand, a file's size and a header-only probe."""
+    if size > max_bytes:
+        raise LimitError(f"{name}: {size} bytes exceeds the limit of {max_bytes} bytes (io.limits.max_bytes)",
+                         code="file_too_large")
+
+
+def check_header_size(name: str, width: int, height: int, limits: LimitsConfig) -> None:
+    """image_empty / too_many_pixels from the header's size, before any pixel is decoded."""
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: zero-size image ({width}x{height})", code="image_empty")
+    if width * height > limits.max_pixels:
+        raise LimitError(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                         f"{limits.max_pixels} (io.limits.max_pixels); refused before decoding",
+                         code="too_many_pixels")
+
+
 @dataclass
 class DecodedImage:
     rgb: np.ndarray                       # uint8 [H, W, 3]
@@ -345,9 +363,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     data = bytes(data)
     if len(data) == 0:
         raise ImageError(f"{name}: empty file (0 bytes)", code="image_empty")
-    if len(data) > limits.max_bytes:
-        raise LimitError(f"{name}: {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes "
-                         "(io.limits.max_bytes)", code="file_too_large")
+    check_byte_size(name, len(data), limits.max_bytes)
     check_png_chunks(data, name)
     check_tiff_strips(data, name)
     if data.startswith(b"\xff\xd8"):
@@ -356,12 +372,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
         fmt = "JPEG" if img.format == "MPO" else img.format   # camera JPEGs with a preview open as MPO
         width, height = img.size
-        if width <= 0 or height <= 0:
-            raise ImageError(f"{name}: zero-size image ({width}x{height})", code="image_empty")
-        if width * height > limits.max_pixels:
-            raise LimitError(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of "
-                             f"{limits.max_pixels} (io.limits.max_pixels); refused before decoding",
-                             code="too_many_pixels")
+        check_header_size(name, width, height, limits)
         if fmt not in SUPPORTED_FORMATS:  # pragma: no cover - formats= already restricts the plugins
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
                              f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
@@ -428,32 +439,28 @@ def _png_is_16bit(data: bytes) -> bool:
 def shown_path(path: str | Path, limit: int = 240) -> str:
     """A path as an error message shows it: NUL and control characters escaped, a long one cut in the middle (a
     corpus can name a 6000-character path: the message repeated it whole in every row and log line)."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
-    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 2 - 3):]}"
+    return shown("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path)), limit)
 
 
 def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
     """A regular file's bytes, at most `max_bytes` (else file_too_large), with one-line errors: file_not_found,
     file_unreadable (permissions, a name too long for the file system), invalid_path (a NUL byte)."""
-    shown = shown_path(path)
+    where = shown_path(path)
     if "\x00" in str(path):
-        raise InputError(f"{shown}: a path with a NUL byte; refused", code="invalid_path")
+        raise InputError(f"{where}: a path with a NUL byte; refused", code="invalid_path")
     path = Path(path)
     try:
         if not path.exists():
-            raise ImageError(f"{shown}: file not found", code="file_not_found")
+            raise ImageError(f"{where}: file not found", code="file_not_found")
         if not path.is_file():
-            raise ImageError(f"{shown}: not a regular file", code="file_not_found")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise LimitError(f"{shown}: {size} bytes exceeds the limit of {max_bytes} bytes "
-                             "(io.limits.max_bytes)", code="file_too_large")
+            raise ImageError(f"{where}: not a regular file", code="file_not_found")
+        check_byte_size(where, path.stat().st_size, max_bytes)
         with open(path, "rb") as handle:      # at most one byte past the limit (the file may grow, /proc says 0)
             data = handle.read(max_bytes + 1)
     except OSError as exc:
-        raise ImageError(f"{shown}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
+        raise ImageError(f"{where}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
     if len(data) > max_bytes:
-        raise LimitError(f"{shown}: more than the limit of {max_bytes} bytes (io.limits.max_bytes)",
+        raise LimitError(f"{where}: more than the limit of {max_bytes} bytes (io.limits.max_bytes)",
                          code="file_too_large")
     return data
 
@@ -463,26 +470,19 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
     shows: the byte size, a supported format, the pixel count. For scanning a folder of thousands of photos
     (training's photo bank) without decoding them; the full checks run when one is read."""
     limits = limits or LimitsConfig()
-    shown = shown_path(path)
+    where = shown_path(path)
     try:
-        size = Path(path).stat().st_size
-        if size > limits.max_bytes:
-            raise LimitError(f"{shown}: {size} bytes exceeds the limit of {limits.max_bytes} bytes "
-                             "(io.limits.max_bytes)", code="file_too_large")
+        check_byte_size(where, Path(path).stat().st_size, limits.max_bytes)
         with Image.open(path, formats=_PIL_FORMATS) as img:
             width, height = img.size
     except (LimitError, ImageError):
         raise
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{shown}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
+        raise ImageError(f"{where}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
                          code="image_unreadable") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{shown}: unreadable image ({_one_line(exc)})", code="image_unreadable") from exc
-    if width <= 0 or height <= 0:
-        raise ImageError(f"{shown}: zero-size image ({width}x{height})", code="image_empty")
-    if width * height > limits.max_pixels:
-        raise LimitError(f"{shown}: {width}x{height} = {width * height} pixels exceeds the limit of "
-                         f"{limits.max_pixels} (io.limits.max_pixels)", code="too_many_pixels")
+        raise ImageError(f"{where}: unreadable image ({_one_line(exc)})", code="image_unreadable") from exc
+    check_header_size(where, width, height, limits)
     return height, width
 
 
