@@ -32,6 +32,7 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
 
     signals = StopSignals(stop, say_stopped).install()
     signals.at_hard_exit(forget_worker_key(cfg.redis, Keys(cfg.redis.key_prefix).batch_worker(consumer)))
+
     def on_stuck(entries: list[Entry], seconds: float) -> None:
         """A shard hung (its task now says `worker_hung`): end for the supervisor, as `sigma worker` does."""
         signals.hard_exit(f"a shard hung for {seconds:.0f} s (worker.batch_timeout_s); exiting with status 1", 1)
