@@ -338,6 +338,17 @@ def plugin_worker(redis_url: str, log: Path, prefix: str, annotator: str, consum
                  *sets([*FAST[:6], f"redis.key_prefix={prefix}", *overrides])], base_env(redis_url), log)
 
 
+def jobs_and_a_worker(redis_server, tmp_path, annotator: str, consumer: str, instructions: list[str]):
+    """Jobs queued first (one per instruction), then a plugin worker that reads them as one batch:
+    (a client, the key prefix, the job ids, the worker)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    r = redis_server.client()
+    jobs = [enqueue_job(r, prefix, annotator, instruction=text) for text in instructions]
+    proc = plugin_worker(redis_server.url, tmp_path / "worker.log", prefix, annotator, consumer,
+                         "worker.max_batch_size=4")
+    return r, prefix, jobs, proc
+
+
 @pytest.mark.parametrize("gap_s", [0.01, 0.05])
 def test_a_burst_of_signals_mid_batch_always_exits_0_without_a_traceback(redis_server, tmp_path, gap_s):
     """SIGTERM, then a burst of SIGTERM/SIGINT while the model runs (an impatient operator, a supervisor and a
@@ -418,12 +429,8 @@ def test_extras_json_cannot_hold_do_not_end_the_worker_or_cost_the_batch(redis_s
     (all dead-lettered as worker_lost). Now such values are stored in a JSON form and both jobs are done at once."""
     import json
 
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    r = redis_server.client()
-    good = enqueue_job(r, prefix, "odd-extra", instruction="remove the box")
-    odd = enqueue_job(r, prefix, "odd-extra", instruction="remove the odd box")
-    proc = plugin_worker(redis_server.url, tmp_path / "worker.log", prefix, "odd-extra", "odd",
-                         "worker.max_batch_size=4")
+    r, prefix, (good, odd), proc = jobs_and_a_worker(redis_server, tmp_path, "odd-extra", "odd",
+                                                     ["remove the box", "remove the odd box"])
     try:
         wait_until(lambda: {r.hget(f"{prefix}:job:{j}", "status") for j in (good, odd)} == {b"done"}, 60,
                    f"both jobs done\n{proc.output()}", 0.1)
@@ -484,12 +491,8 @@ def test_a_model_that_calls_sys_exit_fails_its_job_not_the_worker(redis_server, 
     one is retried and dead-lettered saying so, and the worker lives on."""
     import json
 
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    r = redis_server.client()
-    good = enqueue_job(r, prefix, "exit-diff", instruction="remove the box")
-    bad = enqueue_job(r, prefix, "exit-diff", instruction="remove the exit sign")
-    proc = plugin_worker(redis_server.url, tmp_path / "worker.log", prefix, "exit-diff", "exits",
-                         "worker.max_batch_size=4")
+    r, prefix, (good, bad), proc = jobs_and_a_worker(redis_server, tmp_path, "exit-diff", "exits",
+                                                     ["remove the box", "remove the exit sign"])
     try:
         wait_until(lambda: r.hget(f"{prefix}:job:{bad}", "status") == b"failed", 60, f"the bad job\n{proc.output()}",
                    0.1)
