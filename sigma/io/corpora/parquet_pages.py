@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 _READ = 4096
 MAX_HEADER_BYTES = 1 << 20          # a page header is tens of bytes (statistics: a few KB); more is not a header
-MAX_HEADER_STEPS = 4096             # bytes parsed one by one in a header (statistics' values are seeked over)
+MAX_HEADER_STEPS = 4096             # bytes parsed one by one and values skipped in a header (blobs are seeked over)
 MAX_CHUNK_STEPS = 4_000_000         # ... in all the headers of one column chunk: a hostile chunk costs ~1 s at most
 MAX_DEPTH = 16                      # nested structs inside a header; PageHeader needs 3
 
@@ -41,10 +41,15 @@ class _Compact:
         self.buf, self.buf_at = b"", pos
         self.steps = 0
 
-    def byte(self) -> int:
+    def step(self) -> None:
+        """One byte parsed or one value skipped: a list of 2**63 doubles or a map of bools reads no byte per
+        element, so the bound counts values too, not only bytes."""
         self.steps += 1
         if self.steps > MAX_HEADER_STEPS:
             raise PageHeaderError(f"a page header of more than {MAX_HEADER_STEPS} fields and values")
+
+    def byte(self) -> int:
+        self.step()
         i = self.pos - self.buf_at
         if i >= len(self.buf):
             if self.pos - self.start > MAX_HEADER_BYTES:
@@ -72,6 +77,7 @@ class _Compact:
         return (v >> 1) ^ -(v & 1)
 
     def skip(self, kind: int, depth: int) -> None:
+        self.step()
         if kind in (1, 2):                                  # bool: the value is in the type nibble
             return
         if kind == 3:
