@@ -256,6 +256,50 @@ def test_a_poison_entry_is_dead_lettered_while_redis_is_full(private_redis):
     assert q.dead_entries()[0].fields["error"] == "boom"
 
 
+def test_a_failed_shard_does_not_stop_the_fleet_while_redis_is_full(private_redis, tmp_path, caplog):
+    """A shard task that fails (here its run.json is torn) is left for redelivery, its error noted in Redis for the
+    dead letter: a SET, refused over maxmemory. The note was retried until memory was freed and the fleet worker
+    did nothing else meanwhile (CI: a run's shards stalled for the whole squeeze). Now the other runs' shards are
+    done while Redis stays full; the failed task stays pending, for its lease to hand it on. The worker starts while
+    Redis is full, too: its group is looked for before it is made (XGROUP CREATE is refused over maxmemory)."""
+    from sigma.service.fleet import GROUP, run_batch_worker
+    from sigma.service.keys import Keys
+    from sigma.service.queue import StreamQueue
+
+    prefix = f"fleetoom-{uuid.uuid4().hex[:6]}"
+    r = private_redis.client()
+    tasks = StreamQueue(r, Keys(prefix).batch_tasks(), GROUP, "test", lease_ms=60_000, max_deliveries=5,
+                        dead_stream=Keys(prefix).batch_dead())
+    tasks.ensure_group()
+    torn = tmp_path / "torn-run"
+    torn.mkdir()
+    (torn / "run.json").write_text('{"run_hash": "abc", "shar')
+    tasks.add({"run_dir": str(torn), "shard": "00000", "run_hash": "abc"})      # read first: fails first
+    corpus = tmp_path / "corpus"
+    write_pairs_jsonl(corpus, synthetic_pairs(6, size=40, seed=6))
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 2}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    out = tmp_path / "run"
+    assert submit_run(cfg, out, private_redis.url, prefix)["queued"] == 3
+    stop, result = threading.Event(), []
+    with full_redis(r):
+        worker = threading.Thread(target=lambda: result.append(run_batch_worker(
+            private_redis.url, prefix, "fleet-oom", stop=stop, run_read_retry_s=0.2, lease_ms=60_000, block_ms=100,
+            reclaim_interval_ms=60_000)), daemon=True)
+        worker.start()
+        try:
+            summary = wait_fleet(out, 30)
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                r.set(f"{prefix}:still-full", "1")
+        finally:
+            stop.set()
+            worker.join(timeout=30)
+    assert not worker.is_alive() and result, "the fleet worker did not stop"
+    assert summary["done"] == 3 and result[0].done == 3 and result[0].failed == 1, (summary, result[0])
+    assert tasks.pending_count() == 1 and tasks.depth() == 1     # the torn one, left to its lease; the rest acked
+    assert "without its error noted (redis is out of memory): run_unreadable" in caplog.text
+
+
 class MarkingHandler:
     """Writes a marker per entry in `handle` (an HSET: refused over maxmemory), like a handler that marks
     its jobs running; records the delivery count it saw for each entry."""
@@ -422,6 +466,7 @@ def test_redis_over_maxmemory_refuses_new_work_and_drains_what_it_accepted(stack
     svc, r = stack.svc, stack.svc.redis_server.client()
     slow = svc.start_worker("slow-diff", SLOW, wait=False)
     wait_until(lambda: r.hget(f"{svc.prefix}:worker:{slow.consumer}", "model_loaded") == b"1", 60, "slow worker")
+    stack.fleet.signal(signal.SIGSTOP)             # its shards are worked while Redis is full, not before
     out = fleet_run(stack, "oom", shards=6)
     slow.signal(signal.SIGSTOP)                    # so that its first batch is a full one
     with httpx.Client(base_url=svc.url, timeout=30.0) as client:
@@ -438,6 +483,7 @@ def test_redis_over_maxmemory_refuses_new_work_and_drains_what_it_accepted(stack
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"]["code"] == "queue_unavailable"
             assert "out of memory" in refused.json()["error"]["message"]
+            stack.fleet.signal(signal.SIGCONT)
             wait_done(svc, ids, 60)
             summary = wait_fleet(out, 60)
             with pytest.raises(redis.exceptions.OutOfMemoryError):

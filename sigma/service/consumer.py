@@ -62,6 +62,13 @@ def is_transient(exc: BaseException) -> bool:
     return reply.startswith(TRANSIENT_REPLIES)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Redis over maxmemory (noeviction): it ends only when memory is freed, which may take a person."""
+    if isinstance(exc, redis_errors.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).rpartition("caused error: ")[2].startswith("OOM")
+
+
 @dataclass
 class Outcome:
     """A handler's decision for one entry. `store` writes the entry's result to Redis (idempotently):
@@ -338,7 +345,16 @@ class Consumer:
             return
         if outcome.action == "retry":
             if not outcome.stored:
-                self.handler.on_retry(entry, outcome.error or {})
+                try:
+                    self.handler.on_retry(entry, outcome.error or {})
+                except redis.RedisError as exc:
+                    # The note of why is all a retry writes (the entry stays pending, redelivered after its lease).
+                    # Over maxmemory it was retried until memory was freed, and the worker handled nothing else
+                    # meanwhile: one failed shard stopped a fleet worker for as long as Redis stayed full.
+                    if not is_out_of_memory(exc):
+                        raise
+                    log.warning("%s: entry %s left for redelivery without its error noted (redis is out of "
+                                "memory): %s", self.describe, entry.id, (outcome.error or {}).get("code"))
                 outcome.stored = True
                 self.counts.retried += 1
             return

@@ -136,6 +136,14 @@ class StreamQueue:
 
     # -- producing ---------------------------------------------------------------------------
     def ensure_group(self) -> None:
+        """The group, made if missing. Looked for first (a read): XGROUP CREATE is refused over maxmemory even when
+        the group exists, and a worker (re)connecting while Redis was full waited for memory before any work."""
+        try:
+            if any(_text(g.get("name")) == self.group for g in self.r.xinfo_groups(self.stream)):
+                return
+        except redis.ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
         try:
             self.r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
