@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sigma.api.auth import require_scope
@@ -34,6 +34,7 @@ from sigma.text import cut_long_values, shown
 log = logging.getLogger("sigma.api")
 
 MAX_BATCH_BODY_BYTES = 1024 * 1024      # a batch request names paths and options; it is never large
+MAX_FAILED_SHOWN = 10_000               # failed shards one status answer may list (`failed_limit`)
 
 
 class BatchRequest(BaseModel):
@@ -284,9 +285,13 @@ async def submit_batch(request: Request, _principal=ANNOTATE, svc: Service = SER
 
 
 @router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
-async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service = SERVICE):
+async def batch_status(out: str | None = None,
+                       failed_limit: int | None = Query(None, ge=0, le=MAX_FAILED_SHOWN, description=(
+                           "failed shards listed in run.failed_shards, first in run order (default 100); "
+                           "run.failed counts them all, run.failed_shards_omitted the ones left out")),
+                       _principal=ANNOTATE, svc: Service = SERVICE):
     cfg = svc.cfg
-    from sigma.batch.layout import RunDir
+    from sigma.batch.layout import FAILED_SHOWN, RunDir
     from sigma.service.fleet import queue_status
 
     root = _root(cfg)
@@ -298,7 +303,8 @@ async def batch_status(out: str | None = None, _principal=ANNOTATE, svc: Service
         if not os.path.isfile(rundir.run_file):
             raise ApiError(404, "not_found", f"no batch run in {_relative(root, out_path)!r}")
         try:
-            summary = await anyio.to_thread.run_sync(rundir.summary)
+            limit = FAILED_SHOWN if failed_limit is None else failed_limit
+            summary = await anyio.to_thread.run_sync(lambda: rundir.summary(failed_limit=limit))
         except (SigmaError, OSError) as exc:
             raise _to_api(exc, root) from exc
         for failed in summary.get("failed_shards", []):

@@ -649,3 +649,40 @@ def test_a_huge_shard_size_is_a_config_error_naming_the_maximum(tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 2 and "shard_size" in err and "100000" in err and "Traceback" not in err, err
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def many_failed_run(out: Path, failed: int, pending: int = 5) -> RunDir:
+    """A run folder of `failed` shards given up on (each with a 5000-character reason, as a dead letter writes
+    them) and `pending` not started."""
+    shards = [{"index": i, "key": f"part-{i:05d}", "ref": {}, "num_items": 1} for i in range(failed + pending)]
+    rundir = RunDir(out)
+    out.mkdir()
+    rundir.write_run({"run_hash": "h" * 12, "shards": shards, "config": {}, "planned_pairs": len(shards)})
+    for shard in rundir.shards()[:failed]:
+        assert rundir.mark_failed(shard, "h" * 12, f"dead-lettered: {shard.key} " + "y" * 5000)
+    return rundir
+
+
+def test_a_run_with_thousands_of_failed_shards_lists_the_first_few_and_counts_them_all(tmp_path, capsys):
+    """`sigma batch status` (and GET /v1/batches/status, summary.json) listed every failed shard with its whole
+    message: a run whose 1200 shards were all dead-lettered answered with 1200 entries of 5 KB. Now the first 100
+    (`--failed-limit N`), each message cut to 2000 characters; `failed` still counts all and
+    `failed_shards_omitted` says how many were left out."""
+    rundir = many_failed_run(tmp_path / "run", 1200)
+    summary = rundir.summary()
+    assert (summary["failed"], summary["pending"], summary["done"]) == (1200, 5, 0), summary["failed"]
+    assert [f["shard"] for f in summary["failed_shards"]] == [f"part-{i:05d}" for i in range(100)]
+    assert summary["failed_shards_omitted"] == 1100
+    assert all(len(f["error"]) < 2100 and f["error"].startswith("dead-lettered: part-") for f in summary["failed_shards"])
+    everything = rundir.summary(failed_limit=None)
+    assert len(everything["failed_shards"]) == 1200 and everything["failed_shards_omitted"] == 0
+
+    assert main(["batch", "status", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("  failed: ") == 100 and "and 1100 more failed shard(s)" in printed
+    assert len(printed) < 250_000
+    assert main(["batch", "status", str(tmp_path / "run"), "--json", "--failed-limit", "3"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["failed_shards"]) == 3 and (answer["failed"], answer["failed_shards_omitted"]) == (1200, 1197)
+    assert main(["batch", "status", str(tmp_path / "run"), "--failed-limit", "-1"]) == 2
+    assert "--failed-limit must be >= 0" in capsys.readouterr().err

@@ -25,10 +25,14 @@ from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import replace_atomically
-from sigma.text import dumps_finite
+from sigma.text import MAX_MESSAGE, dumps_finite, shown
 from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"
+# failed shards a summary lists (`failed_shards`), first in run order; `failed` counts them all and
+# `failed_shards_omitted` says how many were left out. A run with thousands of failures (a corpus whose every shard
+# the fleet dead-lettered) made every status answer and summary.json list all of them, each with its message
+FAILED_SHOWN = 100
 
 
 def refuse_folder(path: Path) -> None:
@@ -334,7 +338,9 @@ class RunDir:
                                                         "run_hash": run_hash, "error": error, **extra})
             return True
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, failed_limit: int | None = FAILED_SHOWN) -> dict[str, Any]:
+        """Shard counts, pair counts and error codes of the run, with the first `failed_limit` failed shards (None:
+        all) and each one's message cut to MAX_MESSAGE characters."""
         record = self.load()
         run_hash = record["run_hash"]
         counts = {"done": 0, "failed": 0, "pending": 0}
@@ -355,12 +361,13 @@ class RunDir:
                     codes[str(code)] = codes.get(str(code), 0) + _count(n)
             elif st and st.get("status") == "failed" and st.get("run_hash") == run_hash:
                 counts["failed"] += 1
-                failed.append({"shard": shard.key, "error": str(st.get("error", ""))})
+                if failed_limit is None or len(failed) < failed_limit:
+                    failed.append({"shard": shard.key, "error": shown(st.get("error", ""), MAX_MESSAGE)})
             else:
                 counts["pending"] += 1
         return {"run_hash": run_hash, "shards": len(record["shards"]), **counts, "pairs": pairs, "ok": ok,
                 "errors": errors, "error_codes": dict(sorted(codes.items())), "failed_shards": failed,
-                "planned_pairs": record.get("planned_pairs")}
+                "failed_shards_omitted": counts["failed"] - len(failed), "planned_pairs": record.get("planned_pairs")}
 
     def pending_keys(self) -> tuple[str, list[str]] | None:
         """(run hash, the keys of the shards neither done nor failed); None when the folder holds no run."""

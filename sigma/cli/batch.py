@@ -150,6 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("out", help="run folder")
     _add_redis_args(st, "also show the fleet queue on this Redis URL")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--failed-limit", type=int, default=None, metavar="N",
+                    help="failed shards listed, first in run order (default 100; the count covers them all)")
     st.set_defaults(run=run_status)
 
     pr = bsub.add_parser("presets", help="list the corpus presets and their columns",
@@ -234,13 +236,16 @@ def _codes(counts: dict[str, int] | None) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from sigma.batch.layout import RunDir
+    from sigma.batch.layout import FAILED_SHOWN, RunDir
     from sigma.cli.common import check_extras
+    from sigma.errors import ConfigError
 
+    if args.failed_limit is not None and args.failed_limit < 0:
+        raise ConfigError(f"--failed-limit must be >= 0, got {args.failed_limit}")
     if args.redis or args.key_prefix or args.serve_config:
         check_extras("batch status --redis", ("redis",))
 
-    status = RunDir(args.out).summary()
+    status = RunDir(args.out).summary(failed_limit=FAILED_SHOWN if args.failed_limit is None else args.failed_limit)
     if args.redis or args.key_prefix or args.serve_config:
         from sigma.service.fleet import queue_status
 
@@ -255,6 +260,8 @@ def run_status(args: argparse.Namespace) -> int:
           + (f" (of {planned} planned)" if planned else "") + _codes(status["error_codes"]))
     for f in status["failed_shards"]:
         print(f"  failed: {f['shard']}: {f['error']}")
+    if status["failed_shards_omitted"]:
+        print(f"  … and {status['failed_shards_omitted']} more failed shard(s) (--failed-limit N lists more)")
     if "queue" in status:
         q = status["queue"]
         print("queue: " + ", ".join(f"{k}={v}" for k, v in q.items()))
