@@ -782,3 +782,28 @@ def test_a_dead_letters_long_error_record_is_cut_and_stays_json(redis_server):
     q.dead_letter(entry, json.dumps(record))
     error = json.loads(q.dead_entries()[0].fields["error"])
     assert error["code"] == "shard_failed" and error["deliveries"] == 1 and "characters)" in error["message"], error
+
+
+def test_a_damaged_tasks_shard_key_is_cut_and_escaped_in_the_workers_heartbeat(redis_server, tmp_path):
+    """The fleet worker's heartbeat hash (what `sigma batch status --redis` and operators read) copied the shard
+    key of the task in hand as given: a damaged task's 1 MB key with terminal escapes was written to Redis on every
+    beat. It is cut (with its length said) and its control characters escaped, as other echoes are."""
+    prefix = prefix_name()
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "run.json").write_bytes(b"{")          # read again for run_read_retry_s: a task in hand
+    q = make_queue(redis_server.client(), Keys(prefix), "submitter")
+    q.add({"run_dir": str(tmp_path / "torn"), "shard": "\x1b[2J\x1b[31mkey" + "k" * 1_000_000, "run_hash": "0"})
+    worker = threading.Thread(target=run_batch_worker, args=(redis_server.url, prefix, "hb"),
+                              kwargs={"block_ms": 50, "max_tasks": 1, "run_read_retry_s": 2,
+                                      "heartbeat_interval_ms": 20})
+    worker.start()
+    shown, deadline = "", time.monotonic() + 10
+    try:
+        while not shown and time.monotonic() < deadline:
+            shown = (redis_server.client().hget(Keys(prefix).batch_worker("hb"), "shard") or b"").decode()
+            time.sleep(0.01)
+    finally:
+        worker.join(timeout=20)
+    assert shown, "the heartbeat never named the task in hand"
+    assert len(shown) < 300 and "\x1b" not in shown, (len(shown), shown[:100])
+    assert shown.startswith("\\x1b[2J\\x1b[31mkey") and shown.endswith("kkk (1000018 characters)"), shown

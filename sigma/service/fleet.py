@@ -27,6 +27,7 @@ from sigma.batch.layout import RunDir
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
 from sigma.io.corpora.base import Shard, resolved_under
+from sigma.io.images import shown_path
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
@@ -265,6 +266,14 @@ def task_error(message: str) -> str:
     return cut_long_values(message, TASK_ERROR_LIMIT, TASK_ERROR_TOKEN)
 
 
+def shown_shard(fields: dict[str, str]) -> str:
+    """A task's shard key as the worker's heartbeat and log show it: control characters escaped, cut past 240
+    characters (a planned key is at most ~130). A damaged or hostile task's key went whole into the heartbeat hash
+    every beat (megabytes in Redis, and in every `sigma batch status --redis` scan) and into the log with its
+    terminal escapes."""
+    return shown_path(fields.get("shard", ""))
+
+
 class PermanentTaskError(Exception):
     """A task no retry can fix (its run folder is gone or belongs to another run)."""
 
@@ -476,7 +485,7 @@ class FleetHandler:
 
     def info(self) -> dict[str, Any]:
         return {"consumer": self.consumer, "mode": "batch", "done": self.stats.done, "failed": self.stats.failed,
-                "shard": self.current.get("shard", "")}
+                "shard": shown_shard(self.current)}
 
     def handle(self, entries: list[Entry]) -> list[Outcome]:
         outcomes = []
@@ -492,7 +501,7 @@ class FleetHandler:
             except RunUnreadable as exc:       # through the lease; dead-lettered after max_deliveries
                 self.stats.failed += 1
                 self.stats.errors.append(str(exc))
-                log.warning("task %s (delivery %d): %s", entry.fields.get("shard"), entry.deliveries, exc)
+                log.warning("task %s (delivery %d): %s", shown_shard(entry.fields), entry.deliveries, exc)
                 outcomes.append(Outcome(entry, "retry", error={"code": "run_unreadable", "message": str(exc)}))
                 continue
             except Exception as exc:  # noqa: BLE001 - e.g. the corpus is briefly unreachable: retried via the lease
@@ -506,8 +515,8 @@ class FleetHandler:
             else:
                 error = task_error(error or "failed")
                 self.stats.failed += 1
-                self.stats.errors.append(task_error(f"{entry.fields.get('shard')}: {error}"))
-                log.warning("shard %s failed (delivery %d): %s", entry.fields.get("shard"), entry.deliveries, error)
+                self.stats.errors.append(task_error(f"{shown_shard(entry.fields)}: {error}"))
+                log.warning("shard %s failed (delivery %d): %s", shown_shard(entry.fields), entry.deliveries, error)
                 outcomes.append(Outcome(entry, "retry", error={"code": "shard_failed", "message": error or "failed"}))
         return outcomes
 
@@ -582,7 +591,7 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
             try:
                 handler.on_retry(entry, error)
             except Exception as exc:  # noqa: BLE001 - Redis down: the dead letter says worker_lost instead
-                log.warning("could not record that shard %s hung: %s", entry.fields.get("shard"), exc)
+                log.warning("could not record that shard %s hung: %s", shown_shard(entry.fields), exc)
         if on_stuck is not None:
             on_stuck(entries, seconds)
 
