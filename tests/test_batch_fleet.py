@@ -807,3 +807,68 @@ def test_a_damaged_tasks_shard_key_is_cut_and_escaped_in_the_workers_heartbeat(r
     assert shown, "the heartbeat never named the task in hand"
     assert len(shown) < 300 and "\x1b" not in shown, (len(shown), shown[:100])
     assert shown.startswith("\\x1b[2J\\x1b[31mkey") and shown.endswith("kkk (1000018 characters)"), shown
+
+
+def spawned_children() -> list[int]:
+    """This process's live children started by multiprocessing's spawn (a decode pool's), from /proc (Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z" and \
+                    b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_hung_decode_pool_under_a_fleet_worker_is_replaced_before_the_worker_is_taken_for_hung(redis_server,
+                                                                                                tmp_path):
+    """A fleet worker's decode pool waits `stall_s` (900 s by default) for a chunk before it replaces itself and fails
+    the shard, but the worker takes itself for hung after `worker.batch_timeout_s` (600 s) with no pair done: the
+    worker always exited first, and the shard was redelivered to hang again. Under a worker the pool now waits at
+    most half the batch timeout: its decoders (SIGSTOPped here, as a codec deadlock stops them) are killed, the shard
+    fails with `decode worker hung` and the worker, never reported stuck, goes on."""
+    import service_plugins  # noqa: F401 - registers slow-diff, for the plan
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(40, size=32))
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 40},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 50}, "batch_size": 1,
+                                      "png_masks": True, "workers": 1})
+    assert cfg.stall_s == 900 and submit_run(cfg, out, redis_server.url, prefix)["queued"] == 1
+    stuck: list[float] = []
+    stopped: list[int] = []
+
+    def on_stuck(entries, seconds) -> None:             # what `sigma worker --batch` would exit for; let it go on
+        stuck.append(seconds)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+        redis_server.url, prefix, "w1", block_ms=50, heartbeat_interval_ms=50, max_tasks=1, workers=1,
+        batch_timeout_s=3.0, on_stuck=on_stuck)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("masks/*/*.png")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped.extend(spawned_children())
+        assert stopped, "no decode process found"
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        worker.join(timeout=60)
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert not worker.is_alive()
+    stats = box["stats"]
+    assert stuck == [], stuck
+    assert (stats.done, stats.failed) == (0, 1), stats
+    assert "decode worker hung: no result for 1.5 s" in stats.errors[0], stats.errors

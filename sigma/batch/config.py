@@ -83,7 +83,9 @@ class BatchConfig(AnnotatorSpec):
     stall_s: float = Field(900.0, gt=0, description="--procs and --backend ray: an inference process or actor "
                            "that holds a shard and reports no progress for this long is taken as hung (a deadlock, "
                            "a stopped process): it is killed and its shard goes to another; --workers: a decode "
-                           "chunk with no result for this long replaces the decode pool and fails the shards it held")
+                           "chunk with no result for this long replaces the decode pool and fails the shards it held "
+                           "(under `sigma worker --batch` at most half of worker.batch_timeout_s, so the pool "
+                           "recovers before the worker is taken for hung)")
     attempts: int = Field(3, ge=1, description="a shard whose process or Ray actor dies is run again by another "
                           "one, up to this many tries in all; then it is failed (rerun with --resume)")
     plugins: list[str] = Field(default_factory=list, description="modules imported before the annotator is built, "

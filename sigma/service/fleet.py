@@ -220,12 +220,26 @@ def redis_settings(redis: RedisSettings | str | None, key_prefix: str | None = N
     return settings
 
 
+# Under a worker's `worker.batch_timeout_s`, the share of it a decode chunk may take before the decode pool takes
+# itself for hung (the run's `stall_s`, 900 s by default, is lowered to it). The worker's watch counts from the last
+# pair done, the pool's from when it waits on the chunk: at 900 s against 600 s the worker always gave up first —
+# it exited, the shard was redelivered to hang again and was dead-lettered as `worker_hung` — and the pool's own
+# remedy (kill the decoders, start new ones, fail this shard only, the worker goes on) never ran.
+DECODE_STALL_SHARE = 0.5
+
+
+def decode_stall_s(stall_s: float, batch_timeout_s: float) -> float:
+    """The decode pool's stall bound for a worker whose batches time out after `batch_timeout_s` (0: none)."""
+    return min(stall_s, DECODE_STALL_SHARE * batch_timeout_s) if batch_timeout_s > 0 else stall_s
+
+
 @dataclass
 class _RunCache:
     """One annotator + decode pool per run config, kept across tasks: loading a model once per shard
-    would cost more than the shard."""
+    would cost more than the shard. `batch_timeout_s`: the worker's; the pool's stall bound stays below it."""
 
     workers: int | None = None
+    batch_timeout_s: float = 0.0
     key: str | None = None
     pipeline: Any = None
 
@@ -235,7 +249,8 @@ class _RunCache:
         key = f"{run_hash}:{cfg.annotator}"
         if key != self.key:
             self.close()
-            self.pipeline = Pipeline(cfg, workers=self.workers)
+            stall_s = decode_stall_s(cfg.stall_s, self.batch_timeout_s)     # outside the run hash: speed only
+            self.pipeline = Pipeline(cfg.model_copy(update={"stall_s": stall_s}), workers=self.workers)
             self.key = key
         return self.pipeline
 
@@ -472,7 +487,7 @@ class FleetHandler:
     last_error_ttl_s = 86_400
 
     def __init__(self, consumer: str, workers: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
-                 client: Any = None, keys: Keys | None = None):
+                 client: Any = None, keys: Keys | None = None, batch_timeout_s: float = 0.0):
         self.consumer = consumer
         self.run_read_retry_s = run_read_retry_s
         # where a task's last error is kept (None: not kept): a task whose workers all hung or died is dead-lettered
@@ -480,7 +495,7 @@ class FleetHandler:
         self.client, self.keys = client, keys
         self.on_progress: Callable[[], None] | None = None
         self.stats = WorkerStats()
-        self.cache = _RunCache(workers=workers)
+        self.cache = _RunCache(workers=workers, batch_timeout_s=batch_timeout_s)
         self.current: dict[str, str] = {}
 
     def info(self) -> dict[str, Any]:
@@ -574,7 +589,8 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
     `batch_timeout_s` (0: none): a shard with no pair done for that long is stuck (a model that hangs): its task
     gets `worker_hung` as its last error and `on_stuck(entries, seconds)` is called, from the heartbeat thread (the
     CLI ends the process for its supervisor to restart); the lease runs out and the task is redelivered, and
-    dead-lettered after `max_deliveries` with that error."""
+    dead-lettered after `max_deliveries` with that error. A decode chunk waits at most half of it (`decode_stall_s`):
+    a hung decode pool is replaced and its shard failed before the worker is taken for hung."""
     settings = redis_settings(redis, key_prefix)
     qs = (queue or QueueSettings()).model_copy(update=queue_overrides)
     keys = Keys(settings.key_prefix)
@@ -582,7 +598,8 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
     client = sync_client(settings, block_ms=qs.block_ms)
     q = StreamQueue(client, keys.batch_tasks(), GROUP, consumer, lease_ms=qs.lease_ms,
                     max_deliveries=qs.max_deliveries, dead_stream=keys.batch_dead(), dead_maxlen=qs.dead_letter_maxlen)
-    handler = FleetHandler(consumer, workers, run_read_retry_s, client=client, keys=keys)
+    handler = FleetHandler(consumer, workers, run_read_retry_s, client=client, keys=keys,
+                           batch_timeout_s=batch_timeout_s)
 
     def stuck(entries: list[Entry], seconds: float) -> None:
         error = {"code": "worker_hung", "message": f"no pair of the shard was done for {seconds:.0f} s "
