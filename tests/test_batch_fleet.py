@@ -872,3 +872,28 @@ def test_a_hung_decode_pool_under_a_fleet_worker_is_replaced_before_the_worker_i
     assert stuck == [], stuck
     assert (stats.done, stats.failed) == (0, 1), stats
     assert "decode worker hung: no result for 1.5 s" in stats.errors[0], stats.errors
+
+
+def test_tasks_refused_while_a_local_run_holds_the_folder_spend_no_delivery_and_are_done_after_it(redis_server,
+                                                                                                 corpus, tmp_path):
+    """A fleet worker refused with `run_locked` (a local `sigma batch run` holds the run folder exclusively) spent
+    one of the task's deliveries each time, so a local run longer than max_deliveries leases had the run's tasks
+    dead-lettered and its shards failed, though nothing was wrong with them. Now such a task is deferred: retried
+    after the lease with the delivery not counted, and done once the folder is free."""
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+        redis_server.url, prefix, "w1", block_ms=50, lease_ms=150, reclaim_interval_ms=30, max_deliveries=2,
+        exit_when_idle=True)))
+    with RunDir(out).locked(exclusive=True):           # what `sigma batch run --resume --out OUT` holds
+        worker.start()
+        time.sleep(2.0)                                # some 13 leases: each task refused again and again
+        pending = redis_server.client().xpending_range(Keys(prefix).batch_tasks(), "sigma-batch", "-", "+", 100)
+        assert len(pending) == 6 and max(row["times_delivered"] for row in pending) <= 1, pending
+    worker.join(timeout=30)
+    stats = box["stats"]
+    assert (stats.done, stats.dead, stats.failed) == (6, 0, 0), stats
+    assert stats.deferred >= 6, stats
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"]) == (6, 0), summary

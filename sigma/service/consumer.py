@@ -6,6 +6,8 @@ The annotation worker (`sigma worker`) and the batch fleet worker (`sigma worker
 - an entry leaves the stream only through `ack` (after its outcome is stored) or the dead-letter stream
   (after `max_deliveries` deliveries); a handler that says "retry" leaves it pending, and the lease
   (extended by the heartbeat while the entry is worked on) hands it to a worker again when it runs out;
+  "defer" does the same without spending a delivery (the entry was refused for a reason not its own: its run
+  folder held by a local run), so it is never dead-lettered for it;
 - Redis trouble is transient: connection loss, timeouts (a SIGSTOPped server), `OOM` under
   `maxmemory`, `LOADING` after a restart (`is_transient`). The loop backs off with jitter, reconnects,
   keeps the outcomes it already computed until they are stored, and the entries it read until they are
@@ -75,7 +77,7 @@ class Outcome:
     it runs before the ack, and again after an outage if Redis failed in between."""
 
     entry: Entry
-    action: Literal["ack", "retry", "dead"]
+    action: Literal["ack", "retry", "defer", "dead"]
     error: dict[str, Any] | None = None
     store: Callable[[], Any] | None = None
     stored: bool = False                      # `store` (or `on_retry`) ran: not again after a Redis error
@@ -107,6 +109,7 @@ class ConsumerCounts:
     batches: int = 0
     acked: int = 0
     retried: int = 0
+    deferred: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
     redis_errors: int = 0
@@ -342,6 +345,10 @@ class Consumer:
             outcome.action = "dead"
         if outcome.action == "dead":
             self._dead_letter(outcome)
+            return
+        if outcome.action == "defer":
+            self.queue.defer(entry)          # idempotent (sets the counter): settled again after a Redis error
+            self.counts.deferred += 1
             return
         if outcome.action == "retry":
             if not outcome.stored:

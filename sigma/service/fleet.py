@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +266,7 @@ class WorkerStats:
     skipped: int = 0
     failed: int = 0
     dead: int = 0
+    deferred: int = 0          # refused because a local run held the run folder: retried, no delivery spent
     pairs: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -294,6 +295,11 @@ class PermanentTaskError(Exception):
 
     def __init__(self, message: str):
         super().__init__(task_error(message))
+
+
+class RunBusy(Exception):
+    """The run folder is held exclusively by a local `sigma batch run` (or a submission planning it): no fault of
+    the task's. It is deferred (retried after the lease without spending a delivery), never dead-lettered for it."""
 
 
 class RunUnreadable(Exception):
@@ -455,14 +461,21 @@ class _Beat:
 
 def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
                  on_progress: Callable[[], None] | None = None) -> tuple[str, int, str | None]:
-    """Run one shard task: ("done" | "skipped" | "failed", pairs, error). `on_progress`: called as pairs are done."""
+    """Run one shard task: ("done" | "skipped" | "failed", pairs, error). `on_progress`: called as pairs are done.
+    RunBusy while a local run holds the run folder."""
     rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
         return "skipped", 0, None
     cfg = _trusted_config(fields, record)
     corpus = corpus_from_config(cfg)
-    with rundir.locked(exclusive=False):   # run_locked while a local run holds it: retried after the lease
+    with ExitStack() as held:
+        try:
+            held.enter_context(rundir.locked(exclusive=False))
+        except InputError as exc:
+            if exc.code != "run_locked":
+                raise
+            raise RunBusy(exc.message) from exc
         # the temporary parquet a worker killed on this shard before left: nobody else sweeps it
         rundir.sweep_temps(shard, run_hash)
         beat = _Beat(on_progress) if on_progress is not None else None
@@ -512,6 +525,12 @@ class FleetHandler:
             except PermanentTaskError as exc:
                 self.stats.errors.append(str(exc))
                 outcomes.append(Outcome(entry, "dead", error={"code": "bad_task", "message": str(exc)}))
+                continue
+            except RunBusy as exc:             # a local run holds the folder: after the lease, no delivery spent
+                self.stats.deferred += 1
+                log.info("task %s deferred (delivery %d not counted): %s", shown_shard(entry.fields),
+                         entry.deliveries, exc)
+                outcomes.append(Outcome(entry, "defer", error={"code": "run_locked", "message": str(exc)}))
                 continue
             except RunUnreadable as exc:       # through the lease; dead-lettered after max_deliveries
                 self.stats.failed += 1

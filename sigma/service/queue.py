@@ -13,6 +13,7 @@ through this module, so the delivery rules are written once:
     q.dead_letter(entry, error="...")         # XACK, then XADD dead stream + XDEL: one script, at most once
     q.ack([e.id for e in batch])              # XACK + XDEL in one script: only after the result is stored
     q.extend(ids)                             # XCLAIM JUSTID: refresh the lease of work in progress
+    q.defer(entry)                            # XCLAIM RETRYCOUNT: retried after the lease, no delivery spent
     q.depth(), q.pending_count(), q.dead_count()
 
     hb = Heartbeat(client, key="sigma:worker:host-123", interval_ms=2000, ttl_ms=10_000,
@@ -226,6 +227,14 @@ class StreamQueue:
         """Reset the idle time of entries this consumer still works on (no delivery is counted)."""
         if ids:
             self.r.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
+
+    def defer(self, entry: Entry) -> None:
+        """Leave the entry pending for a retry after a full lease, with this delivery not counted: its counter set
+        back to what it was before it reached us (XCLAIM RETRYCOUNT; the next XAUTOCLAIM adds it again). For work
+        refused for a reason that is not the entry's (its run folder held by a local run): a retry spent a delivery
+        each time, and a long wait dead-lettered entries nothing was wrong with."""
+        self.r.xclaim(self.stream, self.group, self.consumer, 0, [entry.id], retrycount=max(entry.deliveries - 1, 0),
+                      justid=True)
 
     def ack(self, ids: list[str]) -> None:
         """Acknowledge and delete: call only after the entry's result is stored."""
