@@ -338,19 +338,33 @@ class RunDir:
                                                         "run_hash": run_hash, "error": error, **extra})
             return True
 
+    def shard_states(self, record: dict[str, Any] | None = None) -> Iterator[tuple[Shard, str, dict[str, Any] | None]]:
+        """Each planned shard with its state for the run's hash — "done" (`is_done`), "failed" (given up on) or
+        "pending" — and its status record: the one walk `summary` and `pending_keys` share. `record`: the run
+        record already loaded."""
+        record = self.load() if record is None else record
+        run_hash = record["run_hash"]
+        for item in record["shards"]:
+            shard = Shard.from_dict(item)
+            st = self.status(shard)
+            if self.is_done(shard, run_hash):
+                yield shard, "done", st
+            elif st and st.get("status") == "failed" and st.get("run_hash") == run_hash:
+                yield shard, "failed", st
+            else:
+                yield shard, "pending", st
+
     def summary(self, failed_limit: int | None = FAILED_SHOWN) -> dict[str, Any]:
         """Shard counts, pair counts and error codes of the run, with the first `failed_limit` failed shards (None:
         all) and each one's message cut to MAX_MESSAGE characters."""
         record = self.load()
-        run_hash = record["run_hash"]
         counts = {"done": 0, "failed": 0, "pending": 0}
         pairs = ok = errors = 0
         codes: dict[str, int] = {}
         failed: list[dict[str, str]] = []
-        for shard in self.shards():
-            st = self.status(shard)
-            if self.is_done(shard, run_hash):
-                counts["done"] += 1
+        for shard, state, st in self.shard_states(record):
+            counts[state] += 1
+            if state == "done" and st is not None:
                 # a status with a field missing (edited by hand, written by another version) is still done:
                 # its counts are unknown, not a KeyError traceback in every command that reads the run
                 pairs += _count(st.get("pairs"))
@@ -359,13 +373,9 @@ class RunDir:
                 error_codes = st.get("error_codes")
                 for code, n in (error_codes.items() if isinstance(error_codes, dict) else ()):
                     codes[str(code)] = codes.get(str(code), 0) + _count(n)
-            elif st and st.get("status") == "failed" and st.get("run_hash") == run_hash:
-                counts["failed"] += 1
-                if failed_limit is None or len(failed) < failed_limit:
-                    failed.append({"shard": shard.key, "error": shown(st.get("error", ""), MAX_MESSAGE)})
-            else:
-                counts["pending"] += 1
-        return {"run_hash": run_hash, "shards": len(record["shards"]), **counts, "pairs": pairs, "ok": ok,
+            elif state == "failed" and st is not None and (failed_limit is None or len(failed) < failed_limit):
+                failed.append({"shard": shard.key, "error": shown(st.get("error", ""), MAX_MESSAGE)})
+        return {"run_hash": record["run_hash"], "shards": len(record["shards"]), **counts, "pairs": pairs, "ok": ok,
                 "errors": errors, "error_codes": dict(sorted(codes.items())), "failed_shards": failed,
                 "failed_shards_omitted": counts["failed"] - len(failed), "planned_pairs": record.get("planned_pairs")}
 
@@ -374,14 +384,7 @@ class RunDir:
         if not self.exists():
             return None
         record = self.load()
-        run_hash = record["run_hash"]
-        pending = []
-        for shard in (Shard.from_dict(s) for s in record["shards"]):
-            st = self.status(shard)
-            failed = bool(st) and st.get("status") == "failed" and st.get("run_hash") == run_hash
-            if not failed and not self.is_done(shard, run_hash):
-                pending.append(shard.key)
-        return run_hash, pending
+        return record["run_hash"], [shard.key for shard, state, _ in self.shard_states(record) if state == "pending"]
 
     def done_outputs(self) -> list[tuple[Shard, Path]]:
         run_hash = self.load()["run_hash"]
