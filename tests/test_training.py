@@ -196,6 +196,50 @@ def test_tensorboard_events_of_steps_rerun_after_a_kill_are_there_once(photos, t
     assert sorted(set(_row_keys(run))) == sorted(_row_keys(run))
 
 
+GROW_SCRIPT = """
+import errno, json, resource, signal, sys
+from pathlib import Path
+from sigma.config import load_config
+from sigma.training.config import TrainConfig
+from sigma.training.loop import Trainer
+
+stage1, photos, small, model, run, limit = sys.argv[1:]
+cfg = load_config(TrainConfig, stage1, [f"data.photos={photos}", f"init_from={small}", f"model={model}",
+                                        "steps=1", "eval.val_size=0", "eval.at_start=false"])
+if int(limit):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # a write past the limit is EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
+try:
+    Trainer(cfg, Path(run), log=lambda *a: None).run()
+except OSError as exc:
+    sys.exit(3 if exc.errno == errno.EFBIG else 4)
+"""
+
+
+def test_grow_json_is_whole_or_absent_when_its_write_fails(photos, tmp_path):
+    """grow.json (what a run grown from a smaller model loaded and made new) was written in place: a kill or a full
+    disk in the middle of the write left a torn file. It is written beside and renamed into place; the run,
+    started again, writes it whole. The write fails here on a real file size limit (EFBIG, what a full disk is)."""
+    from sigma.models import build_model, save_model
+    from sigma.models.presets import PRESETS
+
+    small = tmp_path / "small"
+    save_model(build_model("tiny-lite"), small)
+    grown = json.loads(json.dumps(PRESETS["tiny-lite"]))
+    grown["backbone"]["depths"] = [0, 1, 1, 2, 2]
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", GROW_SCRIPT, STAGE1, str(photos), str(small), json.dumps(grown), str(run)]
+    done = subprocess.run([*args, "60"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-2000:]            # stopped by the limit, at the grow.json write
+    assert not (run / "grow.json").exists() and not list(run.glob("grow.json*"))
+    done = subprocess.run([*args, "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grow = json.loads((run / "grow.json").read_text())
+    assert grow["init_from"] == str(small) and grow["identity_initialised"] and grow["loaded"] > 0
+
+
 def test_a_fresh_run_without_init_from_keeps_its_own_best(photos, tmp_path):
     """docs/training.md: `best/` + `best.json` hold the highest validation F1 so far. The at-start validation
     of a run with no init_from scores random weights; kept as the one to beat, a run that never beat it (here

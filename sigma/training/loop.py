@@ -585,9 +585,11 @@ class Trainer:
             return self._finish(self._val_set() if self.is_main else [])
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
-            (self.run_dir / "grow.json").write_text(dumps_finite(
-                {"init_from": cfg.init_from, "loaded": len(rep.loaded), "new": rep.new,
-                 "identity_initialised": rep.identity, "dropped": rep.dropped}, indent=1))
+            # replaced whole: written in place, a kill or a full disk mid-write left a torn grow.json behind (a
+            # run that stops before its first checkpoint writes it again when resumed: it starts over)
+            write_json_atomically(self.run_dir / "grow.json",
+                                  {"init_from": cfg.init_from, "loaded": len(rep.loaded), "new": rep.new,
+                                   "identity_initialised": rep.identity, "dropped": rep.dropped})
             self.emit({"event": "grow", "loaded": len(rep.loaded), "new": len(rep.new),
                        "identity_initialised": rep.identity})
         started = time.monotonic()
