@@ -538,6 +538,35 @@ def test_set_values_of_text_fields_are_taken_as_written(capsys, pair_files, tmp_
     assert_one_error_line(err, "invalid_config")
 
 
+def test_set_integers_in_exponent_notation_are_numbers(capsys, tmp_path):
+    """YAML reads `1e3` and `1e300` as text (a YAML 1.1 float needs a dot and a signed exponent), so an integer
+    field refused them as "unable to parse string as an integer": `--set input.shard_size=1e300` did not say that
+    the number is past the field's bound. An exponent that makes a whole number is that number, exactly."""
+    from sigma.batch.config import BatchConfig
+    from sigma.cli.annotate import AnnotateConfig
+    from sigma.config import load_config
+    from sigma.errors import ConfigError
+    from sigma.training.config import TrainConfig
+
+    assert load_config(BatchConfig, None, ["input.path=c", "input.shard_size=1e3"]).input.shard_size == 1000
+    assert load_config(BatchConfig, None, ["input.path=c", "input.shard_size=2.5E+2"]).input.shard_size == 250
+    assert load_config(TrainConfig, None, ["steps=1e3", "lr=1e-3"]).steps == 1000
+    assert load_config(TrainConfig, None, ["lr=1e-3", "warmup_steps=0"]).lr == 0.001     # floats as before
+    with pytest.raises(ConfigError) as info:
+        load_config(AnnotateConfig, None, ["io.limits.max_instruction_chars=1e300"])
+    assert "less than or equal to 100000" in info.value.message and "parse" not in info.value.message
+    with pytest.raises(ConfigError, match=r"steps=1\.5e0: not a whole number"):
+        load_config(TrainConfig, None, ["steps=1.5e0"])
+    with pytest.raises(ConfigError, match="more than 4300 digits"):        # not a billion-digit number built
+        load_config(TrainConfig, None, ["steps=1e999999999"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = run_main(capsys, "batch", "run", str(empty), "--out", str(tmp_path / "out"),
+                          "--set", "input.shard_size=1e300")
+    assert rc == 2 and "input.shard_size" in err and "at most 100000" in err and "integer" not in err
+    assert_one_error_line(err, "invalid_config")
+
+
 def _laughs(levels: int) -> str:
     """YAML aliases nine deep per level: a few hundred bytes that expand to 9**levels values."""
     lines = ["&l0 [" + ", ".join(["1"] * 9) + "]"]

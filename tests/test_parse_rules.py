@@ -585,12 +585,18 @@ def test_a_line_that_starts_with_an_editing_verb_is_a_new_edit(text, edits):
     ("make the fac\u0327ade blue", "attribute", "façade", "façade"),        # decomposed: NFC
     ("remove the ca\u200dt", "remove", "cat", None),                       # zero-width joiner
     ("remove\x00 the cat", "remove", "cat", None),                         # a control character
+    ("re\x00move the dog", "remove", "dog", None),                         # ... inside a word: dropped
+    ("remove the d\x1bo\x7fg", "remove", "dog", None),                     # ESC, DEL
+    ("replace the c\x00a\u200bt with a d\x9fog", "replace", "cat", "dog"),  # NUL, zero-width space, C1 control
+    ("remove\tthe\ncat", "remove", "cat", None),                           # a tab or line break is a space
+    ("add\u0085a hat", "add", None, "hat"),                                 # NEL, a line break too
     ("remove the \u00adcat", "remove", "cat", None),                       # soft hyphen
     ("remove the 猫", "remove", "猫", None),
 ])
 def test_letters_outside_ascii_stay_in_their_word(text, edit_type, source, target):
     """The tokenizer took only A-Z as letters: every accented letter was a token of its own, so the detector
-    was asked for 'jalape ñ o' or 'caf é sign'; a zero-width joiner or a NUL split a word or lost the object."""
+    was asked for 'jalape ñ o' or 'caf é sign'; a zero-width joiner or a NUL split a word or lost the object
+    (a NUL was read as a space: "re<NUL>move the dog" had no verb, and no edit)."""
     p = parse_rules(text)
     assert (p.edit_type, p.source, p.target) == (edit_type, source, target)
 

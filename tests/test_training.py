@@ -116,7 +116,7 @@ def test_steps_rerun_after_a_kill_are_logged_once(photos, tmp_path, capsys):
     before = (run / "metrics.jsonl").read_text().splitlines()
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 0
-    assert "3 rows past step 3" in capsys.readouterr().out   # steps 4 and 5, the final validation
+    assert "3 rows after the checkpoint of step 3" in capsys.readouterr().out   # steps 4 and 5, the final validation
     assert steps_logged(run) == [1, 2, 3, 4, 5]
     after = (run / "metrics.jsonl").read_text().splitlines()
     assert after[:3] == before[:3] and not (run / "metrics.jsonl.tmp").exists()
@@ -146,6 +146,98 @@ def test_a_run_stopped_after_its_last_checkpoint_is_finished_by_resume(photos, t
     assert json.loads((cut / "metrics.jsonl").read_text().splitlines()[-1])["event"] == "val"
     assert main(["train", "--resume", str(cut)]) == 0                 # finished: nothing more to do
     assert "already at step 4 of 4" in capsys.readouterr().out
+
+
+def _row_keys(run: Path) -> list[tuple[int, str]]:
+    return [(r["step"], r["event"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_a_final_validation_run_again_by_resume_is_logged_once(photos, tmp_path, capsys):
+    """Killed after the final validation's row was written and before `final/`, a run resumed with the rows up to
+    its checkpoint's step kept — that row among them — and the resume validated again: two val rows at the last
+    step. The rows of the checkpoint's step that the resume writes again are dropped with those past it."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=k", "steps=3", "batch_size=2",
+                 "eval.val_size=4", "eval.at_start=false", "log_every=1"]) == 0
+    run = runs / "k"
+    shutil.rmtree(run / "final")                     # the kill: after the val row of step 3, before final/
+    assert _row_keys(run) == [(1, "train"), (2, "train"), (3, "train"), (3, "val")]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "finishing it" in capsys.readouterr().out
+    assert _row_keys(run) == [(1, "train"), (2, "train"), (3, "train"), (3, "val")]
+    assert (run / "final" / "config.json").is_file()
+    assert main(["train", "--resume", str(run)]) == 0     # finished: its rows stay as they are
+    assert _row_keys(run) == [(1, "train"), (2, "train"), (3, "train"), (3, "val")]
+
+
+def test_tensorboard_events_of_steps_rerun_after_a_kill_are_there_once(photos, tmp_path):
+    """The steps between the last checkpoint and the kill were in tb/ twice after the resume (TensorBoard drew
+    them twice, the line doubling back). The resume's writer purges from the checkpoint's step on; the rows of
+    that step that are not run again are written anew."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=k", "steps=5", "batch_size=2",
+                 "ckpt_every=3", "eval.val_size=4", "eval.every=3", "eval.at_start=false", "log_every=1",
+                 "tensorboard=true"]) == 0
+    run = runs / "k"
+    # a SIGKILL at step 5, before its checkpoint: the checkpoint of step 3, rows and events up to step 5
+    shutil.copyfile(run / "checkpoint.prev.pt", run / "checkpoint.pt")
+    shutil.rmtree(run / "final")
+    time.sleep(1.1)                                   # event files are named by the second they were opened in
+    assert main(["train", "--resume", str(run)]) == 0
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5]
+    assert [e.step for e in events.Scalars("synthetic/f1")] == [3, 5]     # the periodic one at 3, the final one
+    assert sorted(set(_row_keys(run))) == sorted(_row_keys(run))
+
+
+GROW_SCRIPT = """
+import errno, json, resource, signal, sys
+from pathlib import Path
+from sigma.config import load_config
+from sigma.training.config import TrainConfig
+from sigma.training.loop import Trainer
+
+stage1, photos, small, model, run, limit = sys.argv[1:]
+cfg = load_config(TrainConfig, stage1, [f"data.photos={photos}", f"init_from={small}", f"model={model}",
+                                        "steps=1", "eval.val_size=0", "eval.at_start=false"])
+if int(limit):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # a write past the limit is EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
+try:
+    Trainer(cfg, Path(run), log=lambda *a: None).run()
+except OSError as exc:
+    sys.exit(3 if exc.errno == errno.EFBIG else 4)
+"""
+
+
+def test_grow_json_is_whole_or_absent_when_its_write_fails(photos, tmp_path):
+    """grow.json (what a run grown from a smaller model loaded and made new) was written in place: a kill or a full
+    disk in the middle of the write left a torn file. It is written beside and renamed into place; the run,
+    started again, writes it whole. The write fails here on a real file size limit (EFBIG, what a full disk is)."""
+    from sigma.models import build_model, save_model
+    from sigma.models.presets import PRESETS
+
+    small = tmp_path / "small"
+    save_model(build_model("tiny-lite"), small)
+    grown = json.loads(json.dumps(PRESETS["tiny-lite"]))
+    grown["backbone"]["depths"] = [0, 1, 1, 2, 2]
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", GROW_SCRIPT, STAGE1, str(photos), str(small), json.dumps(grown), str(run)]
+    done = subprocess.run([*args, "60"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-2000:]            # stopped by the limit, at the grow.json write
+    assert not (run / "grow.json").exists() and not list(run.glob("grow.json*"))
+    done = subprocess.run([*args, "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grow = json.loads((run / "grow.json").read_text())
+    assert grow["init_from"] == str(small) and grow["identity_initialised"] and grow["loaded"] > 0
 
 
 def test_a_fresh_run_without_init_from_keeps_its_own_best(photos, tmp_path):

@@ -20,7 +20,8 @@ class SigmaArgumentParser(argparse.ArgumentParser):
 
 # How a `--set` / `key=value` VALUE is read (sigma.config.loader.Override): said in every --help that takes one.
 VALUE_RULE = ("VALUE is YAML (0.1, true, null, [2,5,11], {a: 1}), except that a text field takes the text as "
-              "written (name=a: b gives 'a: b', out_dir=on gives 'on'; outer quotes are removed).")
+              "written (name=a: b gives 'a: b', out_dir=on gives 'on'; outer quotes are removed), and an integer "
+              "field takes 1e3 as 1000.")
 
 
 def add_config_args(parser: argparse.ArgumentParser,

@@ -8,9 +8,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,8 +111,12 @@ class Override:
     def read(cls, text: str, key: str) -> Override:
         return cls(text, parse_value(text, key))
 
-    def resolve(self, accepts: FieldTypes | None) -> Any:
-        if accepts is None or str not in accepts.types:
+    def resolve(self, accepts: FieldTypes | None, key: str = "value") -> Any:
+        if accepts is None:
+            return self.value
+        if str not in accepts.types:
+            if isinstance(self.value, str) and int in accepts.types and float not in accepts.types:
+                return _whole_number(self.text, key)
             return self.value
         if isinstance(self.value, str):
             return self.value if _quoted(self.text) else self.text
@@ -119,6 +125,29 @@ class Override:
         if type(self.value) in accepts.types or isinstance(self.value, bool) and bool in accepts.types:
             return self.value
         return self.text
+
+
+# A number in exponent notation that YAML 1.1 reads as text: no dot (`1e3`) or no sign in the exponent (`1.5e3`).
+_EXPONENT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)[eE][+-]?\d+")
+# Digits of the largest `1eN` an integer field is given as a number (Python's own bound for int('...') text):
+# 10**N is built exactly, and `1e999999999` would build a number of a billion digits.
+MAX_INTEGER_DIGITS = 4300
+
+
+def _whole_number(text: str, key: str) -> Any:
+    """`--set` text for an integer field: `1e3` (YAML gives the text '1e3') is 1000, exactly, so a bound on the
+    field says what it is (`1e300`: "at most 100000 …") instead of pydantic's "unable to parse string as an
+    integer", which read as if exponents were not numbers. Other text is returned for the field to refuse."""
+    written = text.strip()
+    if not _EXPONENT.fullmatch(written):
+        return text
+    number = Decimal(written)
+    if number.adjusted() >= MAX_INTEGER_DIGITS:
+        raise ConfigError(f"override {key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large for the "
+                          f"integer setting {key}")
+    if number != number.to_integral_value():
+        raise ConfigError(f"override {key}={written}: not a whole number, and {key} is an integer setting")
+    return int(number)
 
 
 def _quoted(text: str) -> bool:
@@ -202,7 +231,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 def resolve_overrides(model: type[BaseModel], overrides: dict[str, Any]) -> dict[str, Any]:
     """Each `Override` as the value its field takes (`Override.resolve`); plain values as they are."""
-    return {key: value.resolve(field_types(model, key)) if isinstance(value, Override) else value
+    return {key: value.resolve(field_types(model, key), key) if isinstance(value, Override) else value
             for key, value in overrides.items()}
 
 

@@ -17,14 +17,20 @@ from sigma.parse import lexicon as L
 _TOKEN = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*'?|[^\s\w]|_")
 
 
+def _invisible(ch: str) -> bool:
+    """A character that is not text: a format character (zero-width joiner, direction mark, soft hyphen) or a
+    control character that is no line break or tab (NUL, BEL, ESC, DEL, the C1 controls)."""
+    category = unicodedata.category(ch)
+    return category == "Cf" or category == "Cc" and not ch.isspace()
+
+
 def clean_text(text: str) -> str:
-    """NFC (a decomposed "é" is one letter), quotes made plain, control characters a space and invisible
-    format characters (zero-width joiners, direction marks, soft hyphens) dropped, so they neither split a
-    word ("ca<ZWJ>t") nor stand between a verb and its object."""
+    """NFC (a decomposed "é" is one letter), quotes made plain, line breaks and tabs a space, and characters
+    that are not text dropped (`_invisible`), so they neither split a word ("ca<ZWJ>t", "re<NUL>move" read as
+    "re move": no verb, the edit lost) nor stand between a verb and its object."""
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text
-                   if unicodedata.category(ch) != "Cf")
+    text = "".join(ch for ch in text if not _invisible(ch))
     return " ".join(text.split())
 
 

@@ -126,17 +126,22 @@ def cut_torn_tail(path: Path) -> int:
     return size - keep
 
 
-def drop_rows_after(path: Path, step: int) -> int:
-    """Remove the rows of `path` (metrics.jsonl) logged past `step`; the number removed. A run killed after its
-    last checkpoint had logged the steps since, and the resume logs them again: each appeared twice. Written to a
-    new file that replaces the old one (a kill here leaves one or the other, whole); untouched when nothing is past
-    `step`. A line that is not a JSON object with an integer step is kept as it is."""
+def drop_rows_after(path: Path, step: int, again: frozenset[str] | None = frozenset()) -> int:
+    """Remove the rows of `path` (metrics.jsonl) logged past `step`, and those at `step` whose event is in `again`
+    (None: every event at `step`); the number removed. A run killed after its last checkpoint had logged the steps
+    since, and the resume logs them again: each appeared twice. At the checkpoint's own step the resume writes
+    again only what came after the checkpoint (`Trainer._again`: the final validation of a run killed before
+    `final/`, a skipped step), so only those kinds go. Written to a new file that replaces the old one (a kill here
+    leaves one or the other, whole); untouched when nothing goes. A line that is not a JSON object with an integer
+    step is kept as it is."""
     def past(line: bytes) -> bool:
         try:
             row = json.loads(line)
         except ValueError:
             return False
-        return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            return False
+        return row["step"] > step or (row["step"] == step and (again is None or row.get("event") in again))
 
     with open(path, "rb") as handle:
         lines = handle.readlines()
@@ -259,14 +264,7 @@ class Trainer:
                 find_unused_parameters=True)
         self.step = 0
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if cfg.tensorboard and self.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except Exception:  # noqa: BLE001 - optional
-                self.tb = None
+        self.tb = None          # opened by `_open_tb` once the step the run continues from is known
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -305,14 +303,46 @@ class Trainer:
         record = {"step": self.step, "time": round(time.time(), 2), **record}
         with open(self.metrics_path, "a") as handle:
             handle.write(dumps_finite(record, default=float) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "time"):
-                    self.tb.add_scalar(k, v, self.step)
-                elif isinstance(v, dict):
-                    for kk, vv in v.items():
-                        if isinstance(vv, (int, float)):
-                            self.tb.add_scalar(f"{k}/{kk}", vv, self.step)
+        self._tb_add(record)
+
+    def _tb_add(self, record: dict[str, Any]) -> None:
+        """A metrics.jsonl row's numbers as TensorBoard scalars at the row's step."""
+        if self.tb is None:
+            return
+        step = record["step"]
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k not in ("step", "time"):
+                self.tb.add_scalar(k, v, step)
+            elif isinstance(v, dict):
+                for kk, vv in v.items():
+                    if isinstance(vv, (int, float)):
+                        self.tb.add_scalar(f"{k}/{kk}", vv, step)
+
+    def _open_tb(self) -> None:
+        """TensorBoard's writer (`tb/`, when the tensorboard package is installed). A resume opens it with
+        `purge_step` at the step it continues from: TensorBoard then hides what the earlier stretch wrote from that
+        step on, which the steps re-run write again (each appeared twice: two points per step, lines doubling
+        back). The rows of that very step that are not written again (those metrics.jsonl keeps) are written
+        anew, so the events say what metrics.jsonl says."""
+        if not (self.cfg.tensorboard and self.is_main):
+            return
+        folder = self.run_dir / "tb"
+        earlier = folder.is_dir() and any(folder.iterdir())
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self.tb = SummaryWriter(str(folder), purge_step=self.step if earlier else None)
+        except Exception:  # noqa: BLE001 - optional
+            self.tb = None
+            return
+        if earlier and self.metrics_path.is_file():
+            for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and row.get("step") == self.step and type(row["step"]) is int:
+                    self._tb_add(row)
 
     # ------------------------------------------------------------------ one step
     def _guidance(self, b: dict[str, torch.Tensor], gen: torch.Generator):
@@ -504,13 +534,34 @@ class Trainer:
                 self.log(f"{self.metrics_path}: its last line was cut short ({cut} bytes, the run was stopped while "
                          "writing it); removed")
 
-    def _trim_metrics(self) -> None:
-        """The rows past the step the run continues from are dropped: they are logged again by the steps re-run."""
+    def _trim_metrics(self, restored: bool) -> None:
+        """The rows past the step the run continues from are dropped, and those of that step that the resume
+        writes again (`_again`): the steps re-run log them again."""
         if self.is_main and self.metrics_path.is_file():
-            dropped = drop_rows_after(self.metrics_path, self.step)
+            dropped = drop_rows_after(self.metrics_path, self.step, self._again(restored))
             if dropped:
-                self.log(f"{self.metrics_path}: {dropped} rows past step {self.step} (logged after the last "
-                         "checkpoint, before the run stopped) removed; those steps run again")
+                self.log(f"{self.metrics_path}: {dropped} rows after the checkpoint of step {self.step} (logged "
+                         "before the run stopped) removed; what they logged runs again")
+
+    def _validates_at_start(self) -> bool:
+        ev = self.cfg.eval
+        return bool(ev.at_start and self.step == 0 and (ev.val_size or ev.val_dir or ev.data))
+
+    def _finished(self) -> bool:
+        return (self.run_dir / "final" / "config.json").is_file()   # save_model writes the config last
+
+    def _again(self, restored: bool) -> frozenset[str] | None:
+        """The events this run logs again at the step it continues from (None: all of them). Rows of that step
+        written before its checkpoint (its train row, its periodic validation) are not: the run goes on after
+        them. What came after the checkpoint is: the attempt at the next step (a skipped step, a data loader
+        restart), the final validation of a run killed before `final/` (it was logged twice), the validation
+        at start. Without a checkpoint the run starts over: everything it logged is logged again."""
+        if not restored:
+            return None
+        again = {"skipped_step", "loader_restart"}
+        if (self.step >= self.cfg.steps and not self._finished()) or self._validates_at_start():
+            again.add("val")
+        return frozenset(again)
 
     def run(self) -> Path:
         cfg = self.cfg
@@ -520,11 +571,12 @@ class Trainer:
         if ckpt is not None:
             self.restore(ckpt)
             self.log(f"resumed {self.run_dir} at step {self.step}")
-        self._trim_metrics()
+        self._trim_metrics(ckpt is not None)
+        if self.step >= cfg.steps and self._finished():
+            self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
+            return self.run_dir
+        self._open_tb()
         if self.step >= cfg.steps:
-            if (self.run_dir / "final" / "config.json").is_file():   # save_model writes the config last
-                self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
-                return self.run_dir
             # stopped after its last checkpoint, before its end was written (killed in the final validation,
             # which scores a real set for minutes): the end is done now — it used to say "already at step N"
             # and exit 0 with no final/, no final validation and no best/ from it, however often resumed
@@ -533,15 +585,17 @@ class Trainer:
             return self._finish(self._val_set() if self.is_main else [])
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
-            (self.run_dir / "grow.json").write_text(dumps_finite(
-                {"init_from": cfg.init_from, "loaded": len(rep.loaded), "new": rep.new,
-                 "identity_initialised": rep.identity, "dropped": rep.dropped}, indent=1))
+            # replaced whole: written in place, a kill or a full disk mid-write left a torn grow.json behind (a
+            # run that stops before its first checkpoint writes it again when resumed: it starts over)
+            write_json_atomically(self.run_dir / "grow.json",
+                                  {"init_from": cfg.init_from, "loaded": len(rep.loaded), "new": rep.new,
+                                   "identity_initialised": rep.identity, "dropped": rep.dropped})
             self.emit({"event": "grow", "loaded": len(rep.loaded), "new": len(rep.new),
                        "identity_initialised": rep.identity})
         started = time.monotonic()
         ds = TrainDataset(cfg)
         val = self._val_set() if self.is_main else []
-        if cfg.eval.at_start and self.step == 0 and (cfg.eval.val_size or cfg.eval.val_dir or cfg.eval.data):
+        if self._validates_at_start():
             self.validate(val)
         bad = 0
         t_data = t_model = 0.0
