@@ -7,6 +7,9 @@ and the shared perturbation primitives keep shape and dtype.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 from test_synth import make_photos
@@ -239,3 +242,71 @@ def test_weights_and_integer_ranges_the_sampler_cannot_use_are_refused_at_load(o
     key = override.split("=")[0].split(".")[-1]
     assert rc == 2 and "[invalid_config]" in err and key in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+_TAEF2 = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "taef2"
+
+
+@pytest.mark.skipif(not (_TAEF2 / "taef2_encoder.pth").is_file(), reason="no ../shared TAEF2 weights")
+def test_online_vae_puts_the_edit_itself_through_the_roundtrip(photos, tmp_path):
+    """`perturb.vae_online`: a regenerator re-makes the edited image, edit included. The cached path edits the
+    photo's roundtrip, so the edit's own pixels and borders never saw the VAE; online they do: the edited crop
+    is exactly TAEF2(edit(photo)), and outside the edit it matches the cached roundtrip to within the VAE's
+    own crop-border effects."""
+    from sigma.data.synth.cache import build_cache, roundtrip_at
+    from sigma.models.vae import load_default_vae
+    vae = load_default_vae()
+    cache = build_cache(photos, tmp_path / "cache", vae=vae, scales=(1.0,), latent_edits=0, log=None)
+    cfg = SynthConfig(cache=str(cache), crop=64, scale_range=(1.0, 1.0), mix={"attribute": 1}, small_p=0.0,
+                      area_range=(0.1, 0.3), multi_p=0.0, irregular_p=0.0, aerial={"struct_p": 0.0},
+                      perturb={"mode": "stack", "stack_p": 0.0, "vae": 1.0, "vae_online": 1.0,
+                               "illum": {"p": 0.0, "aerial_p": 0.0}})
+    eng, again = SynthEngine(cfg, seed=3), SynthEngine(cfg, seed=3)
+    checked = 0
+    for i in range(12):
+        s = eng.sample(i)
+        assert s.meta.get("vae_online") and s.meta["vae"] == "rt100"
+        assert np.array_equal(s.edited, again.sample(i).edited)              # deterministic in (seed, index)
+        flip = (lambda a: a[:, ::-1]) if s.meta.get("flipped") else (lambda a: a)
+        orig, mask, edited = (np.ascontiguousarray(flip(a)) for a in (s.original, s.mask, s.edited))
+        expected = roundtrip_at(vae, E.apply_attribute(orig, orig, mask, s.meta["params"]), 1.0)[0]
+        if s.meta["params"]["kind"] != "texture":                             # texture draws its own noise
+            assert np.array_equal(edited, expected)
+            checked += 1
+        # the whole crop is regenerated: no pixel is the photo's own, and the edit differs from the photo
+        diff = np.abs(edited.astype(int) - orig.astype(int)).mean(2)
+        assert diff[~mask].mean() > 0.5 and diff[mask].mean() > diff[~mask].mean()
+    assert checked >= 6
+
+
+
+@pytest.mark.skipif(not (_TAEF2 / "taef2_encoder.pth").is_file(), reason="no ../shared TAEF2 weights")
+def test_without_online_vae_the_edit_is_made_on_the_cached_roundtrip(photos, tmp_path):
+    """The knob off (the default): the crop is the cached roundtrip and the edit is made on it, so outside the
+    edit every pixel is the roundtrip's own, bit for bit (and the generator is not drawn for the knob)."""
+    from sigma.data.synth.cache import build_cache
+    from sigma.data.synth.engine import _crop
+    from sigma.models.vae import load_default_vae
+    cache = build_cache(photos, tmp_path / "cache", vae=load_default_vae(), scales=(1.0,), latent_edits=0,
+                        log=None)
+    cfg = SynthConfig(cache=str(cache), crop=64, scale_range=(1.0, 1.0), mix={"attribute": 1}, small_p=0.0,
+                      area_range=(0.1, 0.3), multi_p=0.0, irregular_p=0.0, aerial={"struct_p": 0.0},
+                      perturb={"mode": "stack", "stack_p": 0.0, "vae": 1.0, "illum": {"p": 0.0, "aerial_p": 0.0}})
+    eng = SynthEngine(cfg, seed=3)
+    for i in range(8):
+        s = eng.sample(i)
+        assert "vae_online" not in s.meta and s.meta["vae"] == "rt100"
+        flip = (lambda a: a[:, ::-1]) if s.meta.get("flipped") else (lambda a: a)
+        edited, mask = flip(s.edited), flip(s.mask)
+        ent = eng.bank.get(s.meta["photo"])
+        h, w = ent["img"].shape[:2]
+        # scale_range 1.0 and a 64 px crop: find the window by matching the photo crop
+        orig = np.ascontiguousarray(flip(s.original))
+        hits = [(y, x) for y in range(h - 63) for x in range(w - 63)
+                if np.array_equal(ent["img"][y:y + 64, x:x + 64], orig)]
+        assert hits
+        y, x = hits[0]
+        rt = _crop(ent["rt100"], (y, x, 64), 64)
+        far = ~cv2.dilate(mask.astype(np.uint8), np.ones((11, 11), np.uint8)).astype(bool)   # past the feather
+        assert far.sum() > 500 and np.array_equal(edited[far], rt[far])
+        assert not np.array_equal(edited[far], orig[far])

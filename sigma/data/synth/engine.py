@@ -29,7 +29,7 @@ from sigma.errors import ImageError, InputError
 from . import edits as E
 from . import masks as M
 from . import perturb as P
-from .cache import list_photos, load_photo, readable_photos
+from .cache import list_photos, load_photo, readable_photos, roundtrip_at
 
 KINDS = ("none", "remove", "splice", "attribute", "global", "latent", "copymove", "inpaint")
 OBJECT_SHAPES = {"blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "rectangle": 0.6, "superpixels": 1.0}
@@ -258,6 +258,7 @@ class _Draw:
     chain: list[tuple[str, dict[str, Any]]]
     regenerated: bool
     meta: dict[str, Any]
+    online_vae: bool = False      # the roundtrip runs on the edited crop (base is the photo, not its roundtrip)
 
 
 class SynthEngine:
@@ -272,6 +273,14 @@ class SynthEngine:
         self.aerial = np.array([bool(pat) and pat in self.bank.photo(i).lower() for i in range(len(self.bank))])
         self.aerial_idx = np.nonzero(self.aerial)[0]
         self.cached_idx = np.array([i for i in range(len(self.bank)) if self.bank.entries[i][1]], np.int64)
+        self._vae = None
+
+    def _roundtrip(self, img: np.ndarray, scale: float) -> np.ndarray:
+        """TAEF2 roundtrip of one crop at `scale`; the VAE is loaded once per process (each data worker)."""
+        if self._vae is None:
+            from sigma.models.vae import load_default_vae
+            self._vae = load_default_vae()
+        return roundtrip_at(self._vae, img, scale)[0]
 
     def _mask(self, rng: np.random.Generator, c: int, shapes: dict[str, float], image: np.ndarray,
               area: float | None = None, count: int | None = None) -> tuple[np.ndarray, str]:
@@ -335,12 +344,17 @@ class SynthEngine:
         chain = P.sample_illum(rng, cfg.perturb.illum, illum_p, None) + P.sample(rng, cfg.perturb)
         if kind == "inpaint" and rng.random() < cfg.inpaint_composite_p:
             use_vae, rt_key, chain = False, None, []     # pasted back into the untouched photo, as inpainting pipelines do
-        base = _crop(ent[rt_key], win, c) if rt_key else orig
-        donor_full = dent[rt_key] if rt_key and rt_key in dent else dent["img"]
+        # drawn only when asked for, so a config without it keeps its stream (and its validation set)
+        online = (use_vae and kind != "latent" and cfg.perturb.vae_online > 0
+                  and rng.random() < cfg.perturb.vae_online)
+        base = _crop(ent[rt_key], win, c) if rt_key and not online else orig
+        donor_full = dent[rt_key] if rt_key and rt_key in dent and not online else dent["img"]
         donor = _crop(donor_full, (dwin[0], dwin[1], dwin[2]), c)
+        meta = {"photo": pi, "donor": qi, "vae": rt_key, "aerial": aerial}
+        if online:
+            meta["vae_online"] = True
         return _Draw(kind=kind, ent=ent, win=win, orig=orig, base=base, donor=donor, lats=lats, building=building,
-                     rt_key=rt_key, chain=chain, regenerated=use_vae or bool(chain),
-                     meta={"photo": pi, "donor": qi, "vae": rt_key, "aerial": aerial})
+                     rt_key=rt_key, chain=chain, regenerated=use_vae or bool(chain), meta=meta, online_vae=online)
 
     def _edit(self, rng: np.random.Generator, d: _Draw
               ) -> tuple[str, np.ndarray, np.ndarray, str | None, str]:
@@ -425,10 +439,17 @@ class SynthEngine:
         d.meta["perturb"] = [name for name, _ in chain] + ([f"vae:{d.rt_key}"] if d.rt_key else [])
         clean_base = _crop(d.ent["rt100"], d.win, c) if (kind == "latent" and d.meta["latent"]["whole"]
                                                         and "rt100" in d.ent) else d.base
+        landcover = None
         if (d.meta["aerial"] and cfg.aerial.landcover_p > 0 and kind not in ("global", "inpaint")
                 and rng.random() < cfg.aerial.landcover_p):
-            texture, alpha = self._landcover(rng, d, mask)
-            edited, clean_base = E.blend(edited, texture, alpha), E.blend(clean_base, texture, alpha)
+            landcover = self._landcover(rng, d, mask)
+            edited, clean_base = E.blend(edited, *landcover), E.blend(clean_base, *landcover)
+        if d.online_vae and d.rt_key:
+            # what a regenerator does: the edited crop, edit included, through the VAE; the photo's cached
+            # roundtrip stands for the untouched crop's (the noise target)
+            edited = self._roundtrip(edited, int(d.rt_key[2:]) / 100.0)
+            clean_base = _crop(d.ent[d.rt_key], d.win, c)
+            clean_base = E.blend(clean_base, *landcover) if landcover is not None else clean_base
         edited = P.apply(edited, chain)
         pert_base = P.apply(clean_base, chain) if chain else clean_base
         orig = d.orig
@@ -437,6 +458,7 @@ class SynthEngine:
             noise = cv2.GaussianBlur(noise, (0, 0), cfg.noise_blur)
         if rng.random() < 0.5:
             orig, edited, mask, noise = orig[:, ::-1], edited[:, ::-1], mask[:, ::-1], noise[:, ::-1]
+            d.meta["flipped"] = True
         return SynthSample(np.ascontiguousarray(orig), np.ascontiguousarray(edited), np.ascontiguousarray(mask),
                            kind, edit_type, np.ascontiguousarray(noise, dtype=np.float32), d.meta)
 

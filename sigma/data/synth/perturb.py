@@ -51,6 +51,10 @@ class PerturbConfig(Strict):
     stack_p: float = Field(0.85, ge=0, le=1, description="stack mode: probability of any regenerator")
     stack: tuple[int, int] = Field((1, 3), description="stack mode: how many regenerators (inclusive)")
     vae: float = Field(0.5, ge=0, le=1, description="TAEF2 roundtrip (cached, random scale)")
+    vae_online: float = Field(0.0, ge=0, le=1, description=(
+        "share of the VAE pairs whose roundtrip is run after the edit, on the edited crop, as a regenerator "
+        "does (the edit's own pixels and borders go through the VAE too); ~0.5 s per 224 px crop on one "
+        "thread, in the data worker"))
     jpeg: float = Field(0.35, ge=0, le=1)
     jpeg_quality: tuple[int, int] = (40, 95)
     webp: float = Field(0.0, ge=0, le=1)
