@@ -48,9 +48,14 @@ COMPOSITED = {"none", "jpeg90", "jpeg75", "both_jpeg"}
 
 
 def load_photo(path: Path, max_side: int) -> np.ndarray:
+    """The photo as the project reads one (`sigma.io.read_image`: byte and pixel limits, EXIF orientation, ICC
+    profiles to sRGB), long side at most `max_side`. Pillow opened it directly here: a rotated phone photo was
+    edited on its side, a Display P3 one was taken for sRGB, and a decompression bomb was decoded whole."""
     from PIL import Image
 
-    img = Image.open(path).convert("RGB")
+    from sigma.io import read_image
+
+    img = Image.fromarray(read_image(path).rgb)
     scale = max_side / max(img.size)
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
@@ -162,13 +167,15 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "bench_footprint.json"))
     args = ap.parse_args()
 
-    from sigma.data.synth.cache import list_photos
+    from sigma.data.synth.cache import list_photos, readable_photos
     from sigma.registry import create_annotator
     from sigma.types import Pair
 
-    photos = list_photos(args.photos)
-    if not photos:
-        print(f"no photos under {args.photos}", file=sys.stderr)
+    photos, unreadable = readable_photos(list_photos(args.photos))   # headers checked as sigma.io reads them
+    for why in unreadable:
+        print(f"skipped: {why}", file=sys.stderr)
+    if len(photos) < 2:
+        print(f"fewer than 2 readable photos under {args.photos}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(args.seed)
     picks = rng.choice(len(photos), size=min(args.n, len(photos)), replace=False)

@@ -686,3 +686,45 @@ def test_a_run_with_thousands_of_failed_shards_lists_the_first_few_and_counts_th
     assert len(answer["failed_shards"]) == 3 and (answer["failed"], answer["failed_shards_omitted"]) == (1200, 1197)
     assert main(["batch", "status", str(tmp_path / "run"), "--failed-limit", "-1"]) == 2
     assert "--failed-limit must be >= 0" in capsys.readouterr().err
+
+
+def test_a_local_run_with_many_failed_shards_lists_the_first_100_and_says_where_the_rest_are(tmp_path, capsys):
+    """`sigma batch run` printed a line on stderr for every failed shard and wrote every one, with its whole
+    reason, to summary.json (`failed`): 129 failed shards were 129 lines of 2 KB each. Now the first 100 (as
+    `sigma batch status` and the API list them; `--failed-limit N`), reasons cut to 2000 characters,
+    `failed_shards_omitted` counts the rest and the exit code is still 1; every shard's whole reason stays in
+    OUT/status/<shard>.json, which `sigma batch status --failed-limit N` lists."""
+    deep = tmp_path.joinpath(*["d" * 200] * 11)        # a long path: the reason that names it is > 2000 characters
+    deep.mkdir(parents=True)
+    manifest = deep / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"x{i}", "original": "a.png", "edited": "b.png"}) + "\n"
+                                for i in range(130)))
+    out = tmp_path / "run"
+    run_batch(cfg_for(manifest, input={"shard_size": 1}), out, progress=False, max_shards=0)   # planned, not run
+    manifest.write_text(manifest.read_text().splitlines()[0] + "\n")   # 129 shards now end early: corpus_changed
+    args = ["batch", "run", str(manifest), "--out", str(out), "--annotator", "pixel-diff", "--shard-size", "1",
+            "--workers", "0", "--no-progress", "--resume"]
+
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("sigma: error: shard ") == 100 and "and 29 more failed shard(s)" in err, err[-2000:]
+    assert f"sigma batch status {out} --failed-limit N" in err and len(err) < 250_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["failed_now"], summary["done_now"], summary["failed_shards_omitted"]) == (129, 1, 29)
+    assert [f["shard"] for f in summary["failed"]] == [f"manifest.r{i:07d}-{i:07d}" for i in range(1, 101)]
+    assert all(len(f["error"]) < 2100 and "ends early) (" in f["error"] for f in summary["failed"])
+    assert (summary["status"]["failed"], summary["status"]["failed_shards_omitted"]) == (129, 29)
+    kept = [json.loads(p.read_text()) for p in sorted((out / "status").glob("*.json"))]
+    assert sum(st["status"] == "failed" and len(st["error"]) > 2200 for st in kept) == 129
+
+    assert main(["batch", "status", str(out), "--json", "--failed-limit", "1000"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed["failed_shards"]) == 129 and listed["failed_shards_omitted"] == 0
+
+    assert main([*args, "--failed-limit", "0", "--json"]) == 1        # none listed: still a failed run
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
+    assert (again["failed"], again["failed_now"], again["failed_shards_omitted"]) == ([], 129, 129)
+    assert "sigma: error: shard " not in captured.err and "and 129 more failed shard(s)" in captured.err
+    assert main([*args, "--failed-limit", "-1"]) == 2
+    assert "--failed-limit must be >= 0" in capsys.readouterr().err

@@ -567,6 +567,53 @@ def test_set_integers_in_exponent_notation_are_numbers(capsys, tmp_path):
     assert_one_error_line(err, "invalid_config")
 
 
+def test_yaml_files_take_integers_in_exponent_notation_as_set_does(capsys, tmp_path):
+    """`--set input.shard_size=1e3` was 1000, but the same `shard_size: 1e3` in a YAML config file was refused
+    as "unable to parse string as an integer" (YAML 1.1 reads `1e3` and `1.5e3` as text), and `1e300` there did
+    not say it is past the field's bound. A file, `--set` and the environment now share one reading."""
+    from sigma.batch.config import BatchConfig
+    from sigma.config import load_config
+    from sigma.errors import ConfigError
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+    from sigma.service.settings import load_serve_config
+    from sigma.training.config import TrainConfig
+
+    def config(name: str, text: str) -> Path:
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+
+    batch = config("batch.yaml", "input:\n  path: corpus\n  shard_size: 1e3\nbatch_size: 1.6E+1\n")
+    cfg = load_config(BatchConfig, batch)
+    assert (cfg.input.shard_size, cfg.batch_size) == (1000, 16)
+    assert load_config(BatchConfig, config("b2.yaml", "input: {path: c, shard_size: 1.5e3}")).input.shard_size == 1500
+    train = load_config(TrainConfig, config("train.yaml", "steps: 2e3\nlr: 1e-3\n"))
+    assert (train.steps, train.lr) == (2000, 0.001)                                 # a float field as before
+    serve = load_serve_config(config("serve.yaml", "queue: {lease_ms: 5e3}\n"), env={"SIGMA__QUEUE__BLOCK_MS": "2e3"})
+    assert (serve.queue.lease_ms, serve.queue.block_ms) == (5000, 2000)
+    with pytest.raises(ConfigError) as info:
+        load_config(BatchConfig, config("huge.yaml", "input: {path: c, shard_size: 1e300}"))
+    assert "at most 100000" in info.value.message and "integer" not in info.value.message
+    with pytest.raises(ConfigError, match=r"half\.yaml: steps=1\.5e0: not a whole number"):
+        load_config(TrainConfig, config("half.yaml", "steps: 1.5e0"))
+    with pytest.raises(ConfigError, match=r"big\.yaml: steps=1e999999999: more than 4300 digits"):
+        load_config(TrainConfig, config("big.yaml", "steps: 1e999999999"))
+    with pytest.raises(ConfigError, match=r"override steps=1\.5e0: not a whole number"):     # a --set says so
+        load_config(TrainConfig, config("ok.yaml", "steps: 1e3"), ["steps=1.5e0"])
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    cli = config("cli.yaml", "input:\n  shard_size: 1.5e3\nannotator: pixel-diff\nworkers: 0\n")
+    rc, _, err = run_main(capsys, "batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"),
+                          "--config", str(cli), "--no-progress")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["input"]["shard_size"] == 1500
+    for text, needle in (("input: {shard_size: 1e300}", "at most 100000"), ("batch_size: 1e-1", "not a whole")):
+        rc, _, err = run_main(capsys, "batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "bad"),
+                              "--annotator", "pixel-diff", "--config", str(config("bad.yaml", text)))
+        assert rc == 2 and needle in err and "unable to parse" not in err, err
+        assert_one_error_line(err, "invalid_config")
+        assert not (tmp_path / "bad").exists()
+
+
 def _laughs(levels: int) -> str:
     """YAML aliases nine deep per level: a few hundred bytes that expand to 9**levels values."""
     lines = ["&l0 [" + ", ".join(["1"] * 9) + "]"]

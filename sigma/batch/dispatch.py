@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
-from sigma.batch.layout import RunDir, atomic_write_json
+from sigma.batch.layout import RunDir
 from sigma.batch.shard_runner import ShardOutcome
 from sigma.io.corpora.base import Shard
 
@@ -19,6 +19,7 @@ class ShardLedger:
     def __init__(self, rundir: RunDir, run_hash: str, pending: list[Shard], max_attempts: int, progress=None):
         self.rundir, self.run_hash, self.max_attempts = rundir, run_hash, max_attempts
         self.queue: deque[Shard] = deque(pending)
+        self.order = {s.key: n for n, s in enumerate(pending)}    # run order, for the summary's failed shards
         self.total = len(pending)
         self.attempts: dict[str, int] = {}
         self.outcomes: dict[str, ShardOutcome] = {}
@@ -108,11 +109,14 @@ class ShardLedger:
 
     # --- the end ----------------------------------------------------------------------------------
     def summary(self, shards: int, extra: dict[str, Any] | None = None):
+        """What this run did; `run_batch` adds the run's status, bounds the failed shards and writes it."""
         from sigma.batch.runner import RunSummary
 
         seconds = time.perf_counter() - self.start
         outcomes = list(self.outcomes.values())
-        failed = [{"shard": o.shard, "error": o.error or ""} for o in outcomes if o.status != "done"]
+        failed = [{"shard": o.shard, "error": o.error or ""}
+                  for o in sorted(outcomes, key=lambda o: self.order.get(o.shard, len(self.order)))
+                  if o.status != "done"]
         pairs = sum(o.pairs for o in outcomes)
         errors = sum(o.errors for o in outcomes)
         by_worker: dict[str, int] = {}
@@ -123,12 +127,11 @@ class ShardLedger:
                              skipped=shards - self.total, done_now=len(outcomes) - len(failed),
                              failed_now=len(failed), pairs=pairs, errors=errors, seconds=round(seconds, 3),
                              pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0,
-                             failed=failed, status=self.rundir.summary(), retried=self.retried,
+                             failed=failed, retried=self.retried,
                              backend={**(extra or {}), "shards_by_worker": dict(sorted(by_worker.items())),
                                       "overhead_ms_per_shard": round(1000 * sum(self.overhead) / len(self.overhead), 2)
                                       if self.overhead else None,
                                       "worker_seconds": round(sum(o.seconds for o in outcomes), 3),
                                       "seconds_from_first_shard": round(time.perf_counter() - self.first_sent, 3)
                                       if self.first_sent else None})
-        atomic_write_json(self.rundir.root / "summary.json", summary.to_dict())
         return summary

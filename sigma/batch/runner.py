@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from sigma.batch.config import BatchConfig
-from sigma.batch.layout import RunDir, atomic_write_json, refuse_inside_run
+from sigma.batch.layout import FAILED_SHOWN, RunDir, atomic_write_json, refuse_inside_run
 from sigma.batch.pipeline import Pipeline
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
 from sigma.io.corpora.base import planned_pairs, resolved_under, unique_keys
 from sigma.registry import annotator_identity, build_annotator, default_annotator_name, import_plugins
+from sigma.text import MAX_MESSAGE, shown
 
 RUN_VERSION = 1
 
@@ -32,7 +33,10 @@ class RunSummary:
     errors: int
     seconds: float
     pairs_per_s: float
+    # the first `failed_limit` shards this run failed, in run order, reasons cut to MAX_MESSAGE (`failed_now`
+    # counts them all, `failed_shards_omitted` the ones left out; OUT/status/<shard>.json holds each whole reason)
     failed: list[dict[str, str]] = field(default_factory=list)
+    failed_shards_omitted: int = 0
     status: dict[str, Any] = field(default_factory=dict)
     retried: list[dict[str, Any]] = field(default_factory=list)   # shards lost with their process, run again
     backend: dict[str, Any] = field(default_factory=dict)         # how it ran: processes, actors, cluster
@@ -149,11 +153,24 @@ def make_progress(total: int | None, enabled: bool):
 
 
 def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress: bool = True,
-              annotator=None, max_shards: int | None = None) -> RunSummary:
-    """Run (or continue) a batch; finished shards are skipped, so a re-run of a finished run does nothing."""
+              annotator=None, max_shards: int | None = None, failed_limit: int | None = FAILED_SHOWN) -> RunSummary:
+    """Run (or continue) a batch; finished shards are skipped, so a re-run of a finished run does nothing.
+    `failed_limit`: failed shards the summary lists (None: all), as `sigma batch status --failed-limit`."""
     cfg = with_default_annotator(cfg)
     with RunDir(out).locked():
-        return _run_locked(cfg, out, resume, progress, annotator, max_shards)
+        return finish(_run_locked(cfg, out, resume, progress, annotator, max_shards), RunDir(out), failed_limit)
+
+
+def finish(summary: RunSummary, rundir: RunDir, failed_limit: int | None) -> RunSummary:
+    """The summary as every backend ends it: the run's status, and the failed shards bounded as `sigma batch
+    status` bounds them (a run whose thousands of shards failed printed a line for each and wrote all of them,
+    whole, to summary.json); written to OUT/summary.json."""
+    failed = summary.failed if failed_limit is None else summary.failed[:failed_limit]
+    summary.failed_shards_omitted = len(summary.failed) - len(failed)
+    summary.failed = [{"shard": f["shard"], "error": shown(f["error"], MAX_MESSAGE)} for f in failed]
+    summary.status = rundir.summary(failed_limit=failed_limit)
+    atomic_write_json(rundir.root / "summary.json", summary.to_dict())
+    return summary
 
 
 def _run_locked(cfg: BatchConfig, out: str | Path, resume: bool, progress: bool, annotator,
@@ -186,11 +203,8 @@ def _run_locked(cfg: BatchConfig, out: str | Path, resume: bool, progress: bool,
         failed_now = sum(r.status == "failed" for r in stats.shards)
         failed = [{"shard": r.shard.key, "error": r.error or ""} for r in stats.shards if r.status == "failed"]
     seconds = time.perf_counter() - start
-    status = rundir.summary()
-    summary = RunSummary(out=str(rundir.root), run_hash=run_hash, shards=len(shards),
-                         skipped=len(shards) - len(pending), done_now=done_now, failed_now=failed_now, pairs=pairs,
-                         errors=errors, seconds=round(seconds, 3),
-                         pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0,
-                         failed=failed, status=status, backend=backend)
-    atomic_write_json(rundir.root / "summary.json", summary.to_dict())
-    return summary
+    return RunSummary(out=str(rundir.root), run_hash=run_hash, shards=len(shards),
+                      skipped=len(shards) - len(pending), done_now=done_now, failed_now=failed_now, pairs=pairs,
+                      errors=errors, seconds=round(seconds, 3),
+                      pairs_per_s=round(pairs / seconds, 3) if seconds > 0 and pairs else 0.0,
+                      failed=failed, backend=backend)

@@ -125,6 +125,19 @@ def _redis_settings(args: argparse.Namespace):
     return load_serve_config(args.serve_config or os.environ.get("SIGMA_SERVE_CONFIG") or None, overrides).redis
 
 
+def _add_failed_limit(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--failed-limit", type=int, default=None, metavar="N", help=help_text)
+
+
+def failed_limit(args: argparse.Namespace) -> int:
+    """--failed-limit, or the default the API's `failed_limit` has too (FAILED_SHOWN)."""
+    from sigma.batch.layout import FAILED_SHOWN
+
+    if args.failed_limit is not None and args.failed_limit < 0:
+        raise ConfigError(f"--failed-limit must be >= 0, got {args.failed_limit}")
+    return FAILED_SHOWN if args.failed_limit is None else args.failed_limit
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="annotate a whole corpus (sharded, resumable; fleet mode on Redis)",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,6 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    _add_failed_limit(r, "failed shards the summary lists (stderr, --json and OUT/summary.json), first in run "
+                         "order (default 100; `failed_now` counts them all, `sigma batch status` lists them)")
     r.set_defaults(run=run_run, needs=("batch",))
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`",
@@ -150,8 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("out", help="run folder")
     _add_redis_args(st, "also show the fleet queue on this Redis URL")
     st.add_argument("--json", action="store_true")
-    st.add_argument("--failed-limit", type=int, default=None, metavar="N",
-                    help="failed shards listed, first in run order (default 100; the count covers them all)")
+    _add_failed_limit(st, "failed shards listed, first in run order (default 100; the count covers them all)")
     st.set_defaults(run=run_status)
 
     pr = bsub.add_parser("presets", help="list the corpus presets and their columns",
@@ -199,8 +213,9 @@ def build_config(args: argparse.Namespace):
 def run_run(args: argparse.Namespace) -> int:
     from sigma.batch.runner import run_batch
 
+    limit = failed_limit(args)
     cfg = build_config(args)
-    summary = run_batch(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    summary = run_batch(cfg, args.out, resume=args.resume, progress=not args.no_progress, failed_limit=limit)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -215,7 +230,11 @@ def run_run(args: argparse.Namespace) -> int:
               f"{st['errors']} bad pairs{_codes(st['error_codes'])}")
     for f in summary.failed:
         print(f"sigma: error: shard {f['shard']} failed: {f['error']} (rerun with --resume)", file=sys.stderr)
-    return 1 if summary.failed else 0
+    if summary.failed_shards_omitted:
+        print(f"sigma: error: … and {summary.failed_shards_omitted} more failed shard(s): `sigma batch status "
+              f"{summary.out} --failed-limit N` lists them, {summary.out}/status/<shard>.json holds each one's "
+              "reason (rerun with --resume)", file=sys.stderr)
+    return 1 if summary.failed_now else 0
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -236,16 +255,14 @@ def _codes(counts: dict[str, int] | None) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from sigma.batch.layout import FAILED_SHOWN, RunDir
+    from sigma.batch.layout import RunDir
     from sigma.cli.common import check_extras
-    from sigma.errors import ConfigError
 
-    if args.failed_limit is not None and args.failed_limit < 0:
-        raise ConfigError(f"--failed-limit must be >= 0, got {args.failed_limit}")
+    limit = failed_limit(args)
     if args.redis or args.key_prefix or args.serve_config:
         check_extras("batch status --redis", ("redis",))
 
-    status = RunDir(args.out).summary(failed_limit=FAILED_SHOWN if args.failed_limit is None else args.failed_limit)
+    status = RunDir(args.out).summary(failed_limit=limit)
     if args.redis or args.key_prefix or args.serve_config:
         from sigma.service.fleet import queue_status
 

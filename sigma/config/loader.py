@@ -11,6 +11,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -111,12 +112,12 @@ class Override:
     def read(cls, text: str, key: str) -> Override:
         return cls(text, parse_value(text, key))
 
-    def resolve(self, accepts: FieldTypes | None, key: str = "value") -> Any:
+    def resolve(self, accepts: FieldTypes | None) -> Any:
         if accepts is None:
             return self.value
         if str not in accepts.types:
-            if isinstance(self.value, str) and int in accepts.types and float not in accepts.types:
-                return _whole_number(self.text, key)
+            if isinstance(self.value, str) and _integer_only(accepts):
+                return self.text        # `1e3`: made a whole number with the YAML file's values (`whole_numbers`)
             return self.value
         if isinstance(self.value, str):
             return self.value if _quoted(self.text) else self.text
@@ -134,20 +135,43 @@ _EXPONENT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)[eE][+-]?\d+")
 MAX_INTEGER_DIGITS = 4300
 
 
-def _whole_number(text: str, key: str) -> Any:
-    """`--set` text for an integer field: `1e3` (YAML gives the text '1e3') is 1000, exactly, so a bound on the
-    field says what it is (`1e300`: "at most 100000 …") instead of pydantic's "unable to parse string as an
-    integer", which read as if exponents were not numbers. Other text is returned for the field to refuse."""
+def _integer_only(accepts: FieldTypes | None) -> bool:
+    return accepts is not None and int in accepts.types and not accepts.types & {float, str}
+
+
+def _whole_number(text: str, key: str, origin: str) -> Any:
+    """Text for an integer field: `1e3` (YAML gives the text '1e3') is 1000, exactly, so a bound on the field says
+    what it is (`1e300`: "at most 100000 …") instead of pydantic's "unable to parse string as an integer", which
+    read as if exponents were not numbers. Other text is returned for the field to refuse. `origin`: where the
+    value was written, for the message ("override ", "cfg.yaml: ")."""
     written = text.strip()
     if not _EXPONENT.fullmatch(written):
         return text
     number = Decimal(written)
     if number.adjusted() >= MAX_INTEGER_DIGITS:
-        raise ConfigError(f"override {key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large for the "
+        raise ConfigError(f"{origin}{key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large for the "
                           f"integer setting {key}")
     if number != number.to_integral_value():
-        raise ConfigError(f"override {key}={written}: not a whole number, and {key} is an integer setting")
+        raise ConfigError(f"{origin}{key}={written}: not a whole number, and {key} is an integer setting")
     return int(number)
+
+
+def whole_numbers(model: type[BaseModel], tree: dict, origin: Callable[[str], str] = lambda key: "") -> dict:
+    """Integer fields written in exponent notation (`shard_size: 1e3`, `--set steps=1.5e3`, an environment
+    variable), made whole numbers in the merged tree: the one place for a YAML file, `--set` and the environment,
+    which YAML 1.1 all read as text. A YAML file gave "not an integer" for what `--set` took. In place; `origin(key)`
+    says where the value of `key` was written."""
+    stack: list[tuple[dict, str]] = [(tree, "")]
+    while stack:
+        node, prefix = stack.pop()
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                stack.append((value, dotted + "."))
+            elif (isinstance(value, str) and _EXPONENT.fullmatch(value.strip())
+                  and _integer_only(field_types(model, dotted))):
+                node[key] = _whole_number(value, dotted, origin(dotted))
+    return tree
 
 
 def _quoted(text: str) -> bool:
@@ -231,7 +255,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 def resolve_overrides(model: type[BaseModel], overrides: dict[str, Any]) -> dict[str, Any]:
     """Each `Override` as the value its field takes (`Override.resolve`); plain values as they are."""
-    return {key: value.resolve(field_types(model, key), key) if isinstance(value, Override) else value
+    return {key: value.resolve(field_types(model, key)) if isinstance(value, Override) else value
             for key, value in overrides.items()}
 
 
@@ -327,6 +351,14 @@ def load_config(model: type[M], path: str | Path | None = None,
         overrides = read_overrides(overrides)
     given = {k: v for k, v in (overrides or {}).items() if isinstance(v, Override)}
     tree = apply_overrides(tree, resolve_overrides(model, overrides or {}))
+    set_here = tuple(overrides or {})
+
+    def origin(key: str) -> str:
+        if any(key == k or key.startswith(k + ".") for k in set_here):
+            return "override "
+        return f"{path}: " if path is not None else ""
+
+    whole_numbers(model, tree, origin)
     _refuse_nul(tree)
     try:
         return model.model_validate(tree)
