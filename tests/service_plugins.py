@@ -9,7 +9,9 @@ wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does; `
 pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
 `odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
 instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
-"exit", as a library that gives up does; `native-slow` spends each batch in one native call that releases the GIL
+"exit", as a library that gives up does; `exit-jsonl` is a corpus reader (the jsonl one) that calls
+sys.exit(4) while it reads a shard whose items include an instruction with "exit" (raises KeyboardInterrupt on
+"interrupt"), as long as a file `exit-reader.stop` sits beside the manifest; `native-slow` spends each batch in one native call that releases the GIL
 and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 from pydantic import Field
 
 from sigma.annotators.pixel_diff import PixelDiff, PixelDiffConfig
+from sigma.io.corpora import CORPUS_READERS
+from sigma.io.corpora.manifest import ManifestCorpus
 from sigma.registry import ANNOTATORS
 
 
@@ -205,3 +209,25 @@ if "poison-diff" not in ANNOTATORS:
     ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'",
                         config_cls=PixelDiffConfig)(
         lambda **kw: PoisonDiff(**kw))
+
+
+class ExitReader(ManifestCorpus):
+    """A plugin's corpus reader that gives up mid-shard (in the pipeline's reading thread): sys.exit(4), or a
+    KeyboardInterrupt of its own, which ends the reading of every shard after it too."""
+
+    format = "exit-jsonl"
+
+    def read(self, shard):
+        stop = (self.path if self.path.is_dir() else self.path.parent) / "exit-reader.stop"
+        for item in super().read(shard):
+            if stop.exists() and item.instruction and "exit" in item.instruction:
+                sys.exit(4)
+            if stop.exists() and item.instruction and "interrupt" in item.instruction:
+                raise KeyboardInterrupt("the reader's own")     # not Ctrl-C: signals reach the main thread only
+            yield item
+
+
+if "exit-jsonl" not in CORPUS_READERS:
+    CORPUS_READERS.register("exit-jsonl", "test only: jsonl that calls sys.exit(4) on 'exit' while "
+                            "exit-reader.stop exists")(ExitReader)
+

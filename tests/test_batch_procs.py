@@ -406,3 +406,43 @@ def test_a_decode_worker_hung_in_a_call_is_killed_and_a_new_pool_decodes(corpus)
         assert fresh != worker and alive(fresh)
     finally:
         pipeline.close()
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_a_shard_whose_reader_gives_up_is_a_recorded_failure_and_resume_runs_it(tmp_path, capsys, procs):
+    """A corpus reader (a plugin's) that gives up mid-shard with sys.exit() or a KeyboardInterrupt of its own ended
+    the pipeline's reading thread: its shard had "no result from the pipeline" and no status file, so it showed as
+    pending with its reason nowhere on disk; one process also left every later shard unread and exited 0. Now each
+    such shard is failed like any other: OUT/status/<shard>.json holds the reason, `sigma batch status` counts it
+    failed, and `--resume` runs it again."""
+    import service_plugins  # noqa: F401 - registers the exit-jsonl reader
+
+    pairs = list(synthetic_pairs(8, size=32))
+    pairs[2]["instruction"], pairs[4]["instruction"] = "exit here", "interrupt here"
+    manifest = write_pairs_jsonl(tmp_path / "set", pairs)
+    stop = manifest.parent / "exit-reader.stop"
+    stop.write_text("")
+    out = tmp_path / "run"
+    args = ["batch", "run", str(manifest.parent), "--out", str(out), "--format", "exit-jsonl", "--plugin",
+            "service_plugins", "--annotator", "pixel-diff", "--shard-size", "2", "--workers", "0", "--procs",
+            str(procs), "--no-progress"]
+    assert main([*args, "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    keys = [f"set__pairs.r{i:07d}-{i + 1:07d}" for i in range(0, 8, 2)]
+    # one process reads the shards in one thread, so the interrupt stops the last shard's reading too; with
+    # --procs each shard is read by a pipeline of its own
+    failed = keys[1:] if procs == 1 else keys[1:3]
+    assert [f["shard"] for f in summary["failed"]] == failed
+    assert summary["failed_now"] == len(failed) and summary["done_now"] == 4 - len(failed)
+    reasons = {key: json.loads((out / "status" / f"{key}.json").read_text()) for key in failed}
+    assert all(st["status"] == "failed" and st["run_hash"] == summary["run_hash"] for st in reasons.values())
+    assert reasons[keys[1]]["error"] == "the corpus reader called sys.exit(4)"
+    assert "no result from the pipeline" in reasons[keys[2]]["error"]
+    assert "KeyboardInterrupt: the reader's own" in reasons[keys[2]]["error"]
+    assert (summary["status"]["failed"], summary["status"]["pending"]) == (len(failed), 0)
+
+    stop.unlink()                        # the reader reads again: --resume runs the failed shards, and only them
+    assert main([*args, "--resume", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["skipped"], again["done_now"], again["failed_now"]) == (4 - len(failed), len(failed), 0)
+    assert (again["status"]["done"], again["status"]["pairs"]) == (4, 8)

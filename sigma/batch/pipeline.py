@@ -73,6 +73,17 @@ def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]
         yield chunk
 
 
+def read_failure(exc: BaseException) -> str:
+    """A shard's failure to be read, in words: `sys.exit(n)` from a reader said as such, else the exception's type
+    and message (a message that itself fails to print gives the type alone)."""
+    if isinstance(exc, SystemExit):
+        return f"the corpus reader called sys.exit({exc.code!r})"
+    try:
+        return f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not stop the run
+        return type(exc).__name__
+
+
 class ShardWriter:
     """Background thread: collects rows per shard and publishes the shard's parquet + status atomically."""
 
@@ -266,7 +277,10 @@ class Pipeline:
             return _Immediate(decode_items(chunk, self.io_config, self.ground_truth, self.root))
         return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth, self.root)
 
-    def _feed(self, corpus: Corpus, shards: list[Shard], q: queue.Queue, stop: threading.Event) -> None:
+    def _feed(self, corpus: Corpus, shards: list[Shard], q: queue.Queue, stop: threading.Event,
+              ended: list[BaseException]) -> None:
+        """Stream each shard's chunks to the main thread, then ("end") or ("fail", reason); `ended` gets what
+        stopped the reading itself, if anything did."""
         chunk_size = max(1, min(self.batch_size, 16))
         try:
             for shard in shards:
@@ -278,8 +292,12 @@ class Pipeline:
                         if stop.is_set():
                             break
                     q.put(("end", shard, None))
-                except Exception as exc:  # noqa: BLE001 - a shard that cannot be read fails alone; the run goes on
-                    q.put(("fail", shard, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"))
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - a shard that cannot be read fails alone
+                    # a reader (a plugin's) giving up with sys.exit() fails its shard too: in this thread the exit
+                    # ended the reading without a word, and that shard and every one after it had no result
+                    q.put(("fail", shard, read_failure(exc)))
+        except BaseException as exc:  # noqa: BLE001 - said in the status of every shard left unread (run)
+            ended.append(exc)
         finally:
             q.put(None)
 
@@ -291,11 +309,13 @@ class Pipeline:
         window = 2 * max(self.workers, 1) + 2
         q: queue.Queue = queue.Queue(maxsize=window)
         stop = threading.Event()
-        feeder = threading.Thread(target=self._feed, args=(corpus, shards, q, stop), name="sigma-batch-reader",
-                                  daemon=True)
+        ended: list[BaseException] = []
+        feeder = threading.Thread(target=self._feed, args=(corpus, shards, q, stop, ended),
+                                  name="sigma-batch-reader", daemon=True)
         feeder.start()
         buffer: list[Decoded] = []
         failed: set[str] = set()
+        settled: set[str] = set()           # shards published or failed: each gets a status file
         try:
             while True:
                 message = q.get()
@@ -304,6 +324,8 @@ class Pipeline:
                 kind, shard, payload = message
                 if shard.key in failed:
                     continue
+                if kind != "chunk":
+                    settled.add(shard.key)
                 if kind == "chunk":
                     try:
                         results = payload.result(timeout=self.stall_s)
@@ -336,6 +358,13 @@ class Pipeline:
                 elif kind == "fail":
                     buffer = []
                     writer.put(("abort", shard, payload))
+            # a reading thread that stopped early left its shards without a result: pending, not failed, no status
+            # and no reason anywhere (a local run exited 0 with them undone). Each is failed, saying why
+            why = f" ({read_failure(ended[0])})" if ended else ""
+            for shard in shards:
+                if shard.key not in settled and shard.key not in failed:
+                    writer.put(("abort", shard, f"no result from the pipeline: its reading stopped before this "
+                                                f"shard was read{why}; rerun with --resume"))
         finally:
             stop.set()
             while feeder.is_alive():   # unblock a feeder waiting on a full queue

@@ -119,8 +119,12 @@ class ShardRunner:
                  workers: int | None = None, worker_name: str | None = None):
         from sigma.batch.pipeline import Pipeline
         from sigma.batch.runner import corpus_from_config
+        from sigma.registry import import_plugins
 
         limit_threads(threads)
+        # the run's plugins first: a corpus format or an annotator a plugin registers is validated by name, and a
+        # spawned process (a --procs child, a Ray actor) has not imported them (the child could not start)
+        import_plugins(config.get("plugins") or ())
         self.cfg = BatchConfig.model_validate(config)
         self.rundir = RunDir(run_dir)
         self.run_hash = self.rundir.load()["run_hash"]
@@ -143,8 +147,12 @@ class ShardRunner:
         seconds = round(time.perf_counter() - start, 4)
         result = stats.shards[0] if stats.shards else None
         if result is None:
-            return ShardOutcome(shard.key, "failed", stats.pairs, stats.errors, "no result from the pipeline",
-                                seconds, self.worker)
+            # failed like any other shard: in its status file, with the reason (it showed as pending, the reason
+            # nowhere but this run's summary); `--resume` runs it again. A shard done meanwhile stays done
+            error = "no result from the pipeline (rerun with --resume)"
+            if not self.rundir.mark_failed(shard, self.run_hash, error, worker=self.worker):
+                return ShardOutcome(shard.key, "done", stats.pairs, stats.errors, None, seconds, self.worker)
+            return ShardOutcome(shard.key, "failed", stats.pairs, stats.errors, error, seconds, self.worker)
         return ShardOutcome(shard.key, result.status, stats.pairs, stats.errors, result.error, seconds, self.worker)
 
     def close(self) -> None:
