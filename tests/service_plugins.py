@@ -11,12 +11,16 @@ pair whose instruction contains "hang" (blocked on a lock nobody releases, as a 
 instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
 "exit", as a library that gives up does; `exit-jsonl` is a corpus reader (the jsonl one) that calls
 sys.exit(4) while it reads a shard whose items include an instruction with "exit" (raises KeyboardInterrupt on
-"interrupt"), as long as a file `exit-reader.stop` sits beside the manifest; `native-slow` spends each batch in one native call that releases the GIL
+"interrupt"), as long as a file `exit-reader.stop` sits beside the manifest; `kill-diff` SIGKILLs its own process
+on instructions with "die", as the OOM killer does (only for `--procs` children: in-process it would kill the
+caller); `native-slow` spends each batch in one native call that releases the GIL
 and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import sys
 import threading
 import time
@@ -231,3 +235,17 @@ if "exit-jsonl" not in CORPUS_READERS:
     CORPUS_READERS.register("exit-jsonl", "test only: jsonl that calls sys.exit(4) on 'exit' while "
                             "exit-reader.stop exists")(ExitReader)
 
+
+
+class KillDiff(PixelDiff):
+    name = "kill-diff"
+
+    def _predict_batch(self, pairs):
+        if any(pair.instruction and "die" in pair.instruction for pair in pairs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super()._predict_batch(pairs)
+
+
+if "kill-diff" not in ANNOTATORS:
+    ANNOTATORS.register("kill-diff", "test only: pixel-diff that SIGKILLs its process on instructions with 'die'",
+                        config_cls=PixelDiffConfig)(lambda **kw: KillDiff(**kw))

@@ -446,3 +446,33 @@ def test_a_shard_whose_reader_gives_up_is_a_recorded_failure_and_resume_runs_it(
     again = json.loads(capsys.readouterr().out)
     assert (again["skipped"], again["done_now"], again["failed_now"]) == (4 - len(failed), len(failed), 0)
     assert (again["status"]["done"], again["status"]["pairs"]) == (4, 8)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_lost_attempts_a_run_lists_are_bounded_like_its_failed_shards(tmp_path, capsys):
+    """`retried` had one record for every attempt lost with its process, however many: a model that kills its
+    process on every shard (out of memory at each load) wrote `attempts` records a shard, all of them, to stdout and
+    summary.json. Now the first --failed-limit N, as for the failed shards, and `retried_omitted` counts the rest."""
+    import service_plugins  # noqa: F401 - registers kill-diff
+
+    pairs = list(synthetic_pairs(6, size=32))
+    pairs[2]["instruction"] = pairs[4]["instruction"] = "die here"    # 2 shards whose child is SIGKILLed each time
+    manifest = write_pairs_jsonl(tmp_path / "set", pairs)
+    out = tmp_path / "run"
+    # --procs 2 and never fewer than 2 shards to run: one process would run kill-diff in this one
+    args = ["batch", "run", str(manifest.parent), "--out", str(out), "--plugin", "service_plugins", "--annotator",
+            "kill-diff", "--shard-size", "2", "--workers", "0", "--procs", "2", "--set", "attempts=2",
+            "--no-progress", "--json"]
+    assert main([*args, "--failed-limit", "3"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["done_now"], summary["failed_now"], summary["failed_shards_omitted"]) == (1, 2, 0)
+    assert len(summary["retried"]) == 3 and summary["retried_omitted"] == 1      # 2 shards x 2 attempts lost
+    assert all("signal 9" in r["reason"] and r["action"] in ("retried", "failed") for r in summary["retried"])
+    assert json.loads((out / "summary.json").read_text())["retried"] == summary["retried"]
+
+    assert main([*args, "--failed-limit", "0", "--resume"]) == 1          # none listed, all counted
+    again = json.loads(capsys.readouterr().out)
+    assert (again["retried"], again["retried_omitted"]) == ([], 4)
+    assert (again["failed"], again["failed_shards_omitted"]) == ([], 2)
+    assert main([*args, "--resume"]) == 1                                  # the default: 100, so all of them
+    assert len(json.loads(capsys.readouterr().out)["retried"]) == 4

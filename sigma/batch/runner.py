@@ -38,7 +38,10 @@ class RunSummary:
     failed: list[dict[str, str]] = field(default_factory=list)
     failed_shards_omitted: int = 0
     status: dict[str, Any] = field(default_factory=dict)
-    retried: list[dict[str, Any]] = field(default_factory=list)   # shards lost with their process, run again
+    # attempts lost with their process or Ray actor (shard, attempt, worker, reason, action): the first
+    # `failed_limit`, reasons cut to MAX_MESSAGE; `retried_omitted` counts the ones left out
+    retried: list[dict[str, Any]] = field(default_factory=list)
+    retried_omitted: int = 0
     backend: dict[str, Any] = field(default_factory=dict)         # how it ran: processes, actors, cluster
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,7 +158,8 @@ def make_progress(total: int | None, enabled: bool):
 def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress: bool = True,
               annotator=None, max_shards: int | None = None, failed_limit: int | None = FAILED_SHOWN) -> RunSummary:
     """Run (or continue) a batch; finished shards are skipped, so a re-run of a finished run does nothing.
-    `failed_limit`: failed shards the summary lists (None: all), as `sigma batch status --failed-limit`."""
+    `failed_limit`: failed shards the summary lists (None: all), as `sigma batch status --failed-limit`, and as
+    many lost attempts (`retried`)."""
     cfg = with_default_annotator(cfg)
     with RunDir(out).locked():
         return finish(_run_locked(cfg, out, resume, progress, annotator, max_shards), RunDir(out), failed_limit)
@@ -164,10 +168,14 @@ def run_batch(cfg: BatchConfig, out: str | Path, resume: bool = False, progress:
 def finish(summary: RunSummary, rundir: RunDir, failed_limit: int | None) -> RunSummary:
     """The summary as every backend ends it: the run's status, and the failed shards bounded as `sigma batch
     status` bounds them (a run whose thousands of shards failed printed a line for each and wrote all of them,
-    whole, to summary.json); written to OUT/summary.json."""
+    whole, to summary.json); the lost attempts (`retried`) the same way — a child that dies on every shard (out
+    of memory at each load) adds up to `attempts` records a shard; written to OUT/summary.json."""
     failed = summary.failed if failed_limit is None else summary.failed[:failed_limit]
     summary.failed_shards_omitted = len(summary.failed) - len(failed)
     summary.failed = [{"shard": f["shard"], "error": shown(f["error"], MAX_MESSAGE)} for f in failed]
+    retried = summary.retried if failed_limit is None else summary.retried[:failed_limit]
+    summary.retried_omitted = len(summary.retried) - len(retried)
+    summary.retried = [{**r, "reason": shown(str(r.get("reason", "")), MAX_MESSAGE)} for r in retried]
     summary.status = rundir.summary(failed_limit=failed_limit)
     atomic_write_json(rundir.root / "summary.json", summary.to_dict())
     return summary

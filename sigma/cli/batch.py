@@ -151,7 +151,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
     _add_failed_limit(r, "failed shards the summary lists (stderr, --json and OUT/summary.json), first in run "
-                         "order (default 100; `failed_now` counts them all, `sigma batch status` lists them)")
+                         "order (default 100; `failed_now` counts them all, `sigma batch status` lists them), "
+                         "and as many lost attempts (`retried`; `retried_omitted` counts the rest)")
     r.set_defaults(run=run_run, needs=("batch",))
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`",
