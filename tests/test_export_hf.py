@@ -224,3 +224,72 @@ def test_an_export_under_the_corpus_folder_can_be_replaced(tmp_path, capsys):
     assert main(["export", "hf", str(tmp_path / "run"), str(corpus / "hf"), "--overwrite"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 3
     assert source.is_file()
+
+
+MAPPED_READER = r'''
+import hashlib, mmap, os, sys
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+path = sys.argv[1]
+source = pa.memory_map(path)                    # as the corpus readers map a save_to_disk file
+rows = pq.ParquetFile(source).metadata.num_rows
+with open(path, "rb") as handle:
+    view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    print(os.fstat(handle.fileno()).st_ino, flush=True)
+sys.stdin.readline()                            # the parent writes the file again meanwhile
+digest = hashlib.sha256(view).hexdigest()       # every page of the old mapping: SIGBUS past a truncated end
+print(digest, pq.ParquetFile(source).read().num_rows, rows, flush=True)
+'''
+
+
+def read_mapped_through(path: Path, rewrite) -> tuple[int, int]:
+    """Map `path` in another process, `rewrite()` it here, then read every page of the old mapping there (a SIGBUS
+    kills that process, not pytest): the mapping must still hold the old file, whole, and `path` must name a new
+    file (a write in place into a mapped file is what SIGBUSes a reader). (rows read again, rows at mapping)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", MAPPED_READER, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        inode = int(child.stdout.readline() or -1)
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        rewrite()
+        out, err = child.communicate("go\n", timeout=120)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, f"the reader of the old mapping died ({child.returncode}; -7 = SIGBUS): {err}"
+    digest, rows_after, rows_before = out.split()
+    assert digest == before
+    assert path.stat().st_ino != inode, "written in place: the mapped file itself was rewritten"
+    return int(rows_after), int(rows_before)
+
+
+def test_a_file_mapped_by_a_reader_is_replaced_never_rewritten_in_place(tmp_path):
+    """Readers memory-map arrow/parquet files (a save_to_disk folder, `pa.memory_map`); a file truncated and rewritten
+    in place under such a mapping kills its reader with SIGBUS. Every arrow/parquet file SIGMA writes — an export's
+    data/*.parquet (`sigma export hf --overwrite`) and a run's shard files (rerun by --resume) — is written to a
+    temporary file beside it and renamed over the name: the mapped file is left whole for its reader."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(8, size=48))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 4},
+                                      "annotator": "pixel-diff", "workers": 0, "procs": 1})
+    run = tmp_path / "run"
+    assert run_batch(cfg, run, progress=False).done_now == 2
+    out = tmp_path / "ds"
+    export_hf(run, out)
+    exported = out / "data" / "train-00000-of-00001.parquet"
+    areas = sorted(r["area_fraction"] for r in manifest_rows(run).values())
+    smaller = RowFilter(min_area=areas[len(areas) // 2])     # the new export is a smaller file: fewer rows
+    assert read_mapped_through(exported, lambda: export_hf(run, out, smaller, overwrite=True)) == (8, 8)
+    assert pq.read_metadata(exported).num_rows < 8
+
+    shard = sorted((run / "shards").glob("*.parquet"))[0]
+    status = run / "status" / f"{shard.name.rsplit('.', 2)[0]}.json"      # <key>.<run hash>.parquet
+
+    def rerun_shard():
+        status.unlink()                                       # its status lost: --resume writes the shard again
+        assert run_batch(cfg, run, resume=True, progress=False).done_now == 1
+
+    assert read_mapped_through(shard, rerun_shard) == (4, 4)
