@@ -728,3 +728,43 @@ def test_a_local_run_with_many_failed_shards_lists_the_first_100_and_says_where_
     assert "sigma: error: shard " not in captured.err and "and 129 more failed shard(s)" in captured.err
     assert main([*args, "--failed-limit", "-1"]) == 2
     assert "--failed-limit must be >= 0" in capsys.readouterr().err
+
+
+def test_a_writer_that_fails_behind_a_full_queue_ends_the_run_never_hangs(tmp_path):
+    """The shard writer is a thread behind a 64-message queue; with PNG masks it is slower than pixel-diff, so the
+    queue is full. When it failed (here: a file where the second shard's mask folder must go) it stopped reading the
+    queue, and the main thread waited for ever to hand it the next message (or close()'s end marker): the run hung.
+    Now the run ends: one `os_error` line naming the path, exit 2, the first shard published; once the file is
+    gone `--resume` finishes the run."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(400, size=64))
+    out = tmp_path / "run"
+    args = ["batch", "run", str(root), "--out", str(out), "--annotator", "pixel-diff", "--png-masks",
+            "--shard-size", "200", "--workers", "0", "--no-progress"]
+    proc = subprocess.Popen(_sigma(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    blocker = out / "masks" / "set__pairs.r0000200-0000399"
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "masks").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.001)
+        blocker.write_text("in the way")                  # before the writer reaches the second shard
+        assert not list((out / "masks" / "set__pairs.r0000000-0000199").glob("*.png"))[150:], "too late to plant"
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run hung after its shard writer failed")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 2, err
+    assert f"sigma: error [os_error]: File exists: {blocker}" in err and "Traceback" not in err, err
+    assert json.loads((out / "status" / "set__pairs.r0000000-0000199.json").read_text())["status"] == "done"
+    assert not (out / "status" / "set__pairs.r0000200-0000399.json").exists()
+    blocker.unlink()
+    rc = subprocess.run(_sigma(*args, "--resume"), capture_output=True, text=True, timeout=120, check=False)
+    assert rc.returncode == 0, rc.stderr
+    rows = read_rows(out)
+    assert len(rows) == 400 and all(r["status"] == "ok" for r in rows)
+    assert len(list((out / "masks").rglob("*.png"))) == 400

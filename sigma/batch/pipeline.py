@@ -109,15 +109,20 @@ class ShardWriter:
         self.q.put(message)
 
     def _loop(self) -> None:
+        """After a failure the thread goes on taking messages, dropping them, until close(): it used to stop
+        there, and a producer blocked on the full queue at that moment (the writer behind the model: PNG masks,
+        ground-truth scores), or close()'s end marker behind 64 messages, waited for ever. A run whose writer
+        met a file where a folder must be hung instead of ending with the reason."""
         while True:
             message = self.q.get()
             if message is _END:
                 return
+            if self.failure is not None:
+                continue
             try:
                 self._handle(*message)
             except BaseException as exc:  # noqa: BLE001 - surfaced to the main thread on its next put()
                 self.failure = exc
-                return
 
     def _handle(self, kind: str, shard: Shard, payload: Any = None) -> None:
         if kind == "row":
