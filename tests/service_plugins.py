@@ -5,7 +5,8 @@ a batch; `poison-diff` raises on every pair whose instruction contains "poison",
 crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a large model takes to load (with
 `swallow_exceptions`, an exception raised into its load does not stop it, as one raised inside C++ frames or
 caught by a loader's bare `except` does not); `bad-output` breaks the output contract (`defect`: a 0-255 map, NaN, a
-wrong size, ...) on the pairs whose id contains "bad", as a buggy plugin does; `hang-diff` never returns from a
+wrong size, too few results, ...) on the pairs whose id contains "bad", as a buggy plugin does (`predict-too-few`,
+`predict-too-many`: from an overridden predict(), past the base class's checks); `hang-diff` never returns from a
 pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
 `odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
 instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
@@ -81,7 +82,8 @@ class SlowLoad(PixelDiff):
 
 class BadOutputConfig(PixelDiffConfig):
     defect: Literal["scale-255-uint8", "scale-255-float", "nan", "inf", "negative", "wrong-size", "channels",
-                    "int-0-1", "list", "extra-none", "not-a-tuple", "too-few", "slop"] = "scale-255-uint8"
+                    "int-0-1", "list", "extra-none", "not-a-tuple", "too-few", "slop", "predict-too-few",
+                    "predict-too-many"] = "scale-255-uint8"
 
 
 def broken_output(defect: str, prob: np.ndarray, extra: dict):
@@ -108,8 +110,22 @@ class BadOutput(PixelDiff):
         out = list(super()._predict_batch(pairs))
         if self.config.defect == "too-few" and any("bad" in p.pair_id for p in pairs):
             return out[:-1]
+        if self.config.defect.startswith("predict-"):
+            return out
         return [broken_output(self.config.defect, *res) if "bad" in pair.pair_id else res
                 for pair, res in zip(pairs, out, strict=True)]
+
+    def predict(self, pairs, threshold=None, mask_mode=None):
+        """`predict-too-few` / `predict-too-many`: a plugin that overrides predict() itself (its own batching or
+        caching) and so passes the base class's count check by: one annotation fewer (the first pair's dropped:
+        every later one would sit beside the wrong pair) or one more, for a batch with a pair named *bad*."""
+        out = super().predict(pairs, threshold, mask_mode)
+        if any("bad" in p.pair_id for p in pairs):
+            if self.config.defect == "predict-too-few":
+                return out[1:]
+            if self.config.defect == "predict-too-many":
+                return [*out, out[-1]]
+        return out
 
 
 class HangDiff(PixelDiff):

@@ -5,6 +5,7 @@ is that pair's `annotator_failed` error naming the annotator and the pair, and a
 from __future__ import annotations
 
 import importlib
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -123,3 +124,42 @@ def test_a_model_that_calls_sys_exit_fails_its_pair_not_the_run(plugin_annotator
     bad = rows[f"set/{records[1]['id']}"]
     assert bad["error_code"] == "annotator_failed" and "sys.exit(3)" in bad["error"], bad
     assert sum(r["status"] == "ok" for r in rows.values()) == 2
+
+
+@pytest.mark.parametrize(("defect", "procs"), [("too-few", 1), ("too-few", 2), ("predict-too-few", 1),
+                                               ("predict-too-few", 2), ("predict-too-many", 1)])
+def test_an_annotator_giving_the_wrong_number_of_results_never_loses_a_row(plugin_annotators, tmp_path, capsys,
+                                                                           defect, procs):
+    """`sigma batch run` (in process and with --procs) when an annotator gives fewer or more results than pairs.
+    From `_predict_batch` (too-few) the base class already says so and the batch is retried pair by pair: that pair
+    is an `annotator_failed` row. From a predict() of the plugin's own, the results were zipped with the pairs: the
+    pair short lost its row without a word (the shard done, exit 0) and every mask after the missing one sat beside
+    the wrong pair. Now the shard is failed, its reason naming the annotator and the counts, and the run goes on."""
+    from sigma.cli import main
+
+    records = list(synthetic_pairs(8, size=32))
+    records[1]["id"] = "p-bad"                      # the first shard's batch only
+    write_pairs_jsonl(tmp_path / "set", records)
+    out = tmp_path / "run"
+    rc = main(["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "bad-output", "--set",
+               f"options.defect={defect}", "--batch-size", "4", "--shard-size", "4", "--workers", "0", "--procs",
+               str(procs), "--plugin", "service_plugins", "--no-progress", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    rows = {r["pair_id"]: r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+    first, second = "set__pairs.r0000000-0000003", "set__pairs.r0000004-0000007"
+    assert sorted(r["pair_id"] for r in rows.values() if r["shard"] == second) == [
+        f"set/{r['id']}" for r in records[4:]]
+    assert all(r["status"] == "ok" for r in rows.values() if r["shard"] == second)
+    status = json.loads((out / "status" / f"{first}.json").read_text())
+    if defect == "too-few":
+        assert rc == 0 and status["status"] == "done" and len(rows) == 8
+        bad = rows["set/p-bad"]
+        assert bad["error_code"] == "annotator_failed" and "0 results for 1 pairs" in bad["error"], bad
+        assert sum(r["status"] == "ok" for r in rows.values()) == 7
+        return
+    counts = "3 results for 4 pairs" if defect == "predict-too-few" else "5 results for 4 pairs"
+    assert rc == 1 and status["status"] == "failed", status
+    assert "annotator 'bad-output' broke the output contract" in status["error"] and counts in status["error"]
+    assert not any(r["shard"] == first for r in rows.values()) and len(rows) == 4
+    assert [f["shard"] for f in summary["failed"]] == [first] and counts in summary["failed"][0]["error"]
+    assert (summary["status"]["done"], summary["status"]["failed"], summary["status"]["pending"]) == (1, 1, 0)

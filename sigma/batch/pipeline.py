@@ -84,6 +84,14 @@ def read_failure(exc: BaseException) -> str:
         return type(exc).__name__
 
 
+class ShardFailed(Exception):
+    """A shard none of whose results can be kept (`reason` goes to its status file); the run goes on."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class ShardWriter:
     """Background thread: collects rows per shard and publishes the shard's parquet + status atomically."""
 
@@ -345,21 +353,31 @@ class Pipeline:
                         failed.add(shard.key)
                         writer.put(("abort", shard, f"decode worker failed: {type(exc).__name__}: {exc}"))
                         continue
-                    for decoded in results:
-                        if decoded.error:
-                            code, msg = decoded.error
-                            writer.put(("row", shard, error_row(decoded, shard.key, run_hash, code, msg)))
-                            self._tick(stats, progress, error=True)
-                        else:
-                            buffer.append(decoded)
-                            if len(buffer) >= self.batch_size:
-                                self._infer(buffer, shard, writer, run_hash, stats, progress)
-                                buffer = []
-                elif kind == "end":
-                    if buffer:
-                        self._infer(buffer, shard, writer, run_hash, stats, progress)
+                    try:
+                        for decoded in results:
+                            if decoded.error:
+                                code, msg = decoded.error
+                                writer.put(("row", shard, error_row(decoded, shard.key, run_hash, code, msg)))
+                                self._tick(stats, progress, error=True)
+                            else:
+                                buffer.append(decoded)
+                                if len(buffer) >= self.batch_size:
+                                    self._infer(buffer, shard, writer, run_hash, stats, progress)
+                                    buffer = []
+                    except ShardFailed as exc:
                         buffer = []
-                    writer.put(("finish", shard))
+                        failed.add(shard.key)
+                        writer.put(("abort", shard, exc.reason))
+                elif kind == "end":
+                    try:
+                        if buffer:
+                            self._infer(buffer, shard, writer, run_hash, stats, progress)
+                    except ShardFailed as exc:
+                        failed.add(shard.key)
+                        writer.put(("abort", shard, exc.reason))
+                    else:
+                        writer.put(("finish", shard))
+                    buffer = []
                 elif kind == "fail":
                     buffer = []
                     writer.put(("abort", shard, payload))
@@ -389,11 +407,29 @@ class Pipeline:
             if error:
                 progress.set_postfix(errors=stats.errors, refresh=False)
 
+    def _annotations(self, annotations: Any, pairs: int) -> list:
+        """predict()'s results, one per pair or `ShardFailed`. The base class checks its own `_predict_batch`, but an
+        annotator whose predict() is its own (a plugin's batching or cache, `run_batch(annotator=...)`) was
+        zipped with its pairs: one result short lost a pair's row without a word (the shard done, the run exit
+        0) and, when it was not the last that was missing, put every later mask beside the wrong pair. Which
+        result belongs to which pair cannot be known, so none of them is kept: the shard fails, saying so."""
+        try:
+            results = list(annotations)
+        except Exception as exc:  # noqa: BLE001 - not a sequence of results at all
+            results, what = None, f"a {type(annotations).__name__}, not a list of annotations ({read_failure(exc)})"
+        else:
+            what = f"{len(results)} results for {pairs} pairs"
+        if results is None or len(results) != pairs:
+            name = getattr(self.annotator, "name", None) or type(self.annotator).__name__
+            raise ShardFailed(f"annotator {name!r} broke the output contract: {what}; it must give one per pair, in "
+                              f"order, so which result is whose cannot be known and the shard keeps none "
+                              f"(docs/ARCHITECTURE.md, 'The annotator output contract')")
+        return results
+
     def _infer(self, batch: list[Decoded], shard: Shard, writer: ShardWriter, run_hash: str,
                stats: PipelineStats, progress) -> None:
         try:
             annotations = self.annotator.predict([d.pair for d in batch])
-            outcomes = list(zip(batch, annotations, [None] * len(batch)))
         except (Exception, SystemExit):  # noqa: BLE001 - isolate the bad pair below
             # isolate the pair that broke the batch; the others are annotated one by one. A model (or a library it
             # calls) giving up with sys.exit() is that pair's failure too: it ended the run with the exit's status
@@ -401,13 +437,17 @@ class Pipeline:
             outcomes = []
             for d in batch:
                 try:
-                    outcomes.append((d, self.annotator.predict([d.pair])[0], None))
+                    single = self.annotator.predict([d.pair])
                 except SigmaError as exc:
                     outcomes.append((d, None, (exc.code, exc.message)))
                 except SystemExit as exc:
                     outcomes.append((d, None, ("annotator_failed", f"the model called sys.exit({exc.code!r})")))
                 except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
                     outcomes.append((d, None, ("annotator_failed", f"{type(exc).__name__}: {exc}")))
+                else:
+                    outcomes.append((d, self._annotations(single, 1)[0], None))
+        else:
+            outcomes = list(zip(batch, self._annotations(annotations, len(batch)), [None] * len(batch)))
         for d, ann, err in outcomes:
             if err is not None:
                 writer.put(("row", shard, error_row(d, shard.key, run_hash, *err)))
