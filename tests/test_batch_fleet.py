@@ -897,3 +897,58 @@ def test_tasks_refused_while_a_local_run_holds_the_folder_spend_no_delivery_and_
     assert stats.deferred >= 6, stats
     summary = RunDir(out).summary()
     assert (summary["done"], summary["failed"]) == (6, 0), summary
+
+
+def test_a_shard_whose_reader_gives_up_under_a_fleet_worker_is_failed_with_its_reason(redis_server, tmp_path):
+    """A corpus reader (a plugin's) that gives up mid-shard with sys.exit() or a KeyboardInterrupt of its own, under
+    a real `sigma worker --batch`: before 3b1aa80 the shard's pipeline had no result (a traceback in the worker's log),
+    the task went back through the lease as "no result" and was dead-lettered with that alone. The pipeline fleet
+    workers share now fails the shard with the reader's reason on each delivery (in its status file at once), the
+    dead letter carries it, the worker goes on with the other shards, and once the reader reads again submitting the
+    run again finishes it (checked to fail with 3b1aa80's parent's pipeline)."""
+    import service_plugins  # noqa: F401 - registers the exit-jsonl reader here, for the plan
+    from servicekit import Proc, base_env
+
+    pairs = list(synthetic_pairs(8, size=32))
+    pairs[2]["instruction"], pairs[4]["instruction"] = "exit here", "interrupt here"
+    manifest = write_pairs_jsonl(tmp_path / "set", pairs)
+    stop = manifest.parent / "exit-reader.stop"
+    stop.write_text("")
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(manifest.parent), "shard_size": 2, "format": "exit-jsonl"},
+                                      "annotator": "pixel-diff", "workers": 0, "plugins": ["service_plugins"]})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 4
+    settings = [f"redis.key_prefix={prefix}", "queue.lease_ms=300", "queue.block_ms=100",
+                "queue.reclaim_interval_ms=100", "queue.max_deliveries=2"]
+    sets = [arg for item in settings for arg in ("--set", item)]
+    check = make_queue(redis_server.client(), Keys(prefix), "check")
+
+    def work(name: str, until) -> str:
+        proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", name, *sets],
+                    base_env(redis_server.url), tmp_path / f"{name}.log")
+        deadline = time.monotonic() + 90
+        try:
+            while proc.alive() and not until() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert proc.alive(), proc.output()
+        finally:
+            assert proc.stop() == 0, proc.output()
+        return proc.output()
+
+    log = work("w1", lambda: check.dead_count() == 2 and RunDir(out).summary()["done"] == 2)
+    assert "Traceback" not in log, log
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (2, 2, 0), (summary, log)
+    errors = {f["shard"]: f["error"] for f in summary["failed_shards"]}
+    exited, interrupted = "set__pairs.r0000002-0000003", "set__pairs.r0000004-0000005"
+    assert set(errors) == {exited, interrupted}, errors
+    assert re.match(r"dead-lettered after \d deliveries: \[shard_failed\] the corpus reader called sys\.exit\(4\)$",
+                    errors[exited]), errors
+    assert "[shard_failed] no result from the pipeline" in errors[interrupted], errors
+    assert "KeyboardInterrupt: the reader's own" in errors[interrupted], errors
+
+    stop.unlink()                            # the reader reads again: submitting again runs the failed shards only
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    work("w2", lambda: RunDir(out).summary()["done"] == 4)
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pairs"]) == (4, 0, 8), summary
