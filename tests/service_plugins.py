@@ -9,7 +9,8 @@ wrong size, too few results, ...) on the pairs whose id contains "bad", as a bug
 `predict-too-many`: from an overridden predict(), past the base class's checks); `hang-diff` never returns from a
 pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
 `odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
-instruction contains "odd"; `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
+instruction contains "odd" (`odd-keys`: keys JSON cannot hold or sort and a __str__ that raises; on "loop" a dict that
+contains itself); `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
 "exit", as a library that gives up does; `exit-jsonl` is a corpus reader (the jsonl one) that calls
 sys.exit(4) while it reads a shard whose items include an instruction with "exit" (raises KeyboardInterrupt on
 "interrupt"), as long as a file `exit-reader.stop` sits beside the manifest; `kill-diff` SIGKILLs its own process
@@ -210,6 +211,33 @@ class OddThing:
         return "an odd thing"
 
 
+class Shy:
+    """An object a plugin puts in its extras whose __str__ raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+
+class OddKeys(PixelDiff):
+    name = "odd-keys"
+
+    def _predict_batch(self, pairs):
+        out = []
+        for pair, (prob, extra) in zip(pairs, super()._predict_batch(pairs), strict=True):
+            if pair.instruction and "odd" in pair.instruction:
+                extra = {**extra, "by_box": {(1, 2): 0.5}, "mixed": {1: "a", "b": 2}, "shy": Shy()}
+            if pair.instruction and "loop" in pair.instruction:
+                loop: dict = {}
+                loop["self"] = loop
+                extra = {**extra, "loop": loop}
+            out.append((prob, extra))
+        return out
+
+
+if "odd-keys" not in ANNOTATORS:
+    ANNOTATORS.register("odd-keys", "test only: pixel-diff with extras no JSON holds as they are on 'odd' (tuple and "
+                        "mixed keys, a raising __str__) and 'loop' (a dict that contains itself)",
+                        config_cls=PixelDiffConfig)(lambda **kw: OddKeys(**kw))
 if "odd-extra" not in ANNOTATORS:
     ANNOTATORS.register("odd-extra", "test only: pixel-diff with extras JSON cannot hold on instructions with 'odd'",
                         config_cls=PixelDiffConfig)(lambda **kw: OddExtra(**kw))

@@ -163,3 +163,30 @@ def test_an_annotator_giving_the_wrong_number_of_results_never_loses_a_row(plugi
     assert not any(r["shard"] == first for r in rows.values()) and len(rows) == 4
     assert [f["shard"] for f in summary["failed"]] == [first] and counts in summary["failed"][0]["error"]
     assert (summary["status"]["done"], summary["status"]["failed"], summary["status"]["pending"]) == (1, 1, 0)
+
+
+def test_extras_no_json_holds_as_they_are_cost_at_most_their_pair(plugin_annotators, tmp_path, capsys):
+    """`sigma batch run` with a plugin whose extras hold a tuple key, int keys beside str keys and an object whose
+    __str__ raises: the shard writer's json.dumps raised, the writer thread stopped, and the whole run ended with a
+    RuntimeError traceback (or hung, its queue full). Now those keys are written as text and the object by its type;
+    a dict that contains itself is that pair's `annotator_failed` error, counted in the summary; the run goes on."""
+    from sigma.cli import main
+
+    records = list(synthetic_pairs(4, size=32))
+    records[1]["instruction"], records[2]["instruction"] = "an odd one", "a loop"
+    write_pairs_jsonl(tmp_path / "set", records)
+    out = tmp_path / "run"
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "odd-keys", "--batch-size",
+                 "4", "--set", "workers=0", "--plugin", "service_plugins", "--no-progress", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert (summary["pairs"], summary["errors"], summary["status"]["errors"]) == (4, 1, 1), summary
+    assert "Traceback" not in captured.err
+    rows = {r["pair_id"]: r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+    odd, loop = rows[f"set/{records[1]['id']}"], rows[f"set/{records[2]['id']}"]
+    assert odd["status"] == "ok", odd
+    extra = json.loads(odd["extra"])
+    assert (extra["by_box"], extra["mixed"], extra["shy"]) == ({"(1, 2)": 0.5}, {"1": "a", "b": 2}, "<Shy>"), extra
+    assert loop["status"] == "error" and loop["error_code"] == "annotator_failed", loop
+    assert "annotator 'odd-keys'" in loop["error"] and "ValueError: Circular reference detected" in loop["error"]
+    assert [rows[f"set/{r['id']}"]["status"] for r in records] == ["ok", "ok", "error", "ok"]

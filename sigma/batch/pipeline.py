@@ -100,6 +100,7 @@ class ShardWriter:
         self.q: queue.Queue = queue.Queue(maxsize=64)
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.failure: BaseException | None = None
+        self.demoted = 0        # pairs annotated whose row could not be made: counted as errors, not as ok
         self.thread = threading.Thread(target=self._loop, name="sigma-batch-writer", daemon=True)
         self.thread.start()
 
@@ -138,7 +139,17 @@ class ShardWriter:
         elif kind == "ok":
             # RLE, ground-truth scores and PNGs are built here, off the inference thread
             decoded, ann, mask_rel = payload
-            row = ok_row(decoded, ann, shard.key, self.run_hash, mask_rel)
+            try:
+                row = ok_row(decoded, ann, shard.key, self.run_hash, mask_rel)
+            except Exception as exc:  # noqa: BLE001 - what the manifest cannot hold is that pair's error
+                # an annotation no row can hold (extras that contain themselves) stopped the writer: the whole run
+                # ended with a traceback (or, behind a full queue, hung)
+                self.demoted += 1
+                self.rows.setdefault(shard.key, []).append(error_row(
+                    decoded, shard.key, self.run_hash, "annotator_failed",
+                    f"annotator {ann.annotator!r}: its output for this pair cannot be written to the manifest: "
+                    f"{read_failure(exc)}"))
+                return
             if mask_rel is not None:
                 self.rundir.subdir("masks", shard.key)       # never the run folder itself (RunDir.subdir)
                 write_png(ann.mask.astype("uint8") * 255, self.rundir.root / mask_rel)
@@ -396,6 +407,7 @@ class Pipeline:
                 except queue.Empty:
                     pass
             writer.close()
+        stats.errors += writer.demoted
         return stats
 
     def _tick(self, stats: PipelineStats, progress, error: bool, n: int = 1) -> None:

@@ -48,9 +48,23 @@ def empty_row() -> dict[str, Any]:
 
 
 def _json(value: Any) -> str | None:
+    """A plugin's extras never stop the shard writer: keys JSON cannot hold or sort (a tuple, ints beside strings)
+    are written as text, as the service writes them (`json_ready`); they ended the whole run with a traceback. What
+    stays unwritable (a dict that contains itself) is the pair's error (`ShardWriter`)."""
     if value is None:
         return None
-    return json.dumps(value, sort_keys=True, default=_jsonable)
+    try:
+        return json.dumps(value, sort_keys=True, default=_jsonable)
+    except TypeError:           # only then: rows that were written before stay byte for byte the same
+        return json.dumps(_text_keys(value), sort_keys=True, default=_jsonable)
+
+
+def _text_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _text_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_text_keys(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -58,7 +72,10 @@ def _jsonable(value: Any) -> Any:
         return {"array_shape": list(value.shape)} if value.size > 64 else value.tolist()
     if isinstance(value, np.generic):
         return value.item()
-    return str(value)
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a plugin object whose __str__ raises is said by its type
+        return f"<{type(value).__name__}>"
 
 
 def _rle_of(value: Any) -> str | None:
