@@ -60,7 +60,7 @@ OTHER_HTTP_CODE = "http_error"     # an HTTP error status Starlette raises that 
 KNOWN_CODES = frozenset(STATUS_BY_CODE) | frozenset(HTTP_CODES.values()) | {OTHER_HTTP_CODE} | {
     "image_empty", "image_unreadable", "unsupported_format", "aspect_mismatch", "instruction_too_long",
     "empty_instruction", "invalid_instruction", "limit_exceeded", "invalid_input", "job_expired",
-    "dead_letter", "model_error", "worker_lost", "worker_hung", "cancelled", "withdrawn",
+    "dead_letter", "model_error", "worker_lost", "worker_hung", "cancelled", "withdrawn", "annotator_failed",
 }
 
 

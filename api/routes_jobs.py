@@ -21,7 +21,9 @@ router = APIRouter()
 SERVICE = Depends(get_service)
 ANNOTATE = Depends(require_scope("annotate"))
 
-WORKER_SIDE_FAILURES = ("dead_letter", "model_error", "worker_lost", "job_expired")
+# failures of the worker or the model, never of the caller's input: 500 `annotation_failed` (`annotator_failed`: an
+# output no JSON can hold, failed on its first delivery; it was answered as an unknown input code, 422)
+WORKER_SIDE_FAILURES = ("dead_letter", "model_error", "worker_lost", "job_expired", "annotator_failed")
 
 def _multipart_schema() -> dict[str, Any]:
     props: dict[str, Any] = {"original": {"type": "string", "format": "binary"},

@@ -9,6 +9,8 @@ which must go on, keeps names escaped (`escape_surrogates`: two ids stay two) an
 (`replace_surrogates`). `loads` is `json.loads` for files and streams users give us (pairs.jsonl,
 manifests, sidecars, stdin): every failure is a ValueError; `finite` is what we write back: JSON has no NaN
 or infinity (Python writes them, strict parsers — JSON.parse, jq — refuse the file), so they become null.
+`json_ready` / `json_text` are what a plugin's extras become in every front end's output (batch rows, service
+results): one conversion, so the two write the same JSON for the same extras.
 Bottom layer: the API, the readers and the writers share it.
 """
 from __future__ import annotations
@@ -112,3 +114,112 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+MAX_ARRAY_ITEMS = 64    # an array in a plugin's extras longer than this is said by its shape and dtype
+MAX_JSON_DEPTH = 32     # dicts / lists / sets nested deeper than this in a plugin's extras cannot be written
+
+
+class NotWritable(ValueError):
+    """A value `json_ready` cannot turn into JSON: it contains itself, or nests deeper than its `max_depth`."""
+
+
+def json_ready(value: Any, *, sort_keys: bool = False, max_depth: int = MAX_JSON_DEPTH, where: str = "") -> Any:
+    """A plugin's extras (any Python value) as plain JSON values, the one conversion of docs/ARCHITECTURE.md's
+    output contract: numpy scalars and arrays of up to `MAX_ARRAY_ITEMS` items as numbers, longer arrays as
+    `{"array_shape", "dtype"}`, sets as sorted lists, bytes as `{"bytes": n}`, NaN and infinities as null, keys
+    that are not strings as JSON writes them (ints, floats, true/false/null) or as text (a tuple), any other object
+    as its `str` (by its type name when `str` raises). Batch rows wrote a set as `"{1, 10, 9}"` and bytes as
+    `"b'...'"` while service results wrote lists and lengths; and the service's converter recursed until
+    RecursionError on a dict that contains itself or a list nested 100 000 deep. Such a value raises `NotWritable`
+    saying where (`loop.self`), and depth is bounded by `max_depth`, never by Python's stack.
+
+    With `sort_keys`, each dict comes out in the order `json.dumps(sort_keys=True)` gives it (its keys sorted as
+    they are; as text where they cannot be compared), so `json_text` of plain JSON is byte for byte what
+    `json.dumps(value, sort_keys=True)` wrote before."""
+    return _ready(value, sort_keys, max_depth, 0, [where] if where else [], set())
+
+
+def json_text(value: Any, *, max_depth: int = MAX_JSON_DEPTH, where: str = "") -> str:
+    """`json_ready` with sorted keys, as one line of text (a manifest column): for plain JSON exactly
+    `json.dumps(value, sort_keys=True)`; raises `NotWritable` (a ValueError) as `json_ready` does."""
+    return json.dumps(json_ready(value, sort_keys=True, max_depth=max_depth, where=where), allow_nan=False)
+
+
+def _ready(value: Any, sort_keys: bool, limit: int, depth: int, path: list[str], seen: set[int]) -> Any:
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return _ready(value.item(), sort_keys, limit, depth, path, seen)
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": len(value)}
+    if isinstance(value, memoryview):
+        return {"bytes": value.nbytes}
+    if isinstance(value, np.ndarray) and value.size > MAX_ARRAY_ITEMS:
+        return {"array_shape": list(value.shape), "dtype": str(value.dtype)}
+    if not isinstance(value, (dict, list, tuple, set, frozenset, np.ndarray)):
+        return _text(value)
+    where = "".join(path) or "<value>"
+    if id(value) in seen:
+        raise NotWritable(f"a value that contains itself (at {shown(where, 120)})")
+    if depth >= limit:
+        raise NotWritable(f"a value nested deeper than {limit} levels (at {shown(where, 120)})")
+    seen.add(id(value))
+    try:
+        if isinstance(value, np.ndarray):        # an object array may hold itself: still the same id
+            return _ready(value.tolist(), sort_keys, limit, depth, path, seen)
+        if isinstance(value, dict):
+            return _ready_dict(value, sort_keys, limit, depth, path, seen)
+        out = []
+        for n, item in enumerate(value):
+            path.append(f"[{n}]")
+            out.append(_ready(item, sort_keys, limit, depth + 1, path, seen))
+            path.pop()
+        if isinstance(value, (set, frozenset)):
+            out = _sorted_items(out)
+        return out
+    finally:
+        seen.discard(id(value))
+
+
+def _ready_dict(value: dict, sort_keys: bool, limit: int, depth: int, path: list[str], seen: set[int]) -> dict:
+    items = [(key, _key_text(key), val) for key, val in value.items()]
+    if sort_keys:
+        try:   # json.dumps(sort_keys=True) sorts the keys as they are (ints as numbers): rows stay byte-identical
+            if not all(key is None or isinstance(key, (str, int, float)) for key, _, _ in items):
+                raise TypeError
+            items.sort(key=lambda kv: kv[0])
+        except TypeError:
+            items.sort(key=lambda kv: kv[1])
+    out: dict[str, Any] = {}
+    for _, text, val in items:
+        path.append(f".{text}" if path else text)
+        out[text] = _ready(val, sort_keys, limit, depth + 1, path, seen)
+        path.pop()
+    return out
+
+
+def _key_text(key: Any) -> str:
+    """A dict key as `json.dumps` writes it (True -> "true", 1.5 -> "1.5"); any other key as its text."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    return _text(key)
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a plugin object whose __str__ raises is said by its type
+        return f"<{type(value).__name__}>"
+
+
+def _sorted_items(items: list[Any]) -> list[Any]:
+    """A set's items in order: as they compare, else (mixed types, dicts) by their JSON text."""
+    try:
+        return sorted(items)
+    except TypeError:
+        return sorted(items, key=lambda v: (type(v).__name__, json.dumps(v, sort_keys=True)))

@@ -9,14 +9,14 @@ wrong size, too few results, ...) on the pairs whose id contains "bad", as a bug
 `predict-too-many`: from an overridden predict(), past the base class's checks); `hang-diff` never returns from a
 pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
 `odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
-instruction contains "odd" (`odd-keys`: keys JSON cannot hold or sort and a __str__ that raises; on "loop" a dict that
-contains itself); `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with
-"exit", as a library that gives up does; `exit-jsonl` is a corpus reader (the jsonl one) that calls
-sys.exit(4) while it reads a shard whose items include an instruction with "exit" (raises KeyboardInterrupt on
-"interrupt"), as long as a file `exit-reader.stop` sits beside the manifest; `kill-diff` SIGKILLs its own process
-on instructions with "die", as the OOM killer does (only for `--procs` children: in-process it would kill the
-caller); `native-slow` spends each batch in one native call that releases the GIL
-and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
+instruction contains "odd" (`odd-keys`: keys JSON cannot hold or sort, a __str__ that raises, sets, bytes, arrays;
+on "loop" a dict that contains itself, on "deep" a list nested 100 000 deep); `leak-diff` keeps `leak_mb` of memory
+it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with "exit", as a library that gives up
+does; `exit-jsonl` is a corpus reader (the jsonl one) that calls sys.exit(4) while it reads a shard whose items
+include an instruction with "exit" (raises KeyboardInterrupt on "interrupt"), as long as a file `exit-reader.stop`
+sits beside the manifest; `kill-diff` SIGKILLs its own process on instructions with "die", as the OOM killer does
+(only for `--procs` children: in-process it would kill the caller); `native-slow` spends each batch in one native
+call that releases the GIL and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
 """
 from __future__ import annotations
 
@@ -225,18 +225,27 @@ class OddKeys(PixelDiff):
         out = []
         for pair, (prob, extra) in zip(pairs, super()._predict_batch(pairs), strict=True):
             if pair.instruction and "odd" in pair.instruction:
-                extra = {**extra, "by_box": {(1, 2): 0.5}, "mixed": {1: "a", "b": 2}, "shy": Shy()}
+                extra = {**extra, "by_box": {(1, 2): 0.5}, "mixed": {1: "a", "b": 2}, "shy": Shy(),
+                         "ints": {10, 9, 1}, "blob": b"abc", "tags": frozenset({"b", "a"}), "small": np.arange(3),
+                         "map": np.zeros((10, 10), np.float32), "nan": float("nan"), "f32": np.float32(0.25),
+                         "by_id": {10: "x", 9: "y"}, "nested": {"pair": (1, 2.5), "none": None}}
             if pair.instruction and "loop" in pair.instruction:
                 loop: dict = {}
                 loop["self"] = loop
                 extra = {**extra, "loop": loop}
+            if pair.instruction and "deep" in pair.instruction:
+                deep: list = []
+                for _ in range(100_000):         # far past Python's recursion limit
+                    deep = [deep]
+                extra = {**extra, "deep": deep}
             out.append((prob, extra))
         return out
 
 
 if "odd-keys" not in ANNOTATORS:
     ANNOTATORS.register("odd-keys", "test only: pixel-diff with extras no JSON holds as they are on 'odd' (tuple and "
-                        "mixed keys, a raising __str__) and 'loop' (a dict that contains itself)",
+                        "mixed keys, a raising __str__, sets, bytes, arrays) and 'loop' (a dict that contains itself), "
+                        "'deep' (a list nested 100 000 deep)",
                         config_cls=PixelDiffConfig)(lambda **kw: OddKeys(**kw))
 if "odd-extra" not in ANNOTATORS:
     ANNOTATORS.register("odd-extra", "test only: pixel-diff with extras JSON cannot hold on instructions with 'odd'",

@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sigma.errors import SigmaError
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
@@ -188,5 +190,55 @@ def test_extras_no_json_holds_as_they_are_cost_at_most_their_pair(plugin_annotat
     extra = json.loads(odd["extra"])
     assert (extra["by_box"], extra["mixed"], extra["shy"]) == ({"(1, 2)": 0.5}, {"1": "a", "b": 2}, "<Shy>"), extra
     assert loop["status"] == "error" and loop["error_code"] == "annotator_failed", loop
-    assert "annotator 'odd-keys'" in loop["error"] and "ValueError: Circular reference detected" in loop["error"]
+    assert "annotator 'odd-keys'" in loop["error"] and "a value that contains itself (at loop.self)" in loop["error"]
     assert [rows[f"set/{r['id']}"]["status"] for r in records] == ["ok", "ok", "error", "ok"]
+
+
+_PLAIN = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
+                            st.dictionaries(st.text(max_size=4), inner, max_size=4),
+                            st.dictionaries(st.integers(-20, 20), inner, max_size=4)),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_PLAIN)
+def test_a_manifest_column_of_plain_json_is_byte_for_byte_what_it_was(value):
+    """Guard for the one extras conversion (`sigma.text.json_text`, shared with service results): a column whose
+    value JSON already holds (int keys included, sorted as numbers: 9 before 10) is written exactly as the
+    `json.dumps(value, sort_keys=True)` that wrote rows before, so existing runs and their digests do not change."""
+    from sigma.batch.rows import _json
+
+    for column in ({"v": value}, [value]):          # a column holds a dict (extras) or what a plugin gave
+        assert _json(column) == json.dumps(column, sort_keys=True)
+
+
+def test_extras_nesting_is_bounded_by_a_stated_depth_not_by_pythons_stack():
+    """`json_ready` recursed once per level: a list nested 100 000 deep ended in RecursionError (and a limit that
+    moves with sys.getrecursionlimit()). Now MAX_JSON_DEPTH levels are written and one more is a NotWritable naming
+    the place, far inside the interpreter's limit."""
+    import sys
+
+    from sigma.text import MAX_JSON_DEPTH, NotWritable, json_ready, json_text
+
+    def nested(levels: int) -> list:
+        value: list = []
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    assert sys.getrecursionlimit() > MAX_JSON_DEPTH * 4
+    assert json_text({"x": nested(MAX_JSON_DEPTH - 1)}) == '{"x": ' + "[" * (MAX_JSON_DEPTH - 1) + \
+        "]" * (MAX_JSON_DEPTH - 1) + "}"
+    said = rf"nested deeper than {MAX_JSON_DEPTH} levels \(at x(\[0\]){{{MAX_JSON_DEPTH - 1}}}\)"
+    with pytest.raises(NotWritable, match=said):
+        json_ready({"x": nested(MAX_JSON_DEPTH)})
+    with pytest.raises(NotWritable, match=r"nested deeper than 3 levels \(at \[0\]\[0\]\[0\]\)"):
+        json_ready(nested(10), max_depth=3)
+    looped: list = [1]
+    looped.append({"back": looped})
+    with pytest.raises(NotWritable, match=r"contains itself \(at \[1\]\.back\)"):
+        json_ready(looped)
+    shared = [1, 2]
+    assert json_ready({"a": shared, "b": shared}) == {"a": [1, 2], "b": [1, 2]}     # shared is not a loop

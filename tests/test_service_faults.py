@@ -104,6 +104,29 @@ def test_poison_job_goes_to_dead_letter_after_max_deliveries(svc):
     assert worker.alive()
 
 
+def test_extras_no_json_can_hold_fail_the_job_once_and_answer_500_over_http(redis_server, tmp_path):
+    """A plugin's extras that contain themselves: the worker retried the job as a model_error (RecursionError) and
+    dead-lettered it after 3 deliveries. Now the job fails on its first delivery with `annotator_failed` naming the
+    annotator and the place, and `/v1/annotate` answers it as the annotator's failure (500 `annotation_failed`, as
+    a dead letter), not as the caller's input (a 422)."""
+    with running_service(redis_server, tmp_path, ["api.annotators=[odd-keys]"]) as svc:
+        worker = svc.start_worker("odd-keys", ["worker.max_batch_size=4", "worker.max_wait_ms=100"])
+        original, edited = make_pair(seed=7)
+        sync = svc.submit(original, edited, {"annotator": "odd-keys", "instruction": "a loop"}, path="/v1/annotate")
+        assert sync.status_code == 500, sync.text
+        error = sync.json()["error"]
+        assert error["code"] == "annotation_failed", error
+        assert "a value that contains itself (at loop.self)" in error["message"], error
+        view = svc.wait_jobs([error["job_id"]], 10)[error["job_id"]]
+        assert view["status"] == "failed" and view["attempts"] == 1, view
+        assert view["error"]["code"] == "annotator_failed", view
+        assert "annotator 'odd-keys'" in view["error"]["message"], view
+        good = svc.submit(original, edited, {"annotator": "odd-keys", "instruction": "an odd one"},
+                          path="/v1/annotate")
+        assert good.status_code == 200 and good.json()["result"]["ints"] == [1, 9, 10], good.text
+        assert worker.alive()
+
+
 def test_redis_restart_with_queued_jobs_and_readyz(svc):
     worker = svc.start_worker("pixel-diff")
     wait_until(lambda: svc.http.get("/readyz").status_code == 200, 10, "ready")

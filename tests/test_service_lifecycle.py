@@ -446,6 +446,76 @@ def test_extras_json_cannot_hold_do_not_end_the_worker_or_cost_the_batch(redis_s
     assert "tags" not in json.loads(r.hget(f"{prefix}:job:{good}", "result"))
 
 
+def test_extras_that_contain_themselves_or_nest_too_deep_fail_their_job_at_once(redis_server, tmp_path):
+    """A plugin's extras holding a dict that contains itself, or a list nested 100 000 deep: `json_ready` recursed
+    until RecursionError, the job was retried as a `model_error` (its batch run again pair by pair each time) and
+    dead-lettered after max_deliveries. Now each is that job's `annotator_failed` error on its first delivery, saying
+    what and where (the depth is bounded by `sigma.text.MAX_JSON_DEPTH`, not Python's stack); its neighbour is done
+    and the worker goes on."""
+    import json
+
+    from sigma.text import MAX_JSON_DEPTH
+
+    r, prefix, (good, loop, deep), proc = jobs_and_a_worker(
+        redis_server, tmp_path, "odd-keys", "loop", ["remove the box", "a loop", "a deep one"])
+    try:
+        wait_until(lambda: {r.hget(f"{prefix}:job:{j}", "status") for j in (good, loop, deep)} == {b"done", b"failed"}
+                   and r.hget(f"{prefix}:job:{good}", "status") == b"done", 60, f"the jobs finished\n{proc.output()}",
+                   0.1)
+        assert proc.alive(), proc.output()
+    finally:
+        code = proc.stop()
+    assert code == 0 and "Traceback" not in proc.output(), proc.output()
+    assert [r.hget(f"{prefix}:job:{j}", "status") for j in (good, loop, deep)] == [b"done", b"failed", b"failed"]
+    assert [r.hget(f"{prefix}:job:{j}", "attempts") for j in (good, loop, deep)] == [b"1", b"1", b"1"]
+    errors = [json.loads(r.hget(f"{prefix}:job:{j}", "error")) for j in (loop, deep)]
+    assert [e["code"] for e in errors] == ["annotator_failed", "annotator_failed"], errors
+    assert all("annotator 'odd-keys'" in e["message"] for e in errors), errors
+    assert "contains itself (at loop.self)" in errors[0]["message"], errors
+    assert f"nested deeper than {MAX_JSON_DEPTH} levels (at deep{'[0]' * (MAX_JSON_DEPTH - 1)})" in \
+        errors[1]["message"], errors
+    assert r.xlen(f"{prefix}:dead:odd-keys") == 0
+
+
+def test_batch_rows_and_service_results_write_the_same_extras_the_same(redis_server, tmp_path, plugin_annotators,
+                                                                        capsys):
+    """The same plugin extras (a set of ints, bytes, a frozenset, arrays, NaN, a numpy scalar, int / tuple / mixed
+    keys, an object whose __str__ raises) through `sigma batch run` and through a `sigma worker` job: batch rows wrote
+    the set as "{1, 10, 9}" and bytes as "b'abc'", the service [1, 9, 10] and {"bytes": 3}. Now one conversion
+    (`sigma.text.json_ready`, as docs/ARCHITECTURE.md's output contract says) gives both the same JSON."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from sigma.cli import main
+
+    records = list(synthetic_pairs(1, size=32))
+    records[0]["instruction"] = "an odd one"
+    write_pairs_jsonl(tmp_path / "set", records)
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator", "odd-keys",
+                 "--set", "workers=0", "--plugin", "service_plugins", "--no-progress", "--json"]) == 0, \
+        capsys.readouterr()
+    (row,) = [r for f in (tmp_path / "run" / "shards").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert row["status"] == "ok", row
+    batch = json.loads(row["extra"])
+
+    r, prefix, (job,), proc = jobs_and_a_worker(redis_server, tmp_path, "odd-keys", "same", ["an odd one"])
+    try:
+        wait_until(lambda: r.hget(f"{prefix}:job:{job}", "status") == b"done", 60, f"the job\n{proc.output()}", 0.1)
+    finally:
+        proc.stop()
+    service = json.loads(r.hget(f"{prefix}:job:{job}", "result"))
+
+    plugin_keys = {"by_box", "mixed", "shy", "ints", "blob", "tags", "small", "map", "nan", "f32", "by_id", "nested"}
+    assert set(batch) == plugin_keys, batch                      # pixel-diff itself adds no extras
+    assert {k: service[k] for k in plugin_keys} == batch, (service, batch)
+    assert (batch["ints"], batch["blob"], batch["tags"], batch["nan"], batch["shy"]) == (
+        [1, 9, 10], {"bytes": 3}, ["a", "b"], None, "<Shy>"), batch
+    assert (batch["map"], batch["small"], batch["by_id"], batch["nested"]) == (
+        {"array_shape": [10, 10], "dtype": "float32"}, [0, 1, 2], {"9": "y", "10": "x"}, {"pair": [1, 2.5],
+                                                                                           "none": None}), batch
+
+
 def test_a_worker_that_leaks_is_recycled_between_batches(redis_server, tmp_path):
     """A model or plugin that leaks grew the worker until the OOM killer ended it mid-batch (the batch redelivered,
     a delivery spent). With worker.max_rss_mb, the worker stops after the batch that took it past the limit, with

@@ -31,6 +31,7 @@ from sigma.digest import sha256_file
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.images import temp_name, write_png
+from sigma.text import NotWritable
 
 _END = object()
 
@@ -145,10 +146,11 @@ class ShardWriter:
                 # an annotation no row can hold (extras that contain themselves) stopped the writer: the whole run
                 # ended with a traceback (or, behind a full queue, hung)
                 self.demoted += 1
+                why = (f"cannot be written as JSON: {exc}" if isinstance(exc, NotWritable)   # as service results say
+                       else f"cannot be written to the manifest: {read_failure(exc)}")
                 self.rows.setdefault(shard.key, []).append(error_row(
                     decoded, shard.key, self.run_hash, "annotator_failed",
-                    f"annotator {ann.annotator!r}: its output for this pair cannot be written to the manifest: "
-                    f"{read_failure(exc)}"))
+                    f"annotator {ann.annotator!r}: its output for this pair {why}"))
                 return
             if mask_rel is not None:
                 self.rundir.subdir("masks", shard.key)       # never the run folder itself (RunDir.subdir)

@@ -1,7 +1,6 @@
 """One manifest row per pair, in a fixed Arrow schema, so every shard file has the same columns and types."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 from sigma.batch.decode import Decoded
 from sigma.eval.metrics import score_image
 from sigma.rle import encode_rle
+from sigma.text import json_text
 from sigma.types import Annotation
 
 SCHEMA_FIELDS: list[tuple[str, str]] = [
@@ -47,35 +47,13 @@ def empty_row() -> dict[str, Any]:
     return {name: None for name, _ in SCHEMA_FIELDS}
 
 
-def _json(value: Any) -> str | None:
-    """A plugin's extras never stop the shard writer: keys JSON cannot hold or sort (a tuple, ints beside strings)
-    are written as text, as the service writes them (`json_ready`); they ended the whole run with a traceback. What
-    stays unwritable (a dict that contains itself) is the pair's error (`ShardWriter`)."""
+def _json(value: Any, where: str = "") -> str | None:
+    """A manifest column's JSON: `sigma.text.json_text`, the conversion service results use too (a set was written
+    here as `"{1, 10, 9}"`, bytes as `"b'...'"`). Plain JSON is written byte for byte as before; a value that
+    contains itself or nests too deep raises `NotWritable`, which the shard writer makes the pair's error."""
     if value is None:
         return None
-    try:
-        return json.dumps(value, sort_keys=True, default=_jsonable)
-    except TypeError:           # only then: rows that were written before stay byte for byte the same
-        return json.dumps(_text_keys(value), sort_keys=True, default=_jsonable)
-
-
-def _text_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _text_keys(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_text_keys(v) for v in value]
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return {"array_shape": list(value.shape)} if value.size > 64 else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    try:
-        return str(value)
-    except Exception:  # noqa: BLE001 - a plugin object whose __str__ raises is said by its type
-        return f"<{type(value).__name__}>"
+    return json_text(value, where=where)
 
 
 def _rle_of(value: Any) -> str | None:
@@ -127,19 +105,19 @@ def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mas
                edited_width=int(edited_size[1]), rle_counts=record["segmentation"]["counts"],
                bbox=[int(v) for v in record["bbox"]], area=int(record["area"]),
                area_fraction=float(record["area_fraction"]), threshold=float(record["threshold"]),
-               confidence=_number(extra.get("confidence")), parser=_json(parser),
-               components=_json(components), intended_area=split.get("intended_area"),
+               confidence=_number(extra.get("confidence")), parser=_json(parser, "parser"),
+               components=_json(components, "components"), intended_area=split.get("intended_area"),
                side_effect_area=split.get("side_effect_area"),
                intended_rle=_rle_of(extra.get("intended_mask", extra.get("intended"))),
                side_effect_rle=_rle_of(extra.get("side_effect_mask", extra.get("side_effect"))),
-               extra=_json({k: v for k, v in sorted(extra.items()) if k not in KNOWN_EXTRA} or None),
-               preprocess=_json(pair.preprocess), annotator=ann.annotator, config_hash=ann.config_hash,
+               extra=_json({k: v for k, v in extra.items() if k not in KNOWN_EXTRA} or None),   # keys sorted there
+               preprocess=_json(pair.preprocess, "preprocess"), annotator=ann.annotator, config_hash=ann.config_hash,
                weights_sha256=record["weights_sha256"], sigma_version=record["sigma_version"], mask_png=mask_png)
     if ann.mask_mode is not None:
         composite = ann.composite or {}
         row.update(mask_mode=ann.mask_mode, mask_source=ann.mask_source,
                    semantic_rle=_rle_of(ann.semantic_mask), footprint_rle=_rle_of(ann.footprint_mask),
-                   is_composite=composite.get("is_composite"), composite=_json(composite or None))
+                   is_composite=composite.get("is_composite"), composite=_json(composite or None, "composite"))
     if row["edit_type"] is None:
         row["edit_type"] = extra.get("edit_type") or (parser.get("edit_type") if isinstance(parser, dict) else None)
     if decoded.gt is not None:

@@ -9,8 +9,9 @@ Items are plain dicts (what a queue or a dataset row carries):
      "outputs": ["rle", "png", "prob"]}
 Results are JSON-ready dicts: `{"ok": True, "result": {...}}` with the annotation record (always the COCO RLE
 with SA-1B names, bbox, area, parser output, timings; "png"/"prob" add base64 PNGs), or `{"ok": False, "error": {"code", "message"}}`
-when the item's input is bad (a permanent failure: retrying cannot help). An exception raised by
-the model propagates: the caller decides whether that is the batch's fault or one item's.
+when the item's input is bad, or when the annotator's output for it cannot be written as JSON (`annotator_failed`:
+extras that contain themselves or nest past `sigma.text.MAX_JSON_DEPTH`): permanent failures, retrying cannot help.
+An exception raised by the model propagates: the caller decides whether that is the batch's fault or one item's.
 """
 from __future__ import annotations
 
@@ -24,37 +25,8 @@ import numpy as np
 
 from sigma.config.schema import IOConfig
 from sigma.errors import SigmaError
+from sigma.text import NotWritable, json_ready
 from sigma.types import Pair
-
-MAX_ARRAY_ITEMS = 64   # an array in a plugin's extras longer than this is said by its shape, as in batch rows
-
-
-def json_ready(value: Any) -> Any:
-    """Annotation extras as plain JSON, whatever a plugin put there. Only numpy values were converted: a set, bytes
-    or any other object made the job's store fail with a TypeError, which ended the worker as a bug; the batch in
-    hand was redelivered, so the good jobs beside the bad one spent deliveries too, and all were dead-lettered as
-    `worker_lost` after `max_deliveries`. A map-sized array was stored as a list of millions of numbers. Now: numpy
-    scalars and short arrays as numbers, longer arrays as their shape, sets as sorted lists, bytes as their
-    length, anything else as its `str` (as batch rows write extras)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((json_ready(v) for v in value), key=repr)
-    if isinstance(value, np.generic):
-        return json_ready(value.item())
-    if isinstance(value, np.ndarray):
-        if value.size > MAX_ARRAY_ITEMS:
-            return {"array_shape": list(value.shape), "dtype": str(value.dtype)}
-        return json_ready(value.tolist())
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"bytes": len(value)}
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    return str(value)
 
 
 class Predictor:
@@ -148,7 +120,15 @@ class Predictor:
         modes = [batch[n].get("mask_mode") for n in where]
         annotations = self.annotator.predict(pairs, threshold=thresholds, mask_mode=modes) if pairs else []
         for n, pair, ann, dec_ms in zip(where, pairs, annotations, decode_ms, strict=True):
-            results[n] = {"ok": True, "result": self._record(batch[n], pair, ann, dec_ms)}
+            try:
+                results[n] = {"ok": True, "result": self._record(batch[n], pair, ann, dec_ms)}
+            except NotWritable as exc:
+                # json_ready recursed until RecursionError: the job was retried as a model_error (its batch run
+                # again pair by pair) and dead-lettered; the same model gives the same extras, so it fails now
+                results[n] = {"ok": False, "error": {
+                    "code": "annotator_failed",
+                    "message": f"annotator {ann.annotator!r}: its output for this pair cannot be written as JSON: "
+                               f"{exc}"}}
         return results  # type: ignore[return-value]
 
     def _record(self, item: dict[str, Any], pair: Pair, ann, decode_ms: float) -> dict[str, Any]:
