@@ -10,7 +10,7 @@ which must go on, keeps names escaped (`escape_surrogates`: two ids stay two) an
 manifests, sidecars, stdin): every failure is a ValueError; `finite` is what we write back: JSON has no NaN
 or infinity (Python writes them, strict parsers — JSON.parse, jq — refuse the file), so they become null.
 `json_ready` / `json_text` are what a plugin's extras become in every front end's output (batch rows, service
-results): one conversion, so the two write the same JSON for the same extras.
+results, `sigma annotate`'s result.json): one conversion, so all write the same JSON for the same extras.
 Bottom layer: the API, the readers and the writers share it.
 """
 from __future__ import annotations

@@ -242,3 +242,55 @@ def test_extras_nesting_is_bounded_by_a_stated_depth_not_by_pythons_stack():
         json_ready(looped)
     shared = [1, 2]
     assert json_ready({"a": shared, "b": shared}) == {"a": [1, 2], "b": [1, 2]}     # shared is not a loop
+
+
+def test_sigma_annotate_writes_extras_as_batch_rows_do_and_fails_only_the_pair_it_cannot_write(
+        plugin_annotators, tmp_path, capsys, monkeypatch):
+    """`sigma annotate` wrote result.json with its own `default=`: extras holding a set, bytes, a tuple key or an
+    object ended the command with a TypeError traceback, a dict that contains itself (or a list nested 100 000 deep)
+    with a RecursionError, each after mask.png / prob.png / overlay.png were written and before result.json, and the
+    pairs after it on stdin were never annotated. Now result.json goes through `sigma.text.json_ready`, as batch rows
+    and service results do: the same extras read the same JSON there as in the batch row, and what cannot be written
+    is that pair's `annotator_failed` error in the batch row's words, its folder left as it was."""
+    import io
+    import sys
+
+    from sigma.cli import main
+
+    records = list(synthetic_pairs(4, size=32))
+    for record, instruction in zip(records, ["remove it", "an odd one", "a loop", "a deep one"], strict=True):
+        record["instruction"] = instruction
+    write_pairs_jsonl(tmp_path / "set", records)
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator", "odd-keys",
+                 "--set", "workers=0", "--plugin", "service_plugins", "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    rows = {r["pair_id"]: r for f in sorted((tmp_path / "run" / "shards").glob("*.parquet"))
+            for r in pq.read_table(f).to_pylist()}
+    good, odd, loop, deep = (rows[f"set/{r['id']}"] for r in records)
+    assert (good["status"], odd["status"], loop["status"], deep["status"]) == ("ok", "ok", "error", "error"), rows
+
+    out = tmp_path / "out"
+    (out / "loop").mkdir(parents=True)
+    (out / "loop" / "result.json").write_text('{"earlier": true}')          # an earlier result, left as it was
+    items = [{"id": name, "original": str(tmp_path / "set" / f"{r['id']}_original.png"),
+              "edited": str(tmp_path / "set" / f"{r['id']}_edited.png"), "instruction": r["instruction"]}
+             for name, r in zip(["good", "odd", "loop", "deep"], records, strict=True)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
+    code = main(["annotate", "-", "--annotator", "odd-keys", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "2 of 4 pairs annotated, 2 failed" in err, err
+    # the batch row's own words for the same pair, after the pair id
+    assert f"sigma: error [annotator_failed]: loop: {loop['error']}\n" in err, (loop["error"], err)
+    assert f"sigma: error [annotator_failed]: deep: {deep['error']}\n" in err, (deep["error"], err)
+    assert "a value that contains itself (at loop.self)" in loop["error"], loop
+    assert sorted(p.name for p in (out / "loop").iterdir()) == ["result.json"]
+    assert (out / "loop" / "result.json").read_text() == '{"earlier": true}'
+    assert not (out / "deep").exists()
+
+    result = json.loads((out / "odd" / "result.json").read_text())
+    batch = json.loads(odd["extra"])
+    assert batch and {k: result[k] for k in batch} == batch, (result, batch)
+    assert (result["ints"], result["blob"], result["tags"], result["shy"], result["by_box"], result["map"]) == (
+        [1, 9, 10], {"bytes": 3}, ["a", "b"], "<Shy>", {"(1, 2)": 0.5}, {"array_shape": [10, 10], "dtype": "float32"})
+    assert json.loads((out / "good" / "result.json").read_text())["files"]["mask"] == "mask.png"

@@ -478,12 +478,15 @@ def test_extras_that_contain_themselves_or_nest_too_deep_fail_their_job_at_once(
 
 
 def test_batch_rows_and_service_results_write_the_same_extras_the_same(redis_server, tmp_path, plugin_annotators,
-                                                                        capsys):
+                                                                        capsys, monkeypatch):
     """The same plugin extras (a set of ints, bytes, a frozenset, arrays, NaN, a numpy scalar, int / tuple / mixed
-    keys, an object whose __str__ raises) through `sigma batch run` and through a `sigma worker` job: batch rows wrote
-    the set as "{1, 10, 9}" and bytes as "b'abc'", the service [1, 9, 10] and {"bytes": 3}. Now one conversion
-    (`sigma.text.json_ready`, as docs/ARCHITECTURE.md's output contract says) gives both the same JSON."""
+    keys, an object whose __str__ raises) through `sigma batch run`, through a `sigma worker` job and through `sigma
+    annotate`'s result.json: batch rows wrote the set as "{1, 10, 9}" and bytes as "b'abc'", the service [1, 9, 10]
+    and {"bytes": 3}, and result.json none at all (a TypeError traceback). Now one conversion (`sigma.text.json_ready`,
+    as docs/ARCHITECTURE.md's output contract says) gives all three the same JSON."""
+    import io
     import json
+    import sys
 
     import pyarrow.parquet as pq
 
@@ -509,6 +512,12 @@ def test_batch_rows_and_service_results_write_the_same_extras_the_same(redis_ser
     plugin_keys = {"by_box", "mixed", "shy", "ints", "blob", "tags", "small", "map", "nan", "f32", "by_id", "nested"}
     assert set(batch) == plugin_keys, batch                      # pixel-diff itself adds no extras
     assert {k: service[k] for k in plugin_keys} == batch, (service, batch)
+    item = {"id": "odd", "original": str(tmp_path / "set" / f"{records[0]['id']}_original.png"),
+            "edited": str(tmp_path / "set" / f"{records[0]['id']}_edited.png"), "instruction": "an odd one"}
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps([item])))
+    assert main(["annotate", "-", "--annotator", "odd-keys", "-o", str(tmp_path / "cli")]) == 0, capsys.readouterr()
+    cli = json.loads((tmp_path / "cli" / "odd" / "result.json").read_text())
+    assert {k: cli[k] for k in plugin_keys} == batch, (cli, batch)
     assert (batch["ints"], batch["blob"], batch["tags"], batch["nan"], batch["shy"]) == (
         [1, 9, 10], {"bytes": 3}, ["a", "b"], None, "<Shy>"), batch
     assert (batch["map"], batch["small"], batch["by_id"], batch["nested"]) == (

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from sigma.io.images import replace_atomically, write_png
-from sigma.text import dumps_finite
+from sigma.text import dumps_finite, json_ready
 from sigma.types import Annotation
 
 TINT_RGB = (255, 32, 32)
@@ -26,43 +26,47 @@ def overlay_image(edited: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> 
     return out
 
 
+def json_record(data: Any) -> bytes:
+    """A JSON file we write (result.json, metrics.json), indented: `sigma.text.json_ready`, the one conversion batch
+    rows and service results use, so a plugin's extras read the same in all three (a set as a sorted list, bytes as
+    `{"bytes": n}`, a map-sized array as its shape). This file had its own `default=`, which raised TypeError on a
+    set, bytes, any other object or a tuple key, and recursed until RecursionError on a dict that contains itself:
+    `sigma annotate` ended with a traceback and left the masks without their result.json. Raises `NotWritable` (a
+    ValueError saying where) for what cannot be written."""
+    return dumps_finite(json_ready(data), indent=2).encode()
+
+
 def write_json(data: Any, path: str | Path) -> Path:
-    text = dumps_finite(data, indent=2, default=_json_default)   # NaN -> null
-    return replace_atomically(Path(path), text.encode())
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return replace_atomically(Path(path), json_record(data))
 
 
 def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | Path,
                      record_extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """mask.png, prob.png, overlay.png (and the two masks of a composite test) and result.json in `outdir`. The
+    record is made JSON first: extras that cannot be written (`NotWritable`) leave the folder as it was, never new
+    masks beside an old result.json or none."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "mask": write_png(annotation.mask.astype(np.uint8) * 255, outdir / "mask.png"),
-        "prob": write_png(np.round(annotation.prob * 255).astype(np.uint8), outdir / "prob.png"),
-        "overlay": write_png(overlay_image(edited, annotation.mask), outdir / "overlay.png"),
-    }
+    images = {"mask.png": annotation.mask.astype(np.uint8) * 255,
+              "prob.png": np.round(annotation.prob * 255).astype(np.uint8),
+              "overlay.png": overlay_image(edited, annotation.mask)}
+    names = {"mask": "mask.png", "prob": "prob.png", "overlay": "overlay.png"}
     # the two masks (docs/masks.md) when the annotator ran the composite test: mask.png is the chosen one
     if annotation.mask_mode is not None and annotation.semantic_mask is not None:
-        paths["semantic_mask"] = write_png(annotation.semantic_mask.astype(np.uint8) * 255, outdir / "mask_semantic.png")
+        images["mask_semantic.png"] = annotation.semantic_mask.astype(np.uint8) * 255
+        names["semantic_mask"] = "mask_semantic.png"
     if annotation.mask_mode is not None and annotation.footprint_mask is not None:
-        paths["footprint_mask"] = write_png(annotation.footprint_mask.astype(np.uint8) * 255,
-                                            outdir / "mask_footprint.png")
+        images["mask_footprint.png"] = annotation.footprint_mask.astype(np.uint8) * 255
+        names["footprint_mask"] = "mask_footprint.png"
+    record = annotation.to_dict()
+    record.update(record_extra or {})
+    record["files"] = dict(names)
+    text = json_record(record)                                       # raises NotWritable before any file is written
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {key: write_png(images[name], outdir / name) for key, name in names.items()}
     # an earlier result in this folder (a composite before, a pair that is not one now; sigma-lite, then
     # pixel-diff) left its other masks here, beside a result.json that says there are none
     for key, name in (("semantic_mask", "mask_semantic.png"), ("footprint_mask", "mask_footprint.png")):
         if key not in paths:
             (outdir / name).unlink(missing_ok=True)
-    record = annotation.to_dict()
-    record.update(record_extra or {})
-    record["files"] = {k: p.name for k, p in paths.items()}
-    paths["result"] = write_json(record, outdir / "result.json")
+    paths["result"] = replace_atomically(outdir / "result.json", text)
     return paths
