@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field
 
-from sigma.cli.common import add_config_args, check_outdir, flag_overrides
+from sigma.cli.common import add_config_args, add_plugin_arg, check_outdir, flag_overrides, import_plugin_args
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--example", action="store_true",
                    help="annotate the example pair shipped with the package (astronaut photo, shuttle replaced "
                         "by a cup of coffee) with its instruction")
+    add_plugin_arg(p)
     add_config_args(p)
     p.set_defaults(run=run)
 
@@ -144,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from sigma.io.outputs import write_annotation
     from sigma.io.pairs import load_pair
 
+    import_plugin_args(args)          # first: the annotator (and its defaults) may be the plugin's
     # flags are overrides like --set ones, applied before validation (so a bad --threshold is a config error)
     overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold)
     cfg = load_config(AnnotateConfig, args.config, overrides)

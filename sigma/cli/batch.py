@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from sigma.cli.common import add_config_args
+from sigma.cli.common import add_config_args, add_plugin_arg
 from sigma.errors import ConfigError
 
 HELP = """Annotate a corpus of editing pairs into one parquet manifest per shard.
@@ -79,9 +79,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ground-truth", action="store_true",
                    help="do not score against the corpus's masks (skips decoding them)")
     p.add_argument("--backend", choices=("local", "ray"), help="local (default) or ray (pip install 'sigma-masks[ray]')")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE before building the annotator, in every process and actor (registers your "
-                        "own annotators; repeatable)")
+    add_plugin_arg(p, "import MODULE before building the annotator, in every process and actor (registers your "
+                      "own annotators and corpus formats; repeatable)")
     add_config_args(p)
 
 

@@ -33,6 +33,24 @@ def add_config_args(parser: argparse.ArgumentParser,
                              f"{VALUE_RULE}")
 
 
+PLUGIN_HELP = ("import MODULE first, so the annotators it registers can be named with --annotator (a module "
+               "on sys.path: installed, or under PYTHONPATH; repeatable)")
+
+
+def add_plugin_arg(parser: argparse.ArgumentParser, help_text: str = PLUGIN_HELP) -> None:
+    """`--plugin MODULE` (repeatable): every command that takes `--annotator NAME` takes it, so an annotator a
+    plugin registers is reached from the command line, not only in-process. `import_plugin_args` imports them."""
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=help_text)
+
+
+def import_plugin_args(args: argparse.Namespace) -> None:
+    """Import the command's `--plugin` modules before anything is validated or built; one that cannot be imported
+    or raises while importing is a ConfigError (`invalid_config`, exit 2) naming it, never a traceback."""
+    from sigma.registry import import_plugins
+
+    import_plugins(getattr(args, "plugin", None) or (), "--plugin")
+
+
 # What each optional extra brings, by import name: a command says which it needs (`set_defaults(needs=...)`),
 # and `sigma` checks them before any work, so a plain `pip install -e .` gets one line naming the extra
 # instead of a traceback after the work is done.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from sigma.cli.common import Progress, add_config_args, check_outdir, flag_overrides
+from sigma.cli.common import Progress, add_config_args, add_plugin_arg, check_outdir, flag_overrides, import_plugin_args
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.folderlock import hold_folder
@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perturb", default=None,
                    help="none|vae|jpeg75|jpeg90|resize|color|regen|all, comma-separated (default: none)")
     p.add_argument("--out", default="sigma_eval", help="folder for metrics.json and config.yaml")
+    add_plugin_arg(p)
     add_config_args(p)
     p.set_defaults(run=run)
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from sigma.eval.runner import evaluate, format_tables
     from sigma.io.outputs import write_json
 
+    import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
     overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold,
                                perturb=[args.perturb] if args.perturb else None)
     cfg = load_config(EvalConfig, args.config, overrides)

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sigma.cli.common import add_config_args
+from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args
+from sigma.errors import InputError
 
 if TYPE_CHECKING:
     from sigma.service.settings import WorkerSettings
@@ -52,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="bind address (default: api.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: api.port, 8000)")
     p.add_argument("--annotator", help="with `all`: the worker's annotator (default: worker.annotator)")
+    add_plugin_arg(p, "with `all`: import MODULE here and in the worker, so the annotators it registers can serve "
+                      "(adds to worker.plugins; repeatable)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     add_config_args(p, SET_EXAMPLE)
@@ -68,8 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--annotator", help="registry name (default: worker.annotator, pixel-diff)")
     w.add_argument("--consumer", help="consumer name in the group (default: <host>-<pid>)")
     w.add_argument("--max-batch-size", type=int, help="worker.max_batch_size")
-    w.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first so the annotators it registers can serve (repeatable)")
+    add_plugin_arg(w, "import MODULE first so the annotators it registers can serve (repeatable)")
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs")
     add_config_args(w, SET_EXAMPLE)
@@ -196,6 +198,11 @@ def run(args: argparse.Namespace) -> int:
     from sigma.api.app import create_app
     from sigma.api.server import uvicorn_options
 
+    if args.plugin and args.what == "api":
+        raise InputError("--plugin is for `sigma serve all` (the API alone builds no annotator); give it to "
+                         "`sigma worker --plugin`", code="bad_arguments")
+    # said once, here, before the API starts: a worker child that cannot import it would die at each restart
+    import_plugin_args(args)
     cfg = load(args, **{"api.host": args.host, "api.port": args.port})
     host, port = cfg.api.host, cfg.api.port
     app = create_app(cfg)      # fails here (exit 2) on a config error, before a worker is started
@@ -217,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
             cmd += ["--set", item]
         if args.annotator:
             cmd += ["--annotator", args.annotator]
+        for module in args.plugin:
+            cmd += ["--plugin", module]
 
         def give_up() -> None:
             server.should_exit = True

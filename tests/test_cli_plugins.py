@@ -1,0 +1,98 @@
+"""`--plugin MODULE` on every command that takes `--annotator NAME`, through the real CLI in a subprocess.
+
+`sigma batch run` and `sigma worker` took `--plugin`; `sigma annotate`, `sigma eval` and `sigma serve all` did not
+(argparse: "unrecognized arguments"), so an annotator a plugin registers could be reached only in-process. The
+plugins here are tests/service_plugins.py (the child finds it on PYTHONPATH, as the service tests' workers do).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from servicekit import TESTS, base_env, make_pair
+
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+
+def sigma_cli(*args: str, pythonpath: list[Path] = (), timeout: float = 180) -> subprocess.CompletedProcess:
+    env = base_env("redis://127.0.0.1:1/0")          # PYTHONPATH with tests/ first; no Redis is reached here
+    env["PYTHONPATH"] = ":".join([*map(str, pythonpath), env["PYTHONPATH"]])
+    return subprocess.run([sys.executable, "-m", "sigma", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=str(TESTS.parent), check=False)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[str, str]:
+    original, edited = make_pair(seed=3)
+    Image.fromarray(original).save(tmp_path / "o.png")
+    Image.fromarray(edited).save(tmp_path / "e.png")
+    return str(tmp_path / "o.png"), str(tmp_path / "e.png")
+
+
+def test_sigma_annotate_reaches_a_plugins_annotator(pair, tmp_path):
+    out = tmp_path / "out"
+    proc = sigma_cli("annotate", *pair, "-i", "an odd one", "--plugin", "service_plugins", "--annotator", "odd-keys",
+                     "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "marked by odd-keys" in proc.stdout, proc.stdout
+    result = json.loads((out / "result.json").read_text())
+    # the plugin's own extras (odd-keys on "odd"), written as batch rows write them: a set as a sorted list
+    assert result["annotator"] == "odd-keys" and result["config"]["annotator"] == "odd-keys", result
+    assert result["ints"] == [1, 9, 10] and result["blob"] == {"bytes": 3}, result
+
+
+def test_sigma_eval_reaches_a_plugins_annotator(tmp_path):
+    write_pairs_jsonl(tmp_path / "set", list(synthetic_pairs(3, size=32)))
+    proc = sigma_cli("eval", "--data", str(tmp_path / "set"), "--plugin", "service_plugins", "--annotator",
+                     "slow-diff", "--set", "options.delay_ms=1", "--out", str(tmp_path / "eval"))
+    assert proc.returncode == 0, proc.stderr
+    assert "annotator: slow-diff" in proc.stdout, proc.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["config"]["annotator"] == "slow-diff" and metrics["config"]["options"] == {"delay_ms": 1}
+
+
+@pytest.mark.parametrize("command", ["annotate", "eval"])
+def test_a_plugin_that_cannot_be_imported_or_raises_is_one_line_and_exit_2(command, pair, tmp_path):
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "raising_plugin.py").write_text("raise RuntimeError('no GPU here')\n")
+    target = [*pair, "-o", str(tmp_path / "out")] if command == "annotate" else ["--data", str(tmp_path),
+                                                                                 "--out", str(tmp_path / "ev")]
+    for module, said in [("no_such_plugin_here", "--plugin: cannot import 'no_such_plugin_here' (No module named "),
+                         ("raising_plugin", "--plugin: importing 'raising_plugin' failed: RuntimeError: no GPU here")]:
+        proc = sigma_cli(command, *target, "--plugin", module, "--annotator", "pixel-diff",
+                         pythonpath=[tmp_path / "mods"])
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert proc.stderr.startswith(f"sigma: error [invalid_config]: {said}"), proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ev").exists()     # said before any work
+
+
+def test_sigma_serve_refuses_a_bad_plugin_before_starting_and_plugin_without_all(tmp_path):
+    proc = sigma_cli("serve", "all", "--port", "1", "--plugin", "no_such_plugin_here")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("sigma: error [invalid_config]: --plugin: cannot import 'no_such_plugin_here'")
+    proc = sigma_cli("serve", "api", "--port", "1", "--plugin", "service_plugins")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("sigma: error [bad_arguments]: --plugin is for `sigma serve all`"), proc.stderr
+
+
+def test_sigma_serve_all_serves_a_plugins_annotator(redis_server, tmp_path):
+    from servicekit import Proc, ServiceUnderTest, wait_until
+
+    s = ServiceUnderTest(redis_server, tmp_path, overrides=["api.annotators=[odd-keys]"])
+    proc = Proc(["serve", "all", "--port", str(s.port), "--log-level", "warning", "--plugin", "service_plugins",
+                 "--annotator", "odd-keys", *s.sets()], s.env, tmp_path / "all.log")
+    try:
+        wait_until(lambda: s.http.get("/readyz").status_code == 200, 60, f"serve all ready\n{proc.output()}", 0.2)
+        original, edited = make_pair(seed=9)
+        resp = s.submit(original, edited, data={"instruction": "an odd one"}, path="/v1/annotate")
+        assert resp.status_code == 200 and resp.json()["status"] == "done", resp.text
+        result = resp.json()["result"]
+        assert result["annotator"] == "odd-keys" and result["ints"] == [1, 9, 10], result   # the plugin's extras
+    finally:
+        assert proc.stop(timeout=20) == 0, proc.output()
+        s.http.close()
