@@ -124,6 +124,12 @@ class NotWritable(ValueError):
     """A value `json_ready` cannot turn into JSON: it contains itself, or nests deeper than its `max_depth`."""
 
 
+def unwritable_output(annotator: str, exc: NotWritable) -> str:
+    """The one message for a pair whose annotation `json_ready` refused (`annotator_failed`): service results,
+    batch rows and `sigma annotate` say the same words for the same extras, so it is built here, once."""
+    return f"annotator {annotator!r}: its output for this pair cannot be written as JSON: {exc}"
+
+
 def json_ready(value: Any, *, sort_keys: bool = False, max_depth: int = MAX_JSON_DEPTH, where: str = "") -> Any:
     """A plugin's extras (any Python value) as plain JSON values, the one conversion of docs/ARCHITECTURE.md's
     output contract: numpy scalars and arrays of up to `MAX_ARRAY_ITEMS` items as numbers, longer arrays as

@@ -244,6 +244,24 @@ def test_extras_nesting_is_bounded_by_a_stated_depth_not_by_pythons_stack():
     assert json_ready({"a": shared, "b": shared}) == {"a": [1, 2], "b": [1, 2]}     # shared is not a loop
 
 
+def test_the_words_for_extras_no_json_holds_are_built_in_one_place():
+    """Service results, batch rows and `sigma annotate` each built 'annotator X: its output for this pair cannot be
+    written as JSON: ...' themselves (three copies of the words the tests compare across front ends, free to drift).
+    Now `sigma.text.unwritable_output` builds them, and it is the only place in the code that spells them."""
+    from pathlib import Path
+
+    from sigma.text import NotWritable, unwritable_output
+
+    root = Path(__file__).resolve().parents[1]
+    phrase = "its output for this pair cannot be written as JSON"
+    spelled = sorted(str(f.relative_to(root)) for folder in ("sigma", "api", "workers")
+                     for f in (root / folder).rglob("*.py") if phrase in f.read_text(encoding="utf-8"))
+    assert spelled == ["sigma/text.py"], spelled
+    assert unwritable_output("odd-keys", NotWritable("a value that contains itself (at loop.self)")) == (
+        "annotator 'odd-keys': its output for this pair cannot be written as JSON: a value that contains itself "
+        "(at loop.self)")
+
+
 def test_sigma_annotate_writes_extras_as_batch_rows_do_and_fails_only_the_pair_it_cannot_write(
         plugin_annotators, tmp_path, capsys, monkeypatch):
     """`sigma annotate` wrote result.json with its own `default=`: extras holding a set, bytes, a tuple key or an

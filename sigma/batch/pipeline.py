@@ -31,7 +31,7 @@ from sigma.digest import sha256_file
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.images import temp_name, write_png
-from sigma.text import NotWritable
+from sigma.text import NotWritable, unwritable_output
 
 _END = object()
 
@@ -146,11 +146,11 @@ class ShardWriter:
                 # an annotation no row can hold (extras that contain themselves) stopped the writer: the whole run
                 # ended with a traceback (or, behind a full queue, hung)
                 self.demoted += 1
-                why = (f"cannot be written as JSON: {exc}" if isinstance(exc, NotWritable)   # as service results say
-                       else f"cannot be written to the manifest: {read_failure(exc)}")
+                message = (unwritable_output(ann.annotator, exc) if isinstance(exc, NotWritable)  # as service results
+                           else f"annotator {ann.annotator!r}: its output for this pair cannot be written to the "
+                                f"manifest: {read_failure(exc)}")
                 self.rows.setdefault(shard.key, []).append(error_row(
-                    decoded, shard.key, self.run_hash, "annotator_failed",
-                    f"annotator {ann.annotator!r}: its output for this pair {why}"))
+                    decoded, shard.key, self.run_hash, "annotator_failed", message))
                 return
             if mask_rel is not None:
                 self.rundir.subdir("masks", shard.key)       # never the run folder itself (RunDir.subdir)

@@ -15,7 +15,7 @@ from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
 from sigma.registry import build_annotator, default_annotator_name
-from sigma.text import NotWritable, find_surrogate
+from sigma.text import NotWritable, find_surrogate, unwritable_output
 from sigma.text import loads as load_json
 
 HELP = """Annotate an (original, edited) pair with a manipulation mask.
@@ -221,8 +221,7 @@ def run(args: argparse.Namespace) -> int:
                 failures.append((pair.pair_id, "output_unwritable", f"{target}: cannot write ({exc.strerror or exc})"))
                 continue
             except NotWritable as exc:     # the words of batch rows and service results for the same extras
-                failures.append((pair.pair_id, "annotator_failed", f"annotator {ann.annotator!r}: its output for "
-                                 f"this pair cannot be written as JSON: {exc}"))
+                failures.append((pair.pair_id, "annotator_failed", unwritable_output(ann.annotator, exc)))
                 continue
             written += 1
             print(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> {target}/")

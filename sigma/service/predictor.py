@@ -25,7 +25,7 @@ import numpy as np
 
 from sigma.config.schema import IOConfig
 from sigma.errors import SigmaError
-from sigma.text import NotWritable, json_ready
+from sigma.text import NotWritable, json_ready, unwritable_output
 from sigma.types import Pair
 
 
@@ -125,10 +125,8 @@ class Predictor:
             except NotWritable as exc:
                 # json_ready recursed until RecursionError: the job was retried as a model_error (its batch run
                 # again pair by pair) and dead-lettered; the same model gives the same extras, so it fails now
-                results[n] = {"ok": False, "error": {
-                    "code": "annotator_failed",
-                    "message": f"annotator {ann.annotator!r}: its output for this pair cannot be written as JSON: "
-                               f"{exc}"}}
+                results[n] = {"ok": False, "error": {"code": "annotator_failed",
+                                                     "message": unwritable_output(ann.annotator, exc)}}
         return results  # type: ignore[return-value]
 
     def _record(self, item: dict[str, Any], pair: Pair, ann, decode_ms: float) -> dict[str, Any]:
