@@ -28,9 +28,15 @@ from sigma.service.settings import ServeConfig, load_serve_config
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:
+    from sigma.registry import import_plugins
+
     if not cfg.auth.keys and not cfg.auth.allow_anonymous:
         raise ConfigError("no API keys configured: set SIGMA_API_KEYS (comma-separated) or auth.keys, or "
                           "auth.allow_anonymous=true for local use")
+    # api.plugins before serving: POST /v1/batches validates a run's annotator (and its options) by registry name,
+    # and a standalone API imported no plugin, so a plugin's annotator was 422 although its workers had it. A module
+    # that cannot be imported is a ConfigError here (one line, exit 2), not a failure at the first request.
+    import_plugins(cfg.api.plugins, "api.plugins")
     svc = Service(cfg)
 
     @asynccontextmanager

@@ -71,13 +71,47 @@ def test_a_plugin_that_cannot_be_imported_or_raises_is_one_line_and_exit_2(comma
     assert not (tmp_path / "out").exists() and not (tmp_path / "ev").exists()     # said before any work
 
 
-def test_sigma_serve_refuses_a_bad_plugin_before_starting_and_plugin_without_all(tmp_path):
-    proc = sigma_cli("serve", "all", "--port", "1", "--plugin", "no_such_plugin_here")
+@pytest.mark.parametrize("how", [["all", "--plugin", "no_such_plugin_here"], ["api", "--plugin", "no_such_plugin_here"],
+                                 ["api", "--set", "api.plugins=[no_such_plugin_here]"]])
+def test_sigma_serve_refuses_a_bad_plugin_before_starting(how):
+    what, *flags = how
+    proc = sigma_cli("serve", what, "--port", "1", *flags)
+    where = "--plugin" if "--plugin" in flags else "api.plugins"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("sigma: error [invalid_config]: --plugin: cannot import 'no_such_plugin_here'")
-    proc = sigma_cli("serve", "api", "--port", "1", "--plugin", "service_plugins")
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("sigma: error [bad_arguments]: --plugin is for `sigma serve all`"), proc.stderr
+    assert proc.stderr.startswith(f"sigma: error [invalid_config]: {where}: cannot import 'no_such_plugin_here'"), \
+        proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_standalone_api_accepts_a_batch_naming_a_plugins_annotator_only_with_the_plugin(redis_server, tmp_path):
+    """`sigma serve api` imported no plugin, so POST /v1/batches naming a plugin's annotator was refused although
+    the workers had it; `--plugin` (or api.plugins) makes the API import it at start-up."""
+    from servicekit import Proc, ServiceUnderTest, wait_until
+
+    root = tmp_path / "root"
+    write_pairs_jsonl(root / "corpus", list(synthetic_pairs(2, size=32)))
+    s = ServiceUnderTest(redis_server, tmp_path, overrides=["api.annotators=[odd-keys]", f"api.batch_root={root}"])
+    answers = {}
+    try:
+        for label, flags in [("none", []), ("flag", ["--plugin", "service_plugins"]),
+                             ("setting", ["--set", "api.plugins=[service_plugins]"])]:
+            proc = Proc(["serve", "api", "--port", str(s.port), "--log-level", "warning", *s.sets(), *flags], s.env,
+                        tmp_path / f"api-{label}.log")
+            try:
+                wait_until(lambda: s.http.get("/healthz").status_code == 200, 60, f"API up\n{proc.output()}", 0.2)
+                answers[label] = s.http.post("/v1/batches", headers=s.headers(), json={
+                    "input": "corpus", "out": f"runs/{label}", "annotator": "odd-keys", "options": {"threshold": 0.2}})
+            finally:
+                assert proc.stop(timeout=20) == 0, proc.output()
+    finally:
+        s.http.close()
+    refused = answers["none"]
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_name", refused.text
+    assert "odd-keys" in refused.json()["error"]["message"], refused.text
+    for label in ("flag", "setting"):
+        resp = answers[label]
+        assert resp.status_code == 202 and resp.json()["queued"] == 1, (label, resp.text)
+        assert json.loads((root / "runs" / label / "run.json").read_text())["config"]["annotator"] == "odd-keys"
 
 
 def test_sigma_serve_all_serves_a_plugins_annotator(redis_server, tmp_path):

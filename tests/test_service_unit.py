@@ -246,6 +246,9 @@ def test_compose_file_structure():
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert (ROOT / services[name]["build"]["dockerfile"]).is_file()
     assert "SIGMA_API_KEYS" in services["api"]["environment"]
+    # one compose variable names the plugins of both: the API validates a batch's annotator by registry name too
+    assert services["api"]["environment"]["SIGMA__API__PLUGINS"] == "${SIGMA_PLUGINS:-[]}"
+    assert services["worker"]["environment"]["SIGMA__WORKER__PLUGINS"] == "${SIGMA_PLUGINS:-[]}"
     device = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     worker_df = (ROOT / "docker" / "worker.Dockerfile").read_text()

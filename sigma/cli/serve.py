@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args
-from sigma.errors import InputError
 
 if TYPE_CHECKING:
     from sigma.service.settings import WorkerSettings
@@ -53,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="bind address (default: api.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: api.port, 8000)")
     p.add_argument("--annotator", help="with `all`: the worker's annotator (default: worker.annotator)")
-    add_plugin_arg(p, "with `all`: import MODULE here and in the worker, so the annotators it registers can serve "
-                      "(adds to worker.plugins; repeatable)")
+    add_plugin_arg(p, "import MODULE in the API, so requests may name the annotators it registers (adds to "
+                      "api.plugins); with `all` also in the worker (adds to worker.plugins). Repeatable")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     add_config_args(p, SET_EXAMPLE)
@@ -198,12 +197,11 @@ def run(args: argparse.Namespace) -> int:
     from sigma.api.app import create_app
     from sigma.api.server import uvicorn_options
 
-    if args.plugin and args.what == "api":
-        raise InputError("--plugin is for `sigma serve all` (the API alone builds no annotator); give it to "
-                         "`sigma worker --plugin`", code="bad_arguments")
     # said once, here, before the API starts: a worker child that cannot import it would die at each restart
     import_plugin_args(args)
     cfg = load(args, **{"api.host": args.host, "api.port": args.port})
+    # the API validates a batch's annotator by registry name: --plugin adds to api.plugins (create_app imports them)
+    cfg.api.plugins = [*cfg.api.plugins, *(m for m in args.plugin if m not in cfg.api.plugins)]
     host, port = cfg.api.host, cfg.api.port
     app = create_app(cfg)      # fails here (exit 2) on a config error, before a worker is started
     supervisor: WorkerSupervisor | None = None

@@ -138,6 +138,10 @@ class ApiSettings(Strict):
                                         "this long (uvicorn timeout_keep_alive)")
     multipart_spool_bytes: int = Field(1024 * 1024, ge=0, description="a multipart file part larger than this "
                                        "is spooled to a temporary file while the body streams in")
+    plugins: list[str] = Field(default_factory=list, description="modules the API process imports at start-up "
+                               "(`sigma serve api --plugin MODULE` adds to it), so a request may name the annotators "
+                               "(and corpus readers) they register: POST /v1/batches checks a run's annotator and "
+                               "options against the registry. The workers import theirs: worker.plugins")
 
 
 class WorkerSettings(Strict):
