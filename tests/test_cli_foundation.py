@@ -614,6 +614,46 @@ def test_yaml_files_take_integers_in_exponent_notation_as_set_does(capsys, tmp_p
         assert not (tmp_path / "bad").exists()
 
 
+def test_integer_flags_read_numbers_as_set_and_yaml_files_do(capsys, tmp_path):
+    """`--set input.shard_size=1e3` and `shard_size: 1e3` in a file were 1000, but `--shard-size 1e3` was refused
+    (argparse `type=int`: "invalid int value"). Every integer flag now reads with the config's own conversion
+    (`sigma.config.loader.whole_number`): exponent notation that is whole, at most 4300 digits; the field's bound
+    is then the config's, as for `--set`."""
+    import argparse
+
+    from sigma.cli.common import integer
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    def integer_flags(parser: argparse.ArgumentParser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from integer_flags(sub)
+            elif action.type is int or action.type is integer:
+                yield action
+    flags = list(integer_flags(sigma.cli.build_parser()))
+    assert len(flags) >= 10 and all(a.type is integer for a in flags), [a.option_strings for a in flags]
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(3, size=32))
+    rc, _, err = run_main(capsys, "batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator",
+                          "pixel-diff", "--shard-size", "2e0", "--batch-size", "1.6E+1", "--workers", "0",
+                          "--no-progress")
+    assert rc == 0, err
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert (config["input"]["shard_size"], config["batch_size"]) == (2, 16), config
+    for value, needle, code in (("1e300", "at most 100000", "invalid_config"),        # the field's own bound
+                                ("1.5e0", "argument --shard-size: '1.5e0': not a whole number", "bad_arguments"),
+                                ("1e999999999", "'1e999999999': more than 4300 digits", "bad_arguments"),
+                                ("1" * 5000, "more than 4300 digits", "bad_arguments"),
+                                ("ten", "argument --shard-size: 'ten': not an integer", "bad_arguments")):
+        rc, _, err = run_main(capsys, "batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "bad"),
+                              "--annotator", "pixel-diff", "--shard-size", value)
+        assert rc == 2 and needle in err, (value, err)
+        assert_one_error_line(err, code)
+        assert not (tmp_path / "bad").exists()
+    assert (integer("1_000"), integer(" -3 "), integer("+1.5e3")) == (1000, -3, 1500)   # what int() took, still
+
+
 def _laughs(levels: int) -> str:
     """YAML aliases nine deep per level: a few hundred bytes that expand to 9**levels values."""
     lines = ["&l0 [" + ", ".join(["1"] * 9) + "]"]

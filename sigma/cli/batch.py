@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from sigma.cli.common import add_config_args, add_plugin_arg
+from sigma.cli.common import add_config_args, add_plugin_arg, integer
 from sigma.errors import ConfigError
 
 HELP = """Annotate a corpus of editing pairs into one parquet manifest per shard.
@@ -70,11 +70,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help=f"reader: {', '.join(formats())} (default: auto-detected)")
     p.add_argument("--columns", help="role=column overrides: original=,edited=,instruction=,mask=,id=,edit_type= "
                                      "(tars: field names, alternatives separated by |)")
-    p.add_argument("--shard-size", type=int, help="pairs per shard (default 1000)")
+    p.add_argument("--shard-size", type=integer, help="pairs per shard (default 1000)")
     p.add_argument("--annotator", help="registry name (see `sigma models`)")
     p.add_argument("--threshold", type=float, help="mask = prob > T")
-    p.add_argument("--batch-size", type=int, help="pairs per predict() call (default 8)")
-    p.add_argument("--workers", type=int, help="decode processes (default: 0 on <= 2 cores, else cores - 1, at most 8)")
+    p.add_argument("--batch-size", type=integer, help="pairs per predict() call (default 8)")
+    p.add_argument("--workers", type=integer, help="decode processes (default: 0 on <= 2 cores, else cores - 1, at most 8)")
     p.add_argument("--png-masks", action="store_true", help="also write OUT/masks/<shard>/<pair>.png")
     p.add_argument("--no-ground-truth", action="store_true",
                    help="do not score against the corpus's masks (skips decoding them)")
@@ -86,17 +86,17 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("processes and Ray (speed only: outputs are the same bytes whichever you choose)")
-    g.add_argument("--procs", type=int, help="local backend: inference processes fed whole shards (default: for a "
+    g.add_argument("--procs", type=integer, help="local backend: inference processes fed whole shards (default: for a "
                                              "network on a machine without GPU, one per idle core = cores minus "
                                              "the load average; else 1)")
-    g.add_argument("--threads", type=int, help="torch threads per inference process or Ray actor (default: 1 with "
+    g.add_argument("--threads", type=integer, help="torch threads per inference process or Ray actor (default: 1 with "
                                                "several processes and on CPU actors; the idle cores for one CPU "
                                                "process)")
     g.add_argument("--ray-address", metavar="ADDR", help="run on this Ray cluster (implies --backend ray): HOST:PORT "
                                                          "of its head, 'auto' (the one `ray start` runs here) or "
                                                          "ray://HOST:10001; default $RAY_ADDRESS, else a Ray on this "
                                                          "machine")
-    g.add_argument("--actors", type=int, help="Ray shard actors (default: one per GPU, or per CPU on a CPU cluster)")
+    g.add_argument("--actors", type=integer, help="Ray shard actors (default: one per GPU, or per CPU on a CPU cluster)")
     g.add_argument("--actor-cpus", type=float, help="CPUs each Ray actor reserves (default 1)")
     g.add_argument("--actor-gpus", type=float, help="GPUs each Ray actor reserves; 0.5 packs two per GPU (default: 1 "
                                                     "on a cluster with GPUs, else 0)")
@@ -125,7 +125,7 @@ def _redis_settings(args: argparse.Namespace):
 
 
 def _add_failed_limit(p: argparse.ArgumentParser, help_text: str) -> None:
-    p.add_argument("--failed-limit", type=int, default=None, metavar="N", help=help_text)
+    p.add_argument("--failed-limit", type=integer, default=None, metavar="N", help=help_text)
 
 
 def failed_limit(args: argparse.Namespace) -> int:

@@ -33,6 +33,18 @@ def add_config_args(parser: argparse.ArgumentParser,
                              f"{VALUE_RULE}")
 
 
+def integer(text: str) -> int:
+    """argparse `type=` of every integer flag. `type=int` refused `--shard-size 1e3`, which `--set
+    input.shard_size=1e3` and a YAML file take as 1000: both now read integers with `sigma.config.loader.whole_number`
+    (exponent notation that is whole, at most 4300 digits). A bad value is one `bad_arguments` line naming the flag."""
+    from sigma.config.loader import whole_number
+
+    try:
+        return whole_number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text[:100]!r}: {exc}") from None
+
+
 PLUGIN_HELP = ("import MODULE first, so the annotators it registers can be named with --annotator (a module "
                "on sys.path: installed, or under PYTHONPATH; repeatable)")
 

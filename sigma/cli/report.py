@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sigma.cli.common import integer
+
 EXAMPLES = """examples:
   sigma report runs/eval                                   # runs/eval/report.html: the 300 least confident pairs
   sigma report runs/mb --out mb.html --limit 1000 --thumb 256
@@ -21,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a `sigma batch run` folder")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
-    p.add_argument("--limit", type=int, default=300, help="pairs in the gallery, lowest confidence first (300)")
-    p.add_argument("--thumb", type=int, default=192, help="thumbnail size in pixels (192)")
+    p.add_argument("--limit", type=integer, default=300, help="pairs in the gallery, lowest confidence first (300)")
+    p.add_argument("--thumb", type=integer, default=192, help="thumbnail size in pixels (192)")
     p.add_argument("--min-confidence", type=float, help="show only pairs with confidence >= C")
     p.add_argument("--max-confidence", type=float, help="show only pairs with confidence <= C")
     p.add_argument("--sort", choices=("confidence-asc", "confidence"), default="confidence-asc",

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args
+from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer
 
 if TYPE_CHECKING:
     from sigma.service.settings import WorkerSettings
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=SERVE_HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["api", "all"], help="api: the API only; all: API + one worker")
     p.add_argument("--host", help="bind address (default: api.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: api.port, 8000)")
+    p.add_argument("--port", type=integer, help="port (default: api.port, 8000)")
     p.add_argument("--annotator", help="with `all`: the worker's annotator (default: worker.annotator)")
     add_plugin_arg(p, "import MODULE in the API, so requests may name the annotators it registers (adds to "
                       "api.plugins); with `all` also in the worker (adds to worker.plugins). Repeatable")
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--annotator", help="registry name (default: worker.annotator, pixel-diff)")
     w.add_argument("--consumer", help="consumer name in the group (default: <host>-<pid>)")
-    w.add_argument("--max-batch-size", type=int, help="worker.max_batch_size")
+    w.add_argument("--max-batch-size", type=integer, help="worker.max_batch_size")
     add_plugin_arg(w, "import MODULE first so the annotators it registers can serve (repeatable)")
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs")

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sigma.cli.common import integer
+
 HELP = """Generate synthetic edit pairs (deterministic from --seed) over real photos, written in the
 pairs.jsonl layout that `sigma eval --data DIR` reads: <id>_original.png, <id>_edited.png, <id>_mask.png.
 
@@ -30,14 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic edit pairs (pairs.jsonl layout) or build the training cache",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="output folder for the pairs")
-    p.add_argument("-n", type=int, default=16, help="number of pairs (default 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=integer, default=16, help="number of pairs (default 16)")
+    p.add_argument("--seed", type=integer, default=0)
     p.add_argument("--photos", help="photo folder (default $SIGMA_SHARED/data/photos)")
     p.add_argument("--cache", help="use a cache built with --build-cache (VAE roundtrips + latent edits)")
     p.add_argument("--build-cache", metavar="DIR", help="build the training cache into DIR and exit")
-    p.add_argument("--max-side", type=int, default=384, help="cache: long side of the stored photos")
+    p.add_argument("--max-side", type=integer, default=384, help="cache: long side of the stored photos")
     p.add_argument("--scales", default="1.0,0.5", help="cache: TAEF2 roundtrip scales")
-    p.add_argument("--latent-edits", type=int, default=1, help="cache: latent edits per photo")
+    p.add_argument("--latent-edits", type=integer, default=1, help="cache: latent edits per photo")
     p.add_argument("--no-vae", action="store_true", help="cache without TAEF2 (no roundtrips, no latent edits)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides, e.g. data.crop=256")

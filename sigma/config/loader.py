@@ -147,13 +147,42 @@ def _whole_number(text: str, key: str, origin: str) -> Any:
     written = text.strip()
     if not _EXPONENT.fullmatch(written):
         return text
+    try:
+        return _exponent_integer(written)
+    except _TooLarge:
+        raise ConfigError(f"{origin}{key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large for the "
+                          f"integer setting {key}") from None
+    except ValueError:
+        raise ConfigError(f"{origin}{key}={written}: not a whole number, and {key} is an integer setting") from None
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _exponent_integer(written: str) -> int:
+    """`1e3` → 1000 exactly (Decimal, never a float); ValueError when not whole, _TooLarge past MAX_INTEGER_DIGITS."""
     number = Decimal(written)
     if number.adjusted() >= MAX_INTEGER_DIGITS:
-        raise ConfigError(f"{origin}{key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large for the "
-                          f"integer setting {key}")
+        raise _TooLarge(f"more than {MAX_INTEGER_DIGITS} digits")
     if number != number.to_integral_value():
-        raise ConfigError(f"{origin}{key}={written}: not a whole number, and {key} is an integer setting")
+        raise ValueError("not a whole number")
     return int(number)
+
+
+def whole_number(text: str) -> int:
+    """An integer written as a config value may be: `1000`, `-3`, or exponent notation (`1e3`, `1.5E+3`) that is a
+    whole number of at most MAX_INTEGER_DIGITS digits, as `whole_numbers` reads YAML files and `--set`. The
+    command line's integer flags use it too (`sigma.cli.common.integer`), so `--shard-size 1e3` is what
+    `--set input.shard_size=1e3` is. ValueError (its message says why) for anything else."""
+    written = text.strip()
+    if _EXPONENT.fullmatch(written):
+        return _exponent_integer(written)
+    if not re.fullmatch(r"[+-]?[0-9]+(?:_[0-9]+)*", written):       # as int() and YAML read it: 1_000 too
+        raise ValueError("not an integer")
+    if len(written.lstrip("+-").replace("_", "")) > MAX_INTEGER_DIGITS:
+        raise ValueError(f"more than {MAX_INTEGER_DIGITS} digits")
+    return int(written)
 
 
 def whole_numbers(model: type[BaseModel], tree: dict, origin: Callable[[str], str] = lambda key: "") -> dict:
