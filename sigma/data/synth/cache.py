@@ -80,6 +80,16 @@ def _to_u8(t: torch.Tensor) -> np.ndarray:
     return t[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
 
 
+def roundtrip_key(scale: float) -> str:
+    """The cache's name of a photo's roundtrip at `scale` ("rt100", "rt050"); `roundtrip_scale` reads it back,
+    for the synth engine's online roundtrip at the scale a cached one was drawn at."""
+    return f"rt{int(round(scale * 100)):03d}"
+
+
+def roundtrip_scale(key: str) -> float:
+    return int(key[2:]) / 100.0
+
+
 def roundtrip_at(vae, img: np.ndarray, scale: float) -> tuple[np.ndarray, torch.Tensor | None]:
     """VAE roundtrip after resizing by `scale` (a smaller scale = a stronger, blurrier perturbation)."""
     h, w = img.shape[:2]
@@ -155,7 +165,7 @@ def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: 
                 with torch.no_grad():
                     for s in scales:
                         rt, zz = roundtrip_at(vae, img, s)
-                        arrays[f"rt{int(round(s * 100)):03d}"] = rt
+                        arrays[roundtrip_key(s)] = rt
                         z = zz if zz is not None else z
                     if z is None:
                         z = vae.encode(_to_t(img))

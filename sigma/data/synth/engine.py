@@ -29,7 +29,7 @@ from sigma.errors import ImageError, InputError
 from . import edits as E
 from . import masks as M
 from . import perturb as P
-from .cache import list_photos, load_photo, readable_photos, roundtrip_at
+from .cache import list_photos, load_photo, readable_photos, roundtrip_at, roundtrip_scale
 
 KINDS = ("none", "remove", "splice", "attribute", "global", "latent", "copymove", "inpaint")
 OBJECT_SHAPES = {"blob": 3.0, "ellipse": 1.5, "polygon": 1.5, "rectangle": 0.6, "superpixels": 1.0}
@@ -447,7 +447,7 @@ class SynthEngine:
         if d.online_vae and d.rt_key:
             # what a regenerator does: the edited crop, edit included, through the VAE; the photo's cached
             # roundtrip stands for the untouched crop's (the noise target)
-            edited = self._roundtrip(edited, int(d.rt_key[2:]) / 100.0)
+            edited = self._roundtrip(edited, roundtrip_scale(d.rt_key))
             clean_base = _crop(d.ent[d.rt_key], d.win, c)
             clean_base = E.blend(clean_base, *landcover) if landcover is not None else clean_base
         edited = P.apply(edited, chain)
