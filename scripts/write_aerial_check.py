@@ -14,31 +14,29 @@ from pathlib import Path
 
 
 def main(config: str, out: str, n: int = 96, seed: int = 778) -> None:
-    from sigma.config.loader import load_config
-    from sigma.training.config import TrainConfig
-    from sigma.training.data import write_val_dir
+    from _cli import write_check_set
 
-    cfg = load_config(TrainConfig, config, [])
-    data = cfg.data
-    if not data.cache:
-        raise SystemExit("the config has no data.cache: the check set is drawn from the cached photos")
-    pattern = data.aerial.pattern.lower()
-    index = json.loads((Path(data.cache) / "index.json").read_text())
-    index["files"] = [f for f in index["files"] if pattern in str(f.get("photo", f["file"])).lower()]
-    if len(index["files"]) < 2:
-        raise SystemExit(f"fewer than 2 cached photos match the aerial pattern {pattern!r}")
-    dest = Path(out)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    frozen = dest.with_name(dest.name + "-index.json")
-    frozen.write_text(json.dumps(index))
-    aerial = data.aerial.model_copy(update={"struct_p": 1.0, "landcover_p": 1.0})   # roofs: the config's roof_p
-    illum = data.perturb.illum.model_copy(update={"aerial_p": 1.0})
-    data = data.model_copy(update={"cache_index": str(frozen), "crop": 160, "aerial": aerial,
-                                   "perturb": data.perturb.model_copy(update={"illum": illum})})
-    cfg = cfg.model_copy(update={"data": data, "eval": cfg.eval.model_copy(update={"val_seed": seed})})
-    write_val_dir(cfg, dest, n)
-    print(f"wrote {n} aerial change pairs ({len(index['files'])} tiles, seed {seed}) to {out}")
+    dest, tiles = Path(out), []
 
+    def change(data):
+        if not data.cache:
+            raise SystemExit("the config has no data.cache: the check set is drawn from the cached photos")
+        pattern = data.aerial.pattern.lower()
+        index = json.loads((Path(data.cache) / "index.json").read_text())
+        index["files"] = [f for f in index["files"] if pattern in str(f.get("photo", f["file"])).lower()]
+        if len(index["files"]) < 2:
+            raise SystemExit(f"fewer than 2 cached photos match the aerial pattern {pattern!r}")
+        tiles.append(len(index["files"]))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        frozen = dest.with_name(dest.name + "-index.json")
+        frozen.write_text(json.dumps(index))
+        aerial = data.aerial.model_copy(update={"struct_p": 1.0, "landcover_p": 1.0})   # roofs: the config's roof_p
+        illum = data.perturb.illum.model_copy(update={"aerial_p": 1.0})
+        return {"cache_index": str(frozen), "crop": 160, "aerial": aerial,
+                "perturb": data.perturb.model_copy(update={"illum": illum})}
+
+    write_check_set(config, dest, n, seed, change)
+    print(f"wrote {n} aerial change pairs ({tiles[0]} tiles, seed {seed}) to {out}")
 
 if __name__ == "__main__":
     from _cli import run

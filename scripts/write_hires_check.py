@@ -14,21 +14,13 @@ a working size of 448 is the pair's native resolution and 224 is what a 512 px w
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def main(config: str, cache: str, out: str, n: int = 160, seed: int = 4242, crop: int = 448) -> None:
-    from sigma.config.loader import load_config
-    from sigma.training.config import TrainConfig
-    from sigma.training.data import write_val_dir
+    from _cli import write_check_set
 
-    cfg = load_config(TrainConfig, config, [])
-    data = cfg.data.model_copy(update={"cache": cache, "photos": "", "cache_index": "", "crop": crop,
-                                       "scale_range": (1.0, 1.0)})
-    cfg = cfg.model_copy(update={"data": data, "eval": cfg.eval.model_copy(update={"val_seed": seed})})
-    write_val_dir(cfg, Path(out), n)
+    write_check_set(config, out, n, seed, lambda data: {"cache": cache, "photos": "", "cache_index": "",
+                                                        "crop": crop, "scale_range": (1.0, 1.0)})
     print(f"wrote {n} pairs ({crop} px, native scale, seed {seed}) to {out}")
-
 
 if __name__ == "__main__":
     from _cli import run

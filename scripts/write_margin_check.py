@@ -7,21 +7,13 @@ Then `sigma eval --data runs/val/margin-check --set options.weights=RUN/best --s
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def main(config: str, out: str, n: int = 96, seed: int = 777) -> None:
-    from sigma.config.loader import load_config
-    from sigma.training.config import TrainConfig
-    from sigma.training.data import write_val_dir
+    from _cli import write_check_set
 
-    cfg = load_config(TrainConfig, config, [])
-    data = cfg.data.model_copy(update={"mix": {"inpaint": 1.0}, "inpaint_margin_p": 1.0,
-                                       "inpaint_composite_p": 0.0, "crop": 160, "cache_index": ""})
-    cfg = cfg.model_copy(update={"data": data, "eval": cfg.eval.model_copy(update={"val_seed": seed})})
-    write_val_dir(cfg, Path(out), n)
+    write_check_set(config, out, n, seed, lambda data: {"mix": {"inpaint": 1.0}, "inpaint_margin_p": 1.0,
+                                                        "inpaint_composite_p": 0.0, "crop": 160, "cache_index": ""})
     print(f"wrote {n} margin-inpainting pairs (seed {seed}) to {out}")
-
 
 if __name__ == "__main__":
     from _cli import run

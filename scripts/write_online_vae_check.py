@@ -9,23 +9,17 @@ Then `sigma eval --data runs/val/online-vae-check --set options.weights=RUN/best
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def main(config: str, out: str, n: int = 128, seed: int = 778) -> None:
-    from sigma.config.loader import load_config
-    from sigma.training.config import TrainConfig
-    from sigma.training.data import write_val_dir
+    from _cli import write_check_set
 
-    cfg = load_config(TrainConfig, config, [])
-    mix = {k: v for k, v in cfg.data.mix.items() if k not in ("latent", "none")}
-    perturb = cfg.data.perturb.model_copy(update={"vae": 1.0, "vae_online": 1.0, "stack_p": 0.0})
-    data = cfg.data.model_copy(update={"mix": mix, "perturb": perturb, "inpaint_composite_p": 0.0,
-                                       "crop": 160, "cache_index": ""})
-    cfg = cfg.model_copy(update={"data": data, "eval": cfg.eval.model_copy(update={"val_seed": seed})})
-    write_val_dir(cfg, Path(out), n)
+    def change(data):
+        return {"mix": {k: v for k, v in data.mix.items() if k not in ("latent", "none")},
+                "perturb": data.perturb.model_copy(update={"vae": 1.0, "vae_online": 1.0, "stack_p": 0.0}),
+                "inpaint_composite_p": 0.0, "crop": 160, "cache_index": ""}
+
+    write_check_set(config, out, n, seed, change)
     print(f"wrote {n} online-VAE pairs (seed {seed}) to {out}")
-
 
 if __name__ == "__main__":
     from _cli import run
