@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("what", choices=["api", "all"], help="api: the API only; all: API + one worker")
     p.add_argument("--host", help="bind address (default: api.host, 127.0.0.1)")
     p.add_argument("--port", type=integer, help="port (default: api.port, 8000)")
-    p.add_argument("--annotator", help="with `all`: the worker's annotator (default: worker.annotator)")
+    p.add_argument("--annotator", help="`all` only: the worker's annotator (default: worker.annotator); the API then "
+                   "serves it too (api.annotators, when not set, becomes [NAME]). `api` refuses it: it starts no worker")
     add_plugin_arg(p, "import MODULE in the API, so requests may name the annotators it registers (adds to "
                       "api.plugins); with `all` also in the worker (adds to worker.plugins). Repeatable")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -67,12 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "with status 0: at once while\nloading or waiting, after finishing the batch in hand otherwise "
                        "(a second signal leaves the batch to be\nredelivered).",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    w.add_argument("--annotator", help="registry name (default: worker.annotator, pixel-diff)")
+    w.add_argument("--annotator", help="registry name (default: worker.annotator, pixel-diff); not with --batch")
     w.add_argument("--consumer", help="consumer name in the group (default: <host>-<pid>)")
-    w.add_argument("--max-batch-size", type=integer, help="worker.max_batch_size")
+    w.add_argument("--max-batch-size", type=integer, help="worker.max_batch_size; not with --batch")
     add_plugin_arg(w, "import MODULE first so the annotators it registers can serve (repeatable)")
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
-                   "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs")
+                   "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs; each run's own "
+                   "config names its annotator and batch size (`sigma batch submit --annotator --batch-size`)")
     add_config_args(w, SET_EXAMPLE)
     w.set_defaults(run=run_worker_cmd, needs=("redis",))
 
@@ -86,6 +88,7 @@ def load(args: argparse.Namespace, **flags):
 
 
 def run_worker_cmd(args: argparse.Namespace) -> int:
+    from sigma.errors import InputError
     from sigma.workers.worker import run_worker
 
     parent = os.environ.pop(PARENT_ENV, "")
@@ -95,6 +98,13 @@ def run_worker_cmd(args: argparse.Namespace) -> int:
         die_with_parent(int(parent))
 
     batch = getattr(args, "batch", False)   # fleet batch mode (issue 7): the run's own config picks the annotator
+    if batch:    # flags a batch worker would take and never use: refused, not ignored
+        given = [flag for flag, value in (("--annotator", args.annotator), ("--max-batch-size", args.max_batch_size))
+                 if value is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)}: not with --batch, where each run's own config names its "
+                             "annotator and batch size (set them with `sigma batch submit --annotator NAME "
+                             "--batch-size N`)", code="bad_arguments")
     cfg = load(args) if batch else load(args, **{"worker.annotator": args.annotator,
                                                   "worker.max_batch_size": args.max_batch_size})
     if args.plugin:                          # --plugin adds to the configured list
@@ -191,15 +201,40 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
 
 
+def _serve_the_workers_annotator(cfg, annotator: str) -> None:
+    """`sigma serve all`: the API must accept the one worker's annotator. `--annotator sigma-lite` started a
+    sigma-lite worker behind an API that refused sigma-lite (422 unknown_annotator, api.annotators being
+    [pixel-diff]) and queued pixel-diff jobs no worker took. api.annotators, when not set, is now [annotator];
+    set without it, the two settings disagree and that is said before anything starts."""
+    from sigma.errors import ConfigError
+
+    if annotator in cfg.api.annotators:
+        return
+    if "annotators" not in cfg.api.model_fields_set:
+        cfg.api.annotators = [annotator]
+        return
+    raise ConfigError(f"sigma serve all: its worker serves {annotator!r} (--annotator / worker.annotator), which "
+                      f"api.annotators {cfg.api.annotators} does not name: the API would refuse its jobs and queue "
+                      "others no worker takes; add it to api.annotators or start the worker with one of those")
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sigma.api.app import create_app
     from sigma.api.server import uvicorn_options
+    from sigma.errors import InputError
 
+    if args.what == "api" and args.annotator is not None:   # it named a worker's annotator: there is none here
+        raise InputError("--annotator goes with `sigma serve all` (the annotator of the worker it starts); `sigma "
+                         "serve api` starts no worker: the annotators its requests may name are api.annotators "
+                         "(--set 'api.annotators=[NAME]'), served by `sigma worker --annotator NAME`",
+                         code="bad_arguments")
     # said once, here, before the API starts: a worker child that cannot import it would die at each restart
     import_plugin_args(args)
-    cfg = load(args, **{"api.host": args.host, "api.port": args.port})
+    cfg = load(args, **{"api.host": args.host, "api.port": args.port, "worker.annotator": args.annotator})
+    if args.what == "all":
+        _serve_the_workers_annotator(cfg, cfg.worker.annotator)
     # the API validates a batch's annotator by registry name: --plugin adds to api.plugins (create_app imports them)
     cfg.api.plugins = [*cfg.api.plugins, *(m for m in args.plugin if m not in cfg.api.plugins)]
     host, port = cfg.api.host, cfg.api.port
