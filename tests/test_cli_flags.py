@@ -68,3 +68,51 @@ def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(re
     disagree = sigma_cli("serve", "all", "--port", "1", "--annotator", "pixel-diff", "--set",
                          "api.annotators=[slow-diff]", redis_url=redis_server.url, timeout=30)
     assert_refused(disagree, "its worker serves 'pixel-diff'", "api.annotators ['slow-diff']", code="invalid_config")
+
+
+def test_integer_lists_take_exponent_notation_as_integer_fields_do(tmp_path):
+    """`--set quality=1e1` was 10, but `perturb.jpeg_quality=[1e1, 95]` was "unable to parse string as an integer"
+    (YAML 1.1 reads 1e1 as text, and only scalar integer fields were converted), in a YAML file too, and an
+    annotator's options (a free mapping its own config validates later: `options.image_size=2.24e2`,
+    `options.taps=[1e1]`) took no exponent at all. Lists, tuples and typed mappings of integers now take whole
+    exponent notation, with a scalar's limits: not whole, or more than 4300 digits, is one line naming the item."""
+    from test_synth import make_photos
+
+    from sigma.config.loader import load_config
+    from sigma.data.synth.engine import SynthConfig
+    from sigma.errors import ConfigError
+    from sigma.models.factory import make_config
+
+    photos = make_photos(tmp_path / "photos")
+    out = tmp_path / "synth"
+    proc = sigma_cli("synth", "--out", str(out), "-n", "1", "--photos", str(photos), "crop=48",
+                     "perturb.jpeg_quality=[1e1, 9.5E+1]", "perturb.stack=[1e0, 3]", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    written = (out / "synth_config.yaml").read_text()
+    assert "jpeg_quality:\n  - 10\n  - 95" in written and "stack:\n  - 1\n  - 3" in written, written
+    for value, needle in (("[1.55e1, 95]", "perturb.jpeg_quality[0]=1.55e1: not a whole number, and "
+                                           "perturb.jpeg_quality holds integers"),
+                          ("[10, 1e5000]", "perturb.jpeg_quality[1]=1e5000: more than 4300 digits")):
+        bad = tmp_path / f"bad{len(value)}"
+        proc = sigma_cli("synth", "--out", str(bad), "-n", "1", "--photos", str(photos),
+                         f"perturb.jpeg_quality={value}")
+        assert_refused(proc, f"override {needle}", code="invalid_config")
+        assert not bad.exists()
+    # a YAML file, and an item that is a tuple's second element
+    (tmp_path / "synth.yaml").write_text("perturb:\n  webp_quality: [3e1, 9e1]\n  stack: [1, 3.5e0]\n")
+    with pytest.raises(ConfigError, match=r"synth.yaml: perturb.stack\[1\]=3.5e0: not a whole number"):
+        load_config(SynthConfig, tmp_path / "synth.yaml")
+    (tmp_path / "synth.yaml").write_text("perturb:\n  webp_quality: [3e1, 9e1]\n")
+    assert load_config(SynthConfig, tmp_path / "synth.yaml").perturb.webp_quality == (30, 90)
+    # the free mappings validated later: an annotator's options, a training config's model
+    assert make_config({"backbone": {"kind": "dinov2", "taps": ["3e0", 6, "1.2e1"]}}).backbone.taps == [3, 6, 12]
+    refused = sigma_cli("annotate", "--example", "--annotator", "feature-diff", "-o", str(tmp_path / "fd"),
+                        "--set", "options.taps=[1e1, 1.5e0]")
+    assert_refused(refused, "options.taps[1]=1.5e0: not a whole number, and options.taps holds integers",
+                   code="invalid_config")
+    (tmp_path / "annotate.yaml").write_text("annotator: sigma-lite\noptions: {image_size: 2.24e2}\n")
+    done = sigma_cli("annotate", "--example", "-o", str(tmp_path / "lite"), "--config", str(tmp_path / "annotate.yaml"),
+                     timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "image_size: 224" in (tmp_path / "lite" / "config.yaml").read_text()
+

@@ -21,7 +21,7 @@ class SigmaArgumentParser(argparse.ArgumentParser):
 # How a `--set` / `key=value` VALUE is read (sigma.config.loader.Override): said in every --help that takes one.
 VALUE_RULE = ("VALUE is YAML (0.1, true, null, [2,5,11], {a: 1}), except that a text field takes the text as "
               "written (name=a: b gives 'a: b', out_dir=on gives 'on'; outer quotes are removed), and an integer "
-              "field takes 1e3 as 1000.")
+              "field takes 1e3 as 1000, in a list too ([1e1, 95]).")
 
 
 def add_config_args(parser: argparse.ArgumentParser,

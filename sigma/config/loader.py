@@ -5,6 +5,8 @@ from any program (sam2's Hydra globals are what we avoid).
 """
 from __future__ import annotations
 
+import collections.abc
+import copy
 import datetime
 import hashlib
 import json
@@ -139,21 +141,23 @@ def _integer_only(accepts: FieldTypes | None) -> bool:
     return accepts is not None and int in accepts.types and not accepts.types & {float, str}
 
 
-def _whole_number(text: str, key: str, origin: str) -> Any:
+def _whole_number(text: str, key: str, origin: str, field: str | None = None) -> Any:
     """Text for an integer field: `1e3` (YAML gives the text '1e3') is 1000, exactly, so a bound on the field says
     what it is (`1e300`: "at most 100000 …") instead of pydantic's "unable to parse string as an integer", which
     read as if exponents were not numbers. Other text is returned for the field to refuse. `origin`: where the
-    value was written, for the message ("override ", "cfg.yaml: ")."""
+    value was written, for the message ("override ", "cfg.yaml: "); `field`: the list or mapping `key` is an item
+    of (`perturb.jpeg_quality` for `perturb.jpeg_quality[0]`), None for a field of its own."""
     written = text.strip()
     if not _EXPONENT.fullmatch(written):
         return text
+    what = f"{key} is an integer setting" if field is None else f"{field} holds integers"
     try:
         return _exponent_integer(written)
     except _TooLarge:
-        raise ConfigError(f"{origin}{key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large for the "
-                          f"integer setting {key}") from None
+        raise ConfigError(f"{origin}{key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large: "
+                          f"{what}") from None
     except ValueError:
-        raise ConfigError(f"{origin}{key}={written}: not a whole number, and {key} is an integer setting") from None
+        raise ConfigError(f"{origin}{key}={written}: not a whole number, and {what}") from None
 
 
 class _TooLarge(ValueError):
@@ -185,22 +189,74 @@ def whole_number(text: str) -> int:
     return int(written)
 
 
-def whole_numbers(model: type[BaseModel], tree: dict, origin: Callable[[str], str] = lambda key: "") -> dict:
-    """Integer fields written in exponent notation (`shard_size: 1e3`, `--set steps=1.5e3`, an environment
-    variable), made whole numbers in the merged tree: the one place for a YAML file, `--set` and the environment,
-    which YAML 1.1 all read as text. A YAML file gave "not an integer" for what `--set` took. In place; `origin(key)`
-    says where the value of `key` was written."""
-    stack: list[tuple[dict, str]] = [(tree, "")]
-    while stack:
-        node, prefix = stack.pop()
-        for key, value in node.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict):
-                stack.append((value, dotted + "."))
-            elif (isinstance(value, str) and _EXPONENT.fullmatch(value.strip())
-                  and _integer_only(field_types(model, dotted))):
-                node[key] = _whole_number(value, dotted, origin(dotted))
+def whole_numbers(model: type[BaseModel], tree: dict, origin: Callable[[str], str] = lambda key: "",
+                  prefix: str = "") -> dict:
+    """Integers written in exponent notation (`shard_size: 1e3`, `--set steps=1.5e3`, an environment variable),
+    made whole numbers in the merged tree: the one place for a YAML file, `--set` and the environment, which YAML
+    1.1 all read as text. A YAML file gave "not an integer" for what `--set` took. The items of integer lists,
+    tuples and mappings too (`perturb.jpeg_quality: [1e1, 95]` was "unable to parse string as an integer" where
+    `quality: 1e1` was 10). In place; `origin(key)` says where the value of `key` was written; `prefix` names the
+    tree in messages (`options`: `options.image_size=...`)."""
+    _whole_items([model], tree, prefix, "", origin)
     return tree
+
+
+def _arms(annotation: Any) -> list[Any]:
+    """The alternatives of an annotation: `list[int] | None` → [list[int], None]; Annotated unwrapped."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _arms(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [arm for arg in typing.get_args(annotation) for arm in _arms(arg)]
+    return [annotation]
+
+
+_SEQUENCES = (list, set, frozenset, collections.abc.Sequence, collections.abc.Set)
+_MAPPINGS = (dict, collections.abc.Mapping)
+
+
+def _item_annotations(arms: list[Any], index: int) -> list[Any]:
+    """What item `index` of a list may be, by the sequence arms: list[X] / tuple[X, ...] → X, tuple[X, Y] → X or Y."""
+    out = []
+    for arm in arms:
+        origin, args = typing.get_origin(arm), typing.get_args(arm)
+        if origin is tuple and args:
+            if len(args) == 2 and args[1] is Ellipsis:
+                out.append(args[0])
+            elif index < len(args):
+                out.append(args[index])
+        elif origin in _SEQUENCES and args:
+            out.append(args[0])
+    return out
+
+
+def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origin: Callable[[str], str]) -> Any:
+    """`value`, written for a field of one of `annotations`, with its exponent-notation integers made whole (lists
+    and mappings in place). `key`: how the value is named (`a.b[0]`); `field`: the field's dotted key (`a.b`)."""
+    arms = [arm for annotation in annotations for arm in _arms(annotation)]
+    if isinstance(value, str):
+        plain: set[type] = set()
+        for arm in arms:
+            plain |= _types_of(arm)[0]
+        if _EXPONENT.fullmatch(value.strip()) and _integer_only(FieldTypes(frozenset(plain), False)):
+            # where it was written: by the key without list indexes (`--set a.b=[..]`, `--set a.m.x=1e1` both match)
+            return _whole_number(value, key, origin(key.split("[", 1)[0]), None if key == field else field)
+    elif isinstance(value, dict):
+        models = [arm for arm in arms if isinstance(arm, type) and issubclass(arm, BaseModel)]
+        values = [typing.get_args(arm)[1] for arm in arms
+                  if typing.get_origin(arm) in _MAPPINGS and len(typing.get_args(arm)) == 2]
+        for name, item in value.items():
+            found = [m.model_fields[name].annotation for m in models if name in m.model_fields]
+            dotted = f"{key}.{name}" if key else str(name)
+            if found:                                      # a field: named by its own dotted key
+                value[name] = _whole_items(found, item, dotted, dotted, origin)
+            elif values:                                   # an item of a typed mapping (dict[str, int])
+                value[name] = _whole_items(values, item, dotted, field or dotted, origin)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if item_annotations := _item_annotations(arms, index):
+                value[index] = _whole_items(item_annotations, item, f"{key}[{index}]", field, origin)
+    return value
 
 
 def _quoted(text: str) -> bool:
@@ -312,8 +368,8 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
     tree = json.loads(json.dumps(tree, default=str))
-    for key, value in overrides.items():
-        _set_dotted(tree, key, value)
+    for key, value in overrides.items():      # a copy: the tree is changed in place (`whole_numbers`), the value not
+        _set_dotted(tree, key, copy.deepcopy(value))
     return tree
 
 
@@ -406,7 +462,8 @@ def _yaml_note(loc: tuple, given: dict[str, Override], model: type[BaseModel]) -
         if dotted != key and not dotted.startswith(key + "."):
             continue
         accepts = field_types(model, key)
-        if accepts is None or type(o.value) in accepts.types:     # read as meant; the error is about the value
+        if accepts is None or type(o.value) in accepts.types or (      # read as meant; the error is about the value
+                isinstance(o.value, list) and accepts.types & {tuple, set, frozenset}):   # YAML has lists only
             continue
         if isinstance(o.value, (dict, list, datetime.date)) or isinstance(o.value, str) and o.value != o.text.strip():
             shown = json.dumps(o.value, default=str, ensure_ascii=False)[:80]

@@ -1,9 +1,10 @@
 """Config sections shared by every front end. Each command composes these into its own model."""
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Pairs decoded and held in memory at once by one batch: a bound, so a typo (--batch-size 1000000) is a
 # config error instead of a whole shard decoded into memory.
@@ -31,6 +32,25 @@ class Strict(BaseModel):
     """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class ReadsWholeNumbers(Strict):
+    """A config validated from a free mapping of another config (an annotator's `options`, a training `model`),
+    into which the loader's walk (`sigma.config.loader.whole_numbers`) cannot see: its own integer fields, and
+    the items of its integer lists, take `1e3` as 1000 when it is validated, as every other config field does
+    (`--set options.image_size=2.24e2` was "unable to parse string as an integer"). `exponent_prefix` names the
+    mapping in messages."""
+
+    exponent_prefix: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from sigma.config.loader import whole_numbers
+
+        return whole_numbers(cls, copy.deepcopy(data), prefix=cls.exponent_prefix)
 
 
 class LimitsConfig(Strict):

@@ -5,11 +5,11 @@ between a model's arguments and its weights' provenance).
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from sigma.config.schema import Strict
+from sigma.config.schema import ReadsWholeNumbers, Strict
 
 # Blocks (a backbone stage's, the refinement's) and transformer layers one config may ask for: each is a Python
 # module with its own tensors, and 10^5 small ones took 4 minutes and 10 GB to build while their parameter count
@@ -54,7 +54,8 @@ class Dinov2BackboneConfig(Strict):
 BackboneConfig = Annotated[CompactBackboneConfig | Dinov2BackboneConfig, Field(discriminator="kind")]
 
 
-class SigmaNetConfig(Strict):
+class SigmaNetConfig(ReadsWholeNumbers):
+    exponent_prefix: ClassVar[str] = "model"       # a training config's `model` mapping
     name: str = "custom"
     backbone: BackboneConfig = CompactBackboneConfig()
     # working size: the network sees each pair at this size (long side), a multiple of `size_multiple`;
