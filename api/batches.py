@@ -26,6 +26,7 @@ from sigma.api.errors import ApiError, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
+from sigma.batch.layout import MAX_FAILED_SHOWN
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE
 from sigma.errors import SigmaError
 from sigma.service.settings import ServeConfig
@@ -34,7 +35,6 @@ from sigma.text import cut_long_values, shown
 log = logging.getLogger("sigma.api")
 
 MAX_BATCH_BODY_BYTES = 1024 * 1024      # a batch request names paths and options; it is never large
-MAX_FAILED_SHOWN = 10_000               # failed shards one status answer may list (`failed_limit`)
 
 
 class BatchRequest(BaseModel):

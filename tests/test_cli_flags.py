@@ -116,3 +116,63 @@ def test_integer_lists_take_exponent_notation_as_integer_fields_do(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "image_size: 224" in (tmp_path / "lite" / "config.yaml").read_text()
 
+
+def _integer_flags(parser):
+    import argparse
+
+    from sigma.cli.common import integer
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {where}", a) for where, a in _integer_flags(sub))
+        elif action.type is integer:
+            yield "/".join(action.option_strings), action
+
+
+# integer flags whose value goes into a config field, which bounds it (`--set` and YAML say the same)
+CONFIG_BACKED = {"batch run --shard-size", "batch run --batch-size", "batch run --workers", "batch run --procs",
+                 "batch run --threads", "batch run --actors", "batch submit --shard-size", "batch submit --batch-size",
+                 "batch submit --workers", "serve --port", "worker --max-batch-size"}
+
+
+def test_every_integer_flag_no_config_field_bounds_has_a_stated_range(tmp_path):
+    """`sigma report --limit 1e30` / `-5` and `sigma synth -n 1e30` were taken (the page, the pairs written until
+    the disk was full; `-5` a config error far from the flag, or none); the range of a flag no config field bounds
+    now lives on the flag: its --help states it, and a value outside is one bad_arguments line naming the flag."""
+    import sigma.cli
+
+    unbounded = []
+    for name, action in _integer_flags(sigma.cli.build_parser()):
+        if name in CONFIG_BACKED:
+            continue
+        bounds = getattr(action, "bounds", None)
+        if bounds is None:
+            unbounded.append(name)
+        else:
+            assert f"{bounds[0]} .. {bounds[1]}" in action.help or "2^63-1" in action.help, (name, action.help)
+    assert not unbounded, unbounded
+    run = tmp_path / "run"             # a real run folder: the report would be written, the synth pairs too
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    assert sigma_cli("batch", "run", str(tmp_path / "set"), "--out", str(run), "--annotator", "pixel-diff",
+                     "--workers", "0", "--no-progress").returncode == 0
+    for args, needle in ((["report", str(run), "--limit", "-5"], "argument --limit: -5: must be in 1 .. 10000"),
+                         (["report", str(run), "--limit", "1e30"], "argument --limit: a number of 31 digits: must be "
+                                                                   "in 1 .. 10000"),
+                         (["report", str(run), "--thumb", "1e5"], "argument --thumb: 100000: must be in 16 .. 4096"),
+                         (["batch", "status", str(run), "--failed-limit", "1e30"], "argument --failed-limit: a number"),
+                         (["synth", "--out", str(tmp_path / "syn"), "-n", "1e30"], "argument -n: a number of 31 "
+                                                                                    "digits: must be in 1 .. 100000"),
+                         (["synth", "--out", str(tmp_path / "syn"), "-n", "-5"], "argument -n: -5: must be in 1"),
+                         (["synth", "--build-cache", str(tmp_path / "cache"), "--latent-edits", "1e9"],
+                          "argument --latent-edits: 1000000000: must be in 0 .. 16")):
+        try:
+            proc = sigma_cli(*args, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"sigma {' '.join(args)} ran instead of refusing the value")
+        assert_refused(proc, needle)
+    assert not (run / "report.html").exists() and not (tmp_path / "syn").exists() and not (tmp_path / "cache").exists()
+    done = sigma_cli("report", str(run), "--limit", "1e1", "--thumb", "6.4e1")      # whole numbers in range: taken
+    assert done.returncode == 0 and (run / "report.html").is_file(), done.stderr

@@ -33,6 +33,8 @@ RUN_FILE = "run.json"
 # `failed_shards_omitted` says how many were left out. A run with thousands of failures (a corpus whose every shard
 # the fleet dead-lettered) made every status answer and summary.json list all of them, each with its message
 FAILED_SHOWN = 100
+# the most one may ask for (`--failed-limit`, the API's `failed_limit`): a status that big is read by a program
+MAX_FAILED_SHOWN = 10_000
 
 
 def refuse_folder(path: Path) -> None:

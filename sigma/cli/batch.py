@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from sigma.cli.common import add_config_args, add_plugin_arg, integer
+from sigma.cli.common import add_config_args, add_plugin_arg, integer, within
 from sigma.errors import ConfigError
 
 HELP = """Annotate a corpus of editing pairs into one parquet manifest per shard.
@@ -125,15 +125,16 @@ def _redis_settings(args: argparse.Namespace):
 
 
 def _add_failed_limit(p: argparse.ArgumentParser, help_text: str) -> None:
-    p.add_argument("--failed-limit", type=integer, default=None, metavar="N", help=help_text)
+    from sigma.batch.layout import MAX_FAILED_SHOWN
+
+    p.add_argument("--failed-limit", type=integer, action=within(0, MAX_FAILED_SHOWN), default=None, metavar="N",
+                   help=f"{help_text}; 0 .. {MAX_FAILED_SHOWN}, as the API's failed_limit")
 
 
 def failed_limit(args: argparse.Namespace) -> int:
     """--failed-limit, or the default the API's `failed_limit` has too (FAILED_SHOWN)."""
     from sigma.batch.layout import FAILED_SHOWN
 
-    if args.failed_limit is not None and args.failed_limit < 0:
-        raise ConfigError(f"--failed-limit must be >= 0, got {args.failed_limit}")
     return FAILED_SHOWN if args.failed_limit is None else args.failed_limit
 
 

@@ -45,6 +45,24 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text[:100]!r}: {exc}") from None
 
 
+def within(low: int, high: int) -> type[argparse.Action]:
+    """`action=` of an integer flag no config field bounds (`sigma report --limit`, `sigma synth -n`; the others
+    get their field's bound through the config): `-5` or `1e30` was taken, a silent no-op, a run that never ends or
+    a traceback further on. A value outside [low, high] is one `bad_arguments` line naming the flag and the range,
+    which its --help states too."""
+
+    class Within(argparse.Action):
+        bounds = (low, high)
+
+        def __call__(self, parser, namespace, value, option_string=None):
+            if not low <= value <= high:
+                text = str(value)
+                said = text if len(text) <= 24 else f"a number of {len(text.lstrip('-'))} digits"
+                raise argparse.ArgumentError(self, f"{said}: must be in {low} .. {high}")
+            setattr(namespace, self.dest, value)
+    return Within
+
+
 PLUGIN_HELP = ("import MODULE first, so the annotators it registers can be named with --annotator (a module "
                "on sys.path: installed, or under PYTHONPATH; repeatable)")
 

@@ -5,7 +5,12 @@ import argparse
 import json
 from pathlib import Path
 
-from sigma.cli.common import integer
+from sigma.cli.common import integer, within
+
+# The gallery inlines two JPEG thumbnails per pair: 10000 pairs at 192 px is ~150 MB of HTML, already more than a
+# page to review; a larger --limit wrote a page no browser opens (and 1e30 was taken). A thumbnail is never enlarged.
+MAX_REPORT_PAIRS = 10_000
+THUMB_RANGE = (16, 4096)
 
 EXAMPLES = """examples:
   sigma report runs/eval                                   # runs/eval/report.html: the 300 least confident pairs
@@ -23,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a `sigma batch run` folder")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
-    p.add_argument("--limit", type=integer, default=300, help="pairs in the gallery, lowest confidence first (300)")
-    p.add_argument("--thumb", type=integer, default=192, help="thumbnail size in pixels (192)")
+    p.add_argument("--limit", type=integer, action=within(1, MAX_REPORT_PAIRS), default=300,
+                   help=f"pairs in the gallery, lowest confidence first (300; 1 .. {MAX_REPORT_PAIRS})")
+    p.add_argument("--thumb", type=integer, action=within(*THUMB_RANGE), default=192,
+                   help=f"thumbnail size in pixels (192; {THUMB_RANGE[0]} .. {THUMB_RANGE[1]})")
     p.add_argument("--min-confidence", type=float, help="show only pairs with confidence >= C")
     p.add_argument("--max-confidence", type=float, help="show only pairs with confidence <= C")
     p.add_argument("--sort", choices=("confidence-asc", "confidence"), default="confidence-asc",
@@ -35,11 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sigma.cli.common import check_outfile, check_unit_interval
-    from sigma.errors import ConfigError
     from sigma.report.build import build_report
 
-    if args.limit < 1 or args.thumb < 16:
-        raise ConfigError("--limit must be >= 1 and --thumb >= 16")
     check_unit_interval(args, {"min_confidence": "a confidence", "max_confidence": "a confidence"})
     if args.out:
         check_outfile(Path(args.out))

@@ -5,7 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from sigma.cli.common import integer
+from sigma.cli.common import integer, within
+from sigma.config.schema import MAX_WORKING_SIZE
+
+# Pairs one `sigma synth` writes (three PNGs each, their pairs.jsonl lines held until the end): -n 1e30 wrote
+# pairs until the disk was full, and a larger set is several runs (other --seed) into other folders.
+MAX_SYNTH_PAIRS = 100_000
+MAX_SEED = 2**63 - 1
+MAX_LATENT_EDITS = 16
 
 HELP = """Generate synthetic edit pairs (deterministic from --seed) over real photos, written in the
 pairs.jsonl layout that `sigma eval --data DIR` reads: <id>_original.png, <id>_edited.png, <id>_mask.png.
@@ -32,14 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic edit pairs (pairs.jsonl layout) or build the training cache",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="output folder for the pairs")
-    p.add_argument("-n", type=integer, default=16, help="number of pairs (default 16)")
-    p.add_argument("--seed", type=integer, default=0)
+    p.add_argument("-n", type=integer, action=within(1, MAX_SYNTH_PAIRS), default=16,
+                   help=f"number of pairs (default 16; 1 .. {MAX_SYNTH_PAIRS})")
+    p.add_argument("--seed", type=integer, action=within(0, MAX_SEED), default=0, help="default 0; 0 .. 2^63-1")
     p.add_argument("--photos", help="photo folder (default $SIGMA_SHARED/data/photos)")
     p.add_argument("--cache", help="use a cache built with --build-cache (VAE roundtrips + latent edits)")
     p.add_argument("--build-cache", metavar="DIR", help="build the training cache into DIR and exit")
-    p.add_argument("--max-side", type=integer, default=384, help="cache: long side of the stored photos")
+    p.add_argument("--max-side", type=integer, action=within(32, MAX_WORKING_SIZE), default=384,
+                   help=f"cache: long side of the stored photos (384; 32 .. {MAX_WORKING_SIZE})")
     p.add_argument("--scales", default="1.0,0.5", help="cache: TAEF2 roundtrip scales")
-    p.add_argument("--latent-edits", type=integer, default=1, help="cache: latent edits per photo")
+    p.add_argument("--latent-edits", type=integer, action=within(0, MAX_LATENT_EDITS), default=1,
+                   help=f"cache: latent edits per photo (1; 0 .. {MAX_LATENT_EDITS})")
     p.add_argument("--no-vae", action="store_true", help="cache without TAEF2 (no roundtrips, no latent edits)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides, e.g. data.crop=256")
@@ -55,7 +65,6 @@ def _default_photos() -> Path:
 def _cache_arguments(args: argparse.Namespace) -> tuple[float, ...]:
     """The cache's numbers checked before the VAE loads and the first photo is read (a bad one used to
     surface as a traceback, or as a 0-px photo deep in the build); returns the parsed scales."""
-    from sigma.config.schema import MAX_WORKING_SIZE
     from sigma.errors import InputError
 
     try:
@@ -65,20 +74,14 @@ def _cache_arguments(args: argparse.Namespace) -> tuple[float, ...]:
     if not scales or not all(0 < s <= 2 for s in scales):
         raise InputError(f"--scales: comma-separated roundtrip scales in (0, 2], e.g. 1.0,0.5; got {args.scales!r}",
                          code="bad_arguments")
-    if not 32 <= args.max_side <= MAX_WORKING_SIZE:
-        raise InputError(f"--max-side must be in 32 .. {MAX_WORKING_SIZE}, got {args.max_side}", code="bad_arguments")
-    if not 0 <= args.latent_edits <= 16:
-        raise InputError(f"--latent-edits must be in 0 .. 16, got {args.latent_edits}", code="bad_arguments")
     return scales
 
 
 def run(args: argparse.Namespace) -> int:
     from sigma.config.loader import load_config, save_resolved
-    from sigma.errors import ConfigError, InputError
+    from sigma.errors import ConfigError
 
     photos = Path(args.photos) if args.photos else _default_photos()
-    if not 0 <= args.seed < 2**63:
-        raise InputError(f"--seed must be in 0 .. 2^63-1, got {args.seed}", code="bad_arguments")
     if args.build_cache:
         scales = _cache_arguments(args)
         import torch
@@ -94,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("give --out DIR (pairs) or --build-cache DIR")
-    if args.n < 1:
-        raise InputError("-n must be at least 1", code="bad_arguments")
     from sigma.data.synth.engine import SynthConfig, SynthEngine
     from sigma.data.synth.pairs_out import write_synth_pair
 
