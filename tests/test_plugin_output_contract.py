@@ -312,3 +312,49 @@ def test_sigma_annotate_writes_extras_as_batch_rows_do_and_fails_only_the_pair_i
     assert (result["ints"], result["blob"], result["tags"], result["shy"], result["by_box"], result["map"]) == (
         [1, 9, 10], {"bytes": 3}, ["a", "b"], "<Shy>", {"(1, 2)": 0.5}, {"array_shape": [10, 10], "dtype": "float32"})
     assert json.loads((out / "good" / "result.json").read_text())["files"]["mask"] == "mask.png"
+
+
+def test_extras_keys_that_become_one_json_key_fail_their_pair_not_merge(plugin_annotators, tmp_path, capsys,
+                                                                        monkeypatch):
+    """Extras `{1: "a", "1": "b"}` (a plugin's dict, a parquet map column) were written as `{"1": "b"}`: both keys are
+    the JSON key "1" and the later one replaced the other, silent data loss in batch rows, result.json and service
+    results alike. Now it is the pair's `annotator_failed` error naming both keys and the place, in every front end's
+    words (`sigma batch run`: the pair's row, the run goes on; `sigma annotate`: that pair's error, exit 2, nothing
+    written for it)."""
+    import io
+    import sys
+
+    from sigma.cli import main
+    from sigma.text import NotWritable, json_ready, json_text
+
+    with pytest.raises(NotWritable, match=r"""keys None and 'null' are both the JSON key "null" \(at a\.b\)"""):
+        json_ready({"a": {"b": {None: 1, "null": 2}}})
+    with pytest.raises(NotWritable, match=r"""keys 1 and '1' are both the JSON key "1" \(at <value>\)"""):
+        json_text({1: "a", "1": "b"})
+    assert json_text({1: "a", "2": "b", 10: "c"}) == '{"1": "a", "10": "c", "2": "b"}'      # distinct: written
+
+    records = list(synthetic_pairs(2, size=32))
+    records[0]["instruction"], records[1]["instruction"] = "remove it", "a clash"
+    write_pairs_jsonl(tmp_path / "set", records)
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator", "odd-keys",
+                 "--set", "workers=0", "--plugin", "service_plugins", "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["errors"] == 1, summary
+    rows = {r["pair_id"]: r for f in sorted((tmp_path / "run" / "shards").glob("*.parquet"))
+            for r in pq.read_table(f).to_pylist()}
+    good, clash = (rows[f"set/{r['id']}"] for r in records)
+    assert good["status"] == "ok", good
+    assert (clash["status"], clash["error_code"]) == ("error", "annotator_failed"), clash
+    assert clash["error"] == ("annotator 'odd-keys': its output for this pair cannot be written as JSON: keys 1 and "
+                              "'1' are both the JSON key \"1\" (at clash)"), clash
+
+    out = tmp_path / "out"
+    items = [{"id": name, "original": str(tmp_path / "set" / f"{r['id']}_original.png"),
+              "edited": str(tmp_path / "set" / f"{r['id']}_edited.png"), "instruction": r["instruction"]}
+             for name, r in zip(["good", "clash"], records, strict=True)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
+    code = main(["annotate", "-", "--annotator", "odd-keys", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"sigma: error [annotator_failed]: clash: {clash['error']}\n" in err, err
+    assert (out / "good" / "result.json").is_file() and not (out / "clash").exists()
