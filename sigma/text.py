@@ -117,7 +117,7 @@ def finite(value: Any) -> Any:
 
 
 MAX_ARRAY_ITEMS = 64    # an array in a plugin's extras longer than this is said by its shape and dtype
-MAX_JSON_DEPTH = 32     # dicts / lists / sets nested deeper than this in a plugin's extras cannot be written
+MAX_JSON_DEPTH = 32     # default of io.limits.max_json_depth: extras nested deeper than this cannot be written
 
 
 class NotWritable(ValueError):
@@ -173,7 +173,7 @@ def _ready(value: Any, sort_keys: bool, limit: int, depth: int, path: list[str],
     if id(value) in seen:
         raise NotWritable(f"a value that contains itself (at {shown(where, 120)})")
     if depth >= limit:
-        raise NotWritable(f"a value nested deeper than {limit} levels (at {shown(where, 120)})")
+        raise NotWritable(f"a value nested deeper than {limit} levels (at {shown(where, 120)}; max_json_depth)")
     seen.add(id(value))
     try:
         if isinstance(value, np.ndarray):        # an object array may hold itself: still the same id

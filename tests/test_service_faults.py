@@ -147,6 +147,27 @@ def test_extras_keys_that_become_one_json_key_fail_the_job_not_merge_over_http(r
         assert worker.alive()
 
 
+def test_the_extras_nesting_limit_is_the_workers_limits_max_json_depth(redis_server, tmp_path):
+    """The depth past which a plugin's extras cannot be written was the constant 32 in every worker. It is now the
+    service setting limits.max_json_depth: the same extras (dicts 12 levels deep) are a result under the default and
+    the job's `annotator_failed` (500 `annotation_failed`, first delivery) from a worker started with 8."""
+    with running_service(redis_server, tmp_path, ["api.annotators=[odd-keys]"]) as svc:
+        original, edited = make_pair(seed=7)
+        body = {"annotator": "odd-keys", "instruction": "a nested one"}
+        default = svc.start_worker("odd-keys", ["worker.max_wait_ms=100"])
+        done = svc.submit(original, edited, body, path="/v1/annotate")
+        assert done.status_code == 200 and "nested_12" in done.json()["result"], done.text
+        assert default.stop() == 0
+        svc.start_worker("odd-keys", ["worker.max_wait_ms=100", "limits.max_json_depth=8"])
+        low = svc.submit(original, edited, body, path="/v1/annotate")
+        assert low.status_code == 500, low.text
+        error = low.json()["error"]
+        assert error["code"] == "annotation_failed", error
+        assert "a value nested deeper than 8 levels (at nested_12.n.n.n.n.n.n.n; max_json_depth)" in error["message"]
+        view = svc.wait_jobs([error["job_id"]], 10)[error["job_id"]]
+        assert (view["status"], view["attempts"], view["error"]["code"]) == ("failed", 1, "annotator_failed"), view
+
+
 def test_redis_restart_with_queued_jobs_and_readyz(svc):
     worker = svc.start_worker("pixel-diff")
     wait_until(lambda: svc.http.get("/readyz").status_code == 200, 10, "ready")
