@@ -117,11 +117,12 @@ def finite(value: Any) -> Any:
 
 
 MAX_ARRAY_ITEMS = 64    # an array in a plugin's extras longer than this is said by its shape and dtype
-MAX_JSON_DEPTH = 32     # dicts / lists / sets nested deeper than this in a plugin's extras cannot be written
+MAX_JSON_DEPTH = 32     # default of io.limits.max_json_depth: extras nested deeper than this cannot be written
 
 
 class NotWritable(ValueError):
-    """A value `json_ready` cannot turn into JSON: it contains itself, or nests deeper than its `max_depth`."""
+    """A value `json_ready` cannot turn into JSON: it contains itself, nests deeper than its `max_depth`, or is a
+    dict with two keys written as the same JSON key (1 and "1")."""
 
 
 def unwritable_output(annotator: str, exc: NotWritable) -> str:
@@ -138,7 +139,8 @@ def json_ready(value: Any, *, sort_keys: bool = False, max_depth: int = MAX_JSON
     as its `str` (by its type name when `str` raises). Batch rows wrote a set as `"{1, 10, 9}"` and bytes as
     `"b'...'"` while service results wrote lists and lengths; and the service's converter recursed until
     RecursionError on a dict that contains itself or a list nested 100 000 deep. Such a value raises `NotWritable`
-    saying where (`loop.self`), and depth is bounded by `max_depth`, never by Python's stack.
+    saying where (`loop.self`), and depth is bounded by `max_depth`, never by Python's stack. So does a dict whose
+    keys would collapse into one JSON key (1 and "1", None and "null"): the later one replaced the other unseen.
 
     With `sort_keys`, each dict comes out in the order `json.dumps(sort_keys=True)` gives it (its keys sorted as
     they are; as text where they cannot be compared), so `json_text` of plain JSON is byte for byte what
@@ -171,7 +173,7 @@ def _ready(value: Any, sort_keys: bool, limit: int, depth: int, path: list[str],
     if id(value) in seen:
         raise NotWritable(f"a value that contains itself (at {shown(where, 120)})")
     if depth >= limit:
-        raise NotWritable(f"a value nested deeper than {limit} levels (at {shown(where, 120)})")
+        raise NotWritable(f"a value nested deeper than {limit} levels (at {shown(where, 120)}; max_json_depth)")
     seen.add(id(value))
     try:
         if isinstance(value, np.ndarray):        # an object array may hold itself: still the same id
@@ -200,7 +202,14 @@ def _ready_dict(value: dict, sort_keys: bool, limit: int, depth: int, path: list
         except TypeError:
             items.sort(key=lambda kv: kv[1])
     out: dict[str, Any] = {}
-    for _, text, val in items:
+    owners: dict[str, Any] = {}
+    for key, text, val in items:
+        if text in owners:
+            # {1: "a", "1": "b"} (a plugin's dict, a parquet map column): both are the JSON key "1", and the
+            # later one silently replaced the other
+            raise NotWritable(f"keys {_key_shown(owners[text])} and {_key_shown(key)} are both the JSON key "
+                              f"{json.dumps(shown(text, 60))} (at {shown(''.join(path) or '<value>', 120)})")
+        owners[text] = key
         path.append(f".{text}" if path else text)
         out[text] = _ready(val, sort_keys, limit, depth + 1, path, seen)
         path.pop()
@@ -214,6 +223,14 @@ def _key_text(key: Any) -> str:
     if key is None or isinstance(key, (bool, int, float)):
         return json.dumps(key)
     return _text(key)
+
+
+def _key_shown(key: Any) -> str:
+    """A dict key as a message names it: its repr (1 and '1' must read differently), cut; by type if repr raises."""
+    try:
+        return shown(repr(key), 60)
+    except Exception:  # noqa: BLE001 - a plugin object whose __repr__ raises is said by its type
+        return f"<{type(key).__name__}>"
 
 
 def _text(value: Any) -> str:

@@ -10,9 +10,9 @@ wrong size, too few results, ...) on the pairs whose id contains "bad", as a bug
 pair whose instruction contains "hang" (blocked on a lock nobody releases, as a model deadlocked in native code);
 `odd-extra` puts what JSON cannot hold (a set, bytes, an object, a map-sized array) in the extras of pairs whose
 instruction contains "odd" (`odd-keys`: keys JSON cannot hold or sort, a __str__ that raises, sets, bytes, arrays;
-on "loop" a dict that contains itself, on "deep" a list nested 100 000 deep); `leak-diff` keeps `leak_mb` of memory
-it never frees per batch; `exit-diff` calls sys.exit(3) on instructions with "exit", as a library that gives up
-does; `exit-jsonl` is a corpus reader (the jsonl one) that calls sys.exit(4) while it reads a shard whose items
+on "loop" a dict that contains itself, on "deep" a list nested 100 000 deep, on "clash" keys 1 and "1", on "nested"
+dicts 12 levels deep); `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls
+sys.exit(3) on instructions with "exit", as a library that gives up does; `exit-jsonl` is a corpus reader (the jsonl one) that calls sys.exit(4) while it reads a shard whose items
 include an instruction with "exit" (raises KeyboardInterrupt on "interrupt"), as long as a file `exit-reader.stop`
 sits beside the manifest; `kill-diff` SIGKILLs its own process on instructions with "die", as the OOM killer does
 (only for `--procs` children: in-process it would kill the caller); `native-slow` spends each batch in one native
@@ -233,6 +233,14 @@ class OddKeys(PixelDiff):
                 loop: dict = {}
                 loop["self"] = loop
                 extra = {**extra, "loop": loop}
+            if pair.instruction and "clash" in pair.instruction:
+                # two keys JSON writes as the same text: a Python plugin or a parquet map column can give both
+                extra = {**extra, "clash": {1: "a", "1": "b"}}
+            if pair.instruction and "nested" in pair.instruction:
+                nested: dict = {"leaf": 1}
+                for _ in range(11):              # 12 levels: inside the default io.limits.max_json_depth (32)
+                    nested = {"n": nested}
+                extra = {**extra, "nested_12": nested}
             if pair.instruction and "deep" in pair.instruction:
                 deep: list = []
                 for _ in range(100_000):         # far past Python's recursion limit
@@ -245,7 +253,8 @@ class OddKeys(PixelDiff):
 if "odd-keys" not in ANNOTATORS:
     ANNOTATORS.register("odd-keys", "test only: pixel-diff with extras no JSON holds as they are on 'odd' (tuple and "
                         "mixed keys, a raising __str__, sets, bytes, arrays) and 'loop' (a dict that contains itself), "
-                        "'deep' (a list nested 100 000 deep)",
+                        "'deep' (a list nested 100 000 deep), 'clash' (keys 1 and '1'), "
+                        "'nested' (dicts 12 levels deep)",
                         config_cls=PixelDiffConfig)(lambda **kw: OddKeys(**kw))
 if "odd-extra" not in ANNOTATORS:
     ANNOTATORS.register("odd-extra", "test only: pixel-diff with extras JSON cannot hold on instructions with 'odd'",

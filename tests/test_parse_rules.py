@@ -585,7 +585,7 @@ def test_a_line_that_starts_with_an_editing_verb_is_a_new_edit(text, edits):
     ("make the fac\u0327ade blue", "attribute", "façade", "façade"),        # decomposed: NFC
     ("remove the ca\u200dt", "remove", "cat", None),                       # zero-width joiner
     ("remove\x00 the cat", "remove", "cat", None),                         # a control character
-    ("re\x00move the dog", "remove", "dog", None),                         # ... inside a word: dropped
+    ("re\x00move the dog", "remove", "dog", None),                         # ... inside a known word: dropped
     ("remove the d\x1bo\x7fg", "remove", "dog", None),                     # ESC, DEL
     ("replace the c\x00a\u200bt with a d\x9fog", "replace", "cat", "dog"),  # NUL, zero-width space, C1 control
     ("remove\tthe\ncat", "remove", "cat", None),                           # a tab or line break is a space
@@ -599,6 +599,34 @@ def test_letters_outside_ascii_stay_in_their_word(text, edit_type, source, targe
     (a NUL was read as a space: "re<NUL>move the dog" had no verb, and no edit)."""
     p = parse_rules(text)
     assert (p.edit_type, p.source, p.target) == (edit_type, source, target)
+
+
+@pytest.mark.parametrize("text, spaced", [
+    ("remove the\x00dog", "remove the dog"),
+    ("replace the\x1bcat with a red\x7fdog", "replace the cat with a red dog"),     # ESC, DEL
+    ("change the\x9fcar\x01to blue", "change the car to blue"),                    # C1, SOH
+    ("add a\x00hat\x00to the\x00man", "add a hat to the man"),                    # beside a one-letter word
+    ("remove\x00\x00\x00the\x07\x08dog", "remove the dog"),                          # a run of them: one break
+    ("r\x00e\x00m\x00o\x00v\x00e\x00 \x00t\x00h\x00e\x00 \x00c\x00a\x00t\x00", "remove the cat"),  # UTF-16 as bytes
+])
+def test_a_control_character_between_words_is_a_word_break(text, spaced):
+    """A NUL or other control character (not a tab or line break) was dropped wherever it stood: "remove the<NUL>dog"
+    asked the detector for "thedog", "a red<DEL>dog" became "reddog". Between two words it is now a break, read as the
+    same instruction with a space; inside a word (a lone letter beside it, or pieces that make a word the lexicon
+    knows, see test_letters_outside_ascii_stay_in_their_word) it is still dropped."""
+    parsed, plain = parse_rules(text), parse_rules(spaced)
+    assert [(e.edit_type, e.source, e.target) for e in parsed.edits] == \
+        [(e.edit_type, e.source, e.target) for e in plain.edits], (parsed, plain)
+    assert parsed.edits
+
+
+def test_sigma_parse_reads_a_nul_between_words_as_a_break(tmp_path, capsys):
+    """`sigma parse --file` with the line "remove the<NUL>dog" said source "thedog"; now "dog"."""
+    (tmp_path / "lines.txt").write_bytes(b"remove the\x00dog\nremove the dog\n")
+    assert main(["parse", "--file", str(tmp_path / "lines.txt")]) == 0
+    nul, plain = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert (nul["edit_type"], nul["source"], nul["target"]) == ("remove", "dog", None), nul
+    assert {k: v for k, v in nul.items() if k != "instruction"} == {k: v for k, v in plain.items() if k != "instruction"}
 
 
 def test_cli_parse_file_with_a_bom_and_crlf(tmp_path, capsys):

@@ -231,10 +231,10 @@ def test_extras_nesting_is_bounded_by_a_stated_depth_not_by_pythons_stack():
     assert sys.getrecursionlimit() > MAX_JSON_DEPTH * 4
     assert json_text({"x": nested(MAX_JSON_DEPTH - 1)}) == '{"x": ' + "[" * (MAX_JSON_DEPTH - 1) + \
         "]" * (MAX_JSON_DEPTH - 1) + "}"
-    said = rf"nested deeper than {MAX_JSON_DEPTH} levels \(at x(\[0\]){{{MAX_JSON_DEPTH - 1}}}\)"
+    said = rf"nested deeper than {MAX_JSON_DEPTH} levels \(at x(\[0\]){{{MAX_JSON_DEPTH - 1}}}; max_json_depth\)"
     with pytest.raises(NotWritable, match=said):
         json_ready({"x": nested(MAX_JSON_DEPTH)})
-    with pytest.raises(NotWritable, match=r"nested deeper than 3 levels \(at \[0\]\[0\]\[0\]\)"):
+    with pytest.raises(NotWritable, match=r"nested deeper than 3 levels \(at \[0\]\[0\]\[0\]; max_json_depth\)"):
         json_ready(nested(10), max_depth=3)
     looped: list = [1]
     looped.append({"back": looped})
@@ -312,3 +312,106 @@ def test_sigma_annotate_writes_extras_as_batch_rows_do_and_fails_only_the_pair_i
     assert (result["ints"], result["blob"], result["tags"], result["shy"], result["by_box"], result["map"]) == (
         [1, 9, 10], {"bytes": 3}, ["a", "b"], "<Shy>", {"(1, 2)": 0.5}, {"array_shape": [10, 10], "dtype": "float32"})
     assert json.loads((out / "good" / "result.json").read_text())["files"]["mask"] == "mask.png"
+
+
+def test_extras_keys_that_become_one_json_key_fail_their_pair_not_merge(plugin_annotators, tmp_path, capsys,
+                                                                        monkeypatch):
+    """Extras `{1: "a", "1": "b"}` (a plugin's dict, a parquet map column) were written as `{"1": "b"}`: both keys are
+    the JSON key "1" and the later one replaced the other, silent data loss in batch rows, result.json and service
+    results alike. Now it is the pair's `annotator_failed` error naming both keys and the place, in every front end's
+    words (`sigma batch run`: the pair's row, the run goes on; `sigma annotate`: that pair's error, exit 2, nothing
+    written for it)."""
+    import io
+    import sys
+
+    from sigma.cli import main
+    from sigma.text import NotWritable, json_ready, json_text
+
+    with pytest.raises(NotWritable, match=r"""keys None and 'null' are both the JSON key "null" \(at a\.b\)"""):
+        json_ready({"a": {"b": {None: 1, "null": 2}}})
+    with pytest.raises(NotWritable, match=r"""keys 1 and '1' are both the JSON key "1" \(at <value>\)"""):
+        json_text({1: "a", "1": "b"})
+    assert json_text({1: "a", "2": "b", 10: "c"}) == '{"1": "a", "10": "c", "2": "b"}'      # distinct: written
+
+    records = list(synthetic_pairs(2, size=32))
+    records[0]["instruction"], records[1]["instruction"] = "remove it", "a clash"
+    write_pairs_jsonl(tmp_path / "set", records)
+    assert main(["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator", "odd-keys",
+                 "--set", "workers=0", "--plugin", "service_plugins", "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["errors"] == 1, summary
+    rows = {r["pair_id"]: r for f in sorted((tmp_path / "run" / "shards").glob("*.parquet"))
+            for r in pq.read_table(f).to_pylist()}
+    good, clash = (rows[f"set/{r['id']}"] for r in records)
+    assert good["status"] == "ok", good
+    assert (clash["status"], clash["error_code"]) == ("error", "annotator_failed"), clash
+    assert clash["error"] == ("annotator 'odd-keys': its output for this pair cannot be written as JSON: keys 1 and "
+                              "'1' are both the JSON key \"1\" (at clash)"), clash
+
+    out = tmp_path / "out"
+    items = [{"id": name, "original": str(tmp_path / "set" / f"{r['id']}_original.png"),
+              "edited": str(tmp_path / "set" / f"{r['id']}_edited.png"), "instruction": r["instruction"]}
+             for name, r in zip(["good", "clash"], records, strict=True)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
+    code = main(["annotate", "-", "--annotator", "odd-keys", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"sigma: error [annotator_failed]: clash: {clash['error']}\n" in err, err
+    assert (out / "good" / "result.json").is_file() and not (out / "clash").exists()
+
+
+def test_the_extras_nesting_limit_is_a_setting_every_front_end_uses(plugin_annotators, tmp_path, capsys,
+                                                                     monkeypatch):
+    """The extras depth limit was a constant (MAX_JSON_DEPTH, 32) no config could change. It is now
+    io.limits.max_json_depth (service: limits.max_json_depth), 8 to 200: extras 12 levels deep are written under the
+    default and are the pair's `annotator_failed` with `--set io.limits.max_json_depth=8`, in `sigma batch run` and
+    `sigma annotate` alike; a value out of bounds is an invalid_config, and the ceiling is inside Python's stack."""
+    import io
+    import sys
+
+    from sigma.cli import main
+
+    records = list(synthetic_pairs(1, size=32))
+    records[0]["instruction"] = "a nested one"
+    write_pairs_jsonl(tmp_path / "set", records)
+    pair_id = f"set/{records[0]['id']}"
+
+    def batch(run: str, *setting: str) -> dict:
+        assert main(["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / run), "--annotator", "odd-keys",
+                     "--set", "workers=0", *setting, "--plugin", "service_plugins", "--no-progress", "--json"]) == 0
+        capsys.readouterr()
+        return {r["pair_id"]: r for f in (tmp_path / run / "shards").glob("*.parquet")
+                for r in pq.read_table(f).to_pylist()}[pair_id]
+
+    default = batch("run-default")
+    assert default["status"] == "ok" and "nested_12" in json.loads(default["extra"]), default
+    low = batch("run-low", "--set", "io.limits.max_json_depth=8")
+    assert (low["status"], low["error_code"]) == ("error", "annotator_failed"), low
+    assert "a value nested deeper than 8 levels (at nested_12.n.n.n.n.n.n.n; max_json_depth)" in low["error"], low
+
+    image = [str(tmp_path / "set" / f"{records[0]['id']}_{which}.png") for which in ("original", "edited")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["annotate", *image, "-i", "a nested one", "--annotator", "odd-keys", "-o",
+                 str(tmp_path / "out-default")]) == 0
+    assert "nested_12" in json.loads((tmp_path / "out-default" / "result.json").read_text())
+    capsys.readouterr()
+    code = main(["annotate", *image, "-i", "a nested one", "--annotator", "odd-keys", "-o", str(tmp_path / "out-low"),
+                 "--set", "io.limits.max_json_depth=8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"sigma: error [annotator_failed]: {low['error']}\n", err
+    assert not (tmp_path / "out-low").exists()
+
+    from sigma.config.schema import MAX_JSON_DEPTH_CEILING, MIN_JSON_DEPTH
+    from sigma.io.outputs import json_record
+    from sigma.text import json_text
+
+    for bad in (MIN_JSON_DEPTH - 1, MAX_JSON_DEPTH_CEILING + 1):
+        assert main(["annotate", *image, "--annotator", "odd-keys", "-o", str(tmp_path / "out-bad"),
+                     "--set", f"io.limits.max_json_depth={bad}"]) == 2
+        said = capsys.readouterr().err
+        assert "sigma: error [invalid_config]" in said and "io.limits.max_json_depth" in said, said
+    deepest: dict = {"leaf": 1}
+    for _ in range(MAX_JSON_DEPTH_CEILING - 2):
+        deepest = {"n": deepest}
+    json_text({"x": deepest}, max_depth=MAX_JSON_DEPTH_CEILING)         # no RecursionError at the ceiling
+    json_record({"x": deepest}, MAX_JSON_DEPTH_CEILING)

@@ -127,6 +127,47 @@ def test_extras_no_json_can_hold_fail_the_job_once_and_answer_500_over_http(redi
         assert worker.alive()
 
 
+def test_extras_keys_that_become_one_json_key_fail_the_job_not_merge_over_http(redis_server, tmp_path):
+    """A plugin's extras `{1: "a", "1": "b"}` were stored as `{"1": "b"}`: both keys are the JSON key "1", the later
+    replaced the other, and the caller got a 200 with data silently lost. Now the job fails on its first delivery as
+    `annotator_failed` naming both keys, and `/v1/annotate` answers 500 `annotation_failed`, the path every extras
+    no JSON holds takes (the annotator's output, not the caller's request, is at fault: never a 4xx)."""
+    with running_service(redis_server, tmp_path, ["api.annotators=[odd-keys]"]) as svc:
+        worker = svc.start_worker("odd-keys", ["worker.max_wait_ms=100"])
+        original, edited = make_pair(seed=7)
+        sync = svc.submit(original, edited, {"annotator": "odd-keys", "instruction": "a clash"}, path="/v1/annotate")
+        assert sync.status_code == 500, sync.text
+        error = sync.json()["error"]
+        assert error["code"] == "annotation_failed", error
+        assert """keys 1 and '1' are both the JSON key "1" (at clash)""" in error["message"], error
+        view = svc.wait_jobs([error["job_id"]], 10)[error["job_id"]]
+        assert (view["status"], view["attempts"], view["error"]["code"]) == ("failed", 1, "annotator_failed"), view
+        good = svc.submit(original, edited, {"annotator": "odd-keys", "instruction": "remove it"}, path="/v1/annotate")
+        assert good.status_code == 200 and "clash" not in good.json()["result"], good.text
+        assert worker.alive()
+
+
+def test_the_extras_nesting_limit_is_the_workers_limits_max_json_depth(redis_server, tmp_path):
+    """The depth past which a plugin's extras cannot be written was the constant 32 in every worker. It is now the
+    service setting limits.max_json_depth: the same extras (dicts 12 levels deep) are a result under the default and
+    the job's `annotator_failed` (500 `annotation_failed`, first delivery) from a worker started with 8."""
+    with running_service(redis_server, tmp_path, ["api.annotators=[odd-keys]"]) as svc:
+        original, edited = make_pair(seed=7)
+        body = {"annotator": "odd-keys", "instruction": "a nested one"}
+        default = svc.start_worker("odd-keys", ["worker.max_wait_ms=100"])
+        done = svc.submit(original, edited, body, path="/v1/annotate")
+        assert done.status_code == 200 and "nested_12" in done.json()["result"], done.text
+        assert default.stop() == 0
+        svc.start_worker("odd-keys", ["worker.max_wait_ms=100", "limits.max_json_depth=8"])
+        low = svc.submit(original, edited, body, path="/v1/annotate")
+        assert low.status_code == 500, low.text
+        error = low.json()["error"]
+        assert error["code"] == "annotation_failed", error
+        assert "a value nested deeper than 8 levels (at nested_12.n.n.n.n.n.n.n; max_json_depth)" in error["message"]
+        view = svc.wait_jobs([error["job_id"]], 10)[error["job_id"]]
+        assert (view["status"], view["attempts"], view["error"]["code"]) == ("failed", 1, "annotator_failed"), view
+
+
 def test_redis_restart_with_queued_jobs_and_readyz(svc):
     worker = svc.start_worker("pixel-diff")
     wait_until(lambda: svc.http.get("/readyz").status_code == 200, 10, "ready")

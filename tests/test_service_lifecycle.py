@@ -450,7 +450,7 @@ def test_extras_that_contain_themselves_or_nest_too_deep_fail_their_job_at_once(
     """A plugin's extras holding a dict that contains itself, or a list nested 100 000 deep: `json_ready` recursed
     until RecursionError, the job was retried as a `model_error` (its batch run again pair by pair each time) and
     dead-lettered after max_deliveries. Now each is that job's `annotator_failed` error on its first delivery, saying
-    what and where (the depth is bounded by `sigma.text.MAX_JSON_DEPTH`, not Python's stack); its neighbour is done
+    what and where (the depth is bounded by `limits.max_json_depth`, default 32, not Python's stack); its neighbour is done
     and the worker goes on."""
     import json
 
@@ -472,7 +472,7 @@ def test_extras_that_contain_themselves_or_nest_too_deep_fail_their_job_at_once(
     assert [e["code"] for e in errors] == ["annotator_failed", "annotator_failed"], errors
     assert all("annotator 'odd-keys'" in e["message"] for e in errors), errors
     assert "contains itself (at loop.self)" in errors[0]["message"], errors
-    assert f"nested deeper than {MAX_JSON_DEPTH} levels (at deep{'[0]' * (MAX_JSON_DEPTH - 1)})" in \
+    assert f"nested deeper than {MAX_JSON_DEPTH} levels (at deep{'[0]' * (MAX_JSON_DEPTH - 1)}; max_json_depth)" in \
         errors[1]["message"], errors
     assert r.xlen(f"{prefix}:dead:odd-keys") == 0
 

@@ -31,7 +31,7 @@ from sigma.digest import sha256_file
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.images import temp_name, write_png
-from sigma.text import NotWritable, unwritable_output
+from sigma.text import MAX_JSON_DEPTH, NotWritable, unwritable_output
 
 _END = object()
 
@@ -96,8 +96,10 @@ class ShardFailed(Exception):
 class ShardWriter:
     """Background thread: collects rows per shard and publishes the shard's parquet + status atomically."""
 
-    def __init__(self, rundir: RunDir, run_hash: str, on_shard: Callable[[ShardResult], None]):
+    def __init__(self, rundir: RunDir, run_hash: str, on_shard: Callable[[ShardResult], None],
+                 max_json_depth: int = MAX_JSON_DEPTH):
         self.rundir, self.run_hash, self.on_shard = rundir, run_hash, on_shard
+        self.max_json_depth = max_json_depth            # io.limits.max_json_depth, for the extras columns
         self.q: queue.Queue = queue.Queue(maxsize=64)
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.failure: BaseException | None = None
@@ -141,7 +143,7 @@ class ShardWriter:
             # RLE, ground-truth scores and PNGs are built here, off the inference thread
             decoded, ann, mask_rel = payload
             try:
-                row = ok_row(decoded, ann, shard.key, self.run_hash, mask_rel)
+                row = ok_row(decoded, ann, shard.key, self.run_hash, mask_rel, self.max_json_depth)
             except Exception as exc:  # noqa: BLE001 - what the manifest cannot hold is that pair's error
                 # an annotation no row can hold (extras that contain themselves) stopped the writer: the whole run
                 # ended with a traceback (or, behind a full queue, hung)
@@ -241,6 +243,7 @@ class Pipeline:
 
     def __init__(self, cfg: BatchConfig, annotator=None, workers: int | None = None):
         self.io_config = cfg.io.model_dump(mode="json")
+        self.max_json_depth = cfg.io.limits.max_json_depth
         self.batch_size = cfg.batch_size
         self.workers = cfg.decode_workers() if workers is None else workers
         self.png_masks = cfg.png_masks
@@ -331,7 +334,7 @@ class Pipeline:
     def run(self, corpus: Corpus, shards: list[Shard], rundir: RunDir, run_hash: str,
             progress=None) -> PipelineStats:
         stats = PipelineStats()
-        writer = ShardWriter(rundir, run_hash, stats.shards.append)
+        writer = ShardWriter(rundir, run_hash, stats.shards.append, self.max_json_depth)
         window = 2 * max(self.workers, 1) + 2
         q: queue.Queue = queue.Queue(maxsize=window)
         stop = threading.Event()

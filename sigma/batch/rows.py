@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from sigma.batch.decode import Decoded
 from sigma.eval.metrics import score_image
 from sigma.rle import encode_rle
-from sigma.text import json_text
+from sigma.text import MAX_JSON_DEPTH, json_text
 from sigma.types import Annotation
 
 SCHEMA_FIELDS: list[tuple[str, str]] = [
@@ -47,13 +48,14 @@ def empty_row() -> dict[str, Any]:
     return {name: None for name, _ in SCHEMA_FIELDS}
 
 
-def _json(value: Any, where: str = "") -> str | None:
+def _json(value: Any, where: str = "", max_depth: int = MAX_JSON_DEPTH) -> str | None:
     """A manifest column's JSON: `sigma.text.json_text`, the conversion service results use too (a set was written
     here as `"{1, 10, 9}"`, bytes as `"b'...'"`). Plain JSON is written byte for byte as before; a value that
-    contains itself or nests too deep raises `NotWritable`, which the shard writer makes the pair's error."""
+    contains itself or nests past `max_depth` (io.limits.max_json_depth) raises `NotWritable`, which the shard writer
+    makes the pair's error."""
     if value is None:
         return None
-    return json_text(value, where=where)
+    return json_text(value, max_depth=max_depth, where=where)
 
 
 def _rle_of(value: Any) -> str | None:
@@ -91,7 +93,9 @@ def error_row(decoded: Decoded, shard_key: str, run_hash: str, code: str, messag
     return row
 
 
-def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mask_png: str | None) -> dict[str, Any]:
+def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mask_png: str | None,
+           max_json_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    column = partial(_json, max_depth=max_json_depth)
     row = base_row(decoded, shard_key, run_hash)
     pair = decoded.pair
     extra = ann.extra or {}
@@ -105,19 +109,19 @@ def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mas
                edited_width=int(edited_size[1]), rle_counts=record["segmentation"]["counts"],
                bbox=[int(v) for v in record["bbox"]], area=int(record["area"]),
                area_fraction=float(record["area_fraction"]), threshold=float(record["threshold"]),
-               confidence=_number(extra.get("confidence")), parser=_json(parser, "parser"),
-               components=_json(components, "components"), intended_area=split.get("intended_area"),
+               confidence=_number(extra.get("confidence")), parser=column(parser, "parser"),
+               components=column(components, "components"), intended_area=split.get("intended_area"),
                side_effect_area=split.get("side_effect_area"),
                intended_rle=_rle_of(extra.get("intended_mask", extra.get("intended"))),
                side_effect_rle=_rle_of(extra.get("side_effect_mask", extra.get("side_effect"))),
-               extra=_json({k: v for k, v in extra.items() if k not in KNOWN_EXTRA} or None),   # keys sorted there
-               preprocess=_json(pair.preprocess, "preprocess"), annotator=ann.annotator, config_hash=ann.config_hash,
+               extra=column({k: v for k, v in extra.items() if k not in KNOWN_EXTRA} or None),   # keys sorted there
+               preprocess=column(pair.preprocess, "preprocess"), annotator=ann.annotator, config_hash=ann.config_hash,
                weights_sha256=record["weights_sha256"], sigma_version=record["sigma_version"], mask_png=mask_png)
     if ann.mask_mode is not None:
         composite = ann.composite or {}
         row.update(mask_mode=ann.mask_mode, mask_source=ann.mask_source,
                    semantic_rle=_rle_of(ann.semantic_mask), footprint_rle=_rle_of(ann.footprint_mask),
-                   is_composite=composite.get("is_composite"), composite=_json(composite or None, "composite"))
+                   is_composite=composite.get("is_composite"), composite=column(composite or None, "composite"))
     if row["edit_type"] is None:
         row["edit_type"] = extra.get("edit_type") or (parser.get("edit_type") if isinstance(parser, dict) else None)
     if decoded.gt is not None:

@@ -215,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
             target = outdir / pair.pair_id if multi else outdir
             ann.timings_ms = {"load": load_ms.get(pair.pair_id, 0.0), **ann.timings_ms}
             try:
-                write_annotation(ann, pair.edited, target, {"instruction": pair.instruction, "config": resolved})
+                write_annotation(ann, pair.edited, target, {"instruction": pair.instruction, "config": resolved},
+                                 cfg.io.limits.max_json_depth)
                 save_resolved(resolved, target)
             except OSError as exc:
                 failures.append((pair.pair_id, "output_unwritable", f"{target}: cannot write ({exc.strerror or exc})"))

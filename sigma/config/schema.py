@@ -6,6 +6,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sigma.text import MAX_JSON_DEPTH
+
 # Pairs decoded and held in memory at once by one batch: a bound, so a typo (--batch-size 1000000) is a
 # config error instead of a whole shard decoded into memory.
 MAX_BATCH_SIZE = 1024
@@ -26,6 +28,13 @@ MAX_PROCESSES = 256
 # result row and LLM prompt and parsed on the request path (linear, ~1 s per 20 KB of hostile text); a config that
 # set 10^12 accepted any instruction the body limit let through.
 MAX_INSTRUCTION_CHARS = 100_000
+# The most an operator may raise io.limits.max_json_depth to: writing extras (sigma.text.json_ready, then json.dumps)
+# takes about two Python frames per nested dict, and Python stops at sys.getrecursionlimit() (1000) frames in all,
+# the caller's included. At 480 levels a dict already ended in RecursionError; 200 leaves half the stack spare.
+MAX_JSON_DEPTH_CEILING = 200
+# ... and the least it may be lowered to: our own fields of a result nest up to 5 levels (result.json's resolved config,
+# the components split), so a lower limit failed every pair, the annotator's extras or not.
+MIN_JSON_DEPTH = 8
 
 
 class Strict(BaseModel):
@@ -61,6 +70,10 @@ class LimitsConfig(Strict):
     max_aspect_change: float = Field(
         0.05, ge=0, description="relative aspect-ratio difference between original and edited "
         "above which the pair is refused instead of resized")
+    max_json_depth: int = Field(MAX_JSON_DEPTH, ge=MIN_JSON_DEPTH, le=MAX_JSON_DEPTH_CEILING,
+                                description="deepest nesting of dicts / lists written in a result (a result.json, a "
+                                "service result, a manifest column), counted from its top: an annotator's extras "
+                                "nested deeper make that pair annotator_failed. 8 to 200 (Python's recursion limit)")
 
 
 class IOConfig(Strict):

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from sigma.io.images import replace_atomically, write_png
-from sigma.text import dumps_finite, json_ready
+from sigma.text import MAX_JSON_DEPTH, dumps_finite, json_ready
 from sigma.types import Annotation
 
 TINT_RGB = (255, 32, 32)
@@ -26,14 +26,14 @@ def overlay_image(edited: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> 
     return out
 
 
-def json_record(data: Any) -> bytes:
+def json_record(data: Any, max_depth: int = MAX_JSON_DEPTH) -> bytes:
     """A JSON file we write (result.json, metrics.json), indented: `sigma.text.json_ready`, the one conversion batch
     rows and service results use, so a plugin's extras read the same in all three (a set as a sorted list, bytes as
     `{"bytes": n}`, a map-sized array as its shape). This file had its own `default=`, which raised TypeError on a
     set, bytes, any other object or a tuple key, and recursed until RecursionError on a dict that contains itself:
     `sigma annotate` ended with a traceback and left the masks without their result.json. Raises `NotWritable` (a
-    ValueError saying where) for what cannot be written."""
-    return dumps_finite(json_ready(data), indent=2).encode()
+    ValueError saying where) for what cannot be written, nested past `max_depth` (io.limits.max_json_depth) too."""
+    return dumps_finite(json_ready(data, max_depth=max_depth), indent=2).encode()
 
 
 def write_json(data: Any, path: str | Path) -> Path:
@@ -41,7 +41,7 @@ def write_json(data: Any, path: str | Path) -> Path:
 
 
 def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | Path,
-                     record_extra: dict[str, Any] | None = None) -> dict[str, Path]:
+                     record_extra: dict[str, Any] | None = None, max_json_depth: int = MAX_JSON_DEPTH) -> dict[str, Path]:
     """mask.png, prob.png, overlay.png (and the two masks of a composite test) and result.json in `outdir`. The
     record is made JSON first: extras that cannot be written (`NotWritable`) leave the folder as it was, never new
     masks beside an old result.json or none."""
@@ -60,7 +60,7 @@ def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | P
     record = annotation.to_dict()
     record.update(record_extra or {})
     record["files"] = dict(names)
-    text = json_record(record)                                       # raises NotWritable before any file is written
+    text = json_record(record, max_json_depth)                       # raises NotWritable before any file is written
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {key: write_png(images[name], outdir / name) for key, name in names.items()}
     # an earlier result in this folder (a composite before, a pair that is not one now; sigma-lite, then

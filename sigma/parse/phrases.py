@@ -17,20 +17,45 @@ from sigma.parse import lexicon as L
 _TOKEN = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*'?|[^\s\w]|_")
 
 
-def _invisible(ch: str) -> bool:
-    """A character that is not text: a format character (zero-width joiner, direction mark, soft hyphen) or a
-    control character that is no line break or tab (NUL, BEL, ESC, DEL, the C1 controls)."""
-    category = unicodedata.category(ch)
-    return category == "Cf" or category == "Cc" and not ch.isspace()
+def _control(ch: str) -> bool:
+    """A control character that is no line break or tab (NUL, BEL, ESC, DEL, the C1 controls): not text."""
+    return unicodedata.category(ch) == "Cc" and not ch.isspace()
+
+
+# Every word the lexicon knows: a control character between two pieces that make one of these is inside a word
+_KNOWN_WORDS = frozenset().union(*(v for v in vars(L).values() if isinstance(v, frozenset)))
+_CONTROL_MARK = "\x00"
+
+
+def _fragment(piece: str) -> bool:
+    """A lone letter that is no word ("d" of "d<ESC>og", each letter of UTF-16 text read as bytes)."""
+    return len(piece) == 1 and piece.isalpha() and piece.lower() not in _KNOWN_WORDS
+
+
+def _split_at_controls(chunk: str) -> str:
+    """A run of text without spaces that holds control characters (marked `_CONTROL_MARK`): each is a word break
+    ("the<NUL>dog" is "the dog": dropped, it made the detector's concept "thedog"), except inside a word: where a
+    piece beside it is a lone letter ("d<ESC>o<DEL>g", "r<NUL>e<NUL>m...") or the pieces make a word the lexicon
+    knows ("re<NUL>move": a break there lost the verb and the edit)."""
+    pieces = [piece for piece in chunk.split(_CONTROL_MARK) if piece]
+    words = pieces[:1]
+    for before, piece in zip(pieces, pieces[1:]):
+        if _fragment(before) or _fragment(piece) or (words[-1] + piece).lower() in _KNOWN_WORDS:
+            words[-1] += piece
+        else:
+            words.append(piece)
+    return " ".join(words)
 
 
 def clean_text(text: str) -> str:
-    """NFC (a decomposed "é" is one letter), quotes made plain, line breaks and tabs a space, and characters
-    that are not text dropped (`_invisible`), so they neither split a word ("ca<ZWJ>t", "re<NUL>move" read as
-    "re move": no verb, the edit lost) nor stand between a verb and its object."""
+    """NFC (a decomposed "é" is one letter), quotes made plain, line breaks and tabs a space, format characters
+    (zero-width joiner, direction mark, soft hyphen) dropped, so they neither split a word ("ca<ZWJ>t") nor stand
+    between a verb and its object, and control characters read as word breaks (`_split_at_controls`)."""
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    text = "".join(ch for ch in text if not _invisible(ch))
+    text = "".join(_CONTROL_MARK if _control(ch) else ch for ch in text if unicodedata.category(ch) != "Cf")
+    if _CONTROL_MARK in text:
+        return " ".join(" ".join(_split_at_controls(chunk) for chunk in text.split()).split())
     return " ".join(text.split())
 
 

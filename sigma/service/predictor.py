@@ -10,7 +10,7 @@ Items are plain dicts (what a queue or a dataset row carries):
 Results are JSON-ready dicts: `{"ok": True, "result": {...}}` with the annotation record (always the COCO RLE
 with SA-1B names, bbox, area, parser output, timings; "png"/"prob" add base64 PNGs), or `{"ok": False, "error": {"code", "message"}}`
 when the item's input is bad, or when the annotator's output for it cannot be written as JSON (`annotator_failed`:
-extras that contain themselves or nest past `sigma.text.MAX_JSON_DEPTH`): permanent failures, retrying cannot help.
+extras that contain themselves or nest past `limits.max_json_depth`): permanent failures, retrying cannot help.
 An exception raised by the model propagates: the caller decides whether that is the batch's fault or one item's.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ class Predictor:
 
         start = time.perf_counter()
         outputs = item.get("outputs") or ["rle"]
-        record = json_ready(ann.to_dict())
+        record = json_ready(ann.to_dict(), max_depth=self.io_config.limits.max_json_depth)
         record["instruction"] = pair.instruction
         if "png" in outputs:
             record["mask_png_base64"] = base64.b64encode(encode_png(ann.mask.astype(np.uint8) * 255)).decode()
