@@ -10,6 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# what every check-set writer's arguments mean (each adds its own)
+CHECK_SET_HELPS = {
+    "config": "a training config or a run's config.yaml (its data section is used)",
+    "out": "the folder to write",
+    "n": "pairs",
+    "seed": "seed",
+}
+
 
 def run(main: Callable[..., Any], doc: str | None, helps: dict[str, str]) -> Any:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -39,11 +39,6 @@ def main(config: str, out: str, n: int = 96, seed: int = 778) -> None:
     print(f"wrote {n} aerial change pairs ({tiles[0]} tiles, seed {seed}) to {out}")
 
 if __name__ == "__main__":
-    from _cli import run
+    from _cli import CHECK_SET_HELPS, run
 
-    run(main, __doc__, {
-        "config": "a run's config.yaml (its data section is used)",
-        "out": "the folder to write",
-        "n": "pairs",
-        "seed": "seed",
-    })
+    run(main, __doc__, CHECK_SET_HELPS)

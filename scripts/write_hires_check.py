@@ -23,13 +23,7 @@ def main(config: str, cache: str, out: str, n: int = 160, seed: int = 4242, crop
     print(f"wrote {n} pairs ({crop} px, native scale, seed {seed}) to {out}")
 
 if __name__ == "__main__":
-    from _cli import run
+    from _cli import CHECK_SET_HELPS, run
 
-    run(main, __doc__, {
-        "config": "a run's config.yaml (its data section is used)",
-        "out": "the folder to write",
-        "n": "pairs",
-        "seed": "seed",
-        "cache": "the high-resolution synth cache",
-        "crop": "crop size in pixels",
-    })
+    run(main, __doc__, {**CHECK_SET_HELPS, "cache": "the high-resolution synth cache",
+                        "crop": "crop size in pixels"})
