@@ -167,6 +167,35 @@ def test_inpaint_margin_regions_follow_the_object_and_stay_labelled_under_regene
     assert labels == {"object"}
 
 
+def test_inpaint_margin_boxes_are_grown_rectangles_around_the_object_labelled_whole(photos):
+    """`inpaint_margin_box_p`: the region is the object's bounding box grown by the margin (a rectangle drawn
+    around it, a patch pasted over it), labelled whole under a regenerator like the dilated band; the object
+    lies inside it, and each part of the label is a filled rectangle. Off (0), the margin stream is unchanged."""
+    import cv2
+
+    base = {**FAMILY, "mix": {"inpaint": 1}, "inpaint_composite_p": 0.0, "inpaint_margin_p": 1.0, "small_p": 0.0,
+            "multi_p": 0.0, "perturb": {"mode": "stack", "stack_p": 1.0, "jpeg": 1}}
+    cfg = SynthConfig(photos=str(photos), **{**base, "inpaint_margin_box_p": 1.0})
+    kept = [s for s in (SynthEngine(cfg, seed=4).sample(i) for i in range(16)) if s.kind == "inpaint"]
+    assert len(kept) >= 8
+    for s in kept:
+        info = s.meta["inpaint"]
+        assert info["margin"] and info["label"] == "region" and s.meta["perturb"]
+        assert s.meta["shape"].endswith("+box")
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(s.mask.astype(np.uint8), connectivity=4)
+        assert n >= 2
+        for k in range(1, n):     # every part of the label fills its own bounding rectangle
+            x, y, w, h, area = stats[k]
+            assert area == w * h, (s.meta["shape"], stats[k])
+    # the knob at 0 draws exactly the dilated-band stream the margin test checks (no extra random draw)
+    off = SynthConfig(photos=str(photos), **base)
+    with_zero = SynthConfig(photos=str(photos), **{**base, "inpaint_margin_box_p": 0.0})
+    for i in range(6):
+        a, b = SynthEngine(off, seed=4).sample(i), SynthEngine(with_zero, seed=4).sample(i)
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.edited, b.edited)
+        assert not a.meta["shape"].endswith("+box")
+
+
 def test_a_drawn_roof_fills_the_footprint_and_casts_an_unlabelled_shadow_beside_it():
     """Aerial change labels mark building footprints: the roof repaints every pixel of the mask in one
     roof colour (a gable splits it in two tones), its shadow darkens ground outside the mask, and pixels

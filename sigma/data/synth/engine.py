@@ -97,6 +97,10 @@ class SynthConfig(Strict):
                                     "it (Inpaint-Anything dilates the SAM mask by 15 px by default); the label is "
                                     "that region even under a regenerator: the band follows the object, so it "
                                     "is predictable from the object alone. 0 keeps the stream of earlier files")
+    inpaint_margin_box_p: float = Field(0.0, ge=0, le=1, description="of those margin regions, the share that is "
+                                        "the object's bounding box grown by the margin: a rectangle drawn around "
+                                        "the object, or a rectangular patch copied over it (hand-made copy-move "
+                                        "cover-ups), labelled whole like the dilated ones. 0 keeps the stream")
     global_label: Literal["full", "empty"] = "full"
     min_change: float = Field(4.0, ge=0, description="mean |Δ| (0–255) an edit must make inside its mask")
     perturb: P.PerturbConfig = Field(default_factory=P.PerturbConfig)
@@ -535,12 +539,26 @@ class SynthEngine:
 
     def _margin_region(self, rng, c: int, orig: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         """An object (any size the mix draws, tiny ones included) and the region an object-removal tool
-        hands the editor: the object dilated by a margin of 1-4 % of the crop."""
+        hands the editor: the object dilated by a margin of 1-4 % of the crop, or (`inpaint_margin_box_p`) its
+        bounding box grown by that margin."""
         obj, shape = self._mask(rng, c, OBJECT_SHAPES, orig)
         m = max(1, round(c * float(rng.uniform(0.01, 0.04))))
+        if self.cfg.inpaint_margin_box_p > 0 and rng.random() < self.cfg.inpaint_margin_box_p and obj.any():
+            return _grown_boxes(obj, m), obj, shape + "+box"
         disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * m + 1, 2 * m + 1))
         region = cv2.dilate(obj.astype(np.uint8), disk).astype(bool)
         return region, obj, shape + "+margin"
+
+
+def _grown_boxes(obj: np.ndarray, m: int) -> np.ndarray:
+    """Each connected part of `obj` in its bounding box grown by `m` px (clipped to the crop): the rectangle a
+    person draws around an object, or the patch they paste over it."""
+    h, w = obj.shape
+    n, _, stats, _ = cv2.connectedComponentsWithStats(obj.astype(np.uint8), connectivity=8)
+    region = np.zeros_like(obj, dtype=bool)
+    for x, y, bw, bh, _ in stats[1:n]:
+        region[max(0, y - m):min(h, y + bh + m), max(0, x - m):min(w, x + bw + m)] = True
+    return region
 
 
 def _change(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
