@@ -34,17 +34,49 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
     (["worker", "--batch", "--max-batch-size", "4"], ["--max-batch-size: not with --batch"]),
     (["worker", "--batch", "--annotator", "sigma-lite", "--max-batch-size", "4"],
      ["--annotator and --max-batch-size: not with --batch"]),
-], ids=["serve-api-annotator", "worker-batch-annotator", "worker-batch-max-batch-size", "worker-batch-both"])
+    (["worker", "--batch", "--set", "worker.annotator=sigma-lite"], ["--set worker.annotator: not with --batch"]),
+    (["worker", "--batch", "--set", "worker.max_batch_size=4", "--set", "worker.options.threshold=0.1"],
+     ["--set worker.max_batch_size and --set worker.options.threshold: not with --batch", "sigma batch submit"]),
+], ids=["serve-api-annotator", "worker-batch-annotator", "worker-batch-max-batch-size", "worker-batch-both",
+        "worker-batch-set-annotator", "worker-batch-set-batch-size-options"])
 def test_a_serve_flag_the_mode_does_not_use_is_refused_not_ignored(args, needles):
     """`sigma serve api --annotator X` served as if it were not given (the API starts no worker; what requests may
-    name is api.annotators), and `sigma worker --batch` took --annotator / --max-batch-size and consumed batch tasks
-    with each run's own (it waited for Redis here, so without the refusal the command times out)."""
+    name is api.annotators), and `sigma worker --batch` took --annotator / --max-batch-size, and --set worker.annotator
+    / worker.max_batch_size / worker.options, and consumed batch tasks with each run's own (it waited for Redis here,
+    so without the refusal the command times out)."""
     port = ["--port", "1"] if args[0] == "serve" else []
     try:
         proc = sigma_cli(*args, *port, timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail(f"sigma {' '.join(args)} ran instead of refusing the flag")
     assert_refused(proc, *needles)
+
+
+def test_a_batch_worker_says_once_which_shared_worker_settings_it_does_not_use(redis_server, tmp_path):
+    """A config file or SIGMA__WORKER__* shared by both worker kinds may set worker.annotator / max_batch_size /
+    options for `sigma worker`; `sigma worker --batch` started and said nothing while each run's own config picked
+    them. It now starts (those settings are not wrong) and says once on stderr which it does not use; the documented
+    configs/serve.yaml (defaults there) says nothing."""
+    from servicekit import Proc, base_env, wait_until
+
+    env = {**base_env(redis_server.url), "SIGMA__WORKER__ANNOTATOR": "sigma-lite",
+           "SIGMA__WORKER__MAX_BATCH_SIZE": "4", "SIGMA__REDIS__KEY_PREFIX": "unused-settings"}
+    for name, args, proc_env in (("shared", [], env),
+                                 ("example", ["--config", "configs/serve.yaml"], base_env(redis_server.url))):
+        proc = Proc(["worker", "--batch", "--set", "queue.block_ms=100", *args], proc_env, tmp_path / f"{name}.log")
+        try:
+            wait_until(lambda p=proc: "consuming" in p.output() or not p.alive(), 60, f"{name} worker up", 0.1)
+        finally:
+            status = proc.stop(timeout=20)
+        out = proc.output()
+        assert status == 0 and "Traceback" not in out, out
+        warnings = [line for line in out.splitlines() if line.startswith("sigma: warning:")]
+        if name == "shared":
+            assert len(warnings) == 1, out
+            assert "does not use worker.annotator='sigma-lite', worker.max_batch_size=4" in warnings[0], out
+            assert "each run's own config names its annotator" in warnings[0], out
+        else:
+            assert warnings == [], out
 
 
 def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(redis_server, tmp_path):
