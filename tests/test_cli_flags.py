@@ -102,6 +102,41 @@ def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(re
     assert_refused(disagree, "its worker serves 'pixel-diff'", "api.annotators ['slow-diff']", code="invalid_config")
 
 
+def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
+    """`sigma synth --out DIR --max-side 64 --scales 2 --latent-edits 3 --no-vae` wrote pairs as if those cache
+    flags were not there, and `sigma synth --build-cache DIR -n 5 --out X --cache C data.crop=256` built the cache
+    and wrote no pairs: each is now one bad_arguments line naming the flags, nothing written. What a mode uses is
+    taken: the cache flags with --build-cache (index.json), and --photos beside --cache (it was dropped)."""
+    import json
+
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos")
+    out, cache, other = tmp_path / "pairs", tmp_path / "cache", tmp_path / "other"
+    for args, needle in (
+            (["--out", str(out), "--max-side", "64", "--scales", "2", "--latent-edits", "3", "--no-vae"],
+             "--max-side, --scales, --latent-edits and --no-vae: only with --build-cache DIR"),
+            (["--out", str(out), "--no-vae"], "--no-vae: only with --build-cache DIR"),
+            (["--build-cache", str(cache), "--no-vae", "-n", "5", "--out", str(out), "--cache", str(other),
+              "--no-progress", "data.crop=256"],
+             "--out, -n, --cache, --no-progress and data.crop=256: not with --build-cache DIR"),
+            (["--build-cache", str(cache), "--no-vae", "-n", "16"], "-n: not with --build-cache DIR")):
+        proc = sigma_cli("synth", "--photos", str(photos), *args)
+        assert_refused(proc, needle)
+        assert not out.exists() and not cache.exists() and not other.exists(), args
+    proc = sigma_cli("synth", "--build-cache", str(cache), "--photos", str(photos), "--no-vae", "--max-side", "48",
+                     "--latent-edits", "0", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((cache / "index.json").read_text())
+    assert index["max_side"] == 48 and index["seed"] == 3 and len(index["files"]) >= 2, index
+    proc = sigma_cli("synth", "--out", str(out), "-n", "2", "--cache", str(cache), "--photos", str(photos),
+                     "crop=32", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    written = (out / "synth_config.yaml").read_text()
+    assert f"cache: {cache}" in written and f"photos: {photos}" in written, written
+    assert len((out / "pairs.jsonl").read_text().splitlines()) == 2
+
+
 def test_integer_lists_take_exponent_notation_as_integer_fields_do(tmp_path):
     """`--set quality=1e1` was 10, but `perturb.jpeg_quality=[1e1, 95]` was "unable to parse string as an integer"
     (YAML 1.1 reads 1e1 as text, and only scalar integer fields were converted), in a YAML file too, and an
