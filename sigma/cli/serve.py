@@ -74,9 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_plugin_arg(w, "import MODULE first so the annotators it registers can serve (repeatable)")
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs; each run's own "
-                   "config names its annotator, options and batch size (`sigma batch submit --annotator --batch-size`): --set "
-                   "worker.annotator / max_batch_size / options are refused with it, and said once on stderr when a "
-                   "config file or SIGMA__WORKER__* sets them")
+                   "config names its annotator, options and batch size (`sigma batch submit --annotator "
+                   "--batch-size`): --set worker.annotator / max_batch_size / options are refused with it, and said "
+                   "once on stderr when a config file or SIGMA__WORKER__* sets them")
     add_config_args(w, SET_EXAMPLE)
     w.set_defaults(run=run_worker_cmd, needs=("redis",))
 
