@@ -137,6 +137,38 @@ def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
     assert len((out / "pairs.jsonl").read_text().splitlines()) == 2
 
 
+def test_one_option_spelt_two_ways_is_one_batch_run_recorded_as_the_annotator_reads_it(tmp_path):
+    """`--set options.image_size=2.24e2` and `=224` ran the same annotator (its config converts the text), but run.json,
+    config.yaml and the run hash took the options as written: two identical runs had two hashes, and a --resume with
+    the other spelling was refused as another run. The options are now what the annotator's own config reads (only
+    the keys given), before the run is hashed and recorded."""
+    import json
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+
+    def batch_run(out: str, *sets: str, resume: bool = False) -> dict:
+        args = [arg for item in sets for arg in ("--set", item)] + (["--resume"] if resume else [])
+        proc = sigma_cli("batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / out), "--workers", "0",
+                         "--no-progress", *args, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads((tmp_path / out / "run.json").read_text())
+
+    for annotator, spellings, recorded, yaml_lines in (
+            ("sigma-lite", ("options.image_size=2.24e2", "options.image_size=224"), {"image_size": 224},
+             "options:\n  image_size: 224\n"),
+            ("pixel-diff", ("options.threshold=5e-2", "options.threshold=0.05"), {"threshold": 0.05},
+             "options:\n  threshold: 0.05\n")):
+        one, other = (batch_run(f"{annotator}-{i}", f"annotator={annotator}", spelt)
+                      for i, spelt in enumerate(spellings))
+        assert one["run_hash"] == other["run_hash"], (one["run_hash"], other["run_hash"])
+        assert one["config"]["options"] == other["config"]["options"] == recorded, one["config"]["options"]
+        assert yaml_lines in (tmp_path / f"{annotator}-0" / "config.yaml").read_text()
+        again = batch_run(f"{annotator}-1", f"annotator={annotator}", spellings[0], resume=True)
+        assert again["run_hash"] == other["run_hash"]
+
+
 def test_integer_lists_take_exponent_notation_as_integer_fields_do(tmp_path):
     """`--set quality=1e1` was 10, but `perturb.jpeg_quality=[1e1, 95]` was "unable to parse string as an integer"
     (YAML 1.1 reads 1e1 as text, and only scalar integer fields were converted), in a YAML file too, and an
