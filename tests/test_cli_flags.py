@@ -2,8 +2,9 @@
 
 Through the real CLI in subprocesses (and real Redis and HTTP where a server runs): `sigma serve api --annotator`
 started an API as if the flag were not there; `sigma worker --batch --annotator/--max-batch-size` consumed batch
-tasks with the run's own settings; integer flags no config field bounds (`sigma report --limit`, `sigma synth -n`)
-took `-5` or `1e30`.
+tasks with the run's own settings (and so did its --set worker.*); `sigma synth` ignored the flags of its other
+mode; integer flags no config field bounds (`sigma report --limit`, `sigma synth -n`) took `-5` or `1e30`; an
+annotator option spelt two ways (`2.24e2`, `224`) made two batch runs.
 """
 from __future__ import annotations
 
