@@ -181,6 +181,17 @@ def validate_annotator_options(name: str, options: dict[str, Any]) -> Any:
         raise ConfigError(f"{name}: {exc}") from exc
 
 
+def normalised_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` as the annotator's own config reads them, the keys given only: `image_size: 2.24e2` (YAML 1.1 reads
+    it as text) is 224, `threshold: '5e-2'` is 0.05. What a run records and hashes: the two spellings ran the same
+    annotator and were two runs, and a --resume with the other spelling was refused as another run. Raises
+    ConfigError as `validate_annotator_options`; unchanged when the config model is unknown (a bare-lambda plugin)."""
+    config = validate_annotator_options(name, options) if options else None
+    if config is None:
+        return dict(options)
+    return config.model_dump(mode="json", exclude_unset=True)
+
+
 def list_annotators() -> list[Entry]:
     _ensure_builtins()
     return ANNOTATORS.entries()

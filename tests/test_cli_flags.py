@@ -2,8 +2,9 @@
 
 Through the real CLI in subprocesses (and real Redis and HTTP where a server runs): `sigma serve api --annotator`
 started an API as if the flag were not there; `sigma worker --batch --annotator/--max-batch-size` consumed batch
-tasks with the run's own settings; integer flags no config field bounds (`sigma report --limit`, `sigma synth -n`)
-took `-5` or `1e30`.
+tasks with the run's own settings (and so did its --set worker.*); `sigma synth` ignored the flags of its other
+mode; integer flags no config field bounds (`sigma report --limit`, `sigma synth -n`) took `-5` or `1e30`; an
+annotator option spelt two ways (`2.24e2`, `224`) made two batch runs.
 """
 from __future__ import annotations
 
@@ -34,17 +35,49 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
     (["worker", "--batch", "--max-batch-size", "4"], ["--max-batch-size: not with --batch"]),
     (["worker", "--batch", "--annotator", "sigma-lite", "--max-batch-size", "4"],
      ["--annotator and --max-batch-size: not with --batch"]),
-], ids=["serve-api-annotator", "worker-batch-annotator", "worker-batch-max-batch-size", "worker-batch-both"])
+    (["worker", "--batch", "--set", "worker.annotator=sigma-lite"], ["--set worker.annotator: not with --batch"]),
+    (["worker", "--batch", "--set", "worker.max_batch_size=4", "--set", "worker.options.threshold=0.1"],
+     ["--set worker.max_batch_size and --set worker.options.threshold: not with --batch", "sigma batch submit"]),
+], ids=["serve-api-annotator", "worker-batch-annotator", "worker-batch-max-batch-size", "worker-batch-both",
+        "worker-batch-set-annotator", "worker-batch-set-batch-size-options"])
 def test_a_serve_flag_the_mode_does_not_use_is_refused_not_ignored(args, needles):
     """`sigma serve api --annotator X` served as if it were not given (the API starts no worker; what requests may
-    name is api.annotators), and `sigma worker --batch` took --annotator / --max-batch-size and consumed batch tasks
-    with each run's own (it waited for Redis here, so without the refusal the command times out)."""
+    name is api.annotators), and `sigma worker --batch` took --annotator / --max-batch-size, and --set worker.annotator
+    / worker.max_batch_size / worker.options, and consumed batch tasks with each run's own (it waited for Redis here,
+    so without the refusal the command times out)."""
     port = ["--port", "1"] if args[0] == "serve" else []
     try:
         proc = sigma_cli(*args, *port, timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail(f"sigma {' '.join(args)} ran instead of refusing the flag")
     assert_refused(proc, *needles)
+
+
+def test_a_batch_worker_says_once_which_shared_worker_settings_it_does_not_use(redis_server, tmp_path):
+    """A config file or SIGMA__WORKER__* shared by both worker kinds may set worker.annotator / max_batch_size /
+    options for `sigma worker`; `sigma worker --batch` started and said nothing while each run's own config picked
+    them. It now starts (those settings are not wrong) and says once on stderr which it does not use; the documented
+    configs/serve.yaml (defaults there) says nothing."""
+    from servicekit import Proc, base_env, wait_until
+
+    env = {**base_env(redis_server.url), "SIGMA__WORKER__ANNOTATOR": "sigma-lite",
+           "SIGMA__WORKER__MAX_BATCH_SIZE": "4", "SIGMA__REDIS__KEY_PREFIX": "unused-settings"}
+    for name, args, proc_env in (("shared", [], env),
+                                 ("example", ["--config", "configs/serve.yaml"], base_env(redis_server.url))):
+        proc = Proc(["worker", "--batch", "--set", "queue.block_ms=100", *args], proc_env, tmp_path / f"{name}.log")
+        try:
+            wait_until(lambda p=proc: "consuming" in p.output() or not p.alive(), 60, f"{name} worker up", 0.1)
+        finally:
+            status = proc.stop(timeout=20)
+        out = proc.output()
+        assert status == 0 and "Traceback" not in out, out
+        warnings = [line for line in out.splitlines() if line.startswith("sigma: warning:")]
+        if name == "shared":
+            assert len(warnings) == 1, out
+            assert "does not use worker.annotator='sigma-lite', worker.max_batch_size=4" in warnings[0], out
+            assert "each run's own config names its annotator" in warnings[0], out
+        else:
+            assert warnings == [], out
 
 
 def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(redis_server, tmp_path):
@@ -68,6 +101,73 @@ def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(re
     disagree = sigma_cli("serve", "all", "--port", "1", "--annotator", "pixel-diff", "--set",
                          "api.annotators=[slow-diff]", redis_url=redis_server.url, timeout=30)
     assert_refused(disagree, "its worker serves 'pixel-diff'", "api.annotators ['slow-diff']", code="invalid_config")
+
+
+def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
+    """`sigma synth --out DIR --max-side 64 --scales 2 --latent-edits 3 --no-vae` wrote pairs as if those cache
+    flags were not there, and `sigma synth --build-cache DIR -n 5 --out X --cache C data.crop=256` built the cache
+    and wrote no pairs: each is now one bad_arguments line naming the flags, nothing written. What a mode uses is
+    taken: the cache flags with --build-cache (index.json), and --photos beside --cache (it was dropped)."""
+    import json
+
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos")
+    out, cache, other = tmp_path / "pairs", tmp_path / "cache", tmp_path / "other"
+    for args, needle in (
+            (["--out", str(out), "--max-side", "64", "--scales", "2", "--latent-edits", "3", "--no-vae"],
+             "--max-side, --scales, --latent-edits and --no-vae: only with --build-cache DIR"),
+            (["--out", str(out), "--no-vae"], "--no-vae: only with --build-cache DIR"),
+            (["--build-cache", str(cache), "--no-vae", "-n", "5", "--out", str(out), "--cache", str(other),
+              "--no-progress", "data.crop=256"],
+             "--out, -n, --cache, --no-progress and data.crop=256: not with --build-cache DIR"),
+            (["--build-cache", str(cache), "--no-vae", "-n", "16"], "-n: not with --build-cache DIR")):
+        proc = sigma_cli("synth", "--photos", str(photos), *args)
+        assert_refused(proc, needle)
+        assert not out.exists() and not cache.exists() and not other.exists(), args
+    proc = sigma_cli("synth", "--build-cache", str(cache), "--photos", str(photos), "--no-vae", "--max-side", "48",
+                     "--latent-edits", "0", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((cache / "index.json").read_text())
+    assert index["max_side"] == 48 and index["seed"] == 3 and len(index["files"]) >= 2, index
+    proc = sigma_cli("synth", "--out", str(out), "-n", "2", "--cache", str(cache), "--photos", str(photos),
+                     "crop=32", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    written = (out / "synth_config.yaml").read_text()
+    assert f"cache: {cache}" in written and f"photos: {photos}" in written, written
+    assert len((out / "pairs.jsonl").read_text().splitlines()) == 2
+
+
+def test_one_option_spelt_two_ways_is_one_batch_run_recorded_as_the_annotator_reads_it(tmp_path):
+    """`--set options.image_size=2.24e2` and `=224` ran the same annotator (its config converts the text), but run.json,
+    config.yaml and the run hash took the options as written: two identical runs had two hashes, and a --resume with
+    the other spelling was refused as another run. The options are now what the annotator's own config reads (only
+    the keys given), before the run is hashed and recorded."""
+    import json
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+
+    def batch_run(out: str, *sets: str, resume: bool = False) -> dict:
+        args = [arg for item in sets for arg in ("--set", item)] + (["--resume"] if resume else [])
+        proc = sigma_cli("batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / out), "--workers", "0",
+                         "--no-progress", *args, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads((tmp_path / out / "run.json").read_text())
+
+    for annotator, spellings, recorded, yaml_lines in (
+            ("sigma-lite", ("options.image_size=2.24e2", "options.image_size=224"), {"image_size": 224},
+             "options:\n  image_size: 224\n"),
+            ("pixel-diff", ("options.threshold=5e-2", "options.threshold=0.05"), {"threshold": 0.05},
+             "options:\n  threshold: 0.05\n")):
+        one, other = (batch_run(f"{annotator}-{i}", f"annotator={annotator}", spelt)
+                      for i, spelt in enumerate(spellings))
+        assert one["run_hash"] == other["run_hash"], (one["run_hash"], other["run_hash"])
+        assert one["config"]["options"] == other["config"]["options"] == recorded, one["config"]["options"]
+        assert yaml_lines in (tmp_path / f"{annotator}-0" / "config.yaml").read_text()
+        again = batch_run(f"{annotator}-1", f"annotator={annotator}", spellings[0], resume=True)
+        assert again["run_hash"] == other["run_hash"]
 
 
 def test_integer_lists_take_exponent_notation_as_integer_fields_do(tmp_path):

@@ -15,7 +15,13 @@ from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
 from sigma.io.corpora.base import planned_pairs, resolved_under, unique_keys
-from sigma.registry import annotator_identity, build_annotator, default_annotator_name, import_plugins
+from sigma.registry import (
+    annotator_identity,
+    build_annotator,
+    default_annotator_name,
+    import_plugins,
+    normalised_options,
+)
 from sigma.text import MAX_MESSAGE, shown
 
 RUN_VERSION = 1
@@ -82,7 +88,12 @@ def corpus_from_config(cfg: BatchConfig) -> Corpus:
 
 
 def with_default_annotator(cfg: BatchConfig) -> BatchConfig:
-    return cfg if cfg.annotator else cfg.model_copy(update={"annotator": default_annotator_name()})
+    """The annotator named (None: the default), and its options as its own config reads them
+    (`sigma.registry.normalised_options`), before the run is hashed and recorded: `--set options.image_size=2.24e2`
+    and `=224` are one run, recorded as 224. The run's plugins are imported first: one may register the annotator."""
+    import_plugins(cfg.plugins)
+    name = cfg.annotator or default_annotator_name()
+    return cfg.model_copy(update={"annotator": name, "options": normalised_options(name, cfg.options)})
 
 
 def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, Any], run_hash: str) -> str:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sigma.errors import SigmaError
+from sigma.errors import InputError, SigmaError
 
 
 class SigmaArgumentParser(argparse.ArgumentParser):
@@ -61,6 +61,17 @@ def within(low: int, high: int) -> type[argparse.Action]:
                 raise argparse.ArgumentError(self, f"{said}: must be in {low} .. {high}")
             setattr(namespace, self.dest, value)
     return Within
+
+
+def refuse_unused(flags: dict[str, Any], why: str) -> None:
+    """Flags a command's mode takes and never uses are refused, not ignored: `flags` maps each flag as written to
+    its value, None (or an empty list) when not given, so a flag whose default is a value gets None as its
+    argparse default and the command applies the real one itself. Those given are one `bad_arguments` line,
+    '--a, --b and --c: WHY', before any work (`sigma worker --batch --annotator`, `sigma synth --build-cache -n`)."""
+    given = [flag for flag, value in flags.items() if value is not None and value != []]
+    if given:
+        named = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+        raise InputError(f"{named}: {why}", code="bad_arguments")
 
 
 PLUGIN_HELP = ("import MODULE first, so the annotators it registers can be named with --annotator (a module "

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer
+from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer, refuse_unused
 
 if TYPE_CHECKING:
     from sigma.service.settings import WorkerSettings
@@ -74,7 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_plugin_arg(w, "import MODULE first so the annotators it registers can serve (repeatable)")
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs; each run's own "
-                   "config names its annotator and batch size (`sigma batch submit --annotator --batch-size`)")
+                   "config names its annotator, options and batch size (`sigma batch submit --annotator "
+                   "--batch-size`): --set worker.annotator / max_batch_size / options are refused with it, and said "
+                   "once on stderr when a config file or SIGMA__WORKER__* sets them")
     add_config_args(w, SET_EXAMPLE)
     w.set_defaults(run=run_worker_cmd, needs=("redis",))
 
@@ -87,8 +89,37 @@ def load(args: argparse.Namespace, **flags):
     return load_serve_config(path, list(args.overrides), flags=flags)
 
 
+# Worker settings a batch worker never reads: each run's own config (run.json) names its annotator, options and
+# batch size, so that every worker of a run computes the same bytes.
+RUN_PICKS = ("worker.annotator", "worker.options", "worker.max_batch_size")
+BATCH_PICKS_ITS_OWN = ("not with --batch, where each run's own config names its annotator, options and batch size "
+                       "(set them with `sigma batch submit --annotator NAME --batch-size N --set options.KEY=VALUE`)")
+
+
+def load_batch_worker(args: argparse.Namespace):
+    """`sigma worker --batch`'s settings. What it would take and never use is refused when this command line gives
+    it (`--annotator`, `--max-batch-size`, `--set worker.annotator=...`: one bad_arguments line, whatever the value),
+    and said once on stderr when it comes from a config file or SIGMA__WORKER__* (settings both worker kinds may
+    share, e.g. compose's SIGMA_ANNOTATOR): the worker then starts, as those settings are not wrong for `sigma
+    worker`. Only values that differ from the defaults are said."""
+    from sigma.config.loader import read_overrides
+    from sigma.service.settings import WorkerSettings
+
+    refuse_unused({"--annotator": args.annotator, "--max-batch-size": args.max_batch_size}, BATCH_PICKS_ITS_OWN)
+    refuse_unused({f"--set {key}": True for key in read_overrides(args.overrides)
+                   if any(key == pick or key.startswith(pick + ".") for pick in RUN_PICKS)}, BATCH_PICKS_ITS_OWN)
+    cfg = load(args)
+    default = WorkerSettings()
+    unused = [f"worker.{key}={getattr(cfg.worker, key)!r}" for key in ("annotator", "options", "max_batch_size")
+              if getattr(cfg.worker, key) != getattr(default, key)]
+    if unused:
+        print(f"sigma: warning: sigma worker --batch does not use {', '.join(unused)} (from the config file or "
+              "SIGMA__WORKER__*): each run's own config names its annotator, options and batch size",
+              file=sys.stderr, flush=True)
+    return cfg
+
+
 def run_worker_cmd(args: argparse.Namespace) -> int:
-    from sigma.errors import InputError
     from sigma.workers.worker import run_worker
 
     parent = os.environ.pop(PARENT_ENV, "")
@@ -98,15 +129,10 @@ def run_worker_cmd(args: argparse.Namespace) -> int:
         die_with_parent(int(parent))
 
     batch = getattr(args, "batch", False)   # fleet batch mode (issue 7): the run's own config picks the annotator
-    if batch:    # flags a batch worker would take and never use: refused, not ignored
-        given = [flag for flag, value in (("--annotator", args.annotator), ("--max-batch-size", args.max_batch_size))
-                 if value is not None]
-        if given:
-            raise InputError(f"{' and '.join(given)}: not with --batch, where each run's own config names its "
-                             "annotator and batch size (set them with `sigma batch submit --annotator NAME "
-                             "--batch-size N`)", code="bad_arguments")
-    cfg = load(args) if batch else load(args, **{"worker.annotator": args.annotator,
-                                                  "worker.max_batch_size": args.max_batch_size})
+    if batch:
+        cfg = load_batch_worker(args)
+    else:
+        cfg = load(args, **{"worker.annotator": args.annotator, "worker.max_batch_size": args.max_batch_size})
     if args.plugin:                          # --plugin adds to the configured list
         cfg.worker.plugins = [*cfg.worker.plugins, *args.plugin]
     if batch:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sigma.cli.common import integer, within
+from sigma.cli.common import integer, refuse_unused, within
 from sigma.config.schema import MAX_WORKING_SIZE
 
 # Pairs one `sigma synth` writes (three PNGs each, their pairs.jsonl lines held until the end): -n 1e30 wrote
@@ -13,6 +13,10 @@ from sigma.config.schema import MAX_WORKING_SIZE
 MAX_SYNTH_PAIRS = 100_000
 MAX_SEED = 2**63 - 1
 MAX_LATENT_EDITS = 16
+# Defaults of the flags one mode uses: their argparse default is None, so that a flag given in the other mode is told
+# from one not given (and refused: refuse_unused).
+DEFAULT_PAIRS = 16
+CACHE_DEFAULTS = {"max_side": 384, "scales": "1.0,0.5", "latent_edits": 1}
 
 HELP = """Generate synthetic edit pairs (deterministic from --seed) over real photos, written in the
 pairs.jsonl layout that `sigma eval --data DIR` reads: <id>_original.png, <id>_edited.png, <id>_mask.png.
@@ -39,20 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic edit pairs (pairs.jsonl layout) or build the training cache",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="output folder for the pairs")
-    p.add_argument("-n", type=integer, action=within(1, MAX_SYNTH_PAIRS), default=16,
-                   help=f"number of pairs (default 16; 1 .. {MAX_SYNTH_PAIRS})")
+    p.add_argument("-n", type=integer, action=within(1, MAX_SYNTH_PAIRS),
+                   help=f"number of pairs (default {DEFAULT_PAIRS}; 1 .. {MAX_SYNTH_PAIRS}); not with --build-cache")
     p.add_argument("--seed", type=integer, action=within(0, MAX_SEED), default=0, help="default 0; 0 .. 2^63-1")
-    p.add_argument("--photos", help="photo folder (default $SIGMA_SHARED/data/photos)")
-    p.add_argument("--cache", help="use a cache built with --build-cache (VAE roundtrips + latent edits)")
+    p.add_argument("--photos", help="photo folder (default $SIGMA_SHARED/data/photos; with --cache, the photos it "
+                   "does not hold yet are served from it)")
+    p.add_argument("--cache", help="use a cache built with --build-cache (VAE roundtrips + latent edits); not with "
+                   "--build-cache")
     p.add_argument("--build-cache", metavar="DIR", help="build the training cache into DIR and exit")
-    p.add_argument("--max-side", type=integer, action=within(32, MAX_WORKING_SIZE), default=384,
-                   help=f"cache: long side of the stored photos (384; 32 .. {MAX_WORKING_SIZE})")
-    p.add_argument("--scales", default="1.0,0.5", help="cache: TAEF2 roundtrip scales")
-    p.add_argument("--latent-edits", type=integer, action=within(0, MAX_LATENT_EDITS), default=1,
-                   help=f"cache: latent edits per photo (1; 0 .. {MAX_LATENT_EDITS})")
-    p.add_argument("--no-vae", action="store_true", help="cache without TAEF2 (no roundtrips, no latent edits)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides, e.g. data.crop=256")
+    p.add_argument("--max-side", type=integer, action=within(32, MAX_WORKING_SIZE),
+                   help=f"cache: long side of the stored photos ({CACHE_DEFAULTS['max_side']}; 32 .. "
+                        f"{MAX_WORKING_SIZE}); only with --build-cache, as are the next three")
+    p.add_argument("--scales", help=f"cache: TAEF2 roundtrip scales ({CACHE_DEFAULTS['scales']})")
+    p.add_argument("--latent-edits", type=integer, action=within(0, MAX_LATENT_EDITS),
+                   help=f"cache: latent edits per photo ({CACHE_DEFAULTS['latent_edits']}; 0 .. {MAX_LATENT_EDITS})")
+    p.add_argument("--no-vae", action="store_true", default=None,
+                   help="cache without TAEF2 (no roundtrips, no latent edits)")
+    p.add_argument("--no-progress", action="store_true", default=None,
+                   help="no progress bar on stderr; not with --build-cache (it says a line every 25 photos)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides of the pairs, e.g. "
+                   "data.crop=256; not with --build-cache")
     p.set_defaults(run=run)
 
 
@@ -67,23 +77,44 @@ def _cache_arguments(args: argparse.Namespace) -> tuple[float, ...]:
     surface as a traceback, or as a 0-px photo deep in the build); returns the parsed scales."""
     from sigma.errors import InputError
 
+    text = args.scales if args.scales is not None else CACHE_DEFAULTS["scales"]
     try:
-        scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
         scales = ()
     if not scales or not all(0 < s <= 2 for s in scales):
-        raise InputError(f"--scales: comma-separated roundtrip scales in (0, 2], e.g. 1.0,0.5; got {args.scales!r}",
+        raise InputError(f"--scales: comma-separated roundtrip scales in (0, 2], e.g. 1.0,0.5; got {text!r}",
                          code="bad_arguments")
     return scales
+
+
+def _refuse_other_modes_flags(args: argparse.Namespace) -> None:
+    """A flag of the other mode did nothing (`--max-side 64` without --build-cache wrote pairs as if it were not
+    there; `--build-cache DIR -n 5 --out X` built the cache and wrote no pairs): one bad_arguments line naming it,
+    before anything is read or written."""
+    if args.build_cache:
+        refuse_unused({"--out": args.out, "-n": args.n, "--cache": args.cache, "--no-progress": args.no_progress,
+                       **{item: item for item in args.overrides}},
+                      "not with --build-cache DIR, which stores each photo, its TAEF2 roundtrips and latent edits "
+                      "for training (and says a line every 25 photos); pairs are written by another run, `sigma "
+                      "synth --out DIR [--cache DIR]`")
+    else:
+        refuse_unused({"--max-side": args.max_side, "--scales": args.scales, "--latent-edits": args.latent_edits,
+                       "--no-vae": args.no_vae},
+                      "only with --build-cache DIR (settings of the training cache); `sigma synth --out DIR` writes "
+                      "pairs from the photos, or from a cache built with them (--cache DIR)")
 
 
 def run(args: argparse.Namespace) -> int:
     from sigma.config.loader import load_config, save_resolved
     from sigma.errors import ConfigError
 
+    _refuse_other_modes_flags(args)
     photos = Path(args.photos) if args.photos else _default_photos()
     if args.build_cache:
         scales = _cache_arguments(args)
+        max_side = CACHE_DEFAULTS["max_side"] if args.max_side is None else args.max_side
+        latent_edits = CACHE_DEFAULTS["latent_edits"] if args.latent_edits is None else args.latent_edits
         import torch
 
         from sigma.data.synth.cache import build_cache
@@ -91,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         vae = None if args.no_vae else load_default_vae()
-        out = build_cache(photos, args.build_cache, vae, max_side=args.max_side, scales=scales,
-                          latent_edits=args.latent_edits, seed=args.seed)
+        out = build_cache(photos, args.build_cache, vae, max_side=max_side, scales=scales,
+                          latent_edits=latent_edits, seed=args.seed)
         print(f"cache: {out}")
         return 0
     if not args.out:
@@ -102,9 +133,12 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = [o[5:] if o.startswith("data.") else o for o in args.overrides]
     cfg = load_config(SynthConfig, None, overrides)
-    if args.cache:
-        cfg = cfg.model_copy(update={"cache": args.cache})
-    elif not cfg.cache and not cfg.photos:
+    # --photos beside --cache serves the photos the cache does not hold (yet), as data.photos does in training;
+    # it was dropped when --cache was given
+    given = {key: value for key, value in (("cache", args.cache), ("photos", args.photos)) if value}
+    if given:
+        cfg = cfg.model_copy(update=given)
+    if not cfg.cache and not cfg.photos:
         cfg = cfg.model_copy(update={"photos": str(photos)})
     out = Path(args.out)
     from tqdm import tqdm
@@ -116,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     with hold_folder(out, other="--out"):
         engine = SynthEngine(cfg, seed=args.seed)
         lines = []
-        for i in tqdm(range(args.n), desc="sigma synth", unit="pair", file=sys.stderr, disable=args.no_progress,
+        n = DEFAULT_PAIRS if args.n is None else args.n
+        for i in tqdm(range(n), desc="sigma synth", unit="pair", file=sys.stderr, disable=bool(args.no_progress),
                       dynamic_ncols=True):
             s = engine.sample(i)
             lines.append(write_synth_pair(s, out, f"synth{args.seed}_{i:05d}", _KIND_EDITOR[s.kind],
@@ -125,5 +160,5 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(out / "pairs.jsonl")
         save_resolved(cfg, out, "synth_config.yaml")
-    print(f"{args.n} pairs in {out}/pairs.jsonl")
+    print(f"{n} pairs in {out}/pairs.jsonl")
     return 0

@@ -8,9 +8,10 @@ Items are plain dicts (what a queue or a dataset row carries):
      "threshold": float | None, "mask_mode": "auto" | "semantic" | "footprint" | None,
      "outputs": ["rle", "png", "prob"]}
 Results are JSON-ready dicts: `{"ok": True, "result": {...}}` with the annotation record (always the COCO RLE
-with SA-1B names, bbox, area, parser output, timings; "png"/"prob" add base64 PNGs), or `{"ok": False, "error": {"code", "message"}}`
-when the item's input is bad, or when the annotator's output for it cannot be written as JSON (`annotator_failed`:
-extras that contain themselves or nest past `limits.max_json_depth`): permanent failures, retrying cannot help.
+with SA-1B names, bbox, area, parser output, timings; "png"/"prob" add base64 PNGs), or
+`{"ok": False, "error": {"code", "message"}}` when the item's input is bad, or when the annotator's output for it
+cannot be written as JSON (`annotator_failed`: extras that contain themselves or nest past `limits.max_json_depth`):
+permanent failures, retrying cannot help.
 An exception raised by the model propagates: the caller decides whether that is the batch's fault or one item's.
 """
 from __future__ import annotations
