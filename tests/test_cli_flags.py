@@ -119,8 +119,8 @@ def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
              "--max-side, --scales, --latent-edits and --no-vae: only with --build-cache DIR"),
             (["--out", str(out), "--no-vae"], "--no-vae: only with --build-cache DIR"),
             (["--build-cache", str(cache), "--no-vae", "-n", "5", "--out", str(out), "--cache", str(other),
-              "--no-progress", "data.crop=256"],
-             "--out, -n, --cache, --no-progress and data.crop=256: not with --build-cache DIR"),
+              "data.crop=256"],
+             "--out, -n, --cache and data.crop=256: not with --build-cache DIR"),
             (["--build-cache", str(cache), "--no-vae", "-n", "16"], "-n: not with --build-cache DIR")):
         proc = sigma_cli("synth", "--photos", str(photos), *args)
         assert_refused(proc, needle)
@@ -130,6 +130,13 @@ def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
     assert proc.returncode == 0, proc.stderr
     index = json.loads((cache / "index.json").read_text())
     assert index["max_side"] == 48 and index["seed"] == 3 and len(index["files"]) >= 2, index
+    # a progress bar over the photos (k/N), which --no-progress turns off; the build's last line stays
+    n_photos = len(index["files"])
+    assert f"{n_photos}/{n_photos}" in proc.stderr and "photo" in proc.stderr, proc.stderr[-500:]
+    quiet = sigma_cli("synth", "--build-cache", str(tmp_path / "quiet"), "--photos", str(photos), "--no-vae",
+                      "--max-side", "48", "--latent-edits", "0", "--no-progress")
+    assert quiet.returncode == 0, quiet.stderr
+    assert f"/{n_photos}" not in quiet.stderr and "cache done" in quiet.stderr, quiet.stderr[-500:]
     proc = sigma_cli("synth", "--out", str(out), "-n", "2", "--cache", str(cache), "--photos", str(photos),
                      "crop=32", "--no-progress")
     assert proc.returncode == 0, proc.stderr

@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-vae", action="store_true", default=None,
                    help="cache without TAEF2 (no roundtrips, no latent edits)")
     p.add_argument("--no-progress", action="store_true", default=None,
-                   help="no progress bar on stderr; not with --build-cache (it says a line every 25 photos)")
+                   help="no progress bar on stderr (pairs written, or photos cached)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides of the pairs, e.g. "
                    "data.crop=256; not with --build-cache")
     p.set_defaults(run=run)
@@ -93,11 +93,10 @@ def _refuse_other_modes_flags(args: argparse.Namespace) -> None:
     there; `--build-cache DIR -n 5 --out X` built the cache and wrote no pairs): one bad_arguments line naming it,
     before anything is read or written."""
     if args.build_cache:
-        refuse_unused({"--out": args.out, "-n": args.n, "--cache": args.cache, "--no-progress": args.no_progress,
+        refuse_unused({"--out": args.out, "-n": args.n, "--cache": args.cache,
                        **{item: item for item in args.overrides}},
                       "not with --build-cache DIR, which stores each photo, its TAEF2 roundtrips and latent edits "
-                      "for training (and says a line every 25 photos); pairs are written by another run, `sigma "
-                      "synth --out DIR [--cache DIR]`")
+                      "for training; pairs are written by another run, `sigma synth --out DIR [--cache DIR]`")
     else:
         refuse_unused({"--max-side": args.max_side, "--scales": args.scales, "--latent-edits": args.latent_edits,
                        "--no-vae": args.no_vae},
@@ -122,8 +121,17 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         vae = None if args.no_vae else load_default_vae()
-        out = build_cache(photos, args.build_cache, vae, max_side=max_side, scales=scales,
-                          latent_edits=latent_edits, seed=args.seed)
+        from tqdm import tqdm
+
+        with tqdm(desc="sigma synth --build-cache", unit="photo", file=sys.stderr, disable=bool(args.no_progress),
+                  dynamic_ncols=True) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            out = build_cache(photos, args.build_cache, vae, max_side=max_side, scales=scales,
+                              latent_edits=latent_edits, seed=args.seed, progress=progress,
+                              log=lambda line: tqdm.write(line, file=sys.stderr))
         print(f"cache: {out}")
         return 0
     if not args.out:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -124,11 +125,14 @@ def latent_edit(vae, z: torch.Tensor, donor_z: torch.Tensor, rng: np.random.Gene
 
 def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: int = 384,
                 scales: tuple[float, ...] = (1.0, 0.5), latent_edits: int = 1, seed: int = 0,
-                limit: int | None = None, shuffle: bool = True, log=print) -> Path:
+                limit: int | None = None, shuffle: bool = True, log=print,
+                progress: Callable[[int, int], None] | None = None) -> Path:
     """Idempotent and interruptible: photos already cached are skipped, and `index.json` (which lists only
     finished photos) is rewritten every few photos, so a killed build leaves a usable cache behind; a second
     build on the same folder while one runs is refused (run_locked).
-    `shuffle` processes photos in a seeded random order, so a partial cache still spans every sub-folder."""
+    `shuffle` processes photos in a seeded random order, so a partial cache still spans every sub-folder.
+    `progress(done, total)` is called after every photo (a bar, in `sigma synth --build-cache`); without it `log`
+    says a line every 25 photos."""
     photos = list_photos(photo_dir)[: limit or None]
     out = Path(out_dir)
     # one builder per folder: two would write the same <n>.tmp.npz and index.json.tmp at once and could
@@ -152,12 +156,16 @@ def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: 
             name = f"{i:05d}.npz"
             target = out / name
             if target.is_file():
+                if progress:
+                    progress(n_done + 1, len(photos))
                 continue
             try:
                 img = load_photo(path, max_side)
             except ImageError as exc:   # one bad photo costs itself, not the build: it stays out of the index
                 if log:
                     log(f"skipped {exc.message}")
+                if progress:
+                    progress(n_done + 1, len(photos))
                 continue
             arrays = {"img": img}
             if vae is not None:
@@ -180,7 +188,9 @@ def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: 
             tmp.replace(target)
             if n_done % 10 == 0:
                 write_index()
-            if log and (n_done % 25 == 0):
+            if progress:
+                progress(n_done + 1, len(photos))
+            elif log and (n_done % 25 == 0):
                 log(f"cache {n_done + 1}/{len(photos)} {time.time() - t0:.0f}s")
         write_index()
         if log:
