@@ -51,8 +51,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (429, "queue full or server busy (see Retry-After)"), (503, "queue unreachable")]}
 
 HTTP_CODES = {400: "bad_request", 401: "missing_api_key", 403: "insufficient_scope", 404: "not_found",
-              405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large", 415: "unsupported_media_type",
-              422: "invalid_request", 429: "queue_full", 503: "queue_unavailable"}
+              405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large",
+              415: "unsupported_media_type", 422: "invalid_request", 429: "queue_full", 503: "queue_unavailable"}
 OTHER_HTTP_CODE = "http_error"     # an HTTP error status Starlette raises that HTTP_CODES does not name
 
 # Every code an answer or a job record may carry, each in docs/service.md's table: the fuzz test asserts each

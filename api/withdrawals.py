@@ -32,7 +32,8 @@ MAX_PENDING = 1000      # an outage long enough to pile up more is logged per jo
 class Withdrawals:
     """Background WITHDRAWs, one task each, retried with capped jittered backoff for up to `give_up_s`."""
 
-    def __init__(self, r: Any, keys: Keys, record_ttl_s: int, give_up_s: float, on_done: Callable[[], None] | None = None):
+    def __init__(self, r: Any, keys: Keys, record_ttl_s: int, give_up_s: float,
+                 on_done: Callable[[], None] | None = None):
         self.r = r
         self.keys = keys
         self.record_ttl_s = record_ttl_s

@@ -7,9 +7,9 @@ worker: accepted jobs just wait in Redis), then sends `--clients` concurrent `PO
 body (two noise PNGs of side x side px, base64: 2 x 16.6 MB of PNG → 44 MB of JSON at the default side), and in
 a fresh API process the same pair as multipart. For the API process it reads VmRSS before, VmHWM (the kernel's
 peak RSS) after the burst, and VmRSS once the burst is over (2 s settle). `KEY=VALUE` after a tree are `--set`
-overrides for its API (e.g. `limits.max_bytes_in_flight=100000000000` measures the new code without the budget). Each tree is a Python whose `sigma` is that checkout
-(e.g. the branch's base in its own venv), so old and new code are measured in the same run on the same bytes;
-the JSON gives each figure and the ratio to the first tree.
+overrides for its API (e.g. `limits.max_bytes_in_flight=100000000000` measures the new code without the budget).
+Each tree is a Python whose `sigma` is that checkout (e.g. the branch's base in its own venv), so old and new code
+are measured in the same run on the same bytes; the JSON gives each figure and the ratio to the first tree.
 
     git archive <base> | tar -x -C /tmp/i11-base && source /work/helpers/wtenv.sh /tmp/i11-base   # the old code
     python bench/bench_api_memory.py --tree before=/tmp/venv-i11-base/bin/python:/tmp/i11-base \\

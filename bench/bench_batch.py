@@ -188,8 +188,10 @@ def model_compare(corpus_info: dict, work: Path, pairs: int, workers: int, batch
     ratios = [round(x["pairs_per_s"] / y["pairs_per_s"], 3) for x, y in zip(batches, loops)]
     print(f"sigma-lite batch {b:.2f} pairs/s  loop {l_:.2f} pairs/s  per repeat {ratios}", flush=True)
     return {"annotator": "sigma-lite", "options": options, "pairs": pairs,
-            "batch_run": {**batches[0], "pairs_per_s_median": b, "pairs_per_s_all": [r["pairs_per_s"] for r in batches]},
-            "plain_loop": {**loops[0], "pairs_per_s_median": l_, "pairs_per_s_all": [r["pairs_per_s"] for r in loops]},
+            "batch_run": {**batches[0], "pairs_per_s_median": b,
+                          "pairs_per_s_all": [r["pairs_per_s"] for r in batches]},
+            "plain_loop": {**loops[0], "pairs_per_s_median": l_,
+                           "pairs_per_s_all": [r["pairs_per_s"] for r in loops]},
             "speedup_median": round(b / l_, 3), "speedup_per_repeat": ratios}
 
 
@@ -263,8 +265,8 @@ def main() -> None:
     result["formats"] = compare_formats(corpora, work, "pixel-diff", args.workers, args.batch_size, args.repeats)
     long_info = make(data, args.long_pairs, 64, ["wds"])["wds"]
     result["long_run"] = long_run(long_info, work, args.workers, args.batch_size)
-    print(f"long run: {result['long_run']['pairs']} pairs, RSS by quarter {result['long_run']['rss_mb_total_by_quarter']}"
-          f" MB", flush=True)
+    print(f"long run: {result['long_run']['pairs']} pairs, "
+          f"RSS by quarter {result['long_run']['rss_mb_total_by_quarter']} MB", flush=True)
     if not args.skip_model:
         result["model"] = model_compare(corpora["parquet"], work, args.model_pairs, args.workers, 8, args.repeats)
     result["eval_run"] = eval_run(shared, work)

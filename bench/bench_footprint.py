@@ -1,4 +1,5 @@
-"""Composite test + synthesised footprint on synthetic composites with known footprints → bench/results/bench_footprint.json.
+"""Composite test + synthesised footprint on synthetic composites with known footprints →
+bench/results/bench_footprint.json.
 
 A check of `sigma.annotators.footprint` away from ../shared/data/eval (which is a report, not a target):
 real photographs from ../shared/data/photos, edits made here with known pixel footprints, then saved as
@@ -212,7 +213,8 @@ def main() -> int:
             calls += 1
             per[cond].append({"id": f"synth{idx}", "kind": kind, "gt_fraction": round(float(gt.mean()), 5),
                               "composite": bool(test.is_composite), "tier": test.evidence.get("tier"),
-                              "semantic": f1(semantic, gt), "footprint": f1(forced.mask, gt), "auto": f1(auto.mask, gt)})
+                              "semantic": f1(semantic, gt), "footprint": f1(forced.mask, gt),
+                              "auto": f1(auto.mask, gt)})
             diff = np.abs(original.astype(np.int16) - edited).mean(axis=2) / 255.0
             pixrows[cond].append((diff, gt, kind))
         print(f"{i + 1}/{len(picks)} {kind}", file=sys.stderr, flush=True)

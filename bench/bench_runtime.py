@@ -190,7 +190,8 @@ def bench_batch(pairs: int, repeats: int, work: Path, extra_both: list[str]) -> 
             "pairs_per_s_best": {k: round(pairs / v, 2) for k, v in best.items()},
             "speedup_default_vs_today": round(best["today (torch NCHW)"] / best["default (auto)"], 2),
             "cpu_s": {k: [round(x, 1) for x in v] for k, v in cpus.items()},
-            "speedup_default_vs_today_cpu_time": round(min(cpus["today (torch NCHW)"]) / min(cpus["default (auto)"]), 2),
+            "speedup_default_vs_today_cpu_time": round(min(cpus["today (torch NCHW)"])
+                                                       / min(cpus["default (auto)"]), 2),
             "default_runtime": _default_runtime(),
             "note": "wall time of the whole `sigma batch run` process: start-up, model load, ORT session "
                     "(graph cached), decode, network, parquet"}

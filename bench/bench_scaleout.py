@@ -1,7 +1,8 @@
 """Scale-out benchmark: `sigma-lite` pairs/s on one corpus for the local backend with one process (torch's
 default threads, and 1 thread), `--procs 2`, Ray with 1 and 2 actors, and no flags at all (the defaults),
-alternated in one run, as ratios to the one-process run of the same round; Ray's and the process pool's overhead per shard; and the inputs of the
-1.1 M-pair projection in docs/batch.md (per-pair cost at 512 px, host-side cost per pair, FLOPs per pair).
+alternated in one run, as ratios to the one-process run of the same round; Ray's and the process pool's
+overhead per shard; and the inputs of the 1.1 M-pair projection in docs/batch.md (per-pair cost at 512 px,
+host-side cost per pair, FLOPs per pair).
 
     python bench/bench_scaleout.py                         # JSON to bench/results/bench_scaleout.json
     python bench/bench_scaleout.py --pairs 24 --repeats 1  # quicker
@@ -244,7 +245,8 @@ def main() -> int:
         for name, flags in {"ray_1actor": ["--ray-address", address, "--actors", "1"],
                             "local_procs2": ["--procs", "2"]}.items():
             res = sigma_run(tiny, work / f"tiny-{name}", flags, "pixel-diff", 1)
-            overhead[name] = {"shards": args.tiny_shards, "overhead_ms_per_shard": res["backend"]["overhead_ms_per_shard"],
+            overhead[name] = {"shards": args.tiny_shards,
+                              "overhead_ms_per_shard": res["backend"]["overhead_ms_per_shard"],
                               "run_s": res["run_s"], "worker_s": res["backend"]["worker_seconds"]}
             print(f"overhead {name}: {overhead[name]}", flush=True)
         # projection inputs at 512 px: per pair per core, with the model and with a near-free annotator

@@ -12,11 +12,12 @@ pair whose instruction contains "hang" (blocked on a lock nobody releases, as a 
 instruction contains "odd" (`odd-keys`: keys JSON cannot hold or sort, a __str__ that raises, sets, bytes, arrays;
 on "loop" a dict that contains itself, on "deep" a list nested 100 000 deep, on "clash" keys 1 and "1", on "nested"
 dicts 12 levels deep); `leak-diff` keeps `leak_mb` of memory it never frees per batch; `exit-diff` calls
-sys.exit(3) on instructions with "exit", as a library that gives up does; `exit-jsonl` is a corpus reader (the jsonl one) that calls sys.exit(4) while it reads a shard whose items
-include an instruction with "exit" (raises KeyboardInterrupt on "interrupt"), as long as a file `exit-reader.stop`
-sits beside the manifest; `kill-diff` SIGKILLs its own process on instructions with "die", as the OOM killer does
-(only for `--procs` children: in-process it would kill the caller); `native-slow` spends each batch in one native
-call that releases the GIL and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
+sys.exit(3) on instructions with "exit", as a library that gives up does; `exit-jsonl` is a corpus reader (the
+jsonl one) that calls sys.exit(4) while it reads a shard whose items include an instruction with "exit" (raises
+KeyboardInterrupt on "interrupt"), as long as a file `exit-reader.stop` sits beside the manifest; `kill-diff`
+SIGKILLs its own process on instructions with "die", as the OOM killer does (only for `--procs` children:
+in-process it would kill the caller); `native-slow` spends each batch in one native call that releases the GIL
+and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
 """
 from __future__ import annotations
 

@@ -483,7 +483,8 @@ def test_a_submit_that_redis_fails_half_way_says_how_far_it_got_and_a_second_fin
     with pytest.raises(InputError) as failed:
         submit_run(cfg, out, redis_server.url, prefix, client=client)
     assert failed.value.code == "redis_unavailable"
-    assert "8 of 18 shard task(s) were queued" in failed.value.message and "submit the run again" in failed.value.message
+    assert ("8 of 18 shard task(s) were queued" in failed.value.message
+            and "submit the run again" in failed.value.message)
     assert queue_status(redis_server.url, prefix)["queued"] == 8                  # two chunks, whole
     again = submit_run(cfg, out, redis_server.url, prefix)
     assert (again["queued"], again["already_queued"]) == (10, 8), again

@@ -79,7 +79,8 @@ def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("procs")
     write_pairs_jsonl(root / "set", synthetic_pairs(12, size=40))
     with open(root / "set" / "pairs.jsonl", "a") as handle:
-        handle.write(json.dumps({"id": "gone", "original": "nope.png", "edited": "nope.png", "instruction": "x"}) + "\n")
+        handle.write(json.dumps({"id": "gone", "original": "nope.png", "edited": "nope.png", "instruction": "x"})
+                     + "\n")
     return root
 
 
@@ -130,7 +131,8 @@ def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_ref
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_children_die_with_a_killed_driver_and_the_run_resumes(corpus, slow_reference):
     out = corpus / "killed-driver"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     args = ["batch", "run", str(corpus / "set"), "--out", str(out), "--procs", "2", "--shard-size", "3",
             "--annotator", "slow-diff", "--set", "options.delay_ms=200", "--batch-size", "1", "--workers", "0",
             "--plugin", "service_plugins", "--no-progress"]

@@ -207,7 +207,8 @@ def test_driver_killed_then_resumed_by_the_local_backend(cluster, slow):
     args = ["batch", "run", str(slow / "set"), "--out", str(out), "--backend", "ray", "--shard-size", "3",
             "--annotator", "slow-diff", "--set", "options.delay_ms=250", "--batch-size", "1", "--workers", "0",
             "--plugin", "service_plugins", "--no-progress"]
-    driver = subprocess.Popen([sys.executable, "-m", "sigma", *args], env={**os.environ, "RAY_ADDRESS": cluster.address},
+    driver = subprocess.Popen([sys.executable, "-m", "sigma", *args],
+                              env={**os.environ, "RAY_ADDRESS": cluster.address},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not list((out / "status").glob("*.json")):

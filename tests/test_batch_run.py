@@ -673,7 +673,8 @@ def test_a_run_with_thousands_of_failed_shards_lists_the_first_few_and_counts_th
     assert (summary["failed"], summary["pending"], summary["done"]) == (1200, 5, 0), summary["failed"]
     assert [f["shard"] for f in summary["failed_shards"]] == [f"part-{i:05d}" for i in range(100)]
     assert summary["failed_shards_omitted"] == 1100
-    assert all(len(f["error"]) < 2100 and f["error"].startswith("dead-lettered: part-") for f in summary["failed_shards"])
+    assert all(len(f["error"]) < 2100 and f["error"].startswith("dead-lettered: part-")
+               for f in summary["failed_shards"])
     everything = rundir.summary(failed_limit=None)
     assert len(everything["failed_shards"]) == 1200 and everything["failed_shards_omitted"] == 0
 

@@ -293,7 +293,8 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "missing_config": (["annotate", o, e, *pd, "--config", str(tmp / "nope.yaml")], "invalid_config"),
         "no_edited": (["annotate", o, *pd], "bad_arguments"),
         "no_args": (["annotate"], "bad_arguments"),
-        "outdir_is_file": (["annotate", o, e, "--annotator", "pixel-diff", "-o", str(tmp / "afile")], "out_not_a_folder"),
+        "outdir_is_file": (["annotate", o, e, "--annotator", "pixel-diff", "-o", str(tmp / "afile")],
+                           "out_not_a_folder"),
         "outdir_name_too_long": (["annotate", o, e, "--annotator", "pixel-diff", "-o", str(tmp / ("d" * 300))],
                                  "bad_outdir"),
         # one situation, one code in every command: a folder that cannot be made is bad_outdir (synth said
@@ -411,7 +412,8 @@ def test_every_error_code_the_code_raises_is_documented():
             raised |= {a or b for a, b in pattern.findall(path.read_text(encoding="utf-8"))}
     docs = "\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")])
     # the base classes' own codes: every raise names a more precise one
-    undocumented = sorted(c for c in raised - {"sigma_error", "limit_exceeded"} if f"`{c}`" not in docs and f"[{c}]" not in docs)
+    undocumented = sorted(c for c in raised - {"sigma_error", "limit_exceeded"}
+                          if f"`{c}`" not in docs and f"[{c}]" not in docs)
     assert not undocumented, f"codes raised but in no docs table: {undocumented}"
     assert {"invalid_input", "no_photos", "no_results", "out_not_a_folder", "missing_extra", "redis_unavailable",
             "worker_failed"} <= raised

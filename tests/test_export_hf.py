@@ -38,7 +38,8 @@ def run(tmp_path_factory, one_torch_thread) -> Path:
     root = tmp_path_factory.mktemp("hf")
     write_pairs_jsonl(root / "set", synthetic_pairs(8, size=64))
     with open(root / "set" / "pairs.jsonl", "a") as handle:
-        handle.write(json.dumps({"id": "gone", "original": "nope.png", "edited": "nope.png", "instruction": "x"}) + "\n")
+        handle.write(json.dumps({"id": "gone", "original": "nope.png", "edited": "nope.png", "instruction": "x"})
+                     + "\n")
     cfg = BatchConfig.model_validate({"input": {"path": str(root / "set"), "shard_size": 3},
                                       "annotator": "sigma-lite", "workers": 0, "procs": 1})
     summary = run_batch(cfg, root / "run", progress=False)

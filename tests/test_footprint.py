@@ -95,7 +95,8 @@ def test_bit_identical_composite_is_recovered_exactly(scene):
         prob, sem = semantic_of(gt, spill=spill, shrink=shrink, blob=True)
         test = composite_test(img, edited, prob)
         assert test.is_composite and test.exact and test.tolerance == 0
-        assert test.evidence["tier"] == "exact" and test.evidence["untouched_fraction"] == pytest.approx(1 - gt.mean(), abs=1e-4)
+        assert (test.evidence["tier"] == "exact"
+                and test.evidence["untouched_fraction"] == pytest.approx(1 - gt.mean(), abs=1e-4))
         fp = synthesise_footprint(test, sem)
         assert np.array_equal(fp, gt), f"spill={spill} shrink={shrink}: {int((fp ^ gt).sum())} pixels off"
     # without refutation the footprint keeps the whole semantic mask (spill and false blob included)
@@ -107,7 +108,8 @@ def test_bit_identical_composite_is_recovered_exactly(scene):
 
 def test_semantic_core_is_always_inside_the_footprint(scene, tmp_path):
     img, edited, gt = scene
-    noisy = (edited.astype(np.int16) + np.random.default_rng(5).integers(-3, 4, edited.shape)).clip(0, 255).astype(np.uint8)
+    noisy = ((edited.astype(np.int16) + np.random.default_rng(5).integers(-3, 4, edited.shape))
+             .clip(0, 255).astype(np.uint8))
     cases = [edited, noisy, jpeg_file(edited, tmp_path / "e.jpg", 80)]
     for e in cases:
         for kwargs in ({"shrink": 6}, {"spill": 3, "blob": True}, {}):
@@ -156,7 +158,8 @@ def test_both_images_jpeg_composite(scene, tmp_path):
 
 def test_noisy_paste_back_is_near_exact(scene):
     img, edited, gt = scene
-    noisy = (edited.astype(np.int16) + np.random.default_rng(2).integers(-3, 4, edited.shape)).clip(0, 255).astype(np.uint8)
+    noisy = ((edited.astype(np.int16) + np.random.default_rng(2).integers(-3, 4, edited.shape))
+             .clip(0, 255).astype(np.uint8))
     prob, sem = semantic_of(gt, shrink=5)
     test = composite_test(img, noisy, prob)
     assert test.is_composite and test.evidence["tier"] == "near-exact" and 2 <= test.tolerance <= 4
@@ -257,7 +260,8 @@ def test_annotator_mask_mode_result_json_and_rethreshold(scene, tmp_path):
     assert np.array_equal(decode_rle(rec["footprint_segmentation"]), gt)
     mask_png = np.asarray(Image.open(paths["mask"])) > 0
     assert np.array_equal(mask_png, gt), "mask.png is the chosen mask"
-    assert rec["files"]["semantic_mask"] == "mask_semantic.png" and rec["files"]["footprint_mask"] == "mask_footprint.png"
+    assert (rec["files"]["semantic_mask"] == "mask_semantic.png"
+            and rec["files"]["footprint_mask"] == "mask_footprint.png")
     assert np.array_equal(np.asarray(Image.open(paths["semantic_mask"])) > 0, sem)
     assert np.array_equal(np.asarray(Image.open(paths["footprint_mask"])) > 0, gt)
     # another threshold re-derives the semantic mask; the footprint (its core inside) follows

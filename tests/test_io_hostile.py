@@ -215,7 +215,8 @@ def test_pair_with_different_colour_profiles_is_compared_in_srgb(tmp_path):
     plain = _encoded(Image.fromarray(original), "PNG")
     # 8 bits in another space and back: a few levels off in dark channels of saturated colours, more in JPEG
     for icc, fmt, tolerance in ((display_p3(), "PNG", 8), (adobe_rgb(), "JPEG", 32)):
-        data = _encoded(_in_profile(edited, icc), fmt, icc, **({"quality": 98, "subsampling": 0} if fmt == "JPEG" else {}))
+        data = _encoded(_in_profile(edited, icc), fmt, icc,
+                        **({"quality": 98, "subsampling": 0} if fmt == "JPEG" else {}))
         decoded = decode_image(data, f"edited.{fmt.lower()}")
         assert decoded.notes["icc_profile"].startswith("converted to sRGB from ")
         error = np.abs(decoded.rgb.astype(int) - edited.astype(int)).max(axis=2)

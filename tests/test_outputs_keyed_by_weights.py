@@ -60,8 +60,8 @@ def test_resume_with_other_weights_exits_2_and_says_why(tmp_path, corpus, capsys
     assert record["model"]["weights_sha256"] == file_sha256(tmp_path / "m" / "model.safetensors")
     _save_tiny(tmp_path / "m", 1)                                         # the weights change under the same path
     argv = ["batch", "run", str(corpus), "--out", str(tmp_path / "run"), "--annotator", "sigma-lite",
-            "--shard-size", "2", "--workers", "0", "--set", f"options.weights={tmp_path / 'm'}", "--set", "options.runtime=torch", "--resume",
-            "--no-progress"]
+            "--shard-size", "2", "--workers", "0", "--set", f"options.weights={tmp_path / 'm'}",
+            "--set", "options.runtime=torch", "--resume", "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "another model" in err and "weights_sha256" in err and err.count("\n") == 1

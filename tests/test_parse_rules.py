@@ -193,7 +193,8 @@ HELD_OUT = [
     ("Make the woman close her eyes.", "attribute", "person", "person"),
     ("Change the man's posture to leaning against the wall.", "attribute", "person", "person"),
     ("Change the background of this photo to underwater", "replace", "background", "underwater"),
-    ("Change the park in the picture from summer to a snowy winter landscape.", "replace", "background", "snowy winter"),
+    ("Change the park in the picture from summer to a snowy winter landscape.",
+     "replace", "background", "snowy winter"),
     ("Change the background to a starry night sky.", "replace", "background", "starry night sky"),
     ("Change the living room setting to a cozy cabin interior.", "replace", "background", "cozy cabin interior"),
     ("Transfer the image into a bold ink-wash painting style.", "global", None, None),
@@ -234,7 +235,8 @@ HELD_OUT = [
     ("Change the background of this photo to night city", "replace", "background", "night city"),
     ("Change the background to a tropical rainforest.", "replace", "background", "tropical rainforest"),
     ("Change the office environment in the picture to a sunny beach.", "replace", "background", "sunny beach"),
-    ("Change the house in the picture from the city to a mountain village setting.", "replace", "background", "mountain village"),
+    ("Change the house in the picture from the city to a mountain village setting.",
+     "replace", "background", "mountain village"),
     ("Transfer the image into a minimalist flat-vector illustration style.", "global", None, None),
     ("Change the image to cartoon style", "global", None, None),
     ("Remove the haze in the image.", "global", None, None),
@@ -260,7 +262,8 @@ HELD_OUT = [
     ("replace the flowers to sunflowers.", "replace", "flowers", "sunflowers"),
     ("add a party hat on the dog.", "add", None, "party hat"),
     ("add a scarf to the snowman.", "add", None, "scarf"),
-    ("Change the trees in the picture from green summer foliage to a snowy winter scene.", "replace", "background", "snowy winter"),
+    ("Change the trees in the picture from green summer foliage to a snowy winter scene.",
+     "replace", "background", "snowy winter"),
     ("Replace the wooden door with a glass door.", "replace", "wooden door", "glass door"),
     ("Replace the dog's collar with a red bandana.", "replace", "collar", "red bandana"),
     ("Change the color of the sofa to dark green", "attribute", "sofa", "sofa"),
@@ -298,7 +301,8 @@ HELD_OUT = [
     ("Add a seagull flying above the waves.", "add", None, "seagull"),
     ("Add a dog to the left of the person", "add", None, "dog"),
     ("Change the background of this photo to space", "replace", "background", "space"),
-    ("Change the street scene in the picture from daytime to a neon-lit night city environment.", "replace", "background", "neon-lit night city"),
+    ("Change the street scene in the picture from daytime to a neon-lit night city environment.",
+     "replace", "background", "neon-lit night city"),
     ("Change the dining room setting to an outdoor picnic area.", "replace", "background", "outdoor picnic area"),
     ("Transfer the image into a retro 8-bit pixel-art style.", "global", None, None),
     ("Change the image to Pop Art style", "global", None, None),
@@ -626,7 +630,8 @@ def test_sigma_parse_reads_a_nul_between_words_as_a_break(tmp_path, capsys):
     assert main(["parse", "--file", str(tmp_path / "lines.txt")]) == 0
     nul, plain = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert (nul["edit_type"], nul["source"], nul["target"]) == ("remove", "dog", None), nul
-    assert {k: v for k, v in nul.items() if k != "instruction"} == {k: v for k, v in plain.items() if k != "instruction"}
+    assert ({k: v for k, v in nul.items() if k != "instruction"}
+            == {k: v for k, v in plain.items() if k != "instruction"})
 
 
 def test_cli_parse_file_with_a_bom_and_crlf(tmp_path, capsys):

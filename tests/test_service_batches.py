@@ -182,7 +182,8 @@ def test_corpus_contents_that_point_outside_the_root_are_refused_and_never_read(
     write_pairs_jsonl(evil, synthetic_pairs(2, size=32))
     lines = (evil / "pairs.jsonl").read_text().splitlines()
     good = json.loads(lines[0])
-    bad = [dict(good, id="passwd", original="/etc/passwd"), dict(good, id="dotdot", edited="../../outside-files/real.png"),
+    bad = [dict(good, id="passwd", original="/etc/passwd"),
+           dict(good, id="dotdot", edited="../../outside-files/real.png"),
            dict(good, id="fifo", original=str(fifo)), dict(good, id="maskout", mask=str(outside / "real.png")),
            dict(good, id="nul", edited="x\u0000.png"), dict(good, id="masknul", mask="m\u0000.png")]
     (evil / "pairs.jsonl").write_text("\n".join(lines + [json.dumps(b) for b in bad]) + "\n")

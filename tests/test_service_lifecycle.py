@@ -450,8 +450,8 @@ def test_extras_that_contain_themselves_or_nest_too_deep_fail_their_job_at_once(
     """A plugin's extras holding a dict that contains itself, or a list nested 100 000 deep: `json_ready` recursed
     until RecursionError, the job was retried as a `model_error` (its batch run again pair by pair each time) and
     dead-lettered after max_deliveries. Now each is that job's `annotator_failed` error on its first delivery, saying
-    what and where (the depth is bounded by `limits.max_json_depth`, default 32, not Python's stack); its neighbour is done
-    and the worker goes on."""
+    what and where (the depth is bounded by `limits.max_json_depth`, default 32, not Python's stack); its neighbour
+    is done and the worker goes on."""
     import json
 
     from sigma.text import MAX_JSON_DEPTH

@@ -44,7 +44,8 @@ def test_keys_without_a_name_in_yaml_do_not_share_an_owner(tmp_path):
     """Every unnamed YAML key was named "key": the jobs' owner, so each could read and delete the others' jobs."""
     cfg_file = tmp_path / "serve.yaml"
     cfg_file.write_text(f"auth:\n  keys:\n    - sha256: {hash_key('alice')}\n    - sha256: {hash_key('bob')}\n"
-                        f"    - {{name: team, sha256: {hash_key('old')}}}\n    - {{name: team, sha256: {hash_key('new')}}}\n")
+                        f"    - {{name: team, sha256: {hash_key('old')}}}\n"
+                        f"    - {{name: team, sha256: {hash_key('new')}}}\n")
     cfg = load_serve_config(cfg_file, env={"SIGMA_API_KEYS": "carol"})
     owners = {k.sha256: k.name for k in cfg.auth.keys}
     assert owners[hash_key("alice")] != owners[hash_key("bob")]

@@ -263,7 +263,8 @@ def test_a_range_the_sampler_cannot_draw_from_is_refused_at_load(override, tmp_p
                                       "perturb.jpeg_quality=[0,95]", "mix={remove: 1e308, splice: 1e308}"])
 def test_weights_and_integer_ranges_the_sampler_cannot_use_are_refused_at_load(override, tmp_path, capsys):
     """All-zero or negative weights (NaN probabilities in numpy's choice), weights whose sum overflows to inf (a
-    ValueError traceback from numpy's choice), unknown kinds or shapes, a reversed regenerator count: a config error naming the key, before any pair is drawn."""
+    ValueError traceback from numpy's choice), unknown kinds or shapes, a reversed regenerator count: a config
+    error naming the key, before any pair is drawn."""
     from sigma.cli import main
 
     rc = main(["synth", "--out", str(tmp_path / "out"), "-n", "1", "--photos", str(tmp_path), override])

@@ -310,7 +310,8 @@ def test_a_run_with_relative_input_paths_resumes_from_another_folder(photos, tmp
     assert main(["train", "--resume", "copy", "data.photos=mine", "steps=4",
                  "sources=[{path: pairs, weight: 0.5}]"]) == 0, capsys.readouterr().err
     saved = yaml.safe_load((elsewhere / "copy" / "config.yaml").read_text())
-    assert saved["data"]["photos"] == str(elsewhere / "mine") and saved["sources"][0]["path"] == str(elsewhere / "pairs")
+    assert (saved["data"]["photos"] == str(elsewhere / "mine")
+            and saved["sources"][0]["path"] == str(elsewhere / "pairs"))
     # a path that is nowhere: the error names where it was looked for
     shutil.rmtree(start / "photos")
     shutil.rmtree(start / "runs" / "p" / "final")
@@ -589,9 +590,10 @@ def test_existing_run_and_bad_config_are_clear_errors(photos, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override", ["seed=-1", "seed=1000000000000000000000000000000", "eval.val_seed=-5",
-                                      "lr=inf", "lr=1e308", "loss.bce=nan", "ema.hi=.nan", "disentangle.noise_scale=inf",
-                                      "max_minutes=inf", "eval.val_size=100000000", "data.multi_max=1000000000",
-                                      "data.noise_blur=1000000000", "eval.limit=-1", "loss.dice=-1", "ema.hi=5"])
+                                      "lr=inf", "lr=1e308", "loss.bce=nan", "ema.hi=.nan",
+                                      "disentangle.noise_scale=inf", "max_minutes=inf", "eval.val_size=100000000",
+                                      "data.multi_max=1000000000", "data.noise_blur=1000000000", "eval.limit=-1",
+                                      "loss.dice=-1", "ema.hi=5"])
 def test_numbers_a_run_cannot_use_are_config_errors(photos, tmp_path, capsys, override):
     """A negative seed (numpy: ValueError traceback) or one of 10^30 (torch: OverflowError traceback) ended the run
     after its folder was made; lr=inf trained NaN weights into final/ with exit 0 and loss.bce=nan skipped every
@@ -666,7 +668,8 @@ def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_pat
     runs = tmp_path / "runs"
     common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "batch_size=2", "eval.val_size=2"]
     base = yaml.safe_load(Path(STAGE1).read_text())
-    for key, tree in (("name", {"name": "r\ud800"}), ("eval.val_dir", {"eval": {**base["eval"], "val_dir": "v\ud800"}})):
+    for key, tree in (("name", {"name": "r\ud800"}),
+                      ("eval.val_dir", {"eval": {**base["eval"], "val_dir": "v\ud800"}})):
         (tmp_path / "s.yaml").write_text(yaml.safe_dump({**base, **tree}))     # written as the escape "\uD800"
         assert main(["train", str(tmp_path / "s.yaml"), *common]) == 2
         err = capsys.readouterr().err
@@ -976,7 +979,8 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
     import sigma.training.checkpoint as C
 
     # what a checkpoint holds (load_checkpoint checks the fields a resume reads)
-    state = {"model": {"w": torch.zeros(1)}, "opt": {"state": {}, "param_groups": []}, "torch_rng": torch.get_rng_state()}
+    state = {"model": {"w": torch.zeros(1)}, "opt": {"state": {}, "param_groups": []},
+             "torch_rng": torch.get_rng_state()}
     C.save_checkpoint(tmp_path, {**state, "step": 3})
     real_save = torch.save
 

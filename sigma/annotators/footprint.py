@@ -471,7 +471,8 @@ def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: Footpri
         if test.exact:     # no noise on a bit-identical background: every changed region is an edit
             keep = touches_seed | (area >= 4)
         else:              # away from the model's region, only solid regions well above the noise
-            mean = np.bincount(labels.ravel(), weights=excess.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+            mean = (np.bincount(labels.ravel(), weights=excess.ravel().astype(np.float64), minlength=n)
+                    / np.maximum(area, 1))
             keep = touches_seed | ((mean > strong_level) & (area >= max(16, round(cfg.min_component * h * w))))
         keep[0] = False
         footprint = keep[labels]

@@ -182,8 +182,8 @@ class SigmaAnnotator(TorchAnnotator):
         from sigma.runtime import RuntimeOptions, build_runner
 
         self.runner = build_runner(
-            self.model, RuntimeOptions(cfg.runtime, cfg.channels_last, cfg.cpu_threads, cfg.build_graph), device=self.device,
-            use_bf16=self.use_bf16, trained=not self.weights_source.startswith("random_init"),
+            self.model, RuntimeOptions(cfg.runtime, cfg.channels_last, cfg.cpu_threads, cfg.build_graph),
+            device=self.device, use_bf16=self.use_bf16, trained=not self.weights_source.startswith("random_init"),
             label=cfg.model or self.preset,
             working=None if self.keep_aspect else working_size(self.size, self.size, self.size, self.multiple,
                                                                False, cfg.upscale))

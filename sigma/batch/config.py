@@ -30,8 +30,9 @@ class InputConfig(Strict):
     root: str | None = Field(None, description="confine every file the corpus names (manifest paths, symlinks) to "
                              "this folder, resolved; set by POST /v1/batches to api.batch_root. None (the CLI's "
                              "default): the corpus may name any file the user can read")
-    shard_size: int = Field(1000, ge=1, le=MAX_SHARD_SIZE, description="pairs per shard (parquet/Arrow: whole row groups/batches "
-                                                    "accumulated up to at least this many rows; tars: one per tar)")
+    shard_size: int = Field(1000, ge=1, le=MAX_SHARD_SIZE,
+                            description="pairs per shard (parquet/Arrow: whole row groups/batches accumulated up to "
+                                        "at least this many rows; tars: one per tar)")
 
     @field_validator("shard_size", mode="before")
     @classmethod

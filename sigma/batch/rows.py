@@ -32,8 +32,8 @@ SCHEMA_FIELDS: list[tuple[str, str]] = [
     ("gt_f1", "float64"), ("gt_iou", "float64"), ("gt_auc", "float64"), ("gt_fraction", "float64"),
     ("gt_tp", "int64"), ("gt_fp", "int64"), ("gt_fn", "int64"), ("gt_note", "string"),
 ]
-KNOWN_EXTRA = {"confidence", "parser", "parse", "components", "intended", "side_effect", "intended_mask", "side_effect_mask",
-               "edit_type"}
+KNOWN_EXTRA = {"confidence", "parser", "parse", "components", "intended", "side_effect", "intended_mask",
+               "side_effect_mask", "edit_type"}
 
 
 def arrow_schema():

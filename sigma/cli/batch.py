@@ -74,11 +74,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator", help="registry name (see `sigma models`)")
     p.add_argument("--threshold", type=float, help="mask = prob > T")
     p.add_argument("--batch-size", type=integer, help="pairs per predict() call (default 8)")
-    p.add_argument("--workers", type=integer, help="decode processes (default: 0 on <= 2 cores, else cores - 1, at most 8)")
+    p.add_argument("--workers", type=integer,
+                   help="decode processes (default: 0 on <= 2 cores, else cores - 1, at most 8)")
     p.add_argument("--png-masks", action="store_true", help="also write OUT/masks/<shard>/<pair>.png")
     p.add_argument("--no-ground-truth", action="store_true",
                    help="do not score against the corpus's masks (skips decoding them)")
-    p.add_argument("--backend", choices=("local", "ray"), help="local (default) or ray (pip install 'sigma-masks[ray]')")
+    p.add_argument("--backend", choices=("local", "ray"),
+                   help="local (default) or ray (pip install 'sigma-masks[ray]')")
     add_plugin_arg(p, "import MODULE before building the annotator, in every process and actor (registers your "
                       "own annotators and corpus formats; repeatable)")
     add_config_args(p)
@@ -96,7 +98,8 @@ def _add_scale_args(p: argparse.ArgumentParser) -> None:
                                                          "of its head, 'auto' (the one `ray start` runs here) or "
                                                          "ray://HOST:10001; default $RAY_ADDRESS, else a Ray on this "
                                                          "machine")
-    g.add_argument("--actors", type=integer, help="Ray shard actors (default: one per GPU, or per CPU on a CPU cluster)")
+    g.add_argument("--actors", type=integer,
+                   help="Ray shard actors (default: one per GPU, or per CPU on a CPU cluster)")
     g.add_argument("--actor-cpus", type=float, help="CPUs each Ray actor reserves (default 1)")
     g.add_argument("--actor-gpus", type=float, help="GPUs each Ray actor reserves; 0.5 packs two per GPU (default: 1 "
                                                     "on a cluster with GPUs, else 0)")
@@ -170,7 +173,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(run=run_status)
 
     pr = bsub.add_parser("presets", help="list the corpus presets and their columns",
-                         epilog="examples:\n  sigma batch presets\n  sigma batch run mb/ --preset magicbrush --out runs/mb\n",
+                         epilog="examples:\n  sigma batch presets\n"
+                                "  sigma batch run mb/ --preset magicbrush --out runs/mb\n",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.set_defaults(run=run_presets)
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])

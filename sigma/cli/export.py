@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _filters(b)
     b.add_argument("--out", required=True, help="output folder (Tp/, Gt/, imdl_benco.json)")
     b.add_argument("--relative", action="store_true", help="paths in the JSON relative to --out (default absolute)")
-    b.add_argument("--overwrite", action="store_true", help="replace an export already in --out (Tp/, Gt/ and the JSON)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an export already in --out (Tp/, Gt/ and the JSON)")
     b.set_defaults(run=run_imdl_benco, needs=("batch",))
     c = esub.add_parser("coco", help="COCO-style JSON with RLE segmentations", epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)

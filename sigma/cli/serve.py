@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="bind address (default: api.host, 127.0.0.1)")
     p.add_argument("--port", type=integer, help="port (default: api.port, 8000)")
     p.add_argument("--annotator", help="`all` only: the worker's annotator (default: worker.annotator); the API then "
-                   "serves it too (api.annotators, when not set, becomes [NAME]). `api` refuses it: it starts no worker")
+                   "serves it too (api.annotators, when not set, becomes [NAME]). `api` refuses it: it starts no "
+                   "worker")
     add_plugin_arg(p, "import MODULE in the API, so requests may name the annotators it registers (adds to "
                       "api.plugins); with `all` also in the worker (adds to worker.plugins). Repeatable")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -99,7 +99,8 @@ class EvalResult:
         for (_, score), detail, groups in zip(rows, details, self.memberships(perturbation)):
             for g in dict.fromkeys((*groups, "overall")):
                 out.setdefault(g, []).append((score, detail))
-        return {g: v for g, v in out.items() if g != "overall"} | ({"overall": out["overall"]} if "overall" in out else {})
+        return ({g: v for g, v in out.items() if g != "overall"}
+                | ({"overall": out["overall"]} if "overall" in out else {}))
 
     def mask_tables(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per perturbation and group: both masks' F1, how many pairs were composites, and Spearman's

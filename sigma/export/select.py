@@ -119,7 +119,8 @@ def iter_items(run_dir: str | Path, row_filter: RowFilter | None = None
                     continue
                 seen.add(item.index)
                 if item.pair_id != row["pair_id"]:
-                    yield row, None, f"corpus changed: expected {row['pair_id']} at {row['source']}, found {item.pair_id}"
+                    yield row, None, (f"corpus changed: expected {row['pair_id']} at {row['source']}, "
+                                      f"found {item.pair_id}")
                     continue
                 yield row, item, None
         except InputError as exc:

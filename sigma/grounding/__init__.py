@@ -19,6 +19,6 @@ from sigma.grounding.types import (
 )
 
 __all__ = ["FLAG_GLOBAL", "FLAG_NOTHING_FOUND", "FLAG_NO_GROUNDING", "FLAG_NO_INSTRUCTION", "FLAG_PARTLY_FOUND",
-           "GROUNDERS", "UNINFORMATIVE", "Detection", "DetectorConfig", "Grounder", "GroundingConfig", "GroundingResult",
-           "NoneGrounder", "Region", "SegmenterConfig", "build_grounder", "compose_prior", "full_prior",
-           "grounder_names", "uninformative_prior"]
+           "GROUNDERS", "UNINFORMATIVE", "Detection", "DetectorConfig", "Grounder", "GroundingConfig",
+           "GroundingResult", "NoneGrounder", "Region", "SegmenterConfig", "build_grounder", "compose_prior",
+           "full_prior", "grounder_names", "uninformative_prior"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 # A small offline vocabulary: BERT's specials, '.', and words our tests ground.
-TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a", "an", "the", "of", "and", "cat", "dog", "car", "person", "man", "woman", "tree", "bird", "hat", "boat", "sky", "house", "chair", "table", "cup", "background", "red", "blue", "green", "square", "circle", "object"]
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a", "an", "the", "of", "and",
+              "cat", "dog", "car", "person", "man", "woman", "tree", "bird", "hat", "boat", "sky", "house",
+              "chair", "table", "cup", "background", "red", "blue", "green", "square", "circle", "object"]
 
 
 def tiny_grounding_dino(folder: str | Path | None = None, seed: int = 0, image_size: int = 128):

@@ -198,9 +198,9 @@ def _to_srgb(image: Image.Image, icc: bytes, notes: dict[str, Any]) -> Image.Ima
 
 # Pillow turns every TIFF strip or tile of the first page into an entry of a Python list when it opens the file:
 # an image one pixel wide with one row per strip, 1 million strips in 10 MB, took 2.2 s to open, 5 s and 350 MB
-# to decode (later pages are not set up: `is_animated` only reads the next IFD's offset). Writers use strips of ~8 KB or tiles of 256 x 256: 65536
-# of them is a 512 MB image; a scanner's one-row strips fit too. An IFD of more than 65535 entries (possible only
-# in BigTIFF) is refused as well: Pillow walks them one by one.
+# to decode (later pages are not set up: `is_animated` only reads the next IFD's offset). Writers use strips of
+# ~8 KB or tiles of 256 x 256: 65536 of them is a 512 MB image; a scanner's one-row strips fit too. An IFD of more
+# than 65535 entries (possible only in BigTIFF) is refused as well: Pillow walks them one by one.
 MAX_TIFF_STRIPS = 65_536
 MAX_TIFF_IFD_ENTRIES = 65_535
 _TIFF_HEADERS = {b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True)}

@@ -41,7 +41,8 @@ def write_json(data: Any, path: str | Path) -> Path:
 
 
 def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | Path,
-                     record_extra: dict[str, Any] | None = None, max_json_depth: int = MAX_JSON_DEPTH) -> dict[str, Path]:
+                     record_extra: dict[str, Any] | None = None,
+                     max_json_depth: int = MAX_JSON_DEPTH) -> dict[str, Path]:
     """mask.png, prob.png, overlay.png (and the two masks of a composite test) and result.json in `outdir`. The
     record is made JSON first: extras that cannot be written (`NotWritable`) leave the folder as it was, never new
     masks beside an old result.json or none."""

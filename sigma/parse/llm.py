@@ -222,9 +222,10 @@ class LLMParser:
 
         enc = self.tokenizer(self.prompt(instruction), return_tensors="pt").to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                                      stopping_criteria=[_AnswerDone(self.tokenizer, enc["input_ids"].shape[1], PREFILL)])
+            out = self.model.generate(
+                **enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                stopping_criteria=[_AnswerDone(self.tokenizer, enc["input_ids"].shape[1], PREFILL)])
         return PREFILL + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def __call__(self, text: str | None, **_: Any) -> ParsedInstruction:

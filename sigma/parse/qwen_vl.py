@@ -99,7 +99,8 @@ class QwenVLParser:
             counts = [int(g.prod()) // (self.merge ** 2) for g in vision["image_grid_thw"]]
             parts = text.split(IMAGE_PAD)
             if len(parts) != len(counts) + 1:
-                raise ValueError(f"qwen-vl: chat template produced {len(parts) - 1} image slots for {len(counts)} images")
+                raise ValueError(f"qwen-vl: chat template produced {len(parts) - 1} image slots "
+                                 f"for {len(counts)} images")
             text = parts[0] + "".join(IMAGE_PAD * n + rest for n, rest in zip(counts, parts[1:]))
             extra = {"pixel_values": vision["pixel_values"].to(self.device, self.model.dtype),
                      "image_grid_thw": vision["image_grid_thw"].to(self.device)}
@@ -110,9 +111,10 @@ class QwenVLParser:
     def generate(self, instruction: str, images=None) -> str:
         enc = self.inputs(instruction, images)
         with self._torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                                      stopping_criteria=[_AnswerDone(self.tokenizer, enc["input_ids"].shape[1], PREFILL)])
+            out = self.model.generate(
+                **enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                stopping_criteria=[_AnswerDone(self.tokenizer, enc["input_ids"].shape[1], PREFILL)])
         return PREFILL + self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def __call__(self, text: str | None, images=None, **_: Any) -> ParsedInstruction:

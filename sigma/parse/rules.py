@@ -357,7 +357,8 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
     return _classify_change(toks, low, x, seg, y_start, end, a, "change")
 
 
-_LOCATIONS = frozenset(["foreground", "background", "middle", "center", "centre", "corner", "front", "back", "left", "right", "top", "bottom", "side", "edge", "distance"])
+_LOCATIONS = frozenset(["foreground", "background", "middle", "center", "centre", "corner", "front", "back", "left",
+                        "right", "top", "bottom", "side", "edge", "distance"])
 
 
 def _in_is_target(low, k, end, toks=None) -> bool:

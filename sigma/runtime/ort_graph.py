@@ -10,9 +10,9 @@ caller runs torch for batches that have them).
 The cache key is the sha256 of the fields below — the weights as loaded (after BatchNorm folding), the
 architecture, the network's source code, the package, torch and onnxruntime versions, the shape mode — so
 new weights, new code, a new release or a new runtime never reuse an old graph; every load also re-checks
-the graph against torch on one small probe (milliseconds) before trusting it. A build is checked against torch on fixed inputs
-(max |Δ logit| ≤ `TOLERANCE`); a graph that fails is never cached as good: a `.failed.json` marker
-records why, so the next process falls back at once instead of exporting again.
+the graph against torch on one small probe (milliseconds) before trusting it. A build is checked against torch
+on fixed inputs (max |Δ logit| ≤ `TOLERANCE`); a graph that fails is never cached as good: a `.failed.json`
+marker records why, so the next process falls back at once instead of exporting again.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Fleet mode: shard tasks on a Redis stream, consumed by `sigma worker --batch` on every GPU machine.
 
-Delivery follows the service's rules (the fleet handler runs on the one consumer loop, `consumer.py`): at-least-once, a lease extended by the
-heartbeat while a shard is worked on, XAUTOCLAIM of entries whose worker died, dead-letter after
-`max_deliveries`. Running a shard twice is safe: its output is a pure function of (input, shard, run
-hash), published by atomic rename, and a finished shard is skipped. The run folder (and the corpus)
+Delivery follows the service's rules (the fleet handler runs on the one consumer loop, `consumer.py`):
+at-least-once, a lease extended by the heartbeat while a shard is worked on, XAUTOCLAIM of entries whose worker
+died, dead-letter after `max_deliveries`. Running a shard twice is safe: its output is a pure function of (input,
+shard, run hash), published by atomic rename, and a finished shard is skipped. The run folder (and the corpus)
 must be on storage every worker sees; Redis carries only {run_dir, shard, run_hash}.
 """
 from __future__ import annotations
@@ -577,7 +577,8 @@ class FleetHandler:
         written unless the shard is done meanwhile. A task whose folder is gone or holds another run has no
         status to write."""
         self.stats.dead += 1
-        error = error or self._last_error(entry) or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"}
+        error = (error or self._last_error(entry)
+                 or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"})
         try:
             rundir, record, shard = locate_task(entry.fields, patience_s=0)    # no waiting: it is given up on
         except (PermanentTaskError, RunUnreadable, OSError):

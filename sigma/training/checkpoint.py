@@ -73,7 +73,8 @@ def _check_fields(state: dict[str, Any]) -> None:
     step = state["step"]
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"step {str(step)[:40]!r} is not a non-negative integer")
-    if not isinstance(state.get("model"), dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+    if (not isinstance(state.get("model"), dict)
+            or not all(isinstance(v, torch.Tensor) for v in state["model"].values())):
         raise ValueError("no model state (a mapping of tensors)")
     if not isinstance(state.get("opt"), dict) or not {"state", "param_groups"} <= set(state["opt"]):
         raise ValueError("no optimiser state")

@@ -39,7 +39,8 @@ class FolderSource:
         s = max(c / min(h, w), min(1.0, 2 * c / max(h, w)))  # bring the short side near the crop size
         if abs(s - 1) > 1e-3:
             size = (max(c, round(w * s)), max(c, round(h * s)))
-            orig, edit = cv2.resize(orig, size, interpolation=cv2.INTER_AREA), cv2.resize(edit, size, interpolation=cv2.INTER_AREA)
+            orig, edit = (cv2.resize(orig, size, interpolation=cv2.INTER_AREA),
+                          cv2.resize(edit, size, interpolation=cv2.INTER_AREA))
             mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         h, w = orig.shape[:2]
         y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))

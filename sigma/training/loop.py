@@ -477,7 +477,8 @@ class Trainer:
                 rec["real"] = f"skipped: {data} not found"
         self._keep_best(rec)
         self.emit(rec)
-        self.log(f"[val step {self.step}] " + json.dumps(rec, default=lambda x: round(x, 4) if isinstance(x, float) else str(x)))
+        self.log(f"[val step {self.step}] "
+                 + json.dumps(rec, default=lambda x: round(x, 4) if isinstance(x, float) else str(x)))
 
     def _read_best(self, path: Path) -> dict[str, Any] | None:
         """best.json, or None when there is none or it cannot be read: a damaged one (a disk fault, an edit by

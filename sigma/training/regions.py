@@ -59,8 +59,8 @@ def sample_regions(masks: torch.Tensor, edit_type: torch.Tensor, p: float, gen: 
                                           else (("original",) if float(torch.rand(1, generator=gen)) < 0.5
                                                 else ("edited",)))
                 for side in sides:
-                    regs.append({"box": _jitter(box, gen, 0.15), "score": 0.3 + 0.7 * float(torch.rand(1, generator=gen)),
-                                 "image": side})
+                    regs.append({"box": _jitter(box, gen, 0.15),
+                                 "score": 0.3 + 0.7 * float(torch.rand(1, generator=gen)), "image": side})
         if not truth or mode >= 0.6:   # wrong boxes: alone (no truth / mode >= 0.85) or as distractors
             for _ in range(1 + int(torch.randint(0, 2, (1,), generator=gen))):
                 c = torch.rand(2, generator=gen).tolist()

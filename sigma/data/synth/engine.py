@@ -347,7 +347,8 @@ class SynthEngine:
         illum_p = cfg.perturb.illum.aerial_p if aerial else cfg.perturb.illum.p
         chain = P.sample_illum(rng, cfg.perturb.illum, illum_p, None) + P.sample(rng, cfg.perturb)
         if kind == "inpaint" and rng.random() < cfg.inpaint_composite_p:
-            use_vae, rt_key, chain = False, None, []     # pasted back into the untouched photo, as inpainting pipelines do
+            # pasted back into the untouched photo, as inpainting pipelines do
+            use_vae, rt_key, chain = False, None, []
         # drawn only when asked for, so a config without it keeps its stream (and its validation set)
         online = (use_vae and kind != "latent" and cfg.perturb.vae_online > 0
                   and rng.random() < cfg.perturb.vae_online)

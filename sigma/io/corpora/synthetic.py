@@ -146,7 +146,8 @@ def _batches(pairs: Iterable[dict], preset: str, rows: int) -> Iterator[Any]:
         yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
 
-def write_parquet(path: str | Path, pairs: Iterable[dict], preset: str = "magicbrush", row_group_size: int = 50) -> Path:
+def write_parquet(path: str | Path, pairs: Iterable[dict], preset: str = "magicbrush",
+                  row_group_size: int = 50) -> Path:
     """One parquet file, one row group per `row_group_size` pairs, written as they come (streaming)."""
     import pyarrow.parquet as pq
 
