@@ -332,9 +332,9 @@ made by SIGMA (`sigma batch run`, package `sigma-masks`) and exported with `sigm
 - Export filters: {filters}; {info["rows"]} pairs kept, {info["skipped"]} could not be re-read.
 - The mask (255 = edited, at the original's size, also as COCO RLE in `mask_rle`) is {info["mask"]}. Both
   of SIGMA's masks are in `semantic_rle` (what changed in meaning) and `footprint_rle` (every pixel the
-  editor re-made, when the pair is a composite: most pixels untouched; `is_composite`, `composite`). \
-Where the annotator splits it, `intended_rle` is
-  the part the instruction asked for and `side_effect_rle` the editor's side effects.
+  editor re-made, when the pair is a composite: most pixels untouched; `is_composite`, `composite`).
+  Where the annotator splits it, `intended_rle` is the part the instruction asked for and `side_effect_rle`
+  the editor's side effects.
 - `original` and `edited` are the corpus's bytes, unchanged (`original_sha256`, `edited_sha256`). The masks
   are machine-made: check `confidence`, and the review page of the run, before training on them.
 
