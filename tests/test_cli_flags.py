@@ -177,6 +177,38 @@ def test_one_option_spelt_two_ways_is_one_batch_run_recorded_as_the_annotator_re
         assert again["run_hash"] == other["run_hash"]
 
 
+def test_annotate_and_eval_record_the_options_as_the_annotator_read_them(tmp_path):
+    """`sigma annotate` and `sigma eval` ran sigma-lite at 224 for `--set options.image_size=2.24e2` (its config
+    converts the text) but wrote '2.24e2' in config.yaml and in result.json's / metrics.json's config: the record said
+    what was typed, not what ran. They now record the options as the annotator's own config reads them (only the
+    keys given), as a batch run does; a bad option is still one error line, and nothing is written."""
+    import json
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    out = tmp_path / "annotated"
+    proc = sigma_cli("annotate", "--example", "-o", str(out), "--annotator", "sigma-lite", "--set",
+                     "options.image_size=2.24e2", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "options:\n  image_size: 224\n" in (out / "config.yaml").read_text()
+    assert json.loads((out / "result.json").read_text())["config"]["options"]["image_size"] == 224
+
+    ev = tmp_path / "eval"
+    proc = sigma_cli("eval", "--data", str(tmp_path / "set"), "--out", str(ev), "--annotator", "pixel-diff",
+                     "--set", "options.threshold=5e-2", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "options:\n  threshold: 0.05\n" in (ev / "config.yaml").read_text()
+    assert json.loads((ev / "metrics.json").read_text())["config"]["options"] == {"threshold": 0.05}
+
+    for args in (["annotate", "--example", "-o", str(tmp_path / "bad-a"), "--annotator", "sigma-lite"],
+                 ["eval", "--data", str(tmp_path / "set"), "--out", str(tmp_path / "bad-e"), "--annotator",
+                  "sigma-lite"]):
+        proc = sigma_cli(*args, "--set", "options.image_size=2.5e0x", timeout=240)
+        assert_refused(proc, "sigma-lite: image_size: Input should be a valid integer", code="invalid_config")
+        assert not (tmp_path / "bad-a").exists() and not (tmp_path / "bad-e").exists()
+
+
 def test_integer_lists_take_exponent_notation_as_integer_fields_do(tmp_path):
     """`--set quality=1e1` was 10, but `perturb.jpeg_quality=[1e1, 95]` was "unable to parse string as an integer"
     (YAML 1.1 reads 1e1 as text, and only scalar integer fields were converted), in a YAML file too, and an
