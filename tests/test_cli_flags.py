@@ -4,7 +4,8 @@ Through the real CLI in subprocesses (and real Redis and HTTP where a server run
 started an API as if the flag were not there; `sigma worker --batch --annotator/--max-batch-size` consumed batch
 tasks with the run's own settings (and so did its --set worker.*); `sigma synth` ignored the flags of its other
 mode; integer flags no config field bounds (`sigma report --limit`, `sigma synth -n`) took `-5` or `1e30`; an
-annotator option spelt two ways (`2.24e2`, `224`) made two batch runs.
+annotator option spelt two ways (`2.24e2`, `224`) made two batch runs, and `sigma annotate` / `sigma eval` recorded it
+as typed; every service mode took the worker.* settings it never reads (and the batch worker ignored worker.consumer).
 """
 from __future__ import annotations
 
@@ -38,13 +39,28 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
     (["worker", "--batch", "--set", "worker.annotator=sigma-lite"], ["--set worker.annotator: not with --batch"]),
     (["worker", "--batch", "--set", "worker.max_batch_size=4", "--set", "worker.options.threshold=0.1"],
      ["--set worker.max_batch_size and --set worker.options.threshold: not with --batch", "sigma batch submit"]),
+    (["worker", "--batch", "--set", "worker.max_wait_ms=50", "--set", "worker={max_rss_mb: 500}"],
+     ["--set worker.max_wait_ms and --set worker: not with --batch", "gathers no API jobs",
+      "only `sigma worker` recycles itself"]),
+    (["worker", "--batch", "--set", "worker.max_restarts=3"], ["--set worker.max_restarts: not with --batch",
+                                                               "only `sigma serve all` restarts"]),
+    (["worker", "--set", "worker.run_read_retry_s=1", "--set", "worker.restart_window_s=5"],
+     ["--set worker.run_read_retry_s and --set worker.restart_window_s: not with `sigma worker`",
+      "only `sigma worker --batch` reads a run's run.json", "only `sigma serve all` restarts"]),
+    (["serve", "api", "--set", "worker.max_batch_size=16"],
+     ["--set worker.max_batch_size: not with `sigma serve api`: it starts no worker"]),
+    (["serve", "all", "--set", "worker.run_read_retry_s=1"],
+     ["--set worker.run_read_retry_s: not with `sigma serve all`: only `sigma worker --batch`"]),
 ], ids=["serve-api-annotator", "worker-batch-annotator", "worker-batch-max-batch-size", "worker-batch-both",
-        "worker-batch-set-annotator", "worker-batch-set-batch-size-options"])
+        "worker-batch-set-annotator", "worker-batch-set-batch-size-options", "worker-batch-set-wait-rss",
+        "worker-batch-set-restarts", "worker-set-batch-and-restart", "serve-api-set-worker", "serve-all-set-run-read"])
 def test_a_serve_flag_the_mode_does_not_use_is_refused_not_ignored(args, needles):
     """`sigma serve api --annotator X` served as if it were not given (the API starts no worker; what requests may
     name is api.annotators), and `sigma worker --batch` took --annotator / --max-batch-size, and --set worker.annotator
     / worker.max_batch_size / worker.options, and consumed batch tasks with each run's own (it waited for Redis here,
-    so without the refusal the command times out)."""
+    so without the refusal the command times out). So did every other worker.* setting a mode never reads: the batch
+    worker's max_wait_ms, max_rss_mb and restart_* (only `sigma serve all` restarts a worker), `sigma worker`'s
+    run_read_retry_s and restart_*, any worker.* on `sigma serve api`, run_read_retry_s on `sigma serve all`."""
     port = ["--port", "1"] if args[0] == "serve" else []
     try:
         proc = sigma_cli(*args, *port, timeout=30)
@@ -78,6 +94,64 @@ def test_a_batch_worker_says_once_which_shared_worker_settings_it_does_not_use(r
             assert "each run's own config names its annotator" in warnings[0], out
         else:
             assert warnings == [], out
+
+
+def test_each_service_mode_says_once_which_worker_settings_it_does_not_use(redis_server, tmp_path):
+    """A config file or SIGMA__WORKER__* shared by a deployment may set worker settings one process reads and another
+    never does: `sigma worker` started and said nothing of worker.run_read_retry_s (only the batch worker reads it) or
+    worker.max_restarts (only `sigma serve all` does), `sigma worker --batch` of worker.max_wait_ms / max_rss_mb, and
+    `sigma serve api` of any worker.* (it starts no worker). Each now starts and says once on stderr which it does not
+    use. `sigma serve all` passes its --set worker.restart_* to its worker, which neither refuses nor repeats them.
+    The batch worker ignored worker.consumer too (it named itself <host>-<pid>): it is now its consumer name."""
+    import httpx
+    from servicekit import Proc, ServiceUnderTest, base_env, wait_until
+
+    prefix = "unused-modes"
+    env = {**base_env(redis_server.url), "SIGMA__REDIS__KEY_PREFIX": prefix, "SIGMA__WORKER__MAX_RESTARTS": "2",
+           "SIGMA__WORKER__RUN_READ_RETRY_S": "1", "SIGMA__WORKER__MAX_WAIT_MS": "5",
+           "SIGMA__WORKER__MAX_RSS_MB": "900", "SIGMA__WORKER__CONSUMER": "named-by-env"}
+    r = redis_server.client()
+
+    def started(args: list[str], up, name: str) -> list[str]:
+        proc = Proc([*args, "--set", "queue.block_ms=100"], env, tmp_path / f"{name}.log")
+        try:
+            wait_until(lambda: up(proc) or not proc.alive(), 60, f"{name} up\n{proc.output()}", 0.1)
+            assert proc.alive(), proc.output()
+        finally:
+            status = proc.stop(timeout=20)
+        out = proc.output()
+        assert status == 0 and "Traceback" not in out and "sigma: error" not in out, out
+        return [line for line in out.splitlines() if line.startswith("sigma: warning:")]
+
+    batch = started(["worker", "--batch"], lambda p: r.exists(f"{prefix}:batch:tasks:worker:named-by-env"), "batch")
+    assert len(batch) == 1 and batch[0].startswith("sigma: warning: sigma worker --batch does not use "
+                                                   "worker.max_wait_ms=5, worker.max_rss_mb=900, worker.max_restarts=2 "
+                                                   "(from the config file or SIGMA__WORKER__*): "), batch
+    online = started(["worker", "--annotator", "pixel-diff"], lambda p: r.hget(f"{prefix}:worker:named-by-env",
+                                                                               "model_loaded") == b"1", "online")
+    assert len(online) == 1 and "sigma worker does not use worker.run_read_retry_s=1.0, worker.max_restarts=2 " \
+        "(from the config file or SIGMA__WORKER__*): only `sigma worker --batch` reads a run's run.json" in online[0]
+    def healthy(s: ServiceUnderTest) -> bool:
+        try:
+            return s.http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    s = ServiceUnderTest(redis_server, tmp_path)
+    api = started(["serve", "api", "--port", str(s.port), "--log-level", "warning"], lambda p: healthy(s), "api")
+    s.http.close()
+    assert len(api) == 1 and "sigma serve api does not use worker.max_wait_ms=5, worker.consumer='named-by-env', " \
+        "worker.run_read_retry_s=1.0, worker.max_rss_mb=900, worker.max_restarts=2" in api[0], api
+    assert "it starts no worker" in api[0]
+    env.pop("SIGMA__WORKER__CONSUMER")
+    s = ServiceUnderTest(redis_server, tmp_path)
+    s.http.close()
+    everything = started(["serve", "all", "--port", str(s.port), "--log-level", "warning", "--set",
+                          "worker.restart_backoff_s=0.2", "--set", "worker.max_restarts=4"],
+                         lambda p: any(r.hget(k, "model_loaded") == b"1" for k in r.scan_iter(f"{prefix}:worker:*")),
+                         "all")
+    assert everything == ["sigma: warning: sigma serve all does not use worker.run_read_retry_s=1.0 (from the config "
+                          "file or SIGMA__WORKER__*): only `sigma worker --batch` reads a run's run.json"], everything
 
 
 def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(redis_server, tmp_path):
@@ -175,6 +249,38 @@ def test_one_option_spelt_two_ways_is_one_batch_run_recorded_as_the_annotator_re
         assert yaml_lines in (tmp_path / f"{annotator}-0" / "config.yaml").read_text()
         again = batch_run(f"{annotator}-1", f"annotator={annotator}", spellings[0], resume=True)
         assert again["run_hash"] == other["run_hash"]
+
+
+def test_annotate_and_eval_record_the_options_as_the_annotator_read_them(tmp_path):
+    """`sigma annotate` and `sigma eval` ran sigma-lite at 224 for `--set options.image_size=2.24e2` (its config
+    converts the text) but wrote '2.24e2' in config.yaml and in result.json's / metrics.json's config: the record said
+    what was typed, not what ran. They now record the options as the annotator's own config reads them (only the
+    keys given), as a batch run does; a bad option is still one error line, and nothing is written."""
+    import json
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    out = tmp_path / "annotated"
+    proc = sigma_cli("annotate", "--example", "-o", str(out), "--annotator", "sigma-lite", "--set",
+                     "options.image_size=2.24e2", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "options:\n  image_size: 224\n" in (out / "config.yaml").read_text()
+    assert json.loads((out / "result.json").read_text())["config"]["options"]["image_size"] == 224
+
+    ev = tmp_path / "eval"
+    proc = sigma_cli("eval", "--data", str(tmp_path / "set"), "--out", str(ev), "--annotator", "pixel-diff",
+                     "--set", "options.threshold=5e-2", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "options:\n  threshold: 0.05\n" in (ev / "config.yaml").read_text()
+    assert json.loads((ev / "metrics.json").read_text())["config"]["options"] == {"threshold": 0.05}
+
+    for args in (["annotate", "--example", "-o", str(tmp_path / "bad-a"), "--annotator", "sigma-lite"],
+                 ["eval", "--data", str(tmp_path / "set"), "--out", str(tmp_path / "bad-e"), "--annotator",
+                  "sigma-lite"]):
+        proc = sigma_cli(*args, "--set", "options.image_size=2.5e0x", timeout=240)
+        assert_refused(proc, "sigma-lite: image_size: Input should be a valid integer", code="invalid_config")
+        assert not (tmp_path / "bad-a").exists() and not (tmp_path / "bad-e").exists()
 
 
 def test_integer_lists_take_exponent_notation_as_integer_fields_do(tmp_path):

@@ -334,11 +334,10 @@ def test_fuzz_totals_and_still_healthy(fuzz_svc, tally):
 
 
 def test_load_concurrent_clients_queue_limit_gives_429_not_timeouts(redis_server, tmp_path):
-    s = ServiceUnderTest(redis_server, tmp_path, ["limits.max_queue_length=6", "limits.retry_after_s=1",
-                                                  "worker.max_batch_size=4"])
+    s = ServiceUnderTest(redis_server, tmp_path, ["limits.max_queue_length=6", "limits.retry_after_s=1"])
     try:
-        s.start_api()
-        s.start_worker("slow-diff", ["worker.options={delay_ms: 40}"])
+        s.start_api()    # worker.* only to the worker: `sigma serve api --set worker.X` is refused (it runs none)
+        s.start_worker("slow-diff", ["worker.options={delay_ms: 40}", "worker.max_batch_size=4"])
         accepted: list[str] = []
         statuses: Counter = Counter()
         errors: list[str] = []

@@ -19,11 +19,12 @@ from sigma.workers.lifecycle import Interrupted, StopSignals, forget_worker_key,
 
 
 def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = None) -> int:
-    """`worker.plugins` (and `--plugin`) are imported first, so a run may name a third-party annotator."""
+    """`worker.plugins` (and `--plugin`) are imported first, so a run may name a third-party annotator. The
+    consumer is `consumer` (--consumer), else `worker.consumer`, else <host>-<pid>: worker.consumer was ignored."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import_plugins(cfg.worker.plugins, "worker.plugins")
     stop = threading.Event()
-    consumer = consumer or default_consumer()
+    consumer = consumer or cfg.worker.consumer or default_consumer()   # as `sigma worker` names itself
     stream = Keys(cfg.redis.key_prefix).batch_tasks()
     print(f"sigma worker --batch: consuming {stream} on {display_url(cfg.redis.url)}", flush=True)
 

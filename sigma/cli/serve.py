@@ -76,8 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs; each run's own "
                    "config names its annotator, options and batch size (`sigma batch submit --annotator "
-                   "--batch-size`): --set worker.annotator / max_batch_size / options are refused with it, and said "
-                   "once on stderr when a config file or SIGMA__WORKER__* sets them")
+                   "--batch-size`): --set worker.annotator / options / max_batch_size / max_wait_ms / max_rss_mb / "
+                   "restart_* are refused with it, and said once on stderr when a config file or SIGMA__WORKER__* "
+                   "sets them (docs/service.md)")
     add_config_args(w, SET_EXAMPLE)
     w.set_defaults(run=run_worker_cmd, needs=("redis",))
 
@@ -90,33 +91,83 @@ def load(args: argparse.Namespace, **flags):
     return load_serve_config(path, list(args.overrides), flags=flags)
 
 
-# Worker settings a batch worker never reads: each run's own config (run.json) names its annotator, options and
-# batch size, so that every worker of a run computes the same bytes.
-RUN_PICKS = ("worker.annotator", "worker.options", "worker.max_batch_size")
-BATCH_PICKS_ITS_OWN = ("not with --batch, where each run's own config names its annotator, options and batch size "
-                       "(set them with `sigma batch submit --annotator NAME --batch-size N --set options.KEY=VALUE`)")
+# What each mode never reads of the worker settings (worker.KEY), and why. Given on its command line (--set, or
+# the flags) such a setting is refused; from a config file or SIGMA__WORKER__* (one file or environment may serve
+# every process of a deployment) it is said once on stderr when it differs from its default, and the process starts.
+RUN_OWN = ("each run's own config names its annotator, options and batch size (set them with `sigma batch submit "
+           "--annotator NAME --batch-size N --set options.KEY=VALUE`)")
+BATCH_PICKS_ITS_OWN = f"not with --batch, where {RUN_OWN}"
+SUPERVISOR = "only `sigma serve all` restarts the worker it starts (worker.restart_*, worker.max_restarts)"
+RUN_JSON = "only `sigma worker --batch` reads a run's run.json"
+RESTARTS = ("restart_backoff_s", "restart_max_backoff_s", "max_restarts", "restart_window_s")
 
 
-def load_batch_worker(args: argparse.Namespace):
-    """`sigma worker --batch`'s settings. What it would take and never use is refused when this command line gives
-    it (`--annotator`, `--max-batch-size`, `--set worker.annotator=...`: one bad_arguments line, whatever the value),
-    and said once on stderr when it comes from a config file or SIGMA__WORKER__* (settings both worker kinds may
-    share, e.g. compose's SIGMA_ANNOTATOR): the worker then starts, as those settings are not wrong for `sigma
-    worker`. Only values that differ from the defaults are said."""
-    from sigma.config.loader import read_overrides
+def unused_worker_settings(mode: str) -> dict[str, str]:
+    """`mode` ("sigma worker", "sigma worker --batch", "sigma serve api", "sigma serve all"): the worker settings it
+    never reads, each with why. A batch worker takes its annotator, options and batch size from each run and whole
+    shards from its stream, and nobody restarts it; `sigma serve api` starts no worker."""
     from sigma.service.settings import WorkerSettings
 
-    refuse_unused({"--annotator": args.annotator, "--max-batch-size": args.max_batch_size}, BATCH_PICKS_ITS_OWN)
-    refuse_unused({f"--set {key}": True for key in read_overrides(args.overrides)
-                   if any(key == pick or key.startswith(pick + ".") for pick in RUN_PICKS)}, BATCH_PICKS_ITS_OWN)
-    cfg = load(args)
+    supervised = dict.fromkeys(RESTARTS, SUPERVISOR)
+    return {
+        "sigma worker": {"run_read_retry_s": RUN_JSON, **supervised},
+        "sigma worker --batch": {**dict.fromkeys(("annotator", "options", "max_batch_size"), RUN_OWN),
+                                 "max_wait_ms": "it takes whole shards, and gathers no API jobs into micro-batches",
+                                 "max_rss_mb": "only `sigma worker` recycles itself past a memory limit",
+                                 **supervised},
+        "sigma serve api": dict.fromkeys(WorkerSettings.model_fields, "it starts no worker (`sigma worker` and `sigma "
+                                         "serve all` read worker.*)"),
+        "sigma serve all": {"run_read_retry_s": RUN_JSON},
+    }[mode]
+
+
+def refuse_unused_worker_sets(mode: str, overrides: list[str], refused: str) -> None:
+    """`--set worker.KEY=...` (or `--set 'worker={KEY: ...}'`) on `mode`'s command line for a KEY it never reads:
+    one bad_arguments line, 'REFUSED: why', whatever the value (`sigma.cli.common.refuse_unused`)."""
+    from sigma.config.loader import read_overrides
+
+    unused = unused_worker_settings(mode)
+    given: dict[str, str] = {}
+    for key, override in read_overrides(overrides).items():
+        parts = key.split(".")
+        fields = (list(override.value) if key == "worker" and isinstance(override.value, dict)
+                  else parts[1:2] if parts[0] == "worker" else [])
+        whys = [unused[field] for field in fields if field in unused]
+        if whys:
+            given[f"--set {key}"] = whys[0]
+    refuse_unused(dict.fromkeys(given, True), f"{refused}: {'; '.join(dict.fromkeys(given.values()))}")
+
+
+def warn_unused_worker_settings(mode: str, cfg) -> None:
+    """The worker settings `mode` never reads that differ from their defaults (from a config file or
+    SIGMA__WORKER__*: its command line's were refused), said once on stderr; they may be right for another process
+    of the deployment, so it starts."""
+    from sigma.service.settings import WorkerSettings
+
     default = WorkerSettings()
-    unused = [f"worker.{key}={getattr(cfg.worker, key)!r}" for key in ("annotator", "options", "max_batch_size")
-              if getattr(cfg.worker, key) != getattr(default, key)]
-    if unused:
-        print(f"sigma: warning: sigma worker --batch does not use {', '.join(unused)} (from the config file or "
-              "SIGMA__WORKER__*): each run's own config names its annotator, options and batch size",
-              file=sys.stderr, flush=True)
+    said = {f"worker.{key}={getattr(cfg.worker, key)!r}": why for key, why in unused_worker_settings(mode).items()
+            if getattr(cfg.worker, key) != getattr(default, key)}
+    if said:
+        print(f"sigma: warning: {mode} does not use {', '.join(said)} (from the config file or SIGMA__WORKER__*): "
+              f"{'; '.join(dict.fromkeys(said.values()))}", file=sys.stderr, flush=True)
+
+
+def load_worker(args: argparse.Namespace, batch: bool, child: bool):
+    """`sigma worker [--batch]`'s settings. What it would take and never use is refused when this command line gives
+    it (`--batch --annotator`, `--max-batch-size`, `--set worker.KEY=...`: one bad_arguments line, whatever the
+    value), and said once on stderr when it comes from a config file or SIGMA__WORKER__* (settings the processes of
+    a deployment may share, e.g. compose's SIGMA_ANNOTATOR): the worker then starts. Only values that differ from
+    the defaults are said. `sigma serve all`'s worker (`child`) is not checked: its command line and settings are
+    the server's, checked there (the restart settings it passes on are the server's to read)."""
+    mode = "sigma worker --batch" if batch else "sigma worker"
+    if batch:
+        refuse_unused({"--annotator": args.annotator, "--max-batch-size": args.max_batch_size}, BATCH_PICKS_ITS_OWN)
+    if not child:
+        refuse_unused_worker_sets(mode, args.overrides, "not with --batch" if batch else "not with `sigma worker`")
+    cfg = load(args) if batch else load(args, **{"worker.annotator": args.annotator,
+                                                  "worker.max_batch_size": args.max_batch_size})
+    if not child:
+        warn_unused_worker_settings(mode, cfg)
     return cfg
 
 
@@ -130,10 +181,7 @@ def run_worker_cmd(args: argparse.Namespace) -> int:
         die_with_parent(int(parent))
 
     batch = getattr(args, "batch", False)   # fleet batch mode (issue 7): the run's own config picks the annotator
-    if batch:
-        cfg = load_batch_worker(args)
-    else:
-        cfg = load(args, **{"worker.annotator": args.annotator, "worker.max_batch_size": args.max_batch_size})
+    cfg = load_worker(args, batch, child=parent.isdigit())
     if args.plugin:                          # --plugin adds to the configured list
         cfg.worker.plugins = [*cfg.worker.plugins, *args.plugin]
     if batch:
@@ -257,9 +305,12 @@ def run(args: argparse.Namespace) -> int:
                          "serve api` starts no worker: the annotators its requests may name are api.annotators "
                          "(--set 'api.annotators=[NAME]'), served by `sigma worker --annotator NAME`",
                          code="bad_arguments")
+    mode = f"sigma serve {args.what}"      # `api` reads no worker.*; `all` all but the batch worker's
+    refuse_unused_worker_sets(mode, args.overrides, f"not with `{mode}`")
     # said once, here, before the API starts: a worker child that cannot import it would die at each restart
     import_plugin_args(args)
     cfg = load(args, **{"api.host": args.host, "api.port": args.port, "worker.annotator": args.annotator})
+    warn_unused_worker_settings(mode, cfg)
     if args.what == "all":
         _serve_the_workers_annotator(cfg, cfg.worker.annotator)
     # the API validates a batch's annotator by registry name: --plugin adds to api.plugins (create_app imports them)
