@@ -179,6 +179,9 @@ def validate_annotator_options(name: str, options: dict[str, Any]) -> Any:
         raise ConfigError(f"{name}: {problems}") from exc
     except TypeError as exc:
         raise ConfigError(f"{name}: {exc}") from exc
+    except Exception as exc:   # a plugin's validator raising RuntimeError: said as building it would, no traceback
+        raise SigmaError(f"annotator {name!r} could not read its options: {type(exc).__name__}: {exc}",
+                         code="annotator_failed") from exc
 
 
 def normalised_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +192,15 @@ def normalised_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     config = validate_annotator_options(name, options) if options else None
     if config is None:
         return dict(options)
-    return config.model_dump(mode="json", exclude_unset=True)
+    normal = config.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    # only when it reads back as the same config: a plugin's field known by an alias its dump does not write
+    # (`validation_alias`), or a validator that changes what it reads (percent to fraction), would make the
+    # annotator refuse, or run with other values than, the options it was given; those are kept as given
+    try:
+        same = type(config)(**normal).model_dump() == config.model_dump()
+    except Exception:  # noqa: BLE001 - any failure to read it back means "keep the options as given"
+        same = False
+    return normal if same else dict(options)
 
 
 def list_annotators() -> list[Entry]:

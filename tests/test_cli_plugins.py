@@ -71,6 +71,71 @@ def test_a_plugin_that_cannot_be_imported_or_raises_is_one_line_and_exit_2(comma
     assert not (tmp_path / "out").exists() and not (tmp_path / "ev").exists()     # said before any work
 
 
+OPTION_PLUGIN = """
+from typing import Any, ClassVar
+
+from pydantic import Field, model_validator
+
+from sigma.annotators.pixel_diff import PixelDiff, PixelDiffConfig
+from sigma.registry import ANNOTATORS
+
+
+class RaisingConfig(PixelDiffConfig):
+    x: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.x == 7:
+            raise RuntimeError("seven is not allowed")
+        return self
+
+
+class AliasConfig(PixelDiffConfig):
+    image_size: int = Field(64, alias="imageSize")
+
+
+class OnlyReadAliasConfig(PixelDiffConfig):
+    image_size: int = Field(64, validation_alias="imageSize")
+
+
+for name, config in (("raising-config", RaisingConfig), ("alias-config", AliasConfig),
+                     ("read-alias-config", OnlyReadAliasConfig)):
+    kind = type(name.replace("-", "_"), (PixelDiff,), {"name": name, "config_cls": config})
+    ANNOTATORS.register(name, "test only", config_cls=config)(lambda kind=kind, **options: kind(**options))
+"""
+
+
+@pytest.mark.parametrize("command", ["annotate", "eval"])
+def test_a_plugins_options_are_read_as_its_config_reads_them_or_refused_in_one_line(command, pair, tmp_path):
+    """annotate and eval read the options through the annotator's config before building it (to record them as it
+    reads them): a plugin config whose validator raised RuntimeError was a traceback there (building it said
+    annotator_failed), and a field known by its alias (`imageSize`) took no exponent (`3.2e1`: "unable to parse
+    string as an integer") and was written back by its name and refused ("image_size: Extra inputs are not
+    permitted"). The first is one annotator_failed line; the second runs, its options recorded by the alias its
+    config reads (as given where the config reads an alias it does not write)."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "option_plugin.py").write_text(OPTION_PLUGIN)
+    write_pairs_jsonl(tmp_path / "set", list(synthetic_pairs(2, size=32)))
+
+    def run(annotator: str, option: str, out: str) -> subprocess.CompletedProcess:
+        target = [*pair, "-o", str(tmp_path / out)] if command == "annotate" else [
+            "--data", str(tmp_path / "set"), "--out", str(tmp_path / out)]
+        return sigma_cli(command, *target, "--plugin", "option_plugin", "--annotator", annotator, "--set",
+                         f"options.{option}", pythonpath=[tmp_path / "mods"])
+
+    proc = run("raising-config", "x=7", "raised")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr == ("sigma: error [annotator_failed]: annotator 'raising-config' could not read its options: "
+                           "RuntimeError: seven is not allowed\n"), proc.stderr
+    assert not (tmp_path / "raised").exists()
+    for annotator in ("alias-config", "read-alias-config"):
+        proc = run(annotator, "imageSize=3.2e1", annotator)
+        assert proc.returncode == 0, proc.stderr
+        record = tmp_path / annotator / ("result.json" if command == "annotate" else "metrics.json")
+        assert json.loads(record.read_text())["config"]["options"] == (
+            {"imageSize": 32} if annotator == "alias-config" else {"imageSize": "3.2e1"}), record.read_text()
+
+
 @pytest.mark.parametrize("how", [["all", "--plugin", "no_such_plugin_here"], ["api", "--plugin", "no_such_plugin_here"],
                                  ["api", "--set", "api.plugins=[no_such_plugin_here]"]])
 def test_sigma_serve_refuses_a_bad_plugin_before_starting(how):

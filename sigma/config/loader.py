@@ -230,6 +230,17 @@ def _item_annotations(arms: list[Any], index: int) -> list[Any]:
     return out
 
 
+def _field_named(model: type[BaseModel], name: Any) -> Any:
+    """The field of `model` that the key `name` sets: by its name, or by the alias it is read by (a plugin config's
+    `Field(alias="imageSize")`: `imageSize: 3.2e1` was left as text, "unable to parse string as an integer")."""
+    if name in model.model_fields:
+        return model.model_fields[name]
+    for field in model.model_fields.values():
+        if name in (field.alias, field.validation_alias):
+            return field
+    return None
+
+
 def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origin: Callable[[str], str]) -> Any:
     """`value`, written for a field of one of `annotations`, with its exponent-notation integers made whole (lists
     and mappings in place). `key`: how the value is named (`a.b[0]`); `field`: the field's dotted key (`a.b`)."""
@@ -246,7 +257,7 @@ def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origi
         values = [typing.get_args(arm)[1] for arm in arms
                   if typing.get_origin(arm) in _MAPPINGS and len(typing.get_args(arm)) == 2]
         for name, item in value.items():
-            found = [m.model_fields[name].annotation for m in models if name in m.model_fields]
+            found = [field.annotation for m in models if (field := _field_named(m, name)) is not None]
             dotted = f"{key}.{name}" if key else str(name)
             if found:                                      # a field: named by its own dotted key
                 value[name] = _whole_items(found, item, dotted, dotted, origin)
