@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 from servicekit import TESTS, base_env
@@ -152,6 +153,28 @@ def test_each_service_mode_says_once_which_worker_settings_it_does_not_use(redis
                          "all")
     assert everything == ["sigma: warning: sigma serve all does not use worker.run_read_retry_s=1.0 (from the config "
                           "file or SIGMA__WORKER__*): only `sigma worker --batch` reads a run's run.json"], everything
+
+
+def test_the_unused_worker_settings_warning_cuts_each_value(tmp_path):
+    """The warning of a mode's unused worker settings wrote each value whole: a deployment's worker.options (a
+    prompt list, a config file of megabytes) made `sigma worker --batch` print it all in one stderr line. Each
+    value is now cut to a few dozen characters, its full length said."""
+    env = {**base_env("redis://127.0.0.1:1/0"), "SIGMA__WORKER__OPTIONS__PROMPT": "x" * 100_000}
+    with open(tmp_path / "err", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sigma", "worker", "--batch"], stdout=subprocess.DEVNULL,
+                                stderr=err, env=env, cwd=str(TESTS.parent))
+        try:
+            deadline = time.monotonic() + 60       # the warning comes first; then it waits for the unreachable Redis
+            while "\n" not in (tmp_path / "err").read_text() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    warning = (tmp_path / "err").read_text().splitlines()[0]
+    assert warning.startswith("sigma: warning: sigma worker --batch does not use worker.options={'prompt': 'xxx"), \
+        warning[:300]
+    assert "(100014 characters) (from the config file or SIGMA__WORKER__*)" in warning and len(warning) < 600, \
+        warning[:300]
 
 
 def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(redis_server, tmp_path):

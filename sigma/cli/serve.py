@@ -143,10 +143,12 @@ def warn_unused_worker_settings(mode: str, cfg) -> None:
     SIGMA__WORKER__*: its command line's were refused), said once on stderr; they may be right for another process
     of the deployment, so it starts."""
     from sigma.service.settings import WorkerSettings
+    from sigma.text import shown
 
     default = WorkerSettings()
-    said = {f"worker.{key}={getattr(cfg.worker, key)!r}": why for key, why in unused_worker_settings(mode).items()
-            if getattr(cfg.worker, key) != getattr(default, key)}
+    # each value cut (shown): a deployment's worker.options may run to megabytes, said whole in one stderr line
+    said = {f"worker.{key}={shown(repr(getattr(cfg.worker, key)), 80)}": why
+            for key, why in unused_worker_settings(mode).items() if getattr(cfg.worker, key) != getattr(default, key)}
     if said:
         print(f"sigma: warning: {mode} does not use {', '.join(said)} (from the config file or SIGMA__WORKER__*): "
               f"{'; '.join(dict.fromkeys(said.values()))}", file=sys.stderr, flush=True)
