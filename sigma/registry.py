@@ -179,6 +179,8 @@ def validate_annotator_options(name: str, options: dict[str, Any]) -> Any:
         raise ConfigError(f"{name}: {problems}") from exc
     except TypeError as exc:
         raise ConfigError(f"{name}: {exc}") from exc
+    except SigmaError:         # said already (an exponent that is no whole number: `sigma.config.loader`)
+        raise
     except Exception as exc:   # a plugin's validator raising RuntimeError: said as building it would, no traceback
         raise SigmaError(f"annotator {name!r} could not read its options: {type(exc).__name__}: {exc}",
                          code="annotator_failed") from exc
