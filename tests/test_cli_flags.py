@@ -242,6 +242,28 @@ def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
     assert len((out / "pairs.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_cache_build_counts_what_it_cached_and_shows_no_bar_before_an_error(tmp_path):
+    """The build's last line said "cache done: N photos" with N the photos found, the unreadable ones (left out of
+    the index) included; and the bar was drawn ("0photo [00:00, ?photo/s]") before a folder-not-found error."""
+    import json
+
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos")
+    found = len([p for p in photos.iterdir() if p.is_file()]) + 1
+    (photos / "zz_broken.png").write_bytes(b"not a png at all")
+    proc = sigma_cli("synth", "--build-cache", str(tmp_path / "cache"), "--photos", str(photos), "--no-vae",
+                     "--max-side", "48", "--latent-edits", "0")
+    assert proc.returncode == 0, proc.stderr
+    cached = len(json.loads((tmp_path / "cache" / "index.json").read_text())["files"])
+    assert cached == found - 1
+    assert f"cache done: {cached} photos" in proc.stderr and "1 unreadable left out" in proc.stderr, proc.stderr
+    missing = sigma_cli("synth", "--build-cache", str(tmp_path / "cache2"), "--photos", str(tmp_path / "nowhere"),
+                        "--no-vae")
+    assert missing.returncode == 2 and "photo folder not found" in missing.stderr
+    assert "photo/s" not in missing.stderr and "it/s" not in missing.stderr, missing.stderr
+
+
 def test_one_option_spelt_two_ways_is_one_batch_run_recorded_as_the_annotator_reads_it(tmp_path):
     """`--set options.image_size=2.24e2` and `=224` ran the same annotator (its config converts the text), but run.json,
     config.yaml and the run hash took the options as written: two identical runs had two hashes, and a --resume with

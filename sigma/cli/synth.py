@@ -123,15 +123,21 @@ def run(args: argparse.Namespace) -> int:
         vae = None if args.no_vae else load_default_vae()
         from tqdm import tqdm
 
-        with tqdm(desc="sigma synth --build-cache", unit="photo", file=sys.stderr, disable=bool(args.no_progress),
-                  dynamic_ncols=True) as bar:
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
+        bars: list[tqdm] = []    # made at the first photo: a folder with no photos is an error line, no empty bar
 
+        def progress(done: int, total: int) -> None:
+            if not bars:
+                bars.append(tqdm(total=total, desc="sigma synth --build-cache", unit="photo", file=sys.stderr,
+                                 disable=bool(args.no_progress), dynamic_ncols=True))
+            bars[0].update(done - bars[0].n)
+
+        try:
             out = build_cache(photos, args.build_cache, vae, max_side=max_side, scales=scales,
                               latent_edits=latent_edits, seed=args.seed, progress=progress,
                               log=lambda line: tqdm.write(line, file=sys.stderr))
+        finally:
+            for bar in bars:
+                bar.close()
         print(f"cache: {out}")
         return 0
     if not args.out:

@@ -142,12 +142,13 @@ def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: 
         meta = {"photo_dir": str(photo_dir), "max_side": max_side, "scales": list(scales) if vae else [],
                 "latent_edits": latent_edits if vae else 0, "seed": seed}
 
-        def write_index() -> None:
+        def write_index() -> int:
             files = [{"file": f"{i:05d}.npz", "photo": str(p)} for i, p in enumerate(photos)
                      if (out / f"{i:05d}.npz").is_file()]
             tmp = out / "index.json.tmp"
             tmp.write_text(json.dumps({**meta, "files": files}, indent=1))
             tmp.replace(out / "index.json")
+            return len(files)
 
         donor_z = None
         t0 = time.time()
@@ -192,7 +193,8 @@ def build_cache(photo_dir: str | Path, out_dir: str | Path, vae=None, max_side: 
                 progress(n_done + 1, len(photos))
             elif log and (n_done % 25 == 0):
                 log(f"cache {n_done + 1}/{len(photos)} {time.time() - t0:.0f}s")
-        write_index()
-        if log:
-            log(f"cache done: {len(photos)} photos in {out} ({time.time() - t0:.0f}s)")
+        cached = write_index()
+        if log:   # photos that could not be read are not in the cache: the count says what training will see
+            left_out = f", {len(photos) - cached} unreadable left out" if cached < len(photos) else ""
+            log(f"cache done: {cached} photos in {out}{left_out} ({time.time() - t0:.0f}s)")
         return out
