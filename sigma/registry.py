@@ -205,6 +205,14 @@ def normalised_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return normal if same else dict(options)
 
 
+def named_annotator(name: str | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The annotator a front end runs and records: `name`, or the default when None, with its options as its own
+    config reads them (`normalised_options`). One place for `sigma annotate`, `sigma eval` and batch runs, so what
+    their config.yaml / result.json / run.json say is what ran."""
+    name = name or default_annotator_name()
+    return name, normalised_options(name, options)
+
+
 def list_annotators() -> list[Entry]:
     _ensure_builtins()
     return ANNOTATORS.entries()

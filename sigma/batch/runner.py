@@ -15,13 +15,7 @@ from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
 from sigma.io.corpora.base import planned_pairs, resolved_under, unique_keys
-from sigma.registry import (
-    annotator_identity,
-    build_annotator,
-    default_annotator_name,
-    import_plugins,
-    normalised_options,
-)
+from sigma.registry import annotator_identity, build_annotator, import_plugins, named_annotator
 from sigma.text import MAX_MESSAGE, shown
 
 RUN_VERSION = 1
@@ -92,8 +86,8 @@ def with_default_annotator(cfg: BatchConfig) -> BatchConfig:
     (`sigma.registry.normalised_options`), before the run is hashed and recorded: `--set options.image_size=2.24e2`
     and `=224` are one run, recorded as 224. The run's plugins are imported first: one may register the annotator."""
     import_plugins(cfg.plugins)
-    name = cfg.annotator or default_annotator_name()
-    return cfg.model_copy(update={"annotator": name, "options": normalised_options(name, cfg.options)})
+    name, options = named_annotator(cfg.annotator, cfg.options)
+    return cfg.model_copy(update={"annotator": name, "options": options})
 
 
 def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, Any], run_hash: str) -> str:
@@ -114,8 +108,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
     exclusively (a fleet submission that shares it with working fleet workers would delete their files in
     the making). `max_shards`: a new plan of more shards is refused (too_many_shards) before its record is
     built or written."""
-    import_plugins(cfg.plugins)
-    cfg = with_default_annotator(cfg)
+    cfg = with_default_annotator(cfg)      # imports the run's plugins first
     if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
         check_confined(cfg.input.path, cfg.input.root)
     corpus = corpus_from_config(cfg)
@@ -155,8 +148,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
 
 
 def build_annotator_for(cfg: BatchConfig):
-    import_plugins(cfg.plugins)
-    return build_annotator(with_default_annotator(cfg))
+    return build_annotator(with_default_annotator(cfg))      # which imports the run's plugins first
 
 
 def make_progress(total: int | None, enabled: bool):

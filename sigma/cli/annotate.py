@@ -14,7 +14,7 @@ from sigma.cli.common import add_config_args, add_plugin_arg, check_outdir, flag
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
-from sigma.registry import build_annotator, default_annotator_name, normalised_options
+from sigma.registry import build_annotator, named_annotator
 from sigma.text import NotWritable, find_surrogate, unwritable_output
 from sigma.text import loads as load_json
 
@@ -149,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
     # flags are overrides like --set ones, applied before validation (so a bad --threshold is a config error)
     overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold)
     cfg = load_config(AnnotateConfig, args.config, overrides)
-    name = cfg.annotator or default_annotator_name()
     # the options as the annotator reads them (`--set options.image_size=2.24e2` ran at 224): what result.json and
     # config.yaml record, as a batch run's config does; a bad option is refused here, before any pair is read
-    cfg = cfg.model_copy(update={"annotator": name, "options": normalised_options(name, cfg.options)})
+    name, options = named_annotator(cfg.annotator, cfg.options)
+    cfg = cfg.model_copy(update={"annotator": name, "options": options})
     items, multi = _items_from_args(args)
     cfg = _few_pairs_skip_export(cfg, len(items))
     # Built before any image is read: a typo in --annotator or --set is one error, not one per pair.

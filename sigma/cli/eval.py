@@ -10,7 +10,7 @@ from sigma.cli.common import Progress, add_config_args, add_plugin_arg, check_ou
 from sigma.config.loader import load_config, save_resolved
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.folderlock import hold_folder
-from sigma.registry import build_annotator, default_annotator_name, normalised_options
+from sigma.registry import build_annotator, named_annotator
 
 HELP = """Score an annotator on pairs with ground-truth masks (the layout of ../shared/data/eval:
 <set>/pairs.jsonl + images + masks). DATA is one set or a folder of sets.
@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold,
                                perturb=[args.perturb] if args.perturb else None)
     cfg = load_config(EvalConfig, args.config, overrides)
-    name = cfg.annotator or default_annotator_name()
     # the options as the annotator reads them (`--set options.image_size=2.24e2` ran at 224): what metrics.json and
     # config.yaml record, as a batch run's config does
-    cfg = cfg.model_copy(update={"annotator": name, "options": normalised_options(name, cfg.options),
+    name, options = named_annotator(cfg.annotator, cfg.options)
+    cfg = cfg.model_copy(update={"annotator": name, "options": options,
                                  "perturb": perturb.expand(cfg.perturb)})
     annotator = build_annotator(cfg)
     made = not Path(args.out).exists()
