@@ -798,14 +798,16 @@ def test_a_damaged_tasks_shard_key_is_cut_and_escaped_in_the_workers_heartbeat(r
                               kwargs={"block_ms": 50, "max_tasks": 1, "run_read_retry_s": 2,
                                       "heartbeat_interval_ms": 20})
     worker.start()
-    shown, deadline = "", time.monotonic() + 10
+    shown, rss, deadline = "", b"", time.monotonic() + 10
     try:
         while not shown and time.monotonic() < deadline:
-            shown = (redis_server.client().hget(Keys(prefix).batch_worker("hb"), "shard") or b"").decode()
+            beat = redis_server.client().hgetall(Keys(prefix).batch_worker("hb"))
+            shown, rss = (beat.get(b"shard") or b"").decode(), beat.get(b"rss_mb", b"")
             time.sleep(0.01)
     finally:
         worker.join(timeout=20)
     assert shown, "the heartbeat never named the task in hand"
+    assert float(rss) > 1, rss       # as `sigma worker`'s: what worker.max_rss_mb is set against
     assert len(shown) < 300 and "\x1b" not in shown, (len(shown), shown[:100])
     assert shown.startswith("\\x1b[2J\\x1b[31mkey") and shown.endswith("kkk (1000018 characters)"), shown
 
@@ -953,3 +955,54 @@ def test_a_shard_whose_reader_gives_up_under_a_fleet_worker_is_failed_with_its_r
     work("w2", lambda: RunDir(out).summary()["done"] == 4)
     summary = RunDir(out).summary()
     assert (summary["done"], summary["failed"], summary["pairs"]) == (4, 0, 8), summary
+
+
+def test_a_batch_worker_past_max_rss_mb_stops_after_a_stored_shard_and_a_fresh_one_goes_on(redis_server, tmp_path):
+    """`sigma worker --batch` ignored worker.max_rss_mb (refused on its command line, said unused from a config file
+    or SIGMA__WORKER__*), so a leak over hours of shards grew the worker until the OOM killer ended it mid-shard. Now,
+    as `sigma worker` after a batch, once a shard's task is stored and acknowledged a worker past the limit says so in
+    one warning line and exits 0 for its supervisor to start a fresh one. With 1 MiB (always past it) each start does
+    exactly one shard, leaves nothing held and the rest queued; a second start finishes the run, and the shards are
+    those of a local run: nothing lost, none done twice."""
+    from servicekit import Proc, base_env
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=32))
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 3},
+                                      "annotator": "pixel-diff", "workers": 0})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    client, keys = redis_server.client(), Keys(prefix)
+    check = make_queue(client, keys, "check")
+
+    def start(name: str, args: list[str], env: dict[str, str]) -> tuple[int | None, str]:
+        """A worker until it exits by itself (None: still running after the run was done, or after 60 s)."""
+        proc = Proc(["worker", "--batch", "--consumer", name, "--set", f"redis.key_prefix={prefix}", "--set",
+                     "queue.block_ms=100", *args], {**base_env(redis_server.url), **env}, tmp_path / f"{name}.log")
+        deadline, grace = time.monotonic() + 60, None
+        try:
+            while proc.alive() and time.monotonic() < deadline and (grace is None or time.monotonic() < grace):
+                if grace is None and RunDir(out).summary()["done"] == 2:
+                    grace = time.monotonic() + 5          # every shard is done: a recycling worker has exited by now
+                time.sleep(0.1)
+            code = None if proc.alive() else proc.p.returncode
+        finally:
+            proc.stop()
+        return code, proc.output()
+
+    done = []
+    for name, args, env in (("r1", ["--set", "worker.max_rss_mb=1"], {}),          # the command line's
+                            ("r2", [], {"SIGMA__WORKER__MAX_RSS_MB": "1"})):        # a deployment's environment
+        code, log = start(name, args, env)
+        done.append(RunDir(out).summary()["done"])
+        assert code == 0 and "Traceback" not in log and "sigma: warning" not in log, (code, log)
+        warnings = [line for line in log.splitlines() if "exceeds worker.max_rss_mb=1 after a shard" in line]
+        assert len(warnings) == 1 and f"batch worker {name}: resident memory" in warnings[0], log
+        assert "1 shard(s) done, 0 already done, 0 failed, 0 dead-lettered" in log, log
+        assert check.pending_count() == 0 and check.dead_count() == 0          # its shard acknowledged, none held
+        assert client.xlen(keys.batch_tasks()) == 2 - len(done)                 # the other task still queued
+        assert not client.exists(keys.batch_worker(name))                       # its heartbeat gone with it
+    assert done == [1, 2], done
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"], summary["pairs"]) == (2, 0, 0, 6), summary
+    run_batch(cfg, tmp_path / "local", progress=False)
+    assert shard_bytes(out) == shard_bytes(tmp_path / "local") and len(shard_bytes(out)) == 2

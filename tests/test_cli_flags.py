@@ -40,9 +40,9 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
     (["worker", "--batch", "--set", "worker.annotator=sigma-lite"], ["--set worker.annotator: not with --batch"]),
     (["worker", "--batch", "--set", "worker.max_batch_size=4", "--set", "worker.options.threshold=0.1"],
      ["--set worker.max_batch_size and --set worker.options.threshold: not with --batch", "sigma batch submit"]),
-    (["worker", "--batch", "--set", "worker.max_wait_ms=50", "--set", "worker={max_rss_mb: 500}"],
+    (["worker", "--batch", "--set", "worker.max_wait_ms=50", "--set", "worker={max_rss_mb: 500, restart_window_s: 5}"],
      ["--set worker.max_wait_ms and --set worker: not with --batch", "gathers no API jobs",
-      "only `sigma worker` recycles itself"]),
+      "only `sigma serve all` restarts"]),
     (["worker", "--batch", "--set", "worker.max_restarts=3"], ["--set worker.max_restarts: not with --batch",
                                                                "only `sigma serve all` restarts"]),
     (["worker", "--set", "worker.run_read_retry_s=1", "--set", "worker.restart_window_s=5"],
@@ -53,14 +53,14 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
     (["serve", "all", "--set", "worker.run_read_retry_s=1"],
      ["--set worker.run_read_retry_s: not with `sigma serve all`: only `sigma worker --batch`"]),
 ], ids=["serve-api-annotator", "worker-batch-annotator", "worker-batch-max-batch-size", "worker-batch-both",
-        "worker-batch-set-annotator", "worker-batch-set-batch-size-options", "worker-batch-set-wait-rss",
+        "worker-batch-set-annotator", "worker-batch-set-batch-size-options", "worker-batch-set-wait-restart",
         "worker-batch-set-restarts", "worker-set-batch-and-restart", "serve-api-set-worker", "serve-all-set-run-read"])
 def test_a_serve_flag_the_mode_does_not_use_is_refused_not_ignored(args, needles):
     """`sigma serve api --annotator X` served as if it were not given (the API starts no worker; what requests may
     name is api.annotators), and `sigma worker --batch` took --annotator / --max-batch-size, and --set worker.annotator
     / worker.max_batch_size / worker.options, and consumed batch tasks with each run's own (it waited for Redis here,
     so without the refusal the command times out). So did every other worker.* setting a mode never reads: the batch
-    worker's max_wait_ms, max_rss_mb and restart_* (only `sigma serve all` restarts a worker), `sigma worker`'s
+    worker's max_wait_ms and restart_* (only `sigma serve all` restarts a worker), `sigma worker`'s
     run_read_retry_s and restart_*, any worker.* on `sigma serve api`, run_read_retry_s on `sigma serve all`."""
     port = ["--port", "1"] if args[0] == "serve" else []
     try:
@@ -100,9 +100,10 @@ def test_a_batch_worker_says_once_which_shared_worker_settings_it_does_not_use(r
 def test_each_service_mode_says_once_which_worker_settings_it_does_not_use(redis_server, tmp_path):
     """A config file or SIGMA__WORKER__* shared by a deployment may set worker settings one process reads and another
     never does: `sigma worker` started and said nothing of worker.run_read_retry_s (only the batch worker reads it) or
-    worker.max_restarts (only `sigma serve all` does), `sigma worker --batch` of worker.max_wait_ms / max_rss_mb, and
-    `sigma serve api` of any worker.* (it starts no worker). Each now starts and says once on stderr which it does not
-    use. `sigma serve all` passes its --set worker.restart_* to its worker, which neither refuses nor repeats them.
+    worker.max_restarts (only `sigma serve all` does), `sigma worker --batch` of worker.max_wait_ms (max_rss_mb it
+    reads: it recycles itself between shards), and `sigma serve api` of any worker.* (it starts no worker). Each now
+    starts and says once on stderr which it does not use. `sigma serve all` passes its --set worker.restart_* to its
+    worker, which neither refuses nor repeats them.
     The batch worker ignored worker.consumer too (it named itself <host>-<pid>): it is now its consumer name."""
     import httpx
     from servicekit import Proc, ServiceUnderTest, base_env, wait_until
@@ -126,7 +127,7 @@ def test_each_service_mode_says_once_which_worker_settings_it_does_not_use(redis
 
     batch = started(["worker", "--batch"], lambda p: r.exists(f"{prefix}:batch:tasks:worker:named-by-env"), "batch")
     assert len(batch) == 1 and batch[0].startswith("sigma: warning: sigma worker --batch does not use "
-                                                   "worker.max_wait_ms=5, worker.max_rss_mb=900, worker.max_restarts=2 "
+                                                   "worker.max_wait_ms=5, worker.max_restarts=2 "
                                                    "(from the config file or SIGMA__WORKER__*): "), batch
     online = started(["worker", "--annotator", "pixel-diff"], lambda p: r.hget(f"{prefix}:worker:named-by-env",
                                                                                "model_loaded") == b"1", "online")

@@ -15,12 +15,21 @@ from sigma.service.fleet import run_batch_worker
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry
 from sigma.service.settings import ServeConfig
-from sigma.workers.lifecycle import Interrupted, StopSignals, forget_worker_key, report_unreachable_redis
+from sigma.workers.lifecycle import (
+    Interrupted,
+    StopSignals,
+    forget_worker_key,
+    recycle_past_max_rss,
+    report_unreachable_redis,
+)
 
 
 def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = None) -> int:
     """`worker.plugins` (and `--plugin`) are imported first, so a run may name a third-party annotator. The
-    consumer is `consumer` (--consumer), else `worker.consumer`, else <host>-<pid>: worker.consumer was ignored."""
+    consumer is `consumer` (--consumer), else `worker.consumer`, else <host>-<pid>: worker.consumer was ignored.
+    Past `worker.max_rss_mb` once a shard is stored and acknowledged, it stops (status 0) for its supervisor to start
+    a fresh process, as `sigma worker` does after a batch: a slow leak over hours of shards is recycled between
+    shards, not ended by the OOM killer mid-shard."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import_plugins(cfg.worker.plugins, "worker.plugins")
     stop = threading.Event()
@@ -43,7 +52,9 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
             report_unreachable_redis(cfg.redis, "sigma worker --batch")
         stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop,
                                  run_read_retry_s=cfg.worker.run_read_retry_s,
-                                 batch_timeout_s=cfg.worker.batch_timeout_s, on_stuck=on_stuck)
+                                 batch_timeout_s=cfg.worker.batch_timeout_s, on_stuck=on_stuck,
+                                 after_task=recycle_past_max_rss(cfg.worker.max_rss_mb, stop,
+                                                                 f"batch worker {consumer}", "a shard"))
     except Interrupted as exc:
         say_stopped(str(exc))
         signals.end(0)

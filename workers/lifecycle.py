@@ -32,6 +32,10 @@ heartbeat would otherwise extend its leases for ever and its jobs would never en
 thread: the jobs get `worker_hung` as their last error and the process ends the same way, with status 1, for its
 supervisor to restart it; the entries are redelivered after the lease (dead-lettered after `max_deliveries`).
 
+A worker past `worker.max_rss_mb` once a batch (a shard, with `--batch`) is stored and acknowledged (a model or
+plugin that leaks) sets `stop` (`recycle_past_max_rss`): it ends as after a signal, with status 0, and its
+supervisor starts a fresh one, rather than growing until the OOM killer ends it mid-batch.
+
 Start-up without Redis: one clear line on stderr naming the URL and `SIGMA_REDIS_URL`, then the worker waits
 (as it waits out any outage once running) — a worker started before its Redis, as compose or a supervisor
 may do, comes up by itself.
@@ -47,6 +51,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url
 from sigma.service.settings import RedisSettings
 
@@ -146,6 +151,24 @@ class StopSignals:
             yield
         finally:
             self._abrupt = None
+
+
+def recycle_past_max_rss(max_rss_mb: int, stop: threading.Event, describe: str,
+                         done: str = "a batch") -> Callable[[], None] | None:
+    """The consumer's `after_batch` for `worker.max_rss_mb` (None when it is 0: off), called once `done` is stored
+    and acknowledged: past the limit it says so in one warning line and sets `stop`, so the worker ends as after a
+    signal (nothing in hand: status 0) and its supervisor starts a fresh process. `sigma worker` and `sigma worker
+    --batch` share it, and `rss_mb`, the heartbeat's reading."""
+    if not max_rss_mb:
+        return None
+
+    def check() -> None:
+        rss = rss_mb()
+        if rss is not None and rss > max_rss_mb and not stop.is_set():
+            log.warning("%s: resident memory %.0f MiB exceeds worker.max_rss_mb=%d after %s; stopping for a fresh "
+                        "process", describe, rss, max_rss_mb, done)
+            stop.set()
+    return check
 
 
 def quietly(fn: Callable[..., Any], *args: Any) -> None:

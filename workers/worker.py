@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from sigma.service.annotation import AnnotationHandler, rss_mb
+from sigma.service.annotation import AnnotationHandler
 from sigma.service.connections import sync_client
 from sigma.service.consumer import Consumer, default_consumer
 from sigma.service.keys import Keys
@@ -25,6 +25,7 @@ from sigma.workers.lifecycle import (
     StopSignals,
     forget_worker_key,
     quietly,
+    recycle_past_max_rss,
     report_unreachable_redis,
 )
 
@@ -73,14 +74,7 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
         signals.hard_exit(f"a batch hung for {seconds:.0f} s (worker.batch_timeout_s); exiting with status 1", 1)
     worker.on_stuck = on_stuck
 
-    def recycle_when_big() -> None:
-        """After a stored batch: past worker.max_rss_mb (a leak), stop for the supervisor to start a fresh one."""
-        rss = rss_mb()
-        if cfg.worker.max_rss_mb and rss is not None and rss > cfg.worker.max_rss_mb and not stop.is_set():
-            log.warning("%s: resident memory %.0f MiB exceeds worker.max_rss_mb=%d after a batch; stopping for a fresh "
-                        "process", worker.describe, rss, cfg.worker.max_rss_mb)
-            stop.set()
-    worker.after_batch = recycle_when_big
+    worker.after_batch = recycle_past_max_rss(cfg.worker.max_rss_mb, stop, worker.describe)
     try:
         with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker")

@@ -67,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "waited out, also at\nstart-up: an unreachable Redis gets one line naming the URL (set it with "
                        "SIGMA_REDIS_URL or\n--set redis.url=...), then the worker waits for it. SIGTERM/SIGINT exit "
                        "with status 0: at once while\nloading or waiting, after finishing the batch in hand otherwise "
-                       "(a second signal leaves the batch to be\nredelivered).",
+                       "(a second signal leaves the batch to be\nredelivered). With worker.max_rss_mb it stops "
+                       "the same way (status 0) once a batch (--batch: a shard)\nis stored and acknowledged with its "
+                       "resident memory past that many MiB, for its supervisor to\nstart a fresh process.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--annotator", help="registry name (default: worker.annotator, pixel-diff); not with --batch")
     w.add_argument("--consumer", help="consumer name in the group (default: <host>-<pid>)")
@@ -76,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--batch", action="store_true", help="fleet batch mode: consume the shard tasks of "
                    "`sigma batch submit` (stream <redis.key_prefix>:batch:tasks) instead of API jobs; each run's own "
                    "config names its annotator, options and batch size (`sigma batch submit --annotator "
-                   "--batch-size`): --set worker.annotator / options / max_batch_size / max_wait_ms / max_rss_mb / "
-                   "restart_* are refused with it, and said once on stderr when a config file or SIGMA__WORKER__* "
+                   "--batch-size`): --set worker.annotator / options / max_batch_size / max_wait_ms / restart_* are "
+                   "refused with it, and said once on stderr when a config file or SIGMA__WORKER__* "
                    "sets them (docs/service.md)")
     add_config_args(w, SET_EXAMPLE)
     w.set_defaults(run=run_worker_cmd, needs=("redis",))
@@ -113,7 +115,6 @@ def unused_worker_settings(mode: str) -> dict[str, str]:
         "sigma worker": {"run_read_retry_s": RUN_JSON, **supervised},
         "sigma worker --batch": {**dict.fromkeys(("annotator", "options", "max_batch_size"), RUN_OWN),
                                  "max_wait_ms": "it takes whole shards, and gathers no API jobs into micro-batches",
-                                 "max_rss_mb": "only `sigma worker` recycles itself past a memory limit",
                                  **supervised},
         "sigma serve api": dict.fromkeys(WorkerSettings.model_fields, "it starts no worker (`sigma worker` and `sigma "
                                          "serve all` read worker.*)"),

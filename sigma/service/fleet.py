@@ -28,6 +28,7 @@ from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import shown_path
+from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
@@ -512,8 +513,12 @@ class FleetHandler:
         self.current: dict[str, str] = {}
 
     def info(self) -> dict[str, Any]:
-        return {"consumer": self.consumer, "mode": "batch", "done": self.stats.done, "failed": self.stats.failed,
-                "shard": shown_shard(self.current)}
+        info: dict[str, Any] = {"consumer": self.consumer, "mode": "batch", "done": self.stats.done,
+                                "failed": self.stats.failed, "shard": shown_shard(self.current)}
+        rss = rss_mb()           # as `sigma worker`'s: what worker.max_rss_mb is set against
+        if rss is not None:
+            info["rss_mb"] = round(rss, 1)
+        return info
 
     def handle(self, entries: list[Entry]) -> list[Outcome]:
         outcomes = []
@@ -601,7 +606,7 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
                      stop: threading.Event | None = None, exit_when_idle: bool = False,
                      max_tasks: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
                      batch_timeout_s: float = 0.0, on_stuck: Callable[[list[Entry], float], None] | None = None,
-                     **queue_overrides: Any) -> WorkerStats:
+                     after_task: Callable[[], None] | None = None, **queue_overrides: Any) -> WorkerStats:
     """Consume shard tasks until `stop` is set (SIGTERM in the CLI), or the queue is empty with
     `exit_when_idle`. The shard in progress is always finished before returning. `queue_overrides`:
     fields of QueueSettings (lease_ms, block_ms, max_deliveries, reclaim_interval_ms, ...).
@@ -610,7 +615,9 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
     gets `worker_hung` as its last error and `on_stuck(entries, seconds)` is called, from the heartbeat thread (the
     CLI ends the process for its supervisor to restart); the lease runs out and the task is redelivered, and
     dead-lettered after `max_deliveries` with that error. A decode chunk waits at most half of it (`decode_stall_s`):
-    a hung decode pool is replaced and its shard failed before the worker is taken for hung."""
+    a hung decode pool is replaced and its shard failed before the worker is taken for hung.
+    `after_task()`: called once each task's outcome is stored and acknowledged, never mid-shard; it may set `stop`
+    (the CLI's `worker.max_rss_mb` check), and the worker then returns with nothing in hand."""
     settings = redis_settings(redis, key_prefix)
     qs = (queue or QueueSettings()).model_copy(update=queue_overrides)
     keys = Keys(settings.key_prefix)
@@ -633,7 +640,8 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
             on_stuck(entries, seconds)
 
     loop = Consumer(client, q, handler, qs, heartbeat_key=keys.batch_worker(consumer), stop=stop,
-                    describe=f"batch worker {consumer}", handle_timeout_s=batch_timeout_s or None, on_stuck=stuck)
+                    describe=f"batch worker {consumer}", handle_timeout_s=batch_timeout_s or None, on_stuck=stuck,
+                    after_batch=after_task)
     handler.on_progress = loop.progressed
     try:
         loop.run(max_batches=max_tasks, exit_when_idle=exit_when_idle)

@@ -161,10 +161,11 @@ class WorkerSettings(Strict):
                                    "and the worker exits with status 1 for its supervisor to restart it (the entries "
                                    "are redelivered, and dead-lettered after queue.max_deliveries); `--batch`: a shard "
                                    "with no pair done for this long, the same; 0: no limit")
-    max_rss_mb: int = Field(0, ge=0, description="after a batch is stored and acknowledged, a worker whose resident "
-                            "memory exceeds this many MiB stops (status 0) for its supervisor to start a fresh one: "
-                            "a model or plugin that leaks is recycled between batches, not killed by the OOM killer "
-                            "mid-batch (which costs the batch a delivery); 0: no limit (Linux: /proc/self/statm)")
+    max_rss_mb: int = Field(0, ge=0, description="after a batch (`--batch`: a shard) is stored and acknowledged, a "
+                            "worker whose resident memory exceeds this many MiB stops (status 0) for its supervisor "
+                            "to start a fresh one: a model or plugin that leaks is recycled between batches, not "
+                            "killed by the OOM killer mid-batch (which costs the batch a delivery); 0: no limit "
+                            "(Linux: /proc/self/statm)")
     restart_backoff_s: float = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
                                      "that died; doubled after each quick death, up to restart_max_backoff_s")
     restart_max_backoff_s: float = Field(30.0, gt=0)
