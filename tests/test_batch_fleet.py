@@ -1006,3 +1006,82 @@ def test_a_batch_worker_past_max_rss_mb_stops_after_a_stored_shard_and_a_fresh_o
     assert (summary["done"], summary["failed"], summary["pending"], summary["pairs"]) == (2, 0, 0, 6), summary
     run_batch(cfg, tmp_path / "local", progress=False)
     assert shard_bytes(out) == shard_bytes(tmp_path / "local") and len(shard_bytes(out)) == 2
+
+
+@pytest.mark.parametrize("edit", ["input", "shard_file", "plugins"])
+def test_a_run_json_edited_after_submit_is_refused_by_the_workers_and_by_a_second_submit(redis_server, tmp_path,
+                                                                                         monkeypatch, edit):
+    """Fleet workers took from run.json what the run hash does not cover: the corpus path (`input` is outside the
+    hash, its identity stands for it), the shard plan and the plugins to import. A run.json edited after submission
+    had the workers annotate another corpus under the same run (or import a module it named) and report the
+    shards done. Each task is now refused (bad_task, saying why, nothing read or imported), a second submission of
+    the run is `run_modified`, nothing queued; the run.json put back, the run is submitted again and finishes with
+    the bytes of a local run."""
+    from sigma.errors import InputError
+
+    corpus, other = tmp_path / "set", tmp_path / "other"
+    write_pairs_jsonl(corpus, synthetic_pairs(6, size=48))
+    write_pairs_jsonl(other, synthetic_pairs(6, size=48, seed=7))
+    marker = tmp_path / "imported"
+    plugin = f"evil_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{plugin}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 2
+    planned = RunDir(out).run_file.read_bytes()
+    record = json.loads(planned)
+    if edit == "input":
+        record["config"]["input"]["path"] = str(other)
+    elif edit == "shard_file":
+        record["shards"][1]["ref"]["file"] = str(other / "pairs.jsonl")
+    else:
+        record["config"]["plugins"] = [plugin]
+    RunDir(out).run_file.write_text(json.dumps(record))
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert (stats.dead, stats.done, stats.failed) == (2, 0, 0), stats
+    why = {"input": "input.path", "shard_file": "shard plan", "plugins": "plugins"}[edit]
+    assert len(stats.errors) == 2 and all(why in e for e in stats.errors), stats.errors
+    assert not list((out / "shards").glob("*.parquet")) and not marker.exists()
+    with pytest.raises(InputError) as refused:
+        submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert refused.value.code == "run_modified"
+    assert queue_status(redis_server.url, prefix)["queued"] == 0
+    RunDir(out).run_file.write_bytes(planned)
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 2
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert (stats.dead, stats.done, stats.failed) == (0, 2, 0), stats
+    run_batch(cfg_for(corpus), tmp_path / "local", progress=False)
+    assert shard_bytes(out) == shard_bytes(tmp_path / "local") and not marker.exists()
+
+
+def test_a_run_planned_before_the_plan_was_hashed_is_worked_while_its_corpus_plans_the_same_shards(
+        redis_server, tmp_path):
+    """A version 1 run.json (its run hash without the shard plan, queued by an older sigma: tasks without plugins)
+    is still worked: its plan is checked once per worker against the corpus planned again. Its plan edited to read
+    another corpus is refused (bad_task), nothing written."""
+    corpus, other = tmp_path / "set", tmp_path / "other"
+    write_pairs_jsonl(corpus, synthetic_pairs(6, size=48))
+    write_pairs_jsonl(other, synthetic_pairs(6, size=48, seed=7))
+    out = tmp_path / "fleet"
+    run_batch(cfg_for(corpus), out, progress=False, max_shards=0)       # planned, nothing run
+    record = json.loads(RunDir(out).run_file.read_text())
+    legacy_hash = BatchConfig.model_validate(record["config"]).run_hash(record["corpus"], record["model"])
+    record.update(version=1, run_hash=legacy_hash)
+    legacy = json.dumps(record)
+    prefix = prefix_name()
+    q = make_queue(redis_server.client(), Keys(prefix), "old-submitter")
+    for shard in record["shards"]:
+        q.add({"run_dir": str(out.resolve()), "shard": shard["key"], "run_hash": legacy_hash})
+    record["shards"][1]["ref"]["file"] = str(other / "pairs.jsonl")
+    RunDir(out).run_file.write_text(json.dumps(record))
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert (stats.dead, stats.done, stats.failed) == (2, 0, 0), stats
+    assert all("planned by an older sigma" in e for e in stats.errors), stats.errors
+    assert not list((out / "shards").glob("*.parquet"))
+    RunDir(out).run_file.write_text(legacy)
+    for shard in record["shards"]:
+        q.add({"run_dir": str(out.resolve()), "shard": shard["key"], "run_hash": legacy_hash})
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert (stats.dead, stats.done, stats.failed) == (0, 2, 0), stats
+    assert sorted(p.name.split(".")[-2] for p in (out / "shards").glob("*.parquet")) == [legacy_hash] * 2

@@ -769,3 +769,129 @@ def test_a_writer_that_fails_behind_a_full_queue_ends_the_run_never_hangs(tmp_pa
     rows = read_rows(out)
     assert len(rows) == 400 and all(r["status"] == "ok" for r in rows)
     assert len(list((out / "masks").rglob("*.png"))) == 400
+
+
+def _partial_run(corpus: Path, out: Path) -> list[str]:
+    """A run of three shards whose last two were never written (as a kill leaves it); the argv that made it."""
+    argv = ["batch", "run", str(corpus), "--out", str(out), "--annotator", "pixel-diff", "--shard-size", "2",
+            "--workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    for status in sorted((out / "status").iterdir())[1:]:
+        status.unlink()
+        for shard in (out / "shards").glob(f"{status.stem}.*.parquet"):
+            shard.unlink()
+    return argv
+
+
+def _run_files(out: Path) -> dict[str, bytes]:
+    """What a run folder holds, but its lock files (a refused resume takes the folder's lock, writes nothing)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != ".lock" and ".locks" not in p.parts}
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {"x": 1}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+RUN_JSON_EDITS = {
+    "options": lambda r, other: r["config"].update(options={"threshold": 0.9}),
+    "threshold": lambda r, other: r["config"].update(threshold=0.9),
+    "input": lambda r, other: r["config"]["input"].update(path=str(other)),
+    "shard_file": lambda r, other: r["shards"][-1]["ref"].update(file=str(other / "pairs.jsonl")),
+    "shard_rows": lambda r, other: r["shards"][-1]["ref"].update(count=1),
+    "shard_outside": lambda r, other: r["shards"][-1]["ref"].update(file="/etc/passwd"),
+    "nul_input": lambda r, other: r["config"]["input"].update(path=r["config"]["input"]["path"] + "\x00x"),
+    "nul_shard": lambda r, other: r["shards"][-1]["ref"].update(file=r["shards"][-1]["ref"]["file"] + "\x00x"),
+    "huge": lambda r, other: r["config"].update(options={"x": "y" * 5_000_000}),
+    "deep": lambda r, other: r["config"].update(options=_nested(300)),
+    "model": lambda r, other: r["model"].update(sigma_version="0.0.1"),
+    "corpus": lambda r, other: r["corpus"].update(path=str(other)),
+    "version": lambda r, other: r.update(version=3),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(RUN_JSON_EDITS))
+def test_a_run_json_edited_between_a_partial_run_and_its_resume_is_refused_and_nothing_is_written(tmp_path, capsys,
+                                                                                                   edit):
+    """`--resume` took the shard plan (and the run record) from run.json, which the run hash did not cover: a
+    run.json edited between a first, partial run and its resume (a shard's file pointed at another corpus, its
+    rows cut, its options changed, a NUL, a 5 MB value) had the rest of the run annotate other pairs under the
+    same hash, in the same folder, exit 0: two kinds of masks in one dataset. Now `run_modified`, one line, exit 2,
+    nothing written; the run.json put back resumes the run, byte for byte as an uninterrupted run."""
+    corpus, other = tmp_path / "set", tmp_path / "other"
+    write_pairs_jsonl(corpus, synthetic_pairs(6))
+    write_pairs_jsonl(other, synthetic_pairs(6, seed=7))
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    argv = _partial_run(corpus, out)
+    assert main(["batch", "run", str(corpus), "--out", str(reference), *argv[5:]]) == 0
+    planned = (out / "run.json").read_bytes()
+    record = json.loads(planned)
+    RUN_JSON_EDITS[edit](record, other)
+    (out / "run.json").write_text(json.dumps(record))
+    before = _run_files(out)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [run_modified]: ") and err.count("\n") == 1, err
+    assert len(err) < 3000 and "Traceback" not in err
+    assert _run_files(out) == before                            # nothing read, nothing written
+    (out / "run.json").write_bytes(planned)
+    assert main([*argv, "--resume"]) == 0
+    assert "2 shard(s) written, 1 skipped" in capsys.readouterr().out
+    shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")}
+    assert len(shards) == 3 and shards == {p.name: p.read_bytes() for p in (reference / "shards").glob("*.parquet")}
+
+
+def test_a_run_json_edited_is_one_line_and_exit_2_from_the_real_command(tmp_path):
+    """The same from a real `sigma batch run --resume` process: one stderr line with the code, no traceback."""
+    corpus, other = tmp_path / "set", tmp_path / "other"
+    write_pairs_jsonl(corpus, synthetic_pairs(6))
+    write_pairs_jsonl(other, synthetic_pairs(6, seed=7))
+    argv = _partial_run(corpus, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    record["shards"][-1]["ref"]["file"] = str(other / "pairs.jsonl")
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    rc = subprocess.run(_sigma(*argv, "--resume"), capture_output=True, text=True, timeout=120, check=False)
+    assert rc.returncode == 2 and rc.stdout == "", rc
+    assert rc.stderr.startswith("sigma: error [run_modified]: ") and rc.stderr.count("\n") == 1, rc.stderr
+    assert "shard plan" in rc.stderr
+    assert len(list((tmp_path / "run" / "shards").glob("*.parquet"))) == 1
+
+
+def test_a_run_planned_before_the_plan_was_hashed_resumes_and_its_plan_is_checked_against_the_corpus(tmp_path,
+                                                                                                     capsys):
+    """A run.json of version 1 (its run hash without the shard plan, the input path as typed) stays resumable: its
+    plan, which its hash cannot vouch for, is checked against the corpus planned again. A version 1 plan edited to
+    read another corpus is refused (run_modified, saying why an older run is checked so), nothing written."""
+    corpus, other = tmp_path / "set", tmp_path / "other"
+    write_pairs_jsonl(corpus, synthetic_pairs(6))
+    write_pairs_jsonl(other, synthetic_pairs(6, seed=7))
+    out = tmp_path / "run"
+    argv = _partial_run(corpus, out)
+    record = json.loads((out / "run.json").read_text())
+    legacy_hash = BatchConfig.model_validate(record["config"]).run_hash(record["corpus"], record["model"])
+    planned_hash = record["run_hash"]
+    record.update(version=1, run_hash=legacy_hash)
+    record["config"]["input"]["path"] = os.path.relpath(corpus)           # as typed, relative to where it ran
+    for shard in (out / "shards").glob("*.parquet"):                     # the finished shard, as version 1 named it
+        shard.rename(shard.with_name(f"{shard.name.rsplit('.', 2)[0]}.{legacy_hash}.parquet"))
+    for status in (out / "status").glob("*.json"):
+        status.write_text(json.dumps({**json.loads(status.read_text()), "run_hash": legacy_hash}))
+    legacy = json.dumps(record)
+    record["shards"][-1]["ref"]["file"] = str(other / "pairs.jsonl")
+    (out / "run.json").write_text(json.dumps(record))
+    before = _run_files(out)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [run_modified]: ") and "planned by an older sigma" in err, err
+    assert _run_files(out) == before
+    (out / "run.json").write_text(legacy)
+    assert main([*argv, "--resume"]) == 0
+    assert "2 shard(s) written, 1 skipped" in capsys.readouterr().out
+    assert sorted(p.name.split(".")[-2] for p in (out / "shards").glob("*.parquet")) == [legacy_hash] * 3
+    assert [r["pair_id"] for r in read_rows(out)] == [f"set/p{i:06d}" for i in range(6)]
+    assert legacy_hash != planned_hash                  # version 2 hashes the plan too

@@ -101,11 +101,15 @@ class BatchConfig(AnnotatorSpec):
         # measured on 2 shared cores: a decode process costs more in IPC than it wins (bench/bench_batch.py)
         return 0 if cores <= 2 else min(8, cores - 1)
 
-    def output_fields(self, corpus_identity: dict[str, Any], model_identity: dict[str, Any]) -> dict[str, Any]:
-        """Everything an output byte depends on: the corpus, the config, and the model that runs (its
-        weights' sha256 and the package version); workers, processes, backend and placement change speed only."""
+    def output_fields(self, corpus_identity: dict[str, Any], model_identity: dict[str, Any],
+                      plan: str | None = None) -> dict[str, Any]:
+        """Everything an output byte depends on: the corpus, the config, the model that runs (its weights' sha256
+        and the package version) and the shard plan (`sigma.batch.record.plan_digest`: which pairs each shard file
+        holds; None for a run recorded before the plan was hashed); workers, processes, backend and placement
+        change speed only."""
         data = self.model_dump(mode="json", exclude=NOT_HASHED)
-        return {"corpus": corpus_identity, "model": model_identity, **data}
+        return {"corpus": corpus_identity, "model": model_identity, **data, **({"plan": plan} if plan else {})}
 
-    def run_hash(self, corpus_identity: dict[str, Any], model_identity: dict[str, Any]) -> str:
-        return config_hash(self.output_fields(corpus_identity, model_identity))
+    def run_hash(self, corpus_identity: dict[str, Any], model_identity: dict[str, Any],
+                 plan: str | None = None) -> str:
+        return config_hash(self.output_fields(corpus_identity, model_identity, plan))

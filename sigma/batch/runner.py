@@ -11,14 +11,25 @@ from typing import Any
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import FAILED_SHOWN, RunDir, atomic_write_json, refuse_inside_run
 from sigma.batch.pipeline import Pipeline
+from sigma.batch.record import (
+    FIX,
+    MODIFIED,
+    RUN_VERSION,
+    first_difference,
+    input_problem,
+    plan_dicts,
+    plan_digest,
+    plan_problem,
+    record_hash,
+    record_version,
+    recorded_config,
+)
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
 from sigma.io.corpora.base import planned_pairs, resolved_under, unique_keys
 from sigma.registry import annotator_identity, build_annotator, import_plugins, named_annotator
 from sigma.text import MAX_MESSAGE, shown
-
-RUN_VERSION = 1
 
 
 @dataclass
@@ -101,24 +112,54 @@ def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, 
             "config and model: use a new --out, or the same input and options to continue that run")
 
 
+def _resumed_hash(cfg: BatchConfig, corpus: Corpus, model: dict[str, Any], record: dict[str, Any],
+                  rundir: RunDir) -> str:
+    """The run hash of a run folder this command continues (`--resume`, a submission again), once its run.json is
+    shown to be what the run was planned with (`sigma.batch.record`): its config, corpus, model and plan hash to
+    its run hash, its input names its corpus, and this command's config with that plan hashes to the same run (else
+    it is another run: invalid_config, as before). A version 1 record's plan is checked by planning the corpus
+    again. A run.json edited between a first, partial run and its --resume made the rest of the run read other
+    pairs (a shard's file pointed at another corpus) under the same hash: run_modified now, nothing run."""
+    where = rundir.run_file
+    version = record_version(record, where)
+    identity = corpus.identity()
+    run_hash = cfg.run_hash(identity, model, plan_digest(record["shards"]) if version >= 2 else None)
+    recorded = recorded_config(record, where)
+    if record_hash(recorded, record, version) != record["run_hash"]:
+        found = first_difference(recorded.output_fields(record["corpus"], record["model"]),
+                                 cfg.output_fields(identity, model))
+        what = found or ("its shard plan or its run_hash was changed" if version >= 2 else "its run_hash was changed")
+        raise InputError(f"{where}: no longer hashes to its run {shown(record['run_hash'])}: edited or damaged after "
+                         f"the run was planned ({what}); nothing run. {FIX}", code=MODIFIED)
+    problem = input_problem(recorded, record["corpus"], version)
+    if problem:
+        raise InputError(f"{where}: {problem}: edited after the run was planned; nothing run. {FIX}", code=MODIFIED)
+    if record["run_hash"] != run_hash:
+        raise ConfigError(_other_run_message(rundir, record, model, run_hash))
+    problem = plan_problem(corpus, record) if version < 2 else None
+    if problem:
+        raise InputError(f"{where}: planned by an older sigma, whose run hash does not cover the shard plan, so the "
+                         f"plan is checked against the corpus planned again, and {problem}: the corpus changed "
+                         f"since, or run.json was edited: the run cannot be continued safely. {FIX}", code=MODIFIED)
+    return run_hash
+
+
 def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: bool = True,
                 max_shards: int | None = None) -> tuple[RunDir, Corpus, str, list[Shard]]:
-    """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after.
-    `sweep`: remove the temporary shard files a killed run left — only by a caller that holds the folder
-    exclusively (a fleet submission that shares it with working fleet workers would delete their files in
-    the making). `max_shards`: a new plan of more shards is refused (too_many_shards) before its record is
-    built or written."""
+    """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after, once
+    run.json is shown to hold to the run (`_resumed_hash`). `sweep`: remove the temporary shard files a killed run
+    left — only by a caller that holds the folder exclusively (a fleet submission that shares it with working fleet
+    workers would delete their files in the making). `max_shards`: a new plan of more shards is refused
+    (too_many_shards) before its record is built or written."""
     cfg = with_default_annotator(cfg)      # imports the run's plugins first
     if cfg.input.root is not None:      # checked when the run is planned (a walk of the tree), not per shard
         check_confined(cfg.input.path, cfg.input.root)
     corpus = corpus_from_config(cfg)
     model = annotator_identity(cfg.annotator, cfg.options)
-    run_hash = cfg.run_hash(corpus.identity(), model)
     rundir = RunDir(out)
     if rundir.exists():
         record = rundir.load()
-        if record.get("run_hash") != run_hash:
-            raise ConfigError(_other_run_message(rundir, record, model, run_hash))
+        run_hash = _resumed_hash(cfg, corpus, model, record, rundir)
         shards = [Shard.from_dict(s) for s in record["shards"]]
         for stale in rundir.own(rundir.root / "shards").glob(".*.tmp") if sweep else ():   # left by a killed run
             stale.unlink(missing_ok=True)
@@ -138,10 +179,15 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
         raise InputError(f"{cfg.input.path}: {len(shards)} shards of {cfg.input.shard_size} pairs is more than the "
                          f"{max_shards} a run may have here; use a larger shard_size (at least "
                          f"{-(-planned_pairs(shards) // max_shards)})", code="too_many_shards")
+    identity = corpus.identity()
+    # the input as its identity says it (resolved): checkable against it on resume, and a fleet worker started in
+    # another folder reads the same corpus (a relative path was read from the worker's own folder)
+    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"path": identity.get("path", cfg.input.path)})})
+    plan = plan_dicts(shards)
+    run_hash = cfg.run_hash(identity, model, plan_digest(plan))
     record = {"version": RUN_VERSION, "run_hash": run_hash, "config": cfg.model_dump(mode="json"),
-              "model": model, "corpus": corpus.identity(), "format": corpus.format,
-              "planned_pairs": planned_pairs(shards),
-              "shards": [s.to_dict() for s in shards]}
+              "model": model, "corpus": identity, "format": corpus.format,
+              "planned_pairs": planned_pairs(shards), "shards": plan}
     rundir.write_run(record)
     save_resolved(cfg, rundir.root)
     return rundir, corpus, run_hash, shards

@@ -24,6 +24,7 @@ from typing import Any
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
+from sigma.batch.record import check_record, corpus_identity_problem, plan_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
 from sigma.io.corpora.base import Shard, resolved_under
@@ -34,7 +35,7 @@ from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import QueueSettings, RedisSettings
-from sigma.text import cut_long_values
+from sigma.text import cut_long_values, loads, shown
 
 log = logging.getLogger("sigma.batch.fleet")
 
@@ -80,6 +81,7 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
     planned = RunDir(out).exists()
     with RunDir(out).locked(exclusive=not planned):
         rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True, sweep=not planned, max_shards=max_shards)
+        _check_plugins(rundir, cfg)
     pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
     run_dir = str(rundir.root.resolve())
     to_queue: list[Shard] = []
@@ -94,12 +96,16 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
             to_queue = [s for s in pending if s.key not in with_task]
             if max_tasks is not None and to_queue and conn.xlen(keys.batch_tasks()) + len(to_queue) > max_tasks:
                 raise _queue_full(len(to_queue), max_tasks, 0)
+            plugins = json.dumps(cfg.plugins)
             for start in range(0, len(to_queue), SUBMIT_CHUNK):
                 chunk = to_queue[start:start + SUBMIT_CHUNK]
                 # a confined run's root rides in the task (Redis), not only in run.json (the shared disk): a
-                # run.json edited to drop it cannot lift the confinement (`process_task`)
+                # run.json edited to drop it cannot lift the confinement (`process_task`); so do the modules the
+                # run imports (outside the run hash): a run.json edited to name others cannot make workers import
+                # them
                 confined = {"root": cfg.input.root} if cfg.input.root else {}
-                tasks = [{"run_dir": run_dir, "shard": s.key, "run_hash": run_hash, **confined} for s in chunk]
+                tasks = [{"run_dir": run_dir, "shard": s.key, "run_hash": run_hash, "plugins": plugins, **confined}
+                         for s in chunk]
                 if not _add_tasks(conn, q, keys, tasks, max_tasks or 0):
                     raise _queue_full(len(to_queue), max_tasks or 0, queued)   # filled by another submission
                 queued += len(chunk)
@@ -116,6 +122,18 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
                          code="redis_unavailable") from exc
     return {"stream": keys.batch_tasks(), "queued": len(to_queue), "skipped": len(shards) - len(pending),
             "already_queued": len(pending) - len(to_queue), "run_hash": run_hash}
+
+
+def _check_plugins(rundir: RunDir, cfg: BatchConfig) -> None:
+    """The tasks carry this submission's plugins and the workers refuse a run.json that names others
+    (`_trusted_config`): such a run is refused here, before anything is queued to be dead-lettered. Plugins are
+    outside the run hash (a module name is not what the masks depend on), so this is their one check."""
+    recorded = (rundir.load().get("config") or {}).get("plugins", [])
+    if recorded != cfg.plugins:
+        raise InputError(f"{rundir.run_file}: its plugins {shown(recorded)} are not this submission's "
+                         f"{shown(cfg.plugins)}; the workers import the submission's and refuse a run.json that names "
+                         "others. Submit with the same --plugin, or, if run.json was edited, restore it",
+                         code="run_modified")
 
 
 # Shard tasks per round trip to Redis when a run is submitted: one script call adds a chunk (one XADD per task,
@@ -322,6 +340,10 @@ class _Plan:
     stamp: tuple[int, int, int, int]
     record: dict[str, Any]
     shards: dict[str, Shard]
+    # what `_trusted_config` and `_check_corpus` found for this record, per (run hash, root) and for its corpus: a
+    # BatchConfig or the reason it was refused. Checking a version 2 plan hashes it (15 MB for 50,000 shards), and a
+    # version 1 plan is checked by planning the corpus: once per record, not once per task
+    checked: dict[Any, Any] = field(default_factory=dict)
 
 
 # run.json -> its parsed plan, per worker process. A plan is fixed once written (a new one is a new file: atomic
@@ -422,28 +444,69 @@ def locate_task(fields: dict[str, str],
     return rundir, record, shard
 
 
-def _trusted_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConfig:
+def _kept_plan(rundir: RunDir, record: dict[str, Any]) -> _Plan | None:
+    plan = _PLANS.get(str(rundir.run_file))
+    return plan if plan is not None and plan.record is record else None
+
+
+def _trusted_config(fields: dict[str, str], record: dict[str, Any], plan: _Plan | None = None) -> BatchConfig:
     """The run's config as the task vouches for it. run.json sits on shared storage that users of the batch root may
     write: one rewritten after planning made every worker run what it said — the annotator options (weights read
-    from anywhere), the corpus path and its `input.root` confinement gone. The options, annotator and model are
-    what the run hash covers, and the hash came with the task (Redis): a config that no longer hashes to it is
-    refused. The corpus is outside the hash (its identity stands for it), so a confined run's root came with the
-    task too: it is put back and the corpus path must lie under it."""
+    from anywhere), the corpus path and its `input.root` confinement gone, another shard plan (a shard's file
+    pointed at another corpus: the rest of the run annotated other pairs under the same hash). The config, corpus,
+    model and plan are what the run hash covers (`sigma.batch.record.check_record`), and the hash came with the task
+    (Redis): a record that no longer hashes to it, or whose input is not its corpus, is refused. A confined run's
+    root and the run's plugins came with the task too: the root is put back and the corpus path must lie under it,
+    and the plugins must be the task's (a task queued before tasks carried them is taken as it was)."""
+    key = (fields.get("run_hash"), fields.get("root"), fields.get("plugins"))
+    found = plan.checked.get(key) if plan is not None else None
+    if found is None:
+        found = _checked_config(fields, record)
+        if plan is not None:
+            plan.checked[key] = found
+    if isinstance(found, str):
+        raise PermanentTaskError(found)
+    return found
+
+
+def _checked_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConfig | str:
+    """`_trusted_config`'s answer: the config, or why the task is refused."""
+    where = f"{fields['run_dir']}: run.json"
     try:
-        cfg = BatchConfig.model_validate(record["config"])
-        corpus_identity, model_identity = record["corpus"], record["model"]
-        if cfg.run_hash(corpus_identity, model_identity) != fields.get("run_hash"):
-            raise PermanentTaskError(f"{fields['run_dir']}: run.json's config or model no longer hashes to run "
-                                     f"{fields.get('run_hash')} (edited after the run was planned); refused")
-    except (KeyError, TypeError, ValueError) as exc:      # ValidationError is a ValueError
-        raise PermanentTaskError(f"{fields['run_dir']}: run.json holds no usable config ({exc})") from exc
-    root = fields.get("root")
-    if root:
-        cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"root": root})})
-        if resolved_under(str(cfg.input.path), os.path.realpath(root)) is None:
-            raise PermanentTaskError(f"{fields['run_dir']}: run.json names a corpus outside the run's root "
-                                     "(edited after the run was planned); refused, nothing read")
+        record_version(record, where)
+        cfg = recorded_config(record, where)
+        root = fields.get("root")
+        if root:
+            cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"root": root})})
+            if resolved_under(str(cfg.input.path), os.path.realpath(root)) is None:
+                return task_error(f"{fields['run_dir']}: run.json names a corpus outside the run's root (edited after "
+                                  "the run was planned); refused, nothing read")
+        if "plugins" in fields and loads(fields["plugins"]) != cfg.plugins:
+            return task_error(f"{where}: its plugins {cfg.plugins} are not the run's {fields['plugins']} (edited "
+                              "after the run was planned); refused, nothing imported")
+        check_record(record, str(fields.get("run_hash")), where)
+    except InputError as exc:
+        return task_error(f"[{exc.code}] {exc.message}")
+    except ValueError as exc:      # the task's plugins field is no JSON: a damaged task
+        return task_error(f"bad task {fields}: {exc}")
     return cfg
+
+
+def _check_corpus(fields: dict[str, str], record: dict[str, Any], corpus: Any, plan: _Plan | None) -> None:
+    """The corpus the checked config opens is the one the run hash covers (a version 1 record's path may be
+    relative, read from the folder the worker started in), and a version 1 record's plan, outside its hash, is
+    what the corpus plans (`sigma.batch.record.plan_problem`). PermanentTaskError when not."""
+    problem = plan.checked.get("corpus") if plan is not None else None
+    if problem is None:
+        problem = corpus_identity_problem(corpus, record) or ""
+        if not problem and record_version(record, "run.json") < 2:
+            found = plan_problem(corpus, record)
+            problem = (f"planned by an older sigma (its run hash does not cover the shard plan), and {found}: the "
+                       "corpus changed since, or run.json was edited") if found else ""
+        if plan is not None:
+            plan.checked["corpus"] = problem
+    if problem:
+        raise PermanentTaskError(f"{fields['run_dir']}: run.json: {problem}; refused, nothing read")
 
 
 class _Beat:
@@ -468,8 +531,10 @@ def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = R
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
         return "skipped", 0, None
-    cfg = _trusted_config(fields, record)
+    plan = _kept_plan(rundir, record)
+    cfg = _trusted_config(fields, record, plan)
     corpus = corpus_from_config(cfg)
+    _check_corpus(fields, record, corpus, plan)
     with ExitStack() as held:
         try:
             held.enter_context(rundir.locked(exclusive=False))

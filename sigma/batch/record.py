@@ -1,0 +1,177 @@
+"""The run record (OUT/run.json) held to the run hash that names every output.
+
+run.json lies where anyone who may write the run folder may edit it (a shared volume, a fleet's batch root), and
+it can be damaged or written by another version of sigma. What a run does next is read from it: the shard plan
+(the file, offset and rows each shard reads) by every `--resume`, `sigma batch submit` and fleet worker, the
+config (annotator, options, corpus) by the fleet workers, the exports and the review page. A run.json edited
+between a first, partial run and its `--resume` made the second half annotate other pairs (a shard's `file`
+pointed at another corpus) under the same run hash, in the same folder: two kinds of masks in one dataset, and
+nothing said so.
+
+The run hash is the anchor that does not live in run.json alone: `sigma batch run --resume` and `sigma batch
+submit` compute it again from their own command line, a fleet task brings it from Redis. A record is trusted
+only when its config, corpus identity, model and (version 2 on) its shard plan hash to that run, and its
+`config.input` names the corpus its identity records. A version 1 record (planned before the plan was hashed)
+is checked by planning its corpus again: it stays resumable while the corpus plans the same shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sigma.batch.config import BatchConfig
+from sigma.errors import InputError
+from sigma.io.corpora import Corpus
+from sigma.io.corpora.base import unique_keys
+from sigma.text import dumps_finite, loads, shown
+
+# 2: the run hash covers the shard plan (`plan_digest`) and `config.input.path` is the corpus's resolved path
+RUN_VERSION = 2
+VERSIONS = (1, 2)
+MODIFIED = "run_modified"
+FIX = "Restore run.json, or start the run again in a new --out (or after deleting this run folder)"
+
+
+def plan_digest(shards: list[Any]) -> str:
+    """sha256 of the shard plan as run.json holds it (the same text whether hashed at planning or read back)."""
+    return hashlib.sha256(dumps_finite(shards, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def plan_dicts(shards: list[Any]) -> list[Any]:
+    """Shards as run.json holds them once written and read back (tuples are lists)."""
+    return loads(dumps_finite([s.to_dict() for s in shards]))
+
+
+def record_version(record: dict[str, Any], where: Any) -> int:
+    version = record.get("version", 1)
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise InputError(f"{where}: record version {shown(version)} is not one this sigma knows "
+                         f"({', '.join(map(str, VERSIONS))}): written by another version of sigma, or edited. Resume "
+                         f"it with the version that planned it. {FIX}", code=MODIFIED)
+    return version
+
+
+# How deep a record's config, corpus identity and model may nest. Planned ones nest a few levels (options a few more);
+# JSON reads ~990, and one that deep overflowed the stack of whatever walked it (the hash, the message saying what
+# differs): a RecursionError traceback
+MAX_RECORD_DEPTH = 100
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def recorded_config(record: dict[str, Any], where: Any) -> BatchConfig:
+    """The record's config as a BatchConfig, its corpus identity and model objects: else run_modified."""
+    if not isinstance(record.get("corpus"), dict) or not isinstance(record.get("model"), dict):
+        raise InputError(f"{where}: its corpus or model is not an object (edited or damaged). {FIX}", code=MODIFIED)
+    for name in ("config", "corpus", "model"):
+        if _deeper_than(record.get(name), MAX_RECORD_DEPTH):
+            raise InputError(f"{where}: its {name} nests more than {MAX_RECORD_DEPTH} levels deep: no run planned it "
+                             f"(edited or damaged). {FIX}", code=MODIFIED)
+    try:
+        cfg = BatchConfig.model_validate(record.get("config"))
+        # as the hash dumps it: options nested deeper than pydantic writes (a few hundred levels; JSON reads ~990)
+        # were a ValueError traceback. A config that was planned was dumped then, so this one was not planned
+        cfg.model_dump(mode="json")
+        return cfg
+    except (ValidationError, TypeError, ValueError, RecursionError) as exc:
+        first = exc.errors()[0] if isinstance(exc, ValidationError) and exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ())) or "config"
+        raise InputError(f"{where}: its config is not a batch config ({shown(loc)}: {first.get('msg', exc)}); "
+                         f"edited or damaged, or written by another version of sigma. {FIX}", code=MODIFIED) from exc
+
+
+def record_hash(cfg: BatchConfig, record: dict[str, Any], version: int) -> str:
+    """What run hash `cfg`, with the record's corpus identity, model and plan, names."""
+    plan = plan_digest(record["shards"]) if version >= 2 else None
+    return cfg.run_hash(record["corpus"], record["model"], plan)
+
+
+def input_problem(cfg: BatchConfig, corpus: dict[str, Any], version: int) -> str | None:
+    """How `config.input` differs from the corpus identity the run hash covers, or None. `input` is outside the
+    hash (where the corpus is spelt is not what it is): its identity stands for it, so the two must agree. A
+    version 1 record may hold the path as it was typed, relative to wherever the run started: not checkable here
+    (a fleet worker checks the corpus it opens, `corpus_identity_problem`)."""
+    given = cfg.input
+    if "format" in corpus and given.format not in ("auto", corpus["format"]):
+        return f"input.format {shown(given.format)!r}, its corpus is {shown(corpus['format'])!r}"
+    for name, value in (("preset", given.preset), ("columns", dict(sorted(given.columns.items()))),
+                        ("shard_size", given.shard_size)):
+        if name in corpus and value != corpus[name]:
+            return f"input.{name} {shown(value)}, its corpus has {shown(corpus[name])}"
+    path, recorded = given.path, corpus.get("path")
+    if recorded is None:
+        return None
+    if version >= 2:
+        same = path == recorded
+    elif not os.path.isabs(path):
+        return None
+    else:
+        try:
+            same = str(Path(path).resolve()) == recorded
+        except (OSError, ValueError):          # a NUL byte, a loop of links
+            same = False
+    return None if same else f"input.path {shown(path)!r}, its corpus is {shown(recorded)!r}"
+
+
+def check_record(record: dict[str, Any], run_hash: str, where: Any) -> BatchConfig:
+    """The record's config when the record holds to `run_hash` (its config, corpus, model and plan hash to it, and
+    its input names its corpus); else InputError run_modified."""
+    version = record_version(record, where)
+    cfg = recorded_config(record, where)
+    if record_hash(cfg, record, version) != run_hash:
+        part = "config, corpus, model or shard plan" if version >= 2 else "config, corpus or model"
+        raise InputError(f"{where}: its {part} no longer hashes to run {shown(run_hash)} (edited or damaged after "
+                         f"the run was planned); nothing run. {FIX}", code=MODIFIED)
+    problem = input_problem(cfg, record["corpus"], version)
+    if problem:
+        raise InputError(f"{where}: {problem} (edited after the run was planned); nothing run. {FIX}", code=MODIFIED)
+    return cfg
+
+
+def first_difference(recorded: Any, planned: Any, other: str = "in this command", where: str = "") -> str | None:
+    """The first key path where two JSON values differ, with both values (cut): `options.threshold: 0.9 in run.json,
+    None in this command`; None when they are equal."""
+    if isinstance(recorded, dict) and isinstance(planned, dict):
+        for key in sorted(set(recorded) | set(planned), key=str):
+            inner = f"{where}.{key}" if where else str(key)
+            found = first_difference(recorded.get(key), planned.get(key), other, inner)
+            if found:
+                return found
+        return None
+    if recorded != planned:
+        return f"{shown(where or 'value', 200)}: {shown(recorded, 200)} in run.json, {shown(planned, 200)} {other}"
+    return None
+
+
+def corpus_identity_problem(corpus: Corpus, record: dict[str, Any]) -> str | None:
+    """The corpus a checked config opens is the one the run hash covers, or how it differs."""
+    found = first_difference(record["corpus"], corpus.identity(), "as opened")
+    return None if found is None else f"the corpus its config opens is not the one it records ({found})"
+
+
+def plan_problem(corpus: Corpus, record: dict[str, Any]) -> str | None:
+    """A version 1 record's plan (outside its hash) against the corpus planned again, or None when they agree."""
+    planned = plan_dicts(unique_keys(corpus.plan()))
+    recorded = record["shards"]
+    if planned == recorded:
+        return None
+    if len(planned) != len(recorded):
+        return f"it plans {len(recorded)} shards, the corpus now {len(planned)}"
+    n = next(i for i, (a, b) in enumerate(zip(recorded, planned, strict=True)) if a != b)
+    found = first_difference(recorded[n], planned[n], "in the corpus now")
+    return f"its shard {n} differs from the corpus planned again ({found})"
