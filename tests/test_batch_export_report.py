@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -389,3 +391,266 @@ def test_model_extras_reach_manifest_exports_and_page(tmp_path):
     html = (out / "report.html").read_text()
     shown = re.findall(r"<b>(p\d+)</b>", html)
     assert shown == ["p000004", "p000003", "p000002"]      # the three least confident, lowest first
+
+
+# --- run.json held to its run hash, and the run's shard files to the run, by every export and the review page ---
+
+def _other_corpus(tmp_path: Path) -> Path:
+    other = tmp_path / "other"
+    write_pairs_jsonl(other / "alpha", synthetic_pairs(6, seed=7))
+    return other
+
+
+RUN_JSON_EDITS = {
+    "annotator": lambda r, other: r["config"].update(annotator="sigma-lite"),
+    "options": lambda r, other: r["config"].update(options={"threshold": 0.9}),
+    "threshold": lambda r, other: r["config"].update(threshold=0.9),
+    "input": lambda r, other: r["config"]["input"].update(path=str(other)),
+    "corpus": lambda r, other: r["corpus"].update(path=str(other)),
+    "weights": lambda r, other: r["model"].update(weights_sha256="0" * 64),
+    "shard_file": lambda r, other: r["shards"][0]["ref"].update(file=str(other / "alpha" / "pairs.jsonl")),
+    "shard_rows": lambda r, other: r["shards"][0]["ref"].update(count=1),
+    "shard_outside": lambda r, other: r["shards"][0]["ref"].update(file="/etc/passwd"),
+    "format": lambda r, other: r.update(format="parquet"),
+    "planned_pairs": lambda r, other: r.update(planned_pairs=1000),
+    "version": lambda r, other: r.update(version=3),
+    "deep": lambda r, other: r["config"].update(options=_nested(300)),
+}
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {"x": 1}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+def _readers(run: Path, outs: Path) -> dict[str, list[str]]:
+    """Every command that reads a finished run, each writing under `outs` (the review page into the run)."""
+    return {"hf": ["export", "hf", str(run), str(outs / "hf")],
+            "imdl-benco": ["export", "imdl-benco", str(run), "--out", str(outs / "benco")],
+            "coco": ["export", "coco", str(run), "--out", str(outs / "c.json")],
+            "coco-images": ["export", "coco", str(run), "--out", str(outs / "ci.json"), "--images", str(outs / "im")],
+            "report": ["report", str(run)],
+            "status": ["batch", "status", str(run)]}
+
+
+def _refused(argv: list[str], capsys) -> str:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [run_modified]: ") and err.count("\n") == 1, (argv, err)
+    assert len(err) < 3000 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("edit", sorted(RUN_JSON_EDITS))
+def test_an_export_or_review_page_of_a_run_whose_run_json_was_edited_is_refused_and_writes_nothing(
+        run_dir, tmp_path, capsys, edit):
+    """`sigma export` (every format), `sigma report` and `sigma batch status` took run.json as written: a run.json
+    edited or damaged after the run made the dataset card name the annotator, weights, format and corpus it said,
+    the exports read again the pairs its plan or input named (another corpus, /etc/passwd), and status count the
+    pairs it claimed; each exit 0. Now each holds it to its run hash first (`sigma.batch.record`, as --resume):
+    `run_modified`, one line, exit 2, nothing written (no export folder, no review page)."""
+    run, outs = tmp_path / "run", tmp_path / "outs"
+    shutil.copytree(run_dir, run)
+    outs.mkdir()
+    record = json.loads((run / "run.json").read_text())
+    RUN_JSON_EDITS[edit](record, _other_corpus(tmp_path))
+    (run / "run.json").write_text(json.dumps(record))
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for name, argv in _readers(run, outs).items():
+        err = _refused(argv, capsys)
+        assert str(run / "run.json") in err, (name, err)
+    assert list(outs.iterdir()) == []                                   # no export folder, file or image left
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before   # no report.html
+
+
+def test_each_reader_of_a_run_reads_and_checks_its_run_json_once_and_the_restored_record_reads_as_before(
+        run_dir, tmp_path, capsys, monkeypatch):
+    """An export read run.json four or five times (the rows, the config, the corpus, the counts for the card), each
+    time as it then was. Now once per command, checked; the same record put back exports as before."""
+    from sigma.batch.layout import RunDir
+
+    run, outs = tmp_path / "run", tmp_path / "outs"
+    shutil.copytree(run_dir, run)
+    outs.mkdir()
+    reads = []
+    load = RunDir.load
+
+    def counted(self):
+        reads.append(self.run_file)
+        return load(self)
+
+    monkeypatch.setattr(RunDir, "load", counted)
+    for name, argv in _readers(run, outs).items():
+        reads.clear()
+        assert main(argv) == 0, (name, capsys.readouterr().err)
+        assert reads == [run / "run.json"], (name, reads)
+    capsys.readouterr()
+    card = (outs / "hf" / "README.md").read_text()
+    assert "pixel-diff" in card and json.loads((run / "run.json").read_text())["run_hash"] in card
+    assert len(json.loads((outs / "benco" / "imdl_benco.json").read_text())) == 11
+
+
+def test_an_edited_run_json_is_one_line_and_exit_2_from_the_real_commands(run_dir, tmp_path):
+    """The same from real `sigma export hf` and `sigma report` processes: one stderr line, no traceback, no
+    folder or page left."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    record = json.loads((run / "run.json").read_text())
+    record["model"]["weights_sha256"] = "0" * 64                 # what the dataset card would have published
+    (run / "run.json").write_text(json.dumps(record))
+    for argv in (["export", "hf", str(run), str(tmp_path / "hf")], ["report", str(run)]):
+        rc = subprocess.run([sys.executable, "-m", "sigma", *argv], capture_output=True, text=True, timeout=120,
+                            check=False)
+        assert rc.returncode == 2 and rc.stdout == "", rc
+        assert rc.stderr.startswith("sigma: error [run_modified]: ") and rc.stderr.count("\n") == 1, rc.stderr
+        assert "no longer hashes to run" in rc.stderr
+    assert not (tmp_path / "hf").exists() and not (run / "report.html").exists()
+
+
+def _as_version_1(run: Path) -> str:
+    """Make a run folder what an older sigma left: record version 1 (its hash without the plan), the input path as
+    typed (relative), its shard files named by that hash and their rows holding it. Returns the hash."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    record = json.loads((run / "run.json").read_text())
+    legacy = BatchConfig.model_validate(record["config"]).run_hash(record["corpus"], record["model"])
+    record.update(version=1, run_hash=legacy)
+    record["config"]["input"]["path"] = os.path.relpath(record["config"]["input"]["path"])
+    (run / "run.json").write_text(json.dumps(record))
+    for status in (run / "status").glob("*.json"):
+        st = json.loads(status.read_text())
+        shard = run / st["output"]
+        table = pq.read_table(shard)
+        column = pa.array([legacy] * table.num_rows, pa.string())
+        target = shard.with_name(f"{shard.name.rsplit('.', 2)[0]}.{legacy}.parquet")
+        pq.write_table(table.set_column(table.schema.get_field_index("run_hash"), "run_hash", column), target)
+        shard.unlink()
+        st.update(run_hash=legacy, output=str(target.relative_to(run)), bytes=target.stat().st_size,
+                  sha256=hashlib.sha256(target.read_bytes()).hexdigest())
+        status.write_text(json.dumps(st))
+    return legacy
+
+
+def test_a_run_planned_before_the_plan_was_hashed_exports_while_its_corpus_plans_the_same_shards(run_dir, tmp_path,
+                                                                                                 capsys):
+    """A version 1 run (older sigma) is read as `--resume` reads it: its config, corpus and model held to its hash,
+    its plan (outside that hash) checked against the corpus planned again by the readers that open the corpus.
+    It exports and reviews as before; its plan edited to read another corpus is refused (run_modified)."""
+    run, outs = tmp_path / "run", tmp_path / "outs"
+    shutil.copytree(run_dir, run)
+    outs.mkdir()
+    legacy = _as_version_1(run)
+    for name, argv in _readers(run, outs).items():
+        assert main(argv) == 0, (name, capsys.readouterr().err)
+    out = capsys.readouterr().out
+    assert f"run {legacy}: 4/4 shards done" in out
+    assert len(json.loads((outs / "benco" / "imdl_benco.json").read_text())) == 11
+    assert legacy in (outs / "hf" / "README.md").read_text()
+    record = json.loads((run / "run.json").read_text())
+    record["shards"][0]["ref"]["file"] = str(_other_corpus(tmp_path) / "alpha" / "pairs.jsonl")
+    (run / "run.json").write_text(json.dumps(record))
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for name in ("hf", "imdl-benco", "coco-images", "report"):
+        err = _refused(_readers(run, edited)[name], capsys)
+        assert "planned by an older sigma" in err, (name, err)
+    assert list(edited.iterdir()) == []
+    record["config"]["threshold"] = 0.9             # outside the plan: its hash still holds the config
+    (run / "run.json").write_text(json.dumps(record))
+    for argv in _readers(run, edited).values():
+        assert "no longer hashes to run" in _refused(argv, capsys)
+
+
+def _threshold_run(corpus: Path, out: Path, threshold: str) -> str:
+    assert main(["batch", "run", str(corpus), "--out", str(out), "--annotator", "pixel-diff", "--shard-size", "2",
+                 "--workers", "0", "--no-progress", "--threshold", threshold]) == 0
+    return json.loads((out / "run.json").read_text())["run_hash"]
+
+
+def test_shard_files_swapped_between_two_runs_are_never_exported_as_this_runs_masks(tmp_path, capsys):
+    """Two runs of one corpus (thresholds 0.05 and 0.9: other masks, other hashes). B's shard files put in A's
+    folder under A's names, with statuses to match, were exported as A's masks (exit 0, the card naming A's run and
+    threshold): the rows hold B's run hash. Now run_modified before anything is written. B's files under their
+    own names are no shard of A (never exported), a file damaged in place is run_modified, not a traceback, and a
+    run.json that is a link to another run's is refused or names none of this folder's shards."""
+    import hashlib
+
+    corpus = tmp_path / "set"
+    write_pairs_jsonl(corpus, synthetic_pairs(6))
+    a, b = tmp_path / "a", tmp_path / "b"
+    hash_a, hash_b = _threshold_run(corpus, a, "0.05"), _threshold_run(corpus, b, "0.9")
+    capsys.readouterr()
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    swapped = tmp_path / "swapped"
+    shutil.copytree(a, swapped)
+    for status in (b / "status").glob("*.json"):
+        st = json.loads(status.read_text())
+        name = Path(st["output"]).name.replace(hash_b, hash_a)
+        shutil.copy(b / st["output"], swapped / "shards" / name)
+        (swapped / "status" / status.name).write_text(json.dumps({**st, "run_hash": hash_a,
+                                                                   "output": f"shards/{name}"}))
+    for name, argv in _readers(swapped, outs).items():
+        if name != "status":                    # its counts are the statuses', which say done
+            err = _refused(argv, capsys)
+            assert f"holds rows of run_hash {hash_b!r}, not this run's {hash_a!r}" in err, (name, err)
+    assert list(outs.iterdir()) == [] and not (swapped / "report.html").exists()
+    # one shard file moved to another shard's name in the same run: the rows are that other shard's
+    moved = tmp_path / "moved"
+    shutil.copytree(a, moved)
+    first, second = sorted((moved / "status").glob("*.json"))[:2]
+    st1, st2 = json.loads(first.read_text()), json.loads(second.read_text())
+    shutil.copy(moved / st2["output"], moved / st1["output"])
+    first.write_text(json.dumps({**st1, "bytes": st2["bytes"], "sha256": st2["sha256"]}))
+    assert "holds rows of shard" in _refused(_readers(moved, outs)["coco"], capsys)
+    # B's files under B's names in A's folder: not A's shards
+    mixed = tmp_path / "mixed"
+    shutil.copytree(a, mixed)
+    for shard in (mixed / "shards").glob("*.parquet"):
+        shard.unlink()
+    for shard in (b / "shards").glob("*.parquet"):
+        shutil.copy(shard, mixed / "shards" / shard.name)
+    assert main(_readers(mixed, outs)["coco"]) == 2 and "[no_results]" in capsys.readouterr().err
+    # a shard file damaged in place (same size, the status's size): one line, not a pyarrow traceback
+    damaged = tmp_path / "damaged"
+    shutil.copytree(a, damaged)
+    shard = next((damaged / "shards").glob("*.parquet"))
+    shard.write_bytes(b"\0" * shard.stat().st_size)
+    assert "not a readable shard file" in _refused(_readers(damaged, outs)["hf"], capsys)
+    assert list(outs.iterdir()) == []
+    # run.json a link to another run's: out of the folder, refused; inside it (a run made in a sub-folder), it
+    # names none of this folder's shard files
+    linked = tmp_path / "linked"
+    shutil.copytree(a, linked)
+    (linked / "run.json").unlink()
+    (linked / "run.json").symlink_to(b / "run.json")
+    for argv in _readers(linked, outs).values():
+        assert main(argv) == 2 and "[link_outside_run]" in capsys.readouterr().err
+    shutil.copytree(b, linked / "inner")
+    (linked / "run.json").unlink()
+    (linked / "run.json").symlink_to("inner/run.json")
+    assert main(_readers(linked, outs)["hf"]) == 2 and "[no_results]" in capsys.readouterr().err
+    assert list(outs.iterdir()) == []
+    # A as it was exports its own masks
+    assert main(["export", "coco", str(a), "--out", str(outs / "a.json")]) == 0
+    assert {hashlib.sha256(p.read_bytes()).hexdigest() for p in (a / "shards").glob("*.parquet")} != \
+        {hashlib.sha256(p.read_bytes()).hexdigest() for p in (b / "shards").glob("*.parquet")}
+
+
+def test_a_run_json_of_tens_of_megabytes_is_refused_without_walking_its_shards(run_dir, tmp_path, capsys):
+    """A run.json grown by appended shards (here ~16 MB; a 200 MB one took 55 s and 1.2 GB, then exported and
+    counted a million pending shards, exit 0): its plan no longer hashes to the run, refused at the one read."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    record = json.loads((run / "run.json").read_text())
+    extra = record["shards"][-1]
+    record["shards"] += [{**extra, "key": f"k{i}", "index": len(record["shards"]) + i} for i in range(80_000)]
+    (run / "run.json").write_text(json.dumps(record))
+    assert (run / "run.json").stat().st_size > 15_000_000
+    for argv in _readers(run, tmp_path).values():
+        assert "no longer hashes to run" in _refused(argv, capsys)

@@ -651,15 +651,29 @@ def test_a_huge_shard_size_is_a_config_error_naming_the_maximum(tmp_path, capsys
     assert not (tmp_path / "run" / "run.json").exists()
 
 
+def planned_run(out: Path, pairs: int) -> RunDir:
+    """A run of `pairs` one-pair shards, planned (run.json written as `sigma batch run` writes it) and not run: a
+    manifest of `pairs` lines naming two real images."""
+    from sigma.batch.runner import prepare_run
+
+    corpus = out.parent / f"{out.name}-corpus"
+    write_pairs_jsonl(corpus, synthetic_pairs(1, size=16))
+    first = json.loads((corpus / "pairs.jsonl").read_text().splitlines()[0])
+    (corpus / "pairs.jsonl").write_text("".join(json.dumps({**first, "id": f"p{i:06d}"}) + "\n"
+                                                for i in range(pairs)))
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    rundir, _, _, _ = prepare_run(cfg, out)
+    return rundir
+
+
 def many_failed_run(out: Path, failed: int, pending: int = 5) -> RunDir:
     """A run folder of `failed` shards given up on (each with a 5000-character reason, as a dead letter writes
     them) and `pending` not started."""
-    shards = [{"index": i, "key": f"part-{i:05d}", "ref": {}, "num_items": 1} for i in range(failed + pending)]
-    rundir = RunDir(out)
-    out.mkdir()
-    rundir.write_run({"run_hash": "h" * 12, "shards": shards, "config": {}, "planned_pairs": len(shards)})
+    rundir = planned_run(out, failed + pending)
+    run_hash = rundir.load()["run_hash"]
     for shard in rundir.shards()[:failed]:
-        assert rundir.mark_failed(shard, "h" * 12, f"dead-lettered: {shard.key} " + "y" * 5000)
+        assert rundir.mark_failed(shard, run_hash, f"dead-lettered: {shard.key} " + "y" * 5000)
     return rundir
 
 
@@ -671,9 +685,9 @@ def test_a_run_with_thousands_of_failed_shards_lists_the_first_few_and_counts_th
     rundir = many_failed_run(tmp_path / "run", 1200)
     summary = rundir.summary()
     assert (summary["failed"], summary["pending"], summary["done"]) == (1200, 5, 0), summary["failed"]
-    assert [f["shard"] for f in summary["failed_shards"]] == [f"part-{i:05d}" for i in range(100)]
+    assert [f["shard"] for f in summary["failed_shards"]] == [s.key for s in rundir.shards()[:100]]
     assert summary["failed_shards_omitted"] == 1100
-    assert all(len(f["error"]) < 2100 and f["error"].startswith("dead-lettered: part-")
+    assert all(len(f["error"]) < 2100 and f["error"].startswith("dead-lettered: run-corpus__pairs.r")
                for f in summary["failed_shards"])
     everything = rundir.summary(failed_limit=None)
     assert len(everything["failed_shards"]) == 1200 and everything["failed_shards_omitted"] == 0
@@ -687,6 +701,24 @@ def test_a_run_with_thousands_of_failed_shards_lists_the_first_few_and_counts_th
     assert len(answer["failed_shards"]) == 3 and (answer["failed"], answer["failed_shards_omitted"]) == (1200, 1197)
     assert main(["batch", "status", str(tmp_path / "run"), "--failed-limit", "-1"]) == 2
     assert "argument --failed-limit: -1: must be in 0 .. 10000" in capsys.readouterr().err
+
+
+def test_batch_status_of_a_run_of_10000_shards_checks_its_whole_plan_on_every_poll(tmp_path, capsys):
+    """`sigma batch status` counted whatever run.json said (an edited plan, planned_pairs, a config that is not
+    the run's). It now holds the record to its run hash on every poll, as exports and --resume do: the plan of
+    10,000 shards is hashed in ~0.05 s, beside ~1.3 s for the walk over the status files (docs/batch.md). A
+    shard edited at the plan's end is run_modified, one line, exit 2."""
+    rundir = planned_run(tmp_path / "run", 10_000)
+    assert main(["batch", "status", str(rundir.root), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["shards"], answer["pending"], answer["planned_pairs"]) == (10_000, 10_000, 10_000)
+    record = json.loads(rundir.run_file.read_text())
+    record["shards"][-1]["ref"]["count"] = 2
+    rundir.run_file.write_text(json.dumps(record))
+    assert main(["batch", "status", str(rundir.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [run_modified]: ") and err.count("\n") == 1 and "shard plan" in err, err
+    assert "no status shown" in err
 
 
 def test_a_local_run_with_many_failed_shards_lists_the_first_100_and_says_where_the_rest_are(tmp_path, capsys):

@@ -76,20 +76,17 @@ def refuse_inside_run(folder: str | Path) -> None:
                                  code="out_is_run_file")
 
 
-def refuse_images_dir(folder: str | Path, run_dir: str | Path) -> None:
+def refuse_images_dir(folder: str | Path, corpus: str | None) -> None:
     """A folder an export writes images into (`sigma export coco --images`) must not be where the run or its corpus
-    keeps files: inside a run's own folders (`RUN/masks/<shard>`: the run's --png-masks replaced by edited images),
-    inside a folder corpus, or the folder of a manifest corpus (where its images sit: `<id>.png` there would replace
-    them). Checked before any work; `RUN/images` (a new folder of the run) stays allowed."""
+    (`corpus`: the path its checked record names) keeps files: inside a run's own folders (`RUN/masks/<shard>`: the
+    run's --png-masks replaced by edited images), inside a folder corpus, or the folder of a manifest corpus (where
+    its images sit: `<id>.png` there would replace them). Checked before any work; `RUN/images` (a new folder of
+    the run) stays allowed."""
     real = Path(os.path.realpath(folder))
     for up in (real, *real.parents):
         if (up / RUN_FILE).is_file() and up != real and real.relative_to(up).parts[0] in RUN_OWN:
             raise InputError(f"{folder}: inside the batch run's own {real.relative_to(up).parts[0]}/ in {up}; "
                              "write the images elsewhere", code="out_is_run_file")
-    try:
-        corpus = (load_json(Path(run_dir, RUN_FILE).read_bytes()).get("corpus") or {}).get("path")
-    except (OSError, ValueError, AttributeError):
-        return          # the export itself says what is wrong with the run
     if not corpus:
         return
     source = Path(os.path.realpath(corpus))
@@ -356,10 +353,11 @@ class RunDir:
             else:
                 yield shard, "pending", st
 
-    def summary(self, failed_limit: int | None = FAILED_SHOWN) -> dict[str, Any]:
+    def summary(self, failed_limit: int | None = FAILED_SHOWN, record: dict[str, Any] | None = None) -> dict[str, Any]:
         """Shard counts, pair counts and error codes of the run, with the first `failed_limit` failed shards (None:
-        all) and each one's message cut to MAX_MESSAGE characters."""
-        record = self.load()
+        all) and each one's message cut to MAX_MESSAGE characters. `record`: the run record already loaded (and
+        checked: `sigma.batch.record.verified_record`), not read again."""
+        record = self.load() if record is None else record
         counts = {"done": 0, "failed": 0, "pending": 0}
         pairs = ok = errors = 0
         codes: dict[str, int] = {}
@@ -388,6 +386,9 @@ class RunDir:
         record = self.load()
         return record["run_hash"], [shard.key for shard, state, _ in self.shard_states(record) if state == "pending"]
 
-    def done_outputs(self) -> list[tuple[Shard, Path]]:
-        run_hash = self.load()["run_hash"]
-        return [(s, self.shard_path(s, run_hash)) for s in self.shards() if self.is_done(s, run_hash)]
+    def done_outputs(self, record: dict[str, Any] | None = None) -> list[tuple[Shard, Path]]:
+        """The finished shards with their files; `record`: the run record already loaded, not read again."""
+        record = self.load() if record is None else record
+        run_hash = record["run_hash"]
+        shards = [Shard.from_dict(s) for s in record["shards"]]
+        return [(s, self.shard_path(s, run_hash)) for s in shards if self.is_done(s, run_hash)]

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sigma.batch.config import BatchConfig
+from sigma.batch.layout import RunDir
 from sigma.errors import InputError
 from sigma.io.corpora import Corpus
 from sigma.io.corpora.base import unique_keys
@@ -135,19 +136,53 @@ def input_problem(cfg: BatchConfig, corpus: dict[str, Any], version: int) -> str
     return None if same else f"input.path {shown(path)!r}, its corpus is {shown(recorded)!r}"
 
 
-def check_record(record: dict[str, Any], run_hash: str, where: Any) -> BatchConfig:
-    """The record's config when the record holds to `run_hash` (its config, corpus, model and plan hash to it, and
-    its input names its corpus); else InputError run_modified."""
+def restated_problem(record: dict[str, Any]) -> str | None:
+    """How the two fields of the record that restate what the hash covers differ from it, or None: `format` (the
+    corpus identity's, shown by the review page and the dataset card) and `planned_pairs` (the plan's pair count,
+    shown by `sigma batch status`). Outside the hash, an edit of either went unnoticed everywhere."""
+    corpus = record["corpus"]
+    if "format" in corpus and record.get("format") != corpus["format"]:
+        return f"format {shown(record.get('format'))!r}, its corpus is {shown(corpus['format'])!r}"
+    counts = [shard.get("num_items") for shard in record["shards"]]
+    planned = sum(counts) if all(c is not None for c in counts) else None
+    if record.get("planned_pairs") != planned:
+        return f"planned_pairs {shown(record.get('planned_pairs'))}, its shard plan holds {shown(planned)}"
+    return None
+
+
+def check_record(record: dict[str, Any], run_hash: str, where: Any, then: str = "nothing run",
+                 compare: dict[str, Any] | None = None) -> BatchConfig:
+    """The record's config when the record holds to `run_hash` (its config, corpus, model and plan hash to it, its
+    input names its corpus, its format and pair count are its corpus's and plan's); else InputError run_modified.
+    `then`: what the refusal says was not done. `compare`: the output fields (`BatchConfig.output_fields`) of the
+    run the caller means, to name the first field that differs when the hash does not hold."""
     version = record_version(record, where)
     cfg = recorded_config(record, where)
     if record_hash(cfg, record, version) != run_hash:
         part = "config, corpus, model or shard plan" if version >= 2 else "config, corpus or model"
+        found = (first_difference(cfg.output_fields(record["corpus"], record["model"]), compare)
+                 if compare is not None else None)
+        if compare is not None and found is None:
+            found = "its shard plan or its run_hash was changed" if version >= 2 else "its run_hash was changed"
         raise InputError(f"{where}: its {part} no longer hashes to run {shown(run_hash)} (edited or damaged after "
-                         f"the run was planned); nothing run. {FIX}", code=MODIFIED)
-    problem = input_problem(cfg, record["corpus"], version)
+                         f"the run was planned{': ' + found if found else ''}); {then}. {FIX}", code=MODIFIED)
+    problem = input_problem(cfg, record["corpus"], version) or restated_problem(record)
     if problem:
-        raise InputError(f"{where}: {problem} (edited after the run was planned); nothing run. {FIX}", code=MODIFIED)
+        raise InputError(f"{where}: {problem} (edited after the run was planned); {then}. {FIX}", code=MODIFIED)
     return cfg
+
+
+def verified_record(rundir: RunDir, then: str) -> tuple[dict[str, Any], BatchConfig]:
+    """run.json read once and held to the run hash it names, with its config: for the commands that read a run
+    with no command line to hash again (`sigma export`, `sigma report`, `sigma batch status`). Its outputs carry
+    that hash, not run.json alone: each shard file is named by it, each status records it, each row holds it. So a
+    run.json edited without its hash (annotator, options, corpus, a shard's file or rows) no longer hashes to it,
+    and one whose run_hash was made up to match names none of the run's outputs (no shard is done under it).
+    The export and the review page described the masks by what an edited run.json said (the dataset card's
+    annotator, weights and corpus) and read the pairs its plan named. Version 1 records are checked as
+    `check_record` checks them; their plan, against the corpus by whoever opens it (`corpus_problem`)."""
+    record = rundir.load()
+    return record, check_record(record, record["run_hash"], rundir.run_file, then)
 
 
 def first_difference(recorded: Any, planned: Any, other: str = "in this command", where: str = "") -> str | None:
@@ -182,3 +217,15 @@ def plan_problem(corpus: Corpus, record: dict[str, Any]) -> str | None:
     n = next(i for i, (a, b) in enumerate(zip(recorded, planned, strict=True)) if a != b)
     found = first_difference(recorded[n], planned[n], "in the corpus now")
     return f"its shard {n} differs from the corpus planned again ({found})"
+
+
+def corpus_problem(corpus: Corpus, record: dict[str, Any]) -> str | None:
+    """What a reader of a checked record checks once it opens the corpus: it is the one the run hash covers
+    (`corpus_identity_problem`), and a version 1 record's plan, outside its hash, is what the corpus plans
+    (`plan_problem`). None when both hold."""
+    problem = corpus_identity_problem(corpus, record)
+    if problem or record_version(record, "run.json") >= 2:
+        return problem
+    found = plan_problem(corpus, record)
+    return (f"planned by an older sigma (its run hash does not cover the shard plan), and {found}: the corpus "
+            "changed since, or run.json was edited") if found else None

@@ -15,14 +15,11 @@ from sigma.batch.record import (
     FIX,
     MODIFIED,
     RUN_VERSION,
-    first_difference,
-    input_problem,
+    check_record,
+    corpus_problem,
     plan_dicts,
     plan_digest,
-    plan_problem,
-    record_hash,
     record_version,
-    recorded_config,
 )
 from sigma.config.loader import save_resolved
 from sigma.errors import ConfigError, InputError
@@ -124,23 +121,12 @@ def _resumed_hash(cfg: BatchConfig, corpus: Corpus, model: dict[str, Any], recor
     version = record_version(record, where)
     identity = corpus.identity()
     run_hash = cfg.run_hash(identity, model, plan_digest(record["shards"]) if version >= 2 else None)
-    recorded = recorded_config(record, where)
-    if record_hash(recorded, record, version) != record["run_hash"]:
-        found = first_difference(recorded.output_fields(record["corpus"], record["model"]),
-                                 cfg.output_fields(identity, model))
-        what = found or ("its shard plan or its run_hash was changed" if version >= 2 else "its run_hash was changed")
-        raise InputError(f"{where}: no longer hashes to its run {shown(record['run_hash'])}: edited or damaged after "
-                         f"the run was planned ({what}); nothing run. {FIX}", code=MODIFIED)
-    problem = input_problem(recorded, record["corpus"], version)
-    if problem:
-        raise InputError(f"{where}: {problem}: edited after the run was planned; nothing run. {FIX}", code=MODIFIED)
+    check_record(record, record["run_hash"], where, compare=cfg.output_fields(identity, model))
     if record["run_hash"] != run_hash:
         raise ConfigError(_other_run_message(rundir, record, model, run_hash))
-    problem = plan_problem(corpus, record) if version < 2 else None
+    problem = corpus_problem(corpus, record)
     if problem:
-        raise InputError(f"{where}: planned by an older sigma, whose run hash does not cover the shard plan, so the "
-                         f"plan is checked against the corpus planned again, and {problem}: the corpus changed "
-                         f"since, or run.json was edited: the run cannot be continued safely. {FIX}", code=MODIFIED)
+        raise InputError(f"{where}: {problem}: the run cannot be continued safely. {FIX}", code=MODIFIED)
     return run_hash
 
 

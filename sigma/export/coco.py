@@ -13,6 +13,7 @@ from sigma.batch.layout import atomic_write_bytes, refuse_images_dir, refuse_run
 from sigma.export.select import (
     RowFilter,
     UniqueNames,
+    checked_run,
     iter_pairs,
     iter_rows,
     nothing_to_export,
@@ -37,16 +38,19 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     annotation also carries both masks (`semantic_segmentation`, `footprint_segmentation`: RLE or null)
     and the composite evidence. `order`: images in corpus order or by confidence."""
     refuse_run_file(out)
+    run = checked_run(run_dir)        # run.json held to its run hash, its shard files to the run: before any write
+    run.outputs()
     if images_dir is not None:
-        refuse_images_dir(images_dir, run_dir)
+        refuse_images_dir(images_dir, run.record["corpus"].get("path"))
+        run.corpus()
     key = order_key(order)
     names = UniqueNames()
     kept: list[tuple[dict, dict | None, float | None]] = []
     skipped: list[dict[str, str]] = []
     if images_dir is not None:
-        source = ((row, pair, err) for row, pair, err in iter_pairs(run_dir, row_filter))
+        source = ((row, pair, err) for row, pair, err in iter_pairs(run, row_filter))
     else:
-        source = ((row, None, None) for _, rows in iter_rows(run_dir, row_filter) for row in rows)
+        source = ((row, None, None) for _, rows in iter_rows(run, row_filter) for row in rows)
     for row, pair, error in source:
         counts = row_mask_counts(row, mask)
         if counts is None:
@@ -87,7 +91,7 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
         images.append({"id": len(images) + 1, **image})
         if annotation is not None:
             annotations.append({"id": len(annotations) + 1, "image_id": len(images), **annotation})
-    data = {"info": {"description": f"SIGMA batch run {Path(run_dir).resolve()}", "mask": mask, "order": order},
+    data = {"info": {"description": f"SIGMA batch run {run.rundir.root.resolve()}", "mask": mask, "order": order},
             "images": images, "annotations": annotations, "categories": [CATEGORY]}
     out = Path(out)
     # finite: a plugin's NaN confidence or evidence would make the file JSON that strict readers refuse

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from sigma.batch.decode import source_bytes
-from sigma.batch.layout import RunDir, atomic_write_bytes
+from sigma.batch.layout import atomic_write_bytes
 from sigma.errors import ConfigError, InputError, SigmaError
-from sigma.export.select import RowFilter, iter_items, nothing_to_export, row_mask_counts, run_config
+from sigma.export.select import CheckedRun, RowFilter, checked_run, iter_items, nothing_to_export, row_mask_counts
 from sigma.folderlock import hold_folder
 from sigma.rle import decode_rle, mask_bbox
 from sigma.text import escape_surrogates
@@ -199,11 +199,12 @@ def _record(row: dict[str, Any], item, weights: str | None, which: str, max_byte
     return out, None
 
 
-def iter_records(run_dir: str | Path, row_filter: RowFilter | None, weights: str | None,
+def iter_records(run: str | Path | CheckedRun, row_filter: RowFilter | None, weights: str | None,
                  skipped: list[dict[str, str]], which: str = "chosen") -> Iterator[dict[str, Any]]:
     """Kept rows with their images, shard by shard (one shard's images in memory at most)."""
-    cfg = run_config(run_dir)
-    for row, item, error in iter_items(run_dir, row_filter):
+    run = checked_run(run)
+    cfg = run.cfg
+    for row, item, error in iter_items(run, row_filter):
         record = None
         if item is not None:
             record, error = _record(row, item, weights, which, cfg.io.limits.max_bytes, cfg.input.root)
@@ -372,18 +373,21 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
         # NaN or inf was a ValueError / OverflowError traceback after the folder was made; 0 or less, one file a row
         raise ConfigError(f"--max-shard-mb is the largest parquet file in MB, a number > 0; got {max_shard_mb}")
     out = Path(out)
+    run = checked_run(run_dir)     # run.json held to its run hash, its shard files and corpus to the run: before OUT
+    run.outputs()
+    run.corpus()
     with hold_folder(out, other="OUT folder", marker=False):    # refused before writing: no folder left behind
-        return _export_hf(run_dir, out, row_filter, name, max_shard_mb, overwrite, mask)
+        return _export_hf(run, out, row_filter, name, max_shard_mb, overwrite, mask)
 
 
-def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, name: str | None,
+def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: str | None,
                max_shard_mb: float, overwrite: bool, mask: str) -> dict[str, Any]:
     data_dir = out / "data"
     existing = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
     if existing and not overwrite:
         raise InputError(f"{out} already holds an exported dataset ({len(existing)} parquet files); pass --overwrite "
                          "to replace it, or choose another folder", code="out_not_empty")
-    record = RunDir(run_dir).load()
+    record = run.record
     corpus = (record.get("corpus") or {}).get("path")
     if corpus and existing:
         # a Hugging Face download is laid out as data/train-*.parquet, the names an export writes: exporting
@@ -408,7 +412,7 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
     writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))), skipped)
     first: dict[str, Any] = {}
     try:
-        for rec in iter_records(run_dir, row_filter, weights, skipped, mask):
+        for rec in iter_records(run, row_filter, weights, skipped, mask):
             first = first or rec
             writer.add(rec)
         files = writer.close(replaces=existing)
@@ -417,9 +421,9 @@ def _export_hf(run_dir: str | Path, out: Path, row_filter: RowFilter | None, nam
         if made_data_dir:           # a refused or failed first export leaves no empty data/ behind
             shutil.rmtree(data_dir, ignore_errors=True)
         raise
-    status = RunDir(run_dir).summary()
+    status = run.rundir.summary(record=record)
     cfg = record.get("config") or {}
-    info = {"name": name or f"{Path(str(record.get('corpus', {}).get('path') or run_dir)).name} (SIGMA masks)",
+    info = {"name": name or f"{Path(str(record.get('corpus', {}).get('path') or run.rundir.root)).name} (SIGMA masks)",
             "corpus": Path(str((record.get("corpus") or {}).get("path") or cfg.get("input", {}).get("path"))).name,
             "format": record.get("format"), "annotator": first.get("annotator") or cfg.get("annotator"),
             "config_hash": first.get("config_hash") or "n/a", "weights_sha256": weights,

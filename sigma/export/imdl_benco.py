@@ -17,7 +17,16 @@ import numpy as np
 
 from sigma.batch.layout import atomic_write_bytes
 from sigma.errors import InputError
-from sigma.export.select import RowFilter, UniqueNames, iter_pairs, nothing_to_export, order_key, row_mask_counts
+from sigma.export.select import (
+    CheckedRun,
+    RowFilter,
+    UniqueNames,
+    checked_run,
+    iter_pairs,
+    nothing_to_export,
+    order_key,
+    row_mask_counts,
+)
 from sigma.folderlock import hold_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
@@ -34,8 +43,11 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
     ones whole once they are complete (a file of the old export left beside the new ones is a pair
     ManiDataset, which reads the folders, trains on; a failed export leaves the old one as it was)."""
     out = Path(out).resolve()
+    run = checked_run(run_dir)     # run.json held to its run hash, its shard files and corpus to the run: before OUT
+    run.outputs()
+    run.corpus()
     with hold_folder(out, other="OUT folder", marker=False):
-        return _export(run_dir, out, row_filter, relative, json_name, mask, order, overwrite)
+        return _export(run, out, row_filter, relative, json_name, mask, order, overwrite)
 
 
 FOLDERS = ("Tp", "Gt")
@@ -54,7 +66,7 @@ def _staging(out: Path, folder: str) -> Path:
     return out / f".{folder}.tmp"
 
 
-def _export(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
+def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
             mask: str, order: str, overwrite: bool) -> dict[str, Any]:
     key = order_key(order)
     held = [out / f for f in FOLDERS if (out / f).is_dir() and any((out / f).iterdir())]
@@ -74,20 +86,20 @@ def _export(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relati
             shutil.rmtree(stale, ignore_errors=True)
         _staging(out, folder).mkdir(parents=True)
     try:
-        return _write(run_dir, out, row_filter, relative, json_name, mask, order, key)
+        return _write(run, out, row_filter, relative, json_name, mask, order, key)
     finally:
         for folder in FOLDERS:
             shutil.rmtree(_staging(out, folder), ignore_errors=True)
             shutil.rmtree(out / f".{folder}.old", ignore_errors=True)
 
 
-def _write(run_dir: str | Path, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
+def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
            mask: str, order: str, key) -> dict[str, Any]:
     names = UniqueNames()
     entries: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     positives = 0
-    for row, pair, error in iter_pairs(run_dir, row_filter):
+    for row, pair, error in iter_pairs(run, row_filter):
         counts = row_mask_counts(row, mask)
         if counts is None:
             skipped.append({"pair_id": row["pair_id"], "reason": f"no {mask} mask (not a composite)"})

@@ -6,14 +6,17 @@ run.json and decode only the rows they keep, shard by shard, so memory stays fla
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
+from sigma.batch.record import FIX, MODIFIED, corpus_problem, verified_record
 from sigma.errors import InputError
+from sigma.io.corpora import Corpus
 from sigma.io.corpora.base import Shard, SourceItem, safe_name
+from sigma.text import shown
 from sigma.types import Pair
 
 MASKS = ("chosen", "semantic", "footprint")
@@ -77,37 +80,111 @@ def order_key(order: str):
     return lambda item: (item["confidence"] is None, sign * (item["confidence"] or 0.0))
 
 
-def iter_rows(run_dir: str | Path, row_filter: RowFilter | None = None) -> Iterator[tuple[Shard, list[dict]]]:
+# what a refusal of a run folder says was not done (every export, the review page)
+NOTHING_WRITTEN = "nothing written"
+
+
+@dataclass
+class CheckedRun:
+    """A run folder as one export or review page reads it: run.json read once and held to its run hash
+    (`sigma.batch.record.verified_record`), its corpus opened at most once and checked against the record
+    (`corpus_problem`). Every reader below takes one (or a folder, checked then): run.json was read again by each
+    (five times an export), unchecked, so what the dataset card said (annotator, weights, corpus) and which pairs
+    the export read again were whatever run.json said at that moment."""
+
+    rundir: RunDir
+    record: dict[str, Any]
+    cfg: BatchConfig
+    _corpus: Corpus | None = field(default=None, repr=False)
+    _outputs: list[tuple[Shard, Path]] | None = field(default=None, repr=False)
+
+    @property
+    def run_hash(self) -> str:
+        return self.record["run_hash"]
+
+    def corpus(self) -> Corpus:
+        """The corpus the run was made from; an export that reads pairs asks before it writes anything."""
+        if self._corpus is None:
+            from sigma.batch.runner import corpus_from_config
+
+            corpus = corpus_from_config(self.cfg)
+            problem = corpus_problem(corpus, self.record)
+            if problem:
+                raise InputError(f"{self.rundir.run_file}: {problem}; {NOTHING_WRITTEN}. {FIX}", code=MODIFIED)
+            self._corpus = corpus
+        return self._corpus
+
+    def outputs(self) -> list[tuple[Shard, Path]]:
+        """The finished shards and their files, each shown to hold this run's rows of that shard (its `run_hash` and
+        `shard` columns, read alone), once: a shard file of another run put under this run's name (with a status to
+        match) was exported as this run's masks. An export asks before it writes anything."""
+        if self._outputs is None:
+            import pyarrow.parquet as pq
+
+            outputs = self.rundir.done_outputs(self.record)
+            for shard, path in outputs:
+                try:
+                    handle = pq.ParquetFile(path)
+                    columns = [c for c in ("run_hash", "shard") if c in handle.schema_arrow.names]
+                    table = handle.read(columns=columns)
+                except (ValueError, OSError) as exc:     # ArrowInvalid is a ValueError: a file damaged in place
+                    raise InputError(f"{path}: not a readable shard file ({shown(exc, 300)}): damaged since the run; "
+                                     f"{NOTHING_WRITTEN}. Delete its status file and run the shard again (--resume)",
+                                     code=MODIFIED) from exc
+                for column, own in (("run_hash", self.run_hash), ("shard", shard.key)):
+                    other = set(table.column(column).to_pylist()) - {own} if column in columns else set()
+                    if other:
+                        raise InputError(
+                            f"{path}: holds rows of {column} {shown(sorted(map(str, other))[0])!r}, not this run's "
+                            f"{shown(own)!r}: a shard file moved between run folders, or edited; {NOTHING_WRITTEN}. "
+                            "Put the run's own file back, or delete its status file and run the shard again "
+                            "(--resume)", code=MODIFIED)
+            self._outputs = outputs
+        return self._outputs
+
+
+def checked_run(run: str | Path | CheckedRun) -> CheckedRun:
+    """`run` once its run.json is shown to hold to its run hash (run_modified otherwise: nothing written)."""
+    if isinstance(run, CheckedRun):
+        return run
+    rundir = RunDir(run)
+    record, cfg = verified_record(rundir, NOTHING_WRITTEN)
+    return CheckedRun(rundir, record, cfg)
+
+
+def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
+              ) -> Iterator[tuple[Shard, list[dict]]]:
     """Per finished shard: its kept rows (in shard order)."""
     import pyarrow.parquet as pq
 
-    rundir = RunDir(run_dir)
-    outputs = rundir.done_outputs()
+    run = checked_run(run)
+    outputs = run.outputs()
     if not outputs:
-        raise InputError(f"{run_dir}: no finished shards yet (see `sigma batch status {run_dir}`)", code="no_results")
+        raise InputError(f"{run.rundir.root}: no finished shards yet (see `sigma batch status {run.rundir.root}`)",
+                         code="no_results")
     row_filter = row_filter or RowFilter()
     for shard, path in outputs:
         rows = [r for r in pq.read_table(path).to_pylist() if row_filter.keep(r)]
         yield shard, rows
 
 
-def load_rows(run_dir: str | Path, row_filter: RowFilter | None = None) -> list[dict]:
-    return [r for _, rows in iter_rows(run_dir, row_filter) for r in rows]
+def load_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None) -> list[dict]:
+    return [r for _, rows in iter_rows(run, row_filter) for r in rows]
 
 
-def run_config(run_dir: str | Path) -> BatchConfig:
-    return BatchConfig.model_validate(RunDir(run_dir).load()["config"])
+def run_config(run: str | Path | CheckedRun) -> BatchConfig:
+    return checked_run(run).cfg
 
 
-def iter_items(run_dir: str | Path, row_filter: RowFilter | None = None
+def iter_items(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
                ) -> Iterator[tuple[dict, SourceItem | None, str | None]]:
     """(row, source item, error) for every kept row, read from the corpus again shard by shard (one shard's
     items in memory at most); error when the row's pair cannot be found as it was annotated."""
     from sigma.batch.decode import writable
-    from sigma.batch.runner import corpus_from_config
 
-    corpus = corpus_from_config(run_config(run_dir))
-    for shard, rows in iter_rows(run_dir, row_filter):
+    run = checked_run(run)
+    corpus = run.corpus()
+    for shard, rows in iter_rows(run, row_filter):
         if not rows:
             continue
         wanted = {r["index"]: r for r in rows}
@@ -133,13 +210,14 @@ def iter_items(run_dir: str | Path, row_filter: RowFilter | None = None
                 yield row, None, "not found in the corpus any more"
 
 
-def iter_pairs(run_dir: str | Path, row_filter: RowFilter | None = None
+def iter_pairs(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
                ) -> Iterator[tuple[dict, Pair | None, str | None]]:
     """(row, pair, error) for every kept row, decoding from the corpus again; error when it cannot be re-read."""
     from sigma.batch.decode import decode_one
 
-    cfg = run_config(run_dir)
-    for row, item, error in iter_items(run_dir, row_filter):
+    run = checked_run(run)
+    cfg = run.cfg
+    for row, item, error in iter_items(run, row_filter):
         if item is None:
             yield row, None, error
             continue

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sigma.batch.layout import RunDir, atomic_write_bytes, refuse_run_file
+from sigma.batch.layout import atomic_write_bytes, refuse_run_file
 from sigma.eval.metrics import ImageScore, MetricAccumulator
 from sigma.eval.runner import set_group
-from sigma.export.select import RowFilter, iter_pairs, load_rows
+from sigma.export.select import RowFilter, checked_run, iter_pairs, load_rows
 from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
 from sigma.rle import decode_rle
@@ -68,9 +68,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
         raise ValueError(f"sort must be confidence-asc or confidence, got {sort!r}")
     out = Path(out) if out else Path(run_dir) / "report.html"
     refuse_run_file(out)
-    rundir = RunDir(run_dir)
-    record = rundir.load()
-    rows = load_rows(run_dir, RowFilter(include_errors=True))
+    run = checked_run(run_dir)   # run.json held to its run hash, its shard files and corpus to the run: before a write
+    run.outputs()
+    run.corpus()
+    rundir, record = run.rundir, run.record
+    rows = load_rows(run, RowFilter(include_errors=True))
     bounds = RowFilter(min_confidence=min_confidence, max_confidence=max_confidence)
     ok = sorted((r for r in rows if r["status"] == "ok" and bounds.keep(r)),
                 key=lambda r: _sort_key(r, descending=sort == "confidence"))
@@ -79,7 +81,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
     keys = {(r["shard"], r["index"]) for r in chosen}
     thumbs: dict[tuple[str, int], dict[str, str]] = {}
     unreadable = 0
-    for row, pair, _ in iter_pairs(run_dir, _Chosen(keys)):
+    for row, pair, _ in iter_pairs(run, _Chosen(keys)):
         if pair is None:
             unreadable += 1
             continue
@@ -92,7 +94,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
                                            "area_fraction", "gt_f1", "gt_iou", "annotator")},
                       "mask_source": r.get("mask_source"), "is_composite": r.get("is_composite"),
                       "images": thumbs.get((r["shard"], r["index"]))})
-    status = rundir.summary()
+    status = rundir.summary(record=record)
     page = render_page(
         title=f"SIGMA review: {Path(run_dir).resolve().name}",
         run={"run_dir": str(Path(run_dir).resolve()), "run_hash": record["run_hash"],

@@ -24,7 +24,7 @@ from typing import Any
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
-from sigma.batch.record import check_record, corpus_identity_problem, plan_problem, record_version, recorded_config
+from sigma.batch.record import check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import InputError, SigmaError
 from sigma.io.corpora.base import Shard, resolved_under
@@ -498,11 +498,7 @@ def _check_corpus(fields: dict[str, str], record: dict[str, Any], corpus: Any, p
     what the corpus plans (`sigma.batch.record.plan_problem`). PermanentTaskError when not."""
     problem = plan.checked.get("corpus") if plan is not None else None
     if problem is None:
-        problem = corpus_identity_problem(corpus, record) or ""
-        if not problem and record_version(record, "run.json") < 2:
-            found = plan_problem(corpus, record)
-            problem = (f"planned by an older sigma (its run hash does not cover the shard plan), and {found}: the "
-                       "corpus changed since, or run.json was edited") if found else ""
+        problem = corpus_problem(corpus, record) or ""
         if plan is not None:
             plan.checked["corpus"] = problem
     if problem:
