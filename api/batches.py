@@ -284,6 +284,15 @@ async def submit_batch(request: Request, _principal=ANNOTATE, svc: Service = SER
     return SafeJSONResponse({"run_dir": _relative(root, out_path), **info}, status_code=202)
 
 
+def _checked_summary(rundir, limit: int) -> dict[str, Any]:
+    """The run's counts once its run.json holds to its run hash, as `sigma batch status` gives them: counts of a
+    record edited since planning describe another run (409 run_modified, as a resubmission of it)."""
+    from sigma.batch.record import verified_record
+
+    record, _ = verified_record(rundir, "no status shown")
+    return rundir.summary(failed_limit=limit, record=record)
+
+
 @router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
 async def batch_status(out: str | None = None,
                        failed_limit: int | None = Query(None, ge=0, le=MAX_FAILED_SHOWN, description=(
@@ -304,7 +313,7 @@ async def batch_status(out: str | None = None,
             raise ApiError(404, "not_found", f"no batch run in {_relative(root, out_path)!r}")
         try:
             limit = FAILED_SHOWN if failed_limit is None else failed_limit
-            summary = await anyio.to_thread.run_sync(lambda: rundir.summary(failed_limit=limit))
+            summary = await anyio.to_thread.run_sync(lambda: _checked_summary(rundir, limit))
         except (SigmaError, OSError) as exc:
             raise _to_api(exc, root) from exc
         for failed in summary.get("failed_shards", []):

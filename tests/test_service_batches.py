@@ -276,15 +276,17 @@ def test_a_run_held_by_a_local_run_is_409_run_locked_with_retry_after(svc, root)
 def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queued(svc, root, redis_server):
     """run.json lies in the batch root, which the API's users may write. A run whose plan was edited after its
     first submission (a shard's file pointed at another corpus under the root: confinement allows it) was submitted
-    again as if it were the same run, its shards to be annotated from the other corpus under the same hash. Now
-    409 run_modified, naming no server path, nothing queued."""
+    again as if it were the same run, its shards to be annotated from the other corpus under the same hash, and
+    GET /v1/batches/status counted it as the run. Now 409 run_modified for both, naming no server path, nothing
+    queued; the record put back, its status answers again."""
     import json
 
     write_pairs_jsonl(root / "edited-other", synthetic_pairs(6, size=32, seed=3))
     resp = post(svc, {"input": "corpus", "out": "runs/edited", "shard_size": 2})
     assert resp.status_code == 202 and resp.json()["queued"] == 3, resp.text
     run_file = root / "runs" / "edited" / "run.json"
-    record = json.loads(run_file.read_text())
+    planned = run_file.read_text()
+    record = json.loads(planned)
     record["shards"][-1]["ref"]["file"] = str(root / "edited-other" / "pairs.jsonl")
     run_file.write_text(json.dumps(record))
     queued = redis_server.client().xlen(f"{svc.prefix}:batch:tasks")
@@ -292,6 +294,12 @@ def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queu
     assert resp.status_code == 409 and error_code(resp) == "run_modified", resp.text
     assert "shard plan" in resp.text and str(root) not in resp.text, resp.text
     assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == queued
+    resp = svc.http.get("/v1/batches/status", params={"out": "runs/edited"}, headers=svc.headers())
+    assert resp.status_code == 409 and error_code(resp) == "run_modified", resp.text   # its counts: another run's
+    assert "shard plan" in resp.text and str(root) not in resp.text, resp.text
+    run_file.write_text(planned)                                                        # the record as planned
+    resp = svc.http.get("/v1/batches/status", params={"out": "runs/edited"}, headers=svc.headers())
+    assert resp.status_code == 200 and resp.json()["run"]["shards"] == 3, resp.text
 
 
 def test_a_run_of_more_shards_than_the_server_allows_is_refused_before_anything_is_queued(redis_server, root,
