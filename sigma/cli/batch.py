@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from sigma.cli.common import add_config_args, add_plugin_arg, integer, within
+from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer, within
 from sigma.errors import ConfigError
 
 HELP = """Annotate a corpus of editing pairs into one parquet manifest per shard.
@@ -184,6 +184,9 @@ def build_config(args: argparse.Namespace):
     from sigma.batch.config import BatchConfig
     from sigma.config.loader import load_config, read_overrides
 
+    # first: --format may name a corpus format the plugin registers, checked as the config is validated (the run
+    # imports them again where it builds its annotator); `sigma batch run --plugin M --format F` was invalid_config
+    import_plugin_args(args)
     overrides: dict[str, Any] = dict(read_overrides(args.overrides))
     overrides["input.path"] = args.input
     flags = {"input.preset": args.preset, "input.format": args.format, "input.shard_size": args.shard_size,

@@ -25,16 +25,18 @@ from typing import Any
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
 from sigma.batch.runner import corpus_from_config, prepare_run
-from sigma.errors import InputError, SigmaError
+from sigma.errors import ConfigError, InputError, SigmaError
+from sigma.io.corpora import CORPUS_READERS
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import shown_path
+from sigma.registry import import_plugins
 from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import QueueSettings, RedisSettings
-from sigma.text import cut_long_values
+from sigma.text import cut_long_values, shown
 
 log = logging.getLogger("sigma.batch.fleet")
 
@@ -303,6 +305,16 @@ class RunBusy(Exception):
     the task's. It is deferred (retried after the lease without spending a delivery), never dead-lettered for it."""
 
 
+class PluginMissing(Exception):
+    """The run's corpus format is registered by a plugin this worker has not imported (started without the run's
+    `--plugin`, or without the module installed). Like an annotator only a plugin registers, the task goes back
+    through its lease (a delivery spent) so a worker that has the plugin may take it, and is dead-lettered
+    (`plugin_missing`) once `max_deliveries` deliveries all found none."""
+
+    def __init__(self, message: str):
+        super().__init__(task_error(message))
+
+
 class RunUnreadable(Exception):
     """The run folder is there but its run.json could not be read (or parsed) for the whole patience: the task
     goes back through its lease like a failed shard, and is dead-lettered (`run_unreadable`) only once
@@ -428,7 +440,10 @@ def _trusted_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConf
     from anywhere), the corpus path and its `input.root` confinement gone. The options, annotator and model are
     what the run hash covers, and the hash came with the task (Redis): a config that no longer hashes to it is
     refused. The corpus is outside the hash (its identity stands for it), so a confined run's root came with the
-    task too: it is put back and the corpus path must lie under it."""
+    task too: it is put back and the corpus path must lie under it. A corpus format only a plugin registers is
+    looked for first (`_need_corpus_format`): without it the config does not validate, which read as a run.json
+    damaged or edited (`bad_task`, dead-lettered at once) when the worker only lacked the run's plugin."""
+    _need_corpus_format(fields, record)
     try:
         cfg = BatchConfig.model_validate(record["config"])
         corpus_identity, model_identity = record["corpus"], record["model"]
@@ -444,6 +459,39 @@ def _trusted_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConf
             raise PermanentTaskError(f"{fields['run_dir']}: run.json names a corpus outside the run's root "
                                      "(edited after the run was planned); refused, nothing read")
     return cfg
+
+
+def _need_corpus_format(fields: dict[str, str], record: dict[str, Any]) -> None:
+    """The run's corpus format is one this worker reads, or PluginMissing. The run's own plugins (`plugins:` in its
+    config, recorded by `sigma batch submit --plugin MODULE`) are imported first, as they are for its annotator
+    (`with_default_annotator`), so a worker with the module installed needs no flag; the error names them, and
+    the flag to pass."""
+    config = record.get("config")
+    source = config.get("input") if isinstance(config, dict) else None
+    name = source.get("format") if isinstance(source, dict) else None
+    if not isinstance(name, str) or name == "auto" or name in CORPUS_READERS:
+        return                                      # known, or not a name at all: validation says what is wrong
+    plugins = config.get("plugins") if isinstance(config, dict) else None
+    plugins = [p for p in plugins if isinstance(p, str)] if isinstance(plugins, list) else []
+    failed = None
+    try:
+        import_plugins(plugins)
+    except ConfigError as exc:
+        failed = exc.message
+    if name in CORPUS_READERS:
+        return
+    if failed:
+        why, module = f"the run's plugin could not be imported here ({failed})", shown(plugins[0], 120)
+    elif plugins:
+        why, module = (f"the run's plugins ({', '.join(shown(p, 120) for p in plugins)}) were imported here and "
+                       "register no such format"), "MODULE"
+    else:
+        why, module = ("the run records no plugin (it was planned by a process that had imported it, e.g. the API's "
+                       "api.plugins)"), "MODULE"
+    raise PluginMissing(f"{fields['run_dir']}: the run's corpus format {shown(name, 120)!r} is registered by a plugin "
+                        f"and {why}: run its shards on workers started with `sigma worker --batch --plugin {module}` "
+                        "(or worker.plugins) with the module installed (a worker without it hands the task back, up "
+                        "to queue.max_deliveries times; then submit the run again)")
 
 
 class _Beat:
@@ -463,7 +511,7 @@ class _Beat:
 def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
                  on_progress: Callable[[], None] | None = None) -> tuple[str, int, str | None]:
     """Run one shard task: ("done" | "skipped" | "failed", pairs, error). `on_progress`: called as pairs are done.
-    RunBusy while a local run holds the run folder."""
+    RunBusy while a local run holds the run folder; PluginMissing when its corpus format needs a plugin not here."""
     rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
@@ -536,6 +584,12 @@ class FleetHandler:
                 log.info("task %s deferred (delivery %d not counted): %s", shown_shard(entry.fields),
                          entry.deliveries, exc)
                 outcomes.append(Outcome(entry, "defer", error={"code": "run_locked", "message": str(exc)}))
+                continue
+            except PluginMissing as exc:       # through the lease, for a worker with the plugin; then dead-lettered
+                self.stats.failed += 1
+                self.stats.errors.append(str(exc))
+                log.warning("task %s (delivery %d): %s", shown_shard(entry.fields), entry.deliveries, exc)
+                outcomes.append(Outcome(entry, "retry", error={"code": "plugin_missing", "message": str(exc)}))
                 continue
             except RunUnreadable as exc:       # through the lease; dead-lettered after max_deliveries
                 self.stats.failed += 1
