@@ -1079,3 +1079,40 @@ def test_a_worker_without_the_plugin_of_a_runs_corpus_format_says_so_and_leaves_
     for failed in summary["failed_shards"]:
         assert re.match(r"dead-lettered after \d deliveries: \[plugin_missing\] .*'exit-jsonl' .*records no plugin.*"
                         r"`sigma worker --batch --plugin MODULE`", failed["error"]), failed
+
+
+def test_a_dead_letter_does_not_wait_for_ever_on_a_shard_status_a_stopped_process_is_writing(redis_server, corpus,
+                                                                                             tmp_path, monkeypatch):
+    """A dead letter writes the shard's failed status under that shard's status lock, which it waited for without
+    bound: a process stopped (Ctrl-Z, SIGSTOP) or hung while writing the same shard's status — a local run, another
+    worker — held the worker there for ever, the task in hand and its lease extended by the heartbeat. It waits
+    `FleetHandler.status_wait_s` (10 s), then leaves the status to the dead-letter stream's record and goes on."""
+    from sigma.service.fleet import FleetHandler
+
+    monkeypatch.setattr(FleetHandler, "status_wait_s", 0.5, raising=False)   # none before: it hung
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    shard = RunDir(out).shards()[0]
+    (out / ".locks").mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sigma.folderlock import waiting_lock\n"
+                               "with waiting_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n",
+                               str(out / ".locks" / f"status-{shard.key}.lock")], stdout=subprocess.PIPE, text=True)
+    stop, box = threading.Event(), {}
+    try:
+        assert writer.stdout.readline().strip() == "held"
+        writer.send_signal(signal.SIGSTOP)                    # stopped while it writes that shard's status
+        corpus.rename(tmp_path / "moved")                     # every shard fails: dead-lettered at its one delivery
+        worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+            redis_server.url, prefix, "w1", stop=stop, block_ms=50, max_deliveries=1, exit_when_idle=True)))
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the worker waits for the stopped writer's status lock"
+    finally:
+        stop.set()
+        writer.kill()
+        writer.wait(timeout=10)
+    assert box["stats"].dead == 6, box["stats"]
+    summary = RunDir(out).summary()
+    assert (summary["failed"], summary["pending"]) == (5, 1), summary     # all but the held shard's status written
+    dead = make_queue(redis_server.client(), Keys(prefix), "check").dead_entries()
+    assert {e.fields["shard"] for e in dead} >= {shard.key}

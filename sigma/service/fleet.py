@@ -547,6 +547,8 @@ class FleetHandler:
 
     # how long a task's last error is kept for its dead letter (`Keys.batch_task_error`)
     last_error_ttl_s = 86_400
+    # how long a dead letter's failed status waits for another writer of that shard's status (a write takes ms)
+    status_wait_s = 10.0
 
     def __init__(self, consumer: str, workers: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
                  client: Any = None, keys: Keys | None = None, batch_timeout_s: float = 0.0):
@@ -645,9 +647,11 @@ class FleetHandler:
         reason = (f"dead-lettered after {entry.deliveries} deliveries: [{error.get('code')}] "
                   f"{error.get('message')}")
         try:
-            rundir.mark_failed(shard, record["run_hash"], reason, error_code=error.get("code"),
-                               deliveries=entry.deliveries, dead_letter=True)
-        except (OSError, SigmaError) as exc:   # unwritable, or a link out: the dead-letter stream has the record
+            # bounded: a process stopped (Ctrl-Z) or hung while writing this shard's status held the worker here
+            # for ever, the task in hand and its lease extended by the heartbeat
+            rundir.mark_failed(shard, record["run_hash"], reason, wait_s=self.status_wait_s,
+                               error_code=error.get("code"), deliveries=entry.deliveries, dead_letter=True)
+        except (OSError, SigmaError) as exc:   # unwritable, a link out, held: the dead-letter stream has the record
             log.warning("shard %s: could not record its failure in %s: %s", shard.key, rundir.root, exc)
         return error
 
