@@ -1116,3 +1116,129 @@ def test_a_dead_letter_does_not_wait_for_ever_on_a_shard_status_a_stopped_proces
     assert (summary["failed"], summary["pending"]) == (5, 1), summary     # all but the held shard's status written
     dead = make_queue(redis_server.client(), Keys(prefix), "check").dead_entries()
     assert {e.fields["shard"] for e in dead} >= {shard.key}
+
+
+def held_run(tmp_path: Path, shards: int, delay_ms: int) -> tuple[Path, BatchConfig, list[str]]:
+    """A corpus of `shards` one-pair shards under slow-diff, and the `sigma batch run` arguments of that same run
+    (same hash: a local run of the folder the fleet was given)."""
+    import service_plugins  # noqa: F401 - registers slow-diff here, for the plan
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(shards, size=32))
+    corpus = str(tmp_path / "set")
+    cfg = BatchConfig.model_validate({"input": {"path": corpus, "shard_size": 1}, "annotator": "slow-diff",
+                                      "options": {"delay_ms": delay_ms}, "batch_size": 1, "workers": 0,
+                                      "plugins": ["service_plugins"]})
+    local = ["batch", "run", corpus, "--out", str(tmp_path / "fleet"), "--resume", "--annotator", "slow-diff",
+             "--set", f"options.delay_ms={delay_ms}", "--batch-size", "1", "--shard-size", "1", "--workers", "0",
+             "--procs", "1", "--plugin", "service_plugins", "--no-progress"]
+    return tmp_path / "fleet", cfg, local
+
+
+def start_local_run(args: list[str], out: Path, redis_url: str, log: Path):
+    """A real `sigma batch run` on the fleet's run folder, once it holds the folder and has finished a shard."""
+    from servicekit import Proc, base_env
+
+    proc = Proc(args, base_env(redis_url), log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.alive():
+        holder = (out / ".lock").read_text().strip() if (out / ".lock").exists() else ""
+        if holder == str(proc.pid) and RunDir(out).summary()["done"]:
+            return proc
+        time.sleep(0.02)
+    proc.stop()
+    raise AssertionError(f"the local run never held its folder: {proc.output()}")
+
+
+def test_a_task_whose_run_folder_a_stopped_local_run_holds_is_dead_lettered_after_max_defer_s(redis_server,
+                                                                                             tmp_path, capsys):
+    """A task refused with `run_locked` is deferred without spending a delivery, and nothing bounded that: a local
+    `sigma batch run` stopped with Ctrl-Z (SIGSTOP here), hung, or holding a lock its vanished host left on shared
+    storage had the fleet's tasks deferred every lease for ever, the run "pending" with idle workers and no sign of
+    why (the worker stayed busy deferring; without the fix it never goes idle). Now each deferral is counted in Redis,
+    `sigma batch status --redis` shows it (with the holder's pid), and a task whose folder's holder writes no shard
+    for worker.max_defer_s is dead-lettered `run_locked_too_long`, saying which run, who holds it and how to go on.
+    The lock is the kernel's (flock): the holder SIGKILLed, the folder is free at once, and submitting the run again
+    finishes it."""
+    out, cfg, local = held_run(tmp_path, 6, 1000)
+    prefix = prefix_name()
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 6
+    holder = start_local_run(local, out, redis_server.url, tmp_path / "local.log")
+    stop, box = threading.Event(), {}
+    try:
+        holder.signal(signal.SIGSTOP)          # Ctrl-Z after a shard (1 s each): it holds the folder, writes nothing
+        written = RunDir(out).summary()["done"]
+        assert 1 <= written < 6, written
+        worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+            redis_server.url, prefix, "w1", stop=stop, block_ms=50, lease_ms=200, reclaim_interval_ms=30,
+            max_deliveries=2, exit_when_idle=True, max_defer_s=3.0)))
+        worker.start()
+        deferred: dict = {}
+        deadline = time.monotonic() + 20
+        while not deferred.get("deferred") and time.monotonic() < deadline:
+            deferred = queue_status(redis_server.url, prefix, run=RunDir(out))
+            time.sleep(0.05)
+        assert deferred.get("deferred") and f"pid {holder.pid}" in deferred["deferred_reason"], deferred
+        assert main(["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix]) == 0
+        shown = capsys.readouterr().out
+        assert "task(s) deferred for up to" in shown and f"(pid {holder.pid})" in shown, shown
+        worker.join(timeout=40)
+        assert not worker.is_alive(), "the tasks were deferred for ever"
+    finally:
+        stop.set()
+        if box.get("stats") is None:
+            holder.kill9()
+    stats = box["stats"]
+    assert stats.dead == 6 - written and stats.done == 0 and stats.deferred >= 6 - written, stats
+    client, keys = redis_server.client(), Keys(prefix)
+    dead = make_queue(client, keys, "check").dead_entries()
+    assert len(dead) == 6 - written
+    for entry in dead:
+        error = json.loads(entry.fields["error"])
+        assert error["code"] == "run_locked_too_long", error
+        assert str(out) in error["message"] and f"pid {holder.pid}" in error["message"], error
+        assert "worker.max_defer_s=3" in error["message"] and "submit the run again" in error["message"], error
+    assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"]) == (written, 6 - written), summary
+    assert all("[run_locked_too_long]" in f["error"] for f in summary["failed_shards"]), summary["failed_shards"]
+
+    holder.kill9()                                   # SIGKILLed while stopped: the kernel drops its lock at once
+    holder.stop()
+    with RunDir(out).locked():
+        pass
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 6 - written
+    stats = run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True)
+    assert (stats.done, stats.dead, stats.deferred) == (6 - written, 0, 0), stats
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (6, 0, 0), summary
+
+
+def test_a_task_deferred_longer_than_max_defer_s_is_not_given_up_while_the_local_run_writes_shards(redis_server,
+                                                                                                  tmp_path):
+    """worker.max_defer_s bounds a holder that writes nothing, not a long local run: a live `sigma batch run` that
+    writes its shards keeps the fleet's tasks deferred for longer than the cap in all, none is dead-lettered, and
+    once it ends they are found done."""
+    out, cfg, local = held_run(tmp_path, 20, 300)
+    prefix = prefix_name()
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 20
+    holder = start_local_run(local, out, redis_server.url, tmp_path / "local.log")
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+        redis_server.url, prefix, "w1", block_ms=50, lease_ms=200, reclaim_interval_ms=30, max_deliveries=2,
+        exit_when_idle=True, max_defer_s=3.0)))
+    worker.start()
+    longest = 0.0
+    try:
+        while worker.is_alive() and holder.alive():
+            longest = max(longest, queue_status(redis_server.url, prefix, run=RunDir(out)).get("deferred_s", 0.0))
+            time.sleep(0.1)
+        worker.join(timeout=60)
+        holder.p.wait(timeout=60)
+    finally:
+        code = holder.stop()
+    assert code == 0, holder.output()
+    stats = box["stats"]
+    assert longest > 4.0, longest                    # deferred past the cap (3 s) in all
+    assert stats.dead == 0 and stats.failed == 0 and stats.deferred > 0, stats
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (20, 0, 0), summary

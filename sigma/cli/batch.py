@@ -294,6 +294,10 @@ def run_status(args: argparse.Namespace) -> int:
             print(f"  {q['unqueued']} pending shard(s) have no task on {q['stream']}: the queue lost them (Redis "
                   "restarted without its data, or was flushed); submit the run again (`sigma batch submit` with the "
                   "same input and options, or POST /v1/batches) to queue them")
+        if q.get("deferred"):
+            print(f"  {q['deferred']} task(s) deferred for up to {q['deferred_s']:.0f} s, no shard written in the run "
+                  f"folder for {q['deferred_idle_s']:.0f} s: {q['deferred_reason']}; they run once it is free, or are "
+                  "dead-lettered (run_locked_too_long) once no shard has been written for worker.max_defer_s")
     return 0
 
 
