@@ -324,4 +324,6 @@ async def batch_status(out: str | None = None,
         answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(cfg.redis, client=client, run=rundir))
     except (SigmaError, OSError) as exc:
         raise _to_api(exc, root) from exc
+    if "deferred_reason" in answer["queue"]:      # names the run folder (and who holds it): paths under the root only
+        answer["queue"]["deferred_reason"] = scrub(str(answer["queue"]["deferred_reason"]), root)
     return answer

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +23,25 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
-def waiting_lock(lock: Path) -> Iterator[None]:
+def waiting_lock(lock: Path, timeout_s: float | None = None) -> Iterator[None]:
     """An exclusive flock on the file `lock` (made if missing), waited for rather than refused: for a short
     critical section others queue behind (one shard's status write, one writer of a shared validation set). The
-    kernel drops it if the holder dies."""
+    kernel drops it if the holder dies — not if it is stopped (SIGSTOP, Ctrl-Z) or hung while holding it:
+    `timeout_s` bounds the wait (TimeoutError after it; None: for ever)."""
     with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        if timeout_s is None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(errno.ETIMEDOUT, f"held by another process for {timeout_s:g} s",
+                                           str(lock)) from None
+                    time.sleep(0.02)
         try:
             yield
         finally:

@@ -1085,3 +1085,239 @@ def test_a_run_planned_before_the_plan_was_hashed_is_worked_while_its_corpus_pla
     stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
     assert (stats.dead, stats.done, stats.failed) == (0, 2, 0), stats
     assert sorted(p.name.split(".")[-2] for p in (out / "shards").glob("*.parquet")) == [legacy_hash] * 2
+
+
+def test_a_worker_without_the_plugin_of_a_runs_corpus_format_says_so_and_leaves_the_task_to_one_with_it(
+        redis_server, tmp_path, capsys):
+    """A run whose corpus format a plugin registers (`sigma batch submit --plugin MODULE --format F`, itself refused
+    as invalid_config before: --plugin was imported after the format was checked), taken by a `sigma worker --batch`
+    that lacks the plugin: its run.json's config did not validate, and the task was dead-lettered at once as
+    `bad_task` "run.json holds no usable config", as if the file had been tampered with. Now, as for an annotator only
+    a plugin registers, the worker imports the run's recorded plugins itself; one that cannot (not installed there)
+    says `plugin_missing`, naming the format, the module and the flag, and hands the task back through its lease, so
+    a worker that has the plugin does it; with none, it is dead-lettered `plugin_missing` after max_deliveries."""
+    from servicekit import TESTS, Proc, base_env
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=32))
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    client, keys = redis_server.client(), Keys(prefix)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGMA_REDIS_URL", redis_server.url)
+    mp.setenv("SIGMA__REDIS__KEY_PREFIX", prefix)
+    try:
+        assert main(["batch", "submit", str(tmp_path / "set"), "--out", str(out), "--plugin", "service_plugins",
+                     "--format", "exit-jsonl", "--annotator", "pixel-diff", "--shard-size", "2", "--workers", "0"]) == 0
+    finally:
+        mp.undo()
+    assert "queued 2 shard task(s)" in capsys.readouterr().out
+    with_plugin = base_env(redis_server.url)
+    without = {**with_plugin, "PYTHONPATH": with_plugin["PYTHONPATH"].replace(str(TESTS), "").strip(os.pathsep)}
+    sets = [arg for item in [f"redis.key_prefix={prefix}", "queue.lease_ms=300", "queue.block_ms=100",
+                             "queue.reclaim_interval_ms=100"] for arg in ("--set", item)]
+    check = make_queue(client, keys, "check")
+
+    def errors() -> list[dict]:
+        notes = [client.get(keys.batch_task_error(row["message_id"].decode()))
+                 for row in client.xpending_range(keys.batch_tasks(), "sigma-batch", "-", "+", 10)]
+        return [json.loads(n) for n in notes if n]
+
+    def work(name: str, env: dict, until, *extra: str) -> str:
+        proc = Proc(["worker", "--batch", "--consumer", name, *sets, *extra], env, tmp_path / f"{name}.log")
+        deadline = time.monotonic() + 60
+        try:
+            while proc.alive() and not until() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert until(), proc.output()
+        finally:
+            assert proc.stop() == 0, proc.output()
+        return proc.output()
+
+    # a worker without it: each task handed back (not dead-lettered) with a plain reason
+    log = work("bare", without, lambda: len(errors()) == 2, "--set", "queue.max_deliveries=50")
+    assert "Traceback" not in log and "no usable config" not in log, log
+    assert check.dead_count() == 0 and check.pending_count() == 2
+    for error in errors():
+        assert error["code"] == "plugin_missing", error
+        assert "corpus format 'exit-jsonl' is registered by a plugin" in error["message"], error
+        assert "cannot import 'service_plugins'" in error["message"], error
+        assert "`sigma worker --batch --plugin service_plugins`" in error["message"], error
+    # one that has it (installed; the run's recorded plugin is imported, no flag needed) takes them over
+    work("able", with_plugin, lambda: RunDir(out).summary()["done"] == 2, "--set", "queue.max_deliveries=50")
+    assert check.dead_count() == 0 and check.pending_count() == 0
+
+    # a run planned where the plugin was imported already records none (as POST /v1/batches with api.plugins)
+    import service_plugins  # noqa: F401 - registers exit-jsonl here, for the plan
+
+    bare_run = tmp_path / "bare-run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2, "format": "exit-jsonl"},
+                                      "annotator": "pixel-diff", "workers": 0})
+    assert submit_run(cfg, bare_run, redis_server.url, prefix)["queued"] == 2
+    work("bare2", without, lambda: check.dead_count() == 2, "--set", "queue.max_deliveries=2")
+    summary = RunDir(bare_run).summary()
+    assert (summary["failed"], summary["pending"]) == (2, 0), summary
+    for failed in summary["failed_shards"]:
+        assert re.match(r"dead-lettered after \d deliveries: \[plugin_missing\] .*'exit-jsonl' .*records no plugin.*"
+                        r"`sigma worker --batch --plugin MODULE`", failed["error"]), failed
+
+
+def test_a_dead_letter_does_not_wait_for_ever_on_a_shard_status_a_stopped_process_is_writing(redis_server, corpus,
+                                                                                             tmp_path, monkeypatch):
+    """A dead letter writes the shard's failed status under that shard's status lock, which it waited for without
+    bound: a process stopped (Ctrl-Z, SIGSTOP) or hung while writing the same shard's status — a local run, another
+    worker — held the worker there for ever, the task in hand and its lease extended by the heartbeat. It waits
+    `FleetHandler.status_wait_s` (10 s), then leaves the status to the dead-letter stream's record and goes on."""
+    from sigma.service.fleet import FleetHandler
+
+    monkeypatch.setattr(FleetHandler, "status_wait_s", 0.5, raising=False)   # none before: it hung
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    shard = RunDir(out).shards()[0]
+    (out / ".locks").mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sigma.folderlock import waiting_lock\n"
+                               "with waiting_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n",
+                               str(out / ".locks" / f"status-{shard.key}.lock")], stdout=subprocess.PIPE, text=True)
+    stop, box = threading.Event(), {}
+    try:
+        assert writer.stdout.readline().strip() == "held"
+        writer.send_signal(signal.SIGSTOP)                    # stopped while it writes that shard's status
+        corpus.rename(tmp_path / "moved")                     # every shard fails: dead-lettered at its one delivery
+        worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+            redis_server.url, prefix, "w1", stop=stop, block_ms=50, max_deliveries=1, exit_when_idle=True)))
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the worker waits for the stopped writer's status lock"
+    finally:
+        stop.set()
+        writer.kill()
+        writer.wait(timeout=10)
+    assert box["stats"].dead == 6, box["stats"]
+    summary = RunDir(out).summary()
+    assert (summary["failed"], summary["pending"]) == (5, 1), summary     # all but the held shard's status written
+    dead = make_queue(redis_server.client(), Keys(prefix), "check").dead_entries()
+    assert {e.fields["shard"] for e in dead} >= {shard.key}
+
+
+def held_run(tmp_path: Path, shards: int, delay_ms: int) -> tuple[Path, BatchConfig, list[str]]:
+    """A corpus of `shards` one-pair shards under slow-diff, and the `sigma batch run` arguments of that same run
+    (same hash: a local run of the folder the fleet was given)."""
+    import service_plugins  # noqa: F401 - registers slow-diff here, for the plan
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(shards, size=32))
+    corpus = str(tmp_path / "set")
+    cfg = BatchConfig.model_validate({"input": {"path": corpus, "shard_size": 1}, "annotator": "slow-diff",
+                                      "options": {"delay_ms": delay_ms}, "batch_size": 1, "workers": 0,
+                                      "plugins": ["service_plugins"]})
+    local = ["batch", "run", corpus, "--out", str(tmp_path / "fleet"), "--resume", "--annotator", "slow-diff",
+             "--set", f"options.delay_ms={delay_ms}", "--batch-size", "1", "--shard-size", "1", "--workers", "0",
+             "--procs", "1", "--plugin", "service_plugins", "--no-progress"]
+    return tmp_path / "fleet", cfg, local
+
+
+def start_local_run(args: list[str], out: Path, redis_url: str, log: Path):
+    """A real `sigma batch run` on the fleet's run folder, once it holds the folder and has finished a shard."""
+    from servicekit import Proc, base_env
+
+    proc = Proc(args, base_env(redis_url), log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.alive():
+        holder = (out / ".lock").read_text().strip() if (out / ".lock").exists() else ""
+        if holder == str(proc.pid) and RunDir(out).summary()["done"]:
+            return proc
+        time.sleep(0.02)
+    proc.stop()
+    raise AssertionError(f"the local run never held its folder: {proc.output()}")
+
+
+def test_a_task_whose_run_folder_a_stopped_local_run_holds_is_dead_lettered_after_max_defer_s(redis_server,
+                                                                                             tmp_path, capsys):
+    """A task refused with `run_locked` is deferred without spending a delivery, and nothing bounded that: a local
+    `sigma batch run` stopped with Ctrl-Z (SIGSTOP here), hung, or holding a lock its vanished host left on shared
+    storage had the fleet's tasks deferred every lease for ever, the run "pending" with idle workers and no sign of
+    why (the worker stayed busy deferring; without the fix it never goes idle). Now each deferral is counted in Redis,
+    `sigma batch status --redis` shows it (with the holder's pid), and a task whose folder's holder writes no shard
+    for worker.max_defer_s is dead-lettered `run_locked_too_long`, saying which run, who holds it and how to go on.
+    The lock is the kernel's (flock): the holder SIGKILLed, the folder is free at once, and submitting the run again
+    finishes it."""
+    out, cfg, local = held_run(tmp_path, 6, 1000)
+    prefix = prefix_name()
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 6
+    holder = start_local_run(local, out, redis_server.url, tmp_path / "local.log")
+    stop, box = threading.Event(), {}
+    try:
+        holder.signal(signal.SIGSTOP)          # Ctrl-Z after a shard (1 s each): it holds the folder, writes nothing
+        written = RunDir(out).summary()["done"]
+        assert 1 <= written < 6, written
+        worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+            redis_server.url, prefix, "w1", stop=stop, block_ms=50, lease_ms=200, reclaim_interval_ms=30,
+            max_deliveries=2, exit_when_idle=True, max_defer_s=3.0)))
+        worker.start()
+        deferred: dict = {}
+        deadline = time.monotonic() + 20
+        while not deferred.get("deferred") and time.monotonic() < deadline:
+            deferred = queue_status(redis_server.url, prefix, run=RunDir(out))
+            time.sleep(0.05)
+        assert deferred.get("deferred") and f"pid {holder.pid}" in deferred["deferred_reason"], deferred
+        assert main(["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix]) == 0
+        shown = capsys.readouterr().out
+        assert "task(s) deferred for up to" in shown and f"(pid {holder.pid})" in shown, shown
+        worker.join(timeout=40)
+        assert not worker.is_alive(), "the tasks were deferred for ever"
+    finally:
+        stop.set()
+        if box.get("stats") is None:
+            holder.kill9()
+    stats = box["stats"]
+    assert stats.dead == 6 - written and stats.done == 0 and stats.deferred >= 6 - written, stats
+    client, keys = redis_server.client(), Keys(prefix)
+    dead = make_queue(client, keys, "check").dead_entries()
+    assert len(dead) == 6 - written
+    for entry in dead:
+        error = json.loads(entry.fields["error"])
+        assert error["code"] == "run_locked_too_long", error
+        assert str(out) in error["message"] and f"pid {holder.pid}" in error["message"], error
+        assert "worker.max_defer_s=3" in error["message"] and "submit the run again" in error["message"], error
+    assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"]) == (written, 6 - written), summary
+    assert all("[run_locked_too_long]" in f["error"] for f in summary["failed_shards"]), summary["failed_shards"]
+
+    holder.kill9()                                   # SIGKILLed while stopped: the kernel drops its lock at once
+    holder.stop()
+    with RunDir(out).locked():
+        pass
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 6 - written
+    stats = run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True)
+    assert (stats.done, stats.dead, stats.deferred) == (6 - written, 0, 0), stats
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (6, 0, 0), summary
+
+
+def test_a_task_deferred_longer_than_max_defer_s_is_not_given_up_while_the_local_run_writes_shards(redis_server,
+                                                                                                  tmp_path):
+    """worker.max_defer_s bounds a holder that writes nothing, not a long local run: a live `sigma batch run` that
+    writes its shards keeps the fleet's tasks deferred for longer than the cap in all, none is dead-lettered, and
+    once it ends they are found done."""
+    out, cfg, local = held_run(tmp_path, 20, 300)
+    prefix = prefix_name()
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 20
+    holder = start_local_run(local, out, redis_server.url, tmp_path / "local.log")
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+        redis_server.url, prefix, "w1", block_ms=50, lease_ms=200, reclaim_interval_ms=30, max_deliveries=2,
+        exit_when_idle=True, max_defer_s=3.0)))
+    worker.start()
+    longest = 0.0
+    try:
+        while worker.is_alive() and holder.alive():
+            longest = max(longest, queue_status(redis_server.url, prefix, run=RunDir(out)).get("deferred_s", 0.0))
+            time.sleep(0.1)
+        worker.join(timeout=60)
+        holder.p.wait(timeout=60)
+    finally:
+        code = holder.stop()
+    assert code == 0, holder.output()
+    stats = box["stats"]
+    assert longest > 4.0, longest                    # deferred past the cap (3 s) in all
+    assert stats.dead == 0 and stats.failed == 0 and stats.deferred > 0, stats
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (20, 0, 0), summary

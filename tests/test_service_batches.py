@@ -302,6 +302,38 @@ def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queu
     assert resp.status_code == 200 and resp.json()["run"]["shards"] == 3, resp.text
 
 
+def test_the_status_says_which_tasks_a_local_run_holding_the_folder_defers_and_names_no_server_path(svc, root,
+                                                                                                      redis_server):
+    """The fleet's tasks of a run a local `sigma batch run` holds are deferred, which no status showed: the run was
+    "pending" with idle workers and no sign why. `queue.deferred` counts them, with how long and who holds the
+    folder (`deferred_reason`, its path made relative to the root); once the folder is free they are done."""
+    import threading
+    import time
+
+    resp = post(svc, {"input": "corpus", "out": "runs/deferred", "shard_size": 3})
+    assert resp.status_code == 202 and resp.json()["queued"] == 2, resp.text
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+        redis_server.url, svc.prefix, "bw-defer", block_ms=50, lease_ms=200, reclaim_interval_ms=30,
+        exit_when_idle=True)))
+    queue: dict = {}
+    with RunDir(root / "runs" / "deferred").locked():     # what `sigma batch run --resume` holds for the whole run
+        worker.start()
+        deadline = time.monotonic() + 20
+        while queue.get("deferred") != 2 and time.monotonic() < deadline:
+            status = svc.http.get("/v1/batches/status", params={"out": "runs/deferred"}, headers=svc.headers())
+            assert status.status_code == 200, status.text
+            queue = status.json()["queue"]
+            time.sleep(0.05)
+    worker.join(timeout=30)
+    assert queue.get("deferred") == 2 and queue["deferred_s"] >= 0 and queue["deferred_idle_s"] >= 0, queue
+    assert f"pid {os.getpid()}" in queue["deferred_reason"] and "runs/deferred" in queue["deferred_reason"], queue
+    assert str(root) not in status.text, status.text
+    assert box["stats"].done >= 2 and box["stats"].dead == 0, box["stats"]     # the module's other runs share the queue
+    after = svc.http.get("/v1/batches/status", params={"out": "runs/deferred"}, headers=svc.headers()).json()
+    assert after["queue"]["deferred"] == 0 and after["run"]["done"] == 2, after
+
+
 def test_a_run_of_more_shards_than_the_server_allows_is_refused_before_anything_is_queued(redis_server, root,
                                                                                            tmp_path):
     """shard_size=1 over a large corpus planned a shard (and put a task on the service's Redis) per pair, the API

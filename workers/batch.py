@@ -53,6 +53,7 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
         stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop,
                                  run_read_retry_s=cfg.worker.run_read_retry_s,
                                  batch_timeout_s=cfg.worker.batch_timeout_s, on_stuck=on_stuck,
+                                 max_defer_s=cfg.worker.max_defer_s,
                                  after_task=recycle_past_max_rss(cfg.worker.max_rss_mb, stop,
                                                                  f"batch worker {consumer}", "a shard"))
     except Interrupted as exc:

@@ -316,9 +316,10 @@ class RunDir:
         return True
 
     @contextmanager
-    def _status_lock(self, shard: Shard) -> Iterator[None]:
-        """Serialises the status writes of one shard across processes (fleet workers share the folder)."""
-        with waiting_lock(self.own(self.subdir(".locks") / f"status-{shard.key}.lock")):
+    def _status_lock(self, shard: Shard, wait_s: float | None = None) -> Iterator[None]:
+        """Serialises the status writes of one shard across processes (fleet workers share the folder). `wait_s`:
+        TimeoutError once another process has held it that long (None: wait for ever)."""
+        with waiting_lock(self.own(self.subdir(".locks") / f"status-{shard.key}.lock"), wait_s):
             yield
 
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
@@ -326,10 +327,11 @@ class RunDir:
             self.subdir("status")
             atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
 
-    def mark_failed(self, shard: Shard, run_hash: str, error: str, **extra: Any) -> bool:
+    def mark_failed(self, shard: Shard, run_hash: str, error: str, wait_s: float | None = None, **extra: Any) -> bool:
         """Record a shard given up on (a fleet task dead-lettered), unless it is done for this run: another
-        worker may have finished it meanwhile, and a done shard is never overwritten. True when written."""
-        with self._status_lock(shard):
+        worker may have finished it meanwhile, and a done shard is never overwritten. True when written.
+        `wait_s`: how long another writer of the shard's status may keep it waiting (TimeoutError after)."""
+        with self._status_lock(shard, wait_s):
             if self.is_done(shard, run_hash):
                 return False
             self.subdir("status")

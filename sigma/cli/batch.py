@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from sigma.cli.common import add_config_args, add_plugin_arg, integer, within
+from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer, within
 from sigma.errors import ConfigError
 
 HELP = """Annotate a corpus of editing pairs into one parquet manifest per shard.
@@ -184,6 +184,9 @@ def build_config(args: argparse.Namespace):
     from sigma.batch.config import BatchConfig
     from sigma.config.loader import load_config, read_overrides
 
+    # first: --format may name a corpus format the plugin registers, checked as the config is validated (the run
+    # imports them again where it builds its annotator); `sigma batch run --plugin M --format F` was invalid_config
+    import_plugin_args(args)
     overrides: dict[str, Any] = dict(read_overrides(args.overrides))
     overrides["input.path"] = args.input
     flags = {"input.preset": args.preset, "input.format": args.format, "input.shard_size": args.shard_size,
@@ -298,6 +301,10 @@ def run_status(args: argparse.Namespace) -> int:
             print(f"  {q['unqueued']} pending shard(s) have no task on {q['stream']}: the queue lost them (Redis "
                   "restarted without its data, or was flushed); submit the run again (`sigma batch submit` with the "
                   "same input and options, or POST /v1/batches) to queue them")
+        if q.get("deferred"):
+            print(f"  {q['deferred']} task(s) deferred for up to {q['deferred_s']:.0f} s, no shard written in the run "
+                  f"folder for {q['deferred_idle_s']:.0f} s: {q['deferred_reason']}; they run once it is free, or are "
+                  "dead-lettered (run_locked_too_long) once no shard has been written for worker.max_defer_s")
     return 0
 
 

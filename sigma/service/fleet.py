@@ -22,16 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redis import RedisError
+
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
 from sigma.batch.record import check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
-from sigma.errors import InputError, SigmaError
+from sigma.errors import ConfigError, InputError, SigmaError
+from sigma.io.corpora import CORPUS_READERS
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import shown_path
+from sigma.registry import import_plugins
 from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url, sync_client
-from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer
+from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer, is_out_of_memory
+from sigma.service.deferral import MAX_DEFER_S, deferred_summary, forget_deferral, note_deferral
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue
 from sigma.service.settings import QueueSettings, RedisSettings
@@ -186,7 +191,9 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
     """The fleet queue (it serves every run); with `run`, also that run's own tasks on it (`run_tasks`, queued or
     in progress) and `unqueued`: its pending shards that no task will ever run — Redis lost them (restarted
     without its data, FLUSHALL, a failover to an empty replica) — so the run would stay "pending" for ever with
-    idle workers; submitting the run again queues them."""
+    idle workers; submitting the run again queues them. `deferred`: its tasks handed back because another process
+    holds the run folder (with `deferred_s`, the longest any has been, `deferred_idle_s`, the longest with no
+    shard written there, and `deferred_reason`, who holds it)."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
@@ -199,9 +206,11 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
             status = {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
                       "dead": q.dead_count(), "live_workers": workers}
             if run is not None and pending is not None:
-                count, with_task = _run_tasks(conn, keys.batch_tasks(), str(run.root.resolve()), pending[0])
-                status["run_tasks"] = count
+                tasks = _run_task_ids(conn, keys.batch_tasks(), str(run.root.resolve()), pending[0])
+                with_task = set(tasks.values())
+                status["run_tasks"] = len(tasks)
                 status["unqueued"] = sum(1 for key in pending[1] if key not in with_task)
+                status.update(deferred_summary(conn, keys, tasks))
             return status
     except redis_lib.RedisError as exc:
         raise InputError(f"cannot read the queue on Redis at {display_url(settings.url)} ({exc})",
@@ -211,19 +220,24 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
 def _run_tasks(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = 1000) -> tuple[int, set[str]]:
     """(tasks of this run on the stream, the shard keys they name). Acknowledged tasks are deleted, so the stream
     holds only work not finished yet: queued, or held by a worker."""
+    tasks = _run_task_ids(conn, stream, run_dir, run_hash, page)
+    return len(tasks), set(tasks.values())
+
+
+def _run_task_ids(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = 1000) -> dict[str, str]:
+    """This run's tasks on the stream: entry id -> the shard key it names."""
     def text(value: Any) -> str:
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
-    count, shards, start = 0, set(), "-"
+    tasks, start = {}, "-"
     while True:
         entries = conn.xrange(stream, min=start, max="+", count=page)
-        for _id, data in entries:
+        for entry_id, data in entries:
             fields = {text(k): text(v) for k, v in data.items()}
             if fields.get("run_dir") == run_dir and fields.get("run_hash") == run_hash:
-                count += 1
-                shards.add(fields.get("shard", ""))
+                tasks[text(entry_id)] = fields.get("shard", "")
         if len(entries) < page:
-            return count, shards
+            return tasks
         start = "(" + text(entries[-1][0])          # exclusive start (Redis >= 6.2)
 
 
@@ -318,7 +332,22 @@ class PermanentTaskError(Exception):
 
 class RunBusy(Exception):
     """The run folder is held exclusively by a local `sigma batch run` (or a submission planning it): no fault of
-    the task's. It is deferred (retried after the lease without spending a delivery), never dead-lettered for it."""
+    the task's. It is deferred (retried after the lease without spending a delivery) while the holder writes shards
+    there; one that writes none for `worker.max_defer_s` (stopped, hung, its host gone) has it dead-lettered."""
+
+    def __init__(self, message: str, root: Path):
+        super().__init__(message)
+        self.root = root
+
+
+class PluginMissing(Exception):
+    """The run's corpus format is registered by a plugin this worker has not imported (started without the run's
+    `--plugin`, or without the module installed). Like an annotator only a plugin registers, the task goes back
+    through its lease (a delivery spent) so a worker that has the plugin may take it, and is dead-lettered
+    (`plugin_missing`) once `max_deliveries` deliveries all found none."""
+
+    def __init__(self, message: str):
+        super().__init__(task_error(message))
 
 
 class RunUnreadable(Exception):
@@ -457,7 +486,10 @@ def _trusted_config(fields: dict[str, str], record: dict[str, Any], plan: _Plan 
     model and plan are what the run hash covers (`sigma.batch.record.check_record`), and the hash came with the task
     (Redis): a record that no longer hashes to it, or whose input is not its corpus, is refused. A confined run's
     root and the run's plugins came with the task too: the root is put back and the corpus path must lie under it,
-    and the plugins must be the task's (a task queued before tasks carried them is taken as it was)."""
+    and the plugins must be the task's (a task queued before tasks carried them is taken as it was). A corpus
+    format only a plugin registers is looked for first (`_need_corpus_format`): without it the config does not
+    validate, which read as a run.json damaged or edited (`bad_task`, dead-lettered at once) when the worker only
+    lacked the run's plugin."""
     key = (fields.get("run_hash"), fields.get("root"), fields.get("plugins"))
     found = plan.checked.get(key) if plan is not None else None
     if found is None:
@@ -472,6 +504,7 @@ def _trusted_config(fields: dict[str, str], record: dict[str, Any], plan: _Plan 
 def _checked_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConfig | str:
     """`_trusted_config`'s answer: the config, or why the task is refused."""
     where = f"{fields['run_dir']}: run.json"
+    _need_corpus_format(fields, record)
     try:
         record_version(record, where)
         cfg = recorded_config(record, where)
@@ -505,6 +538,45 @@ def _check_corpus(fields: dict[str, str], record: dict[str, Any], corpus: Any, p
         raise PermanentTaskError(f"{fields['run_dir']}: run.json: {problem}; refused, nothing read")
 
 
+def _need_corpus_format(fields: dict[str, str], record: dict[str, Any]) -> None:
+    """The run's corpus format is one this worker reads, or PluginMissing. The run's own plugins (`plugins:` in its
+    config, recorded by `sigma batch submit --plugin MODULE`) are imported first, as they are for its annotator
+    (`with_default_annotator`), so a worker with the module installed needs no flag; the error names them, and
+    the flag to pass. A task that carries the run's plugins (every task queued since they were hashed with the run)
+    has those imported, never a list run.json alone names: run.json may have been edited to name any module."""
+    config = record.get("config")
+    source = config.get("input") if isinstance(config, dict) else None
+    name = source.get("format") if isinstance(source, dict) else None
+    if not isinstance(name, str) or name == "auto" or name in CORPUS_READERS:
+        return                                      # known, or not a name at all: validation says what is wrong
+    plugins = config.get("plugins") if isinstance(config, dict) else None
+    if "plugins" in fields:
+        try:
+            plugins = loads(fields["plugins"])
+        except ValueError:
+            return                                  # a damaged task: `_checked_config` says so
+    plugins = [p for p in plugins if isinstance(p, str)] if isinstance(plugins, list) else []
+    failed = None
+    try:
+        import_plugins(plugins)
+    except ConfigError as exc:
+        failed = exc.message
+    if name in CORPUS_READERS:
+        return
+    if failed:
+        why, module = f"the run's plugin could not be imported here ({failed})", shown(plugins[0], 120)
+    elif plugins:
+        why, module = (f"the run's plugins ({', '.join(shown(p, 120) for p in plugins)}) were imported here and "
+                       "register no such format"), "MODULE"
+    else:
+        why, module = ("the run records no plugin (it was planned by a process that had imported it, e.g. the API's "
+                       "api.plugins)"), "MODULE"
+    raise PluginMissing(f"{fields['run_dir']}: the run's corpus format {shown(name, 120)!r} is registered by a plugin "
+                        f"and {why}: run its shards on workers started with `sigma worker --batch --plugin {module}` "
+                        "(or worker.plugins) with the module installed (a worker without it hands the task back, up "
+                        "to queue.max_deliveries times; then submit the run again)")
+
+
 class _Beat:
     """The pipeline's progress bar, as the consumer's watch sees it: each model batch done (`update`) is progress,
     so `worker.batch_timeout_s` bounds one model batch of a shard, not the whole shard."""
@@ -522,7 +594,7 @@ class _Beat:
 def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
                  on_progress: Callable[[], None] | None = None) -> tuple[str, int, str | None]:
     """Run one shard task: ("done" | "skipped" | "failed", pairs, error). `on_progress`: called as pairs are done.
-    RunBusy while a local run holds the run folder."""
+    RunBusy while a local run holds the run folder; PluginMissing when its corpus format needs a plugin not here."""
     rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
@@ -537,7 +609,7 @@ def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = R
         except InputError as exc:
             if exc.code != "run_locked":
                 raise
-            raise RunBusy(exc.message) from exc
+            raise RunBusy(exc.message, rundir.root) from exc
         # the temporary parquet a worker killed on this shard before left: nobody else sweeps it
         rundir.sweep_temps(shard, run_hash)
         beat = _Beat(on_progress) if on_progress is not None else None
@@ -560,11 +632,15 @@ class FleetHandler:
 
     # how long a task's last error is kept for its dead letter (`Keys.batch_task_error`)
     last_error_ttl_s = 86_400
+    # how long a dead letter's failed status waits for another writer of that shard's status (a write takes ms)
+    status_wait_s = 10.0
 
     def __init__(self, consumer: str, workers: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
-                 client: Any = None, keys: Keys | None = None, batch_timeout_s: float = 0.0):
+                 client: Any = None, keys: Keys | None = None, batch_timeout_s: float = 0.0,
+                 max_defer_s: float = MAX_DEFER_S):
         self.consumer = consumer
         self.run_read_retry_s = run_read_retry_s
+        self.max_defer_s = max_defer_s
         # where a task's last error is kept (None: not kept): a task whose workers all hung or died is dead-lettered
         # by a worker that never ran it, and its record said only "worker_lost"
         self.client, self.keys = client, keys
@@ -593,10 +669,13 @@ class FleetHandler:
                 outcomes.append(Outcome(entry, "dead", error={"code": "bad_task", "message": str(exc)}))
                 continue
             except RunBusy as exc:             # a local run holds the folder: after the lease, no delivery spent
-                self.stats.deferred += 1
-                log.info("task %s deferred (delivery %d not counted): %s", shown_shard(entry.fields),
-                         entry.deliveries, exc)
-                outcomes.append(Outcome(entry, "defer", error={"code": "run_locked", "message": str(exc)}))
+                outcomes.append(self._defer(entry, exc))
+                continue
+            except PluginMissing as exc:       # through the lease, for a worker with the plugin; then dead-lettered
+                self.stats.failed += 1
+                self.stats.errors.append(str(exc))
+                log.warning("task %s (delivery %d): %s", shown_shard(entry.fields), entry.deliveries, exc)
+                outcomes.append(Outcome(entry, "retry", error={"code": "plugin_missing", "message": str(exc)}))
                 continue
             except RunUnreadable as exc:       # through the lease; dead-lettered after max_deliveries
                 self.stats.failed += 1
@@ -611,7 +690,7 @@ class FleetHandler:
             self.stats.pairs += pairs
             if outcome in ("done", "skipped"):
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
-                outcomes.append(Outcome(entry, "ack"))
+                outcomes.append(Outcome(entry, "ack", store=(lambda e=entry: self._forget_deferral(e))))
             else:
                 error = task_error(error or "failed")
                 self.stats.failed += 1
@@ -620,12 +699,56 @@ class FleetHandler:
                 outcomes.append(Outcome(entry, "retry", error={"code": "shard_failed", "message": error or "failed"}))
         return outcomes
 
+    def _defer(self, entry: Entry, exc: RunBusy) -> Outcome:
+        """Defer the task (its folder held by another process), or give it up: deferred for `max_defer_s` with no
+        shard written in the run folder meanwhile, its holder is no live run doing the work but one stopped (Ctrl-Z),
+        hung, or gone with its host while shared storage keeps its lock, and the task would be deferred every lease
+        for ever, the run "pending" with no sign why. Then it is dead-lettered, `run_locked_too_long`, saying which
+        run, who holds it and how to go on. Without Redis to count in (no client, or Redis over maxmemory) it is
+        deferred uncounted, as before."""
+        deferral = None
+        if self.client is not None and self.keys is not None:
+            try:
+                deferral = note_deferral(self.client, self.keys, entry.id, exc.root, str(exc), self.max_defer_s)
+            except RedisError as error:
+                if not is_out_of_memory(error):
+                    raise                      # transient: the consumer hands the task in hand back to us
+                log.warning("task %s deferred, not counted toward worker.max_defer_s (redis is out of memory)",
+                            shown_shard(entry.fields))
+        if deferral is not None and deferral.idle_s >= self.max_defer_s:
+            since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(deferral.since))
+            message = task_error(
+                f"{entry.fields.get('run_dir')}: shard {shown_shard(entry.fields)} was not run: another process has "
+                f"held the run folder for {deferral.last - deferral.since:.0f} s (deferred {deferral.count} times "
+                f"since {since}) and written no shard in it for {deferral.idle_s:.0f} s (worker.max_defer_s="
+                f"{self.max_defer_s:g}): {exc}. A local `sigma batch run` that is stopped (Ctrl-Z) or hung keeps it "
+                "until it ends, a lock left by a host that went away (NFS) until the file server lets it go. End or "
+                "resume that process; then submit the run again (`sigma batch submit` with the same input and "
+                "options, or POST /v1/batches) to queue this shard, or finish the run locally with `sigma batch "
+                "run ... --resume` on this --out")
+            self.stats.errors.append(message)
+            log.warning("task %s given up on: %s", shown_shard(entry.fields), message)
+            return Outcome(entry, "dead", error={"code": "run_locked_too_long", "message": message})
+        self.stats.deferred += 1
+        counted = (f"; deferred {deferral.count} times over {deferral.last - deferral.since:.0f} s, no shard written "
+                   f"there for {deferral.idle_s:.0f} s of worker.max_defer_s={self.max_defer_s:g}"
+                   if deferral is not None else "")
+        log.info("task %s deferred (delivery %d not counted%s): %s", shown_shard(entry.fields), entry.deliveries,
+                 counted, exc)
+        return Outcome(entry, "defer", error={"code": "run_locked", "message": str(exc)})
+
+    def _forget_deferral(self, entry: Entry) -> None:
+        """The task ran, or is given up on: a task deferred before came back through a reclaim (`claimed`)."""
+        if entry.claimed and self.client is not None and self.keys is not None:
+            forget_deferral(self.client, self.keys, entry.id)
+
     def on_retry(self, entry: Entry, error: dict[str, Any]) -> None:
         """Left pending: the lease runs out and a worker (maybe this one) retries the shard. Its error is kept
         (`Keys.batch_task_error`) for the dead letter, which a worker that reclaims it spent may write."""
         if self.client is not None and self.keys is not None and error:
             self.client.set(self.keys.batch_task_error(entry.id), json.dumps(error, default=str),
                             ex=self.last_error_ttl_s)
+        self._forget_deferral(entry)
 
     def _last_error(self, entry: Entry) -> dict[str, Any] | None:
         if self.client is None or self.keys is None:
@@ -643,6 +766,7 @@ class FleetHandler:
         written unless the shard is done meanwhile. A task whose folder is gone or holds another run has no
         status to write."""
         self.stats.dead += 1
+        self._forget_deferral(entry)
         error = (error or self._last_error(entry)
                  or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"})
         try:
@@ -652,9 +776,11 @@ class FleetHandler:
         reason = (f"dead-lettered after {entry.deliveries} deliveries: [{error.get('code')}] "
                   f"{error.get('message')}")
         try:
-            rundir.mark_failed(shard, record["run_hash"], reason, error_code=error.get("code"),
-                               deliveries=entry.deliveries, dead_letter=True)
-        except (OSError, SigmaError) as exc:   # unwritable, or a link out: the dead-letter stream has the record
+            # bounded: a process stopped (Ctrl-Z) or hung while writing this shard's status held the worker here
+            # for ever, the task in hand and its lease extended by the heartbeat
+            rundir.mark_failed(shard, record["run_hash"], reason, wait_s=self.status_wait_s,
+                               error_code=error.get("code"), deliveries=entry.deliveries, dead_letter=True)
+        except (OSError, SigmaError) as exc:   # unwritable, a link out, held: the dead-letter stream has the record
             log.warning("shard %s: could not record its failure in %s: %s", shard.key, rundir.root, exc)
         return error
 
@@ -667,7 +793,8 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
                      stop: threading.Event | None = None, exit_when_idle: bool = False,
                      max_tasks: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
                      batch_timeout_s: float = 0.0, on_stuck: Callable[[list[Entry], float], None] | None = None,
-                     after_task: Callable[[], None] | None = None, **queue_overrides: Any) -> WorkerStats:
+                     after_task: Callable[[], None] | None = None, max_defer_s: float = MAX_DEFER_S,
+                     **queue_overrides: Any) -> WorkerStats:
     """Consume shard tasks until `stop` is set (SIGTERM in the CLI), or the queue is empty with
     `exit_when_idle`. The shard in progress is always finished before returning. `queue_overrides`:
     fields of QueueSettings (lease_ms, block_ms, max_deliveries, reclaim_interval_ms, ...).
@@ -678,7 +805,9 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
     dead-lettered after `max_deliveries` with that error. A decode chunk waits at most half of it (`decode_stall_s`):
     a hung decode pool is replaced and its shard failed before the worker is taken for hung.
     `after_task()`: called once each task's outcome is stored and acknowledged, never mid-shard; it may set `stop`
-    (the CLI's `worker.max_rss_mb` check), and the worker then returns with nothing in hand."""
+    (the CLI's `worker.max_rss_mb` check), and the worker then returns with nothing in hand.
+    `max_defer_s`: a task whose run folder another process holds is deferred (no delivery spent) until no shard has
+    been written there for this long, then dead-lettered `run_locked_too_long` (`worker.max_defer_s`)."""
     settings = redis_settings(redis, key_prefix)
     qs = (queue or QueueSettings()).model_copy(update=queue_overrides)
     keys = Keys(settings.key_prefix)
@@ -687,7 +816,7 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
     q = StreamQueue(client, keys.batch_tasks(), GROUP, consumer, lease_ms=qs.lease_ms,
                     max_deliveries=qs.max_deliveries, dead_stream=keys.batch_dead(), dead_maxlen=qs.dead_letter_maxlen)
     handler = FleetHandler(consumer, workers, run_read_retry_s, client=client, keys=keys,
-                           batch_timeout_s=batch_timeout_s)
+                           batch_timeout_s=batch_timeout_s, max_defer_s=max_defer_s)
 
     def stuck(entries: list[Entry], seconds: float) -> None:
         error = {"code": "worker_hung", "message": f"no pair of the shard was done for {seconds:.0f} s "

@@ -19,6 +19,8 @@ by choosing different prefixes, and the API, the annotation workers, `sigma batc
     P:batch:tasks:worker:<c>      a batch worker's heartbeat
     P:batch:tasks:submit:<token>  a submitted chunk of shard tasks (an hour: a retried call adds it once)
     P:batch:tasks:error:<id>      a shard task's last error (a day), for its dead letter
+    P:batch:tasks:deferred:<id>   a shard task's deferrals (its run folder held by another process): since when,
+                                  how often, when a shard was last written there (worker.max_defer_s + a day)
 """
 from __future__ import annotations
 
@@ -83,6 +85,9 @@ class Keys:
 
     def batch_task_error(self, entry_id: str) -> str:
         return f"{self.batch_tasks()}:error:{entry_id}"
+
+    def batch_task_deferred(self, entry_id: str) -> str:
+        return f"{self.batch_tasks()}:deferred:{entry_id}"
 
     def batch_worker_pattern(self) -> str:
         return f"{self.batch_tasks()}:worker:*"

@@ -156,6 +156,11 @@ class WorkerSettings(Strict):
     run_read_retry_s: float = Field(5.0, ge=0, description="`sigma worker --batch`: a run.json found unreadable "
                                     "(being replaced, half seen over NFS, a passing EACCES) is read again with "
                                     "backoff for this long before the task goes back through its lease")
+    max_defer_s: float = Field(86_400.0, ge=1, le=30 * 86_400, description="`sigma worker --batch`: a shard task "
+                               "whose run folder another process holds (a local `sigma batch run`: run_locked) is "
+                               "handed back without spending a delivery while that process writes shards there; once "
+                               "none has been written for this long (a holder stopped, hung, or gone with its host) "
+                               "it is dead-lettered, run_locked_too_long. 1 s to 30 days")
     batch_timeout_s: float = Field(600.0, ge=0, description="a batch (decode, model, encode) still running after "
                                    "this long means the model hangs: the jobs get `worker_hung` as their last error "
                                    "and the worker exits with status 1 for its supervisor to restart it (the entries "
