@@ -379,24 +379,32 @@ def test_the_status_of_a_run_with_many_failed_shards_lists_a_bounded_few(svc, ro
     """GET /v1/batches/status listed every failed shard of the run with its message: 1500 dead-lettered shards
     made an answer of megabytes, rebuilt on every poll. Now the first 100 (`failed_limit`, at most 10000) with
     `failed` counting them all and `failed_shards_omitted` the rest; a bad `failed_limit` is 422 invalid_request."""
-    out = root / "runs" / "many-failed"
-    shards = [{"index": i, "key": f"part-{i:05d}", "ref": {}, "num_items": 1} for i in range(1500)]
-    rundir = RunDir(out)
-    out.mkdir(parents=True)
-    rundir.write_run({"run_hash": "f" * 12, "shards": shards, "config": {}})
+    import json
+
+    from sigma.batch.config import BatchConfig
+    from sigma.batch.runner import prepare_run
+
+    out, corpus = root / "runs" / "many-failed", root / "many-failed-corpus"
+    write_pairs_jsonl(corpus, synthetic_pairs(1, size=16))     # 1500 one-pair shards, run.json as a run writes it
+    first = json.loads((corpus / "pairs.jsonl").read_text().splitlines()[0])
+    (corpus / "pairs.jsonl").write_text("".join(json.dumps({**first, "id": f"p{i:05d}"}) + "\n" for i in range(1500)))
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    rundir, _, _, _ = prepare_run(cfg, out)
+    run_hash, keys = rundir.load()["run_hash"], [shard.key for shard in rundir.shards()]
     for shard in rundir.shards():
-        rundir.mark_failed(shard, "f" * 12, f"dead-lettered after 3 deliveries: [shard_failed] {out} " + "z" * 3000)
+        rundir.mark_failed(shard, run_hash, f"dead-lettered after 3 deliveries: [shard_failed] {out} " + "z" * 3000)
 
     resp = svc.http.get("/v1/batches/status", params={"out": "runs/many-failed"}, headers=svc.headers())
     assert resp.status_code == 200, resp.text[:300]
     run = resp.json()["run"]
     assert (run["failed"], len(run["failed_shards"]), run["failed_shards_omitted"]) == (1500, 100, 1400)
-    assert run["failed_shards"][0]["shard"] == "part-00000" and str(root) not in resp.text
+    assert run["failed_shards"][0]["shard"] == keys[0] and str(root) not in resp.text
     assert len(resp.content) < 400_000, len(resp.content)
     resp = svc.http.get("/v1/batches/status", params={"out": "runs/many-failed", "failed_limit": 2},
                         headers=svc.headers())
     run = resp.json()["run"]
-    assert [f["shard"] for f in run["failed_shards"]] == ["part-00000", "part-00001"], resp.text[:300]
+    assert [f["shard"] for f in run["failed_shards"]] == keys[:2], resp.text[:300]
     assert run["failed_shards_omitted"] == 1498
     for bad in ("-1", "10001", "many"):
         resp = svc.http.get("/v1/batches/status", params={"out": "runs/many-failed", "failed_limit": bad},
