@@ -1160,6 +1160,78 @@ def test_a_worker_without_the_plugin_of_a_runs_corpus_format_says_so_and_leaves_
                         r"`sigma worker --batch --plugin MODULE`", failed["error"]), failed
 
 
+def test_a_worker_without_the_plugin_of_a_runs_annotator_says_plugin_missing_as_for_a_corpus_format(
+        redis_server, tmp_path, capsys):
+    """A run whose annotator a plugin registers, taken by a `sigma worker --batch` that lacks the plugin, was
+    `shard_failed` with "Unknown annotator ..." (or the failed import), where a run whose corpus format a plugin
+    registers says `plugin_missing`: the two now say the same, `plugin_missing`, naming the annotator, the run's
+    plugin (or that it records none) and the flag `sigma worker --batch --plugin MODULE`; the task is handed back
+    through its lease for a worker that has the plugin, and dead-lettered with that reason after max_deliveries."""
+    from servicekit import TESTS, Proc, base_env
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=32))
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    client, keys = redis_server.client(), Keys(prefix)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGMA_REDIS_URL", redis_server.url)
+    mp.setenv("SIGMA__REDIS__KEY_PREFIX", prefix)
+    try:
+        assert main(["batch", "submit", str(tmp_path / "set"), "--out", str(out), "--plugin", "service_plugins",
+                     "--annotator", "poison-diff", "--shard-size", "2", "--workers", "0"]) == 0
+    finally:
+        mp.undo()
+    assert "queued 2 shard task(s)" in capsys.readouterr().out
+    with_plugin = base_env(redis_server.url)
+    without = {**with_plugin, "PYTHONPATH": with_plugin["PYTHONPATH"].replace(str(TESTS), "").strip(os.pathsep)}
+    sets = [arg for item in [f"redis.key_prefix={prefix}", "queue.lease_ms=300", "queue.block_ms=100",
+                             "queue.reclaim_interval_ms=100"] for arg in ("--set", item)]
+    check = make_queue(client, keys, "check")
+
+    def errors() -> list[dict]:
+        notes = [client.get(keys.batch_task_error(row["message_id"].decode()))
+                 for row in client.xpending_range(keys.batch_tasks(), "sigma-batch", "-", "+", 10)]
+        return [json.loads(n) for n in notes if n]
+
+    def work(name: str, env: dict, until, *extra: str) -> str:
+        proc = Proc(["worker", "--batch", "--consumer", name, *sets, *extra], env, tmp_path / f"{name}.log")
+        deadline = time.monotonic() + 60
+        try:
+            while proc.alive() and not until() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert until(), proc.output()
+        finally:
+            assert proc.stop() == 0, proc.output()
+        return proc.output()
+
+    # a worker without it: each task handed back (not dead-lettered), plugin_missing as for a corpus format
+    log = work("bare", without, lambda: len(errors()) == 2, "--set", "queue.max_deliveries=50")
+    assert "Traceback" not in log and "shard_failed" not in log, log
+    assert check.dead_count() == 0 and check.pending_count() == 2
+    for error in errors():
+        assert error["code"] == "plugin_missing", error
+        assert "annotator 'poison-diff' is registered by a plugin" in error["message"], error
+        assert "cannot import 'service_plugins'" in error["message"], error
+        assert "`sigma worker --batch --plugin service_plugins`" in error["message"], error
+    # one that has it (installed; the run's recorded plugin is imported, no flag needed) takes them over
+    work("able", with_plugin, lambda: RunDir(out).summary()["done"] == 2, "--set", "queue.max_deliveries=50")
+    assert check.dead_count() == 0 and check.pending_count() == 0
+
+    # a run planned where the plugin was imported already records none (as POST /v1/batches with api.plugins):
+    # dead-lettered with that reason once max_deliveries workers all lacked it
+    import service_plugins  # noqa: F401 - registers poison-diff here, for the plan
+
+    bare_run = tmp_path / "bare-run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
+                                      "annotator": "poison-diff", "workers": 0})
+    assert submit_run(cfg, bare_run, redis_server.url, prefix)["queued"] == 2
+    work("bare2", without, lambda: check.dead_count() == 2, "--set", "queue.max_deliveries=2")
+    summary = RunDir(bare_run).summary()
+    assert (summary["failed"], summary["pending"]) == (2, 0), summary
+    for failed in summary["failed_shards"]:
+        assert re.match(r"dead-lettered after \d deliveries: \[plugin_missing\] .*annotator 'poison-diff' "
+                        r".*records no plugin.*`sigma worker --batch --plugin MODULE`", failed["error"]), failed
+
+
 def test_a_dead_letter_does_not_wait_for_ever_on_a_shard_status_a_stopped_process_is_writing(redis_server, corpus,
                                                                                              tmp_path, monkeypatch):
     """A dead letter writes the shard's failed status under that shard's status lock, which it waited for without

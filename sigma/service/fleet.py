@@ -32,7 +32,7 @@ from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.io.corpora import CORPUS_READERS
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import shown_path
-from sigma.registry import import_plugins
+from sigma.registry import ANNOTATORS, import_plugins, list_annotators
 from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer, is_out_of_memory
@@ -341,10 +341,10 @@ class RunBusy(Exception):
 
 
 class PluginMissing(Exception):
-    """The run's corpus format is registered by a plugin this worker has not imported (started without the run's
-    `--plugin`, or without the module installed). Like an annotator only a plugin registers, the task goes back
-    through its lease (a delivery spent) so a worker that has the plugin may take it, and is dead-lettered
-    (`plugin_missing`) once `max_deliveries` deliveries all found none."""
+    """The run's corpus format or annotator is registered by a plugin this worker has not imported (started without
+    the run's `--plugin`, or without the module installed). The task goes back through its lease (a delivery spent)
+    so a worker that has the plugin may take it, and is dead-lettered (`plugin_missing`) once `max_deliveries`
+    deliveries all found none."""
 
     def __init__(self, message: str):
         super().__init__(task_error(message))
@@ -489,7 +489,8 @@ def _trusted_config(fields: dict[str, str], record: dict[str, Any], plan: _Plan 
     and the plugins must be the task's (a task queued before tasks carried them is taken as it was). A corpus
     format only a plugin registers is looked for first (`_need_corpus_format`): without it the config does not
     validate, which read as a run.json damaged or edited (`bad_task`, dead-lettered at once) when the worker only
-    lacked the run's plugin."""
+    lacked the run's plugin. So is an annotator only a plugin registers (`_need_annotator`), once the config is
+    trusted."""
     key = (fields.get("run_hash"), fields.get("root"), fields.get("plugins"))
     found = plan.checked.get(key) if plan is not None else None
     if found is None:
@@ -498,6 +499,7 @@ def _trusted_config(fields: dict[str, str], record: dict[str, Any], plan: _Plan 
             plan.checked[key] = found
     if isinstance(found, str):
         raise PermanentTaskError(found)
+    _need_annotator(fields, record, found)
     return found
 
 
@@ -539,16 +541,36 @@ def _check_corpus(fields: dict[str, str], record: dict[str, Any], corpus: Any, p
 
 
 def _need_corpus_format(fields: dict[str, str], record: dict[str, Any]) -> None:
-    """The run's corpus format is one this worker reads, or PluginMissing. The run's own plugins (`plugins:` in its
-    config, recorded by `sigma batch submit --plugin MODULE`) are imported first, as they are for its annotator
-    (`with_default_annotator`), so a worker with the module installed needs no flag; the error names them, and
-    the flag to pass. A task that carries the run's plugins (every task queued since they were hashed with the run)
-    has those imported, never a list run.json alone names: run.json may have been edited to name any module."""
+    """The run's corpus format is one this worker reads, or PluginMissing (`_need_plugin`). Looked for before the
+    config is validated: an unknown format fails validation, which would read as a damaged run.json."""
     config = record.get("config")
     source = config.get("input") if isinstance(config, dict) else None
     name = source.get("format") if isinstance(source, dict) else None
     if not isinstance(name, str) or name == "auto" or name in CORPUS_READERS:
         return                                      # known, or not a name at all: validation says what is wrong
+    _need_plugin(fields, record, "corpus format", name, lambda: name in CORPUS_READERS)
+
+
+def _need_annotator(fields: dict[str, str], record: dict[str, Any], cfg: BatchConfig) -> None:
+    """The run's annotator is one this worker can build, or PluginMissing (`_need_plugin`), as for its corpus format.
+    Asked once the config holds to the run hash: the annotator was registered where the run was planned (its identity
+    is recorded), so one unknown here is a plugin's. Before, building it failed inside the shard, `shard_failed`
+    "Unknown annotator ..." (or the plugin's failed import), unlike a corpus format's `plugin_missing`."""
+    name = cfg.annotator
+    if name is None or name in {entry.name for entry in list_annotators()}:
+        return                                      # None: the default, a built-in
+    _need_plugin(fields, record, "annotator", name, lambda: name in ANNOTATORS)
+
+
+def _need_plugin(fields: dict[str, str], record: dict[str, Any], what: str, name: str,
+                 known: Callable[[], bool]) -> None:
+    """`name` (the run's `what`, registered by no module imported here) is `known()` once the run's own plugins
+    (`plugins:` in its config, recorded by `sigma batch submit --plugin MODULE`) are imported, as they are for its
+    annotator (`with_default_annotator`), so a worker with the module installed needs no flag; else PluginMissing,
+    naming them and the flag to pass. A task that carries the run's plugins (every task queued since they were hashed
+    with the run) has those imported, never a list run.json alone names: run.json may have been edited to name any
+    module."""
+    config = record.get("config")
     plugins = config.get("plugins") if isinstance(config, dict) else None
     if "plugins" in fields:
         try:
@@ -561,17 +583,17 @@ def _need_corpus_format(fields: dict[str, str], record: dict[str, Any]) -> None:
         import_plugins(plugins)
     except ConfigError as exc:
         failed = exc.message
-    if name in CORPUS_READERS:
+    if known():
         return
     if failed:
         why, module = f"the run's plugin could not be imported here ({failed})", shown(plugins[0], 120)
     elif plugins:
         why, module = (f"the run's plugins ({', '.join(shown(p, 120) for p in plugins)}) were imported here and "
-                       "register no such format"), "MODULE"
+                       f"register no such {what}"), "MODULE"
     else:
         why, module = ("the run records no plugin (it was planned by a process that had imported it, e.g. the API's "
                        "api.plugins)"), "MODULE"
-    raise PluginMissing(f"{fields['run_dir']}: the run's corpus format {shown(name, 120)!r} is registered by a plugin "
+    raise PluginMissing(f"{fields['run_dir']}: the run's {what} {shown(name, 120)!r} is registered by a plugin "
                         f"and {why}: run its shards on workers started with `sigma worker --batch --plugin {module}` "
                         "(or worker.plugins) with the module installed (a worker without it hands the task back, up "
                         "to queue.max_deliveries times; then submit the run again)")
@@ -594,7 +616,8 @@ class _Beat:
 def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
                  on_progress: Callable[[], None] | None = None) -> tuple[str, int, str | None]:
     """Run one shard task: ("done" | "skipped" | "failed", pairs, error). `on_progress`: called as pairs are done.
-    RunBusy while a local run holds the run folder; PluginMissing when its corpus format needs a plugin not here."""
+    RunBusy while a local run holds the run folder; PluginMissing when its corpus format or annotator needs a plugin
+    not here."""
     rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
     if rundir.is_done(shard, run_hash):
