@@ -106,7 +106,9 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        if exclusive and marker:
+        # only the holder: a refused process emptied the holder's line, and the next one was told the folder was
+        # held by "fleet workers" (what an empty file means), not by the run that holds it
+        if exclusive and marker and held:
             try:
                 os.ftruncate(fd, 0)
             except OSError:

@@ -133,3 +133,18 @@ def test_a_failed_eval_leaves_no_empty_out_folder_it_made(tmp_path, capsys):
     kept.mkdir()
     assert main(["eval", "--data", str(tmp_path / "missing"), "--annotator", "pixel-diff", "--out", str(kept)]) == 2
     assert kept.is_dir() and not (kept / "metrics.json").exists()
+
+
+def test_a_refused_hold_leaves_the_holders_line_for_the_next_one(tmp_path):
+    """A refused exclusive hold emptied the lock file on its way out (as the holder does when it ends): a second
+    `sigma batch run` on a held --out was told the holder's pid, a third "fleet workers (sigma worker --batch)"."""
+    import os
+
+    out = tmp_path / "out"
+    with hold_folder(out):
+        line = (out / ".lock").read_text()
+        for _ in range(2):
+            with pytest.raises(InputError) as refused, hold_folder(out):
+                pass
+            assert f"pid {os.getpid()}" in refused.value.message, refused.value.message
+        assert (out / ".lock").read_text() == line
