@@ -2,9 +2,11 @@
 files (checkpoints, manifests) and lose work, so the second is refused at once and told who holds it.
 
 A kernel advisory lock (flock) on `FOLDER/.lock`: the kernel drops it when the holder dies, however it dies,
-so a killed run never leaves its folder locked. An exclusive holder writes its pid into the file for the
-message; shared holders (fleet workers writing shards of one batch run) leave it empty. An export folder,
-which is published as it is, is locked through the folder itself instead (no file, no pid). A folder the
+so a killed run never leaves its folder locked. An exclusive holder writes its pid and host name into the file
+for the message (`PID HOST`: on shared storage the holder may be another machine's process, and a pid alone sent
+the user looking for it on their own; a lock file of an older sigma holds the pid only, and is read as such);
+shared holders (fleet workers writing shards of one batch run) leave it empty. An export folder, which is
+published as it is, is locked through the folder itself instead (no file, no pid). A folder the
 hold made and nothing was written into is removed again, so a run refused or failed at once leaves no trace.
 """
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +24,27 @@ from pathlib import Path
 from sigma.errors import InputError
 
 LOCK_FILE = ".lock"
+# what a holder's line may be: `PID HOST` (HOST as `socket.gethostname()` gives it), or `PID` (an older sigma)
+_HOLDER = re.compile(r"(\d{1,10})(?:[ \t]+([A-Za-z0-9][A-Za-z0-9._-]{0,252}))?")
+# bytes of the lock file read for the message: a pid and the longest host name, with room to spare
+_HOLDER_BYTES = 320
+
+
+def holder_line() -> str:
+    """What an exclusive holder writes into the lock file: its pid and the host it runs on."""
+    return f"{os.getpid()} {socket.gethostname()}\n"
+
+
+def described_holder(text: str) -> str:
+    """The holder as a message names it: `pid N on host H`, `pid N` for a lock file of an older sigma (pid only).
+    Anything else (a file written by hand or by another tool) is quoted, cut, its control characters escaped."""
+    text = text.strip()
+    found = _HOLDER.fullmatch(text)
+    if found is None:
+        shown = ascii(text[:120])
+        return f"the lock file says {shown}{'…' if len(text) > 120 else ''}"
+    pid, host = found.groups()
+    return f"pid {pid} on host {host}" if host else f"pid {pid}"
 
 
 @contextmanager
@@ -73,7 +98,8 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
                 created: bool | None = None) -> Iterator[None]:
     """Hold `root` (created if missing) for the block; `InputError(run_locked)` when another process holds it.
     `other`: what the messages tell the user to choose instead (`--out`, `name=`). `marker=False` locks the
-    folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the pid.
+    folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the holder's pid
+    and host.
     A folder this process made (`created`: said by a caller that made it just before, to test it early) is
     removed again when the block leaves nothing in it."""
     refuse_non_folder(root, f"; choose another {other}")
@@ -96,14 +122,15 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() if marker else ""
-            who = f"pid {holder}" if holder else ("fleet workers (sigma worker --batch)" if marker else "an export")
+            holder = os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace").strip() if marker else ""
+            who = (described_holder(holder) if holder
+                   else ("fleet workers (sigma worker --batch)" if marker else "an export"))
             raise InputError(f"{root}: another run holds this folder ({who}); wait for it to finish or choose "
                              f"another {other}", code="run_locked") from None
         held = True
         if exclusive and marker:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, holder_line().encode(), 0)
         yield
     finally:
         # only the holder: a refused process emptied the holder's line, and the next one was told the folder was

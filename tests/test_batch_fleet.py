@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -1292,8 +1293,8 @@ def start_local_run(args: list[str], out: Path, redis_url: str, log: Path):
     proc = Proc(args, base_env(redis_url), log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.alive():
-        holder = (out / ".lock").read_text().strip() if (out / ".lock").exists() else ""
-        if holder == str(proc.pid) and RunDir(out).summary()["done"]:
+        holder = (out / ".lock").read_text().split() if (out / ".lock").exists() else []
+        if holder[:1] == [str(proc.pid)] and RunDir(out).summary()["done"]:
             return proc
         time.sleep(0.02)
     proc.stop()
@@ -1306,8 +1307,9 @@ def test_a_task_whose_run_folder_a_stopped_local_run_holds_is_dead_lettered_afte
     `sigma batch run` stopped with Ctrl-Z (SIGSTOP here), hung, or holding a lock its vanished host left on shared
     storage had the fleet's tasks deferred every lease for ever, the run "pending" with idle workers and no sign of
     why (the worker stayed busy deferring; without the fix it never goes idle). Now each deferral is counted in Redis,
-    `sigma batch status --redis` shows it (with the holder's pid), and a task whose folder's holder writes no shard
-    for worker.max_defer_s is dead-lettered `run_locked_too_long`, saying which run, who holds it and how to go on.
+    `sigma batch status --redis` shows it (with the holder's pid and host: on shared storage the pid may be another
+    machine's), and a task whose folder's holder writes no shard for worker.max_defer_s is dead-lettered
+    `run_locked_too_long`, saying which run, who holds it (pid and host) and how to go on.
     The lock is the kernel's (flock): the holder SIGKILLed, the folder is free at once, and submitting the run again
     finishes it."""
     out, cfg, local = held_run(tmp_path, 6, 1000)
@@ -1328,10 +1330,11 @@ def test_a_task_whose_run_folder_a_stopped_local_run_holds_is_dead_lettered_afte
         while not deferred.get("deferred") and time.monotonic() < deadline:
             deferred = queue_status(redis_server.url, prefix, run=RunDir(out))
             time.sleep(0.05)
-        assert deferred.get("deferred") and f"pid {holder.pid}" in deferred["deferred_reason"], deferred
+        who = f"pid {holder.pid} on host {socket.gethostname()}"
+        assert deferred.get("deferred") and who in deferred["deferred_reason"], deferred
         assert main(["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix]) == 0
         shown = capsys.readouterr().out
-        assert "task(s) deferred for up to" in shown and f"(pid {holder.pid})" in shown, shown
+        assert "task(s) deferred for up to" in shown and f"({who})" in shown, shown
         worker.join(timeout=40)
         assert not worker.is_alive(), "the tasks were deferred for ever"
     finally:
@@ -1346,7 +1349,7 @@ def test_a_task_whose_run_folder_a_stopped_local_run_holds_is_dead_lettered_afte
     for entry in dead:
         error = json.loads(entry.fields["error"])
         assert error["code"] == "run_locked_too_long", error
-        assert str(out) in error["message"] and f"pid {holder.pid}" in error["message"], error
+        assert str(out) in error["message"] and who in error["message"], error
         assert "worker.max_defer_s=3" in error["message"] and "submit the run again" in error["message"], error
     assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis
     summary = RunDir(out).summary()

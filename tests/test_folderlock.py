@@ -135,6 +135,48 @@ def test_a_failed_eval_leaves_no_empty_out_folder_it_made(tmp_path, capsys):
     assert kept.is_dir() and not (kept / "metrics.json").exists()
 
 
+def test_a_held_folder_names_its_holders_pid_and_host_and_reads_an_older_pid_only_lock_file(tmp_path, capsys):
+    """The lock file held only the holder's pid, and the refusal said "pid N": on shared storage (NFS) the holder
+    may be another machine's process, and the user looked for that pid on their own. The holder now writes its pid
+    and host, and `run_locked` names both (here from a real `sigma batch run` on the held --out). A lock file written
+    by an older sigma (pid only) is still read: its pid, no host claimed; one that holds anything else is quoted with
+    its control characters escaped, not echoed to the terminal as it is."""
+    import fcntl
+    import os
+    import socket
+
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    host = socket.gethostname()
+    out = tmp_path / "out"
+    out.mkdir()                                             # kept after the hold, with its lock file
+    with hold_folder(out):
+        assert (out / ".lock").read_text() == f"{os.getpid()} {host}\n"
+        with pytest.raises(InputError) as refused, hold_folder(out):
+            pass
+        assert refused.value.code == "run_locked"
+        assert f"(pid {os.getpid()} on host {host})" in refused.value.message, refused.value.message
+        write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+        capsys.readouterr()
+        assert main(["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "pixel-diff",
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "[run_locked]" in err and f"pid {os.getpid()} on host {host}" in err, err
+    assert (out / ".lock").read_text() == ""               # left empty: a holder no longer there names nobody
+
+    for written, said in [("4321\n", "(pid 4321)"), ("\x1b[2J 12 ab\n", r"(the lock file says '\x1b[2J 12 ab')")]:
+        older = tmp_path / f"older-{len(written)}"
+        older.mkdir()
+        (older / ".lock").write_text(written)
+        with open(older / ".lock") as held:             # another open file: its flock excludes ours, as a process's
+            fcntl.flock(held, fcntl.LOCK_EX)
+            with pytest.raises(InputError) as refused, hold_folder(older):
+                pass
+        assert refused.value.code == "run_locked" and said in refused.value.message, refused.value.message
+        assert "\x1b" not in refused.value.message
+
+
 def test_a_refused_hold_leaves_the_holders_line_for_the_next_one(tmp_path):
     """A refused exclusive hold emptied the lock file on its way out (as the holder does when it ends): a second
     `sigma batch run` on a held --out was told the holder's pid, a third "fleet workers (sigma worker --batch)"."""

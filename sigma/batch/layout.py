@@ -170,7 +170,7 @@ class RunDir:
     @contextmanager
     def locked(self, exclusive: bool = True) -> Iterator[None]:
         """Hold the run folder (`sigma.folderlock`): `sigma batch run` exclusively for the whole run (a second
-        run on the same --out exits with `run_locked` and the holder's pid), fleet workers shared while they
+        run on the same --out exits with `run_locked` and the holder's pid and host), fleet workers shared while they
         write a shard (so a local run cannot start under them, and they wait while one holds it). A run that
         failed before writing anything leaves no folder."""
         with hold_folder(self.root, exclusive, other="--out"):
