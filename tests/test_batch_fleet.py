@@ -1088,17 +1088,21 @@ def test_a_run_planned_before_the_plan_was_hashed_is_worked_while_its_corpus_pla
     assert sorted(p.name.split(".")[-2] for p in (out / "shards").glob("*.parquet")) == [legacy_hash] * 2
 
 
-def test_a_worker_without_the_plugin_of_a_runs_corpus_format_says_so_and_leaves_the_task_to_one_with_it(
-        redis_server, tmp_path, capsys):
-    """A run whose corpus format a plugin registers (`sigma batch submit --plugin MODULE --format F`, itself refused
-    as invalid_config before: --plugin was imported after the format was checked), taken by a `sigma worker --batch`
-    that lacks the plugin: its run.json's config did not validate, and the task was dead-lettered at once as
-    `bad_task` "run.json holds no usable config", as if the file had been tampered with. Now, as for an annotator only
-    a plugin registers, the worker imports the run's recorded plugins itself; one that cannot (not installed there)
-    says `plugin_missing`, naming the format, the module and the flag, and hands the task back through its lease, so
-    a worker that has the plugin does it; with none, it is dead-lettered `plugin_missing` after max_deliveries."""
+@pytest.mark.parametrize("needs", ["corpus format", "annotator"])
+def test_a_worker_without_a_runs_plugin_says_plugin_missing_and_leaves_the_task_to_one_with_it(
+        redis_server, tmp_path, capsys, needs):
+    """A run whose corpus format or annotator a plugin registers (`sigma batch submit --plugin MODULE --format F`,
+    itself refused as invalid_config before: --plugin was imported after the format was checked), taken by a
+    `sigma worker --batch` that lacks the plugin. The format's run.json config did not validate and the task was
+    dead-lettered at once as `bad_task` "run.json holds no usable config", as if the file had been tampered with;
+    the annotator's was `shard_failed` "Unknown annotator ...". Now both say the same: the worker imports the
+    plugins the task carries itself; one that cannot (not installed there) says `plugin_missing`, naming the format
+    or annotator, the module and the flag, and hands the task back through its lease, so a worker that has the
+    plugin does it; with none recorded, it is dead-lettered `plugin_missing` after max_deliveries."""
     from servicekit import TESTS, Proc, base_env
 
+    name = "exit-jsonl" if needs == "corpus format" else "poison-diff"
+    picks = ["--format", name, "--annotator", "pixel-diff"] if needs == "corpus format" else ["--annotator", name]
     write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=32))
     prefix, out = prefix_name(), tmp_path / "fleet"
     client, keys = redis_server.client(), Keys(prefix)
@@ -1107,7 +1111,7 @@ def test_a_worker_without_the_plugin_of_a_runs_corpus_format_says_so_and_leaves_
     mp.setenv("SIGMA__REDIS__KEY_PREFIX", prefix)
     try:
         assert main(["batch", "submit", str(tmp_path / "set"), "--out", str(out), "--plugin", "service_plugins",
-                     "--format", "exit-jsonl", "--annotator", "pixel-diff", "--shard-size", "2", "--workers", "0"]) == 0
+                     *picks, "--shard-size", "2", "--workers", "0"]) == 0
     finally:
         mp.undo()
     assert "queued 2 shard task(s)" in capsys.readouterr().out
@@ -1135,82 +1139,11 @@ def test_a_worker_without_the_plugin_of_a_runs_corpus_format_says_so_and_leaves_
 
     # a worker without it: each task handed back (not dead-lettered) with a plain reason
     log = work("bare", without, lambda: len(errors()) == 2, "--set", "queue.max_deliveries=50")
-    assert "Traceback" not in log and "no usable config" not in log, log
+    assert "Traceback" not in log and "no usable config" not in log and "shard_failed" not in log, log
     assert check.dead_count() == 0 and check.pending_count() == 2
     for error in errors():
         assert error["code"] == "plugin_missing", error
-        assert "corpus format 'exit-jsonl' is registered by a plugin" in error["message"], error
-        assert "cannot import 'service_plugins'" in error["message"], error
-        assert "`sigma worker --batch --plugin service_plugins`" in error["message"], error
-    # one that has it (installed; the run's recorded plugin is imported, no flag needed) takes them over
-    work("able", with_plugin, lambda: RunDir(out).summary()["done"] == 2, "--set", "queue.max_deliveries=50")
-    assert check.dead_count() == 0 and check.pending_count() == 0
-
-    # a run planned where the plugin was imported already records none (as POST /v1/batches with api.plugins)
-    import service_plugins  # noqa: F401 - registers exit-jsonl here, for the plan
-
-    bare_run = tmp_path / "bare-run"
-    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2, "format": "exit-jsonl"},
-                                      "annotator": "pixel-diff", "workers": 0})
-    assert submit_run(cfg, bare_run, redis_server.url, prefix)["queued"] == 2
-    work("bare2", without, lambda: check.dead_count() == 2, "--set", "queue.max_deliveries=2")
-    summary = RunDir(bare_run).summary()
-    assert (summary["failed"], summary["pending"]) == (2, 0), summary
-    for failed in summary["failed_shards"]:
-        assert re.match(r"dead-lettered after \d deliveries: \[plugin_missing\] .*'exit-jsonl' .*records no plugin.*"
-                        r"`sigma worker --batch --plugin MODULE`", failed["error"]), failed
-
-
-def test_a_worker_without_the_plugin_of_a_runs_annotator_says_plugin_missing_as_for_a_corpus_format(
-        redis_server, tmp_path, capsys):
-    """A run whose annotator a plugin registers, taken by a `sigma worker --batch` that lacks the plugin, was
-    `shard_failed` with "Unknown annotator ..." (or the failed import), where a run whose corpus format a plugin
-    registers says `plugin_missing`: the two now say the same, `plugin_missing`, naming the annotator, the run's
-    plugin (or that it records none) and the flag `sigma worker --batch --plugin MODULE`; the task is handed back
-    through its lease for a worker that has the plugin, and dead-lettered with that reason after max_deliveries."""
-    from servicekit import TESTS, Proc, base_env
-
-    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=32))
-    prefix, out = prefix_name(), tmp_path / "fleet"
-    client, keys = redis_server.client(), Keys(prefix)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SIGMA_REDIS_URL", redis_server.url)
-    mp.setenv("SIGMA__REDIS__KEY_PREFIX", prefix)
-    try:
-        assert main(["batch", "submit", str(tmp_path / "set"), "--out", str(out), "--plugin", "service_plugins",
-                     "--annotator", "poison-diff", "--shard-size", "2", "--workers", "0"]) == 0
-    finally:
-        mp.undo()
-    assert "queued 2 shard task(s)" in capsys.readouterr().out
-    with_plugin = base_env(redis_server.url)
-    without = {**with_plugin, "PYTHONPATH": with_plugin["PYTHONPATH"].replace(str(TESTS), "").strip(os.pathsep)}
-    sets = [arg for item in [f"redis.key_prefix={prefix}", "queue.lease_ms=300", "queue.block_ms=100",
-                             "queue.reclaim_interval_ms=100"] for arg in ("--set", item)]
-    check = make_queue(client, keys, "check")
-
-    def errors() -> list[dict]:
-        notes = [client.get(keys.batch_task_error(row["message_id"].decode()))
-                 for row in client.xpending_range(keys.batch_tasks(), "sigma-batch", "-", "+", 10)]
-        return [json.loads(n) for n in notes if n]
-
-    def work(name: str, env: dict, until, *extra: str) -> str:
-        proc = Proc(["worker", "--batch", "--consumer", name, *sets, *extra], env, tmp_path / f"{name}.log")
-        deadline = time.monotonic() + 60
-        try:
-            while proc.alive() and not until() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert until(), proc.output()
-        finally:
-            assert proc.stop() == 0, proc.output()
-        return proc.output()
-
-    # a worker without it: each task handed back (not dead-lettered), plugin_missing as for a corpus format
-    log = work("bare", without, lambda: len(errors()) == 2, "--set", "queue.max_deliveries=50")
-    assert "Traceback" not in log and "shard_failed" not in log, log
-    assert check.dead_count() == 0 and check.pending_count() == 2
-    for error in errors():
-        assert error["code"] == "plugin_missing", error
-        assert "annotator 'poison-diff' is registered by a plugin" in error["message"], error
+        assert f"{needs} '{name}' is registered by a plugin" in error["message"], error
         assert "cannot import 'service_plugins'" in error["message"], error
         assert "`sigma worker --batch --plugin service_plugins`" in error["message"], error
     # one that has it (installed; the run's recorded plugin is imported, no flag needed) takes them over
@@ -1219,18 +1152,19 @@ def test_a_worker_without_the_plugin_of_a_runs_annotator_says_plugin_missing_as_
 
     # a run planned where the plugin was imported already records none (as POST /v1/batches with api.plugins):
     # dead-lettered with that reason once max_deliveries workers all lacked it
-    import service_plugins  # noqa: F401 - registers poison-diff here, for the plan
+    import service_plugins  # noqa: F401 - registers exit-jsonl and poison-diff here, for the plan
 
     bare_run = tmp_path / "bare-run"
-    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
-                                      "annotator": "poison-diff", "workers": 0})
+    source = {"path": str(tmp_path / "set"), "shard_size": 2, **({"format": name} if needs == "corpus format" else {})}
+    cfg = BatchConfig.model_validate({"input": source, "annotator": "pixel-diff" if needs == "corpus format" else name,
+                                      "workers": 0})
     assert submit_run(cfg, bare_run, redis_server.url, prefix)["queued"] == 2
     work("bare2", without, lambda: check.dead_count() == 2, "--set", "queue.max_deliveries=2")
     summary = RunDir(bare_run).summary()
     assert (summary["failed"], summary["pending"]) == (2, 0), summary
     for failed in summary["failed_shards"]:
-        assert re.match(r"dead-lettered after \d deliveries: \[plugin_missing\] .*annotator 'poison-diff' "
-                        r".*records no plugin.*`sigma worker --batch --plugin MODULE`", failed["error"]), failed
+        assert re.match(rf"dead-lettered after \d deliveries: \[plugin_missing\] .*{needs} '{name}' .*records no "
+                        r"plugin.*`sigma worker --batch --plugin MODULE`", failed["error"]), failed
 
 
 def test_a_dead_letter_does_not_wait_for_ever_on_a_shard_status_a_stopped_process_is_writing(redis_server, corpus,
