@@ -118,7 +118,8 @@ def test_a_plugin_whose_constructor_raises_is_one_error_line(tmp_path, monkeypat
 def test_a_plugin_module_that_fails_on_import_is_one_error_line(tmp_path, monkeypatch, capsys, source, said):
     """Only ImportError was caught: a plugin module raising anything else at import (its own bug, a syntax error,
     a name registered twice) came out of `--plugin` as a traceback (exit 1), and one calling sys.exit() ended the
-    command with its status and no word. Each is now invalid_config naming the module, exit 2."""
+    command with its status and no word. Each is now invalid_config naming the module and the flag that named it
+    (`--plugin:`, as every command says it: `sigma batch run` imports --plugin before its config), exit 2."""
     import uuid
 
     from sigma.cli import main
@@ -132,7 +133,7 @@ def test_a_plugin_module_that_fails_on_import_is_one_error_line(tmp_path, monkey
     assert main(["batch", "run", str(corpus), "--out", str(tmp_path / "run"), "--plugin", module,
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert f"sigma: error [invalid_config]: plugins: importing '{module}' {said}" in err, err
+    assert f"sigma: error [invalid_config]: --plugin: importing '{module}' {said}" in err, err
     assert "Traceback" not in err
 
 
