@@ -120,8 +120,9 @@ def _resumed_hash(cfg: BatchConfig, corpus: Corpus, model: dict[str, Any], recor
     where = rundir.run_file
     version = record_version(record, where)
     identity = corpus.identity()
-    run_hash = cfg.run_hash(identity, model, plan_digest(record["shards"]) if version >= 2 else None)
-    check_record(record, record["run_hash"], where, compare=cfg.output_fields(identity, model))
+    digest = plan_digest(record["shards"]) if version >= 2 else None      # once: the record's check hashes it too
+    run_hash = cfg.run_hash(identity, model, digest)
+    check_record(record, record["run_hash"], where, compare=cfg.output_fields(identity, model), digest=digest)
     if record["run_hash"] != run_hash:
         raise ConfigError(_other_run_message(rundir, record, model, run_hash))
     problem = corpus_problem(corpus, record)
