@@ -20,7 +20,7 @@ from sigma.batch import BatchConfig, run_batch
 from sigma.batch.layout import RunDir
 from sigma.cli import main
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
-from sigma.service.fleet import _run_tasks, make_queue, queue_status, run_batch_worker, submit_run
+from sigma.service.fleet import _run_task_ids, make_queue, queue_status, run_batch_worker, submit_run
 from sigma.service.keys import Keys
 
 pytestmark = pytest.mark.redis
@@ -229,7 +229,8 @@ def test_status_says_when_redis_lost_a_runs_tasks_and_submitting_again_requeues_
     assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 4
     assert queue_status(redis_server.url, prefix, run=RunDir(out))["unqueued"] == 0
     run_hash, pending = RunDir(out).pending_keys()
-    count, keys = _run_tasks(redis_server.client(), Keys(prefix).batch_tasks(), str(out.resolve()), run_hash, page=3)
+    tasks = _run_task_ids(redis_server.client(), Keys(prefix).batch_tasks(), str(out.resolve()), run_hash, page=3)
+    count, keys = len(tasks), set(tasks.values())
     assert count == 4 and keys == set(pending)                         # read a page at a time, none twice
     assert run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True).done == 4
     assert RunDir(out).summary()["done"] == 6
@@ -462,7 +463,8 @@ def test_a_run_of_many_shards_is_submitted_in_few_round_trips(redis_server, tmp_
         assert submit_run(cfg, out, redis_server.url, prefix, client=client)["queued"] == pairs
         trips[pairs] = state["round_trips"]
         run_hash, pending = RunDir(out).pending_keys()
-        count, shards = _run_tasks(redis_server.client(), Keys(prefix).batch_tasks(), str(out.resolve()), run_hash)
+        tasks = _run_task_ids(redis_server.client(), Keys(prefix).batch_tasks(), str(out.resolve()), run_hash)
+        count, shards = len(tasks), set(tasks.values())
         assert count == pairs and shards == set(pending)
     assert trips[120] == trips[12] < 10, trips                    # 120+ before
 
@@ -634,7 +636,8 @@ def test_a_submit_to_a_redis_frozen_half_way_reports_how_far_it_got_and_adds_no_
     again = submit_run(cfg, out, private_redis.url, prefix)
     assert (again["queued"], again["already_queued"]) == (10, 8), again
     run_hash, pending = RunDir(out).pending_keys()
-    count, shards = _run_tasks(private_redis.client(), stream, str(out.resolve()), run_hash)
+    tasks = _run_task_ids(private_redis.client(), stream, str(out.resolve()), run_hash)
+    count, shards = len(tasks), set(tasks.values())
     assert count == 18 and shards == set(pending)
 
 

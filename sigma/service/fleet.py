@@ -97,7 +97,7 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
             # a shard whose task is still on the stream (queued, or held by a worker) is not queued again: a
             # submission sent twice (a client retrying a slow POST /v1/batches) queued every shard twice, and two
             # workers could compute one shard side by side
-            _, with_task = _run_tasks(conn, keys.batch_tasks(), run_dir, run_hash)
+            with_task = set(_run_task_ids(conn, keys.batch_tasks(), run_dir, run_hash).values())
             to_queue = [s for s in pending if s.key not in with_task]
             if max_tasks is not None and to_queue and conn.xlen(keys.batch_tasks()) + len(to_queue) > max_tasks:
                 raise _queue_full(len(to_queue), max_tasks, 0)
@@ -217,15 +217,9 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
                          code="redis_unavailable") from exc
 
 
-def _run_tasks(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = 1000) -> tuple[int, set[str]]:
-    """(tasks of this run on the stream, the shard keys they name). Acknowledged tasks are deleted, so the stream
-    holds only work not finished yet: queued, or held by a worker."""
-    tasks = _run_task_ids(conn, stream, run_dir, run_hash, page)
-    return len(tasks), set(tasks.values())
-
-
 def _run_task_ids(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = 1000) -> dict[str, str]:
-    """This run's tasks on the stream: entry id -> the shard key it names."""
+    """This run's tasks on the stream: entry id -> the shard key it names. Acknowledged tasks are deleted, so the
+    stream holds only work not finished yet: queued, or held by a worker."""
     def text(value: Any) -> str:
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
