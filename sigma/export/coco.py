@@ -13,7 +13,7 @@ from sigma.batch.layout import atomic_write_bytes, refuse_images_dir, refuse_run
 from sigma.export.select import (
     RowFilter,
     UniqueNames,
-    checked_run,
+    checked_before_writing,
     iter_pairs,
     iter_rows,
     nothing_to_export,
@@ -38,8 +38,7 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     annotation also carries both masks (`semantic_segmentation`, `footprint_segmentation`: RLE or null)
     and the composite evidence. `order`: images in corpus order or by confidence."""
     refuse_run_file(out)
-    run = checked_run(run_dir)        # run.json held to its run hash, its shard files to the run: before any write
-    run.outputs()
+    run = checked_before_writing(run_dir, corpus=False)      # the corpus too, below, when its images are written
     if images_dir is not None:
         refuse_images_dir(images_dir, run.record["corpus"].get("path"))
         run.corpus()

@@ -26,7 +26,15 @@ import numpy as np
 from sigma.batch.decode import source_bytes
 from sigma.batch.layout import atomic_write_bytes
 from sigma.errors import ConfigError, InputError, SigmaError
-from sigma.export.select import CheckedRun, RowFilter, checked_run, iter_items, nothing_to_export, row_mask_counts
+from sigma.export.select import (
+    CheckedRun,
+    RowFilter,
+    checked_before_writing,
+    checked_run,
+    iter_items,
+    nothing_to_export,
+    row_mask_counts,
+)
 from sigma.folderlock import hold_folder
 from sigma.rle import decode_rle, mask_bbox
 from sigma.text import escape_surrogates
@@ -373,9 +381,7 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
         # NaN or inf was a ValueError / OverflowError traceback after the folder was made; 0 or less, one file a row
         raise ConfigError(f"--max-shard-mb is the largest parquet file in MB, a number > 0; got {max_shard_mb}")
     out = Path(out)
-    run = checked_run(run_dir)     # run.json held to its run hash, its shard files and corpus to the run: before OUT
-    run.outputs()
-    run.corpus()
+    run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):    # refused before writing: no folder left behind
         return _export_hf(run, out, row_filter, name, max_shard_mb, overwrite, mask)
 

@@ -21,7 +21,7 @@ from sigma.export.select import (
     CheckedRun,
     RowFilter,
     UniqueNames,
-    checked_run,
+    checked_before_writing,
     iter_pairs,
     nothing_to_export,
     order_key,
@@ -43,9 +43,7 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
     ones whole once they are complete (a file of the old export left beside the new ones is a pair
     ManiDataset, which reads the folders, trains on; a failed export leaves the old one as it was)."""
     out = Path(out).resolve()
-    run = checked_run(run_dir)     # run.json held to its run hash, its shard files and corpus to the run: before OUT
-    run.outputs()
-    run.corpus()
+    run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):
         return _export(run, out, row_filter, relative, json_name, mask, order, overwrite)
 

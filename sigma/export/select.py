@@ -152,6 +152,17 @@ def checked_run(run: str | Path | CheckedRun) -> CheckedRun:
     return CheckedRun(rundir, record, cfg)
 
 
+def checked_before_writing(run: str | Path | CheckedRun, corpus: bool = True) -> CheckedRun:
+    """What an export or the review page checks before it writes anything: run.json held to its run hash, each
+    finished shard file to the run and (`corpus`: it reads the pairs again) the corpus, opened once. Any of them
+    refused is run_modified with nothing written."""
+    run = checked_run(run)
+    run.outputs()
+    if corpus:
+        run.corpus()
+    return run
+
+
 def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
               ) -> Iterator[tuple[Shard, list[dict]]]:
     """Per finished shard: its kept rows (in shard order)."""
@@ -170,10 +181,6 @@ def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
 
 def load_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None) -> list[dict]:
     return [r for _, rows in iter_rows(run, row_filter) for r in rows]
-
-
-def run_config(run: str | Path | CheckedRun) -> BatchConfig:
-    return checked_run(run).cfg
 
 
 def iter_items(run: str | Path | CheckedRun, row_filter: RowFilter | None = None

@@ -13,7 +13,7 @@ from PIL import Image
 from sigma.batch.layout import atomic_write_bytes, refuse_run_file
 from sigma.eval.metrics import ImageScore, MetricAccumulator
 from sigma.eval.runner import set_group
-from sigma.export.select import RowFilter, checked_run, iter_pairs, load_rows
+from sigma.export.select import RowFilter, checked_before_writing, iter_pairs, load_rows
 from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
 from sigma.rle import decode_rle
@@ -68,9 +68,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
         raise ValueError(f"sort must be confidence-asc or confidence, got {sort!r}")
     out = Path(out) if out else Path(run_dir) / "report.html"
     refuse_run_file(out)
-    run = checked_run(run_dir)   # run.json held to its run hash, its shard files and corpus to the run: before a write
-    run.outputs()
-    run.corpus()
+    run = checked_before_writing(run_dir)
     rundir, record = run.rundir, run.record
     rows = load_rows(run, RowFilter(include_errors=True))
     bounds = RowFilter(min_confidence=min_confidence, max_confidence=max_confidence)
