@@ -996,3 +996,25 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     monkeypatch.setattr(torch, "save", real_save)
     assert C.load_checkpoint(tmp_path)["step"] == 3
+
+
+def test_freeze_holds_the_named_parameters_and_their_batchnorm_statistics(photos, tmp_path, capsys):
+    """docs/training.md: `freeze` fine-tunes the rest of a model (a decoder on a new label convention) while the
+    named part keeps its weights *and* its BatchNorm running statistics (train mode would drift them with the
+    new data); a prefix that names nothing is refused, not a run that silently trains everything."""
+    from safetensors.torch import load_file
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "eval.val_size=4", "eval.every=2"]
+    assert main(["train", STAGE1, *common, "name=base", "steps=2"]) == 0
+    assert main(["train", STAGE1, *common, "name=tuned", "steps=4", f"init_from={runs / 'base' / 'final'}",
+                 "freeze=[backbone]"]) == 0
+    before = load_file(str(runs / "base" / "final" / "model.safetensors"))
+    after = load_file(str(runs / "tuned" / "final" / "model.safetensors"))
+    held = [k for k in before if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in held)           # BatchNorm statistics are among what is held
+    assert all(torch.equal(before[k], after[k]) for k in held)
+    moved = [k for k in before if not k.startswith("backbone.") and not torch.equal(before[k], after[k])]
+    assert any(k.startswith("decoder.") for k in moved)
+    capsys.readouterr()
+    assert main(["train", STAGE1, *common, "name=typo", "steps=1", "freeze=[bakbone]"]) == 2
+    assert "bakbone" in capsys.readouterr().err

@@ -144,6 +144,10 @@ class TrainConfig(Section):
     region_p: float = Field(0.3, ge=0, le=1, description="fraction of samples given region tokens: jittered "
                             "true boxes (from the original, the edited image or both, by edit type), wrong "
                             "boxes, or true plus wrong (trains refine.region_*)")
+    freeze: list[str] = Field(default_factory=list, description="parameter-name prefixes held fixed (e.g. "
+                              "`backbone.`): no gradient, their BatchNorm statistics kept, so a fine-tune moves "
+                              "only the rest (a decoder on a new label convention without drifting the "
+                              "features). Each prefix must name at least one parameter")
     loss: LossConfig = Field(default_factory=LossConfig)
     vae_calibration: VaeCalibConfig = Field(default_factory=VaeCalibConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)

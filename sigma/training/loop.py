@@ -71,6 +71,27 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def _frozen_name(name: str, prefixes: list[str]) -> bool:
+    return any(name == p.rstrip(".") or name.startswith(p if p.endswith(".") else p + ".") for p in prefixes)
+
+
+def _freeze(model: torch.nn.Module, prefixes: list[str]) -> int:
+    """Hold the parameters under `prefixes` fixed; the number of values held. A prefix that names no
+    parameter is a typo that would silently train everything: refused."""
+    held = 0
+    for prefix in prefixes:
+        matched = [p for n, p in model.named_parameters() if _frozen_name(n, [prefix])]
+        if not matched:
+            tops = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+            raise ConfigError(f"freeze: {prefix!r} names no parameter of this model (its top-level modules: "
+                              f"{', '.join(tops)})")
+        for p in matched:
+            if p.requires_grad:
+                p.requires_grad_(False)
+                held += p.numel()
+    return held
+
+
 def init_source(init_from: str) -> Path:
     """The saved model an `init_from` names: a run folder (its final/ or model/), a save_model folder,
     or an `X.safetensors` beside `X.json` (e.g. the shipped sigma/weights/sigma-lite.safetensors)."""
@@ -249,7 +270,10 @@ class Trainer:
             # oneDNN's convolutions run 25 % faster per training step in NHWC on this CPU (measured: 1.11 → 0.83
             # CPU-s for a batch of 12 at 160² px); saved files are plain contiguous tensors either way
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.model.train()
+        self.frozen = _freeze(self.model, cfg.freeze)
+        if self.frozen:
+            log(f"freeze {', '.join(cfg.freeze)}: {self.frozen} parameters held fixed")
+        self._train_mode()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.teacher = None
@@ -456,10 +480,19 @@ class Trainer:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
 
+    def _train_mode(self) -> None:
+        """Training mode, except the frozen modules' BatchNorm layers, whose running statistics would
+        otherwise drift with the fine-tune's data while their weights stay put."""
+        self.model.train()
+        for name, module in self.model.named_modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and _frozen_name(name, self.cfg.freeze):
+                module.eval()
+
     def validate(self, val, final: bool = False) -> None:
         """Rank 0 scores; every rank waits for it (no rank runs ahead into the next all-reduce)."""
         if self.is_main:
             self._validate(val, final)
+            self._train_mode()
         self.barrier()
 
     def _validate(self, val, final: bool = False) -> None:
