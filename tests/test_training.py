@@ -1018,3 +1018,6 @@ def test_freeze_holds_the_named_parameters_and_their_batchnorm_statistics(photos
     capsys.readouterr()
     assert main(["train", STAGE1, *common, "name=typo", "steps=1", "freeze=[bakbone]"]) == 2
     assert "bakbone" in capsys.readouterr().err
+    # what trains is the run's: its optimizer state fits those parameters only
+    assert main(["train", "--resume", str(runs / "tuned"), "freeze=[]"]) == 2
+    assert "a freeze override changes what it trains" in capsys.readouterr().err

@@ -941,6 +941,9 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if cfg.model != saved.model:   # refused before config.yaml is rewritten: the run stays resumable
             raise ConfigError(f"{run_dir}: --resume continues the run's own model; a model.* override changes its "
                               "architecture (start a new run with init_from instead)")
+        if cfg.freeze != saved.freeze:  # the optimizer's state is per trainable parameter: it would not fit
+            raise ConfigError(f"{run_dir}: --resume continues the run's own schedule; a freeze override changes "
+                              f"what it trains ({saved.freeze} → {cfg.freeze}; start a new run with init_from instead)")
         frozen = (run_dir / "cache_index.json").absolute()
         if cfg.data.cache_index and frozen.is_file() and "data.cache_index" not in parse_overrides(overrides):
             # the run's own snapshot of the cache index, wherever the run folder is now: config.yaml holds the
