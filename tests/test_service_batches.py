@@ -410,3 +410,49 @@ def test_the_status_of_a_run_with_many_failed_shards_lists_a_bounded_few(svc, ro
         resp = svc.http.get("/v1/batches/status", params={"out": "runs/many-failed", "failed_limit": bad},
                             headers=svc.headers())
         assert resp.status_code == 422 and error_code(resp) == "invalid_request", (bad, resp.text)
+
+
+def test_a_run_json_over_the_size_limit_is_409_run_too_large_and_a_plan_over_it_422_plan_too_large(
+        redis_server, root, tmp_path, monkeypatch):
+    """Nothing bounded run.json: every resubmission, status poll and fleet worker parsed a plan of any size whole
+    (200 MB: ~21 s and 1.6 GB each). $SIGMA_MAX_RUN_BYTES (here the API's and this worker's) bounds it, checked by
+    size before reading: a run.json over it is 409 run_too_large from POST /v1/batches and its status, naming no
+    server path, and its tasks are dead-lettered saying why; a new plan over it is 422 plan_too_large (split the
+    corpus), nothing written or queued. Put back under the limit, the run answers again."""
+    import json
+
+    from sigma.service.fleet import make_queue
+    from sigma.service.keys import Keys
+
+    write_pairs_jsonl(root / "wide-corpus", synthetic_pairs(40, size=16))
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "8000")
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}"])
+    tasks = f"{svc.prefix}:batch:tasks"
+    try:
+        svc.start_api()
+        resp = post(svc, {"input": "wide-corpus", "out": "runs/too-wide", "shard_size": 1})
+        assert resp.status_code == 422 and error_code(resp) == "plan_too_large", resp.text
+        assert "of 40 shards" in resp.text and "split it" in resp.text and str(root) not in resp.text, resp.text
+        assert not (root / "runs" / "too-wide").exists() and redis_server.client().xlen(tasks) == 0
+
+        resp = post(svc, {"input": "wide-corpus", "out": "runs/too-large", "shard_size": 20})
+        assert resp.status_code == 202 and resp.json()["queued"] == 2, resp.text
+        run_file = root / "runs" / "too-large" / "run.json"
+        planned = run_file.read_bytes()
+        run_file.write_bytes(planned + b" " * (8001 - len(planned)))          # valid JSON, one byte over
+        resp = post(svc, {"input": "wide-corpus", "out": "runs/too-large", "shard_size": 20})
+        assert resp.status_code == 409 and error_code(resp) == "run_too_large", resp.text
+        assert "8001 bytes, over the 8000" in resp.text and str(root) not in resp.text, resp.text
+        resp = svc.http.get("/v1/batches/status", params={"out": "runs/too-large"}, headers=svc.headers())
+        assert resp.status_code == 409 and error_code(resp) == "run_too_large", resp.text
+        assert redis_server.client().xlen(tasks) == 2                         # nothing more queued
+
+        stats = run_batch_worker(redis_server.url, svc.prefix, "bw-large", block_ms=50, exit_when_idle=True)
+        assert (stats.dead, stats.done) == (2, 0), stats
+        for entry in make_queue(redis_server.client(), Keys(svc.prefix), "check").dead_entries():
+            assert "SIGMA_MAX_RUN_BYTES" in json.loads(entry.fields["error"])["message"], entry.fields
+        run_file.write_bytes(planned)
+        resp = svc.http.get("/v1/batches/status", params={"out": "runs/too-large"}, headers=svc.headers())
+        assert resp.status_code == 200 and resp.json()["run"]["shards"] == 2, resp.text
+    finally:
+        svc.close()
