@@ -9,6 +9,7 @@ import pytest
 from servicekit import ServiceUnderTest, free_port, running_service
 
 from sigma.batch.layout import RunDir
+from sigma.errors import SigmaError
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 from sigma.service.fleet import run_batch_worker
 
@@ -262,15 +263,28 @@ def test_status_polls_reuse_one_redis_connection(svc, redis_server):
     assert grown <= 2, f"{grown} new Redis connections for 20 status polls"
 
 
+def no_holder_named(text: str) -> bool:
+    """No pid or host of the process that holds a run folder (this one's: the tests hold it) in an answer: the API's
+    callers learn that a run is held, and for how long, not which process on which internal machine holds it."""
+    import re
+    import socket
+
+    return ("host" not in text and "pid" not in text and re.search(rf"\b{os.getpid()}\b", text) is None
+            and re.search(rf"\b{re.escape(socket.gethostname())}\b", text) is None)
+
+
 def test_a_run_held_by_a_local_run_is_409_run_locked_with_retry_after(svc, root):
     """A conflict that ends by itself (a local `sigma batch run` on the folder, another submission planning it),
-    not the caller's input: it was a 422 with a code no table listed."""
+    not the caller's input: it was a 422 with a code no table listed. The answer named the holder's pid and host
+    (the lock file's line, for the local operator): now `another process` and how long it has held the folder."""
     resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
     assert resp.status_code == 202, resp.text
     with RunDir(root / "runs" / "held").locked():         # what `sigma batch run` holds for the whole run
         resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
     assert resp.status_code == 409 and error_code(resp) == "run_locked", resp.text
     assert resp.headers.get("Retry-After") == "5" and str(root) not in resp.text
+    assert "has held this folder for " in resp.text and "(another process)" in resp.text, resp.text
+    assert no_holder_named(resp.text), resp.text
 
 
 def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queued(svc, root, redis_server):
@@ -305,8 +319,10 @@ def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queu
 def test_the_status_says_which_tasks_a_local_run_holding_the_folder_defers_and_names_no_server_path(svc, root,
                                                                                                       redis_server):
     """The fleet's tasks of a run a local `sigma batch run` holds are deferred, which no status showed: the run was
-    "pending" with idle workers and no sign why. `queue.deferred` counts them, with how long and who holds the
-    folder (`deferred_reason`, its path made relative to the root); once the folder is free they are done."""
+    "pending" with idle workers and no sign why. `queue.deferred` counts them, with how long and why (`deferred_reason`,
+    its path made relative to the root, the holder said as `another process`: its pid and host stay on the server);
+    once the folder is free they are done. A shard dead-lettered `run_locked_too_long` (its reason names the holder
+    as the worker wrote it) is listed without them too."""
     import threading
     import time
 
@@ -327,11 +343,24 @@ def test_the_status_says_which_tasks_a_local_run_holding_the_folder_defers_and_n
             time.sleep(0.05)
     worker.join(timeout=30)
     assert queue.get("deferred") == 2 and queue["deferred_s"] >= 0 and queue["deferred_idle_s"] >= 0, queue
-    assert f"pid {os.getpid()}" in queue["deferred_reason"] and "runs/deferred" in queue["deferred_reason"], queue
-    assert str(root) not in status.text, status.text
+    assert "(another process)" in queue["deferred_reason"] and "runs/deferred" in queue["deferred_reason"], queue
+    assert str(root) not in status.text and no_holder_named(status.text), status.text
     assert box["stats"].done >= 2 and box["stats"].dead == 0, box["stats"]     # the module's other runs share the queue
     after = svc.http.get("/v1/batches/status", params={"out": "runs/deferred"}, headers=svc.headers()).json()
     assert after["queue"]["deferred"] == 0 and after["run"]["done"] == 2, after
+
+    rundir = RunDir(root / "runs" / "deferred")                # a shard given up on, as the fleet records it
+    shard, run_hash = rundir.shards()[0], rundir.load()["run_hash"]
+    with rundir.locked(), pytest.raises(SigmaError) as held, rundir.locked():
+        pass
+    (rundir.status_path(shard)).unlink()
+    assert rundir.mark_failed(shard, run_hash, f"dead-lettered after 1 deliveries: [run_locked_too_long] "
+                              f"{held.value.message}")
+    assert f"pid {os.getpid()}" in rundir.summary()["failed_shards"][0]["error"]     # for the local operator
+    status = svc.http.get("/v1/batches/status", params={"out": "runs/deferred"}, headers=svc.headers())
+    failed = status.json()["run"]["failed_shards"]
+    assert len(failed) == 1 and "(another process)" in failed[0]["error"], status.text
+    assert no_holder_named(status.text), status.text
 
 
 def test_a_run_of_more_shards_than_the_server_allows_is_refused_before_anything_is_queued(redis_server, root,
