@@ -663,7 +663,7 @@ def planned_run(out: Path, pairs: int) -> RunDir:
                                                 for i in range(pairs)))
     cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
                                       "workers": 0})
-    rundir, _, _, _ = prepare_run(cfg, out)
+    rundir, *_ = prepare_run(cfg, out)
     return rundir
 
 

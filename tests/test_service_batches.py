@@ -419,7 +419,7 @@ def test_the_status_of_a_run_with_many_failed_shards_lists_a_bounded_few(svc, ro
     (corpus / "pairs.jsonl").write_text("".join(json.dumps({**first, "id": f"p{i:05d}"}) + "\n" for i in range(1500)))
     cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
                                       "workers": 0})
-    rundir, _, _, _ = prepare_run(cfg, out)
+    rundir, *_ = prepare_run(cfg, out)
     run_hash, keys = rundir.load()["run_hash"], [shard.key for shard in rundir.shards()]
     for shard in rundir.shards():
         rundir.mark_failed(shard, run_hash, f"dead-lettered after 3 deliveries: [shard_failed] {out} " + "z" * 3000)
@@ -485,3 +485,40 @@ def test_a_run_json_over_the_size_limit_is_409_run_too_large_and_a_plan_over_it_
         assert resp.status_code == 200 and resp.json()["run"]["shards"] == 2, resp.text
     finally:
         svc.close()
+
+
+def test_a_submission_reads_run_json_once_and_still_refuses_other_plugins(redis_server, root, monkeypatch):
+    """`submit_run` (POST /v1/batches, `sigma batch submit`) read run.json again for its plugin check right after
+    `prepare_run` had read and checked it: one more parse of up to ~15 MB (50,000 shards) per submission, and of a
+    file that may have changed in between. The record is read once and handed on: a first submission (which
+    writes it) reads it not at all, a resubmission once; a run.json naming other plugins is still refused
+    (run_modified), nothing queued."""
+    import json
+    import uuid
+
+    from sigma.batch.config import BatchConfig
+    from sigma.errors import InputError
+    from sigma.service.fleet import submit_run
+
+    reads: list[Path] = []
+    load = RunDir.load
+
+    def counted(self: RunDir) -> dict:
+        reads.append(self.root)
+        return load(self)
+
+    monkeypatch.setattr(RunDir, "load", counted)
+    out, prefix = root / "runs" / "read-once", f"t{uuid.uuid4().hex[:10]}"
+    cfg = BatchConfig.model_validate({"input": {"path": str(root / "corpus"), "shard_size": 2},
+                                      "annotator": "pixel-diff"})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 3 and reads == []
+    again = submit_run(cfg, out, redis_server.url, prefix)
+    assert (again["queued"], again["already_queued"]) == (0, 3) and reads == [out], reads
+    record = json.loads((out / "run.json").read_text())
+    record["config"]["plugins"] = ["some_other_module"]           # outside the run hash: the plugin check's to see
+    (out / "run.json").write_text(json.dumps(record))
+    reads.clear()
+    with pytest.raises(InputError) as refused:
+        submit_run(cfg, out, redis_server.url, prefix)
+    assert refused.value.code == "run_modified" and "some_other_module" in refused.value.message, refused.value
+    assert reads == [out] and redis_server.client().xlen(f"{prefix}:batch:tasks") == 3
