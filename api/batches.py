@@ -29,6 +29,7 @@ from sigma.api.service import Service, get_service
 from sigma.batch.layout import MAX_FAILED_SHOWN
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE
 from sigma.errors import SigmaError
+from sigma.folderlock import anonymised
 from sigma.service.settings import ServeConfig
 from sigma.text import cut_long_values, shown
 
@@ -120,8 +121,11 @@ _ABSOLUTE = re.compile(r"(?<![\w.:/~-])/[^\s'\"]+")
 
 
 def scrub(message: str, root: str) -> str:
-    """A library message with every path made relative to the batch root, any other absolute path hidden, and the
-    request's long values cut (an unknown preset or column of 1 MiB came back whole)."""
+    """A library message with every path made relative to the batch root, any other absolute path hidden, the
+    request's long values cut (an unknown preset or column of 1 MiB came back whole), and the process holding a run
+    folder said as `another process`: its pid and host name (`run_locked`, a deferral's reason, a dead letter's
+    `run_locked_too_long`) are the server's internals, as its folders are."""
+    message = anonymised(message)
     for prefix in sorted({os.path.realpath(root), os.path.abspath(root), root.rstrip("/")}, key=len, reverse=True):
         if prefix and prefix != "/":
             message = message.replace(prefix + "/", "").replace(prefix, ".")
@@ -324,6 +328,6 @@ async def batch_status(out: str | None = None,
         answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(cfg.redis, client=client, run=rundir))
     except (SigmaError, OSError) as exc:
         raise _to_api(exc, root) from exc
-    if "deferred_reason" in answer["queue"]:      # names the run folder (and who holds it): paths under the root only
+    if "deferred_reason" in answer["queue"]:      # names the run folder and who holds it: paths under the root, no host
         answer["queue"]["deferred_reason"] = scrub(str(answer["queue"]["deferred_reason"]), root)
     return answer

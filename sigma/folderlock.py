@@ -47,6 +47,18 @@ def described_holder(text: str) -> str:
     return f"pid {pid} on host {host}" if host else f"pid {pid}"
 
 
+# a holder as `described_holder` names it (a message cut short may end inside it)
+_DESCRIBED = re.compile(r"pid \d{1,10}(?: on host [A-Za-z0-9][A-Za-z0-9._-]{0,252})?"
+                        r"|the lock file says (?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?)…?")
+
+
+def anonymised(message: str) -> str:
+    """`message` with each holder `described_holder` names said as `another process` (how long it has held the
+    folder, when said, kept): for a caller who may learn that a run folder is held, not by which process on which
+    machine — the API's answers (a local operator's CLI names them): host names are the server's internal layout."""
+    return _DESCRIBED.sub("another process", message)
+
+
 @contextmanager
 def waiting_lock(lock: Path, timeout_s: float | None = None) -> Iterator[None]:
     """An exclusive flock on the file `lock` (made if missing), waited for rather than refused: for a short
@@ -123,10 +135,12 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace").strip() if marker else ""
+            # the holder wrote its line when it took the folder (an empty file is no holder's: fleet workers)
+            since = f"has held this folder for {max(time.time() - os.fstat(fd).st_mtime, 0):.0f} s" if holder else ""
             who = (described_holder(holder) if holder
                    else ("fleet workers (sigma worker --batch)" if marker else "an export"))
-            raise InputError(f"{root}: another run holds this folder ({who}); wait for it to finish or choose "
-                             f"another {other}", code="run_locked") from None
+            raise InputError(f"{root}: another run {since or 'holds this folder'} ({who}); wait for it to finish or "
+                             f"choose another {other}", code="run_locked") from None
         held = True
         if exclusive and marker:
             os.ftruncate(fd, 0)

@@ -663,7 +663,7 @@ def planned_run(out: Path, pairs: int) -> RunDir:
                                                 for i in range(pairs)))
     cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
                                       "workers": 0})
-    rundir, _, _, _ = prepare_run(cfg, out)
+    rundir, *_ = prepare_run(cfg, out)
     return rundir
 
 
@@ -927,3 +927,62 @@ def test_a_run_planned_before_the_plan_was_hashed_resumes_and_its_plan_is_checke
     assert sorted(p.name.split(".")[-2] for p in (out / "shards").glob("*.parquet")) == [legacy_hash] * 3
     assert [r["pair_id"] for r in read_rows(out)] == [f"set/p{i:06d}" for i in range(6)]
     assert legacy_hash != planned_hash                  # version 2 hashes the plan too
+
+
+def test_a_run_json_over_the_size_limit_is_refused_by_its_size_by_every_reader_and_nothing_is_written(
+        tmp_path, capsys, monkeypatch):
+    """Nothing bounded run.json: a shard plan of 200 MB was parsed whole by every reader (~21 s and 1.6 GB each:
+    --resume, submit, each fleet worker, status, the exports, the review page, the API). Now one over
+    $SIGMA_MAX_RUN_BYTES is refused by its size before it is parsed: `run_too_large`, one line naming the limit,
+    exit 2, nothing written. The same bytes at the limit read as before (here valid JSON padded with spaces: only
+    its size is over)."""
+    from sigma.batch.layout import DEFAULT_MAX_RUN_BYTES
+    from sigma.text import dumps_finite
+
+    corpus, out = tmp_path / "set", tmp_path / "run"
+    write_pairs_jsonl(corpus, synthetic_pairs(6))
+    argv = _partial_run(corpus, out)
+    planned = (out / "run.json").read_bytes()
+    (out / "run.json").write_bytes(planned + b" " * 4096)
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", str(len(planned) + 4095))
+    before = _run_files(out)
+    capsys.readouterr()
+    for args in ([*argv, "--resume"], ["batch", "status", str(out)],
+                 ["export", "imdl-benco", str(out), "--out", str(tmp_path / "export")],
+                 ["report", str(out), "--out", str(tmp_path / "page.html")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("sigma: error [run_too_large]: ") and err.count("\n") == 1, (args, err)
+        assert f"{len(planned) + 4096} bytes, over the {len(planned) + 4095}" in err and "SIGMA_MAX_RUN_BYTES" in err
+    assert _run_files(out) == before
+    assert not (tmp_path / "export").exists() and not (tmp_path / "page.html").exists()
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", str(len(planned) + 4096))                # at the limit: read
+    assert main([*argv, "--resume"]) == 0
+    assert "2 shard(s) written, 1 skipped" in capsys.readouterr().out
+    monkeypatch.delenv("SIGMA_MAX_RUN_BYTES")
+    # the default is far above what a large run records: this record with 50,000 shards, as the writer writes it
+    record = json.loads(planned)
+    large = len(dumps_finite({**record, "shards": record["shards"][:1] * 50_000}, indent=2, sort_keys=True))
+    assert 4 * large < DEFAULT_MAX_RUN_BYTES, large
+
+
+def test_a_plan_over_the_size_limit_is_refused_before_run_json_is_written(tmp_path, capsys, monkeypatch):
+    """The writer wrote any plan, so a corpus planned into more than the readers take made a run.json that none of
+    them would read. Now `sigma batch run` (and submit, POST /v1/batches) refuses such a plan before writing it:
+    `plan_too_large`, saying to split the corpus, no run folder left; the same corpus in fewer shards runs. A limit
+    that is no number is invalid_config."""
+    corpus = tmp_path / "set"
+    write_pairs_jsonl(corpus, synthetic_pairs(30, size=16))
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "6000")
+    base = ["batch", "run", str(corpus), "--annotator", "pixel-diff", "--workers", "0", "--no-progress"]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "many"), "--shard-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [plan_too_large]: ") and err.count("\n") == 1, err
+    assert "of 30 shards" in err and "over the 6000" in err and "split it into several runs" in err, err
+    assert not (tmp_path / "many").exists()
+    assert main([*base, "--out", str(tmp_path / "one"), "--shard-size", "30"]) == 0
+    assert (tmp_path / "one" / "run.json").stat().st_size <= 6000
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "lots")
+    assert main(["batch", "status", str(tmp_path / "one")]) == 2
+    assert capsys.readouterr().err.startswith("sigma: error [invalid_config]: $SIGMA_MAX_RUN_BYTES='lots'")

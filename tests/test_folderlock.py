@@ -190,3 +190,41 @@ def test_a_refused_hold_leaves_the_holders_line_for_the_next_one(tmp_path):
                 pass
             assert f"pid {os.getpid()}" in refused.value.message, refused.value.message
         assert (out / ".lock").read_text() == line
+
+
+def test_a_refused_hold_says_how_long_the_holder_has_held_it_and_anonymised_drops_who_it_is(tmp_path):
+    """The API answered `run_locked` (and a fleet deferral's reason, a dead letter's run_locked_too_long) with the
+    holder's pid and host name, the server's internals. `anonymised` says each holder `described_holder` names as
+    `another process` (a host, an older lock file's pid, a lock file's own text, one cut short) and keeps how long
+    it has held the folder, which the message now says (from when the holder wrote its line)."""
+    import fcntl
+    import os
+    import re
+    import socket
+    import time
+
+    from sigma.folderlock import anonymised
+
+    out = tmp_path / "out"
+    with hold_folder(out):
+        os.utime(out / ".lock", (time.time() - 120,) * 2)      # the holder took it two minutes ago
+        with pytest.raises(InputError) as refused, hold_folder(out):
+            pass
+    message = refused.value.message
+    assert re.search(r"another run has held this folder for 12[01] s \(pid \d+ on host ", message), message
+    assert anonymised(message) == message.replace(f"pid {os.getpid()} on host {socket.gethostname()}",
+                                                  "another process")
+    for written in ("4321\n", "\x1b[2J 12 ab'\"\n", "x" * 300):
+        older = tmp_path / f"older-{len(written)}"
+        older.mkdir()
+        (older / ".lock").write_text(written)
+        with open(older / ".lock") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            with pytest.raises(InputError) as refused, hold_folder(older):
+                pass
+        said = anonymised(refused.value.message)
+        assert re.search(r"has held this folder for \d+ s \(another process\); wait", said), said
+        assert "4321" not in said and "12 ab" not in said and "xxx" not in said, said
+    assert anonymised("held (the lock file says 'name.example.org an") == "held (another process"   # cut short
+    shared = "another run holds this folder (fleet workers (sigma worker --batch)); wait"
+    assert anonymised(shared) == shared

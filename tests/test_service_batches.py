@@ -9,6 +9,7 @@ import pytest
 from servicekit import ServiceUnderTest, free_port, running_service
 
 from sigma.batch.layout import RunDir
+from sigma.errors import SigmaError
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 from sigma.service.fleet import run_batch_worker
 
@@ -262,15 +263,28 @@ def test_status_polls_reuse_one_redis_connection(svc, redis_server):
     assert grown <= 2, f"{grown} new Redis connections for 20 status polls"
 
 
+def no_holder_named(text: str) -> bool:
+    """No pid or host of the process that holds a run folder (this one's: the tests hold it) in an answer: the API's
+    callers learn that a run is held, and for how long, not which process on which internal machine holds it."""
+    import re
+    import socket
+
+    return ("host" not in text and "pid" not in text and re.search(rf"\b{os.getpid()}\b", text) is None
+            and re.search(rf"\b{re.escape(socket.gethostname())}\b", text) is None)
+
+
 def test_a_run_held_by_a_local_run_is_409_run_locked_with_retry_after(svc, root):
     """A conflict that ends by itself (a local `sigma batch run` on the folder, another submission planning it),
-    not the caller's input: it was a 422 with a code no table listed."""
+    not the caller's input: it was a 422 with a code no table listed. The answer named the holder's pid and host
+    (the lock file's line, for the local operator): now `another process` and how long it has held the folder."""
     resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
     assert resp.status_code == 202, resp.text
     with RunDir(root / "runs" / "held").locked():         # what `sigma batch run` holds for the whole run
         resp = post(svc, {"input": "corpus", "out": "runs/held", "shard_size": 3})
     assert resp.status_code == 409 and error_code(resp) == "run_locked", resp.text
     assert resp.headers.get("Retry-After") == "5" and str(root) not in resp.text
+    assert "has held this folder for " in resp.text and "(another process)" in resp.text, resp.text
+    assert no_holder_named(resp.text), resp.text
 
 
 def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queued(svc, root, redis_server):
@@ -305,8 +319,10 @@ def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queu
 def test_the_status_says_which_tasks_a_local_run_holding_the_folder_defers_and_names_no_server_path(svc, root,
                                                                                                       redis_server):
     """The fleet's tasks of a run a local `sigma batch run` holds are deferred, which no status showed: the run was
-    "pending" with idle workers and no sign why. `queue.deferred` counts them, with how long and who holds the
-    folder (`deferred_reason`, its path made relative to the root); once the folder is free they are done."""
+    "pending" with idle workers and no sign why. `queue.deferred` counts them, with how long and why (`deferred_reason`,
+    its path made relative to the root, the holder said as `another process`: its pid and host stay on the server);
+    once the folder is free they are done. A shard dead-lettered `run_locked_too_long` (its reason names the holder
+    as the worker wrote it) is listed without them too."""
     import threading
     import time
 
@@ -327,11 +343,24 @@ def test_the_status_says_which_tasks_a_local_run_holding_the_folder_defers_and_n
             time.sleep(0.05)
     worker.join(timeout=30)
     assert queue.get("deferred") == 2 and queue["deferred_s"] >= 0 and queue["deferred_idle_s"] >= 0, queue
-    assert f"pid {os.getpid()}" in queue["deferred_reason"] and "runs/deferred" in queue["deferred_reason"], queue
-    assert str(root) not in status.text, status.text
+    assert "(another process)" in queue["deferred_reason"] and "runs/deferred" in queue["deferred_reason"], queue
+    assert str(root) not in status.text and no_holder_named(status.text), status.text
     assert box["stats"].done >= 2 and box["stats"].dead == 0, box["stats"]     # the module's other runs share the queue
     after = svc.http.get("/v1/batches/status", params={"out": "runs/deferred"}, headers=svc.headers()).json()
     assert after["queue"]["deferred"] == 0 and after["run"]["done"] == 2, after
+
+    rundir = RunDir(root / "runs" / "deferred")                # a shard given up on, as the fleet records it
+    shard, run_hash = rundir.shards()[0], rundir.load()["run_hash"]
+    with rundir.locked(), pytest.raises(SigmaError) as held, rundir.locked():
+        pass
+    (rundir.status_path(shard)).unlink()
+    assert rundir.mark_failed(shard, run_hash, f"dead-lettered after 1 deliveries: [run_locked_too_long] "
+                              f"{held.value.message}")
+    assert f"pid {os.getpid()}" in rundir.summary()["failed_shards"][0]["error"]     # for the local operator
+    status = svc.http.get("/v1/batches/status", params={"out": "runs/deferred"}, headers=svc.headers())
+    failed = status.json()["run"]["failed_shards"]
+    assert len(failed) == 1 and "(another process)" in failed[0]["error"], status.text
+    assert no_holder_named(status.text), status.text
 
 
 def test_a_run_of_more_shards_than_the_server_allows_is_refused_before_anything_is_queued(redis_server, root,
@@ -390,7 +419,7 @@ def test_the_status_of_a_run_with_many_failed_shards_lists_a_bounded_few(svc, ro
     (corpus / "pairs.jsonl").write_text("".join(json.dumps({**first, "id": f"p{i:05d}"}) + "\n" for i in range(1500)))
     cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 1}, "annotator": "pixel-diff",
                                       "workers": 0})
-    rundir, _, _, _ = prepare_run(cfg, out)
+    rundir, *_ = prepare_run(cfg, out)
     run_hash, keys = rundir.load()["run_hash"], [shard.key for shard in rundir.shards()]
     for shard in rundir.shards():
         rundir.mark_failed(shard, run_hash, f"dead-lettered after 3 deliveries: [shard_failed] {out} " + "z" * 3000)
@@ -410,3 +439,86 @@ def test_the_status_of_a_run_with_many_failed_shards_lists_a_bounded_few(svc, ro
         resp = svc.http.get("/v1/batches/status", params={"out": "runs/many-failed", "failed_limit": bad},
                             headers=svc.headers())
         assert resp.status_code == 422 and error_code(resp) == "invalid_request", (bad, resp.text)
+
+
+def test_a_run_json_over_the_size_limit_is_409_run_too_large_and_a_plan_over_it_422_plan_too_large(
+        redis_server, root, tmp_path, monkeypatch):
+    """Nothing bounded run.json: every resubmission, status poll and fleet worker parsed a plan of any size whole
+    (200 MB: ~21 s and 1.6 GB each). $SIGMA_MAX_RUN_BYTES (here the API's and this worker's) bounds it, checked by
+    size before reading: a run.json over it is 409 run_too_large from POST /v1/batches and its status, naming no
+    server path, and its tasks are dead-lettered saying why; a new plan over it is 422 plan_too_large (split the
+    corpus), nothing written or queued. Put back under the limit, the run answers again."""
+    import json
+
+    from sigma.service.fleet import make_queue
+    from sigma.service.keys import Keys
+
+    write_pairs_jsonl(root / "wide-corpus", synthetic_pairs(40, size=16))
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "8000")
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}"])
+    tasks = f"{svc.prefix}:batch:tasks"
+    try:
+        svc.start_api()
+        resp = post(svc, {"input": "wide-corpus", "out": "runs/too-wide", "shard_size": 1})
+        assert resp.status_code == 422 and error_code(resp) == "plan_too_large", resp.text
+        assert "of 40 shards" in resp.text and "split it" in resp.text and str(root) not in resp.text, resp.text
+        assert not (root / "runs" / "too-wide").exists() and redis_server.client().xlen(tasks) == 0
+
+        resp = post(svc, {"input": "wide-corpus", "out": "runs/too-large", "shard_size": 20})
+        assert resp.status_code == 202 and resp.json()["queued"] == 2, resp.text
+        run_file = root / "runs" / "too-large" / "run.json"
+        planned = run_file.read_bytes()
+        run_file.write_bytes(planned + b" " * (8001 - len(planned)))          # valid JSON, one byte over
+        resp = post(svc, {"input": "wide-corpus", "out": "runs/too-large", "shard_size": 20})
+        assert resp.status_code == 409 and error_code(resp) == "run_too_large", resp.text
+        assert "8001 bytes, over the 8000" in resp.text and str(root) not in resp.text, resp.text
+        resp = svc.http.get("/v1/batches/status", params={"out": "runs/too-large"}, headers=svc.headers())
+        assert resp.status_code == 409 and error_code(resp) == "run_too_large", resp.text
+        assert redis_server.client().xlen(tasks) == 2                         # nothing more queued
+
+        stats = run_batch_worker(redis_server.url, svc.prefix, "bw-large", block_ms=50, exit_when_idle=True)
+        assert (stats.dead, stats.done) == (2, 0), stats
+        for entry in make_queue(redis_server.client(), Keys(svc.prefix), "check").dead_entries():
+            assert "SIGMA_MAX_RUN_BYTES" in json.loads(entry.fields["error"])["message"], entry.fields
+        run_file.write_bytes(planned)
+        resp = svc.http.get("/v1/batches/status", params={"out": "runs/too-large"}, headers=svc.headers())
+        assert resp.status_code == 200 and resp.json()["run"]["shards"] == 2, resp.text
+    finally:
+        svc.close()
+
+
+def test_a_submission_reads_run_json_once_and_still_refuses_other_plugins(redis_server, root, monkeypatch):
+    """`submit_run` (POST /v1/batches, `sigma batch submit`) read run.json again for its plugin check right after
+    `prepare_run` had read and checked it: one more parse of up to ~15 MB (50,000 shards) per submission, and of a
+    file that may have changed in between. The record is read once and handed on: a first submission (which
+    writes it) reads it not at all, a resubmission once; a run.json naming other plugins is still refused
+    (run_modified), nothing queued."""
+    import json
+    import uuid
+
+    from sigma.batch.config import BatchConfig
+    from sigma.errors import InputError
+    from sigma.service.fleet import submit_run
+
+    reads: list[Path] = []
+    load = RunDir.load
+
+    def counted(self: RunDir) -> dict:
+        reads.append(self.root)
+        return load(self)
+
+    monkeypatch.setattr(RunDir, "load", counted)
+    out, prefix = root / "runs" / "read-once", f"t{uuid.uuid4().hex[:10]}"
+    cfg = BatchConfig.model_validate({"input": {"path": str(root / "corpus"), "shard_size": 2},
+                                      "annotator": "pixel-diff"})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 3 and reads == []
+    again = submit_run(cfg, out, redis_server.url, prefix)
+    assert (again["queued"], again["already_queued"]) == (0, 3) and reads == [out], reads
+    record = json.loads((out / "run.json").read_text())
+    record["config"]["plugins"] = ["some_other_module"]           # outside the run hash: the plugin check's to see
+    (out / "run.json").write_text(json.dumps(record))
+    reads.clear()
+    with pytest.raises(InputError) as refused:
+        submit_run(cfg, out, redis_server.url, prefix)
+    assert refused.value.code == "run_modified" and "some_other_module" in refused.value.message, refused.value
+    assert reads == [out] and redis_server.client().xlen(f"{prefix}:batch:tasks") == 3

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sigma.errors import InputError
+from sigma.errors import ConfigError, InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import replace_atomically
@@ -35,6 +35,30 @@ RUN_FILE = "run.json"
 FAILED_SHOWN = 100
 # the most one may ask for (`--failed-limit`, the API's `failed_limit`): a status that big is read by a program
 MAX_FAILED_SHOWN = 10_000
+# The largest run.json (bytes) a run may write and any reader parses: its size is checked before a byte is read.
+# Every reader parses the whole shard plan (`--resume`, `sigma batch submit` and POST /v1/batches, each fleet worker,
+# `sigma batch status`, the exports, the review page, GET /v1/batches/status): one of 200 MB took each of them ~21 s
+# and 1.6 GB. A plan of 50,000 shards is ~15 MB (~300 bytes a shard), api.max_batch_shards' 100,000 ~30 MB; 64 MiB
+# leaves room for long corpus paths. $SIGMA_MAX_RUN_BYTES changes it, for the writer and every reader alike: one
+# limit, read wherever run.json is (a status or an export has no config of its own before it reads the record).
+DEFAULT_MAX_RUN_BYTES = 64 * 1024 * 1024
+ENV_MAX_RUN_BYTES = "SIGMA_MAX_RUN_BYTES"
+
+
+def max_run_bytes() -> int:
+    """The limit: $SIGMA_MAX_RUN_BYTES when set (a positive integer; `1e8` and `100_000_000` are read too), else
+    `DEFAULT_MAX_RUN_BYTES`."""
+    raw = os.environ.get(ENV_MAX_RUN_BYTES, "").strip().replace("_", "")
+    if not raw:
+        return DEFAULT_MAX_RUN_BYTES
+    try:
+        value = int(float(raw)) if any(c in raw for c in ".eE") else int(raw)
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise ConfigError(f"${ENV_MAX_RUN_BYTES}={shown(raw, 40)!r}: the run record size limit is a positive number "
+                          f"of bytes (default {DEFAULT_MAX_RUN_BYTES})")
+    return value
 
 
 def refuse_folder(path: Path) -> None:
@@ -181,7 +205,7 @@ class RunDir:
             raise InputError(f"{self.root}: not a batch run folder (no {RUN_FILE}); start one with sigma batch run",
                              code="not_a_run")
         try:
-            record = load_json(self.own(self.run_file).read_bytes())
+            record = load_json(self._read_run_file())
         except ValueError as exc:
             raise InputError(f"{self.run_file}: unreadable ({exc})", code="bad_run") from exc
         shards = record.get("shards") if isinstance(record, dict) else None
@@ -206,11 +230,35 @@ class RunDir:
             raise InputError(f"{self.run_file}: its config is not an object", code="bad_run")
         return record
 
+    def _read_run_file(self) -> bytes:
+        """run.json's bytes, refused (run_too_large) by its size before any is read when it is over `max_run_bytes`;
+        read no further than the limit should it grow meanwhile."""
+        limit = max_run_bytes()
+        with open(self.own(self.run_file), "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(limit + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:
+            raise InputError(f"{self.run_file}: {max(size, len(data))} bytes, over the {limit} a run record may hold "
+                             f"(${ENV_MAX_RUN_BYTES}, default {DEFAULT_MAX_RUN_BYTES}); not read. A plan of 50,000 "
+                             "shards is ~15 MB: this one was planned under a higher limit (set the same one here) "
+                             "or written by something else", code="run_too_large")
+        return data
+
     def shards(self) -> list[Shard]:
         return [Shard.from_dict(s) for s in self.load()["shards"]]
 
     def write_run(self, record: dict[str, Any]) -> None:
-        atomic_write_json(self.run_file, record)
+        """Write the run record, refused (plan_too_large, nothing written) when it is over `max_run_bytes`: no reader
+        would take it, and every one would parse it whole."""
+        data = dumps_finite(record, indent=2, sort_keys=True).encode()
+        limit = max_run_bytes()
+        if len(data) > limit:
+            shards = record.get("shards") or []
+            raise InputError(f"{self.root}: the run record of {len(shards)} shards would be {len(data)} bytes, over "
+                             f"the {limit} a run record may hold (${ENV_MAX_RUN_BYTES}, default "
+                             f"{DEFAULT_MAX_RUN_BYTES}); nothing written. The corpus is too large for one run: split "
+                             "it into several runs (or use a larger shard_size: fewer shards)", code="plan_too_large")
+        atomic_write_bytes(self.run_file, data)
 
     # --- per-shard paths --------------------------------------------------------------------------
     def subdir(self, *parts: str) -> Path:

@@ -85,8 +85,9 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
     # hold refused (run_locked) for as long as any worker held a shard. A local run still excludes it.
     planned = RunDir(out).exists()
     with RunDir(out).locked(exclusive=not planned):
-        rundir, _, run_hash, shards = prepare_run(cfg, out, resume=True, sweep=not planned, max_shards=max_shards)
-        _check_plugins(rundir, cfg)
+        rundir, _, run_hash, shards, record = prepare_run(cfg, out, resume=True, sweep=not planned,
+                                                          max_shards=max_shards)
+        _check_plugins(rundir, cfg, record)
     pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
     run_dir = str(rundir.root.resolve())
     to_queue: list[Shard] = []
@@ -129,11 +130,12 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
             "already_queued": len(pending) - len(to_queue), "run_hash": run_hash}
 
 
-def _check_plugins(rundir: RunDir, cfg: BatchConfig) -> None:
+def _check_plugins(rundir: RunDir, cfg: BatchConfig, record: dict[str, Any]) -> None:
     """The tasks carry this submission's plugins and the workers refuse a run.json that names others
     (`_trusted_config`): such a run is refused here, before anything is queued to be dead-lettered. Plugins are
-    outside the run hash (a module name is not what the masks depend on), so this is their one check."""
-    recorded = (rundir.load().get("config") or {}).get("plugins", [])
+    outside the run hash (a module name is not what the masks depend on), so this is their one check. `record`:
+    the run record `prepare_run` read and checked (read again, it was one more parse of up to ~15 MB)."""
+    recorded = (record.get("config") or {}).get("plugins", [])
     if recorded != cfg.plugins:
         raise InputError(f"{rundir.run_file}: its plugins {shown(recorded)} are not this submission's "
                          f"{shown(cfg.plugins)}; the workers import the submission's and refuse a run.json that names "
