@@ -965,7 +965,8 @@ def test_a_batch_worker_past_max_rss_mb_stops_after_a_stored_shard_and_a_fresh_o
     """`sigma worker --batch` ignored worker.max_rss_mb (refused on its command line, said unused from a config file
     or SIGMA__WORKER__*), so a leak over hours of shards grew the worker until the OOM killer ended it mid-shard. Now,
     as `sigma worker` after a batch, once a shard's task is stored and acknowledged a worker past the limit says so in
-    one warning line and exits 0 for its supervisor to start a fresh one. With 1 MiB (always past it) each start does
+    one warning line and exits 75 (RECYCLE_EXIT_STATUS; 0 was left stopped by an on-failure restart policy) for its
+    supervisor to start a fresh one. With 1 MiB (always past it) each start does
     exactly one shard, leaves nothing held and the rest queued; a second start finishes the run, and the shards are
     those of a local run: nothing lost, none done twice."""
     from servicekit import Proc, base_env
@@ -998,7 +999,7 @@ def test_a_batch_worker_past_max_rss_mb_stops_after_a_stored_shard_and_a_fresh_o
                             ("r2", [], {"SIGMA__WORKER__MAX_RSS_MB": "1"})):        # a deployment's environment
         code, log = start(name, args, env)
         done.append(RunDir(out).summary()["done"])
-        assert code == 0 and "Traceback" not in log and "sigma: warning" not in log, (code, log)
+        assert code == 75 and "Traceback" not in log and "sigma: warning" not in log, (code, log)
         warnings = [line for line in log.splitlines() if "exceeds worker.max_rss_mb=1 after a shard" in line]
         assert len(warnings) == 1 and f"batch worker {name}: resident memory" in warnings[0], log
         assert "1 shard(s) done, 0 already done, 0 failed, 0 dead-lettered" in log, log

@@ -90,6 +90,42 @@ def test_serve_all_restarts_a_worker_killed_with_sigkill(redis_server, tmp_path)
         os.kill(restarted[0], 0)
 
 
+def test_serve_all_starts_a_recycled_worker_afresh_and_counts_it_as_no_death(redis_server, tmp_path):
+    """A worker past worker.max_rss_mb stops after its batch for a fresh process. `sigma serve all` counted each such
+    stop as a death towards worker.max_restarts: a leaking model recycled a few times a minute stopped the whole
+    server (exit 1). Now the worker exits 75 (RECYCLE_EXIT_STATUS) and is started afresh at once, counted as no
+    death: with worker.max_restarts=0 (1 MiB: every batch recycles it) three jobs in a row are done and the server
+    lives on."""
+    prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    proc = Proc(["serve", "all", "--port", str(port), "--annotator", "pixel-diff", "--log-level", "warning",
+                 *sets([*FAST, f"redis.key_prefix={prefix}", "worker.max_rss_mb=1", "worker.max_restarts=0",
+                        "worker.restart_backoff_s=0.2"])],
+                base_env(redis_server.url), tmp_path / "serve-all.log")
+    r, seen = redis_server.client(), set()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
+            for n in range(3):
+                (pid,) = wait_until(lambda: [p for p in worker_heartbeats(r, prefix) if p not in seen and not gone(p)],
+                                    60, f"worker {n + 1}\n{proc.output()}", 0.2)
+                seen.add(pid)
+                original, edited = make_pair(seed=n)
+                done = http.post("/v1/annotate", headers={"Authorization": "Bearer test-user-key"},
+                                 files={"original": ("o.png", png_bytes(original), "image/png"),
+                                        "edited": ("e.png", png_bytes(edited), "image/png")})
+                assert done.status_code == 200 and done.json()["status"] == "done", (done.text, proc.output())
+                wait_until(lambda p=pid: gone(p), 30, f"worker {pid} recycled\n{proc.output()}", 0.1)
+                assert proc.alive(), proc.output()
+            wait_until(lambda: "(recycle 3)" in proc.output(), 10, proc.output(), 0.1)
+        log = proc.log.read_text(errors="replace")
+        assert log.count("exceeds worker.max_rss_mb=1 after a batch; stopping for a fresh process (exit status 75)") \
+            == 3, log
+        assert "recycled itself after" in log and "giving up" not in log and "restart 1)" not in log, log
+        assert "Traceback" not in log, log
+    finally:
+        code = proc.stop(timeout=30)
+    assert code == 0, proc.output()
+
+
 def test_serve_all_killed_with_sigkill_takes_its_worker_with_it(redis_server, tmp_path):
     """A SIGKILLed `sigma serve all` runs no cleanup: its worker (the first, spawned by the main thread, and a
     restarted one, spawned by the supervisor's thread) used to live on, orphaned, consuming with the old settings."""
@@ -528,7 +564,10 @@ def test_batch_rows_and_service_results_write_the_same_extras_the_same(redis_ser
 def test_a_worker_that_leaks_is_recycled_between_batches(redis_server, tmp_path):
     """A model or plugin that leaks grew the worker until the OOM killer ended it mid-batch (the batch redelivered,
     a delivery spent). With worker.max_rss_mb, the worker stops after the batch that took it past the limit, with
-    that batch stored and acknowledged (status 0, for its supervisor to start a fresh one)."""
+    that batch stored and acknowledged, and exits 75 (RECYCLE_EXIT_STATUS) for its supervisor to start a fresh one:
+    it exited 0, which a supervisor restarting on failure (compose's or systemd's on-failure) left stopped."""
+    from sigma.workers.lifecycle import RECYCLE_EXIT_STATUS
+
     prefix = f"t{uuid.uuid4().hex[:10]}"
     r = redis_server.client()
 
@@ -557,7 +596,7 @@ def test_a_worker_that_leaks_is_recycled_between_batches(redis_server, tmp_path)
         code, log = finished(proc, 30)
     finally:
         proc.stop()
-    assert code == 0 and "Traceback" not in log, log
+    assert code == RECYCLE_EXIT_STATUS == 75 and "Traceback" not in log, (code, log)
     assert len(jobs) == 2 and "exceeds worker.max_rss_mb" in log, (len(jobs), log)   # +100 MiB, then +200
     assert [r.hget(f"{prefix}:job:{j}", "status") for j in jobs] == [b"done", b"done"]
     assert r.xpending(f"{prefix}:stream:leak-diff", "sigma-workers")["pending"] == 0     # nothing left held

@@ -415,6 +415,71 @@ def test_consumer_outlives_its_stream_being_deleted_while_it_blocks(private_redi
     assert not failure, failure
 
 
+class FreezingHandler(MarkingHandler):
+    """Freezes Redis (SIGSTOP) as its first batch is decided, for `frozen_s`: the outcomes' store (an HSET, then
+    the XACK) meets a Redis that answers nothing, times out and is stored later, once Redis is back."""
+
+    batch_size = 2
+
+    def __init__(self, client, key: str, server, frozen_s: float):
+        super().__init__(client, key)
+        self.server, self.frozen_s, self.batches = server, frozen_s, 0
+
+    def handle(self, entries):
+        from sigma.service.consumer import Outcome
+
+        self.batches += 1
+        for e in entries:
+            self.seen[e.fields["n"]] = e.deliveries
+        if self.batches == 1:
+            self.server.freeze()
+            threading.Timer(self.frozen_s, self.server.thaw).start()
+        return [Outcome(e, "ack", store=lambda n=e.fields["n"]: self.r.hset(self.key, n, "stored")) for e in entries]
+
+
+def test_a_batch_stored_late_after_a_redis_fault_still_gets_the_memory_check(private_redis, caplog):
+    """The memory check (worker.max_rss_mb, the consumer's `after_batch`) ran only when a batch's outcomes were
+    stored at once. When Redis failed between the decision and the store, the loop stored them later, once Redis
+    was back, and skipped the check: a worker past the limit took the next batch (and the next, for as long as each
+    store met a fault), growing towards the OOM killer. Now the check runs once the late store succeeds: with
+    worker.max_rss_mb=1 (always past it) the worker stops after its first batch, stored, the rest left queued."""
+    import logging
+
+    from sigma.service.connections import sync_client
+    from sigma.service.consumer import Consumer
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings, RedisSettings
+    from sigma.workers.lifecycle import recycle_past_max_rss
+
+    prefix = f"late-{uuid.uuid4().hex[:6]}"
+    qs = QueueSettings(lease_ms=30_000, block_ms=50, reclaim_interval_ms=60_000, heartbeat_interval_ms=100,
+                       heartbeat_ttl_ms=5000, max_deliveries=3)
+    client = sync_client(RedisSettings(url=private_redis.url, socket_timeout_s=0.5), block_ms=qs.block_ms)
+    queue = StreamQueue(client, f"{prefix}:s", "g", "c1", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                        dead_stream=f"{prefix}:dead")
+    queue.ensure_group()
+    for n in range(4):
+        queue.add({"n": str(n)})
+    handler = FreezingHandler(client, f"{prefix}:marks", private_redis, frozen_s=2.0)
+    stop = threading.Event()
+    recycler = recycle_past_max_rss(1, stop, "late worker")
+    consumer = Consumer(client, queue, handler, qs, heartbeat_key=f"{prefix}:hb", stop=stop, after_batch=recycler)
+    caplog.set_level(logging.WARNING)
+    try:
+        thread, failure = start_consumer(consumer)
+        thread.join(timeout=30)
+    finally:
+        private_redis.thaw()
+        stop.set()
+    assert not thread.is_alive() and not failure, failure
+    r = private_redis.client()
+    assert consumer.counts.redis_errors > 0, consumer.counts          # the store did meet the frozen Redis
+    assert recycler.recycled and "exceeds worker.max_rss_mb=1 after a batch" in caplog.text, caplog.text
+    assert handler.batches == 1 and handler.seen == {"0": 1, "1": 1}, (handler.batches, handler.seen)
+    assert r.hgetall(f"{prefix}:marks") == {b"0": b"stored", b"1": b"stored"}        # the late store did happen
+    assert consumer.counts.acked == 2 and queue.pending_count() == 0 and queue.depth() == 2, consumer.counts
+
+
 # -- the faults -----------------------------------------------------------------------------------------
 def test_redis_frozen_past_the_socket_timeout_under_load(stack):
     svc, r = stack.svc, stack.svc.redis_server.client()

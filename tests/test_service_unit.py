@@ -258,6 +258,26 @@ def test_compose_file_structure():
     assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "sigma.workers.healthcheck"]
 
 
+def test_compose_restarts_a_worker_however_it_exits_and_a_recycle_is_a_failure_for_on_failure_policies():
+    """A worker recycling itself past worker.max_rss_mb exited 0, which `restart: on-failure` (and systemd's
+    Restart=on-failure) leaves stopped: the fleet lost a worker at each recycle. It now exits 75; compose's worker
+    policy restarts any status but a `docker compose stop` (docker's policies: 'no', on-failure[:N], always,
+    unless-stopped), and 75 is a failure to every on-failure policy, distinct from a crash (1) and a config error
+    (2)."""
+    from sigma.workers.lifecycle import RECYCLE_EXIT_STATUS
+
+    def restarts(policy: str, status: int) -> bool:
+        return policy in ("always", "unless-stopped") or (policy.startswith("on-failure") and status != 0)
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    workers = [name for name, service in services.items() if "worker" in service["image"]]
+    assert workers == ["worker"], workers
+    for name in workers:
+        policy = services[name]["restart"]
+        assert all(restarts(policy, status) for status in (0, 1, RECYCLE_EXIT_STATUS)), (name, policy)
+    assert RECYCLE_EXIT_STATUS not in (0, 1, 2) and restarts("on-failure", RECYCLE_EXIT_STATUS)
+
+
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose (v1) not installed")
 def test_docker_compose_config_validates():
     out = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], check=False,

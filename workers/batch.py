@@ -18,6 +18,7 @@ from sigma.service.settings import ServeConfig
 from sigma.workers.lifecycle import (
     Interrupted,
     StopSignals,
+    exit_status,
     forget_worker_key,
     recycle_past_max_rss,
     report_unreachable_redis,
@@ -27,9 +28,9 @@ from sigma.workers.lifecycle import (
 def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = None) -> int:
     """`worker.plugins` (and `--plugin`) are imported first, so a run may name a third-party annotator. The
     consumer is `consumer` (--consumer), else `worker.consumer`, else <host>-<pid>: worker.consumer was ignored.
-    Past `worker.max_rss_mb` once a shard is stored and acknowledged, it stops (status 0) for its supervisor to start
-    a fresh process, as `sigma worker` does after a batch: a slow leak over hours of shards is recycled between
-    shards, not ended by the OOM killer mid-shard."""
+    Past `worker.max_rss_mb` once a shard is stored and acknowledged, it stops (status 75, `RECYCLE_EXIT_STATUS`)
+    for its supervisor to start a fresh process, as `sigma worker` does after a batch: a slow leak over hours of
+    shards is recycled between shards, not ended by the OOM killer mid-shard."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import_plugins(cfg.worker.plugins, "worker.plugins")
     stop = threading.Event()
@@ -47,20 +48,20 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
         """A shard hung (its task now says `worker_hung`): end for the supervisor, as `sigma worker` does."""
         signals.hard_exit(f"a shard hung for {seconds:.0f} s (worker.batch_timeout_s); exiting with status 1", 1)
 
+    recycler = recycle_past_max_rss(cfg.worker.max_rss_mb, stop, f"batch worker {consumer}", "a shard")
     try:
         with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker --batch")
         stats = run_batch_worker(cfg.redis, consumer=consumer, queue=cfg.queue, stop=stop,
                                  run_read_retry_s=cfg.worker.run_read_retry_s,
                                  batch_timeout_s=cfg.worker.batch_timeout_s, on_stuck=on_stuck,
-                                 max_defer_s=cfg.worker.max_defer_s,
-                                 after_task=recycle_past_max_rss(cfg.worker.max_rss_mb, stop,
-                                                                 f"batch worker {consumer}", "a shard"))
+                                 max_defer_s=cfg.worker.max_defer_s, after_task=recycler)
     except Interrupted as exc:
         say_stopped(str(exc))
         signals.end(0)
         return 0
     print(f"sigma worker --batch: {stats.done} shard(s) done, {stats.skipped} already done, {stats.failed} failed, "
           f"{stats.dead} dead-lettered", flush=True)
-    signals.end(0)
-    return 0
+    code = exit_status(recycler, signals)
+    signals.end(code)
+    return code

@@ -33,8 +33,12 @@ thread: the jobs get `worker_hung` as their last error and the process ends the 
 supervisor to restart it; the entries are redelivered after the lease (dead-lettered after `max_deliveries`).
 
 A worker past `worker.max_rss_mb` once a batch (a shard, with `--batch`) is stored and acknowledged (a model or
-plugin that leaks) sets `stop` (`recycle_past_max_rss`): it ends as after a signal, with status 0, and its
-supervisor starts a fresh one, rather than growing until the OOM killer ends it mid-batch.
+plugin that leaks) sets `stop` (`recycle_past_max_rss`): it ends as after a signal, nothing in hand, but with
+status 75 (`RECYCLE_EXIT_STATUS`), for its supervisor to start a fresh one, rather than growing until the OOM
+killer ends it mid-batch. Not 0: status 0 is "stopped on purpose" (a signal), which a supervisor restarting only on
+failure (compose or docker `restart: on-failure`, systemd `Restart=on-failure`, a Kubernetes Job's `OnFailure`)
+leaves stopped, so each recycle silently cost the fleet a worker. `sigma serve all` restarts a worker that exits
+with it at once, and does not count it towards `worker.max_restarts` (it is no death).
 
 Start-up without Redis: one clear line on stderr naming the URL and `SIGMA_REDIS_URL`, then the worker waits
 (as it waits out any outage once running) — a worker started before its Redis, as compose or a supervisor
@@ -56,6 +60,11 @@ from sigma.service.connections import display_url
 from sigma.service.settings import RedisSettings
 
 log = logging.getLogger("sigma.worker")
+
+# A worker that stopped itself to be started afresh (past worker.max_rss_mb): EX_TEMPFAIL of sysexits.h, "try
+# again". Non-zero, so that every restart policy restarts it (on-failure too); distinct from a crash (1) and from a
+# usage or config error (2), so that a supervisor can tell a recycle from a death (`sigma serve all` does).
+RECYCLE_EXIT_STATUS = 75
 
 
 class Interrupted(BaseException):
@@ -153,22 +162,41 @@ class StopSignals:
             self._abrupt = None
 
 
-def recycle_past_max_rss(max_rss_mb: int, stop: threading.Event, describe: str,
-                         done: str = "a batch") -> Callable[[], None] | None:
-    """The consumer's `after_batch` for `worker.max_rss_mb` (None when it is 0: off), called once `done` is stored
-    and acknowledged: past the limit it says so in one warning line and sets `stop`, so the worker ends as after a
-    signal (nothing in hand: status 0) and its supervisor starts a fresh process. `sigma worker` and `sigma worker
-    --batch` share it, and `rss_mb`, the heartbeat's reading."""
-    if not max_rss_mb:
-        return None
+class MemoryRecycler:
+    """The consumer's `after_batch` for `worker.max_rss_mb`, called once `done` is stored and acknowledged: past the
+    limit it says so in one warning line and sets `stop`, so the worker ends as after a signal (nothing in hand),
+    and remembers it (`recycled`): the worker then exits with `RECYCLE_EXIT_STATUS` for its supervisor to start a
+    fresh process. `sigma worker` and `sigma worker --batch` share it, and `rss_mb`, the heartbeat's reading."""
 
-    def check() -> None:
+    def __init__(self, max_rss_mb: int, stop: threading.Event, describe: str, done: str = "a batch"):
+        self.max_rss_mb = max_rss_mb
+        self.stop = stop
+        self.describe = describe
+        self.done = done
+        self.recycled = False
+
+    def __call__(self) -> None:
         rss = rss_mb()
-        if rss is not None and rss > max_rss_mb and not stop.is_set():
+        if rss is not None and rss > self.max_rss_mb and not self.stop.is_set():
             log.warning("%s: resident memory %.0f MiB exceeds worker.max_rss_mb=%d after %s; stopping for a fresh "
-                        "process", describe, rss, max_rss_mb, done)
-            stop.set()
-    return check
+                        "process (exit status %d)", self.describe, rss, self.max_rss_mb, self.done,
+                        RECYCLE_EXIT_STATUS)
+            self.recycled = True
+            self.stop.set()
+
+
+def recycle_past_max_rss(max_rss_mb: int, stop: threading.Event, describe: str,
+                         done: str = "a batch") -> MemoryRecycler | None:
+    """The memory check of `worker.max_rss_mb` (None when it is 0: off)."""
+    return MemoryRecycler(max_rss_mb, stop, describe, done) if max_rss_mb else None
+
+
+def exit_status(recycler: MemoryRecycler | None, signals: StopSignals) -> int:
+    """How a worker whose loop returned ends: `RECYCLE_EXIT_STATUS` when it stopped itself past max_rss_mb, 0 when
+    it was asked to stop (a signal, also one that came after the recycle: its supervisor is stopping it)."""
+    if recycler is not None and recycler.recycled and not signals.received:
+        return RECYCLE_EXIT_STATUS
+    return 0
 
 
 def quietly(fn: Callable[..., Any], *args: Any) -> None:

@@ -6,7 +6,7 @@ entries idle past the lease, dead-letter those delivered `max_deliveries` times,
 and `maxmemory` refusals are waited out (backoff with jitter, results kept until stored), at start-up too
 (after one line on stderr naming the URL). SIGTERM/SIGINT: exit 0 — at once while loading or waiting,
 after finishing, storing and acknowledging the batch in hand otherwise, at once on a second signal
-(`lifecycle.py`).
+(`lifecycle.py`). Past `worker.max_rss_mb` after a batch: exit 75 (`RECYCLE_EXIT_STATUS`), to be started afresh.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from sigma.service.settings import ServeConfig
 from sigma.workers.lifecycle import (
     Interrupted,
     StopSignals,
+    exit_status,
     forget_worker_key,
     quietly,
     recycle_past_max_rss,
@@ -52,8 +53,9 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
 
 
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
-    """Runs until stopped, then ends the process (status 0: `StopSignals.end`); errors before the loop (a plugin
-    that cannot be imported, an annotator that cannot be built) are raised for the CLI to say."""
+    """Runs until stopped, then ends the process (`StopSignals.end`: status 0, or 75 when it recycled itself past
+    `worker.max_rss_mb`); errors before the loop (a plugin that cannot be imported, an annotator that cannot be
+    built) are raised for the CLI to say."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     worker = build_worker(cfg, consumer=consumer, stop=stop)
@@ -74,7 +76,8 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
         signals.hard_exit(f"a batch hung for {seconds:.0f} s (worker.batch_timeout_s); exiting with status 1", 1)
     worker.on_stuck = on_stuck
 
-    worker.after_batch = recycle_past_max_rss(cfg.worker.max_rss_mb, stop, worker.describe)
+    recycler = recycle_past_max_rss(cfg.worker.max_rss_mb, stop, worker.describe)
+    worker.after_batch = recycler
     try:
         with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker")
@@ -89,5 +92,6 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
         signals.end(0)
         return 0
     log.info("%s: stopped after %s %s", worker.describe, counts.as_dict(), handler.counts)
-    signals.end(0)
-    return 0
+    code = exit_status(recycler, signals)
+    signals.end(code)
+    return code

@@ -185,7 +185,8 @@ def build_config(args: argparse.Namespace):
     from sigma.config.loader import load_config, read_overrides
 
     # first: --format may name a corpus format the plugin registers, checked as the config is validated (the run
-    # imports them again where it builds its annotator); `sigma batch run --plugin M --format F` was invalid_config
+    # imports them again where it builds its annotator); `sigma batch run --plugin M --format F` was invalid_config.
+    # Said as `--plugin: ...` when one fails; those of the config file (or --set plugins=) are imported below.
     import_plugin_args(args)
     overrides: dict[str, Any] = dict(read_overrides(args.overrides))
     overrides["input.path"] = args.input
@@ -212,10 +213,23 @@ def build_config(args: argparse.Namespace):
     elif ray_flags and args.backend == "local":
         raise ConfigError(f"{ray_flags[0]} is a Ray option; drop it or use --backend ray")
     overrides.update({k: v for k, v in scale.items() if v is not None})
-    cfg = load_config(BatchConfig, args.config, overrides)
+    cfg = load_config(BatchConfig, args.config, overrides, before_validate=import_config_plugins)
     if cfg.backend == "ray" and cfg.procs is not None:
         raise ConfigError("--procs is for the local backend; on Ray set the number of actors with --actors")
     return cfg
+
+
+def import_config_plugins(tree: dict[str, Any]) -> None:
+    """The run's `plugins` as the config will hold them (the config file's `plugins:`, or `--set plugins=`, or
+    --plugin, which replaces them), imported before the config is validated: its `input.format` may name a corpus
+    format one of them registers. The config file's were imported only once the config was read, so a `format:`
+    beside them was invalid_config, `Unknown corpus format`. A value that is no list of names is left to the
+    validation to refuse."""
+    from sigma.registry import import_plugins
+
+    plugins = tree.get("plugins")
+    if isinstance(plugins, list) and all(isinstance(module, str) for module in plugins):
+        import_plugins(plugins, "plugins")
 
 
 def run_run(args: argparse.Namespace) -> int:

@@ -68,8 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "SIGMA_REDIS_URL or\n--set redis.url=...), then the worker waits for it. SIGTERM/SIGINT exit "
                        "with status 0: at once while\nloading or waiting, after finishing the batch in hand otherwise "
                        "(a second signal leaves the batch to be\nredelivered). With worker.max_rss_mb it stops "
-                       "the same way (status 0) once a batch (--batch: a shard)\nis stored and acknowledged with its "
-                       "resident memory past that many MiB, for its supervisor to\nstart a fresh process.",
+                       "with status 75 once a batch (--batch: a shard)\nis stored and acknowledged with its "
+                       "resident memory past that many MiB, for its supervisor to\nstart a fresh process (restart "
+                       "it on failure or always; `sigma serve all` does).",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--annotator", help="registry name (default: worker.annotator, pixel-diff); not with --batch")
     w.add_argument("--consumer", help="consumer name in the group (default: <host>-<pid>)")
@@ -205,7 +206,10 @@ class WorkerSupervisor:
     """`sigma serve all`'s worker child, kept alive: a child that exits while the server runs (kill -9, a crash,
     the OOM killer) is restarted after a backoff (doubled after each quick death, capped), each restart said on
     stderr. After `max_restarts` deaths within `restart_window_s` it gives up and calls `on_give_up` (the
-    server then stops with status 1): a worker that cannot start is a configuration to fix, not a loop to run."""
+    server then stops with status 1): a worker that cannot start is a configuration to fix, not a loop to run.
+    A child that recycled itself (past `worker.max_rss_mb`: `RECYCLE_EXIT_STATUS`) did its batch and is no death:
+    it is started afresh at once, said on stderr, and counts towards nothing (a leaking model recycled every few
+    batches stopped the server once it had done so `max_restarts` times within the window)."""
 
     def __init__(self, cmd: list[str], settings: WorkerSettings, on_give_up: Callable[[], None]):
         self.cmd = cmd
@@ -213,6 +217,7 @@ class WorkerSupervisor:
         self.on_give_up = on_give_up
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self.recycles = 0
         self.gave_up = False
         self._deaths: list[float] = []
         self._stop = threading.Event()
@@ -229,6 +234,8 @@ class WorkerSupervisor:
                 self.proc = subprocess.Popen(self.cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
 
     def _run(self) -> None:
+        from sigma.workers.lifecycle import RECYCLE_EXIT_STATUS
+
         backoff = self.settings.restart_backoff_s
         while not self._stop.is_set():
             proc = self.proc
@@ -240,6 +247,13 @@ class WorkerSupervisor:
                 return
             now = time.monotonic()
             ran = now - started
+            if code == RECYCLE_EXIT_STATUS:
+                self.recycles += 1
+                print(f"sigma serve all: the worker (pid {proc.pid}) recycled itself after {ran:.1f} s (past "
+                      f"worker.max_rss_mb, status {code}); starting a fresh one (recycle {self.recycles})",
+                      file=sys.stderr, flush=True)
+                self._spawn()
+                continue
             window = self.settings.restart_window_s
             if ran >= window:
                 backoff = self.settings.restart_backoff_s      # it had been healthy: start over

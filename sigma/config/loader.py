@@ -438,8 +438,11 @@ def _refuse_nul(tree: dict) -> None:
 
 
 def load_config(model: type[M], path: str | Path | None = None,
-                overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None) -> M:
-    """defaults (the model) < `base` < YAML file < overrides; errors name the offending key."""
+                overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None,
+                before_validate: Callable[[dict], None] | None = None) -> M:
+    """defaults (the model) < `base` < YAML file < overrides; errors name the offending key. `before_validate(tree)`
+    sees the merged values just before they are validated: a command imports the plugins they name there, since
+    validation checks names those plugins register (a corpus format in the same config file was unknown)."""
     tree: dict = dict(base or {})
     if path is not None:
         tree = deep_merge(tree, read_yaml(path))
@@ -456,6 +459,8 @@ def load_config(model: type[M], path: str | Path | None = None,
 
     whole_numbers(model, tree, origin)
     _refuse_nul(tree)
+    if before_validate is not None:
+        before_validate(tree)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:

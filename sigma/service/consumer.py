@@ -11,8 +11,9 @@ The annotation worker (`sigma worker`) and the batch fleet worker (`sigma worker
   itself: `worker.max_defer_s` with no shard written by the holder, then "dead");
 - Redis trouble is transient: connection loss, timeouts (a SIGSTOPped server), `OOM` under
   `maxmemory`, `LOADING` after a restart (`is_transient`). The loop backs off with jitter, reconnects,
-  keeps the outcomes it already computed until they are stored, and the entries it read until they are
-  handled (their leases extended meanwhile, so an outage costs no delivery) — it never drops work and
+  keeps the outcomes it already computed until they are stored (and runs the worker's `after_batch` check once
+  they are), and the entries it read until they are handled (their leases extended meanwhile, so an outage costs
+  no delivery) — it never drops work and
   never exits because of Redis; it exits on `stop` (SIGTERM/SIGINT) or on a bug (an exception from a
   handler that is not a transient Redis error).
 """
@@ -167,7 +168,11 @@ class Consumer:
         self.on_stuck = on_stuck
         self._handling: tuple[float, list[Entry]] | None = None
         self._stuck_reported = False
-        self.after_batch = after_batch       # called once a batch's outcomes are stored (the worker's memory check)
+        # Called once a batch's outcomes are stored (the worker's memory check, worker.max_rss_mb): also when the
+        # store had to wait for Redis and ran later, from `run` (a batch stored late was never checked, so a worker
+        # past the limit after a Redis fault went on taking batches).
+        self.after_batch = after_batch
+        self._stored_unchecked = False       # a batch handled whose outcomes have not been followed by after_batch
         self._unstored: list[Outcome] = []   # decided, not yet stored/acked
         self._unhandled: list[Entry] = []    # read (ours in the group), not yet handled
         self._backoff = Backoff()
@@ -215,6 +220,7 @@ class Consumer:
                 try:
                     if self._unstored:
                         self._store_all()
+                        self._after_stored()
                         continue
                     if self._unhandled:
                         self._handle_kept()
@@ -300,9 +306,18 @@ class Consumer:
             del self._unhandled[:len(chunk)]
             self.counts.batches += 1
             self._unstored.extend(outcomes)
+            self._stored_unchecked = True
             self._store_all()
-            if self.after_batch is not None:
-                self.after_batch()
+            self._after_stored()
+
+    def _after_stored(self) -> None:
+        """Every outcome in hand is stored: `after_batch` once for the batch they came from, whether they were
+        stored at once or, after a Redis error, by a later pass of the loop."""
+        if not self._stored_unchecked or self._unstored:
+            return
+        self._stored_unchecked = False
+        if self.after_batch is not None:
+            self.after_batch()
 
     def _watch(self) -> None:
         """In the heartbeat thread: the batch in hand has been handled for longer than `handle_timeout_s`."""

@@ -167,7 +167,7 @@ class WorkerSettings(Strict):
                                    "are redelivered, and dead-lettered after queue.max_deliveries); `--batch`: a shard "
                                    "with no pair done for this long, the same; 0: no limit")
     max_rss_mb: int = Field(0, ge=0, description="after a batch (`--batch`: a shard) is stored and acknowledged, a "
-                            "worker whose resident memory exceeds this many MiB stops (status 0) for its supervisor "
+                            "worker whose resident memory exceeds this many MiB stops (status 75) for its supervisor "
                             "to start a fresh one: a model or plugin that leaks is recycled between batches, not "
                             "killed by the OOM killer mid-batch (which costs the batch a delivery); 0: no limit "
                             "(Linux: /proc/self/statm)")
