@@ -16,8 +16,9 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, CancelledError, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -61,6 +62,27 @@ class _Immediate:
 
     def result(self, timeout: float | None = None):
         return self._value
+
+
+class _Refused:
+    """The future of a chunk the pool refused: it broke, or the main thread shut it down replacing it, since the
+    last chunk. Either way it is a pool gone (`BrokenExecutor`), for `Pipeline._decoded` to hand the chunk on."""
+
+    def __init__(self, exc: Exception):
+        self._exc = exc
+
+    def result(self, timeout: float | None = None):
+        raise BrokenExecutor(f"the decode pool refused the chunk: {self._exc}") from self._exc
+
+
+@dataclass
+class _Decoding:
+    """A chunk handed to the decode pool: its items (to hand them to a new pool when that one breaks), the
+    future of their decoding, and the pool it went to (None: decoded in the reading thread)."""
+
+    items: list[SourceItem]
+    future: Any
+    pool: ProcessPoolExecutor | None
 
 
 def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
@@ -199,29 +221,64 @@ class ShardWriter:
         self._raise_failure()
 
 
+#: the signals a decode process leaves to its parent
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM held back in this thread (the process's handlers run in another thread, or here on leaving).
+    A process started meanwhile inherits the blocked mask, through exec too: a signal that reaches it before it
+    can ignore signals waits, pending, instead of killing it."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def decode_process_init(parent_pid: int) -> None:
     """A decode process dies with its parent and leaves SIGINT/SIGTERM to it. Ctrl-C (the terminal signals the
     whole process group) and a service manager's stop (systemd signals the whole cgroup) reached the decode
     processes too: each died with a KeyboardInterrupt traceback, the pool broke, and the shard a stopping
     `sigma worker --batch` was to finish failed instead (BrokenProcessPool). The parent decides: it finishes or
-    drops its work and shuts the pool down (and a parent killed outright takes them with it)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    drops its work and shuts the pool down (and a parent killed outright takes them with it).
+
+    This initializer runs only once the interpreter has started and imported this module (a second or more on a
+    busy machine); a signal in that window killed the process all the same. So the process starts with the
+    signals blocked (`_SpawnProcess`), and here they are ignored first, which discards one already pending,
+    then unblocked."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent(parent_pid)
 
 
-class RecordingContext:
-    """A multiprocessing context (the one `method` names) that remembers every process it starts. A
-    ProcessPoolExecutor starts its workers through its `mp_context`, so a pool made with one of these has its
-    workers here, to be killed with the public `Process.kill` when it hangs (the executor has no public way)."""
+class _SpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that starts with SIGINT/SIGTERM blocked (`stop_signals_blocked`), whichever thread
+    starts it (the executor starts its workers as work is submitted: here in the reading thread too). At module
+    level so that the child can unpickle it."""
 
-    def __init__(self, method: str):
-        self._context = multiprocessing.get_context(method)
+    def start(self) -> None:
+        with stop_signals_blocked():
+            super().start()
+
+
+class RecordingContext:
+    """The 'spawn' multiprocessing context, with two differences: every process it starts is remembered, and each
+    starts with SIGINT/SIGTERM blocked (`_SpawnProcess`, for `decode_process_init` to ignore them). A
+    ProcessPoolExecutor starts its workers through its `mp_context`, so a pool made with one of these has its
+    workers here, to be killed with the public `Process.kill` when it hangs (the executor has no public way).
+    Only 'spawn': a 'fork' child would inherit the blocked mask as well, but a 'forkserver' child is forked by the
+    server, not by this process, and would not."""
+
+    def __init__(self) -> None:
+        self._context = multiprocessing.get_context("spawn")
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self._lock = threading.Lock()
 
     def Process(self, *args: Any, **kwargs: Any) -> multiprocessing.process.BaseProcess:   # a context's name for it
-        process = self._context.Process(*args, **kwargs)
+        process = _SpawnProcess(*args, **kwargs)
         with self._lock:
             self.processes.append(process)
         return process
@@ -263,7 +320,11 @@ class Pipeline:
                 annotator = build_annotator_for(cfg)
             self.annotator = annotator
             for future in warm:
-                future.result()
+                try:
+                    future.result()
+                except BrokenExecutor:     # a decoder died starting (killed): the run starts with a new pool
+                    self._replace_pool()
+                    break
         except BaseException:
             self.close()
             raise
@@ -272,22 +333,27 @@ class Pipeline:
         # spawn (not fork): the parent may hold torch/CUDA state. The workers boot while the model loads.
         # die_with_parent: a SIGKILLed run must not leave decoders (and through them multiprocessing's resource
         # tracker) alive, blocked on a pipe nobody reads
-        self._pool_context = RecordingContext("spawn")
+        self._pool_context = RecordingContext()
         return ProcessPoolExecutor(self.workers, mp_context=self._pool_context,  # type: ignore[arg-type]
                                    initializer=decode_process_init, initargs=(os.getpid(),))
 
-    def _replace_hung_pool(self) -> None:
-        """A decode worker that gives no result for stall_s (stopped, deadlocked in a codec) would keep the run
-        waiting for ever, and an executor cannot drop one worker: all of them are killed and a new pool takes
-        over. Chunks already handed to the old pool fail with it (their shards are failed; --resume redoes
-        them). The workers are the processes the pool's context started (`RecordingContext`), not the
-        executor's private `_processes`."""
+    def _replace_pool(self) -> None:
+        """A new pool in place of one that broke (a decoder killed) or hung (`_replace_hung_pool`); the old one's
+        processes are killed (`RecordingContext`, not the executor's private `_processes`) and its work
+        cancelled."""
         old, old_context = self.pool, self._pool_context
         self.pool = self._new_pool()
         if old_context is not None:
             old_context.kill_all()
         if old is not None:
             old.shutdown(wait=False, cancel_futures=True)
+
+    def _replace_hung_pool(self) -> None:
+        """A decode worker that gives no result for stall_s (stopped, deadlocked in a codec) would keep the run
+        waiting for ever, and an executor cannot drop one worker: all of them are killed and a new pool takes
+        over. The shard whose chunk hung is failed (--resume redoes it); the other chunks handed to the old pool
+        are decoded again by the new one (`_decoded`)."""
+        self._replace_pool()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -301,10 +367,34 @@ class Pipeline:
         self.close()
 
     # --- reading ---------------------------------------------------------------------------------
-    def _submit(self, chunk: list[SourceItem]):
-        if self.pool is None:
-            return _Immediate(decode_items(chunk, self.io_config, self.ground_truth, self.root))
-        return self.pool.submit(decode_items, chunk, self.io_config, self.ground_truth, self.root)
+    def _submit(self, chunk: list[SourceItem]) -> _Decoding:
+        pool = self.pool
+        if pool is None:
+            return _Decoding(chunk, _Immediate(decode_items(chunk, self.io_config, self.ground_truth, self.root)), None)
+        try:
+            future = pool.submit(decode_items, chunk, self.io_config, self.ground_truth, self.root)
+        except RuntimeError as exc:   # BrokenExecutor, or "cannot schedule new futures after shutdown"
+            # was: the reading thread's exception, which failed the shard as unreadable
+            future = _Refused(exc)
+        return _Decoding(chunk, future, pool)
+
+    def _decoded(self, decoding: _Decoding) -> list[Decoded]:
+        """A chunk's decoded items. A decode process that dies (a signal, the OOM killer) breaks its pool and
+        with it every chunk handed to it: each of those shards was failed, for a death no pair caused. Now the
+        first chunk to find its pool broken replaces it, and each such chunk is decoded once more by the new
+        pool; a chunk whose second pool breaks too fails its shard (a pair that kills its decoder every time)."""
+        for attempt in (1, 2):
+            try:
+                return decoding.future.result(timeout=self.stall_s)
+            except (BrokenExecutor, CancelledError):       # the pool went (or was replaced) with the chunk
+                if decoding.pool is None:
+                    raise
+                if decoding.pool is self.pool:
+                    self._replace_pool()
+                if attempt == 2:
+                    raise
+                decoding = self._submit(decoding.items)
+        raise AssertionError("unreachable")
 
     def _feed(self, corpus: Corpus, shards: list[Shard], q: queue.Queue, stop: threading.Event,
               ended: list[BaseException]) -> None:
@@ -357,7 +447,7 @@ class Pipeline:
                     settled.add(shard.key)
                 if kind == "chunk":
                     try:
-                        results = payload.result(timeout=self.stall_s)
+                        results = self._decoded(payload)
                     except FuturesTimeout:
                         self._replace_hung_pool()
                         buffer.clear()
