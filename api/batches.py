@@ -36,6 +36,8 @@ from sigma.text import cut_long_values, shown
 log = logging.getLogger("sigma.api")
 
 MAX_BATCH_BODY_BYTES = 1024 * 1024      # a batch request names paths and options; it is never large
+# the output folder as a refusal names it ("wait for it to finish or choose another ..."): an API caller has no --out
+OUT_NAME = "output folder (the request's `out`)"
 
 
 class BatchRequest(BaseModel):
@@ -166,7 +168,7 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
     # a bound on the shards, hence on the tasks put on Redis (the online service's Redis: shard_size=1 over a big
     # corpus put a task per pair there, and took the API seconds to minutes and a record of ~5 KB per shard)
     return submit_run(batch_cfg, out_path, cfg.redis, client=client, max_shards=cfg.api.max_batch_shards,
-                      max_tasks=cfg.api.max_batch_tasks)
+                      max_tasks=cfg.api.max_batch_tasks, out_name=OUT_NAME)
 
 
 # Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.

@@ -287,6 +287,34 @@ def test_a_run_held_by_a_local_run_is_409_run_locked_with_retry_after(svc, root)
     assert no_holder_named(resp.text), resp.text
 
 
+def test_refusals_of_the_output_folder_tell_an_api_caller_what_it_can_do(svc, root, capsys):
+    """The refusals said "wait for it to finish or choose another --out" (run_locked), "choose a new --out"
+    (out_not_empty), "use a new --out" (another run in the folder): the CLI's flag, to an API caller who has none;
+    they now name the request's `out`. `sigma batch submit` on the same held folder keeps its --out."""
+    from sigma.cli import main
+
+    (root / "runs" / "not-a-run").mkdir(parents=True)
+    (root / "runs" / "not-a-run" / "notes.txt").write_text("mine")
+    assert post(svc, {"input": "corpus", "out": "runs/other-run", "shard_size": 3}).status_code == 202
+    for out, shard_size, code in (("runs/not-a-run", 3, "out_not_empty"), ("runs/other-run", 2, "invalid_config")):
+        resp = post(svc, {"input": "corpus", "out": out, "shard_size": shard_size})
+        assert resp.status_code in (409, 422) and error_code(resp) == code, resp.text
+        message = resp.json()["error"]["message"]
+        assert "--out" not in message and "a new output folder (the request's `out`)" in message, message
+
+    with RunDir(root / "runs" / "held-words").locked():
+        resp = post(svc, {"input": "corpus", "out": "runs/held-words", "shard_size": 3})
+        assert resp.status_code == 409 and error_code(resp) == "run_locked", resp.text
+        message = resp.json()["error"]["message"]
+        assert "--out" not in message, message
+        assert "wait for it to finish or choose another output folder (the request's `out`)" in message, message
+        code = main(["batch", "submit", str(root / "corpus"), "--out", str(root / "runs" / "held-words"),
+                     "--annotator", "pixel-diff", "--shard-size", "3", "--redis", svc.redis_server.url,
+                     "--key-prefix", svc.prefix])
+    err = capsys.readouterr().err
+    assert code == 2 and "run_locked" in err and "wait for it to finish or choose another --out" in err, err
+
+
 def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queued(svc, root, redis_server):
     """run.json lies in the batch root, which the API's users may write. A run whose plan was edited after its
     first submission (a shard's file pointed at another corpus under the root: confinement allows it) was submitted

@@ -86,7 +86,7 @@ def refuse_run_file(path: str | Path) -> None:
                                      "the output elsewhere", code="out_is_run_file")
 
 
-def refuse_inside_run(folder: str | Path) -> None:
+def refuse_inside_run(folder: str | Path, out_name: str = "--out") -> None:
     """A new run folder may not lie in another run's own files (`RUN/status/x`, `RUN/masks/<shard>`, `RUN/shards`):
     the two runs wrote into each other (a shard keyed `run` put its status over the inner run's run.json, the outer
     run's masks landed in the inner run, and a sweep of `RUN/shards` took the inner run's files). Checked when a
@@ -96,7 +96,7 @@ def refuse_inside_run(folder: str | Path) -> None:
         if (up / RUN_FILE).is_file():
             first = real.relative_to(up).parts[0]
             if first in RUN_OWN:
-                raise InputError(f"{folder}: inside the batch run's own {first}/ in {up}; choose another --out",
+                raise InputError(f"{folder}: inside the batch run's own {first}/ in {up}; choose another {out_name}",
                                  code="out_is_run_file")
 
 
@@ -192,12 +192,13 @@ class RunDir:
         return not self.root.exists() or all(p.name in (LOCK_FILE, ".locks") for p in self.root.iterdir())
 
     @contextmanager
-    def locked(self, exclusive: bool = True) -> Iterator[None]:
+    def locked(self, exclusive: bool = True, other: str = "--out") -> Iterator[None]:
         """Hold the run folder (`sigma.folderlock`): `sigma batch run` exclusively for the whole run (a second
         run on the same --out exits with `run_locked` and the holder's pid and host), fleet workers shared while they
         write a shard (so a local run cannot start under them, and they wait while one holds it). A run that
-        failed before writing anything leaves no folder."""
-        with hold_folder(self.root, exclusive, other="--out"):
+        failed before writing anything leaves no folder. `other`: what a refusal tells the caller to choose
+        instead (the CLI's `--out`; the API's callers have no such flag)."""
+        with hold_folder(self.root, exclusive, other=other):
             yield
 
     def load(self) -> dict[str, Any]:

@@ -98,19 +98,20 @@ def with_default_annotator(cfg: BatchConfig) -> BatchConfig:
     return cfg.model_copy(update={"annotator": name, "options": options})
 
 
-def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, Any], run_hash: str) -> str:
+def _other_run_message(rundir: RunDir, record: dict[str, Any], model: dict[str, Any], run_hash: str,
+                       out_name: str = "--out") -> str:
     before = record.get("model") or {}
     if before and before != model:
         changed = ", ".join(f"{k} {before.get(k)} -> {model.get(k)}" for k in model if before.get(k) != model.get(k))
         return (f"{rundir.root} was annotated by another model ({changed}); continuing would mix two models under "
-                "one run. Use a new --out, or run the same weights and package version to continue it")
+                f"one run. Use a new {out_name}, or run the same weights and package version to continue it")
     return (f"{rundir.root} holds another run (hash {record.get('run_hash')}, input "
             f"{record.get('corpus', {}).get('path')}); this one would be {run_hash}. Outputs are keyed by input, "
-            "config and model: use a new --out, or the same input and options to continue that run")
+            f"config and model: use a new {out_name}, or the same input and options to continue that run")
 
 
 def _resumed_hash(cfg: BatchConfig, corpus: Corpus, model: dict[str, Any], record: dict[str, Any],
-                  rundir: RunDir) -> str:
+                  rundir: RunDir, out_name: str = "--out") -> str:
     """The run hash of a run folder this command continues (`--resume`, a submission again), once its run.json is
     shown to be what the run was planned with (`sigma.batch.record`): its config, corpus, model and plan hash to
     its run hash, its input names its corpus, and this command's config with that plan hashes to the same run (else
@@ -124,7 +125,7 @@ def _resumed_hash(cfg: BatchConfig, corpus: Corpus, model: dict[str, Any], recor
     run_hash = cfg.run_hash(identity, model, digest)
     check_record(record, record["run_hash"], where, compare=cfg.output_fields(identity, model), digest=digest)
     if record["run_hash"] != run_hash:
-        raise ConfigError(_other_run_message(rundir, record, model, run_hash))
+        raise ConfigError(_other_run_message(rundir, record, model, run_hash, out_name))
     problem = corpus_problem(corpus, record)
     if problem:
         raise InputError(f"{where}: {problem}: the run cannot be continued safely. {FIX}", code=MODIFIED)
@@ -132,12 +133,14 @@ def _resumed_hash(cfg: BatchConfig, corpus: Corpus, model: dict[str, Any], recor
 
 
 def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: bool = True,
-                max_shards: int | None = None) -> tuple[RunDir, Corpus, str, list[Shard], dict[str, Any]]:
+                max_shards: int | None = None, out_name: str = "--out",
+                ) -> tuple[RunDir, Corpus, str, list[Shard], dict[str, Any]]:
     """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after, once
     run.json is shown to hold to the run (`_resumed_hash`). `sweep`: remove the temporary shard files a killed run
     left — only by a caller that holds the folder exclusively (a fleet submission that shares it with working fleet
     workers would delete their files in the making). `max_shards`: a new plan of more shards is refused
-    (too_many_shards) before its record is built or written. Also returns the run record, as read (and checked) or
+    (too_many_shards) before its record is built or written. `out_name`: the output folder as a refusal names it
+    (the CLI's --out; an API caller has none). Also returns the run record, as read (and checked) or
     written, for a caller that checks more of it (a fleet submission: its plugins) without reading run.json again
     (~15 MB for 50,000 shards)."""
     cfg = with_default_annotator(cfg)      # imports the run's plugins first
@@ -148,7 +151,7 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
     rundir = RunDir(out)
     if rundir.exists():
         record = rundir.load()
-        run_hash = _resumed_hash(cfg, corpus, model, record, rundir)
+        run_hash = _resumed_hash(cfg, corpus, model, record, rundir, out_name)
         shards = [Shard.from_dict(s) for s in record["shards"]]
         for stale in rundir.own(rundir.root / "shards").glob(".*.tmp") if sweep else ():   # left by a killed run
             stale.unlink(missing_ok=True)
@@ -158,9 +161,10 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
             raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "
                              "to continue it", code="run_exists")
         return rundir, corpus, run_hash, shards, record
-    refuse_inside_run(rundir.root)
+    refuse_inside_run(rundir.root, out_name)
     if not rundir.is_empty():
-        raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new --out", code="out_not_empty")
+        raise InputError(f"{rundir.root}: not empty and not a batch run; choose a new {out_name}",
+                         code="out_not_empty")
     shards = unique_keys(corpus.plan())
     if not shards or planned_pairs(shards) == 0:   # e.g. a tar of zero blocks: a readable, empty archive
         raise InputError(f"{cfg.input.path}: the corpus holds no pairs", code="no_pairs")

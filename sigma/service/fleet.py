@@ -70,11 +70,12 @@ def _client(settings: RedisSettings, client: Any = None) -> Iterator[Any]:
 
 def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | None = None,
                key_prefix: str | None = None, client: Any = None, max_shards: int | None = None,
-               max_tasks: int | None = None) -> dict[str, Any]:
+               max_tasks: int | None = None, out_name: str = "--out") -> dict[str, Any]:
     """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`. `max_shards`:
     a new plan of more shards is refused (too_many_shards), before anything is written or queued. `max_tasks`:
     the stream (every run's tasks, waiting or in progress) may not grow past it (queue_full), checked before
-    anything is queued and again, atomically, by each chunk."""
+    anything is queued and again, atomically, by each chunk. `out_name`: what the caller calls the output folder,
+    in a refusal that tells them to choose another (`sigma batch submit`'s --out; the API's request field)."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
@@ -84,9 +85,9 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
     # again (a dead-lettered shard, tasks Redis lost) while workers finish its other shards, which an exclusive
     # hold refused (run_locked) for as long as any worker held a shard. A local run still excludes it.
     planned = RunDir(out).exists()
-    with RunDir(out).locked(exclusive=not planned):
+    with RunDir(out).locked(exclusive=not planned, other=out_name):
         rundir, _, run_hash, shards, record = prepare_run(cfg, out, resume=True, sweep=not planned,
-                                                          max_shards=max_shards)
+                                                          max_shards=max_shards, out_name=out_name)
         _check_plugins(rundir, cfg, record)
     pending = [s for s in shards if not rundir.is_done(s, run_hash, verify=True)]
     run_dir = str(rundir.root.resolve())
