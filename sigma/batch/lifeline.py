@@ -1,16 +1,25 @@
-"""Child processes that die with their parent.
+"""Child processes that die with their parent and leave stop signals to it.
 
 A `sigma batch run` killed with SIGKILL runs no cleanup; without this its inference or decode children
 would live on (holding a model in memory, or blocked on a pipe nobody reads). Call `die_with_parent`
 first thing in a child (e.g. as a `ProcessPoolExecutor` initializer).
+
+Ctrl-C signals the terminal's whole process group, a service manager's stop the whole cgroup: children that
+took SIGINT/SIGTERM as their own died each with a KeyboardInterrupt traceback while their parent was deciding
+what to do. Start a child as a `ShieldedSpawnProcess` (or through a `ShieldedSpawnContext`) and call
+`leave_stop_signals_to_parent` first thing in it: the parent alone decides, and stops or kills its children.
 """
 from __future__ import annotations
 
+import multiprocessing.context
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing import resource_tracker
 
 PR_SET_PDEATHSIG = 1
 
@@ -43,3 +52,96 @@ def die_with_parent(parent_pid: int | None = None, interval: float = 1.0) -> Non
     if os.getppid() != parent_pid:
         os._exit(1)
     threading.Thread(target=_watch, args=(parent_pid, interval), name="sigma-lifeline", daemon=True).start()
+
+
+#: the signals a child leaves to its parent
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM held back in this thread (the process's handlers run in another thread, or here on leaving).
+    A process started meanwhile inherits the blocked mask, through exec too: a signal that reaches it before it
+    can ignore signals waits, pending, instead of killing it."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM noted meanwhile and handed to their handlers on leaving, in the main thread (elsewhere
+    nothing changes: Python runs handlers in the main thread only). Blocking them in this thread is not enough:
+    the kernel hands a process-wide signal to any thread that has it unblocked (torch's and OpenMP's native threads
+    do), and Python then runs the handler in the main thread at its next instruction, wherever that is: a
+    Ctrl-C raised its KeyboardInterrupt in the middle of a spawn, after the child was started and before it was
+    sent what to run (it then died of "EOFError: Ran out of input", with a traceback). Only around code whose
+    caller can take the signal where the block ends: a process pool that records a process only once `start`
+    returns would lose track of it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    old = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    deferred = [signum for signum, handler in old.items() if callable(handler)]
+    for signum in deferred:
+        signal.signal(signum, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        for signum in deferred:
+            signal.signal(signum, old[signum])
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)
+
+
+def leave_stop_signals_to_parent() -> None:
+    """First thing in a child started blocked (`ShieldedSpawnProcess`): SIGINT/SIGTERM ignored, which discards one
+    already pending, then unblocked. Before this ran (the interpreter starting, the child's modules importing:
+    a second or more on a busy machine) a signal waited, blocked, instead of killing the child."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored meanwhile, for a parent stopping its children after a first Ctrl-C: a second one (a storm of
+    them: a held key, a script) cut the stop short and left children running, unkilled. Bounded work only. Only
+    the main thread may set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)
+
+
+class ShieldedSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process that starts with SIGINT/SIGTERM blocked (`stop_signals_blocked`), whichever thread starts
+    it, for `leave_stop_signals_to_parent` to ignore them. Only 'spawn': a 'fork' child would inherit the blocked
+    mask as well, but a 'forkserver' child is forked by the server, not by this process, and would not. At module
+    level so that the child can unpickle it.
+
+    The first process a program starts also starts multiprocessing's resource tracker, and that start ends with
+    SIGINT/SIGTERM *unblocked* in the calling thread (it blocks them for the tracker, then unblocks rather than
+    restoring the mask): the first `--procs` child started unshielded and died of a Ctrl-C in its imports with a
+    traceback. So the tracker is started first, outside the blocked section.
+
+    A Ctrl-C to this process can still raise its KeyboardInterrupt in the middle of `start` (see
+    `stop_signals_deferred`, which a caller that has registered the process before starting it can add)."""
+
+    def start(self) -> None:
+        resource_tracker.ensure_running()
+        with stop_signals_blocked():
+            super().start()
+
+
+class ShieldedSpawnContext(multiprocessing.context.SpawnContext):
+    """The 'spawn' context whose processes are `ShieldedSpawnProcess`es (its Pipe, Queue, ... are spawn's)."""
+
+    Process = ShieldedSpawnProcess

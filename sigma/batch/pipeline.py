@@ -13,12 +13,10 @@ import fcntl
 import multiprocessing
 import os
 import queue
-import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, CancelledError, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -26,7 +24,7 @@ from typing import Any, Self
 from sigma.batch.config import BatchConfig
 from sigma.batch.decode import Decoded, decode_items
 from sigma.batch.layout import RunDir
-from sigma.batch.lifeline import die_with_parent
+from sigma.batch.lifeline import ShieldedSpawnProcess, die_with_parent, leave_stop_signals_to_parent
 from sigma.batch.rows import error_row, ok_row, rows_to_table
 from sigma.digest import sha256_file
 from sigma.errors import SigmaError
@@ -221,22 +219,6 @@ class ShardWriter:
         self._raise_failure()
 
 
-#: the signals a decode process leaves to its parent
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-
-@contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    """SIGINT/SIGTERM held back in this thread (the process's handlers run in another thread, or here on leaving).
-    A process started meanwhile inherits the blocked mask, through exec too: a signal that reaches it before it
-    can ignore signals waits, pending, instead of killing it."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def decode_process_init(parent_pid: int) -> None:
     """A decode process dies with its parent and leaves SIGINT/SIGTERM to it. Ctrl-C (the terminal signals the
     whole process group) and a service manager's stop (systemd signals the whole cgroup) reached the decode
@@ -246,27 +228,15 @@ def decode_process_init(parent_pid: int) -> None:
 
     This initializer runs only once the interpreter has started and imported this module (a second or more on a
     busy machine); a signal in that window killed the process all the same. So the process starts with the
-    signals blocked (`_SpawnProcess`), and here they are ignored first, which discards one already pending,
-    then unblocked."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signals blocked (`ShieldedSpawnProcess`), and here they are ignored first, then unblocked
+    (`leave_stop_signals_to_parent`)."""
+    leave_stop_signals_to_parent()
     die_with_parent(parent_pid)
-
-
-class _SpawnProcess(multiprocessing.context.SpawnProcess):
-    """A spawned process that starts with SIGINT/SIGTERM blocked (`stop_signals_blocked`), whichever thread
-    starts it (the executor starts its workers as work is submitted: here in the reading thread too). At module
-    level so that the child can unpickle it."""
-
-    def start(self) -> None:
-        with stop_signals_blocked():
-            super().start()
 
 
 class RecordingContext:
     """The 'spawn' multiprocessing context, with two differences: every process it starts is remembered, and each
-    starts with SIGINT/SIGTERM blocked (`_SpawnProcess`, for `decode_process_init` to ignore them). A
+    starts with SIGINT/SIGTERM blocked (`ShieldedSpawnProcess`, for `decode_process_init` to ignore them). A
     ProcessPoolExecutor starts its workers through its `mp_context`, so a pool made with one of these has its
     workers here, to be killed with the public `Process.kill` when it hangs (the executor has no public way).
     Only 'spawn': a 'fork' child would inherit the blocked mask as well, but a 'forkserver' child is forked by the
@@ -278,7 +248,7 @@ class RecordingContext:
         self._lock = threading.Lock()
 
     def Process(self, *args: Any, **kwargs: Any) -> multiprocessing.process.BaseProcess:   # a context's name for it
-        process = _SpawnProcess(*args, **kwargs)
+        process = ShieldedSpawnProcess(*args, **kwargs)
         with self._lock:
             self.processes.append(process)
         return process

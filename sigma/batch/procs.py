@@ -5,13 +5,14 @@ On a CPU, N processes x 1 thread beat one process x N threads (OpenMP threads st
 every op, worst on a shared machine: bench/bench_scaleout.py), so this is the default without CUDA.
 Each child runs the ordinary pipeline on one shard at a time, so outputs are the single-process files,
 byte for byte. A child that dies (OOM killer, a crash in native code) loses only its shard, which
-another child runs again; every child dies with the driver (`sigma.batch.lifeline`).
+another child runs again; every child dies with the driver (`sigma.batch.lifeline`). Ctrl-C (the terminal's
+whole process group) is the driver's alone: children start with SIGINT/SIGTERM blocked and then ignore them, and
+the driver, interrupted, kills them (a published shard stays done; `--resume` runs those in progress).
 
     driver ── shard ──▶ child k: ShardRunner(pipeline, annotator)  ── ticks / outcome ──▶ driver
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from sigma.batch.config import BatchConfig
 from sigma.batch.dispatch import ShardLedger
 from sigma.batch.layout import RunDir
+from sigma.batch.lifeline import ShieldedSpawnContext, interrupts_ignored, stop_signals_deferred
 from sigma.batch.shard_runner import available_cores
 from sigma.errors import SigmaError, error_record, raise_error_record
 from sigma.io.corpora.base import Shard, planned_pairs
@@ -125,8 +127,11 @@ class _Ticker:
 
 def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, threads: int, parent_pid: int,
                 name: str) -> None:
-    from sigma.batch.lifeline import die_with_parent
+    from sigma.batch.lifeline import die_with_parent, leave_stop_signals_to_parent
 
+    # Ctrl-C reached every child too: each died with a KeyboardInterrupt traceback (during start-up in spawn's
+    # imports, or mid-shard), while the driver was itself stopping; the driver decides and kills us
+    leave_stop_signals_to_parent()
     die_with_parent(parent_pid)
     try:
         from sigma.batch.shard_runner import ShardRunner
@@ -172,28 +177,32 @@ class _Child:
 
 
 class ProcPool:
-    def __init__(self, cfg: BatchConfig, rundir: RunDir, n: int, threads: int):
+    def __init__(self, cfg: BatchConfig, rundir: RunDir, threads: int):
         from sigma.batch.shard_runner import absolute_config
 
-        self.ctx = multiprocessing.get_context("spawn")   # never fork a process that may hold torch/CUDA state
+        # spawn: never fork a process that may hold torch/CUDA state; shielded: children leave Ctrl-C to us
+        self.ctx = ShieldedSpawnContext()
         self.config = absolute_config(cfg)
         self.run_dir = str(rundir.root.resolve())
         self.threads = threads
         self.children: list[_Child] = []
         self.spawned = 0
-        for _ in range(n):
-            self.spawn()
 
     def spawn(self) -> _Child:
+        """A new child, in `children` before it starts: a Ctrl-C during the start is taken once it has started
+        (`stop_signals_deferred`), and `close` then finds it."""
         self.spawned += 1
         name = f"inference process {self.spawned}"
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=_child_main, name=f"sigma-{self.spawned}", daemon=True,
                                    args=(theirs, self.config, self.run_dir, self.threads, os.getpid(), name))
-        process.start()
-        theirs.close()
         child = _Child(name, process, ours)
         self.children.append(child)
+        try:
+            with stop_signals_deferred():   # a Ctrl-C mid-start left the child with no work ("Ran out of input")
+                process.start()
+        finally:
+            theirs.close()
         return child
 
     def live(self) -> list[_Child]:
@@ -219,6 +228,10 @@ class ProcPool:
                 pass
         deadline = time.monotonic() + (10 if graceful else 0)
         for child in self.children:
+            if child.process.pid is None:    # never started (interrupted first)
+                child.alive = False
+                child.conn.close()
+                continue
             child.process.join(timeout=max(0.1, deadline - time.monotonic()))
             if child.process.is_alive():
                 child.process.kill()
@@ -237,8 +250,10 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
     total = planned_pairs(pending)
     with make_progress(total, progress) as bar:
         ledger = ShardLedger(rundir, run_hash, pending, cfg.attempts, bar)
-        pool = ProcPool(cfg, rundir, n, threads)
+        pool = ProcPool(cfg, rundir, threads)
         try:
+            for _ in range(n):
+                pool.spawn()
             while not ledger.finished:
                 for child in pool.live():
                     if child.ready and child.shard is None and ledger.queue:
@@ -263,7 +278,10 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
                         _died(child, ledger, pool, f"{pool.bury(child)} after no progress for {cfg.stall_s:g} s "
                                                    "(taken as hung)")
         except BaseException:
-            pool.close(graceful=False)   # an error or Ctrl-C: do not wait for shards in progress
+            # an error or Ctrl-C: do not wait for shards in progress (published ones stay done, --resume runs the
+            # rest); a second Ctrl-C cut this short and left children running
+            with interrupts_ignored():
+                pool.close(graceful=False)
             raise
         pool.close()
     return ledger.summary(total_shards, {"backend": "local", "procs": n, "threads": threads,

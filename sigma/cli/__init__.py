@@ -5,7 +5,9 @@ import argparse
 import importlib
 import io
 import os
+import signal
 import sys
+import threading
 
 from sigma.errors import SigmaError
 
@@ -52,6 +54,15 @@ def _printable_names() -> None:
             stream.reconfigure(errors=errors)
 
 
+def _ignore_further_interrupts() -> None:
+    """The program, interrupted, is on its way out with 130: a second Ctrl-C (a held key, a script's storm of
+    SIGINTs) landed in this print, the interpreter's exit or an atexit hook (multiprocessing's, torch's) and
+    printed a KeyboardInterrupt traceback, and the process ended killed by SIGINT instead of with 130. Only for
+    the program itself (`argv` None): a caller of `main([...])` keeps its own handler."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     _printable_names()
     parser = build_parser()
@@ -74,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sigma: error [{exc.code}]: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if argv is None:
+            _ignore_further_interrupts()
         print("sigma: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `sigma eval ... | head`: the reader left; stop quietly
