@@ -314,3 +314,27 @@ def test_what_eval_and_the_review_page_write_is_strict_json(tmp_path, capsys):
     block = page.split('<script type="application/json" id="data">', 1)[1].split("</script>", 1)[0]
     assert json.loads(block, parse_constant=_refuse)["metrics"]["one"]["conf_rho"] is None
     capsys.readouterr()
+
+
+class OddConfidence(Recorder):
+    """A plugin whose `confidence` extra is not a number it means (10**400, inf, NaN, text), one per pair."""
+
+    name = "odd-confidence"
+    values: tuple[Any, ...] = (10 ** 400, float("inf"), float("nan"), "high", "0.7", 0.25)
+
+    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        out = super()._predict_batch(pairs)
+        return [(prob, {"confidence": self.values[int(p.pair_id.rsplit("_", 1)[1])]})
+                for (prob, _), p in zip(out, pairs)]
+
+
+def test_a_confidence_that_is_no_finite_number_is_none_and_the_rest_is_scored(tmp_path):
+    """`float(10**400)` raised OverflowError out of `sigma eval` (a traceback after the whole run, no metrics.json),
+    and inf or NaN went into the Spearman rho and the "keep the most confident" table as if measured. Now a
+    confidence that is no finite number is None (`sigma.types.confidence_value`), as the batch rows hold it."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "s", len(OddConfidence.values))
+    result = evaluate(OddConfidence(), root, ["none"], batch_size=2)
+    confidences = [row["confidence"] for row in result.to_dict()["per_pair"]["none"]]
+    assert confidences == [None, None, None, None, 0.7, 0.25]
+    assert result.mask_tables()["none"]["overall"]["rho_pairs"] == 2
