@@ -727,6 +727,20 @@ def test_a_shard_file_without_a_float_confidence_column_is_refused_not_a_traceba
         assert not list(tmp_path.glob(f"{name}.*")) and not (tmp_path / f"{name}-b").exists()
 
 
+def test_a_lower_bound_above_its_upper_bound_is_refused(run_dir, tmp_path, capsys):
+    """`--min-confidence 0.5 --max-confidence 0.1` passes no pair: the review page was written with an empty
+    gallery (exit 0), the exports said only 'nothing to export'. Now the flags are refused, naming both."""
+    for argv in (["report", str(run_dir), "--out", str(tmp_path / "p.html")],
+                 ["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json")]):
+        for low, high in (("--min-confidence", "--max-confidence"), ("--min-area", "--max-area")):
+            if argv[0] == "report" and low == "--min-area":
+                continue
+            assert main([*argv, low, "0.5", high, "0.1"]) == 2
+            err = capsys.readouterr().err
+            assert "[invalid_config]" in err and f"{low} 0.5 is above {high} 0.1" in err, err
+    assert not (tmp_path / "p.html").exists() and not (tmp_path / "c.json").exists()
+
+
 def test_a_plugins_confidence_that_is_no_finite_number_is_recorded_as_none(tmp_path):
     """A row's confidence is what every reader takes: an annotator's inf was written as inf (kept by every
     --min-confidence, 'score': null in COCO) and its 10**400 made the pair annotator_failed (OverflowError); both
