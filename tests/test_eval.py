@@ -338,3 +338,39 @@ def test_a_confidence_that_is_no_finite_number_is_none_and_the_rest_is_scored(tm
     confidences = [row["confidence"] for row in result.to_dict()["per_pair"]["none"]]
     assert confidences == [None, None, None, None, 0.7, 0.25]
     assert result.mask_tables()["none"]["overall"]["rho_pairs"] == 2
+
+
+@pytest.mark.parametrize("line, says", [
+    ('[1, 2]', "a JSON array, not an object"),
+    ('"p.png"', "a JSON string, not an object"),
+    ('{"id": "a", "original": null, "edited": "e.png", "mask": "m.png"}', "no original"),
+    ('{"id": "a", "original": "o.png", "edited": 5, "mask": "m.png"}', "edited is a JSON number, not a file name"),
+    ('{"id": ["a"], "original": "o.png", "edited": "e.png", "mask": "m.png"}', "id is a JSON array"),
+    ('{"original": "o.png", "edited": "e.png", "mask": "m.png"}', "no id"),
+])
+def test_a_record_that_is_no_object_or_names_no_file_says_so(tmp_path, line, says):
+    """A line that was a list or a string said "bad record (string indices must be integers, not 'str')", and
+    `"original": null` became the file "None" (a file_not_found pair); both are bad_manifest in words now."""
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "pairs.jsonl").write_text(line + "\n")
+    with pytest.raises(InputError) as info:
+        list(read_set(d))
+    assert info.value.code == "bad_manifest" and f"pairs.jsonl:1: {says}" in info.value.message
+
+
+def test_a_pairs_jsonl_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    """Notepad and PowerShell start a UTF-8 file with a byte-order mark: the whole set was refused at line 1
+    ("Unexpected UTF-8 BOM (decode using utf-8-sig)"), though `sigma batch run` read the same file."""
+    d = make_pair_set(tmp_path, "bom", 2)
+    (d / "pairs.jsonl").write_bytes(b"\xef\xbb\xbf" + (d / "pairs.jsonl").read_bytes())
+    assert [r.pair_id for r in read_set(d)] == ["bom_0", "bom_1"]
+
+
+def test_an_empty_perturb_flag_is_refused_not_read_as_none(eval_root, tmp_path, capsys):
+    """`--perturb ""` (a shell variable left empty) ran the default `none` silently; `--perturb ,` was refused."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    assert main(["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--perturb", "", "--out", str(out)]) == 2
+    assert "[invalid_config]" in capsys.readouterr().err and not (out / "metrics.json").exists()

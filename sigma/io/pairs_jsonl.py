@@ -41,6 +41,26 @@ def _flag(value: object, name: str) -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
+def _record_problem(rec: object) -> str | None:
+    """What makes a parsed line no record, in words: a line that was a list or a string read as
+    "string indices must be integers", and `"original": null` became the file "None" (file_not_found)."""
+    if not isinstance(rec, dict):
+        return f"a JSON {_json_type(rec)}, not an object"
+    pair_id = rec.get("id")
+    if isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)):
+        return "no id" if pair_id is None else f"id is a JSON {_json_type(pair_id)}, not text or a number"
+    for name in ("original", "edited", "mask"):
+        value = rec.get(name)
+        if not isinstance(value, str) or not value:
+            return f"no {name}" if value in (None, "") else f"{name} is a JSON {_json_type(value)}, not a file name"
+    return None
+
+
+def _json_type(value: object) -> str:
+    kinds = ((bool, "boolean"), ((int, float), "number"), (str, "string"), (list, "array"), (dict, "object"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
+
+
 def find_sets(data: str | Path) -> list[Path]:
     """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name."""
     data = Path(data)
@@ -77,10 +97,16 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
             except UnicodeDecodeError as exc:
                 raise InputError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})",
                                  code="bad_manifest") from exc
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")    # the byte-order mark Notepad and PowerShell write
             if not line.strip():
                 continue
             try:
                 rec = load_json(line)
+                problem = _record_problem(rec)
+                if problem:
+                    raise InputError(f"{where}: {problem}; expected an object with id, original, edited, mask",
+                                     code="bad_manifest")
                 field = find_surrogate(rec)
                 if field is not None:
                     raise InputError(f"{where}: {field} holds a lone UTF-16 surrogate (e.g. \\ud800), text no "
