@@ -366,3 +366,12 @@ def test_a_pairs_jsonl_with_a_byte_order_mark_is_read(tmp_path, capsys):
     (d / "pairs.jsonl").write_bytes(b"\xef\xbb\xbf" + (d / "pairs.jsonl").read_bytes())
     assert [r.pair_id for r in read_set(d)] == ["bom_0", "bom_1"]
 
+
+def test_an_empty_perturb_flag_is_refused_not_read_as_none(eval_root, tmp_path, capsys):
+    """`--perturb ""` (a shell variable left empty) ran the default `none` silently; `--perturb ,` was refused."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
+    assert main([*argv, "--perturb", ""]) == 2
+    assert "[invalid_config]" in capsys.readouterr().err and not (out / "metrics.json").exists()
