@@ -347,6 +347,8 @@ def test_a_confidence_that_is_no_finite_number_is_none_and_the_rest_is_scored(tm
     ('{"id": "a", "original": "o.png", "edited": 5, "mask": "m.png"}', "edited is a JSON number, not a file name"),
     ('{"id": ["a"], "original": "o.png", "edited": "e.png", "mask": "m.png"}', "id is a JSON array"),
     ('{"original": "o.png", "edited": "e.png", "mask": "m.png"}', "no id"),
+    ('{"id": "a", "original": "o.png", "edited": "e.png", "mask": [1]}', "mask is a JSON array, not a file name"),
+    ('{"id": "a", "original": "o.png", "edited": "e.png"}', "no mask"),
 ])
 def test_a_record_that_is_no_object_or_names_no_file_says_so(tmp_path, line, says):
     """A line that was a list or a string said "bad record (string indices must be integers, not 'str')", and
@@ -357,6 +359,19 @@ def test_a_record_that_is_no_object_or_names_no_file_says_so(tmp_path, line, say
     with pytest.raises(InputError) as info:
         list(read_set(d))
     assert info.value.code == "bad_manifest" and f"pairs.jsonl:1: {says}" in info.value.message
+
+
+def test_a_null_mask_is_an_unlabelled_pair_that_eval_skips_saying_so(tmp_path):
+    """`"mask": null` (a pair without ground truth, as training's unlabelled sources hold) was the file "None" (a
+    file_not_found naming a file nobody wrote); it is read as no mask, and eval skips the pair saying why."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "s", 2, extra=[{"id": "unlabelled", "original": "s_0_original.png",
+                                        "edited": "s_0_edited.png", "mask": None}])
+    assert [r.mask for r in read_set(root / "s")][-1] is None
+    result = evaluate(create_annotator("pixel-diff"), root, ["none"])
+    assert len(result.scores["none"]) == 2
+    [error] = result.errors
+    assert error["id"] == "unlabelled" and "mask is null" in error["message"] and "None" not in error["message"]
 
 
 def test_a_pairs_jsonl_with_a_byte_order_mark_is_read(tmp_path, capsys):
