@@ -1,6 +1,7 @@
 """The two values that cross every boundary: a `Pair` in, an `Annotation` out."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -15,6 +16,21 @@ def check_mask_mode(mode: str) -> str:
     if mode not in MASK_MODES:
         raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
     return mode
+
+
+def confidence_value(value: Any) -> float | None:
+    """A result's `confidence` as every reader of it takes it: a finite number, or None (no confidence). An
+    annotator's extras are its own (a plugin's NaN, inf, 10**400 or "high"), and a manifest row holds what its
+    file holds: `float()` raised OverflowError on 10**400 (a traceback in `sigma eval`), and NaN or inf passed
+    `--min-confidence` (NaN < c is False) and sorted anywhere, so a pair without a confidence was exported as
+    the most confident. What is None here fails every confidence bound and sorts last (docs/batch.md)."""
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return out if math.isfinite(out) else None
 
 
 @dataclass

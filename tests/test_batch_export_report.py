@@ -16,7 +16,7 @@ from PIL import Image
 
 from sigma.batch import BatchConfig, run_batch
 from sigma.cli import main
-from sigma.export.select import RowFilter
+from sigma.export.select import RowFilter, load_rows
 from sigma.io.corpora.synthetic import synthetic_pairs, write_folder, write_pairs_jsonl
 
 
@@ -654,3 +654,116 @@ def test_a_run_json_of_tens_of_megabytes_is_refused_without_walking_its_shards(r
     assert (run / "run.json").stat().st_size > 15_000_000
     for argv in _readers(run, tmp_path).values():
         assert "no longer hashes to run" in _refused(argv, capsys)
+
+
+def _edit_confidence(run: Path, column) -> None:
+    """Replace the `confidence` column of every shard file of `run` (`column(table)` gives the new Arrow array,
+    None drops it), and the status files' size and sha256 to match, as someone editing the manifests would."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    for shard in sorted((run / "shards").glob("*.parquet")):
+        table = pq.read_table(shard)
+        index = table.schema.get_field_index("confidence")
+        new = column(table)
+        table = table.remove_column(index) if new is None else table.set_column(index, "confidence", new)
+        pq.write_table(table, shard)
+        status = next(p for p in (run / "status").iterdir()
+                      if json.loads(p.read_text()).get("output") == f"shards/{shard.name}")
+        record = json.loads(status.read_text())
+        record.update(bytes=shard.stat().st_size, sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
+        status.write_text(json.dumps(record))
+
+
+def test_a_nan_or_infinite_confidence_is_no_confidence_to_the_filters_and_the_order(run_dir, tmp_path, capsys):
+    """NaN < 0.5 is False: a row whose confidence was NaN passed `--min-confidence 0.5` and was exported (score
+    null) among the confident pairs, an inf one too; and a NaN sort key left `--sort confidence` in no order. Such a
+    confidence is none now (sigma.types.confidence_value): it fails every bound and sorts last either way."""
+    import pyarrow as pa
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    # the first three rows have none, the others 0.95, 0.9, ... 0.55, 0.5, 0.45, ...: corpus order is descending
+    values = iter([float("nan"), float("inf"), float("-inf"), *(0.95 - 0.05 * i for i in range(20))])
+
+    def confidences(table):
+        return pa.array([next(values) for _ in range(table.num_rows)], pa.float64())
+
+    _edit_confidence(run, confidences)
+    assert main(["export", "coco", str(run), "--out", str(tmp_path / "c.json"), "--min-confidence", "0.5",
+                 "--sort", "confidence"]) == 0
+    coco = json.loads((tmp_path / "c.json").read_text())
+    scores = [a["score"] for a in coco["annotations"]]
+    assert scores and None not in scores and all(s >= 0.5 for s in scores) and scores == sorted(scores, reverse=True)
+    assert main(["export", "imdl-benco", str(run), "--out", str(tmp_path / "b"), "--sort", "confidence-asc",
+                 "--relative"]) == 0
+    names = [Path(tp).stem for tp, _ in json.loads((tmp_path / "b" / "imdl_benco.json").read_text())]
+    rows = {r["pair_id"].replace("/", "_"): r["confidence"] for r in load_rows(run)}
+    finite = [rows[n] for n in names if rows[n] is not None and np.isfinite(rows[n])]
+    assert finite == sorted(finite) and len(finite) == len(names) - 3
+    assert all(not np.isfinite(rows[n]) for n in names[-3:])      # the three without a confidence, last
+    assert main(["report", str(run), "--out", str(tmp_path / "page.html"), "--min-confidence", "0.5",
+                 "--sort", "confidence"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["items"] == len(coco["images"])
+
+
+def test_a_shard_file_without_a_float_confidence_column_is_refused_not_a_traceback(run_dir, tmp_path, capsys):
+    """A shard file without `confidence` was a KeyError traceback in every export and the review page, one whose
+    `confidence` is text a TypeError at the first bound or sort: both are run_modified (exit 2, nothing written)."""
+    import pyarrow as pa
+
+    for name, column in (("missing", lambda table: None),
+                         ("text", lambda table: pa.array(["high"] * table.num_rows, pa.string()))):
+        run = tmp_path / name
+        shutil.copytree(run_dir, run)
+        _edit_confidence(run, column)
+        for argv in (["export", "coco", str(run), "--out", str(tmp_path / f"{name}.json"), "--min-confidence", "0.5"],
+                     ["export", "imdl-benco", str(run), "--out", str(tmp_path / f"{name}-b"), "--sort", "confidence"],
+                     ["report", str(run), "--out", str(tmp_path / f"{name}.html"), "--sort", "confidence"]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert "[run_modified]" in err and "confidence" in err and "Traceback" not in err, err
+        assert not list(tmp_path.glob(f"{name}.*")) and not (tmp_path / f"{name}-b").exists()
+
+
+def test_a_lower_bound_above_its_upper_bound_is_refused(run_dir, tmp_path, capsys):
+    """`--min-confidence 0.5 --max-confidence 0.1` passes no pair: the review page was written with an empty
+    gallery (exit 0), the exports said only 'nothing to export'. Now the flags are refused, naming both."""
+    for argv in (["report", str(run_dir), "--out", str(tmp_path / "p.html")],
+                 ["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json")]):
+        for low, high in (("--min-confidence", "--max-confidence"), ("--min-area", "--max-area")):
+            if argv[0] == "report" and low == "--min-area":
+                continue
+            assert main([*argv, low, "0.5", high, "0.1"]) == 2
+            err = capsys.readouterr().err
+            assert "[invalid_config]" in err and f"{low} 0.5 is above {high} 0.1" in err, err
+    assert not (tmp_path / "p.html").exists() and not (tmp_path / "c.json").exists()
+
+
+def test_a_plugins_confidence_that_is_no_finite_number_is_recorded_as_none(tmp_path):
+    """A row's confidence is what every reader takes: an annotator's inf was written as inf (kept by every
+    --min-confidence, 'score': null in COCO) and its 10**400 made the pair annotator_failed (OverflowError); both
+    are None now, as NaN and text were, and the pair is annotated."""
+    from typing import Any, ClassVar
+
+    from sigma.annotators.pixel_diff import PixelDiff
+    from sigma.registry import ANNOTATORS
+
+    values = [float("inf"), 10 ** 400, "high", 0.7]
+
+    class OddConfidence(PixelDiff):
+        name: ClassVar[str] = "test-odd-confidence"
+
+        def _predict_batch(self, pairs) -> list[tuple[np.ndarray, dict[str, Any]]]:
+            return [(prob, {"confidence": values[int(pair.pair_id.rsplit("p", 1)[-1])]})
+                    for pair, (prob, _) in zip(pairs, super()._predict_batch(pairs))]
+
+    if OddConfidence.name not in ANNOTATORS:
+        ANNOTATORS.register(OddConfidence.name, "test: odd confidences")(lambda **kw: OddConfidence(**kw))
+    write_pairs_jsonl(tmp_path / "data", synthetic_pairs(len(values)))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "data")}, "annotator": OddConfidence.name,
+                                      "workers": 0})
+    run_batch(cfg, tmp_path / "run", progress=False)
+    rows = sorted(load_rows(tmp_path / "run", RowFilter(include_errors=True)), key=lambda r: r["index"])
+    assert [(r["status"], r["confidence"]) for r in rows] == [("ok", None), ("ok", None), ("ok", None), ("ok", 0.7)]

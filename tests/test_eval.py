@@ -314,3 +314,79 @@ def test_what_eval_and_the_review_page_write_is_strict_json(tmp_path, capsys):
     block = page.split('<script type="application/json" id="data">', 1)[1].split("</script>", 1)[0]
     assert json.loads(block, parse_constant=_refuse)["metrics"]["one"]["conf_rho"] is None
     capsys.readouterr()
+
+
+class OddConfidence(Recorder):
+    """A plugin whose `confidence` extra is not a number it means (10**400, inf, NaN, text), one per pair."""
+
+    name = "odd-confidence"
+    values: tuple[Any, ...] = (10 ** 400, float("inf"), float("nan"), "high", "0.7", 0.25)
+
+    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        out = super()._predict_batch(pairs)
+        return [(prob, {"confidence": self.values[int(p.pair_id.rsplit("_", 1)[1])]})
+                for (prob, _), p in zip(out, pairs)]
+
+
+def test_a_confidence_that_is_no_finite_number_is_none_and_the_rest_is_scored(tmp_path):
+    """`float(10**400)` raised OverflowError out of `sigma eval` (a traceback after the whole run, no metrics.json),
+    and inf or NaN went into the Spearman rho and the "keep the most confident" table as if measured. Now a
+    confidence that is no finite number is None (`sigma.types.confidence_value`), as the batch rows hold it."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "s", len(OddConfidence.values))
+    result = evaluate(OddConfidence(), root, ["none"], batch_size=2)
+    confidences = [row["confidence"] for row in result.to_dict()["per_pair"]["none"]]
+    assert confidences == [None, None, None, None, 0.7, 0.25]
+    assert result.mask_tables()["none"]["overall"]["rho_pairs"] == 2
+
+
+@pytest.mark.parametrize("line, says", [
+    ('[1, 2]', "a JSON array, not an object"),
+    ('"p.png"', "a JSON string, not an object"),
+    ('{"id": "a", "original": null, "edited": "e.png", "mask": "m.png"}', "no original"),
+    ('{"id": "a", "original": "o.png", "edited": 5, "mask": "m.png"}', "edited is a JSON number, not a file name"),
+    ('{"id": ["a"], "original": "o.png", "edited": "e.png", "mask": "m.png"}', "id is a JSON array"),
+    ('{"original": "o.png", "edited": "e.png", "mask": "m.png"}', "no id"),
+    ('{"id": "a", "original": "o.png", "edited": "e.png", "mask": [1]}', "mask is a JSON array, not a file name"),
+    ('{"id": "a", "original": "o.png", "edited": "e.png"}', "no mask"),
+])
+def test_a_record_that_is_no_object_or_names_no_file_says_so(tmp_path, line, says):
+    """A line that was a list or a string said "bad record (string indices must be integers, not 'str')", and
+    `"original": null` became the file "None" (a file_not_found pair); both are bad_manifest in words now."""
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "pairs.jsonl").write_text(line + "\n")
+    with pytest.raises(InputError) as info:
+        list(read_set(d))
+    assert info.value.code == "bad_manifest" and f"pairs.jsonl:1: {says}" in info.value.message
+
+
+def test_a_null_mask_is_an_unlabelled_pair_that_eval_skips_saying_so(tmp_path):
+    """`"mask": null` (a pair without ground truth, as training's unlabelled sources hold) was the file "None" (a
+    file_not_found naming a file nobody wrote); it is read as no mask, and eval skips the pair saying why."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "s", 2, extra=[{"id": "unlabelled", "original": "s_0_original.png",
+                                        "edited": "s_0_edited.png", "mask": None}])
+    assert [r.mask for r in read_set(root / "s")][-1] is None
+    result = evaluate(create_annotator("pixel-diff"), root, ["none"])
+    assert len(result.scores["none"]) == 2
+    [error] = result.errors
+    assert error["id"] == "unlabelled" and "mask is null" in error["message"] and "None" not in error["message"]
+
+
+def test_a_pairs_jsonl_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    """Notepad and PowerShell start a UTF-8 file with a byte-order mark: the whole set was refused at line 1
+    ("Unexpected UTF-8 BOM (decode using utf-8-sig)"), though `sigma batch run` read the same file."""
+    d = make_pair_set(tmp_path, "bom", 2)
+    (d / "pairs.jsonl").write_bytes(b"\xef\xbb\xbf" + (d / "pairs.jsonl").read_bytes())
+    assert [r.pair_id for r in read_set(d)] == ["bom_0", "bom_1"]
+
+
+def test_an_empty_perturb_flag_is_refused_not_read_as_none(eval_root, tmp_path, capsys):
+    """`--perturb ""` (a shell variable left empty) ran the default `none` silently; `--perturb ,` was refused."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
+    assert main([*argv, "--perturb", ""]) == 2
+    assert "[invalid_config]" in capsys.readouterr().err and not (out / "metrics.json").exists()

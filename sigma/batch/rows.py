@@ -11,7 +11,7 @@ from sigma.batch.decode import Decoded
 from sigma.eval.metrics import score_image
 from sigma.rle import encode_rle
 from sigma.text import MAX_JSON_DEPTH, json_text
-from sigma.types import Annotation
+from sigma.types import Annotation, confidence_value
 
 SCHEMA_FIELDS: list[tuple[str, str]] = [
     ("pair_id", "string"), ("source", "string"), ("shard", "string"), ("index", "int64"), ("subset", "string"),
@@ -109,7 +109,7 @@ def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mas
                edited_width=int(edited_size[1]), rle_counts=record["segmentation"]["counts"],
                bbox=[int(v) for v in record["bbox"]], area=int(record["area"]),
                area_fraction=float(record["area_fraction"]), threshold=float(record["threshold"]),
-               confidence=_number(extra.get("confidence")), parser=column(parser, "parser"),
+               confidence=confidence_value(extra.get("confidence")), parser=column(parser, "parser"),
                components=column(components, "components"), intended_area=split.get("intended_area"),
                side_effect_area=split.get("side_effect_area"),
                intended_rle=_rle_of(extra.get("intended_mask", extra.get("intended"))),

@@ -181,13 +181,21 @@ class Progress:
 
 def check_unit_interval(args: argparse.Namespace, what: dict[str, str]) -> None:
     """Flags that are fractions in [0, 1] (`what`: flag attribute → what it is, for the message); NaN fails too,
-    where a bare comparison would let it through and filter out every row, unsaid."""
+    where a bare comparison would let it through and filter out every row, unsaid. So does a `min_X` above its
+    `max_X`."""
     from sigma.errors import ConfigError
 
     for name, meaning in what.items():
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} is {meaning} in [0, 1], got {value}")
+    # a lower bound above its upper bound passes no pair: the review page was an empty gallery, exit 0
+    for low in (name for name in what if name.startswith("min_")):
+        high = "max_" + low[4:]
+        lo, hi = getattr(args, low), getattr(args, high, None)
+        if high in what and lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"--{low.replace('_', '-')} {lo:g} is above --{high.replace('_', '-')} {hi:g}: no pair "
+                              "could pass both")
 
 
 def check_outdir(outdir: Path, create: bool = False) -> Path:

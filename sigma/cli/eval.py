@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from sigma.io.outputs import write_json
 
     import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
+    # `--perturb ""` (a variable left empty) is no perturbation named, refused as `--perturb ,` is: it ran `none`
     overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold,
-                               perturb=[args.perturb] if args.perturb else None)
+                               perturb=[args.perturb] if args.perturb is not None else None)
     cfg = load_config(EvalConfig, args.config, overrides)
     # the options as the annotator reads them (`--set options.image_size=2.24e2` ran at 224): what metrics.json and
     # config.yaml record, as a batch run's config does

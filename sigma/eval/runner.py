@@ -17,6 +17,7 @@ from sigma.eval.metrics import ImageScore, MetricAccumulator, confidence_curve, 
 from sigma.io.images import read_mask
 from sigma.io.pairs import load_pair
 from sigma.io.pairs_jsonl import EvalRecord, find_sets, read_set
+from sigma.types import confidence_value
 
 TINY_FRACTION = 0.02
 EDITING_GROUP = "editing (all but whole-image-change sets)"
@@ -162,11 +163,7 @@ class EvalResult:
 
 def _detail(ann, gt, auc: float) -> PairDetail:
     """The chosen mask's companions, scored from the same probability map (`auc`: the chosen mask's)."""
-    conf = ann.extra.get("confidence")
-    try:
-        conf = float(conf) if conf is not None else None
-    except (TypeError, ValueError):
-        conf = None
+    conf = confidence_value(ann.extra.get("confidence"))
     semantic = footprint = None
     if ann.mask_mode is not None:
         if ann.semantic_mask is not None:
@@ -203,6 +200,9 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
             for rec in chunk:
                 try:
                     pair = load_pair(rec.original, rec.edited, rec.instruction, io_config, pair_id=rec.pair_id)
+                    if rec.mask is None:
+                        raise InputError(f"{rec.set_name}/{rec.pair_id}: the record's mask is null: no ground truth "
+                                         "to score against", code="file_not_found")
                     gt = read_mask(rec.mask, io_config.limits)
                     if gt.shape != pair.size:
                         raise InputError(f"{rec.mask}: mask {gt.shape} differs from original {pair.size}",

@@ -17,7 +17,7 @@ from sigma.errors import InputError
 from sigma.io.corpora import Corpus
 from sigma.io.corpora.base import Shard, SourceItem, safe_name
 from sigma.text import shown
-from sigma.types import Pair
+from sigma.types import Pair, confidence_value
 
 MASKS = ("chosen", "semantic", "footprint")
 ORDERS = ("corpus", "confidence", "confidence-asc")
@@ -38,7 +38,7 @@ class RowFilter:
     def keep(self, row: dict[str, Any]) -> bool:
         if row["status"] != "ok":
             return self.include_errors
-        conf = row["confidence"]
+        conf = confidence_value(row.get("confidence"))     # NaN < c is False: NaN passed every bound
         if self.min_confidence is not None and (conf is None or conf < self.min_confidence):
             return False
         if self.max_confidence is not None and (conf is None or conf > self.max_confidence):
@@ -71,13 +71,41 @@ def row_mask_counts(row: dict[str, Any], which: str = "chosen") -> str | None:
 
 
 def order_key(order: str):
-    """Sort key for ORDERS over anything with a `confidence` (None sorts last either way); None = keep order."""
+    """Sort key for ORDERS over anything with a `confidence` (None, NaN and inf: no confidence, last either way);
+    None = keep order. A NaN key left the whole list in no order at all."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     if order == "corpus":
         return None
     sign = -1.0 if order == "confidence" else 1.0
-    return lambda item: (item["confidence"] is None, sign * (item["confidence"] or 0.0))
+
+    def key(item: dict[str, Any]) -> tuple[bool, float]:
+        conf = confidence_value(item.get("confidence"))
+        return conf is None, sign * (conf or 0.0)
+    return key
+
+
+# columns the row schema gained after its first release: shard files written before lack them, and every reader
+# takes them with row.get
+LATER_COLUMNS = frozenset({"mask_mode", "mask_source", "semantic_rle", "footprint_rle", "is_composite", "composite",
+                           "intended_area", "side_effect_area", "weights_sha256", "sigma_version"})
+
+
+def schema_problem(schema) -> str | None:
+    """What is wrong with a shard file's columns against the row schema (`sigma.batch.rows.SCHEMA_FIELDS`), or None.
+    Readers index rows by these names and compare their values: a file without `confidence` was a KeyError
+    traceback in every export and the review page, one whose `confidence` is text a TypeError at the first bound."""
+    from sigma.batch.rows import arrow_schema
+
+    for expected in arrow_schema():
+        index = schema.get_field_index(expected.name)
+        if index < 0:
+            if expected.name in LATER_COLUMNS:
+                continue
+            return f"no column {expected.name!r}"
+        if schema.field(index).type != expected.type:
+            return f"column {expected.name!r} is {schema.field(index).type}, not {expected.type}"
+    return None
 
 
 # what a refusal of a run folder says was not done (every export, the review page)
@@ -131,6 +159,11 @@ class CheckedRun:
                     raise InputError(f"{path}: not a readable shard file ({shown(exc, 300)}): damaged since the run; "
                                      f"{NOTHING_WRITTEN}. Delete its status file and run the shard again (--resume)",
                                      code=MODIFIED) from exc
+                wrong = schema_problem(handle.schema_arrow)
+                if wrong:
+                    raise InputError(f"{path}: {wrong}: not a shard file as the run wrote it, edited since; "
+                                     f"{NOTHING_WRITTEN}. Delete its status file and run the shard again (--resume)",
+                                     code=MODIFIED)
                 for column, own in (("run_hash", self.run_hash), ("shard", shard.key)):
                     other = set(table.column(column).to_pylist()) - {own} if column in columns else set()
                     if other:

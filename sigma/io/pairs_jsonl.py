@@ -20,7 +20,7 @@ class EvalRecord:
     pair_id: str
     original: Path
     edited: Path
-    mask: Path
+    mask: Path | None              # None: the record's mask is null (an unlabelled pair)
     instruction: str | None
     edit_type: str | None
     whole_image_changed: bool
@@ -39,6 +39,30 @@ def _flag(value: object, name: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _record_problem(rec: object) -> str | None:
+    """What makes a parsed line no record, in words: a line that was a list or a string read as
+    "string indices must be integers", and `"original": null` became the file "None" (file_not_found)."""
+    if not isinstance(rec, dict):
+        return f"a JSON {_json_type(rec)}, not an object"
+    pair_id = rec.get("id")
+    if isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)):
+        return "no id" if pair_id is None else f"id is a JSON {_json_type(pair_id)}, not text or a number"
+    for name in ("original", "edited", "mask"):
+        value = rec.get(name)
+        if name == "mask" and value in (None, ""):
+            if name not in rec:
+                return "no mask (null when the pair has none)"
+            continue           # an unlabelled pair (training's `labelled: false` sources); eval skips it, saying so
+        if not isinstance(value, str) or not value:
+            return f"no {name}" if value in (None, "") else f"{name} is a JSON {_json_type(value)}, not a file name"
+    return None
+
+
+def _json_type(value: object) -> str:
+    kinds = ((bool, "boolean"), ((int, float), "number"), (str, "string"), (list, "array"), (dict, "object"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
 
 
 def find_sets(data: str | Path) -> list[Path]:
@@ -77,21 +101,28 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
             except UnicodeDecodeError as exc:
                 raise InputError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})",
                                  code="bad_manifest") from exc
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")    # the byte-order mark Notepad and PowerShell write
             if not line.strip():
                 continue
             try:
                 rec = load_json(line)
+                problem = _record_problem(rec)
+                if problem:
+                    raise InputError(f"{where}: {problem}; expected an object with id, original, edited, mask",
+                                     code="bad_manifest")
                 field = find_surrogate(rec)
                 if field is not None:
                     raise InputError(f"{where}: {field} holds a lone UTF-16 surrogate (e.g. \\ud800), text no "
                                      "file or terminal can hold; fix the record", code="invalid_text")
-                files = {name: str(rec[name]) for name in ("original", "edited", "mask")}
+                files = {name: rec[name] for name in ("original", "edited", "mask") if rec[name]}
                 for name, value in files.items():
                     if "\x00" in value:
                         raise InputError(f"{where}: {name} names a path with a NUL byte", code="invalid_path")
                 yield EvalRecord(
                     set_name=set_dir.name, pair_id=str(rec["id"]), original=set_dir / files["original"],
-                    edited=set_dir / files["edited"], mask=set_dir / files["mask"],
+                    edited=set_dir / files["edited"],
+                    mask=set_dir / files["mask"] if "mask" in files else None,
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
                     whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -17,10 +17,11 @@ from sigma.export.select import RowFilter, checked_before_writing, iter_pairs, l
 from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
 from sigma.rle import decode_rle
+from sigma.types import confidence_value
 
 
 def _sort_key(row: dict, descending: bool = False) -> tuple:
-    conf = row["confidence"]
+    conf = confidence_value(row.get("confidence"))     # NaN, inf: no confidence, last
     value = conf if conf is not None else 0.0
     return (conf is None, -value if descending else value, row["shard"], row["index"])
 
@@ -88,8 +89,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
                                                 "overlay": thumbnail_b64(overlay_image(pair.edited, mask), thumb)}
     items = []
     for r in chosen:
-        items.append({**{k: r[k] for k in ("pair_id", "source", "subset", "instruction", "edit_type", "confidence",
+        items.append({**{k: r[k] for k in ("pair_id", "source", "subset", "instruction", "edit_type",
                                            "area_fraction", "gt_f1", "gt_iou", "annotator")},
+                      "confidence": confidence_value(r.get("confidence")),
                       "mask_source": r.get("mask_source"), "is_composite": r.get("is_composite"),
                       "images": thumbs.get((r["shard"], r["index"]))})
     status = rundir.summary(record=record)

@@ -33,7 +33,8 @@ class FolderSource:
         edit = read_image(rec.edited).rgb
         if edit.shape != orig.shape:
             edit = cv2.resize(edit, (orig.shape[1], orig.shape[0]), interpolation=cv2.INTER_AREA)
-        mask = read_mask(rec.mask) if (self.cfg.labelled and rec.mask.is_file()) else np.zeros(orig.shape[:2], bool)
+        labelled = self.cfg.labelled and rec.mask is not None and rec.mask.is_file()
+        mask = read_mask(rec.mask) if labelled else np.zeros(orig.shape[:2], bool)
         c = self.crop
         h, w = orig.shape[:2]
         s = max(c / min(h, w), min(1.0, 2 * c / max(h, w)))  # bring the short side near the crop size
