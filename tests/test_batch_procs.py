@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procfs import children_of
 
 from sigma.batch import BatchConfig, run_batch
 from sigma.batch.procs import inference_procs
@@ -32,19 +33,6 @@ def cfg_for(path: Path, **kw) -> BatchConfig:
 def digests(out: Path) -> dict[str, str]:
     files = sorted((out / "shards").glob("*.parquet")) + sorted((out / "status").glob("*.json"))
     return {f"{p.parent.name}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
-def children_of(pid: int) -> list[int]:
-    """Live child processes of `pid`, from /proc (Linux)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
 
 
 def alive(pid: int) -> bool:

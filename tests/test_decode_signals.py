@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procfs import children_of, env
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -40,32 +41,6 @@ RUNS = textwrap.dedent("""
               flush=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the interpreter's exit puts back SIG_DFL, which would end it
 """)
-
-
-def env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")] if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def decoders_of(pid: int) -> list[int]:
-    """The live pool workers `pid` spawned (not multiprocessing's resource tracker), from /proc."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        child = int(stat.parent.name)
-        if int(fields[1]) == pid and fields[0] != "Z" and "spawn_main" in cmdline(child):
-            out.append(child)
-    return out
 
 
 def start_runs(tmp_path: Path, pairs: int, rounds: int, **extra) -> subprocess.Popen:
@@ -123,7 +98,7 @@ def test_a_decode_process_killed_mid_run_costs_no_shard(tmp_path):
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and not killed:
         if status.is_dir() and any(status.glob("*.json")):
-            for pid in decoders_of(proc.pid):
+            for pid in children_of(proc.pid, spawned=True):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         time.sleep(0.02)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from procfs import children_of, env
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -24,32 +25,6 @@ pytestmark = [pytest.mark.timeout(420),
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")]
 
 PAIRS, SHARD_SIZE = 24, 3
-
-
-def env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")] if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def spawned_by(pid: int) -> list[int]:
-    """The live processes `pid` spawned through multiprocessing (not its resource tracker), from /proc."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        child = int(stat.parent.name)
-        if int(fields[1]) == pid and fields[0] != "Z" and "spawn_main" in cmdline(child):
-            out.append(child)
-    return out
 
 
 def alive(pid: int) -> bool:
@@ -102,7 +77,7 @@ def interrupted_run(source: Path, out: Path, resume: bool, when) -> tuple[int, s
     exposed: set[int] = set()
 
     def look() -> None:
-        children.update(spawned_by(proc.pid))
+        children.update(children_of(proc.pid, spawned=True))
         exposed.update(pid for pid in children if takes_sigint(pid))
 
     deadline = time.monotonic() + 180
