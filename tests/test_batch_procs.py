@@ -466,3 +466,58 @@ def test_the_lost_attempts_a_run_lists_are_bounded_like_its_failed_shards(tmp_pa
     assert (again["failed"], again["failed_shards_omitted"]) == ([], 2)
     assert main([*args, "--resume"]) == 1                                  # the default: 100, so all of them
     assert len(json.loads(capsys.readouterr().out)["retried"]) == 4
+
+
+# `sigma batch run` whose run.json is replaced by another run's record (another run_hash, another threshold) the
+# moment after it is written — inside the driver, just before config.yaml is written beside it (an audit hook on
+# that open), so before any inference process starts. The record the driver wrote is kept as ORIGINAL.
+_REPLACE_RUN_RECORD = r'''
+import json, os, sys
+def main_():
+    out, original = os.path.realpath(sys.argv[1]), sys.argv[2]
+    busy = []
+    def hook(event, args):
+        if busy or event != "open" or not isinstance(args[1], str) or "w" not in args[1]:
+            return
+        if os.path.realpath(os.fsdecode(args[0])) != os.path.join(out, "config.yaml.tmp"):
+            return
+        busy.append(1)
+        run_file = os.path.join(out, "run.json")
+        with open(run_file, "rb") as handle:
+            data = handle.read()
+        with open(original, "wb") as handle:
+            handle.write(data)
+        record = json.loads(data)
+        record["run_hash"] = "0123456789ab"
+        record["config"]["threshold"] = 0.9
+        with open(run_file + ".other", "w") as handle:
+            json.dump(record, handle)
+        os.replace(run_file + ".other", run_file)
+    sys.addaudithook(hook)
+    from sigma.cli import main
+    sys.exit(main(sys.argv[3:]))
+if __name__ == "__main__":       # not again in a spawned child, which imports this file as __mp_main__
+    main_()
+'''
+
+
+def test_inference_processes_take_the_run_hash_from_the_driver_not_run_json_again(corpus, tmp_path):
+    """Each --procs child read run.json again, whole (up to ~15 MB a process and respawn), for its run_hash alone,
+    with nothing checked: a run.json replaced after the driver read and checked it had the children write the
+    driver's config under the other record's hash. They now take the driver's hash with its config: every shard
+    file and status is named by the hash of the record the run was planned (and checked) with."""
+    out, original = tmp_path / "run", tmp_path / "original.json"
+    script = tmp_path / "replace_run_record.py"
+    script.write_text(_REPLACE_RUN_RECORD)
+    args = ["batch", "run", str(corpus / "set"), "--out", str(out), "--procs", "2", "--shard-size", "3",
+            "--annotator", "pixel-diff", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), str(out), str(original), *args], capture_output=True,
+                          text=True, timeout=300, env=env, check=False)
+    planned = json.loads(original.read_text())
+    assert json.loads((out / "run.json").read_text())["run_hash"] == "0123456789ab", proc.stderr  # it was replaced
+    shard_files = sorted(p.name for p in (out / "shards").glob("*.parquet"))
+    assert shard_files == sorted(f"{s['key']}.{planned['run_hash']}.parquet" for s in planned["shards"]), proc.stderr
+    statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*.json")]
+    assert len(statuses) == len(planned["shards"])
+    assert {s["run_hash"] for s in statuses} == {planned["run_hash"]} and {s["status"] for s in statuses} == {"done"}

@@ -390,3 +390,86 @@ def test_an_empty_perturb_flag_is_refused_not_read_as_none(eval_root, tmp_path, 
     argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
     assert main([*argv, "--perturb", ""]) == 2
     assert "[invalid_config]" in capsys.readouterr().err and not (out / "metrics.json").exists()
+
+
+# Runs `sigma eval` and SIGKILLs it, for real, just before its Nth write to a file of --out named metrics.json or
+# config.yaml (their temporary files too): an open for writing, a rename or a removal, as the interpreter's audit
+# hooks report each one before it happens (the code under test is not touched).
+_KILL_AT_WRITE = r'''
+import os, signal, sys
+out, n = os.path.realpath(sys.argv[1]), int(sys.argv[2])
+seen = [0]
+def ours(path):
+    try:
+        path = os.path.realpath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return False
+    name = os.path.basename(path)
+    return os.path.dirname(path) == out and ("metrics.json" in name or "config.yaml" in name)
+def hook(event, args):
+    if event == "open":
+        mode, flags = args[1], args[2]
+        writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & (os.O_WRONLY | os.O_RDWR))
+        hit = writes and ours(args[0])
+    elif event in ("os.rename", "os.remove"):
+        hit = ours(args[0]) or event == "os.rename" and ours(args[1])
+    else:
+        return
+    if hit:
+        seen[0] += 1
+        if seen[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from sigma.cli import main
+sys.exit(main(sys.argv[3:]))
+'''
+
+
+def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path):
+    """metrics.json and config.yaml were two whole-file replacements, metrics first: an eval killed between them
+    left the new run's metrics.json beside the old run's config.yaml, a result saying another config made it. The
+    eval is killed (SIGKILL) before each of its writes in turn; after each kill, a metrics.json in the folder is
+    always the one whose config config.yaml holds, and the run that is not killed writes the new pair."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data = tmp_path / "data"
+    write_pairs_jsonl(data, synthetic_pairs(2))
+    script = tmp_path / "kill_at_write.py"
+    script.write_text(_KILL_AT_WRITE)
+
+    def sigma_eval(out: Path, threshold: str, kill_at: int) -> subprocess.CompletedProcess:
+        argv = ["eval", "--data", str(data), "--annotator", "pixel-diff", "--threshold", threshold, "--out", str(out)]
+        return subprocess.run([sys.executable, str(script), str(out), str(kill_at), *argv], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    def pair(out: Path) -> tuple[dict | None, dict | None]:
+        metrics, config = out / "metrics.json", out / "config.yaml"
+        return (json.loads(metrics.read_text())["config"] if metrics.exists() else None,
+                yaml.safe_load(config.read_text()) if config.exists() else None)
+
+    old = tmp_path / "old"
+    assert sigma_eval(old, "0.1", 0).returncode == 0
+    old_metrics, old_config = pair(old)
+    assert old_metrics == old_config and old_config["threshold"] == 0.1
+    states = []
+    for kill_at in range(1, 12):
+        out = tmp_path / f"killed{kill_at}"
+        shutil.copytree(old, out)
+        proc = sigma_eval(out, "0.3", kill_at)
+        metrics, config = pair(out)
+        if metrics is not None:
+            assert metrics == config, f"killed before write {kill_at}: metrics.json of one run, config.yaml of another"
+        if proc.returncode == 0:       # fewer writes than kill_at: the run that finished
+            assert metrics["threshold"] == 0.3
+            break
+        assert proc.returncode == -9, proc.stderr
+        states.append((metrics or {}).get("threshold"))
+    else:
+        pytest.fail("the eval was killed at every write point tried and never finished")
+    assert states[0] == 0.1 and len(states) >= 2      # killed at the first write: the old pair intact

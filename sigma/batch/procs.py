@@ -125,8 +125,8 @@ class _Ticker:
         self.last = time.monotonic()
 
 
-def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, threads: int, parent_pid: int,
-                name: str) -> None:
+def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, run_hash: str, threads: int,
+                parent_pid: int, name: str) -> None:
     from sigma.batch.lifeline import die_with_parent, leave_stop_signals_to_parent
 
     # Ctrl-C reached every child too: each died with a KeyboardInterrupt traceback (during start-up in spawn's
@@ -136,7 +136,8 @@ def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, threads:
     try:
         from sigma.batch.shard_runner import ShardRunner
 
-        runner = ShardRunner(config, run_dir, threads=threads, workers=0, worker_name=f"{name} (pid {os.getpid()})")
+        runner = ShardRunner(config, run_dir, run_hash, threads=threads, workers=0,
+                             worker_name=f"{name} (pid {os.getpid()})")
     except BaseException as exc:  # noqa: BLE001 - reported to the driver, which raises it
         conn.send(("init_error", error_record(exc)))
         return
@@ -177,13 +178,14 @@ class _Child:
 
 
 class ProcPool:
-    def __init__(self, cfg: BatchConfig, rundir: RunDir, threads: int):
+    def __init__(self, cfg: BatchConfig, rundir: RunDir, run_hash: str, threads: int):
         from sigma.batch.shard_runner import absolute_config
 
         # spawn: never fork a process that may hold torch/CUDA state; shielded: children leave Ctrl-C to us
         self.ctx = ShieldedSpawnContext()
         self.config = absolute_config(cfg)
         self.run_dir = str(rundir.root.resolve())
+        self.run_hash = run_hash          # the children's, as the config: run.json is not read again in each
         self.threads = threads
         self.children: list[_Child] = []
         self.spawned = 0
@@ -195,7 +197,8 @@ class ProcPool:
         name = f"inference process {self.spawned}"
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(target=_child_main, name=f"sigma-{self.spawned}", daemon=True,
-                                   args=(theirs, self.config, self.run_dir, self.threads, os.getpid(), name))
+                                   args=(theirs, self.config, self.run_dir, self.run_hash, self.threads,
+                                         os.getpid(), name))
         child = _Child(name, process, ours)
         self.children.append(child)
         try:
@@ -250,7 +253,7 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
     total = planned_pairs(pending)
     with make_progress(total, progress) as bar:
         ledger = ShardLedger(rundir, run_hash, pending, cfg.attempts, bar)
-        pool = ProcPool(cfg, rundir, threads)
+        pool = ProcPool(cfg, rundir, run_hash, threads)
         try:
             for _ in range(n):
                 pool.spawn()

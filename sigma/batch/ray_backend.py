@@ -40,7 +40,8 @@ class ShardActor:
     (max_concurrency=2) so `progress` answers while `run` works. Never raises from __init__: a failure to
     build is reported by `ready()`, so the driver can show the real error (e.g. missing weights) and stop."""
 
-    def __init__(self, config: dict[str, Any], run_dir: str, threads: int | None, workers: int | None):
+    def __init__(self, config: dict[str, Any], run_dir: str, run_hash: str, threads: int | None,
+                 workers: int | None):
         import ray
 
         node = ray.get_runtime_context().get_node_id()[:8]
@@ -48,7 +49,8 @@ class ShardActor:
         self.error: dict[str, Any] | None = None
         self.runner: ShardRunner | None = None
         try:
-            self.runner = ShardRunner(config, run_dir, threads=threads, workers=workers, worker_name=self.name)
+            self.runner = ShardRunner(config, run_dir, run_hash, threads=threads, workers=workers,
+                                      worker_name=self.name)
         except Exception as exc:  # noqa: BLE001 - reported through ready()
             self.error = error_record(exc)
 
@@ -249,7 +251,7 @@ class _Driver:
         slot.handle = self.actor_cls.options(
             name=slot.name, namespace=NAMESPACE, num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus,
             max_restarts=0, max_task_retries=0, max_concurrency=2,
-        ).remote(self.config, self.run_dir, self.plan.threads, self.plan.workers)
+        ).remote(self.config, self.run_dir, self.ledger.run_hash, self.plan.threads, self.plan.workers)
         self.inflight[slot.handle.ready.remote()] = (slot, "ready", slot.generation)
 
     def kill(self, slot: _Slot) -> None:

@@ -113,9 +113,13 @@ class Progress:
 
 
 class ShardRunner:
-    """Holds the run's corpus and one `Pipeline` (so the model loads once) for as many shards as it is given."""
+    """Holds the run's corpus and one `Pipeline` (so the model loads once) for as many shards as it is given.
+    `config` and `run_hash` are the driver's, from the run.json it read and held to its hash (`prepare_run`): the
+    outputs are made with that config and named by that hash. Each child read run.json again for the hash alone
+    (one more parse of up to ~15 MB a process, at every respawn) and checked nothing: a run.json replaced
+    meanwhile had the driver's config written under another run's hash."""
 
-    def __init__(self, config: dict[str, Any], run_dir: str, threads: int | None = None,
+    def __init__(self, config: dict[str, Any], run_dir: str, run_hash: str, threads: int | None = None,
                  workers: int | None = None, worker_name: str | None = None):
         from sigma.batch.pipeline import Pipeline
         from sigma.batch.runner import corpus_from_config
@@ -127,7 +131,7 @@ class ShardRunner:
         import_plugins(config.get("plugins") or ())
         self.cfg = BatchConfig.model_validate(config)
         self.rundir = RunDir(run_dir)
-        self.run_hash = self.rundir.load()["run_hash"]
+        self.run_hash = run_hash
         self.corpus = corpus_from_config(self.cfg)
         self.pipeline = Pipeline(self.cfg, workers=workers)
         limit_threads(threads)       # again: building the annotator may have imported torch

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from sigma.cli.common import Progress, add_config_args, add_plugin_arg, check_outdir, flag_overrides, import_plugin_args
-from sigma.config.loader import load_config, save_resolved
+from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.folderlock import hold_folder
 from sigma.registry import build_annotator, named_annotator
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sigma.eval import perturb
     from sigma.eval.runner import evaluate, format_tables
-    from sigma.io.outputs import write_json
+    from sigma.io.outputs import json_record, replace_together
 
     import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
     # `--perturb ""` (a variable left empty) is no perturbation named, refused as `--perturb ,` is: it ran `none`
@@ -85,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] {err['message']}")
         resolved = cfg.model_dump(mode="json") | {"annotator_config": annotator.describe(),
                                                   "data": str(args.data)}
-        write_json(result.to_dict() | {"config": resolved}, out / "metrics.json")
-        save_resolved(resolved, out)
+        # config.yaml first, metrics.json (which carries the config too) last, the old metrics.json removed in
+        # between: a kill leaves the old pair, a config.yaml alone, or the new pair, never the metrics of one run
+        # beside the config of another (metrics.json, then config.yaml, each replaced whole, did)
+        replace_together([(out / "config.yaml", resolved_yaml(resolved).encode()),
+                          (out / "metrics.json", json_record(result.to_dict() | {"config": resolved}))])
     print(f"\nwrote {out / 'metrics.json'}")
     return 0

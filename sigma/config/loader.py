@@ -499,9 +499,15 @@ def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "
     """Write the resolved config next to an output, atomically, so every result can be reproduced."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     target = directory / name
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.write_text(resolved_yaml(config))
     tmp.replace(target)
     return target
+
+
+def resolved_yaml(config: BaseModel | dict) -> str:
+    """The text of a resolved config file (`save_resolved`), for a writer that puts it down with other files at
+    once (`sigma eval`: metrics.json and config.yaml, `sigma.io.outputs.replace_together`)."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    return yaml.safe_dump(data, sort_keys=False)
