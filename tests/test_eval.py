@@ -404,8 +404,7 @@ def ours(path):
         path = os.path.realpath(os.fsdecode(path))
     except (TypeError, ValueError):
         return False
-    name = os.path.basename(path)
-    return os.path.dirname(path) == out and ("metrics.json" in name or "config.yaml" in name)
+    return os.path.dirname(path) == out     # any file of the output folder: its results, configs, masks
 def hook(event, args):
     if event == "open":
         mode, flags = args[1], args[2]
@@ -473,3 +472,54 @@ def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path)
     else:
         pytest.fail("the eval was killed at every write point tried and never finished")
     assert states[0] == 0.1 and len(states) >= 2      # killed at the first write: the old pair intact
+
+
+def test_a_killed_annotate_never_leaves_a_result_beside_another_runs_masks_or_config(tmp_path):
+    """`sigma annotate -o DIR` wrote mask.png, prob.png, overlay.png, result.json and config.yaml one after the
+    other, each replaced whole: killed between them, the folder held the new masks beside the old result.json, or
+    the new result.json beside the old config.yaml. Now one set, result.json last. Killed (SIGKILL) before each
+    write in turn, a result.json in the folder always has the config.yaml and the mask.png of its own run."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from sigma.io.images import read_mask
+
+    rng = np.random.default_rng(0)
+    orig = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    edited = orig.copy()
+    edited[10:30, 20:44] = np.clip(edited[10:30, 20:44].astype(int) + 60, 0, 255).astype(np.uint8)
+    edited[5:8, 2:6] = np.clip(edited[5:8, 2:6].astype(int) + 20, 0, 255).astype(np.uint8)  # marked at 0.05 only
+    Image.fromarray(orig).save(tmp_path / "o.png")
+    Image.fromarray(edited).save(tmp_path / "e.png")
+    script = tmp_path / "kill_at_write.py"
+    script.write_text(_KILL_AT_WRITE)
+
+    def annotate(out: Path, threshold: str, kill_at: int) -> subprocess.CompletedProcess:
+        argv = ["annotate", str(tmp_path / "o.png"), str(tmp_path / "e.png"), "--annotator", "pixel-diff",
+                "--threshold", threshold, "-o", str(out)]
+        return subprocess.run([sys.executable, str(script), str(out), str(kill_at), *argv], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    old = tmp_path / "old"
+    assert annotate(old, "0.05", 0).returncode == 0
+    new = tmp_path / "new"
+    assert annotate(new, "0.2", 0).returncode == 0
+    area = {t: int(read_mask(d / "mask.png").sum()) for t, d in ((0.05, old), (0.2, new))}
+    assert area[0.05] > area[0.2] > 0                  # the two runs' masks differ: a mix-up would show
+    finished = False
+    for kill_at in range(1, 40):
+        out = tmp_path / f"killed{kill_at}"
+        shutil.copytree(old, out)
+        proc = annotate(out, "0.2", kill_at)
+        if (out / "result.json").exists():
+            threshold = json.loads((out / "result.json").read_text())["threshold"]
+            assert yaml.safe_load((out / "config.yaml").read_text())["threshold"] == threshold, kill_at
+            assert int(read_mask(out / "mask.png").sum()) == area[threshold], kill_at
+        if proc.returncode == 0:
+            finished = json.loads((out / "result.json").read_text())["threshold"] == 0.2
+            break
+        assert proc.returncode == -9, proc.stderr
+    assert finished and kill_at > 3                    # killed at several writes before the one that finished

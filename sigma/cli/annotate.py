@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from sigma.cli.common import add_config_args, add_plugin_arg, check_outdir, flag_overrides, import_plugin_args
-from sigma.config.loader import load_config, save_resolved
+from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
 from sigma.registry import build_annotator, named_annotator
@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     annotator = build_annotator(cfg)
     resolved = cfg.model_dump(mode="json")
     resolved["annotator_config"] = annotator.describe()
+    config_text = resolved_yaml(resolved).encode()
 
     outdir = check_outdir(Path(args.outdir))      # said before any pair is read
     failures: list[tuple[str, str, str]] = []       # (pair id, code, message)
@@ -218,9 +219,9 @@ def run(args: argparse.Namespace) -> int:
             target = outdir / pair.pair_id if multi else outdir
             ann.timings_ms = {"load": load_ms.get(pair.pair_id, 0.0), **ann.timings_ms}
             try:
+                # config.yaml in the same set as result.json: a kill never leaves one run's beside the other's
                 write_annotation(ann, pair.edited, target, {"instruction": pair.instruction, "config": resolved},
-                                 cfg.io.limits.max_json_depth)
-                save_resolved(resolved, target)
+                                 cfg.io.limits.max_json_depth, companions={"config.yaml": config_text})
             except OSError as exc:
                 failures.append((pair.pair_id, "output_unwritable", f"{target}: cannot write ({exc.strerror or exc})"))
                 continue

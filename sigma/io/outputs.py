@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sigma.io.images import replace_atomically, temp_name, write_png
+from sigma.io.images import encode_png, replace_atomically, temp_name
 from sigma.text import MAX_JSON_DEPTH, dumps_finite, json_ready
 from sigma.types import Annotation
 
@@ -41,14 +41,15 @@ def write_json(data: Any, path: str | Path) -> Path:
     return replace_atomically(Path(path), json_record(data))
 
 
-def replace_together(files: list[tuple[Path, bytes]]) -> list[Path]:
+def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None = None) -> list[Path]:
     """Files that only mean something together (metrics.json and the config.yaml it was made with), written so that
     a kill or a failed write at any point never leaves one run's file beside another run's: the last file is the
     one that says the set is complete. Every file is written to a temporary name first (a full disk fails here,
     with the old set intact); then the old last file is removed, the others renamed into place, and the last one
     renamed last. Killed in between, the folder holds the old set, or the others without a last file (a run that
     did not finish), or the new set. Two whole-file replacements one after the other left the new metrics.json
-    beside the old config.yaml when killed between them."""
+    beside the old config.yaml when killed between them. `remove`: files of the old set the new one does not
+    have, removed once the old last file is gone."""
     written: list[tuple[Path, Path]] = []
     try:
         for path, data in files:
@@ -57,6 +58,8 @@ def replace_together(files: list[tuple[Path, bytes]]) -> list[Path]:
             with open(tmp, "wb") as handle:
                 handle.write(data)
         files[-1][0].unlink(missing_ok=True)
+        for path in remove or []:
+            path.unlink(missing_ok=True)
         for tmp, path in written:
             os.replace(tmp, path)
     except BaseException:
@@ -68,10 +71,13 @@ def replace_together(files: list[tuple[Path, bytes]]) -> list[Path]:
 
 def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | Path,
                      record_extra: dict[str, Any] | None = None,
-                     max_json_depth: int = MAX_JSON_DEPTH) -> dict[str, Path]:
-    """mask.png, prob.png, overlay.png (and the two masks of a composite test) and result.json in `outdir`. The
-    record is made JSON first: extras that cannot be written (`NotWritable`) leave the folder as it was, never new
-    masks beside an old result.json or none."""
+                     max_json_depth: int = MAX_JSON_DEPTH,
+                     companions: dict[str, bytes] | None = None) -> dict[str, Path]:
+    """mask.png, prob.png, overlay.png (and the two masks of a composite test), any `companions` (name → bytes:
+    the resolved config.yaml) and result.json in `outdir`, as one set (`replace_together`, result.json last): a
+    kill at any point leaves the old set, or new files without a result.json, never new masks or a new config
+    beside an old result.json. The record is made JSON first: extras that cannot be written (`NotWritable`)
+    leave the folder as it was."""
     outdir = Path(outdir)
     images = {"mask.png": annotation.mask.astype(np.uint8) * 255,
               "prob.png": np.round(annotation.prob * 255).astype(np.uint8),
@@ -88,12 +94,15 @@ def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | P
     record.update(record_extra or {})
     record["files"] = dict(names)
     text = json_record(record, max_json_depth)                       # raises NotWritable before any file is written
+    files = [(outdir / name, encode_png(images[name])) for name in names.values()]
+    files += [(outdir / name, data) for name, data in (companions or {}).items()]
     outdir.mkdir(parents=True, exist_ok=True)
-    paths = {key: write_png(images[name], outdir / name) for key, name in names.items()}
     # an earlier result in this folder (a composite before, a pair that is not one now; sigma-lite, then
-    # pixel-diff) left its other masks here, beside a result.json that says there are none
-    for key, name in (("semantic_mask", "mask_semantic.png"), ("footprint_mask", "mask_footprint.png")):
-        if key not in paths:
-            (outdir / name).unlink(missing_ok=True)
-    paths["result"] = replace_atomically(outdir / "result.json", text)
+    # pixel-diff) left its other masks here: they go with its result.json, not beside the new one
+    stale = [outdir / name for key, name in (("semantic_mask", "mask_semantic.png"),
+                                             ("footprint_mask", "mask_footprint.png")) if key not in names]
+    replace_together([*files, (outdir / "result.json", text)], remove=stale)
+    paths = {key: outdir / name for key, name in names.items()}
+    paths.update({name: outdir / name for name in companions or {}})
+    paths["result"] = outdir / "result.json"
     return paths
