@@ -854,3 +854,18 @@ def test_grounding_thresholds_that_are_no_finite_number_are_said_to_be_one():
         with pytest.raises(ValidationError, match=r"finite number in \[0, 1\]"):
             make()
     assert DetectorConfig(box_threshold=0.5).box_threshold == 0.5 and SegmenterConfig().mask_threshold is None
+
+
+@pytest.mark.parametrize("command", [["export", "coco", "RUN", "--out", "x.json"],
+                                     ["export", "imdl-benco", "RUN", "--out", "x"], ["export", "hf", "RUN", "x"],
+                                     ["report", "RUN"]])
+@pytest.mark.parametrize("value", ["-inf", "-Infinity", "-1e-3", "-nan", "-1"])
+def test_a_negative_or_infinite_confidence_flag_reaches_its_check(capsys, tmp_path, command, value):
+    """argparse reads -1 and -.5 as values but took `--min-confidence -inf` (or -1e-3) for a flag: "expected one
+    argument", never the real reason. Every such value now reaches the [0, 1] check, on every command that takes it."""
+    args = [str(tmp_path / "run") if a == "RUN" else a for a in command]
+    for flag in ("--min-confidence", "--max-confidence"):
+        code, _out, err = run_main(capsys, *args, flag, value)
+        assert code == 2
+        assert_one_error_line(err, "invalid_config")
+        assert f"{flag} is a confidence in [0, 1], got {float(value)}" in err, err
