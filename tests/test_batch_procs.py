@@ -185,7 +185,7 @@ MIDDLE = '''
 import multiprocessing, os, sys, time
 
 def child(parent):
-    from sigma.batch.lifeline import die_with_parent
+    from sigma.lifeline import die_with_parent
     die_with_parent(parent)
     time.sleep(120)
 

@@ -826,3 +826,46 @@ def test_eval_on_the_bundled_example(capsys, tmp_path):
     assert rc == 0, err
     f1 = json.loads((tmp_path / "metrics.json").read_text())["tables"]["none"]["overall"]["f1"]
     assert f1 > 0.85
+
+
+@pytest.mark.parametrize("command", ["annotate", "eval"])
+@pytest.mark.parametrize("setting", ["threshold=nan", "options.threshold=nan", "threshold=.nan", "threshold=1e400",
+                                     "options.threshold=-inf", "threshold=inf"])
+def test_a_threshold_that_is_no_finite_number_is_said_to_be_one(capsys, pair_files, tmp_path, command, setting):
+    """NaN fails every comparison: `--set threshold=nan` said "Input should be less than or equal to 1", as if it
+    were too large. Now it, the infinities and a number too large for a float are told what a threshold must be."""
+    orig, edited = pair_files
+    where = ([str(orig), str(edited), "-i", "x", "-o", str(tmp_path / "out")] if command == "annotate"
+             else ["--data", str(tmp_path)])
+    code, _out, err = run_main(capsys, command, *where, "--annotator", "pixel-diff", "--set", setting)
+    assert code == 2
+    assert_one_error_line(err, "invalid_config")
+    assert "threshold: Input should be a finite number in [0, 1], got " in err and "less than" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_grounding_thresholds_that_are_no_finite_number_are_said_to_be_one():
+    from pydantic import ValidationError
+
+    from sigma.grounding.config import DetectorConfig, SegmenterConfig
+
+    for make in (lambda: DetectorConfig(box_threshold="nan"), lambda: DetectorConfig(text_threshold=float("inf")),
+                 lambda: SegmenterConfig(mask_threshold=float("nan"))):
+        with pytest.raises(ValidationError, match=r"finite number in \[0, 1\]"):
+            make()
+    assert DetectorConfig(box_threshold=0.5).box_threshold == 0.5 and SegmenterConfig().mask_threshold is None
+
+
+@pytest.mark.parametrize("command", [["export", "coco", "RUN", "--out", "x.json"],
+                                     ["export", "imdl-benco", "RUN", "--out", "x"], ["export", "hf", "RUN", "x"],
+                                     ["report", "RUN"]])
+@pytest.mark.parametrize("value", ["-inf", "-Infinity", "-1e-3", "-nan", "-1"])
+def test_a_negative_or_infinite_confidence_flag_reaches_its_check(capsys, tmp_path, command, value):
+    """argparse reads -1 and -.5 as values but took `--min-confidence -inf` (or -1e-3) for a flag: "expected one
+    argument", never the real reason. Every such value now reaches the [0, 1] check, on every command that takes it."""
+    args = [str(tmp_path / "run") if a == "RUN" else a for a in command]
+    for flag in ("--min-confidence", "--max-confidence"):
+        code, _out, err = run_main(capsys, *args, flag, value)
+        assert code == 2
+        assert_one_error_line(err, "invalid_config")
+        assert f"{flag} is a confidence in [0, 1], got {float(value)}" in err, err

@@ -147,7 +147,7 @@ FIRST_PROCESS = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
     import first_process_target
-    from sigma.batch.lifeline import ShieldedSpawnContext
+    from sigma.lifeline import ShieldedSpawnContext
 
     if __name__ == "__main__":
         process = ShieldedSpawnContext().Process(target=first_process_target.blocked)

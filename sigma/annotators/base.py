@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 
 from sigma.annotators.footprint import CompositeTest, FootprintConfig, choose, composite_test
 from sigma.config.loader import config_hash
-from sigma.config.schema import ReadsWholeNumbers
+from sigma.config.schema import ReadsWholeNumbers, UnitInterval
 from sigma.errors import ConfigError, SigmaError
 from sigma.types import Annotation, MaskMode, Pair, check_mask_mode
 from sigma.version import model_identity
@@ -30,8 +30,7 @@ SPEED_ONLY_OPTIONS = ("cpu_threads", "batch_size", "runtime", "channels_last", "
 
 class AnnotatorConfig(ReadsWholeNumbers):
     exponent_prefix: ClassVar[str] = "options"     # what every front end calls these (AnnotatorSpec.options)
-    threshold: float | None = Field(None, ge=0.0, le=1.0,
-                                    description="mask = prob > threshold; None = the annotator's default")
+    threshold: UnitInterval | None = Field(None, description="mask = prob > threshold; None = the annotator's default")
     mask_mode: MaskMode | None = Field(None, description="which mask is *the* mask: auto = the synthesised "
                                        "footprint on composites (most pixels untouched), the semantic mask "
                                        "elsewhere; semantic; footprint. Both are reported either way. None = "

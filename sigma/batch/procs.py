@@ -5,7 +5,7 @@ On a CPU, N processes x 1 thread beat one process x N threads (OpenMP threads st
 every op, worst on a shared machine: bench/bench_scaleout.py), so this is the default without CUDA.
 Each child runs the ordinary pipeline on one shard at a time, so outputs are the single-process files,
 byte for byte. A child that dies (OOM killer, a crash in native code) loses only its shard, which
-another child runs again; every child dies with the driver (`sigma.batch.lifeline`). Ctrl-C (the terminal's
+another child runs again; every child dies with the driver (`sigma.lifeline`). Ctrl-C (the terminal's
 whole process group) is the driver's alone: children start with SIGINT/SIGTERM blocked and then ignore them, and
 the driver, interrupted, kills them (a published shard stays done; `--resume` runs those in progress).
 
@@ -24,10 +24,10 @@ from typing import Any
 from sigma.batch.config import BatchConfig
 from sigma.batch.dispatch import ShardLedger
 from sigma.batch.layout import RunDir
-from sigma.batch.lifeline import ShieldedSpawnContext, interrupts_ignored, stop_signals_deferred
 from sigma.batch.shard_runner import available_cores
 from sigma.errors import SigmaError, error_record, raise_error_record
 from sigma.io.corpora.base import Shard, planned_pairs
+from sigma.lifeline import ShieldedSpawnContext, interrupts_ignored, stop_signals_deferred
 
 TICK_INTERVAL_S = 0.25
 
@@ -127,7 +127,7 @@ class _Ticker:
 
 def _child_main(conn: Connection, config: dict[str, Any], run_dir: str, run_hash: str, threads: int,
                 parent_pid: int, name: str) -> None:
-    from sigma.batch.lifeline import die_with_parent, leave_stop_signals_to_parent
+    from sigma.lifeline import die_with_parent, leave_stop_signals_to_parent
 
     # Ctrl-C reached every child too: each died with a KeyboardInterrupt traceback (during start-up in spawn's
     # imports, or mid-shard), while the driver was itself stopping; the driver decides and kills us

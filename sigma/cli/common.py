@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,18 @@ class SigmaArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"sigma: error [bad_arguments]: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+    def _parse_optional(self, arg_string: str):  # type: ignore[no-untyped-def]
+        """A value that reads as a negative number is a value, not a flag. argparse's own test knows -1 and -.5
+        only: `--min-confidence -inf` (or -1e-3) was "expected one argument", and after a flag with a short
+        option -i, `-inf` was `-i nf`; the user never heard the real reason (a confidence is in [0, 1])."""
+        if NEGATIVE_NUMBER.fullmatch(arg_string) and not self._has_negative_number_optionals:
+            return None
+        return super()._parse_optional(arg_string)
+
+
+#: -1, -0.5, -.5, -1e-3, -inf, -Infinity, -nan: what `float` reads as a number below zero (or NaN)
+NEGATIVE_NUMBER = re.compile(r"-(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf(?:inity)?|nan)", re.IGNORECASE)
 
 
 # How a `--set` / `key=value` VALUE is read (sigma.config.loader.Override): said in every --help that takes one.

@@ -180,7 +180,7 @@ def run_worker_cmd(args: argparse.Namespace) -> int:
 
     parent = os.environ.pop(PARENT_ENV, "")
     if parent.isdigit():                     # `sigma serve all`'s child: never outlive the supervisor
-        from sigma.batch.lifeline import die_with_parent
+        from sigma.lifeline import die_with_parent
 
         die_with_parent(int(parent))
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+import math
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from sigma.text import MAX_JSON_DEPTH
 
@@ -35,6 +37,24 @@ MAX_JSON_DEPTH_CEILING = 200
 # ... and the least it may be lowered to: our own fields of a result nest up to 5 levels (result.json's resolved config,
 # the components split), so a lower limit failed every pair, the annotator's extras or not.
 MIN_JSON_DEPTH = 8
+
+
+def _finite(value: Any) -> Any:
+    """NaN and the infinities (`--set threshold=nan`, `1e400`) said "should be less than or equal to 1" (NaN fails
+    every comparison): misleading. They are told what a number here must be; the rest goes on to the checks."""
+    if isinstance(value, (str, float)):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if not math.isfinite(number):
+            raise PydanticCustomError("finite_number", "Input should be a finite number in [0, 1], got {value}",
+                                      {"value": number})
+    return value
+
+
+#: a probability or a threshold: a finite number in [0, 1]
+UnitInterval = Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_finite)]
 
 
 class Strict(BaseModel):
@@ -92,5 +112,5 @@ class AnnotatorSpec(Strict):
     annotator: str | None = Field(None, description="registry name; None = the embedded default (sigma-lite when "
                                   "its weights ship with this install, else pixel-diff)")
     options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="mask = prob > threshold; None = the "
+    threshold: UnitInterval | None = Field(None, description="mask = prob > threshold; None = the "
                                     "annotator's default")

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from sigma.config.schema import MAX_BATCH_SIZE, MAX_WORKING_SIZE, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_WORKING_SIZE, Strict, UnitInterval
 from sigma.grounding.registry import GROUNDERS, SEGMENTERS, ensure_grounders, ensure_segmenters
 from sigma.registry import registered
 
@@ -13,8 +13,8 @@ from sigma.registry import registered
 class DetectorConfig(Strict):
     weights: str = Field("IDEA-Research/grounding-dino-tiny",
                          description="local save_pretrained folder or HF repo id (HF cache, local_files_only)")
-    box_threshold: float = Field(0.35, ge=0.0, le=1.0, description="minimum box score kept")
-    text_threshold: float = Field(0.25, ge=0.0, le=1.0, description="minimum token score for a label")
+    box_threshold: UnitInterval = Field(0.35, description="minimum box score kept")
+    text_threshold: UnitInterval = Field(0.25, description="minimum token score for a label")
     max_detections: int = Field(5, ge=1, le=100, description="boxes kept per image, best first")
     image_size: int | None = Field(None, ge=32, le=MAX_WORKING_SIZE, description="shortest edge the detector sees "
                                    "(None = the checkpoint's own, 800 for IDEA-Research)")
@@ -28,7 +28,7 @@ class SegmenterConfig(Strict):
     weights: str = Field("facebook/sam2.1-hiera-tiny", description="folder / HF repo id (sam2), or a .pt "
                          "checkpoint (native-sam2)")
     native_config: str = Field("configs/sam2.1/sam2.1_hiera_t.yaml", description="native-sam2 model config")
-    mask_threshold: float | None = Field(None, ge=0.0, le=1.0, description="binarise masks at this "
+    mask_threshold: UnitInterval | None = Field(None, description="binarise masks at this "
                                          "probability; None keeps SAM's soft masks")
     batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE, description="images encoded at once")
 

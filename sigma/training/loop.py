@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,13 @@ from sigma.config.loader import config_hash, load_config, parse_overrides, save_
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.folderlock import hold_folder, waiting_lock
 from sigma.io.images import replace_atomically
+from sigma.lifeline import (
+    ShieldedSpawnContext,
+    die_with_parent,
+    interrupts_ignored,
+    leave_stop_signals_to_parent,
+    stop_signals_deferred,
+)
 from sigma.text import dumps_finite
 
 from . import losses as L
@@ -38,7 +45,13 @@ from .validate import evaluate_real, validate_synthetic
 
 def _worker_init(_: int) -> None:
     """Data workers do numpy/OpenCV work: one thread each, so they never oversubscribe the cores.
-    Workers are *spawned*: a forked child of a process whose OpenMP pool is running can deadlock."""
+    Workers are *spawned*: a forked child of a process whose OpenMP pool is running can deadlock.
+
+    Ctrl-C signals the whole process group: a worker took it as its own and died (a KeyboardInterrupt traceback
+    from spawn's imports) while the trainer was stopping. Workers start with SIGINT/SIGTERM blocked
+    (`ShieldedSpawnContext`) and ignore them here, first thing: the trainer alone stops, and stops them."""
+    leave_stop_signals_to_parent()
+    die_with_parent()
     import cv2
 
     cv2.setNumThreads(1)
@@ -636,42 +649,44 @@ class Trainer:
         n_pairs = 0
         t_last = time.perf_counter()
         window: dict[str, list[float]] = {}
-        for batch in self._batches(ds):
-            t0 = time.perf_counter()
-            t_data += t0 - t_last
-            b = to_float(batch, self.device)
-            res = self.train_step(b)
-            t_last = time.perf_counter()
-            t_model += t_last - t0
-            if res is None:
-                bad += 1
-                self.emit({"event": "skipped_step", "reason": "non-finite loss or gradient"})
-                if bad >= cfg.max_bad_steps:
+        # closed on the way out, whatever it is: a Ctrl-C in a step stops the data workers at once, and quietly
+        with closing(self._batches(ds)) as batches:
+            for batch in batches:
+                t0 = time.perf_counter()
+                t_data += t0 - t_last
+                b = to_float(batch, self.device)
+                res = self.train_step(b)
+                t_last = time.perf_counter()
+                t_model += t_last - t0
+                if res is None:
+                    bad += 1
+                    self.emit({"event": "skipped_step", "reason": "non-finite loss or gradient"})
+                    if bad >= cfg.max_bad_steps:
+                        self.checkpoint()
+                        raise TrainingDiverged(f"{bad} non-finite steps in a row at step {self.step}; "
+                                               "lower lr or check the data")
+                else:
+                    bad = 0
+                    for k, v in res.items():
+                        window.setdefault(k, []).append(v)
+                self.step += 1
+                n_pairs += cfg.batch_size * self.world
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rec = self._reduce_window(window)
+                    rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9),
+                               data_s=t_data, model_s=t_model)
+                    self.emit(rec)
+                    self.log(f"step {self.step}/{cfg.steps} loss {rec.get('loss', float('nan')):.4f} "
+                             f"lr {rec.get('lr', 0):.2e} {rec['pairs_per_s']:.1f} pairs/s "
+                             f"(data wait {t_data:.0f}s, model {t_model:.0f}s)")
+                    window = {}
+                if self.step % cfg.ckpt_every == 0:
                     self.checkpoint()
-                    raise TrainingDiverged(f"{bad} non-finite steps in a row at step {self.step}; "
-                                           "lower lr or check the data")
-            else:
-                bad = 0
-                for k, v in res.items():
-                    window.setdefault(k, []).append(v)
-            self.step += 1
-            n_pairs += cfg.batch_size * self.world
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                rec = self._reduce_window(window)
-                rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9),
-                           data_s=t_data, model_s=t_model)
-                self.emit(rec)
-                self.log(f"step {self.step}/{cfg.steps} loss {rec.get('loss', float('nan')):.4f} "
-                         f"lr {rec.get('lr', 0):.2e} {rec['pairs_per_s']:.1f} pairs/s "
-                         f"(data wait {t_data:.0f}s, model {t_model:.0f}s)")
-                window = {}
-            if self.step % cfg.ckpt_every == 0:
-                self.checkpoint()
-            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
-                self.validate(val)
-            # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
-            if self.step < cfg.steps and self._out_of_time(started):
-                return self._pause(val, started, window, n_pairs, t_data, t_model)
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
+                    self.validate(val)
+                # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
+                if self.step < cfg.steps and self._out_of_time(started):
+                    return self._pause(val, started, window, n_pairs, t_data, t_model)
         self.checkpoint()
         return self._finish(val)
 
@@ -690,7 +705,7 @@ class Trainer:
         return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                           persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None,
                           worker_init_fn=_worker_init if cfg.num_workers else None,
-                          multiprocessing_context="spawn" if cfg.num_workers else None)
+                          multiprocessing_context=ShieldedSpawnContext() if cfg.num_workers else None)
 
     def _loader_iter(self, ds: TrainDataset) -> Iterator[dict[str, torch.Tensor]]:
         """The loader's iterator, without torch's SIGCHLD handler: that handler raises a worker's death in the
@@ -708,6 +723,24 @@ class Trainer:
             signal.signal(signal.SIGCHLD, before if before is not None else signal.SIG_DFL)
         return iterator
 
+    @contextmanager
+    def _data_workers(self, ds: TrainDataset) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
+        """The loader's iterator, its workers stopped on leaving, whatever the way out. A Ctrl-C while the workers
+        started left a half-built iterator whose `__del__` printed an AttributeError traceback; one while they
+        stopped (a second Ctrl-C, or the first one landing in a read) a KeyboardInterrupt traceback from that
+        `__del__`, and workers possibly left running. Now a Ctrl-C in their start is taken once they are started
+        and known, and they are stopped with further Ctrl-Cs ignored (bounded: a join, then terminate)."""
+        iterator = None
+        try:
+            with stop_signals_deferred():
+                iterator = self._loader_iter(ds)
+            yield iterator
+        finally:
+            shutdown = getattr(iterator, "_shutdown_workers", None)   # torch's, idempotent; none without workers
+            if shutdown is not None:
+                with interrupts_ignored():
+                    shutdown()
+
     def _batches(self, ds: TrainDataset) -> Iterator[dict[str, torch.Tensor]]:
         """The batches from `self.step` on. A data worker that dies (the OOM killer, a stray kill) ends the
         DataLoader with a RuntimeError; since batch t is a pure function of (seed, t), a new loader from the
@@ -718,7 +751,8 @@ class Trainer:
         while self.step < self.cfg.steps:
             start = self.step
             try:
-                yield from self._loader_iter(ds)
+                with self._data_workers(ds) as batches:
+                    yield from batches
                 return
             except (RuntimeError, ConnectionError, EOFError) as exc:
                 # a death seen by the loader, or the pipe it tore (a tensor in transit when it was killed)

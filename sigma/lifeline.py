@@ -8,6 +8,9 @@ Ctrl-C signals the terminal's whole process group, a service manager's stop the 
 took SIGINT/SIGTERM as their own died each with a KeyboardInterrupt traceback while their parent was deciding
 what to do. Start a child as a `ShieldedSpawnProcess` (or through a `ShieldedSpawnContext`) and call
 `leave_stop_signals_to_parent` first thing in it: the parent alone decides, and stops or kills its children.
+
+A bottom-layer module (stdlib only): `sigma.batch` (decode pools, `--procs`) and `sigma.training` (the DataLoader's
+workers), siblings that may not import each other, both use it.
 """
 from __future__ import annotations
 

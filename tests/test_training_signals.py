@@ -1,0 +1,116 @@
+"""Ctrl-C to a `sigma train` with data workers: the terminal signals the whole process group, workers included."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from test_synth import make_photos
+from test_training import STAGE1, _weights, steps_logged
+
+from sigma.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_BITS = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_photos(tmp_path_factory.mktemp("photos"), n=4, size=(80, 96))
+
+
+def _workers(pid: int) -> list[psutil.Process]:
+    try:
+        return [c for c in psutil.Process(pid).children() if "multiprocessing-fork" in " ".join(c.cmdline())]
+    except psutil.Error:
+        return []
+
+
+def _shielded(worker: psutil.Process) -> bool | None:
+    """SIGINT and SIGTERM both blocked (still starting) or both ignored (started); None once it is gone."""
+    try:
+        status = Path(f"/proc/{worker.pid}/status").read_text()
+    except OSError:
+        return None
+    masks = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return any(int(masks[key], 16) & STOP_BITS == STOP_BITS for key in ("SigBlk", "SigIgn"))
+
+
+def _interrupted(args: list[str], ready, photos_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list]:
+    """Run `sigma train ARGS` in its own process group; once `ready(pid)` holds, a storm of SIGINTs to the group
+    (a held Ctrl-C) until it exits. The workers seen, with whether each was shielded, come back too."""
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=photos_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    seen: dict[int, tuple[psutil.Process, bool | None]] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not ready(proc.pid):
+            for w in _workers(proc.pid):
+                seen.setdefault(w.pid, (w, _shielded(w)))
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        for w in _workers(proc.pid):
+            seen.setdefault(w.pid, (w, _shielded(w)))
+        storm_end = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < storm_end:
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), list(seen.values())
+
+
+def test_ctrl_c_storms_at_the_workers_start_and_mid_run_exit_130_quietly_and_resume_finishes_the_run(photos, tmp_path):
+    """A held Ctrl-C (SIGINT to the process group, repeatedly) while the data workers start, then while a resumed
+    run trains: each time one line `sigma: interrupted` and exit 130 — no traceback from the trainer (a half-built
+    loader's `__del__`, a second Ctrl-C in its workers' shutdown) nor from the workers, which start with the signals
+    blocked and ignore them, and are gone with the trainer. The last checkpoint is kept and `--resume` ends the run
+    with every step logged once and the uninterrupted run's weights."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=10", "batch_size=2", "ckpt_every=2",
+              "eval.val_size=0", "warmup_steps=2", "log_every=1"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cut = runs / "cut"
+
+    # 1. while the workers start: the storm begins as soon as the first one exists
+    done, workers = _interrupted([STAGE1, *common, "name=cut", "num_workers=2"],
+                                 lambda pid: bool(_workers(pid)), env)
+    assert (done.returncode, done.stderr.decode()) == (130, "sigma: interrupted\n"), done.stderr.decode()[-3000:]
+    assert workers and all(shielded is not False for _, shielded in workers), workers
+    assert not (cut / "final").exists()
+
+    # 2. mid-run, after a checkpoint
+    done, workers = _interrupted(["--resume", str(cut)], lambda pid: (cut / "checkpoint.pt").is_file(), env)
+    assert (done.returncode, done.stderr.decode()) == (130, "sigma: interrupted\n"), done.stderr.decode()[-3000:]
+    assert workers and all(shielded is not False for _, shielded in workers), workers
+    assert any(shielded for _, shielded in workers), "no worker seen alive to sample"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+                                              for w, _ in workers):
+        time.sleep(0.05)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w, _ in workers), "workers outlived it"
+    step = torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
+    assert 0 < step < 10 and not (cut / "final").exists()
+
+    # 3. the resume finishes the same run
+    done = subprocess.run([sys.executable, "-m", "sigma", "train", "--resume", str(cut)], env=env,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert steps_logged(cut) == list(range(1, 11))
+    ref, got = _weights(runs / "ref"), _weights(cut)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
