@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -34,3 +35,11 @@ def children_of(pid: int, spawned: bool = False) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z" and (not spawned or "spawn_main" in cmdline(child)):
             out.append(child)
     return out
+
+
+def takes_ctrl_c() -> None:
+    """`preexec_fn` for a child that a test stops with Ctrl-C: SIGINT as a terminal's foreground job has it. A shell
+    that starts a job in the background (`cmd &`, as a CI runner or `nohup ... &` may) sets SIGINT to ignored, the
+    child inherits that, and Python then installs no KeyboardInterrupt handler: the run ignored every Ctrl-C the
+    test sent and finished with exit 0 (as it should, under an ignored SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from procfs import children_of, env
+from procfs import children_of, env, takes_ctrl_c
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -54,7 +54,8 @@ def start_run(source: Path, out: Path, resume: bool) -> subprocess.Popen:
             "--annotator", "slow-diff", "--set", "options.delay_ms=150", "--batch-size", "1", "--workers", "0",
             "--plugin", "service_plugins", "--no-progress", "--json", *(["--resume"] if resume else [])]
     return subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=str(TESTS.parent), start_new_session=True)
+                            stderr=subprocess.PIPE, cwd=str(TESTS.parent), start_new_session=True,
+                            preexec_fn=takes_ctrl_c)
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from procfs import takes_ctrl_c
 from test_synth import make_photos
 from test_training import STAGE1, _weights, steps_logged
 
@@ -46,7 +47,8 @@ def _interrupted(args: list[str], ready, photos_env: dict[str, str]) -> tuple[su
     """Run `sigma train ARGS` in its own process group; once `ready(pid)` holds, a storm of SIGINTs to the group
     (a held Ctrl-C) until it exits. The workers seen, with whether each was shielded, come back too."""
     proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=photos_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=takes_ctrl_c)
     seen: dict[int, tuple[psutil.Process, bool | None]] = {}
     try:
         deadline = time.monotonic() + 180
