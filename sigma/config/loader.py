@@ -10,7 +10,9 @@ import copy
 import datetime
 import hashlib
 import json
+import os
 import re
+import secrets
 import types
 import typing
 from collections.abc import Callable
@@ -496,13 +498,22 @@ def config_hash(config: BaseModel | dict) -> str:
 
 
 def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "config.yaml") -> Path:
-    """Write the resolved config next to an output, atomically, so every result can be reproduced."""
+    """Write the resolved config next to an output, atomically, so every result can be reproduced. The temporary
+    file is this writer's own (pid + random, as `sigma.io.images.temp_name`, which this layer may not import): with
+    one shared `config.yaml.tmp`, two processes writing one folder's config truncated each other's file, and a
+    rename installed a half-written or the other's config, or found the file gone (FileNotFoundError). A write
+    that fails (a value YAML cannot write, a full disk) takes its temporary file with it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(resolved_yaml(config))
-    tmp.replace(target)
+    text = resolved_yaml(config)          # before any file: a config YAML cannot write leaves nothing behind
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 
