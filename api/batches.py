@@ -27,7 +27,7 @@ from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
 from sigma.batch.layout import MAX_FAILED_SHOWN
-from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE, UnitInterval
 from sigma.errors import SigmaError
 from sigma.folderlock import anonymised
 from sigma.service.settings import ServeConfig
@@ -53,7 +53,7 @@ class BatchRequest(BaseModel):
     annotator: str | None = Field(None, description="one of api.annotators; default: the first")
     options: dict[str, Any] | None = Field(None, description="annotator config overrides (validated against "
                                            "the annotator's config model at submit: 422 invalid_config)")
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    threshold: UnitInterval | None = Field(None, description="mask = prob > threshold (finite, in [0, 1])")
     batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
 
     @field_validator("shard_size", "batch_size", mode="before")

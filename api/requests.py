@@ -25,7 +25,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sigma.api.errors import ApiError, validation_message
 from sigma.api.middleware import BodyReadAborted
-from sigma.config.schema import Strict
+from sigma.config.schema import Strict, UnitInterval
 from sigma.text import find_surrogate
 from sigma.types import MaskMode
 
@@ -38,7 +38,9 @@ OPTION_FIELDS = ("instruction", "annotator", "threshold", "mask_mode", "outputs"
 class AnnotateOptions(Strict):
     instruction: str | None = Field(None, description="the edit instruction, e.g. 'remove the boat'")
     annotator: str | None = Field(None, description="registry name; default: the first of api.annotators")
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="mask = prob > threshold")
+    # UnitInterval: `threshold=nan` (a form field) or `1e400` (JSON reads it as inf) is "a finite number in [0, 1]",
+    # not "less than or equal to 1"; under strict validation `true` is still no number
+    threshold: UnitInterval | None = Field(None, description="mask = prob > threshold")
     mask_mode: MaskMode | None = Field(
         None, description="which mask is *the* mask (segmentation, area, bbox, png): auto = the synthesised "
         "footprint on composites, the semantic mask elsewhere; both are reported either way. Default: the "

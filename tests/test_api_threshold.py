@@ -1,0 +1,89 @@
+"""`threshold` over real HTTP (uvicorn, redis-server): a number that is not finite is told what a threshold must be.
+
+JSON's NaN / Infinity literals are no JSON (400 bad_json, before any field is read), but `1e400` is JSON, which Python
+reads as inf, and a form field is text (`nan`, `inf`): each said "less than or equal to 1" (NaN fails every
+comparison), or "greater than or equal to 0" for -inf. `true` stays a 422 (strict JSON types), 2 is out of range."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from servicekit import make_pair, png_bytes, running_service
+
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+NOT_FINITE = "finite number in [0, 1]"
+
+
+@pytest.fixture(scope="module")
+def svc(redis_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("threshold-root")
+    write_pairs_jsonl(root / "corpus", synthetic_pairs(2, size=32))
+    with running_service(redis_server, tmp_path_factory.mktemp("svc-threshold"), [f"api.batch_root={root}"]) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def pair():
+    original, edited = make_pair()
+    return png_bytes(original), png_bytes(edited)
+
+
+def _error(resp) -> tuple[int, str, str]:
+    body = resp.json()
+    return resp.status_code, body["error"]["code"], body["error"]["message"]
+
+
+# (threshold as JSON text, what the message says); every one a 422 invalid_request naming `threshold`
+JSON_WRONG = [("1e400", NOT_FINITE), ("-1e400", NOT_FINITE), ("true", "valid number"), ("2", "less than or equal")]
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/annotate"])
+@pytest.mark.parametrize("text, says", JSON_WRONG)
+def test_json_annotate_threshold(svc, pair, path, text, says):
+    body = (f'{{"original": "{base64.b64encode(pair[0]).decode()}", '
+            f'"edited": "{base64.b64encode(pair[1]).decode()}", "threshold": {text}}}')
+    resp = svc.http.post(path, content=body, headers={**svc.headers(), "Content-Type": "application/json"})
+    status, code, message = _error(resp)
+    assert (status, code) == (422, "invalid_request"), resp.text
+    assert message.startswith("threshold: ") and says in message, message
+
+
+@pytest.mark.parametrize("text, says", [("nan", NOT_FINITE), ("inf", NOT_FINITE), ("-Infinity", NOT_FINITE),
+                                        ("1e400", NOT_FINITE), ("true", "valid number"), ("2", "less than or equal")])
+def test_form_threshold(svc, pair, text, says):
+    status, code, message = _error(svc.submit(*pair, {"threshold": text}))
+    assert (status, code) == (422, "invalid_request")
+    assert message.startswith("threshold: ") and says in message, message
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_json_nan_literals_are_no_json(svc, pair, text):
+    body = f'{{"original": "", "edited": "", "threshold": {text}}}'
+    resp = svc.http.post("/v1/jobs", content=body, headers={**svc.headers(), "Content-Type": "application/json"})
+    status, code, message = _error(resp)
+    assert (status, code) == (400, "bad_json") and text in message, message
+
+
+@pytest.mark.parametrize("text, says", JSON_WRONG)
+def test_batch_threshold(svc, text, says):
+    body = f'{{"input": "corpus", "out": "runs/t", "threshold": {text}}}'
+    resp = svc.http.post("/v1/batches", content=body, headers={**svc.headers(), "Content-Type": "application/json"})
+    status, code, message = _error(resp)
+    assert (status, code) == (422, "invalid_request"), resp.text
+    assert message.startswith("threshold: ") and says in message, message
+
+
+def test_a_threshold_in_range_is_taken(svc, pair):
+    resp = svc.submit(*pair, {"threshold": "0.5"})
+    assert resp.status_code == 202, resp.text
+    resp = svc.http.post("/v1/jobs", headers=svc.headers(), json={
+        "original": base64.b64encode(pair[0]).decode(), "edited": base64.b64encode(pair[1]).decode(),
+        "threshold": 0.5})
+    assert resp.status_code == 202, resp.text
+    resp = svc.http.post("/v1/batches", headers=svc.headers(), content=json.dumps(
+        {"input": "corpus", "out": "runs/ok", "threshold": 0.5}))
+    assert resp.status_code == 202, resp.text
