@@ -479,7 +479,8 @@ def main_():
     def hook(event, args):
         if busy or event != "open" or not isinstance(args[1], str) or "w" not in args[1]:
             return
-        if os.path.realpath(os.fsdecode(args[0])) != os.path.join(out, "config.yaml.tmp"):
+        path = os.path.realpath(os.fsdecode(args[0]))   # config.yaml's temporary file, whatever its name
+        if os.path.dirname(path) != out or "config.yaml" not in os.path.basename(path):
             return
         busy.append(1)
         run_file = os.path.join(out, "run.json")
