@@ -18,12 +18,9 @@ def check_mask_mode(mode: str) -> str:
     return mode
 
 
-def confidence_value(value: Any) -> float | None:
-    """A result's `confidence` as every reader of it takes it: a finite number, or None (no confidence). An
-    annotator's extras are its own (a plugin's NaN, inf, 10**400 or "high"), and a manifest row holds what its
-    file holds: `float()` raised OverflowError on 10**400 (a traceback in `sigma eval`), and NaN or inf passed
-    `--min-confidence` (NaN < c is False) and sorted anywhere, so a pair without a confidence was exported as
-    the most confident. What is None here fails every confidence bound and sorts last (docs/batch.md)."""
+def finite_number(value: Any) -> float | None:
+    """`value` as a finite float, or None: NaN, inf, text that is no number, and integers too large for a float
+    (10**400: OverflowError in `float()`) included."""
     if value is None:
         return None
     try:
@@ -31,6 +28,15 @@ def confidence_value(value: Any) -> float | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return out if math.isfinite(out) else None
+
+
+def confidence_value(value: Any) -> float | None:
+    """A result's `confidence` as every reader of it takes it: a finite number, or None (no confidence). An
+    annotator's extras are its own (a plugin's NaN, inf, 10**400 or "high"), and a manifest row holds what its
+    file holds: `float()` raised OverflowError on 10**400 (a traceback in `sigma eval`), and NaN or inf passed
+    `--min-confidence` (NaN < c is False) and sorted anywhere, so a pair without a confidence was exported as
+    the most confident. What is None here fails every confidence bound and sorts last (docs/batch.md)."""
+    return finite_number(value)
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -43,3 +44,15 @@ def takes_ctrl_c() -> None:
     child inherits that, and Python then installs no KeyboardInterrupt handler: the run ignored every Ctrl-C the
     test sent and finished with exit 0 (as it should, under an ignored SIGINT)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def communicate(proc: subprocess.Popen, timeout: float) -> tuple[bytes, str]:
+    """(stdout, stderr as text) of a child started in its own session; one still running after `timeout` s is
+    killed with its whole group and fails the test with its stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"still running after {timeout} s:\n{err.decode(errors='replace')}") from None
+    return out, err.decode(errors="replace")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procfs import children_of, env
+from procfs import children_of, communicate, env
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -51,14 +51,9 @@ def start_runs(tmp_path: Path, pairs: int, rounds: int, **extra) -> subprocess.P
 
 
 def outcome(proc: subprocess.Popen, timeout: float) -> tuple[int, list[dict], str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"still running after {timeout} s:\n{err.decode(errors='replace')}") from None
+    out, err = communicate(proc, timeout)
     lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-    return proc.returncode, lines, err.decode(errors="replace")
+    return proc.returncode, lines, err
 
 
 def test_ctrl_c_while_decode_processes_start_never_reaches_them(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from procfs import children_of, env, takes_ctrl_c
+from procfs import children_of, communicate, env, takes_ctrl_c
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -59,13 +59,8 @@ def start_run(source: Path, out: Path, resume: bool) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"still running after {timeout} s:\n{err.decode(errors='replace')}") from None
-    return proc.returncode, out.decode(), err.decode(errors="replace")
+    out, err = communicate(proc, timeout)
+    return proc.returncode, out.decode(), err
 
 
 def interrupted_run(source: Path, out: Path, resume: bool, when) -> tuple[int, str, list[int], set[int]]:

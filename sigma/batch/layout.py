@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sigma.errors import ConfigError, InputError
+from sigma.config.loader import positive_int_env
+from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import replace_atomically
@@ -48,17 +49,8 @@ ENV_MAX_RUN_BYTES = "SIGMA_MAX_RUN_BYTES"
 def max_run_bytes() -> int:
     """The limit: $SIGMA_MAX_RUN_BYTES when set (a positive integer; `1e8` and `100_000_000` are read too), else
     `DEFAULT_MAX_RUN_BYTES`."""
-    raw = os.environ.get(ENV_MAX_RUN_BYTES, "").strip().replace("_", "")
-    if not raw:
-        return DEFAULT_MAX_RUN_BYTES
-    try:
-        value = int(float(raw)) if any(c in raw for c in ".eE") else int(raw)
-    except (ValueError, OverflowError):
-        value = 0
-    if value < 1:
-        raise ConfigError(f"${ENV_MAX_RUN_BYTES}={shown(raw, 40)!r}: the run record size limit is a positive number "
-                          f"of bytes (default {DEFAULT_MAX_RUN_BYTES})")
-    return value
+    return positive_int_env(ENV_MAX_RUN_BYTES, DEFAULT_MAX_RUN_BYTES, "the run record size limit is a positive "
+                            f"number of bytes (default {DEFAULT_MAX_RUN_BYTES})")
 
 
 def refuse_folder(path: Path) -> None:

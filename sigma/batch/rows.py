@@ -11,7 +11,7 @@ from sigma.batch.decode import Decoded
 from sigma.eval.metrics import score_image
 from sigma.rle import encode_rle
 from sigma.text import MAX_JSON_DEPTH, json_text
-from sigma.types import Annotation, confidence_value
+from sigma.types import Annotation, confidence_value, finite_number
 
 SCHEMA_FIELDS: list[tuple[str, str]] = [
     ("pair_id", "string"), ("source", "string"), ("shard", "string"), ("index", "int64"), ("subset", "string"),
@@ -67,14 +67,6 @@ def _rle_of(value: Any) -> str | None:
     return None
 
 
-def _number(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if np.isnan(out) else out
-
-
 def base_row(decoded: Decoded, shard_key: str, run_hash: str) -> dict[str, Any]:
     item = decoded.item
     row = empty_row()
@@ -126,7 +118,7 @@ def ok_row(decoded: Decoded, ann: Annotation, shard_key: str, run_hash: str, mas
         row["edit_type"] = extra.get("edit_type") or (parser.get("edit_type") if isinstance(parser, dict) else None)
     if decoded.gt is not None:
         score = score_image(pair.pair_id, ann.mask, ann.prob, decoded.gt)
-        row.update(gt_f1=score.f1, gt_iou=score.iou, gt_auc=_number(score.auc), gt_fraction=score.gt_fraction,
+        row.update(gt_f1=score.f1, gt_iou=score.iou, gt_auc=finite_number(score.auc), gt_fraction=score.gt_fraction,
                    gt_tp=score.tp, gt_fp=score.fp, gt_fn=score.fn)
     return row
 

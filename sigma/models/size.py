@@ -8,9 +8,9 @@ of any size is refused in microseconds, and one that fits is built as before.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from sigma.config.loader import positive_int_env
 from sigma.errors import ConfigError
 from sigma.models.config import MAX_BLOCKS, CompactBackboneConfig, Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.refine import EDIT_TYPES
@@ -23,17 +23,8 @@ ENV_MAX_PARAMETERS = "SIGMA_MAX_MODEL_PARAMS"
 
 def max_parameters() -> int:
     """The limit: $SIGMA_MAX_MODEL_PARAMS when set (a positive integer), else `DEFAULT_MAX_PARAMETERS`."""
-    raw = os.environ.get(ENV_MAX_PARAMETERS, "").strip().replace("_", "")
-    if not raw:
-        return DEFAULT_MAX_PARAMETERS
-    try:
-        value = int(float(raw)) if any(c in raw for c in ".eE") else int(raw)
-    except (ValueError, OverflowError):
-        value = 0
-    if value < 1:
-        raise ConfigError(f"${ENV_MAX_PARAMETERS}={raw[:40]!r}: the model size limit is a positive number of "
-                          "parameters (e.g. 2000000000)")
-    return value
+    return positive_int_env(ENV_MAX_PARAMETERS, DEFAULT_MAX_PARAMETERS,
+                            "the model size limit is a positive number of parameters (e.g. 2000000000)")
 
 
 def _conv_bn(cin: int, cout: int, k: int = 1, groups: int = 1) -> int:
