@@ -1334,3 +1334,32 @@ def test_a_task_deferred_longer_than_max_defer_s_is_not_given_up_while_the_local
     assert stats.dead == 0 and stats.failed == 0 and stats.deferred > 0, stats
     summary = RunDir(out).summary()
     assert (summary["done"], summary["failed"], summary["pending"]) == (20, 0, 0), summary
+
+
+def test_a_worker_with_a_lower_run_size_limit_than_the_driver_dead_letters_at_once_saying_both(
+        redis_server, corpus, tmp_path, monkeypatch, capsys):
+    """The machines of one fleet set $SIGMA_MAX_RUN_BYTES differently: the driver (`sigma batch submit`, default
+    64 MiB) wrote a run.json larger than a worker's limit. That worker refuses it by size, for good: each task is
+    dead-lettered on its first delivery (no run.json patience, no trip through the lease: another read is no
+    bigger), the worker carries on and ends normally, and the dead letter says `run_too_large` (not `bad_task`), naming
+    the size, the limit and the variable."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
+                 "--set", "workers=0", "--redis", redis_server.url, "--key-prefix", prefix]) == 0
+    capsys.readouterr()
+    size = (out / "run.json").stat().st_size
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", str(size - 1))           # this worker's machine only
+    start = time.monotonic()
+    stats = run_batch_worker(redis_server.url, prefix, "low", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+                             max_deliveries=3, run_read_retry_s=5, exit_when_idle=True)
+    assert (stats.dead, stats.done, stats.failed) == (6, 0, 0), stats
+    assert time.monotonic() - start < 5, "read again or retried through the lease"
+    assert all(f"{size} bytes, over the {size - 1} a run record may hold ($SIGMA_MAX_RUN_BYTES" in error
+               for error in stats.errors) and len(stats.errors) == 6, stats.errors
+    dead = make_queue(redis_server.client(), Keys(prefix), "check").dead_entries()
+    assert len(dead) == 6, dead
+    for entry in dead:      # was `bad_task`, "bad task {...}": the task is sound, this machine's limit is lower
+        error = json.loads(entry.fields["error"])
+        assert error["code"] == "run_too_large" and not error["message"].startswith("bad task"), error
+        assert f"{size} bytes, over the {size - 1}" in error["message"], error

@@ -856,6 +856,47 @@ def test_grounding_thresholds_that_are_no_finite_number_are_said_to_be_one():
     assert DetectorConfig(box_threshold=0.5).box_threshold == 0.5 and SegmenterConfig().mask_threshold is None
 
 
+@pytest.mark.parametrize("command", ["annotate", "batch"])
+@pytest.mark.parametrize("yaml_text, key", [("threshold: yes\n", "threshold"),
+                                            ("annotator: pixel-diff\noptions:\n  threshold: on\n", "threshold"),
+                                            ("io:\n  limits:\n    max_pixels: true\n", "io.limits.max_pixels"),
+                                            ("io:\n  max_shift_px: no\n", "io.max_shift_px")])
+def test_a_boolean_where_a_config_takes_a_number_is_refused(capsys, pair_files, tmp_path, command, yaml_text, key):
+    """pydantic reads True as 1 and 1.0: `threshold: yes` in a config file (YAML 1.1 reads yes/no/on/off as
+    booleans) was a threshold of 1.0 (an empty mask for every pair), `max_pixels: true` a limit of one pixel. A bool
+    where a number belongs is now invalid_config naming the key, through the file, `--set` and the constructor."""
+    from pydantic import ValidationError
+
+    from sigma.annotators.base import AnnotatorConfig
+    from sigma.config.schema import IOConfig, LimitsConfig
+    from sigma.models.config import CompactBackboneConfig
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    orig, edited = pair_files
+    where = ([str(orig), str(edited), "-i", "x", "-o", str(tmp_path / "out")] if command == "annotate"
+             else ["run", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"])
+    code, _out, err = run_main(capsys, command, *where, "--config", str(config))
+    assert code == 2
+    assert_one_error_line(err, "invalid_config")
+    assert f"{key}: Input should be a valid number, not the boolean" in err, err
+    # the config file's own keys are read by the loader, which says why a bare word was a boolean; the annotator's
+    # options are validated where the API validates them too (JSON: no such note)
+    assert ("YAML reads yes/no" in err) == ("options" not in yaml_text), err
+    assert not (tmp_path / "out").exists()
+    code, _out, err = run_main(capsys, command, *where, "--set", "threshold=true")
+    assert code == 2 and "threshold: Input should be a valid number, not the boolean True" in err, err
+
+    for make, loc in [(lambda: AnnotatorConfig(threshold=True), "threshold"),
+                      (lambda: LimitsConfig(max_bytes=False), "max_bytes"),
+                      (lambda: CompactBackboneConfig(widths=[16, True]), "widths.1")]:
+        with pytest.raises(ValidationError, match=rf"{loc}\n  Input should be a valid number, not the boolean"):
+            make()
+    # a field that takes a bool still does, and numbers are numbers
+    assert AnnotatorConfig(threshold=1).threshold == 1.0 and LimitsConfig(max_bytes=5).max_bytes == 5
+    assert IOConfig(align=True).align is True
+
+
 @pytest.mark.parametrize("command", [["export", "coco", "RUN", "--out", "x.json"],
                                      ["export", "imdl-benco", "RUN", "--out", "x"], ["export", "hf", "RUN", "x"],
                                      ["report", "RUN"]])

@@ -256,3 +256,93 @@ def test_a_corpus_format_of_a_plugin_named_in_the_same_config_file(command, redi
     assert proc.stderr.startswith("sigma: error [invalid_config]: plugins: cannot import 'no_such_format_plugin'"), \
         proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+MARKED_PLUGIN = """
+from sigma.annotators.pixel_diff import PixelDiff
+from sigma.registry import ANNOTATORS
+
+
+class MarkedDiff(PixelDiff):
+    name = "marked-diff"
+
+
+if "marked-diff" not in ANNOTATORS:
+    ANNOTATORS.register("marked-diff", "test only: pixel-diff under a plugin's name")(lambda **o: MarkedDiff(**o))
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_batch_plugin_flags_add_to_the_config_files_plugins(command, redis_server, tmp_path):
+    """`sigma batch run|submit --plugin M` replaced the config file's `plugins:` (where `sigma serve` and `sigma
+    worker` add to theirs): the config's own plugin, whose corpus format the same file names, was dropped and the
+    run was invalid_config `Unknown corpus format 'tagged-jsonl'`. Now --plugin adds (each module once, in the order
+    first named): the run reads with the config plugin's reader and annotates with the flag plugin's annotator, and
+    run.json and every queued task record that one list (the list the workers import and check)."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "tagged_format_plugin.py").write_text(FORMAT_PLUGIN)
+    (tmp_path / "mods" / "marked_plugin.py").write_text(MARKED_PLUGIN)
+    write_pairs_jsonl(tmp_path / "set", list(synthetic_pairs(4, size=32)))
+    config = tmp_path / "run.yaml"
+    config.write_text("plugins: [tagged_format_plugin]\ninput:\n  format: tagged-jsonl\n  shard_size: 2\nworkers: 0\n")
+    out, prefix = tmp_path / "out", f"t{uuid.uuid4().hex[:10]}"
+    extra = ["--no-progress"] if command == "run" else ["--redis", redis_server.url, "--key-prefix", prefix]
+    proc = sigma_cli("batch", command, str(tmp_path / "set"), "--out", str(out), "--config", str(config),
+                     "--plugin", "marked_plugin", "--plugin", "tagged_format_plugin", "--plugin", "marked_plugin",
+                     "--annotator", "marked-diff", *extra, pythonpath=[tmp_path / "mods"])
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    expected = ["tagged_format_plugin", "marked_plugin"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["plugins"] == expected and run["config"]["annotator"] == "marked-diff", run["config"]
+    if command == "run":
+        rows = [row for f in sorted((out / "shards").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+        assert len(rows) == 4 and all(row["pair_id"].startswith("tagged:") for row in rows), rows
+        assert all(row["status"] == "ok" for row in rows), rows
+    else:
+        tasks = redis_server.client().xrange(f"{prefix}:batch:tasks")
+        assert len(tasks) == 2, tasks
+        assert all(json.loads(fields[b"plugins"]) == expected for _, fields in tasks), tasks
+
+    # the flag alone, without the config's plugin: still the config's format, read by the config's plugin
+    proc = sigma_cli("batch", command, str(tmp_path / "set"), "--out", str(tmp_path / "out2"), "--config",
+                     str(config), "--plugin", "marked_plugin", "--annotator", "marked-diff", *extra,
+                     pythonpath=[tmp_path / "mods"])
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert json.loads((tmp_path / "out2" / "run.json").read_text())["config"]["plugins"] == expected
+
+
+def test_sigma_serve_all_plugin_flags_add_to_the_configured_plugins(redis_server, tmp_path):
+    """`sigma serve all --plugin M` adds M to the config file's api.plugins and worker.plugins (as `sigma batch` now
+    adds to `plugins:`): the API accepts batches naming the annotator of the config's plugin and of the flag's, and
+    the worker it starts serves the config plugin's annotator."""
+    from servicekit import Proc, ServiceUnderTest, wait_until
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "marked_plugin.py").write_text(MARKED_PLUGIN)
+    root = tmp_path / "root"
+    write_pairs_jsonl(root / "corpus", list(synthetic_pairs(2, size=32)))
+    config = tmp_path / "serve.yaml"
+    config.write_text("api:\n  plugins: [marked_plugin]\nworker:\n  plugins: [marked_plugin]\n")
+    s = ServiceUnderTest(redis_server, tmp_path, overrides=["api.annotators=[marked-diff,odd-keys]",
+                                                            f"api.batch_root={root}"])
+    s.env["PYTHONPATH"] = f"{tmp_path / 'mods'}:{s.env['PYTHONPATH']}"
+    proc = Proc(["serve", "all", "--port", str(s.port), "--log-level", "warning", "--config", str(config),
+                 "--plugin", "service_plugins", "--plugin", "service_plugins", "--annotator", "marked-diff",
+                 *s.sets()], s.env, tmp_path / "all.log")
+    try:
+        wait_until(lambda: s.http.get("/readyz").status_code == 200, 60, f"serve all ready\n{proc.output()}", 0.2)
+        for annotator in ("marked-diff", "odd-keys"):          # the config's plugin, the flag's
+            resp = s.http.post("/v1/batches", headers=s.headers(), json={
+                "input": "corpus", "out": f"runs/{annotator}", "annotator": annotator})
+            assert resp.status_code == 202, (annotator, resp.text)
+        original, edited = make_pair(seed=9)
+        resp = s.submit(original, edited, data={"instruction": "mark it"}, path="/v1/annotate")
+        assert resp.status_code == 200 and resp.json()["status"] == "done", resp.text
+        assert resp.json()["result"]["annotator"] == "marked-diff", resp.json()
+    finally:
+        assert proc.stop(timeout=20) == 0, proc.output()
+        s.http.close()

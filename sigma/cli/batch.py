@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer, within
+from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer, with_plugin_args, within
 from sigma.errors import ConfigError
 
 HELP = """Annotate a corpus of editing pairs into one parquet manifest per shard.
@@ -82,7 +82,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "ray"),
                    help="local (default) or ray (pip install 'sigma-masks[ray]')")
     add_plugin_arg(p, "import MODULE before building the annotator, in every process and actor (registers your "
-                      "own annotators and corpus formats; repeatable)")
+                      "own annotators and corpus formats; repeatable; adds to the config's plugins)")
     add_config_args(p)
 
 
@@ -186,7 +186,8 @@ def build_config(args: argparse.Namespace):
 
     # first: --format may name a corpus format the plugin registers, checked as the config is validated (the run
     # imports them again where it builds its annotator); `sigma batch run --plugin M --format F` was invalid_config.
-    # Said as `--plugin: ...` when one fails; those of the config file (or --set plugins=) are imported below.
+    # Said as `--plugin: ...` when one fails; those of the config file (or --set plugins=) are imported below,
+    # where --plugin adds to them.
     import_plugin_args(args)
     overrides: dict[str, Any] = dict(read_overrides(args.overrides))
     overrides["input.path"] = args.input
@@ -200,8 +201,6 @@ def build_config(args: argparse.Namespace):
         overrides["png_masks"] = True
     if args.no_ground_truth:
         overrides["ground_truth"] = False
-    if args.plugin:
-        overrides["plugins"] = list(args.plugin)
     scale = {"procs": getattr(args, "procs", None), "threads": getattr(args, "threads", None),
              "ray.address": getattr(args, "ray_address", None), "ray.actors": getattr(args, "actors", None),
              "ray.num_cpus": getattr(args, "actor_cpus", None), "ray.num_gpus": getattr(args, "actor_gpus", None)}
@@ -213,22 +212,25 @@ def build_config(args: argparse.Namespace):
     elif ray_flags and args.backend == "local":
         raise ConfigError(f"{ray_flags[0]} is a Ray option; drop it or use --backend ray")
     overrides.update({k: v for k, v in scale.items() if v is not None})
-    cfg = load_config(BatchConfig, args.config, overrides, before_validate=import_config_plugins)
+    cfg = load_config(BatchConfig, args.config, overrides,
+                      before_validate=lambda tree: import_config_plugins(tree, args))
     if cfg.backend == "ray" and cfg.procs is not None:
         raise ConfigError("--procs is for the local backend; on Ray set the number of actors with --actors")
     return cfg
 
 
-def import_config_plugins(tree: dict[str, Any]) -> None:
-    """The run's `plugins` as the config will hold them (the config file's `plugins:`, or `--set plugins=`, or
-    --plugin, which replaces them), imported before the config is validated: its `input.format` may name a corpus
-    format one of them registers. The config file's were imported only once the config was read, so a `format:`
-    beside them was invalid_config, `Unknown corpus format`. A value that is no list of names is left to the
-    validation to refuse."""
+def import_config_plugins(tree: dict[str, Any], args: argparse.Namespace | None = None) -> None:
+    """The run's `plugins` as the config will hold them (the config file's `plugins:`, or `--set plugins=`, then
+    each --plugin module not already there: `with_plugin_args`), imported before the config is validated: its
+    `input.format` may name a corpus format one of them registers. The config file's were imported only once the
+    config was read, so a `format:` beside them was invalid_config, `Unknown corpus format`. A value that is no
+    list of names is left to the validation to refuse."""
     from sigma.registry import import_plugins
 
-    plugins = tree.get("plugins")
+    plugins = tree.get("plugins", [])
     if isinstance(plugins, list) and all(isinstance(module, str) for module in plugins):
+        if args is not None and getattr(args, "plugin", None):
+            plugins = tree["plugins"] = with_plugin_args(plugins, args)     # what run.json and the tasks record
         import_plugins(plugins, "plugins")
 
 

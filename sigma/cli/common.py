@@ -105,6 +105,14 @@ def import_plugin_args(args: argparse.Namespace) -> None:
     import_plugins(getattr(args, "plugin", None) or (), "--plugin")
 
 
+def with_plugin_args(configured: list[str], args: argparse.Namespace) -> list[str]:
+    """The plugins a command runs with: its config's list, then the `--plugin` modules it lacks, each once in the
+    order first named. One meaning on every command: `sigma batch run|submit` replaced the config's `plugins:` with
+    --plugin (a corpus format or annotator the config's own plugin registered was then unknown) while `sigma serve`
+    and `sigma worker` added to theirs."""
+    return list(dict.fromkeys([*configured, *(getattr(args, "plugin", None) or ())]))
+
+
 # What each optional extra brings, by import name: a command says which it needs (`set_defaults(needs=...)`),
 # and `sigma` checks them before any work, so a plain `pip install -e .` gets one line naming the extra
 # instead of a traceback after the work is done.

@@ -16,7 +16,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer, refuse_unused
+from sigma.cli.common import (
+    add_config_args,
+    add_plugin_arg,
+    import_plugin_args,
+    integer,
+    refuse_unused,
+    with_plugin_args,
+)
 
 if TYPE_CHECKING:
     from sigma.service.settings import WorkerSettings
@@ -186,8 +193,7 @@ def run_worker_cmd(args: argparse.Namespace) -> int:
 
     batch = getattr(args, "batch", False)   # fleet batch mode (issue 7): the run's own config picks the annotator
     cfg = load_worker(args, batch, child=parent.isdigit())
-    if args.plugin:                          # --plugin adds to the configured list
-        cfg.worker.plugins = [*cfg.worker.plugins, *args.plugin]
+    cfg.worker.plugins = with_plugin_args(cfg.worker.plugins, args)     # --plugin adds to the configured list
     if batch:
         from sigma.workers.batch import run_batch_worker_from_serve_config
 
@@ -331,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "all":
         _serve_the_workers_annotator(cfg, cfg.worker.annotator)
     # the API validates a batch's annotator by registry name: --plugin adds to api.plugins (create_app imports them)
-    cfg.api.plugins = [*cfg.api.plugins, *(m for m in args.plugin if m not in cfg.api.plugins)]
+    cfg.api.plugins = with_plugin_args(cfg.api.plugins, args)
     host, port = cfg.api.host, cfg.api.port
     app = create_app(cfg)      # fails here (exit 2) on a config error, before a worker is started
     supervisor: WorkerSupervisor | None = None

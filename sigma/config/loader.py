@@ -469,8 +469,13 @@ def load_config(model: type[M], path: str | Path | None = None,
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
                              f"{_yaml_note(e['loc'], given, model) if e['type'] != 'extra_forbidden' else ''}"
+                             f"{BOOL_NOTE if e['type'] == 'bool_for_number' else ''}"
                              for e in exc.errors())
         raise ConfigError(f"invalid {model.__name__}: {problems}") from exc
+
+
+# A bool where a number belongs (`sigma.config.schema.Strict`) is most often YAML 1.1's reading of a bare word.
+BOOL_NOTE = " (YAML reads yes/no, on/off and true/false as booleans)"
 
 
 def _yaml_note(loc: tuple, given: dict[str, Override], model: type[BaseModel]) -> str:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import types
+import typing
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sigma.text import MAX_JSON_DEPTH
 
@@ -57,10 +60,92 @@ def _finite(value: Any) -> Any:
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_finite)]
 
 
+def _leaves(annotation: Any) -> set[Any]:
+    """The plain types an annotation takes: `UnitInterval | None` → {float, NoneType}; a generic gives its origin
+    (`list[int]` → list), Annotated and unions unwrapped."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _leaves(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return {leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg)}
+    return {origin or annotation}
+
+
+def _takes_number_not_bool(annotation: Any) -> bool:
+    """A field (or item) that takes an int or a float and no bool: pydantic reads True as 1 / 1.0 there."""
+    leaves = _leaves(annotation)
+    return bool(leaves & {int, float}) and not leaves & {bool, Any, object}
+
+
+def _item_annotations(annotation: Any, index: int) -> list[Any]:
+    """What item `index` of a list written for `annotation` may be: list[X] / tuple[X, ...] → X, tuple[X, Y] → Y
+    for index 1."""
+    arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
+        annotation,)
+    out = []
+    for arm in arms:
+        while typing.get_origin(arm) is Annotated:
+            arm = typing.get_args(arm)[0]
+        origin, args = typing.get_origin(arm), typing.get_args(arm)
+        if origin is tuple and args:
+            if len(args) == 2 and args[1] is Ellipsis:
+                out.append(args[0])
+            elif index < len(args):
+                out.append(args[index])
+        elif origin in (list, set, frozenset) and args:
+            out.append(args[0])
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_annotation(model: type[BaseModel], key: str) -> Any:
+    """The annotation of the field of `model` that the key `key` sets (by its name or its alias); Any for none."""
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias, field.validation_alias):
+            return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return Any
+
+
+def _bool_for_a_number(annotation: Any, value: Any) -> tuple[tuple[int, ...], bool] | None:
+    """Where in `value` a bool stands for a number `annotation` takes, and the bool: `()` (the value itself), `(1,)`
+    (an item of a list or tuple), or None (nowhere)."""
+    if isinstance(value, bool):
+        return ((), value) if _takes_number_not_bool(annotation) else None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if isinstance(item, bool) and any(_takes_number_not_bool(a) for a in _item_annotations(annotation, index)):
+                return (index,), item
+    return None
+
+
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
+    """Unknown keys are errors: a typo in a YAML file must not be silently ignored. A bool where a number belongs
+    is one too: pydantic reads True as 1 and 1.0, so `threshold: yes` (YAML 1.1 reads yes/no/on/off as booleans)
+    or `AnnotatorConfig(threshold=True)` was a threshold of 1.0, every pixel left out of the mask. Refused for every
+    int or float field (and the items of int/float lists and tuples) of every config section, named by its key; a
+    field that takes a bool (`bool`, `int | bool`, `Any`) is left alone. A model validator, not a field one: a
+    field validator on every field is not allowed on the `kind` that tells a discriminated union's models apart."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        errors = []
+        for key, value in data.items():
+            if not isinstance(value, (bool, list, tuple)) or not isinstance(key, str):
+                continue
+            found = _bool_for_a_number(_key_annotation(cls, key), value)
+            if found is not None:
+                where, flag = found
+                errors.append(InitErrorDetails(type=PydanticCustomError(
+                    "bool_for_number", "Input should be a valid number, not the boolean {value}", {"value": str(flag)}),
+                    loc=(key, *where), input=flag))
+        if errors:   # raised as a ValidationError of its own, so each error is placed at its key (`io.limits.x`)
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
 
 
 class ReadsWholeNumbers(Strict):

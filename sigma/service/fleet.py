@@ -321,10 +321,11 @@ def shown_shard(fields: dict[str, str]) -> str:
 
 
 class PermanentTaskError(Exception):
-    """A task no retry can fix (its run folder is gone or belongs to another run)."""
+    """A task no retry can fix (its run folder is gone or belongs to another run). `code`: the dead letter's."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, code: str = "bad_task"):
         super().__init__(task_error(message))
+        self.code = code
 
 
 class RunBusy(Exception):
@@ -455,8 +456,12 @@ def locate_task(fields: dict[str, str],
             # before a task is given up on, the plan as it is on disk now, not as kept (a run folder made again
             # at once on a filesystem with coarse mtimes may reuse the inode, size and mtime)
             record, shards = _load_plan(rundir, fresh=True, patience_s=patience_s)
-    except (KeyError, ValueError, SigmaError) as exc:   # ValueError: a NUL in the path (a damaged entry)
-        raise PermanentTaskError(f"bad task {fields}: {getattr(exc, 'message', exc)}") from exc
+    except SigmaError as exc:
+        if exc.code == "run_too_large":   # no bad task: this machine's $SIGMA_MAX_RUN_BYTES is below the driver's
+            raise PermanentTaskError(exc.message, code=exc.code) from exc
+        raise PermanentTaskError(f"bad task {fields}: {exc.message}") from exc
+    except (KeyError, ValueError) as exc:   # ValueError: a NUL in the path (a damaged entry)
+        raise PermanentTaskError(f"bad task {fields}: {exc}") from exc
     if record.get("run_hash") != fields.get("run_hash"):
         raise PermanentTaskError(f"{fields['run_dir']} now holds run {record.get('run_hash')}, "
                                  f"not {fields.get('run_hash')}")
@@ -686,7 +691,7 @@ class FleetHandler:
                                                      self.on_progress)
             except PermanentTaskError as exc:
                 self.stats.errors.append(str(exc))
-                outcomes.append(Outcome(entry, "dead", error={"code": "bad_task", "message": str(exc)}))
+                outcomes.append(Outcome(entry, "dead", error={"code": exc.code, "message": str(exc)}))
                 continue
             except RunBusy as exc:             # a local run holds the folder: after the lease, no delivery spent
                 outcomes.append(self._defer(entry, exc))
