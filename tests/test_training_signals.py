@@ -1,4 +1,5 @@
-"""Signals to a `sigma train` with data workers: Ctrl-C to the process group, a scheduler's SIGTERM."""
+"""Signals to a `sigma train` with data workers (Ctrl-C to the process group, a scheduler's SIGTERM), and a Ctrl-C
+while `sigma` itself starts."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import psutil
 import pytest
 import torch
 from procfs import communicate, takes_ctrl_c
+from procfs import env as procfs_env
 from test_synth import make_photos
 from test_training import STAGE1, _weights, steps_logged
 
@@ -178,3 +180,31 @@ def test_sigterm_storm_mid_run_pauses_at_the_step_in_hand_exits_143_and_resume_f
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
 
+
+# A Ctrl-C at a chosen import, in the child only: SIGINT raised as the import of `module` begins (test-side hook; the
+# product has none). Then the entry point runs as `python -m sigma` does (runpy) or as the console script does.
+CTRL_C_AT_IMPORT = """
+import runpy, signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            signal.raise_signal(signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["sigma", "train", "--help"]
+if {as_module}:
+    runpy.run_module("sigma", run_name="__main__", alter_sys=True)
+from sigma.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("as_module", [True, False], ids=["python -m sigma", "console script"])
+def test_ctrl_c_while_the_first_heavy_module_imports_exits_130_quietly(as_module):
+    """A Ctrl-C during start-up: `import sigma`, which both entry points do before `main` can take a Ctrl-C,
+    imported numpy (a second or more), and the sub-commands' modules were imported before main's handler too: a
+    KeyboardInterrupt traceback and exit -2. numpy is now first imported inside main (the package's names load on
+    use), where the Ctrl-C is `sigma: interrupted` and 130 like one in a command."""
+    code = CTRL_C_AT_IMPORT.format(module="numpy", as_module=as_module)
+    done = subprocess.run([sys.executable, "-c", code], env=procfs_env(), capture_output=True, timeout=120,
+                          preexec_fn=takes_ctrl_c)
+    assert (done.returncode, done.stderr.decode()) == (130, "sigma: interrupted\n"), done.stderr.decode()[-3000:]

@@ -74,11 +74,14 @@ def _interrupted(argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     _printable_names()
-    parser = build_parser()
     try:
+        # the sub-commands' modules import for seconds (PIL, numpy, ...): a Ctrl-C in them was a traceback, -2
+        parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: an exit code, also when called in-process
         return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:
+        return _interrupted(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
