@@ -1,6 +1,29 @@
-"""SIGMA: pixel-accurate manipulation masks from (original, edited, instruction) triples."""
-from sigma.registry import create_annotator, list_annotators
-from sigma.types import Annotation, Pair
+"""SIGMA: pixel-accurate manipulation masks from (original, edited, instruction) triples.
+
+The names below but `__version__` are imported on first use (PEP 562): every `sigma ...` command and `python -m
+sigma` import this package before `sigma.cli.main` can take a Ctrl-C, and it imported numpy through the registry,
+a second or more; a Ctrl-C then was a KeyboardInterrupt traceback and exit -2 instead of `sigma: interrupted`, 130.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from sigma.version import __version__
 
+_LAZY = {"create_annotator": "sigma.registry", "list_annotators": "sigma.registry", "Annotation": "sigma.types",
+         "Pair": "sigma.types"}
+
 __all__ = ["Annotation", "Pair", "__version__", "create_annotator", "list_annotators"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sigma' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -52,6 +52,16 @@ class WeightsNotFoundError(SigmaError):
     code = "weights_not_found"
 
 
+class Stopped(Exception):
+    """A command stopped on request (a signal), its work saved: not an error. The CLI prints `message` (when
+    there is one) on one line and exits with `exit_code`, 128 + the signal's number as a shell reports a process
+    that signal ended, so a batch scheduler sees it was terminated and not that it finished."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.message, self.exit_code = message, exit_code
+
+
 def error_record(exc: BaseException) -> dict:
     """An exception as plain data, to cross a process boundary (a `--procs` child, a Ray actor) and be raised
     again on the other side by `raise_error_record`, code and message intact."""

@@ -124,6 +124,37 @@ def interrupts_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)
 
 
+class Noted:
+    """Whether the signal `signal_noted` held arrived (truthy once it has)."""
+
+    def __init__(self) -> None:
+        self.arrived = False
+
+    def __bool__(self) -> bool:
+        return self.arrived
+
+
+@contextmanager
+def signal_noted(signum: int) -> Iterator[Noted]:
+    """`signum` noted meanwhile instead of acted on, for a loop that stops cleanly at its next safe point (a trainer's
+    SIGTERM: a batch scheduler's stop, SIGKILL following after a grace period). One arriving again while the loop
+    stops is noted again, harmlessly: the stop in hand is not cut short. Only in the main thread (elsewhere nothing
+    changes: only it may set handlers), and not where the signal is ignored (a caller's choice, kept)."""
+    noted = Noted()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signum) is signal.SIG_IGN:
+        yield noted
+        return
+
+    def note(_signum: int, _frame: object) -> None:
+        noted.arrived = True
+
+    old = signal.signal(signum, note)
+    try:
+        yield noted
+    finally:
+        signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
 class ShieldedSpawnProcess(multiprocessing.context.SpawnProcess):
     """A spawned process that starts with SIGINT/SIGTERM blocked (`stop_signals_blocked`), whichever thread starts
     it, for `leave_stop_signals_to_parent` to ignore them. Only 'spawn': a 'fork' child would inherit the blocked

@@ -1,7 +1,10 @@
-"""Ctrl-C to a `sigma train` with data workers: the terminal signals the whole process group, workers included."""
+"""Signals to a `sigma train` with data workers (Ctrl-C to the process group, a scheduler's SIGTERM), and a Ctrl-C
+while `sigma` itself starts."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from procfs import takes_ctrl_c
+from procfs import communicate, takes_ctrl_c
+from procfs import env as procfs_env
 from test_synth import make_photos
 from test_training import STAGE1, _weights, steps_logged
 
@@ -116,3 +120,91 @@ def test_ctrl_c_storms_at_the_workers_start_and_mid_run_exit_130_quietly_and_res
     assert ref.keys() == got.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigterm_storm_mid_run_pauses_at_the_step_in_hand_exits_143_and_resume_finishes_the_run(photos, tmp_path):
+    """A batch scheduler's stop (SIGTERM to the whole process group, repeated: the scheduler's, then a user's
+    scancel) mid-run: the step in hand finishes and the run pauses there as `max_minutes` does — a train row for the
+    steps since the last one, a checkpoint at that step (not the last `ckpt_every` one), a `paused` row with reason
+    sigterm, no validation, no final/ — the data workers are stopped (no leaked-semaphore warning from the resource
+    tracker), one line on stderr and exit 143. `--resume` ends with the uninterrupted run's weights, every step
+    logged once."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=30", "batch_size=2", "ckpt_every=100",
+              "eval.val_size=2", "eval.every=100", "warmup_steps=2", "log_every=4"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cut = runs / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", STAGE1, *common, "name=cut", "num_workers=2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180     # past step 4 (a train row), before the last step
+        while time.monotonic() < deadline and proc.poll() is None and not (
+                (cut / "metrics.jsonl").is_file() and "train" in (cut / "metrics.jsonl").read_text()):
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        workers = _workers(proc.pid)
+        for _ in range(5):
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.02)
+        out, err = communicate(proc, 120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err[-3000:]
+    again = re.escape(f"; continue with: sigma train --resume {cut}\n")
+    said = re.fullmatch(rf"sigma: terminated at step (\d+){again}", err)
+    assert said, err[-3000:]
+    step = int(said.group(1))
+    assert 4 <= step < 30 and not (cut / "final").exists()
+    assert torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == step
+    rows = _rows(cut)
+    assert rows[-1]["event"] == "paused" and rows[-1]["reason"] == "sigterm" and rows[-1]["step"] == step
+    assert steps_logged(cut)[-1] == step                  # the steps since the last train row: logged
+    assert not [r for r in rows if r["event"] == "val" and r["step"] > 0]     # no validation in the grace period
+    assert workers and not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+    done = subprocess.run([sys.executable, "-m", "sigma", "train", "--resume", str(cut)], env=env,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert "Traceback" not in done.stderr.decode()
+    logged = steps_logged(cut)
+    assert logged == sorted(set(logged)) and logged[-1] == 30 and step in logged
+    ref, got = _weights(runs / "ref"), _weights(cut)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+# A Ctrl-C at a chosen import, in the child only: SIGINT raised as the import of `module` begins (test-side hook; the
+# product has none). Then the entry point runs as `python -m sigma` does (runpy) or as the console script does.
+CTRL_C_AT_IMPORT = """
+import runpy, signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            signal.raise_signal(signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["sigma", "train", "--help"]
+if {as_module}:
+    runpy.run_module("sigma", run_name="__main__", alter_sys=True)
+from sigma.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("as_module", [True, False], ids=["python -m sigma", "console script"])
+def test_ctrl_c_while_the_first_heavy_module_imports_exits_130_quietly(as_module):
+    """A Ctrl-C during start-up: `import sigma`, which both entry points do before `main` can take a Ctrl-C,
+    imported numpy (a second or more), and the sub-commands' modules were imported before main's handler too: a
+    KeyboardInterrupt traceback and exit -2. numpy is now first imported inside main (the package's names load on
+    use), where the Ctrl-C is `sigma: interrupted` and 130 like one in a command."""
+    code = CTRL_C_AT_IMPORT.format(module="numpy", as_module=as_module)
+    done = subprocess.run([sys.executable, "-c", code], env=procfs_env(), capture_output=True, timeout=120,
+                          preexec_fn=takes_ctrl_c)
+    assert (done.returncode, done.stderr.decode()) == (130, "sigma: interrupted\n"), done.stderr.decode()[-3000:]

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from sigma.errors import SigmaError
+from sigma.errors import SigmaError, Stopped
 
 # Each module defines register(subparsers) -> None and run(args) -> int.
 COMMAND_MODULES = (
@@ -57,19 +57,31 @@ def _printable_names() -> None:
 def _ignore_further_interrupts() -> None:
     """The program, interrupted, is on its way out with 130: a second Ctrl-C (a held key, a script's storm of
     SIGINTs) landed in this print, the interpreter's exit or an atexit hook (multiprocessing's, torch's) and
-    printed a KeyboardInterrupt traceback, and the process ended killed by SIGINT instead of with 130. Only for
-    the program itself (`argv` None): a caller of `main([...])` keeps its own handler."""
+    printed a KeyboardInterrupt traceback, and the process ended killed by SIGINT instead of with 130. Likewise
+    a second SIGTERM after a first one stopped the program (`Stopped`): it ended killed instead of with 143. Only
+    for the program itself (`argv` None): a caller of `main([...])` keeps its own handlers."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _interrupted(argv: list[str] | None) -> int:
+    if argv is None:
+        _ignore_further_interrupts()
+    print("sigma: interrupted", file=sys.stderr)
+    return 130
 
 
 def main(argv: list[str] | None = None) -> int:
     _printable_names()
-    parser = build_parser()
     try:
+        # the sub-commands' modules import for seconds (PIL, numpy, ...): a Ctrl-C in them was a traceback, -2
+        parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: an exit code, also when called in-process
         return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:
+        return _interrupted(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
@@ -85,10 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sigma: error [{exc.code}]: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        return _interrupted(argv)
+    except Stopped as exc:   # a SIGTERM obeyed, the work saved (`sigma train`): one line, 128 + the signal
         if argv is None:
             _ignore_further_interrupts()
-        print("sigma: interrupted", file=sys.stderr)
-        return 130
+        if exc.message:
+            print(f"sigma: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     except BrokenPipeError:  # `sigma eval ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

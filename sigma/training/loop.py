@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
-from sigma.errors import ConfigError, InputError, SigmaError
+from sigma.errors import ConfigError, InputError, SigmaError, Stopped
 from sigma.folderlock import hold_folder, waiting_lock
 from sigma.io.images import replace_atomically
 from sigma.lifeline import (
@@ -31,6 +32,7 @@ from sigma.lifeline import (
     die_with_parent,
     interrupts_ignored,
     leave_stop_signals_to_parent,
+    signal_noted,
     stop_signals_deferred,
 )
 from sigma.text import dumps_finite
@@ -649,8 +651,9 @@ class Trainer:
         n_pairs = 0
         t_last = time.perf_counter()
         window: dict[str, list[float]] = {}
-        # closed on the way out, whatever it is: a Ctrl-C in a step stops the data workers at once, and quietly
-        with closing(self._batches(ds)) as batches:
+        # closed on the way out, whatever it is: a Ctrl-C in a step stops the data workers at once, and quietly. A
+        # SIGTERM is noted, not obeyed at once: the step in hand finishes and the run pauses there (`_pause`)
+        with signal_noted(signal.SIGTERM) as terminated, closing(self._batches(ds)) as batches:
             for batch in batches:
                 t0 = time.perf_counter()
                 t_data += t0 - t_last
@@ -685,8 +688,9 @@ class Trainer:
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
                     self.validate(val)
                 # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
-                if self.step < cfg.steps and self._out_of_time(started):
-                    return self._pause(val, started, window, n_pairs, t_data, t_model)
+                reason = self._stop_reason(started, bool(terminated))
+                if reason:
+                    return self._pause(val, started, window, n_pairs, t_data, t_model, reason)
         self.checkpoint()
         return self._finish(val)
 
@@ -772,22 +776,32 @@ class Trainer:
             self.tb.close()
         return self.run_dir
 
-    def _out_of_time(self, started: float) -> bool:
-        """Past `max_minutes`? Asked after every step: a clock read, and under DDP one 4-byte broadcast (every rank
-        must stop at the same step: rank 0's clock decides for all), next to the step's gradient all-reduce."""
-        if self.cfg.max_minutes is None:
-            return False
-        # on the training device: NCCL (multi-GPU) broadcasts CUDA tensors only, a CPU one raised there
-        over = torch.tensor([float(time.monotonic() - started > 60.0 * self.cfg.max_minutes)], device=self.device)
+    def _stop_reason(self, started: float, terminated: bool) -> str | None:
+        """Why the run stops after this step, if it does: "sigterm" (a SIGTERM reached a rank), "max_minutes" (past
+        the budget, before the last step; rank 0's clock decides for all) or None. Asked after every step: a clock
+        read and, under DDP, one 4-byte all-reduce (MAX) next to the step's gradient all-reduce, so that every rank
+        stops at the same step — one collective for both reasons, and any rank's SIGTERM stops them all (torchrun
+        passes a SIGTERM on to every rank; a scheduler that signals one rank's process stops the run too)."""
+        code = 2.0 if terminated else 0.0
+        if not code and self.is_main and self.cfg.max_minutes is not None and self.step < self.cfg.steps:
+            code = float(time.monotonic() - started > 60.0 * self.cfg.max_minutes)
         if self.world > 1:
-            torch.distributed.broadcast(over, src=0)
-        return bool(over.item())
+            # on the training device: NCCL (multi-GPU) reduces CUDA tensors only, a CPU one raised there
+            agreed = torch.tensor([code], device=self.device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+            code = float(agreed.item())
+        return {0: None, 1: "max_minutes", 2: "sigterm"}[int(code)]
 
     def _pause(self, val, started: float, window: dict[str, list[float]] | None = None, n_pairs: int = 0,
-               t_data: float = 0.0, t_model: float = 0.0) -> Path:
+               t_data: float = 0.0, t_model: float = 0.0, reason: str = "max_minutes") -> Path:
         """End of a stretch, not of the run: the steps since the last log row logged, checkpoint, score (so
         `best/` holds this stretch's progress), no `final/`; the next `--resume` continues the schedule from this
-        step. What this step's loop iteration already wrote (a checkpoint, a validation) is not done again."""
+        step. What this step's loop iteration already wrote (a checkpoint, a validation) is not done again.
+
+        Stopped by SIGTERM (`reason` "sigterm": a batch scheduler's stop — SLURM, Kubernetes, systemd — which sends
+        SIGKILL after a grace period of some 10 to 90 s), it does not score: a validation (minutes with `eval.data`)
+        would outlast the grace period and the process would be killed in it, its stop unsaid; the next stretch's
+        validations score the weights. It ends with `Stopped` (the CLI: one line, exit 143) on every rank."""
         cfg = self.cfg
         if window and self.step % cfg.log_every:    # a stop between log steps: their losses are not lost
             rec = self._reduce_window(window)
@@ -796,12 +810,17 @@ class Trainer:
             self.emit(rec)
         if self.step % cfg.ckpt_every:
             self.checkpoint()
-        if not (cfg.eval.every and self.step % cfg.eval.every == 0):
+        if reason != "sigterm" and not (cfg.eval.every and self.step % cfg.eval.every == 0):
             self.validate(val)
         minutes = (time.monotonic() - started) / 60.0
-        self.emit({"event": "paused", "reason": "max_minutes", "minutes": round(minutes, 2)})
+        self.emit({"event": "paused", "reason": reason, "minutes": round(minutes, 2)})
+        again = f"continue with: sigma train --resume {self.run_dir}"
+        if reason == "sigterm":
+            self._close()
+            raise Stopped(f"terminated at step {self.step}; {again}" if self.is_main else "",
+                          128 + signal.SIGTERM)
         self.log(f"stopped at step {self.step} of {cfg.steps} after {minutes:.1f} min (max_minutes="
-                 f"{cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
+                 f"{cfg.max_minutes:g}); {again}")
         return self._close()
 
     def _val_set(self):
