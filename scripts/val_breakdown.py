@@ -23,7 +23,8 @@ def main(val: str, models: list[str]) -> None:
     groups = {"all": lambda s: True, "tiny<2%": lambda s: 0 < s.mask.mean() < 0.02,
               "aerial": lambda s: bool(s.meta.get("aerial")), "not-aerial": lambda s: not s.meta.get("aerial"),
               "relit": lambda s: bool(illum & set(s.meta.get("perturb", []))),
-              "vae": lambda s: any(str(p).startswith("vae:") for p in s.meta.get("perturb", []))}
+              "vae": lambda s: any(str(p).startswith("vae:") for p in s.meta.get("perturb", [])),
+              "fill": lambda s: "+fill" in str(s.meta.get("shape", ""))}
     for k in sorted({s.kind for s in samples}):
         groups[f"kind={k}"] = lambda s, k=k: s.kind == k
     for path in models:

@@ -196,6 +196,46 @@ def test_inpaint_margin_boxes_are_grown_rectangles_around_the_object_labelled_wh
         assert not a.meta["shape"].endswith("+box")
 
 
+def _mean_change(sample, where: np.ndarray) -> float:
+    """Mean over `where` of the largest per-channel |edited − original| (0–255)."""
+    delta = np.abs(sample.edited.astype(np.int16) - sample.original.astype(np.int16)).max(-1)
+    return float(delta[where].mean())
+
+
+def test_inpaint_margin_fill_removes_the_whole_region_band_included(photos):
+    """`inpaint_margin_fill_p`: a removal inside a margin region fills the whole region from the surroundings,
+    as LaMa / MI-GAN fill the mask they are handed, so the band around the object is re-made too (without it the
+    band is the photo re-rendered, within a few levels of the original). The label is the region; at 0 the
+    stream is the margin stream, draw for draw."""
+    import cv2
+
+    base = {**FAMILY, "crop": 128, "mix": {"inpaint": 1}, "inpaint_composite_p": 1.0, "inpaint_margin_p": 1.0,
+            "small_p": 0.0, "multi_p": 0.0}
+    filled = SynthConfig(photos=str(photos), **{**base, "inpaint_margin_fill_p": 1.0})
+    plain = SynthConfig(photos=str(photos), **base)
+    fills, kept = [], []
+    for i in range(32):
+        s = SynthEngine(filled, seed=5).sample(i)
+        if s.kind != "inpaint" or s.meta["inpaint"]["object"] != "remove":
+            continue
+        assert s.meta["shape"].endswith("+fill") and s.meta["inpaint"]["label"] == "region"
+        t = SynthEngine(plain, seed=5).sample(i)
+        # the same region (the fill's one extra draw may move the half-of-all-pairs mirror flip that follows)
+        assert np.array_equal(s.mask, t.mask) or np.array_equal(s.mask, t.mask[:, ::-1])
+        assert not t.meta["shape"].endswith("+fill")
+        # the label's outer pixel ring: inside the band (the margin is >= 1 px), outside the object
+        band = s.mask & ~cv2.erode(s.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        fills.append(_mean_change(s, band))
+        kept.append(_mean_change(t, band))
+    assert len(fills) >= 3
+    assert np.mean(fills) > 2 * np.mean(kept) + 2, (fills, kept)
+    # off (0): exactly the margin stream (no extra random draw)
+    zero = SynthConfig(photos=str(photos), **{**base, "inpaint_margin_fill_p": 0.0})
+    for i in range(6):
+        a, b = SynthEngine(plain, seed=5).sample(i), SynthEngine(zero, seed=5).sample(i)
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.edited, b.edited)
+
+
 def test_a_drawn_roof_fills_the_footprint_and_casts_an_unlabelled_shadow_beside_it():
     """Aerial change labels mark building footprints: the roof repaints every pixel of the mask in one
     roof colour (a gable splits it in two tones), its shadow darkens ground outside the mask, and pixels

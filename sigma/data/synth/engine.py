@@ -101,6 +101,10 @@ class SynthConfig(Strict):
                                         "the object's bounding box grown by the margin: a rectangle drawn around "
                                         "the object, or a rectangular patch copied over it (hand-made copy-move "
                                         "cover-ups), labelled whole like the dilated ones. 0 keeps the stream")
+    inpaint_margin_fill_p: float = Field(0.0, ge=0, le=1, description="of the margin regions whose object is "
+                                         "removed, the share filled whole from the surroundings, as LaMa / MI-GAN "
+                                         "fill the mask they are handed (the band re-made too, not re-rendered "
+                                         "from the photo itself). 0 keeps the stream")
     global_label: Literal["full", "empty"] = "full"
     min_change: float = Field(4.0, ge=0, description="mean |Δ| (0–255) an edit must make inside its mask")
     perturb: P.PerturbConfig = Field(default_factory=P.PerturbConfig)
@@ -509,7 +513,11 @@ class SynthEngine:
         regen = E.regenerate(base, rendered, rp)
         sub = str(rng.choice(["remove", "splice", "attribute"], p=[0.4, 0.4, 0.2]))
         params = E.SAMPLERS[sub](rng, c, c)
-        painted = E.APPLIERS[sub](regen, donor, obj, params)
+        if margin and sub == "remove" and self.cfg.inpaint_margin_fill_p > 0 \
+                and rng.random() < self.cfg.inpaint_margin_fill_p:
+            painted, shape = E.APPLIERS[sub](base, donor, region, params), shape + "+fill"
+        else:
+            painted = E.APPLIERS[sub](regen, donor, obj, params)
         edited = E.blend(base, painted, E.feather(region, rp["feather"]))
         label = obj if regenerated and not margin else region
         return edited, label, _edit_type(sub, params, rng), shape, {
