@@ -35,6 +35,9 @@ PID_MAX = 1 << 22
 # set, and only once this old — no writer takes a day between writing a file and renaming it
 LEGACY_AGE_S = 24 * 3600.0
 
+# a journal names a handful of files: a larger `.pending` file is none of ours and is not read
+MAX_JOURNAL_BYTES = 64 * 1024
+
 # journals this process is committing now (another thread's, in a server): not finished under it by a sweep
 _COMMITTING: set[str] = set()
 _COMMITTING_LOCK = threading.Lock()
@@ -62,9 +65,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _stale(name: str, pattern: re.Pattern[str], names: set[str] | None) -> bool:
-    found = pattern.fullmatch(name)
-    if found is None or (names is not None and found["name"] not in names):
+def _stale(name: str, names: set[str] | None) -> bool:
+    """A `temp_name` file (of one of `names`, when given) whose writer is no live process on this host."""
+    found = _TEMP.fullmatch(name)
+    if found is None:
+        return False
+    # the temporary file of a journal (`..LAST.PID.RANDOM.pending.PID.RANDOM.tmp`) is one of LAST's set too
+    journal = _JOURNAL.fullmatch(found["name"])
+    target = journal["name"] if journal is not None else found["name"]
+    if names is not None and target not in names:
         return False
     pid = int(found["pid"])
     return 0 < pid <= PID_MAX and not pid_alive(pid)
@@ -86,7 +95,7 @@ def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            stale = _stale(entry.name, _TEMP, names)
+            stale = _stale(entry.name, names)
             if not stale and names is not None and entry.name.endswith(".tmp") and entry.name[:-4] in names:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > LEGACY_AGE_S
             if stale:
@@ -116,6 +125,8 @@ def finish_replacements(folder: Path, last: str | None = None) -> list[Path]:
             if str(journal) in _COMMITTING or (int(found["pid"]) != os.getpid() and pid_alive(int(found["pid"]))):
                 continue
         try:
+            if journal.is_symlink() or journal.stat().st_size > MAX_JOURNAL_BYTES:
+                continue             # not one we wrote: never followed, never read whole
             plan = json.loads(journal.read_bytes())
             moves = [(folder / tmp, folder / target) for tmp, target in plan["files"]]
             removes = [folder / target for target in plan["remove"]]

@@ -634,7 +634,7 @@ def test_eval_and_annotate_sweep_what_killed_writers_left_and_nothing_else(tmp_p
         ev = tmp_path / "ev"
         ev.mkdir()
         stale = [f".metrics.json.{dead}.0badf00d.tmp", f".config.yaml.{dead}.12345678.tmp",
-                 f".summary.json.{dead}.abcdef01.tmp", f".metrics.json.{dead}.deadbeef.pending.{dead}.0a0b0c0d.tmp"]
+                 f".summary.json.{dead}.abcdef01.tmp", f"..metrics.json.{dead}.deadbeef.pending.{dead}.0a0b0c0d.tmp"]
         kept = [f".metrics.json.{live.pid}.0badf00d.tmp", "notes.tmp", ".notes.tmp", f".x.{dead}.notrandom.tmp",
                 f"metrics.json.{dead}.12345678.tmp"]
         for name in stale + kept:
@@ -651,7 +651,8 @@ def test_eval_and_annotate_sweep_what_killed_writers_left_and_nothing_else(tmp_p
         an = tmp_path / "an"
         an.mkdir()
         old_legacy = an / "result.json.tmp"                  # an older sigma's shared temporary name, days old
-        stale = [f".mask.png.{dead}.0badf00d.tmp", f".result.json.{dead}.12345678.tmp", old_legacy.name]
+        stale = [f".mask.png.{dead}.0badf00d.tmp", f".result.json.{dead}.12345678.tmp", old_legacy.name,
+                 f"..result.json.{dead}.deadbeef.pending.{dead}.0a0b0c0d.tmp"]
         # another live writer's file; a dead writer's file of no name annotate writes (not its own); user files
         # and a shared temporary name of annotate's own that is not old enough to be sure its writer is gone
         kept = [f".mask.png.{live.pid}.0badf00d.tmp", f".metrics.json.{dead}.12345678.tmp", "notes.tmp",
