@@ -25,7 +25,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sigma.api.errors import ApiError, validation_message
 from sigma.api.middleware import BodyReadAborted
-from sigma.config.schema import Strict, UnitInterval
+from sigma.config.schema import NonNegative, Strict, UnitInterval
 from sigma.text import find_surrogate
 from sigma.types import MaskMode
 
@@ -48,7 +48,9 @@ class AnnotateOptions(Strict):
     outputs: list[Literal["rle", "png", "prob"]] = Field(
         default_factory=lambda: ["rle"], description="rle (always included), png (base64 mask PNG), "
         "prob (base64 8-bit probability PNG)")
-    wait: float | None = Field(None, ge=0.0, description="seconds POST /v1/annotate waits before answering 202")
+    # NonNegative: `wait=nan` said "greater than or equal to 0" (NaN fails every comparison); inf is no wait either
+    wait: NonNegative | None = Field(None, description="seconds POST /v1/annotate waits before answering 202 "
+                                     "(a finite number >= 0, capped at api.max_wait_timeout_s)")
 
 
 class AnnotateJson(AnnotateOptions):

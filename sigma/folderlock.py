@@ -7,7 +7,8 @@ for the message (`PID HOST`: on shared storage the holder may be another machine
 the user looking for it on their own; a lock file of an older sigma holds the pid only, and is read as such);
 shared holders (fleet workers writing shards of one batch run) leave it empty. An export folder, which is
 published as it is, is locked through the folder itself instead (no file, no pid). A folder the
-hold made and nothing was written into is removed again, so a run refused or failed at once leaves no trace.
+hold made and nothing was written into is removed again, so a run refused or failed at once leaves no trace. An
+exclusive holder sweeps the temporary files of dead writers from the folder itself (`sigma.tempfiles`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sigma.errors import InputError
+from sigma.tempfiles import sweep_stale_temps
 
 LOCK_FILE = ".lock"
 # what a holder's line may be: `PID HOST` (HOST as `socket.gethostname()` gives it), or `PID` (an older sigma)
@@ -145,6 +147,10 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
         if exclusive and marker:
             os.ftruncate(fd, 0)
             os.pwrite(fd, holder_line().encode(), 0)
+        if exclusive:
+            # the one writer of the folder now: what writers killed here left (their temporary files, a set
+            # replacement staged but not moved into place) is finished or removed, so crashes leave no junk
+            sweep_stale_temps(root)
         yield
     finally:
         # only the holder: a refused process emptied the holder's line, and the next one was told the folder was

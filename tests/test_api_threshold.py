@@ -87,3 +87,35 @@ def test_a_threshold_in_range_is_taken(svc, pair):
     resp = svc.http.post("/v1/batches", headers=svc.headers(), content=json.dumps(
         {"input": "corpus", "out": "runs/ok", "threshold": 0.5}))
     assert resp.status_code == 202, resp.text
+
+
+# `wait`, the other float option of a submission: NaN said "greater than or equal to 0" (NaN fails every comparison),
+# inf was taken as a wait; both are told what a wait must be
+WAIT_NOT_FINITE = "finite number >= 0"
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/annotate"])
+@pytest.mark.parametrize("text, says", [("nan", WAIT_NOT_FINITE), ("NaN", WAIT_NOT_FINITE), ("inf", WAIT_NOT_FINITE),
+                                        ("-inf", WAIT_NOT_FINITE), ("-1", "greater than or equal to 0")])
+def test_form_wait(svc, pair, path, text, says):
+    status, code, message = _error(svc.submit(*pair, {"wait": text}, path=path))
+    assert (status, code) == (422, "invalid_request"), message
+    assert message.startswith("wait: ") and says in message, message
+    if says == WAIT_NOT_FINITE:
+        assert "greater than" not in message, message
+
+
+@pytest.mark.parametrize("text, says", [("1e400", WAIT_NOT_FINITE), ("-1e400", WAIT_NOT_FINITE),
+                                        ("true", "valid number")])
+def test_json_wait(svc, pair, text, says):
+    body = (f'{{"original": "{base64.b64encode(pair[0]).decode()}", '
+            f'"edited": "{base64.b64encode(pair[1]).decode()}", "wait": {text}}}')
+    resp = svc.http.post("/v1/annotate", content=body, headers={**svc.headers(), "Content-Type": "application/json"})
+    status, code, message = _error(resp)
+    assert (status, code) == (422, "invalid_request"), resp.text
+    assert message.startswith("wait: ") and says in message, message
+
+
+def test_a_finite_wait_is_taken(svc, pair):
+    resp = svc.submit(*pair, {"wait": "0"}, path="/v1/annotate")
+    assert resp.status_code in (200, 202), resp.text

@@ -523,3 +523,146 @@ def test_a_killed_annotate_never_leaves_a_result_beside_another_runs_masks_or_co
             break
         assert proc.returncode == -9, proc.stderr
     assert finished and kill_at > 3                    # killed at several writes before the one that finished
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has finished (and been reaped): what a killed writer's temporary files name."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Temporary files and staged-set journals of our writers in `folder`."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".tmp", ".pending")))
+
+
+def test_a_killed_eval_loses_no_result_the_next_run_finishes_the_set(tmp_path):
+    """`sigma eval` removed the old metrics.json before renaming the new one over it: killed in between, the folder
+    held the new config.yaml and no metrics.json — the old result lost, the new one stranded in a hidden temporary
+    file nothing ever read or removed. Now the new set is staged whole first (temporary files, then a journal); the
+    next run on the folder finishes a staged set or removes an unfinished one. Killed (SIGKILL) before each write in
+    turn, then a next run that fails at once (no data): the folder always holds a whole set, old or new, and no
+    temporary file or journal."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data = tmp_path / "data"
+    write_pairs_jsonl(data, synthetic_pairs(2))
+    script = tmp_path / "kill_at_write.py"
+    script.write_text(_KILL_AT_WRITE)
+
+    def sigma_eval(out: Path, threshold: str, kill_at: int) -> subprocess.CompletedProcess:
+        argv = ["eval", "--data", str(data), "--annotator", "pixel-diff", "--threshold", threshold, "--out", str(out)]
+        return subprocess.run([sys.executable, str(script), str(out), str(kill_at), *argv], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    old = tmp_path / "old"
+    assert sigma_eval(old, "0.1", 0).returncode == 0
+    seen = set()
+    for kill_at in range(1, 16):
+        out = tmp_path / f"killed{kill_at}"
+        shutil.copytree(old, out)
+        proc = sigma_eval(out, "0.3", kill_at)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -9, proc.stderr
+        # the next run on the folder: it takes the folder, then fails (no such data) without writing a result
+        assert main(["eval", "--data", str(tmp_path / "missing"), "--annotator", "pixel-diff", "--out", str(out)]) == 2
+        assert (out / "metrics.json").exists(), f"killed before write {kill_at}: the old result is gone, no new one"
+        metrics = json.loads((out / "metrics.json").read_text())["config"]
+        assert metrics == yaml.safe_load((out / "config.yaml").read_text()), kill_at
+        assert _leftovers(out) == [], (kill_at, _leftovers(out))
+        seen.add(metrics["threshold"])
+    else:
+        pytest.fail("the eval was killed at every write point tried and never finished")
+    assert seen == {0.1, 0.3}        # killed before the commit: the old set; after it: the new set, finished
+
+
+def test_a_set_replacement_that_failed_after_staging_is_finished_by_a_reader(tmp_path, monkeypatch):
+    """The rename step failing after its first rename (a disk error, or the kill simulated in-process): the set
+    stays staged with its journal, and `finish_replacements` (any reader, or the next writer) moves it into place:
+    the whole new set, never the old metrics.json beside the new config.yaml or no metrics.json at all."""
+    from sigma.io.outputs import replace_together
+
+    out = tmp_path / "ev"
+    out.mkdir()
+    replace_together([(out / "config.yaml", b"old config"), (out / "metrics.json", b"old metrics")])
+    real = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst).name == "metrics.json":      # config.yaml renamed, metrics.json not
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        replace_together([(out / "config.yaml", b"new config"), (out / "metrics.json", b"new metrics")])
+    monkeypatch.setattr(os, "replace", real)
+    assert not (out / "metrics.json").exists() and (out / "config.yaml").read_bytes() == b"new config"
+    from sigma.tempfiles import finish_replacements
+    assert [p.name for p in finish_replacements(out)]
+    assert (out / "metrics.json").read_bytes() == b"new metrics" and (out / "config.yaml").read_bytes() == b"new config"
+    assert _leftovers(out) == []
+
+
+def test_eval_and_annotate_sweep_what_killed_writers_left_and_nothing_else(tmp_path):
+    """A writer killed between writing its temporary file and renaming it left `.NAME.PID.RANDOM.tmp` behind, and
+    nothing removed it: output folders filled with hidden junk after crashes. The writer that owns the folder now
+    removes them when it next starts there — only names of that form whose pid is no live process here. A live
+    writer's file (another process's pid) and a user's `notes.tmp` stay."""
+    import subprocess
+    import sys
+
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data = tmp_path / "data"
+    write_pairs_jsonl(data, synthetic_pairs(2))
+    dead = _dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        ev = tmp_path / "ev"
+        ev.mkdir()
+        stale = [f".metrics.json.{dead}.0badf00d.tmp", f".config.yaml.{dead}.12345678.tmp",
+                 f".summary.json.{dead}.abcdef01.tmp", f"..metrics.json.{dead}.deadbeef.pending.{dead}.0a0b0c0d.tmp"]
+        kept = [f".metrics.json.{live.pid}.0badf00d.tmp", "notes.tmp", ".notes.tmp", f".x.{dead}.notrandom.tmp",
+                f"metrics.json.{dead}.12345678.tmp"]
+        for name in stale + kept:
+            (ev / name).write_text("x")
+        assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(ev)]) == 0
+        assert (ev / "metrics.json").exists()
+        assert _leftovers(ev) == sorted(kept), _leftovers(ev)
+
+        o, e = tmp_path / "o.png", tmp_path / "e.png"
+        rng = np.random.default_rng(0)
+        orig = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+        Image.fromarray(orig).save(o)
+        Image.fromarray(255 - orig).save(e)
+        an = tmp_path / "an"
+        an.mkdir()
+        old_legacy = an / "result.json.tmp"                  # an older sigma's shared temporary name, days old
+        stale = [f".mask.png.{dead}.0badf00d.tmp", f".result.json.{dead}.12345678.tmp", old_legacy.name,
+                 f"..result.json.{dead}.deadbeef.pending.{dead}.0a0b0c0d.tmp"]
+        # another live writer's file; a dead writer's file of no name annotate writes (not its own); user files
+        # and a shared temporary name of annotate's own that is not old enough to be sure its writer is gone
+        kept = [f".mask.png.{live.pid}.0badf00d.tmp", f".metrics.json.{dead}.12345678.tmp", "notes.tmp",
+                "prob.png.tmp"]
+        for name in stale + kept:
+            (an / name).write_text("x")
+        os.utime(old_legacy, (1e9, 1e9))
+        assert main(["annotate", str(o), str(e), "--annotator", "pixel-diff", "-o", str(an)]) == 0
+        assert (an / "result.json").exists()
+        assert _leftovers(an) == sorted(kept), _leftovers(an)
+    finally:
+        live.kill()
+        live.wait()

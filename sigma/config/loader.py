@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import types
 import typing
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sigma.errors import ConfigError
+from sigma.tempfiles import temp_name
 from sigma.text import shown
 
 M = TypeVar("M", bound=BaseModel)
@@ -505,7 +505,7 @@ def config_hash(config: BaseModel | dict) -> str:
 
 def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "config.yaml") -> Path:
     """Write the resolved config next to an output, atomically, so every result can be reproduced. The temporary
-    file is this writer's own (pid + random, as `sigma.io.images.temp_name`, which this layer may not import): with
+    file is this writer's own (pid + random, `sigma.tempfiles.temp_name`, which a later run's sweep knows): with
     one shared `config.yaml.tmp`, two processes writing one folder's config truncated each other's file, and a
     rename installed a half-written or the other's config, or found the file gone (FileNotFoundError). A write
     that fails (a value YAML cannot write, a full disk) takes its temporary file with it."""
@@ -513,7 +513,7 @@ def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     text = resolved_yaml(config)          # before any file: a config YAML cannot write leaves nothing behind
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_name(target)
     try:
         tmp.write_text(text)
         os.replace(tmp, target)

@@ -42,22 +42,27 @@ MAX_JSON_DEPTH_CEILING = 200
 MIN_JSON_DEPTH = 8
 
 
-def _finite(value: Any) -> Any:
-    """NaN and the infinities (`--set threshold=nan`, `1e400`) said "should be less than or equal to 1" (NaN fails
-    every comparison): misleading. They are told what a number here must be; the rest goes on to the checks."""
-    if isinstance(value, (str, float)):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        if not math.isfinite(number):
-            raise PydanticCustomError("finite_number", "Input should be a finite number in [0, 1], got {value}",
-                                      {"value": number})
-    return value
+def finite_in(bounds: str) -> BeforeValidator:
+    """NaN and the infinities (`--set threshold=nan`, `1e400`, a form's `wait=nan`) said "should be less than or
+    equal to 1" or "greater than or equal to 0" (NaN fails every comparison, so whichever bound is checked first
+    speaks): misleading. They are told what a number here must be (`finite_number`, "a finite number `bounds`");
+    the rest goes on to the field's own checks. One reader for every float option a user gives."""
+    def check(value: Any) -> Any:
+        if isinstance(value, (str, float)):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            if not math.isfinite(number):
+                raise PydanticCustomError("finite_number", f"Input should be a finite number {bounds}, got {{value}}",
+                                          {"value": number})
+        return value
+    return BeforeValidator(check)
 
 
-#: a probability or a threshold: a finite number in [0, 1]
-UnitInterval = Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_finite)]
+UnitInterval = Annotated[float, Field(ge=0.0, le=1.0), finite_in("in [0, 1]")]
+#: a length of time or any other amount that cannot be negative: a finite number >= 0
+NonNegative = Annotated[float, Field(ge=0.0), finite_in(">= 0")]
 
 
 def _leaves(annotation: Any) -> set[Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import secrets
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError
+from sigma.tempfiles import temp_name
 from sigma.text import shown
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
@@ -527,11 +527,6 @@ def encode_png(array: np.ndarray) -> bytes:
 def write_png(array: np.ndarray, path: str | Path) -> Path:
     """Atomic PNG write: a killed process never leaves a half-written mask behind."""
     return replace_atomically(Path(path), encode_png(array))
-
-
-def temp_name(path: Path) -> Path:
-    """A temp file beside `path` that no other writer (process, thread, host) picks: pid + random."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:

@@ -1,16 +1,18 @@
 """What `sigma annotate` leaves on disk for one pair: mask, probability, overlay and a JSON record."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from sigma.io.images import encode_png, replace_atomically, temp_name
+from sigma.io.images import encode_png, replace_atomically
+from sigma.tempfiles import replace_together
 from sigma.text import MAX_JSON_DEPTH, dumps_finite, json_ready
 from sigma.types import Annotation
+
+__all__ = ["json_record", "overlay_image", "replace_together", "write_annotation", "write_json"]
 
 TINT_RGB = (255, 32, 32)
 
@@ -39,34 +41,6 @@ def json_record(data: Any, max_depth: int = MAX_JSON_DEPTH) -> bytes:
 
 def write_json(data: Any, path: str | Path) -> Path:
     return replace_atomically(Path(path), json_record(data))
-
-
-def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None = None) -> list[Path]:
-    """Files that only mean something together (metrics.json and the config.yaml it was made with), written so that
-    a kill or a failed write at any point never leaves one run's file beside another run's: the last file is the
-    one that says the set is complete. Every file is written to a temporary name first (a full disk fails here,
-    with the old set intact); then the old last file is removed, the others renamed into place, and the last one
-    renamed last. Killed in between, the folder holds the old set, or the others without a last file (a run that
-    did not finish), or the new set. Two whole-file replacements one after the other left the new metrics.json
-    beside the old config.yaml when killed between them. `remove`: files of the old set the new one does not
-    have, removed once the old last file is gone."""
-    written: list[tuple[Path, Path]] = []
-    try:
-        for path, data in files:
-            tmp = temp_name(path)
-            written.append((tmp, path))
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-        files[-1][0].unlink(missing_ok=True)
-        for path in remove or []:
-            path.unlink(missing_ok=True)
-        for tmp, path in written:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in written:
-            tmp.unlink(missing_ok=True)
-        raise
-    return [path for path, _ in files]
 
 
 def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | Path,

@@ -1,0 +1,208 @@
+"""The temporary files our writers leave beside their outputs, and the sets of files replaced together.
+
+Every atomic write goes through a temporary file of its own (`temp_name`: `.NAME.PID.RANDOM.tmp`) renamed over the
+target. A writer killed (SIGKILL, OOM, power) between the two leaves that file behind, and nothing removed it: an
+output folder written after crashes filled with hidden junk. A writer that owns a folder (`sweep_stale_temps`, from
+`sigma.folderlock.hold_folder` and from `replace_together`) now removes such files when it next starts there — only
+names of that exact form, only when their pid is no live process on this host (a file of ours in progress, or of
+another live writer, is never touched; a user's `notes.tmp` never matches). A pid of another machine (shared storage)
+or another pid namespace cannot be checked from here: the sweeps run where one writer owns the folder (an exclusive
+hold, or the files of its own set), not where fleet workers share it.
+
+`replace_together` puts down files that only mean something together (metrics.json and its config.yaml) so that a
+kill at any point leaves either the whole old set or the whole new one: the new set is staged completely (temporary
+files, then a journal naming them, `.LAST.PID.RANDOM.pending`, the commit point), then moved into place. Killed before
+the journal, the old set stands and the staged files are swept later; killed after it, the next writer of the folder
+(or a reader calling `finish_replacements`) completes the moves from the journal. Before, the old last file was
+removed first and a kill before the new one's rename lost the old result with nothing to finish it from.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+
+# `.NAME.PID.RANDOM.tmp` as temp_name writes it: pid in 1..PID_MAX, 8 hex digits
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9][0-9]{0,9})\.[0-9a-f]{8}\.tmp")
+_JOURNAL = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9][0-9]{0,9})\.[0-9a-f]{8}\.pending")
+# Linux's largest pid (/proc/sys/kernel/pid_max at most 2^22): a larger number in a name is no pid of ours
+PID_MAX = 1 << 22
+# `NAME.tmp`, the shared temporary name older writers used (no pid to ask): removed only for a name of the caller's own
+# set, and only once this old — no writer takes a day between writing a file and renaming it
+LEGACY_AGE_S = 24 * 3600.0
+
+# a journal names a handful of files: a larger `.pending` file is none of ours and is not read
+MAX_JOURNAL_BYTES = 64 * 1024
+
+# journals this process is committing now (another thread's, in a server): not finished under it by a sweep
+_COMMITTING: set[str] = set()
+_COMMITTING_LOCK = threading.Lock()
+
+
+def temp_name(path: Path) -> Path:
+    """A temp file beside `path` that no other writer (process, thread, host) picks: pid + random."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live process on this host (True for one we may not signal: someone else's, alive)."""
+    if not 0 < pid <= PID_MAX:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True          # cannot tell: kept
+    return True
+
+
+def _stale(name: str, names: set[str] | None) -> bool:
+    """A `temp_name` file (of one of `names`, when given) whose writer is no live process on this host."""
+    found = _TEMP.fullmatch(name)
+    if found is None:
+        return False
+    # the temporary file of a journal (`..LAST.PID.RANDOM.pending.PID.RANDOM.tmp`) is one of LAST's set too
+    journal = _JOURNAL.fullmatch(found["name"])
+    target = journal["name"] if journal is not None else found["name"]
+    if names is not None and target not in names:
+        return False
+    pid = int(found["pid"])
+    return 0 < pid <= PID_MAX and not pid_alive(pid)
+
+
+def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]:
+    """Remove the temporary files of writers that died in `folder` (not below it): `temp_name`'s files whose pid
+    is no live process here (`names`: only those of these targets), and `NAME.tmp` for NAME in `names` older than
+    LEGACY_AGE_S. A staged set a journal names is finished first (`finish_replacements`), never swept from under it.
+    Returns what was removed; a file that cannot be removed is left (the write that follows says what is wrong)."""
+    finish_replacements(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            stale = _stale(entry.name, names)
+            if not stale and names is not None and entry.name.endswith(".tmp") and entry.name[:-4] in names:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > LEGACY_AGE_S
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def finish_replacements(folder: Path, last: str | None = None) -> list[Path]:
+    """Complete the set replacements in `folder` (`last`: only those ending with that file) whose writer died after
+    staging the whole set (its journal written): the staged files are moved into place, the last one last, the
+    files the set drops removed. Any reader of such a set may call it; `replace_together` and `hold_folder` do.
+    Returns the journals finished."""
+    done: list[Path] = []
+    try:
+        entries = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".pending"))
+    except OSError:
+        return done
+    for name in entries:
+        journal = folder / name
+        found = _JOURNAL.fullmatch(name)
+        if found is None or (last is not None and found["name"] != last):
+            continue
+        with _COMMITTING_LOCK:
+            if str(journal) in _COMMITTING or (int(found["pid"]) != os.getpid() and pid_alive(int(found["pid"]))):
+                continue
+        try:
+            if journal.is_symlink() or journal.stat().st_size > MAX_JOURNAL_BYTES:
+                continue             # not one we wrote: never followed, never read whole
+            plan = json.loads(journal.read_bytes())
+            moves = [(folder / tmp, folder / target) for tmp, target in plan["files"]]
+            removes = [folder / target for target in plan["remove"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                 # not a journal of ours: left as it is
+        if not all(_inside(folder, p) for pair in moves for p in pair) or not all(_inside(folder, p) for p in removes):
+            continue
+        _move_into_place(moves, removes)
+        journal.unlink(missing_ok=True)
+        done.append(journal)
+    return done
+
+
+def _inside(folder: Path, path: Path) -> bool:
+    return path.parent == folder and path.name not in ("", ".", "..")
+
+
+def _move_into_place(moves: list[tuple[Path, Path]], removes: list[Path]) -> None:
+    """The commit: the old last file and the files the set drops removed, then each staged file renamed over its
+    target, the last one last. Idempotent: a staged file already moved is skipped, so a commit interrupted at any
+    point is finished by running it again."""
+    if moves and moves[-1][0].exists():
+        moves[-1][1].unlink(missing_ok=True)
+    for path in removes:
+        path.unlink(missing_ok=True)
+    for tmp, path in moves:
+        if tmp.exists():
+            os.replace(tmp, path)
+
+
+def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None = None) -> list[Path]:
+    """Files that only mean something together (metrics.json and the config.yaml it was made with), written so that
+    a kill or a failed write at any point never leaves one run's file beside another run's, and never loses the old
+    set without the new one to finish: the last file is the one that says the set is complete. Every file is
+    written to a temporary name first (a full disk fails here, with the old set intact), then a journal naming
+    them (the commit point); then the old last file is removed, the others renamed into place, the last one last,
+    and the journal removed. Killed or failed after the journal, the folder holds the old set's others beside the
+    new ones without a last file until the next writer, or `finish_replacements`, completes the set from the
+    journal. All files lie in one folder. `remove`: files of the old set the new one does not have."""
+    if not files:
+        return []
+    folder = files[-1][0].parent
+    remove = list(remove or [])
+    if any(path.parent != folder for path, _ in files) or any(path.parent != folder for path in remove):
+        raise ValueError("replace_together: every file of a set lies in one folder")
+    names = {path.name for path, _ in files} | {path.name for path in remove}
+    sweep_stale_temps(folder, names)          # a set a killed writer staged is finished first, then its junk goes
+    written: list[tuple[Path, Path]] = []
+    journal = files[-1][0].with_name(f".{files[-1][0].name}.{os.getpid()}.{secrets.token_hex(4)}.pending")
+    with _COMMITTING_LOCK:
+        _COMMITTING.add(str(journal))
+    committed = False
+    try:
+        for path, data in files:
+            tmp = temp_name(path)
+            written.append((tmp, path))
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+        plan = {"files": [[tmp.name, path.name] for tmp, path in written], "remove": [p.name for p in remove]}
+        staged = temp_name(journal)
+        try:
+            with open(staged, "wb") as handle:
+                handle.write(json.dumps(plan).encode())
+            os.replace(staged, journal)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        committed = True
+        _move_into_place(written, remove)
+        journal.unlink(missing_ok=True)
+    except BaseException:
+        if not committed:            # the old set stands: the staged files go
+            for tmp, _ in written:
+                tmp.unlink(missing_ok=True)
+        raise                        # committed: the journal and what it names stay for the next writer to finish
+    finally:
+        with _COMMITTING_LOCK:
+            _COMMITTING.discard(str(journal))
+    return [path for path, _ in files]
