@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sigma.config.schema import item_annotations
 from sigma.errors import ConfigError
 from sigma.tempfiles import temp_name
 from sigma.text import shown
@@ -214,23 +215,7 @@ def _arms(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-_SEQUENCES = (list, set, frozenset, collections.abc.Sequence, collections.abc.Set)
 _MAPPINGS = (dict, collections.abc.Mapping)
-
-
-def _item_annotations(arms: list[Any], index: int) -> list[Any]:
-    """What item `index` of a list may be, by the sequence arms: list[X] / tuple[X, ...] → X, tuple[X, Y] → X or Y."""
-    out = []
-    for arm in arms:
-        origin, args = typing.get_origin(arm), typing.get_args(arm)
-        if origin is tuple and args:
-            if len(args) == 2 and args[1] is Ellipsis:
-                out.append(args[0])
-            elif index < len(args):
-                out.append(args[index])
-        elif origin in _SEQUENCES and args:
-            out.append(args[0])
-    return out
 
 
 def _field_named(model: type[BaseModel], name: Any) -> Any:
@@ -268,8 +253,8 @@ def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origi
                 value[name] = _whole_items(values, item, dotted, field or dotted, origin)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            if item_annotations := _item_annotations(arms, index):
-                value[index] = _whole_items(item_annotations, item, f"{key}[{index}]", field, origin)
+            if item_arms := item_annotations(arms, index):
+                value[index] = _whole_items(item_arms, item, f"{key}[{index}]", field, origin)
     return value
 
 

@@ -1,6 +1,7 @@
 """Config sections shared by every front end. Each command composes these into its own model."""
 from __future__ import annotations
 
+import collections.abc
 import copy
 import functools
 import math
@@ -82,24 +83,35 @@ def _takes_number_not_bool(annotation: Any) -> bool:
     return bool(leaves & {int, float}) and not leaves & {bool, Any, object}
 
 
-def _item_annotations(annotation: Any, index: int) -> list[Any]:
-    """What item `index` of a list written for `annotation` may be: list[X] / tuple[X, ...] → X, tuple[X, Y] → Y
-    for index 1."""
-    arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
-        annotation,)
+_SEQUENCES = (list, set, frozenset, collections.abc.Sequence, collections.abc.Set)
+
+
+def item_annotations(arms: list[Any], index: int) -> list[Any]:
+    """What item `index` of a list may be, by the sequence arms of a field's type: list[X] / tuple[X, ...] → X,
+    tuple[X, Y] → X or Y by index. One reading for the loader's messages and the bool check below."""
     out = []
     for arm in arms:
-        while typing.get_origin(arm) is Annotated:
-            arm = typing.get_args(arm)[0]
         origin, args = typing.get_origin(arm), typing.get_args(arm)
         if origin is tuple and args:
             if len(args) == 2 and args[1] is Ellipsis:
                 out.append(args[0])
             elif index < len(args):
                 out.append(args[index])
-        elif origin in (list, set, frozenset) and args:
+        elif origin in _SEQUENCES and args:
             out.append(args[0])
     return out
+
+
+def _item_annotations(annotation: Any, index: int) -> list[Any]:
+    """`item_annotations` of a field's annotation, its union arms and Annotated wrappers taken off."""
+    arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
+        annotation,)
+    unwrapped = []
+    for arm in arms:
+        while typing.get_origin(arm) is Annotated:
+            arm = typing.get_args(arm)[0]
+        unwrapped.append(arm)
+    return item_annotations(unwrapped, index)
 
 
 @functools.lru_cache(maxsize=4096)
