@@ -26,7 +26,7 @@ from sigma.api.errors import ApiError, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
-from sigma.batch.layout import MAX_FAILED_SHOWN
+from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ, MAX_FAILED_SHOWN
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE, UnitInterval
 from sigma.errors import SigmaError
 from sigma.folderlock import anonymised
@@ -290,13 +290,13 @@ async def submit_batch(request: Request, _principal=ANNOTATE, svc: Service = SER
     return SafeJSONResponse({"run_dir": _relative(root, out_path), **info}, status_code=202)
 
 
-def _checked_summary(rundir, limit: int) -> dict[str, Any]:
-    """The run's counts once its run.json holds to its run hash, as `sigma batch status` gives them: counts of a
+def _checked_record(rundir) -> dict[str, Any]:
+    """The run's record once its run.json holds to its run hash, as `sigma batch status` reads it: counts of a
     record edited since planning describe another run (409 run_modified, as a resubmission of it)."""
     from sigma.batch.record import verified_record
 
     record, _ = verified_record(rundir, "no status shown")
-    return rundir.summary(failed_limit=limit, record=record)
+    return record
 
 
 @router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
@@ -304,6 +304,10 @@ async def batch_status(out: str | None = None,
                        failed_limit: int | None = Query(None, ge=0, le=MAX_FAILED_SHOWN, description=(
                            "failed shards listed in run.failed_shards, first in run order (default 100); "
                            "run.failed counts them all, run.failed_shards_omitted the ones left out")),
+                       dead_limit: int = Query(DEAD_READ, ge=0, le=MAX_DEAD_READ, description=(
+                           "with out: dead letters read, newest first, to find the run's shards a worker gave up on "
+                           "without writing their status (counted failed); queue.dead_read_all says whether that "
+                           "was all of them")),
                        _principal=ANNOTATE, svc: Service = SERVICE):
     cfg = svc.cfg
     from sigma.batch.layout import FAILED_SHOWN, RunDir
@@ -311,25 +315,34 @@ async def batch_status(out: str | None = None,
 
     root = _root(cfg)
     answer: dict[str, Any] = {}
-    rundir = None
+    rundir = record = None
     if out is not None:
         out_path = resolve_under(root, out, "out")
         rundir = RunDir(out_path)
         if not os.path.isfile(rundir.run_file):
             raise ApiError(404, "not_found", f"no batch run in {_relative(root, out_path)!r}")
         try:
+            record = await anyio.to_thread.run_sync(lambda: _checked_record(rundir))
+        except (SigmaError, OSError) as exc:
+            raise _to_api(exc, root) from exc
+    # the queue first: the run's shards a worker dead-lettered without writing their status are failed in its counts
+    dead_letters: dict[str, str] = {}
+    try:
+        client = svc.sync_redis
+        answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(
+            cfg.redis, client=client, run=rundir, dead_letters=dead_letters, dead_limit=dead_limit))
+    except (SigmaError, OSError) as exc:
+        raise _to_api(exc, root) from exc
+    if rundir is not None:
+        try:
             limit = FAILED_SHOWN if failed_limit is None else failed_limit
-            summary = await anyio.to_thread.run_sync(lambda: _checked_summary(rundir, limit))
+            summary = await anyio.to_thread.run_sync(
+                lambda: rundir.summary(failed_limit=limit, record=record, dead_letters=dead_letters))
         except (SigmaError, OSError) as exc:
             raise _to_api(exc, root) from exc
         for failed in summary.get("failed_shards", []):
             failed["error"] = scrub(str(failed.get("error", "")), root)
-        answer["run"] = {**summary, "run_dir": _relative(root, out_path)}
-    try:
-        client = svc.sync_redis
-        answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(cfg.redis, client=client, run=rundir))
-    except (SigmaError, OSError) as exc:
-        raise _to_api(exc, root) from exc
+        answer = {"run": {**summary, "run_dir": _relative(root, out_path)}, **answer}      # run first, as before
     if "deferred_reason" in answer["queue"]:      # names the run folder and who holds it: paths under the root, no host
         answer["queue"]["deferred_reason"] = scrub(str(answer["queue"]["deferred_reason"]), root)
     return answer

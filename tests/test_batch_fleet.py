@@ -1363,3 +1363,94 @@ def test_a_worker_with_a_lower_run_size_limit_than_the_driver_dead_letters_at_on
         error = json.loads(entry.fields["error"])
         assert error["code"] == "run_too_large" and not error["message"].startswith("bad task"), error
         assert f"{size} bytes, over the {size - 1}" in error["message"], error
+
+
+def test_status_counts_the_shards_a_worker_dead_lettered_without_a_status_as_failed_saying_why(
+        redis_server, corpus, tmp_path, monkeypatch, capsys):
+    """A worker that cannot read the run's run.json (here its $SIGMA_MAX_RUN_BYTES is below the driver's) dead-letters
+    the tasks without writing their status files: `sigma batch status --redis` showed those shards pending for ever,
+    and `unqueued` ("the queue lost them") besides, the reason only in `<stream>:dead`. Now they are failed, each
+    with its dead letter's reason as a status file a worker writes says it; the dead letters read are bounded
+    (`--dead-limit`), and the status says when it read fewer than the stream holds. Without --redis nothing changes."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
+                 "--set", "workers=0", "--redis", redis_server.url, "--key-prefix", prefix]) == 0
+    capsys.readouterr()
+    size = (out / "run.json").stat().st_size
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", str(size - 1))           # the worker's machine only
+    stats = run_batch_worker(redis_server.url, prefix, "low", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
+                             max_deliveries=3, run_read_retry_s=5, exit_when_idle=True)
+    assert stats.dead == 6 and not list((out / "status").glob("*.json")), stats
+    monkeypatch.delenv("SIGMA_MAX_RUN_BYTES")                          # the driver's machine again
+
+    redis_args = ["--redis", redis_server.url, "--key-prefix", prefix]
+    assert main(["batch", "status", str(out), *redis_args, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["done"], status["failed"], status["pending"]) == (0, 6, 0), status
+    assert len(status["failed_shards"]) == 6, status
+    for failed in status["failed_shards"]:
+        assert failed["error"].startswith("dead-lettered after 1 deliveries: [run_too_large] "), failed
+        assert f"{size} bytes, over the {size - 1}" in failed["error"], failed
+    queue = status["queue"]
+    assert (queue["dead_lettered"], queue["unqueued"], queue["dead_read"], queue["dead_read_all"]) == (6, 0, 6, True)
+
+    assert main(["batch", "status", str(out), *redis_args]) == 0
+    text = capsys.readouterr().out
+    assert "0/6 shards done, 6 failed, 0 pending" in text and text.count("[run_too_large]") == 6, text
+    assert "6 shard(s) counted failed from their dead letters" in text and "the queue lost them" not in text, text
+
+    # bounded: the newest 2 dead letters only; the status says so, and the rest stay pending
+    assert main(["batch", "status", str(out), *redis_args, "--dead-limit", "2", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["failed"], status["pending"]) == (2, 4), status
+    assert (status["queue"]["dead_read"], status["queue"]["dead_read_all"]) == (2, False), status["queue"]
+    assert main(["batch", "status", str(out), *redis_args, "--dead-limit", "2"]) == 0
+    assert "read the newest 2 of 6 dead letters (--dead-limit)" in capsys.readouterr().out
+
+    # submitted again (the cause fixed): the shards have tasks again and are pending, not failed by old letters
+    assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
+                 "--set", "workers=0", *redis_args]) == 0
+    capsys.readouterr()
+    assert main(["batch", "status", str(out), *redis_args, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["failed"], status["pending"], status["queue"]["dead_lettered"]) == (0, 6, 0), status
+
+    # without Redis the run folder alone: pending, as before
+    assert main(["batch", "status", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["failed"], status["pending"]) == (0, 6) and "queue" not in status, status
+    assert main(["batch", "status", str(out), *redis_args, "--dead-limit", "10001"]) == 2
+    assert "--dead-limit" in capsys.readouterr().err
+
+
+def test_a_run_status_reads_a_bounded_number_of_dead_letters_however_many_the_stream_holds(
+        redis_server, corpus, tmp_path, capsys):
+    """The dead-letter stream serves every run and `queue.dead_letter_maxlen` has no upper bound: a status that
+    read all of it to find the run's dead-lettered shards took as long as the stream was. 100,000 other dead letters:
+    the status reads the newest 2000 (`DEAD_READ`), says so, and answers in well under a second of Redis work."""
+    from sigma.batch.layout import DEAD_READ
+
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
+                 "--set", "workers=0", "--redis", redis_server.url, "--key-prefix", prefix]) == 0
+    capsys.readouterr()
+    client = redis_server.client()
+    client.xtrim(Keys(prefix).batch_tasks(), maxlen=0)     # the run's tasks gone: its shards looked for in the letters
+    dead = Keys(prefix).batch_dead()
+    for start in range(0, 100_000, 10_000):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, start + 10_000):
+            pipe.xadd(dead, {"run_dir": "/elsewhere", "shard": f"s{i:06d}", "run_hash": "x", "error": "{}"})
+        pipe.execute()
+    begin = time.monotonic()
+    assert main(["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix, "--json"]) == 0
+    took = time.monotonic() - begin
+    status = json.loads(capsys.readouterr().out)
+    queue = status["queue"]
+    assert (queue["dead"], queue["dead_read"], queue["dead_read_all"]) == (100_000, DEAD_READ, False), queue
+    assert (status["pending"], queue["dead_lettered"], queue["unqueued"]) == (6, 0, 6), status
+    assert took < 5, took
+    assert main(["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix]) == 0
+    assert f"read the newest {DEAD_READ} of 100000 dead letters" in capsys.readouterr().out

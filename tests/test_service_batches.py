@@ -550,3 +550,37 @@ def test_a_submission_reads_run_json_once_and_still_refuses_other_plugins(redis_
         submit_run(cfg, out, redis_server.url, prefix)
     assert refused.value.code == "run_modified" and "some_other_module" in refused.value.message, refused.value
     assert reads == [out] and redis_server.client().xlen(f"{prefix}:batch:tasks") == 3
+
+
+def test_the_status_counts_shards_dead_lettered_without_a_status_as_failed_with_the_reason(svc, root, redis_server,
+                                                                                          monkeypatch):
+    """A batch worker whose $SIGMA_MAX_RUN_BYTES is below the API's dead-letters a run's tasks, `run_too_large`,
+    without writing their status files: GET /v1/batches/status showed the run pending for ever, its shards
+    `unqueued` besides. Now they are failed with the dead letter's reason (no server path in it), and `dead_limit`
+    bounds the dead letters read (`queue.dead_read_all` false when it stopped short; 422 over its limit)."""
+    resp = post(svc, {"input": "corpus", "out": "runs/too-large-here", "shard_size": 2})
+    assert resp.status_code == 202 and resp.json()["queued"] == 3, resp.text
+    size = (root / "runs" / "too-large-here" / "run.json").stat().st_size
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", str(size - 1))       # this worker's machine only; not the API's
+    stats = run_batch_worker(redis_server.url, svc.prefix, "bw-small", block_ms=50, lease_ms=200,
+                             reclaim_interval_ms=30, exit_when_idle=True)
+    assert stats.dead >= 3, stats                     # the module's other runs share the queue
+    monkeypatch.delenv("SIGMA_MAX_RUN_BYTES")
+
+    resp = svc.http.get("/v1/batches/status", params={"out": "runs/too-large-here"}, headers=svc.headers())
+    assert resp.status_code == 200, resp.text
+    run, queue = resp.json()["run"], resp.json()["queue"]
+    assert (run["done"], run["failed"], run["pending"]) == (0, 3, 0), run
+    assert all(f["error"].startswith("dead-lettered after 1 deliveries: [run_too_large] ")
+               and f"{size} bytes" in f["error"] for f in run["failed_shards"]) and len(run["failed_shards"]) == 3, run
+    assert (queue["dead_lettered"], queue["unqueued"], queue["dead_read_all"]) == (3, 0, True), queue
+    assert str(root) not in resp.text, resp.text
+
+    bounded = svc.http.get("/v1/batches/status", params={"out": "runs/too-large-here", "dead_limit": 1},
+                           headers=svc.headers())
+    assert bounded.status_code == 200, bounded.text
+    assert (bounded.json()["run"]["failed"], bounded.json()["run"]["pending"]) == (1, 2), bounded.text
+    assert (bounded.json()["queue"]["dead_read"], bounded.json()["queue"]["dead_read_all"]) == (1, False), bounded.text
+    over = svc.http.get("/v1/batches/status", params={"out": "runs/too-large-here", "dead_limit": 10_001},
+                        headers=svc.headers())
+    assert over.status_code == 422 and error_code(over) == "invalid_request", over.text

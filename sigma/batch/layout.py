@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,14 @@ RUN_FILE = "run.json"
 FAILED_SHOWN = 100
 # the most one may ask for (`--failed-limit`, the API's `failed_limit`): a status that big is read by a program
 MAX_FAILED_SHOWN = 10_000
+# Dead letters a run's status reads, newest first (`sigma batch status --redis --dead-limit`, the API's
+# `dead_limit`): a worker that cannot read or trust a run.json (`run_too_large`: its $SIGMA_MAX_RUN_BYTES is lower
+# than the driver's; `bad_task`, `run_unreadable`) dead-letters the task without writing the shard's status, and the
+# run showed that shard "pending" for ever, the reason only in `<stream>:dead`. The stream serves every run and may
+# hold `queue.dead_letter_maxlen` entries (10,000 by default, no upper bound) of up to ~4 KB each: a poll reads at
+# most this many, and says when it stopped short (`dead_read_all`).
+DEAD_READ = 2000
+MAX_DEAD_READ = 10_000
 # The largest run.json (bytes) a run may write and any reader parses: its size is checked before a byte is read.
 # Every reader parses the whole shard plan (`--resume`, `sigma batch submit` and POST /v1/batches, each fleet worker,
 # `sigma batch status`, the exports, the review page, GET /v1/batches/status): one of 200 MB took each of them ~21 s
@@ -380,11 +388,15 @@ class RunDir:
                                                         "run_hash": run_hash, "error": error, **extra})
             return True
 
-    def shard_states(self, record: dict[str, Any] | None = None) -> Iterator[tuple[Shard, str, dict[str, Any] | None]]:
+    def shard_states(self, record: dict[str, Any] | None = None, dead_letters: Mapping[str, str] | None = None
+                     ) -> Iterator[tuple[Shard, str, dict[str, Any] | None]]:
         """Each planned shard with its state for the run's hash — "done" (`is_done`), "failed" (given up on) or
         "pending" — and its status record: the one walk `summary` and `pending_keys` share. `record`: the run
-        record already loaded."""
+        record already loaded. `dead_letters`: shard key -> reason, for shards a fleet worker dead-lettered without
+        writing their status (it could not read or trust run.json; `sigma.service.fleet.queue_status`): such a
+        shard, neither done nor failed, is "failed" with that reason, not "pending" for ever."""
         record = self.load() if record is None else record
+        dead_letters = dead_letters or {}
         run_hash = record["run_hash"]
         for item in record["shards"]:
             shard = Shard.from_dict(item)
@@ -393,19 +405,23 @@ class RunDir:
                 yield shard, "done", st
             elif st and st.get("status") == "failed" and st.get("run_hash") == run_hash:
                 yield shard, "failed", st
+            elif shard.key in dead_letters:
+                yield shard, "failed", {"status": "failed", "run_hash": run_hash, "error": dead_letters[shard.key],
+                                        "dead_letter": True}
             else:
                 yield shard, "pending", st
 
-    def summary(self, failed_limit: int | None = FAILED_SHOWN, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    def summary(self, failed_limit: int | None = FAILED_SHOWN, record: dict[str, Any] | None = None,
+                dead_letters: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Shard counts, pair counts and error codes of the run, with the first `failed_limit` failed shards (None:
         all) and each one's message cut to MAX_MESSAGE characters. `record`: the run record already loaded (and
-        checked: `sigma.batch.record.verified_record`), not read again."""
+        checked: `sigma.batch.record.verified_record`), not read again. `dead_letters`: as `shard_states`'."""
         record = self.load() if record is None else record
         counts = {"done": 0, "failed": 0, "pending": 0}
         pairs = ok = errors = 0
         codes: dict[str, int] = {}
         failed: list[dict[str, str]] = []
-        for shard, state, st in self.shard_states(record):
+        for shard, state, st in self.shard_states(record, dead_letters):
             counts[state] += 1
             if state == "done" and st is not None:
                 # a status with a field missing (edited by hand, written by another version) is still done:

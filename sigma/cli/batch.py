@@ -134,6 +134,14 @@ def _add_failed_limit(p: argparse.ArgumentParser, help_text: str) -> None:
                    help=f"{help_text}; 0 .. {MAX_FAILED_SHOWN}, as the API's failed_limit")
 
 
+def _add_dead_limit(p: argparse.ArgumentParser) -> None:
+    from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ
+
+    p.add_argument("--dead-limit", type=integer, action=within(0, MAX_DEAD_READ), default=None, metavar="N",
+                   help=f"with --redis: dead letters read, newest first, to find this run's shards a worker gave up on "
+                   f"without writing their status (default {DEAD_READ}; 0 .. {MAX_DEAD_READ}, as the API's dead_limit)")
+
+
 def failed_limit(args: argparse.Namespace) -> int:
     """--failed-limit, or the default the API's `failed_limit` has too (FAILED_SHOWN)."""
     from sigma.batch.layout import FAILED_SHOWN
@@ -170,6 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_redis_args(st, "also show the fleet queue on this Redis URL")
     st.add_argument("--json", action="store_true")
     _add_failed_limit(st, "failed shards listed, first in run order (default 100; the count covers them all)")
+    _add_dead_limit(st)
     st.set_defaults(run=run_status)
 
     pr = bsub.add_parser("presets", help="list the corpus presets and their columns",
@@ -293,11 +302,17 @@ def run_status(args: argparse.Namespace) -> int:
 
     rundir = RunDir(args.out)
     record, _ = verified_record(rundir, "no status shown")
-    status = rundir.summary(failed_limit=limit, record=record)
+    queue, dead_letters = None, {}
     if args.redis or args.key_prefix or args.serve_config:
+        from sigma.batch.layout import DEAD_READ
         from sigma.service.fleet import queue_status
 
-        status["queue"] = queue_status(_redis_settings(args), run=RunDir(args.out))
+        # first: the shards a worker dead-lettered without writing their status are failed in the counts below
+        queue = queue_status(_redis_settings(args), run=RunDir(args.out), dead_letters=dead_letters,
+                             dead_limit=DEAD_READ if args.dead_limit is None else args.dead_limit)
+    status = rundir.summary(failed_limit=limit, record=record, dead_letters=dead_letters)
+    if queue is not None:
+        status["queue"] = queue
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -317,6 +332,12 @@ def run_status(args: argparse.Namespace) -> int:
             print(f"  {q['unqueued']} pending shard(s) have no task on {q['stream']}: the queue lost them (Redis "
                   "restarted without its data, or was flushed); submit the run again (`sigma batch submit` with the "
                   "same input and options, or POST /v1/batches) to queue them")
+        if q.get("dead_lettered"):
+            print(f"  {q['dead_lettered']} shard(s) counted failed from their dead letters on {q['stream']}:dead (the "
+                  "worker could not write their status); fix the cause, then submit the run again to queue them")
+        if not q.get("dead_read_all", True):
+            print(f"  read the newest {q['dead_read']} of {q['dead']} dead letters (--dead-limit): this run's shards "
+                  "dead-lettered before them show as pending (and unqueued)")
         if q.get("deferred"):
             print(f"  {q['deferred']} task(s) deferred for up to {q['deferred_s']:.0f} s, no shard written in the run "
                   f"folder for {q['deferred_idle_s']:.0f} s: {q['deferred_reason']}; they run once it is free, or are "

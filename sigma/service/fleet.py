@@ -25,7 +25,7 @@ from typing import Any
 from redis import RedisError
 
 from sigma.batch.config import BatchConfig
-from sigma.batch.layout import RunDir
+from sigma.batch.layout import DEAD_READ, RunDir
 from sigma.batch.record import check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import ConfigError, InputError, SigmaError
@@ -189,14 +189,24 @@ def _queue_full(wanted: int, limit: int, queued: int) -> InputError:
                       f"(api.max_batch_tasks, every run's tasks waiting or in progress){partial}", code="queue_full")
 
 
+# dead letters per round trip when a run's status reads them (`DEAD_READ`)
+DEAD_PAGE = 500
+
+
 def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None,
-                 client: Any = None, run: RunDir | None = None) -> dict[str, Any]:
+                 client: Any = None, run: RunDir | None = None, dead_letters: dict[str, str] | None = None,
+                 dead_limit: int = DEAD_READ) -> dict[str, Any]:
     """The fleet queue (it serves every run); with `run`, also that run's own tasks on it (`run_tasks`, queued or
     in progress) and `unqueued`: its pending shards that no task will ever run — Redis lost them (restarted
     without its data, FLUSHALL, a failover to an empty replica) — so the run would stay "pending" for ever with
     idle workers; submitting the run again queues them. `deferred`: its tasks handed back because another process
     holds the run folder (with `deferred_s`, the longest any has been, `deferred_idle_s`, the longest with no
-    shard written there, and `deferred_reason`, who holds it)."""
+    shard written there, and `deferred_reason`, who holds it). `dead_lettered`: its pending shards with no task
+    whose task is in the dead-letter stream (a worker gave up on it before it could write the shard's status: it
+    could not read or trust run.json), found among the newest `dead_limit` dead letters (`dead_read`; `dead_read_all`
+    false when the stream holds more); `dead_letters`, when given, is filled with each one's reason (shard key ->
+    "dead-lettered after N deliveries: [code] message", as a status file a worker writes says it) for the run's
+    summary to count the shard failed (`RunDir.summary(dead_letters=...)`), so it is not `unqueued` either."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
@@ -211,8 +221,16 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
             if run is not None and pending is not None:
                 tasks = _run_task_ids(conn, keys.batch_tasks(), str(run.root.resolve()), pending[0])
                 with_task = set(tasks.values())
+                waiting = {key for key in pending[1] if key not in with_task}
+                letters, read, found_all = _run_dead_letters(conn, keys.batch_dead(), str(run.root.resolve()),
+                                                             pending[0], waiting, dead_limit)
                 status["run_tasks"] = len(tasks)
-                status["unqueued"] = sum(1 for key in pending[1] if key not in with_task)
+                status["unqueued"] = len(waiting) - len(letters)
+                status["dead_lettered"] = len(letters)
+                status["dead_read"] = read
+                status["dead_read_all"] = found_all or read >= status["dead"]
+                if dead_letters is not None:
+                    dead_letters.update(letters)
                 status.update(deferred_summary(conn, keys, tasks))
             return status
     except redis_lib.RedisError as exc:
@@ -236,6 +254,44 @@ def _run_task_ids(conn: Any, stream: str, run_dir: str, run_hash: str, page: int
         if len(entries) < page:
             return tasks
         start = "(" + text(entries[-1][0])          # exclusive start (Redis >= 6.2)
+
+
+def _run_dead_letters(conn: Any, dead_stream: str, run_dir: str, run_hash: str, keys: set[str],
+                      limit: int) -> tuple[dict[str, str], int, bool]:
+    """The reasons of this run's dead letters for the shards `keys` (the newest letter of each), read newest first
+    from at most `limit` entries of the dead-letter stream; how many entries were read; whether every key was found
+    (the rest of the stream need not be read)."""
+    letters: dict[str, str] = {}
+    read, end = 0, "+"
+    while read < limit and len(letters) < len(keys):
+        entries = conn.xrevrange(dead_stream, max=end, min="-", count=min(DEAD_PAGE, limit - read))
+        for _, data in entries:
+            fields = {_text(k): _text(v) for k, v in data.items()}
+            shard = fields.get("shard", "")
+            if (shard in keys and shard not in letters and fields.get("run_dir") == run_dir
+                    and fields.get("run_hash") == run_hash):
+                letters[shard] = _dead_reason(fields)
+        read += len(entries)
+        if len(entries) < DEAD_PAGE or not entries:
+            break
+        end = "(" + _text(entries[-1][0])               # exclusive end (Redis >= 6.2)
+    return letters, read, len(letters) == len(keys)
+
+
+def _dead_reason(fields: dict[str, str]) -> str:
+    """A dead letter's reason as `FleetHandler.on_dead` writes it in a shard's status file."""
+    try:
+        error = json.loads(fields.get("error") or "null")
+    except ValueError:
+        error = None
+    if not isinstance(error, dict):
+        error = {"code": "unknown", "message": fields.get("error", "")}
+    deliveries = fields.get("deliveries", "?")
+    return f"dead-lettered after {deliveries} deliveries: [{error.get('code')}] {error.get('message')}"
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def redis_settings(redis: RedisSettings | str | None, key_prefix: str | None = None) -> RedisSettings:
