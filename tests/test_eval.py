@@ -424,16 +424,11 @@ sys.exit(main(sys.argv[3:]))
 '''
 
 
-def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path):
-    """metrics.json and config.yaml were two whole-file replacements, metrics first: an eval killed between them
-    left the new run's metrics.json beside the old run's config.yaml, a result saying another config made it. The
-    eval is killed (SIGKILL) before each of its writes in turn; after each kill, a metrics.json in the folder is
-    always the one whose config config.yaml holds, and the run that is not killed writes the new pair."""
-    import shutil
+def _killable_eval(tmp_path: Path):
+    """`sigma eval` (pixel-diff on two synthetic pairs) run as `sigma_eval(out, threshold, kill_at)`: a process
+    SIGKILLed before its `kill_at`-th file write (0: never), through `_KILL_AT_WRITE`."""
     import subprocess
     import sys
-
-    import yaml
 
     from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -446,6 +441,21 @@ def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path)
         argv = ["eval", "--data", str(data), "--annotator", "pixel-diff", "--threshold", threshold, "--out", str(out)]
         return subprocess.run([sys.executable, str(script), str(out), str(kill_at), *argv], capture_output=True,
                               text=True, timeout=120, check=False)
+
+    return sigma_eval
+
+
+def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path):
+    """metrics.json and config.yaml were two whole-file replacements, metrics first: an eval killed between them
+    left the new run's metrics.json beside the old run's config.yaml, a result saying another config made it. The
+    eval is killed (SIGKILL) before each of its writes in turn; after each kill, a metrics.json in the folder is
+    always the one whose config config.yaml holds, and the run that is not killed writes the new pair."""
+    import shutil
+
+    import yaml
+
+
+    sigma_eval = _killable_eval(tmp_path)
 
     def pair(out: Path) -> tuple[dict | None, dict | None]:
         metrics, config = out / "metrics.json", out / "config.yaml"
@@ -548,23 +558,12 @@ def test_a_killed_eval_loses_no_result_the_next_run_finishes_the_set(tmp_path):
     turn, then a next run that fails at once (no data): the folder always holds a whole set, old or new, and no
     temporary file or journal."""
     import shutil
-    import subprocess
-    import sys
 
     import yaml
 
     from sigma.cli import main
-    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
-    data = tmp_path / "data"
-    write_pairs_jsonl(data, synthetic_pairs(2))
-    script = tmp_path / "kill_at_write.py"
-    script.write_text(_KILL_AT_WRITE)
-
-    def sigma_eval(out: Path, threshold: str, kill_at: int) -> subprocess.CompletedProcess:
-        argv = ["eval", "--data", str(data), "--annotator", "pixel-diff", "--threshold", threshold, "--out", str(out)]
-        return subprocess.run([sys.executable, str(script), str(out), str(kill_at), *argv], capture_output=True,
-                              text=True, timeout=120, check=False)
+    sigma_eval = _killable_eval(tmp_path)
 
     old = tmp_path / "old"
     assert sigma_eval(old, "0.1", 0).returncode == 0
