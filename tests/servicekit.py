@@ -140,6 +140,16 @@ class ServiceUnderTest:
             out += ["--set", item]
         return out
 
+    def worker_sets(self, extra: list[str] | None = None) -> list[str]:
+        """`sets` less the API's own settings (api.*, auth.*, but api.align): a worker refuses them on its command
+        line (it never reads them)."""
+        out = []
+        for item in [*self.overrides, *(extra or [])]:
+            key = item.split("=", 1)[0].strip()
+            if key.split(".")[0] not in ("api", "auth") or key == "api.align":
+                out += ["--set", item]
+        return out
+
     def start_api(self) -> None:
         self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *self.sets()],
                         self.env, self.tmp / f"api-{self.port}.log")
@@ -154,7 +164,7 @@ class ServiceUnderTest:
                      ) -> Proc:
         consumer = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         proc = Proc(["worker", "--annotator", annotator, "--consumer", consumer, "--plugin", "service_plugins",
-                     *self.sets(extra)], self.env, self.tmp / f"worker-{consumer}.log")
+                     *self.worker_sets(extra)], self.env, self.tmp / f"worker-{consumer}.log")
         proc.consumer = consumer  # type: ignore[attr-defined]
         self.workers.append(proc)
         if wait:

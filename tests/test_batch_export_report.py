@@ -292,6 +292,48 @@ def test_exports_write_strict_json_when_a_row_holds_nan(run_dir, tmp_path):
         json.loads(path.read_text(), parse_constant=refuse)
 
 
+def test_a_shard_file_replaced_by_another_of_the_same_size_is_refused_by_the_exports(run_dir, tmp_path, capsys):
+    """The exports held each finished shard file to the size its status recorded (and its run_hash / shard
+    columns), not to the sha256 the status records too: a shard whose rows were edited (two pairs' boxes and areas
+    swapped) into a file of the same size was exported as the run's masks. Now run_modified naming the file,
+    nothing written; the run's own file put back exports again."""
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    shard = sorted((run / "shards").glob("*.parquet"))[0]
+    original = shard.read_bytes()
+    table = pq.read_table(shard)
+    columns = ("bbox", "area", "area_fraction", "gt_fraction", "gt_tp", "rle_counts")
+
+    def swapped(names: tuple[str, ...]) -> bytes:
+        edited = table
+        for name in names:                   # the values of the first two pairs exchanged
+            values = edited.column(name).to_pylist()
+            values[0], values[1] = values[1], values[0]
+            edited = edited.set_column(edited.schema.get_field_index(name), name,
+                                       pa.array(values, edited.schema.field(name).type))
+        sink = pa.BufferOutputStream()       # written as the run writes its shards
+        pq.write_table(edited, sink, compression="zstd", row_group_size=max(table.num_rows, 1))
+        return sink.getvalue().to_pybytes()
+
+    same_size = next(data for n in range(len(columns), 0, -1) for names in itertools.combinations(columns, n)
+                     if len(data := swapped(names)) == len(original) and data != original)
+    shard.write_bytes(same_size)
+    capsys.readouterr()
+    for fmt, out in (("coco", tmp_path / "c.json"), ("hf", tmp_path / "hf"), ("imdl-benco", tmp_path / "imdl")):
+        assert main(["export", fmt, str(run), "--out", str(out)]) == 2, fmt
+        err = capsys.readouterr().err
+        assert err.startswith("sigma: error [run_modified]: ") and err.count("\n") == 1, (fmt, err)
+        assert f"{shard}: not the shard file the run wrote (its sha256 differs" in err, (fmt, err)
+        assert not out.exists(), fmt
+    shard.write_bytes(original)
+    assert main(["export", "coco", str(run), "--out", str(tmp_path / "c.json")]) == 0
+
+
 def test_coco_images_into_a_run_made_inside_its_folder_corpus(tmp_path, capsys):
     """`cd corpus && sigma batch run . --out run`, then the documented `--images run/images`: 14bec19 refused every
     folder under a folder corpus (out_not_empty, 'images written there would replace them'), though no reader

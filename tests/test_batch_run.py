@@ -18,6 +18,7 @@ from PIL import Image
 
 import sigma
 from sigma.batch import BatchConfig, RunDir, run_batch
+from sigma.batch.layout import RUN_KEYS
 from sigma.cli import main
 from sigma.errors import ConfigError, InputError
 from sigma.io import load_pair
@@ -842,6 +843,7 @@ RUN_JSON_EDITS = {
     "model": lambda r, other: r["model"].update(sigma_version="0.0.1"),
     "corpus": lambda r, other: r["corpus"].update(path=str(other)),
     "version": lambda r, other: r.update(version=3),
+    "unknown_key": lambda r, other: r.update(retention_days=3),           # a newer sigma's, outside the hash
 }
 
 
@@ -875,6 +877,35 @@ def test_a_run_json_edited_between_a_partial_run_and_its_resume_is_refused_and_n
     assert "2 shard(s) written, 1 skipped" in capsys.readouterr().out
     shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")}
     assert len(shards) == 3 and shards == {p.name: p.read_bytes() for p in (reference / "shards").glob("*.parquet")}
+
+
+def test_a_run_json_with_a_key_this_sigma_does_not_know_is_refused_by_every_reader_naming_it(tmp_path, capsys):
+    """A run.json with a top-level key no sigma wrote (a newer version's, or a hand edit's typo: `planed_pairs`) was
+    read as if the key were not there: half understood. Every reader (`--resume`, `sigma batch status`, the exports)
+    now refuses it, run_modified naming the key, nothing written. What this sigma writes holds every key it
+    knows and no other, and a version 1 record (an older sigma's) still reads."""
+    corpus, out = tmp_path / "set", tmp_path / "run"
+    write_pairs_jsonl(corpus, synthetic_pairs(4))
+    argv = _partial_run(corpus, out)
+    planned = (out / "run.json").read_bytes()
+    record = RunDir(out).load()                                  # the writer's own output reads back
+    assert set(record) == RUN_KEYS, sorted(record)
+    legacy = {**record, "version": 1}
+    legacy.pop("model")                                          # version 1 records before the model was recorded
+    (out / "run.json").write_text(json.dumps(legacy))
+    assert RunDir(out).load()["version"] == 1
+    (out / "run.json").write_text(json.dumps({**record, "planed_pairs": 4}))
+    before = _run_files(out)
+    capsys.readouterr()
+    for args in ([*argv, "--resume"], ["batch", "status", str(out)],
+                 ["export", "coco", str(out), "--out", str(tmp_path / "coco.json")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("sigma: error [run_modified]: ") and err.count("\n") == 1, (args, err)
+        assert "does not know: 'planed_pairs'" in err and "newer version of sigma, or edited" in err, (args, err)
+    assert _run_files(out) == before and not (tmp_path / "coco.json").exists()
+    (out / "run.json").write_bytes(planned)
+    assert main(["batch", "status", str(out)]) == 0
 
 
 def test_a_run_json_edited_is_one_line_and_exit_2_from_the_real_command(tmp_path):

@@ -52,16 +52,27 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
      ["--set worker.max_batch_size: not with `sigma serve api`: it starts no worker"]),
     (["serve", "all", "--set", "worker.run_read_retry_s=1"],
      ["--set worker.run_read_retry_s: not with `sigma serve all`: only `sigma worker --batch`"]),
+    (["worker", "--set", "api.max_batch_tasks=5"],
+     ["--set api.max_batch_tasks: not with `sigma worker`: api.* and auth.* are the API's settings, read by "
+      "`sigma serve api` and `sigma serve all` only"]),
+    (["worker", "--set", "auth.allow_anonymous=true", "--set", "api={wait_timeout_s: 5}"],
+     ["--set auth.allow_anonymous and --set api: not with `sigma worker`: api.* and auth.* are the API's"]),
+    (["worker", "--batch", "--set", "api.upload_check=full", "--set", "api.align=true"],
+     ["--set api.upload_check and --set api.align: not with --batch: api.* and auth.* are the API's",
+      "each run's own config names io.align"]),
 ], ids=["serve-api-annotator", "worker-batch-annotator", "worker-batch-max-batch-size", "worker-batch-both",
         "worker-batch-set-annotator", "worker-batch-set-batch-size-options", "worker-batch-set-wait-restart",
-        "worker-batch-set-restarts", "worker-set-batch-and-restart", "serve-api-set-worker", "serve-all-set-run-read"])
+        "worker-batch-set-restarts", "worker-set-batch-and-restart", "serve-api-set-worker", "serve-all-set-run-read",
+        "worker-set-api", "worker-set-auth-and-api-section", "worker-batch-set-api-align"])
 def test_a_serve_flag_the_mode_does_not_use_is_refused_not_ignored(args, needles):
     """`sigma serve api --annotator X` served as if it were not given (the API starts no worker; what requests may
     name is api.annotators), and `sigma worker --batch` took --annotator / --max-batch-size, and --set worker.annotator
     / worker.max_batch_size / worker.options, and consumed batch tasks with each run's own (it waited for Redis here,
     so without the refusal the command times out). So did every other worker.* setting a mode never reads: the batch
     worker's max_wait_ms and restart_* (only `sigma serve all` restarts a worker), `sigma worker`'s
-    run_read_retry_s and restart_*, any worker.* on `sigma serve api`, run_read_retry_s on `sigma serve all`."""
+    run_read_retry_s and restart_*, any worker.* on `sigma serve api`, run_read_retry_s on `sigma serve all`; and
+    a worker's api.* and auth.* (the API's settings: `sigma worker --set api.max_batch_tasks=5` looked as if it took
+    effect), but for the api.align `sigma worker` reads (the batch worker aligns as each run says)."""
     port = ["--port", "1"] if args[0] == "serve" else []
     try:
         proc = sigma_cli(*args, *port, timeout=30)
@@ -176,6 +187,43 @@ def test_the_unused_worker_settings_warning_cuts_each_value(tmp_path):
         warning[:300]
     assert "(100014 characters) (from the config file or SIGMA__WORKER__*)" in warning and len(warning) < 600, \
         warning[:300]
+
+
+def stderr_until_it_waits_for_redis(args: list[str], env: dict[str, str], path) -> list[str]:
+    """The stderr lines of `sigma ARGS` up to its 'cannot reach Redis' line (it started and waits), then stopped."""
+    with open(path, "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sigma", *args], stdout=subprocess.DEVNULL, stderr=err,
+                                env=env, cwd=str(TESTS.parent))
+        try:
+            deadline = time.monotonic() + 60
+            while ("cannot reach Redis" not in path.read_text() and time.monotonic() < deadline
+                   and proc.poll() is None):
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    lines = path.read_text().splitlines()
+    assert any("cannot reach Redis" in line for line in lines), lines
+    return lines
+
+
+def test_a_worker_takes_the_api_align_it_reads_and_says_which_shared_api_settings_it_does_not_use(tmp_path):
+    """The worker's side of `sigma serve api` warning of a shared worker.*: api.* from a config file or SIGMA__API__*
+    (one file may serve every process) starts the worker and is said once, on its own line; auth.* (keys, one
+    environment for all) is not said. `--set api.align=true` is not refused: `sigma worker` decodes with it."""
+    env = {**base_env("redis://127.0.0.1:1/0"), "SIGMA__API__PORT": "9000", "SIGMA__AUTH__ALLOW_ANONYMOUS": "true"}
+    online = stderr_until_it_waits_for_redis(["worker", "--set", "api.align=true"], env, tmp_path / "online")
+    warnings = [line for line in online if line.startswith("sigma:")]
+    assert warnings == ["sigma: warning: sigma worker does not use api.port=9000 (from the config file or "
+                        "SIGMA__API__*): api.* and auth.* are the API's settings, read by `sigma serve api` and "
+                        "`sigma serve all` only"], online
+    env["SIGMA__API__ALIGN"] = "true"
+    batch = stderr_until_it_waits_for_redis(["worker", "--batch"], env, tmp_path / "batch")
+    warnings = [line for line in batch if line.startswith("sigma:")]
+    assert len(warnings) == 1 and warnings[0].startswith("sigma: warning: sigma worker --batch does not use "
+                                                         "api.port=9000, api.align=True (from the config file or "
+                                                         "SIGMA__API__*)"), batch
+    assert "each run's own config names io.align" in warnings[0] and "auth" not in warnings[0].split("(")[0], batch
 
 
 def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(redis_server, tmp_path):

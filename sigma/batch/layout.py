@@ -30,6 +30,10 @@ from sigma.text import MAX_MESSAGE, dumps_finite, shown
 from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"
+# The top-level keys of a run record: every one any version of sigma wrote (`sigma.batch.runner.prepare_run`; version 1
+# records had no `model`, none was ever renamed or dropped). Another key is refused (`run_modified`): a record from
+# a newer sigma, or one edited by hand ("planed_pairs"), would be half understood, its new key ignored.
+RUN_KEYS = frozenset({"version", "run_hash", "config", "model", "corpus", "format", "planned_pairs", "shards"})
 # failed shards a summary lists (`failed_shards`), first in run order; `failed` counts them all and
 # `failed_shards_omitted` says how many were left out. A run with thousands of failures (a corpus whose every shard
 # the fleet dead-lettered) made every status answer and summary.json list all of them, each with its message
@@ -214,6 +218,13 @@ class RunDir:
                 or not isinstance(shards, list) or not all(isinstance(s, dict) and "key" in s for s in shards)):
             # valid JSON that is not a run record (overwritten by hand or by a tool): a KeyError traceback before
             raise InputError(f"{self.run_file}: not a batch run record (no run_hash and shard list)", code="bad_run")
+        unknown = sorted((str(key) for key in record if key not in RUN_KEYS), key=str)
+        if unknown:
+            named = ", ".join(repr(shown(key, 80)) for key in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise InputError(f"{self.run_file}: top-level key(s) this sigma does not know: {named}{more} (a run record "
+                             f"holds {', '.join(sorted(RUN_KEYS))}): written by a newer version of sigma, or edited. "
+                             "Restore run.json, or read the run with the version that planned it", code="run_modified")
         for n, item in enumerate(shards):
             # a key names the shard's files (shards/<key>.<hash>.parquet, status/<key>.json): a run.json from
             # elsewhere with `"key": "../../x"` had every writer put them outside the run folder

@@ -130,55 +130,84 @@ def unused_worker_settings(mode: str) -> dict[str, str]:
     }[mode]
 
 
-def refuse_unused_worker_sets(mode: str, overrides: list[str], refused: str) -> None:
-    """`--set worker.KEY=...` (or `--set 'worker={KEY: ...}'`) on `mode`'s command line for a KEY it never reads:
-    one bad_arguments line, 'REFUSED: why', whatever the value (`sigma.cli.common.refuse_unused`)."""
+# The API front end's settings (api.*, auth.*), which no worker reads, except api.align that `sigma worker` decodes
+# its pairs with (the batch worker aligns as each run's own config says, io.align).
+API_ONLY = "api.* and auth.* are the API's settings, read by `sigma serve api` and `sigma serve all` only"
+RUN_ALIGNS = "each run's own config names io.align (`sigma batch submit --set io.align=true`)"
+
+
+def unused_settings(mode: str) -> dict[str, str]:
+    """`mode`'s unused settings as dotted `section.KEY`, each with why: `unused_worker_settings`, and for a worker
+    every api.* and auth.* setting (the API front end's) but the api.align `sigma worker` reads."""
+    from sigma.service.settings import ApiSettings, AuthSettings
+
+    out = {f"worker.{key}": why for key, why in unused_worker_settings(mode).items()}
+    if mode.startswith("sigma worker"):
+        out.update({f"api.{key}": API_ONLY for key in ApiSettings.model_fields if key != "align"})
+        out.update({f"auth.{key}": API_ONLY for key in AuthSettings.model_fields})
+        if mode == "sigma worker --batch":
+            out["api.align"] = RUN_ALIGNS
+    return out
+
+
+def refuse_unused_sets(mode: str, overrides: list[str], refused: str) -> None:
+    """`--set worker.KEY=...` (or `--set 'worker={KEY: ...}'`) on `mode`'s command line for a KEY it never reads, and
+    on a worker's `--set api.KEY=...` / `--set auth.KEY=...` (`unused_settings`): one bad_arguments line, 'REFUSED:
+    why', whatever the value (`sigma.cli.common.refuse_unused`). A worker took them silently: `sigma worker --set
+    api.wait_timeout_s=5` looked like it did something."""
     from sigma.config.loader import read_overrides
 
-    unused = unused_worker_settings(mode)
+    unused = unused_settings(mode)
     given: dict[str, str] = {}
     for key, override in read_overrides(overrides).items():
-        parts = key.split(".")
-        fields = (list(override.value) if key == "worker" and isinstance(override.value, dict)
-                  else parts[1:2] if parts[0] == "worker" else [])
-        whys = [unused[field] for field in fields if field in unused]
+        section, *rest = key.split(".")
+        fields = (list(override.value) if not rest and isinstance(override.value, dict) else rest[:1])
+        whys = [unused[f"{section}.{field}"] for field in fields if f"{section}.{field}" in unused]
         if whys:
             given[f"--set {key}"] = whys[0]
     refuse_unused(dict.fromkeys(given, True), f"{refused}: {'; '.join(dict.fromkeys(given.values()))}")
 
 
-def warn_unused_worker_settings(mode: str, cfg) -> None:
+def warn_unused_settings(mode: str, cfg) -> None:
     """The worker settings `mode` never reads that differ from their defaults (from a config file or
     SIGMA__WORKER__*: its command line's were refused), said once on stderr; they may be right for another process
-    of the deployment, so it starts."""
-    from sigma.service.settings import WorkerSettings
+    of the deployment, so it starts. So are a worker's api.* settings (SIGMA__API__*), on a line of their own; not
+    auth.*: keys are credentials, and one environment (SIGMA_API_KEYS) serving every process is no mistake to say."""
+    from sigma.service.settings import ServeConfig
     from sigma.text import shown
 
-    default = WorkerSettings()
-    # each value cut (shown): a deployment's worker.options may run to megabytes, said whole in one stderr line
-    said = {f"worker.{key}={shown(repr(getattr(cfg.worker, key)), 80)}": why
-            for key, why in unused_worker_settings(mode).items() if getattr(cfg.worker, key) != getattr(default, key)}
-    if said:
-        print(f"sigma: warning: {mode} does not use {', '.join(said)} (from the config file or SIGMA__WORKER__*): "
-              f"{'; '.join(dict.fromkeys(said.values()))}", file=sys.stderr, flush=True)
+    default, unused = ServeConfig(), unused_settings(mode)
+    for section in ("worker", "api"):
+        now, before = getattr(cfg, section), getattr(default, section)
+        said: dict[str, str] = {}
+        for dotted, why in unused.items():
+            owner, key = dotted.split(".", 1)
+            if owner == section and getattr(now, key) != getattr(before, key):
+                # each value cut (shown): a deployment's worker.options may run to megabytes, said whole in one line
+                said[f"{dotted}={shown(repr(getattr(now, key)), 80)}"] = why
+        if said:
+            print(f"sigma: warning: {mode} does not use {', '.join(said)} (from the config file or "
+                  f"SIGMA__{section.upper()}__*): {'; '.join(dict.fromkeys(said.values()))}", file=sys.stderr,
+                  flush=True)
 
 
 def load_worker(args: argparse.Namespace, batch: bool, child: bool):
     """`sigma worker [--batch]`'s settings. What it would take and never use is refused when this command line gives
-    it (`--batch --annotator`, `--max-batch-size`, `--set worker.KEY=...`: one bad_arguments line, whatever the
-    value), and said once on stderr when it comes from a config file or SIGMA__WORKER__* (settings the processes of
-    a deployment may share, e.g. compose's SIGMA_ANNOTATOR): the worker then starts. Only values that differ from
+    it (`--batch --annotator`, `--max-batch-size`, `--set worker.KEY=...`, `--set api.KEY=...`, `--set auth.KEY=...`:
+    one bad_arguments line, whatever the value), and said once on stderr when it comes from a config file or
+    SIGMA__WORKER__* / SIGMA__API__* (settings the processes of a deployment may share, e.g. compose's
+    SIGMA_ANNOTATOR): the worker then starts. Only values that differ from
     the defaults are said. `sigma serve all`'s worker (`child`) is not checked: its command line and settings are
     the server's, checked there (the restart settings it passes on are the server's to read)."""
     mode = "sigma worker --batch" if batch else "sigma worker"
     if batch:
         refuse_unused({"--annotator": args.annotator, "--max-batch-size": args.max_batch_size}, BATCH_PICKS_ITS_OWN)
     if not child:
-        refuse_unused_worker_sets(mode, args.overrides, "not with --batch" if batch else "not with `sigma worker`")
+        refuse_unused_sets(mode, args.overrides, "not with --batch" if batch else "not with `sigma worker`")
     cfg = load(args) if batch else load(args, **{"worker.annotator": args.annotator,
                                                   "worker.max_batch_size": args.max_batch_size})
     if not child:
-        warn_unused_worker_settings(mode, cfg)
+        warn_unused_settings(mode, cfg)
     return cfg
 
 
@@ -329,11 +358,11 @@ def run(args: argparse.Namespace) -> int:
                          "(--set 'api.annotators=[NAME]'), served by `sigma worker --annotator NAME`",
                          code="bad_arguments")
     mode = f"sigma serve {args.what}"      # `api` reads no worker.*; `all` all but the batch worker's
-    refuse_unused_worker_sets(mode, args.overrides, f"not with `{mode}`")
+    refuse_unused_sets(mode, args.overrides, f"not with `{mode}`")
     # said once, here, before the API starts: a worker child that cannot import it would die at each restart
     import_plugin_args(args)
     cfg = load(args, **{"api.host": args.host, "api.port": args.port, "worker.annotator": args.annotator})
-    warn_unused_worker_settings(mode, cfg)
+    warn_unused_settings(mode, cfg)
     if args.what == "all":
         _serve_the_workers_annotator(cfg, cfg.worker.annotator)
     # the API validates a batch's annotator by registry name: --plugin adds to api.plugins (create_app imports them)
