@@ -26,7 +26,7 @@ from sigma.api.errors import ApiError, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
-from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ, MAX_FAILED_SHOWN
+from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ, MAX_FAILED_SHOWN, MAX_TASK_READ, TASK_READ
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE, UnitInterval
 from sigma.errors import SigmaError
 from sigma.folderlock import anonymised
@@ -308,6 +308,10 @@ async def batch_status(out: str | None = None,
                            "with out: dead letters read, newest first, to find the run's shards a worker gave up on "
                            "without writing their status (counted failed); queue.dead_read_all says whether that "
                            "was all of them")),
+                       task_limit: int = Query(TASK_READ, ge=0, le=MAX_TASK_READ, description=(
+                           "with out: task stream entries read, newest first, to find the run's tasks (the read stops "
+                           "sooner once every pending shard has its task); queue.tasks_read_all is false when it "
+                           "stopped short, queue.unchecked counts the pending shards not found")),
                        _principal=ANNOTATE, svc: Service = SERVICE):
     cfg = svc.cfg
     from sigma.batch.layout import FAILED_SHOWN, RunDir
@@ -330,7 +334,8 @@ async def batch_status(out: str | None = None,
     try:
         client = svc.sync_redis
         answer["queue"] = await anyio.to_thread.run_sync(lambda: queue_status(
-            cfg.redis, client=client, run=rundir, dead_letters=dead_letters, dead_limit=dead_limit))
+            cfg.redis, client=client, run=rundir, dead_letters=dead_letters, dead_limit=dead_limit,
+            task_limit=task_limit, record=record))
     except (SigmaError, OSError) as exc:
         raise _to_api(exc, root) from exc
     if rundir is not None:

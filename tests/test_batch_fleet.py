@@ -1454,3 +1454,85 @@ def test_a_run_status_reads_a_bounded_number_of_dead_letters_however_many_the_st
     assert took < 5, took
     assert main(["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix]) == 0
     assert f"read the newest {DEAD_READ} of 100000 dead letters" in capsys.readouterr().out
+
+
+def _flood_tasks(client, stream: str, count: int) -> None:
+    """`count` other runs' tasks on the stream, pipelined (a round trip per 10,000)."""
+    for start in range(0, count, 10_000):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(count, start + 10_000)):
+            pipe.xadd(stream, {"run_dir": f"/elsewhere/{i // 100}", "shard": f"s{i:06d}", "run_hash": "x",
+                               "plugins": "[]"})
+        pipe.execute()
+
+
+def test_a_run_status_reads_a_bounded_number_of_tasks_however_many_the_stream_holds(
+        redis_server, corpus, tmp_path, capsys):
+    """The task stream serves every run and `sigma batch submit` queues past any cap: a status read all of it (every
+    entry into memory) on every call to find the run's tasks. 100,000 other tasks: a run whose tasks are the oldest
+    is looked for among the newest TASK_READ entries only, and the status says it stopped short, its shards
+    `unchecked` (not "lost": `unqueued` 0); a run whose tasks are the newest is found at once, the read stopping
+    there. `--task-limit` reads more, and finds them."""
+    from sigma.batch.layout import MAX_TASK_READ, TASK_READ
+
+    prefix = prefix_name()
+    redis_args = ["--redis", redis_server.url, "--key-prefix", prefix]
+    old, new = tmp_path / "old", tmp_path / "new"
+    submit = ["--shard-size", "3", "--annotator", "pixel-diff", "--set", "workers=0", *redis_args]
+    assert main(["batch", "submit", str(corpus), "--out", str(old), *submit]) == 0
+    _flood_tasks(redis_server.client(), Keys(prefix).batch_tasks(), 100_000)
+    assert main(["batch", "submit", str(corpus), "--out", str(new), *submit]) == 0
+    capsys.readouterr()
+
+    begin = time.monotonic()
+    assert main(["batch", "status", str(old), *redis_args, "--json"]) == 0
+    took = time.monotonic() - begin
+    queue = json.loads(capsys.readouterr().out)["queue"]
+    assert (queue["queued"], queue["tasks_read"], queue["tasks_read_all"]) == (100_012, TASK_READ, False), queue
+    assert (queue["run_tasks"], queue["unchecked"], queue["unqueued"], queue["dead_lettered"]) == (0, 6, 0, 0), queue
+    assert took < 5, took
+    assert main(["batch", "status", str(old), *redis_args]) == 0
+    text = capsys.readouterr().out
+    assert f"read the newest {TASK_READ} of 100012 entries" in text and "6 pending shard(s)" in text, text
+    assert "the queue lost them" not in text, text
+
+    assert main(["batch", "status", str(new), *redis_args, "--json"]) == 0
+    queue = json.loads(capsys.readouterr().out)["queue"]
+    assert queue["tasks_read"] <= 1000 and queue["tasks_read_all"], queue          # one page
+    assert (queue["run_tasks"], queue["unchecked"], queue["unqueued"]) == (6, 0, 0), queue
+    assert main(["batch", "status", str(new), *redis_args, "--task-limit", "6", "--json"]) == 0
+    queue = json.loads(capsys.readouterr().out)["queue"]
+    assert (queue["tasks_read"], queue["tasks_read_all"], queue["run_tasks"], queue["unchecked"]) == (6, True, 6, 0)
+
+    assert main(["batch", "status", str(old), *redis_args, "--task-limit", str(MAX_TASK_READ), "--json"]) == 0
+    queue = json.loads(capsys.readouterr().out)["queue"]
+    assert (queue["tasks_read"], queue["tasks_read_all"], queue["run_tasks"], queue["unchecked"]) == (100_012, True,
+                                                                                                      6, 0), queue
+    assert main(["batch", "status", str(old), *redis_args, "--task-limit", str(MAX_TASK_READ + 1)]) == 2
+    assert "--task-limit" in capsys.readouterr().err
+
+
+def test_a_run_status_with_redis_parses_run_json_once(redis_server, corpus, tmp_path, monkeypatch, capsys):
+    """`sigma batch status --redis` read and checked run.json, then the queue's status read it again (its pending
+    shards): two parses of a file of up to $SIGMA_MAX_RUN_BYTES (64 MiB) per status. The checked record is handed on;
+    the counts are the same."""
+    prefix = prefix_name()
+    out = tmp_path / "fleet"
+    redis_args = ["--redis", redis_server.url, "--key-prefix", prefix]
+    assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
+                 "--set", "workers=0", *redis_args]) == 0
+    assert run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, max_tasks=2).done == 2
+    capsys.readouterr()
+    reads: list[Path] = []
+    load = RunDir.load
+
+    def counted(self: RunDir) -> dict:
+        reads.append(self.root)
+        return load(self)
+
+    monkeypatch.setattr(RunDir, "load", counted)
+    assert main(["batch", "status", str(out), *redis_args, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert len(reads) == 1, reads
+    queue = status["queue"]
+    assert (status["done"], status["pending"], queue["run_tasks"], queue["unqueued"]) == (2, 4, 4, 0), status

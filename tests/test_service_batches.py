@@ -584,3 +584,28 @@ def test_the_status_counts_shards_dead_lettered_without_a_status_as_failed_with_
     over = svc.http.get("/v1/batches/status", params={"out": "runs/too-large-here", "dead_limit": 10_001},
                         headers=svc.headers())
     assert over.status_code == 422 and error_code(over) == "invalid_request", over.text
+
+
+def test_the_status_reads_a_bounded_number_of_tasks_and_says_when_it_stopped_short(svc, root):
+    """The task stream serves every run (up to api.max_batch_tasks, 1,000,000 by default): GET /v1/batches/status
+    read all of it on every poll to find the run's tasks. `task_limit` bounds the entries read, newest first, and the
+    read stops once every pending shard has its task; a shard not found within it is `unchecked`, not `unqueued`."""
+    from sigma.batch.layout import MAX_TASK_READ
+
+    resp = post(svc, {"input": "corpus", "out": "runs/bounded-tasks", "shard_size": 2})
+    assert resp.status_code == 202 and resp.json()["queued"] == 3, resp.text
+
+    def queue(**params) -> dict:
+        got = svc.http.get("/v1/batches/status", params={"out": "runs/bounded-tasks", **params}, headers=svc.headers())
+        assert got.status_code == 200, got.text
+        return got.json()["queue"]
+
+    found = queue()                                    # its tasks are the newest: found in the first page
+    assert (found["run_tasks"], found["unchecked"], found["unqueued"], found["tasks_read_all"]) == (3, 0, 0, True)
+    assert found["tasks_read"] <= 1000, found
+    short = queue(task_limit=1)
+    assert (short["tasks_read"], short["tasks_read_all"], short["run_tasks"]) == (1, False, 1), short
+    assert (short["unchecked"], short["unqueued"], short["dead_lettered"]) == (2, 0, 0), short
+    over = svc.http.get("/v1/batches/status", params={"out": "runs/bounded-tasks", "task_limit": MAX_TASK_READ + 1},
+                        headers=svc.headers())
+    assert over.status_code == 422 and error_code(over) == "invalid_request", over.text

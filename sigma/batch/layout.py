@@ -48,6 +48,14 @@ MAX_FAILED_SHOWN = 10_000
 # most this many, and says when it stopped short (`dead_read_all`).
 DEAD_READ = 2000
 MAX_DEAD_READ = 10_000
+# Task stream entries a run's status reads, newest first, to find the run's tasks (`sigma batch status --redis
+# --task-limit`, the API's `task_limit`); it stops sooner once every pending shard of the run has its task. The stream
+# serves every run: the API caps it at `api.max_batch_tasks` (1,000,000 by default), `sigma batch submit` not at all,
+# and a status that read all of it (~300 bytes an entry) on every poll took as long, and as much memory, as the stream
+# was long. A pending shard whose task was not found within the limit is `unchecked` (`tasks_read_all` false), not
+# said lost (`unqueued`).
+TASK_READ = 20_000
+MAX_TASK_READ = 200_000
 # The largest run.json (bytes) a run may write and any reader parses: its size is checked before a byte is read.
 # Every reader parses the whole shard plan (`--resume`, `sigma batch submit` and POST /v1/batches, each fleet worker,
 # `sigma batch status`, the exports, the review page, GET /v1/batches/status): one of 200 MB took each of them ~21 s
@@ -449,11 +457,13 @@ class RunDir:
                 "errors": errors, "error_codes": dict(sorted(codes.items())), "failed_shards": failed,
                 "failed_shards_omitted": counts["failed"] - len(failed), "planned_pairs": record.get("planned_pairs")}
 
-    def pending_keys(self) -> tuple[str, list[str]] | None:
-        """(run hash, the keys of the shards neither done nor failed); None when the folder holds no run."""
-        if not self.exists():
-            return None
-        record = self.load()
+    def pending_keys(self, record: dict[str, Any] | None = None) -> tuple[str, list[str]] | None:
+        """(run hash, the keys of the shards neither done nor failed); None when the folder holds no run. `record`:
+        the run record already loaded (and checked), not read again: run.json may be tens of MB."""
+        if record is None:
+            if not self.exists():
+                return None
+            record = self.load()
         return record["run_hash"], [shard.key for shard, state, _ in self.shard_states(record) if state == "pending"]
 
     def done_outputs(self, record: dict[str, Any] | None = None) -> list[tuple[Shard, Path]]:

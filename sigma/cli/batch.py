@@ -142,6 +142,15 @@ def _add_dead_limit(p: argparse.ArgumentParser) -> None:
                    f"without writing their status (default {DEAD_READ}; 0 .. {MAX_DEAD_READ}, as the API's dead_limit)")
 
 
+def _add_task_limit(p: argparse.ArgumentParser) -> None:
+    from sigma.batch.layout import MAX_TASK_READ, TASK_READ
+
+    p.add_argument("--task-limit", type=integer, action=within(0, MAX_TASK_READ), default=None, metavar="N",
+                   help=f"with --redis: task stream entries read, newest first, to find this run's tasks; the read "
+                   f"stops sooner once every pending shard has its task (default {TASK_READ}; 0 .. {MAX_TASK_READ}, as "
+                   "the API's task_limit)")
+
+
 def failed_limit(args: argparse.Namespace) -> int:
     """--failed-limit, or the default the API's `failed_limit` has too (FAILED_SHOWN)."""
     from sigma.batch.layout import FAILED_SHOWN
@@ -179,6 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--json", action="store_true")
     _add_failed_limit(st, "failed shards listed, first in run order (default 100; the count covers them all)")
     _add_dead_limit(st)
+    _add_task_limit(st)
     st.set_defaults(run=run_status)
 
     pr = bsub.add_parser("presets", help="list the corpus presets and their columns",
@@ -304,12 +314,14 @@ def run_status(args: argparse.Namespace) -> int:
     record, _ = verified_record(rundir, "no status shown")
     queue, dead_letters = None, {}
     if args.redis or args.key_prefix or args.serve_config:
-        from sigma.batch.layout import DEAD_READ
+        from sigma.batch.layout import DEAD_READ, TASK_READ
         from sigma.service.fleet import queue_status
 
-        # first: the shards a worker dead-lettered without writing their status are failed in the counts below
-        queue = queue_status(_redis_settings(args), run=RunDir(args.out), dead_letters=dead_letters,
-                             dead_limit=DEAD_READ if args.dead_limit is None else args.dead_limit)
+        # first: the shards a worker dead-lettered without writing their status are failed in the counts below. The
+        # record read and checked above is handed on: run.json (up to $SIGMA_MAX_RUN_BYTES) is parsed once
+        queue = queue_status(_redis_settings(args), run=rundir, dead_letters=dead_letters, record=record,
+                             dead_limit=DEAD_READ if args.dead_limit is None else args.dead_limit,
+                             task_limit=TASK_READ if args.task_limit is None else args.task_limit)
     status = rundir.summary(failed_limit=limit, record=record, dead_letters=dead_letters)
     if queue is not None:
         status["queue"] = queue
@@ -332,6 +344,10 @@ def run_status(args: argparse.Namespace) -> int:
             print(f"  {q['unqueued']} pending shard(s) have no task on {q['stream']}: the queue lost them (Redis "
                   "restarted without its data, or was flushed); submit the run again (`sigma batch submit` with the "
                   "same input and options, or POST /v1/batches) to queue them")
+        if not q.get("tasks_read_all", True):
+            print(f"  read the newest {q['tasks_read']} of {q['queued']} entries on {q['stream']} (--task-limit) and "
+                  f"found no task for {q['unchecked']} pending shard(s): their tasks may be further on (not counted "
+                  "unqueued, nor looked for among the dead letters); --task-limit N reads more")
         if q.get("dead_lettered"):
             print(f"  {q['dead_lettered']} shard(s) counted failed from their dead letters on {q['stream']}:dead (the "
                   "worker could not write their status); fix the cause, then submit the run again to queue them")

@@ -25,7 +25,7 @@ from typing import Any
 from redis import RedisError
 
 from sigma.batch.config import BatchConfig
-from sigma.batch.layout import DEAD_READ, RunDir
+from sigma.batch.layout import DEAD_READ, TASK_READ, RunDir
 from sigma.batch.record import check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import ConfigError, InputError, SigmaError
@@ -189,29 +189,35 @@ def _queue_full(wanted: int, limit: int, queued: int) -> InputError:
                       f"(api.max_batch_tasks, every run's tasks waiting or in progress){partial}", code="queue_full")
 
 
-# dead letters per round trip when a run's status reads them (`DEAD_READ`)
+# entries per round trip when a run's status reads the dead letters (`DEAD_READ`) or the task stream (`TASK_READ`)
 DEAD_PAGE = 500
+TASK_PAGE = 1000
 
 
 def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | None = None,
                  client: Any = None, run: RunDir | None = None, dead_letters: dict[str, str] | None = None,
-                 dead_limit: int = DEAD_READ) -> dict[str, Any]:
+                 dead_limit: int = DEAD_READ, task_limit: int = TASK_READ,
+                 record: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fleet queue (it serves every run); with `run`, also that run's own tasks on it (`run_tasks`, queued or
     in progress) and `unqueued`: its pending shards that no task will ever run — Redis lost them (restarted
     without its data, FLUSHALL, a failover to an empty replica) — so the run would stay "pending" for ever with
-    idle workers; submitting the run again queues them. `deferred`: its tasks handed back because another process
-    holds the run folder (with `deferred_s`, the longest any has been, `deferred_idle_s`, the longest with no
-    shard written there, and `deferred_reason`, who holds it). `dead_lettered`: its pending shards with no task
+    idle workers; submitting the run again queues them. The run's tasks are looked for among the newest `task_limit`
+    entries of the task stream, and no further once every pending shard has its task (`tasks_read`; `tasks_read_all`
+    false when it stopped short with shards not found): such a shard may have its task further on, so it is counted
+    `unchecked`, neither `unqueued` nor looked for among the dead letters. `deferred`: its tasks handed back because
+    another process holds the run folder (with `deferred_s`, the longest any has been, `deferred_idle_s`, the longest
+    with no shard written there, and `deferred_reason`, who holds it). `dead_lettered`: its pending shards with no task
     whose task is in the dead-letter stream (a worker gave up on it before it could write the shard's status: it
     could not read or trust run.json), found among the newest `dead_limit` dead letters (`dead_read`; `dead_read_all`
     false when the stream holds more); `dead_letters`, when given, is filled with each one's reason (shard key ->
     "dead-lettered after N deliveries: [code] message", as a status file a worker writes says it) for the run's
-    summary to count the shard failed (`RunDir.summary(dead_letters=...)`), so it is not `unqueued` either."""
+    summary to count the shard failed (`RunDir.summary(dead_letters=...)`), so it is not `unqueued` either.
+    `record`: the run record the caller already read and checked (`verified_record`), not parsed again."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
-    pending = run.pending_keys() if run is not None else None
+    pending = run.pending_keys(record) if run is not None else None
     try:
         with _client(settings, client) as conn:
             q = make_queue(conn, keys, consumer="status")
@@ -219,16 +225,24 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
             status = {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
                       "dead": q.dead_count(), "live_workers": workers}
             if run is not None and pending is not None:
-                tasks = _run_task_ids(conn, keys.batch_tasks(), str(run.root.resolve()), pending[0])
+                run_dir, run_hash = str(run.root.resolve()), pending[0]
+                tasks, tasks_read = _find_run_tasks(conn, keys.batch_tasks(), run_dir, run_hash, set(pending[1]),
+                                                    task_limit)
                 with_task = set(tasks.values())
-                waiting = {key for key in pending[1] if key not in with_task}
-                letters, read, found_all = _run_dead_letters(conn, keys.batch_dead(), str(run.root.resolve()),
-                                                             pending[0], waiting, dead_limit)
+                missing = {key for key in pending[1] if key not in with_task}
+                tasks_read_all = tasks_read.complete or tasks_read.read >= status["queued"]   # XLEN
+                # not found among the entries read, and the rest unread: it may have its task there
+                waiting = missing if tasks_read_all else set()
+                letters, dead_read = _run_dead_letters(conn, keys.batch_dead(), run_dir, run_hash, waiting,
+                                                       dead_limit)
                 status["run_tasks"] = len(tasks)
                 status["unqueued"] = len(waiting) - len(letters)
+                status["unchecked"] = len(missing) - len(waiting)
+                status["tasks_read"] = tasks_read.read
+                status["tasks_read_all"] = tasks_read_all
                 status["dead_lettered"] = len(letters)
-                status["dead_read"] = read
-                status["dead_read_all"] = found_all or read >= status["dead"]
+                status["dead_read"] = dead_read.read
+                status["dead_read_all"] = dead_read.complete or dead_read.read >= status["dead"]
                 if dead_letters is not None:
                     dead_letters.update(letters)
                 status.update(deferred_summary(conn, keys, tasks))
@@ -238,44 +252,72 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
                          code="redis_unavailable") from exc
 
 
-def _run_task_ids(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = 1000) -> dict[str, str]:
-    """This run's tasks on the stream: entry id -> the shard key it names. Acknowledged tasks are deleted, so the
-    stream holds only work not finished yet: queued, or held by a worker."""
-    def text(value: Any) -> str:
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+@dataclass
+class _NewestFirst:
+    """A stream read newest first, a page per round trip, at most `limit` entries (None: all): the one bounded
+    walk a run's status makes of the task stream and of the dead letters, both shared by every run. `read`: entries
+    read so far; `complete`: the reader needs no more (`done()`) or the stream has none left."""
 
-    tasks, start = {}, "-"
-    while True:
-        entries = conn.xrange(stream, min=start, max="+", count=page)
-        for entry_id, data in entries:
-            fields = {text(k): text(v) for k, v in data.items()}
-            if fields.get("run_dir") == run_dir and fields.get("run_hash") == run_hash:
-                tasks[text(entry_id)] = fields.get("shard", "")
-        if len(entries) < page:
-            return tasks
-        start = "(" + text(entries[-1][0])          # exclusive start (Redis >= 6.2)
+    conn: Any
+    stream: str
+    limit: int | None
+    page: int
+    read: int = 0
+    complete: bool = False
+
+    def entries(self, done: Callable[[], bool]) -> Iterator[tuple[str, dict[str, str]]]:
+        """Each entry (id, fields), until `done()` (asked before each page) or the limit."""
+        end = "+"
+        while self.limit is None or self.read < self.limit:
+            if done():
+                self.complete = True
+                return
+            count = self.page if self.limit is None else min(self.page, self.limit - self.read)
+            page = self.conn.xrevrange(self.stream, max=end, min="-", count=count)
+            self.read += len(page)
+            for entry_id, data in page:
+                yield _text(entry_id), {_text(k): _text(v) for k, v in data.items()}
+            if len(page) < count:
+                self.complete = True
+                return
+            end = "(" + _text(page[-1][0])                  # exclusive end (Redis >= 6.2)
+        self.complete = done()
+
+
+def _run_task_ids(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = TASK_PAGE) -> dict[str, str]:
+    """This run's tasks on the stream: entry id -> the shard key it names, all of them (a submission must not queue
+    a shard twice). Acknowledged tasks are deleted, so the stream holds only work not finished yet: queued, or held
+    by a worker."""
+    return _find_run_tasks(conn, stream, run_dir, run_hash, None, None, page)[0]
+
+
+def _find_run_tasks(conn: Any, stream: str, run_dir: str, run_hash: str, wanted: set[str] | None, limit: int | None,
+                    page: int = TASK_PAGE) -> tuple[dict[str, str], _NewestFirst]:
+    """This run's tasks among the newest `limit` entries of the stream (None: all), read no further once every
+    shard in `wanted` has one (None: read on); with the read's account (`read`, `complete`)."""
+    tasks: dict[str, str] = {}
+    found: set[str] = set()
+    reader = _NewestFirst(conn, stream, limit, page)
+    for entry_id, fields in reader.entries(lambda: wanted is not None and wanted <= found):
+        if fields.get("run_dir") == run_dir and fields.get("run_hash") == run_hash:
+            tasks[entry_id] = fields.get("shard", "")
+            found.add(tasks[entry_id])
+    return tasks, reader
 
 
 def _run_dead_letters(conn: Any, dead_stream: str, run_dir: str, run_hash: str, keys: set[str],
-                      limit: int) -> tuple[dict[str, str], int, bool]:
+                      limit: int) -> tuple[dict[str, str], _NewestFirst]:
     """The reasons of this run's dead letters for the shards `keys` (the newest letter of each), read newest first
-    from at most `limit` entries of the dead-letter stream; how many entries were read; whether every key was found
-    (the rest of the stream need not be read)."""
+    from at most `limit` entries of the dead-letter stream; with the read's account (`read`; `complete`: every key
+    was found, or the stream read to its end)."""
     letters: dict[str, str] = {}
-    read, end = 0, "+"
-    while read < limit and len(letters) < len(keys):
-        entries = conn.xrevrange(dead_stream, max=end, min="-", count=min(DEAD_PAGE, limit - read))
-        for _, data in entries:
-            fields = {_text(k): _text(v) for k, v in data.items()}
-            shard = fields.get("shard", "")
-            if (shard in keys and shard not in letters and fields.get("run_dir") == run_dir
-                    and fields.get("run_hash") == run_hash):
-                letters[shard] = _dead_reason(fields)
-        read += len(entries)
-        if len(entries) < DEAD_PAGE or not entries:
-            break
-        end = "(" + _text(entries[-1][0])               # exclusive end (Redis >= 6.2)
-    return letters, read, len(letters) == len(keys)
+    reader = _NewestFirst(conn, dead_stream, limit, DEAD_PAGE)
+    for _, fields in reader.entries(lambda: len(letters) == len(keys)):
+        shard = fields.get("shard", "")
+        if (shard in keys and shard not in letters and fields.get("run_dir") == run_dir
+                and fields.get("run_hash") == run_hash):
+            letters[shard] = _dead_reason(fields)
+    return letters, reader
 
 
 def _dead_reason(fields: dict[str, str]) -> str:
