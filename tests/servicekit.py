@@ -140,13 +140,17 @@ class ServiceUnderTest:
             out += ["--set", item]
         return out
 
-    def worker_sets(self, extra: list[str] | None = None) -> list[str]:
-        """`sets` less the API's own settings (api.*, auth.*, but api.align): a worker refuses them on its command
-        line (it never reads them)."""
+    def worker_sets(self, extra: list[str] | None = None, batch: bool = False) -> list[str]:
+        """`sets` less what a worker (`batch`: `sigma worker --batch`) refuses on its command line, as it never reads
+        it: the API's own settings (api.*, auth.*, but the api.align `sigma worker` reads; the limits.* only the API
+        reads), and for a batch worker api.align and every limits.* (`sigma.cli.serve.unused_settings`)."""
+        from sigma.cli.serve import unused_settings
+
+        unused = unused_settings("sigma worker --batch" if batch else "sigma worker")
         out = []
         for item in [*self.overrides, *(extra or [])]:
             key = item.split("=", 1)[0].strip()
-            if key.split(".")[0] not in ("api", "auth") or key == "api.align":
+            if ".".join(key.split(".")[:2]) not in unused:
                 out += ["--set", item]
         return out
 

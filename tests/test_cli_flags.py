@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from servicekit import TESTS, base_env
+from servicekit import TESTS, base_env, free_port
 
 ONE_LINE = "sigma: error [bad_arguments]: "
 
@@ -60,10 +60,21 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
     (["worker", "--batch", "--set", "api.upload_check=full", "--set", "api.align=true"],
      ["--set api.upload_check and --set api.align: not with --batch: api.* and auth.* are the API's",
       "each run's own config names io.align"]),
+    (["worker", "--set", "limits.max_queue_length=5", "--set", "limits={retry_after_s: 3}"],
+     ["--set limits.max_queue_length and --set limits: not with `sigma worker`: limits.max_request_bytes, "
+      "max_queue_length, retry_after_s and max_bytes_in_flight bound what the API admits, read by `sigma serve api` "
+      "and `sigma serve all` only"]),
+    (["worker", "--batch", "--set", "limits.max_pixels=100", "--set", "limits.max_image_bytes=5"],
+     ["--set limits.max_pixels and --set limits.max_image_bytes: not with --batch: each run's own config names its "
+      "limits (`sigma batch submit --set io.limits.KEY=VALUE`)"]),
+    (["serve", "api", "--set", "limits.max_json_depth=50"],
+     ["--set limits.max_json_depth: not with `sigma serve api`: limits.max_json_depth bounds the results a worker "
+      "writes, read by `sigma worker` and `sigma serve all` only"]),
 ], ids=["serve-api-annotator", "worker-batch-annotator", "worker-batch-max-batch-size", "worker-batch-both",
         "worker-batch-set-annotator", "worker-batch-set-batch-size-options", "worker-batch-set-wait-restart",
         "worker-batch-set-restarts", "worker-set-batch-and-restart", "serve-api-set-worker", "serve-all-set-run-read",
-        "worker-set-api", "worker-set-auth-and-api-section", "worker-batch-set-api-align"])
+        "worker-set-api", "worker-set-auth-and-api-section", "worker-batch-set-api-align", "worker-set-api-limits",
+        "worker-batch-set-limits", "serve-api-set-worker-limit"])
 def test_a_serve_flag_the_mode_does_not_use_is_refused_not_ignored(args, needles):
     """`sigma serve api --annotator X` served as if it were not given (the API starts no worker; what requests may
     name is api.annotators), and `sigma worker --batch` took --annotator / --max-batch-size, and --set worker.annotator
@@ -72,7 +83,9 @@ def test_a_serve_flag_the_mode_does_not_use_is_refused_not_ignored(args, needles
     worker's max_wait_ms and restart_* (only `sigma serve all` restarts a worker), `sigma worker`'s
     run_read_retry_s and restart_*, any worker.* on `sigma serve api`, run_read_retry_s on `sigma serve all`; and
     a worker's api.* and auth.* (the API's settings: `sigma worker --set api.max_batch_tasks=5` looked as if it took
-    effect), but for the api.align `sigma worker` reads (the batch worker aligns as each run says)."""
+    effect), but for the api.align `sigma worker` reads (the batch worker aligns as each run says); and the limits.*
+    one side only reads: a worker's --set limits.max_queue_length (what the API admits), a batch worker's any limits.*
+    (each run's own io.limits; an alias as its field), `sigma serve api`'s limits.max_json_depth (a worker's)."""
     port = ["--port", "1"] if args[0] == "serve" else []
     try:
         proc = sigma_cli(*args, *port, timeout=30)
@@ -189,21 +202,26 @@ def test_the_unused_worker_settings_warning_cuts_each_value(tmp_path):
         warning[:300]
 
 
-def stderr_until_it_waits_for_redis(args: list[str], env: dict[str, str], path) -> list[str]:
-    """The stderr lines of `sigma ARGS` up to its 'cannot reach Redis' line (it started and waits), then stopped."""
+def stderr_until_it_waits_for_redis(args: list[str], env: dict[str, str], path,
+                                    marker: str = "cannot reach Redis") -> list[str]:
+    """The stderr lines of `sigma ARGS` up to its whole `marker` line (by default 'cannot reach Redis': it started
+    and waits), then stopped."""
+    def seen() -> bool:
+        text = path.read_text()
+        return marker in text and "\n" in text[text.index(marker):]
+
     with open(path, "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "sigma", *args], stdout=subprocess.DEVNULL, stderr=err,
                                 env=env, cwd=str(TESTS.parent))
         try:
             deadline = time.monotonic() + 60
-            while ("cannot reach Redis" not in path.read_text() and time.monotonic() < deadline
-                   and proc.poll() is None):
+            while not seen() and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.1)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     lines = path.read_text().splitlines()
-    assert any("cannot reach Redis" in line for line in lines), lines
+    assert any(marker in line for line in lines), lines
     return lines
 
 
@@ -224,6 +242,35 @@ def test_a_worker_takes_the_api_align_it_reads_and_says_which_shared_api_setting
                                                          "api.port=9000, api.align=True (from the config file or "
                                                          "SIGMA__API__*)"), batch
     assert "each run's own config names io.align" in warnings[0] and "auth" not in warnings[0].split("(")[0], batch
+
+
+def test_shared_limits_only_the_other_side_reads_are_said_once_and_the_shared_image_limits_are_taken(tmp_path):
+    """limits.* from a shared config file or SIGMA__LIMITS__* (one file for every process): a worker said nothing of
+    the API's limits.max_queue_length / retry_after_s it never reads, nor `sigma serve api` of the worker's
+    limits.max_json_depth. Each now starts and says them once, on a line of their own; the image limits both read
+    (limits.max_pixels) are not said by `sigma worker` and are taken from its --set, and the batch worker (each run's
+    own io.limits) says every one."""
+    env = {**base_env("redis://127.0.0.1:1/0"), "SIGMA__LIMITS__MAX_QUEUE_LENGTH": "5",
+           "SIGMA__LIMITS__RETRY_AFTER_S": "3", "SIGMA__LIMITS__MAX_PIXELS": "1000000",
+           "SIGMA__LIMITS__MAX_JSON_DEPTH": "50"}
+    online = stderr_until_it_waits_for_redis(["worker", "--set", "limits.max_pixels=2000000"], env, tmp_path / "on")
+    warnings = [line for line in online if line.startswith("sigma:")]
+    assert warnings == ["sigma: warning: sigma worker does not use limits.max_queue_length=5, limits.retry_after_s=3 "
+                        "(from the config file or SIGMA__LIMITS__*): limits.max_request_bytes, max_queue_length, "
+                        "retry_after_s and max_bytes_in_flight bound what the API admits, read by `sigma serve api` "
+                        "and `sigma serve all` only"], online
+    batch = stderr_until_it_waits_for_redis(["worker", "--batch"], env, tmp_path / "batch")
+    warnings = [line for line in batch if line.startswith("sigma:")]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "sigma: warning: sigma worker --batch does not use limits.max_queue_length=5, limits.retry_after_s=3, "
+        "limits.max_pixels=1000000, limits.max_json_depth=50 (from the config file or SIGMA__LIMITS__*): each run's "
+        "own config names its limits"), batch
+    api = stderr_until_it_waits_for_redis(["serve", "api", "--port", str(free_port()), "--log-level", "warning"], env,
+                                          tmp_path / "api", marker="sigma serve api does not use")
+    warnings = [line for line in api if line.startswith("sigma:")]
+    assert warnings == ["sigma: warning: sigma serve api does not use limits.max_json_depth=50 (from the config file "
+                        "or SIGMA__LIMITS__*): limits.max_json_depth bounds the results a worker writes, read by "
+                        "`sigma worker` and `sigma serve all` only"], api
 
 
 def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(redis_server, tmp_path):

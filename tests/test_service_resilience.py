@@ -54,7 +54,8 @@ class Stack:
         svc.start_api()
         svc.start_worker("pixel-diff", wait=False)
         svc.start_worker("sigma-lite", LITE, wait=False)
-        self.fleet = Proc(["worker", "--batch", "--consumer", self.fleet_consumer, *svc.worker_sets()], svc.env,
+        self.fleet = Proc(["worker", "--batch", "--consumer", self.fleet_consumer, *svc.worker_sets(batch=True)],
+                          svc.env,
                           self.tmp / "fleet-worker.log")
         r = svc.redis_server.client()
         keys = [f"{svc.prefix}:worker:{w.consumer}" for w in svc.workers]

@@ -134,25 +134,59 @@ def unused_worker_settings(mode: str) -> dict[str, str]:
 # its pairs with (the batch worker aligns as each run's own config says, io.align).
 API_ONLY = "api.* and auth.* are the API's settings, read by `sigma serve api` and `sigma serve all` only"
 RUN_ALIGNS = "each run's own config names io.align (`sigma batch submit --set io.align=true`)"
+# The limits.* only one side reads: what the API admits (a body, a queue, bytes in flight), and how deep a result a
+# worker writes. The image limits (max_pixels, max_bytes, max_instruction_chars, max_aspect_change) both read: the
+# API checks them from the headers, `sigma worker` as it decodes. The batch worker reads none: each run's own do.
+API_LIMITS = ("max_request_bytes", "max_queue_length", "retry_after_s", "max_bytes_in_flight")
+API_LIMIT = ("limits.max_request_bytes, max_queue_length, retry_after_s and max_bytes_in_flight bound what the API "
+             "admits, read by `sigma serve api` and `sigma serve all` only")
+WORKER_LIMITS = ("max_json_depth",)
+WORKER_LIMIT = ("limits.max_json_depth bounds the results a worker writes, read by `sigma worker` and `sigma serve "
+                "all` only")
+RUN_LIMITS = ("each run's own config names its limits (`sigma batch submit --set io.limits.KEY=VALUE`), "
+              "the batch worker reads no limits.*")
 
 
 def unused_settings(mode: str) -> dict[str, str]:
-    """`mode`'s unused settings as dotted `section.KEY`, each with why: `unused_worker_settings`, and for a worker
-    every api.* and auth.* setting (the API front end's) but the api.align `sigma worker` reads."""
-    from sigma.service.settings import ApiSettings, AuthSettings
+    """`mode`'s unused settings as dotted `section.KEY`, each with why: `unused_worker_settings`; for a worker every
+    api.* and auth.* setting (the API front end's) but the api.align `sigma worker` reads, and the limits.* only the
+    API reads (`API_LIMITS`; every limits.* for the batch worker); for `sigma serve api` the limits.* only a worker
+    reads (`WORKER_LIMITS`)."""
+    from sigma.service.settings import ApiSettings, AuthSettings, ServiceLimits
 
     out = {f"worker.{key}": why for key, why in unused_worker_settings(mode).items()}
     if mode.startswith("sigma worker"):
         out.update({f"api.{key}": API_ONLY for key in ApiSettings.model_fields if key != "align"})
         out.update({f"auth.{key}": API_ONLY for key in AuthSettings.model_fields})
+        out.update({f"limits.{key}": API_LIMIT for key in API_LIMITS})
         if mode == "sigma worker --batch":
             out["api.align"] = RUN_ALIGNS
+            out.update({f"limits.{key}": RUN_LIMITS for key in ServiceLimits.model_fields})
+    elif mode == "sigma serve api":
+        out.update({f"limits.{key}": WORKER_LIMIT for key in WORKER_LIMITS})
     return out
+
+
+def _field_name(section: str, name: str) -> str:
+    """The field a `--set section.NAME` sets: NAME, or the field NAME is another name of (limits.max_image_bytes
+    sets limits.max_bytes)."""
+    from pydantic import AliasChoices
+
+    from sigma.service.settings import ServeConfig
+
+    info = ServeConfig.model_fields.get(section)
+    fields = getattr(info.annotation, "model_fields", {}) if info is not None else {}
+    for field, spec in fields.items():
+        alias = spec.validation_alias
+        if isinstance(alias, AliasChoices) and name in alias.choices:
+            return field
+    return name
 
 
 def refuse_unused_sets(mode: str, overrides: list[str], refused: str) -> None:
     """`--set worker.KEY=...` (or `--set 'worker={KEY: ...}'`) on `mode`'s command line for a KEY it never reads, and
-    on a worker's `--set api.KEY=...` / `--set auth.KEY=...` (`unused_settings`): one bad_arguments line, 'REFUSED:
+    on a worker's `--set api.KEY=...` / `--set auth.KEY=...`, and the limits.* only the other side reads
+    (`unused_settings`; a field's other name as the field): one bad_arguments line, 'REFUSED:
     why', whatever the value (`sigma.cli.common.refuse_unused`). A worker took them silently: `sigma worker --set
     api.wait_timeout_s=5` looked like it did something."""
     from sigma.config.loader import read_overrides
@@ -162,7 +196,8 @@ def refuse_unused_sets(mode: str, overrides: list[str], refused: str) -> None:
     for key, override in read_overrides(overrides).items():
         section, *rest = key.split(".")
         fields = (list(override.value) if not rest and isinstance(override.value, dict) else rest[:1])
-        whys = [unused[f"{section}.{field}"] for field in fields if f"{section}.{field}" in unused]
+        named = [f"{section}.{_field_name(section, str(field))}" for field in fields]
+        whys = [unused[dotted] for dotted in named if dotted in unused]
         if whys:
             given[f"--set {key}"] = whys[0]
     refuse_unused(dict.fromkeys(given, True), f"{refused}: {'; '.join(dict.fromkeys(given.values()))}")
@@ -171,13 +206,14 @@ def refuse_unused_sets(mode: str, overrides: list[str], refused: str) -> None:
 def warn_unused_settings(mode: str, cfg) -> None:
     """The worker settings `mode` never reads that differ from their defaults (from a config file or
     SIGMA__WORKER__*: its command line's were refused), said once on stderr; they may be right for another process
-    of the deployment, so it starts. So are a worker's api.* settings (SIGMA__API__*), on a line of their own; not
+    of the deployment, so it starts. So are a worker's api.* settings (SIGMA__API__*) and each mode's unused
+    limits.* (SIGMA__LIMITS__*), each section on a line of its own; not
     auth.*: keys are credentials, and one environment (SIGMA_API_KEYS) serving every process is no mistake to say."""
     from sigma.service.settings import ServeConfig
     from sigma.text import shown
 
     default, unused = ServeConfig(), unused_settings(mode)
-    for section in ("worker", "api"):
+    for section in ("worker", "api", "limits"):
         now, before = getattr(cfg, section), getattr(default, section)
         said: dict[str, str] = {}
         for dotted, why in unused.items():
@@ -193,11 +229,11 @@ def warn_unused_settings(mode: str, cfg) -> None:
 
 def load_worker(args: argparse.Namespace, batch: bool, child: bool):
     """`sigma worker [--batch]`'s settings. What it would take and never use is refused when this command line gives
-    it (`--batch --annotator`, `--max-batch-size`, `--set worker.KEY=...`, `--set api.KEY=...`, `--set auth.KEY=...`:
-    one bad_arguments line, whatever the value), and said once on stderr when it comes from a config file or
-    SIGMA__WORKER__* / SIGMA__API__* (settings the processes of a deployment may share, e.g. compose's
-    SIGMA_ANNOTATOR): the worker then starts. Only values that differ from
-    the defaults are said. `sigma serve all`'s worker (`child`) is not checked: its command line and settings are
+    it (`--batch --annotator`, `--max-batch-size`, `--set worker.KEY=...`, `--set api.KEY=...`, `--set auth.KEY=...`,
+    `--set limits.KEY=...` of the API's: one bad_arguments line, whatever the value), and said once on stderr when it
+    comes from a config file or SIGMA__WORKER__* / SIGMA__API__* / SIGMA__LIMITS__* (settings the processes of a
+    deployment may share, e.g. compose's SIGMA_ANNOTATOR): the worker then starts. Only values that differ from the
+    defaults are said. `sigma serve all`'s worker (`child`) is not checked: its command line and settings are
     the server's, checked there (the restart settings it passes on are the server's to read)."""
     mode = "sigma worker --batch" if batch else "sigma worker"
     if batch:
