@@ -129,3 +129,20 @@ def sigma_cache_dir(tmp_path_factory):
         os.environ.pop("SIGMA_CACHE_DIR", None)
     else:
         os.environ["SIGMA_CACHE_DIR"] = before
+
+
+@pytest.fixture
+def run_json_reads(monkeypatch):
+    """Every `RunDir.load` from now on, as the run folder it read (run.json is up to $SIGMA_MAX_RUN_BYTES: the tests
+    that say it is parsed once count here)."""
+    from sigma.batch.layout import RunDir
+
+    reads: list = []
+    load = RunDir.load
+
+    def counted(self):
+        reads.append(self.root)
+        return load(self)
+
+    monkeypatch.setattr(RunDir, "load", counted)
+    return reads

@@ -508,26 +508,19 @@ def test_an_export_or_review_page_of_a_run_whose_run_json_was_edited_is_refused_
 
 
 def test_each_reader_of_a_run_reads_and_checks_its_run_json_once_and_the_restored_record_reads_as_before(
-        run_dir, tmp_path, capsys, monkeypatch):
+        run_dir, tmp_path, capsys, monkeypatch, run_json_reads):
     """An export read run.json four or five times (the rows, the config, the corpus, the counts for the card), each
     time as it then was. Now once per command, checked; the same record put back exports as before."""
-    from sigma.batch.layout import RunDir
 
     run, outs = tmp_path / "run", tmp_path / "outs"
     shutil.copytree(run_dir, run)
     outs.mkdir()
-    reads = []
-    load = RunDir.load
-
-    def counted(self):
-        reads.append(self.run_file)
-        return load(self)
-
-    monkeypatch.setattr(RunDir, "load", counted)
+    reads = run_json_reads
+    reads.clear()                     # what is read from here on
     for name, argv in _readers(run, outs).items():
         reads.clear()
         assert main(argv) == 0, (name, capsys.readouterr().err)
-        assert reads == [run / "run.json"], (name, reads)
+        assert reads == [run], (name, reads)
     capsys.readouterr()
     card = (outs / "hf" / "README.md").read_text()
     assert "pixel-diff" in card and json.loads((run / "run.json").read_text())["run_hash"] in card

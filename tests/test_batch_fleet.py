@@ -1336,13 +1336,9 @@ def test_a_task_deferred_longer_than_max_defer_s_is_not_given_up_while_the_local
     assert (summary["done"], summary["failed"], summary["pending"]) == (20, 0, 0), summary
 
 
-def test_a_worker_with_a_lower_run_size_limit_than_the_driver_dead_letters_at_once_saying_both(
-        redis_server, corpus, tmp_path, monkeypatch, capsys):
-    """The machines of one fleet set $SIGMA_MAX_RUN_BYTES differently: the driver (`sigma batch submit`, default
-    64 MiB) wrote a run.json larger than a worker's limit. That worker refuses it by size, for good: each task is
-    dead-lettered on its first delivery (no run.json patience, no trip through the lease: another read is no
-    bigger), the worker carries on and ends normally, and the dead letter says `run_too_large` (not `bad_task`), naming
-    the size, the limit and the variable."""
+def _run_a_worker_below_the_drivers_run_size_limit(redis_server, corpus, tmp_path, monkeypatch, capsys):
+    """A run submitted with the default $SIGMA_MAX_RUN_BYTES (6 shards), then one batch worker whose limit is one byte
+    under its run.json's size, to idle. (out, prefix, run.json's size, the worker's stats, seconds it took)."""
     prefix = prefix_name()
     out = tmp_path / "fleet"
     assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
@@ -1353,8 +1349,20 @@ def test_a_worker_with_a_lower_run_size_limit_than_the_driver_dead_letters_at_on
     start = time.monotonic()
     stats = run_batch_worker(redis_server.url, prefix, "low", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
                              max_deliveries=3, run_read_retry_s=5, exit_when_idle=True)
+    return out, prefix, size, stats, time.monotonic() - start
+
+
+def test_a_worker_with_a_lower_run_size_limit_than_the_driver_dead_letters_at_once_saying_both(
+        redis_server, corpus, tmp_path, monkeypatch, capsys):
+    """The machines of one fleet set $SIGMA_MAX_RUN_BYTES differently: the driver (`sigma batch submit`, default
+    64 MiB) wrote a run.json larger than a worker's limit. That worker refuses it by size, for good: each task is
+    dead-lettered on its first delivery (no run.json patience, no trip through the lease: another read is no
+    bigger), the worker carries on and ends normally, and the dead letter says `run_too_large` (not `bad_task`), naming
+    the size, the limit and the variable."""
+    out, prefix, size, stats, took = _run_a_worker_below_the_drivers_run_size_limit(
+        redis_server, corpus, tmp_path, monkeypatch, capsys)
     assert (stats.dead, stats.done, stats.failed) == (6, 0, 0), stats
-    assert time.monotonic() - start < 5, "read again or retried through the lease"
+    assert took < 5, "read again or retried through the lease"
     assert all(f"{size} bytes, over the {size - 1} a run record may hold ($SIGMA_MAX_RUN_BYTES" in error
                for error in stats.errors) and len(stats.errors) == 6, stats.errors
     dead = make_queue(redis_server.client(), Keys(prefix), "check").dead_entries()
@@ -1372,15 +1380,8 @@ def test_status_counts_the_shards_a_worker_dead_lettered_without_a_status_as_fai
     and `unqueued` ("the queue lost them") besides, the reason only in `<stream>:dead`. Now they are failed, each
     with its dead letter's reason as a status file a worker writes says it; the dead letters read are bounded
     (`--dead-limit`), and the status says when it read fewer than the stream holds. Without --redis nothing changes."""
-    prefix = prefix_name()
-    out = tmp_path / "fleet"
-    assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
-                 "--set", "workers=0", "--redis", redis_server.url, "--key-prefix", prefix]) == 0
-    capsys.readouterr()
-    size = (out / "run.json").stat().st_size
-    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", str(size - 1))           # the worker's machine only
-    stats = run_batch_worker(redis_server.url, prefix, "low", lease_ms=200, block_ms=50, reclaim_interval_ms=50,
-                             max_deliveries=3, run_read_retry_s=5, exit_when_idle=True)
+    out, prefix, size, stats, _ = _run_a_worker_below_the_drivers_run_size_limit(
+        redis_server, corpus, tmp_path, monkeypatch, capsys)
     assert stats.dead == 6 and not list((out / "status").glob("*.json")), stats
     monkeypatch.delenv("SIGMA_MAX_RUN_BYTES")                          # the driver's machine again
 
@@ -1512,7 +1513,8 @@ def test_a_run_status_reads_a_bounded_number_of_tasks_however_many_the_stream_ho
     assert "--task-limit" in capsys.readouterr().err
 
 
-def test_a_run_status_with_redis_parses_run_json_once(redis_server, corpus, tmp_path, monkeypatch, capsys):
+def test_a_run_status_with_redis_parses_run_json_once(redis_server, corpus, tmp_path, monkeypatch, capsys,
+                                                     run_json_reads):
     """`sigma batch status --redis` read and checked run.json, then the queue's status read it again (its pending
     shards): two parses of a file of up to $SIGMA_MAX_RUN_BYTES (64 MiB) per status. The checked record is handed on;
     the counts are the same."""
@@ -1523,14 +1525,8 @@ def test_a_run_status_with_redis_parses_run_json_once(redis_server, corpus, tmp_
                  "--set", "workers=0", *redis_args]) == 0
     assert run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, max_tasks=2).done == 2
     capsys.readouterr()
-    reads: list[Path] = []
-    load = RunDir.load
-
-    def counted(self: RunDir) -> dict:
-        reads.append(self.root)
-        return load(self)
-
-    monkeypatch.setattr(RunDir, "load", counted)
+    reads = run_json_reads
+    reads.clear()                     # what is read from here on
     assert main(["batch", "status", str(out), *redis_args, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert len(reads) == 1, reads

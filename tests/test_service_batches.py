@@ -515,7 +515,8 @@ def test_a_run_json_over_the_size_limit_is_409_run_too_large_and_a_plan_over_it_
         svc.close()
 
 
-def test_a_submission_reads_run_json_once_and_still_refuses_other_plugins(redis_server, root, monkeypatch):
+def test_a_submission_reads_run_json_once_and_still_refuses_other_plugins(redis_server, root, monkeypatch,
+                                                                          run_json_reads):
     """`submit_run` (POST /v1/batches, `sigma batch submit`) read run.json again for its plugin check right after
     `prepare_run` had read and checked it: one more parse of up to ~15 MB (50,000 shards) per submission, and of a
     file that may have changed in between. The record is read once and handed on: a first submission (which
@@ -528,14 +529,8 @@ def test_a_submission_reads_run_json_once_and_still_refuses_other_plugins(redis_
     from sigma.errors import InputError
     from sigma.service.fleet import submit_run
 
-    reads: list[Path] = []
-    load = RunDir.load
-
-    def counted(self: RunDir) -> dict:
-        reads.append(self.root)
-        return load(self)
-
-    monkeypatch.setattr(RunDir, "load", counted)
+    reads = run_json_reads
+    reads.clear()                     # what is read from here on
     out, prefix = root / "runs" / "read-once", f"t{uuid.uuid4().hex[:10]}"
     cfg = BatchConfig.model_validate({"input": {"path": str(root / "corpus"), "shard_size": 2},
                                       "annotator": "pixel-diff"})
