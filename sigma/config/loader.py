@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sigma.config.schema import item_annotations
+from sigma.config.schema import field_for_key, item_annotations, type_arms
 from sigma.errors import ConfigError
 from sigma.tempfiles import temp_name
 from sigma.text import shown
@@ -205,34 +205,13 @@ def whole_numbers(model: type[BaseModel], tree: dict, origin: Callable[[str], st
     return tree
 
 
-def _arms(annotation: Any) -> list[Any]:
-    """The alternatives of an annotation: `list[int] | None` → [list[int], None]; Annotated unwrapped."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _arms(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return [arm for arg in typing.get_args(annotation) for arm in _arms(arg)]
-    return [annotation]
-
-
 _MAPPINGS = (dict, collections.abc.Mapping)
-
-
-def _field_named(model: type[BaseModel], name: Any) -> Any:
-    """The field of `model` that the key `name` sets: by its name, or by the alias it is read by (a plugin config's
-    `Field(alias="imageSize")`: `imageSize: 3.2e1` was left as text, "unable to parse string as an integer")."""
-    if name in model.model_fields:
-        return model.model_fields[name]
-    for field in model.model_fields.values():
-        if name in (field.alias, field.validation_alias):
-            return field
-    return None
 
 
 def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origin: Callable[[str], str]) -> Any:
     """`value`, written for a field of one of `annotations`, with its exponent-notation integers made whole (lists
     and mappings in place). `key`: how the value is named (`a.b[0]`); `field`: the field's dotted key (`a.b`)."""
-    arms = [arm for annotation in annotations for arm in _arms(annotation)]
+    arms = [arm for annotation in annotations for arm in type_arms(annotation)]
     if isinstance(value, str):
         plain: set[type] = set()
         for arm in arms:
@@ -245,7 +224,7 @@ def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origi
         values = [typing.get_args(arm)[1] for arm in arms
                   if typing.get_origin(arm) in _MAPPINGS and len(typing.get_args(arm)) == 2]
         for name, item in value.items():
-            found = [field.annotation for m in models if (field := _field_named(m, name)) is not None]
+            found = [field.annotation for m in models if (field := field_for_key(m, name)) is not None]
             dotted = f"{key}.{name}" if key else str(name)
             if found:                                      # a field: named by its own dotted key
                 value[name] = _whole_items(found, item, dotted, dotted, origin)

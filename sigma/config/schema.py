@@ -66,20 +66,31 @@ UnitInterval = Annotated[float, Field(ge=0.0, le=1.0), finite_in("in [0, 1]")]
 NonNegative = Annotated[float, Field(ge=0.0), finite_in(">= 0")]
 
 
-def _leaves(annotation: Any) -> set[Any]:
-    """The plain types an annotation takes: `UnitInterval | None` → {float, NoneType}; a generic gives its origin
-    (`list[int]` → list), Annotated and unions unwrapped."""
+def type_arms(annotation: Any) -> list[Any]:
+    """The alternatives of an annotation: `list[int] | None` → [list[int], None]; Annotated and nested unions
+    unwrapped. One reading for the loader's whole-number parsing and the bool check below."""
     origin = typing.get_origin(annotation)
     if origin is Annotated:
-        return _leaves(typing.get_args(annotation)[0])
+        return type_arms(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
-        return {leaf for arg in typing.get_args(annotation) for leaf in _leaves(arg)}
-    return {origin or annotation}
+        return [arm for arg in typing.get_args(annotation) for arm in type_arms(arg)]
+    return [annotation]
+
+
+def field_for_key(model: type[BaseModel], key: Any) -> Any:
+    """The field (FieldInfo) of `model` that the key `key` sets: by its name, or by the alias it is read by (a plugin
+    config's `Field(alias="imageSize")`); None for none."""
+    if key in model.model_fields:
+        return model.model_fields[key]
+    for field in model.model_fields.values():
+        if key in (field.alias, field.validation_alias):
+            return field
+    return None
 
 
 def _takes_number_not_bool(annotation: Any) -> bool:
     """A field (or item) that takes an int or a float and no bool: pydantic reads True as 1 / 1.0 there."""
-    leaves = _leaves(annotation)
+    leaves = {typing.get_origin(arm) or arm for arm in type_arms(annotation)}   # list[int] -> list
     return bool(leaves & {int, float}) and not leaves & {bool, Any, object}
 
 
@@ -102,25 +113,13 @@ def item_annotations(arms: list[Any], index: int) -> list[Any]:
     return out
 
 
-def _item_annotations(annotation: Any, index: int) -> list[Any]:
-    """`item_annotations` of a field's annotation, its union arms and Annotated wrappers taken off."""
-    arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
-        annotation,)
-    unwrapped = []
-    for arm in arms:
-        while typing.get_origin(arm) is Annotated:
-            arm = typing.get_args(arm)[0]
-        unwrapped.append(arm)
-    return item_annotations(unwrapped, index)
-
-
 @functools.lru_cache(maxsize=4096)
 def _key_annotation(model: type[BaseModel], key: str) -> Any:
-    """The annotation of the field of `model` that the key `key` sets (by its name or its alias); Any for none."""
-    for name, field in model.model_fields.items():
-        if key in (name, field.alias, field.validation_alias):
-            return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-    return Any
+    """The annotation of the field of `model` that the key `key` sets (`field_for_key`); Any for none."""
+    field = field_for_key(model, key)
+    if field is None:
+        return Any
+    return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
 
 
 def _bool_for_a_number(annotation: Any, value: Any) -> tuple[tuple[int, ...], bool] | None:
@@ -129,8 +128,9 @@ def _bool_for_a_number(annotation: Any, value: Any) -> tuple[tuple[int, ...], bo
     if isinstance(value, bool):
         return ((), value) if _takes_number_not_bool(annotation) else None
     if isinstance(value, (list, tuple)):
+        arms = type_arms(annotation)
         for index, item in enumerate(value):
-            if isinstance(item, bool) and any(_takes_number_not_bool(a) for a in _item_annotations(annotation, index)):
+            if isinstance(item, bool) and any(_takes_number_not_bool(a) for a in item_annotations(arms, index)):
                 return (index,), item
     return None
 

@@ -38,7 +38,7 @@ from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer, is_out_of_memory
 from sigma.service.deferral import MAX_DEFER_S, deferred_summary, forget_deferral, note_deferral
 from sigma.service.keys import Keys
-from sigma.service.queue import Entry, StreamQueue
+from sigma.service.queue import Entry, StreamQueue, stream_text
 from sigma.service.settings import QueueSettings, RedisSettings
 from sigma.text import cut_long_values, loads, shown
 
@@ -276,11 +276,11 @@ class _NewestFirst:
             page = self.conn.xrevrange(self.stream, max=end, min="-", count=count)
             self.read += len(page)
             for entry_id, data in page:
-                yield _text(entry_id), {_text(k): _text(v) for k, v in data.items()}
+                yield stream_text(entry_id), {stream_text(k): stream_text(v) for k, v in data.items()}
             if len(page) < count:
                 self.complete = True
                 return
-            end = "(" + _text(page[-1][0])                  # exclusive end (Redis >= 6.2)
+            end = "(" + stream_text(page[-1][0])                  # exclusive end (Redis >= 6.2)
         self.complete = done()
 
 
@@ -328,12 +328,13 @@ def _dead_reason(fields: dict[str, str]) -> str:
         error = None
     if not isinstance(error, dict):
         error = {"code": "unknown", "message": fields.get("error", "")}
-    deliveries = fields.get("deliveries", "?")
+    return dead_letter_reason(fields.get("deliveries", "?"), error)
+
+
+def dead_letter_reason(deliveries: Any, error: dict[str, Any]) -> str:
+    """What a dead-lettered shard's failed status says: `FleetHandler.on_dead` writes it, a run's status reads it back
+    from a dead letter when no worker could write it (`_dead_reason`)."""
     return f"dead-lettered after {deliveries} deliveries: [{error.get('code')}] {error.get('message')}"
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def redis_settings(redis: RedisSettings | str | None, key_prefix: str | None = None) -> RedisSettings:
@@ -896,8 +897,7 @@ class FleetHandler:
             rundir, record, shard = locate_task(entry.fields, patience_s=0)    # no waiting: it is given up on
         except (PermanentTaskError, RunUnreadable, OSError):
             return error
-        reason = (f"dead-lettered after {entry.deliveries} deliveries: [{error.get('code')}] "
-                  f"{error.get('message')}")
+        reason = dead_letter_reason(entry.deliveries, error)
         try:
             # bounded: a process stopped (Ctrl-Z) or hung while writing this shard's status held the worker here
             # for ever, the task in hand and its lease extended by the heartbeat

@@ -68,7 +68,8 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
 
 
-def _text(value: Any) -> str:
+def stream_text(value: Any) -> str:
+    """A stream field, id or name as Redis returned it (bytes without decode_responses) as text."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -140,7 +141,7 @@ class StreamQueue:
         """The group, made if missing. Looked for first (a read): XGROUP CREATE is refused over maxmemory even when
         the group exists, and a worker (re)connecting while Redis was full waited for memory before any work."""
         try:
-            if any(_text(g.get("name")) == self.group for g in self.r.xinfo_groups(self.stream)):
+            if any(stream_text(g.get("name")) == self.group for g in self.r.xinfo_groups(self.stream)):
                 return
         except redis.ResponseError as exc:
             if "no such key" not in str(exc).lower():
@@ -157,7 +158,7 @@ class StreamQueue:
         for k, v in fields.items():
             flat += [k, v]
         out = self._add(keys=[self.stream], args=[max_len, *flat])
-        return _text(out) if out else None
+        return stream_text(out) if out else None
 
     # -- consuming ---------------------------------------------------------------------------
     def _parse(self, raw: list) -> list[Entry]:
@@ -165,7 +166,7 @@ class StreamQueue:
         for entry_id, data in raw or []:
             if data is None:          # deleted while pending (only before Redis 7)
                 continue
-            entries.append(Entry(_text(entry_id), {_text(k): _text(v) for k, v in data.items()}))
+            entries.append(Entry(stream_text(entry_id), {stream_text(k): stream_text(v) for k, v in data.items()}))
         return entries
 
     def read(self, count: int, block_ms: int | None) -> list[Entry]:
@@ -201,7 +202,7 @@ class StreamQueue:
         """Claim entries idle past the lease; split them into (to retry, delivered too often)."""
         resp = self.r.xautoclaim(self.stream, self.group, self.consumer, self.lease_ms,
                                  start_id=self._reclaim_cursor, count=count)
-        cursor, raw = _text(resp[0]), resp[1]
+        cursor, raw = stream_text(resp[0]), resp[1]
         self._reclaim_cursor = cursor if cursor != "0-0" else "0-0"
         entries = self._parse(raw)
         if not entries:
@@ -220,8 +221,8 @@ class StreamQueue:
         rows = self.r.xpending_range(self.stream, self.group, min=min(ids, key=_id_key),
                                      max=max(ids, key=_id_key), count=max(len(ids) * 4, 64))
         wanted = set(ids)
-        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows
-                if _text(row["message_id"]) in wanted}
+        return {stream_text(row["message_id"]): int(row["times_delivered"]) for row in rows
+                if stream_text(row["message_id"]) in wanted}
 
     def extend(self, ids: list[str]) -> None:
         """Reset the idle time of entries this consumer still works on (no delivery is counted)."""
@@ -251,7 +252,7 @@ class StreamQueue:
             flat += [k, v]
         out = self._dead_letter(keys=[self.stream, self.dead_stream],
                                 args=[self.group, entry.id, self.dead_maxlen, *flat])
-        return _text(out) if out else None
+        return stream_text(out) if out else None
 
     # -- observing ---------------------------------------------------------------------------
     def depth(self) -> int:
