@@ -175,7 +175,7 @@ def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None 
     names = {path.name for path, _ in files} | {path.name for path in remove}
     sweep_stale_temps(folder, names)          # a set a killed writer staged is finished first, then its junk goes
     written: list[tuple[Path, Path]] = []
-    journal = files[-1][0].with_name(f".{files[-1][0].name}.{os.getpid()}.{secrets.token_hex(4)}.pending")
+    journal = temp_name(files[-1][0]).with_suffix(".pending")     # .LAST.PID.RANDOM.pending
     with _COMMITTING_LOCK:
         _COMMITTING.add(str(journal))
     committed = False

@@ -591,7 +591,7 @@ def test_a_set_replacement_that_failed_after_staging_is_finished_by_a_reader(tmp
     """The rename step failing after its first rename (a disk error, or the kill simulated in-process): the set
     stays staged with its journal, and `finish_replacements` (any reader, or the next writer) moves it into place:
     the whole new set, never the old metrics.json beside the new config.yaml or no metrics.json at all."""
-    from sigma.io.outputs import replace_together
+    from sigma.tempfiles import replace_together
 
     out = tmp_path / "ev"
     out.mkdir()

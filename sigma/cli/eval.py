@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sigma.eval import perturb
     from sigma.eval.runner import evaluate, format_tables
-    from sigma.io.outputs import json_record, replace_together
+    from sigma.io.outputs import json_record
+    from sigma.tempfiles import replace_together
 
     import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
     # `--perturb ""` (a variable left empty) is no perturbation named, refused as `--perturb ,` is: it ran `none`

@@ -176,16 +176,12 @@ class CheckedRun:
             self._outputs = outputs
         return self._outputs
 
-
     def _same_as_written(self, shard: Shard, path: Path) -> None:
-        """The shard file's sha256 is the one its status recorded when the run wrote it. A finished shard was held
-        to its size alone (`RunDir.is_done`): a file of that size with other content (damaged in place, its rows
-        edited, or put there from elsewhere) was exported as this run's masks. Read once per export (the export
-        reads every shard anyway); a status with no checksum is held to its size as before."""
-        from sigma.digest import sha256_file
-
-        recorded = (self.rundir.status(shard) or {}).get("sha256")
-        if isinstance(recorded, str) and sha256_file(path) != recorded:
+        """The shard file's sha256 is the one its status recorded when the run wrote it (`RunDir.as_written`). A
+        finished shard was held to its size alone (`RunDir.is_done`): a file of that size with other content (damaged
+        in place, its rows edited, or put there from elsewhere) was exported as this run's masks. Read once per
+        export (the export reads every shard anyway); a status with no checksum is held to its size as before."""
+        if not self.rundir.as_written(self.rundir.status(shard) or {}, path):
             raise InputError(f"{path}: not the shard file the run wrote (its sha256 differs from the one its status "
                              f"recorded, at the same size): damaged or replaced since the run; {NOTHING_WRITTEN}. "
                              "Put the run's own file back, or delete its status file and run the shard again "

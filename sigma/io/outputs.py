@@ -12,8 +12,6 @@ from sigma.tempfiles import replace_together
 from sigma.text import MAX_JSON_DEPTH, dumps_finite, json_ready
 from sigma.types import Annotation
 
-__all__ = ["json_record", "overlay_image", "replace_together", "write_annotation", "write_json"]
-
 TINT_RGB = (255, 32, 32)
 
 
