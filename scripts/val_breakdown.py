@@ -18,6 +18,7 @@ def main(val: str, models: list[str]) -> None:
     from sigma.training.data import load_val_dir
 
     torch.set_num_threads(2)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # a device slot scores in seconds
     samples = load_val_dir(Path(val))
     illum = {"transfer", "relight", "shadow", "haze", "season"}
     groups = {"all": lambda s: True, "tiny<2%": lambda s: 0 < s.mask.mean() < 0.02,
@@ -28,14 +29,14 @@ def main(val: str, models: list[str]) -> None:
     for k in sorted({s.kind for s in samples}):
         groups[f"kind={k}"] = lambda s, k=k: s.kind == k
     for path in models:
-        model = load_model(path).eval()
+        model = load_model(path).eval().to(device)
         scores = []
         with torch.no_grad():
             for i in range(0, len(samples), 16):
                 chunk = samples[i:i + 16]
                 o = torch.from_numpy(np.stack([s.original for s in chunk])).permute(0, 3, 1, 2).float() / 255
                 e = torch.from_numpy(np.stack([s.edited for s in chunk])).permute(0, 3, 1, 2).float() / 255
-                prob = torch.sigmoid(model(o, e).logits)[:, 0].numpy()
+                prob = torch.sigmoid(model(o.to(device), e.to(device)).logits.float())[:, 0].cpu().numpy()
                 scores += [score_image(str(i + j), prob[j] > 0.5, prob[j], s.mask) for j, s in enumerate(chunk)]
         row = []
         for name, pred in groups.items():

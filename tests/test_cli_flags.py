@@ -311,6 +311,7 @@ def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
             (["--out", str(out), "--max-side", "64", "--scales", "2", "--latent-edits", "3", "--no-vae"],
              "--max-side, --scales, --latent-edits and --no-vae: only with --build-cache DIR"),
             (["--out", str(out), "--no-vae"], "--no-vae: only with --build-cache DIR"),
+            (["--out", str(out), "--device", "cpu"], "--device: only with --build-cache DIR"),
             (["--build-cache", str(cache), "--no-vae", "-n", "5", "--out", str(out), "--cache", str(other),
               "data.crop=256"],
              "--out, -n, --cache and data.crop=256: not with --build-cache DIR"),
@@ -318,6 +319,10 @@ def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
         proc = sigma_cli("synth", "--photos", str(photos), *args)
         assert_refused(proc, needle)
         assert not out.exists() and not cache.exists() and not other.exists(), args
+    # where TAEF2 runs: a name torch does not know is refused before any photo is read or file written
+    proc = sigma_cli("synth", "--photos", str(photos), "--build-cache", str(cache), "--device", "tpu0")
+    assert_refused(proc, "device 'tpu0' is not a torch device", code="invalid_config")
+    assert not cache.exists()
     proc = sigma_cli("synth", "--build-cache", str(cache), "--photos", str(photos), "--no-vae", "--max-side", "48",
                      "--latent-edits", "0", "--seed", "3")
     assert proc.returncode == 0, proc.stderr

@@ -65,6 +65,25 @@ def _ignore_further_interrupts() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _raise_once(signum: int, frame: object) -> None:
+    """The program's SIGINT handler: the first Ctrl-C is the KeyboardInterrupt Python would raise, and every later
+    one is ignored from that instant. A storm of them (a held key, a script's killpg loop) used to land while the
+    first one unwound the stack: a multiprocessing lock's finalizer (`sem_unlink`) run by the garbage collector
+    then printed `Exception ignored in: <Finalize object, dead>` with a traceback and leaked its semaphore (CI,
+    stop 27). Ignoring from the handler itself closes the window between the raise and `_interrupted`. The cost: a
+    clean-up that hangs after a Ctrl-C takes SIGTERM, SIGQUIT or SIGKILL, not a second Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _take_interrupts_once() -> None:
+    """Only for the program itself, in its main thread, and only over Python's own handler: a caller of
+    `main([...])`, or one that set its own, keeps theirs."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_once)
+
+
 def _interrupted(argv: list[str] | None) -> int:
     if argv is None:
         _ignore_further_interrupts()
@@ -74,6 +93,8 @@ def _interrupted(argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     _printable_names()
+    if argv is None:
+        _take_interrupts_once()
     try:
         # the sub-commands' modules import for seconds (PIL, numpy, ...): a Ctrl-C in them was a traceback, -2
         parser = build_parser()

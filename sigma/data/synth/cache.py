@@ -78,7 +78,8 @@ def _to_t(x: np.ndarray) -> torch.Tensor:
 
 
 def _to_u8(t: torch.Tensor) -> np.ndarray:
-    return t[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
+    """Back on the CPU: a VAE on a GPU (`sigma synth --build-cache --device cuda`) decodes there."""
+    return t[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().cpu().numpy()
 
 
 def roundtrip_key(scale: float) -> str:
@@ -108,7 +109,7 @@ def latent_edit(vae, z: torch.Tensor, donor_z: torch.Tensor, rng: np.random.Gene
     mask, _ = random_mask(rng, h, w, LATENT_MASK_SHAPES, area_range=(0.01, 0.5), multi_p=0.1)
     lh, lw = z.shape[-2:]
     alpha = cv2.resize(mask.astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA)
-    alpha = torch.from_numpy(alpha)[None, None]
+    alpha = torch.from_numpy(alpha)[None, None].to(z.device)
     if rng.random() < 0.7:  # paste another photo's latent (tiled/cropped to this size, random offset)
         dz = donor_z
         reps = (1, 1, -(-lh // dz.shape[-2]) + 1, -(-lw // dz.shape[-1]) + 1)
@@ -117,6 +118,7 @@ def latent_edit(vae, z: torch.Tensor, donor_z: torch.Tensor, rng: np.random.Gene
         src = dz[..., oy:oy + lh, ox:ox + lw]
     else:  # structured noise: smooth random field scaled to the latent's own statistics
         g = torch.from_numpy(rng.normal(size=(1, z.shape[1], max(1, lh // 4), max(1, lw // 4))).astype(np.float32))
+        g = g.to(z.device)
         noise = torch.nn.functional.interpolate(g, size=(lh, lw), mode="bilinear", align_corners=False)
         src = z + float(rng.uniform(1.0, 2.5)) * z.std() * noise
     edited = vae.decode(z * (1 - alpha) + src * alpha)
