@@ -16,16 +16,27 @@ def main(src: str, out: str, max_side: int = 384, quality: int = 90) -> None:
     from tqdm import tqdm
 
     from sigma.data.synth.cache import list_photos, load_photo
+    from sigma.errors import ImageError
 
     src_dir, out_dir = Path(src), Path(out)
     photos = list_photos(src_dir)
-    total = 0
+    total, skipped = 0, []
     for path in tqdm(photos, desc="pack", unit="photo"):
-        target = (out_dir / path.relative_to(src_dir)).with_suffix(".jpg")
+        # two photos whose names differ only by extension (a.png, a.tif) would pack into one a.jpg
+        target = out_dir / path.relative_to(src_dir)
+        target = target.with_name(f"{target.stem}{target.suffix.replace('.', '_')}.jpg")
+        try:
+            rgb = load_photo(path, max_side)
+        except ImageError as exc:   # as the cache does: one bad photo costs itself and is said
+            skipped.append(exc.message)
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(load_photo(path, max_side)).save(target, quality=quality, subsampling=0)
+        Image.fromarray(rgb).save(target, quality=quality, subsampling=0)
         total += target.stat().st_size
-    print(f"packed {len(photos)} photos into {out_dir} ({total / 2**20:.1f} MiB, long side ≤ {max_side}, q{quality})")
+    for line in skipped:
+        print(f"skipped {line}")
+    print(f"packed {len(photos) - len(skipped)} photos into {out_dir} ({total / 2**20:.1f} MiB, long side ≤ "
+          f"{max_side}, q{quality})")
 
 
 if __name__ == "__main__":

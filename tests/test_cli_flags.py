@@ -322,6 +322,8 @@ def test_a_synth_flag_the_mode_does_not_use_is_refused_not_ignored(tmp_path):
     # where TAEF2 runs: a name torch does not know is refused before any photo is read or file written
     proc = sigma_cli("synth", "--photos", str(photos), "--build-cache", str(cache), "--device", "tpu0")
     assert_refused(proc, "device 'tpu0' is not a torch device", code="invalid_config")
+    proc = sigma_cli("synth", "--photos", str(photos), "--build-cache", str(cache), "--no-vae", "--device", "cpu")
+    assert_refused(proc, "--device: not with --no-vae")
     assert not cache.exists()
     proc = sigma_cli("synth", "--build-cache", str(cache), "--photos", str(photos), "--no-vae", "--max-side", "48",
                      "--latent-edits", "0", "--seed", "3")

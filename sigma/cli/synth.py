@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-vae", action="store_true", default=None,
                    help="cache without TAEF2 (no roundtrips, no latent edits)")
     p.add_argument("--device", help="cache: where TAEF2 runs (auto: CUDA when present, else the CPU; cpu, cuda, "
-                   "cuda:N). A GPU builds the 946-photo bank in minutes where 2 CPU cores take over an hour; its "
-                   "roundtrips differ from the CPU's in the last bits")
+                   "cuda:N). A GPU builds the 946-photo bank in under a minute where 2 CPU cores take half an hour; "
+                   "its roundtrips differ from the CPU's in the last bits")
     p.add_argument("--no-progress", action="store_true", default=None,
                    help="no progress bar on stderr (pairs written, or photos cached)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides of the pairs, e.g. "
@@ -100,6 +100,8 @@ def _refuse_other_modes_flags(args: argparse.Namespace) -> None:
                        **{item: item for item in args.overrides}},
                       "not with --build-cache DIR, which stores each photo, its TAEF2 roundtrips and latent edits "
                       "for training; pairs are written by another run, `sigma synth --out DIR [--cache DIR]`")
+        if args.no_vae:
+            refuse_unused({"--device": args.device}, "not with --no-vae: no TAEF2 runs to place")
     else:
         refuse_unused({"--max-side": args.max_side, "--scales": args.scales, "--latent-edits": args.latent_edits,
                        "--no-vae": args.no_vae, "--device": args.device},
