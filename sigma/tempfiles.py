@@ -11,7 +11,8 @@ hold, or the files of its own set), not where fleet workers share it.
 
 `replace_together` puts down files that only mean something together (metrics.json and its config.yaml) so that a
 kill at any point leaves either the whole old set or the whole new one: the new set is staged completely (temporary
-files, then a journal naming them, `.LAST.PID.RANDOM.pending`, the commit point), then moved into place. Killed before
+files, then a journal naming them, `.LAST.PID.RANDOM.pending`, the commit point; each synced to disk before the
+journal's rename, so a power cut is no worse than a kill), then moved into place. Killed before
 the journal, the old set stands and the staged files are swept later; killed after it, the next writer of the folder
 (or a reader calling `finish_replacements`) completes the moves from the journal. Before, the old last file was
 removed first and a kill before the new one's rename lost the old result with nothing to finish it from.
@@ -157,6 +158,31 @@ def _move_into_place(moves: list[tuple[Path, Path]], removes: list[Path]) -> Non
             os.replace(tmp, path)
 
 
+def _write_durably(path: Path, data: bytes) -> None:
+    """On disk before the journal names it: without the fsync a power cut after the journal's rename could leave a
+    journal on disk naming staged files the page cache had not written yet (empty or cut short), and the next
+    writer would faithfully move those into place over the old set — the kill-safety undone by a power loss."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_folder(folder: Path) -> None:
+    """The journal's rename on disk too (its directory entry). Best effort: a file system that cannot sync a folder
+    (some network mounts) refuses, and the set is still kill-safe there."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None = None) -> list[Path]:
     """Files that only mean something together (metrics.json and the config.yaml it was made with), written so that
     a kill or a failed write at any point never leaves one run's file beside another run's, and never loses the old
@@ -183,18 +209,17 @@ def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None 
         for path, data in files:
             tmp = temp_name(path)
             written.append((tmp, path))
-            with open(tmp, "wb") as handle:
-                handle.write(data)
+            _write_durably(tmp, data)
         plan = {"files": [[tmp.name, path.name] for tmp, path in written], "remove": [p.name for p in remove]}
         staged = temp_name(journal)
         try:
-            with open(staged, "wb") as handle:
-                handle.write(json.dumps(plan).encode())
+            _write_durably(staged, json.dumps(plan).encode())
             os.replace(staged, journal)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
         committed = True
+        _sync_folder(folder)
         _move_into_place(written, remove)
         journal.unlink(missing_ok=True)
     except BaseException:
