@@ -3,7 +3,8 @@ relit), for one or more saved models: the selection metric of issue 14, broken d
 also gets its paired difference from the first over the manipulated pairs, with a 90 % bootstrap interval
 (`d_all=+1.7[+0.4,+3.0]`): the same pairs scored by both, so the interval is the gate's own noise. Why: one
 check set drawn twice (the same recipe and seed, from a cache built on the CPU from the photos and one built on a
-GPU from their packed copy) put the shipped file at 64.9 and 60.9 on the box check — levels move with the draw, only paired differences on one draw compare.
+GPU from their packed copy) put the shipped file at 64.9 and 60.9 on the box check: levels move with the draw,
+only paired differences on one draw compare.
 
     python scripts/val_breakdown.py runs/val/synth-ii-v1 sigma/weights/sigma-lite.safetensors runs/sigma-lite-ii/model
 """
