@@ -8,7 +8,8 @@ the user looking for it on their own; a lock file of an older sigma holds the pi
 shared holders (fleet workers writing shards of one batch run) leave it empty. An export folder, which is
 published as it is, is locked through the folder itself instead (no file, no pid). A folder the
 hold made and nothing was written into is removed again, so a run refused or failed at once leaves no trace. An
-exclusive holder sweeps the temporary files of dead writers from the folder itself (`sigma.tempfiles`).
+exclusive holder sweeps the temporary files of dead writers from the folder itself (`sigma.tempfiles`); the
+subfolders it writes into are swept by that writer, by name (a batch run: `RunDir.sweep_dead_writers`).
 """
 from __future__ import annotations
 

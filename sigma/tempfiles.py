@@ -7,7 +7,9 @@ output folder written after crashes filled with hidden junk. A writer that owns 
 names of that exact form, only when their pid is no live process on this host (a file of ours in progress, or of
 another live writer, is never touched; a user's `notes.tmp` never matches). A pid of another machine (shared storage)
 or another pid namespace cannot be checked from here: the sweeps run where one writer owns the folder (an exclusive
-hold, or the files of its own set), not where fleet workers share it.
+hold, or the files of its own set), not where fleet workers share it. The subfolders such an owner writes into (a
+batch run's `status/` and the `masks/KEY/` of its unfinished shards) are swept by name (`sweep_stale_below`): a kill
+there left junk the sweep of the folder itself never saw; no tree is walked, no link followed.
 
 `replace_together` puts down files that only mean something together (metrics.json and its config.yaml) so that a
 kill at any point leaves either the whole old set or the whole new one: the new set is staged completely (temporary
@@ -25,6 +27,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 # `.NAME.PID.RANDOM.tmp` as temp_name writes it: pid in 1..PID_MAX, 8 hex digits
@@ -104,6 +107,67 @@ def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]
                 removed.append(Path(entry.path))
         except OSError:
             continue
+    return removed
+
+
+def sweep_stale_below(root: Path, subfolders: Iterable[str]) -> list[Path]:
+    """`sweep_stale_temps`' rule in the named `subfolders` of `root` (`status`, `masks/KEY`): a writer that owns
+    `root` writes there too (a batch run's status files and PNG masks), and a kill there left hidden junk that
+    the sweep of `root` never saw — a corpus-scale run folder gathered it with every crash or OOM kill. Bounded:
+    only the folders named (those the caller itself writes), never a walk below them; each opened without
+    following a symbolic link (a link or a non-folder at any level: that name is skipped, nothing removed through
+    it). Only `temp_name`'s form whose pid is no live process here goes; a `.pending` journal is not finished
+    here (`replace_together` writes none in such folders). Returns what was removed."""
+    removed: list[Path] = []
+    for rel in subfolders:
+        fd = _open_below(root, rel)
+        if fd is None:
+            continue
+        try:
+            removed += [root / rel / name for name in _sweep_fd(fd)]
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _open_below(root: Path, rel: str) -> int | None:
+    """A descriptor of the folder `root/rel`, each component opened O_NOFOLLOW from its parent's descriptor (a
+    component swapped for a link between a check and the open cannot redirect the sweep); None when any is a
+    link, no folder, missing, or `rel` is not a plain relative path."""
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return None
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    for part in parts:
+        try:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+        fd = inner
+    return fd
+
+
+def _sweep_fd(fd: int) -> list[str]:
+    """The names removed from the folder open as `fd`: plain files (never a link) of `temp_name`'s form whose
+    writer is dead; one pass of the folder, nothing below it."""
+    removed: list[str] = []
+    try:
+        entries = os.scandir(fd)
+    except OSError:
+        return removed
+    with entries:
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and _stale(entry.name, None):
+                    os.unlink(entry.name, dir_fd=fd)
+                    removed.append(entry.name)
+            except OSError:
+                continue
     return removed
 
 

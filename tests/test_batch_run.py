@@ -1017,3 +1017,77 @@ def test_a_plan_over_the_size_limit_is_refused_before_run_json_is_written(tmp_pa
     monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "lots")
     assert main(["batch", "status", str(tmp_path / "one")]) == 2
     assert capsys.readouterr().err.startswith("sigma: error [invalid_config]: $SIGMA_MAX_RUN_BYTES='lots'")
+
+
+_KILLED_WRITER = """import os, signal, sys
+from pathlib import Path
+from sigma.tempfiles import temp_name
+tmp = temp_name(Path(sys.argv[1]))
+tmp.write_bytes(b"half a file")
+print(tmp.name, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_mid_write(target: Path) -> str:
+    """A real writer SIGKILLed between writing its temporary file for `target` and renaming it: the name it left."""
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    name = proc.stdout.strip()
+    assert (target.parent / name).is_file()
+    return name
+
+
+def test_a_resumed_run_sweeps_what_killed_writers_left_in_status_and_masks(tmp_path):
+    """A run swept only its folder itself when it took it: the status files and PNG masks that writers killed
+    mid-write left in `status/` and `masks/<shard>/` (`.NAME.PID.RANDOM.tmp`) stayed for good, and a corpus-scale
+    run folder resumed after crashes and OOM kills gathered hidden junk. The run that resumes the folder now
+    removes them there too: only that form, only with a pid that is no live process here, never through a link.
+    A live writer's file, a user's `notes.tmp` / `.notes.tmp` and a link stay; a fleet submission of a planned run
+    (which shares the folder with fleet workers) sweeps nothing."""
+    from sigma.batch.runner import prepare_run
+
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(8, size=32))
+    common = ["--annotator", "pixel-diff", "--shard-size", "4", "--workers", "0", "--png-masks", "--no-progress"]
+    out = tmp_path / "run"
+    assert subprocess.run(_sigma("batch", "run", str(root), "--out", str(out), *common), timeout=120,
+                          capture_output=True, check=False).returncode == 0
+    record = json.loads((out / "run.json").read_text())
+    key = record["shards"][0]["key"]
+    (out / "status" / f"{key}.json").unlink()          # the shard a killed run was writing: pending again
+    masks, status = out / "masks" / key, out / "status"
+    some_mask = next(masks.glob("*.png"))
+    dead = [_killed_mid_write(some_mask), _killed_mid_write(status / f"{key}.json")]
+    outside = tmp_path / "elsewhere.tmp"
+    outside.write_text("not ours")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        kept_masks = [f".{some_mask.name}.{live.pid}.0badf00d.tmp", "notes.tmp", ".notes.tmp",
+                      f".x.png.{live.pid}.notrandom.tmp"]
+        kept_status = [f".{key}.json.{live.pid}.12345678.tmp", "notes.tmp"]
+        for name in kept_masks:
+            (masks / name).write_text("x")
+        for name in kept_status:
+            (status / name).write_text("x")
+        dead_pid = dead[0].split(".")[-3]
+        link = status / f".{key}.json.{dead_pid}.abcdef01.tmp"        # the form, but a link: never removed
+        link.symlink_to(outside)
+
+        # a fleet submission sharing the folder with fleet workers: nothing swept
+        prepare_run(cfg_for(root, input={"shard_size": 4}, png_masks=True), out, resume=True, sweep=False)
+        assert (masks / dead[0]).exists() and (status / dead[1]).exists()
+
+        rc = subprocess.run(_sigma("batch", "run", str(root), "--out", str(out), "--resume", *common),
+                            capture_output=True, timeout=120, text=True, check=False)
+        assert rc.returncode == 0, rc.stderr
+        assert "1 shard(s) written" in rc.stdout, rc.stdout
+        assert not (masks / dead[0]).exists() and not (status / dead[1]).exists()
+        assert sorted(p.name for p in masks.iterdir() if p.name.endswith(".tmp")) == sorted(kept_masks)
+        assert sorted(p.name for p in status.iterdir() if p.name.endswith(".tmp")) == sorted(
+            [*kept_status, link.name])
+        assert link.is_symlink() and outside.read_text() == "not ours"
+    finally:
+        live.kill()
+        live.wait()

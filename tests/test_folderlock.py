@@ -228,3 +228,27 @@ def test_a_refused_hold_says_how_long_the_holder_has_held_it_and_anonymised_drop
     assert anonymised("held (the lock file says 'name.example.org an") == "held (another process"   # cut short
     shared = "another run holds this folder (fleet workers (sigma worker --batch)); wait"
     assert anonymised(shared) == shared
+
+
+def test_the_subfolder_sweep_follows_no_link_and_walks_nothing_unnamed(tmp_path):
+    """`sweep_stale_below` removes a dead writer's temporary file in the named subfolders only: a named folder that
+    is a symbolic link (at any level) to a folder elsewhere is not swept through, a folder not named (or below a
+    named one) is not read, and `..` names nothing."""
+    import subprocess
+    import sys
+
+    from sigma.tempfiles import sweep_stale_below
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    junk = f".m.png.{proc.pid}.0badf00d.tmp"
+    root, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    for folder in (root / "masks" / "a", root / "masks" / "a" / "deeper", root / "other", elsewhere / "b"):
+        folder.mkdir(parents=True)
+        (folder / junk).write_text("x")
+    (root / "masks" / "b").symlink_to(elsewhere / "b")
+    (root / "linked").symlink_to(elsewhere)
+    removed = sweep_stale_below(root, ["masks/a", "masks/b", "linked/b", "../elsewhere/b", "missing"])
+    assert removed == [root / "masks" / "a" / junk]
+    for kept in (root / "masks" / "a" / "deeper", root / "other", elsewhere / "b"):
+        assert (kept / junk).is_file()

@@ -26,6 +26,7 @@ from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import replace_atomically
+from sigma.tempfiles import sweep_stale_below
 from sigma.text import MAX_MESSAGE, dumps_finite, shown
 from sigma.text import loads as load_json
 
@@ -352,6 +353,17 @@ class RunDir:
             except OSError:                   # gone meanwhile
                 continue
         return removed
+
+    def sweep_dead_writers(self, pending: list[Shard]) -> list[Path]:
+        """Remove what writers killed in `status/` and in the `masks/<key>/` of the `pending` shards left (a status
+        or a PNG mask written to its temporary name, never renamed): a run sweeps only its folder itself when it
+        takes it, and a run folder resumed after crashes and OOM kills gathered hidden `.NAME.PID.RANDOM.tmp` files
+        there for good. Only by a caller that holds the folder exclusively (`prepare_run(sweep=True)`): fleet workers
+        sharing it write there from other hosts, whose pids cannot be checked. Bounded: the masks of finished
+        shards are not read — a shard is done only once its masks were all renamed into place, so a kill can have
+        left one only in a shard that is still pending; no folder is walked below, no link followed, and only
+        `temp_name`'s form with a pid that is no live process here goes (`sigma.tempfiles.sweep_stale_below`)."""
+        return sweep_stale_below(self.root, ["status", *(f"masks/{shard.key}" for shard in pending)])
 
     def status_path(self, shard: Shard) -> Path:
         return self.root / "status" / f"{shard.key}.json"

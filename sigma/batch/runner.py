@@ -137,8 +137,9 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
                 ) -> tuple[RunDir, Corpus, str, list[Shard], dict[str, Any]]:
     """Open the corpus and the run folder; plan shards on the first call, reuse the recorded plan after, once
     run.json is shown to hold to the run (`_resumed_hash`). `sweep`: remove the temporary shard files a killed run
-    left — only by a caller that holds the folder exclusively (a fleet submission that shares it with working fleet
-    workers would delete their files in the making). `max_shards`: a new plan of more shards is refused
+    left, and its status and mask files (`RunDir.sweep_dead_writers`) — only by a caller that holds the folder
+    exclusively (a fleet submission that shares it with working fleet workers would delete their files in the
+    making). `max_shards`: a new plan of more shards is refused
     (too_many_shards) before its record is built or written. `out_name`: the output folder as a refusal names it
     (the CLI's --out; an API caller has none). Also returns the run record, as read (and checked) or
     written, for a caller that checks more of it (a fleet submission: its plugins) without reading run.json again
@@ -155,7 +156,10 @@ def prepare_run(cfg: BatchConfig, out: str | Path, resume: bool = False, sweep: 
         shards = [Shard.from_dict(s) for s in record["shards"]]
         for stale in rundir.own(rundir.root / "shards").glob(".*.tmp") if sweep else ():   # left by a killed run
             stale.unlink(missing_ok=True)
-        done = sum(rundir.is_done(s, run_hash) for s in shards)
+        pending = [s for s in shards if not rundir.is_done(s, run_hash)]
+        if sweep:                     # its status and mask files too (status/, masks/<pending shard>/)
+            rundir.sweep_dead_writers(pending)
+        done = len(shards) - len(pending)
         started = any(rundir.status(s) for s in shards)   # nothing written yet (e.g. the model failed to load)
         if done < len(shards) and started and not resume:
             raise InputError(f"{rundir.root} holds an unfinished run ({done}/{len(shards)} shards done): pass --resume "
