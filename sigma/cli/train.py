@@ -32,15 +32,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sigma.errors import ConfigError
-    from sigma.training.loop import start
+    """A SIGTERM (a scheduler's stop) is noted from here on, through torch's import, the run folder taken, the model
+    built and the validation set written, and obeyed by the trainer at its first safe point (`Trainer.run`):
+    outside the training loop it used to kill the process at once, killed instead of 143 and without a word."""
+    import signal
 
-    config, overrides = args.config, list(args.overrides)
-    if args.resume and config and "=" in config:  # `sigma train --resume RUN k=v`: first override lands in config
-        overrides.insert(0, config)
-        config = None
-    if args.resume and config:
-        raise ConfigError("give either a config or --resume RUN_DIR, not both")
-    run_dir = start(config, overrides, resume=args.resume, log=lambda m: print(m, flush=True))
+    from sigma.lifeline import signal_noted
+
+    with signal_noted(signal.SIGTERM) as terminated:
+        from sigma.errors import ConfigError
+        from sigma.training.loop import start
+
+        config, overrides = args.config, list(args.overrides)
+        if args.resume and config and "=" in config:  # `sigma train --resume RUN k=v`: first override lands in config
+            overrides.insert(0, config)
+            config = None
+        if args.resume and config:
+            raise ConfigError("give either a config or --resume RUN_DIR, not both")
+        run_dir = start(config, overrides, resume=args.resume, log=lambda m: print(m, flush=True),
+                        terminated=terminated)
     print(f"run folder: {run_dir}")
     return 0

@@ -28,6 +28,7 @@ from sigma.errors import ConfigError, InputError, SigmaError, Stopped
 from sigma.folderlock import hold_folder, waiting_lock
 from sigma.io.images import replace_atomically
 from sigma.lifeline import (
+    Noted,
     ShieldedSpawnContext,
     die_with_parent,
     interrupts_ignored,
@@ -258,8 +259,11 @@ def settle_best(run_dir: Path) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print, terminated: Noted | None = None):
+        """`terminated`: a SIGTERM noted by the caller since the command started (`sigma train` notes it from
+        before its imports, `start`); `run` notes its own without one."""
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
+        self.terminated = terminated
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if self.world > 1 and not torch.distributed.is_initialized():
@@ -613,6 +617,15 @@ class Trainer:
         return frozenset(again)
 
     def run(self) -> Path:
+        """The run, a SIGTERM noted throughout and obeyed at the next safe point: only the training loop noted it
+        before, and one while the run started (the model built, the validation set written), validated at start
+        or at its end, or saved `final/` killed it at once: no line, killed instead of 143, a half-written
+        `val.tmp/` or `final/model.safetensors.tmp` left behind."""
+        with nullcontext(self.terminated) if self.terminated is not None else signal_noted(signal.SIGTERM) as noted:
+            self.terminated = noted
+            return self._run()
+
+    def _run(self) -> Path:
         cfg = self.cfg
         self._heal_metrics()
         self._settle_best()
@@ -631,7 +644,7 @@ class Trainer:
             # and exit 0 with no final/, no final validation and no best/ from it, however often resumed
             self.log(f"{self.run_dir}: at step {self.step} of {cfg.steps} but stopped before final/ was written; "
                      "finishing it")
-            return self._finish(self._val_set() if self.is_main else [])
+            return self._finish(self._val_set() if self.is_main else [], time.monotonic())
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
             # replaced whole: written in place, a kill or a full disk mid-write left a torn grow.json behind (a
@@ -646,6 +659,7 @@ class Trainer:
         val = self._val_set() if self.is_main else []
         if self._validates_at_start():
             self.validate(val)
+        self._stop_if_terminated(started)     # before the first step: nothing trained since the checkpoint
         bad = 0
         t_data = t_model = 0.0
         n_pairs = 0
@@ -653,7 +667,8 @@ class Trainer:
         window: dict[str, list[float]] = {}
         # closed on the way out, whatever it is: a Ctrl-C in a step stops the data workers at once, and quietly. A
         # SIGTERM is noted, not obeyed at once: the step in hand finishes and the run pauses there (`_pause`)
-        with signal_noted(signal.SIGTERM) as terminated, closing(self._batches(ds)) as batches:
+        terminated = self.terminated
+        with closing(self._batches(ds)) as batches:
             for batch in batches:
                 t0 = time.perf_counter()
                 t_data += t0 - t_last
@@ -692,16 +707,35 @@ class Trainer:
                 if reason:
                     return self._pause(val, started, window, n_pairs, t_data, t_model, reason)
         self.checkpoint()
-        return self._finish(val)
+        return self._finish(val, started)
 
-    def _finish(self, val) -> Path:
-        """The end of the run, after its last checkpoint: the final validation (the real set too), final/."""
+    def _finish(self, val, started: float) -> Path:
+        """The end of the run, after its last checkpoint: the final validation (the real set too), final/. A SIGTERM
+        in the validation stops the run before final/ (the next `--resume` validates and saves it); one while
+        final/ is saved lets it finish (seconds), and the run ends finished, with 143 all the same."""
         self.validate(val, final=True)
+        self._stop_if_terminated(started)
         if self.is_main:
             from sigma.models import save_model
 
             save_model(self.model, self.run_dir / "final")
+        if self._stop_reason(started, bool(self.terminated)) == "sigterm":
+            self._close()
+            raise Stopped(f"terminated at step {self.step}, as the run ended: {self.run_dir / 'final'} is complete"
+                          if self.is_main else "", 128 + signal.SIGTERM)
         return self._close()
+
+    def _stop_if_terminated(self, started: float) -> None:
+        """Outside the training loop, at a safe point (nothing half-written): a SIGTERM noted since the command
+        started stops the run here as in the loop (`_pause`: a `paused` row, one line, 143), with nothing to save —
+        the checkpoint of this step is there, or none was written yet and `--resume` starts the run over. Every rank
+        asks (one all-reduce under DDP), so all stop together."""
+        if self._stop_reason(started, bool(self.terminated)) != "sigterm":
+            return
+        self.emit({"event": "paused", "reason": "sigterm", "minutes": round((time.monotonic() - started) / 60.0, 2)})
+        self._close()
+        raise Stopped(f"terminated at step {self.step}; continue with: sigma train --resume {self.run_dir}"
+                      if self.is_main else "", 128 + signal.SIGTERM)
 
     def _loader(self, ds: TrainDataset) -> DataLoader:
         cfg = self.cfg
@@ -980,7 +1014,7 @@ def _check_model(cfg: TrainConfig) -> None:
 
 
 def start(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None,
-          log=print) -> Path:
+          log=print, terminated: Noted | None = None) -> Path:
     """`sigma train CONFIG [k=v ...]` or `sigma train --resume RUN_DIR`. The run folder is held for the whole
     run (rank 0 holds it under DDP): a second `sigma train` on it — the same name=, or --resume while the
     first still runs — is refused with `run_locked` before it reads or writes anything there."""
@@ -1033,4 +1067,4 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
         if rank0:
             save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
-        return Trainer(inputs, run_dir, log=log).run()
+        return Trainer(inputs, run_dir, log=log, terminated=terminated).run()
