@@ -897,6 +897,94 @@ def test_a_boolean_where_a_config_takes_a_number_is_refused(capsys, pair_files, 
     assert IOConfig(align=True).align is True
 
 
+BOOL_HINT = "(YAML reads yes/no, on/off and true/false as booleans)"
+
+
+@pytest.mark.parametrize("case", ["train-set", "train-yaml", "annotate-yaml", "eval-set", "serve-set", "options-set"])
+def test_a_boolean_for_a_number_is_reported_with_every_other_error_of_the_config(capsys, pair_files, tmp_path, case):
+    """The bool check raised before the rest of the config was validated: `sigma train c.yaml lr=yes steps=abc
+    data.crop=-5` said only `lr`, and the user fixed one error per run. Every error of the config now comes in one
+    message, the bools with their YAML hint once each, in pydantic's order (fields as declared), for a bool at the
+    top, in a nested section and as a list item, from a file or `--set`, on every command that loads a config."""
+    config = tmp_path / "c.yaml"
+    orig, edited = pair_files
+    annotate = [str(orig), str(edited), "-i", "x", "-o", str(tmp_path / "out")]
+    if case == "train-set":
+        args = ["train", str(TRAIN_TINY), "lr=yes", "steps=abc", "data.crop=-5"]
+        expected = ["data.crop: Input should be greater than or equal to 32",
+                    "steps: Input should be a valid integer", f"lr: Input should be a valid number, not the boolean "
+                    f"True {BOOL_HINT}"]
+    elif case == "train-yaml":   # nested bools beside a nested error; a list item; a required key really missing
+        config.write_text("name: t\nmodel: tiny-lite\ndata:\n  crop: true\n  scale_range: [true, 1.2]\n  mix: 3\n"
+                          "sources:\n  - {weight: on}\n  - {path: x, weight: off}\nsteps: abc\nlr: yes\n")
+        args = ["train", str(config)]
+        expected = [f"data.crop: Input should be a valid number, not the boolean True {BOOL_HINT}",
+                    f"data.scale_range.0: Input should be a valid number, not the boolean True {BOOL_HINT}",
+                    "data.mix: Input should be a valid dictionary", "sources.0.path: Field required",
+                    f"sources.0.weight: Input should be a valid number, not the boolean True {BOOL_HINT}",
+                    f"sources.1.weight: Input should be a valid number, not the boolean False {BOOL_HINT}",
+                    "steps: Input should be a valid integer", "lr: Input should be a valid number, not the boolean"]
+    elif case == "annotate-yaml":
+        config.write_text("annotator: pixel-diff\nthreshold: yes\nio:\n  max_shift_px: no\n  limits:\n"
+                          "    max_pixels: true\n    max_bytes: -3\n  align_min_response: 7\nbogus: 1\n")
+        args = ["annotate", *annotate, "--config", str(config)]
+        expected = ["threshold: Input should be a valid number, not the boolean True",
+                    "io.limits.max_pixels: Input should be a valid number, not the boolean True",
+                    "io.limits.max_bytes: Input should be greater than 0",
+                    "io.max_shift_px: Input should be a valid number, not the boolean False",
+                    "io.align_min_response: Input should be less than or equal to 1",
+                    "bogus: Extra inputs are not permitted"]
+    elif case == "eval-set":
+        args = ["eval", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--annotator", "pixel-diff",
+                "--set", "threshold=yes", "--set", "io.max_shift_px=-1"]
+        expected = ["threshold: Input should be a valid number, not the boolean True",
+                    "io.max_shift_px: Input should be greater than or equal to 0"]
+    elif case == "serve-set":
+        args = ["serve", "api", "--port", "0", "--set", "queue.lease_ms=yes", "--set", "queue.bogus=1"]
+        expected = ["queue.lease_ms: Input should be a valid number, not the boolean True",
+                    "queue.bogus: Extra inputs are not permitted"]
+    else:   # an annotator's options, validated as the API validates them (no YAML hint there)
+        args = ["annotate", *annotate, "--annotator", "sigma-lite", "--set", "options.image_size=yes",
+                "--set", "options.dim=abc"]
+        expected = ["image_size: Input should be a valid number, not the boolean True", "dim: Extra inputs"]
+    code, _out, err = run_main(capsys, *args)
+    assert code == 2
+    assert_one_error_line(err, "invalid_config")
+    places = [err.find(text) for text in expected]
+    assert -1 not in places and places == sorted(places), (err, places)
+    assert err.count("YAML reads") == (0 if case == "options-set" else err.count("not the boolean")), err
+    assert err.count("; ") == len(expected) - 1, err   # nothing else: no error of a bool read as 1 (`ge=32`)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_boolean_for_a_number_leaves_the_other_fields_to_pydantic_unchanged():
+    """The model's own errors come with the bools' (constructor too), a key given as a bool is never 'missing', an
+    error pydantic finds in the value a bool was read as (`ge=32` on True) is not added, and a model-wide check,
+    which ran on a bool read as a number, says nothing until the bool is fixed."""
+    from pydantic import Field, ValidationError
+
+    from sigma.config.schema import Strict
+    from sigma.data.synth.engine import SynthConfig
+    from sigma.models.config import CompactBackboneConfig
+
+    class Required(Strict):
+        count: int
+        size: int = Field(1, ge=0)
+        ratio: tuple[float, float] | None = None
+
+    with pytest.raises(ValidationError) as caught:
+        Required(count=True, size=-1, ratio=[2.0, False])
+    assert [(e["loc"], e["type"]) for e in caught.value.errors()] == [
+        (("count",), "bool_for_number"), (("size",), "greater_than_equal"), (("ratio", 1), "bool_for_number")]
+    with pytest.raises(ValidationError) as caught:
+        SynthConfig(crop=True, scale_range=[True, 1.2], mix=3)
+    assert [e["loc"] for e in caught.value.errors()] == [("crop",), ("scale_range", 0), ("mix",)]
+    with pytest.raises(ValidationError) as caught:
+        CompactBackboneConfig(widths=[16, True], depths=[0])
+    assert [(e["loc"], e["type"]) for e in caught.value.errors()] == [(("widths", 1), "bool_for_number")]
+    assert Required(count=2, ratio=[0.5, 1]).ratio == (0.5, 1.0)
+
+
 @pytest.mark.parametrize("command", [["export", "coco", "RUN", "--out", "x.json"],
                                      ["export", "imdl-benco", "RUN", "--out", "x"], ["export", "hf", "RUN", "x"],
                                      ["report", "RUN"]])

@@ -122,17 +122,47 @@ def _key_annotation(model: type[BaseModel], key: str) -> Any:
     return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
 
 
-def _bool_for_a_number(annotation: Any, value: Any) -> tuple[tuple[int, ...], bool] | None:
+def _bool_for_a_number(annotation: Any, value: Any) -> list[tuple[tuple[int, ...], bool]]:
     """Where in `value` a bool stands for a number `annotation` takes, and the bool: `()` (the value itself), `(1,)`
-    (an item of a list or tuple), or None (nowhere)."""
+    (an item of a list or tuple); every such place, so that `[true, false]` names both items."""
     if isinstance(value, bool):
-        return ((), value) if _takes_number_not_bool(annotation) else None
+        return [((), value)] if _takes_number_not_bool(annotation) else []
+    found = []
     if isinstance(value, (list, tuple)):
         arms = type_arms(annotation)
         for index, item in enumerate(value):
             if isinstance(item, bool) and any(_takes_number_not_bool(a) for a in item_annotations(arms, index)):
-                return (index,), item
-    return None
+                found.append(((index,), item))
+    return found
+
+
+def _under(loc: tuple, where: tuple) -> bool:
+    """Whether pydantic's error at `loc` is about the value at `where` (a key, or a key and an item index): at it or
+    inside it, a union's arm tags (`scale_range.tuple[float, float].0`) skipped between the key and the index."""
+    if not loc or loc[0] != where[0]:
+        return False
+    rest = list(loc[1:])
+    while len(where) > 1 and rest and isinstance(rest[0], str):
+        rest.pop(0)
+    return tuple(rest[:len(where) - 1]) == where[1:]
+
+
+def _field_order(model: type[BaseModel], loc: tuple) -> int:
+    """Where the field an error is placed at stands among `model`'s fields: the bool errors join pydantic's own in
+    the order pydantic gives them (its fields in declaration order), unknown keys and model-wide checks last."""
+    names = list(model.model_fields)
+    field = field_for_key(model, loc[0]) if loc else None
+    for position, name in enumerate(names):
+        if model.model_fields[name] is field:
+            return position
+    return len(names)
+
+
+def _as_init_error(error: Any) -> InitErrorDetails:
+    """One of pydantic's errors, raised again as it was (type, message, place, input): a custom error of the same
+    type and the message already written, since pydantic rebuilds its own types only from their original context."""
+    return InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"]), loc=error["loc"],
+                            input=error["input"])
 
 
 class Strict(BaseModel):
@@ -141,28 +171,40 @@ class Strict(BaseModel):
     or `AnnotatorConfig(threshold=True)` was a threshold of 1.0, every pixel left out of the mask. Refused for every
     int or float field (and the items of int/float lists and tuples) of every config section, named by its key; a
     field that takes a bool (`bool`, `int | bool`, `Any`) is left alone. A model validator, not a field one: a
-    field validator on every field is not allowed on the `kind` that tells a discriminated union's models apart."""
+    field validator on every field is not allowed on the `kind` that tells a discriminated union's models apart.
+
+    A wrap validator, so the bools are reported with every other error of the input: raised alone before the rest
+    was validated, `sigma train c.yaml lr=yes steps=abc` said only `lr`, and the user fixed one error per run. The
+    input is validated as given (nothing removed, so no key reads as missing); pydantic's errors at or inside a
+    bool's place (True read as 1, then `ge=32`) are dropped for the bool's own, and so are the model-wide checks
+    (`mode="after"`), which ran on a bool read as a number."""
 
     model_config = ConfigDict(extra="forbid")
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _no_bool_for_a_number(cls, data: Any) -> Any:
+    def _no_bool_for_a_number(cls, data: Any, handler: Any) -> Any:
         if not isinstance(data, dict):
-            return data
-        errors = []
+            return handler(data)
+        bools = []
         for key, value in data.items():
             if not isinstance(value, (bool, list, tuple)) or not isinstance(key, str):
                 continue
-            found = _bool_for_a_number(_key_annotation(cls, key), value)
-            if found is not None:
-                where, flag = found
-                errors.append(InitErrorDetails(type=PydanticCustomError(
+            for where, flag in _bool_for_a_number(_key_annotation(cls, key), value):
+                bools.append(InitErrorDetails(type=PydanticCustomError(
                     "bool_for_number", "Input should be a valid number, not the boolean {value}", {"value": str(flag)}),
                     loc=(key, *where), input=flag))
-        if errors:   # raised as a ValidationError of its own, so each error is placed at its key (`io.limits.x`)
-            raise ValidationError.from_exception_data(cls.__name__, errors)
-        return data
+        if not bools:
+            return handler(data)
+        others: list[InitErrorDetails] = []
+        try:
+            handler(data)
+        except ValidationError as exc:
+            others = [_as_init_error(e) for e in exc.errors()
+                      if e["loc"] and not any(_under(e["loc"], b["loc"]) for b in bools)]
+        errors = sorted([*others, *bools], key=lambda e: _field_order(cls, e["loc"]))
+        # raised as a ValidationError of its own, so each error is placed at its key (`io.limits.x`)
+        raise ValidationError.from_exception_data(cls.__name__, errors)
 
 
 class ReadsWholeNumbers(Strict):
