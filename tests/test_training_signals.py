@@ -47,35 +47,42 @@ def _shielded(worker: psutil.Process) -> bool | None:
     return any(int(masks[key], 16) & STOP_BITS == STOP_BITS for key in ("SigBlk", "SigIgn"))
 
 
-def _interrupted(args: list[str], ready, photos_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list]:
-    """Run `sigma train ARGS` in its own process group; once `ready(pid)` holds, a storm of SIGINTs to the group
-    (a held Ctrl-C) until it exits. The workers seen, with whether each was shielded, come back too."""
-    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=photos_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=takes_ctrl_c)
+def _storm(args: list[str], ready, env: dict[str, str], signum: int, every: float,
+           preexec_fn=None) -> tuple[int, str, list]:
+    """Run `sigma train ARGS` in its own session; once `ready(pid)` holds, `signum` to its whole group every `every`
+    s (a held Ctrl-C; a scheduler's stop, then a user's scancel, ...) until it exits. Its exit status, its stderr and
+    the data workers seen, with whether each was shielded, come back."""
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec_fn)
     seen: dict[int, tuple[psutil.Process, bool | None]] = {}
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None and not ready(proc.pid):
             for w in _workers(proc.pid):
                 seen.setdefault(w.pid, (w, _shielded(w)))
-            time.sleep(0.005)
+            time.sleep(0.002)
         assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
         for w in _workers(proc.pid):
             seen.setdefault(w.pid, (w, _shielded(w)))
         storm_end = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < storm_end:
             try:
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, signum)
             except ProcessLookupError:
                 break
-            time.sleep(0.1)
-        out, err = proc.communicate(timeout=120)
+            time.sleep(every)
+        _, err = communicate(proc, 120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), list(seen.values())
+    return proc.returncode, err, list(seen.values())
+
+
+def _interrupted(args: list[str], ready, photos_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list]:
+    """A storm of SIGINTs (a held Ctrl-C) once `ready(pid)` holds; the workers seen come back too."""
+    code, err, seen = _storm(args, ready, photos_env, signal.SIGINT, 0.1, preexec_fn=takes_ctrl_c)
+    return subprocess.CompletedProcess(args, code, b"", err.encode()), seen
 
 
 def test_ctrl_c_storms_at_the_workers_start_and_mid_run_exit_130_quietly_and_resume_finishes_the_run(photos, tmp_path):
@@ -211,28 +218,9 @@ def test_ctrl_c_while_the_first_heavy_module_imports_exits_130_quietly(as_module
 
 
 def _terminated_when(args: list[str], ready, env: dict[str, str]) -> tuple[int, str]:
-    """Run `sigma train ARGS` in its own session; once `ready()` holds, SIGTERMs to its whole group every 50 ms (a
-    scheduler's stop, then a user's scancel, ...) until it exits. Its exit status and stderr come back."""
-    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and not ready():
-            time.sleep(0.002)
-        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
-        storm_end = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < storm_end:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        _, err = communicate(proc, 120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, err
+    """SIGTERMs to the whole group every 50 ms once `ready()` holds; the exit status and stderr come back."""
+    code, err, _ = _storm(args, lambda pid: ready(), env, signal.SIGTERM, 0.05)
+    return code, err
 
 
 def _terminated_at(err: str, run: Path) -> int:
