@@ -957,6 +957,36 @@ def test_a_boolean_for_a_number_is_reported_with_every_other_error_of_the_config
     assert not (tmp_path / "out").exists()
 
 
+def test_the_checks_before_validation_report_with_every_other_error_of_the_config(capsys, tmp_path):
+    """The NUL / lone-surrogate check and the exponent-notation integer check ran before validation and raised alone,
+    on the first problem: `sigma train c.yaml name=$'a\\x00b' steps=abc` said only `name`. Every problem now comes
+    in one message, worded as before, in the config's field order, and pydantic's own error for a place they name
+    (`1e-3` is also "unable to parse string as an integer", a NUL key also an unknown one) is not said twice."""
+    config = tmp_path / "c.yaml"
+    config.write_text(TRAIN_TINY.read_text() + '"bad\\0key": 1\n')         # YAML's escape: a NUL in a key
+    args = ["train", str(config), "name=a\x00b", "steps=1e-3", "lr=yes", "data.crop=1e999999", "data.mix=3",
+            "out_dir=\ud800"]
+    code, _out, err = run_main(capsys, *args)
+    assert code == 2
+    assert_one_error_line(err, "invalid_config")
+    expected = ["invalid TrainConfig: name: holds a NUL byte ('a\\x00b'); no path or name can",
+                "out_dir: holds a lone UTF-16 surrogate",
+                "override data.crop=1e999999: more than 4300 digits, too large: data.crop is an integer setting",
+                "data.mix: Input should be a valid dictionary",
+                "override steps=1e-3: not a whole number, and steps is an integer setting",
+                f"lr: Input should be a valid number, not the boolean True {BOOL_HINT}",
+                "'bad\\x00key': a key holding a NUL byte"]
+    places = [err.find(text) for text in expected]
+    assert -1 not in places and places == sorted(places), (err, places)
+    joins = err.count("; ") - err.count("; no path or name can")     # no second error for steps, data.crop, the key
+    assert joins == len(expected) - 1, err
+    # one problem alone reads as it did; two of one check come together
+    code, _out, err = run_main(capsys, "train", str(TRAIN_TINY), "steps=1e-3")
+    assert code == 2 and "[invalid_config]: override steps=1e-3: not a whole number, and steps" in err, err
+    code, _out, err = run_main(capsys, "train", str(TRAIN_TINY), "name=a\x00b", "out_dir=c\x00d")
+    assert "invalid TrainConfig: " in err and "name: holds a NUL" in err and "out_dir: holds a NUL" in err, err
+
+
 def test_a_boolean_for_a_number_leaves_the_other_fields_to_pydantic_unchanged():
     """The model's own errors come with the bools' (constructor too), a key given as a bool is never 'missing', an
     error pydantic finds in the value a bool was read as (`ge=32` on True) is not added, and a model-wide check,

@@ -145,12 +145,26 @@ def _integer_only(accepts: FieldTypes | None) -> bool:
     return accepts is not None and int in accepts.types and not accepts.types & {float, str}
 
 
-def _whole_number(text: str, key: str, origin: str, field: str | None = None) -> Any:
+# One problem a check before validation found: (where, in pydantic's places written `a.b[0]`; the message).
+Problem = tuple[str, str]
+
+
+def _found(problems: list[Problem] | None, place: str, message: str) -> None:
+    """Raise `message` alone (no list to collect into), or add it to `problems` for `load_config` to report with the
+    rest of the config's errors."""
+    if problems is None:
+        raise ConfigError(message)
+    problems.append((place, message))
+
+
+def _whole_number(text: str, key: str, origin: str, field: str | None = None,
+                  problems: list[Problem] | None = None) -> Any:
     """Text for an integer field: `1e3` (YAML gives the text '1e3') is 1000, exactly, so a bound on the field says
     what it is (`1e300`: "at most 100000 …") instead of pydantic's "unable to parse string as an integer", which
     read as if exponents were not numbers. Other text is returned for the field to refuse. `origin`: where the
     value was written, for the message ("override ", "cfg.yaml: "); `field`: the list or mapping `key` is an item
-    of (`perturb.jpeg_quality` for `perturb.jpeg_quality[0]`), None for a field of its own."""
+    of (`perturb.jpeg_quality` for `perturb.jpeg_quality[0]`), None for a field of its own. With `problems`, a value
+    that is no whole number is added there (and returned as written) instead of raised."""
     written = text.strip()
     if not _EXPONENT.fullmatch(written):
         return text
@@ -158,10 +172,10 @@ def _whole_number(text: str, key: str, origin: str, field: str | None = None) ->
     try:
         return _exponent_integer(written)
     except _TooLarge:
-        raise ConfigError(f"{origin}{key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large: "
-                          f"{what}") from None
+        _found(problems, key, f"{origin}{key}={written}: more than {MAX_INTEGER_DIGITS} digits, too large: {what}")
     except ValueError:
-        raise ConfigError(f"{origin}{key}={written}: not a whole number, and {what}") from None
+        _found(problems, key, f"{origin}{key}={written}: not a whole number, and {what}")
+    return text
 
 
 class _TooLarge(ValueError):
@@ -194,21 +208,23 @@ def whole_number(text: str) -> int:
 
 
 def whole_numbers(model: type[BaseModel], tree: dict, origin: Callable[[str], str] = lambda key: "",
-                  prefix: str = "") -> dict:
+                  prefix: str = "", problems: list[Problem] | None = None) -> dict:
     """Integers written in exponent notation (`shard_size: 1e3`, `--set steps=1.5e3`, an environment variable),
     made whole numbers in the merged tree: the one place for a YAML file, `--set` and the environment, which YAML
     1.1 all read as text. A YAML file gave "not an integer" for what `--set` took. The items of integer lists,
     tuples and mappings too (`perturb.jpeg_quality: [1e1, 95]` was "unable to parse string as an integer" where
     `quality: 1e1` was 10). In place; `origin(key)` says where the value of `key` was written; `prefix` names the
-    tree in messages (`options`: `options.image_size=...`)."""
-    _whole_items([model], tree, prefix, "", origin)
+    tree in messages (`options`: `options.image_size=...`). `problems`: where to collect the values that are no whole
+    number (`load_config`); without it, the first is raised."""
+    _whole_items([model], tree, prefix, "", origin, problems)
     return tree
 
 
 _MAPPINGS = (dict, collections.abc.Mapping)
 
 
-def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origin: Callable[[str], str]) -> Any:
+def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origin: Callable[[str], str],
+                 problems: list[Problem] | None) -> Any:
     """`value`, written for a field of one of `annotations`, with its exponent-notation integers made whole (lists
     and mappings in place). `key`: how the value is named (`a.b[0]`); `field`: the field's dotted key (`a.b`)."""
     arms = [arm for annotation in annotations for arm in type_arms(annotation)]
@@ -218,7 +234,8 @@ def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origi
             plain |= _types_of(arm)[0]
         if _EXPONENT.fullmatch(value.strip()) and _integer_only(FieldTypes(frozenset(plain), False)):
             # where it was written: by the key without list indexes (`--set a.b=[..]`, `--set a.m.x=1e1` both match)
-            return _whole_number(value, key, origin(key.split("[", 1)[0]), None if key == field else field)
+            return _whole_number(value, key, origin(key.split("[", 1)[0]), None if key == field else field,
+                                 problems)
     elif isinstance(value, dict):
         models = [arm for arm in arms if isinstance(arm, type) and issubclass(arm, BaseModel)]
         values = [typing.get_args(arm)[1] for arm in arms
@@ -227,13 +244,13 @@ def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origi
             found = [field.annotation for m in models if (field := field_for_key(m, name)) is not None]
             dotted = f"{key}.{name}" if key else str(name)
             if found:                                      # a field: named by its own dotted key
-                value[name] = _whole_items(found, item, dotted, dotted, origin)
+                value[name] = _whole_items(found, item, dotted, dotted, origin, problems)
             elif values:                                   # an item of a typed mapping (dict[str, int])
-                value[name] = _whole_items(values, item, dotted, field or dotted, origin)
+                value[name] = _whole_items(values, item, dotted, field or dotted, origin, problems)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             if item_arms := item_annotations(arms, index):
-                value[index] = _whole_items(item_arms, item, f"{key}[{index}]", field, origin)
+                value[index] = _whole_items(item_arms, item, f"{key}[{index}]", field, origin, problems)
     return value
 
 
@@ -385,23 +402,27 @@ def _unusable(text: str) -> str | None:
     return None
 
 
-def _refuse_nul(tree: dict) -> None:
+def _refuse_nul(tree: dict, problems: list[Problem] | None = None) -> None:
     """No config text may hold a NUL byte or a lone surrogate: every one is a path, a name or a choice, and the first
     `open()` or `mkdir()` of it raised a bare ValueError ("embedded null byte") or UnicodeEncodeError ("surrogates
-    not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made)."""
+    not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made). Each
+    one found is added to `problems`, in the order written (without it, the first is raised)."""
     stack: list[tuple[str, Any]] = [("", tree)]
     while stack:
         where, node = stack.pop()
         if isinstance(node, str) and (why := _unusable(node)):
-            raise ConfigError(f"{where or '<root>'}: holds {why} ({node[:80]!r}); no path or name can")
+            _found(problems, where, f"{where or '<root>'}: holds {why} ({node[:80]!r}); no path or name can")
+        children: list[tuple[str, Any]] = []
         if isinstance(node, dict):
             for key, value in node.items():
                 dotted = f"{where}.{key}" if where else str(key)
                 if why := _unusable(str(key)):
-                    raise ConfigError(f"{dotted!r}: a key holding {why}")
-                stack.append((dotted, value))
+                    _found(problems, dotted, f"{dotted!r}: a key holding {why}")
+                    continue                # its value is not looked into: the key is the problem
+                children.append((dotted, value))
         elif isinstance(node, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))
+            children = [(f"{where}[{i}]", v) for i, v in enumerate(node)]
+        stack.extend(reversed(children))    # popped in the order written
 
 
 def load_config(model: type[M], path: str | Path | None = None,
@@ -424,18 +445,50 @@ def load_config(model: type[M], path: str | Path | None = None,
             return "override "
         return f"{path}: " if path is not None else ""
 
-    whole_numbers(model, tree, origin)
-    _refuse_nul(tree)
-    if before_validate is not None:
+    found: list[Problem] = []
+    whole_numbers(model, tree, origin, problems=found)
+    _refuse_nul(tree, found)
+    if before_validate is not None and not found:
         before_validate(tree)
     try:
-        return model.model_validate(tree)
+        config = model.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                             f"{_yaml_note(e['loc'], given, model) if e['type'] != 'extra_forbidden' else ''}"
-                             f"{BOOL_NOTE if e['type'] == 'bool_for_number' else ''}"
-                             for e in exc.errors())
-        raise ConfigError(f"invalid {model.__name__}: {problems}") from exc
+        errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
+        problems = [(e["loc"][0] if e["loc"] else "",
+                     f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                     f"{_yaml_note(e['loc'], given, model) if e['type'] != 'extra_forbidden' else ''}"
+                     f"{BOOL_NOTE if e['type'] == 'bool_for_number' else ''}") for e in errors]
+        raise _one_error(model, found, problems) from exc
+    if found:
+        raise _one_error(model, found, [])
+    return config
+
+
+def _place(loc: tuple) -> str:
+    """A pydantic error's place as the checks before validation write theirs: `a.b[0]`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _at_or_under(place: str, found: str) -> bool:
+    return place == found or place.startswith((f"{found}.", f"{found}["))
+
+
+def _one_error(model: type[BaseModel], found: list[Problem], problems: list[tuple[Any, str]]) -> ConfigError:
+    """One ConfigError for every problem of the config: the checks before validation (`whole_numbers`,
+    `_refuse_nul`) raised alone, on the first, so `sigma train c.yaml name=$'a\\x00b' steps=abc` said only `name`
+    and the user fixed one error per run. Their problems come with pydantic's (whose errors at or inside their places
+    were dropped: `1.5e0` is also "unable to parse string as an integer", a NUL key also an unknown one), ordered by
+    the config's fields as declared, theirs first within a field. One problem of theirs alone reads as before."""
+    names = list(model.model_fields)
+
+    def position(top: Any) -> int:
+        field = field_for_key(model, top) if isinstance(top, str) and top else None
+        return next((i for i, name in enumerate(names) if model.model_fields[name] is field), len(names))
+
+    ours = [(re.split(r"[.\[]", place, maxsplit=1)[0], message) for place, message in found]
+    ordered = sorted([*ours, *problems], key=lambda item: position(item[0]))
+    text = "; ".join(message for _, message in ordered)
+    return ConfigError(f"invalid {model.__name__}: {text}" if problems or len(found) > 1 else text)
 
 
 # A bool where a number belongs (`sigma.config.schema.Strict`) is most often YAML 1.1's reading of a bare word.
