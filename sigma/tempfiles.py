@@ -89,11 +89,19 @@ def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]
     LEGACY_AGE_S. A staged set a journal names is finished first (`finish_replacements`), never swept from under it.
     Returns what was removed; a file that cannot be removed is left (the write that follows says what is wrong)."""
     finish_replacements(folder)
-    removed: list[Path] = []
+    return [folder / name for name in _sweep_in(folder, names)]
+
+
+def _sweep_in(where: Path | int, names: set[str] | None) -> list[str]:
+    """The one pass both sweeps make over a folder (a path, or a descriptor opened link-free by `_open_below`): its
+    plain files (never a link) that are `temp_name`'s of a dead writer, or with `names` a legacy `NAME.tmp` older
+    than LEGACY_AGE_S, removed; nothing below it. Returns the names removed; one that cannot be removed is left."""
+    removed: list[str] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(where))
     except OSError:
         return removed
+    dir_fd = where if isinstance(where, int) else None
     now = time.time()
     for entry in entries:
         try:
@@ -103,8 +111,8 @@ def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]
             if not stale and names is not None and entry.name.endswith(".tmp") and entry.name[:-4] in names:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > LEGACY_AGE_S
             if stale:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
+                os.unlink(entry.name if dir_fd is not None else entry.path, dir_fd=dir_fd)
+                removed.append(entry.name)
         except OSError:
             continue
     return removed
@@ -124,7 +132,7 @@ def sweep_stale_below(root: Path, subfolders: Iterable[str]) -> list[Path]:
         if fd is None:
             continue
         try:
-            removed += [root / rel / name for name in _sweep_fd(fd)]
+            removed += [root / rel / name for name in _sweep_in(fd, None)]
         finally:
             os.close(fd)
     return removed
@@ -150,25 +158,6 @@ def _open_below(root: Path, rel: str) -> int | None:
         os.close(fd)
         fd = inner
     return fd
-
-
-def _sweep_fd(fd: int) -> list[str]:
-    """The names removed from the folder open as `fd`: plain files (never a link) of `temp_name`'s form whose
-    writer is dead; one pass of the folder, nothing below it."""
-    removed: list[str] = []
-    try:
-        entries = os.scandir(fd)
-    except OSError:
-        return removed
-    with entries:
-        for entry in entries:
-            try:
-                if entry.is_file(follow_symlinks=False) and _stale(entry.name, None):
-                    os.unlink(entry.name, dir_fd=fd)
-                    removed.append(entry.name)
-            except OSError:
-                continue
-    return removed
 
 
 def finish_replacements(folder: Path, last: str | None = None) -> list[Path]:
@@ -222,8 +211,9 @@ def _move_into_place(moves: list[tuple[Path, Path]], removes: list[Path]) -> Non
             os.replace(tmp, path)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """On disk before the journal names it: without the fsync a power cut after the journal's rename could leave a
+def write_synced(path: Path, data: bytes) -> None:
+    """`data` in a new file at `path`, flushed and fsynced: the one synced write (`replace_atomically(durable=True)`
+    too). On disk before a journal names it: without the fsync a power cut after the journal's rename could leave a
     journal on disk naming staged files the page cache had not written yet (empty or cut short), and the next
     writer would faithfully move those into place over the old set — the kill-safety undone by a power loss."""
     with open(path, "wb") as handle:
@@ -273,11 +263,11 @@ def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None 
         for path, data in files:
             tmp = temp_name(path)
             written.append((tmp, path))
-            _write_durably(tmp, data)
+            write_synced(tmp, data)
         plan = {"files": [[tmp.name, path.name] for tmp, path in written], "remove": [p.name for p in remove]}
         staged = temp_name(journal)
         try:
-            _write_durably(staged, json.dumps(plan).encode())
+            write_synced(staged, json.dumps(plan).encode())
             os.replace(staged, journal)
         except BaseException:
             staged.unlink(missing_ok=True)
