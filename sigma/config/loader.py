@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sigma.config.schema import field_for_key, item_annotations, type_arms
+from sigma.config.schema import field_for_key, field_position, item_annotations, type_arms
 from sigma.errors import ConfigError
 from sigma.tempfiles import temp_name
 from sigma.text import shown
@@ -479,14 +479,8 @@ def _one_error(model: type[BaseModel], found: list[Problem], problems: list[tupl
     and the user fixed one error per run. Their problems come with pydantic's (whose errors at or inside their places
     were dropped: `1.5e0` is also "unable to parse string as an integer", a NUL key also an unknown one), ordered by
     the config's fields as declared, theirs first within a field. One problem of theirs alone reads as before."""
-    names = list(model.model_fields)
-
-    def position(top: Any) -> int:
-        field = field_for_key(model, top) if isinstance(top, str) and top else None
-        return next((i for i, name in enumerate(names) if model.model_fields[name] is field), len(names))
-
     ours = [(re.split(r"[.\[]", place, maxsplit=1)[0], message) for place, message in found]
-    ordered = sorted([*ours, *problems], key=lambda item: position(item[0]))
+    ordered = sorted([*ours, *problems], key=lambda item: field_position(model, item[0]))
     text = "; ".join(message for _, message in ordered)
     return ConfigError(f"invalid {model.__name__}: {text}" if problems or len(found) > 1 else text)
 

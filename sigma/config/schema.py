@@ -147,11 +147,13 @@ def _under(loc: tuple, where: tuple) -> bool:
     return tuple(rest[:len(where) - 1]) == where[1:]
 
 
-def _field_order(model: type[BaseModel], loc: tuple) -> int:
-    """Where the field an error is placed at stands among `model`'s fields: the bool errors join pydantic's own in
-    the order pydantic gives them (its fields in declaration order), unknown keys and model-wide checks last."""
+def field_position(model: type[BaseModel], key: Any) -> int:
+    """Where the field `key` names (by name or alias) stands among `model`'s fields: the order pydantic reports
+    errors in (its fields in declaration order), so errors found elsewhere (the bool check below, the loader's checks
+    before validation) join pydantic's in that order; a key that names no field (unknown, or none: a model-wide
+    check) last."""
     names = list(model.model_fields)
-    field = field_for_key(model, loc[0]) if loc else None
+    field = field_for_key(model, key) if isinstance(key, str) and key else None
     for position, name in enumerate(names):
         if model.model_fields[name] is field:
             return position
@@ -202,7 +204,7 @@ class Strict(BaseModel):
         except ValidationError as exc:
             others = [_as_init_error(e) for e in exc.errors()
                       if e["loc"] and not any(_under(e["loc"], b["loc"]) for b in bools)]
-        errors = sorted([*others, *bools], key=lambda e: _field_order(cls, e["loc"]))
+        errors = sorted([*others, *bools], key=lambda e: field_position(cls, e["loc"][0] if e["loc"] else None))
         # raised as a ValidationError of its own, so each error is placed at its key (`io.limits.x`)
         raise ValidationError.from_exception_data(cls.__name__, errors)
 
