@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -730,8 +730,12 @@ class Trainer:
         started stops the run here as in the loop (`_pause`: a `paused` row, one line, 143), with nothing to save —
         the checkpoint of this step is there, or none was written yet and `--resume` starts the run over. Every rank
         asks (one all-reduce under DDP), so all stop together."""
-        if self._stop_reason(started, bool(self.terminated)) != "sigterm":
-            return
+        if self._stop_reason(started, bool(self.terminated)) == "sigterm":
+            self._end_terminated(started)
+
+    def _end_terminated(self, started: float) -> NoReturn:
+        """The end of a run a SIGTERM stopped, in the loop (`_pause`) or outside it: a `paused` row, the data workers
+        closed, `Stopped` (the CLI: one line, exit 143) on every rank, the line saying how to continue."""
         self.emit({"event": "paused", "reason": "sigterm", "minutes": round((time.monotonic() - started) / 60.0, 2)})
         self._close()
         raise Stopped(f"terminated at step {self.step}; continue with: sigma train --resume {self.run_dir}"
@@ -844,17 +848,14 @@ class Trainer:
             self.emit(rec)
         if self.step % cfg.ckpt_every:
             self.checkpoint()
-        if reason != "sigterm" and not (cfg.eval.every and self.step % cfg.eval.every == 0):
+        if reason == "sigterm":
+            self._end_terminated(started)
+        if not (cfg.eval.every and self.step % cfg.eval.every == 0):
             self.validate(val)
         minutes = (time.monotonic() - started) / 60.0
         self.emit({"event": "paused", "reason": reason, "minutes": round(minutes, 2)})
-        again = f"continue with: sigma train --resume {self.run_dir}"
-        if reason == "sigterm":
-            self._close()
-            raise Stopped(f"terminated at step {self.step}; {again}" if self.is_main else "",
-                          128 + signal.SIGTERM)
         self.log(f"stopped at step {self.step} of {cfg.steps} after {minutes:.1f} min (max_minutes="
-                 f"{cfg.max_minutes:g}); {again}")
+                 f"{cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
         return self._close()
 
     def _val_set(self):
