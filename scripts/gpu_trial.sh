@@ -22,6 +22,8 @@ BATCH=${BATCH:-64}
 CROP=${CROP:-256}
 LR=${LR:-4e-4}
 SEED=${SEED:-21}
+INIT=${INIT:-sigma/weights/sigma-lite.safetensors}
+EXTRA=${EXTRA:-}               # more training overrides, space-separated (e.g. a Stage II try: stage=II ema.enabled=true)
 NDIV=${NDIV:-1}                # divides the check sets' sizes (a local dry run)
 PHOTOS=${PHOTOS:-.devpack/shared/data/photos}
 CACHE=${CACHE:-$WORK/cache}
@@ -63,6 +65,9 @@ CHECKS=$!
 
 # 3. pace: the engine's pairs/s with the training's settings, then the steps that fit
 TRAIN_ARGS=(data.crop=$CROP data.mix.inpaint=0.16 data.mix.splice=0.16 data.inpaint_margin_p=0.6)
+read -r -a EXTRA_ARGS <<< "$EXTRA"
+TRAIN_ARGS+=("${EXTRA_ARGS[@]}")
+log "overrides: ${TRAIN_ARGS[*]}"
 RATE=$(python3 scripts/data_rate.py "$CFG" "$WORKERS" 12 "${TRAIN_ARGS[@]}" 2>> "$OUT/trial.log" | tail -1)
 [[ "$RATE" =~ ^[0-9.]+$ ]] || { log "no pace measured: 100 pairs/s assumed"; RATE=100; }
 TRAIN_S=$(( $(left) - TAIL - 25 ))     # 25 s: the workers' start and the validations
@@ -71,7 +76,7 @@ EVERY=$(( STEPS / 3 ))
 log "engine ${RATE} pairs/s; ${TRAIN_S}s to train: ${STEPS} steps of ${BATCH}"
 
 # 4. train
-python3 -m sigma train "$CFG" name=run out_dir="$WORK/runs" init_from=sigma/weights/sigma-lite.safetensors \
+python3 -m sigma train "$CFG" name=run out_dir="$WORK/runs" init_from="$INIT" \
   "${TRAIN_ARGS[@]}" batch_size=$BATCH num_workers=$WORKERS lr=$LR warmup_steps=30 seed=$SEED steps=$STEPS \
   ckpt_every=$EVERY eval.every=$EVERY eval.val_dir="$VAL/synth-ii-v2" eval.val_size=$(( 192 / NDIV )) \
   log_every=10 max_minutes=$(python3 -c "print(round($TRAIN_S / 60 + 0.3, 2))") > "$OUT/train.log" 2>&1
