@@ -222,6 +222,29 @@ def write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
+    """Write a temporary file beside `path`, then rename it over `path`; a write or rename that fails (a full disk)
+    takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png,
+    write_json, the batch layer's atomic_write_bytes and the artefact cache's write_atomic (`durable`: fsync before
+    the rename, for run records, exports and cache manifests). The temporary name is this writer's own
+    (`temp_name`): with one shared `<path>.tmp`, two writers of one file — two fleet workers on one shard's masks —
+    truncated each other's file and one rename found it gone (FileNotFoundError: the shard failed), and a writer
+    killed then left the other's mask cut short. Killed between the write and the rename, it leaves a name the
+    sweeps know (`sweep_stale_temps`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        if durable:
+            write_synced(tmp, data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _sync_folder(folder: Path) -> None:
     """The journal's rename on disk too (its directory entry). Best effort: a file system that cannot sync a folder
     (some network mounts) refuses, and the set is still kill-safe there."""
