@@ -69,8 +69,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _stale(name: str, names: set[str] | None) -> bool:
-    """A `temp_name` file (of one of `names`, when given) whose writer is no live process on this host."""
+def _stale(name: str, names: set[str] | None, suffixes: tuple[str, ...] | None = None) -> bool:
+    """A `temp_name` file (of one of `names`, when given; of a target ending in one of `suffixes`, when given) whose
+    writer is no live process on this host."""
     found = _TEMP.fullmatch(name)
     if found is None:
         return False
@@ -78,6 +79,8 @@ def _stale(name: str, names: set[str] | None) -> bool:
     journal = _JOURNAL.fullmatch(found["name"])
     target = journal["name"] if journal is not None else found["name"]
     if names is not None and target not in names:
+        return False
+    if suffixes is not None and (journal is not None or not target.endswith(suffixes)):
         return False
     pid = int(found["pid"])
     return 0 < pid <= PID_MAX and not pid_alive(pid)
@@ -92,10 +95,11 @@ def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]
     return [folder / name for name in _sweep_in(folder, names)]
 
 
-def _sweep_in(where: Path | int, names: set[str] | None) -> list[str]:
-    """The one pass both sweeps make over a folder (a path, or a descriptor opened link-free by `_open_below`): its
-    plain files (never a link) that are `temp_name`'s of a dead writer, or with `names` a legacy `NAME.tmp` older
-    than LEGACY_AGE_S, removed; nothing below it. Returns the names removed; one that cannot be removed is left."""
+def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """The one pass every sweep makes over a folder (a path, or a descriptor opened link-free by `_open_below`): its
+    plain files (never a link) that are `temp_name`'s of a dead writer (`suffixes`: only of targets ending so), or
+    with `names` a legacy `NAME.tmp` older than LEGACY_AGE_S, removed; nothing below it. Returns the names removed;
+    one that cannot be removed is left."""
     removed: list[str] = []
     try:
         entries = list(os.scandir(where))
@@ -107,7 +111,7 @@ def _sweep_in(where: Path | int, names: set[str] | None) -> list[str]:
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            stale = _stale(entry.name, names)
+            stale = _stale(entry.name, names, suffixes)
             if not stale and names is not None and entry.name.endswith(".tmp") and entry.name[:-4] in names:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > LEGACY_AGE_S
             if stale:
@@ -116,6 +120,16 @@ def _sweep_in(where: Path | int, names: set[str] | None) -> list[str]:
         except OSError:
             continue
     return removed
+
+
+def sweep_dead_writers_of(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """For a folder no one holds (`sigma export coco --images DIR`, a folder of the user's that other processes may
+    write into at the same time): only `temp_name`'s files of targets ending in `suffixes` (`.png`) whose pid is
+    no live process here are removed. A live writer's file is never touched — nor a journal finished, nor a
+    legacy `NAME.tmp` of unknown writer removed, as `sweep_stale_temps` does where one writer owns the folder.
+    Before, an export killed mid-write left its hidden temporary image there for good: nothing swept that folder.
+    Returns what was removed."""
+    return [folder / name for name in _sweep_in(folder, None, suffixes)]
 
 
 def sweep_stale_below(root: Path, subfolders: Iterable[str]) -> list[Path]:
@@ -220,6 +234,29 @@ def write_synced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
+    """Write a temporary file beside `path`, then rename it over `path`; a write or rename that fails (a full disk)
+    takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png,
+    write_json, the batch layer's atomic_write_bytes and the artefact cache's write_atomic (`durable`: fsync before
+    the rename, for run records, exports and cache manifests). The temporary name is this writer's own
+    (`temp_name`): with one shared `<path>.tmp`, two writers of one file — two fleet workers on one shard's masks —
+    truncated each other's file and one rename found it gone (FileNotFoundError: the shard failed), and a writer
+    killed then left the other's mask cut short. Killed between the write and the rename, it leaves a name the
+    sweeps know (`sweep_stale_temps`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        if durable:
+            write_synced(tmp, data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _sync_folder(folder: Path) -> None:

@@ -246,6 +246,52 @@ def test_outputs_over_the_runs_own_files_are_refused_before_any_work(run_dir, tm
         assert "[bad_run]" in capsys.readouterr().err
 
 
+_KILLED_IMAGE_WRITER = """import os, signal, sys
+from pathlib import Path
+def hook(event, args):
+    if event == "os.rename" and str(args[0]).endswith(".tmp"):
+        print(Path(args[0]).name, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from sigma.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_coco_images_sweeps_what_a_killed_export_left_and_nothing_of_a_live_writer(run_dir, tmp_path, capsys):
+    """`sigma export coco --images DIR` never swept DIR: an export killed mid-write (SIGKILL, the OOM killer) left
+    its hidden temporary PNG there for good, one per kill. DIR is held by no one (another export, the user's own
+    tools may write there at once), so the next export removes only what dead writers left: `.NAME.png.PID.RANDOM
+    .tmp` whose pid is no live process here. A live writer's file, a user's `notes.tmp`, a dead writer's file of
+    another kind than an image, and a link stay."""
+    images = tmp_path / "img"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IMAGE_WRITER, "export", "coco", str(run_dir), "--out",
+                             str(tmp_path / "first.json"), "--images", str(images)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr
+    dead = killed.stdout.strip()
+    assert dead.endswith(".tmp") and dead.startswith(".") and ".png." in dead and (images / dead).is_file(), dead
+    dead_pid = dead.split(".")[-3]
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(b"not ours")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        kept = [f".beta_p000001.png.{live.pid}.0badf00d.tmp", "notes.tmp", ".notes.tmp",
+                f".notes.txt.{dead_pid}.abcdef01.tmp", f".x.png.{dead_pid}.notrandom.tmp"]
+        for name in kept:
+            (images / name).write_text("x")
+        link = images / f".y.png.{dead_pid}.abcdef02.tmp"           # the form, but a link: never removed
+        link.symlink_to(outside)
+        assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json"), "--images", str(images)]) == 0
+        capsys.readouterr()
+        assert not (images / dead).exists()
+        assert sorted(p.name for p in images.iterdir() if p.name.endswith(".tmp")) == sorted([*kept, link.name])
+        assert link.is_symlink() and outside.read_bytes() == b"not ours"
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_coco_images_never_land_on_the_runs_or_the_corpus_files(run_dir, tmp_path, capsys):
     """`--images` was never checked: RUN/shards (or RUN/masks/<shard> of a --png-masks run) and the corpus's own
     folders took edited images named like the files there (a folder corpus's `edited/<id>.png` replaced by the

@@ -296,7 +296,7 @@ def test_status_prints_error_codes_for_people(messy_set, tmp_path, capsys):
 def test_one_run_per_output_folder(tmp_path, capsys):
     """Two runs on one --out: the second exits 2 with run_locked and the holder's pid (issue 11 item 12: both
     used to exit 0 with shards of two run hashes mixed, or die on a shared .parquet.tmp name)."""
-    from sigma.io.images import temp_name
+    from sigma.tempfiles import temp_name
 
     src = tmp_path / "set"
     write_pairs_jsonl(src, synthetic_pairs(6, size=32))

@@ -125,6 +125,79 @@ def test_save_load_roundtrip_is_exact(tiny, tmp_path):
                .state_dict().items())
 
 
+# A real saver that stops (SIGSTOP) or dies (SIGKILL) at its first rename: its temporary files written, none
+# renamed into place yet. An audit hook on `os.rename` (what os.replace raises), not a mock: the real save_model.
+_SAVER = """import os, signal, sys
+from pathlib import Path
+import torch
+first = []
+def hook(event, args):
+    if event == "os.rename" and not first and str(args[0]).endswith(".tmp"):
+        first.append(1)
+        print(Path(args[0]).name, flush=True)
+        os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+sys.addaudithook(hook)
+from sigma.models import build_model, save_model
+torch.manual_seed(1)
+model = build_model("tiny-lite")
+save_model(model, sys.argv[1])
+torch.save(model.state_dict(), Path(sys.argv[1]).parent / "saved_state.pt")
+"""
+
+
+def test_savers_into_one_folder_never_share_a_temporary_file_and_a_killed_ones_is_swept(tmp_path):
+    """save_model wrote the fixed `model.safetensors.tmp`: a second saver into the folder (a run's model/ saved
+    while another process saved there) truncated the first's file and renamed it away, and the first then failed
+    (FileNotFoundError) — or, killed, left a name no sweep knew. Each saver now writes names of its own
+    (`.NAME.PID.RANDOM.tmp`): a saver stopped mid-save finishes its save after another one saved over it, and what
+    a SIGKILLed saver left goes with the next save into the folder; a live saver's temporary file stays."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME
+    from sigma.tempfiles import pid_alive
+
+    folder = tmp_path / "m"
+    stopped = subprocess.Popen([sys.executable, "-c", _SAVER, str(folder), "SIGSTOP"], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        left = stopped.stdout.readline().strip()
+        assert os.waitpid(stopped.pid, os.WUNTRACED)[1] and left.endswith(".tmp"), left    # stopped at its rename
+        other = build_model("tiny-lite")
+        save_model(other, folder)                  # another saver, while the first is between its write and rename
+        assert (folder / left).is_file()           # the stopped saver's file was neither truncated nor taken
+        os.kill(stopped.pid, signal.SIGCONT)
+        assert stopped.wait(timeout=120) == 0      # it finishes: its save is the one in the folder now
+    finally:
+        if stopped.poll() is None:
+            stopped.kill()
+            stopped.wait()
+    want = torch.load(tmp_path / "saved_state.pt")
+    got = load_model(folder).state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+    killed = subprocess.run([sys.executable, "-c", _SAVER, str(folder), "SIGKILL"], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    dead = killed.stdout.strip()
+    assert dead.startswith(f".{WEIGHTS_NAME}.") and not pid_alive(int(dead.split(".")[-3]))   # .NAME.PID.RANDOM.tmp
+    assert (folder / dead).is_file()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        in_progress = folder / f".{WEIGHTS_NAME}.{live.pid}.0badf00d.tmp"
+        in_progress.write_bytes(b"a live saver's")
+        save_model(other, folder)
+        assert not (folder / dead).exists()        # the dead saver's file is gone
+        assert in_progress.read_bytes() == b"a live saver's"
+        assert sorted(p.name for p in folder.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, in_progress.name])
+    finally:
+        live.kill()
+        live.wait()
+
+
 @pytest.mark.parametrize("config_text", ["{broken", "[1]", '{"format": "sigma-net"}',
                                          '{"format": "other", "config": {}}',
                                          '{"format": "sigma-net", "config": ' + "9" * 5000 + "}", "\xff\xfe"])

@@ -384,3 +384,42 @@ def test_a_handful_of_pairs_never_waits_for_an_export(tmp_path):
     runtime = json.loads((tmp_path / "out" / "result.json").read_text())["config"]["annotator_config"]["runtime"]
     assert runtime["runtime"] == "torch" and "no ONNX graph cached" in runtime["reason"]
     assert not list((tmp_path / "cache").rglob("*.onnx")), "a one-pair annotate must not export"
+
+
+# A real cache writer SIGKILLed at its rename (an audit hook on `os.rename`, what os.replace raises): its temporary
+# file written and synced, never renamed into place.
+_KILLED_CACHE_WRITER = """import os, signal, sys
+from pathlib import Path
+def hook(event, args):
+    if event == "os.rename" and str(args[0]).endswith(".tmp"):
+        print(Path(args[0]).name, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from sigma.runtime.cache import temp_path_beside, write_atomic
+print(temp_path_beside(Path(sys.argv[1]).with_suffix(".onnx")).name, flush=True)
+write_atomic(Path(sys.argv[1]), b'{"key": "half"}')
+"""
+
+
+def test_a_killed_cache_writer_leaves_a_temporary_name_the_sweeps_know(tmp_path):
+    """The artefact cache wrote through its own `mkstemp` twin of replace_atomically: a builder killed between
+    the write and the rename left `NAME.XXXXXXXX.tmp`, a form no sweep recognises, so it stayed for good. The
+    manifest writer (`write_atomic`) and the graph's temporary name (`temp_path_beside`) now use the shared
+    `.NAME.PID.RANDOM.tmp`, which `sweep_stale_temps` removes once the writer is dead."""
+    import signal
+
+    from sigma.runtime.cache import write_atomic
+    from sigma.tempfiles import sweep_stale_temps
+
+    manifest = tmp_path / "cache" / "tiny-lite-0123.json"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_CACHE_WRITER, str(manifest)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    graph_tmp, manifest_tmp = proc.stdout.split()
+    assert graph_tmp.startswith(".tiny-lite-0123.onnx.") and manifest_tmp.startswith(".tiny-lite-0123.json.")
+    assert json.loads((manifest.parent / manifest_tmp).read_text()) == {"key": "half"} and not manifest.exists()
+    removed = sweep_stale_temps(manifest.parent)
+    assert sorted(p.name for p in removed) == sorted([graph_tmp, manifest_tmp])
+    assert list(manifest.parent.iterdir()) == []
+    write_atomic(manifest, b"{}")                      # unchanged otherwise: the whole file, nothing beside it
+    assert manifest.read_bytes() == b"{}" and os.listdir(manifest.parent) == [manifest.name]

@@ -25,8 +25,7 @@ from sigma.config.loader import positive_int_env
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
-from sigma.io.images import replace_atomically
-from sigma.tempfiles import sweep_stale_below
+from sigma.tempfiles import replace_atomically, sweep_stale_below
 from sigma.text import MAX_MESSAGE, dumps_finite, shown
 from sigma.text import loads as load_json
 

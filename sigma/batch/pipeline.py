@@ -28,8 +28,9 @@ from sigma.batch.rows import error_row, ok_row, rows_to_table
 from sigma.digest import sha256_file
 from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
-from sigma.io.images import temp_name, write_png
+from sigma.io.images import write_png
 from sigma.lifeline import ShieldedSpawnProcess, die_with_parent, leave_stop_signals_to_parent
+from sigma.tempfiles import temp_name
 from sigma.text import MAX_JSON_DEPTH, NotWritable, unwritable_output
 
 _END = object()

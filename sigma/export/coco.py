@@ -22,6 +22,7 @@ from sigma.export.select import (
 )
 from sigma.io.images import write_png
 from sigma.rle import decode_rle, mask_bbox
+from sigma.tempfiles import sweep_dead_writers_of
 from sigma.text import dumps_finite
 
 CATEGORY = {"id": 1, "name": "edited", "supercategory": "manipulation"}
@@ -42,6 +43,9 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     if images_dir is not None:
         refuse_images_dir(images_dir, run.record["corpus"].get("path"))
         run.corpus()
+        # the folder is held by no one (two exports, or the user's own writers, may work in it at once): only the
+        # temporary images of writers that are dead go (an earlier export killed mid-write), never a live one's
+        sweep_dead_writers_of(Path(images_dir), (".png",))
     key = order_key(order)
     names = UniqueNames()
     kept: list[tuple[dict, dict | None, float | None]] = []

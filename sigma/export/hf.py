@@ -412,6 +412,7 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
     weights, weights_source = weights_digest(record)
     made_data_dir = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # OUT is held exclusively (hold_folder above): every temporary file here is a dead export's, whatever its pid
     for stale in sorted(data_dir.glob(".*.tmp")):     # left by an interrupted export
         stale.unlink()
     skipped: list[dict[str, str]] = []

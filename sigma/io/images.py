@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import struct
 import warnings
@@ -16,7 +15,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError
-from sigma.tempfiles import temp_name, write_synced
+from sigma.tempfiles import replace_atomically
 from sigma.text import shown
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
@@ -527,24 +526,3 @@ def encode_png(array: np.ndarray) -> bytes:
 def write_png(array: np.ndarray, path: str | Path) -> Path:
     """Atomic PNG write: a killed process never leaves a half-written mask behind."""
     return replace_atomically(Path(path), encode_png(array))
-
-
-def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
-    """Write a temporary file beside `path`, then rename it over `path`; a write or rename that fails (a full disk)
-    takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png,
-    write_json and the batch layer's atomic_write_bytes (`durable`: fsync before the rename, for run records and
-    exports). The temporary name is this writer's own (`temp_name`): with one shared `<path>.tmp`, two writers
-    of one file — two fleet workers on one shard's masks — truncated each other's file and one rename found it
-    gone (FileNotFoundError: the shard failed), and a writer killed then left the other's mask cut short."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        if durable:
-            write_synced(tmp, data)
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

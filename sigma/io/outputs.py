@@ -7,8 +7,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sigma.io.images import encode_png, replace_atomically
-from sigma.tempfiles import replace_together
+from sigma.io.images import encode_png
+from sigma.tempfiles import replace_atomically, replace_together
 from sigma.text import MAX_JSON_DEPTH, dumps_finite, json_ready
 from sigma.types import Annotation
 

@@ -15,6 +15,7 @@ from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
+from sigma.tempfiles import sweep_stale_temps, temp_name
 from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
@@ -84,8 +85,10 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
 
     `include_frozen_backbone=False` leaves a frozen pretrained backbone out (sigma-b: 3.5 M trained
     parameters instead of 90 M); `load_model` then resolves it from `backbone.weights` (local path >
-    HF cache > download if allowed). Atomic: files are written under temporary names and renamed, so a
-    kill never leaves half a model. `dtype` (e.g. torch.float16) stores the floating-point tensors in that
+    HF cache > download if allowed). Atomic: files are written under temporary names of this process's own
+    (`sigma.tempfiles.temp_name`) and renamed, so a kill never leaves half a model and concurrent savers never
+    write one file; a saver killed mid-write leaves a temporary file the next save into the folder removes.
+    `dtype` (e.g. torch.float16) stores the floating-point tensors in that
     precision (the embedded sigma-lite: half the bytes; BatchNorm statistics stay fp32); `load_model` casts
     them back to the model's."""
     from safetensors.torch import save_file
@@ -102,8 +105,11 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
     if dtype is not None:   # BatchNorm running statistics keep fp32: a variance can exceed fp16's range
         state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
                  else v for k, v in state.items()}
-    tmp_w = weights_path.with_name(weights_path.name + ".tmp")
-    tmp_c = cfg_path.with_name(cfg_path.name + ".tmp")
+    # temporary names of this writer's own (`temp_name`): the fixed `model.safetensors.tmp` of two savers into one
+    # folder was one file both wrote and one renamed away from the other, and a killed saver left a name no sweep
+    # knew. What savers killed here left (a dead pid's temporary file of these two names) goes first.
+    sweep_stale_temps(weights_path.parent, {weights_path.name, cfg_path.name})
+    tmp_w, tmp_c = temp_name(weights_path), temp_name(cfg_path)
     meta = {"format": FORMAT, "version": 1, "backbone_in_file": not skip_backbone}
     if dtype is not None:
         meta["stored_dtype"] = str(dtype).removeprefix("torch.")

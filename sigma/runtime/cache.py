@@ -12,13 +12,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sigma.digest import sha256_file
+from sigma.tempfiles import replace_atomically, temp_name
 
 ENV_CACHE_DIR = "SIGMA_CACHE_DIR"
 
@@ -36,27 +36,25 @@ def key_digest(fields: dict[str, Any]) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` under a unique temporary name beside `path`, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write `data` under a unique temporary name beside `path`, fsync, then rename over `path`
+    (`sigma.tempfiles.replace_atomically(durable=True)`). Its own `mkstemp` twin named the temporary file
+    `NAME.XXXXXXXX.tmp`, a form no sweep knows: a builder killed between the write and the rename left it for good.
+    The shared writer's name (`.NAME.PID.RANDOM.tmp`) is one `sweep_stale_temps` removes once its writer is dead."""
+    replace_atomically(path, data, durable=True)
 
 
 def temp_path_beside(path: Path) -> Path:
-    """A unique, not yet existing name in `path`'s folder (for writers that want a file name)."""
+    """A unique, not yet existing name in `path`'s folder (for writers that want a file name: the ONNX exporter),
+    created empty (owner-only, as `mkstemp` made it) so no other writer takes it; `temp_name`'s form, which the
+    sweeps know, instead of `mkstemp`'s."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    while True:
+        tmp = temp_name(path)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:      # the same 32 random bits twice in one process: draw again
+            continue
+        return tmp
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError, Stopped
 from sigma.folderlock import hold_folder, waiting_lock
-from sigma.io.images import replace_atomically
 from sigma.lifeline import (
     Noted,
     ShieldedSpawnContext,
@@ -36,6 +35,7 @@ from sigma.lifeline import (
     signal_noted,
     stop_signals_deferred,
 )
+from sigma.tempfiles import replace_atomically
 from sigma.text import dumps_finite
 
 from . import losses as L
@@ -620,7 +620,7 @@ class Trainer:
         """The run, a SIGTERM noted throughout and obeyed at the next safe point: only the training loop noted it
         before, and one while the run started (the model built, the validation set written), validated at start
         or at its end, or saved `final/` killed it at once: no line, killed instead of 143, a half-written
-        `val.tmp/` or `final/model.safetensors.tmp` left behind."""
+        `val.tmp/` or a temporary `final/` weights file left behind."""
         with nullcontext(self.terminated) if self.terminated is not None else signal_noted(signal.SIGTERM) as noted:
             self.terminated = noted
             return self._run()
