@@ -1532,3 +1532,26 @@ def test_a_run_status_with_redis_parses_run_json_once(redis_server, corpus, tmp_
     assert len(reads) == 1, reads
     queue = status["queue"]
     assert (status["done"], status["pending"], queue["run_tasks"], queue["unqueued"]) == (2, 4, 4, 0), status
+
+
+def test_a_shard_file_damaged_in_place_is_redone_by_a_worker_when_the_run_is_submitted_again(redis_server, corpus,
+                                                                                           tmp_path):
+    """`submit_run` holds a done shard to its recorded sha256 and queued one damaged in place (same size, other
+    bytes), but the worker held it to its size only and skipped it as done: the run could not be repaired through the
+    fleet (every submission queued it, every worker skipped it, every export refused it). Now the worker checks the
+    checksum too and writes the shard again, as `sigma batch run --resume` does."""
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    first = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert first.done == 6, first.errors
+    before = shard_bytes(out)
+    victim = out / "shards" / sorted(before)[2]
+    damaged = bytearray(before[victim.name])
+    damaged[40:140] = bytes(b ^ 0xFF for b in damaged[40:140])      # same size, other bytes
+    victim.write_bytes(bytes(damaged))
+    again = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert (again["queued"], again["skipped"]) == (1, 5), again
+    redo = run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True)
+    assert (redo.done, redo.skipped) == (1, 0), redo
+    assert shard_bytes(out) == before
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 0

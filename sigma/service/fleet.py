@@ -716,12 +716,15 @@ class _Beat:
 
 def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
                  on_progress: Callable[[], None] | None = None) -> tuple[str, int, str | None]:
-    """Run one shard task: ("done" | "skipped" | "failed", pairs, error). `on_progress`: called as pairs are done.
+    """Run one shard task: ("done" | "skipped" | "failed", pairs, error); "skipped": the shard is done for the run and
+    its file holds to the size and sha256 its status recorded. `on_progress`: called as pairs are done.
     RunBusy while a local run holds the run folder; PluginMissing when its corpus format or annotator needs a plugin
     not here."""
     rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
-    if rundir.is_done(shard, run_hash):
+    # held to its checksum, as `submit_run` held it when it queued the task: held to its size only, a shard file
+    # damaged in place was skipped as done, so no submission could get it written again through the fleet
+    if rundir.is_done(shard, run_hash, verify=True):
         return "skipped", 0, None
     plan = _kept_plan(rundir, record)
     cfg = _trusted_config(fields, record, plan)
