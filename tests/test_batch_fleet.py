@@ -1423,6 +1423,12 @@ def test_status_counts_the_shards_a_worker_dead_lettered_without_a_status_as_fai
     assert (status["failed"], status["pending"]) == (0, 6) and "queue" not in status, status
     assert main(["batch", "status", str(out), *redis_args, "--dead-limit", "10001"]) == 2
     assert "--dead-limit" in capsys.readouterr().err
+    # run_too_large failed the deliveries, not the run: a worker under the driver's limit finishes it
+    stats = run_batch_worker(redis_server.url, prefix, "same-limit", block_ms=50, exit_when_idle=True)
+    assert (stats.done, stats.dead) == (6, 0), stats
+    assert main(["batch", "status", str(out), *redis_args, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["done"], status["failed"], status["queue"]["dead_lettered"]) == (6, 0, 0), status
 
 
 def test_a_run_status_reads_a_bounded_number_of_dead_letters_however_many_the_stream_holds(
