@@ -1561,3 +1561,35 @@ def test_a_shard_file_damaged_in_place_is_redone_by_a_worker_when_the_run_is_sub
     assert (redo.done, redo.skipped) == (1, 0), redo
     assert shard_bytes(out) == before
     assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 0
+
+
+def _xrevrange_calls(client) -> int:
+    """XREVRANGE calls Redis has served so far (INFO commandstats): how many pages of a stream were read."""
+    return int(client.info("commandstats").get("cmdstat_xrevrange", {}).get("calls", 0))
+
+
+def test_a_submission_reads_the_task_stream_no_further_than_its_pending_shards_need(redis_server, corpus, tmp_path):
+    """`submit_run` read the whole task stream (every run's tasks, up to api.max_batch_tasks, 1,000,000 by default)
+    on every submission to find the run's tasks, even when there was nothing to look for: a finished run submitted
+    again, or a client retrying a submission whose tasks are all queued, cost a read of every entry (100 pages of
+    1000 here; ~1000 round trips at the API's cap). Now the read stops once every pending shard has its task, and a
+    run with no pending shard reads none."""
+    client = redis_server.client()
+    prefix = prefix_name()
+    tasks = Keys(prefix).batch_tasks()
+    done_run, queued_run = tmp_path / "done", tmp_path / "queued"
+    assert submit_run(cfg_for(corpus), done_run, redis_server.url, prefix)["queued"] == 6
+    assert run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True).done == 6
+    _flood_tasks(client, tasks, 100_000)                                      # other runs' tasks, waiting
+    assert submit_run(cfg_for(corpus), queued_run, redis_server.url, prefix)["queued"] == 6
+
+    before = _xrevrange_calls(client)
+    again = submit_run(cfg_for(corpus), queued_run, redis_server.url, prefix)
+    assert (again["queued"], again["already_queued"]) == (0, 6), again
+    assert _xrevrange_calls(client) - before <= 1, "read past the run's own tasks"
+
+    before = _xrevrange_calls(client)
+    finished = submit_run(cfg_for(corpus), done_run, redis_server.url, prefix)
+    assert (finished["queued"], finished["skipped"]) == (0, 6), finished
+    assert _xrevrange_calls(client) - before == 0, "read the stream for a run with nothing pending"
+    assert client.xlen(tasks) == 100_006
