@@ -108,13 +108,27 @@ def parse_json(body: bytes | bytearray) -> Any:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {str(exc)[:200]}") from exc
 
 
+def _too_large(max_bytes: int, how: str) -> ApiError:
+    # the rest of the body is not read: the connection cannot carry another request, and left open it drained what
+    # the client kept sending (an endless chunked body: for api.body_timeout_s) after the answer had gone out
+    return ApiError(413, "request_too_large", f"this route takes a JSON body of at most {max_bytes} bytes; {how}",
+                    {"Connection": "close"})
+
+
 async def read_body(request: Request, max_bytes: int | None = None) -> bytearray:
-    """The whole body in one buffer (no second copy; nothing cached on the request)."""
+    """The whole body in one buffer (no second copy; nothing cached on the request). Over `max_bytes`: 413
+    `request_too_large`, the connection closed, refused by its Content-Length before a byte is read (a head that
+    declared 4 MB and sent nothing waited for api.body_timeout_s and got 408), else as soon as the bytes read pass
+    it (a chunked body has no length)."""
+    if max_bytes is not None:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and (len(declared) > 20 or int(declared) > max_bytes):
+            raise _too_large(max_bytes, f"this one declares {declared[:24]} (Content-Length); not read")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if max_bytes is not None and len(body) > max_bytes:
-            raise ApiError(413, "request_too_large", f"this route takes a JSON body of at most {max_bytes} bytes")
+            raise _too_large(max_bytes, "refused while it was arriving, the rest not read")
     return body
 
 

@@ -1423,6 +1423,12 @@ def test_status_counts_the_shards_a_worker_dead_lettered_without_a_status_as_fai
     assert (status["failed"], status["pending"]) == (0, 6) and "queue" not in status, status
     assert main(["batch", "status", str(out), *redis_args, "--dead-limit", "10001"]) == 2
     assert "--dead-limit" in capsys.readouterr().err
+    # run_too_large failed the deliveries, not the run: a worker under the driver's limit finishes it
+    stats = run_batch_worker(redis_server.url, prefix, "same-limit", block_ms=50, exit_when_idle=True)
+    assert (stats.done, stats.dead) == (6, 0), stats
+    assert main(["batch", "status", str(out), *redis_args, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["done"], status["failed"], status["queue"]["dead_lettered"]) == (6, 0, 0), status
 
 
 def test_a_run_status_reads_a_bounded_number_of_dead_letters_however_many_the_stream_holds(
@@ -1532,3 +1538,58 @@ def test_a_run_status_with_redis_parses_run_json_once(redis_server, corpus, tmp_
     assert len(reads) == 1, reads
     queue = status["queue"]
     assert (status["done"], status["pending"], queue["run_tasks"], queue["unqueued"]) == (2, 4, 4, 0), status
+
+
+def test_a_shard_file_damaged_in_place_is_redone_by_a_worker_when_the_run_is_submitted_again(redis_server, corpus,
+                                                                                           tmp_path):
+    """`submit_run` holds a done shard to its recorded sha256 and queued one damaged in place (same size, other
+    bytes), but the worker held it to its size only and skipped it as done: the run could not be repaired through the
+    fleet (every submission queued it, every worker skipped it, every export refused it). Now the worker checks the
+    checksum too and writes the shard again, as `sigma batch run --resume` does."""
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    first = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True)
+    assert first.done == 6, first.errors
+    before = shard_bytes(out)
+    victim = out / "shards" / sorted(before)[2]
+    damaged = bytearray(before[victim.name])
+    damaged[40:140] = bytes(b ^ 0xFF for b in damaged[40:140])      # same size, other bytes
+    victim.write_bytes(bytes(damaged))
+    again = submit_run(cfg_for(corpus), out, redis_server.url, prefix)
+    assert (again["queued"], again["skipped"]) == (1, 5), again
+    redo = run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True)
+    assert (redo.done, redo.skipped) == (1, 0), redo
+    assert shard_bytes(out) == before
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 0
+
+
+def _xrevrange_calls(client) -> int:
+    """XREVRANGE calls Redis has served so far (INFO commandstats): how many pages of a stream were read."""
+    return int(client.info("commandstats").get("cmdstat_xrevrange", {}).get("calls", 0))
+
+
+def test_a_submission_reads_the_task_stream_no_further_than_its_pending_shards_need(redis_server, corpus, tmp_path):
+    """`submit_run` read the whole task stream (every run's tasks, up to api.max_batch_tasks, 1,000,000 by default)
+    on every submission to find the run's tasks, even when there was nothing to look for: a finished run submitted
+    again, or a client retrying a submission whose tasks are all queued, cost a read of every entry (100 pages of
+    1000 here; ~1000 round trips at the API's cap). Now the read stops once every pending shard has its task, and a
+    run with no pending shard reads none."""
+    client = redis_server.client()
+    prefix = prefix_name()
+    tasks = Keys(prefix).batch_tasks()
+    done_run, queued_run = tmp_path / "done", tmp_path / "queued"
+    assert submit_run(cfg_for(corpus), done_run, redis_server.url, prefix)["queued"] == 6
+    assert run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, exit_when_idle=True).done == 6
+    _flood_tasks(client, tasks, 100_000)                                      # other runs' tasks, waiting
+    assert submit_run(cfg_for(corpus), queued_run, redis_server.url, prefix)["queued"] == 6
+
+    before = _xrevrange_calls(client)
+    again = submit_run(cfg_for(corpus), queued_run, redis_server.url, prefix)
+    assert (again["queued"], again["already_queued"]) == (0, 6), again
+    assert _xrevrange_calls(client) - before <= 1, "read past the run's own tasks"
+
+    before = _xrevrange_calls(client)
+    finished = submit_run(cfg_for(corpus), done_run, redis_server.url, prefix)
+    assert (finished["queued"], finished["skipped"]) == (0, 6), finished
+    assert _xrevrange_calls(client) - before == 0, "read the stream for a run with nothing pending"
+    assert client.xlen(tasks) == 100_006

@@ -604,3 +604,76 @@ def test_the_status_reads_a_bounded_number_of_tasks_and_says_when_it_stopped_sho
     over = svc.http.get("/v1/batches/status", params={"out": "runs/bounded-tasks", "task_limit": MAX_TASK_READ + 1},
                         headers=svc.headers())
     assert over.status_code == 422 and error_code(over) == "invalid_request", over.text
+
+
+def _answer(sock, deadline_s: float = 10.0) -> bytes:
+    """The HTTP answer on `sock`: read until its JSON body is in (or the server closes, or `deadline_s` passes)."""
+    import time
+
+    answer, deadline = b"", time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if body.endswith(b"}}"):
+            break
+        try:
+            got = sock.recv(65536)
+        except OSError:                     # socket.timeout included: whatever came is the answer
+            break
+        if not got:
+            break
+        answer += got
+    return answer
+
+
+def _batch_head(svc: ServiceUnderTest, framing: str) -> bytes:
+    return (f"POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+            f"Content-Type: application/json\r\n{framing}\r\n\r\n").encode()
+
+
+def test_a_batch_body_declared_over_its_limit_is_refused_before_any_of_it_is_read(svc):
+    """A POST /v1/batches declaring a 4 MB body (under limits.max_request_bytes, over the route's 1 MiB) got no
+    answer until it had sent a whole MiB, and a client that sent the head only waited for api.body_timeout_s (60 s)
+    and got 408. Now the declared length alone is refused: 413 request_too_large at once, the connection closed."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as sock:
+        sock.sendall(_batch_head(svc, "Content-Length: 4000000"))        # limits.max_request_bytes: 4.5 MB
+        answer = _answer(sock)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), answer[:300]
+        assert b"connection: close" in head.lower(), head
+        assert json.loads(body)["error"]["code"] == "request_too_large", body
+        assert sock.recv(1) == b"", "the connection should be closed after the answer"
+
+
+def test_an_endless_chunked_batch_body_is_refused_and_the_connection_closed(svc):
+    """A chunked POST /v1/batches with no end was answered 413 after 1 MiB, but the connection stayed open and the
+    server read (and discarded) whatever more came for api.body_timeout_s (60 s): a client that writes its whole
+    body before reading (httpx, requests) uploaded all of it, an endless one for a minute. Now the answer closes the
+    connection: what the client can still push afterwards is bounded by the socket buffers, not the body."""
+    import json
+    import select
+    import socket
+
+    chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"           # 64 KiB of JSON whitespace per chunk
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=20) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(_batch_head(svc, "Transfer-Encoding: chunked") + b"1\r\n{\r\n")
+        before = 0
+        while not select.select([sock], [], [], 0)[0] and before < 64 * 1024 * 1024:
+            sock.sendall(chunk)
+            before += len(chunk)
+        answer = _answer(sock)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), answer[:300]
+        assert json.loads(body)["error"]["code"] == "request_too_large", body
+        assert before < 8 * 1024 * 1024, f"answered after {before} bytes"
+        after = 0
+        try:
+            while after < 64 * 1024 * 1024:
+                sock.sendall(chunk)
+                after += len(chunk)
+        except OSError:
+            pass
+        assert after < 16 * 1024 * 1024, f"the server took {after} more bytes after its answer"

@@ -98,8 +98,10 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
             q = make_queue(conn, keys, consumer="submitter")
             # a shard whose task is still on the stream (queued, or held by a worker) is not queued again: a
             # submission sent twice (a client retrying a slow POST /v1/batches) queued every shard twice, and two
-            # workers could compute one shard side by side
-            with_task = set(_run_task_ids(conn, keys.batch_tasks(), run_dir, run_hash).values())
+            # workers could compute one shard side by side. The stream (every run's tasks) is read newest first and
+            # no further once every pending shard has its task: it was read whole on every submission, a finished
+            # run's or a retry's too
+            with_task = _pending_with_task(conn, keys.batch_tasks(), run_dir, run_hash, pending)
             to_queue = [s for s in pending if s.key not in with_task]
             if max_tasks is not None and to_queue and conn.xlen(keys.batch_tasks()) + len(to_queue) > max_tasks:
                 raise _queue_full(len(to_queue), max_tasks, 0)
@@ -284,10 +286,19 @@ class _NewestFirst:
         self.complete = done()
 
 
+def _pending_with_task(conn: Any, stream: str, run_dir: str, run_hash: str, pending: list[Shard]) -> set[str]:
+    """The keys of the `pending` shards that have a task on the stream; nothing read when none is pending."""
+    if not pending:
+        return set()
+    wanted = {s.key for s in pending}
+    tasks, _ = _find_run_tasks(conn, stream, run_dir, run_hash, wanted, None)
+    return wanted & set(tasks.values())
+
+
 def _run_task_ids(conn: Any, stream: str, run_dir: str, run_hash: str, page: int = TASK_PAGE) -> dict[str, str]:
-    """This run's tasks on the stream: entry id -> the shard key it names, all of them (a submission must not queue
-    a shard twice). Acknowledged tasks are deleted, so the stream holds only work not finished yet: queued, or held
-    by a worker."""
+    """This run's tasks on the stream: entry id -> the shard key it names, all of them (the whole stream read; a
+    submission reads only as far as its pending shards need, `_pending_with_task`). Acknowledged tasks are deleted,
+    so the stream holds only work not finished yet: queued, or held by a worker."""
     return _find_run_tasks(conn, stream, run_dir, run_hash, None, None, page)[0]
 
 
@@ -716,12 +727,15 @@ class _Beat:
 
 def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
                  on_progress: Callable[[], None] | None = None) -> tuple[str, int, str | None]:
-    """Run one shard task: ("done" | "skipped" | "failed", pairs, error). `on_progress`: called as pairs are done.
+    """Run one shard task: ("done" | "skipped" | "failed", pairs, error); "skipped": the shard is done for the run and
+    its file holds to the size and sha256 its status recorded. `on_progress`: called as pairs are done.
     RunBusy while a local run holds the run folder; PluginMissing when its corpus format or annotator needs a plugin
     not here."""
     rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
-    if rundir.is_done(shard, run_hash):
+    # held to its checksum, as `submit_run` held it when it queued the task: held to its size only, a shard file
+    # damaged in place was skipped as done, so no submission could get it written again through the fleet
+    if rundir.is_done(shard, run_hash, verify=True):
         return "skipped", 0, None
     plan = _kept_plan(rundir, record)
     cfg = _trusted_config(fields, record, plan)
