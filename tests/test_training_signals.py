@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -217,6 +218,29 @@ def test_ctrl_c_while_the_first_heavy_module_imports_exits_130_quietly(as_module
     assert (done.returncode, done.stderr.decode()) == (130, "sigma: interrupted\n"), done.stderr.decode()[-3000:]
 
 
+# A SIGTERM at a chosen import, in the child only (as CTRL_C_AT_IMPORT): a scheduler's stop while `sigma` starts.
+SIGTERM_AT_IMPORT = CTRL_C_AT_IMPORT.replace("signal.SIGINT", "signal.SIGTERM").replace(
+    'sys.argv = ["sigma", "train", "--help"]', "sys.argv = {argv!r}")
+
+
+@pytest.mark.parametrize("as_module", [True, False], ids=["python -m sigma", "console script"])
+def test_sigterm_while_sigma_starts_stops_sigma_train_with_one_line_and_143_having_done_nothing(as_module, photos,
+                                                                                               tmp_path):
+    """A scheduler's SIGTERM while `sigma train` starts — the sub-commands' modules importing (numpy's first import,
+    inside `main`), before `sigma train` installs its own handler: it killed the process, no line, status -15. Now it
+    is noted from the top of `main` and answered once the command line is read: one line, 143, nothing written (no
+    run folder). Another command ends as it did (`--version`: killed by the signal, its own rule)."""
+    argv = ["sigma", "train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=cut"]
+    code = SIGTERM_AT_IMPORT.format(module="numpy", as_module=as_module, argv=argv)
+    done = subprocess.run([sys.executable, "-c", code], env=procfs_env(), capture_output=True, timeout=120)
+    assert (done.returncode, done.stderr.decode()) == (143, "sigma: terminated while starting; nothing was done\n"), \
+        done.stderr.decode()[-3000:]
+    assert not (tmp_path / "runs").exists()
+    code = SIGTERM_AT_IMPORT.format(module="numpy", as_module=as_module, argv=["sigma", "--version"])
+    done = subprocess.run([sys.executable, "-c", code], env=procfs_env(), capture_output=True, timeout=120)
+    assert (done.returncode, done.stderr) == (-signal.SIGTERM, b""), done.stderr.decode()[-3000:]
+
+
 def _terminated_when(args: list[str], ready, env: dict[str, str]) -> tuple[int, str]:
     """SIGTERMs to the whole group every 50 ms once `ready()` holds; the exit status and stderr come back."""
     code, err, _ = _storm(args, lambda pid: ready(), env, signal.SIGTERM, 0.05)
@@ -290,21 +314,83 @@ def test_sigterm_storm_in_the_final_validation_stops_before_final_and_resume_fin
     assert vals == [6], vals                      # the final validation once, the cut one's row dropped
 
 
-def test_sigterm_storm_in_a_periodic_validation_pauses_after_it_exits_143_and_resume_finishes_the_run(photos,
-                                                                                                    tmp_path):
-    """SIGTERMs while a validation of the training loop (eval.every) scores: noted, the validation finishes (its
-    row, best/ whole), the run pauses at that step with a checkpoint, one line, 143; `--resume` ends the run with the
-    uninterrupted run's weights. (This window behaved so already: the loop notes SIGTERM.)"""
+class Lines:
+    """A child's stdout read line by line in a thread, each line with the monotonic time it arrived."""
+
+    def __init__(self, stream) -> None:
+        self.seen: list[tuple[float, str]] = []
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            self.seen.append((time.monotonic(), raw.decode(errors="replace")))
+
+    def when(self, prefix: str) -> float | None:
+        return next((t for t, line in list(self.seen) if line.startswith(prefix)), None)
+
+    def text(self) -> str:
+        return "".join(line for _, line in list(self.seen))
+
+
+def _train(args: list[str]) -> tuple[subprocess.Popen, Lines]:
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    return proc, Lines(proc.stdout)
+
+
+def _ended(proc: subprocess.Popen, lines: Lines, timeout: float) -> str:
+    """The child's stderr once it has exited (killed after `timeout` s), its stdout read to the end."""
+    try:
+        proc.wait(timeout=timeout)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines.thread.join(10)
+    return err.decode(errors="replace")
+
+
+def test_sigterm_in_a_periodic_validation_abandons_it_at_once_exits_143_and_resume_scores_it_again(photos, tmp_path):
+    """SIGTERMs while a periodic validation (eval.every) scores a large set: before, the validation ran to its end
+    (minutes on a CPU with a large eval.val_size: past a scheduler's grace period, then SIGKILL) and only then did
+    the run pause. Now it is abandoned between two batches — well before a whole validation's time — nothing of it
+    kept (no val row, no best/), the run pauses at that step with its checkpoint: one line, 143. `--resume` scores
+    that step's weights first (the validation it owed), then trains on and ends the run, each validation logged
+    once."""
     runs = tmp_path / "runs"
-    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=8", "batch_size=2", "ckpt_every=100",
-              "eval.val_size=48", "eval.every=4", "eval.at_start=false", "log_every=4", "warmup_steps=2"]
-    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=2", "batch_size=2", "ckpt_every=100",
+              "data.crop=256", "eval.val_size=320", "eval.every=1", "eval.at_start=false", "log_every=1"]
     cut = runs / "cut"
-    code, err = _terminated_when([STAGE1, *common, "name=cut"], lambda: (cut / "metrics.jsonl").is_file() and
-                                 '"train"' in (cut / "metrics.jsonl").read_text(), _env())
-    assert code == 143, err[-3000:]
-    assert _terminated_at(err, cut) == 4
-    assert torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 4
-    assert [r["event"] for r in _rows(cut) if r["step"] == 4][-2:] == ["val", "paused"]
-    assert not (cut / "final").exists() and not (cut / "best.new").exists()
-    _resume_ends_like(cut, runs / "ref", _env())
+    proc, lines = _train([STAGE1, *common, "name=cut"])
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and lines.when("[val step 1] scoring 320") is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, lines.text()[-3000:] + proc.stderr.read().decode()[-3000:]
+    time.sleep(0.3)                           # inside the validation
+    sent = time.monotonic()
+    for _ in range(5):
+        os.killpg(proc.pid, signal.SIGTERM)
+        time.sleep(0.02)
+    err = _ended(proc, lines, 240)
+    took = time.monotonic() - sent
+    assert proc.returncode == 143, err[-3000:]
+    assert _terminated_at(err, cut) == 1
+    abandoned = re.search(r"\[val step 1\] abandoned after (\d+) of 320 pairs", lines.text())
+    assert abandoned and int(abandoned.group(1)) < 320, lines.text()[-3000:]
+    assert torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 1
+    assert [r["event"] for r in _rows(cut) if r["step"] == 1] == ["train", "paused"]
+    assert not (cut / "best").exists() and not (cut / "best.new").exists() and not (cut / "best.json").exists()
+    assert not (cut / "final").exists()
+
+    proc, lines = _train(["--resume", str(cut)])
+    err = _ended(proc, lines, 600)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    start, end = lines.when("[val step 1] scoring 320"), lines.when("[val step 1] {")
+    assert start is not None and end is not None, lines.text()[-3000:]
+    assert took < (end - start) / 2, (took, end - start)          # the whole validation: its time, resumed
+    assert (cut / "final" / "config.json").is_file()
+    assert steps_logged(cut) == [1, 2]
+    assert [r["step"] for r in _rows(cut) if r["event"] == "val"] == [1, 2]
+    assert json.loads((cut / "best.json").read_text())["step"] in (1, 2)

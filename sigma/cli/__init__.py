@@ -84,6 +84,41 @@ def _take_interrupts_once() -> None:
         signal.signal(signal.SIGINT, _raise_once)
 
 
+class _SigtermWhileStarting:
+    """A SIGTERM while `sigma` starts — the sub-commands' modules importing (half a second, seconds on a busy
+    machine), the command line parsed — killed the process by the default action: no line, status -15, `sigma train`
+    too, whose own handler (`signal_noted`, in `sigma.cli.train.run`) comes only with its command. It is noted from
+    the top of `main` instead, and answered once the command is known (`end`): a command that stops on SIGTERM with
+    a line and 143 (`stops_on_sigterm`: `sigma train`) stops so, having done nothing; for the others the signal is
+    raised again under the disposition put back, which ends them as it did (their own handling, e.g. a worker's exit
+    0, starts only inside their command). Noted, not raised: an exception raised in the middle of an import is
+    swallowed by an optional import's `except Exception`. Only for the program itself (`argv` None), in its main
+    thread, over the default disposition (an ignored SIGTERM, or a caller's handler, is kept). Left as it was: the
+    interpreter's own start-up and `import sigma.cli` (some 30 ms), before any of the package's code runs."""
+
+    def __init__(self, argv: list[str] | None) -> None:
+        self.noted = False
+        self.old: object = None
+        if argv is None and threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.old = signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.noted = True
+
+    def end(self, stops: bool = False) -> None:
+        """The disposition put back, then a SIGTERM noted meanwhile answered: `Stopped` (one line, 143) when the
+        command `stops` on SIGTERM, else the signal raised again (killed, as before)."""
+        if self.old is None:
+            return
+        signal.signal(signal.SIGTERM, self.old)     # first: one arriving from here on meets the command's rule
+        self.old = None
+        if self.noted:
+            if stops:
+                raise Stopped("terminated while starting; nothing was done", 128 + signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+
+
 def _interrupted(argv: list[str] | None) -> int:
     if argv is None:
         _ignore_further_interrupts()
@@ -92,6 +127,7 @@ def _interrupted(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    starting = _SigtermWhileStarting(argv)     # first thing: the imports below take seconds
     _printable_names()
     if argv is None:
         _take_interrupts_once()
@@ -100,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: an exit code, also when called in-process
+        starting.end()
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:
+        starting.end()
         return _interrupted(argv)
     if not getattr(args, "run", None):
+        starting.end()
         parser.print_help()
         return 2
     try:
+        starting.end(stops=bool(getattr(args, "stops_on_sigterm", False)))
         if getattr(args, "needs", None):
             from sigma.cli.common import check_extras
 
@@ -119,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted(argv)
-    except Stopped as exc:   # a SIGTERM obeyed, the work saved (`sigma train`): one line, 128 + the signal
+    except Stopped as exc:   # a SIGTERM obeyed, the work saved or none done (`sigma train`): one line, 128 + signal
         if argv is None:
             _ignore_further_interrupts()
         if exc.message:

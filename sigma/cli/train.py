@@ -28,13 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help=f"config overrides, e.g. steps=500 lr=1e-3. {VALUE_RULE}")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.set_defaults(run=run)
+    # a SIGTERM while `sigma` starts, before `run`: one line and 143 (`sigma.cli._SigtermWhileStarting`)
+    p.set_defaults(run=run, stops_on_sigterm=True)
 
 
 def run(args: argparse.Namespace) -> int:
     """A SIGTERM (a scheduler's stop) is noted from here on, through torch's import, the run folder taken, the model
     built and the validation set written, and obeyed by the trainer at its first safe point (`Trainer.run`):
-    outside the training loop it used to kill the process at once, killed instead of 143 and without a word."""
+    outside the training loop it used to kill the process at once, killed instead of 143 and without a word. One
+    before this (the sub-commands' modules importing) was noted by `main`, which stops with one line and 143."""
     import signal
 
     from sigma.lifeline import signal_noted

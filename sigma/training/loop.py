@@ -43,7 +43,7 @@ from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .regions import sample_regions
-from .validate import evaluate_real, validate_synthetic
+from .validate import ValidationAbandoned, evaluate_real, validate_synthetic
 
 
 def _worker_init(_: int) -> None:
@@ -508,23 +508,41 @@ class Trainer:
                 module.eval()
 
     def validate(self, val, final: bool = False) -> None:
-        """Rank 0 scores; every rank waits for it (no rank runs ahead into the next all-reduce)."""
+        """Rank 0 scores; every rank waits for it (no rank runs ahead into the next all-reduce).
+
+        A SIGTERM noted while it scores abandons it between two batches (`ValidationAbandoned`): nothing of it is
+        kept — no `val` row, no `best/` — and the caller's next stop check ends the run (143). A periodic validation
+        (`eval.every`, minutes on a CPU with a large `eval.val_size`, more with `eval.data`) used to run to its end
+        first, outlasting the scheduler's grace period (SIGKILL, the stop unsaid). `--resume` scores it again
+        (`_owes_validation`; the final one and the one at start were already done again)."""
         if self.is_main:
-            self._validate(val, final)
-            self._train_mode()
+            try:
+                self._validate(val, final)
+            except ValidationAbandoned as cut:
+                self.log(f"[val step {self.step}] abandoned after {cut.scored} of {cut.total} pairs of {cut.what}: "
+                         "the run is stopping (SIGTERM); nothing of it is kept")
+            finally:
+                self._train_mode()
         self.barrier()
+
+    def _stopping(self) -> bool:
+        return bool(self.terminated)
 
     def _validate(self, val, final: bool = False) -> None:
         rec: dict[str, Any] = {"event": "val"}
-        if val:
-            rec["synthetic"] = validate_synthetic(self.model, val, self.device)
         ev = self.cfg.eval
         real_due = ev.data and (final or (ev.data_every and self.step % ev.data_every == 0))
+        # said as it starts: a long validation was silent for minutes (and a test knows when it is under way)
+        also = " and the real set" if real_due else ""
+        self.log(f"[val step {self.step}] scoring {len(val)} synthetic pairs{also}")
+        if val:
+            rec["synthetic"] = validate_synthetic(self.model, val, self.device, stop=self._stopping)
         if real_due:
             data = str(shared_eval_dir()) if ev.data == "shared" else ev.data
             if Path(data).is_dir():
                 self.checkpoint()
-                rec["real"] = evaluate_real(self.run_dir / "model", data, ev.perturb, ev.image_size, ev.limit)
+                rec["real"] = evaluate_real(self.run_dir / "model", data, ev.perturb, ev.image_size, ev.limit,
+                                            stop=self._stopping)
             else:
                 rec["real"] = f"skipped: {data} not found"
         self._keep_best(rec)
@@ -600,6 +618,36 @@ class Trainer:
         ev = self.cfg.eval
         return bool(ev.at_start and self.step == 0 and (ev.val_size or ev.val_dir or ev.data))
 
+    def _owes_validation(self, restored: bool) -> bool:
+        """Whether the periodic validation (`eval.every`) of the step the run continues from is owed: due at that
+        step and no `val` row for it in metrics.jsonl. A SIGTERM abandons a validation mid-way (nothing kept) and
+        the run pauses at that step with a checkpoint; the resume goes on from the step after, so that step's
+        weights were never scored (nor considered for `best/`). Owed, it is scored before the first step, as the
+        validation at start is. (A SIGKILL mid-validation after a checkpoint of that step is owed one too.) Rank 0
+        reads the rows; under DDP the answer is shared (one all-reduce), for every rank to wait in `validate`."""
+        ev, step = self.cfg.eval, self.step
+        if not (restored and ev.every and 0 < step < self.cfg.steps and step % ev.every == 0):
+            return False           # the same on every rank: the config and the checkpoint's step
+        owed = float(self.is_main and not self._logged_val_at(step))
+        if self.world > 1:
+            agreed = torch.tensor([owed], device=self.device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+            owed = float(agreed.item())
+        return bool(owed)
+
+    def _logged_val_at(self, step: int) -> bool:
+        if not self.metrics_path.is_file():
+            return False
+        with open(self.metrics_path, "rb") as handle:
+            for line in handle:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and row.get("event") == "val" and row.get("step") == step:
+                    return True
+        return False
+
     def _finished(self) -> bool:
         return (self.run_dir / "final" / "config.json").is_file()   # save_model writes the config last
 
@@ -634,6 +682,7 @@ class Trainer:
             self.restore(ckpt)
             self.log(f"resumed {self.run_dir} at step {self.step}")
         self._trim_metrics(ckpt is not None)
+        owed = self._owes_validation(ckpt is not None)
         if self.step >= cfg.steps and self._finished():
             self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
             return self.run_dir
@@ -657,7 +706,7 @@ class Trainer:
         started = time.monotonic()
         ds = TrainDataset(cfg)
         val = self._val_set() if self.is_main else []
-        if self._validates_at_start():
+        if self._validates_at_start() or owed:
             self.validate(val)
         self._stop_if_terminated(started)     # before the first step: nothing trained since the checkpoint
         bad = 0
@@ -711,8 +760,9 @@ class Trainer:
 
     def _finish(self, val, started: float) -> Path:
         """The end of the run, after its last checkpoint: the final validation (the real set too), final/. A SIGTERM
-        in the validation stops the run before final/ (the next `--resume` validates and saves it); one while
-        final/ is saved lets it finish (seconds), and the run ends finished, with 143 all the same."""
+        in the validation abandons it (between two batches) and stops the run before final/ (the next `--resume`
+        validates and saves it); one while final/ is saved lets it finish (seconds), and the run ends finished, with
+        143 all the same."""
         self.validate(val, final=True)
         self._stop_if_terminated(started)
         if self.is_main:
@@ -852,6 +902,7 @@ class Trainer:
             self._end_terminated(started)
         if not (cfg.eval.every and self.step % cfg.eval.every == 0):
             self.validate(val)
+            self._stop_if_terminated(started)    # a SIGTERM cut that validation short: the run ends as terminated
         minutes = (time.monotonic() - started) / 60.0
         self.emit({"event": "paused", "reason": reason, "minutes": round(minutes, 2)})
         self.log(f"stopped at step {self.step} of {cfg.steps} after {minutes:.1f} min (max_minutes="
