@@ -39,6 +39,16 @@ class ConfigError(SigmaError):
     code = "invalid_config"
 
 
+def error_text(error: dict) -> str:
+    """One of pydantic's errors (an item of `ValidationError.errors()`) as a config message says it: `key: message`;
+    a problem whose message names its place already (`whole_number`, `sigma.config.schema.ReadsWholeNumbers`:
+    `options.taps[1]=1.5e0: not a whole number ...`) as that message alone. Here, below the config and the
+    registry, which both join such errors."""
+    if error["type"] == "whole_number":
+        return error["msg"]
+    return f"{'.'.join(str(p) for p in error['loc']) or '<root>'}: {error['msg']}"
+
+
 class UnknownNameError(SigmaError, KeyError):
     code = "unknown_name"
 
