@@ -170,3 +170,19 @@ def test_hostile_options_are_one_message(tmp_path, options, needles):
     message = caught.value.message
     assert all(n in message for n in [*needles, "batch_size: Input should be greater than or equal to 1"]), message
     assert "Extra inputs" not in message, message
+
+
+def test_an_annotators_own_message_names_its_skipped_checks_without_a_root_key():
+    """Outside a config (the API's option check, an annotator built from keyword options) the note has no section
+    key to stand at: it says `the config's checks ...`, not `<root>: its checks ...`; an exponent that is no whole
+    number comes worded as the loader words it, with the other errors."""
+    from sigma.registry import validate_annotator_options
+
+    with pytest.raises(ConfigError) as caught:
+        validate_annotator_options("sigma-lite", {"image_size": "2.5e0", "max_components": "x"})
+    message = caught.value.message
+    assert message.startswith("sigma-lite: options.image_size=2.5e0: not a whole number"), message
+    assert "max_components: Input should be a valid integer" in message, message
+    assert message.endswith("the config's checks across fields were not run: they run once the errors above are "
+                            "fixed (pydantic runs them only on a section whose every field is valid)"), message
+    assert "<root>" not in message, message

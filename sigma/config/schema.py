@@ -257,7 +257,7 @@ def _checks_across_fields(cls: type[BaseModel]) -> bool:
     return any(d.info.mode == "after" for d in cls.__pydantic_decorators__.model_validators.values())
 
 
-CHECKS_SKIPPED = ("its checks across fields were not run: they run once its errors above are fixed (pydantic runs "
+CHECKS_SKIPPED = ("its checks across fields were not run: they run once the errors above are fixed (pydantic runs "
                   "them only on a section whose every field is valid)")
 
 
