@@ -159,11 +159,13 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
     from sigma.registry import validate_annotator_options
     from sigma.service.fleet import submit_run
 
-    batch_cfg = build_batch_config(cfg, body, input_path)
     options = dict(body.options or {})
     if body.threshold is not None:
         options["threshold"] = body.threshold
+    # first: a file option outside the root is path_outside_root (403), not the option the config's validation of
+    # the annotator's options refuses (`AnnotatorSpec.options_model`: pixel-diff has no `weights`)
     confine_file_options(options, os.path.realpath(_root(cfg)))
+    batch_cfg = build_batch_config(cfg, body, input_path)
     validate_annotator_options(batch_cfg.annotator, options)
     # a bound on the shards, hence on the tasks put on Redis (the online service's Redis: shard_size=1 over a big
     # corpus put a task per pair there, and took the API seconds to minutes and a record of ~5 KB per shard)

@@ -39,6 +39,19 @@ class ConfigError(SigmaError):
     code = "invalid_config"
 
 
+def error_text(error: dict) -> str:
+    """One of pydantic's errors (an item of `ValidationError.errors()`) as a config message says it: `key: message`;
+    a problem whose message names its place already (`whole_number`, `sigma.config.schema.ReadsWholeNumbers`:
+    `options.taps[1]=1.5e0: not a whole number ...`) as that message alone, and the note that a model's own checks
+    across fields were not run (`checks_skipped`) as the config's. Here, below the config and the registry, which
+    both join such errors."""
+    if error["type"] == "whole_number":
+        return error["msg"]
+    if error["type"] == "checks_skipped" and not error["loc"]:       # the model validated itself: no key to name it
+        return f"the config's {error['msg'].removeprefix('its ')}"
+    return f"{'.'.join(str(p) for p in error['loc']) or '<root>'}: {error['msg']}"
+
+
 class UnknownNameError(SigmaError, KeyError):
     code = "unknown_name"
 

@@ -161,13 +161,24 @@ def annotator_config_cls(name: str) -> type | None:
     return getattr(returned, "config_cls", None)
 
 
+def options_model(name: str | None) -> type | None:
+    """The config model the annotator `name` (None: the default one) validates its options with, for a config that
+    validates them with its other fields (`sigma.config.schema.AnnotatorSpec.options_model`); None when the name is
+    not registered (yet: a plugin the command imports later) or its model is unknown."""
+    _ensure_builtins()
+    name = name or default_annotator_name()
+    if name not in ANNOTATORS:
+        return None
+    return annotator_config_cls(name)
+
+
 def validate_annotator_options(name: str, options: dict[str, Any]) -> Any:
     """Validate `options` as `create_annotator(name, **options)` would, but load nothing (no weights, no
     model): a front end refuses bad options at the door. Returns the config, or None when the annotator's
     config model is unknown; raises ConfigError naming each bad key."""
     from pydantic import ValidationError
 
-    from sigma.errors import ConfigError
+    from sigma.errors import ConfigError, error_text
 
     cls = annotator_config_cls(name)
     if cls is None:
@@ -175,7 +186,7 @@ def validate_annotator_options(name: str, options: dict[str, Any]) -> Any:
     try:
         return cls(**options)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(error_text(e) for e in exc.errors())
         raise ConfigError(f"{name}: {problems}") from exc
     except TypeError as exc:
         raise ConfigError(f"{name}: {exc}") from exc

@@ -427,7 +427,8 @@ def test_annotate_and_eval_record_the_options_as_the_annotator_read_them(tmp_pat
                  ["eval", "--data", str(tmp_path / "set"), "--out", str(tmp_path / "bad-e"), "--annotator",
                   "sigma-lite"]):
         proc = sigma_cli(*args, "--set", "options.image_size=2.5e0x", timeout=240)
-        assert_refused(proc, "sigma-lite: image_size: Input should be a valid integer", code="invalid_config")
+        # validated with the rest of the config, named by its key there (`AnnotatorSpec.options_model`)
+        assert_refused(proc, "options.image_size: Input should be a valid integer", code="invalid_config")
         assert not (tmp_path / "bad-a").exists() and not (tmp_path / "bad-e").exists()
 
 

@@ -487,7 +487,9 @@ def test_load_config_unit(tmp_path):
     from sigma.config import config_hash, load_config, save_resolved
     from sigma.errors import ConfigError
 
-    cfg = load_config(AnnotateConfig, None, ["io.limits.max_pixels=1000", "batch_size=2", "options.x=[1,2]"])
+    # an annotator not registered here (a plugin's): its options are a free mapping, validated where it is built
+    cfg = load_config(AnnotateConfig, None, ["io.limits.max_pixels=1000", "batch_size=2", "options.x=[1,2]",
+                                             "annotator=a-plugins-annotator"])
     assert cfg.io.limits.max_pixels == 1000 and cfg.batch_size == 2 and cfg.options == {"x": [1, 2]}
     with pytest.raises(ConfigError, match="io.limits.max_pixelz"):
         load_config(AnnotateConfig, None, ["io.limits.max_pixelz=1"])
@@ -880,9 +882,9 @@ def test_a_boolean_where_a_config_takes_a_number_is_refused(capsys, pair_files, 
     assert code == 2
     assert_one_error_line(err, "invalid_config")
     assert f"{key}: Input should be a valid number, not the boolean" in err, err
-    # the config file's own keys are read by the loader, which says why a bare word was a boolean; the annotator's
-    # options are validated where the API validates them too (JSON: no such note)
-    assert ("YAML reads yes/no" in err) == ("options" not in yaml_text), err
+    # the loader says why a bare word was a boolean, for the annotator's options too: it validates them with the
+    # rest of the config now (`AnnotatorSpec.options_model`)
+    assert "YAML reads yes/no" in err, err
     assert not (tmp_path / "out").exists()
     code, _out, err = run_main(capsys, command, *where, "--set", "threshold=true")
     assert code == 2 and "threshold: Input should be a valid number, not the boolean True" in err, err
@@ -898,6 +900,7 @@ def test_a_boolean_where_a_config_takes_a_number_is_refused(capsys, pair_files, 
 
 
 BOOL_HINT = "(YAML reads yes/no, on/off and true/false as booleans)"
+CHECKS_SKIPPED = "its checks across fields were not run"     # a section's `mode="after"` checks (sigma.config.schema)
 
 
 @pytest.mark.parametrize("case", ["train-set", "train-yaml", "annotate-yaml", "eval-set", "serve-set", "options-set"])
@@ -911,7 +914,7 @@ def test_a_boolean_for_a_number_is_reported_with_every_other_error_of_the_config
     annotate = [str(orig), str(edited), "-i", "x", "-o", str(tmp_path / "out")]
     if case == "train-set":
         args = ["train", str(TRAIN_TINY), "lr=yes", "steps=abc", "data.crop=-5"]
-        expected = ["data.crop: Input should be greater than or equal to 32",
+        expected = ["data.crop: Input should be greater than or equal to 32", f"data: {CHECKS_SKIPPED}",
                     "steps: Input should be a valid integer", f"lr: Input should be a valid number, not the boolean "
                     f"True {BOOL_HINT}"]
     elif case == "train-yaml":   # nested bools beside a nested error; a list item; a required key really missing
@@ -920,7 +923,8 @@ def test_a_boolean_for_a_number_is_reported_with_every_other_error_of_the_config
         args = ["train", str(config)]
         expected = [f"data.crop: Input should be a valid number, not the boolean True {BOOL_HINT}",
                     f"data.scale_range.0: Input should be a valid number, not the boolean True {BOOL_HINT}",
-                    "data.mix: Input should be a valid dictionary", "sources.0.path: Field required",
+                    "data.mix: Input should be a valid dictionary", f"data: {CHECKS_SKIPPED}",
+                    "sources.0.path: Field required",
                     f"sources.0.weight: Input should be a valid number, not the boolean True {BOOL_HINT}",
                     f"sources.1.weight: Input should be a valid number, not the boolean False {BOOL_HINT}",
                     "steps: Input should be a valid integer", "lr: Input should be a valid number, not the boolean"]
@@ -943,16 +947,17 @@ def test_a_boolean_for_a_number_is_reported_with_every_other_error_of_the_config
         args = ["serve", "api", "--port", "0", "--set", "queue.lease_ms=yes", "--set", "queue.bogus=1"]
         expected = ["queue.lease_ms: Input should be a valid number, not the boolean True",
                     "queue.bogus: Extra inputs are not permitted"]
-    else:   # an annotator's options, validated as the API validates them (no YAML hint there)
+    else:   # an annotator's options, validated with the rest of the config (its checks across fields not run)
         args = ["annotate", *annotate, "--annotator", "sigma-lite", "--set", "options.image_size=yes",
                 "--set", "options.dim=abc"]
-        expected = ["image_size: Input should be a valid number, not the boolean True", "dim: Extra inputs"]
+        expected = [f"options.image_size: Input should be a valid number, not the boolean True {BOOL_HINT}",
+                    "options.dim: Extra inputs", f"options: {CHECKS_SKIPPED}"]
     code, _out, err = run_main(capsys, *args)
     assert code == 2
     assert_one_error_line(err, "invalid_config")
     places = [err.find(text) for text in expected]
     assert -1 not in places and places == sorted(places), (err, places)
-    assert err.count("YAML reads") == (0 if case == "options-set" else err.count("not the boolean")), err
+    assert err.count("YAML reads") == err.count("not the boolean"), err
     assert err.count("; ") == len(expected) - 1, err   # nothing else: no error of a bool read as 1 (`ge=32`)
     assert not (tmp_path / "out").exists()
 
@@ -972,7 +977,7 @@ def test_the_checks_before_validation_report_with_every_other_error_of_the_confi
     expected = ["invalid TrainConfig: name: holds a NUL byte ('a\\x00b'); no path or name can",
                 "out_dir: holds a lone UTF-16 surrogate",
                 "override data.crop=1e999999: more than 4300 digits, too large: data.crop is an integer setting",
-                "data.mix: Input should be a valid dictionary",
+                "data.mix: Input should be a valid dictionary", f"data: {CHECKS_SKIPPED}",
                 "override steps=1e-3: not a whole number, and steps is an integer setting",
                 f"lr: Input should be a valid number, not the boolean True {BOOL_HINT}",
                 "'bad\\x00key': a key holding a NUL byte"]
@@ -990,7 +995,8 @@ def test_the_checks_before_validation_report_with_every_other_error_of_the_confi
 def test_a_boolean_for_a_number_leaves_the_other_fields_to_pydantic_unchanged():
     """The model's own errors come with the bools' (constructor too), a key given as a bool is never 'missing', an
     error pydantic finds in the value a bool was read as (`ge=32` on True) is not added, and a model-wide check,
-    which ran on a bool read as a number, says nothing until the bool is fixed."""
+    which ran on a bool read as a number, says nothing until the bool is fixed: a section that has such checks
+    says that they were not run (`checks_skipped`, at the section, last)."""
     from pydantic import Field, ValidationError
 
     from sigma.config.schema import Strict
@@ -1008,10 +1014,11 @@ def test_a_boolean_for_a_number_leaves_the_other_fields_to_pydantic_unchanged():
         (("count",), "bool_for_number"), (("size",), "greater_than_equal"), (("ratio", 1), "bool_for_number")]
     with pytest.raises(ValidationError) as caught:
         SynthConfig(crop=True, scale_range=[True, 1.2], mix=3)
-    assert [e["loc"] for e in caught.value.errors()] == [("crop",), ("scale_range", 0), ("mix",)]
+    assert [e["loc"] for e in caught.value.errors()] == [("crop",), ("scale_range", 0), ("mix",), ()]
     with pytest.raises(ValidationError) as caught:
         CompactBackboneConfig(widths=[16, True], depths=[0])
-    assert [(e["loc"], e["type"]) for e in caught.value.errors()] == [(("widths", 1), "bool_for_number")]
+    assert [(e["loc"], e["type"]) for e in caught.value.errors()] == [(("widths", 1), "bool_for_number"),
+                                                                    ((), "checks_skipped")]
     assert Required(count=2, ratio=[0.5, 1]).ratio == (0.5, 1.0)
 
 

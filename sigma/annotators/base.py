@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError
 from sigma.annotators.footprint import CompositeTest, FootprintConfig, choose, composite_test
 from sigma.config.loader import config_hash
 from sigma.config.schema import ReadsWholeNumbers, UnitInterval
-from sigma.errors import ConfigError, SigmaError
+from sigma.errors import ConfigError, SigmaError, error_text
 from sigma.types import Annotation, MaskMode, Pair, check_mask_mode
 from sigma.version import model_identity
 
@@ -84,8 +84,7 @@ class Annotator(ABC):
             try:
                 config = self.config_cls(**overrides)
             except ValidationError as exc:  # → one readable line naming each bad key
-                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                                     for e in exc.errors())
+                problems = "; ".join(error_text(e) for e in exc.errors())
                 raise ConfigError(f"{self.name}: {problems}") from exc
             except TypeError as exc:
                 raise ConfigError(f"{self.name}: {exc}") from exc

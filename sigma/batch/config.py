@@ -17,7 +17,7 @@ from sigma.config.schema import (
     Strict,
 )
 from sigma.io.corpora import CORPUS_READERS
-from sigma.registry import registered
+from sigma.registry import options_model, registered
 
 
 class InputConfig(Strict):
@@ -66,6 +66,7 @@ NOT_HASHED = {"workers", "backend", "input", "procs", "threads", "attempts", "st
 
 
 class BatchConfig(AnnotatorSpec):
+    options_model = staticmethod(options_model)        # the options validated with the rest
     input: InputConfig
     batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE, description="pairs per predict() call; batches never "
                             "cross shards")

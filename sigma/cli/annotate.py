@@ -14,7 +14,7 @@ from sigma.cli.common import add_config_args, add_plugin_arg, check_outdir, flag
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError, SigmaError
-from sigma.registry import build_annotator, named_annotator
+from sigma.registry import build_annotator, named_annotator, options_model
 from sigma.text import NotWritable, find_surrogate, unwritable_output
 from sigma.text import loads as load_json
 
@@ -41,6 +41,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class AnnotateConfig(AnnotatorSpec):
+    options_model = staticmethod(options_model)        # the options validated with the rest
     batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE)
     io: IOConfig = IOConfig()
 

@@ -10,7 +10,7 @@ from sigma.cli.common import Progress, add_config_args, add_plugin_arg, check_ou
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.folderlock import hold_folder
-from sigma.registry import build_annotator, named_annotator
+from sigma.registry import build_annotator, named_annotator, options_model
 
 HELP = """Score an annotator on pairs with ground-truth masks (the layout of ../shared/data/eval:
 <set>/pairs.jsonl + images + masks). DATA is one set or a folder of sets.
@@ -35,6 +35,7 @@ EXAMPLES = """examples:
 
 
 class EvalConfig(AnnotatorSpec):
+    options_model = staticmethod(options_model)        # the options validated with the rest
     perturb: list[str] = Field(default_factory=lambda: ["none"])
     batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE)
     limit: int | None = Field(None, ge=1, description="score only the first N pairs (smoke runs)")

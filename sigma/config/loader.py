@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sigma.config.schema import field_for_key, field_position, item_annotations, type_arms
-from sigma.errors import ConfigError
+from sigma.errors import ConfigError, error_text
 from sigma.tempfiles import temp_name
 from sigma.text import shown
 
@@ -448,20 +448,40 @@ def load_config(model: type[M], path: str | Path | None = None,
     found: list[Problem] = []
     whole_numbers(model, tree, origin, problems=found)
     _refuse_nul(tree, found)
-    if before_validate is not None and not found:
-        before_validate(tree)
+    if before_validate is not None:
+        _prepare(before_validate, tree, model, found)
     try:
         config = model.model_validate(tree)
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
-        problems = [(e["loc"][0] if e["loc"] else "",
-                     f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                     f"{_yaml_note(e['loc'], given, model) if e['type'] != 'extra_forbidden' else ''}"
-                     f"{BOOL_NOTE if e['type'] == 'bool_for_number' else ''}") for e in errors]
+        problems = [(e["loc"][0] if e["loc"] else "", _message(e, given, model, origin)) for e in errors]
         raise _one_error(model, found, problems) from exc
     if found:
         raise _one_error(model, found, [])
     return config
+
+
+def _prepare(before_validate: Callable[[dict], None], tree: dict, model: type[BaseModel], found: list[Problem]) -> None:
+    """`load_config`'s `before_validate(tree)`, run whatever the checks before it found: it was skipped when they
+    found anything, so the plugins were not imported and a corpus format one of them registers read as "Unknown
+    corpus format" beside the real problems, a false error gone on the next run. When it fails (a plugin that
+    cannot be imported), its error comes with theirs; the config is not validated then, since what it checks
+    may be what the plugins register."""
+    try:
+        before_validate(tree)
+    except ConfigError as exc:
+        if not found:
+            raise
+        raise _one_error(model, [*found, ("", exc.message)], []) from exc
+
+
+def _message(error: Any, given: dict[str, Override], model: type[BaseModel], origin: Callable[[str], str]) -> str:
+    """One of pydantic's errors as the loader says it: `key: message`, with what YAML made of a `--set` value, or
+    (an exponent in a free mapping's model, `ReadsWholeNumbers`) the problem as the loader's own check words it."""
+    if error["type"] == "whole_number":
+        return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
+    return (f"{error_text(error)}{_yaml_note(error['loc'], given, model) if error['type'] != 'extra_forbidden' else ''}"
+            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}")
 
 
 def _place(loc: tuple) -> str:

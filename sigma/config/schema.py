@@ -7,6 +7,7 @@ import functools
 import math
 import types
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -137,14 +138,19 @@ def _bool_for_a_number(annotation: Any, value: Any) -> list[tuple[tuple[int, ...
 
 
 def _under(loc: tuple, where: tuple) -> bool:
-    """Whether pydantic's error at `loc` is about the value at `where` (a key, or a key and an item index): at it or
-    inside it, a union's arm tags (`scale_range.tuple[float, float].0`) skipped between the key and the index."""
-    if not loc or loc[0] != where[0]:
+    """Whether pydantic's error at `loc` is about the value at `where` (a key, a key and an item index, a nested
+    place): at it or inside it, a union's arm tags (`scale_range.tuple[float, float].0`, `backbone.dinov2.taps`)
+    skipped between its parts."""
+    if not loc or not where or loc[0] != where[0]:
         return False
     rest = list(loc[1:])
-    while len(where) > 1 and rest and isinstance(rest[0], str):
+    for part in where[1:]:
+        while rest and rest[0] != part and isinstance(rest[0], str):
+            rest.pop(0)
+        if not rest or rest[0] != part:
+            return False
         rest.pop(0)
-    return tuple(rest[:len(where) - 1]) == where[1:]
+    return True
 
 
 def field_position(model: type[BaseModel], key: Any) -> int:
@@ -178,35 +184,111 @@ class Strict(BaseModel):
     A wrap validator, so the bools are reported with every other error of the input: raised alone before the rest
     was validated, `sigma train c.yaml lr=yes steps=abc` said only `lr`, and the user fixed one error per run. The
     input is validated as given (nothing removed, so no key reads as missing); pydantic's errors at or inside a
-    bool's place (True read as 1, then `ge=32`) are dropped for the bool's own, and so are the model-wide checks
-    (`mode="after"`), which ran on a bool read as a number."""
+    bool's place (True read as 1, then `ge=32`) are dropped for the bool's own. A subclass adds the problems its own
+    checks find before validation the same way (`_found_before`: `ReadsWholeNumbers`) and those of a value it
+    validates with a model of its own (`_found_beside`: `AnnotatorSpec.options`).
+
+    The model-wide checks (`mode="after"`, across fields: `depths` as long as `widths`) cannot run on a section
+    with an error: pydantic runs them only on a section whose every field is valid, and one that ran on a bool read
+    as a number says nothing true. A user who fixed the errors said then met the check's error on the next run. It
+    is not run on the other fields with a stand-in for the bad one (a default would make up errors, or hide them),
+    so the message says plainly that the section's checks across fields were not run (`checks_skipped`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="wrap")
     @classmethod
-    def _no_bool_for_a_number(cls, data: Any, handler: Any) -> Any:
+    def _every_error(cls, data: Any, handler: Any) -> Any:
         if not isinstance(data, dict):
             return handler(data)
-        bools = []
-        for key, value in data.items():
-            if not isinstance(value, (bool, list, tuple)) or not isinstance(key, str):
-                continue
-            for where, flag in _bool_for_a_number(_key_annotation(cls, key), value):
-                bools.append(InitErrorDetails(type=PydanticCustomError(
-                    "bool_for_number", "Input should be a valid number, not the boolean {value}", {"value": str(flag)}),
-                    loc=(key, *where), input=flag))
-        if not bools:
-            return handler(data)
+        data, found = cls._found_before(data)
+        found += _bools(cls, data)
+        beside = cls._found_beside(data)
+        if not found and not beside:
+            try:
+                return handler(data)
+            except ValidationError as exc:
+                errors = exc.errors()
+                if not any(e["loc"] for e in errors) or not _checks_across_fields(cls):
+                    raise
+                raise ValidationError.from_exception_data(
+                    cls.__name__, [*map(_as_init_error, errors), _checks_skipped()]) from None
         others: list[InitErrorDetails] = []
+        failed = bool(found)            # a bool read as a number, an exponent left as text: no check is true on it
         try:
             handler(data)
         except ValidationError as exc:
+            failed = True
             others = [_as_init_error(e) for e in exc.errors()
-                      if e["loc"] and not any(_under(e["loc"], b["loc"]) for b in bools)]
-        errors = sorted([*others, *bools], key=lambda e: field_position(cls, e["loc"][0] if e["loc"] else None))
+                      if e["loc"] and not any(_under(e["loc"], f["loc"]) for f in [*found, *beside])]
+        errors = sorted([*others, *found, *beside],
+                        key=lambda e: field_position(cls, e["loc"][0] if e["loc"] else None))
+        if failed and _checks_across_fields(cls):
+            errors.append(_checks_skipped())
         # raised as a ValidationError of its own, so each error is placed at its key (`io.limits.x`)
         raise ValidationError.from_exception_data(cls.__name__, errors)
+
+    @classmethod
+    def _found_before(cls, data: dict) -> tuple[dict, list[InitErrorDetails]]:
+        """The input as it is to be validated, and the problems a check before validation found in it."""
+        return data, []
+
+    @classmethod
+    def _found_beside(cls, data: dict) -> list[InitErrorDetails]:
+        """Errors of a value of the input that the section validates with a model of its own, placed in it."""
+        return []
+
+
+def _bools(cls: type[BaseModel], data: dict) -> list[InitErrorDetails]:
+    """Every place in `data` where a bool stands for a number a field of `cls` takes (`Strict`)."""
+    bools = []
+    for key, value in data.items():
+        if not isinstance(value, (bool, list, tuple)) or not isinstance(key, str):
+            continue
+        for where, flag in _bool_for_a_number(_key_annotation(cls, key), value):
+            bools.append(InitErrorDetails(type=PydanticCustomError(
+                "bool_for_number", "Input should be a valid number, not the boolean {value}", {"value": str(flag)}),
+                loc=(key, *where), input=flag))
+    return bools
+
+
+def _checks_across_fields(cls: type[BaseModel]) -> bool:
+    """Whether `cls` has model-wide checks that run after its fields are validated (`mode="after"`)."""
+    return any(d.info.mode == "after" for d in cls.__pydantic_decorators__.model_validators.values())
+
+
+CHECKS_SKIPPED = ("its checks across fields were not run: they run once the errors above are fixed (pydantic runs "
+                  "them only on a section whose every field is valid)")
+
+
+def _checks_skipped() -> InitErrorDetails:
+    """The `Strict` note that a section's model-wide checks did not run (placed at the section)."""
+    return InitErrorDetails(type=PydanticCustomError("checks_skipped", CHECKS_SKIPPED), loc=(), input=None)
+
+
+def place_loc(place: str) -> tuple[str | int, ...]:
+    """A place as the loader's checks write it (`a.b[0]`) as pydantic's: ('a', 'b', 0)."""
+    loc: list[str | int] = []
+    for part in place.split("."):
+        name, *indexes = part.split("[")
+        if name:
+            loc.append(name)
+        loc += [int(index.rstrip("]")) for index in indexes if index.rstrip("]").isdigit()]
+    return tuple(loc)
+
+
+def errors_within(model: type[BaseModel], value: Any, key: str) -> list[InitErrorDetails]:
+    """The errors `model` finds in `value`, the value of the free mapping `key` of a config, placed under `key`: for
+    a `Strict._found_beside` that validates the mapping with the rest of its config. A validator of a plugin's that
+    raises something else than a validation error is left to where the mapping is used, which says it."""
+    try:
+        model.model_validate(value)
+    except ValidationError as exc:
+        return [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=(key, *e["loc"]),
+                                 input=e["input"]) for e in exc.errors()]
+    except Exception:  # noqa: BLE001 - not ours to word here (`sigma.registry.validate_annotator_options`)
+        return []
+    return []
 
 
 class ReadsWholeNumbers(Strict):
@@ -214,18 +296,21 @@ class ReadsWholeNumbers(Strict):
     into which the loader's walk (`sigma.config.loader.whole_numbers`) cannot see: its own integer fields, and
     the items of its integer lists, take `1e3` as 1000 when it is validated, as every other config field does
     (`--set options.image_size=2.24e2` was "unable to parse string as an integer"). `exponent_prefix` names the
-    mapping in messages."""
+    mapping in messages. One that is no whole number (`1.5e0`, `1e5000`) is an error (`whole_number`, its message
+    naming the place) with the section's other errors: it was raised alone, and the user fixed one error per run."""
 
     exponent_prefix: ClassVar[str] = ""
 
-    @model_validator(mode="before")
     @classmethod
-    def _whole_numbers(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
+    def _found_before(cls, data: dict) -> tuple[dict, list[InitErrorDetails]]:
         from sigma.config.loader import whole_numbers
 
-        return whole_numbers(cls, copy.deepcopy(data), prefix=cls.exponent_prefix)
+        problems: list[tuple[str, str]] = []
+        data = whole_numbers(cls, copy.deepcopy(data), prefix=cls.exponent_prefix, problems=problems)
+        prefix = f"{cls.exponent_prefix}." if cls.exponent_prefix else ""
+        return data, [InitErrorDetails(type=PydanticCustomError("whole_number", message),
+                                       loc=place_loc(place.removeprefix(prefix)), input=None)
+                      for place, message in problems]
 
 
 class LimitsConfig(Strict):
@@ -260,3 +345,19 @@ class AnnotatorSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
     threshold: UnitInterval | None = Field(None, description="mask = prob > threshold; None = the "
                                     "annotator's default")
+
+    # the config model the annotator named (None: the default one) validates its options with; None when it is not
+    # known here. Set by the front ends' configs (`sigma.registry.options_model`), which may look in the registry.
+    options_model: ClassVar[Callable[[str | None], type[BaseModel] | None] | None] = None
+
+    @classmethod
+    def _found_beside(cls, data: dict) -> list[InitErrorDetails]:
+        """The options' errors, validated by the annotator's own config with the rest of this one: they were
+        validated once the config was taken, so a config with errors in both took two runs to hear of them all.
+        An annotator not known here (a plugin not imported yet, a typo) leaves its options to where it is built."""
+        options, name = data.get("options"), data.get("annotator")
+        if cls.options_model is None or not isinstance(options, dict) or not options or not (
+                name is None or isinstance(name, str)):
+            return []
+        model = cls.options_model(name)
+        return [] if model is None else errors_within(model, options, "options")

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from sigma.errors import ConfigError, WeightsNotFoundError
+from sigma.errors import ConfigError, WeightsNotFoundError, error_text
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
@@ -37,7 +38,9 @@ def make_config(data: dict[str, Any] | SigmaNetConfig) -> SigmaNetConfig:
         return data
     try:
         return SigmaNetConfig.model_validate(data)
-    except Exception as exc:  # pydantic ValidationError → a SIGMA error with the reason
+    except ValidationError as exc:  # → one line naming each bad key, as a config file's errors read
+        raise ConfigError(f"invalid SigmaNet config: {'; '.join(error_text(e) for e in exc.errors())}") from exc
+    except Exception as exc:  # a SIGMA error with the reason
         raise ConfigError(f"invalid SigmaNet config: {exc}") from exc
 
 

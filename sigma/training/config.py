@@ -6,8 +6,9 @@ from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
+from pydantic_core import InitErrorDetails
 
-from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, MAX_WORKING_SIZE, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, MAX_WORKING_SIZE, Strict, errors_within
 from sigma.data.synth.engine import SynthConfig
 
 
@@ -160,6 +161,15 @@ class TrainConfig(Section):
                                       "(exit 0); `sigma train --resume RUN` continues the same schedule. "
                                       "For a shared machine or a time-limited device slot")
     tensorboard: bool = True
+
+    @classmethod
+    def _found_beside(cls, data: dict) -> list[InitErrorDetails]:
+        """A `model:` mapping's errors (SigmaNetConfig's), with the rest of the config's: it was validated only
+        once the config was taken (`sigma.training.loop`), so a config with errors in both took two runs."""
+        from sigma.models.config import SigmaNetConfig
+
+        model = data.get("model")
+        return errors_within(SigmaNetConfig, model, "model") if isinstance(model, dict) else []
 
     @field_validator("sources")
     @classmethod
