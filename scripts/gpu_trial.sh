@@ -70,10 +70,23 @@ TRAIN_ARGS+=("${EXTRA_ARGS[@]}")
 log "overrides: ${TRAIN_ARGS[*]}"
 RATE=$(python3 scripts/data_rate.py "$CFG" "$WORKERS" 12 "${TRAIN_ARGS[@]}" 2>> "$OUT/trial.log" | tail -1)
 [[ "$RATE" =~ ^[0-9.]+$ ]] || { log "no pace measured: 100 pairs/s assumed"; RATE=100; }
+# the network's side of the pace: a short probe of the real training (a Stage II teacher, say, can halve the
+# rate the engine alone allows: gpu2 planned 1,476 steps from 270 pairs/s and ran 865 at 140 before max_minutes).
+# The trainer logs cumulative pairs/s; the rate between the probe's middle and last log lines leaves out the start.
+PROBE_STEPS=${PROBE_STEPS:-60}
+python3 -m sigma train "$CFG" name=probe out_dir="$WORK/probe" init_from="$INIT" "${TRAIN_ARGS[@]}" \
+  batch_size=$BATCH num_workers=$WORKERS lr=$LR warmup_steps=5 seed=$SEED steps=$PROBE_STEPS ckpt_every=$PROBE_STEPS \
+  eval.every=0 eval.val_size=0 eval.val_dir="" log_every=10 > "$OUT/probe.log" 2>&1
+PROBE=$(python3 scripts/probe_rate.py "$OUT/probe.log" "$BATCH" 2>> "$OUT/trial.log" | tail -1)
+if [[ "$PROBE" =~ ^[0-9.]+$ ]] && python3 -c "import sys; sys.exit(not float('$PROBE') < float('$RATE'))"; then
+  log "the training's own pace ${PROBE} pairs/s is below the engine's: sizing from 0.9 of it"
+  RATE=$(python3 -c "print(f'{0.9 * float(\"$PROBE\"):.2f}')")
+fi
+rm -rf "$WORK/probe"
 TRAIN_S=$(( $(left) - TAIL - 25 ))     # 25 s: the workers' start and the validations
 STEPS=$(python3 -c "print(max(20, int(float('$RATE') * $TRAIN_S / $BATCH * 0.92)))")
 EVERY=$(( STEPS / 3 ))
-log "engine ${RATE} pairs/s; ${TRAIN_S}s to train: ${STEPS} steps of ${BATCH}"
+log "pace ${RATE} pairs/s; ${TRAIN_S}s to train: ${STEPS} steps of ${BATCH}"
 
 # 4. train
 python3 -m sigma train "$CFG" name=run out_dir="$WORK/runs" init_from="$INIT" \
