@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from killers import at_first_temp_rename
 from PIL import Image
 
 from sigma.batch import BatchConfig, run_batch
@@ -246,14 +247,7 @@ def test_outputs_over_the_runs_own_files_are_refused_before_any_work(run_dir, tm
         assert "[bad_run]" in capsys.readouterr().err
 
 
-_KILLED_IMAGE_WRITER = """import os, signal, sys
-from pathlib import Path
-def hook(event, args):
-    if event == "os.rename" and str(args[0]).endswith(".tmp"):
-        print(Path(args[0]).name, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-sys.addaudithook(hook)
-from sigma.cli import main
+_KILLED_IMAGE_WRITER = at_first_temp_rename() + """from sigma.cli import main
 main(sys.argv[1:])
 """
 

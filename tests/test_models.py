@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from killers import at_first_temp_rename
 
 from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.models import (
@@ -127,16 +128,7 @@ def test_save_load_roundtrip_is_exact(tiny, tmp_path):
 
 # A real saver that stops (SIGSTOP) or dies (SIGKILL) at its first rename: its temporary files written, none
 # renamed into place yet. An audit hook on `os.rename` (what os.replace raises), not a mock: the real save_model.
-_SAVER = """import os, signal, sys
-from pathlib import Path
-import torch
-first = []
-def hook(event, args):
-    if event == "os.rename" and not first and str(args[0]).endswith(".tmp"):
-        first.append(1)
-        print(Path(args[0]).name, flush=True)
-        os.kill(os.getpid(), getattr(signal, sys.argv[2]))
-sys.addaudithook(hook)
+_SAVER = at_first_temp_rename("getattr(signal, sys.argv[2])") + """import torch
 from sigma.models import build_model, save_model
 torch.manual_seed(1)
 model = build_model("tiny-lite")

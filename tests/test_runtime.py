@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from killers import at_first_temp_rename
 
 from sigma.annotators.model_annotator import embedded_status
 from sigma.digest import sha256_file
@@ -388,14 +389,7 @@ def test_a_handful_of_pairs_never_waits_for_an_export(tmp_path):
 
 # A real cache writer SIGKILLed at its rename (an audit hook on `os.rename`, what os.replace raises): its temporary
 # file written and synced, never renamed into place.
-_KILLED_CACHE_WRITER = """import os, signal, sys
-from pathlib import Path
-def hook(event, args):
-    if event == "os.rename" and str(args[0]).endswith(".tmp"):
-        print(Path(args[0]).name, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-sys.addaudithook(hook)
-from sigma.runtime.cache import temp_path_beside, write_atomic
+_KILLED_CACHE_WRITER = at_first_temp_rename() + """from sigma.runtime.cache import temp_path_beside, write_atomic
 print(temp_path_beside(Path(sys.argv[1]).with_suffix(".onnx")).name, flush=True)
 write_atomic(Path(sys.argv[1]), b'{"key": "half"}')
 """

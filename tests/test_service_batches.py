@@ -661,9 +661,12 @@ def test_an_endless_chunked_batch_body_is_refused_and_the_connection_closed(svc)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         sock.sendall(_batch_head(svc, "Transfer-Encoding: chunked") + b"1\r\n{\r\n")
         before = 0
-        while not select.select([sock], [], [], 0)[0] and before < 64 * 1024 * 1024:
-            sock.sendall(chunk)
-            before += len(chunk)
+        try:
+            while not select.select([sock], [], [], 0)[0] and before < 64 * 1024 * 1024:
+                sock.sendall(chunk)
+                before += len(chunk)
+        except OSError:     # answered and closed between the select and a send (a busy machine): the reset
+            pass            # comes after the answer, which is still in this socket's receive buffer
         answer = _answer(sock)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 413"), answer[:300]

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from sigma.config.schema import field_for_key, field_position, item_annotations, type_arms
 from sigma.errors import ConfigError, error_text
-from sigma.tempfiles import temp_name
+from sigma.tempfiles import replace_atomically
 from sigma.text import shown
 
 M = TypeVar("M", bound=BaseModel)
@@ -544,14 +544,7 @@ def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     text = resolved_yaml(config)          # before any file: a config YAML cannot write leaves nothing behind
-    tmp = temp_name(target)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    return replace_atomically(target, text.encode("utf-8"))
 
 
 def resolved_yaml(config: BaseModel | dict) -> str:
