@@ -3,7 +3,8 @@
     OUT/run.json                  config, corpus identity, run hash, the planned shards (fixed at first run)
     OUT/config.yaml               the resolved config (sigma.config.save_resolved)
     OUT/shards/<key>.<hash>.parquet   one manifest per shard: a pure function of (input, shard, run hash)
-    OUT/status/<key>.json         written after the shard's parquet is renamed into place: "done" or "failed"
+    OUT/status/<key>.json         written after the shard's parquet is on disk (fsynced, renamed, folder synced):
+                                  "done" or "failed"
                                   (also "failed" when a fleet task for the shard was dead-lettered)
     OUT/.locks/status-<key>.lock  flock serialising the writes of one shard's status across processes
     OUT/masks/<key>/<pair>.png    optional PNG masks
