@@ -100,11 +100,12 @@ def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]
     return [folder / name for name in _sweep_in(folder, names)]
 
 
-def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ...] | None = None) -> list[str]:
+def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ...] | None = None,
+              legacy: bool = True) -> list[str]:
     """The one pass every sweep makes over a folder (a path, or a descriptor opened link-free by `_open_below`): its
-    plain files (never a link) that are `temp_name`'s of a dead writer (`suffixes`: only of targets ending so), or
-    with `names` a legacy `NAME.tmp` older than LEGACY_AGE_S, removed; nothing below it. Returns the names removed;
-    one that cannot be removed is left."""
+    plain files (never a link) that are `temp_name`'s of a dead writer (`names`, `suffixes`: only of those targets,
+    of targets ending so), or with `names` and `legacy` a legacy `NAME.tmp` older than LEGACY_AGE_S, removed; nothing
+    below it. Returns the names removed; one that cannot be removed is left."""
     removed: list[str] = []
     try:
         entries = list(os.scandir(where))
@@ -117,7 +118,8 @@ def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ..
             if not entry.is_file(follow_symlinks=False):
                 continue
             stale = _stale(entry.name, names, suffixes)
-            if not stale and names is not None and entry.name.endswith(".tmp") and entry.name[:-4] in names:
+            if not stale and legacy and names is not None and entry.name.endswith(".tmp") \
+                    and entry.name[:-4] in names:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > LEGACY_AGE_S
             if stale:
                 os.unlink(entry.name if dir_fd is not None else entry.path, dir_fd=dir_fd)
@@ -127,14 +129,15 @@ def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ..
     return removed
 
 
-def sweep_dead_writers_of(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """For a folder no one holds (`sigma export coco --images DIR`, a folder of the user's that other processes may
-    write into at the same time): only `temp_name`'s files of targets ending in `suffixes` (`.png`) whose pid is
-    no live process here are removed. A live writer's file is never touched — nor a journal finished, nor a
-    legacy `NAME.tmp` of unknown writer removed, as `sweep_stale_temps` does where one writer owns the folder.
-    Before, an export killed mid-write left its hidden temporary image there for good: nothing swept that folder.
-    Returns what was removed."""
-    return [folder / name for name in _sweep_in(folder, None, suffixes)]
+def sweep_dead_writers_of(folder: Path, suffixes: tuple[str, ...] | None = None,
+                          names: set[str] | None = None) -> list[Path]:
+    """For a folder no one holds (`sigma export coco --images DIR`, or the folder of `--out FILE.json`: a folder of
+    the user's that other processes may write into at the same time): only `temp_name`'s files of targets ending in
+    `suffixes` (`.png`), or named one of `names` (`FILE.json`), whose pid is no live process here are removed. A live
+    writer's file is never touched — nor a journal finished, nor a legacy `NAME.tmp` of unknown writer removed, as
+    `sweep_stale_temps` does where one writer owns the folder. Before, an export killed mid-write left its hidden
+    temporary image (or FILE.json) there for good: nothing swept that folder. Returns what was removed."""
+    return [folder / name for name in _sweep_in(folder, names, suffixes, legacy=False)]
 
 
 def sweep_stale_below(root: Path, subfolders: Iterable[str]) -> list[Path]:

@@ -136,7 +136,7 @@ def refuse_images_dir(folder: str | Path, corpus: str | None) -> None:
                          "written there would replace them. Choose another folder", code="out_not_empty")
 
 
-def _is_stream(path: Path) -> bool:
+def is_stream(path: Path) -> bool:
     """A pipe or a device (followed through links): there is no file to replace, only a stream to write."""
     try:
         mode = os.stat(path).st_mode
@@ -150,7 +150,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     it instead of leaving a hidden `.name.pid.tmp` beside the target."""
     path = Path(path)
     refuse_folder(path)
-    if _is_stream(path):
+    if is_stream(path):
         # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
         # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
         with open(path, "wb") as handle:
