@@ -17,18 +17,23 @@ files, then a journal naming them, `.LAST.PID.RANDOM.pending`, the commit point;
 journal's rename, so a power cut is no worse than a kill), then moved into place. Killed before
 the journal, the old set stands and the staged files are swept later; killed after it, the next writer of the folder
 (or a reader calling `finish_replacements`) completes the moves from the journal. Before, the old last file was
-removed first and a kill before the new one's rename lost the old result with nothing to finish it from.
+removed first and a kill before the new one's rename lost the old result with nothing to finish it from. The moves
+of a set hold an flock on its folder: two live writers of one set (two `save_model`s into one folder) commit one
+after the other, never interleaved.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 # `.NAME.PID.RANDOM.tmp` as temp_name writes it: pid in 1..PID_MAX, 8 hex digits
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9][0-9]{0,9})\.[0-9a-f]{8}\.tmp")
@@ -95,11 +100,12 @@ def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]
     return [folder / name for name in _sweep_in(folder, names)]
 
 
-def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ...] | None = None) -> list[str]:
+def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ...] | None = None,
+              legacy: bool = True) -> list[str]:
     """The one pass every sweep makes over a folder (a path, or a descriptor opened link-free by `_open_below`): its
-    plain files (never a link) that are `temp_name`'s of a dead writer (`suffixes`: only of targets ending so), or
-    with `names` a legacy `NAME.tmp` older than LEGACY_AGE_S, removed; nothing below it. Returns the names removed;
-    one that cannot be removed is left."""
+    plain files (never a link) that are `temp_name`'s of a dead writer (`names`, `suffixes`: only of those targets,
+    of targets ending so), or with `names` and `legacy` a legacy `NAME.tmp` older than LEGACY_AGE_S, removed; nothing
+    below it. Returns the names removed; one that cannot be removed is left."""
     removed: list[str] = []
     try:
         entries = list(os.scandir(where))
@@ -112,7 +118,8 @@ def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ..
             if not entry.is_file(follow_symlinks=False):
                 continue
             stale = _stale(entry.name, names, suffixes)
-            if not stale and names is not None and entry.name.endswith(".tmp") and entry.name[:-4] in names:
+            if not stale and legacy and names is not None and entry.name.endswith(".tmp") \
+                    and entry.name[:-4] in names:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > LEGACY_AGE_S
             if stale:
                 os.unlink(entry.name if dir_fd is not None else entry.path, dir_fd=dir_fd)
@@ -122,14 +129,15 @@ def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ..
     return removed
 
 
-def sweep_dead_writers_of(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """For a folder no one holds (`sigma export coco --images DIR`, a folder of the user's that other processes may
-    write into at the same time): only `temp_name`'s files of targets ending in `suffixes` (`.png`) whose pid is
-    no live process here are removed. A live writer's file is never touched — nor a journal finished, nor a
-    legacy `NAME.tmp` of unknown writer removed, as `sweep_stale_temps` does where one writer owns the folder.
-    Before, an export killed mid-write left its hidden temporary image there for good: nothing swept that folder.
-    Returns what was removed."""
-    return [folder / name for name in _sweep_in(folder, None, suffixes)]
+def sweep_dead_writers_of(folder: Path, suffixes: tuple[str, ...] | None = None,
+                          names: set[str] | None = None) -> list[Path]:
+    """For a folder no one holds (`sigma export coco --images DIR`, or the folder of `--out FILE.json`: a folder of
+    the user's that other processes may write into at the same time): only `temp_name`'s files of targets ending in
+    `suffixes` (`.png`), or named one of `names` (`FILE.json`), whose pid is no live process here are removed. A live
+    writer's file is never touched — nor a journal finished, nor a legacy `NAME.tmp` of unknown writer removed, as
+    `sweep_stale_temps` does where one writer owns the folder. Before, an export killed mid-write left its hidden
+    temporary image (or FILE.json) there for good: nothing swept that folder. Returns what was removed."""
+    return [folder / name for name in _sweep_in(folder, names, suffixes, legacy=False)]
 
 
 def sweep_stale_below(root: Path, subfolders: Iterable[str]) -> list[Path]:
@@ -192,20 +200,49 @@ def finish_replacements(folder: Path, last: str | None = None) -> list[Path]:
         with _COMMITTING_LOCK:
             if str(journal) in _COMMITTING or (int(found["pid"]) != os.getpid() and pid_alive(int(found["pid"]))):
                 continue
-        try:
-            if journal.is_symlink() or journal.stat().st_size > MAX_JOURNAL_BYTES:
-                continue             # not one we wrote: never followed, never read whole
-            plan = json.loads(journal.read_bytes())
-            moves = [(folder / tmp, folder / target) for tmp, target in plan["files"]]
-            removes = [folder / target for target in plan["remove"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue                 # not a journal of ours: left as it is
-        if not all(_inside(folder, p) for pair in moves for p in pair) or not all(_inside(folder, p) for p in removes):
-            continue
-        _move_into_place(moves, removes)
-        journal.unlink(missing_ok=True)
-        done.append(journal)
+        with _commit_lock(folder):   # never interleaved with a live writer's commit of another set here
+            if _finish(folder, journal):
+                done.append(journal)
     return done
+
+
+def _finish(folder: Path, journal: Path) -> bool:
+    """Complete the set `journal` names (held under `_commit_lock`); False when it is none of ours or gone."""
+    try:
+        if journal.is_symlink() or journal.stat().st_size > MAX_JOURNAL_BYTES:
+            return False             # not one we wrote: never followed, never read whole
+        plan = json.loads(journal.read_bytes())
+        moves = [(folder / tmp, folder / target) for tmp, target in plan["files"]]
+        removes = [folder / target for target in plan["remove"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False                 # not a journal of ours (or another finisher's, done): left as it is
+    if not all(_inside(folder, p) for pair in moves for p in pair) or not all(_inside(folder, p) for p in removes):
+        return False
+    _move_into_place(moves, removes)
+    journal.unlink(missing_ok=True)
+    return True
+
+
+@contextmanager
+def _commit_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` itself (no lock file: a saved model's folder holds its two files alone) for
+    the moves of one set. Two live writers of one set (two `save_model`s into one folder) each staged whole but
+    moved into place interleaved — one's weights renamed, the other's whole set, then the first's config — and the
+    folder held one saver's weights beside the other's config. Committed one at a time, the last commit's whole set
+    stands. Best effort: where a folder cannot be opened or locked (some network mounts) the moves go unlocked."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)                 # the lock goes with the descriptor (and with a writer killed holding it)
 
 
 def _inside(folder: Path, path: Path) -> bool:
@@ -236,6 +273,21 @@ def write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _write_staged(path: Path, data: bytes | Callable[[Path], None]) -> None:
+    """A staged file of a set, on disk before the journal names it: `data` itself, or written by `data(path)` (a
+    model's weights, streamed to the file by their library: as bytes they would be one more copy of every tensor in
+    memory, some hundreds of MB for a model with its frozen backbone), then fsynced."""
+    if isinstance(data, bytes):
+        write_synced(path, data)
+        return
+    data(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
     """Write a temporary file beside `path`, then rename it over `path`; a write or rename that fails (a full disk)
     takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png,
@@ -259,9 +311,10 @@ def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
     return path
 
 
-def _sync_folder(folder: Path) -> None:
-    """The journal's rename on disk too (its directory entry). Best effort: a file system that cannot sync a folder
-    (some network mounts) refuses, and the set is still kill-safe there."""
+def sync_folder(folder: Path) -> None:
+    """A rename in `folder` on disk too (its directory entry): the journal's here, a batch shard's before its status
+    (`rename_durably`). Best effort: a file system that cannot sync a folder (some network mounts) refuses, and what
+    relies on it is still kill-safe there."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -274,7 +327,21 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None = None) -> list[Path]:
+def rename_durably(handle: BinaryIO, tmp: Path, target: Path) -> None:
+    """Publish the temporary file `tmp`, written through the open `handle`, at `target` so that it is on disk —
+    its bytes (fsync of the file), then its name (the rename, then fsync of the folder) — before the caller writes
+    anything that refers to it. A batch shard's parquet was renamed with its bytes only flushed to the page cache
+    while the status file saying "done" that followed was written durably: a power cut could leave the status on
+    disk beside a shard cut short or missing (caught only by the size and digest checks). The handle stays open
+    (a lock held on it lasts until the caller closes it)."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    sync_folder(target.parent)
+
+
+def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
+                     remove: list[Path] | None = None) -> list[Path]:
     """Files that only mean something together (metrics.json and the config.yaml it was made with), written so that
     a kill or a failed write at any point never leaves one run's file beside another run's, and never loses the old
     set without the new one to finish: the last file is the one that says the set is complete. Every file is
@@ -282,7 +349,10 @@ def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None 
     them (the commit point); then the old last file is removed, the others renamed into place, the last one last,
     and the journal removed. Killed or failed after the journal, the folder holds the old set's others beside the
     new ones without a last file until the next writer, or `finish_replacements`, completes the set from the
-    journal. All files lie in one folder. `remove`: files of the old set the new one does not have."""
+    journal. All files lie in one folder. `remove`: files of the old set the new one does not have. A file's data is
+    bytes, or a function that writes the file at the path it is given (`save_model`'s weights, streamed). The moves
+    are made under an flock on the folder (`_commit_lock`): two live writers of one set commit one after the other,
+    never interleaved, and the last one's whole set stands."""
     if not files:
         return []
     folder = files[-1][0].parent
@@ -300,7 +370,7 @@ def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None 
         for path, data in files:
             tmp = temp_name(path)
             written.append((tmp, path))
-            write_synced(tmp, data)
+            _write_staged(tmp, data)
         plan = {"files": [[tmp.name, path.name] for tmp, path in written], "remove": [p.name for p in remove]}
         staged = temp_name(journal)
         try:
@@ -310,9 +380,10 @@ def replace_together(files: list[tuple[Path, bytes]], remove: list[Path] | None 
             staged.unlink(missing_ok=True)
             raise
         committed = True
-        _sync_folder(folder)
-        _move_into_place(written, remove)
-        journal.unlink(missing_ok=True)
+        sync_folder(folder)
+        with _commit_lock(folder):
+            _move_into_place(written, remove)
+            journal.unlink(missing_ok=True)
     except BaseException:
         if not committed:            # the old set stands: the staged files go
             for tmp, _ in written:

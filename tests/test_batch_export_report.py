@@ -286,6 +286,37 @@ def test_coco_images_sweeps_what_a_killed_export_left_and_nothing_of_a_live_writ
         live.wait()
 
 
+def test_coco_out_sweeps_the_temporary_file_a_killed_export_left_beside_it(run_dir, tmp_path, capsys):
+    """`sigma export coco --out FILE.json` killed between writing its temporary file and renaming it left
+    `.FILE.json.PID.RANDOM.tmp` beside FILE.json for good (up to the size of the whole export, once per kill): no
+    one swept that folder. The next export to FILE.json removes it: only that name, only a dead writer's. A live
+    writer's file of that name, a dead writer's file of another name, a legacy `FILE.json.tmp` and a user's
+    `notes.tmp` stay (the folder is anyone's)."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = folder / "c.json"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IMAGE_WRITER, "export", "coco", str(run_dir), "--out",
+                             str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr
+    dead = killed.stdout.strip()
+    assert dead.startswith(".c.json.") and dead.endswith(".tmp") and (folder / dead).is_file(), dead
+    assert not out.exists()
+    dead_pid = dead.split(".")[-3]
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        kept = [f".c.json.{live.pid}.0badf00d.tmp", f".other.json.{dead_pid}.abcdef01.tmp", "c.json.tmp", "notes.tmp"]
+        for name in kept:
+            (folder / name).write_text("x")
+        assert main(["export", "coco", str(run_dir), "--out", str(out)]) == 0
+        capsys.readouterr()
+        assert not (folder / dead).exists()
+        assert json.loads(out.read_text())["images"]
+        assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) == sorted(kept)
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_coco_images_never_land_on_the_runs_or_the_corpus_files(run_dir, tmp_path, capsys):
     """`--images` was never checked: RUN/shards (or RUN/masks/<shard> of a --png-masks run) and the corpus's own
     folders took edited images named like the files there (a folder corpus's `edited/<id>.png` replaced by the

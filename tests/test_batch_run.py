@@ -1091,3 +1091,89 @@ def test_a_resumed_run_sweeps_what_killed_writers_left_in_status_and_masks(tmp_p
     finally:
         live.kill()
         live.wait()
+
+
+_RECORD_DURABILITY = r'''import json, os, sys
+events = []
+real_fsync = os.fsync
+def fsync(fd):
+    events.append(["fsync", os.readlink(f"/proc/self/fd/{fd}")])
+    real_fsync(fd)
+os.fsync = fsync                     # recorded, then the real one: the run's own calls, in their order
+def hook(event, args):
+    if event == "os.rename":
+        events.append(["rename", os.fspath(args[0]), os.fspath(args[1])])
+sys.addaudithook(hook)
+from sigma.cli import main
+rc = main(sys.argv[2:])
+with open(sys.argv[1], "w") as handle:
+    json.dump(events, handle)
+sys.exit(rc)
+'''
+
+
+def test_a_shard_is_on_disk_before_the_status_that_says_it_is_done(tmp_path):
+    """A shard's parquet was renamed with its bytes only flushed (never fsynced) while the status saying "done"
+    that followed was fsynced: after a power cut the status could stand beside a shard cut short or missing. In a
+    real run now, for every shard: its temporary file is fsynced, then renamed into place, then `shards/` is
+    fsynced, and only then is the status file written (its own temporary file fsynced and renamed)."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(8, size=32))
+    out, log, script = tmp_path / "run", tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(_RECORD_DURABILITY)
+    proc = subprocess.run([sys.executable, str(script), str(log), "batch", "run", str(root), "--out", str(out),
+                           "--annotator", "pixel-diff", "--shard-size", "4", "--workers", "0", "--no-progress"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    record = json.loads((out / "run.json").read_text())
+    assert len(record["shards"]) == 2
+    for shard in record["shards"]:
+        target = str(out / "shards" / f"{shard['key']}.{record['run_hash']}.parquet")
+        status = str(out / "status" / f"{shard['key']}.json")
+        renamed = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == target)
+        tmp = events[renamed][1]
+        synced = [i for i, e in enumerate(events) if e == ["fsync", tmp]]
+        folder = [i for i, e in enumerate(events) if e == ["fsync", str(out / "shards")] and i > renamed]
+        status_at = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == status)
+        assert synced and synced[0] < renamed, events            # the bytes before the name
+        assert folder and folder[0] < status_at, events          # the name before the status that vouches for it
+        assert ["fsync", events[status_at][1]] in events[:status_at]   # and the status itself durable
+
+
+_KILL_BEFORE_STATUS = r'''import os, signal, sys
+def hook(event, args):
+    if event == "os.rename" and os.path.basename(os.path.dirname(os.fspath(args[1]))) == "status":
+        os.kill(os.getpid(), signal.SIGKILL)     # the shard's parquet is in place, its status not yet
+sys.addaudithook(hook)
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_a_run_killed_between_a_shard_and_its_status_resumes_it(tmp_path):
+    """SIGKILL of a real run at the instant its first shard's parquet is in place (durably) and its status is not
+    (the status's temporary file written, its rename not done): the shard is pending, and `--resume` writes it
+    again and the rest, byte-identical to an uninterrupted run, with the status's temporary file swept."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(12, size=32))
+    common = ["--annotator", "pixel-diff", "--shard-size", "4", "--workers", "0", "--no-progress"]
+    full, killed, script = tmp_path / "full", tmp_path / "killed", tmp_path / "kill.py"
+    assert subprocess.run(_sigma("batch", "run", str(root), "--out", str(full), *common), timeout=120,
+                          capture_output=True, check=False).returncode == 0
+    script.write_text(_KILL_BEFORE_STATUS)
+    proc = subprocess.run([sys.executable, str(script), "batch", "run", str(root), "--out", str(killed), *common],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(list((killed / "shards").glob("*.parquet"))) == 1 and not list((killed / "status").glob("*.json"))
+    assert [p for p in (killed / "status").iterdir() if p.name.endswith(".tmp")]     # the status it was renaming
+    rc = subprocess.run(_sigma("batch", "run", str(root), "--out", str(killed), "--resume", *common),
+                        capture_output=True, timeout=120, text=True, check=False)
+    assert rc.returncode == 0, rc.stderr
+    assert "3 shard(s) written, 0 skipped" in rc.stdout, rc.stdout
+    full_files = {p.name: p.read_bytes() for p in (full / "shards").glob("*.parquet")}
+    assert full_files == {p.name: p.read_bytes() for p in (killed / "shards").glob("*.parquet")}
+    assert len(full_files) == 3
+    assert not [p for p in (killed / "status").iterdir() if p.name.endswith(".tmp")]
+    assert subprocess.run(_sigma("batch", "status", str(killed)), capture_output=True, timeout=60,
+                          check=False).returncode == 0

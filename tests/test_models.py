@@ -174,9 +174,10 @@ def test_savers_into_one_folder_never_share_a_temporary_file_and_a_killed_ones_i
     killed = subprocess.run([sys.executable, "-c", _SAVER, str(folder), "SIGKILL"], capture_output=True, text=True,
                             timeout=120, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    dead = killed.stdout.strip()
-    assert dead.startswith(f".{WEIGHTS_NAME}.") and not pid_alive(int(dead.split(".")[-3]))   # .NAME.PID.RANDOM.tmp
+    dead = killed.stdout.strip()         # its journal's temporary file, beside the weights and config it staged
+    assert dead.startswith(f"..{CONFIG_NAME}.") and not pid_alive(int(dead.split(".")[-3]))   # .NAME.PID.RANDOM.tmp
     assert (folder / dead).is_file()
+    assert len([p for p in folder.iterdir() if p.name.startswith(f".{WEIGHTS_NAME}.")]) == 1
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         in_progress = folder / f".{WEIGHTS_NAME}.{live.pid}.0badf00d.tmp"
@@ -188,6 +189,97 @@ def test_savers_into_one_folder_never_share_a_temporary_file_and_a_killed_ones_i
     finally:
         live.kill()
         live.wait()
+
+
+# A real saver of a tiny-lite whose config says `image_size` SIZE (the weights alike: only the config tells two such
+# models apart), stopped or killed (STOP) at its rename of config.json: its weights already in place. Its state is
+# written first, for the test to compare with.
+_PAIR_SAVER = """import os, signal, sys
+from pathlib import Path
+import torch
+folder, stop, size, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def hook(event, args):
+    if stop != "none" and event == "os.rename" and Path(os.fspath(args[1])) == folder / "config.json":
+        print("at the config's rename", flush=True)
+        os.kill(os.getpid(), getattr(signal, stop))
+sys.addaudithook(hook)
+from sigma.models import build_model, preset_config, save_model
+torch.manual_seed(seed)
+model = build_model(preset_config("tiny-lite", image_size=size))
+torch.save(model.state_dict(), folder.parent / f"state{seed}.pt")
+save_model(model, folder)
+"""
+
+
+def _pair_saver(folder, stop: str, size: int, seed: int, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", _PAIR_SAVER, str(folder), stop, str(size), str(seed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _whole(folder, tmp_path, size: int, seed: int) -> bool:
+    """Whether `folder` loads as exactly the model saver `seed` saved: its config and its weights."""
+    model = load_model(folder)
+    want = torch.load(tmp_path / f"state{seed}.pt")
+    got = model.state_dict()
+    return model.config.image_size == size and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_saver_killed_between_its_weights_and_its_config_leaves_no_mixed_model(tmp_path):
+    """save_model renamed the weights, then config.json: SIGKILLed between the two renames, it left its weights beside
+    the old model's config, and the folder loaded as a model no one saved (here: the new weights with the old
+    config's image_size). The two are one set now (`replace_together`, config last): the old config goes first, and
+    the load that finds no config finishes the killed save from its journal — the new model whole, nothing left."""
+    import signal
+
+    from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = tmp_path / "m"
+    old = _pair_saver(folder, "none", 64, 0)
+    assert old.wait(timeout=120) == 0, old.stderr.read()
+    assert _whole(folder, tmp_path, 64, 0)
+    killed = _pair_saver(folder, "SIGKILL", 96, 1)
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.stderr.read()
+    assert killed.stdout.read().strip() == "at the config's rename"
+    assert _whole(folder, tmp_path, 96, 1)
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+
+def test_two_savers_at_once_leave_one_whole_model(tmp_path):
+    """Two savers into one folder at once: the first stopped (SIGSTOP) at its config's rename, its weights in place,
+    while the second saved whole, then the first renamed its config over the second's — the second's weights
+    beside the first's config. The moves of a set now hold an flock on the folder: the second stages its set and
+    waits, then commits after the first; the folder holds the second's whole model."""
+    import os
+    import signal
+    import time
+
+    from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = tmp_path / "m"
+    first = _pair_saver(folder, "SIGSTOP", 96, 1)
+    second = None
+    try:
+        assert first.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(first.pid, os.WUNTRACED)[1]                 # stopped, its weights renamed into place
+        second = _pair_saver(folder, "none", 128, 2)
+        deadline = time.monotonic() + 60
+        while second.poll() is None and time.monotonic() < deadline and \
+                len(list(folder.glob(f".{CONFIG_NAME}.*.pending"))) < 2:
+            time.sleep(0.05)
+        time.sleep(0.5)                          # time enough to commit, were it not to wait for the first
+        assert second.poll() is None, second.stderr.read()          # waiting for the first's commit
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=120) == 0 and second.wait(timeout=120) == 0, second.stderr.read()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert _whole(folder, tmp_path, 128, 2)
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
 
 
 @pytest.mark.parametrize("config_text", ["{broken", "[1]", '{"format": "sigma-net"}',

@@ -381,6 +381,10 @@ def test_sigterm_in_a_periodic_validation_abandons_it_at_once_exits_143_and_resu
     assert abandoned and int(abandoned.group(1)) < 320, lines.text()[-3000:]
     assert torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 1
     assert [r["event"] for r in _rows(cut) if r["step"] == 1] == ["train", "paused"]
+    # the paused row says what stdout says: which validation was abandoned, how far it got (it said nothing before)
+    paused = next(r for r in _rows(cut) if r["event"] == "paused")
+    assert paused["abandoned_validation"] == {"step": 1, "what": "the synthetic set",
+                                              "scored": int(abandoned.group(1)), "of": 320}, paused
     assert not (cut / "best").exists() and not (cut / "best.new").exists() and not (cut / "best.json").exists()
     assert not (cut / "final").exists()
 

@@ -3,7 +3,8 @@
     OUT/run.json                  config, corpus identity, run hash, the planned shards (fixed at first run)
     OUT/config.yaml               the resolved config (sigma.config.save_resolved)
     OUT/shards/<key>.<hash>.parquet   one manifest per shard: a pure function of (input, shard, run hash)
-    OUT/status/<key>.json         written after the shard's parquet is renamed into place: "done" or "failed"
+    OUT/status/<key>.json         written after the shard's parquet is on disk (fsynced, renamed, folder synced):
+                                  "done" or "failed"
                                   (also "failed" when a fleet task for the shard was dead-lettered)
     OUT/.locks/status-<key>.lock  flock serialising the writes of one shard's status across processes
     OUT/masks/<key>/<pair>.png    optional PNG masks
@@ -135,7 +136,7 @@ def refuse_images_dir(folder: str | Path, corpus: str | None) -> None:
                          "written there would replace them. Choose another folder", code="out_not_empty")
 
 
-def _is_stream(path: Path) -> bool:
+def is_stream(path: Path) -> bool:
     """A pipe or a device (followed through links): there is no file to replace, only a stream to write."""
     try:
         mode = os.stat(path).st_mode
@@ -149,7 +150,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     it instead of leaving a hidden `.name.pid.tmp` beside the target."""
     path = Path(path)
     refuse_folder(path)
-    if _is_stream(path):
+    if is_stream(path):
         # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
         # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
         with open(path, "wb") as handle:

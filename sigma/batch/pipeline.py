@@ -2,7 +2,7 @@
 
     feeder thread ── chunks of SourceItems ──▶ decode processes ──▶ futures (bounded queue, in order)
     main thread: wait on futures in order, batch pairs (never across shards), annotator.predict
-    writer thread: rows → one parquet per shard (temp + atomic rename) → status file
+    writer thread: rows → one parquet per shard (temp, fsync, rename, fsync folder) → status file
 
 Bounded queues keep memory flat however long the run; the annotator never waits on disk while the
 decode window is full.
@@ -30,7 +30,7 @@ from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.images import write_png
 from sigma.lifeline import ShieldedSpawnProcess, die_with_parent, leave_stop_signals_to_parent
-from sigma.tempfiles import temp_name
+from sigma.tempfiles import rename_durably, temp_name
 from sigma.text import MAX_JSON_DEPTH, NotWritable, unwritable_output
 
 _END = object()
@@ -199,8 +199,9 @@ class ShardWriter:
                 # when nobody holds it (RunDir.sweep_temps); the kernel drops the lock with the writer
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 pq.write_table(rows_to_table(rows), handle, compression="zstd", row_group_size=max(len(rows), 1))
-                handle.flush()
-                tmp.replace(target)
+                # on disk (bytes, then name) before the status below says "done" about it: only flushed before,
+                # a power cut could keep the durable status and lose the shard it vouches for
+                rename_durably(handle, tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sigma.batch.layout import atomic_write_bytes, refuse_images_dir, refuse_run_file
+from sigma.batch.layout import atomic_write_bytes, is_stream, refuse_images_dir, refuse_run_file
 from sigma.export.select import (
     RowFilter,
     UniqueNames,
@@ -46,6 +46,10 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
         # the folder is held by no one (two exports, or the user's own writers, may work in it at once): only the
         # temporary images of writers that are dead go (an earlier export killed mid-write), never a live one's
         sweep_dead_writers_of(Path(images_dir), (".png",))
+    if not is_stream(out):
+        # the same for the temporary files of `out` itself (`.FILE.json.PID.RANDOM.tmp`) an export killed while
+        # writing it left beside it: only that name, only of dead writers (the folder is anyone's)
+        sweep_dead_writers_of(Path(out).parent, names={Path(out).name})
     key = order_key(order)
     names = UniqueNames()
     kept: list[tuple[dict, dict | None, float | None]] = []

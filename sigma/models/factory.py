@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
-from sigma.tempfiles import sweep_stale_temps, temp_name
+from sigma.tempfiles import finish_replacements, replace_together
 from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
@@ -88,9 +87,10 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
 
     `include_frozen_backbone=False` leaves a frozen pretrained backbone out (sigma-b: 3.5 M trained
     parameters instead of 90 M); `load_model` then resolves it from `backbone.weights` (local path >
-    HF cache > download if allowed). Atomic: files are written under temporary names of this process's own
-    (`sigma.tempfiles.temp_name`) and renamed, so a kill never leaves half a model and concurrent savers never
-    write one file; a saver killed mid-write leaves a temporary file the next save into the folder removes.
+    HF cache > download if allowed). Atomic as a pair (`sigma.tempfiles.replace_together`, config last): a kill at
+    any point leaves the old model or the new one — a kill mid-commit, a folder without its config until the next
+    save or load finishes it from the journal — and two savers at once leave one saver's whole model, never one's
+    weights beside the other's config; a saver killed mid-write leaves temporary files the next save removes.
     `dtype` (e.g. torch.float16) stores the floating-point tensors in that
     precision (the embedded sigma-lite: half the bytes; BatchNorm statistics stay fp32); `load_model` casts
     them back to the model's."""
@@ -108,25 +108,24 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
     if dtype is not None:   # BatchNorm running statistics keep fp32: a variance can exceed fp16's range
         state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
                  else v for k, v in state.items()}
-    # temporary names of this writer's own (`temp_name`): the fixed `model.safetensors.tmp` of two savers into one
-    # folder was one file both wrote and one renamed away from the other, and a killed saver left a name no sweep
-    # knew. What savers killed here left (a dead pid's temporary file of these two names) goes first.
-    sweep_stale_temps(weights_path.parent, {weights_path.name, cfg_path.name})
-    tmp_w, tmp_c = temp_name(weights_path), temp_name(cfg_path)
     meta = {"format": FORMAT, "version": 1, "backbone_in_file": not skip_backbone}
     if dtype is not None:
         meta["stored_dtype"] = str(dtype).removeprefix("torch.")
+
+    def write_weights(tmp: Path) -> None:          # streamed by safetensors: no second copy of the weights in memory
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+
+    # one set, the config last (`replace_together`): the weights and config.json were renamed one after the other,
+    # and a saver killed between the two renames left its weights beside the old config, two savers at once one's
+    # weights beside the other's config. Staged under temporary names of this writer's own (`temp_name`), then a
+    # journal; what savers killed here left goes first (a set they committed is finished, their staged files swept).
     try:
-        save_file(state, str(tmp_w), metadata={"format": FORMAT})
-        tmp_c.write_text(json.dumps({**meta, "config": cfg.model_dump(mode="json")}, indent=2))
-    except BaseException as exc:
-        for tmp in (tmp_w, tmp_c):           # a partial file would hold the space the next save needs
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, Exception) and not isinstance(exc, OSError):   # safetensors' own error type
+        replace_together([(weights_path, write_weights),
+                          (cfg_path, json.dumps({**meta, "config": cfg.model_dump(mode="json")}, indent=2).encode())])
+    except Exception as exc:
+        if not isinstance(exc, OSError):            # safetensors' own error type
             raise OSError(f"{weights_path}: cannot write the model ({str(exc).splitlines()[0][:160]})") from exc
         raise
-    os.replace(tmp_w, weights_path)
-    os.replace(tmp_c, cfg_path)
     return path
 
 
@@ -142,6 +141,16 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
     return path / CONFIG_NAME, path / WEIGHTS_NAME
 
 
+def _finish_save(cfg_path: Path) -> None:
+    """A save killed mid-commit (its journal written, the old config removed, the new one not yet renamed) left the
+    folder without its config: the save is completed from its journal (`finish_replacements`), as the next save
+    there would. Best effort: a folder that cannot be written (a read-only install) is read as it is."""
+    try:
+        finish_replacements(cfg_path.parent, last=cfg_path.name)
+    except OSError:
+        pass
+
+
 def read_config(path: str | Path) -> SigmaNetConfig:
     return _read_saved(path)[0]
 
@@ -149,6 +158,8 @@ def read_config(path: str | Path) -> SigmaNetConfig:
 def _read_saved(path: str | Path) -> tuple[SigmaNetConfig, bool]:
     """(config, whether the weights file holds the backbone)."""
     cfg_path, _ = model_files(path)
+    if not cfg_path.is_file():
+        _finish_save(cfg_path)
     if not cfg_path.is_file():
         raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} (a saved model is a folder with "
                                    f"{CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json)")

@@ -264,6 +264,8 @@ class Trainer:
         before its imports, `start`); `run` notes its own without one."""
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
         self.terminated = terminated
+        # the validation a SIGTERM abandoned (step, what, scored, of), for the `paused` row that ends the run
+        self.abandoned_validation: dict[str, Any] | None = None
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if self.world > 1 and not torch.distributed.is_initialized():
@@ -519,6 +521,8 @@ class Trainer:
             try:
                 self._validate(val, final)
             except ValidationAbandoned as cut:
+                self.abandoned_validation = {"step": self.step, "what": cut.what, "scored": cut.scored,
+                                             "of": cut.total}
                 self.log(f"[val step {self.step}] abandoned after {cut.scored} of {cut.total} pairs of {cut.what}: "
                          "the run is stopping (SIGTERM); nothing of it is kept")
             finally:
@@ -785,8 +789,14 @@ class Trainer:
 
     def _end_terminated(self, started: float) -> NoReturn:
         """The end of a run a SIGTERM stopped, in the loop (`_pause`) or outside it: a `paused` row, the data workers
-        closed, `Stopped` (the CLI: one line, exit 143) on every rank, the line saying how to continue."""
-        self.emit({"event": "paused", "reason": "sigterm", "minutes": round((time.monotonic() - started) / 60.0, 2)})
+        closed, `Stopped` (the CLI: one line, exit 143) on every rank, the line saying how to continue. A validation
+        the SIGTERM abandoned is in the row (`abandoned_validation`): only stdout said so, and metrics.jsonl alone
+        did not tell a run paused mid-validation from one paused between steps."""
+        row: dict[str, Any] = {"event": "paused", "reason": "sigterm",
+                               "minutes": round((time.monotonic() - started) / 60.0, 2)}
+        if self.abandoned_validation is not None:
+            row["abandoned_validation"] = self.abandoned_validation
+        self.emit(row)
         self._close()
         raise Stopped(f"terminated at step {self.step}; continue with: sigma train --resume {self.run_dir}"
                       if self.is_main else "", 128 + signal.SIGTERM)
