@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,28 @@ def test_ddp_ranks_pause_together_on_rank0s_clock(photos, tmp_path):
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1 and not (run / "final").exists()
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+
+
+def test_ddp_user_error_is_one_line_and_torchruns_report_carries_it(tmp_path):
+    """A user error under torchrun (here a photos folder that does not exist, met by both ranks at start-up): sigma's
+    line was printed once per rank, torchrun's report said `error_file: <N/A>` and `traceback : To enable traceback
+    see: ...`, and the rank torchrun stopped while it was on its way out with the same error ended `-15`. Now rank 0
+    alone prints the line, every rank writes it to torchrun's error file (the report's `traceback` field) and ends
+    with sigma's exit status 2. torchrun's own ChildFailedError traceback stays: it is the torchrun process's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma",
+           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={tmp_path / 'nowhere'}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    err = proc.stderr
+    assert proc.returncode != 0, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    assert said == [f"sigma: error [file_not_found]: {tmp_path / 'nowhere'}: photo folder not found"], err[-3000:]
+    # torchrun's report: sigma's line as each failure's traceback, the root cause included, every rank ended 2
+    report = err[err.index("Root Cause"):]
+    assert f"traceback : {said[0]}" in report and "To enable traceback" not in err, err[-3000:]
+    assert re.findall(r"^ +exitcode +: (-?\d+)", err, re.M) == ["2", "2"], err[-3000:]
+    # the only Python traceback is torchrun's own (its frames are torch's and runpy's), none from sigma's code
+    frames = [line for line in err.splitlines() if line.lstrip().startswith('File "')]
+    assert all("torch" in f or "runpy" in f for f in frames), frames
