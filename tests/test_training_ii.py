@@ -150,6 +150,7 @@ def test_ddp_two_processes_on_cpu_keep_the_same_weights(photos, tmp_path):
     assert sum(r["event"] == "val" for r in rows) >= 2
     assert all(math.isfinite(r["loss"]) for r in rows if r["event"] == "train")
     assert proc.stdout.count("step 3/3") == 1
+    assert proc.stdout.count("run folder: ") == 1, proc.stdout       # once, by rank 0 (it was once per rank)
     best = json.loads((run / "best.json").read_text())                           # selection on synthetic val
     # (of the trained weights: the at-start score of random weights, with no init_from, is no candidate)
     assert best["f1"] >= max(r["synthetic"]["f1"] for r in rows if r["event"] == "val" and r["step"] > 0) - 1e-12
