@@ -13,12 +13,14 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from procfs import takes_ctrl_c
 from test_synth import make_photos
 
 from sigma.config.loader import load_config
@@ -194,3 +196,27 @@ def test_ddp_user_error_is_one_line_and_torchruns_report_carries_it(tmp_path):
     # the only Python traceback is torchrun's own (its frames are torch's and runpy's), none from sigma's code
     frames = [line for line in err.splitlines() if line.lstrip().startswith('File "')]
     assert all("torch" in f or "runpy" in f for f in frames), frames
+
+
+def test_ddp_ctrl_c_says_interrupted_once(photos, tmp_path):
+    """A Ctrl-C to a torchrun in a terminal reaches every rank (the terminal's process group, and torchrun passes
+    it on): each rank printed `sigma: interrupted`. Now rank 0 alone says it; torchrun ends with its own report."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma",
+           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=takes_ctrl_c)
+    try:
+        for line in proc.stdout:                      # the ranks train: both have passed their start-up
+            if line.startswith("step 2/"):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert [line for line in err.splitlines() if line.startswith("sigma: ")] == ["sigma: interrupted"], err[-3000:]

@@ -122,7 +122,7 @@ class _SigtermWhileStarting:
 def _interrupted(argv: list[str] | None) -> int:
     if argv is None:
         _ignore_further_interrupts()
-    print("sigma: interrupted", file=sys.stderr)
+    _say("sigma: interrupted")      # under torchrun once, by rank 0: a Ctrl-C reaches every rank
     return 130
 
 
