@@ -6,7 +6,8 @@ https://pytorch.org/docs/stable/elastic/errors.html` for the rank that failed, a
 stopped while that one was still on its way out with the same error. torchrun's own `ChildFailedError` traceback
 (printed by the torchrun process whenever a rank ends non-zero) is not sigma's to change.
 
-Now: every rank writes its line to the error file torchrun gives it (`TORCHELASTIC_ERROR_FILE`, in the JSON form
+Now (for an error, `sigma: interrupted` after a Ctrl-C, and a SIGTERM's stop line alike): every rank writes its line
+to the error file torchrun gives it (`TORCHELASTIC_ERROR_FILE`, in the JSON form
 torch's `ErrorHandler.record_exception` writes and `ProcessFailure` reads), so torchrun's report shows sigma's line,
 code included, as the failure's `traceback` — for the rank that failed first as its "Root Cause". Only rank 0 prints
 the line itself; another rank's line (an error only that rank met) is in the report. A rank that failed ignores the
