@@ -11,7 +11,8 @@ import torch
 
 def main() -> None:
     out = Path(sys.argv[1])
-    from sigma.training.loop import Trainer, start
+    from sigma.cli import main as sigma_main
+    from sigma.training.loop import Trainer
 
     captured = {}
     orig_init = Trainer.__init__
@@ -21,7 +22,9 @@ def main() -> None:
         captured["trainer"] = self
 
     Trainer.__init__ = init
-    start(sys.argv[2], sys.argv[3:])
+    code = sigma_main(["train", *sys.argv[2:]])
+    if code:
+        sys.exit(code)
     rank = int(os.environ["RANK"])
     model = captured["trainer"].model
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"rank{rank}.pt")

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from procfs import takes_ctrl_c
 from test_synth import make_photos
 
 from sigma.config.loader import load_config
@@ -149,6 +152,7 @@ def test_ddp_two_processes_on_cpu_keep_the_same_weights(photos, tmp_path):
     assert sum(r["event"] == "val" for r in rows) >= 2
     assert all(math.isfinite(r["loss"]) for r in rows if r["event"] == "train")
     assert proc.stdout.count("step 3/3") == 1
+    assert proc.stdout.count("run folder: ") == 1, proc.stdout       # once, by rank 0 (it was once per rank)
     best = json.loads((run / "best.json").read_text())                           # selection on synthetic val
     # (of the trained weights: the at-start score of random weights, with no init_from, is no candidate)
     assert best["f1"] >= max(r["synthetic"]["f1"] for r in rows if r["event"] == "val" and r["step"] > 0) - 1e-12
@@ -167,3 +171,52 @@ def test_ddp_ranks_pause_together_on_rank0s_clock(photos, tmp_path):
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1 and not (run / "final").exists()
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+
+
+def test_ddp_user_error_is_one_line_and_torchruns_report_carries_it(tmp_path):
+    """A user error under torchrun (here a photos folder that does not exist, met by both ranks at start-up): sigma's
+    line was printed once per rank, torchrun's report said `error_file: <N/A>` and `traceback : To enable traceback
+    see: ...`, and the rank torchrun stopped while it was on its way out with the same error ended `-15`. Now rank 0
+    alone prints the line, every rank writes it to torchrun's error file (the report's `traceback` field) and ends
+    with sigma's exit status 2. torchrun's own ChildFailedError traceback stays: it is the torchrun process's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma",
+           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={tmp_path / 'nowhere'}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    err = proc.stderr
+    assert proc.returncode != 0, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    assert said == [f"sigma: error [file_not_found]: {tmp_path / 'nowhere'}: photo folder not found"], err[-3000:]
+    # torchrun's report: sigma's line as each failure's traceback, the root cause included, every rank ended 2
+    report = err[err.index("Root Cause"):]
+    assert f"traceback : {said[0]}" in report and "To enable traceback" not in err, err[-3000:]
+    assert re.findall(r"^ +exitcode +: (-?\d+)", err, re.M) == ["2", "2"], err[-3000:]
+    # the only Python traceback is torchrun's own (its frames are torch's and runpy's), none from sigma's code
+    frames = [line for line in err.splitlines() if line.lstrip().startswith('File "')]
+    assert all("torch" in f or "runpy" in f for f in frames), frames
+
+
+def test_ddp_ctrl_c_says_interrupted_once(photos, tmp_path):
+    """A Ctrl-C to a torchrun in a terminal reaches every rank (the terminal's process group, and torchrun passes
+    it on): each rank printed `sigma: interrupted`. Now rank 0 alone says it; torchrun ends with its own report."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma",
+           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=takes_ctrl_c)
+    try:
+        for line in proc.stdout:                      # the ranks train: both have passed their start-up
+            if line.startswith("step 2/"):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert [line for line in err.splitlines() if line.startswith("sigma: ")] == ["sigma: interrupted"], err[-3000:]

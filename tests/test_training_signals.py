@@ -398,3 +398,36 @@ def test_sigterm_in_a_periodic_validation_abandons_it_at_once_exits_143_and_resu
     assert steps_logged(cut) == [1, 2]
     assert [r["step"] for r in _rows(cut) if r["event"] == "val"] == [1, 2]
     assert json.loads((cut / "best.json").read_text())["step"] in (1, 2)
+
+
+def test_a_max_minutes_pause_stops_the_data_workers_before_its_checkpoint_and_validation(photos, tmp_path):
+    """A run `max_minutes` pauses, with data workers: they were stopped only once the pause's checkpoint and
+    validation were done (minutes with a real set), reading batches nobody would take meanwhile; on a GPU such a
+    pause ended with `terminate called without an active exception` as the process left (not reproduced on a CPU).
+    Now they are stopped as the loop ends, before any of the pause's work, and none is left when the process exits;
+    the run ends 0, paused and resumable. tests/train_watch_workers.py counts the process's live data workers."""
+    runs = tmp_path / "runs"
+    proc, seen = _watched([STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=cut", "steps=4",
+                           "num_workers=2", "max_minutes=1e-6", "eval.at_start=false", "eval.val_size=2",
+                           "ckpt_every=4"])
+    assert seen.pop("train_step@0") == "2", proc.stdout          # the workers were there, and seen
+    assert seen == {"checkpoint@1": "0", "validate@1": "0", "exit": "0"}, proc.stdout
+    assert [(r["step"], r["reason"]) for r in _rows(runs / "cut") if r["event"] == "paused"] == [(1, "max_minutes")]
+    # finished: the resumed run's workers are gone before its last checkpoint and final validation, and at exit
+    proc, seen = _watched(["--resume", str(runs / "cut"), "max_minutes=null"])
+    assert seen.pop("train_step@3") == "2", proc.stdout
+    assert {k: v for k, v in seen.items() if not k.startswith("train_step@")} == \
+        {"checkpoint@4": "0", "validate@4": "0", "exit": "0"}, proc.stdout
+    assert (runs / "cut" / "final").is_dir()
+
+
+def _watched(args: list[str]) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """`sigma train ARGS` through tests/train_watch_workers.py: it must end 0, quietly; the live data workers it
+    counted at each watched call (the last count for a call made at several steps) come back."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "train_watch_workers.py"), *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "terminate called" not in proc.stderr, proc.stderr[-3000:]
+    return proc, dict(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("WORKERS "))

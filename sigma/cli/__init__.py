@@ -122,8 +122,28 @@ class _SigtermWhileStarting:
 def _interrupted(argv: list[str] | None) -> int:
     if argv is None:
         _ignore_further_interrupts()
-    print("sigma: interrupted", file=sys.stderr)
+    _say("sigma: interrupted")      # under torchrun once, by rank 0: a Ctrl-C reaches every rank
     return 130
+
+
+def _say(line: str) -> None:
+    """A command's last line, on stderr; under torchrun once for all ranks, and in torchrun's report
+    (`sigma.cli.elastic`)."""
+    from sigma.cli import elastic
+
+    if elastic.record(line):
+        print(line, file=sys.stderr)
+
+
+def _failed(line: str, argv: list[str] | None) -> int:
+    """An error's one line said (`_say`) and exit status 2; under torchrun the rank then keeps that status while
+    torchrun stops the others with SIGTERM (it was killed in its exit: -15). Only for the program itself."""
+    _say(line)
+    if argv is None:
+        from sigma.cli import elastic
+
+        elastic.leaving_quietly()
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,23 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except SigmaError as exc:
         message = " ".join(str(exc.message).split())   # always one line, whatever a library put in it
-        print(f"sigma: error [{exc.code}]: {message}", file=sys.stderr)
-        return 2
+        return _failed(f"sigma: error [{exc.code}]: {message}", argv)
     except KeyboardInterrupt:
         return _interrupted(argv)
     except Stopped as exc:   # a SIGTERM obeyed, the work saved or none done (`sigma train`): one line, 128 + signal
         if argv is None:
             _ignore_further_interrupts()
         if exc.message:
-            print(f"sigma: {exc.message}", file=sys.stderr)
+            _say(f"sigma: {exc.message}")
         return exc.exit_code
     except BrokenPipeError:  # `sigma eval ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:   # the machine refused (a name too long, no space, no permission): one line, no traceback
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"sigma: error [os_error]: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
+        return _failed(f"sigma: error [os_error]: {exc.strerror or exc}{where}", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

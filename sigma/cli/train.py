@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = """Train a SigmaNet with the one training loop (Stage I: BCE + Dice on synthetic edits; Stage II:
 VAE-roundtrip calibration, EMA self-training, edit-noise disentanglement, each switchable).
@@ -53,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("give either a config or --resume RUN_DIR, not both")
         run_dir = start(config, overrides, resume=args.resume, log=lambda m: print(m, flush=True),
                         terminated=terminated)
-    print(f"run folder: {run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:     # under torchrun once, like the log: it was printed by every rank
+        print(f"run folder: {run_dir}")
     return 0

@@ -721,6 +721,7 @@ class Trainer:
         # closed on the way out, whatever it is: a Ctrl-C in a step stops the data workers at once, and quietly. A
         # SIGTERM is noted, not obeyed at once: the step in hand finishes and the run pauses there (`_pause`)
         terminated = self.terminated
+        reason = None
         with closing(self._batches(ds)) as batches:
             for batch in batches:
                 t0 = time.perf_counter()
@@ -758,7 +759,11 @@ class Trainer:
                 # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
                 reason = self._stop_reason(started, bool(terminated))
                 if reason:
-                    return self._pause(val, started, window, n_pairs, t_data, t_model, reason)
+                    break
+        # the data workers are stopped by now, whichever way the loop ended (`_data_workers`): a pause stopped them
+        # only once its checkpoint and validation were done, and they went on reading batches meanwhile
+        if reason:
+            return self._pause(val, started, window, n_pairs, t_data, t_model, reason)
         self.checkpoint()
         return self._finish(val, started)
 
