@@ -26,7 +26,7 @@ from redis import RedisError
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import DEAD_READ, TASK_READ, RunDir
-from sigma.batch.record import check_record, corpus_problem, record_version, recorded_config
+from sigma.batch.record import check_options, check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.io.corpora import CORPUS_READERS
@@ -632,6 +632,7 @@ def _checked_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConf
             return task_error(f"{where}: its plugins {cfg.plugins} are not the run's {fields['plugins']} (edited "
                               "after the run was planned); refused, nothing imported")
         check_record(record, str(fields.get("run_hash")), where)
+        check_options(record, where, "refused, nothing run")   # its annotator cannot be built here as planned
     except InputError as exc:
         return task_error(f"[{exc.code}] {exc.message}")
     except ValueError as exc:      # the task's plugins field is no JSON: a damaged task
