@@ -121,3 +121,15 @@ def test_options_edited_into_run_json_are_still_an_edited_record(planned, tmp_pa
     (copy / "run.json").write_text(json.dumps(record))
     assert main(["batch", "status", str(copy)]) == 2
     assert capsys.readouterr().err.startswith("sigma: error [run_modified]: ")
+
+
+def test_a_fleet_workers_task_of_such_a_run_is_refused_with_the_code(old_run):
+    """A fleet worker checks the run's config before it builds the annotator from it: such a run's task was refused
+    as a damaged run.json (`run_modified`, "its config is not a batch config"); now as `run_options_refused`."""
+    from sigma.service.fleet import _checked_config
+
+    _, run, run_hash = old_run
+    record = json.loads((run / "run.json").read_text())
+    found = _checked_config({"run_dir": str(run), "run_hash": run_hash}, record)
+    assert isinstance(found, str) and found.startswith("[run_options_refused] "), found
+    assert "options.dilate" in found and "refused, nothing run" in found
