@@ -38,7 +38,7 @@ STATUS_BY_CODE = {
     "unknown_format": 422, "file_not_found": 422, "bad_manifest": 422, "bad_dataset": 422, "bad_parquet": 422,
     "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,
     "run_locked": 409, "too_many_shards": 422, "link_outside_run": 409, "run_modified": 409, "run_too_large": 409,
-    "plan_too_large": 422,
+    "plan_too_large": 422, "run_options_refused": 409,
 }
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {

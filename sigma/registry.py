@@ -60,8 +60,9 @@ class Registry:
 
 def import_plugins(modules: Iterable[str], where: str = "plugins") -> None:
     """Plugin modules register their annotators (readers, backends) on import; every process that plans or
-    builds one imports them first. `where` names the setting in the error (`worker.plugins`, `plugins`)."""
-    for module in modules:
+    builds one imports them first. `where` names the setting in the error (`worker.plugins`, `plugins`). Each module
+    once, whichever list named it twice."""
+    for module in dict.fromkeys(modules):
         try:
             importlib.import_module(module)
         except ImportError as exc:

@@ -9,9 +9,12 @@ as typed; every service mode took the worker.* settings it never reads (and the 
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from servicekit import TESTS, base_env, free_port
@@ -538,3 +541,54 @@ def test_every_integer_flag_no_config_field_bounds_has_a_stated_range(tmp_path):
     assert not (run / "report.html").exists() and not (tmp_path / "syn").exists() and not (tmp_path / "cache").exists()
     done = sigma_cli("report", str(run), "--limit", "1e1", "--thumb", "6.4e1")      # whole numbers in range: taken
     assert done.returncode == 0 and (run / "report.html").is_file(), done.stderr
+
+
+def _environ_has(pid: int, entry: bytes) -> bool:
+    try:
+        return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("bad, needles, code", [
+    (["--set", "worker.options.dilate=2"], ["its worker could not start", "dilate"], "invalid_config"),
+    (["--set", "worker.options.threshold=7"], ["its worker could not start", "threshold"], "invalid_config"),
+    (["--set", "worker.annotator=nope"], ["its worker could not start", "'nope'"], "unknown_name"),
+    (["--annotator=-x"], ["its worker could not start", "'-x'"], "unknown_name"),
+    (["--set", "worker.plugins=[no_such_plugin_mod]"], ["worker.plugins", "no_such_plugin_mod"], "invalid_config"),
+], ids=["option_removed", "option_out_of_range", "unknown_annotator", "dash_value", "plugin"])
+def test_serve_all_refuses_what_its_worker_would_die_of_before_any_child_starts(bad, needles, code, tmp_path):
+    """`sigma serve all` passed its worker's annotator, options and plugins on unchecked: the API came up, the child
+    died of them (`dilate: Extra inputs are not permitted`, `Unknown annotator`, `--annotator -x`: expected one
+    argument) and was restarted until worker.max_restarts. Now the server refuses them first: one stderr line,
+    exit 2, no worker child started, none left behind."""
+    from sigma.cli.serve import PARENT_ENV
+
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "serve", "all", "--port", str(free_port()), "--set",
+                             "auth.allow_anonymous=true", *bad], env=base_env("redis://127.0.0.1:1/0"),
+                            cwd=str(TESTS.parent), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    marker = f"{PARENT_ENV}={proc.pid}".encode()
+    left = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _environ_has(int(p.name), marker)]
+    assert_refused(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), *needles, code=code)
+    assert "the worker (pid" not in err and left == [], (err, left)
+
+
+def test_serve_all_hands_its_worker_values_that_start_with_a_dash():
+    """The worker child's command line was rebuilt as `--config FILE --set ITEM`: a value starting with `-` (a config
+    file `-serve.yaml`, `--set=-k=1`) was another flag to the child (`expected one argument`). Each now goes as
+    `--flag=VALUE`, and the worker's parser reads back what the server's read."""
+    from sigma.cli import build_parser
+    from sigma.cli.serve import worker_argv
+
+    parser = build_parser()
+    served = parser.parse_args(["serve", "all", "--config=-serve.yaml", "--set=-k=1", "--set", "worker.consumer=a",
+                                "--annotator=-odd", "--plugin=p.q"])
+    worker = parser.parse_args(["worker", *worker_argv(served)])
+    assert (worker.config, worker.overrides, worker.annotator, worker.plugin) == (
+        "-serve.yaml", ["-k=1", "worker.consumer=a"], "-odd", ["p.q"])

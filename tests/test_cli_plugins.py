@@ -346,3 +346,41 @@ def test_sigma_serve_all_plugin_flags_add_to_the_configured_plugins(redis_server
     finally:
         assert proc.stop(timeout=20) == 0, proc.output()
         s.http.close()
+
+
+def test_a_plugin_named_twice_by_a_config_is_one_plugin_on_every_route(redis_server, tmp_path):
+    """Only `--plugin` merged its modules each once (`with_plugin_args`): `plugins: [m, m]` in a batch config file was
+    recorded as given, run.json saying [m, m], and the same run submitted again with `--plugin m` (the list [m])
+    was refused, run_modified "its plugins [m, m] are not this submission's [m]". Now every plugin list a config
+    holds (a file, --set, the environment; `plugins`, `api.plugins`, `worker.plugins`) names each module once."""
+    import uuid
+
+    from sigma.service.settings import load_serve_config
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "marked_plugin.py").write_text(MARKED_PLUGIN)
+    write_pairs_jsonl(tmp_path / "set", list(synthetic_pairs(4, size=32)))
+    config = tmp_path / "run.yaml"
+    config.write_text("plugins: [marked_plugin, marked_plugin]\nannotator: marked-diff\ninput:\n  shard_size: 2\n"
+                      "workers: 0\n")
+    out = tmp_path / "out"
+    proc = sigma_cli("batch", "run", str(tmp_path / "set"), "--out", str(out), "--config", str(config),
+                     "--no-progress", pythonpath=[tmp_path / "mods"])
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert json.loads((out / "run.json").read_text())["config"]["plugins"] == ["marked_plugin"]
+    again = sigma_cli("batch", "submit", str(tmp_path / "set"), "--out", str(out), "--config", str(config),
+                      "--plugin", "marked_plugin", "--redis", redis_server.url, "--key-prefix",
+                      f"t{uuid.uuid4().hex[:10]}", pythonpath=[tmp_path / "mods"])
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    # a run.json an older sigma wrote with the module twice (plugins are outside the run hash) is the same run
+    record = json.loads((out / "run.json").read_text())
+    record["config"]["plugins"] = ["marked_plugin", "marked_plugin"]
+    (out / "run.json").write_text(json.dumps(record))
+    older = sigma_cli("batch", "submit", str(tmp_path / "set"), "--out", str(out), "--config", str(config),
+                      "--redis", redis_server.url, "--key-prefix", f"t{uuid.uuid4().hex[:10]}",
+                      pythonpath=[tmp_path / "mods"])
+    assert older.returncode == 0, (older.stdout, older.stderr)
+
+    cfg = load_serve_config(None, ["api.plugins=[service_plugins,service_plugins]",
+                                   "worker.plugins=[service_plugins,json,service_plugins]"])
+    assert cfg.api.plugins == ["service_plugins"] and cfg.worker.plugins == ["service_plugins", "json"]

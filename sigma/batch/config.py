@@ -14,6 +14,7 @@ from sigma.config.schema import (
     MAX_THREADS,
     AnnotatorSpec,
     IOConfig,
+    Modules,
     Strict,
 )
 from sigma.io.corpora import CORPUS_READERS
@@ -90,7 +91,7 @@ class BatchConfig(AnnotatorSpec):
                            "recovers before the worker is taken for hung)")
     attempts: int = Field(3, ge=1, description="a shard whose process or Ray actor dies is run again by another "
                           "one, up to this many tries in all; then it is failed (rerun with --resume)")
-    plugins: list[str] = Field(default_factory=list, description="modules imported before the annotator is built, "
+    plugins: Modules = Field(default_factory=list, description="modules imported before the annotator is built, "
                                "in every process and actor (to register your own annotators)")
     ray: RayConfig = RayConfig()
     io: IOConfig = IOConfig()

@@ -26,9 +26,10 @@ from pydantic import ValidationError
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
-from sigma.errors import InputError
+from sigma.errors import InputError, error_text
 from sigma.io.corpora import Corpus
 from sigma.io.corpora.base import unique_keys
+from sigma.registry import options_model
 from sigma.text import dumps_finite, loads, shown
 
 # 2: the run hash covers the shard plan (`plan_digest`) and `config.input.path` is the corpus's resolved path
@@ -36,6 +37,11 @@ RUN_VERSION = 2
 VERSIONS = (1, 2)
 MODIFIED = "run_modified"
 FIX = "Restore run.json, or start the run again in a new --out (or after deleting this run folder)"
+# a record that holds to its run hash whose options the annotator's config, as this sigma (and its plugins) has it,
+# no longer accepts (an option renamed or removed, a range tightened since the run was planned)
+OPTIONS_REFUSED = "run_options_refused"
+OPTIONS_FIX = ("Continue it with the sigma version (and plugins) that planned it, or start it again in a new --out "
+               "with options this version accepts (`sigma models` lists the annotators)")
 
 
 def plan_digest(shards: list[Any]) -> str:
@@ -82,8 +88,19 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+class RecordedConfig(BatchConfig):
+    """A run record's config, its annotator options not validated with it. Since the options are validated by the
+    annotator's own config (`AnnotatorSpec.options_model`), a record planned with options this sigma no longer
+    accepts (renamed, removed, a range tightened) was `run_modified` for every reader, `sigma batch status` included:
+    "its config is not a batch config". What the run was planned with is what its hash covers; whether the
+    annotator can still be built with it is asked apart (`refused_options`), by those that build it."""
+
+    options_model = None
+
+
 def recorded_config(record: dict[str, Any], where: Any) -> BatchConfig:
-    """The record's config as a BatchConfig, its corpus identity and model objects: else run_modified."""
+    """The record's config as a BatchConfig (`RecordedConfig`: its options as recorded), its corpus identity and
+    model objects: else run_modified."""
     if not isinstance(record.get("corpus"), dict) or not isinstance(record.get("model"), dict):
         raise InputError(f"{where}: its corpus or model is not an object (edited or damaged). {FIX}", code=MODIFIED)
     for name in ("config", "corpus", "model"):
@@ -91,7 +108,7 @@ def recorded_config(record: dict[str, Any], where: Any) -> BatchConfig:
             raise InputError(f"{where}: its {name} nests more than {MAX_RECORD_DEPTH} levels deep: no run planned it "
                              f"(edited or damaged). {FIX}", code=MODIFIED)
     try:
-        cfg = BatchConfig.model_validate(record.get("config"))
+        cfg = RecordedConfig.model_validate(record.get("config"))
         # as the hash dumps it: options nested deeper than pydantic writes (a few hundred levels; JSON reads ~990)
         # were a ValueError traceback. A config that was planned was dumped then, so this one was not planned
         cfg.model_dump(mode="json")
@@ -101,6 +118,51 @@ def recorded_config(record: dict[str, Any], where: Any) -> BatchConfig:
         loc = ".".join(str(p) for p in first.get("loc", ())) or "config"
         raise InputError(f"{where}: its config is not a batch config ({shown(loc)}: {first.get('msg', exc)}); "
                          f"edited or damaged, or written by another version of sigma. {FIX}", code=MODIFIED) from exc
+
+
+def refused_options(record: dict[str, Any]) -> str | None:
+    """What the annotator's config, as this sigma and the plugins imported have it, refuses in the record's options
+    (`options.dilate: Extra inputs are not permitted`), or None: none refused, or the annotator's config is unknown
+    here (a plugin not imported, which the builder imports first)."""
+    config = record.get("config")
+    if not isinstance(config, dict):
+        return None
+    name, options = config.get("annotator"), config.get("options")
+    if not isinstance(options, dict) or not options or not (name is None or isinstance(name, str)):
+        return None
+    model = options_model(name)
+    if model is None:
+        return None
+    try:
+        model.model_validate(options)
+    except ValidationError as exc:
+        return "; ".join(error_text({**e, "loc": ("options", *e["loc"])}) for e in exc.errors()) or None
+    except Exception:  # noqa: BLE001 - a plugin validator's own failure: said where the annotator is built
+        return None
+    return None
+
+
+def options_note(record: dict[str, Any], where: Any) -> str | None:
+    """The warning a reader of a checked record (status, exports, the review page) gives when its options are
+    refused now: it reads the run as recorded, but the run can no longer be continued by this sigma."""
+    problem = refused_options(record)
+    if problem is None:
+        return None
+    return (f"{where}: the run's annotator options are no longer accepted by annotator "
+            f"{shown(record['config'].get('annotator'))!r} in this sigma ({shown(problem, 300)}): read as recorded; "
+            f"it cannot be continued with this version ({OPTIONS_REFUSED})")
+
+
+def check_options(record: dict[str, Any], where: Any, then: str = "nothing run") -> None:
+    """InputError run_options_refused when the record's options are refused now (`refused_options`): for those
+    that build the annotator from the record (`--resume`, a submission again, a fleet worker). Without it they
+    failed as if run.json had been edited (`run_modified`, "Restore run.json"), or on a command line's own options
+    (`invalid_config`), with no word that the run itself can no longer be continued by this sigma."""
+    problem = refused_options(record)
+    if problem is not None:
+        raise InputError(f"{where}: the run was planned with annotator options this sigma no longer accepts for "
+                         f"annotator {shown(record['config'].get('annotator'))!r} ({shown(problem, 300)}); {then}. "
+                         f"{OPTIONS_FIX}", code=OPTIONS_REFUSED)
 
 
 def record_hash(cfg: BatchConfig, record: dict[str, Any], version: int, digest: str | None = None) -> str:

@@ -15,6 +15,7 @@ from sigma.batch.record import (
     FIX,
     MODIFIED,
     RUN_VERSION,
+    check_options,
     check_record,
     corpus_problem,
     plan_dicts,
@@ -124,6 +125,7 @@ def _resumed_hash(cfg: BatchConfig, corpus: Corpus, model: dict[str, Any], recor
     digest = plan_digest(record["shards"]) if version >= 2 else None      # once: the record's check hashes it too
     run_hash = cfg.run_hash(identity, model, digest)
     check_record(record, record["run_hash"], where, compare=cfg.output_fields(identity, model), digest=digest)
+    check_options(record, where)        # the run as planned, not this command's options: it cannot go on here
     if record["run_hash"] != run_hash:
         raise ConfigError(_other_run_message(rundir, record, model, run_hash, out_name))
     problem = corpus_problem(corpus, record)

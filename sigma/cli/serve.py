@@ -381,6 +381,35 @@ def _serve_the_workers_annotator(cfg, annotator: str) -> None:
                       "others no worker takes; add it to api.annotators or start the worker with one of those")
 
 
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """`sigma serve all`'s command line as its worker child takes it. Each value goes as `--flag=VALUE`: given as
+    `--flag VALUE`, one that starts with `-` (`--annotator=-x`, `--set=-k=1`, a config file named `-c.yaml`) was
+    read by the child as another flag, `expected one argument`, and the child died and was restarted for good."""
+    argv = [f"--config={args.config}"] if args.config else []
+    argv += [f"--set={item}" for item in args.overrides]
+    argv += [f"--annotator={args.annotator}"] if args.annotator else []
+    return argv + [f"--plugin={module}" for module in args.plugin]
+
+
+def _check_the_workers_start(cfg, args: argparse.Namespace) -> None:
+    """What `sigma serve all`'s worker child builds, checked here before the API or the child starts: its plugins
+    (worker.plugins and --plugin) import, its annotator is registered, its options are ones that annotator's
+    config accepts. Left to the child, a bad one (`--set worker.annotator=nope`, `--set worker.options.dilate=2`)
+    was the child's error on stderr after the API was up, the child restarted until worker.max_restarts, and the
+    server exited 1 minutes later; now it is one line, exit 2, and no child is started."""
+    from sigma.errors import ConfigError, SigmaError
+    from sigma.registry import annotator_config_cls, import_plugins, validate_annotator_options
+
+    import_plugins(with_plugin_args(cfg.worker.plugins, args), "worker.plugins")
+    name = cfg.worker.annotator
+    try:
+        annotator_config_cls(name)                      # unknown_name, with the closest registered name
+        validate_annotator_options(name, dict(cfg.worker.options))
+    except SigmaError as exc:
+        raise ConfigError(f"sigma serve all: its worker could not start: {exc.message} (--annotator / "
+                        f"worker.annotator, worker.options)", code=exc.code) from exc
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -401,6 +430,7 @@ def run(args: argparse.Namespace) -> int:
     warn_unused_settings(mode, cfg)
     if args.what == "all":
         _serve_the_workers_annotator(cfg, cfg.worker.annotator)
+        _check_the_workers_start(cfg, args)
     # the API validates a batch's annotator by registry name: --plugin adds to api.plugins (create_app imports them)
     cfg.api.plugins = with_plugin_args(cfg.api.plugins, args)
     host, port = cfg.api.host, cfg.api.port
@@ -416,15 +446,7 @@ def run(args: argparse.Namespace) -> int:
     server = Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log,
                                    **uvicorn_options(cfg)))
     if args.what == "all":
-        cmd = [sys.executable, "-m", "sigma", "worker"]
-        if args.config:
-            cmd += ["--config", args.config]
-        for item in args.overrides:
-            cmd += ["--set", item]
-        if args.annotator:
-            cmd += ["--annotator", args.annotator]
-        for module in args.plugin:
-            cmd += ["--plugin", module]
+        cmd = [sys.executable, "-m", "sigma", "worker", *worker_argv(args)]
 
         def give_up() -> None:
             server.should_exit = True

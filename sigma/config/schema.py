@@ -10,7 +10,7 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sigma.text import MAX_JSON_DEPTH
@@ -63,6 +63,18 @@ def finite_in(bounds: str) -> BeforeValidator:
 
 
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0), finite_in("in [0, 1]")]
+
+
+def _each_once(modules: list[str]) -> list[str]:
+    """Each module once, in the order first named."""
+    return list(dict.fromkeys(modules))
+
+
+# A list of plugin modules (`plugins`, `api.plugins`, `worker.plugins`), each once whichever way it was given: only
+# `--plugin` merged its list without repeats (`sigma.cli.common.with_plugin_args`), so `plugins: [m, m]` in a config
+# file (or --set, or SIGMA__*__PLUGINS) was recorded as given: run.json said [m, m], and the same run submitted
+# again with `--plugin m` ([m]) was refused as naming other plugins than the run's.
+Modules = Annotated[list[str], AfterValidator(_each_once)]
 #: a length of time or any other amount that cannot be negative: a finite number >= 0
 NonNegative = Annotated[float, Field(ge=0.0), finite_in(">= 0")]
 

@@ -5,6 +5,7 @@ run.json and decode only the rows they keep, shard by shard, so memory stays fla
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
-from sigma.batch.record import FIX, MODIFIED, corpus_problem, verified_record
+from sigma.batch.record import FIX, MODIFIED, corpus_problem, options_note, verified_record
 from sigma.errors import InputError
 from sigma.io.corpora import Corpus
 from sigma.io.corpora.base import Shard, SourceItem, safe_name
@@ -194,6 +195,9 @@ def checked_run(run: str | Path | CheckedRun) -> CheckedRun:
         return run
     rundir = RunDir(run)
     record, cfg = verified_record(rundir, NOTHING_WRITTEN)
+    note = options_note(record, rundir.run_file)
+    if note:        # read as recorded: the masks are the run's; only continuing it needs the annotator built
+        print(f"sigma: warning: {note}", file=sys.stderr)
     return CheckedRun(rundir, record, cfg)
 
 

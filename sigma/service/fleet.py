@@ -26,7 +26,7 @@ from redis import RedisError
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import DEAD_READ, TASK_READ, RunDir
-from sigma.batch.record import check_record, corpus_problem, record_version, recorded_config
+from sigma.batch.record import check_options, check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.io.corpora import CORPUS_READERS
@@ -133,13 +133,21 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
             "already_queued": len(pending) - len(to_queue), "run_hash": run_hash}
 
 
+def _each_once(plugins: Any) -> Any:
+    """A list of module names each once (as a config now holds it, `sigma.config.schema.Modules`): a run.json or a
+    task written before lists were made so may name one twice, and is the same list. Anything else as it is."""
+    if isinstance(plugins, list) and all(isinstance(module, str) for module in plugins):
+        return list(dict.fromkeys(plugins))
+    return plugins
+
+
 def _check_plugins(rundir: RunDir, cfg: BatchConfig, record: dict[str, Any]) -> None:
     """The tasks carry this submission's plugins and the workers refuse a run.json that names others
     (`_trusted_config`): such a run is refused here, before anything is queued to be dead-lettered. Plugins are
     outside the run hash (a module name is not what the masks depend on), so this is their one check. `record`:
     the run record `prepare_run` read and checked (read again, it was one more parse of up to ~15 MB)."""
     recorded = (record.get("config") or {}).get("plugins", [])
-    if recorded != cfg.plugins:
+    if _each_once(recorded) != cfg.plugins:
         raise InputError(f"{rundir.run_file}: its plugins {shown(recorded)} are not this submission's "
                          f"{shown(cfg.plugins)}; the workers import the submission's and refuse a run.json that names "
                          "others. Submit with the same --plugin, or, if run.json was edited, restore it",
@@ -628,10 +636,11 @@ def _checked_config(fields: dict[str, str], record: dict[str, Any]) -> BatchConf
             if resolved_under(str(cfg.input.path), os.path.realpath(root)) is None:
                 return task_error(f"{fields['run_dir']}: run.json names a corpus outside the run's root (edited after "
                                   "the run was planned); refused, nothing read")
-        if "plugins" in fields and loads(fields["plugins"]) != cfg.plugins:
+        if "plugins" in fields and _each_once(loads(fields["plugins"])) != cfg.plugins:
             return task_error(f"{where}: its plugins {cfg.plugins} are not the run's {fields['plugins']} (edited "
                               "after the run was planned); refused, nothing imported")
         check_record(record, str(fields.get("run_hash")), where)
+        check_options(record, where, "refused, nothing run")   # its annotator cannot be built here as planned
     except InputError as exc:
         return task_error(f"[{exc.code}] {exc.message}")
     except ValueError as exc:      # the task's plugins field is no JSON: a damaged task

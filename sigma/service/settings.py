@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from sigma.config.loader import Override, load_config
-from sigma.config.schema import MAX_BATCH_SIZE, IOConfig, LimitsConfig, Strict
+from sigma.config.schema import MAX_BATCH_SIZE, IOConfig, LimitsConfig, Modules, Strict
 from sigma.errors import ConfigError
 
 SCOPES = ("annotate", "metrics", "admin")
@@ -138,7 +138,7 @@ class ApiSettings(Strict):
                                         "this long (uvicorn timeout_keep_alive)")
     multipart_spool_bytes: int = Field(1024 * 1024, ge=0, description="a multipart file part larger than this "
                                        "is spooled to a temporary file while the body streams in")
-    plugins: list[str] = Field(default_factory=list, description="modules the API process imports at start-up "
+    plugins: Modules = Field(default_factory=list, description="modules the API process imports at start-up "
                                "(`sigma serve api --plugin MODULE` adds to it), so a request may name the annotators "
                                "(and corpus readers) they register: POST /v1/batches checks a run's annotator and "
                                "options against the registry. The workers import theirs: worker.plugins")
@@ -151,7 +151,7 @@ class WorkerSettings(Strict):
     max_wait_ms: int = Field(0, ge=0, description="after the first entry, wait this long for more; 0: take "
                              "what is queued (under load batches fill while the previous batch runs)")
     consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
-    plugins: list[str] = Field(default_factory=list, description="modules imported before building the "
+    plugins: Modules = Field(default_factory=list, description="modules imported before building the "
                                "annotator, so third-party annotators can register themselves")
     run_read_retry_s: float = Field(5.0, ge=0, description="`sigma worker --batch`: a run.json found unreadable "
                                     "(being replaced, half seen over NFS, a passing EACCES) is read again with "
