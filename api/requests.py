@@ -8,7 +8,8 @@ text cannot be encoded, stored or answered faithfully, so it is refused rather t
 The body is streamed into one buffer and dropped as soon as it is parsed, base64 is decoded without
 intermediate copies, and multipart files above `api.multipart_spool_bytes` are spooled to disk. A file part is
 counted while it streams in: one above `limits.max_bytes` is 413 `file_too_large` at once, with the connection
-closed, instead of being spooled whole, read into memory and only then refused by the decoder.
+closed (after a bounded lingering discard of the rest, `sigma.api.server`), instead of being spooled whole, read
+into memory and only then refused by the decoder.
 """
 from __future__ import annotations
 
@@ -109,8 +110,10 @@ def parse_json(body: bytes | bytearray) -> Any:
 
 
 def _too_large(max_bytes: int, how: str) -> ApiError:
-    # the rest of the body is not read: the connection cannot carry another request, and left open it drained what
-    # the client kept sending (an endless chunked body: for api.body_timeout_s) after the answer had gone out
+    # the rest of the body is not parsed: the connection cannot carry another request, and left open it drained what
+    # the client kept sending (an endless chunked body: for api.body_timeout_s) after the answer had gone out. The
+    # close is a lingering one (sigma.api.server): the rest is discarded within api.close_linger_s/_bytes first, so a
+    # client that writes its whole body before reading gets this answer, not a connection reset
     return ApiError(413, "request_too_large", f"this route takes a JSON body of at most {max_bytes} bytes; {how}",
                     {"Connection": "close"})
 
@@ -214,7 +217,8 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
     except BodyReadAborted:
         raise                   # too large / too slow: the middleware that raised it answers
     except FilePartTooLarge as exc:
-        # the rest of the body is not read: the connection cannot carry another request
+        # the rest of the body is not parsed (a bounded lingering discard, sigma.api.server): the connection cannot
+        # carry another request
         raise ApiError(413, "file_too_large", f"'{exc.name}': more than limits.max_bytes={exc.limit} bytes; "
                        "refused while it was arriving", {"Connection": "close"}) from exc
     except (MultiPartException, StarletteHTTPException) as exc:

@@ -7,7 +7,19 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
 - a header timeout (`api.header_timeout_s`): from a connection's start, or the first byte of its next
   request, to the end of the request head; else a raw 408 and the connection is closed;
 - a drain timeout (`api.body_timeout_s`): an answer that went out before the body was read (401, 413, 429)
-  leaves the rest of the body to be discarded; it must have arrived within that time, else close.
+  leaves the rest of the body to be discarded; it must have arrived within that time, else close;
+- a lingering close (`api.close_linger_s`, `api.close_linger_bytes`) for an answer that closes the connection
+  before the body was read (413 `request_too_large` / `file_too_large` with `Connection: close`).
+
+Why the lingering close: uvicorn closes the socket right after such an answer (`transport.close()` once h11 is
+MUST_CLOSE). A socket closed with unread data makes the kernel send a reset instead of a FIN, and the client's
+next send fails (ECONNRESET / EPIPE): a client that writes its whole body before it reads (http.client and
+urllib.request; over a lossy link or on Windows httpx and requests too) never saw the 413, 20 times out of 20 with
+a 3 MiB body to the 1 MiB POST /v1/batches. Now the answer is followed by a half-close (`write_eof`: a FIN after
+the answer, so the client knows no other answer comes), and what the client still sends is read and discarded,
+not parsed, until it closes its side, or `close_linger_bytes` more have come, or `close_linger_s` has passed,
+whichever is first; then the socket is closed. A body that ends within the bound meets no reset; an endless one
+is still cut, after at most that many bytes or seconds.
 
 The body a route does read is bounded by the `BodyTimeout` middleware (408 `request_timeout` as JSON).
 
@@ -35,15 +47,42 @@ REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/j
                    b"content-length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
 
 
+class _LingeringTransport:
+    """The transport uvicorn's protocol and its request cycles see: `close()` becomes a lingering close while the
+    request's body is still arriving after a complete answer (see the module's docstring); everything else is the
+    socket transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedH11Protocol):
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        if not self._protocol.start_lingering():
+            self._transport.close()
+
+    def is_closing(self) -> bool:
+        """True while lingering too: uvicorn then neither arms its keep-alive timer nor parses a next request."""
+        return self._protocol.lingering or self._transport.is_closing()
+
+
 class GuardedH11Protocol(H11Protocol):
     header_timeout_s: float = 10.0
     drain_timeout_s: float = 60.0
+    linger_s: float = 2.0
+    linger_bytes: int = 8 * 1024 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         self._drained: Any = None      # the request whose unread body the drain timer is about
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._socket: asyncio.Transport | None = None     # the real transport, under the lingering wrapper
+        self.lingering = False
+        self._linger_left = 0
 
     # -- timers ----------------------------------------------------------------------------------
     def _cancel(self, name: str) -> None:
@@ -65,14 +104,52 @@ class GuardedH11Protocol(H11Protocol):
         if (not self.transport.is_closing() and self.cycle is self._drained
                 and self.conn.their_state is h11.SEND_BODY):
             self.logger.info("unread request body still arriving after %.1f s: closing", self.drain_timeout_s)
-            self.transport.close()
+            self._close_now()
+
+    # -- lingering close ---------------------------------------------------------------------------
+    def start_lingering(self) -> bool:
+        """On uvicorn's close after an answer sent before the body was read: send a FIN after the answer and keep
+        reading (and discarding) what the client still sends, within the bounds. False when there is nothing to
+        linger for (the body is all in, no answer went out, lingering is off): then close as uvicorn asked."""
+        transport = self._socket
+        if (self.lingering or transport is None or transport.is_closing() or self.cycle is None
+                or not self.cycle.response_complete or self.conn.their_state is not h11.SEND_BODY
+                or self.linger_s <= 0 or self.linger_bytes <= 0 or not transport.can_write_eof()):
+            return False
+        self.lingering = True
+        self._linger_left = self.linger_bytes
+        self._cancel("_drain_timer")
+        transport.write_eof()            # the FIN goes out after the buffered answer
+        transport.resume_reading()       # uvicorn pauses reading while a body is not being read
+        self._linger_timer = self.loop.call_later(self.linger_s, self._linger_expired)
+        return True
+
+    def _linger_expired(self) -> None:
+        self._linger_timer = None
+        self.logger.info("request body still arriving %.1f s after a closing answer: closing", self.linger_s)
+        self._close_now()
+
+    def _discard(self, data: bytes) -> None:
+        self._linger_left -= len(data)
+        if self._linger_left < 0:
+            self.logger.info("request body went on %d bytes past a closing answer: closing", self.linger_bytes)
+            self._close_now()
+
+    def _close_now(self) -> None:
+        self._cancel("_linger_timer")
+        if self._socket is not None:
+            self._socket.close()
 
     # -- uvicorn's protocol hooks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._socket = transport
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:               # the rest of a body already answered: neither parsed nor kept
+            self._discard(data)
+            return
         if self.conn.their_state is h11.IDLE and self._head_timer is None:   # the first byte of a request
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_expired)
         super().data_received(data)
@@ -84,13 +161,20 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.SEND_BODY and self._drain_timer is None:
+        if self.conn.their_state is h11.SEND_BODY and self._drain_timer is None and not self.lingering:
             self._drained = self.cycle
             self._drain_timer = self.loop.call_later(self.drain_timeout_s, self._drain_expired)
+
+    def shutdown(self) -> None:
+        if self.lingering:               # the server is stopping: no more waiting for the client
+            self._close_now()
+            return
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel("_head_timer")
         self._cancel("_drain_timer")
+        self._cancel("_linger_timer")
         super().connection_lost(exc)
 
 
@@ -110,12 +194,15 @@ def return_large_buffers_to_os() -> bool:
         return False
 
 
-def guarded_protocol(header_timeout_s: float, drain_timeout_s: float) -> type[GuardedH11Protocol]:
+def guarded_protocol(header_timeout_s: float, drain_timeout_s: float, linger_s: float = 2.0,
+                     linger_bytes: int = 8 * 1024 * 1024) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
-                {"header_timeout_s": header_timeout_s, "drain_timeout_s": drain_timeout_s})
+                {"header_timeout_s": header_timeout_s, "drain_timeout_s": drain_timeout_s, "linger_s": linger_s,
+                 "linger_bytes": linger_bytes})
 
 
 def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
     """Keyword arguments for `uvicorn.run` / `uvicorn.Config` that apply the API's connection timeouts."""
-    return {"http": guarded_protocol(cfg.api.header_timeout_s, cfg.api.body_timeout_s),
+    return {"http": guarded_protocol(cfg.api.header_timeout_s, cfg.api.body_timeout_s, cfg.api.close_linger_s,
+                                     cfg.api.close_linger_bytes),
             "timeout_keep_alive": cfg.api.keep_alive_timeout_s}

@@ -240,3 +240,37 @@ def running_service(redis_server, tmp: Path, overrides: list[str] | None = None,
         yield s
     finally:
         s.close()
+
+
+def paced(body: bytes, chunk: int = 65536, pause_s: float = 0.002) -> Iterator[bytes]:
+    """`body` 64 KiB at a time with a short pause between: a client on a real link, still sending when the server
+    answers (on loopback a 3 MiB body fits in the kernel's buffers at once, so the server's early close came after
+    the client's last send and its reset was never met)."""
+    for start in range(0, len(body), chunk):
+        yield body[start:start + chunk]
+        time.sleep(pause_s)
+
+
+def post_whole_body_first(url: str, path: str, body: bytes, headers: dict[str, str], client: str,
+                          chunked: bool = False) -> tuple[int, dict, str]:
+    """POST `body` (paced) the way a client that writes its whole body before reading does: `http.client` (the
+    stdlib, under urllib.request: a failed send is an exception, the answer never read) or `httpx` (it reads the
+    answer after a failed send, if the socket still holds it). (status, JSON body, Connection header); a connection
+    error propagates (OSError / httpx.TransportError)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    headers = dict(headers) if chunked else {**headers, "Content-Length": str(len(body))}
+    if client == "httpx":
+        with httpx.Client(base_url=url, timeout=30.0) as http:
+            resp = http.post(path, content=paced(body), headers=headers)
+            return resp.status_code, resp.json(), resp.headers.get("connection", "")
+    where = urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30.0)
+    try:
+        conn.request("POST", path, body=paced(body), headers=headers, encode_chunked=chunked)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read()), resp.getheader("connection", "")
+    finally:
+        conn.close()

@@ -8,8 +8,9 @@ import select
 import socket
 import time
 
+import httpx
 import pytest
-from servicekit import make_pair, running_service
+from servicekit import make_pair, post_whole_body_first, running_service
 
 MAX_IMAGE = 1_000_000                 # limits.max_bytes of this API
 BODY = 60_000_000                     # under limits.max_request_bytes (64 MiB): only the image limit applies
@@ -84,3 +85,27 @@ def test_a_file_part_above_the_image_limit_is_refused_while_it_streams(api):
     assert _peak_rss(api.api.pid) - before < 20_000_000
     ok = api.submit(*make_pair(seed=3))         # and it still takes a normal pair
     assert ok.status_code == 202, ok.text
+
+
+
+
+@pytest.mark.parametrize("client", ["http.client", "httpx"])
+def test_an_ordinary_client_uploading_a_file_a_little_over_the_limit_gets_the_413(api, client):
+    """A 3 MB 'original' (limits.max_bytes: 1 MB) from a client that writes its whole body before it reads: the API
+    answered 413 file_too_large and closed the socket with the rest unread, the kernel reset the connection and the
+    client's next send failed (ECONNRESET / EPIPE): http.client (urllib.request) raised it and never read the 413.
+    Now the server half-closes after its answer and discards what still comes (bounded: api.close_linger_bytes /
+    api.close_linger_s): 20 in a row, each a 413 file_too_large with Connection: close, not one connection error."""
+    original = b"\x89PNG\r\n\x1a\n" + b"\0" * 3_000_000
+    encoded = httpx.Request("POST", api.url, files=api.files(original, make_pair(seed=4)[1]))
+    body, ctype = encoded.read(), encoded.headers["content-type"]        # the multipart body httpx would send
+    failures: list[str] = []
+    for attempt in range(20):
+        try:
+            status, answer, connection = post_whole_body_first(api.url, "/v1/jobs", body, {
+                **api.headers(), "Content-Type": ctype}, client)
+        except (OSError, httpx.TransportError) as exc:
+            failures.append(f"{attempt}: {exc!r}")
+            continue
+        assert (status, answer["error"]["code"], connection) == (413, "file_too_large", "close"), answer
+    assert not failures, f"{len(failures)} of 20 got no answer: {failures[:3]}"

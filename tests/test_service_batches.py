@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import pytest
-from servicekit import ServiceUnderTest, free_port, running_service
+from servicekit import ServiceUnderTest, free_port, post_whole_body_first, running_service
 
 from sigma.batch.layout import RunDir
 from sigma.errors import SigmaError
@@ -651,10 +652,12 @@ def test_an_endless_chunked_batch_body_is_refused_and_the_connection_closed(svc)
     """A chunked POST /v1/batches with no end was answered 413 after 1 MiB, but the connection stayed open and the
     server read (and discarded) whatever more came for api.body_timeout_s (60 s): a client that writes its whole
     body before reading (httpx, requests) uploaded all of it, an endless one for a minute. Now the answer closes the
-    connection: what the client can still push afterwards is bounded by the socket buffers, not the body."""
+    connection, after a lingering close bounded by api.close_linger_bytes (8 MiB) and api.close_linger_s (2 s): what
+    the client can still push afterwards is that plus the socket buffers, not the body, and it is cut in seconds."""
     import json
     import select
     import socket
+    import time
 
     chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"           # 64 KiB of JSON whitespace per chunk
     with socket.create_connection(("127.0.0.1", svc.port), timeout=20) as sock:
@@ -672,11 +675,66 @@ def test_an_endless_chunked_batch_body_is_refused_and_the_connection_closed(svc)
         assert head.startswith(b"HTTP/1.1 413"), answer[:300]
         assert json.loads(body)["error"]["code"] == "request_too_large", body
         assert before < 8 * 1024 * 1024, f"answered after {before} bytes"
-        after = 0
+        after, started = 0, time.monotonic()
         try:
             while after < 64 * 1024 * 1024:
                 sock.sendall(chunk)
                 after += len(chunk)
         except OSError:
             pass
-        assert after < 16 * 1024 * 1024, f"the server took {after} more bytes after its answer"
+        took = time.monotonic() - started
+        # 8 MiB of lingering, plus what the kernel's buffers took before the reset (the test's 64 KiB send buffer,
+        # the server's receive buffer: a few MiB on loopback)
+        assert after < 24 * 1024 * 1024, f"the server took {after} more bytes after its answer"
+        assert took < 10, f"the server still took the body {took:.1f} s after its answer"
+
+
+def test_a_trickling_body_after_a_closing_answer_is_cut_after_the_linger_time(svc):
+    """The other bound of the lingering close: a client that keeps sending a little (4 KiB every 20 ms) after its
+    413 is not read for api.body_timeout_s (60 s) but cut once api.close_linger_s (2 s) has passed."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=20) as sock:
+        sock.sendall(_batch_head(svc, "Content-Length: 2000000"))      # over the route's 1 MiB: answered at once
+        answer = _answer(sock)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+        started, sent = time.monotonic(), 0
+        try:
+            while time.monotonic() - started < 20:
+                sock.sendall(b" " * 4096)
+                sent += 4096
+                time.sleep(0.02)
+        except OSError:
+            pass
+        took = time.monotonic() - started
+    assert 1.0 < took < 6.0, f"cut {took:.1f} s after the answer ({sent} bytes sent)"
+
+
+def _padded_batch_body(size: int) -> bytes:
+    """A JSON POST /v1/batches body of `size` bytes (whitespace padding): over the route's 1 MiB, valid JSON."""
+    head, tail = b'{"input": "corpus", "out": "runs/too-big"', b"}"
+    return head + b" " * (size - len(head) - len(tail)) + tail
+
+
+@pytest.mark.parametrize("client", ["http.client", "httpx"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_ordinary_client_sending_a_body_a_little_over_the_limit_gets_the_413(svc, framing, client):
+    """A 3 MiB body to POST /v1/batches (limit 1 MiB) from a client that writes its whole body before it reads:
+    the server answered 413 and closed the socket with the rest of the body unread, the kernel reset the
+    connection, and the client's next send failed (ECONNRESET / EPIPE): http.client (urllib.request) raised it and
+    never read the 413 (httpx reads on after a failed send; on Linux the answer is still there). Now the server
+    half-closes after its answer and discards what still comes (up to api.close_linger_bytes / api.close_linger_s):
+    20 requests in a row, each a 413 request_too_large with Connection: close, not one connection error."""
+    body = _padded_batch_body(3 * 1024 * 1024)
+    headers = {**svc.headers(), "Content-Type": "application/json"}
+    failures: list[str] = []
+    for attempt in range(20):
+        try:
+            status, answer, connection = post_whole_body_first(svc.url, "/v1/batches", body, headers, client,
+                                                               chunked=framing == "chunked")
+        except (OSError, httpx.TransportError) as exc:
+            failures.append(f"{attempt}: {exc!r}")
+            continue
+        assert (status, answer["error"]["code"], connection) == (413, "request_too_large", "close"), answer
+    assert not failures, f"{len(failures)} of 20 got no answer: {failures[:3]}"

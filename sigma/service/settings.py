@@ -134,6 +134,13 @@ class ApiSettings(Strict):
     body_timeout_s: float = Field(60.0, gt=0, description="reading a request body may take this long from the "
                                   "first read; else 408 request_timeout and close (also bounds an unread body "
                                   "still arriving after the answer)")
+    close_linger_s: float = Field(2.0, ge=0, description="after an answer that closes the connection before the "
+                                  "body was read (413 request_too_large / file_too_large), the rest of the body is "
+                                  "read and discarded for up to this long, so that a client that writes its whole "
+                                  "body before reading gets the answer instead of a connection reset; 0: close at "
+                                  "once")
+    close_linger_bytes: int = Field(8 * 1024 * 1024, ge=0, description="... and for up to this many bytes, "
+                                    "whichever comes first; a body still arriving then is cut (0: close at once)")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after "
                                         "this long (uvicorn timeout_keep_alive)")
     multipart_spool_bytes: int = Field(1024 * 1024, ge=0, description="a multipart file part larger than this "
