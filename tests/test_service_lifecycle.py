@@ -148,16 +148,30 @@ def test_serve_all_killed_with_sigkill_takes_its_worker_with_it(redis_server, tm
             os.kill(second, signal.SIGKILL)
 
 
+# A plugin that imports in `serve all`'s own process (its check before any child starts) and fails in the worker it
+# starts (a `sigma worker` command line): a worker that dies on start, again and again.
+_DIES_IN_THE_WORKER = """import sys
+if "serve" not in sys.argv:
+    raise ImportError("this plugin refuses to load in a worker")
+"""
+
+
 def test_serve_all_gives_up_on_a_worker_that_keeps_dying(redis_server, tmp_path):
+    """(A missing plugin module used to be this test's dying worker; `serve all` now refuses it before any child
+    starts, tests/test_cli_flags.py.)"""
     prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "dies_in_the_worker.py").write_text(_DIES_IN_THE_WORKER)
+    env = base_env(redis_server.url)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "mods"), env["PYTHONPATH"]])
     proc = Proc(["serve", "all", "--port", str(port), "--log-level", "warning",
-                 *sets([*FAST, f"redis.key_prefix={prefix}", "worker.plugins=[no_such_plugin_module]",
+                 *sets([*FAST, f"redis.key_prefix={prefix}", "worker.plugins=[dies_in_the_worker]",
                         "worker.restart_backoff_s=0.1", "worker.max_restarts=2"])],
-                base_env(redis_server.url), tmp_path / "serve-all.log")
+                env, tmp_path / "serve-all.log")
     code, log = finished(proc, 90)
     proc.stop()
     assert code == 1, log
-    assert log.count("sigma: error [invalid_config]: worker.plugins: cannot import 'no_such_plugin_module'") == 3, log
+    assert log.count("sigma: error [invalid_config]: worker.plugins: cannot import 'dies_in_the_worker'") == 3, log
     assert "restart 2)" in log and "3 deaths within 60 s (worker.max_restarts=2); giving up" in log, log
     assert "Traceback" not in log, log
 
