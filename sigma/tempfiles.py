@@ -273,19 +273,25 @@ def write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_staged(path: Path, data: bytes | Callable[[Path], None]) -> None:
-    """A staged file of a set, on disk before the journal names it: `data` itself, or written by `data(path)` (a
-    model's weights, streamed to the file by their library: as bytes they would be one more copy of every tensor in
-    memory, some hundreds of MB for a model with its frozen backbone), then fsynced."""
-    if isinstance(data, bytes):
-        write_synced(path, data)
-        return
-    data(path)
+def write_synced_by(path: Path, write: Callable[[Path], None]) -> None:
+    """The file `write(path)` puts at `path` (a library that streams to a path: safetensors' weights, torch.save's
+    checkpoint; as bytes they would be one more copy of every tensor in memory), then fsynced: `write_synced` for
+    writers that take a path, so the bytes are on disk before a rename or a journal publishes them."""
+    write(path)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_staged(path: Path, data: bytes | Callable[[Path], None]) -> None:
+    """A staged file of a set, on disk before the journal names it: `data` itself, or written by `data(path)` (a
+    model's weights, streamed: `write_synced_by`), then fsynced."""
+    if isinstance(data, bytes):
+        write_synced(path, data)
+    else:
+        write_synced_by(path, data)
 
 
 def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
