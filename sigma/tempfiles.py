@@ -245,6 +245,30 @@ def _commit_lock(folder: Path) -> Iterator[None]:
         os.close(fd)                 # the lock goes with the descriptor (and with a writer killed holding it)
 
 
+@contextmanager
+def reading_lock(folder: Path) -> Iterator[None]:
+    """A shared flock on `folder` itself for reading a set whole (`load_model`: config.json, then the weights): a
+    live writer's commit (`_commit_lock`, exclusive) waits for the readers inside, and a reader waits for a commit in
+    progress — only its renames, never the staging before them. Before, a save committing between the two reads
+    gave the reader one saver's config and another's weights, or a folder caught mid-commit with no config at all.
+    Best effort, as `_commit_lock`: a folder that cannot be opened or locked is read unlocked. Never call
+    `finish_replacements` (or anything that takes `_commit_lock` on the same folder) inside it: flock does not
+    upgrade a shared hold taken through another descriptor, and the process would wait on itself for good."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
 def _inside(folder: Path, path: Path) -> bool:
     return path.parent == folder and path.name not in ("", ".", "..")
 
