@@ -245,6 +245,30 @@ def _commit_lock(folder: Path) -> Iterator[None]:
         os.close(fd)                 # the lock goes with the descriptor (and with a writer killed holding it)
 
 
+@contextmanager
+def reading_lock(folder: Path) -> Iterator[None]:
+    """A shared flock on `folder` itself for reading a set whole (`load_model`: config.json, then the weights): a
+    live writer's commit (`_commit_lock`, exclusive) waits for the readers inside, and a reader waits for a commit in
+    progress — only its renames, never the staging before them. Before, a save committing between the two reads
+    gave the reader one saver's config and another's weights, or a folder caught mid-commit with no config at all.
+    Best effort, as `_commit_lock`: a folder that cannot be opened or locked is read unlocked. Never call
+    `finish_replacements` (or anything that takes `_commit_lock` on the same folder) inside it: flock does not
+    upgrade a shared hold taken through another descriptor, and the process would wait on itself for good."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
 def _inside(folder: Path, path: Path) -> bool:
     return path.parent == folder and path.name not in ("", ".", "..")
 
@@ -273,19 +297,25 @@ def write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_staged(path: Path, data: bytes | Callable[[Path], None]) -> None:
-    """A staged file of a set, on disk before the journal names it: `data` itself, or written by `data(path)` (a
-    model's weights, streamed to the file by their library: as bytes they would be one more copy of every tensor in
-    memory, some hundreds of MB for a model with its frozen backbone), then fsynced."""
-    if isinstance(data, bytes):
-        write_synced(path, data)
-        return
-    data(path)
+def write_synced_by(path: Path, write: Callable[[Path], None]) -> None:
+    """The file `write(path)` puts at `path` (a library that streams to a path: safetensors' weights, torch.save's
+    checkpoint; as bytes they would be one more copy of every tensor in memory), then fsynced: `write_synced` for
+    writers that take a path, so the bytes are on disk before a rename or a journal publishes them."""
+    write(path)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_staged(path: Path, data: bytes | Callable[[Path], None]) -> None:
+    """A staged file of a set, on disk before the journal names it: `data` itself, or written by `data(path)` (a
+    model's weights, streamed: `write_synced_by`), then fsynced."""
+    if isinstance(data, bytes):
+        write_synced(path, data)
+    else:
+        write_synced_by(path, data)
 
 
 def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:

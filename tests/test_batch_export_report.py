@@ -317,6 +317,25 @@ def test_coco_out_sweeps_the_temporary_file_a_killed_export_left_beside_it(run_d
         live.wait()
 
 
+def test_imdl_benco_killed_at_a_rename_leaves_nothing_the_next_export_keeps(run_dir, tmp_path, capsys):
+    """`sigma export imdl-benco` killed (a real process, SIGKILLed) at the rename of its first image (staged in
+    OUT/.Tp.tmp/) or of its JSON list (OUT/.imdl_benco.json.PID.RANDOM.tmp): OUT is held exclusively by the export
+    (`hold_folder`, no marker file), so the next export there — done or refused — finds every such file a dead
+    writer's and removes it (the staging folders whole, the temporary JSON by `sweep_stale_temps`). A regression
+    test for that sweep: no dead writer's file survives the next export of OUT."""
+    for containing in (".png.", ".imdl_benco.json."):
+        out = tmp_path / containing.strip(".")
+        killer = at_first_temp_rename(containing=containing) + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+        killed = subprocess.run([sys.executable, "-c", killer, "export", "imdl-benco", str(run_dir), "--out", str(out)],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert killed.returncode == -9, killed.stderr
+        dead = killed.stdout.strip()
+        assert containing in dead and any(p.name == dead for p in out.rglob("*")), dead
+        main(["export", "imdl-benco", str(run_dir), "--out", str(out)])
+        capsys.readouterr()
+        assert not [p for p in out.rglob("*") if p.name.startswith(".")], sorted(out.rglob("*"))
+
+
 def test_coco_images_never_land_on_the_runs_or_the_corpus_files(run_dir, tmp_path, capsys):
     """`--images` was never checked: RUN/shards (or RUN/masks/<shard> of a --png-masks run) and the corpus's own
     folders took edited images named like the files there (a folder corpus's `edited/<id>.png` replaced by the

@@ -282,6 +282,95 @@ def test_two_savers_at_once_leave_one_whole_model(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
 
 
+# A real loader in a process of its own: prints the loaded config's image_size and whether every weight equals the
+# state saver SEED wrote (a mixed model — one saver's config, another's weights — prints False or fails the load).
+_LOADER = """import sys
+from pathlib import Path
+import torch
+from sigma.models import load_model
+folder, seed = Path(sys.argv[1]), sys.argv[2]
+model = load_model(folder)
+want, got = torch.load(folder.parent / f"state{seed}.pt"), model.state_dict()
+print(model.config.image_size, all(torch.equal(want[k], got[k]) for k in want), flush=True)
+"""
+
+
+def _blocked_in_flock(pid: int) -> bool:
+    """Whether `pid` waits for an flock (a `->` line of /proc/locks names the waiter's pid)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any("->" in line and "FLOCK" in line and str(pid) in line.split() for line in lines)
+
+
+def test_a_load_during_a_live_save_waits_for_its_commit_and_gets_its_whole_model(tmp_path):
+    """load_model read config.json and then the weights with nothing between it and a live save_model into the same
+    folder: a save stopped mid-commit (here: SIGSTOP at its config's rename, its weights in place and the old config
+    removed) made a load in another process fail (`weights_not_found`), and a commit between the two reads gave one
+    saver's config beside another's weights. A load now reads both under a shared flock on the folder (the commit
+    holds it exclusively): it waits for the stopped saver, and once the saver goes on (SIGCONT) it returns that
+    saver's whole model. Every wait here has a timeout (a deadlock fails the test, never hangs it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = tmp_path / "m"
+    old = _pair_saver(folder, "none", 64, 0)
+    assert old.wait(timeout=120) == 0, old.stderr.read()
+    saver = _pair_saver(folder, "SIGSTOP", 96, 1)
+    loader = None
+    try:
+        assert saver.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(saver.pid, os.WUNTRACED)[1]                 # stopped holding the commit lock
+        loader = subprocess.Popen([sys.executable, "-c", _LOADER, str(folder), "1"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while loader.poll() is None and time.monotonic() < deadline and not _blocked_in_flock(loader.pid):
+            time.sleep(0.05)
+        assert loader.poll() is None, loader.communicate(timeout=30)     # waiting, not failed nor done
+        assert _blocked_in_flock(loader.pid)
+        os.kill(saver.pid, signal.SIGCONT)
+        assert saver.wait(timeout=120) == 0, saver.stderr.read()
+        out, err = loader.communicate(timeout=120)
+        assert loader.returncode == 0, err
+        assert out.split() == ["96", "True"]
+    finally:
+        for proc in (saver, loader):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=30)
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+
+def test_a_load_in_a_thread_beside_a_save_in_another_never_waits_on_itself(tmp_path):
+    """The shared hold of a load and the exclusive one of a save's commit are flocks of separate descriptors: in one
+    process (a server loading while it saves) they wait for each other as two processes would, never for good. A
+    folder a killed save left (journal, no config) is finished before the hold is taken — finishing under it would
+    wait on the load's own hold."""
+    import threading
+
+    folder = tmp_path / "m"
+    save_model(build_model("tiny-lite"), folder)
+    errors: list[BaseException] = []
+
+    def saves() -> None:
+        try:
+            for _ in range(3):
+                save_model(build_model("tiny-lite"), folder)
+        except BaseException as exc:  # noqa: BLE001 - said by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=saves, daemon=True)
+    thread.start()
+    for _ in range(3):
+        assert load_model(folder).config.name == "tiny-lite"
+    thread.join(timeout=120)
+    assert not thread.is_alive() and not errors
+
+
 @pytest.mark.parametrize("config_text", ["{broken", "[1]", '{"format": "sigma-net"}',
                                          '{"format": "other", "config": {}}',
                                          '{"format": "sigma-net", "config": ' + "9" * 5000 + "}", "\xff\xfe"])

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from killers import at_first_temp_rename
 
 from sigma.cli import main
 from sigma.errors import UnknownNameError
@@ -559,6 +562,50 @@ def test_cli_parse_out_to_a_pipe(tmp_path, capsys):
         os.close(reader)
     assert json.loads(received)["source"] == "dog"
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+_KILLED_PARSE = at_first_temp_rename() + """from sigma.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_cli_parse_out_sweeps_the_temporary_file_a_killed_parse_left_beside_it(tmp_path, capsys):
+    """`sigma parse --file X --out FILE` killed between writing its temporary file and renaming it (a real process,
+    SIGKILLed at that rename) left `.FILE.PID.RANDOM.tmp` beside FILE for good: no one swept that folder. The next
+    parse to FILE removes it — only that name, only a dead writer's: a live writer's file of that name, a dead
+    writer's file of another name, a legacy `FILE.tmp`, a user's `notes.tmp` and a link of the form stay."""
+    f = tmp_path / "dev.jsonl"
+    f.write_text(json.dumps({"instruction": "remove the dog"}) + "\n")
+    folder = tmp_path / "parses"
+    folder.mkdir()
+    out = folder / "p.jsonl"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_PARSE, "parse", "--file", str(f), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr
+    dead = killed.stdout.strip().splitlines()[0]
+    assert dead.startswith(".p.jsonl.") and dead.endswith(".tmp") and (folder / dead).is_file(), dead
+    assert not out.exists()
+    dead_pid = dead.split(".")[-3]
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not ours")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        kept = [f".p.jsonl.{live.pid}.0badf00d.tmp", f".other.jsonl.{dead_pid}.abcdef01.tmp", "p.jsonl.tmp",
+                "notes.tmp"]
+        for name in kept:
+            (folder / name).write_text("x")
+        link = folder / f".p.jsonl.{dead_pid}.abcdef02.tmp"
+        link.symlink_to(outside)
+        kept.append(link.name)
+        assert main(["parse", "--file", str(f), "--out", str(out)]) == 0
+        capsys.readouterr()
+        assert not (folder / dead).exists()
+        assert json.loads(out.read_text())["source"] == "dog"
+        assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) == sorted(kept)
+        assert link.is_symlink() and outside.read_text() == "not ours"
+    finally:
+        live.kill()
+        live.wait(timeout=30)
 
 
 def test_cli_parse_bad_json_line(tmp_path, capsys):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from killers import at_first_temp_rename
 from test_synth import make_photos
 
 from sigma.cli import main
@@ -996,6 +997,44 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     monkeypatch.setattr(torch, "save", real_save)
     assert C.load_checkpoint(tmp_path)["step"] == 3
+
+
+_KILLED_CHECKPOINT_SAVER = at_first_temp_rename() + """import torch
+from sigma.training.checkpoint import save_checkpoint
+run = Path(sys.argv[1])
+state = {"model": {"w": torch.zeros(1)}, "opt": {"state": {}, "param_groups": []}, "torch_rng": torch.get_rng_state()}
+for step in map(int, sys.argv[2:]):
+    save_checkpoint(run, {**state, "step": step})
+"""
+
+
+def test_a_checkpoint_save_killed_at_its_rename_leaves_the_old_one_and_junk_the_next_run_sweeps(tmp_path):
+    """save_checkpoint had its own temp+fsync+rename under the shared name `checkpoint.pt.tmp`: a run killed
+    (SIGKILL, OOM) between the write and the rename left that file, a whole checkpoint's size, in the run folder for
+    good — no sweep knows that name — and the folder was never synced after the rename. It now goes through
+    `sigma.tempfiles` (`temp_name`, fsynced, renamed, folder synced): a kill at the rename (a real process, killed
+    by the signal) leaves the previous checkpoint whole, and its temporary file is removed when the next run holds
+    the folder (`hold_folder`'s sweep). Killed at the keeping of the one before (checkpoint.prev.pt), the same."""
+    from sigma.folderlock import hold_folder
+    from sigma.training.checkpoint import load_checkpoint, save_checkpoint
+
+    for before, first in ((None, ".checkpoint.pt."), (3, ".checkpoint.prev.pt.")):
+        run = tmp_path / f"after-{before}"
+        run.mkdir()
+        if before is not None:
+            save_checkpoint(run, {"model": {"w": torch.zeros(1)}, "opt": {"state": {}, "param_groups": []},
+                                  "torch_rng": torch.get_rng_state(), "step": before})
+        killed = subprocess.run([sys.executable, "-c", _KILLED_CHECKPOINT_SAVER, str(run), "6"],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert killed.returncode == -9, killed.stderr
+        dead = killed.stdout.strip()
+        assert dead.startswith(first) and dead.endswith(".tmp") and (run / dead).is_file(), dead
+        on_disk = load_checkpoint(run)
+        assert (on_disk is None) if before is None else on_disk["step"] == before
+        with hold_folder(run, other="name="):
+            pass
+        assert not (run / dead).exists()
+        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_freeze_holds_the_named_parameters_and_their_batchnorm_statistics(photos, tmp_path, capsys):

@@ -149,10 +149,7 @@ def run(args: argparse.Namespace) -> int:
             parses.append(parser(rec["instruction"]))
             bar.advance()
     if args.out:
-        from sigma.batch.layout import atomic_write_bytes
-
-        atomic_write_bytes(Path(args.out), "".join(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n"
-                                                    for p in parses).encode())
+        _write_out(Path(args.out), parses)
     if not any(has_expectations(r) for r in records):
         for p in parses:
             print(json.dumps(p.to_json_dict(), ensure_ascii=False))
@@ -168,3 +165,16 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     print(json.dumps({"backend": args.backend, **summary}, ensure_ascii=False))
     return 0
+
+
+def _write_out(out: Path, parses: list) -> None:
+    """The parses, one JSON line each, at `out` (whole or not at all). The folder of `--out` is anyone's (no one
+    holds it): a parse killed between writing its temporary file and renaming it left `.FILE.PID.RANDOM.tmp` there
+    for good, one per kill. The temporary files of `out`'s own name whose writer is dead go first (never a live
+    writer's, never another name, never through a link: `sweep_dead_writers_of`); a stream is not swept."""
+    from sigma.batch.layout import atomic_write_bytes, is_stream
+    from sigma.tempfiles import sweep_dead_writers_of
+
+    if not is_stream(out):
+        sweep_dead_writers_of(out.parent, names={out.name})
+    atomic_write_bytes(out, "".join(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n" for p in parses).encode())

@@ -15,7 +15,7 @@ from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
-from sigma.tempfiles import finish_replacements, replace_together
+from sigma.tempfiles import finish_replacements, reading_lock, replace_together
 from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
@@ -155,10 +155,11 @@ def read_config(path: str | Path) -> SigmaNetConfig:
     return _read_saved(path)[0]
 
 
-def _read_saved(path: str | Path) -> tuple[SigmaNetConfig, bool]:
-    """(config, whether the weights file holds the backbone)."""
+def _read_saved(path: str | Path, finish: bool = True) -> tuple[SigmaNetConfig, bool]:
+    """(config, whether the weights file holds the backbone). `finish`: a save killed mid-commit is completed first
+    (`_finish_save`); False under `reading_lock`, where the exclusive lock it takes would wait on our own hold."""
     cfg_path, _ = model_files(path)
-    if not cfg_path.is_file():
+    if finish and not cfg_path.is_file():
         _finish_save(cfg_path)
     if not cfg_path.is_file():
         raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} (a saved model is a folder with "
@@ -174,15 +175,28 @@ def _read_saved(path: str | Path) -> tuple[SigmaNetConfig, bool]:
     return make_config(data["config"]), bool(data.get("backbone_in_file", True))
 
 
+def _read_pair(path: str | Path) -> tuple[SigmaNetConfig, bool, dict[str, torch.Tensor]]:
+    """(config, backbone in file, weights) of one save: both files read under a shared flock on their folder
+    (`reading_lock`), so a live `save_model` there (whose renames hold it exclusively) commits before or after the
+    two reads, never between them — a load gave one saver's config with another's weights, or found the config gone
+    mid-commit (`weights_not_found`). A save killed mid-commit is finished first, outside the hold (finishing takes
+    the exclusive lock: inside the shared hold it would wait on this process for good)."""
+    cfg_path, weights_path = model_files(path)
+    if not cfg_path.is_file():
+        _finish_save(cfg_path)
+    with reading_lock(cfg_path.parent):
+        cfg, backbone_in_file = _read_saved(path, finish=False)
+        if not weights_path.is_file():
+            raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
+        return cfg, backbone_in_file, load_safetensors(weights_path)
+
+
 def load_model(path: str | Path, *, map_location: str | torch.device = "cpu", allow_download: bool = False,
                backbone_weights: str | None = None) -> SigmaNet:
     """Strict load. A file saved without its frozen backbone gets it from `backbone_weights` or the
     config's `backbone.weights`, through the usual resolution order."""
-    cfg_path, weights_path = model_files(path)
-    cfg, backbone_in_file = _read_saved(path)
-    if not weights_path.is_file():
-        raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
-    state = load_safetensors(weights_path)
+    cfg, backbone_in_file, state = _read_pair(path)
+    _, weights_path = model_files(path)
     if backbone_in_file:
         # checked against a skeleton on the meta device first: a config.json that disagrees with its weights
         # (widths of 50000) allocated the network it describes — 20 GB, a MemoryError traceback or the OOM

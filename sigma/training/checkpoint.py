@@ -16,38 +16,63 @@ from typing import Any
 import torch
 
 from sigma.errors import InputError
+from sigma.tempfiles import sync_folder, temp_name, write_synced_by
 
 CKPT = "checkpoint.pt"
 PREV = "checkpoint.prev.pt"
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
+    """`state` at RUN/checkpoint.pt, the one before kept as checkpoint.prev.pt, through the shared writers of
+    `sigma.tempfiles`: the new checkpoint is written under its own temporary name (`temp_name`), fsynced
+    (`write_synced_by`), renamed over checkpoint.pt, and the folder synced (`sync_folder`), so a kill or a power cut
+    at any point leaves the old checkpoint or the new one whole. Before, this module had its own twin of that code
+    under the shared name `checkpoint.pt.tmp` and never synced the folder (a power cut after the rename could lose
+    the rename), and a run killed between the write and the rename left the file beside the checkpoint for good: no
+    sweep knows that name. A `temp_name` file of a dead run is removed when the next run holds the folder."""
     target = run_dir / CKPT
-    tmp = run_dir / (CKPT + ".tmp")
+    tmp = temp_name(target)
     try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        write_synced_by(tmp, lambda path: torch.save(state, path))
     except BaseException as exc:
         tmp.unlink(missing_ok=True)          # a partial file would hold the space the next try needs
         if isinstance(exc, RuntimeError):    # torch's zip writer loses the errno ("unexpected pos ..."): say it
-            free = shutil.disk_usage(run_dir).free
-            full = free < 64 * 1024 * 1024
-            cause = "no space left on the device" if full else "the write failed"
-            raise OSError(errno.ENOSPC if full else errno.EIO,
-                          f"{target}: cannot write the checkpoint ({cause}, {free // 1024} KiB free; "
-                          f"{str(exc).splitlines()[0][:120]})") from exc
+            raise _write_failed(run_dir, target, exc) from exc
         raise
-    if target.is_file():
-        keep = run_dir / (PREV + ".tmp")
-        keep.unlink(missing_ok=True)
-        try:
-            os.link(target, keep)
-        except OSError:          # a file system without hard links: a copy
-            shutil.copyfile(target, keep)
-        os.replace(keep, run_dir / PREV)
-    os.replace(tmp, target)
+    try:
+        if target.is_file():
+            _keep_previous(target, run_dir / PREV)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_folder(run_dir)                     # both renames (PREV's and the checkpoint's) on disk
     return target
+
+
+def _write_failed(run_dir: Path, target: Path, exc: RuntimeError) -> OSError:
+    """The OSError a failed torch.save is (its zip writer says "unexpected pos ..." on a full disk, no errno)."""
+    free = shutil.disk_usage(run_dir).free
+    full = free < 64 * 1024 * 1024
+    cause = "no space left on the device" if full else "the write failed"
+    return OSError(errno.ENOSPC if full else errno.EIO,
+                   f"{target}: cannot write the checkpoint ({cause}, {free // 1024} KiB free; "
+                   f"{str(exc).splitlines()[0][:120]})")
+
+
+def _keep_previous(current: Path, prev: Path) -> None:
+    """`current` kept as `prev` (a hard link, no copy; a copy, fsynced, where the file system has no hard links),
+    under a temporary name of this writer's own renamed over `prev`: a kill leaves the old `prev` or the new one."""
+    keep = temp_name(prev)
+    try:
+        try:
+            os.link(current, keep)
+        except OSError:          # a file system without hard links: a copy, on disk before it is renamed
+            write_synced_by(keep, lambda path: shutil.copyfile(current, path))
+        os.replace(keep, prev)
+    except BaseException:
+        keep.unlink(missing_ok=True)
+        raise
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -947,7 +947,7 @@ class Trainer:
 
 def _refuse_links(run_dir: Path) -> None:
     """A run folder never holds symbolic links (sigma train makes none): one where the run writes — metrics.jsonl
-    appended to, checkpoint.pt.tmp written, model/ replaced — sent the write to whatever file it named (a run
+    appended to, checkpoint.pt written, model/ replaced — sent the write to whatever file it named (a run
     folder from elsewhere appended its metrics to ~/.bashrc). Refused before anything is written."""
     if not run_dir.is_dir():
         return
