@@ -336,6 +336,82 @@ def test_imdl_benco_killed_at_a_rename_leaves_nothing_the_next_export_keeps(run_
         assert not [p for p in out.rglob("*") if p.name.startswith(".")], sorted(out.rglob("*"))
 
 
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _benco_killed_at_its_json(run_dir: Path, out: Path, *flags: str) -> None:
+    """A real `sigma export imdl-benco` SIGKILLed at the rename of its JSON list, after Tp/ and Gt/ were swapped in."""
+    killer = at_first_temp_rename(containing=".imdl_benco.json.") + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+    killed = subprocess.run([sys.executable, "-c", killer, "export", "imdl-benco", str(run_dir), "--out", str(out),
+                             "--relative", *flags], capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr
+    assert killed.stdout.strip().startswith(".imdl_benco.json."), killed.stdout
+    assert (out / "Tp").is_dir() and (out / "Gt").is_dir() and not (out / ".Tp.tmp").exists()
+
+
+def test_imdl_benco_killed_at_its_json_rename_is_rolled_back_by_the_next_export(run_dir, tmp_path, capsys):
+    """An export killed (SIGKILL) at its JSON's rename left OUT with the new Tp/ and Gt/ and no JSON listing them:
+    the next export was refused (`out_not_empty`), with --overwrite too ("not a file of an earlier export"), and the
+    user had to delete OUT by hand. Now the export journals its swap (`.imdl_benco.json-journal`) and the next
+    export of OUT rolls the killed one back: a plain export then succeeds with the same bytes as an uninterrupted
+    one; over an earlier export the earlier one is back whole (a plain export is refused as it always was, and
+    --overwrite replaces it). A user's own file beside the export is kept; one dropped into the killed export's Tp/
+    since is refused and kept, never deleted."""
+    reference = tmp_path / "reference"
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(reference), "--relative"]) == 0
+    earlier = tmp_path / "earlier"
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(earlier), "--relative", "--max-area", "0.001"]) == 0
+    capsys.readouterr()
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "notes.txt").write_text("the user's")
+    _benco_killed_at_its_json(run_dir, fresh)
+    assert not (fresh / "imdl_benco.json").exists()
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(fresh), "--relative"]) == 0
+    assert _tree(fresh) == {**_tree(reference), "notes.txt": b"the user's"}
+
+    replaced = tmp_path / "replaced"
+    shutil.copytree(earlier, replaced)
+    _benco_killed_at_its_json(run_dir, replaced, "--overwrite")
+    capsys.readouterr()
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(replaced), "--relative"]) == 2
+    assert "[out_not_empty]" in capsys.readouterr().err
+    assert _tree(replaced) == _tree(earlier)                     # the earlier export, back whole
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(replaced), "--relative", "--overwrite"]) == 0
+    assert _tree(replaced) == _tree(reference)
+
+    dropped = tmp_path / "dropped"
+    _benco_killed_at_its_json(run_dir, dropped)
+    (dropped / "Tp" / "mine.jpg").write_bytes(b"the user's")
+    capsys.readouterr()
+    for flags in ([], ["--overwrite"]):
+        assert main(["export", "imdl-benco", str(run_dir), "--out", str(dropped), "--relative", *flags]) == 2
+        assert "[out_not_empty]" in capsys.readouterr().err
+        assert (dropped / "Tp" / "mine.jpg").read_bytes() == b"the user's"
+
+
+def test_an_imdl_benco_json_that_cannot_be_written_leaves_the_earlier_export_whole(run_dir, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """A JSON write that failed after the swap (a full disk) took the earlier export's folders with it (`.Tp.old`
+    was removed on the way out): OUT held the new Tp/ and Gt/ beside the earlier JSON. Now the swap is rolled back
+    from its journal before the error is told."""
+    out = tmp_path / "benco"
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--max-area", "0.001"]) == 0
+    before = _tree(out)
+    import sigma.export.imdl_benco as benco
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(benco, "atomic_write_bytes", full_disk)
+    capsys.readouterr()
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--overwrite"]) != 0
+    assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "imdl_benco.json"]
+
+
 def test_coco_images_never_land_on_the_runs_or_the_corpus_files(run_dir, tmp_path, capsys):
     """`--images` was never checked: RUN/shards (or RUN/masks/<shard> of a --png-masks run) and the corpus's own
     folders took edited images named like the files there (a folder corpus's `edited/<id>.png` replaced by the

@@ -8,6 +8,7 @@ composites).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +31,7 @@ from sigma.export.select import (
 from sigma.folderlock import hold_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
+from sigma.tempfiles import replace_atomically, sync_folder
 from sigma.text import dumps_finite
 
 
@@ -67,6 +69,7 @@ def _staging(out: Path, folder: str) -> Path:
 def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
             mask: str, order: str, overwrite: bool) -> dict[str, Any]:
     key = order_key(order)
+    _recover(out, json_name)         # an export killed mid-commit: rolled back before OUT is judged
     held = [out / f for f in FOLDERS if (out / f).is_dir() and any((out / f).iterdir())]
     held += [p for p in (out / json_name,) if p.exists()]
     if held and not overwrite:
@@ -119,11 +122,75 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
         raise nothing_to_export(skipped)
     if key is not None:
         entries.sort(key=key)
-    for folder in FOLDERS:
-        if (out / folder).exists():
-            (out / folder).replace(out / f".{folder}.old")     # removed on the way out
-        _staging(out, folder).replace(out / folder)
-    listing = dumps_finite([e["entry"] for e in entries], indent=1)
-    atomic_write_bytes(out / json_name, listing.encode())
+    listing = dumps_finite([e["entry"] for e in entries], indent=1).encode()
+    _commit(out, json_name, listing, sorted(Path(e["entry"][0]).name for e in entries))
     return {"out": str(out), "json": str(out / json_name), "pairs": len(entries), "positives": positives,
             "negatives": len(entries) - positives, "mask": mask, "order": order, "skipped": skipped}
+
+
+def _journal(out: Path, json_name: str) -> Path:
+    """`.JSON-journal`: written (synced) before Tp/ and Gt/ are swapped in, removed once the JSON listing them is.
+    No name the temp-file sweeps take (`.NAME.PID.RANDOM.tmp`, `.pending`): it must outlive the export it marks."""
+    return out / f".{json_name}-journal"
+
+
+def _commit(out: Path, json_name: str, listing: bytes, names: list[str]) -> None:
+    """Swap the complete staged Tp/ and Gt/ in, then write the JSON (the commit point), under a journal that says
+    which folders are this export's until the JSON lists them. Before, an export killed between the swap and the
+    JSON's rename left OUT with new Tp/ and Gt/ that no JSON listed: every later export was refused (`out_not_empty`,
+    and with --overwrite "not a file of an earlier export") until the user deleted OUT by hand. Now the next export
+    of OUT rolls the half-finished one back (`_recover`) and goes on as if it had never run."""
+    journal = {"json": json_name, "sha256": hashlib.sha256(listing).hexdigest(), "names": names}
+    replace_atomically(_journal(out, json_name), json.dumps(journal).encode(), durable=True)
+    sync_folder(out)
+    try:
+        for folder in FOLDERS:
+            if (out / folder).exists():
+                (out / folder).replace(out / f".{folder}.old")     # removed on the way out
+            _staging(out, folder).replace(out / folder)
+        sync_folder(out)
+        atomic_write_bytes(out / json_name, listing)
+    except BaseException:
+        _recover(out, json_name)     # a JSON that cannot be written (a full disk): the earlier export back whole
+        raise
+    _journal(out, json_name).unlink()
+
+
+def _recover(out: Path, json_name: str) -> None:
+    """An export of OUT killed after its journal (`_commit`): when its JSON was written it is done (only the journal
+    and the old folders stay to remove); otherwise Tp/ and Gt/ are put back as they were before it (the swapped-in
+    folders moved back to staging, which the export removes; the earlier export's back from `.X.old`). Every step
+    is a rename that a rerun skips once made, so a kill here too is finished by the next export. A swapped-in
+    folder holding a file the journal does not name (put there by someone since) is not moved: `out_not_empty`."""
+    path = _journal(out, json_name)
+    try:
+        journal = json.loads(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
+        digest, names = journal["sha256"], set(journal["names"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return                       # none, or not a journal of ours: left as it is
+    try:        # the JSON is written once both folders are swapped in: a staging folder left means it was not
+        done = (not any(_staging(out, f).exists() for f in FOLDERS)
+                and hashlib.sha256((out / json_name).read_bytes()).hexdigest() == digest)
+    except OSError:
+        done = False
+    if not done:
+        for folder in FOLDERS:
+            _roll_back(out, folder, names, path.name)
+    for folder in FOLDERS:           # what is left there now is only the killed export's: gone even if OUT is refused
+        for leftover in (_staging(out, folder), out / f".{folder}.old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    path.unlink(missing_ok=True)
+
+
+def _roll_back(out: Path, folder: str, names: set[str], journal: str) -> None:
+    """Put `folder` back as it was before the swap of a killed export (see `_recover`)."""
+    new, staged, old = out / folder, _staging(out, folder), out / f".{folder}.old"
+    if not staged.exists() and new.is_dir() and not new.is_symlink():     # swapped in: the killed export's
+        foreign = sorted(p.name for p in new.iterdir() if p.name not in names)
+        if foreign:
+            raise InputError(f"{out}: {folder}/{foreign[0]} is not a file of the export killed there (its journal "
+                             f"{journal} does not name it); move it away, or choose another folder",
+                             code="out_not_empty")
+        new.replace(staged)
+    if old.is_dir() and not new.exists():
+        old.replace(new)
