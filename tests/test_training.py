@@ -1037,6 +1037,36 @@ def test_a_checkpoint_save_killed_at_its_rename_leaves_the_old_one_and_junk_the_
         assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+
+def test_a_resumed_run_sweeps_an_older_versions_checkpoint_tmp_once_a_day_old(photos, tmp_path, capsys):
+    """Older sigma versions wrote checkpoints through the fixed name `checkpoint.pt.tmp`; one killed mid-save left
+    it, a whole checkpoint's size, in the run folder, and the folder holder's sweep knows only today's
+    `.NAME.PID.RANDOM.tmp` form: it stayed for good. The run that takes the folder now removes the legacy names of
+    its checkpoints (`sweep_stale_temps(run, {checkpoint.pt, checkpoint.prev.pt})`) once older than a day (no pid
+    to ask whether an old writer is still at it): a fresh one stays, and so do other `.tmp` names."""
+    import os
+    import time
+
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2", "batch_size=2",
+                 "eval.val_size=0"]) == 0
+    run = runs / "r"
+    day_old = time.time() - 2 * 24 * 3600
+    for name in ("checkpoint.pt.tmp", "checkpoint.prev.pt.tmp", "metrics.jsonl.tmp", "notes.tmp"):
+        (run / name).write_bytes(b"left by an older version")
+        os.utime(run / name, (day_old, day_old))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "checkpoint.pt.tmp").write_bytes(b"perhaps a live old writer")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "steps=3"]) == 0
+    assert not (run / "checkpoint.pt.tmp").exists() and not (run / "checkpoint.prev.pt.tmp").exists()
+    assert (run / "metrics.jsonl.tmp").is_file() and (run / "notes.tmp").is_file()
+    from sigma.training.checkpoint import sweep_checkpoint_temps
+
+    assert sweep_checkpoint_temps(fresh) == [] and (fresh / "checkpoint.pt.tmp").is_file()
+
+
 def test_freeze_holds_the_named_parameters_and_their_batchnorm_statistics(photos, tmp_path, capsys):
     """docs/training.md: `freeze` fine-tunes the rest of a model (a decoder on a new label convention) while the
     named part keeps its weights *and* its BatchNorm running statistics (train mode would drift them with the

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sigma.errors import InputError
-from sigma.tempfiles import sync_folder, temp_name, write_synced_by
+from sigma.tempfiles import sweep_stale_temps, sync_folder, temp_name, write_synced_by
 
 CKPT = "checkpoint.pt"
 PREV = "checkpoint.prev.pt"
@@ -48,6 +48,15 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
         raise
     sync_folder(run_dir)                     # both renames (PREV's and the checkpoint's) on disk
     return target
+
+
+def sweep_checkpoint_temps(run_dir: Path) -> list[Path]:
+    """Called by the run that holds `run_dir`: the temporary checkpoints dead writers left there, including the
+    legacy `checkpoint.pt.tmp` (and `checkpoint.prev.pt.tmp`) of older sigma versions' fixed temp name. The folder
+    holder's sweep (`hold_folder`) knows only `temp_name`'s form, so a run folder from an older version killed
+    mid-save kept a whole checkpoint's size of junk for good, resumed or not. `sweep_stale_temps`' rule: a legacy
+    name only once older than `LEGACY_AGE_S` (no pid to ask; no writer takes a day to rename its checkpoint)."""
+    return sweep_stale_temps(run_dir, {CKPT, PREV})
 
 
 def _write_failed(run_dir: Path, target: Path, exc: RuntimeError) -> OSError:

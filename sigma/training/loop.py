@@ -39,7 +39,7 @@ from sigma.tempfiles import replace_atomically
 from sigma.text import dumps_finite
 
 from . import losses as L
-from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint
+from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint, sweep_checkpoint_temps
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .regions import sample_regions
@@ -1127,6 +1127,8 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
         _refuse_links(run_dir)
+        if rank0:
+            sweep_checkpoint_temps(run_dir)     # an older version's `checkpoint.pt.tmp` too, once a day old
         if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
         if not resume:
