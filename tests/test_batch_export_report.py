@@ -341,14 +341,15 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _benco_killed_at_its_json(run_dir: Path, out: Path, *flags: str) -> None:
-    """A real `sigma export imdl-benco` SIGKILLed at the rename of its JSON list, after Tp/ and Gt/ were swapped in."""
-    killer = at_first_temp_rename(containing=".imdl_benco.json.") + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+def _benco_killed_at_its_json(run_dir: Path, out: Path, *flags: str, at: str = ".imdl_benco.json.") -> None:
+    """A real `sigma export imdl-benco` SIGKILLed at the rename of its JSON list, after Tp/ and Gt/ were swapped in
+    (`at=".Gt.tmp"`: at the swap of Gt/, Tp/ swapped in already)."""
+    killer = at_first_temp_rename(containing=at) + "from sigma.cli import main\nmain(sys.argv[1:])\n"
     killed = subprocess.run([sys.executable, "-c", killer, "export", "imdl-benco", str(run_dir), "--out", str(out),
                              "--relative", *flags], capture_output=True, text=True, timeout=120, check=False)
     assert killed.returncode == -9, killed.stderr
-    assert killed.stdout.strip().startswith(".imdl_benco.json."), killed.stdout
-    assert (out / "Tp").is_dir() and (out / "Gt").is_dir() and not (out / ".Tp.tmp").exists()
+    assert killed.stdout.strip().startswith(at), killed.stdout
+    assert (out / "Tp").is_dir() and not (out / ".Tp.tmp").exists()
 
 
 def test_imdl_benco_killed_at_its_json_rename_is_rolled_back_by_the_next_export(run_dir, tmp_path, capsys):
@@ -382,6 +383,14 @@ def test_imdl_benco_killed_at_its_json_rename_is_rolled_back_by_the_next_export(
     assert _tree(replaced) == _tree(earlier)                     # the earlier export, back whole
     assert main(["export", "imdl-benco", str(run_dir), "--out", str(replaced), "--relative", "--overwrite"]) == 0
     assert _tree(replaced) == _tree(reference)
+
+    mid_swap = tmp_path / "mid-swap"                             # killed between the two folders' swaps
+    shutil.copytree(earlier, mid_swap)
+    _benco_killed_at_its_json(run_dir, mid_swap, "--overwrite", at=".Gt.tmp")
+    assert not (mid_swap / "Gt").exists()
+    capsys.readouterr()
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(mid_swap), "--relative"]) == 2
+    assert "[out_not_empty]" in capsys.readouterr().err and _tree(mid_swap) == _tree(earlier)
 
     dropped = tmp_path / "dropped"
     _benco_killed_at_its_json(run_dir, dropped)
