@@ -424,6 +424,11 @@ sys.exit(main(sys.argv[3:]))
 '''
 
 
+def _config_part(record: dict) -> dict:
+    """metrics.json's `config` less the run's record (`annotator_config`, `data`): what config.yaml holds."""
+    return {k: v for k, v in record.items() if k not in ("annotator_config", "data")}
+
+
 def _killable_eval(tmp_path: Path):
     """`sigma eval` (pixel-diff on two synthetic pairs) run as `sigma_eval(out, threshold, kill_at)`: a process
     SIGKILLed before its `kill_at`-th file write (0: never), through `_KILL_AT_WRITE`."""
@@ -459,7 +464,7 @@ def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path)
 
     def pair(out: Path) -> tuple[dict | None, dict | None]:
         metrics, config = out / "metrics.json", out / "config.yaml"
-        return (json.loads(metrics.read_text())["config"] if metrics.exists() else None,
+        return (_config_part(json.loads(metrics.read_text())["config"]) if metrics.exists() else None,
                 yaml.safe_load(config.read_text()) if config.exists() else None)
 
     old = tmp_path / "old"
@@ -578,7 +583,7 @@ def test_a_killed_eval_loses_no_result_the_next_run_finishes_the_set(tmp_path):
         # the next run on the folder: it takes the folder, then fails (no such data) without writing a result
         assert main(["eval", "--data", str(tmp_path / "missing"), "--annotator", "pixel-diff", "--out", str(out)]) == 2
         assert (out / "metrics.json").exists(), f"killed before write {kill_at}: the old result is gone, no new one"
-        metrics = json.loads((out / "metrics.json").read_text())["config"]
+        metrics = _config_part(json.loads((out / "metrics.json").read_text())["config"])
         assert metrics == yaml.safe_load((out / "config.yaml").read_text()), kill_at
         assert _leftovers(out) == [], (kill_at, _leftovers(out))
         seen.add(metrics["threshold"])
@@ -697,3 +702,41 @@ def test_eval_and_annotate_sweep_what_killed_writers_left_and_nothing_else(tmp_p
     finally:
         live.kill()
         live.wait()
+
+
+def test_an_evals_saved_config_runs_the_same_eval_again(eval_root, tmp_path, capsys):
+    """The config.yaml `sigma eval` writes beside metrics.json held the run's record too (`annotator_config`,
+    `data`): `sigma eval --config OUT/config.yaml` was refused as invalid_config (Extra inputs are not permitted),
+    so the saved config could not reproduce the run. Now config.yaml is the EvalConfig alone and a second eval
+    from it scores the same numbers; metrics.json's `config` keeps the record."""
+    from sigma.cli import main
+
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--threshold", "0.3", "--perturb",
+                 "none,jpeg90", "--set", "io.align=true", "--set", "batch_size=2", "--out", str(first)]) == 0
+    assert main(["eval", "--data", str(eval_root), "--config", str(first / "config.yaml"), "--out", str(again)]) == 0
+    capsys.readouterr()
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (first, again))
+    assert one["config"]["threshold"] == 0.3 and one["config"]["perturb"] == ["none", "jpeg90"]
+    assert one["config"]["annotator_config"]["name"] == "pixel-diff" and one["config"]["data"] == str(eval_root)
+    assert one == two                                   # tables, per-pair scores, skipped pairs, the config record
+    assert (first / "config.yaml").read_text() == (again / "config.yaml").read_text()
+
+
+def test_an_annotates_saved_config_runs_the_same_annotation_again(tmp_path, capsys):
+    """`sigma annotate`'s config.yaml carried `annotator_config` and was no valid `--config` (invalid_config). Now
+    it is the AnnotateConfig alone: the same pair annotated from it gives the same mask and result."""
+    from sigma.cli import main
+
+    d = make_pair_set(tmp_path / "set", "edits", 1)
+    pair = [str(d / "edits_0_original.png"), str(d / "edits_0_edited.png")]
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["annotate", *pair, "--annotator", "pixel-diff", "--threshold", "0.3", "--set",
+                 "options.mask_mode=semantic", "-o", str(first)]) == 0
+    assert main(["annotate", *pair, "--config", str(first / "config.yaml"), "-o", str(again)]) == 0
+    capsys.readouterr()
+    one, two = (json.loads((o / "result.json").read_text()) for o in (first, again))
+    assert one["config"]["threshold"] == 0.3 and one["config"]["annotator_config"]["name"] == "pixel-diff"
+    for key in ("segmentation", "area", "bbox", "threshold", "config_hash", "config"):
+        assert one[key] == two[key], key
+    assert (first / "mask.png").read_bytes() == (again / "mask.png").read_bytes()

@@ -345,6 +345,28 @@ def test_a_run_whose_run_json_was_edited_is_409_run_modified_and_nothing_is_queu
     assert resp.status_code == 200 and resp.json()["run"]["shards"] == 3, resp.text
 
 
+def test_a_run_whose_options_are_no_longer_accepted_is_409_run_options_refused_and_nothing_is_queued(svc, root,
+                                                                                                   redis_server):
+    """A run planned by a sigma whose annotator took an option this one no longer has (run.json holds to its run
+    hash): the API's 409 `run_options_refused` had no test over HTTP. Submitted again, it is refused with that code,
+    naming the option and what to do but no server path, and nothing is queued."""
+    from test_batch_record_options import REMOVED, _with_options
+
+    resp = post(svc, {"input": "corpus", "out": "runs/options-gone", "shard_size": 2})
+    assert resp.status_code == 202 and resp.json()["queued"] == 3, resp.text
+    run_file = root / "runs" / "options-gone" / "run.json"
+    planned = run_file.read_text()
+    _with_options(run_file.parent, REMOVED)      # no shard done yet: only run.json changes
+    queued = redis_server.client().xlen(f"{svc.prefix}:batch:tasks")
+    resp = post(svc, {"input": "corpus", "out": "runs/options-gone", "shard_size": 2})
+    assert resp.status_code == 409 and error_code(resp) == "run_options_refused", resp.text
+    message = resp.json()["error"]["message"]
+    assert "options.dilate" in message and "pixel-diff" in message and "new --out" in message, message
+    assert str(root) not in resp.text, resp.text
+    assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == queued
+    run_file.write_text(planned)     # the run as planned: its queued tasks are done by the module's next worker
+
+
 def test_the_status_says_which_tasks_a_local_run_holding_the_folder_defers_and_names_no_server_path(svc, root,
                                                                                                       redis_server):
     """The fleet's tasks of a run a local `sigma batch run` holds are deferred, which no status showed: the run was

@@ -158,9 +158,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = _few_pairs_skip_export(cfg, len(items))
     # Built before any image is read: a typo in --annotator or --set is one error, not one per pair.
     annotator = build_annotator(cfg)
+    # config.yaml is the AnnotateConfig alone, a valid `--config` for the same run again (it held annotator_config
+    # too and was refused as invalid_config); result.json's `config` adds what the annotator read
     resolved = cfg.model_dump(mode="json")
-    resolved["annotator_config"] = annotator.describe()
     config_text = resolved_yaml(resolved).encode()
+    resolved["annotator_config"] = annotator.describe()
 
     outdir = check_outdir(Path(args.outdir))      # said before any pair is read
     failures: list[tuple[str, str, str]] = []       # (pair id, code, message)

@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   sigma eval --data ../shared/data/eval --annotator pixel-diff --threshold 0.1
   sigma eval --data ../shared/data/eval --perturb none,vae,jpeg75,resize --out runs/eval-lite
   sigma eval --data ../shared/data/eval --set options.mask_mode=semantic   # the semantic mask as *the* mask
+  sigma eval --data ../shared/data/eval --config runs/eval-lite/config.yaml --out runs/eval-again   # same eval again
 """
 
 
@@ -85,12 +86,16 @@ def run(args: argparse.Namespace) -> int:
         print(format_tables(result))
         for err in result.errors:
             print(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] {err['message']}")
-        resolved = cfg.model_dump(mode="json") | {"annotator_config": annotator.describe(),
-                                                  "data": str(args.data)}
+        # config.yaml is the EvalConfig alone, a valid `--config` (`sigma eval --config OUT/config.yaml --data D`
+        # runs the eval again); it held the record too and was refused as invalid_config (annotator_config: Extra
+        # inputs are not permitted). The record (what the annotator read, --data as typed) is metrics.json's
+        # `config`, around the same values.
+        resolved = cfg.model_dump(mode="json")
+        record = resolved | {"annotator_config": annotator.describe(), "data": str(args.data)}
         # config.yaml first, metrics.json (which carries the config too) last, the old metrics.json removed in
         # between: a kill leaves the old pair, a config.yaml alone, or the new pair, never the metrics of one run
         # beside the config of another (metrics.json, then config.yaml, each replaced whole, did)
         replace_together([(out / "config.yaml", resolved_yaml(resolved).encode()),
-                          (out / "metrics.json", json_record(result.to_dict() | {"config": resolved}))])
+                          (out / "metrics.json", json_record(result.to_dict() | {"config": record}))])
     print(f"\nwrote {out / 'metrics.json'}")
     return 0
