@@ -431,3 +431,50 @@ def _watched(args: list[str]) -> tuple[subprocess.CompletedProcess, dict[str, st
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "terminate called" not in proc.stderr, proc.stderr[-3000:]
     return proc, dict(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("WORKERS "))
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_a_data_worker_stuck_in_a_read_is_killed_after_the_loaders_shutdown_and_the_run_ends(photos, tmp_path):
+    """A data worker blocked in a read (a photo on a hung network mount) when the run stops: torch's shutdown
+    joins it 5 s, then sends SIGTERM, which our workers ignore, so it outlived the shutdown, multiprocessing's exit
+    handler joined it forever and `sigma train` never ended. Now it is SIGKILLed after a short grace, one line says
+    so, and the run ends 0, paused, with no worker left. The stall is real: `SIGMA_TEST_WORKER_STALL` makes each
+    worker open a FIFO nobody writes (blocked in the kernel) before a sample of step 2 or later; `max_minutes`
+    pauses the run after step 0, while the workers are prefetching those."""
+    fifo = tmp_path / "hung-mount"
+    os.mkfifo(fifo)
+    env = {**_env(), "SIGMA_TEST_WORKER_STALL": f"{fifo}:{2 * 2}"}        # step 2 at batch_size=2
+    args = [STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=stuck", "steps=20",
+            "batch_size=2", "num_workers=2", "max_minutes=1e-6", "eval.at_start=false", "eval.val_size=2",
+            "ckpt_every=20"]
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    seen: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + 150
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen.update((w.pid, w) for w in _workers(proc.pid))
+            time.sleep(0.05)
+        if proc.poll() is None:                  # hung (at exit, before the fix): killed with its group; fails
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError(f"still running 150 s after it started:\n{(out + err).decode(errors='replace')}")
+        out, err = communicate(proc, 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = out.decode(errors="replace") + err
+    assert proc.returncode == 0, text[-3000:]
+    assert len(seen) == 2, (seen, text[-3000:])
+    assert re.search(r"[12] data worker\(s\) still running after the data loader's shutdown .* killed with SIGKILL",
+                     text), text[-3000:]
+    assert [w.pid for w in seen.values() if _alive(w)] == []
+    assert [(r["step"], r["reason"]) for r in _rows(tmp_path / "runs" / "stuck") if r["event"] == "paused"] == \
+        [(1, "max_minutes")]

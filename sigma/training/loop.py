@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError, Stopped
@@ -59,6 +59,29 @@ def _worker_init(_: int) -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    _stall_for_tests()
+
+
+#: test hook, `FIFO:INDEX`: a data worker opens FIFO (no writer: it blocks in the kernel, as a read on a hung
+#: network mount does) before it reads any sample from INDEX on (`tests/test_training_signals.py`)
+STALL_ENV = "SIGMA_TEST_WORKER_STALL"
+
+
+def _stall_for_tests() -> None:
+    """`STALL_ENV` set: this worker's dataset blocks, for real, at sample INDEX and after — a worker stuck in a read
+    when the trainer stops it, which ignores SIGTERM (above) and outlived torch's shutdown. Unset: nothing."""
+    fifo, _, first = os.environ.get(STALL_ENV, "").rpartition(":")
+    info = get_worker_info()
+    if not fifo or info is None:
+        return
+    sample = info.dataset.sample
+
+    def stalling(index: int, *args: Any, **kwargs: Any) -> Any:
+        if index >= int(first):
+            Path(fifo).read_bytes()
+        return sample(index, *args, **kwargs)
+
+    info.dataset.sample = stalling
 
 
 class TrainingDiverged(SigmaError):
@@ -70,6 +93,25 @@ class DataWorkersDying(SigmaError):
 
 
 MAX_LOADER_RESTARTS = 3
+#: seconds a data worker still alive after torch's shutdown gets, all of them together, before SIGKILL
+KILL_GRACE_S = 2.0
+
+
+def kill_stuck_workers(workers: list, grace: float = KILL_GRACE_S) -> int:
+    """SIGKILL those of `workers` (a loader's processes) still alive after `grace` s; how many it killed.
+
+    torch's shutdown joins a worker for 5 s, then falls back to SIGTERM, which our workers ignore (`_worker_init`):
+    one stuck in a read (a hung network mount, a C call) outlived it, multiprocessing's exit handler then joined it
+    forever and `sigma train` hung at exit instead of ending. Now it is killed and reaped here."""
+    deadline = time.monotonic() + grace
+    for w in workers:
+        w.join(timeout=max(0.0, deadline - time.monotonic()))
+    stuck = [w for w in workers if w.is_alive()]
+    for w in stuck:
+        w.kill()
+    for w in stuck:
+        w.join(timeout=5.0)
+    return len(stuck)
 
 
 def shared_eval_dir() -> Path:
@@ -836,7 +878,8 @@ class Trainer:
         started left a half-built iterator whose `__del__` printed an AttributeError traceback; one while they
         stopped (a second Ctrl-C, or the first one landing in a read) a KeyboardInterrupt traceback from that
         `__del__`, and workers possibly left running. Now a Ctrl-C in their start is taken once they are started
-        and known, and they are stopped with further Ctrl-Cs ignored (bounded: a join, then terminate)."""
+        and known, and they are stopped with further Ctrl-Cs ignored (bounded: a join, then terminate). One still
+        alive after that (stuck in a read: it ignores SIGTERM) is killed (`kill_stuck_workers`), with one line."""
         iterator = None
         try:
             with stop_signals_deferred():
@@ -847,6 +890,10 @@ class Trainer:
             if shutdown is not None:
                 with interrupts_ignored():
                     shutdown()
+                    killed = kill_stuck_workers(list(getattr(iterator, "_workers", [])))
+                if killed:
+                    self.log(f"{killed} data worker(s) still running after the data loader's shutdown (stuck in a "
+                             "read?) were killed with SIGKILL")
 
     def _batches(self, ds: TrainDataset) -> Iterator[dict[str, torch.Tensor]]:
         """The batches from `self.step` on. A data worker that dies (the OOM killer, a stray kill) ends the
