@@ -230,19 +230,8 @@ def _commit_lock(folder: Path) -> Iterator[None]:
     moved into place interleaved — one's weights renamed, the other's whole set, then the first's config — and the
     folder held one saver's weights beside the other's config. Committed one at a time, the last commit's whole set
     stands. Best effort: where a folder cannot be opened or locked (some network mounts) the moves go unlocked."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
+    with _folder_flock(folder, fcntl.LOCK_EX):
         yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        yield
-    finally:
-        os.close(fd)                 # the lock goes with the descriptor (and with a writer killed holding it)
 
 
 @contextmanager
@@ -254,6 +243,14 @@ def reading_lock(folder: Path) -> Iterator[None]:
     Best effort, as `_commit_lock`: a folder that cannot be opened or locked is read unlocked. Never call
     `finish_replacements` (or anything that takes `_commit_lock` on the same folder) inside it: flock does not
     upgrade a shared hold taken through another descriptor, and the process would wait on itself for good."""
+    with _folder_flock(folder, fcntl.LOCK_SH):
+        yield
+
+
+@contextmanager
+def _folder_flock(folder: Path, operation: int) -> Iterator[None]:
+    """An flock (`operation`: LOCK_EX / LOCK_SH) on `folder` itself, best effort: a folder that cannot be opened or
+    locked is held unlocked. The lock goes with the descriptor (and with a process killed holding it)."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -261,7 +258,7 @@ def reading_lock(folder: Path) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, operation)
         except OSError:
             pass
         yield

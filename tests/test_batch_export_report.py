@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from killers import at_first_temp_rename
 from PIL import Image
+from runrecords import rehash_shards
 
 from sigma.batch import BatchConfig, run_batch
 from sigma.cli import main
@@ -722,27 +723,12 @@ def test_an_edited_run_json_is_one_line_and_exit_2_from_the_real_commands(run_di
 def _as_version_1(run: Path) -> str:
     """Make a run folder what an older sigma left: record version 1 (its hash without the plan), the input path as
     typed (relative), its shard files named by that hash and their rows holding it. Returns the hash."""
-    import hashlib
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     record = json.loads((run / "run.json").read_text())
     legacy = BatchConfig.model_validate(record["config"]).run_hash(record["corpus"], record["model"])
     record.update(version=1, run_hash=legacy)
     record["config"]["input"]["path"] = os.path.relpath(record["config"]["input"]["path"])
     (run / "run.json").write_text(json.dumps(record))
-    for status in (run / "status").glob("*.json"):
-        st = json.loads(status.read_text())
-        shard = run / st["output"]
-        table = pq.read_table(shard)
-        column = pa.array([legacy] * table.num_rows, pa.string())
-        target = shard.with_name(f"{shard.name.rsplit('.', 2)[0]}.{legacy}.parquet")
-        pq.write_table(table.set_column(table.schema.get_field_index("run_hash"), "run_hash", column), target)
-        shard.unlink()
-        st.update(run_hash=legacy, output=str(target.relative_to(run)), bytes=target.stat().st_size,
-                  sha256=hashlib.sha256(target.read_bytes()).hexdigest())
-        status.write_text(json.dumps(st))
+    rehash_shards(run, legacy)
     return legacy
 
 

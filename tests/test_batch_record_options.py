@@ -3,7 +3,6 @@ option removed or renamed, a range tightened): the read-only commands read it as
 would build the annotator from it refuse it with one code (`run_options_refused`)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from runrecords import rehash_shards
 
 from sigma.batch import BatchConfig
 from sigma.batch.record import plan_digest
@@ -35,26 +35,13 @@ def planned(tmp_path_factory) -> tuple[Path, Path]:
 def _with_options(run: Path, options: dict) -> str:
     """Make `run` what a sigma whose pixel-diff took `options` left: its record's options, the run hash they make
     (with its corpus, model and plan), its shard files named by it and their rows holding it. Returns the hash."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     record = json.loads((run / "run.json").read_text())
     then = BatchConfig.model_validate(record["config"]).model_copy(update={"options": options})
     run_hash = then.run_hash(record["corpus"], record["model"], plan_digest(record["shards"]))
     record["config"]["options"] = options
     record["run_hash"] = run_hash
     (run / "run.json").write_text(json.dumps(record))
-    for status in (run / "status").glob("*.json"):
-        st = json.loads(status.read_text())
-        shard = run / st["output"]
-        table = pq.read_table(shard)
-        column = pa.array([run_hash] * table.num_rows, pa.string())
-        target = shard.with_name(f"{shard.name.rsplit('.', 2)[0]}.{run_hash}.parquet")
-        pq.write_table(table.set_column(table.schema.get_field_index("run_hash"), "run_hash", column), target)
-        shard.unlink()
-        st.update(run_hash=run_hash, output=str(target.relative_to(run)), bytes=target.stat().st_size,
-                  sha256=hashlib.sha256(target.read_bytes()).hexdigest())
-        status.write_text(json.dumps(st))
+    rehash_shards(run, run_hash)
     return run_hash
 
 
