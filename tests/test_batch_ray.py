@@ -266,8 +266,19 @@ def test_probe_tells_a_ray_head_from_another_service(cluster):
 
 
 def test_an_actor_that_cannot_build_the_annotator_stops_the_run(cluster, messy, tmp_path):
+    """Options the annotator refuses are refused with the config now (`BatchConfig` validates them by the
+    annotator's own model), so the build in the run is reached with a config whose options were not checked: what a run
+    record holds (`RecordedConfig`)."""
+    from pydantic import ValidationError
+
+    from sigma.batch.record import RecordedConfig
+
+    with pytest.raises(ValidationError, match="bogus"):
+        cfg_for(messy / "set", backend="ray", options={"bogus": 1})
+    base = {"input": {"path": str(messy / "set"), "shard_size": 3}, "annotator": "pixel-diff", "workers": 0}
+    unchecked = RecordedConfig.model_validate({**base, "backend": "ray", "options": {"bogus": 1}})
     with pytest.raises(ConfigError, match="bogus"):
-        run_batch(cfg_for(messy / "set", backend="ray", options={"bogus": 1}), tmp_path / "bad", progress=False)
+        run_batch(unchecked, tmp_path / "bad", progress=False)
     with pytest.raises(ConfigError, match="GPU"):
         run_batch(cfg_for(messy / "set", backend="ray", ray={"num_gpus": 1}), tmp_path / "gpu", progress=False)
 
