@@ -205,6 +205,21 @@ def cut_torn_tail(path: Path) -> int:
     return size - keep
 
 
+def metrics_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON-object rows of `path` (metrics.jsonl), in order; nothing when it is missing. A line that is no JSON
+    object (cut short, damaged) is passed over. One reader for what a resume looks up in the log (the rows that
+    TensorBoard gets again, whether a step's validation was logged)."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            yield row
+
+
 def drop_rows_after(path: Path, step: int, again: frozenset[str] | None = frozenset()) -> int:
     """Remove the rows of `path` (metrics.jsonl) logged past `step`, and those at `step` whose event is in `again`
     (None: every event at `step`); the number removed. A run killed after its last checkpoint had logged the steps
@@ -422,13 +437,9 @@ class Trainer:
         except Exception:  # noqa: BLE001 - optional
             self.tb = None
             return
-        if earlier and self.metrics_path.is_file():
-            for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and row.get("step") == self.step and type(row["step"]) is int:
+        if earlier:
+            for row in metrics_rows(self.metrics_path):
+                if row.get("step") == self.step and type(row["step"]) is int:
                     self._tb_add(row)
 
     # ------------------------------------------------------------------ one step
@@ -682,17 +693,7 @@ class Trainer:
         return bool(owed)
 
     def _logged_val_at(self, step: int) -> bool:
-        if not self.metrics_path.is_file():
-            return False
-        with open(self.metrics_path, "rb") as handle:
-            for line in handle:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and row.get("event") == "val" and row.get("step") == step:
-                    return True
-        return False
+        return any(row.get("event") == "val" and row.get("step") == step for row in metrics_rows(self.metrics_path))
 
     def _finished(self) -> bool:
         return (self.run_dir / "final" / "config.json").is_file()   # save_model writes the config last
