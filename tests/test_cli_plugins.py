@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from pluginkit import FORMAT_PLUGIN, plugin_batch
 from servicekit import TESTS, base_env, make_pair
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
@@ -197,25 +198,6 @@ def test_sigma_serve_all_serves_a_plugins_annotator(redis_server, tmp_path):
         s.http.close()
 
 
-FORMAT_PLUGIN = """
-from sigma.io.corpora import CORPUS_READERS
-from sigma.io.corpora.manifest import ManifestCorpus
-
-
-class TaggedJsonl(ManifestCorpus):
-    format = "tagged-jsonl"
-
-    def read(self, shard):
-        for item in super().read(shard):
-            item.pair_id = "tagged:" + item.pair_id
-            yield item
-
-
-if "tagged-jsonl" not in CORPUS_READERS:
-    CORPUS_READERS.register("tagged-jsonl", "test only: jsonl whose pair ids say this reader read them")(TaggedJsonl)
-"""
-
-
 @pytest.mark.parametrize("command", ["run", "submit"])
 def test_a_corpus_format_of_a_plugin_named_in_the_same_config_file(command, redis_server, tmp_path):
     """`plugins:` in a config file was imported only once the config was read (where the run built its annotator),
@@ -228,12 +210,9 @@ def test_a_corpus_format_of_a_plugin_named_in_the_same_config_file(command, redi
 
     import pyarrow.parquet as pq
 
-    (tmp_path / "mods").mkdir()
-    (tmp_path / "mods" / "tagged_format_plugin.py").write_text(FORMAT_PLUGIN)
-    write_pairs_jsonl(tmp_path / "set", list(synthetic_pairs(4, size=32)))
-    config = tmp_path / "run.yaml"
-    config.write_text("plugins: [tagged_format_plugin]\ninput:\n  format: tagged-jsonl\n  shard_size: 2\n"
-                      "annotator: pixel-diff\nworkers: 0\n")
+    config = plugin_batch(tmp_path, {"tagged_format_plugin": FORMAT_PLUGIN},
+                          "plugins: [tagged_format_plugin]\ninput:\n  format: tagged-jsonl\n  shard_size: 2\n"
+                          "annotator: pixel-diff\nworkers: 0\n")
     out, prefix = tmp_path / "out", f"t{uuid.uuid4().hex[:10]}"
     extra = ["--no-progress"] if command == "run" else ["--redis", redis_server.url, "--key-prefix", prefix]
     proc = sigma_cli("batch", command, str(tmp_path / "set"), "--out", str(out), "--config", str(config), *extra,
@@ -283,12 +262,9 @@ def test_batch_plugin_flags_add_to_the_config_files_plugins(command, redis_serve
 
     import pyarrow.parquet as pq
 
-    (tmp_path / "mods").mkdir()
-    (tmp_path / "mods" / "tagged_format_plugin.py").write_text(FORMAT_PLUGIN)
-    (tmp_path / "mods" / "marked_plugin.py").write_text(MARKED_PLUGIN)
-    write_pairs_jsonl(tmp_path / "set", list(synthetic_pairs(4, size=32)))
-    config = tmp_path / "run.yaml"
-    config.write_text("plugins: [tagged_format_plugin]\ninput:\n  format: tagged-jsonl\n  shard_size: 2\nworkers: 0\n")
+    config = plugin_batch(tmp_path, {"tagged_format_plugin": FORMAT_PLUGIN, "marked_plugin": MARKED_PLUGIN},
+                          "plugins: [tagged_format_plugin]\ninput:\n  format: tagged-jsonl\n  shard_size: 2\n"
+                          "workers: 0\n")
     out, prefix = tmp_path / "out", f"t{uuid.uuid4().hex[:10]}"
     extra = ["--no-progress"] if command == "run" else ["--redis", redis_server.url, "--key-prefix", prefix]
     proc = sigma_cli("batch", command, str(tmp_path / "set"), "--out", str(out), "--config", str(config),
@@ -357,12 +333,9 @@ def test_a_plugin_named_twice_by_a_config_is_one_plugin_on_every_route(redis_ser
 
     from sigma.service.settings import load_serve_config
 
-    (tmp_path / "mods").mkdir()
-    (tmp_path / "mods" / "marked_plugin.py").write_text(MARKED_PLUGIN)
-    write_pairs_jsonl(tmp_path / "set", list(synthetic_pairs(4, size=32)))
-    config = tmp_path / "run.yaml"
-    config.write_text("plugins: [marked_plugin, marked_plugin]\nannotator: marked-diff\ninput:\n  shard_size: 2\n"
-                      "workers: 0\n")
+    config = plugin_batch(tmp_path, {"marked_plugin": MARKED_PLUGIN},
+                          "plugins: [marked_plugin, marked_plugin]\nannotator: marked-diff\ninput:\n  shard_size: 2\n"
+                          "workers: 0\n")
     out = tmp_path / "out"
     proc = sigma_cli("batch", "run", str(tmp_path / "set"), "--out", str(out), "--config", str(config),
                      "--no-progress", pythonpath=[tmp_path / "mods"])

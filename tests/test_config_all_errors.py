@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from pluginkit import FORMAT_PLUGIN, plugin_batch
 
 from sigma.config.loader import load_config
 from sigma.errors import ConfigError
-from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 from sigma.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,36 +114,19 @@ def test_a_sections_checks_across_fields_are_said_to_be_skipped(tmp_path):
     assert "area_range must be (low, high)" in caught.value.message and CHECKS_SKIPPED not in caught.value.message
 
 
-FORMAT_PLUGIN = """
-from sigma.io.corpora import CORPUS_READERS
-from sigma.io.corpora.manifest import ManifestCorpus
-
-
-class AllErrorsJsonl(ManifestCorpus):
-    format = "all-errors-jsonl"
-
-
-if "all-errors-jsonl" not in CORPUS_READERS:
-    CORPUS_READERS.register("all-errors-jsonl", "test only")(AllErrorsJsonl)
-"""
-
-
 def test_a_plugins_format_is_not_unknown_beside_a_problem_found_before_validation(tmp_path):
     """The config's plugins were imported (`before_validate`) only when the checks before validation found nothing:
     with a NUL byte or an exponent that is no whole number elsewhere in the file, the plugin's corpus format read
     as "Unknown corpus format" in the same message, a false error gone once the real ones were fixed. A plugin that
     cannot be imported is said with the checks' problems."""
-    (tmp_path / "mods").mkdir()
-    (tmp_path / "mods" / "all_errors_format_plugin.py").write_text(FORMAT_PLUGIN)
-    write_pairs_jsonl(tmp_path / "set", list(synthetic_pairs(2, size=32)))
-    config = tmp_path / "run.yaml"
-    config.write_text('plugins: [all_errors_format_plugin]\ninput:\n  format: all-errors-jsonl\n  shard_size: 1.5e0\n'
-                      'annotator: pixel-diff\nthreshold: "a\\0b"\n')
+    config = plugin_batch(tmp_path, {"tagged_format_plugin": FORMAT_PLUGIN},
+                          'plugins: [tagged_format_plugin]\ninput:\n  format: tagged-jsonl\n  shard_size: 1.5e0\n'
+                          'annotator: pixel-diff\nthreshold: "a\\0b"\n', pairs=2)
     args = ("batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "out"), "--config", str(config))
     err = refused(sigma_cli(*args, cwd=tmp_path, pythonpath=(tmp_path / "mods",)),
                   "threshold: holds a NUL byte", "input.shard_size=1.5e0: not a whole number")
     assert "Unknown corpus format" not in err and not (tmp_path / "out").exists(), err
-    config.write_text(config.read_text().replace("[all_errors_format_plugin]", "[no_such_all_errors_plugin]"))
+    config.write_text(config.read_text().replace("[tagged_format_plugin]", "[no_such_all_errors_plugin]"))
     refused(sigma_cli(*args, cwd=tmp_path, pythonpath=(tmp_path / "mods",)),
             "threshold: holds a NUL byte", "input.shard_size=1.5e0: not a whole number",
             "plugins: cannot import 'no_such_all_errors_plugin'")
