@@ -301,6 +301,17 @@ def _checked_record(rundir) -> dict[str, Any]:
     return record
 
 
+def run_warnings(record: dict[str, Any], run_file: Path, root: str) -> list[dict[str, str]]:
+    """What `sigma batch status` says on stderr of a run it still counts, as `{"code", "message"}` objects: a run
+    whose annotator options this sigma refuses now (`run_options_refused`) was answered 200 with nothing said, and
+    the caller learnt it only when a resubmission failed 409. The message names run.json relative to the root. In a
+    worker thread: asking the annotator's config imports its model code."""
+    from sigma.batch.record import OPTIONS_REFUSED, options_note
+
+    note = options_note(record, _relative(root, run_file))
+    return [] if note is None else [{"code": OPTIONS_REFUSED, "message": scrub(note, root)}]
+
+
 @router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
 async def batch_status(out: str | None = None,
                        failed_limit: int | None = Query(None, ge=0, le=MAX_FAILED_SHOWN, description=(
@@ -322,6 +333,7 @@ async def batch_status(out: str | None = None,
     root = _root(cfg)
     answer: dict[str, Any] = {}
     rundir = record = None
+    warnings: list[dict[str, str]] = []
     if out is not None:
         out_path = resolve_under(root, out, "out")
         rundir = RunDir(out_path)
@@ -329,6 +341,7 @@ async def batch_status(out: str | None = None,
             raise ApiError(404, "not_found", f"no batch run in {_relative(root, out_path)!r}")
         try:
             record = await anyio.to_thread.run_sync(lambda: _checked_record(rundir))
+            warnings = await anyio.to_thread.run_sync(lambda: run_warnings(record, rundir.run_file, root))
         except (SigmaError, OSError) as exc:
             raise _to_api(exc, root) from exc
     # the queue first: the run's shards a worker dead-lettered without writing their status are failed in its counts
@@ -352,4 +365,5 @@ async def batch_status(out: str | None = None,
         answer = {"run": {**summary, "run_dir": _relative(root, out_path)}, **answer}      # run first, as before
     if "deferred_reason" in answer["queue"]:      # names the run folder and who holds it: paths under the root, no host
         answer["queue"]["deferred_reason"] = scrub(str(answer["queue"]["deferred_reason"]), root)
+    answer["warnings"] = warnings        # always a list: [] when there is nothing to say (and without `out`)
     return answer

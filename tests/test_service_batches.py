@@ -349,7 +349,9 @@ def test_a_run_whose_options_are_no_longer_accepted_is_409_run_options_refused_a
                                                                                                    redis_server):
     """A run planned by a sigma whose annotator took an option this one no longer has (run.json holds to its run
     hash): the API's 409 `run_options_refused` had no test over HTTP. Submitted again, it is refused with that code,
-    naming the option and what to do but no server path, and nothing is queued."""
+    naming the option and what to do but no server path, and nothing is queued. Its status was 200 with nothing said
+    (`sigma batch status` warns on stderr): the caller learnt it only from the refused resubmission. Now the status
+    counts it and carries the warning, `warnings: [{"code": "run_options_refused", ...}]`; `[]` for a run as planned."""
     from test_batch_record_options import REMOVED, _with_options
 
     resp = post(svc, {"input": "corpus", "out": "runs/options-gone", "shard_size": 2})
@@ -357,6 +359,13 @@ def test_a_run_whose_options_are_no_longer_accepted_is_409_run_options_refused_a
     run_file = root / "runs" / "options-gone" / "run.json"
     planned = run_file.read_text()
     _with_options(run_file.parent, REMOVED)      # no shard done yet: only run.json changes
+    status = svc.http.get("/v1/batches/status", params={"out": "runs/options-gone"}, headers=svc.headers())
+    assert status.status_code == 200 and status.json()["run"]["shards"] == 3, status.text
+    [warning] = status.json()["warnings"]
+    assert warning["code"] == "run_options_refused", warning
+    assert warning["message"].startswith("runs/options-gone/run.json: "), warning
+    assert "options.dilate" in warning["message"] and "pixel-diff" in warning["message"], warning
+    assert str(root) not in status.text, status.text
     queued = redis_server.client().xlen(f"{svc.prefix}:batch:tasks")
     resp = post(svc, {"input": "corpus", "out": "runs/options-gone", "shard_size": 2})
     assert resp.status_code == 409 and error_code(resp) == "run_options_refused", resp.text
@@ -365,6 +374,8 @@ def test_a_run_whose_options_are_no_longer_accepted_is_409_run_options_refused_a
     assert str(root) not in resp.text, resp.text
     assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == queued
     run_file.write_text(planned)     # the run as planned: its queued tasks are done by the module's next worker
+    status = svc.http.get("/v1/batches/status", params={"out": "runs/options-gone"}, headers=svc.headers())
+    assert status.status_code == 200 and status.json()["warnings"] == [], status.text
 
 
 def test_the_status_says_which_tasks_a_local_run_holding_the_folder_defers_and_names_no_server_path(svc, root,
