@@ -425,8 +425,8 @@ sys.exit(main(sys.argv[3:]))
 
 
 def _config_part(record: dict) -> dict:
-    """metrics.json's `config` less the run's record (`annotator_config`, `data`): what config.yaml holds."""
-    return {k: v for k, v in record.items() if k not in ("annotator_config", "data")}
+    """metrics.json's `config` less the run's record (`annotator_config`): what config.yaml holds (`data` too)."""
+    return {k: v for k, v in record.items() if k != "annotator_config"}
 
 
 def _killable_eval(tmp_path: Path):
@@ -721,6 +721,55 @@ def test_an_evals_saved_config_runs_the_same_eval_again(eval_root, tmp_path, cap
     assert one["config"]["annotator_config"]["name"] == "pixel-diff" and one["config"]["data"] == str(eval_root)
     assert one == two                                   # tables, per-pair scores, skipped pairs, the config record
     assert (first / "config.yaml").read_text() == (again / "config.yaml").read_text()
+
+
+def test_an_evals_saved_config_runs_again_without_data_from_another_folder(tmp_path):
+    """`sigma eval --config OUT/config.yaml` was refused by argparse (`--data` required) though the eval's data was
+    recorded, and only as typed (relative: good in the folder the eval ran in). Now config.yaml records `data` as an
+    absolute path: the real CLI reruns from another folder with no --data and writes the same metrics; --data on
+    the command line still wins; neither is one bad_arguments line; a recorded folder that is gone is named."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    make_pair_set(tmp_path / "start" / "eval", "edits", 2)
+    make_pair_set(tmp_path / "other", "more", 3, seed=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def sigma_eval(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sigma", "eval", *argv], capture_output=True, text=True,
+                              timeout=120, check=False, cwd=cwd)
+
+    first = tmp_path / "start" / "first"
+    done = sigma_eval(tmp_path / "start", "--data", "eval", "--annotator", "pixel-diff", "--out", "first")
+    assert done.returncode == 0, done.stderr
+    recorded = str(tmp_path / "start" / "eval")
+    assert yaml.safe_load((first / "config.yaml").read_text())["data"] == recorded
+    assert json.loads((first / "metrics.json").read_text())["config"]["data"] == recorded
+
+    saved = str(first / "config.yaml")
+    done = sigma_eval(elsewhere, "--config", saved, "--out", "again")
+    assert done.returncode == 0, done.stderr
+    assert (elsewhere / "again" / "metrics.json").read_text() == (first / "metrics.json").read_text()
+    assert (elsewhere / "again" / "config.yaml").read_text() == (first / "config.yaml").read_text()
+
+    done = sigma_eval(elsewhere, "--config", saved, "--data", str(tmp_path / "other"), "--out", "theirs")
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads((elsewhere / "theirs" / "metrics.json").read_text())
+    assert theirs["config"]["data"] == str(tmp_path / "other"), theirs["config"]
+    assert {row["set"] for row in theirs["per_pair"]["none"]} == {"more"}, theirs["per_pair"]
+
+    done = sigma_eval(elsewhere, "--annotator", "pixel-diff", "--out", "none")
+    assert done.returncode == 2 and done.stderr.startswith("sigma: error [bad_arguments]: "), done.stderr
+    assert done.stderr.count("\n") == 1 and "--data" in done.stderr and not (elsewhere / "none").exists()
+
+    (tmp_path / "start" / "eval").rename(tmp_path / "start" / "moved")
+    done = sigma_eval(elsewhere, "--config", saved, "--out", "gone")
+    assert done.returncode == 2 and done.stderr.startswith("sigma: error [file_not_found]: "), done.stderr
+    assert recorded in done.stderr and saved in done.stderr and "--data" in done.stderr, done.stderr
+    assert not (elsewhere / "gone").exists()
 
 
 def test_an_annotates_saved_config_runs_the_same_annotation_again(tmp_path, capsys):

@@ -9,6 +9,7 @@ from pydantic import Field
 from sigma.cli.common import Progress, add_config_args, add_plugin_arg, check_outdir, flag_overrides, import_plugin_args
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
+from sigma.errors import InputError
 from sigma.folderlock import hold_folder
 from sigma.registry import build_annotator, named_annotator, options_model
 
@@ -31,12 +32,14 @@ EXAMPLES = """examples:
   sigma eval --data ../shared/data/eval --annotator pixel-diff --threshold 0.1
   sigma eval --data ../shared/data/eval --perturb none,vae,jpeg75,resize --out runs/eval-lite
   sigma eval --data ../shared/data/eval --set options.mask_mode=semantic   # the semantic mask as *the* mask
-  sigma eval --data ../shared/data/eval --config runs/eval-lite/config.yaml --out runs/eval-again   # same eval again
+  sigma eval --config runs/eval-lite/config.yaml --out runs/eval-again   # same eval again (its data recorded there)
 """
 
 
 class EvalConfig(AnnotatorSpec):
     options_model = staticmethod(options_model)        # the options validated with the rest
+    data: str | None = Field(None, description="one set folder or a folder of sets (`--data`); config.yaml records "
+                             "it as an absolute path, so `sigma eval --config OUT/config.yaml` needs no --data")
     perturb: list[str] = Field(default_factory=lambda: ["none"])
     batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE)
     limit: int | None = Field(None, ge=1, description="score only the first N pairs (smoke runs)")
@@ -46,7 +49,8 @@ class EvalConfig(AnnotatorSpec):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score an annotator on an evaluation set (F1/IoU/AUC per set)",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="one set folder or a folder of sets (each with pairs.jsonl)")
+    p.add_argument("--data", help="one set folder or a folder of sets (each with pairs.jsonl); default: the `data` "
+                   "of --config (an earlier eval's config.yaml records it)")
     p.add_argument("--annotator", help="registry name (default: the embedded default)")
     p.add_argument("--threshold", type=float, help="mask threshold (pixel-diff: τ)")
     p.add_argument("--perturb", default=None,
@@ -66,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
     import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
     # `--perturb ""` (a variable left empty) is no perturbation named, refused as `--perturb ,` is: it ran `none`
     overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold,
-                               perturb=[args.perturb] if args.perturb is not None else None)
+                               perturb=[args.perturb] if args.perturb is not None else None, data=args.data)
     cfg = load_config(EvalConfig, args.config, overrides)
+    data = eval_data(cfg.data, None if args.data is not None else "--set data" if "data" in overrides else args.config)
     # the options as the annotator reads them (`--set options.image_size=2.24e2` ran at 224): what metrics.json and
     # config.yaml record, as a batch run's config does
     name, options = named_annotator(cfg.annotator, cfg.options)
-    cfg = cfg.model_copy(update={"annotator": name, "options": options,
+    cfg = cfg.model_copy(update={"annotator": name, "options": options, "data": str(data),
                                  "perturb": perturb.expand(cfg.perturb)})
     annotator = build_annotator(cfg)
     made = not Path(args.out).exists()
@@ -81,17 +86,17 @@ def run(args: argparse.Namespace) -> int:
     # eval that fails before writing leaves no empty folder it made
     with hold_folder(out, other="--out", created=made):
         with Progress(f"eval {cfg.annotator}") as bar:
-            result = evaluate(annotator, args.data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
+            result = evaluate(annotator, data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
         print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
         print(format_tables(result))
         for err in result.errors:
             print(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] {err['message']}")
-        # config.yaml is the EvalConfig alone, a valid `--config` (`sigma eval --config OUT/config.yaml --data D`
-        # runs the eval again); it held the record too and was refused as invalid_config (annotator_config: Extra
-        # inputs are not permitted). The record (what the annotator read, --data as typed) is metrics.json's
+        # config.yaml is the EvalConfig alone, a valid `--config` (`sigma eval --config OUT/config.yaml` runs the
+        # eval again, on its recorded data); it held the record too and was refused as invalid_config
+        # (annotator_config: Extra inputs are not permitted). The record (what the annotator read) is metrics.json's
         # `config`, around the same values.
         resolved = cfg.model_dump(mode="json")
-        record = resolved | {"annotator_config": annotator.describe(), "data": str(args.data)}
+        record = resolved | {"annotator_config": annotator.describe()}
         # config.yaml first, metrics.json (which carries the config too) last, the old metrics.json removed in
         # between: a kill leaves the old pair, a config.yaml alone, or the new pair, never the metrics of one run
         # beside the config of another (metrics.json, then config.yaml, each replaced whole, did)
@@ -99,3 +104,20 @@ def run(args: argparse.Namespace) -> int:
                           (out / "metrics.json", json_record(result.to_dict() | {"config": record}))])
     print(f"\nwrote {out / 'metrics.json'}")
     return 0
+
+
+def eval_data(data: str | None, source: str | None) -> Path:
+    """The data to score as an absolute path, what config.yaml and metrics.json record: `--data`, else the config's
+    `data` (`source` says where that was read; None for --data, whose missing folder `find_sets` names as before).
+    `sigma eval --config OUT/config.yaml` of an earlier eval was refused by argparse (`--data` required), and
+    metrics.json held `--data` as typed: a relative path, good only in the folder the eval ran in. Neither given:
+    bad_arguments; a recorded folder that is gone: file_not_found naming it and where it was recorded. Both before
+    the annotator is built or --out taken."""
+    if data is None:
+        raise InputError("no data to score: give --data (one set folder or a folder of sets), or a --config that "
+                         "records it (`data:`, as the config.yaml of an earlier eval does)", code="bad_arguments")
+    path = Path(data).absolute()
+    if source is not None and not path.exists():
+        raise InputError(f"{path}: the eval data named by `data` of {source} is not there (moved or deleted since it "
+                         "was recorded?); give --data", code="file_not_found")
+    return path
