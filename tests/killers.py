@@ -1,6 +1,7 @@
 """Python source for real subprocesses that stop or die at a chosen instant (an audit hook, not a mock): the real
 writer runs, and the hook fires at its first rename of a temporary file — written (and synced, where the writer
-syncs), never renamed into place — which is where a kill leaves the junk the sweeps must know."""
+syncs), never renamed into place — which is where a kill leaves the junk the sweeps must know. And one that records
+the order of a real command's fsyncs and renames (`RECORD_SYNCS`), for what only a power cut would show."""
 
 
 def at_first_temp_rename(signal_expr: str = "signal.SIGKILL", containing: str = "") -> str:
@@ -18,3 +19,27 @@ def _hook(event, args):
         os.kill(os.getpid(), {signal_expr})
 sys.addaudithook(_hook)
 """
+
+
+# `python RECORD_SYNCS_FILE EVENTS.json sigma-args...`: runs `sigma.cli.main(sigma-args)` with every os.fsync recorded
+# as ["fsync", path of the descriptor] (then made for real) and every rename (os.replace, Path.replace) as
+# ["rename", src, dst], in the order the command made them, from every thread; EVENTS.json gets the list at the end.
+# A power cut cannot be staged in a test: the order of these calls is what decides what one could lose.
+RECORD_SYNCS = r'''import json, os, sys
+events = []
+real_fsync = os.fsync
+def fsync(fd):
+    events.append(["fsync", os.readlink(f"/proc/self/fd/{fd}")])
+    real_fsync(fd)
+os.fsync = fsync                     # recorded, then the real one: the run's own calls, in their order
+def hook(event, args):
+    if event == "os.rename":
+        events.append(["rename", os.fspath(args[0]), os.fspath(args[1])])
+sys.addaudithook(hook)
+from sigma.cli import main
+rc = main(sys.argv[2:])
+with open(sys.argv[1], "w") as handle:
+    json.dump(events, handle)
+sys.exit(rc)
+'''
+

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from killers import at_first_temp_rename
+from killers import RECORD_SYNCS, at_first_temp_rename
 from PIL import Image
 from runrecords import rehash_shards
 
@@ -83,7 +83,7 @@ def test_an_imdl_benco_export_never_mixes_with_an_earlier_one_in_its_folder(run_
     assert sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "imdl_benco.json"]      # nothing staged is left
     import sigma.export.imdl_benco as benco
 
-    def full_disk(*args):
+    def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(benco, "write_png", full_disk)
@@ -336,6 +336,27 @@ def test_imdl_benco_killed_at_a_rename_leaves_nothing_the_next_export_keeps(run_
         capsys.readouterr()
         assert not [p for p in out.rglob("*") if p.name.startswith(".")], sorted(out.rglob("*"))
 
+
+
+def test_imdl_benco_staged_pngs_are_on_disk_before_the_journal_that_vouches_for_them(run_dir, tmp_path):
+    """`sigma export imdl-benco` staged its PNGs without fsync, then wrote (and fsynced) the journal that makes the
+    swap recoverable and the JSON that says the export is done: after a power cut, OUT could hold a JSON listing
+    Tp/ and Gt/ images empty or cut short. In a real export now, every staged PNG's temporary file is fsynced before
+    its rename, and both staging folders and OUT are fsynced after the last PNG's rename and before the journal's."""
+    out, log, script = tmp_path / "benco", tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(RECORD_SYNCS)
+    proc = subprocess.run([sys.executable, str(script), str(log), "export", "imdl-benco", str(run_dir), "--out",
+                           str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    staged = {str(out / f".{folder}.tmp") for folder in ("Tp", "Gt")}
+    renames = [i for i, e in enumerate(events) if e[0] == "rename" and str(Path(e[2]).parent) in staged]
+    assert len(renames) == 2 * len(json.loads((out / "imdl_benco.json").read_text())) == 22, events
+    for at in renames:            # each staged PNG's bytes before its name
+        assert ["fsync", events[at][1]] in events[:at], events
+    journal = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2].endswith(".imdl_benco.json-journal"))
+    for folder in (*staged, str(out)):      # the names (PNGs', staging folders') before the journal
+        assert any(e == ["fsync", folder] for e in events[max(renames) + 1:journal]), (folder, events)
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from killers import RECORD_SYNCS
 from PIL import Image
 
 import sigma
@@ -1093,25 +1094,6 @@ def test_a_resumed_run_sweeps_what_killed_writers_left_in_status_and_masks(tmp_p
         live.wait()
 
 
-_RECORD_DURABILITY = r'''import json, os, sys
-events = []
-real_fsync = os.fsync
-def fsync(fd):
-    events.append(["fsync", os.readlink(f"/proc/self/fd/{fd}")])
-    real_fsync(fd)
-os.fsync = fsync                     # recorded, then the real one: the run's own calls, in their order
-def hook(event, args):
-    if event == "os.rename":
-        events.append(["rename", os.fspath(args[0]), os.fspath(args[1])])
-sys.addaudithook(hook)
-from sigma.cli import main
-rc = main(sys.argv[2:])
-with open(sys.argv[1], "w") as handle:
-    json.dump(events, handle)
-sys.exit(rc)
-'''
-
-
 def test_a_shard_is_on_disk_before_the_status_that_says_it_is_done(tmp_path):
     """A shard's parquet was renamed with its bytes only flushed (never fsynced) while the status saying "done"
     that followed was fsynced: after a power cut the status could stand beside a shard cut short or missing. In a
@@ -1120,7 +1102,7 @@ def test_a_shard_is_on_disk_before_the_status_that_says_it_is_done(tmp_path):
     root = tmp_path / "set"
     write_pairs_jsonl(root, synthetic_pairs(8, size=32))
     out, log, script = tmp_path / "run", tmp_path / "events.json", tmp_path / "record.py"
-    script.write_text(_RECORD_DURABILITY)
+    script.write_text(RECORD_SYNCS)
     proc = subprocess.run([sys.executable, str(script), str(log), "batch", "run", str(root), "--out", str(out),
                            "--annotator", "pixel-diff", "--shard-size", "4", "--workers", "0", "--no-progress"],
                           capture_output=True, text=True, timeout=120, check=False)
@@ -1139,6 +1121,38 @@ def test_a_shard_is_on_disk_before_the_status_that_says_it_is_done(tmp_path):
         assert synced and synced[0] < renamed, events            # the bytes before the name
         assert folder and folder[0] < status_at, events          # the name before the status that vouches for it
         assert ["fsync", events[status_at][1]] in events[:status_at]   # and the status itself durable
+
+
+def test_png_masks_are_on_disk_before_the_status_that_says_their_shard_is_done(tmp_path):
+    """`--png-masks` wrote each mask atomically but never fsynced it, nor `masks/<shard>/`, while the status saying
+    "done" that followed was fsynced: after a power cut a done shard could have masks empty, cut short or missing,
+    and `--resume` never wrote them again. In a real run now, for every shard: each PNG's temporary file is fsynced
+    before its rename, `masks/<shard>/` is fsynced after the last PNG's rename and before the status's, and
+    `status/` is fsynced after the status's rename (that rename on disk too)."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(8, size=32))
+    out, log, script = tmp_path / "run", tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(RECORD_SYNCS)
+    proc = subprocess.run([sys.executable, str(script), str(log), "batch", "run", str(root), "--out", str(out),
+                           "--annotator", "pixel-diff", "--shard-size", "4", "--workers", "0", "--png-masks",
+                           "--no-progress"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    record = json.loads((out / "run.json").read_text())
+    assert len(record["shards"]) == 2
+    for shard in record["shards"]:
+        masks = out / "masks" / shard["key"]
+        pngs = sorted(str(p) for p in masks.glob("*.png"))
+        assert len(pngs) == 4, pngs
+        renames = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] in pngs]
+        assert len(renames) == 4, events
+        for at in renames:        # each PNG's bytes before its name
+            assert ["fsync", events[at][1]] in events[:at], events
+        status = str(out / "status" / f"{shard['key']}.json")
+        status_at = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == status)
+        folder = [i for i, e in enumerate(events) if e == ["fsync", str(masks)] and max(renames) < i < status_at]
+        assert folder, events     # the PNGs' names before the status that vouches for them
+        assert ["fsync", str(out / "status")] in events[status_at:], events     # and the status's own name
 
 
 _KILL_BEFORE_STATUS = r'''import os, signal, sys

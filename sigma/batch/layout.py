@@ -3,8 +3,9 @@
     OUT/run.json                  config, corpus identity, run hash, the planned shards (fixed at first run)
     OUT/config.yaml               the resolved config (sigma.config.save_resolved)
     OUT/shards/<key>.<hash>.parquet   one manifest per shard: a pure function of (input, shard, run hash)
-    OUT/status/<key>.json         written after the shard's parquet is on disk (fsynced, renamed, folder synced):
-                                  "done" or "failed"
+    OUT/status/<key>.json         written after the shard's parquet is on disk (fsynced, renamed, folder synced)
+                                  and its PNG masks too (each fsynced, masks/<key>/ synced): "done" or "failed";
+                                  fsynced, renamed, then status/ synced
                                   (also "failed" when a fleet task for the shard was dead-lettered)
     OUT/.locks/status-<key>.lock  flock serialising the writes of one shard's status across processes
     OUT/masks/<key>/<pair>.png    optional PNG masks
@@ -26,7 +27,7 @@ from sigma.config.loader import positive_int_env
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
-from sigma.tempfiles import replace_atomically, sweep_stale_below
+from sigma.tempfiles import replace_atomically, sweep_stale_below, sync_folder
 from sigma.text import MAX_MESSAGE, dumps_finite, shown
 from sigma.text import loads as load_json
 
@@ -411,8 +412,15 @@ class RunDir:
 
     def write_status(self, shard: Shard, data: dict[str, Any]) -> None:
         with self._status_lock(shard):
-            self.subdir("status")
-            atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+            self._put_status(shard, data)
+
+    def _put_status(self, shard: Shard, data: dict[str, Any]) -> None:
+        """The status file, durably: its bytes fsynced before the rename (`atomic_write_json`), then `status/` itself
+        fsynced, so the rename is on disk too. Before, the folder was not synced: a power cut could lose the rename
+        (the shard redone: harmless) — now the status, once written, stays."""
+        folder = self.subdir("status")
+        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+        sync_folder(folder)
 
     def mark_failed(self, shard: Shard, run_hash: str, error: str, wait_s: float | None = None, **extra: Any) -> bool:
         """Record a shard given up on (a fleet task dead-lettered), unless it is done for this run: another
@@ -421,9 +429,7 @@ class RunDir:
         with self._status_lock(shard, wait_s):
             if self.is_done(shard, run_hash):
                 return False
-            self.subdir("status")
-            atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, "status": "failed",
-                                                        "run_hash": run_hash, "error": error, **extra})
+            self._put_status(shard, {"status": "failed", "run_hash": run_hash, "error": error, **extra})
             return True
 
     def shard_states(self, record: dict[str, Any] | None = None, dead_letters: Mapping[str, str] | None = None

@@ -2,7 +2,8 @@
 
     feeder thread ── chunks of SourceItems ──▶ decode processes ──▶ futures (bounded queue, in order)
     main thread: wait on futures in order, batch pairs (never across shards), annotator.predict
-    writer thread: rows → one parquet per shard (temp, fsync, rename, fsync folder) → status file
+    writer thread: rows → one parquet per shard (temp, fsync, rename, fsync folder), PNG masks (each fsynced, their
+                   folders synced) → status file (fsynced, renamed, status/ synced)
 
 Bounded queues keep memory flat however long the run; the annotator never waits on disk while the
 decode window is full.
@@ -30,7 +31,7 @@ from sigma.errors import SigmaError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.images import write_png
 from sigma.lifeline import ShieldedSpawnProcess, die_with_parent, leave_stop_signals_to_parent
-from sigma.tempfiles import rename_durably, temp_name
+from sigma.tempfiles import rename_durably, sync_folder, temp_name
 from sigma.text import MAX_JSON_DEPTH, NotWritable, unwritable_output
 
 _END = object()
@@ -125,6 +126,7 @@ class ShardWriter:
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.failure: BaseException | None = None
         self.demoted = 0        # pairs annotated whose row could not be made: counted as errors, not as ok
+        self.masked: set[str] = set()   # keys of the shards this writer has written PNG masks for, not yet published
         self.thread = threading.Thread(target=self._loop, name="sigma-batch-writer", daemon=True)
         self.thread.start()
 
@@ -177,13 +179,16 @@ class ShardWriter:
                 return
             if mask_rel is not None:
                 self.rundir.subdir("masks", shard.key)       # never the run folder itself (RunDir.subdir)
-                write_png(ann.mask.astype("uint8") * 255, self.rundir.root / mask_rel)
+                # fsynced before its rename: the shard's status will vouch for it (`_sync_masks`)
+                write_png(ann.mask.astype("uint8") * 255, self.rundir.root / mask_rel, durable=True)
+                self.masked.add(shard.key)
             self.rows.setdefault(shard.key, []).append(row)
         elif kind == "finish":
             rows = self.rows.pop(shard.key, [])
             self._publish(shard, rows)
         elif kind == "abort":
             self.rows.pop(shard.key, None)
+            self.masked.discard(shard.key)
             self.rundir.write_status(shard, {"status": "failed", "run_hash": self.run_hash, "error": str(payload)})
             self.on_shard(ShardResult(shard, "failed", error=str(payload)))
 
@@ -205,6 +210,7 @@ class ShardWriter:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self._sync_masks(shard)
         errors = [r for r in rows if r["status"] != "ok"]
         codes: dict[str, int] = {}
         for r in errors:
@@ -214,6 +220,19 @@ class ShardWriter:
             "bytes": target.stat().st_size, "sha256": sha256_file(target), "pairs": len(rows),
             "ok": len(rows) - len(errors), "errors": len(errors), "error_codes": codes})
         self.on_shard(ShardResult(shard, "done", len(rows), len(rows) - len(errors), len(errors)))
+
+    def _sync_masks(self, shard: Shard) -> None:
+        """The names of the shard's PNG masks on disk before its status says "done": `masks/<key>/` fsynced (each
+        PNG's bytes already were, `write_png(durable=True)`), then `masks/` and the run folder, whose entries hold
+        the way to it. Before, the PNGs were only renamed into the page cache while the status that followed was
+        fsynced: a power cut could leave a "done" shard whose masks were empty, cut short or missing, and `--resume`
+        never wrote them again."""
+        if shard.key not in self.masked:
+            return
+        self.masked.discard(shard.key)
+        folder = self.rundir.subdir("masks", shard.key)
+        for path in (folder, folder.parent, self.rundir.root):
+            sync_folder(path)
 
     def close(self) -> None:
         self.q.put(_END)

@@ -110,8 +110,9 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
             continue
         name = names(row)
         gt_mask = decode_rle({"size": [row["height"], row["width"]], "counts": counts})
-        write_png(pair.edited, _staging(out, "Tp") / f"{name}.png")
-        write_png(gt_mask.astype(np.uint8) * 255, _staging(out, "Gt") / f"{name}.png")
+        # fsynced: the journal `_commit` writes vouches for them (`_sync_staged`)
+        write_png(pair.edited, _staging(out, "Tp") / f"{name}.png", durable=True)
+        write_png(gt_mask.astype(np.uint8) * 255, _staging(out, "Gt") / f"{name}.png", durable=True)
         tp, gt = out / "Tp" / f"{name}.png", out / "Gt" / f"{name}.png"       # where they are once swapped in
         tp_ref = str(tp.relative_to(out)) if relative else str(tp)
         gt_ref = str(gt.relative_to(out)) if relative else str(gt)
@@ -141,6 +142,7 @@ def _commit(out: Path, json_name: str, listing: bytes, names: list[str]) -> None
     and with --overwrite "not a file of an earlier export") until the user deleted OUT by hand. Now the next export
     of OUT rolls the half-finished one back (`_recover`) and goes on as if it had never run."""
     journal = {"json": json_name, "sha256": hashlib.sha256(listing).hexdigest(), "names": names}
+    _sync_staged(out)
     replace_atomically(_journal(out, json_name), json.dumps(journal).encode(), durable=True)
     sync_folder(out)
     try:
@@ -154,6 +156,17 @@ def _commit(out: Path, json_name: str, listing: bytes, names: list[str]) -> None
         _recover(out, json_name)     # a JSON that cannot be written (a full disk): the earlier export back whole
         raise
     _journal(out, json_name).unlink()
+
+
+def _sync_staged(out: Path) -> None:
+    """The staged Tp/ and Gt/ on disk before the journal that lets a later export finish or roll back the swap: each
+    PNG's bytes were fsynced as it was written (`write_png(durable=True)`); here the staging folders (the PNGs' names)
+    and OUT (the staging folders' own entries). Before, the PNGs were only in the page cache when the journal was
+    fsynced: a power cut after the JSON could leave a complete-looking export whose images were empty or cut short,
+    and `_recover` took it as done."""
+    for folder in FOLDERS:
+        sync_folder(_staging(out, folder))
+    sync_folder(out)
 
 
 def _recover(out: Path, json_name: str) -> None:

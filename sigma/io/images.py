@@ -523,6 +523,8 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_png(array: np.ndarray, path: str | Path) -> Path:
-    """Atomic PNG write: a killed process never leaves a half-written mask behind."""
-    return replace_atomically(Path(path), encode_png(array))
+def write_png(array: np.ndarray, path: str | Path, durable: bool = False) -> Path:
+    """Atomic PNG write: a killed process never leaves a half-written mask behind. `durable`: its bytes fsynced
+    before the rename (`replace_atomically`), for a PNG that a later record vouches for (a batch shard's status, an
+    export's journal) — the caller syncs the folder before writing that record."""
+    return replace_atomically(Path(path), encode_png(array), durable=durable)
