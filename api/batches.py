@@ -306,10 +306,9 @@ def run_warnings(record: dict[str, Any], run_file: Path, root: str) -> list[dict
     whose annotator options this sigma refuses now (`run_options_refused`) was answered 200 with nothing said, and
     the caller learnt it only when a resubmission failed 409. The message names run.json relative to the root. In a
     worker thread: asking the annotator's config imports its model code."""
-    from sigma.batch.record import OPTIONS_REFUSED, options_note
+    from sigma.batch.record import run_warnings as record_warnings
 
-    note = options_note(record, _relative(root, run_file))
-    return [] if note is None else [{"code": OPTIONS_REFUSED, "message": scrub(note, root)}]
+    return [{**w, "message": scrub(w["message"], root)} for w in record_warnings(record, _relative(root, run_file))]
 
 
 @router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")

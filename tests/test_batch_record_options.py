@@ -71,6 +71,31 @@ def test_status_of_a_run_whose_options_are_refused_now_counts_it_and_warns(old_r
     assert "options.dilate" in lines[0] and "run_options_refused" in lines[0] and "pixel-diff" in lines[0]
 
 
+def test_status_json_carries_the_warning_as_the_http_answer_does(planned, old_run):
+    """`sigma batch status --json` said the options were refused on stderr only: its JSON had no `warnings`, so a
+    script reading it could not see that the run can no longer be continued by this sigma (GET /v1/batches/status
+    has said so in `warnings` since 75d872b). Now the JSON carries the same list, from the same producer
+    (`sigma.batch.record.run_warnings`): `[{"code": "run_options_refused", "message": ...}]`, `[]` for a run as
+    planned; the stderr line stays for people."""
+    from sigma.batch.layout import RunDir
+    from sigma.batch.record import run_warnings, verified_record
+
+    _, run, run_hash = old_run
+    done = _sigma("batch", "status", str(run), "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["run_hash"] == run_hash and answer["done"] == 2, answer
+    [warning] = answer["warnings"]
+    assert warning["code"] == "run_options_refused", warning
+    assert "options.dilate" in warning["message"] and str(run / "run.json") in warning["message"], warning
+    assert done.stderr == f"sigma: warning: {warning['message']}\n", done.stderr
+    record, _ = verified_record(RunDir(run), "no status shown")
+    assert answer["warnings"] == run_warnings(record, run / "run.json")
+    fine = _sigma("batch", "status", str(planned[1]), "--json")
+    assert fine.returncode == 0 and fine.stderr == "", fine.stderr
+    assert json.loads(fine.stdout)["warnings"] == []
+
+
 def test_exports_and_the_review_page_of_such_a_run_read_it_and_warn(old_run, tmp_path, capsys):
     _, run, run_hash = old_run
     outs = tmp_path / "outs"

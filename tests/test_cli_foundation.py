@@ -618,6 +618,44 @@ def test_yaml_files_take_integers_in_exponent_notation_as_set_does(capsys, tmp_p
         assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize("spelt", ["0x" + "f" * 5000, "-0b" + "1" * 20000, "0" + "7" * 5000, "1:" + "59:" * 3000 + "1"],
+                         ids=["hex", "binary", "octal", "base60"])
+@pytest.mark.parametrize("where", ["file", "set"])
+def test_a_yaml_integer_of_more_than_4300_digits_in_another_base_is_one_error_line(tmp_path, spelt, where):
+    """Python bounds int('...') at 4300 decimal digits, and a decimal one was refused ("holds an integer of more
+    than 4300 digits"); YAML 1.1's hex, binary, octal and base 60 integers are built without that bound. Such an
+    option went into the config and the run hash, and `sigma batch run` died there: a traceback, exit 1 ("Exceeds
+    the limit (4300 digits) for integer string conversion"). Now the same invalid_config line, exit 2, nothing run;
+    an integer of 4300 digits in those bases is still an integer."""
+    from sigma.config.loader import load_yaml
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    config = tmp_path / "big.yaml"
+    config.write_text(f"options:\n  max_components: {spelt}\n")
+    given = ["--config", str(config)] if where == "file" else ["--set", f"options.max_components={spelt}"]
+    done = sigma_cmd("batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator",
+                     "pixel-diff", "--workers", "0", "--no-progress", *given)
+    assert done.returncode == 2, done.stderr[-600:]
+    assert_one_error_line(done.stderr, "invalid_config")
+    assert "more than 4300 digits" in done.stderr and not (tmp_path / "run").exists(), done.stderr[-600:]
+    assert load_yaml("n: 0x" + "f" * 3570, "x")["n"] == 16 ** 3570 - 1           # 4299 digits: still an integer
+
+
+def test_a_base_60_integer_of_many_parts_is_refused_before_it_is_summed():
+    """PyYAML sums a base 60 integer part by part, quadratic in their count: a 4 MB config of `1:59:59:…` was
+    ~10 minutes of CPU (300,000 parts: 31 s) before the command said anything. The parts are counted first."""
+    import time
+
+    from sigma.config.loader import load_yaml
+    from sigma.errors import ConfigError
+
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="more than 4300 digits"):
+        load_yaml("n: 1:" + "59:" * 300_000 + "1\n", "big.yaml")
+    assert time.monotonic() - started < 10
+
+
 def test_integer_flags_read_numbers_as_set_and_yaml_files_do(capsys, tmp_path):
     """`--set input.shard_size=1e3` and `shard_size: 1e3` in a file were 1000, but `--shard-size 1e3` was refused
     (argparse `type=int`: "invalid int value"). Every integer flag now reads with the config's own conversion

@@ -153,6 +153,15 @@ def options_note(record: dict[str, Any], where: Any) -> str | None:
             f"it cannot be continued with this version ({OPTIONS_REFUSED})")
 
 
+def run_warnings(record: dict[str, Any], where: Any) -> list[dict[str, str]]:
+    """What a reader of a checked record says of the run beside its counts, as `{"code", "message"}` objects (`[]`
+    when nothing): the one list both GET /v1/batches/status and `sigma batch status --json` answer. The CLI's JSON
+    had no such key (the warning went to stderr only), so a script reading it could not see that the run can no
+    longer be continued by this sigma; the HTTP answer had it. `where` names run.json as the reader shows it."""
+    note = options_note(record, where)
+    return [] if note is None else [{"code": OPTIONS_REFUSED, "message": note}]
+
+
 def check_options(record: dict[str, Any], where: Any, then: str = "nothing run") -> None:
     """InputError run_options_refused when the record's options are refused now (`refused_options`): for those
     that build the annotator from the record (`--resume`, a submission again, a fleet worker). Without it they

@@ -36,6 +36,10 @@ M = TypeVar("M", bound=BaseModel)
 # 387 M values — the "billion laughs"), and a list nested 100000 deep blew the parser's stack (a traceback).
 MAX_CONFIG_VALUES = 100_000
 MAX_CONFIG_DEPTH = 64
+# Digits of the largest `1eN` an integer field is given as a number (Python's own bound for int('...') text):
+# 10**N is built exactly, and `1e999999999` would build a number of a billion digits. Also the bound on a YAML
+# integer in any base (`_bounded_int`).
+MAX_INTEGER_DIGITS = 4300
 MAX_CONFIG_BYTES = 4 * 2**20      # a config file is a few KB; a file of gigabytes was read whole before parsing
 
 
@@ -58,6 +62,34 @@ class _StrictLoader(yaml.SafeLoader):
                                             f"found duplicate key {key_node.value!r}", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+class _HugeInteger(ValueError):
+    """A YAML integer of more than MAX_INTEGER_DIGITS decimal digits, in a spelling CPython's own bound on int(str)
+    does not cover."""
+
+
+# YAML 1.1 also spells integers in hex (`0x…`), octal (`0…`), binary (`0b…`) and base 60 (`1:30:00`). Python's
+# bound on int('…') (4300 digits) holds for decimal text only: `0x` + 5000 digits was built, went into the config
+# and its hash, and the command died there in a traceback (exit 1: "Exceeds the limit (4300 digits) for integer
+# string conversion"); base 60 is summed part by part, quadratic: a 4 MB config of `1:59:59:…` took ~10 minutes.
+# Now each is refused as a decimal one is: the parts counted before any sum, the value bounded once built.
+INTEGER_BOUND = 10 ** MAX_INTEGER_DIGITS
+MAX_BASE60_PARTS = 2500         # the first part is >= 1, so more parts than this is >= 60**2500, 4445 digits
+
+
+def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """PyYAML's integer, within INTEGER_BOUND whatever its base (see above)."""
+    text = loader.construct_scalar(node)
+    if isinstance(text, str) and text.count(":") > MAX_BASE60_PARTS:
+        raise _HugeInteger(f"a base 60 integer of more than {MAX_INTEGER_DIGITS} digits")
+    value = yaml.SafeLoader.construct_yaml_int(loader, node)
+    if -INTEGER_BOUND < value < INTEGER_BOUND:
+        return value
+    raise _HugeInteger(f"an integer of more than {MAX_INTEGER_DIGITS} digits")
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
 
 
 def _check_size(data: Any, where: str) -> None:
@@ -84,8 +116,8 @@ def load_yaml(text: str, where: str) -> Any:
         data = yaml.load(text, Loader=_StrictLoader)   # a SafeLoader subclass: no python/* tags
     except RecursionError as exc:
         raise ConfigError(f"{where}: nested too deeply for a config") from exc
-    except ValueError as exc:   # CPython's bound on int(str): an integer of more than 4300 digits
-        if "integer string conversion" not in str(exc):
+    except ValueError as exc:   # CPython's bound on int(str), or ours on the other bases: more than 4300 digits
+        if not isinstance(exc, _HugeInteger) and "integer string conversion" not in str(exc):
             raise
         raise ConfigError(f"{where}: holds an integer of more than 4300 digits") from exc
     _check_size(data, where)
@@ -136,9 +168,6 @@ class Override:
 
 # A number in exponent notation that YAML 1.1 reads as text: no dot (`1e3`) or no sign in the exponent (`1.5e3`).
 _EXPONENT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)[eE][+-]?\d+")
-# Digits of the largest `1eN` an integer field is given as a number (Python's own bound for int('...') text):
-# 10**N is built exactly, and `1e999999999` would build a number of a billion digits.
-MAX_INTEGER_DIGITS = 4300
 
 
 def _integer_only(accepts: FieldTypes | None) -> bool:
