@@ -119,7 +119,8 @@ def load_yaml(text: str, where: str) -> Any:
     except ValueError as exc:   # CPython's bound on int(str), or ours on the other bases: more than 4300 digits
         if not isinstance(exc, _HugeInteger) and "integer string conversion" not in str(exc):
             raise
-        raise ConfigError(f"{where}: holds an integer of more than 4300 digits") from exc
+        what = str(exc) if isinstance(exc, _HugeInteger) else f"an integer of more than {MAX_INTEGER_DIGITS} digits"
+        raise ConfigError(f"{where}: holds {what}") from exc
     _check_size(data, where)
     return data
 
