@@ -85,6 +85,16 @@ def _stall_for_tests() -> None:
     info.dataset.sample = stalling
 
 
+def _until_cut(batches: Iterator[Any], cut: list[DataWaitCut]) -> Iterator[Any]:
+    """The batches, until the wait for one is cut short (`DataWait`): the cut is put in `cut` and the iteration
+    ends. Only a wait for a batch is caught here, never the loop body's own work (exceptions raised there do not
+    pass through this generator)."""
+    try:
+        yield from batches
+    except DataWaitCut as exc:
+        cut.append(exc)
+
+
 class TrainingDiverged(SigmaError):
     code = "training_diverged"
 
@@ -770,48 +780,48 @@ class Trainer:
         terminated = self.terminated
         reason = None
         waits = self._data_waits(started)
+        cut: list[DataWaitCut] = []
         with closing(self._batches(ds, waits)) as batches, waits.armed() if waits else nullcontext():
-            try:
-                for batch in batches:
-                    t0 = time.perf_counter()
-                    t_data += t0 - t_last
-                    b = to_float(batch, self.device)
-                    res = self.train_step(b)
-                    t_last = time.perf_counter()
-                    t_model += t_last - t0
-                    if res is None:
-                        bad += 1
-                        self.emit({"event": "skipped_step", "reason": "non-finite loss or gradient"})
-                        if bad >= cfg.max_bad_steps:
-                            self.checkpoint()
-                            raise TrainingDiverged(f"{bad} non-finite steps in a row at step {self.step}; "
-                                                   "lower lr or check the data")
-                    else:
-                        bad = 0
-                        for k, v in res.items():
-                            window.setdefault(k, []).append(v)
-                    self.step += 1
-                    n_pairs += cfg.batch_size * self.world
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        rec = self._reduce_window(window)
-                        rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9),
-                                   data_s=t_data, model_s=t_model)
-                        self.emit(rec)
-                        self.log(f"step {self.step}/{cfg.steps} loss {rec.get('loss', float('nan')):.4f} "
-                                 f"lr {rec.get('lr', 0):.2e} {rec['pairs_per_s']:.1f} pairs/s "
-                                 f"(data wait {t_data:.0f}s, model {t_model:.0f}s)")
-                        window = {}
-                    if self.step % cfg.ckpt_every == 0:
+            for batch in _until_cut(batches, cut):
+                t0 = time.perf_counter()
+                t_data += t0 - t_last
+                b = to_float(batch, self.device)
+                res = self.train_step(b)
+                t_last = time.perf_counter()
+                t_model += t_last - t0
+                if res is None:
+                    bad += 1
+                    self.emit({"event": "skipped_step", "reason": "non-finite loss or gradient"})
+                    if bad >= cfg.max_bad_steps:
                         self.checkpoint()
-                    if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
-                        self.validate(val)
-                    # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
-                    reason = self._stop_reason(started, bool(terminated))
-                    if reason:
-                        break
-            except DataWaitCut as cut:       # raised only inside the wait for the next batch (`DataWait`)
-                t_data += time.perf_counter() - t_last
-                reason = self._waited_out(cut)
+                        raise TrainingDiverged(f"{bad} non-finite steps in a row at step {self.step}; "
+                                               "lower lr or check the data")
+                else:
+                    bad = 0
+                    for k, v in res.items():
+                        window.setdefault(k, []).append(v)
+                self.step += 1
+                n_pairs += cfg.batch_size * self.world
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rec = self._reduce_window(window)
+                    rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9),
+                               data_s=t_data, model_s=t_model)
+                    self.emit(rec)
+                    self.log(f"step {self.step}/{cfg.steps} loss {rec.get('loss', float('nan')):.4f} "
+                             f"lr {rec.get('lr', 0):.2e} {rec['pairs_per_s']:.1f} pairs/s "
+                             f"(data wait {t_data:.0f}s, model {t_model:.0f}s)")
+                    window = {}
+                if self.step % cfg.ckpt_every == 0:
+                    self.checkpoint()
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
+                    self.validate(val)
+                # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
+                reason = self._stop_reason(started, bool(terminated))
+                if reason:
+                    break
+        if cut:             # the wait for the next batch was cut short (`_data_waits`)
+            t_data += time.perf_counter() - t_last
+            reason = self._waited_out(cut[0])
         # the data workers are stopped by now, whichever way the loop ended (`_data_workers`): a pause stopped them
         # only once its checkpoint and validation were done, and they went on reading batches meanwhile
         if reason:
@@ -841,8 +851,8 @@ class Trainer:
         """The wait for the next batch was cut (`_data_waits`): the model stands at the end of step `self.step`,
         which the pause checkpoints; the data workers are killed by now (`_data_workers`). The reason, said."""
         self.waited_for_data = True
-        stop = "a SIGTERM" if cut.reason == "sigterm" else f"max_minutes={self.cfg.max_minutes:g}"
-        self.log(f"{stop} came while the run waited for its data workers' batch for step {self.step + 1} (a worker "
+        stop = "a SIGTERM came" if cut.reason == "sigterm" else f"max_minutes={self.cfg.max_minutes:g} ran out"
+        self.log(f"{stop} while the run waited for its data workers' batch for step {self.step + 1} (a worker "
                  f"stuck in a read?); pausing at step {self.step}")
         return cut.reason
 
