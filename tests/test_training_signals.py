@@ -478,3 +478,67 @@ def test_a_data_worker_stuck_in_a_read_is_killed_after_the_loaders_shutdown_and_
     assert [w.pid for w in seen.values() if _alive(w)] == []
     assert [(r["step"], r["reason"]) for r in _rows(tmp_path / "runs" / "stuck") if r["event"] == "paused"] == \
         [(1, "max_minutes")]
+
+
+def _stalled_run(photos: Path, tmp_path: Path, at_step: int, extra: list[str]) -> tuple[subprocess.Popen, Lines, Path]:
+    """`sigma train` (2 steps a log row, 2 data workers) whose workers block, for real, on a FIFO nobody writes
+    before any sample of step `at_step` or later (`SIGMA_TEST_WORKER_STALL`, as a read on a hung network mount):
+    the trainer does steps 0 to at_step-1 and then waits for a batch that never comes."""
+    fifo = tmp_path / "hung-mount"
+    os.mkfifo(fifo)
+    run = tmp_path / "runs" / "stuck"
+    args = [STAGE1, f"data.photos={photos}", f"out_dir={run.parent}", f"name={run.name}",
+            "steps=6", "batch_size=2", "num_workers=2", "ckpt_every=100", "eval.at_start=false", "eval.val_size=2",
+            "warmup_steps=2", "log_every=1", *extra]
+    env = {**_env(), "SIGMA_TEST_WORKER_STALL": f"{fifo}:{2 * at_step}"}          # batch_size=2
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    return proc, Lines(proc.stdout), run
+
+
+def test_sigterm_while_the_trainer_waits_for_a_stuck_data_worker_pauses_at_once_and_resume_finishes(photos, tmp_path):
+    """A scheduler's SIGTERM while the trainer waits for a batch a stuck data worker never delivers: before, the
+    SIGTERM was noted and acted on only between steps, which never came — the run hung until the scheduler's
+    SIGKILL, the steps since the last checkpoint lost. Now the wait is cut within seconds: the workers are killed,
+    the last completed step (3) is checkpointed, the `paused` row says sigterm and `waiting_for_data`, one line, 143.
+    `--resume` (the mount back) ends the run with the uninterrupted run's weights, each step logged once."""
+    proc, lines, run = _stalled_run(photos, tmp_path, 3, [])
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and lines.when("step 3/6") is None:
+        time.sleep(0.02)
+    assert proc.poll() is None and lines.when("step 3/6") is not None, lines.text()[-3000:]
+    time.sleep(1.0)                                  # inside the wait for step 4's batch
+    workers = _workers(proc.pid)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = _ended(proc, lines, 30)                    # hung for ever before (killed there: the test fails)
+    assert time.monotonic() - sent < 30 and proc.returncode == 143, lines.text()[-3000:] + err[-3000:]
+    assert _terminated_at(err, run) == 3
+    assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 3
+    paused = _rows(run)[-1]
+    assert {k: paused[k] for k in ("event", "step", "reason", "waiting_for_data")} == \
+        {"event": "paused", "step": 3, "reason": "sigterm", "waiting_for_data": True}, paused
+    assert len(workers) == 2 and not [w for w in workers if _alive(w)]
+    assert "killed with SIGKILL: the run stopped while it waited for their data" in lines.text()
+
+    ref = tmp_path / "runs" / "ref"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={ref.parent}", "name=ref", "steps=6",
+                 "batch_size=2", "eval.at_start=false", "eval.val_size=2", "warmup_steps=2"]) == 0
+    _resume_ends_like(run, ref, _env())
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_max_minutes_while_the_trainer_waits_for_a_stuck_data_worker_pauses_the_run(photos, tmp_path):
+    """`max_minutes` passing while the trainer waits for a batch a stuck data worker never delivers: before, the
+    budget was checked between steps only, and the run overshot it without bound (until killed). Now the wait is cut
+    a few seconds after the deadline (torch's loader wakes every 5 s): the run pauses at the last completed step,
+    `paused` row with reason max_minutes and `waiting_for_data`, exit 0. The deadline (24 s) leaves the first step
+    time to be done: a stretch makes one step at least, as between steps."""
+    proc, lines, run = _stalled_run(photos, tmp_path, 1, ["max_minutes=0.4"])
+    err = _ended(proc, lines, 120)                   # hung for ever before (killed there: the test fails)
+    assert proc.returncode == 0, lines.text()[-3000:] + err[-3000:]
+    paused = _rows(run)[-1]
+    assert {k: paused.get(k) for k in ("event", "step", "reason", "waiting_for_data")} == \
+        {"event": "paused", "step": 1, "reason": "max_minutes", "waiting_for_data": True}, lines.text()[-3000:]
+    assert paused["minutes"] * 60 < 0.4 * 60 + 20, paused        # the deadline, the loader's 5 s, the validation
+    assert not (run / "final").exists()

@@ -42,6 +42,7 @@ from . import losses as L
 from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint, sweep_checkpoint_temps
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
+from .datawait import DataWait, DataWaitCut
 from .regions import sample_regions
 from .validate import ValidationAbandoned, evaluate_real, validate_synthetic
 
@@ -82,6 +83,16 @@ def _stall_for_tests() -> None:
         return sample(index, *args, **kwargs)
 
     info.dataset.sample = stalling
+
+
+def _until_cut(batches: Iterator[Any], cut: list[DataWaitCut]) -> Iterator[Any]:
+    """The batches, until the wait for one is cut short (`DataWait`): the cut is put in `cut` and the iteration
+    ends. Only a wait for a batch is caught here, never the loop body's own work (exceptions raised there do not
+    pass through this generator)."""
+    try:
+        yield from batches
+    except DataWaitCut as exc:
+        cut.append(exc)
 
 
 class TrainingDiverged(SigmaError):
@@ -323,6 +334,8 @@ class Trainer:
         self.terminated = terminated
         # the validation a SIGTERM abandoned (step, what, scored, of), for the `paused` row that ends the run
         self.abandoned_validation: dict[str, Any] | None = None
+        # the run stopped while it waited for a batch (`DataWait`), for the `paused` row that ends the run
+        self.waited_for_data = False
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if self.world > 1 and not torch.distributed.is_initialized():
@@ -762,11 +775,14 @@ class Trainer:
         t_last = time.perf_counter()
         window: dict[str, list[float]] = {}
         # closed on the way out, whatever it is: a Ctrl-C in a step stops the data workers at once, and quietly. A
-        # SIGTERM is noted, not obeyed at once: the step in hand finishes and the run pauses there (`_pause`)
+        # SIGTERM is noted, not obeyed at once: the step in hand finishes and the run pauses there (`_pause`). One
+        # (or the max_minutes deadline) while the loop waits for its next batch cuts the wait (`_data_waits`)
         terminated = self.terminated
         reason = None
-        with closing(self._batches(ds)) as batches:
-            for batch in batches:
+        waits = self._data_waits(started)
+        cut: list[DataWaitCut] = []
+        with closing(self._batches(ds, waits)) as batches, waits.armed() if waits else nullcontext():
+            for batch in _until_cut(batches, cut):
                 t0 = time.perf_counter()
                 t_data += t0 - t_last
                 b = to_float(batch, self.device)
@@ -803,12 +819,42 @@ class Trainer:
                 reason = self._stop_reason(started, bool(terminated))
                 if reason:
                     break
+        if cut:             # the wait for the next batch was cut short (`_data_waits`)
+            t_data += time.perf_counter() - t_last
+            reason = self._waited_out(cut[0])
         # the data workers are stopped by now, whichever way the loop ended (`_data_workers`): a pause stopped them
         # only once its checkpoint and validation were done, and they went on reading batches meanwhile
         if reason:
             return self._pause(val, started, window, n_pairs, t_data, t_model, reason)
         self.checkpoint()
         return self._finish(val, started)
+
+    def _data_waits(self, started: float) -> DataWait | None:
+        """What cuts the wait for the next batch short (`DataWait`): a SIGTERM, and the `max_minutes` deadline once
+        this stretch has made a step (each stretch makes one at least, as between steps: a deadline shorter than
+        the data workers' start would pause every resume at its first step for ever). A data worker stuck in a read
+        (a hung mount) held the trainer in that wait: the SIGTERM was noted but never acted on, the scheduler's
+        SIGKILL came, and max_minutes overshot without bound.
+
+        None — the wait is not cut, as before — without data workers (the batch is read in the main thread, where a
+        cut would land inside the dataset's own code) and under DDP: the other ranks wait for this one inside the
+        step's collectives, which a rank that left the loop would never join (torchrun's ranks then wait for the
+        scheduler's SIGKILL, and `--resume` continues from the last checkpoint)."""
+        if not self.cfg.num_workers or self.world > 1:
+            return None
+        minutes = self.cfg.max_minutes
+        first = self.step
+        return DataWait(self.terminated, None if minutes is None else started + 60.0 * minutes,
+                        timed=lambda: first < self.step < self.cfg.steps)
+
+    def _waited_out(self, cut: DataWaitCut) -> str:
+        """The wait for the next batch was cut (`_data_waits`): the model stands at the end of step `self.step`,
+        which the pause checkpoints; the data workers are killed by now (`_data_workers`). The reason, said."""
+        self.waited_for_data = True
+        stop = "a SIGTERM came" if cut.reason == "sigterm" else f"max_minutes={self.cfg.max_minutes:g} ran out"
+        self.log(f"{stop} while the run waited for its data workers' batch for step {self.step + 1} (a worker "
+                 f"stuck in a read?); pausing at step {self.step}")
+        return cut.reason
 
     def _finish(self, val, started: float) -> Path:
         """The end of the run, after its last checkpoint: the final validation (the real set too), final/. A SIGTERM
@@ -844,6 +890,8 @@ class Trainer:
                                "minutes": round((time.monotonic() - started) / 60.0, 2)}
         if self.abandoned_validation is not None:
             row["abandoned_validation"] = self.abandoned_validation
+        if self.waited_for_data:
+            row["waiting_for_data"] = True
         self.emit(row)
         self._close()
         raise Stopped(f"terminated at step {self.step}; continue with: sigma train --resume {self.run_dir}"
@@ -874,29 +922,46 @@ class Trainer:
         return iterator
 
     @contextmanager
-    def _data_workers(self, ds: TrainDataset) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
+    def _data_workers(self, ds: TrainDataset,
+                      waits: DataWait | None = None) -> Iterator[Iterator[dict[str, torch.Tensor]]]:
         """The loader's iterator, its workers stopped on leaving, whatever the way out. A Ctrl-C while the workers
         started left a half-built iterator whose `__del__` printed an AttributeError traceback; one while they
         stopped (a second Ctrl-C, or the first one landing in a read) a KeyboardInterrupt traceback from that
         `__del__`, and workers possibly left running. Now a Ctrl-C in their start is taken once they are started
         and known, and they are stopped with further Ctrl-Cs ignored (bounded: a join, then terminate). One still
-        alive after that (stuck in a read: it ignores SIGTERM) is killed (`kill_stuck_workers`), with one line."""
+        alive after that (stuck in a read: it ignores SIGTERM) is killed (`kill_stuck_workers`), with one line.
+
+        With `waits`, each batch is waited for through it (`DataWait.next`: a stop cuts that wait, and only it). A
+        cut wait kills the workers at once, before torch's shutdown: one is likely stuck (the batch never came), and
+        the shutdown's joins (5 s a worker) and the grace would spend the scheduler's grace period before the pause's
+        checkpoint; their batches are not wanted."""
         iterator = None
+        cut = False
         try:
             with stop_signals_deferred():
                 iterator = self._loader_iter(ds)
-            yield iterator
+            yield waits.around(iterator) if waits is not None else iterator
+        except DataWaitCut:
+            cut = True
+            raise
         finally:
             shutdown = getattr(iterator, "_shutdown_workers", None)   # torch's, idempotent; none without workers
             if shutdown is not None:
                 with interrupts_ignored():
+                    if cut:
+                        self._kill_waited_workers(list(getattr(iterator, "_workers", [])))
                     shutdown()
                     killed = kill_stuck_workers(list(getattr(iterator, "_workers", [])))
                 if killed:
                     self.log(f"{killed} data worker(s) still running after the data loader's shutdown (stuck in a "
                              "read?) were killed with SIGKILL")
 
-    def _batches(self, ds: TrainDataset) -> Iterator[dict[str, torch.Tensor]]:
+    def _kill_waited_workers(self, workers: list) -> None:
+        killed = kill_stuck_workers(workers, grace=0.0)
+        if killed:
+            self.log(f"{killed} data worker(s) killed with SIGKILL: the run stopped while it waited for their data")
+
+    def _batches(self, ds: TrainDataset, waits: DataWait | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """The batches from `self.step` on. A data worker that dies (the OOM killer, a stray kill) ends the
         DataLoader with a RuntimeError; since batch t is a pure function of (seed, t), a new loader from the
         step in hand continues the very same stream, so the run goes on by itself instead of waiting for a
@@ -906,7 +971,7 @@ class Trainer:
         while self.step < self.cfg.steps:
             start = self.step
             try:
-                with self._data_workers(ds) as batches:
+                with self._data_workers(ds, waits) as batches:
                     yield from batches
                 return
             except (RuntimeError, ConnectionError, EOFError) as exc:
@@ -967,7 +1032,10 @@ class Trainer:
             self.validate(val)
             self._stop_if_terminated(started)    # a SIGTERM cut that validation short: the run ends as terminated
         minutes = (time.monotonic() - started) / 60.0
-        self.emit({"event": "paused", "reason": reason, "minutes": round(minutes, 2)})
+        row: dict[str, Any] = {"event": "paused", "reason": reason, "minutes": round(minutes, 2)}
+        if self.waited_for_data:
+            row["waiting_for_data"] = True
+        self.emit(row)
         self.log(f"stopped at step {self.step} of {cfg.steps} after {minutes:.1f} min (max_minutes="
                  f"{cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
         return self._close()
