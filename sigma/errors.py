@@ -65,6 +65,13 @@ class WeightsNotFoundError(SigmaError):
     code = "weights_not_found"
 
 
+class WeightsBusyError(SigmaError):
+    """A saved model's folder held by another process (a saver stopped or hung mid-commit, a reader stopped
+    mid-load) for longer than the wait allows: the load or save fails, saying who holds it, instead of hanging."""
+
+    code = "weights_busy"
+
+
 class Stopped(Exception):
     """A command stopped on request (a signal), its work saved: not an error. The CLI prints `message` (when
     there is one) on one line and exits with `exit_code`, 128 + the signal's number as a shell reports a process

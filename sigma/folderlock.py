@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sigma.errors import InputError
-from sigma.tempfiles import sweep_stale_temps
+from sigma.tempfiles import flock_within, sweep_stale_temps
 
 LOCK_FILE = ".lock"
 # what a holder's line may be: `PID HOST` (HOST as `socket.gethostname()` gives it), or `PID` (an older sigma)
@@ -67,21 +67,10 @@ def waiting_lock(lock: Path, timeout_s: float | None = None) -> Iterator[None]:
     """An exclusive flock on the file `lock` (made if missing), waited for rather than refused: for a short
     critical section others queue behind (one shard's status write, one writer of a shared validation set). The
     kernel drops it if the holder dies — not if it is stopped (SIGSTOP, Ctrl-Z) or hung while holding it:
-    `timeout_s` bounds the wait (TimeoutError after it; None: for ever)."""
+    `timeout_s` bounds the wait (TimeoutError after it; None: for ever): `sigma.tempfiles.flock_within`, the one
+    bounded wait that saved models' folder locks share."""
     with open(lock, "a") as handle:
-        if timeout_s is None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(errno.ETIMEDOUT, f"held by another process for {timeout_s:g} s",
-                                           str(lock)) from None
-                    time.sleep(0.02)
+        flock_within(handle, fcntl.LOCK_EX, timeout_s, str(lock))
         try:
             yield
         finally:

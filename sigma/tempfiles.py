@@ -19,10 +19,13 @@ the journal, the old set stands and the staged files are swept later; killed aft
 (or a reader calling `finish_replacements`) completes the moves from the journal. Before, the old last file was
 removed first and a kill before the new one's rename lost the old result with nothing to finish it from. The moves
 of a set hold an flock on its folder: two live writers of one set (two `save_model`s into one folder) commit one
-after the other, never interleaved.
+after the other, never interleaved. A caller may bound the waits for it (`timeout_s`, `flock_within`): a holder
+stopped or hung mid-commit keeps its flock (the kernel drops it when the holder dies, not when it stops), and
+`FolderBusy` then says who holds it instead of a wait for ever.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -33,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 # `.NAME.PID.RANDOM.tmp` as temp_name writes it: pid in 1..PID_MAX, 8 hex digits
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9][0-9]{0,9})\.[0-9a-f]{8}\.tmp")
@@ -91,12 +94,13 @@ def _stale(name: str, names: set[str] | None, suffixes: tuple[str, ...] | None =
     return 0 < pid <= PID_MAX and not pid_alive(pid)
 
 
-def sweep_stale_temps(folder: Path, names: set[str] | None = None) -> list[Path]:
+def sweep_stale_temps(folder: Path, names: set[str] | None = None, timeout_s: float | None = None) -> list[Path]:
     """Remove the temporary files of writers that died in `folder` (not below it): `temp_name`'s files whose pid
     is no live process here (`names`: only those of these targets), and `NAME.tmp` for NAME in `names` older than
     LEGACY_AGE_S. A staged set a journal names is finished first (`finish_replacements`), never swept from under it.
-    Returns what was removed; a file that cannot be removed is left (the write that follows says what is wrong)."""
-    finish_replacements(folder)
+    Returns what was removed; a file that cannot be removed is left (the write that follows says what is wrong).
+    `timeout_s`: the bound of `finish_replacements`' waits (`FolderBusy`, nothing removed)."""
+    finish_replacements(folder, timeout_s=timeout_s)
     return [folder / name for name in _sweep_in(folder, names)]
 
 
@@ -182,10 +186,11 @@ def _open_below(root: Path, rel: str) -> int | None:
     return fd
 
 
-def finish_replacements(folder: Path, last: str | None = None) -> list[Path]:
+def finish_replacements(folder: Path, last: str | None = None, timeout_s: float | None = None) -> list[Path]:
     """Complete the set replacements in `folder` (`last`: only those ending with that file) whose writer died after
     staging the whole set (its journal written): the staged files are moved into place, the last one last, the
     files the set drops removed. Any reader of such a set may call it; `replace_together` and `hold_folder` do.
+    `timeout_s` bounds each wait for the folder's commit lock (`FolderBusy`: the journal stays for the next one).
     Returns the journals finished."""
     done: list[Path] = []
     try:
@@ -200,7 +205,7 @@ def finish_replacements(folder: Path, last: str | None = None) -> list[Path]:
         with _COMMITTING_LOCK:
             if str(journal) in _COMMITTING or (int(found["pid"]) != os.getpid() and pid_alive(int(found["pid"]))):
                 continue
-        with _commit_lock(folder):   # never interleaved with a live writer's commit of another set here
+        with _commit_lock(folder, timeout_s):   # never interleaved with a live writer's commit of another set here
             if _finish(folder, journal):
                 done.append(journal)
     return done
@@ -224,33 +229,91 @@ def _finish(folder: Path, journal: Path) -> bool:
 
 
 @contextmanager
-def _commit_lock(folder: Path) -> Iterator[None]:
+def _commit_lock(folder: Path, timeout_s: float | None = None) -> Iterator[None]:
     """An exclusive flock on `folder` itself (no lock file: a saved model's folder holds its two files alone) for
     the moves of one set. Two live writers of one set (two `save_model`s into one folder) each staged whole but
     moved into place interleaved — one's weights renamed, the other's whole set, then the first's config — and the
     folder held one saver's weights beside the other's config. Committed one at a time, the last commit's whole set
-    stands. Best effort: where a folder cannot be opened or locked (some network mounts) the moves go unlocked."""
-    with _folder_flock(folder, fcntl.LOCK_EX):
+    stands. Best effort: where a folder cannot be opened or locked (some network mounts) the moves go unlocked.
+    `timeout_s` bounds the wait for another holder (`FolderBusy` after it; None: for ever)."""
+    with _folder_flock(folder, fcntl.LOCK_EX, timeout_s):
         yield
 
 
 @contextmanager
-def reading_lock(folder: Path) -> Iterator[None]:
+def reading_lock(folder: Path, timeout_s: float | None = None) -> Iterator[None]:
     """A shared flock on `folder` itself for reading a set whole (`load_model`: config.json, then the weights): a
     live writer's commit (`_commit_lock`, exclusive) waits for the readers inside, and a reader waits for a commit in
     progress — only its renames, never the staging before them. Before, a save committing between the two reads
     gave the reader one saver's config and another's weights, or a folder caught mid-commit with no config at all.
     Best effort, as `_commit_lock`: a folder that cannot be opened or locked is read unlocked. Never call
     `finish_replacements` (or anything that takes `_commit_lock` on the same folder) inside it: flock does not
-    upgrade a shared hold taken through another descriptor, and the process would wait on itself for good."""
-    with _folder_flock(folder, fcntl.LOCK_SH):
+    upgrade a shared hold taken through another descriptor, and the process would wait on itself for good.
+    `timeout_s` bounds the wait: a saver stopped mid-commit (Ctrl-Z, SIGSTOP, a hung network write) keeps its
+    exclusive hold — the kernel drops it when the holder dies, not when it stops — and every load waited for ever
+    without a word; now `FolderBusy` after `timeout_s` (None: for ever)."""
+    with _folder_flock(folder, fcntl.LOCK_SH, timeout_s):
         yield
 
 
+class FolderBusy(TimeoutError):
+    """Another process held `folder`'s flock for all of `waited_s` (stopped or hung while holding it: a live holder
+    commits in a moment). `holders`: (pid, `WRITE`/`READ`) of the holds /proc/locks shows on the folder (best
+    effort: empty where it cannot be read). `journal`: set by `replace_together` when its set is staged and
+    committed to that journal but not moved into place (the next writer or `finish_replacements` completes it)."""
+
+    def __init__(self, folder: Path, waited_s: float, holders: list[tuple[int, str]]):
+        super().__init__(errno.ETIMEDOUT, f"held by another process for {waited_s:g} s", str(folder))
+        self.folder, self.waited_s, self.holders = folder, waited_s, holders
+        self.journal: Path | None = None
+
+
+def flock_within(file: int | BinaryIO | TextIO, operation: int, timeout_s: float | None,
+                 name: str | None = None) -> None:
+    """flock(`file`, `operation`: LOCK_EX / LOCK_SH), waiting at most `timeout_s` (None: for ever) for the holds
+    in its way: TimeoutError (ETIMEDOUT, its `filename` `name`) after it. The one bounded wait of a lock
+    (`sigma.folderlock.waiting_lock`, `reading_lock`, `_commit_lock`): a blocking flock cannot be given a deadline,
+    so the lock is tried without blocking (LOCK_NB) until it is had or the time is up."""
+    if timeout_s is None:
+        fcntl.flock(file, operation)
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(file, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(errno.ETIMEDOUT, f"held by another process for {timeout_s:g} s", name) from None
+            time.sleep(0.02)
+
+
+def lock_holders(fd: int) -> list[tuple[int, str]]:
+    """(pid, `WRITE` or `READ`) of each flock held on the file open at `fd`, as Linux's /proc/locks lists them
+    (the pid that took it), for a message that says whom to resume or end. Best effort: [] where /proc/locks
+    cannot be read or names none (another system, another pid namespace, a network file system)."""
+    try:
+        st = os.fstat(fd)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    found: list[tuple[int, str]] = []
+    for line in lines:
+        parts = line.split()
+        # `N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END`; a waiter's line has `->` after `N:`
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == where and parts[4].isdigit():
+            entry = (int(parts[4]), parts[3])
+            if entry not in found:
+                found.append(entry)
+    return found
+
+
 @contextmanager
-def _folder_flock(folder: Path, operation: int) -> Iterator[None]:
+def _folder_flock(folder: Path, operation: int, timeout_s: float | None = None) -> Iterator[None]:
     """An flock (`operation`: LOCK_EX / LOCK_SH) on `folder` itself, best effort: a folder that cannot be opened or
-    locked is held unlocked. The lock goes with the descriptor (and with a process killed holding it)."""
+    locked is held unlocked. The lock goes with the descriptor (and with a process killed holding it). Another
+    holder that keeps it for all of `timeout_s` (None: waited for for ever) is `FolderBusy`."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -258,7 +321,9 @@ def _folder_flock(folder: Path, operation: int) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, operation)
+            flock_within(fd, operation, timeout_s)
+        except TimeoutError:
+            raise FolderBusy(folder, timeout_s or 0.0, lock_holders(fd)) from None
         except OSError:
             pass
         yield
@@ -368,7 +433,7 @@ def rename_durably(handle: BinaryIO, tmp: Path, target: Path) -> None:
 
 
 def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
-                     remove: list[Path] | None = None) -> list[Path]:
+                     remove: list[Path] | None = None, timeout_s: float | None = None) -> list[Path]:
     """Files that only mean something together (metrics.json and the config.yaml it was made with), written so that
     a kill or a failed write at any point never leaves one run's file beside another run's, and never loses the old
     set without the new one to finish: the last file is the one that says the set is complete. Every file is
@@ -379,7 +444,11 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
     journal. All files lie in one folder. `remove`: files of the old set the new one does not have. A file's data is
     bytes, or a function that writes the file at the path it is given (`save_model`'s weights, streamed). The moves
     are made under an flock on the folder (`_commit_lock`): two live writers of one set commit one after the other,
-    never interleaved, and the last one's whole set stands."""
+    never interleaved, and the last one's whole set stands. `timeout_s` bounds each wait for that lock (None: for
+    ever; a holder stopped or hung mid-commit kept the writer waiting without a word): `FolderBusy` after it —
+    before staging (a killed writer's set to finish first), nothing written; at the commit, the set stays staged
+    with its journal (`FolderBusy.journal`), and the next writer of the folder or `finish_replacements` moves it
+    into place, as after a kill there."""
     if not files:
         return []
     folder = files[-1][0].parent
@@ -387,7 +456,7 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
     if any(path.parent != folder for path, _ in files) or any(path.parent != folder for path in remove):
         raise ValueError("replace_together: every file of a set lies in one folder")
     names = {path.name for path, _ in files} | {path.name for path in remove}
-    sweep_stale_temps(folder, names)          # a set a killed writer staged is finished first, then its junk goes
+    sweep_stale_temps(folder, names, timeout_s)   # a set a killed writer staged is finished first, then its junk goes
     written: list[tuple[Path, Path]] = []
     journal = temp_name(files[-1][0]).with_suffix(".pending")     # .LAST.PID.RANDOM.pending
     with _COMMITTING_LOCK:
@@ -408,9 +477,12 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
             raise
         committed = True
         sync_folder(folder)
-        with _commit_lock(folder):
+        with _commit_lock(folder, timeout_s):
             _move_into_place(written, remove)
             journal.unlink(missing_ok=True)
+    except FolderBusy as exc:
+        exc.journal = journal        # committed, not moved: left for the next writer (or a reader) to finish
+        raise
     except BaseException:
         if not committed:            # the old set stands: the staged files go
             for tmp, _ in written:

@@ -211,11 +211,11 @@ save_model(model, folder)
 """
 
 
-def _pair_saver(folder, stop: str, size: int, seed: int, **kw):
+def _pair_saver(folder, stop: str, size: int, seed: int, program: str = _PAIR_SAVER, **kw):
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-c", _PAIR_SAVER, str(folder), stop, str(size), str(seed)],
+    return subprocess.Popen([sys.executable, "-c", program, str(folder), stop, str(size), str(seed)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -295,10 +295,23 @@ print(model.config.image_size, all(torch.equal(want[k], got[k]) for k in want), 
 """
 
 
-def _blocked_in_flock(pid: int) -> bool:
-    """Whether `pid` waits for an flock (a `->` line of /proc/locks names the waiter's pid)."""
-    lines = Path("/proc/locks").read_text().splitlines()
-    return any("->" in line and "FLOCK" in line and str(pid) in line.split() for line in lines)
+def _waits_on_folder(pid: int, folder: Path) -> bool:
+    """Whether `pid` holds `folder` itself open — a load polling for its shared hold (`reading_lock` tries the
+    flock without blocking until its bound, so /proc/locks shows no waiter): seen twice, 0.3 s apart, so a
+    passing directory listing is not taken for it."""
+    import os
+    import time
+
+    def open_now() -> bool:
+        try:
+            return any(Path(f"/proc/{pid}/fd/{fd}").readlink() == folder for fd in os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return False
+
+    if not open_now():
+        return False
+    time.sleep(0.3)
+    return open_now()
 
 
 def test_a_load_during_a_live_save_waits_for_its_commit_and_gets_its_whole_model(tmp_path):
@@ -327,10 +340,10 @@ def test_a_load_during_a_live_save_waits_for_its_commit_and_gets_its_whole_model
         loader = subprocess.Popen([sys.executable, "-c", _LOADER, str(folder), "1"], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while loader.poll() is None and time.monotonic() < deadline and not _blocked_in_flock(loader.pid):
+        while loader.poll() is None and time.monotonic() < deadline and not _waits_on_folder(loader.pid, folder):
             time.sleep(0.05)
         assert loader.poll() is None, loader.communicate(timeout=30)     # waiting, not failed nor done
-        assert _blocked_in_flock(loader.pid)
+        assert _waits_on_folder(loader.pid, folder)
         os.kill(saver.pid, signal.SIGCONT)
         assert saver.wait(timeout=120) == 0, saver.stderr.read()
         out, err = loader.communicate(timeout=120)
@@ -342,6 +355,66 @@ def test_a_load_during_a_live_save_waits_for_its_commit_and_gets_its_whole_model
                 os.kill(proc.pid, signal.SIGCONT)
                 proc.kill()
                 proc.wait(timeout=30)
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+
+def _reporting(program: str) -> str:
+    """`program` (a `python -c` source) that prints a SigmaError's code and message and exits 3 on one: what a
+    front end would say, read by the test."""
+    import textwrap
+
+    return ("import sys\nfrom sigma.errors import SigmaError\ntry:\n" + textwrap.indent(program, "    ")
+            + "\nexcept SigmaError as exc:\n    print(exc.code, exc.message, flush=True)\n    sys.exit(3)\n")
+
+
+def test_a_save_stopped_mid_commit_makes_loads_and_saves_fail_within_their_bound_not_hang(tmp_path):
+    """A saver stopped mid-commit (Ctrl-Z, SIGSTOP, a hung network write) keeps its exclusive flock on the folder —
+    the kernel drops it when the holder dies, not when it stops — and every load there (`sigma annotate`, `sigma
+    serve`'s start-up, `sigma eval`, training's `init_from`) and every other save waited for ever without a word.
+    Now each waits `$SIGMA_MODEL_LOCK_WAIT_S` at most (2 s here) and fails `weights_busy`, naming the folder, the
+    wait and the holder's pid; the other save's set stays staged with its journal. Once the saver goes on (SIGCONT)
+    a load gets its whole model, and finishing the folder's journals puts the later save's whole model in place.
+    Every wait here has a timeout: without the bound the test fails, it does not hang."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME
+    from sigma.tempfiles import finish_replacements
+
+    folder = tmp_path / "m"
+    old = _pair_saver(folder, "none", 64, 0)
+    assert old.wait(timeout=120) == 0, old.stderr.read()
+    saver = _pair_saver(folder, "SIGSTOP", 96, 1)
+    env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "2"}
+    loader = other = None
+    try:
+        assert saver.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(saver.pid, os.WUNTRACED)[1]                 # stopped holding the commit lock
+        loader = subprocess.Popen([sys.executable, "-c", _reporting(_LOADER), str(folder), "1"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        other = _pair_saver(folder, "none", 128, 2, program=_reporting(_PAIR_SAVER), env=env)
+        out, err = loader.communicate(timeout=120)                    # without the bound: TimeoutExpired
+        assert loader.returncode == 3, (out, err)
+        code, message = out.split(" ", 1)
+        assert code == "weights_busy", out
+        assert str(folder) in message and "2 s" in message and f"pid {saver.pid} (saving)" in message, message
+        assert "SIGMA_MODEL_LOCK_WAIT_S" in message and "kill -CONT" in message, message
+        out, err = other.communicate(timeout=120)
+        assert other.returncode == 3 and out.startswith("weights_busy ") and "journal" in out, (out, err)
+        assert len(list(folder.glob(f".{CONFIG_NAME}.*.pending"))) == 2      # the stopped saver's and the other's
+        os.kill(saver.pid, signal.SIGCONT)
+        assert saver.wait(timeout=120) == 0, saver.stderr.read()
+    finally:
+        for proc in (saver, loader, other):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=30)
+    assert _whole(folder, tmp_path, 96, 1)             # the resumed saver's whole model
+    assert len(finish_replacements(folder)) == 1       # the other save, staged whole, is not lost
+    assert _whole(folder, tmp_path, 128, 2)
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
 
 

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
-from sigma.errors import ConfigError, WeightsNotFoundError, error_text
+from sigma.config.loader import positive_int_env
+from sigma.errors import ConfigError, WeightsBusyError, WeightsNotFoundError, error_text
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
-from sigma.tempfiles import finish_replacements, reading_lock, replace_together
+from sigma.tempfiles import FolderBusy, finish_replacements, reading_lock, replace_together
 from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# how long a load or a save waits for another process's hold on a saved model's folder (seconds)
+ENV_LOCK_WAIT = "SIGMA_MODEL_LOCK_WAIT_S"
+DEFAULT_LOCK_WAIT_S = 120
 
 
 def preset_config(name: str, **overrides: Any) -> SigmaNetConfig:
@@ -119,11 +125,14 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
     # and a saver killed between the two renames left its weights beside the old config, two savers at once one's
     # weights beside the other's config. Staged under temporary names of this writer's own (`temp_name`), then a
     # journal; what savers killed here left goes first (a set they committed is finished, their staged files swept).
+    wait_s = lock_wait_s()
     try:
-        replace_together([(weights_path, write_weights),
-                          (cfg_path, json.dumps({**meta, "config": cfg.model_dump(mode="json")}, indent=2).encode())])
+        with _busy_as_error("save the model into", wait_s):
+            replace_together([(weights_path, write_weights),
+                              (cfg_path, json.dumps({**meta, "config": cfg.model_dump(mode="json")},
+                                                    indent=2).encode())], timeout_s=wait_s)
     except Exception as exc:
-        if not isinstance(exc, OSError):            # safetensors' own error type
+        if not isinstance(exc, (OSError, WeightsBusyError)):            # safetensors' own error type
             raise OSError(f"{weights_path}: cannot write the model ({str(exc).splitlines()[0][:160]})") from exc
         raise
     return path
@@ -141,12 +150,49 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
     return path / CONFIG_NAME, path / WEIGHTS_NAME
 
 
-def _finish_save(cfg_path: Path) -> None:
+def lock_wait_s() -> int:
+    """How long a load or save of a saved model's folder waits for another process's hold on it
+    (`$SIGMA_MODEL_LOCK_WAIT_S`, default 120 s): a live saver's commit or a live load holds it a moment; one stopped
+    (Ctrl-Z, SIGSTOP) or hung (a stuck network write) while holding it kept every load and save there waiting for
+    ever without a word — the kernel drops an flock when its holder dies, not when it stops."""
+    return positive_int_env(ENV_LOCK_WAIT, DEFAULT_LOCK_WAIT_S, "how long a load or save of a saved model waits "
+                            "for another process's hold on its folder: a positive number of seconds")
+
+
+@contextmanager
+def _busy_as_error(action: str, wait_s: int) -> Iterator[None]:
+    """A hold on the folder that outlasted `wait_s` (`FolderBusy`) as `weights_busy`: which folder, how long it
+    waited, who holds it (best effort), what to do, and for a save what became of its files."""
+    try:
+        yield
+    except FolderBusy as exc:
+        raise WeightsBusyError(_busy_message(exc, action, wait_s)) from None
+
+
+def _busy_message(exc: FolderBusy, action: str, wait_s: int) -> str:
+    """One line for a person and a log: the folder, the wait, the holders (`FolderBusy.holders`), the remedy."""
+    who = ", ".join(f"pid {pid} ({'saving' if mode == 'WRITE' else 'loading'})" for pid, mode in exc.holders)
+    pids = " ".join(str(pid) for pid, _ in exc.holders) or "PID"
+    if exc.journal is not None:
+        left = (f"; this save is staged whole (journal {exc.journal.name}) but not in place: the next save into the "
+                "folder, or a load that finds its config gone, moves it into place")
+    else:
+        left = "; nothing of this save was written" if action.startswith("save") else ""
+    return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it for all of "
+            f"{exc.waited_s:g} s — stopped (Ctrl-Z, SIGSTOP) or hung mid-save or mid-load; "
+            f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again (${ENV_LOCK_WAIT} sets the wait, now "
+            f"{wait_s} s){left}")
+
+
+def _finish_save(cfg_path: Path, wait_s: int) -> None:
     """A save killed mid-commit (its journal written, the old config removed, the new one not yet renamed) left the
     folder without its config: the save is completed from its journal (`finish_replacements`), as the next save
-    there would. Best effort: a folder that cannot be written (a read-only install) is read as it is."""
+    there would. Best effort: a folder that cannot be written (a read-only install) is read as it is; a folder
+    another process holds for all of `wait_s` is `weights_busy` (it was swallowed as an OSError, and the load
+    went on to wait again or to say no config was there)."""
     try:
-        finish_replacements(cfg_path.parent, last=cfg_path.name)
+        with _busy_as_error("load the model from", wait_s):
+            finish_replacements(cfg_path.parent, last=cfg_path.name, timeout_s=wait_s)
     except OSError:
         pass
 
@@ -160,7 +206,7 @@ def _read_saved(path: str | Path, finish: bool = True) -> tuple[SigmaNetConfig, 
     (`_finish_save`); False under `reading_lock`, where the exclusive lock it takes would wait on our own hold."""
     cfg_path, _ = model_files(path)
     if finish and not cfg_path.is_file():
-        _finish_save(cfg_path)
+        _finish_save(cfg_path, lock_wait_s())
     if not cfg_path.is_file():
         raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} (a saved model is a folder with "
                                    f"{CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json)")
@@ -180,11 +226,13 @@ def _read_pair(path: str | Path) -> tuple[SigmaNetConfig, bool, dict[str, torch.
     (`reading_lock`), so a live `save_model` there (whose renames hold it exclusively) commits before or after the
     two reads, never between them — a load gave one saver's config with another's weights, or found the config gone
     mid-commit (`weights_not_found`). A save killed mid-commit is finished first, outside the hold (finishing takes
-    the exclusive lock: inside the shared hold it would wait on this process for good)."""
+    the exclusive lock: inside the shared hold it would wait on this process for good). A hold that outlasts
+    `lock_wait_s()` (a saver stopped mid-commit) is `weights_busy`, not a load that waits for ever."""
     cfg_path, weights_path = model_files(path)
+    wait_s = lock_wait_s()
     if not cfg_path.is_file():
-        _finish_save(cfg_path)
-    with reading_lock(cfg_path.parent):
+        _finish_save(cfg_path, wait_s)
+    with _busy_as_error("load the model from", wait_s), reading_lock(cfg_path.parent, wait_s):
         cfg, backbone_in_file = _read_saved(path, finish=False)
         if not weights_path.is_file():
             raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
