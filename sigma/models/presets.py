@@ -67,7 +67,7 @@ class PretrainedCfg:
 PRETRAINED: dict[str, PretrainedCfg] = {
     "sigma-lite": PretrainedCfg(
         file="sigma-lite.safetensors",
-        sha256="7c8e20418f274a64cc3848fb2d6ef79803072159706250990a020673989848ba",
+        sha256="474a945328ae1594c48352b1d58313ac3829e1b170cf6542671569e365801093",
         input_size=512, notes="trained from scratch on the 2-core CPU; model card in docs/training.md"),
     # no trained heads released yet: a file trained with `sigma train` and dropped here is picked up (unverified)
     "sigma-b": PretrainedCfg(file="sigma-b.safetensors", input_size=518, notes="not released; train on a GPU"),
