@@ -55,11 +55,17 @@ _DESCRIBED = re.compile(r"pid \d{1,10}(?: on host [A-Za-z0-9][A-Za-z0-9._-]{0,25
                         r"|the lock file says (?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?)…?")
 
 
+# the pids a `weights_busy` message tells its reader to resume (`kill -CONT 123 456`, sigma.models.factory)
+_RESUME = re.compile(r"(kill -CONT )\d{1,10}(?: \d{1,10})*")
+
+
 def anonymised(message: str) -> str:
     """`message` with each holder `described_holder` names said as `another process` (how long it has held the
     folder, when said, kept): for a caller who may learn that a run folder is held, not by which process on which
-    machine — the API's answers (a local operator's CLI names them): host names are the server's internal layout."""
-    return _DESCRIBED.sub("another process", message)
+    machine — the API's answers (a local operator's CLI names them): host names are the server's internal layout.
+    So are the pids a `weights_busy` message names (a fleet task deferred, or dead-lettered, on a model folder a
+    stopped saver holds: `pid N (saving)`, `kill -CONT N`), which a run's status showed whole."""
+    return _RESUME.sub(r"\1PID", _DESCRIBED.sub("another process", message))
 
 
 @contextmanager

@@ -1593,3 +1593,116 @@ def test_a_submission_reads_the_task_stream_no_further_than_its_pending_shards_n
     assert (finished["queued"], finished["skipped"]) == (0, 6), finished
     assert _xrevrange_calls(client) - before == 0, "read the stream for a run with nothing pending"
     assert client.xlen(tasks) == 100_006
+
+
+def model_run(tmp_path: Path) -> tuple[Path, BatchConfig]:
+    """A run of 2 shards of 3 pairs whose annotator loads a saved model folder (options.weights): sigma-lite on
+    the tiny-lite `modelsavers.save_tiny` saves."""
+    from modelsavers import save_tiny
+
+    model = save_tiny(tmp_path / "model")
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=40))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 3},
+                                      "annotator": "sigma-lite", "workers": 0,
+                                      "options": {"weights": str(model), "runtime": "torch"}})
+    return model, cfg
+
+
+def deferrals(client, keys: Keys) -> list[int]:
+    """How often each of the stream's pending tasks has been deferred so far (0: never)."""
+    from sigma.service.deferral import Deferral
+
+    pending = client.xpending_range(keys.batch_tasks(), "sigma-batch", "-", "+", 100)
+    records = [Deferral.parse(client.get(keys.batch_task_deferred(row["message_id"].decode()))) for row in pending]
+    return [record.count if record is not None else 0 for record in records]
+
+
+def test_a_shard_whose_model_folder_a_stopped_saver_holds_is_deferred_and_done_once_the_saver_resumes(
+        redis_server, tmp_path, monkeypatch):
+    """A run's annotator loads options.weights, a saved model folder; a `save_model` into it stopped mid-commit
+    (Ctrl-Z, SIGSTOP) holds the folder, and the load fails `weights_busy` after $SIGMA_MODEL_LOCK_WAIT_S — a fault
+    that ends when the saver goes on or dies. The fleet worker took it for the shard's failure (`shard_failed`,
+    through the lease, a delivery spent each time), dead-lettered the task after queue.max_deliveries and failed the
+    shard for good. Now the task is deferred as for a run folder a local run holds (after the lease, no delivery
+    spent; each attempt waits the lock's bound first, so it never loops hot), and once the saver resumes the shards
+    are annotated."""
+    from modelsavers import end_saver, resume_saver, stopped_saver
+
+    from sigma.api.batches import scrub
+
+    monkeypatch.setenv("SIGMA_MODEL_LOCK_WAIT_S", "1")
+    model, cfg = model_run(tmp_path)
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    client, keys = redis_server.client(), Keys(prefix)
+    saver = stopped_saver(model)
+    stop, box = threading.Event(), {}
+    worker = threading.Thread(target=lambda: box.update(stats=run_batch_worker(
+        redis_server.url, prefix, "w1", stop=stop, block_ms=50, lease_ms=200, reclaim_interval_ms=30,
+        max_deliveries=2, exit_when_idle=True)))
+    try:
+        worker.start()
+        deadline = time.monotonic() + 60
+        # each task refused more often than max_deliveries (2): without the fix both are dead-lettered by then and
+        # the worker, idle, returns
+        while worker.is_alive() and time.monotonic() < deadline and min(deferrals(client, keys) or [0]) < 3:
+            time.sleep(0.1)
+        assert worker.is_alive(), (box.get("stats"), RunDir(out).summary())
+        assert min(deferrals(client, keys)) >= 3, deferrals(client, keys)
+        status = queue_status(redis_server.url, prefix, run=RunDir(out))
+        assert status["deferred"] == 2 and str(model) in status["deferred_reason"], status
+        assert f"pid {saver.pid} (saving)" in status["deferred_reason"], status
+        shown = scrub(status["deferred_reason"], str(tmp_path))          # as GET /v1/batches/status says it
+        assert str(saver.pid) not in shown and "another process (saving)" in shown and "kill -CONT PID" in shown, shown
+        pending = client.xpending_range(keys.batch_tasks(), "sigma-batch", "-", "+", 100)
+        assert max(row["times_delivered"] for row in pending) <= 1, pending     # no delivery spent
+        resume_saver(saver)
+        worker.join(timeout=120)
+        assert not worker.is_alive()
+    finally:
+        stop.set()
+        end_saver(saver)
+        worker.join(timeout=60)
+    stats = box["stats"]
+    assert (stats.done, stats.dead, stats.failed) == (2, 0, 0) and stats.deferred >= 6, stats
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"]) == (2, 0), summary
+    assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis
+
+
+def test_a_shard_whose_model_folder_stays_held_is_dead_lettered_weights_busy_after_max_defer_s(
+        redis_server, tmp_path, monkeypatch):
+    """The deferral of a busy model folder is bounded as a held run folder's is: no shard written in the run folder
+    for worker.max_defer_s, the task is dead-lettered `weights_busy`, its shard failed saying which folder, who
+    holds it and what to do; once the saver has gone on, submitting the run again finishes it."""
+    from modelsavers import end_saver, resume_saver, stopped_saver
+
+    from sigma.api.batches import scrub
+
+    monkeypatch.setenv("SIGMA_MODEL_LOCK_WAIT_S", "1")
+    model, cfg = model_run(tmp_path)
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    saver = stopped_saver(model)
+    try:
+        stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, lease_ms=200, reclaim_interval_ms=30,
+                                 max_deliveries=2, exit_when_idle=True, max_defer_s=4.0)
+        assert (stats.done, stats.dead) == (0, 2) and stats.deferred >= 2, stats
+        for entry in make_queue(redis_server.client(), Keys(prefix), "check").dead_entries():
+            error = json.loads(entry.fields["error"])
+            assert error["code"] == "weights_busy", error
+            assert str(model) in error["message"] and f"pid {saver.pid} (saving)" in error["message"], error
+            assert "worker.max_defer_s=4" in error["message"] and "submit the run again" in error["message"], error
+            shown = scrub(error["message"], str(tmp_path))                 # as GET /v1/batches/status says it
+            assert str(saver.pid) not in shown and str(tmp_path) not in shown and "model:" in shown, shown
+        summary = RunDir(out).summary()
+        assert summary["failed"] == 2, summary
+        assert all("[weights_busy]" in f["error"] for f in summary["failed_shards"]), summary["failed_shards"]
+        resume_saver(saver)
+    finally:
+        end_saver(saver)
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    stats = run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True)
+    assert (stats.done, stats.dead, stats.deferred) == (2, 0, 0), stats
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (2, 0, 0), summary

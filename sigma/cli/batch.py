@@ -387,8 +387,9 @@ def run_status(args: argparse.Namespace) -> int:
                   "dead-lettered before them show as pending (and unqueued)")
         if q.get("deferred"):
             print(f"  {q['deferred']} task(s) deferred for up to {q['deferred_s']:.0f} s, no shard written in the run "
-                  f"folder for {q['deferred_idle_s']:.0f} s: {q['deferred_reason']}; they run once it is free, or are "
-                  "dead-lettered (run_locked_too_long) once no shard has been written for worker.max_defer_s")
+                  f"folder for {q['deferred_idle_s']:.0f} s: {q['deferred_reason']}; they run once that folder is "
+                  "free, or are dead-lettered (run_locked_too_long; weights_busy for a model folder) once no shard has "
+                  "been written for worker.max_defer_s")
     return 0
 
 

@@ -28,7 +28,7 @@ from sigma.batch.config import BatchConfig
 from sigma.batch.layout import DEAD_READ, TASK_READ, RunDir
 from sigma.batch.record import check_options, check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
-from sigma.errors import ConfigError, InputError, SigmaError
+from sigma.errors import ConfigError, InputError, SigmaError, WeightsBusyError
 from sigma.io.corpora import CORPUS_READERS
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import shown_path
@@ -36,7 +36,7 @@ from sigma.registry import ANNOTATORS, import_plugins, list_annotators
 from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer, is_out_of_memory
-from sigma.service.deferral import MAX_DEFER_S, deferred_summary, forget_deferral, note_deferral
+from sigma.service.deferral import MAX_DEFER_S, Deferral, deferred_summary, forget_deferral, note_deferral
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue, stream_text
 from sigma.service.settings import QueueSettings, RedisSettings
@@ -451,9 +451,50 @@ class RunBusy(Exception):
     the task's. It is deferred (retried after the lease without spending a delivery) while the holder writes shards
     there; one that writes none for `worker.max_defer_s` (stopped, hung, its host gone) has it dead-lettered."""
 
+    # the deferral's code; `given_up`: the dead letter's once `worker.max_defer_s` ran out
+    code = "run_locked"
+
     def __init__(self, message: str, root: Path):
         super().__init__(message)
         self.root = root
+
+    def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
+        """The dead letter's code and message: which run, who holds it, how long, and how to go on."""
+        return "run_locked_too_long", (
+            f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: another process has held the run "
+            f"folder for {deferral.last - deferral.since:.0f} s ({_deferred(deferral, max_defer_s)}): {self}. A "
+            "local `sigma batch run` that is stopped (Ctrl-Z) or hung keeps it until it ends, a lock left by a host "
+            f"that went away (NFS) until the file server lets it go. End or resume that process; then {_AGAIN}")
+
+
+# how a task given up on is queued again (`RunBusy.given_up`)
+_AGAIN = ("submit the run again (`sigma batch submit` with the same input and options, or POST /v1/batches) to queue "
+          "this shard, or finish the run locally with `sigma batch run ... --resume` on this --out")
+
+
+def _deferred(deferral: Deferral, max_defer_s: float) -> str:
+    """How often, since when, and how long with no shard written in the run folder: a given-up task's record."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(deferral.since))
+    return (f"deferred {deferral.count} times since {since}, no shard written in the run folder for "
+            f"{deferral.idle_s:.0f} s, worker.max_defer_s={max_defer_s:g}")
+
+
+class ModelBusy(RunBusy):
+    """The run's saved model folder (`options.weights`) held by another process for all of
+    `$SIGMA_MODEL_LOCK_WAIT_S` — a `save_model` stopped (Ctrl-Z, SIGSTOP) or hung mid-commit — so its annotator could
+    not be built (`weights_busy`). Transient, and no fault of the task's: the same load succeeds once the saver goes on
+    or dies. It was taken for the shard's failure (`shard_failed`, a delivery spent each lease), dead-lettered after
+    `queue.max_deliveries` and the shard failed for good; now it is deferred as a held run folder is (after the lease,
+    no delivery spent; each attempt first waits out the lock's bound, so it never loops hot), and given up on
+    (`weights_busy`) only when no shard has been written in the run folder for `worker.max_defer_s`."""
+
+    code = "weights_busy"
+
+    def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
+        return "weights_busy", (
+            f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: its model folder (options.weights) "
+            f"was held by another process at each try for {deferral.last - deferral.since:.0f} s "
+            f"({_deferred(deferral, max_defer_s)}): {self}. Resume or end that process; then {_AGAIN}")
 
 
 class PluginMissing(Exception):
@@ -734,12 +775,21 @@ class _Beat:
         """Nothing to show."""
 
 
+def _pipeline(cache: _RunCache, cfg: BatchConfig, run_hash: str, rundir: RunDir) -> Any:
+    """The run's pipeline, its annotator built once per run (`_RunCache`). A model folder a stopped saver holds
+    (`weights_busy`) is ModelBusy: deferred, not the shard's failure."""
+    try:
+        return cache.get(cfg, run_hash)
+    except WeightsBusyError as exc:
+        raise ModelBusy(exc.message, rundir.root) from exc
+
+
 def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
                  on_progress: Callable[[], None] | None = None) -> tuple[str, int, str | None]:
     """Run one shard task: ("done" | "skipped" | "failed", pairs, error); "skipped": the shard is done for the run and
     its file holds to the size and sha256 its status recorded. `on_progress`: called as pairs are done.
-    RunBusy while a local run holds the run folder; PluginMissing when its corpus format or annotator needs a plugin
-    not here."""
+    RunBusy while a local run holds the run folder (ModelBusy while a stopped saver holds the run's model folder);
+    PluginMissing when its corpus format or annotator needs a plugin not here."""
     rundir, record, shard = locate_task(fields, patience_s)
     run_hash = record["run_hash"]
     # held to its checksum, as `submit_run` held it when it queued the task: held to its size only, a shard file
@@ -760,7 +810,7 @@ def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = R
         # the temporary parquet a worker killed on this shard before left: nobody else sweeps it
         rundir.sweep_temps(shard, run_hash)
         beat = _Beat(on_progress) if on_progress is not None else None
-        stats = cache.get(cfg, run_hash).run(corpus, [shard], rundir, run_hash, progress=beat)
+        stats = _pipeline(cache, cfg, run_hash, rundir).run(corpus, [shard], rundir, run_hash, progress=beat)
     result = stats.shards[0] if stats.shards else None
     if result is None or result.status != "done":
         return "failed", stats.pairs, (result.error if result else "no result")
@@ -815,7 +865,8 @@ class FleetHandler:
                 self.stats.errors.append(str(exc))
                 outcomes.append(Outcome(entry, "dead", error={"code": exc.code, "message": str(exc)}))
                 continue
-            except RunBusy as exc:             # a local run holds the folder: after the lease, no delivery spent
+            except RunBusy as exc:             # a local run, or a stopped saver of its model, holds a folder:
+                # after the lease, no delivery spent
                 outcomes.append(self._defer(entry, exc))
                 continue
             except PluginMissing as exc:       # through the lease, for a worker with the plugin; then dead-lettered
@@ -847,11 +898,12 @@ class FleetHandler:
         return outcomes
 
     def _defer(self, entry: Entry, exc: RunBusy) -> Outcome:
-        """Defer the task (its folder held by another process), or give it up: deferred for `max_defer_s` with no
-        shard written in the run folder meanwhile, its holder is no live run doing the work but one stopped (Ctrl-Z),
-        hung, or gone with its host while shared storage keeps its lock, and the task would be deferred every lease
-        for ever, the run "pending" with no sign why. Then it is dead-lettered, `run_locked_too_long`, saying which
-        run, who holds it and how to go on. Without Redis to count in (no client, or Redis over maxmemory) it is
+        """Defer the task (its run folder, or its model folder — `ModelBusy` — held by another process), or give it
+        up: deferred for `max_defer_s` with no shard written in the run folder meanwhile, its holder is no live run
+        doing the work but one stopped (Ctrl-Z), hung, or gone with its host while shared storage keeps its lock, and
+        the task would be deferred every lease for ever, the run "pending" with no sign why. Then it is
+        dead-lettered (`run_locked_too_long`; `weights_busy` for a model folder), saying which run, who holds it and
+        how to go on. Without Redis to count in (no client, or Redis over maxmemory) it is
         deferred uncounted, as before."""
         deferral = None
         if self.client is not None and self.keys is not None:
@@ -863,26 +915,18 @@ class FleetHandler:
                 log.warning("task %s deferred, not counted toward worker.max_defer_s (redis is out of memory)",
                             shown_shard(entry.fields))
         if deferral is not None and deferral.idle_s >= self.max_defer_s:
-            since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(deferral.since))
-            message = task_error(
-                f"{entry.fields.get('run_dir')}: shard {shown_shard(entry.fields)} was not run: another process has "
-                f"held the run folder for {deferral.last - deferral.since:.0f} s (deferred {deferral.count} times "
-                f"since {since}) and written no shard in it for {deferral.idle_s:.0f} s (worker.max_defer_s="
-                f"{self.max_defer_s:g}): {exc}. A local `sigma batch run` that is stopped (Ctrl-Z) or hung keeps it "
-                "until it ends, a lock left by a host that went away (NFS) until the file server lets it go. End or "
-                "resume that process; then submit the run again (`sigma batch submit` with the same input and "
-                "options, or POST /v1/batches) to queue this shard, or finish the run locally with `sigma batch "
-                "run ... --resume` on this --out")
+            code, message = exc.given_up(entry.fields, deferral, self.max_defer_s)
+            message = task_error(message)
             self.stats.errors.append(message)
             log.warning("task %s given up on: %s", shown_shard(entry.fields), message)
-            return Outcome(entry, "dead", error={"code": "run_locked_too_long", "message": message})
+            return Outcome(entry, "dead", error={"code": code, "message": message})
         self.stats.deferred += 1
         counted = (f"; deferred {deferral.count} times over {deferral.last - deferral.since:.0f} s, no shard written "
                    f"there for {deferral.idle_s:.0f} s of worker.max_defer_s={self.max_defer_s:g}"
                    if deferral is not None else "")
         log.info("task %s deferred (delivery %d not counted%s): %s", shown_shard(entry.fields), entry.deliveries,
                  counted, exc)
-        return Outcome(entry, "defer", error={"code": "run_locked", "message": str(exc)})
+        return Outcome(entry, "defer", error={"code": exc.code, "message": str(exc)})
 
     def _forget_deferral(self, entry: Entry) -> None:
         """The task ran, or is given up on: a task deferred before came back through a reclaim (`claimed`)."""

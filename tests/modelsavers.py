@@ -1,0 +1,68 @@
+"""A saved model's folder held by a real saver stopped mid-commit, for the front ends that load it (a fleet worker
+building a run's annotator, `sigma worker` at start-up): a real `save_model` in a process of its own, stopped
+(SIGSTOP) by an audit hook at its rename of config.json — inside the commit, its exclusive flock on the folder held —
+as Ctrl-Z or a hung network write leave one. It saves the model `save_tiny` saves (tiny-lite, seed 0: the same bytes),
+so the folder's weights digest — what a batch run's hash names — is the same before, during and after."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SEED = 0
+
+_STOPPED_SAVER = """import os, signal, sys
+from pathlib import Path
+import torch
+folder = Path(sys.argv[1])
+def hook(event, args):
+    if event == "os.rename" and Path(os.fspath(args[1])) == folder / "config.json":
+        print("at the config's rename", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+sys.addaudithook(hook)
+from sigma.models import build_model, save_model
+torch.manual_seed(int(sys.argv[2]))
+save_model(build_model("tiny-lite"), folder)
+"""
+
+
+def save_tiny(folder: Path) -> Path:
+    """The model the stopped saver saves, saved whole into `folder` here."""
+    from sigma.models import build_model, save_model
+
+    torch.manual_seed(SEED)
+    save_model(build_model("tiny-lite"), folder)
+    return folder
+
+
+def stopped_saver(folder: Path) -> subprocess.Popen:
+    """A saver of `folder` stopped inside its commit (its exclusive flock held), once this returns. The caller
+    resumes it (`os.kill(pid, SIGCONT)`) and must `end_saver` it in a `finally`."""
+    saver = subprocess.Popen([sys.executable, "-c", _STOPPED_SAVER, str(folder), str(SEED)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        line = saver.stdout.readline().strip()
+        assert line == "at the config's rename", (line, saver.stderr.read() if saver.poll() is not None else "")
+        assert os.waitpid(saver.pid, os.WUNTRACED)[1]                 # stopped, the commit's flock held
+    except BaseException:
+        end_saver(saver)
+        raise
+    return saver
+
+
+def resume_saver(saver: subprocess.Popen) -> None:
+    """SIGCONT: the saver finishes its commit and exits 0 (its folder then holds the same model, whole)."""
+    os.kill(saver.pid, signal.SIGCONT)
+    assert saver.wait(timeout=120) == 0, saver.stderr.read()
+
+
+def end_saver(saver: subprocess.Popen) -> None:
+    """A saver still there (a failed test) is killed: the kernel drops its flock."""
+    if saver.poll() is None:
+        os.kill(saver.pid, signal.SIGCONT)
+        saver.kill()
+        saver.wait(timeout=30)
