@@ -217,6 +217,48 @@ def test_worker_without_redis_names_the_url_waits_and_stops_cleanly(tmp_path):
         server.stop(kill=True)
 
 
+def test_a_worker_whose_model_folder_a_stopped_saver_holds_says_so_waits_and_serves_once_it_resumes(redis_server,
+                                                                                                       tmp_path):
+    """`sigma worker` loads its annotator's options.weights (a saved model folder) at start-up; a `save_model` into it
+    stopped mid-commit (Ctrl-Z, SIGSTOP) holds the folder, and the load fails `weights_busy` after
+    $SIGMA_MODEL_LOCK_WAIT_S. The worker exited 2 on it (under `sigma serve all`: a death, restarted until
+    worker.max_restarts stopped the server), though the fault ends by itself once the saver goes on or dies. Now it
+    follows the start-up's precedent for Redis down: one line on stderr per try (the folder, the holder, what to do,
+    that it tries again), then it loads again, and serves once the saver has resumed; a signal while it waits ends it
+    with status 0."""
+    from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
+
+    model = save_tiny(tmp_path / "model")
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    saver = stopped_saver(model)
+    env = {**base_env(redis_server.url), "SIGMA_MODEL_LOCK_WAIT_S": "1"}
+    args = ["worker", "--annotator", "sigma-lite", "--consumer", "busy",
+            *sets([*FAST[:5], f"redis.key_prefix={prefix}", f"worker.options={{weights: '{model}', runtime: torch}}"])]
+    proc = Proc(args, env, tmp_path / "worker.log")
+    other = None
+    try:
+        wait_until(lambda: proc.output().count("[weights_busy]") >= 2 or not proc.alive(), 90,
+                   f"two tries\n{proc.output()}", 0.2)
+        assert proc.alive(), proc.output()                 # without the fix: one error line, exit 2
+        line = next(x for x in proc.output().splitlines() if "[weights_busy]" in x)
+        assert str(model) in line and f"pid {saver.pid} (saving)" in line and "trying again" in line, line
+        other = Proc(args[:4] + ["other"] + args[5:], env, tmp_path / "other.log")
+        wait_until(lambda: "[weights_busy]" in other.output(), 90, f"the other's try\n{other.output()}", 0.2)
+        other.signal(signal.SIGTERM)                       # stopped while it waits for the folder
+        code, log = finished(other, 15)
+        assert code == 0 and "Traceback" not in log, log
+        resume_saver(saver)
+        r = redis_server.client()
+        wait_until(lambda: r.hget(f"{prefix}:worker:busy", "model_loaded") == b"1", 90,
+                   f"the worker to load the model by itself\n{proc.output()}", 0.2)
+    finally:
+        end_saver(saver)
+        code = proc.stop(timeout=30)
+        if other is not None:
+            other.stop()
+    assert code == 0 and "Traceback" not in proc.output(), proc.output()
+
+
 @pytest.mark.parametrize("swallow", [False, True], ids=["plain-load", "load-that-cannot-be-unwound"])
 def test_a_signal_while_loading_the_model_exits_0_at_once(redis_server, tmp_path, swallow):
     """Also when an exception raised into the load cannot end it: CI once caught the signal inside torch's import

@@ -42,7 +42,9 @@ with it at once, and does not count it towards `worker.max_restarts` (it is no d
 
 Start-up without Redis: one clear line on stderr naming the URL and `SIGMA_REDIS_URL`, then the worker waits
 (as it waits out any outage once running) — a worker started before its Redis, as compose or a supervisor
-may do, comes up by itself.
+may do, comes up by itself. So does one whose model folder a saver holds (`weights_busy`: a `save_model` stopped or
+hung mid-commit, for all of `$SIGMA_MODEL_LOCK_WAIT_S`): one line on stderr per try, and it loads again
+(`load_waiting_out_busy_weights`).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sigma.errors import WeightsBusyError
 from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url
 from sigma.service.settings import RedisSettings
@@ -255,3 +258,31 @@ def report_unreachable_redis(settings: RedisSettings, command: str) -> bool:
         return False
     finally:
         client.close()
+
+
+# the pause between two tries of a load that found the model's folder busy (each try first waits
+# $SIGMA_MODEL_LOCK_WAIT_S for it): full jitter, doubled per try up to the cap
+BUSY_RETRY_BASE_S = 1.0
+BUSY_RETRY_CAP_S = 30.0
+
+
+def load_waiting_out_busy_weights(load: Callable[[], None], command: str, stop: threading.Event) -> None:
+    """`load()` (the worker's annotator), tried again while it fails `weights_busy`: its model folder held by a
+    saver stopped (Ctrl-Z, SIGSTOP) or hung mid-commit. That ends by itself once the saver goes on or dies, as a Redis
+    that is not up yet does: the worker exited 2 on it (`sigma serve all` counted a death, and a supervisor had to
+    start it again). Now each try says why on one line of stderr (the folder, the holder, what to do) and the next
+    follows a backoff; each try waits the lock's bound first, so it never loops hot. Interrupted when `stop` is set
+    between tries (a signal inside `abrupt_while` ends the process before that). Other errors are raised."""
+    from sigma.service.consumer import Backoff
+
+    backoff = Backoff(base_s=BUSY_RETRY_BASE_S, cap_s=BUSY_RETRY_CAP_S)
+    while True:
+        try:
+            load()
+            return
+        except WeightsBusyError as exc:
+            delay = backoff.next_delay()
+            print(f"{command}: [{exc.code}] {exc.message}; trying again in {delay:.1f} s (Ctrl-C to stop)",
+                  file=sys.stderr, flush=True)
+        if stop.wait(delay):
+            raise Interrupted("stopped while waiting for the model's folder")

@@ -4,7 +4,8 @@ Loads the annotator once, then consumes its stream in micro-batches (`sigma.serv
 entries idle past the lease, dead-letter those delivered `max_deliveries` times, read up to
 `max_batch_size` entries, annotate, store each result and only then acknowledge. Redis outages, stalls
 and `maxmemory` refusals are waited out (backoff with jitter, results kept until stored), at start-up too
-(after one line on stderr naming the URL). SIGTERM/SIGINT: exit 0 — at once while loading or waiting,
+(after one line on stderr naming the URL), and so is a model folder a stopped saver holds (`weights_busy`: a
+line per try). SIGTERM/SIGINT: exit 0 — at once while loading or waiting,
 after finishing, storing and acknowledging the batch in hand otherwise, at once on a second signal
 (`lifecycle.py`). Past `worker.max_rss_mb` after a batch: exit 75 (`RECYCLE_EXIT_STATUS`), to be started afresh.
 """
@@ -25,6 +26,7 @@ from sigma.workers.lifecycle import (
     StopSignals,
     exit_status,
     forget_worker_key,
+    load_waiting_out_busy_weights,
     quietly,
     recycle_past_max_rss,
     report_unreachable_redis,
@@ -55,7 +57,8 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
     """Runs until stopped, then ends the process (`StopSignals.end`: status 0, or 75 when it recycled itself past
     `worker.max_rss_mb`); errors before the loop (a plugin that cannot be imported, an annotator that cannot be
-    built) are raised for the CLI to say."""
+    built) are raised for the CLI to say, but for a model folder a stopped saver holds (`weights_busy`): said, and
+    loaded again until it is free (`load_waiting_out_busy_weights`), as a Redis not up yet is waited for."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     worker = build_worker(cfg, consumer=consumer, stop=stop)
@@ -83,7 +86,7 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
             report_unreachable_redis(cfg.redis, "sigma worker")
         log.info("%s: loading the annotator", worker.describe)
         with signals.abrupt_while("loading the model"):
-            handler.predictor.setup()
+            load_waiting_out_busy_weights(handler.predictor.setup, "sigma worker", stop)
         log.info("%s: loaded in %.0f ms, consuming %s", worker.describe, handler.predictor.setup_ms or 0,
                  worker.queue.stream)
         counts = worker.run()
