@@ -259,6 +259,41 @@ def test_a_worker_whose_model_folder_a_stopped_saver_holds_says_so_waits_and_ser
     assert code == 0 and "Traceback" not in proc.output(), proc.output()
 
 
+def test_serve_all_whose_workers_model_folder_is_busy_at_start_up_restarts_nothing_and_is_ready_once_it_is_free(
+        redis_server, tmp_path):
+    """`sigma serve all` with its worker's model folder held by a stopped saver: the worker exited 2 on the first
+    `weights_busy` and the server counted deaths and restarted it (and, within worker.restart_window_s, gave up and
+    stopped with status 1). Now the worker says it and loads again: no restart, /readyz 503 meanwhile, 200 once the
+    saver has resumed, and a request is answered."""
+    from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
+
+    model = save_tiny(tmp_path / "model")
+    prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    saver = stopped_saver(model)
+    env = {**base_env(redis_server.url), "SIGMA_MODEL_LOCK_WAIT_S": "1"}
+    proc = Proc(["serve", "all", "--port", str(port), "--annotator", "sigma-lite", "--log-level", "warning",
+                 *sets([*FAST[:10], f"redis.key_prefix={prefix}", "worker.restart_backoff_s=0.2",
+                        f"worker.options={{weights: '{model}', runtime: torch}}"])], env, tmp_path / "serve-all.log")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
+            wait_until(lambda: proc.output().count("[weights_busy]") >= 2 or not proc.alive(), 90,
+                       f"two tries\n{proc.output()}", 0.2)
+            assert proc.alive() and "restarting it" not in proc.output(), proc.output()
+            assert http.get("/readyz").status_code == 503
+            resume_saver(saver)
+            wait_until(lambda: http.get("/readyz").status_code == 200, 90, f"ready\n{proc.output()}", 0.2)
+            original, edited = make_pair(seed=5)
+            done = http.post("/v1/annotate", headers={"Authorization": "Bearer test-user-key"},
+                             files={"original": ("o.png", png_bytes(original), "image/png"),
+                                    "edited": ("e.png", png_bytes(edited), "image/png")})
+            assert done.status_code == 200 and done.json()["status"] == "done", done.text
+        assert "restarting it" not in proc.output() and "Traceback" not in proc.output(), proc.output()
+    finally:
+        end_saver(saver)
+        code = proc.stop(timeout=30)
+    assert code == 0, proc.output()
+
+
 @pytest.mark.parametrize("swallow", [False, True], ids=["plain-load", "load-that-cannot-be-unwound"])
 def test_a_signal_while_loading_the_model_exits_0_at_once(redis_server, tmp_path, swallow):
     """Also when an exception raised into the load cannot end it: CI once caught the signal inside torch's import
