@@ -118,8 +118,10 @@ def _relative(root: str, path: Path) -> str:
 
 
 # an absolute path left in a message after the root was made relative: not preceded by a word, a dot, a
-# colon or a slash (so `4/36`, `a/b` and `redis://h:1/0` stay), up to whitespace or a quote
-_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/[^\s'\"]+")
+# colon or a slash (so `4/36`, `a/b` and `redis://h:1/0` stay), up to whitespace or a quote; nor this API's own
+# routes, which messages name as the way to go on ("... or POST /v1/batches) to queue them" read "... or POST
+# <server path> to queue them", the closing parenthesis eaten)
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?!v1/(?:batches|jobs)\b(?:/status)?(?=[\s)'\",.;]|$))[^\s'\"]+")
 
 
 def scrub(message: str, root: str) -> str:

@@ -1695,6 +1695,7 @@ def test_a_shard_whose_model_folder_stays_held_is_dead_lettered_weights_busy_aft
             assert "worker.max_defer_s=4" in error["message"] and "submit the run again" in error["message"], error
             shown = scrub(error["message"], str(tmp_path))                 # as GET /v1/batches/status says it
             assert str(saver.pid) not in shown and str(tmp_path) not in shown and "model:" in shown, shown
+            assert "or POST /v1/batches) to queue" in shown, shown          # the API's own route is not a path
         summary = RunDir(out).summary()
         assert summary["failed"] == 2, summary
         assert all("[weights_busy]" in f["error"] for f in summary["failed_shards"]), summary["failed_shards"]
