@@ -706,8 +706,10 @@ def test_a_shard_whose_model_hangs_ends_the_worker_and_is_dead_lettered_as_hung(
     sets = [arg for item in settings for arg in ("--set", item)]
     logs, hung = [], 0
     for attempt in range(6):
+        # a watchdog of 1.5 s must be above the model folder's lock wait, or the worker is refused at start-up
+        env = {**base_env(redis_server.url), "SIGMA_MODEL_LOCK_WAIT_S": "1"}
         proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", f"b{attempt}", *sets],
-                    base_env(redis_server.url), tmp_path / f"worker-{attempt}.log")
+                    env, tmp_path / f"worker-{attempt}.log")
         deadline = time.monotonic() + 60
         try:
             while proc.alive() and RunDir(out).summary()["failed"] == 0 and time.monotonic() < deadline:
@@ -1707,3 +1709,48 @@ def test_a_shard_whose_model_folder_stays_held_is_dead_lettered_weights_busy_aft
     assert (stats.done, stats.dead, stats.deferred) == (2, 0, 0), stats
     summary = RunDir(out).summary()
     assert (summary["done"], summary["failed"], summary["pending"]) == (2, 0, 0), summary
+
+
+def test_a_batch_worker_whose_hang_watchdog_is_not_above_the_model_lock_wait_is_refused_at_start_up(
+        redis_server, tmp_path):
+    """The hang watchdog (`worker.batch_timeout_s`) counts from a task's start, and building the run's annotator waits
+    up to $SIGMA_MODEL_LOCK_WAIT_S for a model folder a stopped saver holds before deferring the task (5c20a4b). With
+    the watchdog at or below that wait, a real `sigma worker --batch` (here: watchdog 2 s, lock wait 3 s, a saver
+    stopped mid-commit) was killed as hung, `a shard hung`, exit 1, a delivery spent, instead of deferring. Now it
+    does not start: one `invalid_config` line naming both settings and their values, exit 2, before Redis; the
+    default wait (120 s) is named when the variable is unset."""
+    from modelsavers import end_saver, stopped_saver
+    from servicekit import Proc, base_env
+
+    model, cfg = model_run(tmp_path)
+    prefix = prefix_name()
+    assert submit_run(cfg, tmp_path / "fleet", redis_server.url, prefix)["queued"] == 2
+    saver = stopped_saver(model)
+    try:
+        cases = (("2", "3", "$SIGMA_MODEL_LOCK_WAIT_S=3"), ("3", "3", "$SIGMA_MODEL_LOCK_WAIT_S=3"),
+                 ("60", None, "$SIGMA_MODEL_LOCK_WAIT_S=120"))
+        for timeout_s, wait, said in cases:
+            config = tmp_path / f"serve-{timeout_s}.yaml"
+            config.write_text(f"redis:\n  key_prefix: {prefix}\nqueue:\n  heartbeat_interval_ms: 150\n  "
+                              f"block_ms: 100\nworker:\n  batch_timeout_s: {timeout_s}\n")
+            env = base_env(redis_server.url)
+            env.pop("SIGMA_MODEL_LOCK_WAIT_S", None)
+            if wait is not None:
+                env["SIGMA_MODEL_LOCK_WAIT_S"] = wait
+            proc = Proc(["worker", "--batch", "--config", str(config), "--consumer", f"w{timeout_s}"], env,
+                        tmp_path / f"worker-{timeout_s}.log")
+            try:
+                proc.p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+            code, log = proc.stop(), proc.output()
+            lines = [line for line in log.splitlines() if line.strip()]
+            assert code == 2 and len(lines) == 1, (code, log)
+            assert lines[0].startswith("sigma: error [invalid_config]: "), log
+            assert f"worker.batch_timeout_s={timeout_s} " in lines[0] and said in lines[0], log
+            assert "a shard hung" not in log and "Traceback" not in log, log
+        # nothing was taken: both tasks still wait, no delivery spent on them
+        assert deferrals(redis_server.client(), Keys(prefix)) == []
+        assert RunDir(tmp_path / "fleet").summary()["pending"] == 2
+    finally:
+        end_saver(saver)

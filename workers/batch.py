@@ -11,7 +11,7 @@ import threading
 from sigma.registry import import_plugins
 from sigma.service.connections import display_url
 from sigma.service.consumer import default_consumer
-from sigma.service.fleet import run_batch_worker
+from sigma.service.fleet import check_batch_timeout, run_batch_worker
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry
 from sigma.service.settings import ServeConfig
@@ -30,7 +30,9 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
     consumer is `consumer` (--consumer), else `worker.consumer`, else <host>-<pid>: worker.consumer was ignored.
     Past `worker.max_rss_mb` once a shard is stored and acknowledged, it stops (status 75, `RECYCLE_EXIT_STATUS`)
     for its supervisor to start a fresh process, as `sigma worker` does after a batch: a slow leak over hours of
-    shards is recycled between shards, not ended by the OOM killer mid-shard."""
+    shards is recycled between shards, not ended by the OOM killer mid-shard. A `worker.batch_timeout_s` at or below
+    `$SIGMA_MODEL_LOCK_WAIT_S` is refused (`check_batch_timeout`): it killed a worker waiting for a model folder."""
+    check_batch_timeout(cfg.worker.batch_timeout_s)      # before Redis: a watchdog that would kill a deferral
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import_plugins(cfg.worker.plugins, "worker.plugins")
     stop = threading.Event()

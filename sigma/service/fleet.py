@@ -376,6 +376,23 @@ def redis_settings(redis: RedisSettings | str | None, key_prefix: str | None = N
 DECODE_STALL_SHARE = 0.5
 
 
+def check_batch_timeout(batch_timeout_s: float) -> None:
+    """Refuse a hang watchdog (`worker.batch_timeout_s`) at or below the model folder's lock wait
+    (`$SIGMA_MODEL_LOCK_WAIT_S`, 120 s by default): the watch counts from the task's start, and building the run's
+    annotator (no pair done yet) waits that long for a folder a stopped saver holds before the task is deferred
+    (`ModelBusy`), so such a worker was killed as hung (`worker_hung`, exit 1, a delivery spent) instead of
+    deferring, and restarted to hang again. Now it does not start: one `invalid_config` line naming both values."""
+    from sigma.models.factory import ENV_LOCK_WAIT, lock_wait_s
+
+    wait_s = lock_wait_s()
+    if 0 < batch_timeout_s <= wait_s:
+        raise ConfigError(
+            f"worker.batch_timeout_s={batch_timeout_s:g} is not above ${ENV_LOCK_WAIT}={wait_s}: a task whose model "
+            f"folder (options.weights) a stopped saver holds waits {wait_s} s for it before it is deferred, and the "
+            "worker would be killed as hung (worker_hung, exit 1) meanwhile; set worker.batch_timeout_s above "
+            f"{wait_s} (0: no limit) or ${ENV_LOCK_WAIT} below {batch_timeout_s:g}")
+
+
 def decode_stall_s(stall_s: float, batch_timeout_s: float) -> float:
     """The decode pool's stall bound for a worker whose batches time out after `batch_timeout_s` (0: none)."""
     return min(stall_s, DECODE_STALL_SHARE * batch_timeout_s) if batch_timeout_s > 0 else stall_s
