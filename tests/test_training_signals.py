@@ -542,3 +542,49 @@ def test_max_minutes_while_the_trainer_waits_for_a_stuck_data_worker_pauses_the_
         {"event": "paused", "step": 1, "reason": "max_minutes", "waiting_for_data": True}, lines.text()[-3000:]
     assert paused["minutes"] * 60 < 0.4 * 60 + 20, paused        # the deadline, the loader's 5 s, the validation
     assert not (run / "final").exists()
+
+
+def test_a_sigterm_between_steps_checkpoints_before_the_stuck_data_workers_are_stopped_and_exits_at_once(
+        photos, tmp_path):
+    """A scheduler's SIGTERM while the trainer has its batch (in a step) and both data workers are stuck in a read
+    prefetching the next ones (a hung mount; `SIGMA_TEST_WORKER_STALL`). The step finished and the loop ended, but
+    the pause's checkpoint came only after torch's loader shutdown had joined each stuck worker 5 s and
+    `kill_stuck_workers` had given them 2 s more: some 12 s of a scheduler's grace period (10 to 90 s) spent before
+    the checkpoint, the workers already reaped by then. Now the checkpoint is written first, with both workers still
+    there (`WORKERS checkpoint@2 2`), then the workers are killed at once: the run exits 143 within seconds, none
+    left. tests/train_term_mid_step.py holds step 1 until both workers are stuck, and until the SIGTERM is noted."""
+    fifo = tmp_path / "hung-mount"
+    os.mkfifo(fifo)
+    run = tmp_path / "runs" / "stuck"
+    args = [STAGE1, f"data.photos={photos}", f"out_dir={run.parent}", f"name={run.name}", "steps=20",
+            "batch_size=2", "num_workers=2", "ckpt_every=100", "eval.at_start=false", "eval.val_size=2",
+            "log_every=1"]
+    env = {**_env(), "OMP_NUM_THREADS": "1", "SIGMA_TEST_TERM_STEP": "1",
+           "SIGMA_TEST_WORKER_STALL": f"{fifo}:{2 * 3}"}       # batch_size=2: the workers stall before batch 3
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "train_term_mid_step.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    lines = Lines(proc.stdout)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and lines.when("READY") is None:
+        time.sleep(0.02)
+    assert proc.poll() is None and lines.when("READY 2") is not None, lines.text()[-3000:]
+    workers = _workers(proc.pid)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    checkpointed = None
+    while proc.poll() is None and time.monotonic() - sent < 60:
+        if checkpointed is None and (run / "checkpoint.pt").exists():
+            checkpointed = time.monotonic() - sent
+        time.sleep(0.02)
+    exited = time.monotonic() - sent
+    err = _ended(proc, lines, 5)
+    print(f"SIGTERM -> checkpoint.pt {checkpointed} s, -> exit {exited:.2f} s")
+    assert proc.returncode == 143 and _terminated_at(err, run) == 2, lines.text()[-3000:] + err[-3000:]
+    seen = dict(line.split()[1:] for _, line in lines.seen if line.startswith("WORKERS "))
+    # the checkpoint came first, both stuck workers still there (not reaped); none left at exit
+    assert (seen.get("checkpoint@2"), seen.get("exit")) == ("2", "0"), lines.text()[-3000:]
+    assert len(workers) == 2 and not [w for w in workers if _alive(w)]
+    assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 2
+    assert [(r["step"], r["reason"]) for r in _rows(run) if r["event"] == "paused"] == [(2, "sigterm")]
+    # generous: the loader's shutdown alone took 2 x 5 s + 2 s before
+    assert exited < 9, (checkpointed, exited, lines.text()[-3000:])

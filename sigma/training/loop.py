@@ -64,7 +64,8 @@ def _worker_init(_: int) -> None:
 
 
 #: test hook, `FIFO:INDEX`: a data worker opens FIFO (no writer: it blocks in the kernel, as a read on a hung
-#: network mount does) before it reads any sample from INDEX on (`tests/test_training_signals.py`)
+#: network mount does) before it reads any sample from INDEX on (`tests/test_training_signals.py`), its pid appended
+#: to `FIFO.stalled` first (a test knows when the workers are stuck)
 STALL_ENV = "SIGMA_TEST_WORKER_STALL"
 
 
@@ -79,6 +80,8 @@ def _stall_for_tests() -> None:
 
     def stalling(index: int, *args: Any, **kwargs: Any) -> Any:
         if index >= int(first):
+            with open(f"{fifo}.stalled", "a") as said:
+                said.write(f"{os.getpid()}\n")
             Path(fifo).read_bytes()
         return sample(index, *args, **kwargs)
 
@@ -336,6 +339,10 @@ class Trainer:
         self.abandoned_validation: dict[str, Any] | None = None
         # the run stopped while it waited for a batch (`DataWait`), for the `paused` row that ends the run
         self.waited_for_data = False
+        # the step of the last checkpoint written (None: none yet), so a pause does not write the same one again
+        self.checkpointed_at: int | None = None
+        # a SIGTERM pause checkpointed between steps: the data workers' batches are not wanted (`_data_workers`)
+        self.stopping = False
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if self.world > 1 and not torch.distributed.is_initialized():
@@ -411,6 +418,7 @@ class Trainer:
 
         save_checkpoint(self.run_dir, self.state())
         save_model(self.model, self.run_dir / "model")
+        self.checkpointed_at = self.step
 
     def emit(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -817,6 +825,9 @@ class Trainer:
                     self.validate(val)
                 # every step, not at log steps only: a run overshot its budget by up to a whole logging interval
                 reason = self._stop_reason(started, bool(terminated))
+                if reason == "sigterm":          # saved before the data workers are stopped (`_save_stop`)
+                    window = self._save_stop(window, n_pairs, t_data, t_model)
+                    self.stopping = True
                 if reason:
                     break
         if cut:             # the wait for the next batch was cut short (`_data_waits`)
@@ -934,7 +945,8 @@ class Trainer:
         With `waits`, each batch is waited for through it (`DataWait.next`: a stop cuts that wait, and only it). A
         cut wait kills the workers at once, before torch's shutdown: one is likely stuck (the batch never came), and
         the shutdown's joins (5 s a worker) and the grace would spend the scheduler's grace period before the pause's
-        checkpoint; their batches are not wanted."""
+        checkpoint; their batches are not wanted. So does a SIGTERM pause between steps (`stopping`), once its
+        checkpoint is written (`_save_stop`): the shutdown waited on workers stuck prefetching the next batches."""
         iterator = None
         cut = False
         try:
@@ -948,18 +960,23 @@ class Trainer:
             shutdown = getattr(iterator, "_shutdown_workers", None)   # torch's, idempotent; none without workers
             if shutdown is not None:
                 with interrupts_ignored():
-                    if cut:
-                        self._kill_waited_workers(list(getattr(iterator, "_workers", [])))
+                    if cut or self.stopping:
+                        self._kill_waited_workers(list(getattr(iterator, "_workers", [])), cut)
                     shutdown()
                     killed = kill_stuck_workers(list(getattr(iterator, "_workers", [])))
                 if killed:
                     self.log(f"{killed} data worker(s) still running after the data loader's shutdown (stuck in a "
                              "read?) were killed with SIGKILL")
 
-    def _kill_waited_workers(self, workers: list) -> None:
+    def _kill_waited_workers(self, workers: list, cut: bool = True) -> None:
+        """At once, before torch's shutdown (5 s a stuck worker): a wait cut short (`cut`), or a SIGTERM pause
+        whose checkpoint is written (`_save_stop`)."""
         killed = kill_stuck_workers(workers, grace=0.0)
-        if killed:
+        if killed and cut:
             self.log(f"{killed} data worker(s) killed with SIGKILL: the run stopped while it waited for their data")
+        elif killed:
+            self.log(f"{killed} data worker(s) killed with SIGKILL: a SIGTERM stopped the run at step {self.step}, "
+                     "its checkpoint written; their batches are not wanted")
 
     def _batches(self, ds: TrainDataset, waits: DataWait | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """The batches from `self.step` on. A data worker that dies (the OOM killer, a stray kill) ends the
@@ -1019,13 +1036,7 @@ class Trainer:
         would outlast the grace period and the process would be killed in it, its stop unsaid; the next stretch's
         validations score the weights. It ends with `Stopped` (the CLI: one line, exit 143) on every rank."""
         cfg = self.cfg
-        if window and self.step % cfg.log_every:    # a stop between log steps: their losses are not lost
-            rec = self._reduce_window(window)
-            rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9), data_s=t_data,
-                       model_s=t_model)
-            self.emit(rec)
-        if self.step % cfg.ckpt_every:
-            self.checkpoint()
+        self._save_stop(window, n_pairs, t_data, t_model)
         if reason == "sigterm":
             self._end_terminated(started)
         if not (cfg.eval.every and self.step % cfg.eval.every == 0):
@@ -1039,6 +1050,25 @@ class Trainer:
         self.log(f"stopped at step {self.step} of {cfg.steps} after {minutes:.1f} min (max_minutes="
                  f"{cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
         return self._close()
+
+    def _save_stop(self, window: dict[str, list[float]] | None, n_pairs: int, t_data: float,
+                   t_model: float) -> dict[str, list[float]]:
+        """A stop's own writes: the train row of the steps since the last one (a stop between log steps: their
+        losses are not lost) and the checkpoint of this step, unless this step's loop iteration wrote them already;
+        the window left to log (empty). A SIGTERM between steps calls it in the loop, before the data workers are
+        stopped, and marks them unwanted (`stopping`): it came after torch's loader shutdown, which joins each
+        worker stuck in a read (a hung mount) 5 s, and `kill_stuck_workers`' 2 s — 22 s measured with two stuck
+        workers, of a scheduler's grace period of some 10 to 90 s; now the checkpoint is written first and the
+        workers are killed at once (their batches are not wanted), the run exits within seconds."""
+        cfg = self.cfg
+        if window and self.step % cfg.log_every:
+            rec = self._reduce_window(window)
+            rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9), data_s=t_data,
+                       model_s=t_model)
+            self.emit(rec)
+        if self.step % cfg.ckpt_every and self.checkpointed_at != self.step:
+            self.checkpoint()
+        return {}
 
     def _val_set(self):
         ev = self.cfg.eval
