@@ -28,7 +28,7 @@ from sigma.errors import ConfigError, InputError, SigmaError, Stopped
 from sigma.folderlock import hold_folder, waiting_lock
 from sigma.lifeline import (
     Noted,
-    ShieldedSpawnContext,
+    QuickExitSpawnContext,
     die_with_parent,
     interrupts_ignored,
     leave_stop_signals_to_parent,
@@ -53,7 +53,8 @@ def _worker_init(_: int) -> None:
 
     Ctrl-C signals the whole process group: a worker took it as its own and died (a KeyboardInterrupt traceback
     from spawn's imports) while the trainer was stopping. Workers start with SIGINT/SIGTERM blocked
-    (`ShieldedSpawnContext`) and ignore them here, first thing: the trainer alone stops, and stops them."""
+    (`QuickExitSpawnContext`: shielded, and ending as a forked child does) and ignore them here, first thing: the
+    trainer alone stops, and stops them."""
     leave_stop_signals_to_parent()
     die_with_parent()
     import cv2
@@ -914,7 +915,7 @@ class Trainer:
         return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                           persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None,
                           worker_init_fn=_worker_init if cfg.num_workers else None,
-                          multiprocessing_context=ShieldedSpawnContext() if cfg.num_workers else None)
+                          multiprocessing_context=QuickExitSpawnContext() if cfg.num_workers else None)
 
     def _loader_iter(self, ds: TrainDataset) -> Iterator[dict[str, torch.Tensor]]:
         """The loader's iterator, without torch's SIGCHLD handler: that handler raises a worker's death in the
