@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from train_watch_workers import data_workers, watch
+from train_watch_workers import data_workers, run_watched
 
 
 def main() -> int:
-    from sigma.cli import main as sigma_main
     from sigma.training.loop import STALL_ENV, Trainer
 
     at = int(os.environ["SIGMA_TEST_TERM_STEP"])
@@ -36,11 +35,7 @@ def main() -> int:
         return checkpoint(self)
 
     Trainer.train_step, Trainer.checkpoint = held_step, timed_checkpoint
-    for name in ("train_step", "checkpoint", "validate"):
-        watch(Trainer, name)
-    code = sigma_main(["train", *sys.argv[1:]])
-    print(f"WORKERS exit {data_workers()}", flush=True)
-    return code
+    return run_watched(sys.argv[1:])
 
 
 if __name__ == "__main__":      # spawned data workers import this module as __mp_main__: nothing runs there

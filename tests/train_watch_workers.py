@@ -32,15 +32,20 @@ def watch(cls: type, name: str) -> None:
     setattr(cls, name, watched)
 
 
-def main() -> int:
+def run_watched(args: list[str]) -> int:
+    """`sigma train ARGS` with the `WORKERS` lines (also tests/train_term_mid_step.py's, after its own patches)."""
     from sigma.cli import main as sigma_main
     from sigma.training.loop import Trainer
 
     for name in ("train_step", "checkpoint", "validate"):
         watch(Trainer, name)
-    code = sigma_main(["train", *sys.argv[1:]])
+    code = sigma_main(["train", *args])
     print(f"WORKERS exit {data_workers()}", flush=True)
     return code
+
+
+def main() -> int:
+    return run_watched(sys.argv[1:])
 
 
 if __name__ == "__main__":      # spawned data workers import this module as __mp_main__: nothing runs there
