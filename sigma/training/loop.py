@@ -340,9 +340,8 @@ class Trainer:
         self.abandoned_validation: dict[str, Any] | None = None
         # the run stopped while it waited for a batch (`DataWait`), for the `paused` row that ends the run
         self.waited_for_data = False
-        # the step of the last checkpoint written (None: none yet), so a pause does not write the same one again
-        self.checkpointed_at: int | None = None
-        # a SIGTERM pause checkpointed between steps: the data workers' batches are not wanted (`_data_workers`)
+        # a SIGTERM pause checkpointed between steps (`_save_stop` done): the data workers' batches are not wanted
+        # (`_data_workers`), and the pause does not write its row and checkpoint again
         self.stopping = False
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -419,7 +418,6 @@ class Trainer:
 
         save_checkpoint(self.run_dir, self.state())
         save_model(self.model, self.run_dir / "model")
-        self.checkpointed_at = self.step
 
     def emit(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -898,13 +896,7 @@ class Trainer:
         closed, `Stopped` (the CLI: one line, exit 143) on every rank, the line saying how to continue. A validation
         the SIGTERM abandoned is in the row (`abandoned_validation`): only stdout said so, and metrics.jsonl alone
         did not tell a run paused mid-validation from one paused between steps."""
-        row: dict[str, Any] = {"event": "paused", "reason": "sigterm",
-                               "minutes": round((time.monotonic() - started) / 60.0, 2)}
-        if self.abandoned_validation is not None:
-            row["abandoned_validation"] = self.abandoned_validation
-        if self.waited_for_data:
-            row["waiting_for_data"] = True
-        self.emit(row)
+        self.emit(self._paused_row("sigterm", (time.monotonic() - started) / 60.0))
         self._close()
         raise Stopped(f"terminated at step {self.step}; continue with: sigma train --resume {self.run_dir}"
                       if self.is_main else "", 128 + signal.SIGTERM)
@@ -969,7 +961,7 @@ class Trainer:
                     self.log(f"{killed} data worker(s) still running after the data loader's shutdown (stuck in a "
                              "read?) were killed with SIGKILL")
 
-    def _kill_waited_workers(self, workers: list, cut: bool = True) -> None:
+    def _kill_waited_workers(self, workers: list, cut: bool) -> None:
         """At once, before torch's shutdown (5 s a stuck worker): a wait cut short (`cut`), or a SIGTERM pause
         whose checkpoint is written (`_save_stop`)."""
         killed = kill_stuck_workers(workers, grace=0.0)
@@ -1037,20 +1029,29 @@ class Trainer:
         would outlast the grace period and the process would be killed in it, its stop unsaid; the next stretch's
         validations score the weights. It ends with `Stopped` (the CLI: one line, exit 143) on every rank."""
         cfg = self.cfg
-        self._save_stop(window, n_pairs, t_data, t_model)
+        if not self.stopping:        # a SIGTERM between steps wrote them in the loop already
+            self._save_stop(window, n_pairs, t_data, t_model)
         if reason == "sigterm":
             self._end_terminated(started)
         if not (cfg.eval.every and self.step % cfg.eval.every == 0):
             self.validate(val)
             self._stop_if_terminated(started)    # a SIGTERM cut that validation short: the run ends as terminated
         minutes = (time.monotonic() - started) / 60.0
-        row: dict[str, Any] = {"event": "paused", "reason": reason, "minutes": round(minutes, 2)}
-        if self.waited_for_data:
-            row["waiting_for_data"] = True
-        self.emit(row)
+        self.emit(self._paused_row(reason, minutes))
         self.log(f"stopped at step {self.step} of {cfg.steps} after {minutes:.1f} min (max_minutes="
                  f"{cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
         return self._close()
+
+    def _paused_row(self, reason: str, minutes: float) -> dict[str, Any]:
+        """The `paused` row that ends a stretch: why, after how long, and what was cut short — a validation a
+        SIGTERM abandoned (`abandoned_validation`: metrics.jsonl alone did not tell a run paused mid-validation from
+        one paused between steps) or the wait for a batch (`waiting_for_data`)."""
+        row: dict[str, Any] = {"event": "paused", "reason": reason, "minutes": round(minutes, 2)}
+        if self.abandoned_validation is not None:
+            row["abandoned_validation"] = self.abandoned_validation
+        if self.waited_for_data:
+            row["waiting_for_data"] = True
+        return row
 
     def _save_stop(self, window: dict[str, list[float]] | None, n_pairs: int, t_data: float,
                    t_model: float) -> dict[str, list[float]]:
@@ -1067,7 +1068,7 @@ class Trainer:
             rec.update(event="train", pairs_per_s=n_pairs / max(t_data + t_model, 1e-9), data_s=t_data,
                        model_s=t_model)
             self.emit(rec)
-        if self.step % cfg.ckpt_every and self.checkpointed_at != self.step:
+        if self.step % cfg.ckpt_every:
             self.checkpoint()
         return {}
 
