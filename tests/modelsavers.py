@@ -10,24 +10,40 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 SEED = 0
 
-_STOPPED_SAVER = """import os, signal, sys
+# A real saver of a tiny-lite (its config's `image_size` SIZE; 0: the preset's own), seeded SEED, stopped or killed
+# (STOP: a signal's name, or "none") by an audit hook at its rename of config.json — inside the commit, its weights
+# already in place; its state dict written first to STATE ("-": not), for a test to compare with. Its stdout says
+# "at the config's rename" there.
+SAVER = """import os, signal, sys
 from pathlib import Path
 import torch
-folder = Path(sys.argv[1])
+folder, stop, size, seed, state = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 def hook(event, args):
-    if event == "os.rename" and Path(os.fspath(args[1])) == folder / "config.json":
+    if stop != "none" and event == "os.rename" and Path(os.fspath(args[1])) == folder / "config.json":
         print("at the config's rename", flush=True)
-        os.kill(os.getpid(), signal.SIGSTOP)
+        os.kill(os.getpid(), getattr(signal, stop))
 sys.addaudithook(hook)
-from sigma.models import build_model, save_model
-torch.manual_seed(int(sys.argv[2]))
-save_model(build_model("tiny-lite"), folder)
+from sigma.models import build_model, preset_config, save_model
+torch.manual_seed(seed)
+model = build_model(preset_config("tiny-lite", image_size=size) if size else "tiny-lite")
+if state != "-":
+    torch.save(model.state_dict(), state)
+save_model(model, folder)
 """
+
+
+def saver(folder: Path, stop: str, size: int = 0, seed: int = SEED, state: Path | None = None,
+          program: str = SAVER, **kw: Any) -> subprocess.Popen:
+    """`SAVER` (or `program`, a wrapper of it) in a process of its own, its stdout and stderr piped as text."""
+    return subprocess.Popen([sys.executable, "-c", program, str(folder), stop, str(size), str(seed),
+                             str(state) if state is not None else "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def save_tiny(folder: Path) -> Path:
@@ -42,16 +58,15 @@ def save_tiny(folder: Path) -> Path:
 def stopped_saver(folder: Path) -> subprocess.Popen:
     """A saver of `folder` stopped inside its commit (its exclusive flock held), once this returns. The caller
     resumes it (`os.kill(pid, SIGCONT)`) and must `end_saver` it in a `finally`."""
-    saver = subprocess.Popen([sys.executable, "-c", _STOPPED_SAVER, str(folder), str(SEED)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    stopped = saver(folder, "SIGSTOP")
     try:
-        line = saver.stdout.readline().strip()
-        assert line == "at the config's rename", (line, saver.stderr.read() if saver.poll() is not None else "")
-        assert os.waitpid(saver.pid, os.WUNTRACED)[1]                 # stopped, the commit's flock held
+        line = stopped.stdout.readline().strip()
+        assert line == "at the config's rename", (line, stopped.stderr.read() if stopped.poll() is not None else "")
+        assert os.waitpid(stopped.pid, os.WUNTRACED)[1]               # stopped, the commit's flock held
     except BaseException:
-        end_saver(saver)
+        end_saver(stopped)
         raise
-    return saver
+    return stopped
 
 
 def resume_saver(saver: subprocess.Popen) -> None:

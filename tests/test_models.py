@@ -191,32 +191,13 @@ def test_savers_into_one_folder_never_share_a_temporary_file_and_a_killed_ones_i
         live.wait()
 
 
-# A real saver of a tiny-lite whose config says `image_size` SIZE (the weights alike: only the config tells two such
-# models apart), stopped or killed (STOP) at its rename of config.json: its weights already in place. Its state is
-# written first, for the test to compare with.
-_PAIR_SAVER = """import os, signal, sys
-from pathlib import Path
-import torch
-folder, stop, size, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-def hook(event, args):
-    if stop != "none" and event == "os.rename" and Path(os.fspath(args[1])) == folder / "config.json":
-        print("at the config's rename", flush=True)
-        os.kill(os.getpid(), getattr(signal, stop))
-sys.addaudithook(hook)
-from sigma.models import build_model, preset_config, save_model
-torch.manual_seed(seed)
-model = build_model(preset_config("tiny-lite", image_size=size))
-torch.save(model.state_dict(), folder.parent / f"state{seed}.pt")
-save_model(model, folder)
-"""
+def _pair_saver(folder, stop: str, size: int, seed: int, **kw):
+    """A real saver of a tiny-lite whose config says `image_size` SIZE (the weights alike: only the config tells two
+    such models apart), stopped or killed (STOP) at its rename of config.json (`modelsavers.SAVER`), its state
+    written beside the folder first (`state{seed}.pt`) for `_whole` to compare with."""
+    from modelsavers import saver
 
-
-def _pair_saver(folder, stop: str, size: int, seed: int, program: str = _PAIR_SAVER, **kw):
-    import subprocess
-    import sys
-
-    return subprocess.Popen([sys.executable, "-c", program, str(folder), stop, str(size), str(seed)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return saver(folder, stop, size, seed, state=folder.parent / f"state{seed}.pt", **kw)
 
 
 def _whole(folder, tmp_path, size: int, seed: int) -> bool:
@@ -380,6 +361,8 @@ def test_a_save_stopped_mid_commit_makes_loads_and_saves_fail_within_their_bound
     import subprocess
     import sys
 
+    from modelsavers import SAVER
+
     from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME
     from sigma.tempfiles import finish_replacements
 
@@ -394,7 +377,7 @@ def test_a_save_stopped_mid_commit_makes_loads_and_saves_fail_within_their_bound
         assert os.waitpid(saver.pid, os.WUNTRACED)[1]                 # stopped holding the commit lock
         loader = subprocess.Popen([sys.executable, "-c", _reporting(_LOADER), str(folder), "1"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        other = _pair_saver(folder, "none", 128, 2, program=_reporting(_PAIR_SAVER), env=env)
+        other = _pair_saver(folder, "none", 128, 2, program=_reporting(SAVER), env=env)
         out, err = loader.communicate(timeout=120)                    # without the bound: TimeoutExpired
         assert loader.returncode == 3, (out, err)
         code, message = out.split(" ", 1)
