@@ -7,6 +7,8 @@ GPU from their packed copy) put the shipped file at 64.9 and 60.9 on the box che
 only paired differences on one draw compare.
 
     python scripts/val_breakdown.py runs/val/synth-ii-v1 sigma/weights/sigma-lite.safetensors runs/sigma-lite-ii/model
+    python scripts/val_breakdown.py runs/val/box-check sigma/weights/sigma-lite.safetensors \
+        sigma/weights/sigma-lite.safetensors@flip
 """
 from __future__ import annotations
 
@@ -34,15 +36,23 @@ def main(val: str, models: list[str]) -> None:
     for k in sorted({s.kind for s in samples}):
         groups[f"kind={k}"] = lambda s, k=k: s.kind == k
     first: list[float] | None = None
-    for path in models:
+    from sigma.runtime.tta import flip_mean
+
+    for label in models:
+        path, _, tta = label.partition("@")
         model = load_model(path).eval().to(device)
+
+        def forward(o, e, p=None, regions=None, model=model):
+            return model(o, e).logits.float()
         scores = []
         with torch.no_grad():
             for i in range(0, len(samples), 16):
                 chunk = samples[i:i + 16]
                 o = torch.from_numpy(np.stack([s.original for s in chunk])).permute(0, 3, 1, 2).float() / 255
                 e = torch.from_numpy(np.stack([s.edited for s in chunk])).permute(0, 3, 1, 2).float() / 255
-                prob = torch.sigmoid(model(o.to(device), e.to(device)).logits.float())[:, 0].cpu().numpy()
+                o, e = o.to(device), e.to(device)
+                logits = flip_mean(forward, o, e) if tta == "flip" else forward(o, e)
+                prob = torch.sigmoid(logits)[:, 0].cpu().numpy()
                 scores += [score_image(str(i + j), prob[j] > 0.5, prob[j], s.mask) for j, s in enumerate(chunk)]
         row = []
         for name, pred in groups.items():
@@ -55,7 +65,7 @@ def main(val: str, models: list[str]) -> None:
         else:
             row.append(f"d_all={_paired(f1s, first)}")
         empty = [sc.pred_fraction for sc, s in zip(scores, samples) if not s.mask.any()]
-        print(path, " ".join(row), f"empty_fp={100 * float(np.mean(empty)):.1f}%", flush=True)
+        print(label, " ".join(row), f"empty_fp={100 * float(np.mean(empty)):.1f}%", flush=True)
 
 
 def _paired(f1s: list[float], base: list[float], draws: int = 2000) -> str:
@@ -71,6 +81,7 @@ def _paired(f1s: list[float], base: list[float], draws: int = 2000) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("val", help="a validation folder (pairs.jsonl written by write_val_dir)")
-    ap.add_argument("models", nargs="+", help="saved models (.safetensors or model folders)")
+    ap.add_argument("models", nargs="+", help="saved models (.safetensors or model folders); PATH@flip scores "
+                    "PATH with flip averaging (sigma.runtime.tta)")
     args = ap.parse_args()
     main(args.val, args.models)
