@@ -9,6 +9,7 @@
 
     python bench/bench_models.py                 # CPU: sigma-lite + a small-batch sigma-b ratio
     python bench/bench_models.py --device cuda --batch 32
+    python bench/bench_models.py --tta --skip-lite --skip-b --out bench/results/bench_tta_cpu.json
 """
 from __future__ import annotations
 
@@ -192,6 +193,29 @@ def bench_lite_vs_first(iters: int, baseline_weights: str | None) -> dict:
     return out
 
 
+def bench_tta(iters: int) -> dict:
+    """The embedded sigma-lite, one pass against `tta=flip` (sigma.runtime.tta), the whole annotator path at
+    512², interleaved in one run: what the option costs. Ratio = flip / one pass, pairs per second."""
+    from sigma.registry import create_annotator
+
+    torch.set_num_threads(2)
+    pairs = bench_pairs(with_instructions=False)
+    anns = {"one_pass": create_annotator("sigma-lite", device="cpu", parser=None),
+            "flip": create_annotator("sigma-lite", device="cpu", parser=None, tta="flip")}
+    best: dict[str, list[float]] = {name: [] for name in anns}
+    for ann in anns.values():
+        ann.predict(pairs)
+    for _ in range(max(2, iters)):
+        for name, ann in anns.items():
+            t = time.perf_counter()
+            ann.predict(pairs)
+            best[name].append(time.perf_counter() - t)
+    out = {f"{k}_pairs_per_s_best": round(len(pairs) / min(v), 3) for k, v in best.items()}
+    out["ratio_flip_over_one_pass"] = round(min(best["one_pass"]) / min(best["flip"]), 3)
+    out["runtime"] = anns["flip"].describe()["runtime"]
+    return out
+
+
 def bench_sigma_b_ratio(device: torch.device, batch: int, iters: int) -> dict:
     from transformers import Dinov2Config
 
@@ -262,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-b", action="store_true")
     p.add_argument("--vs-first", action="store_true", help="today's sigma-lite against the first shipped one")
     p.add_argument("--baseline-weights", default=None, help="with --vs-first: the first file, for the annotator path")
+    p.add_argument("--tta", action="store_true", help="sigma-lite's annotator with tta=flip against one pass")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/bench_models_<device>.json)")
     args = p.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -276,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.vs_first:
         result["sigma_lite_vs_first"] = bench_lite_vs_first(args.iters or 5, args.baseline_weights)
         print(json.dumps(result["sigma_lite_vs_first"], indent=1), flush=True)
+    if args.tta:
+        result["sigma_lite_tta"] = bench_tta(args.iters or 5)
+        print(json.dumps(result["sigma_lite_tta"], indent=1), flush=True)
     if not args.skip_lite:
         result["sigma_lite_cpu_512"] = bench_sigma_lite(args.iters or 5)
         print(json.dumps(result["sigma_lite_cpu_512"], indent=1), flush=True)
