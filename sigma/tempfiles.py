@@ -383,7 +383,7 @@ def _write_staged(path: Path, data: bytes | Callable[[Path], None]) -> None:
 def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
     """Write a temporary file beside `path`, then rename it over `path`; a write or rename that fails (a full disk)
     takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png,
-    write_json, the batch layer's atomic_write_bytes and the artefact cache's write_atomic (`durable`: fsync before
+    write_json, the batch layer's atomic_write_bytes and the artefact cache's manifests (`durable`: fsync before
     the rename, for run records, exports and cache manifests). The temporary name is this writer's own
     (`temp_name`): with one shared `<path>.tmp`, two writers of one file — two fleet workers on one shard's masks —
     truncated each other's file and one rename found it gone (FileNotFoundError: the shard failed), and a writer

@@ -389,21 +389,21 @@ def test_a_handful_of_pairs_never_waits_for_an_export(tmp_path):
 
 # A real cache writer SIGKILLed at its rename (an audit hook on `os.rename`, what os.replace raises): its temporary
 # file written and synced, never renamed into place.
-_KILLED_CACHE_WRITER = at_first_temp_rename() + """from sigma.runtime.cache import temp_path_beside, write_atomic
+_KILLED_CACHE_WRITER = at_first_temp_rename() + """from sigma.runtime.cache import temp_path_beside
+from sigma.tempfiles import replace_atomically
 print(temp_path_beside(Path(sys.argv[1]).with_suffix(".onnx")).name, flush=True)
-write_atomic(Path(sys.argv[1]), b'{"key": "half"}')
+replace_atomically(Path(sys.argv[1]), b'{"key": "half"}', durable=True)
 """
 
 
 def test_a_killed_cache_writer_leaves_a_temporary_name_the_sweeps_know(tmp_path):
     """The artefact cache wrote through its own `mkstemp` twin of replace_atomically: a builder killed between
     the write and the rename left `NAME.XXXXXXXX.tmp`, a form no sweep recognises, so it stayed for good. The
-    manifest writer (`write_atomic`) and the graph's temporary name (`temp_path_beside`) now use the shared
+    manifest writer (`replace_atomically`) and the graph's temporary name (`temp_path_beside`) now use the shared
     `.NAME.PID.RANDOM.tmp`, which `sweep_stale_temps` removes once the writer is dead."""
     import signal
 
-    from sigma.runtime.cache import write_atomic
-    from sigma.tempfiles import sweep_stale_temps
+    from sigma.tempfiles import replace_atomically, sweep_stale_temps
 
     manifest = tmp_path / "cache" / "tiny-lite-0123.json"
     proc = subprocess.run([sys.executable, "-c", _KILLED_CACHE_WRITER, str(manifest)], capture_output=True,
@@ -415,5 +415,5 @@ def test_a_killed_cache_writer_leaves_a_temporary_name_the_sweeps_know(tmp_path)
     removed = sweep_stale_temps(manifest.parent)
     assert sorted(p.name for p in removed) == sorted([graph_tmp, manifest_tmp])
     assert list(manifest.parent.iterdir()) == []
-    write_atomic(manifest, b"{}")                      # unchanged otherwise: the whole file, nothing beside it
+    replace_atomically(manifest, b"{}", durable=True)      # unchanged otherwise: the whole file, nothing beside it
     assert manifest.read_bytes() == b"{}" and os.listdir(manifest.parent) == [manifest.name]

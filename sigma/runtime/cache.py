@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma.digest import sha256_file
-from sigma.tempfiles import replace_atomically, temp_name
+from sigma.tempfiles import temp_name
 
 ENV_CACHE_DIR = "SIGMA_CACHE_DIR"
 
@@ -33,14 +33,6 @@ def cache_root() -> Path:
 
 def key_digest(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` under a unique temporary name beside `path`, fsync, then rename over `path`
-    (`sigma.tempfiles.replace_atomically(durable=True)`). Its own `mkstemp` twin named the temporary file
-    `NAME.XXXXXXXX.tmp`, a form no sweep knows: a builder killed between the write and the rename left it for good.
-    The shared writer's name (`.NAME.PID.RANDOM.tmp`) is one `sweep_stale_temps` removes once its writer is dead."""
-    replace_atomically(path, data, durable=True)
 
 
 def temp_path_beside(path: Path) -> Path:

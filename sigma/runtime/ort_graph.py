@@ -38,8 +38,8 @@ from sigma.runtime.cache import (
     key_digest,
     read_manifest,
     temp_path_beside,
-    write_atomic,
 )
+from sigma.tempfiles import replace_atomically
 
 log = logging.getLogger("sigma.runtime")
 
@@ -307,7 +307,7 @@ def _build(model, label, shapes, fields, key, graph, manifest_path, failed, thre
                     "max_abs_diff": delta, "tolerance": TOLERANCE, "export_s": round(time.perf_counter() - start, 2),
                     "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.replace(tmp, graph)
-        write_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
+        replace_atomically(manifest_path, json.dumps(manifest, indent=1).encode(), durable=True)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -334,7 +334,8 @@ def prune(folder: Path, label: str, keep: int) -> list[Path]:
 
 def _record_failure(failed: Path, key: str, reason: str) -> None:
     try:
-        write_atomic(failed, json.dumps({"key": key, "reason": reason,
-                                         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
+        replace_atomically(failed, json.dumps({"key": key, "reason": reason,
+                                               "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode(),
+                           durable=True)
     except OSError:          # a read-only cache must not turn a fallback into a crash
         pass
