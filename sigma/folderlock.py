@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sigma.errors import InputError
-from sigma.tempfiles import flock_within, sweep_stale_temps
+from sigma.tempfiles import flock_within, make_folders_durably, sweep_stale_temps
 
 LOCK_FILE = ".lock"
 # what a holder's line may be: `PID HOST` (HOST as `socket.gethostname()` gives it), or `PID` (an older sigma)
@@ -96,9 +96,10 @@ def refuse_non_folder(root: Path, hint: str = "") -> None:
 
 def make_out_folder(root: Path) -> None:
     """mkdir -p, or `bad_outdir` with the system's reason (a name too long, a path through a file, no permission,
-    a read-only file system): annotate and eval said `bad_outdir`, the other commands `os_error`."""
+    a read-only file system): annotate and eval said `bad_outdir`, the other commands `os_error`. Each folder made
+    is on disk by name too (`make_folders_durably`): its files' fsyncs did not keep a new --out itself."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        make_folders_durably(root)
     except OSError as exc:
         raise InputError(f"{root}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir") from exc
 

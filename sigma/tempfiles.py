@@ -419,6 +419,35 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def make_folders_durably(folder: Path) -> list[Path]:
+    """`mkdir -p folder`, each folder made here on disk by name too: the parent of every one created is fsynced
+    (`sync_folder`), so a power cut after a command said its files were written cannot take the folder that holds
+    them (`sigma synth --out NEW`, `export coco --images NEW`, a batch run's `shards/`). Before, only the files were
+    synced, and the new folder's own entry in its parent could still be lost. An existing folder: nothing done, no
+    sync. Returns the folders created, outermost first; errors are mkdir's (`FileExistsError` for a non-folder)."""
+    folder = Path(folder)
+    missing: list[Path] = []
+    up = folder
+    while not os.path.lexists(up) and up.parent != up:
+        missing.append(up)
+        up = up.parent
+    created: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+            created.append(path)
+        except FileExistsError:
+            if not path.is_dir():
+                raise                # made by another writer in between: synced here too, it may not sync it
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)    # a dangling link on the way: mkdir -p's own error
+            raise
+        sync_folder(path.parent)
+    if not missing and not folder.is_dir():
+        folder.mkdir()               # mkdir -p's own error: FileExistsError (a file, a dangling link)
+    return created
+
+
 def rename_durably(handle: BinaryIO, tmp: Path, target: Path) -> None:
     """Publish the temporary file `tmp`, written through the open `handle`, at `target` so that it is on disk —
     its bytes (fsync of the file), then its name (the rename, then fsync of the folder) — before the caller writes

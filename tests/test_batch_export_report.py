@@ -359,6 +359,32 @@ def test_imdl_benco_staged_pngs_are_on_disk_before_the_journal_that_vouches_for_
         assert any(e == ["fsync", folder] for e in events[max(renames) + 1:journal]), (folder, events)
 
 
+def test_coco_images_are_on_disk_before_the_json_that_lists_them(run_dir, tmp_path):
+    """`sigma export coco --images DIR` renamed each edited image from the page cache (no fsync) and never synced DIR,
+    while the JSON naming them was fsynced: after a power cut the export said done, its JSON could list images empty,
+    cut short or missing (DIR itself too, made by the export). In a real export now, every image's temporary file
+    is fsynced before its rename, DIR's parent after DIR is made and DIR after the last image, all before the JSON's
+    rename, and the JSON's folder after it."""
+    images, out = tmp_path / "new" / "img", tmp_path / "coco.json"
+    log, script = tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(RECORD_SYNCS)
+    proc = subprocess.run([sys.executable, str(script), str(log), "export", "coco", str(run_dir), "--out", str(out),
+                           "--images", str(images)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    listed = {str(images / image["file_name"]) for image in json.loads(out.read_text())["images"]}
+    renames = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] in listed]
+    assert len(renames) == len(listed) > 0, events
+    for at in renames:            # each image's bytes before its name
+        assert ["fsync", events[at][1]] in events[:at], events
+    commit = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(out))
+    assert max(renames) < commit, events
+    for folder in (tmp_path / "new", tmp_path, images):     # DIR's entry (and its new parent's), then the names in it
+        assert ["fsync", str(folder)] in events[:commit], (folder, events)
+    assert ["fsync", str(images)] in events[max(renames) + 1:commit], events
+    assert ["fsync", str(tmp_path)] in events[commit + 1:], events      # the JSON's own name
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

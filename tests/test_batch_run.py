@@ -1123,6 +1123,28 @@ def test_a_shard_is_on_disk_before_the_status_that_says_it_is_done(tmp_path):
         assert ["fsync", events[status_at][1]] in events[:status_at]   # and the status itself durable
 
 
+def test_the_run_folders_own_entries_for_shards_and_status_are_on_disk_before_a_status(tmp_path):
+    """`shards/` and `status/` were made with a plain mkdir: every parquet and status in them was synced, the
+    folders' own names in the run folder never were, so a power cut could take `shards/` whole from under a "done"
+    status (the shards written again, but for nothing). In a real run now, the run folder is fsynced after each is
+    made (once: a folder already there is not synced again) and before the first status's rename."""
+    root = tmp_path / "set"
+    write_pairs_jsonl(root, synthetic_pairs(8, size=32))
+    out, log, script = tmp_path / "run", tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(RECORD_SYNCS)
+    proc = subprocess.run([sys.executable, str(script), str(log), "batch", "run", str(root), "--out", str(out),
+                           "--annotator", "pixel-diff", "--shard-size", "4", "--workers", "0", "--no-progress"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    first_shard = next(i for i, e in enumerate(events) if e[0] == "rename" and Path(e[2]).parent == out / "shards")
+    first_status = next(i for i, e in enumerate(events) if e[0] == "rename" and Path(e[2]).parent == out / "status")
+    synced = [i for i, e in enumerate(events) if e == ["fsync", str(out)]]
+    assert [i for i in synced if i < first_shard], events          # shards/'s own name, made before its first file
+    assert [i for i in synced if i < first_status], events         # status/'s, before the first status
+    assert len(synced) <= 4, events      # once per folder made (shards/, status/, .locks/), not once per shard
+
+
 def test_png_masks_are_on_disk_before_the_status_that_says_their_shard_is_done(tmp_path):
     """`--png-masks` wrote each mask atomically but never fsynced it, nor `masks/<shard>/`, while the status saying
     "done" that followed was fsynced: after a power cut a done shard could have masks empty, cut short or missing,

@@ -619,36 +619,36 @@ def test_a_set_replacement_that_failed_after_staging_is_finished_by_a_reader(tmp
     assert _leftovers(out) == []
 
 
-def test_a_set_is_on_disk_before_its_journal_names_it(tmp_path, monkeypatch):
+def test_a_set_is_on_disk_before_its_journal_names_it(tmp_path):
     """Kill-safe was not power-safe: the staged files and the journal were written without fsync, so a power cut after
     the journal's rename could leave a journal naming files the page cache had not written, and the next writer would
     move those (empty, cut short) over the old set. Now every staged file and the journal are synced before the
-    journal's rename (the commit point), and the folder after it."""
-    from sigma.tempfiles import replace_together
+    journal's rename (the commit point), and the folder after it: in a real `sigma eval` (its config.yaml and
+    metrics.json, one set), its fsyncs and renames recorded by the shared recorder (`killers.RECORD_SYNCS`)."""
+    import subprocess
+    import sys
 
-    out = tmp_path / "ev"
+    from killers import RECORD_SYNCS
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data, out = tmp_path / "data", tmp_path / "ev"
+    write_pairs_jsonl(data, synthetic_pairs(2))
     out.mkdir()
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("replace", Path(dst).name))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    replace_together([(out / "config.yaml", b"config"), (out / "metrics.json", b"metrics")])
+    log, script = tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(RECORD_SYNCS)
+    proc = subprocess.run([sys.executable, str(script), str(log), "eval", "--data", str(data), "--annotator",
+                           "pixel-diff", "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    # ["fsync", path] as recorded; a rename as ("replace", the target's name), as this test read them before
+    events = [("replace", Path(e[2]).name) if e[0] == "rename" else (e[0], e[1]) for e in json.loads(log.read_text())]
     synced = [Path(path).name for kind, path in events if kind == "fsync"]
     commit = next(i for i, (kind, name) in enumerate(events) if kind == "replace" and name.endswith(".pending"))
     before = [Path(path).name for kind, path in events[:commit] if kind == "fsync"]
     assert any(n.startswith(".config.yaml.") for n in before) and any(n.startswith(".metrics.json.") for n in before)
     assert any(n.endswith(".pending.tmp") or ".pending." in n for n in before), events      # the journal itself
     assert str(out) in [path for kind, path in events[commit:] if kind == "fsync"], events  # the folder's entry
-    assert (out / "metrics.json").read_bytes() == b"metrics" and _leftovers(out) == [], synced
+    assert (out / "metrics.json").is_file() and _leftovers(out) == [], synced
 
 
 def test_eval_and_annotate_sweep_what_killed_writers_left_and_nothing_else(tmp_path):

@@ -121,6 +121,37 @@ def test_sigma_synth_writes_the_eval_layout(photos, tmp_path):
     assert (out / recs[2].edited.name).read_bytes() == (again / recs[2].edited.name).read_bytes()
 
 
+def test_sigma_synth_pngs_are_on_disk_before_the_pairs_jsonl_that_names_them(photos, tmp_path):
+    """`sigma synth` renamed its PNGs from the page cache (no fsync), then pairs.jsonl, and synced nothing: a power cut
+    after "N pairs in OUT/pairs.jsonl" could leave a pairs.jsonl naming PNGs empty, cut short or missing, or lose
+    OUT itself. In a real run now, OUT's parent is synced once OUT is made, every PNG's temporary file is fsynced
+    before its rename, OUT after the last PNG and before pairs.jsonl's rename (its own bytes fsynced), and OUT after
+    it."""
+    import subprocess
+    import sys
+
+    from killers import RECORD_SYNCS
+
+    out, log, script = tmp_path / "synth", tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(RECORD_SYNCS)
+    proc = subprocess.run([sys.executable, str(script), str(log), "synth", "--out", str(out), "-n", "3", "--seed", "3",
+                           "--photos", str(photos), "--no-progress", "crop=48"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    records = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    listed = {str(out / r[key]) for r in records for key in ("original", "edited", "mask")}
+    renames = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] in listed]
+    assert len(renames) == len(listed) == 9, events
+    for at in renames:            # each PNG's bytes before its name
+        assert ["fsync", events[at][1]] in events[:at], events
+    commit = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(out / "pairs.jsonl"))
+    assert max(renames) < commit and ["fsync", events[commit][1]] in events[:commit], events
+    assert ["fsync", str(tmp_path)] in events[:min(renames)], events        # OUT's own entry, once made
+    assert ["fsync", str(out)] in events[max(renames) + 1:commit], events   # the PNGs' names before the listing
+    assert ["fsync", str(out)] in events[commit + 1:], events               # pairs.jsonl's own name
+
+
 def test_sigma_synth_writes_the_copymove_and_inpaint_kinds(photos, tmp_path):
     from sigma.cli import main
 

@@ -287,11 +287,19 @@ class RunDir:
         """A folder inside the run, made as needed, but never the run folder itself: a run folder deleted while a
         fleet worker (or a local run) writes a shard stays deleted — FileNotFoundError for the writer. It was made
         again, holding a shard and status no run.json describes, and submitting to it anew was refused
-        (out_not_empty) until it was deleted a second time."""
+        (out_not_empty) until it was deleted a second time. A folder made here is on disk by name once (its parent
+        fsynced): the files in it were synced, but a power cut could still lose `shards/` (or `status/`,
+        `masks/<key>/`) itself."""
         path = self.root
         for part in parts:
             path = self.own(path / part)          # checked before mkdir: a dangling link to /elsewhere too
-            path.mkdir(exist_ok=True)
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+                continue
+            sync_folder(path.parent)
         return path
 
     def shard_path(self, shard: Shard, run_hash: str) -> Path:

@@ -109,6 +109,18 @@ def _refuse_other_modes_flags(args: argparse.Namespace) -> None:
                       "pairs from the photos, or from a cache built with them (--cache DIR)")
 
 
+def _commit_pairs(out: Path, lines: list[str]) -> None:
+    """pairs.jsonl, the file that names the pairs, put down once they are on disk: every PNG was fsynced before its
+    rename (`write_synth_pair(durable=True)`), `out` is fsynced here (their names), then pairs.jsonl is written
+    fsynced and renamed, and `out` fsynced again. Before, nothing was synced: a power cut after "N pairs in ..." could
+    leave a pairs.jsonl naming PNGs empty, cut short or missing, or no pairs.jsonl at all."""
+    from sigma.tempfiles import replace_atomically, sync_folder
+
+    sync_folder(out)
+    replace_atomically(out / "pairs.jsonl", ("\n".join(lines) + "\n").encode(), durable=True)
+    sync_folder(out)
+
+
 def run(args: argparse.Namespace) -> int:
     from sigma.config.loader import load_config, save_resolved
     from sigma.errors import ConfigError
@@ -164,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sigma.folderlock import hold_folder
+    from sigma.tempfiles import sync_folder
 
     # one writer per folder: two (other seeds, other -n) would leave a pairs.jsonl naming a mix of both; held
     # before the photo folder is read, so an unusable --out is said first
@@ -175,10 +188,10 @@ def run(args: argparse.Namespace) -> int:
                       dynamic_ncols=True):
             s = engine.sample(i)
             lines.append(write_synth_pair(s, out, f"synth{args.seed}_{i:05d}", _KIND_EDITOR[s.kind],
-                                          f"sigma synth seed={args.seed} index={i}", instruction_fields=True))
-        tmp = out / "pairs.jsonl.tmp"
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(out / "pairs.jsonl")
+                                          f"sigma synth seed={args.seed} index={i}", instruction_fields=True,
+                                          durable=True))
+        _commit_pairs(out, lines)
         save_resolved(cfg, out, "synth_config.yaml")
+        sync_folder(out)
     print(f"{n} pairs in {out}/pairs.jsonl")
     return 0

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sigma.batch.layout import atomic_write_bytes, is_stream, refuse_images_dir, refuse_run_file
 from sigma.export.select import (
     RowFilter,
@@ -22,7 +24,7 @@ from sigma.export.select import (
 )
 from sigma.io.images import write_png
 from sigma.rle import decode_rle, mask_bbox
-from sigma.tempfiles import sweep_dead_writers_of
+from sigma.tempfiles import make_folders_durably, sweep_dead_writers_of, sync_folder
 from sigma.text import dumps_finite
 
 CATEGORY = {"id": 1, "name": "edited", "supercategory": "manipulation"}
@@ -30,6 +32,17 @@ CATEGORY = {"id": 1, "name": "edited", "supercategory": "manipulation"}
 
 def _rle(row: dict, counts: str | None) -> dict | None:
     return None if counts is None else {"size": [row["height"], row["width"]], "counts": counts}
+
+
+def _write_image(edited: np.ndarray, path: Path, first: bool) -> None:
+    """One edited image of `--images`, its bytes fsynced before its rename (`write_png(durable=True)`); `first`:
+    the folder (and any parent) made here is synced by name first (`make_folders_durably`). Before, the images
+    were only renamed from the page cache while the JSON naming them was fsynced: a power cut after the export
+    said it was done could leave a JSON listing images empty, cut short or missing. The folder itself is synced
+    after the last one, before the JSON (`export_coco`)."""
+    if first:
+        make_folders_durably(path.parent)
+    write_png(edited, path, durable=True)
 
 
 def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,
@@ -53,6 +66,7 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     key = order_key(order)
     names = UniqueNames()
     kept: list[tuple[dict, dict | None, float | None]] = []
+    kept_images = 0
     skipped: list[dict[str, str]] = []
     if images_dir is not None:
         source = ((row, pair, err) for row, pair, err in iter_pairs(run, row_filter))
@@ -69,7 +83,8 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
         name = names(row)
         file_name = f"{name}.png"
         if pair is not None:
-            write_png(pair.edited, Path(images_dir) / file_name)
+            _write_image(pair.edited, Path(images_dir) / file_name, first=not kept_images)
+            kept_images += 1
         image = {"file_name": file_name, "height": row["height"], "width": row["width"], "pair_id": row["pair_id"],
                  "source": row["source"], "instruction": row["instruction"], "edit_type": row["edit_type"]}
         if mask == "chosen":
@@ -101,7 +116,11 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     data = {"info": {"description": f"SIGMA batch run {run.rundir.root.resolve()}", "mask": mask, "order": order},
             "images": images, "annotations": annotations, "categories": [CATEGORY]}
     out = Path(out)
+    if kept_images:
+        sync_folder(Path(images_dir))    # the images' names on disk before the JSON that lists them
     # finite: a plugin's NaN confidence or evidence would make the file JSON that strict readers refuse
     atomic_write_bytes(out, dumps_finite(data).encode())
+    if not is_stream(out):
+        sync_folder(out.parent)          # the JSON's own name: "done" is said once it is on disk
     return {"out": str(out), "images": len(images), "annotations": len(annotations), "mask": mask, "order": order,
             "skipped": skipped}
