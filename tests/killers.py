@@ -21,11 +21,13 @@ sys.addaudithook(_hook)
 """
 
 
-# `python RECORD_SYNCS_FILE EVENTS.json sigma-args...`: runs `sigma.cli.main(sigma-args)` with every os.fsync recorded
-# as ["fsync", path of the descriptor] (then made for real) and every rename (os.replace, Path.replace) as
-# ["rename", src, dst], in the order the command made them, from every thread; EVENTS.json gets the list at the end.
-# A power cut cannot be staged in a test: the order of these calls is what decides what one could lose.
-RECORD_SYNCS = r'''import json, os, sys
+def record_syncs(body: str) -> str:
+    """A program that runs `body` with every os.fsync recorded as ["fsync", path of the descriptor] (then made for
+    real) and every rename (os.replace, Path.replace) as ["rename", src, dst], in the order they were made, from
+    every thread; sys.argv[1] (EVENTS.json) gets the list at the end, and the exit status is `body`'s `rc` (0 when
+    it sets none). A power cut cannot be staged in a test: the order of these calls is what decides what one could
+    lose."""
+    return r'''import json, os, sys
 events = []
 real_fsync = os.fsync
 def fsync(fd):
@@ -36,10 +38,14 @@ def hook(event, args):
     if event == "os.rename":
         events.append(["rename", os.fspath(args[0]), os.fspath(args[1])])
 sys.addaudithook(hook)
-from sigma.cli import main
-rc = main(sys.argv[2:])
+rc = 0
+''' + body + r'''
 with open(sys.argv[1], "w") as handle:
     json.dump(events, handle)
 sys.exit(rc)
 '''
+
+
+# `python RECORD_SYNCS_FILE EVENTS.json sigma-args...`: runs `sigma.cli.main(sigma-args)` under `record_syncs`.
+RECORD_SYNCS = record_syncs("from sigma.cli import main\nrc = main(sys.argv[2:])")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from killers import at_first_temp_rename
+from killers import at_first_temp_rename, record_syncs
 from test_synth import make_photos
 
 from sigma.cli import main
@@ -499,6 +499,40 @@ def test_runs_started_together_on_one_val_dir_write_it_once_and_score_the_same_p
     scores = [[json.loads(line)["synthetic"] for line in (tmp_path / "runs" / f"r{i}" / "metrics.jsonl").read_text()
                .splitlines() if json.loads(line)["event"] == "val"][-1] for i in range(3)]
     assert all(s["pairs"] == 64 for s in scores) and scores[0] == scores[1] == scores[2]
+
+
+_WRITE_VAL = record_syncs("""from pathlib import Path
+from sigma.config import load_config
+from sigma.training.config import TrainConfig
+from sigma.training.data import write_val_dir
+cfg = load_config(TrainConfig, sys.argv[2], [f"data.photos={sys.argv[3]}", "eval.val_seed=5"])
+write_val_dir(cfg, Path(sys.argv[4]), 3)""")
+
+
+def test_the_validation_set_is_on_disk_before_its_name(photos, tmp_path):
+    """The fixed validation set is written once and then only read by every later run of its config, and nothing
+    of it was synced: a power cut after its rename could leave a set whose pairs.jsonl names empty PNGs. In a real
+    write now, every file of the .tmp folder is fsynced, then the folder, before its rename; its parent after."""
+    val, log, script = tmp_path / "val" / "synth", tmp_path / "events.json", tmp_path / "record.py"
+    val.parent.mkdir()
+    script.write_text(_WRITE_VAL)
+    proc = subprocess.run([sys.executable, str(script), str(log), STAGE1, str(photos), str(val)],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    tmp = str(val.parent / "synth.tmp")
+    commit = events.index(["rename", tmp, str(val)])
+    files = sorted(os.listdir(val))
+    assert len(files) == 3 * 3 + 2 and "pairs.jsonl" in files and "synth_config.yaml" in files
+    synced = {e[1] for e in events[:commit] if e[0] == "fsync"}
+    assert {f"{tmp}/{name}" for name in files if not name.endswith(".png")} <= synced, events
+    for name in (n for n in files if n.endswith(".png")):     # each PNG's bytes before its own rename
+        at = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == f"{tmp}/{name}")
+        assert ["fsync", events[at][1]] in events[:at], name
+    last_png = max(i for i, e in enumerate(events) if e[0] == "rename" and e[2].endswith(".png"))
+    assert ["fsync", tmp] in events[last_png + 1:commit], events        # the names in the folder, before its rename
+    assert ["fsync", str(val.parent)] in events[commit + 1:], events     # the set's own name
 
 
 def test_a_killed_data_worker_is_replaced_and_the_run_ends_with_the_uninterrupted_weights(photos, tmp_path):

@@ -149,10 +149,14 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
 def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
     """The fixed synthetic validation set, written once as a pairs.jsonl folder (also readable by
     `sigma eval --data`). Drawn from the cached photos only, so it has every family (VAE variants, latent
-    edits) whatever the state of the cache build when it is written."""
-    from sigma.config.loader import save_resolved
+    edits) whatever the state of the cache build when it is written. Durable before it is named: every file of
+    the `.tmp` folder fsynced, the folder itself, then the rename and `folder`'s parent. Before, nothing was
+    synced: a power cut after the rename could leave a set whose pairs.jsonl names empty or cut-short PNGs, which
+    every later run of that config would score against (the set is written once and then only read)."""
+    from sigma.config.loader import resolved_yaml
     from sigma.data.synth.engine import SynthEngine
     from sigma.data.synth.pairs_out import write_synth_pair
+    from sigma.tempfiles import sync_folder, write_synced
 
     data = effective_synth(cfg).model_copy(update={"photos": ""} if cfg.data.cache else {})
     engine = SynthEngine(data, seed=cfg.eval.val_seed)
@@ -162,14 +166,16 @@ def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
     for i in range(size):
         s = engine.sample(i)
         lines.append(write_synth_pair(s, tmp, f"val{cfg.eval.val_seed}_{i:05d}", f"synthetic {s.kind}",
-                                      f"sigma synth seed={cfg.eval.val_seed} index={i}"))
-    (tmp / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    save_resolved(data, tmp, "synth_config.yaml")
+                                      f"sigma synth seed={cfg.eval.val_seed} index={i}", durable=True))
+    write_synced(tmp / "pairs.jsonl", ("\n".join(lines) + "\n").encode())
+    write_synced(tmp / "synth_config.yaml", resolved_yaml(data).encode("utf-8"))
+    sync_folder(tmp)
     if folder.exists():        # a folder without pairs.jsonl: an earlier write that did not finish
         import shutil
 
         shutil.rmtree(folder)
     tmp.replace(folder)
+    sync_folder(folder.parent)
 
 
 def load_val_dir(folder: Path) -> list[SynthSample]:
