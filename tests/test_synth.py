@@ -126,7 +126,7 @@ def test_sigma_synth_pngs_are_on_disk_before_the_pairs_jsonl_that_names_them(pho
     after "N pairs in OUT/pairs.jsonl" could leave a pairs.jsonl naming PNGs empty, cut short or missing, or lose
     OUT itself. In a real run now, OUT's parent is synced once OUT is made, every PNG's temporary file is fsynced
     before its rename, OUT after the last PNG and before pairs.jsonl's rename (its own bytes fsynced), and OUT after
-    it."""
+    it, and synth_config.yaml the same way."""
     import subprocess
     import sys
 
@@ -150,6 +150,9 @@ def test_sigma_synth_pngs_are_on_disk_before_the_pairs_jsonl_that_names_them(pho
     assert ["fsync", str(tmp_path)] in events[:min(renames)], events        # OUT's own entry, once made
     assert ["fsync", str(out)] in events[max(renames) + 1:commit], events   # the PNGs' names before the listing
     assert ["fsync", str(out)] in events[commit + 1:], events               # pairs.jsonl's own name
+    config = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(out / "synth_config.yaml"))
+    assert ["fsync", events[config][1]] in events[:config], events            # its bytes before its name
+    assert ["fsync", str(out)] in events[config + 1:], events                 # and its name
 
 
 def test_sigma_synth_writes_the_copymove_and_inpaint_kinds(photos, tmp_path):

@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
                                           f"sigma synth seed={args.seed} index={i}", instruction_fields=True,
                                           durable=True))
         _commit_pairs(out, lines)
-        save_resolved(cfg, out, "synth_config.yaml")
+        save_resolved(cfg, out, "synth_config.yaml", durable=True)
         sync_folder(out)
     print(f"{n} pairs in {out}/pairs.jsonl")
     return 0

@@ -564,17 +564,19 @@ def config_hash(config: BaseModel | dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "config.yaml") -> Path:
+def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "config.yaml",
+                  durable: bool = False) -> Path:
     """Write the resolved config next to an output, atomically, so every result can be reproduced. The temporary
     file is this writer's own (pid + random, `sigma.tempfiles.temp_name`, which a later run's sweep knows): with
     one shared `config.yaml.tmp`, two processes writing one folder's config truncated each other's file, and a
     rename installed a half-written or the other's config, or found the file gone (FileNotFoundError). A write
-    that fails (a value YAML cannot write, a full disk) takes its temporary file with it."""
+    that fails (a value YAML cannot write, a full disk) takes its temporary file with it. `durable`: its bytes
+    fsynced before the rename (the caller syncs the folder after), for outputs whose other files are."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     text = resolved_yaml(config)          # before any file: a config YAML cannot write leaves nothing behind
-    return replace_atomically(target, text.encode("utf-8"))
+    return replace_atomically(target, text.encode("utf-8"), durable=durable)
 
 
 def resolved_yaml(config: BaseModel | dict) -> str:
