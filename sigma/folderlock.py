@@ -191,10 +191,11 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             # the one writer of the folder now: what writers killed here left (their temporary files, a set
             # replacement staged but not moved into place) is finished or removed, so crashes leave no junk.
             # Finishing a set takes the folder's commit lock: a writer stopped holding it (SIGSTOP, a hung network
-            # write) kept this wait going for ever; now `folder_busy` after `folder_lock_wait_s()`
+            # write) kept this wait going for ever; now `folder_busy` after `folder_lock_wait_s()`. Without a
+            # marker our own flock on the folder itself is that lock (`held`: not taken again, a wait on ourselves)
             wait_s = folder_lock_wait_s()
             with busy_as_error("take", wait_s):
-                sweep_stale_temps(root, timeout_s=wait_s)
+                sweep_stale_temps(root, timeout_s=wait_s, held=not marker)
         yield
     finally:
         # only the holder: a refused process emptied the holder's line, and the next one was told the folder was

@@ -448,3 +448,25 @@ def test_an_annotate_whose_out_a_stopped_writer_holds_fails_folder_busy_within_t
 
     assert len(finish_replacements(out)) == 1                         # annotate's set, staged whole, not lost
     assert (out / "result.json").is_file() and (out / "mask.png").is_file() and (out / "metrics.json").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_taking_an_export_folder_finishes_a_killed_writers_set_without_waiting_on_itself(tmp_path, monkeypatch):
+    """An export folder is held through the folder itself (`marker=False`): that flock is the folder's commit lock,
+    and the sweep that finishes a killed writer's staged set took it again through another descriptor — a wait on
+    the process's own hold, for ever (with the bound, `folder_busy` naming its own pid). Now the holder finishes the
+    set under the hold it has."""
+    import json
+
+    from sigma.errors import FolderBusyError
+
+    out = tmp_path / "export"
+    out.mkdir()
+    _set_writer(out, "SIGKILL", "killed")                          # its journal left, its pid dead
+    monkeypatch.setenv("SIGMA_FOLDER_LOCK_WAIT_S", "1")
+    try:
+        with hold_folder(out, marker=False):
+            assert json.loads((out / "metrics.json").read_text()) == {"writer": "killed"}
+    except FolderBusyError as exc:
+        pytest.fail(f"waited on its own hold: {exc}")
+    assert not list(out.glob("*.pending")) and not list(out.glob(".*.tmp"))
