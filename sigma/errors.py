@@ -72,6 +72,15 @@ class WeightsBusyError(SigmaError):
     code = "weights_busy"
 
 
+class FolderBusyError(SigmaError):
+    """An output folder (`sigma eval --out`, `sigma annotate -o`, a run or export folder being taken) whose commit
+    lock another process held for longer than `$SIGMA_FOLDER_LOCK_WAIT_S`: a writer stopped (Ctrl-Z, SIGSTOP) or
+    hung mid-commit of a set of files there. The command waited for ever without a word; now it fails, saying who
+    holds the folder. `weights_busy` is the same fault on a saved model's folder."""
+
+    code = "folder_busy"
+
+
 class Stopped(Exception):
     """A command stopped on request (a signal), its work saved: not an error. The CLI prints `message` (when
     there is one) on one line and exits with `exit_code`, 128 + the signal's number as a shell reports a process

@@ -23,14 +23,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sigma.errors import InputError
-from sigma.tempfiles import flock_within, make_folders_durably, sweep_stale_temps
+from sigma.errors import FolderBusyError, InputError
+from sigma.tempfiles import FolderBusy, flock_within, make_folders_durably, sweep_stale_temps
+from sigma.text import positive_int_env
 
 LOCK_FILE = ".lock"
 # what a holder's line may be: `PID HOST` (HOST as `socket.gethostname()` gives it), or `PID` (an older sigma)
 _HOLDER = re.compile(r"(\d{1,10})(?:[ \t]+([A-Za-z0-9][A-Za-z0-9._-]{0,252}))?")
 # bytes of the lock file read for the message: a pid and the longest host name, with room to spare
 _HOLDER_BYTES = 320
+# how long a writer of an output folder waits for another process's hold on the folder's commit lock (seconds)
+ENV_FOLDER_LOCK_WAIT = "SIGMA_FOLDER_LOCK_WAIT_S"
+DEFAULT_FOLDER_LOCK_WAIT_S = 120
 
 
 def holder_line() -> str:
@@ -66,6 +70,46 @@ def anonymised(message: str) -> str:
     So are the pids a `weights_busy` message names (a fleet task deferred, or dead-lettered, on a model folder a
     stopped saver holds: `pid N (saving)`, `kill -CONT N`), which a run's status showed whole."""
     return _RESUME.sub(r"\1PID", _DESCRIBED.sub("another process", message))
+
+
+def folder_lock_wait_s() -> int:
+    """How long a writer of an output folder waits for another process's hold on the folder's commit lock
+    (`$SIGMA_FOLDER_LOCK_WAIT_S`, default 120 s): `sigma eval`'s metrics.json and config.yaml, `sigma annotate`'s
+    result folders (`sigma.tempfiles.replace_together`), and the sweep of a folder a run or export takes
+    (`hold_folder`). A live writer holds it a moment; one stopped (Ctrl-Z, SIGSTOP) or hung (a stuck network write)
+    mid-commit kept the command waiting for ever without a word. Its own variable, not `$SIGMA_MODEL_LOCK_WAIT_S`:
+    the lock is the same kind, but that one is documented (and tuned: a worker loads again after it) for saved
+    models' folders, and a deployment shortening its model loads' wait should not make an eval give up its
+    results sooner."""
+    return positive_int_env(ENV_FOLDER_LOCK_WAIT, DEFAULT_FOLDER_LOCK_WAIT_S, "how long a writer of an output folder "
+                            "waits for another process's hold on it: a positive number of seconds")
+
+
+def busy_message(exc: FolderBusy, action: str, env: str, wait_s: int, roles: tuple[str, str] = ("writing", "reading"),
+                 midway: str = "mid-write", left: str = "") -> str:
+    """One line for a person and a log about a folder another process held for all of a bounded wait
+    (`FolderBusy`): the folder, the wait, the holders (pid and `roles`: what a WRITE / READ hold is doing, best
+    effort from /proc/locks), the remedy (resume or end it) and `env`, the variable that sets the wait. The one
+    message of `weights_busy` (sigma.models.factory) and `folder_busy` (`busy_as_error`)."""
+    who = ", ".join(f"pid {pid} ({roles[0] if mode == 'WRITE' else roles[1]})" for pid, mode in exc.holders)
+    pids = " ".join(str(pid) for pid, _ in exc.holders) or "PID"
+    return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it for all of "
+            f"{exc.waited_s:g} s — stopped (Ctrl-Z, SIGSTOP) or hung {midway}; "
+            f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again (${env} sets the wait, now "
+            f"{wait_s} s){left}")
+
+
+@contextmanager
+def busy_as_error(action: str, wait_s: int) -> Iterator[None]:
+    """An output folder's commit lock held past `wait_s` (`FolderBusy`) as `folder_busy` (FolderBusyError: one
+    line and exit 2 from the CLI, never a traceback): `busy_message`, and for a set whose journal was written what
+    becomes of it (the next writer of the folder, or `sigma.tempfiles.finish_replacements`, moves it into place)."""
+    try:
+        yield
+    except FolderBusy as exc:
+        left = (f"; the new files are staged whole (journal {exc.journal.name}) but not in place: the next writer "
+                "of the folder moves them into place" if exc.journal is not None else "")
+        raise FolderBusyError(busy_message(exc, action, ENV_FOLDER_LOCK_WAIT, wait_s, left=left)) from None
 
 
 @contextmanager
@@ -146,8 +190,13 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             os.pwrite(fd, holder_line().encode(), 0)
         if exclusive:
             # the one writer of the folder now: what writers killed here left (their temporary files, a set
-            # replacement staged but not moved into place) is finished or removed, so crashes leave no junk
-            sweep_stale_temps(root)
+            # replacement staged but not moved into place) is finished or removed, so crashes leave no junk.
+            # Finishing a set takes the folder's commit lock: a writer stopped holding it (SIGSTOP, a hung network
+            # write) kept this wait going for ever; now `folder_busy` after `folder_lock_wait_s()`. Without a
+            # marker our own flock on the folder itself is that lock (`held`: not taken again, a wait on ourselves)
+            wait_s = folder_lock_wait_s()
+            with busy_as_error("take", wait_s):
+                sweep_stale_temps(root, timeout_s=wait_s, held=not marker)
         yield
     finally:
         # only the holder: a refused process emptied the holder's line, and the next one was told the folder was

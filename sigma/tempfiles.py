@@ -34,7 +34,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -94,13 +94,15 @@ def _stale(name: str, names: set[str] | None, suffixes: tuple[str, ...] | None =
     return 0 < pid <= PID_MAX and not pid_alive(pid)
 
 
-def sweep_stale_temps(folder: Path, names: set[str] | None = None, timeout_s: float | None = None) -> list[Path]:
+def sweep_stale_temps(folder: Path, names: set[str] | None = None, timeout_s: float | None = None,
+                      held: bool = False) -> list[Path]:
     """Remove the temporary files of writers that died in `folder` (not below it): `temp_name`'s files whose pid
     is no live process here (`names`: only those of these targets), and `NAME.tmp` for NAME in `names` older than
     LEGACY_AGE_S. A staged set a journal names is finished first (`finish_replacements`), never swept from under it.
     Returns what was removed; a file that cannot be removed is left (the write that follows says what is wrong).
-    `timeout_s`: the bound of `finish_replacements`' waits (`FolderBusy`, nothing removed)."""
-    finish_replacements(folder, timeout_s=timeout_s)
+    `timeout_s`: the bound of `finish_replacements`' waits (`FolderBusy`, nothing removed); `held`: the caller
+    holds the folder's own flock exclusively already (`finish_replacements`)."""
+    finish_replacements(folder, timeout_s=timeout_s, held=held)
     return [folder / name for name in _sweep_in(folder, names)]
 
 
@@ -186,11 +188,15 @@ def _open_below(root: Path, rel: str) -> int | None:
     return fd
 
 
-def finish_replacements(folder: Path, last: str | None = None, timeout_s: float | None = None) -> list[Path]:
+def finish_replacements(folder: Path, last: str | None = None, timeout_s: float | None = None,
+                        held: bool = False) -> list[Path]:
     """Complete the set replacements in `folder` (`last`: only those ending with that file) whose writer died after
     staging the whole set (its journal written): the staged files are moved into place, the last one last, the
     files the set drops removed. Any reader of such a set may call it; `replace_together` and `hold_folder` do.
     `timeout_s` bounds each wait for the folder's commit lock (`FolderBusy`: the journal stays for the next one).
+    `held`: the caller holds that lock itself, exclusively (`hold_folder(marker=False)` locks an export folder
+    itself): it is not taken again — through another descriptor flock waits on the caller's own hold, and taking
+    such a folder with a killed writer's journal in it waited for ever (then `folder_busy` naming its own pid).
     Returns the journals finished."""
     done: list[Path] = []
     try:
@@ -205,7 +211,8 @@ def finish_replacements(folder: Path, last: str | None = None, timeout_s: float 
         with _COMMITTING_LOCK:
             if str(journal) in _COMMITTING or (int(found["pid"]) != os.getpid() and pid_alive(int(found["pid"]))):
                 continue
-        with _commit_lock(folder, timeout_s):   # never interleaved with a live writer's commit of another set here
+        # never interleaved with a live writer's commit of another set here
+        with nullcontext() if held else _commit_lock(folder, timeout_s):
             if _finish(folder, journal):
                 done.append(journal)
     return done

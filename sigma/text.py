@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from typing import Any
 
 import numpy as np
+
+from sigma.errors import ConfigError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # a user-given name or id in a message: longer ones are cut (`shown`); a whole message, at most MAX_MESSAGE
@@ -36,6 +39,24 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit // 2]}…{text[-(limit // 2):]} ({len(text)} characters)"
+
+
+def positive_int_env(name: str, default: int, what: str) -> int:
+    """A size limit or a wait a deployment sets in the environment (`$SIGMA_MAX_MODEL_PARAMS`,
+    `$SIGMA_MAX_RUN_BYTES`, `$SIGMA_FOLDER_LOCK_WAIT_S`): read wherever the limit applies, before any config of the
+    command exists. Here in the bottom layer (it was sigma.config.loader's) so that `sigma.folderlock` reads its
+    wait the same way. A positive integer (`1e8` and `100_000_000` are read too), `default` when unset; anything
+    else is a ConfigError saying `what` the limit is."""
+    raw = os.environ.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    try:
+        value = int(float(raw)) if any(c in raw for c in ".eE") else int(raw)
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}")
+    return value
 
 
 def cut_long_values(message: str, limit: int = MAX_MESSAGE, token_limit: int = SHOWN_LIMIT) -> str:

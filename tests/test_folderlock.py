@@ -252,3 +252,221 @@ def test_the_subfolder_sweep_follows_no_link_and_walks_nothing_unnamed(tmp_path)
     assert removed == [root / "masks" / "a" / junk]
     for kept in (root / "masks" / "a" / "deeper", root / "other", elsewhere / "b"):
         assert (kept / junk).is_file()
+
+
+# A real writer of a set in FOLDER (`replace_together`: config.yaml, then metrics.json, as `sigma eval` writes them),
+# or a reader finishing the sets killed writers left there (MODE `finish`: `finish_replacements`), stopped or killed
+# (STOP, a signal's name) by an audit hook at its rename of metrics.json — inside the commit, its exclusive flock on
+# the folder held. Its stdout says "at the rename" there.
+_SET_WRITER = """import os, signal, sys
+from pathlib import Path
+folder, stop, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+def hook(event, args):
+    if event == "os.rename" and Path(os.fspath(args[1])) == folder / "metrics.json":
+        print("at the rename", flush=True)
+        os.kill(os.getpid(), getattr(signal, stop))
+sys.addaudithook(hook)
+from sigma.tempfiles import finish_replacements, replace_together
+if mode == "finish":
+    finish_replacements(folder)
+else:
+    replace_together([(folder / "config.yaml", b"writer: " + mode.encode() + b"\\n"),
+                      (folder / "metrics.json", b'{"writer": "' + mode.encode() + b'"}')])
+"""
+
+
+def _set_writer(folder: Path, stop: str, mode: str):
+    """`_SET_WRITER` in a process of its own, at its rename of metrics.json once this returns: stopped (its flock
+    held; the caller must `_end` it in a `finally`) or killed (its journal left, its pid dead)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _SET_WRITER, str(folder), stop, mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == "at the rename", (line, proc.stderr.read() if proc.poll() is not None else "")
+        if stop == "SIGSTOP":
+            assert os.waitpid(proc.pid, os.WUNTRACED)[1]              # stopped, the commit's flock held
+        else:
+            proc.wait(timeout=60)
+    except BaseException:
+        _end(proc)
+        raise
+    return proc
+
+
+def _end(proc) -> None:
+    """A process still there (a failed test, a command that hung) is killed: the kernel drops its flock."""
+    import os
+    import signal
+
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def _sigma_eval(data: Path, out: Path, wait_s: str):
+    """`sigma eval` (pixel-diff) in a process of its own, its folder waits bounded to `wait_s` seconds."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SIGMA_FOLDER_LOCK_WAIT_S": wait_s}
+    return subprocess.Popen([sys.executable, "-m", "sigma", "eval", "--data", str(data), "--annotator", "pixel-diff",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _busy_line(err: str, folder: Path, holder: int, action: str) -> None:
+    """The one line a `folder_busy` failure says: the folder, the wait, the holder's pid, what to do."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"sigma: error [folder_busy]: {folder}: cannot {action} this folder"), err
+    assert f"pid {holder} (writing)" in err and "for all of 2 s" in err, err
+    assert f"kill -CONT {holder}" in err and "SIGMA_FOLDER_LOCK_WAIT_S" in err, err
+
+
+@pytest.mark.timeout(300)
+def test_an_eval_whose_out_a_stopped_writer_holds_fails_folder_busy_within_the_bound(tmp_path):
+    """A writer of a set in `--out` stopped mid-commit (Ctrl-Z, SIGSTOP, a hung network write) keeps its flock on the
+    folder — the kernel drops it when the holder dies, not when it stops — and `sigma eval`, its whole evaluation
+    done, waited for ever at its own commit without a word. Now it waits `$SIGMA_FOLDER_LOCK_WAIT_S` (2 s here) and
+    exits 2 with one `folder_busy` line naming the folder, the wait, the holder's pid and what to do. Its results are
+    not lost: staged whole with their journal, put in place once the writer goes on and the folder is finished.
+    Every wait has a timeout: without the bound this test fails, it does not hang."""
+    import json
+    import os
+    import signal
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+    from sigma.tempfiles import finish_replacements
+
+    data = tmp_path / "set"
+    write_pairs_jsonl(data, synthetic_pairs(2))
+    out = tmp_path / "eval"
+    out.mkdir()
+    writer = _set_writer(out, "SIGSTOP", "other")
+    ev = None
+    try:
+        ev = _sigma_eval(data, out, "2")
+        _, err = ev.communicate(timeout=60)                          # without the bound: TimeoutExpired
+        assert ev.returncode == 2, err
+        _busy_line(err, out, writer.pid, "write the metrics into")
+        assert "staged whole" in err and not (out / "metrics.json").exists()
+        os.kill(writer.pid, signal.SIGCONT)
+        assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    finally:
+        _end(writer)
+        _end(ev)
+    assert json.loads((out / "metrics.json").read_text()) == {"writer": "other"}
+    assert len(finish_replacements(out)) == 1                         # the eval's set, staged whole, not lost
+    assert json.loads((out / "metrics.json").read_text())["config"]["annotator"] == "pixel-diff"
+    assert (out / "config.yaml").read_text().startswith("annotator:")
+
+
+@pytest.mark.timeout(300)
+def test_taking_a_folder_whose_sweep_a_stopped_finisher_holds_fails_folder_busy_within_the_bound(tmp_path):
+    """`hold_folder` (an eval's `--out`, a run or export folder) finishes the sets killed writers staged there before
+    it starts (`sweep_stale_temps`), under the folder's commit lock. A reader finishing that set stopped mid-finish
+    (Ctrl-Z, SIGSTOP) holds the lock, and the command waited for ever before it did anything. Now `folder_busy`
+    after `$SIGMA_FOLDER_LOCK_WAIT_S` (2 s here), one line; once the finisher goes on the next eval runs whole."""
+    import json
+    import os
+    import signal
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data = tmp_path / "set"
+    write_pairs_jsonl(data, synthetic_pairs(2))
+    out = tmp_path / "eval"
+    out.mkdir()
+    _set_writer(out, "SIGKILL", "killed")                          # its journal left, its pid dead
+    assert len(list(out.glob(".metrics.json.*.pending"))) == 1
+    finisher = _set_writer(out, "SIGSTOP", "finish")
+    ev = None
+    try:
+        ev = _sigma_eval(data, out, "2")
+        _, err = ev.communicate(timeout=60)                          # without the bound: TimeoutExpired
+        assert ev.returncode == 2, err
+        _busy_line(err, out, finisher.pid, "take")
+        os.kill(finisher.pid, signal.SIGCONT)
+        assert finisher.wait(timeout=60) == 0, finisher.stderr.read()
+    finally:
+        _end(finisher)
+        _end(ev)
+    assert json.loads((out / "metrics.json").read_text()) == {"writer": "killed"}   # the killed writer's set, finished
+    ev = _sigma_eval(data, out, "2")
+    try:
+        _, err = ev.communicate(timeout=60)
+    finally:
+        _end(ev)
+    assert ev.returncode == 0, err
+    assert json.loads((out / "metrics.json").read_text())["config"]["annotator"] == "pixel-diff"
+    assert not list(out.glob("*.pending")) and not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.timeout(300)
+def test_an_annotate_whose_out_a_stopped_writer_holds_fails_folder_busy_within_the_bound(tmp_path):
+    """`sigma annotate -o DIR` writes its masks, config.yaml and result.json as one set under the folder's commit
+    lock; a writer of that folder stopped mid-commit (SIGSTOP) kept it waiting for ever. Now `folder_busy` after
+    `$SIGMA_FOLDER_LOCK_WAIT_S` (2 s here): one line, exit 2, the new set staged whole for the next write."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    orig = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    edited = orig.copy()
+    edited[10:30, 20:44] = 255
+    Image.fromarray(orig).save(tmp_path / "o.png")
+    Image.fromarray(edited).save(tmp_path / "e.png")
+    out = tmp_path / "ann"
+    out.mkdir()
+    writer = _set_writer(out, "SIGSTOP", "other")
+    proc = None
+    try:
+        env = {**os.environ, "SIGMA_FOLDER_LOCK_WAIT_S": "2"}
+        proc = subprocess.Popen([sys.executable, "-m", "sigma", "annotate", str(tmp_path / "o.png"),
+                                 str(tmp_path / "e.png"), "--annotator", "pixel-diff", "-o", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        _, err = proc.communicate(timeout=60)                         # without the bound: TimeoutExpired
+        assert proc.returncode == 2, err
+        _busy_line(err, out, writer.pid, "write the result into")
+        assert "staged whole" in err and not (out / "result.json").exists()
+        os.kill(writer.pid, signal.SIGCONT)
+        assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    finally:
+        _end(writer)
+        _end(proc)
+    from sigma.tempfiles import finish_replacements
+
+    assert len(finish_replacements(out)) == 1                         # annotate's set, staged whole, not lost
+    assert (out / "result.json").is_file() and (out / "mask.png").is_file() and (out / "metrics.json").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_taking_an_export_folder_finishes_a_killed_writers_set_without_waiting_on_itself(tmp_path, monkeypatch):
+    """An export folder is held through the folder itself (`marker=False`): that flock is the folder's commit lock,
+    and the sweep that finishes a killed writer's staged set took it again through another descriptor — a wait on
+    the process's own hold, for ever (with the bound, `folder_busy` naming its own pid). Now the holder finishes the
+    set under the hold it has."""
+    import json
+
+    from sigma.errors import FolderBusyError
+
+    out = tmp_path / "export"
+    out.mkdir()
+    _set_writer(out, "SIGKILL", "killed")                          # its journal left, its pid dead
+    monkeypatch.setenv("SIGMA_FOLDER_LOCK_WAIT_S", "1")
+    try:
+        with hold_folder(out, marker=False):
+            assert json.loads((out / "metrics.json").read_text()) == {"writer": "killed"}
+    except FolderBusyError as exc:
+        pytest.fail(f"waited on its own hold: {exc}")
+    assert not list(out.glob("*.pending")) and not list(out.glob(".*.tmp"))

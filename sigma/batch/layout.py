@@ -23,12 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sigma.config.loader import positive_int_env
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.tempfiles import replace_atomically, sweep_stale_below, sync_folder
-from sigma.text import MAX_MESSAGE, dumps_finite, shown
+from sigma.text import MAX_MESSAGE, dumps_finite, positive_int_env, shown
 from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"

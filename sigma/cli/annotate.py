@@ -13,7 +13,7 @@ from pydantic import Field
 from sigma.cli.common import add_config_args, add_plugin_arg, check_outdir, flag_overrides, import_plugin_args
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
-from sigma.errors import InputError, SigmaError
+from sigma.errors import FolderBusyError, InputError, SigmaError
 from sigma.registry import build_annotator, named_annotator, options_model
 from sigma.text import NotWritable, find_surrogate, unwritable_output
 from sigma.text import loads as load_json
@@ -225,6 +225,9 @@ def run(args: argparse.Namespace) -> int:
                 # config.yaml in the same set as result.json: a kill never leaves one run's beside the other's
                 write_annotation(ann, pair.edited, target, {"instruction": pair.instruction, "config": resolved},
                                  cfg.io.limits.max_json_depth, companions={"config.yaml": config_text})
+            except FolderBusyError as exc:  # a writer stopped mid-commit in this pair's folder: the others go on
+                failures.append((pair.pair_id, exc.code, exc.message))
+                continue
             except OSError as exc:
                 failures.append((pair.pair_id, "output_unwritable", f"{target}: cannot write ({exc.strerror or exc})"))
                 continue

@@ -10,7 +10,7 @@ from sigma.cli.common import Progress, add_config_args, add_plugin_arg, check_ou
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError
-from sigma.folderlock import hold_folder
+from sigma.folderlock import busy_as_error, folder_lock_wait_s, hold_folder
 from sigma.registry import build_annotator, named_annotator, options_model
 
 HELP = """Score an annotator on pairs with ground-truth masks (the layout of ../shared/data/eval:
@@ -100,8 +100,14 @@ def run(args: argparse.Namespace) -> int:
         # config.yaml first, metrics.json (which carries the config too) last, the old metrics.json removed in
         # between: a kill leaves the old pair, a config.yaml alone, or the new pair, never the metrics of one run
         # beside the config of another (metrics.json, then config.yaml, each replaced whole, did)
-        replace_together([(out / "config.yaml", resolved_yaml(resolved).encode()),
-                          (out / "metrics.json", json_record(result.to_dict() | {"config": record}))])
+        # bounded (`folder_busy`, $SIGMA_FOLDER_LOCK_WAIT_S): another process stopped mid-commit in --out (Ctrl-Z,
+        # SIGSTOP; a finish_replacements or a writer that does not take the folder's .lock) kept the eval waiting
+        # for ever after its whole evaluation, without a word
+        wait_s = folder_lock_wait_s()
+        with busy_as_error("write the metrics into", wait_s):
+            replace_together([(out / "config.yaml", resolved_yaml(resolved).encode()),
+                              (out / "metrics.json", json_record(result.to_dict() | {"config": record}))],
+                             timeout_s=wait_s)
     print(f"\nwrote {out / 'metrics.json'}")
     return 0
 

@@ -10,7 +10,6 @@ import copy
 import datetime
 import hashlib
 import json
-import os
 import re
 import types
 import typing
@@ -26,7 +25,6 @@ from pydantic import BaseModel, ValidationError
 from sigma.config.schema import field_for_key, field_position, item_annotations, type_arms
 from sigma.errors import ConfigError, error_text
 from sigma.tempfiles import replace_atomically
-from sigma.text import shown
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -584,19 +582,3 @@ def resolved_yaml(config: BaseModel | dict) -> str:
     once (`sigma eval`: metrics.json and config.yaml, `sigma.io.outputs.replace_together`)."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def positive_int_env(name: str, default: int, what: str) -> int:
-    """A size limit a deployment sets in the environment (`$SIGMA_MAX_MODEL_PARAMS`, `$SIGMA_MAX_RUN_BYTES`): read
-    wherever the limit applies, before any config of the command exists. A positive integer (`1e8` and
-    `100_000_000` are read too), `default` when unset; anything else is a ConfigError saying `what` the limit is."""
-    raw = os.environ.get(name, "").strip().replace("_", "")
-    if not raw:
-        return default
-    try:
-        value = int(float(raw)) if any(c in raw for c in ".eE") else int(raw)
-    except (ValueError, OverflowError):
-        value = 0
-    if value < 1:
-        raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}")
-    return value

@@ -7,6 +7,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from sigma.folderlock import busy_as_error, folder_lock_wait_s
 from sigma.io.images import encode_png
 from sigma.tempfiles import replace_atomically, replace_together
 from sigma.text import MAX_JSON_DEPTH, dumps_finite, json_ready
@@ -49,7 +50,8 @@ def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | P
     the resolved config.yaml) and result.json in `outdir`, as one set (`replace_together`, result.json last): a
     kill at any point leaves the old set, or new files without a result.json, never new masks or a new config
     beside an old result.json. The record is made JSON first: extras that cannot be written (`NotWritable`)
-    leave the folder as it was."""
+    leave the folder as it was. Another process holding the folder's commit lock for all of
+    `$SIGMA_FOLDER_LOCK_WAIT_S` (a writer stopped or hung mid-commit) is `folder_busy`, not a wait for ever."""
     outdir = Path(outdir)
     images = {"mask.png": annotation.mask.astype(np.uint8) * 255,
               "prob.png": np.round(annotation.prob * 255).astype(np.uint8),
@@ -73,7 +75,10 @@ def write_annotation(annotation: Annotation, edited: np.ndarray, outdir: str | P
     # pixel-diff) left its other masks here: they go with its result.json, not beside the new one
     stale = [outdir / name for key, name in (("semantic_mask", "mask_semantic.png"),
                                              ("footprint_mask", "mask_footprint.png")) if key not in names]
-    replace_together([*files, (outdir / "result.json", text)], remove=stale)
+    # bounded (`folder_busy`): a writer of this folder stopped mid-commit (Ctrl-Z, SIGSTOP) kept annotate waiting
+    wait_s = folder_lock_wait_s()
+    with busy_as_error("write the result into", wait_s):
+        replace_together([*files, (outdir / "result.json", text)], remove=stale, timeout_s=wait_s)
     paths = {key: outdir / name for key, name in names.items()}
     paths.update({name: outdir / name for name in companions or {}})
     paths["result"] = outdir / "result.json"

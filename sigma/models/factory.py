@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from sigma.config.loader import positive_int_env
 from sigma.errors import ConfigError, WeightsBusyError, WeightsNotFoundError, error_text
+from sigma.folderlock import busy_message
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
@@ -20,6 +20,7 @@ from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
 from sigma.tempfiles import FolderBusy, finish_replacements, reading_lock, replace_together
 from sigma.text import loads as load_json
+from sigma.text import positive_int_env
 
 FORMAT = "sigma-net"
 CONFIG_NAME = "config.json"
@@ -170,18 +171,14 @@ def _busy_as_error(action: str, wait_s: int) -> Iterator[None]:
 
 
 def _busy_message(exc: FolderBusy, action: str, wait_s: int) -> str:
-    """One line for a person and a log: the folder, the wait, the holders (`FolderBusy.holders`), the remedy."""
-    who = ", ".join(f"pid {pid} ({'saving' if mode == 'WRITE' else 'loading'})" for pid, mode in exc.holders)
-    pids = " ".join(str(pid) for pid, _ in exc.holders) or "PID"
+    """One line for a person and a log (`sigma.folderlock.busy_message`: the folder, the wait, the holders, the
+    remedy), and for a save what became of its files."""
     if exc.journal is not None:
         left = (f"; this save is staged whole (journal {exc.journal.name}) but not in place: the next save into the "
                 "folder, or a load that finds its config gone, moves it into place")
     else:
         left = "; nothing of this save was written" if action.startswith("save") else ""
-    return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it for all of "
-            f"{exc.waited_s:g} s — stopped (Ctrl-Z, SIGSTOP) or hung mid-save or mid-load; "
-            f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again (${ENV_LOCK_WAIT} sets the wait, now "
-            f"{wait_s} s){left}")
+    return busy_message(exc, action, ENV_LOCK_WAIT, wait_s, ("saving", "loading"), "mid-save or mid-load", left)
 
 
 def _finish_save(cfg_path: Path, wait_s: int) -> None:

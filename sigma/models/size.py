@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sigma.config.loader import positive_int_env
 from sigma.errors import ConfigError
 from sigma.models.config import MAX_BLOCKS, CompactBackboneConfig, Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.refine import EDIT_TYPES
+from sigma.text import positive_int_env
 
 # sigma-b is 0.1 B parameters, DINOv2-giant 1.1 B: 2 B leaves room for any backbone we would use, and refuses
 # what no machine here trains (fp32 weights, gradients and AdamW's two moments are 16 bytes a parameter).
