@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
-from sigma.tempfiles import FolderBusy, finish_replacements, reading_lock, replace_together
+from sigma.tempfiles import FolderBusy, finish_replacements, reading_lock, replace_together, time_left
 from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
@@ -170,7 +171,8 @@ def _busy_as_error(action: str, wait_s: int) -> Iterator[None]:
 
 
 def _busy_message(exc: FolderBusy, action: str, wait_s: int) -> str:
-    """One line for a person and a log: the folder, the wait, the holders (`FolderBusy.holders`), the remedy."""
+    """One line for a person and a log: the folder, the wait, the holders (`FolderBusy.holders`), the remedy. A load's
+    waits share one deadline (`_read_pair`): the wait refused is the rest of it, said as such."""
     who = ", ".join(f"pid {pid} ({'saving' if mode == 'WRITE' else 'loading'})" for pid, mode in exc.holders)
     pids = " ".join(str(pid) for pid, _ in exc.holders) or "PID"
     if exc.journal is not None:
@@ -178,21 +180,23 @@ def _busy_message(exc: FolderBusy, action: str, wait_s: int) -> str:
                 "folder, or a load that finds its config gone, moves it into place")
     else:
         left = "; nothing of this save was written" if action.startswith("save") else ""
-    return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it for all of "
-            f"{exc.waited_s:g} s — stopped (Ctrl-Z, SIGSTOP) or hung mid-save or mid-load; "
+    held = (f"for the last {exc.waited_s:.1f} s of this load's {wait_s} s wait" if action.startswith("load")
+            else f"for all of {exc.waited_s:g} s")
+    return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it {held} — stopped "
+            "(Ctrl-Z, SIGSTOP) or hung mid-save or mid-load; "
             f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again (${ENV_LOCK_WAIT} sets the wait, now "
             f"{wait_s} s){left}")
 
 
-def _finish_save(cfg_path: Path, wait_s: int) -> None:
+def _finish_save(cfg_path: Path, wait_s: int, left_s: float | None = None) -> None:
     """A save killed mid-commit (its journal written, the old config removed, the new one not yet renamed) left the
     folder without its config: the save is completed from its journal (`finish_replacements`), as the next save
     there would. Best effort: a folder that cannot be written (a read-only install) is read as it is; a folder
     another process holds for all of `wait_s` is `weights_busy` (it was swallowed as an OSError, and the load
-    went on to wait again or to say no config was there)."""
+    went on to wait again or to say no config was there). `left_s`: what is left of the load's wait (`wait_s`)."""
     try:
         with _busy_as_error("load the model from", wait_s):
-            finish_replacements(cfg_path.parent, last=cfg_path.name, timeout_s=wait_s)
+            finish_replacements(cfg_path.parent, last=cfg_path.name, timeout_s=wait_s if left_s is None else left_s)
     except OSError:
         pass
 
@@ -227,12 +231,16 @@ def _read_pair(path: str | Path) -> tuple[SigmaNetConfig, bool, dict[str, torch.
     two reads, never between them — a load gave one saver's config with another's weights, or found the config gone
     mid-commit (`weights_not_found`). A save killed mid-commit is finished first, outside the hold (finishing takes
     the exclusive lock: inside the shared hold it would wait on this process for good). A hold that outlasts
-    `lock_wait_s()` (a saver stopped mid-commit) is `weights_busy`, not a load that waits for ever."""
+    `lock_wait_s()` (a saver stopped mid-commit) is `weights_busy`, not a load that waits for ever. The finish and
+    the shared hold wait against one deadline, `lock_wait_s()` from the load's start: each had the whole bound, and
+    a load that finished a killed save late in its wait then waited for the hold again, up to twice the bound — past
+    a fleet worker's watchdog set just above it (`sigma.service.fleet.check_batch_timeout`)."""
     cfg_path, weights_path = model_files(path)
     wait_s = lock_wait_s()
+    deadline = time.monotonic() + wait_s
     if not cfg_path.is_file():
-        _finish_save(cfg_path, wait_s)
-    with _busy_as_error("load the model from", wait_s), reading_lock(cfg_path.parent, wait_s):
+        _finish_save(cfg_path, wait_s, time_left(deadline))
+    with _busy_as_error("load the model from", wait_s), reading_lock(cfg_path.parent, time_left(deadline)):
         cfg, backbone_in_file = _read_saved(path, finish=False)
         if not weights_path.is_file():
             raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
