@@ -86,15 +86,17 @@ def folder_lock_wait_s() -> int:
 
 
 def busy_message(exc: FolderBusy, action: str, env: str, wait_s: int, roles: tuple[str, str] = ("writing", "reading"),
-                 midway: str = "mid-write", left: str = "") -> str:
+                 midway: str = "mid-write", left: str = "", held: str | None = None) -> str:
     """One line for a person and a log about a folder another process held for all of a bounded wait
     (`FolderBusy`): the folder, the wait, the holders (pid and `roles`: what a WRITE / READ hold is doing, best
     effort from /proc/locks), the remedy (resume or end it) and `env`, the variable that sets the wait. The one
-    message of `weights_busy` (sigma.models.factory) and `folder_busy` (`busy_as_error`)."""
+    message of `weights_busy` (sigma.models.factory) and `folder_busy` (`busy_as_error`). `held`: how long, when
+    the wait refused was the rest of a longer one (a load's shared deadline); default: all of the wait."""
     who = ", ".join(f"pid {pid} ({roles[0] if mode == 'WRITE' else roles[1]})" for pid, mode in exc.holders)
     pids = " ".join(str(pid) for pid, _ in exc.holders) or "PID"
-    return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it for all of "
-            f"{exc.waited_s:g} s — stopped (Ctrl-Z, SIGSTOP) or hung {midway}; "
+    held = held or f"for all of {exc.waited_s:g} s"
+    return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it {held} — stopped "
+            f"(Ctrl-Z, SIGSTOP) or hung {midway}; "
             f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again (${env} sets the wait, now "
             f"{wait_s} s){left}")
 

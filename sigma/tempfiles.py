@@ -193,12 +193,14 @@ def finish_replacements(folder: Path, last: str | None = None, timeout_s: float 
     """Complete the set replacements in `folder` (`last`: only those ending with that file) whose writer died after
     staging the whole set (its journal written): the staged files are moved into place, the last one last, the
     files the set drops removed. Any reader of such a set may call it; `replace_together` and `hold_folder` do.
-    `timeout_s` bounds each wait for the folder's commit lock (`FolderBusy`: the journal stays for the next one).
-    `held`: the caller holds that lock itself, exclusively (`hold_folder(marker=False)` locks an export folder
-    itself): it is not taken again — through another descriptor flock waits on the caller's own hold, and taking
-    such a folder with a killed writer's journal in it waited for ever (then `folder_busy` naming its own pid).
-    Returns the journals finished."""
+    `timeout_s` bounds all its waits for the folder's commit lock together, one deadline for every journal
+    (`FolderBusy` after it: the journal stays for the next one): it bounded each wait, and a folder with N journals
+    could keep a caller N times as long. `held`: the caller holds that lock itself, exclusively
+    (`hold_folder(marker=False)` locks an export folder itself): it is not taken again — through another descriptor
+    flock waits on the caller's own hold, and taking such a folder with a killed writer's journal in it waited for
+    ever (then `folder_busy` naming its own pid). Returns the journals finished."""
     done: list[Path] = []
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         entries = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".pending"))
     except OSError:
@@ -212,7 +214,7 @@ def finish_replacements(folder: Path, last: str | None = None, timeout_s: float 
             if str(journal) in _COMMITTING or (int(found["pid"]) != os.getpid() and pid_alive(int(found["pid"]))):
                 continue
         # never interleaved with a live writer's commit of another set here
-        with nullcontext() if held else _commit_lock(folder, timeout_s):
+        with nullcontext() if held else _commit_lock(folder, time_left(deadline)):
             if _finish(folder, journal):
                 done.append(journal)
     return done
@@ -293,6 +295,13 @@ def flock_within(file: int | BinaryIO | TextIO, operation: int, timeout_s: float
             if time.monotonic() >= deadline:
                 raise TimeoutError(errno.ETIMEDOUT, f"held by another process for {timeout_s:g} s", name) from None
             time.sleep(0.02)
+
+
+def time_left(deadline: float | None) -> float | None:
+    """The seconds from now to `deadline` (a `time.monotonic()` instant), never below 0 (one try, no wait); None
+    for None (no bound). Several waits of one operation share one deadline through it, so their bound is the
+    operation's, not each wait's."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def lock_holders(fd: int) -> list[tuple[int, str]]:

@@ -702,11 +702,12 @@ def test_a_shard_whose_model_hangs_ends_the_worker_and_is_dead_lettered_as_hung(
     assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 3
     settings = [f"redis.key_prefix={prefix}", "queue.lease_ms=800", "queue.block_ms=200",
                 "queue.reclaim_interval_ms=150", "queue.heartbeat_interval_ms=150", "queue.max_deliveries=3",
-                "worker.batch_timeout_s=1.5"]
+                "worker.batch_timeout_s=1.5", "worker.run_read_retry_s=0.2"]
     sets = [arg for item in settings for arg in ("--set", item)]
     logs, hung = [], 0
     for attempt in range(6):
-        # a watchdog of 1.5 s must be above the model folder's lock wait, or the worker is refused at start-up
+        # a watchdog of 1.5 s must be above run.json's re-read (0.2 s) + the model folder's lock wait (1 s), or the
+        # worker is refused at start-up
         env = {**base_env(redis_server.url), "SIGMA_MODEL_LOCK_WAIT_S": "1"}
         proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", f"b{attempt}", *sets],
                     env, tmp_path / f"worker-{attempt}.log")
@@ -1717,8 +1718,10 @@ def test_a_batch_worker_whose_hang_watchdog_is_not_above_the_model_lock_wait_is_
     up to $SIGMA_MODEL_LOCK_WAIT_S for a model folder a stopped saver holds before deferring the task (5c20a4b). With
     the watchdog at or below that wait, a real `sigma worker --batch` (here: watchdog 2 s, lock wait 3 s, a saver
     stopped mid-commit) was killed as hung, `a shard hung`, exit 1, a delivery spent, instead of deferring. Now it
-    does not start: one `invalid_config` line naming both settings and their values, exit 2, before Redis; the
-    default wait (120 s) is named when the variable is unset."""
+    does not start: one `invalid_config` line naming the settings and their values, exit 2, before Redis; the
+    default wait (120 s) is named when the variable is unset. The watch also covers reading the task's run.json again
+    (`worker.run_read_retry_s`), so the rule is their sum: a watchdog of 4 s above a lock wait of 3 s, with run.json
+    read again for 2 s, was taken and could fire before a deferral; now it is refused."""
     from modelsavers import end_saver, stopped_saver
     from servicekit import Proc, base_env
 
@@ -1727,12 +1730,15 @@ def test_a_batch_worker_whose_hang_watchdog_is_not_above_the_model_lock_wait_is_
     assert submit_run(cfg, tmp_path / "fleet", redis_server.url, prefix)["queued"] == 2
     saver = stopped_saver(model)
     try:
-        cases = (("2", "3", "$SIGMA_MODEL_LOCK_WAIT_S=3"), ("3", "3", "$SIGMA_MODEL_LOCK_WAIT_S=3"),
-                 ("60", None, "$SIGMA_MODEL_LOCK_WAIT_S=120"))
-        for timeout_s, wait, said in cases:
+        cases = (("4", "3", "2", "worker.run_read_retry_s=2 + $SIGMA_MODEL_LOCK_WAIT_S=3 = 5 s"),   # taken before
+                 ("2", "3", "5", "worker.run_read_retry_s=5 + $SIGMA_MODEL_LOCK_WAIT_S=3 = 8 s"),
+                 ("3", "3", "0", "worker.run_read_retry_s=0 + $SIGMA_MODEL_LOCK_WAIT_S=3 = 3 s"),
+                 ("60", None, "5", "worker.run_read_retry_s=5 + $SIGMA_MODEL_LOCK_WAIT_S=120 = 125 s"))
+        for timeout_s, wait, retry_s, said in cases:
             config = tmp_path / f"serve-{timeout_s}.yaml"
             config.write_text(f"redis:\n  key_prefix: {prefix}\nqueue:\n  heartbeat_interval_ms: 150\n  "
-                              f"block_ms: 100\nworker:\n  batch_timeout_s: {timeout_s}\n")
+                              f"block_ms: 100\nworker:\n  batch_timeout_s: {timeout_s}\n  "
+                              f"run_read_retry_s: {retry_s}\n")
             env = base_env(redis_server.url)
             env.pop("SIGMA_MODEL_LOCK_WAIT_S", None)
             if wait is not None:

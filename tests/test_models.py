@@ -401,6 +401,92 @@ def test_a_save_stopped_mid_commit_makes_loads_and_saves_fail_within_their_bound
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
 
 
+# A load (`load_model`) that says where it is in its waits: at its first open of the folder (`_commit_lock`, finishing
+# a killed save's journal) it prints "at the commit lock"; at its second (`reading_lock`) "at the read lock", and waits
+# there for a line on stdin — the test puts a stopped saver in its way first. An audit hook, not a mock.
+_PAUSED_LOADER = """import os, sys
+from pathlib import Path
+folder = Path(sys.argv[1])
+opens = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)) and Path(os.fspath(args[0])) == folder:
+        opens.append(1)
+        print("at the commit lock" if len(opens) == 1 else "at the read lock", flush=True)
+        if len(opens) == 2:
+            sys.stdin.readline()
+sys.addaudithook(hook)
+from sigma.models import load_model
+load_model(folder)
+print("loaded", flush=True)
+"""
+
+# a saver ready to save (torch and sigma imported) once told to, by a line on its stdin
+_SAVER_ON_CUE = "import sys\nimport torch\nimport sigma.models\nsys.stdin.readline()\n"
+
+
+def test_a_load_that_finishes_a_killed_save_then_waits_for_its_hold_waits_one_bound_in_all(tmp_path):
+    """A load finishes a killed save's journal under the folder's commit lock, then takes its shared hold: each wait
+    had all of `$SIGMA_MODEL_LOCK_WAIT_S`, so a load that got the commit lock late in its wait (a saver stopped there
+    and resumed) and then found another saver stopped mid-commit waited the bound again — twice it in all, past a
+    fleet worker's watchdog set just above it (worker_hung instead of a deferral). Now both waits share one deadline:
+    here (bound 4 s) the first wait took 2 s, and the load is refused `weights_busy` at the end of the same 4 s, its
+    message naming the rest of the load's wait (at most 2 s) — before, `for all of 4 s`, 6 s in all. Real savers: one
+    stopped mid-commit (S1), one whose commit timed out behind it and exited, its set staged with its journal (D), one
+    stopped mid-commit while the load waits at its read lock (S2)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from modelsavers import SAVER, end_saver, resume_saver, stopped_saver
+
+    from sigma.models.factory import CONFIG_NAME
+
+    folder = tmp_path / "m"
+    old = _pair_saver(folder, "none", 64, 0)
+    assert old.wait(timeout=120) == 0, old.stderr.read()
+    bound = 4
+    env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": str(bound)}
+    first = stopped_saver(folder)                                     # S1: holds the commit lock, config removed
+    later = loader = None
+    try:
+        killed = _pair_saver(folder, "none", 128, 2, program=_reporting(SAVER),
+                             env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"})
+        out, err = killed.communicate(timeout=120)                    # D: staged, journal written, commit refused
+        assert killed.returncode == 3 and out.startswith("weights_busy ") and "journal" in out, (out, err)
+        later = _pair_saver(folder, "SIGSTOP", 96, 3, program=_SAVER_ON_CUE + SAVER, stdin=subprocess.PIPE)
+        loader = subprocess.Popen([sys.executable, "-c", _reporting(_PAUSED_LOADER), str(folder)], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert loader.stdout.readline().strip() == "at the commit lock"   # finishing D's journal, behind S1
+        time.sleep(bound / 2)                                         # half the load's bound spent on this wait
+        resume_saver(first)                                           # S1 commits: the load finishes D's set
+        assert loader.stdout.readline().strip() == "at the read lock"
+        later.stdin.write("go\n")
+        later.stdin.flush()
+        assert later.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(later.pid, os.WUNTRACED)[1]                 # S2 stopped holding the commit lock
+        loader.stdin.write("go\n")
+        loader.stdin.flush()
+        out, err = loader.communicate(timeout=120)
+        assert loader.returncode == 3, (out, err)
+        code, message = out.splitlines()[-1].split(" ", 1)
+        assert code == "weights_busy" and f"pid {later.pid} (saving)" in message, out
+        left = re.search(rf"held it for the last ([0-9.]+) s of this load's {bound} s wait", message)
+        assert left is not None, message                              # before: "held it for all of 4 s"
+        assert float(left[1]) <= bound / 2, message                   # the rest of one deadline, not a second bound
+        assert len(list(folder.glob(f".{CONFIG_NAME}.*.pending"))) == 1   # S2's: D's set was finished
+        resume_saver(later)
+    finally:
+        end_saver(first)
+        for proc in (later, loader):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=30)
+    assert _whole(folder, tmp_path, 96, 3)                            # S2's whole model, once it went on
+
 def test_a_load_in_a_thread_beside_a_save_in_another_never_waits_on_itself(tmp_path):
     """The shared hold of a load and the exclusive one of a save's commit are flocks of separate descriptors: in one
     process (a server loading while it saves) they wait for each other as two processes would, never for good. A

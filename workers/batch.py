@@ -30,9 +30,11 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
     consumer is `consumer` (--consumer), else `worker.consumer`, else <host>-<pid>: worker.consumer was ignored.
     Past `worker.max_rss_mb` once a shard is stored and acknowledged, it stops (status 75, `RECYCLE_EXIT_STATUS`)
     for its supervisor to start a fresh process, as `sigma worker` does after a batch: a slow leak over hours of
-    shards is recycled between shards, not ended by the OOM killer mid-shard. A `worker.batch_timeout_s` at or below
-    `$SIGMA_MODEL_LOCK_WAIT_S` is refused (`check_batch_timeout`): it killed a worker waiting for a model folder."""
-    check_batch_timeout(cfg.worker.batch_timeout_s)      # before Redis: a watchdog that would kill a deferral
+    shards is recycled between shards, not ended by the OOM killer mid-shard. A `worker.batch_timeout_s` not above
+    `worker.run_read_retry_s` + `$SIGMA_MODEL_LOCK_WAIT_S` is refused (`check_batch_timeout`): it killed a worker
+    waiting for a model folder."""
+    # before Redis: a watchdog that would kill a deferral
+    check_batch_timeout(cfg.worker.batch_timeout_s, cfg.worker.run_read_retry_s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import_plugins(cfg.worker.plugins, "worker.plugins")
     stop = threading.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
-from sigma.tempfiles import FolderBusy, finish_replacements, reading_lock, replace_together
+from sigma.tempfiles import FolderBusy, finish_replacements, reading_lock, replace_together, time_left
 from sigma.text import loads as load_json
 from sigma.text import positive_int_env
 
@@ -172,24 +173,28 @@ def _busy_as_error(action: str, wait_s: int) -> Iterator[None]:
 
 def _busy_message(exc: FolderBusy, action: str, wait_s: int) -> str:
     """One line for a person and a log (`sigma.folderlock.busy_message`: the folder, the wait, the holders, the
-    remedy), and for a save what became of its files."""
+    remedy), and for a save what became of its files. A load's waits share one deadline (`_read_pair`): the wait
+    refused is the rest of it, said as such."""
     if exc.journal is not None:
         left = (f"; this save is staged whole (journal {exc.journal.name}) but not in place: the next save into the "
                 "folder, or a load that finds its config gone, moves it into place")
     else:
         left = "; nothing of this save was written" if action.startswith("save") else ""
-    return busy_message(exc, action, ENV_LOCK_WAIT, wait_s, ("saving", "loading"), "mid-save or mid-load", left)
+    held = (f"for the last {exc.waited_s:.1f} s of this load's {wait_s} s wait" if action.startswith("load")
+            else None)
+    return busy_message(exc, action, ENV_LOCK_WAIT, wait_s, ("saving", "loading"), "mid-save or mid-load", left,
+                        held=held)
 
 
-def _finish_save(cfg_path: Path, wait_s: int) -> None:
+def _finish_save(cfg_path: Path, wait_s: int, left_s: float | None = None) -> None:
     """A save killed mid-commit (its journal written, the old config removed, the new one not yet renamed) left the
     folder without its config: the save is completed from its journal (`finish_replacements`), as the next save
     there would. Best effort: a folder that cannot be written (a read-only install) is read as it is; a folder
     another process holds for all of `wait_s` is `weights_busy` (it was swallowed as an OSError, and the load
-    went on to wait again or to say no config was there)."""
+    went on to wait again or to say no config was there). `left_s`: what is left of the load's wait (`wait_s`)."""
     try:
         with _busy_as_error("load the model from", wait_s):
-            finish_replacements(cfg_path.parent, last=cfg_path.name, timeout_s=wait_s)
+            finish_replacements(cfg_path.parent, last=cfg_path.name, timeout_s=wait_s if left_s is None else left_s)
     except OSError:
         pass
 
@@ -224,12 +229,16 @@ def _read_pair(path: str | Path) -> tuple[SigmaNetConfig, bool, dict[str, torch.
     two reads, never between them — a load gave one saver's config with another's weights, or found the config gone
     mid-commit (`weights_not_found`). A save killed mid-commit is finished first, outside the hold (finishing takes
     the exclusive lock: inside the shared hold it would wait on this process for good). A hold that outlasts
-    `lock_wait_s()` (a saver stopped mid-commit) is `weights_busy`, not a load that waits for ever."""
+    `lock_wait_s()` (a saver stopped mid-commit) is `weights_busy`, not a load that waits for ever. The finish and
+    the shared hold wait against one deadline, `lock_wait_s()` from the load's start: each had the whole bound, and
+    a load that finished a killed save late in its wait then waited for the hold again, up to twice the bound — past
+    a fleet worker's watchdog set just above it (`sigma.service.fleet.check_batch_timeout`)."""
     cfg_path, weights_path = model_files(path)
     wait_s = lock_wait_s()
+    deadline = time.monotonic() + wait_s
     if not cfg_path.is_file():
-        _finish_save(cfg_path, wait_s)
-    with _busy_as_error("load the model from", wait_s), reading_lock(cfg_path.parent, wait_s):
+        _finish_save(cfg_path, wait_s, time_left(deadline))
+    with _busy_as_error("load the model from", wait_s), reading_lock(cfg_path.parent, time_left(deadline)):
         cfg, backbone_in_file = _read_saved(path, finish=False)
         if not weights_path.is_file():
             raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")

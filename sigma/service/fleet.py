@@ -376,21 +376,25 @@ def redis_settings(redis: RedisSettings | str | None, key_prefix: str | None = N
 DECODE_STALL_SHARE = 0.5
 
 
-def check_batch_timeout(batch_timeout_s: float) -> None:
-    """Refuse a hang watchdog (`worker.batch_timeout_s`) at or below the model folder's lock wait
-    (`$SIGMA_MODEL_LOCK_WAIT_S`, 120 s by default): the watch counts from the task's start, and building the run's
-    annotator (no pair done yet) waits that long for a folder a stopped saver holds before the task is deferred
-    (`ModelBusy`), so such a worker was killed as hung (`worker_hung`, exit 1, a delivery spent) instead of
-    deferring, and restarted to hang again. Now it does not start: one `invalid_config` line naming both values."""
+def check_batch_timeout(batch_timeout_s: float, run_read_retry_s: float) -> None:
+    """Refuse a hang watchdog (`worker.batch_timeout_s`) not above the longest a task may wait before its first pair:
+    `worker.run_read_retry_s` (reading an unreadable run.json again, one deadline for the task's reads) plus
+    `$SIGMA_MODEL_LOCK_WAIT_S` (120 s by default: one load of the run's model waits that long in all for a folder a
+    stopped saver holds, then the task is deferred, `ModelBusy`). The watch counts from the task's start, so a
+    watchdog at or below that sum killed such a worker as hung (`worker_hung`, exit 1, a delivery spent) instead of
+    deferring, and it restarted to hang again; the rule compared it with the lock wait alone, and a watchdog just
+    above it still fired. Now such a worker does not start: one `invalid_config` line naming the three values."""
     from sigma.models.factory import ENV_LOCK_WAIT, lock_wait_s
 
     wait_s = lock_wait_s()
-    if 0 < batch_timeout_s <= wait_s:
+    worst_s = run_read_retry_s + wait_s
+    if 0 < batch_timeout_s <= worst_s:
         raise ConfigError(
-            f"worker.batch_timeout_s={batch_timeout_s:g} is not above ${ENV_LOCK_WAIT}={wait_s}: a task whose model "
-            f"folder (options.weights) a stopped saver holds waits {wait_s} s for it before it is deferred, and the "
-            "worker would be killed as hung (worker_hung, exit 1) meanwhile; set worker.batch_timeout_s above "
-            f"{wait_s} (0: no limit) or ${ENV_LOCK_WAIT} below {batch_timeout_s:g}")
+            f"worker.batch_timeout_s={batch_timeout_s:g} is not above worker.run_read_retry_s={run_read_retry_s:g} "
+            f"+ ${ENV_LOCK_WAIT}={wait_s} = {worst_s:g} s: a task may read its run.json again for "
+            f"{run_read_retry_s:g} s, then wait {wait_s} s for a model folder (options.weights) a stopped saver holds "
+            "before it is deferred, and the worker would be killed as hung (worker_hung, exit 1) meanwhile; set "
+            f"worker.batch_timeout_s above {worst_s:g} (0: no limit), or lower the other two")
 
 
 def decode_stall_s(stall_s: float, batch_timeout_s: float) -> float:
@@ -622,7 +626,9 @@ def locate_task(fields: dict[str, str],
                 patience_s: float = RUN_READ_RETRY_S) -> tuple[RunDir, dict[str, Any], Shard]:
     """The run folder, its record and the shard a task names; PermanentTaskError when no retry can find them
     (the folder is gone, holds another run, plans no such shard, or links out of itself), RunUnreadable when its
-    run.json stayed unreadable for `patience_s`."""
+    run.json stayed unreadable for `patience_s` — both reads' bound together (one deadline): each had all of it, and
+    a task could wait twice `worker.run_read_retry_s` under the worker's watchdog (`check_batch_timeout`)."""
+    deadline = time.monotonic() + patience_s
     try:
         if not os.path.isabs(fields["run_dir"]):     # would be read from the worker's own folder: a damaged task
             raise InputError("the task's run_dir is not an absolute path", code="bad_task")
@@ -631,7 +637,7 @@ def locate_task(fields: dict[str, str],
         if record.get("run_hash") != fields.get("run_hash") or fields.get("shard") not in shards:
             # before a task is given up on, the plan as it is on disk now, not as kept (a run folder made again
             # at once on a filesystem with coarse mtimes may reuse the inode, size and mtime)
-            record, shards = _load_plan(rundir, fresh=True, patience_s=patience_s)
+            record, shards = _load_plan(rundir, fresh=True, patience_s=max(0.0, deadline - time.monotonic()))
     except SigmaError as exc:
         if exc.code == "run_too_large":   # no bad task: this machine's $SIGMA_MAX_RUN_BYTES is below the driver's
             raise PermanentTaskError(exc.message, code=exc.code) from exc

@@ -173,7 +173,8 @@ class WorkerSettings(Strict):
                                    "and the worker exits with status 1 for its supervisor to restart it (the entries "
                                    "are redelivered, and dead-lettered after queue.max_deliveries); `--batch`: a shard "
                                    "with no pair done for this long, the same, and it must be above "
-                                   "$SIGMA_MODEL_LOCK_WAIT_S (120 s), or the worker is refused at start-up "
+                                   "worker.run_read_retry_s + $SIGMA_MODEL_LOCK_WAIT_S (5 + 120 s: the longest a "
+                                   "task waits before its first pair), or the worker is refused at start-up "
                                    "(invalid_config); 0: no limit")
     max_rss_mb: int = Field(0, ge=0, description="after a batch (`--batch`: a shard) is stored and acknowledged, a "
                             "worker whose resident memory exceeds this many MiB stops (status 75) for its supervisor "
