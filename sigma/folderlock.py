@@ -94,7 +94,7 @@ def busy_message(exc: FolderBusy, action: str, env: str, wait_s: int, roles: tup
     the wait refused was the rest of a longer one (a load's shared deadline); default: all of the wait."""
     who = ", ".join(f"pid {pid} ({roles[0] if mode == 'WRITE' else roles[1]})" for pid, mode in exc.holders)
     pids = " ".join(str(pid) for pid, _ in exc.holders) or "PID"
-    held = held or f"for all of {exc.waited_s:g} s"
+    held = held or f"for all of {round(exc.waited_s, 1):g} s"   # the rest of a shared deadline: 1.99994
     return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it {held} — stopped "
             f"(Ctrl-Z, SIGSTOP) or hung {midway}; "
             f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again (${env} sets the wait, now "
