@@ -493,10 +493,13 @@ def non_finite_options(annotations: list[Any], value: Any, key: str = "",
 
 def _unsaid(problems: list[Problem], errors: list[Any]) -> list[Problem]:
     """`problems` that pydantic did not also find at, inside or around their place: a field of an annotator's options
-    model says itself what its number must be (`options.threshold`: "a finite number in [0, 1]")."""
-    places = [_place(e["loc"]) for e in errors if e["loc"]]
+    model says itself what its number must be (`options.threshold`: "a finite number in [0, 1]"), an unknown key that
+    it is unknown. The note that a section's checks across fields were not run (`checks_skipped`, at `options`) is
+    about none of its values: it hid `options.grounding_options.x: inf ...` beside another option's error."""
+    places = [(_place(e["loc"]), e["type"] == "checks_skipped") for e in errors if e["loc"]]
     return [(place, message) for place, message in problems
-            if not any(_at_or_under(other, place) or _at_or_under(place, other) for other in places)]
+            if not any(_at_or_under(other, place) or not note and _at_or_under(place, other)
+                       for other, note in places)]
 
 
 def load_config(model: type[M], path: str | Path | None = None,
