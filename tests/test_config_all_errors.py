@@ -169,3 +169,33 @@ def test_an_annotators_own_message_names_its_skipped_checks_without_a_root_key()
     assert message.endswith("the config's checks across fields were not run: they run once the errors above are "
                             "fixed (pydantic runs them only on a section whose every field is valid)"), message
     assert "<root>" not in message, message
+
+
+HUGE = "1" * 5000 + ".0"      # a float literal YAML reads as inf: past a float's range
+
+
+@pytest.mark.parametrize("yaml_text, sets, needles", [
+    (f"annotator: feature-diff\noptions:\n  hf_config: {{layer_norm_eps: .nan, sizes: [1, {HUGE}]}}\n", [],
+     ["options.hf_config.layer_norm_eps: nan is no finite number", "options.hf_config.sizes[1]: inf is no finite"]),
+    ("annotator: feature-diff\n", ["options.hf_config.eps=-.inf", "options.scale=1e400"],
+     ["override options.hf_config.eps: -inf is no finite number", "options.scale: Input should be a finite number"]),
+    ("annotator: feature-diff\noptions:\n  scale: .nan\n", [], ["options.scale: Input should be a finite number"]),
+    ("annotator: sigma-lite\n", ["options.max_components=abc", "options.grounding_options.x=.inf"],
+     ["override options.grounding_options.x: inf is no finite number", "options.max_components: Input should be a "
+      "valid integer", "its checks across fields were not run"]),
+    ("annotator: sigma-lite\n", ["options.grounding_options.detector.box_threshold=.inf"],
+     ["options.grounding_options.detector.box_threshold: Input should be a finite number in [0, 1], got inf"]),
+])
+def test_options_that_are_no_finite_number_are_one_invalid_config_line(pair, tmp_path, yaml_text, sets, needles):
+    """`.nan`, `-.inf` and a 5000-digit float literal (Python reads it as inf) in a free-form option (feature-diff's
+    `hf_config`, handed to the model's config as they are) were taken, and `scale: .nan` / `--set options.scale=1e400`
+    went through a field bounded below only (`gt=0`: NaN said "greater than 0", inf was taken). A grounding option's
+    error was placed without `grounding_options` (`options.detector.box_threshold`, a key no one set), and beside
+    another option's error the note that the options' checks across fields were not run hid a free option's inf.
+    Now each is named at its place in one invalid_config line, exit 2, before anything is loaded."""
+    config = tmp_path / "f.yaml"
+    config.write_text(yaml_text)
+    sets_args = [arg for item in sets for arg in ("--set", item)]
+    message = refused(sigma_cli("annotate", *pair, "--config", str(config), *sets_args, "-o", str(tmp_path / "out"),
+                                cwd=tmp_path), *needles)
+    assert "Extra inputs" not in message and not (tmp_path / "out").exists(), message

@@ -772,6 +772,35 @@ def test_an_evals_saved_config_runs_again_without_data_from_another_folder(tmp_p
     assert not (elsewhere / "gone").exists()
 
 
+def test_an_older_evals_config_without_data_says_it_predates_the_saved_data_path(tmp_path):
+    """The config.yaml of an eval from before `data` was saved in it has none: `sigma eval --config OLD/config.yaml`
+    said "give --data ..., or a --config that records it", as if no config had been given. Now the real CLI says the
+    file records no data and predates the saved data path, and asks for --data; with --data the old config runs."""
+    import subprocess
+    import sys
+
+    make_pair_set(tmp_path / "eval", "edits", 2)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("annotator: pixel-diff\noptions: {}\nthreshold: null\nperturb: [none]\n"
+                                     "batch_size: 4\nlimit: null\n")
+    (old / "metrics.json").write_text(json.dumps({"config": {"data": "eval", "annotator": "pixel-diff"}}))
+
+    def sigma_eval(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sigma", "eval", *argv], capture_output=True, text=True,
+                              timeout=120, check=False, cwd=tmp_path)
+
+    done = sigma_eval("--config", str(old / "config.yaml"), "--out", "again")
+    assert done.returncode == 2 and done.stderr.startswith("sigma: error [bad_arguments]: "), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"{old / 'config.yaml'} records no `data`" in done.stderr and "predates" in done.stderr, done.stderr
+    assert "Pass --data" in done.stderr and not (tmp_path / "again").exists(), done.stderr
+
+    done = sigma_eval("--config", str(old / "config.yaml"), "--data", "eval", "--out", "again")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["config"]["data"] == str(tmp_path / "eval")
+
+
 def test_an_annotates_saved_config_runs_the_same_annotation_again(tmp_path, capsys):
     """`sigma annotate`'s config.yaml carried `annotator_config` and was no valid `--config` (invalid_config). Now
     it is the AnnotateConfig alone: the same pair annotated from it gives the same mask and result."""

@@ -771,3 +771,30 @@ def test_an_ordinary_client_sending_a_body_a_little_over_the_limit_gets_the_413(
             continue
         assert (status, answer["error"]["code"], connection) == (413, "request_too_large", "close"), answer
     assert not failures, f"{len(failures)} of 20 got no answer: {failures[:3]}"
+
+
+
+def test_options_that_json_reads_as_no_finite_number_are_invalid_config(redis_server, root, tmp_path):
+    """JSON has no NaN or infinity, but Python's parser reads a number past a float's range (`1e400`, 5000 digits)
+    as inf, and it went on into the options: feature-diff's `hf_config` (a free-form mapping handed to the model's
+    config) and its `scale` (bounded below only, `gt=0`) took it, and the run was planned. Now each is 422
+    invalid_config naming its place, as the same value in a YAML file or --set is, and nothing is planned. NaN and
+    Infinity literals stay bad_json (400): they are no JSON."""
+    cases = [('{"hf_config": {"layer_norm_eps": 1e400}}', "options.hf_config.layer_norm_eps: inf is no finite number"),
+             ('{"hf_config": {"eps": [1, -' + "9" * 5000 + '.5]}}',
+              "options.hf_config.eps[1]: -inf is no finite number"),
+             ('{"scale": 1e400}', "options.scale: Input should be a finite number")]
+    with running_service(redis_server, tmp_path, [f"api.batch_root={root}",
+                                                  "api.annotators=[pixel-diff,feature-diff]"]) as svc:
+        for options, said in cases:
+            body = f'{{"input": "corpus", "out": "runs/inf", "annotator": "feature-diff", "options": {options}}}'
+            resp = svc.http.post("/v1/batches", content=body.encode(),
+                                 headers={**svc.headers("user"), "Content-Type": "application/json"})
+            assert resp.status_code == 422 and error_code(resp) == "invalid_config", (options[:40], resp.text)
+            assert said in resp.json()["error"]["message"], resp.text
+            assert not (root / "runs" / "inf").exists()
+        for literal in ("NaN", "Infinity", "-Infinity"):
+            body = f'{{"input": "corpus", "out": "runs/inf", "options": {{"hf_config": {{"eps": {literal}}}}}}}'
+            resp = svc.http.post("/v1/batches", content=body.encode(),
+                                 headers={**svc.headers("user"), "Content-Type": "application/json"})
+            assert resp.status_code == 400 and error_code(resp) == "bad_json", resp.text

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from sigma.annotators.base import Prediction
 from sigma.annotators.guidance import Guidance, Guide, normalised_regions
 from sigma.annotators.mask_extras import confidence, split_components
 from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig, resize_image
-from sigma.config.schema import MAX_WORKING_SIZE
+from sigma.config.schema import MAX_WORKING_SIZE, errors_placed
 from sigma.errors import WeightsNotFoundError
 from sigma.registry import ANNOTATORS, registered
 from sigma.types import Pair
@@ -83,7 +83,15 @@ class ModelAnnotatorConfig(TorchAnnotatorConfig):
         from sigma.grounding.config import GroundingConfig
 
         data = {k: v for k, v in self.grounding_options.items() if not k.endswith("_obj")}   # handed-in models
-        GroundingConfig(**{"backend": self.grounding, **data})   # as build_grounder merges them
+        try:
+            GroundingConfig(**{"backend": self.grounding, **data})   # as build_grounder merges them
+        except ValidationError as exc:
+            # placed where they were written: `options.detector.box_threshold` named no key a user had set
+            errors = errors_placed(exc, "grounding_options")
+            for error in errors:
+                if error["loc"][1:2] == ("backend",):
+                    error["loc"] = ("grounding", *error["loc"][2:])
+            raise ValidationError.from_exception_data(type(self).__name__, errors) from None
         return self
 
 

@@ -118,7 +118,14 @@ def eval_data(data: str | None, source: str | None) -> Path:
     `sigma eval --config OUT/config.yaml` of an earlier eval was refused by argparse (`--data` required), and
     metrics.json held `--data` as typed: a relative path, good only in the folder the eval ran in. Neither given:
     bad_arguments; a recorded folder that is gone: file_not_found naming it and where it was recorded. Both before
-    the annotator is built or --out taken."""
+    the annotator is built or --out taken. A --config without `data` (the config.yaml of an eval from before `data`
+    was saved in it) asked for --data as if no config had been given: the message now says why that file has none.
+    Its metrics.json is not read instead: the `data` it holds is as typed then, relative to a folder unknown here."""
+    if data is None and source is not None:
+        raise InputError(f"no data to score: {source} records no `data`. An eval's config.yaml records it (an absolute "
+                         "path) since the data path was saved with the config; this one predates that (or never "
+                         "named it). Pass --data (an old eval's metrics.json holds its `config.data` as typed then, "
+                         "relative to the folder that eval ran in)", code="bad_arguments")
     if data is None:
         raise InputError("no data to score: give --data (one set folder or a folder of sets), or a --config that "
                          "records it (`data:`, as the config.yaml of an earlier eval does)", code="bad_arguments")

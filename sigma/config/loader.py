@@ -10,6 +10,7 @@ import copy
 import datetime
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -453,6 +454,52 @@ def _refuse_nul(tree: dict, problems: list[Problem] | None = None) -> None:
         stack.extend(reversed(children))    # popped in the order written
 
 
+def _free(arms: list[Any]) -> bool:
+    """Whether a value of one of `arms` may be anything (`Any`, `object`): a free-form option, no field to check it."""
+    return any(arm is Any or arm is object for arm in arms)
+
+
+def non_finite_options(annotations: list[Any], value: Any, key: str = "",
+                       origin: Callable[[str], str] = lambda key: "", problems: list[Problem] | None = None) -> None:
+    """Every NaN or infinite float in a free-form place of `value` (written for a field of one of `annotations`): an
+    annotator's `options` (whose model may not be known here: a plugin's), feature-diff's `hf_config`. YAML reads
+    `.inf`, `.nan`, `1.0e+400` and a 5000-digit `1111….0` in a file or a `--set` value, and Python's JSON parser
+    `1e400` in an API body, as a float that is no finite number; no field's type checked it there, so it went on to
+    code that computes with it. Now each is a problem named by its place (`_found`), left to pydantic's error where
+    a field (of an annotator's options model) checks the place itself (`_unsaid`: "a finite number in [0, 1]").
+    Strings stay strings: `1e400` is text until a field reads it (an integer field exactly)."""
+    arms = [arm for annotation in annotations for arm in type_arms(annotation)]
+    free = _free(arms)
+    if isinstance(value, float) and not math.isfinite(value):
+        if free:
+            _found(problems, key, f"{origin(key.split('[', 1)[0])}{key}: {value} is no finite number (NaN, an "
+                   "infinity, or past a float's range, ~1.8e308); a setting takes a finite one")
+    elif isinstance(value, dict):
+        models = [arm for arm in arms if isinstance(arm, type) and issubclass(arm, BaseModel)]
+        values = [typing.get_args(arm)[1] for arm in arms
+                  if typing.get_origin(arm) in _MAPPINGS and len(typing.get_args(arm)) == 2]
+        for name, item in value.items():
+            found = [field.annotation for m in models if (field := field_for_key(m, name)) is not None]
+            inner = found or values or ([Any] if free else [])
+            if inner:                                      # an unknown key of a model: pydantic says so
+                non_finite_options(inner, item, f"{key}.{name}" if key else str(name), origin, problems)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if inner := item_annotations(arms, index) or ([Any] if free else []):
+                non_finite_options(inner, item, f"{key}[{index}]", origin, problems)
+
+
+def _unsaid(problems: list[Problem], errors: list[Any]) -> list[Problem]:
+    """`problems` that pydantic did not also find at, inside or around their place: a field of an annotator's options
+    model says itself what its number must be (`options.threshold`: "a finite number in [0, 1]"), an unknown key that
+    it is unknown. The note that a section's checks across fields were not run (`checks_skipped`, at `options`) is
+    about none of its values: it hid `options.grounding_options.x: inf ...` beside another option's error."""
+    places = [(_place(e["loc"]), e["type"] == "checks_skipped") for e in errors if e["loc"]]
+    return [(place, message) for place, message in problems
+            if not any(_at_or_under(other, place) or not note and _at_or_under(place, other)
+                       for other, note in places)]
+
+
 def load_config(model: type[M], path: str | Path | None = None,
                 overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None,
                 before_validate: Callable[[dict], None] | None = None) -> M:
@@ -476,6 +523,8 @@ def load_config(model: type[M], path: str | Path | None = None,
     found: list[Problem] = []
     whole_numbers(model, tree, origin, problems=found)
     _refuse_nul(tree, found)
+    loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
+    non_finite_options([model], tree, origin=origin, problems=loose)
     if before_validate is not None:
         _prepare(before_validate, tree, model, found)
     try:
@@ -483,9 +532,9 @@ def load_config(model: type[M], path: str | Path | None = None,
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
         problems = [(e["loc"][0] if e["loc"] else "", _message(e, given, model, origin)) for e in errors]
-        raise _one_error(model, found, problems) from exc
-    if found:
-        raise _one_error(model, found, [])
+        raise _one_error(model, [*found, *_unsaid(loose, errors)], problems) from exc
+    if found or loose:
+        raise _one_error(model, [*found, *loose], [])
     return config
 
 

@@ -289,6 +289,12 @@ def place_loc(place: str) -> tuple[str | int, ...]:
     return tuple(loc)
 
 
+def errors_placed(exc: ValidationError, key: str) -> list[InitErrorDetails]:
+    """The errors of `exc`, a model validated from the value of `key`, placed under `key` (`a.b` → `key.a.b`)."""
+    return [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=(key, *e["loc"]), input=e["input"])
+            for e in exc.errors()]
+
+
 def errors_within(model: type[BaseModel], value: Any, key: str) -> list[InitErrorDetails]:
     """The errors `model` finds in `value`, the value of the free mapping `key` of a config, placed under `key`: for
     a `Strict._found_beside` that validates the mapping with the rest of its config. A validator of a plugin's that
@@ -296,8 +302,7 @@ def errors_within(model: type[BaseModel], value: Any, key: str) -> list[InitErro
     try:
         model.model_validate(value)
     except ValidationError as exc:
-        return [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=(key, *e["loc"]),
-                                 input=e["input"]) for e in exc.errors()]
+        return errors_placed(exc, key)
     except Exception:  # noqa: BLE001 - not ours to word here (`sigma.registry.validate_annotator_options`)
         return []
     return []
@@ -309,8 +314,14 @@ class ReadsWholeNumbers(Strict):
     the items of its integer lists, take `1e3` as 1000 when it is validated, as every other config field does
     (`--set options.image_size=2.24e2` was "unable to parse string as an integer"). `exponent_prefix` names the
     mapping in messages. One that is no whole number (`1.5e0`, `1e5000`) is an error (`whole_number`, its message
-    naming the place) with the section's other errors: it was raised alone, and the user fixed one error per run."""
+    naming the place) with the section's other errors: it was raised alone, and the user fixed one error per run.
 
+    Its float fields take finite numbers only (`finite_number`): `--set options.scale=1e400` (text, which pydantic
+    reads as inf) or `.nan` in a YAML file went through a field bounded below only (feature-diff's `scale`, a plugin's
+    `delay_ms: float = Field(ge=0)`) or said "greater than 0" for NaN. What no field types (`hf_config`'s values) is
+    `sigma.config.loader.non_finite_options`'."""
+
+    model_config = ConfigDict(allow_inf_nan=False)      # merged with Strict's: extra="forbid" holds
     exponent_prefix: ClassVar[str] = ""
 
     @classmethod
