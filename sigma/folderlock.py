@@ -90,15 +90,25 @@ def busy_message(exc: FolderBusy, action: str, env: str, wait_s: int, roles: tup
     """One line for a person and a log about a folder another process held for all of a bounded wait
     (`FolderBusy`): the folder, the wait, the holders (pid and `roles`: what a WRITE / READ hold is doing, best
     effort from /proc/locks), the remedy (resume or end it) and `env`, the variable that sets the wait. The one
-    message of `weights_busy` (sigma.models.factory) and `folder_busy` (`busy_as_error`). `held`: how long, when
-    the wait refused was the rest of a longer one (a load's shared deadline); default: all of the wait."""
+    message of `weights_busy` (sigma.models.factory) and `folder_busy` (`busy_as_error`). `held`: how long, said
+    by the caller; default `held_for(exc, wait_s)`."""
     who = ", ".join(f"pid {pid} ({roles[0] if mode == 'WRITE' else roles[1]})" for pid, mode in exc.holders)
     pids = " ".join(str(pid) for pid, _ in exc.holders) or "PID"
-    held = held or f"for all of {round(exc.waited_s, 1):g} s"   # the rest of a shared deadline: 1.99994
+    held = held or held_for(exc, wait_s)
     return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it {held} — stopped "
             f"(Ctrl-Z, SIGSTOP) or hung {midway}; "
             f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again (${env} sets the wait, now "
             f"{wait_s} s){left}")
+
+
+def held_for(exc: FolderBusy, wait_s: int, what: str = "the") -> str:
+    """How long the holder kept the folder, as the message says it: `for all of N s` when the wait refused had the
+    whole bound `wait_s`; `for the last X s of WHAT N s wait` when it was the rest of an operation's one deadline (a
+    load's finish and its read, a save's finish of killed sets and its commit, several journals of one sweep).
+    Before, the rest was said as the whole: `for all of 1.3 s` after a wait of 4 s in all (or, rounded, all of a
+    bound the operation had spent part of elsewhere). `what`: whose wait (`this save's`)."""
+    waited = round(exc.waited_s, 1)          # the rest of a shared deadline, 1.99994 s of 2, is all of it
+    return f"for all of {waited:g} s" if waited >= wait_s else f"for the last {waited:.1f} s of {what} {wait_s} s wait"
 
 
 @contextmanager

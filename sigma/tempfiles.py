@@ -489,11 +489,14 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
     journal. All files lie in one folder. `remove`: files of the old set the new one does not have. A file's data is
     bytes, or a function that writes the file at the path it is given (`save_model`'s weights, streamed). The moves
     are made under an flock on the folder (`_commit_lock`): two live writers of one set commit one after the other,
-    never interleaved, and the last one's whole set stands. `timeout_s` bounds each wait for that lock (None: for
-    ever; a holder stopped or hung mid-commit kept the writer waiting without a word): `FolderBusy` after it —
-    before staging (a killed writer's set to finish first), nothing written; at the commit, the set stays staged
-    with its journal (`FolderBusy.journal`), and the next writer of the folder or `finish_replacements` moves it
-    into place, as after a kill there."""
+    never interleaved, and the last one's whole set stands. `timeout_s` bounds the waits for that lock, all of them
+    together (None: for ever; a holder stopped or hung mid-commit kept the writer waiting without a word): finishing
+    a killed writer's sets first and the commit share it — each had all of it, and a save that finished a set late
+    in its wait, then met another holder at its commit, waited twice the bound. The staging between is no wait and
+    does not spend it (a large model's weights on a slow disk would leave the commit a single try). `FolderBusy`
+    after it, its `waited_s` the part of the bound left to that wait — before staging (a killed writer's set to
+    finish first), nothing written; at the commit, the set stays staged with its journal (`FolderBusy.journal`),
+    and the next writer of the folder or `finish_replacements` moves it into place, as after a kill there."""
     if not files:
         return []
     folder = files[-1][0].parent
@@ -501,7 +504,9 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
     if any(path.parent != folder for path, _ in files) or any(path.parent != folder for path in remove):
         raise ValueError("replace_together: every file of a set lies in one folder")
     names = {path.name for path, _ in files} | {path.name for path in remove}
-    sweep_stale_temps(folder, names, timeout_s)   # a set a killed writer staged is finished first, then its junk goes
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    sweep_stale_temps(folder, names, time_left(deadline))   # a killed writer's staged set is finished, its junk goes
+    wait_left = time_left(deadline)     # the rest of the bound, for the commit: the staging between is no wait
     written: list[tuple[Path, Path]] = []
     journal = temp_name(files[-1][0]).with_suffix(".pending")     # .LAST.PID.RANDOM.pending
     with _COMMITTING_LOCK:
@@ -522,7 +527,7 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
             raise
         committed = True
         sync_folder(folder)
-        with _commit_lock(folder, timeout_s):
+        with _commit_lock(folder, wait_left):
             _move_into_place(written, remove)
             journal.unlink(missing_ok=True)
     except FolderBusy as exc:

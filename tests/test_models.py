@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from killers import at_first_temp_rename
+from modelsavers import SAVER
 
 from sigma.errors import ConfigError, WeightsNotFoundError
 from sigma.models import (
@@ -486,6 +487,175 @@ def test_a_load_that_finishes_a_killed_save_then_waits_for_its_hold_waits_one_bo
                 proc.kill()
                 proc.wait(timeout=30)
     assert _whole(folder, tmp_path, 96, 3)                            # S2's whole model, once it went on
+
+
+# A save (`modelsavers.SAVER`, not stopped) that says where it is in its waits: at its first open of the folder
+# (`_commit_lock`, finishing a killed save's journal) it prints "at the commit lock"; at its second (`sync_folder`, its
+# own set staged and its journal written, just before its commit) "at its commit", and waits there for a line on
+# stdin — the test puts a stopped saver in its way first. An audit hook, not a mock.
+_PAUSED_SAVER = """import os, sys
+from pathlib import Path
+opens = []
+def paused(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)) and Path(os.fspath(args[0])) == Path(sys.argv[1]):
+        opens.append(1)
+        print("at the commit lock" if len(opens) == 1 else "at its commit", flush=True)
+        if len(opens) == 2:
+            sys.stdin.readline()
+sys.addaudithook(paused)
+"""
+
+
+def test_a_save_that_finishes_a_killed_save_then_meets_a_holder_at_its_commit_waits_one_bound_in_all(tmp_path):
+    """A save finishes the sets killed savers left (`replace_together`'s sweep, under the folder's commit lock), then
+    commits its own under the same lock: each wait had all of `$SIGMA_MODEL_LOCK_WAIT_S`, so a save that got the
+    lock late in its first wait (a saver stopped there and resumed) and then met another saver stopped mid-commit
+    waited the bound again — twice it in all, and its `weights_busy` said `for all of 4 s` of a 6 s wait. Now both
+    waits share one bound: here (4 s) the first wait took 2 s, and the commit is refused with the rest, its message
+    naming it (at most 2 s of this save's 4 s wait). Real savers: one stopped mid-commit (S1), one whose commit
+    timed out behind it and exited, its set staged with its journal (D), one stopped mid-commit while the save
+    waits before its commit (S2); the save's own set then stays staged, and the next finish puts it in place."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+
+    from modelsavers import SAVER, end_saver, resume_saver, stopped_saver
+
+    from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME
+    from sigma.tempfiles import finish_replacements
+
+    folder = tmp_path / "m"
+    old = _pair_saver(folder, "none", 64, 0)
+    assert old.wait(timeout=120) == 0, old.stderr.read()
+    bound = 4
+    first = stopped_saver(folder)                                     # S1: holds the commit lock, config removed
+    later = save = None
+    try:
+        killed = _pair_saver(folder, "none", 128, 2, program=_reporting(SAVER),
+                             env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"})
+        out, err = killed.communicate(timeout=120)                    # D: staged, journal written, commit refused
+        assert killed.returncode == 3 and out.startswith("weights_busy ") and "journal" in out, (out, err)
+        later = _pair_saver(folder, "SIGSTOP", 96, 3, program=_SAVER_ON_CUE + SAVER, stdin=subprocess.PIPE)
+        save = _pair_saver(folder, "none", 160, 4, program=_reporting(_PAUSED_SAVER + SAVER), stdin=subprocess.PIPE,
+                           env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": str(bound)})
+        assert save.stdout.readline().strip() == "at the commit lock"     # finishing D's journal, behind S1
+        time.sleep(bound / 2)                                         # half the save's bound spent on this wait
+        resume_saver(first)                                           # S1 commits: the save finishes D's set
+        assert save.stdout.readline().strip() == "at its commit"
+        later.stdin.write("go\n")
+        later.stdin.flush()
+        assert later.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(later.pid, os.WUNTRACED)[1]                 # S2 stopped holding the commit lock
+        save.stdin.write("go\n")
+        save.stdin.flush()
+        out, err = save.communicate(timeout=120)
+        assert save.returncode == 3, (out, err)
+        code, message = out.splitlines()[-1].split(" ", 1)
+        assert code == "weights_busy" and f"pid {later.pid} (saving)" in message and "journal" in message, out
+        left = re.search(rf"held it for the last ([0-9.]+) s of this save's {bound} s wait", message)
+        assert left is not None, message                              # before: "held it for all of 4 s"
+        assert float(left[1]) <= bound / 2, message                   # the rest of one bound, not a second one
+        assert len(list(folder.glob(f".{CONFIG_NAME}.*.pending"))) == 2   # S2's and the save's: D's was finished
+        resume_saver(later)
+    finally:
+        end_saver(first)
+        for proc in (later, save):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=30)
+    assert _whole(folder, tmp_path, 96, 3)                            # S2's whole model, once it went on
+    assert len(finish_replacements(folder)) == 1                      # the save's own set, staged whole, not lost
+    assert _whole(folder, tmp_path, 160, 4)
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+
+
+# a training run's start with `init_from` an `X.safetensors` (beside `X.json`) of its own architecture (`_build_model`:
+# `read_config`, then `load_model`), saying where it is in its waits on the folder as `_PAUSED_LOADER` does
+_PAUSED_INIT_FROM = """import os, sys
+from pathlib import Path
+folder = Path(sys.argv[1]).parent
+opens = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)) and Path(os.fspath(args[0])) == folder:
+        opens.append(1)
+        print("at the commit lock" if len(opens) == 1 else "at the read lock", flush=True)
+        if len(opens) == 2:
+            sys.stdin.readline()
+sys.addaudithook(hook)
+from sigma.training.config import TrainConfig
+from sigma.training.loop import _build_model
+_build_model(TrainConfig(model="tiny-lite", init_from=sys.argv[1]), log=lambda *_: None)
+print("loaded", flush=True)
+"""
+
+# `modelsavers.SAVER` saving the embedded layout (its argv's X.safetensors + X.json), stopped at its rename of X.json
+_EMBEDDED_SAVER = SAVER.replace('folder / "config.json"', 'folder.with_suffix(".json")')
+
+
+def test_init_from_reads_its_config_and_loads_its_model_within_one_bound(tmp_path):
+    """Training's `init_from` read the saved config (`read_config`: a save killed mid-commit is finished first —
+    reached for an `X.safetensors` whose `X.json` such a save removed) and then loaded the model (`load_model`), each
+    with all of `$SIGMA_MODEL_LOCK_WAIT_S`: a start that finished a killed save late in the first wait (a saver
+    stopped mid-commit there, then resumed) and met another saver stopped mid-commit at the second waited twice the
+    bound. Now the two share one (`lock_deadline`, passed to both as `deadline`): here (4 s) the first wait took
+    2 s, and the load is refused `weights_busy` with the rest of it (at most 2 s of the 4 s) — before, `for all of
+    4 s`. Real savers as in the load's test above: S1 stopped mid-commit, D timed out behind it, S2 stopped."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from modelsavers import end_saver, resume_saver, saver
+
+    target = tmp_path / "m" / "x.safetensors"
+    old = saver(target, "none", program=_EMBEDDED_SAVER)
+    assert old.wait(timeout=120) == 0, old.stderr.read()
+    bound = 4
+    first = saver(target, "SIGSTOP", program=_EMBEDDED_SAVER)        # S1: holds the commit lock, x.json removed
+    later = trainer = None
+    try:
+        assert first.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(first.pid, os.WUNTRACED)[1]
+        killed = saver(target, "none", 0, 2, program=_reporting(_EMBEDDED_SAVER),   # the architecture `model=` names
+                       env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"})
+        out, err = killed.communicate(timeout=120)                    # D: staged, journal written, commit refused
+        assert killed.returncode == 3 and out.startswith("weights_busy ") and "journal" in out, (out, err)
+        later = saver(target, "SIGSTOP", 96, 3, program=_SAVER_ON_CUE + _EMBEDDED_SAVER, stdin=subprocess.PIPE)
+        trainer = subprocess.Popen([sys.executable, "-c", _reporting(_PAUSED_INIT_FROM), str(target)],
+                                   env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": str(bound)}, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert trainer.stdout.readline().strip() == "at the commit lock"  # read_config finishing D, behind S1
+        time.sleep(bound / 2)                                         # half the start's bound spent on this wait
+        resume_saver(first)                                           # S1 commits: read_config finishes D's set
+        assert trainer.stdout.readline().strip() == "at the read lock"    # load_model's shared hold
+        later.stdin.write("go\n")
+        later.stdin.flush()
+        assert later.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(later.pid, os.WUNTRACED)[1]                 # S2 stopped holding the commit lock
+        trainer.stdin.write("go\n")
+        trainer.stdin.flush()
+        out, err = trainer.communicate(timeout=120)
+        assert trainer.returncode == 3, (out, err)
+        code, message = out.splitlines()[-1].split(" ", 1)
+        assert code == "weights_busy" and f"pid {later.pid} (saving)" in message, out
+        left = re.search(rf"held it for the last ([0-9.]+) s of this load's {bound} s wait", message)
+        assert left is not None, message                              # before: "held it for all of 4 s"
+        assert float(left[1]) <= bound / 2, message                   # the rest of one bound, not a second one
+        resume_saver(later)
+    finally:
+        end_saver(first)
+        for proc in (later, trainer):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=30)
+
 
 def test_a_load_in_a_thread_beside_a_save_in_another_never_waits_on_itself(tmp_path):
     """The shared hold of a load and the exclusive one of a save's commit are flocks of separate descriptors: in one

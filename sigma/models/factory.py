@@ -13,7 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from sigma.errors import ConfigError, WeightsBusyError, WeightsNotFoundError, error_text
-from sigma.folderlock import busy_message
+from sigma.folderlock import busy_message, held_for
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
@@ -173,15 +173,14 @@ def _busy_as_error(action: str, wait_s: int) -> Iterator[None]:
 
 def _busy_message(exc: FolderBusy, action: str, wait_s: int) -> str:
     """One line for a person and a log (`sigma.folderlock.busy_message`: the folder, the wait, the holders, the
-    remedy), and for a save what became of its files. A load's waits share one deadline (`_read_pair`): the wait
-    refused is the rest of it, said as such."""
+    remedy), and for a save what became of its files. A load's waits share one deadline (`_read_pair`), a save's
+    too (`replace_together`): a wait refused with the rest of it is said as such (`held_for`)."""
     if exc.journal is not None:
         left = (f"; this save is staged whole (journal {exc.journal.name}) but not in place: the next save into the "
                 "folder, or a load that finds its config gone, moves it into place")
     else:
         left = "; nothing of this save was written" if action.startswith("save") else ""
-    held = (f"for the last {exc.waited_s:.1f} s of this load's {wait_s} s wait" if action.startswith("load")
-            else None)
+    held = held_for(exc, wait_s, "this load's" if action.startswith("load") else "this save's")
     return busy_message(exc, action, ENV_LOCK_WAIT, wait_s, ("saving", "loading"), "mid-save or mid-load", left,
                         held=held)
 
@@ -199,16 +198,27 @@ def _finish_save(cfg_path: Path, wait_s: int, left_s: float | None = None) -> No
         pass
 
 
-def read_config(path: str | Path) -> SigmaNetConfig:
-    return _read_saved(path)[0]
+def lock_deadline() -> float:
+    """The instant (`time.monotonic()`) `lock_wait_s()` from now: one bound for the waits of several reads of one
+    saved model (`read_config`, then `load_model`: training's `init_from`), passed to each as `deadline`."""
+    return time.monotonic() + lock_wait_s()
 
 
-def _read_saved(path: str | Path, finish: bool = True) -> tuple[SigmaNetConfig, bool]:
+def read_config(path: str | Path, *, deadline: float | None = None) -> SigmaNetConfig:
+    """The SigmaNetConfig of a saved model; a save killed mid-commit there is finished first. `deadline`
+    (`lock_deadline()`): its wait for the folder ends there, a bound shared with a `load_model` that follows;
+    None: a bound of its own, `lock_wait_s()`."""
+    return _read_saved(path, deadline=deadline)[0]
+
+
+def _read_saved(path: str | Path, finish: bool = True,
+                deadline: float | None = None) -> tuple[SigmaNetConfig, bool]:
     """(config, whether the weights file holds the backbone). `finish`: a save killed mid-commit is completed first
-    (`_finish_save`); False under `reading_lock`, where the exclusive lock it takes would wait on our own hold."""
+    (`_finish_save`, waiting until `deadline`, or `lock_wait_s()` when None); False under `reading_lock`, where the
+    exclusive lock it takes would wait on our own hold."""
     cfg_path, _ = model_files(path)
     if finish and not cfg_path.is_file():
-        _finish_save(cfg_path, lock_wait_s())
+        _finish_save(cfg_path, lock_wait_s(), time_left(deadline))
     if not cfg_path.is_file():
         raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} (a saved model is a folder with "
                                    f"{CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json)")
@@ -223,7 +233,7 @@ def _read_saved(path: str | Path, finish: bool = True) -> tuple[SigmaNetConfig, 
     return make_config(data["config"]), bool(data.get("backbone_in_file", True))
 
 
-def _read_pair(path: str | Path) -> tuple[SigmaNetConfig, bool, dict[str, torch.Tensor]]:
+def _read_pair(path: str | Path, deadline: float | None = None) -> tuple[SigmaNetConfig, bool, dict[str, torch.Tensor]]:
     """(config, backbone in file, weights) of one save: both files read under a shared flock on their folder
     (`reading_lock`), so a live `save_model` there (whose renames hold it exclusively) commits before or after the
     two reads, never between them — a load gave one saver's config with another's weights, or found the config gone
@@ -232,10 +242,11 @@ def _read_pair(path: str | Path) -> tuple[SigmaNetConfig, bool, dict[str, torch.
     `lock_wait_s()` (a saver stopped mid-commit) is `weights_busy`, not a load that waits for ever. The finish and
     the shared hold wait against one deadline, `lock_wait_s()` from the load's start: each had the whole bound, and
     a load that finished a killed save late in its wait then waited for the hold again, up to twice the bound — past
-    a fleet worker's watchdog set just above it (`sigma.service.fleet.check_batch_timeout`)."""
+    a fleet worker's watchdog set just above it (`sigma.service.fleet.check_batch_timeout`). `deadline`: a caller's
+    (`lock_deadline()`, shared with its `read_config` before), instead of one from here."""
     cfg_path, weights_path = model_files(path)
     wait_s = lock_wait_s()
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + wait_s if deadline is None else deadline
     if not cfg_path.is_file():
         _finish_save(cfg_path, wait_s, time_left(deadline))
     with _busy_as_error("load the model from", wait_s), reading_lock(cfg_path.parent, time_left(deadline)):
@@ -246,10 +257,11 @@ def _read_pair(path: str | Path) -> tuple[SigmaNetConfig, bool, dict[str, torch.
 
 
 def load_model(path: str | Path, *, map_location: str | torch.device = "cpu", allow_download: bool = False,
-               backbone_weights: str | None = None) -> SigmaNet:
+               backbone_weights: str | None = None, deadline: float | None = None) -> SigmaNet:
     """Strict load. A file saved without its frozen backbone gets it from `backbone_weights` or the
-    config's `backbone.weights`, through the usual resolution order."""
-    cfg, backbone_in_file, state = _read_pair(path)
+    config's `backbone.weights`, through the usual resolution order. `deadline` (`lock_deadline()`): its waits for
+    the folder end there, a bound shared with a `read_config` before it; None: `lock_wait_s()` from here."""
+    cfg, backbone_in_file, state = _read_pair(path, deadline)
     _, weights_path = model_files(path)
     if backbone_in_file:
         # checked against a skeleton on the meta device first: a config.json that disagrees with its weights

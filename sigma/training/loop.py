@@ -182,16 +182,23 @@ def _build_model(cfg: TrainConfig, log=print, resuming: bool = False):
     every weight from its checkpoint: `init_from` is not read again (it may be gone: deleted, or on the machine
     the run folder was copied from)."""
     from sigma.models import build_model, load_model
-    from sigma.models.factory import read_config
+    from sigma.models.factory import lock_deadline, read_config
     from sigma.models.grow import grow_from
+    from sigma.tempfiles import time_left
 
     if not cfg.init_from or resuming:
         return build_model(cfg.model, pretrained=True), None
     src = init_source(cfg.init_from)
-    saved = read_config(src)
+    # one bound for both reads' waits on the folder (a saver stopped mid-commit there): each had all of
+    # $SIGMA_MODEL_LOCK_WAIT_S, and a start that finished a killed save in the first, then met a holder in the
+    # second, waited twice it. Building the network between is no wait and does not spend it (a pretrained
+    # backbone's load would leave the second read one try, refused by a live saver's moment of commit)
+    deadline = lock_deadline()
+    saved = read_config(src, deadline=deadline)
+    left = time_left(deadline) or 0.0
     model = build_model(cfg.model, pretrained=True)
     if saved.model_dump(exclude={"name"}) == model.config.model_dump(exclude={"name"}):
-        return load_model(src), None
+        return load_model(src, deadline=time.monotonic() + left), None
     report = grow_from(model, str(src))
     log(f"init_from {src}: grown to {cfg.model if isinstance(cfg.model, str) else 'the configured model'}: "
         f"{report.summary()}")
