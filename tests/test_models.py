@@ -229,6 +229,25 @@ def test_a_saver_killed_between_its_weights_and_its_config_leaves_no_mixed_model
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
 
 
+def test_init_from_a_folder_a_killed_save_left_starts_from_that_save(tmp_path):
+    """A save killed at its config's rename leaves the config's journal where config.json was; `load_model` finishes
+    it, but training's `init_from` looked for config.json first and refused the folder (`invalid_config: no saved
+    model`). Now it is taken, and the load gives the killed save's model whole."""
+    import signal
+
+    from sigma.models.factory import CONFIG_NAME
+    from sigma.training.loop import init_source
+
+    folder = tmp_path / "m"
+    old = _pair_saver(folder, "none", 64, 0)
+    assert old.wait(timeout=120) == 0, old.stderr.read()
+    killed = _pair_saver(folder, "SIGKILL", 96, 1)
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.stderr.read()
+    assert not (folder / CONFIG_NAME).exists() and list(folder.glob(f".{CONFIG_NAME}.*.pending"))
+    assert init_source(str(folder)) == folder
+    assert _whole(folder, tmp_path, 96, 1)
+
+
 def test_two_savers_at_once_leave_one_whole_model(tmp_path):
     """Two savers into one folder at once: the first stopped (SIGSTOP) at its config's rename, its weights in place,
     while the second saved whole, then the first renamed its config over the second's — the second's weights

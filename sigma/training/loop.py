@@ -167,10 +167,14 @@ def _freeze(model: torch.nn.Module, prefixes: list[str]) -> int:
 
 def init_source(init_from: str) -> Path:
     """The saved model an `init_from` names: a run folder (its final/ or model/), a save_model folder,
-    or an `X.safetensors` beside `X.json` (e.g. the shipped sigma/weights/sigma-lite.safetensors)."""
+    or an `X.safetensors` beside `X.json` (e.g. the shipped sigma/weights/sigma-lite.safetensors), or a folder a
+    save killed mid-commit left (its journal instead of config.json)."""
     src = Path(init_from)
     for cand in (src / "final", src / "model", src):
-        if (cand / "config.json").is_file() or (cand.suffix == ".safetensors" and cand.is_file()):
+        # a save killed mid-commit leaves its config's journal where config.json was (the load finishes it):
+        # refused as `no saved model` before, though `load_model` of that folder gave the saved model whole
+        if ((cand / "config.json").is_file() or (cand.suffix == ".safetensors" and cand.is_file())
+                or (cand.is_dir() and any(cand.glob(".config.json.*.pending")))):
             return cand
     raise ConfigError(f"init_from {src}: no saved model (looked for final/, model/, config.json or a .safetensors)")
 
