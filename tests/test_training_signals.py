@@ -440,44 +440,64 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def test_a_data_worker_stuck_in_a_read_is_killed_after_the_loaders_shutdown_and_the_run_ends(photos, tmp_path):
-    """A data worker blocked in a read (a photo on a hung network mount) when the run stops: torch's shutdown
-    joins it 5 s, then sends SIGTERM, which our workers ignore, so it outlived the shutdown, multiprocessing's exit
-    handler joined it forever and `sigma train` never ended. Now it is SIGKILLed after a short grace, one line says
-    so, and the run ends 0, paused, with no worker left. The stall is real: `SIGMA_TEST_WORKER_STALL` makes each
-    worker open a FIFO nobody writes (blocked in the kernel) before a sample of step 2 or later; `max_minutes`
-    pauses the run after step 0, while the workers are prefetching those."""
+def _held_with_stuck_workers(photos: Path, tmp_path: Path, hold: str,
+                             extra: list[str]) -> tuple[subprocess.Popen, Lines, str, list[psutil.Process], float]:
+    """`sigma train` (2 data workers, through tests/train_term_mid_step.py) held in step 0 until both workers are
+    blocked, for real, on a FIFO nobody writes before any sample of step 2 or later (`SIGMA_TEST_WORKER_STALL`, as a
+    read on a hung network mount), then released (`SIGMA_TEST_HOLD=hold`): the loop ends there. The process, its
+    stdout, its stderr, the workers seen at `READY` and the seconds from `READY` to its exit come back."""
     fifo = tmp_path / "hung-mount"
     os.mkfifo(fifo)
-    env = {**_env(), "SIGMA_TEST_WORKER_STALL": f"{fifo}:{2 * 2}"}        # step 2 at batch_size=2
-    args = [STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=stuck", "steps=20",
-            "batch_size=2", "num_workers=2", "max_minutes=1e-6", "eval.at_start=false", "eval.val_size=2",
-            "ckpt_every=20"]
-    proc = subprocess.Popen([sys.executable, "-m", "sigma", "train", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    run = tmp_path / "runs" / "stuck"
+    args = [STAGE1, f"data.photos={photos}", f"out_dir={run.parent}", f"name={run.name}", "steps=20",
+            "batch_size=2", "num_workers=2", "eval.at_start=false", "eval.val_size=2", "ckpt_every=20", *extra]
+    env = {**_env(), "OMP_NUM_THREADS": "1", "SIGMA_TEST_TERM_STEP": "0", "SIGMA_TEST_HOLD": hold,
+           "SIGMA_TEST_WORKER_STALL": f"{fifo}:{2 * 2}"}       # batch_size=2: the workers stall before batch 2
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "train_term_mid_step.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    lines = Lines(proc.stdout)
     seen: dict[int, psutil.Process] = {}
-    try:
-        deadline = time.monotonic() + 150
-        while proc.poll() is None and time.monotonic() < deadline:
-            seen.update((w.pid, w) for w in _workers(proc.pid))
-            time.sleep(0.05)
-        if proc.poll() is None:                  # hung (at exit, before the fix): killed with its group; fails
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=30)
-            raise AssertionError(f"still running 150 s after it started:\n{(out + err).decode(errors='replace')}")
-        out, err = communicate(proc, 30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = out.decode(errors="replace") + err
-    assert proc.returncode == 0, text[-3000:]
-    assert len(seen) == 2, (seen, text[-3000:])
-    assert re.search(r"[12] data worker\(s\) still running after the data loader's shutdown .* killed with SIGKILL",
-                     text), text[-3000:]
-    assert [w.pid for w in seen.values() if _alive(w)] == []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and lines.when("READY") is None:
+        seen.update((w.pid, w) for w in _workers(proc.pid))
+        time.sleep(0.02)
+    err = _ended(proc, lines, 120)             # a generous guard: hung for ever before the stuck-worker kill
+    ready = lines.when("READY 2")
+    assert ready is not None and len(seen) == 2, lines.text()[-3000:] + err[-3000:]
+    return proc, lines, err, list(seen.values()), lines.seen[-1][0] - ready
+
+
+def test_a_max_minutes_pause_kills_data_workers_stuck_in_a_read_at_once_and_the_run_ends(photos, tmp_path):
+    """A `max_minutes` pause between steps while both data workers are stuck in a read prefetching the next batches
+    (a photo on a hung network mount). First torch's shutdown joined each 5 s, then sent SIGTERM, which the workers
+    ignore, and multiprocessing's exit handler joined them forever: the run never ended. Then `kill_stuck_workers`
+    SIGKILLed them 2 s after that shutdown: 22 s of joins before the pause's checkpoint (`N data worker(s) still
+    running after the data loader's shutdown`). Now they are killed at once as the loop ends, as for a SIGTERM
+    (`_kill_unwanted_workers`, its line), torch's shutdown waiting on none; the run ends 0, paused, none left."""
+    proc, lines, err, workers, took = _held_with_stuck_workers(photos, tmp_path, "stuck", ["max_minutes=1e-6"])
+    text = lines.text()
+    print(f"READY (both workers stuck) -> exit {took:.2f} s")
+    assert proc.returncode == 0, text[-3000:] + err[-3000:]
+    assert "2 data worker(s) killed with SIGKILL: their loader was left at step 1" in text, text[-3000:]
+    assert "still running after the data loader's shutdown" not in text, text[-3000:]
+    seen = dict(line.split()[1:] for _, line in lines.seen if line.startswith("WORKERS "))
+    assert (seen.get("checkpoint@1"), seen.get("validate@1"), seen.get("exit")) == ("0", "0", "0"), text[-3000:]
+    assert not [w for w in workers if _alive(w)]
     assert [(r["step"], r["reason"]) for r in _rows(tmp_path / "runs" / "stuck") if r["event"] == "paused"] == \
         [(1, "max_minutes")]
+
+
+def test_an_error_in_a_step_kills_data_workers_stuck_in_a_read_at_once(photos, tmp_path):
+    """An error that ends the loop (here `TrainingDiverged`, raised in step 0) while both data workers are stuck in
+    a read: before, torch's shutdown joined each 5 s and `kill_stuck_workers` gave them 2 s more before the error
+    was said (22 s); now they are killed at once, by the same code as for a SIGTERM, and the error ends the run."""
+    proc, lines, err, workers, took = _held_with_stuck_workers(photos, tmp_path, "error", [])
+    text = lines.text()
+    print(f"READY (both workers stuck) -> exit {took:.2f} s")
+    assert proc.returncode not in (0, None) and "training_diverged" in err + text, text[-3000:] + err[-3000:]
+    assert "2 data worker(s) killed with SIGKILL: their loader was left at step 0" in text, text[-3000:]
+    assert "still running after the data loader's shutdown" not in text, text[-3000:]
+    assert not [w for w in workers if _alive(w)]
 
 
 def _stalled_run(photos: Path, tmp_path: Path, at_step: int, extra: list[str]) -> tuple[subprocess.Popen, Lines, Path]:

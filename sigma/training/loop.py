@@ -946,17 +946,21 @@ class Trainer:
         and known, and they are stopped with further Ctrl-Cs ignored (bounded: a join, then terminate). One still
         alive after that (stuck in a read: it ignores SIGTERM) is killed (`kill_stuck_workers`), with one line.
 
-        With `waits`, each batch is waited for through it (`DataWait.next`: a stop cuts that wait, and only it). A
-        cut wait kills the workers at once, before torch's shutdown: one is likely stuck (the batch never came), and
-        the shutdown's joins (5 s a worker) and the grace would spend the scheduler's grace period before the pause's
-        checkpoint; their batches are not wanted. So does a SIGTERM pause between steps (`stopping`), once its
-        checkpoint is written (`_save_stop`): the shutdown waited on workers stuck prefetching the next batches."""
+        With `waits`, each batch is waited for through it (`DataWait.next`: a stop cuts that wait, and only it).
+        Left before the loader ran out — a cut wait, a SIGTERM or `max_minutes` pause between steps, an error, a
+        Ctrl-C, a worker's death — the workers are killed at once (`_kill_unwanted_workers`), before torch's
+        shutdown: their batches are not wanted, and that shutdown joins a worker stuck in a read (a hung mount) 5 s,
+        then `kill_stuck_workers` gives it 2 s more — 22 s measured with two stuck workers at a `max_minutes` pause,
+        spent before its checkpoint (a SIGTERM's too, of a scheduler's grace period). A loader that ran out shut its
+        workers down itself, after their last batch (torch, in its `__next__`): none of them can be waiting on a read
+        then, and the stuck-worker kill after the shutdown stays as the safety net."""
         iterator = None
-        cut = False
+        cut = drained = False
         try:
             with stop_signals_deferred():
                 iterator = self._loader_iter(ds)
             yield waits.around(iterator) if waits is not None else iterator
+            drained = True
         except DataWaitCut:
             cut = True
             raise
@@ -964,23 +968,29 @@ class Trainer:
             shutdown = getattr(iterator, "_shutdown_workers", None)   # torch's, idempotent; none without workers
             if shutdown is not None:
                 with interrupts_ignored():
-                    if cut or self.stopping:
-                        self._kill_waited_workers(list(getattr(iterator, "_workers", [])), cut)
+                    if not drained:
+                        self._kill_unwanted_workers(list(getattr(iterator, "_workers", [])), cut)
                     shutdown()
                     killed = kill_stuck_workers(list(getattr(iterator, "_workers", [])))
                 if killed:
                     self.log(f"{killed} data worker(s) still running after the data loader's shutdown (stuck in a "
                              "read?) were killed with SIGKILL")
 
-    def _kill_waited_workers(self, workers: list, cut: bool) -> None:
-        """At once, before torch's shutdown (5 s a stuck worker): a wait cut short (`cut`), or a SIGTERM pause
-        whose checkpoint is written (`_save_stop`)."""
+    def _kill_unwanted_workers(self, workers: list, cut: bool) -> None:
+        """The one way the workers of a loader left early are stopped (`_data_workers`): at once, before torch's
+        shutdown (5 s a stuck worker), with one line saying why — a wait cut short (`cut`), a SIGTERM pause whose
+        checkpoint is written (`stopping`, `_save_stop`), or any other way out (a `max_minutes` pause, an error)."""
         killed = kill_stuck_workers(workers, grace=0.0)
-        if killed and cut:
-            self.log(f"{killed} data worker(s) killed with SIGKILL: the run stopped while it waited for their data")
-        elif killed:
-            self.log(f"{killed} data worker(s) killed with SIGKILL: a SIGTERM stopped the run at step {self.step}, "
-                     "its checkpoint written; their batches are not wanted")
+        if not killed:
+            return
+        if cut:
+            why = "the run stopped while it waited for their data"
+        elif self.stopping:
+            why = f"a SIGTERM stopped the run at step {self.step}, its checkpoint written; their batches are not wanted"
+        else:
+            why = (f"their loader was left at step {self.step} (a pause, an error, a restart); their batches are "
+                   "not wanted")
+        self.log(f"{killed} data worker(s) killed with SIGKILL: {why}")
 
     def _batches(self, ds: TrainDataset, waits: DataWait | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """The batches from `self.step` on. A data worker that dies (the OOM killer, a stray kill) ends the
