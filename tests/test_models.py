@@ -444,67 +444,94 @@ print("loaded", flush=True)
 _SAVER_ON_CUE = "import sys\nimport torch\nimport sigma.models\nsys.stdin.readline()\n"
 
 
+def _refused_with_the_rest_of_one_bound(folder, make_saver, start_subject, second: str, whose: str, bound: int = 4,
+                                        d_size: int = 128) -> int:
+    """The scenario of the one-bound tests, run with real processes. S1, a saver stopped mid-commit (the folder's
+    commit lock held, its config removed); D, a save whose commit timed out behind S1 (its set staged, its journal
+    written); the subject (`start_subject(env)`: a load, a save or a training start, given `bound` s of lock wait),
+    which prints "at the commit lock" at its first wait (finishing D's set, behind S1) and `second` at its second,
+    where it waits for a line on stdin. Half the bound is spent in the first wait, then S1 resumes; S2, a saver on
+    cue, stops mid-commit in the subject's way; the subject goes on and must be refused `weights_busy` naming S2,
+    with at most the rest of the one bound (`for the last X s of WHOSE N s wait`: before, `for all of N s`, a second
+    bound). S2 is resumed at the end. `make_saver(stop, size, seed, program, **kw)` starts a saver of `folder`
+    (`program`: a wrapper of its saver program, or None); D saves a model of `d_size`. Returns the journals in
+    `folder` when the subject was refused (S2's, and a refused save's own)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+
+    from modelsavers import end_saver, resume_saver
+
+    first = make_saver("SIGSTOP", 0, 1, None)                         # S1: holds the commit lock, config removed
+    later = subject = None
+    try:
+        assert first.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(first.pid, os.WUNTRACED)[1]
+        killed = make_saver("none", d_size, 2, _reporting, env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"})
+        out, err = killed.communicate(timeout=120)                    # D: staged, journal written, commit refused
+        assert killed.returncode == 3 and out.startswith("weights_busy ") and "journal" in out, (out, err)
+        later = make_saver("SIGSTOP", 96, 3, lambda program: _SAVER_ON_CUE + program, stdin=subprocess.PIPE)
+        subject = start_subject({**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": str(bound)})
+        assert subject.stdout.readline().strip() == "at the commit lock"  # finishing D's journal, behind S1
+        time.sleep(bound / 2)                                         # half the subject's bound spent on this wait
+        resume_saver(first)                                           # S1 commits: the subject finishes D's set
+        assert subject.stdout.readline().strip() == second
+        later.stdin.write("go\n")
+        later.stdin.flush()
+        assert later.stdout.readline().strip() == "at the config's rename"
+        assert os.waitpid(later.pid, os.WUNTRACED)[1]                 # S2 stopped holding the commit lock
+        subject.stdin.write("go\n")
+        subject.stdin.flush()
+        out, err = subject.communicate(timeout=120)
+        assert subject.returncode == 3, (out, err)
+        code, message = out.splitlines()[-1].split(" ", 1)
+        assert code == "weights_busy" and f"pid {later.pid} (saving)" in message, out
+        left = re.search(rf"held it for the last ([0-9.]+) s of {whose} {bound} s wait", message)
+        assert left is not None, message                              # before: "held it for all of 4 s"
+        assert float(left[1]) <= bound / 2, message                   # the rest of one bound, not a second one
+        journals = len(list(folder.glob(".*.pending")))
+        resume_saver(later)
+    finally:
+        end_saver(first)
+        for proc in (later, subject):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=30)
+    return journals
+
+
+def _folder_saver(folder):
+    """`make_saver` for `_refused_with_the_rest_of_one_bound`: `_pair_saver`s of `folder` (program: a wrapper of
+    `modelsavers.SAVER`, or None for it)."""
+    from modelsavers import SAVER
+
+    def make(stop, size, seed, program, **kw):
+        return _pair_saver(folder, stop, size, seed, program=program(SAVER) if program else SAVER, **kw)
+    return make
+
+
 def test_a_load_that_finishes_a_killed_save_then_waits_for_its_hold_waits_one_bound_in_all(tmp_path):
     """A load finishes a killed save's journal under the folder's commit lock, then takes its shared hold: each wait
     had all of `$SIGMA_MODEL_LOCK_WAIT_S`, so a load that got the commit lock late in its wait (a saver stopped there
     and resumed) and then found another saver stopped mid-commit waited the bound again — twice it in all, past a
     fleet worker's watchdog set just above it (worker_hung instead of a deferral). Now both waits share one deadline:
     here (bound 4 s) the first wait took 2 s, and the load is refused `weights_busy` at the end of the same 4 s, its
-    message naming the rest of the load's wait (at most 2 s) — before, `for all of 4 s`, 6 s in all. Real savers: one
-    stopped mid-commit (S1), one whose commit timed out behind it and exited, its set staged with its journal (D), one
-    stopped mid-commit while the load waits at its read lock (S2)."""
-    import os
-    import re
-    import signal
+    message naming the rest of the load's wait (at most 2 s) — before, `for all of 4 s`, 6 s in all."""
     import subprocess
     import sys
-    import time
-
-    from modelsavers import SAVER, end_saver, resume_saver, stopped_saver
-
-    from sigma.models.factory import CONFIG_NAME
 
     folder = tmp_path / "m"
     old = _pair_saver(folder, "none", 64, 0)
     assert old.wait(timeout=120) == 0, old.stderr.read()
-    bound = 4
-    env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": str(bound)}
-    first = stopped_saver(folder)                                     # S1: holds the commit lock, config removed
-    later = loader = None
-    try:
-        killed = _pair_saver(folder, "none", 128, 2, program=_reporting(SAVER),
-                             env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"})
-        out, err = killed.communicate(timeout=120)                    # D: staged, journal written, commit refused
-        assert killed.returncode == 3 and out.startswith("weights_busy ") and "journal" in out, (out, err)
-        later = _pair_saver(folder, "SIGSTOP", 96, 3, program=_SAVER_ON_CUE + SAVER, stdin=subprocess.PIPE)
-        loader = subprocess.Popen([sys.executable, "-c", _reporting(_PAUSED_LOADER), str(folder)], env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert loader.stdout.readline().strip() == "at the commit lock"   # finishing D's journal, behind S1
-        time.sleep(bound / 2)                                         # half the load's bound spent on this wait
-        resume_saver(first)                                           # S1 commits: the load finishes D's set
-        assert loader.stdout.readline().strip() == "at the read lock"
-        later.stdin.write("go\n")
-        later.stdin.flush()
-        assert later.stdout.readline().strip() == "at the config's rename"
-        assert os.waitpid(later.pid, os.WUNTRACED)[1]                 # S2 stopped holding the commit lock
-        loader.stdin.write("go\n")
-        loader.stdin.flush()
-        out, err = loader.communicate(timeout=120)
-        assert loader.returncode == 3, (out, err)
-        code, message = out.splitlines()[-1].split(" ", 1)
-        assert code == "weights_busy" and f"pid {later.pid} (saving)" in message, out
-        left = re.search(rf"held it for the last ([0-9.]+) s of this load's {bound} s wait", message)
-        assert left is not None, message                              # before: "held it for all of 4 s"
-        assert float(left[1]) <= bound / 2, message                   # the rest of one deadline, not a second bound
-        assert len(list(folder.glob(f".{CONFIG_NAME}.*.pending"))) == 1   # S2's: D's set was finished
-        resume_saver(later)
-    finally:
-        end_saver(first)
-        for proc in (later, loader):
-            if proc is not None and proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.kill()
-                proc.wait(timeout=30)
+    journals = _refused_with_the_rest_of_one_bound(
+        folder, _folder_saver(folder),
+        lambda env: subprocess.Popen([sys.executable, "-c", _reporting(_PAUSED_LOADER), str(folder)], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        "at the read lock", "this load's")
+    assert journals == 1                                              # S2's: D's set was finished by the load
     assert _whole(folder, tmp_path, 96, 3)                            # S2's whole model, once it went on
 
 
@@ -531,16 +558,11 @@ def test_a_save_that_finishes_a_killed_save_then_meets_a_holder_at_its_commit_wa
     lock late in its first wait (a saver stopped there and resumed) and then met another saver stopped mid-commit
     waited the bound again — twice it in all, and its `weights_busy` said `for all of 4 s` of a 6 s wait. Now both
     waits share one bound: here (4 s) the first wait took 2 s, and the commit is refused with the rest, its message
-    naming it (at most 2 s of this save's 4 s wait). Real savers: one stopped mid-commit (S1), one whose commit
-    timed out behind it and exited, its set staged with its journal (D), one stopped mid-commit while the save
-    waits before its commit (S2); the save's own set then stays staged, and the next finish puts it in place."""
-    import os
-    import re
-    import signal
+    naming it (at most 2 s of this save's 4 s wait); the save's own set then stays staged, and the next finish puts
+    it in place."""
     import subprocess
-    import time
 
-    from modelsavers import SAVER, end_saver, resume_saver, stopped_saver
+    from modelsavers import SAVER
 
     from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME
     from sigma.tempfiles import finish_replacements
@@ -548,48 +570,16 @@ def test_a_save_that_finishes_a_killed_save_then_meets_a_holder_at_its_commit_wa
     folder = tmp_path / "m"
     old = _pair_saver(folder, "none", 64, 0)
     assert old.wait(timeout=120) == 0, old.stderr.read()
-    bound = 4
-    first = stopped_saver(folder)                                     # S1: holds the commit lock, config removed
-    later = save = None
-    try:
-        killed = _pair_saver(folder, "none", 128, 2, program=_reporting(SAVER),
-                             env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"})
-        out, err = killed.communicate(timeout=120)                    # D: staged, journal written, commit refused
-        assert killed.returncode == 3 and out.startswith("weights_busy ") and "journal" in out, (out, err)
-        later = _pair_saver(folder, "SIGSTOP", 96, 3, program=_SAVER_ON_CUE + SAVER, stdin=subprocess.PIPE)
-        save = _pair_saver(folder, "none", 160, 4, program=_reporting(_PAUSED_SAVER + SAVER), stdin=subprocess.PIPE,
-                           env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": str(bound)})
-        assert save.stdout.readline().strip() == "at the commit lock"     # finishing D's journal, behind S1
-        time.sleep(bound / 2)                                         # half the save's bound spent on this wait
-        resume_saver(first)                                           # S1 commits: the save finishes D's set
-        assert save.stdout.readline().strip() == "at its commit"
-        later.stdin.write("go\n")
-        later.stdin.flush()
-        assert later.stdout.readline().strip() == "at the config's rename"
-        assert os.waitpid(later.pid, os.WUNTRACED)[1]                 # S2 stopped holding the commit lock
-        save.stdin.write("go\n")
-        save.stdin.flush()
-        out, err = save.communicate(timeout=120)
-        assert save.returncode == 3, (out, err)
-        code, message = out.splitlines()[-1].split(" ", 1)
-        assert code == "weights_busy" and f"pid {later.pid} (saving)" in message and "journal" in message, out
-        left = re.search(rf"held it for the last ([0-9.]+) s of this save's {bound} s wait", message)
-        assert left is not None, message                              # before: "held it for all of 4 s"
-        assert float(left[1]) <= bound / 2, message                   # the rest of one bound, not a second one
-        assert len(list(folder.glob(f".{CONFIG_NAME}.*.pending"))) == 2   # S2's and the save's: D's was finished
-        resume_saver(later)
-    finally:
-        end_saver(first)
-        for proc in (later, save):
-            if proc is not None and proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.kill()
-                proc.wait(timeout=30)
+    journals = _refused_with_the_rest_of_one_bound(
+        folder, _folder_saver(folder),
+        lambda env: _pair_saver(folder, "none", 160, 4, program=_reporting(_PAUSED_SAVER + SAVER),
+                                stdin=subprocess.PIPE, env=env),
+        "at its commit", "this save's")
+    assert journals == 2                                              # S2's and the save's: D's was finished
     assert _whole(folder, tmp_path, 96, 3)                            # S2's whole model, once it went on
     assert len(finish_replacements(folder)) == 1                      # the save's own set, staged whole, not lost
     assert _whole(folder, tmp_path, 160, 4)
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
-
 
 
 # a training run's start with `init_from` an `X.safetensors` (beside `X.json`) of its own architecture (`_build_model`:
@@ -622,58 +612,23 @@ def test_init_from_reads_its_config_and_loads_its_model_within_one_bound(tmp_pat
     stopped mid-commit there, then resumed) and met another saver stopped mid-commit at the second waited twice the
     bound. Now the two share one (`lock_deadline`, passed to both as `deadline`): here (4 s) the first wait took
     2 s, and the load is refused `weights_busy` with the rest of it (at most 2 s of the 4 s) — before, `for all of
-    4 s`. Real savers as in the load's test above: S1 stopped mid-commit, D timed out behind it, S2 stopped."""
-    import os
-    import re
-    import signal
+    4 s`."""
     import subprocess
     import sys
-    import time
 
-    from modelsavers import end_saver, resume_saver, saver
+    from modelsavers import saver
 
     target = tmp_path / "m" / "x.safetensors"
     old = saver(target, "none", program=_EMBEDDED_SAVER)
     assert old.wait(timeout=120) == 0, old.stderr.read()
-    bound = 4
-    first = saver(target, "SIGSTOP", program=_EMBEDDED_SAVER)        # S1: holds the commit lock, x.json removed
-    later = trainer = None
-    try:
-        assert first.stdout.readline().strip() == "at the config's rename"
-        assert os.waitpid(first.pid, os.WUNTRACED)[1]
-        killed = saver(target, "none", 0, 2, program=_reporting(_EMBEDDED_SAVER),   # the architecture `model=` names
-                       env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"})
-        out, err = killed.communicate(timeout=120)                    # D: staged, journal written, commit refused
-        assert killed.returncode == 3 and out.startswith("weights_busy ") and "journal" in out, (out, err)
-        later = saver(target, "SIGSTOP", 96, 3, program=_SAVER_ON_CUE + _EMBEDDED_SAVER, stdin=subprocess.PIPE)
-        trainer = subprocess.Popen([sys.executable, "-c", _reporting(_PAUSED_INIT_FROM), str(target)],
-                                   env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": str(bound)}, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert trainer.stdout.readline().strip() == "at the commit lock"  # read_config finishing D, behind S1
-        time.sleep(bound / 2)                                         # half the start's bound spent on this wait
-        resume_saver(first)                                           # S1 commits: read_config finishes D's set
-        assert trainer.stdout.readline().strip() == "at the read lock"    # load_model's shared hold
-        later.stdin.write("go\n")
-        later.stdin.flush()
-        assert later.stdout.readline().strip() == "at the config's rename"
-        assert os.waitpid(later.pid, os.WUNTRACED)[1]                 # S2 stopped holding the commit lock
-        trainer.stdin.write("go\n")
-        trainer.stdin.flush()
-        out, err = trainer.communicate(timeout=120)
-        assert trainer.returncode == 3, (out, err)
-        code, message = out.splitlines()[-1].split(" ", 1)
-        assert code == "weights_busy" and f"pid {later.pid} (saving)" in message, out
-        left = re.search(rf"held it for the last ([0-9.]+) s of this load's {bound} s wait", message)
-        assert left is not None, message                              # before: "held it for all of 4 s"
-        assert float(left[1]) <= bound / 2, message                   # the rest of one bound, not a second one
-        resume_saver(later)
-    finally:
-        end_saver(first)
-        for proc in (later, trainer):
-            if proc is not None and proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.kill()
-                proc.wait(timeout=30)
+
+    def make(stop, size, seed, program, **kw):
+        return saver(target, stop, size, seed, program=program(_EMBEDDED_SAVER) if program else _EMBEDDED_SAVER, **kw)
+    _refused_with_the_rest_of_one_bound(           # D: the architecture `model=` names (size 0), read_config's
+        target.parent, make,
+        lambda env: subprocess.Popen([sys.executable, "-c", _reporting(_PAUSED_INIT_FROM), str(target)], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        "at the read lock", "this load's", d_size=0)
 
 
 def test_a_load_in_a_thread_beside_a_save_in_another_never_waits_on_itself(tmp_path):
