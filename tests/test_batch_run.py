@@ -1094,11 +1094,9 @@ def test_a_resumed_run_sweeps_what_killed_writers_left_in_status_and_masks(tmp_p
         live.wait()
 
 
-def test_a_shard_is_on_disk_before_the_status_that_says_it_is_done(tmp_path):
-    """A shard's parquet was renamed with its bytes only flushed (never fsynced) while the status saying "done"
-    that followed was fsynced: after a power cut the status could stand beside a shard cut short or missing. In a
-    real run now, for every shard: its temporary file is fsynced, then renamed into place, then `shards/` is
-    fsynced, and only then is the status file written (its own temporary file fsynced and renamed)."""
+def _recorded_batch_run(tmp_path: Path) -> tuple[Path, list]:
+    """A real `sigma batch run` (8 pairs, 2 shards of 4, pixel-diff) under `killers.RECORD_SYNCS`: its run folder
+    and its fsyncs and renames in order."""
     root = tmp_path / "set"
     write_pairs_jsonl(root, synthetic_pairs(8, size=32))
     out, log, script = tmp_path / "run", tmp_path / "events.json", tmp_path / "record.py"
@@ -1107,7 +1105,15 @@ def test_a_shard_is_on_disk_before_the_status_that_says_it_is_done(tmp_path):
                            "--annotator", "pixel-diff", "--shard-size", "4", "--workers", "0", "--no-progress"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-    events = json.loads(log.read_text())
+    return out, json.loads(log.read_text())
+
+
+def test_a_shard_is_on_disk_before_the_status_that_says_it_is_done(tmp_path):
+    """A shard's parquet was renamed with its bytes only flushed (never fsynced) while the status saying "done"
+    that followed was fsynced: after a power cut the status could stand beside a shard cut short or missing. In a
+    real run now, for every shard: its temporary file is fsynced, then renamed into place, then `shards/` is
+    fsynced, and only then is the status file written (its own temporary file fsynced and renamed)."""
+    out, events = _recorded_batch_run(tmp_path)
     record = json.loads((out / "run.json").read_text())
     assert len(record["shards"]) == 2
     for shard in record["shards"]:
@@ -1128,15 +1134,7 @@ def test_the_run_folders_own_entries_for_shards_and_status_are_on_disk_before_a_
     folders' own names in the run folder never were, so a power cut could take `shards/` whole from under a "done"
     status (the shards written again, but for nothing). In a real run now, the run folder is fsynced after each is
     made (once: a folder already there is not synced again) and before the first status's rename."""
-    root = tmp_path / "set"
-    write_pairs_jsonl(root, synthetic_pairs(8, size=32))
-    out, log, script = tmp_path / "run", tmp_path / "events.json", tmp_path / "record.py"
-    script.write_text(RECORD_SYNCS)
-    proc = subprocess.run([sys.executable, str(script), str(log), "batch", "run", str(root), "--out", str(out),
-                           "--annotator", "pixel-diff", "--shard-size", "4", "--workers", "0", "--no-progress"],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    events = json.loads(log.read_text())
+    out, events = _recorded_batch_run(tmp_path)
     first_shard = next(i for i, e in enumerate(events) if e[0] == "rename" and Path(e[2]).parent == out / "shards")
     first_status = next(i for i, e in enumerate(events) if e[0] == "rename" and Path(e[2]).parent == out / "status")
     synced = [i for i, e in enumerate(events) if e == ["fsync", str(out)]]

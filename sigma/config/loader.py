@@ -266,11 +266,8 @@ def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origi
             return _whole_number(value, key, origin(key.split("[", 1)[0]), None if key == field else field,
                                  problems)
     elif isinstance(value, dict):
-        models = [arm for arm in arms if isinstance(arm, type) and issubclass(arm, BaseModel)]
-        values = [typing.get_args(arm)[1] for arm in arms
-                  if typing.get_origin(arm) in _MAPPINGS and len(typing.get_args(arm)) == 2]
         for name, item in value.items():
-            found = [field.annotation for m in models if (field := field_for_key(m, name)) is not None]
+            found, values = _key_annotations(arms, name)
             dotted = f"{key}.{name}" if key else str(name)
             if found:                                      # a field: named by its own dotted key
                 value[name] = _whole_items(found, item, dotted, dotted, origin, problems)
@@ -281,6 +278,16 @@ def _whole_items(annotations: list[Any], value: Any, key: str, field: str, origi
             if item_arms := item_annotations(arms, index):
                 value[index] = _whole_items(item_arms, item, f"{key}[{index}]", field, origin, problems)
     return value
+
+
+def _key_annotations(arms: list[Any], name: Any) -> tuple[list[Any], list[Any]]:
+    """For the key `name` of a mapping written for a field of one of `arms`: the annotations of the model fields it
+    names (`found`), and the value types of the typed mappings among `arms` (`dict[str, int]`: `values`). The one
+    walk of `_whole_items` and `non_finite_options`."""
+    models = [arm for arm in arms if isinstance(arm, type) and issubclass(arm, BaseModel)]
+    values = [typing.get_args(arm)[1] for arm in arms
+              if typing.get_origin(arm) in _MAPPINGS and len(typing.get_args(arm)) == 2]
+    return [field.annotation for m in models if (field := field_for_key(m, name)) is not None], values
 
 
 def _quoted(text: str) -> bool:
@@ -475,11 +482,8 @@ def non_finite_options(annotations: list[Any], value: Any, key: str = "",
             _found(problems, key, f"{origin(key.split('[', 1)[0])}{key}: {value} is no finite number (NaN, an "
                    "infinity, or past a float's range, ~1.8e308); a setting takes a finite one")
     elif isinstance(value, dict):
-        models = [arm for arm in arms if isinstance(arm, type) and issubclass(arm, BaseModel)]
-        values = [typing.get_args(arm)[1] for arm in arms
-                  if typing.get_origin(arm) in _MAPPINGS and len(typing.get_args(arm)) == 2]
         for name, item in value.items():
-            found = [field.annotation for m in models if (field := field_for_key(m, name)) is not None]
+            found, values = _key_annotations(arms, name)
             inner = found or values or ([Any] if free else [])
             if inner:                                      # an unknown key of a model: pydantic says so
                 non_finite_options(inner, item, f"{key}.{name}" if key else str(name), origin, problems)
