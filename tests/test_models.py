@@ -421,24 +421,31 @@ def test_a_save_stopped_mid_commit_makes_loads_and_saves_fail_within_their_bound
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
 
 
-# A load (`load_model`) that says where it is in its waits: at its first open of the folder (`_commit_lock`, finishing
-# a killed save's journal) it prints "at the commit lock"; at its second (`reading_lock`) "at the read lock", and waits
-# there for a line on stdin — the test puts a stopped saver in its way first. An audit hook, not a mock.
-_PAUSED_LOADER = """import os, sys
+def _paused_at_second_open(folder: str, second: str, body: str = "") -> str:
+    """The prelude of a `python -c` program that says where it is in its waits on a folder (`folder`: an expression
+    of sys.argv): at its first open of the folder (`_commit_lock`, finishing a killed save's journal) it prints "at
+    the commit lock"; at its second `second`, and waits there for a line on stdin — the test puts a stopped saver in
+    its way first. An audit hook, not a mock; `body` follows it."""
+    return f"""import os, sys
 from pathlib import Path
-folder = Path(sys.argv[1])
-opens = []
-def hook(event, args):
-    if event == "open" and isinstance(args[0], (str, os.PathLike)) and Path(os.fspath(args[0])) == folder:
-        opens.append(1)
-        print("at the commit lock" if len(opens) == 1 else "at the read lock", flush=True)
-        if len(opens) == 2:
+_paused_folder = {folder}
+_opens = []
+def _paused(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)) and Path(os.fspath(args[0])) == _paused_folder:
+        _opens.append(1)
+        print("at the commit lock" if len(_opens) == 1 else {second!r}, flush=True)
+        if len(_opens) == 2:
             sys.stdin.readline()
-sys.addaudithook(hook)
+sys.addaudithook(_paused)
+""" + body
+
+
+# A load (`load_model`) paused at its second wait, its shared hold (`reading_lock`)
+_PAUSED_LOADER = _paused_at_second_open("Path(sys.argv[1])", "at the read lock", """
 from sigma.models import load_model
-load_model(folder)
+load_model(Path(sys.argv[1]))
 print("loaded", flush=True)
-"""
+""")
 
 # a saver ready to save (torch and sigma imported) once told to, by a line on its stdin
 _SAVER_ON_CUE = "import sys\nimport torch\nimport sigma.models\nsys.stdin.readline()\n"
@@ -535,21 +542,9 @@ def test_a_load_that_finishes_a_killed_save_then_waits_for_its_hold_waits_one_bo
     assert _whole(folder, tmp_path, 96, 3)                            # S2's whole model, once it went on
 
 
-# A save (`modelsavers.SAVER`, not stopped) that says where it is in its waits: at its first open of the folder
-# (`_commit_lock`, finishing a killed save's journal) it prints "at the commit lock"; at its second (`sync_folder`, its
-# own set staged and its journal written, just before its commit) "at its commit", and waits there for a line on
-# stdin — the test puts a stopped saver in its way first. An audit hook, not a mock.
-_PAUSED_SAVER = """import os, sys
-from pathlib import Path
-opens = []
-def paused(event, args):
-    if event == "open" and isinstance(args[0], (str, os.PathLike)) and Path(os.fspath(args[0])) == Path(sys.argv[1]):
-        opens.append(1)
-        print("at the commit lock" if len(opens) == 1 else "at its commit", flush=True)
-        if len(opens) == 2:
-            sys.stdin.readline()
-sys.addaudithook(paused)
-"""
+# A save (`modelsavers.SAVER`, not stopped, follows it) paused at its second open of the folder (`sync_folder`, its own
+# set staged and its journal written, just before its commit)
+_PAUSED_SAVER = _paused_at_second_open("Path(sys.argv[1])", "at its commit")
 
 
 def test_a_save_that_finishes_a_killed_save_then_meets_a_holder_at_its_commit_waits_one_bound_in_all(tmp_path):
@@ -583,23 +578,13 @@ def test_a_save_that_finishes_a_killed_save_then_meets_a_holder_at_its_commit_wa
 
 
 # a training run's start with `init_from` an `X.safetensors` (beside `X.json`) of its own architecture (`_build_model`:
-# `read_config`, then `load_model`), saying where it is in its waits on the folder as `_PAUSED_LOADER` does
-_PAUSED_INIT_FROM = """import os, sys
-from pathlib import Path
-folder = Path(sys.argv[1]).parent
-opens = []
-def hook(event, args):
-    if event == "open" and isinstance(args[0], (str, os.PathLike)) and Path(os.fspath(args[0])) == folder:
-        opens.append(1)
-        print("at the commit lock" if len(opens) == 1 else "at the read lock", flush=True)
-        if len(opens) == 2:
-            sys.stdin.readline()
-sys.addaudithook(hook)
+# `read_config`, then `load_model`), paused at the load's shared hold
+_PAUSED_INIT_FROM = _paused_at_second_open("Path(sys.argv[1]).parent", "at the read lock", """
 from sigma.training.config import TrainConfig
 from sigma.training.loop import _build_model
 _build_model(TrainConfig(model="tiny-lite", init_from=sys.argv[1]), log=lambda *_: None)
 print("loaded", flush=True)
-"""
+""")
 
 # `modelsavers.SAVER` saving the embedded layout (its argv's X.safetensors + X.json), stopped at its rename of X.json
 _EMBEDDED_SAVER = SAVER.replace('folder / "config.json"', 'folder.with_suffix(".json")')
