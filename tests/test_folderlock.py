@@ -328,6 +328,27 @@ def _busy_line(err: str, folder: Path, holder: int, action: str) -> None:
     assert f"kill -CONT {holder}" in err and "SIGMA_FOLDER_LOCK_WAIT_S" in err, err
 
 
+def _busy_until_resumed(start, writer, out: Path, action: str, result: str) -> None:
+    """`start()`'s command, `writer` stopped mid-commit in `out`: refused `folder_busy` in one line (`_busy_line`,
+    every wait timed: without the bound this fails, it does not hang), its results staged whole, `result` not in
+    place; then the writer resumed and done. Both ended whatever happens."""
+    import os
+    import signal
+
+    command = None
+    try:
+        command = start()
+        _, err = command.communicate(timeout=60)                      # without the bound: TimeoutExpired
+        assert command.returncode == 2, err
+        _busy_line(err, out, writer.pid, action)
+        assert "staged whole" in err and not (out / result).exists()
+        os.kill(writer.pid, signal.SIGCONT)
+        assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    finally:
+        _end(writer)
+        _end(command)
+
+
 @pytest.mark.timeout(300)
 def test_an_eval_whose_out_a_stopped_writer_holds_fails_folder_busy_within_the_bound(tmp_path):
     """A writer of a set in `--out` stopped mid-commit (Ctrl-Z, SIGSTOP, a hung network write) keeps its flock on the
@@ -337,8 +358,6 @@ def test_an_eval_whose_out_a_stopped_writer_holds_fails_folder_busy_within_the_b
     not lost: staged whole with their journal, put in place once the writer goes on and the folder is finished.
     Every wait has a timeout: without the bound this test fails, it does not hang."""
     import json
-    import os
-    import signal
 
     from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
     from sigma.tempfiles import finish_replacements
@@ -347,19 +366,8 @@ def test_an_eval_whose_out_a_stopped_writer_holds_fails_folder_busy_within_the_b
     write_pairs_jsonl(data, synthetic_pairs(2))
     out = tmp_path / "eval"
     out.mkdir()
-    writer = _set_writer(out, "SIGSTOP", "other")
-    ev = None
-    try:
-        ev = _sigma_eval(data, out, "2")
-        _, err = ev.communicate(timeout=60)                          # without the bound: TimeoutExpired
-        assert ev.returncode == 2, err
-        _busy_line(err, out, writer.pid, "write the metrics into")
-        assert "staged whole" in err and not (out / "metrics.json").exists()
-        os.kill(writer.pid, signal.SIGCONT)
-        assert writer.wait(timeout=60) == 0, writer.stderr.read()
-    finally:
-        _end(writer)
-        _end(ev)
+    _busy_until_resumed(lambda: _sigma_eval(data, out, "2"), _set_writer(out, "SIGSTOP", "other"), out,
+                        "write the metrics into", "metrics.json")
     assert json.loads((out / "metrics.json").read_text()) == {"writer": "other"}
     assert len(finish_replacements(out)) == 1                         # the eval's set, staged whole, not lost
     assert json.loads((out / "metrics.json").read_text())["config"]["annotator"] == "pixel-diff"
@@ -413,7 +421,6 @@ def test_an_annotate_whose_out_a_stopped_writer_holds_fails_folder_busy_within_t
     lock; a writer of that folder stopped mid-commit (SIGSTOP) kept it waiting for ever. Now `folder_busy` after
     `$SIGMA_FOLDER_LOCK_WAIT_S` (2 s here): one line, exit 2, the new set staged whole for the next write."""
     import os
-    import signal
     import subprocess
     import sys
 
@@ -428,22 +435,11 @@ def test_an_annotate_whose_out_a_stopped_writer_holds_fails_folder_busy_within_t
     Image.fromarray(edited).save(tmp_path / "e.png")
     out = tmp_path / "ann"
     out.mkdir()
-    writer = _set_writer(out, "SIGSTOP", "other")
-    proc = None
-    try:
-        env = {**os.environ, "SIGMA_FOLDER_LOCK_WAIT_S": "2"}
-        proc = subprocess.Popen([sys.executable, "-m", "sigma", "annotate", str(tmp_path / "o.png"),
-                                 str(tmp_path / "e.png"), "--annotator", "pixel-diff", "-o", str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        _, err = proc.communicate(timeout=60)                         # without the bound: TimeoutExpired
-        assert proc.returncode == 2, err
-        _busy_line(err, out, writer.pid, "write the result into")
-        assert "staged whole" in err and not (out / "result.json").exists()
-        os.kill(writer.pid, signal.SIGCONT)
-        assert writer.wait(timeout=60) == 0, writer.stderr.read()
-    finally:
-        _end(writer)
-        _end(proc)
+    env = {**os.environ, "SIGMA_FOLDER_LOCK_WAIT_S": "2"}
+    _busy_until_resumed(lambda: subprocess.Popen([sys.executable, "-m", "sigma", "annotate", str(tmp_path / "o.png"),
+                                                  str(tmp_path / "e.png"), "--annotator", "pixel-diff", "-o", str(out)],
+                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+                        _set_writer(out, "SIGSTOP", "other"), out, "write the result into", "result.json")
     from sigma.tempfiles import finish_replacements
 
     assert len(finish_replacements(out)) == 1                         # annotate's set, staged whole, not lost
