@@ -8,12 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from killers import RECORD_SYNCS, at_first_temp_rename
 
 try:
     import datasets
@@ -294,3 +298,87 @@ def test_a_file_mapped_by_a_reader_is_replaced_never_rewritten_in_place(tmp_path
         assert run_batch(cfg, run, resume=True, progress=False).done_now == 1
 
     assert read_mapped_through(shard, rerun_shard) == (4, 4)
+
+
+# a shard's temporary name as `sigma.tempfiles.temp_name` writes it (`.NAME.PID.RANDOM.tmp`): one the sweeps know
+_SHARD_TEMP = re.compile(r"\.train-\d{5}(-of-\d{5})?\.parquet\.\d+\.[0-9a-f]{8}\.tmp")
+
+
+def test_hf_shards_are_on_disk_before_the_card_that_describes_them(run, tmp_path):
+    """`sigma export hf` renamed each parquet shard from the page cache (no fsync), never synced `data/` (made by the
+    export, its own name unsynced too) nor OUT after the card's rename, while the card was fsynced: after a power cut
+    the export said done, and its card could describe shards empty, cut short or missing. In a real export now every
+    shard is written under `temp_name` and fsynced before its rename, `data/`'s name (in OUT) and then the shards'
+    names (in `data/`) are synced before the card's rename, and OUT after it."""
+    out, log, script = tmp_path / "new" / "hf", tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(RECORD_SYNCS)
+    proc = subprocess.run([sys.executable, str(script), str(log), "export", "hf", str(run), str(out),
+                           "--max-shard-mb", "0.002"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    data = out / "data"
+    shards = {str(data / name) for name in os.listdir(data)}
+    assert len(shards) == 8 and not [s for s in shards if Path(s).name.startswith(".")], shards
+    renames = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] in shards]
+    assert len(renames) == len(shards), events
+    for at in renames:             # each shard under a name the sweeps know, its bytes on disk before its name
+        assert _SHARD_TEMP.fullmatch(Path(events[at][1]).name), events[at]
+        assert ["fsync", events[at][1]] in events[:at], events
+    card = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(out / "README.md"))
+    assert ["fsync", events[card][1]] in events[:card], events
+    assert max(renames) < card, events
+    assert ["fsync", str(out)] in events[:min(renames)], events             # data/'s own name in OUT
+    assert ["fsync", str(data)] in events[max(renames) + 1:card], events    # the shards' names before the card
+    assert ["fsync", str(out)] in events[card + 1:], events                 # the card's own name
+
+
+def _hf_killed_at(run: Path, out: Path, containing: str, *flags: str) -> str:
+    """A real `sigma export hf --overwrite` SIGKILLed at its first rename of a temporary file whose name holds
+    `containing`; returns that file's name."""
+    killer = at_first_temp_rename(containing=containing) + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+    killed = subprocess.run([sys.executable, "-c", killer, "export", "hf", str(run), str(out), "--overwrite", *flags],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert killed.returncode == -9, (killed.stdout, killed.stderr)
+    return killed.stdout.strip()
+
+
+def _shards(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
+
+
+def test_hf_killed_while_staging_its_shards_leaves_the_previous_export_whole(run, tmp_path, capsys):
+    """`sigma export hf --overwrite` deleted the previous export's shards, then renamed its own into place one by one:
+    killed (SIGKILL, the OOM killer) between, OUT held some new shards or none, beside the old card. Now the new
+    shards are staged under `temp_name`s and committed together (`replace_together`): killed while staging, the
+    previous export stands byte for byte, only names the sweeps know are left, and the next export removes them."""
+    out = tmp_path / "hf"
+    assert main(["export", "hf", str(run), str(out)]) == 0
+    before = _shards(out)
+    left = _hf_killed_at(run, out, ".train-", "--max-shard-mb", "0.002")
+    assert _SHARD_TEMP.fullmatch(left), left
+    assert _shards(out) == before
+    hidden = [p.name for p in (out / "data").iterdir() if p.name.startswith(".")]
+    assert hidden and all(_SHARD_TEMP.fullmatch(name) for name in hidden), hidden
+    capsys.readouterr()
+    assert main(["export", "hf", str(run), str(out), "--overwrite"]) == 0
+    assert _shards(out) == before and not list((out / "data").glob(".*"))
+
+
+def test_hf_killed_after_its_journal_is_finished_by_the_next_export(run, tmp_path, capsys):
+    """Killed after its shards were committed (the journal written) while they were moved into place, an export
+    leaves a set the next export of OUT finishes before it counts the shards there: OUT then holds the killed
+    export whole, so a plain export is refused (`out_not_empty`) and `--overwrite` replaces all of it. Counted
+    before the set was finished, OUT looked empty (the previous shard removed, the new ones staged): the plain export
+    ran, and its sweep removed the staged shards of a committed set from under its journal."""
+    out = tmp_path / "hf"
+    assert main(["export", "hf", str(run), str(out)]) == 0
+    left = _hf_killed_at(run, out, "-00000-of-", "--max-shard-mb", "0.002")
+    assert re.fullmatch(r"\.train-00000-of-00008\.parquet\.\d+\.[0-9a-f]{8}\.tmp", left), left
+    assert list((out / "data").glob(".*.pending")), sorted(os.listdir(out / "data"))
+    capsys.readouterr()
+    assert main(["export", "hf", str(run), str(out)]) == 2 and "[out_not_empty]" in capsys.readouterr().err
+    assert list(_shards(out)) == [f"train-{i:05d}-of-00008.parquet" for i in range(8)]
+    assert not list((out / "data").glob(".*"))
+    assert main(["export", "hf", str(run), str(out), "--overwrite"]) == 0
+    assert list(_shards(out)) == ["train-00000-of-00001.parquet"] and not list((out / "data").glob(".*"))
+    assert len(load(out, tmp_path)) == 8

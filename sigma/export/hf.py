@@ -37,6 +37,7 @@ from sigma.export.select import (
 )
 from sigma.folderlock import hold_folder
 from sigma.rle import decode_rle, mask_bbox
+from sigma.tempfiles import finish_replacements, make_folders_durably, replace_together, sync_folder, temp_name
 from sigma.text import escape_surrogates
 
 SPLIT = "train"
@@ -257,7 +258,8 @@ class _ShardedWriter:
         if not self.buffer:
             return
         if self.writer is None:
-            path = self.dir / f".{SPLIT}-{len(self.files):05d}.parquet.tmp"
+            # this writer's own temporary name (`temp_name`), one the sweeps know, never a half file under a final name
+            path = temp_name(self.dir / f"{SPLIT}-{len(self.files):05d}.parquet")
             self.files.append(path)
             self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
             self.file_bytes = 0
@@ -280,22 +282,27 @@ class _ShardedWriter:
             tmp.unlink(missing_ok=True)
 
     def close(self, replaces: list[Path]) -> list[Path]:
-        """Finish the files and put them in place of `replaces` (a previous export); nothing kept: an error,
-        and the previous export is left as it was."""
+        """Finish the files and put them in place of `replaces` (a previous export), as one set
+        (`replace_together`): each shard fsynced, then a journal naming them all (the commit point), then the
+        moves, then `data/` fsynced, so the card written next never names shards a power cut could take. Before,
+        the shards were renamed from the page cache and `data/` never synced (a power cut after the export said
+        done could leave files empty, cut short or missing), and the previous export's shards were deleted before
+        the new ones were renamed (a kill between left a dataset of some new shards, or none). Now a kill before
+        the journal leaves the previous export whole; after it, the next export of OUT finishes the set. Nothing
+        kept: an error, and the previous export is left as it was."""
         self._flush()
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
         if not self.rows:
             for tmp in self.files:
                 tmp.unlink(missing_ok=True)
             raise nothing_to_export(self.skipped)
-        for old in replaces:
-            old.unlink(missing_ok=True)
-        final = []
-        for i, tmp in enumerate(self.files):
-            target = self.dir / f"{SPLIT}-{i:05d}-of-{len(self.files):05d}.parquet"
-            tmp.replace(target)
-            final.append(target)
+        final = [self.dir / f"{SPLIT}-{i:05d}-of-{len(self.files):05d}.parquet" for i in range(len(self.files))]
+        # each shard staged by a rename of its finished temporary file (no copy), fsynced by replace_together
+        staged = [(target, lambda path, tmp=tmp: os.replace(tmp, path)) for tmp, target in zip(self.files, final)]
+        replace_together(staged, remove=[old for old in replaces if old not in final])
+        sync_folder(self.dir)          # the moves on disk before the card that describes them
         return final
 
 
@@ -389,6 +396,9 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
 def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: str | None,
                max_shard_mb: float, overwrite: bool, mask: str) -> dict[str, Any]:
     data_dir = out / "data"
+    # an export killed after its journal (`replace_together`): its set is finished before the shards here are
+    # counted, so the ones it put in place are replaced too (counted before, they stayed beside the new export's)
+    finish_replacements(data_dir)
     existing = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
     if existing and not overwrite:
         raise InputError(f"{out} already holds an exported dataset ({len(existing)} parquet files); pass --overwrite "
@@ -410,10 +420,9 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
                              "would replace it. Choose another folder", code="out_not_empty")
     row_filter = row_filter or RowFilter()
     weights, weights_source = weights_digest(record)
-    made_data_dir = not data_dir.exists()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    made_data_dir = bool(make_folders_durably(data_dir))      # its name on disk in OUT, as its shards will be
     # OUT is held exclusively (hold_folder above): every temporary file here is a dead export's, whatever its pid
-    for stale in sorted(data_dir.glob(".*.tmp")):     # left by an interrupted export
+    for stale in sorted(data_dir.glob(".*.tmp")):     # left by an interrupted export (the older `.NAME.tmp` too)
         stale.unlink()
     skipped: list[dict[str, str]] = []
     writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))), skipped)
@@ -444,6 +453,7 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
             "filters": {"min_confidence": row_filter.min_confidence, "max_confidence": row_filter.max_confidence,
                         "min_area": row_filter.min_area, "max_area": row_filter.max_area,
                         "composite": {True: "only", False: "exclude", None: None}[row_filter.composite]}}
-    atomic_write_bytes(out / "README.md", dataset_card(info).encode())
+    atomic_write_bytes(out / "README.md", dataset_card(info).encode())     # fsynced before its rename
+    sync_folder(out)        # the card's own name on disk before the export says done
     return {"out": str(out), "rows": writer.rows, "files": [str(f.relative_to(out)) for f in files],
             "weights_sha256": weights, "skipped": skipped}
