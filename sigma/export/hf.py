@@ -397,7 +397,7 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
                max_shard_mb: float, overwrite: bool, mask: str) -> dict[str, Any]:
     data_dir = out / "data"
     # an export killed after its journal (`replace_together`): its set is finished before the shards here are
-    # counted, so the ones it put in place are replaced too (counted before, they stayed beside the new export's)
+    # counted (counted before, OUT looked empty, and the sweep below took the staged shards from under the journal)
     finish_replacements(data_dir)
     existing = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
     if existing and not overwrite:
