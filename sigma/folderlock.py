@@ -19,12 +19,13 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from sigma.errors import FolderBusyError, InputError
-from sigma.tempfiles import FolderBusy, flock_within, make_folders_durably, sweep_stale_temps
+from sigma.tempfiles import FolderBusy, flock_within, lock_holders, make_folders_durably, sweep_stale_temps
 from sigma.text import positive_int_env
 
 LOCK_FILE = ".lock"
@@ -76,11 +77,12 @@ def folder_lock_wait_s() -> int:
     """How long a writer of an output folder waits for another process's hold on the folder's commit lock
     (`$SIGMA_FOLDER_LOCK_WAIT_S`, default 120 s): `sigma eval`'s metrics.json and config.yaml, `sigma annotate`'s
     result folders (`sigma.tempfiles.replace_together`), and the sweep of a folder a run or export takes
-    (`hold_folder`). A live writer holds it a moment; one stopped (Ctrl-Z, SIGSTOP) or hung (a stuck network write)
-    mid-commit kept the command waiting for ever without a word. Its own variable, not `$SIGMA_MODEL_LOCK_WAIT_S`:
-    the lock is the same kind, but that one is documented (and tuned: a worker loads again after it) for saved
-    models' folders, and a deployment shortening its model loads' wait should not make an eval give up its
-    results sooner."""
+    (`hold_folder`); and how long `sigma train` waits on a writer of its shared validation set that is STOPPED
+    (`watch_stopped_holder`: a running one is waited for). A live writer holds it a moment; one stopped (Ctrl-Z,
+    SIGSTOP) or hung (a stuck network write) mid-commit kept the command waiting for ever without a word. Its own
+    variable, not `$SIGMA_MODEL_LOCK_WAIT_S`: the lock is the same kind, but that one is documented (and tuned: a
+    worker loads again after it) for saved models' folders, and a deployment shortening its model loads' wait should
+    not make an eval give up its results sooner."""
     return positive_int_env(ENV_FOLDER_LOCK_WAIT, DEFAULT_FOLDER_LOCK_WAIT_S, "how long a writer of an output folder "
                             "waits for another process's hold on it: a positive number of seconds")
 
@@ -125,18 +127,85 @@ def busy_as_error(action: str, wait_s: int) -> Iterator[None]:
 
 
 @contextmanager
-def waiting_lock(lock: Path, timeout_s: float | None = None) -> Iterator[None]:
+def waiting_lock(lock: Path, timeout_s: float | None = None,
+                 watch: Callable[[int], Callable[[], None]] | None = None) -> Iterator[None]:
     """An exclusive flock on the file `lock` (made if missing), waited for rather than refused: for a short
     critical section others queue behind (one shard's status write, one writer of a shared validation set). The
     kernel drops it if the holder dies — not if it is stopped (SIGSTOP, Ctrl-Z) or hung while holding it:
     `timeout_s` bounds the wait (TimeoutError after it; None: for ever): `sigma.tempfiles.flock_within`, the one
-    bounded wait that saved models' folder locks share."""
-    with open(lock, "a") as handle:
-        flock_within(handle, fcntl.LOCK_EX, timeout_s, str(lock))
+    bounded wait that saved models' folder locks share. `watch(fd)`: what the wait calls while the lock is held
+    by another (`watch_stopped_holder`); with it the holder writes its `holder_line()` into the file (emptied
+    again when it lets go), for a waiter's message where /proc/locks names no one."""
+    with open(lock, "a+") as handle:
+        flock_within(handle, fcntl.LOCK_EX, timeout_s, str(lock), watch(handle.fileno()) if watch else None)
         try:
+            if watch:
+                os.ftruncate(handle.fileno(), 0)
+                os.pwrite(handle.fileno(), holder_line().encode(), 0)
             yield
         finally:
+            if watch:
+                os.ftruncate(handle.fileno(), 0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped: state `T` (SIGSTOP, Ctrl-Z) or `t` (stopped by a tracer) in Linux's
+    /proc/PID/stat. False where it cannot be read (gone, another system): only a stop seen is a stop."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] in ("T", "t")
+
+
+# how often a waiter looks at the holder's state (seconds): /proc/locks is read whole each time
+_LOOK_EVERY_S = 0.25
+
+
+def watch_stopped_holder(folder: Path, what: str, say: Callable[[str], None],
+                         bound_s: float) -> Callable[[int], Callable[[], None]]:
+    """For `waiting_lock(watch=)`: a wait with no time bound on a writer of `what` in `folder` (a validation set
+    runs started together write once) that says once, through `say`, that it waits and for whom, and is refused
+    `folder_busy` when the holder has been STOPPED (`process_stopped`) continuously for longer than `bound_s`.
+    Before, such a wait said nothing and never ended: the kernel drops a dead holder's flock, not a stopped one's,
+    and a writer Ctrl-Z'd or SIGSTOPped while writing kept every other run of a sweep waiting for ever. A running
+    holder is waited for however long it takes (a set of 192 pairs legitimately takes minutes, so a plain time
+    bound would refuse honest waits); the bound is `$SIGMA_FOLDER_LOCK_WAIT_S` (`folder_lock_wait_s`), the
+    variable that already bounds a stopped writer's hold on an output folder, and is counted from the first look
+    that saw it stopped."""
+    return partial(_StoppedHolderWatch, folder=folder, what=what, say=say, bound_s=bound_s)
+
+
+class _StoppedHolderWatch:
+    """`watch_stopped_holder`'s look at the holder of the lock open at `fd`, called by the wait after each try."""
+
+    def __init__(self, fd: int, folder: Path, what: str, say: Callable[[str], None], bound_s: float):
+        self.fd, self.folder, self.what, self.say, self.bound_s = fd, folder, what, say, bound_s
+        self.said, self.next_look = False, 0.0
+        self.stopped: int | None = None        # the holder seen stopped, since `self.since` (monotonic)
+        self.since = 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now < self.next_look:
+            return
+        self.next_look = now + _LOOK_EVERY_S
+        pids = [pid for pid, mode in lock_holders(self.fd) if mode == "WRITE" and pid != os.getpid()]
+        if not self.said:
+            self.said = True
+            line = os.pread(self.fd, _HOLDER_BYTES, 0).decode(errors="replace").strip()
+            who = f"pid {pids[0]}" if pids else described_holder(line) if line else "another process"
+            self.say(f"{self.folder}: waiting for {self.what} that {who} is writing (runs started together write "
+                     f"it once; a writer stopped for over {self.bound_s:g} s is given up on, ${ENV_FOLDER_LOCK_WAIT})")
+        stopped = next((pid for pid in pids if process_stopped(pid)), None)
+        if stopped != self.stopped:
+            self.stopped, self.since = stopped, now
+        if stopped is not None and now - self.since > self.bound_s:
+            exc = FolderBusy(self.folder, now - self.since, [(stopped, "WRITE")])
+            raise FolderBusyError(busy_message(
+                exc, "read", ENV_FOLDER_LOCK_WAIT, int(self.bound_s), roles=(f"writing {self.what}", "reading"),
+                held=f"stopped for {exc.waited_s:.1f} s", left="; a running writer is waited for"))
 
 
 def refuse_non_folder(root: Path, hint: str = "") -> None:

@@ -278,22 +278,26 @@ class FolderBusy(TimeoutError):
 
 
 def flock_within(file: int | BinaryIO | TextIO, operation: int, timeout_s: float | None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, waiting: Callable[[], None] | None = None) -> None:
     """flock(`file`, `operation`: LOCK_EX / LOCK_SH), waiting at most `timeout_s` (None: for ever) for the holds
     in its way: TimeoutError (ETIMEDOUT, its `filename` `name`) after it. The one bounded wait of a lock
     (`sigma.folderlock.waiting_lock`, `reading_lock`, `_commit_lock`): a blocking flock cannot be given a deadline,
-    so the lock is tried without blocking (LOCK_NB) until it is had or the time is up."""
-    if timeout_s is None:
+    so the lock is tried without blocking (LOCK_NB) until it is had or the time is up. `waiting`: called after
+    each try that found the lock held (it may raise to end the wait): a wait with no time bound that still says
+    it waits, and gives up on a holder that is stopped (`sigma.folderlock.watch_stopped_holder`)."""
+    if timeout_s is None and waiting is None:
         fcntl.flock(file, operation)
         return
-    deadline = time.monotonic() + timeout_s
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         try:
             fcntl.flock(file, operation | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            if time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(errno.ETIMEDOUT, f"held by another process for {timeout_s:g} s", name) from None
+            if waiting is not None:
+                waiting()
             time.sleep(0.02)
 
 

@@ -1124,3 +1124,101 @@ def test_freeze_holds_the_named_parameters_and_their_batchnorm_statistics(photos
     # what trains is the run's: its optimizer state fits those parameters only
     assert main(["train", "--resume", str(runs / "tuned"), "freeze=[]"]) == 2
     assert "a freeze override changes what it trains" in capsys.readouterr().err
+
+
+# `python -c` of a `sigma train` that, at its first rename of a temporary file of the validation set (the set is being
+# written, its lock held), prints `holding PID` and then runs ACTION (stops itself; or waits, running, for a file)
+_HOLD_VAL = """import os, signal, sys, time
+from pathlib import Path
+_first = []
+def _hook(event, args):
+    if event == "os.rename" and not _first and ".tmp" in str(args[0]) and "val" in Path(args[0]).name:
+        _first.append(1)
+        print("holding", os.getpid(), flush=True)
+        {action}
+sys.addaudithook(_hook)
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_holding_val(photos: Path, tmp_path: Path, action: str) -> tuple[subprocess.Popen, list[str], list[str]]:
+    """A `sigma train` (name=a) stopped or held at ACTION while it writes eval.val_dir, once it says so; and the
+    arguments a second run (its name to add) on the same val_dir takes."""
+    common = [STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "steps=1", "batch_size=2",
+              f"eval.val_dir={tmp_path / 'val' / 'synth'}", "eval.val_size=4", "eval.at_start=false"]
+    writer = subprocess.Popen([sys.executable, "-c", _HOLD_VAL.format(action=action), "train", *common, "name=a"],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = _lines_of(writer)
+    _until(lambda: any(line.startswith("holding ") for line in lines), writer, "the writer never held the set")
+    return writer, lines, common
+
+
+def _lines_of(proc: subprocess.Popen) -> list[str]:
+    """The lines `proc` prints, gathered as they come (a thread: a test reads them while the process runs)."""
+    import threading
+
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    return lines
+
+
+def _until(ready, proc: subprocess.Popen, why: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert time.monotonic() < deadline and proc.poll() is None, why
+        time.sleep(0.1)
+
+
+def test_a_run_waiting_on_a_stopped_writer_of_the_val_set_is_refused_naming_it(photos, tmp_path):
+    """Runs started together on one eval.val_dir wait for its one writer, without a bound (writing it can take
+    minutes). A writer stopped while writing it (Ctrl-Z, SIGSTOP) kept the others waiting for ever, without a word:
+    the kernel drops a dead holder's flock, not a stopped one's. Now the waiter says whom it waits for, and once
+    the writer has been stopped for $SIGMA_FOLDER_LOCK_WAIT_S it fails `folder_busy` naming it and how to resume
+    it."""
+    from sigma.folderlock import process_stopped
+
+    writer, _, common = _train_holding_val(photos, tmp_path, "os.kill(os.getpid(), signal.SIGSTOP)")
+    try:
+        _until(lambda: process_stopped(writer.pid), writer, "the writer never stopped", 30)
+        proc = subprocess.run([sys.executable, "-m", "sigma", "train", *common, "name=b"], capture_output=True,
+                              text=True, timeout=240, check=False,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "SIGMA_FOLDER_LOCK_WAIT_S": "2"})
+    finally:
+        os.killpg(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "folder_busy" in said, said[-2000:]
+    assert f"waiting for the fixed synthetic validation set that pid {writer.pid} is writing" in proc.stdout, said
+    assert f"pid {writer.pid} (writing the fixed synthetic validation set)" in said and "stopped for" in said
+    assert f"kill -CONT {writer.pid}" in said and "$SIGMA_FOLDER_LOCK_WAIT_S" in said, said
+    assert "Traceback" not in said
+
+
+def test_a_run_waiting_on_a_slow_writer_of_the_val_set_waits_past_the_bound(photos, tmp_path):
+    """The other side of the bound above: a writer that is running (here: waiting for a file, as a slow write
+    does) is waited for however long it takes — past $SIGMA_FOLDER_LOCK_WAIT_S — and both runs score its set."""
+    release = tmp_path / "release"
+    writer, _, common = _train_holding_val(
+        photos, tmp_path, f"while not Path({str(release)!r}).exists(): time.sleep(0.1)")
+    waiter = None
+    try:
+        waiter = subprocess.Popen([sys.executable, "-m", "sigma", "train", *common, "name=b"],
+                                  env={**os.environ, "PYTHONPATH": str(ROOT), "SIGMA_FOLDER_LOCK_WAIT_S": "1",
+                                       "PYTHONUNBUFFERED": "1"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = _lines_of(waiter)
+        _until(lambda: any(f"that pid {writer.pid} is writing" in line for line in lines), waiter,
+               f"the waiter never said it waits: {lines[-20:]}")
+        time.sleep(4)                                      # well past the bound of 1 s
+        assert waiter.poll() is None, lines[-20:]
+        release.touch()
+        waiter.wait(timeout=240)
+        writer.wait(timeout=240)
+    finally:
+        for proc in (writer, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert (writer.returncode, waiter.returncode) == (0, 0), lines[-20:]
+    assert len((tmp_path / "val" / "synth" / "pairs.jsonl").read_text().splitlines()) == 4

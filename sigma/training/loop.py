@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError, Stopped
-from sigma.folderlock import hold_folder, waiting_lock
+from sigma.folderlock import folder_lock_wait_s, hold_folder, waiting_lock, watch_stopped_holder
 from sigma.lifeline import (
     Noted,
     QuickExitSpawnContext,
@@ -1106,7 +1106,11 @@ class Trainer:
                 # one .tmp folder at once, and the one that finished second lost its files (os_error) or removed
                 # the set the first was reading; the others wait here and then read what the writer wrote
                 folder.parent.mkdir(parents=True, exist_ok=True)
-                with waiting_lock(folder.parent / f".{folder.name}.lock"):
+                # a writer stopped holding it (Ctrl-Z, SIGSTOP) kept the others waiting for ever without a word: they
+                # say whom they wait for, and give up on one stopped past $SIGMA_FOLDER_LOCK_WAIT_S (`folder_busy`)
+                watch = watch_stopped_holder(folder, "the fixed synthetic validation set", self.log,
+                                             folder_lock_wait_s())
+                with waiting_lock(folder.parent / f".{folder.name}.lock", watch=watch):
                     if not (folder / "pairs.jsonl").is_file():
                         write_val_dir(self.cfg, folder, ev.val_size)
                         self.log(f"wrote the fixed synthetic validation set: {ev.val_size} pairs in {folder}")
