@@ -32,6 +32,7 @@ from sigma.lifeline import (
     die_with_parent,
     interrupts_ignored,
     leave_stop_signals_to_parent,
+    quiet_failed_handoffs,
     signal_noted,
     stop_signals_deferred,
 )
@@ -54,9 +55,11 @@ def _worker_init(_: int) -> None:
     Ctrl-C signals the whole process group: a worker took it as its own and died (a KeyboardInterrupt traceback
     from spawn's imports) while the trainer was stopping. Workers start with SIGINT/SIGTERM blocked
     (`QuickExitSpawnContext`: shielded, and ending as a forked child does) and ignore them here, first thing: the
-    trainer alone stops, and stops them."""
+    trainer alone stops, and stops them. A hand-off of a batch the trainer gave up on mid-transfer is not printed
+    (`quiet_failed_handoffs`)."""
     leave_stop_signals_to_parent()
     die_with_parent()
+    quiet_failed_handoffs()
     import cv2
 
     cv2.setNumThreads(1)
