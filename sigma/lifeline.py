@@ -123,9 +123,9 @@ def quiet_failed_handoffs() -> None:
     file descriptors to the trainer, `resource_sharer._serve`) is not printed. That thread prints any failure with
     `sys.excepthook`; a trainer stopping mid-transfer (a SIGTERM cutting its wait for a batch, then the workers
     SIGKILLed) hung up on it, and the worker's traceback, cut short by the kill, landed on the trainer's stderr over
-    the one line a stop promises (`sigma: terminated at step N; ...`; the SIGTERM storm test caught it, about 1 run in
-    30). Nothing is lost: the trainer's side of a failed hand-off raises there, where it is handled or said. Every
-    other uncaught error is printed as before."""
+    the one line a stop promises (`sigma: terminated at step N; ...`; the SIGTERM storm test caught it once, in
+    a clean-clone CI run). Nothing is lost: the trainer's side of a failed hand-off raises there, where it is
+    handled or said. Every other uncaught error is printed as before."""
     default = sys.excepthook
 
     def hook(kind, value, tb) -> None:

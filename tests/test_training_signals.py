@@ -158,12 +158,12 @@ raise ValueError("an error of the worker's own")
 
 @pytest.mark.parametrize("mode", ["loud", "quiet"])
 def test_a_data_worker_does_not_print_a_hand_off_the_trainer_gave_up_on(mode):
-    """The SIGTERM storm test failed about 1 run in 30: a data worker's handle server (the thread that passes a
-    batch's shared memory to the trainer) printed `Traceback ... resource_sharer.py, in _serve` when the trainer,
-    its wait for that batch cut by the SIGTERM, hung up mid-transfer — cut short by the workers' SIGKILL, over the one
-    line a stop says. Workers now leave such errors unprinted (`quiet_failed_handoffs`, in `_worker_init`): the
-    trainer's side raises and is handled there. A real failed hand-off, with and without the hook; the worker's
-    own errors are still printed."""
+    """The SIGTERM storm test failed once in a clean-clone CI run: a data worker's handle server (the thread that
+    passes a batch's shared memory to the trainer) printed `Traceback ... resource_sharer.py, in _serve` when the
+    trainer, its wait for that batch cut by the SIGTERM, hung up mid-transfer — cut short by the workers' SIGKILL,
+    over the one line a stop says. Workers now leave such errors unprinted (`quiet_failed_handoffs`, in
+    `_worker_init`): the trainer's side raises and is handled there. A real failed hand-off, with and without the
+    hook; the worker's own errors are still printed."""
     proc = subprocess.run([sys.executable, "-c", _FAILED_HANDOFF, mode], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout == "the requester saw it\n", proc.stderr
