@@ -292,7 +292,7 @@ class RunDir:
         path = self.root
         for part in parts:
             path = self.own(path / part)          # checked before mkdir: a dangling link to /elsewhere too
-            try:
+            try:              # not make_folders_durably: a run folder deleted meanwhile must stay deleted
                 path.mkdir()
             except FileExistsError:
                 if not path.is_dir():
