@@ -112,13 +112,13 @@ def _refuse_other_modes_flags(args: argparse.Namespace) -> None:
 def _commit_pairs(out: Path, lines: list[str]) -> None:
     """pairs.jsonl, the file that names the pairs, put down once they are on disk: every PNG was fsynced before its
     rename (`write_synth_pair(durable=True)`), `out` is fsynced here (their names), then pairs.jsonl is written
-    fsynced and renamed, and `out` fsynced again. Before, nothing was synced: a power cut after "N pairs in ..." could
-    leave a pairs.jsonl naming PNGs empty, cut short or missing, or no pairs.jsonl at all."""
+    fsynced and renamed; `run` fsyncs `out` once more after synth_config.yaml, for both names. Before, nothing was
+    synced: a power cut after "N pairs in ..." could leave a pairs.jsonl naming PNGs empty, cut short or missing, or
+    no pairs.jsonl at all."""
     from sigma.tempfiles import replace_atomically, sync_folder
 
     sync_folder(out)
     replace_atomically(out / "pairs.jsonl", ("\n".join(lines) + "\n").encode(), durable=True)
-    sync_folder(out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,6 +192,6 @@ def run(args: argparse.Namespace) -> int:
                                           durable=True))
         _commit_pairs(out, lines)
         save_resolved(cfg, out, "synth_config.yaml", durable=True)
-        sync_folder(out)
+        sync_folder(out)              # pairs.jsonl's and synth_config.yaml's names, before "done"
     print(f"{n} pairs in {out}/pairs.jsonl")
     return 0
