@@ -188,6 +188,23 @@ def _open_below(root: Path, rel: str) -> int | None:
     return fd
 
 
+def _journals(folder: Path, last: str | None = None) -> list[tuple[Path, int]]:
+    """The set journals in `folder` (`last`: only those of sets ending with that file), with their writers' pids,
+    in name order; none where the folder cannot be read."""
+    try:
+        names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".pending"))
+    except OSError:
+        return []
+    found = [(folder / name, m) for name in names if (m := _JOURNAL.fullmatch(name)) is not None]
+    return [(journal, int(m["pid"])) for journal, m in found if last is None or m["name"] == last]
+
+
+def has_staged_set(folder: Path, last: str) -> bool:
+    """Whether `folder` holds a journal of a set ending with `last`: a set a writer staged whole (killed before its
+    moves, or still moving it), which `finish_replacements` puts in place. What `last` may be missing for."""
+    return bool(_journals(folder, last))
+
+
 def finish_replacements(folder: Path, last: str | None = None, timeout_s: float | None = None,
                         held: bool = False) -> list[Path]:
     """Complete the set replacements in `folder` (`last`: only those ending with that file) whose writer died after
@@ -201,17 +218,9 @@ def finish_replacements(folder: Path, last: str | None = None, timeout_s: float 
     ever (then `folder_busy` naming its own pid). Returns the journals finished."""
     done: list[Path] = []
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    try:
-        entries = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".pending"))
-    except OSError:
-        return done
-    for name in entries:
-        journal = folder / name
-        found = _JOURNAL.fullmatch(name)
-        if found is None or (last is not None and found["name"] != last):
-            continue
+    for journal, pid in _journals(folder, last):
         with _COMMITTING_LOCK:
-            if str(journal) in _COMMITTING or (int(found["pid"]) != os.getpid() and pid_alive(int(found["pid"]))):
+            if str(journal) in _COMMITTING or (pid != os.getpid() and pid_alive(pid)):
                 continue
         # never interleaved with a live writer's commit of another set here
         with nullcontext() if held else _commit_lock(folder, time_left(deadline)):

@@ -36,7 +36,7 @@ from sigma.lifeline import (
     signal_noted,
     stop_signals_deferred,
 )
-from sigma.tempfiles import replace_atomically
+from sigma.tempfiles import has_staged_set, replace_atomically
 from sigma.text import dumps_finite
 
 from . import losses as L
@@ -177,7 +177,7 @@ def init_source(init_from: str) -> Path:
         # a save killed mid-commit leaves its config's journal where config.json was (the load finishes it):
         # refused as `no saved model` before, though `load_model` of that folder gave the saved model whole
         if ((cand / "config.json").is_file() or (cand.suffix == ".safetensors" and cand.is_file())
-                or (cand.is_dir() and any(cand.glob(".config.json.*.pending")))):
+                or has_staged_set(cand, "config.json")):
             return cand
     raise ConfigError(f"init_from {src}: no saved model (looked for final/, model/, config.json or a .safetensors)")
 
