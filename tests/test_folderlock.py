@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from setwriters import end as _end
+from setwriters import set_writer as _set_writer
 
 from sigma.errors import InputError
 from sigma.folderlock import hold_folder
@@ -252,60 +254,6 @@ def test_the_subfolder_sweep_follows_no_link_and_walks_nothing_unnamed(tmp_path)
     assert removed == [root / "masks" / "a" / junk]
     for kept in (root / "masks" / "a" / "deeper", root / "other", elsewhere / "b"):
         assert (kept / junk).is_file()
-
-
-# A real writer of a set in FOLDER (`replace_together`: config.yaml, then metrics.json, as `sigma eval` writes them),
-# or a reader finishing the sets killed writers left there (MODE `finish`: `finish_replacements`), stopped or killed
-# (STOP, a signal's name) by an audit hook at its rename of metrics.json — inside the commit, its exclusive flock on
-# the folder held. Its stdout says "at the rename" there.
-_SET_WRITER = """import os, signal, sys
-from pathlib import Path
-folder, stop, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-def hook(event, args):
-    if event == "os.rename" and Path(os.fspath(args[1])) == folder / "metrics.json":
-        print("at the rename", flush=True)
-        os.kill(os.getpid(), getattr(signal, stop))
-sys.addaudithook(hook)
-from sigma.tempfiles import finish_replacements, replace_together
-if mode == "finish":
-    finish_replacements(folder)
-else:
-    replace_together([(folder / "config.yaml", b"writer: " + mode.encode() + b"\\n"),
-                      (folder / "metrics.json", b'{"writer": "' + mode.encode() + b'"}')])
-"""
-
-
-def _set_writer(folder: Path, stop: str, mode: str):
-    """`_SET_WRITER` in a process of its own, at its rename of metrics.json once this returns: stopped (its flock
-    held; the caller must `_end` it in a `finally`) or killed (its journal left, its pid dead)."""
-    import os
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", _SET_WRITER, str(folder), stop, mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline().strip()
-        assert line == "at the rename", (line, proc.stderr.read() if proc.poll() is not None else "")
-        if stop == "SIGSTOP":
-            assert os.waitpid(proc.pid, os.WUNTRACED)[1]              # stopped, the commit's flock held
-        else:
-            proc.wait(timeout=60)
-    except BaseException:
-        _end(proc)
-        raise
-    return proc
-
-
-def _end(proc) -> None:
-    """A process still there (a failed test, a command that hung) is killed: the kernel drops its flock."""
-    import os
-    import signal
-
-    if proc is not None and proc.poll() is None:
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def _sigma_eval(data: Path, out: Path, wait_s: str):
