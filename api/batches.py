@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sigma.api.auth import require_scope
-from sigma.api.errors import ApiError, status_for, validation_message
+from sigma.api.errors import SERVER_PATH, ApiError, retry_after, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
@@ -117,23 +117,16 @@ def _relative(root: str, path: Path) -> str:
     return os.path.relpath(path, os.path.realpath(root))
 
 
-# an absolute path left in a message after the root was made relative: not preceded by a word, a dot, a
-# colon or a slash (so `4/36`, `a/b` and `redis://h:1/0` stay), up to whitespace or a quote; nor this API's own
-# routes, which messages name as the way to go on ("... or POST /v1/batches) to queue them" read "... or POST
-# <server path> to queue them", the closing parenthesis eaten)
-_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?!v1/(?:batches|jobs)\b(?:/status)?(?=[\s)'\",.;]|$))[^\s'\"]+")
-
-
 def scrub(message: str, root: str) -> str:
     """A library message with every path made relative to the batch root, any other absolute path hidden, the
     request's long values cut (an unknown preset or column of 1 MiB came back whole), and the process holding a run
-    folder said as `another process`: its pid and host name (`run_locked`, a deferral's reason, a dead letter's
-    `run_locked_too_long`) are the server's internals, as its folders are."""
+    folder said as `another process`: its pid and host name (`run_locked`, `folder_busy`, a deferral's reason, a dead
+    letter's `run_locked_too_long`) are the server's internals, as its folders are."""
     message = anonymised(message)
     for prefix in sorted({os.path.realpath(root), os.path.abspath(root), root.rstrip("/")}, key=len, reverse=True):
         if prefix and prefix != "/":
             message = message.replace(prefix + "/", "").replace(prefix, ".")
-    return cut_long_values(_ABSOLUTE.sub("<server path>", message))
+    return cut_long_values(SERVER_PATH.sub("<server path>", message))
 
 
 def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
@@ -222,11 +215,11 @@ def _to_api(exc: Exception, root: str) -> ApiError:
             return ApiError(503, "queue_unavailable", "the job queue is unreachable; retry shortly",
                             {"Retry-After": "1"})
         log.info("batch request refused [%s]: %s", exc.code, exc.message)
-        # run_locked: another submission is planning the run, or a local `sigma batch run` holds it: not the
-        # caller's input (a 422 said so), a conflict that ends by itself
+        # run_locked: another submission is planning the run, or a local `sigma batch run` holds it; folder_busy: a
+        # writer stopped mid-commit holds the folder's commit lock: not the caller's input (a 422 said so), conflicts
+        # that end by themselves (`retry_after`)
         # queue_full: the workers drain the stream; the same request later queues what is not queued yet
-        headers = {"Retry-After": "5"} if exc.code == "run_locked" else (
-            {"Retry-After": "30"} if exc.code == "queue_full" else None)
+        headers = {"Retry-After": "30"} if exc.code == "queue_full" else retry_after(exc.code)
         return ApiError(status_for(exc), exc.code, scrub(exc.message, root), headers)
     if isinstance(exc, ImportError):
         log.warning("batch planning needs a module this install lacks: %s", exc)

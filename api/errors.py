@@ -6,6 +6,7 @@ own validation errors, 404s and 405s are rewritten into the same shape so a clie
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import redis
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sigma.api.responses import SafeJSONResponse
 from sigma.errors import SigmaError
+from sigma.folderlock import anonymised
 from sigma.text import shown
 
 log = logging.getLogger("sigma.api")
@@ -39,7 +41,34 @@ STATUS_BY_CODE = {
     "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,
     "run_locked": 409, "too_many_shards": 422, "link_outside_run": 409, "run_modified": 409, "run_too_large": 409,
     "plan_too_large": 422, "run_options_refused": 409,
+    # a folder another process holds: a conflict that ends by itself (the holder finishes, or is resumed or ended),
+    # answered with Retry-After (RETRY_AFTER_S), never the caller's input. folder_busy: a new run's `out` whose commit
+    # lock a writer stopped mid-commit holds (`hold_folder`'s sweep). weights_busy: a saved model's folder a stopped
+    # saver holds (the API loads no model today: mapped so that a path that ever does is not a 422)
+    "folder_busy": 409, "weights_busy": 409,
+    # a batch's `out` the server cannot use as it is (its .lock a symbolic link, a folder it cannot make; a file):
+    # the folder's state, as out_not_empty
+    "bad_outdir": 409, "out_not_a_folder": 409,
+    # the caller's choices: `out` inside another run's own files, a corpus row without its image, options naming
+    # weights that are not there or unreadable, or a model over the size limit
+    "out_is_run_file": 422, "missing_image": 422, "weights_not_found": 422, "weights_unreadable": 422,
+    "model_too_large": 422,
+    # the server's own weights are not the ones its release ships (a corrupt install): not the caller's fault
+    "weights_mismatch": 500,
+    # Redis unreachable while a batch is queued (answered as queue_unavailable by POST /v1/batches)
+    "redis_unavailable": 503,
+    # an upload the library refuses (`sigma.api.probe`, or a job's decode relayed by /v1/annotate): the caller's input
+    "image_unreadable": 422, "image_empty": 422, "unsupported_format": 422, "aspect_mismatch": 422,
+    "instruction_too_long": 422, "empty_instruction": 422, "invalid_instruction": 422, "invalid_input": 422,
 }
+# codes answered with Retry-After (seconds): a folder held by another process, a hold that ends by itself; their
+# messages name the holder's pid and host and the server's folders, said as `another process` and `<server path>`
+RETRY_AFTER_S = {"run_locked": 5, "folder_busy": 5, "weights_busy": 5}
+# an absolute path left in a message (after POST /v1/batches made the batch root's paths relative): not preceded by a
+# word, a dot, a colon or a slash (so `4/36`, `a/b` and `redis://h:1/0` stay), up to whitespace or a quote; nor this
+# API's own routes, which messages name as the way to go on ("... or POST /v1/batches) to queue them" read "... or
+# POST <server path> to queue them", the closing parenthesis eaten)
+SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?!v1/(?:batches|jobs)\b(?:/status)?(?=[\s)'\",.;]|$))[^\s'\"]+")
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
@@ -82,6 +111,21 @@ def status_for(exc: SigmaError) -> int:
     return STATUS_BY_CODE.get(exc.code, 422)
 
 
+def retry_after(code: str) -> dict[str, str] | None:
+    """The Retry-After header of a transient conflict (`RETRY_AFTER_S`); None for any other code."""
+    return {"Retry-After": str(RETRY_AFTER_S[code])} if code in RETRY_AFTER_S else None
+
+
+def public_message(exc: SigmaError) -> str:
+    """A library message as an answer says it: for a folder held by another process (`RETRY_AFTER_S`), the holder
+    said as `another process` (its pid and host, and the pids of `kill -CONT`, are the server's internals) and every
+    absolute path as `<server path>`. The message of `folder_busy` names the folder and the holder's pid: answered
+    whole, it told any caller the server's layout and its processes."""
+    if exc.code not in RETRY_AFTER_S:
+        return exc.message
+    return SERVER_PATH.sub("<server path>", anonymised(exc.message))
+
+
 def validation_message(exc: RequestValidationError | ValidationError) -> str:
     """The first five problems of a pydantic validation, `loc: msg` each (FastAPI's `body` prefix dropped)."""
     parts = []
@@ -99,7 +143,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(SigmaError)
     async def _sigma_error(_: Request, exc: SigmaError) -> SafeJSONResponse:
-        return error_response(status_for(exc), exc.code, exc.message)
+        return error_response(status_for(exc), exc.code, public_message(exc), retry_after(exc.code))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> SafeJSONResponse:

@@ -400,9 +400,9 @@ def test_every_bad_input_exits_2_with_one_line(capsys, pair_files, tmp_path):
     assert not failures, "\n".join(failures)
 
 
-def test_every_error_code_the_code_raises_is_documented():
-    """docs/foundation.md's table (and the tables of the other docs it points to) name every code a user can
-    meet: each `code="..."`, `code = "..."` and `{"code": "..."}` written in sigma/, api/ and workers/."""
+def raised_codes() -> set[str]:
+    """Every error code the code can raise or record: each `code="..."`, `code = "..."` and `{"code": "..."}` written
+    in sigma/, api/ and workers/."""
     import re
 
     pattern = re.compile(r"""\bcode\s*=\s*["']([a-z_]+)["']|["']code["']\s*:\s*["']([a-z_]+)["']""")
@@ -410,6 +410,13 @@ def test_every_error_code_the_code_raises_is_documented():
     for folder in ("sigma", "api", "workers"):
         for path in (REPO / folder).rglob("*.py"):
             raised |= {a or b for a, b in pattern.findall(path.read_text(encoding="utf-8"))}
+    return raised
+
+
+def test_every_error_code_the_code_raises_is_documented():
+    """docs/foundation.md's table (and the tables of the other docs it points to) name every code a user can
+    meet: each code `raised_codes` finds."""
+    raised = raised_codes()
     docs = "\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")])
     # the base classes' own codes: every raise names a more precise one
     undocumented = sorted(c for c in raised - {"sigma_error", "limit_exceeded"}
@@ -417,6 +424,47 @@ def test_every_error_code_the_code_raises_is_documented():
     assert not undocumented, f"codes raised but in no docs table: {undocumented}"
     assert {"invalid_input", "no_photos", "no_results", "out_not_a_folder", "missing_extra", "redis_unavailable",
             "worker_failed"} <= raised
+
+
+# Codes the API never answers with a status of their own, each with why. A code the code raises that is neither here
+# nor in api/errors.py's STATUS_BY_CODE fails the test below: it would fall to the default (422, its message whole).
+NOT_AN_API_STATUS = {
+    # base classes' own codes: every raise names a more precise one
+    "sigma_error": "SigmaError's default", "limit_exceeded": "LimitError's default",
+    # CLI-only: raised by a command's own flags, files or stages, never on a path the API runs
+    "bad_arguments": "a command's flags", "input_too_large": "sigma annotate's stdin",
+    "missing_extra": "a command whose optional dependency is not installed", "file_unreadable": "an image file by path",
+    "no_photos": "sigma synth", "no_results": "sigma export", "out_is_a_folder": "an export's output file",
+    "mask_size_mismatch": "sigma eval", "perturbation_unavailable": "sigma eval --perturb",
+    "ray_unreachable": "sigma batch run --backend ray", "worker_failed": "sigma batch run's --procs / Ray workers",
+    "checkpoint_unreadable": "sigma train", "data_workers_dying": "sigma train", "training_diverged": "sigma train",
+    # a batch worker's task outcomes: in a shard's status or dead letter (GET /v1/batches/status relays them in the
+    # body, scrubbed), never raised in the API
+    "bad_task": "a malformed task on the stream", "plugin_missing": "a worker without the run's plugins",
+    "run_unreadable": "a run.json a worker cannot read", "shard_failed": "a shard's failure",
+    "unknown": "a dead letter without a code",
+    # job records: written by a worker or by the API itself into a job, shown by GET /v1/jobs/{id} in the body;
+    # /v1/annotate answers them 500 annotation_failed (WORKER_SIDE_FAILURES) or, cancelled, 409 itself
+    "annotator_failed": "an output that breaks the annotator contract", "dead_letter": "a job given up on",
+    "job_expired": "a job whose images expired", "worker_lost": "a worker that died", "worker_hung": "a hung batch",
+    "cancelled": "a job cancelled", "withdrawn": "a 503'd submission taken back",
+}
+
+
+def test_every_error_code_the_code_raises_has_a_deliberate_api_status():
+    """`folder_busy` (a new run's `out` whose commit lock a stopped writer holds) was in no status map: POST
+    /v1/batches answered it as the caller's input, 422 with no Retry-After. Every code the code raises is now either
+    given a status in STATUS_BY_CODE or listed, with why, in NOT_AN_API_STATUS: a new code cannot fall to the
+    default unseen. Neither list names a code nothing raises any more."""
+    from sigma.api.errors import RETRY_AFTER_S, STATUS_BY_CODE
+
+    raised = raised_codes()
+    unmapped = sorted(raised - set(STATUS_BY_CODE) - set(NOT_AN_API_STATUS))
+    assert not unmapped, f"codes with no deliberate API status (STATUS_BY_CODE or NOT_AN_API_STATUS): {unmapped}"
+    assert not set(STATUS_BY_CODE) & set(NOT_AN_API_STATUS), set(STATUS_BY_CODE) & set(NOT_AN_API_STATUS)
+    assert not set(NOT_AN_API_STATUS) - raised, sorted(set(NOT_AN_API_STATUS) - raised)
+    assert {"folder_busy", "weights_busy", "run_locked"} <= set(RETRY_AFTER_S)
+    assert all(STATUS_BY_CODE[code] in (409, 429, 503) for code in RETRY_AFTER_S)
 
 
 def test_the_api_known_codes_are_its_documented_codes():

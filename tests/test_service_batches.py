@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from servicekit import ServiceUnderTest, free_port, post_whole_body_first, running_service
+from setwriters import end, set_writer
 
 from sigma.batch.layout import RunDir
 from sigma.errors import SigmaError
@@ -286,6 +287,42 @@ def test_a_run_held_by_a_local_run_is_409_run_locked_with_retry_after(svc, root)
     assert resp.headers.get("Retry-After") == "5" and str(root) not in resp.text
     assert "has held this folder for " in resp.text and "(another process)" in resp.text, resp.text
     assert no_holder_named(resp.text), resp.text
+
+
+def test_an_out_whose_commit_lock_a_stopped_writer_holds_is_409_folder_busy_with_retry_after(redis_server, root,
+                                                                                              tmp_path, monkeypatch):
+    """A new run's `out` is taken exclusively, and what killed writers staged there is finished first, under the
+    folder's commit lock (`hold_folder`'s sweep): a writer stopped mid-commit there (Ctrl-Z, SIGSTOP) holds that lock,
+    and after `$SIGMA_FOLDER_LOCK_WAIT_S` the library raises `folder_busy`, naming the folder, the holder's pid and
+    `kill -CONT PID`. The API had no status for it: a 422 (the caller's input, said no table) with no Retry-After.
+    Now 409 with `Retry-After`, as `run_locked`, the holder said as `another process`, the folder relative to the root,
+    and nothing planned; once the writer goes on, the folder is taken (and refused for what it holds)."""
+    import re
+    import signal
+
+    monkeypatch.setenv("SIGMA_FOLDER_LOCK_WAIT_S", "1")           # the API's own wait, inherited by its process
+    out = root / "runs" / "busy-commit"
+    out.mkdir(parents=True)
+    set_writer(out, "SIGKILL", "killed")                           # its journal left for the sweep to finish
+    finisher = set_writer(out, "SIGSTOP", "finish")                # stopped while it finishes it: the lock held
+    try:
+        with running_service(redis_server, tmp_path, [f"api.batch_root={root}"]) as busy:
+            resp = post(busy, {"input": "corpus", "out": "runs/busy-commit", "shard_size": 3})
+            assert resp.status_code == 409 and error_code(resp) == "folder_busy", resp.text
+            assert resp.headers.get("Retry-After") == "5", resp.headers
+            message = resp.json()["error"]["message"]
+            assert message.startswith("runs/busy-commit: cannot take this folder"), message
+            assert "another process (writing)" in message and "kill -CONT PID" in message, message
+            assert str(root) not in resp.text and no_holder_named(resp.text), resp.text
+            assert re.search(rf"\b{finisher.pid}\b", resp.text) is None, resp.text
+            assert not (out / "run.json").exists()
+            os.kill(finisher.pid, signal.SIGCONT)
+            assert finisher.wait(timeout=60) == 0, finisher.stderr.read()
+            # the lock free, the folder is taken: it holds the writer's files, no run (out_not_empty, as any such)
+            resp = post(busy, {"input": "corpus", "out": "runs/busy-commit", "shard_size": 3})
+            assert resp.status_code == 409 and error_code(resp) == "out_not_empty", resp.text
+    finally:
+        end(finisher)
 
 
 def test_refusals_of_the_output_folder_tell_an_api_caller_what_it_can_do(svc, root, capsys):

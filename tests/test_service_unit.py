@@ -355,3 +355,47 @@ def test_idempotency_records_of_two_owners_never_share_a_key():
     keys = Keys("sigma")
     assert keys.idem("a", "b:c") != keys.idem("a:b", "c")
     assert keys.idem("a", "b") == keys.idem("a", "b")
+
+
+def test_a_held_folder_s_error_escaping_to_the_api_s_handler_names_no_pid_host_or_path(tmp_path):
+    """The API's handler of any SigmaError (api/errors.py `install`) answered `exc.message` whole, with the status
+    map's default: a `folder_busy` (or `weights_busy`) reaching it on a path other than POST /v1/batches (which
+    scrubs its own) would have been a 422 naming the server's folder and the holder's pid. Now 409 with Retry-After,
+    the holder `another process`, its pid in `kill -CONT` said `PID` and the folder `<server path>`."""
+    import os
+    import socket
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sigma.api.errors import install
+    from sigma.errors import WeightsBusyError
+    from sigma.folderlock import busy_as_error, busy_message, described_holder, holder_line
+    from sigma.tempfiles import FolderBusy
+
+    folder = tmp_path / "server-only" / "out"
+    holder = 4242424
+    app = FastAPI()
+    install(app)
+
+    @app.get("/folder")
+    def _folder() -> None:
+        with busy_as_error("take", 2):
+            raise FolderBusy(folder, 2.0, [(holder, "WRITE")])
+
+    @app.get("/weights")
+    def _weights() -> None:
+        raise WeightsBusyError(busy_message(FolderBusy(folder, 2.0, [(holder, "WRITE")]), "load the model from",
+                                            "SIGMA_MODEL_LOCK_WAIT_S", 2, ("saving", "loading"))
+                               + f" ({described_holder(holder_line())})")
+
+    with TestClient(app) as client:
+        for route, code in (("/folder", "folder_busy"), ("/weights", "weights_busy")):
+            resp = client.get(route)
+            assert resp.status_code == 409 and resp.json()["error"]["code"] == code, resp.text
+            assert resp.headers.get("Retry-After") == "5", resp.headers
+            message = resp.json()["error"]["message"]
+            assert message.startswith("<server path> cannot ") and "kill -CONT PID" in message, message
+            assert "another process" in message, message
+            for leak in (str(tmp_path), str(holder), str(os.getpid()), socket.gethostname()):
+                assert leak not in resp.text, (leak, resp.text)
