@@ -1358,9 +1358,10 @@ def _run_a_worker_below_the_drivers_run_size_limit(redis_server, corpus, tmp_pat
 def test_a_worker_with_a_lower_run_size_limit_than_the_driver_dead_letters_at_once_saying_both(
         redis_server, corpus, tmp_path, monkeypatch, capsys):
     """The machines of one fleet set $SIGMA_MAX_RUN_BYTES differently: the driver (`sigma batch submit`, default
-    64 MiB) wrote a run.json larger than a worker's limit. That worker refuses it by size, for good: each task is
-    dead-lettered on its first delivery (no run.json patience, no trip through the lease: another read is no
-    bigger), the worker carries on and ends normally, and the dead letter says `run_too_large` (not `bad_task`), naming
+    64 MiB) wrote a run.json larger than a worker's limit. That worker, the only one live, refuses it by size: no
+    worker can take it, so each task is dead-lettered on its first delivery (no run.json patience, no trip through
+    the lease: another read is no bigger; with other workers live it is left to them, see the mixed-fleet test below),
+    the worker carries on and ends normally, and the dead letter says `run_too_large` (not `bad_task`), naming
     the size, the limit and the variable."""
     out, prefix, size, stats, took = _run_a_worker_below_the_drivers_run_size_limit(
         redis_server, corpus, tmp_path, monkeypatch, capsys)
@@ -1432,6 +1433,138 @@ def test_status_counts_the_shards_a_worker_dead_lettered_without_a_status_as_fai
     assert main(["batch", "status", str(out), *redis_args, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert (status["done"], status["failed"], status["queue"]["dead_lettered"]) == (6, 0, 0), status
+
+
+def start_batch_worker(url: str, prefix: str, name: str, max_run_bytes: int, log: Path) -> subprocess.Popen:
+    """A real `sigma worker --batch` process named `name` whose machine's $SIGMA_MAX_RUN_BYTES is `max_run_bytes`,
+    with a short lease (a deferred task comes back after it), kept alive well within it while a task is in hand (a
+    lease that ran out under a loaded machine while the worker noted its refusal handed the task to the other worker
+    meanwhile), and frequent reclaims; its output in `log`."""
+    env = {**os.environ, "SIGMA_REDIS_URL": url, "SIGMA__REDIS__KEY_PREFIX": prefix,
+           "SIGMA_MAX_RUN_BYTES": str(max_run_bytes)}
+    args = [sys.executable, "-m", "sigma", "worker", "--batch", "--consumer", name, "--set", "queue.block_ms=100",
+            "--set", "queue.lease_ms=1000", "--set", "queue.heartbeat_interval_ms=100",
+            "--set", "queue.reclaim_interval_ms=100",
+            "--set", "worker.run_read_retry_s=1"]
+    with open(log, "w") as handle:
+        return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_batch_workers(procs: list[subprocess.Popen], logs: list[Path]) -> list[str]:
+    """SIGTERM each (it finishes the shard in hand), then their outputs; each must have exited 0."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    outputs = [log.read_text() for log in logs]
+    assert [proc.returncode for proc in procs] == [0] * len(procs), outputs
+    return outputs
+
+
+def wait_for(check, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def planned_run(redis_url: str, corpus: Path, out: Path, capsys) -> int:
+    """The run planned (run.json written, its tasks queued under a prefix no worker reads): run.json's size, which
+    the workers' limits are set against before they start. Submitted again under the workers' prefix, the plan is
+    reused."""
+    assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
+                 "--set", "workers=0", "--redis", redis_url, "--key-prefix", prefix_name()]) == 0
+    capsys.readouterr()
+    return (out / "run.json").stat().st_size
+
+
+def submit_when_live(redis_server, prefix: str, corpus: Path, out: Path, names: list[str], logs: list[Path],
+                     capsys) -> None:
+    """Once every worker in `names` has its heartbeat, the run's 6 tasks queued: each worker is there to take them."""
+    client, keys = redis_server.client(), Keys(prefix)
+    assert wait_for(lambda: all(client.exists(keys.batch_worker(n)) for n in names), 60), [
+        log.read_text() for log in logs]
+    assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
+                 "--set", "workers=0", "--redis", redis_server.url, "--key-prefix", prefix]) == 0
+    assert "queued 6" in capsys.readouterr().out
+
+
+def test_in_a_mixed_fleet_a_task_over_one_workers_run_size_limit_is_left_to_a_worker_that_can_take_it(
+        redis_server, corpus, tmp_path, capsys):
+    """Two real worker processes whose $SIGMA_MAX_RUN_BYTES differ, one run whose run.json is over the smaller limit
+    only. The worker with the smaller one, started first, dead-lettered every task at its first delivery
+    (`run_too_large`) before the other got any: the run failed though a worker could run it. Now it defers each task
+    (no delivery spent, its refusal noted with its name), the worker with the larger limit takes them after the
+    lease, and every shard is done, nothing dead-lettered, no deferral record left behind."""
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    size = planned_run(redis_server.url, corpus, out, capsys)
+    client, keys = redis_server.client(), Keys(prefix)
+    q = make_queue(client, keys, "check")
+    logs = [tmp_path / "small.log", tmp_path / "large.log"]
+    procs = [start_batch_worker(redis_server.url, prefix, "small", size - 1, logs[0]),
+             start_batch_worker(redis_server.url, prefix, "large", size, logs[1])]
+    try:
+        # both live, then the tasks: the small worker refuses in no time while the large one builds the run's
+        # annotator and runs a shard, so it meets most tasks first
+        submit_when_live(redis_server, prefix, corpus, out, ["small", "large"], logs, capsys)
+        wait_for(lambda: RunDir(out).summary()["done"] == 6 or q.dead_count() > 0, 120)
+    finally:
+        outputs = stop_batch_workers(procs, logs)
+    summary = RunDir(out).summary()
+    assert (summary["done"], summary["failed"], summary["pending"]) == (6, 0, 0), (summary, outputs)
+    assert q.dead_count() == 0 and q.depth() == 0, (q.dead_entries(), outputs)
+    assert "0 shard(s) done" in outputs[0] and "0 dead-lettered" in outputs[0], outputs[0]
+    assert "6 shard(s) done" in outputs[1] and "0 dead-lettered" in outputs[1], outputs[1]
+    assert "run_too_large" not in outputs[1], outputs[1]
+    assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))
+
+
+def test_a_task_over_every_live_workers_run_size_limit_is_dead_lettered_once_each_has_refused_it(
+        redis_server, corpus, tmp_path, capsys):
+    """Two real worker processes, the run's run.json over both limits: each task is deferred until both workers
+    have refused it, then dead-lettered `run_too_large`, the letter saying how many workers refused it and which,
+    that it was given up once every live worker had, and how to go on; the run's status counts the shards failed.
+    Before, the first worker's refusal dead-lettered it and the letter named no bound."""
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    size = planned_run(redis_server.url, corpus, out, capsys)
+    client, keys = redis_server.client(), Keys(prefix)
+    q = make_queue(client, keys, "check")
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [start_batch_worker(redis_server.url, prefix, "wa", size - 1, logs[0]),
+             start_batch_worker(redis_server.url, prefix, "wb", size - 2, logs[1])]
+    try:
+        submit_when_live(redis_server, prefix, corpus, out, ["wa", "wb"], logs, capsys)
+        start = time.monotonic()
+        assert wait_for(lambda: q.dead_count() == 6, 60), [log.read_text() for log in logs]
+        took = time.monotonic() - start
+    finally:
+        outputs = stop_batch_workers(procs, logs)
+    assert took < 60, took
+    # the one that met a task the other had refused dead-lettered it; neither ran any
+    assert sum(int(re.search(r"failed, (\d+) dead-lettered", o).group(1)) for o in outputs) == 6, outputs
+    assert all("0 shard(s) done" in o for o in outputs), outputs
+    dead = q.dead_entries()
+    assert len(dead) == 6 and q.depth() == 0, dead
+    for entry in dead:
+        error = json.loads(entry.fields["error"])
+        assert error["code"] == "run_too_large", error
+        message = error["message"]
+        assert "refused by 2 worker(s)" in message and "wa" in message and "wb" in message, message
+        assert "once every live worker had refused it" in message and "worker.max_defer_s=" in message, message
+        assert "bytes, over the" in message and "submit the run again" in message, message
+    assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis
+    assert main(["batch", "status", str(out), "--redis", redis_server.url, "--key-prefix", prefix, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["done"], status["failed"], status["pending"]) == (0, 6, 0), status
+    assert all("[run_too_large]" in f["error"] and "refused by 2 worker(s)" in f["error"]
+               for f in status["failed_shards"]), status["failed_shards"]
 
 
 def test_a_run_status_reads_a_bounded_number_of_dead_letters_however_many_the_stream_holds(

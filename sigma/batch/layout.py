@@ -42,11 +42,11 @@ FAILED_SHOWN = 100
 # the most one may ask for (`--failed-limit`, the API's `failed_limit`): a status that big is read by a program
 MAX_FAILED_SHOWN = 10_000
 # Dead letters a run's status reads, newest first (`sigma batch status --redis --dead-limit`, the API's
-# `dead_limit`): a worker that cannot read or trust a run.json (`run_too_large`: its $SIGMA_MAX_RUN_BYTES is lower
-# than the driver's; `bad_task`, `run_unreadable`) dead-letters the task without writing the shard's status, and the
-# run showed that shard "pending" for ever, the reason only in `<stream>:dead`. The stream serves every run and may
-# hold `queue.dead_letter_maxlen` entries (10,000 by default, no upper bound) of up to ~4 KB each: a poll reads at
-# most this many, and says when it stopped short (`dead_read_all`).
+# `dead_limit`): a worker that cannot read or trust a run.json (`run_too_large`: the $SIGMA_MAX_RUN_BYTES of every
+# live worker is lower than the driver's; `bad_task`, `run_unreadable`) dead-letters the task without writing the
+# shard's status, and the run showed that shard "pending" for ever, the reason only in `<stream>:dead`. The stream
+# serves every run and may hold `queue.dead_letter_maxlen` entries (10,000 by default, no upper bound) of up to ~4 KB
+# each: a poll reads at most this many, and says when it stopped short (`dead_read_all`).
 DEAD_READ = 2000
 MAX_DEAD_READ = 10_000
 # Task stream entries a run's status reads, newest first, to find the run's tasks (`sigma batch status --redis

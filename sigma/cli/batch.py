@@ -388,8 +388,9 @@ def run_status(args: argparse.Namespace) -> int:
         if q.get("deferred"):
             print(f"  {q['deferred']} task(s) deferred for up to {q['deferred_s']:.0f} s, no shard written in the run "
                   f"folder for {q['deferred_idle_s']:.0f} s: {q['deferred_reason']}; they run once that folder is "
-                  "free, or are dead-lettered (run_locked_too_long; weights_busy for a model folder) once no shard has "
-                  "been written for worker.max_defer_s")
+                  "free (run_too_large: once a worker whose $SIGMA_MAX_RUN_BYTES is above run.json's size takes them), "
+                  "or are dead-lettered (run_locked_too_long; weights_busy for a model folder) once no shard has "
+                  "been written for worker.max_defer_s (run_too_large: also once every live worker has refused them)")
     return 0
 
 

@@ -7,8 +7,9 @@ The annotation worker (`sigma worker`) and the batch fleet worker (`sigma worker
   (after `max_deliveries` deliveries); a handler that says "retry" leaves it pending, and the lease
   (extended by the heartbeat while the entry is worked on) hands it to a worker again when it runs out;
   "defer" does the same without spending a delivery (the entry was refused for a reason not its own: its run
-  folder held by a local run), so `max_deliveries` never dead-letters it for that (the fleet handler bounds it
-  itself: `worker.max_defer_s` with no shard written by the holder, then "dead");
+  folder held by a local run, its run.json over this worker's size limit), so `max_deliveries` never dead-letters it
+  for that (the fleet handler bounds it itself: `worker.max_defer_s` with no shard written by the holder, or every
+  live worker refused it, then "dead");
 - Redis trouble is transient: connection loss, timeouts (a SIGSTOPped server), `OOM` under
   `maxmemory`, `LOADING` after a restart (`is_transient`). The loop backs off with jitter, reconnects,
   keeps the outcomes it already computed until they are stored (and runs the worker's `after_batch` check once

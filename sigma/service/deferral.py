@@ -8,13 +8,18 @@ idle workers and no sign of why. Each deferral now updates one record per task (
 was first deferred, how often, and when a shard was last written in the run folder (its `shards/` changed). A holder
 that writes shards is a live run doing the work, however long it takes; one that writes none for
 `worker.max_defer_s` has the task dead-lettered (`run_locked_too_long`).
+
+A task refused for this worker's own limit (`run_too_large`: its $SIGMA_MAX_RUN_BYTES below the run.json's size) is
+deferred the same way, its record also naming the workers that refused it (`refused_by`): a worker with a higher
+limit takes it after the lease. Before, the first worker with a lower limit dead-lettered it at once, and in a mixed
+fleet most of a run's tasks were gone before the workers that could run them got any.
 """
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,9 @@ MAX_DEFER_S = 86_400.0
 KEPT_PAST_CAP_S = 86_400
 # a deferral's reason as its record keeps it
 REASON_LIMIT = 500
+# the workers a record names (`refused_by`), and each name's length: a record stays small whatever the fleet
+REFUSERS_KEPT = 64
+REFUSER_LIMIT = 200
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Deferral:
     progress_at: float      # Redis time the mark last changed (or `since`)
     last: float             # Redis time of the latest deferral
     reason: str = ""        # the latest refusal (who holds the folder)
+    refused_by: list[str] = field(default_factory=list)    # the workers that deferred it, each once, first first
 
     @property
     def idle_s(self) -> float:
@@ -47,9 +56,11 @@ class Deferral:
     def parse(cls, raw: Any) -> Deferral | None:
         try:
             data = json.loads(raw)
+            refused_by = data.get("refused_by", [])
             return cls(float(data["since"]), int(data["count"]), int(data["mark"]), float(data["progress_at"]),
-                       float(data["last"]), str(data.get("reason", "")))
-        except (TypeError, ValueError, KeyError):      # none, or not ours: counted afresh
+                       float(data["last"]), str(data.get("reason", "")),
+                       [str(name) for name in refused_by] if isinstance(refused_by, list) else [])
+        except (TypeError, ValueError, KeyError, AttributeError):      # none, or not ours: counted afresh
             return None
 
 
@@ -69,9 +80,11 @@ def redis_now(client: Any) -> float:
     return seconds + micros / 1e6
 
 
-def note_deferral(client: Any, keys: Keys, entry_id: str, root: Path, reason: str, cap_s: float) -> Deferral:
+def note_deferral(client: Any, keys: Keys, entry_id: str, root: Path, reason: str, cap_s: float,
+                  worker: str | None = None) -> Deferral:
     """One more deferral of the task: its record, updated and stored (a task is held by one worker at a time, so
-    read-then-write is not raced). The returned record's `idle_s` is what the cap is checked against."""
+    read-then-write is not raced). The returned record's `idle_s` is what the cap is checked against; `worker` (the
+    deferring consumer) is added to its `refused_by`, which a refusal for a worker's own limit is checked against."""
     key = keys.batch_task_deferred(entry_id)
     now, mark = redis_now(client), progress_mark(root)
     record = Deferral.parse(client.get(key)) or Deferral(since=now, count=0, mark=mark, progress_at=now, last=now)
@@ -80,6 +93,9 @@ def note_deferral(client: Any, keys: Keys, entry_id: str, root: Path, reason: st
     record.count += 1
     record.last = now
     record.reason = reason[:REASON_LIMIT]
+    name = (worker or "")[:REFUSER_LIMIT]
+    if name and name not in record.refused_by and len(record.refused_by) < REFUSERS_KEPT:
+        record.refused_by.append(name)
     client.set(key, json.dumps(asdict(record)), ex=int(cap_s) + KEPT_PAST_CAP_S)
     return record
 

@@ -518,6 +518,36 @@ class ModelBusy(RunBusy):
             f"({_deferred(deferral, max_defer_s)}): {self}. Resume or end that process; then {_AGAIN}")
 
 
+class RunTooLarge(RunBusy):
+    """The run's run.json is over this worker's `$SIGMA_MAX_RUN_BYTES`: a limit of this machine's, not a fault of the
+    task's, and a worker with a higher one (a mixed fleet) can run it. It was dead-lettered at once (`run_too_large`),
+    so the first worker with a lower limit took and dead-lettered most of a run's tasks before the workers that could
+    run them got any. Now it is deferred as a held run folder is (after the lease, no delivery spent, for another
+    worker; the record names the workers that refused it), and dead-lettered `run_too_large` only once every live
+    batch worker has refused it (`refused_everywhere`), or no shard has been written in the run folder for
+    `worker.max_defer_s`."""
+
+    code = "run_too_large"
+
+    def refused_everywhere(self, deferral: Deferral, live: set[str]) -> bool:
+        """Every batch worker alive now (its heartbeat: `queue.heartbeat_ttl_ms`) has refused the task: none can take
+        it, and waiting for more leases would only leave the run pending."""
+        return bool(live) and live <= set(deferral.refused_by)
+
+    def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
+        """The dead letter's code and message: which workers refused it, over how long, which bound ended the wait
+        (every live worker refused it, or `worker.max_defer_s`), and how to go on."""
+        names = ", ".join(shown(name, 80) for name in deferral.refused_by)
+        bound = (f"no worker took it for worker.max_defer_s={max_defer_s:g} ({_deferred(deferral, max_defer_s)})"
+                 if deferral.idle_s >= max_defer_s else
+                 f"given up once every live worker had refused it (worker.max_defer_s={max_defer_s:g} not reached)")
+        return "run_too_large", (
+            f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: its run.json is over the run size "
+            f"limit of every batch worker it was offered to: refused by {len(deferral.refused_by)} worker(s) "
+            f"({names}) over {deferral.last - deferral.since:.0f} s, deferred {deferral.count} times; {bound}. "
+            f"{self}. Set the same $SIGMA_MAX_RUN_BYTES on every worker (or start one above this size); then {_AGAIN}")
+
+
 class PluginMissing(Exception):
     """The run's corpus format or annotator is registered by a plugin this worker has not imported (started without
     the run's `--plugin`, or without the module installed). The task goes back through its lease (a delivery spent)
@@ -640,7 +670,7 @@ def locate_task(fields: dict[str, str],
             record, shards = _load_plan(rundir, fresh=True, patience_s=max(0.0, deadline - time.monotonic()))
     except SigmaError as exc:
         if exc.code == "run_too_large":   # no bad task: this machine's $SIGMA_MAX_RUN_BYTES is below the driver's
-            raise PermanentTaskError(exc.message, code=exc.code) from exc
+            raise RunTooLarge(exc.message, Path(fields["run_dir"])) from exc
         raise PermanentTaskError(f"bad task {fields}: {exc.message}") from exc
     except (KeyError, ValueError) as exc:   # ValueError: a NUL in the path (a damaged entry)
         raise PermanentTaskError(f"bad task {fields}: {exc}") from exc
@@ -854,6 +884,8 @@ class FleetHandler:
     last_error_ttl_s = 86_400
     # how long a dead letter's failed status waits for another writer of that shard's status (a write takes ms)
     status_wait_s = 10.0
+    # how long the live batch workers found (`_live_workers`) are taken as still so: a heartbeat's interval
+    live_workers_kept_s = 2.0
 
     def __init__(self, consumer: str, workers: int | None = None, run_read_retry_s: float = RUN_READ_RETRY_S,
                  client: Any = None, keys: Keys | None = None, batch_timeout_s: float = 0.0,
@@ -868,6 +900,7 @@ class FleetHandler:
         self.stats = WorkerStats()
         self.cache = _RunCache(workers=workers, batch_timeout_s=batch_timeout_s)
         self.current: dict[str, str] = {}
+        self._live: tuple[float, set[str]] | None = None      # (when, the live batch workers then)
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"consumer": self.consumer, "mode": "batch", "done": self.stats.done,
@@ -926,18 +959,21 @@ class FleetHandler:
         doing the work but one stopped (Ctrl-Z), hung, or gone with its host while shared storage keeps its lock, and
         the task would be deferred every lease for ever, the run "pending" with no sign why. Then it is
         dead-lettered (`run_locked_too_long`; `weights_busy` for a model folder), saying which run, who holds it and
-        how to go on. Without Redis to count in (no client, or Redis over maxmemory) it is
-        deferred uncounted, as before."""
-        deferral = None
+        how to go on. A run.json over this worker's own size limit (`RunTooLarge`) is given up on sooner as well:
+        once every live batch worker has refused it (`run_too_large`). Without Redis to count in (no client, or Redis
+        over maxmemory) it is deferred uncounted, as before."""
+        deferral, given_up = None, False
         if self.client is not None and self.keys is not None:
             try:
-                deferral = note_deferral(self.client, self.keys, entry.id, exc.root, str(exc), self.max_defer_s)
+                deferral = note_deferral(self.client, self.keys, entry.id, exc.root, str(exc), self.max_defer_s,
+                                         worker=self.consumer)
+                given_up = deferral.idle_s >= self.max_defer_s or self._refused_everywhere(exc, deferral)
             except RedisError as error:
                 if not is_out_of_memory(error):
                     raise                      # transient: the consumer hands the task in hand back to us
                 log.warning("task %s deferred, not counted toward worker.max_defer_s (redis is out of memory)",
                             shown_shard(entry.fields))
-        if deferral is not None and deferral.idle_s >= self.max_defer_s:
+        if deferral is not None and given_up:
             code, message = exc.given_up(entry.fields, deferral, self.max_defer_s)
             message = task_error(message)
             self.stats.errors.append(message)
@@ -950,6 +986,25 @@ class FleetHandler:
         log.info("task %s deferred (delivery %d not counted%s): %s", shown_shard(entry.fields), entry.deliveries,
                  counted, exc)
         return Outcome(entry, "defer", error={"code": exc.code, "message": str(exc)})
+
+    def _refused_everywhere(self, exc: RunBusy, deferral: Deferral) -> bool:
+        """A task refused for this worker's own limit (`RunTooLarge`) that every live batch worker has refused."""
+        return isinstance(exc, RunTooLarge) and exc.refused_everywhere(deferral, self._live_workers())
+
+    def _live_workers(self) -> set[str]:
+        """The consumers whose batch heartbeat is alive now (this one always: its first beat may not be stored
+        yet). A SCAN of the keyspace: kept for `live_workers_kept_s`, so a worker refusing a large run's tasks one
+        after another scans once, not once per task."""
+        now = time.monotonic()
+        if self._live is not None and now - self._live[0] < self.live_workers_kept_s:
+            return self._live[1]
+        live = {self.consumer}
+        if self.client is not None and self.keys is not None:
+            start = len(self.keys.batch_worker(""))
+            for key in self.client.scan_iter(match=self.keys.batch_worker_pattern(), count=500):
+                live.add(stream_text(key)[start:])
+        self._live = (now, live)
+        return live
 
     def _forget_deferral(self, entry: Entry) -> None:
         """The task ran, or is given up on: a task deferred before came back through a reclaim (`claimed`)."""
@@ -980,12 +1035,15 @@ class FleetHandler:
         written unless the shard is done meanwhile. A task whose folder is gone or holds another run has no
         status to write."""
         self.stats.dead += 1
-        self._forget_deferral(entry)
+        if self.client is not None and self.keys is not None:
+            # claimed or not: a task refused for this worker's own limit is given up on at its first delivery when
+            # this worker is the only one live, its refusal noted
+            forget_deferral(self.client, self.keys, entry.id)
         error = (error or self._last_error(entry)
                  or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"})
         try:
             rundir, record, shard = locate_task(entry.fields, patience_s=0)    # no waiting: it is given up on
-        except (PermanentTaskError, RunUnreadable, OSError):
+        except (PermanentTaskError, RunUnreadable, RunTooLarge, OSError):   # RunTooLarge: the record is unread
             return error
         reason = dead_letter_reason(entry.deliveries, error)
         try:

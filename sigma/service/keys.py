@@ -19,8 +19,9 @@ by choosing different prefixes, and the API, the annotation workers, `sigma batc
     P:batch:tasks:worker:<c>      a batch worker's heartbeat
     P:batch:tasks:submit:<token>  a submitted chunk of shard tasks (an hour: a retried call adds it once)
     P:batch:tasks:error:<id>      a shard task's last error (a day), for its dead letter
-    P:batch:tasks:deferred:<id>   a shard task's deferrals (its run folder held by another process): since when,
-                                  how often, when a shard was last written there (worker.max_defer_s + a day)
+    P:batch:tasks:deferred:<id>   a shard task's deferrals (its run folder held by another process, or its run.json
+                                  over a worker's run size limit): since when, how often, when a shard was last
+                                  written there, the workers that deferred it (worker.max_defer_s + a day)
 """
 from __future__ import annotations
 
