@@ -531,11 +531,11 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
     (the staged files' names there) and before the last file's rename (the other files' moves). `held`: the caller
     holds the folder's flock itself, exclusively (`hold_folder(marker=False)`: an export folder), so the commit
     lock is not taken again (a wait on ourselves). `remove`: files of the old set the new one does not have. A
-    file's data is
-    bytes, or a function that writes the file at the path it is given (`save_model`'s weights, streamed). The moves
-    are made under an flock on the folder (`_commit_lock`): two live writers of one set commit one after the other,
-    never interleaved, and the last one's whole set stands. `timeout_s` bounds the waits for that lock, all of them
-    together (None: for ever; a holder stopped or hung mid-commit kept the writer waiting without a word): finishing
+    file's data is bytes, or a function that writes the file at the path it is given (`save_model`'s weights,
+    streamed). The moves are made under an flock on the folder (`_commit_lock`): two live writers of one set commit
+    one after the other, never interleaved, and the last one's whole set stands. `timeout_s` bounds the waits for
+    that lock, all of them together (None: for ever; a holder stopped or hung mid-commit kept the writer waiting
+    without a word): finishing
     a killed writer's sets first and the commit share it — each had all of it, and a save that finished a set late
     in its wait, then met another holder at its commit, waited twice the bound. The staging between is no wait and
     does not spend it (a large model's weights on a slow disk would leave the commit a single try). `FolderBusy`
