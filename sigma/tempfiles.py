@@ -241,7 +241,7 @@ def _finish(folder: Path, journal: Path) -> bool:
         return False                 # not a journal of ours (or another finisher's, done): left as it is
     if not all(_inside(folder, p) for pair in moves for p in pair) or not all(_inside(folder, p) for p in removes):
         return False
-    _move_into_place(moves, removes)
+    _move_into_place(moves, removes, folder)
     journal.unlink(missing_ok=True)
     return True
 
@@ -361,18 +361,42 @@ def _folder_flock(folder: Path, operation: int, timeout_s: float | None = None) 
 
 
 def _inside(folder: Path, path: Path) -> bool:
-    return path.parent == folder and path.name not in ("", ".", "..")
+    """Whether `path` (from a journal) names a file in `folder` or in a folder below it (`data/x.parquet` of an
+    export's set, whose last file is `folder/README.md`): plain names only, no `..`, and no folder on the way that
+    is a symbolic link (a journal is never followed out of its folder)."""
+    try:
+        parts = path.relative_to(folder).parts
+    except ValueError:
+        return False
+    if not parts or any(part in ("", ".", "..") for part in parts):
+        return False
+    return not any((folder.joinpath(*parts[:depth])).is_symlink() for depth in range(1, len(parts)))
 
 
-def _move_into_place(moves: list[tuple[Path, Path]], removes: list[Path]) -> None:
+def _relative(path: Path, folder: Path) -> str:
+    """`path` as a journal names it: relative to the set's folder, `/`-separated (`NAME`, `data/NAME`)."""
+    return path.relative_to(folder).as_posix()
+
+
+def _subfolders(folder: Path, paths: Iterable[Path]) -> list[Path]:
+    """The folders below `folder` that files of a set lie in (none for a set of one folder), in a stable order."""
+    return sorted({path.parent for path in paths if path.parent != folder})
+
+
+def _move_into_place(moves: list[tuple[Path, Path]], removes: list[Path], folder: Path) -> None:
     """The commit: the old last file and the files the set drops removed, then each staged file renamed over its
     target, the last one last. Idempotent: a staged file already moved is skipped, so a commit interrupted at any
-    point is finished by running it again."""
+    point is finished by running it again. A set with files below `folder` (`sigma export hf`: `data/*.parquet`,
+    then the card `README.md`) syncs those folders before the last file's rename: the last file says the set is
+    complete, and its rename in `folder` is no promise about the renames in another folder."""
     if moves and moves[-1][0].exists():
         moves[-1][1].unlink(missing_ok=True)
     for path in removes:
         path.unlink(missing_ok=True)
-    for tmp, path in moves:
+    for at, (tmp, path) in enumerate(moves):
+        if at == len(moves) - 1:
+            for sub in _subfolders(folder, [target for _, target in moves] + removes):
+                sync_folder(sub)
         if tmp.exists():
             os.replace(tmp, path)
 
@@ -491,7 +515,8 @@ def rename_durably(handle: BinaryIO, tmp: Path, target: Path) -> None:
 
 
 def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
-                     remove: list[Path] | None = None, timeout_s: float | None = None) -> list[Path]:
+                     remove: list[Path] | None = None, timeout_s: float | None = None,
+                     held: bool = False) -> list[Path]:
     """Files that only mean something together (metrics.json and the config.yaml it was made with), written so that
     a kill or a failed write at any point never leaves one run's file beside another run's, and never loses the old
     set without the new one to finish: the last file is the one that says the set is complete. Every file is
@@ -499,11 +524,18 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
     them (the commit point); then the old last file is removed, the others renamed into place, the last one last,
     and the journal removed. Killed or failed after the journal, the folder holds the old set's others beside the
     new ones without a last file until the next writer, or `finish_replacements`, completes the set from the
-    journal. All files lie in one folder. `remove`: files of the old set the new one does not have. A file's data is
-    bytes, or a function that writes the file at the path it is given (`save_model`'s weights, streamed). The moves
-    are made under an flock on the folder (`_commit_lock`): two live writers of one set commit one after the other,
-    never interleaved, and the last one's whole set stands. `timeout_s` bounds the waits for that lock, all of them
-    together (None: for ever; a holder stopped or hung mid-commit kept the writer waiting without a word): finishing
+    journal. The set's folder is the last file's: the journal lies there, and its flock is the commit lock; the
+    other files lie in it or in folders below it (`sigma export hf`: `data/*.parquet`, then `README.md`, the card
+    that says what the shards hold — the card was renamed after the shards' set, and a kill between left new shards
+    beside the earlier export's card). Such subfolders exist before the call, and are fsynced before the journal
+    (the staged files' names there) and before the last file's rename (the other files' moves). `held`: the caller
+    holds the folder's flock itself, exclusively (`hold_folder(marker=False)`: an export folder), so the commit
+    lock is not taken again (a wait on ourselves). `remove`: files of the old set the new one does not have. A
+    file's data is bytes, or a function that writes the file at the path it is given (`save_model`'s weights,
+    streamed). The moves are made under an flock on the folder (`_commit_lock`): two live writers of one set commit
+    one after the other, never interleaved, and the last one's whole set stands. `timeout_s` bounds the waits for
+    that lock, all of them together (None: for ever; a holder stopped or hung mid-commit kept the writer waiting
+    without a word): finishing
     a killed writer's sets first and the commit share it — each had all of it, and a save that finished a set late
     in its wait, then met another holder at its commit, waited twice the bound. The staging between is no wait and
     does not spend it (a large model's weights on a slow disk would leave the commit a single try). `FolderBusy`
@@ -514,11 +546,15 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
         return []
     folder = files[-1][0].parent
     remove = list(remove or [])
-    if any(path.parent != folder for path, _ in files) or any(path.parent != folder for path in remove):
-        raise ValueError("replace_together: every file of a set lies in one folder")
-    names = {path.name for path, _ in files} | {path.name for path in remove}
+    paths = [path for path, _ in files] + remove
+    if not all(_inside(folder, path) for path in paths):
+        raise ValueError("replace_together: every file of a set lies in its last file's folder, or below it")
+    subfolders = _subfolders(folder, paths)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    sweep_stale_temps(folder, names, time_left(deadline))   # a killed writer's staged set is finished, its junk goes
+    # a killed writer's staged set is finished, its junk goes (in each folder of the set: its own names there)
+    sweep_stale_temps(folder, {path.name for path in paths if path.parent == folder}, time_left(deadline), held)
+    for sub in subfolders:
+        _sweep_in(sub, {path.name for path in paths if path.parent == sub})
     wait_left = time_left(deadline)     # the rest of the bound, for the commit: the staging between is no wait
     written: list[tuple[Path, Path]] = []
     journal = temp_name(files[-1][0]).with_suffix(".pending")     # .LAST.PID.RANDOM.pending
@@ -530,7 +566,10 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
             tmp = temp_name(path)
             written.append((tmp, path))
             _write_staged(tmp, data)
-        plan = {"files": [[tmp.name, path.name] for tmp, path in written], "remove": [p.name for p in remove]}
+        plan = {"files": [[_relative(tmp, folder), _relative(path, folder)] for tmp, path in written],
+                "remove": [_relative(p, folder) for p in remove]}
+        for sub in subfolders:       # the staged files' names on disk before the journal names them
+            sync_folder(sub)
         staged = temp_name(journal)
         try:
             write_synced(staged, json.dumps(plan).encode())
@@ -540,8 +579,8 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
             raise
         committed = True
         sync_folder(folder)
-        with _commit_lock(folder, wait_left):
-            _move_into_place(written, remove)
+        with nullcontext() if held else _commit_lock(folder, wait_left):
+            _move_into_place(written, remove, folder)
             journal.unlink(missing_ok=True)
     except FolderBusy as exc:
         exc.journal = journal        # committed, not moved: left for the next writer (or a reader) to finish

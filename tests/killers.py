@@ -4,16 +4,18 @@ syncs), never renamed into place — which is where a kill leaves the junk the s
 the order of a real command's fsyncs and renames (`RECORD_SYNCS`), for what only a power cut would show."""
 
 
-def at_first_temp_rename(signal_expr: str = "signal.SIGKILL", containing: str = "") -> str:
+def at_first_temp_rename(signal_expr: str = "signal.SIGKILL", containing: str = "", into: str = "") -> str:
     """The prelude of a `python -c` program: at the first `os.rename` (what os.replace raises) of a `*.tmp` file, print
     its name (the test reads which file was left) and send this process `signal_expr` (SIGKILL: dies; SIGSTOP: holds
     there for the test to act around it). `containing`: only a temporary file whose name holds it (the rename of
-    the one output a test means, after others of the same writer). The writer's own code follows it."""
+    the one output a test means, after others of the same writer). `into`: only a rename onto a file of that name
+    (a file's own move into place, not the rename of a journal that names it). The writer's own code follows it."""
     return f"""import os, signal, sys
 from pathlib import Path
 _first = []
 def _hook(event, args):
-    if event == "os.rename" and not _first and str(args[0]).endswith(".tmp") and {containing!r} in Path(args[0]).name:
+    if event == "os.rename" and not _first and str(args[0]).endswith(".tmp") and {containing!r} in Path(args[0]).name \
+            and Path(args[1]).name == ({into!r} or Path(args[1]).name):
         _first.append(1)
         print(Path(args[0]).name, flush=True)
         os.kill(os.getpid(), {signal_expr})

@@ -450,6 +450,27 @@ def test_imdl_benco_killed_at_its_json_rename_is_rolled_back_by_the_next_export(
         assert (dropped / "Tp" / "mine.jpg").read_bytes() == b"the user's"
 
 
+def test_imdl_benco_rerun_with_another_json_name_rolls_back_the_killed_export(run_dir, tmp_path, capsys):
+    """The next export rolled back a killed export's swap only when it ran with the same JSON name
+    (`export_imdl_benco(json_name=)`): the journal it looked for was its own `.JSON-journal`. A rerun under another
+    name was refused (`out_not_empty`, the killed export's Tp/ and Gt/ listed by no JSON) and left the journal in
+    place. Now every export journal in OUT is recovered first: the rerun under the other name succeeds with the
+    bytes of an uninterrupted export."""
+    from sigma.errors import InputError
+    from sigma.export import export_imdl_benco
+
+    reference = tmp_path / "reference"
+    export_imdl_benco(run_dir, reference, relative=True, json_name="other.json")
+    out = tmp_path / "killed"
+    _benco_killed_at_its_json(run_dir, out)          # `sigma export imdl-benco`: imdl_benco.json
+    assert (out / ".imdl_benco.json-journal").is_file()
+    try:
+        export_imdl_benco(run_dir, out, relative=True, json_name="other.json")
+    except InputError as exc:
+        raise AssertionError(f"the rerun under another name was refused: {exc.message}") from None
+    assert _tree(out) == _tree(reference) and not list(out.glob(".*"))
+
+
 def test_an_imdl_benco_json_that_cannot_be_written_leaves_the_earlier_export_whole(run_dir, tmp_path, capsys,
                                                                                    monkeypatch):
     """A JSON write that failed after the swap (a full disk) took the earlier export's folders with it (`.Tp.old`

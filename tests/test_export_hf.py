@@ -332,10 +332,11 @@ def test_hf_shards_are_on_disk_before_the_card_that_describes_them(run, tmp_path
     assert ["fsync", str(out)] in events[card + 1:], events                 # the card's own name
 
 
-def _hf_killed_at(run: Path, out: Path, containing: str, *flags: str) -> str:
+def _hf_killed_at(run: Path, out: Path, containing: str, *flags: str, into: str = "") -> str:
     """A real `sigma export hf --overwrite` SIGKILLed at its first rename of a temporary file whose name holds
-    `containing`; returns that file's name."""
-    killer = at_first_temp_rename(containing=containing) + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+    `containing` (`into`: onto a file of that name); returns that file's name."""
+    killer = (at_first_temp_rename(containing=containing, into=into)
+              + "from sigma.cli import main\nmain(sys.argv[1:])\n")
     killed = subprocess.run([sys.executable, "-c", killer, "export", "hf", str(run), str(out), "--overwrite", *flags],
                             capture_output=True, text=True, timeout=120, check=False)
     assert killed.returncode == -9, (killed.stdout, killed.stderr)
@@ -364,21 +365,108 @@ def test_hf_killed_while_staging_its_shards_leaves_the_previous_export_whole(run
     assert _shards(out) == before and not list((out / "data").glob(".*"))
 
 
+def _card(out: Path) -> bytes:
+    return (out / "README.md").read_bytes()
+
+
+def _card_name(card: bytes) -> str:
+    return yaml.safe_load(card.decode().split("---")[1])["pretty_name"]
+
+
+def _journal_names_the_card(out: Path) -> None:
+    """The killed export's set is committed in OUT, its card the last file: its journal (`.README.md.PID.RANDOM
+    .pending`) names the staged card and the shards in `data/`, and no journal is left in `data/`."""
+    journals = list(out.glob(".README.md.*.pending"))
+    assert len(journals) == 1 and not list((out / "data").glob(".*.pending")), sorted(os.listdir(out))
+    plan = json.loads(journals[0].read_bytes())
+    assert plan["files"][-1][1] == "README.md" and (out / plan["files"][-1][0]).is_file(), plan
+    assert _card_name((out / plan["files"][-1][0]).read_bytes()) == "NEW", plan
+    assert [target for _, target in plan["files"][:-1]] == [f"data/train-{i:05d}-of-00008.parquet" for i in range(8)]
+
+
 def test_hf_killed_after_its_journal_is_finished_by_the_next_export(run, tmp_path, capsys):
-    """Killed after its shards were committed (the journal written) while they were moved into place, an export
-    leaves a set the next export of OUT finishes before it counts the shards there: OUT then holds the killed
-    export whole, so a plain export is refused (`out_not_empty`) and `--overwrite` replaces all of it. Counted
-    before the set was finished, OUT looked empty (the previous shard removed, the new ones staged): the plain export
-    ran, and its sweep removed the staged shards of a committed set from under its journal."""
+    """Killed after its shards and card were committed (the journal written) while they were moved into place, an
+    export leaves a set the next export of OUT finishes before it counts the shards there: OUT then holds the killed
+    export whole — its shards and its card — so a plain export is refused (`out_not_empty`) and `--overwrite`
+    replaces all of it. Counted before the set was finished, OUT looked empty (the previous shard removed, the new
+    ones staged): the plain export ran, and its sweep removed the staged shards of a committed set from under its
+    journal. And the card was no part of the set: written after it, the killed export's new shards were finished
+    beside the earlier export's card (its name, its row count)."""
     out = tmp_path / "hf"
-    assert main(["export", "hf", str(run), str(out)]) == 0
-    left = _hf_killed_at(run, out, "-00000-of-", "--max-shard-mb", "0.002")
+    assert main(["export", "hf", str(run), str(out), "--name", "OLD"]) == 0
+    left = _hf_killed_at(run, out, "-00000-of-", "--max-shard-mb", "0.002", "--name", "NEW")
     assert re.fullmatch(r"\.train-00000-of-00008\.parquet\.\d+\.[0-9a-f]{8}\.tmp", left), left
-    assert list((out / "data").glob(".*.pending")), sorted(os.listdir(out / "data"))
+    _journal_names_the_card(out)
     capsys.readouterr()
     assert main(["export", "hf", str(run), str(out)]) == 2 and "[out_not_empty]" in capsys.readouterr().err
     assert list(_shards(out)) == [f"train-{i:05d}-of-00008.parquet" for i in range(8)]
-    assert not list((out / "data").glob(".*"))
+    assert _card_name(_card(out)) == "NEW"
+    assert not list((out / "data").glob(".*")) and not list(out.glob(".*"))
     assert main(["export", "hf", str(run), str(out), "--overwrite"]) == 0
     assert list(_shards(out)) == ["train-00000-of-00001.parquet"] and not list((out / "data").glob(".*"))
     assert len(load(out, tmp_path)) == 8
+
+
+def test_hf_killed_between_its_shards_and_its_card_is_finished_with_its_card(run, tmp_path, capsys):
+    """The card was renamed after the shards' own set was in place: an export killed between (SIGKILL, the OOM
+    killer) left the new shards beside the earlier export's card, which stated the earlier export's name, row count
+    and filters — for good: the next export found a complete-looking dataset and finished nothing. Now the card is
+    the last file of the shards' set: killed at its rename, OUT holds no card of another export (the earlier card
+    went first, as the set's last file does), and `finish_replacements(OUT)` — what the next export's hold of OUT
+    runs — puts the new card beside the new shards."""
+    from sigma.tempfiles import finish_replacements
+
+    out = tmp_path / "hf"
+    assert main(["export", "hf", str(run), str(out), "--name", "OLD"]) == 0
+    left = _hf_killed_at(run, out, "", "--max-shard-mb", "0.002", "--name", "NEW", into="README.md")
+    assert re.fullmatch(r"\.README\.md\.\d+\.[0-9a-f]{8}\.tmp", left), left
+    assert list(_shards(out)) == [f"train-{i:05d}-of-00008.parquet" for i in range(8)]
+    assert not (out / "README.md").exists()       # the earlier card went first: never beside the new shards
+    _journal_names_the_card(out)
+    assert len(finish_replacements(out)) == 1
+    assert _card_name(_card(out)) == "NEW" and not list(out.glob(".*")) and not list((out / "data").glob(".*"))
+    card = yaml.safe_load(_card(out).decode().split("---")[1])
+    assert card["dataset_info"]["splits"] == [{"name": "train", "num_examples": 8}]
+    assert len(load(out, tmp_path)) == 8
+
+
+def test_hf_killed_at_its_journal_leaves_the_previous_card_and_shards(run, tmp_path, capsys):
+    """Killed at its commit point (the journal's rename; every shard and the new card staged and synced), an export
+    leaves the earlier export byte for byte, its card too, and only hidden names the sweeps know, which the next
+    export of OUT removes."""
+    out = tmp_path / "hf"
+    assert main(["export", "hf", str(run), str(out), "--name", "OLD"]) == 0
+    before, card = _shards(out), _card(out)
+    left = _hf_killed_at(run, out, ".README.md.", "--max-shard-mb", "0.002", "--name", "NEW")
+    assert re.fullmatch(r"\.\.README\.md\.\d+\.[0-9a-f]{8}\.pending\.\d+\.[0-9a-f]{8}\.tmp", left), left
+    assert _shards(out) == before and _card(out) == card
+    assert not list(out.glob("*.pending")) and list(out.glob(".README.md.*.tmp"))
+    capsys.readouterr()
+    assert main(["export", "hf", str(run), str(out), "--name", "OLD", "--overwrite"]) == 0
+    assert _shards(out) == before and _card(out) == card
+    assert not list(out.glob(".*")) and not list((out / "data").glob(".*"))
+
+
+def test_hf_card_is_committed_in_the_shards_set(run, tmp_path):
+    """The recorded order of a real export: the card is staged (fsynced) and `data/` synced (the staged shards'
+    names) before the journal `OUT/.README.md.PID.RANDOM.pending` is renamed into place (the commit point); every
+    shard's move and then the card's follow it, `data/` synced before the card's rename, OUT after it. Before, the
+    set's journal was in `data/` and named the shards alone, and the card was written after the set was in place."""
+    out, log, script = tmp_path / "hf", tmp_path / "events.json", tmp_path / "record.py"
+    script.write_text(RECORD_SYNCS)
+    proc = subprocess.run([sys.executable, str(script), str(log), "export", "hf", str(run), str(out),
+                           "--max-shard-mb", "0.002"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(log.read_text())
+    renames = [(i, Path(e[1]), Path(e[2])) for i, e in enumerate(events) if e[0] == "rename"]
+    journal = [i for i, _, dst in renames if dst.parent == out and re.fullmatch(r"\.README\.md\..+\.pending", dst.name)]
+    assert len(journal) == 1 and [i for i, _, dst in renames if dst.suffix == ".pending"] == journal, events
+    at = journal[0]
+    card = next(i for i, _, dst in renames if dst == out / "README.md")
+    moves = [i for i, _, dst in renames if dst.parent == out / "data" and not dst.name.startswith(".")]
+    assert len(moves) == 8 and at < min(moves) and max(moves) < card, events
+    assert ["fsync", events[card][1]] in events[:at], events                  # the card staged before the commit
+    assert ["fsync", str(out / "data")] in events[max(i for i, _, dst in renames if dst.name.startswith(".train"))
+                                                  + 1:at], events          # the staged shards' names
+    assert ["fsync", str(out / "data")] in events[max(moves) + 1:card], events
+    assert ["fsync", str(out)] in events[card + 1:], events

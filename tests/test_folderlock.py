@@ -256,6 +256,42 @@ def test_the_subfolder_sweep_follows_no_link_and_walks_nothing_unnamed(tmp_path)
         assert (kept / junk).is_file()
 
 
+def test_a_set_with_files_below_its_folder_is_journalled_there_and_never_followed_out(tmp_path):
+    """`replace_together` took one folder's files only, so `sigma export hf` committed `data/*.parquet` as a set and
+    renamed `README.md` after it (a kill between: new shards beside the earlier card). A set now lies in its last
+    file's folder or below it: the journal there names the others by relative path (`data/NAME`) and is finished
+    from there; a path out of the folder is refused, and a journal naming one (`../x`, or through a subfolder that is
+    a symbolic link) is never followed."""
+    import json
+    import os
+
+    from sigma.tempfiles import finish_replacements, replace_together
+
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    replace_together([(out / "data" / "a.bin", b"old a"), (out / "README.md", b"old card")])
+    replace_together([(out / "data" / "b.bin", b"new b"), (out / "README.md", b"new card")],
+                     remove=[out / "data" / "a.bin"])
+    assert sorted(os.listdir(out / "data")) == ["b.bin"] and (out / "README.md").read_bytes() == b"new card"
+    assert sorted(os.listdir(out)) == ["README.md", "data"]
+    for outside in (tmp_path / "x.bin", out / "data" / ".." / ".." / "x.bin"):
+        with pytest.raises(ValueError):
+            replace_together([(outside, b"x"), (out / "README.md", b"card")])
+    assert not (tmp_path / "x.bin").exists()
+    # a journal as a killed writer would leave it (pid 2**22 + 1: no process), naming files out of its folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "victim").write_bytes(b"kept")
+    (out / "linked").symlink_to(elsewhere)
+    (out / ".s.tmp").write_bytes(b"staged")
+    for target in ("../elsewhere/victim", "linked/victim"):
+        journal = out / ".README.md.4194305.0000abcd.pending"
+        journal.write_text(json.dumps({"files": [[".s.tmp", target], [".s.tmp", "README.md"]], "remove": []}))
+        assert finish_replacements(out) == [] and journal.exists()
+        journal.unlink()
+    assert (elsewhere / "victim").read_bytes() == b"kept" and (out / "README.md").read_bytes() == b"new card"
+
+
 def _sigma_eval(data: Path, out: Path, wait_s: str):
     """`sigma eval` (pixel-diff) in a process of its own, its folder waits bounded to `wait_s` seconds."""
     import os

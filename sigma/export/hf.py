@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from sigma.batch.decode import source_bytes
-from sigma.batch.layout import atomic_write_bytes
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.export.select import (
     CheckedRun,
@@ -281,15 +279,10 @@ class _ShardedWriter:
         for tmp in self.files:
             tmp.unlink(missing_ok=True)
 
-    def close(self, replaces: list[Path]) -> list[Path]:
-        """Finish the files and put them in place of `replaces` (a previous export), as one set
-        (`replace_together`): each shard fsynced, then a journal naming them all (the commit point), then the
-        moves, then `data/` fsynced, so the card written next never names shards a power cut could take. Before,
-        the shards were renamed from the page cache and `data/` never synced (a power cut after the export said
-        done could leave files empty, cut short or missing), and the previous export's shards were deleted before
-        the new ones were renamed (a kill between left a dataset of some new shards, or none). Now a kill before
-        the journal leaves the previous export whole; after it, the next export of OUT finishes the set. Nothing
-        kept: an error, and the previous export is left as it was."""
+    def close(self) -> list[tuple[Path, Any]]:
+        """Finish the files: (final name, how to stage it) for each shard, for `replace_together` — the set the
+        caller commits with the card that describes it (`_commit`). Nothing kept: an error, and the previous export
+        is left as it was."""
         self._flush()
         if self.writer is not None:
             self.writer.close()
@@ -300,10 +293,24 @@ class _ShardedWriter:
             raise nothing_to_export(self.skipped)
         final = [self.dir / f"{SPLIT}-{i:05d}-of-{len(self.files):05d}.parquet" for i in range(len(self.files))]
         # each shard staged by a rename of its finished temporary file (no copy), fsynced by replace_together
-        staged = [(target, lambda path, tmp=tmp: os.replace(tmp, path)) for tmp, target in zip(self.files, final)]
-        replace_together(staged, remove=[old for old in replaces if old not in final])
-        sync_folder(self.dir)          # the moves on disk before the card that describes them
-        return final
+        return [(target, lambda path, tmp=tmp: os.replace(tmp, path)) for tmp, target in zip(self.files, final)]
+
+
+def _commit(out: Path, shards: list[tuple[Path, Any]], card: bytes, replaces: list[Path]) -> list[Path]:
+    """The shards and the card `OUT/README.md` put in place of `replaces` (a previous export) as one set
+    (`replace_together`, the card last, its folder OUT the set's): each shard and the card fsynced, `data/` fsynced,
+    then a journal `OUT/.README.md.PID.RANDOM.pending` naming them all (the commit point), then the moves (the old
+    card first, `data/` fsynced before the new card's rename), then OUT fsynced. Before, the shards were committed
+    as a set of their own and the card renamed after it: a kill between (SIGKILL, the OOM killer) left the new
+    shards beside the earlier export's card, which stated the earlier export's row count, name and filters — and
+    the next export found a complete-looking dataset. Now a kill before the journal leaves the earlier export byte
+    for byte; after it, the next export of OUT (`hold_folder`'s sweep) or `finish_replacements(OUT)` puts the new
+    shards and card in place together. OUT is held exclusively through its own flock (`held`)."""
+    final = [target for target, _ in shards]
+    replace_together([*shards, (out / "README.md", card)], remove=[old for old in replaces if old not in final],
+                     held=True)
+    sync_folder(out)        # the card's own name on disk before the export says done
+    return final
 
 
 def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
@@ -397,7 +404,10 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
                max_shard_mb: float, overwrite: bool, mask: str) -> dict[str, Any]:
     data_dir = out / "data"
     # an export killed after its journal (`replace_together`): its set is finished before the shards here are
-    # counted (counted before, OUT looked empty, and the sweep below took the staged shards from under the journal)
+    # counted (counted before, OUT looked empty, and the sweep below took the staged shards from under the journal).
+    # Its journal is OUT's (the card is the set's last file), finished by `hold_folder`'s sweep already; one in
+    # data/ is an export's of an earlier version (the shards alone)
+    finish_replacements(out, held=True)
     finish_replacements(data_dir)
     existing = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
     if existing and not overwrite:
@@ -431,12 +441,34 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
         for rec in iter_records(run, row_filter, weights, skipped, mask):
             first = first or rec
             writer.add(rec)
-        files = writer.close(replaces=existing)
+        shards = writer.close()
+        card = dataset_card(_card_info(run, name, first, (weights, weights_source), writer, mask, row_filter))
+        files = _commit(out, shards, card.encode(), existing)
     except BaseException:
         writer.abort()
         if made_data_dir:           # a refused or failed first export leaves no empty data/ behind
-            shutil.rmtree(data_dir, ignore_errors=True)
+            _remove_empty(data_dir)
         raise
+    return {"out": str(out), "rows": writer.rows, "files": [str(f.relative_to(out)) for f in files],
+            "weights_sha256": weights, "skipped": skipped}
+
+
+def _remove_empty(folder: Path) -> None:
+    """`folder` removed when nothing is in it: a first export that failed before its commit point (its temporary
+    shards gone with `abort`, its staged set with `replace_together`). One that failed after it (a move refused)
+    keeps its staged set there for the journal in OUT to finish: a removal of the whole tree took those files from
+    under the journal, which would then put a card in place with no shards."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _card_info(run: CheckedRun, name: str | None, first: dict[str, Any], digest: tuple[str | None, str],
+               writer: _ShardedWriter, mask: str, row_filter: RowFilter) -> dict[str, Any]:
+    """What the card says of this export (`dataset_card`): made before the commit, as part of its set."""
+    record = run.record
+    (weights, weights_source), rows, skipped = digest, writer.rows, writer.skipped
     status = run.rundir.summary(record=record)
     cfg = record.get("config") or {}
     info = {"name": name or f"{Path(str(record.get('corpus', {}).get('path') or run.rundir.root)).name} (SIGMA masks)",
@@ -445,7 +477,7 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
             "config_hash": first.get("config_hash") or "n/a", "weights_sha256": weights,
             "weights_source": weights_source, "threshold": first.get("threshold", cfg.get("threshold")),
             "run_hash": record["run_hash"], "run_pairs": status["ok"], "run_errors": status["errors"],
-            "rows": writer.rows, "skipped": len(skipped),
+            "rows": rows, "skipped": len(skipped),
             "mask": {"chosen": "the one the run's mask_mode chose (`mask_source` says which)",
                      "semantic": "the semantic mask", "footprint": "the synthesised footprint"}[mask],
             # every filter the rows passed (max_confidence and composite were left out: a card of an export
@@ -453,7 +485,4 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
             "filters": {"min_confidence": row_filter.min_confidence, "max_confidence": row_filter.max_confidence,
                         "min_area": row_filter.min_area, "max_area": row_filter.max_area,
                         "composite": {True: "only", False: "exclude", None: None}[row_filter.composite]}}
-    atomic_write_bytes(out / "README.md", dataset_card(info).encode())     # fsynced before its rename
-    sync_folder(out)        # the card's own name on disk before the export says done
-    return {"out": str(out), "rows": writer.rows, "files": [str(f.relative_to(out)) for f in files],
-            "weights_sha256": weights, "skipped": skipped}
+    return info

@@ -69,7 +69,7 @@ def _staging(out: Path, folder: str) -> Path:
 def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
             mask: str, order: str, overwrite: bool) -> dict[str, Any]:
     key = order_key(order)
-    _recover(out, json_name)         # an export killed mid-commit: rolled back before OUT is judged
+    _recover_all(out, json_name)     # an export killed mid-commit: rolled back before OUT is judged
     held = [out / f for f in FOLDERS if (out / f).is_dir() and any((out / f).iterdir())]
     held += [p for p in (out / json_name,) if p.exists()]
     if held and not overwrite:
@@ -167,6 +167,19 @@ def _sync_staged(out: Path) -> None:
     for folder in FOLDERS:
         sync_folder(_staging(out, folder))
     sync_folder(out)
+
+
+def _recover_all(out: Path, json_name: str) -> None:
+    """`_recover` for the journal of `json_name`, then for every other export's journal in OUT (`.NAME-journal`,
+    whatever `--json-name` it ran with). Before, only this export's JSON name was looked for: a rerun with another
+    `--json-name` did not see a killed export's journal — refused (`out_not_empty`) with its swapped-in Tp/ and Gt/,
+    or, killed before its swap, run beside the stale journal, which a later export under the killed one's name then
+    "rolled back", moving the finished export's Tp/ and Gt/ away and removing them."""
+    _recover(out, json_name)
+    for journal in sorted(out.glob(".*-journal")):
+        name = journal.name[1:-len("-journal")]
+        if name != json_name:
+            _recover(out, name)
 
 
 def _recover(out: Path, json_name: str) -> None:
