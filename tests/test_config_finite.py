@@ -340,3 +340,50 @@ def test_a_batch_run_without_an_aspect_limit_can_be_resumed(work):
     assert again.returncode == 0, again.stderr[-2000:]
     assert re.findall(r"run (\w+):", first.stdout + first.stderr) == re.findall(r"run (\w+):", again.stdout +
                                                                                 again.stderr), again.stderr
+
+
+def _all_models() -> list[type[BaseModel]]:
+    """Every pydantic model of sigma's (configs, settings, API bodies, parse results), its modules imported first (but
+    `__main__`; the API's, `sigma.api`, installed from `api/`, by name)."""
+    import importlib
+    import pkgutil
+
+    import sigma
+
+    for module in pkgutil.walk_packages(sigma.__path__, "sigma."):
+        if not module.name.endswith("__main__") and not module.name.startswith("sigma.api"):
+            importlib.import_module(module.name)
+    importlib.import_module("sigma.api.requests")
+    importlib.import_module("sigma.api.batches")
+    seen: list[type[BaseModel]] = []
+    stack = list(BaseModel.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack += cls.__subclasses__()
+        if cls not in seen and cls.__module__.startswith("sigma."):
+            seen.append(cls)
+    return seen
+
+
+def test_no_model_anywhere_takes_a_non_finite_float():
+    """A guard for what comes next: every float field of every model here (a new config section, a new setting, an
+    API body's field) refuses NaN and +-inf, but a `LimitOrInfinity` field +inf. `Strict` models get it from their
+    base; any other model must say `allow_inf_nan=False` or use `UnitInterval` / `NonNegative`."""
+    taken = []
+    models = _all_models()
+    assert {"ServeConfig", "BatchConfig", "TrainConfig", "AnnotateOptions", "BatchRequest"} <= {m.__name__ for m in
+                                                                                                  models}
+    for model in models:
+        for name, field in model.model_fields.items():
+            if _number_arm(field.annotation, float) is None or _section(field.annotation):
+                continue
+            place = number_places(model, float)
+            lifts = any(p.key == name and p.lifts_limit for p in place)
+            for bad in [math.nan, -math.inf] + ([] if lifts else [math.inf]):
+                shape = next((p for p in place if p.key == name), Place(name, "scalar"))
+                try:
+                    model.__pydantic_validator__.validate_assignment(model.model_construct(), name, shape.value(bad))
+                except ValueError:
+                    continue
+                taken.append(f"{model.__module__}.{model.__qualname__}.{name}={bad}")
+    assert not taken, taken
