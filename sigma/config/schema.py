@@ -10,7 +10,16 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sigma.text import MAX_JSON_DEPTH
@@ -63,6 +72,36 @@ def finite_in(bounds: str) -> BeforeValidator:
 
 
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0), finite_in("in [0, 1]")]
+
+
+def _no_nan(what: str) -> BeforeValidator:
+    """NaN for a limit that infinity lifts (`LimitOrInfinity`): NaN fails every comparison, so `x > limit` is never true
+    and the limit was gone as surely as with `.inf`, but unsaid; pydantic's own word for it ("greater than or equal
+    to 0") named a bound NaN does not break. Told what the field takes instead."""
+    def check(value: Any) -> Any:
+        if isinstance(value, (str, float)):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            if math.isnan(number):
+                raise PydanticCustomError("finite_number", f"Input should be {what}, got nan")
+        return value
+    return BeforeValidator(check)
+
+
+def _infinity_as_text(value: float) -> float | str:
+    """+inf written as the text `inf` where a config is written as JSON (run.json, the config hash): JSON has no
+    infinity, and `dumps_finite` wrote it as null, which no float field reads back, so a batch run with
+    `io.limits.max_aspect_change=inf` could not be resumed (run_modified: "Input should be a valid number"). The
+    field reads `inf` back as infinity."""
+    return "inf" if value == math.inf else value
+
+
+#: a limit that may be lifted: a finite number >= 0, or `.inf` (YAML; `inf` in `--set`) for no limit. Never NaN. The
+#: one exception to `Strict`'s finite floats; a field of this type says in its description what infinity means.
+LimitOrInfinity = Annotated[float, Field(ge=0.0, allow_inf_nan=True), _no_nan("a number >= 0, or .inf for no limit"),
+                            PlainSerializer(_infinity_as_text, when_used="json")]
 
 
 def _each_once(modules: list[str]) -> list[str]:
@@ -204,9 +243,17 @@ class Strict(BaseModel):
     with an error: pydantic runs them only on a section whose every field is valid, and one that ran on a bool read
     as a number says nothing true. A user who fixed the errors said then met the check's error on the next run. It
     is not run on the other fields with a stand-in for the bad one (a default would make up errors, or hide them),
-    so the message says plainly that the section's checks across fields were not run (`checks_skipped`)."""
+    so the message says plainly that the section's checks across fields were not run (`checks_skipped`).
 
-    model_config = ConfigDict(extra="forbid")
+    Numbers a machine can hold, in every section: a float field takes finite numbers only (`allow_inf_nan=False`,
+    pydantic's `finite_number`, "Input should be a finite number"). Before, only the training config, the annotators'
+    options and the thresholds refused them: `worker.batch_timeout_s: .inf` or `--set stall_s=inf` was taken, a limit
+    gone whose "no limit" is documented as `0` (or none), and NaN said "greater than 0". A field for which infinity
+    does mean "no limit" says so with the type `LimitOrInfinity` (+inf only, never NaN). An integer field without an
+    upper bound of its own takes at most MAX_CONFIG_INT (`int_too_large`): `queue.lease_ms=1e400` (a whole number, 401
+    digits) was taken, to be handed to Redis and to timeouts as it was."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -214,7 +261,7 @@ class Strict(BaseModel):
         if not isinstance(data, dict):
             return handler(data)
         data, found = cls._found_before(data)
-        found += _bools(cls, data)
+        found += _bools(cls, data) + _huge_ints(cls, data)
         beside = cls._found_beside(data)
         if not found and not beside:
             try:
@@ -262,6 +309,42 @@ def _bools(cls: type[BaseModel], data: dict) -> list[InitErrorDetails]:
                 "bool_for_number", "Input should be a valid number, not the boolean {value}", {"value": str(flag)}),
                 loc=(key, *where), input=flag))
     return bools
+
+
+# The largest integer a config field without an upper bound of its own takes: a signed 64-bit integer, what Redis (TTLs,
+# XAUTOCLAIM's idle time), numpy, torch and C's timeouts hold. Past it no count, size or time is meant.
+MAX_CONFIG_INT = 2**63 - 1
+
+
+def _takes_int(annotation: Any) -> bool:
+    return any(arm is int for arm in type_arms(annotation))
+
+
+def _bounded_above(field: Any) -> bool:
+    """Whether a field (FieldInfo) has an upper bound of its own (`le=`, `lt=`): its error says more than ours."""
+    return any(getattr(m, "le", None) is not None or getattr(m, "lt", None) is not None for m in field.metadata)
+
+
+def _huge_ints(cls: type[BaseModel], data: dict) -> list[InitErrorDetails]:
+    """Every integer past MAX_CONFIG_INT given to an int field of `cls` without an upper bound of its own, or to an
+    item of an int list or tuple (`Strict`). Its size said by log10, not str(): past 4300 digits str() raises."""
+    found = []
+    for key, value in data.items():
+        field = field_for_key(cls, key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        places: list[tuple[tuple[int, ...], Any]] = []
+        if _takes_int(field.annotation) and not _bounded_above(field):
+            places = [((), value)]
+        elif isinstance(value, (list, tuple)):
+            arms = type_arms(field.annotation)
+            places = [((i,), item) for i, item in enumerate(value) if any(map(_takes_int, item_annotations(arms, i)))]
+        found += [InitErrorDetails(type=PydanticCustomError(
+            "int_too_large", f"Input should be at most {MAX_CONFIG_INT} (2**63 - 1), got a number of about "
+            f"{math.floor(math.log10(abs(number))) + 1} digits"), loc=(key, *where), input=None)
+            for where, number in places
+            if isinstance(number, int) and not isinstance(number, bool) and abs(number) > MAX_CONFIG_INT]
+    return found
 
 
 def _checks_across_fields(cls: type[BaseModel]) -> bool:
@@ -319,9 +402,8 @@ class ReadsWholeNumbers(Strict):
     Its float fields take finite numbers only (`finite_number`): `--set options.scale=1e400` (text, which pydantic
     reads as inf) or `.nan` in a YAML file went through a field bounded below only (feature-diff's `scale`, a plugin's
     `delay_ms: float = Field(ge=0)`) or said "greater than 0" for NaN. What no field types (`hf_config`'s values) is
-    `sigma.config.loader.non_finite_options`'."""
+    `sigma.config.loader.non_finite_options`' (`Strict`'s `allow_inf_nan=False` is every config's)."""
 
-    model_config = ConfigDict(allow_inf_nan=False)      # merged with Strict's: extra="forbid" holds
     exponent_prefix: ClassVar[str] = ""
 
     @classmethod
@@ -341,9 +423,9 @@ class LimitsConfig(Strict):
     max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="largest encoded image file accepted")
     max_instruction_chars: int = Field(1000, gt=0, le=MAX_INSTRUCTION_CHARS,
                                        description="longest instruction accepted (characters); at most 100000")
-    max_aspect_change: float = Field(
-        0.05, ge=0, description="relative aspect-ratio difference between original and edited "
-        "above which the pair is refused instead of resized")
+    max_aspect_change: LimitOrInfinity = Field(
+        0.05, description="relative aspect-ratio difference between original and edited "
+        "above which the pair is refused instead of resized; .inf: no limit (never refused)")
     max_json_depth: int = Field(MAX_JSON_DEPTH, ge=MIN_JSON_DEPTH, le=MAX_JSON_DEPTH_CEILING,
                                 description="deepest nesting of dicts / lists written in a result (a result.json, a "
                                 "service result, a manifest column), counted from its top: an annotator's extras "

@@ -5,7 +5,7 @@ import math
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_core import InitErrorDetails
 
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, MAX_WORKING_SIZE, Strict, errors_within
@@ -15,9 +15,7 @@ from sigma.data.synth.engine import SynthConfig
 class Section(Strict):
     """A training config section: no float may be NaN or infinite. `lr=inf` trained a model of NaN weights into
     final/ (exit 0), `loss.bce=nan` skipped every step of a short run without a word; a budget without limit is
-    `max_minutes=null`, not inf."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    `max_minutes=null`, not inf. (`Strict`'s rule, every config section's since: `allow_inf_nan=False`.)"""
 
 
 # Seeds feed numpy (non-negative only: a ValueError traceback for -1) and torch.Generator().manual_seed(seed * 1000003
