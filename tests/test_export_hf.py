@@ -166,6 +166,24 @@ def test_cli_refuses_to_mix_two_exports(run, tmp_path, capsys):
     assert not list((out / "data").glob(".*"))
 
 
+def test_an_export_into_a_folder_whose_data_is_a_link_is_refused_before_writing(run, tmp_path, capsys):
+    """The set (shards and card) is committed from OUT's journal, which never follows a link out of OUT: a linked
+    data/ was refused by that commit with a ValueError traceback, after every shard had been written through the
+    link. It is refused up front now, the linked folder untouched."""
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "ds"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "data").symlink_to(elsewhere)
+    assert main(["export", "hf", str(run), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "[bad_outdir]" in err and "symbolic link" in err and "Traceback" not in err
+    assert os.listdir(elsewhere) == [] and sorted(os.listdir(out)) == ["data"]
+    (out / "data").unlink()
+    (out / "data").write_text("a file")
+    assert main(["export", "hf", str(run), str(out)]) == 2
+    assert "[bad_outdir]" in capsys.readouterr().err and (out / "data").read_text() == "a file"
+
+
 def test_an_export_that_fails_on_a_full_disk_takes_its_temporary_shards_with_it(run, tmp_path, monkeypatch):
     """A full disk mid-export left `.train-00000.parquet.tmp` holding the space until the next export; now
     the failure is raised as it was and no temporary shard stays (the previous export, if any, is kept)."""

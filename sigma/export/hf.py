@@ -403,6 +403,11 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
 def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: str | None,
                max_shard_mb: float, overwrite: bool, mask: str) -> dict[str, Any]:
     data_dir = out / "data"
+    if data_dir.is_symlink() or (data_dir.exists() and not data_dir.is_dir()):
+        # the shards and the card are committed as one set from OUT's journal, which never follows a link out of
+        # OUT: a linked data/ was refused by that commit with a traceback after every shard had been written
+        raise InputError(f"{out}: its data/ is a symbolic link or not a folder; an export writes its shards in "
+                         f"OUT/data itself. Remove {data_dir} or choose another folder", code="bad_outdir")
     # an export killed after its journal (`replace_together`): its set is finished before the shards here are
     # counted (counted before, OUT looked empty, and the sweep below took the staged shards from under the journal).
     # Its journal is OUT's (the card is the set's last file), finished by `hold_folder`'s sweep already; one in
