@@ -123,7 +123,35 @@ def public_message(exc: SigmaError) -> str:
     whole, it told any caller the server's layout and its processes."""
     if exc.code not in RETRY_AFTER_S:
         return exc.message
-    return SERVER_PATH.sub("<server path>", anonymised(exc.message))
+    return scrubbed(exc.message)
+
+
+def scrubbed(text: str) -> str:
+    """`text` with the holders of folders said as `another process`, the pids of `kill -CONT` as `PID` and every
+    absolute path as `<server path>` (`public_message`'s rewrite, whatever the code)."""
+    return SERVER_PATH.sub("<server path>", anonymised(text))
+
+
+def public_job_error(error: Any) -> Any:
+    """A job record's `error` (or `last_error`) as an answer says it: every text in it `scrubbed`, at any depth (a
+    dead letter's `last_error`), its codes (`code`) as recorded. Whatever the code: a worker records `Type: text` of
+    whatever the model raised (its `trace` too), so a `weights_busy` a plugin's load met, a `FileNotFoundError` or a
+    dead letter quoting either named the worker's folders and the holder's pid and host; `GET /v1/jobs/{id}` and
+    `/v1/annotate` answered them whole."""
+    if isinstance(error, dict):
+        return {k: v if k == "code" else public_job_error(v) for k, v in error.items()}
+    if isinstance(error, list):
+        return [public_job_error(v) for v in error]
+    return scrubbed(error) if isinstance(error, str) else error
+
+
+def job_retry_after(error: dict[str, Any]) -> dict[str, str] | None:
+    """The Retry-After of a failed job's answer: its code's (`retry_after`), else its last error's — a job
+    dead-lettered because a model folder stayed held (`weights_busy` on every delivery) fails on a hold that ends
+    by itself, and its 500 said nothing of when to try again."""
+    last = error.get("last_error")
+    return retry_after(str(error.get("code"))) or (retry_after(str(last.get("code"))) if isinstance(last, dict)
+                                                   else None)
 
 
 def validation_message(exc: RequestValidationError | ValidationError) -> str:

@@ -38,9 +38,19 @@ SUBMIT_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": AnnotateJson.model_json_schema()}}}}
 
 
+def public_job_view(h: dict[str, str]) -> dict[str, Any]:
+    """`job_view` with the worker's error texts (`error`, `last_error`) as an answer says them
+    (`errors.public_job_error`: no server path, no holder's pid or host)."""
+    view = job_view(h)
+    for name in ("error", "last_error"):
+        if view.get(name) is not None:
+            view[name] = errors.public_job_error(view[name])
+    return view
+
+
 def _job_response(h: dict[str, str], status_code: int = 200, headers: dict[str, str] | None = None
                   ) -> SafeJSONResponse:
-    return SafeJSONResponse(job_view(h), status_code=status_code, headers=headers)
+    return SafeJSONResponse(public_job_view(h), status_code=status_code, headers=headers)
 
 
 def _accepted(job_id: str, status: str = "queued") -> SafeJSONResponse:
@@ -62,11 +72,11 @@ async def annotate(request: Request, principal: Principal = ANNOTATE, svc: Servi
         return _accepted(job_id)
     status = h.get("status")
     if status == "done":
-        view = job_view(h)
+        view = public_job_view(h)
         view["timings_ms"]["api_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return SafeJSONResponse(view)
     if status in ("failed", "cancelled"):
-        err = json.loads(h.get("error") or "{}")
+        err = errors.public_job_error(json.loads(h.get("error") or "{}"))
         code = err.get("code", "annotation_failed")
         if status == "cancelled":
             http, code = 409, "cancelled"
@@ -74,7 +84,8 @@ async def annotate(request: Request, principal: Principal = ANNOTATE, svc: Servi
             http, code = 500, "annotation_failed"
         else:   # an input error only a full decode finds (a truncated JPEG): same codes as the API's
             http = errors.STATUS_BY_CODE.get(code, 422)
-        return errors.error_response(http, code, err.get("message", "annotation failed"), job_id=job_id)
+        return errors.error_response(http, code, err.get("message", "annotation failed"),
+                                     None if status == "cancelled" else errors.job_retry_after(err), job_id=job_id)
     return _accepted(job_id, status or "queued")
 
 @router.post("/v1/jobs", tags=["jobs"], openapi_extra=SUBMIT_BODY, status_code=202, summary="queue one pair")

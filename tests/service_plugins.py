@@ -16,8 +16,10 @@ sys.exit(3) on instructions with "exit", as a library that gives up does; `exit-
 jsonl one) that calls sys.exit(4) while it reads a shard whose items include an instruction with "exit" (raises
 KeyboardInterrupt on "interrupt"), as long as a file `exit-reader.stop` sits beside the manifest; `kill-diff`
 SIGKILLs its own process on instructions with "die", as the OOM killer does (only for `--procs` children:
-in-process it would kill the caller); `native-slow` spends each batch in one native call that releases the GIL
-and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
+in-process it would kill the caller); `weights-diff` loads its saved model (`weights`, a folder) on pairs
+whose instruction contains "weights", as a plugin that loads its model lazily does (a folder a stopped saver
+holds fails them `weights_busy` after `$SIGMA_MODEL_LOCK_WAIT_S`); `native-slow` spends each batch in one native
+call that releases the GIL and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
 """
 from __future__ import annotations
 
@@ -312,3 +314,24 @@ class KillDiff(PixelDiff):
 if "kill-diff" not in ANNOTATORS:
     ANNOTATORS.register("kill-diff", "test only: pixel-diff that SIGKILLs its process on instructions with 'die'",
                         config_cls=PixelDiffConfig)(lambda **kw: KillDiff(**kw))
+
+
+class WeightsDiffConfig(PixelDiffConfig):
+    weights: str = ""
+
+
+class WeightsDiff(PixelDiff):
+    name = "weights-diff"
+    config_cls = WeightsDiffConfig
+
+    def _predict_batch(self, pairs):
+        from sigma.models import load_model
+
+        if any(pair.instruction and "weights" in pair.instruction for pair in pairs):
+            load_model(self.config.weights)
+        return super()._predict_batch(pairs)
+
+
+if "weights-diff" not in ANNOTATORS:
+    ANNOTATORS.register("weights-diff", "test only: pixel-diff that loads its saved model (weights) on instructions "
+                        "with 'weights'", config_cls=WeightsDiffConfig)(lambda **kw: WeightsDiff(**kw))

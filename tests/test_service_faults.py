@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import time
 import uuid
 
 import pytest
+from modelsavers import end_saver, stopped_saver
 from redisproxy import ReplyLosingProxy
 from servicekit import ServiceUnderTest, make_pair, running_service, wait_until
 
@@ -125,6 +128,94 @@ def test_extras_no_json_can_hold_fail_the_job_once_and_answer_500_over_http(redi
                           path="/v1/annotate")
         assert good.status_code == 200 and good.json()["result"]["ints"] == [1, 9, 10], good.text
         assert worker.alive()
+
+
+def _names_no_server_internals(text: str, folder, pid: int) -> None:
+    """`text` (an answer) names neither the folder, nor any absolute path under the test's tmp, nor the holder's pid
+    or host name."""
+    assert str(folder) not in text and str(folder.parent) not in text, text
+    assert re.search(rf"\b{pid}\b", text) is None and socket.gethostname() not in text, text
+    assert re.search(r"pid \d", text) is None, text
+
+
+def test_a_jobs_error_naming_a_held_model_folder_is_answered_without_its_pid_host_or_path(redis_server, tmp_path,
+                                                                                         monkeypatch):
+    """A model a plugin loads inside the worker, its folder held by a real saver stopped mid-commit: the load fails
+    `weights_busy` after `$SIGMA_MODEL_LOCK_WAIT_S`, naming the folder and the saver's pid (`kill -CONT N`), and the
+    job is dead-lettered with it. `GET /v1/jobs/{id}` and `/v1/annotate` passed that message on whole (in `message`,
+    `trace` and `last_error`): any caller learnt the server's folders and processes, and the synchronous 500 had no
+    `Retry-After` for a hold that ends by itself. Now every job error an answer carries is scrubbed as a library
+    error's (`another process`, `PID`, `<server path>`), its codes unchanged, and the 500 has `Retry-After: 5`."""
+    monkeypatch.setenv("SIGMA_MODEL_LOCK_WAIT_S", "1")             # the worker's wait, inherited by its process
+    folder = tmp_path / "held" / "model"
+    saver = stopped_saver(folder)
+    try:
+        with running_service(redis_server, tmp_path, ["api.annotators=[weights-diff]"]) as svc:
+            svc.start_worker("weights-diff", [f"worker.options={{weights: {folder}}}", "worker.max_batch_size=1",
+                                              "worker.max_wait_ms=50"])
+            original, edited = make_pair(seed=7)
+            sync = svc.submit(original, edited, {"annotator": "weights-diff", "instruction": "weights held",
+                                                 "wait": "60"}, path="/v1/annotate")
+            assert sync.status_code == 500, sync.text
+            error = sync.json()["error"]
+            assert error["code"] == "annotation_failed" and sync.headers.get("Retry-After") == "5", sync.headers
+            assert "[weights_busy] WeightsBusyError: <server path> cannot load the model" in error["message"], error
+            assert "another process (saving)" in error["message"] and "kill -CONT PID" in error["message"], error
+            _names_no_server_internals(sync.text, folder, saver.pid)
+            resp = svc.http.get(f"/v1/jobs/{error['job_id']}", headers=svc.headers())
+            assert resp.status_code == 200 and "Retry-After" not in resp.headers, resp.headers
+            view = resp.json()
+            assert view["status"] == "failed" and view["error"]["code"] == "dead_letter", view
+            assert view["error"]["last_error"]["code"] == "weights_busy", view
+            assert "kill -CONT PID" in view["error"]["last_error"]["trace"], view
+            assert view["last_error"]["code"] == "weights_busy", view
+            _names_no_server_internals(json.dumps([view["error"], view["last_error"]]), folder, saver.pid)
+            assert str(folder) not in resp.text and socket.gethostname() not in resp.text, resp.text
+    finally:
+        end_saver(saver)
+
+
+def test_a_job_failed_weights_busy_is_answered_409_with_retry_after_and_no_holder(redis_server, tmp_path,
+                                                                                  monkeypatch):
+    """A job whose recorded error is `weights_busy` itself (the record a worker writes, `error_record`, of a real
+    load of a folder a stopped saver holds): `/v1/annotate` answered it 409 as the code's status says, but with the
+    message whole (the folder, `kill -CONT <pid>`) and without `Retry-After`. Now the message is scrubbed, the code
+    kept, and the 409 carries `Retry-After: 5`, as every other answer of a folder another process holds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sigma.errors import WeightsBusyError
+    from sigma.models import load_model
+    from sigma.service.annotation import error_record
+    from sigma.service.jobs import JobStore
+
+    monkeypatch.setenv("SIGMA_MODEL_LOCK_WAIT_S", "1")
+    folder = tmp_path / "held" / "model"
+    saver = stopped_saver(folder)
+    try:
+        with pytest.raises(WeightsBusyError) as held:
+            load_model(folder)
+        assert str(folder) in str(held.value) and f"kill -CONT {saver.pid}" in str(held.value), held.value
+        with running_service(redis_server, tmp_path) as svc, ThreadPoolExecutor(1) as pool:
+            original, edited = make_pair(seed=7)
+            waiting = pool.submit(svc.submit, original, edited, {"annotator": "pixel-diff", "wait": "30"},
+                                  path="/v1/annotate")
+            r = redis_server.client()
+            [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
+            job_id = fields[b"job"].decode()
+            jobs = JobStore(r, Keys(svc.prefix), 600)
+            assert jobs.finish(job_id, "failed", "a-worker", error=error_record(held.value)) == 1
+            resp = waiting.result(timeout=60)
+            assert resp.status_code == 409 and resp.headers.get("Retry-After") == "5", (resp.headers, resp.text)
+            error = resp.json()["error"]
+            assert error["code"] == "weights_busy" and error["job_id"] == job_id, error
+            assert error["message"].startswith("WeightsBusyError: <server path> cannot load the model"), error
+            assert "another process (saving)" in error["message"] and "kill -CONT PID" in error["message"], error
+            _names_no_server_internals(resp.text, folder, saver.pid)
+            view = svc.job(job_id)
+            assert view["error"]["code"] == "weights_busy" and view["error"]["message"] == error["message"], view
+            _names_no_server_internals(json.dumps(view["error"]), folder, saver.pid)
+    finally:
+        end_saver(saver)
 
 
 def test_extras_keys_that_become_one_json_key_fail_the_job_not_merge_over_http(redis_server, tmp_path):
