@@ -191,7 +191,8 @@ def test_the_walk_finds_the_fields_this_file_is_about():
     assert {"data.min_change", "data.mix", "data.scale_range", "lr"} <= {
         p.key for p in number_places(TrainConfig, float)}
     assert [p.key for p in number_places(ServeConfig, float) if p.lifts_limit] == ["limits.max_aspect_change"]
-    assert {"queue.lease_ms", "limits.max_pixels"} <= {p.key for p in number_places(ServeConfig, int, unbounded=True)}
+    assert {"queue.dead_letter_maxlen", "limits.max_pixels"} <= {
+        p.key for p in number_places(ServeConfig, int, unbounded=True)}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -15,6 +15,7 @@ from sigma.config.schema import (
     AnnotatorSpec,
     IOConfig,
     Modules,
+    Seconds,
     Strict,
 )
 from sigma.io.corpora import CORPUS_READERS
@@ -57,8 +58,8 @@ class RayConfig(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPUs each actor reserves")
     num_gpus: float | None = Field(None, ge=0, description="GPUs each actor reserves; fractions pack actors "
                                    "(0.5: two per GPU); None = 1 on a cluster with GPUs, else 0")
-    connect_timeout_s: float = Field(10.0, gt=0, description="how long to wait for the cluster's address to answer")
-    actor_timeout_s: float = Field(600.0, gt=0, description="no live actor for this long while shards remain "
+    connect_timeout_s: Seconds = Field(10.0, gt=0, description="how long to wait for the cluster's address to answer")
+    actor_timeout_s: Seconds = Field(600.0, gt=0, description="no live actor for this long while shards remain "
                                    "(none could be placed): the remaining shards are failed")
 
 
@@ -83,7 +84,7 @@ class BatchConfig(AnnotatorSpec):
     threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="torch intra-op threads per inference "
                                 "process or Ray actor; None = 1 with several processes and for CPU actors, the "
                                 "idle cores for a single CPU process running a network, else torch's default")
-    stall_s: float = Field(900.0, gt=0, description="--procs and --backend ray: an inference process or actor "
+    stall_s: Seconds = Field(900.0, gt=0, description="--procs and --backend ray: an inference process or actor "
                            "that holds a shard and reports no progress for this long is taken as hung (a deadlock, "
                            "a stopped process): it is killed and its shard goes to another; --workers: a decode "
                            "chunk with no result for this long replaces the decode pool and fails the shards it held "

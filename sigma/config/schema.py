@@ -104,6 +104,51 @@ LimitOrInfinity = Annotated[float, Field(ge=0.0, allow_inf_nan=True), _no_nan("a
                             PlainSerializer(_infinity_as_text, when_used="json")]
 
 
+# The longest time a config field may say, a timeout, a lease, a TTL, a backoff or a budget alike: 30 days. Only NaN and
+# infinity were refused, so a huge finite time was taken and met the code that used it: `redis.socket_timeout_s=1e308`
+# (or `queue.block_ms` near 2**63) was an OverflowError traceback from socket.settimeout as the worker connected,
+# `queue.heartbeat_ttl_ms` one Redis refused at every heartbeat ("invalid expire time in 'pexpire'": the worker never
+# counted alive), `queue.heartbeat_interval_ms` an OverflowError in the heartbeat thread, `api.wait_timeout_s` a Redis
+# error that answered every POST /v1/annotate 202 at once. 30 days is far inside what Python's timeouts (time_t,
+# threading.TIMEOUT_MAX), asyncio and Redis's PX/EX/BLOCK take, and above every default and documented value.
+MAX_DURATION_S = 30 * 86_400
+
+
+def _at_most(bound: int, unit: str) -> BeforeValidator:
+    """A time past MAX_DURATION_S (`bound` in `unit`) is told the bound in words (`duration_too_long`), the field named
+    by its place; NaN and infinity are left to `finite_number`, which says more. Before pydantic's own `le`, whose
+    "less than or equal to 2592000" says neither the unit nor why; an integer of thousands of digits is said by its
+    size (str() of it raises past 4300 digits)."""
+    def check(value: Any) -> Any:
+        number: Any = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            return value
+        if isinstance(number, float) and not math.isfinite(number):
+            return value
+        if number > bound:
+            said = (f"a number of about {math.floor(math.log10(number)) + 1} digits" if isinstance(number, int)
+                    and number > MAX_CONFIG_INT else repr(number))
+            raise PydanticCustomError("duration_too_long", f"Input should be at most {bound} {unit} (30 days, "
+                                      f"MAX_DURATION_S), got {said}")
+        return value
+    return BeforeValidator(check)
+
+
+#: a length of time in seconds, at most 30 days (MAX_DURATION_S); each field says its own lower bound
+Seconds = Annotated[float, Field(le=MAX_DURATION_S), _at_most(MAX_DURATION_S, "s")]
+#: ... a whole number of seconds (a Redis TTL: EX, Retry-After)
+WholeSeconds = Annotated[int, Field(le=MAX_DURATION_S), _at_most(MAX_DURATION_S, "s")]
+#: ... a whole number of milliseconds (Redis PX, BLOCK, XAUTOCLAIM's idle time)
+Millis = Annotated[int, Field(le=MAX_DURATION_S * 1000), _at_most(MAX_DURATION_S * 1000, "ms")]
+#: ... minutes (a training budget)
+Minutes = Annotated[float, Field(le=MAX_DURATION_S // 60), _at_most(MAX_DURATION_S // 60, "minutes")]
+
+
 def _each_once(modules: list[str]) -> list[str]:
     """Each module once, in the order first named."""
     return list(dict.fromkeys(modules))

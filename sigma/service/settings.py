@@ -23,7 +23,16 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from sigma.config.loader import Override, load_config
-from sigma.config.schema import MAX_BATCH_SIZE, IOConfig, LimitsConfig, Modules, Strict
+from sigma.config.schema import (
+    MAX_BATCH_SIZE,
+    IOConfig,
+    LimitsConfig,
+    Millis,
+    Modules,
+    Seconds,
+    Strict,
+    WholeSeconds,
+)
 from sigma.errors import ConfigError
 
 SCOPES = ("annotate", "metrics", "admin")
@@ -34,24 +43,24 @@ class RedisSettings(Strict):
     url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or unix:// URL (env SIGMA_REDIS_URL)")
     key_prefix: str = Field("sigma", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$",
                             description="every key and stream the service uses starts with this")
-    connect_timeout_s: float = Field(1.0, gt=0, description="a down Redis must fail fast, not hang requests")
-    socket_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: Seconds = Field(1.0, gt=0, description="a down Redis must fail fast, not hang requests")
+    socket_timeout_s: Seconds = Field(5.0, gt=0)
     max_connections: int = Field(512, ge=4, description="API pool size; each waiting request holds one")
 
 
 class QueueSettings(Strict):
     group: str = Field("sigma-workers", min_length=1, description="consumer group shared by all workers")
-    lease_ms: int = Field(30_000, ge=50, description="a pending entry idle this long is reclaimed by XAUTOCLAIM; "
+    lease_ms: Millis = Field(30_000, ge=50, description="a pending entry idle this long is reclaimed by XAUTOCLAIM; "
                           "workers extend the lease of what they are working on with every heartbeat")
-    block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK: also the longest a SIGTERM waits")
+    block_ms: Millis = Field(1000, ge=1, description="XREADGROUP BLOCK: also the longest a SIGTERM waits")
     max_deliveries: int = Field(3, ge=1, description="an entry delivered this many times without success goes "
                                 "to the dead-letter stream and its job fails")
-    reclaim_interval_ms: int = Field(2000, ge=10, description="how often each worker runs the reaper")
-    heartbeat_interval_ms: int = Field(2000, ge=10)
-    heartbeat_ttl_ms: int = Field(10_000, ge=20, description="a worker whose key is older is not counted alive")
+    reclaim_interval_ms: Millis = Field(2000, ge=10, description="how often each worker runs the reaper")
+    heartbeat_interval_ms: Millis = Field(2000, ge=10)
+    heartbeat_ttl_ms: Millis = Field(10_000, ge=20, description="a worker whose key is older is not counted alive")
     dead_letter_maxlen: int = Field(10_000, ge=1, description="dead letters are copies; only they are trimmed")
-    job_ttl_s: int = Field(86_400, ge=1, description="life of a queued job's data (images, status)")
-    result_ttl_s: int = Field(3_600, ge=1, description="life of a finished job's result")
+    job_ttl_s: WholeSeconds = Field(86_400, ge=1, description="life of a queued job's data (images, status)")
+    result_ttl_s: WholeSeconds = Field(3_600, ge=1, description="life of a finished job's result")
 
 
 class ServiceLimits(LimitsConfig):
@@ -65,7 +74,7 @@ class ServiceLimits(LimitsConfig):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0, description="whole HTTP body; 413 above it")
     max_queue_length: int = Field(1000, ge=1, description="entries waiting or in flight per annotator "
                                   "stream; above it the API answers 429 + Retry-After and enqueues nothing")
-    retry_after_s: int = Field(2, ge=1, description="the Retry-After of a 429")
+    retry_after_s: WholeSeconds = Field(2, ge=1, description="the Retry-After of a 429")
     max_bytes_in_flight: int = Field(128 * 1024 * 1024, gt=0, description="request bytes the API parses and "
                                      "decodes at once, summed over concurrent submissions (Content-Length, or "
                                      "max_request_bytes when a body has none); above it 429 server_busy + "
@@ -111,8 +120,8 @@ class ApiSettings(Strict):
     port: int = Field(8000, ge=0, le=65535)
     annotators: list[str] = Field(default_factory=lambda: ["pixel-diff"], min_length=1,
                                   description="annotators a request may name; the first is the default")
-    wait_timeout_s: float = Field(30.0, ge=0, description="POST /v1/annotate waits this long, then answers 202")
-    max_wait_timeout_s: float = Field(120.0, ge=0)
+    wait_timeout_s: Seconds = Field(30.0, ge=0, description="POST /v1/annotate waits this long, then answers 202")
+    max_wait_timeout_s: Seconds = Field(120.0, ge=0)
     align: bool = Field(False, description="io.align for every pair (undo a small translation)")
     upload_check: Literal["header", "full"] = Field(
         "header", description="header: limits, format and aspect from the image headers "
@@ -129,19 +138,19 @@ class ApiSettings(Strict):
                                  "queued; each task is ~250 bytes of Redis memory the online service shares")
     public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json without an API key; "
                               "false: they need a valid key (any scope)")
-    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within "
+    header_timeout_s: Seconds = Field(10.0, gt=0, description="a request's line and headers must arrive within "
                                     "this long of its first byte (or of the connection); else 408 and close")
-    body_timeout_s: float = Field(60.0, gt=0, description="reading a request body may take this long from the "
+    body_timeout_s: Seconds = Field(60.0, gt=0, description="reading a request body may take this long from the "
                                   "first read; else 408 request_timeout and close (also bounds an unread body "
                                   "still arriving after the answer)")
-    close_linger_s: float = Field(2.0, ge=0, description="after an answer that closes the connection before the "
+    close_linger_s: Seconds = Field(2.0, ge=0, description="after an answer that closes the connection before the "
                                   "body was read (413 request_too_large / file_too_large), the rest of the body is "
                                   "read and discarded for up to this long, so that a client that writes its whole "
                                   "body before reading gets the answer instead of a connection reset; 0: close at "
                                   "once")
     close_linger_bytes: int = Field(8 * 1024 * 1024, ge=0, description="... and for up to this many bytes, "
                                     "whichever comes first; a body still arriving then is cut (0: close at once)")
-    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after "
+    keep_alive_timeout_s: Seconds = Field(5.0, gt=0, description="an idle keep-alive connection is closed after "
                                         "this long (uvicorn timeout_keep_alive)")
     multipart_spool_bytes: int = Field(1024 * 1024, ge=0, description="a multipart file part larger than this "
                                        "is spooled to a temporary file while the body streams in")
@@ -155,20 +164,20 @@ class WorkerSettings(Strict):
     annotator: str = "pixel-diff"
     options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
     max_batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
-    max_wait_ms: int = Field(0, ge=0, description="after the first entry, wait this long for more; 0: take "
+    max_wait_ms: Millis = Field(0, ge=0, description="after the first entry, wait this long for more; 0: take "
                              "what is queued (under load batches fill while the previous batch runs)")
     consumer: str | None = Field(None, description="consumer name; default <host>-<pid>")
     plugins: Modules = Field(default_factory=list, description="modules imported before building the "
                                "annotator, so third-party annotators can register themselves")
-    run_read_retry_s: float = Field(5.0, ge=0, description="`sigma worker --batch`: a run.json found unreadable "
+    run_read_retry_s: Seconds = Field(5.0, ge=0, description="`sigma worker --batch`: a run.json found unreadable "
                                     "(being replaced, half seen over NFS, a passing EACCES) is read again with "
                                     "backoff for this long before the task goes back through its lease")
-    max_defer_s: float = Field(86_400.0, ge=1, le=30 * 86_400, description="`sigma worker --batch`: a shard task "
+    max_defer_s: Seconds = Field(86_400.0, ge=1, description="`sigma worker --batch`: a shard task "
                                "whose run folder another process holds (a local `sigma batch run`: run_locked) is "
                                "handed back without spending a delivery while that process writes shards there; once "
                                "none has been written for this long (a holder stopped, hung, or gone with its host) "
                                "it is dead-lettered, run_locked_too_long. 1 s to 30 days")
-    batch_timeout_s: float = Field(600.0, ge=0, description="a batch (decode, model, encode) still running after "
+    batch_timeout_s: Seconds = Field(600.0, ge=0, description="a batch (decode, model, encode) still running after "
                                    "this long means the model hangs: the jobs get `worker_hung` as their last error "
                                    "and the worker exits with status 1 for its supervisor to restart it (the entries "
                                    "are redelivered, and dead-lettered after queue.max_deliveries); `--batch`: a shard "
@@ -181,12 +190,12 @@ class WorkerSettings(Strict):
                             "to start a fresh one: a model or plugin that leaks is recycled between batches, not "
                             "killed by the OOM killer mid-batch (which costs the batch a delivery); 0: no limit "
                             "(Linux: /proc/self/statm)")
-    restart_backoff_s: float = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
+    restart_backoff_s: Seconds = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
                                      "that died; doubled after each quick death, up to restart_max_backoff_s")
-    restart_max_backoff_s: float = Field(30.0, gt=0)
+    restart_max_backoff_s: Seconds = Field(30.0, gt=0)
     max_restarts: int = Field(5, ge=0, description="`sigma serve all`: a worker that dies this many times within "
                               "restart_window_s is not restarted again; the server stops with exit status 1")
-    restart_window_s: float = Field(60.0, gt=0, description="deaths older than this are forgiven; a worker that "
+    restart_window_s: Seconds = Field(60.0, gt=0, description="deaths older than this are forgiven; a worker that "
                                     "ran this long counts as healthy again")
 
 

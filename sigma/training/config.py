@@ -8,7 +8,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import InitErrorDetails
 
-from sigma.config.schema import MAX_BATCH_SIZE, MAX_PROCESSES, MAX_THREADS, MAX_WORKING_SIZE, Strict, errors_within
+from sigma.config.schema import (
+    MAX_BATCH_SIZE,
+    MAX_PROCESSES,
+    MAX_THREADS,
+    MAX_WORKING_SIZE,
+    Minutes,
+    Strict,
+    errors_within,
+)
 from sigma.data.synth.engine import SynthConfig
 
 
@@ -154,7 +162,7 @@ class TrainConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log_every: int = Field(10, ge=1)
     ckpt_every: int = Field(100, ge=1)
-    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of this stretch: at the end of "
+    max_minutes: Minutes | None = Field(None, gt=0, description="wall-clock budget of this stretch: at the end of "
                                       "the first step past it the run checkpoints, validates and stops cleanly "
                                       "(exit 0); `sigma train --resume RUN` continues the same schedule. "
                                       "For a shared machine or a time-limited device slot")
