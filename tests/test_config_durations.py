@@ -12,9 +12,7 @@ so a time field added later without the bound (one of `Seconds`, `WholeSeconds`,
 """
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -22,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from sigmamodels import sigma_models
 
-import sigma
 from sigma.config.schema import MAX_CONFIG_INT, MAX_DURATION_S, Strict
 from sigma.errors import ConfigError
 from sigma.service.settings import ServeConfig, load_serve_config
@@ -35,21 +33,8 @@ BOUNDS = {"_ms": MAX_DURATION_S * 1000, "minutes": MAX_DURATION_S // 60, "_s": M
 
 
 def _config_models() -> list[type[BaseModel]]:
-    """Every config section of sigma's (`Strict` subclasses: configs, settings, the API's bodies), each module
-    imported first so that none is missed (`sigma.api`, installed from `api/`, by name)."""
-    for module in pkgutil.walk_packages(sigma.__path__, "sigma."):
-        if not module.name.endswith("__main__") and not module.name.startswith("sigma.api"):
-            importlib.import_module(module.name)
-    importlib.import_module("sigma.api.requests")
-    importlib.import_module("sigma.api.batches")
-    seen: list[type[BaseModel]] = []
-    stack: list[type[BaseModel]] = [Strict]
-    while stack:
-        cls = stack.pop()
-        stack += cls.__subclasses__()
-        if cls not in seen and cls.__module__.startswith("sigma."):
-            seen.append(cls)
-    return seen
+    """Every config section of sigma's (`Strict` subclasses: configs, settings, the API's bodies)."""
+    return sigma_models(Strict)
 
 
 def _bound(name: str) -> int:

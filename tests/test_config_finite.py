@@ -27,6 +27,7 @@ import pytest
 import yaml
 from PIL import Image
 from pydantic import BaseModel
+from sigmamodels import sigma_models
 
 from sigma.batch.config import BatchConfig
 from sigma.cli.annotate import AnnotateConfig
@@ -344,26 +345,8 @@ def test_a_batch_run_without_an_aspect_limit_can_be_resumed(work):
 
 
 def _all_models() -> list[type[BaseModel]]:
-    """Every pydantic model of sigma's (configs, settings, API bodies, parse results), its modules imported first (but
-    `__main__`; the API's, `sigma.api`, installed from `api/`, by name)."""
-    import importlib
-    import pkgutil
-
-    import sigma
-
-    for module in pkgutil.walk_packages(sigma.__path__, "sigma."):
-        if not module.name.endswith("__main__") and not module.name.startswith("sigma.api"):
-            importlib.import_module(module.name)
-    importlib.import_module("sigma.api.requests")
-    importlib.import_module("sigma.api.batches")
-    seen: list[type[BaseModel]] = []
-    stack = list(BaseModel.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack += cls.__subclasses__()
-        if cls not in seen and cls.__module__.startswith("sigma."):
-            seen.append(cls)
-    return seen
+    """Every pydantic model of sigma's (configs, settings, API bodies, parse results)."""
+    return sigma_models()
 
 
 def test_no_model_anywhere_takes_a_non_finite_float():

@@ -59,16 +59,23 @@ def finite_in(bounds: str) -> BeforeValidator:
     speaks): misleading. They are told what a number here must be (`finite_number`, "a finite number `bounds`");
     the rest goes on to the field's own checks. One reader for every float option a user gives."""
     def check(value: Any) -> Any:
-        if isinstance(value, (str, float)):
-            try:
-                number = float(value)
-            except ValueError:
-                return value
-            if not math.isfinite(number):
-                raise PydanticCustomError("finite_number", f"Input should be a finite number {bounds}, got {{value}}",
-                                          {"value": number})
+        number = _as_number(value)
+        if number is not None and not math.isfinite(number):
+            raise PydanticCustomError("finite_number", f"Input should be a finite number {bounds}, got {{value}}",
+                                      {"value": number})
         return value
     return BeforeValidator(check)
+
+
+def _as_number(value: Any) -> float | None:
+    """A float or a text a float field reads (`nan`, `1e400`), as the number it is; None for anything else, which the
+    field's own checks refuse."""
+    if isinstance(value, (str, float)):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0), finite_in("in [0, 1]")]
@@ -79,13 +86,9 @@ def _no_nan(what: str) -> BeforeValidator:
     and the limit was gone as surely as with `.inf`, but unsaid; pydantic's own word for it ("greater than or equal
     to 0") named a bound NaN does not break. Told what the field takes instead."""
     def check(value: Any) -> Any:
-        if isinstance(value, (str, float)):
-            try:
-                number = float(value)
-            except ValueError:
-                return value
-            if math.isnan(number):
-                raise PydanticCustomError("finite_number", f"Input should be {what}, got nan")
+        number = _as_number(value)
+        if number is not None and math.isnan(number):
+            raise PydanticCustomError("finite_number", f"Input should be {what}, got nan")
         return value
     return BeforeValidator(check)
 
