@@ -22,14 +22,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sigma.api.auth import require_scope
-from sigma.api.errors import SERVER_PATH, ApiError, retry_after, status_for, validation_message
+from sigma.api.errors import ApiError, retry_after, scrubbed, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
 from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ, MAX_FAILED_SHOWN, MAX_TASK_READ, TASK_READ
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE, UnitInterval
 from sigma.errors import SigmaError
-from sigma.folderlock import anonymised
 from sigma.service.settings import ServeConfig
 from sigma.text import cut_long_values, shown
 
@@ -121,12 +120,12 @@ def scrub(message: str, root: str) -> str:
     """A library message with every path made relative to the batch root, any other absolute path hidden, the
     request's long values cut (an unknown preset or column of 1 MiB came back whole), and the process holding a run
     folder said as `another process`: its pid and host name (`run_locked`, `folder_busy`, a deferral's reason, a dead
-    letter's `run_locked_too_long`) are the server's internals, as its folders are."""
-    message = anonymised(message)
+    letter's `run_locked_too_long`) are the server's internals, as its folders are (`errors.scrubbed`, once the
+    root's paths are relative)."""
     for prefix in sorted({os.path.realpath(root), os.path.abspath(root), root.rstrip("/")}, key=len, reverse=True):
         if prefix and prefix != "/":
             message = message.replace(prefix + "/", "").replace(prefix, ".")
-    return cut_long_values(SERVER_PATH.sub("<server path>", message))
+    return cut_long_values(scrubbed(message))
 
 
 def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):
