@@ -1006,9 +1006,10 @@ class FleetHandler:
         self._live = (now, live)
         return live
 
-    def _forget_deferral(self, entry: Entry) -> None:
-        """The task ran, or is given up on: a task deferred before came back through a reclaim (`claimed`)."""
-        if entry.claimed and self.client is not None and self.keys is not None:
+    def _forget_deferral(self, entry: Entry, first_delivery_too: bool = False) -> None:
+        """The task ran, or is given up on: a task deferred before came back through a reclaim (`claimed`), or
+        (`first_delivery_too`) one deferred by this very delivery."""
+        if (entry.claimed or first_delivery_too) and self.client is not None and self.keys is not None:
             forget_deferral(self.client, self.keys, entry.id)
 
     def on_retry(self, entry: Entry, error: dict[str, Any]) -> None:
@@ -1035,10 +1036,9 @@ class FleetHandler:
         written unless the shard is done meanwhile. A task whose folder is gone or holds another run has no
         status to write."""
         self.stats.dead += 1
-        if self.client is not None and self.keys is not None:
-            # claimed or not: a task refused for this worker's own limit is given up on at its first delivery when
-            # this worker is the only one live, its refusal noted
-            forget_deferral(self.client, self.keys, entry.id)
+        # claimed or not: a task refused for this worker's own limit is given up on at its first delivery when this
+        # worker is the only one live, its refusal noted
+        self._forget_deferral(entry, first_delivery_too=True)
         error = (error or self._last_error(entry)
                  or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"})
         try:
