@@ -471,6 +471,45 @@ def test_imdl_benco_rerun_with_another_json_name_rolls_back_the_killed_export(ru
     assert _tree(out) == _tree(reference) and not list(out.glob(".*"))
 
 
+BAD_JSON_NAMES = {
+    "sub/x.json": "path separator", "../escape.json": "path separator", "sub/": "path separator",
+    "a\\b.json": "path separator", "..json": "starts with a dot", ".x-journal.json": "starts with a dot",
+    "a\x00b.json": "control character", "a\nb.json": "control character", "list.txt": "does not end in .json",
+    "": "does not end in .json", "x" * 250 + ".json": "bytes long", "\ud800.json": "no file name",
+}
+
+
+def test_imdl_benco_json_names_that_are_no_plain_file_name_are_refused_before_anything_is_written(
+        run_dir, tmp_path, capsys):
+    """`json_name` was joined to OUT unchecked: `sub/x.json` wrote into a subfolder (its journal `.sub/x.json-journal`
+    one no later export looks for), `../escape.json` beside OUT, an absolute name anywhere, and a NUL byte or a name
+    past 255 bytes failed only after every PNG was written. Now the real `sigma export imdl-benco --json-name` (and
+    `export_imdl_benco(json_name=)`) refuses each one, `bad_arguments` saying why, exit 2, before OUT is made; a
+    plain name is the export's JSON, which a rerun under that name (--overwrite) replaces."""
+    from sigma.errors import InputError
+    from sigma.export import export_imdl_benco
+
+    room = tmp_path / "room"
+    room.mkdir()
+    out = room / "benco"
+    for name, why in {**BAD_JSON_NAMES, str(room / "abs.json"): "path separator"}.items():
+        assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--json-name", name]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("sigma: error [bad_arguments]: --json-name ") and why in err, (name, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        with pytest.raises(InputError) as caught:
+            export_imdl_benco(run_dir, out, json_name=name)
+        assert caught.value.code == "bad_arguments" and why in caught.value.message, name
+        assert list(room.iterdir()) == [], name
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--json-name", "train.json",
+                 "--relative", "--max-area", "0.001"]) == 0
+    assert json.loads((out / "train.json").read_text()) == [["Tp/beta_same.png", "Negative"]]
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--json-name", "train.json", "--relative",
+                 "--overwrite"]) == 0
+    assert len(json.loads((out / "train.json").read_text())) == 11
+    assert sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "train.json"]
+
+
 def test_an_imdl_benco_json_that_cannot_be_written_leaves_the_earlier_export_whole(run_dir, tmp_path, capsys,
                                                                                    monkeypatch):
     """A JSON write that failed after the swap (a full disk) took the earlier export's folders with it (`.Tp.old`

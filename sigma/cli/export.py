@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _filters(b)
     b.add_argument("--out", required=True, help="output folder (Tp/, Gt/, imdl_benco.json)")
     b.add_argument("--relative", action="store_true", help="paths in the JSON relative to --out (default absolute)")
+    b.add_argument("--json-name", default="imdl_benco.json", metavar="NAME",
+                   help="the JSON list's file name in --out (default imdl_benco.json): a plain name ending in .json, "
+                        "no folder")
     b.add_argument("--overwrite", action="store_true",
                    help="replace an export already in --out (Tp/, Gt/ and the JSON)")
     b.set_defaults(run=run_imdl_benco, needs=("batch",))
@@ -86,7 +89,7 @@ def run_imdl_benco(args: argparse.Namespace) -> int:
     from sigma.export.imdl_benco import export_imdl_benco
 
     _report(export_imdl_benco(args.run_dir, args.out, _row_filter(args), relative=args.relative, mask=args.mask,
-                              order=args.sort, overwrite=args.overwrite))
+                              order=args.sort, overwrite=args.overwrite, json_name=args.json_name))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ from sigma.export.select import (
 from sigma.folderlock import hold_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
-from sigma.tempfiles import replace_atomically, sync_folder
-from sigma.text import dumps_finite
+from sigma.tempfiles import PID_MAX, replace_atomically, sync_folder
+from sigma.text import dumps_finite, shown
 
 
 def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,
@@ -44,6 +45,7 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
     export already is refused (`out_not_empty`) unless `overwrite`; then the new Tp/ and Gt/ replace the old
     ones whole once they are complete (a file of the old export left beside the new ones is a pair
     ManiDataset, which reads the folders, trains on; a failed export leaves the old one as it was)."""
+    checked_json_name(json_name)                  # before anything is read, made or written
     out = Path(out).resolve()
     run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):
@@ -51,6 +53,44 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
 
 
 FOLDERS = ("Tp", "Gt")
+#: the longest name the export writes is its journal's temporary file, `..NAME-journal.PID.RANDOM.tmp`
+#: (`replace_atomically`); a file name is at most 255 bytes on every common file system
+MAX_JSON_NAME_BYTES = 255 - len(".-journal") - len(f"..{PID_MAX}.{'0' * 8}.tmp")
+JSON_NAME_RULE = ("a plain file name in OUT ending in .json (imdl_benco.json, train.json): no / or \\, no leading "
+                  f"dot, no control character, at most {MAX_JSON_NAME_BYTES} bytes")
+
+
+def checked_json_name(name: object) -> str:
+    """`json_name` (`--json-name`) as the export may use it, else `bad_arguments` before anything is written.
+    Before, it was joined to OUT unchecked: `sub/x.json` or `../x.json` wrote the JSON (and its journal
+    `.sub/x.json-journal`, which no later export looks for) in a subfolder or outside OUT, an absolute name
+    anywhere, `.x-journal.json` was a hidden name of the export's own kind, and a NUL byte or a name past 255 bytes
+    failed only at the end, after every PNG was written (a ValueError traceback, or `os_error`)."""
+    problem = _json_name_problem(name)
+    if problem:
+        raise InputError(f"--json-name {shown(name, 80)!r}: {problem}; give {JSON_NAME_RULE}", code="bad_arguments")
+    return str(name)
+
+
+def _json_name_problem(name: object) -> str | None:
+    """What keeps `name` from being the export's JSON file name in OUT (`JSON_NAME_RULE`), or None."""
+    if not isinstance(name, str):
+        return f"not text ({type(name).__name__})"
+    if "/" in name or "\\" in name:
+        return "holds a path separator (the JSON is written in OUT itself)"
+    if name.startswith("."):
+        return "starts with a dot (hidden: the form of the export's own journal and temporary files)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "holds a control character (a NUL byte, a newline)"
+    if not name.lower().endswith(".json"):
+        return "does not end in .json"
+    try:
+        size = len(os.fsencode(name))
+    except UnicodeEncodeError:
+        return "is no file name (a lone surrogate)"
+    if size > MAX_JSON_NAME_BYTES:
+        return f"is {size} bytes long"
+    return None
 
 
 def _foreign(out: Path, json_name: str) -> list[Path]:
