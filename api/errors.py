@@ -65,10 +65,14 @@ STATUS_BY_CODE = {
 # messages name the holder's pid and host and the server's folders, said as `another process` and `<server path>`
 RETRY_AFTER_S = {"run_locked": 5, "folder_busy": 5, "weights_busy": 5}
 # an absolute path left in a message (after POST /v1/batches made the batch root's paths relative): not preceded by a
-# word, a dot, a colon or a slash (so `4/36`, `a/b` and `redis://h:1/0` stay), up to whitespace or a quote; nor this
-# API's own routes, which messages name as the way to go on ("... or POST /v1/batches) to queue them" read "... or
-# POST <server path> to queue them", the closing parenthesis eaten)
-SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?!v1/(?:batches|jobs)\b(?:/status)?(?=[\s)'\",.;]|$))[^\s'\"]+")
+# word, a dot, a colon or a slash (so `4/36`, `a/b`, `C:/x` and `redis://h:1/0` stay), up to whitespace or a quote,
+# less the punctuation that ends it (`PATH_END`: a path with a colon or a parenthesis inside is hidden whole); nor this
+# API's own routes, which messages name as the way to go on ("... or POST /v1/batches) to queue them"). Before, the
+# path ran to the next space: `cannot open /srv/x.png: permission denied` read `cannot open <server path> permission
+# denied`, and `at /srv/a, /srv/b.`, `(at /srv/x)` and `` `/srv/x` `` lost their comma, period, parenthesis and quote
+PATH_END = r":,.;!?)\]}>`"
+SERVER_PATH = re.compile(rf"(?<![\w.:/~-])/(?!v1/(?:batches|jobs)\b(?:/status)?[{PATH_END}]*(?![^\s'\"]))"
+                         rf"[^\s'\"]*[^\s'\"{PATH_END}]")
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],

@@ -159,7 +159,7 @@ def test_a_jobs_error_naming_a_held_model_folder_is_answered_without_its_pid_hos
             assert sync.status_code == 500, sync.text
             error = sync.json()["error"]
             assert error["code"] == "annotation_failed" and sync.headers.get("Retry-After") == "5", sync.headers
-            assert "[weights_busy] WeightsBusyError: <server path> cannot load the model" in error["message"], error
+            assert "[weights_busy] WeightsBusyError: <server path>: cannot load the model" in error["message"], error
             assert "another process (saving)" in error["message"] and "kill -CONT PID" in error["message"], error
             _names_no_server_internals(sync.text, folder, saver.pid)
             resp = svc.http.get(f"/v1/jobs/{error['job_id']}", headers=svc.headers())
@@ -208,7 +208,7 @@ def test_a_job_failed_weights_busy_is_answered_409_with_retry_after_and_no_holde
             assert resp.status_code == 409 and resp.headers.get("Retry-After") == "5", (resp.headers, resp.text)
             error = resp.json()["error"]
             assert error["code"] == "weights_busy" and error["job_id"] == job_id, error
-            assert error["message"].startswith("WeightsBusyError: <server path> cannot load the model"), error
+            assert error["message"].startswith("WeightsBusyError: <server path>: cannot load the model"), error
             assert "another process (saving)" in error["message"] and "kill -CONT PID" in error["message"], error
             _names_no_server_internals(resp.text, folder, saver.pid)
             view = svc.job(job_id)

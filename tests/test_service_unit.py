@@ -390,12 +390,51 @@ def test_a_held_folder_s_error_escaping_to_the_api_s_handler_names_no_pid_host_o
                                + f" ({described_holder(holder_line())})")
 
     with TestClient(app) as client:
-        for route, code in (("/folder", "folder_busy"), ("/weights", "weights_busy")):
+        for route, code, start in (("/folder", "folder_busy", "<server path>: cannot take "),
+                                   ("/weights", "weights_busy", "<server path>: cannot load ")):
             resp = client.get(route)
             assert resp.status_code == 409 and resp.json()["error"]["code"] == code, resp.text
             assert resp.headers.get("Retry-After") == "5", resp.headers
             message = resp.json()["error"]["message"]
-            assert message.startswith("<server path> cannot ") and "kill -CONT PID" in message, message
+            assert message.startswith(start) and "kill -CONT PID" in message, message
             assert "another process" in message, message
             for leak in (str(tmp_path), str(holder), str(os.getpid()), socket.gethostname()):
                 assert leak not in resp.text, (leak, resp.text)
+
+
+SCRUBS = [
+    # (message, as an answer says it): the punctuation after a path is the message's, kept
+    ("cannot open /srv/data/x.png: permission denied", "cannot open <server path>: permission denied"),
+    ("read /srv/a, /srv/b and /srv/c.", "read <server path>, <server path> and <server path>."),
+    ("the run (at /srv/runs/mb) is held", "the run (at <server path>) is held"),
+    ("in /srv/x; then /srv/y! or /srv/z?", "in <server path>; then <server path>! or <server path>?"),
+    ("'/srv/q.png' and \"/srv/r.png\" are gone", "'<server path>' and \"<server path>\" are gone"),
+    ("see `/srv/x/run.json`.", "see `<server path>`."),
+    ("[/srv/a] {/srv/b}", "[<server path>] {<server path>}"),
+    # a colon, a parenthesis or a dot inside a path is the path's: hidden whole
+    ("/srv/a:b/c.png: gone", "<server path>: gone"),
+    ("/srv/set(1)/x.tar.gz), then", "<server path>), then"),
+    ("/srv/data/ is empty", "<server path> is empty"),
+    # no absolute path of this (POSIX) server: left as written, no part of it scrubbed
+    ("C:\\Users\\me\\x.png: not found", "C:\\Users\\me\\x.png: not found"),
+    ("C:/Users/me/x.png: not found", "C:/Users/me/x.png: not found"),
+    ("4/36 shards, a/b, redis://h:1/0: down", "4/36 shards, a/b, redis://h:1/0: down"),
+    ("a / b, /: and /.", "a / b, /: and /."),
+    # this API's routes, named as the way to go on, with the punctuation after them
+    ("or POST /v1/batches) to queue them", "or POST /v1/batches) to queue them"),
+    ("POST /v1/batches: refused", "POST /v1/batches: refused"),
+    ("see GET /v1/batches/status.", "see GET /v1/batches/status."),
+    ("(GET /v1/jobs, /v1/jobs/status)", "(GET /v1/jobs, /v1/jobs/status)"),
+    ("/v1/batches/x: no such route", "<server path>: no such route"),
+]
+
+
+@pytest.mark.parametrize(("message", "said"), SCRUBS, ids=[m for m, _ in SCRUBS])
+def test_a_scrubbed_message_hides_each_server_path_and_keeps_the_punctuation_after_it(message, said):
+    """`sigma.api.errors.SERVER_PATH` ran a path to the next space: `cannot open /srv/x.png: permission denied`
+    was answered `cannot open <server path> permission denied`, and a comma, a period ending the sentence, a closing
+    parenthesis or backtick after a path went with it. Now the path ends before that punctuation, a colon or a
+    parenthesis inside a path is still hidden with it, and the API's routes are still said."""
+    from sigma.api.errors import scrubbed
+
+    assert scrubbed(message) == said
