@@ -29,6 +29,7 @@ from sigma.api.service import Service, get_service
 from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ, MAX_FAILED_SHOWN, MAX_TASK_READ, TASK_READ
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_SHARD_SIZE, UnitInterval
 from sigma.errors import SigmaError
+from sigma.folderlock import LockWait
 from sigma.service.settings import ServeConfig
 from sigma.text import cut_long_values, shown
 
@@ -163,8 +164,11 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
     validate_annotator_options(batch_cfg.annotator, options)
     # a bound on the shards, hence on the tasks put on Redis (the online service's Redis: shard_size=1 over a big
     # corpus put a task per pair there, and took the API seconds to minutes and a record of ~5 KB per shard)
+    # the request's own wait for `out`'s commit lock: a stopped writer there held the request for all of the
+    # commands' $SIGMA_FOLDER_LOCK_WAIT_S (120 s) before its 409 folder_busy
     return submit_run(batch_cfg, out_path, cfg.redis, client=client, max_shards=cfg.api.max_batch_shards,
-                      max_tasks=cfg.api.max_batch_tasks, out_name=OUT_NAME)
+                      max_tasks=cfg.api.max_batch_tasks, out_name=OUT_NAME,
+                      lock_wait=LockWait(cfg.api.lock_wait_s, "api.lock_wait_s"))
 
 
 # Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.

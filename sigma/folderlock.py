@@ -21,12 +21,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from sigma.errors import FolderBusyError, InputError
 from sigma.tempfiles import FolderBusy, flock_within, lock_holders, make_folders_durably, sweep_stale_temps
-from sigma.text import positive_int_env
+from sigma.text import MAX_DURATION_S, positive_int_env
 
 LOCK_FILE = ".lock"
 # what a holder's line may be: `PID HOST` (HOST as `socket.gethostname()` gives it), or `PID` (an older sigma)
@@ -36,6 +37,9 @@ _HOLDER_BYTES = 320
 # how long a writer of an output folder waits for another process's hold on the folder's commit lock (seconds)
 ENV_FOLDER_LOCK_WAIT = "SIGMA_FOLDER_LOCK_WAIT_S"
 DEFAULT_FOLDER_LOCK_WAIT_S = 120
+# what a lock wait set in the environment may be, as a refusal says it (`folder_lock_wait_s`, and
+# `$SIGMA_MODEL_LOCK_WAIT_S`: sigma.models.factory.lock_wait_s)
+WAIT_RULE = f"a number of seconds from 1 to {MAX_DURATION_S} (30 days, MAX_DURATION_S)"
 
 
 def holder_line() -> str:
@@ -84,46 +88,68 @@ def folder_lock_wait_s() -> int:
     worker loads again after it) for saved models' folders, and a deployment shortening its model loads' wait should
     not make an eval give up its results sooner."""
     return positive_int_env(ENV_FOLDER_LOCK_WAIT, DEFAULT_FOLDER_LOCK_WAIT_S, "how long a writer of an output folder "
-                            "waits for another process's hold on it: a positive number of seconds")
+                            f"waits for another process's hold on it: {WAIT_RULE}", most=MAX_DURATION_S)
 
 
-def busy_message(exc: FolderBusy, action: str, env: str, wait_s: int, roles: tuple[str, str] = ("writing", "reading"),
-                 midway: str = "mid-write", left: str = "", held: str | None = None) -> str:
+def busy_message(exc: FolderBusy, action: str, env: str, wait_s: float,
+                 roles: tuple[str, str] = ("writing", "reading"), midway: str = "mid-write", left: str = "",
+                 held: str | None = None, setting: str | None = None) -> str:
     """One line for a person and a log about a folder another process held for all of a bounded wait
     (`FolderBusy`): the folder, the wait, the holders (pid and `roles`: what a WRITE / READ hold is doing, best
-    effort from /proc/locks), the remedy (resume or end it) and `env`, the variable that sets the wait. The one
-    message of `weights_busy` (sigma.models.factory) and `folder_busy` (`busy_as_error`). `held`: how long, said
-    by the caller; default `held_for(exc, wait_s)`."""
+    effort from /proc/locks), the remedy (resume or end it) and `env`, the variable that sets the wait (`setting`:
+    what set it instead, the API's `api.lock_wait_s`: an API caller was told of a variable that was not its wait).
+    The one message of `weights_busy` (sigma.models.factory) and `folder_busy` (`busy_as_error`). `held`: how long,
+    said by the caller; default `held_for(exc, wait_s)`."""
     who = ", ".join(f"pid {pid} ({roles[0] if mode == 'WRITE' else roles[1]})" for pid, mode in exc.holders)
     pids = " ".join(str(pid) for pid, _ in exc.holders) or "PID"
     held = held or held_for(exc, wait_s)
     return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it {held} — stopped "
             f"(Ctrl-Z, SIGSTOP) or hung {midway}; "
-            f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again (${env} sets the wait, now "
-            f"{wait_s} s){left}")
+            f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again ({setting or '$' + env} sets the wait, "
+            f"now {wait_s:g} s){left}")
 
 
-def held_for(exc: FolderBusy, wait_s: int, what: str = "the") -> str:
+def held_for(exc: FolderBusy, wait_s: float, what: str = "the") -> str:
     """How long the holder kept the folder, as the message says it: `for all of N s` when the wait refused had the
     whole bound `wait_s`; `for the last X s of WHAT N s wait` when it was the rest of an operation's one deadline (a
     load's finish and its read, a save's finish of killed sets and its commit, several journals of one sweep).
     Before, the rest was said as the whole: `for all of 1.3 s` after a wait of 4 s in all (or, rounded, all of a
     bound the operation had spent part of elsewhere). `what`: whose wait (`this save's`)."""
     waited = round(exc.waited_s, 1)          # the rest of a shared deadline, 1.99994 s of 2, is all of it
-    return f"for all of {waited:g} s" if waited >= wait_s else f"for the last {waited:.1f} s of {what} {wait_s} s wait"
+    if waited >= wait_s:
+        return f"for all of {waited:g} s"
+    return f"for the last {waited:.1f} s of {what} {wait_s:g} s wait"
+
+
+@dataclass(frozen=True)
+class LockWait:
+    """How long a taker of an output folder waits for its commit lock (`hold_folder`'s sweep), and what a refusal
+    names as setting that (`busy_message`). Default (`hold_folder(lock_wait=None)`): `folder_lock_wait_s()`, a
+    command's `$SIGMA_FOLDER_LOCK_WAIT_S`. A front end that answers a request gives its own, short: POST
+    /v1/batches waited the variable's 120 s before its 409 `folder_busy` (`api.lock_wait_s`)."""
+
+    seconds: float
+    setting: str
+
+
+def default_lock_wait() -> LockWait:
+    """`$SIGMA_FOLDER_LOCK_WAIT_S` (`folder_lock_wait_s`), said as that variable."""
+    return LockWait(folder_lock_wait_s(), f"${ENV_FOLDER_LOCK_WAIT}")
 
 
 @contextmanager
-def busy_as_error(action: str, wait_s: int) -> Iterator[None]:
+def busy_as_error(action: str, wait_s: float, setting: str | None = None) -> Iterator[None]:
     """An output folder's commit lock held past `wait_s` (`FolderBusy`) as `folder_busy` (FolderBusyError: one
     line and exit 2 from the CLI, never a traceback): `busy_message`, and for a set whose journal was written what
-    becomes of it (the next writer of the folder, or `sigma.tempfiles.finish_replacements`, moves it into place)."""
+    becomes of it (the next writer of the folder, or `sigma.tempfiles.finish_replacements`, moves it into place).
+    `setting`: what set `wait_s`, when not `$SIGMA_FOLDER_LOCK_WAIT_S` (`LockWait.setting`)."""
     try:
         yield
     except FolderBusy as exc:
         left = (f"; the new files are staged whole (journal {exc.journal.name}) but not in place: the next writer "
                 "of the folder moves them into place" if exc.journal is not None else "")
-        raise FolderBusyError(busy_message(exc, action, ENV_FOLDER_LOCK_WAIT, wait_s, left=left)) from None
+        raise FolderBusyError(busy_message(exc, action, ENV_FOLDER_LOCK_WAIT, wait_s, left=left,
+                                           setting=setting)) from None
 
 
 @contextmanager
@@ -231,13 +257,14 @@ def make_out_folder(root: Path) -> None:
 
 @contextmanager
 def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marker: bool = True,
-                created: bool | None = None) -> Iterator[None]:
+                created: bool | None = None, lock_wait: LockWait | None = None) -> Iterator[None]:
     """Hold `root` (created if missing) for the block; `InputError(run_locked)` when another process holds it.
     `other`: what the messages tell the user to choose instead (`--out`, `name=`). `marker=False` locks the
     folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the holder's pid
     and host.
     A folder this process made (`created`: said by a caller that made it just before, to test it early) is
-    removed again when the block leaves nothing in it."""
+    removed again when the block leaves nothing in it. `lock_wait`: the bound of an exclusive holder's wait for the
+    folder's commit lock (its sweep); None: `default_lock_wait()`."""
     refuse_non_folder(root, f"; choose another {other}")
     created = (not root.exists()) if created is None else created
     make_out_folder(root)
@@ -273,11 +300,12 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             # the one writer of the folder now: what writers killed here left (their temporary files, a set
             # replacement staged but not moved into place) is finished or removed, so crashes leave no junk.
             # Finishing a set takes the folder's commit lock: a writer stopped holding it (SIGSTOP, a hung network
-            # write) kept this wait going for ever; now `folder_busy` after `folder_lock_wait_s()`. Without a
-            # marker our own flock on the folder itself is that lock (`held`: not taken again, a wait on ourselves)
-            wait_s = folder_lock_wait_s()
-            with busy_as_error("take", wait_s):
-                sweep_stale_temps(root, timeout_s=wait_s, held=not marker)
+            # write) kept this wait going for ever; now `folder_busy` after `lock_wait` (`default_lock_wait()`).
+            # Without a marker our own flock on the folder itself is that lock (`held`: not taken again, a wait on
+            # ourselves)
+            wait = lock_wait or default_lock_wait()
+            with busy_as_error("take", wait.seconds, wait.setting):
+                sweep_stale_temps(root, timeout_s=wait.seconds, held=not marker)
         yield
     finally:
         # only the holder: a refused process emptied the holder's line, and the next one was told the folder was

@@ -26,6 +26,10 @@ import numpy as np
 from sigma.errors import ConfigError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The longest time a config field (`sigma.config.schema.Seconds` and its kin) or a wait a deployment sets in the
+# environment (`$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`) may say: 30 days. Here, in the bottom layer,
+# so that the folder locks, below the config, read their waits against the same bound; why 30 days: the config's.
+MAX_DURATION_S = 30 * 86_400
 # a user-given name or id in a message: longer ones are cut (`shown`); a whole message, at most MAX_MESSAGE
 SHOWN_LIMIT = 64
 MAX_MESSAGE = 2000
@@ -41,22 +45,34 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
     return f"{text[:limit // 2]}…{text[-(limit // 2):]} ({len(text)} characters)"
 
 
-def positive_int_env(name: str, default: int, what: str) -> int:
+def positive_int_env(name: str, default: int, what: str, most: int | None = None) -> int:
     """A size limit or a wait a deployment sets in the environment (`$SIGMA_MAX_MODEL_PARAMS`,
-    `$SIGMA_MAX_RUN_BYTES`, `$SIGMA_FOLDER_LOCK_WAIT_S`): read wherever the limit applies, before any config of the
-    command exists. Here in the bottom layer (it was sigma.config.loader's) so that `sigma.folderlock` reads its
-    wait the same way. A positive integer (`1e8` and `100_000_000` are read too), `default` when unset; anything
-    else is a ConfigError saying `what` the limit is."""
+    `$SIGMA_MAX_RUN_BYTES`, `$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`): read wherever the limit
+    applies, before any config of the command exists. Here in the bottom layer (it was sigma.config.loader's) so
+    that `sigma.folderlock` reads its wait the same way. A positive integer (`1e8` and `100_000_000` are read too),
+    at most `most` when given (the waits: MAX_DURATION_S), `default` when unset; anything else is a ConfigError
+    saying `what` the limit is. The waits had no upper bound: `1e300` was taken as a wait of 10**300 s (for ever),
+    and a 500-digit integer was an OverflowError traceback where the wait became a deadline (`time.monotonic() +`)."""
     raw = os.environ.get(name, "").strip().replace("_", "")
     if not raw:
         return default
-    try:
-        value = int(float(raw)) if any(c in raw for c in ".eE") else int(raw)
-    except (ValueError, OverflowError):
-        value = 0
-    if value < 1:
+    value = _env_number(raw)
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 1 or (most is not None and value > most):
         raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}")
-    return value
+    return int(value)
+
+
+def _env_number(raw: str) -> int | float:
+    """`raw` as an exact integer when it is one (of up to 4300 digits, Python's bound on int()), else as a float
+    (`1e8`, `2.5`; a longer integer reads as infinity); NaN when it is no number at all."""
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
+        return math.nan
 
 
 def cut_long_values(message: str, limit: int = MAX_MESSAGE, token_limit: int = SHOWN_LIMIT) -> str:

@@ -1126,3 +1126,36 @@ def test_a_model_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeyp
         save_model(build_model(preset_config("sigma-lite"), pretrained=False), tmp_path / "m")
     assert "No space left" in str(err.value)
     assert list((tmp_path / "m").iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_a_model_lock_wait_in_the_environment_past_30_days_or_no_number_is_refused_in_one_line(tmp_path):
+    """`$SIGMA_MODEL_LOCK_WAIT_S` had no upper bound: `1e300` was a load that could wait for ever, a 500-digit
+    integer `annotator_failed: OverflowError: int too large to convert to float` where the load's deadline was
+    computed. Every other time SIGMA takes is at most 30 days (MAX_DURATION_S). Now such a value, and NaN, infinity,
+    0, a negative or no number, is `invalid_config` naming the variable and the bound, exit 2, from `sigma annotate`
+    loading a saved model."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    from test_folderlock import BAD_WAITS, _refused_wait
+
+    image = np.zeros((48, 64, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "o.png")
+    image[10:30, 20:44] = 255
+    Image.fromarray(image).save(tmp_path / "e.png")
+
+    def annotate(value: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sigma", "annotate", str(tmp_path / "o.png"),
+                               str(tmp_path / "e.png"), "--annotator", "sigma-lite", "--set",
+                               f"options.weights={tmp_path / 'no-model'}", "-o", str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": value})
+
+    for value in BAD_WAITS:
+        _refused_wait(annotate(value), "SIGMA_MODEL_LOCK_WAIT_S", value)
+    missing = annotate("2592000")                                  # the bound itself is taken: the load goes on
+    assert missing.returncode == 2 and "[weights_not_found]" in missing.stderr, missing.stderr[-2000:]

@@ -296,23 +296,30 @@ def test_an_out_whose_commit_lock_a_stopped_writer_holds_is_409_folder_busy_with
     and after `$SIGMA_FOLDER_LOCK_WAIT_S` the library raises `folder_busy`, naming the folder, the holder's pid and
     `kill -CONT PID`. The API had no status for it: a 422 (the caller's input, said no table) with no Retry-After.
     Now 409 with `Retry-After`, as `run_locked`, the holder said as `another process`, the folder relative to the root,
-    and nothing planned; once the writer goes on, the folder is taken (and refused for what it holds)."""
+    and nothing planned; once the writer goes on, the folder is taken (and refused for what it holds).
+    The request waited all of `$SIGMA_FOLDER_LOCK_WAIT_S` (the commands' wait, 120 s by default: an HTTP request held
+    two minutes); now `api.lock_wait_s` (1 s here, the variable 600 s), and the message names that setting."""
     import re
     import signal
+    import time
 
-    monkeypatch.setenv("SIGMA_FOLDER_LOCK_WAIT_S", "1")           # the API's own wait, inherited by its process
+    monkeypatch.setenv("SIGMA_FOLDER_LOCK_WAIT_S", "600")         # the commands' wait, inherited by the API's process
     out = root / "runs" / "busy-commit"
     out.mkdir(parents=True)
     set_writer(out, "SIGKILL", "killed")                           # its journal left for the sweep to finish
     finisher = set_writer(out, "SIGSTOP", "finish")                # stopped while it finishes it: the lock held
     try:
-        with running_service(redis_server, tmp_path, [f"api.batch_root={root}"]) as busy:
+        with running_service(redis_server, tmp_path, [f"api.batch_root={root}", "api.lock_wait_s=1"]) as busy:
+            started = time.monotonic()
             resp = post(busy, {"input": "corpus", "out": "runs/busy-commit", "shard_size": 3})
+            elapsed = time.monotonic() - started
             assert resp.status_code == 409 and error_code(resp) == "folder_busy", resp.text
+            assert elapsed < 20, f"answered after {elapsed:.1f} s: the request waited past api.lock_wait_s"
             assert resp.headers.get("Retry-After") == "5", resp.headers
             message = resp.json()["error"]["message"]
             assert message.startswith("runs/busy-commit: cannot take this folder"), message
             assert "another process (writing)" in message and "kill -CONT PID" in message, message
+            assert "(api.lock_wait_s sets the wait, now 1 s)" in message and "SIGMA_FOLDER" not in message, message
             assert str(root) not in resp.text and no_holder_named(resp.text), resp.text
             assert re.search(rf"\b{finisher.pid}\b", resp.text) is None, resp.text
             assert not (out / "run.json").exists()

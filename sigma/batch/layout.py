@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma.errors import InputError
-from sigma.folderlock import LOCK_FILE, hold_folder, waiting_lock
+from sigma.folderlock import LOCK_FILE, LockWait, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.tempfiles import replace_atomically, sweep_stale_below, sync_folder
 from sigma.text import MAX_MESSAGE, dumps_finite, positive_int_env, shown
@@ -205,13 +205,14 @@ class RunDir:
         return not self.root.exists() or all(p.name in (LOCK_FILE, ".locks") for p in self.root.iterdir())
 
     @contextmanager
-    def locked(self, exclusive: bool = True, other: str = "--out") -> Iterator[None]:
+    def locked(self, exclusive: bool = True, other: str = "--out", lock_wait: LockWait | None = None) -> Iterator[None]:
         """Hold the run folder (`sigma.folderlock`): `sigma batch run` exclusively for the whole run (a second
         run on the same --out exits with `run_locked` and the holder's pid and host), fleet workers shared while they
         write a shard (so a local run cannot start under them, and they wait while one holds it). A run that
         failed before writing anything leaves no folder. `other`: what a refusal tells the caller to choose
-        instead (the CLI's `--out`; the API's callers have no such flag)."""
-        with hold_folder(self.root, exclusive, other=other):
+        instead (the CLI's `--out`; the API's callers have no such flag). `lock_wait`: `hold_folder`'s, the bound of
+        a new holder's wait for the folder's commit lock (the API's `api.lock_wait_s`; None: the command's)."""
+        with hold_folder(self.root, exclusive, other=other, lock_wait=lock_wait):
             yield
 
     def load(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sigma.text import MAX_JSON_DEPTH
+from sigma.text import MAX_DURATION_S, MAX_JSON_DEPTH
 
 # Pairs decoded and held in memory at once by one batch: a bound, so a typo (--batch-size 1000000) is a
 # config error instead of a whole shard decoded into memory.
@@ -114,7 +114,7 @@ LimitOrInfinity = Annotated[float, Field(ge=0.0, allow_inf_nan=True), _no_nan("a
 # counted alive), `queue.heartbeat_interval_ms` an OverflowError in the heartbeat thread, `api.wait_timeout_s` a Redis
 # error that answered every POST /v1/annotate 202 at once. 30 days is far inside what Python's timeouts (time_t,
 # threading.TIMEOUT_MAX), asyncio and Redis's PX/EX/BLOCK take, and above every default and documented value.
-MAX_DURATION_S = 30 * 86_400
+# Defined in sigma.text (bottom layer), which the environment's waits read against too.
 
 
 def _at_most(bound: int, unit: str) -> BeforeValidator:

@@ -13,15 +13,15 @@ import torch
 from pydantic import ValidationError
 
 from sigma.errors import ConfigError, WeightsBusyError, WeightsNotFoundError, error_text
-from sigma.folderlock import busy_message, held_for
+from sigma.folderlock import WAIT_RULE, busy_message, held_for
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
 from sigma.models.weights import check_state, load_safetensors, strict_load
 from sigma.tempfiles import FolderBusy, finish_replacements, reading_lock, replace_together, time_left
+from sigma.text import MAX_DURATION_S, positive_int_env
 from sigma.text import loads as load_json
-from sigma.text import positive_int_env
 
 FORMAT = "sigma-net"
 CONFIG_NAME = "config.json"
@@ -158,7 +158,7 @@ def lock_wait_s() -> int:
     (Ctrl-Z, SIGSTOP) or hung (a stuck network write) while holding it kept every load and save there waiting for
     ever without a word — the kernel drops an flock when its holder dies, not when it stops."""
     return positive_int_env(ENV_LOCK_WAIT, DEFAULT_LOCK_WAIT_S, "how long a load or save of a saved model waits "
-                            "for another process's hold on its folder: a positive number of seconds")
+                            f"for another process's hold on its folder: {WAIT_RULE}", most=MAX_DURATION_S)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from sigma.batch.layout import DEAD_READ, TASK_READ, RunDir
 from sigma.batch.record import check_options, check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run
 from sigma.errors import ConfigError, InputError, SigmaError, WeightsBusyError
+from sigma.folderlock import LockWait
 from sigma.io.corpora import CORPUS_READERS
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import shown_path
@@ -70,12 +71,15 @@ def _client(settings: RedisSettings, client: Any = None) -> Iterator[Any]:
 
 def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | None = None,
                key_prefix: str | None = None, client: Any = None, max_shards: int | None = None,
-               max_tasks: int | None = None, out_name: str = "--out") -> dict[str, Any]:
+               max_tasks: int | None = None, out_name: str = "--out",
+               lock_wait: LockWait | None = None) -> dict[str, Any]:
     """Plan the run (or reuse its plan) and queue one task per unfinished shard on `P:batch:tasks`. `max_shards`:
     a new plan of more shards is refused (too_many_shards), before anything is written or queued. `max_tasks`:
     the stream (every run's tasks, waiting or in progress) may not grow past it (queue_full), checked before
     anything is queued and again, atomically, by each chunk. `out_name`: what the caller calls the output folder,
-    in a refusal that tells them to choose another (`sigma batch submit`'s --out; the API's request field)."""
+    in a refusal that tells them to choose another (`sigma batch submit`'s --out; the API's request field).
+    `lock_wait`: how long a new run's folder waits for its commit lock (`RunDir.locked`): the API's own short
+    bound, so that a request is answered `folder_busy` in seconds, not after `$SIGMA_FOLDER_LOCK_WAIT_S`."""
     import redis as redis_lib
 
     settings = redis_settings(redis, key_prefix)
@@ -85,7 +89,7 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
     # again (a dead-lettered shard, tasks Redis lost) while workers finish its other shards, which an exclusive
     # hold refused (run_locked) for as long as any worker held a shard. A local run still excludes it.
     planned = RunDir(out).exists()
-    with RunDir(out).locked(exclusive=not planned, other=out_name):
+    with RunDir(out).locked(exclusive=not planned, other=out_name, lock_wait=lock_wait):
         rundir, _, run_hash, shards, record = prepare_run(cfg, out, resume=True, sweep=not planned,
                                                           max_shards=max_shards, out_name=out_name)
         _check_plugins(rundir, cfg, record)

@@ -136,6 +136,10 @@ class ApiSettings(Strict):
     max_batch_tasks: int = Field(1_000_000, ge=1, description="POST /v1/batches queues no task past this many on "
                                  "the batch stream (every run's, waiting or in progress): 429 queue_full, nothing "
                                  "queued; each task is ~250 bytes of Redis memory the online service shares")
+    lock_wait_s: Seconds = Field(5.0, gt=0, description="POST /v1/batches waits at most this long for a new run "
+                                 "folder's commit lock (a writer stopped mid-commit there holds it), then answers "
+                                 "409 folder_busy with Retry-After; the request waited all of "
+                                 "$SIGMA_FOLDER_LOCK_WAIT_S (120 s), the commands' wait")
     public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json without an API key; "
                               "false: they need a valid key (any scope)")
     header_timeout_s: Seconds = Field(10.0, gt=0, description="a request's line and headers must arrive within "
