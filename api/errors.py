@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sigma.api.responses import SafeJSONResponse
 from sigma.errors import SigmaError
 from sigma.folderlock import anonymised
+from sigma.service.deferral import without_worker_names
 from sigma.text import shown
 
 log = logging.getLogger("sigma.api")
@@ -63,6 +64,7 @@ STATUS_BY_CODE = {
 }
 # codes answered with Retry-After (seconds): a folder held by another process, a hold that ends by itself; their
 # messages name the holder's pid and host and the server's folders, said as `another process` and `<server path>`
+# (`scrubbed`, as every library message an answer carries)
 RETRY_AFTER_S = {"run_locked": 5, "folder_busy": 5, "weights_busy": 5}
 # an absolute path left in a message (after POST /v1/batches made the batch root's paths relative): not preceded by a
 # word, a dot, a colon or a slash (so `4/36`, `a/b`, `C:/x` and `redis://h:1/0` stay), up to whitespace or a quote,
@@ -121,19 +123,22 @@ def retry_after(code: str) -> dict[str, str] | None:
 
 
 def public_message(exc: SigmaError) -> str:
-    """A library message as an answer says it: for a folder held by another process (`RETRY_AFTER_S`), the holder
-    said as `another process` (its pid and host, and the pids of `kill -CONT`, are the server's internals) and every
-    absolute path as `<server path>`. The message of `folder_busy` names the folder and the holder's pid: answered
-    whole, it told any caller the server's layout and its processes."""
-    if exc.code not in RETRY_AFTER_S:
-        return exc.message
+    """A library message as an answer says it, whatever its code: `scrubbed`. The message of `folder_busy` names the
+    folder and the holder's pid: answered whole, it told any caller the server's layout and its processes. Only the
+    busy codes (`RETRY_AFTER_S`) were scrubbed; every other library message reaching this handler was answered whole,
+    and the library names the server's paths in most of them (`bad_outdir`: `/srv/.../out/.lock: is a symbolic
+    link`, `out_not_a_folder`, `weights_not_found`): `POST /v1/batches` scrubs its own (`batches.scrub`),
+    and no other route raises them today, but a route that ever did answered them whole."""
     return scrubbed(exc.message)
 
 
 def scrubbed(text: str) -> str:
-    """`text` with the holders of folders said as `another process`, the pids of `kill -CONT` as `PID` and every
-    absolute path as `<server path>` (`public_message`'s rewrite, whatever the code)."""
-    return SERVER_PATH.sub("<server path>", anonymised(text))
+    """`text` with the holders of folders said as `another process`, the pids of `kill -CONT` as `PID`, the remedy
+    for a shell on the server (`fg`, `kill -CONT`, the wait's variable) as `try again later` (`anonymised`), the
+    batch workers a `run_too_large` task was offered to unnamed (`without_worker_names`: `HOST-PID` by default) and
+    every absolute path as `<server path>`: the one rewrite of every library text an answer carries
+    (`public_message`, `public_job_error`, and `batches.scrub` once the batch root's paths are relative)."""
+    return SERVER_PATH.sub("<server path>", anonymised(without_worker_names(text)))
 
 
 def public_job_error(error: Any) -> Any:

@@ -66,6 +66,13 @@ _DESCRIBED = re.compile(r"pid \d{1,10}(?: on host [A-Za-z0-9][A-Za-z0-9._-]{0,25
 
 # the pids a `weights_busy` message tells its reader to resume (`kill -CONT 123 456`, sigma.models.factory)
 _RESUME = re.compile(r"(kill -CONT )\d{1,10}(?: \d{1,10})*")
+# `busy_message`'s remedy, for a shell user on the server: how to resume or end the holder, and the variable that
+# sets the wait (an environment variable, or the API's `api.lock_wait_s`: `busy_message`'s `setting`; a message cut
+# short inside it keeps what is left, its pids `PID` by `_RESUME`)
+_REMEDY = re.compile(r"resume it \(`fg`, `kill -CONT[^`]*`\) or end it, then try again"
+                     r"(?: \((?:\$[A-Z0-9_]+|[a-z][a-z0-9_.]*) sets the wait, now [0-9.e+-]+ s\))?")
+# what an API caller is told instead: the holder is the server's to resume or end
+REMOTE_REMEDY = "try again later"
 
 
 def anonymised(message: str) -> str:
@@ -73,8 +80,12 @@ def anonymised(message: str) -> str:
     folder, when said, kept): for a caller who may learn that a run folder is held, not by which process on which
     machine — the API's answers (a local operator's CLI names them): host names are the server's internal layout.
     So are the pids a `weights_busy` message names (a fleet task deferred, or dead-lettered, on a model folder a
-    stopped saver holds: `pid N (saving)`, `kill -CONT N`), which a run's status showed whole."""
-    return _RESUME.sub(r"\1PID", _DESCRIBED.sub("another process", message))
+    stopped saver holds: `pid N (saving)`, `kill -CONT N`), which a run's status showed whole. And `busy_message`'s
+    remedy, ``resume it (`fg`, `kill -CONT PID`) or end it, then try again ($SIGMA_..._WAIT_S sets the wait, now
+    N s)``, is said `REMOTE_REMEDY`: advice for a shell on the server, which an HTTP caller can neither follow nor
+    needs (the shell job, the holder's pid, the server's environment variable); it was answered with `PID` for the
+    pid, still telling the caller to `fg` a process on a machine it has no shell on."""
+    return _RESUME.sub(r"\1PID", _DESCRIBED.sub("another process", _REMEDY.sub(REMOTE_REMEDY, message)))
 
 
 def folder_lock_wait_s() -> int:

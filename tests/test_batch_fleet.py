@@ -1789,7 +1789,8 @@ def test_a_shard_whose_model_folder_a_stopped_saver_holds_is_deferred_and_done_o
         assert status["deferred"] == 2 and str(model) in status["deferred_reason"], status
         assert f"pid {saver.pid} (saving)" in status["deferred_reason"], status
         shown = scrub(status["deferred_reason"], str(tmp_path))          # as GET /v1/batches/status says it
-        assert str(saver.pid) not in shown and "another process (saving)" in shown and "kill -CONT PID" in shown, shown
+        assert str(saver.pid) not in shown and "another process (saving)" in shown and "try again later" in shown, shown
+        assert "kill -CONT" not in shown and "`fg`" not in shown, shown      # a shell's remedy, not a caller's
         pending = client.xpending_range(keys.batch_tasks(), "sigma-batch", "-", "+", 100)
         assert max(row["times_delivered"] for row in pending) <= 1, pending     # no delivery spent
         resume_saver(saver)

@@ -3,6 +3,7 @@ for the batch workers, a real batch worker drains it into manifests, and paths o
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -298,7 +299,9 @@ def test_an_out_whose_commit_lock_a_stopped_writer_holds_is_409_folder_busy_with
     Now 409 with `Retry-After`, as `run_locked`, the holder said as `another process`, the folder relative to the root,
     and nothing planned; once the writer goes on, the folder is taken (and refused for what it holds).
     The request waited all of `$SIGMA_FOLDER_LOCK_WAIT_S` (the commands' wait, 120 s by default: an HTTP request held
-    two minutes); now `api.lock_wait_s` (1 s here, the variable 600 s), and the message names that setting."""
+    two minutes); now `api.lock_wait_s` (1 s here, the variable 600 s). The remedy for a shell on the server
+    (``resume it (`fg`, `kill -CONT PID`) or end it ... (api.lock_wait_s sets the wait ...)``), which an HTTP caller
+    cannot follow, is said `try again later`."""
     import re
     import signal
     import time
@@ -318,8 +321,8 @@ def test_an_out_whose_commit_lock_a_stopped_writer_holds_is_409_folder_busy_with
             assert resp.headers.get("Retry-After") == "5", resp.headers
             message = resp.json()["error"]["message"]
             assert message.startswith("runs/busy-commit: cannot take this folder"), message
-            assert "another process (writing)" in message and "kill -CONT PID" in message, message
-            assert "(api.lock_wait_s sets the wait, now 1 s)" in message and "SIGMA_FOLDER" not in message, message
+            assert "another process (writing)" in message and message.endswith("; try again later"), message
+            assert "kill -CONT" not in message and "`fg`" not in message and "sets the wait" not in message, message
             assert str(root) not in resp.text and no_holder_named(resp.text), resp.text
             assert re.search(rf"\b{finisher.pid}\b", resp.text) is None, resp.text
             assert not (out / "run.json").exists()
@@ -589,6 +592,34 @@ def test_a_run_json_over_the_size_limit_is_409_run_too_large_and_a_plan_over_it_
         run_file.write_bytes(planned)
         resp = svc.http.get("/v1/batches/status", params={"out": "runs/too-large"}, headers=svc.headers())
         assert resp.status_code == 200 and resp.json()["run"]["shards"] == 2, resp.text
+    finally:
+        svc.close()
+
+
+def test_the_status_of_a_shard_dead_lettered_run_too_large_names_no_worker_host_or_pid(redis_server, root, tmp_path,
+                                                                                       monkeypatch):
+    """A run.json over a batch worker's `$SIGMA_MAX_RUN_BYTES` (a mixed fleet: the API's limit is higher) is refused
+    by every live worker, and its tasks are dead-lettered `run_too_large` naming the workers they were offered to, by
+    consumer name: `HOST-PID` by default, what `sigma worker --batch` calls itself. GET /v1/batches/status counts such
+    a shard failed with the dead letter's reason, and answered those names whole: any caller learnt the workers' host
+    names and pids. Now the reason says how many workers refused it and for how long, without their names."""
+    from sigma.service.consumer import default_consumer
+
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}"])
+    try:
+        svc.start_api()
+        resp = post(svc, {"input": "corpus", "out": "runs/too-large-for-workers", "shard_size": 3})
+        assert resp.status_code == 202 and resp.json()["queued"] == 2, resp.text
+        monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "1000")          # this worker's limit only: the API's is the default
+        stats = run_batch_worker(redis_server.url, svc.prefix, block_ms=50, exit_when_idle=True)   # HOST-PID
+        assert (stats.dead, stats.done) == (2, 0), stats
+        status = svc.http.get("/v1/batches/status", params={"out": "runs/too-large-for-workers"},
+                              headers=svc.headers())
+        assert status.status_code == 200 and status.json()["run"]["failed"] == 2, status.text
+        assert default_consumer() not in status.text and str(root) not in status.text, status.text
+        assert re.search(rf"\b{os.getpid()}\b", status.text) is None, status.text
+        for failed in status.json()["run"]["failed_shards"]:
+            assert "[run_too_large]" in failed["error"] and "refused by 1 worker(s) over " in failed["error"], failed
     finally:
         svc.close()
 

@@ -145,7 +145,8 @@ def test_a_jobs_error_naming_a_held_model_folder_is_answered_without_its_pid_hos
     job is dead-lettered with it. `GET /v1/jobs/{id}` and `/v1/annotate` passed that message on whole (in `message`,
     `trace` and `last_error`): any caller learnt the server's folders and processes, and the synchronous 500 had no
     `Retry-After` for a hold that ends by itself. Now every job error an answer carries is scrubbed as a library
-    error's (`another process`, `PID`, `<server path>`), its codes unchanged, and the 500 has `Retry-After: 5`."""
+    error's (`another process`, `<server path>`, the remedy for a shell on the server — `fg`, `kill -CONT PID` —
+    said `try again later`), its codes unchanged, and the 500 has `Retry-After: 5`."""
     monkeypatch.setenv("SIGMA_MODEL_LOCK_WAIT_S", "1")             # the worker's wait, inherited by its process
     folder = tmp_path / "held" / "model"
     saver = stopped_saver(folder)
@@ -160,14 +161,16 @@ def test_a_jobs_error_naming_a_held_model_folder_is_answered_without_its_pid_hos
             error = sync.json()["error"]
             assert error["code"] == "annotation_failed" and sync.headers.get("Retry-After") == "5", sync.headers
             assert "[weights_busy] WeightsBusyError: <server path>: cannot load the model" in error["message"], error
-            assert "another process (saving)" in error["message"] and "kill -CONT PID" in error["message"], error
+            assert "another process (saving)" in error["message"] and "; try again later" in error["message"], error
+            assert "kill -CONT" not in sync.text and "`fg`" not in sync.text, error
             _names_no_server_internals(sync.text, folder, saver.pid)
             resp = svc.http.get(f"/v1/jobs/{error['job_id']}", headers=svc.headers())
             assert resp.status_code == 200 and "Retry-After" not in resp.headers, resp.headers
             view = resp.json()
             assert view["status"] == "failed" and view["error"]["code"] == "dead_letter", view
             assert view["error"]["last_error"]["code"] == "weights_busy", view
-            assert "kill -CONT PID" in view["error"]["last_error"]["trace"], view
+            assert "; try again later" in view["error"]["last_error"]["trace"], view
+            assert "kill -CONT" not in resp.text and "`fg`" not in resp.text and "LOCK_WAIT_S" not in resp.text, view
             assert view["last_error"]["code"] == "weights_busy", view
             _names_no_server_internals(json.dumps([view["error"], view["last_error"]]), folder, saver.pid)
             assert str(folder) not in resp.text and socket.gethostname() not in resp.text, resp.text
@@ -209,7 +212,8 @@ def test_a_job_failed_weights_busy_is_answered_409_with_retry_after_and_no_holde
             error = resp.json()["error"]
             assert error["code"] == "weights_busy" and error["job_id"] == job_id, error
             assert error["message"].startswith("WeightsBusyError: <server path>: cannot load the model"), error
-            assert "another process (saving)" in error["message"] and "kill -CONT PID" in error["message"], error
+            assert "another process (saving)" in error["message"] and "; try again later" in error["message"], error
+            assert "kill -CONT" not in resp.text and "`fg`" not in resp.text, error
             _names_no_server_internals(resp.text, folder, saver.pid)
             view = svc.job(job_id)
             assert view["error"]["code"] == "weights_busy" and view["error"]["message"] == error["message"], view

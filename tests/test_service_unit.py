@@ -361,7 +361,9 @@ def test_a_held_folder_s_error_escaping_to_the_api_s_handler_names_no_pid_host_o
     """The API's handler of any SigmaError (api/errors.py `install`) answered `exc.message` whole, with the status
     map's default: a `folder_busy` (or `weights_busy`) reaching it on a path other than POST /v1/batches (which
     scrubs its own) would have been a 422 naming the server's folder and the holder's pid. Now 409 with Retry-After,
-    the holder `another process`, its pid in `kill -CONT` said `PID` and the folder `<server path>`."""
+    the holder `another process` and the folder `<server path>`. The remedy, ``resume it (`fg`, `kill -CONT PID`) or
+    end it, then try again ($SIGMA_..._WAIT_S sets the wait ...)``, was for a shell on the server, which an HTTP
+    caller has not: it is said `try again later`."""
     import os
     import socket
 
@@ -383,6 +385,11 @@ def test_a_held_folder_s_error_escaping_to_the_api_s_handler_names_no_pid_host_o
         with busy_as_error("take", 2):
             raise FolderBusy(folder, 2.0, [(holder, "WRITE")])
 
+    @app.get("/api-wait")                  # the API's own wait (`api.lock_wait_s`), under a second
+    def _api_wait() -> None:
+        with busy_as_error("take", 0.5, "api.lock_wait_s"):
+            raise FolderBusy(folder, 0.5, [(holder, "WRITE")])
+
     @app.get("/weights")
     def _weights() -> None:
         raise WeightsBusyError(busy_message(FolderBusy(folder, 2.0, [(holder, "WRITE")]), "load the model from",
@@ -391,15 +398,70 @@ def test_a_held_folder_s_error_escaping_to_the_api_s_handler_names_no_pid_host_o
 
     with TestClient(app) as client:
         for route, code, start in (("/folder", "folder_busy", "<server path>: cannot take "),
+                                   ("/api-wait", "folder_busy", "<server path>: cannot take "),
                                    ("/weights", "weights_busy", "<server path>: cannot load ")):
             resp = client.get(route)
             assert resp.status_code == 409 and resp.json()["error"]["code"] == code, resp.text
             assert resp.headers.get("Retry-After") == "5", resp.headers
             message = resp.json()["error"]["message"]
-            assert message.startswith(start) and "kill -CONT PID" in message, message
+            assert message.startswith(start) and "; try again later" in message, message
             assert "another process" in message, message
-            for leak in (str(tmp_path), str(holder), str(os.getpid()), socket.gethostname()):
+            for leak in (str(tmp_path), str(holder), str(os.getpid()), socket.gethostname(), "kill -CONT", "`fg`",
+                         "_LOCK_WAIT_S", "sets the wait"):
                 assert leak not in resp.text, (leak, resp.text)
+
+
+def test_every_library_error_reaching_the_api_s_handler_names_no_server_path(tmp_path):
+    """The API's handler of any SigmaError scrubbed only the busy codes (`RETRY_AFTER_S`): any other library
+    message reaching it was answered whole, and the library names the server's folders in most of them — the real
+    `hold_folder` refusals here: `bad_outdir` (`/srv/.../out/.lock: is a symbolic link ...`) and `out_not_a_folder`
+    (`/srv/.../file: exists and is not a folder`). POST /v1/batches scrubs its own, so no route answers these today
+    through the handler; one that ever did told any caller the server's layout. Now every code's message is scrubbed
+    there, its code and status unchanged."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sigma.api.errors import install
+    from sigma.folderlock import hold_folder
+
+    server = tmp_path / "server-only"
+    (server / "linked").mkdir(parents=True)
+    (server / "linked" / ".lock").symlink_to(server / "elsewhere")
+    (server / "a-file").write_text("not a folder")
+    app = FastAPI()
+    install(app)
+
+    @app.get("/hold/{name}")
+    def _hold(name: str) -> None:
+        with hold_folder(server / name):
+            pass
+
+    with TestClient(app) as client:
+        for name, code, said in (("linked", "bad_outdir", "<server path>: is a symbolic link"),
+                                 ("a-file", "out_not_a_folder", "<server path>: exists and is not a folder")):
+            resp = client.get(f"/hold/{name}")
+            assert resp.status_code == 409 and resp.json()["error"]["code"] == code, resp.text
+            assert resp.json()["error"]["message"].startswith(said), resp.text
+            assert str(tmp_path) not in resp.text and "server-only" not in resp.text, resp.text
+
+
+def test_a_run_too_large_dead_letter_is_answered_without_the_workers_names():
+    """A shard dead-lettered `run_too_large` names the batch workers it was offered to, by consumer name: by default
+    `HOST-PID` (`default_consumer`, what `sigma worker --batch` calls itself), which a run's status passed on whole
+    to any caller. `scrubbed` leaves the names out and keeps the count and the time; the operator's own record (the
+    dead letter on Redis, `sigma batch status`) still names them."""
+    from sigma.api.errors import scrubbed
+    from sigma.service.consumer import default_consumer
+    from sigma.service.deferral import refused_by_text
+
+    names = [default_consumer(), "gpu-node-7.internal-4242 (spare)"]
+    message = (f"dead-lettered after 1 deliveries: [run_too_large] runs/x: shard s1 was not run: its run.json is over "
+               f"the run size limit of every batch worker it was offered to: {refused_by_text(names, 12.4)}, "
+               "deferred 3 times; given up")
+    assert default_consumer() in message and "gpu-node-7" in message
+    said = scrubbed(message)
+    assert said == message.replace(" (" + ", ".join(names) + ")", ""), said
+    assert "refused by 2 worker(s) over 12 s, deferred 3 times" in said, said
 
 
 SCRUBS = [

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sigma.service.keys import Keys
+from sigma.text import shown
 
 # `worker.max_defer_s`'s default: a day with no shard written in a run folder another process holds
 MAX_DEFER_S = 86_400.0
@@ -35,6 +37,22 @@ REASON_LIMIT = 500
 # the workers a record names (`refused_by`), and each name's length: a record stays small whatever the fleet
 REFUSERS_KEPT = 64
 REFUSER_LIMIT = 200
+# `refused_by_text`'s names, for a text that may not name them (`without_worker_names`)
+_REFUSED_BY = re.compile(r"(refused by \d+ worker\(s\)) \(.*?\)( over \d+ s\b)")
+
+
+def refused_by_text(names: list[str], seconds: float) -> str:
+    """`refused by N worker(s) (NAME, ...) over S s`: the workers a task given up on `run_too_large` was offered to,
+    by their consumer names, for the operator who reads a dead letter on the server (`sigma batch status`)."""
+    return f"refused by {len(names)} worker(s) ({', '.join(shown(n, 80) for n in names)}) over {seconds:.0f} s"
+
+
+def without_worker_names(text: str) -> str:
+    """`text` with the names of `refused_by_text` left out (`refused by N worker(s) over S s`), for an API answer
+    (`sigma.api.errors.scrubbed`): a worker's consumer name is by default `HOST-PID` (`default_consumer`), and a run's
+    status (GET /v1/batches/status, a shard dead-lettered `run_too_large`) told any caller the workers' host names
+    and pids."""
+    return _REFUSED_BY.sub(r"\1\2", text)
 
 
 @dataclass

@@ -37,7 +37,14 @@ from sigma.registry import ANNOTATORS, import_plugins, list_annotators
 from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer, is_out_of_memory
-from sigma.service.deferral import MAX_DEFER_S, Deferral, deferred_summary, forget_deferral, note_deferral
+from sigma.service.deferral import (
+    MAX_DEFER_S,
+    Deferral,
+    deferred_summary,
+    forget_deferral,
+    note_deferral,
+    refused_by_text,
+)
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue, stream_text
 from sigma.service.settings import QueueSettings, RedisSettings
@@ -541,14 +548,14 @@ class RunTooLarge(RunBusy):
     def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
         """The dead letter's code and message: which workers refused it, over how long, which bound ended the wait
         (every live worker refused it, or `worker.max_defer_s`), and how to go on."""
-        names = ", ".join(shown(name, 80) for name in deferral.refused_by)
         bound = (f"no worker took it for worker.max_defer_s={max_defer_s:g} ({_deferred(deferral, max_defer_s)})"
                  if deferral.idle_s >= max_defer_s else
                  f"given up once every live worker had refused it (worker.max_defer_s={max_defer_s:g} not reached)")
+        refused = refused_by_text(deferral.refused_by, deferral.last - deferral.since)
         return "run_too_large", (
             f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: its run.json is over the run size "
-            f"limit of every batch worker it was offered to: refused by {len(deferral.refused_by)} worker(s) "
-            f"({names}) over {deferral.last - deferral.since:.0f} s, deferred {deferral.count} times; {bound}. "
+            f"limit of every batch worker it was offered to: {refused}, "
+            f"deferred {deferral.count} times; {bound}. "
             f"{self}. Set the same $SIGMA_MAX_RUN_BYTES on every worker (or start one above this size); then {_AGAIN}")
 
 
