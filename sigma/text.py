@@ -45,20 +45,28 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
     return f"{text[:limit // 2]}…{text[-(limit // 2):]} ({len(text)} characters)"
 
 
-def positive_int_env(name: str, default: int, what: str, most: int | None = None) -> int:
+# the largest integer a limit set in the environment may be when its reader gives no bound of its own: a count
+# that fits a signed 64-bit integer with room for `limit + 1` (`$SIGMA_MAX_RUN_BYTES` became `read(limit + 1)`, and
+# a 500-digit value was an OverflowError traceback in every reader of run.json)
+ENV_INT_MOST = 2 ** 62
+
+
+def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOST) -> int:
     """A size limit or a wait a deployment sets in the environment (`$SIGMA_MAX_MODEL_PARAMS`,
     `$SIGMA_MAX_RUN_BYTES`, `$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`): read wherever the limit
     applies, before any config of the command exists. Here in the bottom layer (it was sigma.config.loader's) so
     that `sigma.folderlock` reads its wait the same way. A positive integer (`1e8` and `100_000_000` are read too),
-    at most `most` when given (the waits: MAX_DURATION_S), `default` when unset; anything else is a ConfigError
+    at most `most` (the waits: MAX_DURATION_S; else ENV_INT_MOST), `default` when unset; anything else is a ConfigError
     saying `what` the limit is. The waits had no upper bound: `1e300` was taken as a wait of 10**300 s (for ever),
     and a 500-digit integer was an OverflowError traceback where the wait became a deadline (`time.monotonic() +`)."""
     raw = os.environ.get(name, "").strip().replace("_", "")
     if not raw:
         return default
     value = _env_number(raw)
-    if (isinstance(value, float) and not math.isfinite(value)) or value < 1 or (most is not None and value > most):
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 1:
         raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}")
+    if value > most:                                  # the bound said once: `what` may say it already
+        raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}" + ("" if str(most) in what else f", at most {most}"))
     return int(value)
 
 

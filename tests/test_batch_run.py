@@ -1018,6 +1018,18 @@ def test_a_plan_over_the_size_limit_is_refused_before_run_json_is_written(tmp_pa
     monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "lots")
     assert main(["batch", "status", str(tmp_path / "one")]) == 2
     assert capsys.readouterr().err.startswith("sigma: error [invalid_config]: $SIGMA_MAX_RUN_BYTES='lots'")
+    # a limit past a 64-bit count was taken as "no limit" and then read run.json with `read(limit + 1)`: an
+    # OverflowError traceback in every reader; now refused in one line, and the largest one taken is read
+    from sigma.text import ENV_INT_MOST
+
+    for huge in ("9" * 500, str(ENV_INT_MOST + 1)):
+        monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", huge)
+        assert main(["batch", "status", str(tmp_path / "one")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sigma: error [invalid_config]: $SIGMA_MAX_RUN_BYTES=") and err.count("\n") == 1, err
+        assert f"at most {ENV_INT_MOST}" in err, err
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", str(ENV_INT_MOST))
+    assert main(["batch", "status", str(tmp_path / "one")]) == 0
 
 
 _KILLED_WRITER = """import os, signal, sys

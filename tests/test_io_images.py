@@ -254,6 +254,9 @@ def test_byte_limit_on_bytes_and_on_files(tmp_path):
     with pytest.raises(LimitError) as info:
         read_image(path, LimitsConfig(max_bytes=10))
     assert info.value.code == "file_too_large" and str(path) in info.value.message
+    # a limit far above any file (2**62 bytes): read(limit + 1) asked for that buffer up front, a MemoryError on every
+    # read; now the file is read in pieces, whatever the limit
+    assert read_image(path, LimitsConfig(max_bytes=2 ** 62)).rgb.shape == RGB.shape
 
 
 # ---------------------------------------------------------------- bad bytes -> one-line errors with codes

@@ -26,6 +26,7 @@ from typing import Any
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, LockWait, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
+from sigma.io.lines import read_at_most
 from sigma.tempfiles import replace_atomically, sweep_stale_below, sync_folder
 from sigma.text import MAX_MESSAGE, dumps_finite, positive_int_env, shown
 from sigma.text import loads as load_json
@@ -258,7 +259,7 @@ class RunDir:
         limit = max_run_bytes()
         with open(self.own(self.run_file), "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            data = handle.read(limit + 1) if size <= limit else b""
+            data = read_at_most(handle, limit + 1) if size <= limit else b""
         if size > limit or len(data) > limit:
             raise InputError(f"{self.run_file}: {max(size, len(data))} bytes, over the {limit} a run record may hold "
                              f"(${ENV_MAX_RUN_BYTES}, default {DEFAULT_MAX_RUN_BYTES}); not read. A plan of 50,000 "

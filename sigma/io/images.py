@@ -15,6 +15,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError
+from sigma.io.lines import read_at_most
 from sigma.tempfiles import replace_atomically
 from sigma.text import shown
 
@@ -455,7 +456,7 @@ def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
             raise ImageError(f"{where}: not a regular file", code="file_not_found")
         check_byte_size(where, path.stat().st_size, max_bytes)
         with open(path, "rb") as handle:      # at most one byte past the limit (the file may grow, /proc says 0)
-            data = handle.read(max_bytes + 1)
+            data = read_at_most(handle, max_bytes + 1)
     except OSError as exc:
         raise ImageError(f"{where}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
     if len(data) > max_bytes:

@@ -1,4 +1,5 @@
-"""Lines of a binary file ending in LF, CRLF or a lone CR, read without holding more than a limit.
+"""Lines of a binary file ending in LF, CRLF or a lone CR, and a file's bytes up to a limit, read without holding
+more than the limit.
 
 `readline` on a binary file ends lines at LF only: a CSV or JSONL manifest saved with old-Mac line endings (CR)
 was one line, and a record that ended in CR ran into the next one (its pair and the next were one bad record,
@@ -35,3 +36,17 @@ def read_line(handle: BinaryIO, limit: int) -> bytes:
 
 def ends_line(line: bytes) -> bool:
     return line.endswith(LINE_ENDS)
+
+
+def read_at_most(handle: BinaryIO, most: int) -> bytes:
+    """Up to `most` bytes of `handle`, read in pieces of 1 MiB. `read(limit + 1)` asks for a buffer of that size up
+    front: a large limit (`io.limits.max_bytes=1e11`, `$SIGMA_MAX_RUN_BYTES=1e12`) was a MemoryError in every
+    read of an image or a run.json of a few KB."""
+    pieces, left = [], most
+    while left > 0:
+        piece = handle.read(min(left, 1 << 20))
+        if not piece:
+            break
+        pieces.append(piece)
+        left -= len(piece)
+    return b"".join(pieces)
