@@ -198,6 +198,18 @@ def validate_annotator_options(name: str, options: dict[str, Any]) -> Any:
                          code="annotator_failed") from exc
 
 
+def check_annotator_files(name: str, options: dict[str, Any]) -> None:
+    """The files `options` name are there, of the kind the annotator reads (a saved model's folder or .safetensors
+    file) and readable, nothing loaded: the annotator config's own `check_files()` when it has one (a plugin's may
+    too). One check for `sigma batch submit` and `POST /v1/batches` (`sigma.service.fleet.submit_run`): a run naming
+    missing weights was queued and every shard dead-lettered by the workers. Raises as the load would
+    (`weights_not_found`, `weights_unreadable`); the workers keep their own checks (a file can vanish later)."""
+    config = validate_annotator_options(name, options) if options else None
+    check = getattr(config, "check_files", None)
+    if callable(check):
+        check()
+
+
 def normalised_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """`options` as the annotator's own config reads them, the keys given only: `image_size: 2.24e2` (YAML 1.1 reads
     it as text) is 224, `threshold: '5e-2'` is 0.05. What a run records and hashes: the two spellings ran the same

@@ -102,6 +102,32 @@ def test_an_imdl_benco_export_never_mixes_with_an_earlier_one_in_its_folder(run_
     assert [p.name for p in casia.rglob("*")] == ["Tp", "Tp_D_CRN_S_N_0001.jpg"]
 
 
+def test_an_overwrite_of_an_export_made_with_another_json_name_says_which_name_to_pass(run_dir, tmp_path, capsys):
+    """`--overwrite` into an OUT holding an earlier export made with another `--json-name` was refused as "not a file
+    of an earlier export" with no word of why (only the new name's JSON was read). It is still refused, nothing
+    touched (a JSON that lists Tp/ and Gt/ may be a corpus's, CASIA-style, and is never taken as the export's own),
+    but the message names the JSON that lists the files and the --json-name to pass; that export then replaces it."""
+    out = tmp_path / "benco"
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--json-name", "first.json"]) == 0
+    before = _tree(out)
+    capsys.readouterr()
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--overwrite", "--max-area", "0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "[out_not_empty]" in err and "listed by first.json, not by imdl_benco.json" in err, err
+    assert "pass --json-name first.json with --overwrite" in err, err
+    assert _tree(out) == before
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--overwrite", "--max-area", "0.001",
+                 "--relative", "--json-name", "first.json"]) == 0
+    assert json.loads((out / "first.json").read_text()) == [["Tp/beta_same.png", "Negative"]]
+    assert sorted(p.name for p in out.iterdir()) == ["Gt", "Tp", "first.json"]
+    # files no JSON in OUT lists: refused as before, no name suggested
+    (out / "Tp" / "mine.png").write_bytes(b"the user's")
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a file of an earlier export (imdl_benco.json does not list it)" in err and "--json-name" not in err
+    assert (out / "Tp" / "mine.png").read_bytes() == b"the user's"
+
+
 def test_a_second_export_into_a_busy_folder_is_refused_and_the_folder_carries_no_lock_file(run_dir, tmp_path,
                                                                                            capsys):
     """Two exports into one OUT would mix their files (an HF export even deletes the other's temporary shards

@@ -248,6 +248,34 @@ def test_init_from_a_folder_a_killed_save_left_starts_from_that_save(tmp_path):
     assert _whole(folder, tmp_path, 96, 1)
 
 
+def test_the_submit_check_of_a_saved_model_takes_what_load_model_opens_and_reads_nothing(tmp_path):
+    """`check_model_files` (what `sigma batch submit` and POST /v1/batches check options.weights with): a saved
+    folder passes, and so does a folder a save was killed in at its config's rename (its journal there, config.json
+    not: the load finishes it); a missing path, a folder that is no saved model, a lone X.safetensors or a file of
+    another kind are `weights_not_found` naming what is missing — before, the run was queued and every worker's load
+    failed."""
+    import signal
+
+    from sigma.models.factory import CONFIG_NAME, WEIGHTS_NAME, check_model_files
+
+    folder = tmp_path / "m"
+    old = _pair_saver(folder, "none", 64, 0)
+    assert old.wait(timeout=120) == 0, old.stderr.read()
+    check_model_files(folder)
+    killed = _pair_saver(folder, "SIGKILL", 96, 1)
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.stderr.read()
+    assert not (folder / CONFIG_NAME).exists() and list(folder.glob(f".{CONFIG_NAME}.*.pending"))
+    check_model_files(folder)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "lone.safetensors").write_bytes((folder / WEIGHTS_NAME).read_bytes())
+    (tmp_path / "notes.txt").write_text("not a model")
+    for path, said in ((tmp_path / "gone", "does not exist"), (tmp_path / "empty", f"{WEIGHTS_NAME} is missing"),
+                       (tmp_path / "lone.safetensors", "lone.json is missing"),
+                       (tmp_path / "notes.txt", "is a file, not a saved model")):
+        with pytest.raises(WeightsNotFoundError, match=said):
+            check_model_files(path, "options.weights")
+
+
 def test_two_savers_at_once_leave_one_whole_model(tmp_path):
     """Two savers into one folder at once: the first stopped (SIGSTOP) at its config's rename, its weights in place,
     while the second saved whole, then the first renamed its config over the second's — the second's weights

@@ -253,6 +253,49 @@ def test_confine_file_options_accepts_hub_ids_and_paths_under_the_root(root):
                          real)
 
 
+def _saved_model_files(folder: Path) -> None:
+    """A folder of the form `load_model` opens (config.json + model.safetensors): the submit checks the files are
+    there and readable, it reads neither, so their contents do not matter here (no worker runs these runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 16)
+
+
+@pytest.mark.parametrize("weights, named", [
+    ("models/missing.safetensors", "models/missing.safetensors does not exist"),
+    ("models/missing-folder", "models/missing-folder does not exist"),
+    ("models/empty", "models/empty/model.safetensors is missing"),          # a folder that is no saved model
+    ("models/notes.txt", "models/notes.txt is a file, not a saved model"),
+    ("models/lone.safetensors", "models/lone.json is missing"),             # X.safetensors without X.json
+])
+def test_options_naming_weights_that_are_not_there_are_refused_at_submit_and_nothing_is_planned(
+        redis_server, root, tmp_path, weights, named):
+    """`options.weights` naming a file or folder that is not there (or not a saved model) was answered 202: the run
+    planned, its shards queued, and every worker's load failed into dead letters. Now 422 `weights_not_found` at
+    submit, naming the path relative to the batch root (no server path), no run folder made, nothing queued; a saved
+    model's folder of the right form is queued as before."""
+    (root / "models" / "empty").mkdir(parents=True, exist_ok=True)
+    (root / "models" / "notes.txt").write_text("not a model")
+    (root / "models" / "lone.safetensors").write_bytes(b"\0" * 16)
+    _saved_model_files(root / "models" / "saved")
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}", "api.annotators=[pixel-diff,sigma-lite]"])
+    out = f"runs/weights-{weights.replace('/', '-')}"
+    try:
+        svc.start_api()
+        resp = post(svc, {"input": "corpus", "out": out, "annotator": "sigma-lite",
+                          "options": {"weights": str(root / weights)}})
+        assert resp.status_code == 422 and error_code(resp) == "weights_not_found", resp.text
+        assert named in resp.text and "options.weights" in resp.text, resp.text
+        assert str(root) not in resp.text and os.path.realpath(root) not in resp.text, resp.text
+        assert not (root / out).exists()
+        assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == 0
+        resp = post(svc, {"input": "corpus", "out": out, "annotator": "sigma-lite",
+                          "options": {"weights": str(root / "models" / "saved")}})
+        assert resp.status_code == 202 and resp.json()["queued"] == 1, resp.text
+    finally:
+        svc.close()
+
+
 def test_status_polls_reuse_one_redis_connection(svc, redis_server):
     """`GET /v1/batches/status` runs the fleet's blocking code in a thread: it uses the API's one sync client,
     so polling it (dashboards do, once a second) is not a TCP connect to Redis per request."""

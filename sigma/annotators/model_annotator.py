@@ -94,6 +94,15 @@ class ModelAnnotatorConfig(TorchAnnotatorConfig):
             raise ValidationError.from_exception_data(type(self).__name__, errors) from None
         return self
 
+    def check_files(self) -> None:
+        """The saved model `weights` names is there, of the form `load_model` opens, readable; nothing read
+        (`sigma.models.factory.check_model_files`). Called at a fleet submission (`sigma.registry
+        .check_annotator_files`): a missing file was found only by the workers, every shard dead-lettered."""
+        if self.weights:
+            from sigma.models.factory import check_model_files
+
+            check_model_files(self.weights, "options.weights")
+
 
 def embedded_weights(preset: str) -> Path | None:
     """The file the preset's pretrained config ships in the package (None: it ships none)."""

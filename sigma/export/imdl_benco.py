@@ -93,6 +93,22 @@ def _json_name_problem(name: object) -> str | None:
     return None
 
 
+#: a JSON in OUT larger than this is not read to judge OUT (an export of a million pairs lists ~200 MB; the
+#: export's own JSON stays read whole, as before)
+MAX_LISTING_BYTES = 256 * 1024 * 1024
+
+
+def _listed(path: Path) -> set[str]:
+    """The Tp file names an IMDL-BenCo JSON list (`[[tp, gt], ...]`) at `path` names; empty when it is none (or is
+    not there, or is over `MAX_LISTING_BYTES`: a JSON in OUT may be anyone's)."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_LISTING_BYTES:
+            return set()
+        return {Path(entry[0]).name for entry in json.loads(path.read_text())}
+    except (OSError, ValueError, TypeError, IndexError, KeyError):
+        return set()
+
+
 def _foreign(out: Path, json_name: str) -> list[Path]:
     """The files in OUT's Tp/ and Gt/ that the export recorded in OUT's JSON did not write."""
     try:
@@ -100,6 +116,32 @@ def _foreign(out: Path, json_name: str) -> list[Path]:
     except (OSError, ValueError, TypeError, IndexError, KeyError):
         names = set()
     return sorted(p for f in FOLDERS if (out / f).is_dir() for p in (out / f).iterdir() if p.name not in names)
+
+
+def _other_listing(out: Path, json_name: str, foreign: list[Path]) -> str | None:
+    """The name of another JSON in OUT that lists every one of `foreign` — the JSON of an earlier export made with
+    another `--json-name` — when its name is one the export may use (`checked_json_name`); else None. Only said in
+    the refusal, never taken as the export's own: an IMDL-BenCo corpus (CASIA and the like) comes as Tp/ + Gt/ with
+    such a JSON too, and an --overwrite that trusted any listing would delete it."""
+    wanted = {p.name for p in foreign}
+    for path in sorted(out.glob("*.json")):
+        if path.name != json_name and _json_name_problem(path.name) is None and wanted <= _listed(path):
+            return path.name
+    return None
+
+
+def _foreign_message(out: Path, json_name: str, foreign: list[Path]) -> str:
+    """The refusal of an OUT whose Tp/ or Gt/ holds files `json_name` does not list. Before, an earlier export made
+    with another `--json-name` was refused as `not a file of an earlier export` with no word of why: the message
+    now names the JSON that lists them and says to pass that --json-name to replace it."""
+    first = f"{foreign[0].parent.name}/{foreign[0].name} (and {len(foreign) - 1} more)"
+    other = _other_listing(out, json_name, foreign)
+    if other is not None:
+        return (f"{out}: {first} is listed by {other}, not by {json_name}: an export replaces only the files its own "
+                f"JSON lists. If {other} is an earlier export's, pass --json-name {other} with --overwrite to replace "
+                "it (then rename the JSON if you want another name); else choose another folder")
+    return (f"{out}: {first} is not a file of an earlier export ({json_name} does not list it); an export there "
+            "would delete it. Choose another folder")
 
 
 def _staging(out: Path, folder: str) -> Path:
@@ -119,9 +161,7 @@ def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: 
     if foreign:
         # Tp/ (+ Au/, Gt/) is also how CASIA-style corpora are laid out: --overwrite replaces Tp/ and Gt/ whole, so
         # files no earlier export wrote (a corpus, the user's own) would be deleted with them
-        raise InputError(f"{out}: {foreign[0].parent.name}/{foreign[0].name} (and {len(foreign) - 1} more) is not a "
-                         f"file of an earlier export ({json_name} does not list it); an export there would delete it. "
-                         "Choose another folder", code="out_not_empty")
+        raise InputError(_foreign_message(out, json_name, foreign), code="out_not_empty")
     for folder in FOLDERS:        # staged, then swapped in whole: the old export stays until the new one is done
         for stale in (_staging(out, folder), out / f".{folder}.old"):     # left by an interrupted export
             shutil.rmtree(stale, ignore_errors=True)

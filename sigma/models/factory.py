@@ -18,8 +18,8 @@ from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
-from sigma.models.weights import check_state, load_safetensors, strict_load
-from sigma.tempfiles import FolderBusy, finish_replacements, reading_lock, replace_together, time_left
+from sigma.models.weights import WeightsUnreadableError, check_state, load_safetensors, strict_load
+from sigma.tempfiles import FolderBusy, finish_replacements, has_staged_set, reading_lock, replace_together, time_left
 from sigma.text import MAX_DURATION_S, positive_int_env
 from sigma.text import loads as load_json
 
@@ -150,6 +150,35 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
     if path.suffix == ".json":
         return path, path.with_suffix(".safetensors")
     return path / CONFIG_NAME, path / WEIGHTS_NAME
+
+
+def check_model_files(path: str | Path, what: str = "weights") -> None:
+    """That `path` names a saved model `load_model` can open — a folder with config.json + model.safetensors, or
+    X.safetensors beside X.json — both files there and readable, without reading them (no tensor, no JSON): what a
+    fleet submission checks (`sigma.service.fleet.submit_run`). Before, a run naming a missing file (a typo, a folder
+    not yet copied) was planned and queued, and every shard failed on the workers into dead letters; now it is
+    refused at submit, `weights_not_found` (`weights_unreadable`: there but not readable). A save killed mid-commit
+    (its journal there, the config not yet renamed) passes: the load finishes it. `what`: the option it came from."""
+    given = Path(path)
+    if not given.exists():
+        raise WeightsNotFoundError(f"{what}: {path} does not exist ({_SAVED_FORMS})")
+    cfg_path, weights_path = model_files(given)
+    if given.is_file() and given.suffix not in (".safetensors", ".json"):
+        raise WeightsNotFoundError(f"{what}: {path} is a file, not a saved model ({_SAVED_FORMS})")
+    for needed in (weights_path, cfg_path):
+        if needed == cfg_path and not cfg_path.exists() and has_staged_set(cfg_path.parent, cfg_path.name):
+            continue
+        if not needed.is_file():
+            state = "is not a file" if needed.exists() else "is missing"
+            raise WeightsNotFoundError(f"{what}: {needed} {state} ({_SAVED_FORMS})")
+        try:
+            with open(needed, "rb"):
+                pass
+        except OSError as exc:
+            raise WeightsUnreadableError(f"{what}: {needed} cannot be read ({exc.strerror or exc})") from exc
+
+
+_SAVED_FORMS = (f"a saved model is a folder with {CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json")
 
 
 def lock_wait_s() -> int:

@@ -27,13 +27,13 @@ from redis import RedisError
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import DEAD_READ, TASK_READ, RunDir
 from sigma.batch.record import check_options, check_record, corpus_problem, record_version, recorded_config
-from sigma.batch.runner import corpus_from_config, prepare_run
+from sigma.batch.runner import corpus_from_config, prepare_run, with_default_annotator
 from sigma.errors import ConfigError, InputError, SigmaError, WeightsBusyError
 from sigma.folderlock import LockWait
 from sigma.io.corpora import CORPUS_READERS
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.images import shown_path
-from sigma.registry import ANNOTATORS, import_plugins, list_annotators
+from sigma.registry import ANNOTATORS, check_annotator_files, import_plugins, list_annotators
 from sigma.service.annotation import rss_mb
 from sigma.service.connections import display_url, sync_client
 from sigma.service.consumer import Backoff, Consumer, Outcome, default_consumer, is_out_of_memory
@@ -89,6 +89,10 @@ def submit_run(cfg: BatchConfig, out: str | Path, redis: RedisSettings | str | N
     bound, so that a request is answered `folder_busy` in seconds, not after `$SIGMA_FOLDER_LOCK_WAIT_S`."""
     import redis as redis_lib
 
+    # the options' files first, before the folder is taken or planned: a missing weights file was queued and found
+    # only by the workers, every shard dead-lettered (`check_annotator_files`; the workers still check their own)
+    named = with_default_annotator(cfg)
+    check_annotator_files(named.annotator, named.options)
     settings = redis_settings(redis, key_prefix)
     keys = Keys(settings.key_prefix)
     # Planning a new run writes run.json: the folder is held exclusively (not while a local run holds it). A run
