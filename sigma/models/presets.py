@@ -67,7 +67,7 @@ class PretrainedCfg:
 PRETRAINED: dict[str, PretrainedCfg] = {
     "sigma-lite": PretrainedCfg(
         file="sigma-lite.safetensors",
-        sha256="474a945328ae1594c48352b1d58313ac3829e1b170cf6542671569e365801093",
+        sha256="436914f1d931bce0ed93baa968c14fd35f59ebc508095c2f4ece068dfe59eb5a",
         input_size=512, notes="trained from scratch on the 2-core CPU; model card in docs/training.md"),
     # no trained heads released yet: a file trained with `sigma train` and dropped here is picked up (unverified)
     "sigma-b": PretrainedCfg(file="sigma-b.safetensors", input_size=518, notes="not released; train on a GPU"),
