@@ -98,11 +98,11 @@ def _json_name_problem(name: object) -> str | None:
 MAX_LISTING_BYTES = 256 * 1024 * 1024
 
 
-def _listed(path: Path) -> set[str]:
+def _listed(path: Path, most: int | None = MAX_LISTING_BYTES) -> set[str]:
     """The Tp file names an IMDL-BenCo JSON list (`[[tp, gt], ...]`) at `path` names; empty when it is none (or is
-    not there, or is over `MAX_LISTING_BYTES`: a JSON in OUT may be anyone's)."""
+    not there, or is over `most` bytes: a JSON in OUT may be anyone's; None: read whole, the export's own)."""
     try:
-        if not path.is_file() or path.stat().st_size > MAX_LISTING_BYTES:
+        if not path.is_file() or (most is not None and path.stat().st_size > most):
             return set()
         return {Path(entry[0]).name for entry in json.loads(path.read_text())}
     except (OSError, ValueError, TypeError, IndexError, KeyError):
@@ -111,10 +111,7 @@ def _listed(path: Path) -> set[str]:
 
 def _foreign(out: Path, json_name: str) -> list[Path]:
     """The files in OUT's Tp/ and Gt/ that the export recorded in OUT's JSON did not write."""
-    try:
-        names = {Path(entry[0]).name for entry in json.loads((out / json_name).read_text())}
-    except (OSError, ValueError, TypeError, IndexError, KeyError):
-        names = set()
+    names = _listed(out / json_name, most=None)
     return sorted(p for f in FOLDERS if (out / f).is_dir() for p in (out / f).iterdir() if p.name not in names)
 
 

@@ -26,6 +26,8 @@ from sigma.text import loads as load_json
 FORMAT = "sigma-net"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# the two forms `model_files` reads, as a refusal names them (a load's, and a submission's `check_model_files`)
+_SAVED_FORMS = f"a saved model is a folder with {CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json"
 # how long a load or a save waits for another process's hold on a saved model's folder (seconds)
 ENV_LOCK_WAIT = "SIGMA_MODEL_LOCK_WAIT_S"
 DEFAULT_LOCK_WAIT_S = 120
@@ -178,8 +180,6 @@ def check_model_files(path: str | Path, what: str = "weights") -> None:
             raise WeightsUnreadableError(f"{what}: {needed} cannot be read ({exc.strerror or exc})") from exc
 
 
-_SAVED_FORMS = (f"a saved model is a folder with {CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json")
-
 
 def lock_wait_s() -> int:
     """How long a load or save of a saved model's folder waits for another process's hold on it
@@ -249,8 +249,7 @@ def _read_saved(path: str | Path, finish: bool = True,
     if finish and not cfg_path.is_file():
         _finish_save(cfg_path, lock_wait_s(), time_left(deadline))
     if not cfg_path.is_file():
-        raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} (a saved model is a folder with "
-                                   f"{CONFIG_NAME} + {WEIGHTS_NAME}, or X.safetensors beside X.json)")
+        raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} ({_SAVED_FORMS})")
     try:
         data = load_json(cfg_path.read_bytes())
     except ValueError as exc:
