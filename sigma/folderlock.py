@@ -39,7 +39,7 @@ ENV_FOLDER_LOCK_WAIT = "SIGMA_FOLDER_LOCK_WAIT_S"
 DEFAULT_FOLDER_LOCK_WAIT_S = 120
 # what a lock wait set in the environment may be, as a refusal says it (`folder_lock_wait_s`, and
 # `$SIGMA_MODEL_LOCK_WAIT_S`: sigma.models.factory.lock_wait_s)
-WAIT_RULE = f"a number of seconds from 1 to {MAX_DURATION_S} (30 days, MAX_DURATION_S)"
+WAIT_RULE = f"a whole number of seconds from 1 to {MAX_DURATION_S} (30 days, MAX_DURATION_S)"
 
 
 def holder_line() -> str:

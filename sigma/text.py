@@ -55,16 +55,20 @@ def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOS
     """A size limit or a wait a deployment sets in the environment (`$SIGMA_MAX_MODEL_PARAMS`,
     `$SIGMA_MAX_RUN_BYTES`, `$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`): read wherever the limit
     applies, before any config of the command exists. Here in the bottom layer (it was sigma.config.loader's) so
-    that `sigma.folderlock` reads its wait the same way. A positive integer (`1e8` and `100_000_000` are read too),
-    at most `most` (the waits: MAX_DURATION_S; else ENV_INT_MOST), `default` when unset; anything else is a ConfigError
-    saying `what` the limit is. The waits had no upper bound: `1e300` was taken as a wait of 10**300 s (for ever),
-    and a 500-digit integer was an OverflowError traceback where the wait became a deadline (`time.monotonic() +`)."""
+    that `sigma.folderlock` reads its wait the same way. A positive whole number (`1e8` and `100_000_000` are read
+    too), at most `most` (the waits: MAX_DURATION_S; else ENV_INT_MOST), `default` when unset; anything else is a
+    ConfigError saying `what` the limit is. The waits had no upper bound: `1e300` was taken as a wait of 10**300 s (for
+    ever), and a 500-digit integer was an OverflowError traceback where the wait became a deadline
+    (`time.monotonic() +`). A fraction (`2.5`, `1000.7`) was cut by int() to 2 and 1000 without a word; now refused,
+    saying a whole number is needed."""
     raw = os.environ.get(name, "").strip().replace("_", "")
     if not raw:
         return default
     value = _env_number(raw)
     if (isinstance(value, float) and not math.isfinite(value)) or value < 1:
         raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"${name}={shown(raw, 40)!r}: {what} ({shown(raw, 40)} is not a whole number)")
     if value > most:                                  # the bound said once: `what` may say it already
         raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}" + ("" if str(most) in what else f", at most {most}"))
     return int(value)

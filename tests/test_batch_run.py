@@ -1030,6 +1030,15 @@ def test_a_plan_over_the_size_limit_is_refused_before_run_json_is_written(tmp_pa
         assert f"at most {ENV_INT_MOST}" in err, err
     monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", str(ENV_INT_MOST))
     assert main(["batch", "status", str(tmp_path / "one")]) == 0
+    # a fraction was cut by int() without a word (1000.7 bytes: a limit of 1000); now refused, saying a whole number
+    # is needed; a float that is a whole number (`1e8`) is taken
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "1000.7")
+    assert main(["batch", "status", str(tmp_path / "one")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [invalid_config]: $SIGMA_MAX_RUN_BYTES='1000.7': ") and err.count("\n") == 1
+    assert "(1000.7 is not a whole number)" in err, err
+    monkeypatch.setenv("SIGMA_MAX_RUN_BYTES", "1e8")
+    assert main(["batch", "status", str(tmp_path / "one")]) == 0
 
 
 _KILLED_WRITER = """import os, signal, sys

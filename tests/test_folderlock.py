@@ -454,8 +454,9 @@ def test_taking_an_export_folder_finishes_a_killed_writers_set_without_waiting_o
 
 # what a lock wait in the environment must refuse: past 30 days (MAX_DURATION_S) — an integer of 500 digits was an
 # OverflowError where the wait became a deadline (`time.monotonic() + wait_s`), 1e300 a wait of 10**300 s (for ever),
-# first: they were taken — and, refused before too, NaN and infinity, not positive, no number
-BAD_WAITS = ["9" * 500, "1e300", "2592001", "1e400", "inf", "nan", "-5", "0", "abc"]
+# first: they were taken — and, refused before too, NaN and infinity, not positive, no number; and a fraction, which
+# int() cut without a word (2.5 was a wait of 2 s)
+BAD_WAITS = ["9" * 500, "1e300", "2592001", "1e400", "inf", "nan", "-5", "0", "abc", "2.5"]
 
 
 def _refused_wait(proc, env: str, value: str) -> None:
@@ -466,7 +467,8 @@ def _refused_wait(proc, env: str, value: str) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, (value[:40], err[-2000:])
     assert lines[0].startswith(f"sigma: error [invalid_config]: ${env}={shown(value, 40)!r}: "), (value[:40], err)
-    assert "from 1 to 2592000 (30 days, MAX_DURATION_S)" in lines[0], err
+    assert "a whole number of seconds from 1 to 2592000 (30 days, MAX_DURATION_S)" in lines[0], err
+    assert ("." in value) == (f"({value} is not a whole number)" in lines[0]), err
 
 
 @pytest.mark.timeout(300)
@@ -475,7 +477,8 @@ def test_a_folder_lock_wait_in_the_environment_past_30_days_or_no_number_is_refu
     OverflowError traceback at the first commit-lock wait (`sigma eval --out` taking its folder). Every other
     time SIGMA takes is at most 30 days (MAX_DURATION_S). Now such a value, and NaN, infinity, 0, a negative or no
     number, is `invalid_config` naming the variable and the bound, exit 2, before the folder is made; 30 days is
-    taken."""
+    taken. `2.5` was cut to a wait of 2 s without a word: now refused the same way, saying a whole number is needed;
+    `1e1`, a float that is a whole number, is taken."""
     import os
     import subprocess
     import sys
@@ -496,3 +499,5 @@ def test_a_folder_lock_wait_in_the_environment_past_30_days_or_no_number_is_refu
         assert not out.exists(), value[:40]
     done = sigma_eval("2592000")
     assert done.returncode == 0 and (out / "metrics.json").is_file(), done.stderr[-2000:]
+    again = sigma_eval("1e1")                                      # a float that is a whole number: taken
+    assert again.returncode == 0, again.stderr[-2000:]

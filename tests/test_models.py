@@ -862,7 +862,7 @@ def test_the_model_size_limit_is_configurable_and_said_before_a_training_run_fol
     monkeypatch.setenv(ENV_MAX_PARAMETERS, "80143")
     build_model("tiny-lite")
     monkeypatch.setenv(ENV_MAX_PARAMETERS, "lots")
-    with pytest.raises(ConfigError, match="positive number"):
+    with pytest.raises(ConfigError, match="positive whole number"):
         build_model("tiny-lite")
     monkeypatch.delenv(ENV_MAX_PARAMETERS)
     config = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-stage1.yaml"

@@ -69,10 +69,10 @@ ENV_MAX_RUN_BYTES = "SIGMA_MAX_RUN_BYTES"
 
 
 def max_run_bytes() -> int:
-    """The limit: $SIGMA_MAX_RUN_BYTES when set (a positive integer; `1e8` and `100_000_000` are read too), else
+    """The limit: $SIGMA_MAX_RUN_BYTES when set (a positive whole number; `1e8` and `100_000_000` are read too), else
     `DEFAULT_MAX_RUN_BYTES`."""
     return positive_int_env(ENV_MAX_RUN_BYTES, DEFAULT_MAX_RUN_BYTES, "the run record size limit is a positive "
-                            f"number of bytes (default {DEFAULT_MAX_RUN_BYTES})")
+                            f"whole number of bytes (default {DEFAULT_MAX_RUN_BYTES})")
 
 
 def refuse_folder(path: Path) -> None:

@@ -24,7 +24,7 @@ ENV_MAX_PARAMETERS = "SIGMA_MAX_MODEL_PARAMS"
 def max_parameters() -> int:
     """The limit: $SIGMA_MAX_MODEL_PARAMS when set (a positive integer), else `DEFAULT_MAX_PARAMETERS`."""
     return positive_int_env(ENV_MAX_PARAMETERS, DEFAULT_MAX_PARAMETERS,
-                            "the model size limit is a positive number of parameters (e.g. 2000000000)")
+                            "the model size limit is a positive whole number of parameters (e.g. 2000000000)")
 
 
 def _conv_bn(cin: int, cout: int, k: int = 1, groups: int = 1) -> int:
