@@ -99,7 +99,8 @@ def folder_lock_wait_s() -> int:
     worker loads again after it) for saved models' folders, and a deployment shortening its model loads' wait should
     not make an eval give up its results sooner."""
     return positive_int_env(ENV_FOLDER_LOCK_WAIT, DEFAULT_FOLDER_LOCK_WAIT_S, "how long a writer of an output folder "
-                            f"waits for another process's hold on it: {WAIT_RULE}", most=MAX_DURATION_S)
+                            f"waits for another process's hold on it: {WAIT_RULE}", most=MAX_DURATION_S,
+                            says_most=True)
 
 
 def busy_message(exc: FolderBusy, action: str, env: str, wait_s: float,

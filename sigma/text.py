@@ -51,7 +51,7 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
 ENV_INT_MOST = 2 ** 62
 
 
-def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOST) -> int:
+def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOST, *, says_most: bool = False) -> int:
     """A size limit or a wait a deployment sets in the environment (`$SIGMA_MAX_MODEL_PARAMS`,
     `$SIGMA_MAX_RUN_BYTES`, `$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`): read wherever the limit
     applies, before any config of the command exists. Here in the bottom layer (it was sigma.config.loader's) so
@@ -60,7 +60,9 @@ def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOS
     ConfigError saying `what` the limit is. The waits had no upper bound: `1e300` was taken as a wait of 10**300 s (for
     ever), and a 500-digit integer was an OverflowError traceback where the wait became a deadline
     (`time.monotonic() +`). A fraction (`2.5`, `1000.7`) was cut by int() to 2 and 1000 without a word; now refused,
-    saying a whole number is needed."""
+    saying a whole number is needed. A value past `most` is told `, at most MOST` after `what`, unless `says_most`:
+    `what` says the bound already (the waits' WAIT_RULE). That was guessed from `str(most) in what`, so a `what` whose
+    digits merely held the bound's (`up to 10000 files`, bound 100) never said it."""
     raw = os.environ.get(name, "").strip().replace("_", "")
     if not raw:
         return default
@@ -69,8 +71,8 @@ def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOS
         raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}")
     if isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"${name}={shown(raw, 40)!r}: {what} ({shown(raw, 40)} is not a whole number)")
-    if value > most:                                  # the bound said once: `what` may say it already
-        raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}" + ("" if str(most) in what else f", at most {most}"))
+    if value > most:
+        raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}" + ("" if says_most else f", at most {most}"))
     return int(value)
 
 

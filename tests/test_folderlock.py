@@ -501,3 +501,21 @@ def test_a_folder_lock_wait_in_the_environment_past_30_days_or_no_number_is_refu
     assert done.returncode == 0 and (out / "metrics.json").is_file(), done.stderr[-2000:]
     again = sigma_eval("1e1")                                      # a float that is a whole number: taken
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_a_limit_in_the_environment_past_its_bound_says_the_bound_unless_its_rule_says_it(monkeypatch):
+    """`positive_int_env` said `, at most MOST` unless `str(MOST) in what`: a rule whose digits merely held the bound's
+    (`up to 10000 files`, bound 100) never said it. Now the caller says whether its rule gives the bound
+    (`says_most`, the waits' WAIT_RULE): said once either way."""
+    from sigma.errors import ConfigError
+    from sigma.folderlock import WAIT_RULE
+    from sigma.text import MAX_DURATION_S, positive_int_env
+
+    monkeypatch.setenv("SIGMA_TEST_LIMIT", "101")
+    with pytest.raises(ConfigError) as refused:
+        positive_int_env("SIGMA_TEST_LIMIT", 1, "a count of files (a shard holds up to 10000)", most=100)
+    assert str(refused.value).endswith("(a shard holds up to 10000), at most 100"), refused.value
+    monkeypatch.setenv("SIGMA_TEST_LIMIT", str(MAX_DURATION_S + 1))
+    with pytest.raises(ConfigError) as refused:
+        positive_int_env("SIGMA_TEST_LIMIT", 1, f"a wait: {WAIT_RULE}", most=MAX_DURATION_S, says_most=True)
+    assert str(refused.value).endswith(WAIT_RULE) and str(refused.value).count(str(MAX_DURATION_S)) == 1

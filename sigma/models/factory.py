@@ -187,7 +187,8 @@ def lock_wait_s() -> int:
     (Ctrl-Z, SIGSTOP) or hung (a stuck network write) while holding it kept every load and save there waiting for
     ever without a word — the kernel drops an flock when its holder dies, not when it stops."""
     return positive_int_env(ENV_LOCK_WAIT, DEFAULT_LOCK_WAIT_S, "how long a load or save of a saved model waits "
-                            f"for another process's hold on its folder: {WAIT_RULE}", most=MAX_DURATION_S)
+                            f"for another process's hold on its folder: {WAIT_RULE}", most=MAX_DURATION_S,
+                            says_most=True)
 
 
 @contextmanager
