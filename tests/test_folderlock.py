@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from envwaits import BAD_WAITS, refused_wait
 from setwriters import end as _end
 from setwriters import set_writer as _set_writer
 
@@ -452,25 +453,6 @@ def test_taking_an_export_folder_finishes_a_killed_writers_set_without_waiting_o
     assert not list(out.glob("*.pending")) and not list(out.glob(".*.tmp"))
 
 
-# what a lock wait in the environment must refuse: past 30 days (MAX_DURATION_S) — an integer of 500 digits was an
-# OverflowError where the wait became a deadline (`time.monotonic() + wait_s`), 1e300 a wait of 10**300 s (for ever),
-# first: they were taken — and, refused before too, NaN and infinity, not positive, no number; and a fraction, which
-# int() cut without a word (2.5 was a wait of 2 s)
-BAD_WAITS = ["9" * 500, "1e300", "2592001", "1e400", "inf", "nan", "-5", "0", "abc", "2.5"]
-
-
-def _refused_wait(proc, env: str, value: str) -> None:
-    """One `invalid_config` line naming the variable and its bound, exit 2, no traceback."""
-    from sigma.text import shown
-
-    err = proc.stderr
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, (value[:40], err[-2000:])
-    assert lines[0].startswith(f"sigma: error [invalid_config]: ${env}={shown(value, 40)!r}: "), (value[:40], err)
-    assert "a whole number of seconds from 1 to 2592000 (30 days, MAX_DURATION_S)" in lines[0], err
-    assert ("." in value) == (f"({value} is not a whole number)" in lines[0]), err
-
-
 @pytest.mark.timeout(300)
 def test_a_folder_lock_wait_in_the_environment_past_30_days_or_no_number_is_refused_in_one_line(tmp_path):
     """`$SIGMA_FOLDER_LOCK_WAIT_S` had no upper bound: `1e300` was a wait for ever, a 500-digit integer an
@@ -495,7 +477,7 @@ def test_a_folder_lock_wait_in_the_environment_past_30_days_or_no_number_is_refu
                               env={**os.environ, "SIGMA_FOLDER_LOCK_WAIT_S": value})
 
     for value in BAD_WAITS:
-        _refused_wait(sigma_eval(value), "SIGMA_FOLDER_LOCK_WAIT_S", value)
+        refused_wait(sigma_eval(value), "SIGMA_FOLDER_LOCK_WAIT_S", value)
         assert not out.exists(), value[:40]
     done = sigma_eval("2592000")
     assert done.returncode == 0 and (out / "metrics.json").is_file(), done.stderr[-2000:]

@@ -1168,8 +1168,8 @@ def test_a_model_lock_wait_in_the_environment_past_30_days_or_no_number_is_refus
     import sys
 
     import numpy as np
+    from envwaits import BAD_WAITS, refused_wait
     from PIL import Image
-    from test_folderlock import BAD_WAITS, _refused_wait
 
     image = np.zeros((48, 64, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "o.png")
@@ -1184,6 +1184,6 @@ def test_a_model_lock_wait_in_the_environment_past_30_days_or_no_number_is_refus
                               env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": value})
 
     for value in BAD_WAITS:
-        _refused_wait(annotate(value), "SIGMA_MODEL_LOCK_WAIT_S", value)
+        refused_wait(annotate(value), "SIGMA_MODEL_LOCK_WAIT_S", value)
     missing = annotate("2592000")                                  # the bound itself is taken: the load goes on
     assert missing.returncode == 2 and "[weights_not_found]" in missing.stderr, missing.stderr[-2000:]
