@@ -28,7 +28,8 @@ from sigma.errors import ConfigError
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # The longest time a config field (`sigma.config.schema.Seconds` and its kin) or a wait a deployment sets in the
 # environment (`$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`) may say: 30 days. Here, in the bottom layer,
-# so that the folder locks, below the config, read their waits against the same bound; why 30 days: the config's.
+# so that the folder locks, below the config, read their waits against the same bound; why 30 days: the comment
+# above `sigma.config.schema._at_most`, which reads config fields against it.
 MAX_DURATION_S = 30 * 86_400
 # a user-given name or id in a message: longer ones are cut (`shown`); a whole message, at most MAX_MESSAGE
 SHOWN_LIMIT = 64

@@ -114,7 +114,8 @@ LimitOrInfinity = Annotated[float, Field(ge=0.0, allow_inf_nan=True), _no_nan("a
 # counted alive), `queue.heartbeat_interval_ms` an OverflowError in the heartbeat thread, `api.wait_timeout_s` a Redis
 # error that answered every POST /v1/annotate 202 at once. 30 days is far inside what Python's timeouts (time_t,
 # threading.TIMEOUT_MAX), asyncio and Redis's PX/EX/BLOCK take, and above every default and documented value.
-# Defined in sigma.text (bottom layer), which the environment's waits read against too.
+# The bound is `MAX_DURATION_S`, defined in sigma.text (bottom layer) and imported here: the environment's waits
+# (`$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`: `sigma.text.positive_int_env`) read against it too.
 
 
 def _at_most(bound: int, unit: str) -> BeforeValidator:
