@@ -118,7 +118,19 @@ def busy_message(exc: FolderBusy, action: str, env: str, wait_s: float,
     return (f"{exc.folder}: cannot {action} this folder: {who or 'another process'} held it {held} — stopped "
             f"(Ctrl-Z, SIGSTOP) or hung {midway}; "
             f"resume it (`fg`, `kill -CONT {pids}`) or end it, then try again ({setting or '$' + env} sets the wait, "
-            f"now {wait_s:g} s){left}")
+            f"now {said_wait(wait_s)} s){left}")
+
+
+def said_wait(wait_s: float) -> str:
+    """A wait as someone set it (`api.lock_wait_s` 0.25 or 1.5, `$SIGMA_FOLDER_LOCK_WAIT_S` 2592000), said whole:
+    `:g` said 30 days as `2.592e+06` and cut a setting to 6 digits."""
+    return format(wait_s, ".15g")
+
+
+def said_held(held_s: float) -> str:
+    """A time measured (how long a holder kept a folder): a tenth of a second from 1 s up, two digits below it —
+    `.1f` said the last 0.04 s of a wait as `0.0 s`, and rounding to a tenth said all of a 0.25 s wait `0.3 s`."""
+    return format(round(held_s, 1), ".15g") if held_s >= 1 else format(held_s, ".2g")
 
 
 def held_for(exc: FolderBusy, wait_s: float, what: str = "the") -> str:
@@ -126,11 +138,14 @@ def held_for(exc: FolderBusy, wait_s: float, what: str = "the") -> str:
     whole bound `wait_s`; `for the last X s of WHAT N s wait` when it was the rest of an operation's one deadline (a
     load's finish and its read, a save's finish of killed sets and its commit, several journals of one sweep).
     Before, the rest was said as the whole: `for all of 1.3 s` after a wait of 4 s in all (or, rounded, all of a
-    bound the operation had spent part of elsewhere). `what`: whose wait (`this save's`)."""
-    waited = round(exc.waited_s, 1)          # the rest of a shared deadline, 1.99994 s of 2, is all of it
-    if waited >= wait_s:
-        return f"for all of {waited:g} s"
-    return f"for the last {waited:.1f} s of {what} {wait_s:g} s wait"
+    bound the operation had spent part of elsewhere). `what`: whose wait (`this save's`). A wait under a second (the
+    API's `api.lock_wait_s`, e.g. 0.25) was said rounded to a tenth: `for all of 0.3 s` of a 0.25 s wait, and `for the
+    last 0.0 s of the 0.04 s wait` for all of it; now `for all of 0.25 s`, `for all of 0.04 s` (`said_held`)."""
+    waited = exc.waited_s
+    # the rest of a shared deadline, 1.99994 s of 2, is all of it: within what `said_held` rounds away
+    if waited >= wait_s - (0.05 if wait_s >= 1 else wait_s / 100):
+        return f"for all of {said_wait(wait_s) if waited <= wait_s else said_held(waited)} s"
+    return f"for the last {said_held(waited)} s of {what} {said_wait(wait_s)} s wait"
 
 
 @dataclass(frozen=True)

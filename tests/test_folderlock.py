@@ -501,3 +501,33 @@ def test_a_limit_in_the_environment_past_its_bound_says_the_bound_unless_its_rul
     with pytest.raises(ConfigError) as refused:
         positive_int_env("SIGMA_TEST_LIMIT", 1, f"a wait: {WAIT_RULE}", most=MAX_DURATION_S, says_most=True)
     assert str(refused.value).endswith(WAIT_RULE) and str(refused.value).count(str(MAX_DURATION_S)) == 1
+
+
+@pytest.mark.parametrize(("wait_s", "waited_s", "held", "now"), [
+    (0.5, 0.5, "for all of 0.5 s", "now 0.5 s"),
+    (0.25, 0.25, "for all of 0.25 s", "now 0.25 s"),            # was `for all of 0.3 s`
+    (0.25, 0.2499, "for all of 0.25 s", "now 0.25 s"),          # was `for the last 0.2 s of the 0.25 s wait`
+    (1.5, 1.5, "for all of 1.5 s", "now 1.5 s"),
+    (0.04, 0.04, "for all of 0.04 s", "now 0.04 s"),            # was `for the last 0.0 s of the 0.04 s wait`
+    (4, 0.04, "for the last 0.04 s of the 4 s wait", "now 4 s"),  # was `for the last 0.0 s`
+    (2, 1.99994, "for all of 2 s", "now 2 s"),
+    (2, 1.96, "for all of 2 s", "now 2 s"),                     # never `for the last 2 s of the 2 s wait`
+    (2, 1.9, "for the last 1.9 s of the 2 s wait", "now 2 s"),
+    (2592000, 2592000, "for all of 2592000 s", "now 2592000 s"),  # was `2.592e+06 s`
+])
+def test_a_busy_message_says_a_wait_under_a_second_as_set_and_never_rounds_a_time_held_to_zero(wait_s, waited_s,
+                                                                                               held, now):
+    """`api.lock_wait_s` may be under a second (0.25, 0.5): the busy message rounded the time held to a tenth, `for all
+    of 0.3 s` of a 0.25 s wait and `for the last 0.0 s` of one of 0.04 s, and `:g` said 30 days `2.592e+06 s`. Now
+    the wait as set and the time held to two digits under a second. The API's answer keeps the time held and says
+    `try again later` for the remedy; its 409's Retry-After is a whole number of seconds, at least 1 (HTTP)."""
+    from sigma.api.errors import retry_after
+    from sigma.folderlock import REMOTE_REMEDY, anonymised, busy_message
+    from sigma.tempfiles import FolderBusy
+
+    message = busy_message(FolderBusy(Path("/srv/out"), waited_s, [(4321, "WRITE")]), "write",
+                           "SIGMA_FOLDER_LOCK_WAIT_S", wait_s, setting="api.lock_wait_s")
+    assert f"held it {held} — " in message and f"(api.lock_wait_s sets the wait, {now})" in message, message
+    answered = anonymised(message)
+    assert f"held it {held} — " in answered and answered.endswith(REMOTE_REMEDY) and "4321" not in answered, answered
+    assert int(retry_after("folder_busy")["Retry-After"]) >= 1
