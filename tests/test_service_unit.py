@@ -445,6 +445,29 @@ def test_every_library_error_reaching_the_api_s_handler_names_no_server_path(tmp
             assert str(tmp_path) not in resp.text and "server-only" not in resp.text, resp.text
 
 
+BATCH_SCRUBS = [
+    # (message, as POST /v1/batches and GET /v1/batches/status say it, the batch root /srv/batches)
+    ("/srv/batches/runs/x: held", "runs/x: held"),
+    ("/srv/batches: gone", ".: gone"),
+    ("at /srv/batches. Or (/srv/batches)", "at .. Or (.)"),
+    ("'/srv/batches/my runs/x' is held", "'my runs/x' is held"),
+    # a folder beside the root whose name begins with the root's: `.-private/model.pt`, `.2/x` were answered
+    ("/srv/batches-private/model.pt: not found", "<server path>: not found"),
+    ("cannot read /srv/batches2/x, /srv/batches.old", "cannot read <server path>, <server path>"),
+]
+
+
+@pytest.mark.parametrize(("message", "said"), BATCH_SCRUBS, ids=[m for m, _ in BATCH_SCRUBS])
+def test_a_batch_message_makes_only_the_root_s_own_paths_relative(message, said):
+    """`batches.scrub` replaced the batch root's name wherever it began a longer name: a folder beside the root,
+    `/srv/batches-private/model.pt` beside the root `/srv/batches`, was answered `.-private/model.pt`, its name
+    and file told to the caller. Now only the root itself, ended by a slash or by no more of a name, is made
+    relative; any other absolute path is `<server path>`."""
+    from sigma.api.batches import scrub
+
+    assert scrub(message, "/srv/batches") == said
+
+
 def test_a_server_folder_with_a_space_in_its_name_is_hidden_whole_in_answers(tmp_path):
     """An operator's folder with a space in its name (`/srv/my models/...`) was hidden only up to the space: the
     handler of library errors answered `hold_folder`'s `<server path> models/a-file: exists and is not a folder` and
