@@ -90,8 +90,9 @@ _START = rf"(?P<scheme>{LOCAL_URL})?(?(scheme)|(?<![\w.:/~-]))(?:{HOME})?/{_ROUT
 _MORE_WORD = rf"(?<![{PATH_END}])[ ](?=(?!\d+/\d)[^\s'\"/]+/)"
 SERVER_PATH = re.compile(rf"{_START}(?:[^\s'\"]|{_MORE_WORD})*[^\s'\"{PATH_END}]")
 # a path right after a quote, its own quote closing it (a quote followed by no letter or digit): a backslash escapes
-# the next character, as in a repr or a JSON string (`'/srv/it\'s'`, `"/srv/a\"b"`); on one line
-QUOTED_PATH = re.compile(rf"(?P<quote>['\"`]){_START}(?:[^\n\\]|\\.)*?(?=(?P=quote)(?!\w))")
+# the next character, as in a repr or a JSON string (`'/srv/it\'s'`, `"/srv/a\"b"`); on one line; `'/'` alone stays, as
+# `/` does
+QUOTED_PATH = re.compile(rf"(?P<quote>['\"`]){_START}(?!(?P=quote))(?:[^\n\\]|\\.)*?(?=(?P=quote)(?!\w))")
 
 
 def _hidden(match: re.Match[str]) -> str:

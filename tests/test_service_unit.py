@@ -589,7 +589,7 @@ SCRUB_GAPS = [
 NOT_SCRUBBED = [
     "redis://h:1/0 is down", "http://example.com/srv/x", "s3://bucket/key", "C:/x.png and C:\\x.png",
     "4/36 shards at 5 km/h", "~4/36", "POST /v1/batches: refused", "a/b and c/d",
-    "'a/b c' and 'runs/x'",
+    "'a/b c' and 'runs/x'", "'/' is the root, \"/\" and `/` too", "see `/v1/batches` or '/v1/jobs/status'",
 ]
 
 
