@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sigma.api.auth import require_scope
-from sigma.api.errors import ApiError, retry_after, scrubbed, status_for, validation_message
+from sigma.api.errors import PATH_END, ApiError, retry_after, scrubbed, status_for, validation_message
 from sigma.api.requests import read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
@@ -122,11 +122,19 @@ def scrub(message: str, root: str) -> str:
     request's long values cut (an unknown preset or column of 1 MiB came back whole), and the process holding a run
     folder said as `another process`: its pid and host name (`run_locked`, `folder_busy`, a deferral's reason, a dead
     letter's `run_locked_too_long`) are the server's internals, as its folders are (`errors.scrubbed`, once the
-    root's paths are relative)."""
+    root's paths are relative). The root is the root only where its name ends (`_in_root`): a folder beside it whose
+    name begins with the root's (`/srv/batches-private/x` beside `/srv/batches`) was answered `.-private/x`."""
     for prefix in sorted({os.path.realpath(root), os.path.abspath(root), root.rstrip("/")}, key=len, reverse=True):
         if prefix and prefix != "/":
-            message = message.replace(prefix + "/", "").replace(prefix, ".")
+            message = _in_root(prefix).sub(lambda m: "" if m.group(1) else ".", message)
     return cut_long_values(scrubbed(message))
+
+
+def _in_root(prefix: str) -> re.Pattern[str]:
+    """`prefix` followed by a slash (taken with it: the path is relative) or by no more of a path's name (said `.`):
+    at most the punctuation that ends a path (`PATH_END`), then whitespace, a quote or the end (`/srv/batches.old`
+    is another folder, `/srv/batches.` the root ending a sentence)."""
+    return re.compile(rf"{re.escape(prefix)}(?:(/)|(?![{PATH_END}]*[^\s'\"{PATH_END}]))")
 
 
 def build_batch_config(cfg: ServeConfig, body: BatchRequest, input_path: Path):

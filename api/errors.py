@@ -71,10 +71,35 @@ RETRY_AFTER_S = {"run_locked": 5, "folder_busy": 5, "weights_busy": 5}
 # less the punctuation that ends it (`PATH_END`: a path with a colon or a parenthesis inside is hidden whole); nor this
 # API's own routes, which messages name as the way to go on ("... or POST /v1/batches) to queue them"). Before, the
 # path ran to the next space: `cannot open /srv/x.png: permission denied` read `cannot open <server path> permission
-# denied`, and `at /srv/a, /srv/b.`, `(at /srv/x)` and `` `/srv/x` `` lost their comma, period, parenthesis and quote
+# denied`, and `at /srv/a, /srv/b.`, `(at /srv/x)` and `` `/srv/x` `` lost their comma, period, parenthesis and quote.
+# It also begins after a URL's scheme when the URL has no host (`file:///srv/x`, `file:/srv/x`, `unix:///x.sock`,
+# `file://localhost/x`: the scheme kept, `LOCAL_URL`) and at a home folder (`~/x`, `~user/x`: `HOME`); a URL with a
+# host (`redis://h:1/0`, `http://h/x`) names another machine's path and stays, as a Windows path (`C:\x`), none of
+# this POSIX server's, does. A path with a space in a folder's name runs on over each following word that holds a
+# slash, after no punctuation and not a ratio (`/srv/my photos/x.png: ...`, the library's `{path}: ...`, hidden
+# whole; `/srv/a, b/c` and `/srv/x 4/36` keep `b/c` and `4/36`); a quoted one (`QUOTED_PATH`) to its closing quote.
+# These three were answered: `file:///srv/secret/x.png` and `~svc/models` whole, `'/srv/my photos/x.png'` (an
+# OSError's text, Python's repr of a path) as `'<server path> photos/x.png'`. Still left: the words after a space in
+# an unquoted path's last part (`/srv/data/my file.png: gone` reads `<server path> file.png: gone`), which nothing
+# tells from the message's own words.
 PATH_END = r":,.;!?)\]}>`"
-SERVER_PATH = re.compile(rf"(?<![\w.:/~-])/(?!v1/(?:batches|jobs)\b(?:/status)?[{PATH_END}]*(?![^\s'\"]))"
-                         rf"[^\s'\"]*[^\s'\"{PATH_END}]")
+LOCAL_URL = r"(?<![\w+.-])[A-Za-z][\w+.-]+:(?://(?:localhost)?(?=/)|(?!//))"
+HOME = r"~(?:[A-Za-z_][\w.-]*)?(?=/)"
+_ROUTE = rf"(?!v1/(?:batches|jobs)\b(?:/status)?[{PATH_END}]*(?![^\s'\"`]))"
+_START = rf"(?P<scheme>{LOCAL_URL})?(?(scheme)|(?<![\w.:/~-]))(?:{HOME})?/{_ROUTE}"
+_MORE_WORD = rf"(?<![{PATH_END}])[ ](?=(?!\d+/\d)[^\s'\"/]+/)"
+SERVER_PATH = re.compile(rf"{_START}(?:[^\s'\"]|{_MORE_WORD})*[^\s'\"{PATH_END}]")
+# a path right after a quote, its own quote closing it (a quote followed by no letter or digit): a backslash escapes
+# the next character, as in a repr or a JSON string (`'/srv/it\'s'`, `"/srv/a\"b"`); on one line; `'/'` alone stays, as
+# `/` does
+QUOTED_PATH = re.compile(rf"(?P<quote>['\"`]){_START}(?!(?P=quote))(?:[^\n\\]|\\.)*?(?=(?P=quote)(?!\w))")
+
+
+def _hidden(match: re.Match[str]) -> str:
+    """The path of `match` said as `<server path>`, the quote before it and the scheme of its URL kept."""
+    return (match.group("quote") if "quote" in match.re.groupindex else "") + (match.group("scheme") or "") \
+        + "<server path>"
+
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
@@ -138,7 +163,8 @@ def scrubbed(text: str) -> str:
     batch workers a `run_too_large` task was offered to unnamed (`without_worker_names`: `HOST-PID` by default) and
     every absolute path as `<server path>`: the one rewrite of every library text an answer carries
     (`public_message`, `public_job_error`, and `batches.scrub` once the batch root's paths are relative)."""
-    return SERVER_PATH.sub("<server path>", anonymised(without_worker_names(text)))
+    text = anonymised(without_worker_names(text))
+    return SERVER_PATH.sub(_hidden, QUOTED_PATH.sub(_hidden, text))
 
 
 def public_job_error(error: Any) -> Any:

@@ -222,6 +222,43 @@ def test_a_job_failed_weights_busy_is_answered_409_with_retry_after_and_no_holde
         end_saver(saver)
 
 
+def test_a_job_error_naming_a_server_folder_with_a_space_is_answered_without_any_of_it(redis_server, tmp_path):
+    """A job failed on a real load of a model folder whose names hold spaces (`/srv/operator models/my model`, an
+    operator's choice): the worker records `no SigmaNet config at /srv/operator models/my model/config.json (...)`,
+    and `/v1/annotate` and `GET /v1/jobs/{id}` answered `<server path> models/my model/config.json`: the path was
+    hidden only to its first space. Now the whole path is `<server path>`, over real HTTP, code and status kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sigma.errors import WeightsNotFoundError
+    from sigma.models import load_model
+    from sigma.service.annotation import error_record
+    from sigma.service.jobs import JobStore
+
+    folder = tmp_path / "operator models" / "my model"
+    folder.mkdir(parents=True)
+    with pytest.raises(WeightsNotFoundError) as missing:
+        load_model(folder)
+    assert f"{folder}/config.json" in str(missing.value), missing.value
+    with running_service(redis_server, tmp_path) as svc, ThreadPoolExecutor(1) as pool:
+        original, edited = make_pair(seed=7)
+        waiting = pool.submit(svc.submit, original, edited, {"annotator": "pixel-diff", "wait": "30"},
+                              path="/v1/annotate")
+        r = redis_server.client()
+        [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
+        job_id = fields[b"job"].decode()
+        assert JobStore(r, Keys(svc.prefix), 600).finish(job_id, "failed", "a-worker",
+                                                         error=error_record(missing.value)) == 1
+        resp = waiting.result(timeout=60)
+        error = resp.json()["error"]
+        assert resp.status_code == 422 and error["code"] == "weights_not_found", resp.text
+        assert error["message"].startswith("WeightsNotFoundError: no SigmaNet config at <server path> ("), error
+        view = svc.job(job_id)
+        assert view["error"]["message"] == error["message"], view
+        for text in (resp.text, json.dumps(view)):
+            for leak in (str(tmp_path), "operator", "models/", "my model", "model/config.json"):
+                assert leak not in text, (leak, text)
+
+
 def test_extras_keys_that_become_one_json_key_fail_the_job_not_merge_over_http(redis_server, tmp_path):
     """A plugin's extras `{1: "a", "1": "b"}` were stored as `{"1": "b"}`: both keys are the JSON key "1", the later
     replaced the other, and the caller got a 200 with data silently lost. Now the job fails on its first delivery as

@@ -445,6 +445,76 @@ def test_every_library_error_reaching_the_api_s_handler_names_no_server_path(tmp
             assert str(tmp_path) not in resp.text and "server-only" not in resp.text, resp.text
 
 
+BATCH_SCRUBS = [
+    # (message, as POST /v1/batches and GET /v1/batches/status say it, the batch root /srv/batches)
+    ("/srv/batches/runs/x: held", "runs/x: held"),
+    ("/srv/batches: gone", ".: gone"),
+    ("at /srv/batches. Or (/srv/batches)", "at .. Or (.)"),
+    ("'/srv/batches/my runs/x' is held", "'my runs/x' is held"),
+    # a folder beside the root whose name begins with the root's: `.-private/model.pt`, `.2/x` were answered
+    ("/srv/batches-private/model.pt: not found", "<server path>: not found"),
+    ("cannot read /srv/batches2/x, /srv/batches.old", "cannot read <server path>, <server path>"),
+]
+
+
+@pytest.mark.parametrize(("message", "said"), BATCH_SCRUBS, ids=[m for m, _ in BATCH_SCRUBS])
+def test_a_batch_message_makes_only_the_root_s_own_paths_relative(message, said):
+    """`batches.scrub` replaced the batch root's name wherever it began a longer name: a folder beside the root,
+    `/srv/batches-private/model.pt` beside the root `/srv/batches`, was answered `.-private/model.pt`, its name
+    and file told to the caller. Now only the root itself, ended by a slash or by no more of a name, is made
+    relative; any other absolute path is `<server path>`."""
+    from sigma.api.batches import scrub
+
+    assert scrub(message, "/srv/batches") == said
+
+
+def test_a_server_folder_with_a_space_in_its_name_is_hidden_whole_in_answers(tmp_path):
+    """An operator's folder with a space in its name (`/srv/my models/...`) was hidden only up to the space: the
+    handler of library errors answered `hold_folder`'s `<server path> models/a-file: exists and is not a folder` and
+    `read_yaml`'s `<server path> models/cfg.yaml: config file not found`, and a job error's OSError text (Python's
+    repr of the path, `'/srv/my models/x.pt'`) `'<server path> models/x.pt'`: the folders after the space, to any
+    caller. Now each path is hidden whole, over real HTTP (the real library refusals, a real OSError's text)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sigma.api.errors import install, public_job_error
+    from sigma.config.loader import read_yaml
+    from sigma.folderlock import hold_folder
+
+    server = tmp_path / "server only" / "my models"
+    server.mkdir(parents=True)
+    (server / "a-file").write_text("not a folder")
+    app = FastAPI()
+    install(app)
+
+    @app.get("/hold")
+    def _hold() -> None:
+        with hold_folder(server / "a-file"):
+            pass
+
+    @app.get("/config")
+    def _config() -> None:
+        read_yaml(server / "cfg.yaml")
+
+    @app.get("/job")
+    def _job() -> dict:
+        try:
+            (server / "x.pt").read_bytes()
+        except OSError as exc:
+            return public_job_error({"code": "model_error", "message": f"{type(exc).__name__}: {exc}"})
+        raise AssertionError("x.pt exists")
+
+    with TestClient(app) as client:
+        for route, said in (("/hold", "<server path>: exists and is not a folder"),
+                            ("/config", "<server path>: config file not found"),
+                            ("/job", "FileNotFoundError: [Errno 2] No such file or directory: '<server path>'")):
+            resp = client.get(route)
+            message = resp.json()["message"] if route == "/job" else resp.json()["error"]["message"]
+            assert message.startswith(said), resp.text
+            for leak in (str(tmp_path), "only", "models", "a-file", "cfg.yaml", "x.pt"):
+                assert leak not in resp.text, (leak, resp.text)
+
+
 def test_a_run_too_large_dead_letter_is_answered_without_the_workers_names():
     """A shard dead-lettered `run_too_large` names the batch workers it was offered to, by consumer name: by default
     `HOST-PID` (`default_consumer`, what `sigma worker --batch` calls itself), which a run's status passed on whole
@@ -489,6 +559,38 @@ SCRUBS = [
     ("(GET /v1/jobs, /v1/jobs/status)", "(GET /v1/jobs, /v1/jobs/status)"),
     ("/v1/batches/x: no such route", "<server path>: no such route"),
 ]
+# gaps of the rewrite above: each left part of a server path visible (the comment says what leaked before)
+SCRUB_GAPS = [
+    # a file URL, or any URL without a host (`scheme:/path`, `scheme:///path`): the whole path was answered
+    ("file:///srv/secret/x.png: gone", "file://<server path>: gone"),
+    ("file:/srv/secret/x.png: gone", "file:<server path>: gone"),
+    ("file://localhost/srv/secret/x.png", "file://localhost<server path>"),
+    ("redis unix:///var/run/redis.sock: refused", "redis unix://<server path>: refused"),
+    ("out:/srv/x: exists", "out:<server path>: exists"),
+    # a home folder (`~/x`, `~user/x`): answered whole, the user's name with it
+    ("~/models/x.pt: not found", "<server path>: not found"),
+    ("cannot read ~svc/models/x.pt.", "cannot read <server path>."),
+    # a quoted path with a space (Python's `repr` of a path, an OSError's text): ` photos/x.png'` was left
+    ("[Errno 2] No such file or directory: '/srv/my photos/x.png'",
+     "[Errno 2] No such file or directory: '<server path>'"),
+    ("PosixPath('/srv/my photos/x.png')", "PosixPath('<server path>')"),
+    ("['/srv/a b', \"/srv/it's here\"]", "['<server path>', \"<server path>\"]"),
+    ("see `/srv/my run/run.json`.", "see `<server path>`."),
+    ("'/srv/it's.png' is gone", "'<server path>' is gone"),
+    ('"/srv/a\\"b c": gone', '"<server path>": gone'),
+    ("'file:///srv/my photos/x.png'", "'file://<server path>'"),
+    # an unquoted path whose folders have a space (`{path}: ...`, the library's way): ` photos/x.png` was left
+    ("cannot open /srv/my photos/x.png: permission denied", "cannot open <server path>: permission denied"),
+    ("/srv/my models/v 2/config.yaml: config file not found", "<server path>: config file not found"),
+    # ... but not over punctuation, a ratio or a word without a slash: the message's own
+    ("read /srv/a, b/c and /srv/d 4/36 km/h", "read <server path>, b/c and <server path> 4/36 km/h"),
+]
+# what is not a server path, and stays as written
+NOT_SCRUBBED = [
+    "redis://h:1/0 is down", "http://example.com/srv/x", "s3://bucket/key", "C:/x.png and C:\\x.png",
+    "4/36 shards at 5 km/h", "~4/36", "POST /v1/batches: refused", "a/b and c/d",
+    "'a/b c' and 'runs/x'", "'/' is the root, \"/\" and `/` too", "see `/v1/batches` or '/v1/jobs/status'",
+]
 
 
 @pytest.mark.parametrize(("message", "said"), SCRUBS, ids=[m for m, _ in SCRUBS])
@@ -500,3 +602,24 @@ def test_a_scrubbed_message_hides_each_server_path_and_keeps_the_punctuation_aft
     from sigma.api.errors import scrubbed
 
     assert scrubbed(message) == said
+
+
+@pytest.mark.parametrize(("message", "said"), SCRUB_GAPS, ids=[m for m, _ in SCRUB_GAPS])
+def test_a_scrubbed_message_hides_file_urls_home_folders_and_paths_with_spaces(message, said):
+    """`SERVER_PATH` began a path only at a `/` after no colon or slash and ended it at the first space: a file URL
+    (`file:///srv/x`), a home folder (`~user/x`) were answered whole, and a path with a space in a folder's name
+    kept all after the space (`'/srv/my photos/x.png'` answered `'<server path> photos/x.png'`), quoted or not.
+    Now a URL without a host keeps its scheme and hides its path, a home folder is hidden with its user, a quoted
+    path is hidden to its closing quote and an unquoted one over each following word that holds a slash."""
+    from sigma.api.errors import scrubbed
+
+    assert scrubbed(message) == said
+
+
+@pytest.mark.parametrize("message", NOT_SCRUBBED)
+def test_what_is_not_a_server_path_is_not_scrubbed(message):
+    """A URL with a host names another machine's path (a Redis database's number), a Windows path none of this
+    POSIX server's, `4/36`, `km/h` and the caller's relative names no folder of the server: all left as written."""
+    from sigma.api.errors import scrubbed
+
+    assert scrubbed(message) == message
