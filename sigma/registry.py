@@ -207,7 +207,18 @@ def check_annotator_files(name: str, options: dict[str, Any]) -> None:
     config = validate_annotator_options(name, options) if options else None
     check = getattr(config, "check_files", None)
     if callable(check):
-        check()
+        check(**_annotator_named(check, name))
+
+
+def _annotator_named(check: Any, name: str) -> dict[str, str]:
+    """`annotator=name` for a `check_files` that takes it (a config shared by annotators of different presets,
+    `ModelAnnotatorConfig`); nothing for one that does not (a plugin's written without it)."""
+    import inspect
+
+    try:
+        return {"annotator": name} if "annotator" in inspect.signature(check).parameters else {}
+    except (TypeError, ValueError):
+        return {}
 
 
 def normalised_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

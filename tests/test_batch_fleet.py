@@ -112,6 +112,24 @@ def test_sigma_batch_submit_refuses_options_naming_weights_that_are_not_there(re
     assert redis_server.client().xlen(Keys(prefix).batch_tasks()) == 0
 
 
+def test_sigma_batch_submit_refuses_a_backbone_path_that_is_not_there(redis_server, corpus, tmp_path):
+    """`sigma batch submit --annotator feature-diff --set options.backbone_weights=PATH` with nothing at PATH was
+    queued, and every worker's backbone load failed into dead letters (only options.weights was checked). Now exit
+    2, `weights_not_found` naming the option and the path; nothing planned, nothing queued."""
+    prefix = prefix_name()
+    env = {**os.environ, "SIGMA_REDIS_URL": redis_server.url, "SIGMA__REDIS__KEY_PREFIX": prefix}
+    missing = tmp_path / "models" / "dinov2-typo"
+    proc = subprocess.run([sys.executable, "-m", "sigma", "batch", "submit", str(corpus), "--out",
+                           str(tmp_path / "fleet"), "--annotator", "feature-diff", "--shard-size", "3", "--set",
+                           f"options.backbone_weights={missing}"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "[weights_not_found]" in proc.stderr and f"options.backbone_weights: {missing} does not exist" \
+        in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not RunDir(tmp_path / "fleet").exists()
+    assert redis_server.client().xlen(Keys(prefix).batch_tasks()) == 0
+
+
 def test_sigma_worker_batch_cli_consumes_and_stops_on_sigterm(redis_server, corpus, tmp_path):
     # A non-default prefix reaches both sides through the one settings model: no --stream to hide a drift.
     stream_prefix = prefix_name()

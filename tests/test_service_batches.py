@@ -296,6 +296,25 @@ def test_options_naming_weights_that_are_not_there_are_refused_at_submit_and_not
         svc.close()
 
 
+def test_grounding_checkpoint_that_is_not_there_is_refused_at_submit_without_server_paths(redis_server, root, tmp_path):
+    """`options.grounding_options.detector.weights` naming a missing folder was answered 202 and every worker's
+    grounder build failed into dead letters (only options.weights was checked at submit). Now 422
+    `weights_not_found` naming the option and the path relative to the batch root; nothing planned or queued."""
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}", "api.annotators=[pixel-diff,sigma-lite]"])
+    try:
+        svc.start_api()
+        resp = post(svc, {"input": "corpus", "out": "runs/gdino", "annotator": "sigma-lite",
+                          "options": {"grounding": "gdino-sam2",
+                                      "grounding_options": {"detector": {"weights": str(root / "models/gdino")}}}})
+        assert resp.status_code == 422 and error_code(resp) == "weights_not_found", resp.text
+        assert "options.grounding_options.detector.weights: models/gdino does not exist" in resp.text, resp.text
+        assert str(root) not in resp.text and os.path.realpath(root) not in resp.text, resp.text
+        assert not (root / "runs/gdino").exists()
+        assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == 0
+    finally:
+        svc.close()
+
+
 def test_status_polls_reuse_one_redis_connection(svc, redis_server):
     """`GET /v1/batches/status` runs the fleet's blocking code in a thread: it uses the API's one sync client,
     so polling it (dashboards do, once a second) is not a TCP connect to Redis per request."""

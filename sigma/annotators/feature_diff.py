@@ -27,6 +27,16 @@ class FeatureDiffConfig(TorchAnnotatorConfig):
     image_size: int = Field(518, ge=14, le=MAX_WORKING_SIZE)
     scale: float = Field(0.5, gt=0, description="prob = clip((1 - cos) / scale, 0, 1)")
 
+    def check_files(self) -> None:
+        """`backbone_weights` as the backbone's load would find it, nothing read (`check_weights_reference`), at a
+        fleet submission: a missing path was queued and every shard dead-lettered when the workers loaded it.
+        Not read by random_init with hf_config set (a random backbone of that architecture)."""
+        from sigma.models.weights import check_weights_reference
+
+        if not (self.random_init and self.hf_config is not None):
+            check_weights_reference(self.backbone_weights, "options.backbone_weights", files=(".safetensors",),
+                                    config_beside=self.hf_config is None)
+
 
 class FeatureDiff(TorchAnnotator):
     name: ClassVar[str] = "feature-diff"

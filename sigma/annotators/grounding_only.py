@@ -21,6 +21,13 @@ class GroundingOnlyConfig(AnnotatorConfig):
     grounding: str = Field(DEFAULT_GROUNDING, description="grounding backend (see docs/grounding.md)")
     grounding_options: dict[str, Any] = Field(default_factory=dict)
 
+    def check_files(self) -> None:
+        """The grounding checkpoints, checked at a fleet submission (`check_grounding_files`): a missing
+        `detector.weights` folder was queued and every shard dead-lettered."""
+        from sigma.annotators.model_annotator import check_grounding_files
+
+        check_grounding_files(self.grounding, self.grounding_options)
+
 
 class GroundingOnly(Annotator):
     name: ClassVar[str] = "grounding-only"

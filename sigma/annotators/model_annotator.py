@@ -94,14 +94,46 @@ class ModelAnnotatorConfig(TorchAnnotatorConfig):
             raise ValidationError.from_exception_data(type(self).__name__, errors) from None
         return self
 
-    def check_files(self) -> None:
+    def check_files(self, annotator: str | None = None) -> None:
         """The saved model `weights` names is there, of the form `load_model` opens, readable; nothing read
         (`sigma.models.factory.check_model_files`). Called at a fleet submission (`sigma.registry
-        .check_annotator_files`): a missing file was found only by the workers, every shard dead-lettered."""
+        .check_annotator_files`): a missing file was found only by the workers, every shard dead-lettered. So are
+        `backbone_weights` when a load reads it and the grounding checkpoints (`check_weights_reference`): a
+        missing path there was queued too. `annotator`: the registered name, whose preset says the backbone."""
         if self.weights:
             from sigma.models.factory import check_model_files
 
             check_model_files(self.weights, "options.weights")
+        if self.backbone_weights and (needs_config := self._backbone_read(annotator)) is not None:
+            from sigma.models.weights import check_weights_reference
+
+            check_weights_reference(self.backbone_weights, "options.backbone_weights", files=(".safetensors",),
+                                    config_beside=needs_config)
+        check_grounding_files(self.grounding, self.grounding_options)
+
+    def _backbone_read(self, annotator: str | None) -> bool | None:
+        """Whether a load reads `backbone_weights` (None: it does not), and if so whether it needs the DINOv2
+        architecture beside a bare file (True) or has it from the saved config (False). Read by a heads-only saved
+        file (`backbone_in_file` false in its config.json) and by random_init on a DINOv2 preset; ignored beside a
+        file that holds its backbone, which a worker loads whatever the option says, so it is not refused."""
+        preset = self.model or _ANNOTATOR_PRESETS.get(annotator or "")
+        saved = Path(self.weights) if self.weights else \
+            (embedded_weights(preset) if preset and embedded_status(preset) else None)
+        if saved is not None:
+            from sigma.errors import SigmaError
+            from sigma.models.factory import read_saved_meta
+
+            try:
+                mcfg, in_file = read_saved_meta(saved)
+            except SigmaError:       # a config the load refuses on its own (check_model_files passed its files)
+                return None
+            backbone = mcfg.backbone
+            return None if in_file or getattr(backbone, "kind", "") != "dinov2" else backbone.hf_config is None
+        if self.random_init and preset:
+            from sigma.models import preset_config
+
+            return True if getattr(preset_config(preset).backbone, "kind", "") == "dinov2" else None
+        return None
 
 
 def embedded_weights(preset: str) -> Path | None:
@@ -280,6 +312,17 @@ class SigmaAnnotator(TorchAnnotator):
                                                max_components=cfg.max_components)}
 
 
+def check_grounding_files(backend: str, options: dict[str, Any]) -> None:
+    """The checkpoints a grounding backend would load (`GroundingConfig.check_files`), checked at a fleet
+    submission as the annotator's own files: `options.grounding_options.detector.weights` naming a missing folder
+    was queued and every shard dead-lettered when the workers built the grounder."""
+    from sigma.grounding.config import GroundingConfig
+
+    data = {k: v for k, v in options.items() if not k.endswith("_obj")}   # handed-in models: nothing to load
+    GroundingConfig(**{"backend": backend, **data}).check_files(
+        "options.grounding_options", skip={k.removesuffix("_obj") for k in options if k.endswith("_obj")})
+
+
 class SigmaLite(SigmaAnnotator):
     name: ClassVar[str] = "sigma-lite"
     preset: ClassVar[str] = "sigma-lite"
@@ -334,3 +377,7 @@ def build_sigma_b(**overrides: Any) -> SigmaB:
                      _dinov2_status("sigma-s", "facebook/dinov2-small"), _digest("sigma-s"))
 def build_sigma_s(**overrides: Any) -> SigmaS:
     return SigmaS(**overrides)
+
+
+# the preset each model annotator loads when options.model is not set (`ModelAnnotatorConfig.check_files`)
+_ANNOTATOR_PRESETS: dict[str, str] = {cls.name: cls.preset for cls in (SigmaLite, SigmaB, SigmaS)}

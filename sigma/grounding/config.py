@@ -41,3 +41,26 @@ class GroundingConfig(Strict):
     device: str | None = Field(None, description="cuda / cpu / None = cuda when available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     allow_download: bool = False
+
+    def check_files(self, where: str, skip: frozenset[str] | set[str] = frozenset()) -> None:
+        """The checkpoints gdino-sam2 would load, checked at a fleet submission without loading them
+        (`sigma.models.weights.check_weights_reference`; a plugin backend's are its own): a missing
+        `detector.weights` folder was queued and every shard dead-lettered when the workers built the grounder.
+        `where`: the option these were given as; `skip`: parts handed in built (`detector`, `segmenter`)."""
+        from sigma.errors import WeightsNotFoundError
+        from sigma.models.weights import check_weights_reference
+
+        if self.backend != "gdino-sam2":
+            return
+        if "detector" not in skip:
+            check_weights_reference(self.detector.weights, f"{where}.detector.weights")
+        if "segmenter" in skip:
+            return
+        if self.segmenter.kind == "sam2":
+            check_weights_reference(self.segmenter.weights, f"{where}.segmenter.weights")
+        elif self.segmenter.kind == "native-sam2":      # the native package reads a .pt file at that path only
+            from pathlib import Path
+
+            if not Path(self.segmenter.weights).expanduser().is_file():
+                raise WeightsNotFoundError(f"{where}.segmenter.weights: {self.segmenter.weights} is no file (the "
+                                           "native sam2 package reads a .pt checkpoint at that path only)")

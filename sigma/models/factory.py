@@ -262,6 +262,13 @@ def _read_saved(path: str | Path, finish: bool = True,
     return make_config(data["config"]), bool(data.get("backbone_in_file", True))
 
 
+def read_saved_meta(path: str | Path) -> tuple[SigmaNetConfig, bool]:
+    """(config, whether the weights file holds the backbone) of a saved model, its config.json read alone (no tensor,
+    no lock, no save finished): what a fleet submission asks to know whether a load would resolve the backbone
+    (`ModelAnnotatorConfig.check_files`). Raises as `read_config`."""
+    return _read_saved(path, finish=False)
+
+
 def _read_pair(path: str | Path, deadline: float | None = None) -> tuple[SigmaNetConfig, bool, dict[str, torch.Tensor]]:
     """(config, backbone in file, weights) of one save: both files read under a shared flock on their folder
     (`reading_lock`), so a live `save_model` there (whose renames hold it exclusively) commits before or after the

@@ -115,6 +115,92 @@ def resolve_local(ref: str, *, what: str, allow_download: bool = False, hint: st
     return resolve_hf_reference(ref, filename=filename, allow_download=allow_download, what=what, hint=hint).location
 
 
+# suffixes of weights files: a reference ending in one is a file name, never a Hugging Face repo id
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+# what `from_pretrained` reads in a save_pretrained folder beside its config.json (one of them)
+PRETRAINED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
+
+
+def looks_like_path(ref: str) -> bool:
+    """`ref` is meant as a local path: absolute, `~`, `./` or `../`, or a weights file's name (`x.safetensors`)."""
+    return ref.startswith(("/", "./", "../", "~")) or ref in (".", "..") or \
+        Path(ref).suffix.lower() in WEIGHTS_SUFFIXES
+
+
+def check_weights_reference(ref: str, option: str, *, files: tuple[str, ...] = (),
+                            config_beside: bool = False) -> None:
+    """What `resolve_hf_reference` would make of `ref` at a worker's load, said at a fleet submission without loading,
+    reading or downloading anything (`sigma.registry.check_annotator_files`). Before, only `options.weights` was
+    checked there: a run naming a missing DINOv2 / Grounding DINO / SAM 2 path was queued and every shard
+    dead-lettered when the workers loaded it. Refused (`weights_not_found`, naming `option`):
+      - a path that does not exist, when `ref` reads as a path (`looks_like_path`) or as no repo id either (the
+        loader looks nowhere else);
+      - an existing folder without config.json or the weights `from_pretrained` reads; an existing file whose suffix
+        is not in `files` (none: the loader reads folders only), or, `config_beside`, without the config.json /
+        X.json a bare DINOv2 file needs (`Dinov2Backbone._config_location`); `weights_unreadable` when unreadable;
+      - a repo id huggingface_hub itself rejects (`validate_repo_id`: refused on every machine).
+    A well-formed repo id passes, in this machine's Hugging Face cache or not: the cache is each worker's own
+    (HF_HOME; the API and the workers are separate containers in docker-compose.yml) and a worker's may hold it,
+    or download it with allow_download; its load says where it looked when it does not."""
+    path = Path(os.path.expanduser(ref))
+    if path.exists():
+        _check_local_weights(path, ref, option, files, config_beside)
+    elif looks_like_path(ref) or not looks_like_repo_id(ref):
+        raise WeightsNotFoundError(f"{option}: {ref} does not exist ({_forms(files)})")
+    else:
+        _check_repo_id(ref, option)
+
+
+def _forms(files: tuple[str, ...]) -> str:
+    folder = "a save_pretrained folder with config.json + its weights"
+    return f"{folder}, a {' / '.join(files)} file, or a Hugging Face repo id" if files else \
+        f"{folder}, or a Hugging Face repo id"
+
+
+def _check_local_weights(path: Path, ref: str, option: str, files: tuple[str, ...], config_beside: bool) -> None:
+    """An existing `path` is of a form the loader reads, and readable (opened, not read)."""
+    if path.is_dir():
+        needed = [path / "config.json"]
+        if not needed[0].is_file():
+            raise WeightsNotFoundError(f"{option}: {ref} is a folder without config.json ({_forms(files)})")
+        weights = [path / name for name in PRETRAINED_WEIGHTS if (path / name).is_file()]
+        if not weights:
+            raise WeightsNotFoundError(f"{option}: {ref} is a folder without weights (none of "
+                                       f"{', '.join(PRETRAINED_WEIGHTS)})")
+        needed.append(weights[0])
+    elif path.suffix.lower() not in files:
+        raise WeightsNotFoundError(f"{option}: {ref} is a file the loader does not read ({_forms(files)})")
+    else:
+        needed = [path]
+        if config_beside:
+            beside = [c for c in (path.parent / "config.json", path.with_suffix(".json")) if c.is_file()]
+            if not beside:
+                raise WeightsNotFoundError(f"{option}: {ref} is a bare weights file without its architecture "
+                                           f"(config.json or {path.with_suffix('.json').name} beside it)")
+            needed.append(beside[0])
+    for file in needed:
+        try:
+            with open(file, "rb"):
+                pass
+        except OSError as exc:
+            raise WeightsUnreadableError(f"{option}: {ref}: {file.name} cannot be read "
+                                         f"({exc.strerror or exc})") from exc
+
+
+def _check_repo_id(ref: str, option: str) -> None:
+    """A repo id the Hub's own client refuses to look up (`snapshot_download` raises the same on every machine)."""
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:        # the workers may have it; their load says so when they do not
+        return
+    try:
+        validate_repo_id(ref)
+    except HFValidationError as exc:
+        raise WeightsNotFoundError(f"{option}: {ref!r} does not exist as a path and is no Hugging Face repo id "
+                                   f"({str(exc).splitlines()[0][:160]})") from exc
+
+
 def from_pretrained_or_error(load: Any, folder: str, *, what: str, where: str | None = None, **kwargs: Any) -> Any:
     """`load(folder, local_files_only=True, **kwargs)` (a transformers `from_pretrained`) with its failures said as
     SIGMA errors naming the folder. A Hugging Face snapshot whose weights file is missing or a dangling symlink (a
