@@ -181,18 +181,23 @@ def plan_and_queue(cfg: ServeConfig, body: BatchRequest, input_path: Path, out_p
 
 # Option keys whose value names a file or folder the worker will read (weights, configs), at any depth.
 FILE_OPTION_KEYS = frozenset({"weights", "backbone_weights", "native_config", "model", "path", "gguf_file"})
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# of those, the keys whose bare value (no folder in it) is a name, never opened as a path in a working directory:
+# `model` a preset name (checked against the registry), `gguf_file` a file name inside a folder named elsewhere
+NAME_OPTION_KEYS = frozenset({"model", "gguf_file"})
 
 
 def confine_file_options(options: Any, root: str, where: str = "options") -> None:
     """A run from the API may not make the API or a worker read a file outside the batch root through its
     options (`{"weights": "/etc/shadow"}` would be hashed at planning and loaded by the worker). A file-valued
-    option is an absolute path that resolves under the root, a Hugging Face hub id (`owner/name`: looked up
-    in the server's own cache only, never on disk by that name), or a preset name without a slash."""
+    option is an absolute path that resolves under the root, or (`model`, `gguf_file`) a name without a folder.
+    A relative value is refused, a Hugging Face hub id (`owner/name`) included: every loader tries a local path
+    first (`sigma.models.weights.resolve_hf_reference`, `load_model`), so a worker loaded `a/b` from its own
+    working directory, outside the root; and whether `a/b` existed in the API's working directory decided 403 or
+    202, an oracle on the server's files. Now the answer depends on the text alone."""
     if isinstance(options, dict):
         for key, value in options.items():
             if key in FILE_OPTION_KEYS and isinstance(value, str):
-                _check_file_value(value, root, f"{where}.{key}")
+                _check_file_value(value, root, f"{where}.{key}", key in NAME_OPTION_KEYS)
             else:
                 confine_file_options(value, root, f"{where}.{key}")
     elif isinstance(options, list):
@@ -200,15 +205,16 @@ def confine_file_options(options: Any, root: str, where: str = "options") -> Non
             confine_file_options(value, root, f"{where}[{n}]")
 
 
-def _check_file_value(value: str, root: str, where: str) -> None:
-    if "/" not in value and "\\" not in value and not value.startswith(("~", ".")):
+def _check_file_value(value: str, root: str, where: str, name_allowed: bool) -> None:
+    """Text only, never a look at the server's files (but realpath of an absolute path, as every request path)."""
+    bare = "/" not in value and "\\" not in value and not value.startswith(("~", "."))
+    if bare and name_allowed:
         return                                   # a preset or file name with no folder: nothing to escape with
-    if _HUB_ID.match(value) and ".." not in value and not os.path.exists(value):
-        return                                   # owner/name: the hub cache, never a path on this server
     if os.path.isabs(value) and os.path.commonpath([root, os.path.realpath(value)]) == root:
         return
     raise ApiError(403, "path_outside_root", f"{where}: files named in a batch's options must be absolute paths "
-                   "under the batch root (or a Hugging Face hub id)")
+                   "under the batch root; a relative path or a Hugging Face hub id (owner/name) is refused, as a "
+                   "worker would look for it in its own working directory first")
 
 
 _PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,

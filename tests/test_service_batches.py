@@ -244,13 +244,57 @@ def test_options_that_would_kill_a_worker_are_refused_at_submit():
     validate_annotator_options("sigma-lite", {"image_size": 1024, "cpu_threads": 2, "batch_size": 8})
 
 
-def test_confine_file_options_accepts_hub_ids_and_paths_under_the_root(root):
+def test_confine_file_options_accepts_names_and_paths_under_the_root(root):
     from sigma.api.batches import confine_file_options
 
     real = os.path.realpath(root)
-    confine_file_options({"weights": str(root / "models" / "m"), "backbone_weights": "facebook/dinov2-base",
-                          "model": "sigma-lite", "grounding_options": {"detector": {"weights": "IDEA-Research/x"}}},
+    confine_file_options({"weights": str(root / "models" / "m"), "backbone_weights": str(root / "dino"),
+                          "model": "sigma-lite", "grounding_options": {"detector": {"weights": str(root / "gd")}}},
                          real)
+
+
+@pytest.mark.parametrize("present", [False, True])
+@pytest.mark.parametrize("options", [{"backbone_weights": "a/b"}, {"weights": "a/b"}, {"weights": "b"},
+                                     {"grounding_options": {"segmenter": {"weights": "a/b"}}}])
+def test_a_relative_file_option_is_refused_whether_or_not_it_exists_in_the_servers_folder(
+        root, tmp_path, monkeypatch, options, present):
+    """`owner/name` was accepted as a hub id when no `owner/name` existed in the API's working directory and 403
+    when one did: the answer told a caller which relative paths existed on the server. Now any relative value
+    (a bare name for `weights`, a hub id) is 403 `path_outside_root`, the same whether the folder is there or not."""
+    from sigma.api.batches import ApiError, confine_file_options
+
+    monkeypatch.chdir(tmp_path)
+    if present:
+        (tmp_path / "a" / "b").mkdir(parents=True)
+        (tmp_path / "b").mkdir(exist_ok=True)
+    with pytest.raises(ApiError) as info:
+        confine_file_options(options, os.path.realpath(root))
+    assert info.value.status == 403 and info.value.code == "path_outside_root", info.value
+
+
+def test_a_hub_id_option_never_makes_a_worker_load_a_folder_of_its_own_working_directory(
+        redis_server, root, tmp_path, monkeypatch):
+    """`backbone_weights: "a/b"` passed the API as a hub id (no `a/b` in the API's folder), was queued, and a batch
+    worker whose working directory held a saved DINOv2 at `a/b` loaded it: `resolve_hf_reference` tries a local path
+    before the hub cache, so a remote caller chose files outside the batch root. Now 403 and nothing is queued."""
+    import transformers
+
+    from sigma.models.presets import TINY_DINOV2
+
+    workdir = tmp_path / "worker-cwd"
+    transformers.Dinov2Model(transformers.Dinov2Config(**TINY_DINOV2)).save_pretrained(workdir / "a" / "b")
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}",
+                                                    "api.annotators=[pixel-diff,feature-diff]"])
+    try:
+        svc.start_api()
+        resp = post(svc, {"input": "corpus", "out": "runs/hub", "annotator": "feature-diff",
+                          "options": {"backbone_weights": "a/b", "image_size": 28}})
+        monkeypatch.chdir(workdir)                # what a worker started in that folder would load
+        stats = run_batch_worker(redis_server.url, svc.prefix, "bw-hub", block_ms=50, exit_when_idle=True)
+        assert resp.status_code == 403 and error_code(resp) == "path_outside_root", (resp.text, stats)
+        assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == 0 and not (root / "runs" / "hub").exists()
+    finally:
+        svc.close()
 
 
 def _saved_model_files(folder: Path) -> None:
