@@ -184,36 +184,52 @@ FILE_OPTION_KEYS = frozenset({"weights", "backbone_weights", "native_config", "m
 # of those, the keys whose bare value (no folder in it) is a name, never opened as a path in a working directory:
 # `model` a preset name (checked against the registry), `gguf_file` a file name inside a folder named elsewhere
 NAME_OPTION_KEYS = frozenset({"model", "gguf_file"})
+# (parent key, key) whose loader takes a Hugging Face hub id (`resolve_hf_reference`), so `hf://owner/name` too:
+# the DINOv2 backbone (feature-diff, the sigma models; None: at any depth) and gdino-sam2's detector / segmenter.
+# `options.weights` is a saved SIGMA model (`load_model`): a local path only.
+HUB_OPTION_KEYS = frozenset({(None, "backbone_weights"), ("detector", "weights"), ("segmenter", "weights")})
 
 
-def confine_file_options(options: Any, root: str, where: str = "options") -> None:
+def confine_file_options(options: Any, root: str, where: str = "options", parent: str | None = None) -> None:
     """A run from the API may not make the API or a worker read a file outside the batch root through its
     options (`{"weights": "/etc/shadow"}` would be hashed at planning and loaded by the worker). A file-valued
-    option is an absolute path that resolves under the root, or (`model`, `gguf_file`) a name without a folder.
-    A relative value is refused, a Hugging Face hub id (`owner/name`) included: every loader tries a local path
-    first (`sigma.models.weights.resolve_hf_reference`, `load_model`), so a worker loaded `a/b` from its own
-    working directory, outside the root; and whether `a/b` existed in the API's working directory decided 403 or
-    202, an oracle on the server's files. Now the answer depends on the text alone."""
+    option is an absolute path that resolves under the root, or (`model`, `gguf_file`) a name without a folder,
+    or (the keys of HUB_OPTION_KEYS) `hf://owner/name`, which every loader resolves as a hub id only, never as a
+    path. Any other relative value is refused, a bare hub id (`owner/name`) included: every loader tries it as a
+    local path first (`sigma.models.weights.resolve_hf_reference`, `load_model`), so a worker loaded `a/b` from its
+    own working directory, outside the root; and whether `a/b` existed in the API's working directory decided 403
+    or 202, an oracle on the server's files. The answer depends on the text alone. `parent`: the key holding
+    `options` (which loader a `weights` goes to)."""
     if isinstance(options, dict):
         for key, value in options.items():
             if key in FILE_OPTION_KEYS and isinstance(value, str):
-                _check_file_value(value, root, f"{where}.{key}", key in NAME_OPTION_KEYS)
+                hub = (None, key) in HUB_OPTION_KEYS or (parent, key) in HUB_OPTION_KEYS
+                _check_file_value(value, root, f"{where}.{key}", key in NAME_OPTION_KEYS, hub)
             else:
-                confine_file_options(value, root, f"{where}.{key}")
+                confine_file_options(value, root, f"{where}.{key}", key)
     elif isinstance(options, list):
         for n, value in enumerate(options):
-            confine_file_options(value, root, f"{where}[{n}]")
+            confine_file_options(value, root, f"{where}[{n}]", parent)
 
 
-def _check_file_value(value: str, root: str, where: str, name_allowed: bool) -> None:
+def _check_file_value(value: str, root: str, where: str, name_allowed: bool, hub_allowed: bool) -> None:
     """Text only, never a look at the server's files (but realpath of an absolute path, as every request path)."""
+    from sigma.models.weights import HUB_PREFIX, hub_reference_problem
+
     bare = "/" not in value and "\\" not in value and not value.startswith(("~", "."))
     if bare and name_allowed:
         return                                   # a preset or file name with no folder: nothing to escape with
+    if value.startswith("hf:"):                  # the hub marker: the id checked by huggingface_hub's own rule
+        problem = hub_reference_problem(value) or \
+            (None if hub_allowed else "this option's loader reads a local path only, not a Hugging Face hub id")
+        if problem is None:
+            return
+        raise ApiError(403, "path_outside_root", f"{where}: {problem}")
     if os.path.isabs(value) and os.path.commonpath([root, os.path.realpath(value)]) == root:
         return
+    hub = f"; name a Hugging Face hub model as {HUB_PREFIX}owner/name" if hub_allowed else ""
     raise ApiError(403, "path_outside_root", f"{where}: files named in a batch's options must be absolute paths "
-                   "under the batch root; a relative path or a Hugging Face hub id (owner/name) is refused, as a "
+                   f"under the batch root{hub}. A relative path or a bare hub id (owner/name) is refused, as a "
                    "worker would look for it in its own working directory first")
 
 

@@ -297,6 +297,75 @@ def test_a_hub_id_option_never_makes_a_worker_load_a_folder_of_its_own_working_d
         svc.close()
 
 
+@pytest.mark.parametrize("options", [{"backbone_weights": "hf://facebook/dinov2-small"},
+                                     {"grounding_options": {"detector": {"weights": "hf://IDEA-Research/gd-tiny"},
+                                                            "segmenter": {"weights": "hf://facebook/sam2.1-tiny"}}}])
+def test_the_hub_marker_is_accepted_where_the_loader_takes_hub_ids(root, tmp_path, monkeypatch, options):
+    """`hf://owner/name` is resolved as a hub id only, never as a path (`resolve_hf_reference`): accepted for the
+    keys whose loader takes hub ids, whatever the server's working directory holds (`hf:/facebook/...` there)."""
+    from sigma.api.batches import confine_file_options
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hf:" / "facebook" / "dinov2-small").mkdir(parents=True)
+    confine_file_options(options, os.path.realpath(root))
+
+
+@pytest.mark.parametrize("options", [{"weights": "hf://a/b"}, {"backbone_weights": "hf://../x"},
+                                     {"backbone_weights": "hf:///etc"}, {"backbone_weights": "hf://"},
+                                     {"backbone_weights": "hf:/a/b"}, {"native_config": "hf://a/b"},
+                                     {"grounding_options": {"detector": {"weights": "hf://a/../../x"}}}])
+def test_the_hub_marker_is_refused_where_malformed_or_the_loader_reads_local_paths_only(root, options):
+    """`options.weights` is a saved SIGMA model (`load_model`, local only); a malformed id after `hf://`
+    (huggingface_hub's `validate_repo_id`) is refused from the text."""
+    from sigma.api.batches import ApiError, confine_file_options
+
+    with pytest.raises(ApiError) as info:
+        confine_file_options(options, os.path.realpath(root))
+    assert info.value.status == 403 and info.value.code == "path_outside_root", info.value
+
+
+def test_a_hub_model_named_with_the_marker_is_queued_and_loaded_from_the_workers_cache(
+        redis_server, root, tmp_path, monkeypatch):
+    """The 403 for every relative value took away naming a hub model the workers hold in their cache. Now
+    `hf://facebook/dinov2-small` is 202 and a worker loads the snapshot of its hub cache, not the folders
+    `facebook/dinov2-small` or `hf:/facebook/dinov2-small` of its working directory (damaged here: loading either
+    fails the shard); the bare id stays 403, its message naming the marker."""
+    import transformers
+
+    from sigma.models.presets import TINY_DINOV2
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--facebook--dinov2-small"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    transformers.Dinov2Model(transformers.Dinov2Config(**TINY_DINOV2)).save_pretrained(repo / "snapshots" / commit)
+    workdir = tmp_path / "worker-cwd"
+    for local in (workdir / "facebook" / "dinov2-small", workdir / "hf:" / "facebook" / "dinov2-small"):
+        local.mkdir(parents=True)
+        (local / "config.json").write_bytes((repo / "snapshots" / commit / "config.json").read_bytes())
+        (local / "model.safetensors").write_bytes(b"not safetensors")
+    svc = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}",
+                                                    "api.annotators=[pixel-diff,feature-diff]"])
+    try:
+        svc.start_api()
+        bare = post(svc, {"input": "corpus", "out": "runs/hub-bare", "annotator": "feature-diff",
+                          "options": {"backbone_weights": "facebook/dinov2-small", "image_size": 28}})
+        assert bare.status_code == 403 and error_code(bare) == "path_outside_root", bare.text
+        assert "hf://owner/name" in bare.json()["error"]["message"], bare.text
+        resp = post(svc, {"input": "corpus", "out": "runs/hub", "annotator": "feature-diff",
+                          "options": {"backbone_weights": "hf://facebook/dinov2-small", "image_size": 28}})
+        assert resp.status_code == 202, resp.text
+        monkeypatch.chdir(workdir)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        stats = run_batch_worker(redis_server.url, svc.prefix, "bw-hf", block_ms=50, exit_when_idle=True)
+        assert stats.done == resp.json()["queued"] and stats.failed == 0 and stats.dead == 0, stats.errors
+        assert RunDir(root / "runs" / "hub").summary()["ok"] == 6
+    finally:
+        svc.close()
+
+
 def _saved_model_files(folder: Path) -> None:
     """A folder of the form `load_model` opens (config.json + model.safetensors): the submit checks the files are
     there and readable, it reads neither, so their contents do not matter here (no worker runs these runs)."""

@@ -61,6 +61,7 @@ class GroundingConfig(Strict):
         elif self.segmenter.kind == "native-sam2":      # the native package reads a .pt file at that path only
             from pathlib import Path
 
-            if not Path(self.segmenter.weights).expanduser().is_file():
+            weights = self.segmenter.weights
+            if weights.startswith("hf:") or not Path(weights).expanduser().is_file():
                 raise WeightsNotFoundError(f"{where}.segmenter.weights: {self.segmenter.weights} is no file (the "
                                            "native sam2 package reads a .pt checkpoint at that path only)")

@@ -134,6 +134,9 @@ class NativeSam2Segmenter(Segmenter):
                     code="missing_dependency") from exc
             from pathlib import Path
 
+            if self.config.weights.startswith("hf:"):     # else read as the relative path hf:/owner/name
+                raise WeightsNotFoundError(f"native SAM 2 checkpoint {self.config.weights!r}: the native package "
+                                           "reads a .pt file at a local path only, not a Hugging Face hub id")
             ckpt = Path(self.config.weights).expanduser()
             if not ckpt.is_file():
                 raise WeightsNotFoundError(f"native SAM 2 checkpoint {str(ckpt)!r} not found (looked at that "

@@ -154,6 +154,15 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
     return path / CONFIG_NAME, path / WEIGHTS_NAME
 
 
+def _refuse_hub_reference(path: str | Path, what: str) -> None:
+    """A saved SIGMA model is a local path only: `hf://owner/name` (the hub marker of backbone and grounding weights)
+    is refused as weights_not_found, never read as the relative folder `hf:/owner/name` (what Path makes of it)."""
+    if str(path).startswith("hf:"):
+        raise WeightsNotFoundError(f"{what}: {path}: a saved SIGMA model is a local path ({_SAVED_FORMS}); "
+                                   "hf://owner/name names a Hugging Face hub model, taken by backbone_weights "
+                                   "and the grounding weights only")
+
+
 def check_model_files(path: str | Path, what: str = "weights") -> None:
     """That `path` names a saved model `load_model` can open — a folder with config.json + model.safetensors, or
     X.safetensors beside X.json — both files there and readable, without reading them (no tensor, no JSON): what a
@@ -161,6 +170,7 @@ def check_model_files(path: str | Path, what: str = "weights") -> None:
     not yet copied) was planned and queued, and every shard failed on the workers into dead letters; now it is
     refused at submit, `weights_not_found` (`weights_unreadable`: there but not readable). A save killed mid-commit
     (its journal there, the config not yet renamed) passes: the load finishes it. `what`: the option it came from."""
+    _refuse_hub_reference(path, what)
     given = Path(path)
     if not given.exists():
         raise WeightsNotFoundError(f"{what}: {path} does not exist ({_SAVED_FORMS})")
@@ -246,6 +256,7 @@ def _read_saved(path: str | Path, finish: bool = True,
     """(config, whether the weights file holds the backbone). `finish`: a save killed mid-commit is completed first
     (`_finish_save`, waiting until `deadline`, or `lock_wait_s()` when None); False under `reading_lock`, where the
     exclusive lock it takes would wait on our own hold."""
+    _refuse_hub_reference(path, "weights")
     cfg_path, _ = model_files(path)
     if finish and not cfg_path.is_file():
         _finish_save(cfg_path, lock_wait_s(), time_left(deadline))
@@ -280,6 +291,7 @@ def _read_pair(path: str | Path, deadline: float | None = None) -> tuple[SigmaNe
     a load that finished a killed save late in its wait then waited for the hold again, up to twice the bound — past
     a fleet worker's watchdog set just above it (`sigma.service.fleet.check_batch_timeout`). `deadline`: a caller's
     (`lock_deadline()`, shared with its `read_config` before), instead of one from here."""
+    _refuse_hub_reference(path, "weights")
     cfg_path, weights_path = model_files(path)
     wait_s = lock_wait_s()
     deadline = time.monotonic() + wait_s if deadline is None else deadline

@@ -2,7 +2,8 @@
 
 Order (first hit wins):
   1. an explicit state dict handed to the builder (training, tests, a checkpoint already in memory);
-  2. a local file or directory (a `save_pretrained` folder, a `.safetensors` file);
+  2. a local file or directory (a `save_pretrained` folder, a `.safetensors` file); skipped for `hf://owner/name`,
+     which names a hub id only (`resolve_hf_reference`);
   3. the Hugging Face cache with `local_files_only=True` (honours `HF_HOME`, `HF_HUB_CACHE`,
      `HF_HUB_OFFLINE`, resolved by huggingface_hub at call time, never cached by us);
   4. a download, only when the caller allows it.
@@ -63,49 +64,103 @@ def downloads_allowed(allow_download: bool) -> bool:
     return allow_download and not offline
 
 
+# the explicit Hugging Face marker: `hf://owner/name` is that hub id and never a path on this machine
+HUB_PREFIX = "hf://"
+
+
+def hub_reference_problem(ref: str) -> str | None:
+    """Why `ref`, written with the `hf:` marker, names no Hugging Face hub repo (None: it does; also None for a value
+    without the marker). The id after `hf://` is checked by huggingface_hub's own `validate_repo_id`, so
+    `hf://../x`, `hf:///etc` and `hf://` are refused from the text alone; no revision (`@rev`): the loaders take the
+    cached snapshot of the default branch only."""
+    if not ref.startswith("hf:"):
+        return None
+    if not ref.startswith(HUB_PREFIX):
+        return f"write a Hugging Face hub id as {HUB_PREFIX}owner/name"
+    return _repo_id_problem(ref[len(HUB_PREFIX):])
+
+
+def _repo_id_problem(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:                  # the same rule, without the client: the load itself then says it is missing
+        import re
+        ok = re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", repo_id) and ".." not in repo_id \
+            and "--" not in repo_id and not repo_id.endswith(".git")
+        return None if ok else f"{repo_id!r} is no Hugging Face repo id"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        return f"{repo_id!r} is no Hugging Face repo id ({str(exc).splitlines()[0][:160]})"
+    return None
+
+
+def hub_repo_id(ref: str, what: str = "weights") -> str | None:
+    """The repo id of an `hf://owner/name` reference, None for any other value (a path, or a bare `owner/name` that
+    the loaders try as a local path first). A malformed `hf:` value raises WeightsNotFoundError naming `what`."""
+    problem = hub_reference_problem(ref)
+    if problem:
+        raise WeightsNotFoundError(f"{what}: {ref!r}: {problem}")
+    return ref[len(HUB_PREFIX):] if ref.startswith(HUB_PREFIX) else None
+
+
 def resolve_hf_reference(ref: str, *, filename: str = "config.json", allow_download: bool = False,
                          what: str = "weights", hint: str = "") -> ResolvedWeights:
     """Resolve a local path or a Hugging Face repo id to a local directory (steps 2–4).
 
+    `hf://owner/name` skips step 2: it is looked up in the hub cache (then downloaded when allowed) and never as a
+    path. A bare `owner/name` is tried as a local folder first, so a worker started in a folder holding `a/b` loaded
+    that for `a/b`; the marker is how a caller (the service's API included) names a hub model and only that.
     Returns the directory holding `filename`; the caller loads it strictly.
     """
     looked: list[str] = []
-    path = Path(os.path.expanduser(ref))
-    if path.exists():
-        if path.is_dir() and not (path / filename).is_file():
+    repo_id = hub_repo_id(ref, what)
+    if repo_id is not None:
+        looked.append(f"no local path ({HUB_PREFIX} names a Hugging Face hub id only)")
+        found = _from_hub(repo_id, filename, allow_download, looked)
+    else:
+        path = Path(os.path.expanduser(ref))
+        if path.exists():
+            if not (path.is_dir() and not (path / filename).is_file()):
+                return ResolvedWeights("local_path", str(path), looked=looked)
             looked.append(f"local directory {path} (no {filename} in it)")
         else:
-            return ResolvedWeights("local_path", str(path), looked=looked)
-    else:
-        looked.append(f"local path {path} (does not exist)")
-    if looks_like_repo_id(ref):
-        cache = hf_cache_dir()
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            looked.append("Hugging Face cache (huggingface_hub is not installed: pip install 'sigma-masks[hf]')")
-        else:
-            try:
-                local = snapshot_download(ref, local_files_only=True, cache_dir=cache)
-                if (Path(local) / filename).is_file():
-                    return ResolvedWeights("hf_cache", local, looked=looked)
-                looked.append(f"Hugging Face cache {cache} (snapshot of {ref} lacks {filename})")
-            except Exception:  # noqa: BLE001 - every miss is reported the same way below
-                looked.append(f"Hugging Face cache {cache} (no snapshot of {ref}; HF_HOME/HF_HUB_CACHE "
-                              "choose this folder)")
-            if downloads_allowed(allow_download):
-                try:
-                    local = snapshot_download(ref, cache_dir=cache)
-                    return ResolvedWeights("download", local, looked=looked)
-                except Exception as exc:  # noqa: BLE001
-                    looked.append(f"download of {ref} from the Hugging Face Hub failed ({exc.__class__.__name__})")
-            else:
-                why = "HF_HUB_OFFLINE is set" if allow_download else "downloads are off (allow_download=false)"
-                looked.append(f"download from the Hugging Face Hub ({why})")
+            looked.append(f"local path {path} (does not exist)")
+        found = _from_hub(ref, filename, allow_download, looked) if looks_like_repo_id(ref) else None
+    if found is not None:
+        return found
     raise WeightsNotFoundError(
         f"{what} {ref!r} not found. Looked at, in order: " + "; ".join(looked) + ". "
         + (hint or "Pass a local path (a save_pretrained folder or .safetensors file), put the files in "
            "the Hugging Face cache, or allow a download."))
+
+
+def _from_hub(repo_id: str, filename: str, allow_download: bool, looked: list[str]) -> ResolvedWeights | None:
+    """Steps 3–4 for `repo_id`: the cache with local_files_only, then a download when allowed; None (each miss
+    appended to `looked`) when neither has it."""
+    cache = hf_cache_dir()
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        looked.append("Hugging Face cache (huggingface_hub is not installed: pip install 'sigma-masks[hf]')")
+        return None
+    try:
+        local = snapshot_download(repo_id, local_files_only=True, cache_dir=cache)
+        if (Path(local) / filename).is_file():
+            return ResolvedWeights("hf_cache", local, looked=looked)
+        looked.append(f"Hugging Face cache {cache} (snapshot of {repo_id} lacks {filename})")
+    except Exception:  # noqa: BLE001 - every miss is reported the same way below
+        looked.append(f"Hugging Face cache {cache} (no snapshot of {repo_id}; HF_HOME/HF_HUB_CACHE "
+                      "choose this folder)")
+    if downloads_allowed(allow_download):
+        try:
+            return ResolvedWeights("download", snapshot_download(repo_id, cache_dir=cache), looked=looked)
+        except Exception as exc:  # noqa: BLE001
+            looked.append(f"download of {repo_id} from the Hugging Face Hub failed ({exc.__class__.__name__})")
+    else:
+        why = "HF_HUB_OFFLINE is set" if allow_download else "downloads are off (allow_download=false)"
+        looked.append(f"download from the Hugging Face Hub ({why})")
+    return None
 
 
 def resolve_local(ref: str, *, what: str, allow_download: bool = False, hint: str = "",
@@ -142,7 +197,10 @@ def check_weights_reference(ref: str, option: str, *, files: tuple[str, ...] = (
       - a repo id huggingface_hub itself rejects (`validate_repo_id`: refused on every machine).
     A well-formed repo id passes, in this machine's Hugging Face cache or not: the cache is each worker's own
     (HF_HOME; the API and the workers are separate containers in docker-compose.yml) and a worker's may hold it,
-    or download it with allow_download; its load says where it looked when it does not."""
+    or download it with allow_download; its load says where it looked when it does not. `hf://owner/name` is
+    checked as that id alone (never as a path): well-formed passes, else `weights_not_found`."""
+    if hub_repo_id(ref, option) is not None:
+        return
     path = Path(os.path.expanduser(ref))
     if path.exists():
         _check_local_weights(path, ref, option, files, config_beside)

@@ -188,14 +188,17 @@ class LLMParser:
             if model is None:
                 folder, gguf_file = locate_smollm2()
             else:
+                from sigma.models.weights import hub_repo_id, resolve_local
+
                 path = Path(str(model)).expanduser()
-                if path.is_file() and path.suffix == ".gguf":
+                if hub_repo_id(str(model), "llm parser model") is not None:   # hf://owner/name: the hub cache only
+                    folder = resolve_local(str(model), what="llm parser model", allow_download=allow_download,
+                                           filename=gguf_file or "config.json")
+                elif path.is_file() and path.suffix == ".gguf":
                     folder, gguf_file = str(path.parent), path.name
                 elif gguf_file is not None:
                     folder = str(path)
                 else:
-                    from sigma.models.weights import resolve_local
-
                     folder = resolve_local(str(model), what="llm parser model", allow_download=allow_download)
             kw = {"gguf_file": gguf_file} if gguf_file else {}
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
