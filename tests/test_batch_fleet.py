@@ -1327,6 +1327,7 @@ def test_a_task_whose_run_folder_a_stopped_local_run_holds_is_dead_lettered_afte
         assert error["code"] == "run_locked_too_long", error
         assert str(out) in error["message"] and who in error["message"], error
         assert "worker.max_defer_s=3" in error["message"] and "submit the run again" in error["message"], error
+        assert re.search(r"deferred \d+ times since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, ", error["message"]), error  # UTC
     assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis
     summary = RunDir(out).summary()
     assert (summary["done"], summary["failed"]) == (written, 6 - written), summary

@@ -508,9 +508,16 @@ _AGAIN = ("submit the run again (`sigma batch submit` with the same input and op
           "this shard, or finish the run locally with `sigma batch run ... --resume` on this --out")
 
 
+def utc_text(seconds: float) -> str:
+    """A time as a dead letter says it: UTC, ISO 8601 (`2026-12-05T09:45:07Z`), as the other stamps SIGMA writes. It
+    was the writing worker's local time with its zone's name (`2026-12-05 10:45:07 CET`): workers in different zones
+    wrote different names for one fleet, and the API's status answered with the server's zone."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def _deferred(deferral: Deferral, max_defer_s: float) -> str:
-    """How often, since when, and how long with no shard written in the run folder: a given-up task's record."""
-    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(deferral.since))
+    """How often, since when (UTC), and how long with no shard written in the run folder: a given-up task's record."""
+    since = utc_text(deferral.since)
     return (f"deferred {deferral.count} times since {since}, no shard written in the run folder for "
             f"{deferral.idle_s:.0f} s, worker.max_defer_s={max_defer_s:g}")
 
