@@ -1327,6 +1327,7 @@ def test_a_task_whose_run_folder_a_stopped_local_run_holds_is_dead_lettered_afte
         assert error["code"] == "run_locked_too_long", error
         assert str(out) in error["message"] and who in error["message"], error
         assert "worker.max_defer_s=3" in error["message"] and "submit the run again" in error["message"], error
+        assert re.search(r"deferred \d+ times since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, ", error["message"]), error  # UTC
     assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis
     summary = RunDir(out).summary()
     assert (summary["done"], summary["failed"]) == (written, 6 - written), summary
@@ -1929,3 +1930,82 @@ def test_a_batch_worker_whose_hang_watchdog_is_not_above_the_model_lock_wait_is_
         assert RunDir(tmp_path / "fleet").summary()["pending"] == 2
     finally:
         end_saver(saver)
+
+
+def lapse_handlers(redis_server, prefix: str, lease_ms: int) -> dict:
+    """Workers `a` and `b` of one fleet driven by hand (queue, handler, consumer loop), each settling the outcomes
+    of the entries it is given as `sigma worker --batch` does: their consumers, by name."""
+    from sigma.service.consumer import Consumer
+    from sigma.service.fleet import FleetHandler
+    from sigma.service.settings import QueueSettings
+
+    client, keys = redis_server.client(), Keys(prefix)
+    settings = QueueSettings(lease_ms=lease_ms, block_ms=50, max_deliveries=3)
+    workers = {}
+    for name in ("a", "b"):
+        q = make_queue(client, keys, name, lease_ms=lease_ms, max_deliveries=3)
+        handler = FleetHandler(name, client=client, keys=keys, max_defer_s=60.0)
+        workers[name] = (q, Consumer(client, q, handler, settings, heartbeat_key=keys.batch_worker(name)))
+    return workers
+
+
+def test_a_deferral_noted_while_a_tasks_lease_lapsed_is_forgotten_when_its_first_worker_finishes_it(
+        redis_server, corpus, tmp_path):
+    """Worker a reads a task and is slow (its lease lapses: a loaded host, a missed heartbeat); worker b reclaims it,
+    finds the run folder held (a local run) and defers it, noting a deferral record; a then finishes the shard and
+    acknowledges the task. A record was forgotten only by a worker that had the task through a reclaim, so a's ack
+    left b's record in Redis for worker.max_defer_s + a day (2 days by default, up to 31), for a task long gone; a
+    failed first delivery (retried) left it too, and the run's status reported that task as deferred, with b's stale
+    reason, until the next reclaim. Now a task's record is forgotten whenever it is done, retried or dead-lettered,
+    and one noted for a task settled meanwhile by another worker (b's hand-back finds it gone) is dropped too."""
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg_for(corpus), out, redis_server.url, prefix)["queued"] == 6
+    client, keys = redis_server.client(), Keys(prefix)
+    workers = lapse_handlers(redis_server, prefix, lease_ms=100)
+    (qa, a), (qb, b) = workers["a"], workers["b"]
+
+    def lapse_and_defer(first) -> None:
+        """b takes `first` once its lease has run out under a, and defers it: the run folder is held."""
+        time.sleep(0.2)
+        live, _ = qb.reclaim(count=1)
+        assert [e.id for e in live] == [first.id] and live[0].claimed, live
+        with RunDir(out).locked():
+            b.process(live)
+        assert client.get(keys.batch_task_deferred(first.id)) is not None
+        assert 0 < client.ttl(keys.batch_task_deferred(first.id)) <= 60 + 86_400
+
+    done = qa.read(1, None)
+    assert done and not done[0].claimed
+    lapse_and_defer(done[0])
+    a.process(done)                                  # a finishes its first delivery: done, acknowledged
+    assert b.handler.stats.deferred == 1 and a.handler.stats.done == 1, (a.handler.stats, b.handler.stats)
+    assert client.get(keys.batch_task_deferred(done[0].id)) is None, client.ttl(keys.batch_task_deferred(done[0].id))
+
+    # b notes its deferral after a finished the task: b's hand-back finds it settled and drops the record
+    late = qa.read(1, None)
+    time.sleep(0.2)
+    live, _ = qb.reclaim(count=1)
+    assert [e.id for e in live] == [late[0].id]
+    a.process(late)
+    assert a.handler.stats.done == 2, a.handler.stats
+    # b looked at the shard before a wrote it: to b it is still to do (its status file gone, as then)
+    (out / "status" / f"{live[0].fields['shard']}.json").unlink()
+    with RunDir(out).locked():
+        b.process(live)
+    assert b.handler.stats.deferred == 2, b.handler.stats
+    assert client.get(keys.batch_task_deferred(late[0].id)) is None
+
+    # a first delivery that fails (the corpus briefly gone) goes back through its lease: b's deferral is over too,
+    # and the run's status does not call it deferred
+    failing = qa.read(1, None)
+    lapse_and_defer(failing[0])
+    corpus.rename(tmp_path / "moved")
+    try:
+        a.process(failing)
+    finally:
+        (tmp_path / "moved").rename(corpus)
+    assert a.handler.stats.failed == 1, a.handler.stats
+    assert client.get(keys.batch_task_deferred(failing[0].id)) is None
+    assert queue_status(redis_server.url, prefix, run=RunDir(out))["deferred"] == 0
+
+    assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis

@@ -534,6 +534,32 @@ def test_a_run_too_large_dead_letter_is_answered_without_the_workers_names():
     assert "refused by 2 worker(s) over 12 s, deferred 3 times" in said, said
 
 
+
+def test_a_given_up_tasks_deferral_start_is_said_in_utc_whatever_the_workers_zone(monkeypatch, tmp_path):
+    """A dead letter given up after its deferrals (`run_locked_too_long`, `weights_busy`, `run_too_large`) said when
+    they began in the writing worker's local time with its zone's name (`2027-01-15 13:45:00 XYZ` on a worker 5:45
+    east of UTC): a fleet's workers in different zones wrote different names, and the API's status passed on the
+    server's. Now it is UTC ISO 8601, whichever zone the worker is in."""
+    import time
+
+    from sigma.service.deferral import Deferral
+    from sigma.service.fleet import ModelBusy, RunBusy, RunTooLarge
+
+    monkeypatch.setenv("TZ", "XYZ-5:45")
+    time.tzset()
+    try:
+        assert time.localtime(1_800_000_000).tm_hour == 13            # the zone is in force
+        deferral = Deferral(since=1_800_000_000.4, count=3, mark=0, progress_at=1_800_000_000.4,
+                            last=1_800_000_100.4, refused_by=["w1"])
+        fields = {"run_dir": str(tmp_path), "shard": "s1"}
+        for busy in (RunBusy("held", tmp_path), ModelBusy("held", tmp_path), RunTooLarge("too large", tmp_path)):
+            _, message = busy.given_up(fields, deferral, 100.0)
+            assert "since 2027-01-15T08:00:00Z," in message and "XYZ" not in message, (type(busy), message)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 SCRUBS = [
     # (message, as an answer says it): the punctuation after a path is the message's, kept
     ("cannot open /srv/data/x.png: permission denied", "cannot open <server path>: permission denied"),

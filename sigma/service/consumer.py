@@ -91,7 +91,8 @@ class Handler(Protocol):
     batch_size: int
     max_wait_ms: int
     # optional `reclaim_count`: entries one reclaim may take (XAUTOCLAIM COUNT; default max(16, batch_size)) —
-    # every one claimed is this worker's, its lease kept alive, until handled
+    # every one claimed is this worker's, its lease kept alive, until handled; optional `on_gone(entry)`: an entry
+    # it deferred was found settled by another consumer (its lease lapsed under that one), for what it noted of it
 
     def handle(self, entries: list[Entry]) -> list[Outcome]: ...
 
@@ -364,7 +365,9 @@ class Consumer:
             self._dead_letter(outcome)
             return
         if outcome.action == "defer":
-            self.queue.defer(entry)          # idempotent (sets the counter): settled again after a Redis error
+            # idempotent (sets the counter): settled again after a Redis error
+            if not self.queue.defer(entry) and hasattr(self.handler, "on_gone"):
+                self.handler.on_gone(entry)
             self.counts.deferred += 1
             return
         if outcome.action == "retry":

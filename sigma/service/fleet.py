@@ -508,9 +508,16 @@ _AGAIN = ("submit the run again (`sigma batch submit` with the same input and op
           "this shard, or finish the run locally with `sigma batch run ... --resume` on this --out")
 
 
+def utc_text(seconds: float) -> str:
+    """A time as a dead letter says it: UTC, ISO 8601 (`2026-12-05T09:45:07Z`), as the other stamps SIGMA writes. It
+    was the writing worker's local time with its zone's name (`2026-12-05 10:45:07 CET`): workers in different zones
+    wrote different names for one fleet, and the API's status answered with the server's zone."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def _deferred(deferral: Deferral, max_defer_s: float) -> str:
-    """How often, since when, and how long with no shard written in the run folder: a given-up task's record."""
-    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(deferral.since))
+    """How often, since when (UTC), and how long with no shard written in the run folder: a given-up task's record."""
+    since = utc_text(deferral.since)
     return (f"deferred {deferral.count} times since {since}, no shard written in the run folder for "
             f"{deferral.idle_s:.0f} s, worker.max_defer_s={max_defer_s:g}")
 
@@ -1021,11 +1028,18 @@ class FleetHandler:
         self._live = (now, live)
         return live
 
-    def _forget_deferral(self, entry: Entry, first_delivery_too: bool = False) -> None:
-        """The task ran, or is given up on: a task deferred before came back through a reclaim (`claimed`), or
-        (`first_delivery_too`) one deferred by this very delivery."""
-        if (entry.claimed or first_delivery_too) and self.client is not None and self.keys is not None:
+    def _forget_deferral(self, entry: Entry) -> None:
+        """The task ran, or is given up on: its deferral record, if any, goes, whichever delivery this was. Only a
+        task that came back through a reclaim was looked at before, but one worker's lease can lapse while it works
+        (a loaded host, a missed heartbeat): another worker reclaims the task meanwhile and defers it, and the first
+        one's ack left that record in Redis for worker.max_defer_s + a day, for a task long gone."""
+        if self.client is not None and self.keys is not None:
             forget_deferral(self.client, self.keys, entry.id)
+
+    def on_gone(self, entry: Entry) -> None:
+        """A task this worker deferred was settled by another worker meanwhile (done after a lapsed lease): the
+        record this deferral noted is for a task no longer on the stream."""
+        self._forget_deferral(entry)
 
     def on_retry(self, entry: Entry, error: dict[str, Any]) -> None:
         """Left pending: the lease runs out and a worker (maybe this one) retries the shard. Its error is kept
@@ -1051,9 +1065,7 @@ class FleetHandler:
         written unless the shard is done meanwhile. A task whose folder is gone or holds another run has no
         status to write."""
         self.stats.dead += 1
-        # claimed or not: a task refused for this worker's own limit is given up on at its first delivery when this
-        # worker is the only one live, its refusal noted
-        self._forget_deferral(entry, first_delivery_too=True)
+        self._forget_deferral(entry)
         error = (error or self._last_error(entry)
                  or {"code": "worker_lost", "message": f"delivered {entry.deliveries} times without finishing"})
         try:

@@ -229,13 +229,15 @@ class StreamQueue:
         if ids:
             self.r.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
 
-    def defer(self, entry: Entry) -> None:
+    def defer(self, entry: Entry) -> bool:
         """Leave the entry pending for a retry after a full lease, with this delivery not counted: its counter set
         back to what it was before it reached us (XCLAIM RETRYCOUNT; the next XAUTOCLAIM adds it again). For work
         refused for a reason that is not the entry's (its run folder held by a local run): a retry spent a delivery
-        each time, and a long wait dead-lettered entries nothing was wrong with."""
-        self.r.xclaim(self.stream, self.group, self.consumer, 0, [entry.id], retrycount=max(entry.deliveries - 1, 0),
-                      justid=True)
+        each time, and a long wait dead-lettered entries nothing was wrong with. False: the entry is pending no
+        more (another consumer, whose lease on it had lapsed, acknowledged or dead-lettered it meanwhile)."""
+        claimed = self.r.xclaim(self.stream, self.group, self.consumer, 0, [entry.id],
+                                retrycount=max(entry.deliveries - 1, 0), justid=True)
+        return bool(claimed)
 
     def ack(self, ids: list[str]) -> None:
         """Acknowledge and delete: call only after the entry's result is stored."""
