@@ -212,8 +212,8 @@ def check_weights_reference(ref: str, option: str, *, files: tuple[str, ...] = (
 
 def _forms(files: tuple[str, ...]) -> str:
     folder = "a save_pretrained folder with config.json + its weights"
-    return f"{folder}, a {' / '.join(files)} file, or a Hugging Face repo id" if files else \
-        f"{folder}, or a Hugging Face repo id"
+    hub = f"or a Hugging Face repo id ({HUB_PREFIX}owner/name: the hub only, never a local path)"
+    return f"{folder}, a {' / '.join(files)} file, {hub}" if files else f"{folder}, {hub}"
 
 
 def _check_local_weights(path: Path, ref: str, option: str, files: tuple[str, ...], config_beside: bool) -> None:
