@@ -216,6 +216,8 @@ def _check_file_value(value: str, root: str, where: str, name_allowed: bool, hub
     """Text only, never a look at the server's files (but realpath of an absolute path, as every request path)."""
     from sigma.models.weights import HUB_PREFIX, hub_reference_problem
 
+    if "\x00" in value:        # realpath's lstat raised ValueError on it: a 500 internal_error
+        raise ApiError(422, "invalid_path", f"{where} holds a NUL byte")
     bare = "/" not in value and "\\" not in value and not value.startswith(("~", "."))
     if bare and name_allowed:
         return                                   # a preset or file name with no folder: nothing to escape with

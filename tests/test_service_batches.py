@@ -2,6 +2,7 @@
 for the batch workers, a real batch worker drains it into manifests, and paths outside the root are refused."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -1048,3 +1049,32 @@ def test_options_that_json_reads_as_no_finite_number_are_invalid_config(redis_se
             resp = svc.http.post("/v1/batches", content=body.encode(),
                                  headers={**svc.headers("user"), "Content-Type": "application/json"})
             assert resp.status_code == 400 and error_code(resp) == "bad_json", resp.text
+
+
+@pytest.mark.parametrize("annotator, options, code", [
+    ("sigma-lite", {"weights": "ROOT/" + "x" * 5000}, "weights_not_found"),          # a name past NAME_MAX
+    ("sigma-lite", {"weights": "ROOT/models/" + "a/" * 3000}, "weights_not_found"),   # a path past PATH_MAX
+    ("feature-diff", {"backbone_weights": "ROOT/" + "x" * 5000}, "weights_not_found"),
+    ("feature-diff", {"backbone_weights": "ROOT/models/" + "a/" * 3000}, "weights_not_found"),
+    ("sigma-lite", {"weights": "ROOT/models/a\0b"}, "invalid_path"),
+    ("feature-diff", {"backbone_weights": "ROOT/models/a\0b"}, "invalid_path"),
+    ("sigma-lite", {"weights": "ROOT/models/a\ud800b"}, "invalid_text"),
+])
+def test_weights_a_path_lookup_refuses_are_4xx_with_a_code_and_a_short_message(redis_server, root, tmp_path,
+                                                                              annotator, options, code):
+    """A weights path under the batch root that the file system cannot look up (a name past NAME_MAX, a path past
+    PATH_MAX: ENAMETOOLONG from the submit's file check) let the OSError out of `check_model_files` /
+    `check_weights_reference`: 422 `invalid_path`, not naming the option); a NUL byte made the confinement's realpath
+    raise ValueError (500 internal_error); a lone surrogate is text no file name holds. Each is now a 4xx with a
+    machine-readable code and a message of a few hundred characters at most; nothing is planned or queued."""
+    options = {k: v.replace("ROOT", str(root)) for k, v in options.items()}
+    with running_service(redis_server, tmp_path, [f"api.batch_root={root}",
+                                                  f"api.annotators=[pixel-diff,{annotator}]"]) as svc:
+        body = json.dumps({"input": "corpus", "out": "runs/lookup", "annotator": annotator, "options": options})
+        resp = svc.http.post("/v1/batches", content=body.encode(),     # json.dumps escapes a lone surrogate (\ud800)
+                             headers={**svc.headers("user"), "Content-Type": "application/json"})
+        assert 400 <= resp.status_code < 500 and error_code(resp) == code, (resp.status_code, resp.text[:400])
+        assert len(resp.json()["error"]["message"]) < 400, resp.text
+        assert str(root) not in resp.text and os.path.realpath(root) not in resp.text, resp.text[:400]
+        assert not (root / "runs" / "lookup").exists()
+        assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == 0

@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                          args.needs)
         return int(args.run(args) or 0)
     except SigmaError as exc:
-        message = " ".join(str(exc.message).split())   # always one line, whatever a library put in it
-        return _failed(f"sigma: error [{exc.code}]: {message}", argv)
+        from sigma.cli.common import error_line
+
+        return _failed(error_line(exc.code, str(exc.message)), argv)
     except KeyboardInterrupt:
         return _interrupted(argv)
     except Stopped as exc:   # a SIGTERM obeyed, the work saved or none done (`sigma train`): one line, 128 + signal
@@ -188,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:   # the machine refused (a name too long, no space, no permission): one line, no traceback
+        from sigma.cli.common import error_line
+
         where = f": {exc.filename}" if exc.filename else ""
-        return _failed(f"sigma: error [os_error]: {exc.strerror or exc}{where}", argv)
+        return _failed(error_line("os_error", f"{exc.strerror or exc}{where}"), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,14 @@ from typing import Any
 
 from pydantic import Field
 
-from sigma.cli.common import add_config_args, add_plugin_arg, check_outdir, flag_overrides, import_plugin_args
+from sigma.cli.common import (
+    add_config_args,
+    add_plugin_arg,
+    check_outdir,
+    error_line,
+    flag_overrides,
+    import_plugin_args,
+)
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import FolderBusyError, InputError, SigmaError
@@ -242,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
     for pair_id, code, message in failures:
         # Same one-line form as every other error; with several pairs, the pair id comes first (once).
         named = message.startswith((f"{pair_id}: ", f"pair {pair_id}: "))
-        print(f"sigma: error [{code}]: {pair_id + ': ' if multi and not named else ''}{message}", file=sys.stderr)
+        # long values cut as in every error line (`error_line`): a 5000-character pair id came back whole
+        print(error_line(code, f"{pair_id + ': ' if multi and not named else ''}{message}"), file=sys.stderr)
     if failures and multi:
         print(f"sigma: {written} of {len(items)} pairs annotated, {len(failures)} failed", file=sys.stderr)
     return 2 if failures else 0

@@ -10,6 +10,20 @@ from typing import Any
 
 from sigma.errors import InputError, SigmaError
 
+# an error line's user-given values (a path, a name): a run of more than 2 * ERROR_TOKEN characters without a space
+# or quote is cut in the middle to ERROR_TOKEN, its length said; the whole line at most ERROR_LIMIT characters
+ERROR_TOKEN = 160
+ERROR_LIMIT = 4000
+
+
+def error_line(code: str, message: str) -> str:
+    """An error's one line: whitespace made single spaces (whatever a library put in it), long values cut
+    (`sigma.text.cut_long_values`). A 5000-character path (`--out`, `--data`, `batch status RUN`) came back whole
+    in `os_error` (`File name too long: xxxx…`) and in the project's own errors (`bad_outdir`)."""
+    from sigma.text import cut_long_values  # here: numpy, which it imports, is seconds the start need not wait
+
+    return f"sigma: error [{code}]: {cut_long_values(' '.join(message.split()), ERROR_LIMIT, ERROR_TOKEN)}"
+
 
 class SigmaArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line in the same `sigma: error [code]: ...` form as every

@@ -18,7 +18,14 @@ from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
-from sigma.models.weights import WeightsUnreadableError, check_state, load_safetensors, strict_load
+from sigma.models.weights import (
+    WeightsUnreadableError,
+    check_state,
+    load_safetensors,
+    lookup_error,
+    said_path,
+    strict_load,
+)
 from sigma.tempfiles import FolderBusy, finish_replacements, has_staged_set, reading_lock, replace_together, time_left
 from sigma.text import MAX_DURATION_S, positive_int_env
 from sigma.text import loads as load_json
@@ -168,26 +175,34 @@ def check_model_files(path: str | Path, what: str = "weights") -> None:
     X.safetensors beside X.json — both files there and readable, without reading them (no tensor, no JSON): what a
     fleet submission checks (`sigma.service.fleet.submit_run`). Before, a run naming a missing file (a typo, a folder
     not yet copied) was planned and queued, and every shard failed on the workers into dead letters; now it is
-    refused at submit, `weights_not_found` (`weights_unreadable`: there but not readable). A save killed mid-commit
+    refused at submit, `weights_not_found` (`weights_unreadable`: there but not readable), also where the lookup itself
+    fails (a 5000-character name: ENAMETOOLONG escaped as `os_error`, the path whole). A save killed mid-commit
     (its journal there, the config not yet renamed) passes: the load finishes it. `what`: the option it came from."""
     _refuse_hub_reference(path, what)
-    given = Path(path)
+    try:
+        _check_saved_model(Path(path), what)
+    except OSError as exc:      # ENAMETOOLONG, ELOOP, EACCES on a folder above it (`lookup_error`)
+        raise lookup_error(exc, what, path) from None
+
+
+def _check_saved_model(given: Path, what: str) -> None:
+    """`check_model_files` past the hub marker; a lookup's OSError left to it. Paths shown cut (`said_path`)."""
     if not given.exists():
-        raise WeightsNotFoundError(f"{what}: {path} does not exist ({_SAVED_FORMS})")
+        raise WeightsNotFoundError(f"{what}: {said_path(given)} does not exist ({_SAVED_FORMS})")
     cfg_path, weights_path = model_files(given)
     if given.is_file() and given.suffix not in (".safetensors", ".json"):
-        raise WeightsNotFoundError(f"{what}: {path} is a file, not a saved model ({_SAVED_FORMS})")
+        raise WeightsNotFoundError(f"{what}: {said_path(given)} is a file, not a saved model ({_SAVED_FORMS})")
     for needed in (weights_path, cfg_path):
         if needed == cfg_path and not cfg_path.exists() and has_staged_set(cfg_path.parent, cfg_path.name):
             continue
         if not needed.is_file():
             state = "is not a file" if needed.exists() else "is missing"
-            raise WeightsNotFoundError(f"{what}: {needed} {state} ({_SAVED_FORMS})")
+            raise WeightsNotFoundError(f"{what}: {said_path(needed)} {state} ({_SAVED_FORMS})")
         try:
             with open(needed, "rb"):
                 pass
         except OSError as exc:
-            raise WeightsUnreadableError(f"{what}: {needed} cannot be read ({exc.strerror or exc})") from exc
+            raise WeightsUnreadableError(f"{what}: {said_path(needed)} cannot be read ({exc.strerror or exc})") from exc
 
 
 

@@ -12,12 +12,14 @@ falls back to random weights unless the caller opted in explicitly.
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sigma.errors import WeightsNotFoundError
+from sigma.text import shown
 
 
 class WeightsMismatchError(WeightsNotFoundError):
@@ -31,6 +33,32 @@ class WeightsUnreadableError(WeightsNotFoundError):
     said with the path, never a traceback from the reader's internals."""
 
     code = "weights_unreadable"
+
+
+# errnos of a path lookup that mean the path names no file it could read: too long (ENAMETOOLONG), a symlink loop
+# (ELOOP), a file where a folder is needed (ENOTDIR), gone (ENOENT), refused as a name (EINVAL); the others
+# (EACCES, EPERM on a folder above it, EIO) say it may be there and cannot be reached: weights_unreadable
+NAMES_NO_FILE = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.EINVAL})
+# a path as a weights check's message shows it: cut in the middle past this many characters (as
+# `sigma.io.images.shown_path`: a batch root's path, which the API's answers hide, stays whole)
+SHOWN_PATH = 240
+
+
+def said_path(path: Any) -> str:
+    """A user-given path as a weights message shows it: control characters escaped (a NUL, a newline), cut in the
+    middle past SHOWN_PATH with its length said. A 5000-character `options.weights` came back whole."""
+    return shown("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path)), SHOWN_PATH)
+
+
+def lookup_error(exc: OSError, option: str, path: Any) -> WeightsNotFoundError:
+    """An OSError of a path lookup (exists, is_file, stat, listdir) in a submit's weights check as the project's error:
+    `weights_not_found` when the path cannot name a file (NAMES_NO_FILE), else `weights_unreadable`. Before, it
+    escaped the check: `sigma batch submit` said `os_error` with the whole 5000-character path, the API 422
+    `invalid_path` without naming the option."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in NAMES_NO_FILE:
+        return WeightsNotFoundError(f"{option}: {said_path(path)} cannot name a file ({reason})")
+    return WeightsUnreadableError(f"{option}: {said_path(path)} cannot be looked up ({reason})")
 
 
 RESOLUTION_ORDER: tuple[str, ...] = ("state_dict", "local_path", "hf_cache", "download")
@@ -87,7 +115,7 @@ def _repo_id_problem(repo_id: str) -> str | None:
         import re
         ok = re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", repo_id) and ".." not in repo_id \
             and "--" not in repo_id and not repo_id.endswith(".git")
-        return None if ok else f"{repo_id!r} is no Hugging Face repo id"
+        return None if ok else f"{said_path(repr(repo_id))} is no Hugging Face repo id"
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -100,7 +128,7 @@ def hub_repo_id(ref: str, what: str = "weights") -> str | None:
     the loaders try as a local path first). A malformed `hf:` value raises WeightsNotFoundError naming `what`."""
     problem = hub_reference_problem(ref)
     if problem:
-        raise WeightsNotFoundError(f"{what}: {ref!r}: {problem}")
+        raise WeightsNotFoundError(f"{what}: {said_path(repr(ref))}: {problem}")
     return ref[len(HUB_PREFIX):] if ref.startswith(HUB_PREFIX) else None
 
 
@@ -202,12 +230,17 @@ def check_weights_reference(ref: str, option: str, *, files: tuple[str, ...] = (
     if hub_repo_id(ref, option) is not None:
         return
     path = Path(os.path.expanduser(ref))
-    if path.exists():
-        _check_local_weights(path, ref, option, files, config_beside)
-    elif looks_like_path(ref) or not looks_like_repo_id(ref):
-        raise WeightsNotFoundError(f"{option}: {ref} does not exist ({_forms(files)})")
-    else:
-        _check_repo_id(ref, option)
+    try:
+        exists = path.exists()
+        if exists:
+            _check_local_weights(path, said_path(ref), option, files, config_beside)
+    except OSError as exc:      # ENAMETOOLONG, EACCES on a folder above it: not a file of the loader's (`lookup_error`)
+        raise lookup_error(exc, option, ref) from None
+    if exists:
+        return
+    if looks_like_path(ref) or not looks_like_repo_id(ref):
+        raise WeightsNotFoundError(f"{option}: {said_path(ref)} does not exist ({_forms(files)})")
+    _check_repo_id(ref, option)
 
 
 def _forms(files: tuple[str, ...]) -> str:
@@ -217,7 +250,7 @@ def _forms(files: tuple[str, ...]) -> str:
 
 
 def _check_local_weights(path: Path, ref: str, option: str, files: tuple[str, ...], config_beside: bool) -> None:
-    """An existing `path` is of a form the loader reads, and readable (opened, not read)."""
+    """An existing `path` is of a form the loader reads, and readable (opened, not read). `ref`: as messages show it."""
     if path.is_dir():
         needed = [path / "config.json"]
         if not needed[0].is_file():
@@ -255,8 +288,8 @@ def _check_repo_id(ref: str, option: str) -> None:
     try:
         validate_repo_id(ref)
     except HFValidationError as exc:
-        raise WeightsNotFoundError(f"{option}: {ref!r} does not exist as a path and is no Hugging Face repo id "
-                                   f"({str(exc).splitlines()[0][:160]})") from exc
+        raise WeightsNotFoundError(f"{option}: {said_path(repr(ref))} does not exist as a path and is no Hugging "
+                                   f"Face repo id ({str(exc).splitlines()[0][:160]})") from exc
 
 
 def from_pretrained_or_error(load: Any, folder: str, *, what: str, where: str | None = None, **kwargs: Any) -> Any:
