@@ -95,36 +95,25 @@ def test_dead_worker_tasks_are_reclaimed_and_poison_is_dead_lettered(redis_serve
     assert "6/6 shards done" in out and "dead=1" in out
 
 
-def test_sigma_batch_submit_refuses_options_naming_weights_that_are_not_there(redis_server, corpus, tmp_path):
-    """`sigma batch submit --set options.weights=PATH` with nothing at PATH planned the run and queued its shards,
-    and every worker's load failed into dead letters. Now the submit fails (exit 2, `weights_not_found`, naming the
-    path), nothing planned in --out and nothing queued; the same check `POST /v1/batches` makes (`submit_run`)."""
+@pytest.mark.parametrize(("annotator", "option", "missing"), [
+    ("sigma-lite", "weights", "models/typo.safetensors"),
+    ("feature-diff", "backbone_weights", "models/dinov2-typo"),
+])
+def test_sigma_batch_submit_refuses_options_naming_weights_that_are_not_there(redis_server, corpus, tmp_path,
+                                                                             annotator, option, missing):
+    """`sigma batch submit --set options.weights=PATH` (or feature-diff's `options.backbone_weights`) with nothing at
+    PATH planned the run and queued its shards, and every worker's load failed into dead letters. Now the submit fails
+    (exit 2, `weights_not_found`, naming the option and the path), nothing planned in --out and nothing queued; the
+    same check `POST /v1/batches` makes (`submit_run`)."""
     prefix = prefix_name()
     env = {**os.environ, "SIGMA_REDIS_URL": redis_server.url, "SIGMA__REDIS__KEY_PREFIX": prefix}
-    missing = tmp_path / "models" / "typo.safetensors"
+    missing = tmp_path / missing
     proc = subprocess.run([sys.executable, "-m", "sigma", "batch", "submit", str(corpus), "--out",
-                           str(tmp_path / "fleet"), "--annotator", "sigma-lite", "--shard-size", "3", "--set",
-                           f"options.weights={missing}"], env=env, capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "fleet"), "--annotator", annotator, "--shard-size", "3", "--set",
+                           f"options.{option}={missing}"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "[weights_not_found]" in proc.stderr and f"{missing} does not exist" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert not RunDir(tmp_path / "fleet").exists()
-    assert redis_server.client().xlen(Keys(prefix).batch_tasks()) == 0
-
-
-def test_sigma_batch_submit_refuses_a_backbone_path_that_is_not_there(redis_server, corpus, tmp_path):
-    """`sigma batch submit --annotator feature-diff --set options.backbone_weights=PATH` with nothing at PATH was
-    queued, and every worker's backbone load failed into dead letters (only options.weights was checked). Now exit
-    2, `weights_not_found` naming the option and the path; nothing planned, nothing queued."""
-    prefix = prefix_name()
-    env = {**os.environ, "SIGMA_REDIS_URL": redis_server.url, "SIGMA__REDIS__KEY_PREFIX": prefix}
-    missing = tmp_path / "models" / "dinov2-typo"
-    proc = subprocess.run([sys.executable, "-m", "sigma", "batch", "submit", str(corpus), "--out",
-                           str(tmp_path / "fleet"), "--annotator", "feature-diff", "--shard-size", "3", "--set",
-                           f"options.backbone_weights={missing}"], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "[weights_not_found]" in proc.stderr and f"options.backbone_weights: {missing} does not exist" \
-        in proc.stderr, proc.stderr
+    assert "[weights_not_found]" in proc.stderr and f"options.{option}: {missing} does not exist" in proc.stderr, \
+        proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert not RunDir(tmp_path / "fleet").exists()
     assert redis_server.client().xlen(Keys(prefix).batch_tasks()) == 0

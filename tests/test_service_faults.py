@@ -138,6 +138,25 @@ def _names_no_server_internals(text: str, folder, pid: int) -> None:
     assert re.search(r"pid \d", text) is None, text
 
 
+def _waiting_job_failed_with(svc, redis_server, exc: Exception):
+    """(the answer, the job id) of a `/v1/annotate` call waiting on its job, which no worker runs: the job is failed
+    with `exc` as a worker's load would record it (`error_record`), the way a real failure reaches the answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sigma.service.annotation import error_record
+    from sigma.service.jobs import JobStore
+
+    with ThreadPoolExecutor(1) as pool:
+        original, edited = make_pair(seed=7)
+        waiting = pool.submit(svc.submit, original, edited, {"annotator": "pixel-diff", "wait": "30"},
+                              path="/v1/annotate")
+        r = redis_server.client()
+        [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
+        job_id = fields[b"job"].decode()
+        assert JobStore(r, Keys(svc.prefix), 600).finish(job_id, "failed", "a-worker", error=error_record(exc)) == 1
+        return waiting.result(timeout=60), job_id
+
+
 def test_a_jobs_error_naming_a_held_model_folder_is_answered_without_its_pid_host_or_path(redis_server, tmp_path,
                                                                                          monkeypatch):
     """A model a plugin loads inside the worker, its folder held by a real saver stopped mid-commit: the load fails
@@ -184,12 +203,8 @@ def test_a_job_failed_weights_busy_is_answered_409_with_retry_after_and_no_holde
     load of a folder a stopped saver holds): `/v1/annotate` answered it 409 as the code's status says, but with the
     message whole (the folder, `kill -CONT <pid>`) and without `Retry-After`. Now the message is scrubbed, the code
     kept, and the 409 carries `Retry-After: 5`, as every other answer of a folder another process holds."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from sigma.errors import WeightsBusyError
     from sigma.models import load_model
-    from sigma.service.annotation import error_record
-    from sigma.service.jobs import JobStore
 
     monkeypatch.setenv("SIGMA_MODEL_LOCK_WAIT_S", "1")
     folder = tmp_path / "held" / "model"
@@ -198,16 +213,8 @@ def test_a_job_failed_weights_busy_is_answered_409_with_retry_after_and_no_holde
         with pytest.raises(WeightsBusyError) as held:
             load_model(folder)
         assert str(folder) in str(held.value) and f"kill -CONT {saver.pid}" in str(held.value), held.value
-        with running_service(redis_server, tmp_path) as svc, ThreadPoolExecutor(1) as pool:
-            original, edited = make_pair(seed=7)
-            waiting = pool.submit(svc.submit, original, edited, {"annotator": "pixel-diff", "wait": "30"},
-                                  path="/v1/annotate")
-            r = redis_server.client()
-            [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
-            job_id = fields[b"job"].decode()
-            jobs = JobStore(r, Keys(svc.prefix), 600)
-            assert jobs.finish(job_id, "failed", "a-worker", error=error_record(held.value)) == 1
-            resp = waiting.result(timeout=60)
+        with running_service(redis_server, tmp_path) as svc:
+            resp, job_id = _waiting_job_failed_with(svc, redis_server, held.value)
             assert resp.status_code == 409 and resp.headers.get("Retry-After") == "5", (resp.headers, resp.text)
             error = resp.json()["error"]
             assert error["code"] == "weights_busy" and error["job_id"] == job_id, error
@@ -227,28 +234,16 @@ def test_a_job_error_naming_a_server_folder_with_a_space_is_answered_without_any
     operator's choice): the worker records `no SigmaNet config at /srv/operator models/my model/config.json (...)`,
     and `/v1/annotate` and `GET /v1/jobs/{id}` answered `<server path> models/my model/config.json`: the path was
     hidden only to its first space. Now the whole path is `<server path>`, over real HTTP, code and status kept."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from sigma.errors import WeightsNotFoundError
     from sigma.models import load_model
-    from sigma.service.annotation import error_record
-    from sigma.service.jobs import JobStore
 
     folder = tmp_path / "operator models" / "my model"
     folder.mkdir(parents=True)
     with pytest.raises(WeightsNotFoundError) as missing:
         load_model(folder)
     assert f"{folder}/config.json" in str(missing.value), missing.value
-    with running_service(redis_server, tmp_path) as svc, ThreadPoolExecutor(1) as pool:
-        original, edited = make_pair(seed=7)
-        waiting = pool.submit(svc.submit, original, edited, {"annotator": "pixel-diff", "wait": "30"},
-                              path="/v1/annotate")
-        r = redis_server.client()
-        [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
-        job_id = fields[b"job"].decode()
-        assert JobStore(r, Keys(svc.prefix), 600).finish(job_id, "failed", "a-worker",
-                                                         error=error_record(missing.value)) == 1
-        resp = waiting.result(timeout=60)
+    with running_service(redis_server, tmp_path) as svc:
+        resp, job_id = _waiting_job_failed_with(svc, redis_server, missing.value)
         error = resp.json()["error"]
         assert resp.status_code == 422 and error["code"] == "weights_not_found", resp.text
         assert error["message"].startswith("WeightsNotFoundError: no SigmaNet config at <server path> ("), error
