@@ -136,6 +136,14 @@ def test_an_options_long_key_in_a_refusals_place_is_cut(svc, root, options, stat
     assert not (root / "runs" / "longkey").exists()
 
 
+def test_a_long_content_type_is_cut_in_the_415(svc):
+    """An ApiError built in api/ from a header (the content type) was answered whole, as the option keys were."""
+    headers = {**svc.headers("user"), "content-type": "text/" + "z" * 6000}
+    resp = svc.http.post("/v1/batches", content=b"{}", headers=headers)
+    assert (resp.status_code, error_code(resp)) == (415, "unsupported_media_type"), resp.text[:300]
+    assert len(resp.content) < 1000 and "(6005 characters)" in resp.text and "z" * 200 not in resp.text, resp.text[:300]
+
+
 @pytest.mark.parametrize("raw", ['1e300', '100001', str(10 ** 40), '9' * 5000])
 def test_a_huge_shard_size_is_refused_with_the_documented_maximum(svc, root, raw):
     """`"shard_size": 1e300` (an integral float) was taken, and so was any huge integer: the whole corpus went into
