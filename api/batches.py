@@ -199,14 +199,15 @@ def confine_file_options(options: Any, root: str, where: str = "options", parent
     local path first (`sigma.models.weights.resolve_hf_reference`, `load_model`), so a worker loaded `a/b` from its
     own working directory, outside the root; and whether `a/b` existed in the API's working directory decided 403
     or 202, an oracle on the server's files. The answer depends on the text alone. `parent`: the key holding
-    `options` (which loader a `weights` goes to)."""
+    `options` (which loader a `weights` goes to). `where`, the place a refusal names, says each key `shown`: a
+    100 000-character key was answered whole (`options.kkk….weights`)."""
     if isinstance(options, dict):
         for key, value in options.items():
             if key in FILE_OPTION_KEYS and isinstance(value, str):
                 hub = (None, key) in HUB_OPTION_KEYS or (parent, key) in HUB_OPTION_KEYS
-                _check_file_value(value, root, f"{where}.{key}", key in NAME_OPTION_KEYS, hub)
+                _check_file_value(value, root, f"{where}.{shown(key)}", key in NAME_OPTION_KEYS, hub)
             else:
-                confine_file_options(value, root, f"{where}.{key}", key)
+                confine_file_options(value, root, f"{where}.{shown(key)}", key)
     elif isinstance(options, list):
         for n, value in enumerate(options):
             confine_file_options(value, root, f"{where}[{n}]", parent)

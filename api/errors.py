@@ -19,7 +19,7 @@ from sigma.api.responses import SafeJSONResponse
 from sigma.errors import SigmaError
 from sigma.folderlock import anonymised
 from sigma.service.deferral import without_worker_names
-from sigma.text import shown
+from sigma.text import cut_long_values, shown
 
 log = logging.getLogger("sigma.api")
 
@@ -126,16 +126,24 @@ KNOWN_CODES = frozenset(STATUS_BY_CODE) | frozenset(HTTP_CODES.values()) | {OTHE
 
 
 class ApiError(Exception):
+    """A refusal of a route: its message is cut (`cut_long_values`) where it is made, for its answer and its log
+    line alike. Messages built in api/ from the request's own text (an option's place `options.<key>.weights` from
+    its keys, a multipart field's name, a content type) were not: a 100 000-character option key came back whole
+    in a 403 `path_outside_root`; only the library's messages were cut (`batches.scrub`)."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
                  **extra: Any):
+        message = cut_long_values(message)
         super().__init__(message)
         self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    **extra: Any) -> SafeJSONResponse:
-    return SafeJSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status,
-                        headers=headers)
+    """Every error answer's one writer: its message cut as an ApiError's is (a cut message is left as it is), so no
+    handler (a validation, a job's recorded error) answers a long value whole."""
+    return SafeJSONResponse({"error": {"code": code, "message": cut_long_values(message), **extra}},
+                            status_code=status, headers=headers)
 
 
 def status_for(exc: SigmaError) -> int:

@@ -93,10 +93,35 @@ def _env_number(raw: str) -> int | float:
 def cut_long_values(message: str, limit: int = MAX_MESSAGE, token_limit: int = SHOWN_LIMIT) -> str:
     """A message built elsewhere from user-given values (a library's "unknown preset 'x…'"): every run of more
     than 2 * `token_limit` characters without a space or quote is cut to `token_limit` (`shown`), then the whole
-    message to `limit`."""
-    message = _LONG_TOKEN.sub(lambda m: m.group(0) if len(m.group(0)) <= 2 * token_limit
-                              else shown(m.group(0), token_limit), message)
-    return shown(message, limit)
+    message to at most `limit` characters, its length said as `shown` says it.
+
+    The punctuation that ends a run (`TRAILING_PUNCTUATION`: the colon after a path, a sentence's full stop) is not
+    the value: it stays after the `(N characters)` note, and N counts the value alone. It was cut with the value:
+    `xxx…xxx: (5001 characters) not a usable output folder`. And the whole message came out longer than `limit`
+    (`shown` adds its note past the limit), so cutting a cut message again cut it once more, its note then saying
+    the length of the first cut: a message cut here (`batches.scrub`) and again where every answer is built
+    (`sigma.api.errors.ApiError`) said two lengths. A message this returns now comes back unchanged from it."""
+    message = _LONG_TOKEN.sub(lambda m: _cut_token(m.group(0), token_limit), message)
+    if len(message) <= limit:
+        return message
+    note = f" ({len(message)} characters)"
+    return shown(message, max(limit - len(note) - 1, 2))
+
+
+# what ends a value in a sentence, kept after a cut value's `(N characters)`; a longer run of it is a value
+TRAILING_PUNCTUATION = ":,.;)"
+_MOST_TRAILING = 3
+
+
+def _cut_token(token: str, token_limit: int) -> str:
+    """`token` (no space or quote in it) as `cut_long_values` says it: whole up to 2 * `token_limit` characters,
+    else cut (`shown`) with the punctuation it ends with (at most `_MOST_TRAILING` characters) kept after the cut."""
+    value = token.rstrip(TRAILING_PUNCTUATION)
+    if len(token) - len(value) > _MOST_TRAILING:
+        value = token
+    if len(value) <= 2 * token_limit:
+        return token
+    return shown(value, token_limit) + token[len(value):]
 
 
 def find_surrogate(value: Any, where: str = "") -> str | None:

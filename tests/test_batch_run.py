@@ -744,10 +744,17 @@ def test_a_local_run_with_many_failed_shards_lists_the_first_100_and_says_where_
     err = capsys.readouterr().err
     assert err.count("sigma: error: shard ") == 100 and "and 29 more failed shard(s)" in err, err[-2000:]
     assert f"sigma batch status {out} --failed-limit N" in err and len(err) < 250_000
+    # each line cuts the path in its reason, saying its length before the colon that followed it (a cut of the whole
+    # reason to 2000 characters printed the path's first 1000 whole)
+    whole = len(str(manifest))
+    shard_lines = [line for line in err.splitlines() if line.startswith("sigma: error: shard ")]
+    assert all(len(line) < 500 and f"/manifest.jsonl ({whole} characters): changed since" in line
+               for line in shard_lines), shard_lines[0]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["failed_now"], summary["done_now"], summary["failed_shards_omitted"]) == (129, 1, 29)
     assert [f["shard"] for f in summary["failed"]] == [f"manifest.r{i:07d}-{i:07d}" for i in range(1, 101)]
-    assert all(len(f["error"]) < 2100 and "ends early) (" in f["error"] for f in summary["failed"])
+    assert all(len(f["error"]) < 500 and f"({whole} characters)" in f["error"] and "ends early)" in f["error"]
+               for f in summary["failed"])
     assert (summary["status"]["failed"], summary["status"]["failed_shards_omitted"]) == (129, 29)
     kept = [json.loads(p.read_text()) for p in sorted((out / "status").glob("*.json"))]
     assert sum(st["status"] == "failed" and len(st["error"]) > 2200 for st in kept) == 129
@@ -755,6 +762,10 @@ def test_a_local_run_with_many_failed_shards_lists_the_first_100_and_says_where_
     assert main(["batch", "status", str(out), "--json", "--failed-limit", "1000"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert len(listed["failed_shards"]) == 129 and listed["failed_shards_omitted"] == 0
+    assert main(["batch", "status", str(out)]) == 0
+    failed_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  failed: ")]
+    assert len(failed_lines) == 100 and all(len(line) < 500 and f"({whole} characters):" in line
+                                            for line in failed_lines), failed_lines[0]
 
     assert main([*args, "--failed-limit", "0", "--json"]) == 1        # none listed: still a failed run
     captured = capsys.readouterr()

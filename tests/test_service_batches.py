@@ -117,6 +117,33 @@ def test_a_long_name_is_not_echoed_whole(svc, root, field):
     assert not (root / "runs" / "long").exists()
 
 
+KEY = "k" * 100_000
+
+
+@pytest.mark.parametrize("options, status, code", [
+    ({KEY: {"weights": "relative/model.safetensors"}}, 403, "path_outside_root"),
+    ({KEY: {"weights": "/x\x00y"}}, 422, "invalid_path"),
+    ({KEY: [{"grounding_options": {"detector": {"weights": "hf:a/b/c/d"}}}]}, 403, "path_outside_root"),
+])
+def test_an_options_long_key_in_a_refusals_place_is_cut(svc, root, options, status, code):
+    """A refusal of a file-valued option names its place (`options.<key>.weights`), built from the request's keys:
+    a 100 000-character key came back whole in the message (ApiError messages built in api/ were not cut; only the
+    library's, through `scrub`). Every ApiError's message is now cut where it is made (`sigma.api.errors`)."""
+    resp = post(svc, {"input": "corpus", "out": "runs/longkey", "annotator": "pixel-diff", "options": options})
+    assert (resp.status_code, error_code(resp)) == (status, code), resp.text[:300]
+    assert len(resp.content) < 1000 and "k" * 200 not in resp.text, (len(resp.content), resp.text[:300])
+    assert "(100000 characters)" in resp.json()["error"]["message"], resp.text[:300]
+    assert not (root / "runs" / "longkey").exists()
+
+
+def test_a_long_content_type_is_cut_in_the_415(svc):
+    """An ApiError built in api/ from a header (the content type) was answered whole, as the option keys were."""
+    headers = {**svc.headers("user"), "content-type": "text/" + "z" * 6000}
+    resp = svc.http.post("/v1/batches", content=b"{}", headers=headers)
+    assert (resp.status_code, error_code(resp)) == (415, "unsupported_media_type"), resp.text[:300]
+    assert len(resp.content) < 1000 and "(6005 characters)" in resp.text and "z" * 200 not in resp.text, resp.text[:300]
+
+
 @pytest.mark.parametrize("raw", ['1e300', '100001', str(10 ** 40), '9' * 5000])
 def test_a_huge_shard_size_is_refused_with_the_documented_maximum(svc, root, raw):
     """`"shard_size": 1e300` (an integral float) was taken, and so was any huge integer: the whole corpus went into

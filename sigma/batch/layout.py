@@ -28,7 +28,7 @@ from sigma.folderlock import LOCK_FILE, LockWait, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.tempfiles import replace_atomically, sweep_stale_below, sync_folder
-from sigma.text import MAX_MESSAGE, dumps_finite, positive_int_env, shown
+from sigma.text import cut_long_values, dumps_finite, positive_int_env, shown
 from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"
@@ -467,8 +467,9 @@ class RunDir:
     def summary(self, failed_limit: int | None = FAILED_SHOWN, record: dict[str, Any] | None = None,
                 dead_letters: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Shard counts, pair counts and error codes of the run, with the first `failed_limit` failed shards (None:
-        all) and each one's message cut to MAX_MESSAGE characters. `record`: the run record already loaded (and
-        checked: `sigma.batch.record.verified_record`), not read again. `dead_letters`: as `shard_states`'."""
+        all) and each one's message cut (`cut_long_values`: long values, then MAX_MESSAGE). `record`: the run
+        record already loaded (and checked: `sigma.batch.record.verified_record`), not read again. `dead_letters`:
+        as `shard_states`'."""
         record = self.load() if record is None else record
         counts = {"done": 0, "failed": 0, "pending": 0}
         pairs = ok = errors = 0
@@ -486,7 +487,7 @@ class RunDir:
                 for code, n in (error_codes.items() if isinstance(error_codes, dict) else ()):
                     codes[str(code)] = codes.get(str(code), 0) + _count(n)
             elif state == "failed" and st is not None and (failed_limit is None or len(failed) < failed_limit):
-                failed.append({"shard": shard.key, "error": shown(st.get("error", ""), MAX_MESSAGE)})
+                failed.append({"shard": shard.key, "error": cut_long_values(str(st.get("error", "")))})
         return {"run_hash": record["run_hash"], "shards": len(record["shards"]), **counts, "pairs": pairs, "ok": ok,
                 "errors": errors, "error_codes": dict(sorted(codes.items())), "failed_shards": failed,
                 "failed_shards_omitted": counts["failed"] - len(failed), "planned_pairs": record.get("planned_pairs")}

@@ -27,7 +27,7 @@ from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
 from sigma.io.corpora.base import planned_pairs, resolved_under, unique_keys
 from sigma.registry import annotator_identity, build_annotator, import_plugins, named_annotator
-from sigma.text import MAX_MESSAGE, shown
+from sigma.text import cut_long_values
 
 
 @dataclass
@@ -42,13 +42,13 @@ class RunSummary:
     errors: int
     seconds: float
     pairs_per_s: float
-    # the first `failed_limit` shards this run failed, in run order, reasons cut to MAX_MESSAGE (`failed_now`
+    # the first `failed_limit` shards this run failed, in run order, reasons cut (`cut_long_values`) (`failed_now`
     # counts them all, `failed_shards_omitted` the ones left out; OUT/status/<shard>.json holds each whole reason)
     failed: list[dict[str, str]] = field(default_factory=list)
     failed_shards_omitted: int = 0
     status: dict[str, Any] = field(default_factory=dict)
     # attempts lost with their process or Ray actor (shard, attempt, worker, reason, action): the first
-    # `failed_limit`, reasons cut to MAX_MESSAGE; `retried_omitted` counts the ones left out
+    # `failed_limit`, reasons cut (`cut_long_values`); `retried_omitted` counts the ones left out
     retried: list[dict[str, Any]] = field(default_factory=list)
     retried_omitted: int = 0
     backend: dict[str, Any] = field(default_factory=dict)         # how it ran: processes, actors, cluster
@@ -220,10 +220,10 @@ def finish(summary: RunSummary, rundir: RunDir, failed_limit: int | None) -> Run
     of memory at each load) adds up to `attempts` records a shard; written to OUT/summary.json."""
     failed = summary.failed if failed_limit is None else summary.failed[:failed_limit]
     summary.failed_shards_omitted = len(summary.failed) - len(failed)
-    summary.failed = [{"shard": f["shard"], "error": shown(f["error"], MAX_MESSAGE)} for f in failed]
+    summary.failed = [{"shard": f["shard"], "error": cut_long_values(f["error"])} for f in failed]
     retried = summary.retried if failed_limit is None else summary.retried[:failed_limit]
     summary.retried_omitted = len(summary.retried) - len(retried)
-    summary.retried = [{**r, "reason": shown(str(r.get("reason", "")), MAX_MESSAGE)} for r in retried]
+    summary.retried = [{**r, "reason": cut_long_values(str(r.get("reason", "")))} for r in retried]
     summary.status = rundir.summary(failed_limit=failed_limit)
     atomic_write_json(rundir.root / "summary.json", summary.to_dict())
     return summary

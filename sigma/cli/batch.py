@@ -6,7 +6,15 @@ import json
 import sys
 from typing import Any
 
-from sigma.cli.common import add_config_args, add_plugin_arg, import_plugin_args, integer, with_plugin_args, within
+from sigma.cli.common import (
+    add_config_args,
+    add_plugin_arg,
+    import_plugin_args,
+    integer,
+    said,
+    with_plugin_args,
+    within,
+)
 from sigma.errors import ConfigError
 
 HELP = """Annotate a corpus of editing pairs into one parquet manifest per shard.
@@ -300,11 +308,13 @@ def run_run(args: argparse.Namespace) -> int:
         print(f"run {summary.run_hash}: {st['done']}/{st['shards']} shards done, {st['ok']} pairs annotated, "
               f"{st['errors']} bad pairs{_codes(st['error_codes'])}")
     for f in summary.failed:
-        print(f"sigma: error: shard {f['shard']} failed: {f['error']} (rerun with --resume)", file=sys.stderr)
+        # the stored reason, cut to 2000 characters as a whole, printed a long path in it whole: its values cut
+        line = said(f"shard {f['shard']} failed: {f['error']} (rerun with --resume)")
+        print(f"sigma: error: {line}", file=sys.stderr)
     if summary.failed_shards_omitted:
-        print(f"sigma: error: … and {summary.failed_shards_omitted} more failed shard(s): `sigma batch status "
-              f"{summary.out} --failed-limit N` lists them, {summary.out}/status/<shard>.json holds each one's "
-              "reason (rerun with --resume)", file=sys.stderr)
+        print("sigma: error: " + said(f"… and {summary.failed_shards_omitted} more failed shard(s): `sigma batch "
+              f"status {summary.out} --failed-limit N` lists them, {summary.out}/status/<shard>.json holds each one's "
+              "reason (rerun with --resume)"), file=sys.stderr)
     return 1 if summary.failed_now else 0
 
 
@@ -365,7 +375,7 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"pairs: {status['ok']} annotated, {status['errors']} bad"
           + (f" (of {planned} planned)" if planned else "") + _codes(status["error_codes"]))
     for f in status["failed_shards"]:
-        print(f"  failed: {f['shard']}: {f['error']}")
+        print("  failed: " + said(f"{f['shard']}: {f['error']}"))
     if status["failed_shards_omitted"]:
         print(f"  … and {status['failed_shards_omitted']} more failed shard(s) (--failed-limit N lists more)")
     if "queue" in status:

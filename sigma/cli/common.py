@@ -20,9 +20,15 @@ def error_line(code: str, message: str) -> str:
     """An error's one line: whitespace made single spaces (whatever a library put in it), long values cut
     (`sigma.text.cut_long_values`). A 5000-character path (`--out`, `--data`, `batch status RUN`) came back whole
     in `os_error` (`File name too long: xxxx…`) and in the project's own errors (`bad_outdir`)."""
+    return f"sigma: error [{code}]: {said(message)}"
+
+
+def said(message: str) -> str:
+    """A message as a line of the CLI says it (`error_line`'s text; a failed shard's line of `sigma batch run` and
+    `sigma batch status`): one line, long values cut to ERROR_TOKEN, at most ERROR_LIMIT characters."""
     from sigma.text import cut_long_values  # here: numpy, which it imports, is seconds the start need not wait
 
-    return f"sigma: error [{code}]: {cut_long_values(' '.join(message.split()), ERROR_LIMIT, ERROR_TOKEN)}"
+    return cut_long_values(" ".join(message.split()), ERROR_LIMIT, ERROR_TOKEN)
 
 
 class SigmaArgumentParser(argparse.ArgumentParser):

@@ -1,0 +1,54 @@
+"""`sigma.text.cut_long_values`, the one cut of user-given values in messages (CLI error lines, HTTP answers, a
+batch task's error): the punctuation after a cut value stays after its `(N characters)` note, and a cut message
+is at most its limit, so cutting it again changes nothing."""
+from __future__ import annotations
+
+import pytest
+
+from sigma.text import MAX_MESSAGE, cut_long_values, shown
+
+VALUE = "x" * 5001
+
+
+@pytest.mark.parametrize("message, expected", [
+    (f"{VALUE}: not a usable output folder", f"{shown(VALUE)}: not a usable output folder"),
+    (f"out {VALUE}.", f"out {shown(VALUE)}."),
+    (f"(at {VALUE})", f"(at {shown(VALUE)})"),
+    (f"a {VALUE}, b {VALUE};", f"a {shown(VALUE)}, b {shown(VALUE)};"),
+    (f"'{VALUE}': unknown", f"'{shown(VALUE)}': unknown"),
+])
+def test_the_punctuation_after_a_cut_value_stays_after_its_length(message, expected):
+    """It was cut with the value: `xxx…xxx: (5001 characters) not a usable output folder`, the length counting
+    the colon."""
+    assert cut_long_values(message) == expected
+    assert "(5001 characters)" in cut_long_values(message)
+
+
+def test_the_shown_format_is_kept():
+    assert shown(VALUE) == f"{'x' * 32}…{'x' * 32} (5001 characters)"
+    assert cut_long_values(f"{VALUE}:") == f"{'x' * 32}…{'x' * 32} (5001 characters):"
+
+
+def test_a_long_run_of_punctuation_is_a_value_and_is_cut():
+    assert cut_long_values("." * 300) == shown("." * 300)
+    assert cut_long_values(f"{VALUE}{'.' * 300}") == shown(f"{VALUE}{'.' * 300}")
+
+
+def test_short_values_and_their_punctuation_are_untouched():
+    message = f"{'y' * 128}: short enough, (at a.b[2]); done."
+    assert cut_long_values(message) == message
+
+
+@pytest.mark.parametrize("message", [
+    "w " * 1500 + VALUE,
+    "word " * 2000,
+    "a: " + "b " * 3000 + "'" + VALUE + "'.",
+])
+@pytest.mark.parametrize("limit", [MAX_MESSAGE, 4000, 300])
+def test_a_cut_message_is_at_most_its_limit_and_cutting_it_again_changes_nothing(message, limit):
+    """`shown` adds its note past its limit: a 2000-character cut was 2019 characters, and the second cut where
+    every API answer is built (a message `batches.scrub` had cut) cut it again, saying the first cut's length."""
+    once, values_cut = cut_long_values(message, limit), message.replace(VALUE, shown(VALUE))
+    assert len(once) <= limit
+    assert once == values_cut if len(values_cut) <= limit else once.endswith(f" ({len(values_cut)} characters)")
+    assert cut_long_values(once, limit) == once
