@@ -34,6 +34,10 @@ MAX_DURATION_S = 30 * 86_400
 # a user-given name or id in a message: longer ones are cut (`shown`); a whole message, at most MAX_MESSAGE
 SHOWN_LIMIT = 64
 MAX_MESSAGE = 2000
+# a value in a line a person reads to find a file (a CLI error line, a failed shard's reason in a run's summary): a
+# run of more than 2 * PATH_SHOWN characters is cut to PATH_SHOWN; wider than SHOWN_LIMIT, as paths of 130 to 320
+# characters (a corpus's nested folders) are common and are what the reader needs whole
+PATH_SHOWN = 160
 _LONG_TOKEN = re.compile(r"[^\s'\"]+")
 
 

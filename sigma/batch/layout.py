@@ -28,7 +28,7 @@ from sigma.folderlock import LOCK_FILE, LockWait, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.tempfiles import replace_atomically, sweep_stale_below, sync_folder
-from sigma.text import cut_long_values, dumps_finite, positive_int_env, shown
+from sigma.text import PATH_SHOWN, cut_long_values, dumps_finite, positive_int_env, shown
 from sigma.text import loads as load_json
 
 RUN_FILE = "run.json"
@@ -487,7 +487,8 @@ class RunDir:
                 for code, n in (error_codes.items() if isinstance(error_codes, dict) else ()):
                     codes[str(code)] = codes.get(str(code), 0) + _count(n)
             elif state == "failed" and st is not None and (failed_limit is None or len(failed) < failed_limit):
-                failed.append({"shard": shard.key, "error": cut_long_values(str(st.get("error", "")))})
+                error = cut_long_values(str(st.get("error", "")), token_limit=PATH_SHOWN)
+                failed.append({"shard": shard.key, "error": error})
         return {"run_hash": record["run_hash"], "shards": len(record["shards"]), **counts, "pairs": pairs, "ok": ok,
                 "errors": errors, "error_codes": dict(sorted(codes.items())), "failed_shards": failed,
                 "failed_shards_omitted": counts["failed"] - len(failed), "planned_pairs": record.get("planned_pairs")}

@@ -27,7 +27,7 @@ from sigma.errors import ConfigError, InputError
 from sigma.io.corpora import Corpus, Shard, open_corpus
 from sigma.io.corpora.base import planned_pairs, resolved_under, unique_keys
 from sigma.registry import annotator_identity, build_annotator, import_plugins, named_annotator
-from sigma.text import cut_long_values
+from sigma.text import PATH_SHOWN, cut_long_values
 
 
 @dataclass
@@ -220,10 +220,12 @@ def finish(summary: RunSummary, rundir: RunDir, failed_limit: int | None) -> Run
     of memory at each load) adds up to `attempts` records a shard; written to OUT/summary.json."""
     failed = summary.failed if failed_limit is None else summary.failed[:failed_limit]
     summary.failed_shards_omitted = len(summary.failed) - len(failed)
-    summary.failed = [{"shard": f["shard"], "error": cut_long_values(f["error"])} for f in failed]
+    summary.failed = [{"shard": f["shard"], "error": cut_long_values(f["error"], token_limit=PATH_SHOWN)}
+                      for f in failed]
     retried = summary.retried if failed_limit is None else summary.retried[:failed_limit]
     summary.retried_omitted = len(summary.retried) - len(retried)
-    summary.retried = [{**r, "reason": cut_long_values(str(r.get("reason", "")))} for r in retried]
+    summary.retried = [{**r, "reason": cut_long_values(str(r.get("reason", "")), token_limit=PATH_SHOWN)}
+                       for r in retried]
     summary.status = rundir.summary(failed_limit=failed_limit)
     atomic_write_json(rundir.root / "summary.json", summary.to_dict())
     return summary

@@ -10,10 +10,11 @@ from typing import Any
 
 from sigma.errors import InputError, SigmaError
 
-# an error line's user-given values (a path, a name): a run of more than 2 * ERROR_TOKEN characters without a space
-# or quote is cut in the middle to ERROR_TOKEN, its length said; the whole line at most ERROR_LIMIT characters
-ERROR_TOKEN = 160
-ERROR_LIMIT = 4000
+# an error line at most ERROR_LIMIT characters; its user-given values (a path, a name) cut as a run's summary cuts
+# them (`sigma.text.PATH_SHOWN`: a run of more than twice that without a space or quote, cut in the middle). The cap
+# is for a pathological message only: a config refused with every bad field named is long by right (a TrainConfig
+# with NaN in each of its float fields: 4,057 characters, which a 4,000 cap cut, the last fields unsaid)
+ERROR_LIMIT = 32_000
 
 
 def error_line(code: str, message: str) -> str:
@@ -25,10 +26,11 @@ def error_line(code: str, message: str) -> str:
 
 def said(message: str) -> str:
     """A message as a line of the CLI says it (`error_line`'s text; a failed shard's line of `sigma batch run` and
-    `sigma batch status`): one line, long values cut to ERROR_TOKEN, at most ERROR_LIMIT characters."""
-    from sigma.text import cut_long_values  # here: numpy, which it imports, is seconds the start need not wait
+    `sigma batch status`): one line, long values cut to PATH_SHOWN, at most ERROR_LIMIT characters."""
+    # imported here: numpy, which sigma.text imports, is seconds a CLI start need not wait
+    from sigma.text import PATH_SHOWN, cut_long_values
 
-    return cut_long_values(" ".join(message.split()), ERROR_LIMIT, ERROR_TOKEN)
+    return cut_long_values(" ".join(message.split()), ERROR_LIMIT, PATH_SHOWN)
 
 
 class SigmaArgumentParser(argparse.ArgumentParser):
