@@ -137,7 +137,7 @@ class BodyTimeout:
                 raise
             log.info("request body not received within %.1f s: 408", self.seconds)
             start, body = _json_error(408, "request_timeout", f"the request body did not arrive within "
-                                      f"api.body_timeout_s={self.seconds:g} s")
+                                      f"api.body_timeout_s={self.seconds:.15g} s")
             await send(start)
             await send(body)
 

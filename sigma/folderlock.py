@@ -250,7 +250,8 @@ class _StoppedHolderWatch:
             line = os.pread(self.fd, _HOLDER_BYTES, 0).decode(errors="replace").strip()
             who = f"pid {pids[0]}" if pids else described_holder(line) if line else "another process"
             self.say(f"{self.folder}: waiting for {self.what} that {who} is writing (runs started together write "
-                     f"it once; a writer stopped for over {self.bound_s:g} s is given up on, ${ENV_FOLDER_LOCK_WAIT})")
+                     f"it once; a writer stopped for over {self.bound_s:.15g} s is given up on, "
+                     f"${ENV_FOLDER_LOCK_WAIT})")
         stopped = next((pid for pid in pids if process_stopped(pid)), None)
         if stopped != self.stopped:
             self.stopped, self.since = stopped, now

@@ -649,3 +649,17 @@ def test_what_is_not_a_server_path_is_not_scrubbed(message):
     from sigma.api.errors import scrubbed
 
     assert scrubbed(message) == message
+
+
+def test_a_config_value_of_30_days_is_said_whole_in_a_refusal_not_in_exponent_form(monkeypatch):
+    """`{x:g}` said a configured 30 days (2,592,000 s, the most a duration may be) as `2.592e+06`, which reads as
+    another number and is no value one would write back into the config. Config values in messages are now said
+    with all their digits (`:.15g`): `worker.batch_timeout_s=2592000`."""
+    from sigma.service.fleet import check_batch_timeout
+
+    monkeypatch.setenv("SIGMA_MODEL_LOCK_WAIT_S", "1")
+    with pytest.raises(ConfigError) as refused:
+        check_batch_timeout(2_592_000.0, 2_592_000.0)
+    message = str(refused.value)
+    assert "worker.batch_timeout_s=2592000 is not above worker.run_read_retry_s=2592000" in message, message
+    assert "= 2592001 s" in message and "e+06" not in message, message

@@ -73,7 +73,7 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
     def on_stuck(entries: list[Entry], seconds: float) -> None:
         """A batch hung: say so in each job (its dead-letter record will), then end for the supervisor."""
         error = {"code": "worker_hung", "message": f"the worker had no result after {seconds:.0f} s "
-                 f"(worker.batch_timeout_s={cfg.worker.batch_timeout_s:g}) and exited to be restarted"}
+                 f"(worker.batch_timeout_s={cfg.worker.batch_timeout_s:.15g}) and exited to be restarted"}
         for entry in entries:
             quietly(handler.on_retry, entry, error)
         signals.hard_exit(f"a batch hung for {seconds:.0f} s (worker.batch_timeout_s); exiting with status 1", 1)

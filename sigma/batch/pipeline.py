@@ -443,7 +443,7 @@ class Pipeline:
                         self._replace_hung_pool()
                         buffer.clear()
                         failed.add(shard.key)
-                        writer.put(("abort", shard, f"decode worker hung: no result for {self.stall_s:g} s"))
+                        writer.put(("abort", shard, f"decode worker hung: no result for {self.stall_s:.15g} s"))
                         continue
                     except Exception as exc:  # noqa: BLE001 - a decode worker died (e.g. killed by the OOM killer)
                         buffer.clear()

@@ -278,7 +278,7 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
                     elif child.alive and child.shard is not None and time.monotonic() - child.heard > cfg.stall_s:
                         # alive but silent (a deadlock in native code, SIGSTOP): the run must not wait for ever
                         child.process.kill()
-                        _died(child, ledger, pool, f"{pool.bury(child)} after no progress for {cfg.stall_s:g} s "
+                        _died(child, ledger, pool, f"{pool.bury(child)} after no progress for {cfg.stall_s:.15g} s "
                                                    "(taken as hung)")
         except BaseException:
             # an error or Ctrl-C: do not wait for shards in progress (published ones stay done, --resume runs the

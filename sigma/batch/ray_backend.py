@@ -202,10 +202,10 @@ def plan_actors(cfg: BatchConfig, resources: dict[str, float], pending: int) -> 
     else:
         actors = math.floor(cpus / rc.num_cpus + 1e-9)
     if num_gpus > 0 and gpus < num_gpus:
-        raise ConfigError(f"each Ray actor would ask for {num_gpus} GPU but the cluster has {gpus:g}; set "
+        raise ConfigError(f"each Ray actor would ask for {num_gpus} GPU but the cluster has {gpus:.15g}; set "
                           "--actor-gpus 0 (or ray.num_gpus=0) to run on its CPUs")
     if cpus < rc.num_cpus:
-        raise ConfigError(f"each Ray actor would ask for {rc.num_cpus:g} CPU but the cluster has {cpus:g}")
+        raise ConfigError(f"each Ray actor would ask for {rc.num_cpus:.15g} CPU but the cluster has {cpus:.15g}")
     threads = cfg.threads or max(1, int(rc.num_cpus))
     workers = cfg.workers if cfg.workers is not None else 0   # one actor = one process: decode in its reader
     return ActorPlan(max(1, min(actors, pending)), rc.num_cpus, num_gpus, threads, workers)
@@ -280,7 +280,8 @@ class _Driver:
         shard goes to another actor."""
         for slot in self.slots:
             if slot.ready and slot.shard is not None and now - slot.heard > self.cfg.stall_s:
-                self.lost(slot, f"{slot.worker or slot.name}: no progress for {self.cfg.stall_s:g} s (taken as hung)")
+                self.lost(slot, f"{slot.worker or slot.name}: no progress for {self.cfg.stall_s:.15g} s "
+                                "(taken as hung)")
 
     def lost(self, slot: _Slot, reason: str) -> None:
         """The slot's actor is dead or unusable: its shard goes back to the queue; a new actor takes the slot

@@ -334,7 +334,7 @@ class WorkerSupervisor:
             how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
             if len(self._deaths) > self.settings.max_restarts:
                 print(f"sigma serve all: the worker (pid {proc.pid}) {how} after {ran:.1f} s: {len(self._deaths)} "
-                      f"deaths within {window:g} s (worker.max_restarts={self.settings.max_restarts}); giving up, "
+                      f"deaths within {window:.15g} s (worker.max_restarts={self.settings.max_restarts}); giving up, "
                       "stopping the server", file=sys.stderr, flush=True)
                 self.gave_up = True
                 self.on_give_up()

@@ -405,11 +405,12 @@ def check_batch_timeout(batch_timeout_s: float, run_read_retry_s: float) -> None
     worst_s = run_read_retry_s + wait_s
     if 0 < batch_timeout_s <= worst_s:
         raise ConfigError(
-            f"worker.batch_timeout_s={batch_timeout_s:g} is not above worker.run_read_retry_s={run_read_retry_s:g} "
-            f"+ ${ENV_LOCK_WAIT}={wait_s} = {worst_s:g} s: a task may read its run.json again for "
-            f"{run_read_retry_s:g} s, then wait {wait_s} s for a model folder (options.weights) a stopped saver holds "
-            "before it is deferred, and the worker would be killed as hung (worker_hung, exit 1) meanwhile; set "
-            f"worker.batch_timeout_s above {worst_s:g} (0: no limit), or lower the other two")
+            f"worker.batch_timeout_s={batch_timeout_s:.15g} is not above "
+            f"worker.run_read_retry_s={run_read_retry_s:.15g} + ${ENV_LOCK_WAIT}={wait_s} = {worst_s:.15g} s: a task "
+            f"may read its run.json again for {run_read_retry_s:.15g} s, then wait {wait_s} s for a model folder "
+            "(options.weights) a stopped saver holds before it is deferred, and the worker would be killed as hung "
+            "(worker_hung, exit 1) meanwhile; set "
+            f"worker.batch_timeout_s above {worst_s:.15g} (0: no limit), or lower the other two")
 
 
 def decode_stall_s(stall_s: float, batch_timeout_s: float) -> float:
@@ -519,7 +520,7 @@ def _deferred(deferral: Deferral, max_defer_s: float) -> str:
     """How often, since when (UTC), and how long with no shard written in the run folder: a given-up task's record."""
     since = utc_text(deferral.since)
     return (f"deferred {deferral.count} times since {since}, no shard written in the run folder for "
-            f"{deferral.idle_s:.0f} s, worker.max_defer_s={max_defer_s:g}")
+            f"{deferral.idle_s:.0f} s, worker.max_defer_s={max_defer_s:.15g}")
 
 
 class ModelBusy(RunBusy):
@@ -559,9 +560,9 @@ class RunTooLarge(RunBusy):
     def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
         """The dead letter's code and message: which workers refused it, over how long, which bound ended the wait
         (every live worker refused it, or `worker.max_defer_s`), and how to go on."""
-        bound = (f"no worker took it for worker.max_defer_s={max_defer_s:g} ({_deferred(deferral, max_defer_s)})"
+        bound = (f"no worker took it for worker.max_defer_s={max_defer_s:.15g} ({_deferred(deferral, max_defer_s)})"
                  if deferral.idle_s >= max_defer_s else
-                 f"given up once every live worker had refused it (worker.max_defer_s={max_defer_s:g} not reached)")
+                 f"given up once every live worker had refused it (worker.max_defer_s={max_defer_s:.15g} not reached)")
         refused = refused_by_text(deferral.refused_by, deferral.last - deferral.since)
         return "run_too_large", (
             f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: its run.json is over the run size "
@@ -646,7 +647,7 @@ def _read_record(rundir: RunDir, patience_s: float) -> dict[str, Any]:
             error = f"{type(exc).__name__}: {exc}"
         delay = backoff.next_delay()
         if time.monotonic() + delay > deadline:
-            raise RunUnreadable(f"{rundir.run_file}: unreadable for {patience_s:g} s ({error})")
+            raise RunUnreadable(f"{rundir.run_file}: unreadable for {patience_s:.15g} s ({error})")
         time.sleep(delay)
 
 
@@ -1003,7 +1004,7 @@ class FleetHandler:
             return Outcome(entry, "dead", error={"code": code, "message": message})
         self.stats.deferred += 1
         counted = (f"; deferred {deferral.count} times over {deferral.last - deferral.since:.0f} s, no shard written "
-                   f"there for {deferral.idle_s:.0f} s of worker.max_defer_s={self.max_defer_s:g}"
+                   f"there for {deferral.idle_s:.0f} s of worker.max_defer_s={self.max_defer_s:.15g}"
                    if deferral is not None else "")
         log.info("task %s deferred (delivery %d not counted%s): %s", shown_shard(entry.fields), entry.deliveries,
                  counted, exc)
@@ -1118,7 +1119,7 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
 
     def stuck(entries: list[Entry], seconds: float) -> None:
         error = {"code": "worker_hung", "message": f"no pair of the shard was done for {seconds:.0f} s "
-                 f"(worker.batch_timeout_s={batch_timeout_s:g}): the model hangs; the worker exited to be restarted"}
+                 f"(worker.batch_timeout_s={batch_timeout_s:.15g}): the model hangs; the worker exited to be restarted"}
         for entry in entries:
             try:
                 handler.on_retry(entry, error)

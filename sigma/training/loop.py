@@ -875,7 +875,7 @@ class Trainer:
         """The wait for the next batch was cut (`_data_waits`): the model stands at the end of step `self.step`,
         which the pause checkpoints; the data workers are killed by now (`_data_workers`). The reason, said."""
         self.waited_for_data = True
-        stop = "a SIGTERM came" if cut.reason == "sigterm" else f"max_minutes={self.cfg.max_minutes:g} ran out"
+        stop = "a SIGTERM came" if cut.reason == "sigterm" else f"max_minutes={self.cfg.max_minutes:.15g} ran out"
         self.log(f"{stop} while the run waited for its data workers' batch for step {self.step + 1} (a worker "
                  f"stuck in a read?); pausing at step {self.step}")
         return cut.reason
@@ -1063,7 +1063,7 @@ class Trainer:
         minutes = (time.monotonic() - started) / 60.0
         self.emit(self._paused_row(reason, minutes))
         self.log(f"stopped at step {self.step} of {cfg.steps} after {minutes:.1f} min (max_minutes="
-                 f"{cfg.max_minutes:g}); continue with: sigma train --resume {self.run_dir}")
+                 f"{cfg.max_minutes:.15g}); continue with: sigma train --resume {self.run_dir}")
         return self._close()
 
     def _paused_row(self, reason: str, minutes: float) -> dict[str, Any]:
