@@ -94,6 +94,14 @@ def _env_number(raw: str) -> int | float:
         return math.nan
 
 
+def shown_path(path: Any, limit: int = 240) -> str:
+    """A path as an error message shows it: NUL and control characters escaped, a long one cut in the middle (a
+    corpus can name a 6000-character path: the message repeated it whole in every row and log line; a 5000-character
+    `options.weights` likewise). 240: a batch root's path, which the API's answers hide, stays whole. Here, in the
+    bottom layer, for the image readers and the models' weights checks alike."""
+    return shown("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path)), limit)
+
+
 def cut_long_values(message: str, limit: int = MAX_MESSAGE, token_limit: int = SHOWN_LIMIT) -> str:
     """A message built elsewhere from user-given values (a library's "unknown preset 'x…'"): every run of more
     than 2 * `token_limit` characters without a space or quote is cut to `token_limit` (`shown`), then the whole

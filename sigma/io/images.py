@@ -17,7 +17,7 @@ from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError
 from sigma.io.lines import read_at_most
 from sigma.tempfiles import replace_atomically
-from sigma.text import shown
+from sigma.text import shown_path
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 _PIL_FORMATS = SUPPORTED_FORMATS          # the only PIL plugins ever tried on untrusted bytes
@@ -434,12 +434,6 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
 def _png_is_16bit(data: bytes) -> bool:
     # IHDR: 8-byte signature, 4 length, 4 type, 4 width, 4 height, then bit depth.
     return len(data) > 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16
-
-
-def shown_path(path: str | Path, limit: int = 240) -> str:
-    """A path as an error message shows it: NUL and control characters escaped, a long one cut in the middle (a
-    corpus can name a 6000-character path: the message repeated it whole in every row and log line)."""
-    return shown("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path)), limit)
 
 
 def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:

@@ -23,11 +23,10 @@ from sigma.models.weights import (
     check_state,
     load_safetensors,
     lookup_error,
-    said_path,
     strict_load,
 )
 from sigma.tempfiles import FolderBusy, finish_replacements, has_staged_set, reading_lock, replace_together, time_left
-from sigma.text import MAX_DURATION_S, positive_int_env
+from sigma.text import MAX_DURATION_S, positive_int_env, shown_path
 from sigma.text import loads as load_json
 
 FORMAT = "sigma-net"
@@ -186,23 +185,24 @@ def check_model_files(path: str | Path, what: str = "weights") -> None:
 
 
 def _check_saved_model(given: Path, what: str) -> None:
-    """`check_model_files` past the hub marker; a lookup's OSError left to it. Paths shown cut (`said_path`)."""
+    """`check_model_files` past the hub marker; a lookup's OSError left to it. Paths shown cut (`shown_path`)."""
     if not given.exists():
-        raise WeightsNotFoundError(f"{what}: {said_path(given)} does not exist ({_SAVED_FORMS})")
+        raise WeightsNotFoundError(f"{what}: {shown_path(given)} does not exist ({_SAVED_FORMS})")
     cfg_path, weights_path = model_files(given)
     if given.is_file() and given.suffix not in (".safetensors", ".json"):
-        raise WeightsNotFoundError(f"{what}: {said_path(given)} is a file, not a saved model ({_SAVED_FORMS})")
+        raise WeightsNotFoundError(f"{what}: {shown_path(given)} is a file, not a saved model ({_SAVED_FORMS})")
     for needed in (weights_path, cfg_path):
         if needed == cfg_path and not cfg_path.exists() and has_staged_set(cfg_path.parent, cfg_path.name):
             continue
         if not needed.is_file():
             state = "is not a file" if needed.exists() else "is missing"
-            raise WeightsNotFoundError(f"{what}: {said_path(needed)} {state} ({_SAVED_FORMS})")
+            raise WeightsNotFoundError(f"{what}: {shown_path(needed)} {state} ({_SAVED_FORMS})")
         try:
             with open(needed, "rb"):
                 pass
         except OSError as exc:
-            raise WeightsUnreadableError(f"{what}: {said_path(needed)} cannot be read ({exc.strerror or exc})") from exc
+            raise WeightsUnreadableError(f"{what}: {shown_path(needed)} cannot be read "
+                                         f"({exc.strerror or exc})") from exc
 
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma.errors import WeightsNotFoundError
-from sigma.text import shown
+from sigma.text import shown_path
 
 
 class WeightsMismatchError(WeightsNotFoundError):
@@ -39,17 +39,6 @@ class WeightsUnreadableError(WeightsNotFoundError):
 # (ELOOP), a file where a folder is needed (ENOTDIR), gone (ENOENT), refused as a name (EINVAL); the others
 # (EACCES, EPERM on a folder above it, EIO) say it may be there and cannot be reached: weights_unreadable
 NAMES_NO_FILE = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.EINVAL})
-# a path as a weights check's message shows it: cut in the middle past this many characters (as
-# `sigma.io.images.shown_path`: a batch root's path, which the API's answers hide, stays whole)
-SHOWN_PATH = 240
-
-
-def said_path(path: Any) -> str:
-    """A user-given path as a weights message shows it: control characters escaped (a NUL, a newline), cut in the
-    middle past SHOWN_PATH with its length said. A 5000-character `options.weights` came back whole."""
-    return shown("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path)), SHOWN_PATH)
-
-
 def lookup_error(exc: OSError, option: str, path: Any) -> WeightsNotFoundError:
     """An OSError of a path lookup (exists, is_file, stat, listdir) in a submit's weights check as the project's error:
     `weights_not_found` when the path cannot name a file (NAMES_NO_FILE), else `weights_unreadable`. Before, it
@@ -57,8 +46,8 @@ def lookup_error(exc: OSError, option: str, path: Any) -> WeightsNotFoundError:
     `invalid_path` without naming the option."""
     reason = exc.strerror or type(exc).__name__
     if exc.errno in NAMES_NO_FILE:
-        return WeightsNotFoundError(f"{option}: {said_path(path)} cannot name a file ({reason})")
-    return WeightsUnreadableError(f"{option}: {said_path(path)} cannot be looked up ({reason})")
+        return WeightsNotFoundError(f"{option}: {shown_path(path)} cannot name a file ({reason})")
+    return WeightsUnreadableError(f"{option}: {shown_path(path)} cannot be looked up ({reason})")
 
 
 RESOLUTION_ORDER: tuple[str, ...] = ("state_dict", "local_path", "hf_cache", "download")
@@ -108,18 +97,21 @@ def hub_reference_problem(ref: str) -> str | None:
     return _repo_id_problem(ref[len(HUB_PREFIX):])
 
 
-def _repo_id_problem(repo_id: str) -> str | None:
+def _repo_id_problem(repo_id: str, fallback: bool = True) -> str | None:
+    """Why huggingface_hub's `validate_repo_id` refuses `repo_id` (None: it does not). Without the client: the same
+    rule by hand (`fallback`), or None (the workers may have it; their load says so when they do not)."""
+    shown_id = shown_path(repr(repo_id))
     try:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
     except ImportError:                  # the same rule, without the client: the load itself then says it is missing
         import re
-        ok = re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", repo_id) and ".." not in repo_id \
-            and "--" not in repo_id and not repo_id.endswith(".git")
-        return None if ok else f"{said_path(repr(repo_id))} is no Hugging Face repo id"
+        ok = not fallback or re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", repo_id) \
+            and ".." not in repo_id and "--" not in repo_id and not repo_id.endswith(".git")
+        return None if ok else f"{shown_id} is no Hugging Face repo id"
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        return f"{repo_id!r} is no Hugging Face repo id ({str(exc).splitlines()[0][:160]})"
+        return f"{shown_id} is no Hugging Face repo id ({str(exc).splitlines()[0][:160]})"
     return None
 
 
@@ -128,7 +120,7 @@ def hub_repo_id(ref: str, what: str = "weights") -> str | None:
     the loaders try as a local path first). A malformed `hf:` value raises WeightsNotFoundError naming `what`."""
     problem = hub_reference_problem(ref)
     if problem:
-        raise WeightsNotFoundError(f"{what}: {said_path(repr(ref))}: {problem}")
+        raise WeightsNotFoundError(f"{what}: {shown_path(repr(ref))}: {problem}")
     return ref[len(HUB_PREFIX):] if ref.startswith(HUB_PREFIX) else None
 
 
@@ -149,9 +141,10 @@ def resolve_hf_reference(ref: str, *, filename: str = "config.json", allow_downl
     else:
         path = Path(os.path.expanduser(ref))
         if path.exists():
-            if not (path.is_dir() and not (path / filename).is_file()):
+            if path.is_dir() and not (path / filename).is_file():
+                looked.append(f"local directory {path} (no {filename} in it)")
+            else:
                 return ResolvedWeights("local_path", str(path), looked=looked)
-            looked.append(f"local directory {path} (no {filename} in it)")
         else:
             looked.append(f"local path {path} (does not exist)")
         found = _from_hub(ref, filename, allow_download, looked) if looks_like_repo_id(ref) else None
@@ -233,13 +226,13 @@ def check_weights_reference(ref: str, option: str, *, files: tuple[str, ...] = (
     try:
         exists = path.exists()
         if exists:
-            _check_local_weights(path, said_path(ref), option, files, config_beside)
+            _check_local_weights(path, shown_path(ref), option, files, config_beside)
     except OSError as exc:      # ENAMETOOLONG, EACCES on a folder above it: not a file of the loader's (`lookup_error`)
         raise lookup_error(exc, option, ref) from None
     if exists:
         return
     if looks_like_path(ref) or not looks_like_repo_id(ref):
-        raise WeightsNotFoundError(f"{option}: {said_path(ref)} does not exist ({_forms(files)})")
+        raise WeightsNotFoundError(f"{option}: {shown_path(ref)} does not exist ({_forms(files)})")
     _check_repo_id(ref, option)
 
 
@@ -281,15 +274,9 @@ def _check_local_weights(path: Path, ref: str, option: str, files: tuple[str, ..
 
 def _check_repo_id(ref: str, option: str) -> None:
     """A repo id the Hub's own client refuses to look up (`snapshot_download` raises the same on every machine)."""
-    try:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-    except ImportError:        # the workers may have it; their load says so when they do not
-        return
-    try:
-        validate_repo_id(ref)
-    except HFValidationError as exc:
-        raise WeightsNotFoundError(f"{option}: {said_path(repr(ref))} does not exist as a path and is no Hugging "
-                                   f"Face repo id ({str(exc).splitlines()[0][:160]})") from exc
+    problem = _repo_id_problem(ref, fallback=False)
+    if problem:
+        raise WeightsNotFoundError(f"{option}: {problem}, and does not exist as a path")
 
 
 def from_pretrained_or_error(load: Any, folder: str, *, what: str, where: str | None = None, **kwargs: Any) -> Any:
