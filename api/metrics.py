@@ -5,9 +5,16 @@ queue's and the workers' series are read from Redis at scrape time: queue depth,
 and dead letters per annotator stream, live workers, and the workers' batch-size and inference
 latency histograms (which workers HINCRBY into `P:metrics:<annotator>`), plus GPU memory per
 worker when the worker has a GPU. One scrape target therefore covers the whole service.
+
+No label value comes from a request as sent: the method is one of `HTTP_METHODS` or `other` (uvicorn passes any
+token as a method, and each new one was a new series for good), the route is the matched route's template or
+`unmatched`. What is read from Redis may have been written by anyone who reaches it: a value that is not a finite
+number leaves out the series it belongs to (with one log line), never the scrape.
 """
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -15,7 +22,11 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from sigma.service.jobs import BATCH_BUCKETS, LATENCY_BUCKETS
 
+log = logging.getLogger("sigma.api")
+
 REQUEST_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+CLIENT_CLOSED = 499     # the status label of a request whose client hung up before any answer (nginx's code)
 
 
 class ApiMetrics:
@@ -33,19 +44,44 @@ class ApiMetrics:
                                  "sent, then taken back (api/withdrawals.py)", registry=self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        labels = (method, route, str(status))
+        labels = (method_label(method), route, str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
 
 
-def _histogram(name: str, doc: str, data: dict[str, str], prefix: str, buckets: tuple, annotator: str
-               ) -> HistogramMetricFamily:
-    fam = HistogramMetricFamily(name, doc, labels=["annotator"])
-    count = float(data.get(f"{prefix}_count", 0) or 0)
-    rows = [(str(float(le)), float(data.get(f"{prefix}_le_{le}", 0) or 0)) for le in buckets]
-    rows.append(("+Inf", count))
-    fam.add_metric([annotator], rows, sum_value=float(data.get(f"{prefix}_sum", 0) or 0))
-    return fam
+def method_label(method: str) -> str:
+    """The method as a label value: the standard ones as sent (they are case-sensitive), anything else `other`."""
+    return method if method in HTTP_METHODS else "other"
+
+
+_noted: set[str] = set()
+
+
+def note_damage(what: str) -> None:
+    """One warning per damaged thing per process (a scrape every 15 s would repeat it for ever), at most 100."""
+    if what not in _noted and len(_noted) < 100:
+        _noted.add(what)
+        log.warning("metrics: %s; its series are left out of /metrics", what)
+
+
+def number(value: Any) -> float | None:
+    """A finite number read from Redis, or None for anything else (text, '', nan, inf)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _histogram_rows(data: dict[str, str], prefix: str, buckets: tuple) -> tuple[list, float] | None:
+    """(bucket rows, sum) of one worker histogram, or None when a field holds something that is not a number."""
+    names = [f"{prefix}_le_{le}" for le in buckets] + [f"{prefix}_count", f"{prefix}_sum"]
+    values = [number(data.get(name, 0)) for name in names]
+    if any(v is None for v in values):
+        return None
+    rows = [(str(float(le)), v) for le, v in zip(buckets, values)]
+    rows.append(("+Inf", values[-2]))
+    return rows, values[-1]
 
 
 class SnapshotCollector:
@@ -78,18 +114,30 @@ class SnapshotCollector:
         for w in self.s["workers"]:
             alive[w.get("annotator", "?")] = alive.get(w.get("annotator", "?"), 0) + 1
             if "gpu_memory_bytes" in w:
-                gpu.add_metric([w.get("consumer", "?")], float(w["gpu_memory_bytes"]))
+                mem = number(w["gpu_memory_bytes"])
+                if mem is None:
+                    note_damage(f"worker {w.get('consumer', '?')[:80]!r} has a non-numeric gpu_memory_bytes")
+                else:
+                    gpu.add_metric([w.get("consumer", "?")], mem)
         for name, n in alive.items():
             workers.add_metric([name], n)
         yield workers
         yield gpu
-        for name, data in self.s["worker_metrics"].items():
-            if not data:
-                continue
-            yield _histogram("sigma_worker_batch_size", "pairs per predictor call", data, "batch",
-                             BATCH_BUCKETS, name)
-            yield _histogram("sigma_inference_seconds", "predictor call latency (decode + model + encode)",
-                             data, "infer", LATENCY_BUCKETS, name)
+        # one family per name, a sample per annotator: the text format allows one TYPE line per name
+        histograms = [("sigma_worker_batch_size", "pairs per predictor call", "batch", BATCH_BUCKETS),
+                      ("sigma_inference_seconds", "predictor call latency (decode + model + encode)", "infer",
+                       LATENCY_BUCKETS)]
+        for family_name, doc, prefix, buckets in histograms:
+            fam = HistogramMetricFamily(family_name, doc, labels=["annotator"])
+            for name, data in self.s["worker_metrics"].items():
+                if not data:
+                    continue
+                found = _histogram_rows(data, prefix, buckets)
+                if found is None:
+                    note_damage(f"the {prefix}_* fields of the {name} metrics hash are not all numbers")
+                    continue
+                fam.add_metric([name], found[0], sum_value=found[1])
+            yield fam
 
 
 def render(metrics: ApiMetrics, snapshot: dict[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ from sigma.api.auth import KeyChecker, Principal
 from sigma.api.budget import ByteBudget, declared_length
 from sigma.api.errors import ApiError
 from sigma.api.idempotency import Idempotency, request_digest
-from sigma.api.metrics import ApiMetrics
+from sigma.api.metrics import ApiMetrics, note_damage
 from sigma.api.requests import AnnotateOptions, Submission, parse_submission
 from sigma.api.withdrawals import Withdrawals
 from sigma.errors import SigmaError
@@ -219,14 +219,23 @@ class Service:
 
     # -- health ----------------------------------------------------------------------------
     async def workers(self) -> list[dict[str, str]]:
+        """Every worker heartbeat hash. A key under the pattern that is not a hash (WRONGTYPE: written by someone
+        else) is skipped: it failed the whole read, and /readyz then said Redis was unreachable."""
         found = []
         async for key in self.r.scan_iter(match=self.keys.worker_pattern(), count=200):
-            h = decode_hash(await self.r.hgetall(key))
+            try:
+                h = decode_hash(await self.r.hgetall(key))
+            except redis.ResponseError:
+                name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+                note_damage(f"{shown(name)!r} is not a heartbeat hash")
+                continue
             if h:
                 found.append(h)
         return found
 
     async def snapshot(self) -> dict[str, Any]:
+        """What /metrics shows from Redis. `redis_up` is False only when Redis could not be asked (a timeout, no
+        connection); a key of the wrong type costs only its own series (`sigma.api.metrics`)."""
         snap: dict[str, Any] = {"redis_up": False, "queues": {}, "workers": [], "worker_metrics": {}}
         try:
             for name in self.cfg.api.annotators:
@@ -235,7 +244,15 @@ class Service:
                 pipe.xlen(stream)
                 pipe.xlen(self.keys.dead(name))
                 pipe.hgetall(self.keys.metrics(name))
-                depth, dead, wm = await pipe.execute()
+                depth, dead, wm = await pipe.execute(raise_on_error=False)
+                for answer in (depth, dead):
+                    if isinstance(answer, Exception):
+                        raise answer
+                if isinstance(wm, redis.ResponseError):
+                    note_damage(f"{self.keys.metrics(name)} is not a hash")
+                    wm = {}
+                elif isinstance(wm, Exception):
+                    raise wm
                 try:
                     pending = int((await self.r.xpending(stream, self.cfg.queue.group))["pending"])
                 except redis.ResponseError:

@@ -1,0 +1,159 @@
+"""/metrics and /readyz against a hostile client and a damaged Redis, over real HTTP (uvicorn) and real Redis.
+
+A scrape must stay bounded whatever clients send (label values are never taken from a request), and a value
+someone else wrote into Redis costs at most the series it damages: never a 500 scrape, never `sigma_redis_up 0`
+or a not-ready API while Redis answers.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+from servicekit import KEYS, running_service, wait_until
+
+from sigma.service.jobs import JobStore
+from sigma.service.keys import Keys
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def svc(redis_server, tmp_path_factory):
+    with running_service(redis_server, tmp_path_factory.mktemp("svc-metrics"), workers=[("pixel-diff", None)]) as s:
+        yield s
+
+
+def scrape(svc) -> str:
+    resp = svc.http.get("/metrics", headers=svc.headers("metrics"))
+    assert resp.status_code == 200, resp.text
+    return resp.text
+
+
+def samples(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+
+
+def test_unknown_http_methods_share_one_label(svc):
+    """uvicorn passes any token as the method: each one was a new series (20 lines each), so a client sending
+    FOO0, FOO1, ... grew the API's memory and every scrape without bound (500 methods: 1 MB of /metrics)."""
+    for i in range(60):
+        assert svc.http.request(f"FOO{i}", "/healthz").status_code == 405
+    text = scrape(svc)
+    methods = set(re.findall(r'sigma_http_requests_total\{method="([^"]*)"', text))
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}, methods
+    [other] = [line for line in samples(text, "sigma_http_requests_total") if 'method="other"' in line]
+    assert 'route="/healthz",status="405"' in other and float(other.rsplit(" ", 1)[1]) == 60
+
+
+def test_a_client_that_hangs_up_is_not_counted_as_a_server_error(svc):
+    """A client that sends half a body and closes got no answer at all, yet was counted as status 500: any client
+    could make the service's 5xx rate (and its alerts) say the server fails. Counted as 499 (client closed)."""
+    def posts(status: str) -> float:
+        lines = [line for line in samples(scrape(svc), "sigma_http_requests_total")
+                 if 'route="/v1/jobs"' in line and 'method="POST"' in line and f'status="{status}"' in line]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    before_500, before_499 = posts("500"), posts("499")
+    with socket.create_connection(("127.0.0.1", svc.port)) as sock:
+        sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['user']}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"original\": \"".encode())
+        time.sleep(0.3)
+    wait_until(lambda: posts("499") == before_499 + 1, 10, "the hang-up counted")
+    assert posts("500") == before_500
+
+
+def test_each_metric_family_is_written_once(svc, redis_server):
+    """Two annotators with worker histograms wrote `# HELP`/`# TYPE sigma_worker_batch_size` twice, each block
+    with one annotator's samples: the text format allows one TYPE line per name, in one group (OpenMetrics
+    parsers refuse the scrape)."""
+    store = JobStore(redis_server.client(), Keys(svc.prefix), 60)
+    for annotator in ("slow-diff", "poison-diff"):
+        store.record_batch(annotator, 2, 0.05)
+    text = scrape(svc)
+    types = re.findall(r"^# TYPE (\S+) ", text, re.M)
+    assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
+    for annotator in ("slow-diff", "poison-diff"):
+        assert f'sigma_worker_batch_size_count{{annotator="{annotator}"}} 1.0' in text
+
+
+@pytest.mark.parametrize("field, value", [("batch_count", "abc"), ("infer_sum", "nan"), ("infer_le_0.1", "")])
+def test_garbage_in_a_worker_metrics_hash_costs_only_that_histogram(svc, redis_server, field, value):
+    """A non-numeric value in `P:metrics:<annotator>` (workers HINCRBY there; anyone who reaches Redis can HSET)
+    raised ValueError while the scrape was written: /metrics answered 500 and the whole service went unseen."""
+    r = redis_server.client()
+    store = JobStore(r, Keys(svc.prefix), 60)
+    store.record_batch("slow-diff", 3, 0.05)
+    key = Keys(svc.prefix).metrics("slow-diff")
+    try:
+        r.hset(key, field, value)
+        text = scrape(svc)
+        assert "sigma_redis_up 1.0" in text and samples(text, "sigma_queue_depth")
+        damaged = "batch" if field.startswith("batch") else "infer"
+        intact = {"batch": "sigma_inference_seconds_count", "infer": "sigma_worker_batch_size_count"}[damaged]
+        gone = {"batch": "sigma_worker_batch_size_count", "infer": "sigma_inference_seconds_count"}[damaged]
+        assert f'{intact}{{annotator="slow-diff"}}' in text
+        assert f'{gone}{{annotator="slow-diff"}}' not in text
+    finally:
+        r.delete(key)
+
+
+def test_a_heartbeat_with_a_non_numeric_gpu_figure_is_left_out(svc, redis_server):
+    """`gpu_memory_bytes` read from a worker's heartbeat hash went through float(): `lots` made /metrics a 500."""
+    r = redis_server.client()
+    key = Keys(svc.prefix).worker("intruder")
+    r.hset(key, mapping={"annotator": "pixel-diff", "consumer": "intruder", "gpu_memory_bytes": "lots"})
+    r.expire(key, 60)
+    try:
+        text = scrape(svc)
+        assert 'consumer="intruder"' not in text and 'worker="intruder"' not in text
+        assert 'sigma_workers_alive{annotator="pixel-diff"} 2.0' in text   # the heartbeat itself still counts
+    finally:
+        r.delete(key)
+
+
+def test_keys_of_the_wrong_type_do_not_make_redis_look_down(svc, redis_server):
+    """A string where a metrics hash or a heartbeat hash belongs (WRONGTYPE) failed the whole snapshot: /metrics
+    said `sigma_redis_up 0` and /readyz said not_ready 'unknown while Redis is unreachable', which takes every API
+    replica out of a load balancer, while Redis answered and the worker was alive."""
+    r = redis_server.client()
+    keys = Keys(svc.prefix)
+    r.set(keys.metrics("slow-diff"), "not a hash")
+    r.set(keys.worker("zz-not-a-heartbeat"), "not a hash", ex=60)
+    try:
+        text = scrape(svc)
+        assert "sigma_redis_up 1.0" in text
+        assert 'sigma_workers_alive{annotator="pixel-diff"} 1.0' in text
+        ready = svc.http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["workers"]["alive"] == 1
+    finally:
+        r.delete(keys.metrics("slow-diff"), keys.worker("zz-not-a-heartbeat"))
+
+
+def test_health_routes_answer_while_redis_is_frozen(redis_server, tmp_path):
+    """Redis stopped (SIGSTOP) with a dozen heartbeats to scan: /healthz answers at once (it needs no Redis),
+    /metrics within one socket timeout with `sigma_redis_up 0`, /readyz a 503 that says why."""
+    with running_service(redis_server, tmp_path, ["redis.socket_timeout_s=1.5"]) as s:
+        r = redis_server.client()
+        for i in range(12):
+            r.hset(Keys(s.prefix).worker(f"w{i}"), mapping={"annotator": "pixel-diff", "consumer": f"w{i}"})
+            r.expire(Keys(s.prefix).worker(f"w{i}"), 60)
+        assert "sigma_redis_up 1.0" in scrape(s)
+        redis_server.freeze()
+        try:
+            t0 = time.monotonic()
+            health = s.http.get("/healthz")
+            t_health = time.monotonic() - t0
+            t0 = time.monotonic()
+            metrics = s.http.get("/metrics", headers=s.headers("metrics"))
+            t_metrics = time.monotonic() - t0
+            t0 = time.monotonic()
+            ready = s.http.get("/readyz")
+            t_ready = time.monotonic() - t0
+        finally:
+            redis_server.thaw()
+        assert health.status_code == 200 and t_health < 0.5
+        assert metrics.status_code == 200 and "sigma_redis_up 0.0" in metrics.text and t_metrics < 2.7
+        assert ready.status_code == 503 and "not answering (timeout)" in ready.text and t_ready < 2.7
