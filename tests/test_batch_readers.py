@@ -286,3 +286,50 @@ def test_shared_eval_layout():
     assert all(i.error is None and Path(i.original_path).is_file() and Path(i.mask_path).is_file() for i in items)
     rec = json.loads((data / "inpaint_anything" / "pairs.jsonl").read_text().splitlines()[0])
     assert any(i.pair_id == f"inpaint_anything/{rec['id']}" for i in items)
+
+
+CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"      # one name, two spellings: macOS file names are NFD
+
+
+@pytest.mark.parametrize("two_folders", [False, True])
+def test_a_folder_pair_named_in_nfd_meets_its_nfc_instruction_and_other_half(tmp_path, two_folders):
+    """A corpus made on macOS keeps `café` in its file names decomposed (NFD) while the instructions file a script
+    wrote holds it composed (NFC); the same happens when only one of original/ and edited/ was copied through such a
+    disk. The folder reader matched the spellings byte for byte: the pair was annotated without its instruction, no
+    word said (sigma-lite then has no prior), and a pair whose two images were spelled differently became two
+    pairs, each "no edited / no original image found". Now ids are matched as Unicode NFC; the id keeps the file's
+    own spelling (the original's), and two different names stay two pairs."""
+    from sigma.batch import BatchConfig, run_batch
+
+    root = tmp_path / "f"
+    root.mkdir()
+    pairs = list(synthetic_pairs(2))
+    for pair, (stem_o, stem_e) in zip(pairs, [(CAFE_NFD, CAFE_NFC if two_folders else CAFE_NFD), ("cafe", "cafe")]):
+        for role, stem in (("original", stem_o), ("edited", stem_e)):
+            path = root / role / f"{stem}.png" if two_folders else root / f"{stem}_{role}.png"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(pair[role])
+    (root / "instructions.jsonl").write_text(
+        json.dumps({"id": CAFE_NFC, "instruction": "remove the cup"}) + "\n"
+        + json.dumps({"id": "cafe", "instruction": "add a cup"}) + "\n")
+    out = tmp_path / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(root)}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, out, progress=False)
+    rows = [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert [(r["pair_id"], r["status"], r["instruction"]) for r in rows] == [
+        ("cafe", "ok", "add a cup"), (CAFE_NFD, "ok", "remove the cup")]
+
+
+def test_a_folder_with_both_spellings_of_one_name_keeps_two_pairs(tmp_path):
+    """Both spellings of `café` on a disk that keeps them apart are two pairs, as before the NFC matching: each
+    has its own original and edited file, and its own instruction."""
+    pairs = list(synthetic_pairs(2))
+    for pair, stem in zip(pairs, (CAFE_NFC, CAFE_NFD)):
+        for role in ("original", "edited"):
+            (tmp_path / f"{stem}_{role}.png").write_bytes(pair[role])
+    (tmp_path / "instructions.jsonl").write_text(
+        json.dumps({"id": CAFE_NFC, "instruction": "one"}) + "\n" + json.dumps({"id": CAFE_NFD, "instruction": "two"}))
+    _, items = read_all(open_corpus(tmp_path))
+    assert sorted((i.pair_id, i.instruction, i.error) for i in items) == [
+        (CAFE_NFD, "two", None), (CAFE_NFC, "one", None)]
+    assert {Path(i.edited_path).name for i in items} == {f"{CAFE_NFC}_edited.png", f"{CAFE_NFD}_edited.png"}

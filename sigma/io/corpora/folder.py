@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,14 @@ INSTRUCTION_FILES = ("instructions.jsonl", "instructions.json", "instructions.cs
 # instructions.json is one object, read whole (and held ~10x in Python): 1M pairs of 200-character instructions
 # are ~250 MB. instructions.jsonl is read a line at a time, each at most MAX_RECORD_BYTES, like every manifest.
 MAX_INSTRUCTIONS_JSON_BYTES = 256 * 1024 * 1024
+ROLES = ("original", "edited", "mask")
+
+
+def id_key(pair_id: str) -> str:
+    """What two spellings of one id share: its Unicode NFC form. macOS writes file names decomposed (NFD: `e` +
+    U+0301 for `é`) while a script writing instructions.jsonl, or the other half of a corpus copied another way,
+    keeps them composed; byte for byte, `café` was two ids."""
+    return unicodedata.normalize("NFC", pair_id)
 
 
 def looks_like_pair_folder(path: Path) -> bool:
@@ -39,6 +48,7 @@ class FolderCorpus(Corpus):
         super().__init__(path, columns, shard_size, preset)
         self._index: list[tuple[str, dict[str, Path]]] | None = None
         self._instructions: dict[str, str] | None = None
+        self._by_key: dict[str, str | None] | None = None     # id_key -> instruction, for ids spelled otherwise
         self._ambiguous: dict[str, dict[str, list[Path]]] = {}     # id -> role -> the files found for it
 
     def _dirs(self) -> tuple[Path, Path, Path] | None:
@@ -51,23 +61,20 @@ class FolderCorpus(Corpus):
         return None
 
     def index(self) -> list[tuple[str, dict[str, Path]]]:
-        """Sorted (id, {role: path}); an id with only one side is kept so its error is reported."""
+        """Sorted (id, {role: path}); an id with only one side is kept so its error is reported. Files are matched
+        by their id's spelling, and across spellings by `id_key` (Unicode NFC) when that is unambiguous: `café`
+        composed for one image and decomposed for the other is one pair, named as its original's file spells it
+        (else its edited image's); two images of one role spelled both ways stay two pairs, as before."""
         if self._index is not None:
             return self._index
-        found: dict[str, dict[str, Path]] = {}
-        self._ambiguous = {}
+        listed: dict[str, dict[str, list[tuple[str, Path]]]] = {}    # id_key -> role -> (spelling, file)
 
         def add(pair_id: str, role: str, p: Path) -> None:
-            # two files for one role (p_original.png and p_original.jpg): whichever the disk listed last won,
-            # so a copy of the corpus on another disk could annotate the other image; now the pair's error
-            files = found.setdefault(pair_id, {})
-            if role in files:
-                self._ambiguous.setdefault(pair_id, {}).setdefault(role, [files[role]]).append(p)
-            files[role] = p
+            listed.setdefault(id_key(pair_id), {}).setdefault(role, []).append((pair_id, p))
 
         dirs = self._dirs()
         if dirs:
-            for role, folder in zip(("original", "edited", "mask"), dirs):
+            for role, folder in zip(ROLES, dirs):
                 if folder.is_dir():
                     for p in sorted(folder.iterdir()):
                         if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
@@ -77,9 +84,24 @@ class FolderCorpus(Corpus):
                 m = _SUFFIX.match(p.stem)
                 if m and p.is_file() and p.suffix.lower() in IMAGE_EXTS:
                     add(m["id"], m["role"], p)
-        if not found:
+        if not listed:
             raise InputError(f"{self.path}: no <id>_original.* / <id>_edited.* files and no original/ + edited/ "
                              "folders", code="no_pairs")
+        found: dict[str, dict[str, Path]] = {}
+        self._ambiguous = {}
+        for roles in listed.values():
+            one = all(len({name for name, _ in files}) == 1 for files in roles.values())   # one spelling a role
+            merged = next(roles[r][0][0] for r in ROLES if r in roles) if one else None
+            for role, files in roles.items():
+                for name, path in files:
+                    pair_id = name if merged is None else merged
+                    # two files for one role (p_original.png and p_original.jpg): whichever the disk listed last
+                    # won, so a copy of the corpus on another disk could annotate the other image; now the pair's
+                    # error
+                    held = found.setdefault(pair_id, {})
+                    if role in held:
+                        self._ambiguous.setdefault(pair_id, {}).setdefault(role, [held[role]]).append(path)
+                    held[role] = path
         self._index = sorted(found.items())
         return self._index
 
@@ -118,6 +140,19 @@ class FolderCorpus(Corpus):
         self._instructions = out
         return out
 
+    def instruction(self, pair_id: str) -> str | None:
+        """The instruction the file gives `pair_id`: under its own spelling, else under another spelling of it
+        (`id_key`) when the file has only one (two spellings of one id with two texts: neither is guessed)."""
+        texts = self.instructions()
+        if pair_id in texts:
+            return texts[pair_id]
+        if self._by_key is None:
+            spellings: dict[str, list[str]] = {}
+            for name in texts:
+                spellings.setdefault(id_key(name), []).append(name)
+            self._by_key = {key: texts[names[0]] for key, names in spellings.items() if len(names) == 1}
+        return self._by_key.get(id_key(pair_id))
+
     def plan(self) -> list[Shard]:
         ids = self.index()
         self.instructions()   # an unreadable instructions file is the corpus's error, before any shard runs
@@ -131,14 +166,14 @@ class FolderCorpus(Corpus):
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
         ids = self.index()
-        texts = self.instructions()
+        self.instructions()
         a, b = int(shard.ref["start"]), int(shard.ref["end"])
         if b > len(ids) or ids[a][0] != shard.ref.get("first_id", ids[a][0]):
             raise InputError(f"{self.path}: folder changed since the run was planned (shard {shard.key})",
                              code="corpus_changed")
         for index, (pair_id, files) in enumerate(ids[a:b]):
             item = SourceItem(index=index, pair_id=pair_id, source=str(files.get("original") or files.get("edited")),
-                              instruction=texts.get(pair_id))
+                              instruction=self.instruction(pair_id))
             item.original_path = str(files["original"]) if "original" in files else None
             item.edited_path = str(files["edited"]) if "edited" in files else None
             item.mask_path = str(files["mask"]) if "mask" in files else None
