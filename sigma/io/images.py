@@ -318,6 +318,19 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
+def stored_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as its file stores the pixels, before its EXIF orientation turns them.
+    Pillow (11.1 on) reports a TIFF's size already turned upright by its Orientation tag (and turns its pixels in
+    `load()`); every other format, and a TIFF in older Pillow, reports the stored size. The header checks (the API's
+    probe) turn it upright once, by the tag, whatever Pillow did."""
+    if img.format == "TIFF":
+        tags = getattr(img, "tag_v2", {})
+        width, height = tags.get(256), tags.get(257)        # ImageWidth, ImageLength
+        if isinstance(width, int) and isinstance(height, int):
+            return width, height
+    return img.size
+
+
 # Magic bytes of formats people try that we refuse, so the error can say what the file is.
 _KNOWN_MAGIC = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"%PDF", "PDF"), (b"%!PS", "PostScript"),
                 (b"8BPS", "PSD"), (b"\x00\x00\x01\x00", "ICO"), (b"\xff\x0a", "JPEG XL"),
@@ -371,7 +384,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     try:
         img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
         fmt = "JPEG" if img.format == "MPO" else img.format   # camera JPEGs with a preview open as MPO
-        width, height = img.size
+        width, height = stored_size(img)
         check_header_size(name, width, height, limits)
         if fmt not in SUPPORTED_FORMATS:  # pragma: no cover - formats= already restricts the plugins
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
@@ -381,6 +394,10 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
             notes["multi_frame"] = "first frame used"   # (is_animated, not n_frames: that walks every frame)
         img.load()
+        # Pillow (11.1 on) turns a TIFF upright in load() and drops its Orientation tag; every other format, and
+        # a TIFF in older Pillow, still carries the tag and is ours to turn (turning it again showed a TIFF upside
+        # down or lying on its side: a mask 90 degrees off the picture the user sees)
+        pending = img.getexif().get(0x0112, 1) if orientation in _ORIENTATION_TRANSPOSE else 1
         icc = img.info.get("icc_profile")
         icc = bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None
         if icc is not None and img.mode == "CMYK":     # through its profile, not PIL's naive CMYK formula
@@ -402,9 +419,10 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if icc is not None:          # on the 8-bit RGB (the 16-bit path and alpha on white included)
             converted = _to_srgb(Image.fromarray(rgb), icc, notes)
             rgb = rgb if converted is None else np.array(converted)
-        if orientation in _ORIENTATION_TRANSPOSE:
+        if pending in _ORIENTATION_TRANSPOSE:
             # Applied to the decoded array so the 16-bit path is turned upright too.
-            rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION_TRANSPOSE[orientation]))
+            rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION_TRANSPOSE[pending]))
+        if orientation in _ORIENTATION_TRANSPOSE:
             notes["exif_orientation"] = int(orientation)
     except (LimitError, ImageError):
         raise
