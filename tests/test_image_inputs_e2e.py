@@ -138,3 +138,31 @@ def test_api_upload_check_defers_to_the_decoder_on_an_aspect_it_cannot_see(tmp_p
     with pytest.raises(InputError) as err:
         check_pair(original, wide.getvalue(), None, IOConfig())
     assert err.value.code == "aspect_mismatch" and "different EXIF orientations" in err.value.message
+
+
+def test_a_float_tiff_pair_is_read_on_one_scale_so_a_bright_edit_marks_only_itself(tmp_path, capsys):
+    """Float TIFFs were each stretched from their own minimum to their own maximum: an edit that added one pixel
+    brighter than any of the original's darkened every other pixel of the edited image, and pixel-diff marked 92%
+    of it. 1.0 is white now (for both), NaN reads as 0, and integer data saved as floats keeps its scale."""
+    photo = _scene(60, 90)[..., 0].astype(np.float32) / 255 * 0.8 + 0.1         # 0.1 .. 0.9, as a render leaves
+    edited = photo.copy()
+    edited[10:20, 10:30] = 1.0                                                   # a highlight brighter than all
+    edited[0, 0] = np.nan
+    Image.fromarray(photo).save(tmp_path / "o.tif")
+    Image.fromarray(edited).save(tmp_path / "e.tif")
+    code = sigma.cli.main(["annotate", str(tmp_path / "o.tif"), str(tmp_path / "e.tif"), "--annotator",
+                           "pixel-diff", "-o", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    mask = np.asarray(Image.open(tmp_path / "out" / "mask.png")) > 127
+    assert mask.shape == (60, 90) and mask[10:20, 10:30].all()
+    assert mask.sum() <= 10 * 20 + 9                                             # the edit and the NaN pixel
+    decoded = decode_image((tmp_path / "o.tif").read_bytes())
+    np.testing.assert_array_equal(decoded.rgb[..., 0], np.round(photo.astype(np.float64) * 255).astype(np.uint8))
+    assert decoded.notes["white_point"] == 1.0
+    as_bytes = _scene(60, 90)[..., 0].astype(np.float32)                         # 0..255 integer data as floats
+    Image.fromarray(as_bytes).save(tmp_path / "bytes.tif")
+    decoded = decode_image((tmp_path / "bytes.tif").read_bytes())
+    np.testing.assert_array_equal(decoded.rgb[..., 0], _scene(60, 90)[..., 0])
+    from sigma.io.pairs import load_pair
+    pair = load_pair(tmp_path / "o.tif", tmp_path / "bytes.tif")
+    assert any("different scales" in w for w in pair.preprocess["warnings"])

@@ -273,13 +273,12 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
         peak = 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
         if peak > 255:
             notes["bit_depth"] = 16
+        if mode == "I":                    # 32-bit integer samples: the white point is guessed from the values
+            notes["white_point"] = int(peak)
         gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
-        arr = np.asarray(img).astype(np.float64)
-        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
-        gray = np.clip((arr - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
+        return np.repeat(_float_to_uint8(np.asarray(img), notes)[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         alpha = np.asarray(rgba)[..., 3]
@@ -291,6 +290,33 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
     if mode == "RGB":
         return np.array(img)     # one writable copy (convert + asarray + copy made three: 48 MB each at 16 Mpx)
     return np.asarray(img.convert("RGB")).copy()
+
+
+FLOAT_WHITE_POINTS = (1.0, 255.0, 65535.0)
+FLOAT_HEADROOM = 4.0
+
+
+def _float_to_uint8(arr: np.ndarray, notes: dict[str, Any]) -> np.ndarray:
+    """Floating-point samples (a float TIFF) on a fixed scale. Each image used to be stretched from its own minimum
+    to its own maximum: an edit that brought in one pixel brighter or darker than any of the original's rescaled
+    every other one, and the pair differed everywhere. Now 1.0 is white (the convention of float images; HDR
+    highlights above it are clipped), unless the values are integer data saved as floats: the white point is the
+    first of 1, 255, 65535 that the 99th percentile stays within FLOAT_HEADROOM times of (a percentile, so that a
+    few bright pixels of an edit do not change the scale). NaN reads as 0, infinities and values past the white
+    point are clipped; `notes` say the white point and what was clipped, and `pair_from_decoded` warns when the
+    two images of a pair were read on different scales."""
+    values = arr.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        notes["non_finite_samples"] = int(values.size - np.count_nonzero(finite))
+        values = np.where(np.isnan(values), 0.0, values)      # infinities are clipped below
+    typical = float(np.percentile(values[finite], 99)) if finite.any() else 0.0
+    white = next((w for w in FLOAT_WHITE_POINTS if typical <= w * FLOAT_HEADROOM), FLOAT_WHITE_POINTS[-1])
+    notes["white_point"] = int(white) if white > 1 else 1.0
+    clipped = int(np.count_nonzero((values > white) | (values < 0)))
+    if clipped:
+        notes["clipped_samples"] = clipped
+    return np.clip(np.round(values / white * 255.0), 0, 255).astype(np.uint8)
 
 
 def _read_16bit_png_rgb(data: bytes) -> np.ndarray | None:
