@@ -25,6 +25,7 @@ from sigma.io.images import (
     jpeg_header_steps,
     jpeg_scan_count,
     png_chunk_count,
+    stored_size,
     tiff_strip_count,
 )
 from sigma.io.pairs import check_instruction
@@ -43,7 +44,7 @@ def _header_hw(data: bytes, io_config: IOConfig) -> tuple[tuple[int, int], int] 
         return None             # Image.open (and verify()) would walk them all: the full path refuses it
     try:
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as img:
-            width, height = img.size
+            width, height = stored_size(img)      # a TIFF's too: Pillow reports it already turned upright
             if width <= 0 or height <= 0 or width * height > limits.max_pixels:
                 return None
             if img.format == "PNG":
@@ -80,6 +81,7 @@ def check_pair(original: bytes, edited: bytes, instruction: str | None, io_confi
     try:
         check_aspect(head_o[0], head_e[0], io_config.limits.max_aspect_change)
     except InputError:
-        if head_o[1] != head_e[1]:   # the full path names the differing EXIF orientations (same code)
-            pair_from_bytes(original, edited, instruction, io_config)
-        raise
+        # The header's aspect is a guess where only a decode knows the orientation (a PNG's eXIf after its
+        # pixels): the full path decides, with its message (naming differing EXIF orientations, same code). The
+        # probe's own refusal stood even when that path accepted the pair, which the CLI and batch annotate.
+        pair_from_bytes(original, edited, instruction, io_config)

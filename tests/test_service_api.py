@@ -51,6 +51,25 @@ def test_round_trip_multipart_matches_in_process_annotator(svc):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(mask.content))) > 127, expected)
 
 
+def test_a_phone_tiff_and_its_upright_export_come_back_with_the_mask_where_the_edit_is_seen(svc):
+    """A TIFF stored landscape with EXIF orientation 6 (shown portrait) and its edit exported upright: the API's
+    header check turned the TIFF's size twice and answered 422 aspect_mismatch; now the job is done and the mask
+    has the shown picture's size and lies on the edit."""
+    stored = make_pair(seed=3)[0][:40, :56]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tiff = io.BytesIO()
+    Image.fromarray(stored).save(tiff, format="TIFF", exif=exif.tobytes())
+    upright = np.asarray(Image.fromarray(stored).transpose(Image.Transpose.ROTATE_270)).copy()
+    upright[5:15, 8:20] = 255 - upright[5:15, 8:20]
+    resp = svc.submit(tiff.getvalue(), upright, path="/v1/annotate")
+    assert resp.status_code == 200, resp.text
+    mask = decode_rle(resp.json()["result"]["segmentation"])
+    assert mask.shape == (56, 40)
+    ys, xs = np.nonzero(mask)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (5, 14, 8, 19)
+
+
 def test_round_trip_json_base64_with_threshold(svc):
     original, edited = make_pair(seed=2)
     payload = {"original": base64.b64encode(png_bytes(original)).decode(),

@@ -273,13 +273,12 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
         peak = 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
         if peak > 255:
             notes["bit_depth"] = 16
+        if mode == "I":                    # 32-bit integer samples: the white point is guessed from the values
+            notes["white_point"] = int(peak)
         gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
-        arr = np.asarray(img).astype(np.float64)
-        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
-        gray = np.clip((arr - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
+        return np.repeat(_float_to_uint8(np.asarray(img), notes)[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         alpha = np.asarray(rgba)[..., 3]
@@ -291,6 +290,33 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
     if mode == "RGB":
         return np.array(img)     # one writable copy (convert + asarray + copy made three: 48 MB each at 16 Mpx)
     return np.asarray(img.convert("RGB")).copy()
+
+
+FLOAT_WHITE_POINTS = (1.0, 255.0, 65535.0)
+FLOAT_HEADROOM = 4.0
+
+
+def _float_to_uint8(arr: np.ndarray, notes: dict[str, Any]) -> np.ndarray:
+    """Floating-point samples (a float TIFF) on a fixed scale. Each image used to be stretched from its own minimum
+    to its own maximum: an edit that brought in one pixel brighter or darker than any of the original's rescaled
+    every other one, and the pair differed everywhere. Now 1.0 is white (the convention of float images; HDR
+    highlights above it are clipped), unless the values are integer data saved as floats: the white point is the
+    first of 1, 255, 65535 that the 99th percentile stays within FLOAT_HEADROOM times of (a percentile, so that a
+    few bright pixels of an edit do not change the scale). NaN reads as 0, infinities and values past the white
+    point are clipped; `notes` say the white point and what was clipped, and `pair_from_decoded` warns when the
+    two images of a pair were read on different scales."""
+    values = arr.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        notes["non_finite_samples"] = int(values.size - np.count_nonzero(finite))
+        values = np.where(np.isnan(values), 0.0, values)      # infinities are clipped below
+    typical = float(np.percentile(values[finite], 99)) if finite.any() else 0.0
+    white = next((w for w in FLOAT_WHITE_POINTS if typical <= w * FLOAT_HEADROOM), FLOAT_WHITE_POINTS[-1])
+    notes["white_point"] = int(white) if white > 1 else 1.0
+    clipped = int(np.count_nonzero((values > white) | (values < 0)))
+    if clipped:
+        notes["clipped_samples"] = clipped
+    return np.clip(np.round(values / white * 255.0), 0, 255).astype(np.uint8)
 
 
 def _read_16bit_png_rgb(data: bytes) -> np.ndarray | None:
@@ -317,6 +343,19 @@ _ORIENTATION_TRANSPOSE = {
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+def stored_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as its file stores the pixels, before its EXIF orientation turns them.
+    Pillow (11.1 on) reports a TIFF's size already turned upright by its Orientation tag (and turns its pixels in
+    `load()`); every other format, and a TIFF in older Pillow, reports the stored size. The header checks (the API's
+    probe) turn it upright once, by the tag, whatever Pillow did."""
+    if img.format == "TIFF":
+        tags = getattr(img, "tag_v2", {})
+        width, height = tags.get(256), tags.get(257)        # ImageWidth, ImageLength
+        if isinstance(width, int) and isinstance(height, int):
+            return width, height
+    return img.size
+
 
 # Magic bytes of formats people try that we refuse, so the error can say what the file is.
 _KNOWN_MAGIC = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"%PDF", "PDF"), (b"%!PS", "PostScript"),
@@ -371,7 +410,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     try:
         img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
         fmt = "JPEG" if img.format == "MPO" else img.format   # camera JPEGs with a preview open as MPO
-        width, height = img.size
+        width, height = stored_size(img)
         check_header_size(name, width, height, limits)
         if fmt not in SUPPORTED_FORMATS:  # pragma: no cover - formats= already restricts the plugins
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
@@ -381,6 +420,10 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
             notes["multi_frame"] = "first frame used"   # (is_animated, not n_frames: that walks every frame)
         img.load()
+        # Pillow (11.1 on) turns a TIFF upright in load() and drops its Orientation tag; every other format, and
+        # a TIFF in older Pillow, still carries the tag and is ours to turn (turning it again showed a TIFF upside
+        # down or lying on its side: a mask 90 degrees off the picture the user sees)
+        pending = img.getexif().get(0x0112, 1) if orientation in _ORIENTATION_TRANSPOSE else 1
         icc = img.info.get("icc_profile")
         icc = bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None
         if icc is not None and img.mode == "CMYK":     # through its profile, not PIL's naive CMYK formula
@@ -402,9 +445,10 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if icc is not None:          # on the 8-bit RGB (the 16-bit path and alpha on white included)
             converted = _to_srgb(Image.fromarray(rgb), icc, notes)
             rgb = rgb if converted is None else np.array(converted)
-        if orientation in _ORIENTATION_TRANSPOSE:
+        if pending in _ORIENTATION_TRANSPOSE:
             # Applied to the decoded array so the 16-bit path is turned upright too.
-            rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION_TRANSPOSE[orientation]))
+            rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION_TRANSPOSE[pending]))
+        if orientation in _ORIENTATION_TRANSPOSE:
             notes["exif_orientation"] = int(orientation)
     except (LimitError, ImageError):
         raise

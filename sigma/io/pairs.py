@@ -69,6 +69,16 @@ def orientation_mismatch(original: DecodedImage, edited: DecodedImage, names: tu
             "the tag without turning the pixels (or turned them and kept it): re-save it upright without the tag")
 
 
+def scale_mismatch(original: DecodedImage, edited: DecodedImage, names: tuple[str, str]) -> str | None:
+    """What to tell the user when two float (or 32-bit integer) images were read with different white points
+    (`sigma.io.images._float_to_uint8`), else None: one is then brighter or darker than the other everywhere."""
+    o, e = (image.notes.get("white_point") for image in (original, edited))
+    if o is None or e is None or o == e:
+        return None
+    return (f"the two images' samples were read on different scales ({names[0]}: white at {o:g}, {names[1]}: white "
+            f"at {e:g}), so one is brighter than the other everywhere: save both as 8- or 16-bit images")
+
+
 def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction: str | None,
                       io_config: IOConfig, pair_id: str = "pair",
                       names: tuple[str, str] = ("original", "edited")) -> Pair:
@@ -87,6 +97,9 @@ def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction:
                 for name, image in zip(names, (original, edited), strict=True) if image.notes.get("multi_frame")]
     if turned is not None:
         warnings.append(turned)
+    scale = scale_mismatch(original, edited, names)
+    if scale is not None:
+        warnings.append(scale)
     if resize_note:
         preprocess["resize"] = resize_note
         warning = resize_warning(size_hw, edited.rgb.shape[:2])

@@ -1,0 +1,168 @@
+"""Image files as users hand them to the front ends (`sigma annotate`, the API's upload check), written here as
+real files: each ends in a mask that lies on the picture the user sees, or in a clear error."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+import sigma.cli
+from sigma.io.images import decode_image
+
+_TURN = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90,
+         2: Image.Transpose.FLIP_LEFT_RIGHT, 5: Image.Transpose.TRANSPOSE}
+
+
+def _scene(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x * 3 + y * 5) % 256], axis=2).astype(np.uint8)
+
+
+def _tagged(rgb: np.ndarray, path: Path, orientation: int, **kw) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(path, exif=exif.tobytes(), **kw)
+    return path
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_deflate"])      # Pillow's own decoder, and libtiff's
+@pytest.mark.parametrize("orientation", [2, 3, 5, 6, 8])
+def test_a_tagged_tiff_is_turned_upright_once(orientation, compression, tmp_path):
+    """Pillow (11.1 on) turns a TIFF upright in load() by its Orientation tag; decode_image turned it again: a
+    TIFF tagged 3 (180 degrees) or 2 (mirrored) came out as stored, one tagged 6 upside down on its side."""
+    stored = _scene(12, 17)
+    path = _tagged(stored, tmp_path / "photo.tif", orientation, **({"compression": compression} if compression
+                                                                    else {}))
+    decoded = decode_image(path.read_bytes(), "photo.tif")
+    want = np.asarray(Image.fromarray(stored).transpose(_TURN[orientation]))
+    assert decoded.rgb.shape == want.shape
+    np.testing.assert_array_equal(decoded.rgb, want)
+    assert decoded.notes["exif_orientation"] == orientation
+    assert decoded.notes["decoded_size"] == [12, 17]             # as stored, before turning upright, as for a PNG
+
+
+def test_a_multi_page_tagged_tiff_is_turned_upright_once(tmp_path):
+    stored = _scene(12, 17)
+    path = tmp_path / "pages.tif"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), save_all=True, append_images=[Image.fromarray(stored)])
+    decoded = decode_image(path.read_bytes(), "pages.tif")
+    np.testing.assert_array_equal(decoded.rgb, np.asarray(Image.fromarray(stored).transpose(_TURN[6])))
+
+
+def _mask_box(mask_png: Path) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    mask = np.asarray(Image.open(mask_png)) > 127
+    ys, xs = np.nonzero(mask)
+    return mask.shape, (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max()))
+
+
+def test_annotate_a_phone_tiff_against_its_upright_export_marks_the_edit_where_it_is_seen(tmp_path, capsys):
+    """A TIFF stored landscape with Orientation 6 (shown portrait), and its edit exported upright without the tag,
+    as editors do: the mask has the shown picture's size and covers the edit. Before, the TIFF was turned twice,
+    so the pair was refused as aspect_mismatch; and two TIFFs tagged 3 (180 degrees) gave a mask upside down."""
+    stored = _scene(60, 90)                                       # H x W as stored
+    original = _tagged(stored, tmp_path / "o.tif", 6)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(original))).copy()
+    assert upright.shape == (90, 60, 3)
+    upright[10:30, 5:25] = (250, 10, 10)                         # the edit, where the user sees it
+    Image.fromarray(upright).save(tmp_path / "e.png")
+    code = sigma.cli.main(["annotate", str(original), str(tmp_path / "e.png"), "--annotator", "pixel-diff",
+                           "-o", str(tmp_path / "out6")])
+    assert code == 0, capsys.readouterr().err
+    assert _mask_box(tmp_path / "out6" / "mask.png") == ((90, 60), (10, 29, 5, 24))
+
+    edited = stored.copy()
+    edited[:15, :20] = (250, 10, 10)                             # top left as stored: bottom right as shown
+    _tagged(stored, tmp_path / "o3.tif", 3)
+    _tagged(edited, tmp_path / "e3.tif", 3)
+    code = sigma.cli.main(["annotate", str(tmp_path / "o3.tif"), str(tmp_path / "e3.tif"), "--annotator",
+                           "pixel-diff", "-o", str(tmp_path / "out3")])
+    assert code == 0, capsys.readouterr().err
+    assert _mask_box(tmp_path / "out3" / "mask.png") == ((60, 90), (45, 59, 70, 89))
+
+
+def test_api_upload_check_takes_a_tagged_tiff_at_its_shown_size():
+    """The API's header check turned a TIFF's size twice as well, and refused the pair above with aspect_mismatch
+    even when the library accepted it."""
+    from sigma.api.probe import check_pair
+    from sigma.config.schema import IOConfig
+
+    stored = _scene(60, 90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tiff, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(stored).save(tiff, format="TIFF", exif=exif.tobytes())
+    Image.fromarray(np.asarray(Image.fromarray(stored).transpose(_TURN[6]))).save(png, format="PNG")
+    check_pair(tiff.getvalue(), png.getvalue(), None, IOConfig())
+
+
+def _exif_after_pixels(rgb: np.ndarray, orientation: int) -> bytes:
+    """A PNG whose eXIf chunk (orientation) comes after its IDAT, as some taggers append it."""
+    import struct
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", exif=exif.tobytes())
+    data, i, chunks = buf.getvalue(), 8, []
+    while i < len(data):
+        n = struct.unpack(">I", data[i:i + 4])[0]
+        chunks.append(data[i:i + 12 + n])
+        i += 12 + n
+    late = [c for c in chunks if c[4:8] == b"eXIf"]
+    rest = [c for c in chunks if c[4:8] != b"eXIf"]
+    assert len(late) == 1 and rest[-1][4:8] == b"IEND"
+    return data[:8] + b"".join(rest[:-1]) + late[0] + rest[-1]
+
+
+def test_api_upload_check_defers_to_the_decoder_on_an_aspect_it_cannot_see(tmp_path):
+    """The header check cannot see an eXIf chunk after the pixels (the decoder applies it): it refused such a pair
+    as aspect_mismatch, even though `pair_from_bytes` (and so `sigma annotate`) accepts it. A pair that really
+    differs is still refused with the library's message."""
+    from sigma.api.probe import check_pair
+    from sigma.config.schema import IOConfig
+    from sigma.errors import InputError
+
+    stored = _scene(60, 90)
+    original = _exif_after_pixels(stored, 6)
+    upright = io.BytesIO()
+    Image.fromarray(np.asarray(Image.fromarray(stored).transpose(_TURN[6]))).save(upright, format="PNG")
+    assert decode_image(original).rgb.shape == (90, 60, 3)
+    check_pair(original, upright.getvalue(), None, IOConfig())
+    wide = io.BytesIO()
+    Image.fromarray(_scene(20, 90)).save(wide, format="PNG")
+    with pytest.raises(InputError) as err:
+        check_pair(original, wide.getvalue(), None, IOConfig())
+    assert err.value.code == "aspect_mismatch" and "different EXIF orientations" in err.value.message
+
+
+def test_a_float_tiff_pair_is_read_on_one_scale_so_a_bright_edit_marks_only_itself(tmp_path, capsys):
+    """Float TIFFs were each stretched from their own minimum to their own maximum: an edit that added one pixel
+    brighter than any of the original's darkened every other pixel of the edited image, and pixel-diff marked 92%
+    of it. 1.0 is white now (for both), NaN reads as 0, and integer data saved as floats keeps its scale."""
+    photo = _scene(60, 90)[..., 0].astype(np.float32) / 255 * 0.8 + 0.1         # 0.1 .. 0.9, as a render leaves
+    edited = photo.copy()
+    edited[10:20, 10:30] = 1.0                                                   # a highlight brighter than all
+    edited[0, 0] = np.nan
+    Image.fromarray(photo).save(tmp_path / "o.tif")
+    Image.fromarray(edited).save(tmp_path / "e.tif")
+    code = sigma.cli.main(["annotate", str(tmp_path / "o.tif"), str(tmp_path / "e.tif"), "--annotator",
+                           "pixel-diff", "-o", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    mask = np.asarray(Image.open(tmp_path / "out" / "mask.png")) > 127
+    assert mask.shape == (60, 90) and mask[10:20, 10:30].all()
+    assert mask.sum() <= 10 * 20 + 9                                             # the edit and the NaN pixel
+    decoded = decode_image((tmp_path / "o.tif").read_bytes())
+    np.testing.assert_array_equal(decoded.rgb[..., 0], np.round(photo.astype(np.float64) * 255).astype(np.uint8))
+    assert decoded.notes["white_point"] == 1.0
+    as_bytes = _scene(60, 90)[..., 0].astype(np.float32)                         # 0..255 integer data as floats
+    Image.fromarray(as_bytes).save(tmp_path / "bytes.tif")
+    decoded = decode_image((tmp_path / "bytes.tif").read_bytes())
+    np.testing.assert_array_equal(decoded.rgb[..., 0], _scene(60, 90)[..., 0])
+    from sigma.io.pairs import load_pair
+    pair = load_pair(tmp_path / "o.tif", tmp_path / "bytes.tif")
+    assert any("different scales" in w for w in pair.preprocess["warnings"])
