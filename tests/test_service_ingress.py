@@ -64,3 +64,27 @@ def test_a_small_body_of_long_keys_over_a_wide_list_costs_the_api_no_more_than_i
     assert resp.json()["error"]["code"] in ("missing_field", "invalid_request")
     grown_mib = (peak_rss_kib(svc.api.pid) - before) / 1024
     assert grown_mib < 60, f"the API's peak memory grew {grown_mib:.0f} MiB for a {len(body)}-byte body"
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    return '{"a": ' * depth + leaf + "}" * depth
+
+
+@pytest.mark.parametrize("path, field", [("/v1/batches", "options"), ("/v1/batches", "columns"),
+                                         ("/v1/jobs", "outputs"), ("/v1/annotate", "instruction")])
+def test_a_body_nested_hundreds_of_levels_is_bad_json_not_a_recursion_error(svc, path, field):
+    # 600 levels parse (json's own limit is ~950, its caller's frames included), but copying the batch's options
+    # (deepcopy, two frames a level) ended in RecursionError: 500 internal_error
+    fields = '"input": "corpus", "out": "runs/deep"' if path == "/v1/batches" else \
+        '"original": "AA==", "edited": "AA=="'
+    body = "{" + f'{fields}, "{field}": {nested(600)}' + "}"
+    resp = svc.http.post(path, content=body.encode(), headers={**svc.headers(), "content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "bad_json" and "nested more than 64 levels" in error["message"], error
+
+
+def test_a_body_nested_within_the_limit_is_read(svc):
+    body = {"input": "corpus", "out": "runs/shallow", "options": json.loads(nested(62))}
+    resp = svc.http.post("/v1/batches", json=body, headers=svc.headers())
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_config", resp.text
