@@ -4,11 +4,13 @@ framed two ways at once. Each answer is a 4xx with a code, never a 500, a dead A
 """
 from __future__ import annotations
 
+import base64
 import json
+import socket
 from pathlib import Path
 
 import pytest
-from servicekit import running_service
+from servicekit import ServiceUnderTest, make_pair, png_bytes, running_service
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -88,3 +90,37 @@ def test_a_body_nested_within_the_limit_is_read(svc):
     body = {"input": "corpus", "out": "runs/shallow", "options": json.loads(nested(62))}
     resp = svc.http.post("/v1/batches", json=body, headers=svc.headers())
     assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_config", resp.text
+
+
+def raw_request(svc: ServiceUnderTest, head: str, body: bytes, then: bytes = b"") -> bytes:
+    """`head` + `body` (+ `then`, a second request on the same connection) on one socket; all the server answers
+    until it closes or goes quiet for 3 s."""
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=3) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body + then)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass
+    return answer
+
+
+def test_content_length_and_chunked_together_are_refused(svc):
+    # RFC 9112 6.3: the two framings disagree, so a proxy in front may read another request than the API does
+    # (request smuggling); and the byte budget (limits.max_bytes_in_flight) took the Content-Length, 2 bytes, while
+    # the chunked body could run to limits.max_request_bytes. It was read as chunked, queued a job (202) and kept
+    # the connection for the next request
+    original, edited = (base64.b64encode(png_bytes(a)).decode() for a in make_pair(16, 16))
+    job = json.dumps({"original": original, "edited": edited}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(job), job)
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 2\r\nTransfer-Encoding: chunked")
+    follow_up = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = raw_request(svc, head, chunked, follow_up)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 400"), answer[:300]
+    headers, _, text = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower()
+    assert json.loads(text)["error"]["code"] == "bad_request"
+    assert answer.count(b"HTTP/1.1") == 1, "the connection carried another request after the refusal"
