@@ -124,3 +124,27 @@ def test_content_length_and_chunked_together_are_refused(svc):
     assert b"connection: close" in headers.lower()
     assert json.loads(text)["error"]["code"] == "bad_request"
     assert answer.count(b"HTTP/1.1") == 1, "the connection carried another request after the refusal"
+
+
+def answer_of(raw: bytes) -> tuple[int, bytes, dict]:
+    """(status, the head's header lines lower-cased, the JSON body) of one raw HTTP/1.1 answer."""
+    head, _, text = raw.partition(b"\r\n\r\n")
+    lengths = [line.split(b":", 1)[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    assert lengths and head.startswith(b"HTTP/1.1 "), f"not an answer with a length: {raw[:300]!r}"
+    return int(head.split(b" ", 2)[1]), head.lower(), json.loads(text[:int(lengths[0])])
+
+
+@pytest.mark.parametrize("head, body", [
+    ("GET /healthz HTTP/1.1\r\nHost: x\r\nthis line has no colon", b""),
+    # a bad chunk size after the first chunk: the route is already reading the body
+    ("POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked",
+     b"5\r\n{\"a\":\r\nzz\r\n"),
+])
+def test_a_request_that_is_not_http_gets_the_error_shape(svc, head, body):
+    # uvicorn answered these with text/plain `Invalid HTTP request received.`: no code for a client to read
+    if "/v1/jobs" in head:
+        head += f"\r\nAuthorization: {svc.headers()['Authorization']}"
+    status, headers, error = answer_of(raw_request(svc, head, body))
+    assert status == 400 and b"content-type: application/json" in headers and b"connection: close" in headers
+    assert error["error"]["code"] == "bad_request", error
+    assert svc.http.get("/healthz").status_code == 200
