@@ -2,9 +2,11 @@
 refuse bodies over `limits.max_request_bytes`, and bound how long reading a body may take.
 
 The body limit is checked against Content-Length first and then counted while the body streams in, so a
-chunked upload without a length cannot exhaust memory or disk either. The read timeout starts at the
-app's first read of the body (the headers are bounded by the server protocol, `sigma.api.server`), so a
-client that trickles its body gets 408 `request_timeout` instead of holding a connection and its buffers.
+chunked upload without a length cannot exhaust memory or disk either. A request framed both ways (Content-Length
+and Transfer-Encoding) is refused before either is believed: 400 `bad_request`, the connection closed. The read
+timeout starts at the app's first read of the body (the headers are bounded by the server protocol,
+`sigma.api.server`), so a client that trickles its body gets 408 `request_timeout` instead of holding a connection
+and its buffers.
 Both raise a `BodyReadAborted` out of `receive`; parsers let it through and the layer that raised it answers.
 """
 from __future__ import annotations
@@ -65,6 +67,16 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         message = f"request body exceeds limits.max_request_bytes={self.max_bytes}"
+        names = {name for name, _ in scope.get("headers", [])}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # RFC 9112 6.3: the server reads the chunks (h11 does) and a proxy in front may read the length, so the
+            # two see different requests on one connection (request smuggling); and the byte budget
+            # (`declared_length`) held the length, a few bytes, while the chunks ran to the limit
+            start, body = _json_error(400, "bad_request", "a request may not carry both Content-Length and "
+                                      "Transfer-Encoding (RFC 9112 6.3); send one")
+            await send(start)
+            await send(body)
+            return
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

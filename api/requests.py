@@ -4,7 +4,9 @@ Parsing is done by hand rather than by FastAPI parameters so that one route acce
 types and every malformed body gets a stable error code instead of a framework default. JSON is held to
 RFC 8259 where Python's parser is laxer: NaN/Infinity and integers of more than 4300 digits are `bad_json`
 (400), a string holding a lone UTF-16 surrogate (`"\\ud800"`, or its raw bytes) is `invalid_text` (422): such
-text cannot be encoded, stored or answered faithfully, so it is refused rather than silently changed.
+text cannot be encoded, stored or answered faithfully, so it is refused rather than silently changed. A body nested
+deeper than `MAX_BODY_DEPTH` levels is `bad_json` too: Python's parser takes ~950, but the code that walks a body
+after it (copying a batch's options: two frames a level) ran out of stack at ~480, a 500 internal_error.
 The body is streamed into one buffer and dropped as soon as it is parsed, base64 is decoded without
 intermediate copies, and multipart files above `api.multipart_spool_bytes` are spooled to disk. A file part is
 counted while it streams in: one above `limits.max_bytes` is 413 `file_too_large` at once, with the connection
@@ -31,6 +33,9 @@ from sigma.text import find_surrogate
 from sigma.types import MaskMode
 
 MAX_INT_DIGITS = 4300          # CPython's own default limit, enforced whatever the interpreter is set to
+# the deepest JSON body read: the routes' own bodies nest 3 levels (a batch's options.detector.weights), and the code
+# that walks a body (pydantic, copying a batch's options, hashing its config) stays far from Python's stack limit
+MAX_BODY_DEPTH = 64
 
 OUTPUTS = ("rle", "png", "prob")
 OPTION_FIELDS = ("instruction", "annotator", "threshold", "mask_mode", "outputs", "wait")
@@ -95,11 +100,13 @@ def _int(text: str) -> int:
 
 
 def parse_json(body: bytes | bytearray) -> Any:
-    """RFC 8259 JSON → Python; anything Python's parser would raise on becomes 400 bad_json."""
+    """RFC 8259 JSON → Python, at most `MAX_BODY_DEPTH` lists / objects deep; anything Python's parser would raise
+    on, and anything nested deeper, becomes 400 bad_json."""
+    deep = ApiError(400, "bad_json", f"body is nested more than {MAX_BODY_DEPTH} levels deep")
     try:
-        return json.loads(body, parse_int=_int, parse_constant=_refuse_constant)
+        data = json.loads(body, parse_int=_int, parse_constant=_refuse_constant)
     except RecursionError as exc:
-        raise ApiError(400, "bad_json", "body is not valid JSON (nested too deeply)") from exc
+        raise deep from exc
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_json", "body is not valid JSON (not UTF-8 text)") from exc
     except json.JSONDecodeError as exc:
@@ -107,6 +114,23 @@ def parse_json(body: bytes | bytearray) -> Any:
                        f"{exc.colno})") from exc
     except ValueError as exc:       # parse_int / parse_constant (and CPython's own int limit)
         raise ApiError(400, "bad_json", f"body is not valid JSON: {str(exc)[:200]}") from exc
+    if nested_deeper(data, MAX_BODY_DEPTH):
+        raise deep
+    return data
+
+
+def nested_deeper(value: Any, max_depth: int) -> bool:
+    """Whether `value` holds lists / dicts more than `max_depth` deep (the top one is level 1); without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _too_large(max_bytes: int, how: str) -> ApiError:
@@ -136,7 +160,8 @@ async def read_body(request: Request, max_bytes: int | None = None) -> bytearray
 
 
 async def read_json_object(request: Request, max_bytes: int | None = None) -> dict[str, Any]:
-    """A JSON object body, checked for text that cannot be represented (lone surrogates → 422 invalid_text)."""
+    """A JSON object body (`parse_json`: RFC 8259, at most `MAX_BODY_DEPTH` deep), checked for text that cannot be
+    represented (lone surrogates → 422 invalid_text)."""
     body = await read_body(request, max_bytes)
     if not body:
         raise ApiError(400, "bad_json", "empty body: send a JSON object")

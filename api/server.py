@@ -9,7 +9,10 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
 - a drain timeout (`api.body_timeout_s`): an answer that went out before the body was read (401, 413, 429)
   leaves the rest of the body to be discarded; it must have arrived within that time, else close;
 - a lingering close (`api.close_linger_s`, `api.close_linger_bytes`) for an answer that closes the connection
-  before the body was read (413 `request_too_large` / `file_too_large` with `Connection: close`).
+  before the body was read (413 `request_too_large` / `file_too_large` with `Connection: close`);
+- a request h11 cannot parse (a header line without a colon, a head over its size limit, a bad chunk size) is
+  answered as every error is, JSON 400 `bad_request` (`send_400_response`), not uvicorn's text/plain `Invalid
+  HTTP request received.`, which a client parsing `{"error": {"code"}}` could not read.
 
 Why the lingering close: uvicorn closes the socket right after such an answer (`transport.close()` once h11 is
 MUST_CLOSE). A socket closed with unread data makes the kernel send a reset instead of a FIN, and the client's
@@ -45,6 +48,9 @@ _BODY = json.dumps({"error": {"code": "request_timeout", "message": "the request
                                                                     "time"}}).encode()
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
                    b"content-length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
+BAD_REQUEST = json.dumps({"error": {"code": "bad_request", "message": "the request is not valid HTTP/1.1 (a "
+                                    "malformed request line or header, a request head that is too large, or a bad "
+                                    "chunk of a chunked body)"}}).encode()
 
 
 class _LingeringTransport:
@@ -164,6 +170,21 @@ class GuardedH11Protocol(H11Protocol):
         if self.conn.their_state is h11.SEND_BODY and self._drain_timer is None and not self.lingering:
             self._drained = self.cycle
             self._drain_timer = self.loop.call_later(self.drain_timeout_s, self._drain_expired)
+
+    def send_400_response(self, msg: str) -> None:
+        """What h11 could not parse, answered in the API's error shape (uvicorn's own is text/plain); when an answer
+        has already gone out (a body drained after a 401), only the connection is closed, as nothing can follow."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self.transport.close()
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(BAD_REQUEST)).encode()),
+                   (b"connection", b"close")]
+        try:
+            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))
+                                 + self.conn.send(h11.Data(data=BAD_REQUEST)) + self.conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:      # h11 would not frame an answer now: close, as above
+            pass
+        self.transport.close()
 
     def shutdown(self) -> None:
         if self.lingering:               # the server is stopping: no more waiting for the client

@@ -1,0 +1,150 @@
+"""A hostile client at the door, over real HTTP (real uvicorn via `sigma serve api`, real redis-server): bodies
+that are small but cost the API far more than their size, nesting the routes' own code cannot walk, and requests
+framed two ways at once. Each answer is a 4xx with a code, never a 500, a dead API or an unbounded allocation.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from servicekit import ServiceUnderTest, make_pair, png_bytes, running_service
+
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("ingress") / "root"
+    write_pairs_jsonl(base / "corpus", synthetic_pairs(2, size=32))
+    return base
+
+
+@pytest.fixture(scope="module")
+def svc(redis_server, root, tmp_path_factory):
+    with running_service(redis_server, tmp_path_factory.mktemp("svc-ingress"), [f"api.batch_root={root}"]) as s:
+        yield s
+
+
+def reset_peak_rss(pid: int) -> None:
+    """The process's peak RSS (VmHWM) set back to its RSS now (proc(5), clear_refs 5): each test its own peak."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def long_keys_over_a_wide_list(key_chars: int, depth: int, width: int) -> bytes:
+    """`depth` objects, each under one key of `key_chars` characters, around a list of `width` zeros: the place of
+    each zero (`kkk….kkk….l[n]`) is depth * key_chars characters long."""
+    data: dict = {}
+    cur = data
+    for level in range(depth):
+        cur[f"{level}" + "k" * key_chars] = cur = {}
+    cur["l"] = [0] * width
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_a_small_body_of_long_keys_over_a_wide_list_costs_the_api_no_more_than_its_size(svc, path):
+    # 206 KB of JSON: the surrogate check spelt the place of every value in full before looking at it, 2000 places of
+    # 200 000 characters each: the API's peak memory rose by ~400 MB (a 4.5 MB body asked for terabytes)
+    body = long_keys_over_a_wide_list(20_000, 10, 2000)
+    assert svc.api is not None
+    reset_peak_rss(svc.api.pid)
+    before = peak_rss_kib(svc.api.pid)
+    resp = svc.http.post(path, content=body, headers={**svc.headers(), "content-type": "application/json"})
+    assert resp.status_code in (400, 422), resp.text
+    assert resp.json()["error"]["code"] in ("missing_field", "invalid_request")
+    grown_mib = (peak_rss_kib(svc.api.pid) - before) / 1024
+    assert grown_mib < 60, f"the API's peak memory grew {grown_mib:.0f} MiB for a {len(body)}-byte body"
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    return '{"a": ' * depth + leaf + "}" * depth
+
+
+@pytest.mark.parametrize("path, field", [("/v1/batches", "options"), ("/v1/batches", "columns"),
+                                         ("/v1/jobs", "outputs"), ("/v1/annotate", "instruction")])
+def test_a_body_nested_hundreds_of_levels_is_bad_json_not_a_recursion_error(svc, path, field):
+    # 600 levels parse (json's own limit is ~950, its caller's frames included), but copying the batch's options
+    # (deepcopy, two frames a level) ended in RecursionError: 500 internal_error
+    fields = '"input": "corpus", "out": "runs/deep"' if path == "/v1/batches" else \
+        '"original": "AA==", "edited": "AA=="'
+    body = "{" + f'{fields}, "{field}": {nested(600)}' + "}"
+    resp = svc.http.post(path, content=body.encode(), headers={**svc.headers(), "content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "bad_json" and "nested more than 64 levels" in error["message"], error
+
+
+def test_a_body_nested_within_the_limit_is_read(svc):
+    body = {"input": "corpus", "out": "runs/shallow", "options": json.loads(nested(62))}
+    resp = svc.http.post("/v1/batches", json=body, headers=svc.headers())
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_config", resp.text
+
+
+def raw_request(svc: ServiceUnderTest, head: str, body: bytes, then: bytes = b"") -> bytes:
+    """`head` + `body` (+ `then`, a second request on the same connection) on one socket; all the server answers
+    until it closes or goes quiet for 3 s."""
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=3) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body + then)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass
+    return answer
+
+
+def test_content_length_and_chunked_together_are_refused(svc):
+    # RFC 9112 6.3: the two framings disagree, so a proxy in front may read another request than the API does
+    # (request smuggling); and the byte budget (limits.max_bytes_in_flight) took the Content-Length, 2 bytes, while
+    # the chunked body could run to limits.max_request_bytes. It was read as chunked, queued a job (202) and kept
+    # the connection for the next request
+    original, edited = (base64.b64encode(png_bytes(a)).decode() for a in make_pair(16, 16))
+    job = json.dumps({"original": original, "edited": edited}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(job), job)
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 2\r\nTransfer-Encoding: chunked")
+    follow_up = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = raw_request(svc, head, chunked, follow_up)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 400"), answer[:300]
+    headers, _, text = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower()
+    assert json.loads(text)["error"]["code"] == "bad_request"
+    assert answer.count(b"HTTP/1.1") == 1, "the connection carried another request after the refusal"
+
+
+def answer_of(raw: bytes) -> tuple[int, bytes, dict]:
+    """(status, the head's header lines lower-cased, the JSON body) of one raw HTTP/1.1 answer."""
+    head, _, text = raw.partition(b"\r\n\r\n")
+    lengths = [line.split(b":", 1)[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    assert lengths and head.startswith(b"HTTP/1.1 "), f"not an answer with a length: {raw[:300]!r}"
+    return int(head.split(b" ", 2)[1]), head.lower(), json.loads(text[:int(lengths[0])])
+
+
+@pytest.mark.parametrize("head, body", [
+    ("GET /healthz HTTP/1.1\r\nHost: x\r\nthis line has no colon", b""),
+    # a bad chunk size after the first chunk: the route is already reading the body
+    ("POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked",
+     b"5\r\n{\"a\":\r\nzz\r\n"),
+])
+def test_a_request_that_is_not_http_gets_the_error_shape(svc, head, body):
+    # uvicorn answered these with text/plain `Invalid HTTP request received.`: no code for a client to read
+    if "/v1/jobs" in head:
+        head += f"\r\nAuthorization: {svc.headers()['Authorization']}"
+    status, headers, error = answer_of(raw_request(svc, head, body))
+    assert status == 400 and b"content-type: application/json" in headers and b"connection: close" in headers
+    assert error["error"]["code"] == "bad_request", error
+    assert svc.http.get("/healthz").status_code == 200
