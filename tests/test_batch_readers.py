@@ -333,3 +333,40 @@ def test_a_folder_with_both_spellings_of_one_name_keeps_two_pairs(tmp_path):
     assert sorted((i.pair_id, i.instruction, i.error) for i in items) == [
         (CAFE_NFD, "two", None), (CAFE_NFC, "one", None)]
     assert {Path(i.edited_path).name for i in items} == {f"{CAFE_NFC}_edited.png", f"{CAFE_NFD}_edited.png"}
+
+
+@pytest.mark.parametrize("two_folders", [False, True])
+def test_a_folder_pair_in_a_format_sigma_does_not_read_is_a_row_that_says_so(tmp_path, two_folders):
+    """A GIF or HEIC image in a folder corpus was skipped by the listing: a pair with one such half was reported
+    `file_not_found` ("no edited image found") beside the very file, and a pair with both halves in it had no row
+    at all, its absence unsaid. Now it is a row with `unsupported_format` naming the file; a readable file of the
+    same image still wins over it, and files that are not images (README.txt) are still no pairs."""
+    from sigma.batch import BatchConfig, run_batch
+
+    root = tmp_path / "f"
+    root.mkdir()
+    pairs = list(synthetic_pairs(3))
+
+    def put(stem: str, role: str, ext: str, data: bytes) -> None:
+        path = root / role / f"{stem}{ext}" if two_folders else root / f"{stem}_{role}{ext}"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+
+    put("a", "original", ".png", pairs[0]["original"])
+    put("a", "edited", ".gif", b"GIF89a" + bytes(20))         # one half unread
+    put("b", "original", ".heic", bytes(30))                   # both halves unread
+    put("b", "edited", ".heic", bytes(30))
+    put("c", "original", ".png", pairs[2]["original"])          # readable wins over a stray GIF of one image
+    put("c", "edited", ".png", pairs[2]["edited"])
+    put("c", "edited", ".gif", b"GIF89a" + bytes(20))
+    put("d", "original", ".txt", b"notes")                      # not an image: no pair
+    out = tmp_path / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(root)}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, out, progress=False)
+    rows = {r["pair_id"]: r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()}
+    assert sorted(rows) == ["a", "b", "c"]
+    assert rows["c"]["status"] == "ok"
+    for pair_id, names in (("a", ["a_edited.gif", "a.gif"]), ("b", ["b_original.heic", "b.heic"])):
+        assert rows[pair_id]["status"] == "error"
+        assert rows[pair_id]["error_code"] == "unsupported_format", rows[pair_id]
+        assert any(n in rows[pair_id]["error"] for n in names), rows[pair_id]["error"]

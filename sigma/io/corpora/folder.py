@@ -18,6 +18,11 @@ from sigma.io.pairs_jsonl import MAX_RECORD_BYTES
 from sigma.text import loads as load_json
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+# image formats a user's corpus plausibly holds that sigma does not read: a pair whose image has one of these is
+# listed with an `unsupported_format` error instead of vanishing from the run (both halves GIF: no row at all) or
+# being reported as `file_not_found` beside the very file; other files (README.txt, .DS_Store) are not pairs
+UNREAD_IMAGE_EXTS = {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".svg", ".ico", ".psd", ".exr",
+                     ".hdr", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
 _SUFFIX = re.compile(r"^(?P<id>.+)_(?P<role>original|edited|mask)$")
 INSTRUCTION_FILES = ("instructions.jsonl", "instructions.json", "instructions.csv")
 # instructions.json is one object, read whole (and held ~10x in Python): 1M pairs of 200-character instructions
@@ -38,7 +43,7 @@ def looks_like_pair_folder(path: Path) -> bool:
         return False
     if (path / "original").is_dir() and (path / "edited").is_dir():
         return True
-    return any(_SUFFIX.match(p.stem) and p.suffix.lower() in IMAGE_EXTS for p in path.iterdir())
+    return any(_SUFFIX.match(p.stem) and p.suffix.lower() in IMAGE_EXTS | UNREAD_IMAGE_EXTS for p in path.iterdir())
 
 
 class FolderCorpus(Corpus):
@@ -69,21 +74,30 @@ class FolderCorpus(Corpus):
             return self._index
         listed: dict[str, dict[str, list[tuple[str, Path]]]] = {}    # id_key -> role -> (spelling, file)
 
+        unread: list[tuple[str, str, Path]] = []      # (id, role, file) in a format sigma does not read
+
         def add(pair_id: str, role: str, p: Path) -> None:
-            listed.setdefault(id_key(pair_id), {}).setdefault(role, []).append((pair_id, p))
+            if p.suffix.lower() in IMAGE_EXTS:
+                listed.setdefault(id_key(pair_id), {}).setdefault(role, []).append((pair_id, p))
+            elif p.suffix.lower() in UNREAD_IMAGE_EXTS and role != "mask":
+                unread.append((pair_id, role, p))
 
         dirs = self._dirs()
         if dirs:
             for role, folder in zip(ROLES, dirs):
                 if folder.is_dir():
                     for p in sorted(folder.iterdir()):
-                        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+                        if p.is_file():
                             add(p.stem, role, p)
         else:
             for p in sorted(self.path.iterdir()):
                 m = _SUFFIX.match(p.stem)
-                if m and p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+                if m and p.is_file():
                     add(m["id"], m["role"], p)
+        for pair_id, role, p in unread:       # only where no readable file holds that image (p_edited.png wins)
+            roles = listed.setdefault(id_key(pair_id), {})
+            if role not in roles:
+                roles[role] = [(pair_id, p)]
         if not listed:
             raise InputError(f"{self.path}: no <id>_original.* / <id>_edited.* files and no original/ + edited/ "
                              "folders", code="no_pairs")
@@ -180,6 +194,11 @@ class FolderCorpus(Corpus):
             missing = [r for r in ("original", "edited") if r not in files]
             if missing:
                 item.error = ("file_not_found", f"{pair_id}: no {' and no '.join(missing)} image found")
+            unread = [files[r].name for r in ("original", "edited")
+                      if r in files and files[r].suffix.lower() not in IMAGE_EXTS]
+            if unread:
+                item.error = ("unsupported_format", f"{pair_id}: {' and '.join(unread)}: a format sigma does not "
+                              f"read (it reads {', '.join(sorted(IMAGE_EXTS))}); convert it, e.g. to PNG")
             twice = self._ambiguous.get(pair_id, {})
             if "mask" in twice:             # which ground truth? none, rather than the one the disk listed last
                 item.mask_path = None
