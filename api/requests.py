@@ -172,8 +172,18 @@ async def read_json_object(request: Request, max_bytes: int | None = None) -> di
         raise ApiError(422, "invalid_text", f"{where}: a string holds a lone UTF-16 surrogate (e.g. \\ud800); "
                        "JSON text must be valid Unicode")
     if not isinstance(data, dict):
-        raise ApiError(422, "invalid_request", f"body must be a JSON object, got {type(data).__name__}")
+        raise ApiError(422, "invalid_request", f"body must be a JSON object, got {json_kind(data)}")
     return data
+
+
+def json_kind(value: object) -> str:
+    """A parsed JSON value's type as JSON names it (`null`, `array`), not Python's (`NoneType`, `list`): the
+    client wrote JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {list: "an array", str: "a string", int: "a number", float: "a number"}.get(type(value), "a value")
 
 
 class FilePartTooLarge(Exception):

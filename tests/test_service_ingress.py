@@ -148,3 +148,13 @@ def test_a_request_that_is_not_http_gets_the_error_shape(svc, head, body):
     assert status == 400 and b"content-type: application/json" in headers and b"connection: close" in headers
     assert error["error"]["code"] == "bad_request", error
     assert svc.http.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("body, said", [(b"null", "got null"), (b"[1]", "got an array"), (b'"x"', "got a string"),
+                                        (b"12", "got a number"), (b"true", "got a boolean")])
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_a_body_that_is_not_an_object_is_named_in_json_terms(svc, path, body, said):
+    # the client wrote JSON; the answer said Python's names for it ("got NoneType", "got list")
+    resp = svc.http.post(path, content=body, headers={**svc.headers(), "content-type": "application/json"})
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_request", resp.text
+    assert said in resp.json()["error"]["message"], resp.text
