@@ -258,6 +258,9 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
                        "refused while it was arriving", {"Connection": "close"}) from exc
     except (MultiPartException, StarletteHTTPException) as exc:
         detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
+        if "Too many files" in str(detail):      # Starlette's words; the route's own checks never ran
+            detail = (f"{detail} The form takes two file parts, 'original' and 'edited', each once; the options "
+                      f"({', '.join(OPTION_FIELDS)}) are text fields, not files.")
         raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {detail}") from exc
     except Exception as exc:
         if type(exc).__name__ == "ClientDisconnect":

@@ -158,3 +158,17 @@ def test_a_body_that_is_not_an_object_is_named_in_json_terms(svc, path, body, sa
     resp = svc.http.post(path, content=body, headers={**svc.headers(), "content-type": "application/json"})
     assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_request", resp.text
     assert said in resp.json()["error"]["message"], resp.text
+
+
+@pytest.mark.parametrize("files", [
+    [("original", ("o.png", b"x", "image/png")), ("original", ("o2.png", b"x", "image/png")),
+     ("edited", ("e.png", b"x", "image/png"))],
+    [("original", ("o.png", b"x", "image/png")), ("edited", ("e.png", b"x", "image/png")),
+     ("instruction", ("i.txt", b"remove the cup", "text/plain"))]])
+def test_a_third_file_part_is_told_which_parts_are_files(svc, files):
+    # Starlette's file limit answers before the route's own checks: "Too many files. Maximum number of files is 2."
+    # alone did not say that an instruction sent as a file, or an image sent twice, was the cause
+    resp = svc.http.post("/v1/jobs", files=files, headers=svc.headers())
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "malformed_multipart", resp.text
+    message = resp.json()["error"]["message"]
+    assert "'original' and 'edited', each once" in message and "instruction" in message, message
