@@ -5,7 +5,8 @@ the order of a real command's fsyncs and renames (`RECORD_SYNCS`), for what only
 
 
 def at_first_temp_rename(signal_expr: str = "signal.SIGKILL", containing: str = "", into: str = "") -> str:
-    """The prelude of a `python -c` program: at the first `os.rename` (what os.replace raises) of a `*.tmp` file, print
+    """The prelude of a `python -c` program: at the first `os.rename` (what os.replace raises) or `os.link` (how a file
+    is put in place without replacing one: `sigma.export.placing`) of a `*.tmp` file, print
     its name (the test reads which file was left) and send this process `signal_expr` (SIGKILL: dies; SIGSTOP: holds
     there for the test to act around it). `containing`: only a temporary file whose name holds it (the rename of
     the one output a test means, after others of the same writer). `into`: only a rename onto a file of that name
@@ -14,8 +15,8 @@ def at_first_temp_rename(signal_expr: str = "signal.SIGKILL", containing: str = 
 from pathlib import Path
 _first = []
 def _hook(event, args):
-    if event == "os.rename" and not _first and str(args[0]).endswith(".tmp") and {containing!r} in Path(args[0]).name \
-            and Path(args[1]).name == ({into!r} or Path(args[1]).name):
+    if event in ("os.rename", "os.link") and not _first and str(args[0]).endswith(".tmp") \
+            and {containing!r} in Path(args[0]).name and Path(args[1]).name == ({into!r} or Path(args[1]).name):
         _first.append(1)
         print(Path(args[0]).name, flush=True)
         os.kill(os.getpid(), {signal_expr})
@@ -25,7 +26,8 @@ sys.addaudithook(_hook)
 
 def record_syncs(body: str) -> str:
     """A program that runs `body` with every os.fsync recorded as ["fsync", path of the descriptor] (then made for
-    real) and every rename (os.replace, Path.replace) as ["rename", src, dst], in the order they were made, from
+    real), every rename (os.replace, Path.replace) as ["rename", src, dst] and every hard link as ["link", src, dst],
+    in the order they were made, from
     every thread; sys.argv[1] (EVENTS.json) gets the list at the end, and the exit status is `body`'s `rc` (0 when
     it sets none). A power cut cannot be staged in a test: the order of these calls is what decides what one could
     lose."""
@@ -39,6 +41,8 @@ os.fsync = fsync                     # recorded, then the real one: the run's ow
 def hook(event, args):
     if event == "os.rename":
         events.append(["rename", os.fspath(args[0]), os.fspath(args[1])])
+    elif event == "os.link":
+        events.append(["link", os.fspath(args[0]), os.fspath(args[1])])
 sys.addaudithook(hook)
 rc = 0
 ''' + body + r'''

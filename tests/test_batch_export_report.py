@@ -389,8 +389,8 @@ def test_coco_images_are_on_disk_before_the_json_that_lists_them(run_dir, tmp_pa
     """`sigma export coco --images DIR` renamed each edited image from the page cache (no fsync) and never synced DIR,
     while the JSON naming them was fsynced: after a power cut the export said done, its JSON could list images empty,
     cut short or missing (DIR itself too, made by the export). In a real export now, every image's temporary file
-    is fsynced before its rename, DIR's parent after DIR is made and DIR after the last image, all before the JSON's
-    rename, and the JSON's folder after it."""
+    is fsynced before it is put in place (a hard link: `sigma.export.placing`), DIR's parent after DIR is made and DIR
+    after the last image, all before the JSON's rename, and the JSON's folder after it."""
     images, out = tmp_path / "new" / "img", tmp_path / "coco.json"
     log, script = tmp_path / "events.json", tmp_path / "record.py"
     script.write_text(RECORD_SYNCS)
@@ -399,7 +399,7 @@ def test_coco_images_are_on_disk_before_the_json_that_lists_them(run_dir, tmp_pa
     assert proc.returncode == 0, proc.stderr
     events = json.loads(log.read_text())
     listed = {str(images / image["file_name"]) for image in json.loads(out.read_text())["images"]}
-    renames = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] in listed]
+    renames = [i for i, e in enumerate(events) if e[0] in ("rename", "link") and e[2] in listed]
     assert len(renames) == len(listed) > 0, events
     for at in renames:            # each image's bytes before its name
         assert ["fsync", events[at][1]] in events[:at], events

@@ -166,6 +166,20 @@ def test_cli_refuses_to_mix_two_exports(run, tmp_path, capsys):
     assert not list((out / "data").glob(".*"))
 
 
+def test_a_readme_of_the_users_in_out_is_never_replaced_by_the_card_unasked(run, tmp_path, capsys):
+    """OUT/README.md is the card: a folder holding the user's own README.md and no earlier export (a project, a
+    clone of a new Hub dataset repo) had it replaced, silently. Refused unless --overwrite; nothing written."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("my own notes")
+    assert main(["export", "hf", str(run), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "[out_not_empty]" in err and "README.md" in err and "--overwrite" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"] and (out / "README.md").read_text() == "my own notes"
+    assert main(["export", "hf", str(run), str(out), "--overwrite"]) == 0
+    assert (out / "README.md").read_text().startswith("---") and len(load(out, tmp_path)) == 8
+
+
 def test_an_export_into_a_folder_whose_data_is_a_link_is_refused_before_writing(run, tmp_path, capsys):
     """The set (shards and card) is committed from OUT's journal, which never follows a link out of OUT: a linked
     data/ was refused by that commit with a ValueError traceback, after every shard had been written through the

@@ -53,7 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(c)
     c.add_argument("--out", required=True, help="output JSON file")
-    c.add_argument("--images", help="also write the edited images here under the JSON's file_name")
+    c.add_argument("--images", help="also write the edited images here under the JSON's file_name (a name there "
+                   "that holds another image is refused before any image is written; the same bytes are kept)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the files in --images that hold other images (another export's) under the names "
+                        "this export writes")
     c.set_defaults(run=run_coco, needs=("batch",))
     h = esub.add_parser("hf", help="a Hugging Face dataset: parquet with Image() columns + a dataset card",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,7 +103,7 @@ def run_coco(args: argparse.Namespace) -> int:
 
     check_outfile(Path(args.out))
     _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images, mask=args.mask,
-                        order=args.sort))
+                        order=args.sort, overwrite=args.overwrite))
     return 0
 
 

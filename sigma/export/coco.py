@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sigma.batch.layout import atomic_write_bytes, is_stream, refuse_images_dir, refuse_run_file
+from sigma.export.placing import PlacedFiles
 from sigma.export.select import (
+    CheckedRun,
     RowFilter,
     UniqueNames,
     checked_before_writing,
@@ -22,9 +22,9 @@ from sigma.export.select import (
     order_key,
     row_mask_counts,
 )
-from sigma.io.images import write_png
+from sigma.io.images import encode_png
 from sigma.rle import decode_rle, mask_bbox
-from sigma.tempfiles import make_folders_durably, sweep_dead_writers_of, sync_folder
+from sigma.tempfiles import sweep_dead_writers_of, sync_folder
 from sigma.text import dumps_finite
 
 CATEGORY = {"id": 1, "name": "edited", "supercategory": "manipulation"}
@@ -34,23 +34,15 @@ def _rle(row: dict, counts: str | None) -> dict | None:
     return None if counts is None else {"size": [row["height"], row["width"]], "counts": counts}
 
 
-def _write_image(edited: np.ndarray, path: Path, first: bool) -> None:
-    """One edited image of `--images`, its bytes fsynced before its rename (`write_png(durable=True)`); `first`:
-    the folder (and any parent) made here is synced by name first (`make_folders_durably`). Before, the images
-    were only renamed from the page cache while the JSON naming them was fsynced: a power cut after the export
-    said it was done could leave a JSON listing images empty, cut short or missing. The folder itself is synced
-    after the last one, before the JSON (`export_coco`)."""
-    if first:
-        make_folders_durably(path.parent)
-    write_png(edited, path, durable=True)
-
-
 def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,
-                images_dir: str | Path | None = None, mask: str = "chosen", order: str = "corpus") -> dict[str, Any]:
+                images_dir: str | Path | None = None, mask: str = "chosen", order: str = "corpus",
+                overwrite: bool = False) -> dict[str, Any]:
     """One image per kept pair, one annotation per non-empty mask. `segmentation` is the `mask` asked for
     (chosen = the run's mask_mode; semantic; footprint, which skips pairs that are not composites); every
     annotation also carries both masks (`semantic_segmentation`, `footprint_segmentation`: RLE or null)
-    and the composite evidence. `order`: images in corpus order or by confidence."""
+    and the composite evidence. `order`: images in corpus order or by confidence. `images_dir` is no folder of the
+    export's own (`PlacedFiles`): a name there holding other bytes (another export's image) refuses the export
+    before any image is put in place, unless `overwrite`; the same bytes are left as they are."""
     refuse_run_file(out)
     run = checked_before_writing(run_dir, corpus=False)      # the corpus too, below, when its images are written
     if images_dir is not None:
@@ -63,12 +55,22 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
         # the same for the temporary files of `out` itself (`.FILE.json.PID.RANDOM.tmp`) an export killed while
         # writing it left beside it: only that name, only of dead writers (the folder is anyone's)
         sweep_dead_writers_of(Path(out).parent, names={Path(out).name})
+    images = PlacedFiles(Path(images_dir), overwrite) if images_dir is not None else None
+    try:
+        return _export(run, Path(out), row_filter, images, mask, order)
+    finally:
+        if images is not None:
+            images.discard()       # a refusal, a failure: the staged images not placed go
+
+
+def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_out: PlacedFiles | None, mask: str,
+            order: str) -> dict[str, Any]:
     key = order_key(order)
     names = UniqueNames()
     kept: list[tuple[dict, dict | None, float | None]] = []
     kept_images = 0
     skipped: list[dict[str, str]] = []
-    if images_dir is not None:
+    if images_out is not None:
         source = ((row, pair, err) for row, pair, err in iter_pairs(run, row_filter))
     else:
         source = ((row, None, None) for _, rows in iter_rows(run, row_filter) for row in rows)
@@ -77,13 +79,13 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
         if counts is None:
             skipped.append({"pair_id": row["pair_id"], "reason": f"no {mask} mask (not a composite)"})
             continue
-        if images_dir is not None and pair is None:
+        if images_out is not None and pair is None:
             skipped.append({"pair_id": row["pair_id"], "reason": error or "unreadable"})
             continue
         name = names(row)
         file_name = f"{name}.png"
-        if pair is not None:
-            _write_image(pair.edited, Path(images_dir) / file_name, first=not kept_images)
+        if images_out is not None and pair is not None:
+            images_out.stage(file_name, encode_png(pair.edited))      # refused here if DIR holds other bytes
             kept_images += 1
         image = {"file_name": file_name, "height": row["height"], "width": row["width"], "pair_id": row["pair_id"],
                  "source": row["source"], "instruction": row["instruction"], "edit_type": row["edit_type"]}
@@ -115,9 +117,9 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
             annotations.append({"id": len(annotations) + 1, "image_id": len(images), **annotation})
     data = {"info": {"description": f"SIGMA batch run {run.rundir.root.resolve()}", "mask": mask, "order": order},
             "images": images, "annotations": annotations, "categories": [CATEGORY]}
-    out = Path(out)
-    if kept_images:
-        sync_folder(Path(images_dir))    # the images' names on disk before the JSON that lists them
+    if images_out is not None and kept_images:
+        images_out.place()
+        sync_folder(images_out.folder)   # the images' names on disk before the JSON that lists them
     # finite: a plugin's NaN confidence or evidence would make the file JSON that strict readers refuse
     atomic_write_bytes(out, dumps_finite(data).encode())
     if not is_stream(out):

@@ -418,6 +418,12 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
     if existing and not overwrite:
         raise InputError(f"{out} already holds an exported dataset ({len(existing)} parquet files); pass --overwrite "
                          "to replace it, or choose another folder", code="out_not_empty")
+    if not existing and not overwrite and os.path.lexists(out / "README.md"):
+        # the card is OUT/README.md: a folder of the user's (a project, a clone of an empty Hub dataset repo) had its
+        # own README.md replaced by the card, silently — no earlier export was there to count
+        raise InputError(f"{out}: holds a README.md that no earlier export wrote (no data/*.parquet beside it); the "
+                         "export writes its dataset card there. Pass --overwrite to replace it, or choose another "
+                         "folder", code="out_not_empty")
     record = run.record
     corpus = (record.get("corpus") or {}).get("path")
     if corpus and existing:

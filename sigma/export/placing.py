@@ -1,0 +1,142 @@
+"""Files an export puts into a folder it does not hold (`sigma export coco --images DIR`), never over another's.
+
+Such a folder is anyone's: an earlier export of another run, or of this run with other filters (the names follow the
+pairs kept, so `x.png` may be another pair's image there), or a second export running at the same time. Before, each
+image was renamed over whatever had its name: the earlier export's JSON then paired its masks with this export's
+images, silently. Now every file is staged first under a temporary name of this writer's own (`temp_name`, fsynced)
+and compared with what the folder holds under its name: identical bytes are left as they are (a rerun of one export
+changes nothing), different bytes refuse the export (`out_not_empty`, naming the file) before any file of it is put
+in place, unless `overwrite`. The staged files are then put in place with a hard link, which never replaces a file:
+one that appeared meanwhile (a concurrent export) is compared again, and different bytes refuse the export there.
+A file system without hard links takes an `O_EXCL` copy instead (fsynced; a kill mid-copy leaves a file cut short,
+which a rerun refuses as different bytes rather than trusting).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from sigma.errors import InputError
+from sigma.tempfiles import make_folders_durably, temp_name, write_synced
+
+#: link() errors that mean "this file system has no hard links", not "the name is taken"
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+_CHUNK = 1 << 20
+
+
+def _same_file_bytes(path: Path, data: bytes | Path) -> bool:
+    """Whether `path` is a plain file (never a link: it may change under the JSON) holding exactly `data` (bytes, or
+    the bytes of the file `data`)."""
+    try:
+        info = os.lstat(path)
+        size = len(data) if isinstance(data, bytes) else os.stat(data).st_size
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            return False
+        if isinstance(data, bytes):
+            return path.read_bytes() == data
+        with open(path, "rb") as a, open(data, "rb") as b:
+            while True:
+                chunk = a.read(_CHUNK)
+                if chunk != b.read(_CHUNK):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return False
+
+
+class PlacedFiles:
+    """The files of one export into `folder`: `stage` each, then `place` them all; `discard` (always, in a
+    `finally`) removes what was staged and not placed. `overwrite`: a name holding different bytes is replaced."""
+
+    def __init__(self, folder: Path, overwrite: bool = False, option: str = "--images"):
+        self.folder, self.overwrite, self.option = Path(folder), overwrite, option
+        self.staged: list[tuple[Path, Path]] = []       # (temporary file, its name in the folder)
+        self.kept = 0                                    # names already holding these bytes
+        self._made = False
+
+    def _conflict(self, target: Path, during: str = "") -> InputError:
+        return InputError(
+            f"{self.option} {self.folder}: {target.name} already holds a different file{during} (another export's, "
+            "or one of this run made with other filters: the names follow the pairs kept, so the same name may be "
+            "another pair's image); writing it would leave the JSON that lists it pairing its masks with this "
+            f"export's image. Choose another folder, or pass --overwrite to replace such files",
+            code="out_not_empty")
+
+    def stage(self, name: str, data: bytes) -> None:
+        """`data` to be put at `folder/name`: compared with what is there now (refused if different), else written
+        to a temporary file of this writer's own, fsynced. Nothing under `name` itself is written here."""
+        target = self.folder / name
+        if not self._made:
+            make_folders_durably(self.folder)     # its name on disk in its parent, as the files will be
+            self._made = True
+        if os.path.lexists(target):
+            if _same_file_bytes(target, data):
+                self.kept += 1
+                return
+            if not self.overwrite:
+                raise self._conflict(target)
+        tmp = temp_name(target)
+        try:
+            write_synced(tmp, data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.staged.append((tmp, target))
+
+    def place(self) -> int:
+        """Every staged file at its name: a hard link (never over a file), or with `overwrite` a rename. A name
+        taken meanwhile by the same bytes is fine; by others, refused (`out_not_empty`): the files placed before it
+        stay (new names only, none replaced, listed by no JSON of this export). Returns the files placed."""
+        placed = 0
+        while self.staged:
+            tmp, target = self.staged[0]
+            if self.overwrite:
+                os.replace(tmp, target)
+            elif not self._link(tmp, target):
+                if not _same_file_bytes(target, tmp):
+                    raise self._conflict(target, " (written there while this export ran)")
+                tmp.unlink()
+                self.kept += 1
+                self.staged.pop(0)
+                continue
+            else:
+                tmp.unlink()
+            self.staged.pop(0)
+            placed += 1
+        return placed
+
+    @staticmethod
+    def _link(tmp: Path, target: Path) -> bool:
+        """`tmp` also at `target` unless `target` exists (then False). Without hard links: an exclusive create and
+        a copy, fsynced."""
+        try:
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "wb") as out, open(tmp, "rb") as src:
+                shutil.copyfileobj(src, out, _CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return True
+
+    def discard(self) -> None:
+        """The staged files not placed, removed (a refusal, a failure, Ctrl-C)."""
+        for tmp, _ in self.staged:
+            tmp.unlink(missing_ok=True)
+        self.staged.clear()

@@ -1,0 +1,151 @@
+"""`sigma export coco --images DIR` into a folder that holds another export's images.
+
+DIR is no folder of the export's own: an earlier export of another run, or of this run with other filters (the names
+follow the pairs kept), or a second export running at the same time, may have written there. Before, each image was
+renamed over whatever held its name, and the earlier export's JSON paired its masks with the new images, silently.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from killers import at_first_temp_rename
+
+from sigma.batch import BatchConfig, run_batch
+from sigma.cli import main
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+
+def _run(corpus: Path, out: Path) -> Path:
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus)}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two runs of two corpora whose pairs have the same ids (`s_p000000.png`, ...) and other images."""
+    root = tmp_path_factory.mktemp("coco_images")
+    made = {}
+    for name, seed in (("one", 0), ("two", 7)):
+        write_pairs_jsonl(root / name / "s", synthetic_pairs(3, seed=seed))
+        made[name] = _run(root / name / "s", root / f"run_{name}")
+    return made
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every entry of `folder` (hidden temporary files too) and its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _listed(coco_json: Path, images: Path) -> dict[str, bytes]:
+    return {i["file_name"]: (images / i["file_name"]).read_bytes() for i in json.loads(coco_json.read_text())["images"]}
+
+
+def _export(run: Path, out: Path, images: Path, *flags: str) -> int:
+    return main(["export", "coco", str(run), "--out", str(out), "--images", str(images), *flags])
+
+
+def test_a_second_run_into_one_images_folder_is_refused_and_the_first_export_stays_whole(runs, tmp_path, capsys):
+    images = tmp_path / "img"
+    assert _export(runs["one"], tmp_path / "a.json", images) == 0
+    first = _files(images)
+    assert sorted(first) == ["s_p000000.png", "s_p000001.png", "s_p000002.png"]
+    capsys.readouterr()
+    assert _export(runs["two"], tmp_path / "b.json", images) == 2
+    err = capsys.readouterr().err
+    assert "[out_not_empty]" in err and "s_p000000.png" in err and "--overwrite" in err, err
+    assert _files(images) == first                     # not one image replaced, no temporary file left
+    assert not (tmp_path / "b.json").exists()
+    assert _listed(tmp_path / "a.json", images) == first
+    # --overwrite: the second export's images, as a fresh export of it writes them
+    assert _export(runs["two"], tmp_path / "b.json", images, "--overwrite") == 0
+    assert _export(runs["two"], tmp_path / "fresh.json", tmp_path / "fresh") == 0
+    assert _files(images) == _files(tmp_path / "fresh") != first
+    assert _listed(tmp_path / "b.json", images) == _files(tmp_path / "fresh")
+
+
+def test_one_run_exported_again_with_other_filters_never_moves_a_pair_onto_anothers_image(tmp_path, capsys):
+    """Two pairs with one id: the second is `s_x-<shard>-<index>.png` while the first is kept, `s_x.png` once a filter
+    drops the first — the name the first export gave the other pair's image."""
+    root = tmp_path / "corpus" / "s"
+    pairs = list(synthetic_pairs(2))
+    write_pairs_jsonl(root, pairs)
+    with open(root / "pairs.jsonl", "w") as handle:          # the first "x" is unedited: its mask is empty
+        for edited, p in ((f"{pairs[0]['id']}_original.png", pairs[0]), (f"{pairs[1]['id']}_edited.png", pairs[1])):
+            handle.write(json.dumps({"id": "x", "original": f"{p['id']}_original.png", "edited": edited}) + "\n")
+    run = _run(root, tmp_path / "run")
+    images = tmp_path / "img"
+    assert _export(run, tmp_path / "all.json", images) == 0
+    every = _files(images)
+    assert len(every) == 2 and "s_x.png" in every
+    capsys.readouterr()
+    assert _export(run, tmp_path / "edited.json", images, "--min-area", "0.01") == 2
+    assert "s_x.png already holds a different file" in capsys.readouterr().err
+    assert _files(images) == every == _listed(tmp_path / "all.json", images)
+
+
+def test_the_same_export_again_is_idempotent_and_leaves_other_files_alone(runs, tmp_path, capsys):
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / "notes.png").write_bytes(b"the user's own")
+    assert _export(runs["one"], tmp_path / "a.json", images) == 0
+    before = _files(images)
+    stamps = {name: (os.stat(images / name).st_ino, os.stat(images / name).st_mtime_ns) for name in before}
+    assert _export(runs["one"], tmp_path / "a.json", images) == 0            # a rerun: nothing rewritten
+    assert _export(runs["one"], tmp_path / "sub.json", images, "--sort", "confidence") == 0
+    assert _files(images) == before
+    assert {n: (os.stat(images / n).st_ino, os.stat(images / n).st_mtime_ns) for n in before} == stamps
+    assert (images / "notes.png").read_bytes() == b"the user's own"
+
+
+_STOPPED_BEFORE_PLACING = at_first_temp_rename("signal.SIGSTOP", containing=".png.") + """from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_exports_at_once_never_put_one_over_the_others_images(runs, tmp_path):
+    """The first export is held at the moment it puts its first image in place (every image staged and DIR
+    checked); the second writes its whole export into DIR meanwhile. The first, resumed, finds the names taken by
+    other bytes and is refused: no image of the second is replaced, and the second's JSON still pairs right."""
+    images = tmp_path / "img"
+    first = subprocess.Popen([sys.executable, "-c", _STOPPED_BEFORE_PLACING, "export", "coco", str(runs["one"]),
+                              "--out", str(tmp_path / "a.json"), "--images", str(images)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip().startswith(".s_p000000.png."), first.stderr
+        second = subprocess.run([sys.executable, "-m", "sigma", "export", "coco", str(runs["two"]), "--out",
+                                 str(tmp_path / "b.json"), "--images", str(images)],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert second.returncode == 0, second.stderr
+        written = {n: b for n, b in _files(images).items() if not n.startswith(".")}
+    finally:
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 2, err
+    assert "[out_not_empty]" in err and "written there while this export ran" in err, err
+    assert not (tmp_path / "a.json").exists()
+    assert _files(images) == written == _listed(tmp_path / "b.json", images)     # no temporary file left either
+
+
+def test_a_file_system_without_hard_links_takes_an_exclusive_copy(runs, tmp_path, capsys, monkeypatch):
+    """exFAT, some network and FUSE mounts refuse link(): the images are then copied to names created with O_EXCL,
+    which never replace a file either."""
+    def no_links(*_args, **_kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    images = tmp_path / "img"
+    assert _export(runs["one"], tmp_path / "a.json", images) == 0
+    first = _files(images)
+    assert len(first) == 3 and _listed(tmp_path / "a.json", images) == first
+    assert _export(runs["one"], tmp_path / "a.json", images) == 0
+    capsys.readouterr()
+    assert _export(runs["two"], tmp_path / "b.json", images) == 2
+    assert "[out_not_empty]" in capsys.readouterr().err and _files(images) == first
