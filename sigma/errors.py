@@ -39,6 +39,15 @@ class ConfigError(SigmaError):
     code = "invalid_config"
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, at most `limit` characters; its type's name when the message is
+    empty. `str(exc).splitlines()[0]` was an IndexError traceback for an exception with no message: torch.load's
+    EOFError on a checkpoint.pt of zero bytes (a full disk) ended `sigma train --resume` with one, instead of going
+    on from checkpoint.prev.pt."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def error_text(error: dict) -> str:
     """One of pydantic's errors (an item of `ValidationError.errors()`) as a config message says it: `key: message`;
     a problem whose message names its place already (`whole_number`, `sigma.config.schema.ReadsWholeNumbers`:

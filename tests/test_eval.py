@@ -818,3 +818,38 @@ def test_an_annotates_saved_config_runs_the_same_annotation_again(tmp_path, caps
     for key in ("segmentation", "area", "bbox", "threshold", "config_hash", "config"):
         assert one[key] == two[key], key
     assert (first / "mask.png").read_bytes() == (again / "mask.png").read_bytes()
+
+
+def test_an_eval_that_scores_no_pair_is_an_error_and_writes_nothing(tmp_path, capsys):
+    """Every pair skipped (here: each mask of another size than its image) ended with exit 0, an empty table and a
+    metrics.json of no scores — a script saw success. Now `no_pairs` (exit 2) saying how many were skipped and why,
+    each skipped pair still named, and nothing written (an earlier eval's metrics.json in --out stays)."""
+    from sigma.cli import main
+
+    root = tmp_path / "eval"
+    d = make_pair_set(root, "s", 2)
+    for mask in d.glob("*_mask.png"):
+        Image.fromarray(np.zeros((48, 64), np.uint8)).save(mask)
+    out = tmp_path / "o"
+    assert main(["eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(out)]) == 2
+    said = capsys.readouterr()
+    assert "[no_pairs]" in said.err and "none of the 2 pairs" in said.err and "mask_size_mismatch" in said.err
+    assert "Traceback" not in said.err and said.out.count("skipped s/") == 2
+    assert not out.exists()
+
+
+def test_an_eval_into_a_folder_holding_another_evals_metrics_says_it_replaces_them(eval_root, tmp_path, capsys):
+    """Two evals into one --out (the default `sigma_eval/` of every eval started in one folder): the second replaced
+    the first's metrics.json and config.yaml without a word. Now said, naming the earlier eval, before it starts (a
+    Ctrl-C keeps them); the set is replaced whole, never mixed."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    argv = ["eval", "--data", str(eval_root), "--out", str(out)]
+    assert main([*argv, "--annotator", "pixel-diff", "--threshold", "0.3"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*argv, "--annotator", "pixel-diff", "--threshold", "0.1"]) == 0
+    err = capsys.readouterr().err
+    assert f"{out} holds the metrics.json of an earlier eval" in err and "pixel-diff" in err and str(eval_root) in err
+    record = json.loads((out / "metrics.json").read_text())["config"]
+    assert record["threshold"] == 0.1 and "threshold: 0.1" in (out / "config.yaml").read_text()

@@ -344,6 +344,20 @@ def test_read_mask_reads_a_zero_one_label_map_as_one(tmp_path):
     assert not read_mask(path).any()
 
 
+def test_read_mask_reads_a_16_bit_zero_one_label_map_as_its_8_bit_twin(tmp_path):
+    """A 0/1 label map saved as a 16-bit PNG: its 1s were scaled to 8 bits first (1 / 65535 * 255 rounds to 0), and
+    every such mask read as empty — its pairs scored as untouched — while the same map in 8 bits is read right. A
+    16-bit mask of 0 and 65535 stays as it was."""
+    path = tmp_path / "m16.png"
+    Image.fromarray(np.array([[0, 1, 1, 0]], np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    np.testing.assert_array_equal(read_mask(path)[0], [False, True, True, False])
+    Image.fromarray(np.array([[0, 65535, 65535, 0]], np.uint16)).save(path)
+    np.testing.assert_array_equal(read_mask(path)[0], [False, True, True, False])
+    Image.fromarray(np.array([[0, 1, 2, 0]], np.uint16)).save(path)       # no label map: the 127.5 rule
+    assert not read_mask(path).any()
+
+
 def test_read_mask_with_transparency_counts_transparent_as_background(tmp_path):
     rgba = np.zeros((2, 3, 4), np.uint8)
     rgba[..., :3] = 255

@@ -887,6 +887,51 @@ def test_a_damaged_checkpoint_resumes_from_the_one_before_and_two_are_one_clear_
         assert "[checkpoint_unreadable]" in err and said in err, (change, err)
 
 
+def test_an_empty_or_missing_checkpoint_resumes_from_the_one_before_saying_so(photos, tmp_path, capsys):
+    """checkpoint.pt of zero bytes (a full disk): torch.load raises an EOFError with no message, and naming the
+    problem was an IndexError traceback — the resume ended instead of going on from checkpoint.prev.pt. One that is
+    gone resumed from checkpoint.prev.pt without a word (a checkpoint interval lost unsaid)."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=8", "batch_size=2", "ckpt_every=3",
+              "eval.val_size=0", "warmup_steps=2"]
+    assert main(["train", STAGE1, *common, "name=ref"]) == 0
+    for damage, says in [(lambda p: p.write_bytes(b""), "checkpoint.pt: EOFError"),
+                         (lambda p: p.unlink(), "checkpoint.pt: missing")]:
+        cut = runs / "cut"
+        shutil.rmtree(cut, ignore_errors=True)
+        shutil.copytree(runs / "ref", cut)
+        shutil.rmtree(cut / "final")
+        damage(cut / "checkpoint.pt")
+        capsys.readouterr()
+        assert main(["train", "--resume", str(cut)]) == 0
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err and says in out and "resuming from checkpoint.prev.pt (step 6) instead" in out
+        assert (cut / "final" / "model.safetensors").read_bytes() == (runs / "ref" / "final" / "model.safetensors"
+                                                                      ).read_bytes()
+
+
+def test_a_run_with_saved_weights_but_no_checkpoint_is_not_started_over(photos, tmp_path, capsys):
+    """Both checkpoints gone (deleted to save space — they are three times the model's size —, or lost) from a run
+    that had saved weights: `--resume` started the run over from random weights without a word, dropped every row of
+    metrics.jsonl and then replaced model/ and final/ — the run's work lost. Refused now (`checkpoint_missing`),
+    naming what is there and how to go on; nothing in the folder changes."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=4",
+                 "eval.val_size=0"]) == 0
+    run = runs / "r"
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run / name).unlink()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "[checkpoint_missing]" in err and "init_from" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    shutil.rmtree(run / "final")          # model/ alone (a run stopped mid-way) is refused the same
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "[checkpoint_missing]" in capsys.readouterr().err
+
+
 class _RunsCode:
     """A pickle that calls a function when it is loaded: what a checkpoint.pt from elsewhere may hold."""
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections import Counter
 from pathlib import Path
 
 from pydantic import Field
@@ -85,12 +87,18 @@ def run(args: argparse.Namespace) -> int:
     # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other; an
     # eval that fails before writing leaves no empty folder it made
     with hold_folder(out, other="--out", created=made):
+        earlier = earlier_eval(out)
+        if earlier:
+            print(f"sigma: warning: {out} holds the metrics.json of an earlier eval ({earlier}); this eval replaces it "
+                  "and its config.yaml when it ends (give another --out to keep both)", file=sys.stderr)
         with Progress(f"eval {cfg.annotator}") as bar:
             result = evaluate(annotator, data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
         print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
         print(format_tables(result))
         for err in result.errors:
             print(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] {err['message']}")
+        if not any(result.scores.values()):
+            raise nothing_scored(data, result.errors)
         # config.yaml is the EvalConfig alone, a valid `--config` (`sigma eval --config OUT/config.yaml` runs the
         # eval again, on its recorded data); it held the record too and was refused as invalid_config
         # (annotator_config: Extra inputs are not permitted). The record (what the annotator read) is metrics.json's
@@ -134,3 +142,35 @@ def eval_data(data: str | None, source: str | None) -> Path:
         raise InputError(f"{path}: the eval data named by `data` of {source} is not there (moved or deleted since it "
                          "was recorded?); give --data", code="file_not_found")
     return path
+
+
+#: the largest metrics.json read to name the eval that wrote it (a large set's per-pair rows run to megabytes)
+EARLIER_METRICS_BYTES = 64 * 1024 * 1024
+
+
+def earlier_eval(out: Path) -> str:
+    """What an earlier eval left in `out` (its annotator and data, from its metrics.json), or '' when it holds no
+    metrics.json: two evals into one --out replaced the first's results without a word."""
+    from sigma.text import loads
+
+    path = out / "metrics.json"
+    if not path.is_file():
+        return ""
+    try:
+        if path.stat().st_size > EARLIER_METRICS_BYTES:
+            raise ValueError("too large to read here")
+        config = loads(path.read_bytes()).get("config") or {}
+        annotator, data = config.get("annotator", "an annotator"), config.get("data", "unrecorded data")
+        return f"{str(annotator)[:200]} on {str(data)[:400]}"
+    except (OSError, ValueError, AttributeError):
+        return "one whose metrics.json cannot be read"
+
+
+def nothing_scored(data: Path, errors: list[dict[str, str]]) -> InputError:
+    """`no_pairs` for an eval whose every pair was skipped: it ended with exit 0, an empty table and a metrics.json
+    of no scores. How many pairs, why (the codes, counted) and the first message; each was printed as skipped."""
+    pairs = len({(e["set"], e["id"]) for e in errors})
+    codes = ", ".join(f"{code} ×{n}" for code, n in Counter(e["code"] for e in errors).most_common())
+    first = errors[0]["message"] if errors else ""
+    return InputError(f"{data}: none of the {pairs} pairs could be scored ({codes}; the first: {first}); nothing "
+                      "written", code="no_pairs")

@@ -540,13 +540,20 @@ def binarize_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:
-    """Ground-truth masks, binarised by `binarize_mask`.
+    """Ground-truth masks, binarised by `binarize_mask` (a 16-bit gray 0/1 label map on its own values).
 
     A mask with transparency is composited on black, not white: in a mask, "transparent" means
     "nothing here", and on white every transparent pixel would count as manipulated.
     """
     decoded = read_image(path, limits)
     rgb = decoded.rgb
+    if decoded.notes.get("bit_depth") == 16 and str(decoded.notes.get("mode", "")).startswith("I"):
+        # a 16-bit gray label map: its 1s scale to 0 in 8 bits (1 / 65535 * 255) and the mask read as empty, while
+        # the same map in 8 bits is read by `binarize_mask`'s 0/1 rule. That rule is applied to the native values
+        with Image.open(path) as img:
+            raw = np.asarray(ImageOps.exif_transpose(img))
+        if raw.shape == rgb.shape[:2] and raw.max(initial=0) == 1 and bool(np.isin(raw, (0, 1)).all()):
+            return raw == 1
     if "alpha" in decoded.notes:
         with Image.open(path) as img:
             rgba = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"), dtype=np.float32)

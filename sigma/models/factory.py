@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from sigma.errors import ConfigError, WeightsBusyError, WeightsNotFoundError, error_text
+from sigma.errors import ConfigError, WeightsBusyError, WeightsNotFoundError, error_text, first_line
 from sigma.folderlock import WAIT_RULE, busy_message, held_for
 from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
@@ -143,7 +143,7 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
                                                     indent=2).encode())], timeout_s=wait_s)
     except Exception as exc:
         if not isinstance(exc, (OSError, WeightsBusyError)):            # safetensors' own error type
-            raise OSError(f"{weights_path}: cannot write the model ({str(exc).splitlines()[0][:160]})") from exc
+            raise OSError(f"{weights_path}: cannot write the model ({first_line(exc)})") from exc
         raise
     return path
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sigma.errors import WeightsNotFoundError
+from sigma.errors import WeightsNotFoundError, first_line
 from sigma.text import shown_path
 
 
@@ -111,7 +111,7 @@ def _repo_id_problem(repo_id: str, fallback: bool = True) -> str | None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        return f"{shown_id} is no Hugging Face repo id ({str(exc).splitlines()[0][:160]})"
+        return f"{shown_id} is no Hugging Face repo id ({first_line(exc)})"
     return None
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sigma.errors import InputError
+from sigma.errors import InputError, first_line
 from sigma.tempfiles import sweep_stale_temps, sync_folder, temp_name, write_synced_by
 
 CKPT = "checkpoint.pt"
@@ -66,7 +66,7 @@ def _write_failed(run_dir: Path, target: Path, exc: RuntimeError) -> OSError:
     cause = "no space left on the device" if full else "the write failed"
     return OSError(errno.ENOSPC if full else errno.EIO,
                    f"{target}: cannot write the checkpoint ({cause}, {free // 1024} KiB free; "
-                   f"{str(exc).splitlines()[0][:120]})")
+                   f"{first_line(exc, 120)})")
 
 
 def _keep_previous(current: Path, prev: Path) -> None:
@@ -123,12 +123,13 @@ def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) ->
     """The latest readable checkpoint: checkpoint.pt, else the one before it (with a warning), else None
     when the run has none; `checkpoint_unreadable` when neither can be read."""
     found = [p for p in (run_dir / CKPT, run_dir / PREV) if p.is_file()]
-    problems = []
+    # checkpoint.pt gone while the one before it is there (deleted, lost): said like a damaged one, not passed over
+    problems = [f"{CKPT}: missing"] if found and found[0].name == PREV else []
     for path in found:
         try:
             state = _read(path)
         except Exception as exc:  # noqa: BLE001 - a damaged file of any kind: try the one before it
-            problems.append(f"{path.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            problems.append(f"{path.name}: {type(exc).__name__}: {first_line(exc)}")
             continue
         if problems and warn is not None:
             warn(f"{problems[0]} — resuming from {path.name} (step {state['step']}) instead")
@@ -137,3 +138,23 @@ def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) ->
         raise InputError(f"{run_dir}: no readable checkpoint ({'; '.join(problems)}); start the run again "
                          "from its best/ or model/ with init_from", code="checkpoint_unreadable")
     return None
+
+
+#: what a run folder holds only once a checkpoint was written (`Trainer.checkpoint` writes checkpoint.pt, then model/;
+#: final/ follows the last checkpoint)
+SAVED_WEIGHTS = ("model", "final")
+
+
+def refuse_lost_checkpoints(run_dir: Path) -> None:
+    """`checkpoint_missing` for a run folder with saved weights (model/, final/) but neither checkpoint: both were
+    deleted (they are three times the model's size) or lost. The run started over from random weights without a
+    word — every row of metrics.jsonl dropped, then model/ and final/ replaced by the new run's: its work lost.
+    Called before anything in the folder is written (config.yaml included)."""
+    if any((run_dir / name).is_file() for name in (CKPT, PREV)):
+        return
+    saved = [f"{name}/" for name in SAVED_WEIGHTS if (run_dir / name).is_dir()]
+    if saved:
+        raise InputError(f"{run_dir}: holds saved weights ({', '.join(saved)}) but no checkpoint ({CKPT} and {PREV} "
+                         "are gone): the run would start over from random weights and replace them. Continue from "
+                         f"them in a new run (sigma train CONFIG init_from={run_dir} name=...), or remove "
+                         f"{' and '.join(saved)} to start this run over", code="checkpoint_missing")

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
-from sigma.errors import ConfigError, InputError, SigmaError, Stopped
+from sigma.errors import ConfigError, InputError, SigmaError, Stopped, first_line
 from sigma.folderlock import folder_lock_wait_s, hold_folder, waiting_lock, watch_stopped_holder
 from sigma.lifeline import (
     Noted,
@@ -40,7 +40,7 @@ from sigma.tempfiles import has_staged_set, replace_atomically
 from sigma.text import dumps_finite
 
 from . import losses as L
-from .checkpoint import CKPT, PREV, load_checkpoint, save_checkpoint, sweep_checkpoint_temps
+from .checkpoint import CKPT, PREV, load_checkpoint, refuse_lost_checkpoints, save_checkpoint, sweep_checkpoint_temps
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .datawait import DataWait, DataWaitCut
@@ -414,7 +414,7 @@ class Trainer:
             self.opt.load_state_dict(ckpt["opt"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ConfigError(f"{self.run_dir}: the checkpoint does not fit the configured model "
-                              f"({str(exc).splitlines()[0][:200]})") from exc
+                              f"({first_line(exc, 200)})") from exc
         if self.teacher is not None:
             if ckpt.get("teacher") is not None:
                 self.teacher.load_state_dict(ckpt["teacher"], strict=True)
@@ -653,7 +653,7 @@ class Trainer:
                 return best
             problem = "no finite f1"
         except (OSError, ValueError) as exc:
-            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            problem = f"{type(exc).__name__}: {first_line(exc, 120)}"
         self.log(f"{path}: cannot be read ({problem}); the next validation's score replaces it")
         return None
 
@@ -1303,6 +1303,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
         _refuse_links(run_dir)
+        refuse_lost_checkpoints(run_dir)        # saved weights but no checkpoint: never started over unsaid
         if rank0:
             sweep_checkpoint_temps(run_dir)     # an older version's `checkpoint.pt.tmp` too, once a day old
         if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
