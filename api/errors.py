@@ -26,7 +26,7 @@ log = logging.getLogger("sigma.api")
 # SigmaError code → HTTP status; anything else that is an InputError is a 422.
 STATUS_BY_CODE = {
     "file_too_large": 413, "too_many_pixels": 413, "decompression_bomb": 413, "request_too_large": 413,
-    "bad_json": 400, "invalid_base64": 400, "malformed_multipart": 400, "missing_field": 400,
+    "bad_request": 400, "bad_json": 400, "invalid_base64": 400, "malformed_multipart": 400, "missing_field": 400,
     "not_a_file": 400, "invalid_request": 422, "unsupported_media_type": 415,
     "unknown_annotator": 422, "unknown_name": 422,
     "missing_api_key": 401, "invalid_api_key": 401, "insufficient_scope": 403,
