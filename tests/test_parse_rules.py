@@ -731,3 +731,22 @@ def test_cli_parse_file_says_every_bad_label_at_once_and_null_means_no_edit(tmp_
     f.write_text(json.dumps({"instruction": None, "edit_type": None}) + "\n")
     assert main(["parse", "--file", str(f)]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["type_accuracy"] == 1.0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("tail", "expected"), [
+    (" " * 50_000 + "!", None),
+    (" " * 50_000 + "\n ,", {"edit_type": "remove"}),
+    ("a -" * 20_000, {"edit_type": "removea -" + "a -" * 19_999}),
+])
+def test_json_repair_is_linear_in_a_long_run_of_spaces(tail, expected):
+    """A bare value followed by 50,000 spaces and no comma took 15 s in the bare-value repair (a lazy run before
+    `\\s*[,}]`); a model looping on spaces (an llm backend with a large max_new_tokens) writes that. The other shapes
+    check the possessive run repairs what the lazy one did."""
+    import time
+
+    start = time.process_time()
+    value = repair_json('{"edit_type": remove' + tail)
+    assert time.process_time() - start < 1.0
+    assert value == expected
+    assert repair_json("{edit_type: red  dog - ,  source: none\n}") == {"edit_type": "red  dog -", "source": None}
