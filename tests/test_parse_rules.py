@@ -750,3 +750,26 @@ def test_json_repair_is_linear_in_a_long_run_of_spaces(tail, expected):
     assert time.process_time() - start < 1.0
     assert value == expected
     assert repair_json("{edit_type: red  dog - ,  source: none\n}") == {"edit_type": "red  dog -", "source": None}
+
+
+def test_cli_parse_length_limit_is_a_flag(tmp_path, capsys):
+    """`sigma parse` refused any instruction over a fixed 1000 characters: one an operator's
+    io.limits.max_instruction_chars=5000 lets through the service could not be parsed here to see what it gives.
+    --max-chars N (1 .. MAX_INSTRUCTION_CHARS, default io.limits.max_instruction_chars' default) says the limit."""
+    from sigma.config.schema import MAX_INSTRUCTION_CHARS
+
+    text = "remove the dog" + " " * 2000 + "."
+    assert main(["parse", text]) == 2
+    assert "at most 1000" in capsys.readouterr().err
+    assert main(["parse", text, "--max-chars", "5000"]) == 0
+    assert json.loads(capsys.readouterr().out)["edit_type"] == "remove"
+    f = tmp_path / "long.jsonl"
+    f.write_text(json.dumps({"instruction": text}) + "\n")
+    assert main(["parse", "--file", str(f), "--max-chars", "3000"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "dog"
+    assert main(["parse", "--file", str(f), "--max-chars", "100"]) == 2
+    assert f"{f}:1 is 2015 characters; at most 100" in capsys.readouterr().err
+    for bad in ("0", str(MAX_INSTRUCTION_CHARS + 1), "x"):
+        assert main(["parse", "x", "--max-chars", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sigma: error [bad_arguments]") and "--max-chars" in err and "Traceback" not in err
