@@ -318,3 +318,24 @@ def test_a_long_hostile_instruction_parses_in_linear_time(unit):
     parse = parse_rules(text)
     assert time.process_time() - start < 10, len(text)
     assert parse.edits and parse.instruction == text
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("unit", ["and ", ", ", "and the cat ", "\U0001F600"])
+def test_a_long_sentence_after_an_edit_verb_parses_in_linear_time(unit):
+    """100 KB (the most io.limits.max_instruction_chars allows) of 'and ', ', ' or 'and the cat ' after "replace the
+    dog with" took minutes (10 KB of ', ': 2 s; emoji 10 s): each 'and' and comma of a sentence searched for a clause
+    end, a gapped object and a noun phrase to the sentence's end. Only the first MAX_SENTENCE_TOKENS tokens of a
+    sentence are read now (0.03 s here), and `rule` says so."""
+    import time
+
+    text = "replace the dog with a cat " + unit * (100_000 // len(unit))
+    start = time.process_time()
+    parse = parse_rules(text)
+    assert time.process_time() - start < 1.0, unit
+
+    from sigma.parse.rules import MAX_SENTENCE_TOKENS
+    assert (parse.edit_type, parse.source) == ("replace", "dog") and parse.instruction == text
+    assert parse.rule.endswith(f"at most {MAX_SENTENCE_TOKENS} words of a sentence read")
+    assert "words of a sentence" not in parse_rules("replace the dog with a cat " + unit * 20).rule
+

@@ -731,3 +731,45 @@ def test_cli_parse_file_says_every_bad_label_at_once_and_null_means_no_edit(tmp_
     f.write_text(json.dumps({"instruction": None, "edit_type": None}) + "\n")
     assert main(["parse", "--file", str(f)]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["type_accuracy"] == 1.0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("tail", "expected"), [
+    (" " * 50_000 + "!", None),
+    (" " * 50_000 + "\n ,", {"edit_type": "remove"}),
+    ("a -" * 20_000, {"edit_type": "removea -" + "a -" * 19_999}),
+])
+def test_json_repair_is_linear_in_a_long_run_of_spaces(tail, expected):
+    """A bare value followed by 50,000 spaces and no comma took 15 s in the bare-value repair (a lazy run before
+    `\\s*[,}]`); a model looping on spaces (an llm backend with a large max_new_tokens) writes that. The other shapes
+    check the possessive run repairs what the lazy one did."""
+    import time
+
+    start = time.process_time()
+    value = repair_json('{"edit_type": remove' + tail)
+    assert time.process_time() - start < 1.0
+    assert value == expected
+    assert repair_json("{edit_type: red  dog - ,  source: none\n}") == {"edit_type": "red  dog -", "source": None}
+
+
+def test_cli_parse_length_limit_is_a_flag(tmp_path, capsys):
+    """`sigma parse` refused any instruction over a fixed 1000 characters: one an operator's
+    io.limits.max_instruction_chars=5000 lets through the service could not be parsed here to see what it gives.
+    --max-chars N (1 .. MAX_INSTRUCTION_CHARS, default io.limits.max_instruction_chars' default) says the limit."""
+    from sigma.config.schema import MAX_INSTRUCTION_CHARS
+
+    text = "remove the dog" + " " * 2000 + "."
+    assert main(["parse", text]) == 2
+    assert "at most 1000" in capsys.readouterr().err
+    assert main(["parse", text, "--max-chars", "5000"]) == 0
+    assert json.loads(capsys.readouterr().out)["edit_type"] == "remove"
+    f = tmp_path / "long.jsonl"
+    f.write_text(json.dumps({"instruction": text}) + "\n")
+    assert main(["parse", "--file", str(f), "--max-chars", "3000"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "dog"
+    assert main(["parse", "--file", str(f), "--max-chars", "100"]) == 2
+    assert f"{f}:1 is 2015 characters; at most 100" in capsys.readouterr().err
+    for bad in ("0", str(MAX_INSTRUCTION_CHARS + 1), "x"):
+        assert main(["parse", "x", "--max-chars", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sigma: error [bad_arguments]") and "--max-chars" in err and "Traceback" not in err

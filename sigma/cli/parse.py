@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sigma.cli.common import integer, within
+from sigma.config.schema import MAX_INSTRUCTION_CHARS
 from sigma.errors import InputError, LimitError
 from sigma.text import loads as load_json
 
@@ -24,7 +26,7 @@ EXAMPLES = """examples:
   sigma parse --file ../shared/data/instructions/dev.jsonl --show-errors
 """
 
-MAX_CHARS = 1000
+MAX_CHARS = 1000             # the default of --max-chars: io.limits.max_instruction_chars' default
 MAX_PROBLEMS_SHOWN = 5   # lines said in the error when expected fields are bad; the rest are counted
 
 
@@ -39,14 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--edited", metavar="IMAGE", help="qwen-vl: the edited image")
     p.add_argument("--show-errors", action="store_true", help="with --file: list every line that did not match")
     p.add_argument("--out", metavar="JSONL", help="with --file: also write each parse to this file")
+    p.add_argument("--max-chars", type=integer, action=within(1, MAX_INSTRUCTION_CHARS), default=MAX_CHARS,
+                   metavar="N", help=f"longest instruction accepted, in characters (default {MAX_CHARS}, at most "
+                                     f"{MAX_INSTRUCTION_CHARS}: the service's io.limits.max_instruction_chars)")
     p.set_defaults(run=run)
 
 
-def _check(text: str | None, where: str = "instruction") -> None:
+def _check(text: str | None, max_chars: int, where: str = "instruction") -> None:
     from sigma.text import find_surrogate
 
-    if text is not None and len(text) > MAX_CHARS:
-        raise LimitError(f"{where} is {len(text)} characters; at most {MAX_CHARS} are accepted",
+    if text is not None and len(text) > max_chars:
+        raise LimitError(f"{where} is {len(text)} characters; at most {max_chars} are accepted (--max-chars)",
                          code="instruction_too_long")
     if text is not None and find_surrogate(text) is not None:   # "\ud800" in JSON, non-UTF-8 bytes in argv
         raise InputError(f"{where}: holds a lone UTF-16 surrogate (text no file or terminal can hold)",
@@ -64,7 +69,7 @@ def _parser(args: argparse.Namespace):
     return get_parser(args.backend, **options)
 
 
-def _read_lines(path: Path) -> list[dict[str, Any]]:
+def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
     """The file's records, each checked; lines whose expected fields cannot be scored (an unknown edit type) are
     said together, before the parser loads (a model backend takes seconds a line)."""
     from sigma.parse.evaluate import expectation_problem
@@ -94,7 +99,7 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
                     raise InputError(f"{path}:{lineno}: \"instruction\" must be a string or null")
             else:
                 rec = {"instruction": line}
-            _check(rec["instruction"], f"{path}:{lineno}")
+            _check(rec["instruction"], max_chars, f"{path}:{lineno}")
             problem = expectation_problem(rec)
             if problem is not None:
                 problems.append(f"{path}:{lineno}: {problem}")
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
         images = [read_image(args.original).rgb, read_image(args.edited).rgb]
     if args.file is None:
-        _check(args.instruction)
+        _check(args.instruction, args.max_chars)
         parser = _parser(args)
         result = parser(args.instruction, images=images) if images is not None else parser(args.instruction)
         print(json.dumps(result.to_json_dict(), ensure_ascii=False))
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sigma.parse.evaluate import has_expectations, score
 
-    records = _read_lines(Path(args.file))
+    records = _read_lines(Path(args.file), args.max_chars)
     parser = _parser(args)
     from sigma.cli.common import Progress
 

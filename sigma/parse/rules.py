@@ -38,6 +38,12 @@ _FILLERS = [
     (",",), (";",), ("additionally",), ("plus",),
 ]
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+")
+# The most tokens of one sentence the rules read; the rest of a longer sentence is not read (`rule` says so). The
+# rules look for a clause end, a gapped object and a noun phrase from every 'and' and comma of a sentence, which costs
+# its length squared or more: 100 KB (an operator may allow that much, io.limits.max_instruction_chars) of 'and ' or
+# ', ' after "replace the dog with" took minutes, 10 KB of ', ' 2 s. dev.jsonl's longest sentence has 28 tokens, and a
+# detector reads at most 256 tokens of text anyway.
+MAX_SENTENCE_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -913,18 +919,21 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
     sentences = [s for s in _SENTENCE_SPLIT.split(_join_lines(text)) if any(c.isalnum() for c in s)]
+    tokens = [tokenize(sentence) for sentence in sentences]
+    cut = False                # a sentence read was longer than MAX_SENTENCE_TOKENS
     parses: list[Parse] = []
     read = MAX_EDITS + 1       # one past the cap: whether an edit was dropped (exactly MAX_EDITS was said to drop)
-    for sentence in sentences:
+    for toks in tokens:
         if len(parses) >= read:
             break
-        for parse in _sentence_edits(tokenize(sentence), first=not parses, before=parses,
+        cut = cut or len(toks) > MAX_SENTENCE_TOKENS
+        for parse in _sentence_edits(toks[:MAX_SENTENCE_TOKENS], first=not parses, before=parses,
                                      limit=read - len(parses)):
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
     if not parses:
         # Nothing matched: a caption-like request ("a cat wearing sunglasses") most often asks for the thing.
-        toks = _strip_fillers(tokenize(sentences[0])) if sentences else []
+        toks = _strip_fillers(tokens[0][:MAX_SENTENCE_TOKENS]) if tokens else []
         phrase = extract_phrase(toks, 0) if toks else None
         if phrase is not None and phrase.words and not _is_whole_image(phrase):
             parses = [Parse("add", None, phrase.text, "default-add")]
@@ -932,6 +941,8 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             parses = [Parse("global", None, None, "default-global")]
     edits = [Edit(edit_type=p.edit_type, source=p.source, target=p.target, rule=p.rule) for p in parses[:MAX_EDITS]]
     rule = edits[0].rule if len(parses) <= MAX_EDITS else f"{edits[0].rule}; at most {MAX_EDITS} edits read"
+    if cut:
+        rule += f"; at most {MAX_SENTENCE_TOKENS} words of a sentence read"
     return ParsedInstruction(instruction=text, backend="rules", edits=edits, rule=rule)
 
 
