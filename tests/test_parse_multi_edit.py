@@ -339,3 +339,14 @@ def test_a_long_sentence_after_an_edit_verb_parses_in_linear_time(unit):
     assert parse.rule.endswith(f"at most {MAX_SENTENCE_TOKENS} words of a sentence read")
     assert "words of a sentence" not in parse_rules("replace the dog with a cat " + unit * 20).rule
 
+
+
+@pytest.mark.parametrize("sep", [" and ", ", ", "，", "、", "。", "。 ", "；", "！", "． "])
+@pytest.mark.parametrize("old, new", [("猫", "собака"), ("cat", "dog"), ("ねこ", "いぬ")])
+def test_the_second_edit_after_ideographic_punctuation(sep, old, new):
+    """"remove the 猫，add a собака" (a comma or full stop typed with a Chinese or Japanese IME) gave the first edit
+    only: "，" "；" "！" "．" were not the "," ";" "!" "." they stand for (NFC keeps full-width forms) and "。" "、"
+    (which NFKC keeps too) were no punctuation the rules knew, so the clause ran to the text's end. The script of the
+    nouns plays no part: "remove the 猫 and add a собака" gave both edits already."""
+    p = parse_rules(f"remove the {old}{sep}add a {new}")
+    assert [(e.edit_type, e.source, e.target) for e in p.edits] == [("remove", old, None), ("add", None, new)], p

@@ -773,3 +773,44 @@ def test_cli_parse_length_limit_is_a_flag(tmp_path, capsys):
         assert main(["parse", "x", "--max-chars", bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("sigma: error [bad_arguments]") and "--max-chars" in err and "Traceback" not in err
+
+
+def _full_width(text: str) -> str:
+    """The text as an East-Asian IME types it in full-width mode: ASCII U+0021-007E as U+FF01-FF5E, a space as the
+    ideographic space U+3000."""
+    return "".join("\u3000" if c == " " else chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest.mark.parametrize("text", [c[0] for c in HELD_OUT] + [
+    "remove the dog", "replace the dog with a cat", "make the car red", 'write "SALE" on the sign',
+    "remove the cat, then add a dog. Make it snowy.", "remove the cat; add a dog"],
+    ids=lambda t: t[:40])
+def test_full_width_text_parses_as_the_letters_it_stands_for(text):
+    """Text was normalised with NFC, which keeps full-width forms: "ｒｅｍｏｖｅ the dog" had no verb and was an add of
+    "ｒｅｍｏｖｅ". Compatibility forms are folded (NFKC) now: full-width text gives the ASCII text's edits and concepts
+    (a detector is asked for "dog", not "ｄｏｇ"), and the instruction is reported as typed."""
+    wide = _full_width(text)
+    assert wide != text
+    parsed, plain = parse_rules(wide), parse_rules(text)
+    assert [(e.edit_type, e.source, e.target) for e in parsed.edits] == \
+        [(e.edit_type, e.source, e.target) for e in plain.edits], (parsed, plain)
+    assert parsed.instruction == wide
+
+
+@pytest.mark.parametrize("text, edit_type, source, target", [
+    ("ｒｅｍｏｖｅ the dog", "remove", "dog", None),                     # was an add of "ｒｅｍｏｖｅ"
+    ("replace the ｄｏｇ with a ｃａｔ", "replace", "dog", "cat"),
+    ("add a ｶﾒﾗ", "add", None, "カメラ"),                                # half-width katakana: the usual letters
+    ("remove the ﬁsh", "remove", "fish", None),                         # a ligature
+    ("remove the 猫", "remove", "猫", None),                             # CJK stays itself
+])
+def test_compatibility_forms_fold_in_concepts(text, edit_type, source, target):
+    p = parse_rules(text)
+    assert (p.edit_type, p.source, p.target) == (edit_type, source, target)
+    assert concept_match("ｄｏｇ", "dog") and normalize_concept("ｔｈｅ ｄｏｇｓ") == ("dog",)
+
+
+def test_cli_parse_full_width(capsys):
+    assert main(["parse", "ｒｅｍｏｖｅ the dog"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["instruction"], out["edit_type"], out["source"]) == ("ｒｅｍｏｖｅ the dog", "remove", "dog")

@@ -47,13 +47,30 @@ def _split_at_controls(chunk: str) -> str:
     return " ".join(words)
 
 
+# The full stop and enumeration comma of Chinese and Japanese text, which NFKC keeps: typed with an IME between two
+# edits ("remove the 猫。add a dog"), they end a sentence or a clause as "." and "," do; read as neither, the second
+# edit was lost.
+_IDEOGRAPHIC_PUNCTUATION = str.maketrans({"\u3002": ".", "\u3001": ","})
+
+
+def fold_text(text: str) -> str:
+    """The text as the rules match it: NFKC, so the compatibility forms an East-Asian IME types are the letters
+    they stand for (full-width "ｒｅｍｏｖｅ" is "remove", "，" is ",", half-width "ｶﾒﾗ" is "カメラ", a ligature
+    "ﬁ" is "fi"; under NFC "ｒｅｍｏｖｅ the dog" was an add of "ｒｅｍｏｖｅ"), and a decomposed "é" one letter;
+    the ideographic full stop and comma are "." and ",". Concepts are read from the folded text, so a detector is
+    asked for "dog", not "ｄｏｇ" (its text encoder learnt the ASCII word); the instruction is reported as given."""
+    return unicodedata.normalize("NFKC", text).translate(_IDEOGRAPHIC_PUNCTUATION)
+
+
 def clean_text(text: str) -> str:
-    """NFC (a decomposed "é" is one letter), quotes made plain, line breaks and tabs a space, format characters
-    (zero-width joiner, direction mark, soft hyphen) dropped, so they neither split a word ("ca<ZWJ>t") nor stand
-    between a verb and its object, and control characters read as word breaks (`_split_at_controls`)."""
-    text = unicodedata.normalize("NFC", text)
+    """`fold_text` (compatibility forms and ideographic punctuation), quotes made plain, line breaks and tabs a space,
+    format characters (zero-width joiner, direction mark, soft hyphen) dropped, so they neither split a word
+    ("ca<ZWJ>t") nor stand between a verb and its object, and control characters read as word breaks
+    (`_split_at_controls`)."""
+    text = fold_text(text)
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    text = "".join(_CONTROL_MARK if _control(ch) else ch for ch in text if unicodedata.category(ch) != "Cf")
+    if not text.isprintable():         # a control or format character (or a space other than " "): one by one
+        text = "".join(_CONTROL_MARK if _control(ch) else ch for ch in text if unicodedata.category(ch) != "Cf")
     if _CONTROL_MARK in text:
         return " ".join(" ".join(_split_at_controls(chunk) for chunk in text.split()).split())
     return " ".join(text.split())
@@ -499,9 +516,11 @@ def singular(w: str) -> str:
 
 
 def normalize_concept(text: str | None) -> tuple[str, ...]:
-    """Lowercase, split hyphens, drop articles/counts/size words and generic scene words, singularise."""
+    """Compatibility forms folded (`fold_text`), lowercase, split hyphens, drop articles/counts/size words and generic
+    scene words, singularise."""
     if not text:
         return ()
+    text = fold_text(text)              # an expected "ｄｏｇ" is the "dog" the rules read from the same words
     toks = [t for t in re.split(r"[\s\-/]+", re.sub(r"[^\w\s'\-/]", " ", text.lower())) if t]
     toks = [t for t in toks if t not in L.DETERMINERS and t not in L.SIZE_WORDS]
     core = [t for t in toks if t not in L.GENERIC_SCENE_TAILS] or toks

@@ -18,6 +18,7 @@ from sigma.parse import lexicon as L
 from sigma.parse.phrases import (
     Phrase,
     extract_phrase,
+    fold_text,
     is_action_form,
     is_value_word,
     is_word,
@@ -918,7 +919,8 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     (only when there was one more: an instruction of exactly `MAX_EDITS` edits loses none)."""
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
-    sentences = [s for s in _SENTENCE_SPLIT.split(_join_lines(text)) if any(c.isalnum() for c in s)]
+    # folded first: a full-width "．" or an ideographic "。" ends a sentence as "." does
+    sentences = [s for s in _SENTENCE_SPLIT.split(_join_lines(fold_text(text))) if any(c.isalnum() for c in s)]
     tokens = [tokenize(sentence) for sentence in sentences]
     cut = False                # a sentence read was longer than MAX_SENTENCE_TOKENS
     parses: list[Parse] = []
