@@ -377,6 +377,7 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "parse_too_long": (["parse", "x" * 1001], "instruction_too_long"),
         "parse_text_and_file": (["parse", "remove the boat", "--file", str(tmp / "latin1.txt")], "bad_arguments"),
         "parse_nothing": (["parse"], "bad_arguments"),
+        "parse_blank": (["parse", "   "], "empty_instruction"),      # as the service answers it (422)
         "parse_model_with_rules": (["parse", "remove the boat", "--model", "m"], "bad_arguments"),
         "parse_original_alone": (["parse", "remove the boat", "--original", o], "bad_arguments"),
         # sigma synth's numbers, said before the VAE loads (a traceback from float('abc') / a negative seed)

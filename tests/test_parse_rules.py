@@ -814,3 +814,33 @@ def test_cli_parse_full_width(capsys):
     assert main(["parse", "ｒｅｍｏｖｅ the dog"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["instruction"], out["edit_type"], out["source"]) == ("ｒｅｍｏｖｅ the dog", "remove", "dog")
+
+
+@pytest.mark.parametrize("argv", [["parse", ""], ["parse", "   "], ["parse", "\u3000\t\n"],
+                                  ["parse", " ", "--backend", "llm"]])
+def test_cli_parse_refuses_an_empty_instruction_as_the_service_does(argv, capsys):
+    """`sigma parse "   "` printed a parse with edit_type null and exited 0, where the service answers 422
+    empty_instruction for the same text (io.pairs.check_instruction). Same code now, exit 2, before any model loads."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("sigma: error [empty_instruction]: instruction is empty") and not captured.out
+    assert "Traceback" not in captured.err
+
+
+def test_cli_parse_file_skips_blank_lines_and_names_every_empty_instruction(tmp_path, capsys):
+    """A blank line of a file is layout, skipped; a JSON line whose instruction is "" or spaces was parsed as no edit
+    (scored, written to --out as edit_type null). Every such line is named now, empty_instruction, exit 2, before
+    anything is parsed or written; null stays the way to say a pair has no instruction."""
+    f, out = tmp_path / "x.jsonl", tmp_path / "parses.jsonl"
+    lines = ['{"instruction": "add a cat"}', "", "   \t", '{"instruction": null}', "remove the dog"]
+    f.write_text("\n".join(lines) + "\n")
+    assert main(["parse", "--file", str(f)]) == 0
+    assert [json.loads(x)["edit_type"] for x in capsys.readouterr().out.splitlines()] == ["add", None, "remove"]
+    bad = lines + [json.dumps({"instruction": s, "edit_type": None}) for s in ["", "  ", "\u3000", "", "", "", " "]]
+    f.write_text("\n".join(bad) + "\n")
+    assert main(["parse", "--file", str(f), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("sigma: error [empty_instruction]: 7 line(s) with an empty instruction")
+    assert f"{f}:6, {f}:7" in captured.err and f"{f}:10 (and 2 more)" in captured.err and f"{f}:11" not in captured.err
+    assert '{"instruction": null}' in captured.err
+    assert not captured.out and not out.exists()

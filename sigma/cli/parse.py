@@ -15,7 +15,9 @@ from sigma.text import loads as load_json
 HELP = """Parse an editing instruction into (edit_type, source concept, target concept), the input of
 the grounding branch. edit_type is add | remove | replace | attribute | global (null: no instruction).
 
-With --file, parse one instruction per line (JSON objects with an "instruction" field, or plain text).
+With --file, parse one instruction per line (JSON objects with an "instruction" field, or plain text); blank
+lines are skipped. An empty instruction (nothing but spaces) is refused, as the service refuses it
+(empty_instruction, exit 2; in a file, every such line is named): a pair without one is {"instruction": null}.
 When the lines carry expected fields (edit_type, source, target; e.g. ../shared/data/instructions/dev.jsonl)
 it prints edit-type accuracy and concept match instead of the parses."""
 
@@ -50,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _check(text: str | None, max_chars: int, where: str = "instruction") -> None:
     from sigma.text import find_surrogate
 
+    if text is not None and not text.strip():
+        # the service refuses it so (HTTP 422, empty_instruction); here it was a parse with edit_type null and exit 0,
+        # as if the text had said there is no edit
+        raise InputError(f"{where} is empty (nothing but spaces): give the words of an edit", code="empty_instruction")
     if text is not None and len(text) > max_chars:
         raise LimitError(f"{where} is {len(text)} characters; at most {max_chars} are accepted (--max-chars)",
                          code="instruction_too_long")
@@ -70,14 +76,18 @@ def _parser(args: argparse.Namespace):
 
 
 def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
-    """The file's records, each checked; lines whose expected fields cannot be scored (an unknown edit type) are
-    said together, before the parser loads (a model backend takes seconds a line)."""
+    """The file's records, each checked; lines whose expected fields cannot be scored (an unknown edit type), and
+    JSON lines whose instruction is empty, are said together, before the parser loads (a model backend takes seconds
+    a line). A blank line is layout (a file's last newline, a gap between groups), not an instruction: skipped. An
+    empty instruction in a JSON line is a record without its text (an export that lost it): the service refuses it
+    (empty_instruction), and a parse of it would score or write as if the text had asked for no edit."""
     from sigma.parse.evaluate import expectation_problem
 
     if not path.is_file():
         raise InputError(f"--file {path}: no such file", code="file_not_found")
     records = []
     problems: list[str] = []
+    empty: list[str] = []        # JSON lines whose instruction is "" or spaces: said together, before any parse
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
@@ -99,16 +109,26 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
                     raise InputError(f"{path}:{lineno}: \"instruction\" must be a string or null")
             else:
                 rec = {"instruction": line}
+            if isinstance(rec["instruction"], str) and not rec["instruction"].strip():
+                empty.append(f"{path}:{lineno}")
+                continue
             _check(rec["instruction"], max_chars, f"{path}:{lineno}")
             problem = expectation_problem(rec)
             if problem is not None:
                 problems.append(f"{path}:{lineno}: {problem}")
             records.append(rec)
+    if empty:
+        raise InputError(f"{len(empty)} line(s) with an empty instruction (nothing but spaces): {_some(empty, ', ')}; "
+                         'a line for a pair without an instruction is {"instruction": null}', code="empty_instruction")
     if problems:
-        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-        more = f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
-        raise InputError(f"{len(problems)} line(s) with expected fields that cannot be scored: {shown}{more}")
+        raise InputError(f"{len(problems)} line(s) with expected fields that cannot be scored: {_some(problems, '; ')}")
     return records
+
+
+def _some(items: list[str], sep: str) -> str:
+    """The first MAX_PROBLEMS_SHOWN items, and how many more there are."""
+    more = f" (and {len(items) - MAX_PROBLEMS_SHOWN} more)" if len(items) > MAX_PROBLEMS_SHOWN else ""
+    return sep.join(items[:MAX_PROBLEMS_SHOWN]) + more
 
 
 def run(args: argparse.Namespace) -> int:
