@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,13 @@ def _place(loc: str, sep: str, part: str) -> str:
     if len(loc) >= PLACE_CHARS:
         return loc
     return (loc + sep + part[:PLACE_CHARS])[:PLACE_CHARS]
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` shows nothing: only whitespace, format characters (zero-width space and joiners, the BOM,
+    direction marks: Unicode Cf) and control characters. `str.strip()` keeps U+200B, so an instruction of one
+    zero-width space was accepted as words and parsed into nothing. Stops at the first visible character."""
+    return not any(not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Cc") for ch in text)
 
 
 def replace_surrogates(text: str) -> str:

@@ -72,6 +72,9 @@ def test_aspect_mismatch_is_refused_with_both_sizes():
 
 # ---------------------------------------------------------------- instruction
 @pytest.mark.parametrize("text,code", [("", "empty_instruction"), ("   \n\t", "empty_instruction"),
+                                       # zero-width space / joiner, BOM, a direction mark: str.strip() keeps them,
+                                       # so they were words to annotate with, parsed into nothing
+                                       ("\u200b", "empty_instruction"), (" \u200d\ufeff\u200f ", "empty_instruction"),
                                        ("x" * 1001, "instruction_too_long"), (42, "invalid_instruction")])
 def test_bad_instructions(text, code):
     with pytest.raises(InputError) as info:
@@ -81,6 +84,7 @@ def test_bad_instructions(text, code):
 
 def test_instruction_is_normalised_and_none_allowed():
     assert check_instruction("  remove\n the   boat ", 100) == "remove the boat"
+    assert check_instruction("\u200bremove the boat", 100) == "\u200bremove the boat"   # visible words: kept
     assert check_instruction(None, 100) is None
 
 

@@ -816,7 +816,7 @@ def test_cli_parse_full_width(capsys):
     assert (out["instruction"], out["edit_type"], out["source"]) == ("ｒｅｍｏｖｅ the dog", "remove", "dog")
 
 
-@pytest.mark.parametrize("argv", [["parse", ""], ["parse", "   "], ["parse", "\u3000\t\n"],
+@pytest.mark.parametrize("argv", [["parse", ""], ["parse", "   "], ["parse", "\u3000\t\n"], ["parse", "\u200b"],
                                   ["parse", " ", "--backend", "llm"]])
 def test_cli_parse_refuses_an_empty_instruction_as_the_service_does(argv, capsys):
     """`sigma parse "   "` printed a parse with edit_type null and exited 0, where the service answers 422

@@ -10,6 +10,7 @@ from typing import Any
 from sigma.cli.common import integer, within
 from sigma.config.schema import MAX_INSTRUCTION_CHARS
 from sigma.errors import InputError, LimitError
+from sigma.text import is_blank
 from sigma.text import loads as load_json
 
 HELP = """Parse an editing instruction into (edit_type, source concept, target concept), the input of
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _check(text: str | None, max_chars: int, where: str = "instruction") -> None:
     from sigma.text import find_surrogate
 
-    if text is not None and not text.strip():
+    if text is not None and is_blank(text):
         # the service refuses it so (HTTP 422, empty_instruction); here it was a parse with edit_type null and exit 0,
         # as if the text had said there is no edit
         raise InputError(f"{where} is empty (nothing but spaces): give the words of an edit", code="empty_instruction")
@@ -96,7 +97,7 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
             except UnicodeDecodeError as exc:   # said at the line, not as a traceback from the codec
                 raise InputError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-            if not line:
+            if is_blank(line):          # layout (a zero-width space alone included), not an instruction
                 continue
             if line.startswith("{"):
                 try:
@@ -109,7 +110,7 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
                     raise InputError(f"{path}:{lineno}: \"instruction\" must be a string or null")
             else:
                 rec = {"instruction": line}
-            if isinstance(rec["instruction"], str) and not rec["instruction"].strip():
+            if isinstance(rec["instruction"], str) and is_blank(rec["instruction"]):
                 empty.append(f"{path}:{lineno}")
                 continue
             _check(rec["instruction"], max_chars, f"{path}:{lineno}")

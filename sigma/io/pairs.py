@@ -9,6 +9,7 @@ from sigma.config.schema import IOConfig
 from sigma.errors import InputError
 from sigma.io.geometry import align, check_aspect, sync_size
 from sigma.io.images import DecodedImage, decode_image, read_image
+from sigma.text import is_blank
 from sigma.types import Pair
 
 
@@ -22,8 +23,8 @@ def check_instruction(instruction: str | None, max_chars: int, name: str = "pair
     if not isinstance(instruction, str):
         raise InputError(f"{name}: instruction must be text, got {type(instruction).__name__}",
                          code="invalid_instruction")
-    if not instruction.strip():
-        raise InputError(f"{name}: instruction is empty; leave it out to annotate without one",
+    if is_blank(instruction):
+        raise InputError(f"{name}: instruction is empty (nothing visible); leave it out to annotate without one",
                          code="empty_instruction")
     if len(instruction) > max_chars:
         raise InputError(f"{name}: instruction has {len(instruction)} characters, more than "
