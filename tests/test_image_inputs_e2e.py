@@ -166,3 +166,37 @@ def test_a_float_tiff_pair_is_read_on_one_scale_so_a_bright_edit_marks_only_itse
     from sigma.io.pairs import load_pair
     pair = load_pair(tmp_path / "o.tif", tmp_path / "bytes.tif")
     assert any("different scales" in w for w in pair.preprocess["warnings"])
+
+
+def _annotate(tmp_path: Path, original: Path, edited: Path, capsys) -> tuple[np.ndarray, dict, str]:
+    """`sigma annotate` with pixel-diff: (the mask, result.json, what it said on stderr)."""
+    import json
+
+    out = tmp_path / "out"
+    code = sigma.cli.main(["annotate", str(original), str(edited), "--annotator", "pixel-diff", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return np.asarray(Image.open(out / "mask.png")) > 127, json.loads((out / "result.json").read_text()), err
+
+
+def test_an_int32_tiff_pair_is_read_on_one_scale_when_the_edit_brings_in_one_bright_pixel(tmp_path, capsys):
+    """32-bit integer TIFFs took their white point (255 or 65535) from their own maximum: an edit that brought in
+    one sample above 255 read the whole edited image on the 65535 scale (near black), and pixel-diff marked all of
+    it. The white point is chosen by the 99th percentile now, as for float TIFFs; 16-bit data in 32 bits keeps
+    65535."""
+    photo = _scene(60, 90)[..., 0].astype(np.int32)
+    edited = photo.copy()
+    edited[10:20, 10:30] = 255 - photo[10:20, 10:30]
+    edited[15, 15] = 300                                                         # one sample past 8 bits
+    Image.fromarray(photo).save(tmp_path / "o.tif")
+    Image.fromarray(edited).save(tmp_path / "e.tif")
+    assert Image.open(tmp_path / "e.tif").mode == "I"
+    mask, result, err = _annotate(tmp_path, tmp_path / "o.tif", tmp_path / "e.tif", capsys)
+    assert "different scales" not in err
+    assert result["preprocess"]["edited"]["white_point"] == result["preprocess"]["original"]["white_point"] == 255
+    assert mask[10:20, 10:30].mean() > 0.9 and mask.sum() <= 10 * 20
+    wide = (_scene(60, 90)[..., 0].astype(np.int32) * 257)                       # 16-bit data in 32 bits
+    Image.fromarray(wide).save(tmp_path / "wide.tif")
+    decoded = decode_image((tmp_path / "wide.tif").read_bytes())
+    assert decoded.notes["white_point"] == 65535
+    np.testing.assert_array_equal(decoded.rgb[..., 0], _scene(60, 90)[..., 0])
