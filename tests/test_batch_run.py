@@ -285,6 +285,30 @@ def test_bad_rows_in_parquet_and_image_paths(tmp_path):
     assert rows[3]["edited_sha256"] is not None
 
 
+def test_an_error_row_names_the_file_that_is_bad(tmp_path):
+    """A folder pair whose edited image was empty was recorded as `.../x_original.png: edited: empty file`: the row's
+    label (its original's path) read as the bad file. The error names the bad file now; `source` stays the row's."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    good = png(np.full((16, 16, 3), 90, np.uint8))
+    (folder / "x_original.png").write_bytes(good)
+    (folder / "x_edited.png").write_bytes(b"")
+    (folder / "y_original.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+    (folder / "y_edited.png").write_bytes(good)
+    (folder / "z_original.png").write_bytes(good)
+    (folder / "z_edited.png").write_bytes(png(np.full((16, 40, 3), 90, np.uint8)))
+    run_batch(cfg_for(folder), tmp_path / "run", progress=False)
+    rows = {r["pair_id"]: r for r in read_rows(tmp_path / "run")}
+    x, y, z = rows["x"], rows["y"], rows["z"]
+    assert (x["error_code"], y["error_code"], z["error_code"]) == ("image_empty", "image_unreadable", "aspect_mismatch")
+    assert x["source"] == str(folder / "x_original.png") and y["source"] == str(folder / "y_original.png")
+    assert x["error"] == f"{folder / 'x_edited.png'}: empty file (0 bytes)"
+    assert y["error"].startswith(f"{folder / 'y_original.png'}: not an image")
+    assert "x_original" not in x["error"] and "y_edited" not in y["error"]
+    assert z["error"].startswith(f"{folder / 'z_edited.png'}: aspect ratio 40x16 differs from "
+                                 f"{folder / 'z_original.png'} ")
+
+
 def test_status_prints_error_codes_for_people(messy_set, tmp_path, capsys):
     from sigma.cli import main
 

@@ -166,3 +166,77 @@ def test_a_float_tiff_pair_is_read_on_one_scale_so_a_bright_edit_marks_only_itse
     from sigma.io.pairs import load_pair
     pair = load_pair(tmp_path / "o.tif", tmp_path / "bytes.tif")
     assert any("different scales" in w for w in pair.preprocess["warnings"])
+
+
+def _photo(h: int, w: int) -> np.ndarray:
+    """Smooth colours (a JPEG keeps them, as it keeps a photo's) that no turn or mirror maps onto themselves."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)], axis=2).astype(np.uint8)
+
+
+def _annotate(tmp_path: Path, original: Path, edited: Path, capsys) -> tuple[np.ndarray, dict, str]:
+    """`sigma annotate` with pixel-diff: (the mask, result.json, what it said on stderr)."""
+    import json
+
+    out = tmp_path / "out"
+    code = sigma.cli.main(["annotate", str(original), str(edited), "--annotator", "pixel-diff", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return np.asarray(Image.open(out / "mask.png")) > 127, json.loads((out / "result.json").read_text()), err
+
+
+@pytest.mark.parametrize("orientation,size", [(6, (60, 90)), (8, (72, 72)), (3, (60, 90)), (5, (64, 64))])
+def test_a_tagged_photo_and_its_upright_export_are_not_warned_about(orientation, size, tmp_path, capsys):
+    """A phone photo (pixels stored sideways, an EXIF orientation tag) and the upright, untagged export every
+    editor writes: each is turned upright by its own tag, so the two agree and the mask is right. The pair was
+    still warned about "different EXIF orientations", on every such pair: a warning that teaches users to ignore
+    warnings. Now it is only a note in the result's preprocess."""
+    stored = _photo(*size)
+    original = _tagged(stored, tmp_path / "photo.jpg", orientation, quality=95)
+    upright = np.asarray(Image.fromarray(stored).transpose(_TURN[orientation])).copy()
+    upright[10:20, 12:30] = (255, 0, 255)                                       # the edit
+    Image.fromarray(upright).save(tmp_path / "export.png")
+    mask, result, err = _annotate(tmp_path, original, tmp_path / "export.png", capsys)
+    assert "warning" not in err and "EXIF" not in err
+    assert not any("EXIF" in w for w in result["preprocess"].get("warnings", []))
+    assert result["preprocess"]["orientation"].endswith("neither looks turned or mirrored against the other")
+    outside = mask.copy()
+    outside[6:24, 8:34] = False                                                 # the edit and a margin
+    assert mask.shape == upright.shape[:2] and mask[10:20, 12:30].all() and outside.mean() < 0.05
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 2])
+def test_an_export_that_dropped_the_tag_without_turning_the_pixels_is_still_warned_about(orientation, tmp_path,
+                                                                                         capsys):
+    """The case the warning is for: the editor dropped the tag but kept the pixels as stored, so the edited image
+    as shown is turned (or mirrored) against the original: every pixel differs. Said, naming the turn."""
+    stored = _photo(64, 64)
+    original = _tagged(stored, tmp_path / "photo.jpg", orientation, quality=95)
+    Image.fromarray(stored).save(tmp_path / "export.png")
+    mask, result, err = _annotate(tmp_path, original, tmp_path / "export.png", capsys)
+    assert "different EXIF orientations" in err and "as shown" in err
+    assert any("different EXIF orientations" in w for w in result["preprocess"]["warnings"])
+    assert "orientation" not in result["preprocess"]
+
+
+def test_an_int32_tiff_pair_is_read_on_one_scale_when_the_edit_brings_in_one_bright_pixel(tmp_path, capsys):
+    """32-bit integer TIFFs took their white point (255 or 65535) from their own maximum: an edit that brought in
+    one sample above 255 read the whole edited image on the 65535 scale (near black), and pixel-diff marked all of
+    it. The white point is chosen by the 99th percentile now, as for float TIFFs; 16-bit data in 32 bits keeps
+    65535."""
+    photo = _scene(60, 90)[..., 0].astype(np.int32)
+    edited = photo.copy()
+    edited[10:20, 10:30] = 255 - photo[10:20, 10:30]
+    edited[15, 15] = 300                                                         # one sample past 8 bits
+    Image.fromarray(photo).save(tmp_path / "o.tif")
+    Image.fromarray(edited).save(tmp_path / "e.tif")
+    assert Image.open(tmp_path / "e.tif").mode == "I"
+    mask, result, err = _annotate(tmp_path, tmp_path / "o.tif", tmp_path / "e.tif", capsys)
+    assert "different scales" not in err
+    assert result["preprocess"]["edited"]["white_point"] == result["preprocess"]["original"]["white_point"] == 255
+    assert mask[10:20, 10:30].mean() > 0.9 and mask.sum() <= 10 * 20
+    wide = (_scene(60, 90)[..., 0].astype(np.int32) * 257)                       # 16-bit data in 32 bits
+    Image.fromarray(wide).save(tmp_path / "wide.tif")
+    decoded = decode_image((tmp_path / "wide.tif").read_bytes())
+    assert decoded.notes["white_point"] == 65535
+    np.testing.assert_array_equal(decoded.rgb[..., 0], _scene(60, 90)[..., 0])

@@ -16,7 +16,7 @@ from sigma.errors import ImageError, InputError, SigmaError
 from sigma.io.corpora.base import SourceItem, resolved_under, text_value
 from sigma.io.images import binarize_mask, decode_image, read_file_bytes
 from sigma.io.pairs import pair_from_bytes
-from sigma.text import escape_surrogates, find_surrogate, replace_surrogates
+from sigma.text import escape_surrogates, find_surrogate, replace_surrogates, shown_path
 from sigma.types import Pair
 
 
@@ -88,6 +88,21 @@ def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True,
     return decoded
 
 
+def image_names(item: SourceItem) -> tuple[str, str]:
+    """What the messages of a pair call its two images: the file each was read from, else its role. A folder
+    pair's `source` is its original's path, so `source: edited: empty file` read as if the original were bad."""
+    return tuple(shown_path(path) if data is None and path else role   # type: ignore[return-value]
+                 for role, data, path in (("original", item.original, item.original_path),
+                                          ("edited", item.edited, item.edited_path)))
+
+
+def _located(message: str, item: SourceItem) -> str:
+    """`message` as a row's error: prefixed with the row's `source` unless it already names that or one of the
+    pair's files (the bad one: `image_names`), so the name at its start is always the file or row at fault."""
+    named = [item.source, *(name for name in image_names(item) if name not in ("original", "edited"))]
+    return message if any(name and name in message for name in named) else f"{item.source}: {message}"
+
+
 def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root: str | None) -> Decoded:
     light = replace(item, original=None, edited=None, mask=None)
     if item.error:
@@ -99,10 +114,10 @@ def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root:
         edited = source_bytes(item.edited, item.edited_path, limit, root)
         meta["original_sha256"] = hashlib.sha256(original).hexdigest()
         meta["edited_sha256"] = hashlib.sha256(edited).hexdigest()
-        pair = pair_from_bytes(original, edited, item.instruction, io_config, pair_id=item.pair_id)
+        pair = pair_from_bytes(original, edited, item.instruction, io_config, pair_id=item.pair_id,
+                               names=image_names(item))
     except SigmaError as exc:
-        message = exc.message if item.source in exc.message else f"{item.source}: {exc.message}"
-        return Decoded(light, meta=meta, error=(exc.code, message))
+        return Decoded(light, meta=meta, error=(exc.code, _located(exc.message, item)))
     except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one pair, not the run
         return Decoded(light, meta=meta, error=("decode_failed", f"{item.source}: {type(exc).__name__}: {exc}"))
     gt = None

@@ -81,3 +81,42 @@ def align(original: np.ndarray, edited: np.ndarray, max_shift_px: int,
         return edited, info
     info["applied"] = True
     return undo_translation(edited, dx, dy), info
+
+
+# How one picture can lie against another when an EXIF orientation was mishandled: the seven turns and mirrors of
+# the dihedral group, as they act on the original (the edited image looks like the original `name`).
+_TURNS_AND_MIRRORS = {
+    "turned 90 degrees counter-clockwise": lambda a: np.rot90(a, 1),
+    "turned 180 degrees": lambda a: np.rot90(a, 2),
+    "turned 90 degrees clockwise": lambda a: np.rot90(a, 3),
+    "mirrored left to right": lambda a: a[:, ::-1],
+    "flipped upside down": lambda a: a[::-1],
+    "transposed": lambda a: np.swapaxes(a, 0, 1),
+    "transversed": lambda a: np.swapaxes(np.rot90(a, 2), 0, 1),
+}
+TURN_THUMB_PX = 32
+TURN_EVIDENCE = 0.5        # a turn must halve the difference of the images as they are
+TURN_MIN_DIFFERENCE = 0.05  # below this (in standard deviations) the images match as they are
+
+
+def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A TURN_THUMB_PX square thumbnail, each channel to zero mean and unit spread: a colour or brightness drift
+    between the two images (an editor's re-encode) changes no comparison."""
+    small = cv2.resize(rgb, (TURN_THUMB_PX, TURN_THUMB_PX), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return (small - small.mean(axis=(0, 1))) / (small.std(axis=(0, 1)) + 1.0)
+
+
+def relative_turn(original: np.ndarray, edited: np.ndarray) -> str | None:
+    """How `edited` lies against `original` as both are shown, when it is clearly turned or mirrored: the turn
+    whose thumbnail difference is under TURN_EVIDENCE times that of the images as they are. None when they match as
+    they are, or when no turn matches clearly better (a flat or symmetric picture, a heavy edit, unrelated images:
+    no evidence, no word). Cheap (two 32x32 thumbnails); for pairs whose EXIF orientations differ, where an editor
+    that dropped the tag without turning the pixels leaves the edited image turned, while one that wrote the
+    upright picture untagged (every editor's export of a phone photo) leaves the two in agreement."""
+    a, b = _thumbnail(original), _thumbnail(edited)
+    straight = float(np.abs(a - b).mean())
+    if straight < TURN_MIN_DIFFERENCE:
+        return None
+    name, best = min(((name, float(np.abs(turn(a) - b).mean())) for name, turn in _TURNS_AND_MIRRORS.items()),
+                     key=lambda item: item[1])
+    return name if best < TURN_EVIDENCE * straight else None

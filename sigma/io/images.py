@@ -270,11 +270,19 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
         arr = np.asarray(img).astype(np.float64)
-        peak = 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        if mode == "I":
+            # 32-bit integer samples: the white point is guessed from the values, by the float TIFFs' robust rule
+            # (`_white_point`). It was the image's own maximum: one sample above 255 that an edit brought in read
+            # the whole edited image on the 65535 scale, near black, and every pixel of the pair differed.
+            peak = _white_point(arr, INT_WHITE_POINTS)
+            notes["white_point"] = int(peak)
+            clipped = int(np.count_nonzero((arr > peak) | (arr < 0)))
+            if clipped:
+                notes["clipped_samples"] = clipped
+        else:
+            peak = 65535.0
         if peak > 255:
             notes["bit_depth"] = 16
-        if mode == "I":                    # 32-bit integer samples: the white point is guessed from the values
-            notes["white_point"] = int(peak)
         gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
@@ -293,7 +301,18 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
 
 
 FLOAT_WHITE_POINTS = (1.0, 255.0, 65535.0)
+INT_WHITE_POINTS = (255.0, 65535.0)
 FLOAT_HEADROOM = 4.0
+
+
+def _white_point(values: np.ndarray, whites: tuple[float, ...]) -> float:
+    """The first of `whites` that the 99th percentile of the finite `values` stays within FLOAT_HEADROOM times of,
+    else the last: a percentile, not the maximum, so that a few bright pixels of an edit do not change the scale
+    of one image of a pair (float and 32-bit integer TIFFs alike)."""
+    finite = np.isfinite(values)
+    finite = values if finite.all() else values[finite]
+    typical = float(np.percentile(finite, 99)) if finite.size else 0.0
+    return next((w for w in whites if typical <= w * FLOAT_HEADROOM), whites[-1])
 
 
 def _float_to_uint8(arr: np.ndarray, notes: dict[str, Any]) -> np.ndarray:
@@ -306,12 +325,11 @@ def _float_to_uint8(arr: np.ndarray, notes: dict[str, Any]) -> np.ndarray:
     point are clipped; `notes` say the white point and what was clipped, and `pair_from_decoded` warns when the
     two images of a pair were read on different scales."""
     values = arr.astype(np.float64)
+    white = _white_point(values, FLOAT_WHITE_POINTS)
     finite = np.isfinite(values)
     if not finite.all():
         notes["non_finite_samples"] = int(values.size - np.count_nonzero(finite))
         values = np.where(np.isnan(values), 0.0, values)      # infinities are clipped below
-    typical = float(np.percentile(values[finite], 99)) if finite.any() else 0.0
-    white = next((w for w in FLOAT_WHITE_POINTS if typical <= w * FLOAT_HEADROOM), FLOAT_WHITE_POINTS[-1])
     notes["white_point"] = int(white) if white > 1 else 1.0
     clipped = int(np.count_nonzero((values > white) | (values < 0)))
     if clipped:

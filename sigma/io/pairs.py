@@ -7,7 +7,7 @@ import numpy as np
 
 from sigma.config.schema import IOConfig
 from sigma.errors import InputError
-from sigma.io.geometry import align, check_aspect, sync_size
+from sigma.io.geometry import align, check_aspect, relative_turn, sync_size
 from sigma.io.images import DecodedImage, decode_image, read_image
 from sigma.text import is_blank
 from sigma.types import Pair
@@ -58,16 +58,44 @@ _TURNS = {1: "none", 2: "mirrored", 3: "180 degrees", 4: "flipped", 5: "transpos
           7: "transversed", 8: "90 degrees counter-clockwise"}
 
 
-def orientation_mismatch(original: DecodedImage, edited: DecodedImage, names: tuple[str, str]) -> str | None:
-    """What to tell the user when the two images carry different EXIF orientations, else None. Each image is turned
-    upright by its own tag; when an editor dropped the tag without turning the pixels (or turned them and kept
-    it), the edited image is compared turned: every pixel differs, or the aspect ratios do."""
+def _orientations(original: DecodedImage, edited: DecodedImage, names: tuple[str, str]) -> str | None:
+    """"different EXIF orientations (A: how, B: how)" when the two images' tags differ, else None."""
     o, e = (image.notes.get("exif_orientation", 1) for image in (original, edited))
     if o == e:
         return None
-    return (f"the two images carry different EXIF orientations ({names[0]}: {_TURNS.get(o, o)}, {names[1]}: "
-            f"{_TURNS.get(e, e)}); each was turned upright by its own, so if one looks turned, its editor dropped "
-            "the tag without turning the pixels (or turned them and kept it): re-save it upright without the tag")
+    return f"different EXIF orientations ({names[0]}: {_TURNS.get(o, o)}, {names[1]}: {_TURNS.get(e, e)})"
+
+
+def orientation_mismatch(original: DecodedImage, edited: DecodedImage, names: tuple[str, str]) -> str | None:
+    """Why the aspect ratios may differ when the two images carry different EXIF orientations, else None. Each
+    image is turned upright by its own tag; when an editor dropped the tag without turning the pixels (or turned
+    them and kept it), the edited image is compared turned and the aspect ratios differ."""
+    tags = _orientations(original, edited, names)
+    if tags is None:
+        return None
+    return (f"the two images carry {tags}; each was turned upright by its own, so if one looks turned, its editor "
+            "dropped the tag without turning the pixels (or turned them and kept it): re-save it upright without "
+            "the tag")
+
+
+def orientation_check(original: DecodedImage, edited: DecodedImage,
+                      names: tuple[str, str]) -> tuple[str | None, str | None]:
+    """(a warning, a note) for a pair whose EXIF orientations differ; (None, None) when they are the same.
+
+    Differing tags are the normal case of an edit: a phone photo is stored sideways with a tag, and every editor
+    exports the upright picture without one. Each image is turned upright by its own tag, so those two agree and
+    only a note is kept (a warning on every such pair taught users to ignore warnings). The warning is for an
+    edited image that, as shown, looks turned or mirrored against the original (`relative_turn`): its editor
+    dropped the tag without turning the pixels, or turned them and kept it, and every pixel differs."""
+    tags = _orientations(original, edited, names)
+    if tags is None:
+        return None, None
+    turn = relative_turn(original.rgb, edited.rgb)
+    if turn is None:
+        return None, f"{tags}; each turned upright by its own tag, neither looks turned or mirrored against the other"
+    return (f"the two images carry {tags} and, as shown (each turned upright by its own tag), {names[1]} looks "
+            f"{turn} against {names[0]}: its editor dropped the tag without turning the pixels (or turned them and "
+            "kept it); re-save it upright without the tag"), None
 
 
 def scale_mismatch(original: DecodedImage, edited: DecodedImage, names: tuple[str, str]) -> str | None:
@@ -96,8 +124,11 @@ def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction:
     preprocess: dict = {"original": original.notes, "edited": edited.notes}
     warnings = [f"{name} is animated or multi-page: only its first frame was annotated"
                 for name, image in zip(names, (original, edited), strict=True) if image.notes.get("multi_frame")]
-    if turned is not None:
-        warnings.append(turned)
+    turned_warning, orientation_note = orientation_check(original, edited, names)
+    if turned_warning is not None:
+        warnings.append(turned_warning)
+    if orientation_note is not None:
+        preprocess["orientation"] = orientation_note
     scale = scale_mismatch(original, edited, names)
     if scale is not None:
         warnings.append(scale)
