@@ -240,3 +240,10 @@ def test_an_int32_tiff_pair_is_read_on_one_scale_when_the_edit_brings_in_one_bri
     decoded = decode_image((tmp_path / "wide.tif").read_bytes())
     assert decoded.notes["white_point"] == 65535
     np.testing.assert_array_equal(decoded.rgb[..., 0], _scene(60, 90)[..., 0])
+    # a dark 10-bit scan in 32 bits (99th percentile ~ 800 < 4 x 255): the percentile-with-headroom rule read it at
+    # 255, clipping a third of it to white; its samples above 255 are far more than a bright pixel, so it keeps 65535
+    dark = (_scene(60, 90)[..., 0].astype(np.int32) * 4)
+    assert np.count_nonzero(dark > 255) > 0.01 * dark.size
+    Image.fromarray(dark).save(tmp_path / "dark.tif")
+    decoded = decode_image((tmp_path / "dark.tif").read_bytes())
+    assert decoded.notes["white_point"] == 65535 and "clipped_samples" not in decoded.notes

@@ -274,7 +274,10 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
             # 32-bit integer samples: the white point is guessed from the values, by the float TIFFs' robust rule
             # (`_white_point`). It was the image's own maximum: one sample above 255 that an edit brought in read
             # the whole edited image on the 65535 scale, near black, and every pixel of the pair differed.
-            peak = _white_point(arr, INT_WHITE_POINTS)
+            # No headroom for integers: 8-bit data has no sample above 255 at all, while 10- or 12-bit data (a dark
+            # 16-bit scan) does, over far more than 0.1 % of the image: read at 255 it was clipped to white, its
+            # detail gone; at 65535 it is only dark
+            peak = _white_point(arr, INT_WHITE_POINTS, headroom=1.0, percentile=99.9)
             notes["white_point"] = int(peak)
             clipped = int(np.count_nonzero((arr > peak) | (arr < 0)))
             if clipped:
@@ -305,14 +308,15 @@ INT_WHITE_POINTS = (255.0, 65535.0)
 FLOAT_HEADROOM = 4.0
 
 
-def _white_point(values: np.ndarray, whites: tuple[float, ...]) -> float:
-    """The first of `whites` that the 99th percentile of the finite `values` stays within FLOAT_HEADROOM times of,
-    else the last: a percentile, not the maximum, so that a few bright pixels of an edit do not change the scale
-    of one image of a pair (float and 32-bit integer TIFFs alike)."""
+def _white_point(values: np.ndarray, whites: tuple[float, ...], headroom: float = FLOAT_HEADROOM,
+                 percentile: float = 99.0) -> float:
+    """The first of `whites` that the `percentile` of the finite `values` stays within `headroom` times of, else the
+    last: a percentile, not the maximum, so that a few bright pixels of an edit do not change the scale of one image
+    of a pair (float and 32-bit integer TIFFs alike)."""
     finite = np.isfinite(values)
     finite = values if finite.all() else values[finite]
-    typical = float(np.percentile(finite, 99)) if finite.size else 0.0
-    return next((w for w in whites if typical <= w * FLOAT_HEADROOM), whites[-1])
+    typical = float(np.percentile(finite, percentile)) if finite.size else 0.0
+    return next((w for w in whites if typical <= w * headroom), whites[-1])
 
 
 def _float_to_uint8(arr: np.ndarray, notes: dict[str, Any]) -> np.ndarray:
