@@ -94,6 +94,11 @@ class SnapshotCollector:
         up = GaugeMetricFamily("sigma_redis_up", "1 when the API reached Redis during this scrape")
         up.add_metric([], 1.0 if self.s.get("redis_up") else 0.0)
         yield up
+        complete = GaugeMetricFamily("sigma_metrics_snapshot_complete", "1 when this scrape read everything it shows "
+                                     "from Redis; 0 when api.metrics_timeout_s cut the reads (what was read is shown, "
+                                     "sigma_workers_alive is left out) or Redis failed")
+        complete.add_metric([], 1.0 if self.s.get("complete") else 0.0)
+        yield complete
         if not self.s.get("redis_up"):
             return
         depth = GaugeMetricFamily("sigma_queue_depth", "stream entries waiting or in flight", labels=["annotator"])
@@ -110,17 +115,21 @@ class SnapshotCollector:
         workers = GaugeMetricFamily("sigma_workers_alive", "workers with a fresh heartbeat", labels=["annotator"])
         gpu = GaugeMetricFamily("sigma_worker_gpu_memory_bytes", "torch.cuda.memory_allocated per worker",
                                 labels=["worker"])
-        alive: dict[str, int] = {}
-        for w in self.s["workers"]:
-            alive[w.get("annotator", "?")] = alive.get(w.get("annotator", "?"), 0) + 1
+        # the worker label is the heartbeat key's name, unique per key (its `consumer` field is not: two samples of
+        # one series make Prometheus refuse the whole scrape)
+        for name, (_, w) in sorted(self.s.get("heartbeats", {}).items()):
             if "gpu_memory_bytes" in w:
                 mem = number(w["gpu_memory_bytes"])
                 if mem is None:
-                    note_damage(f"worker {w.get('consumer', '?')[:80]!r} has a non-numeric gpu_memory_bytes")
+                    note_damage(f"worker {name[:80]!r} has a non-numeric gpu_memory_bytes")
                 else:
-                    gpu.add_metric([w.get("consumer", "?")], mem)
-        for name, n in alive.items():
-            workers.add_metric([name], n)
+                    gpu.add_metric([name], mem)
+        if self.s.get("workers") is not None:       # a partial count (reads cut by the deadline) is left out
+            alive: dict[str, int] = {}
+            for w in self.s["workers"]:
+                alive[w.get("annotator", "?")] = alive.get(w.get("annotator", "?"), 0) + 1
+            for name, n in alive.items():
+                workers.add_metric([name], n)
         yield workers
         yield gpu
         # one family per name, a sample per annotator: the text format allows one TYPE line per name

@@ -157,3 +157,175 @@ def test_health_routes_answer_while_redis_is_frozen(redis_server, tmp_path):
         assert health.status_code == 200 and t_health < 0.5
         assert metrics.status_code == 200 and "sigma_redis_up 0.0" in metrics.text and t_metrics < 2.7
         assert ready.status_code == 503 and "not answering (timeout)" in ready.text and t_ready < 2.7
+
+
+class SlowRedis:
+    """A TCP proxy in front of the real redis-server that holds every reply `delay` seconds (a Redis far away or
+    overloaded: each round trip costs `delay`, a pipeline of many commands costs it once). `delay` may change at
+    any time; `url` is what the API is pointed at."""
+
+    def __init__(self, port: int, delay: float = 0.0):
+        import asyncio
+        import threading
+
+        self.upstream, self.delay = port, delay
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def serve() -> None:
+            self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+            self.port = self.server.sockets[0].getsockname()[1]
+            ready.set()
+
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(serve(), self.loop)
+        assert ready.wait(5)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    async def _client(self, reader, writer) -> None:
+        import asyncio
+
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        held: asyncio.Queue = asyncio.Queue()
+
+        async def to_server() -> None:
+            while data := await reader.read(65536):
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def from_server() -> None:
+            while data := await up_reader.read(65536):
+                held.put_nowait((self.loop.time() + self.delay, data))
+            held.put_nowait((0.0, b""))
+
+        async def to_client() -> None:
+            while True:
+                due, data = await held.get()
+                if not data:
+                    break
+                await asyncio.sleep(max(0.0, due - self.loop.time()))
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        tasks = [asyncio.ensure_future(t()) for t in (to_server, from_server, to_client)]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in tasks:
+            t.cancel()
+        writer.close()
+        up_writer.close()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def plant_heartbeats(r, prefix: str, n: int, **fields) -> None:
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        key = Keys(prefix).worker(f"planted-{i}")
+        pipe.hset(key, mapping={"annotator": "pixel-diff", "consumer": f"planted-{i}", "model_loaded": "1",
+                                "last_beat": f"{time.time():.3f}", **fields})
+        pipe.expire(key, 60)
+    pipe.execute()
+
+
+@pytest.fixture
+def slow_redis(redis_server):
+    proxy = SlowRedis(redis_server.port)
+    yield proxy
+    proxy.close()
+
+
+def test_a_scrape_over_a_slow_redis_takes_a_few_round_trips(redis_server, slow_redis, tmp_path):
+    """Each Redis round trip costing 40 ms (a loaded or distant Redis): /metrics made two round trips per annotator
+    and one HGETALL per heartbeat, in sequence, so 150 heartbeats made a scrape last ~6 s (past a Prometheus scrape
+    timeout, and each timed-out scrape was still loading Redis), and /readyz as long. Now the annotators' reads are
+    one pipeline and the heartbeats one HGETALL pipeline per SCAN page."""
+    with running_service(redis_server, tmp_path, [f"redis.url={slow_redis.url}"]) as s:
+        plant_heartbeats(redis_server.client(), s.prefix, 150)
+        assert "sigma_redis_up 1.0" in scrape(s)        # the API's pooled connection is made before the delay
+        slow_redis.delay = 0.04
+        t0 = time.monotonic()
+        text = scrape(s)
+        t_metrics = time.monotonic() - t0
+        t0 = time.monotonic()
+        ready = s.http.get("/readyz")
+        t_ready = time.monotonic() - t0
+        assert max(t_metrics, t_ready) < 1.5, (t_metrics, t_ready)
+        assert 'sigma_workers_alive{annotator="pixel-diff"} 150.0' in text
+        assert "sigma_metrics_snapshot_complete 1.0" in text
+        assert ready.status_code == 200 and ready.json()["checks"]["workers"]["alive"] == 150, ready.text
+
+
+def test_a_scrape_answers_by_its_deadline_whatever_redis_does(redis_server, slow_redis, tmp_path):
+    """`api.metrics_timeout_s` bounds the Redis part of a scrape: past it /metrics answers at once with what it read
+    (`sigma_metrics_snapshot_complete 0`; `sigma_workers_alive` left out rather than a partial count), and
+    `sigma_redis_up 0` when nothing came back at all. Before, a scrape lasted as long as Redis took (a minute here)."""
+    with running_service(redis_server, tmp_path, [f"redis.url={slow_redis.url}", "api.metrics_timeout_s=0.8"]) as s:
+        plant_heartbeats(redis_server.client(), s.prefix, 150)
+        assert "sigma_metrics_snapshot_complete 1.0" in scrape(s)
+        slow_redis.delay = 0.5          # the queue reads come back at 0.5 s; the heartbeat SCAN would at 1.0 s
+        t0 = time.monotonic()
+        resp = s.http.get("/metrics", headers=s.headers("metrics"), timeout=4)
+        elapsed = time.monotonic() - t0
+        assert resp.status_code == 200 and elapsed < 1.6, elapsed
+        text = resp.text
+        assert "sigma_metrics_snapshot_complete 0.0" in text and "sigma_redis_up 1.0" in text
+        assert 'sigma_queue_depth{annotator="pixel-diff"}' in text
+        assert not samples(text, "sigma_workers_alive")
+        slow_redis.delay = 3.0          # nothing comes back before the deadline (the socket timeout is 5 s)
+        t0 = time.monotonic()
+        resp = s.http.get("/metrics", headers=s.headers("metrics"), timeout=4)
+        elapsed = time.monotonic() - t0
+        assert resp.status_code == 200 and elapsed < 1.6, elapsed
+        assert "sigma_redis_up 0.0" in resp.text and "sigma_metrics_snapshot_complete 0.0" in resp.text
+        slow_redis.delay = 0.0          # the connections the cut scrapes left are not reused half-read
+        text = scrape(s)
+        assert "sigma_metrics_snapshot_complete 1.0" in text
+        assert 'sigma_workers_alive{annotator="pixel-diff"} 150.0' in text
+
+
+def test_every_gpu_memory_sample_is_unique(svc, redis_server):
+    """Two heartbeats naming one `consumer` (written by hand, or keys whose names decode alike) gave two
+    `sigma_worker_gpu_memory_bytes{worker="dup"}` samples: Prometheus refuses the whole scrape for a duplicate
+    series. The label is the heartbeat key's name, and of keys whose names read alike the newest beat is kept."""
+    r = redis_server.client()
+    keys = Keys(svc.prefix)
+    odd = keys.worker("").encode()
+    planted = {keys.worker("dup-a"): ("dup", 1.0, 100), keys.worker("dup-b"): ("dup", 2.0, 200),
+               odd + b"\xff": ("odd", 1.0, 300), odd + b"\xfe": ("odd", 2.0, 400)}
+    for key, (consumer, beat, mem) in planted.items():
+        r.hset(key, mapping={"annotator": "pixel-diff", "consumer": consumer, "last_beat": str(beat),
+                             "gpu_memory_bytes": str(mem)})
+        r.expire(key, 60)
+    try:
+        text = scrape(svc)
+        series = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")]
+        assert len(series) == len(set(series)), sorted(s for s in series if series.count(s) > 1)
+        gpu = samples(text, "sigma_worker_gpu_memory_bytes")
+        assert 'sigma_worker_gpu_memory_bytes{worker="dup-a"} 100.0' in gpu
+        assert 'sigma_worker_gpu_memory_bytes{worker="dup-b"} 200.0' in gpu
+        assert 'sigma_worker_gpu_memory_bytes{worker="\ufffd"} 400.0' in gpu, gpu
+    finally:
+        r.delete(*planted)
+
+
+def test_a_field_name_that_is_not_utf8_costs_nothing(svc, redis_server):
+    """A heartbeat or worker-metrics hash with a field name that is not UTF-8 (anyone who reaches Redis can HSET
+    one) raised UnicodeDecodeError while the hash was read: /metrics and /readyz answered 500."""
+    r = redis_server.client()
+    keys = Keys(svc.prefix)
+    r.hset(keys.worker("odd-fields"), mapping={b"annotator": b"pixel-diff", b"\xff": b"1"})
+    r.expire(keys.worker("odd-fields"), 60)
+    r.hset(keys.metrics("slow-diff"), b"\xfe", b"1")
+    try:
+        text = scrape(svc)
+        assert "sigma_redis_up 1.0" in text and 'sigma_workers_alive{annotator="pixel-diff"} 2.0' in text
+        ready = svc.http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["workers"]["alive"] == 2, ready.text
+    finally:
+        r.delete(keys.worker("odd-fields"), keys.metrics("slow-diff"))

@@ -144,8 +144,12 @@ def withdraw_args(keys: Keys, job_id: str, owner: str, annotator: str, ttl_s: in
 
 
 def decode_hash(raw: dict) -> dict[str, str]:
-    return {(k.decode() if isinstance(k, bytes) else k): (v.decode("utf-8", "replace") if isinstance(v, bytes)
-                                                          else v) for k, v in raw.items()}
+    """A hash read from Redis as text. Field names too are decoded with replacement: one that was not UTF-8 (anyone
+    who reaches Redis can HSET one into a heartbeat) raised UnicodeDecodeError, and /metrics and /readyz were 500."""
+    def text(b: Any) -> Any:
+        return b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def job_view(h: dict[str, str], include_result: bool = True) -> dict[str, Any]:

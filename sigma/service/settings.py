@@ -140,6 +140,11 @@ class ApiSettings(Strict):
                                  "folder's commit lock (a writer stopped mid-commit there holds it), then answers "
                                  "409 folder_busy with Retry-After; the request waited all of "
                                  "$SIGMA_FOLDER_LOCK_WAIT_S (120 s), the commands' wait")
+    metrics_timeout_s: Seconds = Field(5.0, gt=0, description="the Redis reads of one /metrics scrape "
+                                     "(queue depths, worker histograms, heartbeats) stop after this long: the scrape "
+                                     "then answers with what was read and sigma_metrics_snapshot_complete 0 "
+                                     "(sigma_redis_up 0 when nothing came back). Keep it below Prometheus' "
+                                     "scrape_timeout (10 s default)")
     public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json without an API key; "
                               "false: they need a valid key (any scope)")
     header_timeout_s: Seconds = Field(10.0, gt=0, description="a request's line and headers must arrive within "
