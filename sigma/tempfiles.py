@@ -433,7 +433,7 @@ def _write_staged(path: Path, data: bytes | Callable[[Path], None]) -> None:
         write_synced_by(path, data)
 
 
-def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
+def replace_atomically(path: Path, data: bytes | Callable[[Path], None], durable: bool = False) -> Path:
     """Write a temporary file beside `path`, then rename it over `path`; a write or rename that fails (a full disk)
     takes the temporary file with it instead of leaving it to hold the space. The one writer of write_png,
     write_json, the batch layer's atomic_write_bytes and the artefact cache's manifests (`durable`: fsync before
@@ -441,14 +441,17 @@ def replace_atomically(path: Path, data: bytes, durable: bool = False) -> Path:
     (`temp_name`): with one shared `<path>.tmp`, two writers of one file — two fleet workers on one shard's masks —
     truncated each other's file and one rename found it gone (FileNotFoundError: the shard failed), and a writer
     killed then left the other's mask cut short. Killed between the write and the rename, it leaves a name the
-    sweeps know (`sweep_stale_temps`)."""
+    sweeps know (`sweep_stale_temps`). `data` may be a writer of the file at the path it is given (a COCO export
+    streamed from its shards: as bytes the whole JSON was in memory at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
         if durable:
-            write_synced(tmp, data)
-        else:
+            _write_staged(tmp, data)
+        elif isinstance(data, bytes):
             tmp.write_bytes(data)
+        else:
+            data(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

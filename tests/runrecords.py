@@ -23,3 +23,55 @@ def rehash_shards(run: Path, run_hash: str) -> None:
         st.update(run_hash=run_hash, output=str(target.relative_to(run)), bytes=target.stat().st_size,
                   sha256=hashlib.sha256(target.read_bytes()).hexdigest())
         status.write_text(json.dumps(st))
+
+
+def grown_run(folder: Path, rows: int, shards: int = 100, side: int = 128) -> Path:
+    """A finished run of `rows` rows in `shards` shard files, as `sigma batch run` leaves it, without annotating
+    `rows` pairs: a synthetic corpus of `shards` pairs is run (pixel-diff, one pair per shard), then each shard file
+    is written again with rows/shards rows copied from its own row (fresh pair ids and indexes, masks of side x side
+    whose RLE is as long as a real edit's, a confidence spread over [0, 1)) and its status given the new file's size
+    and sha256. For exports' memory (bench/bench_export_memory.py, tests/test_export_memory.py)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sigma.batch import BatchConfig, run_batch
+    from sigma.batch.rows import arrow_schema
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+    from sigma.rle import encode_rle, mask_bbox
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:side, :side]
+    masks = []
+    for n in range(16):          # an ellipse and a rectangle each; the last one empty (no annotation)
+        cx, cy, r = (int(v) for v in rng.integers(side // 8, 3 * side // 8, 3))
+        m = ((xx - cx * 2) ** 2 + (yy - cy) ** 2) < r * r
+        x0, y0 = (int(v) for v in rng.integers(0, side // 2, 2))
+        m[y0:y0 + side // 5, x0:x0 + side // 7] = True
+        m &= n != 15
+        masks.append((encode_rle(m)["counts"], [int(v) for v in mask_bbox(m)], int(m.sum())))
+    write_pairs_jsonl(folder / "corpus", synthetic_pairs(shards, size=32))
+    run = folder / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(folder / "corpus"), "shard_size": 1},
+                                      "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, run, progress=False)
+    per = rows // shards
+    for n, status in enumerate(sorted((run / "status").glob("*.json"))):
+        st = json.loads(status.read_text())
+        path = run / st["output"]
+        template = pq.read_table(path).to_pylist()[0]
+        out = []
+        for i in range(per):
+            k = n * per + i
+            counts, bbox, area = masks[k % len(masks)]
+            out.append({**template, "status": "ok", "pair_id": f"q{k:08d}", "index": template["index"] + i,
+                        "height": side, "width": side, "rle_counts": counts, "bbox": bbox, "area": area,
+                        "area_fraction": area / side / side, "confidence": (k * 7919 % 1000) / 1000,
+                        "mask_mode": "semantic", "mask_source": "semantic", "semantic_rle": counts,
+                        "footprint_rle": counts, "is_composite": True,
+                        "composite": json.dumps({"is_composite": True})})
+        pq.write_table(pa.Table.from_pylist(out, schema=arrow_schema()), path, compression="zstd")
+        data = path.read_bytes()
+        st.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), pairs=per)
+        status.write_text(json.dumps(st))
+    return run

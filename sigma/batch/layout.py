@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -146,14 +146,18 @@ def is_stream(path: Path) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes | Callable[[Path], None]) -> None:
     """Whole or not at all; a write that fails (a full disk, `path` a folder) takes its temporary file with
-    it instead of leaving a hidden `.name.pid.tmp` beside the target."""
+    it instead of leaving a hidden `.name.pid.tmp` beside the target. `data`: the bytes, or a writer of the file at
+    the path it is given (`data(path)`, which opens it itself), for an output too large to hold in memory."""
     path = Path(path)
     refuse_folder(path)
     if is_stream(path):
         # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
         # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
+        if not isinstance(data, bytes):
+            data(path)
+            return
         with open(path, "wb") as handle:
             handle.write(data)
         return

@@ -1,13 +1,21 @@
 """COCO-style JSON: one image per kept pair, one annotation per non-empty mask, segmentation as RLE.
 
 Masks come straight from the manifests (no pixels needed); `images_dir` also writes the edited images
-under the `file_name`s the JSON names.
+under the `file_name`s the JSON names. The JSON is streamed (`_Spool`): memory does not grow with the run but by a
+few dozen bytes per kept pair (its place in the spool, its sort key, its file name).
 """
 from __future__ import annotations
 
 import json
+import math
+import os
+import tempfile
+from array import array
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from sigma.batch.layout import atomic_write_bytes, is_stream, refuse_images_dir, refuse_run_file
 from sigma.export.placing import PlacedFiles
@@ -63,11 +71,90 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
             images.discard()       # a refusal, a failure: the staged images not placed go
 
 
+class _Spool:
+    """The kept pairs' image and annotation objects, as JSON, in an unnamed temporary file, with the few numbers per
+    pair that place them (offset, lengths, sort key) in memory. The export held every image and annotation (three
+    RLE masks each) as dicts and then the whole JSON as one string: ~8 GB at a million pairs. Their ids are known
+    only once every pair is kept and sorted, so each object is spooled without its leading `{"id": N, `, which the
+    final write (`write`) puts back: the file is byte for byte the one the export wrote before."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle = handle
+        self.offsets = array("q")
+        self.image_bytes = array("q")
+        self.annotation_bytes = array("q")     # 0: no annotation (an empty mask)
+        self.keys = array("d")                 # order_key as one float: no confidence is +inf, last either way
+        self.end = 0
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def add(self, image: dict, annotation: dict | None, key: tuple[bool, float] | None) -> None:
+        # dumps_finite: a plugin's NaN confidence or evidence would make the file JSON that strict readers refuse
+        first = dumps_finite(image).encode()[1:]
+        second = dumps_finite(annotation).encode()[1:] if annotation is not None else b""
+        self.handle.write(first + second)
+        self.offsets.append(self.end)
+        self.image_bytes.append(len(first))
+        self.annotation_bytes.append(len(second))
+        self.keys.append(0.0 if key is None else math.inf if key[0] else key[1])
+        self.end += len(first) + len(second)
+
+    def order(self, sort: bool) -> Iterable[int]:
+        """The pairs in output order: as kept, or by their key (stable: ties keep their corpus order)."""
+        if not sort:
+            return range(len(self))
+        return np.argsort(np.frombuffer(self.keys, dtype=np.float64), kind="stable")
+
+    def write(self, path: Path, head: dict, sort: bool) -> None:
+        """The COCO JSON at `path`: `{"info": ..., "images": [...], "annotations": [...], "categories": [...]}`
+        as `dumps_finite` wrote the whole dict, the ids numbered in output order."""
+        self.handle.flush()
+        fd, order = self.handle.fileno(), self.order(sort)
+        with open(path, "wb", buffering=_BUFFER) as out:
+            out.write(b'{"info": ' + dumps_finite(head).encode() + b', "images": [')
+            for n, i in enumerate(order):
+                out.write(b'%s{"id": %d, ' % (b", " if n else b"", n + 1))
+                out.write(os.pread(fd, self.image_bytes[i], self.offsets[i]))
+            out.write(b'], "annotations": [')
+            written = 0
+            for n, i in enumerate(order):
+                if self.annotation_bytes[i]:
+                    written += 1
+                    out.write(b'%s{"id": %d, "image_id": %d, ' % (b", " if written > 1 else b"", written, n + 1))
+                    out.write(os.pread(fd, self.annotation_bytes[i], self.offsets[i] + self.image_bytes[i]))
+            out.write(b'], "categories": ' + dumps_finite([CATEGORY]).encode() + b"}")
+
+    def annotations(self) -> int:
+        return sum(1 for n in self.annotation_bytes if n)
+
+
+_BUFFER = 1 << 20
+
+
+def _spool_folder(out: Path) -> str | None:
+    """Where the spool goes: beside `out` (its nearest folder that exists: nothing is made before the export is
+    known to keep a pair), on the disk the JSON is written to; a stream's, the system's temporary folder."""
+    if is_stream(out):
+        return None
+    folder = Path(os.path.abspath(out)).parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return str(folder)
+
+
 def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_out: PlacedFiles | None, mask: str,
             order: str) -> dict[str, Any]:
+    # unnamed (O_TMPFILE where there is one): gone with the export however it ends, a kill included
+    with tempfile.TemporaryFile(dir=_spool_folder(out)) as handle:
+        return _spooled(run, out, row_filter, images_out, mask, order, _Spool(handle))
+
+
+def _spooled(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_out: PlacedFiles | None, mask: str,
+             order: str, spool: _Spool) -> dict[str, Any]:
+    """Read the kept rows shard by shard into `spool` (one shard's rows in memory), then write the JSON from it."""
     key = order_key(order)
     names = UniqueNames()
-    kept: list[tuple[dict, dict | None, float | None]] = []
     kept_images = 0
     skipped: list[dict[str, str]] = []
     if images_out is not None:
@@ -104,25 +191,16 @@ def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_out
                 "semantic_segmentation": _rle(row, row_mask_counts(row, "semantic")),
                 "footprint_segmentation": _rle(row, row_mask_counts(row, "footprint")),
                 "composite": json.loads(row["composite"]) if row.get("composite") else None}
-        kept.append((image, annotation, row["confidence"]))
-    if not kept:
+        spool.add(image, annotation, key({"confidence": row["confidence"]}) if key is not None else None)
+    if not len(spool):
         raise nothing_to_export(skipped)
-    if key is not None:
-        kept.sort(key=lambda t: key({"confidence": t[2]}))
-    images: list[dict] = []
-    annotations: list[dict] = []
-    for image, annotation, _ in kept:
-        images.append({"id": len(images) + 1, **image})
-        if annotation is not None:
-            annotations.append({"id": len(annotations) + 1, "image_id": len(images), **annotation})
-    data = {"info": {"description": f"SIGMA batch run {run.rundir.root.resolve()}", "mask": mask, "order": order},
-            "images": images, "annotations": annotations, "categories": [CATEGORY]}
     if images_out is not None and kept_images:
         images_out.place()
         sync_folder(images_out.folder)   # the images' names on disk before the JSON that lists them
-    # finite: a plugin's NaN confidence or evidence would make the file JSON that strict readers refuse
-    atomic_write_bytes(out, dumps_finite(data).encode())
+    head = {"description": f"SIGMA batch run {run.rundir.root.resolve()}", "mask": mask, "order": order}
+    # streamed into a temporary file, fsynced and renamed over `out`: whole or not at all, as before
+    atomic_write_bytes(out, lambda path: spool.write(path, head, key is not None))
     if not is_stream(out):
         sync_folder(out.parent)          # the JSON's own name: "done" is said once it is on disk
-    return {"out": str(out), "images": len(images), "annotations": len(annotations), "mask": mask, "order": order,
-            "skipped": skipped}
+    return {"out": str(out), "images": len(spool), "annotations": spool.annotations(), "mask": mask,
+            "order": order, "skipped": skipped}

@@ -12,12 +12,14 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sigma.batch.layout import atomic_write_bytes
+from sigma.digest import sha256_file
 from sigma.errors import InputError
 from sigma.export.select import (
     CheckedRun,
@@ -93,19 +95,84 @@ def _json_name_problem(name: object) -> str | None:
     return None
 
 
-#: a JSON in OUT larger than this is not read to judge OUT (an export of a million pairs lists ~200 MB; the
-#: export's own JSON stays read whole, as before)
+#: a JSON in OUT larger than this is not read to judge OUT when it is another's (an export of a million pairs lists
+#: ~200 MB); the export's own JSON is read whatever its size, streamed (`_array_items`): its file names alone are held
 MAX_LISTING_BYTES = 256 * 1024 * 1024
+#: the most one entry of a listing may take (two paths): past it the file is no IMDL-BenCo listing
+MAX_ENTRY_CHARS = 1 << 20
+_CHUNK_CHARS = 1 << 20
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\n\r"
+_AFTER_ITEM = _SPACE + ",]"
+
+
+def _array_items(path: Path, chunk: int = _CHUNK_CHARS) -> Iterator[Any]:
+    """The items of the JSON array in the file at `path`, one at a time, read `chunk` characters at a time: a
+    listing of a million pairs was read whole (its text and every entry at once, ~1 GB for 200 MB) to learn its
+    file names. ValueError when the file is not one JSON array (as `json.loads` would say), or holds an item over
+    MAX_ENTRY_CHARS."""
+    with open(path, encoding="utf-8") as handle:
+        buf, pos, eof = "", 0, False
+
+        def more() -> None:
+            nonlocal buf, pos, eof
+            data = handle.read(max(chunk, len(buf) - pos))     # doubles for an item longer than a chunk
+            eof = not data
+            buf, pos = buf[pos:] + data, 0
+
+        def skip_space() -> str:
+            """The next character that is not white space, "" at the end of the file."""
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in _SPACE:
+                    pos += 1
+                if pos < len(buf) or eof:
+                    return buf[pos] if pos < len(buf) else ""
+                more()
+
+        if skip_space() != "[":
+            raise ValueError("not a JSON array")
+        pos += 1
+        first = True
+        while True:
+            char = skip_space()
+            if first and char == "]":
+                pos += 1
+                break
+            while True:
+                try:
+                    item, end = _DECODER.raw_decode(buf, pos)
+                    # an item may go on past the buffer ("-1." of -1.5): taken once what follows it is read
+                    if eof or (end < len(buf) and buf[end] in _AFTER_ITEM):
+                        break
+                except json.JSONDecodeError:
+                    if eof:
+                        raise
+                if len(buf) - pos > MAX_ENTRY_CHARS:
+                    raise ValueError(f"an item over {MAX_ENTRY_CHARS} characters")
+                more()
+            pos = end
+            yield item
+            first = False
+            char = skip_space()
+            pos += 1
+            if char == "]":
+                break
+            if char != ",":
+                raise ValueError("expected , or ] between the items of a JSON array")
+        if skip_space() != "":
+            raise ValueError("extra data after the JSON array")
 
 
 def _listed(path: Path, most: int | None = MAX_LISTING_BYTES) -> set[str]:
     """The Tp file names an IMDL-BenCo JSON list (`[[tp, gt], ...]`) at `path` names; empty when it is none (or is
-    not there, or is over `most` bytes: a JSON in OUT may be anyone's; None: read whole, the export's own)."""
+    not there, or is over `most` bytes: a JSON in OUT may be anyone's; None: the export's own, any size). Only the
+    names are held (`_array_items`)."""
     try:
         if not path.is_file() or (most is not None and path.stat().st_size > most):
             return set()
-        return {Path(entry[0]).name for entry in json.loads(path.read_text())}
-    except (OSError, ValueError, TypeError, IndexError, KeyError):
+        return {Path(entry[0]).name for entry in _array_items(path)}
+    except (OSError, ValueError, TypeError, IndexError, KeyError, RecursionError):
         return set()
 
 
@@ -273,7 +340,7 @@ def _recover(out: Path, json_name: str) -> None:
         return                       # none, or not a journal of ours: left as it is
     try:        # the JSON is written once both folders are swapped in: a staging folder left means it was not
         done = (not any(_staging(out, f).exists() for f in FOLDERS)
-                and hashlib.sha256((out / json_name).read_bytes()).hexdigest() == digest)
+                and sha256_file(out / json_name) == digest)        # read in blocks: a listing may be 200 MB
     except OSError:
         done = False
     if not done:

@@ -1,0 +1,151 @@
+"""Exports of large runs in memory that does not grow with the run (docs/batch.md, "Exports of large runs").
+
+`sigma export coco` held every image and annotation (three RLE masks each) and then the whole JSON as one string:
+~8 MB per 1,000 pairs, 8 GB for a million. The next `sigma export imdl-benco` into a folder read the previous
+export's JSON whole (its text and every entry) to learn its file names. Memory is measured with tracemalloc (the
+Python heap: what those held), in this process, on a run built as the batch runner writes it
+(`runrecords.grown_run`).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from runrecords import grown_run
+
+from sigma.cli import main
+
+ROWS = 20_000
+
+
+@pytest.fixture(scope="module")
+def big_run(tmp_path_factory) -> Path:
+    return grown_run(tmp_path_factory.mktemp("big"), ROWS, shards=100, side=128)
+
+
+def _peak(argv: list[str]) -> int:
+    """The Python heap's peak (bytes) over one CLI command, which must succeed."""
+    tracemalloc.start()
+    try:
+        assert main(argv) == 0
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_coco_export_streams_its_json_whatever_the_order(big_run, tmp_path, capsys):
+    """Peak heap under half the JSON's size, in corpus order and sorted by confidence (which needs every row: only
+    its sort key is held). Before: ~7x the JSON's size (every object, then the one string); now ~0.3x, most of it the
+    file names taken (`UniqueNames`, which no two pairs may share)."""
+    for sort in ("corpus", "confidence"):
+        out = tmp_path / f"{sort}.json"
+        peak = _peak(["export", "coco", str(big_run), "--out", str(out), "--sort", sort])
+        size = out.stat().st_size
+        assert size > 20 * 2 ** 20
+        assert peak < size / 2, f"{sort}: peak heap {peak / 2 ** 20:.1f} MB for a {size / 2 ** 20:.1f} MB JSON"
+        coco = json.loads(out.read_text())
+        images, annotations = coco["images"], coco["annotations"]
+        assert [i["id"] for i in images] == list(range(1, ROWS + 1))
+        assert [a["id"] for a in annotations] == list(range(1, len(annotations) + 1))
+        assert len(annotations) == ROWS - ROWS // 16             # every 16th mask is empty: no annotation
+        by_id = {i["id"]: i for i in images}
+        assert all(by_id[a["image_id"]]["pair_id"] for a in annotations)
+        assert [a["image_id"] for a in annotations] == sorted(a["image_id"] for a in annotations)
+        if sort == "confidence":
+            scores = [a["score"] for a in annotations]
+            assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+        else:
+            assert [i["pair_id"] for i in images] == [f"q{k:08d}" for k in range(ROWS)]
+        info = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert (info["images"], info["annotations"]) == (ROWS, len(annotations))
+
+
+def test_a_coco_export_keeps_its_filters(big_run, tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["export", "coco", str(big_run), "--out", str(out), "--min-confidence", "0.99", "--sort",
+                 "confidence-asc", "--min-area", "0.0001"]) == 0
+    coco = json.loads(out.read_text())
+    scores = [a["score"] for a in coco["annotations"]]
+    assert len(coco["images"]) == len(scores) and 0 < len(scores) < ROWS // 50
+    assert min(scores) >= 0.99 and scores == sorted(scores)
+
+
+_CAPPED = r"""
+import resource, signal, sys
+from sigma.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)           # a write past the limit fails (EFBIG) instead of a kill
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_coco_export_that_fails_mid_write_leaves_no_part_of_its_json(big_run, tmp_path):
+    """The JSON is written as it is read now: a write that fails part way (here: the file size limit, one byte
+    short of the whole JSON, as a full disk would) must leave the earlier JSON whole and no temporary file."""
+    out = tmp_path / "c.json"
+    assert main(["export", "coco", str(big_run), "--out", str(out), "--max-confidence", "0.5"]) == 0
+    earlier = out.read_bytes()
+    whole = tmp_path / "whole.json"
+    assert main(["export", "coco", str(big_run), "--out", str(whole)]) == 0
+    size = whole.stat().st_size
+    for at in (size - 1, size // 2):     # while writing the JSON; while spooling its objects
+        proc = subprocess.run([sys.executable, "-c", _CAPPED, str(at), "export", "coco", str(big_run), "--out",
+                               str(out)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "sigma: error [os_error]" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert out.read_bytes() == earlier, at
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "whole.json"]
+
+
+def test_the_next_imdl_benco_export_reads_the_earlier_json_for_its_names_alone(tmp_path, capsys):
+    """The earlier export's JSON (here 64 MB: long paths, short names) was read whole to learn the Tp/ names it
+    lists before an --overwrite; now only the names are held."""
+    from sigma.batch import BatchConfig, run_batch
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "corpus", synthetic_pairs(2))
+    run = tmp_path / "run"
+    run_batch(BatchConfig.model_validate({"input": {"path": str(tmp_path / "corpus")}, "annotator": "pixel-diff",
+                                          "workers": 0}), run, progress=False)
+    out = tmp_path / "benco"
+    (out / "Tp").mkdir(parents=True)
+    (out / "Tp" / "x000001.png").write_bytes(b"an earlier export's image")
+    deep = "/data/" + "d" * 4000
+    with open(out / "imdl_benco.json", "w") as handle:
+        handle.write("[\n")
+        handle.write(",\n".join(json.dumps([f"{deep}/Tp/x{i:06d}.png", f"{deep}/Gt/x{i:06d}.png"])
+                                for i in range(8000)))
+        handle.write("\n]")
+    assert (out / "imdl_benco.json").stat().st_size > 64 * 10 ** 6
+    peak = _peak(["export", "imdl-benco", str(run), "--out", str(out), "--overwrite"])
+    assert peak < 16 * 2 ** 20, f"peak heap {peak / 2 ** 20:.1f} MB"
+    assert len(json.loads((out / "imdl_benco.json").read_text())) == 2
+    assert not (out / "Tp" / "x000001.png").exists()
+
+
+def test_a_listing_is_read_as_json_reads_it(tmp_path):
+    """The streamed read of a listing (`_array_items`) gives what json.loads gives, or refuses what it refuses,
+    whatever the chunk boundaries cut (a number's digits, an escape, white space)."""
+    from sigma.export.imdl_benco import _array_items
+
+    texts = ['[]', ' [ ] ', '[1]', '[12345, 678]', '[[ "a/b.png", "Negative" ], ["c", "d"]]\n', '[1.5e3,-2.25E-1,0]',
+             json.dumps([["x" * 50, "y"]] * 20, indent=1), '["\\u00e9\\"", "\\ud83d\\ude00"]', '[true, null, -1.5e3]',
+             '[1,]', '[,1]', '[1 2]', '[1] x', '{"a": 1}', '', '[', '[1', '["abc', '"x"', '[[1]]]', '[1,,2]', '[1x]']
+    path = tmp_path / "x.json"
+    for text in texts:
+        path.write_text(text)
+        try:
+            want = json.loads(text)
+            want = want if isinstance(want, list) else "refused"
+        except ValueError:
+            want = "refused"
+        for chunk in (1, 2, 3, 7, 1 << 20):
+            try:
+                got = list(_array_items(path, chunk))
+            except ValueError:
+                got = "refused"
+            assert got == want, (text, chunk)
