@@ -5,6 +5,7 @@ import logging
 import time
 from typing import Any
 
+import anyio
 import redis
 import redis.exceptions as redis_errors
 from fastapi import APIRouter, Depends
@@ -69,23 +70,37 @@ async def redis_check(svc: Service) -> dict[str, Any]:
 
 @router.get("/readyz", tags=["health"], summary="Redis reachable and writable, a worker alive, its model loaded")
 async def readyz(svc: Service = SERVICE):
-    checks: dict[str, dict[str, Any]] = {"redis": await redis_check(svc)}
-    try:
-        if checks["redis"].get("error") in ("unreachable", "not answering (timeout)"):
-            raise redis.ConnectionError    # one wait for a frozen server is enough
-        workers = await svc.workers()
-        served = [w for w in workers if w.get("annotator") in svc.cfg.api.annotators]
-        checks["workers"] = {"ok": bool(served), "alive": len(served),
-                             "by_annotator": {a: sum(w.get("annotator") == a for w in served)
-                                              for a in svc.cfg.api.annotators}}
-        loaded = [w for w in served if w.get("model_loaded") == "1"]
-        checks["model"] = {"ok": bool(loaded), "loaded": sorted({w.get("annotator", "") for w in loaded})}
-    except (redis.RedisError, OSError):
-        checks["workers"] = {"ok": False, "error": "unknown while Redis is unreachable"}
-        checks["model"] = {"ok": False, "error": "unknown while Redis is unreachable"}
+    """Bounded by `api.readyz_timeout_s`, as /metrics is by `api.metrics_timeout_s`: a Redis that answers slowly
+    made a probe last as long as Redis took (a socket timeout per command), past the probe's own timeout. Cut
+    there, the checks not done say so and the answer is 503."""
+    bound = svc.cfg.api.readyz_timeout_s
+    late = {"ok": False, "error": f"not read within api.readyz_timeout_s={bound} s"}
+    checks: dict[str, dict[str, Any]] = {}
+    with anyio.move_on_after(bound) as scope:
+        checks["redis"] = await redis_check(svc)
+        try:
+            if checks["redis"].get("error") in ("unreachable", "not answering (timeout)"):
+                raise redis.ConnectionError    # one wait for a frozen server is enough
+            workers = await svc.workers()
+            served = [w for w in workers if w.get("annotator") in svc.cfg.api.annotators]
+            checks["workers"] = {"ok": bool(served), "alive": len(served),
+                                 "by_annotator": {a: sum(w.get("annotator") == a for w in served)
+                                                  for a in svc.cfg.api.annotators}}
+            loaded = [w for w in served if w.get("model_loaded") == "1"]
+            checks["model"] = {"ok": bool(loaded), "loaded": sorted({w.get("annotator", "") for w in loaded})}
+        except (redis.RedisError, OSError):
+            checks["workers"] = {"ok": False, "error": "unknown while Redis is unreachable"}
+            checks["model"] = {"ok": False, "error": "unknown while Redis is unreachable"}
+    if scope.cancelled_caught:
+        if "redis" not in checks:
+            checks["redis"] = {"ok": False, "error": "not answering (timeout)"}
+            _log_change("not answering (timeout)", TimeoutError(late["error"]))
+        for name in ("workers", "model"):
+            checks.setdefault(name, dict(late))
     ready = all(c["ok"] for c in checks.values())
     return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
                         status_code=200 if ready else 503)
+
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics", dependencies=[METRICS],
          responses={200: {"content": {"text/plain": {}}}})

@@ -22,6 +22,7 @@ from sigma.api.requests import AnnotateOptions, Submission, parse_submission
 from sigma.api.withdrawals import Withdrawals
 from sigma.errors import SigmaError
 from sigma.service.connections import async_client, sync_client
+from sigma.service.heartbeats import heartbeat_pages_async
 from sigma.service.jobs import ENQUEUE, FINISH, decode_hash, enqueue_args, job_fields, new_job_id
 from sigma.service.keys import Keys
 from sigma.service.settings import ServeConfig
@@ -30,7 +31,6 @@ from sigma.text import shown
 log = logging.getLogger("sigma.api")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-SCAN_COUNT = 1000   # keys SCAN looks at per round trip: the heartbeat read walks the whole keyspace (jobs, blobs)
 
 
 class Service:
@@ -221,10 +221,12 @@ class Service:
 
     # -- health ----------------------------------------------------------------------------
     async def read_heartbeats(self, into: dict[str, tuple[float, dict[str, str]]]) -> None:
-        """Every worker heartbeat hash into `into`, as `worker name: (last beat, hash)`; the name is the key's, after
-        `P:worker:`. One HGETALL pipeline per SCAN page: one HGETALL per key, in sequence, made a scrape or /readyz
-        over a Redis 40 ms away last 6 s with 150 heartbeats. Filled as pages come, so a caller whose deadline
-        cuts the read keeps what was read.
+        """Every live worker heartbeat hash into `into`, as `worker name: (last beat, hash)`; the name is the key's,
+        after `P:worker:`. The keys come from the heartbeat registry in one round trip (`sigma.service.heartbeats`:
+        a SCAN MATCH walked every key, 200 round trips per scrape or /readyz over 200 000 job keys; it is the
+        fallback only while no worker of this release registers), their hashes in one HGETALL pipeline per 1000
+        (one HGETALL each, in sequence, made a scrape over a Redis 40 ms away last 6 s with 150 heartbeats). Filled
+        page by page, so a caller whose deadline cuts the read keeps what was read.
 
         A key's name is unique, its `consumer` field is not (anyone who reaches Redis can write one): two hashes
         naming one consumer were two samples of one series, and Prometheus refuses such a scrape. Names that read
@@ -232,26 +234,21 @@ class Service:
         that is not a hash (WRONGTYPE: written by someone else) is skipped: it failed the whole read, and /readyz
         then said Redis was unreachable."""
         skip = len(self.keys.worker(""))
-        cursor: int = 0
-        while True:
-            cursor, found = await self.r.scan(cursor, match=self.keys.worker_pattern(), count=SCAN_COUNT)
-            if found:
-                pipe = self.r.pipeline(transaction=False)
-                for key in found:
-                    pipe.hgetall(key)
-                for key, answer in zip(found, await pipe.execute(raise_on_error=False)):
-                    name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
-                    if isinstance(answer, redis.ResponseError):
-                        note_damage(f"{shown(name)!r} is not a heartbeat hash")
-                        continue
-                    if isinstance(answer, Exception):
-                        raise answer
-                    h = decode_hash(answer)
-                    beat = number(h.get("last_beat")) or 0.0
-                    if h and (name[skip:] not in into or beat >= into[name[skip:]][0]):
-                        into[name[skip:]] = (beat, h)
-            if not cursor:
-                return
+        async for found in heartbeat_pages_async(self.r, self.keys.worker_registry(), self.keys.worker_pattern()):
+            pipe = self.r.pipeline(transaction=False)
+            for key in found:
+                pipe.hgetall(key)
+            for key, answer in zip(found, await pipe.execute(raise_on_error=False)):
+                name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+                if isinstance(answer, redis.ResponseError):
+                    note_damage(f"{shown(name)!r} is not a heartbeat hash")
+                    continue
+                if isinstance(answer, Exception):
+                    raise answer
+                h = decode_hash(answer)
+                beat = number(h.get("last_beat")) or 0.0
+                if h and (name[skip:] not in into or beat >= into[name[skip:]][0]):
+                    into[name[skip:]] = (beat, h)
 
     async def workers(self) -> list[dict[str, str]]:
         """Every worker heartbeat hash (`read_heartbeats`)."""

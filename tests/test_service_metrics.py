@@ -25,6 +25,12 @@ def svc(redis_server, tmp_path_factory):
         yield s
 
 
+def register(r, prefix: str, *keys) -> None:
+    """Enter hand-written heartbeat hashes in the registry, as a worker of this release does with each beat: the
+    module's real worker has made the registry, so readers no longer SCAN for keys outside it."""
+    r.zadd(Keys(prefix).worker_registry(), {**{k: (time.time() + 60) * 1000 for k in keys}, b"": float("inf")})
+
+
 def scrape(svc) -> str:
     resp = svc.http.get("/metrics", headers=svc.headers("metrics"))
     assert resp.status_code == 200, resp.text
@@ -105,6 +111,7 @@ def test_a_heartbeat_with_a_non_numeric_gpu_figure_is_left_out(svc, redis_server
     key = Keys(svc.prefix).worker("intruder")
     r.hset(key, mapping={"annotator": "pixel-diff", "consumer": "intruder", "gpu_memory_bytes": "lots"})
     r.expire(key, 60)
+    register(r, svc.prefix, key)
     try:
         text = scrape(svc)
         assert 'consumer="intruder"' not in text and 'worker="intruder"' not in text
@@ -121,6 +128,7 @@ def test_keys_of_the_wrong_type_do_not_make_redis_look_down(svc, redis_server):
     keys = Keys(svc.prefix)
     r.set(keys.metrics("slow-diff"), "not a hash")
     r.set(keys.worker("zz-not-a-heartbeat"), "not a hash", ex=60)
+    register(r, svc.prefix, keys.worker("zz-not-a-heartbeat"))
     try:
         text = scrape(svc)
         assert "sigma_redis_up 1.0" in text
@@ -302,6 +310,7 @@ def test_every_gpu_memory_sample_is_unique(svc, redis_server):
         r.hset(key, mapping={"annotator": "pixel-diff", "consumer": consumer, "last_beat": str(beat),
                              "gpu_memory_bytes": str(mem)})
         r.expire(key, 60)
+    register(r, svc.prefix, *planted)
     try:
         text = scrape(svc)
         series = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")]
@@ -321,6 +330,7 @@ def test_a_field_name_that_is_not_utf8_costs_nothing(svc, redis_server):
     keys = Keys(svc.prefix)
     r.hset(keys.worker("odd-fields"), mapping={b"annotator": b"pixel-diff", b"\xff": b"1"})
     r.expire(keys.worker("odd-fields"), 60)
+    register(r, svc.prefix, keys.worker("odd-fields"))
     r.hset(keys.metrics("slow-diff"), b"\xfe", b"1")
     try:
         text = scrape(svc)
@@ -329,3 +339,34 @@ def test_a_field_name_that_is_not_utf8_costs_nothing(svc, redis_server):
         assert ready.status_code == 200 and ready.json()["checks"]["workers"]["alive"] == 2, ready.text
     finally:
         r.delete(keys.worker("odd-fields"), keys.metrics("slow-diff"))
+
+
+def test_readyz_answers_by_its_deadline_whatever_redis_does(redis_server, slow_redis, tmp_path):
+    """`api.readyz_timeout_s` bounds /readyz as `api.metrics_timeout_s` bounds /metrics: a Redis answering each
+    round trip in 0.5 s made /readyz last 2 s (PING, write probe, heartbeats), past a load balancer's probe
+    timeout; now it answers 503 by the deadline, naming what was not read."""
+    with running_service(redis_server, tmp_path, [f"redis.url={slow_redis.url}", "api.readyz_timeout_s=0.8"]) as s:
+        plant_heartbeats(redis_server.client(), s.prefix, 3)
+        assert s.http.get("/readyz").status_code == 200
+        slow_redis.delay = 0.5
+        t0 = time.monotonic()
+        ready = s.http.get("/readyz", timeout=6)
+        elapsed = time.monotonic() - t0
+        assert ready.status_code == 503 and elapsed < 1.6, (elapsed, ready.text)
+        checks = ready.json()["checks"]
+        assert checks["workers"] == {"ok": False, "error": "not read within api.readyz_timeout_s=0.8 s"}, checks
+        slow_redis.delay = 0.0
+        ready = s.http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["workers"]["alive"] == 3, ready.text
+
+
+def test_readyz_timeout_is_validated(tmp_path):
+    """A readiness bound of 0 (or NaN, or negative) would make every probe 503 at once: refused at start-up."""
+    import subprocess
+    import sys
+
+    for bad in ("0", "-1", "nan"):
+        done = subprocess.run([sys.executable, "-m", "sigma", "serve", "api", "--set", f"api.readyz_timeout_s={bad}"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and "readyz_timeout_s" in done.stderr and "Traceback" not in done.stderr, \
+            done.stderr

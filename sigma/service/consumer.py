@@ -149,7 +149,8 @@ class Consumer:
     """Runs a handler on one stream until `stop` is set."""
 
     def __init__(self, client: redis.Redis, queue: StreamQueue, handler: Handler, settings: QueueSettings, *,
-                 heartbeat_key: str, stop: threading.Event | None = None, describe: str = "",
+                 heartbeat_key: str, heartbeat_registry: str | None = None,
+                 stop: threading.Event | None = None, describe: str = "",
                  handle_timeout_s: float | None = None,
                  on_stuck: Callable[[list[Entry], float], None] | None = None,
                  after_batch: Callable[[], None] | None = None):
@@ -161,7 +162,8 @@ class Consumer:
         self.describe = describe or queue.stream
         self.counts = ConsumerCounts()
         self.heartbeat = Heartbeat(client, heartbeat_key, settings.heartbeat_interval_ms,
-                                   settings.heartbeat_ttl_ms, self._info, queue, watch=self._watch)
+                                   settings.heartbeat_ttl_ms, self._info, queue, watch=self._watch,
+                                   registry=heartbeat_registry)
         # A handler call that runs past `handle_timeout_s` is stuck (a model hung in native code, a plugin in an
         # endless loop): the heartbeat would extend its entries' leases for ever, so no other worker got them and
         # their jobs never ended. The heartbeat thread notices; `on_stuck(entries, seconds)` decides (the worker

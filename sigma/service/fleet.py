@@ -45,6 +45,7 @@ from sigma.service.deferral import (
     note_deferral,
     refused_by_text,
 )
+from sigma.service.heartbeats import live_heartbeat_keys
 from sigma.service.keys import Keys
 from sigma.service.queue import Entry, StreamQueue, stream_text
 from sigma.service.settings import QueueSettings, RedisSettings
@@ -246,7 +247,7 @@ def queue_status(redis: RedisSettings | str | None = None, key_prefix: str | Non
     try:
         with _client(settings, client) as conn:
             q = make_queue(conn, keys, consumer="status")
-            workers = sum(1 for _ in conn.scan_iter(match=keys.batch_worker_pattern(), count=500))
+            workers = len(live_heartbeat_keys(conn, keys.batch_worker_registry(), keys.batch_worker_pattern()))
             status = {"stream": keys.batch_tasks(), "queued": q.depth(), "in_progress": q.pending_count(),
                       "dead": q.dead_count(), "live_workers": workers}
             if run is not None and pending is not None:
@@ -1016,15 +1017,17 @@ class FleetHandler:
 
     def _live_workers(self) -> set[str]:
         """The consumers whose batch heartbeat is alive now (this one always: its first beat may not be stored
-        yet). A SCAN of the keyspace: kept for `live_workers_kept_s`, so a worker refusing a large run's tasks one
-        after another scans once, not once per task."""
+        yet), from the heartbeat registry (`sigma.service.heartbeats`; a SCAN of the keyspace only while no worker
+        of this release registers). Kept for `live_workers_kept_s`, so a worker refusing a large run's tasks one
+        after another reads once, not once per task."""
         now = time.monotonic()
         if self._live is not None and now - self._live[0] < self.live_workers_kept_s:
             return self._live[1]
         live = {self.consumer}
         if self.client is not None and self.keys is not None:
             start = len(self.keys.batch_worker(""))
-            for key in self.client.scan_iter(match=self.keys.batch_worker_pattern(), count=500):
+            for key in live_heartbeat_keys(self.client, self.keys.batch_worker_registry(),
+                                           self.keys.batch_worker_pattern()):
                 live.add(stream_text(key)[start:])
         self._live = (now, live)
         return live
@@ -1128,7 +1131,8 @@ def run_batch_worker(redis: RedisSettings | str | None = None, key_prefix: str |
         if on_stuck is not None:
             on_stuck(entries, seconds)
 
-    loop = Consumer(client, q, handler, qs, heartbeat_key=keys.batch_worker(consumer), stop=stop,
+    loop = Consumer(client, q, handler, qs, heartbeat_key=keys.batch_worker(consumer),
+                    heartbeat_registry=keys.batch_worker_registry(), stop=stop,
                     describe=f"batch worker {consumer}", handle_timeout_s=batch_timeout_s or None, on_stuck=stuck,
                     after_batch=after_task)
     handler.on_progress = loop.progressed

@@ -11,12 +11,15 @@ by choosing different prefixes, and the API, the annotation workers, `sigma batc
     P:blob:<id>:original|edited   the uploaded bytes, deleted when the job finishes
     P:done:<id>                   a list a waiting API request BLPOPs; one element per completion
     P:worker:<consumer>           a worker's heartbeat hash, with a TTL
+    P:workers                     sorted set: the heartbeat keys, scored by when each expires (Redis' clock, ms),
+                                  so readers find them without a SCAN of every key (`sigma.service.heartbeats`)
     P:idem:<owner>:<key>          idempotency key → job id (+ the request's digest)
     P:metrics:<annotator>         worker histograms (batch size, inference latency)
     P:readyz                      /readyz's write probe (10 s TTL): Redis answers PING when it refuses writes
     P:batch:tasks                 the fleet's shard tasks {run_dir, shard, run_hash}
     P:batch:tasks:dead            their dead letters
     P:batch:tasks:worker:<c>      a batch worker's heartbeat
+    P:batch:tasks:workers         sorted set: the batch heartbeat keys, as P:workers
     P:batch:tasks:submit:<token>  a submitted chunk of shard tasks (an hour: a retried call adds it once)
     P:batch:tasks:error:<id>      a shard task's last error (a day), for its dead letter
     P:batch:tasks:deferred:<id>   a shard task's deferrals (its run folder held by another process, or its run.json
@@ -60,6 +63,9 @@ class Keys:
     def worker_pattern(self) -> str:
         return f"{self.p}:worker:*"
 
+    def worker_registry(self) -> str:
+        return f"{self.p}:workers"
+
     def idem(self, owner: str, key: str) -> str:
         # the owner's length first: `owner:key` alone made owner "a" with key "b:c" and owner "a:b" with key "c"
         # one record (one client saw the other's pending or committed request)
@@ -92,3 +98,6 @@ class Keys:
 
     def batch_worker_pattern(self) -> str:
         return f"{self.batch_tasks()}:worker:*"
+
+    def batch_worker_registry(self) -> str:
+        return f"{self.batch_tasks()}:workers"

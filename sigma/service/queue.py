@@ -38,6 +38,7 @@ from typing import Any
 
 import redis
 
+from sigma.service.heartbeats import BEAT, beat_args
 from sigma.text import shown
 
 log = logging.getLogger("sigma.service.queue")
@@ -290,9 +291,11 @@ class Heartbeat:
 
     def __init__(self, client: redis.Redis, key: str, interval_ms: int, ttl_ms: int,
                  info: Callable[[], dict[str, Any]], queue: StreamQueue | None = None,
-                 watch: Callable[[], None] | None = None):
+                 watch: Callable[[], None] | None = None, registry: str | None = None):
         self.r = client
         self.key = key
+        # the sorted set readers find this key in (`sigma.service.heartbeats`); None: the hash alone
+        self.registry = registry
         self.interval = interval_ms / 1000.0
         self.ttl_ms = ttl_ms
         self.info = info
@@ -329,10 +332,13 @@ class Heartbeat:
                     raise
         info = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self.info().items()}
         info["last_beat"] = f"{time.time():.3f}"
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.key, mapping=info)
-        pipe.pexpire(self.key, self.ttl_ms)
-        pipe.execute()
+        if self.registry is not None:      # hash, TTL and registry entry in one script: they cannot disagree
+            self.r.register_script(BEAT)(keys=[self.key, self.registry], args=beat_args(self.ttl_ms, info))
+        else:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(self.key, mapping=info)
+            pipe.pexpire(self.key, self.ttl_ms)
+            pipe.execute()
         self.beats += 1
 
     def _beat_once(self) -> None:
@@ -368,6 +374,10 @@ class Heartbeat:
             self._thread.join(timeout=self.interval + 1.0)
         if delete:
             try:
-                self.r.delete(self.key)
+                pipe = self.r.pipeline(transaction=True)
+                pipe.delete(self.key)
+                if self.registry is not None:
+                    pipe.zrem(self.registry, self.key)
+                pipe.execute()
             except redis.RedisError:
                 pass

@@ -145,6 +145,10 @@ class ApiSettings(Strict):
                                      "then answers with what was read and sigma_metrics_snapshot_complete 0 "
                                      "(sigma_redis_up 0 when nothing came back). Keep it below Prometheus' "
                                      "scrape_timeout (10 s default)")
+    readyz_timeout_s: Seconds = Field(2.0, gt=0, description="the Redis reads of one /readyz (PING, the write "
+                                    "probe, the heartbeats) stop after this long: /readyz then answers 503 "
+                                    "not_ready, naming what was not read in time. Keep it below the load "
+                                    "balancer's (or Kubernetes') probe timeout")
     public_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json without an API key; "
                               "false: they need a valid key (any scope)")
     header_timeout_s: Seconds = Field(10.0, gt=0, description="a request's line and headers must arrive within "
