@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-errors", action="store_true", help="with --file: list every line that did not match")
     p.add_argument("--out", metavar="JSONL", help="with --file: also write each parse to this file")
     p.add_argument("--max-chars", type=integer, action=within(1, MAX_INSTRUCTION_CHARS), default=MAX_CHARS,
-                   metavar="N", help=f"longest instruction accepted, in characters (default {MAX_CHARS}, at most "
-                                     f"{MAX_INSTRUCTION_CHARS}: the service's io.limits.max_instruction_chars)")
+                   metavar="N", help=f"longest instruction accepted, in characters, 1 .. "
+                                     f"{MAX_INSTRUCTION_CHARS} (default {MAX_CHARS}; the most is the service's "
+                                     "io.limits.max_instruction_chars)")
     p.set_defaults(run=run)
 
 
