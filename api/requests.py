@@ -12,19 +12,30 @@ intermediate copies, and multipart files above `api.multipart_spool_bytes` are s
 counted while it streams in: one above `limits.max_bytes` is 413 `file_too_large` at once, with the connection
 closed (after a bounded lingering discard of the rest, `sigma.api.server`), instead of being spooled whole, read
 into memory and only then refused by the decoder.
+
+Text is UTF-8 whichever way it comes. RFC 8259 (8.1) asks JSON exchanged between systems to be UTF-8: a body in
+UTF-16 or UTF-32 (which `json.loads(bytes)` would guess and read) is `bad_json` "not UTF-8 text"; a UTF-8 byte order
+mark is skipped (8.1 lets a parser ignore one, and Windows tools write it). A multipart text field is held to the
+same (`_LimitedParser`): Starlette decodes it by the body's `charset` and, where that fails or names no codec, as
+Latin-1, so `\xff\xfe` was queued as "ÿþ" where the same bytes in JSON are refused. A field that is not UTF-8, or
+that declares (its part's `Content-Type`, or the body's) a charset other than UTF-8 or US-ASCII, is 422
+`invalid_text` naming it. Why not decode a declared charset: browsers send the page's encoding (UTF-8) unlabelled,
+no client we serve labels another, JSON cannot carry one, and text that reaches the parser and the detector must
+mean one thing whichever route brought it; a label is refused, not guessed at.
 """
 from __future__ import annotations
 
 import binascii
+import codecs
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import Field, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException, MultiPartParser, MultipartPart, parse_options_header
 
 from sigma.api.errors import ApiError, validation_message
 from sigma.api.middleware import BodyReadAborted
@@ -104,11 +115,11 @@ def parse_json(body: bytes | bytearray) -> Any:
     on, and anything nested deeper, becomes 400 bad_json."""
     deep = ApiError(400, "bad_json", f"body is nested more than {MAX_BODY_DEPTH} levels deep")
     try:
-        data = json.loads(body, parse_int=_int, parse_constant=_refuse_constant)
+        text = _utf8(body)
+        data = json.loads(text, parse_int=_int, parse_constant=_refuse_constant)
+        del text
     except RecursionError as exc:
         raise deep from exc
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, "bad_json", "body is not valid JSON (not UTF-8 text)") from exc
     except json.JSONDecodeError as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON ({exc.msg} at line {exc.lineno} column "
                        f"{exc.colno})") from exc
@@ -117,6 +128,24 @@ def parse_json(body: bytes | bytearray) -> Any:
     if nested_deeper(data, MAX_BODY_DEPTH):
         raise deep
     return data
+
+
+def _utf8(body: bytes | bytearray) -> str:
+    """The body as text: UTF-8, a byte order mark skipped (RFC 8259 8.1 lets a parser ignore one). `json.loads(bytes)`
+    guesses UTF-16 and UTF-32 too (from a BOM or the NULs of ASCII text), so such a body was read as if it were UTF-8;
+    8.1 asks JSON between systems to be UTF-8 (`bad_json` "not UTF-8 text"; multipart text is held to it too).
+    `surrogatepass`, as `json.loads(bytes)` decodes: the raw bytes of a lone surrogate stay one, for
+    `find_surrogate`'s 422 invalid_text."""
+    encoding = json.detect_encoding(body)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise ApiError(400, "bad_json", f"body is not valid JSON (not UTF-8 text: it reads as {encoding.upper()}; "
+                       "RFC 8259 asks JSON exchanged between systems to be UTF-8)")
+    skip = len(codecs.BOM_UTF8) if encoding == "utf-8-sig" else 0
+    try:
+        return str(memoryview(body)[skip:], "utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "bad_json", f"body is not valid JSON (not UTF-8 text: {exc.reason} at byte "
+                       f"{exc.start + skip})") from exc
 
 
 def nested_deeper(value: Any, max_depth: int) -> bool:
@@ -192,14 +221,85 @@ class FilePartTooLarge(Exception):
         self.name, self.limit = name, limit
 
 
+class TextNotUtf8(Exception):
+    """Text fields of a multipart body that are not UTF-8 (one line each), found once the body is read."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# the charsets a text field may declare: UTF-8 and its subset US-ASCII (as `codecs.lookup` names them)
+TEXT_CHARSETS = ("utf-8", "ascii")
+
+
+def declared_charset(content_type: bytes | str | None) -> str | None:
+    """The `charset` a Content-Type value names, as sent (None: none named)."""
+    if not content_type:
+        return None
+    _, params = parse_options_header(content_type)
+    charset = params.get(b"charset")
+    if charset is None:
+        return None
+    return charset.decode("latin-1") if isinstance(charset, bytes) else str(charset)
+
+
+def text_codec(charset: str | None) -> str | None:
+    """The codec a declared charset names when it is one a text field may use (None: not one); no charset is UTF-8."""
+    if charset is None:
+        return "utf-8"
+    try:
+        codec = codecs.lookup(charset).name
+    except LookupError:
+        return None
+    return codec if codec in TEXT_CHARSETS else None
+
+
 class _LimitedParser(MultiPartParser):
     """Starlette's parser, with each file part held to `max_file_bytes` as its bytes arrive (Starlette bounds only
-    text parts): the part above it stops the parse, before anything more of the body is read."""
+    text parts): the part above it stops the parse, before anything more of the body is read. Text parts are decoded
+    as UTF-8 only (see the module's docstring): Starlette's fallback to Latin-1 never runs; a part that is not UTF-8
+    is noted, and `parse` raises `TextNotUtf8` for them all once the body is read whole (the connection can carry
+    the next request)."""
 
     def __init__(self, *args: Any, max_file_bytes: int | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.max_file_bytes = max_file_bytes
         self._file_bytes = 0
+        self.text_problems: list[str] = []
+        self._body_charset: str | None = None
+
+    async def parse(self) -> FormData:
+        self._body_charset = declared_charset(self.headers.get("content-type"))
+        form = await super().parse()
+        if self.text_problems:
+            await form.close()
+            raise TextNotUtf8(self.text_problems)
+        return form
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is not None:
+            super().on_part_end()
+            return
+        self.items.append((part.field_name, self._text(part)))
+
+    def _text(self, part: MultipartPart) -> str:
+        """A text part's value, strictly as the charset it may declare (its own Content-Type's, else the body's)
+        reads it; a problem noted (and "" returned) where it is no UTF-8 text."""
+        own = declared_charset(dict(part.item_headers).get(b"content-type"))
+        where = repr(part.field_name[:64])         # both client-chosen: a message stays a line
+        for charset, whose in ((self._body_charset, "the body's Content-Type"), (own, "its Content-Type")):
+            if text_codec(charset) is None:
+                self.text_problems.append(f"{where} declares charset {str(charset)[:64]!r} ({whose})")
+                return ""
+        codec = text_codec(own if own is not None else self._body_charset)
+        try:
+            return bytes(part.data).decode(codec or "utf-8")
+        except UnicodeDecodeError as exc:
+            said = "US-ASCII, as declared" if codec == "ascii" else "UTF-8 text"
+            self.text_problems.append(f"{where} is not {said} ({exc.reason} at byte {exc.start})")
+            return ""
 
     def on_part_begin(self) -> None:
         super().on_part_begin()
@@ -251,6 +351,9 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
         form = await _parse_form(request, max_text_chars, spool_bytes, max_file_bytes)
     except BodyReadAborted:
         raise                   # too large / too slow: the middleware that raised it answers
+    except TextNotUtf8 as exc:
+        raise ApiError(422, "invalid_text", f"multipart text fields must be UTF-8, as JSON bodies are: "
+                       f"{'; '.join(exc.problems)} (send UTF-8 text, with no charset or charset=utf-8)") from exc
     except FilePartTooLarge as exc:
         # the rest of the body is not parsed (a bounded lingering discard, sigma.api.server): the connection cannot
         # carry another request
@@ -282,11 +385,6 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
             if not isinstance(values[0], UploadFile):
                 raise ApiError(400, "not_a_file", f"'{name}' must be a file upload, not a text field")
             images[name] = await values[0].read()
-        texts = {name: [v for v in form.getlist(name) if isinstance(v, str)] for name in form}
-        where = find_surrogate(texts)    # a client-chosen charset (unicode_escape) can decode to lone surrogates
-        if where is not None:
-            raise ApiError(422, "invalid_text", f"{where.split('[')[0]}: a field holds a lone UTF-16 surrogate; "
-                           "text must be valid Unicode")
         raw: dict = {}
         for name in OPTION_FIELDS:
             values = form.getlist(name)

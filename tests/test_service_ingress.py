@@ -172,3 +172,88 @@ def test_a_third_file_part_is_told_which_parts_are_files(svc, files):
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "malformed_multipart", resp.text
     message = resp.json()["error"]["message"]
     assert "'original' and 'edited', each once" in message and "instruction" in message, message
+
+
+# -- text encodings: multipart text fields and JSON bodies are UTF-8, as RFC 8259 asks of JSON ---------------------
+def multipart_body(instruction: bytes, part_type: str | None = None, boundary: str = "t3xtb0undary") -> bytes:
+    """The two images and an `instruction` text part holding exactly `instruction` (a raw multipart body: a client
+    library would encode the text itself), with its own `Content-Type` header when `part_type` is given."""
+    original, edited = (png_bytes(a) for a in make_pair(16, 16))
+    body = b""
+    for name, data in (("original", original), ("edited", edited)):
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+                 "Content-Type: image/png\r\n\r\n").encode() + data + b"\r\n"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="instruction"\r\n'
+    head += f"Content-Type: {part_type}\r\n" if part_type else ""
+    return body + (head + "\r\n").encode() + instruction + f"\r\n--{boundary}--\r\n".encode()
+
+
+def post_multipart(svc: ServiceUnderTest, body: bytes, body_charset: str | None = None,
+                   boundary: str = "t3xtb0undary"):
+    ctype = f"multipart/form-data; boundary={boundary}" + (f"; charset={body_charset}" if body_charset else "")
+    return svc.http.post("/v1/jobs", content=body, headers={**svc.headers(), "content-type": ctype})
+
+
+@pytest.mark.parametrize("instruction, part_type, body_charset", [
+    (b"add a \xff\xfe sign", None, None),                           # queued as "add a ÿþ sign"
+    (b"add a caf\xe9", None, None),                                 # Latin-1 bytes with no word about them
+    (b"add a caf\xe9", "text/plain; charset=latin-1", None),        # declared: queued as "add a café" only by luck
+    ("add a café".encode(), "text/plain; charset=latin-1", None),   # declared Latin-1, sent UTF-8: "add a cafÃ©"?
+    (b"add a sign", "text/plain; charset=x-no-such-charset", None),
+    (b"add a sign", None, "latin-1"),                               # the body's charset, Starlette's convention
+    (b"add a sign", None, "x-no-such-charset"),                     # an unknown one was read as Latin-1
+    ("add a 看板".encode("shift_jis"), "text/plain; charset=shift_jis", None),
+    (b"add a \xed\xa0\x80 sign", None, None),                       # an encoded lone surrogate is no UTF-8 either
+], ids=["bad-bytes", "latin1-bytes", "declared-latin1", "declared-latin1-utf8-bytes", "unknown-part-charset",
+        "body-latin1", "body-unknown", "shift-jis", "surrogate-bytes"])
+def test_a_multipart_text_field_that_is_not_utf8_is_invalid_text(svc, instruction, part_type, body_charset):
+    # Starlette decodes a text field by the body's charset and, where that fails or names no codec, as Latin-1:
+    # b"\xff\xfe" was queued as "ÿþ" (202), while a JSON body of the same bytes is refused. Text is UTF-8 either way
+    resp = post_multipart(svc, multipart_body(instruction, part_type), body_charset)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_text" and "instruction" in error["message"] and "UTF-8" in error["message"], error
+
+
+@pytest.mark.parametrize("part_type, body_charset", [
+    (None, None), ("text/plain", None), ("text/plain; charset=UTF-8", None), ("text/plain; charset=utf8", None),
+    (None, "utf-8")])
+def test_a_multipart_utf8_text_field_is_queued_as_sent(svc, part_type, body_charset):
+    text = "add a café sign「開店」 😀"
+    resp = post_multipart(svc, multipart_body(text.encode(), part_type), body_charset)
+    assert resp.status_code == 202, resp.text
+    assert svc.job(resp.json()["id"])["instruction"] == text
+
+
+def test_a_multipart_text_field_declared_us_ascii_is_ascii(svc):
+    ok = post_multipart(svc, multipart_body(b"add a sign", "text/plain; charset=us-ascii"))
+    assert ok.status_code == 202 and svc.job(ok.json()["id"])["instruction"] == "add a sign", ok.text
+    bad = post_multipart(svc, multipart_body("add a café".encode(), "text/plain; charset=us-ascii"))
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_text", bad.text
+
+
+def json_job(instruction: str = "add a cat") -> str:
+    original, edited = (base64.b64encode(png_bytes(a)).decode() for a in make_pair(16, 16))
+    return json.dumps({"original": original, "edited": edited, "instruction": instruction}, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_a_json_body_in_utf16_or_utf32_is_bad_json(svc, path, encoding):
+    # json.loads(bytes) guesses the encoding, so a UTF-16 body was queued (202) like a UTF-8 one; RFC 8259 8.1:
+    # JSON exchanged between systems is UTF-8, and a multipart text field is held to the same
+    text = json_job("add a café") if path == "/v1/jobs" else json.dumps({"input": "corpus", "out": "runs/u16"})
+    resp = svc.http.post(path, content=text.encode(encoding),
+                         headers={**svc.headers(), "content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "bad_json" and "not UTF-8 text" in error["message"], error
+    assert encoding.split("-")[0].upper() + "-" + encoding.split("-")[1] in error["message"].upper(), error
+
+
+def test_a_json_body_with_a_utf8_byte_order_mark_is_read(svc):
+    # RFC 8259 8.1: a parser MAY ignore a BOM; Windows tools (PowerShell 5's Out-File -Encoding utf8) write one
+    body = b"\xef\xbb\xbf" + json_job("add a café").encode()
+    resp = svc.http.post("/v1/jobs", content=body, headers={**svc.headers(), "content-type": "application/json"})
+    assert resp.status_code == 202, resp.text
+    assert svc.job(resp.json()["id"])["instruction"] == "add a café"
