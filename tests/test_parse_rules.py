@@ -844,3 +844,31 @@ def test_cli_parse_file_skips_blank_lines_and_names_every_empty_instruction(tmp_
     assert f"{f}:6, {f}:7" in captured.err and f"{f}:10 (and 2 more)" in captured.err and f"{f}:11" not in captured.err
     assert '{"instruction": null}' in captured.err
     assert not captured.out and not out.exists()
+
+
+# The quotes a Chinese or Japanese keyboard types: corner brackets (their half-width and vertical forms fold to them
+# under NFKC), white corner brackets, double prime quotes, and the full-width '＂' (NFKC's '"').
+CJK_QUOTES = [("「", "」"), ("『", "』"), ("｢", "｣"), ("﹁", "﹂"), ("﹃", "﹄"), ("〝", "〟"), ("〝", "〞"),
+              ("＂", "＂")]
+
+
+@pytest.mark.parametrize("template", [
+    "add {OPEN} sign", "write {OPEN} on the door", "replace the text {OPEN} with {CLOSED}",
+    "change the sign's text from {OPEN} to {CLOSED}", "add{OPEN}sign", "remove the word {OPEN}"])
+@pytest.mark.parametrize("left, right", CJK_QUOTES, ids=lambda q: f"U+{ord(q):04X}")
+def test_cjk_quotes_are_quotes(template, left, right):
+    """`add 「OPEN」 sign` was an add with no target (the brackets were punctuation, OPEN a stray word) where
+    `add "OPEN" sign` adds `"OPEN" sign`: the quotes an IME types are quotes, and give the ASCII text's edits."""
+    typed = template.format(OPEN=f"{left}OPEN{right}", CLOSED=f"{left}SOLD OUT{right}")
+    plain = template.format(OPEN='"OPEN"', CLOSED='"SOLD OUT"')
+    parsed, expected = parse_rules(typed), parse_rules(plain)
+    assert [(e.edit_type, e.source, e.target) for e in parsed.edits] == \
+        [(e.edit_type, e.source, e.target) for e in expected.edits], (parsed, expected)
+    assert any('"OPEN"' in (e.source or "") + (e.target or "") for e in parsed.edits), parsed
+    assert parsed.instruction == typed
+
+
+def test_cli_parse_corner_brackets(capsys):
+    assert main(["parse", "add 「OPEN」 sign"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["edit_type"], out["target"], out["instruction"]) == ("add", '"OPEN" sign', "add 「OPEN」 sign")

@@ -62,13 +62,22 @@ def fold_text(text: str) -> str:
     return unicodedata.normalize("NFKC", text).translate(_IDEOGRAPHIC_PUNCTUATION)
 
 
+# Quotes made plain. Curly quotes are '"' and "'"; the quotes a Chinese or Japanese keyboard types are '"': corner
+# brackets 「」 and white corner brackets 『』 (their half-width ｢｣ and vertical ﹁﹂﹃﹄ forms are these under NFKC)
+# and the double prime quotes 〝〞〟; read as punctuation, "add 「OPEN」 sign" was an add with no target. They become
+# '"', not "'", as a single quote opens only after a non-word character and CJK text runs on without spaces
+# ("写「OPEN」"); the full-width '＂' is '"' under NFKC already.
+_PLAIN_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+                               "\u300c": '"', "\u300d": '"', "\u300e": '"', "\u300f": '"',
+                               "\u301d": '"', "\u301e": '"', "\u301f": '"'})
+
+
 def clean_text(text: str) -> str:
-    """`fold_text` (compatibility forms and ideographic punctuation), quotes made plain, line breaks and tabs a space,
-    format characters (zero-width joiner, direction mark, soft hyphen) dropped, so they neither split a word
-    ("ca<ZWJ>t") nor stand between a verb and its object, and control characters read as word breaks
-    (`_split_at_controls`)."""
-    text = fold_text(text)
-    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    """`fold_text` (compatibility forms and ideographic punctuation), quotes made plain (curly and CJK ones:
+    `_PLAIN_QUOTES`), line breaks and tabs a space, format characters (zero-width joiner, direction mark, soft
+    hyphen) dropped, so they neither split a word ("ca<ZWJ>t") nor stand between a verb and its object, and control
+    characters read as word breaks (`_split_at_controls`)."""
+    text = fold_text(text).translate(_PLAIN_QUOTES)
     if not text.isprintable():         # a control or format character (or a space other than " "): one by one
         text = "".join(_CONTROL_MARK if _control(ch) else ch for ch in text if unicodedata.category(ch) != "Cf")
     if _CONTROL_MARK in text:
