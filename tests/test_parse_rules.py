@@ -872,3 +872,21 @@ def test_cli_parse_corner_brackets(capsys):
     assert main(["parse", "add 「OPEN」 sign"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["edit_type"], out["target"], out["instruction"]) == ("add", '"OPEN" sign', "add 「OPEN」 sign")
+
+
+@pytest.mark.parametrize("text", ["", "\n", "\n   \n\t\n", "\u3000\n\u200b\n"],
+                         ids=["empty", "newline", "blank", "wide"])
+def test_cli_parse_a_file_of_no_instructions_says_so(tmp_path, capsys, text):
+    """A --file of blank lines alone (or none) printed nothing and exited 0, and `--out` replaced its file with an
+    empty one: no parse and no word. It is refused as `sigma eval` refuses a set with no pair (no_pairs): the code
+    no_instructions, exit 2, before the parser loads; nothing is written."""
+    f, out = tmp_path / "x.jsonl", tmp_path / "parses.jsonl"
+    f.write_text(text, encoding="utf-8")
+    out.write_text('{"kept": true}\n')
+    assert main(["parse", "--file", str(f), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"sigma: error [no_instructions]: --file {f}") and not captured.out, captured
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert out.read_text() == '{"kept": true}\n'
+    assert main(["parse", "--file", str(f)]) == 2
+    assert "[no_instructions]" in capsys.readouterr().err

@@ -19,6 +19,7 @@ the grounding branch. edit_type is add | remove | replace | attribute | global (
 With --file, parse one instruction per line (JSON objects with an "instruction" field, or plain text); blank
 lines are skipped. An empty instruction (nothing but spaces) is refused, as the service refuses it
 (empty_instruction, exit 2; in a file, every such line is named): a pair without one is {"instruction": null}.
+A file with no instruction at all (empty, or blank lines alone) is no_instructions, exit 2.
 When the lines carry expected fields (edit_type, source, target; e.g. ../shared/data/instructions/dev.jsonl)
 it prints edit-type accuracy and concept match instead of the parses."""
 
@@ -88,6 +89,7 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"--file {path}: no such file", code="file_not_found")
     records = []
+    lineno = 0
     problems: list[str] = []
     empty: list[str] = []        # JSON lines whose instruction is "" or spaces: said together, before any parse
     with path.open("rb") as fh:
@@ -124,6 +126,12 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
                          'a line for a pair without an instruction is {"instruction": null}', code="empty_instruction")
     if problems:
         raise InputError(f"{len(problems)} line(s) with expected fields that cannot be scored: {_some(problems, '; ')}")
+    if not records:
+        # nothing printed and exit 0 (with --out, its file replaced by an empty one): no parse and no word. Said as
+        # `sigma eval` says a set without a pair (no_pairs), before the parser loads and anything is written
+        held = f"its {lineno} line(s) are all blank" if lineno else "it is empty"
+        raise InputError(f"--file {path}: no instructions to parse ({held}); give one per line, as text or "
+                         '{"instruction": ...}', code="no_instructions")
     return records
 
 
