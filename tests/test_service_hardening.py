@@ -93,7 +93,9 @@ def test_item1_multipart_text_decoded_by_a_chosen_charset_is_checked_too(svc):
              "add \\ud800 here\r\n").encode() + f"--{boundary}--\r\n".encode()
     resp = svc.http.post("/v1/annotate", content=body, headers={
         **svc.headers(), "content-type": f"multipart/form-data; boundary={boundary}; charset=unicode_escape"})
+    # refused before any decoding now: a text field is UTF-8 (or US-ASCII), whatever charset the body names
     assert resp.status_code == 422 and code(resp) == "invalid_text", resp.text
+    assert "'unicode_escape'" in resp.json()["error"]["message"], resp.text
 
 
 def test_item1_a_valid_surrogate_pair_is_fine(svc):
