@@ -8,22 +8,32 @@ process; its peak RSS (VmHWM) is read at the end. `--baseline REV` also runs the
 REV (extracted to a temporary folder) on the same run, so the two are compared on the same machine.
 Writes bench/results/bench_export_memory.json.
 
+`--images`: the run's pairs can be read again (`grown_run(images=True)`: the corpus holds every pair, the run is
+annotated once, ~3 ms a pair) and each export runs twice, without and with `--images DIR` (a fresh DIR), so the
+memory the images add (`images_extra_mb`: their staged names, `PlacedFiles`) is read beside the JSON's. `--structures
+N` also measures, in this process with tracemalloc, the bytes per pair of what an export holds until its end: the
+staged images (this tree's `PlacedFiles` names against the (temporary Path, target Path) pairs held before), the file
+names taken (`UniqueNames`), and the skipped pairs (`Skipped` against one dict each).
+
     python bench/bench_export_memory.py --rows 20000,100000 --baseline 77c1c15
+    python bench/bench_export_memory.py --rows 5000,20000 --images --baseline HEAD --structures 200000
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]      # this tree's sigma (the venv's editable one may be another)
 from runrecords import grown_run  # noqa: E402  (the tests' run builder: one fixture for both)
 
 CHILD = r"""
@@ -59,6 +69,67 @@ def baseline_tree(rev: str, into: Path) -> Path:
     return into / "baseline"
 
 
+def _held(build) -> int:
+    """Bytes the Python heap holds in what `build()` returns (tracemalloc, in this process)."""
+    import gc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        kept = build()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del kept
+    return held
+
+
+def measure_structures(n: int) -> dict:
+    """Bytes per pair of what an export holds until its end, at `n` pairs (no files are written: the staged names
+    are put as `PlacedFiles.stage` puts them once its file is written)."""
+    from collections import deque
+
+    from sigma.export.placing import PlacedFiles
+    from sigma.export.select import Skipped, UniqueNames
+    from sigma.tempfiles import temp_name
+
+    folder = Path("/data/exports/images")
+    names = [f"corpus_q{k:08d}.png" for k in range(n)]
+
+    def before_staged():        # 1e39359's PlacedFiles.staged: (temp_name(target), target) per image
+        return deque((temp_name(folder / name), folder / name) for name in names)
+
+    def now_staged():
+        placed = PlacedFiles(folder)
+        for name in names:
+            placed._names += name.encode("utf-8", "surrogateescape") + b"\0"
+        return placed
+
+    def unique_names():
+        taken = UniqueNames()
+        for k in range(n):
+            taken({"pair_id": f"corpus_q{k:08d}", "shard": "s", "index": k})
+        return taken
+
+    def before_skipped():
+        return [{"pair_id": f"corpus_q{k:08d}", "reason": "no footprint mask (not a composite)"} for k in range(n)]
+
+    def now_skipped():
+        skipped = Skipped()
+        for k in range(n):
+            skipped.add(f"corpus_q{k:08d}", "no footprint mask (not a composite)")
+        return skipped
+
+    got = {"pairs": n}          # `names` is made before tracemalloc starts: not counted
+    for label, build in (("staged_before", before_staged), ("staged_now", now_staged), ("unique_names", unique_names),
+                         ("skipped_before", before_skipped), ("skipped_now", now_skipped)):
+        got[f"{label}_bytes_per_pair"] = round(_held(build) / n, 1)
+    got["staged_ratio_now_to_before"] = round(got["staged_now_bytes_per_pair"] / got["staged_before_bytes_per_pair"], 3)
+    got["skipped_ratio_now_to_before"] = round(got["skipped_now_bytes_per_pair"] /
+                                               got["skipped_before_bytes_per_pair"], 4)
+    return got
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="20000,100000", help="run sizes (rows), comma-separated")
@@ -66,9 +137,14 @@ def main() -> int:
     ap.add_argument("--side", type=int, default=128, help="mask side in pixels (RLE length)")
     ap.add_argument("--sorts", default="corpus,confidence")
     ap.add_argument("--baseline", help="git revision to compare with (its sigma package)")
+    ap.add_argument("--images", action="store_true", help="also export with --images DIR (a run made to be re-read)")
+    ap.add_argument("--structures", type=int, default=0, help="pairs for the per-structure measurement (0: none)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_export_memory.json"))
     args = ap.parse_args()
     results = []
+    structures = measure_structures(args.structures) if args.structures else None
+    if structures:
+        print(json.dumps(structures), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"current": ROOT}
         if args.baseline:
@@ -77,7 +153,7 @@ def main() -> int:
             folder = Path(tmp) / f"r{rows}"
             folder.mkdir()
             t = time.perf_counter()
-            run = grown_run(folder, rows, args.shards, args.side)
+            run = grown_run(folder, rows, args.shards, args.side, images=args.images)
             built = round(time.perf_counter() - t, 1)
             for sort in args.sorts.split(","):
                 row = {"rows": rows, "shards": args.shards, "side": args.side, "sort": sort, "build_s": built}
@@ -85,17 +161,32 @@ def main() -> int:
                     out = folder / f"{name.split()[0]}-{sort}.json"
                     got = export(tree, ["export", "coco", str(run), "--out", str(out), "--sort", sort])
                     row[name] = {**got, "json_mb": round(out.stat().st_size / 2 ** 20, 1)}
+                    if args.images:
+                        images = folder / f"img-{name.split()[0]}"
+                        argv = ["export", "coco", str(run), "--out", str(out), "--sort", sort, "--images", str(images)]
+                        with_images = export(tree, argv)
+                        files = sum(1 for _ in images.iterdir())
+                        shutil.rmtree(images)
+                        row[name]["with_images"] = {**with_images, "files": files}
+                        row[name]["images_extra_mb"] = with_images["peak_mb"] - got["peak_mb"]
                 if len(trees) == 2:
                     files = [folder / f"{name.split()[0]}-{sort}.json" for name in trees]
                     row["same_bytes"] = files[0].read_bytes() == files[1].read_bytes()
-                    base = row[f"baseline {args.baseline}"]["peak_mb"]
-                    row["peak_ratio_current_to_baseline"] = round(row["current"]["peak_mb"] / base, 3)
+                    base = row[f"baseline {args.baseline}"]
+                    row["peak_ratio_current_to_baseline"] = round(row["current"]["peak_mb"] / base["peak_mb"], 3)
+                    if args.images:
+                        row["images_peak_ratio_current_to_baseline"] = round(
+                            row["current"]["with_images"]["peak_mb"] / base["with_images"]["peak_mb"], 3)
                 for f in folder.glob("*.json"):
                     f.unlink()
                 results.append(row)
                 print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"python": sys.version.split()[0], "runs": results}, indent=2) + "\n")
+    commit = (subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], capture_output=True,
+                             text=True).stdout.strip() if args.baseline else None)
+    Path(args.out).write_text(json.dumps({"python": sys.version.split()[0], "argv": sys.argv[1:],
+                                          "baseline_commit": commit, "structures": structures, "runs": results},
+                                         indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -25,12 +25,18 @@ def rehash_shards(run: Path, run_hash: str) -> None:
         status.write_text(json.dumps(st))
 
 
-def grown_run(folder: Path, rows: int, shards: int = 100, side: int = 128) -> Path:
+def grown_run(folder: Path, rows: int, shards: int = 100, side: int = 128, images: bool = False,
+              composite_every: int = 1) -> Path:
     """A finished run of `rows` rows in `shards` shard files, as `sigma batch run` leaves it, without annotating
     `rows` pairs: a synthetic corpus of `shards` pairs is run (pixel-diff, one pair per shard), then each shard file
     is written again with rows/shards rows copied from its own row (fresh pair ids and indexes, masks of side x side
     whose RLE is as long as a real edit's, a confidence spread over [0, 1)) and its status given the new file's size
-    and sha256. For exports' memory (bench/bench_export_memory.py, tests/test_export_memory.py)."""
+    and sha256. For exports' memory (bench/bench_export_memory.py, tests/test_export_memory.py).
+
+    `images`: the pairs are there to read again (`export coco --images`): the corpus holds all `rows` pairs (every one
+    the same three 32x32 PNG files, so it is written fast) in shards of rows/shards, run once (pixel-diff; ~3 ms a
+    pair), and each row keeps its own pair id, index and images' sha256. `composite_every`: only every n-th pair is
+    a composite (the others have no footprint mask: `--mask footprint` skips them)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -50,26 +56,41 @@ def grown_run(folder: Path, rows: int, shards: int = 100, side: int = 128) -> Pa
         m[y0:y0 + side // 5, x0:x0 + side // 7] = True
         m &= n != 15
         masks.append((encode_rle(m)["counts"], [int(v) for v in mask_bbox(m)], int(m.sum())))
-    write_pairs_jsonl(folder / "corpus", synthetic_pairs(shards, size=32))
+    per = rows // shards
+    if images:
+        corpus = folder / "corpus"
+        corpus.mkdir(parents=True)
+        pair = next(synthetic_pairs(1, size=32))
+        for role in ("original", "edited", "mask"):
+            (corpus / f"t_{role}.png").write_bytes(pair[role])
+        with open(corpus / "pairs.jsonl", "w") as handle:
+            for k in range(per * shards):
+                handle.write(json.dumps({"id": f"q{k:08d}", "instruction": "edit it", "edit_type": pair["edit_type"],
+                                         **{role: f"t_{role}.png" for role in ("original", "edited", "mask")}}) + "\n")
+    else:
+        write_pairs_jsonl(folder / "corpus", synthetic_pairs(shards, size=32))
     run = folder / "run"
-    cfg = BatchConfig.model_validate({"input": {"path": str(folder / "corpus"), "shard_size": 1},
+    cfg = BatchConfig.model_validate({"input": {"path": str(folder / "corpus"), "shard_size": per if images else 1},
                                       "annotator": "pixel-diff", "workers": 0})
     run_batch(cfg, run, progress=False)
-    per = rows // shards
-    for n, status in enumerate(sorted((run / "status").glob("*.json"))):
+    k = 0
+    for status in sorted((run / "status").glob("*.json")):
         st = json.loads(status.read_text())
         path = run / st["output"]
-        template = pq.read_table(path).to_pylist()[0]
+        made = pq.read_table(path).to_pylist()
+        template = made[0]
         out = []
         for i in range(per):
-            k = n * per + i
+            own = made[i] if images else {**template, "pair_id": f"q{k:08d}", "index": template["index"] + i}
             counts, bbox, area = masks[k % len(masks)]
-            out.append({**template, "status": "ok", "pair_id": f"q{k:08d}", "index": template["index"] + i,
+            composite = k % composite_every == 0
+            out.append({**own, "status": "ok",
                         "height": side, "width": side, "rle_counts": counts, "bbox": bbox, "area": area,
                         "area_fraction": area / side / side, "confidence": (k * 7919 % 1000) / 1000,
                         "mask_mode": "semantic", "mask_source": "semantic", "semantic_rle": counts,
-                        "footprint_rle": counts, "is_composite": True,
-                        "composite": json.dumps({"is_composite": True})})
+                        "footprint_rle": counts if composite else None, "is_composite": composite,
+                        "composite": json.dumps({"is_composite": composite})})
+            k += 1
         pq.write_table(pa.Table.from_pylist(out, schema=arrow_schema()), path, compression="zstd")
         data = path.read_bytes()
         st.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), pairs=per)

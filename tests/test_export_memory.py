@@ -149,3 +149,49 @@ def test_a_listing_is_read_as_json_reads_it(tmp_path):
             except ValueError:
                 got = "refused"
             assert got == want, (text, chunk)
+
+
+def test_a_footprint_export_of_mostly_plain_pairs_counts_its_skipped_pairs(tmp_path, capsys):
+    """`--mask footprint` skips every pair that is not a composite. The export held one dict per skipped pair until
+    its end (~250 bytes each: ~250 MB at a million) to print 20 of them; now a count per reason and the first
+    `Skipped.EXAMPLES`. What the CLI prints is as before: `skipped` is how many, then the first 20 by name."""
+    from sigma.export.coco import export_coco
+
+    rows = 20_000
+    run = grown_run(tmp_path / "mostly_plain", rows, shards=100, side=16, composite_every=100)
+    capsys.readouterr()
+    out = tmp_path / "c.json"
+    tracemalloc.start()
+    try:
+        info = export_coco(run, out, mask="footprint")
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 1 << 20, f"{held / 2 ** 20:.1f} MB held once the export returned"
+    from sigma.export.select import Skipped
+    reason = "no footprint mask (not a composite)"
+    assert info["images"] == rows // 100 == len(json.loads(out.read_text())["images"])
+    assert (info["skipped_total"], info["skipped_by_reason"]) == (rows - rows // 100, {reason: rows - rows // 100})
+    assert len(info["skipped"]) == Skipped.EXAMPLES
+    assert info["skipped"][0] == {"pair_id": "q00000001", "reason": reason}
+    assert main(["export", "coco", str(run), "--out", str(out), "--mask", "footprint"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out.splitlines()[0])["skipped"] == rows - rows // 100
+    warnings = printed.err.splitlines() + printed.out.splitlines()[1:]
+    assert sum("sigma: warning: skipped q" in line for line in warnings) == 20, warnings[:3]
+    assert any(f"skipped {rows - rows // 100} pair(s) in all: {rows - rows // 100}: {reason}" in line
+               for line in warnings), warnings[-3:]
+
+
+def test_skipped_counts_every_reason_up_to_a_bound():
+    from sigma.export.select import Skipped, nothing_to_export
+
+    skipped = Skipped()
+    assert "skipped" not in nothing_to_export(skipped).message
+    for k in range(Skipped.REASONS + 50):
+        skipped.add(f"p{k}", f"reason {k}")
+        skipped.add(f"p{k}b", f"reason {k}")
+    assert len(skipped) == skipped.total == 2 * (Skipped.REASONS + 50)
+    assert len(skipped.by_reason) == Skipped.REASONS + 1 and skipped.by_reason[Skipped.OTHER] == 100
+    assert sum(skipped.by_reason.values()) == len(skipped) and len(skipped.examples) == Skipped.EXAMPLES
+    assert "300 pair(s) passed the filters but were skipped (e.g. p0: reason 0)" in nothing_to_export(skipped).message

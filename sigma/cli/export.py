@@ -83,10 +83,17 @@ def _row_filter(args: argparse.Namespace):
 
 
 def _report(info: dict) -> None:
+    """The export's summary as one JSON line (`skipped`: how many), then the first 20 skipped pairs. An export that
+    counts its skipped pairs (`Skipped`: `skipped_total`, `skipped_by_reason`) returns only some as `skipped`."""
     skipped = info.pop("skipped", [])
-    print(json.dumps({**info, "skipped": len(skipped)}))
+    total = info.pop("skipped_total", len(skipped))
+    print(json.dumps({**info, "skipped": total}))
     for s in skipped[:20]:
         print(f"sigma: warning: skipped {s['pair_id']}: {s['reason']}")
+    reasons = info.get("skipped_by_reason")
+    if reasons and total > min(len(skipped), 20):
+        print(f"sigma: warning: skipped {total} pair(s) in all: "
+              + "; ".join(f"{n}: {reason}" for reason, n in reasons.items()))
 
 
 def run_imdl_benco(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from sigma.export.placing import PlacedFiles
 from sigma.export.select import (
     CheckedRun,
     RowFilter,
+    Skipped,
     UniqueNames,
     checked_before_writing,
     iter_pairs,
@@ -156,7 +157,7 @@ def _spooled(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_ou
     key = order_key(order)
     names = UniqueNames()
     kept_images = 0
-    skipped: list[dict[str, str]] = []
+    skipped = Skipped()
     if images_out is not None:
         source = ((row, pair, err) for row, pair, err in iter_pairs(run, row_filter))
     else:
@@ -164,10 +165,10 @@ def _spooled(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_ou
     for row, pair, error in source:
         counts = row_mask_counts(row, mask)
         if counts is None:
-            skipped.append({"pair_id": row["pair_id"], "reason": f"no {mask} mask (not a composite)"})
+            skipped.add(row["pair_id"], f"no {mask} mask (not a composite)")
             continue
         if images_out is not None and pair is None:
-            skipped.append({"pair_id": row["pair_id"], "reason": error or "unreadable"})
+            skipped.add(row["pair_id"], error or "unreadable")
             continue
         name = names(row)
         file_name = f"{name}.png"
@@ -203,4 +204,4 @@ def _spooled(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_ou
     if not is_stream(out):
         sync_folder(out.parent)          # the JSON's own name: "done" is said once it is on disk
     return {"out": str(out), "images": len(spool), "annotations": spool.annotations(), "mask": mask,
-            "order": order, "skipped": skipped}
+            "order": order, **skipped.report()}

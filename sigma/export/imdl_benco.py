@@ -24,6 +24,7 @@ from sigma.errors import InputError
 from sigma.export.select import (
     CheckedRun,
     RowFilter,
+    Skipped,
     UniqueNames,
     checked_before_writing,
     iter_pairs,
@@ -242,15 +243,15 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
            mask: str, order: str, key) -> dict[str, Any]:
     names = UniqueNames()
     entries: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    skipped = Skipped()
     positives = 0
     for row, pair, error in iter_pairs(run, row_filter):
         counts = row_mask_counts(row, mask)
         if counts is None:
-            skipped.append({"pair_id": row["pair_id"], "reason": f"no {mask} mask (not a composite)"})
+            skipped.add(row["pair_id"], f"no {mask} mask (not a composite)")
             continue
         if pair is None:
-            skipped.append({"pair_id": row["pair_id"], "reason": error or "unreadable"})
+            skipped.add(row["pair_id"], error or "unreadable")
             continue
         name = names(row)
         gt_mask = decode_rle({"size": [row["height"], row["width"]], "counts": counts})
@@ -270,7 +271,8 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
     listing = dumps_finite([e["entry"] for e in entries], indent=1).encode()
     _commit(out, json_name, listing, sorted(Path(e["entry"][0]).name for e in entries))
     return {"out": str(out), "json": str(out / json_name), "pairs": len(entries), "positives": positives,
-            "negatives": len(entries) - positives, "mask": mask, "order": order, "skipped": skipped}
+            "negatives": len(entries) - positives, "mask": mask, "order": order,
+            **skipped.report()}
 
 
 def _journal(out: Path, json_name: str) -> Path:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import stat
-from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 from sigma.errors import InputError
-from sigma.tempfiles import make_folders_durably, temp_name, write_synced
+from sigma.tempfiles import make_folders_durably, write_synced
 
 #: link() errors that mean "this file system has no hard links", not "the name is taken"
 _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
@@ -55,11 +56,28 @@ class PlacedFiles:
 
     def __init__(self, folder: Path, overwrite: bool = False, option: str = "--images"):
         self.folder, self.overwrite, self.option = Path(folder), overwrite, option
-        # (temporary file, its name in the folder), placed from the left: list.pop(0) made placing a million
-        # images quadratic
-        self.staged: deque[tuple[Path, Path]] = deque()
+        # `temp_name`'s form with one pid and token for the whole export (`_temp`): a staged file is known by its
+        # name alone. The names staged and not yet placed are one NUL-separated byte string, placed from
+        # `_placed_to` on: a (temporary Path, target Path) pair per image held a few hundred bytes each until the
+        # end (~0.4 GB at a million images); a name is ~15 (a file name holds no NUL). Two targets of one export
+        # never share a name, so never a temporary file.
+        self._suffix = f".{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        self._names = bytearray()
+        self._placed_to = 0
         self.kept = 0                                    # names already holding these bytes
         self._made = False
+
+    def _temp(self, name: str) -> Path:
+        """The temporary file `name` is staged in (`temp_name`'s form, which `sweep_dead_writers_of` knows)."""
+        return self.folder / f".{name}{self._suffix}"
+
+    def staged(self) -> Iterator[str]:
+        """The names staged and not placed yet, in the order staged."""
+        at = self._placed_to
+        while at < len(self._names):
+            end = self._names.index(0, at)
+            yield self._names[at:end].decode("utf-8", "surrogateescape")
+            at = end + 1
 
     def _conflict(self, target: Path, during: str = "") -> InputError:
         return InputError(
@@ -82,34 +100,37 @@ class PlacedFiles:
                 return
             if not self.overwrite:
                 raise self._conflict(target)
-        tmp = temp_name(target)
+        if "\0" in name or "/" in name:
+            raise ValueError(f"not a file name: {name!r}")
+        tmp = self._temp(name)
         try:
             write_synced(tmp, data)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.staged.append((tmp, target))
+        self._names += name.encode("utf-8", "surrogateescape") + b"\0"
 
     def place(self) -> int:
         """Every staged file at its name: a hard link (never over a file), or with `overwrite` a rename. A name
         taken meanwhile by the same bytes is fine; by others, refused (`out_not_empty`): the files placed before it
         stay (new names only, none replaced, listed by no JSON of this export). Returns the files placed."""
         placed = 0
-        while self.staged:
-            tmp, target = self.staged[0]
+        for name in self.staged():
+            tmp, target = self._temp(name), self.folder / name
             if self.overwrite:
                 os.replace(tmp, target)
-            elif not self._link(tmp, target):
-                if not _same_file_bytes(target, tmp):
-                    raise self._conflict(target, " (written there while this export ran)")
+                placed += 1
+            elif self._link(tmp, target):
+                tmp.unlink()
+                placed += 1
+            elif _same_file_bytes(target, tmp):
                 tmp.unlink()
                 self.kept += 1
-                self.staged.popleft()
-                continue
             else:
-                tmp.unlink()
-            self.staged.popleft()
-            placed += 1
+                raise self._conflict(target, " (written there while this export ran)")
+            self._placed_to += len(name.encode("utf-8", "surrogateescape")) + 1
+        self._names.clear()
+        self._placed_to = 0
         return placed
 
     @staticmethod
@@ -140,6 +161,7 @@ class PlacedFiles:
 
     def discard(self) -> None:
         """The staged files not placed, removed (a refusal, a failure, Ctrl-C)."""
-        for tmp, _ in self.staged:
-            tmp.unlink(missing_ok=True)
-        self.staged.clear()
+        for name in self.staged():
+            self._temp(name).unlink(missing_ok=True)
+        self._names.clear()
+        self._placed_to = 0

@@ -51,11 +51,44 @@ class RowFilter:
         return not (self.max_area is not None and row["area_fraction"] > self.max_area)
 
 
-def nothing_to_export(skipped: list[dict[str, str]]) -> InputError:
+class Skipped:
+    """The pairs an export kept but could not export: how many, how many for each reason, and the first `EXAMPLES`
+    of them (pair id and reason). A list of one dict per pair grew with the run: a `--mask footprint` export of a
+    million pairs that are mostly not composites held a million dicts (~200 MB) to print 20 of them. Reasons are
+    counted apart up to `REASONS` of them (an unreadable pair's reason may name it), the rest together."""
+
+    EXAMPLES = 100
+    REASONS = 100
+    OTHER = "(other reasons)"
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.examples: list[dict[str, str]] = []
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, pair_id: str, reason: str) -> None:
+        self.total += 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append({"pair_id": pair_id, "reason": reason})
+        if reason not in self.by_reason and len(self.by_reason) >= self.REASONS:
+            reason = self.OTHER
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+
+    def __len__(self) -> int:
+        return self.total
+
+    def report(self) -> dict[str, Any]:
+        """What an export returns of them: `skipped` the examples (a list of {pair_id, reason}, as the whole list
+        was, so its callers read it alike), `skipped_total` every one, `skipped_by_reason` the counts."""
+        return {"skipped": self.examples, "skipped_total": self.total, "skipped_by_reason": dict(self.by_reason)}
+
+
+def nothing_to_export(skipped: Skipped | list[dict[str, str]]) -> InputError:
     """The one refusal of an export that would keep no pair (every format: nothing is written, the previous
     export stays), saying why when kept pairs could not be exported."""
-    why = (f"; {len(skipped)} pair(s) passed the filters but were skipped (e.g. {skipped[0]['pair_id']}: "
-           f"{skipped[0]['reason']})" if skipped else "")
+    first = skipped.examples[0] if isinstance(skipped, Skipped) and skipped else skipped[0] if skipped else None
+    why = (f"; {len(skipped)} pair(s) passed the filters but were skipped (e.g. {first['pair_id']}: "
+           f"{first['reason']})" if first else "")
     return InputError(f"no pair of the run passes the export filters: nothing to export{why}", code="no_results")
 
 
