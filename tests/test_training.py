@@ -1064,6 +1064,26 @@ def test_a_val_dir_that_is_not_ours_is_refused_and_kept_whole(photos, tmp_path, 
     assert not (val.parent / "val.tmp").exists()
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", ["metrics.jsonl", "checkpoint.pt"])
+def test_a_run_folder_file_that_is_a_fifo_is_refused_on_resume_not_waited_on(photos, tmp_path, name):
+    """`sigma train --resume RUN` whose metrics.jsonl (or checkpoint.pt) is a FIFO hung for ever in its open — and
+    SIGTERM did not end it: the handler only notes the signal and the open is resumed. Now `bad_outdir` naming the
+    file, exit 2, before anything is read or written. A real process under `timeout=`: a regression fails, not hangs."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2",
+                 "eval.val_size=0"]) == 0
+    (runs / "r" / name).unlink()
+    os.mkfifo(runs / "r" / name)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sigma", "train", "--resume", str(runs / "r"), "steps=3"],
+                              capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"sigma train --resume hung on the FIFO {name}") from None
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "[bad_outdir]" in done.stderr and f"({name}: a FIFO" in done.stderr, done.stderr
+
+
 def test_an_eval_data_folder_that_is_not_there_is_said_before_the_run(photos, tmp_path, capsys):
     """A typo in eval.data was noticed in the last line of the run ("real": "skipped: ... not found"), after
     all of its training; now a config error before any step (`shared`, which may be absent, still skips)."""
