@@ -188,15 +188,16 @@ def stream_reader_held(path: Path, wait_s: float | None = None) -> Iterator[int 
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes | Callable[[Path | int], None]) -> None:
+def atomic_write_bytes(path: Path, data: bytes | Callable[[Path | int], None], *, stream: bool = True) -> None:
     """Whole or not at all; a write that fails (a full disk, `path` a folder) takes its temporary file with
     it instead of leaving a hidden `.name.pid.tmp` beside the target. `data`: the bytes, or a writer of the file at
     the path it is given (`data(path)`, which opens it itself: `open(path, "wb")`), for an output too large to hold
     in memory; for a FIFO it is given a file descriptor to take instead (a second open of a FIFO whose reader has
-    left blocks; `stream_reader_held`)."""
+    left blocks; `stream_reader_held`). `stream=False`: a run's own file (run.json, a status, summary.json), never
+    a stream: a FIFO or device of its name is replaced like a file (a status that was a FIFO hung `--resume`)."""
     path = Path(path)
     refuse_folder(path)
-    if is_stream(path):
+    if stream and is_stream(path):
         # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
         # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
         with stream_reader_held(path) as fd:
@@ -210,8 +211,8 @@ def atomic_write_bytes(path: Path, data: bytes | Callable[[Path | int], None]) -
     replace_atomically(path, data, durable=True)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, dumps_finite(data, indent=2, sort_keys=True).encode())   # NaN -> null
+def atomic_write_json(path: Path, data: Any, *, stream: bool = True) -> None:
+    atomic_write_bytes(path, dumps_finite(data, indent=2, sort_keys=True).encode(), stream=stream)   # NaN -> null
 
 
 def _count(value: Any) -> int:
@@ -331,7 +332,7 @@ class RunDir:
                              f"the {limit} a run record may hold (${ENV_MAX_RUN_BYTES}, default "
                              f"{DEFAULT_MAX_RUN_BYTES}); nothing written. The corpus is too large for one run: split "
                              "it into several runs (or use a larger shard_size: fewer shards)", code="plan_too_large")
-        atomic_write_bytes(self.run_file, data)
+        atomic_write_bytes(self.run_file, data, stream=False)
 
     # --- per-shard paths --------------------------------------------------------------------------
     def subdir(self, *parts: str) -> Path:
@@ -478,7 +479,7 @@ class RunDir:
         fsynced, so the rename is on disk too. Before, the folder was not synced: a power cut could lose the rename
         (the shard redone: harmless) — now the status, once written, stays."""
         folder = self.subdir("status")
-        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data}, stream=False)
         sync_folder(folder)
 
     def mark_failed(self, shard: Shard, run_hash: str, error: str, wait_s: float | None = None, **extra: Any) -> bool:
