@@ -6,8 +6,11 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1096,3 +1099,51 @@ def test_a_plugins_confidence_that_is_no_finite_number_is_recorded_as_none(tmp_p
     run_batch(cfg, tmp_path / "run", progress=False)
     rows = sorted(load_rows(tmp_path / "run", RowFilter(include_errors=True)), key=lambda r: r["index"])
     assert [(r["status"], r["confidence"]) for r in rows] == [("ok", None), ("ok", None), ("ok", None), ("ok", 0.7)]
+
+
+@pytest.mark.timeout(120)
+def test_an_output_fifo_no_process_reads_is_an_error_within_seconds_not_a_hang(run_dir, tmp_path):
+    """`sigma export coco --out P`, `sigma report --out P` and `sigma parse --file F --out P` with P a FIFO no process
+    reads: the plain open of its write end waits for a reader, so each hung for ever after all of its work, without
+    a word. Now `out_no_reader` after a bounded wait (`STREAM_READER_WAIT_S`), exit 2, the FIFO left as it is. Real
+    processes, each bounded by `timeout=`: a regression fails the test instead of hanging it."""
+    from sigma.batch.layout import STREAM_READER_WAIT_S
+
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text(json.dumps({"instruction": "remove the dog"}) + "\n")
+    commands = (["export", "coco", str(run_dir), "--out", str(fifo)], ["report", str(run_dir), "--out", str(fifo)],
+                ["parse", "--file", str(lines), "--out", str(fifo)])
+    procs = [subprocess.Popen([sys.executable, "-m", "sigma", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for argv in commands]
+    try:
+        for argv, proc in zip(commands, procs, strict=True):
+            out, err = proc.communicate(timeout=STREAM_READER_WAIT_S + 60)
+            assert proc.returncode == 2 and "Traceback" not in err, (argv, err)
+            assert err.startswith(f"sigma: error [out_no_reader]: {fifo}: a FIFO that no process reads"), (argv, err)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.timeout(60)
+def test_an_output_fifo_whose_reader_comes_late_gets_the_whole_export(run_dir, tmp_path, capsys):
+    """A reader started just after the export (`sigma export coco RUN --out p & gzip < p > x.gz`) is waited for, and
+    the export is written through the write end that found it."""
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+
+    def read_late() -> None:
+        time.sleep(1.0)
+        with open(fifo, "rb") as handle:
+            got.append(handle.read())
+
+    reader = threading.Thread(target=read_late, daemon=True)
+    reader.start()
+    assert main(["export", "coco", str(run_dir), "--out", str(fifo)]) == 0
+    reader.join(timeout=30)
+    assert len(json.loads(got[0])["images"]) == 11

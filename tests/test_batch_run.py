@@ -1267,3 +1267,26 @@ def test_a_run_killed_between_a_shard_and_its_status_resumes_it(tmp_path):
     assert not [p for p in (killed / "status").iterdir() if p.name.endswith(".tmp")]
     assert subprocess.run(_sigma("batch", "status", str(killed)), capture_output=True, timeout=60,
                           check=False).returncode == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["status", "summary.json"])
+def test_a_run_file_that_is_a_fifo_is_replaced_on_resume_not_written_into(tmp_path, name):
+    """A batch run's own files are never streams: a status file (or summary.json) that is a FIFO was taken for
+    `--out /dev/stdout`-like output and written into, so `sigma batch run --resume` hung for ever in its open (now
+    that such writes wait for a reader, a traceback after 10 s). The FIFO is replaced like any file: the shard
+    runs again, its status is written. A real process under `timeout=`: a regression fails the test, not hangs."""
+    write_pairs_jsonl(tmp_path / "corpus", synthetic_pairs(2, size=32))
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "sigma", "batch", "run", str(tmp_path / "corpus"), "--out", str(out),
+            "--annotator", "pixel-diff", "--no-progress"]
+    assert subprocess.run(argv, capture_output=True, timeout=90).returncode == 0
+    target = next((out / "status").iterdir()) if name == "status" else out / name
+    target.unlink()
+    os.mkfifo(target)
+    try:
+        done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"sigma batch run --resume hung on its {name} FIFO") from None
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert target.is_file() and json.loads(target.read_text())

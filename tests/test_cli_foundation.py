@@ -436,7 +436,7 @@ NOT_AN_API_STATUS = {
     "bad_arguments": "a command's flags", "input_too_large": "sigma annotate's stdin",
     "missing_extra": "a command whose optional dependency is not installed", "file_unreadable": "an image file by path",
     "no_photos": "sigma synth", "no_instructions": "sigma parse --file", "no_results": "sigma export",
-    "out_is_a_folder": "an export's output file",
+    "out_is_a_folder": "an export's output file", "out_no_reader": "an output file that is a FIFO nobody reads",
     "mask_size_mismatch": "sigma eval", "perturbation_unavailable": "sigma eval --perturb",
     "ray_unreachable": "sigma batch run --backend ray", "worker_failed": "sigma batch run's --procs / Ray workers",
     "checkpoint_unreadable": "sigma train", "checkpoint_missing": "sigma train", "data_workers_dying": "sigma train",

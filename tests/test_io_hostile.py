@@ -694,6 +694,40 @@ def test_a_fifo_or_folder_named_like_a_parquet_file_is_not_opened(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["instructions.jsonl", "instructions.json", "instructions.csv"])
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "folder", "broken_link"])
+def test_a_folder_corpus_instructions_file_that_is_no_regular_file_is_refused(tmp_path, name, kind):
+    """A folder corpus's instructions file that is a FIFO, a link to /dev/zero, a folder or a broken link was passed
+    over in silence (`is_file()` false): the run went on and every pair was annotated without its instruction. Now
+    the corpus's `bad_manifest` before any shard runs, and nothing is opened (a FIFO's open would block)."""
+    import os
+
+    from sigma.io.corpora.synthetic import write_folder
+
+    corpus = tmp_path / "corpus"
+    write_folder(corpus, synthetic_pairs(2, size=32))
+    for existing in corpus.glob("instructions.*"):
+        existing.unlink()
+    made = {"fifo": os.mkfifo, "dev_zero": lambda p: p.symlink_to("/dev/zero"), "folder": lambda p: p.mkdir(),
+            "broken_link": lambda p: p.symlink_to(tmp_path / "gone.jsonl")}
+    made[kind](corpus / name)
+    script = textwrap.dedent(f"""
+        from sigma.errors import SigmaError
+        from sigma.io.corpora import open_corpus
+        try:
+            open_corpus({str(corpus)!r}, format="folder").plan()
+        except SigmaError as exc:
+            print(exc.code, exc)
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("planning the corpus hung on its instructions file") from None
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"bad_manifest {corpus / name}: not a regular file"), done.stdout
+
+
 def test_a_tar_of_many_members_is_read_without_keeping_their_headers(tmp_path):
     """TarFile keeps every member header it has read: planning and reading a WebDataset shard of 400000 empty
     members held 200 MB. Now each header is dropped once read."""

@@ -1041,6 +1041,49 @@ def test_a_damaged_validation_set_is_one_error_at_its_line(photos, tmp_path, cap
     assert "[bad_manifest]" in err and "pairs.jsonl:3" in err and "Traceback" not in err
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("manifest", ["fifo", "dev_zero", "folder", "none"])
+def test_a_val_dir_that_is_not_ours_is_refused_and_kept_whole(photos, tmp_path, capsys, manifest):
+    """eval.val_dir is written only when it holds no regular pairs.jsonl; a folder there "without pairs.jsonl" was
+    taken for an earlier unfinished write and removed whole (`shutil.rmtree`) before the new set was renamed in: a
+    set whose pairs.jsonl is a FIFO, a link to /dev/zero or a folder, or a user's folder named by mistake, lost
+    every file it held. Now `invalid_config` naming the folder, before anything is drawn, and its files stay."""
+    val = tmp_path / "val"
+    val.mkdir()
+    (val / "keep.txt").write_text("precious")
+    made = {"fifo": lambda p: os.mkfifo(p), "dev_zero": lambda p: p.symlink_to("/dev/zero"),
+            "folder": lambda p: p.mkdir(), "none": lambda p: None}
+    made[manifest](val / "pairs.jsonl")
+    capsys.readouterr()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=v", "steps=1",
+                 f"eval.val_dir={val}", "eval.val_size=2"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]" in err and str(val) in err and "Traceback" not in err
+    assert (val / "keep.txt").read_text() == "precious"
+    assert os.path.lexists(val / "pairs.jsonl") == (manifest != "none")
+    assert not (val.parent / "val.tmp").exists()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", ["metrics.jsonl", "checkpoint.pt"])
+def test_a_run_folder_file_that_is_a_fifo_is_refused_on_resume_not_waited_on(photos, tmp_path, name):
+    """`sigma train --resume RUN` whose metrics.jsonl (or checkpoint.pt) is a FIFO hung for ever in its open — and
+    SIGTERM did not end it: the handler only notes the signal and the open is resumed. Now `bad_outdir` naming the
+    file, exit 2, before anything is read or written. A real process under `timeout=`: a regression fails, not hangs."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2",
+                 "eval.val_size=0"]) == 0
+    (runs / "r" / name).unlink()
+    os.mkfifo(runs / "r" / name)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sigma", "train", "--resume", str(runs / "r"), "steps=3"],
+                              capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"sigma train --resume hung on the FIFO {name}") from None
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "[bad_outdir]" in done.stderr and f"({name}: a FIFO" in done.stderr, done.stderr
+
+
 def test_an_eval_data_folder_that_is_not_there_is_said_before_the_run(photos, tmp_path, capsys):
     """A typo in eval.data was noticed in the last line of the run ("real": "skipped: ... not found"), after
     all of its training; now a config error before any step (`shared`, which may be absent, still skips)."""

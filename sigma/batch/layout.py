@@ -16,8 +16,10 @@ rewriting a shared file; `summary()` aggregates them.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,26 +148,71 @@ def is_stream(path: Path) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
 
 
-def atomic_write_bytes(path: Path, data: bytes | Callable[[Path], None]) -> None:
+STREAM_READER_WAIT_S = 10.0     # how long a write to a FIFO waits for a process to read it
+
+
+@contextmanager
+def stream_reader_held(path: Path, wait_s: float | None = None) -> Iterator[int | None]:
+    """Around a write to a stream: for a FIFO, an open write end once some process reads it (its fd, blocking
+    again), else `out_no_reader` after `wait_s` (STREAM_READER_WAIT_S). The plain open of a FIFO nobody reads
+    blocks until one does: `sigma export coco RUN --out p`, `sigma report --out p` and `sigma parse --out p` with
+    no reader on `p` (or a reader that is gone) hung for ever, after all of their work, without a word. A reader
+    that comes within the wait (`gzip < p > x.gz &` started just after) is found: the open is retried
+    (O_NONBLOCK: ENXIO while none reads). The caller writes through this end (a second open of the FIFO would
+    block again once the reader has left); a reader that leaves mid-write is a BrokenPipeError. Other streams (a
+    tty, /dev/null, /dev/full) yield None."""
+    try:
+        fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        fifo = False
+    if not fifo:
+        yield None
+        return
+    wait_s = STREAM_READER_WAIT_S if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            if time.monotonic() >= deadline:
+                raise InputError(f"{path}: a FIFO that no process reads (waited {wait_s:g} s); start its reader "
+                                 "first (e.g. `gzip < FIFO > out.gz &`) or name a file", code="out_no_reader") from None
+            time.sleep(0.05)
+    try:
+        os.set_blocking(fd, True)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes | Callable[[Path | int], None], *, stream: bool = True) -> None:
     """Whole or not at all; a write that fails (a full disk, `path` a folder) takes its temporary file with
     it instead of leaving a hidden `.name.pid.tmp` beside the target. `data`: the bytes, or a writer of the file at
-    the path it is given (`data(path)`, which opens it itself), for an output too large to hold in memory."""
+    the path it is given (`data(path)`, which opens it itself: `open(path, "wb")`), for an output too large to hold
+    in memory; for a FIFO it is given a file descriptor to take instead (a second open of a FIFO whose reader has
+    left blocks; `stream_reader_held`). `stream=False`: a run's own file (run.json, a status, summary.json), never
+    a stream: a FIFO or device of its name is replaced like a file (a status that was a FIFO hung `--resume`)."""
     path = Path(path)
     refuse_folder(path)
-    if is_stream(path):
+    if stream and is_stream(path):
         # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
         # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
-        if not isinstance(data, bytes):
-            data(path)
-            return
-        with open(path, "wb") as handle:
-            handle.write(data)
+        with stream_reader_held(path) as fd:
+            target: Path | int = path if fd is None else os.dup(fd)   # a FIFO: written through the end held open
+            if not isinstance(data, bytes):
+                data(target)
+                return
+            with open(target, "wb") as handle:
+                handle.write(data)
         return
     replace_atomically(path, data, durable=True)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, dumps_finite(data, indent=2, sort_keys=True).encode())   # NaN -> null
+def atomic_write_json(path: Path, data: Any, *, stream: bool = True) -> None:
+    atomic_write_bytes(path, dumps_finite(data, indent=2, sort_keys=True).encode(), stream=stream)   # NaN -> null
 
 
 def _count(value: Any) -> int:
@@ -285,7 +332,7 @@ class RunDir:
                              f"the {limit} a run record may hold (${ENV_MAX_RUN_BYTES}, default "
                              f"{DEFAULT_MAX_RUN_BYTES}); nothing written. The corpus is too large for one run: split "
                              "it into several runs (or use a larger shard_size: fewer shards)", code="plan_too_large")
-        atomic_write_bytes(self.run_file, data)
+        atomic_write_bytes(self.run_file, data, stream=False)
 
     # --- per-shard paths --------------------------------------------------------------------------
     def subdir(self, *parts: str) -> Path:
@@ -432,7 +479,7 @@ class RunDir:
         fsynced, so the rename is on disk too. Before, the folder was not synced: a power cut could lose the rename
         (the shard redone: harmless) — now the status, once written, stays."""
         folder = self.subdir("status")
-        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data})
+        atomic_write_json(self.status_path(shard), {"shard": shard.key, "index": shard.index, **data}, stream=False)
         sync_folder(folder)
 
     def mark_failed(self, shard: Shard, run_hash: str, error: str, wait_s: float | None = None, **extra: Any) -> bool:

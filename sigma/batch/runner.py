@@ -227,7 +227,7 @@ def finish(summary: RunSummary, rundir: RunDir, failed_limit: int | None) -> Run
     summary.retried = [{**r, "reason": cut_long_values(str(r.get("reason", "")), token_limit=PATH_SHOWN)}
                        for r in retried]
     summary.status = rundir.summary(failed_limit=failed_limit)
-    atomic_write_json(rundir.root / "summary.json", summary.to_dict())
+    atomic_write_json(rundir.root / "summary.json", summary.to_dict(), stream=False)
     return summary
 
 

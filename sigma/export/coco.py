@@ -107,8 +107,9 @@ class _Spool:
             return range(len(self))
         return np.argsort(np.frombuffer(self.keys, dtype=np.float64), kind="stable")
 
-    def write(self, path: Path, head: dict, sort: bool) -> None:
-        """The COCO JSON at `path`: `{"info": ..., "images": [...], "annotations": [...], "categories": [...]}`
+    def write(self, path: Path | int, head: dict, sort: bool) -> None:
+        """The COCO JSON at `path` (or into the file descriptor, taken: a FIFO's write end):
+        `{"info": ..., "images": [...], "annotations": [...], "categories": [...]}`
         as `dumps_finite` wrote the whole dict, the ids numbered in output order."""
         self.handle.flush()
         fd, order = self.handle.fileno(), self.order(sort)

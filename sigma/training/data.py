@@ -2,6 +2,7 @@
 function of (seed, sample index). A resumed run therefore sees exactly the batches it would have seen."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +147,24 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_index": str(target)})})
 
 
+def refuse_foreign_val_dir(folder: Path) -> None:
+    """ConfigError unless `folder` is absent or an empty folder: the only places the fixed validation set may be
+    written. Its writer renames a finished `.tmp` folder into place, so a folder there with files but no regular
+    pairs.jsonl is never one of ours: it was removed whole (`shutil.rmtree`) and replaced — a user's folder named
+    by mistake, or a set whose pairs.jsonl is a FIFO, a link to /dev/zero or a folder, lost every file it held."""
+    from sigma.errors import ConfigError
+
+    manifest = folder / "pairs.jsonl"
+    if os.path.lexists(manifest) and not manifest.is_file():
+        raise ConfigError(f"eval.val_dir {folder}: its pairs.jsonl is not a regular file (a FIFO, a device, a "
+                          "folder or a broken link); a validation set's manifest must be a file")
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ConfigError(f"eval.val_dir {folder}: exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise ConfigError(f"eval.val_dir {folder}: holds files but no pairs.jsonl; the fixed validation set is "
+                          "written only into a new or empty folder (name another eval.val_dir, or empty this one)")
+
+
 def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
     """The fixed synthetic validation set, written once as a pairs.jsonl folder (also readable by
     `sigma eval --data`). Drawn from the cached photos only, so it has every family (VAE variants, latent
@@ -158,6 +177,7 @@ def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
     from sigma.data.synth.pairs_out import write_synth_pair
     from sigma.tempfiles import sync_folder, write_synced
 
+    refuse_foreign_val_dir(folder)
     data = effective_synth(cfg).model_copy(update={"photos": ""} if cfg.data.cache else {})
     engine = SynthEngine(data, seed=cfg.eval.val_seed)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -170,11 +190,8 @@ def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
     write_synced(tmp / "pairs.jsonl", ("\n".join(lines) + "\n").encode())
     write_synced(tmp / "synth_config.yaml", resolved_yaml(data).encode("utf-8"))
     sync_folder(tmp)
-    if folder.exists():        # a folder without pairs.jsonl: an earlier write that did not finish
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.replace(folder)
+    refuse_foreign_val_dir(folder)      # again: a file may have landed there while the set was drawn
+    tmp.replace(folder)                 # over an empty folder, or none
     sync_folder(folder.parent)
 
 

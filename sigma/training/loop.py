@@ -1137,6 +1137,14 @@ def _refuse_links(run_dir: Path) -> None:
         raise InputError(f"{run_dir}: holds symbolic links where the run writes ({names}); the run would write "
                          "through them into the files they name — replace them with the files themselves",
                          code="bad_outdir")
+    # nor FIFOs, devices or sockets: a metrics.jsonl that is a FIFO hung `sigma train --resume` for ever in its
+    # open (SIGTERM only noted, the open resumed), a checkpoint.pt that is one hung the restore
+    special = [p for p in run_dir.iterdir() if not p.is_symlink() and not (p.is_file() or p.is_dir())]
+    if special:
+        names = ", ".join(p.name for p in special[:5])
+        raise InputError(f"{run_dir}: holds files that are no regular files ({names}: a FIFO, a device or a "
+                         "socket) where the run reads and writes; replace them with the files themselves",
+                         code="bad_outdir")
 
 
 def _refuse_nesting(out_dir: Path, name: str) -> None:

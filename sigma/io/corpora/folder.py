@@ -6,6 +6,7 @@ instructions file (`instructions.jsonl` with {"id", "instruction"}, `instruction
 from __future__ import annotations
 
 import csv
+import os
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -128,6 +129,11 @@ class FolderCorpus(Corpus):
             self.path / n for n in INSTRUCTION_FILES]
         for file in candidates:
             if not file.is_file():
+                # a FIFO, a device (a link to /dev/zero), a folder or a broken link of that name was passed over in
+                # silence: every pair ran without its instruction. Refused, as an unreadable instructions file is
+                if os.path.lexists(file):
+                    raise InputError(f"{file}: not a regular file (a FIFO, a device, a folder or a broken link); "
+                                     "an instructions file must be a file", code="bad_manifest")
                 continue
             try:
                 if file.suffix == ".jsonl":
