@@ -1310,3 +1310,15 @@ def test_a_run_waiting_on_a_slow_writer_of_the_val_set_waits_past_the_bound(phot
                 proc.kill()
     assert (writer.returncode, waiter.returncode) == (0, 0), lines[-20:]
     assert len((tmp_path / "val" / "synth" / "pairs.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_val_dir_holding_a_set_already_is_said_so_when_written_again(tmp_path):
+    """`scripts/write_margin_check.py` and the other check-set writers call write_val_dir on a folder a user names:
+    one holding a finished set was refused as one with 'files but no pairs.jsonl', the opposite of what it held."""
+    from sigma.errors import ConfigError
+    from sigma.training.data import refuse_foreign_val_dir
+
+    (tmp_path / "pairs.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="holds a validation set already"):
+        refuse_foreign_val_dir(tmp_path)
+    assert (tmp_path / "pairs.jsonl").read_text() == "{}\n"

@@ -161,8 +161,9 @@ def refuse_foreign_val_dir(folder: Path) -> None:
     if os.path.lexists(folder) and not folder.is_dir():
         raise ConfigError(f"eval.val_dir {folder}: exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()):
-        raise ConfigError(f"eval.val_dir {folder}: holds files but no pairs.jsonl; the fixed validation set is "
-                          "written only into a new or empty folder (name another eval.val_dir, or empty this one)")
+        what = "a validation set already (its pairs.jsonl)" if manifest.is_file() else "files but no pairs.jsonl"
+        raise ConfigError(f"eval.val_dir {folder}: holds {what}; the fixed validation set is written only into a "
+                          "new or empty folder (name another eval.val_dir, or empty this one)")
 
 
 def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
