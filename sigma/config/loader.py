@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from sigma.config.schema import field_for_key, field_position, item_annotations, type_arms
 from sigma.errors import ConfigError, error_text
+from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically
 
 M = TypeVar("M", bound=BaseModel)
@@ -412,7 +413,11 @@ def read_yaml(path: str | Path) -> dict:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: {path.stat().st_size} bytes, more than a config file holds "
                               f"(at most {MAX_CONFIG_BYTES // 2**20} MiB); is it the right file?")
-        data = load_yaml(path.read_text(), str(path)) or {}
+        with open_regular(path, "r") as handle:      # a FIFO swapped in after is_file(): refused, not waited on
+            text = handle.read()
+        data = load_yaml(text, str(path)) or {}
+    except NotRegularFile:
+        raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

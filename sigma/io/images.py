@@ -16,6 +16,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError
 from sigma.io.lines import read_at_most
+from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically
 from sigma.text import shown_path
 
@@ -515,8 +516,11 @@ def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
         if not path.is_file():
             raise ImageError(f"{where}: not a regular file", code="file_not_found")
         check_byte_size(where, path.stat().st_size, max_bytes)
-        with open(path, "rb") as handle:      # at most one byte past the limit (the file may grow, /proc says 0)
+        # open_regular: a FIFO swapped in after is_file() is refused, not waited on for ever
+        with open_regular(path, "rb") as handle:   # at most one byte past the limit (it may grow, /proc says 0)
             data = read_at_most(handle, max_bytes + 1)
+    except NotRegularFile:
+        raise ImageError(f"{where}: not a regular file", code="file_not_found") from None
     except OSError as exc:
         raise ImageError(f"{where}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
     if len(data) > max_bytes:

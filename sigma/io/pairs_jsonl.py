@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sigma.errors import InputError
 from sigma.io.lines import read_line
+from sigma.regular import NotRegularFile, open_regular
 from sigma.text import find_surrogate
 from sigma.text import loads as load_json
 
@@ -83,6 +85,16 @@ def find_sets(data: str | Path) -> list[Path]:
     return sets
 
 
+def open_manifest(manifest: Path) -> BinaryIO:
+    """`manifest` opened for reading if it is a regular file. `find_sets` passes over anything else, but a FIFO put in
+    its place after that check hung a plain `open()` for ever; refused here as a set without one is (no_pairs)."""
+    try:
+        return open_regular(manifest, "rb")
+    except NotRegularFile:
+        raise InputError(f"{manifest}: not a regular file (a FIFO, a device or a folder); a manifest must be a file",
+                         code="no_pairs") from None
+
+
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     """Every record, or an InputError naming the line: a record that is not JSON, lacks a field, holds text
     that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise) or names a
@@ -90,7 +102,7 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     does a record longer than MAX_RECORD_BYTES, read no further than that (a 300 MB line took 1.2 GB and became a
     300 MB pair id in metrics.json; an endless one, a MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
-    with open(manifest, "rb") as handle:
+    with open_manifest(manifest) as handle:
         for line_no, raw in enumerate(iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
             if len(raw) > MAX_RECORD_BYTES:

@@ -16,6 +16,7 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.lines import read_line
 from sigma.io.pairs_jsonl import MAX_RECORD_BYTES
+from sigma.regular import NotRegularFile, open_regular
 from sigma.text import loads as load_json
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -137,7 +138,7 @@ class FolderCorpus(Corpus):
                 continue
             try:
                 if file.suffix == ".jsonl":
-                    with file.open("rb") as handle:
+                    with open_regular(file, "rb") as handle:
                         for line in iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""):
                             if len(line) > MAX_RECORD_BYTES:
                                 raise ValueError(f"a line longer than {MAX_RECORD_BYTES} bytes")
@@ -148,11 +149,15 @@ class FolderCorpus(Corpus):
                     if file.stat().st_size > MAX_INSTRUCTIONS_JSON_BYTES:
                         raise ValueError(f"{file.stat().st_size} bytes, more than {MAX_INSTRUCTIONS_JSON_BYTES} "
                                          "in one JSON object; write instructions.jsonl, one line per pair")
-                    out.update({str(k): v for k, v in load_json(file.read_bytes()).items()})
+                    with open_regular(file, "rb") as handle:
+                        out.update({str(k): v for k, v in load_json(handle.read()).items()})
                 else:
-                    with file.open(newline="", encoding="utf-8") as handle:
+                    with open_regular(file, "r", newline="", encoding="utf-8") as handle:
                         for rec in csv.DictReader(handle, strict=True):   # an unclosed quote: an error
                             out[str(rec["id"])] = rec.get("instruction") or None
+            except NotRegularFile:      # swapped for a FIFO after is_file(): refused as above, not waited on
+                raise InputError(f"{file}: not a regular file (a FIFO, a device, a folder or a broken link); "
+                                 "an instructions file must be a file", code="bad_manifest") from None
             except (ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:
                 raise InputError(f"{file}: unreadable instructions file ({exc}); expected {{'id', 'instruction'}} "
                                  "records", code="bad_manifest") from exc

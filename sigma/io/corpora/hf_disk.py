@@ -17,6 +17,7 @@ from sigma.io.corpora.arrow_batches import BatchInfo, iter_batches, read_schema
 from sigma.io.corpora.base import MAX_PAGE_CELLS, Corpus, Shard, SourceItem, held_bytes_allowed, safe_name
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns, needed_columns, oversized_cells, row_to_item
+from sigma.regular import open_regular
 from sigma.text import loads as load_json
 
 CONVERT_ROWS = 64          # rows copied out to Python at once
@@ -31,7 +32,7 @@ MAX_INDEX_BYTES = 16 * 1024 * 1024     # state.json / dataset_dict.json: a few h
 
 def _index_json(path: Path):
     """A save_to_disk index file, read no further than MAX_INDEX_BYTES (they are read whole: a 5 GB one was)."""
-    with open(path, "rb") as handle:
+    with open_regular(path, "rb") as handle:     # a FIFO: NotRegularFile (an OSError, bad_dataset), no hang
         data = handle.read(MAX_INDEX_BYTES + 1)
     if len(data) > MAX_INDEX_BYTES:
         raise ValueError(f"more than {MAX_INDEX_BYTES} bytes: not a save_to_disk index")

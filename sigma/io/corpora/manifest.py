@@ -15,7 +15,7 @@ from sigma.io.corpora.base import Corpus, Shard, SourceItem, image_value, safe_n
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
 from sigma.io.lines import ends_line, read_line
-from sigma.io.pairs_jsonl import MAX_RECORD_BYTES  # a manifest record: a few hundred bytes
+from sigma.io.pairs_jsonl import MAX_RECORD_BYTES, open_manifest  # a record: a few hundred bytes
 from sigma.text import loads as load_json
 
 _QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
@@ -152,7 +152,7 @@ class ManifestCorpus(Corpus):
     def plan(self) -> list[Shard]:
         shards: list[Shard] = []
         for file, subset in self.files():
-            with open(self.confine(file), "rb") as handle:
+            with open_manifest(self.confine(file)) as handle:
                 header = self._header(handle, file)
                 if header is not None:
                     check_schema(str(file), header, self.mapping, self.required, self.preset)
@@ -190,7 +190,7 @@ class ManifestCorpus(Corpus):
     def read(self, shard: Shard) -> Iterator[SourceItem]:
         file = self.confine(Path(shard.ref["file"]))
         subset = shard.ref.get("subset")
-        with open(file, "rb") as handle:
+        with open_manifest(file) as handle:
             header = self._header(handle, file)
             handle.seek(int(shard.ref["offset"]))
             # plans made before line numbers were recorded number records instead (1-based, as before)
