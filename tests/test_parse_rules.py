@@ -868,6 +868,24 @@ def test_cjk_quotes_are_quotes(template, left, right):
     assert parsed.instruction == typed
 
 
+# The quotes European keyboards and typesetting use: guillemets « » (French, with a no-break or narrow no-break space
+# inside), » « (German, Danish), single guillemets ‹ › and › ‹, the low-9 quotes „ “ / „ ” (German, Polish, Czech)
+# and ‚ ‘, and the reversed ‟ ‛. European text spaces its quotes, so the templates without "add{OPEN}sign".
+EUROPEAN_QUOTES = [("«", "»"), ("»", "«"), ("«\u00a0", "\u00a0»"), ("«\u202f", "\u202f»"), ("‹", "›"), ("›", "‹"),
+                   ("„", "“"), ("„", "”"), ("‟", "”"), ("‚", "‘"), ("‛", "’")]
+
+
+@pytest.mark.parametrize("template", [
+    "add {OPEN} sign", "write {OPEN} on the door", "replace the text {OPEN} with {CLOSED}",
+    "change the sign's text from {OPEN} to {CLOSED}", "remove the word {OPEN}"])
+@pytest.mark.parametrize("left, right", EUROPEAN_QUOTES, ids=lambda q: "+".join(f"U{ord(c):04X}" for c in q))
+def test_european_quotes_are_quotes(template, left, right):
+    """`add «OPEN» sign` was an add with no target and `replace the text „OPEN“ with ‹SOLD OUT›` a replace of
+    "text" with nothing: guillemets and low-9 quotes were punctuation, while ASCII, curly and CJK quotes are quotes.
+    They give the ASCII text's edits now, as the CJK ones do (`test_cjk_quotes_are_quotes`)."""
+    test_cjk_quotes_are_quotes(template, left, right)
+
+
 def test_cli_parse_corner_brackets(capsys):
     assert main(["parse", "add 「OPEN」 sign"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -910,6 +910,39 @@ def test_an_empty_or_missing_checkpoint_resumes_from_the_one_before_saying_so(ph
                                                                       ).read_bytes()
 
 
+def test_a_checkpoint_of_another_model_resumes_from_the_one_before_and_two_are_one_clear_error(photos, tmp_path,
+                                                                                              capsys):
+    """checkpoint.pt of another architecture (copied in from another run, a run folder reused): the resume stopped
+    with `invalid_config` without trying checkpoint.prev.pt, which fits — a damaged one falls back to it. Now the
+    same: a warning line, the resume goes on from the one before. With neither fitting: `invalid_config`, naming
+    both, not a traceback."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "batch_size=2", "eval.val_size=0", "warmup_steps=2"]
+    assert main(["train", STAGE1, *common, "steps=8", "ckpt_every=3", "name=ref"]) == 0
+    assert main(["train", STAGE1, *common, "steps=1", "model.dim=16", "name=other"]) == 0
+    cut = runs / "cut"
+    shutil.copytree(runs / "ref", cut)
+    shutil.rmtree(cut / "final")
+    shutil.copyfile(runs / "other" / "checkpoint.pt", cut / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "checkpoint.pt: does not fit the configured model" in out
+    assert "resuming from checkpoint.prev.pt (step 6) instead" in out
+    assert steps_logged(cut)[-2:] == [7, 8]
+    ref, got = _weights(runs / "ref"), _weights(cut)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        shutil.copyfile(runs / "other" / "checkpoint.pt", cut / name)
+    assert main(["train", "--resume", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]" in err and "checkpoint.pt" in err and "checkpoint.prev.pt" in err
+    assert "Traceback" not in err
+
+
 def test_a_run_with_saved_weights_but_no_checkpoint_is_not_started_over(photos, tmp_path, capsys):
     """Both checkpoints gone (deleted to save space — they are three times the model's size —, or lost) from a run
     that had saved weights: `--resume` started the run over from random weights without a word, dropped every row of

@@ -27,6 +27,7 @@ from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.export.select import (
     CheckedRun,
     RowFilter,
+    Skipped,
     checked_before_writing,
     checked_run,
     iter_items,
@@ -207,8 +208,9 @@ def _record(row: dict[str, Any], item, weights: str | None, which: str, max_byte
 
 
 def iter_records(run: str | Path | CheckedRun, row_filter: RowFilter | None, weights: str | None,
-                 skipped: list[dict[str, str]], which: str = "chosen") -> Iterator[dict[str, Any]]:
-    """Kept rows with their images, shard by shard (one shard's images in memory at most)."""
+                 skipped: Skipped, which: str = "chosen") -> Iterator[dict[str, Any]]:
+    """Kept rows with their images, shard by shard (one shard's images in memory at most); the rows kept but not
+    exported counted in `skipped` (a list of one dict each grew with the run, as COCO's and IMDL-BenCo's did)."""
     run = checked_run(run)
     cfg = run.cfg
     for row, item, error in iter_items(run, row_filter):
@@ -216,7 +218,7 @@ def iter_records(run: str | Path | CheckedRun, row_filter: RowFilter | None, wei
         if item is not None:
             record, error = _record(row, item, weights, which, cfg.io.limits.max_bytes, cfg.input.root)
         if record is None:
-            skipped.append({"pair_id": row["pair_id"], "reason": error})
+            skipped.add(row["pair_id"], error or "unreadable")
         else:
             yield record
 
@@ -227,9 +229,9 @@ class _ShardedWriter:
 
     ROW_GROUP = 100
 
-    def __init__(self, data_dir: Path, max_bytes: int, skipped: list[dict[str, str]] | None = None):
+    def __init__(self, data_dir: Path, max_bytes: int, skipped: Skipped | None = None):
         self.dir, self.max_bytes = data_dir, max_bytes
-        self.skipped = [] if skipped is None else skipped      # the rows kept but not exported (why, when none is)
+        self.skipped = Skipped() if skipped is None else skipped   # the rows kept but not exported (why, when none is)
         self.schema = arrow_schema()
         self.files: list[Path] = []
         self.writer = None
@@ -352,7 +354,8 @@ made by SIGMA (`sigma batch run`, package `sigma-masks`) and exported with `sigm
   `{info["weights_sha256"] or "none"}` ({info["weights_source"]}); threshold {info["threshold"]}.
 - Batch run `{info["run_hash"]}`: {info["run_pairs"]} pairs annotated, {info["run_errors"]} bad pairs
   (unreadable images, mismatched sizes, ...) left out.
-- Export filters: {filters}; {info["rows"]} pairs kept, {info["skipped"]} could not be re-read.
+- Export filters: {filters}; {info["rows"]} pairs kept, {info["skipped"]} skipped
+  (no such mask, or images that could not be re-read).
 - The mask (255 = edited, at the original's size, also as COCO RLE in `mask_rle`) is {info["mask"]}. Both
   of SIGMA's masks are in `semantic_rle` (what changed in meaning) and `footprint_rle` (every pixel the
   editor re-made, when the pair is a composite: most pixels untouched; `is_composite`, `composite`).
@@ -445,7 +448,7 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
     # OUT is held exclusively (hold_folder above): every temporary file here is a dead export's, whatever its pid
     for stale in sorted(data_dir.glob(".*.tmp")):     # left by an interrupted export (the older `.NAME.tmp` too)
         stale.unlink()
-    skipped: list[dict[str, str]] = []
+    skipped = Skipped()
     writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))), skipped)
     first: dict[str, Any] = {}
     try:
@@ -461,7 +464,7 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
             _remove_empty(data_dir)
         raise
     return {"out": str(out), "rows": writer.rows, "files": [str(f.relative_to(out)) for f in files],
-            "weights_sha256": weights, "skipped": skipped}
+            "weights_sha256": weights, **skipped.report()}
 
 
 def _remove_empty(folder: Path) -> None:

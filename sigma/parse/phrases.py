@@ -66,14 +66,20 @@ def fold_text(text: str) -> str:
 # brackets 「」 and white corner brackets 『』 (their half-width ｢｣ and vertical ﹁﹂﹃﹄ forms are these under NFKC)
 # and the double prime quotes 〝〞〟; read as punctuation, "add 「OPEN」 sign" was an add with no target. They become
 # '"', not "'", as a single quote opens only after a non-word character and CJK text runs on without spaces
-# ("写「OPEN」"); the full-width '＂' is '"' under NFKC already.
+# ("写「OPEN」"); the full-width '＂' is '"' under NFKC already. European quotes likewise: guillemets « » and single
+# guillemets ‹ › (either way round: » « in German) are '"', as are the low-9 and reversed double quotes „ ‟ (German
+# and Polish „OPEN“ / „OPEN”); the single low-9 and reversed quotes ‚ ‛ are "'" like the ‘ ’ that close them.
+# "add «OPEN» sign" was an add with no target. French puts a no-break space inside « »: NFKC makes it a space, and
+# `tokenize` drops the spaces at a quoted span's ends.
 _PLAIN_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
                                "\u300c": '"', "\u300d": '"', "\u300e": '"', "\u300f": '"',
-                               "\u301d": '"', "\u301e": '"', "\u301f": '"'})
+                               "\u301d": '"', "\u301e": '"', "\u301f": '"',
+                               "\u00ab": '"', "\u00bb": '"', "\u2039": '"', "\u203a": '"',
+                               "\u201e": '"', "\u201f": '"', "\u201a": "'", "\u201b": "'"})
 
 
 def clean_text(text: str) -> str:
-    """`fold_text` (compatibility forms and ideographic punctuation), quotes made plain (curly and CJK ones:
+    """`fold_text` (compatibility forms and ideographic punctuation), quotes made plain (curly, CJK and European ones:
     `_PLAIN_QUOTES`), line breaks and tabs a space, format characters (zero-width joiner, direction mark, soft
     hyphen) dropped, so they neither split a word ("ca<ZWJ>t") nor stand between a verb and its object, and control
     characters read as word breaks (`_split_at_controls`)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sigma.errors import InputError, first_line
+from sigma.errors import ConfigError, InputError, first_line
 from sigma.tempfiles import sweep_stale_temps, sync_folder, temp_name, write_synced_by
 
 CKPT = "checkpoint.pt"
@@ -119,21 +119,39 @@ def _check_fields(state: dict[str, Any]) -> None:
         raise ValueError("an EMA teacher state that is not a mapping")
 
 
-def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
-    """The latest readable checkpoint: checkpoint.pt, else the one before it (with a warning), else None
-    when the run has none; `checkpoint_unreadable` when neither can be read."""
+def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None,
+                    apply: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """The latest usable checkpoint: checkpoint.pt, else the one before it (with a warning), else None
+    when the run has none; `checkpoint_unreadable` when neither can be read.
+
+    `apply` (the trainer's restore) is given each readable checkpoint, newest first; a `ConfigError` from it (the
+    checkpoint does not fit the configured model: one of another architecture copied in) moves on to the one before,
+    like a damaged file — it stopped the resume with `invalid_config` although checkpoint.prev.pt fitted. Neither
+    fitting stays `invalid_config`, naming both. `apply` must leave nothing half-applied that the next call does not
+    replace whole (a strict load_state_dict does)."""
     found = [p for p in (run_dir / CKPT, run_dir / PREV) if p.is_file()]
     # checkpoint.pt gone while the one before it is there (deleted, lost): said like a damaged one, not passed over
     problems = [f"{CKPT}: missing"] if found and found[0].name == PREV else []
+    misfit = False
     for path in found:
         try:
             state = _read(path)
         except Exception as exc:  # noqa: BLE001 - a damaged file of any kind: try the one before it
             problems.append(f"{path.name}: {type(exc).__name__}: {first_line(exc)}")
             continue
+        if apply is not None:
+            try:
+                apply(state)
+            except ConfigError as exc:
+                problems.append(f"{path.name}: {exc}")
+                misfit = True
+                continue
         if problems and warn is not None:
             warn(f"{problems[0]} — resuming from {path.name} (step {state['step']}) instead")
         return state
+    if misfit:
+        raise ConfigError(f"{run_dir}: no checkpoint fits the configured model ({'; '.join(problems)}); resume "
+                          "with the config the run was started with, or start a new run", code="invalid_config")
     if problems:
         raise InputError(f"{run_dir}: no readable checkpoint ({'; '.join(problems)}); start the run again "
                          "from its best/ or model/ with init_from", code="checkpoint_unreadable")

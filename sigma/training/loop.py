@@ -409,19 +409,21 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.cfg)}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
+        """The checkpoint's state into this trainer; `ConfigError` when it does not fit the configured model (the
+        checkpoint loader then tries the one before it). Every load is strict and whole, so a later restore replaces
+        whatever a failed one had copied before its mismatch."""
         try:
             self.model.load_state_dict(ckpt["model"], strict=True)
             self.opt.load_state_dict(ckpt["opt"])
+            if self.teacher is not None:
+                if ckpt.get("teacher") is not None:
+                    self.teacher.load_state_dict(ckpt["teacher"], strict=True)
+                else:
+                    # EMA switched on at --resume of a run that had none: the teacher starts from the weights the
+                    # run reached, not from the ones it was built with before the checkpoint replaced them
+                    self.teacher.load_state_dict(self.model.state_dict(), strict=True)
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise ConfigError(f"{self.run_dir}: the checkpoint does not fit the configured model "
-                              f"({first_line(exc, 200)})") from exc
-        if self.teacher is not None:
-            if ckpt.get("teacher") is not None:
-                self.teacher.load_state_dict(ckpt["teacher"], strict=True)
-            else:
-                # EMA switched on at --resume of a run that had none: the teacher starts from the weights the run
-                # reached, not from the ones it was built with before the checkpoint replaced them
-                self.teacher.load_state_dict(self.model.state_dict(), strict=True)
+            raise ConfigError(f"does not fit the configured model ({_load_error(exc)})") from exc
         torch.set_rng_state(ckpt["torch_rng"])
         self.step = int(ckpt["step"])
 
@@ -758,9 +760,8 @@ class Trainer:
         cfg = self.cfg
         self._heal_metrics()
         self._settle_best()
-        ckpt = load_checkpoint(self.run_dir, warn=self.log)
+        ckpt = load_checkpoint(self.run_dir, warn=self.log, apply=self.restore)
         if ckpt is not None:
-            self.restore(ckpt)
             self.log(f"resumed {self.run_dir} at step {self.step}")
         self._trim_metrics(ckpt is not None)
         owed = self._owes_validation(ckpt is not None)
@@ -1119,6 +1120,15 @@ class Trainer:
                         self.log(f"wrote the fixed synthetic validation set: {ev.val_size} pairs in {folder}")
             return load_val_dir(folder)
         return fixed_val_set(self.cfg, ev.val_size) if ev.val_size else []
+
+
+def _load_error(exc: BaseException) -> str:
+    """What a failed load_state_dict says, in a line: its first line is only "Error(s) in loading state_dict for
+    SigmaNet:", the first mismatch follows it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
+        return lines[1][:120]
+    return first_line(exc, 120)
 
 
 def _refuse_links(run_dir: Path) -> None:
