@@ -96,3 +96,18 @@ def grown_run(folder: Path, rows: int, shards: int = 100, side: int = 128, image
         st.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), pairs=per)
         status.write_text(json.dumps(st))
     return run
+
+
+def assert_skipped_counted(info: dict, printed, total: int, reason: str, first_id: str, id_prefix: str) -> None:
+    """An export that skipped `total` pairs for one `reason` counts them (`Skipped`: the first EXAMPLES kept, the
+    total and the count per reason) and its CLI line (`printed`: capsys' capture of the same export run by `main`)
+    says the total, names 20 of them and gives the counts per reason."""
+    from sigma.export.select import Skipped
+
+    assert (info["skipped_total"], info["skipped_by_reason"]) == (total, {reason: total})
+    assert len(info["skipped"]) == Skipped.EXAMPLES
+    assert info["skipped"][0] == {"pair_id": first_id, "reason": reason}
+    assert json.loads(printed.out.splitlines()[0])["skipped"] == total
+    warnings = printed.err.splitlines() + printed.out.splitlines()[1:]
+    assert sum(f"sigma: warning: skipped {id_prefix}" in line for line in warnings) == 20, warnings[:3]
+    assert any(f"skipped {total} pair(s) in all: {total}: {reason}" in line for line in warnings), warnings[-3:]

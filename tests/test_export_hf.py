@@ -508,23 +508,13 @@ def test_an_export_of_mostly_skipped_pairs_counts_them_like_the_other_exports(tm
     """`--mask footprint` of a run of mostly plain pairs: the HF export kept one dict per skipped pair (~250 bytes
     each) to its end, as COCO and IMDL-BenCo did before `Skipped`. Now the same report as theirs: `skipped` the first
     `Skipped.EXAMPLES`, `skipped_total` and `skipped_by_reason`; the CLI prints how many, the first 20, the counts."""
-    from runrecords import grown_run
-
-    from sigma.export.select import Skipped
+    from runrecords import assert_skipped_counted, grown_run
 
     rows = 300
     run = grown_run(tmp_path / "mostly_plain", rows, shards=3, side=16, images=True, composite_every=100)
     reason = "no footprint mask (not a composite)"
     info = export_hf(run, tmp_path / "hf", mask="footprint")
     assert info["rows"] == rows // 100
-    assert (info["skipped_total"], info["skipped_by_reason"]) == (rows - rows // 100, {reason: rows - rows // 100})
-    assert len(info["skipped"]) == Skipped.EXAMPLES
-    assert info["skipped"][0] == {"pair_id": "corpus/q00000001", "reason": reason}
     capsys.readouterr()
     assert main(["export", "hf", str(run), str(tmp_path / "hf"), "--mask", "footprint", "--overwrite"]) == 0
-    printed = capsys.readouterr()
-    assert json.loads(printed.out.splitlines()[0])["skipped"] == rows - rows // 100
-    warnings = printed.err.splitlines() + printed.out.splitlines()[1:]
-    assert sum("sigma: warning: skipped corpus/q" in line for line in warnings) == 20, warnings[:3]
-    assert any(f"skipped {rows - rows // 100} pair(s) in all: {rows - rows // 100}: {reason}" in line
-               for line in warnings), warnings[-3:]
+    assert_skipped_counted(info, capsys.readouterr(), rows - rows // 100, reason, "corpus/q00000001", "corpus/q")

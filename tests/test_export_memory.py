@@ -15,7 +15,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from runrecords import grown_run
+from runrecords import assert_skipped_counted, grown_run
 
 from sigma.cli import main
 
@@ -168,19 +168,10 @@ def test_a_footprint_export_of_mostly_plain_pairs_counts_its_skipped_pairs(tmp_p
     finally:
         tracemalloc.stop()
     assert held < 1 << 20, f"{held / 2 ** 20:.1f} MB held once the export returned"
-    from sigma.export.select import Skipped
     reason = "no footprint mask (not a composite)"
     assert info["images"] == rows // 100 == len(json.loads(out.read_text())["images"])
-    assert (info["skipped_total"], info["skipped_by_reason"]) == (rows - rows // 100, {reason: rows - rows // 100})
-    assert len(info["skipped"]) == Skipped.EXAMPLES
-    assert info["skipped"][0] == {"pair_id": "q00000001", "reason": reason}
     assert main(["export", "coco", str(run), "--out", str(out), "--mask", "footprint"]) == 0
-    printed = capsys.readouterr()
-    assert json.loads(printed.out.splitlines()[0])["skipped"] == rows - rows // 100
-    warnings = printed.err.splitlines() + printed.out.splitlines()[1:]
-    assert sum("sigma: warning: skipped q" in line for line in warnings) == 20, warnings[:3]
-    assert any(f"skipped {rows - rows // 100} pair(s) in all: {rows - rows // 100}: {reason}" in line
-               for line in warnings), warnings[-3:]
+    assert_skipped_counted(info, capsys.readouterr(), rows - rows // 100, reason, "q00000001", "q")
 
 
 def test_skipped_counts_every_reason_up_to_a_bound():
