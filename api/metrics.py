@@ -13,6 +13,7 @@ number leaves out the series it belongs to (with one log line), never the scrape
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from typing import Any
@@ -124,10 +125,8 @@ class SnapshotCollector:
                     note_damage(f"worker {name[:80]!r} has a non-numeric gpu_memory_bytes")
                 else:
                     gpu.add_metric([name], mem)
-        if self.s.get("workers") is not None:       # a partial count (reads cut by the deadline) is left out
-            alive: dict[str, int] = {}
-            for w in self.s["workers"]:
-                alive[w.get("annotator", "?")] = alive.get(w.get("annotator", "?"), 0) + 1
+        if self.s.get("complete"):       # a partial count (reads cut by the deadline) is left out
+            alive = collections.Counter(w.get("annotator", "?") for _, w in self.s["heartbeats"].values())
             for name, n in alive.items():
                 workers.add_metric([name], n)
         yield workers

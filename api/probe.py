@@ -33,9 +33,9 @@ from sigma.io.pairs import check_instruction
 _SWAPS_AXES = (5, 6, 7, 8)     # EXIF orientations that turn the image by 90 degrees
 
 
-def _header_hw(data: bytes, io_config: IOConfig) -> tuple[tuple[int, int], int] | None:
-    """((height, width) as the decoder will see it, EXIF orientation), or None when only a full decode can
-    judge."""
+def _header_hw(data: bytes, io_config: IOConfig) -> tuple[int, int] | None:
+    """(height, width) as the decoder will see it (turned by an EXIF orientation read from the header), or None
+    when only a full decode can judge."""
     limits = io_config.limits
     if not data or len(data) > limits.max_bytes:
         return None
@@ -64,7 +64,7 @@ def _header_hw(data: bytes, io_config: IOConfig) -> tuple[tuple[int, int], int] 
                 img.verify()      # every chunk's CRC and the IEND: a truncated or damaged PNG
     except Exception:  # noqa: BLE001 - any doubt goes to the full decode for the canonical error
         return None
-    return ((width, height) if orientation in _SWAPS_AXES else (height, width)), orientation
+    return (width, height) if orientation in _SWAPS_AXES else (height, width)
 
 
 def check_pair(original: bytes, edited: bytes, instruction: str | None, io_config: IOConfig,
@@ -79,7 +79,7 @@ def check_pair(original: bytes, edited: bytes, instruction: str | None, io_confi
         pair_from_bytes(original, edited, instruction, io_config)
         return
     try:
-        check_aspect(head_o[0], head_e[0], io_config.limits.max_aspect_change)
+        check_aspect(head_o, head_e, io_config.limits.max_aspect_change)
     except InputError:
         # The header's aspect is a guess where only a decode knows the orientation (a PNG's eXIf after its
         # pixels): the full path decides, with its message (naming differing EXIF orientations, same code). The

@@ -262,14 +262,13 @@ class Service:
         scrape kept loading Redis. Cut there, the snapshot keeps what it read (`complete` False); `redis_up` is
         True once Redis answered, False when it could not be asked (a timeout, no connection, nothing back before
         the deadline). A key of the wrong type costs only its own series (`sigma.api.metrics`)."""
-        snap: dict[str, Any] = {"redis_up": False, "complete": False, "queues": {}, "workers": None,
-                                "heartbeats": {}, "worker_metrics": {}}
+        snap: dict[str, Any] = {"redis_up": False, "complete": False, "queues": {}, "heartbeats": {},
+                                "worker_metrics": {}}
         with anyio.move_on_after(self.cfg.api.metrics_timeout_s) as scope:
             try:
                 await self._read_queues(snap)
                 snap["redis_up"] = True
                 await self.read_heartbeats(snap["heartbeats"])
-                snap["workers"] = [h for _, h in snap["heartbeats"].values()]
                 snap["complete"] = True
             except (redis.RedisError, OSError) as exc:
                 snap["redis_up"] = False

@@ -31,7 +31,6 @@ from typing import Any
 SCAN_COUNT = 1000           # keys SCAN looks at per round trip (the fallback walks the whole keyspace)
 PAGE = 1000                 # heartbeat keys per HGETALL pipeline
 REGISTRY_TTL_MS = 86_400_000     # the registry (and its sentinel) outlives the last beat this long
-SENTINEL = b""
 
 # KEYS[1] the heartbeat hash, KEYS[2] the registry; ARGV[1] the hash's TTL (ms), ARGV[2] the registry's TTL (ms),
 # ARGV[3..] field, value, ... of the hash

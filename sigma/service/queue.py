@@ -294,8 +294,10 @@ class Heartbeat:
                  watch: Callable[[], None] | None = None, registry: str | None = None):
         self.r = client
         self.key = key
-        # the sorted set readers find this key in (`sigma.service.heartbeats`); None: the hash alone
+        # the sorted set readers find this key in (`sigma.service.heartbeats`); None: the hash alone. Its script
+        # is made once here, not at every beat
         self.registry = registry
+        self._beat_script = client.register_script(BEAT) if registry is not None else None
         self.interval = interval_ms / 1000.0
         self.ttl_ms = ttl_ms
         self.info = info
@@ -332,8 +334,8 @@ class Heartbeat:
                     raise
         info = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self.info().items()}
         info["last_beat"] = f"{time.time():.3f}"
-        if self.registry is not None:      # hash, TTL and registry entry in one script: they cannot disagree
-            self.r.register_script(BEAT)(keys=[self.key, self.registry], args=beat_args(self.ttl_ms, info))
+        if self._beat_script is not None:      # hash, TTL and registry entry in one script: they cannot disagree
+            self._beat_script(keys=[self.key, self.registry], args=beat_args(self.ttl_ms, info))
         else:
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(self.key, mapping=info)
