@@ -83,10 +83,11 @@ def _row_filter(args: argparse.Namespace):
 
 
 def _report(info: dict) -> None:
-    """The export's summary as one JSON line (`skipped`: how many), then the first 20 skipped pairs. An export that
-    counts its skipped pairs (`Skipped`: `skipped_total`, `skipped_by_reason`) returns only some as `skipped`."""
-    skipped = info.pop("skipped", [])
-    total = info.pop("skipped_total", len(skipped))
+    """The export's summary as one JSON line (`skipped`: how many), then the first 20 skipped pairs. Every export
+    counts its skipped pairs (`Skipped.report`: `skipped_total`, `skipped_by_reason`) and returns only some as
+    `skipped`."""
+    skipped = info.pop("skipped")
+    total = info.pop("skipped_total")
     print(json.dumps({**info, "skipped": total}))
     for s in skipped[:20]:
         print(f"sigma: warning: skipped {s['pair_id']}: {s['reason']}")

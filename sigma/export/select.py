@@ -83,10 +83,10 @@ class Skipped:
         return {"skipped": self.examples, "skipped_total": self.total, "skipped_by_reason": dict(self.by_reason)}
 
 
-def nothing_to_export(skipped: Skipped | list[dict[str, str]]) -> InputError:
+def nothing_to_export(skipped: Skipped) -> InputError:
     """The one refusal of an export that would keep no pair (every format: nothing is written, the previous
     export stays), saying why when kept pairs could not be exported."""
-    first = skipped.examples[0] if isinstance(skipped, Skipped) and skipped else skipped[0] if skipped else None
+    first = skipped.examples[0] if skipped else None
     why = (f"; {len(skipped)} pair(s) passed the filters but were skipped (e.g. {first['pair_id']}: "
            f"{first['reason']})" if first else "")
     return InputError(f"no pair of the run passes the export filters: nothing to export{why}", code="no_results")
