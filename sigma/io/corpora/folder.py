@@ -40,6 +40,12 @@ def id_key(pair_id: str) -> str:
     return unicodedata.normalize("NFC", pair_id)
 
 
+def _not_a_file(file: Path) -> InputError:
+    """The refusal of an instructions file that is no regular file, found by `is_file()` or by the open itself."""
+    return InputError(f"{file}: not a regular file (a FIFO, a device, a folder or a broken link); an instructions "
+                      "file must be a file", code="bad_manifest")
+
+
 def looks_like_pair_folder(path: Path) -> bool:
     if not path.is_dir():
         return False
@@ -133,8 +139,7 @@ class FolderCorpus(Corpus):
                 # a FIFO, a device (a link to /dev/zero), a folder or a broken link of that name was passed over in
                 # silence: every pair ran without its instruction. Refused, as an unreadable instructions file is
                 if os.path.lexists(file):
-                    raise InputError(f"{file}: not a regular file (a FIFO, a device, a folder or a broken link); "
-                                     "an instructions file must be a file", code="bad_manifest")
+                    raise _not_a_file(file)
                 continue
             try:
                 if file.suffix == ".jsonl":
@@ -156,8 +161,7 @@ class FolderCorpus(Corpus):
                         for rec in csv.DictReader(handle, strict=True):   # an unclosed quote: an error
                             out[str(rec["id"])] = rec.get("instruction") or None
             except NotRegularFile:      # swapped for a FIFO after is_file(): refused as above, not waited on
-                raise InputError(f"{file}: not a regular file (a FIFO, a device, a folder or a broken link); "
-                                 "an instructions file must be a file", code="bad_manifest") from None
+                raise _not_a_file(file) from None
             except (ValueError, KeyError, TypeError, AttributeError, csv.Error) as exc:
                 raise InputError(f"{file}: unreadable instructions file ({exc}); expected {{'id', 'instruction'}} "
                                  "records", code="bad_manifest") from exc
