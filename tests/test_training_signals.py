@@ -3,6 +3,7 @@ while `sigma` itself starts."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -677,3 +678,63 @@ def test_training_data_workers_end_as_forked_children_their_status_and_handed_ba
     plain.start()
     plain.join(60)
     assert plain.exitcode == 1 and (tmp_path / "plain").read_text() == "finalised"
+
+
+class _SlowToPickle:
+    """Pickled, after a pause, as a plain string: keeps a queue's feeder thread busy for `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self):
+        time.sleep(self.seconds)
+        return (str, ("late",))
+
+
+def _semaphore_files(q) -> list[Path]:
+    return [Path("/dev/shm") / f"sem.{lock._semlock.name.lstrip('/')}" for lock in (q._rlock, q._wlock, q._sem)]
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="POSIX named semaphores live in /dev/shm on Linux")
+def test_a_joined_feeder_leaves_its_queues_semaphores_to_the_thread_that_frees_the_queue():
+    """The Ctrl-C storm test failed 2 runs in 19 (and once in CI, stop 35) on the resource tracker's "There appear to
+    be 1 leaked semaphore objects ... [Errno 2] No such file or directory" under `sigma: interrupted`: a data
+    loader's index queue, freed while its feeder thread still ran, left that daemon thread the last references to
+    its semaphores; the thread ran their finalizers as it ended (unlink, then a note to the tracker) and the
+    trainer's exit froze it between the two. `_data_workers` now joins the closed queues' feeders
+    (`join_queue_feeders`) while the queues exist, so the thread that frees a queue unlinks its semaphores then and
+    there. Real spawn-context queue, real feeder, real semaphores in /dev/shm."""
+    from sigma.lifeline import join_queue_feeders
+
+    ctx = multiprocessing.get_context("spawn")
+    joined = ctx.Queue()
+    joined.put(_SlowToPickle(0.5))          # the feeder pickles it in its own thread: busy half a second
+    joined.close()
+    files = _semaphore_files(joined)
+    assert all(f.exists() for f in files)
+    assert join_queue_feeders([joined], timeout=30) == 0
+    del joined
+    assert not any(f.exists() for f in files), "the queue's semaphores outlived it"
+
+    # without the join (what `_data_workers` did): freed while its feeder runs, the queue leaves two to that thread
+    left = ctx.Queue()
+    left.put(_SlowToPickle(0.5))
+    left.close()
+    files, feeder = _semaphore_files(left), left._thread
+    del left
+    assert [f.exists() for f in files] == [False, True, True]      # _rlock freed here; _wlock and _sem in the feeder
+    feeder.join(30)
+    assert not any(f.exists() for f in files)
+
+
+def test_join_queue_feeders_is_bounded_by_a_feeder_that_never_ends():
+    """An open queue's feeder waits for items for ever: the join gives up at its timeout and says one runs on."""
+    from sigma.lifeline import join_queue_feeders
+
+    q = multiprocessing.get_context("spawn").Queue()
+    q.put("kept")
+    started = time.monotonic()
+    assert join_queue_feeders([q, object()], timeout=0.3) == 1
+    assert time.monotonic() - started < 5
+    q.close()
+    q.join_thread()

@@ -31,6 +31,7 @@ from sigma.lifeline import (
     QuickExitSpawnContext,
     die_with_parent,
     interrupts_ignored,
+    join_queue_feeders,
     leave_stop_signals_to_parent,
     quiet_failed_handoffs,
     signal_noted,
@@ -957,7 +958,9 @@ class Trainer:
         then `kill_stuck_workers` gives it 2 s more — 22 s measured with two stuck workers at a `max_minutes` pause,
         spent before its checkpoint (a SIGTERM's too, of a scheduler's grace period). A loader that ran out shut its
         workers down itself, after their last batch (torch, in its `__next__`): none of them can be waiting on a read
-        then, and the stuck-worker kill after the shutdown stays as the safety net."""
+        then, and the stuck-worker kill after the shutdown stays as the safety net. Last, the feeder threads of the
+        closed index queues are joined while the iterator still holds the queues (`join_queue_feeders`): a feeder
+        left the last holder of their semaphores ran their finalizers as the trainer exited, half-done."""
         iterator = None
         cut = drained = False
         try:
@@ -976,6 +979,7 @@ class Trainer:
                         self._kill_unwanted_workers(list(getattr(iterator, "_workers", [])), cut)
                     shutdown()
                     killed = kill_stuck_workers(list(getattr(iterator, "_workers", [])))
+                    join_queue_feeders(getattr(iterator, "_index_queues", []))    # closed by shutdown()
                 if killed:
                     self.log(f"{killed} data worker(s) still running after the data loader's shutdown (stuck in a "
                              "read?) were killed with SIGKILL")
