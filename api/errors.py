@@ -27,7 +27,7 @@ log = logging.getLogger("sigma.api")
 STATUS_BY_CODE = {
     "file_too_large": 413, "too_many_pixels": 413, "decompression_bomb": 413, "request_too_large": 413,
     "bad_request": 400, "bad_json": 400, "invalid_base64": 400, "malformed_multipart": 400, "missing_field": 400,
-    "not_a_file": 400, "invalid_request": 422, "unsupported_media_type": 415,
+    "not_a_file": 400, "headers_too_large": 431, "invalid_request": 422, "unsupported_media_type": 415,
     "unknown_annotator": 422, "unknown_name": 422,
     "missing_api_key": 401, "invalid_api_key": 401, "insufficient_scope": 403,
     "not_found": 404, "job_not_found": 404, "mask_not_available": 409, "method_not_allowed": 405,
@@ -109,6 +109,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in [(400, "malformed body"), (401, "missing or unknown API key"), (403, "wrong scope"),
                          (404, "no such job"), (413, "upload too large"), (415, "unsupported media type"),
                          (408, "request body too slow"), (409, "conflict"), (422, "invalid input"),
+                         (431, "request headers too large"),
                          (429, "queue full or server busy (see Retry-After)"), (503, "queue unreachable")]}
 
 HTTP_CODES = {400: "bad_request", 401: "missing_api_key", 403: "insufficient_scope", 404: "not_found",

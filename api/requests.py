@@ -7,6 +7,9 @@ RFC 8259 where Python's parser is laxer: NaN/Infinity and integers of more than 
 text cannot be encoded, stored or answered faithfully, so it is refused rather than silently changed. A body nested
 deeper than `MAX_BODY_DEPTH` levels is `bad_json` too: Python's parser takes ~950, but the code that walks a body
 after it (copying a batch's options: two frames a level) ran out of stack at ~480, a 500 internal_error.
+An object that names one key twice (`{"instruction": "a", "instruction": "b"}`) is `bad_json` naming the key: RFC 8259
+(4) leaves such an object's meaning to the parser, Python's keeps the last value silently, and a proxy or a client
+library that keeps the first would have sent one job while the API queued another.
 The body is streamed into one buffer and dropped as soon as it is parsed, base64 is decoded without
 intermediate copies, and multipart files above `api.multipart_spool_bytes` are spooled to disk. A file part is
 counted while it streams in: one above `limits.max_bytes` is 413 `file_too_large` at once, with the connection
@@ -28,11 +31,14 @@ from __future__ import annotations
 import binascii
 import codecs
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import python_multipart.multipart
 from fastapi import Request
 from pydantic import Field, ValidationError
+from python_multipart.exceptions import MultipartParseError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser, MultipartPart, parse_options_header
@@ -40,7 +46,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser, Multipart
 from sigma.api.errors import ApiError, validation_message
 from sigma.api.middleware import BodyReadAborted
 from sigma.config.schema import NonNegative, Strict, UnitInterval
-from sigma.text import find_surrogate
+from sigma.text import find_surrogate, shown
 from sigma.types import MaskMode
 
 MAX_INT_DIGITS = 4300          # CPython's own default limit, enforced whatever the interpreter is set to
@@ -110,16 +116,40 @@ def _int(text: str) -> int:
     return int(text)
 
 
+class DuplicateKey(ValueError):
+    """An object of the body names `key` twice."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads`'s object hook: the object as a dict, or `DuplicateKey` for the first key it names twice."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def parse_json(body: bytes | bytearray) -> Any:
-    """RFC 8259 JSON → Python, at most `MAX_BODY_DEPTH` lists / objects deep; anything Python's parser would raise
-    on, and anything nested deeper, becomes 400 bad_json."""
+    """RFC 8259 JSON → Python, at most `MAX_BODY_DEPTH` lists / objects deep, each object's keys unique; anything
+    Python's parser would raise on, a key named twice in one object, and anything nested deeper, become 400
+    bad_json."""
     deep = ApiError(400, "bad_json", f"body is nested more than {MAX_BODY_DEPTH} levels deep")
     try:
         text = _utf8(body)
-        data = json.loads(text, parse_int=_int, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_int=_int, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
         del text
     except RecursionError as exc:
         raise deep from exc
+    except DuplicateKey as exc:
+        raise ApiError(400, "bad_json", f"body names the key {shown(json.dumps(exc.key))} twice in one object: "
+                       "send each key once (which value was meant is ambiguous)") from exc
     except json.JSONDecodeError as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON ({exc.msg} at line {exc.lineno} column "
                        f"{exc.colno})") from exc
@@ -215,6 +245,27 @@ def json_kind(value: object) -> str:
     return {list: "an array", str: "a string", int: "a number", float: "a number"}.get(type(value), "a value")
 
 
+# python-multipart's bound on one header line of a part (its Content-Disposition: the field's name and filename);
+# Starlette builds the parser with the default, so it is this API's bound too. Older releases had none
+PART_HEADER_LINE_BYTES: int = getattr(python_multipart.multipart, "DEFAULT_MAX_HEADER_SIZE", 4096 + 128)
+
+
+def header_line_too_long(line: bytes) -> str:
+    """What a client is told of a part header line over `PART_HEADER_LINE_BYTES`: the filename (or field name) it
+    sent is too long, and the bound. Starlette said only `Invalid multipart data.`"""
+    head = line[:200].decode("latin-1")
+    name = re.search(r'(?i)\bname="([^"]{1,64})"', head)
+    whose = f"of the part {name.group(1)!r} " if name else ""
+    if re.match(r"(?i)content-disposition\s*:", head) and re.search(r"(?i)\bfilename\*?=", head):
+        what = f"the filename {whose}is too long"
+    elif re.match(r"(?i)content-disposition\s*:", head):
+        what = "a field name is too long"
+    else:
+        what = f"a header line {whose}is too long"
+    return (f"{what}: a part's header line (its Content-Disposition holds the field name and the filename) may be at "
+            f"most {PART_HEADER_LINE_BYTES} bytes; send a shorter one (the API does not use the filename)")
+
+
 class FilePartTooLarge(Exception):
     def __init__(self, name: str, limit: int):
         super().__init__(name)
@@ -268,14 +319,29 @@ class _LimitedParser(MultiPartParser):
         self._file_bytes = 0
         self.text_problems: list[str] = []
         self._body_charset: str | None = None
+        self.before = self.chunk = b""
 
     async def parse(self) -> FormData:
         self._body_charset = declared_charset(self.headers.get("content-type"))
+        self.stream = self._kept(self.stream)
         form = await super().parse()
         if self.text_problems:
             await form.close()
             raise TextNotUtf8(self.text_problems)
         return form
+
+    def on_headers_finished(self) -> None:
+        """A part's field name, as UTF-8 whatever the body's charset: Starlette decodes it by that charset and, where
+        that fails, as Latin-1, so a name of bytes that are no UTF-8 (`instr\\xff`) was reported garbled, as an
+        unknown field `'instrÿ'`. One that is not is noted as a text field's value is (`TextNotUtf8`)."""
+        super().on_headers_finished()
+        _, options = parse_options_header(self._current_part.content_disposition)
+        raw = options.get(b"name", b"")
+        try:
+            self._current_part.field_name = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.text_problems.append(f"the field name {bytes(raw[:64])!r} is not UTF-8 text ({exc.reason} at byte "
+                                      f"{exc.start})")
 
     def on_part_end(self) -> None:
         part = self._current_part
@@ -300,6 +366,22 @@ class _LimitedParser(MultiPartParser):
             said = "US-ASCII, as declared" if codec == "ascii" else "UTF-8 text"
             self.text_problems.append(f"{where} is not {said} ({exc.reason} at byte {exc.start})")
             return ""
+
+    async def _kept(self, stream: Any) -> Any:
+        """`stream`, its last `2 * PART_HEADER_LINE_BYTES` bytes before the chunk being parsed kept (`before`), and
+        that chunk (`chunk`): what `long_header_line` reads a refused header line from."""
+        async for chunk in stream:
+            self.before = (self.before + self.chunk)[-2 * PART_HEADER_LINE_BYTES:]
+            self.chunk = chunk
+            yield chunk
+
+    def long_header_line(self, offset: int) -> bytes:
+        """The first 200 bytes of the part header line that python-multipart refused as too long at `offset` of the
+        chunk (where it counted past its bound: within the line, at its value's start)."""
+        seen = self.before + self.chunk
+        at = len(self.before) + max(offset, 0)
+        start = seen.rfind(b"\n", 0, at) + 1
+        return seen[start:start + 200]
 
     def on_part_begin(self) -> None:
         super().on_part_begin()
@@ -338,33 +420,50 @@ async def _json(request: Request) -> Submission:
     return Submission(o, e, options)
 
 
-async def _parse_form(request: Request, max_text_chars: int, spool_bytes: int, max_file_bytes: int | None = None):
+def _form_parser(request: Request, max_text_chars: int, spool_bytes: int, max_file_bytes: int | None = None
+                 ) -> _LimitedParser:
     parser = _LimitedParser(request.headers, request.stream(), max_files=2, max_fields=len(OPTION_FIELDS) + 2,
                             max_part_size=max(4 * max_text_chars + 1024, 16_384), max_file_bytes=max_file_bytes)
     parser.spool_max_size = spool_bytes        # file parts above it go to a temporary file while streaming
-    return await parser.parse()
+    return parser
+
+
+async def _parse_form(request: Request, max_text_chars: int, spool_bytes: int, max_file_bytes: int | None = None
+                      ) -> FormData:
+    return await _form_parser(request, max_text_chars, spool_bytes, max_file_bytes).parse()
+
+
+def _malformed(exc: MultiPartException | StarletteHTTPException) -> ApiError:
+    detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
+    if "Too many files" in str(detail):      # Starlette's words; the route's own checks never ran
+        detail = (f"{detail} The form takes two file parts, 'original' and 'edited', each once; the options "
+                  f"({', '.join(OPTION_FIELDS)}) are text fields, not files.")
+    return ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {detail}")
 
 
 async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, max_file_bytes: int | None
                      ) -> Submission:
+    parser = _form_parser(request, max_text_chars, spool_bytes, max_file_bytes)
     try:
-        form = await _parse_form(request, max_text_chars, spool_bytes, max_file_bytes)
+        form = await parser.parse()
     except BodyReadAborted:
         raise                   # too large / too slow: the middleware that raised it answers
     except TextNotUtf8 as exc:
-        raise ApiError(422, "invalid_text", f"multipart text fields must be UTF-8, as JSON bodies are: "
+        raise ApiError(422, "invalid_text", "multipart field names and text fields must be UTF-8, as JSON bodies are: "
                        f"{'; '.join(exc.problems)} (send UTF-8 text, with no charset or charset=utf-8)") from exc
     except FilePartTooLarge as exc:
         # the rest of the body is not parsed (a bounded lingering discard, sigma.api.server): the connection cannot
         # carry another request
         raise ApiError(413, "file_too_large", f"'{exc.name}': more than limits.max_bytes={exc.limit} bytes; "
                        "refused while it was arriving", {"Connection": "close"}) from exc
-    except (MultiPartException, StarletteHTTPException) as exc:
-        detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
-        if "Too many files" in str(detail):      # Starlette's words; the route's own checks never ran
-            detail = (f"{detail} The form takes two file parts, 'original' and 'edited', each once; the options "
-                      f"({', '.join(OPTION_FIELDS)}) are text fields, not files.")
-        raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {detail}") from exc
+    except MultiPartException as exc:
+        cause = exc.__cause__       # python-multipart's own error, under Starlette's `Invalid multipart data.`
+        if isinstance(cause, MultipartParseError) and "header size" in str(cause):
+            raise ApiError(400, "malformed_multipart", "multipart body could not be parsed: "
+                           + header_line_too_long(parser.long_header_line(cause.offset))) from exc
+        raise _malformed(exc) from exc
+    except StarletteHTTPException as exc:
+        raise _malformed(exc) from exc
     except Exception as exc:
         if type(exc).__name__ == "ClientDisconnect":
             raise

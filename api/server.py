@@ -10,9 +10,16 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
   leaves the rest of the body to be discarded; it must have arrived within that time, else close;
 - a lingering close (`api.close_linger_s`, `api.close_linger_bytes`) for an answer that closes the connection
   before the body was read (413 `request_too_large` / `file_too_large` with `Connection: close`);
-- a request h11 cannot parse (a header line without a colon, a head over its size limit, a bad chunk size) is
-  answered as every error is, JSON 400 `bad_request` (`send_400_response`), not uvicorn's text/plain `Invalid
-  HTTP request received.`, which a client parsing `{"error": {"code"}}` could not read.
+- a request h11 cannot parse (a header line without a colon, a bad chunk size) is answered as every error is,
+  JSON 400 `bad_request` (`send_400_response`), not uvicorn's text/plain `Invalid HTTP request received.`, which a
+  client parsing `{"error": {"code"}}` could not read;
+- a request head (its line and header fields) over `api.max_header_bytes` is JSON 431 `headers_too_large`, however
+  it arrives (`HeadLimitedConnection`). h11 bounds only a head still incomplete when its buffer is checked: a 200 KB
+  cookie that arrived in one read was served, a 20 KB one that came in 1 KB segments (a real network's) was a 400
+  `bad_request` that said "malformed", and the client, still sending, met a reset (ECONNRESET / EPIPE), not the answer.
+
+Both refusals close the connection with the lingering close below, as a 413 does: what the client still sends of the
+refused request is discarded within the bounds, so it reads the answer instead of a reset.
 
 Why the lingering close: uvicorn closes the socket right after such an answer (`transport.close()` once h11 is
 MUST_CLOSE). A socket closed with unread data makes the kernel send a reset instead of a FIN, and the client's
@@ -49,8 +56,56 @@ _BODY = json.dumps({"error": {"code": "request_timeout", "message": "the request
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
                    b"content-length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
 BAD_REQUEST = json.dumps({"error": {"code": "bad_request", "message": "the request is not valid HTTP/1.1 (a "
-                                    "malformed request line or header, a request head that is too large, or a bad "
-                                    "chunk of a chunked body)"}}).encode()
+                                    "malformed request line or header, or a bad chunk of a chunked body)"}}).encode()
+
+
+HEADERS_TOO_LARGE_REASON = b"Request Header Fields Too Large"
+
+
+def headers_too_large(max_head_bytes: int) -> bytes:
+    """The JSON body of a 431: what the limit is and where it is set."""
+    return json.dumps({"error": {"code": "headers_too_large", "message": "the request line and header fields are "
+                                 f"more than api.max_header_bytes={max_head_bytes} bytes; send fewer or smaller "
+                                 "headers (a large cookie or token)"}}).encode()
+
+
+class HeadLimitedConnection(h11.Connection):
+    """h11's server side, with each request's head (its line and header fields, up to the blank line) held to
+    `max_head_bytes` however it arrives: h11 measures only an incomplete head, when a read leaves it unfinished
+    (`max_incomplete_event_size`), and parses a complete one of any size. A refusal raises h11's own
+    RemoteProtocolError with `error_status_hint` 431, and `head_refused` says the last refusal was one (a head
+    h11 refuses as incomplete and too long is one too; a chunk-size line too long in a body is a 400)."""
+
+    def __init__(self, max_head_bytes: int):
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
+        self.head_refused = False
+        self._received = 0       # bytes received on the connection
+        self._head_start = 0     # where in them the request being read began (after the previous one's end)
+
+    def receive_data(self, data: bytes) -> None:
+        self._received += len(data)
+        super().receive_data(data)
+
+    def _unparsed(self) -> int:
+        return len(self.trailing_data[0])
+
+    def next_event(self) -> Any:
+        reading_head = self.their_state is h11.IDLE
+        try:
+            event = super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.head_refused = reading_head and exc.error_status_hint == 431
+            raise
+        if isinstance(event, h11.Request):
+            size = self._received - self._unparsed() - self._head_start
+            if size > self.max_head_bytes:
+                self.head_refused = True
+                raise h11.RemoteProtocolError(f"request head of {size} bytes, over {self.max_head_bytes}",
+                                              error_status_hint=431)
+        elif isinstance(event, h11.EndOfMessage):
+            self._head_start = self._received - self._unparsed()
+        return event
 
 
 class _LingeringTransport:
@@ -79,9 +134,12 @@ class GuardedH11Protocol(H11Protocol):
     drain_timeout_s: float = 60.0
     linger_s: float = 2.0
     linger_bytes: int = 8 * 1024 * 1024
+    max_head_bytes: int = 16 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.conn: HeadLimitedConnection = HeadLimitedConnection(self.max_head_bytes)
+        self._refused = False          # a request h11 could not take was answered (send_400_response)
         self._head_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         self._drained: Any = None      # the request whose unread body the drain timer is about
@@ -114,12 +172,17 @@ class GuardedH11Protocol(H11Protocol):
 
     # -- lingering close ---------------------------------------------------------------------------
     def start_lingering(self) -> bool:
-        """On uvicorn's close after an answer sent before the body was read: send a FIN after the answer and keep
-        reading (and discarding) what the client still sends, within the bounds. False when there is nothing to
-        linger for (the body is all in, no answer went out, lingering is off): then close as uvicorn asked."""
+        """On uvicorn's close after an answer sent before the body was read, or after the refusal of a request h11
+        could not take (its rest may still be arriving): send a FIN after the answer and keep reading (and
+        discarding) what the client still sends, within the bounds. False when there is nothing to linger for (the
+        body is all in, no answer went out, a route is still reading the refused body, lingering is off): then close
+        as uvicorn asked."""
         transport = self._socket
-        if (self.lingering or transport is None or transport.is_closing() or self.cycle is None
-                or not self.cycle.response_complete or self.conn.their_state is not h11.SEND_BODY
+        idle = self.cycle is None or self.cycle.response_complete
+        answered_early = self.cycle is not None and self.cycle.response_complete \
+            and self.conn.their_state is h11.SEND_BODY
+        if (self.lingering or transport is None or transport.is_closing() or not idle
+                or not (answered_early or self._refused)
                 or self.linger_s <= 0 or self.linger_bytes <= 0 or not transport.can_write_eof()):
             return False
         self.lingering = True
@@ -172,16 +235,24 @@ class GuardedH11Protocol(H11Protocol):
             self._drain_timer = self.loop.call_later(self.drain_timeout_s, self._drain_expired)
 
     def send_400_response(self, msg: str) -> None:
-        """What h11 could not parse, answered in the API's error shape (uvicorn's own is text/plain); when an answer
-        has already gone out (a body drained after a 401), only the connection is closed, as nothing can follow."""
+        """What h11 could not take, answered in the API's error shape (uvicorn's own is text/plain): 431
+        `headers_too_large` for a head over `max_head_bytes`, else 400 `bad_request`; then a lingering close. When
+        an answer has already gone out (a body drained after a 401), only the connection is closed, as nothing can
+        follow."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             self.transport.close()
             return
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(BAD_REQUEST)).encode()),
+        if self.conn.head_refused:
+            status, reason, body = 431, HEADERS_TOO_LARGE_REASON, headers_too_large(self.max_head_bytes)
+            self.logger.info("request head over %d bytes: 431, closing", self.max_head_bytes)
+        else:
+            status, reason, body = 400, b"Bad Request", BAD_REQUEST
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         try:
-            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))
-                                 + self.conn.send(h11.Data(data=BAD_REQUEST)) + self.conn.send(h11.EndOfMessage()))
+            self.transport.write(self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
+                                 + self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage()))
+            self._refused = True
         except h11.LocalProtocolError:      # h11 would not frame an answer now: close, as above
             pass
         self.transport.close()
@@ -216,14 +287,16 @@ def return_large_buffers_to_os() -> bool:
 
 
 def guarded_protocol(header_timeout_s: float, drain_timeout_s: float, linger_s: float = 2.0,
-                     linger_bytes: int = 8 * 1024 * 1024) -> type[GuardedH11Protocol]:
+                     linger_bytes: int = 8 * 1024 * 1024, max_head_bytes: int = 16 * 1024
+                     ) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
                 {"header_timeout_s": header_timeout_s, "drain_timeout_s": drain_timeout_s, "linger_s": linger_s,
-                 "linger_bytes": linger_bytes})
+                 "linger_bytes": linger_bytes, "max_head_bytes": max_head_bytes})
 
 
 def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
-    """Keyword arguments for `uvicorn.run` / `uvicorn.Config` that apply the API's connection timeouts."""
+    """Keyword arguments for `uvicorn.run` / `uvicorn.Config` that apply the API's connection timeouts and its
+    bound on a request's head."""
     return {"http": guarded_protocol(cfg.api.header_timeout_s, cfg.api.body_timeout_s, cfg.api.close_linger_s,
-                                     cfg.api.close_linger_bytes),
+                                     cfg.api.close_linger_bytes, cfg.api.max_header_bytes),
             "timeout_keep_alive": cfg.api.keep_alive_timeout_s}

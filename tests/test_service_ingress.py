@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -257,3 +260,99 @@ def test_a_json_body_with_a_utf8_byte_order_mark_is_read(svc):
     resp = svc.http.post("/v1/jobs", content=body, headers={**svc.headers(), "content-type": "application/json"})
     assert resp.status_code == 202, resp.text
     assert svc.job(resp.json()["id"])["instruction"] == "add a café"
+
+
+# -- a request head over api.max_header_bytes (16 KiB): 431, however it arrives, and read by the client -------------
+def send_then_read(svc: ServiceUnderTest, request: bytes, segment: int | None) -> bytes:
+    """`request` sent whole (`segment` None: one send, as loopback delivers it) or `segment` bytes at a time with a
+    short pause (a real network's segments), then all the server answers until it closes. A reset or a broken pipe
+    on the way propagates: a client that writes its request before reading met one instead of the answer."""
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as sock:
+        for start in range(0, len(request), segment or len(request)):
+            sock.sendall(request[start:start + (segment or len(request))])
+            if segment:
+                time.sleep(0.001)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("cookie_bytes, segment", [(20_000, 1024), (20_000, None), (200_000, None)],
+                         ids=["20KB-in-1KB-segments", "20KB-at-once", "200KB-at-once"])
+def test_a_request_head_over_the_limit_is_431_and_the_client_reads_it(svc, cookie_bytes, segment):
+    # h11 bounds only a head still incomplete when it looks: a 20 KB cookie in 1 KB segments was a 400 "malformed"
+    # and the client, still sending, met EPIPE / ECONNRESET; the same cookie (or a 200 KB one) in one read was served
+    request = (f"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: {'a' * cookie_bytes}\r\n\r\n").encode()
+    status, headers, error = answer_of(send_then_read(svc, request, segment))
+    assert status == 431 and b"content-type: application/json" in headers and b"connection: close" in headers
+    assert error["error"]["code"] == "headers_too_large", error
+    assert "api.max_header_bytes=16384" in error["error"]["message"], error
+    assert svc.http.get("/healthz").status_code == 200
+
+
+def test_a_request_head_within_the_limit_is_served_whichever_way_it_arrives(svc):
+    request = (f"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: {'a' * 15_000}\r\nConnection: close\r\n\r\n").encode()
+    for segment in (1024, None):
+        assert send_then_read(svc, request, segment).startswith(b"HTTP/1.1 200 "), segment
+
+
+def test_a_stdlib_client_with_a_large_header_gets_the_431(svc):
+    # urllib.request (http.client) writes the whole head before reading: it must meet the answer, not a reset
+    request = urllib.request.Request(f"{svc.url}/healthz", headers={"X-Token": "t" * 40_000})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 431
+    assert json.loads(refused.value.read())["error"]["code"] == "headers_too_large"
+
+
+# -- JSON objects that name a key twice: which value was meant is ambiguous ----------------------------------------
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_a_json_body_that_names_a_key_twice_is_bad_json(svc, path):
+    # Python keeps the last value silently: `{"instruction": "a", "instruction": "b"}` queued "b" (202), while a
+    # proxy or client library that keeps the first would have meant "a"
+    if path == "/v1/jobs":
+        body = json_job("add a cat")[:-1] + ', "instruction": "remove the dog"}'
+        key = "instruction"
+    else:
+        body = '{"input": "corpus", "out": "runs/dup", "options": {"threshold": 0.4, "threshold": 0.6}}'
+        key = "threshold"
+    resp = svc.http.post(path, content=body, headers={**svc.headers(), "content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "bad_json" and f'"{key}" twice' in error["message"], error
+
+
+# -- multipart part headers: a filename too long, a field name that is not UTF-8 ---------------------------------
+def test_a_multipart_filename_too_long_is_said_with_the_limit(svc):
+    # python-multipart refuses a part header line over 4224 bytes; Starlette said only "Invalid multipart data."
+    from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE
+
+    original, edited = (png_bytes(a) for a in make_pair(16, 16))
+    files = [("original", ("o" * 10_000 + ".png", original, "image/png")), ("edited", ("e.png", edited, "image/png"))]
+    resp = svc.http.post("/v1/jobs", files=files, headers=svc.headers())
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "malformed_multipart", error
+    assert "filename of the part 'original' is too long" in error["message"], error
+    assert f"at most {DEFAULT_MAX_HEADER_SIZE} bytes" in error["message"], error
+
+
+def test_a_multipart_field_name_that_is_not_utf8_is_invalid_text(svc):
+    # Starlette decoded it as Latin-1: the answer named an unknown field 'instrÿþ', which the client never sent
+    body = multipart_body(b"add a sign").replace(b'name="instruction"', b'name="instr\xff\xfe"')
+    resp = post_multipart(svc, body)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_text" and "field name b'instr\\xff\\xfe' is not UTF-8" in error["message"], error
+
+
+def test_each_request_head_on_a_keep_alive_connection_is_measured_alone(svc):
+    # the head's size is counted from the end of the previous request: a body (or a head) before it on the
+    # connection does not count against it
+    job = json_job().encode()
+    head = f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}\r\n" \
+           f"Content-Type: application/json\r\nContent-Length: {len(job)}\r\nX-Pad: {'p' * 12_000}\r\n\r\n"
+    get = f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {'p' * 12_000}\r\nConnection: close\r\n\r\n"
+    answer = send_then_read(svc, head.encode() + job + get.encode(), 4096)
+    assert answer.startswith(b"HTTP/1.1 202 ") and answer.count(b"HTTP/1.1 200 OK") == 1, answer[:600]

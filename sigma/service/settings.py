@@ -153,6 +153,9 @@ class ApiSettings(Strict):
                               "false: they need a valid key (any scope)")
     header_timeout_s: Seconds = Field(10.0, gt=0, description="a request's line and headers must arrive within "
                                     "this long of its first byte (or of the connection); else 408 and close")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024, description="a request's line and header "
+                                  "fields may be at most this many bytes, however they arrive; over it 431 "
+                                  "headers_too_large and close (a cookie or token that grew)")
     body_timeout_s: Seconds = Field(60.0, gt=0, description="reading a request body may take this long from the "
                                   "first read; else 408 request_timeout and close (also bounds an unread body "
                                   "still arriving after the answer)")
