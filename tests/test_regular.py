@@ -47,7 +47,7 @@ def test_image_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path, raced):
 
 def test_config_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path, raced):
     os.mkfifo(tmp_path / "cfg.yaml")
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match="cfg.yaml: not a regular file"):
         read_yaml(tmp_path / "cfg.yaml")
 
 
@@ -68,3 +68,186 @@ def test_manifest_shard_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
     with pytest.raises(InputError) as err:
         list(corpus.read(shards[0]))
     assert err.value.code == "no_pairs"
+
+
+# --- parquet and tar corpora, image headers, config files: each in a subprocess bounded by a timeout, since a
+# blocking open() of a FIFO inside pyarrow or tarfile does not return to Python for pytest's timeout to stop it
+
+
+def _bounded(script: str, what: str, timeout: float = 60) -> str:
+    """`script`'s stdout, run by this Python; an AssertionError naming `what` if it is still running after
+    `timeout` seconds (the old code waited on the FIFO for ever)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    try:
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{what} hung on the FIFO") from None
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _cli(*args: str):
+    """`python -m sigma ARGS` run to its end, or an AssertionError if it is still running after a minute."""
+    import subprocess
+    import sys
+
+    try:
+        return subprocess.run([sys.executable, "-m", "sigma", *args], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"sigma {' '.join(args)} hung") from None
+
+
+_SWAP = """
+    import os
+    from pathlib import Path
+    from sigma.errors import SigmaError
+    from sigma.io.corpora import open_corpus
+
+    def refusal(call):
+        try:
+            call()
+        except SigmaError as exc:
+            return f"{{exc.code}} {{exc}}"
+        return "no refusal"
+
+    def swap(path):
+        path.unlink()
+        os.mkfifo(path)
+
+    path = Path({path!r})
+    corpus = open_corpus(path, format={fmt!r}, preset={preset!r}, shard_size=100)
+    shards = corpus.plan()
+    swap(path)                                   # between the plan and the read of its shard
+    print(refusal(lambda: list(corpus.read(shards[0]))))
+    is_file = Path.is_file
+    Path.is_file = lambda self: True if self == path else is_file(self)   # the check passed, then the swap
+    print(refusal(lambda: open_corpus(path, format={fmt!r}, preset={preset!r}).plan()))
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_parquet_file_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
+    """pyarrow opened the parquet file by its path, after `is_file()` (the plan) or after the plan (the read of a
+    shard): a FIFO put there in between held the run for ever. Now one `open_regular`, whose handle pyarrow reads."""
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_parquet
+
+    path = write_parquet(tmp_path / "mb.parquet", synthetic_pairs(2, size=32), "magicbrush")
+    out = _bounded(_SWAP.format(path=str(path), fmt="parquet", preset="magicbrush"), "the parquet corpus").splitlines()
+    assert out == [f"bad_parquet {path}: not a regular file (a FIFO, a device or a folder); a parquet file must "
+                   "be a file"] * 2, out
+
+
+@pytest.mark.timeout(150)
+def test_a_tar_shard_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
+    """tarfile opened the shard by its path, after `is_file()` or after the plan: a FIFO put there in between held
+    the run for ever. Now one `open_regular`, whose handle tarfile reads."""
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_webdataset
+
+    path = write_webdataset(tmp_path / "wds", synthetic_pairs(2, size=32))[0]
+    out = _bounded(_SWAP.format(path=str(path), fmt="wds", preset=None), "the tar corpus").splitlines()
+    assert out == [f"bad_tar {path}: not a regular file (a FIFO, a device or a folder); a tar shard must "
+                   "be a file"] * 2, out
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("fmt,name,code", [("parquet", "x.parquet", "bad_parquet"), ("wds", "x.tar", "bad_tar"),
+                                           ("auto", "x.parquet", "file_not_found")])
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_corpus_file_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path, fmt, name, code, kind):
+    """`sigma batch run F --format parquet|wds` with F a FIFO or a link to /dev/zero said `no_pairs: F: no *.parquet
+    files`, and without --format `unknown_format: F: no pairs.jsonl, parquet, ... files here` (it was searched as a
+    folder); now the reader's own code, or file_not_found when the format is found from the path, saying what F is."""
+    path = tmp_path / name
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+    done = _cli("batch", "run", str(path), "--format", fmt, "--out", str(tmp_path / "out"), "--no-progress")
+    assert done.returncode == 2
+    shown = path if kind == "fifo" or fmt == "auto" else "/dev/zero"   # the reader is given the resolved input
+    assert done.stderr.startswith(f"sigma: error [{code}]: {shown}: not a regular file"), done.stderr
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_probe_image_file_refuses_a_fifo_or_device_without_opening_it_blocking(tmp_path, kind):
+    """`probe_image_file` (training's photo bank) took the size from `stat` and let Pillow open the path: a FIFO
+    (given, or swapped in after `list_photos`' `is_file()`) held it for ever. Now `open_regular` and `fstat`."""
+    path = tmp_path / "a.png"
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+    out = _bounded(f"""
+        from sigma.errors import ImageError
+        from sigma.io.images import probe_image_file
+        try:
+            probe_image_file({str(path)!r})
+        except ImageError as exc:
+            print(exc.code, exc)
+    """, "probe_image_file")
+    assert out.strip() == f"file_not_found {path}: not a regular file", out
+
+
+def test_probe_image_file_still_reads_a_header_and_refuses_a_large_file(tmp_path):
+    from PIL import Image
+
+    from sigma.config.schema import LimitsConfig
+    from sigma.errors import LimitError
+    from sigma.io.images import probe_image_file
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    assert probe_image_file(tmp_path / "a.png") == (30, 40)
+    with pytest.raises(LimitError) as err:
+        probe_image_file(tmp_path / "a.png", LimitsConfig(max_bytes=10))
+    assert err.value.code == "file_too_large"
+    with pytest.raises(ImageError) as err:
+        probe_image_file(tmp_path / "missing.png")
+    assert err.value.code == "image_unreadable"
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "folder"])
+def test_a_config_that_is_no_regular_file_says_so_not_not_found(tmp_path, kind):
+    """`sigma annotate ... --config F` with F a FIFO, a link to /dev/zero or a folder said `F: config file not found`,
+    which it is not; now `not a regular file`, the same invalid_config, exit 2, nothing opened blocking."""
+    path = tmp_path / "cfg.yaml"
+    {"fifo": os.mkfifo, "dev_zero": lambda p: p.symlink_to("/dev/zero"), "folder": lambda p: p.mkdir()}[kind](path)
+    done = _cli("batch", "run", str(tmp_path), "--out", str(tmp_path / "out"), "--config", str(path))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"sigma: error [invalid_config]: {path}: not a regular file (a FIFO, a device or "
+                                  "a folder); a config must be a YAML file"), done.stderr
+
+
+def test_a_config_is_capped_by_what_was_opened_not_by_an_earlier_look(tmp_path, monkeypatch):
+    """The 4 MiB cap was `path.stat()` before the open, and then the whole file was read: a config that grew (or was
+    replaced) after that look was read whole whatever its size. Now the size of the opened file, and no more than
+    the cap is read. The earlier look is simulated by a `stat` of the path that says 10 bytes."""
+    from sigma.config import loader
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("]" * (loader.MAX_CONFIG_BYTES + 10))      # not YAML from its first byte: refused at once if read
+    small = os.stat_result((0o100644, 0, 0, 1, 0, 0, 10, 0, 0, 0))
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: small)
+    with pytest.raises(ConfigError, match="more than a config file holds"):
+        read_yaml(path)
+
+
+def test_a_config_not_found_or_unreadable_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        read_yaml(tmp_path / "none.yaml")
+    (tmp_path / "cfg.yaml").write_text("a: 1\n")
+    assert read_yaml(tmp_path / "cfg.yaml") == {"a": 1}
+
+
+def test_a_tar_shard_gone_since_the_plan_fails_its_shard_not_reads_as_no_pairs(tmp_path):
+    """The read of a tar shard took an open that failed (the file deleted since the plan) for the end of the tar: a
+    shard of no pairs, its pairs lost without a word. Now that shard's bad_tar."""
+    from sigma.io.corpora import open_corpus
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_webdataset
+
+    path = write_webdataset(tmp_path / "wds", synthetic_pairs(2, size=32))[0]
+    corpus = open_corpus(path, format="wds")
+    shards = corpus.plan()
+    path.unlink()
+    with pytest.raises(InputError) as err:
+        list(corpus.read(shards[0]))
+    assert err.value.code == "bad_tar" and "not a readable tar" in str(err.value)

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -406,18 +407,28 @@ def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A config file's top-level mapping. Opened once (`open_regular`): a FIFO, a device or a folder is refused as
+    what it is, never waited on or read; a file of more than MAX_CONFIG_BYTES is refused by the size of what was
+    opened (not by an earlier look at the path), and no more than that is ever read (a file still growing)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes, more than a config file holds "
-                              f"(at most {MAX_CONFIG_BYTES // 2**20} MiB); is it the right file?")
-        with open_regular(path, "r") as handle:      # a FIFO swapped in after is_file(): refused, not waited on
-            text = handle.read()
-        data = load_yaml(text, str(path)) or {}
-    except NotRegularFile:
+        handle = open_regular(path, "r")
+    except (FileNotFoundError, NotADirectoryError, ValueError):   # ValueError: a NUL byte, no such name can exist
         raise ConfigError(f"{path}: config file not found") from None
+    except NotRegularFile:
+        raise ConfigError(f"{path}: not a regular file (a FIFO, a device or a folder); a config must be a YAML "
+                          "file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    try:
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            text = "" if size > MAX_CONFIG_BYTES else handle.read(MAX_CONFIG_BYTES + 1)
+        if size > MAX_CONFIG_BYTES or len(text) > MAX_CONFIG_BYTES:
+            said = f"{size} bytes" if size > MAX_CONFIG_BYTES else "still growing"
+            raise ConfigError(f"{path}: {said}, more than a config file holds "
+                              f"(at most {MAX_CONFIG_BYTES // 2**20} MiB); is it the right file?")
+        data = load_yaml(text, str(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

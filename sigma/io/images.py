@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import warnings
@@ -536,11 +537,16 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
     limits = limits or LimitsConfig()
     where = shown_path(path)
     try:
-        check_byte_size(where, Path(path).stat().st_size, limits.max_bytes)
-        with Image.open(path, formats=_PIL_FORMATS) as img:
-            width, height = img.size
+        # open_regular and the size of what was opened: Pillow opening the path blocked for ever on a FIFO (given,
+        # or put there after the caller's is_file()), and /dev/zero was read as an image's header
+        with open_regular(path, "rb") as handle:
+            check_byte_size(where, os.fstat(handle.fileno()).st_size, limits.max_bytes)
+            with Image.open(handle, formats=_PIL_FORMATS) as img:
+                width, height = img.size
     except (LimitError, ImageError):
         raise
+    except NotRegularFile:
+        raise ImageError(f"{where}: not a regular file", code="file_not_found") from None
     except UnidentifiedImageError as exc:
         raise ImageError(f"{where}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
                          code="image_unreadable") from exc

@@ -38,6 +38,9 @@ def formats() -> tuple[str, ...]:
 def detect_format(path: Path) -> str:
     if not path.exists():
         raise InputError(f"{path}: input not found", code="file_not_found")
+    if not path.is_file() and not path.is_dir():    # was searched as a folder: "no pairs.jsonl ... here"
+        raise InputError(f"{path}: not a regular file or a folder (a FIFO, a device or a socket); a corpus is a "
+                         "file or a folder", code="file_not_found")
     name = path.name.lower()
     if path.is_file():
         if name.endswith(".parquet"):

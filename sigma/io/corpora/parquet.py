@@ -1,5 +1,8 @@
 """Parquet files in the Hugging Face datasets layout, read one row-group range at a time.
 
+Each file is opened once by `open_parquet` (`open_regular`: a FIFO or a device is refused, never waited on) and
+pyarrow reads that handle: pyarrow opening the path itself blocked for ever on a FIFO put there after the check.
+
 No cell is decoded whose page is larger than its values may be (`oversized_page`): a parquet file is compressed,
 so a 12 KB file can hold a 300 MB cell of zeros, and the reader must hold a whole page before it can look at
 one value of it. Such a row group's pairs are each reported `file_too_large` and the run goes on.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import InputError
@@ -15,6 +19,7 @@ from sigma.io.corpora.base import MAX_PAGE_CELLS, Corpus, Shard, SourceItem, hel
 from sigma.io.corpora.parquet_pages import PageHeaderError, column_pages
 from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns, needed_columns, row_to_item
+from sigma.regular import NotRegularFile, open_regular
 
 READ_BATCH_ROWS = 64
 READ_BUFFER_BYTES = 1 << 20     # stream each column chunk through a buffer instead of reading it whole
@@ -29,6 +34,15 @@ def _pq():
     return pq
 
 
+def open_parquet(file: Path) -> BinaryIO:
+    """`file` opened for reading if it is a regular file; else bad_parquet saying what it is, without blocking."""
+    try:
+        return open_regular(file, "rb")
+    except NotRegularFile:
+        raise InputError(f"{file}: not a regular file (a FIFO, a device or a folder); a parquet file must be a file",
+                         code="bad_parquet") from None
+
+
 class ParquetCorpus(Corpus):
     format = "parquet"
 
@@ -37,8 +51,8 @@ class ParquetCorpus(Corpus):
         self.mapping, self.required = resolve_columns(preset, columns)
 
     def files(self) -> list[Path]:
-        if self.path.is_file():
-            return [self.path]
+        if self.path.exists() and not self.path.is_dir():
+            return [self.path]              # a FIFO or a device too: refused by open_parquet, saying what it is
         # regular files only: a FIFO named x.parquet hung the plan for ever, a folder of that name failed it
         files = sorted(p for p in self.path.rglob("*.parquet") if p.is_file())
         if not files:
@@ -46,17 +60,18 @@ class ParquetCorpus(Corpus):
         return files
 
     def _root(self) -> Path:
-        return self.path.parent if self.path.is_file() else self.path
+        return self.path if self.path.is_dir() else self.path.parent
 
     def plan(self) -> list[Shard]:
         pq = _pq()
         shards: list[Shard] = []
         for file in self.files():
             self.confine(file)
-            try:
-                meta = pq.ParquetFile(file)
-            except Exception as exc:
-                raise InputError(f"{file}: not a readable parquet file ({exc})", code="bad_parquet") from exc
+            with open_parquet(file) as handle:
+                try:
+                    meta = pq.ParquetFile(handle)
+                except Exception as exc:
+                    raise InputError(f"{file}: not a readable parquet file ({exc})", code="bad_parquet") from exc
             check_schema(str(file), meta.schema_arrow.names, self.mapping, self.required, self.preset)
             groups = [meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)]
             start, rows = 0, 0
@@ -73,7 +88,11 @@ class ParquetCorpus(Corpus):
     def read(self, shard: Shard) -> Iterator[SourceItem]:
         pq = _pq()
         file = self.confine(Path(shard.ref["file"]))
-        pf = pq.ParquetFile(file, buffer_size=READ_BUFFER_BYTES)
+        with open_parquet(file) as handle:   # pyarrow and the page-header walk share it: each seeks before it reads
+            yield from self._read(pq.ParquetFile(handle, buffer_size=READ_BUFFER_BYTES), handle, file, shard)
+
+    def _read(self, pf, handle: BinaryIO, file: Path, shard: Shard) -> Iterator[SourceItem]:
+        """`shard`'s items from `pf`, the ParquetFile over `handle` (`file` names them)."""
         present = check_schema(str(file), pf.schema_arrow.names, self.mapping, self.required, self.preset)
         label = file.name
         row_no = int(shard.ref["first_row"])
@@ -81,28 +100,27 @@ class ParquetCorpus(Corpus):
         columns = needed_columns(present)
         max_bytes = self.max_bytes if self.max_bytes is not None else LimitsConfig().max_bytes
         a, b = shard.ref["row_groups"]
-        with open(file, "rb") as handle:
-            for group in range(a, b):
-                refused = oversized_page(handle, pf.metadata.row_group(group), columns, max_bytes)
-                if refused is None:
-                    rows = (row for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
-                                                             columns=columns, use_threads=False)
-                            for row in batch.to_pylist())
-                    for row in rows:
-                        yield row_to_item(row, present, index, row_no, label, file.parent)
-                        index += 1
-                        row_no += 1
-                    continue
-                bad_column, why = refused
-                ids = self._ids(pf, group, present, handle, max_bytes)
-                for n in range(pf.metadata.row_group(group).num_rows):
-                    pair_id = ids[n] if ids else f"{label}:{row_no}"
-                    item = SourceItem(index=index, pair_id=pair_id, source=f"{label}:row={row_no}")
-                    item.error = ("file_too_large", f"{item.source}: row group {group} of {label} was not read: "
-                                  f"column {bad_column} {why}")
-                    yield item
+        for group in range(a, b):
+            refused = oversized_page(handle, pf.metadata.row_group(group), columns, max_bytes)
+            if refused is None:
+                rows = (row for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
+                                                         columns=columns, use_threads=False)
+                        for row in batch.to_pylist())
+                for row in rows:
+                    yield row_to_item(row, present, index, row_no, label, file.parent)
                     index += 1
                     row_no += 1
+                continue
+            bad_column, why = refused
+            ids = self._ids(pf, group, present, handle, max_bytes)
+            for n in range(pf.metadata.row_group(group).num_rows):
+                pair_id = ids[n] if ids else f"{label}:{row_no}"
+                item = SourceItem(index=index, pair_id=pair_id, source=f"{label}:row={row_no}")
+                item.error = ("file_too_large", f"{item.source}: row group {group} of {label} was not read: "
+                              f"column {bad_column} {why}")
+                yield item
+                index += 1
+                row_no += 1
 
     def _ids(self, pf, group: int, present: dict[str, str], handle, max_bytes: int) -> list[str] | None:
         """The pair ids of a row group not otherwise read, when its id columns are themselves safe to read."""

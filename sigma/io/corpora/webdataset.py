@@ -1,7 +1,9 @@
 """WebDataset tar shards: members grouped by `__key__` (the path up to the first dot of the file name),
 fields named by the rest (`000123.original.png` → key `000123`, field `original.png`).
 
-Each tar is one shard, streamed member by member. Which fields hold which role is configurable with
+Each tar is one shard, streamed member by member from one handle opened by `open_tar` (`open_regular`: a FIFO or a
+device is refused, never waited on; tarfile opening the path itself blocked for ever on a FIFO put there after the
+check). Which fields hold which role is configurable with
 `--columns original=src.jpg|original.png,...` (the first field present wins).
 """
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, rel_key, text_value
+from sigma.regular import NotRegularFile, open_regular
 from sigma.text import loads as load_json
 
 DEFAULT_FIELDS = {
@@ -31,6 +35,19 @@ def split_key(name: str) -> tuple[str, str]:
     stem, dot, ext = base.partition(".")
     key = f"{folder}/{stem}" if folder else stem
     return key, ext.lower() if dot else ""
+
+
+def open_tar(tar: Path) -> BinaryIO:
+    """`tar` opened for reading if it is a regular file; else bad_tar saying what it is, without blocking. An open
+    that fails otherwise (the shard deleted after the plan) is bad_tar too: the read's own handler took it for a
+    shard of no pairs."""
+    try:
+        return open_regular(tar, "rb")
+    except NotRegularFile:
+        raise InputError(f"{tar}: not a regular file (a FIFO, a device or a folder); a tar shard must be a file",
+                         code="bad_tar") from None
+    except OSError as exc:
+        raise InputError(f"{tar}: not a readable tar ({exc})", code="bad_tar") from exc
 
 
 class TooLarge:
@@ -56,27 +73,28 @@ class WebDatasetCorpus(Corpus):
         self.fields = {role: (columns.get(role) or default).split("|") for role, default in DEFAULT_FIELDS.items()}
 
     def tars(self) -> list[Path]:
-        if self.path.is_file():
-            return [self.path]
+        if self.path.exists() and not self.path.is_dir():
+            return [self.path]              # a FIFO or a device too: refused by open_tar, saying what it is
         tars = sorted(p for p in self.path.rglob("*") if p.is_file() and p.name.endswith(TAR_SUFFIXES))
         if not tars:
             raise InputError(f"{self.path}: no .tar shards", code="no_pairs")
         return tars
 
     def plan(self) -> list[Shard]:
-        root = self.path.parent if self.path.is_file() else self.path
+        root = self.path if self.path.is_dir() else self.path.parent
         shards = []
         for tar in self.tars():
             self.confine(tar)                         # a symlinked .tgz out of the root
             count = None
             try:
-                if tar.suffix == ".tar":   # seekable: headers only, data skipped, so counting is cheap
-                    with tarfile.open(tar, "r:") as tf:
-                        keys = {split_key(m.name)[0] for m in members(tf) if m.isfile()}
-                    count = len(keys)
-                else:
-                    with tarfile.open(tar, "r|*"):
-                        pass
+                with open_tar(tar) as handle:
+                    if tar.suffix == ".tar":   # seekable: headers only, data skipped, so counting is cheap
+                        with tarfile.open(fileobj=handle, mode="r:") as tf:
+                            keys = {split_key(m.name)[0] for m in members(tf) if m.isfile()}
+                        count = len(keys)
+                    else:
+                        with tarfile.open(fileobj=handle, mode="r|*"):
+                            pass
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise InputError(f"{tar}: not a readable tar ({exc})", code="bad_tar") from exc
             shards.append(Shard(len(shards), rel_key(tar, root), {"file": str(tar)}, count))
@@ -84,12 +102,17 @@ class WebDatasetCorpus(Corpus):
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
         tar = self.confine(Path(shard.ref["file"]))
+        with open_tar(tar) as handle:
+            yield from self._read(handle, tar)
+
+    def _read(self, handle: BinaryIO, tar: Path) -> Iterator[SourceItem]:
+        """The pairs of the tar open as `handle` (`tar` names them)."""
         index = 0
         group: dict[str, bytes | TooLarge | None] = {}
         wanted = {f for fields in self.fields.values() for f in fields}
         current: str | None = None
         try:
-            with tarfile.open(tar, "r|*") as tf:
+            with tarfile.open(fileobj=handle, mode="r|*") as tf:
                 for member in members(tf):
                     if not member.isfile():
                         continue
@@ -104,8 +127,8 @@ class WebDatasetCorpus(Corpus):
                     elif self.max_bytes is not None and member.size > self.max_bytes:
                         group[ext] = TooLarge(member.size)   # a 1 KB .tar.gz can hold a 10 GB member
                     else:
-                        handle = tf.extractfile(member)
-                        group[ext] = handle.read() if handle else b""
+                        data = tf.extractfile(member)
+                        group[ext] = data.read() if data else b""
         except (tarfile.TarError, OSError, EOFError) as exc:
             if current is not None:
                 item = self._item(group, current, index, tar)
