@@ -367,6 +367,34 @@ def test_read_mask_with_transparency_counts_transparent_as_background(tmp_path):
     np.testing.assert_array_equal(read_mask(path), [[True, False, False], [True, True, False]])
 
 
+@pytest.mark.parametrize("kind", ["16-bit", "alpha"])
+def test_read_mask_reads_its_file_once_so_a_swap_after_the_decode_changes_nothing(tmp_path, monkeypatch, kind):
+    """A 16-bit or transparent mask was decoded, then opened again by its path for its native values or its alpha:
+    a mask replaced in between (here by another mask of that size, made right after the first decode) was read half
+    from one file and half from the other. Now the second look reads the same bytes as the first."""
+    from sigma.io import images
+
+    path = tmp_path / "m.png"
+    if kind == "16-bit":
+        first, other = (Image.fromarray(np.array([row], np.uint16)) for row in ([0, 1, 1, 0], [1, 0, 0, 1]))
+    else:
+        rgba = np.full((1, 4, 4), 255, np.uint8)             # opaque white = marked, transparent = not
+        rgba[0, :, 3] = [0, 255, 255, 0]
+        first = Image.fromarray(rgba.copy())                # fromarray may share the array's memory
+        rgba[0, :, 3] = [255, 0, 0, 255]
+        other = Image.fromarray(rgba)
+    first.save(path)
+    decode = images.decode_image
+
+    def decode_then_swap(*args, **kwargs):
+        decoded = decode(*args, **kwargs)
+        other.save(path)                                    # the file replaced once it was decoded
+        return decoded
+
+    monkeypatch.setattr(images, "decode_image", decode_then_swap)
+    np.testing.assert_array_equal(read_mask(path)[0], [False, True, True, False])
+
+
 def test_fuzzed_files_only_ever_raise_sigma_errors():
     """Bit flips and truncations of valid files of every format: decoded, or a SigmaError; nothing else."""
     rng = np.random.default_rng(1234)

@@ -576,18 +576,24 @@ def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarra
 
     A mask with transparency is composited on black, not white: in a mask, "transparent" means
     "nothing here", and on white every transparent pixel would count as manipulated.
+
+    The file is read once: the native values or the alpha come from the same bytes as the decoded image. Pillow
+    opened the path a second time, so a file replaced between the two reads (by another mask, a FIFO: waited on
+    for ever, or a file over the limits: never checked) was what the mask was made of.
     """
-    decoded = read_image(path, limits)
+    limits = limits or LimitsConfig()
+    data = read_file_bytes(path, limits.max_bytes)
+    decoded = decode_image(data, shown_path(path), limits)
     rgb = decoded.rgb
     if decoded.notes.get("bit_depth") == 16 and str(decoded.notes.get("mode", "")).startswith("I"):
         # a 16-bit gray label map: its 1s scale to 0 in 8 bits (1 / 65535 * 255) and the mask read as empty, while
         # the same map in 8 bits is read by `binarize_mask`'s 0/1 rule. That rule is applied to the native values
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             raw = np.asarray(ImageOps.exif_transpose(img))
         if raw.shape == rgb.shape[:2] and raw.max(initial=0) == 1 and bool(np.isin(raw, (0, 1)).all()):
             return raw == 1
     if "alpha" in decoded.notes:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             rgba = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"), dtype=np.float32)
         if rgba.shape[:2] == rgb.shape[:2]:
             rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
