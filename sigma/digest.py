@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import BinaryIO
 
 BLOCK_BYTES = 1 << 20
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(BLOCK_BYTES), b""):
-            digest.update(block)
+        return sha256_stream(handle)
+
+
+def sha256_stream(handle: BinaryIO) -> str:
+    """The sha256 of what `handle` holds from its current position to its end: a file already opened (and
+    checked) is hashed as it is, not opened again by its path."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(BLOCK_BYTES), b""):
+        digest.update(block)
     return digest.hexdigest()

@@ -251,3 +251,77 @@ def test_a_tar_shard_gone_since_the_plan_fails_its_shard_not_reads_as_no_pairs(t
     with pytest.raises(InputError) as err:
         list(corpus.read(shards[0]))
     assert err.value.code == "bad_tar" and "not a readable tar" in str(err.value)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("fmt,name", [("jsonl", "m.jsonl"), ("csv", "m.csv")])
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_manifest_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path, fmt, name, kind):
+    """`sigma batch run F --format jsonl|csv` with F a FIFO or a link to /dev/zero searched F as a folder and said
+    `no_pairs: F: no pairs.jsonl here or in its sub-folders`; now the manifest reader's refusal, naming it."""
+    path = tmp_path / name
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+    done = _cli("batch", "run", str(path), "--format", fmt, "--out", str(tmp_path / "out"), "--no-progress")
+    assert done.returncode == 2
+    shown = path if kind == "fifo" else "/dev/zero"          # the reader is given the resolved input
+    assert done.stderr == (f"sigma: error [no_pairs]: {shown}: not a regular file (a FIFO, a device or a folder); "
+                           "a manifest must be a file\n"), done.stderr
+
+
+_SHARD_SWAP = """
+    import os
+    from pathlib import Path
+    from sigma.batch import BatchConfig, run_batch
+    from sigma.batch.layout import RunDir
+    from sigma.cli import main
+    from sigma.errors import SigmaError
+    from sigma.export.select import checked_run, iter_rows
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    root = Path({root!r})
+    write_pairs_jsonl(root / "s", synthetic_pairs(3, size=32))
+    cfg = BatchConfig.model_validate({{"input": {{"path": str(root / "s")}}, "annotator": "pixel-diff", "workers": 0}})
+    run_batch(cfg, root / "run", progress=False)
+    shard = sorted((root / "run" / "shards").glob("*.parquet"))[0]
+    original = shard.read_bytes()
+
+    def swap():
+        shard.unlink()
+        os.mkfifo(shard)
+
+    def refusal(call):
+        try:
+            call()
+        except SigmaError as exc:
+            return f"{{exc.code}} {{exc}}"
+        return "no refusal"
+
+    run = checked_run(root / "run")
+    run.outputs()
+    swap()                                       # after the export's check, before it reads the rows
+    print(refusal(lambda: list(iter_rows(run))))
+    is_done = RunDir.is_done
+    RunDir.is_done = lambda self, *a, **k: True  # the shard looked done, then the swap
+    print(refusal(lambda: checked_run(root / "run").outputs()))
+    print(main(["export", "coco", str(root / "run"), "--out", str(root / "c.json")]))
+    RunDir.is_done = is_done
+    shard.unlink()
+    shard.write_bytes(original)                  # the run's own file back: it exports
+    print(main(["export", "coco", str(root / "run"), "--out", str(root / "c.json")]))
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_shard_file_swapped_for_a_fifo_is_refused_by_the_export_not_waited_on(tmp_path):
+    """The exports opened the run's shard files by their paths (pyarrow), after `RunDir.is_done` looked at them and
+    again for the rows: a FIFO put in a shard's place in between held `sigma export` for ever (and one put there
+    between the check and the rows was a FileNotFoundError traceback). Now each read is one `open_regular`, whose
+    handle pyarrow reads and the checksum is taken from: run_modified, saying what is there."""
+    out = _bounded(_SHARD_SWAP.format(root=str(tmp_path)), "the export").splitlines()
+    shard = next((tmp_path / "run" / "shards").glob("*.parquet"))
+    said = f"run_modified {shard}: not a regular file (a FIFO, a device or a folder in the shard file's place): " \
+           "replaced since the run; {}. Put the run's own file back, or delete its status file and run the shard " \
+           "again (--resume)"
+    assert out[:2] == [said.format("the export stopped"), said.format("nothing written")], out
+    assert out[2] == "2" and out[-1] == "0", out             # the CLI refused (exit 2), then exported
+    assert (tmp_path / "c.json").is_file()

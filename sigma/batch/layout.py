@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, LockWait, hold_folder, waiting_lock
@@ -453,15 +453,19 @@ class RunDir:
         return not verify or self.as_written(st, out)
 
     @staticmethod
-    def as_written(status: dict[str, Any], path: Path) -> bool:
+    def as_written(status: dict[str, Any], path: Path, handle: BinaryIO | None = None) -> bool:
         """The shard file `path` has the sha256 its status recorded when the run wrote it (a status with none: held
-        to its size alone, as before checksums were recorded). A file damaged in place keeps its size."""
+        to its size alone, as before checksums were recorded). A file damaged in place keeps its size. `handle`:
+        the file as a reader already opened it (read from its start), not opened again by its path."""
         recorded = status.get("sha256")
         if not isinstance(recorded, str):
             return True
-        from sigma.digest import sha256_file
+        from sigma.digest import sha256_file, sha256_stream
 
-        return sha256_file(path) == recorded
+        if handle is None:
+            return sha256_file(path) == recorded
+        handle.seek(0)
+        return sha256_stream(handle) == recorded
 
     @contextmanager
     def _status_lock(self, shard: Shard, wait_s: float | None = None) -> Iterator[None]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sigma.batch.config import BatchConfig
 from sigma.batch.layout import RunDir
@@ -17,6 +18,7 @@ from sigma.batch.record import FIX, MODIFIED, corpus_problem, options_note, veri
 from sigma.errors import InputError
 from sigma.io.corpora import Corpus
 from sigma.io.corpora.base import Shard, SourceItem, safe_name
+from sigma.regular import NotRegularFile, open_regular
 from sigma.text import shown
 from sigma.types import Pair, confidence_value
 
@@ -144,6 +146,8 @@ def schema_problem(schema) -> str | None:
 
 # what a refusal of a run folder says was not done (every export, the review page)
 NOTHING_WRITTEN = "nothing written"
+# what a shard changed between an export's check and its read of the rows says (the export may have begun)
+EXPORT_STOPPED = "the export stopped"
 
 
 @dataclass
@@ -185,41 +189,62 @@ class CheckedRun:
 
             outputs = self.rundir.done_outputs(self.record)
             for shard, path in outputs:
-                try:
-                    handle = pq.ParquetFile(path)
-                    columns = [c for c in ("run_hash", "shard") if c in handle.schema_arrow.names]
-                    table = handle.read(columns=columns)
-                except (ValueError, OSError) as exc:     # ArrowInvalid is a ValueError: a file damaged in place
-                    raise InputError(f"{path}: not a readable shard file ({shown(exc, 300)}): damaged since the run; "
-                                     f"{NOTHING_WRITTEN}. Delete its status file and run the shard again (--resume)",
-                                     code=MODIFIED) from exc
-                wrong = schema_problem(handle.schema_arrow)
-                if wrong:
-                    raise InputError(f"{path}: {wrong}: not a shard file as the run wrote it, edited since; "
-                                     f"{NOTHING_WRITTEN}. Delete its status file and run the shard again (--resume)",
-                                     code=MODIFIED)
-                for column, own in (("run_hash", self.run_hash), ("shard", shard.key)):
-                    other = set(table.column(column).to_pylist()) - {own} if column in columns else set()
-                    if other:
-                        raise InputError(
-                            f"{path}: holds rows of {column} {shown(sorted(map(str, other))[0])!r}, not this run's "
-                            f"{shown(own)!r}: a shard file moved between run folders, or edited; {NOTHING_WRITTEN}. "
-                            "Put the run's own file back, or delete its status file and run the shard again "
-                            "(--resume)", code=MODIFIED)
-                self._same_as_written(shard, path)
+                with open_shard(path) as raw:       # one handle for the columns and the checksum
+                    try:
+                        handle = pq.ParquetFile(raw)
+                        columns = [c for c in ("run_hash", "shard") if c in handle.schema_arrow.names]
+                        table = handle.read(columns=columns)
+                    except (ValueError, OSError) as exc:  # ArrowInvalid is a ValueError: a file damaged in place
+                        raise InputError(f"{path}: not a readable shard file ({shown(exc, 300)}): damaged since the "
+                                         f"run; {NOTHING_WRITTEN}. Delete its status file and run the shard again "
+                                         "(--resume)", code=MODIFIED) from exc
+                    wrong = schema_problem(handle.schema_arrow)
+                    if wrong:
+                        raise InputError(f"{path}: {wrong}: not a shard file as the run wrote it, edited since; "
+                                         f"{NOTHING_WRITTEN}. Delete its status file and run the shard again "
+                                         "(--resume)", code=MODIFIED)
+                    for column, own in (("run_hash", self.run_hash), ("shard", shard.key)):
+                        other = set(table.column(column).to_pylist()) - {own} if column in columns else set()
+                        if other:
+                            raise InputError(
+                                f"{path}: holds rows of {column} {shown(sorted(map(str, other))[0])!r}, not this "
+                                f"run's {shown(own)!r}: a shard file moved between run folders, or edited; "
+                                f"{NOTHING_WRITTEN}. Put the run's own file back, or delete its status file and run "
+                                "the shard again (--resume)", code=MODIFIED)
+                    self._same_as_written(shard, path, raw)
             self._outputs = outputs
         return self._outputs
 
-    def _same_as_written(self, shard: Shard, path: Path) -> None:
+    def _same_as_written(self, shard: Shard, path: Path, handle: BinaryIO) -> None:
         """The shard file's sha256 is the one its status recorded when the run wrote it (`RunDir.as_written`). A
         finished shard was held to its size alone (`RunDir.is_done`): a file of that size with other content (damaged
         in place, its rows edited, or put there from elsewhere) was exported as this run's masks. Read once per
         export (the export reads every shard anyway); a status with no checksum is held to its size as before."""
-        if not self.rundir.as_written(self.rundir.status(shard) or {}, path):
+        if not self.rundir.as_written(self.rundir.status(shard) or {}, path, handle):
             raise InputError(f"{path}: not the shard file the run wrote (its sha256 differs from the one its status "
                              f"recorded, at the same size): damaged or replaced since the run; {NOTHING_WRITTEN}. "
                              "Put the run's own file back, or delete its status file and run the shard again "
                              "(--resume)", code=MODIFIED)
+
+
+@contextmanager
+def open_shard(path: Path, then: str = NOTHING_WRITTEN) -> Iterator[BinaryIO]:
+    """A finished shard file, opened once (`open_regular`) for pyarrow to read from that handle: pyarrow opening
+    the path blocked for ever on a FIFO put in the shard's place (after `RunDir.is_done` looked at it), and a shard
+    gone or replaced between two reads of an export was a traceback. Either is run_modified, as a damaged shard;
+    `then`: what was (not) done, as the message says it."""
+    try:
+        handle = open_regular(path, "rb")
+    except NotRegularFile as exc:
+        raise InputError(f"{path}: not a regular file (a FIFO, a device or a folder in the shard file's place): "
+                         f"replaced since the run; {then}. Put the run's own file back, or delete its "
+                         "status file and run the shard again (--resume)", code=MODIFIED) from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the shard file ({shown(exc, 300)}): removed or changed since the "
+                         f"run; {then}. Put the run's own file back, or delete its status file and run "
+                         "the shard again (--resume)", code=MODIFIED) from exc
+    with handle:
+        yield handle
 
 
 def checked_run(run: str | Path | CheckedRun) -> CheckedRun:
@@ -257,7 +282,14 @@ def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
                          code="no_results")
     row_filter = row_filter or RowFilter()
     for shard, path in outputs:
-        rows = [r for r in pq.read_table(path).to_pylist() if row_filter.keep(r)]
+        with open_shard(path, EXPORT_STOPPED) as raw:
+            try:
+                table = pq.read_table(raw)
+            except (ValueError, OSError) as exc:
+                raise InputError(f"{path}: not a readable shard file ({shown(exc, 300)}): changed while the export "
+                                 f"read the run; {EXPORT_STOPPED}. Delete its status file and run the shard again "
+                                 "(--resume)", code=MODIFIED) from exc
+        rows = [r for r in table.to_pylist() if row_filter.keep(r)]
         yield shard, rows
 
 

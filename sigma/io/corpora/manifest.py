@@ -122,8 +122,8 @@ class ManifestCorpus(Corpus):
         self.mapping, self.required = resolve_columns(preset, columns)
 
     def files(self) -> list[tuple[Path, str | None]]:
-        if self.path.is_file():
-            return [(self.path, None)]
+        if self.path.exists() and not self.path.is_dir():
+            return [(self.path, None)]      # a FIFO or a device too: refused by open_manifest, saying what it is
         sets = find_sets(self.path)
         if not sets:
             raise InputError(f"{self.path}: no pairs.jsonl here or in its sub-folders", code="no_pairs")
