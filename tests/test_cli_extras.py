@@ -30,3 +30,16 @@ def test_missing_extra_is_one_line_and_exit_2_before_work(tmp_path, blocked, arg
     assert len(lines) == 1 and lines[0].startswith("sigma: error [missing_extra]:"), proc.stderr
     assert f"pip install 'sigma-masks[{extra}]'" in lines[0] and blocked in lines[0]
     assert not (tmp_path / "run").exists() and not (tmp_path / "coco").exists()
+
+
+def test_the_serve_extra_is_checked_by_python_multiparts_own_name_not_its_deprecated_one():
+    """The check imported `multipart`, python-multipart's old name (a PendingDeprecationWarning since 0.0.15 on every
+    `sigma serve` start, an error for a user running with -W error), while the API imports `python_multipart`,
+    which an install of 0.0.9 to 0.0.12 (the old floor) lacks: the check passed and `sigma serve` failed later. The
+    check names the module the API imports, and the floor is 0.0.18 (the first without CVE-2024-53981)."""
+    code = ("import warnings\nwarnings.simplefilter('error')\nfrom sigma.cli.common import missing_extras\n"
+            "print(missing_extras(('serve',)))\nimport sys\nprint('multipart' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["[]", "False"], proc.stderr[-2000:]
+    requirement = next(line for line in (ROOT / "pyproject.toml").read_text().splitlines() if "serve = [" in line)
+    assert '"python-multipart>=0.0.18"' in requirement

@@ -140,7 +140,7 @@ def with_plugin_args(configured: list[str], args: argparse.Namespace) -> list[st
 # instead of a traceback after the work is done.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "batch": ("pyarrow",),
-    "serve": ("fastapi", "uvicorn", "redis", "prometheus_client", "multipart", "httpx"),
+    "serve": ("fastapi", "uvicorn", "redis", "prometheus_client", "python_multipart", "httpx"),
     "redis": ("redis",),
 }
 EXTRA_OF = {"redis": "serve"}      # a sub-set of an extra installs with the extra
