@@ -32,7 +32,7 @@ from sigma.export.select import (
     order_key,
     row_mask_counts,
 )
-from sigma.folderlock import hold_folder
+from sigma.folderlock import hold_folder, refuse_non_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
 from sigma.tempfiles import PID_MAX, replace_atomically, sync_folder
@@ -49,6 +49,9 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
     ones whole once they are complete (a file of the old export left beside the new ones is a pair
     ManiDataset, which reads the folders, trains on; a failed export leaves the old one as it was)."""
     checked_json_name(json_name)                  # before anything is read, made or written
+    # said of OUT as given: resolved first, `--out /dev/stdout` with stdout a pipe was refused as a missing
+    # `/proc/PID/fd/pipe:[N]` (bad_outdir), a name the user never typed
+    refuse_non_folder(Path(out), "; choose another OUT folder")
     out = Path(out).resolve()
     run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):
