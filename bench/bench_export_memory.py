@@ -15,7 +15,12 @@ N` also measures, in this process with tracemalloc, the bytes per pair of what a
 staged images (this tree's `PlacedFiles` names against the (temporary Path, target Path) pairs held before), the file
 names taken (`UniqueNames`), and the skipped pairs (`Skipped` against one dict each).
 
+`--format imdl-benco` measures `sigma export imdl-benco RUN --out DIR` instead (a run made to be re-read, as with
+`--images`: it writes every pair's Tp/ and Gt/ PNGs); `same_bytes` compares the two trees' JSON lists with each
+one's DIR said the same way.
+
     python bench/bench_export_memory.py --rows 20000,100000 --baseline 77c1c15
+    python bench/bench_export_memory.py --format imdl-benco --rows 20000,100000 --baseline HEAD~1
     python bench/bench_export_memory.py --rows 5000,20000 --images --baseline HEAD --structures 200000
 """
 from __future__ import annotations
@@ -130,6 +135,24 @@ def measure_structures(n: int) -> dict:
     return got
 
 
+def _benco_row(row: dict, trees: dict[str, Path], run: Path, folder: Path, sort: str) -> dict:
+    """One `sigma export imdl-benco` per tree into a fresh DIR, its peak RSS and its JSON list (DIR said as `DIR`,
+    so the two trees' lists compare), the DIRs removed after."""
+    lists = []
+    for name, tree in trees.items():
+        out = folder / f"benco-{name.split()[0]}-{sort}"
+        got = export(tree, ["export", "imdl-benco", str(run), "--out", str(out), "--sort", sort])
+        listing = out / "imdl_benco.json"
+        row[name] = {**got, "json_mb": round(listing.stat().st_size / 2 ** 20, 1)}
+        lists.append(listing.read_bytes().replace(str(out.resolve()).encode(), b"DIR"))
+        shutil.rmtree(out)
+    if len(trees) == 2:
+        names = list(trees)
+        row["same_bytes"] = lists[0] == lists[1]
+        row["peak_ratio_current_to_baseline"] = round(row[names[0]]["peak_mb"] / row[names[1]]["peak_mb"], 3)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="20000,100000", help="run sizes (rows), comma-separated")
@@ -138,6 +161,7 @@ def main() -> int:
     ap.add_argument("--sorts", default="corpus,confidence")
     ap.add_argument("--baseline", help="git revision to compare with (its sigma package)")
     ap.add_argument("--images", action="store_true", help="also export with --images DIR (a run made to be re-read)")
+    ap.add_argument("--format", choices=("coco", "imdl-benco"), default="coco", help="the export measured")
     ap.add_argument("--structures", type=int, default=0, help="pairs for the per-structure measurement (0: none)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_export_memory.json"))
     args = ap.parse_args()
@@ -153,10 +177,14 @@ def main() -> int:
             folder = Path(tmp) / f"r{rows}"
             folder.mkdir()
             t = time.perf_counter()
-            run = grown_run(folder, rows, args.shards, args.side, images=args.images)
+            run = grown_run(folder, rows, args.shards, args.side, images=args.images or args.format == "imdl-benco")
             built = round(time.perf_counter() - t, 1)
             for sort in args.sorts.split(","):
                 row = {"rows": rows, "shards": args.shards, "side": args.side, "sort": sort, "build_s": built}
+                if args.format == "imdl-benco":
+                    results.append(_benco_row(row, trees, run, folder, sort))
+                    print(json.dumps(results[-1]), flush=True)
+                    continue
                 for name, tree in trees.items():
                     out = folder / f"{name.split()[0]}-{sort}.json"
                     got = export(tree, ["export", "coco", str(run), "--out", str(out), "--sort", sort])

@@ -285,14 +285,17 @@ def make_out_folder(root: Path) -> None:
 
 @contextmanager
 def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marker: bool = True,
-                created: bool | None = None, lock_wait: LockWait | None = None) -> Iterator[None]:
+                created: bool | None = None, lock_wait: LockWait | None = None,
+                sweep: bool = True) -> Iterator[None]:
     """Hold `root` (created if missing) for the block; `InputError(run_locked)` when another process holds it.
     `other`: what the messages tell the user to choose instead (`--out`, `name=`). `marker=False` locks the
     folder itself and leaves no file in it (an export folder is uploaded as it is), at the cost of the holder's pid
     and host.
     A folder this process made (`created`: said by a caller that made it just before, to test it early) is
     removed again when the block leaves nothing in it. `lock_wait`: the bound of an exclusive holder's wait for the
-    folder's commit lock (its sweep); None: `default_lock_wait()`."""
+    folder's commit lock (its sweep); None: `default_lock_wait()`. `sweep=False`: an exclusive holder leaves the
+    folder's temporary files alone — a folder the user's own tools share (`sigma export coco --images DIR`), which
+    the caller sweeps more narrowly itself (`sigma.tempfiles.sweep_dead_writers_of`)."""
     refuse_non_folder(root, f"; choose another {other}")
     created = (not root.exists()) if created is None else created
     make_out_folder(root)
@@ -324,7 +327,7 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
         if exclusive and marker:
             os.ftruncate(fd, 0)
             os.pwrite(fd, holder_line().encode(), 0)
-        if exclusive:
+        if exclusive and sweep:
             # the one writer of the folder now: what writers killed here left (their temporary files, a set
             # replacement staged but not moved into place) is finished or removed, so crashes leave no junk.
             # Finishing a set takes the folder's commit lock: a writer stopped holding it (SIGSTOP, a hung network

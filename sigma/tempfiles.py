@@ -137,9 +137,10 @@ def _sweep_in(where: Path | int, names: set[str] | None, suffixes: tuple[str, ..
 
 def sweep_dead_writers_of(folder: Path, suffixes: tuple[str, ...] | None = None,
                           names: set[str] | None = None) -> list[Path]:
-    """For a folder no one holds (`sigma export coco --images DIR`, or the folder of `--out FILE.json`: a folder of
-    the user's that other processes may write into at the same time): only `temp_name`'s files of targets ending in
-    `suffixes` (`.png`), or named one of `names` (`FILE.json`), whose pid is no live process here are removed. A live
+    """For a folder of the user's that other processes may write into at the same time (`sigma export coco --images
+    DIR`, which one export holds but the user's own tools may share, or the folder of `--out FILE.json`): only
+    `temp_name`'s files of targets ending in `suffixes` (`.png`), or named one of `names` (`FILE.json`), whose pid is
+    no live process here are removed. A live
     writer's file is never touched — nor a journal finished, nor a legacy `NAME.tmp` of unknown writer removed, as
     `sweep_stale_temps` does where one writer owns the folder. Before, an export killed mid-write left its hidden
     temporary image (or FILE.json) there for good: nothing swept that folder. Returns what was removed."""

@@ -284,10 +284,10 @@ main(sys.argv[1:])
 
 def test_coco_images_sweeps_what_a_killed_export_left_and_nothing_of_a_live_writer(run_dir, tmp_path, capsys):
     """`sigma export coco --images DIR` never swept DIR: an export killed mid-write (SIGKILL, the OOM killer) left
-    its hidden temporary PNG there for good, one per kill. DIR is held by no one (another export, the user's own
-    tools may write there at once), so the next export removes only what dead writers left: `.NAME.png.PID.RANDOM
-    .tmp` whose pid is no live process here. A live writer's file, a user's `notes.tmp`, a dead writer's file of
-    another kind than an image, and a link stay."""
+    its hidden temporary PNG there for good, one per kill. DIR stays the user's (their own tools may write there
+    at once; one export at a time holds it), so the next export removes only what dead writers left:
+    `.NAME.png.PID.RANDOM.tmp` whose pid is no live process here. A live writer's file, a user's `notes.tmp`, a dead
+    writer's file of another kind than an image, and a link stay."""
     images = tmp_path / "img"
     killed = subprocess.run([sys.executable, "-c", _KILLED_IMAGE_WRITER, "export", "coco", str(run_dir), "--out",
                              str(tmp_path / "first.json"), "--images", str(images)],
@@ -1127,6 +1127,48 @@ def test_an_output_fifo_no_process_reads_is_an_error_within_seconds_not_a_hang(r
             proc.kill()
             proc.wait()
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+_NOT_A_FOLDER = "[out_not_a_folder]"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("argv", "code", "named"), [
+    (["coco", "RUN", "--out", "OUT/c.json", "--images", "/dev/null"], _NOT_A_FOLDER, "/dev/null"),
+    (["coco", "RUN", "--out", "OUT/c.json", "--images", "FIFO"], _NOT_A_FOLDER, "FIFO"),
+    (["imdl-benco", "RUN", "--out", "/dev/stdout"], _NOT_A_FOLDER, "/dev/stdout"),
+    (["imdl-benco", "RUN", "--out", "/dev/zero"], _NOT_A_FOLDER, "/dev/zero"),
+    (["imdl-benco", "RUN", "--out", "FIFO"], _NOT_A_FOLDER, "FIFO"),
+    (["hf", "RUN", "/dev/null"], _NOT_A_FOLDER, "/dev/null"),
+    (["hf", "RUN", "FIFO"], _NOT_A_FOLDER, "FIFO"),
+    (["coco", "RUN", "--out", "OUT"], "[out_is_a_folder]", "OUT"),
+    (["coco", "RUN", "--out", "/dev/null"], None, None),
+], ids=["coco-images-devnull", "coco-images-fifo", "imdl-stdout-pipe", "imdl-devzero", "imdl-fifo", "hf-devnull",
+        "hf-fifo", "coco-out-folder", "coco-out-devnull"])
+def test_a_device_fifo_or_folder_given_as_an_exports_output_is_named_in_one_line(run_dir, tmp_path, argv, code,
+                                                                                   named):
+    """Where an export writes a folder (imdl-benco and hf OUT, coco --images), a device or a FIFO is
+    `out_not_a_folder` naming what was given, before any work; where it writes one file (coco --out) a folder is
+    `out_is_a_folder`, and a device is written to as a stream (`/dev/null`: the user's explicit choice, as a shell's
+    `> /dev/null`). Before, `--images /dev/null` or a FIFO was `os_error` "File exists" after the run and its corpus
+    were read, and imdl-benco `--out /dev/stdout` with stdout a pipe was `bad_outdir` naming `/proc/PID/fd/pipe:[N]`
+    (the path resolved through the link), not what the user typed. Real processes, each bounded by `timeout=`; stdout
+    is a pipe, stdin /dev/null."""
+    fifo = tmp_path / "out.pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "out").mkdir()
+    swap = {"RUN": str(run_dir), "FIFO": str(fifo), "OUT": str(tmp_path / "out")}
+    args = [swap.get(a, a.replace("OUT/", f"{tmp_path / 'out'}/")) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "sigma", "export", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if code is None:
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.splitlines()[0])["images"] == 11
+    else:
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert proc.stderr.startswith(f"sigma: error {code}: {swap.get(named, named)}: "), proc.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(os.listdir(tmp_path / "out")) == []
 
 
 @pytest.mark.timeout(60)

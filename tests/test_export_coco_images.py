@@ -36,6 +36,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for name, seed in (("one", 0), ("two", 7)):
         write_pairs_jsonl(root / name / "s", synthetic_pairs(3, seed=seed))
         made[name] = _run(root / name / "s", root / f"run_{name}")
+    # the first pair's name (`s_aaa.png`) is none of run two's, the others are run two's names with other images
+    pairs = list(synthetic_pairs(3, seed=3))
+    pairs[0]["id"] = "aaa"
+    write_pairs_jsonl(root / "three" / "s", pairs)
+    made["three"] = _run(root / "three" / "s", root / "run_three")
     return made
 
 
@@ -105,33 +110,52 @@ def test_the_same_export_again_is_idempotent_and_leaves_other_files_alone(runs, 
     assert (images / "notes.png").read_bytes() == b"the user's own"
 
 
-_STOPPED_BEFORE_PLACING = at_first_temp_rename("signal.SIGSTOP", containing=".png.") + """from sigma.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+def _export_process(run: Path, out: Path, images: Path, prelude: str = "") -> subprocess.Popen:
+    program = prelude + "from sigma.cli import main\nsys.exit(main(sys.argv[1:]))\n" if prelude else None
+    head = [sys.executable, "-c", program] if program else [sys.executable, "-m", "sigma"]
+    return subprocess.Popen([*head, "export", "coco", str(run), "--out", str(out), "--images", str(images)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_exports_at_once_never_put_one_over_the_others_images(runs, tmp_path):
-    """The first export is held at the moment it puts its first image in place (every image staged and DIR
-    checked); the second writes its whole export into DIR meanwhile. The first, resumed, finds the names taken by
-    other bytes and is refused: no image of the second is replaced, and the second's JSON still pairs right."""
+def test_two_exports_at_once_into_one_images_folder_leave_only_the_images_a_json_lists(runs, tmp_path):
+    """The first export is held (SIGSTOP) at the moment it puts its first image, `s_aaa.png`, in place (every image
+    staged and DIR checked); a second export of another run into the same DIR is started meanwhile. Before: the
+    second wrote its whole export; the first, resumed, placed `s_aaa.png` (a name the second does not use), then found
+    `s_p000001.png` taken by other bytes and was refused, leaving `s_aaa.png` in DIR, listed by no JSON. Now the
+    first holds DIR from its start (a flock on the folder): the second is refused at once (`run_locked`), writing
+    nothing, and the first completes."""
     images = tmp_path / "img"
-    first = subprocess.Popen([sys.executable, "-c", _STOPPED_BEFORE_PLACING, "export", "coco", str(runs["one"]),
-                              "--out", str(tmp_path / "a.json"), "--images", str(images)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = _export_process(runs["three"], tmp_path / "a.json", images,
+                            at_first_temp_rename("signal.SIGSTOP", containing=".png."))
     try:
-        assert first.stdout.readline().strip().startswith(".s_p000000.png."), first.stderr
-        second = subprocess.run([sys.executable, "-m", "sigma", "export", "coco", str(runs["two"]), "--out",
-                                 str(tmp_path / "b.json"), "--images", str(images)],
-                                capture_output=True, text=True, timeout=120, check=False)
-        assert second.returncode == 0, second.stderr
-        written = {n: b for n, b in _files(images).items() if not n.startswith(".")}
+        assert first.stdout.readline().strip().startswith(".s_aaa.png."), first.stderr
+        second = _export_process(runs["two"], tmp_path / "b.json", images)
+        _, second_err = second.communicate(timeout=120)
     finally:
         first.send_signal(signal.SIGCONT)
-        _, err = first.communicate(timeout=120)
-    assert first.returncode == 2, err
-    assert "[out_not_empty]" in err and "written there while this export ran" in err, err
-    assert not (tmp_path / "a.json").exists()
-    assert _files(images) == written == _listed(tmp_path / "b.json", images)     # no temporary file left either
+        _, first_err = first.communicate(timeout=120)
+    listed: dict[str, bytes] = {}
+    for code, coco in ((first.returncode, tmp_path / "a.json"), (second.returncode, tmp_path / "b.json")):
+        assert (code == 0) == coco.exists(), (first_err, second_err)
+        if code == 0:
+            listed.update(_listed(coco, images))
+    assert listed and _files(images) == listed, (first_err, second_err)     # no temporary file left either
+    assert second.returncode == 2 and "[run_locked]" in second_err and str(images) in second_err, second_err
+    assert first.returncode == 0, first_err
+
+
+def test_an_export_killed_while_it_holds_the_images_folder_leaves_it_free(runs, tmp_path):
+    """The hold is the kernel's (flock): an export killed (SIGKILL) while placing its images never blocks the next,
+    which also removes the killed one's staged images."""
+    images = tmp_path / "img"
+    killed = _export_process(runs["one"], tmp_path / "a.json", images, at_first_temp_rename(containing=".png."))
+    killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    assert any(name.endswith(".tmp") for name in _files(images))
+    after = _export_process(runs["two"], tmp_path / "b.json", images)
+    _, err = after.communicate(timeout=120)
+    assert after.returncode == 0, err
+    assert _files(images) == _listed(tmp_path / "b.json", images)
 
 
 def test_a_file_system_without_hard_links_takes_an_exclusive_copy(runs, tmp_path, capsys, monkeypatch):

@@ -127,6 +127,51 @@ def test_the_next_imdl_benco_export_reads_the_earlier_json_for_its_names_alone(t
     assert not (out / "Tp" / "x000001.png").exists()
 
 
+_HEAP_PEAK = r"""
+import sys, tracemalloc, warnings
+from sigma.cli import main
+warnings.simplefilter("ignore", DeprecationWarning)     # pycocotools' warning, once a pair
+# the table of interned strings made large first, untraced: pathlib interns each path part (every PNG's name), and
+# the table's reallocation (MBs at once) fell in one export's peak and not in another's, hiding what is measured
+held = [sys.intern(f"interned-{k}") for k in range(400_000)]
+tracemalloc.start()
+code = main(sys.argv[1:])
+print(tracemalloc.get_traced_memory()[1])
+sys.exit(code)
+"""
+
+
+@pytest.mark.timeout(600)
+def test_an_imdl_benco_export_holds_a_few_dozen_bytes_per_pair_not_its_list(tmp_path):
+    """The export held a dict per kept pair (two absolute paths, its confidence) until its end, then the whole list
+    as one string and the sorted names for its journal beside it: ~1 KB a pair at its peak (1 GB for a million). Now
+    each pair's file name, its negative flag and its sort key (~40 bytes), plus the names taken (`UniqueNames`, ~110
+    bytes), and the list is written from them piece by piece, byte for byte as before. Measured as the heap's growth
+    per pair between the exports of two runs of 1,000 and 3,000 pairs in shards of 100 (what one shard's read holds
+    is the same in both), `--sort confidence`, which needs every pair before the first is written. Each export runs
+    in a fresh process (`_HEAP_PEAK`)."""
+    from sigma.text import dumps_finite
+
+    peaks, kept = {}, {}
+    for rows in (1000, 3000):
+        run = grown_run(tmp_path / f"r{rows}", rows, shards=rows // 100, side=128, images=True)
+        out = tmp_path / f"out{rows}"
+        proc = subprocess.run([sys.executable, "-c", _HEAP_PEAK, "export", "imdl-benco", str(run), "--out", str(out),
+                               "--sort", "confidence"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[rows] = int(proc.stdout.splitlines()[-1])
+        kept[rows] = json.loads(proc.stdout.splitlines()[0])["pairs"]
+        listing = (out / "imdl_benco.json").read_bytes()
+        entries = json.loads(listing)
+        assert listing == dumps_finite(entries, indent=1).encode()      # laid out as the whole list was
+        assert len(entries) == kept[rows] == rows == len(list((out / "Tp").iterdir()))
+        assert all(tp == f"{out}/Tp/{Path(tp).name}" and gt in ("Negative", f"{out}/Gt/{Path(tp).name}")
+                   for tp, gt in entries)
+        assert any(gt == "Negative" for _, gt in entries)            # every 16th mask is empty
+    per_pair = (peaks[3000] - peaks[1000]) / 2000
+    assert per_pair < 300, f"{per_pair:.0f} bytes of heap per kept pair"
+
+
 def test_a_listing_is_read_as_json_reads_it(tmp_path):
     """The streamed read of a listing (`_array_items`) gives what json.loads gives, or refuses what it refuses,
     whatever the chunk boundaries cut (a number's digits, an escape, white space)."""

@@ -31,6 +31,7 @@ from sigma.export.select import (
     order_key,
     row_mask_counts,
 )
+from sigma.folderlock import hold_folder
 from sigma.io.images import encode_png
 from sigma.rle import decode_rle, mask_bbox
 from sigma.tempfiles import sweep_dead_writers_of, sync_folder
@@ -49,26 +50,32 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     """One image per kept pair, one annotation per non-empty mask. `segmentation` is the `mask` asked for
     (chosen = the run's mask_mode; semantic; footprint, which skips pairs that are not composites); every
     annotation also carries both masks (`semantic_segmentation`, `footprint_segmentation`: RLE or null)
-    and the composite evidence. `order`: images in corpus order or by confidence. `images_dir` is no folder of the
-    export's own (`PlacedFiles`): a name there holding other bytes (another export's image) refuses the export
-    before any image is put in place, unless `overwrite`; the same bytes are left as they are."""
+    and the composite evidence. `order`: images in corpus order or by confidence. `images_dir` may hold other
+    exports' images (`PlacedFiles`): a name there holding other bytes refuses the export before any image is put in
+    place, unless `overwrite`; the same bytes are left as they are. One export at a time writes into `images_dir`
+    (`run_locked`, at once): two at once could each place some images and then be refused on a name the other took,
+    leaving images that no JSON lists."""
     refuse_run_file(out)
     run = checked_before_writing(run_dir, corpus=False)      # the corpus too, below, when its images are written
     if images_dir is not None:
         refuse_images_dir(images_dir, run.record["corpus"].get("path"))
         run.corpus()
-        # the folder is held by no one (two exports, or the user's own writers, may work in it at once): only the
-        # temporary images of writers that are dead go (an earlier export killed mid-write), never a live one's
-        sweep_dead_writers_of(Path(images_dir), (".png",))
     if not is_stream(out):
-        # the same for the temporary files of `out` itself (`.FILE.json.PID.RANDOM.tmp`) an export killed while
-        # writing it left beside it: only that name, only of dead writers (the folder is anyone's)
+        # the temporary files of `out` itself (`.FILE.json.PID.RANDOM.tmp`) an export killed while writing it left
+        # beside it: only that name, only of dead writers (the folder is anyone's)
         sweep_dead_writers_of(Path(out).parent, names={Path(out).name})
-    images = PlacedFiles(Path(images_dir), overwrite) if images_dir is not None else None
-    try:
-        return _export(run, Path(out), row_filter, images, mask, order)
-    finally:
-        if images is not None:
+    if images_dir is None:
+        return _export(run, Path(out), row_filter, None, mask, order)
+    # held like an export's OUT (a flock on the folder itself, no lock file; dropped by the kernel however the
+    # export ends), so no other export places images beside this one's; a folder it made and left empty (nothing
+    # exported) is removed again. The folder stays the user's (their own tools may write there): only the temporary
+    # images of writers that are dead go (an export killed mid-write), never another file (`sweep=False`)
+    with hold_folder(Path(images_dir), other="--images folder", marker=False, sweep=False):
+        sweep_dead_writers_of(Path(images_dir), (".png",))
+        images = PlacedFiles(Path(images_dir), overwrite)
+        try:
+            return _export(run, Path(out), row_filter, images, mask, order)
+        finally:
             images.discard()       # a refusal, a failure: the staged images not placed go
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
-from collections.abc import Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,11 @@ from sigma.export.select import (
     order_key,
     row_mask_counts,
 )
-from sigma.folderlock import hold_folder
+from sigma.folderlock import hold_folder, refuse_non_folder
 from sigma.io.images import write_png
 from sigma.rle import decode_rle
 from sigma.tempfiles import PID_MAX, replace_atomically, sync_folder
-from sigma.text import dumps_finite, shown
+from sigma.text import shown
 
 
 def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None = None,
@@ -49,6 +51,9 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
     ones whole once they are complete (a file of the old export left beside the new ones is a pair
     ManiDataset, which reads the folders, trains on; a failed export leaves the old one as it was)."""
     checked_json_name(json_name)                  # before anything is read, made or written
+    # said of OUT as given: resolved first, `--out /dev/stdout` with stdout a pipe was refused as a missing
+    # `/proc/PID/fd/pipe:[N]` (bad_outdir), a name the user never typed
+    refuse_non_folder(Path(out), "; choose another OUT folder")
     out = Path(out).resolve()
     run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):
@@ -102,6 +107,8 @@ MAX_LISTING_BYTES = 256 * 1024 * 1024
 #: the most one entry of a listing may take (two paths): past it the file is no IMDL-BenCo listing
 MAX_ENTRY_CHARS = 1 << 20
 _CHUNK_CHARS = 1 << 20
+_CHUNK_BYTES = 1 << 16         # the list is made and written 64 KB at a time
+_ENTRY = ' [\n  %s,\n  %s\n ]'       # one [tp, gt] of the list as `json.dumps(indent=1)` lays it out
 _DECODER = json.JSONDecoder()
 _SPACE = " \t\n\r"
 _AFTER_ITEM = _SPACE + ",]"
@@ -242,9 +249,8 @@ def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: 
 def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: bool, json_name: str,
            mask: str, order: str, key) -> dict[str, Any]:
     names = UniqueNames()
-    entries: list[dict[str, Any]] = []
+    kept = _Kept()
     skipped = Skipped()
-    positives = 0
     for row, pair, error in iter_pairs(run, row_filter):
         counts = row_mask_counts(row, mask)
         if counts is None:
@@ -258,21 +264,95 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
         # fsynced: the journal `_commit` writes vouches for them (`_sync_staged`)
         write_png(pair.edited, _staging(out, "Tp") / f"{name}.png", durable=True)
         write_png(gt_mask.astype(np.uint8) * 255, _staging(out, "Gt") / f"{name}.png", durable=True)
-        tp, gt = out / "Tp" / f"{name}.png", out / "Gt" / f"{name}.png"       # where they are once swapped in
-        tp_ref = str(tp.relative_to(out)) if relative else str(tp)
-        gt_ref = str(gt.relative_to(out)) if relative else str(gt)
-        positive = bool(gt_mask.any())
-        positives += positive
-        entries.append({"entry": [tp_ref, gt_ref if positive else "Negative"], "confidence": row["confidence"]})
-    if not entries:
+        kept.add(name, bool(gt_mask.any()), key({"confidence": row["confidence"]}) if key is not None else None)
+    if not len(kept):
         raise nothing_to_export(skipped)
-    if key is not None:
-        entries.sort(key=key)
-    listing = dumps_finite([e["entry"] for e in entries], indent=1).encode()
-    _commit(out, json_name, listing, sorted(Path(e["entry"][0]).name for e in entries))
-    return {"out": str(out), "json": str(out / json_name), "pairs": len(entries), "positives": positives,
-            "negatives": len(entries) - positives, "mask": mask, "order": order,
+    listing = _Listing(kept, out, relative, sort=key is not None)
+    _commit(out, json_name, listing)
+    return {"out": str(out), "json": str(out / json_name), "pairs": len(kept), "positives": kept.positives,
+            "negatives": len(kept) - kept.positives, "mask": mask, "order": order,
             **skipped.report()}
+
+
+class _Kept:
+    """The kept pairs as the JSON list needs them: each file name (one NUL-separated byte string), whether its mask
+    is empty, its sort key. The export held a dict per pair (two absolute paths in a list, its confidence) until its
+    end, then the whole list as one string and the sorted names for the journal beside it: ~1 KB a pair at its
+    peak, 1 GB for a million. Now ~40 bytes a pair; the list is written from these (`_Listing`)."""
+
+    def __init__(self) -> None:
+        self.names = bytearray()
+        self.ends = array("q")           # where each name ends in `names`
+        self.negative = bytearray()      # 1: an empty mask ("Negative")
+        self.keys = array("d")           # order_key as one float: no confidence is +inf, last either way
+        self.positives = 0
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def add(self, name: str, positive: bool, key: tuple[bool, float] | None) -> None:
+        self.names += name.encode("utf-8", "surrogateescape") + b"\0"
+        self.ends.append(len(self.names) - 1)
+        self.negative.append(0 if positive else 1)
+        self.positives += positive
+        self.keys.append(0.0 if key is None else math.inf if key[0] else key[1])
+
+    def name(self, i: int) -> str:
+        start = self.ends[i - 1] + 1 if i else 0
+        return self.names[start:self.ends[i]].decode("utf-8", "surrogateescape")
+
+    def order(self, sort: bool) -> Iterable[int]:
+        """The pairs in output order: as kept, or by their key (stable: ties keep their corpus order)."""
+        if not sort:
+            return range(len(self))
+        return (int(i) for i in np.argsort(np.frombuffer(self.keys, dtype=np.float64), kind="stable"))
+
+
+class _Listing:
+    """The JSON list `[[tp, gt|"Negative"], ...]` of `kept`, made piece by piece (`chunks`) as often as it is read —
+    hashed for the journal, then written — byte for byte what `dumps_finite(list, indent=1)` made of it whole."""
+
+    def __init__(self, kept: _Kept, out: Path, relative: bool, sort: bool):
+        self.kept, self.sort = kept, sort
+        # where the files are once swapped in, as `str(OUT / "Tp" / NAME)` (or relative to OUT) says them: a name is
+        # one plain path component (`safe_name`), so the folder's path and the name are joined as strings
+        self.tp, self.gt = (str(Path(folder) if relative else out / folder) + "/" for folder in FOLDERS)
+
+    def chunks(self, size: int = _CHUNK_BYTES) -> Iterator[bytes]:
+        parts: list[str] = []
+        held = 0
+        for n, i in enumerate(self.kept.order(self.sort)):
+            name = self.kept.name(i)
+            gt = "Negative" if self.kept.negative[i] else f"{self.gt}{name}.png"
+            part = (",\n" if n else "[\n") + _ENTRY % (json.dumps(f"{self.tp}{name}.png"), json.dumps(gt))
+            parts.append(part)
+            held += len(part)
+            if held >= size:
+                yield "".join(parts).encode()
+                parts, held = [], 0
+        parts.append("\n]")
+        yield "".join(parts).encode()
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for chunk in self.chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def write(self, path: Path | int) -> None:
+        with open(path, "wb") as handle:
+            for chunk in self.chunks():
+                handle.write(chunk)
+
+    def write_journal(self, json_name: str, digest: str) -> Callable[[Path], None]:
+        """The journal's writer (`_commit`): `{"json": NAME, "sha256": HEX, "names": [...]}`, its names streamed."""
+        def write(path: Path) -> None:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(f'{{"json": {json.dumps(json_name)}, "sha256": {json.dumps(digest)}, "names": [')
+                for i in range(len(self.kept)):
+                    handle.write(f'{", " if i else ""}{json.dumps(f"{self.kept.name(i)}.png")}')
+                handle.write("]}")
+        return write
 
 
 def _journal(out: Path, json_name: str) -> Path:
@@ -281,15 +361,14 @@ def _journal(out: Path, json_name: str) -> Path:
     return out / f".{json_name}-journal"
 
 
-def _commit(out: Path, json_name: str, listing: bytes, names: list[str]) -> None:
+def _commit(out: Path, json_name: str, listing: _Listing) -> None:
     """Swap the complete staged Tp/ and Gt/ in, then write the JSON (the commit point), under a journal that says
     which folders are this export's until the JSON lists them. Before, an export killed between the swap and the
     JSON's rename left OUT with new Tp/ and Gt/ that no JSON listed: every later export was refused (`out_not_empty`,
     and with --overwrite "not a file of an earlier export") until the user deleted OUT by hand. Now the next export
     of OUT rolls the half-finished one back (`_recover`) and goes on as if it had never run."""
-    journal = {"json": json_name, "sha256": hashlib.sha256(listing).hexdigest(), "names": names}
     _sync_staged(out)
-    replace_atomically(_journal(out, json_name), json.dumps(journal).encode(), durable=True)
+    replace_atomically(_journal(out, json_name), listing.write_journal(json_name, listing.sha256()), durable=True)
     sync_folder(out)
     try:
         for folder in FOLDERS:
@@ -297,7 +376,7 @@ def _commit(out: Path, json_name: str, listing: bytes, names: list[str]) -> None
                 (out / folder).replace(out / f".{folder}.old")     # removed on the way out
             _staging(out, folder).replace(out / folder)
         sync_folder(out)
-        atomic_write_bytes(out / json_name, listing)
+        atomic_write_bytes(out / json_name, listing.write)
     except BaseException:
         _recover(out, json_name)     # a JSON that cannot be written (a full disk): the earlier export back whole
         raise

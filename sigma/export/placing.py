@@ -1,13 +1,14 @@
-"""Files an export puts into a folder it does not hold (`sigma export coco --images DIR`), never over another's.
+"""Files an export puts into a folder that is not its own (`sigma export coco --images DIR`), never over another's.
 
 Such a folder is anyone's: an earlier export of another run, or of this run with other filters (the names follow the
-pairs kept, so `x.png` may be another pair's image there), or a second export running at the same time. Before, each
+pairs kept, so `x.png` may be another pair's image there), or the user's own tools. (A second export at the same
+time is refused up front: the export holds DIR, `sigma.folderlock.hold_folder`.) Before, each
 image was renamed over whatever had its name: the earlier export's JSON then paired its masks with this export's
 images, silently. Now every file is staged first under a temporary name of this writer's own (`temp_name`, fsynced)
 and compared with what the folder holds under its name: identical bytes are left as they are (a rerun of one export
 changes nothing), different bytes refuse the export (`out_not_empty`, naming the file) before any file of it is put
 in place, unless `overwrite`. The staged files are then put in place with a hard link, which never replaces a file:
-one that appeared meanwhile (a concurrent export) is compared again, and different bytes refuse the export there.
+one that appeared meanwhile (another tool's) is compared again, and different bytes refuse the export there.
 A file system without hard links takes an `O_EXCL` copy instead (fsynced; a kill mid-copy leaves a file cut short,
 which a rerun refuses as different bytes rather than trusting).
 """
