@@ -68,12 +68,19 @@ def _json_type(value: object) -> str:
 
 
 def find_sets(data: str | Path) -> list[Path]:
-    """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name."""
+    """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name. A `data` that is
+    there but no folder (a file, a FIFO, /dev/zero) is said as such: it was "evaluation folder not found"."""
     data = Path(data)
     if data.is_file() and data.name == "pairs.jsonl":   # the manifest itself: its folder is the set
         data = data.parent
     if not data.is_dir():
-        raise InputError(f"{data}: evaluation folder not found", code="file_not_found")
+        if not data.exists():
+            raise InputError(f"{data}: evaluation folder not found", code="file_not_found")
+        if data.name == "pairs.jsonl":
+            raise InputError(f"{data}: not a regular file (a FIFO, a device); a manifest must be a file",
+                             code="file_not_found")
+        raise InputError(f"{data}: not a folder (a file, a FIFO or a device); expected a set's folder (holding "
+                         "pairs.jsonl), a folder of sets, or a set's pairs.jsonl", code="file_not_found")
     if (data / "pairs.jsonl").is_file():
         return [data]
     # regular files only (as the set itself above): a pairs.jsonl that is a FIFO hung the read for ever, one

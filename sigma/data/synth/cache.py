@@ -32,19 +32,28 @@ LATENT_MASK_SHAPES = {"blob": 3.0, "ellipse": 2.0, "polygon": 2.0, "brush": 1.5,
 
 
 def list_photos(folder: str | Path) -> list[Path]:
+    """Every entry named like a photo that is not a folder: FIFOs, devices, broken links and link loops included,
+    so the readers (`readable_photos`, `load_photo`) leave each out and say so. Regular files only were listed:
+    those were dropped without a word, and a folder of links to an unmounted drive said "found 0"."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: photo folder not found", code="file_not_found")
-    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        raise InputError(f"{folder}: {not_a_folder(folder)}", code="file_not_found")
+    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and not p.is_dir())
     if len(photos) < 2:
         raise InputError(f"{folder}: need at least 2 photos (found {len(photos)})", code="no_photos")
     return photos
 
 
+def not_a_folder(folder: Path) -> str:
+    """Why `folder` is no photo folder, in words: a FIFO, a device or a file given as the folder was "not found"."""
+    return ("photo folder not found" if not folder.exists()
+            else "not a folder (a file, a FIFO or a device); photos are read from a folder of them")
+
+
 def readable_photos(photos: list[Path]) -> tuple[list[Path], list[str]]:
     """(photos whose header passes `sigma.io`'s checks, 'path: why' for the others): a photo bank of thousands
-    holds the odd 0-byte file, a text file named .png, a format the decoder does not take or a photo above the
-    size limits; only the header is read."""
+    holds the odd 0-byte file, a text file named .png, a format the decoder does not take, a photo above the
+    size limits, or a FIFO, a device, a broken link named like a photo; only the header is read, never blocking."""
     good, bad = [], []
     for path in photos:
         try:

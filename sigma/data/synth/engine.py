@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,6 +26,7 @@ from pydantic import Field, model_validator
 
 from sigma.config.schema import MAX_WORKING_SIZE, Strict
 from sigma.errors import ImageError, InputError
+from sigma.regular import open_regular
 
 from . import edits as E
 from . import masks as M
@@ -172,10 +174,11 @@ class PhotoBank:
                                  f"{self.cache.absolute()} (a relative data.cache is read from the current folder, "
                                  "or for sigma train from the folder the run started in)", code="no_photos")
         if photos:
-            have = {str(Path(e[2]).resolve()) for e in entries}
+            # os.path.realpath: Path.resolve() raises RuntimeError on a link loop named like a photo
+            have = {os.path.realpath(e[2]) for e in entries}
             # photos that are not images are left out here, said once: one of them killed `sigma synth` and
             # a training run (os_error) whenever it was drawn — at the same step again after every --resume
-            good, bad = readable_photos([ph for ph in list_photos(photos) if str(ph.resolve()) not in have])
+            good, bad = readable_photos([ph for ph in list_photos(photos) if os.path.realpath(ph) not in have])
             if bad:
                 print(f"sigma: warning: {len(bad)} file(s) in the photo folder are not readable images and are left "
                       f"out: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
@@ -217,10 +220,10 @@ class PhotoBank:
 @lru_cache(maxsize=64)
 def _load_entry(path: str, cached: bool, max_side: int) -> dict[str, np.ndarray]:
     if cached:
-        try:
-            with np.load(path) as data:
+        try:   # open_regular: a FIFO put in place of a cached .npz after the bank's is_file() blocked np.load for ever
+            with open_regular(path, "rb") as handle, np.load(handle) as data:
                 return {k: data[k] for k in data.files}
-        except Exception as exc:   # a cache file cut short or damaged on disk (BadZipFile, ValueError, OSError)
+        except Exception as exc:   # cut short or damaged on disk (BadZipFile, ValueError, OSError), not a regular file
             raise ImageError(f"{path}: cached photo cannot be read ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:120]}); rebuild the cache to replace it") from exc
     return {"img": load_photo(Path(path), max_side)}
