@@ -6,11 +6,15 @@ import hashlib
 from pathlib import Path
 from typing import BinaryIO
 
+from sigma.regular import open_regular
+
 BLOCK_BYTES = 1 << 20
 
 
 def sha256_file(path: str | Path) -> str:
-    with open(path, "rb") as handle:
+    """NotRegularFile (an OSError), without blocking, when `path` is a FIFO, a device or a folder: a FIFO put where
+    a run's shard file was checked held `sigma batch run --resume` (and a fleet worker) for ever."""
+    with open_regular(path) as handle:
         return sha256_stream(handle)
 
 

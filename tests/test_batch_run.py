@@ -829,7 +829,8 @@ def test_a_writer_that_fails_behind_a_full_queue_ends_the_run_never_hangs(tmp_pa
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     assert proc.returncode == 2, err
-    assert f"sigma: error [os_error]: File exists: {blocker}" in err and "Traceback" not in err, err
+    assert ("sigma: error [os_error]: Not a folder (a FIFO, a device or a file where the run keeps a folder of its "
+            f"own; remove it): {blocker}") in err and "Traceback" not in err, err
     assert json.loads((out / "status" / "set__pairs.r0000000-0000199.json").read_text())["status"] == "done"
     assert not (out / "status" / "set__pairs.r0000200-0000399.json").exists()
     blocker.unlink()

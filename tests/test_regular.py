@@ -325,3 +325,181 @@ def test_a_shard_file_swapped_for_a_fifo_is_refused_by_the_export_not_waited_on(
     assert out[:2] == [said.format("the export stopped"), said.format("nothing written")], out
     assert out[2] == "2" and out[-1] == "0", out             # the CLI refused (exit 2), then exported
     assert (tmp_path / "c.json").is_file()
+
+
+# --- a batch run's own folder: its shard files, status files and run.json, read by --resume, the fleet and status
+
+_RUN_FILE_RACE = """
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    from sigma.batch import BatchConfig, run_batch
+    from sigma.batch.layout import RunDir
+    from sigma.errors import SigmaError
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    root = Path({root!r})
+    write_pairs_jsonl(root / "s", synthetic_pairs(2, size=32))
+    cfg = BatchConfig.model_validate({{"input": {{"path": str(root / "s"), "shard_size": 1}},
+                                      "annotator": "pixel-diff", "workers": 0}})
+    run_batch(cfg, root / "run", progress=False)
+    rundir = RunDir(root / "run")
+    run_hash = rundir.load()["run_hash"]
+    shard = rundir.shards()[0]
+    target = {{"shard": rundir.shard_path(shard, run_hash), "status": rundir.status_path(shard),
+              "run": rundir.run_file}}[{what!r}]
+    keep = target.with_name("keep.bin")
+    os.link(target, keep)
+    # another process puts a FIFO in the file's place and the file back, over and over (ending with its parent)
+    swapper = subprocess.Popen([sys.executable, "-c", '''if True:
+        import os, sys
+        target, keep, parent = sys.argv[1], sys.argv[2], os.getppid()
+        while os.getppid() == parent:
+            os.mkfifo(target + ".f")
+            os.rename(target + ".f", target)
+            os.link(keep, target + ".r")
+            os.rename(target + ".r", target)
+        ''', str(target), str(keep)])
+
+    def call():
+        try:
+            if {what!r} == "shard":
+                return rundir.is_done(shard, run_hash, verify=True)
+            if {what!r} == "status":
+                return rundir.status(shard) is not None
+            return bool(rundir.load())
+        except SigmaError as exc:
+            return exc.code
+
+    seen = set()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        seen.add(call())
+    swapper.kill()
+    swapper.wait()
+    print(sorted(map(str, seen)))                # what each call said, as strings
+    os.unlink(target)
+    os.mkfifo(target)                            # a FIFO there for good
+    print(call())
+"""
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("what,steady", [("shard", ["False", "True"]), ("status", ["False", "True"]),
+                                         ("run", ["True", "not_a_run"])])
+def test_a_run_file_swapped_for_a_fifo_is_not_waited_on(tmp_path, what, steady):
+    """`RunDir.is_done(verify=True)` (--resume, the fleet) checked the shard file with `is_file()` and then hashed it
+    by its path, `RunDir.status` read a status file after `is_file()`, and `RunDir.load` opened run.json after
+    `exists()`: a FIFO put there in between held `sigma batch run --resume`, `sigma batch status` and fleet workers
+    for ever. Now each is one `open_regular`: a FIFO is "not done" (the shard redone, as a damaged one is), "no
+    status", or not_a_run."""
+    out = _bounded(_RUN_FILE_RACE.format(root=str(tmp_path), what=what), f"the run's {what} file").splitlines()
+    assert set(eval(out[0])) <= set(steady), out     # never a hang, never another error
+    assert out[1] == {"shard": "False", "status": "False", "run": "not_a_run"}[what], out
+
+
+def _two_shard_run(root: Path) -> Path:
+    from sigma.batch import BatchConfig, run_batch
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(root / "s", synthetic_pairs(2, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(root / "s"), "shard_size": 1}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    run_batch(cfg, root / "run", progress=False)
+    return root / "run"
+
+
+_RESUME = ("batch", "run", "--shard-size", "1", "--annotator", "pixel-diff", "--no-progress", "--resume")
+
+
+@pytest.mark.timeout(150)
+def test_resume_redoes_a_shard_whose_file_or_status_is_a_fifo(tmp_path):
+    """A shard file or status file that is a FIFO is a shard not done: `--resume` writes it again (its files renamed
+    over the FIFOs), as for a damaged shard, and the run ends whole."""
+    run = _two_shard_run(tmp_path)
+    shard_file = sorted((run / "shards").glob("*.parquet"))[0]
+    status_file = sorted((run / "status").glob("*.json"))[1]
+    for path in (shard_file, status_file):
+        path.unlink()
+        os.mkfifo(path)
+    done = _cli(*_RESUME[:2], str(tmp_path / "s"), *_RESUME[2:], "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    assert "2 shard(s) written, 0 skipped" in done.stderr + done.stdout, done.stderr + done.stdout
+    assert shard_file.is_file() and status_file.is_file()
+
+
+@pytest.mark.timeout(150)
+def test_a_run_json_that_is_a_fifo_is_named_as_such(tmp_path):
+    """`sigma batch status RUN` with RUN/run.json a FIFO said "no run.json"; now that it is not a regular file."""
+    run = _two_shard_run(tmp_path)
+    (run / "run.json").unlink()
+    os.mkfifo(run / "run.json")
+    done = _cli("batch", "status", str(run))
+    assert done.returncode == 2
+    assert done.stderr == (f"sigma: error [not_a_run]: {run}: not a batch run folder (its run.json is not a regular "
+                           "file: a FIFO, a device or a folder); start one with sigma batch run\n"), done.stderr
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("folder", ["status", "shards"])
+def test_a_run_sub_folder_that_is_a_fifo_is_said_to_be_no_folder(tmp_path, folder):
+    """A run folder whose status/ or shards/ is a FIFO: `--resume` said `os_error: File exists: RUN/status`."""
+    run = _two_shard_run(tmp_path)
+    for path in (run / folder).iterdir():
+        path.unlink()
+    (run / folder).rmdir()
+    os.mkfifo(run / folder)
+    done = _cli(*_RESUME[:2], str(tmp_path / "s"), *_RESUME[2:], "--out", str(run))
+    assert done.returncode == 2
+    assert done.stderr == ("sigma: error [os_error]: Not a folder (a FIFO, a device or a file where the run keeps a "
+                           f"folder of its own; remove it): {run / folder}\n"), done.stderr
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("kind", ["fifo", "dev_null", "file"])
+def test_out_that_is_no_folder_is_refused(tmp_path, kind):
+    """`--out` a FIFO, a device or a regular file: out_not_a_folder, at once."""
+    out = tmp_path / "out"
+    if kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "dev_null":
+        out.symlink_to("/dev/null")
+    else:
+        out.write_text("x")
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "s", synthetic_pairs(1, size=32))
+    done = _cli("batch", "run", str(tmp_path / "s"), "--annotator", "pixel-diff", "--no-progress", "--out", str(out))
+    assert done.returncode == 2
+    assert done.stderr == f"sigma: error [out_not_a_folder]: {out}: exists and is not a folder; choose another --out\n"
+
+
+_SWEEP = """
+    import os
+    import time
+    from pathlib import Path
+    from sigma.batch import BatchConfig, run_batch
+    from sigma.batch.layout import RunDir
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    root = Path({root!r})
+    write_pairs_jsonl(root / "s", synthetic_pairs(1, size=32))
+    cfg = BatchConfig.model_validate({{"input": {{"path": str(root / "s")}}, "annotator": "pixel-diff", "workers": 0}})
+    run_batch(cfg, root / "run", progress=False)
+    rundir = RunDir(root / "run")
+    run_hash = rundir.load()["run_hash"]
+    shard = rundir.shards()[0]
+    fifo = rundir.shard_path(shard, run_hash).with_name(f".{{rundir.shard_path(shard, run_hash).name}}.1.tmp")
+    os.mkfifo(fifo)
+    os.utime(fifo, (time.time() - 60, time.time() - 60))     # old enough to be swept
+    print(rundir.sweep_temps(shard, run_hash), fifo.exists())
+"""
+
+
+@pytest.mark.timeout(150)
+def test_the_fleet_sweep_of_temporary_shard_files_passes_a_fifo_by(tmp_path):
+    """`RunDir.sweep_temps` (a fleet worker, before each shard) opened each old `.SHARD.*.tmp` to try its writer's
+    lock: a FIFO of that name held the worker for ever. Not a writer's file: left alone."""
+    assert _bounded(_SWEEP.format(root=str(tmp_path)), "the sweep").split() == ["0", "True"]

@@ -29,6 +29,7 @@ from sigma.errors import InputError
 from sigma.folderlock import LOCK_FILE, LockWait, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.lines import read_at_most
+from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically, sweep_stale_below, sync_folder
 from sigma.text import PATH_SHOWN, cut_long_values, dumps_finite, positive_int_env, shown
 from sigma.text import loads as load_json
@@ -226,6 +227,12 @@ def _count(value: Any) -> int:
     return max(int(value), 0)
 
 
+def _missing(exc: OSError) -> bool:
+    """An OSError that `Path.is_file()` takes for "no such file" (so the checks it made keep their answers now that
+    the file is opened, not checked first): nothing there, a file where a folder was expected, a link loop."""
+    return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -268,9 +275,9 @@ class RunDir:
             yield
 
     def load(self) -> dict[str, Any]:
-        if not self.exists():
-            raise InputError(f"{self.root}: not a batch run folder (no {RUN_FILE}); start one with sigma batch run",
-                             code="not_a_run")
+        """The run record, checked. not_a_run when there is none: no run.json, or one that is not a regular file (a
+        FIFO, a device or a folder: said so; it was "no run.json", and one put there after the check held every
+        reader of the run, `sigma batch status` and `--resume` included, for ever)."""
         try:
             record = load_json(self._read_run_file())
         except ValueError as exc:
@@ -308,7 +315,17 @@ class RunDir:
         """run.json's bytes, refused (run_too_large) by its size before any is read when it is over `max_run_bytes`;
         read no further than the limit should it grow meanwhile."""
         limit = max_run_bytes()
-        with open(self.own(self.run_file), "rb") as handle:
+        try:
+            handle = open_regular(self.own(self.run_file))
+        except NotRegularFile:
+            raise InputError(f"{self.root}: not a batch run folder (its {RUN_FILE} is not a regular file: a FIFO, a "
+                             "device or a folder); start one with sigma batch run", code="not_a_run") from None
+        except OSError as exc:
+            if not _missing(exc):
+                raise
+            raise InputError(f"{self.root}: not a batch run folder (no {RUN_FILE}); start one with sigma batch run",
+                             code="not_a_run") from None
+        with handle:
             size = os.fstat(handle.fileno()).st_size
             data = read_at_most(handle, limit + 1) if size <= limit else b""
         if size > limit or len(data) > limit:
@@ -348,8 +365,9 @@ class RunDir:
             try:              # not make_folders_durably: a run folder deleted meanwhile must stay deleted
                 path.mkdir()
             except FileExistsError:
-                if not path.is_dir():
-                    raise
+                if not path.is_dir():     # said as such: it was "File exists: RUN/status", as though that were wrong
+                    raise NotADirectoryError(errno.ENOTDIR, "Not a folder (a FIFO, a device or a file where the run "
+                                             "keeps a folder of its own; remove it)", str(path)) from None
                 continue
             sync_folder(path.parent)
         return path
@@ -404,7 +422,7 @@ class RunDir:
             try:
                 if tmp.is_symlink() or tmp.lstat().st_mtime > cutoff:
                     continue
-                with open(tmp, "rb") as handle:
+                with open_regular(tmp) as handle:     # a FIFO of that name: NotRegularFile, not waited on
                     try:
                         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except OSError:
@@ -430,11 +448,19 @@ class RunDir:
         return self.root / "status" / f"{shard.key}.json"
 
     def status(self, shard: Shard) -> dict[str, Any] | None:
+        """The shard's status record, or None: none written, or not a regular file (a FIFO or a device in its place
+        is no status: it was checked with `is_file()` and then read by its path, so one put there in between held
+        `sigma batch status`, `--resume` and the fleet for ever), or not a JSON object."""
         path = self.own(self.status_path(shard))
-        if not path.is_file():
-            return None
         try:
-            st = load_json(path.read_bytes())
+            with open_regular(path) as handle:
+                data = handle.read()
+        except OSError as exc:
+            if isinstance(exc, NotRegularFile) or _missing(exc):
+                return None
+            raise
+        try:
+            st = load_json(data)
         except ValueError:     # torn or corrupt: the shard is not done
             return None
         return st if isinstance(st, dict) else None
@@ -448,9 +474,25 @@ class RunDir:
         if not st or st.get("status") != "done" or st.get("run_hash") != run_hash:
             return False
         out = self.own(self.shard_path(shard, run_hash))
-        if not (out.is_file() and out.stat().st_size == st.get("bytes")):
-            return False
-        return not verify or self.as_written(st, out)
+        if not verify:       # one stat, no open: a status poll asks this per shard
+            try:
+                info = os.stat(out)
+            except OSError as exc:
+                if _missing(exc):
+                    return False
+                raise
+            return stat.S_ISREG(info.st_mode) and info.st_size == st.get("bytes")
+        # checked and hashed through one handle: a FIFO put in the shard file's place after a check by its path held
+        # `--resume` and the fleet for ever in the hashing open; one that is not a regular file is not done (redone,
+        # as a damaged one is)
+        try:
+            handle = open_regular(out)
+        except OSError as exc:
+            if isinstance(exc, NotRegularFile) or _missing(exc):
+                return False
+            raise
+        with handle:
+            return os.fstat(handle.fileno()).st_size == st.get("bytes") and self.as_written(st, out, handle)
 
     @staticmethod
     def as_written(status: dict[str, Any], path: Path, handle: BinaryIO | None = None) -> bool:
@@ -463,7 +505,10 @@ class RunDir:
         from sigma.digest import sha256_file, sha256_stream
 
         if handle is None:
-            return sha256_file(path) == recorded
+            try:
+                return sha256_file(path) == recorded
+            except NotRegularFile:        # a FIFO or a device in its place (never waited on): not what was written
+                return False
         handle.seek(0)
         return sha256_stream(handle) == recorded
 
