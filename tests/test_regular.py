@@ -503,3 +503,133 @@ def test_the_fleet_sweep_of_temporary_shard_files_passes_a_fifo_by(tmp_path):
     """`RunDir.sweep_temps` (a fleet worker, before each shard) opened each old `.SHARD.*.tmp` to try its writer's
     lock: a FIFO of that name held the worker for ever. Not a writer's file: left alone."""
     assert _bounded(_SWEEP.format(root=str(tmp_path)), "the sweep").split() == ["0", "True"]
+
+
+# --- weights, the photo cache's index, status files, export output folders (open_regular where a path was read)
+
+
+@pytest.mark.timeout(150)
+def test_weights_given_as_a_fifo_are_refused_not_waited_on(tmp_path):
+    """A FIFO named x.safetensors: a fleet submission's check of backbone_weights (`check_weights_reference`) opened
+    it with `open()`, and `load_safetensors` (`init_from` of a grown model reads model.safetensors with no check
+    before) gave it to safetensors' own open: each waited for a writer for ever. Now weights_unreadable."""
+    os.mkfifo(tmp_path / "x.safetensors")
+    out = _bounded(f"""
+        from sigma.models.weights import WeightsNotFoundError, check_weights_reference, load_safetensors
+        for call in (lambda: check_weights_reference({str(tmp_path / "x.safetensors")!r}, "options.backbone_weights",
+                                                     files=(".safetensors",)),
+                     lambda: load_safetensors({str(tmp_path / "x.safetensors")!r})):
+            try:
+                call()
+            except WeightsNotFoundError as exc:
+                print(exc.code, "not a regular file" in str(exc))
+        """, "the weights check and load").splitlines()
+    assert out == ["weights_unreadable True"] * 2, out
+
+
+def test_a_checkpoint_or_saved_config_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path, raced):
+    """`load_checkpoint` (`sigma train --resume`) and `read_config` (a saved model's config.json) read by path after
+    `is_file()`: a FIFO put there in between held the resume or the load for ever."""
+    from sigma.errors import WeightsNotFoundError
+    from sigma.models.factory import read_config
+    from sigma.training.checkpoint import load_checkpoint
+
+    os.mkfifo(tmp_path / "checkpoint.pt")
+    with pytest.raises(InputError) as err:
+        load_checkpoint(tmp_path)
+    assert err.value.code == "checkpoint_unreadable" and "not a regular file" in str(err.value)
+    os.mkfifo(tmp_path / "config.json")
+    with pytest.raises(WeightsNotFoundError, match="config.json: not a regular file"):
+        read_config(tmp_path)
+
+
+def test_taef2_weights_that_are_a_fifo_are_refused_not_waited_on(tmp_path):
+    """`TAEF2.from_dir` gave each .pth path to torch.load with no check of its own: a FIFO held it for ever."""
+    from sigma.models.vae.taef2 import TAEF2
+    from sigma.models.weights import WeightsUnreadableError
+
+    os.mkfifo(tmp_path / "taef2_encoder.pth")
+    with pytest.raises(WeightsUnreadableError, match="not a regular file"):
+        TAEF2.from_dir(tmp_path)
+
+
+def test_a_photo_cache_index_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path, raced):
+    """`PhotoBank` and `freeze_cache_index` (training's start) read index.json after `is_file()`: a FIFO put there in
+    between held training for ever. Now the bank says file_not_found and the freeze leaves the config as it is."""
+    from sigma.data.synth.engine import PhotoBank
+    from sigma.training.config import TrainConfig
+    from sigma.training.data import freeze_cache_index
+
+    os.mkfifo(tmp_path / "index.json")
+    with pytest.raises(InputError) as err:
+        PhotoBank(cache=tmp_path)
+    assert err.value.code == "file_not_found" and "not a regular file" in str(err.value)
+    cfg = TrainConfig.model_validate({"data": {"cache": str(tmp_path)}})
+    assert freeze_cache_index(cfg, tmp_path / "run") is cfg
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.timeout(150)
+def test_a_huge_status_file_is_a_damaged_status(tmp_path):
+    """A status file is a few hundred bytes; one of megabytes was read whole by every status poll. Over
+    MAX_STATUS_BYTES it is treated as a damaged (unparseable) one: no status, the shard not done."""
+    from sigma.batch.layout import MAX_STATUS_BYTES, RunDir, Shard
+
+    run = _two_shard_run(tmp_path)
+    rundir = RunDir(run)
+    shard = Shard.from_dict(rundir.load()["shards"][0])
+    record = rundir.status(shard)
+    assert record and record["status"] == "done"
+    path = rundir.status_path(shard)
+    text = path.read_text()
+    path.write_text(text[:-1] + " " * MAX_STATUS_BYTES + text[-1])        # the same record, padded past the cap
+    assert rundir.status(shard) is None
+
+
+@pytest.mark.timeout(150)
+def test_a_new_run_into_a_folder_whose_run_json_is_a_fifo_says_so(tmp_path):
+    """`sigma batch run --out RUN` with RUN/run.json a FIFO said out_not_empty "not empty and not a batch run"
+    (`RunDir.exists` was `is_file()`); now not_a_run, naming run.json as no regular file, as `batch status` does."""
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "s", synthetic_pairs(2, size=32))
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / "run.json")
+    done = _cli("batch", "run", str(tmp_path / "s"), "--annotator", "pixel-diff", "--out", str(tmp_path / "run"),
+                "--no-progress")
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"sigma: error [not_a_run]: {tmp_path / 'run'}: not a batch run folder (its "
+                                  "run.json is not a regular file"), done.stderr
+
+
+def test_export_output_files_swapped_for_a_fifo_are_not_waited_on(tmp_path, monkeypatch):
+    """An export reads files in its output folder by path: `_same_file_bytes` (is a name there already these bytes?)
+    after an lstat, the IMDL-BenCo listing and journal after `is_file()`. A FIFO put there in between held the
+    export for ever; now it is a file that differs, no listing, no journal."""
+    from sigma.export import imdl_benco, placing
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"x")
+    steady = os.stat(regular)
+    monkeypatch.setattr(Path, "is_file", lambda self: True)
+    assert imdl_benco._listed(fifo) == set()
+    os.mkfifo(imdl_benco._journal(tmp_path, "x.json"))
+    imdl_benco._recover(tmp_path, "x.json")                         # no journal of ours: left as it is
+    monkeypatch.setattr(placing.os, "lstat", lambda path: steady)   # the lstat saw a regular file of 1 byte
+    assert placing._same_file_bytes(fifo, b"x") is False
+    assert placing._same_file_bytes(fifo, regular) is False
+
+
+def test_the_hf_export_passes_a_fifo_among_the_weights_by(tmp_path):
+    """`sigma export hf` hashes options.weights for its card: a FIFO x.safetensors in that folder (no check before
+    its read_bytes) held the export for ever; now the digest is unknown (None), as for weights that are not there."""
+    from sigma.export.hf import _sha256_path
+
+    (tmp_path / "a.safetensors").write_bytes(b"abc")
+    import hashlib
+    assert _sha256_path(tmp_path) == hashlib.sha256(hashlib.sha256(b"abc").digest()).hexdigest()
+    assert _sha256_path(tmp_path / "a.safetensors") == hashlib.sha256(b"abc").hexdigest()
+    os.mkfifo(tmp_path / "b.safetensors")
+    assert _sha256_path(tmp_path) is None

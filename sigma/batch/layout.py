@@ -61,6 +61,8 @@ MAX_DEAD_READ = 10_000
 # said lost (`unqueued`).
 TASK_READ = 20_000
 MAX_TASK_READ = 200_000
+# a shard's status file is a few hundred bytes (its error message is one line); one larger than this is damaged
+MAX_STATUS_BYTES = 1 << 20
 # The largest run.json (bytes) a run may write and any reader parses: its size is checked before a byte is read.
 # Every reader parses the whole shard plan (`--resume`, `sigma batch submit` and POST /v1/batches, each fleet worker,
 # `sigma batch status`, the exports, the review page, GET /v1/batches/status): one of 200 MB took each of them ~21 s
@@ -243,7 +245,9 @@ class RunDir:
         return self.root / RUN_FILE
 
     def exists(self) -> bool:
-        return self.run_file.is_file()
+        """A run.json is there, of any kind (`load` refuses one that is no regular file, not_a_run, saying so: with
+        `is_file()` here a FIFO run.json was "not empty and not a batch run", out_not_empty)."""
+        return os.path.lexists(self.run_file)
 
     def own(self, path: Path) -> Path:
         """`path` if it stays in the run folder once symbolic links are followed, else InputError
@@ -450,15 +454,21 @@ class RunDir:
     def status(self, shard: Shard) -> dict[str, Any] | None:
         """The shard's status record, or None: none written, or not a regular file (a FIFO or a device in its place
         is no status: it was checked with `is_file()` and then read by its path, so one put there in between held
-        `sigma batch status`, `--resume` and the fleet for ever), or not a JSON object."""
+        `sigma batch status`, `--resume` and the fleet for ever), or not a JSON object,
+        or over MAX_STATUS_BYTES (ours are a few hundred bytes: one of gigabytes was read whole by every status poll;
+        as a damaged one, it is not done)."""
         path = self.own(self.status_path(shard))
         try:
             with open_regular(path) as handle:
-                data = handle.read()
+                if os.fstat(handle.fileno()).st_size > MAX_STATUS_BYTES:
+                    return None
+                data = read_at_most(handle, MAX_STATUS_BYTES + 1)
         except OSError as exc:
             if isinstance(exc, NotRegularFile) or _missing(exc):
                 return None
             raise
+        if len(data) > MAX_STATUS_BYTES:       # grew while read
+            return None
         try:
             st = load_json(data)
         except ValueError:     # torn or corrupt: the shard is not done

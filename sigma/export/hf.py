@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from sigma.batch.decode import source_bytes
+from sigma.digest import sha256_file
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.export.select import (
     CheckedRun,
@@ -35,6 +36,7 @@ from sigma.export.select import (
     row_mask_counts,
 )
 from sigma.folderlock import hold_folder
+from sigma.regular import NotRegularFile
 from sigma.rle import decode_rle, mask_bbox
 from sigma.tempfiles import finish_replacements, make_folders_durably, replace_together, sync_folder, temp_name
 from sigma.text import escape_surrogates
@@ -116,15 +118,20 @@ def _find(data: Any, key: str) -> Any:
 
 
 def _sha256_path(path: Path) -> str | None:
-    if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        if files:
-            digest = hashlib.sha256()
-            for f in files:
-                digest.update(hashlib.sha256(f.read_bytes()).digest())
-            return digest.hexdigest()
+    """The weights' digest (a folder: of its .safetensors files' digests), read in blocks; None when there is none to
+    take, or one of the files is no regular file: a FIFO named x.safetensors there held the export for ever."""
+    try:
+        if path.is_file():
+            return sha256_file(path)
+        if path.is_dir():
+            files = sorted(path.glob("*.safetensors"))
+            if files:
+                digest = hashlib.sha256()
+                for f in files:
+                    digest.update(bytes.fromhex(sha256_file(f)))
+                return digest.hexdigest()
+    except NotRegularFile:
+        return None
     return None
 
 

@@ -36,6 +36,7 @@ from sigma.export.select import (
 )
 from sigma.folderlock import hold_folder, refuse_non_folder
 from sigma.io.images import write_png
+from sigma.regular import open_regular
 from sigma.rle import decode_rle
 from sigma.tempfiles import PID_MAX, replace_atomically, sync_folder
 from sigma.text import shown
@@ -119,7 +120,7 @@ def _array_items(path: Path, chunk: int = _CHUNK_CHARS) -> Iterator[Any]:
     listing of a million pairs was read whole (its text and every entry at once, ~1 GB for 200 MB) to learn its
     file names. ValueError when the file is not one JSON array (as `json.loads` would say), or holds an item over
     MAX_ENTRY_CHARS."""
-    with open(path, encoding="utf-8") as handle:
+    with open_regular(path, "r", encoding="utf-8") as handle:      # a FIFO in OUT: NotRegularFile, not a hang
         buf, pos, eof = "", 0, False
 
         def more() -> None:
@@ -415,7 +416,11 @@ def _recover(out: Path, json_name: str) -> None:
     folder holding a file the journal does not name (put there by someone since) is not moved: `out_not_empty`."""
     path = _journal(out, json_name)
     try:
-        journal = json.loads(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
+        if path.is_file() and not path.is_symlink():
+            with open_regular(path) as handle:        # a FIFO swapped in after the check: not a journal of ours
+                journal = json.loads(handle.read())
+        else:
+            journal = None
         digest, names = journal["sha256"], set(journal["names"])
     except (OSError, ValueError, TypeError, KeyError):
         return                       # none, or not a journal of ours: left as it is

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sigma.errors import InputError
+from sigma.regular import open_regular
 from sigma.tempfiles import make_folders_durably, write_synced
 
 #: link() errors that mean "this file system has no hard links", not "the name is taken"
@@ -38,9 +39,11 @@ def _same_file_bytes(path: Path, data: bytes | Path) -> bool:
         size = len(data) if isinstance(data, bytes) else os.stat(data).st_size
         if not stat.S_ISREG(info.st_mode) or info.st_size != size:
             return False
+        # open_regular: a FIFO put at `path` after the lstat above held the export in open() for ever
         if isinstance(data, bytes):
-            return path.read_bytes() == data
-        with open(path, "rb") as a, open(data, "rb") as b:
+            with open_regular(path) as a:
+                return a.read(len(data) + 1) == data
+        with open_regular(path) as a, open(data, "rb") as b:
             while True:
                 chunk = a.read(_CHUNK)
                 if chunk != b.read(_CHUNK):

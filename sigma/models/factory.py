@@ -25,6 +25,7 @@ from sigma.models.weights import (
     lookup_error,
     strict_load,
 )
+from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import FolderBusy, finish_replacements, has_staged_set, reading_lock, replace_together, time_left
 from sigma.text import MAX_DURATION_S, positive_int_env, shown_path
 from sigma.text import loads as load_json
@@ -198,7 +199,7 @@ def _check_saved_model(given: Path, what: str) -> None:
             state = "is not a file" if needed.exists() else "is missing"
             raise WeightsNotFoundError(f"{what}: {shown_path(needed)} {state} ({_SAVED_FORMS})")
         try:
-            with open(needed, "rb"):
+            with open_regular(needed):      # a FIFO put there after the check: refused, not waited on
                 pass
         except OSError as exc:
             raise WeightsUnreadableError(f"{what}: {shown_path(needed)} cannot be read "
@@ -278,7 +279,10 @@ def _read_saved(path: str | Path, finish: bool = True,
     if not cfg_path.is_file():
         raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} ({_SAVED_FORMS})")
     try:
-        data = load_json(cfg_path.read_bytes())
+        with open_regular(cfg_path) as handle:       # a FIFO put there after the check: refused, not waited on
+            data = load_json(handle.read())
+    except NotRegularFile:
+        raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path}: not a regular file ({_SAVED_FORMS})") from None
     except ValueError as exc:
         raise ConfigError(f"{cfg_path}: not valid JSON ({exc})") from exc
     found = data.get("format") if isinstance(data, dict) else type(data).__name__

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sigma.errors import ConfigError, InputError, first_line
+from sigma.regular import open_regular
 from sigma.tempfiles import sweep_stale_temps, sync_folder, temp_name, write_synced_by
 
 CKPT = "checkpoint.pt"
@@ -88,7 +89,8 @@ def _read(path: Path) -> dict[str, Any]:
     # weights_only: tensors, numbers, strings and containers — everything a checkpoint holds. The full unpickler
     # ran whatever a checkpoint.pt told it to (os.system, at `sigma train --resume` of a run folder from elsewhere)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as handle:    # a FIFO put there after the check: refused, not waited on
+            state = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise

@@ -129,6 +129,8 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     import shutil
     import time
 
+    from sigma.regular import NotRegularFile, open_regular
+
     if not cfg.data.cache or cfg.data.cache_index:
         return cfg
     src = Path(cfg.data.cache) / "index.json"
@@ -137,7 +139,12 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     target = (run_dir / "cache_index.json").absolute()    # read from anywhere, not only from the starting folder
     if int(os.environ.get("RANK", "0")) == 0:
         tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(src, tmp)
+        try:        # copied from the file opened (`open_regular`): a FIFO put there after the check held the start
+            with open_regular(src) as reading, open(tmp, "wb") as writing:
+                shutil.copyfileobj(reading, writing)
+        except NotRegularFile:
+            tmp.unlink(missing_ok=True)
+            return cfg   # the engine raises the clear error
         json.loads(tmp.read_text())
         tmp.replace(target)
     else:

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from sigma.config.schema import MAX_WORKING_SIZE, Strict
 from sigma.errors import ImageError, InputError
-from sigma.regular import open_regular
+from sigma.regular import NotRegularFile, open_regular
 
 from . import edits as E
 from . import masks as M
@@ -161,7 +161,12 @@ class PhotoBank:
             if not idx.is_file():
                 raise InputError(f"{idx}: not a synth cache index (no index.json); build it with "
                                  "`sigma synth --build-cache`", code="file_not_found")
-            data = json.loads(idx.read_text())
+            try:            # a FIFO put there after the check: refused, not waited on (it held training for ever)
+                with open_regular(idx, "r", encoding="utf-8") as handle:
+                    data = json.load(handle)
+            except NotRegularFile:
+                raise InputError(f"{idx}: not a synth cache index (not a regular file); build it with "
+                                 "`sigma synth --build-cache`", code="file_not_found") from None
             max_side = int(data.get("max_side", max_side))
             self.max_side = max_side
             listed = len(data["files"])

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sigma.regular import open_regular
+
 
 def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
@@ -86,7 +88,8 @@ class TAEF2(nn.Module):
         for part, module in (("encoder", model.encoder), ("decoder", model.decoder)):
             path = directory / f"taef2_{part}.pth"
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                with open_regular(path) as handle:    # a FIFO put there after the check: refused, not waited on
+                    state = torch.load(handle, map_location="cpu", weights_only=True)
             except FileNotFoundError:
                 raise
             except Exception as exc:  # a truncated or foreign file: said with its path
