@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from heappeak import heap_peak
 
 from sigma.errors import InputError, UnknownNameError
 from sigma.io.corpora import detect_format, open_corpus
@@ -27,6 +28,12 @@ SHARED = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1]
 def read_all(corpus):
     shards = corpus.plan()
     return shards, [item for shard in shards for item in corpus.read(shard)]
+
+
+def read_all_heap_peak(corpus):
+    """`read_all(corpus)` in a fresh interpreter (tests/heappeak.py), and the heap's peak over it."""
+    measured = heap_peak(read_all, corpus)
+    return (*measured.value, measured.peak)
 
 
 def test_parquet_magicbrush_by_row_group(tmp_path):
@@ -108,7 +115,6 @@ def test_webdataset_members_above_the_byte_limit_are_not_read(tmp_path):
     image above io.limits.max_bytes is that pair's file_too_large, unread."""
     import io
     import tarfile
-    import tracemalloc
 
     from sigma.batch import BatchConfig
     from sigma.batch.runner import corpus_from_config
@@ -128,11 +134,7 @@ def test_webdataset_members_above_the_byte_limit_are_not_read(tmp_path):
         add("b.edited.png", pairs[1]["edited"])
     cfg = BatchConfig.model_validate({"input": {"path": str(tar)}, "annotator": "pixel-diff",
                                       "io": {"limits": {"max_bytes": 1 << 20}}})
-    corpus = corpus_from_config(cfg)
-    tracemalloc.start()
-    items = [item for shard in corpus.plan() for item in corpus.read(shard)]
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    _, items, peak = read_all_heap_peak(corpus_from_config(cfg))
     assert [i.pair_id for i in items] == ["a", "b"]
     assert items[0].error[0] == "file_too_large" and "edited.png" in items[0].error[1] and items[0].edited is None
     assert items[1].error is None and items[1].edited == pairs[1]["edited"]
@@ -190,8 +192,6 @@ def test_format_csv_reads_a_csv_manifest_whatever_its_name(tmp_path):
 def test_a_record_longer_than_the_limit_is_a_bad_record_never_held(tmp_path, suffix):
     """A 600 MB line in a manifest was read whole (7.3 GB of memory at planning, in the API process for a
     POST /v1/batches) and became a 600 MB pair id in the shard file; now it is that line's bad_record."""
-    import tracemalloc
-
     from sigma.io.corpora.manifest import MAX_RECORD_BYTES
 
     huge = "x" * (8 * MAX_RECORD_BYTES)
@@ -203,11 +203,7 @@ def test_a_record_longer_than_the_limit_is_a_bad_record_never_held(tmp_path, suf
                  "b,o.png,e.png"]
     manifest = tmp_path / f"m{suffix}"
     manifest.write_text("\n".join(lines) + "\n")
-    corpus = open_corpus(manifest, shard_size=2)
-    tracemalloc.start()
-    shards, items = read_all(corpus)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    shards, items, peak = read_all_heap_peak(open_corpus(manifest, shard_size=2))
     assert [s.num_items for s in shards] == [2, 1]
     assert items[0].pair_id == "a" and items[2].pair_id == "b" and items[2].error is None
     assert items[1].error[0] == "bad_record" and "longer than" in items[1].error[1] and len(items[1].pair_id) < 100

@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from heappeak import heap_peak
 from PIL import Image
 
 from sigma.annotators.base import Annotator
@@ -104,12 +105,17 @@ def test_bad_manifest_line_is_named(tmp_path):
     assert info.value.code == "bad_manifest" and "pairs.jsonl:1" in info.value.message
 
 
+def read_set_refused(folder: Path) -> tuple[str, str]:
+    """The code and message of the InputError that reading the set in `folder` whole raises."""
+    with pytest.raises(InputError) as info:
+        list(read_set(folder))
+    return info.value.code, info.value.message
+
+
 def test_an_endless_record_or_a_pairs_jsonl_that_is_not_a_file_is_never_read_whole(tmp_path, capsys):
     """A 300 MB line was read whole (1.2 GB RSS) and became a 300 MB pair id in metrics.json; a pairs.jsonl
     linked to /dev/zero was one endless line (MemoryError traceback), one that is a FIFO hung the eval. A record
     is read no further than MAX_RECORD_BYTES (bad_manifest at file:line); only regular files are sets."""
-    import tracemalloc
-
     from sigma.cli import main
     from sigma.io.pairs_jsonl import MAX_RECORD_BYTES
 
@@ -118,13 +124,10 @@ def test_an_endless_record_or_a_pairs_jsonl_that_is_not_a_file_is_never_read_who
     big.mkdir()
     with open(big / "pairs.jsonl", "w") as handle:
         handle.write('{"id": "' + "x" * (16 * MAX_RECORD_BYTES) + '", "original": "a", "edited": "b", "mask": "m"}\n')
-    tracemalloc.start()
-    with pytest.raises(InputError) as info:
-        list(read_set(big))
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert info.value.code == "bad_manifest" and "pairs.jsonl:1" in info.value.message
-    assert peak < 4 * MAX_RECORD_BYTES, peak
+    measured = heap_peak(read_set_refused, big)       # in a fresh interpreter (tests/heappeak.py)
+    code, message = measured.value
+    assert code == "bad_manifest" and "pairs.jsonl:1" in message
+    assert measured.peak < 4 * MAX_RECORD_BYTES, measured.peak
     assert main(["eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 2
     assert "[bad_manifest]" in capsys.readouterr().err
     (big / "pairs.jsonl").unlink()

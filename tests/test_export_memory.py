@@ -3,11 +3,13 @@
 `sigma export coco` held every image and annotation (three RLE masks each) and then the whole JSON as one string:
 ~8 MB per 1,000 pairs, 8 GB for a million. The next `sigma export imdl-benco` into a folder read the previous
 export's JSON whole (its text and every entry) to learn its file names. Memory is measured with tracemalloc (the
-Python heap: what those held), in this process, on a run built as the batch runner writes it
-(`runrecords.grown_run`).
+Python heap: what those held) on a run built as the batch runner writes it (`runrecords.grown_run`): a peak in a
+fresh interpreter (`heappeak.heap_peak`: in this process it depended on what earlier tests had grown), what is held
+once an export returned in this process (blocks under 1 MiB).
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from heappeak import heap_peak
 from runrecords import assert_skipped_counted, grown_run
 
 from sigma.cli import main
@@ -27,23 +30,29 @@ def big_run(tmp_path_factory) -> Path:
     return grown_run(tmp_path_factory.mktemp("big"), ROWS, shards=100, side=128)
 
 
-def _peak(argv: list[str]) -> int:
-    """The Python heap's peak (bytes) over one CLI command, which must succeed."""
-    tracemalloc.start()
-    try:
-        assert main(argv) == 0
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    return grown_run(tmp_path_factory.mktemp("small"), 40, shards=2, side=128)
 
 
-def test_a_coco_export_streams_its_json_whatever_the_order(big_run, tmp_path, capsys):
+def _peak(argv: list[str], warm: list[str]) -> tuple[int, str]:
+    """The Python heap's peak (bytes) over one CLI command, which must succeed, and its stdout. Measured in a fresh
+    interpreter (`heappeak.heap_peak`) after the command `warm` (the same export of a tiny run, untraced): what the
+    libraries it imports take (~40 MB) is not the export's."""
+    measured = heap_peak(main, argv, setup=functools.partial(main, warm))
+    assert measured.value == 0, measured.stderr[-2000:]
+    return measured.peak, measured.stdout
+
+
+def test_a_coco_export_streams_its_json_whatever_the_order(big_run, small_run, tmp_path):
     """Peak heap under half the JSON's size, in corpus order and sorted by confidence (which needs every row: only
     its sort key is held). Before: ~7x the JSON's size (every object, then the one string); now ~0.3x, most of it the
     file names taken (`UniqueNames`, which no two pairs may share)."""
     for sort in ("corpus", "confidence"):
         out = tmp_path / f"{sort}.json"
-        peak = _peak(["export", "coco", str(big_run), "--out", str(out), "--sort", sort])
+        peak, stdout = _peak(["export", "coco", str(big_run), "--out", str(out), "--sort", sort],
+                             ["export", "coco", str(small_run), "--out", str(tmp_path / f"warm-{sort}.json"), "--sort",
+                              sort])
         size = out.stat().st_size
         assert size > 20 * 2 ** 20
         assert peak < size / 2, f"{sort}: peak heap {peak / 2 ** 20:.1f} MB for a {size / 2 ** 20:.1f} MB JSON"
@@ -60,7 +69,7 @@ def test_a_coco_export_streams_its_json_whatever_the_order(big_run, tmp_path, ca
             assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
         else:
             assert [i["pair_id"] for i in images] == [f"q{k:08d}" for k in range(ROWS)]
-        info = json.loads(capsys.readouterr().out.splitlines()[0])
+        info = json.loads(stdout.splitlines()[0])
         assert (info["images"], info["annotations"]) == (ROWS, len(annotations))
 
 
@@ -101,7 +110,7 @@ def test_a_coco_export_that_fails_mid_write_leaves_no_part_of_its_json(big_run, 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "whole.json"]
 
 
-def test_the_next_imdl_benco_export_reads_the_earlier_json_for_its_names_alone(tmp_path, capsys):
+def test_the_next_imdl_benco_export_reads_the_earlier_json_for_its_names_alone(tmp_path):
     """The earlier export's JSON (here 64 MB: long paths, short names) was read whole to learn the Tp/ names it
     lists before an --overwrite; now only the names are held."""
     from sigma.batch import BatchConfig, run_batch
@@ -121,24 +130,25 @@ def test_the_next_imdl_benco_export_reads_the_earlier_json_for_its_names_alone(t
                                 for i in range(8000)))
         handle.write("\n]")
     assert (out / "imdl_benco.json").stat().st_size > 64 * 10 ** 6
-    peak = _peak(["export", "imdl-benco", str(run), "--out", str(out), "--overwrite"])
+    peak, _ = _peak(["export", "imdl-benco", str(run), "--out", str(out), "--overwrite"],
+                    ["export", "imdl-benco", str(run), "--out", str(tmp_path / "warm")])
     assert peak < 16 * 2 ** 20, f"peak heap {peak / 2 ** 20:.1f} MB"
     assert len(json.loads((out / "imdl_benco.json").read_text())) == 2
     assert not (out / "Tp" / "x000001.png").exists()
 
 
-_HEAP_PEAK = r"""
-import sys, tracemalloc, warnings
-from sigma.cli import main
-warnings.simplefilter("ignore", DeprecationWarning)     # pycocotools' warning, once a pair
-# the table of interned strings made large first, untraced: pathlib interns each path part (every PNG's name), and
-# the table's reallocation (MBs at once) fell in one export's peak and not in another's, hiding what is measured
-held = [sys.intern(f"interned-{k}") for k in range(400_000)]
-tracemalloc.start()
-code = main(sys.argv[1:])
-print(tracemalloc.get_traced_memory()[1])
-sys.exit(code)
-"""
+_INTERNED: list[str] = []
+
+
+def _grow_interned() -> None:
+    """Run untraced before an export measured against another: the table of interned strings made large first.
+    pathlib interns each path part (every PNG's name), and the table's reallocation (MBs at once) fell in one export's
+    peak and not in another's, hiding what is measured. Also silences pycocotools' warning, once a pair."""
+    import sys
+    import warnings
+
+    warnings.simplefilter("ignore", DeprecationWarning)
+    _INTERNED.extend(sys.intern(f"interned-{k}") for k in range(400_000))
 
 
 @pytest.mark.timeout(600)
@@ -149,18 +159,18 @@ def test_an_imdl_benco_export_holds_a_few_dozen_bytes_per_pair_not_its_list(tmp_
     bytes), and the list is written from them piece by piece, byte for byte as before. Measured as the heap's growth
     per pair between the exports of two runs of 1,000 and 3,000 pairs in shards of 100 (what one shard's read holds
     is the same in both), `--sort confidence`, which needs every pair before the first is written. Each export runs
-    in a fresh process (`_HEAP_PEAK`)."""
+    in a fresh interpreter (`heappeak.heap_peak`), the table of interned strings grown first (`_grow_interned`)."""
     from sigma.text import dumps_finite
 
     peaks, kept = {}, {}
     for rows in (1000, 3000):
         run = grown_run(tmp_path / f"r{rows}", rows, shards=rows // 100, side=128, images=True)
         out = tmp_path / f"out{rows}"
-        proc = subprocess.run([sys.executable, "-c", _HEAP_PEAK, "export", "imdl-benco", str(run), "--out", str(out),
-                               "--sort", "confidence"], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        peaks[rows] = int(proc.stdout.splitlines()[-1])
-        kept[rows] = json.loads(proc.stdout.splitlines()[0])["pairs"]
+        measured = heap_peak(main, ["export", "imdl-benco", str(run), "--out", str(out), "--sort", "confidence"],
+                             setup=_grow_interned)
+        assert measured.value == 0, measured.stderr[-2000:]
+        peaks[rows] = measured.peak
+        kept[rows] = json.loads(measured.stdout.splitlines()[0])["pairs"]
         listing = (out / "imdl_benco.json").read_bytes()
         entries = json.loads(listing)
         assert listing == dumps_finite(entries, indent=1).encode()      # laid out as the whole list was
