@@ -138,7 +138,7 @@ def test_webdataset_members_above_the_byte_limit_are_not_read(tmp_path):
     assert [i.pair_id for i in items] == ["a", "b"]
     assert items[0].error[0] == "file_too_large" and "edited.png" in items[0].error[1] and items[0].edited is None
     assert items[1].error is None and items[1].edited == pairs[1]["edited"]
-    assert peak < 8 << 20, peak
+    assert peak < 16 << 20, peak     # ~8.0 MB (gzip skipping the 48 MB members); read whole: 100+ MB
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
