@@ -101,11 +101,9 @@ def _cli(*args: str):
         raise AssertionError(f"sigma {' '.join(args)} hung") from None
 
 
-_SWAP = """
-    import os
-    from pathlib import Path
+# a script's `refusal(call)`: what a call refused with (its code and message), or "no refusal"
+_REFUSAL = """
     from sigma.errors import SigmaError
-    from sigma.io.corpora import open_corpus
 
     def refusal(call):
         try:
@@ -113,6 +111,12 @@ _SWAP = """
         except SigmaError as exc:
             return f"{{exc.code}} {{exc}}"
         return "no refusal"
+"""
+
+_SWAP = _REFUSAL + """
+    import os
+    from pathlib import Path
+    from sigma.io.corpora import open_corpus
 
     def swap(path):
         path.unlink()
@@ -268,13 +272,12 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path, fmt, n
                            "a manifest must be a file\n"), done.stderr
 
 
-_SHARD_SWAP = """
+_SHARD_SWAP = _REFUSAL + """
     import os
     from pathlib import Path
     from sigma.batch import BatchConfig, run_batch
     from sigma.batch.layout import RunDir
     from sigma.cli import main
-    from sigma.errors import SigmaError
     from sigma.export.select import checked_run, iter_rows
     from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -288,13 +291,6 @@ _SHARD_SWAP = """
     def swap():
         shard.unlink()
         os.mkfifo(shard)
-
-    def refusal(call):
-        try:
-            call()
-        except SigmaError as exc:
-            return f"{{exc.code}} {{exc}}"
-        return "no refusal"
 
     run = checked_run(root / "run")
     run.outputs()
