@@ -48,7 +48,8 @@ def assert_short_line(proc: subprocess.CompletedProcess, code: str, *needles: st
      ["options.weights: xxx", "(5000 characters) cannot name a file (File name too long)"]),
     (["--annotator", "feature-diff", "--set", f"options.backbone_weights={DEEP}"], "weights_not_found",
      ["options.backbone_weights: /a/a/", "(6001 characters) cannot name a file"]),
-    (["--out", LONG], "os_error", ["File name too long: xxx", "characters)"]),
+    # bad_outdir, as annotate and eval say it (was os_error while RunDir.exists let ENAMETOOLONG out of is_file())
+    (["--out", LONG], "bad_outdir", ["xxx…xxx", "(5000 characters): not a usable output folder (File name too long)"]),
 ])
 def test_batch_submit_says_a_long_value_cut_with_the_projects_code(corpus, args, code, needles):
     """The reviewer's case: the weights checks' ENAMETOOLONG was `os_error` with the whole value."""
