@@ -565,6 +565,40 @@ def test_a_photo_cache_index_swapped_for_a_fifo_is_refused_not_waited_on(tmp_pat
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+_DAMAGED_INDEXES = {"not JSON": b"not json", "a list": b"[1, 2]", "no files": b'{"max_side": 384}',
+                    "files a number": b'{"files": 3}', "an entry a number": b'{"files": [1]}',
+                    "an entry with no file": b'{"files": [{"photo": "a.jpg"}]}',
+                    "a file name a number": b'{"files": [{"file": 5}]}', "max_side a word": b'{"max_side": "big", '
+                    b'"files": []}', "not UTF-8": b'{"files": ["\xff"]}'}
+
+
+@pytest.mark.timeout(150)
+def test_a_damaged_or_huge_photo_cache_index_is_a_clear_error(tmp_path):
+    """A damaged index.json (not JSON, no "files" list, an entry that is no {"file": NAME}) ended `sigma synth --cache`
+    with a traceback (JSONDecodeError, KeyError, TypeError) and `sigma train` at its start; a huge one was read whole.
+    Now file_not_found: rebuild it, from the bank and from the CLI; the run's snapshot leaves it to the bank."""
+    from sigma.data.synth.engine import MAX_CACHE_INDEX_BYTES, PhotoBank
+    from sigma.training.config import TrainConfig
+    from sigma.training.data import freeze_cache_index
+
+    for why, raw in _DAMAGED_INDEXES.items():
+        (tmp_path / "index.json").write_bytes(raw)
+        with pytest.raises(InputError) as err:
+            PhotoBank(cache=tmp_path)
+        assert err.value.code == "file_not_found" and "not a synth cache index" in str(err.value), why
+        cfg = TrainConfig.model_validate({"data": {"cache": str(tmp_path)}})
+        assert freeze_cache_index(cfg, tmp_path / "run") is cfg, why
+    with open(tmp_path / "index.json", "wb") as handle:     # sparse: no disk used
+        handle.truncate(MAX_CACHE_INDEX_BYTES + 1)
+    with pytest.raises(InputError, match="over 67108864 bytes"):
+        PhotoBank(cache=tmp_path)
+    (tmp_path / "index.json").write_bytes(_DAMAGED_INDEXES["no files"])
+    done = _cli("synth", "--cache", str(tmp_path), "--out", str(tmp_path / "o"), "-n", "1", "--no-progress")
+    assert done.returncode == 2 and done.stderr == (
+        f"sigma: error [file_not_found]: {tmp_path / 'index.json'}: not a synth cache index (not a JSON object with a "
+        '"files" list); build it with `sigma synth --build-cache`\n'), done.stderr
+
+
 @pytest.mark.timeout(150)
 def test_a_huge_status_file_is_a_damaged_status(tmp_path):
     """A status file is a few hundred bytes; one of megabytes was read whole by every status poll. Over
