@@ -272,6 +272,26 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path, fmt, n
                            "a manifest must be a file\n"), done.stderr
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("kind", ["file", "fifo", "dev_null", "missing"])
+def test_a_folder_corpus_that_is_no_folder_is_named_as_such(tmp_path, kind):
+    """`sigma batch run F --format folder` with F a file, a FIFO or a device said `os_error: Not a directory: F` (its
+    iterdir()); now no_pairs, as the folder corpus says of a folder with no pairs, naming what a folder corpus is."""
+    path = tmp_path / "in"
+    if kind == "file":
+        path.write_text("x")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_null":
+        path.symlink_to("/dev/null")
+    done = _cli("batch", "run", str(path), "--format", "folder", "--out", str(tmp_path / "out"), "--no-progress")
+    why = "no such folder" if kind == "missing" else "not a folder (a file, a FIFO or a device)"
+    shown = "/dev/null" if kind == "dev_null" else path          # the reader is given the resolved input
+    assert done.returncode == 2 and done.stderr == (
+        f"sigma: error [no_pairs]: {shown}: {why}; a folder corpus is a folder of <id>_original / <id>_edited files or "
+        "of original/ + edited/ folders\n"), done.stderr
+
+
 _SHARD_SWAP = _REFUSAL + """
     import os
     from pathlib import Path
