@@ -403,6 +403,33 @@ _RUN_FILE_RACE = """
 
 
 @pytest.mark.timeout(150)
+def test_a_shard_file_replaced_after_the_export_checked_it_is_refused_not_exported(tmp_path):
+    """`CheckedRun.outputs()` hashed each shard file through one open and `iter_rows` read its rows through a second:
+    a regular file put in its place in between (here: the run's rows less one) was exported unchecked. Now the rows
+    are read from the handle whose bytes were just held to the recorded sha256."""
+    import pyarrow.parquet as pq
+
+    from sigma.batch import BatchConfig, run_batch
+    from sigma.export.select import checked_run, iter_rows
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "s", synthetic_pairs(3, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "s")}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, tmp_path / "run", progress=False)
+    shard = sorted((tmp_path / "run" / "shards").glob("*.parquet"))[0]
+    run = checked_run(tmp_path / "run")
+    assert sum(len(rows) for _, rows in iter_rows(run)) == 3          # the run's own file: read
+    table = pq.read_table(shard)
+    pq.write_table(table.slice(0, table.num_rows - 1), tmp_path / "edited.parquet")
+    os.replace(tmp_path / "edited.parquet", shard)                    # after outputs() checked it, before the rows
+    with pytest.raises(InputError) as err:
+        list(iter_rows(run))
+    assert err.value.code == "run_modified" and str(err.value).startswith(
+        f"{shard}: not the shard file the run wrote (its sha256 differs from the one its status recorded): damaged "
+        "or replaced since the run; the export stopped."), str(err.value)
+
+
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("what,steady", [("shard", ["False", "True"]), ("status", ["False", "True"]),
                                          ("run", ["True", "not_a_run"])])
 def test_a_run_file_swapped_for_a_fifo_is_not_waited_on(tmp_path, what, steady):
