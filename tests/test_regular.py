@@ -272,6 +272,26 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path, fmt, n
                            "a manifest must be a file\n"), done.stderr
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("kind", ["file", "fifo", "dev_null", "missing"])
+def test_a_folder_corpus_that_is_no_folder_is_named_as_such(tmp_path, kind):
+    """`sigma batch run F --format folder` with F a file, a FIFO or a device said `os_error: Not a directory: F` (its
+    iterdir()); now no_pairs, as the folder corpus says of a folder with no pairs, naming what a folder corpus is."""
+    path = tmp_path / "in"
+    if kind == "file":
+        path.write_text("x")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_null":
+        path.symlink_to("/dev/null")
+    done = _cli("batch", "run", str(path), "--format", "folder", "--out", str(tmp_path / "out"), "--no-progress")
+    why = "no such folder" if kind == "missing" else "not a folder (a file, a FIFO or a device)"
+    shown = "/dev/null" if kind == "dev_null" else path          # the reader is given the resolved input
+    assert done.returncode == 2 and done.stderr == (
+        f"sigma: error [no_pairs]: {shown}: {why}; a folder corpus is a folder of <id>_original / <id>_edited files or "
+        "of original/ + edited/ folders\n"), done.stderr
+
+
 _SHARD_SWAP = _REFUSAL + """
     import os
     from pathlib import Path
@@ -380,6 +400,33 @@ _RUN_FILE_RACE = """
     os.mkfifo(target)                            # a FIFO there for good
     print(call())
 """
+
+
+@pytest.mark.timeout(150)
+def test_a_shard_file_replaced_after_the_export_checked_it_is_refused_not_exported(tmp_path):
+    """`CheckedRun.outputs()` hashed each shard file through one open and `iter_rows` read its rows through a second:
+    a regular file put in its place in between (here: the run's rows less one) was exported unchecked. Now the rows
+    are read from the handle whose bytes were just held to the recorded sha256."""
+    import pyarrow.parquet as pq
+
+    from sigma.batch import BatchConfig, run_batch
+    from sigma.export.select import checked_run, iter_rows
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "s", synthetic_pairs(3, size=32))
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "s")}, "annotator": "pixel-diff", "workers": 0})
+    run_batch(cfg, tmp_path / "run", progress=False)
+    shard = sorted((tmp_path / "run" / "shards").glob("*.parquet"))[0]
+    run = checked_run(tmp_path / "run")
+    assert sum(len(rows) for _, rows in iter_rows(run)) == 3          # the run's own file: read
+    table = pq.read_table(shard)
+    pq.write_table(table.slice(0, table.num_rows - 1), tmp_path / "edited.parquet")
+    os.replace(tmp_path / "edited.parquet", shard)                    # after outputs() checked it, before the rows
+    with pytest.raises(InputError) as err:
+        list(iter_rows(run))
+    assert err.value.code == "run_modified" and str(err.value).startswith(
+        f"{shard}: not the shard file the run wrote (its sha256 differs from the one its status recorded): damaged "
+        "or replaced since the run; the export stopped."), str(err.value)
 
 
 @pytest.mark.timeout(150)
@@ -563,6 +610,40 @@ def test_a_photo_cache_index_swapped_for_a_fifo_is_refused_not_waited_on(tmp_pat
     cfg = TrainConfig.model_validate({"data": {"cache": str(tmp_path)}})
     assert freeze_cache_index(cfg, tmp_path / "run") is cfg
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+_DAMAGED_INDEXES = {"not JSON": b"not json", "a list": b"[1, 2]", "no files": b'{"max_side": 384}',
+                    "files a number": b'{"files": 3}', "an entry a number": b'{"files": [1]}',
+                    "an entry with no file": b'{"files": [{"photo": "a.jpg"}]}',
+                    "a file name a number": b'{"files": [{"file": 5}]}', "max_side a word": b'{"max_side": "big", '
+                    b'"files": []}', "not UTF-8": b'{"files": ["\xff"]}'}
+
+
+@pytest.mark.timeout(150)
+def test_a_damaged_or_huge_photo_cache_index_is_a_clear_error(tmp_path):
+    """A damaged index.json (not JSON, no "files" list, an entry that is no {"file": NAME}) ended `sigma synth --cache`
+    with a traceback (JSONDecodeError, KeyError, TypeError) and `sigma train` at its start; a huge one was read whole.
+    Now file_not_found: rebuild it, from the bank and from the CLI; the run's snapshot leaves it to the bank."""
+    from sigma.data.synth.engine import MAX_CACHE_INDEX_BYTES, PhotoBank
+    from sigma.training.config import TrainConfig
+    from sigma.training.data import freeze_cache_index
+
+    for why, raw in _DAMAGED_INDEXES.items():
+        (tmp_path / "index.json").write_bytes(raw)
+        with pytest.raises(InputError) as err:
+            PhotoBank(cache=tmp_path)
+        assert err.value.code == "file_not_found" and "not a synth cache index" in str(err.value), why
+        cfg = TrainConfig.model_validate({"data": {"cache": str(tmp_path)}})
+        assert freeze_cache_index(cfg, tmp_path / "run") is cfg, why
+    with open(tmp_path / "index.json", "wb") as handle:     # sparse: no disk used
+        handle.truncate(MAX_CACHE_INDEX_BYTES + 1)
+    with pytest.raises(InputError, match="over 67108864 bytes"):
+        PhotoBank(cache=tmp_path)
+    (tmp_path / "index.json").write_bytes(_DAMAGED_INDEXES["no files"])
+    done = _cli("synth", "--cache", str(tmp_path), "--out", str(tmp_path / "o"), "-n", "1", "--no-progress")
+    assert done.returncode == 2 and done.stderr == (
+        f"sigma: error [file_not_found]: {tmp_path / 'index.json'}: not a synth cache index (not a JSON object with a "
+        '"files" list); build it with `sigma synth --build-cache`\n'), done.stderr
 
 
 @pytest.mark.timeout(150)

@@ -215,14 +215,15 @@ class CheckedRun:
             self._outputs = outputs
         return self._outputs
 
-    def _same_as_written(self, shard: Shard, path: Path, handle: BinaryIO) -> None:
+    def _same_as_written(self, shard: Shard, path: Path, handle: BinaryIO, then: str = NOTHING_WRITTEN) -> None:
         """The shard file's sha256 is the one its status recorded when the run wrote it (`RunDir.as_written`). A
         finished shard was held to its size alone (`RunDir.is_done`): a file of that size with other content (damaged
         in place, its rows edited, or put there from elsewhere) was exported as this run's masks. Read once per
-        export (the export reads every shard anyway); a status with no checksum is held to its size as before."""
+        export (the export reads every shard anyway); a status with no checksum is held to its size as before.
+        `then`: what was (not) done, as the message says it."""
         if not self.rundir.as_written(self.rundir.status(shard) or {}, path, handle):
             raise InputError(f"{path}: not the shard file the run wrote (its sha256 differs from the one its status "
-                             f"recorded, at the same size): damaged or replaced since the run; {NOTHING_WRITTEN}. "
+                             f"recorded): damaged or replaced since the run; {then}. "
                              "Put the run's own file back, or delete its status file and run the shard again "
                              "(--resume)", code=MODIFIED)
 
@@ -283,6 +284,10 @@ def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
     row_filter = row_filter or RowFilter()
     for shard, path in outputs:
         with open_shard(path, EXPORT_STOPPED) as raw:
+            # the rows read are the bytes checked: outputs() hashed the file through an earlier open (before anything
+            # was written), and a regular file put in its place since was exported unchecked. One more read a shard.
+            run._same_as_written(shard, path, raw, EXPORT_STOPPED)
+            raw.seek(0)
             try:
                 table = pq.read_table(raw)
             except (ValueError, OSError) as exc:

@@ -124,12 +124,11 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     """Snapshot the cache's index.json into the run folder and point the config at it, so a cache still
     being built (new photos land every few seconds) cannot change the run's stream; a later run picks up
     the grown cache. Rank 0 writes; other ranks wait for the file."""
-    import json
     import os
-    import shutil
     import time
 
-    from sigma.regular import NotRegularFile, open_regular
+    from sigma.data.synth.engine import read_cache_index
+    from sigma.errors import InputError
 
     if not cfg.data.cache or cfg.data.cache_index:
         return cfg
@@ -138,14 +137,12 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
         return cfg   # the engine raises the clear error
     target = (run_dir / "cache_index.json").absolute()    # read from anywhere, not only from the starting folder
     if int(os.environ.get("RANK", "0")) == 0:
+        try:        # the bytes checked are the bytes copied: a FIFO put there after the check held the start
+            raw = read_cache_index(src)[0]
+        except InputError:
+            return cfg   # a damaged index (or no regular file): the engine raises the clear error
         tmp = target.with_name(target.name + ".tmp")
-        try:        # copied from the file opened (`open_regular`): a FIFO put there after the check held the start
-            with open_regular(src) as reading, open(tmp, "wb") as writing:
-                shutil.copyfileobj(reading, writing)
-        except NotRegularFile:
-            tmp.unlink(missing_ok=True)
-            return cfg   # the engine raises the clear error
-        json.loads(tmp.read_text())
+        tmp.write_bytes(raw)
         tmp.replace(target)
     else:
         deadline = time.time() + 120

@@ -145,6 +145,46 @@ class SynthSample:
         return not self.mask.any()
 
 
+MAX_CACHE_INDEX_BYTES = 64 * 1024 * 1024   # a few hundred bytes a photo: room for 100,000+ photos
+
+
+def read_cache_index(idx: Path) -> tuple[bytes, dict[str, Any]]:
+    """The bytes and contents of a synth cache's `index.json`, or InputError(file_not_found) saying to rebuild it.
+
+    Read at most `MAX_CACHE_INDEX_BYTES` through `open_regular` (a FIFO put there after the check held training for
+    ever), and checked for the shape `build_cache` writes: a damaged index (not JSON, no `files` list, an entry with
+    no `file` name) ended `sigma synth` and `sigma train` with a traceback (JSONDecodeError, KeyError, TypeError)."""
+    def refuse(why: str) -> InputError:
+        return InputError(f"{idx}: not a synth cache index ({why}); build it with `sigma synth --build-cache`",
+                          code="file_not_found")
+
+    if not idx.is_file():
+        raise refuse("no index.json")
+    try:
+        with open_regular(idx, "rb") as handle:
+            raw = handle.read(MAX_CACHE_INDEX_BYTES + 1)
+    except NotRegularFile:
+        raise refuse("not a regular file") from None
+    except OSError as exc:
+        raise refuse(f"cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CACHE_INDEX_BYTES:
+        raise refuse(f"over {MAX_CACHE_INDEX_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise refuse("not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        raise refuse('not a JSON object with a "files" list')
+    side = data.get("max_side", 1)
+    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+        raise refuse(f"max_side {side!r} is not a positive whole number")
+    for f in data["files"]:
+        if not (isinstance(f, dict) and isinstance(f.get("file"), str) and f["file"]
+                and isinstance(f.get("photo", ""), str)):
+            raise refuse(f'an entry of "files" is not {{"file": NAME, "photo": PATH}}: {json.dumps(f)[:80]}')
+    return raw, data
+
+
 class PhotoBank:
     """Aligned per-photo arrays: `img`, `rt<scale>` (VAE roundtrips), `lat<k>`/`latmask<k>` (latent edits).
 
@@ -158,16 +198,8 @@ class PhotoBank:
         entries: list[tuple[str, bool, str]] = []       # (file, cached, photo path)
         if self.cache is not None:
             idx = Path(index) if index else self.cache / "index.json"
-            if not idx.is_file():
-                raise InputError(f"{idx}: not a synth cache index (no index.json); build it with "
-                                 "`sigma synth --build-cache`", code="file_not_found")
-            try:            # a FIFO put there after the check: refused, not waited on (it held training for ever)
-                with open_regular(idx, "r", encoding="utf-8") as handle:
-                    data = json.load(handle)
-            except NotRegularFile:
-                raise InputError(f"{idx}: not a synth cache index (not a regular file); build it with "
-                                 "`sigma synth --build-cache`", code="file_not_found") from None
-            max_side = int(data.get("max_side", max_side))
+            data = read_cache_index(idx)[1]
+            max_side = data.get("max_side", max_side)
             self.max_side = max_side
             listed = len(data["files"])
             for f in data["files"]:

@@ -90,6 +90,10 @@ class FolderCorpus(Corpus):
             elif p.suffix.lower() in UNREAD_IMAGE_EXTS and role != "mask":
                 unread.append((pair_id, role, p))
 
+        if not self.path.is_dir():    # --format folder skips detection: iterdir() said `os_error: Not a directory`
+            why = "no such folder" if not os.path.lexists(self.path) else "not a folder (a file, a FIFO or a device)"
+            raise InputError(f"{self.path}: {why}; a folder corpus is a folder of <id>_original / <id>_edited files "
+                             "or of original/ + edited/ folders", code="no_pairs")
         dirs = self._dirs()
         if dirs:
             for role, folder in zip(ROLES, dirs):
