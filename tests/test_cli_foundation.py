@@ -152,7 +152,7 @@ def test_stdin_per_item_problems(capsys, monkeypatch, pair_files, tmp_path):
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
     code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
     assert code == 2
-    assert [p.name for p in (tmp_path / "b").iterdir()] == ["ok"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock", "ok"]   # .lock: the hold on -o
     assert not (tmp_path / "escape").exists()
     assert "not a safe folder name" in err and "appears twice" in err and "got str" in err
     assert "needs 'original' and 'edited'" in err and "[empty_instruction]" in err
@@ -180,7 +180,7 @@ def test_a_second_result_in_one_folder_leaves_no_mask_of_the_first(capsys, tmp_p
     assert record["footprint_segmentation"] is None and "footprint_mask" not in record["files"]
     assert not (out / "mask_footprint.png").exists() and (out / "mask_semantic.png").is_file()
     assert run_main(capsys, *base, str(tmp_path / "c.png"), "--annotator", "pixel-diff", "-o", str(out))[0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "mask.png", "overlay.png", "prob.png",
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml", "mask.png", "overlay.png", "prob.png",
                                                      "result.json"]
 
 
@@ -193,7 +193,7 @@ def test_stdin_ids_differing_only_in_case_are_one_folder(capsys, monkeypatch, pa
              {"id": "boat", "original": str(orig), "edited": str(edited)}]
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
     code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
-    assert code == 2 and [p.name for p in (tmp_path / "b").iterdir()] == ["Boat"]
+    assert code == 2 and sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock", "Boat"]
     assert "[bad_json]" in err and "'boat' appears twice" in err and "1 of 2 pairs annotated" in err
 
 
@@ -208,7 +208,7 @@ def test_stdin_pairs_refuse_per_pair_options_and_say_which_keys_they_ignore(caps
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
     code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
     assert code == 2
-    assert [p.name for p in (tmp_path / "b").iterdir()] == ["meta"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock", "meta"]
     assert "sigma: error [bad_json]: pair p1: 'threshold' cannot be set per pair" in err and "--threshold" in err
     assert "sigma: warning: ignored key(s) in the pairs: 'editor', 'mask'" in err
     assert err.count("p1") == 1                                   # the pair is named once, not twice

@@ -21,6 +21,7 @@ from sigma.cli.common import (
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import FolderBusyError, InputError, SigmaError
+from sigma.folderlock import hold_folder
 from sigma.registry import build_annotator, named_annotator, options_model
 from sigma.text import NotWritable, find_surrogate, unwritable_output
 from sigma.text import loads as load_json
@@ -150,9 +151,6 @@ def _few_pairs_skip_export(cfg: AnnotateConfig, n_pairs: int) -> AnnotateConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sigma.io.outputs import write_annotation
-    from sigma.io.pairs import load_pair
-
     import_plugin_args(args)          # first: the annotator (and its defaults) may be the plugin's
     # flags are overrides like --set ones, applied before validation (so a bad --threshold is a config error)
     overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold)
@@ -171,7 +169,30 @@ def run(args: argparse.Namespace) -> int:
     config_text = resolved_yaml(resolved).encode()
     resolved["annotator_config"] = annotator.describe()
 
-    outdir = check_outdir(Path(args.outdir))      # said before any pair is read
+    outdir = check_outdir(Path(args.outdir))      # said before any pair is read (a path through a file: by the hold)
+    # one annotate per OUTDIR (the default sigma_out/ is every run's in a folder): two at once, each set written
+    # whole, still left one run's pairs beside the other's (another --threshold) and each said all of its own were
+    # written; the second is refused at once (run_locked), as `sigma eval --out` is. A run that writes nothing
+    # leaves no folder it made. sweep=False: OUTDIR may be a folder of the user's (`-o .`); each set's own write
+    # (`replace_together`) removes only what dead annotates left of its files, not every dead writer's temporary
+    with hold_folder(outdir, other="-o OUTDIR", sweep=False):
+        failures, written = _annotate(annotator, cfg, items, multi, outdir, resolved, config_text)
+    for pair_id, code, message in failures:
+        # Same one-line form as every other error; with several pairs, the pair id comes first (once).
+        named = message.startswith((f"{pair_id}: ", f"pair {pair_id}: "))
+        # long values cut as in every error line (`error_line`): a 5000-character pair id came back whole
+        print(error_line(code, f"{pair_id + ': ' if multi and not named else ''}{message}"), file=sys.stderr)
+    if failures and multi:
+        print(f"sigma: {written} of {len(items)} pairs annotated, {len(failures)} failed", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def _annotate(annotator: Any, cfg: AnnotateConfig, items: list[Any], multi: bool, outdir: Path,
+              resolved: dict[str, Any], config_text: bytes) -> tuple[list[tuple[str, str, str]], int]:
+    """Each pair checked, annotated and written into `outdir` (held by the caller): (failures, pairs written)."""
+    from sigma.io.outputs import write_annotation
+    from sigma.io.pairs import load_pair
+
     failures: list[tuple[str, str, str]] = []       # (pair id, code, message)
     checked: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
@@ -246,11 +267,4 @@ def run(args: argparse.Namespace) -> int:
             for warning in pair.preprocess.get("warnings", []):
                 print(f"sigma: warning: {pair.pair_id}: {warning}", file=sys.stderr)
 
-    for pair_id, code, message in failures:
-        # Same one-line form as every other error; with several pairs, the pair id comes first (once).
-        named = message.startswith((f"{pair_id}: ", f"pair {pair_id}: "))
-        # long values cut as in every error line (`error_line`): a 5000-character pair id came back whole
-        print(error_line(code, f"{pair_id + ': ' if multi and not named else ''}{message}"), file=sys.stderr)
-    if failures and multi:
-        print(f"sigma: {written} of {len(items)} pairs annotated, {len(failures)} failed", file=sys.stderr)
-    return 2 if failures else 0
+    return failures, written
