@@ -35,7 +35,7 @@ from sigma.export.select import (
     nothing_to_export,
     row_mask_counts,
 )
-from sigma.folderlock import hold_folder
+from sigma.folderlock import hold_folder, refuse_non_folder
 from sigma.regular import NotRegularFile
 from sigma.rle import decode_rle, mask_bbox
 from sigma.tempfiles import finish_replacements, make_folders_durably, replace_together, sync_folder, temp_name
@@ -405,6 +405,10 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
         # NaN or inf was a ValueError / OverflowError traceback after the folder was made; 0 or less, one file a row
         raise ConfigError(f"--max-shard-mb is the largest parquet file in MB, a number > 0; got {max_shard_mb}")
     out = Path(out)
+    # a device or a FIFO as OUT refused before the run is read, as imdl-benco does: said after pyarrow had started its
+    # threads, the process then aborted now and then in its exit ("terminate called without an active exception",
+    # status -6, under the one error line: clean-clone CI of 1372167)
+    refuse_non_folder(out, "; choose another OUT folder")
     run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):    # refused before writing: no folder left behind
         return _export_hf(run, out, row_filter, name, max_shard_mb, overwrite, mask)
