@@ -235,6 +235,17 @@ def _missing(exc: OSError) -> bool:
     return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
+def _opened_file(path: Path) -> BinaryIO | None:
+    """`path` opened for reading (`open_regular`), or None where `is_file()` would have said no: nothing there, or
+    no regular file (a FIFO, a device, a folder: never waited on)."""
+    try:
+        return open_regular(path)
+    except OSError as exc:
+        if isinstance(exc, NotRegularFile) or _missing(exc):
+            return None
+        raise
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -457,16 +468,13 @@ class RunDir:
         `sigma batch status`, `--resume` and the fleet for ever), or not a JSON object,
         or over MAX_STATUS_BYTES (ours are a few hundred bytes: one of gigabytes was read whole by every status poll;
         as a damaged one, it is not done)."""
-        path = self.own(self.status_path(shard))
-        try:
-            with open_regular(path) as handle:
-                if os.fstat(handle.fileno()).st_size > MAX_STATUS_BYTES:
-                    return None
-                data = read_at_most(handle, MAX_STATUS_BYTES + 1)
-        except OSError as exc:
-            if isinstance(exc, NotRegularFile) or _missing(exc):
+        handle = _opened_file(self.own(self.status_path(shard)))
+        if handle is None:
+            return None
+        with handle:
+            if os.fstat(handle.fileno()).st_size > MAX_STATUS_BYTES:
                 return None
-            raise
+            data = read_at_most(handle, MAX_STATUS_BYTES + 1)
         if len(data) > MAX_STATUS_BYTES:       # grew while read
             return None
         try:
@@ -495,12 +503,9 @@ class RunDir:
         # checked and hashed through one handle: a FIFO put in the shard file's place after a check by its path held
         # `--resume` and the fleet for ever in the hashing open; one that is not a regular file is not done (redone,
         # as a damaged one is)
-        try:
-            handle = open_regular(out)
-        except OSError as exc:
-            if isinstance(exc, NotRegularFile) or _missing(exc):
-                return False
-            raise
+        handle = _opened_file(out)
+        if handle is None:
+            return False
         with handle:
             return os.fstat(handle.fileno()).st_size == st.get("bytes") and self.as_written(st, out, handle)
 
