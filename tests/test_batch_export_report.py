@@ -549,7 +549,7 @@ def test_an_imdl_benco_json_that_cannot_be_written_leaves_the_earlier_export_who
     before = _tree(out)
     import sigma.export.imdl_benco as benco
 
-    def full_disk(path, data):
+    def full_disk(path, data, *, stream=True):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(benco, "atomic_write_bytes", full_disk)
@@ -1189,3 +1189,68 @@ def test_an_output_fifo_whose_reader_comes_late_gets_the_whole_export(run_dir, t
     assert main(["export", "coco", str(run_dir), "--out", str(fifo)]) == 0
     reader.join(timeout=30)
     assert len(json.loads(got[0])["images"]) == 11
+
+
+@pytest.mark.timeout(60)
+def test_coco_to_a_fifo_no_process_reads_writes_no_image_before_it_is_refused(run_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    """`sigma export coco RUN --out FIFO --images DIR` with no reader on FIFO: the images were placed into DIR (made
+    for them) first, and only the JSON's write was then `out_no_reader`: DIR held the images of an export that said it
+    failed. Now the FIFO's reader is found before anything is written (`output_file`): no reader, no DIR. With a
+    reader the export goes on, through the write end that found it."""
+    import sigma.batch.layout as layout
+
+    monkeypatch.setattr(layout, "STREAM_READER_WAIT_S", 0.3)     # the wait is the same code at any length
+    fifo, images = tmp_path / "out.pipe", tmp_path / "images"
+    os.mkfifo(fifo)
+    argv = ["export", "coco", str(run_dir), "--out", str(fifo), "--images", str(images)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"sigma: error [out_no_reader]: {fifo}: ")
+    assert not images.exists() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    got: list[bytes] = []
+
+    def read() -> None:
+        with open(fifo, "rb") as handle:
+            got.append(handle.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert main(argv) == 0
+    reader.join(timeout=30)
+    assert sorted(i["file_name"] for i in json.loads(got[0])["images"]) == sorted(os.listdir(images))
+    assert len(os.listdir(images)) == 11
+
+
+@pytest.mark.timeout(120)
+def test_imdl_benco_overwrite_replaces_a_fifo_in_its_json_place_with_the_file(run_dir, tmp_path):
+    """`sigma export imdl-benco RUN --out OUT --overwrite` with OUT/imdl_benco.json a FIFO some process reads: the
+    list was streamed into the FIFO, the export said done and OUT held no JSON (IMDL-BenCo reads the file). The JSON
+    is a file of OUT's, which the export holds: a FIFO there is replaced by the file, atomically, as export hf
+    replaces a FIFO README.md (without --overwrite both are `out_not_empty`). Real processes; the reader is a read
+    end held open (non-blocking), so a write into the FIFO would have found it."""
+    out = tmp_path / "benco"
+    out.mkdir()
+    listing = out / "imdl_benco.json"
+    os.mkfifo(listing)
+    reader = os.open(listing, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        def export(*flags: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "sigma", "export", "imdl-benco", str(run_dir), "--out",
+                                   str(out), *flags], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=90, check=False)
+
+        refused = export()
+        assert refused.returncode == 2 and "[out_not_empty]" in refused.stderr, refused.stderr
+        assert stat.S_ISFIFO(os.lstat(listing).st_mode)
+        done = export("--overwrite")
+        assert done.returncode == 0, done.stderr
+        try:
+            streamed = os.read(reader, 1 << 16)
+        except BlockingIOError:
+            streamed = b""
+    finally:
+        os.close(reader)
+    assert streamed == b""
+    assert stat.S_ISREG(os.lstat(listing).st_mode)
+    entries = json.loads(listing.read_text())
+    assert len(entries) == 11 and all(Path(tp).is_file() for tp, _ in entries)

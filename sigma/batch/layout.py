@@ -196,22 +196,41 @@ def atomic_write_bytes(path: Path, data: bytes | Callable[[Path | int], None], *
     it instead of leaving a hidden `.name.pid.tmp` beside the target. `data`: the bytes, or a writer of the file at
     the path it is given (`data(path)`, which opens it itself: `open(path, "wb")`), for an output too large to hold
     in memory; for a FIFO it is given a file descriptor to take instead (a second open of a FIFO whose reader has
-    left blocks; `stream_reader_held`). `stream=False`: a run's own file (run.json, a status, summary.json), never
-    a stream: a FIFO or device of its name is replaced like a file (a status that was a FIFO hung `--resume`)."""
+    left blocks; `stream_reader_held`). `stream=False`: a file in a folder the writer owns — a run's own files
+    (run.json, a status, summary.json), an export's JSON in its OUT folder — never a stream: a FIFO or device of its
+    name is replaced like a file (a status that was a FIFO hung `--resume`)."""
+    with output_file(path, stream=stream) as write:
+        write(data)
+
+
+#: what `output_file` yields: writes the output, given its bytes or a writer of the file (`atomic_write_bytes`)
+OutputWrite = Callable[[bytes | Callable[[Path | int], None]], None]
+
+
+@contextmanager
+def output_file(path: Path, *, stream: bool = True) -> Iterator[OutputWrite]:
+    """`atomic_write_bytes` in two steps: entered, the target is checked and a FIFO's reader found (its write end
+    held, `stream_reader_held`: `out_no_reader` here); the function it yields then writes the output, once. A
+    command that writes other files before its one output (`sigma export coco --out FIFO --images DIR`) enters it
+    before any of them: a FIFO that no process read was `out_no_reader` only after DIR had been filled with the
+    images of an export that then said it failed."""
     path = Path(path)
     refuse_folder(path)
-    if stream and is_stream(path):
-        # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
-        # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
-        with stream_reader_held(path) as fd:
-            target: Path | int = path if fd is None else os.dup(fd)   # a FIFO: written through the end held open
-            if not isinstance(data, bytes):
-                data(target)
-                return
-            with open(target, "wb") as handle:
-                handle.write(data)
+    if not (stream and is_stream(path)):
+        yield lambda data: replace_atomically(path, data, durable=True)
         return
-    replace_atomically(path, data, durable=True)
+    # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
+    # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
+    with stream_reader_held(path) as fd:
+        yield lambda data: _write_stream(path if fd is None else os.dup(fd), data)   # a FIFO: through the end held
+
+
+def _write_stream(target: Path | int, data: bytes | Callable[[Path | int], None]) -> None:
+    if not isinstance(data, bytes):
+        data(target)
+        return
+    with open(target, "wb") as handle:
+        handle.write(data)
 
 
 def atomic_write_json(path: Path, data: Any, *, stream: bool = True) -> None:

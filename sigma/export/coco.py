@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from sigma.batch.layout import atomic_write_bytes, is_stream, refuse_images_dir, refuse_run_file
+from sigma.batch.layout import OutputWrite, is_stream, output_file, refuse_images_dir, refuse_run_file
 from sigma.export.placing import PlacedFiles
 from sigma.export.select import (
     CheckedRun,
@@ -54,18 +54,26 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     exports' images (`PlacedFiles`): a name there holding other bytes refuses the export before any image is put in
     place, unless `overwrite`; the same bytes are left as they are. One export at a time writes into `images_dir`
     (`run_locked`, at once): two at once could each place some images and then be refused on a name the other took,
-    leaving images that no JSON lists."""
+    leaving images that no JSON lists. `out` a FIFO: its reader is found (`output_file`) before anything is written
+    or made, or `out_no_reader` leaves `images_dir` as it was."""
     refuse_run_file(out)
     run = checked_before_writing(run_dir, corpus=False)      # the corpus too, below, when its images are written
     if images_dir is not None:
         refuse_images_dir(images_dir, run.record["corpus"].get("path"))
         run.corpus()
+    with output_file(Path(out)) as write:
+        return _export_to(run, Path(out), write, row_filter, images_dir, mask, order, overwrite)
+
+
+def _export_to(run: CheckedRun, out: Path, write: OutputWrite, row_filter: RowFilter | None,
+               images_dir: str | Path | None, mask: str, order: str, overwrite: bool) -> dict[str, Any]:
+    """`export_coco` once its checks are made and `out` can be written (`write`, from `output_file`)."""
     if not is_stream(out):
         # the temporary files of `out` itself (`.FILE.json.PID.RANDOM.tmp`) an export killed while writing it left
         # beside it: only that name, only of dead writers (the folder is anyone's)
         sweep_dead_writers_of(Path(out).parent, names={Path(out).name})
     if images_dir is None:
-        return _export(run, Path(out), row_filter, None, mask, order)
+        return _export(run, out, write, row_filter, None, mask, order)
     # held like an export's OUT (a flock on the folder itself, no lock file; dropped by the kernel however the
     # export ends), so no other export places images beside this one's; a folder it made and left empty (nothing
     # exported) is removed again. The folder stays the user's (their own tools may write there): only the temporary
@@ -74,7 +82,7 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
         sweep_dead_writers_of(Path(images_dir), (".png",))
         images = PlacedFiles(Path(images_dir), overwrite)
         try:
-            return _export(run, Path(out), row_filter, images, mask, order)
+            return _export(run, out, write, row_filter, images, mask, order)
         finally:
             images.discard()       # a refusal, a failure: the staged images not placed go
 
@@ -152,15 +160,15 @@ def _spool_folder(out: Path) -> str | None:
     return str(folder)
 
 
-def _export(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_out: PlacedFiles | None, mask: str,
-            order: str) -> dict[str, Any]:
+def _export(run: CheckedRun, out: Path, write: OutputWrite, row_filter: RowFilter | None,
+            images_out: PlacedFiles | None, mask: str, order: str) -> dict[str, Any]:
     # unnamed (O_TMPFILE where there is one): gone with the export however it ends, a kill included
     with tempfile.TemporaryFile(dir=_spool_folder(out)) as handle:
-        return _spooled(run, out, row_filter, images_out, mask, order, _Spool(handle))
+        return _spooled(run, out, write, row_filter, images_out, mask, order, _Spool(handle))
 
 
-def _spooled(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_out: PlacedFiles | None, mask: str,
-             order: str, spool: _Spool) -> dict[str, Any]:
+def _spooled(run: CheckedRun, out: Path, write: OutputWrite, row_filter: RowFilter | None,
+             images_out: PlacedFiles | None, mask: str, order: str, spool: _Spool) -> dict[str, Any]:
     """Read the kept rows shard by shard into `spool` (one shard's rows in memory), then write the JSON from it."""
     key = order_key(order)
     names = UniqueNames()
@@ -208,7 +216,7 @@ def _spooled(run: CheckedRun, out: Path, row_filter: RowFilter | None, images_ou
         sync_folder(images_out.folder)   # the images' names on disk before the JSON that lists them
     head = {"description": f"SIGMA batch run {run.rundir.root.resolve()}", "mask": mask, "order": order}
     # streamed into a temporary file, fsynced and renamed over `out`: whole or not at all, as before
-    atomic_write_bytes(out, lambda path: spool.write(path, head, key is not None))
+    write(lambda path: spool.write(path, head, key is not None))
     if not is_stream(out):
         sync_folder(out.parent)          # the JSON's own name: "done" is said once it is on disk
     return {"out": str(out), "images": len(spool), "annotations": spool.annotations(), "mask": mask,

@@ -377,7 +377,10 @@ def _commit(out: Path, json_name: str, listing: _Listing) -> None:
                 (out / folder).replace(out / f".{folder}.old")     # removed on the way out
             _staging(out, folder).replace(out / folder)
         sync_folder(out)
-        atomic_write_bytes(out / json_name, listing.write)
+        # a file of OUT's, which the export holds: a FIFO or device of its name (a link to one) is replaced like
+        # a file (as export hf's README.md), never written into — `--overwrite` streamed the list into such a FIFO,
+        # said done and left no JSON in OUT
+        atomic_write_bytes(out / json_name, listing.write, stream=False)
     except BaseException:
         _recover(out, json_name)     # a JSON that cannot be written (a full disk): the earlier export back whole
         raise
