@@ -8,6 +8,7 @@ for the ordinary blocking reads of a file object. Each caller turns `NotRegularF
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -20,12 +21,38 @@ class NotRegularFile(OSError):
     only reports OSErrors as "cannot read" still reports it; callers with a message of their own catch it first."""
 
 
+class BrokenLink(FileNotFoundError):
+    """`path` is a symbolic link to nothing (a photo on a drive not mounted, a folder moved away). A FileNotFoundError,
+    as before, whose words say so: "No such file or directory" of a name `ls` lists sent people looking for a
+    missing file. `target` is where the link points, for the caller's message."""
+
+    def __init__(self, path: str | Path, target: str):
+        super().__init__(errno.ENOENT, f"a broken link to {target} (nothing is there)", str(path))
+        self.target = target
+
+
+def broken_link(path: str | Path) -> BrokenLink | None:
+    """BrokenLink for `path` when it is a symbolic link whose target is not there, else None."""
+    try:
+        target = os.readlink(path)
+    except (OSError, ValueError):     # not a link, gone, or a NUL in the name
+        return None
+    return None if os.path.exists(path) else BrokenLink(path, target)
+
+
 def open_regular(path: str | Path, mode: str = "rb", **kwargs: Any) -> IO:
     """`open(path, mode, **kwargs)` for reading (`mode` "r" or "rb"; `kwargs`: encoding, newline, ...), raising
-    NotRegularFile without blocking when `path` is not a regular file (links followed, as `is_file()` does)."""
+    NotRegularFile without blocking when `path` is not a regular file (links followed, as `is_file()` does), and
+    BrokenLink when it is a link to nothing."""
     if "r" not in mode or any(c in mode for c in "wax+"):
         raise ValueError(f"open_regular reads only, not mode {mode!r}")
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        gone = broken_link(path)
+        if gone is None:
+            raise
+        raise gone from exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile(f"{path}: not a regular file")

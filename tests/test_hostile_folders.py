@@ -19,6 +19,8 @@ from test_eval import make_pair_set
 from test_synth import make_photos
 
 from sigma.data.synth.cache import list_photos, readable_photos
+from sigma.errors import ImageError, InputError
+from sigma.io.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE1 = str(ROOT / "configs/train/tiny-stage1.yaml")
@@ -61,7 +63,7 @@ def _hostile_photo_folder(folder: Path) -> dict[str, str]:
     (folder / "dir.jpg").mkdir()          # a folder named like a photo: walked into, never read as one
     (folder / "sub").symlink_to(folder)   # a folder link loop: not followed
     return {"x.jpg": "not a regular file", "z.png": "not a regular file", "loop1.jpg": "symbolic links",
-            "loop2.jpg": "symbolic links", "gone.jpg": "No such file",
+            "loop2.jpg": "symbolic links", "gone.jpg": f"a broken link to {folder / 'no-such-photo.jpg'}",
             "caf\\udce9-empty.jpg": "not an image",        # a name that is no text is shown escaped
             "cut.jpg": "", "bomb.png": ""}
 
@@ -148,3 +150,76 @@ def test_a_cached_photo_swapped_for_a_fifo_is_said_and_skipped_not_waited_on(tmp
         raise AssertionError("reading a cached photo that is a FIFO hung") from None
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"{path}: cached photo cannot be read (NotRegularFile"), done.stdout
+
+
+def _cache_with_an_entry_out(tmp_path: Path, how: str) -> Path:
+    """A real cache of two photos whose index.json also names a real cached photo outside it: `../` up and out, an
+    absolute path, or a link in the cache to the file outside (what a hand-edited or downloaded cache can hold)."""
+    from sigma.data.synth.cache import build_cache
+
+    cache = build_cache(make_photos(tmp_path / "photos", n=2), tmp_path / "cache", vae=None, log=None)
+    (tmp_path / "outside").mkdir()
+    secret = tmp_path / "outside" / "secret.npz"
+    secret.write_bytes((cache / "00000.npz").read_bytes())
+    name = {"dotdot": "../outside/secret.npz", "absolute": str(secret), "link": "link.npz"}[how]
+    if how == "link":
+        (cache / "link.npz").symlink_to(secret)
+    index = json.loads((cache / "index.json").read_text())
+    index["files"].append({"file": name, "photo": "secret.png"})
+    (cache / "index.json").write_text(json.dumps(index))
+    return cache
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "link"])
+def test_a_cache_index_naming_a_file_outside_the_cache_is_refused_before_anything_is_read(tmp_path, how):
+    """A cache's index.json entry `../outside/secret.npz`, an absolute path or a link in the cache to elsewhere was
+    opened and trained on (`../../etc/passwd` was opened too, then skipped as a damaged photo). Now the whole index is
+    refused, path_outside_root, by `sigma synth --cache` before a pair is written, by training's start (the index
+    snapshot) before the model is built, and by the bank reading a run's snapshot of it (a --resume)."""
+    from sigma.data.synth.engine import PhotoBank
+    from sigma.training.config import TrainConfig
+    from sigma.training.data import freeze_cache_index
+
+    cache = _cache_with_an_entry_out(tmp_path, how)
+    done = _cli("synth", "--cache", str(cache), "--out", str(tmp_path / "o"), "-n", "2", "--no-progress")
+    assert done.returncode == 2 and done.stderr.startswith(
+        f"sigma: error [path_outside_root]: {cache / 'index.json'}: the entry "), done.stderr[-2000:]
+    assert "outside the cache folder" in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert not (tmp_path / "o" / "pairs.jsonl").exists()
+    cfg = TrainConfig.model_validate({"data": {"cache": str(cache)}})
+    with pytest.raises(InputError) as err:
+        freeze_cache_index(cfg, tmp_path / "run")
+    assert err.value.code == "path_outside_root", err.value
+    frozen = tmp_path / "cache_index.json"
+    frozen.write_bytes((cache / "index.json").read_bytes())
+    with pytest.raises(InputError) as err:
+        PhotoBank(cache, index=frozen)
+    assert err.value.code == "path_outside_root" and str(frozen) in err.value.message, err.value
+    if how == "link":   # the CLI's training run too, with nothing trained
+        train = _cli("train", STAGE1, f"data.cache={cache}", f"out_dir={tmp_path / 'runs'}", "name=r", "steps=1")
+        assert train.returncode == 2 and train.stderr.startswith("sigma: error [path_outside_root]: "), train.stderr
+        assert not (tmp_path / "runs" / "r" / "checkpoint.pt").exists()
+        # what is checked is where an entry resolves: a link in the cache to a file in the cache is no way out
+        (cache / "link.npz").unlink()
+        (cache / "link.npz").symlink_to(cache / "00001.npz")
+        assert PhotoBank(cache).n_cached() == 3
+
+
+def test_a_broken_link_among_the_photos_is_said_to_be_one_naming_where_it_points(tmp_path):
+    """A link to a photo on a drive not mounted was "unreadable image ([Errno 2] No such file or directory: ...)" in
+    the photo bank's warning (`sigma synth`, training) and "file not found" in `sigma synth --build-cache`, of a name
+    `ls` lists. Now both say it is a broken link and where it points, code file_not_found as a missing file's."""
+    folder = make_photos(tmp_path / "photos", n=2)
+    (folder / "holiday.jpg").symlink_to("/mnt/not-mounted/holiday.jpg")
+    said = f"{folder / 'holiday.jpg'}: a broken link to /mnt/not-mounted/holiday.jpg (nothing is there)"
+    _, bad = readable_photos(list_photos(folder))
+    assert bad == [said], bad
+    done = _cli("synth", "--photos", str(folder), "--out", str(tmp_path / "o"), "-n", "1", "--no-progress")
+    assert done.returncode == 0 and f"left out: {said}\n" in done.stderr, done.stderr[-2000:]
+    built = _cli("synth", "--build-cache", str(tmp_path / "cache"), "--photos", str(folder), "--no-vae",
+                 "--no-progress")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert f"photo cannot be decoded ({said})" in built.stdout + built.stderr, built.stdout + built.stderr
+    with pytest.raises(ImageError) as err:
+        read_image(folder / "holiday.jpg")
+    assert err.value.code == "file_not_found" and err.value.message == said

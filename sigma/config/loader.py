@@ -406,13 +406,29 @@ def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
     return tree
 
 
+def utf8_text(raw: bytes, path: Path) -> str:
+    """A config file's bytes as UTF-8 text (a byte-order mark allowed), whatever the locale: the file was opened
+    with the system's default encoding, so under LC_ALL=C a UTF-8 config with an "é" in a name was "cannot read
+    ('ascii' codec ...)" and on a Latin-1 system it was read as other characters than it was written in."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            why = "UTF-16 text (it starts with a UTF-16 byte-order mark)"
+        else:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            why = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}: Latin-1 or another legacy encoding?)"
+        raise ConfigError(f"{path}: {why}; a config file is read as UTF-8, save it as UTF-8") from None
+
+
 def read_yaml(path: str | Path) -> dict:
     """A config file's top-level mapping. Opened once (`open_regular`): a FIFO, a device or a folder is refused as
     what it is, never waited on or read; a file of more than MAX_CONFIG_BYTES is refused by the size of what was
-    opened (not by an earlier look at the path), and no more than that is ever read (a file still growing)."""
+    opened (not by an earlier look at the path), and no more than that is ever read (a file still growing). Read as
+    UTF-8 (`utf8_text`), not in the locale's encoding."""
     path = Path(path)
     try:
-        handle = open_regular(path, "r")
+        handle = open_regular(path, "rb")
     except (FileNotFoundError, NotADirectoryError, ValueError):   # ValueError: a NUL byte, no such name can exist
         raise ConfigError(f"{path}: config file not found") from None
     except NotRegularFile:
@@ -423,18 +439,18 @@ def read_yaml(path: str | Path) -> dict:
     try:
         with handle:
             size = os.fstat(handle.fileno()).st_size
-            text = "" if size > MAX_CONFIG_BYTES else handle.read(MAX_CONFIG_BYTES + 1)
-        if size > MAX_CONFIG_BYTES or len(text) > MAX_CONFIG_BYTES:
+            raw = b"" if size > MAX_CONFIG_BYTES else handle.read(MAX_CONFIG_BYTES + 1)
+        if size > MAX_CONFIG_BYTES or len(raw) > MAX_CONFIG_BYTES:
             said = f"{size} bytes" if size > MAX_CONFIG_BYTES else "still growing"
             raise ConfigError(f"{path}: {said}, more than a config file holds "
                               f"(at most {MAX_CONFIG_BYTES // 2**20} MiB); is it the right file?")
-        data = load_yaml(text, str(path)) or {}
+        data = load_yaml(utf8_text(raw, path), str(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
         raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")

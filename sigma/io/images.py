@@ -17,7 +17,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError
 from sigma.io.lines import read_at_most
-from sigma.regular import NotRegularFile, open_regular
+from sigma.regular import BrokenLink, NotRegularFile, broken_link, open_regular
 from sigma.tempfiles import replace_atomically
 from sigma.text import shown_path
 
@@ -513,7 +513,9 @@ def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
     path = Path(path)
     try:
         if not path.exists():
-            raise ImageError(f"{where}: file not found", code="file_not_found")
+            gone = broken_link(path)      # a link to nothing is said as one, with where it points
+            why = shown_path(gone.strerror) if gone else "file not found"
+            raise ImageError(f"{where}: {why}", code="file_not_found")
         if not path.is_file():
             raise ImageError(f"{where}: not a regular file", code="file_not_found")
         check_byte_size(where, path.stat().st_size, max_bytes)
@@ -547,6 +549,8 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
         raise
     except NotRegularFile:
         raise ImageError(f"{where}: not a regular file", code="file_not_found") from None
+    except BrokenLink as exc:    # "unreadable image ([Errno 2] No such file ...)" of a name `ls` lists
+        raise ImageError(f"{where}: {shown_path(exc.strerror)}", code="file_not_found") from None
     except UnidentifiedImageError as exc:
         raise ImageError(f"{where}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
                          code="image_unreadable") from exc

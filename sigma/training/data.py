@@ -127,7 +127,7 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     import os
     import time
 
-    from sigma.data.synth.engine import read_cache_index
+    from sigma.data.synth.engine import cached_files, read_cache_index
     from sigma.errors import InputError
 
     if not cfg.data.cache or cfg.data.cache_index:
@@ -138,9 +138,10 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     target = (run_dir / "cache_index.json").absolute()    # read from anywhere, not only from the starting folder
     if int(os.environ.get("RANK", "0")) == 0:
         try:        # the bytes checked are the bytes copied: a FIFO put there after the check held the start
-            raw = read_cache_index(src)[0]
+            raw, data = read_cache_index(src)
         except InputError:
             return cfg   # a damaged index (or no regular file): the engine raises the clear error
+        cached_files(data, src, src.parent)   # an entry outside the cache: refused now, before the model is built
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_bytes(raw)
         tmp.replace(target)

@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 
 from sigma.config.schema import MAX_WORKING_SIZE, Strict
 from sigma.errors import ImageError, InputError
+from sigma.io.corpora.base import resolved_under
 from sigma.regular import NotRegularFile, open_regular
 
 from . import edits as E
@@ -185,6 +186,22 @@ def read_cache_index(idx: Path) -> tuple[bytes, dict[str, Any]]:
     return raw, data
 
 
+def cached_files(data: dict[str, Any], idx: Path, cache: Path) -> list[str]:
+    """Each entry's cached file, resolved, refused whole (path_outside_root) unless every one lies inside `cache`:
+    an index is a file anyone can edit or download with a cache, and an entry `../../etc/passwd`, an absolute path
+    or a link in the cache to elsewhere was opened and fed to training as a photo. Checked before anything is read."""
+    root = os.path.realpath(cache)
+    files = []
+    for f in data["files"]:
+        real = resolved_under(str(cache / f["file"]), root)
+        if real is None:
+            raise InputError(f"{idx}: the entry {f['file']!r} resolves outside the cache folder {cache} (a path "
+                             "or a link out of it); refused, nothing read (an index names the files inside its cache: "
+                             "rebuild it with `sigma synth --build-cache`)", code="path_outside_root")
+        files.append(real)
+    return files
+
+
 class PhotoBank:
     """Aligned per-photo arrays: `img`, `rt<scale>` (VAE roundtrips), `lat<k>`/`latmask<k>` (latent edits).
 
@@ -202,9 +219,9 @@ class PhotoBank:
             max_side = data.get("max_side", max_side)
             self.max_side = max_side
             listed = len(data["files"])
-            for f in data["files"]:
-                if (self.cache / f["file"]).is_file():
-                    entries.append((str(self.cache / f["file"]), True, str(f.get("photo", f["file"]))))
+            for f, real in zip(data["files"], cached_files(data, idx, self.cache), strict=True):
+                if os.path.isfile(real):
+                    entries.append((real, True, str(f.get("photo", f["file"]))))
             if listed and not entries and not photos:
                 # said as such: "cache: fewer than 2 photos" sent people looking for a cache that was too small
                 raise InputError(f"{idx} lists {listed} cached photos but none of their files is in "
