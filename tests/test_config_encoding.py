@@ -70,3 +70,18 @@ def test_a_config_that_is_not_utf8_is_one_invalid_config_line(tmp_path, encoding
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr == (f"sigma: error [invalid_config]: {config}: {said}; a config file is read as UTF-8, "
                            "save it as UTF-8\n"), done.stderr
+
+
+def test_a_name_the_locale_cannot_write_as_a_folder_is_one_invalid_text_line(tmp_path):
+    """The config now reads under the C locale, but its `name: café-run` made into the run's folder was a
+    UnicodeEncodeError traceback from pathlib (the file-name encoding is ASCII there); now one line and exit 2."""
+    config = tmp_path / "config.yaml"
+    config.write_text(STAGE1.read_text(encoding="utf-8").replace("name: tiny-stage1", "name: café-run"),
+                      encoding="utf-8")
+    assert "café-run" in config.read_text(encoding="utf-8")
+    done = _run("-m", "sigma", "train", str(config), f"out_dir={tmp_path / 'runs'}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    line = done.stderr.strip()
+    assert line.startswith("sigma: error [invalid_text]: ") and "\\xe9" in line and "PYTHONUTF8=1" in line, line
+    assert len(done.stderr.splitlines()) == 1, done.stderr

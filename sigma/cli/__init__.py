@@ -193,6 +193,19 @@ def main(argv: list[str] | None = None) -> int:
 
         where = f": {exc.filename}" if exc.filename else ""
         return _failed(error_line("os_error", f"{exc.strerror or exc}{where}"), argv)
+    except UnicodeEncodeError as exc:
+        return _failed(_unencodable(exc), argv)
+
+
+def _unencodable(exc: UnicodeEncodeError) -> str:
+    """A text the system cannot store (a `name: café-run` of a config made into a folder under LC_ALL=C, whose
+    file-name encoding is ASCII) was a traceback from deep in pathlib: one line naming the text and the way out."""
+    from sigma.cli.common import error_line
+
+    text = exc.object if isinstance(exc.object, str) else repr(exc.object)
+    return error_line("invalid_text", f"{text[:200]!r} holds {text[exc.start:exc.end]!r}, which this system's "
+                      f"{exc.encoding} encoding cannot write (its locale: LANG / LC_ALL); use a UTF-8 locale "
+                      "(LC_ALL=C.UTF-8) or PYTHONUTF8=1, or ASCII names")
 
 
 if __name__ == "__main__":  # pragma: no cover
