@@ -18,6 +18,7 @@ from sigma.batch.record import FIX, MODIFIED, corpus_problem, options_note, veri
 from sigma.errors import InputError
 from sigma.io.corpora import Corpus
 from sigma.io.corpora.base import Shard, SourceItem, safe_name
+from sigma.io.corpora.parquet import handle_reader
 from sigma.regular import NotRegularFile, open_regular
 from sigma.text import shown
 from sigma.types import Pair, confidence_value
@@ -185,15 +186,13 @@ class CheckedRun:
         `shard` columns, read alone), once: a shard file of another run put under this run's name (with a status to
         match) was exported as this run's masks. An export asks before it writes anything."""
         if self._outputs is None:
-            import pyarrow.parquet as pq
-
             outputs = self.rundir.done_outputs(self.record)
             for shard, path in outputs:
                 with open_shard(path) as raw:       # one handle for the columns and the checksum
                     try:
-                        handle = pq.ParquetFile(raw)
+                        handle = handle_reader(raw)
                         columns = [c for c in ("run_hash", "shard") if c in handle.schema_arrow.names]
-                        table = handle.read(columns=columns)
+                        table = handle.read(columns=columns, use_threads=False)
                     except (ValueError, OSError) as exc:  # ArrowInvalid is a ValueError: a file damaged in place
                         raise InputError(f"{path}: not a readable shard file ({shown(exc, 300)}): damaged since the "
                                          f"run; {NOTHING_WRITTEN}. Delete its status file and run the shard again "
@@ -274,8 +273,6 @@ def checked_before_writing(run: str | Path | CheckedRun, corpus: bool = True) ->
 def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
               ) -> Iterator[tuple[Shard, list[dict]]]:
     """Per finished shard: its kept rows (in shard order)."""
-    import pyarrow.parquet as pq
-
     run = checked_run(run)
     outputs = run.outputs()
     if not outputs:
@@ -289,7 +286,7 @@ def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
             run._same_as_written(shard, path, raw, EXPORT_STOPPED)
             raw.seek(0)
             try:
-                table = pq.read_table(raw)
+                table = handle_reader(raw).read(use_threads=False)
             except (ValueError, OSError) as exc:
                 raise InputError(f"{path}: not a readable shard file ({shown(exc, 300)}): changed while the export "
                                  f"read the run; {EXPORT_STOPPED}. Delete its status file and run the shard again "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import InputError
@@ -32,6 +32,16 @@ def _pq():
         raise InputError("reading parquet needs pyarrow: pip install 'sigma-masks[batch]'",
                          code="missing_dependency") from exc
     return pq
+
+
+def handle_reader(handle: BinaryIO, **options: Any) -> Any:
+    """pyarrow's `ParquetFile` over a Python file handle that starts no pyarrow thread, for every parquet SIGMA reads
+    (a corpus, a run's shards); each of its reads passes `use_threads=False`. pyarrow's pools (the IO pool that
+    pre-buffering reads the handle on, the CPU pool that decodes columns) finish their work after the call returned:
+    releasing a buffer of the handle's bytes needs the GIL, and one that came during the interpreter's exit ended
+    the process in `terminate called without an active exception`, status -6, now and then after its last line
+    (`pq.read_table`: about 1 `sigma export` in 100). With neither, pyarrow reads on the caller's thread alone."""
+    return _pq().ParquetFile(handle, pre_buffer=False, **options)
 
 
 def open_parquet(file: Path) -> BinaryIO:
@@ -63,13 +73,12 @@ class ParquetCorpus(Corpus):
         return self.path if self.path.is_dir() else self.path.parent
 
     def plan(self) -> list[Shard]:
-        pq = _pq()
         shards: list[Shard] = []
         for file in self.files():
             self.confine(file)
             with open_parquet(file) as handle:
                 try:
-                    meta = pq.ParquetFile(handle)
+                    meta = handle_reader(handle)
                 except Exception as exc:
                     raise InputError(f"{file}: not a readable parquet file ({exc})", code="bad_parquet") from exc
             check_schema(str(file), meta.schema_arrow.names, self.mapping, self.required, self.preset)
@@ -86,10 +95,9 @@ class ParquetCorpus(Corpus):
         return shards
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
-        pq = _pq()
         file = self.confine(Path(shard.ref["file"]))
         with open_parquet(file) as handle:   # pyarrow and the page-header walk share it: each seeks before it reads
-            yield from self._read(pq.ParquetFile(handle, buffer_size=READ_BUFFER_BYTES), handle, file, shard)
+            yield from self._read(handle_reader(handle, buffer_size=READ_BUFFER_BYTES), handle, file, shard)
 
     def _read(self, pf, handle: BinaryIO, file: Path, shard: Shard) -> Iterator[SourceItem]:
         """`shard`'s items from `pf`, the ParquetFile over `handle` (`file` names them)."""
