@@ -1998,3 +1998,16 @@ def test_a_deferral_noted_while_a_tasks_lease_lapsed_is_forgotten_when_its_first
     assert queue_status(redis_server.url, prefix, run=RunDir(out))["deferred"] == 0
 
     assert not list(client.scan_iter(match=keys.batch_task_deferred("*")))      # nothing left behind in Redis
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "redis://127.0.0.1:99999999/0", "redis://\udcffhost:6379/0",
+                                 "redis://" + "a" * 70 + ".example:6379/0"])
+def test_a_redis_url_the_client_refuses_is_invalid_config_not_a_traceback(corpus, tmp_path, capsys, url):
+    """`sigma batch status RUN --redis localhost:6379` (no scheme), a port past 65535, a host IDNA cannot encode:
+    redis-py's ValueError / UnicodeError at the first connection was a traceback, exit 1."""
+    out = tmp_path / "run"
+    run_batch(BatchConfig.model_validate({"input": {"path": str(corpus)}, "annotator": "pixel-diff", "workers": 0}),
+              out, progress=False)
+    assert main(["batch", "status", str(out), "--redis", url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sigma: error [invalid_config]") and "not a Redis URL" in err[0], err

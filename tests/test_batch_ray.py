@@ -247,6 +247,17 @@ def test_unreachable_cluster_is_one_line_and_exit_2(tmp_path, messy):
     assert len(lines) == 1 and lines[0].startswith("sigma: error [ray_unreachable]") and address in lines[0]
 
 
+@pytest.mark.parametrize("address", ["\udcff:6379", "127.0.0.1:99999999", "ray://" + "a" * 70 + ".example:10001"])
+def test_an_address_no_socket_can_take_is_invalid_config_not_a_traceback(tmp_path, messy, address):
+    """`--ray-address $'\\xff'` (a host IDNA cannot encode) or a port past 65535: the probe's connect raised
+    UnicodeError / OverflowError, a traceback with exit 1."""
+    rc = sigma_cli("batch", "run", str(messy / "set"), "--out", str(tmp_path / "x"), "--annotator", "pixel-diff",
+                   "--ray-address", address, "--no-progress", timeout=60)
+    lines = rc.stderr.strip().splitlines()
+    assert rc.returncode == 2 and len(lines) == 1, rc.stderr
+    assert lines[0].startswith("sigma: error [invalid_config]: Ray address"), rc.stderr
+
+
 def test_probe_tells_a_ray_head_from_another_service(cluster):
     host, port = cluster.address.rsplit(":", 1)
     probe_grpc(host, int(port), timeout=5)          # the head's GCS answers HTTP/2

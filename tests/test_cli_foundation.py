@@ -499,6 +499,17 @@ def test_bad_input_through_the_real_console_script(pair_files, tmp_path):
     assert_one_error_line(proc.stderr, "bad_json")
 
 
+def test_annotate_dash_with_stdin_closed_is_one_line(tmp_path):
+    """`sigma annotate - <&-`: Python starts with sys.stdin None; reading it was an AttributeError traceback."""
+    exe = Path(sys.executable).with_name("sigma")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sigma"]
+    proc = subprocess.run([*cmd, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "out")],
+                          preexec_fn=lambda: os.close(0), capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_error_line(proc.stderr, "no_pairs")
+    assert "stdin: closed" in proc.stderr and not (tmp_path / "out").exists()
+
+
 def test_registry_did_you_mean(capsys, pair_files):
     rc, _, err = run_main(capsys, "annotate", *map(str, pair_files), "--annotator", "pixel-dif")
     assert rc == 2 and "Did you mean 'pixel-diff'?" in err and "Known:" in err

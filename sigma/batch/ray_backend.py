@@ -80,14 +80,20 @@ def import_ray():
 
 
 def _host_port(address: str) -> tuple[str, int]:
+    """(host, port) as the socket will take them: a port past 65535 (OverflowError) or a host IDNA cannot encode
+    (UnicodeError, `--ray-address $'\\xff'`) was a traceback from the probe's connect."""
     bare = address.split("://", 1)[-1].rstrip("/")
     host, _, port = bare.rpartition(":")
     if not host:
-        return bare, 6379           # `ray start --head`'s default port
+        host, port = bare, "6379"   # `ray start --head`'s default port
     try:
-        return host.strip("[]"), int(port)
-    except ValueError as exc:
+        number = int(port)
+        host.strip("[]").encode("idna")
+        if not 0 < number < 65536:
+            raise ValueError(f"port {number}")
+    except (ValueError, UnicodeError) as exc:      # UnicodeError is a ValueError; named for the reader
         raise ConfigError(f"Ray address {address!r} is not host:port, 'auto' or ray://host:port") from exc
+    return host.strip("[]"), number
 
 
 def probe_grpc(host: str, port: int, timeout: float) -> None:

@@ -76,6 +76,9 @@ MAX_STDIN_BYTES = 32 * 1024 * 1024   # a JSON list of paths; a corpus is `sigma 
 
 
 def _read_stdin_pairs() -> list[Any]:
+    if sys.stdin is None:        # `<&-`: Python starts with no stdin at all; reading it was an AttributeError
+        raise InputError("stdin: closed, so there is no JSON list of pairs to read; pipe one in "
+                         "(cat pairs.json | sigma annotate - ...) or give ORIGINAL EDITED", code="no_pairs")
     stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
     raw = stream.read(MAX_STDIN_BYTES + 1)
     if len(raw) > MAX_STDIN_BYTES:

@@ -181,7 +181,7 @@ class LLMParser:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from sigma.models.device import pick_device
-        from sigma.models.weights import strict_from_pretrained
+        from sigma.models.weights import from_pretrained_or_error, strict_from_pretrained
 
         self.device = pick_device(device)
         if model is None or isinstance(model, (str, Path)):
@@ -201,7 +201,8 @@ class LLMParser:
                 else:
                     folder = resolve_local(str(model), what="llm parser model", allow_download=allow_download)
             kw = {"gguf_file": gguf_file} if gguf_file else {}
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
+            # a damaged tokenizer, or a .gguf that is not GGUF, was transformers' ValueError: a traceback
+            tokenizer = from_pretrained_or_error(AutoTokenizer.from_pretrained, folder, what="llm parser model", **kw)
             model = strict_from_pretrained(AutoModelForCausalLM, folder, what="llm parser model",
                                            dtype=torch.float32, **kw)
         if tokenizer is None:

@@ -42,7 +42,7 @@ class QwenVLParser:
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
         from sigma.models.device import pick_device, pick_dtype
-        from sigma.models.weights import resolve_local, strict_from_pretrained
+        from sigma.models.weights import from_pretrained_or_error, resolve_local, strict_from_pretrained
 
         self.device = pick_device(device)
         if isinstance(model, (str, Path)):
@@ -52,8 +52,9 @@ class QwenVLParser:
             dtype = pick_dtype("auto", self.device)
             model = strict_from_pretrained(Qwen2_5_VLForConditionalGeneration, folder, what="Qwen2.5-VL",
                                            dtype=dtype)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            image_processor = image_processor or Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True)
+            tokenizer = tokenizer or from_pretrained_or_error(AutoTokenizer.from_pretrained, folder, what="Qwen2.5-VL")
+            image_processor = image_processor or from_pretrained_or_error(
+                Qwen2VLImageProcessorPil.from_pretrained, folder, what="Qwen2.5-VL")
         if tokenizer is None or image_processor is None:
             raise ValueError("QwenVLParser: a model object needs its tokenizer and image processor")
         self.model = model.to(self.device).eval()

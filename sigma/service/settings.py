@@ -47,6 +47,23 @@ class RedisSettings(Strict):
     socket_timeout_s: Seconds = Field(5.0, gt=0)
     max_connections: int = Field(512, ge=4, description="API pool size; each waiting request holds one")
 
+    @field_validator("url")
+    @classmethod
+    def _a_redis_url(cls, url: str) -> str:
+        """Parsed as the client will parse it, when the settings load: a URL it refuses (no scheme, a port past
+        65535, a host IDNA cannot encode) was a ValueError traceback from the first connection instead
+        (`sigma batch status --redis localhost`)."""
+        try:
+            from redis.connection import parse_url
+        except ImportError:      # no redis client here: the command that needs one says so (`check_extras`)
+            return url
+        try:
+            str(parse_url(url).get("host") or "").encode("idna")     # what the connection does with the host
+        except (ValueError, UnicodeError) as exc:
+            raise ValueError(f"not a Redis URL ({exc}); e.g. redis://HOST:6379/0 or unix:///path/redis.sock") \
+                from None
+        return url
+
 
 class QueueSettings(Strict):
     group: str = Field("sigma-workers", min_length=1, description="consumer group shared by all workers")
