@@ -215,3 +215,15 @@ def test_staged_images_hold_their_names_alone_and_every_one_is_removed_however_p
     assert [(folder / name).read_bytes() for name in left[:2]] == [b"image 0", b"image 1"]
     assert (folder / "corpus_q00001000.png").read_bytes() == b"another export's image"
     assert list(placed.staged()) == []
+
+
+
+def test_images_folder_given_as_the_json_path_too_is_refused_before_anything_is_written(runs, tmp_path, capsys):
+    """`--out X --images X`, X not there yet: the images were placed in X, then the JSON's rename onto X failed
+    (os_error: Is a directory), leaving a folder of images under the JSON's name. Now bad_arguments, X not made. (An
+    X that is already a folder was and is out_is_a_folder.)"""
+    target = tmp_path / "export"
+    assert _export(runs["one"], target, target) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [bad_arguments]: --images ") and "is the --out file itself" in err, err
+    assert not target.exists()

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from sigma.batch.layout import OutputWrite, is_stream, output_file, refuse_images_dir, refuse_run_file
+from sigma.errors import InputError
 from sigma.export.placing import PlacedFiles
 from sigma.export.select import (
     CheckedRun,
@@ -57,6 +58,11 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
     leaving images that no JSON lists. `out` a FIFO: its reader is found (`output_file`) before anything is written
     or made, or `out_no_reader` leaves `images_dir` as it was."""
     refuse_run_file(out)
+    if images_dir is not None and os.path.realpath(images_dir) == os.path.realpath(out):
+        # the images were placed in DIR, then the JSON's rename onto DIR failed (os_error: Is a directory): a folder
+        # of images left under the JSON's name by an export that said it failed
+        raise InputError(f"--images {images_dir} is the --out file itself: name a folder for the images and "
+                         "another path for the JSON (e.g. --out coco.json --images images/)", code="bad_arguments")
     run = checked_before_writing(run_dir, corpus=False)      # the corpus too, below, when its images are written
     if images_dir is not None:
         refuse_images_dir(images_dir, run.record["corpus"].get("path"))
