@@ -525,6 +525,20 @@ def test_cli_parse_bad_input_is_a_clear_error(argv, message, capsys):
     assert err.startswith("sigma: error [") and message in err and "Traceback" not in err
 
 
+def test_cli_parse_file_that_is_no_regular_file_says_what_it_is(tmp_path, capsys):
+    """A FIFO (opened without waiting for a writer), a device or a folder as --file was "no such file", as if nothing
+    were there; a link to nothing now says so too."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "moved.jsonl")
+    for given in (tmp_path / "fifo", Path("/dev/null"), tmp_path):
+        assert main(["parse", "--file", str(given)]) == 2
+        assert capsys.readouterr().err == (f"sigma: error [file_not_found]: --file {given}: not a regular file "
+                                           "(a FIFO, a device or a folder); give a JSONL or text file\n")
+    assert main(["parse", "--file", str(tmp_path / "gone.jsonl")]) == 2
+    assert capsys.readouterr().err == (f"sigma: error [file_not_found]: --file {tmp_path / 'gone.jsonl'}: a broken "
+                                       f"link to {tmp_path / 'moved.jsonl'} (nothing is there)\n")
+
+
 def test_cli_parse_out_is_checked_before_the_parse(tmp_path, capsys):
     """`--out` naming the --file it reads replaced a labelled dev set by the parses (its expected fields lost,
     exit 0); a folder was an os_error only after every line was parsed (minutes with a model backend); with one

@@ -85,14 +85,21 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
     empty instruction in a JSON line is a record without its text (an export that lost it): the service refuses it
     (empty_instruction), and a parse of it would score or write as if the text had asked for no edit."""
     from sigma.parse.evaluate import expectation_problem
+    from sigma.regular import BrokenLink, NotRegularFile, open_regular
 
-    if not path.is_file():
-        raise InputError(f"--file {path}: no such file", code="file_not_found")
+    try:    # opened once, never waited on: a FIFO, a device or a folder was "no such file", as if nothing were there
+        fh = open_regular(path, "rb")
+    except NotRegularFile:
+        raise InputError(f"--file {path}: not a regular file (a FIFO, a device or a folder); give a JSONL or text "
+                         "file", code="file_not_found") from None
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:    # ValueError: a NUL in the name
+        said = exc.strerror if isinstance(exc, BrokenLink) else "no such file"
+        raise InputError(f"--file {path}: {said}", code="file_not_found") from None
     records = []
     lineno = 0
     problems: list[str] = []
     empty: list[str] = []        # JSON lines whose instruction is "" or spaces: said together, before any parse
-    with path.open("rb") as fh:
+    with fh:
         for lineno, raw in enumerate(fh, 1):
             try:
                 # utf-8-sig on the first line: a BOM (Notepad, Excel's "UTF-8" export) made the first JSON
