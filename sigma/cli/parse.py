@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give either an INSTRUCTION or --file, not both", code="bad_arguments")
     if not args.file and args.instruction is None:
         raise InputError("nothing to parse: give an INSTRUCTION (quoted) or --file X.jsonl", code="bad_arguments")
-    if args.out:
+    if args.out is not None:    # "" too: --out "" was ignored without a word (no file written)
         # said before the parser loads and every line is parsed (minutes with a model backend), not at the write
         from sigma.cli.common import check_outfile
 
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         for rec in records:
             parses.append(parser(rec["instruction"]))
             bar.advance()
-    if args.out:
+    if args.out is not None:
         _write_out(Path(args.out), parses)
     if not any(has_expectations(r) for r in records):
         for p in parses:
