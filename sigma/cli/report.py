@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from sigma.report.build import build_report
 
     check_unit_interval(args, {"min_confidence": "a confidence", "max_confidence": "a confidence"})
-    if args.out:
+    if args.out is not None:    # "" too: it wrote RUN_DIR/report.html, a file not asked for
         check_outfile(Path(args.out))
     print(json.dumps(build_report(args.run_dir, args.out, limit=args.limit, thumb=args.thumb,
                                   min_confidence=args.min_confidence, max_confidence=args.max_confidence,
