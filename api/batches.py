@@ -50,7 +50,7 @@ class BatchRequest(BaseModel):
     columns: dict[str, str] | None = Field(None, description="role=column overrides")
     shard_size: int | None = Field(None, ge=1, le=MAX_SHARD_SIZE, description="pairs per shard (default 1000, "
                                    f"at most {MAX_SHARD_SIZE})")
-    annotator: str | None = Field(None, description="one of api.annotators; default: the first")
+    annotator: str | None = Field(None, min_length=1, description="one of api.annotators; default: the first")
     options: dict[str, Any] | None = Field(None, description="annotator config overrides (validated against "
                                            "the annotator's config model at submit: 422 invalid_config)")
     threshold: UnitInterval | None = Field(None, description="mask = prob > threshold (finite, in [0, 1])")

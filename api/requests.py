@@ -60,7 +60,7 @@ OPTION_FIELDS = ("instruction", "annotator", "threshold", "mask_mode", "outputs"
 
 class AnnotateOptions(Strict):
     instruction: str | None = Field(None, description="the edit instruction, e.g. 'remove the boat'")
-    annotator: str | None = Field(None, description="registry name; default: the first of api.annotators")
+    annotator: str | None = Field(None, min_length=1, description="registry name; default: the first of api.annotators")
     # UnitInterval: `threshold=nan` (a form field) or `1e400` (JSON reads it as inf) is "a finite number in [0, 1]",
     # not "less than or equal to 1"; under strict validation `true` is still no number
     threshold: UnitInterval | None = Field(None, description="mask = prob > threshold")

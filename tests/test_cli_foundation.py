@@ -282,6 +282,8 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "too_many_pixels": (["annotate", o, e, "--set", "io.limits.max_pixels=100", *pd], "too_many_pixels"),
         "too_many_bytes": (["annotate", o, e, "--set", "io.limits.max_bytes=10", *pd], "file_too_large"),
         "unknown_annotator": (["annotate", o, e, "--annotator", "pixel-dif"], "unknown_name"),
+        # `--annotator "$UNSET"` ran the embedded default without a word
+        "empty_annotator": (["annotate", o, e, "--annotator", ""], "invalid_config"),
         "threshold_range": (["annotate", o, e, *pd, "--threshold", "2"], "invalid_config"),
         "threshold_type": (["annotate", o, e, *pd, "--threshold", "x"], "bad_arguments"),
         "unknown_set_key": (["annotate", o, e, *pd, "--set", "io.alignn=true"], "invalid_config"),

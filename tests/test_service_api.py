@@ -169,7 +169,7 @@ def test_auth_401_403_and_scopes(svc):
 @pytest.mark.parametrize("case", ["unknown_route", "method", "bad_json", "media_type", "missing_field", "not_a_file",
                                   "unknown_field", "bad_threshold", "bad_base64", "unreadable", "too_many_pixels",
                                   "too_long", "aspect", "unknown_annotator", "huge_body", "bad_job_id", "jpeg_scans",
-                                  "bool_threshold", "long_job_id"])
+                                  "bool_threshold", "long_job_id", "empty_annotator"])
 def test_errors_are_json_with_stable_codes(svc, case):
     o, e = make_pair(seed=5)
     h = svc.headers()
@@ -195,6 +195,8 @@ def test_errors_are_json_with_stable_codes(svc, case):
         "too_long": (422, "instruction_too_long", lambda: svc.submit(o, e, {"instruction": "x" * 1001})),
         "aspect": (422, "aspect_mismatch", lambda: svc.submit(o, np.zeros((48, 20, 3), np.uint8))),
         "unknown_annotator": (422, "unknown_annotator", lambda: svc.submit(o, e, {"annotator": "sigma-xl"})),
+        # "" ran the first of api.annotators, as if no name had been given (a client's unset variable)
+        "empty_annotator": (422, "invalid_request", lambda: svc.submit(o, e, {"annotator": ""})),
         "huge_body": (413, "request_too_large", lambda: http.post(
             "/v1/jobs", files={"original": ("o.png", b"\0" * 4_600_000), "edited": ("e.png", b"x")}, headers=h)),
         "bad_job_id": (404, "job_not_found", lambda: http.get("/v1/jobs/NOT-A-JOB", headers=h)),

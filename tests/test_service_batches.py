@@ -87,6 +87,8 @@ def test_bad_requests_get_clear_codes(svc, root):
     assert resp.status_code == 404 and error_code(resp) == "input_not_found"
     resp = post(svc, {"input": "corpus", "out": "runs/y", "annotator": "no-such-model"})
     assert resp.status_code == 422 and error_code(resp) == "unknown_annotator"
+    resp = post(svc, {"input": "corpus", "out": "runs/y", "annotator": ""})   # was: the first of api.annotators
+    assert resp.status_code == 422 and error_code(resp) == "invalid_request", resp.text
     resp = post(svc, {"input": "corpus", "out": "runs/y", "preset": "no-such-preset"})
     assert resp.status_code == 422 and error_code(resp) == "unknown_preset", resp.text
     resp = post(svc, {"input": "corpus", "out": "runs/y", "format": "zip"})

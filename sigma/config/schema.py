@@ -494,8 +494,9 @@ class AnnotatorSpec(Strict):
     """Which annotator runs, with which options and threshold: the one section `sigma annotate`, `sigma eval`
     and `sigma batch` configs share (`sigma.registry.build_annotator(spec)` builds it)."""
 
-    annotator: str | None = Field(None, description="registry name; None = the embedded default (sigma-lite when "
-                                  "its weights ship with this install, else pixel-diff)")
+    # min_length: "" (`--annotator "$UNSET"`) ran the default without a word, as if no name had been given
+    annotator: str | None = Field(None, min_length=1, description="registry name; None = the embedded default "
+                                  "(sigma-lite when its weights ship with this install, else pixel-diff)")
     options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
     threshold: UnitInterval | None = Field(None, description="mask = prob > threshold; None = the "
                                     "annotator's default")
