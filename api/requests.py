@@ -296,12 +296,14 @@ def declared_charset(content_type: bytes | str | None) -> str | None:
 
 
 def text_codec(charset: str | None) -> str | None:
-    """The codec a declared charset names when it is one a text field may use (None: not one); no charset is UTF-8."""
+    """The codec a declared charset names when it is one a text field may use (None: not one); no charset is UTF-8.
+    `codecs.lookup` raises ValueError, not LookupError, for a name holding a NUL (`charset="utf-8\\x00"`, which a
+    part's header may carry): it escaped the parser as a 400 `malformed_multipart` "(ValueError)"."""
     if charset is None:
         return "utf-8"
     try:
         codec = codecs.lookup(charset).name
-    except LookupError:
+    except (LookupError, ValueError):
         return None
     return codec if codec in TEXT_CHARSETS else None
 

@@ -123,6 +123,10 @@ class Service:
         replays its job (created=False) and another request under the key is refused (`idempotency.py`)."""
         if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
             raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-200 printable ASCII characters")
+        if idempotency_key is not None and len(request.headers.getlist("idempotency-key")) > 1:
+            # the route reads the first field line; a proxy may keep the last or join them (`a, b`): which request
+            # the key names is ambiguous, as a JSON key named twice is (RFC 9110 5.3: one line for a singleton field)
+            raise ApiError(422, "invalid_request", "Idempotency-Key given more than once: send it once")
         await self.check_any_room()
         limits = self.cfg.limits
         try:

@@ -304,6 +304,19 @@ def test_item11_idempotency_key_semantics(svc, redis_server):
     assert same_json.status_code == 200 and same_json.json()["id"] == third.json()["id"], same_json.text
 
 
+
+def test_item11_an_idempotency_key_sent_twice_is_refused_and_queues_nothing(svc):
+    # the route read the first of two Idempotency-Key lines and queued under it (202), where a proxy keeping the last
+    # or joining them (`a, b`) names another key
+    o, e = make_pair(seed=33)
+    twice = svc.http.post("/v1/jobs", files=svc.files(o, e), headers=[
+        *svc.headers().items(), ("Idempotency-Key", "dup-33a"), ("Idempotency-Key", "dup-33b")])
+    assert twice.status_code == 422 and code(twice) == "invalid_request", twice.text
+    assert "more than once" in twice.json()["error"]["message"]
+    for key in ("dup-33a", "dup-33b"):      # neither key names a job: the first request with it queues one
+        once = svc.submit(o, e, headers={"Idempotency-Key": key})
+        assert once.status_code == 202, once.text
+
 def test_item11_concurrent_first_requests_make_one_job(svc):
     o, e = make_pair(seed=32)
     key = {"Idempotency-Key": "concurrent-32"}

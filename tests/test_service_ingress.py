@@ -207,8 +207,9 @@ def post_multipart(svc: ServiceUnderTest, body: bytes, body_charset: str | None 
     (b"add a sign", None, "x-no-such-charset"),                     # an unknown one was read as Latin-1
     ("add a 看板".encode("shift_jis"), "text/plain; charset=shift_jis", None),
     (b"add a \xed\xa0\x80 sign", None, None),                       # an encoded lone surrogate is no UTF-8 either
+    (b"add a sign", "text/plain; charset=utf-8\x00", None),          # codecs.lookup's ValueError: 400 "(ValueError)"
 ], ids=["bad-bytes", "latin1-bytes", "declared-latin1", "declared-latin1-utf8-bytes", "unknown-part-charset",
-        "body-latin1", "body-unknown", "shift-jis", "surrogate-bytes"])
+        "body-latin1", "body-unknown", "shift-jis", "surrogate-bytes", "nul-in-charset"])
 def test_a_multipart_text_field_that_is_not_utf8_is_invalid_text(svc, instruction, part_type, body_charset):
     # Starlette decodes a text field by the body's charset and, where that fails or names no codec, as Latin-1:
     # b"\xff\xfe" was queued as "ÿþ" (202), while a JSON body of the same bytes is refused. Text is UTF-8 either way
