@@ -405,9 +405,9 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
         # NaN or inf was a ValueError / OverflowError traceback after the folder was made; 0 or less, one file a row
         raise ConfigError(f"--max-shard-mb is the largest parquet file in MB, a number > 0; got {max_shard_mb}")
     out = Path(out)
-    # a device or a FIFO as OUT refused before the run is read, as imdl-benco does: said after pyarrow had started its
-    # threads, the process then aborted now and then in its exit ("terminate called without an active exception",
-    # status -6, under the one error line: clean-clone CI of 1372167)
+    # a device or a FIFO as OUT refused before the run is read (no work before a refusal), as imdl-benco does. The
+    # exit abort this once also dodged ("terminate called without an active exception") is cured where parquet is
+    # read: `sigma.io.corpora.parquet.handle_reader` starts no pyarrow thread
     refuse_non_folder(out, "; choose another OUT folder")
     run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):    # refused before writing: no folder left behind
