@@ -366,3 +366,19 @@ def test_a_folder_pair_in_a_format_sigma_does_not_read_is_a_row_that_says_so(tmp
         assert rows[pair_id]["status"] == "error"
         assert rows[pair_id]["error_code"] == "unsupported_format", rows[pair_id]
         assert any(n in rows[pair_id]["error"] for n in names), rows[pair_id]["error"]
+
+
+def test_a_folder_pair_whose_name_holds_a_line_break_is_a_pair(tmp_path):
+    """`new\\nline_original.png` (a name Linux allows): the id pattern's `.` stopped at the newline, so the pair was
+    no pair — its row missing from the run, unsaid, and a folder of only such pairs was no corpus at all — while
+    `$` matched before a trailing newline, so `x_original\\n.png` was taken for x's original (x then ambiguous)."""
+    pairs = list(synthetic_pairs(2))
+    for stem, pair in zip(("new\nline", "x"), pairs):
+        for role in ("original", "edited"):
+            (tmp_path / f"{stem}_{role}.png").write_bytes(pair[role])
+        if stem != "x":
+            assert detect_format(tmp_path) == "folder"
+    (tmp_path / "x_original\n.png").write_bytes(pairs[1]["original"])
+    _, items = read_all(open_corpus(tmp_path))
+    assert [(i.pair_id, i.error) for i in items] == [("new\nline", None), ("x", None)]
+    assert Path(items[0].original_path).name == "new\nline_original.png"

@@ -25,7 +25,10 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 # being reported as `file_not_found` beside the very file; other files (README.txt, .DS_Store) are not pairs
 UNREAD_IMAGE_EXTS = {".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".svg", ".ico", ".psd", ".exr",
                      ".hdr", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
-_SUFFIX = re.compile(r"^(?P<id>.+)_(?P<role>original|edited|mask)$")
+# matched whole (`fullmatch`) and across line breaks (DOTALL): `.` stops at a newline and `$` matches before a trailing
+# one, so `new\nline_original.png` was no pair at all (its row missing from the run, unsaid) and `x_original\n.png`
+# was read as `x`'s original
+_SUFFIX = re.compile(r"(?P<id>.+)_(?P<role>original|edited|mask)", re.DOTALL)
 INSTRUCTION_FILES = ("instructions.jsonl", "instructions.json", "instructions.csv")
 # instructions.json is one object, read whole (and held ~10x in Python): 1M pairs of 200-character instructions
 # are ~250 MB. instructions.jsonl is read a line at a time, each at most MAX_RECORD_BYTES, like every manifest.
@@ -51,7 +54,7 @@ def looks_like_pair_folder(path: Path) -> bool:
         return False
     if (path / "original").is_dir() and (path / "edited").is_dir():
         return True
-    return any(_SUFFIX.match(p.stem) and p.suffix.lower() in IMAGE_EXTS | UNREAD_IMAGE_EXTS for p in path.iterdir())
+    return any(_SUFFIX.fullmatch(p.stem) and p.suffix.lower() in IMAGE_EXTS | UNREAD_IMAGE_EXTS for p in path.iterdir())
 
 
 class FolderCorpus(Corpus):
@@ -103,7 +106,7 @@ class FolderCorpus(Corpus):
                             add(p.stem, role, p)
         else:
             for p in sorted(self.path.iterdir()):
-                m = _SUFFIX.match(p.stem)
+                m = _SUFFIX.fullmatch(p.stem)
                 if m and p.is_file():
                     add(m["id"], m["role"], p)
         for pair_id, role, p in unread:       # only where no readable file holds that image (p_edited.png wins)
