@@ -1298,3 +1298,39 @@ def test_imdl_benco_overwrite_replaces_a_fifo_in_its_json_place_with_the_file(ru
     assert stat.S_ISREG(os.lstat(listing).st_mode)
     entries = json.loads(listing.read_text())
     assert len(entries) == 11 and all(Path(tp).is_file() for tp, _ in entries)
+
+
+def _hostile_named_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run of a corpus whose folder is named `<!--<script>`, as the page's data block says it (`input`)."""
+    corpus = write_folder(tmp_path / "<!--<script>", synthetic_pairs(2, size=32))
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(corpus), "--out", str(run), "--annotator", "pixel-diff", "--workers", "0",
+                 "--no-progress"]) == 0
+    assert main(["report", str(run)]) == 0
+    return corpus, run / "report.html"
+
+
+def test_review_page_data_block_holds_no_markup_from_a_path(tmp_path, capsys):
+    """Only `</` was escaped in the page's JSON data block: a corpus path (or set name) holding `<!--<script>`
+    put the script element into HTML's double-escaped state, where the page's own `</script>` did not end it and
+    the filter script after it was swallowed as data. Now every `<`, `>` and `&` in the block is a JSON escape."""
+    corpus, page = _hostile_named_run(tmp_path)
+    html = page.read_text()
+    block = html.split('<script type="application/json" id="data">', 1)[1].split("</script>", 1)[0]
+    assert not set("<>&") & set(block)
+    assert json.loads(block)["run"]["input"] == str(corpus)
+    capsys.readouterr()
+
+
+@pytest.mark.chromium
+def test_review_page_filters_run_in_chromium_whatever_the_corpus_path(tmp_path, capsys):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    _, page = _hostile_named_run(tmp_path)
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'p'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, timeout=90, text=True, check=True).stdout
+    assert "2 of 2 shown" in dom                # the filter script ran
+    capsys.readouterr()

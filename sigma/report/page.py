@@ -130,8 +130,12 @@ def render_page(title: str, run: dict[str, Any], metrics: dict[str, dict[str, An
     if has_f1:
         sort_opts.append(("f1:asc", "F1 vs ground truth, lowest first"))
     sort_html = "".join(f'<option value="{v}">{escape(label)}</option>' for v, label in sort_opts)
-    # strict JSON (NaN -> null: a one-pair set has no rho), for whoever reads the page's data block
-    data = dumps_finite({"run": run, "metrics": metrics}, default=str).replace("</", "<\\/")
+    # strict JSON (NaN -> null: a one-pair set has no rho), for whoever reads the page's data block. Every `<`, `>`
+    # and `&` is a JSON escape (they occur only inside strings): escaping `</` alone let a corpus path or set name
+    # holding `<!--<script>` put the block into HTML's "double escaped" state, where the page's own `</script>`
+    # no longer ended it and the filter script after it became part of the data (the page's filters dead)
+    data = (dumps_finite({"run": run, "metrics": metrics}, default=str)
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
