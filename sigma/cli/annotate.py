@@ -45,7 +45,9 @@ EXAMPLES = """examples:
 """
 
 # A pair id becomes a folder name under OUTDIR: keep it to one safe path component.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# matched whole (`fullmatch`): with `match` and `$`, which also matches before a trailing newline, "boat\n" passed
+# and was written to a folder of that name, beside "boat"
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class AnnotateConfig(AnnotatorSpec):
@@ -124,7 +126,7 @@ def _pair_id(item: Any, n: int, multi: bool, seen: set[str]) -> str:
     raw = item.get("id")
     pair_id = str(raw) if raw not in (None, "") else (f"pair_{n:04d}" if multi else "pair")
     if multi:
-        if not _SAFE_ID.match(pair_id):
+        if not _SAFE_ID.fullmatch(pair_id):
             raise InputError(f"pair #{n}: id {pair_id!r} is not a safe folder name (letters, digits, '.', '_', "
                              "'-'; at most 128)", code="bad_json")
         if pair_id.casefold() in seen:       # case-folded: "Boat" and "boat" are one folder on macOS or Windows
