@@ -185,6 +185,17 @@ def test_a_set_named_like_an_aggregate_keeps_its_own_row(tmp_path):
     assert "overall (set)" in format_tables(result)
 
 
+def test_a_set_named_like_the_renamed_aggregate_set_keeps_its_own_row(tmp_path):
+    """Sets "overall" and "overall (set)" side by side: the first was renamed to the second's name and the two
+    sets' pairs were one row (5 pairs under "overall (set)"), each set's own scores nowhere."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "overall", 2)
+    make_pair_set(root, "overall (set)", 3, seed=1)
+    tables = evaluate(create_annotator("pixel-diff"), root, ["none"]).tables()["none"]
+    assert {name: row["pairs"] for name, row in tables.items()} == {
+        "overall (set)": 2, "overall (set) (set)": 3, "overall": 5}
+
+
 def test_perturbations_touch_the_edited_image_only(eval_root):
     rec = Recorder()
     result = evaluate(rec, eval_root / "edits", ["none", "jpeg75", "resize"])

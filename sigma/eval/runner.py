@@ -26,10 +26,19 @@ TINY_GROUP = f"tiny edits (<{TINY_FRACTION:.0%} of the image)"
 AGGREGATES = frozenset({"overall", EDITING_GROUP, CHANGE_GROUP, TINY_GROUP})
 
 
+_SET_MARK = " (set)"
+
+
 def set_group(set_name: str) -> str:
     """A set's row in the tables: its name, unless that is an aggregate's ("overall"), where the set's scores
-    merged into the aggregate and its own row was lost without a word."""
-    return f"{set_name} (set)" if set_name in AGGREGATES else set_name
+    merged into the aggregate and its own row was lost without a word. Such a set's row is "overall (set)"; so
+    that no other set's name is that row too (a folder named "overall (set)" beside "overall" merged into it,
+    six pairs of two sets in one row), a name that is an aggregate's followed by any number of " (set)" gets
+    one more: "overall (set)" is "overall (set) (set)". One row per set, whatever the names."""
+    base = set_name
+    while base.endswith(_SET_MARK):
+        base = base[:-len(_SET_MARK)]
+    return f"{set_name}{_SET_MARK}" if base in AGGREGATES else set_name
 
 
 @dataclass
