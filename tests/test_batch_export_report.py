@@ -234,6 +234,31 @@ def test_export_names_never_put_two_pairs_on_one_file(tmp_path):
     assert len({p.read_bytes() for p in (tmp_path / "benco" / "Tp").iterdir()}) == 4
 
 
+def test_export_names_are_no_option_and_no_windows_device(tmp_path, capsys):
+    """Pairs named `-rf`, `--help`, `nul`, `CON.v2`, `Com1` were exported as `Tp/-rf.png` (an option to `ls Tp/*`,
+    `cp *`, `xargs`) and as Windows device names, no file on such a disk. Now each gets `_` before it, which no
+    other pair's name starts with; names that only look alike (`console`, `com10`) are kept."""
+    root = tmp_path / "corpus"
+    pairs = list(synthetic_pairs(7))
+    write_pairs_jsonl(root, pairs)
+    ids = ["-rf", "--help", "nul", "CON.v2", "Com1", "console", "com10"]
+    manifest = root / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": i, "original": f"{p['id']}_original.png",
+                                            "edited": f"{p['id']}_edited.png"}) + "\n" for i, p in zip(ids, pairs)))
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(manifest), "--out", str(run), "--annotator", "pixel-diff", "--workers", "0",
+                 "--no-progress"]) == 0
+    assert main(["export", "imdl-benco", str(run), "--out", str(tmp_path / "benco")]) == 0
+    assert main(["export", "coco", str(run), "--out", str(tmp_path / "c.json"), "--images", str(tmp_path / "im")]) == 0
+    want = ["_-rf.png", "_--help.png", "_nul.png", "_CON.v2.png", "_Com1.png", "console.png", "com10.png"]
+    entries = json.loads((tmp_path / "benco" / "imdl_benco.json").read_text())
+    assert [Path(tp).name for tp, _ in entries] == want
+    coco = json.loads((tmp_path / "c.json").read_text())
+    assert [(i["file_name"], i["pair_id"]) for i in coco["images"]] == list(zip(want, ids))
+    assert sorted(p.name for p in (tmp_path / "im").iterdir()) == sorted(want)
+    capsys.readouterr()
+
+
 def test_an_image_changed_since_the_run_is_not_exported_with_the_old_mask(tmp_path, capsys):
     """The exports re-read the corpus: an edited image replaced after the run went to IMDL-BenCo's Tp/ (and
     COCO --images) beside the mask of the image it replaced, a wrong training pair, without a word (the HF

@@ -358,6 +358,21 @@ def iter_pairs(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
         yield row, decoded.pair, None
 
 
+# names Windows keeps for devices, whatever the extension or letter case: `Tp/nul.png` is no file there (a copy of
+# the export onto such a disk fails, or writes into the device)
+_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(10))})
+
+
+def _harmless(name: str) -> str:
+    """`name` (a `safe_name`), or with `_` before it where the name itself is hazardous to a consumer: one that
+    starts with `-` is read as an option by the tools the export is handed to (`ls Tp/*`, `cp * dest`, `xargs`:
+    a pair `-rf` was `Tp/-rf.png`), and a Windows device name (above). A `safe_name` never starts with `_`, so the
+    prefix makes no name another pair's."""
+    if name.startswith("-") or name.split(".", 1)[0].casefold() in _DEVICE_NAMES:
+        return f"_{name}"
+    return name
+
+
 class UniqueNames:
     """File names from pair ids: safe, stable, and never two pairs on one file."""
 
@@ -368,7 +383,7 @@ class UniqueNames:
         """A taken name gets the shard and index, and then a counter while that is taken too (a pair whose
         own id is "x-<shard>-2" took the name the second "x" was then given: two pairs on one file). Names
         are compared case-folded, so "A" and "a" stay two files on a case-insensitive disk."""
-        name = safe_name(row["pair_id"], 100)
+        name = _harmless(safe_name(row["pair_id"], 100))
         if name.casefold() in self.used:
             base = name = f"{name}-{safe_name(row['shard'], 60)}-{row['index']}"
             n = 1
