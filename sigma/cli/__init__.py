@@ -148,6 +148,10 @@ def _failed(line: str, argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     starting = _SigtermWhileStarting(argv)     # first thing: the imports below take seconds
+    if argv is None:
+        from sigma.stdio import hold_closed_streams
+
+        hold_closed_streams()      # before any file is opened: a closed fd 0-2 is never one of the program's files
     _printable_names()
     if argv is None:
         _take_interrupts_once()
