@@ -9,6 +9,7 @@ the cache tests are about.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import os
@@ -326,6 +327,28 @@ def test_an_unusable_cache_folder_means_torch_with_one_warning(tiny, onnx_stack,
         runner = build_runner(copy.deepcopy(model), RuntimeOptions("auto"), device=torch.device("cpu"),
                               use_bf16=False, trained=True, label="tiny-lite")
     assert len(caught) == 1 and runner.name == "torch" and runner.channels_last
+
+
+def test_a_graph_the_disk_refused_is_not_recorded_as_a_model_that_does_not_export(micro, onnx_stack, tmp_path):
+    """A cache on a full disk (or under a quota, `ulimit -f`): the graph's write failed with ENOSPC / EFBIG, and that
+    OSError was recorded in `.failed.json` as "micro does not export to ONNX": every later process, space long back,
+    read the marker and ran torch, twice as slow, until someone deleted it. Now nothing is recorded (the caller says
+    the cache is not usable) and the next build, with room, exports. RLIMIT_FSIZE is the refusal here: real, and
+    needs no root; the marker (~200 bytes) fits under it, the graph does not."""
+    import resource
+
+    model = copy.deepcopy(micro[0])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError) as info:
+            onnx_stack.ensure_graph(model, "micro", (64, 64), 1, root=tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert info.value.errno == errno.EFBIG
+    assert sorted(p.suffix for p in (tmp_path / "onnx").iterdir()) == [".lock"], "no marker, no partial graph"
+    _session, graph = onnx_stack.ensure_graph(model, "micro", (64, 64), 1, root=tmp_path)
+    assert graph.built
 
 
 def test_prune_keeps_the_newest_graphs_of_a_label(tmp_path, onnx_stack):
