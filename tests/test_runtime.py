@@ -393,6 +393,25 @@ def test_runtime_onnxruntime_without_the_package_is_one_line_naming_the_extra(tm
     assert runtime["runtime"] == "torch" and "not installed" in runtime["reason"]
 
 
+def test_models_prepare_that_builds_no_graph_fails_in_one_line(tmp_path):
+    """`sigma models --prepare` whose cache is not usable (read-only, full, a file in its place) printed `ready ... runs
+    on torch (fallback: ...)` above the RuntimeWarning and exited 0: a `sigma models --prepare && ...` (an image
+    build) went on with no graph. Now `graph_unavailable` in one line, exit 2."""
+    if not embedded_status("sigma-lite"):
+        pytest.skip("this install has no embedded sigma-lite weights")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("a file where the cache folder should be")
+    proc = subprocess.run([sys.executable, "-m", "sigma", "models", "--prepare"], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "SIGMA_CACHE_DIR": str(not_a_dir)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sigma: error [graph_unavailable]: sigma-lite:"), proc.stderr
+    assert "SIGMA_CACHE_DIR" in lines[0] and proc.stdout == ""
+    proc = subprocess.run([sys.executable, "-m", "sigma", "models", "--prepare", "pixel-diff"], capture_output=True,
+                          text=True, timeout=120, check=False, env={**os.environ, "SIGMA_CACHE_DIR": str(not_a_dir)})
+    assert proc.returncode == 0 and "ready" in proc.stdout, proc.stderr     # nothing to build: nothing failed
+
+
 def test_a_handful_of_pairs_never_waits_for_an_export(tmp_path):
     """`sigma annotate` on a few pairs runs on a cached graph or on torch: the README's first command must not
     spend a minute exporting on a fresh machine (`sigma models --prepare` builds the graph on purpose)."""
