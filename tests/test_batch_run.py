@@ -433,10 +433,15 @@ def test_a_tar_with_no_pairs_is_no_pairs_not_an_empty_done_run(tmp_path, capsys,
     assert "[no_pairs]" in capsys.readouterr().err and not out.exists()
 
 
-def test_a_full_disk_is_one_os_error_line_and_resume_finishes_the_run(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("refusal, line", [
+    (OSError(28, "No space left on device"), "sigma: error [os_error]: No space left on device"),
+    # pyarrow under `ulimit -v` (an ArrowMemoryError is a MemoryError): was "RuntimeError: the shard writer failed"
+    (MemoryError("malloc of size 256 failed"), "sigma: error [out_of_memory]: the system gave no more memory"),
+])
+def test_a_full_disk_is_one_os_error_line_and_resume_finishes_the_run(tmp_path, capsys, monkeypatch, refusal, line):
     """The shard writer runs in a thread; a full disk there (a mask PNG, a parquet file) surfaced as a
-    RuntimeError traceback. Now the OSError itself: one `os_error` line, exit 2, and once there is room
-    `--resume` finishes the run with every pair."""
+    RuntimeError traceback, and so did memory the system refused. Now the OSError (MemoryError) itself: one
+    `os_error` (`out_of_memory`) line, exit 2, and once there is room `--resume` finishes the run with every pair."""
     import sigma.batch.pipeline as pipeline
 
     corpus = tmp_path / "set"
@@ -448,7 +453,7 @@ def test_a_full_disk_is_one_os_error_line_and_resume_finishes_the_run(tmp_path, 
     def full_after_two(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 2:
-            raise OSError(28, "No space left on device")
+            raise refusal
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "write_png", full_after_two)
@@ -456,7 +461,7 @@ def test_a_full_disk_is_one_os_error_line_and_resume_finishes_the_run(tmp_path, 
             "--shard-size", "2", "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "sigma: error [os_error]: No space left on device" in err and "Traceback" not in err
+    assert line in err and "Traceback" not in err
     monkeypatch.setattr(pipeline, "write_png", real)
     assert main([*argv, "--resume"]) == 0
     rows = [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]

@@ -9,6 +9,7 @@ the cache tests are about.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import os
@@ -328,6 +329,28 @@ def test_an_unusable_cache_folder_means_torch_with_one_warning(tiny, onnx_stack,
     assert len(caught) == 1 and runner.name == "torch" and runner.channels_last
 
 
+def test_a_graph_the_disk_refused_is_not_recorded_as_a_model_that_does_not_export(micro, onnx_stack, tmp_path):
+    """A cache on a full disk (or under a quota, `ulimit -f`): the graph's write failed with ENOSPC / EFBIG, and that
+    OSError was recorded in `.failed.json` as "micro does not export to ONNX": every later process, space long back,
+    read the marker and ran torch, twice as slow, until someone deleted it. Now nothing is recorded (the caller says
+    the cache is not usable) and the next build, with room, exports. RLIMIT_FSIZE is the refusal here: real, and
+    needs no root; the marker (~200 bytes) fits under it, the graph does not."""
+    import resource
+
+    model = copy.deepcopy(micro[0])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError) as info:
+            onnx_stack.ensure_graph(model, "micro", (64, 64), 1, root=tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert info.value.errno == errno.EFBIG
+    assert sorted(p.suffix for p in (tmp_path / "onnx").iterdir()) == [".lock"], "no marker, no partial graph"
+    _session, graph = onnx_stack.ensure_graph(model, "micro", (64, 64), 1, root=tmp_path)
+    assert graph.built
+
+
 def test_prune_keeps_the_newest_graphs_of_a_label(tmp_path, onnx_stack):
     for i in range(6):
         for suffix in (".onnx", ".json"):
@@ -368,6 +391,25 @@ def test_runtime_onnxruntime_without_the_package_is_one_line_naming_the_extra(tm
     record = json.loads((tmp_path / "auto" / "result.json").read_text())
     runtime = record["config"]["annotator_config"]["runtime"]
     assert runtime["runtime"] == "torch" and "not installed" in runtime["reason"]
+
+
+def test_models_prepare_that_builds_no_graph_fails_in_one_line(tmp_path):
+    """`sigma models --prepare` whose cache is not usable (read-only, full, a file in its place) printed `ready ... runs
+    on torch (fallback: ...)` above the RuntimeWarning and exited 0: a `sigma models --prepare && ...` (an image
+    build) went on with no graph. Now `graph_unavailable` in one line, exit 2."""
+    if not embedded_status("sigma-lite"):
+        pytest.skip("this install has no embedded sigma-lite weights")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("a file where the cache folder should be")
+    proc = subprocess.run([sys.executable, "-m", "sigma", "models", "--prepare"], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "SIGMA_CACHE_DIR": str(not_a_dir)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sigma: error [graph_unavailable]: sigma-lite:"), proc.stderr
+    assert "SIGMA_CACHE_DIR" in lines[0] and proc.stdout == ""
+    proc = subprocess.run([sys.executable, "-m", "sigma", "models", "--prepare", "pixel-diff"], capture_output=True,
+                          text=True, timeout=120, check=False, env={**os.environ, "SIGMA_CACHE_DIR": str(not_a_dir)})
+    assert proc.returncode == 0 and "ready" in proc.stdout, proc.stderr     # nothing to build: nothing failed
 
 
 def test_a_handful_of_pairs_never_waits_for_an_export(tmp_path):

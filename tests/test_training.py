@@ -1154,6 +1154,28 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
     assert C.load_checkpoint(tmp_path)["step"] == 3
 
 
+def test_a_checkpoint_over_the_file_size_limit_says_the_limit_and_leaves_no_partial_file(tmp_path):
+    """Under `ulimit -f` (RLIMIT_FSIZE) torch's zip writer fails with the same errno-less "unexpected pos" as on a
+    full disk: `sigma train` said "the write failed, 78294104 KiB free", with no word of the limit. Now EFBIG naming
+    it. A real limit (set on this process for the save only; Python ignores SIGXFSZ, so the write gets EFBIG)."""
+    import errno
+    import resource
+
+    import sigma.training.checkpoint as C
+
+    state = {"model": {"w": torch.zeros(64 * 1024)}, "opt": {"state": {}, "param_groups": []},
+             "torch_rng": torch.get_rng_state(), "step": 3}
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(OSError) as err:
+            C.save_checkpoint(tmp_path, state)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert err.value.errno == errno.EFBIG and "ulimit -f" in str(err.value) and "64 KiB" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 _KILLED_CHECKPOINT_SAVER = at_first_temp_rename() + """import torch
 from sigma.training.checkpoint import save_checkpoint
 run = Path(sys.argv[1])

@@ -30,6 +30,7 @@ from sigma.folderlock import LOCK_FILE, LockWait, hold_folder, waiting_lock
 from sigma.io.corpora.base import Shard, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.regular import NotRegularFile, open_regular
+from sigma.stdio import closed_stream_named
 from sigma.tempfiles import replace_atomically, sweep_stale_below, sync_folder
 from sigma.text import PATH_SHOWN, cut_long_values, dumps_finite, positive_int_env, shown
 from sigma.text import loads as load_json
@@ -215,6 +216,10 @@ def output_file(path: Path, *, stream: bool = True) -> Iterator[OutputWrite]:
     before any of them: a FIFO that no process read was `out_no_reader` only after DIR had been filled with the
     images of an export that then said it failed."""
     path = Path(path)
+    closed = closed_stream_named(path)
+    if closed:      # `--out /dev/stdout` after `>&-`: written into the /dev/null held there, or (before) over the link
+        raise InputError(f"{path}: the {closed} this sigma was started with is closed, so nothing reads it; give "
+                         "the stream back (e.g. `> FILE` instead of `>&-`) or name a file", code="out_no_reader")
     refuse_folder(path)
     if not (stream and is_stream(path)):
         yield lambda data: replace_atomically(path, data, durable=True)

@@ -132,9 +132,11 @@ class ShardWriter:
 
     def _raise_failure(self) -> None:
         """The writer thread's failure, in the main thread. The machine refusing a write (a full disk, a
-        permission) stays an OSError: the CLI says it in one line (`os_error`) and `--resume` redoes the shards
-        that were not published, once there is room; anything else is a bug, said as one."""
-        if isinstance(self.failure, OSError):
+        permission) stays an OSError, and refusing memory (pyarrow's `malloc of size 256 failed`, an
+        ArrowMemoryError, under `ulimit -v`) a MemoryError: the CLI says either in one line (`os_error`,
+        `out_of_memory`; the MemoryError was a RuntimeError traceback) and `--resume` redoes the shards that were not
+        published, once there is room; anything else is a bug, said as one."""
+        if isinstance(self.failure, OSError | MemoryError):
             raise self.failure
         if self.failure is not None:
             raise RuntimeError(f"the shard writer failed: {self.failure}") from self.failure

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
 from sigma.errors import SigmaError, Stopped
 
 # Each module defines register(subparsers) -> None and run(args) -> int.
@@ -129,8 +130,6 @@ def _interrupted(argv: list[str] | None) -> int:
 def _say(line: str) -> None:
     """A command's last line, on stderr; under torchrun once for all ranks, and in torchrun's report
     (`sigma.cli.elastic`)."""
-    from sigma.cli import elastic
-
     if elastic.record(line):
         print(line, file=sys.stderr)
 
@@ -140,14 +139,16 @@ def _failed(line: str, argv: list[str] | None) -> int:
     torchrun stops the others with SIGTERM (it was killed in its exit: -15). Only for the program itself."""
     _say(line)
     if argv is None:
-        from sigma.cli import elastic
-
         elastic.leaving_quietly()
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     starting = _SigtermWhileStarting(argv)     # first thing: the imports below take seconds
+    if argv is None:
+        from sigma.stdio import hold_closed_streams
+
+        hold_closed_streams()      # before any file is opened: a closed fd 0-2 is never one of the program's files
     _printable_names()
     if argv is None:
         _take_interrupts_once()
@@ -161,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         starting.end()
         return _interrupted(argv)
+    except (MemoryError, ImportError) as exc:      # the sub-commands' imports under a low `ulimit -v`
+        starting.end()
+        if not _out_of_memory(exc):
+            raise
+        return _failed(_out_of_memory(exc), argv)
     if not getattr(args, "run", None):
         starting.end()
         parser.print_help()
@@ -195,6 +201,35 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(error_line("os_error", f"{exc.strerror or exc}{where}"), argv)
     except UnicodeEncodeError as exc:
         return _failed(_unencodable(exc), argv)
+    except (MemoryError, ImportError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        return _failed(_out_of_memory(exc), argv)
+
+
+def _out_of_memory(exc: BaseException) -> str:
+    """The one line for memory the system would not give (a low `ulimit -v` / RLIMIT_AS, a container's limit), or
+    "" for an ImportError that is no such refusal. Both were tracebacks, exit 1: a MemoryError reading an image or
+    importing a module, and a library whose dlopen could not map it (`libtorch_cpu.so: failed to map segment from
+    shared object`; numpy wraps its own in an ImportError of its advice). Made without importing anything: with no
+    memory, the import of the usual line's helpers (`error_line`) failed in its turn."""
+    why = "MemoryError"
+    if isinstance(exc, ImportError):
+        seen: BaseException | None = exc
+        while seen is not None and not any(sign in str(seen).lower() for sign in _NO_MEMORY_TO_LOAD):
+            seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            return ""
+        # the line that says it (numpy's ImportError is a page of advice ending "Original error was: ...")
+        said = next(line for line in str(seen).splitlines() if any(sign in line.lower() for sign in _NO_MEMORY_TO_LOAD))
+        why = f"loading a library: {' '.join(said.split())[:300]}"
+    error = SigmaError(f"the system gave no more memory ({why}); raise the limit (`ulimit -v`, the container's "
+                       "memory) or ask for less (--batch-size, --workers, --procs, smaller images)",
+                       code="out_of_memory")
+    return f"sigma: error [{error.code}]: {error.message}"
+
+
+_NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
 
 
 def _unencodable(exc: UnicodeEncodeError) -> str:

@@ -23,14 +23,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def prepare(name: str) -> int:
     import time
+    import warnings
 
+    from sigma.errors import SigmaError
     from sigma.registry import annotator_config_cls, create_annotator
+    from sigma.runtime import FALLBACK
 
     cls = annotator_config_cls(name)
     options = {"build_graph": True} if cls is not None and "build_graph" in cls.model_fields else {}
     start = time.perf_counter()
-    annotator = create_annotator(name, **options)
+    with warnings.catch_warnings():      # said once below, as the error, when it is one
+        warnings.filterwarnings("ignore", "sigma: .* runs on torch instead of ONNX Runtime", RuntimeWarning)
+        annotator = create_annotator(name, **options)
     runtime = annotator.describe().get("runtime", {"runtime": "torch", "reason": "no runtime choice"})
+    reason = str(runtime.get("reason", ""))
+    if reason.startswith(FALLBACK):
+        # its one job not done (a read-only or full cache, a model that does not export): it said "ready" and exited
+        # 0, and a `sigma models --prepare && ...` (an image build) went on with no graph, every later start exporting
+        raise SigmaError(f"{name}: its ONNX Runtime graph was not built: {reason.removeprefix(FALLBACK)}",
+                         code="graph_unavailable")
     print(f"{name}: ready in {time.perf_counter() - start:.1f} s; runs on {runtime.get('runtime')} "
           f"({runtime.get('reason', '')}){'; graph ' + str(runtime['graph']) if runtime.get('graph') else ''}")
     return 0

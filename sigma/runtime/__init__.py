@@ -23,6 +23,9 @@ from sigma.errors import ConfigError
 
 Runtime = Literal["auto", "torch", "onnxruntime"]
 EXTRA = "sigma-masks[onnx]"
+#: how a runner's `reason` starts when ONNX Runtime was chosen but its graph could not be had (`sigma models --prepare`
+#: then fails)
+FALLBACK = "fallback: "
 
 
 class MissingRuntimeError(ConfigError):
@@ -99,7 +102,7 @@ def build_runner(model, options: RuntimeOptions, *, device, use_bf16: bool, trai
             "SIGMA_CACHE_DIR to a writable folder")
         warnings.warn(f"sigma: {label} runs on torch instead of ONNX Runtime: {why}", RuntimeWarning,
                       stacklevel=2)
-        return TorchRunner(model, device, use_bf16, channels_last, reason=f"fallback: {why}")
+        return TorchRunner(model, device, use_bf16, channels_last, reason=f"{FALLBACK}{why}")
     info: dict[str, Any] = {"graph": str(graph.path), "max_abs_diff": graph.manifest.get("max_abs_diff"),
                             "cached": not graph.built, "threads": options.cpu_threads or "onnxruntime default",
                             "reason": choice.reason}
@@ -107,5 +110,5 @@ def build_runner(model, options: RuntimeOptions, *, device, use_bf16: bool, trai
                      info)
 
 
-__all__ = ["Choice", "MissingRuntimeError", "RuntimeOptions", "build_runner", "choose_runtime",
+__all__ = ["FALLBACK", "Choice", "MissingRuntimeError", "RuntimeOptions", "build_runner", "choose_runtime",
            "onnxruntime_installed"]

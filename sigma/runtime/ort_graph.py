@@ -293,6 +293,12 @@ def _build(model, label, shapes, fields, key, graph, manifest_path, failed, thre
         except GraphUnavailable as exc:
             _record_failure(failed, key, str(exc))
             raise
+        except OSError:
+            # the disk said no while the graph was written (full, a quota, `ulimit -f`, read-only, EIO): a fault of
+            # the cache, not of the model. Recorded as "does not export", every later process ran torch until
+            # someone deleted the marker, space long back; unrecorded, `build_runner` says the cache is not usable
+            # and the next process exports again
+            raise
         except Exception as exc:  # any exporter/runtime failure means: run torch
             msg = f"{label} does not export to ONNX ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"
             _record_failure(failed, key, msg)

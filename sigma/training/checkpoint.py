@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import resource
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -61,9 +62,15 @@ def sweep_checkpoint_temps(run_dir: Path) -> list[Path]:
 
 
 def _write_failed(run_dir: Path, target: Path, exc: RuntimeError) -> OSError:
-    """The OSError a failed torch.save is (its zip writer says "unexpected pos ..." on a full disk, no errno)."""
+    """The OSError a failed torch.save is (its zip writer says "unexpected pos ..." on a full disk, no errno). Under a
+    file size limit (`ulimit -f`, RLIMIT_FSIZE) the same RuntimeError came as "the write failed, 78294104 KiB free":
+    the limit, the likely cause with that much room, is said (EFBIG)."""
     free = shutil.disk_usage(run_dir).free
     full = free < 64 * 1024 * 1024
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if not full and limit != resource.RLIM_INFINITY:
+        return OSError(errno.EFBIG, f"{target}: cannot write the checkpoint (the write failed; files are limited to "
+                                    f"{limit // 1024} KiB here: `ulimit -f` / RLIMIT_FSIZE; {first_line(exc, 120)})")
     cause = "no space left on the device" if full else "the write failed"
     return OSError(errno.ENOSPC if full else errno.EIO,
                    f"{target}: cannot write the checkpoint ({cause}, {free // 1024} KiB free; "

@@ -1,0 +1,79 @@
+"""The program's standard streams when its caller closed them (`>&-`, `2>&-`, `<&-`, a supervisor that starts it
+with no fd 0-2).
+
+Python then sets `sys.stdout` / `sys.stderr` / `sys.stdin` to None and leaves the descriptor number free, and both
+hurt:
+- `sys.stderr` None: the progress bar's `sys.stderr.isatty()` was an AttributeError that nothing showed (its
+  traceback had nowhere to go): `sigma eval`, `sigma batch run` and `sigma synth` with `2>&-` ended with status 1,
+  silent, having done nothing; and `print(..., file=sys.stderr)` with a None file writes to *stdout*, so warnings and
+  error lines landed in the command's product (`sigma eval ... 2>&- > table.txt`).
+- the free number: the next file the program opened took it (a run's `.lock`, a shard being read, a temporary
+  file), so `--out /dev/stdout` (→ `/proc/self/fd/1`) named one of the program's own files, or nothing: the export
+  then wrote its JSON beside `/dev/stdout` and renamed it over the link (as root: `/dev/stdout` became a regular
+  file for every later program in the container). Native code writing to fd 1 or 2, and children inheriting them,
+  wrote into that file.
+
+`hold_closed_streams` (the CLI's first step, for the program itself only) opens /dev/null on each closed descriptor,
+so no file of the program ever takes 0-2, and gives the program's `sys.stdout` / `sys.stderr` a writer there
+(nothing said is shown, as Python does for a closed stream, and nothing crashes on None). `sys.stdin` stays None
+(`sigma annotate -` says `no_pairs`). An output that names a closed stream (`--out /dev/stdout` after `>&-`) is
+refused by the writers (`closed_stream_named`): nothing would read it."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sys
+
+#: the standard descriptors that were closed when the program started (set by `hold_closed_streams`)
+CLOSED: set[int] = set()
+
+_NAMES = {0: "standard input", 1: "standard output", 2: "standard error"}
+
+
+def hold_closed_streams() -> frozenset[int]:
+    """/dev/null opened on each of fd 0, 1, 2 that is closed (inheritable: children get it too), and a writer on it
+    for a None `sys.stdout` / `sys.stderr`. Returns the descriptors it held (also kept in `CLOSED`)."""
+    held = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                continue
+        opened = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if opened != fd:          # the lowest free number is fd itself (the ones below are open): a guard only
+            os.dup2(opened, fd)
+            os.close(opened)
+        os.set_inheritable(fd, True)
+        held.add(fd)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if fd in held and getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))  # noqa: SIM115
+    CLOSED.update(held)
+    return frozenset(held)
+
+
+_OWN_FDS = re.compile(r"/proc/(\d+)(?:/task/\d+)?/fd")
+
+
+def closed_stream_named(path: str | os.PathLike[str]) -> str | None:
+    """"standard output" (or input, error) when `path` leads, through links, to a standard descriptor of this
+    program that was closed when it started (`/dev/stdout`, `/dev/fd/1`, `/proc/self/fd/1`, a link of the user's to
+    one of them), else None. The links are read one by one: following them whole (`realpath`) would end at the
+    /dev/null held in its place."""
+    if not CLOSED:
+        return None
+    current = os.path.abspath(os.fspath(path))
+    for _ in range(40):                              # a loop of links: no standard stream
+        folder, name = os.path.split(current)
+        folder = os.path.realpath(folder)
+        own = _OWN_FDS.fullmatch(folder)
+        if own and int(own.group(1)) == os.getpid() and name.isdigit():
+            return _NAMES.get(int(name)) if int(name) in CLOSED else None
+        here = os.path.join(folder, name)
+        if not os.path.islink(here):
+            return None
+        current = os.path.normpath(os.path.join(folder, os.readlink(here)))
+    return None

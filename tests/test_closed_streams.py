@@ -1,0 +1,53 @@
+"""`sigma` started with a standard stream closed (`>&-`, `2>&-`): the work is done or refused in one line, never
+a silent status 1, never words in the wrong stream, never a file of the program's standing in for the stream."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+
+def _sigma(*args: str, close: int) -> subprocess.CompletedProcess:
+    """The real command with descriptor `close` closed, as the shell's `N>&-` leaves it (closed after the pipes are
+    put in place: the other stream is still read)."""
+    return subprocess.run([sys.executable, "-m", "sigma", *args], preexec_fn=lambda: os.close(close),
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_a_closed_stderr_neither_stops_a_command_nor_sends_its_words_to_stdout(tmp_path):
+    """`sigma eval ... 2>&-` (and `batch run`, `synth`: every command with a progress bar) ended with status 1 having
+    done nothing: `sys.stderr.isatty()` on None, whose traceback had nowhere to go. And a warning printed to a None
+    stderr goes to stdout: the table a user kept (`> table.txt`) began with `sigma: warning: ...`."""
+    data = tmp_path / "set"
+    write_pairs_jsonl(data, synthetic_pairs(3, size=48))
+    out = tmp_path / "eval"
+    argv = ("eval", "--data", str(data), "--annotator", "pixel-diff", "--perturb", "none", "--out", str(out))
+    first = _sigma(*argv, close=2)
+    assert first.returncode == 0 and (out / "metrics.json").is_file()
+    again = _sigma(*argv, close=2)       # a second eval into the same --out warns that it replaces the first
+    assert again.returncode == 0 and "warning" not in again.stdout and "sigma:" not in again.stdout
+    assert "== perturbation: none ==" in again.stdout
+    run = tmp_path / "run"
+    batch = _sigma("batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", close=2)
+    assert batch.returncode == 0
+    assert json.loads(subprocess.run([sys.executable, "-m", "sigma", "batch", "status", str(run), "--json"],
+                                     capture_output=True, text=True, timeout=120, check=True).stdout)["done"] == 1
+
+
+def test_an_output_named_after_a_closed_stdout_is_refused_and_the_name_kept(tmp_path):
+    """`sigma parse --out /dev/stdout >&-` (and `export coco`, `report`): fd 1 closed, `/dev/stdout` led to nothing
+    or to a file the program had open, so it was no stream; the write went to a temporary file beside the name and
+    was renamed over it — as root, the `/dev/stdout` link of the container itself became a regular file. Here a
+    link of the user's to `/proc/self/fd/1` stands for `/dev/stdout` (the same path, no system file at stake)."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("remove the boat\n")
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    proc = _sigma("parse", "--file", str(lines), "--out", str(link), close=1)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "[out_no_reader]" in proc.stderr and "standard output" in proc.stderr
+    assert link.is_symlink() and os.readlink(link) == "/proc/self/fd/1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.txt", "stdout"]
