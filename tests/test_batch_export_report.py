@@ -1359,3 +1359,30 @@ def test_review_page_filters_run_in_chromium_whatever_the_corpus_path(tmp_path, 
                          capture_output=True, timeout=90, text=True, check=True).stdout
     assert "2 of 2 shown" in dom                # the filter script ran
     capsys.readouterr()
+
+
+def test_an_export_of_an_unfinished_run_says_so_and_the_card_tells_the_dataset_is_partial(run_dir, tmp_path, capsys):
+    """An export of a run whose shards are not all done (a `sigma batch run` still running beside it, or killed and
+    never resumed) wrote the finished shards alone, exit 0, without a word, and the dataset card counted the pairs
+    annotated as if they were the corpus: a dataset of half the corpus passed for the whole. Now every export (and
+    the review page) says on stderr how many shards are missing, and the card says the run was not finished; an
+    export of a finished run says nothing of it."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    statuses = sorted((run / "status").glob("*.json"))
+    assert len(statuses) == 4
+    for fmt, args in (("coco", ["--out", str(tmp_path / "whole.json")]), ("hf", [str(tmp_path / "whole_hf")])):
+        assert main(["export", fmt, str(run), *args]) == 0
+        assert "not done" not in capsys.readouterr().err
+    assert "not finished" not in (tmp_path / "whole_hf" / "README.md").read_text()
+    statuses[1].unlink()                          # that shard's status gone: pending, as a kill before it leaves it
+    for fmt, args in (("coco", ["--out", str(tmp_path / "part.json")]),
+                      ("imdl-benco", ["--out", str(tmp_path / "benco")]), ("hf", [str(tmp_path / "part_hf")])):
+        assert main(["export", fmt, str(run), *args]) == 0, fmt
+        err = capsys.readouterr().err
+        assert f"{run}: 1 of the run's 4 shards are not done" in err and "3 finished ones only" in err, (fmt, err)
+        assert "--resume" in err
+    card = (tmp_path / "part_hf" / "README.md").read_text()
+    assert "The run was not finished when this was exported**: 1 of its 4 shards (of 12 planned pairs in all)" in card
+    assert len(json.loads((tmp_path / "part.json").read_text())["images"]) < len(
+        json.loads((tmp_path / "whole.json").read_text())["images"])

@@ -246,6 +246,32 @@ def test_truncated_graph_is_rebuilt(micro, onnx_stack, caplog):
     assert np.abs(onnx_stack.run_session(session, *(t.numpy() for t in x)) - _logits(model, x)).max() <= 1e-4
 
 
+def test_a_rebuild_sweeps_what_killed_builders_of_its_entry_left(micro, onnx_stack):
+    """A `sigma batch run` killed while it exported sigma-lite's graph (SIGKILL, the OOM killer) left
+    `.NAME.onnx.PID.RANDOM.tmp` in the cache folder, up to the graph's size, and nothing ever swept that folder:
+    one such file per kill, for good. The next builder of the entry (under its lock) now removes those of dead
+    writers; a live process's file, and another entry's, stay."""
+    model, root, _, graph = micro
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(dead.stdout)
+    manifest = graph.path.with_suffix(".json")
+    killed = [graph.path.with_name(f".{graph.path.name}.{dead_pid}.0a1b2c3d.tmp"),
+              manifest.with_name(f".{manifest.name}.{dead_pid}.0a1b2c3e.tmp")]
+    kept = [graph.path.with_name(f".{graph.path.name}.{os.getpid()}.0a1b2c3f.tmp"),
+            graph.path.with_name(f".micro-other.onnx.{dead_pid}.0a1b2c40.tmp")]
+    for path in killed + kept:
+        path.write_bytes(b"half a graph")
+    data = graph.path.read_bytes()
+    graph.path.write_bytes(data[: len(data) // 2])         # the entry needs building again
+    _session, rebuilt = onnx_stack.ensure_graph(model, "micro", (64, 64), 1, root=root)
+    assert rebuilt.built
+    assert not any(path.exists() for path in killed)
+    assert all(path.exists() for path in kept)
+    for path in kept:
+        path.unlink()
+
+
 def test_new_weights_build_a_new_entry_once_with_two_concurrent_builders(micro, onnx_stack, monkeypatch):
     model, root, _, graph = micro
     changed = copy.deepcopy(model)

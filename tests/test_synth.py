@@ -220,3 +220,40 @@ def test_training_photos_go_through_the_one_decoder(photos, tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "pairs"), "-n", "4", "--photos", str(bank), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "1 file(s) in the photo folder are not readable images" in err and "bomb.png" in err
+
+
+@pytest.mark.parametrize("at", ["_edited.png", "_mask.png", "synth_config.yaml"])
+def test_a_rewrite_killed_part_way_never_lists_a_pair_it_did_not_write_whole(photos, tmp_path, at):
+    """`sigma synth --out OUT` again over a finished set (same seed, another crop) replaced the PNGs pair by pair
+    under the earlier pairs.jsonl: SIGKILLed between a pair's original and its edited image, OUT listed that pair
+    with the new original beside the earlier edited image and mask (and records that no longer described the
+    images), silently. Killed after the new pairs.jsonl, before synth_config.yaml, OUT described the new pairs with
+    the earlier config. Now the earlier listing and config go before the first PNG is replaced, and pairs.jsonl is
+    written last: a killed rewrite lists nothing (and is no set for `sigma eval`), and its rerun finishes it."""
+    import subprocess
+    import sys
+
+    from killers import at_first_temp_rename
+
+    def args(crop: int) -> list[str]:
+        return ["synth", "--out", str(out), "-n", "2", "--seed", "0", "--photos", str(photos), "--no-progress",
+                f"crop={crop}"]
+
+    out, clean = tmp_path / "set", tmp_path / "clean"
+    assert main(args(48)) == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    killer = at_first_temp_rename(containing=at) + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+    proc = subprocess.run([sys.executable, "-c", killer, *args(64)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    if (out / "pairs.jsonl").exists():              # whatever it lists is one command's, record and files
+        listing = (out / "pairs.jsonl").read_bytes()
+        assert listing == earlier["pairs.jsonl"], "a listing the killed rewrite never finished"
+        for record in map(json.loads, listing.decode().splitlines()):
+            for key in ("original", "edited", "mask"):
+                assert (out / record[key]).read_bytes() == earlier[record[key]], (record["id"], key)
+        assert (out / "synth_config.yaml").read_bytes() == earlier["synth_config.yaml"]
+    assert main(args(64)) == 0                      # the rerun finishes the rewrite: exactly a fresh set's files
+    out, final = clean, out
+    assert main(args(64)) == 0
+    fresh = {p.name: p.read_bytes() for p in clean.iterdir() if p.name != ".lock"}
+    assert {p.name: p.read_bytes() for p in final.iterdir() if p.name != ".lock"} == fresh

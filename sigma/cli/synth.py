@@ -109,10 +109,29 @@ def _refuse_other_modes_flags(args: argparse.Namespace) -> None:
                       "pairs from the photos, or from a cache built with them (--cache DIR)")
 
 
+def _withdraw_earlier_set(out: Path) -> None:
+    """An earlier set's pairs.jsonl and synth_config.yaml in `out`, removed (the removal synced) before this run
+    replaces the first PNG they may name. A rewrite (same --seed, another crop or photo folder) replaces the PNGs
+    pair by pair under the same names: killed part way, OUT listed pairs whose original was the new run's and
+    whose edited image, mask and record were the earlier's, silently. With the listing gone first, a killed rewrite
+    lists nothing until its rerun finishes (pairs.jsonl is written last: `_commit_pairs`)."""
+    from sigma.tempfiles import sync_folder
+
+    withdrawn = False
+    for name in ("pairs.jsonl", "synth_config.yaml"):
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            continue
+        withdrawn = True
+    if withdrawn:
+        sync_folder(out)
+
+
 def _commit_pairs(out: Path, lines: list[str]) -> None:
     """pairs.jsonl, the file that names the pairs, put down once they are on disk: every PNG was fsynced before its
     rename (`write_synth_pair(durable=True)`), `out` is fsynced here (their names), then pairs.jsonl is written
-    fsynced and renamed; `run` fsyncs `out` once more after synth_config.yaml, for both names. Before, nothing was
+    fsynced and renamed (synth_config.yaml before it); `run` fsyncs `out` once more after it. Before, nothing was
     synced: a power cut after "N pairs in ..." could leave a pairs.jsonl naming PNGs empty, cut short or missing, or
     no pairs.jsonl at all."""
     from sigma.tempfiles import replace_atomically, sync_folder
@@ -187,11 +206,15 @@ def run(args: argparse.Namespace) -> int:
         for i in tqdm(range(n), desc="sigma synth", unit="pair", file=sys.stderr, disable=bool(args.no_progress),
                       dynamic_ncols=True):
             s = engine.sample(i)
+            if not i:                 # the first pair made: a run that cannot make one leaves the earlier set be
+                _withdraw_earlier_set(out)
             lines.append(write_synth_pair(s, out, f"synth{args.seed}_{i:05d}", _KIND_EDITOR[s.kind],
                                           f"sigma synth seed={args.seed} index={i}", instruction_fields=True,
                                           durable=True))
-        _commit_pairs(out, lines)
+        # the config before the listing: killed between them, OUT lists nothing rather than new pairs beside an
+        # earlier run's config
         save_resolved(cfg, out, "synth_config.yaml", durable=True)
+        _commit_pairs(out, lines)
         sync_folder(out)              # pairs.jsonl's and synth_config.yaml's names, before "done"
     print(f"{n} pairs in {out}/pairs.jsonl")
     return 0

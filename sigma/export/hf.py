@@ -345,6 +345,13 @@ def dataset_card(info: dict[str, Any]) -> str:
                          "splits": [{"name": SPLIT, "num_examples": info["rows"]}]},
     }
     filters = ", ".join(f"{k} = {v}" for k, v in info["filters"].items() if v is not None) or "none"
+    # an export of a run not finished (still running, killed, shards failed) covers part of the corpus: said here,
+    # where the dataset goes (the card counted the pairs annotated as if they were all)
+    unfinished = (f"\n- **The run was not finished when this was exported**: {info['unfinished']} of its "
+                  f"{info['shards']} shards"
+                  + (f" (of {info['planned_pairs']} planned pairs in all)" if info.get("planned_pairs") else "")
+                  + " are not in this dataset."
+                  if info.get("unfinished") else "")
     table = "\n".join(f"| `{n}` | {d} |" for n, _, _, d in COLUMNS)
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).rstrip()}
@@ -360,7 +367,7 @@ made by SIGMA (`sigma batch run`, package `sigma-masks`) and exported with `sigm
 - Annotator: **{info["annotator"]}** (config hash `{info["config_hash"]}`), weights sha256
   `{info["weights_sha256"] or "none"}` ({info["weights_source"]}); threshold {info["threshold"]}.
 - Batch run `{info["run_hash"]}`: {info["run_pairs"]} pairs annotated, {info["run_errors"]} bad pairs
-  (unreadable images, mismatched sizes, ...) left out.
+  (unreadable images, mismatched sizes, ...) left out.{unfinished}
 - Export filters: {filters}; {info["rows"]} pairs kept, {info["skipped"]} skipped
   (no such mask, or images that could not be re-read).
 - The mask (255 = edited, at the original's size, also as COCO RLE in `mask_rle`) is {info["mask"]}. Both
@@ -502,6 +509,9 @@ def _card_info(run: CheckedRun, name: str | None, first: dict[str, Any], digest:
             "config_hash": first.get("config_hash") or "n/a", "weights_sha256": weights,
             "weights_source": weights_source, "threshold": first.get("threshold", cfg.get("threshold")),
             "run_hash": record["run_hash"], "run_pairs": status["ok"], "run_errors": status["errors"],
+            # the shards this export read (the run may have finished more since, if it runs beside it)
+            "unfinished": len(record["shards"]) - len(run.outputs()), "shards": len(record["shards"]),
+            "planned_pairs": status["planned_pairs"],
             "rows": rows, "skipped": len(skipped),
             "mask": {"chosen": "the one the run's mask_mode chose (`mask_source` says which)",
                      "semantic": "the semantic mask", "footprint": "the synthesised footprint"}[mask],

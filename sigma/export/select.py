@@ -264,10 +264,24 @@ def checked_before_writing(run: str | Path | CheckedRun, corpus: bool = True) ->
     finished shard file to the run and (`corpus`: it reads the pairs again) the corpus, opened once. Any of them
     refused is run_modified with nothing written."""
     run = checked_run(run)
-    run.outputs()
+    warn_unfinished(run)
     if corpus:
         run.corpus()
     return run
+
+
+def warn_unfinished(run: CheckedRun) -> None:
+    """One stderr line when some of the run's shards are not done (the run still running, killed, or given up on):
+    an export of such a run holds the finished shards alone, and it said nothing (exit 0, a dataset card counting
+    only the pairs annotated), so an export made beside a running `sigma batch run`, or of a run killed and never
+    resumed, passed for the whole corpus. No line when none is done: the export is refused then (`no_results`)."""
+    planned, done = len(run.record["shards"]), len(run.outputs())
+    if done and done < planned:
+        root = run.rundir.root
+        print(f"sigma: warning: {root}: {planned - done} of the run's {planned} shards are not done (the run is "
+              f"still running, was interrupted, or failed them: `sigma batch status {root}`); what is written holds "
+              f"the {done} finished ones only. Finish the run (`sigma batch run ... --resume`) and run this again "
+              "for all of them", file=sys.stderr)
 
 
 def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None

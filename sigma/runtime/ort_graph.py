@@ -39,7 +39,7 @@ from sigma.runtime.cache import (
     read_manifest,
     temp_path_beside,
 )
-from sigma.tempfiles import replace_atomically
+from sigma.tempfiles import replace_atomically, sweep_dead_writers_of
 
 log = logging.getLogger("sigma.runtime")
 
@@ -243,6 +243,11 @@ def ensure_graph(model: nn.Module, label: str, working: tuple[int, int] | None, 
         loaded = _load_valid(model, shapes, graph, manifest_path, key, threads)   # another process may have built it
         if loaded:
             return loaded
+        # what builders of this entry killed mid-write (SIGKILL, the OOM killer) left: nothing swept the cache
+        # folder, so each kill during an export kept its temporary graph (up to the graph's size) for good. Only
+        # this entry's names, only writers whose pid is no live process here (a live builder of another process
+        # waits on this lock or writes another entry)
+        sweep_dead_writers_of(graph.parent, names={graph.name, manifest_path.name, failed.name})
         return _build(model, label, shapes, fields, key, graph, manifest_path, failed, threads)
 
 
