@@ -127,7 +127,12 @@ class SnapshotCollector:
                     gpu.add_metric([name], mem)
         if self.s.get("complete"):       # a partial count (reads cut by the deadline) is left out
             alive = collections.Counter(w.get("annotator", "?") for _, w in self.s["heartbeats"].values())
-            for name, n in alive.items():
+            # Every served annotator has a sample, 0 when none of its workers is alive: the series of one whose last
+            # worker died (killed, stopped, its heartbeat expired) vanished instead of reading 0, so an alert on
+            # `sigma_workers_alive == 0` never fired, while /readyz said 0 for it.
+            for name in self.s.get("annotators", ()):
+                alive[name] += 0
+            for name, n in sorted(alive.items()):
                 workers.add_metric([name], n)
         yield workers
         yield gpu

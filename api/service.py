@@ -267,7 +267,7 @@ class Service:
         True once Redis answered, False when it could not be asked (a timeout, no connection, nothing back before
         the deadline). A key of the wrong type costs only its own series (`sigma.api.metrics`)."""
         snap: dict[str, Any] = {"redis_up": False, "complete": False, "queues": {}, "heartbeats": {},
-                                "worker_metrics": {}}
+                                "worker_metrics": {}, "annotators": list(self.cfg.api.annotators)}
         with anyio.move_on_after(self.cfg.api.metrics_timeout_s) as scope:
             try:
                 await self._read_queues(snap)

@@ -140,6 +140,25 @@ def test_keys_of_the_wrong_type_do_not_make_redis_look_down(svc, redis_server):
         r.delete(keys.metrics("slow-diff"), keys.worker("zz-not-a-heartbeat"))
 
 
+def test_an_annotator_whose_last_worker_died_reads_zero_workers(svc):
+    """The one worker of a served annotator killed (SIGKILL; its heartbeat expires by its TTL): its
+    `sigma_workers_alive` series vanished from the scrape instead of reading 0, so an alert on `== 0` never fired
+    (Prometheus marks a missing series stale, it has no value to compare), while /readyz said 0 for it."""
+    def alive(text: str, annotator: str) -> list[str]:
+        return [line.rsplit(" ", 1)[1] for line in samples(text, "sigma_workers_alive")
+                if f'annotator="{annotator}"' in line]
+
+    worker = svc.start_worker("slow-diff")
+    assert alive(scrape(svc), "slow-diff") == ["1.0"]
+    worker.kill9()
+    wait_until(lambda: svc.http.get("/readyz").json()["checks"]["workers"]["by_annotator"]["slow-diff"] == 0,
+               10, "the killed worker's heartbeat to expire")
+    text = scrape(svc)
+    assert alive(text, "slow-diff") == ["0.0"], samples(text, "sigma_workers_alive")
+    assert alive(text, "poison-diff") == ["0.0"]         # served, never had a worker
+    assert alive(text, "pixel-diff") == ["1.0"]
+
+
 def test_health_routes_answer_while_redis_is_frozen(redis_server, tmp_path):
     """Redis stopped (SIGSTOP) with a dozen heartbeats to scan: /healthz answers at once (it needs no Redis),
     /metrics within one socket timeout with `sigma_redis_up 0`, /readyz a 503 that says why."""
