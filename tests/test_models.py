@@ -1138,21 +1138,27 @@ def test_dinov2_with_registers_variant():
     assert torch.equal(feats[-1].flatten(2).transpose(1, 2), hidden[4][:, 5:])
 
 
-def test_a_model_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_a_model_that_cannot_be_written_leaves_no_partial_file(tmp_path):
     """safetensors' own error type on a full disk ('No space left on device (os error 28)') was a traceback
-    and left model.safetensors.tmp holding the space: now an OSError (the CLI's os_error line), no tmp file."""
-    import safetensors.torch
+    and left model.safetensors.tmp holding the space: now an OSError (the CLI's os_error line), no tmp file. A real
+    failed write (a file-size limit: the write fails EFBIG past 64 KiB, as it fails ENOSPC on a full disk), since the
+    weights are streamed by sigma itself (`sigma.models.weightfile`)."""
+    import subprocess
+    import sys
 
-    from sigma.models import build_model, preset_config, save_model
-
-    def full_disk(state, path, metadata=None):
-        Path(path).write_bytes(b"x" * 100)
-        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
-    with pytest.raises(OSError) as err:
-        save_model(build_model(preset_config("sigma-lite"), pretrained=False), tmp_path / "m")
-    assert "No space left" in str(err.value)
+    child = """import errno, resource, sys
+from pathlib import Path
+from sigma.models import build_model, preset_config, save_model
+net = build_model(preset_config("sigma-lite"), pretrained=False)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    save_model(net, Path(sys.argv[1]))
+except OSError as exc:
+    print(type(exc).__name__, exc.errno == errno.EFBIG, exc)
+"""
+    done = subprocess.run([sys.executable, "-c", child, str(tmp_path / "m")], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("OSError True"), done.stdout + done.stderr
     assert list((tmp_path / "m").iterdir()) == []
 
 
@@ -1187,3 +1193,25 @@ def test_a_model_lock_wait_in_the_environment_past_30_days_or_no_number_is_refus
         refused_wait(annotate(value), "SIGMA_MODEL_LOCK_WAIT_S", value)
     missing = annotate("2592000")                                  # the bound itself is taken: the load goes on
     assert missing.returncode == 2 and "[weights_not_found]" in missing.stderr, missing.stderr[-2000:]
+
+
+def test_saved_weights_are_the_bytes_safetensors_writes(tmp_path):
+    """`save_model` streams the weights itself (`sigma.models.weightfile`: safetensors' own writer left a temporary
+    file of its own behind when killed); the file is still byte for byte what `safetensors.torch.save_file` writes,
+    for every dtype a model holds, an empty and a 0-d tensor and a name outside ASCII."""
+    from safetensors.torch import save_file
+
+    from sigma.models.weightfile import write_safetensors
+
+    net = build_model("tiny-lite")
+    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    odd = {"é": torch.zeros(()), "b": torch.zeros(0), "c": torch.arange(5, dtype=torch.int8),
+           "d": torch.ones(3, dtype=torch.bool), "e": torch.ones(2, dtype=torch.bfloat16),
+           "f": torch.ones(2, dtype=torch.int16), "g": torch.ones(1, dtype=torch.float64),
+           "h": torch.ones(1, dtype=torch.int32), "i": torch.ones(1, dtype=torch.uint8),
+           "j": torch.ones(2, 2, dtype=torch.float16)}
+    for each in (state, {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, odd):
+        save_file(each, str(tmp_path / "theirs"), metadata={"format": "sigma-net"})
+        write_safetensors(each, tmp_path / "ours", metadata={"format": "sigma-net"})
+        assert (tmp_path / "ours").read_bytes() == (tmp_path / "theirs").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "theirs"]

@@ -1377,3 +1377,84 @@ def test_a_val_dir_holding_a_set_already_is_said_so_when_written_again(tmp_path)
     with pytest.raises(ConfigError, match="holds a validation set already"):
         refuse_foreign_val_dir(tmp_path)
     assert (tmp_path / "pairs.jsonl").read_text() == "{}\n"
+
+
+# `python -c` prelude: once the first checkpoint is renamed into place, the process may write no file past 64 KiB, and
+# SIGXFSZ (Python ignores it) kills it: the next large write — model/'s weights — dies half-written, as a run killed
+# by the OOM killer or a scheduler while it saved model/ does
+_KILLED_IN_MODEL_SAVE = """import os, resource, signal, sys
+from pathlib import Path
+def _hook(event, args):
+    if event == "os.rename" and Path(args[1]).name == "checkpoint.pt":
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.addaudithook(_hook)
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_while_it_writes_model_leaves_no_file_that_the_resume_keeps(photos, tmp_path):
+    """safetensors (0.7 and later) writes a file through a temporary file of its own beside it (`.tmpXXXXXX`, Rust's
+    tempfile crate) that it renames at the end: `sigma train` killed while it saved `model/` (every checkpoint) or
+    `final/` left that file, a whole weights file's size, in the folder for good — no sweep knows that name, and
+    every resume and save went on beside it. The weights are now streamed into sigma's own temporary name
+    (`temp_name`), which the next save of that folder removes once its writer is dead."""
+    runs = tmp_path / "runs"
+    run = runs / "x"
+    args = ["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=x", "steps=4", "batch_size=2",
+            "eval.val_size=0"]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_IN_MODEL_SAVE, *args], capture_output=True, text=True,
+                            timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr
+    left = sorted(p.name for p in (run / "model").iterdir())
+    assert [name for name in left if name.endswith(("tmp",)) or name.startswith(".tmp")], left   # died mid-write
+    assert main(["train", "--resume", str(run)]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+    for folder in ("model", "final"):
+        assert sorted(p.name for p in (run / folder).iterdir()) == ["config.json", "model.safetensors"], folder
+
+
+# `python -c` prelude: SIGKILL at the first rename or link after the run's top-level best.json was renamed into place
+# (best/ and best.json written whole): the next checkpoint's keeping of the one before it
+_KILLED_AFTER_BEST = """import os, signal, sys
+from pathlib import Path
+_best = []
+def _hook(event, args):
+    if event in ("os.rename", "os.link") and _best:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if event == "os.rename" and Path(args[1]).name == "best.json" and Path(args[1]).parent.name == "x":
+        _best.append(1)
+sys.addaudithook(_hook)
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _val_rows(run: Path) -> list[tuple[int, float, bool]]:
+    return [(r["step"], r["synthetic"]["f1"], bool(r.get("best"))) for r in
+            (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) if r["event"] == "val"]
+
+
+def test_a_best_saved_after_the_last_checkpoint_is_decided_again_by_the_steps_the_resume_reruns(photos, tmp_path):
+    """Killed after a validation wrote best/ (step 4) but before the next checkpoint (step 6), a run resumed from
+    step 3: the resume dropped that validation's row (the steps past the checkpoint run again) but kept best/ and
+    best.json from it. Its own step-4 validation then tied the record and was not marked best: no row said which
+    step best/ came from, and where the steps re-run differ (another `--resume` override, CUDA's non-deterministic
+    kernels) best/ kept weights of steps the run no longer had, their score the one to beat. Now a best from past
+    the checkpoint goes with the rows: the resume's own validations decide it, as in the uninterrupted run."""
+    runs = tmp_path / "runs"
+    common = [STAGE1, f"data.photos={photos}", f"out_dir={runs}", "steps=7", "batch_size=2", "ckpt_every=3",
+              "eval.every=4", "eval.val_size=8", "eval.at_start=false"]
+    assert main(["train", *common, "name=ref"]) == 0
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_BEST, "train", *common, "name=x"],
+                            capture_output=True, text=True, timeout=120, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = runs / "x"
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert json.loads((run / "best.json").read_text())["step"] == 4
+    assert main(["train", "--resume", str(run)]) == 0
+    assert _val_rows(run) == _val_rows(runs / "ref") and _val_rows(run)[0][2]
+    assert json.loads((run / "best.json").read_text()) == json.loads((runs / "ref" / "best.json").read_text())
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (runs / "ref").iterdir())

@@ -18,6 +18,7 @@ from sigma.models.config import Dinov2BackboneConfig, SigmaNetConfig
 from sigma.models.presets import PRESETS
 from sigma.models.sigma_net import SigmaNet
 from sigma.models.size import check_model_size
+from sigma.models.weightfile import write_safetensors
 from sigma.models.weights import (
     WeightsUnreadableError,
     check_state,
@@ -111,8 +112,6 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
     `dtype` (e.g. torch.float16) stores the floating-point tensors in that
     precision (the embedded sigma-lite: half the bytes; BatchNorm statistics stay fp32); `load_model` casts
     them back to the model's."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     cfg_path, weights_path = model_files(path) if path.suffix == ".safetensors" else \
         (path / CONFIG_NAME, path / WEIGHTS_NAME)
@@ -129,8 +128,10 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
     if dtype is not None:
         meta["stored_dtype"] = str(dtype).removeprefix("torch.")
 
-    def write_weights(tmp: Path) -> None:          # streamed by safetensors: no second copy of the weights in memory
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+    def write_weights(tmp: Path) -> None:          # streamed: no second copy of the weights in memory
+        # into `tmp` itself: safetensors' save_file staged the bytes in a temporary file of its own (`.tmpXXXXXX`),
+        # which a saver killed mid-write left in the folder for good (`sigma.models.weightfile`)
+        write_safetensors(state, tmp, metadata={"format": FORMAT})
 
     # one set, the config last (`replace_together`): the weights and config.json were renamed one after the other,
     # and a saver killed between the two renames left its weights beside the old config, two savers at once one's

@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -708,6 +709,37 @@ class Trainer:
                 self.log(f"{self.metrics_path}: {dropped} rows after the checkpoint of step {self.step} (logged "
                          "before the run stopped) removed; what they logged runs again")
 
+    def _drop_rerun_best(self, restored: bool) -> None:
+        """A best (best.json, best/) that a validation the run does again recorded goes with that validation's row
+        (`_trim_metrics`): from a step past the checkpoint, or of the step the run continues from where its
+        validation is logged again (`_again`: the final one of a run killed before final/, the one at start). It was
+        kept: the resume's own validation of that step tied it and was not marked best (no row said where best/ came
+        from), and where the steps re-run differ (a `--resume` override, CUDA's non-deterministic kernels) best/ held
+        weights of steps the run no longer had, their score the one to beat. Without a checkpoint (the run starts
+        over) only a record without weights goes (the at-start score): best/ weights are never removed unless a
+        checkpoint says they came after it."""
+        if not self.is_main:
+            return
+        drop = self.run_dir / "best.drop"
+        shutil.rmtree(drop, ignore_errors=True)        # a kill mid-way through the removal below
+        path, best_dir = self.run_dir / "best.json", self.run_dir / "best"
+        best = self._read_best(path)
+        step = best.get("step") if best is not None else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            return
+        again = self._again(restored)
+        if not restored:
+            if best_dir.exists():
+                return
+        elif step < self.step or (step == self.step and again is not None and "val" not in again):
+            return
+        path.unlink(missing_ok=True)        # first: a best/ left alone is settled back into best.json, then dropped
+        if best_dir.exists():
+            os.replace(best_dir, drop)
+            shutil.rmtree(drop, ignore_errors=True)
+        self.log(f"{path}: the best of step {step} (f1 {best['f1']:.4f}) came from a validation this run does again "
+                 f"(it continues from step {self.step}); dropped with its row, the validations re-run decide it")
+
     def _validates_at_start(self) -> bool:
         ev = self.cfg.eval
         return bool(ev.at_start and self.step == 0 and (ev.val_size or ev.val_dir or ev.data))
@@ -765,6 +797,7 @@ class Trainer:
         if ckpt is not None:
             self.log(f"resumed {self.run_dir} at step {self.step}")
         self._trim_metrics(ckpt is not None)
+        self._drop_rerun_best(ckpt is not None)
         owed = self._owes_validation(ckpt is not None)
         if self.step >= cfg.steps and self._finished():
             self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
