@@ -576,18 +576,26 @@ def binarize_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:
-    """Ground-truth masks, binarised by `binarize_mask` (a 16-bit gray 0/1 label map on its own values).
+    """Ground-truth masks from a file: its bytes, read once, through `decode_mask`."""
+    limits = limits or LimitsConfig()
+    return decode_mask(read_file_bytes(path, limits.max_bytes), shown_path(path), limits)
+
+
+def decode_mask(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None = None) -> np.ndarray:
+    """Ground-truth masks, binarised by `binarize_mask` (a 16-bit gray 0/1 label map on its own values): the one
+    reader of a mask's bytes, so `sigma eval` (a file) and a batch run's ground truth (a corpus's bytes) read a mask
+    alike. The batch path binarised `decode_image`'s RGB, composited on white: a transparent mask was marked
+    everywhere it was transparent, and its scores differed from eval's for the same pair.
 
     A mask with transparency is composited on black, not white: in a mask, "transparent" means
     "nothing here", and on white every transparent pixel would count as manipulated.
 
-    The file is read once: the native values or the alpha come from the same bytes as the decoded image. Pillow
-    opened the path a second time, so a file replaced between the two reads (by another mask, a FIFO: waited on
-    for ever, or a file over the limits: never checked) was what the mask was made of.
+    The native values or the alpha come from the same bytes as the decoded image. Pillow opened the path a second
+    time, so a file replaced between the two reads (by another mask, a FIFO: waited on for ever, or a file over the
+    limits: never checked) was what the mask was made of.
     """
     limits = limits or LimitsConfig()
-    data = read_file_bytes(path, limits.max_bytes)
-    decoded = decode_image(data, shown_path(path), limits)
+    decoded = decode_image(data, name, limits)
     rgb = decoded.rgb
     if decoded.notes.get("bit_depth") == 16 and str(decoded.notes.get("mode", "")).startswith("I"):
         # a 16-bit gray label map: its 1s scale to 0 in 8 bits (1 / 65535 * 255) and the mask read as empty, while
