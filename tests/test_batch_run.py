@@ -298,7 +298,7 @@ def test_an_error_row_names_the_file_that_is_bad(tmp_path):
     (folder / "z_original.png").write_bytes(good)
     (folder / "z_edited.png").write_bytes(png(np.full((16, 40, 3), 90, np.uint8)))
     run_batch(cfg_for(folder), tmp_path / "run", progress=False)
-    rows = {r["pair_id"]: r for r in read_rows(tmp_path / "run")}
+    rows = {r["pair_id"].split("/")[-1]: r for r in read_rows(tmp_path / "run")}      # "set/alpha"
     x, y, z = rows["x"], rows["y"], rows["z"]
     assert (x["error_code"], y["error_code"], z["error_code"]) == ("image_empty", "image_unreadable", "aspect_mismatch")
     assert x["source"] == str(folder / "x_original.png") and y["source"] == str(folder / "y_original.png")
@@ -1296,3 +1296,35 @@ def test_a_run_file_that_is_a_fifo_is_replaced_on_resume_not_written_into(tmp_pa
         raise AssertionError(f"sigma batch run --resume hung on its {name} FIFO") from None
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert target.is_file() and json.loads(target.read_text())
+
+
+def test_a_batch_runs_ground_truth_reads_each_mask_as_sigma_eval_does(tmp_path, capsys):
+    """The batch decoder binarised the mask's RGB composited on white: a transparent mask (white everywhere, opaque on
+    the edit) read as marked everywhere — gt_fraction 1.0 and F1 0.4 where `sigma eval` said 0.25 and 1.0 — and a
+    16-bit 0/1 label map read as empty. Both read the mask through one decoder now: the same scores."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    original = np.zeros((4, 4, 3), np.uint8)
+    edited = original.copy()
+    edited[0] = 255
+    Image.fromarray(original).save(folder / "o.png")
+    Image.fromarray(edited).save(folder / "e.png")
+    rgba = np.full((4, 4, 4), 255, np.uint8)
+    rgba[..., 3] = 0
+    rgba[0, :, 3] = 255                                     # white everywhere; only the edited row opaque
+    Image.fromarray(rgba).save(folder / "alpha.png")
+    labels = np.zeros((4, 4), np.uint16)
+    labels[0] = 1
+    Image.fromarray(labels).save(folder / "labels16.png")
+    records = [{"id": name, "original": "o.png", "edited": "e.png", "mask": f"{name}.png", "instruction": None}
+               for name in ("alpha", "labels16")]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["eval", "--data", str(folder), "--annotator", "pixel-diff", "--out", str(tmp_path / "ev")]) == 0
+    evaluated = {p["id"]: p for p in json.loads((tmp_path / "ev" / "metrics.json").read_text())["per_pair"]["none"]}
+    assert main(["batch", "run", str(folder), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+                 "--workers", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    rows = {r["pair_id"].split("/")[-1]: r for r in read_rows(tmp_path / "run")}      # "set/alpha"
+    for name in ("alpha", "labels16"):
+        assert evaluated[name]["gt_fraction"] == 0.25 and evaluated[name]["f1"] == 1.0
+        assert (rows[name]["gt_fraction"], rows[name]["gt_f1"], rows[name]["gt_note"]) == (0.25, 1.0, None), name

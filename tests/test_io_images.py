@@ -361,6 +361,27 @@ def test_read_mask_reads_a_16_bit_zero_one_label_map_as_its_8_bit_twin(tmp_path)
     assert not read_mask(path).any()
 
 
+def test_read_mask_reads_a_16_bit_mask_on_its_own_samples(tmp_path):
+    """16-bit masks against the documented rules (0/1 label map on the file's values, else round(v / 65535 * 255) and
+    mean > 127.5, transparency on black), checked by hand. Were: a gray 0/300 mask (300 is 1 in 8 bits) read as a 0/1
+    label map, marked; a 16-bit RGBA pixel of grey 40000 at alpha 53574 (127.2 of 255 on black) composited from
+    Pillow's truncated 8-bit samples (156 x 209 / 255 = 127.9), marked; a 16-bit RGB 0/1 label map read as empty."""
+    import cv2
+
+    path = tmp_path / "m16.png"
+    Image.fromarray(np.array([[0, 300, 300, 0]], np.uint16)).save(path)
+    assert not read_mask(path).any()                                      # 0.5 % grey: no mask, no label map
+    rgba = np.zeros((1, 3, 4), np.uint16)
+    rgba[0, 0] = [40000, 40000, 40000, 53574]                             # 127.24 of 255 on black: not marked
+    rgba[0, 1] = [40000, 40000, 40000, 53800]                             # 127.77: marked
+    cv2.imwrite(str(path), rgba[..., [2, 1, 0, 3]])
+    np.testing.assert_array_equal(read_mask(path)[0], [False, True, False])
+    labels = np.zeros((1, 4, 3), np.uint16)
+    labels[0, 1:3] = 1
+    cv2.imwrite(str(path), labels)
+    np.testing.assert_array_equal(read_mask(path)[0], [False, True, True, False])
+
+
 def test_read_mask_with_transparency_counts_transparent_as_background(tmp_path):
     rgba = np.zeros((2, 3, 4), np.uint8)
     rgba[..., :3] = 255

@@ -14,7 +14,7 @@ import numpy as np
 from sigma.config.schema import IOConfig
 from sigma.errors import ImageError, InputError, SigmaError
 from sigma.io.corpora.base import SourceItem, resolved_under, text_value
-from sigma.io.images import binarize_mask, decode_image, read_file_bytes
+from sigma.io.images import decode_mask, read_file_bytes
 from sigma.io.pairs import pair_from_bytes
 from sigma.text import escape_surrogates, find_surrogate, replace_surrogates, shown_path
 from sigma.types import Pair
@@ -124,11 +124,11 @@ def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root:
     if ground_truth and (item.mask is not None or item.mask_path):
         try:
             data = source_bytes(item.mask, item.mask_path, io_config.limits.max_bytes, root)
-            rgb = decode_image(data, "mask", io_config.limits).rgb
-            if rgb.shape[:2] == pair.size:
-                gt = binarize_mask(rgb)
+            mask = decode_mask(data, "mask", io_config.limits)     # as `sigma eval` reads it (alpha on black)
+            if mask.shape == pair.size:
+                gt = mask
             else:
-                meta["gt_note"] = f"ground truth {rgb.shape[:2]} differs from the pair's {pair.size}: not scored"
+                meta["gt_note"] = f"ground truth {mask.shape} differs from the pair's {pair.size}: not scored"
         except SigmaError as exc:
             meta["gt_note"] = f"ground truth unreadable: [{exc.code}] {exc.message}"
         except Exception as exc:  # noqa: BLE001 - as above: costs the ground truth, not the run

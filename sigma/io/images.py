@@ -343,21 +343,28 @@ def _float_to_uint8(arr: np.ndarray, notes: dict[str, Any]) -> np.ndarray:
     return np.clip(np.round(values / white * 255.0), 0, 255).astype(np.uint8)
 
 
-def _read_16bit_png_rgb(data: bytes) -> np.ndarray | None:
-    """PIL drops 16-bit RGB to 8 bits on its own; OpenCV keeps the extra bits, so round properly."""
+def _read_16bit_png(data: bytes) -> np.ndarray | None:
+    """A 16-bit colour PNG's samples as stored, uint16 [H, W, 3 or 4] in RGB(A) order (PIL drops them to 8 bits on
+    its own, by truncation; OpenCV keeps every bit). None when OpenCV does not read it as that."""
     try:
         import cv2
     except ImportError:  # pragma: no cover - opencv is a core dependency
         return None
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         return None
+    return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
+
+
+def _read_16bit_png_rgb(data: bytes) -> np.ndarray | None:
+    """16-bit RGB(A) to 8 bits, rounded (alpha composited on white)."""
+    arr = _read_16bit_png(data)
+    if arr is None:
+        return None
+    rgb = arr[..., :3].astype(np.float64) / 65535.0
     if arr.shape[2] == 4:
         alpha = arr[..., 3:4].astype(np.float64) / 65535.0
-        rgb = arr[..., 2::-1].astype(np.float64) / 65535.0
         rgb = rgb * alpha + (1.0 - alpha)
-    else:
-        rgb = arr[..., 2::-1].astype(np.float64) / 65535.0
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -576,32 +583,71 @@ def binarize_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:
-    """Ground-truth masks, binarised by `binarize_mask` (a 16-bit gray 0/1 label map on its own values).
+    """Ground-truth masks from a file: its bytes, read once, through `decode_mask`."""
+    limits = limits or LimitsConfig()
+    return decode_mask(read_file_bytes(path, limits.max_bytes), shown_path(path), limits)
+
+
+def decode_mask(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None = None) -> np.ndarray:
+    """Ground-truth masks, binarised by `binarize_mask` (a 16-bit mask on its own samples: `_decode_16bit_mask`): the
+    one reader of a mask's bytes, so `sigma eval` (a file) and a batch run's ground truth (a corpus's bytes) read a mask
+    alike. The batch path binarised `decode_image`'s RGB, composited on white: a transparent mask was marked
+    everywhere it was transparent, and its scores differed from eval's for the same pair.
 
     A mask with transparency is composited on black, not white: in a mask, "transparent" means
     "nothing here", and on white every transparent pixel would count as manipulated.
 
-    The file is read once: the native values or the alpha come from the same bytes as the decoded image. Pillow
-    opened the path a second time, so a file replaced between the two reads (by another mask, a FIFO: waited on
-    for ever, or a file over the limits: never checked) was what the mask was made of.
+    The native values or the alpha come from the same bytes as the decoded image. Pillow opened the path a second
+    time, so a file replaced between the two reads (by another mask, a FIFO: waited on for ever, or a file over the
+    limits: never checked) was what the mask was made of.
     """
     limits = limits or LimitsConfig()
-    data = read_file_bytes(path, limits.max_bytes)
-    decoded = decode_image(data, shown_path(path), limits)
+    decoded = decode_image(data, name, limits)
+    if decoded.notes.get("bit_depth") == 16:
+        mask = _decode_16bit_mask(data, decoded)
+        if mask is not None:
+            return mask
     rgb = decoded.rgb
-    if decoded.notes.get("bit_depth") == 16 and str(decoded.notes.get("mode", "")).startswith("I"):
-        # a 16-bit gray label map: its 1s scale to 0 in 8 bits (1 / 65535 * 255) and the mask read as empty, while
-        # the same map in 8 bits is read by `binarize_mask`'s 0/1 rule. That rule is applied to the native values
-        with Image.open(io.BytesIO(data)) as img:
-            raw = np.asarray(ImageOps.exif_transpose(img))
-        if raw.shape == rgb.shape[:2] and raw.max(initial=0) == 1 and bool(np.isin(raw, (0, 1)).all()):
-            return raw == 1
     if "alpha" in decoded.notes:
         with Image.open(io.BytesIO(data)) as img:
             rgba = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"), dtype=np.float32)
         if rgba.shape[:2] == rgb.shape[:2]:
             rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
     return binarize_mask(rgb)
+
+
+def _decode_16bit_mask(data: bytes, decoded: DecodedImage) -> np.ndarray | None:
+    """A 16-bit mask on its own samples: the 0/1 label-map rule on them (a 16-bit gray map's 1s scale to 0 in 8 bits
+    and the mask read as empty), else mean > 127.5 on them scaled as images are, round(v / 65535 * 255), alpha
+    composited on black at full precision. None: not a 16-bit gray or colour file read here (the 8-bit path).
+
+    Two readings this replaces: the 0/1 rule was also tried on the 8-bit values, so a 16-bit mask of 0 and 300
+    (0.5 % grey: 1 in 8 bits) read as marked, where 128 or 400 read as empty; and a 16-bit RGBA mask was composited
+    from Pillow's 8-bit samples, which truncate (v >> 8), so a pixel of grey 40000 at alpha 53574 (127.2 of 255)
+    read as marked (156 x 209 / 255 = 127.9)."""
+    mode = str(decoded.notes.get("mode", ""))
+    with Image.open(io.BytesIO(data)) as img:          # turned upright as decode_image turns the picture
+        orientation = img.getexif().get(0x0112, 1)
+        img.load()
+        pending = img.getexif().get(0x0112, 1) if orientation in _ORIENTATION_TRANSPOSE else 1
+        if mode.startswith("I"):
+            values = np.asarray(img).astype(np.float64)[..., None]
+        elif mode in ("RGB", "RGBA") and decoded.notes.get("format") == "PNG":
+            raw = _read_16bit_png(data)
+            if raw is None:
+                return None
+            values = raw[..., :3].astype(np.float64)
+            if raw.shape[2] == 4:
+                values *= raw[..., 3:4] / 65535.0
+        else:
+            return None
+    if values.max(initial=0.0) == 1.0 and bool(np.isin(values, (0.0, 1.0)).all()):
+        mask = values.mean(axis=2) > 0.5
+    else:
+        mask = np.clip(np.round(values / 65535.0 * 255.0), 0, 255).mean(axis=2) > 127.5
+    if pending in _ORIENTATION_TRANSPOSE:
+        mask = np.asarray(Image.fromarray(mask).transpose(_ORIENTATION_TRANSPOSE[pending]))
+    return mask if mask.shape == decoded.rgb.shape[:2] else None
 
 
 def encode_png(array: np.ndarray) -> bytes:
