@@ -257,3 +257,41 @@ def test_a_rewrite_killed_part_way_never_lists_a_pair_it_did_not_write_whole(pho
     assert main(args(64)) == 0
     fresh = {p.name: p.read_bytes() for p in clean.iterdir() if p.name != ".lock"}
     assert {p.name: p.read_bytes() for p in final.iterdir() if p.name != ".lock"} == fresh
+
+
+def test_a_killed_rewrite_is_refused_by_every_reader_until_its_rerun(photos, tmp_path, capsys):
+    """A `sigma synth` rewrite SIGKILLed after its first new original left OUT without pairs.jsonl (withdrawn first)
+    and `sigma batch run OUT` read it as a plain folder corpus: pair 0 the new 64-px original beside the earlier
+    48-px edited image and mask, annotated and scored, exit 0, without a word. Now the run puts
+    synth_unfinished.json down before it touches a file and removes it only after pairs.jsonl: every reader of the
+    folder (batch run, auto or --format folder / jsonl; sigma eval, the set or a folder of sets) exits 2
+    `unfinished_synth_set`, naming the way to finish it, and the same command run again does."""
+    import subprocess
+    import sys
+
+    from killers import at_first_temp_rename
+
+    def args(crop: int) -> list[str]:
+        return ["synth", "--out", str(out), "-n", "2", "--seed", "0", "--photos", str(photos), "--no-progress",
+                f"crop={crop}"]
+
+    out = tmp_path / "sets" / "a"
+    assert main(args(48)) == 0
+    killer = at_first_temp_rename(containing="_edited.png") + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+    proc = subprocess.run([sys.executable, "-c", killer, *args(64)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    mark = json.loads((out / "synth_unfinished.json").read_text())
+    assert mark["command"].startswith(f"sigma synth --out {out} -n 2 --seed 0") and mark["command"].endswith("crop=64")
+    capsys.readouterr()
+    readers = [["batch", "run", str(out), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff", "--no-progress"],
+               ["batch", "run", str(out), "--format", "folder", "--out", str(tmp_path / "run"), "--no-progress"],
+               ["batch", "run", str(out), "--format", "jsonl", "--out", str(tmp_path / "run"), "--no-progress"],
+               ["eval", "--data", str(out), "--annotator", "pixel-diff"],
+               ["eval", "--data", str(out.parent), "--annotator", "pixel-diff"]]
+    for argv in readers:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sigma: error [unfinished_synth_set]") and "run the same `sigma synth --out`" in err, err
+        assert "\n" not in err and not (tmp_path / "run" / "shards").exists()
+    assert main(args(64)) == 0 and not (out / "synth_unfinished.json").exists()
+    assert main(readers[0]) == 0
