@@ -42,6 +42,9 @@ STATUS_BY_CODE = {
     "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,
     "run_locked": 409, "too_many_shards": 422, "link_outside_run": 409, "run_modified": 409, "run_too_large": 409,
     "plan_too_large": 422, "run_options_refused": 409,
+    # a folder a `sigma synth --out` run was killed writing (its synth_unfinished.json mark): the folder's state, which
+    # the same synth command run again ends, as corpus_changed is
+    "unfinished_synth_set": 409,
     # a folder another process holds: a conflict that ends by itself (the holder finishes, or is resumed or ended),
     # answered with Retry-After (RETRY_AFTER_S), never the caller's input. folder_busy: a new run's `out` whose commit
     # lock a writer stopped mid-commit holds (`hold_folder`'s sweep). weights_busy: a saved model's folder a stopped

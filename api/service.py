@@ -29,8 +29,10 @@ from sigma.service.settings import ServeConfig
 from sigma.text import shown
 
 log = logging.getLogger("sigma.api")
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+# matched whole (`fullmatch`): `$` matches before a trailing newline, so `/v1/jobs/<32 hex>%0A` passed as a job id and
+# was looked up in Redis under a key with a newline (the answer: `no job <id>\n (finished jobs are kept ...)`)
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 class Service:
@@ -121,7 +123,7 @@ class Service:
                      ) -> tuple[str, bool, AnnotateOptions]:
         """Validate and enqueue; returns (job id, created, options). With an idempotency key, the same request
         replays its job (created=False) and another request under the key is refused (`idempotency.py`)."""
-        if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
+        if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-200 printable ASCII characters")
         if idempotency_key is not None and len(request.headers.getlist("idempotency-key")) > 1:
             # the route reads the first field line; a proxy may keep the last or join them (`a, b`): which request
@@ -201,7 +203,7 @@ class Service:
 
     # -- reading ---------------------------------------------------------------------------
     async def job(self, job_id: str, principal: Principal) -> dict[str, str]:
-        if not JOB_ID.match(job_id):   # not a job id: said without echoing it (a 60 KB path came back whole)
+        if not JOB_ID.fullmatch(job_id):   # not a job id: said without echoing it (a 60 KB path came back whole)
             raise ApiError(404, "job_not_found", f"no job {shown(job_id)!r}: job ids are 32 hex digits")
         h = decode_hash(await self.r.hgetall(self.keys.job(job_id)))
         if not h or (h.get("owner") != principal.name and not principal.admin):

@@ -268,3 +268,17 @@ def test_damage_only_a_decode_finds_fails_the_job_with_the_same_code(svc):
     assert err["code"] == "image_unreadable" and err["job_id"]
     job = svc.job(err["job_id"])
     assert job["status"] == "failed" and job["error"]["code"] == "image_unreadable" and job["attempts"] == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_job_id_with_a_trailing_newline_is_not_a_job_id(svc, method):
+    """`/v1/jobs/<32 hex>%0A` reaches the route as the id plus "\\n", and JOB_ID (`^...$` with `.match`) took it for a
+    job id: Redis was asked for the key `...:job:<id>\\n` and the answer was the lookup's `no job <id>\\n (finished
+    jobs are kept ...)`, for a real job's id too. Now the id is matched whole: `not a job id`, nothing looked up."""
+    original, edited = make_pair(seed=11)
+    job_id = svc.submit(original, edited).json()["id"]
+    resp = svc.http.request(method, f"/v1/jobs/{job_id}%0A", headers=svc.headers())
+    assert resp.status_code == 404, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "job_not_found" and "job ids are 32 hex digits" in err["message"], err
+    assert svc.http.get(f"/v1/jobs/{job_id}", headers=svc.headers()).status_code == 200   # still there

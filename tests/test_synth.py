@@ -257,3 +257,83 @@ def test_a_rewrite_killed_part_way_never_lists_a_pair_it_did_not_write_whole(pho
     assert main(args(64)) == 0
     fresh = {p.name: p.read_bytes() for p in clean.iterdir() if p.name != ".lock"}
     assert {p.name: p.read_bytes() for p in final.iterdir() if p.name != ".lock"} == fresh
+
+
+def test_a_killed_rewrite_is_refused_by_every_reader_until_its_rerun(photos, tmp_path, capsys):
+    """A `sigma synth` rewrite SIGKILLed after its first new original left OUT without pairs.jsonl (withdrawn first)
+    and `sigma batch run OUT` read it as a plain folder corpus: pair 0 the new 64-px original beside the earlier
+    48-px edited image and mask, annotated and scored, exit 0, without a word. Now the run puts
+    synth_unfinished.json down before it touches a file and removes it only after pairs.jsonl: every reader of the
+    folder (batch run, auto or --format folder / jsonl; sigma eval, the set or a folder of sets) exits 2
+    `unfinished_synth_set`, naming the way to finish it, and the same command run again does."""
+    import subprocess
+    import sys
+
+    from killers import at_first_temp_rename
+
+    def args(crop: int) -> list[str]:
+        return ["synth", "--out", str(out), "-n", "2", "--seed", "0", "--photos", str(photos), "--no-progress",
+                f"crop={crop}"]
+
+    out = tmp_path / "sets" / "a"
+    assert main(args(48)) == 0
+    killer = at_first_temp_rename(containing="_edited.png") + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+    proc = subprocess.run([sys.executable, "-c", killer, *args(64)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    mark = json.loads((out / "synth_unfinished.json").read_text())
+    assert mark["command"].startswith(f"sigma synth --out {out} -n 2 --seed 0") and mark["command"].endswith("crop=64")
+    capsys.readouterr()
+    readers = [["batch", "run", str(out), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff", "--no-progress"],
+               ["batch", "run", str(out), "--format", "folder", "--out", str(tmp_path / "run"), "--no-progress"],
+               ["batch", "run", str(out), "--format", "jsonl", "--out", str(tmp_path / "run"), "--no-progress"],
+               ["eval", "--data", str(out), "--annotator", "pixel-diff"],
+               ["eval", "--data", str(out.parent), "--annotator", "pixel-diff"]]
+    for argv in readers:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sigma: error [unfinished_synth_set]") and "run the same `sigma synth --out`" in err, err
+        assert "\n" not in err and not (tmp_path / "run" / "shards").exists()
+    assert main(args(64)) == 0 and not (out / "synth_unfinished.json").exists()
+    assert main(readers[0]) == 0
+
+
+def test_a_rewrite_removes_the_earlier_sets_pngs_it_does_not_write_and_nothing_else(photos, tmp_path):
+    """`sigma synth --out OUT -n 2` over a set of 4 left pairs 2 and 3 in OUT, listed by nothing: `sigma batch run OUT
+    --format folder` annotated 4 pairs. Now a rewrite removes the earlier set's PNGs it does not write — only files
+    named as synth names them that the earlier pairs.jsonl lists, or that a rewrite killed since may have written
+    (its mark) — and OUT ends as a fresh run's OUT, the user's own files kept."""
+    import subprocess
+    import sys
+
+    from killers import at_first_temp_rename
+
+    def args(n: int, seed: int = 0) -> list[str]:
+        return ["synth", "--out", str(out), "-n", str(n), "--seed", str(seed), "--photos", str(photos),
+                "--no-progress", "crop=48"]
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != ".lock"}
+
+    out = tmp_path / "clean"
+    fresh = {}
+    for n, seed in ((2, 0), (1, 0), (1, 1)):
+        out = tmp_path / f"fresh{n}{seed}"
+        assert main(args(n, seed)) == 0
+        fresh[n, seed] = files(out)
+    out = tmp_path / "set"
+    assert main(args(4)) == 0
+    mine = {"holiday_original.png": b"a", "holiday_edited.png": b"b", "synth0_3_mask.png": b"c",
+            "synth0_00007_original.png": b"d", "notes.txt": b"e"}     # none listed, or not synth's naming
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    assert main(args(2)) == 0
+    assert files(out) == {**fresh[2, 0], **mine}
+    # a rewrite of 3 pairs killed in its last pair, then the same folder rewritten with 1: its pairs 1 and 2 were
+    # never listed, the mark says they may be there
+    killer = at_first_temp_rename(containing="synth0_00002_edited") + "from sigma.cli import main\nmain(sys.argv[1:])\n"
+    proc = subprocess.run([sys.executable, "-c", killer, *args(3)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9 and (out / "synth0_00002_original.png").exists(), proc.stderr
+    assert main(args(1)) == 0
+    assert {k: v for k, v in files(out).items() if not k.startswith(".")} == {**fresh[1, 0], **mine}
+    assert main(args(1, seed=1)) == 0                    # another seed: the earlier set's names all go
+    assert files(out) == {**fresh[1, 1], **mine}

@@ -109,23 +109,15 @@ def _refuse_other_modes_flags(args: argparse.Namespace) -> None:
                       "pairs from the photos, or from a cache built with them (--cache DIR)")
 
 
-def _withdraw_earlier_set(out: Path) -> None:
-    """An earlier set's pairs.jsonl and synth_config.yaml in `out`, removed (the removal synced) before this run
-    replaces the first PNG they may name. A rewrite (same --seed, another crop or photo folder) replaces the PNGs
-    pair by pair under the same names: killed part way, OUT listed pairs whose original was the new run's and
-    whose edited image, mask and record were the earlier's, silently. With the listing gone first, a killed rewrite
-    lists nothing until its rerun finishes (pairs.jsonl is written last: `_commit_pairs`)."""
-    from sigma.tempfiles import sync_folder
+def _command(args: argparse.Namespace, n: int) -> str:
+    """The command line that finishes this run's set when run again (written into the set's unfinished mark)."""
+    import shlex
 
-    withdrawn = False
-    for name in ("pairs.jsonl", "synth_config.yaml"):
-        try:
-            (out / name).unlink()
-        except FileNotFoundError:
-            continue
-        withdrawn = True
-    if withdrawn:
-        sync_folder(out)
+    words = ["sigma", "synth", "--out", args.out, "-n", str(n), "--seed", str(args.seed)]
+    for flag, value in (("--photos", args.photos), ("--cache", args.cache)):
+        if value:
+            words += [flag, value]
+    return shlex.join(words + list(args.overrides))
 
 
 def _commit_pairs(out: Path, lines: list[str]) -> None:
@@ -181,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --out DIR (pairs) or --build-cache DIR")
     from sigma.data.synth.engine import SynthConfig, SynthEngine
     from sigma.data.synth.pairs_out import write_synth_pair
+    from sigma.data.synth.set_out import begin_set, end_set
 
     overrides = [o[5:] if o.startswith("data.") else o for o in args.overrides]
     cfg = load_config(SynthConfig, None, overrides)
@@ -207,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
                       dynamic_ncols=True):
             s = engine.sample(i)
             if not i:                 # the first pair made: a run that cannot make one leaves the earlier set be
-                _withdraw_earlier_set(out)
+                begin_set(out, args.seed, n, _command(args, n))
             lines.append(write_synth_pair(s, out, f"synth{args.seed}_{i:05d}", _KIND_EDITOR[s.kind],
                                           f"sigma synth seed={args.seed} index={i}", instruction_fields=True,
                                           durable=True))
@@ -216,5 +209,6 @@ def run(args: argparse.Namespace) -> int:
         save_resolved(cfg, out, "synth_config.yaml", durable=True)
         _commit_pairs(out, lines)
         sync_folder(out)              # pairs.jsonl's and synth_config.yaml's names, before "done"
+        end_set(out)                  # and only then the mark that made OUT a refusal to every reader
     print(f"{n} pairs in {out}/pairs.jsonl")
     return 0

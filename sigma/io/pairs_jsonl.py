@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 from sigma.errors import InputError
 from sigma.io.lines import read_line
+from sigma.io.unfinished import UNFINISHED, refuse_unfinished
 from sigma.regular import NotRegularFile, open_regular
 from sigma.text import find_surrogate
 from sigma.text import loads as load_json
@@ -81,8 +82,11 @@ def find_sets(data: str | Path) -> list[Path]:
                              code="file_not_found")
         raise InputError(f"{data}: not a folder (a file, a FIFO or a device); expected a set's folder (holding "
                          "pairs.jsonl), a folder of sets, or a set's pairs.jsonl", code="file_not_found")
+    refuse_unfinished(data)         # a killed `sigma synth`: no pairs.jsonl, or the one it had not yet withdrawn
     if (data / "pairs.jsonl").is_file():
         return [data]
+    for marked in sorted(data.glob(f"*/{UNFINISHED}")):      # one set of the folder unfinished: not passed over
+        refuse_unfinished(marked.parent)
     # regular files only (as the set itself above): a pairs.jsonl that is a FIFO hung the read for ever, one
     # that links to /dev/zero was read as one endless line
     sets = sorted(p.parent for p in data.glob("*/pairs.jsonl") if p.is_file())

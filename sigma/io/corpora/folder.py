@@ -16,6 +16,7 @@ from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.lines import read_line
 from sigma.io.pairs_jsonl import MAX_RECORD_BYTES
+from sigma.io.unfinished import refuse_unfinished
 from sigma.regular import NotRegularFile, open_regular
 from sigma.text import loads as load_json
 
@@ -97,6 +98,7 @@ class FolderCorpus(Corpus):
             why = "no such folder" if not os.path.lexists(self.path) else "not a folder (a file, a FIFO or a device)"
             raise InputError(f"{self.path}: {why}; a folder corpus is a folder of <id>_original / <id>_edited files "
                              "or of original/ + edited/ folders", code="no_pairs")
+        refuse_unfinished(self.path)  # a killed `sigma synth` rewrite: a new original beside an earlier edited image
         dirs = self._dirs()
         if dirs:
             for role, folder in zip(ROLES, dirs):

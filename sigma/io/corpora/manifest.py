@@ -108,7 +108,9 @@ def find_sets(path: Path) -> list[Path]:
 
     try:
         return find_eval_sets(path)
-    except InputError:
+    except InputError as exc:
+        if exc.code == "unfinished_synth_set":     # said as such, not as a folder with no set (or the other sets)
+            raise
         return []
 
 

@@ -1,0 +1,28 @@
+"""The mark `sigma synth --out DIR` leaves in DIR while it writes a set, and the one check every reader of a pair
+folder makes for it.
+
+A `sigma synth` rewrite replaces the PNGs of an earlier set pair by pair under the same names, and writes the
+pairs.jsonl that lists them last. Killed part way, DIR held no pairs.jsonl and a mix of two runs' images (a new
+original beside an earlier edited image and mask): `sigma batch run DIR` read it as a plain folder corpus and
+annotated the mismatched pairs without a word. The writer puts `UNFINISHED` down (synced) before it replaces or
+removes a file, and removes it (synced) only once pairs.jsonl is complete; a reader that finds it refuses the
+folder (`unfinished_synth_set`) and says how to finish it: run the same command again.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sigma.errors import InputError
+
+UNFINISHED = "synth_unfinished.json"     # {"command": "sigma synth --out ...", "seed": S, "pairs": N}
+
+
+def refuse_unfinished(folder: Path) -> None:
+    """An InputError (`unfinished_synth_set`) when `folder` holds the mark of a `sigma synth` run that did not end.
+    `lexists`: whatever stands under that name (a broken link too) is the mark; its content is never needed here."""
+    if os.path.lexists(folder / UNFINISHED):
+        raise InputError(f"{folder}: an unfinished `sigma synth` set ({UNFINISHED} is there: the run writing it "
+                         "stopped before it listed its pairs, so its images may mix two runs); run the same "
+                         f"`sigma synth --out` command again to finish it (its command line is in {UNFINISHED})",
+                         code="unfinished_synth_set")
