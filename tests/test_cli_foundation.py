@@ -184,30 +184,24 @@ def test_a_second_result_in_one_folder_leaves_no_mask_of_the_first(capsys, tmp_p
                                                      "result.json"]
 
 
-def test_stdin_ids_differing_only_in_case_are_one_folder(capsys, monkeypatch, pair_files, tmp_path):
+@pytest.mark.parametrize(("first_id", "kept", "said"), [
+    ("Boat", "Boat", "'boat' appears twice"),
+    ("boat\n", "boat", "not a safe folder name"),
+], ids=["case", "trailing-newline"])
+def test_stdin_ids_that_would_be_one_folder_or_no_safe_name_are_refused(capsys, monkeypatch, pair_files, tmp_path,
+                                                                        first_id, kept, said):
     """"Boat" and "boat" were two pairs here but one output folder on a case-insensitive disk (macOS, Windows):
-    the second pair's mask overwrote the first's, both reported as written. Ids are compared case-folded, as
-    the exports name their files."""
+    the second pair's mask overwrote the first's, both reported as written; ids are compared case-folded, as the
+    exports name their files. "boat\n" passed the safe-id check (`$` matches before a trailing newline) and was
+    written to a folder named `boat<newline>` beside "boat": neither the letters, digits, '.', '_', '-' the message
+    promises, nor one folder per pair as a consumer listing the output sees it."""
     orig, edited = pair_files
-    items = [{"id": "Boat", "original": str(orig), "edited": str(edited)},
+    items = [{"id": first_id, "original": str(orig), "edited": str(edited)},
              {"id": "boat", "original": str(orig), "edited": str(edited)}]
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
     code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
-    assert code == 2 and sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock", "Boat"]
-    assert "[bad_json]" in err and "'boat' appears twice" in err and "1 of 2 pairs annotated" in err
-
-
-def test_a_stdin_id_with_a_trailing_newline_is_not_a_safe_folder_name(capsys, monkeypatch, pair_files, tmp_path):
-    """"boat\n" passed the safe-id check (`$` matches before a trailing newline) and was written to a folder
-    named `boat<newline>` beside "boat": neither the letters, digits, '.', '_', '-' the message promises, nor
-    one folder per pair as a consumer listing the output sees it."""
-    orig, edited = pair_files
-    items = [{"id": "boat\n", "original": str(orig), "edited": str(edited)},
-             {"id": "boat", "original": str(orig), "edited": str(edited)}]
-    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(items)))
-    code, _out, err = run_main(capsys, "annotate", "-", "--annotator", "pixel-diff", "-o", str(tmp_path / "b"))
-    assert code == 2 and sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock", "boat"]
-    assert "[bad_json]" in err and "not a safe folder name" in err and "1 of 2 pairs annotated" in err
+    assert code == 2 and sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock", kept]
+    assert "[bad_json]" in err and said in err and "1 of 2 pairs annotated" in err
 
 
 def test_stdin_pairs_refuse_per_pair_options_and_say_which_keys_they_ignore(capsys, monkeypatch, pair_files,
