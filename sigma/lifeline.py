@@ -165,7 +165,9 @@ def signal_noted(signum: int) -> Iterator[Noted]:
     """`signum` noted meanwhile instead of acted on, for a loop that stops cleanly at its next safe point (a trainer's
     SIGTERM: a batch scheduler's stop, SIGKILL following after a grace period). One arriving again while the loop
     stops is noted again, harmlessly: the stop in hand is not cut short. Only in the main thread (elsewhere nothing
-    changes: only it may set handlers), and not where the signal is ignored (a caller's choice, kept)."""
+    changes: only it may set handlers), and not where the signal is ignored (a caller's choice, kept). A disposition
+    set meanwhile by the code inside is kept on the way out: a trainer that lost a rank ignores SIGTERM while it leaves
+    with its error (`sigma.training.ranks`), and the put-back default let torchrun's SIGTERM kill it on the way."""
     noted = Noted()
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signum) is signal.SIG_IGN:
         yield noted
@@ -178,7 +180,8 @@ def signal_noted(signum: int) -> Iterator[Noted]:
     try:
         yield noted
     finally:
-        signal.signal(signum, old if old is not None else signal.SIG_DFL)
+        if signal.getsignal(signum) is note:
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
 
 
 def join_queue_feeders(queues: Iterable[object], timeout: float = 2.0) -> int:

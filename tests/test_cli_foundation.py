@@ -449,7 +449,7 @@ NOT_AN_API_STATUS = {
     "mask_size_mismatch": "sigma eval", "perturbation_unavailable": "sigma eval --perturb",
     "ray_unreachable": "sigma batch run --backend ray", "worker_failed": "sigma batch run's --procs / Ray workers",
     "checkpoint_unreadable": "sigma train", "checkpoint_missing": "sigma train", "data_workers_dying": "sigma train",
-    "training_diverged": "sigma train",
+    "training_diverged": "sigma train", "rank_lost": "sigma train under torchrun (a rank gone mid-run)",
     "graph_unavailable": "sigma models --prepare",
     "out_of_memory": "the CLI's own process (the API's workers answer from their own handlers)",
     # a batch worker's task outcomes: in a shard's status or dead letter (GET /v1/batches/status relays them in the

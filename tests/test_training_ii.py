@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from procfs import takes_ctrl_c
+from procfs import children_of, takes_ctrl_c
+from procfs import env as procfs_env
 from test_synth import make_photos
 
 from sigma.config.loader import load_config
@@ -220,3 +221,57 @@ def test_ddp_ctrl_c_says_interrupted_once(photos, tmp_path):
             proc.wait()
     assert proc.returncode != 0
     assert [line for line in err.splitlines() if line.startswith("sigma: ")] == ["sigma: interrupted"], err[-3000:]
+
+
+def _rank_pid(torchrun: int, rank: int) -> int:
+    """The pid of the process torchrun (`torchrun`, its pid) started as `rank`."""
+    for pid in children_of(torchrun):
+        try:
+            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"torchrun {torchrun} has no rank {rank} among {children_of(torchrun)}")
+
+
+@pytest.mark.parametrize("killed", [1, 0])
+def test_ddp_a_rank_killed_mid_run_is_one_line_on_the_rank_left(photos, tmp_path, killed):
+    """One rank SIGKILLed mid-run (the OOM killer, a stray kill): the rank left printed gloo's `RuntimeError: ...
+    Connection reset by peer` (or `closed by peer`) as a `[rank0]:` Python traceback from the collective it was in,
+    or was ended -15 by torchrun's SIGTERM on its way out. Now it says one line — `rank_lost`, which rank, the last
+    complete checkpoint's step, the --resume command — and ends with sigma's status 2 by itself (torchrun's SIGTERM
+    may come before or after its collective fails), the checkpoint of that step whole in the run folder."""
+    from sigma.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "runs" / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma",
+           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
+    proc = subprocess.Popen(cmd, env=procfs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=tmp_path)
+    try:
+        for line in proc.stdout:          # rank 0's log: step 3 comes after the checkpoint of step 2 (ckpt_every=2)
+            if line.startswith("step 3/"):
+                break
+        os.kill(_rank_pid(proc.pid, killed), signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)     # no hang: torchrun's own SIGKILL of a stuck rank waits 30 s
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    step = load_checkpoint(run)["step"]             # whole, and the one the line names
+    assert step >= 2 and step % 2 == 0
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    assert len(said) == 1, err[-3000:]
+    assert re.fullmatch(rf"sigma: error \[rank_lost\]: rank {killed} of 2 was lost \(connection (reset|closed) by "
+                        rf"peer\); the run stopped; the last complete checkpoint \(step {step}\) is kept; continue "
+                        rf"with: sigma train --resume {re.escape(str(run))} \(under torchrun, as it was started\)",
+                        said[0]), said[0]
+    # no traceback of a rank: the only one is torchrun's own (its frames are torch's and runpy's)
+    assert not re.search(r"^\[rank\d\]:.*Traceback", err, re.M), err[-3000:]
+    frames = [line for line in err.splitlines() if line.lstrip().startswith('File "')]
+    assert all("torch" in f or "runpy" in f for f in frames), frames
+    # the rank left ended with sigma's status by itself (not -15 from torchrun's SIGTERM, nor -9 after its 30 s)
+    codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", err, re.M))
+    assert codes == {str(killed): "-9", str(1 - killed): "2"}, err[-3000:]

@@ -46,6 +46,7 @@ from .checkpoint import CKPT, PREV, load_checkpoint, refuse_lost_checkpoints, sa
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .datawait import DataWait, DataWaitCut
+from .ranks import lost_ranks_said
 from .regions import sample_regions
 from .validate import ValidationAbandoned, evaluate_real, validate_synthetic
 
@@ -1368,4 +1369,6 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
         if rank0:
             save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
-        return Trainer(inputs, run_dir, log=log, terminated=terminated).run()
+        # under DDP, every collective of the run is the trainer's: a rank lost mid-run is said here, once (rank_lost)
+        with lost_ranks_said(run_dir):
+            return Trainer(inputs, run_dir, log=log, terminated=terminated).run()
