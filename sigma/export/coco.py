@@ -232,4 +232,4 @@ def _spooled(run: CheckedRun, out: Path, write: OutputWrite, row_filter: RowFilt
     if not is_stream(out):
         sync_folder(out.parent)          # the JSON's own name: "done" is said once it is on disk
     return {"out": str(out), "images": len(spool), "annotations": spool.annotations(), "mask": mask,
-            "order": order, **skipped.report()}
+            "order": order, "unfinished_shards": run.unfinished_shards(), **skipped.report()}
