@@ -1386,3 +1386,24 @@ def test_an_export_of_an_unfinished_run_says_so_and_the_card_tells_the_dataset_i
     assert "The run was not finished when this was exported**: 1 of its 4 shards (of 12 planned pairs in all)" in card
     assert len(json.loads((tmp_path / "part.json").read_text())["images"]) < len(
         json.loads((tmp_path / "whole.json").read_text())["images"])
+
+
+def test_every_exports_summary_counts_the_unfinished_shards_for_scripts(run_dir, tmp_path, capsys):
+    """An export of an unfinished run said so on stderr only: the summary it prints (one JSON line on stdout, what a
+    script reads) had no field for it, so a pipeline could not tell a partial dataset from a whole one. Now each
+    format's summary holds `unfinished_shards`: 0 for a finished run, the count of shards not done otherwise."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+
+    def summaries(tag: str) -> dict[str, int]:
+        counts = {}
+        for fmt, args in (("coco", ["--out", str(tmp_path / f"{tag}.json")]),
+                          ("imdl-benco", ["--out", str(tmp_path / f"{tag}_benco")]),
+                          ("hf", [str(tmp_path / f"{tag}_hf")])):
+            assert main(["export", fmt, str(run), *args]) == 0, fmt
+            counts[fmt] = json.loads(capsys.readouterr().out.splitlines()[0])["unfinished_shards"]
+        return counts
+
+    assert summaries("whole") == {"coco": 0, "imdl-benco": 0, "hf": 0}
+    sorted((run / "status").glob("*.json"))[1].unlink()      # that shard pending, as a kill before its status leaves it
+    assert summaries("part") == {"coco": 1, "imdl-benco": 1, "hf": 1}

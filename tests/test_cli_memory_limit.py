@@ -33,3 +33,62 @@ def test_memory_the_system_refuses_is_one_line_not_a_traceback(tmp_path, spare_m
     assert len(lines) == 1 and lines[0].startswith("sigma: error [out_of_memory]: the system gave no more memory ("), \
         proc.stderr[-3000:]
     assert "ulimit -v" in lines[0]
+
+
+# As CHILD, with the batch run's libraries mapped before the limit is set, so that only the pairs' decoding needs
+# more; one malloc arena, or each thread's 64 MB arena would use the spare up before any image is read.
+BATCH_CHILD = """
+import resource, sys
+import sigma.cli
+import numpy, PIL.Image, pyarrow, pyarrow.parquet, torch, cv2
+import sigma.batch.runner, sigma.batch.pipeline
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.argv = ["sigma", *sys.argv[2:]]
+sys.exit(sigma.cli.main())
+"""
+
+
+def _rows(out) -> dict[str, tuple[str, str | None]]:
+    import pyarrow.parquet as pq
+
+    return {row["pair_id"]: (row["status"], row["error_code"])
+            for shard in sorted((out / "shards").glob("*.parquet")) for row in pq.read_table(shard).to_pylist()}
+
+
+def test_memory_refused_decoding_a_pair_is_not_the_pairs_fault_and_resume_annotates_it(tmp_path):
+    """A 6000x6000 pair (36 Mpx, within io.limits.max_pixels) whose decode the system refuses memory for (RLIMIT_AS
+    250 MB above what the run's libraries map) was that pair's `image_unreadable` row, `unreadable or truncated image
+    (MemoryError)`, in a published shard, exit 0: `--resume` with memory to spare said "all shards already done" and
+    the good pair stayed bad for ever. Now its shard is not published (failed, or the run ends `out_of_memory`) and
+    the resume annotates every pair."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    corpus.mkdir()
+    for i in range(3):
+        small = np.full((64, 64, 3), 40 * i, np.uint8)
+        Image.fromarray(small).save(corpus / f"p{i}_original.png")
+        small[10:20, 10:20] = 255
+        Image.fromarray(small).save(corpus / f"p{i}_edited.png")
+    big = np.zeros((6000, 6000, 3), np.uint8)
+    big[:3000] = 200
+    Image.fromarray(big).save(corpus / "big_original.png")
+    big[100:200, 100:200] = 9
+    Image.fromarray(big).save(corpus / "big_edited.png")
+    del big
+    command = ["batch", "run", str(corpus), "--out", str(out), "--annotator", "pixel-diff", "--workers", "0",
+               "--shard-size", "2"]
+    limited = subprocess.run([sys.executable, "-c", BATCH_CHILD, "250", *command], capture_output=True, text=True,
+                             timeout=300, check=False, env={**os.environ, "MALLOC_ARENA_MAX": "1"})
+    assert limited.returncode in (1, 2), limited.stderr[-3000:]
+    assert "Traceback" not in limited.stderr, limited.stderr[-3000:]
+    assert "no more memory" in limited.stderr, limited.stderr[-3000:]
+    assert "big" not in _rows(out), (_rows(out), limited.stderr[-3000:])    # no row vouches for the pair: not done
+    resumed = subprocess.run([sys.executable, "-m", "sigma", *command, "--resume"], capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _rows(out) == {pair: ("ok", None) for pair in ("big", "p0", "p1", "p2")}

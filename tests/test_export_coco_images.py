@@ -227,3 +227,29 @@ def test_images_folder_given_as_the_json_path_too_is_refused_before_anything_is_
     err = capsys.readouterr().err
     assert err.startswith("sigma: error [bad_arguments]: --images ") and "is the --out file itself" in err, err
     assert not target.exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder on a tmpfs remounted read-only (EROFS even for root, whom permissions do not stop); root only."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=False,
+                      capture_output=True).returncode:
+        pytest.skip("mount is not allowed here")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False, capture_output=True)
+
+
+def test_an_out_in_a_read_only_folder_is_said_of_that_path_not_of_a_spool_file(runs, read_only_folder, capsys):
+    """`--out RO/coco.json` in a read-only folder said `[os_error]: Read-only file system: RO/tmpvub7ugc6`: the
+    export's unnamed spool, a name the user never gave and that is nowhere. Now the path given, with the reason."""
+    out = read_only_folder / "coco.json"
+    assert main(["export", "coco", str(runs["one"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sigma: error [os_error]: Read-only file system: {out}", err

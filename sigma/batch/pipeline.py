@@ -101,6 +101,11 @@ def read_failure(exc: BaseException) -> str:
     and message (a message that itself fails to print gives the type alone)."""
     if isinstance(exc, SystemExit):
         return f"the corpus reader called sys.exit({exc.code!r})"
+    if isinstance(exc, MemoryError):     # decoding a pair (sigma.batch.decode): no fault of the pair's
+        said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return (f"the system gave no more memory decoding this shard ({said}); nothing of it "
+                f"was published: rerun with --resume with more memory (`ulimit -v`, the container's) or fewer "
+                f"--workers")
     try:
         return f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
     except Exception:  # noqa: BLE001 - a hostile __str__ must not stop the run
@@ -450,7 +455,7 @@ class Pipeline:
                     except Exception as exc:  # noqa: BLE001 - a decode worker died (e.g. killed by the OOM killer)
                         buffer.clear()
                         failed.add(shard.key)
-                        writer.put(("abort", shard, f"decode worker failed: {type(exc).__name__}: {exc}"))
+                        writer.put(("abort", shard, f"decode worker failed: {read_failure(exc)}"))
                         continue
                     try:
                         for decoded in results:

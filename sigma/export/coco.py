@@ -169,7 +169,13 @@ def _spool_folder(out: Path) -> str | None:
 def _export(run: CheckedRun, out: Path, write: OutputWrite, row_filter: RowFilter | None,
             images_out: PlacedFiles | None, mask: str, order: str) -> dict[str, Any]:
     # unnamed (O_TMPFILE where there is one): gone with the export however it ends, a kill included
-    with tempfile.TemporaryFile(dir=_spool_folder(out)) as handle:
+    try:
+        spool = tempfile.TemporaryFile(dir=_spool_folder(out))   # noqa: SIM115 - closed by the `with` below
+    except OSError as exc:
+        # said of `out`, the file the user named: a read-only or full folder was `Read-only file system:
+        # /data/tmpvub7ugc6`, the spool's random name, which no one asked for and which does not exist
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+    with spool as handle:
         return _spooled(run, out, write, row_filter, images_out, mask, order, _Spool(handle))
 
 
@@ -226,4 +232,4 @@ def _spooled(run: CheckedRun, out: Path, write: OutputWrite, row_filter: RowFilt
     if not is_stream(out):
         sync_folder(out.parent)          # the JSON's own name: "done" is said once it is on disk
     return {"out": str(out), "images": len(spool), "annotations": spool.annotations(), "mask": mask,
-            "order": order, **skipped.report()}
+            "order": order, "unfinished_shards": run.unfinished_shards(), **skipped.report()}

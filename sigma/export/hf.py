@@ -482,7 +482,7 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
             _remove_empty(data_dir)
         raise
     return {"out": str(out), "rows": writer.rows, "files": [str(f.relative_to(out)) for f in files],
-            "weights_sha256": weights, **skipped.report()}
+            "weights_sha256": weights, "unfinished_shards": run.unfinished_shards(), **skipped.report()}
 
 
 def _remove_empty(folder: Path) -> None:

@@ -272,7 +272,7 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
     _commit(out, json_name, listing)
     return {"out": str(out), "json": str(out / json_name), "pairs": len(kept), "positives": kept.positives,
             "negatives": len(kept) - kept.positives, "mask": mask, "order": order,
-            **skipped.report()}
+            "unfinished_shards": run.unfinished_shards(), **skipped.report()}
 
 
 class _Kept:

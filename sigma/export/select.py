@@ -181,6 +181,11 @@ class CheckedRun:
             self._corpus = corpus
         return self._corpus
 
+    def unfinished_shards(self) -> int:
+        """How many of the run's planned shards are not done: said on stderr (`warn_unfinished`) and, as
+        `unfinished_shards`, in every export's summary, so a script sees a partial export too (0: the whole run)."""
+        return len(self.record["shards"]) - len(self.outputs())
+
     def outputs(self) -> list[tuple[Shard, Path]]:
         """The finished shards and their files, each shown to hold this run's rows of that shard (its `run_hash` and
         `shard` columns, read alone), once: a shard file of another run put under this run's name (with a status to
@@ -276,7 +281,7 @@ def warn_unfinished(run: CheckedRun) -> None:
     only the pairs annotated), so an export made beside a running `sigma batch run`, or of a run killed and never
     resumed, passed for the whole corpus. No line when none is done: the export is refused then (`no_results`)."""
     planned, done = len(run.record["shards"]), len(run.outputs())
-    if done and done < planned:
+    if done and run.unfinished_shards():
         root = run.rundir.root
         print(f"sigma: warning: {root}: {planned - done} of the run's {planned} shards are not done (the run is "
               f"still running, was interrupted, or failed them: `sigma batch status {root}`); what is written holds "
