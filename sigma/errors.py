@@ -35,6 +35,15 @@ class LimitError(InputError):
     code = "limit_exceeded"
 
 
+class OutOfMemoryError(SigmaError, MemoryError):
+    """The system gave no more memory for a piece of work (a low `ulimit -v` / RLIMIT_AS, a container's limit): no
+    fault of the input. Still a MemoryError, so code that stops on memory (a batch shard: sigma.batch.decode) does.
+    The image reader wrapped the MemoryError of a decode as `image_unreadable`: `sigma annotate` blamed the file
+    (exit 2) and the API answered a good upload 422 instead of a 503 to retry."""
+
+    code = "out_of_memory"
+
+
 class ConfigError(SigmaError):
     code = "invalid_config"
 

@@ -92,3 +92,45 @@ def test_memory_refused_decoding_a_pair_is_not_the_pairs_fault_and_resume_annota
                              timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _rows(out) == {pair: ("ok", None) for pair in ("big", "p0", "p1", "p2")}
+
+
+# As CHILD, with `sigma annotate`'s libraries mapped before the limit is set: only the image's decode needs more.
+ANNOTATE_CHILD = """
+import resource, sys
+import sigma.cli
+import numpy, PIL.Image, torch, cv2
+import sigma.cli.annotate, sigma.io.images, sigma.io.pairs
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.argv = ["sigma", *sys.argv[2:]]
+sys.exit(sigma.cli.main())
+"""
+
+
+def big_pair(folder) -> tuple[str, str]:
+    """A 6000x6000 pair (36 Mpx, within io.limits.max_pixels): 108 MB of pixels per image once decoded."""
+    import numpy as np
+    from PIL import Image
+
+    big = np.zeros((6000, 6000, 3), np.uint8)
+    big[:3000] = 200
+    Image.fromarray(big).save(folder / "o.png")
+    big[100:200, 100:200] = 9
+    Image.fromarray(big).save(folder / "e.png")
+    return str(folder / "o.png"), str(folder / "e.png")
+
+
+def test_memory_refused_decoding_an_image_is_out_of_memory_not_the_files_fault(tmp_path):
+    """`sigma annotate` of a good 36 Mpx pair with 250 MB of address space to spare: the image reader wrapped the
+    decode's MemoryError as `image_unreadable: o.png: unreadable or truncated image (MemoryError)`, blaming the file.
+    Now `out_of_memory`, one line, naming the file and saying it is not its fault."""
+    import os
+
+    original, edited = big_pair(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", ANNOTATE_CHILD, "250", "annotate", original, edited, "--annotator",
+                           "pixel-diff", "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          check=False, env={**os.environ, "MALLOC_ARENA_MAX": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("sigma: error [out_of_memory]: "), lines
+    assert "o.png: the system gave no more memory to decode it" in lines[0] and "not the image's fault" in lines[0]

@@ -583,3 +583,53 @@ def test_a_cancel_that_loses_the_race_with_the_worker_says_the_job_is_done(redis
     finally:
         s.close()
         proxy.close()
+
+
+# The worker's own decode (`Predictor._decode_one`, what a worker runs on a job's images) in a child whose RLIMIT_AS
+# leaves 60 MB above what its libraries map: the job error record it makes, as JSON on stdout.
+DECODE_CHILD = """
+import json, resource, sys
+import numpy, PIL.Image, cv2
+from sigma.service.predictor import Predictor
+import sigma.io, sigma.io.images, sigma.io.pairs
+data = open(sys.argv[1], "rb").read()
+predictor = Predictor("pixel-diff", decode_threads=1)
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 60 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+_, _, error = predictor._decode_one(({"original": data}, "original"))
+print(json.dumps(error))
+"""
+
+
+def test_a_job_the_workers_memory_could_not_decode_is_a_503_with_retry_after_not_a_422(redis_server, tmp_path):
+    """A good 36 Mpx upload the worker's machine had no memory to decode (RLIMIT_AS, a real decode in a child): the
+    job failed `image_unreadable` (`unreadable or truncated image (MemoryError)`) and `/v1/annotate` answered 422,
+    telling the client its image was bad. Now the job fails `out_of_memory` and the answer is 503 with
+    `Retry-After: 5`. (A whole worker under RLIMIT_AS is not started: its Redis client and threads fail first, at
+    random; the real decode's record is written as a worker writes it, and the real API answers it.)"""
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_cli_memory_limit import big_pair
+
+    from sigma.service.jobs import JobStore
+
+    original, _ = big_pair(tmp_path)
+    child = subprocess.run([sys.executable, "-c", DECODE_CHILD, original], capture_output=True, text=True,
+                           timeout=300, check=False, env={**os.environ, "MALLOC_ARENA_MAX": "1"})
+    assert child.returncode == 0, child.stderr[-3000:]
+    error = json.loads(child.stdout)
+    assert error["code"] == "out_of_memory", error
+    with running_service(redis_server, tmp_path) as svc, ThreadPoolExecutor(1) as pool:
+        small_original, small_edited = make_pair(seed=7)
+        waiting = pool.submit(svc.submit, small_original, small_edited, {"annotator": "pixel-diff", "wait": "30"},
+                              path="/v1/annotate")
+        r = redis_server.client()
+        [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
+        job_id = fields[b"job"].decode()
+        assert JobStore(r, Keys(svc.prefix), 600).finish(job_id, "failed", "a-worker", error=error) == 1
+        resp = waiting.result(timeout=60)
+        assert resp.status_code == 503 and resp.headers.get("Retry-After") == "5", (resp.status_code, resp.text)
+        assert resp.json()["error"]["code"] == "out_of_memory", resp.text

@@ -103,21 +103,12 @@ def _located(message: str, item: SourceItem) -> str:
     return message if any(name and name in message for name in named) else f"{item.source}: {message}"
 
 
-def _refused_memory(exc: BaseException) -> MemoryError | None:
-    """The MemoryError behind `exc` (itself, or the cause the image reader wrapped as `image_unreadable`), if any."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, MemoryError):
-            return seen
-        seen = seen.__cause__
-    return None
-
-
 def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root: str | None) -> Decoded:
-    """A pair's own faults become its error row; memory the system refused does not (`_refused_memory`): it is
-    raised, so the shard fails unpublished and `--resume` with more memory decodes the pair. It was the pair's
-    `image_unreadable` row (`decode_failed` for the pair's own MemoryError, a `gt_note` for its mask): a
-    transient shortage made a good pair bad for good, since `--resume` never redoes a published shard."""
+    """A pair's own faults become its error row; memory the system refused does not (a MemoryError; the image
+    reader says its own as `OutOfMemoryError`, one too): it is raised, so the shard fails unpublished and
+    `--resume` with more memory decodes the pair. It was the pair's `image_unreadable` row (`decode_failed` for the
+    pair's own MemoryError, a `gt_note` for its mask): a transient shortage made a good pair bad for good, since
+    `--resume` never redoes a published shard."""
     light = replace(item, original=None, edited=None, mask=None)
     if item.error:
         return Decoded(light, error=item.error)
@@ -130,9 +121,9 @@ def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root:
         meta["edited_sha256"] = hashlib.sha256(edited).hexdigest()
         pair = pair_from_bytes(original, edited, item.instruction, io_config, pair_id=item.pair_id,
                                names=image_names(item))
+    except MemoryError:                     # the machine's shortage: the shard fails unpublished
+        raise
     except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one pair, not the run
-        if (refused := _refused_memory(exc)) is not None:
-            raise refused from None
         if isinstance(exc, SigmaError):
             return Decoded(light, meta=meta, error=(exc.code, _located(exc.message, item)))
         return Decoded(light, meta=meta, error=("decode_failed", f"{item.source}: {type(exc).__name__}: {exc}"))
@@ -145,9 +136,9 @@ def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root:
                 gt = mask
             else:
                 meta["gt_note"] = f"ground truth {mask.shape} differs from the pair's {pair.size}: not scored"
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - as above: costs the ground truth, not the run
-            if (refused := _refused_memory(exc)) is not None:
-                raise refused from None
             meta["gt_note"] = (f"ground truth unreadable: [{exc.code}] {exc.message}" if isinstance(exc, SigmaError)
                                else f"ground truth unreadable: {type(exc).__name__}: {exc}")
     return Decoded(light, pair=pair, gt=gt, meta=meta)

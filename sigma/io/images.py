@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
-from sigma.errors import ImageError, InputError, LimitError
+from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError
 from sigma.io.lines import read_at_most
 from sigma.regular import BrokenLink, NotRegularFile, broken_link, open_regular
 from sigma.tempfiles import replace_atomically
@@ -497,8 +497,10 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
                              code="unsupported_format") from exc
         raise ImageError(f"{name}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
                          code="image_unreadable") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError,
-            MemoryError) as exc:
+    except MemoryError as exc:       # the machine's shortage, not the image's fault: `out_of_memory`, never unreadable
+        raise OutOfMemoryError(f"{name}: the system gave no more memory to decode it ({_one_line(exc)}); not the "
+                               "image's fault: retry with more memory free", code="out_of_memory") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
         raise ImageError(f"{name}: unreadable or truncated image ({_one_line(exc)})",
                          code="image_unreadable") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:

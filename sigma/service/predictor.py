@@ -76,6 +76,9 @@ class Predictor:
             return None, 0.0, exc.to_dict()
         except KeyError:
             return None, 0.0, {"code": "invalid_input", "message": f"bad item: no {which!r} bytes"}
+        except MemoryError as exc:      # the worker's shortage, outside the reader's own: not the input's fault
+            return None, 0.0, {"code": "out_of_memory", "message": f"{which}: the system gave no more memory to decode "
+                               f"it ({type(exc).__name__}); not the image's fault: retry with more memory free"}
         except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile bytes: the input's fault
             return None, 0.0, {"code": "image_unreadable",
                                "message": f"{which}: could not be decoded ({type(exc).__name__}: {exc})"}
