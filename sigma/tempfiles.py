@@ -454,10 +454,34 @@ def replace_atomically(path: Path, data: bytes | Callable[[Path], None], durable
         else:
             data(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        said = said_of_target(exc, tmp, path, isinstance(data, bytes))
+        if said is exc:
+            raise
+        raise said from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+# what a write refuses for the room it has (a full disk, a quota, RLIMIT_FSIZE): said of the file being written
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def said_of_target(exc: OSError, tmp: Path, path: Path, ours: bool) -> OSError:
+    """The failure of a write to `tmp`, staged for `path`, said of `path`, the name the user gave and knows: the
+    temporary `.NAME.PID.RANDOM.tmp` (gone once the write failed) was named (`os_error: ...: DIR/.p.jsonl.1234.x.tmp`),
+    or no file at all (`os_error: File too large`, the write of a full disk or past RLIMIT_FSIZE carries none).
+    An error naming another file (one a writer `data` reads) is kept as it is; one naming none is the target's when
+    the bytes are ours (`ours`) or it is a write's lack of room."""
+    named = exc.filename is not None and os.fsdecode(exc.filename) == str(tmp)
+    if not named and not (exc.filename is None and (ours or exc.errno in _NO_ROOM)):
+        return exc
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
 
 
 def sync_folder(folder: Path) -> None:
