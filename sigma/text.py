@@ -57,7 +57,8 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
 ENV_INT_MOST = 2 ** 62
 
 
-def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOST, *, says_most: bool = False) -> int:
+def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOST, *, says_most: bool = False,
+                     least: int = 1) -> int:
     """A size limit or a wait a deployment sets in the environment (`$SIGMA_MAX_MODEL_PARAMS`,
     `$SIGMA_MAX_RUN_BYTES`, `$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`): read wherever the limit
     applies, before any config of the command exists. Here in the bottom layer (it was sigma.config.loader's) so
@@ -68,12 +69,13 @@ def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOS
     (`time.monotonic() +`). A fraction (`2.5`, `1000.7`) was cut by int() to 2 and 1000 without a word; now refused,
     saying a whole number is needed. A value past `most` is told `, at most MOST` after `what`, unless `says_most`:
     `what` says the bound already (the waits' WAIT_RULE). That was guessed from `str(most) in what`, so a `what` whose
-    digits merely held the bound's (`up to 10000 files`, bound 100) never said it."""
+    digits merely held the bound's (`up to 10000 files`, bound 100) never said it. `least`: 0 for torchrun's
+    `$RANK` / `$LOCAL_RANK` (`sigma.training.world`), read by this one parser too."""
     raw = os.environ.get(name, "").strip().replace("_", "")
     if not raw:
         return default
     value = _env_number(raw)
-    if (isinstance(value, float) and not math.isfinite(value)) or value < 1:
+    if (isinstance(value, float) and not math.isfinite(value)) or value < least:
         raise ConfigError(f"${name}={shown(raw, 40)!r}: {what}")
     if isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"${name}={shown(raw, 40)!r}: {what} ({shown(raw, 40)} is not a whole number)")

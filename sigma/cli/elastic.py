@@ -34,9 +34,13 @@ def _error_file() -> str:
 
 
 def _rank() -> int:
+    """This rank, for a failure's report: a `$RANK` that is no rank (the failure may be that very error) is 0."""
+    from sigma.errors import ConfigError
+    from sigma.training.world import rank
+
     try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
+        return rank()
+    except ConfigError:
         return 0
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 HELP = """Train a SigmaNet with the one training loop (Stage I: BCE + Dice on synthetic edits; Stage II:
 VAE-roundtrip calibration, EMA self-training, edit-noise disentanglement, each switchable).
@@ -54,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("give either a config or --resume RUN_DIR, not both")
         run_dir = start(config, overrides, resume=args.resume, log=lambda m: print(m, flush=True),
                         terminated=terminated)
-    if int(os.environ.get("RANK", "0")) == 0:     # under torchrun once, like the log: it was printed by every rank
+    from sigma.training import world
+
+    if world.rank() == 0:     # under torchrun once, like the log: it was printed by every rank
         print(f"run folder: {run_dir}")
     return 0

@@ -24,10 +24,18 @@ ENV_CACHE_DIR = "SIGMA_CACHE_DIR"
 
 
 def cache_root() -> Path:
-    """`$SIGMA_CACHE_DIR`, else `$XDG_CACHE_HOME/sigma`, else `~/.cache/sigma` (read at call time)."""
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """`$SIGMA_CACHE_DIR`, else `$XDG_CACHE_HOME/sigma`, else `~/.cache/sigma` (read at call time), absolute.
+
+    A value of only spaces is unset, as the numeric variables read it (`sigma.text.positive_int_env`): it was a
+    folder named `   ` made in whatever folder the command ran from, a cache nobody would find again. A relative
+    `$XDG_CACHE_HOME` is ignored, as the XDG Base Directory spec says it must be (it was a `sigma/` folder under
+    the working folder of each process); a relative `$SIGMA_CACHE_DIR` is the user's own choice and is read against
+    the working folder once, here, so messages name the folder written."""
+    own = os.environ.get(ENV_CACHE_DIR, "")
+    if own.strip():
+        return Path(os.path.abspath(os.path.expanduser(own)))
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if xdg.strip() and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "sigma"
 
 

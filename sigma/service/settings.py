@@ -246,10 +246,18 @@ def hash_key(key: str) -> str:
 
 
 def _parse_key_list(text: str, hashed: bool, source: str) -> list[dict]:
+    """`KEY[:SCOPE+SCOPE],...` from `source` (`$SIGMA_API_KEYS`, `$SIGMA_API_KEY_HASHES`). An entry holding bytes that
+    are not UTF-8 (Python reads them as surrogate escapes) is refused naming the variable: it was an `invalid_text`
+    line quoting `'\\udcff'` and blaming the locale, naming neither the variable nor the entry."""
     keys = []
     for n, item in enumerate(part.strip() for part in text.split(",")):
         if not item:
             continue
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{source}: entry {n + 1} holds bytes that are not UTF-8 text; a key is UTF-8 "
+                              "text") from None
         secret, _, scopes = item.partition(":")
         if not secret:
             raise ConfigError(f"{source}: entry {n + 1} has an empty key")

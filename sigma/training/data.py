@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, Sampler
 from sigma.data.synth.engine import SynthEngine, SynthSample
 from sigma.models.refine import EDIT_TYPES
 
+from . import world
 from .config import SourceConfig, TrainConfig, effective_synth
 
 
@@ -124,7 +125,6 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     """Snapshot the cache's index.json into the run folder and point the config at it, so a cache still
     being built (new photos land every few seconds) cannot change the run's stream; a later run picks up
     the grown cache. Rank 0 writes; other ranks wait for the file."""
-    import os
     import time
 
     from sigma.data.synth.engine import cached_files, read_cache_index
@@ -136,7 +136,7 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     if not src.is_file():
         return cfg   # the engine raises the clear error
     target = (run_dir / "cache_index.json").absolute()    # read from anywhere, not only from the starting folder
-    if int(os.environ.get("RANK", "0")) == 0:
+    if world.rank() == 0:
         try:        # the bytes checked are the bytes copied: a FIFO put there after the check held the start
             raw, data = read_cache_index(src)
         except InputError:

@@ -40,6 +40,7 @@ from sigma.lifeline import (
 )
 from sigma.tempfiles import has_staged_set, replace_atomically
 from sigma.text import dumps_finite
+from sigma.training import world
 
 from . import losses as L
 from .checkpoint import CKPT, PREV, load_checkpoint, refuse_lost_checkpoints, save_checkpoint, sweep_checkpoint_temps
@@ -360,13 +361,13 @@ class Trainer:
         # a SIGTERM pause checkpointed between steps (`_save_stop` done): the data workers' batches are not wanted
         # (`_data_workers`), and the pause does not write its row and checkpoint again
         self.stopping = False
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = world.world_size()
+        self.rank = world.rank()
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend)
         if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
+            local = world.local_rank()
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
         else:
@@ -1356,7 +1357,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         from sigma.eval import perturb
 
         perturb.prepare(perturb.expand(cfg.eval.perturb))
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    rank0 = world.rank() == 0
     with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
         _refuse_links(run_dir)
         refuse_lost_checkpoints(run_dir)        # saved weights but no checkpoint: never started over unsaid

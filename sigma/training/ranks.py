@@ -9,7 +9,6 @@ failure is caught once, around it (`lost_ranks_said`, in `sigma.training.loop.st
 """
 from __future__ import annotations
 
-import os
 import re
 import signal
 import threading
@@ -21,6 +20,7 @@ import torch
 
 from sigma.errors import SigmaError, first_line
 
+from . import world
 from .checkpoint import CKPT, PREV
 
 
@@ -42,7 +42,7 @@ def lost_in_collective(exc: BaseException) -> bool:
     own: only under DDP, and only torch's distributed errors or a RuntimeError in gloo's or NCCL's words."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if world.world_size() < 2:
         return False
     return isinstance(exc, torch.distributed.DistError) or (
         isinstance(exc, RuntimeError) and bool(_PEER_GONE.search(str(exc))))
@@ -70,9 +70,9 @@ def checkpoint_step(run_dir: Path) -> int | None:
 def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
     """The one line for `exc`, a collective that failed because a peer is gone: which rank (known with two; with
     more, torchrun's report names the first to fail), the last complete checkpoint's step, how to continue."""
-    world = int(os.environ.get("WORLD_SIZE", "2"))
-    rank = int(os.environ.get("RANK", "0"))
-    who = f"rank {1 - rank} of 2" if world == 2 else f"another rank of {world} (torchrun's report names it)"
+    size = world.world_size(2)
+    rank = world.rank()
+    who = f"rank {1 - rank} of 2" if size == 2 else f"another rank of {size} (torchrun's report names it)"
     said = _REASON.search(str(exc))
     why = said.group(0).lower() if said else re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc, 200))[:100]
     step = checkpoint_step(run_dir)
