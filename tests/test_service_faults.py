@@ -138,13 +138,16 @@ def _names_no_server_internals(text: str, folder, pid: int) -> None:
     assert re.search(r"pid \d", text) is None, text
 
 
-def _waiting_job_failed_with(svc, redis_server, exc: Exception):
+def _waiting_job_failed_with(svc, redis_server, exc: Exception | dict):
     """(the answer, the job id) of a `/v1/annotate` call waiting on its job, which no worker runs: the job is failed
-    with `exc` as a worker's load would record it (`error_record`), the way a real failure reaches the answer."""
+    with `exc` as a worker's load would record it (`error_record`; a dict: the record itself, as a worker wrote it),
+    the way a real failure reaches the answer."""
     from concurrent.futures import ThreadPoolExecutor
 
     from sigma.service.annotation import error_record
     from sigma.service.jobs import JobStore
+
+    record = exc if isinstance(exc, dict) else error_record(exc)
 
     with ThreadPoolExecutor(1) as pool:
         original, edited = make_pair(seed=7)
@@ -153,7 +156,7 @@ def _waiting_job_failed_with(svc, redis_server, exc: Exception):
         r = redis_server.client()
         [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
         job_id = fields[b"job"].decode()
-        assert JobStore(r, Keys(svc.prefix), 600).finish(job_id, "failed", "a-worker", error=error_record(exc)) == 1
+        assert JobStore(r, Keys(svc.prefix), 600).finish(job_id, "failed", "a-worker", error=record) == 1
         return waiting.result(timeout=60), job_id
 
 
@@ -610,11 +613,8 @@ def test_a_job_the_workers_memory_could_not_decode_is_a_503_with_retry_after_not
     import os
     import subprocess
     import sys
-    from concurrent.futures import ThreadPoolExecutor
 
     from test_cli_memory_limit import big_pair
-
-    from sigma.service.jobs import JobStore
 
     original, _ = big_pair(tmp_path)
     child = subprocess.run([sys.executable, "-c", DECODE_CHILD, original], capture_output=True, text=True,
@@ -622,14 +622,7 @@ def test_a_job_the_workers_memory_could_not_decode_is_a_503_with_retry_after_not
     assert child.returncode == 0, child.stderr[-3000:]
     error = json.loads(child.stdout)
     assert error["code"] == "out_of_memory", error
-    with running_service(redis_server, tmp_path) as svc, ThreadPoolExecutor(1) as pool:
-        small_original, small_edited = make_pair(seed=7)
-        waiting = pool.submit(svc.submit, small_original, small_edited, {"annotator": "pixel-diff", "wait": "30"},
-                              path="/v1/annotate")
-        r = redis_server.client()
-        [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
-        job_id = fields[b"job"].decode()
-        assert JobStore(r, Keys(svc.prefix), 600).finish(job_id, "failed", "a-worker", error=error) == 1
-        resp = waiting.result(timeout=60)
+    with running_service(redis_server, tmp_path) as svc:
+        resp, _ = _waiting_job_failed_with(svc, redis_server, error)
         assert resp.status_code == 503 and resp.headers.get("Retry-After") == "5", (resp.status_code, resp.text)
         assert resp.json()["error"]["code"] == "out_of_memory", resp.text
