@@ -121,11 +121,11 @@ def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root:
         meta["edited_sha256"] = hashlib.sha256(edited).hexdigest()
         pair = pair_from_bytes(original, edited, item.instruction, io_config, pair_id=item.pair_id,
                                names=image_names(item))
-    except MemoryError:                     # the machine's shortage: the shard fails unpublished
+    except MemoryError:                     # the machine's shortage (OutOfMemoryError too): the shard fails unpublished
         raise
+    except SigmaError as exc:
+        return Decoded(light, meta=meta, error=(exc.code, _located(exc.message, item)))
     except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one pair, not the run
-        if isinstance(exc, SigmaError):
-            return Decoded(light, meta=meta, error=(exc.code, _located(exc.message, item)))
         return Decoded(light, meta=meta, error=("decode_failed", f"{item.source}: {type(exc).__name__}: {exc}"))
     gt = None
     if ground_truth and (item.mask is not None or item.mask_path):
@@ -138,9 +138,10 @@ def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root:
                 meta["gt_note"] = f"ground truth {mask.shape} differs from the pair's {pair.size}: not scored"
         except MemoryError:
             raise
+        except SigmaError as exc:
+            meta["gt_note"] = f"ground truth unreadable: [{exc.code}] {exc.message}"
         except Exception as exc:  # noqa: BLE001 - as above: costs the ground truth, not the run
-            meta["gt_note"] = (f"ground truth unreadable: [{exc.code}] {exc.message}" if isinstance(exc, SigmaError)
-                               else f"ground truth unreadable: {type(exc).__name__}: {exc}")
+            meta["gt_note"] = f"ground truth unreadable: {type(exc).__name__}: {exc}"
     return Decoded(light, pair=pair, gt=gt, meta=meta)
 
 

@@ -510,7 +510,7 @@ def _card_info(run: CheckedRun, name: str | None, first: dict[str, Any], digest:
             "weights_source": weights_source, "threshold": first.get("threshold", cfg.get("threshold")),
             "run_hash": record["run_hash"], "run_pairs": status["ok"], "run_errors": status["errors"],
             # the shards this export read (the run may have finished more since, if it runs beside it)
-            "unfinished": len(record["shards"]) - len(run.outputs()), "shards": len(record["shards"]),
+            "unfinished": run.unfinished_shards(), "shards": len(record["shards"]),
             "planned_pairs": status["planned_pairs"],
             "rows": rows, "skipped": len(skipped),
             "mask": {"chosen": "the one the run's mask_mode chose (`mask_source` says which)",

@@ -280,10 +280,11 @@ def warn_unfinished(run: CheckedRun) -> None:
     an export of such a run holds the finished shards alone, and it said nothing (exit 0, a dataset card counting
     only the pairs annotated), so an export made beside a running `sigma batch run`, or of a run killed and never
     resumed, passed for the whole corpus. No line when none is done: the export is refused then (`no_results`)."""
-    planned, done = len(run.record["shards"]), len(run.outputs())
-    if done and run.unfinished_shards():
+    planned, unfinished = len(run.record["shards"]), run.unfinished_shards()
+    done = planned - unfinished
+    if done and unfinished:
         root = run.rundir.root
-        print(f"sigma: warning: {root}: {planned - done} of the run's {planned} shards are not done (the run is "
+        print(f"sigma: warning: {root}: {unfinished} of the run's {planned} shards are not done (the run is "
               f"still running, was interrupted, or failed them: `sigma batch status {root}`); what is written holds "
               f"the {done} finished ones only. Finish the run (`sigma batch run ... --resume`) and run this again "
               "for all of them", file=sys.stderr)
