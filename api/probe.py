@@ -29,6 +29,7 @@ from sigma.io.images import (
     tiff_strip_count,
 )
 from sigma.io.pairs import check_instruction
+from sigma.text import find_control
 
 _SWAPS_AXES = (5, 6, 7, 8)     # EXIF orientations that turn the image by 90 degrees
 
@@ -67,12 +68,27 @@ def _header_hw(data: bytes, io_config: IOConfig) -> tuple[int, int] | None:
     return (width, height) if orientation in _SWAPS_AXES else (height, width)
 
 
+def refuse_control_characters(instruction: str | None) -> None:
+    """A NUL, an escape or another control character that is not a space in a request's instruction is 422
+    invalid_instruction, as a lone surrogate is 422 invalid_text: a client that sends one has a bug (a C string's
+    terminator, a terminal's colour codes pasted in), and what it meant cannot be known. It was queued and the text
+    stored in the job as sent. The library reads such text as it can (the rules parser takes a control character
+    for a word break, docs/parsing-grounding.md), so a batch run of a corpus holding one goes on, as it does for
+    a lone surrogate."""
+    control = None if instruction is None else find_control(instruction)
+    if control is not None:
+        raise InputError(f"instruction: holds the control character U+{ord(control[1]):04X} at character "
+                         f"{control[0] + 1}; an instruction is words (tabs and line breaks count as spaces)",
+                         code="invalid_instruction")
+
+
 def check_pair(original: bytes, edited: bytes, instruction: str | None, io_config: IOConfig,
                full: bool = False) -> None:
     """Raise the SigmaError `pair_from_bytes` would raise for this upload (header-level checks)."""
     from sigma.io import pair_from_bytes
 
     check_instruction(instruction, io_config.limits.max_instruction_chars)
+    refuse_control_characters(instruction)
     head_o = None if full else _header_hw(original, io_config)
     head_e = None if full or head_o is None else _header_hw(edited, io_config)
     if head_o is None or head_e is None:

@@ -179,6 +179,20 @@ def is_blank(text: str) -> bool:
     return not any(not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Cc") for ch in text)
 
 
+# a control character (Unicode Cc) that is not whitespace: NUL, ESC, DEL, the C1 block but NEL
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+
+
+def find_control(text: str) -> tuple[int, str] | None:
+    """`(index, character)` of the first control character in `text` that is not whitespace, or None.
+
+    Whitespace controls (tab, line breaks, \\x1c-\\x1f, NEL) are spaces to an instruction; the others are never
+    words. A NUL ends the text for a C library a parser may hand it to (a tokenizer, a terminal showing a log),
+    and an escape sequence (`"replace the\\x1b[2J dog"`) made the rules parser lose the source without a word."""
+    found = _CONTROL.search(text)
+    return None if found is None else (found.start(), found.group())
+
+
 def replace_surrogates(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
