@@ -28,6 +28,7 @@ STATUS_BY_CODE = {
     "file_too_large": 413, "too_many_pixels": 413, "decompression_bomb": 413, "request_too_large": 413,
     "bad_request": 400, "bad_json": 400, "invalid_base64": 400, "malformed_multipart": 400, "missing_field": 400,
     "not_a_file": 400, "headers_too_large": 431, "invalid_request": 422, "unsupported_media_type": 415,
+    "unsupported_content_encoding": 415,
     "unknown_annotator": 422, "unknown_name": 422,
     "missing_api_key": 401, "invalid_api_key": 401, "insufficient_scope": 403,
     "not_found": 404, "job_not_found": 404, "mask_not_available": 409, "method_not_allowed": 405,

@@ -201,6 +201,21 @@ def _too_large(max_bytes: int, how: str) -> ApiError:
                     {"Connection": "close"})
 
 
+def refuse_content_encoding(request: Request) -> None:
+    """415 `unsupported_content_encoding` (with `Accept-Encoding: identity`, RFC 9110 15.5.16) for a body sent
+    with any `Content-Encoding` but `identity`, before a byte of it is read. The header was ignored: a gzip body was
+    read as the JSON it is not (400 `bad_json`, "not UTF-8 text", blaming the JSON) and a plain body labelled gzip
+    was taken as plain. The service inflates nothing, so a gzip bomb costs no more than its own bytes, which
+    `limits.max_request_bytes` bounds as any body's."""
+    codings = [token.strip().lower() for line in request.headers.getlist("content-encoding")
+               for token in line.split(",")]
+    sent = [token for token in codings if token and token != "identity"]
+    if sent:
+        raise ApiError(415, "unsupported_content_encoding", f"Content-Encoding {shown(', '.join(sent))!r}: this "
+                       "service reads request bodies as sent; send them uncompressed (no Content-Encoding)",
+                       {"Accept-Encoding": "identity"})
+
+
 async def read_body(request: Request, max_bytes: int | None = None) -> bytearray:
     """The whole body in one buffer (no second copy; nothing cached on the request). Over `max_bytes`: 413
     `request_too_large`, the connection closed, refused by its Content-Length before a byte is read (a head that
@@ -221,6 +236,7 @@ async def read_body(request: Request, max_bytes: int | None = None) -> bytearray
 async def read_json_object(request: Request, max_bytes: int | None = None) -> dict[str, Any]:
     """A JSON object body (`parse_json`: RFC 8259, at most `MAX_BODY_DEPTH` deep), checked for text that cannot be
     represented (lone surrogates → 422 invalid_text)."""
+    refuse_content_encoding(request)
     body = await read_body(request, max_bytes)
     if not body:
         raise ApiError(400, "bad_json", "empty body: send a JSON object")
@@ -399,6 +415,7 @@ class _LimitedParser(MultiPartParser):
 
 async def parse_submission(request: Request, max_text_chars: int, spool_bytes: int = 1024 * 1024,
                            max_file_bytes: int | None = None) -> Submission:
+    refuse_content_encoding(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         return await _multipart(request, max_text_chars, spool_bytes, max_file_bytes)

@@ -3,6 +3,8 @@ characters in an instruction, compressed bodies, multi-frame and 16-bit images, 
 from __future__ import annotations
 
 import base64
+import gzip
+import json
 
 import pytest
 from servicekit import make_pair, png_bytes, running_service
@@ -12,7 +14,10 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def svc(redis_server, tmp_path_factory):
-    with running_service(redis_server, tmp_path_factory.mktemp("svc-inputs"), workers=[("pixel-diff", None)]) as s:
+    tmp = tmp_path_factory.mktemp("svc-inputs")
+    (tmp / "batches").mkdir()
+    with running_service(redis_server, tmp, overrides=[f"api.batch_root={tmp / 'batches'}"],
+                         workers=[("pixel-diff", None)]) as s:
         yield s
 
 
@@ -44,3 +49,40 @@ def test_tabs_and_line_breaks_in_an_instruction_are_still_words_apart(svc):
     resp = svc.submit(o, e, {"instruction": "remove\tthe\r\nboat\x85"}, path="/v1/annotate")
     assert resp.status_code == 200, resp.text
     assert resp.json()["result"]["instruction"] == "remove the boat"
+
+
+def _json_body(seed: int = 3) -> bytes:
+    o, e = make_pair(seed=seed)
+    return json.dumps({"original": base64.b64encode(png_bytes(o)).decode(),
+                       "edited": base64.b64encode(png_bytes(e)).decode()}).encode()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "GZIP", "identity, gzip", "br"])
+@pytest.mark.parametrize("body", ["gzip", "not_gzip", "bomb", "plain"])
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/annotate", "/v1/batches"])
+def test_a_compressed_body_is_415_unsupported_content_encoding_never_inflated(svc, coding, body, path):
+    """Content-Encoding was ignored: a gzip body was 400 bad_json "not UTF-8 text" (blaming the JSON), a plain body
+    labelled gzip was queued as plain. Now 415 unsupported_content_encoding with Accept-Encoding: identity (RFC 9110
+    15.5.16), before the body is read: a bomb (50 MB of JSON in 49 KB) is never inflated, nothing is queued, and the
+    connection serves the next request."""
+    content = {"gzip": lambda: gzip.compress(_json_body()), "not_gzip": lambda: b"\x1f\x8b not gzip at all",
+               "bomb": lambda: gzip.compress(b"{" + b" " * 50_000_000 + b"}", compresslevel=1),
+               "plain": _json_body}[body]()
+    stream = svc.redis_server.client().xlen(f"{svc.prefix}:stream:pixel-diff")
+    resp = svc.http.post(path, content=content, headers={**svc.headers(), "content-type": "application/json",
+                                                         "content-encoding": coding})
+    assert resp.status_code == 415, resp.text
+    assert resp.json()["error"]["code"] == "unsupported_content_encoding"
+    assert resp.headers["accept-encoding"] == "identity"
+    assert svc.redis_server.client().xlen(f"{svc.prefix}:stream:pixel-diff") == stream
+    assert svc.http.get("/healthz").status_code == 200
+
+
+def test_identity_and_no_content_encoding_are_read_as_before(svc):
+    for coding in ("identity", ""):
+        resp = svc.http.post("/v1/annotate", content=_json_body(), headers={
+            **svc.headers(), "content-type": "application/json", "content-encoding": coding})
+        assert resp.status_code == 200 and resp.json()["status"] == "done", resp.text
+    o, e = make_pair(seed=4)
+    resp = svc.submit(o, e, headers={"Content-Encoding": "gzip"})      # multipart: the same refusal
+    assert resp.status_code == 415 and resp.json()["error"]["code"] == "unsupported_content_encoding", resp.text
