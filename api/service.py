@@ -207,8 +207,13 @@ class Service:
             raise ApiError(404, "job_not_found", f"no job {shown(job_id)!r}: job ids are 32 hex digits")
         h = decode_hash(await self.r.hgetall(self.keys.job(job_id)))
         if not h or (h.get("owner") != principal.name and not principal.admin):
-            raise ApiError(404, "job_not_found", f"no job {job_id} (finished jobs are kept "
-                           f"{self.cfg.queue.result_ttl_s} s)")
+            # one answer for every way a job is not there, its owner's or not (no job's existence is told to another
+            # key); it said only "(finished jobs are kept N s)", and a job Redis lost (FLUSHALL, a restart without
+            # persistence) read as one that had expired
+            raise ApiError(404, "job_not_found", f"no job {job_id} for this key: never made, deleted, expired "
+                           f"(finished jobs are kept {self.cfg.queue.result_ttl_s} s, queued ones "
+                           f"{self.cfg.queue.job_ttl_s} s), or lost by the queue's Redis (emptied, or restarted "
+                           "without persistence); submit it again")
         return h
 
     async def wait(self, job_id: str, seconds: float) -> dict[str, str] | None:

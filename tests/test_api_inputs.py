@@ -7,7 +7,7 @@ import gzip
 import json
 
 import pytest
-from servicekit import make_pair, png_bytes, running_service
+from servicekit import make_pair, png_bytes, running_service, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -86,3 +86,24 @@ def test_identity_and_no_content_encoding_are_read_as_before(svc):
     o, e = make_pair(seed=4)
     resp = svc.submit(o, e, headers={"Content-Encoding": "gzip"})      # multipart: the same refusal
     assert resp.status_code == 415 and resp.json()["error"]["code"] == "unsupported_content_encoding", resp.text
+
+
+def test_a_job_redis_lost_to_flushall_is_404_saying_so_and_the_service_goes_on(private_redis, tmp_path):
+    """After FLUSHALL a job that existed is 404 job_not_found (no record is left to answer from), but the message said
+    only "(finished jobs are kept 3600 s)", as if the job had expired; now it names a Redis that lost it too. Its
+    mask and DELETE answer the same; the worker and /readyz recover by themselves and the next job is done."""
+    with running_service(private_redis, tmp_path, workers=[("pixel-diff", None)]) as s:
+        done = s.submit(*make_pair(seed=6), path="/v1/annotate")
+        assert done.status_code == 200 and done.json()["status"] == "done", done.text
+        job = done.json()["id"]
+        private_redis.client().flushall()
+        for resp in (s.http.get(f"/v1/jobs/{job}", headers=s.headers()),
+                     s.http.get(f"/v1/jobs/{job}/mask.png", headers=s.headers()),
+                     s.http.delete(f"/v1/jobs/{job}", headers=s.headers())):
+            assert resp.status_code == 404, resp.text
+            err = resp.json()["error"]
+            assert err["code"] == "job_not_found" and job in err["message"], err
+            assert "lost by the queue's Redis" in err["message"] and "expired" in err["message"], err
+        wait_until(lambda: s.http.get("/readyz").status_code == 200, 20, "ready again after FLUSHALL")
+        again = s.submit(*make_pair(seed=6), path="/v1/annotate")
+        assert again.status_code == 200 and again.json()["status"] == "done", again.text
