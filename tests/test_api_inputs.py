@@ -107,3 +107,14 @@ def test_a_job_redis_lost_to_flushall_is_404_saying_so_and_the_service_goes_on(p
         wait_until(lambda: s.http.get("/readyz").status_code == 200, 20, "ready again after FLUSHALL")
         again = s.submit(*make_pair(seed=6), path="/v1/annotate")
         assert again.status_code == 200 and again.json()["status"] == "done", again.text
+
+
+def test_readyz_is_200_with_one_served_annotator_alive_and_names_those_without_a_worker(svc):
+    """api.annotators serves pixel-diff, slow-diff and poison-diff; only pixel-diff has a worker. Ready (documented:
+    one served annotator with a live worker), but the degraded state was only a 0 in by_annotator; now the
+    annotators without a worker are named in checks.workers.without_worker."""
+    resp = svc.http.get("/readyz")
+    assert resp.status_code == 200, resp.text
+    workers = resp.json()["checks"]["workers"]
+    assert workers["by_annotator"]["pixel-diff"] >= 1
+    assert workers["without_worker"] == ["poison-diff", "slow-diff"], workers
