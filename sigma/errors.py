@@ -44,6 +44,24 @@ class OutOfMemoryError(SigmaError, MemoryError):
     code = "out_of_memory"
 
 
+def loading_refused(exc: BaseException) -> str:
+    """The line saying the system gave no memory to load a library, from an ImportError or one in its chain (a
+    dlopen under a low `ulimit -v`: `libarrow.so.2600: failed to map segment from shared object`; numpy wraps its own
+    in a page of advice ending "Original error was: ..."), or "" for an ImportError that says no such thing (a
+    module not installed). One test for every caller: the CLI's `out_of_memory` line and its probe of the optional
+    extras (`sigma.cli.common.missing_extras`), which called pyarrow refused its memory "not installed"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        said = [line for line in str(seen).splitlines() if any(sign in line.lower() for sign in _NO_MEMORY_TO_LOAD)]
+        if said:
+            return " ".join(said[0].split())
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+_NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
+
+
 class ConfigError(SigmaError):
     code = "invalid_config"
 

@@ -134,3 +134,31 @@ def test_memory_refused_decoding_an_image_is_out_of_memory_not_the_files_fault(t
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("sigma: error [out_of_memory]: "), lines
     assert "o.png: the system gave no more memory to decode it" in lines[0] and "not the image's fault" in lines[0]
+
+
+# As CHILD, with every sub-command's module imported (the parser built: torch, numpy, ...) before the limit is set:
+# the next library to load is the command's optional extra, probed before any work (`sigma.cli.common.check_extras`).
+EXTRAS_CHILD = """
+import resource, sys
+import sigma.cli
+sigma.cli.build_parser()
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.argv = ["sigma", *sys.argv[2:]]
+sys.exit(sigma.cli.main())
+"""
+
+
+def test_an_installed_extra_the_system_gives_no_memory_to_load_is_out_of_memory_not_missing(tmp_path):
+    """`sigma batch run` with pyarrow installed but no address space left to map it (`libarrow.so.2600: failed to map
+    segment from shared object`) said `missing_extra: ... which this install lacks: pip install
+    'sigma-masks[batch]'`: the user was sent to install what they have. Now the one `out_of_memory` line."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    proc = subprocess.run([sys.executable, "-c", EXTRAS_CHILD, "8", "batch", "run", str(corpus), "--out",
+                           str(tmp_path / "run"), "--annotator", "pixel-diff"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("sigma: error [out_of_memory]: the system gave no more memory (loading a library: "), \
+        lines

@@ -10,7 +10,7 @@ import sys
 import threading
 
 from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
-from sigma.errors import SigmaError, Stopped
+from sigma.errors import SigmaError, Stopped, loading_refused
 
 # Each module defines register(subparsers) -> None and run(args) -> int.
 COMMAND_MODULES = (
@@ -215,21 +215,14 @@ def _out_of_memory(exc: BaseException) -> str:
     memory, the import of the usual line's helpers (`error_line`) failed in its turn."""
     why = "MemoryError"
     if isinstance(exc, ImportError):
-        seen: BaseException | None = exc
-        while seen is not None and not any(sign in str(seen).lower() for sign in _NO_MEMORY_TO_LOAD):
-            seen = seen.__cause__ or seen.__context__
-        if seen is None:
+        said = loading_refused(exc)
+        if not said:
             return ""
-        # the line that says it (numpy's ImportError is a page of advice ending "Original error was: ...")
-        said = next(line for line in str(seen).splitlines() if any(sign in line.lower() for sign in _NO_MEMORY_TO_LOAD))
-        why = f"loading a library: {' '.join(said.split())[:300]}"
+        why = f"loading a library: {said[:300]}"
     error = SigmaError(f"the system gave no more memory ({why}); raise the limit (`ulimit -v`, the container's "
                        "memory) or ask for less (--batch-size, --workers, --procs, smaller images)",
                        code="out_of_memory")
     return f"sigma: error [{error.code}]: {error.message}"
-
-
-_NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
 
 
 def _unencodable(exc: UnicodeEncodeError) -> str:
