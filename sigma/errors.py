@@ -62,6 +62,14 @@ def loading_refused(exc: BaseException) -> str:
 _NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
 
 
+def threads_refused(exc: BaseException) -> bool:
+    """The system would start no more threads: `threading`'s RuntimeError "can't start new thread" (pthread_create's
+    EAGAIN: the limit on processes, `ulimit -u` / a container's pids limit, or no memory for the thread's stack under
+    `ulimit -v`; Python does not say which). No fault of the input or the program: `sigma batch run`'s shard writer
+    or reader, a worker's heartbeat, a decode pool failing so was a RuntimeError traceback, exit 1."""
+    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+
+
 class ConfigError(SigmaError):
     code = "invalid_config"
 

@@ -162,3 +162,40 @@ def test_an_installed_extra_the_system_gives_no_memory_to_load_is_out_of_memory_
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("sigma: error [out_of_memory]: the system gave no more memory (loading a library: "), \
         lines
+
+
+def test_threads_the_system_will_not_start_are_one_line_and_the_run_resumes(tmp_path):
+    """`sigma batch run` where the system starts no more threads (here: `ulimit -s` of 1 GB, which every new thread's
+    stack takes, with 200 MB of address space to spare; a `ulimit -u` or a container's pids limit does the same) was a
+    `RuntimeError: can't start new thread` traceback from the shard writer, exit 1. Now one `out_of_threads` line,
+    exit 2, and `--resume` with the limits lifted annotates every pair."""
+    import os
+    import resource
+
+    import numpy as np
+    from PIL import Image
+
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    corpus.mkdir()
+    for i in range(3):
+        small = np.full((64, 64, 3), 40 * i, np.uint8)
+        Image.fromarray(small).save(corpus / f"p{i}_original.png")
+        small[10:20, 10:20] = 255
+        Image.fromarray(small).save(corpus / f"p{i}_edited.png")
+    command = ["batch", "run", str(corpus), "--out", str(out), "--annotator", "pixel-diff", "--workers", "0",
+               "--no-progress"]
+
+    def big_stacks() -> None:       # read by glibc at the child's start: the size of every thread's stack
+        resource.setrlimit(resource.RLIMIT_STACK, (2**30, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+    # one thread for numpy's BLAS and torch: theirs, started while importing, would take 1 GB stacks each
+    quiet = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
+    limited = subprocess.run([sys.executable, "-c", BATCH_CHILD, "200", *command], capture_output=True, text=True,
+                             timeout=300, check=False, env={**os.environ, **quiet}, preexec_fn=big_stacks)
+    lines = limited.stderr.strip().splitlines()
+    assert limited.returncode == 2 and len(lines) == 1, limited.stderr[-3000:]
+    assert lines[0].startswith("sigma: error [out_of_threads]: the system started no more threads"), lines
+    resumed = subprocess.run([sys.executable, "-m", "sigma", *command, "--resume"], capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _rows(out) == {pair: ("ok", None) for pair in ("p0", "p1", "p2")}

@@ -429,11 +429,12 @@ class Pipeline:
         ended: list[BaseException] = []
         feeder = threading.Thread(target=self._feed, args=(corpus, shards, q, stop, ended),
                                   name="sigma-batch-reader", daemon=True)
-        feeder.start()
         buffer: list[Decoded] = []
         failed: set[str] = set()
         settled: set[str] = set()           # shards published or failed: each gets a status file
         try:
+            # inside: a reader the system will not start (`can't start new thread`) still closes the writer
+            feeder.start()
             while True:
                 message = q.get()
                 if message is None:
