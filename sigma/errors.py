@@ -43,6 +43,21 @@ class OutOfMemoryError(SigmaError, MemoryError):
 
     code = "out_of_memory"
 
+    @classmethod
+    def decoding(cls, name: str, exc: BaseException) -> OutOfMemoryError:
+        """The error of an image `name` whose decode the system gave no memory for: said once, for the image reader
+        (`sigma.io.images`) and a worker's decode outside it (`sigma.service.predictor`), which wrote it apart."""
+        return cls(f"{name}: {no_memory(exc, 'to decode it')}; not the image's fault: retry with more memory free")
+
+
+def no_memory(why: BaseException | str, doing: str = "") -> str:
+    """"the system gave no more memory[ DOING] (WHY)": the one wording of memory refused, which each place said in
+    its own copy (the CLI's `out_of_memory` line, the image reader, a worker's decode, a batch shard's failure). An
+    exception as `why` is said by its one-line message, or its type's name when it has none (a bare MemoryError)."""
+    if isinstance(why, BaseException):
+        why = " ".join(str(why).split()) or type(why).__name__
+    return f"the system gave no more memory{f' {doing}' if doing else ''} ({why})"
+
 
 def loading_refused(exc: BaseException) -> str:
     """The line saying the system gave no memory to load a library, from an ImportError or one in its chain (a

@@ -199,3 +199,22 @@ def test_threads_the_system_will_not_start_are_one_line_and_the_run_resumes(tmp_
                              timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _rows(out) == {pair: ("ok", None) for pair in ("p0", "p1", "p2")}
+
+
+def test_the_wording_of_memory_refused_has_one_owner():
+    """"the system gave no more memory" was written in four places (the CLI's line, the image reader, a worker's
+    decode outside it, a batch shard's failure), each its own copy that could drift: now `sigma.errors.no_memory`
+    alone writes it, and the image reader and the worker build one error (`OutOfMemoryError.decoding`)."""
+    from pathlib import Path
+
+    from sigma.errors import OutOfMemoryError
+
+    root = Path(__file__).resolve().parents[1]
+    writers = sorted(str(path.relative_to(root)) for folder in ("sigma", "api", "workers")
+                     for path in (root / folder).rglob("*.py")
+                     if "the system gave no more memory" in path.read_text(encoding="utf-8"))
+    assert writers == ["sigma/errors.py"], writers
+    error = OutOfMemoryError.decoding("o.png", MemoryError())
+    assert error.code == "out_of_memory"
+    assert error.message == ("o.png: the system gave no more memory to decode it (MemoryError); not the image's "
+                             "fault: retry with more memory free")

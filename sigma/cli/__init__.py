@@ -11,7 +11,7 @@ import threading
 import warnings
 
 from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
-from sigma.errors import SigmaError, Stopped, loading_refused, threads_refused
+from sigma.errors import SigmaError, Stopped, loading_refused, no_memory, threads_refused
 
 # Each module defines register(subparsers) -> None and run(args) -> int.
 COMMAND_MODULES = (
@@ -227,7 +227,7 @@ def _out_of_memory(exc: BaseException) -> str:
         if not said:
             return ""
         why = f"loading a library: {said[:300]}"
-    error = SigmaError(f"the system gave no more memory ({why}); raise the limit (`ulimit -v`, the container's "
+    error = SigmaError(f"{no_memory(why)}; raise the limit (`ulimit -v`, the container's "
                        "memory) or ask for less (--batch-size, --workers, --procs, smaller images)",
                        code="out_of_memory")
     return f"sigma: error [{error.code}]: {error.message}"
