@@ -43,6 +43,47 @@ class OutOfMemoryError(SigmaError, MemoryError):
 
     code = "out_of_memory"
 
+    @classmethod
+    def decoding(cls, name: str, exc: BaseException) -> OutOfMemoryError:
+        """The error of an image `name` whose decode the system gave no memory for: said once, for the image reader
+        (`sigma.io.images`) and a worker's decode outside it (`sigma.service.predictor`), which wrote it apart."""
+        return cls(f"{name}: {no_memory(exc, 'to decode it')}; not the image's fault: retry with more memory free")
+
+
+def no_memory(why: BaseException | str, doing: str = "") -> str:
+    """"the system gave no more memory[ DOING] (WHY)": the one wording of memory refused, which each place said in
+    its own copy (the CLI's `out_of_memory` line, the image reader, a worker's decode, a batch shard's failure). An
+    exception as `why` is said by its one-line message, or its type's name when it has none (a bare MemoryError)."""
+    if isinstance(why, BaseException):
+        why = " ".join(str(why).split()) or type(why).__name__
+    return f"the system gave no more memory{f' {doing}' if doing else ''} ({why})"
+
+
+def loading_refused(exc: BaseException) -> str:
+    """The line saying the system gave no memory to load a library, from an ImportError or one in its chain (a
+    dlopen under a low `ulimit -v`: `libarrow.so.2600: failed to map segment from shared object`; numpy wraps its own
+    in a page of advice ending "Original error was: ..."), or "" for an ImportError that says no such thing (a
+    module not installed). One test for every caller: the CLI's `out_of_memory` line and its probe of the optional
+    extras (`sigma.cli.common.missing_extras`), which called pyarrow refused its memory "not installed"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        said = [line for line in str(seen).splitlines() if any(sign in line.lower() for sign in _NO_MEMORY_TO_LOAD)]
+        if said:
+            return " ".join(said[0].split())
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+_NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
+
+
+def threads_refused(exc: BaseException) -> bool:
+    """The system would start no more threads: `threading`'s RuntimeError "can't start new thread" (pthread_create's
+    EAGAIN: the limit on processes, `ulimit -u` / a container's pids limit, or no memory for the thread's stack under
+    `ulimit -v`; Python does not say which). No fault of the input or the program: `sigma batch run`'s shard writer
+    or reader, a worker's heartbeat, a decode pool failing so was a RuntimeError traceback, exit 1."""
+    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+
 
 class ConfigError(SigmaError):
     code = "invalid_config"

@@ -134,3 +134,87 @@ def test_memory_refused_decoding_an_image_is_out_of_memory_not_the_files_fault(t
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("sigma: error [out_of_memory]: "), lines
     assert "o.png: the system gave no more memory to decode it" in lines[0] and "not the image's fault" in lines[0]
+
+
+# As CHILD, with every sub-command's module imported (the parser built: torch, numpy, ...) before the limit is set:
+# the next library to load is the command's optional extra, probed before any work (`sigma.cli.common.check_extras`).
+EXTRAS_CHILD = """
+import resource, sys
+import sigma.cli
+sigma.cli.build_parser()
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.argv = ["sigma", *sys.argv[2:]]
+sys.exit(sigma.cli.main())
+"""
+
+
+def test_an_installed_extra_the_system_gives_no_memory_to_load_is_out_of_memory_not_missing(tmp_path):
+    """`sigma batch run` with pyarrow installed but no address space left to map it (`libarrow.so.2600: failed to map
+    segment from shared object`) said `missing_extra: ... which this install lacks: pip install
+    'sigma-masks[batch]'`: the user was sent to install what they have. Now the one `out_of_memory` line."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    proc = subprocess.run([sys.executable, "-c", EXTRAS_CHILD, "8", "batch", "run", str(corpus), "--out",
+                           str(tmp_path / "run"), "--annotator", "pixel-diff"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("sigma: error [out_of_memory]: the system gave no more memory (loading a library: "), \
+        lines
+
+
+def test_threads_the_system_will_not_start_are_one_line_and_the_run_resumes(tmp_path):
+    """`sigma batch run` where the system starts no more threads (here: `ulimit -s` of 1 GB, which every new thread's
+    stack takes, with 200 MB of address space to spare; a `ulimit -u` or a container's pids limit does the same) was a
+    `RuntimeError: can't start new thread` traceback from the shard writer, exit 1. Now one `out_of_threads` line,
+    exit 2, and `--resume` with the limits lifted annotates every pair."""
+    import os
+    import resource
+
+    import numpy as np
+    from PIL import Image
+
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    corpus.mkdir()
+    for i in range(3):
+        small = np.full((64, 64, 3), 40 * i, np.uint8)
+        Image.fromarray(small).save(corpus / f"p{i}_original.png")
+        small[10:20, 10:20] = 255
+        Image.fromarray(small).save(corpus / f"p{i}_edited.png")
+    command = ["batch", "run", str(corpus), "--out", str(out), "--annotator", "pixel-diff", "--workers", "0",
+               "--no-progress"]
+
+    def big_stacks() -> None:       # read by glibc at the child's start: the size of every thread's stack
+        resource.setrlimit(resource.RLIMIT_STACK, (2**30, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+    # one thread for numpy's BLAS and torch: theirs, started while importing, would take 1 GB stacks each
+    quiet = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
+    limited = subprocess.run([sys.executable, "-c", BATCH_CHILD, "200", *command], capture_output=True, text=True,
+                             timeout=300, check=False, env={**os.environ, **quiet}, preexec_fn=big_stacks)
+    lines = limited.stderr.strip().splitlines()
+    assert limited.returncode == 2 and len(lines) == 1, limited.stderr[-3000:]
+    assert lines[0].startswith("sigma: error [out_of_threads]: the system started no more threads"), lines
+    resumed = subprocess.run([sys.executable, "-m", "sigma", *command, "--resume"], capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _rows(out) == {pair: ("ok", None) for pair in ("p0", "p1", "p2")}
+
+
+def test_the_wording_of_memory_refused_has_one_owner():
+    """"the system gave no more memory" was written in four places (the CLI's line, the image reader, a worker's
+    decode outside it, a batch shard's failure), each its own copy that could drift: now `sigma.errors.no_memory`
+    alone writes it, and the image reader and the worker build one error (`OutOfMemoryError.decoding`)."""
+    from pathlib import Path
+
+    from sigma.errors import OutOfMemoryError
+
+    root = Path(__file__).resolve().parents[1]
+    writers = sorted(str(path.relative_to(root)) for folder in ("sigma", "api", "workers")
+                     for path in (root / folder).rglob("*.py")
+                     if "the system gave no more memory" in path.read_text(encoding="utf-8"))
+    assert writers == ["sigma/errors.py"], writers
+    error = OutOfMemoryError.decoding("o.png", MemoryError())
+    assert error.code == "out_of_memory"
+    assert error.message == ("o.png: the system gave no more memory to decode it (MemoryError); not the image's "
+                             "fault: retry with more memory free")

@@ -27,7 +27,7 @@ from sigma.batch.decode import Decoded, decode_items
 from sigma.batch.layout import RunDir
 from sigma.batch.rows import error_row, ok_row, rows_to_table
 from sigma.digest import sha256_file
-from sigma.errors import SigmaError
+from sigma.errors import SigmaError, no_memory
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.images import write_png
 from sigma.lifeline import ShieldedSpawnProcess, die_with_parent, leave_stop_signals_to_parent
@@ -103,7 +103,7 @@ def read_failure(exc: BaseException) -> str:
         return f"the corpus reader called sys.exit({exc.code!r})"
     if isinstance(exc, MemoryError):     # decoding a pair (sigma.batch.decode): no fault of the pair's
         said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return (f"the system gave no more memory decoding this shard ({said}); nothing of it "
+        return (f"{no_memory(said, 'decoding this shard')}; nothing of it "
                 f"was published: rerun with --resume with more memory (`ulimit -v`, the container's) or fewer "
                 f"--workers")
     try:
@@ -429,11 +429,12 @@ class Pipeline:
         ended: list[BaseException] = []
         feeder = threading.Thread(target=self._feed, args=(corpus, shards, q, stop, ended),
                                   name="sigma-batch-reader", daemon=True)
-        feeder.start()
         buffer: list[Decoded] = []
         failed: set[str] = set()
         settled: set[str] = set()           # shards published or failed: each gets a status file
         try:
+            # inside: a reader the system will not start (`can't start new thread`) still closes the writer
+            feeder.start()
             while True:
                 message = q.get()
                 if message is None:

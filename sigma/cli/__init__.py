@@ -8,9 +8,10 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
-from sigma.errors import SigmaError, Stopped
+from sigma.errors import SigmaError, Stopped, loading_refused, no_memory, threads_refused
 
 # Each module defines register(subparsers) -> None and run(args) -> int.
 COMMAND_MODULES = (
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         from sigma.stdio import hold_closed_streams
 
         hold_closed_streams()      # before any file is opened: a closed fd 0-2 is never one of the program's files
+        # tqdm's stall monitor is a thread: where the system starts no more, tqdm goes on without it (its own
+        # fallback) but warned in three lines before the command's own `out_of_threads` line
+        warnings.filterwarnings("ignore", message="tqdm:disabling monitor support")
     _printable_names()
     if argv is None:
         _take_interrupts_once()
@@ -205,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _out_of_memory(exc):
             raise
         return _failed(_out_of_memory(exc), argv)
+    except RuntimeError as exc:
+        if not threads_refused(exc):
+            raise
+        return _failed(_out_of_threads(), argv)
 
 
 def _out_of_memory(exc: BaseException) -> str:
@@ -215,21 +223,25 @@ def _out_of_memory(exc: BaseException) -> str:
     memory, the import of the usual line's helpers (`error_line`) failed in its turn."""
     why = "MemoryError"
     if isinstance(exc, ImportError):
-        seen: BaseException | None = exc
-        while seen is not None and not any(sign in str(seen).lower() for sign in _NO_MEMORY_TO_LOAD):
-            seen = seen.__cause__ or seen.__context__
-        if seen is None:
+        said = loading_refused(exc)
+        if not said:
             return ""
-        # the line that says it (numpy's ImportError is a page of advice ending "Original error was: ...")
-        said = next(line for line in str(seen).splitlines() if any(sign in line.lower() for sign in _NO_MEMORY_TO_LOAD))
-        why = f"loading a library: {' '.join(said.split())[:300]}"
-    error = SigmaError(f"the system gave no more memory ({why}); raise the limit (`ulimit -v`, the container's "
+        why = f"loading a library: {said[:300]}"
+    error = SigmaError(f"{no_memory(why)}; raise the limit (`ulimit -v`, the container's "
                        "memory) or ask for less (--batch-size, --workers, --procs, smaller images)",
                        code="out_of_memory")
     return f"sigma: error [{error.code}]: {error.message}"
 
 
-_NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
+def _out_of_threads() -> str:
+    """The one line for threads the system would not start (`threads_refused`), made without imports as
+    `_out_of_memory`'s is: the cause is often memory too. What a command had finished is kept (`sigma batch run`'s
+    published shards: `--resume` goes on from them)."""
+    error = SigmaError("the system started no more threads (can't start new thread): its limit on processes and "
+                       "threads (`ulimit -u`, the container's pids limit) or the memory for their stacks (`ulimit -v`, "
+                       "`ulimit -s`) is reached; raise it or ask for less (--workers, --procs), then run the command "
+                       "again (`sigma batch run ... --resume` goes on from the shards done)", code="out_of_threads")
+    return f"sigma: error [{error.code}]: {error.message}"
 
 
 def _unencodable(exc: UnicodeEncodeError) -> str:

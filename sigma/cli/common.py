@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sigma.errors import InputError, SigmaError
+from sigma.errors import InputError, SigmaError, loading_refused
 
 # an error line at most ERROR_LIMIT characters; its user-given values (a path, a name) cut as a run's summary cuts
 # them (`sigma.text.PATH_SHOWN`: a run of more than twice that without a space or quote, cut in the middle). The cap
@@ -147,13 +147,17 @@ EXTRA_OF = {"redis": "serve"}      # a sub-set of an extra installs with the ext
 
 
 def missing_extras(needs: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(extra, module) pairs that cannot be imported."""
+    """(extra, module) pairs that cannot be imported. A module the system gave no memory to load (`import pyarrow`
+    under a low `ulimit -v`: its library "failed to map segment") is installed: its ImportError is raised, for the
+    CLI's `out_of_memory` line, not told as a missing extra ("pip install 'sigma-masks[batch]'" to a user who has)."""
     missing = []
     for extra in needs:
         for module in EXTRAS[extra]:
             try:
                 importlib.import_module(module)
-            except ImportError:
+            except ImportError as exc:
+                if loading_refused(exc):
+                    raise
                 missing.append((EXTRA_OF.get(extra, extra), module))
     return missing
 

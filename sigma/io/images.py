@@ -498,8 +498,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         raise ImageError(f"{name}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
                          code="image_unreadable") from exc
     except MemoryError as exc:       # the machine's shortage, not the image's fault: `out_of_memory`, never unreadable
-        raise OutOfMemoryError(f"{name}: the system gave no more memory to decode it ({_one_line(exc)}); not the "
-                               "image's fault: retry with more memory free", code="out_of_memory") from exc
+        raise OutOfMemoryError.decoding(name, exc) from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
         raise ImageError(f"{name}: unreadable or truncated image ({_one_line(exc)})",
                          code="image_unreadable") from exc

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from sigma.config.schema import IOConfig
-from sigma.errors import SigmaError
+from sigma.errors import OutOfMemoryError, SigmaError
 from sigma.text import NotWritable, json_ready, unwritable_output
 from sigma.types import Pair
 
@@ -77,8 +77,7 @@ class Predictor:
         except KeyError:
             return None, 0.0, {"code": "invalid_input", "message": f"bad item: no {which!r} bytes"}
         except MemoryError as exc:      # the worker's shortage, outside the reader's own: not the input's fault
-            return None, 0.0, {"code": "out_of_memory", "message": f"{which}: the system gave no more memory to decode "
-                               f"it ({type(exc).__name__}); not the image's fault: retry with more memory free"}
+            return None, 0.0, OutOfMemoryError.decoding(which, exc).to_dict()
         except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile bytes: the input's fault
             return None, 0.0, {"code": "image_unreadable",
                                "message": f"{which}: could not be decoded ({type(exc).__name__}: {exc})"}
