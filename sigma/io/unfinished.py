@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sigma.errors import InputError
 
-UNFINISHED = "synth_unfinished.json"     # {"command": "sigma synth --out ...", "seed": S, "pairs": N}
+UNFINISHED = "synth_unfinished.json"     # {"command": "sigma synth --out ...", "runs": [[SEED, N], ...]}
 
 
 def refuse_unfinished(folder: Path) -> None:
