@@ -354,7 +354,9 @@ main(sys.argv[1:])
 def test_a_set_killed_before_its_mark_went_is_refused_named_by_its_manifest_too(photos, tmp_path, capsys):
     """A `sigma synth` killed after pairs.jsonl but before it removed its mark: `sigma batch run OUT` was refused,
     but `sigma batch run OUT/pairs.jsonl` (the manifest named itself) skipped the check and annotated the set, exit
-    0. Now both exit 2 `unfinished_synth_set`, and the same command run again finishes the set."""
+    0. Now both exit 2 `unfinished_synth_set`, and the same command run again finishes the set. The message said the
+    run "stopped before it listed its pairs" beside the pairs.jsonl it did write: now it says what may be going on
+    (still writing, stopped after its listing, a copy made mid-write) and how to finish the set."""
     import subprocess
     import sys
 
@@ -372,6 +374,7 @@ def test_a_set_killed_before_its_mark_went_is_refused_named_by_its_manifest_too(
         err = capsys.readouterr().err.strip()
         assert err.startswith("sigma: error [unfinished_synth_set]") and "\n" not in err, err
         assert "run the same `sigma synth --out` command again" in err, err
+        assert "before it listed its pairs" not in err and "stopped after its pairs.jsonl" in err, err
         assert not (run / "shards").exists()
     assert main(argv) == 0 and not (out / "synth_unfinished.json").exists()      # the rerun finishes it
     assert main(["batch", "run", str(out / "pairs.jsonl"), "--out", str(tmp_path / "run"), "--annotator",
