@@ -36,3 +36,11 @@ def refuse_unfinished(folder: Path) -> None:
                          f"run writing this folder {state}, so its images may mix two runs); wait for a running one, "
                          f"else run the same `sigma synth --out` command again to finish it (its command line is the "
                          f"\"command\" of {UNFINISHED})", code="unfinished_synth_set")
+
+
+def refuse_unfinished_sets(folder: Path) -> None:
+    """`refuse_unfinished` for `folder` and each folder in it: what `sigma eval --data` reads (a set or a folder of
+    sets), checked where it is only read much later (training's `eval.data`, scored after the last step)."""
+    refuse_unfinished(folder)
+    for marked in sorted(folder.glob(f"*/{UNFINISHED}")):
+        refuse_unfinished(marked.parent)
