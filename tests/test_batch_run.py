@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -1328,3 +1329,34 @@ def test_a_batch_runs_ground_truth_reads_each_mask_as_sigma_eval_does(tmp_path, 
     for name in ("alpha", "labels16"):
         assert evaluated[name]["gt_fraction"] == 0.25 and evaluated[name]["f1"] == 1.0
         assert (rows[name]["gt_fraction"], rows[name]["gt_f1"], rows[name]["gt_note"]) == (0.25, 1.0, None), name
+
+
+def test_shard_keys_never_start_with_a_dash_and_a_run_planned_with_one_still_resumes(tmp_path, capsys):
+    """A manifest named `-rf.jsonl` planned the shard key `-rf.r0000000-0000001`: `shards/-rf....parquet`,
+    `status/-rf....json`, `masks/-rf.../`, which `ls *` / `cp * dest` / `xargs` in those folders take for options.
+    Now a new plan's key gets `_` before a leading `-`. A run planned before keeps its keys: a version 1 record (its
+    plan checked by planning the corpus again) with `-` keys still resumes, under those keys."""
+    corpus = tmp_path / "set"
+    write_pairs_jsonl(corpus, synthetic_pairs(6))
+    manifest = (corpus / "pairs.jsonl").rename(corpus / "-rf.jsonl")
+    out = tmp_path / "run"
+    argv = ["batch", "run", str(manifest), "--out", str(out), "--annotator", "pixel-diff", "--shard-size", "2",
+            "--workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert [s["key"] for s in record["shards"]] == [f"_-rf.r{i:07d}-{i + 1:07d}" for i in (0, 2, 4)]
+    names = [p.name for folder in ("shards", "status") for p in (out / folder).iterdir()]
+    assert len(names) == 6 and not any(name.startswith("-") for name in names), names
+
+    for shard in record["shards"]:                     # the same run as an older sigma planned and recorded it
+        shard["key"] = shard["key"][1:]
+    record.update(version=1, run_hash=BatchConfig.model_validate(record["config"]).run_hash(record["corpus"],
+                                                                                              record["model"]))
+    shutil.rmtree(out / "shards")
+    shutil.rmtree(out / "status")
+    (out / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
+    assert "3 shard(s) written" in capsys.readouterr().out
+    assert sorted(p.name.split(".")[0] for p in (out / "status").iterdir()) == ["-rf"] * 3
+    assert [r["pair_id"] for r in read_rows(out)] == [f"p{i:06d}" for i in range(6)]

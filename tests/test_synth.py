@@ -337,3 +337,45 @@ def test_a_rewrite_removes_the_earlier_sets_pngs_it_does_not_write_and_nothing_e
     assert {k: v for k, v in files(out).items() if not k.startswith(".")} == {**fresh[1, 0], **mine}
     assert main(args(1, seed=1)) == 0                    # another seed: the earlier set's names all go
     assert files(out) == {**fresh[1, 1], **mine}
+
+
+# A `python -c` prelude: SIGKILL at the removal of the unfinished mark, the last step of a `sigma synth` (pairs.jsonl
+# and synth_config.yaml are on disk by then): the one instant a set with both a listing and the mark is left.
+KILL_AT_MARK_REMOVAL = """import os, signal, sys
+def _hook(event, args):
+    if event == "os.remove" and str(args[0]).endswith("synth_unfinished.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(_hook)
+from sigma.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_set_killed_before_its_mark_went_is_refused_named_by_its_manifest_too(photos, tmp_path, capsys):
+    """A `sigma synth` killed after pairs.jsonl but before it removed its mark: `sigma batch run OUT` was refused,
+    but `sigma batch run OUT/pairs.jsonl` (the manifest named itself) skipped the check and annotated the set, exit
+    0. Now both exit 2 `unfinished_synth_set`, and the same command run again finishes the set. The message said the
+    run "stopped before it listed its pairs" beside the pairs.jsonl it did write: now it says what may be going on
+    (still writing, stopped after its listing, a copy made mid-write) and how to finish the set."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "set"
+    argv = ["synth", "--out", str(out), "-n", "2", "--photos", str(photos), "--no-progress", "crop=48"]
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_MARK_REMOVAL, *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    assert (out / "pairs.jsonl").is_file() and (out / "synth_unfinished.json").is_file()
+    capsys.readouterr()
+    for corpus in (out, out / "pairs.jsonl"):
+        run = tmp_path / f"run-{corpus.name}"
+        assert main(["batch", "run", str(corpus), "--out", str(run), "--annotator", "pixel-diff",
+                     "--no-progress"]) == 2, corpus
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sigma: error [unfinished_synth_set]") and "\n" not in err, err
+        assert "run the same `sigma synth --out` command again" in err, err
+        assert "before it listed its pairs" not in err and "stopped after its pairs.jsonl" in err, err
+        assert not (run / "shards").exists()
+    assert main(argv) == 0 and not (out / "synth_unfinished.json").exists()      # the rerun finishes it
+    assert main(["batch", "run", str(out / "pairs.jsonl"), "--out", str(tmp_path / "run"), "--annotator",
+                 "pixel-diff", "--no-progress"]) == 0

@@ -1458,3 +1458,31 @@ def test_a_best_saved_after_the_last_checkpoint_is_decided_again_by_the_steps_th
     assert _val_rows(run) == _val_rows(runs / "ref") and _val_rows(run)[0][2]
     assert json.loads((run / "best.json").read_text()) == json.loads((runs / "ref" / "best.json").read_text())
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (runs / "ref").iterdir())
+
+
+@pytest.mark.timeout(240)
+def test_an_unfinished_synth_set_as_val_dir_or_eval_data_is_refused_before_the_first_step(photos, tmp_path, capsys):
+    """`eval.val_dir` naming a `sigma synth --out` set whose run was killed after its pairs.jsonl but before its mark
+    went was read without the mark's check: every validation scored it, exit 0. Killed before its listing, it was
+    refused as `invalid_config` "holds files but no pairs.jsonl ... empty this one" (a folder synth is writing). An
+    unfinished `eval.data` was refused only when scored, after the last step. Now each is `unfinished_synth_set`
+    before the first step, and no run is started."""
+    from test_synth import KILL_AT_MARK_REMOVAL
+
+    listed = tmp_path / "sets" / "listed"
+    argv = ["synth", "--out", str(listed), "-n", "2", "--photos", str(photos), "--no-progress", "crop=64"]
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_MARK_REMOVAL, *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9 and (listed / "synth_unfinished.json").is_file(), proc.stderr
+    unlisted = tmp_path / "unlisted"
+    shutil.copytree(listed, unlisted)
+    (unlisted / "pairs.jsonl").unlink()
+    capsys.readouterr()
+    for n, setting in enumerate([f"eval.val_dir={listed}", f"eval.val_dir={unlisted}", f"eval.data={listed.parent}"]):
+        assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", f"name=r{n}",
+                     "steps=2", "eval.val_size=2", setting]) == 2, setting
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("sigma: error [unfinished_synth_set]"), (setting, err)
+        assert not (tmp_path / "runs" / f"r{n}" / "checkpoint.pt").exists(), setting
+    assert sorted(p.name for p in unlisted.iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in listed.iterdir() if p.name != "pairs.jsonl" and not p.name.startswith("."))

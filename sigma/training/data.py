@@ -158,7 +158,10 @@ def refuse_foreign_val_dir(folder: Path) -> None:
     pairs.jsonl is never one of ours: it was removed whole (`shutil.rmtree`) and replaced — a user's folder named
     by mistake, or a set whose pairs.jsonl is a FIFO, a link to /dev/zero or a folder, lost every file it held."""
     from sigma.errors import ConfigError
+    from sigma.io.unfinished import refuse_unfinished
 
+    if folder.is_dir():
+        refuse_unfinished(folder)    # a `sigma synth --out` writing it: said so, not as a folder to empty
     manifest = folder / "pairs.jsonl"
     if os.path.lexists(manifest) and not manifest.is_file():
         raise ConfigError(f"eval.val_dir {folder}: its pairs.jsonl is not a regular file (a FIFO, a device, a "
@@ -205,8 +208,10 @@ def load_val_dir(folder: Path) -> list[SynthSample]:
     """A pairs.jsonl folder as SynthSamples (kind read back from the synth metadata when present)."""
     from sigma.errors import InputError
     from sigma.io.images import read_image, read_mask
+    from sigma.io.unfinished import refuse_unfinished
     from sigma.text import loads
 
+    refuse_unfinished(folder)       # a `sigma synth --out` set begun (again) since the run's start
     out = []
     manifest = folder / "pairs.jsonl"
     for line_no, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):

@@ -1214,6 +1214,19 @@ def _refuse_nesting(out_dir: Path, name: str) -> None:
                               "around another run (choose another name)")
 
 
+def _refuse_unfinished_eval_sets(inputs: TrainConfig) -> None:
+    """`unfinished_synth_set` before the first step when `eval.val_dir` or `eval.data` is a `sigma synth --out`
+    folder still being written or left by a killed run (`sigma.io.unfinished`). `eval.val_dir` was read without the
+    check (every validation scored a set of pairs mixing two runs' images, or a folder without its listing was
+    refused as one to "empty"), and `eval.data` was refused only when scored, after the last step."""
+    from sigma.io.unfinished import refuse_unfinished, refuse_unfinished_sets
+
+    if inputs.eval.val_dir and Path(inputs.eval.val_dir).is_dir():
+        refuse_unfinished(Path(inputs.eval.val_dir))
+    if inputs.eval.data and inputs.eval.data != "shared" and Path(inputs.eval.data).is_dir():
+        refuse_unfinished_sets(Path(inputs.eval.data))
+
+
 # The config's paths that name inputs (read, never written): relative ones are read from `workdir`.
 INPUT_PATHS = ("data.photos", "data.cache", "data.cache_index", "eval.val_dir", "eval.data", "init_from")
 
@@ -1351,6 +1364,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
         raise ConfigError(f"eval.data {inputs.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)"
                           f"{_relative_note(cfg, 'eval.data')}")
+    _refuse_unfinished_eval_sets(inputs)
     if cfg.eval.data and (cfg.eval.data != "shared" or shared_eval_dir().is_dir()):
         # what the perturbations need (TAEF2 for vae / regen) is loaded now: a missing module or missing weights
         # ended the run only when the real set was scored, after the last step, with no final/

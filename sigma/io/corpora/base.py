@@ -53,20 +53,28 @@ class Shard:
                    num_items=data.get("num_items"))
 
 
-def unique_keys(shards: list[Shard]) -> list[Shard]:
+def unique_keys(shards: list[Shard], dash_safe: bool = True) -> list[Shard]:
     """The plan with one key per shard. Readers build keys from file names made safe and cut to a length
     (`safe_name`), so two shards could get one key: "a b.parquet" and "a_b.parquet", two sets "x y" and "x_y",
     or every shard of a manifest whose long name cut off the record range. One key is one output file and one
     status file: all but the last shard's rows were lost while the run said every shard was done. A repeated
-    key (compared case-folded, for case-insensitive disks) gets the shard's index appended."""
+    key (compared case-folded, for case-insensitive disks) gets the shard's index appended.
+
+    `dash_safe`: a key that starts with `-` (a manifest `-rf.jsonl`, a tar `-x.tar`) gets `_` before it. It named
+    `shards/-rf.r0000000-0000002.HASH.parquet`, `status/-rf...json` and `masks/-rf.../`, which `ls *`, `cp * dest`
+    or `xargs` in those folders read as options (as the export's file names, `sigma.export.select._harmless`). A
+    `safe_name` never starts with `_`, so the prefix makes no key another's. Only plans made now: a run's recorded
+    plan keeps its keys (`--resume` reads them from run.json), and a version 1 record, checked by planning again,
+    is also compared with the plan made without it (`sigma.batch.record.plan_problem`)."""
     seen: set[str] = set()
     out = []
     for shard in shards:
-        key = shard.key
+        key = f"_{shard.key}" if dash_safe and shard.key.startswith("-") else shard.key
         if key.casefold() in seen:
             key = f"{key}-{shard.index}"
             while key.casefold() in seen:
                 key += "x"
+        if key != shard.key:
             shard = Shard(shard.index, key, shard.ref, shard.num_items)
         seen.add(key.casefold())
         out.append(shard)

@@ -16,6 +16,7 @@ from sigma.io.corpora.presets import resolve_columns
 from sigma.io.corpora.tabular import check_schema, id_columns
 from sigma.io.lines import ends_line, read_line
 from sigma.io.pairs_jsonl import MAX_RECORD_BYTES, open_manifest  # a record: a few hundred bytes
+from sigma.io.unfinished import refuse_unfinished
 from sigma.text import loads as load_json
 
 _QUOTE, _CR, _LF = ord('"'), ord("\r"), ord("\n")
@@ -125,6 +126,10 @@ class ManifestCorpus(Corpus):
 
     def files(self) -> list[tuple[Path, str | None]]:
         if self.path.exists() and not self.path.is_dir():
+            # a manifest named itself (`SET/pairs.jsonl`) is read from its folder as the folder's set is: one a
+            # `sigma synth` is writing, or was killed writing, was annotated half-written (only the folder was
+            # checked for the mark)
+            refuse_unfinished(self.path.parent)
             return [(self.path, None)]      # a FIFO or a device too: refused by open_manifest, saying what it is
         sets = find_sets(self.path)
         if not sets:
@@ -191,6 +196,7 @@ class ManifestCorpus(Corpus):
 
     def read(self, shard: Shard) -> Iterator[SourceItem]:
         file = self.confine(Path(shard.ref["file"]))
+        refuse_unfinished(file.parent)      # a `--resume` (or a fleet worker) after a `sigma synth` began rewriting it
         subset = shard.ref.get("subset")
         with open_manifest(file) as handle:
             header = self._header(handle, file)
