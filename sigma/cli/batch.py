@@ -125,7 +125,6 @@ def _add_redis_args(p: argparse.ArgumentParser, redis_help: str | None = None) -
 
 
 def _redis_settings(args: argparse.Namespace):
-    import os
 
     from sigma.service.settings import load_serve_config
 
@@ -134,7 +133,7 @@ def _redis_settings(args: argparse.Namespace):
         overrides.append(f"redis.url={args.redis}")
     if args.key_prefix:
         overrides.append(f"redis.key_prefix={args.key_prefix}")
-    return load_serve_config(args.serve_config or os.environ.get("SIGMA_SERVE_CONFIG") or None, overrides).redis
+    return load_serve_config(args.serve_config, overrides).redis
 
 
 def _add_failed_limit(p: argparse.ArgumentParser, help_text: str) -> None:
