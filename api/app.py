@@ -87,6 +87,5 @@ def _keyed_docs(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     """`uvicorn --factory sigma.api.app:app_from_env`: config file from SIGMA_SERVE_CONFIG, then env vars."""
-    import os
 
-    return create_app(load_serve_config(os.environ.get("SIGMA_SERVE_CONFIG")))
+    return create_app(load_serve_config())

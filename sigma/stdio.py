@@ -15,14 +15,27 @@ hurt:
 
 `hold_closed_streams` (the CLI's first step, for the program itself only) opens /dev/null on each closed descriptor,
 so no file of the program ever takes 0-2, and gives the program's `sys.stdout` / `sys.stderr` a writer there
-(nothing said is shown, as Python does for a closed stream, and nothing crashes on None). `sys.stdin` stays None
-(`sigma annotate -` says `no_pairs`). An output that names a closed stream (`--out /dev/stdout` after `>&-`) is
-refused by the writers (`closed_stream_named`): nothing would read it."""
+(nothing crashes on None). `sys.stdin` stays None (`sigma annotate -` says `no_pairs`). An output that names a
+closed stream (`--out /dev/stdout` after `>&-`) is refused by the writers (`closed_stream_named`): nothing would
+read it.
+
+What a command prints to a closed stdout is counted (`lost_output`): Python drops it without a word and ends 0, so
+`sigma batch status RUN --json >&-` (or `sigma parse ...`, `sigma report ...`) looked like a success whose result
+nobody got. coreutils and git call a stdout they cannot write an error (`ls >&-`: "write error: Bad file
+descriptor", status 2), and so does the CLI now, once the command is done (its files are kept): `out_no_reader`,
+exit 2. A closed stderr stays silent: there is nowhere to say anything, and the status says it.
+
+A pipe whose reader left (`sigma report RUN | head -1`) is the other case: the reader chose to stop, so the program
+stops quietly with 141 (128 + SIGPIPE), what the shell reports for coreutils and git, which SIGPIPE kills there
+(`reader_left`); a program's own clean-up still runs, which being killed by the signal would skip."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
+import select
+import stat
 import sys
 
 #: the standard descriptors that were closed when the program started (set by `hold_closed_streams`)
@@ -48,11 +61,60 @@ def hold_closed_streams() -> frozenset[int]:
             os.close(opened)
         os.set_inheritable(fd, True)
         held.add(fd)
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        if fd in held and getattr(sys, name) is None:
-            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))  # noqa: SIM115
+    if 1 in held and sys.stdout is None:
+        sys.stdout = _LostWriter()
+    if 2 in held and sys.stderr is None:
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
     CLOSED.update(held)
     return frozenset(held)
+
+
+class _LostWriter(io.TextIOBase):
+    """`sys.stdout` in place of a closed one: takes every write (nothing crashes) and counts the lines, for
+    `lost_output`. Its `fileno` is 1, held on /dev/null (a child or native code writing there loses it likewise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chars = 0
+        self.lines = 0
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.chars += len(text)
+        self.lines += text.count("\n")
+        return len(text)
+
+    def fileno(self) -> int:
+        return 1
+
+
+def lost_output() -> int:
+    """How many lines (at least 1 when anything) the program printed to a stdout closed when it started; 0 when
+    stdout was open or nothing was printed."""
+    out = sys.stdout
+    if not isinstance(out, _LostWriter) or not out.chars:
+        return 0
+    return max(out.lines, 1)
+
+
+def reader_left(fd: int = 1) -> bool:
+    """True when `fd` is a pipe (or FIFO) whose every reader has closed it: a BrokenPipeError there is the reader's
+    choice (`| head -1`), not a fault of a file the command was writing. Linux and the BSDs say so by POLLERR on
+    the write end."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, AttributeError, ValueError):     # no poll() (Windows): a pipe that broke is taken as the reader's
+        return True
 
 
 _OWN_FDS = re.compile(r"/proc/(\d+)(?:/task/\d+)?/fd")

@@ -279,11 +279,11 @@ def test_an_image_changed_since_the_run_is_not_exported_with_the_old_mask(tmp_pa
 
 def test_report_out_given_empty_is_refused_not_taken_for_the_default(run_dir, capsys, monkeypatch, tmp_path):
     """`sigma report RUN --out ''` wrote RUN/report.html (the default), a file nobody asked for; now the empty path
-    is checked as any --out is: the current folder, out_is_a_folder, and nothing written."""
+    is refused as every empty path argument is (`empty_path`), and nothing written."""
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in run_dir.iterdir())
     assert main(["report", str(run_dir), "--out", ""]) == 2
-    assert "[out_is_a_folder]" in capsys.readouterr().err
+    assert "[empty_path]" in capsys.readouterr().err
     assert sorted(p.name for p in run_dir.iterdir()) == before and list(tmp_path.iterdir()) == []
 
 

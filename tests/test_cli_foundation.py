@@ -1145,3 +1145,45 @@ def test_a_negative_or_infinite_confidence_flag_reaches_its_check(capsys, tmp_pa
         assert code == 2
         assert_one_error_line(err, "invalid_config")
         assert f"{flag} is a confidence in [0, 1], got {float(value)}" in err, err
+
+
+@pytest.mark.parametrize("argv", [
+    ("batch", "run", "", "--out", "OUT"), ("batch", "run", "SET", "--out", ""), ("eval", "--data", ""),
+    ("eval", "--data", "SET", "--out", ""), ("annotate", "A", "B", "-o", ""), ("export", "hf", "RUN", ""),
+    ("export", "coco", "RUN", "--out", "x.json", "--images", ""), ("train", ""), ("batch", "status", ""),
+    ("parse", "--file", "", "x"), ("annotate", "A", "B", "--config", ""),
+])
+def test_an_empty_path_argument_is_refused_before_any_work(capsys, tmp_path, monkeypatch, argv):
+    """`sigma batch run SET --out ''`, `eval --out ''`, `annotate -o ''` wrote into the current folder, and `batch
+    run ''` / `eval --data ''` read it (`Path('')` is `.`): an unset shell variable aimed a command at wherever the
+    shell stood. Now every path argument refuses '' at parsing (`empty_path`), naming the argument; nothing made."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_main(capsys, *argv)
+    assert rc == 2 and out == ""
+    assert_one_error_line(err, "empty_path")
+    assert list(tmp_path.iterdir()) == []
+
+
+# String arguments of the CLI that name no file or folder (command, dest): every other one is `type=path`.
+NOT_PATHS = {
+    "instruction", "annotator", "plugin", "overrides", "perturb", "prepare", "host", "consumer", "format", "columns",
+    "ray_address", "redis", "key_prefix", "json_name", "name", "scales", "device", "backend",
+}
+
+
+def test_every_path_argument_refuses_an_empty_path():
+    """The empty-path rule holds for an argument marked `type=path` (`sigma.cli.common.path`): a new string argument
+    is either marked or listed here as naming no file, so a path argument cannot be added without the rule."""
+    import argparse
+
+    from sigma.cli.common import path
+
+    unmarked = []
+    for name, parser in _subcommand_parsers(sigma.cli.build_parser()):
+        for action in parser._actions:
+            if action.nargs == 0 or action.choices is not None or isinstance(action, argparse._HelpAction):
+                continue
+            if action.type in (None, str) and action.dest not in NOT_PATHS:
+                unmarked.append(f"{name} {action.dest}")
+            assert not (action.type is path and action.dest in NOT_PATHS), (name, action.dest)
+    assert not unmarked, f"string arguments neither type=path nor in NOT_PATHS: {unmarked}"

@@ -51,3 +51,26 @@ def test_an_output_named_after_a_closed_stdout_is_refused_and_the_name_kept(tmp_
     assert proc.stderr.count("\n") == 1 and "[out_no_reader]" in proc.stderr and "standard output" in proc.stderr
     assert link.is_symlink() and os.readlink(link) == "/proc/self/fd/1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.txt", "stdout"]
+
+
+def test_output_printed_to_a_closed_stdout_is_an_error_not_a_silent_success():
+    """`sigma models >&-` (and `batch status RUN --json`, `parse TEXT`, `report RUN`): Python drops what is printed
+    to a closed stdout and ends 0, so the command looked like a success whose result nobody got. As coreutils and
+    git do (`ls >&-`: "write error", status 2), it is one `out_no_reader` line and exit 2, the work kept."""
+    for argv in (("models",), ("parse", "remove the boat")):
+        proc = _sigma(*argv, close=1)
+        assert proc.returncode == 2, (argv, proc.returncode, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "[out_no_reader]" in proc.stderr, proc.stderr
+        assert "standard output was closed" in proc.stderr
+    assert _sigma("models", close=0).returncode == 0          # stdin closed: nothing lost
+
+
+def test_a_reader_that_leaves_the_pipe_stops_the_command_quietly_with_141():
+    """`sigma models | true` (the reader gone before the output): status 1, which `set -o pipefail` scripts read as
+    sigma's failure. Now 141 (128 + SIGPIPE), what the shell reports for coreutils and git there, with nothing said."""
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()                          # the reader leaves before sigma (importing for ~1 s) prints
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == b""

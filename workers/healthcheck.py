@@ -8,7 +8,6 @@ per check, every few seconds per container), save while no worker of this releas
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 
@@ -26,7 +25,7 @@ def main() -> int:
     from sigma.service.keys import Keys
     from sigma.service.settings import load_serve_config
 
-    cfg = load_serve_config(os.environ.get("SIGMA_SERVE_CONFIG"))
+    cfg = load_serve_config()
     client = probe_client(cfg.redis, timeout_s=2)
     # This host's worker only: `worker.consumer` exactly, else `<host>-<pid>`. A bare prefix (`gpu1*`) also
     # matched gpu10's workers (and `w1*` a worker named w10): a dead worker passed on another's heartbeat.

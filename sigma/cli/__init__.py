@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
             check_extras(" ".join(a for a in (argv if argv is not None else sys.argv[1:])[:2] if not a.startswith("-")),
                          args.needs)
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
     except SigmaError as exc:
         from sigma.cli.common import error_line
 
@@ -195,9 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         if exc.message:
             _say(f"sigma: {exc.message}")
         return exc.exit_code
-    except BrokenPipeError:  # `sigma eval ... | head`: the reader left; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except BrokenPipeError as exc:
+        from sigma.stdio import reader_left
+
+        if not reader_left():   # a FIFO given as --out whose reader left: the command's output is lost, say so
+            from sigma.cli.common import error_line
+
+            where = f": {exc.filename}" if exc.filename else ""
+            return _failed(error_line("out_no_reader", f"the reader of the output left before it was written"
+                                                       f"{where}"), argv)
+        # `sigma eval ... | head`: the reader of stdout left, by choice; stop quietly, as coreutils and git do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 128 + signal.SIGPIPE
     except OSError as exc:   # the machine refused (a name too long, no space, no permission): one line, no traceback
         from sigma.cli.common import error_line
 
@@ -213,6 +222,24 @@ def main(argv: list[str] | None = None) -> int:
         if not threads_refused(exc):
             raise
         return _failed(_out_of_threads(), argv)
+    return _said_all(status, argv)
+
+
+def _said_all(status: int, argv: list[str] | None) -> int:
+    """`status`, unless the command printed to a stdout closed when it started (`sigma batch status RUN --json >&-`):
+    then one `out_no_reader` line and 2, as coreutils and git fail on a stdout they cannot write (`sigma.stdio`).
+    Python's own rule was silence and 0: a result nobody got, reported as a success. Said after the command, so
+    what it wrote to files stays written; a command that failed keeps its own line."""
+    from sigma.stdio import lost_output
+
+    lines = lost_output() if argv is None and status == 0 else 0
+    if not lines:
+        return status
+    from sigma.cli.common import error_line
+
+    return _failed(error_line("out_no_reader", f"standard output was closed (`>&-`): the command's output "
+                              f"({lines} line{'s' if lines != 1 else ''}) was not shown; give the stream back "
+                              "(e.g. `> FILE` or `> /dev/null` instead of `>&-`)"), argv)
 
 
 def _out_of_memory(exc: BaseException) -> str:

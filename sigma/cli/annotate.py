@@ -17,6 +17,7 @@ from sigma.cli.common import (
     error_line,
     flag_overrides,
     import_plugin_args,
+    path,
 )
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
@@ -59,11 +60,11 @@ class AnnotateConfig(AnnotatorSpec):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("annotate", help="annotate one pair (or a JSON list of pairs on stdin)",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("original", nargs="?",
+    p.add_argument("original", nargs="?", type=path,
                    help="original image (PNG/JPEG/WebP/TIFF/BMP), or '-' for a JSON list on stdin")
-    p.add_argument("edited", nargs="?", help="edited image")
+    p.add_argument("edited", nargs="?", type=path, help="edited image")
     p.add_argument("-i", "--instruction", help="the edit instruction, e.g. 'remove the boat' (optional)")
-    p.add_argument("-o", "--outdir", default="sigma_out", help="output folder (default: sigma_out)")
+    p.add_argument("-o", "--outdir", type=path, default="sigma_out", help="output folder (default: sigma_out)")
     p.add_argument("--annotator", help="registry name (see `sigma models`); default: sigma-lite when embedded")
     p.add_argument("--threshold", type=float, help="mask = prob > T (pixel-diff: PIXAR's τ)")
     p.add_argument("--example", action="store_true",

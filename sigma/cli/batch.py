@@ -11,6 +11,7 @@ from sigma.cli.common import (
     add_plugin_arg,
     import_plugin_args,
     integer,
+    path,
     said,
     with_plugin_args,
     within,
@@ -72,8 +73,8 @@ def parse_columns(text: str | None) -> dict[str, str]:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     from sigma.io.corpora import PRESETS, formats
 
-    p.add_argument("input", help="the corpus (see above)")
-    p.add_argument("--out", required=True, help="run folder (created; holds run.json, shards/, status/)")
+    p.add_argument("input", type=path, help="the corpus (see above)")
+    p.add_argument("--out", required=True, type=path, help="run folder (created; holds run.json, shards/, status/)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="column names of a public corpus")
     p.add_argument("--format", help=f"reader: {', '.join(formats())} (default: auto-detected)")
     p.add_argument("--columns", help="role=column overrides: original=,edited=,instruction=,mask=,id=,edit_type= "
@@ -119,11 +120,11 @@ def _add_redis_args(p: argparse.ArgumentParser, redis_help: str | None = None) -
                    "$SIGMA_REDIS_URL, else redis://127.0.0.1:6379/0)")
     p.add_argument("--key-prefix", help="redis.key_prefix (default: the service settings', `sigma`); the tasks "
                    "go to <prefix>:batch:tasks, where `sigma worker --batch` with the same prefix reads them")
-    p.add_argument("--serve-config", metavar="FILE", help="service settings YAML (default: $SIGMA_SERVE_CONFIG)")
+    p.add_argument("--serve-config", metavar="FILE", type=path,
+                   help="service settings YAML (default: $SIGMA_SERVE_CONFIG)")
 
 
 def _redis_settings(args: argparse.Namespace):
-    import os
 
     from sigma.service.settings import load_serve_config
 
@@ -132,7 +133,7 @@ def _redis_settings(args: argparse.Namespace):
         overrides.append(f"redis.url={args.redis}")
     if args.key_prefix:
         overrides.append(f"redis.key_prefix={args.key_prefix}")
-    return load_serve_config(args.serve_config or os.environ.get("SIGMA_SERVE_CONFIG") or None, overrides).redis
+    return load_serve_config(args.serve_config, overrides).redis
 
 
 def _add_failed_limit(p: argparse.ArgumentParser, help_text: str) -> None:
@@ -191,7 +192,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)",
                          epilog=STATUS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    st.add_argument("out", help="run folder")
+    st.add_argument("out", type=path, help="run folder")
     _add_redis_args(st, "also show the fleet queue on this Redis URL")
     st.add_argument("--json", action="store_true")
     _add_failed_limit(st, "failed shards listed, first in run order (default 100; the count covers them all)")

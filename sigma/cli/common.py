@@ -40,6 +40,17 @@ class SigmaArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"sigma: error [bad_arguments]: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
+    def _get_value(self, action: argparse.Action, arg_string: str):  # type: ignore[no-untyped-def]
+        """An empty path argument (`sigma batch run ''`, `--out ''`, `--data ''`, `-o ''`) is refused here, for every
+        command, before any work: Python's `Path('')` is `.`, so it meant the current folder — an output written
+        into wherever the shell stood, a corpus or eval set read from there — which nobody types on purpose (an
+        unset shell variable, `--out "$OUT"`). `.` still names the current folder."""
+        if action.type is path and arg_string == "":
+            name = argparse._get_action_name(action) or action.dest
+            self.exit(2, f"sigma: error [empty_path]: {self.prog}: {name}: an empty path; name the file or folder "
+                         f"(`.` for the current folder)\n")
+        return super()._get_value(action, arg_string)
+
     def _parse_optional(self, arg_string: str):  # type: ignore[no-untyped-def]
         """A value that reads as a negative number is a value, not a flag. argparse's own test knows -1 and -.5
         only: `--min-confidence -inf` (or -1e-3) was "expected one argument", and after a flag with a short
@@ -47,6 +58,12 @@ class SigmaArgumentParser(argparse.ArgumentParser):
         if NEGATIVE_NUMBER.fullmatch(arg_string) and not self._has_negative_number_optionals:
             return None
         return super()._parse_optional(arg_string)
+
+
+def path(text: str) -> str:
+    """argparse `type=` of every argument that names a file or folder: the text as given (a command makes its
+    `Path`), but the parser refuses it empty (`SigmaArgumentParser._get_value`, `empty_path`)."""
+    return text
 
 
 #: -1, -0.5, -.5, -1e-3, -inf, -Infinity, -nan: what `float` reads as a number below zero (or NaN)
@@ -62,7 +79,7 @@ VALUE_RULE = ("VALUE is YAML (0.1, true, null, [2,5,11], {a: 1}), except that a 
 def add_config_args(parser: argparse.ArgumentParser,
                     example: str = "--set io.align=true --set io.limits.max_pixels=10000000") -> None:
     """`--config` and `--set`; `example` are overrides the command's own config accepts (its --help shows them)."""
-    parser.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
+    parser.add_argument("--config", metavar="FILE", type=path, help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override one config value, e.g. {example} (repeatable; applied after --config). "
                              f"{VALUE_RULE}")

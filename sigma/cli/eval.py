@@ -8,7 +8,15 @@ from pathlib import Path
 
 from pydantic import Field
 
-from sigma.cli.common import Progress, add_config_args, add_plugin_arg, check_outdir, flag_overrides, import_plugin_args
+from sigma.cli.common import (
+    Progress,
+    add_config_args,
+    add_plugin_arg,
+    check_outdir,
+    flag_overrides,
+    import_plugin_args,
+    path,
+)
 from sigma.config.loader import load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError
@@ -51,13 +59,14 @@ class EvalConfig(AnnotatorSpec):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score an annotator on an evaluation set (F1/IoU/AUC per set)",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="one set folder or a folder of sets (each with pairs.jsonl); default: the `data` "
+    p.add_argument("--data", type=path,
+                   help="one set folder or a folder of sets (each with pairs.jsonl); default: the `data` "
                    "of --config (an earlier eval's config.yaml records it)")
     p.add_argument("--annotator", help="registry name (default: the embedded default)")
     p.add_argument("--threshold", type=float, help="mask threshold (pixel-diff: τ)")
     p.add_argument("--perturb", default=None,
                    help="none|vae|jpeg75|jpeg90|resize|color|regen|all, comma-separated (default: none)")
-    p.add_argument("--out", default="sigma_eval", help="folder for metrics.json and config.yaml")
+    p.add_argument("--out", default="sigma_eval", type=path, help="folder for metrics.json and config.yaml")
     add_plugin_arg(p)
     add_config_args(p)
     p.set_defaults(run=run)

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sigma.cli.common import path
+
 MASKS = ("chosen", "semantic", "footprint")          # sigma.export.select.MASKS (not imported: CLI start-up)
 ORDERS = ("corpus", "confidence", "confidence-asc")  # sigma.export.select.ORDERS
 
@@ -17,7 +19,7 @@ EXAMPLES = """examples:
 
 
 def _filters(p: argparse.ArgumentParser, sort: bool = True) -> None:
-    p.add_argument("run_dir", help="a `sigma batch run` folder (finished shards are exported)")
+    p.add_argument("run_dir", type=path, help="a `sigma batch run` folder (finished shards are exported)")
     p.add_argument("--min-confidence", type=float, help="keep pairs with confidence >= C (pairs without one "
                    "drop); docs/masks.md gives the expected F1 for each C")
     p.add_argument("--max-confidence", type=float, help="keep pairs with confidence <= C (e.g. to hand-check)")
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = esub.add_parser("imdl-benco", help="Tp/ + Gt/ PNGs and the JSON list [[tp, gt|\"Negative\"], ...]",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(b)
-    b.add_argument("--out", required=True, help="output folder (Tp/, Gt/, imdl_benco.json)")
+    b.add_argument("--out", required=True, type=path, help="output folder (Tp/, Gt/, imdl_benco.json)")
     b.add_argument("--relative", action="store_true", help="paths in the JSON relative to --out (default absolute)")
     b.add_argument("--json-name", default="imdl_benco.json", metavar="NAME",
                    help="the JSON list's file name in --out (default imdl_benco.json): a plain name ending in .json, "
@@ -52,8 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = esub.add_parser("coco", help="COCO-style JSON with RLE segmentations", epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(c)
-    c.add_argument("--out", required=True, help="output JSON file")
-    c.add_argument("--images", help="also write the edited images here under the JSON's file_name (a name there "
+    c.add_argument("--out", required=True, type=path, help="output JSON file")
+    c.add_argument("--images", type=path,
+                   help="also write the edited images here under the JSON's file_name (a name there "
                    "that holds another image is refused before any image is written; the same bytes are kept)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace the files in --images that hold other images (another export's) under the names "
@@ -62,8 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     h = esub.add_parser("hf", help="a Hugging Face dataset: parquet with Image() columns + a dataset card",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(h, sort=False)
-    h.add_argument("out", nargs="?", help="output folder (README.md, data/train-*.parquet)")
-    h.add_argument("--out", dest="out_flag", metavar="OUT", help="the same, as an option")
+    h.add_argument("out", nargs="?", type=path, help="output folder (README.md, data/train-*.parquet)")
+    h.add_argument("--out", dest="out_flag", metavar="OUT", type=path, help="the same, as an option")
     h.add_argument("--name", help="the dataset's pretty name in the card")
     h.add_argument("--max-shard-mb", type=float, default=500, help="start a new parquet file past this size (500)")
     h.add_argument("--overwrite", action="store_true", help="replace a dataset already exported to OUT")

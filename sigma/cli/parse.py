@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sigma.cli.common import integer, within
+from sigma.cli.common import integer, path, within
 from sigma.config.schema import MAX_INSTRUCTION_CHARS
 from sigma.errors import InputError, LimitError
 from sigma.text import is_blank
@@ -38,13 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parse", help="parse an instruction into (edit_type, source, target)", description=HELP,
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("instruction", nargs="?", help="the editing instruction (quote it)")
-    p.add_argument("--file", metavar="JSONL", help="parse every line of this file instead")
+    p.add_argument("--file", metavar="JSONL", type=path, help="parse every line of this file instead")
     p.add_argument("--backend", default="rules", help="rules (default) | llm | qwen-vl")
-    p.add_argument("--model", help="llm / qwen-vl: a local model folder, .gguf file or HF repo id in the cache")
-    p.add_argument("--original", metavar="IMAGE", help="qwen-vl: the original image")
-    p.add_argument("--edited", metavar="IMAGE", help="qwen-vl: the edited image")
+    p.add_argument("--model", type=path,
+                   help="llm / qwen-vl: a local model folder, .gguf file or HF repo id in the cache")
+    p.add_argument("--original", metavar="IMAGE", type=path, help="qwen-vl: the original image")
+    p.add_argument("--edited", metavar="IMAGE", type=path, help="qwen-vl: the edited image")
     p.add_argument("--show-errors", action="store_true", help="with --file: list every line that did not match")
-    p.add_argument("--out", metavar="JSONL", help="with --file: also write each parse to this file")
+    p.add_argument("--out", metavar="JSONL", type=path, help="with --file: also write each parse to this file")
     p.add_argument("--max-chars", type=integer, action=within(1, MAX_INSTRUCTION_CHARS), default=MAX_CHARS,
                    metavar="N", help=f"longest instruction accepted, in characters, 1 .. "
                                      f"{MAX_INSTRUCTION_CHARS} (default {MAX_CHARS}; the most is the service's "

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sigma.cli.common import integer, within
+from sigma.cli.common import integer, path, within
 
 # The gallery inlines two JPEG thumbnails per pair: 10000 pairs at 192 px is ~150 MB of HTML, already more than a
 # page to review; a larger --limit wrote a page no browser opens (and 1e30 was taken). A thumbnail is never enlarged.
@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "with filters by edit type, set and confidence, per-set metrics when the corpus\n"
                                    "had ground truth, and the bad pairs. No network: images are inlined.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a `sigma batch run` folder")
-    p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("run_dir", type=path, help="a `sigma batch run` folder")
+    p.add_argument("--out", type=path, help="HTML file (default RUN_DIR/report.html)")
     p.add_argument("--limit", type=integer, action=within(1, MAX_REPORT_PAIRS), default=300,
                    help=f"pairs in the gallery, lowest confidence first (300; 1 .. {MAX_REPORT_PAIRS})")
     p.add_argument("--thumb", type=integer, action=within(*THUMB_RANGE), default=192,

@@ -99,8 +99,7 @@ def load(args: argparse.Namespace, **flags):
     """The service settings; a command's flags (dotted keys) are overrides applied before validation."""
     from sigma.service.settings import load_serve_config
 
-    path = args.config or os.environ.get("SIGMA_SERVE_CONFIG") or None
-    return load_serve_config(path, list(args.overrides), flags=flags)
+    return load_serve_config(args.config, list(args.overrides), flags=flags)     # else $SIGMA_SERVE_CONFIG
 
 
 # What each mode never reads of the worker settings (worker.KEY), and why. Given on its command line (--set, or

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sigma.cli.common import integer, refuse_unused, within
+from sigma.cli.common import integer, path, refuse_unused, within
 from sigma.config.schema import MAX_WORKING_SIZE
 
 # Pairs one `sigma synth` writes (three PNGs each, their pairs.jsonl lines held until the end): -n 1e30 wrote
@@ -42,15 +42,17 @@ _KIND_EDITOR = {"none": "no edit (perturbation only)", "remove": "synthetic remo
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic edit pairs (pairs.jsonl layout) or build the training cache",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="output folder for the pairs")
+    p.add_argument("--out", type=path, help="output folder for the pairs")
     p.add_argument("-n", type=integer, action=within(1, MAX_SYNTH_PAIRS),
                    help=f"number of pairs (default {DEFAULT_PAIRS}; 1 .. {MAX_SYNTH_PAIRS}); not with --build-cache")
     p.add_argument("--seed", type=integer, action=within(0, MAX_SEED), default=0, help="default 0; 0 .. 2^63-1")
-    p.add_argument("--photos", help="photo folder (default $SIGMA_SHARED/data/photos; with --cache, the photos it "
+    p.add_argument("--photos", type=path,
+                   help="photo folder (default $SIGMA_SHARED/data/photos; with --cache, the photos it "
                    "does not hold yet are served from it)")
-    p.add_argument("--cache", help="use a cache built with --build-cache (VAE roundtrips + latent edits); not with "
+    p.add_argument("--cache", type=path,
+                   help="use a cache built with --build-cache (VAE roundtrips + latent edits); not with "
                    "--build-cache")
-    p.add_argument("--build-cache", metavar="DIR", help="build the training cache into DIR and exit")
+    p.add_argument("--build-cache", metavar="DIR", type=path, help="build the training cache into DIR and exit")
     p.add_argument("--max-side", type=integer, action=within(32, MAX_WORKING_SIZE),
                    help=f"cache: long side of the stored photos ({CACHE_DEFAULTS['max_side']}; 32 .. "
                         f"{MAX_WORKING_SIZE}); only with --build-cache, as are the next four")

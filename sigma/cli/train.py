@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from sigma.cli.common import path
+
 HELP = """Train a SigmaNet with the one training loop (Stage I: BCE + Dice on synthetic edits; Stage II:
 VAE-roundtrip calibration, EMA self-training, edit-noise disentanglement, each switchable).
 
@@ -24,10 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a model (Stage I / Stage II) from a stage config",
                        description=HELP, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="stage config YAML (configs/train/...)")
+    p.add_argument("config", nargs="?", type=path, help="stage config YAML (configs/train/...)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help=f"config overrides, e.g. steps=500 lr=1e-3. {VALUE_RULE}")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", type=path, help="continue a run from its last checkpoint")
     # a SIGTERM while `sigma` starts, before `run`: one line and 143 (`sigma.cli._SigtermWhileStarting`)
     p.set_defaults(run=run, stops_on_sigterm=True)
 

@@ -15,7 +15,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -538,10 +538,13 @@ def _unsaid(problems: list[Problem], errors: list[Any]) -> list[Problem]:
 
 def load_config(model: type[M], path: str | Path | None = None,
                 overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None,
-                before_validate: Callable[[dict], None] | None = None) -> M:
+                before_validate: Callable[[dict], None] | None = None, sources: Mapping[str, str] | None = None) -> M:
     """defaults (the model) < `base` < YAML file < overrides; errors name the offending key. `before_validate(tree)`
     sees the merged values just before they are validated: a command imports the plugins they name there, since
-    validation checks names those plugins register (a corpus format in the same config file was unknown)."""
+    validation checks names those plugins register (a corpus format in the same config file was unknown).
+    `sources`: override keys that came from elsewhere than the command line, with where (an environment variable,
+    `SIGMA_REDIS_URL`): an error at or under one starts with it, since the key alone (`redis.url`) sent the user
+    looking for a config file that does not set it."""
     tree: dict = dict(base or {})
     if path is not None:
         tree = deep_merge(tree, read_yaml(path))
@@ -551,7 +554,12 @@ def load_config(model: type[M], path: str | Path | None = None,
     tree = apply_overrides(tree, resolve_overrides(model, overrides or {}))
     set_here = tuple(overrides or {})
 
+    def source(place: str) -> str:
+        return next((f"{label}: " for key, label in (sources or {}).items() if _at_or_under(place, key)), "")
+
     def origin(key: str) -> str:
+        if source(key):
+            return source(key)
         if any(key == k or key.startswith(k + ".") for k in set_here):
             return "override "
         return f"{path}: " if path is not None else ""
@@ -567,11 +575,17 @@ def load_config(model: type[M], path: str | Path | None = None,
         config = model.model_validate(tree)
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
-        problems = [(e["loc"][0] if e["loc"] else "", _message(e, given, model, origin)) for e in errors]
+        problems = [(e["loc"][0] if e["loc"] else "",
+                     _sourced(_message(e, given, model, origin), source(_place(e["loc"])))) for e in errors]
         raise _one_error(model, [*found, *_unsaid(loose, errors)], problems) from exc
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
+
+
+def _sourced(message: str, source: str) -> str:
+    """`message` led by `source` (`SIGMA_REDIS_URL: `) unless it already is (a whole-number check's, by `origin`)."""
+    return message if message.startswith(source) else f"{source}{message}"
 
 
 def _prepare(before_validate: Callable[[dict], None], tree: dict, model: type[BaseModel], found: list[Problem]) -> None:

@@ -261,6 +261,10 @@ def _parse_key_list(text: str, hashed: bool, source: str) -> list[dict]:
         secret, _, scopes = item.partition(":")
         if not secret:
             raise ConfigError(f"{source}: entry {n + 1} has an empty key")
+        unknown = [s for s in scopes.split("+") if s and s not in SCOPES] if scopes else []
+        if unknown:         # was pydantic's whole ValidationError text, with its URL, naming no variable
+            raise ConfigError(f"{source}: entry {n + 1} names unknown scope(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(SCOPES)} (KEY:SCOPE+SCOPE)")
         digest = secret.lower() if hashed else hash_key(secret)
         # The name is the job owner: derived from the digest, so reordering the list keeps owners stable.
         entry: dict[str, Any] = {"name": f"key-{digest[:12]}", "sha256": digest}
@@ -272,29 +276,65 @@ def _parse_key_list(text: str, hashed: bool, source: str) -> list[dict]:
 
 def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], list[dict]]:
     """Dotted overrides and extra API keys from the environment."""
+    return env_sourced(env)[0], _env_keys(env)
+
+
+def env_sourced(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Dotted overrides from the environment, and the variable each came from (for the errors: `SIGMA_REDIS_URL:
+    redis.url: not a Redis URL`, where `redis.url:` alone sent the user to a config file that did not set it). A
+    blank `SIGMA_REDIS_URL` is unset, as an empty one was (and as a blank `SIGMA_CACHE_DIR` is): `' '` was refused
+    as `redis.url`."""
     overrides: dict[str, Any] = {}
-    if env.get("SIGMA_REDIS_URL"):
-        overrides["redis.url"] = env["SIGMA_REDIS_URL"]
+    sources: dict[str, str] = {}
+    if env.get("SIGMA_REDIS_URL", "").strip():
+        overrides["redis.url"], sources["redis.url"] = env["SIGMA_REDIS_URL"], "SIGMA_REDIS_URL"
     for name, value in env.items():
         if name.startswith("SIGMA__") and len(name) > 7:
             dotted = ".".join(part.lower() for part in name[7:].split("__"))
-            overrides[dotted] = Override.read(value, name)
+            overrides[dotted], sources[dotted] = Override.read(value, name), name
+    return overrides, sources
+
+
+def _env_keys(env: Mapping[str, str]) -> list[dict]:
     keys = _parse_key_list(env.get("SIGMA_API_KEYS", ""), False, "SIGMA_API_KEYS")
-    keys += _parse_key_list(env.get("SIGMA_API_KEY_HASHES", ""), True, "SIGMA_API_KEY_HASHES")
-    return overrides, keys
+    return keys + _parse_key_list(env.get("SIGMA_API_KEY_HASHES", ""), True, "SIGMA_API_KEY_HASHES")
+
+
+SERVE_CONFIG_ENV = "SIGMA_SERVE_CONFIG"
+
+
+def _serve_config_file(path: str | Path | None, env: Mapping[str, str]) -> dict:
+    """The settings file's values: `path` (a command's --config), else `$SIGMA_SERVE_CONFIG` (blank = unset, as
+    other variables), else none. A problem with the variable's file names the variable: `SIGMA_SERVE_CONFIG=' '` was
+    "': config file not found", naming neither the variable nor the value."""
+    from sigma.config.loader import read_yaml
+
+    if path is not None:
+        return read_yaml(path)
+    named = env.get(SERVE_CONFIG_ENV, "")
+    if not named.strip():
+        return {}
+    try:
+        return read_yaml(named)
+    except ConfigError as exc:
+        raise ConfigError(f"{SERVE_CONFIG_ENV}: {exc.message}") from exc
 
 
 def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
                       env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> ServeConfig:
-    """defaults < YAML < environment < `overrides` (`--set`) < `flags` (a command's own options, dotted keys,
-    None = not given); everything is validated once, at the end; errors name the key (ConfigError)."""
+    """defaults < YAML (`path`, else `$SIGMA_SERVE_CONFIG`) < environment < `overrides` (`--set`) < `flags` (a
+    command's own options, dotted keys, None = not given); everything is validated once, at the end; errors name the
+    key (ConfigError), and the environment variable a value came from."""
     env = os.environ if env is None else env
-    env_set, env_keys = env_overrides(env)
-    from sigma.config.loader import read_overrides, read_yaml
+    env_set, sources = env_sourced(env)
+    env_keys = _env_keys(env)
+    from sigma.config.loader import read_overrides
 
-    base = read_yaml(path) if path is not None else {}
-    merged = {**env_set, **read_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
-    cfg = load_config(ServeConfig, None, merged, base=base)
+    base = _serve_config_file(path, env)
+    given = {**read_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
+    merged = {**env_set, **given}
+    cfg = load_config(ServeConfig, None, merged, base=base,
+                      sources={key: name for key, name in sources.items() if key not in given})
     if env_keys:
         try:
             extra = [ApiKey.model_validate(k) for k in env_keys]
