@@ -77,3 +77,16 @@ def test_every_result_json_key_is_in_the_foundation_table(tmp_path, capsys):
     row = table_row(doc("foundation.md"), "`result.json`")
     missing = sorted(k for k in keys if f"`{k}`" not in row)
     assert not missing, f"result.json keys not in docs/foundation.md's table: {missing}"
+
+
+def test_every_sigma_model_option_is_in_the_models_docs_table():
+    """docs/models.md's table of "Annotator options (`--set options.KEY=VALUE`) of the SIGMA models" left out
+    `threshold`, `mask_mode`, `footprint` and `build_graph`, which `--set options.X=...` takes."""
+    from sigma.annotators.model_annotator import ModelAnnotatorConfig
+
+    text = doc("models.md")
+    start = text.index("| option | default | meaning |")
+    table = text[start:text.index("\n\n", start)]
+    first_cells = " ".join(line.split("|")[1] for line in table.splitlines()[2:])
+    missing = [name for name in ModelAnnotatorConfig.model_fields if f"`{name}`" not in first_cells]
+    assert not missing, f"sigma-lite / sigma-b options not in docs/models.md's table: {missing}"
