@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, help="mask threshold (pixel-diff: τ)")
     p.add_argument("--perturb", default=None,
                    help="none|vae|jpeg75|jpeg90|resize|color|regen|all, comma-separated (default: none)")
-    p.add_argument("--out", default="sigma_eval", type=path, help="folder for metrics.json and config.yaml")
+    p.add_argument("--out", default="sigma_eval", type=path,
+                   help="folder for metrics.json and config.yaml (default sigma_eval)")
     add_plugin_arg(p)
     add_config_args(p)
     p.set_defaults(run=run)
