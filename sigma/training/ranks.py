@@ -21,7 +21,7 @@ import torch
 from sigma.errors import SigmaError, first_line
 
 from . import world
-from .checkpoint import CKPT, PREV
+from .checkpoint import latest_step
 
 
 class RankLost(SigmaError):
@@ -48,25 +48,6 @@ def lost_in_collective(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and bool(_PEER_GONE.search(str(exc))))
 
 
-def checkpoint_step(run_dir: Path) -> int | None:
-    """The step of the run's last complete checkpoint (checkpoint.pt, else checkpoint.prev.pt, as `--resume` reads
-    them), or None when there is none here (none written yet; on another node than rank 0's, the run folder may not
-    be here at all). Only the step is read (memory-mapped: no weights are loaded). A checkpoint is written to a
-    temporary file and renamed, so a rank killed mid-save leaves the one before whole."""
-    for name in (CKPT, PREV):
-        path = run_dir / name
-        if not path.is_file():        # a regular file only: opening a FIFO would wait for a writer
-            continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - damaged: the one before, as --resume does
-            continue
-        step = state.get("step") if isinstance(state, dict) else None
-        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
-            return step
-    return None
-
-
 def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
     """The one line for `exc`, a collective that failed because a peer is gone: which rank (known with two; with
     more, torchrun's report names the first to fail), the last complete checkpoint's step, how to continue."""
@@ -75,7 +56,7 @@ def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
     who = f"rank {1 - rank} of 2" if size == 2 else f"another rank of {size} (torchrun's report names it)"
     said = _REASON.search(str(exc))
     why = said.group(0).lower() if said else re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc, 200))[:100]
-    step = checkpoint_step(run_dir)
+    step = latest_step(run_dir)
     if step is not None:
         kept = f"the last complete checkpoint (step {step}) is kept; continue with"
     elif run_dir.is_dir():
