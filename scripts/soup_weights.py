@@ -12,7 +12,9 @@ earlier file D to a later one G ("model extrapolation", Zheng et al. 2024): G + 
 Writes OUT/model.safetensors (fp32) and OUT/config.json (the first model's network config), a directory
 `load_model`, `val_breakdown.py` and `--set options.weights=OUT` read. Integer tensors (BatchNorm step
 counts) are taken from the first model; every float tensor is the combination (BatchNorm running variances
-kept ≥ 1e-5, which an extrapolation could otherwise push below zero).
+kept ≥ 1e-5, which an extrapolation could otherwise push below zero). The three files are written as one set
+(`sigma.models.factory.write_model_files`, `save_model`'s writer): a soup killed at any point leaves OUT's earlier
+files or the new ones, never its weights beside an earlier soup's config, nor a temporary file for good.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import argparse
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from sigma.models.factory import write_model_files
 
 
 def _files(path: str) -> tuple[Path, Path]:
@@ -50,10 +54,10 @@ def main(out: str, models: list[str], coef: list[float] | None = None) -> None:
             soup[k] = first.clone()
     config = json.loads(_files(models[0])[1].read_text())
     config.pop("stored_dtype", None)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_file(soup, str(Path(out) / "model.safetensors"))
-    (Path(out) / "config.json").write_text(json.dumps(config, indent=1))
-    (Path(out) / "soup.json").write_text(json.dumps({"models": models, "coef": coef}, indent=1))
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_model_files(soup, folder / "model.safetensors", folder / "config.json", config,
+                      beside=((folder / "soup.json", json.dumps({"models": models, "coef": coef}, indent=1).encode()),))
     print(f"{out}: {' + '.join(f'{c:g}·{m}' for c, m in zip(coef, models))}, {len(soup)} tensors")
 
 

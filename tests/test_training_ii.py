@@ -275,3 +275,33 @@ def test_ddp_a_rank_killed_mid_run_is_one_line_on_the_rank_left(photos, tmp_path
     # the rank left ended with sigma's status by itself (not -15 from torchrun's SIGTERM, nor -9 after its 30 s)
     codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", err, re.M))
     assert codes == {str(killed): "-9", str(1 - killed): "2"}, err[-3000:]
+
+
+def test_ddp_with_three_ranks_a_rank_lost_is_named_and_said_once(photos, tmp_path):
+    """With more than 2 ranks, every rank left printed `rank_lost`, and the line named none ("another rank of 3
+    (torchrun's report names it)"). Now the first rank left says it alone, naming the rank whose process is dead
+    (each rank's host and pid in the run's store), here rank 0 — the rank that would say it alone otherwise; the
+    ranks left still end with sigma's status 2."""
+    run = tmp_path / "runs" / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "sigma",
+           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
+    proc = subprocess.Popen(cmd, env=procfs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=tmp_path)
+    try:
+        for line in proc.stdout:          # rank 0's log: step 3 comes after the checkpoint of step 2 (ckpt_every=2)
+            if line.startswith("step 3/"):
+                break
+        os.kill(_rank_pid(proc.pid, 0), signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    assert len(said) == 1, err[-3000:]
+    assert re.match(rf"sigma: error \[rank_lost\]: rank 0 of 3 was lost \(connection (reset|closed) by peer\); the "
+                    rf"run stopped; the last complete checkpoint \(step \d+\) is kept; continue with: sigma train "
+                    rf"--resume {re.escape(str(run))} ", said[0]), said[0]
+    codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", err, re.M))
+    assert codes == {"0": "-9", "1": "2", "2": "2"}, err[-3000:]

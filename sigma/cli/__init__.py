@@ -128,17 +128,21 @@ def _interrupted(argv: list[str] | None) -> int:
     return 130
 
 
-def _say(line: str, every_rank: bool = False) -> None:
-    """A command's last line, on stderr; under torchrun once for all ranks (or by `every_rank` that meets it: a lost
-    rank, which may be rank 0), and in torchrun's report (`sigma.cli.elastic`)."""
-    if elastic.record(line) or every_rank:
+def _say(line: str, said_here: bool | None = None) -> None:
+    """A command's last line, on stderr; under torchrun once for all ranks (rank 0's, or the rank's the error names
+    by `said_here`: a lost rank, which may be rank 0, is said by the first rank left), and in torchrun's report
+    (`sigma.cli.elastic`)."""
+    says = elastic.record(line)           # the error file written either way
+    if said_here is not None:
+        says = said_here
+    if says:
         print(line, file=sys.stderr)
 
 
-def _failed(line: str, argv: list[str] | None, every_rank: bool = False) -> int:
+def _failed(line: str, argv: list[str] | None, said_here: bool | None = None) -> int:
     """An error's one line said (`_say`) and exit status 2; under torchrun the rank then keeps that status while
     torchrun stops the others with SIGTERM (it was killed in its exit: -15). Only for the program itself."""
-    _say(line, every_rank)
+    _say(line, said_here)
     if argv is None:
         elastic.leaving_quietly()
     return 2
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except SigmaError as exc:
         from sigma.cli.common import error_line
 
-        return _failed(error_line(exc.code, str(exc.message)), argv, bool(getattr(exc, "every_rank_says", False)))
+        return _failed(error_line(exc.code, str(exc.message)), argv, getattr(exc, "said_here", None))
     except KeyboardInterrupt:
         return _interrupted(argv)
     except Stopped as exc:   # a SIGTERM obeyed, the work saved or none done (`sigma train`): one line, 128 + signal

@@ -127,11 +127,22 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
     meta = {"format": FORMAT, "version": 1, "backbone_in_file": not skip_backbone}
     if dtype is not None:
         meta["stored_dtype"] = str(dtype).removeprefix("torch.")
+    write_model_files(state, weights_path, cfg_path, {**meta, "config": cfg.model_dump(mode="json")},
+                      metadata={"format": FORMAT})
+    return path
+
+
+def write_model_files(state: dict[str, torch.Tensor], weights_path: Path, cfg_path: Path, config: dict[str, Any],
+                      metadata: dict[str, str] | None = None, beside: tuple[tuple[Path, bytes], ...] = ()) -> None:
+    """`state` (contiguous CPU tensors) at `weights_path` and the `config` record at `cfg_path`, with the files of
+    `beside` (in the config's folder), as one set: `save_model`'s writer, and `scripts/soup_weights.py`'s (which
+    wrote with safetensors' `save_file`, then the config and its own record one after the other: a soup killed
+    between left its weights beside the earlier soup's config and record, or `.tmpXXXXXX` junk mid-write)."""
 
     def write_weights(tmp: Path) -> None:          # streamed: no second copy of the weights in memory
         # into `tmp` itself: safetensors' save_file staged the bytes in a temporary file of its own (`.tmpXXXXXX`),
         # which a saver killed mid-write left in the folder for good (`sigma.models.weightfile`)
-        write_safetensors(state, tmp, metadata={"format": FORMAT})
+        write_safetensors(state, tmp, metadata=metadata)
 
     # one set, the config last (`replace_together`): the weights and config.json were renamed one after the other,
     # and a saver killed between the two renames left its weights beside the old config, two savers at once one's
@@ -140,14 +151,12 @@ def save_model(model: SigmaNet, path: str | Path, *, include_frozen_backbone: bo
     wait_s = lock_wait_s()
     try:
         with _busy_as_error("save the model into", wait_s):
-            replace_together([(weights_path, write_weights),
-                              (cfg_path, json.dumps({**meta, "config": cfg.model_dump(mode="json")},
-                                                    indent=2).encode())], timeout_s=wait_s)
+            replace_together([(weights_path, write_weights), *beside,
+                              (cfg_path, json.dumps(config, indent=2).encode())], timeout_s=wait_s)
     except Exception as exc:
         if not isinstance(exc, (OSError, WeightsBusyError)):            # safetensors' own error type
             raise OSError(f"{weights_path}: cannot write the model ({first_line(exc)})") from exc
         raise
-    return path
 
 
 def model_files(path: str | Path) -> tuple[Path, Path]:

@@ -92,12 +92,16 @@ def _keep_previous(current: Path, prev: Path) -> None:
         raise
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, mapped: bool = False) -> dict[str, Any]:
+    """The checkpoint at `path`, checked (`_check_fields`); any exception means a damaged one. `mapped`: its tensors
+    memory-mapped, not read (`latest_step`: only the step is wanted)."""
     # weights_only: tensors, numbers, strings and containers — everything a checkpoint holds. The full unpickler
     # ran whatever a checkpoint.pt told it to (os.system, at `sigma train --resume` of a run folder from elsewhere)
     try:
         with open_regular(path) as handle:    # a FIFO put there after the check: refused, not waited on
-            state = torch.load(handle, map_location="cpu", weights_only=True)
+            # torch maps only a file named by path: the one opened here, by its descriptor
+            source = f"/proc/self/fd/{handle.fileno()}" if mapped else handle
+            state = torch.load(source, map_location="cpu", weights_only=True, mmap=mapped)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise
@@ -128,6 +132,26 @@ def _check_fields(state: dict[str, Any]) -> None:
         raise ValueError("an EMA teacher state that is not a mapping")
 
 
+def _candidates(run_dir: Path) -> list[Path]:
+    """The checkpoints a resume tries, newest first: checkpoint.pt, then checkpoint.prev.pt (regular files only)."""
+    return [p for p in (run_dir / CKPT, run_dir / PREV) if p.is_file()]
+
+
+def latest_step(run_dir: Path) -> int | None:
+    """The step `load_checkpoint` would resume from, judged the same way (the same candidates in the same order,
+    each read and checked by `_read`), or None when there is none readable. Its tensors are memory-mapped, not
+    loaded: for a process that is leaving (`sigma.training.ranks.rank_lost` names the step). Whether the weights fit
+    the configured model (`load_checkpoint`'s `apply`) is not known here. Before, `ranks` walked the candidates
+    itself and checked only the step: a checkpoint.pt holding a step but no optimiser state was named as kept while
+    the resume passed over it to checkpoint.prev.pt."""
+    for path in _candidates(run_dir):
+        try:
+            return int(_read(path, mapped=True)["step"])
+        except Exception:  # noqa: BLE001 - damaged, as load_checkpoint judges it: the one before
+            continue
+    return None
+
+
 def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None,
                     apply: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """The latest usable checkpoint: checkpoint.pt, else the one before it (with a warning), else None
@@ -138,7 +162,7 @@ def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None,
     like a damaged file — it stopped the resume with `invalid_config` although checkpoint.prev.pt fitted. Neither
     fitting stays `invalid_config`, naming both. `apply` must leave nothing half-applied that the next call does not
     replace whole (a strict load_state_dict does)."""
-    found = [p for p in (run_dir / CKPT, run_dir / PREV) if p.is_file()]
+    found = _candidates(run_dir)
     # checkpoint.pt gone while the one before it is there (deleted, lost): said like a damaged one, not passed over
     problems = [f"{CKPT}: missing"] if found and found[0].name == PREV else []
     misfit = False

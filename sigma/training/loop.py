@@ -47,7 +47,7 @@ from .checkpoint import CKPT, PREV, load_checkpoint, refuse_lost_checkpoints, sa
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .datawait import DataWait, DataWaitCut
-from .ranks import lost_ranks_said
+from .ranks import lost_ranks_said, register_rank
 from .regions import sample_regions
 from .validate import ValidationAbandoned, evaluate_real, validate_synthetic
 
@@ -366,6 +366,7 @@ class Trainer:
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend)
+            register_rank(self.rank)           # for a rank lost mid-run to be named (`rank_lost`)
         if torch.cuda.is_available():
             local = world.local_rank()
             torch.cuda.set_device(local)

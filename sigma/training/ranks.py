@@ -6,30 +6,102 @@ stray kill, a node gone) ended within a second — the checkpoint kept — but t
 whichever collective it was in (the step's gradient all-reduce, the stop check's, a validation's barrier), or was
 ended `-15` by torchrun's SIGTERM on its way out. Every collective of the run is reached through `Trainer`, so the
 failure is caught once, around it (`lost_ranks_said`, in `sigma.training.loop.start`), and said as `rank_lost`.
+With more than 2 ranks, the line named no rank and every rank left printed it: each rank now keeps its host and pid
+in the run's rendezvous store (`register_rank`), the first rank left names the dead ones of its host and says it.
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sigma.errors import SigmaError, first_line
+from sigma.tempfiles import pid_alive
 
 from . import world
-from .checkpoint import CKPT, PREV
+from .checkpoint import latest_step
 
 
 class RankLost(SigmaError):
-    """Another rank of the run is gone. Said by every rank that meets it: the one that would say it alone (rank 0)
-    may be the rank lost."""
+    """Another rank of the run is gone. Said by the rank `said_here` names (the one that would say it alone, rank 0,
+    may be the rank lost): the first rank left to meet it, or every rank left when they could not agree on one."""
 
     code = "rank_lost"
-    every_rank_says = True
+
+    def __init__(self, message: str, said_here: bool = True) -> None:
+        super().__init__(message)
+        #: whether this rank prints the line (every rank writes it to torchrun's error file); read by `sigma.cli`
+        self.said_here = said_here
+
+
+#: how long a rank left looks for the lost one among this host's ranks (`_lost_here`): a process SIGKILLed closes its
+#: sockets a moment before it is a zombie
+LOOK_S = 1.0
+
+
+def _key(name: str) -> str:
+    """A key of this module's in the run's store, apart for each of torchrun's restarts (the store outlives them)."""
+    return f"sigma/ranks/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+
+
+def _store() -> Any:
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return _get_default_store()
+
+
+def register_rank(rank: int) -> None:
+    """This rank's host and pid in the run's rendezvous store (under torchrun it is torchrun's own, which outlives
+    any rank), for `_lost_here` to tell which rank is gone. Called once the process group is up; best effort."""
+    try:
+        _store().set(_key(f"pid/{rank}"), f"{socket.gethostname()} {os.getpid()}")
+    except Exception:  # noqa: BLE001 - no store: the rank lost is said without its number
+        pass
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process not yet dead (a zombie, SIGKILLed but not yet reaped by torchrun, is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return pid_alive(pid)
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
+
+
+def _lost_here(size: int, rank: int) -> tuple[list[int], bool] | None:
+    """(the ranks of this host whose process is dead, whether this rank is the first left to say so), through the run's
+    store; None when it cannot be reached (kept by rank 0, itself lost). Ranks of other hosts cannot be looked at:
+    none of them is named. Nothing is waited for from the other ranks: a rank left may be stuck in its collective
+    with this one until this process ends."""
+    try:
+        store = _store()
+        first = int(store.add(_key("said"), 1)) == 1
+        host = socket.gethostname()
+        pids = {}
+        for other in range(size):
+            if other != rank and store.check([_key(f"pid/{other}")]):
+                where, pid = store.get(_key(f"pid/{other}")).decode().split()
+                if where == host:
+                    pids[other] = int(pid)
+    except Exception:  # noqa: BLE001 - the store gone with its rank, or none: the line without names, by every rank
+        return None
+    deadline = time.monotonic() + LOOK_S
+    while True:
+        lost = [other for other, pid in pids.items() if not _running(pid)]
+        if lost or not pids or time.monotonic() > deadline:
+            return lost, first
+        time.sleep(0.05)
 
 
 # what gloo and NCCL say when the other end of a collective is gone (torch's own `DistError` classes aside)
@@ -48,42 +120,37 @@ def lost_in_collective(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and bool(_PEER_GONE.search(str(exc))))
 
 
-def checkpoint_step(run_dir: Path) -> int | None:
-    """The step of the run's last complete checkpoint (checkpoint.pt, else checkpoint.prev.pt, as `--resume` reads
-    them), or None when there is none here (none written yet; on another node than rank 0's, the run folder may not
-    be here at all). Only the step is read (memory-mapped: no weights are loaded). A checkpoint is written to a
-    temporary file and renamed, so a rank killed mid-save leaves the one before whole."""
-    for name in (CKPT, PREV):
-        path = run_dir / name
-        if not path.is_file():        # a regular file only: opening a FIFO would wait for a writer
-            continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - damaged: the one before, as --resume does
-            continue
-        step = state.get("step") if isinstance(state, dict) else None
-        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
-            return step
-    return None
+def _named(ranks: list[int], size: int) -> str:
+    if len(ranks) == 1:
+        return f"rank {ranks[0]} of {size} was"
+    return f"ranks {', '.join(map(str, ranks))} of {size} were"
 
 
 def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
     """The one line for `exc`, a collective that failed because a peer is gone: which rank (known with two; with
-    more, torchrun's report names the first to fail), the last complete checkpoint's step, how to continue."""
+    more, the ranks of this host whose process is dead: `_lost_here`), the last complete checkpoint's step, how to
+    continue; said by one rank only (the one left with two; with more, the first left to meet it). With more than
+    two ranks, every rank left said it, and the line named none ("another rank of 3")."""
     size = world.world_size(2)
     rank = world.rank()
-    who = f"rank {1 - rank} of 2" if size == 2 else f"another rank of {size} (torchrun's report names it)"
+    found = _lost_here(size, rank) if size > 2 else ([1 - rank], True)
+    if found is None:          # no store to agree through: every rank left says it
+        who, said_here = f"another rank of {size} (torchrun's report names it) was", True
+    elif found[0]:
+        who, said_here = _named(found[0], size), found[1]
+    else:                      # none of this host's: a rank of another host
+        who, said_here = f"a rank of {size} on another host (torchrun's report names it) was", found[1]
     said = _REASON.search(str(exc))
     why = said.group(0).lower() if said else re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc, 200))[:100]
-    step = checkpoint_step(run_dir)
+    step = latest_step(run_dir)
     if step is not None:
         kept = f"the last complete checkpoint (step {step}) is kept; continue with"
     elif run_dir.is_dir():
         kept = "no checkpoint was written yet; start it over with"
     else:       # this rank's node does not see rank 0's run folder
         kept = "the last checkpoint rank 0 wrote is kept; continue with"
-    return RankLost(f"{who} was lost ({why}); the run stopped; {kept}: sigma train --resume {run_dir} (under "
-                    "torchrun, as it was started)")
+    return RankLost(f"{who} lost ({why}); the run stopped; {kept}: sigma train --resume {run_dir} (under "
+                    "torchrun, as it was started)", said_here)
 
 
 @contextmanager

@@ -1,0 +1,60 @@
+"""The step a lost rank's line names (`sigma.training.ranks.rank_lost`) is the one `--resume` continues from.
+
+`ranks` walked checkpoint.pt / checkpoint.prev.pt itself and checked only the step; `load_checkpoint` checks every
+field a resume reads. Both now go through `checkpoint._read` (`latest_step` beside `load_checkpoint`), so a damaged
+or partial latest checkpoint is judged the same way by both.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from sigma.training.checkpoint import CKPT, PREV, latest_step, load_checkpoint
+from sigma.training.ranks import rank_lost
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "model": {"w": torch.full((4,), float(step))},
+            "opt": {"state": {}, "param_groups": []}, "teacher": None, "torch_rng": torch.get_rng_state()}
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+DAMAGES: dict[str, Callable[[Path], None]] = {
+    "whole": lambda p: None,
+    "cut short": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "empty": lambda p: p.write_bytes(b""),
+    "gone": lambda p: p.unlink(),
+    "a fifo": _fifo,
+    "no optimiser state": lambda p: torch.save({k: v for k, v in _state(6).items() if k != "opt"}, p),
+    "no RNG state": lambda p: torch.save({**_state(6), "torch_rng": [1, 2]}, p),
+    "no model state": lambda p: torch.save({**_state(6), "model": {"w": 1}}, p),
+    "a negative step": lambda p: torch.save({**_state(6), "step": -6}, p),
+    "a step that is text": lambda p: torch.save({**_state(6), "step": "6"}, p),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_latest_checkpoint_is_judged_alike_by_resume_and_by_the_rank_lost_line(tmp_path, damage):
+    torch.save(_state(3), tmp_path / PREV)
+    torch.save(_state(6), tmp_path / CKPT)
+    DAMAGES[damage](tmp_path / CKPT)
+    resumed = load_checkpoint(tmp_path)["step"]
+    assert resumed == (6 if damage == "whole" else 3)
+    assert latest_step(tmp_path) == resumed
+    line = str(rank_lost(RuntimeError("Connection reset by peer"), tmp_path))
+    assert f"the last complete checkpoint (step {resumed}) is kept" in line, line
+
+
+def test_no_readable_checkpoint_is_no_step(tmp_path):
+    assert latest_step(tmp_path / "elsewhere") is None and latest_step(tmp_path) is None
+    (tmp_path / CKPT).write_bytes(b"not a checkpoint")
+    torch.save({k: v for k, v in _state(3).items() if k != "model"}, tmp_path / PREV)
+    assert latest_step(tmp_path) is None
