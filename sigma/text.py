@@ -97,12 +97,29 @@ def _env_number(raw: str) -> int | float:
         return math.nan
 
 
+def printable(value: Any) -> str:
+    """`value` as a terminal line may show it: every character `repr` would escape (NUL, ESC and the other C0 and C1
+    controls, DEL, line breaks and tabs, U+2028, the invisible format characters such as the bidi overrides) as
+    `repr` writes it (`\\x1b`, `\\n`, `\\u202e`); a lone surrogate (a non-UTF-8 byte of a file name) is left to the
+    stream, which writes the byte back on stdout and escapes it on stderr (`sigma.cli._printable_names`).
+
+    The one owner of that rule for every line the CLI prints that holds a user-given name or text (a pair id, a
+    folder, a set name, a message embedding them; `sigma.cli.common.said` for every error line): a file named
+    `$'a\\x1b[2Jb\\nFAKE.png'` cleared the terminal and forged a line of its own in `sigma annotate`'s status line.
+    Not for JSON output (JSON escapes it already) nor for the files written, which keep the true name."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or "\ud800" <= c <= "\udfff" else repr(c)[1:-1] for c in text)
+
+
 def shown_path(path: Any, limit: int = 240) -> str:
-    """A path as an error message shows it: NUL and control characters escaped, a long one cut in the middle (a
-    corpus can name a 6000-character path: the message repeated it whole in every row and log line; a 5000-character
-    `options.weights` likewise). 240: a batch root's path, which the API's answers hide, stays whole. Here, in the
-    bottom layer, for the image readers and the models' weights checks alike."""
-    return shown("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path)), limit)
+    """A path as an error message shows it: NUL and control characters escaped (`printable`; lone surrogates too:
+    an API answer cannot carry one), a long one cut in the middle (a corpus can name a 6000-character path: the
+    message repeated it whole in every row and log line; a 5000-character `options.weights` likewise). 240: a batch
+    root's path, which the API's answers hide, stays whole. Here, in the bottom layer, for the image readers and the
+    models' weights checks alike."""
+    return shown(escape_surrogates(printable(path)), limit)
 
 
 def cut_long_values(message: str, limit: int = MAX_MESSAGE, token_limit: int = SHOWN_LIMIT) -> str:

@@ -258,6 +258,32 @@ def test_an_address_no_socket_can_take_is_invalid_config_not_a_traceback(tmp_pat
     assert lines[0].startswith("sigma: error [invalid_config]: Ray address"), rc.stderr
 
 
+@pytest.mark.parametrize("value", ["x:abc", "\x1b[2J"])
+def test_a_junk_ray_address_variable_is_named_in_its_one_line(tmp_path, messy, value):
+    """`RAY_ADDRESS=x:abc` was refused as "Ray address 'x:abc' is not host:port" without naming the variable (no
+    --ray-address was given); an ESC sequence in it drove the terminal."""
+    rc = sigma_cli("batch", "run", str(messy / "set"), "--out", str(tmp_path / "x"), "--annotator", "pixel-diff",
+                   "--backend", "ray", "--no-progress", env={"RAY_ADDRESS": value}, timeout=60)
+    lines = rc.stderr.strip().splitlines()
+    assert rc.returncode == 2 and len(lines) == 1 and "\x1b" not in rc.stderr, rc.stderr
+    assert "($RAY_ADDRESS)" in lines[0] or "(given by $RAY_ADDRESS)" in lines[0], rc.stderr
+
+
+def test_a_blank_ray_address_variable_is_unset_and_a_blank_flag_refused(monkeypatch):
+    """`RAY_ADDRESS=' '` was probed as the host ' ': "cannot reach the Ray cluster at : ..."; blank now counts as
+    unset (a Ray of our own), as blank SIGMA_* variables do. `--ray-address ' '` is a slip: invalid_config."""
+    from sigma.batch.config import RayConfig
+    from sigma.batch.ray_backend import address_given
+
+    monkeypatch.setenv("RAY_ADDRESS", " \t")
+    assert address_given(RayConfig()) == (None, "$RAY_ADDRESS")
+    monkeypatch.setenv("RAY_ADDRESS", " 10.0.0.1:6379 ")
+    assert address_given(RayConfig()) == ("10.0.0.1:6379", "$RAY_ADDRESS")
+    assert address_given(RayConfig(address="auto")) == ("auto", "--ray-address")
+    with pytest.raises(ConfigError, match="--ray-address / ray.address.*blank"):
+        address_given(RayConfig(address=" "))
+
+
 def test_probe_tells_a_ray_head_from_another_service(cluster):
     host, port = cluster.address.rsplit(":", 1)
     probe_grpc(host, int(port), timeout=5)          # the head's GCS answers HTTP/2

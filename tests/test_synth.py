@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -379,3 +380,23 @@ def test_a_set_killed_before_its_mark_went_is_refused_named_by_its_manifest_too(
     assert main(argv) == 0 and not (out / "synth_unfinished.json").exists()      # the rerun finishes it
     assert main(["batch", "run", str(out / "pairs.jsonl"), "--out", str(tmp_path / "run"), "--annotator",
                  "pixel-diff", "--no-progress"]) == 0
+
+
+def test_a_folder_where_the_mark_goes_is_cleared_when_empty_and_named_when_not(photos, tmp_path, capsys):
+    """`OUT/synth_unfinished.json` a folder: every reader said "run the same `sigma synth` command again", and that
+    run failed with `os_error: Is a directory`. An empty one is removed by the run; one holding a file is the user's:
+    kept, one `bad_outdir` line naming it."""
+    from sigma.io.unfinished import UNFINISHED
+
+    out = tmp_path / "synth"
+    (out / UNFINISHED).mkdir(parents=True)
+    args = ["synth", "--out", str(out), "-n", "2", "--seed", "1", "--photos", str(photos), "--no-progress", "crop=48"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (out / "pairs.jsonl").is_file() and not os.path.lexists(out / UNFINISHED)
+    (out / UNFINISHED).mkdir()
+    (out / UNFINISHED / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [bad_outdir]: ") and err.count("\n") == 1 and "move it out" in err, err
+    assert (out / UNFINISHED / "keep.txt").read_text() == "mine"

@@ -79,9 +79,10 @@ def import_ray():
     return ray
 
 
-def _host_port(address: str) -> tuple[str, int]:
+def _host_port(address: str, source: str = "--ray-address") -> tuple[str, int]:
     """(host, port) as the socket will take them: a port past 65535 (OverflowError) or a host IDNA cannot encode
-    (UnicodeError, `--ray-address $'\\xff'`) was a traceback from the probe's connect."""
+    (UnicodeError, `--ray-address $'\\xff'`) was a traceback from the probe's connect. `source`: where the address
+    was given (`address_given`), named in the refusal."""
     bare = address.split("://", 1)[-1].rstrip("/")
     host, _, port = bare.rpartition(":")
     if not host:
@@ -92,7 +93,7 @@ def _host_port(address: str) -> tuple[str, int]:
         if not 0 < number < 65536:
             raise ValueError(f"port {number}")
     except (ValueError, UnicodeError) as exc:      # UnicodeError is a ValueError; named for the reader
-        raise ConfigError(f"Ray address {address!r} is not host:port, 'auto' or ray://host:port") from exc
+        raise ConfigError(f"Ray address {address!r} ({source}) is not host:port, 'auto' or ray://host:port") from exc
     return host.strip("[]"), number
 
 
@@ -146,15 +147,29 @@ def _quiet_auth_notice():
         log.setLevel(level)
 
 
+def address_given(ray_cfg: RayConfig) -> tuple[str | None, str]:
+    """(the cluster's address or None for a Ray of our own, where it was given: `--ray-address` or `$RAY_ADDRESS`).
+
+    A blank `$RAY_ADDRESS` counts as unset, as blank `SIGMA_*` variables do (`sigma.service.settings`): `RAY_ADDRESS=
+    ' '` was probed as the host ' ' and said "cannot reach the Ray cluster at : ...", naming an empty address and
+    no variable. A blank `--ray-address` (`ray.address`) is a mistake, not a request for a local Ray: refused."""
+    if ray_cfg.address is not None:
+        if not ray_cfg.address.strip():
+            raise ConfigError(f"Ray address {ray_cfg.address!r} (--ray-address / ray.address) is blank; give "
+                              "host:port, 'auto', ray://host:port or 'local', or leave it out")
+        return ray_cfg.address, "--ray-address"
+    return os.environ.get("RAY_ADDRESS", "").strip() or None, "$RAY_ADDRESS"
+
+
 def connect(ray_cfg: RayConfig) -> tuple[bool, str]:
     """Join the configured cluster, or start a one-machine Ray; (started_here, address). An address that
     does not answer is a one-line error naming it (exit 2), never a hang."""
     ray = import_ray()
     if ray.is_initialized():
         return False, "(already connected)"
-    address = ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
+    address, source = address_given(ray_cfg)
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address in (None, "", "local"):
+    if address in (None, "local"):
         from sigma.batch.procs import idle_cores
 
         with _quiet_auth_notice():   # as many CPUs as are idle, like the local backend's default processes
@@ -162,19 +177,19 @@ def connect(ray_cfg: RayConfig) -> tuple[bool, str]:
                      object_store_memory=LOCAL_OBJECT_STORE, **quiet)
         return True, "local"
     target = resolve_address(address)
-    host, port = _host_port(target)
+    host, port = _host_port(target, source)
     try:
         probe_grpc(host, port, ray_cfg.connect_timeout_s)
     except OSError as exc:
         raise SigmaError(f"cannot reach the Ray cluster at {address}"
                          + (f" ({target})" if target != address else "") + f": {exc}. Is `ray start --head` "
-                         "running there, and the port open? (--ray-address / RAY_ADDRESS)",
+                         f"running there, and the port open? (given by {source})",
                          code="ray_unreachable") from exc
     try:
         ray.init(address=target, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise SigmaError(f"cannot join the Ray cluster at {address}: {exc}. If the cluster uses token "
-                         "authentication (Ray >= 2.59 turns it on when ~/.ray/auth_token exists), set "
+        raise SigmaError(f"cannot join the Ray cluster at {address} (given by {source}): {exc}. If the cluster "
+                         "uses token authentication (Ray >= 2.59 turns it on when ~/.ray/auth_token exists), set "
                          "RAY_AUTH_MODE=token here and give this machine the head's token (RAY_AUTH_TOKEN, or "
                          "~/.ray/auth_token; `ray get-auth-token` on the head prints it)",
                          code="ray_unreachable") from exc

@@ -24,7 +24,7 @@ from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import FolderBusyError, InputError, SigmaError
 from sigma.folderlock import hold_folder
 from sigma.registry import build_annotator, named_annotator, options_model
-from sigma.text import NotWritable, find_surrogate, unwritable_output
+from sigma.text import NotWritable, find_surrogate, printable, unwritable_output
 from sigma.text import loads as load_json
 
 HELP = """Annotate an (original, edited) pair with a manipulation mask.
@@ -269,8 +269,10 @@ def _annotate(annotator: Any, cfg: AnnotateConfig, items: list[Any], multi: bool
                 failures.append((pair.pair_id, "annotator_failed", unwritable_output(ann.annotator, exc)))
                 continue
             written += 1
-            print(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> {target}/")
+            # the id and folder are a file's name: a control character in it escaped (`printable`), not obeyed
+            print(printable(f"{pair.pair_id}: {ann.area_fraction:.2%} of the image marked by {ann.annotator} -> "
+                            f"{target}/"))
             for warning in pair.preprocess.get("warnings", []):
-                print(f"sigma: warning: {pair.pair_id}: {warning}", file=sys.stderr)
+                print(printable(f"sigma: warning: {pair.pair_id}: {warning}"), file=sys.stderr)
 
     return failures, written

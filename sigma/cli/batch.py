@@ -296,14 +296,16 @@ def run_run(args: argparse.Namespace) -> int:
     limit = failed_limit(args)
     cfg = continued_config(args, args.resume)
     summary = run_batch(cfg, args.out, resume=args.resume, progress=not args.no_progress, failed_limit=limit)
+    from sigma.text import printable
+
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         st = summary.status
         if summary.skipped == summary.shards:
-            print(f"{summary.out}: all {summary.shards} shards already done; nothing to do")
+            print(f"{printable(summary.out)}: all {summary.shards} shards already done; nothing to do")
         else:
-            print(f"{summary.out}: {summary.done_now} shard(s) written, {summary.skipped} skipped, "
+            print(f"{printable(summary.out)}: {summary.done_now} shard(s) written, {summary.skipped} skipped, "
                   f"{summary.failed_now} failed; {summary.pairs} pairs ({summary.errors} errors) in "
                   f"{summary.seconds:.1f} s = {summary.pairs_per_s:.1f} pairs/s")
         print(f"run {summary.run_hash}: {st['done']}/{st['shards']} shards done, {st['ok']} pairs annotated, "
@@ -324,8 +326,10 @@ def run_submit(args: argparse.Namespace) -> int:
 
     cfg = continued_config(args, True)
     info = submit_run(cfg, args.out, _redis_settings(args))
-    print(f"{args.out}: queued {info['queued']} shard task(s) on {info['stream']} ({info['skipped']} already done); "
-          "start `sigma worker --batch` on each machine, follow with `sigma batch status`")
+    from sigma.text import printable
+
+    print(f"{printable(args.out)}: queued {info['queued']} shard task(s) on {info['stream']} ({info['skipped']} "
+          "already done); start `sigma worker --batch` on each machine, follow with `sigma batch status`")
     return 0
 
 
@@ -352,8 +356,10 @@ def run_status(args: argparse.Namespace) -> int:
     rundir = RunDir(args.out)
     record, _ = verified_record(rundir, "no status shown")
     warnings = run_warnings(record, rundir.run_file)
+    from sigma.text import printable
+
     for warning in warnings:      # counted as recorded (read-only); continuing the run is what would refuse them
-        print(f"sigma: warning: {warning['message']}", file=sys.stderr)
+        print(printable(f"sigma: warning: {warning['message']}"), file=sys.stderr)
     queue, dead_letters = None, {}
     if args.redis or args.key_prefix or args.serve_config:
         from sigma.batch.layout import DEAD_READ, TASK_READ
@@ -370,7 +376,8 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:        # `warnings` as GET /v1/batches/status has it: always a list, [] when nothing to say
         print(json.dumps({**status, "warnings": warnings}, indent=2))
         return 0
-    print(f"{args.out}: run {status['run_hash']}: {status['done']}/{status['shards']} shards done, "
+    # the run folder's name is the user's: a control character in it escaped (`printable`), not obeyed
+    print(f"{printable(args.out)}: run {status['run_hash']}: {status['done']}/{status['shards']} shards done, "
           f"{status['failed']} failed, {status['pending']} pending")
     planned = status.get("planned_pairs")
     print(f"pairs: {status['ok']} annotated, {status['errors']} bad"

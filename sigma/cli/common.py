@@ -18,19 +18,22 @@ ERROR_LIMIT = 32_000
 
 
 def error_line(code: str, message: str) -> str:
-    """An error's one line: whitespace made single spaces (whatever a library put in it), long values cut
-    (`sigma.text.cut_long_values`). A 5000-character path (`--out`, `--data`, `batch status RUN`) came back whole
-    in `os_error` (`File name too long: xxxx…`) and in the project's own errors (`bad_outdir`)."""
+    """An error's one line: whitespace made single spaces (whatever a library put in it), the other control
+    characters escaped (`sigma.text.printable`: a folder named with an ESC sequence in `unfinished_synth_set` drove
+    the terminal), long values cut (`sigma.text.cut_long_values`). A 5000-character path (`--out`, `--data`,
+    `batch status RUN`) came back whole in `os_error` (`File name too long: xxxx…`) and in the project's own errors
+    (`bad_outdir`)."""
     return f"sigma: error [{code}]: {said(message)}"
 
 
 def said(message: str) -> str:
     """A message as a line of the CLI says it (`error_line`'s text; a failed shard's line of `sigma batch run` and
-    `sigma batch status`): one line, long values cut to PATH_SHOWN, at most ERROR_LIMIT characters."""
+    `sigma batch status`): one line (a line break in a name is a space here, as in a library's message), no other
+    control character (`printable`), long values cut to PATH_SHOWN, at most ERROR_LIMIT characters."""
     # imported here: numpy, which sigma.text imports, is seconds a CLI start need not wait
-    from sigma.text import PATH_SHOWN, cut_long_values
+    from sigma.text import PATH_SHOWN, cut_long_values, printable
 
-    return cut_long_values(" ".join(message.split()), ERROR_LIMIT, PATH_SHOWN)
+    return cut_long_values(printable(" ".join(message.split())), ERROR_LIMIT, PATH_SHOWN)
 
 
 class SigmaArgumentParser(argparse.ArgumentParser):

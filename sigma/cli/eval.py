@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from sigma.eval.runner import evaluate, format_tables
     from sigma.io.outputs import json_record
     from sigma.tempfiles import replace_together
+    from sigma.text import printable
 
     import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
     # `--perturb ""` (a variable left empty) is no perturbation named, refused as `--perturb ,` is: it ran `none`
@@ -99,14 +100,16 @@ def run(args: argparse.Namespace) -> int:
     with hold_folder(out, other="--out", created=made):
         earlier = earlier_eval(out)
         if earlier:
-            print(f"sigma: warning: {out} holds the metrics.json of an earlier eval ({earlier}); this eval replaces it "
-                  "and its config.yaml when it ends (give another --out to keep both)", file=sys.stderr)
+            print(printable(f"sigma: warning: {out} holds the metrics.json of an earlier eval ({earlier}); this eval "
+                            "replaces it and its config.yaml when it ends (give another --out to keep both)"),
+                  file=sys.stderr)
         with Progress(f"eval {cfg.annotator}") as bar:
             result = evaluate(annotator, data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
         print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
         print(format_tables(result))
         for err in result.errors:
-            print(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] {err['message']}")
+            print(printable(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] "
+                            f"{err['message']}"))
         if not any(result.scores.values()):
             raise nothing_scored(data, result.errors)
         # config.yaml is the EvalConfig alone, a valid `--config` (`sigma eval --config OUT/config.yaml` runs the
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             replace_together([(out / "config.yaml", resolved_yaml(resolved).encode()),
                               (out / "metrics.json", json_record(result.to_dict() | {"config": record}))],
                              timeout_s=wait_s)
-    print(f"\nwrote {out / 'metrics.json'}")
+    print(f"\nwrote {printable(out / 'metrics.json')}")
     return 0
 
 

@@ -92,12 +92,14 @@ def _report(info: dict) -> None:
     skipped = info.pop("skipped")
     total = info.pop("skipped_total")
     print(json.dumps({**info, "skipped": total}))
-    for s in skipped[:20]:
-        print(f"sigma: warning: skipped {s['pair_id']}: {s['reason']}")
+    from sigma.text import printable
+
+    for s in skipped[:20]:          # a pair id is the corpus's: a control character in it escaped, not obeyed
+        print(printable(f"sigma: warning: skipped {s['pair_id']}: {s['reason']}"))
     reasons = info.get("skipped_by_reason")
     if reasons and total > min(len(skipped), 20):
-        print(f"sigma: warning: skipped {total} pair(s) in all: "
-              + "; ".join(f"{n}: {reason}" for reason, n in reasons.items()))
+        print(printable(f"sigma: warning: skipped {total} pair(s) in all: "
+                        + "; ".join(f"{n}: {reason}" for reason, n in reasons.items())))
 
 
 def run_imdl_benco(args: argparse.Namespace) -> int:

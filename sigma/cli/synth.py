@@ -137,6 +137,7 @@ def _commit_pairs(out: Path, lines: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from sigma.config.loader import load_config, save_resolved
     from sigma.errors import ConfigError
+    from sigma.text import printable
 
     _refuse_other_modes_flags(args)
     photos = Path(args.photos) if args.photos else _default_photos()
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             for bar in bars:
                 bar.close()
-        print(f"cache: {out}")
+        print(f"cache: {printable(out)}")
         return 0
     if not args.out:
         raise ConfigError("give --out DIR (pairs) or --build-cache DIR")
@@ -212,5 +213,5 @@ def run(args: argparse.Namespace) -> int:
         _commit_pairs(out, lines)
         sync_folder(out)              # pairs.jsonl's and synth_config.yaml's names, before "done"
         end_set(out)                  # and only then the mark that made OUT a refusal to every reader
-    print(f"{n} pairs in {out}/pairs.jsonl")
+    print(printable(f"{n} pairs in {out}/pairs.jsonl"))
     return 0

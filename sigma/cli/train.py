@@ -58,5 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from sigma.training import world
 
     if world.rank() == 0:     # under torchrun once, like the log: it was printed by every rank
-        print(f"run folder: {run_dir}")
+        from sigma.text import printable
+
+        print(f"run folder: {printable(run_dir)}")    # the run's name is the user's: a control character escaped
     return 0

@@ -17,6 +17,7 @@ from sigma.eval.metrics import ImageScore, MetricAccumulator, confidence_curve, 
 from sigma.io.images import read_mask
 from sigma.io.pairs import load_pair
 from sigma.io.pairs_jsonl import EvalRecord, find_sets, read_set
+from sigma.text import printable
 from sigma.types import confidence_value
 
 TINY_FRACTION = 0.02
@@ -245,6 +246,8 @@ def _rho(v: float | None) -> str:
 
 
 def format_tables(result: EvalResult) -> str:
+    """The tables `sigma eval` prints. A set's name is its folder's: a control character in it is escaped
+    (`printable`), or a set named `$'x\\nFAKE'` printed a row of its own and one with an ESC cleared the screen."""
     lines = []
     masks = result.mask_tables()
     curves = result.confidence_tables()
@@ -253,7 +256,7 @@ def format_tables(result: EvalResult) -> str:
         lines.append(f"{'set':<46} {'pairs':>5} {'manip':>5} {'F1':>6} {'IoU':>6} {'AUC':>6} "
                      f"{'pF1':>6} {'cIoU':>6} {'gIoU':>6} {'ρconf':>6}")
         for group, row in table.items():
-            lines.append(f"{group[:46]:<46} {row['pairs']:>5} {row['manipulated']:>5} {_pct(row['f1'])} "
+            lines.append(f"{printable(group)[:46]:<46} {row['pairs']:>5} {row['manipulated']:>5} {_pct(row['f1'])} "
                          f"{_pct(row['iou'])} {_pct(row['auc'])} {_pct(row['pooled_f1'])} {_pct(row['ciou'])} "
                          f"{_pct(row['giou'])} {_rho(row.get('conf_rho'))}")
         mt = masks.get(name, {})
@@ -264,7 +267,7 @@ def format_tables(result: EvalResult) -> str:
                          f"{'sem@comp':>8} {'rho':>6}")
             for group, row in mt.items():
                 comp = f"{row['composites']}" if row["tested"] else "-"
-                lines.append(f"{group[:46]:<46} {row['manipulated']:>5} {comp:>5} {_pct(row['f1'])} "
+                lines.append(f"{printable(group)[:46]:<46} {row['manipulated']:>5} {comp:>5} {_pct(row['f1'])} "
                              f"{_pct(row['semantic_f1'])} {_pct(row['footprint_f1'])} "
                              f"{_pct(row['semantic_f1_on_composites']):>8} {_rho(row['rho_confidence_f1'])}")
         for group, curve in curves.get(name, {}).items():
@@ -272,5 +275,5 @@ def format_tables(result: EvalResult) -> str:
                 continue
             cells = ", ".join(f"top {row['keep']:.0%} (conf >= {row['min_confidence']:.4f}): F1 "
                               f"{100 * row['f1']:.1f}" for row in curve)
-            lines.append(f"keep the most confident ({group.split(' (')[0]}): {cells}")
+            lines.append(f"keep the most confident ({printable(group.split(' (')[0])}): {cells}")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from sigma.io.corpora import Corpus
 from sigma.io.corpora.base import Shard, SourceItem, safe_name
 from sigma.io.corpora.parquet import handle_reader
 from sigma.regular import NotRegularFile, open_regular
-from sigma.text import shown
+from sigma.text import printable, shown
 from sigma.types import Pair, confidence_value
 
 MASKS = ("chosen", "semantic", "footprint")
@@ -260,7 +260,7 @@ def checked_run(run: str | Path | CheckedRun) -> CheckedRun:
     record, cfg = verified_record(rundir, NOTHING_WRITTEN)
     note = options_note(record, rundir.run_file)
     if note:        # read as recorded: the masks are the run's; only continuing it needs the annotator built
-        print(f"sigma: warning: {note}", file=sys.stderr)
+        print(printable(f"sigma: warning: {note}"), file=sys.stderr)
     return CheckedRun(rundir, record, cfg)
 
 
@@ -284,10 +284,10 @@ def warn_unfinished(run: CheckedRun) -> None:
     done = planned - unfinished
     if done and unfinished:
         root = run.rundir.root
-        print(f"sigma: warning: {root}: {unfinished} of the run's {planned} shards are not done (the run is "
-              f"still running, was interrupted, or failed them: `sigma batch status {root}`); what is written holds "
-              f"the {done} finished ones only. Finish the run (`sigma batch run ... --resume`) and run this again "
-              "for all of them", file=sys.stderr)
+        print(printable(f"sigma: warning: {root}: {unfinished} of the run's {planned} shards are not done (the run "
+                        f"is still running, was interrupted, or failed them: `sigma batch status {root}`); what is "
+                        f"written holds the {done} finished ones only. Finish the run (`sigma batch run ... --resume`) "
+                        "and run this again for all of them"), file=sys.stderr)
 
 
 def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None

@@ -28,6 +28,7 @@ from sigma.config.schema import MAX_WORKING_SIZE, Strict
 from sigma.errors import ImageError, InputError
 from sigma.io.corpora.base import resolved_under
 from sigma.regular import NotRegularFile, open_regular
+from sigma.text import printable
 
 from . import edits as E
 from . import masks as M
@@ -234,8 +235,8 @@ class PhotoBank:
             # a training run (os_error) whenever it was drawn — at the same step again after every --resume
             good, bad = readable_photos([ph for ph in list_photos(photos) if os.path.realpath(ph) not in have])
             if bad:
-                print(f"sigma: warning: {len(bad)} file(s) in the photo folder are not readable images and are left "
-                      f"out: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
+                print(printable(f"sigma: warning: {len(bad)} file(s) in the photo folder are not readable images and "
+                                f"are left out: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"), file=sys.stderr)
             entries.extend((str(ph), False, str(ph)) for ph in good)
         if not entries and self.cache is None and not photos:
             raise InputError("no photos: give a photo folder or a synth cache", code="no_photos")
@@ -267,7 +268,7 @@ class PhotoBank:
                 return _load_entry(f, cached, self.max_side)
             except ImageError as exc:
                 self.unreadable.add(f)
-                print(f"sigma: warning: {exc.message}; the next photo is used in its place", file=sys.stderr)
+                print(printable(f"sigma: warning: {exc.message}; the next photo is used in its place"), file=sys.stderr)
         raise InputError(f"{self.cache or 'the photo folder'}: no photo can be decoded", code="no_photos")
 
 

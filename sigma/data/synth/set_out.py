@@ -97,6 +97,7 @@ def begin_set(out: Path, seed: int, pairs: int, command: str) -> None:
     killed runs until one ends) — never a file of any other name."""
     from sigma.tempfiles import replace_atomically, sync_folder
 
+    _clear_mark_folder(out)
     earlier = _marked_runs(out)
     keep = {pair_name(seed, i, role) for i in range(pairs) for role in ROLES}
     stale = (_listed(out) | _covered(out, earlier)) - keep
@@ -112,6 +113,27 @@ def begin_set(out: Path, seed: int, pairs: int, command: str) -> None:
     for name in ("pairs.jsonl", "synth_config.yaml"):
         (out / name).unlink(missing_ok=True)
     sync_folder(out)
+
+
+def _clear_mark_folder(out: Path) -> None:
+    """A folder standing where the mark goes (`mkdir OUT/synth_unfinished.json`, a sync tool's slip) made every
+    reader refuse OUT as an unfinished set, saying "run the same `sigma synth` command again" — and that run failed
+    with `os_error: Is a directory`, so no command finished it. An empty one holds nothing of anyone's and is exactly
+    what the readers ask this run to clear: removed. One with anything in it is the user's, never removed: one line
+    (`bad_outdir`) saying what to move. A link is left alone (the mark's rename replaces the link, not its target)."""
+    mark = out / UNFINISHED
+    if not os.path.isdir(mark) or os.path.islink(mark):
+        return
+    try:
+        os.rmdir(mark)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        from sigma.errors import InputError
+
+        raise InputError(f"{mark}: a folder ({exc.strerror or exc}) where `sigma synth` puts its mark of an "
+                         f"unfinished set; move it out of {out} (or remove it), then run the command again",
+                         code="bad_outdir") from exc
 
 
 def end_set(out: Path) -> None:
