@@ -66,3 +66,13 @@ def test_the_environment_is_refused_the_same_naming_the_variable():
     with pytest.raises(ConfigError) as exc:
         load_serve_config(None, [], env={"SIGMA__QUEUE__LEASE": "1"})
     assert "queue.lease: Extra inputs are not permitted (did you mean 'queue.lease_ms'?)" in exc.value.message
+
+
+@pytest.mark.parametrize("key", [".io.align", "io..align", "io.align."])
+def test_a_key_with_an_empty_name_in_it_is_refused_as_such(capsys, tmp_path, key):
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--annotator", "pixel-diff",
+                  "--set", f"{key}=true")
+    assert f"override {key!r}: a key with an empty name in it" in err, err
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(None, [], env={"SIGMA__QUEUE____LEASE_MS": "1"})
+    assert "SIGMA__QUEUE____LEASE_MS: 'queue..lease_ms': a key with an empty name" in exc.value.message

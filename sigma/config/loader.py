@@ -657,7 +657,11 @@ def load_config(model: type[M], path: str | Path | None = None,
     found: list[Problem] = []
     placeable = {}
     for key, value in resolve_overrides(model, overrides or {}).items():
-        if (past := _through_a_setting(model, key)) is not None:
+        if "" in key.split("."):        # `.io.align`, `io..align`, `io.align.`, SIGMA__QUEUE____LEASE_MS
+            # were said as `<root>:` / `io.:` unknown keys, or (`io.align.`) as "not a valid boolean"
+            _found(found, key, f"{origin(key)}{key!r}: a key with an empty name in it (a leading, trailing or doubled "
+                   "'.'); keys are dotted names, e.g. io.align")
+        elif (past := _through_a_setting(model, key)) is not None:
             _found(found, key, f"{origin(key)}{key}: {past[1]}")
         else:
             placeable[key] = value
