@@ -76,3 +76,14 @@ def test_a_key_with_an_empty_name_in_it_is_refused_as_such(capsys, tmp_path, key
     with pytest.raises(ConfigError) as exc:
         load_serve_config(None, [], env={"SIGMA__QUEUE____LEASE_MS": "1"})
     assert "SIGMA__QUEUE____LEASE_MS: 'queue..lease_ms': a key with an empty name" in exc.value.message
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_host_is_refused_not_every_interface(host):
+    """`sigma serve api --host ''` bound 0.0.0.0 (uvicorn's '' is every interface), not the loopback default."""
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(None, [], env={}, flags={"api.host": host})
+    assert "api.host" in exc.value.message
+    with pytest.raises(ConfigError):
+        load_serve_config(None, [], env={"SIGMA__API__HOST": host})
+    assert load_serve_config(None, [], env={}, flags={"api.host": "0.0.0.0"}).api.host == "0.0.0.0"
