@@ -5,14 +5,13 @@ Entries hold the factory, a one-line description and a weights probe, kept apart
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sigma.errors import ConfigError, SigmaError, UnknownNameError
-from sigma.text import shown
+from sigma.text import nearest, shown
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,8 @@ def import_plugins(modules: Iterable[str], where: str = "plugins") -> None:
 
 
 def did_you_mean(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5) if len(name) <= 256 else []
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    close = nearest(name, known)
+    hint = f" Did you mean {close!r}?" if close else ""
     return f"Unknown {kind} {shown(name)!r}.{hint} Known: {', '.join(sorted(known))}."
 
 

@@ -15,6 +15,7 @@ Bottom layer: the API, the readers and the writers share it.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -40,6 +41,14 @@ MAX_MESSAGE = 2000
 # characters (a corpus's nested folders) are common and are what the reader needs whole
 PATH_SHOWN = 160
 _LONG_TOKEN = re.compile(r"[^\s'\"]+")
+
+
+def nearest(name: str, known: Any) -> str | None:
+    """The name of `known` closest to `name` (a typo's), None when none is close: the one did-you-mean of the
+    registries' unknown names (`sigma.registry.did_you_mean`) and the config's unknown keys (`sigma.config.loader`).
+    A name of more than 256 characters is compared with none (difflib is quadratic in its length)."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5) if len(name) <= 256 else []
+    return close[0] if close else None
 
 
 def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:

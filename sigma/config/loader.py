@@ -28,6 +28,7 @@ from sigma.config.schema import field_for_key, field_position, item_annotations,
 from sigma.errors import ConfigError, error_text
 from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically
+from sigma.text import nearest, shown
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -377,14 +378,23 @@ def resolve_overrides(model: type[BaseModel], overrides: dict[str, Any]) -> dict
             for key, value in overrides.items()}
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict, dotted: str, value: Any, problems: list[Problem] | None = None,
+                origin: Callable[[str], str] = lambda key: "") -> None:
+    """Put `value` at `dotted` in `tree`, making the mappings on the way. A value on the way that is no mapping (the
+    file's `model: tiny-lite` under `--set model.dim=32`, a list under `sources.0.path=x`) is a problem (`_found`): it
+    was replaced by a mapping of the one key, so the preset (or the list) was gone without a word."""
     parts = dotted.split(".")
     node = tree
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            _found(problems, dotted, f"{origin(dotted)}{dotted}: {where} is {shown(json.dumps(child, default=str))} "
+                   f"here, not a mapping with keys; set {where} as a whole (--set '{where}=...')")
+            return
         node = child
     node[parts[-1]] = value
 
@@ -399,11 +409,92 @@ def deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
+def apply_overrides(tree: dict, overrides: dict[str, Any], problems: list[Problem] | None = None,
+                    origin: Callable[[str], str] = lambda key: "") -> dict:
+    """`tree` with each dotted override put in place; an override with nowhere to go is a problem (`_set_dotted`)."""
     tree = json.loads(json.dumps(tree, default=str))
     for key, value in overrides.items():      # a copy: the tree is changed in place (`whole_numbers`), the value not
-        _set_dotted(tree, key, copy.deepcopy(value))
+        _set_dotted(tree, key, copy.deepcopy(value), problems, origin)
     return tree
+
+
+def _through_a_setting(model: type[BaseModel], key: str) -> tuple[str, str] | None:
+    """Where the dotted `key` goes on past a setting that has no keys of its own (a text, a number, a list):
+    (that setting's dotted name, what to say instead), None when it does not. `--set annotator.options.bogus=1`
+    made `annotator` the mapping {options: {bogus: 1}}, which the `--annotator` flag (set after) replaced without a
+    word, so the option was never seen: the run went on as if it had not been given. A key that names no field is
+    pydantic's to refuse (unknown), and a free mapping's (`options`, `model: str | dict`) is the tree's
+    (`_set_dotted`)."""
+    models: list[type[BaseModel]] = [model]
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        fields = [f for m in models if (f := field_for_key(m, part)) is not None]
+        if not fields:
+            return None
+        plain: set[type] = set()
+        inner: list[type[BaseModel]] = []
+        for info in fields:
+            p, _, m = _types_of(info.annotation)
+            plain |= p
+            inner += m
+        if inner:
+            models = inner
+            continue
+        if dict in plain or not plain:              # a free mapping, or Any
+            return None
+        where = ".".join(parts[: depth + 1])
+        if plain & {list, tuple, set, frozenset}:
+            return where, f"{where} is a list, with no keys: set it whole (--set '{where}=[...]')"
+        rest = parts[depth + 1:]
+        meant = [*parts[:depth], *rest]
+        hint = f" (did you mean {'.'.join(meant)!r}?)" if any(field_for_key(m, rest[0]) for m in models) else ""
+        return where, f"{where} is a setting of its own, with no keys{hint}"
+    return None
+
+
+def _models_at(model: type[BaseModel], tree: Any, loc: tuple) -> list[type[BaseModel]]:
+    """The models whose fields the keys at `loc` (pydantic's place, within `tree`) are, [] when not known: a section's
+    model, an item's of a list of sections, or the one that checks a free mapping (`Strict.mapping_model`)."""
+    models: list[type[BaseModel]] = [model]
+    items: list[type[BaseModel]] = []
+    node = tree
+    for part in loc:
+        if isinstance(part, int):           # an item of a list of sections
+            models, items = items, []
+            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else None
+            continue
+        found: list[type[BaseModel]] = []
+        items = []
+        for m in models:
+            field = field_for_key(m, part)
+            if field is None:
+                continue
+            arms = type_arms(field.annotation)
+            found += [a for a in arms if _is_model(a)]
+            items += [a for a in item_annotations(arms, 0) if _is_model(a)]
+            mapping_model = getattr(m, "mapping_model", None)
+            if mapping_model is not None and isinstance(node, dict) and (beside := mapping_model(part, node)):
+                found.append(beside)
+        models = found
+        node = node.get(part) if isinstance(node, dict) else None
+        if not models and not items:
+            return []
+    return models
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _meant(model: type[BaseModel], tree: dict, loc: tuple) -> str:
+    """` (did you mean 'io.limits.max_pixels'?)` for the unknown key at `loc`: the known key beside it nearest to it
+    (`sigma.text.nearest`), named in full; "" for none near."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    known = [name for m in _models_at(model, tree, loc[:-1]) for name, field in m.model_fields.items()
+             for name in (field.alias or name,)]
+    close = nearest(loc[-1], dict.fromkeys(known))
+    return f" (did you mean {_place((*loc[:-1], close))!r}?)" if close else ""
 
 
 def utf8_text(raw: bytes, path: Path) -> str:
@@ -551,7 +642,6 @@ def load_config(model: type[M], path: str | Path | None = None,
     if isinstance(overrides, list):
         overrides = read_overrides(overrides)
     given = {k: v for k, v in (overrides or {}).items() if isinstance(v, Override)}
-    tree = apply_overrides(tree, resolve_overrides(model, overrides or {}))
     set_here = tuple(overrides or {})
 
     def source(place: str) -> str:
@@ -565,6 +655,17 @@ def load_config(model: type[M], path: str | Path | None = None,
         return f"{path}: " if path is not None else ""
 
     found: list[Problem] = []
+    placeable = {}
+    for key, value in resolve_overrides(model, overrides or {}).items():
+        if "" in key.split("."):        # `.io.align`, `io..align`, `io.align.`, SIGMA__QUEUE____LEASE_MS
+            # were said as `<root>:` / `io.:` unknown keys, or (`io.align.`) as "not a valid boolean"
+            _found(found, key, f"{origin(key)}{key!r}: a key with an empty name in it (a leading, trailing or doubled "
+                   "'.'); keys are dotted names, e.g. io.align")
+        elif (past := _through_a_setting(model, key)) is not None:
+            _found(found, key, f"{origin(key)}{key}: {past[1]}")
+        else:
+            placeable[key] = value
+    tree = apply_overrides(tree, placeable, found, origin)
     whole_numbers(model, tree, origin, problems=found)
     _refuse_nul(tree, found)
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
@@ -576,7 +677,7 @@ def load_config(model: type[M], path: str | Path | None = None,
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
         problems = [(e["loc"][0] if e["loc"] else "",
-                     _sourced(_message(e, given, model, origin), source(_place(e["loc"])))) for e in errors]
+                     _sourced(_message(e, given, model, origin, tree), source(_place(e["loc"])))) for e in errors]
         raise _one_error(model, [*found, *_unsaid(loose, errors)], problems) from exc
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
@@ -602,12 +703,16 @@ def _prepare(before_validate: Callable[[dict], None], tree: dict, model: type[Ba
         raise _one_error(model, [*found, ("", exc.message)], []) from exc
 
 
-def _message(error: Any, given: dict[str, Override], model: type[BaseModel], origin: Callable[[str], str]) -> str:
+def _message(error: Any, given: dict[str, Override], model: type[BaseModel], origin: Callable[[str], str],
+             tree: dict | None = None) -> str:
     """One of pydantic's errors as the loader says it: `key: message`, with what YAML made of a `--set` value, or
-    (an exponent in a free mapping's model, `ReadsWholeNumbers`) the problem as the loader's own check words it."""
+    (an exponent in a free mapping's model, `ReadsWholeNumbers`) the problem as the loader's own check words it; an
+    unknown key with the known one nearest to it (`_meant`)."""
     if error["type"] == "whole_number":
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
-    return (f"{error_text(error)}{_yaml_note(error['loc'], given, model) if error['type'] != 'extra_forbidden' else ''}"
+    if error["type"] == "extra_forbidden":
+        return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']))}"
+    return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
             f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}")
 
 

@@ -346,6 +346,12 @@ class Strict(BaseModel):
         """Errors of a value of the input that the section validates with a model of its own, placed in it."""
         return []
 
+    @classmethod
+    def mapping_model(cls, key: str, data: dict) -> type[BaseModel] | None:
+        """The model that checks the free mapping `key` of `data` (a field typed `dict`, validated by `_found_beside`),
+        None for none: where the loader looks for the keys an unknown one of that mapping may have meant."""
+        return None
+
 
 def _bools(cls: type[BaseModel], data: dict) -> list[InitErrorDetails]:
     """Every place in `data` where a bool stands for a number a field of `cls` takes (`Strict`)."""
@@ -510,9 +516,15 @@ class AnnotatorSpec(Strict):
         """The options' errors, validated by the annotator's own config with the rest of this one: they were
         validated once the config was taken, so a config with errors in both took two runs to hear of them all.
         An annotator not known here (a plugin not imported yet, a typo) leaves its options to where it is built."""
-        options, name = data.get("options"), data.get("annotator")
-        if cls.options_model is None or not isinstance(options, dict) or not options or not (
-                name is None or isinstance(name, str)):
+        options = data.get("options")
+        if not isinstance(options, dict) or not options:
             return []
-        model = cls.options_model(name)
+        model = cls.mapping_model("options", data)
         return [] if model is None else errors_within(model, options, "options")
+
+    @classmethod
+    def mapping_model(cls, key: str, data: dict) -> type[BaseModel] | None:
+        name = data.get("annotator")
+        if key != "options" or cls.options_model is None or not (name is None or isinstance(name, str)):
+            return None
+        return cls.options_model(name)

@@ -133,7 +133,10 @@ class AuthSettings(Strict):
 
 
 class ApiSettings(Strict):
-    host: str = "127.0.0.1"
+    # a name or address: `--host ''` (or `api.host: ""`) bound every interface (uvicorn's '' is INADDR_ANY), the API
+    # open to the network instead of the loopback default; `--host ' '` died at bind, "Name or service not known"
+    host: str = Field("127.0.0.1", min_length=1, pattern=r"^\S+$",
+                      description="bind address; 0.0.0.0 for every interface (never empty)")
     port: int = Field(8000, ge=0, le=65535)
     annotators: list[str] = Field(default_factory=lambda: ["pixel-diff"], min_length=1,
                                   description="annotators a request may name; the first is the default")

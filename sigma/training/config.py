@@ -5,7 +5,7 @@ import math
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_core import InitErrorDetails
 
 from sigma.config.schema import (
@@ -176,6 +176,12 @@ class TrainConfig(Section):
 
         model = data.get("model")
         return errors_within(SigmaNetConfig, model, "model") if isinstance(model, dict) else []
+
+    @classmethod
+    def mapping_model(cls, key: str, data: dict) -> type[BaseModel] | None:
+        from sigma.models.config import SigmaNetConfig
+
+        return SigmaNetConfig if key == "model" and isinstance(data.get("model"), dict) else None
 
     @field_validator("sources")
     @classmethod

@@ -1,0 +1,89 @@
+"""A key that names no setting is refused, at any depth, whichever way it was given (`--set`, a YAML file, the
+environment), named in full, with the known key nearest to it.
+
+Before: `sigma annotate ... --annotator pixel-diff --set annotator.options.bogus=1` ran as if the option had not been
+given (`annotator` was made the mapping {options: {bogus: 1}}, which the `--annotator` flag then replaced), and `sigma
+train tiny-stage1.yaml model.dim=32` trained the default architecture with dim 32 instead of tiny-lite's (the preset
+name replaced by {dim: 32}). Each runs the real CLI in-process or the real loader on real files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import sigma.cli
+from sigma.config.loader import load_config
+from sigma.errors import ConfigError
+from sigma.service.settings import load_serve_config
+from sigma.training.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def refused(capsys, *args: str) -> str:
+    """Run `sigma ARGS`; it must fail with one `invalid_config` line, which is returned."""
+    code = sigma.cli.main(list(args))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("sigma: error [invalid_config]"), (code, err)
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", [[], ["--annotator", "pixel-diff"]])
+def test_a_key_under_a_setting_that_has_no_keys_is_refused_with_the_key_meant(capsys, tmp_path, flag):
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), *flag,
+                  "--set", "annotator.options.bogus=1")
+    assert "annotator.options.bogus: annotator is a setting of its own" in err, err
+    assert "did you mean 'options.bogus'?" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_nested_key_names_the_nearest_known_one_in_full(capsys, tmp_path):
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--annotator", "pixel-diff",
+                  "--set", "io.limits.max_pixel=5")
+    assert "io.limits.max_pixel: Extra inputs are not permitted (did you mean 'io.limits.max_pixels'?)" in err, err
+    config = tmp_path / "a.yaml"
+    config.write_text("annotator: sigma-lite\noptions:\n  image_sise: 224\n")
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--config", str(config))
+    assert "options.image_sise: Extra inputs are not permitted (did you mean 'options.image_size'?)" in err, err
+
+
+def test_an_override_through_a_preset_name_or_a_list_is_refused_not_replacing_it():
+    stage1 = REPO / "configs" / "train" / "tiny-stage1.yaml"
+    with pytest.raises(ConfigError) as exc:
+        load_config(TrainConfig, stage1, ["model.dim=32"])
+    assert 'override model.dim: model is "tiny-lite" here, not a mapping' in exc.value.message
+    with pytest.raises(ConfigError) as exc:
+        load_config(TrainConfig, stage1, ["sources.0.path=x"])
+    assert "override sources.0.path: sources is a list, with no keys" in exc.value.message
+
+
+def test_the_environment_is_refused_the_same_naming_the_variable():
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(None, [], env={"SIGMA__WORKER__ANNOTATOR__X": "1"})
+    assert "SIGMA__WORKER__ANNOTATOR__X: worker.annotator.x: worker.annotator is a setting" in exc.value.message
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(None, [], env={"SIGMA__QUEUE__LEASE": "1"})
+    assert "queue.lease: Extra inputs are not permitted (did you mean 'queue.lease_ms'?)" in exc.value.message
+
+
+@pytest.mark.parametrize("key", [".io.align", "io..align", "io.align."])
+def test_a_key_with_an_empty_name_in_it_is_refused_as_such(capsys, tmp_path, key):
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--annotator", "pixel-diff",
+                  "--set", f"{key}=true")
+    assert f"override {key!r}: a key with an empty name in it" in err, err
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(None, [], env={"SIGMA__QUEUE____LEASE_MS": "1"})
+    assert "SIGMA__QUEUE____LEASE_MS: 'queue..lease_ms': a key with an empty name" in exc.value.message
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_host_is_refused_not_every_interface(host):
+    """`sigma serve api --host ''` bound 0.0.0.0 (uvicorn's '' is every interface), not the loopback default."""
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(None, [], env={}, flags={"api.host": host})
+    assert "api.host" in exc.value.message
+    with pytest.raises(ConfigError):
+        load_serve_config(None, [], env={"SIGMA__API__HOST": host})
+    assert load_serve_config(None, [], env={}, flags={"api.host": "0.0.0.0"}).api.host == "0.0.0.0"
