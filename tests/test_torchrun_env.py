@@ -50,3 +50,57 @@ def test_a_local_rank_that_is_no_rank_is_refused(monkeypatch):
         world.local_rank()
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert world.local_rank() == 1
+
+
+def test_a_world_size_without_torchrun_is_one_invalid_config_line(tmp_path):
+    """`WORLD_SIZE=2 sigma train ...` with no `$RANK` / `$MASTER_ADDR` / `$MASTER_PORT` (torchrun's other
+    variables) ended in torch's ValueError traceback from init_process_group, exit 1. Now one line naming the
+    variable, exit 2, before the run folder is made."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"out_dir={tmp_path / 'runs'}",
+                           f"data.photos={photos}", "steps=1"], capture_output=True, text=True, timeout=300,
+                          env={**env, "WORLD_SIZE": "2"}, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("sigma: error [invalid_config]: $RANK is not set"), proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("env,named", [
+    ({"RANK": " "}, "$RANK is not set"), ({"RANK": "2"}, "$RANK=2: ranks of $WORLD_SIZE=2 are 0 to 1"),
+    ({"RANK": "1", "MASTER_ADDR": ""}, "$MASTER_ADDR is not set"),
+    ({"RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": " "}, "$MASTER_PORT is not set"),
+    ({"RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1e3"}, "$MASTER_PORT='1e3'"),
+    ({"RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "65536"}, "$MASTER_PORT='65536'"),
+    ({"RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "0"}, "$MASTER_PORT='0'")])
+def test_torchruns_rendezvous_variables_are_checked(env, named, monkeypatch):
+    """Each of torch's env:// variables checked, blank = unset; `RANK=2 WORLD_SIZE=2` waited for a rank 2."""
+    from sigma.errors import ConfigError
+    from sigma.training import world
+
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        world.rendezvous()
+    assert str(caught.value).startswith(named)
+    monkeypatch.setenv("MASTER_ADDR", "h")
+    monkeypatch.setenv("MASTER_PORT", "29_500")    # torch reads it with int(), as Python writes numbers
+    monkeypatch.setenv("RANK", "1")
+    assert world.rendezvous() == (1, 2)
+
+
+def test_one_rank_needs_no_rendezvous(monkeypatch):
+    """`WORLD_SIZE=1` (or unset) is the single-process run: none of torchrun's other variables is asked for."""
+    from sigma.training import world
+
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert world.rendezvous() == (0, 1)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert world.rendezvous() == (0, 1)

@@ -361,11 +361,12 @@ class Trainer:
         # a SIGTERM pause checkpointed between steps (`_save_stop` done): the data workers' batches are not wanted
         # (`_data_workers`), and the pause does not write its row and checkpoint again
         self.stopping = False
-        self.world = world.world_size()
-        self.rank = world.rank()
+        # torch's env:// rendezvous checked first (`world.rendezvous`): a WORLD_SIZE=2 without torchrun's other
+        # variables was its ValueError traceback; the rank and size are given as read, not read again by int()
+        self.rank, self.world = world.rendezvous()
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
+            torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world)
             register_rank(self.rank)           # for a rank lost mid-run to be named (`rank_lost`)
         if torch.cuda.is_available():
             local = world.local_rank()
@@ -1332,6 +1333,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
     """`sigma train CONFIG [k=v ...]` or `sigma train --resume RUN_DIR`. The run folder is held for the whole
     run (rank 0 holds it under DDP): a second `sigma train` on it — the same name=, or --resume while the
     first still runs — is refused with `run_locked` before it reads or writes anything there."""
+    world.rendezvous()      # a DDP run's environment (torchrun's variables) said wrong before anything is read
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():

@@ -5,10 +5,17 @@ that exports an empty value) ended `sigma train` in a ValueError traceback, and 
 taken without a word (no run folder printed, no DDP). Now every reader goes through `sigma.text.positive_int_env`:
 unset or blank is the single-process value, anything else not a whole number in range is one `invalid_config` line
 naming the variable.
+
+`WORLD_SIZE=2 sigma train ...` outside torchrun (no `$RANK`, `$MASTER_ADDR`, `$MASTER_PORT`) ended in torch's
+ValueError traceback from `init_process_group`; `RANK=2 WORLD_SIZE=2` waited for a rank 2 that no group has. Now
+`rendezvous` says which variable is missing or wrong before the run folder is touched.
 """
 from __future__ import annotations
 
-from sigma.text import positive_int_env
+import os
+
+from sigma.errors import ConfigError
+from sigma.text import positive_int_env, shown
 
 # ranks are numbered by torchrun in an int32 (and CUDA device indices are small): a bound that says so
 MOST_RANKS = 2 ** 31 - 1
@@ -30,3 +37,36 @@ def local_rank() -> int:
     """`$LOCAL_RANK`: this process's rank on its machine, its CUDA device (0 when unset)."""
     return positive_int_env("LOCAL_RANK", 0, "torchrun's rank of this process on its machine: a whole number, 0 or "
                             "more", MOST_RANKS, least=0)
+
+
+def _set(name: str) -> str:
+    """`$name` stripped; blank is unset (the convention of `sigma.service.settings`)."""
+    return os.environ.get(name, "").strip()
+
+
+def rendezvous() -> tuple[int, int]:
+    """(rank, world size), with what torch's `env://` rendezvous reads checked when there is more than one rank:
+    `$RANK` set and below `$WORLD_SIZE`, `$MASTER_ADDR` set, `$MASTER_PORT` a port number (read by torch with
+    int(), as here). torchrun sets all four; a `WORLD_SIZE=2` exported by hand set none of the others. Each refusal
+    is one `invalid_config` naming the variable. One rank needs none of them: the single-process run."""
+    size, this = world_size(), rank()
+    if size < 2:
+        return this, size
+    launched = "(torchrun sets it: torchrun --nproc_per_node N -m sigma train CONFIG)"
+    if not _set("RANK"):
+        raise ConfigError(f"$RANK is not set but $WORLD_SIZE={size}: each of the {size} processes needs its rank "
+                          f"{launched}")
+    if this >= size:
+        raise ConfigError(f"$RANK={this}: ranks of $WORLD_SIZE={size} are 0 to {size - 1}")
+    if not _set("MASTER_ADDR"):
+        raise ConfigError(f"$MASTER_ADDR is not set but $WORLD_SIZE={size}: the host rank 0 listens on {launched}")
+    port = _set("MASTER_PORT")
+    if not port:
+        raise ConfigError(f"$MASTER_PORT is not set but $WORLD_SIZE={size}: the port rank 0 listens on {launched}")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 1 <= number <= 65535:
+        raise ConfigError(f"$MASTER_PORT={shown(port, 40)!r}: the port rank 0 listens on, a whole number 1 to 65535")
+    return this, size
