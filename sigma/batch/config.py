@@ -19,6 +19,7 @@ from sigma.config.schema import (
     Strict,
 )
 from sigma.io.corpora import CORPUS_READERS
+from sigma.io.corpora.presets import column_problem
 from sigma.registry import options_model, registered
 
 
@@ -35,6 +36,17 @@ class InputConfig(Strict):
     shard_size: int = Field(1000, ge=1, le=MAX_SHARD_SIZE,
                             description="pairs per shard (parquet/Arrow: whole row groups/batches accumulated up to "
                                         "at least this many rows; tars: one per tar)")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        """The check `--columns` gets (`sigma.io.corpora.presets.column_problem`), for the mapping a config file,
+        `--set input.columns...` or POST /v1/batches gives: an unknown role was taken by a tar set without a word,
+        and `original: ""` was a column named ''."""
+        problem = column_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("shard_size", mode="before")
     @classmethod

@@ -58,15 +58,30 @@ STATUS_EXAMPLES = """examples:
 """
 
 
-def parse_columns(text: str | None) -> dict[str, str]:
+def parse_columns(text: str) -> dict[str, str]:
+    """`--columns original=a,edited=b` as a mapping, checked here so that the flag is named (the same check as
+    `input.columns:` in a config file: `sigma.io.corpora.presets.column_problem`). `--columns ''` was ignored and
+    `--columns ','` replaced the config's mapping with nothing, without a word; `=x` and `original=` were a role or
+    a column named ''; a role given twice kept the last."""
+    from sigma.io.corpora.presets import column_problem
+    from sigma.text import shown
+
     out: dict[str, str] = {}
-    for part in (text or "").split(","):
+    if not text.strip():
+        raise ConfigError("--columns: empty; give role=column pairs separated by commas (e.g. original=source_img)")
+    for part in text.split(","):
         if not part.strip():
-            continue
+            raise ConfigError(f"--columns {shown(text)!r}: an empty role=column between commas")
         if "=" not in part:
-            raise ConfigError(f"--columns: {part!r} is not role=column (e.g. original=source_img)")
-        role, col = part.split("=", 1)
-        out[role.strip()] = col.strip()
+            raise ConfigError(f"--columns: {shown(part)!r} is not role=column (e.g. original=source_img)")
+        role, col = (piece.strip() for piece in part.split("=", 1))
+        if role in out:
+            raise ConfigError(f"--columns: role {shown(role)!r} given twice ({role}={shown(out[role])}, "
+                              f"{role}={shown(col)})")
+        out[role] = col
+    problem = column_problem(out)
+    if problem:
+        raise ConfigError(f"--columns: {problem}")
     return out
 
 
@@ -223,7 +238,7 @@ def build_config(args: argparse.Namespace):
              "annotator": args.annotator, "threshold": args.threshold, "batch_size": args.batch_size,
              "workers": args.workers, "backend": args.backend}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    if args.columns:
+    if args.columns is not None:
         overrides["input.columns"] = parse_columns(args.columns)
     if args.png_masks:
         overrides["png_masks"] = True

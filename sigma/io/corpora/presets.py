@@ -7,10 +7,14 @@ so the choice is deterministic.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sigma.errors import UnknownNameError
-from sigma.text import shown
+from sigma.errors import ConfigError, UnknownNameError
+from sigma.text import nearest, shown
+
+# what a `--columns role=column` (or `input.columns:` / POST /v1/batches' `columns`) may map
+ROLES = ("original", "edited", "instruction", "mask", "id", "edit_type")
 
 
 @dataclass(frozen=True)
@@ -57,13 +61,27 @@ def get_preset(name: str | None) -> Preset:
 def resolve_columns(preset: str | None, overrides: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
     """The preset's mapping with the user's `--columns role=name` applied on top."""
     base = get_preset(preset)
-    columns = dict(base.columns)
-    for role, col in overrides.items():
-        if role not in ("original", "edited", "instruction", "mask", "id", "edit_type"):
-            from sigma.errors import ConfigError
-
-            raise ConfigError(f"--columns: unknown role {role!r}; use original, edited, instruction, mask, id, "
-                              "edit_type")
-        columns[role] = col
+    problem = column_problem(overrides)
+    if problem:
+        raise ConfigError(f"columns: {problem}")
+    columns = {**base.columns, **overrides}
     required = tuple(r for r in base.required if r in columns)
     return columns, required
+
+
+def column_problem(columns: Mapping[str, str]) -> str | None:
+    """What is wrong with a role → column mapping, or None: the one check of `--columns` (`sigma.cli.batch`),
+    `input.columns:` in a config file or `--set` and POST /v1/batches' `columns` (`sigma.batch.config.InputConfig`).
+    An unknown role was refused only by the readers that look columns up (a tar set took `bogus=x` without a word),
+    and a blank column was a mapping to the column named '' (`original=`: "missing column(s) original="), or, in a tar
+    set, the default field silently."""
+    for role, column in columns.items():
+        if not str(role).strip():
+            return f"a column with no role ({shown(role)}={shown(column)}); use role=column, roles: {', '.join(ROLES)}"
+        if role not in ROLES:
+            close = nearest(role, ROLES)
+            hint = f" (did you mean {close}?)" if close else ""
+            return f"unknown role {shown(role)!r}{hint}; use {', '.join(ROLES)}"
+        if not str(column).strip():
+            return f"{role}= names no column (role=column, e.g. original=source_img)"
+    return None
