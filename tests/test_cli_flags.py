@@ -551,8 +551,8 @@ def _environ_has(pid: int, entry: bytes) -> bool:
 
 
 @pytest.mark.parametrize("bad, needles, code", [
-    (["--set", "worker.options.dilate=2"], ["its worker could not start", "dilate"], "invalid_config"),
-    (["--set", "worker.options.threshold=7"], ["its worker could not start", "threshold"], "invalid_config"),
+    (["--set", "worker.options.dilate=2"], ["worker.options.dilate: Extra inputs"], "invalid_config"),
+    (["--set", "worker.options.threshold=7"], ["worker.options.threshold: Input should be"], "invalid_config"),
     (["--set", "worker.annotator=nope"], ["its worker could not start", "'nope'"], "unknown_name"),
     (["--annotator=-x"], ["its worker could not start", "'-x'"], "unknown_name"),
     (["--set", "worker.plugins=[no_such_plugin_mod]"], ["worker.plugins", "no_such_plugin_mod"], "invalid_config"),

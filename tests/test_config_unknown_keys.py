@@ -87,3 +87,31 @@ def test_an_empty_host_is_refused_not_every_interface(host):
     with pytest.raises(ConfigError):
         load_serve_config(None, [], env={"SIGMA__API__HOST": host})
     assert load_serve_config(None, [], env={}, flags={"api.host": "0.0.0.0"}).api.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("given,said", [
+    (["--set", "worker.options.threshhold=1"],
+     "worker.options.threshhold: Extra inputs are not permitted (did you mean 'worker.options.threshold'?)"),
+    (["--set", "worker.options.bogus=1"], "invalid ServeConfig: worker.options.bogus: Extra inputs are not permitted"),
+    (["--annotator", "sigma-lite", "--set", "worker.options.image_sise=224"],
+     "worker.options.image_sise: Extra inputs are not permitted (did you mean 'worker.options.image_size'?)")])
+def test_a_workers_unknown_option_is_named_in_full_with_the_key_meant(capsys, given, said):
+    """`sigma worker --set worker.options.bogus=1` said `pixel-diff: bogus: Extra inputs are not permitted` where the
+    annotator was built: the key cut, no did-you-mean. Its options are now checked by the loader with the rest of the
+    settings (`NamesAnnotator`, as `sigma annotate --set options.KEY`), before Redis is reached."""
+    err = refused(capsys, "worker", "--set", "redis.url=redis://127.0.0.1:1/0", *given)
+    assert said in err, err
+
+
+def test_a_workers_options_are_checked_only_where_a_worker_runs():
+    """The settings a deployment shares: `sigma serve api` and `sigma worker --batch` read no worker.options (each
+    warns of them), so options meant for another annotator do not stop them; `sigma worker` is refused."""
+    from sigma.service.settings import WorkerServeConfig
+
+    env = {"SIGMA__WORKER__OPTIONS__PROMPT": "a cat"}
+    assert load_serve_config(None, [], env=env).worker.options == {"prompt": "a cat"}
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(None, [], env=env, model=WorkerServeConfig)
+    assert "SIGMA__WORKER__OPTIONS__PROMPT: worker.options.prompt: Extra inputs" in exc.value.message
+    good = load_serve_config(None, ["worker.options.threshold=0.2"], env={}, model=WorkerServeConfig)
+    assert good.worker.options == {"threshold": 0.2} and isinstance(good.worker.annotator, str)

@@ -95,11 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(run=run_worker_cmd, needs=("redis",))
 
 
-def load(args: argparse.Namespace, **flags):
-    """The service settings; a command's flags (dotted keys) are overrides applied before validation."""
-    from sigma.service.settings import load_serve_config
+def load(args: argparse.Namespace, *, runs_worker: bool = False, **flags):
+    """The service settings; a command's flags (dotted keys) are overrides applied before validation.
+    `runs_worker`: this process (or its child) builds worker.annotator, so worker.options are checked against it."""
+    from sigma.service.settings import ServeConfig, WorkerServeConfig, load_serve_config
 
-    return load_serve_config(args.config, list(args.overrides), flags=flags)     # else $SIGMA_SERVE_CONFIG
+    return load_serve_config(args.config, list(args.overrides), flags=flags,      # else $SIGMA_SERVE_CONFIG
+                             model=WorkerServeConfig if runs_worker else ServeConfig)
 
 
 # What each mode never reads of the worker settings (worker.KEY), and why. Given on its command line (--set, or
@@ -241,8 +243,8 @@ def load_worker(args: argparse.Namespace, batch: bool, child: bool):
         refuse_unused({"--annotator": args.annotator, "--max-batch-size": args.max_batch_size}, BATCH_PICKS_ITS_OWN)
     if not child:
         refuse_unused_sets(mode, args.overrides, "not with --batch" if batch else "not with `sigma worker`")
-    cfg = load(args) if batch else load(args, **{"worker.annotator": args.annotator,
-                                                  "worker.max_batch_size": args.max_batch_size})
+    cfg = load(args) if batch else load(args, runs_worker=True, **{"worker.annotator": args.annotator,
+                                                                    "worker.max_batch_size": args.max_batch_size})
     if not child:
         warn_unused_settings(mode, cfg)
     return cfg
@@ -427,7 +429,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_unused_sets(mode, args.overrides, f"not with `{mode}`")
     # said once, here, before the API starts: a worker child that cannot import it would die at each restart
     import_plugin_args(args)
-    cfg = load(args, **{"api.host": args.host, "api.port": args.port, "worker.annotator": args.annotator})
+    cfg = load(args, runs_worker=args.what == "all",
+               **{"api.host": args.host, "api.port": args.port, "worker.annotator": args.annotator})
     warn_unused_settings(mode, cfg)
     if args.what == "all":
         _serve_the_workers_annotator(cfg, cfg.worker.annotator)

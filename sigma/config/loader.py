@@ -734,7 +734,9 @@ def _one_error(model: type[BaseModel], found: list[Problem], problems: list[tupl
     ours = [(re.split(r"[.\[]", place, maxsplit=1)[0], message) for place, message in found]
     ordered = sorted([*ours, *problems], key=lambda item: field_position(model, item[0]))
     text = "; ".join(message for _, message in ordered)
-    return ConfigError(f"invalid {model.__name__}: {text}" if problems or len(found) > 1 else text)
+    # a front end's variant of a config (`WorkerServeConfig`) is named as the config it is (its `title`)
+    name = model.model_config.get("title") or model.__name__
+    return ConfigError(f"invalid {name}: {text}" if problems or len(found) > 1 else text)
 
 
 # A bool where a number belongs (`sigma.config.schema.Strict`) is most often YAML 1.1's reading of a bare word.

@@ -496,16 +496,11 @@ class IOConfig(Strict):
                                       "`align` trusts; below it the images are left as they are")
 
 
-class AnnotatorSpec(Strict):
-    """Which annotator runs, with which options and threshold: the one section `sigma annotate`, `sigma eval`
-    and `sigma batch` configs share (`sigma.registry.build_annotator(spec)` builds it)."""
-
-    # min_length: "" (`--annotator "$UNSET"`) ran the default without a word, as if no name had been given
-    annotator: str | None = Field(None, min_length=1, description="registry name; None = the embedded default "
-                                  "(sigma-lite when its weights ship with this install, else pixel-diff)")
-    options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
-    threshold: UnitInterval | None = Field(None, description="mask = prob > threshold; None = the "
-                                    "annotator's default")
+class NamesAnnotator(Strict):
+    """A section with an `annotator` and its `options` (`AnnotatorSpec`; the service's `worker:` section): the options
+    are validated by that annotator's own config with the rest of the section, each error placed at its full key
+    (`worker.options.bogus`) with the loader's did-you-mean. The worker's were validated only where its annotator was
+    built, said as `pixel-diff: bogus: Extra inputs are not permitted`, the key cut and no suggestion."""
 
     # the config model the annotator named (None: the default one) validates its options with; None when it is not
     # known here. Set by the front ends' configs (`sigma.registry.options_model`), which may look in the registry.
@@ -524,7 +519,20 @@ class AnnotatorSpec(Strict):
 
     @classmethod
     def mapping_model(cls, key: str, data: dict) -> type[BaseModel] | None:
-        name = data.get("annotator")
+        # not given: the section's own default (the worker's is pixel-diff; AnnotatorSpec's None, the embedded one)
+        name = data.get("annotator", cls.model_fields["annotator"].default)
         if key != "options" or cls.options_model is None or not (name is None or isinstance(name, str)):
             return None
         return cls.options_model(name)
+
+
+class AnnotatorSpec(NamesAnnotator):
+    """Which annotator runs, with which options and threshold: the one section `sigma annotate`, `sigma eval`
+    and `sigma batch` configs share (`sigma.registry.build_annotator(spec)` builds it)."""
+
+    # min_length: "" (`--annotator "$UNSET"`) ran the default without a word, as if no name had been given
+    annotator: str | None = Field(None, min_length=1, description="registry name; None = the embedded default "
+                                  "(sigma-lite when its weights ship with this install, else pixel-diff)")
+    options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
+    threshold: UnitInterval | None = Field(None, description="mask = prob > threshold; None = the "
+                                    "annotator's default")

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
 from sigma.config.loader import Override, load_config
 from sigma.config.schema import (
@@ -29,11 +29,13 @@ from sigma.config.schema import (
     LimitsConfig,
     Millis,
     Modules,
+    NamesAnnotator,
     Seconds,
     Strict,
     WholeSeconds,
 )
 from sigma.errors import ConfigError
+from sigma.registry import options_model
 
 SCOPES = ("annotate", "metrics", "admin")
 DEFAULT_SCOPES = ["annotate", "metrics"]
@@ -196,7 +198,10 @@ class ApiSettings(Strict):
                                "options against the registry. The workers import theirs: worker.plugins")
 
 
-class WorkerSettings(Strict):
+class WorkerSettings(NamesAnnotator):
+    """`worker:`. Its options are checked against its annotator where a worker runs (`WorkerServeConfig`), not where
+    the settings are only shared (`sigma serve api`, `sigma worker --batch`: each warns of what it does not use)."""
+
     annotator: str = "pixel-diff"
     options: dict[str, Any] = Field(default_factory=dict, description="annotator config overrides")
     max_batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
@@ -242,6 +247,23 @@ class ServeConfig(Strict):
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
+
+
+class RunningWorkerSettings(WorkerSettings):
+    """The `worker:` section of a process that builds that annotator (`sigma worker`, `sigma serve all`): its options
+    validated by the annotator's own config with the rest (`NamesAnnotator`), each error at its full key with the
+    loader's did-you-mean (`worker.options.threshhold` ... did you mean 'worker.options.threshold'?), as `sigma
+    annotate --set options.KEY` is. They were validated only where the annotator was built: `pixel-diff: bogus:
+    Extra inputs are not permitted`, the key cut and no suggestion."""
+
+    options_model = staticmethod(options_model)
+
+
+class WorkerServeConfig(ServeConfig):
+    """The settings as a process that runs the worker reads them (`load_serve_config(..., model=...)`)."""
+
+    model_config = ConfigDict(title="ServeConfig")      # said as the settings they are: "invalid ServeConfig: ..."
+    worker: RunningWorkerSettings = RunningWorkerSettings()
 
 
 def hash_key(key: str) -> str:
@@ -324,10 +346,12 @@ def _serve_config_file(path: str | Path | None, env: Mapping[str, str]) -> dict:
 
 
 def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                      env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> ServeConfig:
+                      env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None,
+                      model: type[ServeConfig] = ServeConfig) -> ServeConfig:
     """defaults < YAML (`path`, else `$SIGMA_SERVE_CONFIG`) < environment < `overrides` (`--set`) < `flags` (a
     command's own options, dotted keys, None = not given); everything is validated once, at the end; errors name the
-    key (ConfigError), and the environment variable a value came from."""
+    key (ConfigError), and the environment variable a value came from. `model`: `WorkerServeConfig` where the
+    worker's annotator is built (its options checked against it)."""
     env = os.environ if env is None else env
     env_set, sources = env_sourced(env)
     env_keys = _env_keys(env)
@@ -336,7 +360,7 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
     base = _serve_config_file(path, env)
     given = {**read_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
     merged = {**env_set, **given}
-    cfg = load_config(ServeConfig, None, merged, base=base,
+    cfg = load_config(model, None, merged, base=base,
                       sources={key: name for key, name in sources.items() if key not in given})
     if env_keys:
         try:
