@@ -58,3 +58,25 @@ def test_no_readable_checkpoint_is_no_step(tmp_path):
     (tmp_path / CKPT).write_bytes(b"not a checkpoint")
     torch.save({k: v for k, v in _state(3).items() if k != "model"}, tmp_path / PREV)
     assert latest_step(tmp_path) is None
+
+
+@pytest.mark.parametrize("there", [(CKPT, PREV), (CKPT,), (PREV,)])
+def test_unreadable_checkpoints_are_said_unreadable_not_never_written(tmp_path, there):
+    """Both checkpoints there and neither readable: the lost rank's line said "no checkpoint was written yet; start
+    it over with: sigma train --resume RUN", a resume that answers `checkpoint_unreadable`. Now the line says so."""
+    from sigma.errors import InputError
+
+    for name in there:
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError) as exc:
+        load_checkpoint(tmp_path)
+    assert exc.value.code == "checkpoint_unreadable"
+    line = str(rank_lost(RuntimeError("Connection reset by peer"), tmp_path))
+    assert "no checkpoint was written yet" not in line, line
+    assert f"{' and '.join(there)} {'are' if len(there) > 1 else 'is'} unreadable" in line, line
+    assert "(checkpoint_unreadable): start the run again from its best/ or model/ with init_from" in line, line
+
+
+def test_a_run_with_no_checkpoint_yet_is_still_said_so(tmp_path):
+    line = str(rank_lost(RuntimeError("Connection reset by peer"), tmp_path))
+    assert f"no checkpoint was written yet; start it over with: sigma train --resume {tmp_path}" in line, line

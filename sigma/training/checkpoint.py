@@ -132,8 +132,9 @@ def _check_fields(state: dict[str, Any]) -> None:
         raise ValueError("an EMA teacher state that is not a mapping")
 
 
-def _candidates(run_dir: Path) -> list[Path]:
-    """The checkpoints a resume tries, newest first: checkpoint.pt, then checkpoint.prev.pt (regular files only)."""
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The checkpoints a resume tries, newest first: checkpoint.pt, then checkpoint.prev.pt (regular files only).
+    Some there but `latest_step` None: none readable, which `load_checkpoint` refuses (`checkpoint_unreadable`)."""
     return [p for p in (run_dir / CKPT, run_dir / PREV) if p.is_file()]
 
 
@@ -144,7 +145,7 @@ def latest_step(run_dir: Path) -> int | None:
     the configured model (`load_checkpoint`'s `apply`) is not known here. Before, `ranks` walked the candidates
     itself and checked only the step: a checkpoint.pt holding a step but no optimiser state was named as kept while
     the resume passed over it to checkpoint.prev.pt."""
-    for path in _candidates(run_dir):
+    for path in checkpoint_files(run_dir):
         try:
             return int(_read(path, mapped=True)["step"])
         except Exception:  # noqa: BLE001 - damaged, as load_checkpoint judges it: the one before
@@ -162,7 +163,7 @@ def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None,
     like a damaged file — it stopped the resume with `invalid_config` although checkpoint.prev.pt fitted. Neither
     fitting stays `invalid_config`, naming both. `apply` must leave nothing half-applied that the next call does not
     replace whole (a strict load_state_dict does)."""
-    found = _candidates(run_dir)
+    found = checkpoint_files(run_dir)
     # checkpoint.pt gone while the one before it is there (deleted, lost): said like a damaged one, not passed over
     problems = [f"{CKPT}: missing"] if found and found[0].name == PREV else []
     misfit = False

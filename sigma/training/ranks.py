@@ -28,7 +28,7 @@ from sigma.errors import SigmaError, first_line
 from sigma.tempfiles import pid_alive
 
 from . import world
-from .checkpoint import latest_step
+from .checkpoint import checkpoint_files, latest_step
 
 
 class RankLost(SigmaError):
@@ -143,6 +143,14 @@ def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
     said = _REASON.search(str(exc))
     why = said.group(0).lower() if said else re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc, 200))[:100]
     step = latest_step(run_dir)
+    found = checkpoint_files(run_dir)
+    if step is None and found:
+        # files there, none readable: "no checkpoint was written yet" sent the user to a --resume that refuses them
+        names = " and ".join(path.name for path in found)
+        return RankLost(f"{who} lost ({why}); the run stopped; {names} {'are' if len(found) > 1 else 'is'} "
+                        f"unreadable, so `sigma train --resume {run_dir}` refuses {'them' if len(found) > 1 else 'it'}"
+                        " (checkpoint_unreadable): start the run again from its best/ or model/ with init_from",
+                        said_here)
     if step is not None:
         kept = f"the last complete checkpoint (step {step}) is kept; continue with"
     elif run_dir.is_dir():
