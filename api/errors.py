@@ -55,6 +55,9 @@ STATUS_BY_CODE = {
     # shortage that ends, never the caller's input (/v1/annotate answered it 422 `image_unreadable`), answered with
     # Retry-After
     "out_of_memory": 503,
+    # the worker's machine started no thread for a job's decode (`sigma.service.predictor.out_of_threads`: a pids
+    # limit, or no memory for the threads' stacks): a shortage as out_of_memory, never the caller's input
+    "out_of_threads": 503,
     # a batch's `out` the server cannot use as it is (its .lock a symbolic link, a folder it cannot make; a file):
     # the folder's state, as out_not_empty
     "bad_outdir": 409, "out_not_a_folder": 409,
@@ -73,7 +76,8 @@ STATUS_BY_CODE = {
 # codes answered with Retry-After (seconds): a folder held by another process, a hold that ends by itself; their
 # messages name the holder's pid and host and the server's folders, said as `another process` and `<server path>`
 # (`scrubbed`, as every library message an answer carries)
-RETRY_AFTER_S = {"run_locked": 5, "folder_busy": 5, "weights_busy": 5, "out_of_memory": 5}
+RETRY_AFTER_S = {"run_locked": 5, "folder_busy": 5, "weights_busy": 5, "out_of_memory": 5,
+                 "out_of_threads": 5}
 # an absolute path left in a message (after POST /v1/batches made the batch root's paths relative): not preceded by a
 # word, a dot, a colon or a slash (so `4/36`, `a/b`, `C:/x` and `redis://h:1/0` stay), up to whitespace or a quote,
 # less the punctuation that ends it (`PATH_END`: a path with a colon or a parenthesis inside is hidden whole); nor this

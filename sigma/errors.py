@@ -5,6 +5,8 @@ sees one vocabulary of failure whichever way they call SIGMA.
 """
 from __future__ import annotations
 
+import errno
+
 
 class SigmaError(Exception):
     """Base class: `code` is stable and documented; `message` is for people."""
@@ -75,6 +77,14 @@ def loading_refused(exc: BaseException) -> str:
 
 
 _NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
+
+
+def memory_refused(exc: BaseException) -> bool:
+    """The system gave no memory, said as an OSError (errno ENOMEM, "Cannot allocate memory") rather than a
+    MemoryError: an `import` under a low `ulimit -v` whose directory listing (importlib's `os.listdir` of a folder on
+    sys.path: opendir's buffer) was refused raised it, and `sigma serve api`, importing uvicorn, said
+    `os_error: Cannot allocate memory` instead of `out_of_memory`. A MemoryError is one too."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
 
 
 def threads_refused(exc: BaseException) -> bool:

@@ -451,7 +451,6 @@ NOT_AN_API_STATUS = {
     "checkpoint_unreadable": "sigma train", "checkpoint_missing": "sigma train", "data_workers_dying": "sigma train",
     "training_diverged": "sigma train", "rank_lost": "sigma train under torchrun (a rank gone mid-run)",
     "graph_unavailable": "sigma models --prepare",
-    "out_of_threads": "the CLI's line for threads the system will not start (`sigma.cli._out_of_threads`)",
     # a batch worker's task outcomes: in a shard's status or dead letter (GET /v1/batches/status relays them in the
     # body, scrubbed), never raised in the API
     "bad_task": "a malformed task on the stream", "plugin_missing": "a worker without the run's plugins",

@@ -218,3 +218,23 @@ def test_the_wording_of_memory_refused_has_one_owner():
     assert error.code == "out_of_memory"
     assert error.message == ("o.png: the system gave no more memory to decode it (MemoryError); not the image's "
                              "fault: retry with more memory free")
+
+
+def test_an_os_error_of_memory_refused_is_out_of_memory_and_any_other_is_not(tmp_path):
+    """`sigma serve api` under a low `ulimit -v` could fail importing uvicorn with `OSError: [Errno 12] Cannot
+    allocate memory` (importlib's `os.listdir` of a folder on sys.path, whose opendir buffer was refused): the CLI
+    said `os_error: Cannot allocate memory`, blaming no file but not saying memory either. ENOMEM is now the
+    `out_of_memory` line; another OSError is still the CLI's `os_error` (its `_out_of_memory` says "")."""
+    import mmap
+
+    from sigma.cli import _out_of_memory
+    from sigma.errors import memory_refused
+
+    with pytest.raises(OSError) as refused:        # the system's own ENOMEM: 64 TiB of anonymous memory
+        mmap.mmap(-1, 1 << 46)
+    assert memory_refused(refused.value)
+    line = _out_of_memory(refused.value)
+    assert line.startswith("sigma: error [out_of_memory]: the system gave no more memory (Cannot allocate memory)")
+    with pytest.raises(OSError) as missing:
+        (tmp_path / "nope").read_bytes()
+    assert not memory_refused(missing.value) and _out_of_memory(missing.value) == ""

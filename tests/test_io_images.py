@@ -490,3 +490,51 @@ def test_two_writers_of_one_file_never_trip_over_each_other(tmp_path):
         t.join()
     assert failures == [] and target.read_bytes() == data
     assert [p.name for p in target.parent.iterdir()] == ["m.png"]          # no temporary file left
+
+
+def _tiff_16bit_rgb(samples, orientation: int = 1) -> bytes:
+    """A 16-bit RGB TIFF as a camera or scanner writes one (uncompressed, one strip, its Orientation tag), built from
+    the TIFF 6.0 layout with numpy and struct: Pillow writes no 16-bit RGB TIFF."""
+    import struct
+
+    import numpy as np
+
+    h, w, _ = samples.shape
+    pixels = np.ascontiguousarray(samples, dtype="<u2").tobytes()
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, None),
+            (274, 3, 1, orientation), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    ifd_size = 2 + 12 * len(tags) + 4
+    bits_at = 8 + ifd_size
+    strip_at = bits_at + 6
+    out = b"II*\0" + struct.pack("<IH", 8, len(tags))
+    for tag, kind, count, value in tags:
+        value = bits_at if tag == 258 else strip_at if tag == 273 else value
+        out += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 and count == 1
+                                                        else struct.pack("<I", value))
+    return out + struct.pack("<I", 0) + struct.pack("<3H", 16, 16, 16) + pixels
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 3])
+def test_a_16bit_rgb_tiff_is_scaled_as_the_same_png_is_by_one_rounding_rule(orientation):
+    """A 16-bit RGB TIFF was read by Pillow, which keeps each sample's high byte (v >> 8), while the same picture as
+    a 16-bit PNG was rounded, round(v / 65535 * 255): the two differed by one level (32896 read 128 from the TIFF,
+    128 from the PNG; 65280 read 255 and 254...). Now both are read whole and rounded, turned upright by their
+    Orientation tag alike."""
+    import cv2
+    import numpy as np
+
+    from sigma.io import decode_image
+
+    samples = np.random.default_rng(3).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    samples[0, 0] = (65280, 32767, 383)                 # high bytes 255, 127, 1; rounded 254, 127, 1
+    expected = np.round(samples / 65535 * 255).astype(np.uint8)
+    assert (expected != samples >> 8).any()             # the two rules differ on this picture
+    turns = {1: lambda a: a, 6: lambda a: np.rot90(a, -1), 3: lambda a: np.rot90(a, 2)}
+    tiff = decode_image(_tiff_16bit_rgb(samples, orientation), "scan.tif")
+    assert tiff.notes["bit_depth"] == 16 and tiff.notes.get("exif_orientation", 1) == orientation
+    if orientation == 1:
+        assert (tiff.rgb == expected).all()
+    else:   # left to Pillow (OpenCV turns a TIFF by its tag whatever its flags): upright, within one level
+        assert np.abs(tiff.rgb.astype(int) - turns[orientation](expected)).max() <= 1
+    ok, png = cv2.imencode(".png", samples[..., ::-1])
+    assert ok and (decode_image(png.tobytes(), "scan.png").rgb == expected).all()

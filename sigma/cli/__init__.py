@@ -11,7 +11,7 @@ import threading
 import warnings
 
 from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
-from sigma.errors import SigmaError, Stopped, loading_refused, no_memory, threads_refused
+from sigma.errors import SigmaError, Stopped, loading_refused, memory_refused, no_memory, threads_refused
 
 # Each module defines register(subparsers) -> None and run(args) -> int.
 COMMAND_MODULES = (
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         starting.end()
         return _interrupted(argv)
-    except (MemoryError, ImportError) as exc:      # the sub-commands' imports under a low `ulimit -v`
+    except (MemoryError, ImportError, OSError) as exc:      # the sub-commands' imports under a low `ulimit -v`
         starting.end()
         if not _out_of_memory(exc):
             raise
@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         return 128 + signal.SIGPIPE
     except OSError as exc:   # the machine refused (a name too long, no space, no permission): one line, no traceback
+        if memory_refused(exc):      # ENOMEM: said before any import, as a MemoryError is
+            return _failed(_out_of_memory(exc), argv)
         from sigma.cli.common import error_line
 
         where = f": {exc.filename}" if exc.filename else ""
@@ -251,9 +253,14 @@ def _out_of_memory(exc: BaseException) -> str:
     "" for an ImportError that is no such refusal. Both were tracebacks, exit 1: a MemoryError reading an image or
     importing a module, and a library whose dlopen could not map it (`libtorch_cpu.so: failed to map segment from
     shared object`; numpy wraps its own in an ImportError of its advice). Made without importing anything: with no
-    memory, the import of the usual line's helpers (`error_line`) failed in its turn."""
+    memory, the import of the usual line's helpers (`error_line`) failed in its turn. An OSError counts when it is
+    ENOMEM (`memory_refused`: an import's folder listing refused), else it is ""."""
     why = "MemoryError"
-    if isinstance(exc, ImportError):
+    if isinstance(exc, OSError):
+        if not memory_refused(exc):
+            return ""
+        why = exc.strerror or "Cannot allocate memory"
+    elif isinstance(exc, ImportError):
         said = loading_refused(exc)
         if not said:
             return ""

@@ -343,9 +343,16 @@ def _float_to_uint8(arr: np.ndarray, notes: dict[str, Any]) -> np.ndarray:
     return np.clip(np.round(values / white * 255.0), 0, 255).astype(np.uint8)
 
 
-def _read_16bit_png(data: bytes) -> np.ndarray | None:
-    """A 16-bit colour PNG's samples as stored, uint16 [H, W, 3 or 4] in RGB(A) order (PIL drops them to 8 bits on
-    its own, by truncation; OpenCV keeps every bit). None when OpenCV does not read it as that."""
+# formats whose 16-bit colour samples are read whole (`_read_16bit_colour`), so that every 16-bit file is scaled to
+# 8 bits by one rule, round(v / 65535 * 255), as 16-bit gray already was. A 16-bit RGB TIFF went through Pillow,
+# which keeps the high byte (v >> 8): the same picture as a TIFF and as a PNG differed by one level
+RAW_16BIT_FORMATS = ("PNG", "TIFF")
+
+
+def _read_16bit_colour(data: bytes) -> np.ndarray | None:
+    """A 16-bit colour PNG's or TIFF's samples as stored (never turned by an EXIF orientation), uint16 [H, W, 3 or 4]
+    in RGB(A) order (PIL drops them to 8 bits on its own, by truncation; OpenCV keeps every bit). None when OpenCV
+    does not read it as that."""
     try:
         import cv2
     except ImportError:  # pragma: no cover - opencv is a core dependency
@@ -356,9 +363,9 @@ def _read_16bit_png(data: bytes) -> np.ndarray | None:
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
 
 
-def _read_16bit_png_rgb(data: bytes) -> np.ndarray | None:
+def _read_16bit_colour_rgb(data: bytes) -> np.ndarray | None:
     """16-bit RGB(A) to 8 bits, rounded (alpha composited on white)."""
-    arr = _read_16bit_png(data)
+    arr = _read_16bit_colour(data)
     if arr is None:
         return None
     rgb = arr[..., :3].astype(np.float64) / 65535.0
@@ -463,10 +470,14 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
             icc = None
         depth = _bit_depth(img, data, fmt)
         rgb = None
-        if fmt == "PNG" and img.mode in ("RGB", "RGBA") and depth == 16:
-            rgb = _read_16bit_png_rgb(data)
+        # a TIFF with an Orientation tag stays with Pillow: OpenCV turns a TIFF by it whatever its flags say, a PNG not
+        if fmt in RAW_16BIT_FORMATS and img.mode in ("RGB", "RGBA") and depth == 16 and (
+                fmt == "PNG" or orientation not in _ORIENTATION_TRANSPOSE):
+            rgb = _read_16bit_colour_rgb(data)
             if rgb is not None and img.mode == "RGBA":
                 notes["alpha"] = "composited on white"
+            if rgb is not None:      # as stored: turned by the file's own tag, which Pillow's load() may have used
+                pending = orientation if orientation in _ORIENTATION_TRANSPOSE else 1
         if rgb is None:
             rgb = _to_uint8_rgb(img, notes)
         else:
@@ -633,10 +644,12 @@ def _decode_16bit_mask(data: bytes, decoded: DecodedImage) -> np.ndarray | None:
         pending = img.getexif().get(0x0112, 1) if orientation in _ORIENTATION_TRANSPOSE else 1
         if mode.startswith("I"):
             values = np.asarray(img).astype(np.float64)[..., None]
-        elif mode in ("RGB", "RGBA") and decoded.notes.get("format") == "PNG":
-            raw = _read_16bit_png(data)
+        elif mode in ("RGB", "RGBA") and decoded.notes.get("format") in RAW_16BIT_FORMATS and (
+                decoded.notes.get("format") == "PNG" or orientation not in _ORIENTATION_TRANSPOSE):
+            raw = _read_16bit_colour(data)
             if raw is None:
                 return None
+            pending = orientation if orientation in _ORIENTATION_TRANSPOSE else 1      # its samples as stored
             values = raw[..., :3].astype(np.float64)
             if raw.shape[2] == 4:
                 values *= raw[..., 3:4] / 65535.0

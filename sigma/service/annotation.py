@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from sigma.errors import threads_refused
 from sigma.service.consumer import Outcome
 from sigma.service.jobs import JobStore
 from sigma.service.keys import Keys
@@ -75,7 +76,10 @@ def _as_exception(exc: BaseException | None) -> Exception:
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
-    return {"code": getattr(exc, "code", "model_error"), "message": f"{type(exc).__name__}: {exc}"[:2000],
+    """A model exception as the job's retried error: `model_error`, or the SigmaError's code; a thread the machine
+    would not start for the model (`threads_refused`) is `out_of_threads`, the machine's fault, not the model's."""
+    code = "out_of_threads" if threads_refused(exc) else getattr(exc, "code", "model_error")
+    return {"code": code, "message": f"{type(exc).__name__}: {exc}"[:2000],
             "trace": "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]}
 
 

@@ -25,9 +25,19 @@ from typing import Any
 import numpy as np
 
 from sigma.config.schema import IOConfig
-from sigma.errors import OutOfMemoryError, SigmaError
+from sigma.errors import OutOfMemoryError, SigmaError, threads_refused
 from sigma.text import NotWritable, json_ready, unwritable_output
 from sigma.types import Pair
+
+
+def out_of_threads(doing: str) -> dict[str, str]:
+    """A job's error when the worker's machine would start no thread for `doing` (`threads_refused`): the pool
+    threads are started by the first batch that needs them, and a low limit on threads (a container's pids limit)
+    or on their stacks' memory (`ulimit -v` with a large `ulimit -s`) refused them. The RuntimeError left the
+    predictor, and the job was recorded `model_error` and redelivered, blaming the model for the machine; now it
+    fails `out_of_threads`, which `/v1/annotate` answers 503 with Retry-After, as `out_of_memory`."""
+    return {"code": "out_of_threads", "message": f"the worker's machine started no more threads for {doing} (can't "
+            "start new thread: its limit on threads or on their stacks' memory); not the job's fault: submit it again"}
 
 
 class Predictor:
@@ -109,8 +119,13 @@ class Predictor:
         decode_ms: list[float] = []
         tasks = [(item, which) for item in batch for which in ("original", "edited")]
         # Pillow and OpenCV release the GIL while decoding: all images of a batch decode in parallel.
-        decoded = list(self._pool.map(self._decode_one, tasks) if self._pool is not None
-                       else map(self._decode_one, tasks))
+        try:
+            decoded = list(self._pool.map(self._decode_one, tasks) if self._pool is not None
+                           else map(self._decode_one, tasks))
+        except RuntimeError as exc:
+            if not threads_refused(exc):
+                raise
+            return [{"ok": False, "error": out_of_threads("its images' decode")} for _ in batch]
         for n, item in enumerate(batch):
             pair, ms, error = self._build(item, decoded[2 * n:2 * n + 2])
             if error is not None:
