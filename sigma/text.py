@@ -109,7 +109,8 @@ def _env_number(raw: str) -> int | float:
 def printable(value: Any) -> str:
     """`value` as a terminal line may show it: every character `repr` would escape (NUL, ESC and the other C0 and C1
     controls, DEL, line breaks and tabs, U+2028, the invisible format characters such as the bidi overrides) as
-    `repr` writes it (`\\x1b`, `\\n`, `\\u202e`); a lone surrogate (a non-UTF-8 byte of a file name) is left to the
+    `repr` writes it (`\\x1b`, `\\n`, `\\u202e`), a name's other characters as they are (é, 日本, emoji sequences
+    with their joiners, `_shown_as_is`); a lone surrogate (a non-UTF-8 byte of a file name) is left to the
     stream, which writes the byte back on stdout and escapes it on stderr (`sigma.cli._printable_names`).
 
     The one owner of that rule for every line the CLI prints that holds a user-given name or text (a pair id, a
@@ -119,7 +120,21 @@ def printable(value: Any) -> str:
     text = str(value)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or "\ud800" <= c <= "\udfff" else repr(c)[1:-1] for c in text)
+    return "".join(c if _shown_as_is(c) else repr(c)[1:-1] for c in text)
+
+
+# What `str.isprintable` calls unprintable but a terminal shows as the name meant it, with no control of the line:
+# spaces other than ' ' (the ideographic U+3000 of a Japanese name, a no-break space), the joiners of emoji sequences
+# (👨‍👩‍👧, 🏳️‍🌈) and of Persian or Indic words (ZWJ, ZWNJ), characters newer than Python's Unicode tables (an emoji
+# of Unicode 15 under Python 3.11: 'unassigned' here) and private-use ones (icon fonts). These were escaped too, a
+# legitimate name printed as `👨\u200d👩\u200d👧`; the controls, line separators, bidi overrides and the other
+# invisible format characters are escaped still.
+_AS_IS_CATEGORIES = frozenset({"Zs", "Cn", "Co", "Cs"})     # Cs: a lone surrogate, left to the stream
+_JOINERS = frozenset({"\u200c", "\u200d"})
+
+
+def _shown_as_is(char: str) -> bool:
+    return char.isprintable() or char in _JOINERS or unicodedata.category(char) in _AS_IS_CATEGORIES
 
 
 def shown_path(path: Any, limit: int = 240) -> str:

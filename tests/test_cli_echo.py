@@ -68,3 +68,29 @@ def test_an_error_line_naming_a_hostile_folder_escapes_it(tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1 and "\x1b" not in err, err
     assert err.startswith("sigma: error [unfinished_synth_set]: ") and "seta\\x1b[2Jb FAKE" in err
+
+
+# legitimate names str.isprintable() calls unprintable: an emoji ZWJ sequence, a Japanese name with an ideographic
+# space, a Persian word with its zero-width non-joiner, a no-break space, an emoji newer than Python's Unicode tables
+NAMES = ("👨\u200d👩\u200d👧", "🏳\ufe0f\u200d🌈", "日本\u3000語", "می\u200cخواهم", "a\u00a0b", "\U0001fae8")
+
+
+def test_legitimate_names_print_unchanged_in_the_status_and_error_lines(tmp_path, capsys):
+    """`sigma annotate '👨‍👩‍👧 a.png' ...` printed `👨\\u200d👩\\u200d👧 a: ...`: the joiners of an emoji sequence,
+    an ideographic space, a ZWNJ of Persian were escaped as the controls are, though a terminal shows them as the
+    name meant; they print as they are, the controls and bidi overrides (above) escaped still."""
+    for name in NAMES:
+        assert printable(f"{name}.png") == f"{name}.png"
+    rng = np.random.default_rng(0)
+    orig = rng.integers(40, 200, size=(30, 40, 3), dtype=np.uint8)
+    Image.fromarray(orig).save(tmp_path / f"{NAMES[0]} a.png")
+    Image.fromarray(255 - orig).save(tmp_path / "edited.png")
+    code = sigma.cli.main(["annotate", str(tmp_path / f"{NAMES[0]} a.png"), str(tmp_path / "edited.png"),
+                           "--annotator", "pixel-diff", "-o", str(tmp_path / "out")])
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    assert said.out.startswith(f"{NAMES[0]} a: "), said.out
+    code = sigma.cli.main(["annotate", str(tmp_path / f"{NAMES[1]}.png"), str(tmp_path / "edited.png"),
+                           "--annotator", "pixel-diff", "-o", str(tmp_path / "out2")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{NAMES[1]}.png: file not found" in err and "\\u" not in err, err

@@ -74,3 +74,37 @@ def test_a_reader_that_leaves_the_pipe_stops_the_command_quietly_with_141():
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, err
     assert err == b""
+
+
+def test_a_service_started_with_stdout_closed_stops_on_sigterm_with_0(redis_server):
+    """`sigma serve api --access-log >&- 2>&-` (as a daemon is started): uvicorn's access log goes to stdout, so the
+    closed-stdout check made the clean SIGTERM stop of a service that answered a request exit 2 `out_no_reader`,
+    read by its supervisor as a failure. A service's stdout is a log, not a result: the stop stays 0."""
+    import signal
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "SIGMA_REDIS_URL": redis_server.url, "SIGMA_API_KEYS": "k"}
+    proc = subprocess.Popen([sys.executable, "-m", "sigma", "serve", "api", "--port", str(port), "--access-log"],
+                            env=env, preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+                    assert reply.status == 200
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "out_no_reader" not in err

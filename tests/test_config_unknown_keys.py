@@ -59,6 +59,18 @@ def test_an_override_through_a_preset_name_or_a_list_is_refused_not_replacing_it
     assert "override sources.0.path: sources is a list, with no keys" in exc.value.message
 
 
+def test_sigma_train_is_told_a_form_it_takes_to_set_a_preset_whole(capsys):
+    """`sigma train tiny-stage1.yaml model.dim=32` said to set the model `(--set 'model=...')`, which `sigma train`
+    (its overrides are plain KEY=VALUE) refuses as an unrecognized argument; now the form every command takes, and
+    that a preset name stands for all its settings."""
+    stage1 = str(REPO / "configs" / "train" / "tiny-stage1.yaml")
+    for key, said in (("model.dim=32", "set model as a whole (model=...); a name stands for all its settings"),
+                      ("sources.0.path=x", "set it whole (sources=[...])")):
+        assert sigma.cli.main(["train", stage1, key]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err and "--set" not in err, err
+
+
 def test_the_environment_is_refused_the_same_naming_the_variable():
     with pytest.raises(ConfigError) as exc:
         load_serve_config(None, [], env={"SIGMA__WORKER__ANNOTATOR__X": "1"})

@@ -228,17 +228,19 @@ def main(argv: list[str] | None = None) -> int:
         if not threads_refused(exc):
             raise
         return _failed(_out_of_threads(), argv)
-    return _said_all(status, argv)
+    return _said_all(status, argv, bool(getattr(args, "stdout_is_a_log", False)))
 
 
-def _said_all(status: int, argv: list[str] | None) -> int:
+def _said_all(status: int, argv: list[str] | None, stdout_is_a_log: bool = False) -> int:
     """`status`, unless the command printed to a stdout closed when it started (`sigma batch status RUN --json >&-`):
     then one `out_no_reader` line and 2, as coreutils and git fail on a stdout they cannot write (`sigma.stdio`).
     Python's own rule was silence and 0: a result nobody got, reported as a success. Said after the command, so
-    what it wrote to files stays written; a command that failed keeps its own line."""
+    what it wrote to files stays written; a command that failed keeps its own line. Not for a long-running service
+    (`stdout_is_a_log`: `sigma serve`, `sigma worker`), whose stdout carries log lines, not a result: daemons are
+    often started with stdout closed, and a clean stop on SIGTERM must stay 0 for their supervisor."""
     from sigma.stdio import lost_output
 
-    lines = lost_output() if argv is None and status == 0 else 0
+    lines = lost_output() if argv is None and status == 0 and not stdout_is_a_log else 0
     if not lines:
         return status
     from sigma.cli.common import error_line

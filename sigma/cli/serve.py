@@ -66,7 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     add_config_args(p, SET_EXAMPLE)
-    p.set_defaults(run=run, needs=("serve",))
+    # a service's stdout is a log (uvicorn's access log), not a result: closed (`>&-`, as daemons are started) it
+    # loses nothing a caller waits for, so a SIGTERM's clean stop stays 0 (`sigma.cli._said_all`)
+    p.set_defaults(run=run, needs=("serve",), stdout_is_a_log=True)
 
     w = sub.add_parser("worker", help="run one annotation worker (consumes the Redis queue)",
                        description="A long-lived worker: loads the annotator once, consumes its Redis stream in "
@@ -92,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "refused with it, and said once on stderr when a config file or SIGMA__WORKER__* "
                    "sets them (docs/service.md)")
     add_config_args(w, SET_EXAMPLE)
-    w.set_defaults(run=run_worker_cmd, needs=("redis",))
+    w.set_defaults(run=run_worker_cmd, needs=("redis",), stdout_is_a_log=True)
 
 
 def load(args: argparse.Namespace, *, runs_worker: bool = False, **flags):

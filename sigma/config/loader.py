@@ -392,8 +392,12 @@ def _set_dotted(tree: dict, dotted: str, value: Any, problems: list[Problem] | N
             node[part] = child
         elif not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
+            # said as `KEY=...`, the form every entry takes (`--set KEY=...`; `sigma train`/`synth`'s own `KEY=...`,
+            # which refuse `--set`: the line said `--set 'model=...'` there)
+            named = ("; a name stands for all its settings: to change one, give them all as a mapping"
+                     if isinstance(child, str) else "")
             _found(problems, dotted, f"{origin(dotted)}{dotted}: {where} is {shown(json.dumps(child, default=str))} "
-                   f"here, not a mapping with keys; set {where} as a whole (--set '{where}=...')")
+                   f"here, not a mapping with keys; set {where} as a whole ({where}=...){named}")
             return
         node = child
     node[parts[-1]] = value
@@ -444,7 +448,7 @@ def _through_a_setting(model: type[BaseModel], key: str) -> tuple[str, str] | No
             return None
         where = ".".join(parts[: depth + 1])
         if plain & {list, tuple, set, frozenset}:
-            return where, f"{where} is a list, with no keys: set it whole (--set '{where}=[...]')"
+            return where, f"{where} is a list, with no keys: set it whole ({where}=[...])"
         rest = parts[depth + 1:]
         meant = [*parts[:depth], *rest]
         hint = f" (did you mean {'.'.join(meant)!r}?)" if any(field_for_key(m, rest[0]) for m in models) else ""
