@@ -65,6 +65,29 @@ def test_output_printed_to_a_closed_stdout_is_an_error_not_a_silent_success():
     assert _sigma("models", close=0).returncode == 0          # stdin closed: nothing lost
 
 
+def test_a_command_whose_result_is_files_finishes_with_0_under_a_closed_stdout(tmp_path):
+    """`sigma batch run SET --out RUN >&-` (and `annotate`, `eval`, `synth`, `train`, `export`): the result is the
+    files written, the lines printed only report on them, so a finished run stays 0. It ended 2 (`out_no_reader`),
+    which a script reads as the run failed; `sigma models >&-`, whose result is what it prints, stays an error."""
+    data = tmp_path / "set"
+    write_pairs_jsonl(data, synthetic_pairs(2, size=48))
+    run = tmp_path / "run"
+    batch = _sigma("batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", close=1)
+    assert batch.returncode == 0 and "out_no_reader" not in batch.stderr, batch.stderr
+    assert json.loads(subprocess.run([sys.executable, "-m", "sigma", "batch", "status", str(run), "--json"],
+                                     capture_output=True, text=True, timeout=120, check=True).stdout)["done"] == 1
+    out = tmp_path / "one"
+    pair = json.loads((data / "pairs.jsonl").read_text().splitlines()[0])
+    annotate = _sigma("annotate", str(data / pair["original"]), str(data / pair["edited"]), "--annotator",
+                      "pixel-diff", "-o", str(out), close=1)
+    assert annotate.returncode == 0 and "out_no_reader" not in annotate.stderr, annotate.stderr
+    assert any(out.rglob("result.json"))
+    evaluated = _sigma("eval", "--data", str(data), "--annotator", "pixel-diff", "--perturb", "none", "--out",
+                       str(tmp_path / "eval"), close=1)
+    assert evaluated.returncode == 0 and (tmp_path / "eval" / "metrics.json").is_file(), evaluated.stderr
+    assert _sigma("models", close=1).returncode == 2
+
+
 def test_a_reader_that_leaves_the_pipe_stops_the_command_quietly_with_141():
     """`sigma models | true` (the reader gone before the output): status 1, which `set -o pipefail` scripts read as
     sigma's failure. Now 141 (128 + SIGPIPE), what the shell reports for coreutils and git there, with nothing said."""

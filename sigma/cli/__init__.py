@@ -235,9 +235,11 @@ def _said_all(status: int, argv: list[str] | None, stdout_is_a_log: bool = False
     """`status`, unless the command printed to a stdout closed when it started (`sigma batch status RUN --json >&-`):
     then one `out_no_reader` line and 2, as coreutils and git fail on a stdout they cannot write (`sigma.stdio`).
     Python's own rule was silence and 0: a result nobody got, reported as a success. Said after the command, so
-    what it wrote to files stays written; a command that failed keeps its own line. Not for a long-running service
-    (`stdout_is_a_log`: `sigma serve`, `sigma worker`), whose stdout carries log lines, not a result: daemons are
-    often started with stdout closed, and a clean stop on SIGTERM must stay 0 for their supervisor."""
+    what it wrote to files stays written; a command that failed keeps its own line. Not for a command whose stdout
+    is a log (`stdout_is_a_log`): a long-running service (`sigma serve`, `sigma worker`: daemons are often started
+    with stdout closed, and a clean stop on SIGTERM must stay 0 for their supervisor), and a command whose result is
+    the files it writes (`annotate`, `eval`, `batch run`, `synth`, `train`, `export`): its lines report on them, and
+    a night's `batch run ... >&-` that finished its work ended 2, which a script reads as the run failed."""
     from sigma.stdio import lost_output
 
     lines = lost_output() if argv is None and status == 0 and not stdout_is_a_log else 0

@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "by a cup of coffee) with its instruction")
     add_plugin_arg(p)
     add_config_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, stdout_is_a_log=True)
 
 
 MAX_STDIN_BYTES = 32 * 1024 * 1024   # a JSON list of paths; a corpus is `sigma batch run`'s job

@@ -197,7 +197,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_failed_limit(r, "failed shards the summary lists (stderr, --json and OUT/summary.json), first in run "
                          "order (default 100; `failed_now` counts them all, `sigma batch status` lists them), "
                          "and as many lost attempts (`retried`; `retried_omitted` counts the rest)")
-    r.set_defaults(run=run_run, needs=("batch",))
+    r.set_defaults(run=run_run, needs=("batch",), stdout_is_a_log=True)
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`",
                         epilog=SUBMIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

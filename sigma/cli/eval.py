@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for metrics.json and config.yaml (default sigma_eval)")
     add_plugin_arg(p)
     add_config_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, stdout_is_a_log=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "no folder")
     b.add_argument("--overwrite", action="store_true",
                    help="replace an export already in --out (Tp/, Gt/ and the JSON)")
-    b.set_defaults(run=run_imdl_benco, needs=("batch",))
+    b.set_defaults(run=run_imdl_benco, needs=("batch",), stdout_is_a_log=True)
     c = esub.add_parser("coco", help="COCO-style JSON with RLE segmentations", epilog=EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(c)
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--overwrite", action="store_true",
                    help="replace the files in --images that hold other images (another export's) under the names "
                         "this export writes")
-    c.set_defaults(run=run_coco, needs=("batch",))
+    c.set_defaults(run=run_coco, needs=("batch",), stdout_is_a_log=True)
     h = esub.add_parser("hf", help="a Hugging Face dataset: parquet with Image() columns + a dataset card",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _filters(h, sort=False)
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--name", help="the dataset's pretty name in the card")
     h.add_argument("--max-shard-mb", type=float, default=500, help="start a new parquet file past this size (500)")
     h.add_argument("--overwrite", action="store_true", help="replace a dataset already exported to OUT")
-    h.set_defaults(run=run_hf, needs=("batch",))
+    h.set_defaults(run=run_hf, needs=("batch",), stdout_is_a_log=True)
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
 

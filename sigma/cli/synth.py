@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="no progress bar on stderr (pairs written, or photos cached)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides of the pairs, e.g. "
                    "data.crop=256; not with --build-cache")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, stdout_is_a_log=True)
 
 
 def _default_photos() -> Path:

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"config overrides, e.g. steps=500 lr=1e-3. {VALUE_RULE}")
     p.add_argument("--resume", metavar="RUN_DIR", type=path, help="continue a run from its last checkpoint")
     # a SIGTERM while `sigma` starts, before `run`: one line and 143 (`sigma.cli._SigtermWhileStarting`)
-    p.set_defaults(run=run, stops_on_sigterm=True)
+    p.set_defaults(run=run, stops_on_sigterm=True, stdout_is_a_log=True)
 
 
 def run(args: argparse.Namespace) -> int:
