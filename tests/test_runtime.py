@@ -438,6 +438,15 @@ def test_models_prepare_that_builds_no_graph_fails_in_one_line(tmp_path):
     assert proc.returncode == 0 and "ready" in proc.stdout, proc.stderr     # nothing to build: nothing failed
 
 
+def test_models_prepare_of_an_empty_name_is_refused_not_a_listing():
+    """`sigma models --prepare "$MODEL"` with the variable unset listed the zoo and exited 0 (an empty name read as no
+    `--prepare`): an image build went on with no graph. Now the registry's `unknown_name`, exit 2, nothing listed."""
+    proc = subprocess.run([sys.executable, "-m", "sigma", "models", "--prepare", ""], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr.startswith("sigma: error [unknown_name]: Unknown annotator ''"), proc.stderr
+
+
 def test_a_handful_of_pairs_never_waits_for_an_export(tmp_path):
     """`sigma annotate` on a few pairs runs on a cached graph or on torch: the README's first command must not
     spend a minute exporting on a fresh machine (`sigma models --prepare` builds the graph on purpose)."""

@@ -50,7 +50,9 @@ def prepare(name: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from sigma.registry import list_annotators
 
-    if args.prepare:
+    if args.prepare is not None:
+        # `--prepare ''` (an image build's `--prepare "$MODEL"`, the variable unset) listed the zoo and exited 0: the
+        # build went on with no graph; the registry refuses the empty name as it does an unknown one
         return prepare(args.prepare)
 
     entries = list_annotators()
