@@ -90,3 +90,42 @@ def test_every_sigma_model_option_is_in_the_models_docs_table():
     first_cells = " ".join(line.split("|")[1] for line in table.splitlines()[2:])
     missing = [name for name in ModelAnnotatorConfig.model_fields if f"`{name}`" not in first_cells]
     assert not missing, f"sigma-lite / sigma-b options not in docs/models.md's table: {missing}"
+
+
+def _coco_docs_fields() -> dict[str, set[str]]:
+    """docs/batch.md's COCO field list: for each `  - `OBJECT`: ...` item, the field names it writes as code."""
+    text = doc("batch.md")
+    start = text.index("- **COCO**")
+    section = text[start:text.index("\n\n", start)]
+    fields: dict[str, set[str]] = {}
+    for item in re.split(r"\n  - ", section)[1:]:
+        label, _, rest = item.partition(":")
+        fields[label.strip("`")] = set(re.findall(r"`([a-z_]+)`", rest))
+    return fields
+
+
+def test_every_coco_export_field_is_in_the_batch_docs(tmp_path, capsys):
+    """docs/batch.md's COCO section named `segmentation`, `area`, `bbox`, `iscrowd`, `score` and the `--mask`
+    extras, and not `images[].pair_id/source/instruction/edit_type` or `annotations[].annotator/config_hash/mask`,
+    which every export writes. The fields come from a real export (pixel-diff on two real PNG pairs), object by
+    object, and must equal the docs' list: a field added to the exporter without docs fails, and so does one the
+    docs name that the exporter no longer writes."""
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    corpus = write_pairs_jsonl(tmp_path / "corpus", synthetic_pairs(2))
+    run, out = tmp_path / "run", tmp_path / "coco.json"
+    assert sigma.cli.main(["batch", "run", str(corpus), "--out", str(run), "--annotator", "pixel-diff",
+                           "--workers", "0"]) == 0, capsys.readouterr().err
+    assert sigma.cli.main(["export", "coco", str(run), "--out", str(out)]) == 0, capsys.readouterr().err
+    coco = json.loads(out.read_text(encoding="utf-8"))
+    written = {"info": set(coco["info"])}
+    for name in ("images", "annotations", "categories"):
+        assert coco[name], f"the export wrote no {name}"
+        written[f"{name}[]"] = set().union(*(set(obj) for obj in coco[name]))
+    assert set(coco) == {"info", "images", "annotations", "categories"}
+    documented = _coco_docs_fields()
+    assert set(documented) == set(written), f"COCO objects in docs/batch.md: {sorted(documented)}"
+    for name, keys in written.items():
+        assert documented[name] == keys, (f"COCO {name} fields: not in docs/batch.md "
+                                          f"{sorted(keys - documented[name])}, not written "
+                                          f"{sorted(documented[name] - keys)}")
