@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sigma.errors import ConfigError, SigmaError, UnknownNameError
+from sigma.errors import (
+    ConfigError,
+    OutOfMemoryError,
+    SigmaError,
+    UnknownNameError,
+    loading_refused,
+    memory_refused,
+    no_memory,
+)
 from sigma.text import nearest, shown
 
 
@@ -64,11 +72,24 @@ def import_plugins(modules: Iterable[str], where: str = "plugins") -> None:
     for module in dict.fromkeys(modules):
         try:
             importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"{where}: cannot import {module!r} ({exc})") from exc
-        except (Exception, SystemExit) as exc:   # the plugin's own bug at import: said, no traceback
-            # (a RuntimeError or SyntaxError in the module, a name registered twice, a sys.exit() at import)
-            raise ConfigError(f"{where}: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
+        except (Exception, SystemExit) as exc:
+            raise _import_failed(module, where, exc) from exc
+
+
+def _import_failed(module: str, where: str, exc: BaseException) -> SigmaError:
+    """Why importing plugin `module` failed, as the error said for it. Memory the system refused (a MemoryError, an
+    ENOMEM OSError, an ImportError whose chain says a library could not be mapped: `loading_refused`) is
+    `out_of_memory`, as every other such refusal is: it was `invalid_config`, telling the user to fix a config that
+    was fine, where the CLI says `out_of_memory` and the API answers 503 to retry. Anything else is the plugin's:
+    not importable (`cannot import`), or its own bug at import (a RuntimeError or SyntaxError in the module, a name
+    registered twice, a sys.exit() at import), said in one line, no traceback."""
+    refused = loading_refused(exc) if isinstance(exc, ImportError) else exc if memory_refused(exc) else ""
+    if refused:
+        return OutOfMemoryError(f"{where}: importing {module!r}: {no_memory(refused)}; not the plugin's fault: raise "
+                                "the limit (`ulimit -v`, the container's memory) or free memory and retry")
+    if isinstance(exc, ImportError):
+        return ConfigError(f"{where}: cannot import {module!r} ({exc})")
+    return ConfigError(f"{where}: importing {module!r} failed: {type(exc).__name__}: {exc}")
 
 
 def did_you_mean(kind: str, name: str, known: list[str]) -> str:

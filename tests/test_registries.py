@@ -137,6 +137,43 @@ def test_a_plugin_module_that_fails_on_import_is_one_error_line(tmp_path, monkey
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("source, said", [
+    ("raise MemoryError\n", "(MemoryError)"),
+    ("import errno\nraise OSError(errno.ENOMEM, 'Cannot allocate memory')\n", "Cannot allocate memory"),
+    # what a dlopen under a low `ulimit -v` raises, chained as an extension module's import says it
+    ("try:\n    import no_such_native_lib_here\nexcept ImportError as exc:\n"
+     "    raise ImportError('libx.so: failed to map segment from shared object') from exc\n",
+     "(libx.so: failed to map segment from shared object)"),
+])
+def test_a_plugin_whose_import_is_refused_memory_is_out_of_memory(tmp_path, monkeypatch, capsys, source, said):
+    """A `--plugin` module whose import the system gave no memory for was `invalid_config` ("importing 'X' failed:
+    MemoryError:", "cannot import 'X' (libx.so: failed to map segment ...)"), telling the user to fix a config that
+    was fine: the loader wrapped every error. It is `out_of_memory`, the line of every other memory refusal, on the
+    command line, and an OutOfMemoryError (a MemoryError with that code) for the worker and a batch shard."""
+    import uuid
+
+    from sigma.cli import main
+    from sigma.errors import SigmaError
+    from sigma.registry import import_plugins
+
+    module = f"plugin_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    capsys.readouterr()
+    assert main(["batch", "run", str(corpus), "--out", str(tmp_path / "run"), "--plugin", module,
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sigma: error [out_of_memory]: --plugin: importing '{module}': the system gave no more "
+                          "memory"), err
+    assert said in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(MemoryError) as raised:
+        import_plugins([module], "worker.plugins")
+    assert isinstance(raised.value, SigmaError) and raised.value.code == "out_of_memory", raised.value
+
+
 def test_a_plugin_factory_that_returns_no_annotator_is_refused_when_built(tmp_path, monkeypatch, capsys):
     """A factory without its `return` gave None: a batch run went through every pair, each `annotator_failed:
     AttributeError: 'NoneType' object has no attribute 'predict'`, and exited 0. It is refused before any work."""
