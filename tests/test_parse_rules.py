@@ -549,7 +549,7 @@ def test_cli_parse_out_is_checked_before_the_parse(tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     (tmp_path / "link.jsonl").symlink_to(f)
     for out, code in ((f, "bad_arguments"), (tmp_path / "link.jsonl", "bad_arguments"),
-                      (tmp_path / "folder", "out_is_a_folder"), ("", "out_is_a_folder")):   # "": was ignored
+                      (tmp_path / "folder", "out_is_a_folder"), ("", "empty_path")):   # "": was ignored; now CLI-wide
         assert main(["parse", "--file", str(f), "--out", str(out)]) == 2
         assert f"sigma: error [{code}]" in capsys.readouterr().err
     assert f.read_text() == dev
