@@ -6,6 +6,7 @@ Entries hold the factory, a one-line description and a weights probe, kept apart
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,13 +36,25 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, kind: str):
+    """Names to entries. `builtins` imports the modules that register the built-in entries: it runs before the first
+    registration made from outside the `sigma` package (a plugin's), so a plugin that registers a built-in's name
+    fails at its own import (`--plugin`'s one invalid_config line). A plugin imported before the built-ins
+    (`sigma batch run --plugin X`) took the name, and the built-in's own registration later died as a traceback
+    ("annotator 'pixel-diff' registered twice"). Registrations from `sigma` itself never run it: a built-in module
+    registering itself mid-import would import its siblings half-made."""
+
+    def __init__(self, kind: str, builtins: Callable[[], Any] | None = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._builtins = builtins
 
     def register(self, name: str, description: str, weights_status: Callable[[], str] | None = None,
                  weights_digest: Callable[[dict[str, Any]], str | None] | None = None,
                  config_cls: type | None = None) -> Callable:
+        if self._builtins is not None and not _registering_module().startswith("sigma."):
+            builtins, self._builtins = self._builtins, None
+            builtins()
+
         def deco(factory: Callable) -> Callable:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
@@ -118,7 +131,16 @@ def registered(registry: Registry | Callable[[], list[str]], ensure: Callable[[]
     return AfterValidator(check)
 
 
-ANNOTATORS = Registry("annotator")
+def _registering_module() -> str:
+    """The module a registration comes from: the first caller outside the registries' own modules (a helper such as
+    `register_parser` registers for its caller)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").rpartition(".")[2] == "registry":
+        frame = frame.f_back
+    return "" if frame is None else str(frame.f_globals.get("__name__", ""))
+
+
+ANNOTATORS = Registry("annotator", builtins=lambda: _ensure_builtins())
 
 
 def _ensure_builtins() -> None:

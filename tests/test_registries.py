@@ -3,6 +3,7 @@ model preset validate against their registry, so a plugin's entry is valid confi
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from pydantic import ValidationError
@@ -190,3 +191,27 @@ def test_a_plugin_factory_that_returns_no_annotator_is_refused_when_built(tmp_pa
     err = capsys.readouterr().err
     assert "sigma: error [annotator_failed]: annotator 'no-return' could not be built: its factory returned a " \
            "NoneType, not an annotator" in err, err
+
+
+@pytest.mark.parametrize("source, said", [
+    ('from sigma.registry import ANNOTATORS\nANNOTATORS.register("pixel-diff", "again")(lambda **kw: None)\n',
+     "annotator 'pixel-diff' registered twice"),
+    ('from sigma.parse.registry import register_parser\nregister_parser("rules", "again")(lambda **kw: None)\n',
+     "parser backend 'rules' registered twice"),
+    ('from sigma.grounding.registry import GROUNDERS\nGROUNDERS.register("none", "again")(lambda **kw: None)\n',
+     "grounding backend 'none' registered twice"),
+])
+def test_a_plugin_taking_a_built_in_name_fails_at_its_own_import_in_a_fresh_process(tmp_path, source, said):
+    """In a fresh `sigma` process the plugin is imported before the built-ins: it took the name, and the built-in's
+    own registration died later as a traceback, exit 1. Each registry now imports its built-ins before a plugin's
+    first registration, so the plugin's own import fails: one invalid_config line, exit 2."""
+    import subprocess
+    import sys
+
+    (tmp_path / "taker.py").write_text(source)
+    (tmp_path / "corpus").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "sigma", "batch", "run", str(tmp_path / "corpus"), "--out",
+                           str(tmp_path / "run"), "--plugin", "taker", "--no-progress"], capture_output=True,
+                          text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"sigma: error [invalid_config]: --plugin: importing 'taker' failed: ValueError: {said}\n"

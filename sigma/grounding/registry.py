@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from sigma.registry import Registry
 
-GROUNDERS = Registry("grounding backend")
-SEGMENTERS = Registry("segmenter")
+GROUNDERS = Registry("grounding backend", builtins=lambda: ensure_grounders())
+SEGMENTERS = Registry("segmenter", builtins=lambda: ensure_segmenters())
 
 
 def ensure_grounders() -> None:

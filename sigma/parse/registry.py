@@ -7,7 +7,7 @@ from typing import Any
 from sigma.registry import Registry
 
 # A backend factory takes keyword options and returns a callable `(text, **call_kw) -> ParsedInstruction`.
-PARSERS = Registry("parser backend")
+PARSERS = Registry("parser backend", builtins=lambda: _ensure_builtins())
 
 
 def register_parser(name: str, description: str,
