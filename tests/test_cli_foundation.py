@@ -596,8 +596,10 @@ def test_set_values_of_text_fields_are_taken_as_written(capsys, pair_files, tmp_
     assert train("model={backbone: {kind: compact}}").model == {"backbone": {"kind": "compact"}}
     assert train("model=tiny-lite").model == "tiny-lite" and train("steps=7").steps == 7
     assert train("eval.perturb=[none, jpeg75]").eval.perturb == ["none", "jpeg75"]
-    with pytest.raises(ConfigError, match=r"steps: .*read as YAML, giving \{\"a\": \"b\"\}.*quote it"):
+    with pytest.raises(ConfigError, match=r"steps: .*read as YAML, giving \{\"a\": \"b\"\}.*quote it") as info:
         train("steps=a: b")
+    assert "--set" not in info.value.message       # sigma train refuses --set: the form it takes, 'steps="a: b"'
+    assert "'steps=\"a: b\"'" in info.value.message
     with pytest.raises(ConfigError) as info:      # a list where a list is wanted: no note about quoting
         train("eval.perturb=[]")
     assert "no perturbation given" in info.value.message and "read as YAML" not in info.value.message

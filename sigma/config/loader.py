@@ -760,8 +760,10 @@ def _yaml_note(loc: tuple, given: dict[str, Override], model: type[BaseModel]) -
             continue
         if isinstance(o.value, (dict, list, datetime.date)) or isinstance(o.value, str) and o.value != o.text.strip():
             shown = json.dumps(o.value, default=str, ensure_ascii=False)[:80]
-            return (f" (--set {key}={o.text!r} was read as YAML, giving {shown}: ': ', ' #' and brackets are "
-                    f"YAML syntax; to pass the text itself, quote it inside the argument: --set '{key}=\"{o.text}\"')")
+            # said as `KEY=VALUE`, the form every entry takes (after `--set`, or `sigma train`/`synth`'s own, which
+            # refuse `--set`: the note told them `--set '...'`)
+            return (f" ({key}={o.text!r} was read as YAML, giving {shown}: ': ', ' #' and brackets are "
+                    f"YAML syntax; to pass the text itself, quote it inside the argument: '{key}=\"{o.text}\"')")
     return ""
 
 
