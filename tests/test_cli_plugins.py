@@ -357,3 +357,16 @@ def test_a_plugin_named_twice_by_a_config_is_one_plugin_on_every_route(redis_ser
     cfg = load_serve_config(None, ["api.plugins=[service_plugins,service_plugins]",
                                    "worker.plugins=[service_plugins,json,service_plugins]"])
     assert cfg.api.plugins == ["service_plugins"] and cfg.worker.plugins == ["service_plugins", "json"]
+
+
+@pytest.mark.parametrize("how", [["worker", "--plugin", "service_plugins"], ["worker", "--set",
+                                 "worker.plugins=[service_plugins]"], ["serve", "all", "--port", "1", "--set",
+                                 "worker.plugins=[service_plugins]"]])
+def test_a_plugin_annotators_worker_options_are_checked_as_a_built_ins_are(how):
+    """A plugin's annotator was not registered when worker.options were checked, so its options were checked where
+    it was built: `sigma worker` first waited for Redis, then said `slow-diff: dealy_s: Extra inputs are not
+    permitted` (the key cut, no did-you-mean); the plugins are now imported first, and it is the loader's line."""
+    proc = sigma_cli(*how, "--set", "worker.annotator=slow-diff", "--set", "worker.options.dealy_s=1")
+    assert proc.returncode == 2 and proc.stderr == (
+        "sigma: error [invalid_config]: invalid ServeConfig: worker.options.dealy_s: Extra inputs are not permitted "
+        "(did you mean 'worker.options.delay_ms'?)\n"), proc.stderr

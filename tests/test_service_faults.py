@@ -630,11 +630,11 @@ def test_a_job_the_workers_memory_could_not_decode_is_a_503_with_retry_after_not
 
 # A worker's predictor in a child whose threads cannot start: a 2 GB default thread stack (RLIMIT_STACK, what
 # `ulimit -s 2000000` sets; glibc sizes a new thread's stack by it) under a 3 GB RLIMIT_AS, as root's `ulimit -u`
-# cannot be. Its first batch starts the decode pool's threads; the model's own thread start is met too (a
-# `threading.Thread` as a model would start one). OpenBLAS is kept to one thread: it raises SIGINT when it cannot
-# start its own.
+# cannot be. Its first batch starts the decode pool's threads (two batches: the second decodes as the first did);
+# the model's own thread start is met too (a `threading.Thread` as a model would start one). OpenBLAS is kept to one
+# thread: it raises SIGINT when it cannot start its own.
 THREADS_CHILD = """
-import io, json, threading
+import io, json, logging, threading
 import numpy as np
 from PIL import Image
 from sigma.service.annotation import error_record
@@ -648,15 +648,17 @@ def png(a):
 a = np.zeros((32, 32, 3), np.uint8)
 b = a.copy()
 b[4:12, 4:12] = 255
+logging.basicConfig(level=logging.INFO)
 predictor = Predictor("pixel-diff", decode_threads=2)
 predictor.setup()
-[decode] = predictor([{"id": "j", "original": png(a), "edited": png(b), "instruction": None}])
+job = {"id": "j", "original": png(a), "edited": png(b), "instruction": None}
+decode = [predictor([job, job]), predictor([job])]
 try:
     threading.Thread(target=print).start()
     model = None
 except RuntimeError as exc:
     model = error_record(exc)
-print(json.dumps({"decode": decode, "model": model}))
+print(json.dumps({"decode": [[r["ok"] and r["result"]["area"] for r in batch] for batch in decode], "model": model}))
 """
 
 
@@ -667,11 +669,12 @@ def _no_threads() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (3_000_000_000, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
-def test_a_job_whose_worker_can_start_no_thread_is_out_of_threads_not_the_models_fault(redis_server, tmp_path):
+def test_a_job_whose_worker_can_start_no_thread_is_decoded_in_its_thread_or_out_of_threads(redis_server, tmp_path):
     """A worker whose decode pool could not start its threads (`can't start new thread`): the RuntimeError left the
     predictor, the job was recorded `model_error` and redelivered, and `/v1/annotate` answered 500 blaming the model.
-    Now the job fails `out_of_threads` (a thread the model cannot start is recorded so too), answered 503 with
-    `Retry-After: 5`, as `out_of_memory`: the machine's shortage, not the model's nor the upload's."""
+    Then each job of the batch failed `out_of_threads`, jobs the worker could do without the pool. Now the worker
+    decodes in its own thread (said once) and the jobs are done; a thread the model cannot start is `out_of_threads`,
+    answered 503 with `Retry-After: 5`, as `out_of_memory`: the machine's shortage, not the model's nor the upload's."""
     import os
     import subprocess
     import sys
@@ -681,9 +684,10 @@ def test_a_job_whose_worker_can_start_no_thread_is_out_of_threads_not_the_models
                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     assert child.returncode == 0, child.stderr[-3000:]
     said = json.loads(child.stdout.strip().splitlines()[-1])
-    assert said["decode"]["ok"] is False and said["decode"]["error"]["code"] == "out_of_threads", said
+    assert said["decode"] == [[64, 64], [64]], said
+    assert child.stderr.count("would not start the image decode pool's 2 threads") == 1, child.stderr[-3000:]
     assert said["model"] is not None and said["model"]["code"] == "out_of_threads", said
     with running_service(redis_server, tmp_path) as svc:
-        resp, _ = _waiting_job_failed_with(svc, redis_server, said["decode"]["error"])
+        resp, _ = _waiting_job_failed_with(svc, redis_server, said["model"])
         assert resp.status_code == 503 and resp.headers.get("Retry-After") == "5", (resp.status_code, resp.text)
         assert resp.json()["error"]["code"] == "out_of_threads", resp.text

@@ -1486,3 +1486,40 @@ def test_an_unfinished_synth_set_as_val_dir_or_eval_data_is_refused_before_the_f
         assert not (tmp_path / "runs" / f"r{n}" / "checkpoint.pt").exists(), setting
     assert sorted(p.name for p in unlisted.iterdir() if not p.name.startswith(".")) == sorted(
         p.name for p in listed.iterdir() if p.name != "pairs.jsonl" and not p.name.startswith("."))
+
+
+# A `sigma synth --out` rewrite of eval.data beginning during the run: its mark appears just before the final scoring
+_SET_REWRITTEN_AT_THE_END = """import sys
+from pathlib import Path
+import sigma.training.loop as loop
+_score = loop.evaluate_real
+def _rewrite_begins(model, data, *args, **kwargs):
+    (Path(data) / "synth_unfinished.json").write_text('{"command": "sigma synth --out X", "runs": []}')
+    return _score(model, data, *args, **kwargs)
+loop.evaluate_real = _rewrite_begins
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_an_eval_data_set_that_becomes_unfinished_keeps_the_trained_model_and_says_how_to_score_it(photos, tmp_path):
+    """eval.data became an unfinished `sigma synth` set after the check before the first step: the final scoring
+    refused it and the run ended at its last step with that refusal alone, no final/, no val row, nothing said of the
+    trained weights. Now final/ is saved, the row says the real set was skipped, and one unfinished_synth_set line
+    names the set, where the model is and the `sigma eval` that scores it once the set is finished."""
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "3", "--photos", str(photos), "--no-progress", "crop=64"]) == 0
+    run = tmp_path / "runs" / "a"
+    proc = subprocess.run([sys.executable, "-c", _SET_REWRITTEN_AT_THE_END, "train", STAGE1, f"data.photos={photos}",
+                           f"out_dir={run.parent}", "name=a", "steps=2", "batch_size=2", "eval.val_size=2",
+                           f"eval.data={pairs}", "eval.limit=2"], capture_output=True, text=True, timeout=200,
+                          check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sigma: error [unfinished_synth_set]: eval.data {pairs}: "), err
+    command = f"`sigma eval --data {pairs} --annotator sigma-lite --set options.weights={run / 'final'} --set limit=2"
+    assert f"the model is saved in {run / 'final'}" in err[0] and command in err[0], err
+    assert (run / "final" / "config.json").is_file() and (run / "final" / "model.safetensors").is_file()
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "val" and last["step"] == 2 and last["real"].startswith("skipped: "), last

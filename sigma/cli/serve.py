@@ -102,8 +102,29 @@ def load(args: argparse.Namespace, *, runs_worker: bool = False, **flags):
     `runs_worker`: this process (or its child) builds worker.annotator, so worker.options are checked against it."""
     from sigma.service.settings import ServeConfig, WorkerServeConfig, load_serve_config
 
+    if runs_worker:         # its plugins first: the annotator whose options are checked may be one they register
+        _import_worker_plugins(args, flags)
     return load_serve_config(args.config, list(args.overrides), flags=flags,      # else $SIGMA_SERVE_CONFIG
                              model=WorkerServeConfig if runs_worker else ServeConfig)
+
+
+def _import_worker_plugins(args: argparse.Namespace, flags: dict) -> None:
+    """Import the worker's plugins (--plugin, then worker.plugins of the settings read without checking
+    worker.options) before the options are checked against its annotator. A plugin's annotator was not registered
+    yet when they were, so its options were checked only where it was built, after Redis was reached, said as
+    `slow-diff: dealy_s: Extra inputs are not permitted` where a built-in's are `invalid ServeConfig:
+    worker.options.dealy_s: ... (did you mean 'worker.options.delay_ms'?)`. Settings with other errors import
+    none of worker.plugins: the check that follows says those errors (with any options it can check) at once."""
+    from sigma.errors import ConfigError
+    from sigma.registry import import_plugins
+    from sigma.service.settings import load_serve_config
+
+    import_plugin_args(args)
+    try:
+        shared = load_serve_config(args.config, list(args.overrides), flags=flags)
+    except ConfigError:
+        return
+    import_plugins(shared.worker.plugins, "worker.plugins")
 
 
 # What each mode never reads of the worker settings (worker.KEY), and why. Given on its command line (--set, or

@@ -17,6 +17,7 @@ An exception raised by the model propagates: the caller decides whether that is 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,15 +30,7 @@ from sigma.errors import OutOfMemoryError, SigmaError, threads_refused
 from sigma.text import NotWritable, json_ready, unwritable_output
 from sigma.types import Pair
 
-
-def out_of_threads(doing: str) -> dict[str, str]:
-    """A job's error when the worker's machine would start no thread for `doing` (`threads_refused`): the pool
-    threads are started by the first batch that needs them, and a low limit on threads (a container's pids limit)
-    or on their stacks' memory (`ulimit -v` with a large `ulimit -s`) refused them. The RuntimeError left the
-    predictor, and the job was recorded `model_error` and redelivered, blaming the model for the machine; now it
-    fails `out_of_threads`, which `/v1/annotate` answers 503 with Retry-After, as `out_of_memory`."""
-    return {"code": "out_of_threads", "message": f"the worker's machine started no more threads for {doing} (can't "
-            "start new thread: its limit on threads or on their stacks' memory); not the job's fault: submit it again"}
+log = logging.getLogger("sigma.worker")
 
 
 class Predictor:
@@ -92,6 +85,25 @@ class Predictor:
             return None, 0.0, {"code": "image_unreadable",
                                "message": f"{which}: could not be decoded ({type(exc).__name__}: {exc})"}
 
+    def _decode_all(self, tasks: list[tuple[dict[str, Any], str]]) -> list[tuple[Any, float, dict | None]]:
+        """Every image of a batch, decoded in parallel on the pool (Pillow and OpenCV release the GIL), whose threads
+        the first batch starts. A machine that would start none of them (`threads_refused`: a container's pids
+        limit, `ulimit -v` with a large `ulimit -s`) failed each job of the batch `out_of_threads` (503), jobs a
+        worker could do without the pool: the pool is given up, said once, and this batch and the rest decode in
+        the worker's own thread, slower. A thread the model cannot start is still the job's `out_of_threads`."""
+        if self._pool is not None:
+            try:
+                return list(self._pool.map(self._decode_one, tasks))
+            except RuntimeError as exc:
+                if not threads_refused(exc):
+                    raise
+                self._pool.shutdown(wait=False, cancel_futures=True)   # the threads it did start end with it
+                self._pool = None
+                log.warning("the machine would not start the image decode pool's %d threads (%s: its limit on "
+                            "threads or on their stacks' memory); the worker decodes images in its own thread from "
+                            "now on, slower", self.decode_threads, exc)
+        return list(map(self._decode_one, tasks))
+
     def _build(self, item: dict[str, Any], decoded: list[tuple[Any, float, dict | None]]
                ) -> tuple[Pair | None, float, dict | None]:
         """`pair_from_bytes` split in two: the images were decoded (in parallel), now check and sync."""
@@ -118,14 +130,7 @@ class Predictor:
         where: list[int] = []
         decode_ms: list[float] = []
         tasks = [(item, which) for item in batch for which in ("original", "edited")]
-        # Pillow and OpenCV release the GIL while decoding: all images of a batch decode in parallel.
-        try:
-            decoded = list(self._pool.map(self._decode_one, tasks) if self._pool is not None
-                           else map(self._decode_one, tasks))
-        except RuntimeError as exc:
-            if not threads_refused(exc):
-                raise
-            return [{"ok": False, "error": out_of_threads("its images' decode")} for _ in batch]
+        decoded = self._decode_all(tasks)
         for n, item in enumerate(batch):
             pair, ms, error = self._build(item, decoded[2 * n:2 * n + 2])
             if error is not None:

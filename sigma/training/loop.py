@@ -358,6 +358,8 @@ class Trainer:
         self.abandoned_validation: dict[str, Any] | None = None
         # the run stopped while it waited for a batch (`DataWait`), for the `paused` row that ends the run
         self.waited_for_data = False
+        # the final validation's real set, left unscored: a `sigma synth --out` began rewriting it during the run
+        self.unscored_set: str | None = None
         # a SIGTERM pause checkpointed between steps (`_save_stop` done): the data workers' batches are not wanted
         # (`_data_workers`), and the pause does not write its row and checkpoint again
         self.stopping = False
@@ -640,8 +642,15 @@ class Trainer:
             data = str(shared_eval_dir()) if ev.data == "shared" else ev.data
             if Path(data).is_dir():
                 self.checkpoint()
-                rec["real"] = evaluate_real(self.run_dir / "model", data, ev.perturb, ev.image_size, ev.limit,
-                                            stop=self._stopping)
+                try:
+                    rec["real"] = evaluate_real(self.run_dir / "model", data, ev.perturb, ev.image_size, ev.limit,
+                                                stop=self._stopping)
+                except InputError as exc:
+                    if not (final and exc.code == "unfinished_synth_set"):
+                        raise
+                    # checked before the first step; a rewrite begun since is said once final/ is saved
+                    self.unscored_set = data
+                    rec["real"] = f"skipped: {data} is an unfinished `sigma synth` set (unfinished_synth_set)"
             else:
                 rec["real"] = f"skipped: {data} not found"
         self._keep_best(rec)
@@ -923,7 +932,8 @@ class Trainer:
         """The end of the run, after its last checkpoint: the final validation (the real set too), final/. A SIGTERM
         in the validation abandons it (between two batches) and stops the run before final/ (the next `--resume`
         validates and saves it); one while final/ is saved lets it finish (seconds), and the run ends finished, with
-        143 all the same."""
+        143 all the same. A real set (`eval.data`) that became an unfinished `sigma synth` set during the run is left
+        unscored: final/ is saved all the same, and the run ends `unfinished_synth_set` (`_unscored_set`)."""
         self.validate(val, final=True)
         self._stop_if_terminated(started)
         if self.is_main:
@@ -934,7 +944,26 @@ class Trainer:
             self._close()
             raise Stopped(f"terminated at step {self.step}, as the run ended: {self.run_dir / 'final'} is complete"
                           if self.is_main else "", 128 + signal.SIGTERM)
-        return self._close()
+        run_dir = self._close()
+        if self.unscored_set is not None:
+            self._unscored_set(self.unscored_set)
+        return run_dir
+
+    def _unscored_set(self, data: str) -> NoReturn:
+        """The run trained to its end, but its real set could not be scored: a `sigma synth --out` began rewriting it
+        (its mark appeared) after the check before the first step. That ended the run at its last step with the
+        refusal alone: no final/, no val row, no word of where the weights were or how to score them later."""
+        from sigma.text import printable
+
+        final = printable(self.run_dir / "final")
+        ev = self.cfg.eval
+        extra = (f" --set options.image_size={ev.image_size}" if ev.image_size else "") + (
+            f" --set limit={ev.limit}" if ev.limit else "")
+        raise InputError(f"eval.data {printable(data)}: became an unfinished `sigma synth` set during the run (its "
+                         f"synth_unfinished.json appeared), so the final model was not scored on it; the model is "
+                         f"saved in {final}: once the set is finished, score it with `sigma eval --data "
+                         f"{printable(data)} --annotator sigma-lite --set options.weights={final}{extra} --perturb "
+                         f"{','.join(ev.perturb)}`", code="unfinished_synth_set")
 
     def _stop_if_terminated(self, started: float) -> None:
         """Outside the training loop, at a safe point (nothing half-written): a SIGTERM noted since the command
