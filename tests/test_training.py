@@ -919,7 +919,7 @@ def test_a_checkpoint_of_another_model_resumes_from_the_one_before_and_two_are_o
     runs = tmp_path / "runs"
     common = [f"data.photos={photos}", f"out_dir={runs}", "batch_size=2", "eval.val_size=0", "warmup_steps=2"]
     assert main(["train", STAGE1, *common, "steps=8", "ckpt_every=3", "name=ref"]) == 0
-    assert main(["train", STAGE1, *common, "steps=1", "model.dim=16", "name=other"]) == 0
+    assert main(["train", STAGE1, *common, "steps=1", "model={dim: 16}", "name=other"]) == 0
     cut = runs / "cut"
     shutil.copytree(runs / "ref", cut)
     shutil.rmtree(cut / "final")
