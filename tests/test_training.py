@@ -1030,7 +1030,7 @@ def test_resume_refuses_a_model_override_and_leaves_the_run_resumable(photos, tm
     run = runs / "r"
     before = (run / "config.yaml").read_text()
     capsys.readouterr()
-    assert main(["train", "--resume", str(run), "steps=6", "model.dim=16"]) == 2
+    assert main(["train", "--resume", str(run), "steps=6", "model={dim: 16}"]) == 2
     err = capsys.readouterr().err
     assert "[invalid_config]" in err and "model" in err and "Traceback" not in err
     assert (run / "config.yaml").read_text() == before
