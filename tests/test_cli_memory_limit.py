@@ -20,6 +20,20 @@ sys.exit(sigma.cli.main())
 """
 
 
+def _three_small_pairs(corpus):
+    """A folder corpus of three 64x64 pairs, each with one changed square: the pairs a limit must not lose."""
+    import numpy as np
+    from PIL import Image
+
+    corpus.mkdir()
+    for i in range(3):
+        small = np.full((64, 64, 3), 40 * i, np.uint8)
+        Image.fromarray(small).save(corpus / f"p{i}_original.png")
+        small[10:20, 10:20] = 255
+        Image.fromarray(small).save(corpus / f"p{i}_edited.png")
+    return corpus
+
+
 @pytest.mark.parametrize("spare_mb", [4, 16, 32])
 def test_memory_the_system_refuses_is_one_line_not_a_traceback(tmp_path, spare_mb):
     """Under `ulimit -v 800000` `sigma annotate` was an ImportError traceback (`libtorch_cpu.so: failed to map
@@ -67,13 +81,7 @@ def test_memory_refused_decoding_a_pair_is_not_the_pairs_fault_and_resume_annota
     import numpy as np
     from PIL import Image
 
-    corpus, out = tmp_path / "corpus", tmp_path / "run"
-    corpus.mkdir()
-    for i in range(3):
-        small = np.full((64, 64, 3), 40 * i, np.uint8)
-        Image.fromarray(small).save(corpus / f"p{i}_original.png")
-        small[10:20, 10:20] = 255
-        Image.fromarray(small).save(corpus / f"p{i}_edited.png")
+    corpus, out = _three_small_pairs(tmp_path / "corpus"), tmp_path / "run"
     big = np.zeros((6000, 6000, 3), np.uint8)
     big[:3000] = 200
     Image.fromarray(big).save(corpus / "big_original.png")
@@ -172,16 +180,8 @@ def test_threads_the_system_will_not_start_are_one_line_and_the_run_resumes(tmp_
     import os
     import resource
 
-    import numpy as np
-    from PIL import Image
 
-    corpus, out = tmp_path / "corpus", tmp_path / "run"
-    corpus.mkdir()
-    for i in range(3):
-        small = np.full((64, 64, 3), 40 * i, np.uint8)
-        Image.fromarray(small).save(corpus / f"p{i}_original.png")
-        small[10:20, 10:20] = 255
-        Image.fromarray(small).save(corpus / f"p{i}_edited.png")
+    corpus, out = _three_small_pairs(tmp_path / "corpus"), tmp_path / "run"
     command = ["batch", "run", str(corpus), "--out", str(out), "--annotator", "pixel-diff", "--workers", "0",
                "--no-progress"]
 

@@ -109,18 +109,9 @@ def test_a_plugin_whose_constructor_raises_is_one_error_line(tmp_path, monkeypat
     assert "Traceback" not in err_text
 
 
-@pytest.mark.parametrize("source, said", [
-    ('raise RuntimeError("boom at import")\n', "failed: RuntimeError: boom at import"),
-    ("def f(:\n", "failed: SyntaxError: "),
-    ("import sys\nsys.exit(3)\n", "failed: SystemExit: 3"),
-    ('from sigma.registry import ANNOTATORS\nANNOTATORS.register("pixel-diff", "again")(lambda **kw: None)\n',
-     "failed: ValueError: annotator 'pixel-diff' registered twice"),
-])
-def test_a_plugin_module_that_fails_on_import_is_one_error_line(tmp_path, monkeypatch, capsys, source, said):
-    """Only ImportError was caught: a plugin module raising anything else at import (its own bug, a syntax error,
-    a name registered twice) came out of `--plugin` as a traceback (exit 1), and one calling sys.exit() ended the
-    command with its status and no word. Each is now invalid_config naming the module and the flag that named it
-    (`--plugin:`, as every command says it: `sigma batch run` imports --plugin before its config), exit 2."""
+def _batch_run_with_plugin(source: str, tmp_path, monkeypatch, capsys) -> tuple[str, str]:
+    """(the plugin module's name, stderr) of `sigma batch run` in this process with a plugin module of `source`,
+    asserting it ended 2."""
     import uuid
 
     from sigma.cli import main
@@ -133,7 +124,22 @@ def test_a_plugin_module_that_fails_on_import_is_one_error_line(tmp_path, monkey
     capsys.readouterr()
     assert main(["batch", "run", str(corpus), "--out", str(tmp_path / "run"), "--plugin", module,
                  "--no-progress"]) == 2
-    err = capsys.readouterr().err
+    return module, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, said", [
+    ('raise RuntimeError("boom at import")\n', "failed: RuntimeError: boom at import"),
+    ("def f(:\n", "failed: SyntaxError: "),
+    ("import sys\nsys.exit(3)\n", "failed: SystemExit: 3"),
+    ('from sigma.registry import ANNOTATORS\nANNOTATORS.register("pixel-diff", "again")(lambda **kw: None)\n',
+     "failed: ValueError: annotator 'pixel-diff' registered twice"),
+])
+def test_a_plugin_module_that_fails_on_import_is_one_error_line(tmp_path, monkeypatch, capsys, source, said):
+    """Only ImportError was caught: a plugin module raising anything else at import (its own bug, a syntax error,
+    a name registered twice) came out of `--plugin` as a traceback (exit 1), and one calling sys.exit() ended the
+    command with its status and no word. Each is now invalid_config naming the module and the flag that named it
+    (`--plugin:`, as every command says it: `sigma batch run` imports --plugin before its config), exit 2."""
+    module, err = _batch_run_with_plugin(source, tmp_path, monkeypatch, capsys)
     assert f"sigma: error [invalid_config]: --plugin: importing '{module}' {said}" in err, err
     assert "Traceback" not in err
 
@@ -151,21 +157,10 @@ def test_a_plugin_whose_import_is_refused_memory_is_out_of_memory(tmp_path, monk
     MemoryError:", "cannot import 'X' (libx.so: failed to map segment ...)"), telling the user to fix a config that
     was fine: the loader wrapped every error. It is `out_of_memory`, the line of every other memory refusal, on the
     command line, and an OutOfMemoryError (a MemoryError with that code) for the worker and a batch shard."""
-    import uuid
-
-    from sigma.cli import main
     from sigma.errors import SigmaError
     from sigma.registry import import_plugins
 
-    module = f"plugin_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    capsys.readouterr()
-    assert main(["batch", "run", str(corpus), "--out", str(tmp_path / "run"), "--plugin", module,
-                 "--no-progress"]) == 2
-    err = capsys.readouterr().err
+    module, err = _batch_run_with_plugin(source, tmp_path, monkeypatch, capsys)
     assert err.startswith(f"sigma: error [out_of_memory]: --plugin: importing '{module}': the system gave no more "
                           "memory"), err
     assert said in err and "Traceback" not in err and err.count("\n") == 1, err

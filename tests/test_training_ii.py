@@ -234,6 +234,28 @@ def _rank_pid(torchrun: int, rank: int) -> int:
     raise AssertionError(f"torchrun {torchrun} has no rank {rank} among {children_of(torchrun)}")
 
 
+def _torchrun_with_a_rank_killed(photos, tmp_path, ranks: int, killed: int) -> tuple[Path, int, str]:
+    """(the run folder, torchrun's status, its stderr) of a tiny Stage I run under `torchrun --nproc_per_node=ranks`
+    whose rank `killed` is SIGKILLed after the checkpoint of step 2 (ckpt_every=2)."""
+    run = tmp_path / "runs" / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "-m", "sigma",
+           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
+    proc = subprocess.Popen(cmd, env=procfs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=tmp_path)
+    try:
+        for line in proc.stdout:          # rank 0's log: step 3 comes after the checkpoint of step 2
+            if line.startswith("step 3/"):
+                break
+        os.kill(_rank_pid(proc.pid, killed), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)     # no hang: torchrun's own SIGKILL of a stuck rank waits 30 s
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return run, proc.returncode, err
+
+
 @pytest.mark.parametrize("killed", [1, 0])
 def test_ddp_a_rank_killed_mid_run_is_one_line_on_the_rank_left(photos, tmp_path, killed):
     """One rank SIGKILLed mid-run (the OOM killer, a stray kill): the rank left printed gloo's `RuntimeError: ...
@@ -243,23 +265,8 @@ def test_ddp_a_rank_killed_mid_run_is_one_line_on_the_rank_left(photos, tmp_path
     may come before or after its collective fails), the checkpoint of that step whole in the run folder."""
     from sigma.training.checkpoint import load_checkpoint
 
-    run = tmp_path / "runs" / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma",
-           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
-           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
-    proc = subprocess.Popen(cmd, env=procfs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=tmp_path)
-    try:
-        for line in proc.stdout:          # rank 0's log: step 3 comes after the checkpoint of step 2 (ckpt_every=2)
-            if line.startswith("step 3/"):
-                break
-        os.kill(_rank_pid(proc.pid, killed), signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)     # no hang: torchrun's own SIGKILL of a stuck rank waits 30 s
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode != 0
+    run, returncode, err = _torchrun_with_a_rank_killed(photos, tmp_path, ranks=2, killed=killed)
+    assert returncode != 0
     step = load_checkpoint(run)["step"]             # whole, and the one the line names
     assert step >= 2 and step % 2 == 0
     said = [line for line in err.splitlines() if line.startswith("sigma: ")]
@@ -282,22 +289,7 @@ def test_ddp_with_three_ranks_a_rank_lost_is_named_and_said_once(photos, tmp_pat
     (torchrun's report names it)"). Now the first rank left says it alone, naming the rank whose process is dead
     (each rank's host and pid in the run's store), here rank 0 — the rank that would say it alone otherwise; the
     ranks left still end with sigma's status 2."""
-    run = tmp_path / "runs" / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "sigma",
-           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
-           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
-    proc = subprocess.Popen(cmd, env=procfs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=tmp_path)
-    try:
-        for line in proc.stdout:          # rank 0's log: step 3 comes after the checkpoint of step 2 (ckpt_every=2)
-            if line.startswith("step 3/"):
-                break
-        os.kill(_rank_pid(proc.pid, 0), signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    run, _, err = _torchrun_with_a_rank_killed(photos, tmp_path, ranks=3, killed=0)
     said = [line for line in err.splitlines() if line.startswith("sigma: ")]
     assert len(said) == 1, err[-3000:]
     assert re.match(rf"sigma: error \[rank_lost\]: rank 0 of 3 was lost \(connection (reset|closed) by peer\); the "
