@@ -1502,6 +1502,47 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+_SET_REWRITTEN_FOR_A_WHILE = """import sys
+from pathlib import Path
+import sigma.training.loop as loop
+_score = loop.evaluate_real
+_calls = []
+def _rewrite_for_a_while(model, data, *args, **kwargs):
+    mark = Path(data) / "synth_unfinished.json"
+    if not _calls:
+        mark.write_text('{"command": "sigma synth --out X", "runs": []}')
+    else:
+        mark.unlink(missing_ok=True)
+    _calls.append(1)
+    return _score(model, data, *args, **kwargs)
+loop.evaluate_real = _rewrite_for_a_while
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_an_eval_data_set_being_rewritten_at_a_mid_run_scoring_is_skipped_and_the_run_goes_on(photos, tmp_path):
+    """eval.data scored every step (eval.data_every) while a `sigma synth --out` rewrote it: the scoring's refusal
+    (unfinished_synth_set) stopped the run there, hours of training ended by another command's rewrite of a report
+    set. Now that scoring's row says it was skipped, the run goes on, and the final scoring (the set finished by
+    then) is made."""
+    pairs = tmp_path / "pairs"
+    assert main(["synth", "--out", str(pairs), "-n", "3", "--photos", str(photos), "--no-progress", "crop=64"]) == 0
+    run = tmp_path / "runs" / "a"
+    proc = subprocess.run([sys.executable, "-c", _SET_REWRITTEN_FOR_A_WHILE, "train", STAGE1, f"data.photos={photos}",
+                           f"out_dir={run.parent}", "name=a", "steps=2", "batch_size=2", "eval.val_size=2",
+                           f"eval.data={pairs}", "eval.limit=2", "eval.every=1", "eval.data_every=1",
+                           "eval.at_start=false"], capture_output=True, text=True, timeout=200, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line).get("event") == "val"]
+    assert vals[0]["step"] == 1 and vals[0]["real"].startswith("skipped: "), vals
+    assert vals[-1]["step"] == 2 and isinstance(vals[-1]["real"], dict), vals
+    assert (run / "final" / "model.safetensors").is_file()
+
+
 @pytest.mark.timeout(240)
 def test_an_eval_data_set_that_becomes_unfinished_keeps_the_trained_model_and_says_how_to_score_it(photos, tmp_path):
     """eval.data became an unfinished `sigma synth` set after the check before the first step: the final scoring

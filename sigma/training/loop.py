@@ -646,10 +646,13 @@ class Trainer:
                     rec["real"] = evaluate_real(self.run_dir / "model", data, ev.perturb, ev.image_size, ev.limit,
                                                 stop=self._stopping)
                 except InputError as exc:
-                    if not (final and exc.code == "unfinished_synth_set"):
+                    if exc.code != "unfinished_synth_set":
                         raise
-                    # checked before the first step; a rewrite begun since is said once final/ is saved
-                    self.unscored_set = data
+                    # checked before the first step; a rewrite begun since skips this scoring: mid-run, the run goes
+                    # on (it ended there, hours of training stopped by another command's rewrite of a report set);
+                    # at the end, it is said once final/ is saved
+                    if final:
+                        self.unscored_set = data
                     rec["real"] = f"skipped: {data} is an unfinished `sigma synth` set (unfinished_synth_set)"
             else:
                 rec["real"] = f"skipped: {data} not found"
