@@ -629,7 +629,7 @@ def test_a_job_the_workers_memory_could_not_decode_is_a_503_with_retry_after_not
 
 
 # A worker's predictor in a child whose threads cannot start: a 2 GB default thread stack (RLIMIT_STACK, what
-# `ulimit -s 2000000` sets; glibc sizes a new thread's stack by it) under a 3 GB RLIMIT_AS, as root's `ulimit -u`
+# `ulimit -s 2000000` sets; glibc sizes a new thread's stack by it) under a 2 GB RLIMIT_AS, as root's `ulimit -u`
 # cannot be. Its first batch starts the decode pool's threads (two batches: the second decodes as the first did);
 # the model's own thread start is met too (a `threading.Thread` as a model would start one). OpenBLAS is kept to one
 # thread: it raises SIGINT when it cannot start its own.
@@ -666,7 +666,8 @@ def _no_threads() -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_STACK, (2_000_000 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
-    resource.setrlimit(resource.RLIMIT_AS, (3_000_000_000, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    # below one thread's stack: no thread can ever start, whatever else is mapped or whichever thread has ended
+    resource.setrlimit(resource.RLIMIT_AS, (2_000_000_000, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 def test_a_job_whose_worker_can_start_no_thread_is_decoded_in_its_thread_or_out_of_threads(redis_server, tmp_path):
