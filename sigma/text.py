@@ -21,6 +21,7 @@ import math
 import os
 import re
 import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,12 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
 ENV_INT_MOST = 2 ** 62
 
 
+def env_text(name: str, env: Mapping[str, str] | None = None) -> str:
+    """`$name` stripped, "" when unset or blank: the one reading of the convention that a blank variable is an unset
+    one (an `export X=` or a template's empty value), for `SIGMA_*` settings, torchrun's and Ray's variables."""
+    return (os.environ if env is None else env).get(name, "").strip()
+
+
 def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOST, *, says_most: bool = False,
                      least: int = 1) -> int:
     """A size limit or a wait a deployment sets in the environment (`$SIGMA_MAX_MODEL_PARAMS`,
@@ -80,7 +87,7 @@ def positive_int_env(name: str, default: int, what: str, most: int = ENV_INT_MOS
     `what` says the bound already (the waits' WAIT_RULE). That was guessed from `str(most) in what`, so a `what` whose
     digits merely held the bound's (`up to 10000 files`, bound 100) never said it. `least`: 0 for torchrun's
     `$RANK` / `$LOCAL_RANK` (`sigma.training.world`), read by this one parser too."""
-    raw = os.environ.get(name, "").strip().replace("_", "")
+    raw = env_text(name).replace("_", "")
     if not raw:
         return default
     value = _env_number(raw)

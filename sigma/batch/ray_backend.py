@@ -29,6 +29,7 @@ from sigma.batch.layout import RunDir
 from sigma.batch.shard_runner import Progress, ShardOutcome, ShardRunner, absolute_config
 from sigma.errors import ConfigError, SigmaError, error_record, raise_error_record
 from sigma.io.corpora.base import Shard, planned_pairs
+from sigma.text import env_text
 
 NAMESPACE = "sigma"
 POLL_S = 1.0                       # progress questions to busy actors, and the driver's wake-up period
@@ -158,7 +159,7 @@ def address_given(ray_cfg: RayConfig) -> tuple[str | None, str]:
             raise ConfigError(f"Ray address {ray_cfg.address!r} (--ray-address / ray.address) is blank; give "
                               "host:port, 'auto', ray://host:port or 'local', or leave it out")
         return ray_cfg.address, "--ray-address"
-    return os.environ.get("RAY_ADDRESS", "").strip() or None, "$RAY_ADDRESS"
+    return env_text("RAY_ADDRESS") or None, "$RAY_ADDRESS"
 
 
 def connect(ray_cfg: RayConfig) -> tuple[bool, str]:

@@ -36,6 +36,7 @@ from sigma.config.schema import (
 )
 from sigma.errors import ConfigError
 from sigma.registry import options_model
+from sigma.text import env_text
 
 SCOPES = ("annotate", "metrics", "admin")
 DEFAULT_SCOPES = ["annotate", "metrics"]
@@ -311,7 +312,7 @@ def env_sourced(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]
     as `redis.url`."""
     overrides: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    if env.get("SIGMA_REDIS_URL", "").strip():
+    if env_text("SIGMA_REDIS_URL", env):
         overrides["redis.url"], sources["redis.url"] = env["SIGMA_REDIS_URL"], "SIGMA_REDIS_URL"
     for name, value in env.items():
         if name.startswith("SIGMA__") and len(name) > 7:
@@ -336,9 +337,9 @@ def _serve_config_file(path: str | Path | None, env: Mapping[str, str]) -> dict:
 
     if path is not None:
         return read_yaml(path)
-    named = env.get(SERVE_CONFIG_ENV, "")
-    if not named.strip():
+    if not env_text(SERVE_CONFIG_ENV, env):
         return {}
+    named = env[SERVE_CONFIG_ENV]
     try:
         return read_yaml(named)
     except ConfigError as exc:

@@ -12,10 +12,8 @@ ValueError traceback from `init_process_group`; `RANK=2 WORLD_SIZE=2` waited for
 """
 from __future__ import annotations
 
-import os
-
 from sigma.errors import ConfigError
-from sigma.text import positive_int_env, shown
+from sigma.text import env_text, positive_int_env, shown
 
 # ranks are numbered by torchrun in an int32 (and CUDA device indices are small): a bound that says so
 MOST_RANKS = 2 ** 31 - 1
@@ -39,11 +37,6 @@ def local_rank() -> int:
                             "more", MOST_RANKS, least=0)
 
 
-def _set(name: str) -> str:
-    """`$name` stripped; blank is unset (the convention of `sigma.service.settings`)."""
-    return os.environ.get(name, "").strip()
-
-
 def rendezvous() -> tuple[int, int]:
     """(rank, world size), with what torch's `env://` rendezvous reads checked when there is more than one rank:
     `$RANK` set and below `$WORLD_SIZE`, `$MASTER_ADDR` set, `$MASTER_PORT` a port number (read by torch with
@@ -53,14 +46,14 @@ def rendezvous() -> tuple[int, int]:
     if size < 2:
         return this, size
     launched = "(torchrun sets it: torchrun --nproc_per_node N -m sigma train CONFIG)"
-    if not _set("RANK"):
+    if not env_text("RANK"):
         raise ConfigError(f"$RANK is not set but $WORLD_SIZE={size}: each of the {size} processes needs its rank "
                           f"{launched}")
     if this >= size:
         raise ConfigError(f"$RANK={this}: ranks of $WORLD_SIZE={size} are 0 to {size - 1}")
-    if not _set("MASTER_ADDR"):
+    if not env_text("MASTER_ADDR"):
         raise ConfigError(f"$MASTER_ADDR is not set but $WORLD_SIZE={size}: the host rank 0 listens on {launched}")
-    port = _set("MASTER_PORT")
+    port = env_text("MASTER_PORT")
     if not port:
         raise ConfigError(f"$MASTER_PORT is not set but $WORLD_SIZE={size}: the port rank 0 listens on {launched}")
     try:
