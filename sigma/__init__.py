@@ -6,9 +6,7 @@ a second or more; a Ctrl-C then was a KeyboardInterrupt traceback and exit -2 in
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from sigma.lazyattrs import lazy_attributes
 from sigma.version import __version__
 
 _LAZY = {"create_annotator": "sigma.registry", "list_annotators": "sigma.registry", "Annotation": "sigma.types",
@@ -16,14 +14,4 @@ _LAZY = {"create_annotator": "sigma.registry", "list_annotators": "sigma.registr
 
 __all__ = ["Annotation", "Pair", "__version__", "create_annotator", "list_annotators"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'sigma' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -7,8 +7,9 @@ argument refusal included. Torch is imported when a network is built or loaded; 
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sigma.lazyattrs import lazy_attributes
 
 if TYPE_CHECKING:  # the names as the static tools see them; at run time each from its module on first use
     from sigma.models.config import CompactBackboneConfig, Dinov2BackboneConfig, SigmaNetConfig
@@ -62,14 +63,4 @@ __all__ = [
     "strict_load",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'sigma.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -1,0 +1,41 @@
+"""A package's names imported on first use (PEP 562 module `__getattr__` / `__dir__`), said once.
+
+`sigma` and `sigma.models` each keep a table of name → submodule so that importing the package stays cheap (no
+numpy for `sigma`, no torch for `sigma.models`: every `sigma` command imports both before it can take a Ctrl-C or
+refuse an argument). Each package keeps its own table where it is; this module holds only the mechanism, at the
+bottom layer (it imports nothing from sigma), so any layer may use it.
+
+    _LAZY = {"SigmaNet": "sigma.models.sigma_net", ...}
+    __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+
+def lazy_attributes(package: str, table: Mapping[str, str],
+                    namespace: MutableMapping[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The package's `__getattr__` and `__dir__`: a name in `table` is imported from its submodule on first use and
+    cached in `namespace` (the package's globals), so later reads never come here; any other name is the
+    AttributeError Python itself would raise (`hasattr` False). `__dir__` lists the table's names beside what is
+    already defined (`dir`, tab completion, `inspect.getmembers`, pydoc).
+
+    The two functions carry the package's `__module__`, so pydoc shows them as the package's own and pickle finds
+    them by name. The import lock makes a first use from two threads at once safe: both get the one object."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in table:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(table[name]), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(namespace.get("__all__", ())) | set(table))
+
+    for function in (__getattr__, __dir__):
+        function.__module__ = package
+        function.__qualname__ = function.__name__
+    return __getattr__, __dir__
