@@ -19,7 +19,8 @@ def lazy_attributes(package: str, table: Mapping[str, str],
                     namespace: MutableMapping[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """The package's `__getattr__` and `__dir__`: a name in `table` is imported from its submodule on first use and
     cached in `namespace` (the package's globals), so later reads never come here; any other name is the
-    AttributeError Python itself would raise (`hasattr` False). `__dir__` lists the table's names beside what is
+    AttributeError Python itself would raise (`hasattr` False). A submodule that fails to import is an ImportError
+    that says why, never an AttributeError. `__dir__` lists the table's names beside what is
     already defined (`dir`, tab completion, `inspect.getmembers`, pydoc).
 
     The two functions carry the package's `__module__`, so pydoc shows them as the package's own and pickle finds
@@ -28,7 +29,15 @@ def lazy_attributes(package: str, table: Mapping[str, str],
     def __getattr__(name: str) -> Any:
         if name not in table:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(table[name]), name)
+        try:
+            module = importlib.import_module(table[name])
+        except AttributeError as exc:
+            # raised inside the submodule's import (a torch or numpy without an attribute it uses): as an
+            # AttributeError here it would say the package lacks the name (`from sigma.models import SigmaNet`:
+            # "cannot import name 'SigmaNet'", the cause dropped; `hasattr` a quiet False)
+            raise ImportError(f"{package}.{name}: importing {table[name]} failed: {type(exc).__name__}: {exc}",
+                              name=table[name]) from exc
+        value = getattr(module, name)
         namespace[name] = value
         return value
 

@@ -106,6 +106,29 @@ def test_a_submodule_that_cannot_be_imported_says_why():
     assert proc.stdout.split("\n")[:3] == ["ModuleNotFoundError torch"] * 3, proc.stdout
 
 
+def test_an_attribute_error_inside_a_submodules_import_is_an_import_error_that_says_it(tmp_path, forget):
+    """A broken torch (`module 'torch' has no attribute '_C'` at its import) was `cannot import name 'SigmaNet'
+    from 'sigma.models'`, the cause dropped, and `hasattr` a quiet False."""
+    package = _package(tmp_path, "lazyprobe_broken", """
+        import os
+        os.no_such_attribute
+    """)
+    with pytest.raises(ImportError, match="importing lazyprobe_broken.sub failed: AttributeError: .*no_such_attr"):
+        exec("from lazyprobe_broken import X", {})
+    with pytest.raises(ImportError) as caught:
+        hasattr(package, "X")
+    assert isinstance(caught.value.__cause__, AttributeError)
+    broken = tmp_path / "broken" / "torch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise AttributeError(\"module 'torch' has no attribute '_C'\")\n")
+    env = base_env("redis://127.0.0.1:1/0")
+    env["PYTHONPATH"] = f"{broken.parent}:{env['PYTHONPATH']}"
+    proc = subprocess.run([sys.executable, "-c", "from sigma.models import build_model"], capture_output=True,
+                          text=True, timeout=180, env=env, cwd=str(TESTS.parent), check=False)
+    last = proc.stderr.strip().split("\n")[-1]
+    assert last == ("ImportError: sigma.models.build_model: importing sigma.models.factory failed: AttributeError: "
+                    "module 'torch' has no attribute '_C'"), proc.stderr[-2000:]
+
 def test_two_threads_first_use_of_one_name_get_one_object(tmp_path, forget):
     package = _package(tmp_path, "lazyprobe_threads", """
         import time
