@@ -19,7 +19,8 @@ def lazy_attributes(package: str, table: Mapping[str, str],
                     namespace: MutableMapping[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """The package's `__getattr__` and `__dir__`: a name in `table` is imported from its submodule on first use and
     cached in `namespace` (the package's globals), so later reads never come here; any other name is the
-    AttributeError Python itself would raise (`hasattr` False). A submodule that fails to import is an ImportError
+    AttributeError Python itself would raise (`hasattr` False); a name the package already has is that value, also
+    for a direct call (it said the package had no `__path__`). A submodule that fails to import is an ImportError
     that says why, never an AttributeError. `__dir__` lists the table's names beside what is
     already defined (`dir`, tab completion, `inspect.getmembers`, pydoc).
 
@@ -27,6 +28,8 @@ def lazy_attributes(package: str, table: Mapping[str, str],
     them by name. The import lock makes a first use from two threads at once safe: both get the one object."""
 
     def __getattr__(name: str) -> Any:
+        if name in namespace:  # only a direct call comes here with it (`sigma.models.__getattr__("__path__")`)
+            return namespace[name]
         if name not in table:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         try:

@@ -74,6 +74,14 @@ def test_dir_lists_the_lazy_names_and_an_unknown_name_is_an_attribute_error(pack
         exec(f"from {package.__name__} import no_such_name", {})
 
 
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_a_direct_call_of_getattr_with_a_name_the_package_has_returns_it(package):
+    """`sigma.models.__getattr__("__path__")` said `module 'sigma.models' has no attribute '__path__'`."""
+    for name in ("__path__", "__name__", "__all__", "_LAZY"):
+        assert package.__getattr__(name) is getattr(package, name)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        package.__getattr__("no_such_name")
+
 def test_first_use_of_sigma_models_imports_torch_and_not_before():
     proc = _python("""
         import sys, sigma, sigma.models
