@@ -3,6 +3,7 @@ table imports, `dir` lists them, an unknown name is an AttributeError (`hasattr`
 imported says why, two threads' first use gets one object, and pickle, reload and pydoc keep working."""
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pickle
@@ -61,6 +62,19 @@ def test_every_name_of_each_table_imports_through_from_import(package):
         assert namespace[name] is getattr(importlib.import_module(module), name), name
         assert vars(package)[name] is namespace[name], f"{name} is not cached in {package.__name__}"
 
+    star: dict = {}
+    exec(f"from {package.__name__} import *", star)
+    assert set(package.__all__) <= set(star)
+
+
+def test_the_names_static_tools_see_are_the_names_sigma_models_resolves():
+    """The TYPE_CHECKING block (what mypy, IDEs and pydoc's readers are told) and the table say the same names from
+    the same submodules: a name added to one only is caught here."""
+    seen = {}
+    for node in ast.walk(ast.parse(Path(sigma.models.__file__).read_text())):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            seen.update({alias.asname or alias.name: imp.module for imp in node.body for alias in imp.names})
+    assert seen == sigma.models._LAZY
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
 def test_dir_lists_the_lazy_names_and_an_unknown_name_is_an_attribute_error(package):
