@@ -431,9 +431,12 @@ class _PhraseReader:
         if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):
             return False
         nxt = self.toks[self.j + 1].lower() if self.j + 1 < self.n else None
-        return (w in L.BE_VERBS or nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS
-                or nxt in L.DETERMINERS or nxt in _PRONOUNS or nxt.endswith("ly") or is_value_word(nxt)
-                or nxt in _PARTICLES)
+        # A wear verb names no part of a compound noun, and a human does what the verb after it says ('let the man
+        # | wear sunglasses', 'let the kids | play football'), so a bare plural or mass noun after either is the
+        # object (these read as the compound 'man wear sunglasses'), as an article after them already was.
+        return (w in L.BE_VERBS or w in L.WEAR_VERBS or self.words[-1] in L.HUMAN_NOUNS or nxt is None
+                or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS or nxt in _PRONOUNS
+                or nxt.endswith("ly") or is_value_word(nxt) or nxt in _PARTICLES)
 
     def _participle_ends_phrase(self, w: str) -> bool:
         """A participle after a noun opens a clause about it ('the boy | sitting on the bench', 'the
