@@ -112,7 +112,19 @@ WEAR_AFTER_A_SUBJECT = [
     ("let the kids play football", "attribute", "person", "person"),
 ]
 
-FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT
+# 'had'/'wore'/'held' after a subject ('what if the horse had wings'): the subject swallowed the verb and the
+# parse fell to a default add of 'what'; 'had been' is a passive
+PAST_POSSESSION = [
+    ("What if the horse had wings?", "add", None, "wings"),
+    ("what if the man had a beard", "add", None, "beard"),
+    ("what if the man wore a crown", "add", None, "crown"),
+    ("what if the dog held a ball", "add", None, "ball"),
+    ("the man wore a hat", "add", None, "hat"),
+    ("the dog had been removed", "remove", "dog", None),
+    ("the car had a red color", "attribute", "car", "car"),
+]
+
+FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT + PAST_POSSESSION
 
 
 @pytest.mark.parametrize("text,edit_type,source,target", FORMS, ids=[c[0][:40] for c in FORMS])

@@ -165,8 +165,9 @@ PAINT_VERBS = _words("""
 paint paints painting repaint recolor recolour color colour dye dyes tint tints tinge shade stain
 """)
 GIVE_VERBS = _words("give gives giving")
+# with the past forms: "what if the horse had wings", "the man wore a hat" (the subject swallowed them: "man wore")
 WEAR_VERBS = _words("""
-wear wears wearing hold holds holding carry carries carrying have has having put
+wear wears wearing wore worn hold holds holding held carry carries carrying carried have has having had put
 """)
 BE_VERBS = _words("be is are was were become becomes became look looks appear appears seem seems")
 # Words after which a concept phrase ends: prepositions, relative words, conjunctions of clauses

@@ -406,9 +406,11 @@ def _parse_after_subject(toks, low, x: Phrase, k: int, end: int, rule: str) -> P
         k += 1                                           # "should be | wearing sunglasses", "be | playing"
         w = low[k]
     if w in L.WEAR_VERBS or is_action_form(w) and any(w.startswith(s) for s in ("wear", "hold", "carr")):
-        if w in ("have", "has", "having", "put") and k + 1 < end and low[k + 1] in ("on",):
+        if w in ("have", "has", "having", "had", "put") and k + 1 < end and low[k + 1] in ("on",):
             k += 1
         obj = extract_phrase(toks, k + 1)
+        if obj.words and all(is_value_word(v) for v in obj.words):   # "the car had a red colour": its look
+            return _inline(x, list(obj.words), low[:k], rule + "-has-value")
         if obj.words and not _is_whole_image(obj):
             return Parse("add", None, obj.text, rule + "-wear")
     if w in L.BE_VERBS or (w in ("turn", "turns", "turned", "get", "gets") and k + 1 < end
@@ -602,6 +604,9 @@ def _parse_declarative(toks, low) -> Parse | None:
     subj = extract_phrase(toks, j, stop_at_verbs=True, sentence_start=j)
     k = subj.end
     while k < end and low[k] in L.MODALS:
+        k += 1
+    if k + 1 < end and low[k] in ("has", "had", "have") and low[k + 1] == "been":
+        low = [*low[:k + 1], "be", *low[k + 2:]]          # "the dog had been removed" is "the dog be removed"
         k += 1
     kind = _predicate_kind(low, k, end) if k < end and subj.words else None
     if kind is not None:
