@@ -124,7 +124,16 @@ PAST_POSSESSION = [
     ("the car had a red color", "attribute", "car", "car"),
 ]
 
-FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT + PAST_POSSESSION
+# weather placed on an object ('snow on the ground') is a local add, as 'add snow on the ground' already was;
+# 'there is/let there be/have there be' made it a global edit
+WEATHER_ON_AN_OBJECT = [
+    ("have there be snow on the ground", "add", None, "snow"),
+    ("there is snow on the roof", "add", None, "snow"),
+    ("there should be heavy snow", "global", None, None),
+    ("let there be fog", "global", None, None),
+]
+
+FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT + PAST_POSSESSION + WEATHER_ON_AN_OBJECT
 
 
 @pytest.mark.parametrize("text,edit_type,source,target", FORMS, ids=[c[0][:40] for c in FORMS])

@@ -437,7 +437,7 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if j < len(low) and low[j] == "there":
         k = _strip_connectors(low, j + 1)
         obj = extract_phrase(toks, k)
-        if obj.head in L.WEATHER_NOUNS or obj.head in L.WEATHER:
+        if (obj.head in L.WEATHER_NOUNS or obj.head in L.WEATHER) and not _located(toks, low, obj):
             return Parse("global", None, None, "let-there-be-weather")
         return Parse("add", None, obj.text, "let-there-be")
     x = extract_phrase(toks, j, stop_at_verbs=True)
@@ -639,7 +639,7 @@ def _parse_there_be(toks, low, j) -> Parse | None:
     obj = extract_phrase(toks, k)
     if not obj.words:
         return None
-    if obj.head in L.WEATHER_NOUNS:
+    if obj.head in L.WEATHER_NOUNS and not _located(toks, low, obj):  # "there is snow on the roof" is local
         return Parse("global", None, None, "there-be-weather")
     return Parse("add", None, obj.text, "there-be")
 
