@@ -133,7 +133,21 @@ WEATHER_ON_AN_OBJECT = [
     ("let there be fog", "global", None, None),
 ]
 
-FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT + PAST_POSSESSION + WEATHER_ON_AN_OBJECT
+# materials the lexicon lacked ('chocolate', 'wax', 'bronze'), a state it lacked ('bare'), and 'out of' a material:
+# 'what if the cake was chocolate' was a replace of the cake by 'chocolate', 'make the bench out of stone' an
+# attribute of 'bench out'
+MATERIALS = [
+    ("what if the cake was chocolate", "attribute", "cake", "cake"),
+    ("make the cake chocolate", "attribute", "cake", "cake"),
+    ("the candle should be wax", "attribute", "candle", "candle"),
+    ("the vase should be bronze", "attribute", "vase", "vase"),
+    ("add a chocolate bar", "add", None, "chocolate bar"),
+    ("make the trees bare", "attribute", "trees", "trees"),
+    ("Make the bench out of stone", "attribute", "bench", "bench"),
+    ("make the house out of candy", "attribute", "house", "house"),
+]
+
+FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT + PAST_POSSESSION + WEATHER_ON_AN_OBJECT + MATERIALS
 
 
 @pytest.mark.parametrize("text,edit_type,source,target", FORMS, ids=[c[0][:40] for c in FORMS])

@@ -111,6 +111,7 @@ MATERIALS = _words("""
 wooden wood metal metallic steel iron glass plastic stone marble brick concrete leather fabric cotton
 silk wool woolen woollen velvet denim paper ceramic porcelain crystal rubber chrome clay knitted woven
 furry fluffy golden silvery glossy matte matt satin lace linen granite jade diamond
+chocolate cardboard bamboo wicker copper bronze brass wax sandstone tin aluminum aluminium titanium
 """)
 STATE_ADJECTIVES = _words("""
 smooth rough shiny polished rusty old new worn broken cracked dirty clean wet dry frozen burning melting
@@ -122,7 +123,7 @@ bigger smaller larger taller shorter longer wider narrower thinner fatter thicke
 sadder cleaner dirtier newer heavier lighter darker brighter deeper redder greener bluer whiter blacker
 round square oval triangular flat sharp dull soft hard bent twisted upside-down inverted mirrored
 elderly aged youthful ancient modern futuristic antique luminous illuminated clear clearer sharper crisp
-crisper warmer cooler colder hotter sunnier blurrier
+crisper warmer cooler colder hotter sunnier blurrier bare leafless hollow
 """)
 ATTRIBUTE_VALUE_NOUNS = _words("""
 color colour shade tone hue finish texture pattern material look style appearance version tan

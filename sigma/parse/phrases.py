@@ -331,6 +331,8 @@ class _PhraseReader:
             return self._conjunction(w)
         if w in L.BOUNDARY_WORDS or self._verb_ends_phrase(w) or self._participle_ends_phrase(w):
             return False
+        if w == "out" and self.words and self.j + 1 < self.n and self.toks[self.j + 1].lower() == "of":
+            return False                                   # "the bench | out of stone", "the cat | out of the box"
         if w.endswith("'s") or (w.endswith("'") and len(w) > 1):
             return self._possessive(tok, w)
         return self._word(tok, w)

@@ -469,6 +469,8 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
             return Parse("replace", "background", place.text, verb + "-placed")   # "make the dog on the moon"
     if k < end and low[k] in ("into", "to", "as", "like", "look"):
         return _classify_change(toks, low, x, low[j:k], _strip_connectors(low, k + 1), end, None, verb + "-into")
+    if low[k:k + 2] == ["out", "of"] and k + 2 < end:     # "make the bench out of stone/candy": made of it
+        return _inline(x, low[k + 2:end], low[j:k], verb + "-out-of")
     # "make it snowy" when "snowy" was read into the phrase, or a bare adjective phrase
     if _is_whole_image(x):
         rest = low[k:end]
