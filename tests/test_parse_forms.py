@@ -147,7 +147,18 @@ MATERIALS = [
     ("make the house out of candy", "attribute", "house", "house"),
 ]
 
-FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT + PAST_POSSESSION + WEATHER_ON_AN_OBJECT + MATERIALS
+# 'without' ends a phrase ('the sky pink | without changing anything else'); a first 'Without changing X, ...' is a
+# constraint, not a removal of 'changing'
+WITHOUT_A_CHANGE = [
+    ("make the sky pink without changing anything else", "attribute", "sky", "sky"),
+    ("make the ocean green without altering the boat", "attribute", "ocean", "ocean"),
+    ("remove the cars without touching the buildings", "remove", "cars", None),
+    ("Without changing the person, make the background a beach", "replace", "background", "beach"),
+    ("without the people", "remove", "people", None),
+    ("a scene without people", "remove", "people", None),
+]
+
+FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT + PAST_POSSESSION + WEATHER_ON_AN_OBJECT + MATERIALS + WITHOUT_A_CHANGE
 
 
 @pytest.mark.parametrize("text,edit_type,source,target", FORMS, ids=[c[0][:40] for c in FORMS])

@@ -875,7 +875,9 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
         while clause and not is_word(clause[-1]):
             clause = clause[:-1]
         constraint = (low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (
-            ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (first and low[s] == "without")
+            ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (
+            first and low[s] == "without" and not (s + 1 < n and low[s + 1].endswith("ing")))
+        # a first "without X" is the edit ("without the people": remove them); "without changing X, ..." is not
         parse: Parse | None = None
         if clause and not constraint:
             if first or vlen:
