@@ -158,7 +158,23 @@ WITHOUT_A_CHANGE = [
     ("a scene without people", "remove", "people", None),
 ]
 
-FORMS = RIGHT_BEFORE + WEAR_AFTER_A_SUBJECT + PAST_POSSESSION + WEATHER_ON_AN_OBJECT + MATERIALS + WITHOUT_A_CHANGE
+# a surface noun after materials only is the thing itself: 'a stone wall' was the concept 'stone'
+SURFACE_THINGS = [
+    ("Replace the wooden fence with a stone wall.", "replace", "wooden fence", "stone wall"),
+    ("replace the jacket with a leather coat", "replace", "jacket", "leather coat"),
+    ("make the white wall red", "attribute", "white wall", "white wall"),
+    ("change the lake surface to ice", "attribute", "lake", "lake"),
+]
+
+FORMS = (
+    RIGHT_BEFORE
+    + WEAR_AFTER_A_SUBJECT
+    + PAST_POSSESSION
+    + WEATHER_ON_AN_OBJECT
+    + MATERIALS
+    + WITHOUT_A_CHANGE
+    + SURFACE_THINGS
+)
 
 
 @pytest.mark.parametrize("text,edit_type,source,target", FORMS, ids=[c[0][:40] for c in FORMS])

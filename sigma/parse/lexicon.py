@@ -32,6 +32,8 @@ color colour colors colours texture textures material materials shade hue tone t
 appearance look surface exterior fur hull facade façade wall walls shell skin paint paintwork coat
 coating expression pose posture hairstyle gesture stance
 """)
+# Attribute nouns that are also things of their own: "a stone wall", "a leather coat" name a wall and a coat
+SURFACE_NOUNS = _words("surface exterior fur hull facade façade wall walls shell skin paint paintwork coat coating")
 # Adjectives that only qualify an attribute noun: "the man's facial expression" is still about the man
 ATTRIBUTE_MODIFIERS = _words("facial overall general main entire whole outer exterior body")
 # Attribute nouns of a body: an edit of these is an "action" edit of a person (ImgEdit `action`)

@@ -492,6 +492,8 @@ class _PhraseReader:
         colour' is the car (and the edit is on the car itself), 'the mountain scene' the mountain."""
         words = _tidy(self.words)
         saw_attr = self.saw_attr
+        if words and words[-1] in L.SURFACE_NOUNS and all(is_value_word(w) for w in words[:-1]):
+            return Phrase(words, self.j, saw_attr, self.seen, self.proper)   # "a stone wall" is a wall, not "stone"
         if len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:
             saw_attr = True
         while len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:
