@@ -166,6 +166,14 @@ SURFACE_THINGS = [
     ("change the lake surface to ice", "attribute", "lake", "lake"),
 ]
 
+# a style word modifying a new thing: 'into a vintage bicycle' was a style (attribute) of the car
+STYLED_THINGS = [
+    ("Transform the red sports car into a vintage bicycle.", "replace", "red sports car", "vintage bicycle"),
+    ("turn the dog into a cartoon dog", "attribute", "dog", "dog"),
+    ("turn the house into a watercolor painting", "attribute", "house", "house"),
+    ("Turn the photo into a Van Gogh painting", "global", None, None),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -174,6 +182,7 @@ FORMS = (
     + MATERIALS
     + WITHOUT_A_CHANGE
     + SURFACE_THINGS
+    + STYLED_THINGS
 )
 
 

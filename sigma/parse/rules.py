@@ -316,6 +316,8 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
         return Parse("attribute", x.text, x.text, rule + "-value")
     if kind == "weather" and x.head in L.SKY_WORDS and ynp is not None and ynp.head in L.SKY_SCENES:
         return Parse("replace", x.text, ynp.text, rule + "-sky-scene")   # "change the sky to a sunset"
+    if kind == "style" and _styled_thing(y, ynp) and ynp.head != x.head:
+        return Parse("replace", x.text, ynp.text, rule + "-styled-thing")   # "into a vintage bicycle"
     if kind in ("style", "weather"):
         return Parse("attribute", x.text, x.text, rule + "-" + kind)
     if a is not None and is_value_word(a.head or ""):
@@ -325,6 +327,20 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     if ynp is None or not ynp.words:
         return Parse("attribute", x.text, x.text, rule + "-no-target")
     return Parse("replace", x.text, ynp.text, rule + "-thing")
+
+
+_STYLE_HEADS = frozenset({"version", "effect", "filter", "aesthetic", "vibe", "feel", "theme", "rendition", "render",
+                          "design", "rendering", "finish", "tone"})
+
+
+def _styled_thing(y: list[str], ynp: Phrase | None) -> bool:
+    """'a vintage bicycle', 'a cartoon dog': a new thing in a style, not a style, for a style word only modifies its
+    head noun; 'a vintage look', 'a cartoon version', 'a watercolor painting' stay the object's style."""
+    if ynp is None or not ynp.words or y[:1] not in (["a"], ["an"]):
+        return False
+    head = ynp.words[-1]
+    return head not in L.STYLE_WORDS and head not in L.WHOLE_IMAGE and head not in L.ATTRIBUTE_NOUNS \
+        and head not in _STYLE_HEADS and not is_value_word(head)
 
 
 def _parse_change(toks, low, j, verb, end) -> Parse:
