@@ -174,6 +174,16 @@ STYLED_THINGS = [
     ("Turn the photo into a Van Gogh painting", "global", None, None),
 ]
 
+# 'have/let a X <doing|placed>': an indefinite object is new, so the edit adds it ('have a bird sitting on the
+# fence' was an attribute edit of 'bird')
+NEW_THING_PLACED = [
+    ("Have a bird sitting on the fence", "add", None, "bird"),
+    ("let a bird fly over the lake", "add", None, "bird"),
+    ("have a cat in the window", "add", None, "cat"),
+    ("Let a rainbow appear in the sky", "add", None, "rainbow"),
+    ("have a red color", "global", None, None),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -183,6 +193,7 @@ FORMS = (
     + WITHOUT_A_CHANGE
     + SURFACE_THINGS
     + STYLED_THINGS
+    + NEW_THING_PLACED
 )
 
 

@@ -448,6 +448,10 @@ def _actor(x: Phrase) -> str | None:
     return "person" if x.head in L.HUMAN_NOUNS else x.text
 
 
+_PLACE_PREPOSITIONS = frozenset({"on", "in", "at", "near", "beside", "behind", "under", "over", "above", "below",
+                                 "next", "inside", "atop", "by"})
+
+
 def _parse_make(toks, low, j, verb, end) -> Parse:
     """make/let/have/get X Y | X VERB ... | there be X."""
     if j < len(low) and low[j] == "there":
@@ -457,6 +461,10 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
             return Parse("global", None, None, "let-there-be-weather")
         return Parse("add", None, obj.text, "let-there-be")
     x = extract_phrase(toks, j, stop_at_verbs=True)
+    if verb in ("have", "let") and low[j:j + 1] in (["a"], ["an"], ["some"]) and x.words and \
+            not _is_whole_image(x) and (not all(is_value_word(w) for w in x.words) if x.end >= end else (
+                low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in _PLACE_PREPOSITIONS)):
+        return Parse("add", None, x.text, verb + "-new-thing")   # "have a bird sitting on the fence": it is new
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
         return Parse("global", None, None, verb + "-whole-image")      # "make the image clearer"
