@@ -184,6 +184,16 @@ NEW_THING_PLACED = [
     ("have a red color", "global", None, None),
 ]
 
+# words keep their combining marks (Devanagari vowel signs: 'कुत्ता' was cut to 'क'), and 'w/' 'w/o' are 'with'
+# 'without' ('replace the sandwich w/ a burger' lost its burger)
+TOKENS = [
+    ("add a कुत्ता on the sofa", "add", None, "कुत्ता"),
+    ("remove the बिल्ली", "remove", "बिल्ली", None),
+    ("add a c\u0336a\u0336t", "add", None, "c\u0336a\u0336t"),
+    ("replace the sandwich w/ a burger", "replace", "sandwich", "burger"),
+    ("remove the car w/o touching the road", "remove", "car", None),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -194,6 +204,7 @@ FORMS = (
     + SURFACE_THINGS
     + STYLED_THINGS
     + NEW_THING_PLACED
+    + TOKENS
 )
 
 

@@ -6,6 +6,7 @@ parentheticals ("the streetcar (tram) in the foreground" -> "streetcar").
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -14,7 +15,25 @@ from sigma.parse import lexicon as L
 
 # A word is letters and digits of any script ("jalapeño", "café", "猫"), not ASCII alone: an accented letter
 # was a token of its own, so "the jalapeño" gave the concept "jalape ñ o".
-_TOKEN = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*'?|[^\s\w]|_")
+# Combining marks (Unicode category M) belong to the letter before them: Devanagari, Bengali or Tamil vowel signs
+# and viramas, and marks NFKC cannot compose ("d\u0308"). They are not \w to `re`, so "कुत्ता" was cut at its
+# first vowel sign and the concept was "क".
+
+
+@functools.cache
+def _token_pattern() -> re.Pattern[str]:
+    """Built on the first tokenize, not at import: only parsing pays its scan (~0.07 s). Marks lie below U+0300 never,
+    above U+1FFFF only in U+E0100..U+E01EF (variation selectors), so the rest is not scanned (all of it took 1 s)."""
+    ranges, start = [], None
+    for c in [*range(0x300, 0x20000), *range(0xE0100, 0xE01F1)]:
+        mark = unicodedata.category(chr(c)).startswith("M")
+        if mark and start is None:
+            start = c
+        elif not mark and start is not None:
+            ranges.append(f"{re.escape(chr(start))}-{re.escape(chr(c - 1))}")
+            start = None
+    word = rf"[^\W_](?:[^\W_]|[{''.join(ranges)}])*"
+    return re.compile(rf"{word}(?:[-']{word})*'?|[^\s\w]|_")
 
 
 def _control(ch: str) -> bool:
@@ -105,10 +124,29 @@ def tokenize(text: str) -> list[str]:
         literal = " ".join((m.group(1) or m.group(2) or "").split())
         if not any(c.isalnum() for c in literal):
             continue
-        out += _TOKEN.findall(text[pos:m.start()])
+        out += _token_pattern().findall(text[pos:m.start()])
         out.append(f'"{literal}"')
         pos = m.end()
-    return out + _TOKEN.findall(text[pos:])
+    return _expand_slash_abbreviations(out + _token_pattern().findall(text[pos:]))
+
+
+def _expand_slash_abbreviations(toks: list[str]) -> list[str]:
+    """'w/' and 'w/o', as typed in casual requests ("replace the sandwich w/ a burger"), are 'with' and 'without':
+    as tokens 'w' '/' they cut the phrase ('sandwich w') and hid the new object."""
+    out: list[str] = []
+    k = 0
+    while k < len(toks):
+        if toks[k].lower() == "w" and k + 1 < len(toks) and toks[k + 1] == "/":
+            if k + 2 < len(toks) and toks[k + 2].lower() == "o":
+                out.append("without")
+                k += 3
+                continue
+            out.append("with")
+            k += 2
+            continue
+        out.append(toks[k])
+        k += 1
+    return out
 
 
 def is_literal(tok: str) -> bool:
