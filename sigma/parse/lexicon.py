@@ -32,6 +32,8 @@ color colour colors colours texture textures material materials shade hue tone t
 appearance look surface exterior fur hull facade façade wall walls shell skin paint paintwork coat
 coating expression pose posture hairstyle gesture stance
 """)
+# Attribute nouns that are also things of their own: "a stone wall", "a leather coat" name a wall and a coat
+SURFACE_NOUNS = _words("surface exterior fur hull facade façade wall walls shell skin paint paintwork coat coating")
 # Adjectives that only qualify an attribute noun: "the man's facial expression" is still about the man
 ATTRIBUTE_MODIFIERS = _words("facial overall general main entire whole outer exterior body")
 # Attribute nouns of a body: an edit of these is an "action" edit of a person (ImgEdit `action`)
@@ -111,6 +113,7 @@ MATERIALS = _words("""
 wooden wood metal metallic steel iron glass plastic stone marble brick concrete leather fabric cotton
 silk wool woolen woollen velvet denim paper ceramic porcelain crystal rubber chrome clay knitted woven
 furry fluffy golden silvery glossy matte matt satin lace linen granite jade diamond
+chocolate cardboard bamboo wicker copper bronze brass wax sandstone tin aluminum aluminium titanium
 """)
 STATE_ADJECTIVES = _words("""
 smooth rough shiny polished rusty old new worn broken cracked dirty clean wet dry frozen burning melting
@@ -122,7 +125,7 @@ bigger smaller larger taller shorter longer wider narrower thinner fatter thicke
 sadder cleaner dirtier newer heavier lighter darker brighter deeper redder greener bluer whiter blacker
 round square oval triangular flat sharp dull soft hard bent twisted upside-down inverted mirrored
 elderly aged youthful ancient modern futuristic antique luminous illuminated clear clearer sharper crisp
-crisper warmer cooler colder hotter sunnier blurrier
+crisper warmer cooler colder hotter sunnier blurrier bare leafless hollow
 """)
 ATTRIBUTE_VALUE_NOUNS = _words("""
 color colour shade tone hue finish texture pattern material look style appearance version tan
@@ -165,8 +168,9 @@ PAINT_VERBS = _words("""
 paint paints painting repaint recolor recolour color colour dye dyes tint tints tinge shade stain
 """)
 GIVE_VERBS = _words("give gives giving")
+# with the past forms: "what if the horse had wings", "the man wore a hat" (the subject swallowed them: "man wore")
 WEAR_VERBS = _words("""
-wear wears wearing hold holds holding carry carries carrying have has having put
+wear wears wearing wore worn hold holds holding held carry carries carrying carried have has having had put
 """)
 BE_VERBS = _words("be is are was were become becomes became look looks appear appears seem seems")
 # Words after which a concept phrase ends: prepositions, relative words, conjunctions of clauses
@@ -175,7 +179,7 @@ in on at near to from with by beside behind under underneath over above below in
 along across around between towards toward next within against through throughout among beneath atop
 upon off for so that which who where while whose as than like instead via leaving ensuring making
 keeping but then until when if because is are was were be should would could will must has have
-had looks look appears appear seems seem becomes become being there here except excluding
+had looks look appears appear seems seem becomes become being there here except excluding without
 """)
 # Verbs that end a noun phrase after "make the man ..." / "have the dog ..." (actions, poses)
 ACTION_VERBS = _words("""

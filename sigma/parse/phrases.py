@@ -6,6 +6,7 @@ parentheticals ("the streetcar (tram) in the foreground" -> "streetcar").
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -14,7 +15,25 @@ from sigma.parse import lexicon as L
 
 # A word is letters and digits of any script ("jalapeño", "café", "猫"), not ASCII alone: an accented letter
 # was a token of its own, so "the jalapeño" gave the concept "jalape ñ o".
-_TOKEN = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*'?|[^\s\w]|_")
+# Combining marks (Unicode category M) belong to the letter before them: Devanagari, Bengali or Tamil vowel signs
+# and viramas, and marks NFKC cannot compose ("d\u0308"). They are not \w to `re`, so "कुत्ता" was cut at its
+# first vowel sign and the concept was "क".
+
+
+@functools.cache
+def _token_pattern() -> re.Pattern[str]:
+    """Built on the first tokenize, not at import: only parsing pays its scan (~0.07 s). Marks lie below U+0300 never,
+    above U+1FFFF only in U+E0100..U+E01EF (variation selectors), so the rest is not scanned (all of it took 1 s)."""
+    ranges, start = [], None
+    for c in [*range(0x300, 0x20000), *range(0xE0100, 0xE01F1)]:
+        mark = unicodedata.category(chr(c)).startswith("M")
+        if mark and start is None:
+            start = c
+        elif not mark and start is not None:
+            ranges.append(f"{re.escape(chr(start))}-{re.escape(chr(c - 1))}")
+            start = None
+    word = rf"[^\W_](?:[^\W_]|[{''.join(ranges)}])*"
+    return re.compile(rf"{word}(?:[-']{word})*'?|[^\s\w]|_")
 
 
 def _control(ch: str) -> bool:
@@ -105,10 +124,29 @@ def tokenize(text: str) -> list[str]:
         literal = " ".join((m.group(1) or m.group(2) or "").split())
         if not any(c.isalnum() for c in literal):
             continue
-        out += _TOKEN.findall(text[pos:m.start()])
+        out += _token_pattern().findall(text[pos:m.start()])
         out.append(f'"{literal}"')
         pos = m.end()
-    return out + _TOKEN.findall(text[pos:])
+    return _expand_slash_abbreviations(out + _token_pattern().findall(text[pos:]))
+
+
+def _expand_slash_abbreviations(toks: list[str]) -> list[str]:
+    """'w/' and 'w/o', as typed in casual requests ("replace the sandwich w/ a burger"), are 'with' and 'without':
+    as tokens 'w' '/' they cut the phrase ('sandwich w') and hid the new object."""
+    out: list[str] = []
+    k = 0
+    while k < len(toks):
+        if toks[k].lower() == "w" and k + 1 < len(toks) and toks[k + 1] == "/":
+            if k + 2 < len(toks) and toks[k + 2].lower() == "o":
+                out.append("without")
+                k += 3
+                continue
+            out.append("with")
+            k += 2
+            continue
+        out.append(toks[k])
+        k += 1
+    return out
 
 
 def is_literal(tok: str) -> bool:
@@ -331,6 +369,8 @@ class _PhraseReader:
             return self._conjunction(w)
         if w in L.BOUNDARY_WORDS or self._verb_ends_phrase(w) or self._participle_ends_phrase(w):
             return False
+        if w == "out" and self.words and self.j + 1 < self.n and self.toks[self.j + 1].lower() == "of":
+            return False                                   # "the bench | out of stone", "the cat | out of the box"
         if w.endswith("'s") or (w.endswith("'") and len(w) > 1):
             return self._possessive(tok, w)
         return self._word(tok, w)
@@ -431,9 +471,12 @@ class _PhraseReader:
         if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):
             return False
         nxt = self.toks[self.j + 1].lower() if self.j + 1 < self.n else None
-        return (w in L.BE_VERBS or nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS
-                or nxt in L.DETERMINERS or nxt in _PRONOUNS or nxt.endswith("ly") or is_value_word(nxt)
-                or nxt in _PARTICLES)
+        # A wear verb names no part of a compound noun, and a human does what the verb after it says ('let the man
+        # | wear sunglasses', 'let the kids | play football'), so a bare plural or mass noun after either is the
+        # object (these read as the compound 'man wear sunglasses'), as an article after them already was.
+        return (w in L.BE_VERBS or w in L.WEAR_VERBS or self.words[-1] in L.HUMAN_NOUNS or nxt is None
+                or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS or nxt in _PRONOUNS
+                or nxt.endswith("ly") or is_value_word(nxt) or nxt in _PARTICLES)
 
     def _participle_ends_phrase(self, w: str) -> bool:
         """A participle after a noun opens a clause about it ('the boy | sitting on the bench', 'the
@@ -487,6 +530,8 @@ class _PhraseReader:
         colour' is the car (and the edit is on the car itself), 'the mountain scene' the mountain."""
         words = _tidy(self.words)
         saw_attr = self.saw_attr
+        if words and words[-1] in L.SURFACE_NOUNS and all(is_value_word(w) for w in words[:-1]):
+            return Phrase(words, self.j, saw_attr, self.seen, self.proper)   # "a stone wall" is a wall, not "stone"
         if len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:
             saw_attr = True
         while len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:

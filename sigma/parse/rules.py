@@ -316,6 +316,8 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
         return Parse("attribute", x.text, x.text, rule + "-value")
     if kind == "weather" and x.head in L.SKY_WORDS and ynp is not None and ynp.head in L.SKY_SCENES:
         return Parse("replace", x.text, ynp.text, rule + "-sky-scene")   # "change the sky to a sunset"
+    if kind == "style" and _styled_thing(y, ynp) and ynp.head != x.head:
+        return Parse("replace", x.text, ynp.text, rule + "-styled-thing")   # "into a vintage bicycle"
     if kind in ("style", "weather"):
         return Parse("attribute", x.text, x.text, rule + "-" + kind)
     if a is not None and is_value_word(a.head or ""):
@@ -325,6 +327,20 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     if ynp is None or not ynp.words:
         return Parse("attribute", x.text, x.text, rule + "-no-target")
     return Parse("replace", x.text, ynp.text, rule + "-thing")
+
+
+_STYLE_HEADS = frozenset({"version", "effect", "filter", "aesthetic", "vibe", "feel", "theme", "rendition", "render",
+                          "design", "rendering", "finish", "tone"})
+
+
+def _styled_thing(y: list[str], ynp: Phrase | None) -> bool:
+    """'a vintage bicycle', 'a cartoon dog': a new thing in a style, not a style, for a style word only modifies its
+    head noun; 'a vintage look', 'a cartoon version', 'a watercolor painting' stay the object's style."""
+    if ynp is None or not ynp.words or y[:1] not in (["a"], ["an"]):
+        return False
+    head = ynp.words[-1]
+    return head not in L.STYLE_WORDS and head not in L.WHOLE_IMAGE and head not in L.ATTRIBUTE_NOUNS \
+        and head not in _STYLE_HEADS and not is_value_word(head)
 
 
 def _parse_change(toks, low, j, verb, end) -> Parse:
@@ -406,9 +422,11 @@ def _parse_after_subject(toks, low, x: Phrase, k: int, end: int, rule: str) -> P
         k += 1                                           # "should be | wearing sunglasses", "be | playing"
         w = low[k]
     if w in L.WEAR_VERBS or is_action_form(w) and any(w.startswith(s) for s in ("wear", "hold", "carr")):
-        if w in ("have", "has", "having", "put") and k + 1 < end and low[k + 1] in ("on",):
+        if w in ("have", "has", "having", "had", "put") and k + 1 < end and low[k + 1] in ("on",):
             k += 1
         obj = extract_phrase(toks, k + 1)
+        if obj.words and all(is_value_word(v) for v in obj.words):   # "the car had a red colour": its look
+            return _inline(x, list(obj.words), low[:k], rule + "-has-value")
         if obj.words and not _is_whole_image(obj):
             return Parse("add", None, obj.text, rule + "-wear")
     if w in L.BE_VERBS or (w in ("turn", "turns", "turned", "get", "gets") and k + 1 < end
@@ -430,15 +448,23 @@ def _actor(x: Phrase) -> str | None:
     return "person" if x.head in L.HUMAN_NOUNS else x.text
 
 
+_PLACE_PREPOSITIONS = frozenset({"on", "in", "at", "near", "beside", "behind", "under", "over", "above", "below",
+                                 "next", "inside", "atop", "by"})
+
+
 def _parse_make(toks, low, j, verb, end) -> Parse:
     """make/let/have/get X Y | X VERB ... | there be X."""
     if j < len(low) and low[j] == "there":
         k = _strip_connectors(low, j + 1)
         obj = extract_phrase(toks, k)
-        if obj.head in L.WEATHER_NOUNS or obj.head in L.WEATHER:
+        if (obj.head in L.WEATHER_NOUNS or obj.head in L.WEATHER) and not _located(toks, low, obj):
             return Parse("global", None, None, "let-there-be-weather")
         return Parse("add", None, obj.text, "let-there-be")
     x = extract_phrase(toks, j, stop_at_verbs=True)
+    if verb in ("have", "let") and low[j:j + 1] in (["a"], ["an"], ["some"]) and x.words and \
+            not _is_whole_image(x) and (not all(is_value_word(w) for w in x.words) if x.end >= end else (
+                low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in _PLACE_PREPOSITIONS)):
+        return Parse("add", None, x.text, verb + "-new-thing")   # "have a bird sitting on the fence": it is new
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
         return Parse("global", None, None, verb + "-whole-image")      # "make the image clearer"
@@ -467,6 +493,8 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
             return Parse("replace", "background", place.text, verb + "-placed")   # "make the dog on the moon"
     if k < end and low[k] in ("into", "to", "as", "like", "look"):
         return _classify_change(toks, low, x, low[j:k], _strip_connectors(low, k + 1), end, None, verb + "-into")
+    if low[k:k + 2] == ["out", "of"] and k + 2 < end:     # "make the bench out of stone/candy": made of it
+        return _inline(x, low[k + 2:end], low[j:k], verb + "-out-of")
     # "make it snowy" when "snowy" was read into the phrase, or a bare adjective phrase
     if _is_whole_image(x):
         rest = low[k:end]
@@ -603,6 +631,9 @@ def _parse_declarative(toks, low) -> Parse | None:
     k = subj.end
     while k < end and low[k] in L.MODALS:
         k += 1
+    if k + 1 < end and low[k] in ("has", "had", "have") and low[k + 1] == "been":
+        low = [*low[:k + 1], "be", *low[k + 2:]]          # "the dog had been removed" is "the dog be removed"
+        k += 1
     kind = _predicate_kind(low, k, end) if k < end and subj.words else None
     if kind is not None:
         return _parse_predicate(kind, toks, low, subj, j, k, end)
@@ -634,7 +665,7 @@ def _parse_there_be(toks, low, j) -> Parse | None:
     obj = extract_phrase(toks, k)
     if not obj.words:
         return None
-    if obj.head in L.WEATHER_NOUNS:
+    if obj.head in L.WEATHER_NOUNS and not _located(toks, low, obj):  # "there is snow on the roof" is local
         return Parse("global", None, None, "there-be-weather")
     return Parse("add", None, obj.text, "there-be")
 
@@ -868,7 +899,9 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
         while clause and not is_word(clause[-1]):
             clause = clause[:-1]
         constraint = (low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (
-            ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (first and low[s] == "without")
+            ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (
+            first and low[s] == "without" and not (s + 1 < n and low[s + 1].endswith("ing")))
+        # a first "without X" is the edit ("without the people": remove them); "without changing X, ..." is not
         parse: Parse | None = None
         if clause and not constraint:
             if first or vlen:
