@@ -104,3 +104,33 @@ def test_an_open_file_limit_too_low_for_the_connections_lowers_the_limit_and_no_
         for sock in idle:
             sock.close()
         s.close()
+
+
+def test_annotate_clients_that_hang_up_while_waiting_free_their_redis_connections(redis_server, tmp_path):
+    # each /v1/annotate wait holds a connection of the blocking Redis pool (BLPOP) for up to its wait: clients that
+    # left kept theirs, and once redis.max_connections were held a live client's wait was refused at once (202 in
+    # ~0 s, "redis did not answer (MaxConnectionsError)" in the log) and the abandoned ones counted as answered
+    s = ServiceUnderTest(redis_server, tmp_path, ["redis.max_connections=4", "api.wait_timeout_s=20"])
+    try:
+        s.start_api()                                      # no worker: every job stays queued, every wait runs out
+        files = s.files(*make_pair(seed=5))
+        request = s.http.build_request("POST", "/v1/annotate", files=files, headers=s.headers())
+        raw = b"POST /v1/annotate HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            f"{k}: {v}\r\n".encode() for k, v in request.headers.items() if k.lower() != "host") + b"\r\n" + \
+            request.read()
+        for _ in range(8):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+                sock.sendall(raw)
+                time.sleep(0.2)                            # queued, waiting: then the client hangs up
+        t0 = time.monotonic()
+        live = s.http.post("/v1/annotate", files=files, data={"wait": "2"}, headers=s.headers())
+        assert live.status_code == 202 and time.monotonic() - t0 > 1.5, (live.text, time.monotonic() - t0)
+
+        def hung_up() -> float:
+            metrics = s.http.get("/metrics", headers=s.headers("metrics")).text
+            return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(
+                'sigma_http_requests_total{method="POST",route="/v1/annotate",status="499"}'))
+        assert wait_until(lambda: hung_up() == 8, 5, "8 annotate requests counted 499")
+        assert "MaxConnectionsError" not in s.api.output()
+    finally:
+        s.close()
