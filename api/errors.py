@@ -38,6 +38,8 @@ STATUS_BY_CODE = {
     "invalid_text": 422, "invalid_path": 422, "request_timeout": 408, "server_busy": 429,
     "idempotency_key_reused": 422, "idempotency_key_in_use": 409, "permission_denied": 403,
     "storage_unavailable": 503, "missing_dependency": 503,
+    # a connection over api.max_connections (`sigma.api.server`): answered before its request is read, then closed
+    "too_many_connections": 503,
     # codes of the batch library a submission can meet (sigma.io.corpora, sigma.batch): all the caller's input
     "unknown_format": 422, "file_not_found": 422, "bad_manifest": 422, "bad_dataset": 422, "bad_parquet": 422,
     "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,

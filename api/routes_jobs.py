@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from sigma.api import errors
 from sigma.api.auth import Principal, require_scope
@@ -60,6 +61,30 @@ def _accepted(job_id: str, status: str = "queued") -> SafeJSONResponse:
 
 
 
+async def _wait_while_connected(request: Request, svc: Service, job_id: str, seconds: float
+                                ) -> dict[str, str] | None:
+    """`svc.wait`, given up when the client hangs up: each wait holds a connection of the blocking Redis pool
+    (BLPOP) for up to `seconds`, so clients that left (a short client timeout, a retry loop) kept theirs, and once
+    `redis.max_connections` were held every live /v1/annotate was answered 202 at once, its wait refused
+    (MaxConnectionsError logged as "redis did not answer"). The job stays queued and is done as any other; the
+    request counts as 499 (client closed), not as the answer nobody read."""
+    found: dict[str, dict[str, str] | None] = {}
+    async with anyio.create_task_group() as group:
+        async def wait() -> None:
+            found["h"] = await svc.wait(job_id, seconds)
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:   # the body is all read: the next message is the disconnect
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+        group.start_soon(wait)
+        group.start_soon(watch)
+    if "h" not in found:
+        raise ClientDisconnect()
+    return found["h"]
+
+
 @router.post("/v1/annotate", tags=["annotate"], openapi_extra=SUBMIT_BODY, summary="annotate one pair, waiting",
           responses={200: {"description": "the finished job with its result"},
                      202: {"description": "not finished within the wait; poll Location"}})
@@ -67,7 +92,7 @@ async def annotate(request: Request, principal: Principal = ANNOTATE, svc: Servi
     t0 = time.perf_counter()
     job_id, _, options = await svc.submit(request, principal)
     wait = svc.cfg.api.wait_timeout_s if options.wait is None else options.wait
-    h = await svc.wait(job_id, min(wait, svc.cfg.api.max_wait_timeout_s))
+    h = await _wait_while_connected(request, svc, job_id, min(wait, svc.cfg.api.max_wait_timeout_s))
     if h is None:       # Redis failed while we waited: the job is queued all the same, so its id is the answer
         return _accepted(job_id)
     status = h.get("status")

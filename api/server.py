@@ -18,6 +18,13 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
   cookie that arrived in one read was served, a 20 KB one that came in 1 KB segments (a real network's) was a 400
   `bad_request` that said "malformed", and the client, still sending, met a reset (ECONNRESET / EPIPE), not the answer.
 
+- a connection limit (`api.max_connections`, `connection_limit`): a connection past it is answered 503
+  `too_many_connections` and closed at once, before its request is read. Without it every idle, slow or trickling
+  client held a file descriptor: past RLIMIT_NOFILE (1024 soft on many systems) accept() failed with EMFILE, asyncio
+  logged the failure with its traceback some 2,000 times a second (92,000 in 30 s), new clients hung unaccepted,
+  and the requests in flight failed 500 where they opened a file (a lazy import, a spooled upload);
+  `connection_limit` keeps the count under what the open-file limit leaves for Redis, uploads and the process.
+
 Both refusals close the connection with the lingering close below, as a 413 does: what the client still sends of the
 refused request is discarded within the bounds, so it reads the answer instead of a reset.
 
@@ -60,6 +67,60 @@ BAD_REQUEST = json.dumps({"error": {"code": "bad_request", "message": "the reque
 
 
 HEADERS_TOO_LARGE_REASON = b"Request Header Fields Too Large"
+
+
+def too_many_connections(limit: int) -> bytes:
+    """The whole raw answer to a connection past `api.max_connections`: no request was read, so h11 cannot frame
+    it; `Retry-After: 1`, as the slots free within the header and keep-alive timeouts."""
+    body = json.dumps({"error": {"code": "too_many_connections", "message": f"the server holds its limit of {limit} "
+                                 "connections (api.max_connections); try again later"}}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"retry-after: 1\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+FDS_PER_CONNECTION = 4     # its socket, a Redis connection of the pool, the two spooled file parts of an upload
+SPARE_FDS = 64             # the process's own: listener, logs, imports, the Redis pool's background connections
+UVICORN_BACKLOG = 2048
+
+
+def accept_backlog(limit: int) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts in one go before any of them is seen
+    (and refused past the limit): uvicorn's 2048, or the connection limit where that is lower, so that a burst of
+    connects cannot take more descriptors than the budget keeps for it."""
+    return min(UVICORN_BACKLOG, limit)
+
+
+def fds_needed(limit: int) -> int:
+    return limit * FDS_PER_CONNECTION + accept_backlog(limit) + SPARE_FDS
+
+
+def connection_limit(max_connections: int) -> int:
+    """`api.max_connections`, or fewer where the open-file limit (RLIMIT_NOFILE) cannot hold that many
+    connections with what each may open, plus an accept burst: the soft limit is raised toward the hard one first
+    (as Go and nginx do: 1024 soft is common where the hard limit is far higher), and the limit that results is
+    logged when lowered. A server that runs out of descriptors fails every request that opens a file, not only new
+    connections, and asyncio logs each failed accept with its traceback, up to 2048 times a turn of its loop."""
+    import resource
+
+    need = fds_needed(max_connections)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):        # a limit the process may not raise: keep the soft one
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return max_connections
+    room = soft - SPARE_FDS
+    fits = ((room - UVICORN_BACKLOG) // FDS_PER_CONNECTION if room >= UVICORN_BACKLOG * (FDS_PER_CONNECTION + 1)
+            else room // (FDS_PER_CONNECTION + 1))    # each connection with its place in an accept burst
+    limit = max(1, min(max_connections, fits))
+    logging.getLogger("sigma.api").warning(
+        "api.max_connections=%d lowered to %d: the open-file limit (RLIMIT_NOFILE, `ulimit -n`) is %d; raise it to "
+        "%d for %d connections", max_connections, limit, soft, need, max_connections)
+    return limit
 
 
 def headers_too_large(max_head_bytes: int) -> bytes:
@@ -135,6 +196,7 @@ class GuardedH11Protocol(H11Protocol):
     linger_s: float = 2.0
     linger_bytes: int = 8 * 1024 * 1024
     max_head_bytes: int = 16 * 1024
+    max_connections: int = 1000
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -213,6 +275,11 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._socket = transport
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        if len(self.server_state.connections) > self.max_connections:
+            _log_refused_connection(self.logger, self.max_connections)
+            transport.write(too_many_connections(self.max_connections))
+            transport.close()            # at once, no lingering: each refused connection must free its descriptor
+            return
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
@@ -270,6 +337,22 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+_refusals = {"last": 0.0, "count": 0}
+
+
+def _log_refused_connection(logger: logging.Logger, limit: int) -> None:
+    """One line a minute at most, with how many were refused since: a flood of connections must not flood the
+    log as well."""
+    import time
+
+    _refusals["count"] += 1
+    now = time.monotonic()
+    if now - _refusals["last"] >= 60.0:
+        logger.warning("%d connection(s) refused with 503 too_many_connections: api.max_connections=%d are open",
+                       _refusals["count"], limit)
+        _refusals["last"], _refusals["count"] = now, 0
+
+
 M_MMAP_THRESHOLD = -3          # glibc mallopt parameter
 MMAP_THRESHOLD_BYTES = 1 << 20
 
@@ -287,16 +370,18 @@ def return_large_buffers_to_os() -> bool:
 
 
 def guarded_protocol(header_timeout_s: float, drain_timeout_s: float, linger_s: float = 2.0,
-                     linger_bytes: int = 8 * 1024 * 1024, max_head_bytes: int = 16 * 1024
-                     ) -> type[GuardedH11Protocol]:
+                     linger_bytes: int = 8 * 1024 * 1024, max_head_bytes: int = 16 * 1024,
+                     max_connections: int = 1000) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
                 {"header_timeout_s": header_timeout_s, "drain_timeout_s": drain_timeout_s, "linger_s": linger_s,
-                 "linger_bytes": linger_bytes, "max_head_bytes": max_head_bytes})
+                 "linger_bytes": linger_bytes, "max_head_bytes": max_head_bytes, "max_connections": max_connections})
 
 
 def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
     """Keyword arguments for `uvicorn.run` / `uvicorn.Config` that apply the API's connection timeouts and its
-    bound on a request's head."""
+    bound on a request's head, and its connection limit (which may raise this process's RLIMIT_NOFILE)."""
+    limit = connection_limit(cfg.api.max_connections)
     return {"http": guarded_protocol(cfg.api.header_timeout_s, cfg.api.body_timeout_s, cfg.api.close_linger_s,
-                                     cfg.api.close_linger_bytes, cfg.api.max_header_bytes),
-            "timeout_keep_alive": cfg.api.keep_alive_timeout_s}
+                                     cfg.api.close_linger_bytes, cfg.api.max_header_bytes,
+                                     limit),
+            "timeout_keep_alive": cfg.api.keep_alive_timeout_s, "backlog": accept_backlog(limit)}

@@ -68,15 +68,24 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def _limit_open_files(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 class Proc:
     """A `sigma ...` child process with its output in a log file (shown when a test fails)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, new_session: bool = False):
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, new_session: bool = False,
+                 nofile: int | None = None):
         self.args, self.log = args, log
         self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        # new_session: its own process group, for a signal to the whole group as a terminal's Ctrl-C sends it
+        # new_session: its own process group, for a signal to the whole group as a terminal's Ctrl-C sends it.
+        # nofile: its RLIMIT_NOFILE, soft and hard (`ulimit -n N` in the shell that started it)
         self.p = subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env, stdout=self._fh,
-                                  stderr=subprocess.STDOUT, cwd=str(TESTS.parent), start_new_session=new_session)
+                                  stderr=subprocess.STDOUT, cwd=str(TESTS.parent), start_new_session=new_session,
+                                  preexec_fn=None if nofile is None else lambda: _limit_open_files(nofile))
 
     @property
     def pid(self) -> int:
@@ -154,9 +163,9 @@ class ServiceUnderTest:
                 out += ["--set", item]
         return out
 
-    def start_api(self) -> None:
+    def start_api(self, nofile: int | None = None) -> None:
         self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *self.sets()],
-                        self.env, self.tmp / f"api-{self.port}.log")
+                        self.env, self.tmp / f"api-{self.port}.log", nofile=nofile)
         wait_until(lambda: self._healthy(), 20, f"API /healthz\n{self.api.output()}")
 
     def _healthy(self) -> bool:

@@ -189,6 +189,10 @@ class ApiSettings(Strict):
                                   "once")
     close_linger_bytes: int = Field(8 * 1024 * 1024, ge=0, description="... and for up to this many bytes, "
                                     "whichever comes first; a body still arriving then is cut (0: close at once)")
+    max_connections: int = Field(1000, ge=1, le=1_000_000, description="client connections the API holds open at "
+                                 "once (idle, slow or busy); one more is answered 503 too_many_connections and closed "
+                                 "at once. Lowered at start-up to what the open-file limit (RLIMIT_NOFILE, raised to "
+                                 "its hard limit where needed) leaves: 4 file descriptors a connection and 64 spare")
     keep_alive_timeout_s: Seconds = Field(5.0, gt=0, description="an idle keep-alive connection is closed after "
                                         "this long (uvicorn timeout_keep_alive)")
     multipart_spool_bytes: int = Field(1024 * 1024, ge=0, description="a multipart file part larger than this "

@@ -1,0 +1,136 @@
+"""Many connections at once, over real HTTP (`sigma serve api`, real redis-server, raw sockets): idle, slow or
+refused clients must not take the API's file descriptors, and the API must answer the next client, not hang.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import time
+
+import pytest
+from servicekit import ServiceUnderTest, make_pair, wait_until
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+
+def read_answer(port: int, request: bytes, timeout: float) -> bytes:
+    """`request` on a new connection, and what comes back until the server closes (or `timeout` passes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return answer
+
+
+def status_and_error(raw: bytes) -> tuple[int, bytes, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), raw[:300]
+    return int(head.split(b" ", 2)[1]), head.lower(), json.loads(body) if body else {}
+
+
+def open_idle(port: int, n: int) -> list[socket.socket]:
+    """`n` connections that send nothing, opened at once (non-blocking connects: a connect the server's listen queue
+    has no room for is retried by the kernel, not waited for here)."""
+    socks = []
+    for _ in range(n):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        assert sock.connect_ex(("127.0.0.1", port)) in (0, errno.EINPROGRESS)
+        socks.append(sock)
+    return socks
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def test_a_connection_past_api_max_connections_is_answered_503_and_closed_and_the_slots_come_back(
+        redis_server, tmp_path):
+    # there was no limit: each idle client held a descriptor until the header timeout, however many came
+    s = ServiceUnderTest(redis_server, tmp_path, ["api.max_connections=8", "api.header_timeout_s=30"])
+    idle: list[socket.socket] = []
+    try:
+        s.start_api()
+        idle = open_idle(s.port, 8)
+        time.sleep(0.5)                                    # all accepted (and held) by the server
+        t0 = time.monotonic()
+        status, head, error = status_and_error(read_answer(s.port, HEALTHZ, 10))
+        assert time.monotonic() - t0 < 5
+        assert status == 503 and error["error"]["code"] == "too_many_connections", error
+        assert b"connection: close" in head and b"retry-after: 1" in head
+        assert "api.max_connections" in error["error"]["message"]
+        for sock in idle:
+            sock.close()
+        idle = []
+        wait_until(lambda: read_answer(s.port, HEALTHZ, 5).startswith(
+            b"HTTP/1.1 200"), 10, "a slot once the idle connections closed")
+    finally:
+        for sock in idle:
+            sock.close()
+        s.close()
+
+
+def test_an_open_file_limit_too_low_for_the_connections_lowers_the_limit_and_no_descriptor_runs_out(
+        redis_server, tmp_path):
+    # `ulimit -n 256` and 300 idle clients: accept() failed with EMFILE, asyncio logged it with its traceback ~2,000
+    # times a second, a new client hung unaccepted, and a request in flight that opened a file (a spooled upload, a
+    # lazy import) failed 500 `Too many open files`
+    s = ServiceUnderTest(redis_server, tmp_path, ["api.header_timeout_s=30", "api.multipart_spool_bytes=0"])
+    idle: list[socket.socket] = []
+    try:
+        s.start_api(nofile=256)
+        assert "api.max_connections=1000 lowered to 38" in s.api.output()
+        idle = open_idle(s.port, 300)
+        time.sleep(2)
+        status, _, error = status_and_error(read_answer(s.port, HEALTHZ, 20))
+        assert status == 503 and error["error"]["code"] == "too_many_connections", error
+        for sock in idle:
+            sock.close()
+        idle = []
+        original, edited = make_pair(seed=3)
+
+        def queued() -> bool:
+            with s.http.stream("POST", "/v1/jobs", files=s.files(original, edited), headers=s.headers()) as resp:
+                resp.read()
+                return resp.status_code == 202
+        wait_until(queued, 20, "an upload (spooled to a file) queued once the idle clients went")
+        log = s.api.output()
+        assert "Too many open files" not in log and "Traceback" not in log, log
+    finally:
+        for sock in idle:
+            sock.close()
+        s.close()
+
+
+def test_annotate_clients_that_hang_up_while_waiting_free_their_redis_connections(redis_server, tmp_path):
+    # each /v1/annotate wait holds a connection of the blocking Redis pool (BLPOP) for up to its wait: clients that
+    # left kept theirs, and once redis.max_connections were held a live client's wait was refused at once (202 in
+    # ~0 s, "redis did not answer (MaxConnectionsError)" in the log) and the abandoned ones counted as answered
+    s = ServiceUnderTest(redis_server, tmp_path, ["redis.max_connections=4", "api.wait_timeout_s=20"])
+    try:
+        s.start_api()                                      # no worker: every job stays queued, every wait runs out
+        files = s.files(*make_pair(seed=5))
+        request = s.http.build_request("POST", "/v1/annotate", files=files, headers=s.headers())
+        raw = b"POST /v1/annotate HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            f"{k}: {v}\r\n".encode() for k, v in request.headers.items() if k.lower() != "host") + b"\r\n" + \
+            request.read()
+        for _ in range(8):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+                sock.sendall(raw)
+                time.sleep(0.2)                            # queued, waiting: then the client hangs up
+        t0 = time.monotonic()
+        live = s.http.post("/v1/annotate", files=files, data={"wait": "2"}, headers=s.headers())
+        assert live.status_code == 202 and time.monotonic() - t0 > 1.5, (live.text, time.monotonic() - t0)
+
+        def hung_up() -> float:
+            metrics = s.http.get("/metrics", headers=s.headers("metrics")).text
+            return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(
+                'sigma_http_requests_total{method="POST",route="/v1/annotate",status="499"}'))
+        assert wait_until(lambda: hung_up() == 8, 5, "8 annotate requests counted 499")
+        assert "MaxConnectionsError" not in s.api.output()
+    finally:
+        s.close()
