@@ -71,12 +71,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 class Proc:
     """A `sigma ...` child process with its output in a log file (shown when a test fails)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, new_session: bool = False):
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, new_session: bool = False,
+                 preexec_fn: Callable[[], None] | None = None):
         self.args, self.log = args, log
         self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
         # new_session: its own process group, for a signal to the whole group as a terminal's Ctrl-C sends it
         self.p = subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env, stdout=self._fh,
-                                  stderr=subprocess.STDOUT, cwd=str(TESTS.parent), start_new_session=new_session)
+                                  stderr=subprocess.STDOUT, cwd=str(TESTS.parent), start_new_session=new_session,
+                                  preexec_fn=preexec_fn)
 
     @property
     def pid(self) -> int:
@@ -164,11 +166,12 @@ class ServiceUnderTest:
             raise AssertionError(f"API exited: {self.api.output()}")
         return self.http.get("/healthz").status_code == 200
 
-    def start_worker(self, annotator: str = "pixel-diff", extra: list[str] | None = None, wait: bool = True
-                     ) -> Proc:
+    def start_worker(self, annotator: str = "pixel-diff", extra: list[str] | None = None, wait: bool = True,
+                     preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None) -> Proc:
         consumer = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         proc = Proc(["worker", "--annotator", annotator, "--consumer", consumer, "--plugin", "service_plugins",
-                     *self.worker_sets(extra)], self.env, self.tmp / f"worker-{consumer}.log")
+                     *self.worker_sets(extra)], {**self.env, **(env or {})}, self.tmp / f"worker-{consumer}.log",
+                    preexec_fn=preexec_fn)
         proc.consumer = consumer  # type: ignore[attr-defined]
         self.workers.append(proc)
         if wait:

@@ -692,3 +692,57 @@ def test_a_job_whose_worker_can_start_no_thread_is_decoded_in_its_thread_or_out_
         resp, _ = _waiting_job_failed_with(svc, redis_server, said["model"])
         assert resp.status_code == 503 and resp.headers.get("Retry-After") == "5", (resp.status_code, resp.text)
         assert resp.json()["error"]["code"] == "out_of_threads", resp.text
+
+
+def _big_thread_stacks() -> None:
+    """A worker whose every thread reserves a 2 GB stack (`ulimit -s 2000000`; glibc sizes new threads by the limit
+    it read at start): a RLIMIT_AS set on it later (prlimit, from outside) below VmSize + one stack refuses every new
+    thread while leaving its heap room, and lifting that limit lets threads start again."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_STACK, (2_000_000 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+
+def _vm_size(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+
+
+def test_a_workers_decode_pool_refused_by_a_thread_limit_comes_back_once_the_limit_is_lifted(redis_server, tmp_path):
+    """A real worker whose decode pool the machine would not start (a RLIMIT_AS under one thread stack, set on the
+    running worker): the pool was given up for the worker's life, so after the limit was lifted it still decoded on
+    one thread until a person restarted it. Now it tries the pool again after `worker.decode_pool_retry_s` (a try
+    still refused costs nothing: the jobs are done, each once), and once the limit is gone the pool starts again,
+    said on the log, in the heartbeat (`decode_threads`, `decode_pool_refusals`) and in /metrics."""
+    import resource
+
+    with running_service(redis_server, tmp_path) as svc:
+        worker = svc.start_worker(extra=["worker.decode_pool_retry_s=1"], preexec_fn=_big_thread_stacks,
+                                  env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"})
+        r = redis_server.client()
+        beat = f"{svc.prefix}:worker:{worker.consumer}"
+        hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
+        # heap room, but less than one thread's stack: no thread can start while this holds
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (_vm_size(worker.pid) + 2**30, hard))
+        ids = submit_many(svc, 2, "pixel-diff")
+        svc.wait_jobs(ids, 60)
+        wait_until(lambda: worker.output().count("would not start the image decode pool's 2 threads") == 1, 10,
+                   "the refusal on the log")
+        wait_until(lambda: r.hget(beat, "decode_threads") == b"1", 10, "decode_threads 1 in the heartbeat")
+        time.sleep(1.5)                        # past the retry: tried again, still refused, the jobs still done
+        ids += submit_many(svc, 2, "pixel-diff")
+        svc.wait_jobs(ids, 60)
+        wait_until(lambda: "refusal 2 in a row" in worker.output(), 10, "the second refusal on the log")
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
+        time.sleep(2.5)                        # past the doubled wait
+        ids += submit_many(svc, 2, "pixel-diff")
+        svc.wait_jobs(ids, 60)
+        wait_until(lambda: "decode pool's 2 threads started again after 2 refusal(s)" in worker.output(), 10,
+                   f"the pool back on the log\n{worker.output()}")
+        wait_until(lambda: r.hget(beat, "decode_threads") == b"2", 10, "decode_threads 2 in the heartbeat")
+        assert r.hget(beat, "decode_pool_refusals") == b"2"
+        metrics = svc.http.get("/metrics", headers=svc.headers("metrics")).text
+        assert re.search(r'sigma_worker_decode_threads\{worker="[^"]*' + worker.consumer + r'"\} 2\.0', metrics), \
+            metrics[-3000:]
+        assert worker.alive(), worker.output()
+        assert_exactly_once(svc, ids, "pixel-diff")

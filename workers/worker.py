@@ -41,7 +41,7 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
     name = consumer or cfg.worker.consumer or default_consumer()
     annotator = cfg.worker.annotator
     predictor = predictor or Predictor(annotator, cfg.worker.options, cfg.limits.io_config(cfg.api.align),
-                                       cfg.worker.plugins)
+                                       cfg.worker.plugins, decode_pool_retry_s=cfg.worker.decode_pool_retry_s)
     keys = Keys(cfg.redis.key_prefix)
     client = sync_client(cfg.redis, block_ms=cfg.queue.block_ms)
     q = cfg.queue

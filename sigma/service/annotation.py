@@ -103,7 +103,10 @@ class AnnotationHandler:
         info: dict[str, Any] = {"consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
                                 "annotator": self.annotator, "config_hash": self.predictor.config_hash,
                                 "model_loaded": int(self.predictor.annotator is not None),
-                                "started_at": f"{self.started_at:.3f}", **self.counts}
+                                "started_at": f"{self.started_at:.3f}", **self.counts,
+                                # the decode pool's state: 1 while it is given up (threads refused), and how often
+                                "decode_threads": self.predictor.decoding_threads,
+                                "decode_pool_refusals": self.predictor.decode_pool_refusals}
         mem = gpu_memory_bytes()
         if mem is not None:
             info["gpu_memory_bytes"] = mem
