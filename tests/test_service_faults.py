@@ -795,3 +795,28 @@ def test_a_job_the_workers_memory_could_not_decode_is_retried_once_and_done_once
         wait_until(lambda: r.xpending(f"{svc.prefix}:stream:pixel-diff", "sigma-workers")["pending"] == 0, 10,
                    "the entries acknowledged")
         assert r.xlen(f"{svc.prefix}:dead:pixel-diff") == 0
+
+
+def test_a_job_whose_model_met_no_memory_is_noted_out_of_memory_and_done_once_memory_is_back(redis_server,
+                                                                                              tmp_path):
+    """A real worker whose model (leak-diff: 200 MB a batch) is refused memory (RLIMIT_AS 60 MB above its size, set
+    on it from outside): the job was retried with `last_error` `model_error`, blaming the model for the machine's
+    shortage (and its dead letter said so). Now `out_of_memory`; the retry by redelivery does the job once memory
+    is back."""
+    import resource
+
+    with running_service(redis_server, tmp_path, overrides=["api.annotators=[pixel-diff,leak-diff]",
+                                                           "queue.lease_ms=4000"]) as svc:
+        worker = svc.start_worker("leak-diff", extra=["worker.options={leak_mb: 200}"],
+                                  env={"MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1"})
+        svc.wait_jobs(submit_many(svc, 1, "leak-diff"), 60)       # the decode pool's threads start here
+        hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (_vm_size(worker.pid) + 60 * 2**20, hard))
+        [job] = submit_many(svc, 1, "leak-diff")
+        raw = wait_until(lambda: "last_error" in svc.raw_job(job) and svc.raw_job(job), 30, "the try's error noted")
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
+        error = json.loads(raw["last_error"])
+        assert error["code"] == "out_of_memory", error
+        assert svc.wait_jobs([job], 60)[job]["status"] == "done"
+        assert svc.raw_job(job)["completions"] == "1"
+        assert worker.alive(), worker.output()

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from sigma.errors import threads_refused
+from sigma.errors import memory_refused, threads_refused
 from sigma.service.consumer import Outcome
 from sigma.service.jobs import JobStore
 from sigma.service.keys import Keys
@@ -85,8 +85,15 @@ def _as_exception(exc: BaseException | None) -> Exception:
 
 def error_record(exc: BaseException) -> dict[str, Any]:
     """A model exception as the job's retried error: `model_error`, or the SigmaError's code; a thread the machine
-    would not start for the model (`threads_refused`) is `out_of_threads`, the machine's fault, not the model's."""
-    code = "out_of_threads" if threads_refused(exc) else getattr(exc, "code", "model_error")
+    would not start for the model (`threads_refused`) is `out_of_threads`, and memory it would not give the model
+    (`memory_refused`: a MemoryError, numpy's `Unable to allocate`, ENOMEM) `out_of_memory`: the machine's fault,
+    not the model's (it was `model_error`, in the job's `last_error` and its dead letter)."""
+    if threads_refused(exc):
+        code = "out_of_threads"
+    elif memory_refused(exc):
+        code = "out_of_memory"
+    else:
+        code = getattr(exc, "code", "model_error")
     return {"code": code, "message": f"{type(exc).__name__}: {exc}"[:2000],
             "trace": "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]}
 
