@@ -116,6 +116,8 @@ class SnapshotCollector:
         workers = GaugeMetricFamily("sigma_workers_alive", "workers with a fresh heartbeat", labels=["annotator"])
         gpu = GaugeMetricFamily("sigma_worker_gpu_memory_bytes", "torch.cuda.memory_allocated per worker",
                                 labels=["worker"])
+        decode = GaugeMetricFamily("sigma_worker_decode_threads", "threads decoding a worker's images: its decode "
+                                   "pool's, 1 while the machine refuses the pool's threads", labels=["worker"])
         # the worker label is the heartbeat key's name, unique per key (its `consumer` field is not: two samples of
         # one series make Prometheus refuse the whole scrape)
         for name, (_, w) in sorted(self.s.get("heartbeats", {}).items()):
@@ -125,6 +127,12 @@ class SnapshotCollector:
                     note_damage(f"worker {name[:80]!r} has a non-numeric gpu_memory_bytes")
                 else:
                     gpu.add_metric([name], mem)
+            if "decode_threads" in w:
+                threads = number(w["decode_threads"])
+                if threads is None:
+                    note_damage(f"worker {name[:80]!r} has a non-numeric decode_threads")
+                else:
+                    decode.add_metric([name], threads)
         if self.s.get("complete"):       # a partial count (reads cut by the deadline) is left out
             alive = collections.Counter(w.get("annotator", "?") for _, w in self.s["heartbeats"].values())
             # Every served annotator has a sample, 0 when none of its workers is alive: the series of one whose last
@@ -136,6 +144,7 @@ class SnapshotCollector:
                 workers.add_metric([name], n)
         yield workers
         yield gpu
+        yield decode
         # one family per name, a sample per annotator: the text format allows one TYPE line per name
         histograms = [("sigma_worker_batch_size", "pairs per predictor call", "batch", BATCH_BUCKETS),
                       ("sigma_inference_seconds", "predictor call latency (decode + model + encode)", "infer",

@@ -74,18 +74,30 @@ def _limit_open_files(n: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
+def _child_setup(nofile: int | None, preexec_fn: Callable[[], None] | None) -> Callable[[], None] | None:
+    """What the child runs before exec: its open-file limit, then the caller's own set-up."""
+    if nofile is None:
+        return preexec_fn
+
+    def setup() -> None:
+        _limit_open_files(nofile)
+        if preexec_fn is not None:
+            preexec_fn()
+    return setup
+
+
 class Proc:
     """A `sigma ...` child process with its output in a log file (shown when a test fails)."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path, new_session: bool = False,
-                 nofile: int | None = None):
+                 nofile: int | None = None, preexec_fn: Callable[[], None] | None = None):
         self.args, self.log = args, log
         self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
         # new_session: its own process group, for a signal to the whole group as a terminal's Ctrl-C sends it.
         # nofile: its RLIMIT_NOFILE, soft and hard (`ulimit -n N` in the shell that started it)
         self.p = subprocess.Popen([sys.executable, "-m", "sigma", *args], env=env, stdout=self._fh,
                                   stderr=subprocess.STDOUT, cwd=str(TESTS.parent), start_new_session=new_session,
-                                  preexec_fn=None if nofile is None else lambda: _limit_open_files(nofile))
+                                  preexec_fn=_child_setup(nofile, preexec_fn))
 
     @property
     def pid(self) -> int:
@@ -173,11 +185,12 @@ class ServiceUnderTest:
             raise AssertionError(f"API exited: {self.api.output()}")
         return self.http.get("/healthz").status_code == 200
 
-    def start_worker(self, annotator: str = "pixel-diff", extra: list[str] | None = None, wait: bool = True
-                     ) -> Proc:
+    def start_worker(self, annotator: str = "pixel-diff", extra: list[str] | None = None, wait: bool = True,
+                     preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None) -> Proc:
         consumer = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         proc = Proc(["worker", "--annotator", annotator, "--consumer", consumer, "--plugin", "service_plugins",
-                     *self.worker_sets(extra)], self.env, self.tmp / f"worker-{consumer}.log")
+                     *self.worker_sets(extra)], {**self.env, **(env or {})}, self.tmp / f"worker-{consumer}.log",
+                    preexec_fn=preexec_fn)
         proc.consumer = consumer  # type: ignore[attr-defined]
         self.workers.append(proc)
         if wait:

@@ -692,3 +692,131 @@ def test_a_job_whose_worker_can_start_no_thread_is_decoded_in_its_thread_or_out_
         resp, _ = _waiting_job_failed_with(svc, redis_server, said["model"])
         assert resp.status_code == 503 and resp.headers.get("Retry-After") == "5", (resp.status_code, resp.text)
         assert resp.json()["error"]["code"] == "out_of_threads", resp.text
+
+
+def _big_thread_stacks() -> None:
+    """A worker whose every thread reserves a 2 GB stack (`ulimit -s 2000000`; glibc sizes new threads by the limit
+    it read at start): a RLIMIT_AS set on it later (prlimit, from outside) below VmSize + one stack refuses every new
+    thread while leaving its heap room, and lifting that limit lets threads start again."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_STACK, (2_000_000 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+
+def _vm_size(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+
+
+def test_a_workers_decode_pool_refused_by_a_thread_limit_comes_back_once_the_limit_is_lifted(redis_server, tmp_path):
+    """A real worker whose decode pool the machine would not start (a RLIMIT_AS under one thread stack, set on the
+    running worker): the pool was given up for the worker's life, so after the limit was lifted it still decoded on
+    one thread until a person restarted it. Now it tries the pool again after `worker.decode_pool_retry_s` (a try
+    still refused costs nothing: the jobs are done, each once), and once the limit is gone the pool starts again,
+    said on the log, in the heartbeat (`decode_threads`, `decode_pool_refusals`) and in /metrics."""
+    import resource
+
+    with running_service(redis_server, tmp_path) as svc:
+        worker = svc.start_worker(extra=["worker.decode_pool_retry_s=1"], preexec_fn=_big_thread_stacks,
+                                  env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"})
+        r = redis_server.client()
+        beat = f"{svc.prefix}:worker:{worker.consumer}"
+        hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
+        # heap room, but less than one thread's stack: no thread can start while this holds
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (_vm_size(worker.pid) + 2**30, hard))
+        ids = submit_many(svc, 2, "pixel-diff")
+        svc.wait_jobs(ids, 60)
+        wait_until(lambda: worker.output().count("would not start the image decode pool's 2 threads") == 1, 10,
+                   "the refusal on the log")
+        wait_until(lambda: r.hget(beat, "decode_threads") == b"1", 10, "decode_threads 1 in the heartbeat")
+        time.sleep(1.5)                        # past the retry: tried again, still refused, the jobs still done
+        ids += submit_many(svc, 2, "pixel-diff")
+        svc.wait_jobs(ids, 60)
+        wait_until(lambda: "refusal 2 in a row" in worker.output(), 10, "the second refusal on the log")
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
+
+        def back() -> re.Match | None:         # a job a second until the doubled wait has passed and a batch came
+            ids.extend(submit_many(svc, 1, "pixel-diff"))
+            return re.search(r"decode pool's 2 threads started again after (\d+) refusal", worker.output())
+        refusals = wait_until(back, 60, f"the pool back on the log\n{worker.output()}", interval=1.0).group(1)
+        svc.wait_jobs(ids, 60)
+        wait_until(lambda: r.hget(beat, "decode_threads") == b"2", 10, "decode_threads 2 in the heartbeat")
+        assert r.hget(beat, "decode_pool_refusals") == refusals.encode() and int(refusals) >= 2
+        metrics = svc.http.get("/metrics", headers=svc.headers("metrics")).text
+        assert re.search(r'sigma_worker_decode_threads\{worker="[^"]*' + worker.consumer + r'"\} 2\.0', metrics), \
+            metrics[-3000:]
+        assert worker.alive(), worker.output()
+        wait_until(lambda: r.xpending(f"{svc.prefix}:stream:pixel-diff", "sigma-workers")["pending"] == 0, 10,
+                   "the entries acknowledged")      # a job is done just before its entry is acknowledged
+        assert_exactly_once(svc, ids, "pixel-diff")
+
+
+def test_a_job_the_workers_memory_could_not_decode_is_retried_once_and_done_once_memory_is_back(redis_server,
+                                                                                                 tmp_path):
+    """A real worker with 60 MB of address space to spare (RLIMIT_AS set on it from outside) and a good 36 Mpx pair:
+    the job failed `out_of_memory` for good on its first delivery, even when memory was back a moment later. Now it is
+    redelivered once (its error noted): a pair that the worker still cannot decode is failed `out_of_memory` on its
+    second delivery (no loop, no dead letter), and one whose memory came back in between is done, once."""
+    import resource
+    from pathlib import Path
+
+    from test_cli_memory_limit import big_pair
+
+    original, edited = (Path(path).read_bytes() for path in big_pair(tmp_path))
+    # a lease of 4 s: time to lift the limit between the first try and the redelivery on a loaded machine
+    big = ["limits.max_pixels=40000000", "limits.max_bytes=20000000", "limits.max_request_bytes=45000000",
+           "queue.lease_ms=4000"]
+    with running_service(redis_server, tmp_path, overrides=big) as svc:
+        worker = svc.start_worker(env={"MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1"})
+        svc.wait_jobs(submit_many(svc, 1, "pixel-diff"), 60)       # the decode pool's threads start here
+        hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (_vm_size(worker.pid) + 60 * 2**20, hard))
+
+        def submit() -> str:
+            resp = svc.submit(original, edited, {"annotator": "pixel-diff"})
+            assert resp.status_code == 202, resp.text
+            return resp.json()["id"]
+
+        always = submit()                                      # never memory for it: failed on its second try
+        view = svc.wait_jobs([always], 60)[always]
+        raw = svc.raw_job(always)
+        assert view["status"] == "failed" and view["error"]["code"] == "out_of_memory", view
+        assert json.loads(raw["last_error"])["code"] == "out_of_memory", raw
+        assert raw["attempts"] == "2", raw
+        passing = submit()                                     # memory back after its first try: done
+        wait_until(lambda: "last_error" in svc.raw_job(passing), 30, "the first try's out_of_memory noted")
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
+        view = svc.wait_jobs([passing], 60)[passing]
+        assert view["status"] == "done", view
+        assert svc.raw_job(passing)["completions"] == "1"
+        assert worker.alive(), worker.output()
+        r = redis_server.client()
+        # a job is done just before its entry is acknowledged
+        wait_until(lambda: r.xpending(f"{svc.prefix}:stream:pixel-diff", "sigma-workers")["pending"] == 0, 10,
+                   "the entries acknowledged")
+        assert r.xlen(f"{svc.prefix}:dead:pixel-diff") == 0
+
+
+def test_a_job_whose_model_met_no_memory_is_noted_out_of_memory_and_done_once_memory_is_back(redis_server,
+                                                                                              tmp_path):
+    """A real worker whose model (leak-diff: 200 MB a batch) is refused memory (RLIMIT_AS 60 MB above its size, set
+    on it from outside): the job was retried with `last_error` `model_error`, blaming the model for the machine's
+    shortage (and its dead letter said so). Now `out_of_memory`; the retry by redelivery does the job once memory
+    is back."""
+    import resource
+
+    with running_service(redis_server, tmp_path, overrides=["api.annotators=[pixel-diff,leak-diff]",
+                                                           "queue.lease_ms=4000"]) as svc:
+        worker = svc.start_worker("leak-diff", extra=["worker.options={leak_mb: 200}"],
+                                  env={"MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1"})
+        svc.wait_jobs(submit_many(svc, 1, "leak-diff"), 60)       # the decode pool's threads start here
+        hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (_vm_size(worker.pid) + 60 * 2**20, hard))
+        [job] = submit_many(svc, 1, "leak-diff")
+        raw = wait_until(lambda: "last_error" in svc.raw_job(job) and svc.raw_job(job), 30, "the try's error noted")
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
+        error = json.loads(raw["last_error"])
+        assert error["code"] == "out_of_memory", error
+        assert svc.wait_jobs([job], 60)[job]["status"] == "done"
+        assert svc.raw_job(job)["completions"] == "1"
+        assert worker.alive(), worker.output()

@@ -41,7 +41,7 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
     name = consumer or cfg.worker.consumer or default_consumer()
     annotator = cfg.worker.annotator
     predictor = predictor or Predictor(annotator, cfg.worker.options, cfg.limits.io_config(cfg.api.align),
-                                       cfg.worker.plugins)
+                                       cfg.worker.plugins, decode_pool_retry_s=cfg.worker.decode_pool_retry_s)
     keys = Keys(cfg.redis.key_prefix)
     client = sync_client(cfg.redis, block_ms=cfg.queue.block_ms)
     q = cfg.queue
@@ -49,7 +49,8 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
                         max_deliveries=q.max_deliveries, dead_stream=keys.dead(annotator),
                         dead_maxlen=q.dead_letter_maxlen)
     handler = AnnotationHandler(client, keys, annotator, predictor, consumer=name, result_ttl_s=q.result_ttl_s,
-                                batch_size=cfg.worker.max_batch_size, max_wait_ms=cfg.worker.max_wait_ms)
+                                batch_size=cfg.worker.max_batch_size, max_wait_ms=cfg.worker.max_wait_ms,
+                                max_deliveries=q.max_deliveries)
     return Consumer(client, queue, handler, q, heartbeat_key=keys.worker(name),
                     heartbeat_registry=keys.worker_registry(), stop=stop,
                     describe=f"worker {name} ({annotator})", handle_timeout_s=cfg.worker.batch_timeout_s or None)

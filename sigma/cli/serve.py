@@ -149,6 +149,8 @@ def unused_worker_settings(mode: str) -> dict[str, str]:
         "sigma worker": {"run_read_retry_s": RUN_JSON, "max_defer_s": RUN_JSON, **supervised},
         "sigma worker --batch": {**dict.fromkeys(("annotator", "options", "max_batch_size"), RUN_OWN),
                                  "max_wait_ms": "it takes whole shards, and gathers no API jobs into micro-batches",
+                                 "decode_pool_retry_s": "it decodes shards as `sigma batch run` does, not on a "
+                                                        "worker's image decode pool",
                                  **supervised},
         "sigma serve api": dict.fromkeys(WorkerSettings.model_fields, "it starts no worker (`sigma worker` and `sigma "
                                          "serve all` read worker.*)"),

@@ -4,7 +4,9 @@ Per batch: load the jobs and their images (one pipeline), mark them running, run
 for the whole batch, and hand each job's outcome to the consumer, which stores it (`FINISH`, at most
 once per job) and only then acknowledges the entry. A bad input fails its job at once (retrying cannot
 help); a model exception is retried by redelivery up to `max_deliveries`, after the batch was retried
-one pair at a time so that one poisonous pair does not fail its neighbours.
+one pair at a time so that one poisonous pair does not fail its neighbours. A job whose images the worker had no
+memory to decode (`out_of_memory`: the machine's shortage, not the upload's) is retried once the same way, then
+failed (`OUT_OF_MEMORY_DELIVERIES`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import redis
 
-from sigma.errors import threads_refused
+from sigma.errors import memory_refused, threads_refused
 from sigma.service.consumer import Outcome
 from sigma.service.jobs import JobStore
 from sigma.service.keys import Keys
@@ -28,6 +30,12 @@ from sigma.service.predictor import Predictor
 from sigma.service.queue import Entry
 
 log = logging.getLogger("sigma.worker")
+
+# A job whose images the worker had no memory to decode is redelivered (after `queue.lease_ms`, its error noted) until
+# it has been delivered this many times, then failed `out_of_memory`: a shortage that passes (another job's decode,
+# a neighbour's peak) no longer fails a good upload for good, and a pair too large for the worker's memory is failed
+# on its second try instead of going round until `queue.max_deliveries` dead-letters it.
+OUT_OF_MEMORY_DELIVERIES = 2
 
 
 def gpu_memory_bytes() -> int | None:
@@ -77,8 +85,15 @@ def _as_exception(exc: BaseException | None) -> Exception:
 
 def error_record(exc: BaseException) -> dict[str, Any]:
     """A model exception as the job's retried error: `model_error`, or the SigmaError's code; a thread the machine
-    would not start for the model (`threads_refused`) is `out_of_threads`, the machine's fault, not the model's."""
-    code = "out_of_threads" if threads_refused(exc) else getattr(exc, "code", "model_error")
+    would not start for the model (`threads_refused`) is `out_of_threads`, and memory it would not give the model
+    (`memory_refused`: a MemoryError, numpy's `Unable to allocate`, ENOMEM) `out_of_memory`: the machine's fault,
+    not the model's (it was `model_error`, in the job's `last_error` and its dead letter)."""
+    if threads_refused(exc):
+        code = "out_of_threads"
+    elif memory_refused(exc):
+        code = "out_of_memory"
+    else:
+        code = getattr(exc, "code", "model_error")
     return {"code": code, "message": f"{type(exc).__name__}: {exc}"[:2000],
             "trace": "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]}
 
@@ -87,7 +102,7 @@ class AnnotationHandler:
     """Jobs of one annotator stream → results in their job records."""
 
     def __init__(self, client: redis.Redis, keys: Keys, annotator: str, predictor: Predictor, *, consumer: str,
-                 result_ttl_s: int, batch_size: int, max_wait_ms: int):
+                 result_ttl_s: int, batch_size: int, max_wait_ms: int, max_deliveries: int = OUT_OF_MEMORY_DELIVERIES):
         self.r = client
         self.keys = keys
         self.annotator = annotator
@@ -96,6 +111,8 @@ class AnnotationHandler:
         self.jobs = JobStore(client, keys, result_ttl_s)
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
+        # past `queue.max_deliveries` a retry is a dead letter: the last delivery fails the job out_of_memory instead
+        self.out_of_memory_deliveries = min(OUT_OF_MEMORY_DELIVERIES, max_deliveries)
         self.started_at = time.time()
         self.counts = {"jobs_done": 0, "jobs_failed": 0, "duplicates": 0}
 
@@ -103,7 +120,10 @@ class AnnotationHandler:
         info: dict[str, Any] = {"consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
                                 "annotator": self.annotator, "config_hash": self.predictor.config_hash,
                                 "model_loaded": int(self.predictor.annotator is not None),
-                                "started_at": f"{self.started_at:.3f}", **self.counts}
+                                "started_at": f"{self.started_at:.3f}", **self.counts,
+                                # the decode pool's state: 1 while it is given up (threads refused), and how often
+                                "decode_threads": self.predictor.decoding_threads,
+                                "decode_pool_refusals": self.predictor.decode_pool_refusals}
         mem = gpu_memory_bytes()
         if mem is not None:
             info["gpu_memory_bytes"] = mem
@@ -149,6 +169,11 @@ class AnnotationHandler:
                 error = error_record(res)
                 log.warning("job %s failed on delivery %d: %s", item["id"], entry.deliveries, error["message"])
                 outcomes.append(Outcome(entry, "retry", error=error))
+            elif not res["ok"] and res["error"].get("code") == "out_of_memory" \
+                    and entry.deliveries < self.out_of_memory_deliveries:
+                log.warning("job %s: no memory to decode its images on delivery %d; left for redelivery: %s",
+                            item["id"], entry.deliveries, res["error"].get("message"))
+                outcomes.append(Outcome(entry, "retry", error=res["error"]))
             elif res["ok"]:
                 outcomes.append(Outcome(entry, "ack", store=partial(self._finish, item["id"], "done",
                                                                     result=res["result"])))

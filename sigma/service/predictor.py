@@ -32,10 +32,17 @@ from sigma.types import Pair
 
 log = logging.getLogger("sigma.worker")
 
+# A decode pool the machine would not start (`threads_refused`) is tried again this long after it was given up
+# (`worker.decode_pool_retry_s`), the wait doubled after each refusal in a row up to DECODE_POOL_RETRY_MAX_FACTOR
+# times it: a pids limit or a memory shortage that passes gives the worker its threads back without a restart.
+DECODE_POOL_RETRY_S = 60.0
+DECODE_POOL_RETRY_MAX_FACTOR = 16
+
 
 class Predictor:
     def __init__(self, annotator: str, options: dict[str, Any] | None = None, io_config: IOConfig | None = None,
-                 plugins: list[str] | None = None, decode_threads: int | None = None):
+                 plugins: list[str] | None = None, decode_threads: int | None = None,
+                 decode_pool_retry_s: float = DECODE_POOL_RETRY_S):
         self.annotator_name = annotator
         self.options = dict(options or {})
         self.io_config = io_config or IOConfig()
@@ -44,6 +51,10 @@ class Predictor:
         self.setup_ms: float | None = None
         self.decode_threads = decode_threads if decode_threads is not None else min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        self.decode_pool_retry_s = decode_pool_retry_s
+        self.decode_pool_refusals = 0          # every time the machine would not start the pool's threads
+        self._refused_in_a_row = 0
+        self._pool_retry_at: float | None = None   # monotonic time of the next try; None: not given up
 
     def setup(self) -> None:
         """Import plugins and build the annotator (loads weights once; GPU when the annotator uses one)."""
@@ -53,7 +64,7 @@ class Predictor:
         import_plugins(self.plugins, "worker.plugins")
         self.annotator = create_annotator(self.annotator_name, **self.options)
         if self.decode_threads > 1:
-            self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="sigma-decode")
+            self._pool = self._new_pool()
         self.setup_ms = (time.perf_counter() - start) * 1000.0
 
     @property
@@ -85,24 +96,55 @@ class Predictor:
             return None, 0.0, {"code": "image_unreadable",
                                "message": f"{which}: could not be decoded ({type(exc).__name__}: {exc})"}
 
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.decode_threads, thread_name_prefix="sigma-decode")
+
+    @property
+    def decoding_threads(self) -> int:
+        """The threads decoding a batch's images now: the pool's, or 1 while it is given up (heartbeat field
+        `decode_threads`)."""
+        return self.decode_threads if self._pool is not None else 1
+
     def _decode_all(self, tasks: list[tuple[dict[str, Any], str]]) -> list[tuple[Any, float, dict | None]]:
         """Every image of a batch, decoded in parallel on the pool (Pillow and OpenCV release the GIL), whose threads
         the first batch starts. A machine that would start none of them (`threads_refused`: a container's pids
         limit, `ulimit -v` with a large `ulimit -s`) failed each job of the batch `out_of_threads` (503), jobs a
-        worker could do without the pool: the pool is given up, said once, and this batch and the rest decode in
-        the worker's own thread, slower. A thread the model cannot start is still the job's `out_of_threads`."""
+        worker could do without the pool: the pool is given up, said on the log, and this batch decodes in the
+        worker's own thread, slower. It was given up for the process' life, so a limit that passed left the worker
+        on one thread until a person restarted it; now a new pool is tried `decode_pool_retry_s` later (doubled
+        after each refusal in a row, up to DECODE_POOL_RETRY_MAX_FACTOR times), and said when it starts. A try that
+        fails costs nothing but the try: decoding has no side effect, so the batch is decoded again in the worker's
+        thread, each job once. A thread the model cannot start is still the job's `out_of_threads`."""
+        if self._pool is None and self._pool_retry_at is not None and time.monotonic() >= self._pool_retry_at:
+            self._pool = self._new_pool()
         if self._pool is not None:
             try:
-                return list(self._pool.map(self._decode_one, tasks))
+                decoded = list(self._pool.map(self._decode_one, tasks))
             except RuntimeError as exc:
                 if not threads_refused(exc):
                     raise
-                self._pool.shutdown(wait=False, cancel_futures=True)   # the threads it did start end with it
-                self._pool = None
-                log.warning("the machine would not start the image decode pool's %d threads (%s: its limit on "
-                            "threads or on their stacks' memory); the worker decodes images in its own thread from "
-                            "now on, slower", self.decode_threads, exc)
+                self._give_up_pool(exc)
+            else:
+                if self._refused_in_a_row:
+                    log.info("the image decode pool's %d threads started again after %d refusal(s); the worker "
+                             "decodes images in parallel again", self.decode_threads, self._refused_in_a_row)
+                    self._refused_in_a_row, self._pool_retry_at = 0, None
+                return decoded
         return list(map(self._decode_one, tasks))
+
+    def _give_up_pool(self, exc: RuntimeError) -> None:
+        """The pool's threads were refused: drop it (the threads it did start end with it) and set the next try."""
+        assert self._pool is not None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        self.decode_pool_refusals += 1
+        self._refused_in_a_row += 1
+        wait = self.decode_pool_retry_s * min(2 ** (self._refused_in_a_row - 1), DECODE_POOL_RETRY_MAX_FACTOR)
+        self._pool_retry_at = time.monotonic() + wait
+        log.warning("the machine would not start the image decode pool's %d threads (%s: its limit on threads or on "
+                    "their stacks' memory; refusal %d in a row); the worker decodes images in its own thread, "
+                    "slower, and tries the pool again in %.0f s", self.decode_threads, exc, self._refused_in_a_row,
+                    wait)
 
     def _build(self, item: dict[str, Any], decoded: list[tuple[Any, float, dict | None]]
                ) -> tuple[Pair | None, float, dict | None]:

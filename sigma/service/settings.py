@@ -236,6 +236,10 @@ class WorkerSettings(NamesAnnotator):
                             "to start a fresh one: a model or plugin that leaks is recycled between batches, not "
                             "killed by the OOM killer mid-batch (which costs the batch a delivery); 0: no limit "
                             "(Linux: /proc/self/statm)")
+    decode_pool_retry_s: Seconds = Field(60.0, gt=0, description="`sigma worker`: an image decode pool whose threads "
+                                       "the machine would not start (a pids limit, no memory for their stacks) is "
+                                       "given up, images decoded in the worker's own thread, and tried again this "
+                                       "long after; doubled after each refusal in a row, up to 16 times it")
     restart_backoff_s: Seconds = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
                                      "that died; doubled after each quick death, up to restart_max_backoff_s")
     restart_max_backoff_s: Seconds = Field(30.0, gt=0)
