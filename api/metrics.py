@@ -18,7 +18,7 @@ import logging
 import math
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from sigma.service.jobs import BATCH_BUCKETS, LATENCY_BUCKETS
@@ -41,6 +41,8 @@ class ApiMetrics:
                                 registry=self.registry)
         self.rejected = Counter("sigma_jobs_rejected_total", "requests refused before enqueueing",
                                 ["reason"], registry=self.registry)
+        self.bytes_in_flight = Gauge("sigma_api_bytes_in_flight", "request body bytes received and held by "
+                                     "submissions (limits.max_bytes_in_flight)", registry=self.registry)
         self.withdrawn = Counter("sigma_jobs_withdrawn_total", "submissions answered 503 after their MULTI was "
                                  "sent, then taken back (api/withdrawals.py)", registry=self.registry)
 

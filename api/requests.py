@@ -467,6 +467,8 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
         form = await parser.parse()
     except BodyReadAborted:
         raise                   # too large / too slow: the middleware that raised it answers
+    except ApiError:
+        raise   # a refusal made as the body arrived (the byte budget's 429 server_busy), not a parse error
     except TextNotUtf8 as exc:
         raise ApiError(422, "invalid_text", "multipart field names and text fields must be UTF-8, as JSON bodies are: "
                        f"{'; '.join(exc.problems)} (send UTF-8 text, with no charset or charset=utf-8)") from exc

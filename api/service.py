@@ -14,7 +14,7 @@ import redis
 from fastapi import Request
 
 from sigma.api.auth import KeyChecker, Principal
-from sigma.api.budget import ByteBudget, declared_length
+from sigma.api.budget import ByteBudget, charged_request, declared_length
 from sigma.api.errors import ApiError
 from sigma.api.idempotency import Idempotency, request_digest
 from sigma.api.metrics import ApiMetrics, note_damage, number
@@ -45,6 +45,7 @@ class Service:
         self.metrics = ApiMetrics()
         self.auth = KeyChecker(cfg.auth)
         self.budget = ByteBudget(cfg.limits.max_bytes_in_flight, cfg.limits.retry_after_s)
+        self.metrics.bytes_in_flight.set_function(lambda: self.budget.used)
         self._sync: redis.Redis | None = None
         self._metrics_cut = False
 
@@ -132,8 +133,8 @@ class Service:
         await self.check_any_room()
         limits = self.cfg.limits
         try:
-            with self.budget.hold(declared_length(request, limits.max_request_bytes)):
-                sub = await parse_submission(request, limits.max_instruction_chars,
+            with self.budget.hold(declared_length(request)) as reservation:
+                sub = await parse_submission(charged_request(request, reservation), limits.max_instruction_chars,
                                              self.cfg.api.multipart_spool_bytes, limits.max_bytes)
                 annotator = self.annotator_for(sub.options)
                 await self.check_room(annotator)

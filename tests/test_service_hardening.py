@@ -369,27 +369,138 @@ def test_item10_queue_limits_are_per_annotator(small):
     assert explicit.status_code == 429
 
 
+def in_flight(s: ServiceUnderTest) -> float:
+    """`sigma_api_bytes_in_flight` from /metrics: the body bytes the API's byte budget holds now."""
+    text = s.http.get("/metrics", headers=s.headers("metrics")).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("sigma_api_bytes_in_flight ")))
+
+
 def test_item14_request_bodies_share_a_byte_budget(small):
-    """One request holding 2.5 MB of the 3 MB budget (its body still arriving) → the next 1 MB one is a 429."""
+    """One request holding 2.5 MB of the 3 MB budget (its body still arriving) → the next 1 MB one is a 429.
+
+    The budget holds the bytes a body has sent, not those it declares (it took the Content-Length up front, so a
+    head that promised much and sent nothing held the budget): the slow client sends 2.5 MB, then stalls."""
     host, port = "127.0.0.1", small.port
-    body_len = 2_500_000
+    sent = 2_500_000
     head = (f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer test-user-key\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n").encode()
+            f"Content-Type: application/json\r\nContent-Length: {sent + 100}\r\n\r\n").encode()
     one_mb = b"{" + b" " * 1_000_000 + b"}"      # valid JSON, no images: 400 missing_field once admitted
 
     def post_one_mb() -> httpx.Response:
         return small.http.post("/v1/jobs", content=one_mb, headers={**small.headers(),
                                                                     "content-type": "application/json"})
     with socket.create_connection((host, port), timeout=10) as slow:
-        slow.sendall(head + b'{"original": "')
-        time.sleep(0.3)                     # the API has taken this request's bytes from the budget
+        slow.sendall(head + b'{"original": "' + b"A" * (sent - 14))
+        wait_until(lambda: in_flight(small) >= sent, BODY_TIMEOUT_S, "the slow body's bytes in the budget")
 
-        def busy() -> bool:
+        def busy() -> bool:      # refused by its Content-Length, before its body is read
             resp = post_one_mb()
             return resp.status_code == 429 and code(resp) == "server_busy" and bool(resp.headers["retry-after"])
         wait_until(busy, BODY_TIMEOUT_S, "a 429 server_busy while the budget is held")
+        # `Expect: 100-continue`: the 429 comes instead of the 100, and nothing of the body has to be sent
+        with socket.create_connection((host, port), timeout=10) as expecting:
+            expecting.sendall(head.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+            assert expecting.recv(65536).startswith(b"HTTP/1.1 429 "), "no 429 before the body"
     # the slow client went away: its bytes are back in the budget
     wait_until(lambda: code(post_one_mb()) == "missing_field", 10, "the budget to be released")
+
+
+@pytest.fixture(scope="module")
+def budget(redis_server, tmp_path_factory):
+    """A 2 MB byte budget, a body timeout of 5 s, a wait for room of 1 s (limits.retry_after_s)."""
+    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-budget"),
+                         ["limits.max_request_bytes=2000000", "limits.max_bytes_in_flight=2000000",
+                          "api.body_timeout_s=5", "limits.retry_after_s=1"])
+    try:
+        s.start_api()
+        yield s
+    finally:
+        s.close()
+
+
+def test_trickling_uploads_do_not_hold_the_budget_they_declared(budget):
+    """Two clients that declare a whole budget between them and trickle a byte at a time: every other upload was
+    429 `server_busy` until the body timeout cut them (and they could reconnect). Now each holds what it sent."""
+    s = budget
+    head = (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-user-key\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            sock.sendall(head + b"{")
+            while not stop.wait(0.5):
+                try:
+                    sock.sendall(b" ")
+                except OSError:         # cut by api.body_timeout_s: a slow run of this test
+                    return
+    threads = [threading.Thread(target=trickle, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)                 # both heads read, their first bytes taken
+        small_body = b"{" + b" " * 15 + b"}"    # 17 bytes
+        for _ in range(3):
+            t0 = time.monotonic()
+            resp = s.http.post("/v1/jobs", content=small_body, headers={**s.headers(),
+                                                                        "content-type": "application/json"})
+            assert code(resp) == "missing_field", resp.text          # was 429 server_busy
+            assert time.monotonic() - t0 < 2.0
+        assert in_flight(s) < 100
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+
+
+def test_the_budget_comes_back_however_an_upload_ends(budget):
+    """Uploads cut by the client, by the body timeout, refused mid-body or refused by their content: the budget is
+    whole again after each (a reservation not given back would shrink it for good)."""
+    small = budget
+    host, port = "127.0.0.1", small.port
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer test-user-key\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n").encode()
+    json_headers = {**small.headers(), "content-type": "application/json"}
+    answers: list[bytes] = []
+
+    def hang_up(n: int) -> None:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(head + b"{" + b" " * n)
+            time.sleep(0.3)                 # read by the API, then the client is gone
+
+    def stall_until_timeout() -> None:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(head + b"{" + b" " * 800_000)
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+            answers.append(got)
+    threads = [threading.Thread(target=stall_until_timeout) for _ in range(2)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: in_flight(small) >= 1_600_000, 5, "the stalled bodies in the budget")
+    # 1.6 MB held: a chunked 900 KB body finds no room as it arrives (429 within the 1 s wait, closed)
+    mid = small.http.post("/v1/jobs", content=iter([b"{" + b" " * 100_000, b" " * 800_000 + b"}"]),
+                          headers=json_headers)
+    assert mid.status_code == 429 and code(mid) == "server_busy", mid.text
+    assert mid.headers["retry-after"] and mid.headers["connection"] == "close"
+    # a multipart one too (it was 400 malformed_multipart: the parser took the refusal for a broken body)
+    part = (b'--B\r\nContent-Disposition: form-data; name="original"; filename="o.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + b"\x89" * 800_000 + b"\r\n--B--\r\n")
+    mid = small.http.post("/v1/jobs", content=iter([part[:100_000], part[100_000:]]),
+                          headers={**small.headers(), "content-type": "multipart/form-data; boundary=B"})
+    assert mid.status_code == 429 and code(mid) == "server_busy", mid.text
+    for n in (100_000, 300_000):
+        hang_up(n)
+    for t in threads:
+        t.join(20)
+    assert [a[:12] for a in answers] == [b"HTTP/1.1 408"] * 2, answers
+    for body in (b"{" + b"x" * 1_500_000, b"[" + b" " * 1_500_000 + b"]"):       # 400 bad_json, 422 not an object
+        assert small.http.post("/v1/jobs", content=body, headers=json_headers).status_code in (400, 422)
+    wait_until(lambda: in_flight(small) == 0, 10, "every upload's bytes back in the budget")
+    # the whole budget is there: a body of nearly all of it is admitted (declared before a byte is read)
+    full = small.http.post("/v1/jobs", content=b"{" + b" " * 1_999_000 + b"}", headers=json_headers)
+    assert code(full) == "missing_field", full.text
 
 
 def test_public_docs_setting(small, svc):

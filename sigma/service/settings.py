@@ -94,11 +94,13 @@ class ServiceLimits(LimitsConfig):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0, description="whole HTTP body; 413 above it")
     max_queue_length: int = Field(1000, ge=1, description="entries waiting or in flight per annotator "
                                   "stream; above it the API answers 429 + Retry-After and enqueues nothing")
-    retry_after_s: WholeSeconds = Field(2, ge=1, description="the Retry-After of a 429")
+    retry_after_s: WholeSeconds = Field(2, ge=1, description="the Retry-After of a 429; also how long an upload "
+                                        "waits for room in max_bytes_in_flight before its 429")
     max_bytes_in_flight: int = Field(128 * 1024 * 1024, gt=0, description="request bytes the API parses and "
-                                     "decodes at once, summed over concurrent submissions (Content-Length, or "
-                                     "max_request_bytes when a body has none); above it 429 server_busy + "
-                                     "Retry-After. One request is always admitted when none is in flight")
+                                     "decodes at once, summed over concurrent submissions (each body's bytes as "
+                                     "they arrive, not its declared length); a Content-Length or a chunk that "
+                                     "does not fit: 429 server_busy + Retry-After (a chunk after waiting up to "
+                                     "retry_after_s for room). A request may always grow when no other holds bytes")
 
     def io_config(self, align: bool = False) -> IOConfig:
         return IOConfig(limits=LimitsConfig(**self.model_dump(include=set(LimitsConfig.model_fields))), align=align)
