@@ -448,3 +448,48 @@ def test_hole_filling_inside_the_masks_box_fills_what_the_whole_image_labelling_
     ring[400:450, 600:700] = True
     ring[410:440, 620:680] = False
     assert _fill_holes(ring, 10 ** 6)[400:450, 600:700].all() and labelled == [(52, 102)]
+
+
+def _identical_blocks_float(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0):
+    """The composite test's 8x8 blocks as they were: float32 `std` over the blocks' strided axes."""
+    from sigma.annotators.footprint import residual_map
+
+    h, w = original.shape[:2]
+    hb, wb = h // block, w // block
+    crop = (slice(0, hb * block), slice(0, wb * block))
+    same = (residual_map(original[crop], edited[crop]) == 0).reshape(hb, block, wb, block).all(axis=(1, 3))
+    grey = cv2.cvtColor(original[crop], cv2.COLOR_RGB2GRAY).astype(np.float32).reshape(hb, block, wb, block)
+    textured = grey.std(axis=(1, 3)) >= min_std
+    return same & textured, textured
+
+
+def test_identical_blocks_in_integers_decide_every_block_as_the_float_std_did():
+    """`identical_blocks` decides "textured" as n*sum(x^2) - sum(x)^2 >= (n*2)^2 in integers (twice as fast as float32
+    std over strided axes): the same decision on every block, flat, noisy, near the bound (variance 4 exactly and one
+    level either side) and strongly textured, and the same bit-identical blocks; odd sizes crop as before."""
+    from sigma.annotators.footprint import identical_blocks
+
+    rng = np.random.default_rng(21)
+    near = 0
+    for _ in range(60):
+        h, w = int(rng.integers(8, 120)), int(rng.integers(8, 120))
+        base = rng.integers(0, 256, (h, w), dtype=np.int32)
+        grey = np.where(rng.random((h, w)) < rng.random(), base, int(rng.integers(0, 256)))   # flat and textured cells
+        grey = np.clip(grey + rng.integers(-3, 4, (h, w)) * (rng.random((h, w)) < 0.2), 0, 255)
+        original = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+        original[..., 1] = np.clip(original[..., 1].astype(int) + rng.integers(-2, 3, (h, w)), 0, 255)
+        edited = original.copy()
+        edited[rng.random((h, w)) < 0.01] ^= 1
+        got, expected = identical_blocks(original, edited), _identical_blocks_float(original, edited)
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    for k in range(0, 64):            # 8x8 blocks of 0/4 steps: variance around 4 = the bound, exactly and near it
+        cell = np.zeros(64, np.uint8)
+        cell[:k] = 4
+        for extra in (0, 1, 2):
+            c = cell.copy()
+            c[-1] = min(255, int(c[-1]) + extra)
+            img = np.repeat(c.reshape(8, 8)[..., None], 3, axis=2)
+            got, expected = identical_blocks(img, img), _identical_blocks_float(img, img)
+            assert np.array_equal(got[1], expected[1]), (k, extra)
+            near += int(abs(float(c.astype(np.float32).std()) - 2.0) < 0.2)
+    assert near > 5
