@@ -5,6 +5,16 @@ and annotator, per input format; memory over a long run; a real model with rando
     python bench/bench_batch.py                       # everything, JSON to bench/results/bench_batch.json
     python bench/bench_batch.py --pairs 500 --long-pairs 2000 --skip-model   # quicker
 
+    python bench/bench_batch.py --ref /tmp/ref     # only: sigma-lite end to end, this checkout against another
+
+With `--ref DIR` (a checkout of another commit, e.g. `git worktree add /tmp/ref a03b528`) it runs only that
+comparison: `sigma batch run --annotator sigma-lite --png-masks` over photo pairs from ../shared/data/photos at each
+`--ref-sizes` (long side), as subprocesses, this checkout and DIR alternately `--repeats` times (machine load falls on
+both alike), and reports per checkout the median wall pairs/s and CPU seconds per pair (the run's user + system time,
+all its threads: steadier than wall time on a shared machine), the ratios this / ref, and whether both wrote the same
+masks and rows. Both run `--procs 1 --threads 1`: the network's extra intra-op threads spin while they wait, which
+counts as CPU time in proportion to the machine's load, not to the work. JSON to bench/results/bench_batch_vs_ref.json.
+
 The batch runs here skip ground-truth scoring (the loop does none); the eval run scores it.
 The plain loop is what a user writes without the batch runner: read each pair with the same corpus
 reader, decode with sigma.io (pair_from_bytes / load_pair), `annotator.predict([pair])`, and append
@@ -231,6 +241,97 @@ def eval_run(shared: Path, work: Path) -> dict:
     return info
 
 
+# --- this checkout against another (--ref) ---------------------------------------------------------
+#: row columns that may differ between two runs of the same pairs (time, provenance of the code)
+_VOLATILE = {"extra", "sigma_version", "config_hash", "run_hash"}
+
+
+def _run_outputs(out: Path) -> dict:
+    """What a run promises byte for byte: every mask PNG's sha256 and every row but its timings and provenance."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    masks = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted((out / "masks").rglob("*.png"))}
+    rows = {}
+    for f in sorted((out / "shards").rglob("*.parquet")):
+        for r in pq.read_table(f).to_pylist():
+            extra = json.loads(r["extra"]) if isinstance(r.get("extra"), str) else {}
+            extra.pop("timings_ms", None)
+            rows[r["pair_id"]] = {**{k: v for k, v in r.items() if k not in _VOLATILE}, "extra": extra}
+    return {"masks": masks, "rows": rows}
+
+
+def _timed_run(checkout: Path, corpus: Path, out: Path) -> dict:
+    """One `python -m sigma batch run` of `checkout`'s sigma: wall seconds, its CPU seconds (user + system, all
+    threads), pairs/s from its own summary (the run, without the interpreter's start)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(checkout)
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [sys.executable, "-m", "sigma", "batch", "run", str(corpus), "--out", str(out), "--annotator",
+            "sigma-lite", "--png-masks", "--json", "--procs", "1", "--threads", "1"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} ({checkout}) exited {proc.returncode}")
+    summary = json.loads(stdout)
+    pairs = int(summary.get("pairs") or 0)
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "pairs": pairs,
+            "pairs_per_s": summary.get("pairs_per_s"), "cpu_s_per_pair": round((usage.ru_utime + usage.ru_stime)
+                                                                                 / max(pairs, 1), 4)}
+
+
+def compare_with_ref(ref: Path, data: Path, work: Path, sizes: list[int], pairs: int, repeats: int) -> dict:
+    """sigma-lite end to end, this checkout and `ref` alternately; medians, ratios and the outputs compared."""
+    from bench_scaleout import make_corpus
+
+    this = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "-C", str(ref), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(this), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    result: dict = {"ref": {"path": str(ref), "commit": commit}, "this": {"commit": head}, "sizes": {}}
+    for size in sizes:
+        corpus = data / f"photos_{pairs}_{size}"
+        source = make_corpus(corpus, pairs, size) if not corpus.is_dir() else f"{corpus} (reused)"
+        runs: dict[str, list[dict]] = {"this": [], "ref": []}
+        same = True
+        for r in range(repeats):
+            order = ("this", "ref") if r % 2 == 0 else ("ref", "this")
+            outputs = {}
+            for name in order:
+                out = work / f"vs_ref_{name}_{size}"
+                runs[name].append(_timed_run(this if name == "this" else ref, corpus, out))
+                outputs[name] = _run_outputs(out)
+            same = same and outputs["this"] == outputs["ref"]
+            print(f"{size} px round {r + 1}: " + ", ".join(f"{n} {runs[n][-1]['pairs_per_s']} pairs/s "
+                                                           f"{runs[n][-1]['cpu_s_per_pair']} cpu s/pair"
+                                                           for n in ("this", "ref")), flush=True)
+
+        def med(name: str, key: str, runs: dict[str, list[dict]] = runs) -> float:
+            return statistics.median(x[key] for x in runs[name])
+
+        result["sizes"][str(size)] = {
+            "corpus": source, "runs": runs, "same_masks_and_rows": same,
+            "median": {n: {k: med(n, k) for k in ("pairs_per_s", "cpu_s_per_pair", "wall_s")} for n in runs},
+            "pairs_per_s_ratio_this_over_ref": round(med("this", "pairs_per_s") / med("ref", "pairs_per_s"), 3),
+            "cpu_per_pair_ratio_ref_over_this": round(med("ref", "cpu_s_per_pair") / med("this", "cpu_s_per_pair"), 3),
+            "per_round_pairs_per_s_ratio": [round(a["pairs_per_s"] / b["pairs_per_s"], 3)
+                                            for a, b in zip(runs["this"], runs["ref"], strict=True)],
+            "per_round_cpu_ratio_ref_over_this": [round(b["cpu_s_per_pair"] / a["cpu_s_per_pair"], 3)
+                                                  for a, b in zip(runs["this"], runs["ref"], strict=True)]}
+        entry = result["sizes"][str(size)]      # the ratio within each round, then its median: the load is shared
+        entry["per_round_pairs_per_s_ratio_median"] = statistics.median(entry["per_round_pairs_per_s_ratio"])
+        entry["per_round_cpu_ratio_median"] = statistics.median(entry["per_round_cpu_ratio_ref_over_this"])
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/tmp/sigma_bench", help="where synthetic corpora are written (reused)")
@@ -242,12 +343,28 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3, help="alternations of batch run and loop per format")
     ap.add_argument("--skip-model", action="store_true")
-    ap.add_argument("--out", default=str(RESULTS / "bench_batch.json"))
+    ap.add_argument("--out", default=None, help="default bench/results/bench_batch.json "
+                    "(bench_batch_vs_ref.json with --ref)")
+    ap.add_argument("--ref", type=Path, help="only compare sigma-lite end to end with this checkout (see above)")
+    ap.add_argument("--ref-sizes", default="512,1500", help="long sides of the photo pairs for --ref")
+    ap.add_argument("--ref-pairs", type=int, default=40)
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     shared = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
     data = Path(args.data)
     work = Path(tempfile.mkdtemp(prefix="sigma_bench_runs_"))
+    if args.ref:
+        out = Path(args.out or RESULTS / "bench_batch_vs_ref.json")
+        result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+                  "cpus": os.cpu_count(), "python": platform.python_version(), "repeats": args.repeats,
+                  "pairs": args.ref_pairs, "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+        result |= compare_with_ref(args.ref.resolve(), data, work, [int(v) for v in args.ref_sizes.split(",")],
+                                   args.ref_pairs, args.repeats)
+        result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         import torch
 
@@ -272,8 +389,9 @@ def main() -> None:
     result["eval_run"] = eval_run(shared, work)
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["total_s"] = round(time.perf_counter() - t0, 1)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    out = Path(args.out or RESULTS / "bench_batch.json")
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -392,3 +392,104 @@ def test_batch_rows_and_footprint_export(tmp_path):
     assert len(rows) == 3 and all(r["is_composite"] and r["mask_source"] == "footprint" for r in rows)
     assert all(r["mask_rle"]["counts"] == r["footprint_rle"]["counts"] and r["semantic_rle"] for r in rows)
     assert "synthesised footprint" in (hf / "README.md").read_text()
+
+
+def _fill_holes_whole_image(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """The footprint's hole filling as it was: every background region of the whole image labelled."""
+    if max_area <= 0 or not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    if n <= 1:
+        return mask
+    h, w = mask.shape
+    x, y, ww, hh, area = (stats[:, i] for i in range(5))
+    fill = ~((x == 0) | (y == 0) | (x + ww >= w) | (y + hh >= h)) & (area <= max_area)
+    fill[0] = False
+    return mask | fill[labels]
+
+
+def test_hole_filling_inside_the_masks_box_fills_what_the_whole_image_labelling_filled(monkeypatch):
+    """`_fill_holes` labels only the mask's bounding box grown by a pixel (17 ms a pair at 1.5 Mpx was the whole
+    image's labelling, for an edit of a few per cent of it): the same pixels filled, on masks at every edge and corner
+    of the image, rings, nested holes, holes of every size around `max_area`, noise, full and one-pixel masks."""
+    from sigma.annotators.footprint import _fill_holes
+
+    rng = np.random.default_rng(11)
+    masks = [np.ones((9, 7), bool), np.zeros((9, 7), bool)]
+    one = np.zeros((9, 7), bool)
+    one[4, 3] = True
+    masks.append(one)
+    for _ in range(300):
+        h, w = int(rng.integers(3, 80)), int(rng.integers(3, 80))
+        mask = np.zeros((h, w), bool)
+        for _ in range(int(rng.integers(1, 5))):             # rings (a hole each), some cut by the image's edge
+            cy, cx = int(rng.integers(-5, h + 5)), int(rng.integers(-5, w + 5))
+            r_out, r_in = int(rng.integers(2, 25)), int(rng.integers(0, 12))
+            yy, xx = np.ogrid[:h, :w]
+            d = (yy - cy) ** 2 + (xx - cx) ** 2
+            mask |= (d <= r_out ** 2) & (d > r_in ** 2)
+        if rng.random() < 0.3:
+            mask |= rng.random((h, w)) < rng.random() * 0.6     # noise: many small pockets
+        if rng.random() < 0.2:
+            mask[:, : int(rng.integers(1, w))] = True           # reaching an edge over its whole length
+        masks.append(mask)
+    filled = 0
+    for mask in masks:
+        for max_area in (0, 1, 4, 30, 200, 10 ** 6):
+            got, expected = _fill_holes(mask.copy(), max_area), _fill_holes_whole_image(mask.copy(), max_area)
+            assert got.dtype == bool and np.array_equal(got, expected)
+            filled += int(expected.sum() > mask.sum())
+    assert filled > 300        # the cases fill something, not only pass masks through
+    labelled = []
+    real = cv2.connectedComponentsWithStats
+    monkeypatch.setattr(cv2, "connectedComponentsWithStats",
+                        lambda img, **kw: labelled.append(img.shape) or real(img, **kw))
+    ring = np.zeros((1000, 1500), bool)
+    ring[400:450, 600:700] = True
+    ring[410:440, 620:680] = False
+    assert _fill_holes(ring, 10 ** 6)[400:450, 600:700].all() and labelled == [(52, 102)]
+
+
+def _identical_blocks_float(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0):
+    """The composite test's 8x8 blocks as they were: float32 `std` over the blocks' strided axes."""
+    from sigma.annotators.footprint import residual_map
+
+    h, w = original.shape[:2]
+    hb, wb = h // block, w // block
+    crop = (slice(0, hb * block), slice(0, wb * block))
+    same = (residual_map(original[crop], edited[crop]) == 0).reshape(hb, block, wb, block).all(axis=(1, 3))
+    grey = cv2.cvtColor(original[crop], cv2.COLOR_RGB2GRAY).astype(np.float32).reshape(hb, block, wb, block)
+    textured = grey.std(axis=(1, 3)) >= min_std
+    return same & textured, textured
+
+
+def test_identical_blocks_in_integers_decide_every_block_as_the_float_std_did():
+    """`identical_blocks` decides "textured" as n*sum(x^2) - sum(x)^2 >= (n*2)^2 in integers (twice as fast as float32
+    std over strided axes): the same decision on every block, flat, noisy, near the bound (variance 4 exactly and one
+    level either side) and strongly textured, and the same bit-identical blocks; odd sizes crop as before."""
+    from sigma.annotators.footprint import identical_blocks
+
+    rng = np.random.default_rng(21)
+    near = 0
+    for _ in range(60):
+        h, w = int(rng.integers(8, 120)), int(rng.integers(8, 120))
+        base = rng.integers(0, 256, (h, w), dtype=np.int32)
+        grey = np.where(rng.random((h, w)) < rng.random(), base, int(rng.integers(0, 256)))   # flat and textured cells
+        grey = np.clip(grey + rng.integers(-3, 4, (h, w)) * (rng.random((h, w)) < 0.2), 0, 255)
+        original = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+        original[..., 1] = np.clip(original[..., 1].astype(int) + rng.integers(-2, 3, (h, w)), 0, 255)
+        edited = original.copy()
+        edited[rng.random((h, w)) < 0.01] ^= 1
+        got, expected = identical_blocks(original, edited), _identical_blocks_float(original, edited)
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    for k in range(0, 64):            # 8x8 blocks of 0/4 steps: variance around 4 = the bound, exactly and near it
+        cell = np.zeros(64, np.uint8)
+        cell[:k] = 4
+        for extra in (0, 1, 2):
+            c = cell.copy()
+            c[-1] = min(255, int(c[-1]) + extra)
+            img = np.repeat(c.reshape(8, 8)[..., None], 3, axis=2)
+            got, expected = identical_blocks(img, img), _identical_blocks_float(img, img)
+            assert np.array_equal(got[1], expected[1]), (k, extra)
+            near += int(abs(float(c.astype(np.float32).std()) - 2.0) < 0.2)
+    assert near > 5

@@ -313,3 +313,27 @@ def test_an_empty_image_is_refused_when_the_pair_is_made(shape):
         Pair(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
     ann = create_annotator("pixel-diff").predict([Pair(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 3), np.uint8))])
     assert ann[0].mask.shape == (1, 1)
+
+
+def test_a_constant_prior_is_no_full_resolution_map_and_resizes_to_the_same_floats():
+    """Most pairs carry no location (no instruction, grounding off, a global edit): their prior was a float map at the
+    pair's full size, allocated, clipped into a second one and area-resized, per pair, for a constant. Now it is a
+    stride-0 view of one number, and `resized_prior` gives bit for bit the floats the full map gave (an area resize of
+    a constant is not exactly that constant, hence the sizes below: so the network sees the same input)."""
+    from sigma.annotators.guidance import Guide, resized_prior
+    from sigma.annotators.torch_base import resize_image
+    from sigma.grounding.prior import constant_prior
+
+    rng = np.random.default_rng(3)
+    o = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    guides = Guide()([Pair(o, o.copy(), instruction=t) for t in ("remove the dog", "make it snowy", None)])
+    for g, value in zip(guides, (0.5, 1.0, 0.5), strict=True):
+        assert g.prior.shape == (90, 70) and g.prior.strides == (0, 0) and np.all(g.prior == value)
+    for size in [(1578, 1723), (2095, 1991), (1125, 1500), (60, 40)]:
+        for hw in [(83, 531), (830, 622), (384, 512), (96, 64)]:
+            for value in (0.5, 1.0):
+                expected = resize_image(np.full(size, value, np.float32), hw)
+                got = resized_prior(constant_prior(size, value), hw)
+                assert got.dtype == np.float32 and np.array_equal(got, expected), (size, hw, value)
+    informative = rng.random((50, 70)).astype(np.float32)
+    np.testing.assert_array_equal(resized_prior(informative, (25, 35)), resize_image(informative, (25, 35)))

@@ -3,6 +3,7 @@
 grounded in one `ground_batch` call (the grounder batches detector and segmenter work itself)."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,7 @@ class Guide:
 
     def __call__(self, pairs: list[Pair]) -> list[Guidance]:
         from sigma.grounding import FLAG_GLOBAL, FLAG_PARTLY_FOUND
+        from sigma.grounding.prior import is_constant
 
         t0 = time.perf_counter()
         parses = [self._parse(p) for p in pairs]
@@ -84,11 +86,33 @@ class Guide:
                        for r in res.regions]
             timings = {"parse": (t1 - t0) * 1000.0 / n, "ground": (t2 - t1) * 1000.0 / n,
                        **{f"ground_{k}": v for k, v in res.timings_ms.items()}}
-            out.append(Guidance(edit_type_token(parse.edit_types), np.clip(np.asarray(res.prior, np.float32), 0.0, 1.0),
+            prior = res.prior if is_constant(res.prior) else np.clip(np.asarray(res.prior, np.float32), 0.0, 1.0)
+            out.append(Guidance(edit_type_token(parse.edit_types), prior,
                                 res.flag in (None, FLAG_GLOBAL, FLAG_PARTLY_FOUND), res.flag, regions, res.to_extra(),
                                 timings,
                                 edit_types=parse.edit_types))
         return out
+
+
+def resized_prior(prior: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """The prior at the network's working size `hw`. A constant prior (`sigma.grounding.prior.constant_prior`) is
+    resized as the full map it stands for, once per (size, value, hw): the same floats, without a full-resolution
+    map per pair (an area resize of a constant is not exactly that constant, so it is not written down instead)."""
+    from sigma.annotators.torch_base import resize_image
+    from sigma.grounding.prior import is_constant
+
+    if is_constant(prior):
+        return _resized_constant((prior.shape[0], prior.shape[1]), float(prior.flat[0]), (int(hw[0]), int(hw[1])))
+    return resize_image(prior, hw)
+
+
+@functools.lru_cache(maxsize=8)
+def _resized_constant(size: tuple[int, int], value: float, hw: tuple[int, int]) -> np.ndarray:
+    from sigma.annotators.torch_base import resize_image
+
+    out = resize_image(np.full(size, value, np.float32), hw)
+    out.flags.writeable = False     # shared by every pair of this size: callers copy (np.stack does)
+    return out
 
 
 def normalised_regions(regions: list[dict[str, Any]], size: tuple[int, int]) -> list[dict[str, Any]]:

@@ -22,9 +22,9 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from sigma.annotators.base import Prediction
-from sigma.annotators.guidance import Guidance, Guide, normalised_regions
+from sigma.annotators.guidance import Guidance, Guide, normalised_regions, resized_prior
 from sigma.annotators.mask_extras import confidence, split_components
-from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig, resize_image
+from sigma.annotators.torch_base import TorchAnnotator, TorchAnnotatorConfig
 from sigma.config.schema import MAX_WORKING_SIZE, errors_placed
 from sigma.errors import WeightsNotFoundError
 from sigma.registry import ANNOTATORS, registered
@@ -287,7 +287,7 @@ class SigmaAnnotator(TorchAnnotator):
 
     def _forward(self, original, edited, pairs: list[Pair], guides: list[Guidance]):
         hw = tuple(original.shape[-2:])
-        prior = self.torch.from_numpy(np.stack([resize_image(g.prior, hw) for g in guides]))[:, None]
+        prior = self.torch.from_numpy(np.stack([resized_prior(g.prior, hw) for g in guides]))[:, None]
         regions = [normalised_regions(g.regions, p.size) for p, g in zip(pairs, guides, strict=True)]
         # torch (NCHW / channels-last) or ONNX Runtime, chosen once at load (sigma.runtime)
         return self.runner(original, edited, prior.to(self.device), [g.edit_type for g in guides],

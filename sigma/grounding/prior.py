@@ -6,12 +6,27 @@ import numpy as np
 from sigma.grounding.types import UNINFORMATIVE, Region
 
 
+def constant_prior(size: tuple[int, int], value: float) -> np.ndarray:
+    """One value everywhere, as a read-only [H, W] float32 view of a single number (stride 0).
+
+    A prior that carries no location (no instruction, nothing found, a global edit: most pairs of a corpus) was a
+    full-resolution float map, 64 MB at 16 Mpx, allocated, clipped into a second one and area-resized per pair, for
+    a constant. A view costs nothing; `is_constant` lets its users skip the copies, and `resized_prior` resizes it
+    once per (size, value, working size), to the very floats the full map gave."""
+    return np.broadcast_to(np.float32(value), (int(size[0]), int(size[1])))
+
+
+def is_constant(prior: np.ndarray) -> bool:
+    """A `constant_prior` view (both strides 0); its one value is `prior.flat[0]`."""
+    return prior.ndim == 2 and prior.size > 0 and prior.strides == (0, 0)
+
+
 def uninformative_prior(size: tuple[int, int]) -> np.ndarray:
-    return np.full(size, UNINFORMATIVE, np.float32)
+    return constant_prior(size, UNINFORMATIVE)
 
 
 def full_prior(size: tuple[int, int]) -> np.ndarray:
-    return np.ones(size, np.float32)
+    return constant_prior(size, 1.0)
 
 
 def compose_prior(regions: list[Region], size: tuple[int, int], floor: float = 0.0) -> np.ndarray:
