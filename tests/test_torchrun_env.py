@@ -104,3 +104,21 @@ def test_one_rank_needs_no_rendezvous(monkeypatch):
     assert world.rendezvous() == (0, 1)
     monkeypatch.delenv("WORLD_SIZE")
     assert world.rendezvous() == (0, 1)
+
+
+@pytest.mark.parametrize("local,count,visible,said", [
+    (2, 2, "", r"\$LOCAL_RANK=2: this machine has 2 CUDA devices, numbered 0 to 1: start at most 2 ranks per machine "
+               r"\(torchrun --nproc_per_node 2\)$"),
+    (1, 1, "3", r"\$LOCAL_RANK=1: this machine has 1 CUDA device \(\$CUDA_VISIBLE_DEVICES='3'\), numbered 0 to 0"),
+    (0, 0, "", r"\$LOCAL_RANK=0: this machine has no CUDA device visible$")])
+def test_a_local_rank_past_the_last_cuda_device_is_no_such_device(local, count, visible, said, monkeypatch):
+    """`torchrun --nproc_per_node 4` on a 2-GPU machine: ranks 2 and 3 met CUDA's `invalid device ordinal`
+    traceback in `torch.cuda.set_device`. The device is now chosen by `world.cuda_device` (local rank, devices
+    visible), before the ranks connect, and a rank with none is one `no_such_device` line."""
+    from sigma.training import world
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert world.cuda_device(0, 2) == 0 and world.cuda_device(1, 2) == 1
+    with pytest.raises(world.NoSuchDevice, match=said) as caught:
+        world.cuda_device(local, count)
+    assert caught.value.code == "no_such_device"

@@ -366,16 +366,18 @@ class Trainer:
         # torch's env:// rendezvous checked first (`world.rendezvous`): a WORLD_SIZE=2 without torchrun's other
         # variables was its ValueError traceback; the rank and size are given as read, not read again by int()
         self.rank, self.world = world.rendezvous()
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world)
-            register_rank(self.rank)           # for a rank lost mid-run to be named (`rank_lost`)
         if torch.cuda.is_available():
-            local = world.local_rank()
+            # one device per rank of the node, chosen before the ranks connect: a LOCAL_RANK past the last device
+            # is said (`no_such_device`), not CUDA's `invalid device ordinal` traceback
+            local = world.cuda_device(world.local_rank(), torch.cuda.device_count())
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
         else:
             self.device = torch.device("cpu")
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world)
+            register_rank(self.rank)           # for a rank lost mid-run to be named (`rank_lost`)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.use_bf16 = self.device.type == "cuda" and cfg.amp in ("auto", "bf16")

@@ -9,10 +9,13 @@ naming the variable.
 `WORLD_SIZE=2 sigma train ...` outside torchrun (no `$RANK`, `$MASTER_ADDR`, `$MASTER_PORT`) ended in torch's
 ValueError traceback from `init_process_group`; `RANK=2 WORLD_SIZE=2` waited for a rank 2 that no group has. Now
 `rendezvous` says which variable is missing or wrong before the run folder is touched.
+
+`torchrun --nproc_per_node 4` on a machine with 2 GPUs gave ranks 2 and 3 a `$LOCAL_RANK` with no CUDA device:
+`torch.cuda.set_device(2)` ended them in CUDA's `invalid device ordinal` traceback. `cuda_device` says it first.
 """
 from __future__ import annotations
 
-from sigma.errors import ConfigError
+from sigma.errors import ConfigError, SigmaError
 from sigma.text import env_text, positive_int_env, shown
 
 # ranks are numbered by torchrun in an int32 (and CUDA device indices are small): a bound that says so
@@ -63,3 +66,26 @@ def rendezvous() -> tuple[int, int]:
     if not 1 <= number <= 65535:
         raise ConfigError(f"$MASTER_PORT={shown(port, 40)!r}: the port rank 0 listens on, a whole number 1 to 65535")
     return this, size
+
+
+class NoSuchDevice(SigmaError):
+    """A rank's `$LOCAL_RANK` names a CUDA device this machine does not have (more ranks per node than GPUs)."""
+
+    code = "no_such_device"
+
+
+def cuda_device(local: int, count: int) -> int:
+    """The CUDA device index of the rank whose `$LOCAL_RANK` is `local`, on a machine with `count` CUDA devices
+    (the ones `$CUDA_VISIBLE_DEVICES` leaves visible): `local` itself, one device per rank of the node, or
+    `NoSuchDevice` when there is no such device — torch's `set_device` answered it with CUDA's `invalid device
+    ordinal` traceback, which names neither the variable nor the count."""
+    if 0 <= local < count:
+        return local
+    visible = env_text("CUDA_VISIBLE_DEVICES")
+    where = f" ($CUDA_VISIBLE_DEVICES={shown(visible, 60)!r})" if visible else ""
+    if not count:
+        raise NoSuchDevice(f"$LOCAL_RANK={local}: this machine has no CUDA device visible{where}")
+    plural = "" if count == 1 else "s"
+    raise NoSuchDevice(f"$LOCAL_RANK={local}: this machine has {count} CUDA device{plural}{where}, numbered 0 to "
+                       f"{count - 1}: start at most {count} rank{plural} per machine (torchrun --nproc_per_node "
+                       f"{count})")
