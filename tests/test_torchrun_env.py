@@ -122,3 +122,22 @@ def test_a_local_rank_past_the_last_cuda_device_is_no_such_device(local, count, 
     with pytest.raises(world.NoSuchDevice, match=said) as caught:
         world.cuda_device(local, count)
     assert caught.value.code == "no_such_device"
+
+
+@pytest.mark.parametrize("env,said", [
+    ({}, "rank 0 of 1) but $RANK=0 and $WORLD_SIZE=2"), ({"WORLD_SIZE": ""}, None)])
+def test_a_process_group_already_started_must_be_the_environments(env, said, tmp_path):
+    """A user's script that started its own process group (here one rank, by a file store) and then calls sigma's
+    training: its rank and size are the ones every part of the run reads from the environment, so a group that
+    is not the environment's is one invalid_config line (two processes of a `tcp://` group with no `$RANK` each
+    took itself for rank 0 of 1); the environment's own checks (`$MASTER_ADDR`...) are the group's business."""
+    code = ("import torch.distributed as d, sys; d.init_process_group('gloo', init_method='file://' + sys.argv[1], "
+            "rank=0, world_size=1)\nfrom sigma.training import world\nfrom sigma.errors import ConfigError\n"
+            "try:\n    print(world.rendezvous())\nexcept ConfigError as e:\n    print('refused:', e)")
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store")], capture_output=True, text=True,
+                         env={**base, "WORLD_SIZE": "2", "RANK": "0", **env}, check=True, timeout=120).stdout
+    if said:
+        assert out.startswith("refused: a torch process group is already started (") and said in out, out
+    else:
+        assert out.strip() == "(0, 1)", out

@@ -234,13 +234,16 @@ def _rank_pid(torchrun: int, rank: int) -> int:
     raise AssertionError(f"torchrun {torchrun} has no rank {rank} among {children_of(torchrun)}")
 
 
-def _torchrun_with_a_rank_killed(photos, tmp_path, ranks: int, killed: int) -> tuple[Path, int, str]:
+def _torchrun_with_a_rank_killed(photos, tmp_path, ranks: int, killed: int,
+                                 entry: tuple[str, ...] = ("-m", "sigma")) -> tuple[Path, int, str]:
     """(the run folder, torchrun's status, its stderr) of a tiny Stage I run under `torchrun --nproc_per_node=ranks`
-    whose rank `killed` is SIGKILLed after the checkpoint of step 2 (ckpt_every=2)."""
+    whose rank `killed` is SIGKILLed after the checkpoint of step 2 (ckpt_every=2); `entry`: what torchrun starts,
+    `sigma`'s CLI or a script of the user's taking the same arguments after `train`."""
     run = tmp_path / "runs" / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "-m", "sigma",
-           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
-           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *entry,
+           *(["train"] if entry == ("-m", "sigma") else []), str(ROOT / "configs" / "train" / "tiny-stage1.yaml"),
+           f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false",
+           "eval.val_size=0"]
     proc = subprocess.Popen(cmd, env=procfs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, cwd=tmp_path)
     try:
@@ -297,3 +300,17 @@ def test_ddp_with_three_ranks_a_rank_lost_is_named_and_said_once(photos, tmp_pat
                     rf"--resume {re.escape(str(run))} ", said[0]), said[0]
     codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", err, re.M))
     assert codes == {"0": "-9", "1": "2", "2": "2"}, err[-3000:]
+
+
+def test_ddp_in_a_group_the_users_script_started_names_the_rank_lost(photos, tmp_path):
+    """A user's own DDP script that starts the process group itself, then calls `sigma train` (tests/
+    ddp_own_group_worker.py): the ranks were never registered in the run's store (only a group sigma started
+    was), so with 3 ranks a rank killed mid-run was said as `a rank of 3 on another host`. Now registered either
+    way: the first rank left names it, once."""
+    run, _, err = _torchrun_with_a_rank_killed(photos, tmp_path, ranks=3, killed=1,
+                                               entry=(str(ROOT / "tests" / "ddp_own_group_worker.py"),))
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    assert len(said) == 1, err[-3000:]
+    assert re.match(rf"sigma: error \[rank_lost\]: rank 1 of 3 was lost \(connection (reset|closed) by peer\); the "
+                    rf"run stopped; the last complete checkpoint \(step \d+\) is kept; continue with: sigma train "
+                    rf"--resume {re.escape(str(run))} ", said[0]), said[0]

@@ -374,10 +374,13 @@ class Trainer:
             self.device = torch.device("cuda", local)
         else:
             self.device = torch.device("cpu")
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world)
-            register_rank(self.rank)           # for a rank lost mid-run to be named (`rank_lost`)
+        if self.world > 1:
+            if not torch.distributed.is_initialized():
+                backend = "nccl" if torch.cuda.is_available() else "gloo"
+                torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world)
+            # for a rank lost mid-run to be named (`rank_lost`); in a group the user's own script started too (its
+            # rank and size checked against the environment's by `world.rendezvous`): it was registered only here
+            register_rank(self.rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.use_bf16 = self.device.type == "cuda" and cfg.amp in ("auto", "bf16")

@@ -15,6 +15,8 @@ ValueError traceback from `init_process_group`; `RANK=2 WORLD_SIZE=2` waited for
 """
 from __future__ import annotations
 
+import sys
+
 from sigma.errors import ConfigError, SigmaError
 from sigma.text import env_text, positive_int_env, shown
 
@@ -40,12 +42,31 @@ def local_rank() -> int:
                             "more", MOST_RANKS, least=0)
 
 
+def _group() -> tuple[int, int] | None:
+    """(rank, size) of the torch process group this process already started, None when there is none. torch is not
+    imported for it (the CLI reads the rank on every error): without torch.distributed loaded there is no group."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist.get_rank(), dist.get_world_size()
+
+
 def rendezvous() -> tuple[int, int]:
     """(rank, world size), with what torch's `env://` rendezvous reads checked when there is more than one rank:
     `$RANK` set and below `$WORLD_SIZE`, `$MASTER_ADDR` set, `$MASTER_PORT` a port number (read by torch with
     int(), as here). torchrun sets all four; a `WORLD_SIZE=2` exported by hand set none of the others. Each refusal
     is one `invalid_config` naming the variable. One rank needs none of them: the single-process run."""
     size, this = world_size(), rank()
+    group = _group()
+    if group is not None:
+        # a script of the user's that started its own process group (tcp:// or a store of its own) before calling
+        # sigma's training: the group's rank and size must be the environment's, which every part of the run reads
+        # (rank 0 alone holds and writes the run folder; a lost rank is named by them)
+        if group != (this, size):
+            raise ConfigError(f"a torch process group is already started (rank {group[0]} of {group[1]}) but "
+                              f"$RANK={this} and $WORLD_SIZE={size}: sigma train reads its rank from the "
+                              "environment; set $RANK and $WORLD_SIZE to the group's (torchrun sets them)")
+        return this, size
     if size < 2:
         return this, size
     launched = "(torchrun sets it: torchrun --nproc_per_node N -m sigma train CONFIG)"
