@@ -314,3 +314,27 @@ def test_ddp_in_a_group_the_users_script_started_names_the_rank_lost(photos, tmp
     assert re.match(rf"sigma: error \[rank_lost\]: rank 1 of 3 was lost \(connection (reset|closed) by peer\); the "
                     rf"run stopped; the last complete checkpoint \(step \d+\) is kept; continue with: sigma train "
                     rf"--resume {re.escape(str(run))} ", said[0]), said[0]
+
+
+def test_ddp_ranks_left_waiting_to_connect_end_at_torchruns_sigterm(photos, tmp_path):
+    """Rank 0 refused before the ranks connect (its run folder held by another process: `run_locked`), with 3
+    ranks: ranks 1 and 2 waited inside torch's C++ rendezvous, where the SIGTERM torchrun sent them was only noted
+    (sigma's clean stop at the next step), so torchrun SIGKILLed them after its fixed 30 s grace (`-9`). Now SIGTERM
+    ends a rank at once while it connects: torchrun ends within seconds, the report's root cause rank 0's line."""
+    import fcntl
+    import time
+
+    run = tmp_path / "runs" / "ddp"
+    run.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "sigma", "train",
+           str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=3"]
+    with open(run / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)        # another process's hold, as `sigma train` takes it
+        began = time.monotonic()
+        proc = subprocess.run(cmd, env=procfs_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        took = time.monotonic() - began
+    codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", proc.stderr, re.M))
+    assert codes == {"0": "2", "1": "-15", "2": "-15"}, proc.stderr[-3000:]
+    assert "traceback : sigma: error [run_locked]: " in proc.stderr
+    assert took < 30, took

@@ -68,6 +68,29 @@ def register_rank(rank: int) -> None:
         pass
 
 
+@contextmanager
+def ended_while_connecting() -> Iterator[None]:
+    """SIGTERM ends this rank at once while it connects to the others (`init_process_group`), instead of being
+    noted for a clean stop at the next step (`sigma.lifeline.signal_noted`, around the whole run).
+
+    A rank that failed (or was killed) before the ranks connected — rank 0 refused `run_locked`, a rank OOM-killed
+    while loading — left the others waiting inside torch's C++ rendezvous, where a Python handler never runs: the
+    SIGTERM torchrun sent them was only noted, and torchrun SIGKILLed them 30 s later (its shutdown grace,
+    `--shutdown-timeout`: shortening it would cut short the ranks' checkpoint on a SIGTERM mid-run too). No step
+    has run before the ranks connect (rank 0 has written config.yaml alone), so there is nothing to save: the
+    default action loses nothing. Only in the main thread, and not where SIGTERM is ignored."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, before)
+
+
 def _running(pid: int) -> bool:
     """Whether `pid` is a process not yet dead (a zombie, SIGKILLed but not yet reaped by torchrun, is dead)."""
     try:
