@@ -141,3 +141,23 @@ def test_a_process_group_already_started_must_be_the_environments(env, said, tmp
         assert out.startswith("refused: a torch process group is already started (") and said in out, out
     else:
         assert out.strip() == "(0, 1)", out
+
+
+@pytest.mark.parametrize("env,said", [
+    ({"RANK": "1", "WORLD_SIZE": "1"}, "$RANK=1: ranks of $WORLD_SIZE=1 are 0 to 0"),
+    ({"RANK": "3"}, "$RANK=3 but $WORLD_SIZE is not set: a run of one process is rank 0")])
+def test_a_rank_past_a_world_of_one_is_refused(env, said, tmp_path):
+    """`RANK=1 WORLD_SIZE=1 sigma train ...` (or `RANK=1` alone: a variable left over from another job) trained
+    as a rank other than 0, which writes nothing: no run folder, no log, no checkpoint, and exit 0 — every step
+    lost. Now one invalid_config line, exit 2, before anything is read."""
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"out_dir={tmp_path / 'runs'}",
+                           f"data.photos={photos}", "steps=1", "eval.val_size=0", "eval.at_start=false"],
+                          capture_output=True, text=True, timeout=300, env={**base, **env}, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"sigma: error [invalid_config]: {said}" + (
+        " (unset $RANK, or start the ranks with torchrun --nproc_per_node N -m sigma train CONFIG)"
+        if "not set" in said else ""), proc.stderr

@@ -67,14 +67,19 @@ def rendezvous() -> tuple[int, int]:
                               f"$RANK={this} and $WORLD_SIZE={size}: sigma train reads its rank from the "
                               "environment; set $RANK and $WORLD_SIZE to the group's (torchrun sets them)")
         return this, size
+    if this >= size:
+        # with one rank too: `RANK=1 WORLD_SIZE=1` (or `RANK=1` alone) trained as a rank other than 0, which writes
+        # nothing — no run folder, no checkpoint, no log — and ended 0
+        if not env_text("WORLD_SIZE"):
+            raise ConfigError(f"$RANK={this} but $WORLD_SIZE is not set: a run of one process is rank 0 (unset "
+                              "$RANK, or start the ranks with torchrun --nproc_per_node N -m sigma train CONFIG)")
+        raise ConfigError(f"$RANK={this}: ranks of $WORLD_SIZE={size} are 0 to {size - 1}")
     if size < 2:
         return this, size
     launched = "(torchrun sets it: torchrun --nproc_per_node N -m sigma train CONFIG)"
     if not env_text("RANK"):
         raise ConfigError(f"$RANK is not set but $WORLD_SIZE={size}: each of the {size} processes needs its rank "
                           f"{launched}")
-    if this >= size:
-        raise ConfigError(f"$RANK={this}: ranks of $WORLD_SIZE={size} are 0 to {size - 1}")
     if not env_text("MASTER_ADDR"):
         raise ConfigError(f"$MASTER_ADDR is not set but $WORLD_SIZE={size}: the host rank 0 listens on {launched}")
     port = env_text("MASTER_PORT")
