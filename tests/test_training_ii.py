@@ -338,3 +338,30 @@ def test_ddp_ranks_left_waiting_to_connect_end_at_torchruns_sigterm(photos, tmp_
     assert codes == {"0": "2", "1": "-15", "2": "-15"}, proc.stderr[-3000:]
     assert "traceback : sigma: error [run_locked]: " in proc.stderr
     assert took < 30, took
+
+
+def test_ddp_ranks_waiting_for_rank_0s_cache_snapshot_end_at_torchruns_sigterm(photos, tmp_path):
+    """On `data.cache`, the ranks other than 0 wait (polling, before they connect) for the cache_index.json rank 0
+    snapshots into the run folder; rank 0 refused first (`run_locked`) left rank 1 polling while torchrun's
+    SIGTERM was only noted, SIGKILLed after 30 s (`-9`). Now the noted SIGTERM ends the wait: one line, 143."""
+    import fcntl
+    import time
+
+    from sigma.cli import main
+
+    cache = tmp_path / "cache"
+    assert main(["synth", "--build-cache", str(cache), "--photos", str(photos), "--no-vae", "--max-side", "96"]) == 0
+    run = tmp_path / "runs" / "ddp"
+    run.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma", "train",
+           str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.cache={cache}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=3"]
+    with open(run / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)        # another process's hold, as `sigma train` takes it
+        began = time.monotonic()
+        proc = subprocess.run(cmd, env=procfs_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        took = time.monotonic() - began
+    codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", proc.stderr, re.M))
+    assert codes == {"0": "2", "1": "143"}, proc.stderr[-3000:]
+    assert "traceback : sigma: terminated while waiting for rank 0's cache_index.json: no step was run" in proc.stderr
+    assert took < 30, took

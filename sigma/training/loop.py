@@ -1421,7 +1421,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
         if not resume:
-            inputs = freeze_cache_index(inputs, run_dir)
+            inputs = freeze_cache_index(inputs, run_dir, stop=terminated)
             cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
         if rank0:
             save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
