@@ -161,3 +161,40 @@ def test_a_rank_past_a_world_of_one_is_refused(env, said, tmp_path):
     assert proc.stderr.strip() == f"sigma: error [invalid_config]: {said}" + (
         " (unset $RANK, or start the ranks with torchrun --nproc_per_node N -m sigma train CONFIG)"
         if "not set" in said else ""), proc.stderr
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_ranks_that_never_all_connect_end_after_sigma_ddp_timeout_s(rank, tmp_path):
+    """A rank whose rank 0 never answers (`$MASTER_ADDR:$MASTER_PORT` where nothing listens), or a rank 0 whose
+    other ranks never come: torch's default 30-minute wait, with nothing to shorten it, then its DistNetworkError
+    traceback. Now `$SIGMA_DDP_TIMEOUT_S` is the wait, and its end one `rendezvous_failed` line, exit 2."""
+    import socket
+
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    with socket.socket() as free:           # a port nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "SIGMA_DDP_TIMEOUT_S": "2", "OMP_NUM_THREADS": "1"}
+    env.pop("TORCHELASTIC_ERROR_FILE", None)
+    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"out_dir={tmp_path / 'runs'}",
+                           f"data.photos={photos}", "steps=1", "eval.val_size=0", "eval.at_start=false"],
+                          capture_output=True, text=True, timeout=90, env=env, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last.startswith(f"sigma: error [rendezvous_failed]: rank {rank} of 2: the ranks did not all connect "
+                           f"within 2 s ($SIGMA_DDP_TIMEOUT_S; rank 0's store at 127.0.0.1:{port}): "), last
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_ddp_timeout_that_is_no_duration_is_refused(monkeypatch):
+    from sigma.errors import ConfigError
+    from sigma.training import world
+
+    monkeypatch.setenv("SIGMA_DDP_TIMEOUT_S", "0")
+    with pytest.raises(ConfigError, match=r"\$SIGMA_DDP_TIMEOUT_S='0'"):
+        world.connect_timeout_s()
+    monkeypatch.setenv("SIGMA_DDP_TIMEOUT_S", " ")
+    assert world.connect_timeout_s() is None         # torch's default for the backend

@@ -47,7 +47,7 @@ from .checkpoint import CKPT, PREV, load_checkpoint, refuse_lost_checkpoints, sa
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .datawait import DataWait, DataWaitCut
-from .ranks import ended_while_connecting, lost_ranks_said, register_rank
+from .ranks import connect, lost_ranks_said, register_rank
 from .regions import sample_regions
 from .validate import ValidationAbandoned, evaluate_real, validate_synthetic
 
@@ -376,9 +376,7 @@ class Trainer:
             self.device = torch.device("cpu")
         if self.world > 1:
             if not torch.distributed.is_initialized():
-                backend = "nccl" if torch.cuda.is_available() else "gloo"
-                with ended_while_connecting():     # a rank lost before: torchrun's SIGTERM ends the others now
-                    torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world)
+                connect("nccl" if torch.cuda.is_available() else "gloo", self.rank, self.world)
             # for a rank lost mid-run to be named (`rank_lost`); in a group the user's own script started too (its
             # rank and size checked against the environment's by `world.rendezvous`): it was registered only here
             register_rank(self.rank)

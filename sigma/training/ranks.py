@@ -26,6 +26,7 @@ import torch
 
 from sigma.errors import SigmaError, first_line
 from sigma.tempfiles import pid_alive
+from sigma.text import shown
 
 from . import world
 from .checkpoint import checkpoint_files, latest_step
@@ -89,6 +90,35 @@ def ended_while_connecting() -> Iterator[None]:
     finally:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, before)
+
+
+class RendezvousFailed(SigmaError):
+    """The ranks did not all connect within `world.connect_timeout_s` (rank 0's host unreachable, a rank that
+    never started)."""
+
+    code = "rendezvous_failed"
+
+
+def connect(backend: str, rank: int, size: int) -> None:
+    """Start the process group of this run's `size` ranks (torch's env:// rendezvous), waiting at most
+    `world.connect_timeout_s` for all of them. Before, torch's default wait (30 minutes) was the only one: a
+    `$MASTER_ADDR` nobody answers at, or a rank that never came, held the others half an hour, then ended them in
+    torch's DistNetworkError traceback with its C++ frames. Now one `rendezvous_failed` line names the wait, its
+    variable and torch's reason. The same timeout is every collective's (torch's own for a group); unset, torch's
+    default for the backend is kept."""
+    import datetime
+
+    wait = world.connect_timeout_s()
+    timeout = {} if wait is None else {"timeout": datetime.timedelta(seconds=wait)}
+    try:
+        with ended_while_connecting():     # a rank lost before: torchrun's SIGTERM ends the others now
+            torch.distributed.init_process_group(backend, rank=rank, world_size=size, **timeout)
+    except RuntimeError as exc:           # DistNetworkError, DistStoreError (timeouts); gloo's own
+        where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+        within = f"{wait} s ($SIGMA_DDP_TIMEOUT_S" if wait else \
+            f"torch's wait for {backend} ($SIGMA_DDP_TIMEOUT_S sets it"
+        raise RendezvousFailed(f"rank {rank} of {size}: the ranks did not all connect within {within}; rank 0's "
+                               f"store at {shown(where, 80)}): {first_line(exc, 200)}") from exc
 
 
 def _running(pid: int) -> bool:

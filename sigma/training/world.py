@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from sigma.errors import ConfigError, SigmaError
-from sigma.text import env_text, positive_int_env, shown
+from sigma.text import MAX_DURATION_S, env_text, positive_int_env, shown
 
 # ranks are numbered by torchrun in an int32 (and CUDA device indices are small): a bound that says so
 MOST_RANKS = 2 ** 31 - 1
@@ -40,6 +40,13 @@ def local_rank() -> int:
     """`$LOCAL_RANK`: this process's rank on its machine, its CUDA device (0 when unset)."""
     return positive_int_env("LOCAL_RANK", 0, "torchrun's rank of this process on its machine: a whole number, 0 or "
                             "more", MOST_RANKS, least=0)
+
+
+def connect_timeout_s() -> int | None:
+    """`$SIGMA_DDP_TIMEOUT_S`: how long a rank waits for the others — to connect at the start, and in each
+    collective (torch's process-group timeout); None when unset: torch's own default for the backend (30 minutes
+    for gloo, 10 for NCCL). Keep it above rank 0's longest validation: the other ranks wait for it at a barrier."""
+    return positive_int_env("SIGMA_DDP_TIMEOUT_S", 0, "seconds a rank waits for the others", MAX_DURATION_S) or None
 
 
 def _group() -> tuple[int, int] | None:
