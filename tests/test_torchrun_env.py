@@ -184,8 +184,8 @@ def test_ranks_that_never_all_connect_end_after_sigma_ddp_timeout_s(rank, tmp_pa
                           capture_output=True, text=True, timeout=90, env=env, check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert last.startswith(f"sigma: error [rendezvous_failed]: rank {rank} of 2: the ranks did not all connect "
-                           f"within 2 s ($SIGMA_DDP_TIMEOUT_S; rank 0's store at 127.0.0.1:{port}): "), last
+    assert last.startswith(f"sigma: error [rendezvous_failed]: rank {rank} of 2: the ranks could not connect "
+                           f"(waited 2 s: $SIGMA_DDP_TIMEOUT_S); rank 0's store at 127.0.0.1:{port}: "), last
     assert "Traceback" not in proc.stderr
 
 
@@ -198,3 +198,29 @@ def test_a_ddp_timeout_that_is_no_duration_is_refused(monkeypatch):
         world.connect_timeout_s()
     monkeypatch.setenv("SIGMA_DDP_TIMEOUT_S", " ")
     assert world.connect_timeout_s() is None         # torch's default for the backend
+
+
+def test_a_rank_0_whose_port_is_taken_is_one_rendezvous_failed_line(tmp_path):
+    """`$MASTER_PORT` held by another process (another run's store): torch's DistNetworkError traceback; now one
+    `rendezvous_failed` line with torch's reason (EADDRINUSE), said at once: no wait is named."""
+    import socket
+
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1"}
+        env.pop("TORCHELASTIC_ERROR_FILE", None)
+        env.pop("SIGMA_DDP_TIMEOUT_S", None)
+        proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"out_dir={tmp_path / 'runs'}",
+                               f"data.photos={photos}", "steps=1", "eval.val_size=0", "eval.at_start=false"],
+                              capture_output=True, text=True, timeout=90, env=env, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last.startswith(f"sigma: error [rendezvous_failed]: rank 0 of 2: the ranks could not connect; rank 0's "
+                           f"store at 127.0.0.1:{port}: ") and "EADDRINUSE" in last, last
+    assert "Traceback" not in proc.stderr

@@ -115,10 +115,13 @@ def connect(backend: str, rank: int, size: int) -> None:
             torch.distributed.init_process_group(backend, rank=rank, world_size=size, **timeout)
     except RuntimeError as exc:           # DistNetworkError, DistStoreError (timeouts); gloo's own
         where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
-        within = f"{wait} s ($SIGMA_DDP_TIMEOUT_S" if wait else \
-            f"torch's wait for {backend} ($SIGMA_DDP_TIMEOUT_S sets it"
-        raise RendezvousFailed(f"rank {rank} of {size}: the ranks did not all connect within {within}; rank 0's "
-                               f"store at {shown(where, 80)}): {first_line(exc, 200)}") from exc
+        why = first_line(exc, 200)
+        waited = ""
+        if re.search(r"timed out after", why, re.IGNORECASE):    # the wait ran out: not a refusal met at once
+            waited = f" (waited {wait} s: $SIGMA_DDP_TIMEOUT_S)" if wait else \
+                f" (waited torch's default for {backend}: $SIGMA_DDP_TIMEOUT_S sets it)"
+        raise RendezvousFailed(f"rank {rank} of {size}: the ranks could not connect{waited}; rank 0's store at "
+                               f"{shown(where, 80)}: {why}") from exc
 
 
 def _running(pid: int) -> bool:
