@@ -450,6 +450,8 @@ NOT_AN_API_STATUS = {
     "ray_unreachable": "sigma batch run --backend ray", "worker_failed": "sigma batch run's --procs / Ray workers",
     "checkpoint_unreadable": "sigma train", "checkpoint_missing": "sigma train", "data_workers_dying": "sigma train",
     "training_diverged": "sigma train", "rank_lost": "sigma train under torchrun (a rank gone mid-run)",
+    "no_such_device": "sigma train under torchrun (more ranks per machine than CUDA devices)",
+    "rendezvous_failed": "sigma train under torchrun (the ranks did not all connect within $SIGMA_DDP_TIMEOUT_S)",
     "graph_unavailable": "sigma models --prepare",
     # a batch worker's task outcomes: in a shard's status or dead letter (GET /v1/batches/status relays them in the
     # body, scrubbed), never raised in the API

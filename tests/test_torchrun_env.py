@@ -104,3 +104,123 @@ def test_one_rank_needs_no_rendezvous(monkeypatch):
     assert world.rendezvous() == (0, 1)
     monkeypatch.delenv("WORLD_SIZE")
     assert world.rendezvous() == (0, 1)
+
+
+@pytest.mark.parametrize("local,count,visible,said", [
+    (2, 2, "", r"\$LOCAL_RANK=2: this machine has 2 CUDA devices, numbered 0 to 1: start at most 2 ranks per machine "
+               r"\(torchrun --nproc_per_node 2\)$"),
+    (1, 1, "3", r"\$LOCAL_RANK=1: this machine has 1 CUDA device \(\$CUDA_VISIBLE_DEVICES='3'\), numbered 0 to 0"),
+    (0, 0, "", r"\$LOCAL_RANK=0: this machine has no CUDA device visible$")])
+def test_a_local_rank_past_the_last_cuda_device_is_no_such_device(local, count, visible, said, monkeypatch):
+    """`torchrun --nproc_per_node 4` on a 2-GPU machine: ranks 2 and 3 met CUDA's `invalid device ordinal`
+    traceback in `torch.cuda.set_device`. The device is now chosen by `world.cuda_device` (local rank, devices
+    visible), before the ranks connect, and a rank with none is one `no_such_device` line."""
+    from sigma.training import world
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert world.cuda_device(0, 2) == 0 and world.cuda_device(1, 2) == 1
+    with pytest.raises(world.NoSuchDevice, match=said) as caught:
+        world.cuda_device(local, count)
+    assert caught.value.code == "no_such_device"
+
+
+@pytest.mark.parametrize("env,said", [
+    ({}, "rank 0 of 1) but $RANK=0 and $WORLD_SIZE=2"), ({"WORLD_SIZE": ""}, None)])
+def test_a_process_group_already_started_must_be_the_environments(env, said, tmp_path):
+    """A user's script that started its own process group (here one rank, by a file store) and then calls sigma's
+    training: its rank and size are the ones every part of the run reads from the environment, so a group that
+    is not the environment's is one invalid_config line (two processes of a `tcp://` group with no `$RANK` each
+    took itself for rank 0 of 1); the environment's own checks (`$MASTER_ADDR`...) are the group's business."""
+    code = ("import torch.distributed as d, sys; d.init_process_group('gloo', init_method='file://' + sys.argv[1], "
+            "rank=0, world_size=1)\nfrom sigma.training import world\nfrom sigma.errors import ConfigError\n"
+            "try:\n    print(world.rendezvous())\nexcept ConfigError as e:\n    print('refused:', e)")
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store")], capture_output=True, text=True,
+                         env={**base, "WORLD_SIZE": "2", "RANK": "0", **env}, check=True, timeout=120).stdout
+    if said:
+        assert out.startswith("refused: a torch process group is already started (") and said in out, out
+    else:
+        assert out.strip() == "(0, 1)", out
+
+
+@pytest.mark.parametrize("env,said", [
+    ({"RANK": "1", "WORLD_SIZE": "1"}, "$RANK=1: ranks of $WORLD_SIZE=1 are 0 to 0"),
+    ({"RANK": "3"}, "$RANK=3 but $WORLD_SIZE is not set: a run of one process is rank 0")])
+def test_a_rank_past_a_world_of_one_is_refused(env, said, tmp_path):
+    """`RANK=1 WORLD_SIZE=1 sigma train ...` (or `RANK=1` alone: a variable left over from another job) trained
+    as a rank other than 0, which writes nothing: no run folder, no log, no checkpoint, and exit 0 — every step
+    lost. Now one invalid_config line, exit 2, before anything is read."""
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"out_dir={tmp_path / 'runs'}",
+                           f"data.photos={photos}", "steps=1", "eval.val_size=0", "eval.at_start=false"],
+                          capture_output=True, text=True, timeout=300, env={**base, **env}, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"sigma: error [invalid_config]: {said}" + (
+        " (unset $RANK, or start the ranks with torchrun --nproc_per_node N -m sigma train CONFIG)"
+        if "not set" in said else ""), proc.stderr
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_ranks_that_never_all_connect_end_after_sigma_ddp_timeout_s(rank, tmp_path):
+    """A rank whose rank 0 never answers (`$MASTER_ADDR:$MASTER_PORT` where nothing listens), or a rank 0 whose
+    other ranks never come: torch's default 30-minute wait, with nothing to shorten it, then its DistNetworkError
+    traceback. Now `$SIGMA_DDP_TIMEOUT_S` is the wait, and its end one `rendezvous_failed` line, exit 2."""
+    import socket
+
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    with socket.socket() as free:           # a port nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "SIGMA_DDP_TIMEOUT_S": "2", "OMP_NUM_THREADS": "1"}
+    env.pop("TORCHELASTIC_ERROR_FILE", None)
+    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"out_dir={tmp_path / 'runs'}",
+                           f"data.photos={photos}", "steps=1", "eval.val_size=0", "eval.at_start=false"],
+                          capture_output=True, text=True, timeout=90, env=env, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last.startswith(f"sigma: error [rendezvous_failed]: rank {rank} of 2: the ranks could not connect "
+                           f"(waited 2 s: $SIGMA_DDP_TIMEOUT_S); rank 0's store at 127.0.0.1:{port}: "), last
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_ddp_timeout_that_is_no_duration_is_refused(monkeypatch):
+    from sigma.errors import ConfigError
+    from sigma.training import world
+
+    monkeypatch.setenv("SIGMA_DDP_TIMEOUT_S", "0")
+    with pytest.raises(ConfigError, match=r"\$SIGMA_DDP_TIMEOUT_S='0'"):
+        world.connect_timeout_s()
+    monkeypatch.setenv("SIGMA_DDP_TIMEOUT_S", " ")
+    assert world.connect_timeout_s() is None         # torch's default for the backend
+
+
+def test_a_rank_0_whose_port_is_taken_is_one_rendezvous_failed_line(tmp_path):
+    """`$MASTER_PORT` held by another process (another run's store): torch's DistNetworkError traceback; now one
+    `rendezvous_failed` line with torch's reason (EADDRINUSE), said at once: no wait is named."""
+    import socket
+
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1"}
+        env.pop("TORCHELASTIC_ERROR_FILE", None)
+        env.pop("SIGMA_DDP_TIMEOUT_S", None)
+        proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"out_dir={tmp_path / 'runs'}",
+                               f"data.photos={photos}", "steps=1", "eval.val_size=0", "eval.at_start=false"],
+                              capture_output=True, text=True, timeout=90, env=env, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last.startswith(f"sigma: error [rendezvous_failed]: rank 0 of 2: the ranks could not connect; rank 0's "
+                           f"store at 127.0.0.1:{port}: ") and "EADDRINUSE" in last, last
+    assert "Traceback" not in proc.stderr

@@ -234,13 +234,16 @@ def _rank_pid(torchrun: int, rank: int) -> int:
     raise AssertionError(f"torchrun {torchrun} has no rank {rank} among {children_of(torchrun)}")
 
 
-def _torchrun_with_a_rank_killed(photos, tmp_path, ranks: int, killed: int) -> tuple[Path, int, str]:
+def _torchrun_with_a_rank_killed(photos, tmp_path, ranks: int, killed: int,
+                                 entry: tuple[str, ...] = ("-m", "sigma")) -> tuple[Path, int, str]:
     """(the run folder, torchrun's status, its stderr) of a tiny Stage I run under `torchrun --nproc_per_node=ranks`
-    whose rank `killed` is SIGKILLed after the checkpoint of step 2 (ckpt_every=2)."""
+    whose rank `killed` is SIGKILLed after the checkpoint of step 2 (ckpt_every=2); `entry`: what torchrun starts,
+    `sigma`'s CLI or a script of the user's taking the same arguments after `train`."""
     run = tmp_path / "runs" / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "-m", "sigma",
-           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
-           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false", "eval.val_size=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *entry,
+           *(["train"] if entry == ("-m", "sigma") else []), str(ROOT / "configs" / "train" / "tiny-stage1.yaml"),
+           f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=400", "eval.at_start=false",
+           "eval.val_size=0"]
     proc = subprocess.Popen(cmd, env=procfs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, cwd=tmp_path)
     try:
@@ -297,3 +300,68 @@ def test_ddp_with_three_ranks_a_rank_lost_is_named_and_said_once(photos, tmp_pat
                     rf"--resume {re.escape(str(run))} ", said[0]), said[0]
     codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", err, re.M))
     assert codes == {"0": "-9", "1": "2", "2": "2"}, err[-3000:]
+
+
+def test_ddp_in_a_group_the_users_script_started_names_the_rank_lost(photos, tmp_path):
+    """A user's own DDP script that starts the process group itself, then calls `sigma train` (tests/
+    ddp_own_group_worker.py): the ranks were never registered in the run's store (only a group sigma started
+    was), so with 3 ranks a rank killed mid-run was said as `a rank of 3 on another host`. Now registered either
+    way: the first rank left names it, once."""
+    run, _, err = _torchrun_with_a_rank_killed(photos, tmp_path, ranks=3, killed=1,
+                                               entry=(str(ROOT / "tests" / "ddp_own_group_worker.py"),))
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    assert len(said) == 1, err[-3000:]
+    assert re.match(rf"sigma: error \[rank_lost\]: rank 1 of 3 was lost \(connection (reset|closed) by peer\); the "
+                    rf"run stopped; the last complete checkpoint \(step \d+\) is kept; continue with: sigma train "
+                    rf"--resume {re.escape(str(run))} ", said[0]), said[0]
+
+
+def test_ddp_ranks_left_waiting_to_connect_end_at_torchruns_sigterm(photos, tmp_path):
+    """Rank 0 refused before the ranks connect (its run folder held by another process: `run_locked`), with 3
+    ranks: ranks 1 and 2 waited inside torch's C++ rendezvous, where the SIGTERM torchrun sent them was only noted
+    (sigma's clean stop at the next step), so torchrun SIGKILLed them after its fixed 30 s grace (`-9`). Now SIGTERM
+    ends a rank at once while it connects: torchrun ends within seconds, the report's root cause rank 0's line."""
+    import fcntl
+    import time
+
+    run = tmp_path / "runs" / "ddp"
+    run.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "sigma", "train",
+           str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=3"]
+    with open(run / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)        # another process's hold, as `sigma train` takes it
+        began = time.monotonic()
+        proc = subprocess.run(cmd, env=procfs_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        took = time.monotonic() - began
+    codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", proc.stderr, re.M))
+    assert codes == {"0": "2", "1": "-15", "2": "-15"}, proc.stderr[-3000:]
+    assert "traceback : sigma: error [run_locked]: " in proc.stderr
+    assert took < 30, took
+
+
+def test_ddp_ranks_waiting_for_rank_0s_cache_snapshot_end_at_torchruns_sigterm(photos, tmp_path):
+    """On `data.cache`, the ranks other than 0 wait (polling, before they connect) for the cache_index.json rank 0
+    snapshots into the run folder; rank 0 refused first (`run_locked`) left rank 1 polling while torchrun's
+    SIGTERM was only noted, SIGKILLed after 30 s (`-9`). Now the noted SIGTERM ends the wait: one line, 143."""
+    import fcntl
+    import time
+
+    from sigma.cli import main
+
+    cache = tmp_path / "cache"
+    assert main(["synth", "--build-cache", str(cache), "--photos", str(photos), "--no-vae", "--max-side", "96"]) == 0
+    run = tmp_path / "runs" / "ddp"
+    run.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma", "train",
+           str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.cache={cache}",
+           f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=3"]
+    with open(run / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)        # another process's hold, as `sigma train` takes it
+        began = time.monotonic()
+        proc = subprocess.run(cmd, env=procfs_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        took = time.monotonic() - began
+    codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", proc.stderr, re.M))
+    assert codes == {"0": "2", "1": "143"}, proc.stderr[-3000:]
+    assert "traceback : sigma: terminated while waiting for rank 0's cache_index.json: no step was run" in proc.stderr
+    assert took < 30, took

@@ -121,14 +121,16 @@ def fixed_val_set(cfg: TrainConfig, size: int) -> list[SynthSample]:
     return [ds.sample(i)[0] for i in range(size)]
 
 
-def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+def freeze_cache_index(cfg: TrainConfig, run_dir: Path, stop: object = None) -> TrainConfig:
     """Snapshot the cache's index.json into the run folder and point the config at it, so a cache still
     being built (new photos land every few seconds) cannot change the run's stream; a later run picks up
-    the grown cache. Rank 0 writes; other ranks wait for the file."""
+    the grown cache. Rank 0 writes; other ranks wait for the file, until `stop` (the run's noted SIGTERM) is
+    truthy: a rank 0 refused before it wrote the file (`run_locked`) left them polling while torchrun's SIGTERM
+    was only noted, until its SIGKILL 30 s later."""
     import time
 
     from sigma.data.synth.engine import cached_files, read_cache_index
-    from sigma.errors import InputError
+    from sigma.errors import InputError, Stopped
 
     if not cfg.data.cache or cfg.data.cache_index:
         return cfg
@@ -148,6 +150,8 @@ def freeze_cache_index(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     else:
         deadline = time.time() + 120
         while not target.is_file() and time.time() < deadline:
+            if stop:        # 143 and one line, as a SIGTERM before the first step (nothing was run)
+                raise Stopped(f"terminated while waiting for rank 0's {target.name}: no step was run", 143)
             time.sleep(0.2)
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_index": str(target)})})
 

@@ -47,7 +47,7 @@ from .checkpoint import CKPT, PREV, load_checkpoint, refuse_lost_checkpoints, sa
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .datawait import DataWait, DataWaitCut
-from .ranks import lost_ranks_said, register_rank
+from .ranks import connect, lost_ranks_said, register_rank
 from .regions import sample_regions
 from .validate import ValidationAbandoned, evaluate_real, validate_synthetic
 
@@ -366,16 +366,20 @@ class Trainer:
         # torch's env:// rendezvous checked first (`world.rendezvous`): a WORLD_SIZE=2 without torchrun's other
         # variables was its ValueError traceback; the rank and size are given as read, not read again by int()
         self.rank, self.world = world.rendezvous()
-        if self.world > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world)
-            register_rank(self.rank)           # for a rank lost mid-run to be named (`rank_lost`)
         if torch.cuda.is_available():
-            local = world.local_rank()
+            # one device per rank of the node, chosen before the ranks connect: a LOCAL_RANK past the last device
+            # is said (`no_such_device`), not CUDA's `invalid device ordinal` traceback
+            local = world.cuda_device(world.local_rank(), torch.cuda.device_count())
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
         else:
             self.device = torch.device("cpu")
+        if self.world > 1:
+            if not torch.distributed.is_initialized():
+                connect("nccl" if torch.cuda.is_available() else "gloo", self.rank, self.world)
+            # for a rank lost mid-run to be named (`rank_lost`); in a group the user's own script started too (its
+            # rank and size checked against the environment's by `world.rendezvous`): it was registered only here
+            register_rank(self.rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.use_bf16 = self.device.type == "cuda" and cfg.amp in ("auto", "bf16")
@@ -1415,7 +1419,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
             raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
         if not resume:
-            inputs = freeze_cache_index(inputs, run_dir)
+            inputs = freeze_cache_index(inputs, run_dir, stop=terminated)
             cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
         if rank0:
             save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from

@@ -26,6 +26,7 @@ import torch
 
 from sigma.errors import SigmaError, first_line
 from sigma.tempfiles import pid_alive
+from sigma.text import shown
 
 from . import world
 from .checkpoint import checkpoint_files, latest_step
@@ -66,6 +67,61 @@ def register_rank(rank: int) -> None:
         _store().set(_key(f"pid/{rank}"), f"{socket.gethostname()} {os.getpid()}")
     except Exception:  # noqa: BLE001 - no store: the rank lost is said without its number
         pass
+
+
+@contextmanager
+def ended_while_connecting() -> Iterator[None]:
+    """SIGTERM ends this rank at once while it connects to the others (`init_process_group`), instead of being
+    noted for a clean stop at the next step (`sigma.lifeline.signal_noted`, around the whole run).
+
+    A rank that failed (or was killed) before the ranks connected — rank 0 refused `run_locked`, a rank OOM-killed
+    while loading — left the others waiting inside torch's C++ rendezvous, where a Python handler never runs: the
+    SIGTERM torchrun sent them was only noted, and torchrun SIGKILLed them 30 s later (its shutdown grace,
+    `--shutdown-timeout`: shortening it would cut short the ranks' checkpoint on a SIGTERM mid-run too). No step
+    has run before the ranks connect (rank 0 has written config.yaml alone), so there is nothing to save: the
+    default action loses nothing. Only in the main thread, and not where SIGTERM is ignored."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, before)
+
+
+class RendezvousFailed(SigmaError):
+    """The ranks did not all connect within `world.connect_timeout_s` (rank 0's host unreachable, a rank that
+    never started)."""
+
+    code = "rendezvous_failed"
+
+
+def connect(backend: str, rank: int, size: int) -> None:
+    """Start the process group of this run's `size` ranks (torch's env:// rendezvous), waiting at most
+    `world.connect_timeout_s` for all of them. Before, torch's default wait (30 minutes) was the only one: a
+    `$MASTER_ADDR` nobody answers at, or a rank that never came, held the others half an hour, then ended them in
+    torch's DistNetworkError traceback with its C++ frames. Now one `rendezvous_failed` line names the wait, its
+    variable and torch's reason. The same timeout is every collective's (torch's own for a group); unset, torch's
+    default for the backend is kept."""
+    import datetime
+
+    wait = world.connect_timeout_s()
+    timeout = {} if wait is None else {"timeout": datetime.timedelta(seconds=wait)}
+    try:
+        with ended_while_connecting():     # a rank lost before: torchrun's SIGTERM ends the others now
+            torch.distributed.init_process_group(backend, rank=rank, world_size=size, **timeout)
+    except RuntimeError as exc:           # DistNetworkError, DistStoreError (timeouts); gloo's own
+        where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+        why = first_line(exc, 200)
+        waited = ""
+        if re.search(r"timed out after", why, re.IGNORECASE):    # the wait ran out: not a refusal met at once
+            waited = f" (waited {wait} s: $SIGMA_DDP_TIMEOUT_S)" if wait else \
+                f" (waited torch's default for {backend}: $SIGMA_DDP_TIMEOUT_S sets it)"
+        raise RendezvousFailed(f"rank {rank} of {size}: the ranks could not connect{waited}; rank 0's store at "
+                               f"{shown(where, 80)}: {why}") from exc
 
 
 def _running(pid: int) -> bool:
