@@ -69,3 +69,14 @@ def test_the_command_line_still_overrides_the_environment():
     """Layers are not one layer: `--set` over a variable for the same key is the documented order."""
     cfg = load_serve_config(None, ["worker.max_batch_size=5"], env={"SIGMA__WORKER__MAX_BATCH_SIZE": "3"})
     assert cfg.worker.max_batch_size == 5
+
+
+def test_a_flag_over_a_variable_of_its_key_survives_a_section_set_whole():
+    """`SIGMA__WORKER__MAX_BATCH_SIZE=3`, `--set 'worker={annotator: pixel-diff}'`, `--max-batch-size 5`: the flag's
+    key kept the variable's place among the overrides, so the whole `worker` of `--set`, applied after it, replaced
+    it: the worker took 8, the default, where flags > `--set` > environment says 5."""
+    cfg = load_serve_config(None, ["worker={annotator: pixel-diff}"], env={"SIGMA__WORKER__MAX_BATCH_SIZE": "3"},
+                            flags={"worker.max_batch_size": 5})
+    assert cfg.worker.max_batch_size == 5
+    cfg = load_serve_config(None, ["worker={annotator: pixel-diff}"], env={"SIGMA__WORKER__MAX_BATCH_SIZE": "3"})
+    assert cfg.worker.max_batch_size == 8            # the command line's whole section over the variable
