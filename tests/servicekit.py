@@ -33,7 +33,7 @@ FAST = ["queue.lease_ms=800", "queue.block_ms=200", "queue.reclaim_interval_ms=1
 
 def layered(*layers: list[str]) -> list[str]:
     """`--set` items of several layers (FAST, then a test's own), a later layer's key replacing an earlier one's at,
-    under or over it: one command line sets each place once (`sigma.config.loader.refuse_overlaps`)."""
+    under or over it: one command line sets each place once (`sigma.config.loader.OverrideKeys`)."""
     out: list[str] = []
     for layer in layers:
         keys = [item.split("=", 1)[0].strip() for item in layer]

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
-from sigma.config.loader import Override, load_config, refuse_overlaps
+from sigma.config.loader import Override, OverrideKeys, load_config
 from sigma.config.schema import (
     MAX_BATCH_SIZE,
     IOConfig,
@@ -312,15 +312,17 @@ def env_sourced(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]
     as `redis.url`."""
     overrides: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    taken = OverrideKeys("environment variables")
     if env_text("SIGMA_REDIS_URL", env):
         overrides["redis.url"], sources["redis.url"] = env["SIGMA_REDIS_URL"], "SIGMA_REDIS_URL"
+        taken.add("redis.url", "SIGMA_REDIS_URL")
     for name, value in env.items():
         if name.startswith("SIGMA__") and len(name) > 7:
             dotted = ".".join(part.lower() for part in name[7:].split("__"))
             # two variables for one place (SIGMA__WORKER__ANNOTATOR and SIGMA__worker__annotator, SIGMA__WORKER
             # and SIGMA__WORKER__OPTIONS__X, SIGMA_REDIS_URL and SIGMA__REDIS__URL): which won was the environment's
             # order. Named by the variables only: a value may be a credential (a Redis URL's password)
-            refuse_overlaps(sources, dotted, name, "environment variables")
+            taken.add(dotted, name)
             overrides[dotted], sources[dotted] = Override.read(value, name), name
     return overrides, sources
 
