@@ -47,9 +47,27 @@ _LONG_TOKEN = re.compile(r"[^\s'\"]+")
 def nearest(name: str, known: Any) -> str | None:
     """The name of `known` closest to `name` (a typo's), None when none is close: the one did-you-mean of the
     registries' unknown names (`sigma.registry.did_you_mean`) and the config's unknown keys (`sigma.config.loader`).
-    A name of more than 256 characters is compared with none (difflib is quadratic in its length)."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5) if len(name) <= 256 else []
-    return close[0] if close else None
+    A name of more than 256 characters is compared with none (difflib is quadratic in its length). Case and width
+    are no typo's: `--annotator PIXEL-DIFF`, `--set IO.align=true` or a full-width `ｉｏ.align` (an input method's)
+    had no did-you-mean (difflib compares characters as they are: 'IO' and 'io' share none), so the name that
+    differs from one only so (NFKC, casefolded) is that one; else the nearest as written, then as folded."""
+    if len(name) > 256:
+        return None
+    names = [str(k) for k in known]
+    folded: dict[str, str] = {}
+    for known_name in names:
+        folded.setdefault(_folded(known_name), known_name)
+    if (same := folded.get(_folded(name))) is not None:
+        return same
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    if close:
+        return close[0]
+    close = difflib.get_close_matches(_folded(name), list(folded), n=1, cutoff=0.5)
+    return folded[close[0]] if close else None
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:

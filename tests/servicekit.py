@@ -31,6 +31,19 @@ FAST = ["queue.lease_ms=800", "queue.block_ms=200", "queue.reclaim_interval_ms=1
         "api.wait_timeout_s=10", "api.annotators=[pixel-diff,slow-diff,poison-diff]"]
 
 
+def layered(*layers: list[str]) -> list[str]:
+    """`--set` items of several layers (FAST, then a test's own), a later layer's key replacing an earlier one's at,
+    under or over it: one command line sets each place once (`sigma.config.loader.OverrideKeys`)."""
+    out: list[str] = []
+    for layer in layers:
+        keys = [item.split("=", 1)[0].strip() for item in layer]
+        out = [item for item in out
+               if not any(k == (o := item.split("=", 1)[0].strip()) or k.startswith(o + ".") or o.startswith(k + ".")
+                          for k in keys)]
+        out += layer
+    return out
+
+
 def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
@@ -147,7 +160,7 @@ class ServiceUnderTest:
         self.redis_server = redis_server
         self.tmp = tmp
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
-        self.overrides = [*FAST, f"redis.key_prefix={self.prefix}", *(overrides or [])]
+        self.overrides = layered([*FAST, f"redis.key_prefix={self.prefix}"], overrides or [])
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = base_env(redis_server.url)
@@ -157,7 +170,7 @@ class ServiceUnderTest:
 
     def sets(self, extra: list[str] | None = None) -> list[str]:
         out = []
-        for item in [*self.overrides, *(extra or [])]:
+        for item in layered(self.overrides, extra or []):
             out += ["--set", item]
         return out
 
@@ -169,7 +182,7 @@ class ServiceUnderTest:
 
         unused = unused_settings("sigma worker --batch" if batch else "sigma worker")
         out = []
-        for item in [*self.overrides, *(extra or [])]:
+        for item in layered(self.overrides, extra or []):
             key = item.split("=", 1)[0].strip()
             if ".".join(key.split(".")[:2]) not in unused:
                 out += ["--set", item]

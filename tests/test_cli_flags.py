@@ -43,8 +43,11 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
     (["worker", "--batch", "--set", "worker.annotator=sigma-lite"], ["--set worker.annotator: not with --batch"]),
     (["worker", "--batch", "--set", "worker.max_batch_size=4", "--set", "worker.options.threshold=0.1"],
      ["--set worker.max_batch_size and --set worker.options.threshold: not with --batch", "sigma batch submit"]),
-    (["worker", "--batch", "--set", "worker.max_wait_ms=50", "--set", "worker={max_rss_mb: 500, restart_window_s: 5}"],
-     ["--set worker.max_wait_ms and --set worker: not with --batch", "gathers no API jobs",
+    # (the dotted and the whole form of one section in one command line are two sets of one place: invalid_config)
+    (["worker", "--batch", "--set", "worker.max_wait_ms=50", "--set", "worker.max_rss_mb=500",
+      "--set", "worker.restart_window_s=5"],
+     ["--set worker.max_wait_ms and --set worker.restart_window_s: not with --batch",
+      "gathers no API jobs",
       "only `sigma serve all` restarts"]),
     (["worker", "--batch", "--set", "worker.max_restarts=3"], ["--set worker.max_restarts: not with --batch",
                                                                "only `sigma serve all` restarts"]),
@@ -63,8 +66,9 @@ def assert_refused(proc: subprocess.CompletedProcess, *needles: str, code: str =
     (["worker", "--batch", "--set", "api.upload_check=full", "--set", "api.align=true"],
      ["--set api.upload_check and --set api.align: not with --batch: api.* and auth.* are the API's",
       "each run's own config names io.align"]),
-    (["worker", "--set", "limits.max_queue_length=5", "--set", "limits={retry_after_s: 3}"],
-     ["--set limits.max_queue_length and --set limits: not with `sigma worker`: limits.max_request_bytes, "
+    (["worker", "--set", "limits.max_queue_length=5", "--set", "limits.retry_after_s=3"],
+     ["--set limits.max_queue_length and --set limits.retry_after_s: not with `sigma worker`: "
+      "limits.max_request_bytes, "
       "max_queue_length, retry_after_s and max_bytes_in_flight bound what the API admits, read by `sigma serve api` "
       "and `sigma serve all` only"]),
     (["worker", "--batch", "--set", "limits.max_pixels=100", "--set", "limits.max_image_bytes=5"],

@@ -127,3 +127,17 @@ def test_a_workers_options_are_checked_only_where_a_worker_runs():
     assert "SIGMA__WORKER__OPTIONS__PROMPT: worker.options.prompt: Extra inputs" in exc.value.message
     good = load_serve_config(None, ["worker.options.threshold=0.2"], env={}, model=WorkerServeConfig)
     assert good.worker.options == {"threshold": 0.2} and isinstance(good.worker.annotator, str)
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--annotator", "pixel-diff", "--set", "IO.align=true"],
+     "IO: Extra inputs are not permitted (did you mean 'io'?)"),
+    (["--annotator", "pixel-diff", "--set", "\uff49\uff4f.align=true"], "(did you mean 'io'?)"),     # full-width
+    (["--annotator", "PIXEL-DIFF"], "Unknown annotator 'PIXEL-DIFF'. Did you mean 'pixel-diff'?"),
+])
+def test_a_name_that_differs_in_case_or_width_only_is_named(capsys, tmp_path, args, said):
+    """difflib compares characters as written: 'IO' and 'io' share none, so a key or a name in capitals (or in an
+    input method's full-width letters) had no did-you-mean at all."""
+    code = sigma.cli.main(["annotate", "--example", "-o", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and said in err, (code, err)

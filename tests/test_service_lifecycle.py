@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import RedisServer
-from servicekit import FAST, Proc, base_env, free_port, make_pair, png_bytes, wait_until
+from servicekit import FAST, Proc, base_env, free_port, layered, make_pair, png_bytes, wait_until
 
 from sigma.batch import BatchConfig
 from sigma.batch.layout import RunDir
@@ -462,7 +462,7 @@ def enqueue_job(client, prefix: str, annotator: str, instruction: str | None = N
 def plugin_worker(redis_url: str, log: Path, prefix: str, annotator: str, consumer: str, *overrides: str) -> Proc:
     """A `sigma worker` on one of service_plugins' annotators, with the fast test timings and its own key prefix."""
     return Proc(["worker", "--annotator", annotator, "--plugin", "service_plugins", "--consumer", consumer,
-                 *sets([*FAST[:6], f"redis.key_prefix={prefix}", *overrides])], base_env(redis_url), log)
+                 *sets(layered([*FAST[:6], f"redis.key_prefix={prefix}"], list(overrides)))], base_env(redis_url), log)
 
 
 def jobs_and_a_worker(redis_server, tmp_path, annotator: str, consumer: str, instructions: list[str]):

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sigma.config.schema import field_for_key, field_position, item_annotations, type_arms
+from sigma.config.schema import NamesAnnotator, field_for_key, field_position, item_annotations, type_arms
 from sigma.errors import ConfigError, error_text
 from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically
@@ -354,8 +354,10 @@ def field_types(model: type[BaseModel], dotted: str) -> FieldTypes | None:
 
 
 def read_overrides(items: list[str] | None) -> dict[str, Override]:
-    """`key=value` items as `Override`s: `load_config` reads each value against the type of its field."""
+    """`key=value` items as `Override`s: `load_config` reads each value against the type of its field. Two items
+    that set one place are refused (`OverrideKeys`)."""
     out: dict[str, Override] = {}
+    taken = OverrideKeys("override")
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. threshold=0.4 or io.align=true)")
@@ -363,8 +365,42 @@ def read_overrides(items: list[str] | None) -> dict[str, Override]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
+        taken.add(key, item)
         out[key] = Override.read(value, key)
     return out
+
+
+class OverrideKeys:
+    """The keys of one layer of overrides (a command line's `--set`s, the environment's `SIGMA__...`), which sets each
+    place once: a key given twice (`model.dim=8 ... model.dim=16`), or a key under one given whole (`model={...}` and
+    `model.dim=16`, in either order), is a ConfigError naming both as written. The later one won without a word (or,
+    whole after dotted, replaced it), so a long script of overrides could not tell which applied; a YAML file refuses
+    a key given twice the same way (`DuplicateKeyError`). Each key is checked against its own prefixes and the
+    prefixes of those before it, not against every one before it: 20000 `--set`s took a minute compared in pairs."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what                          # what the layer's items are called in the message
+        self.keys: dict[str, str] = {}            # key -> how it was written
+        self.under: dict[str, str] = {}           # a proper prefix of a key taken -> that key (the first)
+
+    def add(self, key: str, written: str) -> None:
+        parts = key.split(".")
+        prefixes = [".".join(parts[:n]) for n in range(1, len(parts))]
+        if key in self.keys:
+            self._refuse(key, written, f"{key} is given twice")
+        for prefix in prefixes:
+            if prefix in self.keys:
+                self._refuse(prefix, written, f"{key} is under {prefix}, given whole")
+        if key in self.under:
+            other = self.under[key]
+            self._refuse(other, written, f"{key} is given whole, and {other} under it")
+        self.keys[key] = written
+        for prefix in prefixes:
+            self.under.setdefault(prefix, key)
+
+    def _refuse(self, other: str, written: str, why: str) -> None:
+        raise ConfigError(f"{self.what} {shown(self.keys[other], 100)!r}, then {shown(written, 100)!r}: {why}; give "
+                          "each setting once (a mapping whole, or its keys one by one)")
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -669,7 +705,9 @@ def load_config(model: type[M], path: str | Path | None = None,
             _found(found, key, f"{origin(key)}{key}: {past[1]}")
         else:
             placeable[key] = value
+    written = tree
     tree = apply_overrides(tree, placeable, found, origin)
+    _refuse_options_of_another(model, written, tree, set(placeable), origin, path, found)
     whole_numbers(model, tree, origin, problems=found)
     _refuse_nul(tree, found)
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
@@ -686,6 +724,58 @@ def load_config(model: type[M], path: str | Path | None = None,
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
+
+
+def _annotator_sections(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """The sections of `model` that name an annotator with its options (`NamesAnnotator`): (dotted prefix, model),
+    the config itself (`AnnotatorSpec`: prefix "") or one of its fields (the service's `worker.`)."""
+    sections = [("", model)] if issubclass(model, NamesAnnotator) else []
+    for name, info in model.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, NamesAnnotator):
+            sections.append((f"{name}.", info.annotation))
+    return sections
+
+
+def _refuse_options_of_another(model: type[BaseModel], written: dict, tree: dict, keys: set[str],
+                               origin: Callable[[str], str], path: str | Path | None,
+                               problems: list[Problem]) -> None:
+    """A config file's `options` (and `threshold`) are written for the annotator it names: `annotator: pixel-diff`
+    with `options: {threshold: 0.2}` and `--annotator sigma-lite` on the command line ran sigma-lite at a
+    probability threshold of 0.2 (pixel-diff's is a pixel difference), and an option sigma-lite lacks was an
+    unknown key that did not say why. Each such section is a problem now, naming the file's annotator and the one
+    run, unless the command line sets those values itself (`--set options.KEY=...`, `--set options={}`).
+    `written`: the tree before the overrides (defaults, `base`, the file); `keys`: the overrides' keys."""
+    for prefix, section in _annotator_sections(model):
+        before = _section(written, prefix)
+        after = _section(tree, prefix)
+        named, runs = before.get("annotator"), after.get("annotator")
+        if not isinstance(named, str) or runs == named:
+            continue
+        if prefix and prefix[:-1] in keys:        # the section given whole on the command line
+            continue
+        left: list[str] = []
+        options, now = before.get("options"), after.get("options")
+        if isinstance(options, dict) and isinstance(now, dict) and f"{prefix}options" not in keys:
+            left += [f"{prefix}options.{key}" for key in options if key in now and f"{prefix}options.{key}" not in keys]
+        if ("threshold" in section.model_fields and before.get("threshold") is not None
+                and f"{prefix}threshold" not in keys):
+            left.append(f"{prefix}threshold")
+        if not left:
+            continue
+        where = f"{path}" if path is not None else "the config file"
+        said = origin(f"{prefix}annotator")
+        by = said[:-2] if said and said != "override " else "the command line"
+        _found(problems, f"{prefix}options",
+               f"{where}: {', '.join(left)} {'is' if len(left) == 1 else 'are'} written for annotator {named!r}, "
+               f"and {by} runs {shown(runs, 80)!r}: one annotator's options are not another's (a threshold of "
+               f"pixel-diff is a pixel difference, of sigma-lite a probability); name {shown(runs, 80)!r} in the "
+               f"file, or give its values here ({prefix}options.KEY=..., {prefix}options={{}} for none"
+               f"{f', {prefix}threshold=...' if f'{prefix}threshold' in left else ''})")
+
+
+def _section(tree: dict, prefix: str) -> dict:
+    node = tree.get(prefix[:-1]) if prefix else tree
+    return node if isinstance(node, dict) else {}
 
 
 def _sourced(message: str, source: str) -> str:

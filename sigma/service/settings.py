@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
-from sigma.config.loader import Override, load_config
+from sigma.config.loader import Override, OverrideKeys, load_config
 from sigma.config.schema import (
     MAX_BATCH_SIZE,
     IOConfig,
@@ -322,11 +322,17 @@ def env_sourced(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]
     as `redis.url`."""
     overrides: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    taken = OverrideKeys("environment variables")
     if env_text("SIGMA_REDIS_URL", env):
         overrides["redis.url"], sources["redis.url"] = env["SIGMA_REDIS_URL"], "SIGMA_REDIS_URL"
+        taken.add("redis.url", "SIGMA_REDIS_URL")
     for name, value in env.items():
         if name.startswith("SIGMA__") and len(name) > 7:
             dotted = ".".join(part.lower() for part in name[7:].split("__"))
+            # two variables for one place (SIGMA__WORKER__ANNOTATOR and SIGMA__worker__annotator, SIGMA__WORKER
+            # and SIGMA__WORKER__OPTIONS__X, SIGMA_REDIS_URL and SIGMA__REDIS__URL): which won was the environment's
+            # order. Named by the variables only: a value may be a credential (a Redis URL's password)
+            taken.add(dotted, name)
             overrides[dotted], sources[dotted] = Override.read(value, name), name
     return overrides, sources
 
@@ -370,7 +376,10 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
 
     base = _serve_config_file(path, env)
     given = {**read_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
-    merged = {**env_set, **given}
+    # the command line's keys after every variable's, in the order of the layers: `{**env_set, **given}` kept a key
+    # both give at the variable's place, so a mapping the command line gives whole, applied after it, replaced it
+    # (SIGMA__WORKER__MAX_BATCH_SIZE=3, --set 'worker={...}', --max-batch-size 5: the worker took 8, the default)
+    merged = {**{k: v for k, v in env_set.items() if k not in given}, **given}
     cfg = load_config(model, None, merged, base=base,
                       sources={key: name for key, name in sources.items() if key not in given})
     if env_keys:
