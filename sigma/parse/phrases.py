@@ -46,6 +46,11 @@ _KNOWN_WORDS = frozenset().union(*(v for v in vars(L).values() if isinstance(v, 
 _CONTROL_MARK = "\x00"
 
 
+def known_words() -> frozenset[str]:
+    """Every word the lexicon knows (`sigma.parse.typos` never reads one as a typo of another)."""
+    return _KNOWN_WORDS
+
+
 def _fragment(piece: str) -> bool:
     """A lone letter that is no word ("d" of "d<ESC>og", each letter of UTF-16 text read as bytes)."""
     return len(piece) == 1 and piece.isalpha() and piece.lower() not in _KNOWN_WORDS
