@@ -82,6 +82,16 @@ def test_a_later_clause_with_a_typo_is_its_own_edit():
     assert [(e.edit_type, e.source, e.target) for e in lines.edits] == [("remove", "dog", None), ("add", None, "cat")]
 
 
+@pytest.mark.parametrize(("text", "edit_type", "source", "target"), [
+    ("make a b/w photo", "global", None, None),
+    ("make the photo B/W", "global", None, None),
+    ("make the car b&w", "attribute", "car", "car"),
+])
+def test_b_w_is_black_and_white(text, edit_type, source, target):
+    parsed = parse_rules(text)
+    assert (parsed.edit_type, parsed.source, parsed.target) == (edit_type, source, target)
+
+
 # Real English words one slip from a rule word (or a concept one slip from another concept): never corrected,
 # neither where a verb is expected nor after an article
 NEAR_MISSES = [
