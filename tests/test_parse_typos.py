@@ -113,6 +113,16 @@ def test_a_real_word_near_a_rule_word_is_not_corrected(word):
         assert parse_rules(f"remove the {word}").source == word
 
 
+@pytest.mark.parametrize(("text", "edit_type", "source", "target"), [
+    ("ive made a mess, remove the cup", "remove", "cup", None),     # I've, not 'give'
+    ("aint no sunshine, add a sun", "add", None, "sun"),           # ain't, not 'paint'
+])
+def test_a_contraction_typed_without_its_apostrophe_is_not_a_verb(text, edit_type, source, target):
+    parsed = parse_rules(text)
+    assert (parsed.edit_type, parsed.source, parsed.target) == (edit_type, source, target)
+    assert "; read" not in parsed.rule
+
+
 @pytest.mark.parametrize(("text", "target"), [
     ("add a jalapeño to the pizza", "jalapeño"),    # accents of a concept are kept
     ("add thé on the table", "thé"),                # French tea is not 'the' (accents only on 4+ letter rule words)

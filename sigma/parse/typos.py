@@ -10,7 +10,8 @@ letters) dropped, and in words of 5+ letters one letter changed or inserted. It 
 unambiguous and no word itself: a slip of two rule words ("thise": these or those) is left as written, and so is a
 real English word ("rove", "mover", "then", "thee", "form", "wit"): `REAL_NEAR_MISSES` lists every word of a
 170 000-word English dictionary (Debian's wamerican-large) that is one such slip from a rule word, made once by the
-script in that constant's comment; the lexicon's own words are never corrected either. An edit verb is read through
+script in that constant's comment; the lexicon's own words and casual ones no dictionary has ("ive", "aint":
+`INFORMAL_WORDS`) are never corrected either. An edit verb is read through
 a typo only where a verb is expected (the sentence's first word, or after a clause opener: `VERB_OPENERS`), so a
 proper noun elsewhere keeps its spelling; an ALL-CAPS word in a sentence not all in capitals is written text or an
 acronym ("the word WIHT", "an OT sign") and is kept. Accents are dropped for matching a rule word of 4+ letters only
@@ -57,6 +58,14 @@ salter sap snitch som somme stitch substituted substitutes sunder swatch taint t
 theses thess thole transforms tun twitch udder urn venerate walter whose wit witch
 """)
 
+# Words of casual typing no dictionary lists, kept as written: contractions without their apostrophe ("ive always
+# wanted a dog here" was read 'give ...', "aint" 'paint') and chat shorthand
+INFORMAL_WORDS = L._words("""
+ive aint tis im id ill dont cant wont isnt arent wasnt werent doesnt didnt hasnt havent hadnt shouldnt wouldnt
+couldnt thats whats theres heres lets youre theyre hes shes youve weve theyve youll itll ya ur pls plz thx gonna
+wanna gotta kinda sorta
+""")
+
 
 def _variants(word: str) -> set[str]:
     """The one-slip misspellings of `word` (see the module docstring), of 3 letters or more."""
@@ -81,7 +90,7 @@ def _typo_table() -> dict[str, str]:
     for word in RULE_WORDS:
         for typo in _variants(word):
             owners.setdefault(typo, set()).add(word)
-    taken = known_words() | REAL_NEAR_MISSES | RULE_WORDS
+    taken = known_words() | REAL_NEAR_MISSES | INFORMAL_WORDS | RULE_WORDS
     return {typo: next(iter(words)) for typo, words in owners.items() if len(words) == 1 and typo not in taken}
 
 
