@@ -175,3 +175,25 @@ def test_only_the_sentences_read_are_said():
     """Past MAX_EDITS the text is not parsed, so its typos are not said to have been read."""
     text = ". ".join(f"remove the dog{k}" for k in range(9)) + ". remvoe teh cat"
     assert "; read" not in parse_rules(text).rule
+
+
+# Chat shorthand around an instruction: 'pls', 'plz', 'can u' lead it, 'please', 'pls', 'thanks', 'thx' may end it
+@pytest.mark.parametrize(("text", "edit_type", "source", "target"), [
+    ("pls add a hat", "add", None, "hat"),
+    ("plz make the sky blue", "attribute", "sky", "sky"),
+    ("can u make the sky blue", "attribute", "sky", "sky"),
+    ("could u remove the dog", "remove", "dog", None),
+    ("pls remvoe the dog", "remove", "dog", None),
+    ("remove the dog please", "remove", "dog", None),
+    ("remove the dog pls", "remove", "dog", None),
+    ("remove the dog thanks", "remove", "dog", None),
+    ("remove the dog thx", "remove", "dog", None),
+])
+def test_chat_shorthand_is_no_part_of_the_edit(text, edit_type, source, target):
+    parsed = parse_rules(text)
+    assert (parsed.edit_type, parsed.source, parsed.target) == (edit_type, source, target)
+
+
+def test_please_between_two_edits_ends_the_first_object():
+    parsed = parse_rules("remove the dog please and add a cat")
+    assert [(e.edit_type, e.source, e.target) for e in parsed.edits] == [("remove", "dog", None), ("add", None, "cat")]

@@ -30,7 +30,8 @@ from sigma.parse.types import MAX_EDITS, Edit, ParsedInstruction
 from sigma.parse.typos import correct
 
 _FILLERS = [
-    ("please",), ("kindly",), ("can", "you"), ("could", "you"), ("would", "you"), ("will", "you"),
+    ("please",), ("pls",), ("plz",), ("kindly",), ("can", "you"), ("could", "you"), ("would", "you"), ("will", "you"),
+    ("can", "u"), ("could", "u"), ("would", "u"), ("will", "u"),
     ("i", "want", "you", "to"), ("i", "want", "to"), ("i", "would", "like", "you", "to"),
     ("i", "would", "like", "to"), ("i'd", "like", "to"), ("i'd", "like", "you", "to"), ("i", "need", "you", "to"),
     ("i", "need", "to"), ("let's",), ("let", "us"), ("now",), ("then",), ("also",), ("just",), ("try", "to"),

@@ -41,7 +41,7 @@ KNOWN_MISSPELLINGS = {"whith": "with", "ot": "to"}
 # Short forms typed in casual requests, read as the rule word they stand for ('b/w' and 'w/': phrases.tokenize)
 ABBREVIATIONS = {"bg": "background", "bgd": "background", "img": "image", "imgs": "images", "pics": "pictures"}
 # Tokens after which a verb is expected: a sentence's fillers and clause joints ("please remvoe", "and relpace")
-VERB_OPENERS = L._words(", ; : - and then also please kindly just now simply to you lets let's us finally")
+VERB_OPENERS = L._words(", ; : - and then also please pls plz kindly just now simply to you u lets let's us finally")
 # Every word of Debian's wamerican-large (lowercased, possessives dropped) that is one `_variants` slip from a rule
 # word: a real word is never read as another. Made by: words = the dictionary's lines, lowercased;
 # sorted({v for w in RULE_WORDS for v in _variants(w)} & words - RULE_WORDS).
