@@ -60,6 +60,11 @@ TYPO_FORMS = [
     # accents on rule words of 4+ letters are dropped for matching
     ("rémove the dog", "remove", "dog", None, [("rémove", "remove")]),
     ("replace the dog wíth a cat", "replace", "dog", "cat", [("wíth", "with")]),
+    # the participles of a declarative edit
+    ("The dog should be remvoed", "remove", "dog", None, [("remvoed", "removed")]),
+    ("the cat is delted", "remove", "cat", None, [("delted", "deleted")]),
+    ("the tree has been replcaed by a lamp", "replace", "tree", "lamp", [("replcaed", "replaced")]),
+    ("the chair should be removee", "remove", "chair", None, [("removee", "removed")]),   # 'remove' where no verb is
     # abbreviations
     ("replace the bg with a beach", "replace", "background", "beach", [("bg", "background")]),
     ("make the img brighter", "global", None, None, [("img", "image")]),
