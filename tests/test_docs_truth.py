@@ -170,8 +170,9 @@ def test_the_parsing_docs_edit_types_are_the_parsers():
     code's."""
     from sigma.cli.parse import MAX_CHARS
     from sigma.config.schema import MAX_INSTRUCTION_CHARS
-    from sigma.parse.rules import MAX_SENTENCE_TOKENS
+    from sigma.parse.rules import MAX_READ_AS_SAID, MAX_SENTENCE_TOKENS
     from sigma.parse.types import EDIT_TYPES, MAX_EDITS
+    from sigma.parse.typos import REAL_NEAR_MISSES
 
     text = " ".join(doc("parsing-grounding.md").split())
     listed = re.search(r"`edit_type ∈ \{([a-z, ]+)\}`", text)
@@ -183,6 +184,8 @@ def test_the_parsing_docs_edit_types_are_the_parsers():
     assert f"at most {MAX_SENTENCE_TOKENS} tokens of one sentence are read" in text
     assert f"ends `at most {MAX_SENTENCE_TOKENS} words of a sentence read`" in text
     assert f"(default {MAX_CHARS}, as `io.limits.max_instruction_chars`; at most {MAX_INSTRUCTION_CHARS})" in text
+    assert f"(the first {MAX_READ_AS_SAID} readings, then `and N more`)" in text
+    assert f"one of the {len(REAL_NEAR_MISSES)} real English words one slip from a rule word" in text
 
 
 def test_every_sigma_parse_example_prints_what_the_parsing_docs_say(capsys):

@@ -180,6 +180,7 @@ along across around between towards toward next within against through throughou
 upon off for so that which who where while whose as than like instead via leaving ensuring making
 keeping but then until when if because is are was were be should would could will must has have
 had looks look appears appear seems seem becomes become being there here except excluding without
+please pls plz thanks thx
 """)
 # Verbs that end a noun phrase after "make the man ..." / "have the dog ..." (actions, poses)
 ACTION_VERBS = _words("""

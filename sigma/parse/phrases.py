@@ -46,6 +46,11 @@ _KNOWN_WORDS = frozenset().union(*(v for v in vars(L).values() if isinstance(v, 
 _CONTROL_MARK = "\x00"
 
 
+def known_words() -> frozenset[str]:
+    """Every word the lexicon knows (`sigma.parse.typos` never reads one as a typo of another)."""
+    return _KNOWN_WORDS
+
+
 def _fragment(piece: str) -> bool:
     """A lone letter that is no word ("d" of "d<ESC>og", each letter of UTF-16 text read as bytes)."""
     return len(piece) == 1 and piece.isalpha() and piece.lower() not in _KNOWN_WORDS
@@ -132,10 +137,17 @@ def tokenize(text: str) -> list[str]:
 
 def _expand_slash_abbreviations(toks: list[str]) -> list[str]:
     """'w/' and 'w/o', as typed in casual requests ("replace the sandwich w/ a burger"), are 'with' and 'without':
-    as tokens 'w' '/' they cut the phrase ('sandwich w') and hid the new object."""
+    as tokens 'w' '/' they cut the phrase ('sandwich w') and hid the new object. 'b/w' and 'b&w' are
+    'black-and-white' (a value, as 'make the car black-and-white' is): "make a b/w photo" was an attribute edit of
+    'b'."""
     out: list[str] = []
     k = 0
     while k < len(toks):
+        if (toks[k].lower() == "b" and k + 2 < len(toks) and toks[k + 1] in ("/", "&")
+                and toks[k + 2].lower() == "w"):
+            out.append("black-and-white")
+            k += 3
+            continue
         if toks[k].lower() == "w" and k + 1 < len(toks) and toks[k + 1] == "/":
             if k + 2 < len(toks) and toks[k + 2].lower() == "o":
                 out.append("without")

@@ -27,9 +27,11 @@ from sigma.parse.phrases import (
 )
 from sigma.parse.registry import register_parser
 from sigma.parse.types import MAX_EDITS, Edit, ParsedInstruction
+from sigma.parse.typos import correct
 
 _FILLERS = [
-    ("please",), ("kindly",), ("can", "you"), ("could", "you"), ("would", "you"), ("will", "you"),
+    ("please",), ("pls",), ("plz",), ("kindly",), ("can", "you"), ("could", "you"), ("would", "you"), ("will", "you"),
+    ("can", "u"), ("could", "u"), ("would", "u"), ("will", "u"),
     ("i", "want", "you", "to"), ("i", "want", "to"), ("i", "would", "like", "you", "to"),
     ("i", "would", "like", "to"), ("i'd", "like", "to"), ("i'd", "like", "you", "to"), ("i", "need", "you", "to"),
     ("i", "need", "to"), ("let's",), ("let", "us"), ("now",), ("then",), ("also",), ("just",), ("try", "to"),
@@ -940,7 +942,7 @@ def _join_lines(text: str) -> str:
     lines = [" ".join(line.split()) for line in text.splitlines()]
     out = ""
     for line in (ln for ln in lines if ln):
-        if out and out[-1] not in ".!?;" and _verb_at([t.lower() for t in tokenize(line)], 0):
+        if out and out[-1] not in ".!?;" and _verb_at([t.lower() for t in correct(tokenize(line))[0]], 0):
             out += "."
         out = f"{out} {line}" if out else line
     return out
@@ -955,6 +957,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     # folded first: a full-width "．" or an ideographic "。" ends a sentence as "." does
     sentences = [s for s in _SENTENCE_SPLIT.split(_join_lines(fold_text(text))) if any(c.isalnum() for c in s)]
     tokens = [tokenize(sentence) for sentence in sentences]
+    read_as: dict[tuple[str, str], None] = {}  # typos, accents and abbreviations of rule words read (sigma.parse.typos)
     cut = False                # a sentence read was longer than MAX_SENTENCE_TOKENS
     parses: list[Parse] = []
     read = MAX_EDITS + 1       # one past the cap: whether an edit was dropped (exactly MAX_EDITS was said to drop)
@@ -962,13 +965,15 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         if len(parses) >= read:
             break
         cut = cut or len(toks) > MAX_SENTENCE_TOKENS
-        for parse in _sentence_edits(toks[:MAX_SENTENCE_TOKENS], first=not parses, before=parses,
+        toks, notes = correct(toks[:MAX_SENTENCE_TOKENS])
+        read_as.update(dict.fromkeys(notes))
+        for parse in _sentence_edits(toks, first=not parses, before=parses,
                                      limit=read - len(parses)):
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
     if not parses:
         # Nothing matched: a caption-like request ("a cat wearing sunglasses") most often asks for the thing.
-        toks = _strip_fillers(tokens[0][:MAX_SENTENCE_TOKENS]) if tokens else []
+        toks = _strip_fillers(correct(tokens[0][:MAX_SENTENCE_TOKENS])[0]) if tokens else []
         phrase = extract_phrase(toks, 0) if toks else None
         if phrase is not None and phrase.words and not _is_whole_image(phrase):
             parses = [Parse("add", None, phrase.text, "default-add")]
@@ -978,7 +983,20 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     rule = edits[0].rule if len(parses) <= MAX_EDITS else f"{edits[0].rule}; at most {MAX_EDITS} edits read"
     if cut:
         rule += f"; at most {MAX_SENTENCE_TOKENS} words of a sentence read"
+    if read_as:
+        rule += _read_as_note(list(read_as))
     return ParsedInstruction(instruction=text, backend="rules", edits=edits, rule=rule)
+
+
+MAX_READ_AS_SAID = 5     # the most typo readings `rule` lists (a long text of typos would make it as long)
+
+
+def _read_as_note(read_as: list[tuple[str, str]]) -> str:
+    """`; read 'teh' as 'the', 'remvoe' as 'remove'`: which words were read as another (`sigma.parse.typos`), so a
+    parse that went wrong through a reading says so; past MAX_READ_AS_SAID, how many more."""
+    said = ", ".join(f"{typo!r} as {word!r}" for typo, word in read_as[:MAX_READ_AS_SAID])
+    more = len(read_as) - MAX_READ_AS_SAID
+    return f"; read {said}" + (f" and {more} more" if more > 0 else "")
 
 
 @register_parser("rules", "deterministic verb/pattern rules + noun phrases; no weights (default)")
