@@ -224,7 +224,7 @@ def _background(prob: np.ndarray, cfg: FootprintConfig) -> np.ndarray:
     region = prob >= cfg.background_prob
     radius = round(cfg.background_dilate * float(np.hypot(h, w)))
     if radius > 0 and region.any():   # a dilation by a disk, in O(pixels) whatever the radius
-        background = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 3) > radius
+        background = _far_from(region, radius)
     else:
         background = ~region
     if background.mean() >= 0.2:
@@ -232,6 +232,27 @@ def _background(prob: np.ndarray, cfg: FootprintConfig) -> np.ndarray:
     # the model marks most of the image (a regenerated background around a kept object): judge on what
     # it leaves out, undilated, or on the whole image when that is next to nothing
     return ~region if (~region).mean() >= 0.02 else np.ones_like(background)
+
+
+def _far_from(region: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels whose 3x3 chamfer distance (OpenCV's DIST_L2, mask 3) to `region` exceeds `radius`.
+
+    The distance transform runs on the region's bounding box grown by `radius / 0.95 + 2` pixels, not on the whole
+    image: a pixel outside that box is more than radius / 0.955 steps from every region pixel along one axis, and a
+    chamfer step costs at least 0.955, so it is far; inside the box the chamfer distance to the nearest region pixel
+    is reached by a monotone path within the rectangle of the two pixels, which the box holds, so it is the same
+    float the whole-image transform gives. Same pixels, for the cost of the box (an edit is a few per cent of a
+    photo: 8 ms -> ~1 ms a pair at 1.5 Mpx)."""
+    h, w = region.shape
+    rows = np.flatnonzero(np.any(region, axis=1))
+    cols = np.flatnonzero(np.any(region, axis=0))
+    margin = int(np.ceil(radius / 0.95)) + 2
+    y0, y1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, h)
+    x0, x1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)
+    far = np.ones((h, w), bool)
+    crop = region[y0:y1, x0:x1]
+    far[y0:y1, x0:x1] = cv2.distanceTransform((~crop).astype(np.uint8), cv2.DIST_L2, 3) > radius
+    return far
 
 
 def identical_blocks(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0
@@ -490,20 +511,25 @@ def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: Footpri
     weak = support & (excess > tol)
     strong_level = tol + max(2, tol)
     seed = cv2.dilate(semantic.astype(np.uint8), _disk(2)) > 0
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8), connectivity=8)
-    if n > 1:
+    footprint = np.zeros((h, w), bool)
+    # labelled inside the box of the changed pixels, not over the whole image (9.7 -> ~1 ms a pair at 1.5 Mpx on a
+    # composite): every region lies in it whole, with the same area, seed contact and pixels in the same order (so the
+    # same float64 sums); only label 0, never kept, differs
+    rows = np.flatnonzero(np.any(weak, axis=1))
+    if rows.size:
+        cols = np.flatnonzero(np.any(weak, axis=0))
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(weak[box].astype(np.uint8), connectivity=8)
         area = stats[:, cv2.CC_STAT_AREA]
-        touches_seed = np.bincount(labels[seed], minlength=n) > 0
+        touches_seed = np.bincount(labels[seed[box]], minlength=n) > 0
         if test.exact:     # no noise on a bit-identical background: every changed region is an edit
             keep = touches_seed | (area >= 4)
         else:              # away from the model's region, only solid regions well above the noise
-            mean = (np.bincount(labels.ravel(), weights=excess.ravel().astype(np.float64), minlength=n)
+            mean = (np.bincount(labels.ravel(), weights=excess[box].ravel().astype(np.float64), minlength=n)
                     / np.maximum(area, 1))
             keep = touches_seed | ((mean > strong_level) & (area >= max(16, round(cfg.min_component * h * w))))
         keep[0] = False
-        footprint = keep[labels]
-    else:
-        footprint = np.zeros((h, w), bool)
+        footprint[box] = keep[labels]
     if footprint.any():
         radius = round(cfg.close_radius * float(np.hypot(h, w)))
         if radius > 0 and not test.exact:   # on a noisy background the edit's residual dips inside the tolerance
