@@ -493,3 +493,169 @@ def test_identical_blocks_in_integers_decide_every_block_as_the_float_std_did():
             assert np.array_equal(got[1], expected[1]), (k, extra)
             near += int(abs(float(c.astype(np.float32).std()) - 2.0) < 0.2)
     assert near > 5
+
+
+def _real_masks(limit: int = 60) -> list[np.ndarray]:
+    """Ground-truth and inpainting masks of ../shared/data/eval (photographs' edits, 0.1-3 Mpx), as bool maps."""
+    masks = []
+    for path in sorted((SHARED / "data" / "eval").rglob("*mask*.png"))[:limit]:
+        m = np.asarray(Image.open(path).convert("L")) > 127
+        if m.any() and not m.all():
+            masks.append(m)
+    return masks
+
+
+def _blob_masks(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    """Random discs, rings, noise and strips of random images, some at the image's edges and corners."""
+    masks = []
+    for _ in range(count):
+        h, w = int(rng.integers(2, 160)), int(rng.integers(2, 160))
+        mask = np.zeros((h, w), bool)
+        yy, xx = np.ogrid[:h, :w]
+        for _ in range(int(rng.integers(1, 6))):
+            cy, cx = int(rng.integers(-10, h + 10)), int(rng.integers(-10, w + 10))
+            d = (yy - cy) ** 2 + (xx - cx) ** 2
+            mask |= (d <= int(rng.integers(0, 30)) ** 2) & (d > int(rng.integers(0, 8)) ** 2)
+        if rng.random() < 0.3:
+            mask |= rng.random((h, w)) < rng.random() * 0.1
+        if rng.random() < 0.1:
+            mask[:, int(rng.integers(0, w))] = True
+        masks.append(mask)
+    return masks
+
+
+def test_background_from_the_regions_box_is_the_whole_image_distance_transform(monkeypatch):
+    """The composite test's background (pixels more than a radius from the model's region) is the chamfer distance
+    transform of the region's box grown by radius / 0.95 + 2, not of the whole image (8 ms a pair at 1.5 Mpx): the
+    same pixels for every radius on real edit masks and on random ones at every edge; the transform sees the box."""
+    from sigma.annotators.footprint import _far_from
+
+    rng = np.random.default_rng(5)
+    real = _real_masks()
+    cases = [(m, r) for m in real for r in (1, 7, round(0.02 * float(np.hypot(*m.shape))), 90)]
+    cases += [(m, int(rng.integers(1, 60))) for m in _blob_masks(rng, 400) if m.any()]
+    for region, radius in cases:
+        expected = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 3) > radius
+        assert np.array_equal(_far_from(region, radius), expected), (region.shape, radius)
+    assert len(cases) > 400 and (not SHARED.is_dir() or len(real) > 20)
+    seen = []
+    dt = cv2.distanceTransform
+    monkeypatch.setattr(cv2, "distanceTransform", lambda img, *a: seen.append(img.shape) or dt(img, *a))
+    region = np.zeros((1000, 1500), bool)
+    region[400:450, 600:700] = True
+    _far_from(region, 36)
+    assert seen == [(50 + 2 * 40, 100 + 2 * 40)]
+
+
+def _footprint_whole_image(test, semantic: np.ndarray, cfg: FootprintConfig) -> np.ndarray:
+    """synthesise_footprint as it was: the changed pixels labelled over the whole image."""
+    from sigma.annotators.footprint import _blockify, _disk, _fill_holes, semantic_core
+
+    h, w = test.residual.shape
+    tol = test.tolerance
+    support = test.residual > tol
+    if test.block > 1:
+        support = _blockify(support, test.block)
+    excess = (test.original_residual.astype(np.float32) - cfg.jpeg_noise_factor * test.floor
+              if test.floor is not None else test.residual.astype(np.float32))
+    weak = support & (excess > tol)
+    seed = cv2.dilate(semantic.astype(np.uint8), _disk(2)) > 0
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8), connectivity=8)
+    if n > 1:
+        area = stats[:, cv2.CC_STAT_AREA]
+        touches_seed = np.bincount(labels[seed], minlength=n) > 0
+        if test.exact:
+            keep = touches_seed | (area >= 4)
+        else:
+            mean = (np.bincount(labels.ravel(), weights=excess.ravel().astype(np.float64), minlength=n)
+                    / np.maximum(area, 1))
+            keep = touches_seed | ((mean > tol + max(2, tol)) & (area >= max(16, round(cfg.min_component * h * w))))
+        keep[0] = False
+        footprint = keep[labels]
+    else:
+        footprint = np.zeros((h, w), bool)
+    if footprint.any():
+        radius = round(cfg.close_radius * float(np.hypot(h, w)))
+        if radius > 0 and not test.exact:
+            footprint = cv2.morphologyEx(footprint.astype(np.uint8), cv2.MORPH_CLOSE, _disk(radius)) > 0
+        footprint = _fill_holes(footprint, round(cfg.max_hole * h * w))
+        if test.block > 1:
+            footprint &= support
+    return footprint | semantic_core(test, semantic, footprint, support, cfg)
+
+
+def test_footprint_labelled_in_the_changed_pixels_box_is_the_whole_image_footprint(monkeypatch):
+    """The footprint labels the changed pixels inside their box (9.7 ms a pair at 1.5 Mpx was the whole image's
+    labelling): the same footprint on exact, noisy and JPEG-reference composites built from real edit masks and
+    random ones (regions kept by seed contact, by area, by mean residual, with float JPEG excess); the labelling sees
+    the box."""
+    from sigma.annotators.footprint import CompositeTest
+
+    rng = np.random.default_rng(9)
+    cfg = FootprintConfig()
+    masks = _real_masks(30) + [m for m in _blob_masks(rng, 250) if m.shape[0] > 8 and m.shape[1] > 8]
+    kept = 0
+    for i, edit in enumerate(masks):
+        h, w = edit.shape
+        residual = np.where(edit, rng.integers(0, 40, (h, w)), 0)
+        residual = residual + (rng.random((h, w)) < rng.random() * 0.01) * rng.integers(0, 30, (h, w))
+        residual = np.clip(residual + rng.integers(0, int(rng.integers(1, 5)), (h, w)), 0, 255).astype(np.uint8)
+        tol = int(rng.integers(0, 6))
+        jpeg = i % 3 == 2
+        extras = {"original_residual": np.clip(residual.astype(int) + rng.integers(0, 3, (h, w)), 0, 255)
+                  .astype(np.uint8), "floor": (rng.random((h, w)) * 3).astype(np.float32), "block": 8} if jpeg else {}
+        test = CompositeTest(is_composite=bool(i % 5), residual=residual, tolerance=tol,
+                             evidence={"tier": "exact" if i % 2 and not jpeg else "near-exact"}, **extras)
+        semantic = np.roll(edit, int(rng.integers(-6, 7)), axis=int(rng.integers(0, 2))) & (rng.random((h, w)) < 0.98)
+        got, expected = synthesise_footprint(test, semantic, cfg), _footprint_whole_image(test, semantic, cfg)
+        assert got.dtype == bool and np.array_equal(got, expected), i
+        kept += int((expected & ~semantic).any())
+    assert kept > 100
+    labelled = []
+    real = cv2.connectedComponentsWithStats
+    monkeypatch.setattr(cv2, "connectedComponentsWithStats",
+                        lambda img, **kw: labelled.append(img.shape) or real(img, **kw))
+    residual = np.zeros((1000, 1500), np.uint8)
+    residual[400:450, 600:700] = 50
+    test = CompositeTest(is_composite=True, residual=residual, tolerance=0, evidence={"tier": "exact"})
+    assert synthesise_footprint(test, residual > 0, cfg).sum() == 5000 and labelled[0] == (50, 100)
+
+
+def test_composite_test_makes_one_residual_map_and_the_same_shares(scene, monkeypatch):
+    """The composite test hands its residual map to the 8x8 block test (it made a second one, 2.3 ms a pair at
+    1.5 Mpx), decides 'bit-identical block' by the block's uint8 maximum, reads the background's whole blocks along
+    contiguous rows and takes shares of pixels by counting (`mean` of a bool map made a float64 pass): the same
+    blocks, shares bit for bit, the same evidence."""
+    from sigma.annotators import footprint
+    from sigma.annotators.footprint import _block_share, _share, identical_blocks, residual_map
+
+    rng = np.random.default_rng(17)
+    for _ in range(300):
+        h, w = int(rng.integers(1, 200)), int(rng.integers(1, 200))
+        mask = rng.random((h, w)) < rng.random()
+        assert _share(mask) == float(mask.mean())
+        hb, wb = h // 8, w // 8
+        if hb and wb:
+            textured = rng.random((hb, wb)) < 0.7
+            same = rng.random((hb, wb)) < 0.5
+            background = ~mask if rng.random() < 0.5 else rng.random((h, w)) < 0.995
+            inside = background[:hb * 8, :wb * 8].reshape(hb, 8, wb, 8).all(axis=(1, 3)) & textured
+            assert _block_share(background, same, textured) == (float(same[inside].mean()) if inside.any() else 0.0)
+        original = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        edited = original.copy()
+        edited[rng.random((h, w)) < rng.random() * 0.02] ^= np.uint8(rng.integers(1, 256))
+        got = identical_blocks(original, edited, residual=residual_map(original, edited))
+        assert all(np.array_equal(a, b) for a, b in zip(got, identical_blocks(original, edited), strict=True))
+        if hb and wb:
+            assert all(np.array_equal(a, b) for a, b in zip(got, _identical_blocks_float(original, edited),
+                                                             strict=True))
+    big = rng.random((1000, 1500)) < 0.37
+    assert _share(big) == float(big.mean())
+    img, edited, gt = scene
+    prob, _ = semantic_of(gt, spill=2, blob=True)
+    made = []
+    real = footprint.residual_map
+    monkeypatch.setattr(footprint, "residual_map", lambda a, b: made.append(a.shape) or real(a, b))
+    test = composite_test(img, edited, prob)
+    assert test.exact and made == [img.shape]
+    assert test.evidence["identical_fraction"] == round(float(np.mean(residual_map(img, edited) == 0)), 4)

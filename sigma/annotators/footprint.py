@@ -224,30 +224,61 @@ def _background(prob: np.ndarray, cfg: FootprintConfig) -> np.ndarray:
     region = prob >= cfg.background_prob
     radius = round(cfg.background_dilate * float(np.hypot(h, w)))
     if radius > 0 and region.any():   # a dilation by a disk, in O(pixels) whatever the radius
-        background = cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, 3) > radius
+        background = _far_from(region, radius)
     else:
         background = ~region
-    if background.mean() >= 0.2:
+    if _share(background) >= 0.2:
         return background
     # the model marks most of the image (a regenerated background around a kept object): judge on what
     # it leaves out, undilated, or on the whole image when that is next to nothing
-    return ~region if (~region).mean() >= 0.02 else np.ones_like(background)
+    return ~region if _share(~region) >= 0.02 else np.ones_like(background)
 
 
-def identical_blocks(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _far_from(region: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels whose 3x3 chamfer distance (OpenCV's DIST_L2, mask 3) to `region` exceeds `radius`.
+
+    The distance transform runs on the region's bounding box grown by `radius / 0.95 + 2` pixels, not on the whole
+    image: a pixel outside that box is more than radius / 0.955 steps from every region pixel along one axis, and a
+    chamfer step costs at least 0.955, so it is far; inside the box the chamfer distance to the nearest region pixel
+    is reached by a monotone path within the rectangle of the two pixels, which the box holds, so it is the same
+    float the whole-image transform gives. Same pixels, for the cost of the box (an edit is a few per cent of a
+    photo: 9.3 -> 1.7 ms a pair at 1.5 Mpx, measured)."""
+    h, w = region.shape
+    rows = np.flatnonzero(np.any(region, axis=1))
+    cols = np.flatnonzero(np.any(region, axis=0))
+    margin = int(np.ceil(radius / 0.95)) + 2
+    y0, y1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, h)
+    x0, x1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)
+    far = np.ones((h, w), bool)
+    crop = region[y0:y1, x0:x1]
+    far[y0:y1, x0:x1] = cv2.distanceTransform((~crop).astype(np.uint8), cv2.DIST_L2, 3) > radius
+    return far
+
+
+def _share(mask: np.ndarray) -> float:
+    """Fraction of True pixels: the same float as `mask.mean()` (an exact count over the size, rounded once) without
+    the float64 pass over every pixel that `mean` makes (1.5 ms at 1.5 Mpx, several times a pair)."""
+    return np.count_nonzero(mask) / mask.size if mask.size else float("nan")
+
+
+def identical_blocks(original: np.ndarray, edited: np.ndarray, block: int = 8, min_std: float = 2.0,
+                     residual: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per 8x8 block of the image grid: (textured and bit-identical in both images, textured).
 
     No whole-image process (a VAE roundtrip, resampling, a JPEG re-save at another quality, a colour
     change) leaves a textured block exactly as it was: these blocks are proof of a paste-back. Flat
     blocks are left out because a JPEG re-save or a resize can reproduce a flat patch exactly.
+    `residual`: `residual_map(original, edited)` when the caller has it (the composite test does), not made again.
     """
     h, w = original.shape[:2]
     hb, wb = h // block, w // block
     if hb == 0 or wb == 0:
         return np.zeros((0, 0), bool), np.zeros((0, 0), bool)
     crop = (slice(0, hb * block), slice(0, wb * block))
-    same = _block_sums(residual_map(original[crop], edited[crop]).astype(np.int32), hb, wb, block) == 0
+    residual = residual_map(original[crop], edited[crop]) if residual is None else residual[crop]
+    # a block is bit-identical when its largest residual is 0, in uint8 along contiguous rows first (it was an int32
+    # copy of the map and a block sum == 0: the same decision, as the residual is never negative)
+    same = residual.reshape(hb, block, wb * block).max(axis=1).reshape(hb, wb, block).max(axis=2) == 0
     # std >= min_std in integers: n * sum(x^2) - sum(x)^2 >= (n * min_std)^2, n = block^2. It was float32 `std` over
     # the blocks' two strided axes, twice as slow; same decision (at a variance near 4 every square and sum of that
     # float32 arithmetic is exact, so it rounded nothing that could cross the bound)
@@ -269,7 +300,8 @@ def _block_share(background: np.ndarray, same: np.ndarray, textured: np.ndarray,
     hb, wb = textured.shape
     if hb == 0:
         return 0.0
-    inside = background[:hb * block, :wb * block].reshape(hb, block, wb, block).all(axis=(1, 3)) & textured
+    rows = background[:hb * block, :wb * block].reshape(hb, block, wb * block).all(axis=1)   # contiguous rows first
+    inside = rows.reshape(hb, wb, block).all(axis=2) & textured
     return float(same[inside].mean()) if inside.any() else 0.0
 
 
@@ -365,7 +397,7 @@ def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
     if prob.shape != original.shape[:2]:
         raise ValueError(f"prob {prob.shape} does not match the images {original.shape[:2]}")
     identity = residual_map(original, edited)
-    same, textured = identical_blocks(original, edited)
+    same, textured = identical_blocks(original, edited, residual=identity)
     h, w = identity.shape
     blocks = float(same.sum()) * 64 / (h * w)
     background = _background(prob, cfg)
@@ -389,7 +421,7 @@ def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
     what = "the original" if not jpeg else \
         f"the original re-encoded as JPEG q{ref_info['jpeg_quality']} {ref_info['jpeg_subsampling']}"
     if tolerance is None:
-        untouched = float(np.mean(residual <= cfg.max_tolerance))
+        untouched = _share(residual <= cfg.max_tolerance)
         is_composite, tier = False, "none"
         reason = (f"no tolerance <= {cfg.max_tolerance} levels explains the background as noise (its "
                   f"{100 * (1 - cfg.noise_rate):.1f}th percentile residual to {what} is {q_hi}): the whole "
@@ -397,14 +429,14 @@ def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
         forced = max(q_hi, cfg.max_tolerance)
     elif tolerance > 0 and not jpeg and \
             (structure := residual_structure(original, residual, background)) > cfg.max_structure:
-        untouched = float(np.mean(residual <= tolerance))
+        untouched = _share(residual <= tolerance)
         is_composite, tier = False, "none"
         reason = (f"{100 * untouched:.1f}% of pixels within {tolerance} levels of {what}, but the background "
                   f"residual follows the image's detail (r={structure:.2f} > {cfg.max_structure}): a "
                   "whole-image filter (resampling, blur, regeneration), not noise on a paste-back")
         forced = tolerance
     else:
-        untouched = float(np.mean(residual <= tolerance))
+        untouched = _share(residual <= tolerance)
         pasted = blocks >= cfg.min_identical_blocks
         is_composite = untouched >= cfg.min_untouched or pasted
         tier = ("exact" if tolerance == 0 and not jpeg else "near-exact") if is_composite else "none"
@@ -416,11 +448,11 @@ def composite_test(original: np.ndarray, edited: np.ndarray, prob: np.ndarray,
             reason += f" (< {100 * cfg.min_untouched:.0f}% needed)"
         forced = tolerance
     evidence = {"tier": tier, "untouched_fraction": round(untouched, 4), "tolerance": tolerance,
-                "identical_fraction": round(float(np.mean(identity == 0)), 4),
+                "identical_fraction": round(_share(identity == 0), 4),
                 "identical_block_fraction": round(blocks, 4),
                 "background_identical_share": round(share, 4),
                 "noise_floor": round(float(bg.mean()) if bg.size else 0.0, 3), "background_p995": q_hi,
-                "background_fraction": round(float(background.mean()), 4), **ref_info, "reason": reason}
+                "background_fraction": round(_share(background), 4), **ref_info, "reason": reason}
     extras: dict[str, Any] = {}
     if jpeg:
         extras = {"original_residual": identity, "floor": _requantisation_floor(original, edited, ref_info),
@@ -490,20 +522,25 @@ def synthesise_footprint(test: CompositeTest, semantic: np.ndarray, cfg: Footpri
     weak = support & (excess > tol)
     strong_level = tol + max(2, tol)
     seed = cv2.dilate(semantic.astype(np.uint8), _disk(2)) > 0
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8), connectivity=8)
-    if n > 1:
+    footprint = np.zeros((h, w), bool)
+    # labelled inside the box of the changed pixels, not over the whole image (the footprint 14.7 -> 5.9 ms a pair
+    # at 1.5 Mpx on a composite): every region lies in it whole, with the same area, seed contact and pixels in the
+    # same order (so the same float64 sums); only label 0, never kept, differs
+    rows = np.flatnonzero(np.any(weak, axis=1))
+    if rows.size:
+        cols = np.flatnonzero(np.any(weak, axis=0))
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(weak[box].astype(np.uint8), connectivity=8)
         area = stats[:, cv2.CC_STAT_AREA]
-        touches_seed = np.bincount(labels[seed], minlength=n) > 0
+        touches_seed = np.bincount(labels[seed[box]], minlength=n) > 0
         if test.exact:     # no noise on a bit-identical background: every changed region is an edit
             keep = touches_seed | (area >= 4)
         else:              # away from the model's region, only solid regions well above the noise
-            mean = (np.bincount(labels.ravel(), weights=excess.ravel().astype(np.float64), minlength=n)
+            mean = (np.bincount(labels.ravel(), weights=excess[box].ravel().astype(np.float64), minlength=n)
                     / np.maximum(area, 1))
             keep = touches_seed | ((mean > strong_level) & (area >= max(16, round(cfg.min_component * h * w))))
         keep[0] = False
-        footprint = keep[labels]
-    else:
-        footprint = np.zeros((h, w), bool)
+        footprint[box] = keep[labels]
     if footprint.any():
         radius = round(cfg.close_radius * float(np.hypot(h, w)))
         if radius > 0 and not test.exact:   # on a noisy background the edit's residual dips inside the tolerance

@@ -53,7 +53,19 @@ def split_components(mask: np.ndarray, prior: np.ndarray | None, informative: bo
     """Connected components (8-connected) of the mask, each marked intended when at least `min_overlap`
     of its pixels lie where the prior is >= 0.5. Without an informative prior the split is undefined:
     components are listed as `unassigned`. The largest `max_components` are listed (counts are exact)."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    # Labelled inside the mask's bounding box, its corner moved up and left to even coordinates, not over the whole
+    # image (6.3 -> 1.0 ms a pair at 1.5 Mpx): OpenCV numbers components in the order its 2x2-block scan meets them,
+    # which an even offset keeps, so equal areas rank as before; stats are moved back to image coordinates.
+    rows = np.flatnonzero(np.any(mask, axis=1))
+    if rows.size:
+        cols = np.flatnonzero(np.any(mask, axis=0))
+        y0, x0 = int(rows[0]) & ~1, int(cols[0]) & ~1
+        crop = mask[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1]
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(crop.astype(np.uint8), connectivity=8)
+        stats[:, cv2.CC_STAT_LEFT] += x0
+        stats[:, cv2.CC_STAT_TOP] += y0
+    else:
+        n, labels, stats, y0, x0 = 1, None, None, 0, 0
     order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
     inside = prior >= 0.5 if (informative and prior is not None) else None
     out: dict[str, Any] = {"split": "by_prior" if inside is not None else "no_prior", "intended": [],
@@ -65,7 +77,7 @@ def split_components(mask: np.ndarray, prior: np.ndarray | None, informative: bo
         if inside is None:
             key = "unassigned"
         else:
-            sub = labels[y:y + h, x:x + w] == i
+            sub = labels[y - y0:y - y0 + h, x - x0:x - x0 + w] == i
             overlap = float(inside[y:y + h, x:x + w][sub].mean())
             comp["prior_overlap"] = round(overlap, 4)
             key = "intended" if overlap >= min_overlap else "side_effect"
