@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,72 @@ class RendezvousFailed(SigmaError):
     code = "rendezvous_failed"
 
 
+#: in torchrun's store: the token of the latest attempt's rank 0, under which that attempt's ranks connect (`_attempt`)
+ATTEMPT = "sigma/attempt"
+#: how often a rank looks again at the store while it waits for the others to connect
+POLL_S = 0.05
+
+
+def _waited(store: Any, keys: list[str], deadline: float, wait_s: float | None) -> None:
+    """Until every key of `keys` is in `store`, or torch's own words for a wait that ran out (`connect` says it as
+    `rendezvous_failed`). Polled: torch's own `wait` prints a C++ warning each time a short wait runs out."""
+    while not store.check(keys):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {wait_s} s waiting for the other ranks in torchrun's store")
+        time.sleep(POLL_S)
+
+
+def _attempt(store: Any, rank: int, size: int, wait_s: float) -> str:
+    """A token that this attempt's ranks, and only they, share: a fresh namespace of torchrun's store to connect in.
+
+    torchrun's agent keeps one store for the whole job (`TORCHELASTIC_USE_AGENT_STORE=True`, torch >= 2.5), across
+    the restarts `--max-restarts` allows, and each rank's process group writes its address under the same key every
+    attempt. A rank of a restart that connects before its peer has written its new address read the address of the
+    peer's process of the attempt before, dead: gloo's `Connection refused` (NCCL's alike), so every restart failed
+    once the ranks did not arrive together (torch's issue 135712; its former per-attempt prefix,
+    $TORCHELASTIC_RESTART_COUNT, is per node: a node whose ranks did not fail restarts them without counting, so it
+    cannot name an attempt).
+    Here rank 0 writes a token of its own (`ATTEMPT`); each other rank answers the token it reads with a nonce of its
+    own, and takes the token once rank 0 has welcomed that nonce under it — a token rank 0 of a dead attempt wrote
+    is never welcomed, and the rank asks again when rank 0 writes a new one."""
+    me = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    if rank == 0:
+        store.set(ATTEMPT, me)
+        hello = [f"{ATTEMPT}/{me}/hello/{other}" for other in range(1, size)]
+        _waited(store, hello, deadline, wait_s)
+        for nonce in store.multi_get(hello):
+            store.set(f"{ATTEMPT}/{me}/welcome/{nonce.decode()}", "1")
+        return me
+    while True:
+        _waited(store, [ATTEMPT], deadline, wait_s)
+        token = store.get(ATTEMPT).decode()
+        store.set(f"{ATTEMPT}/{token}/hello/{rank}", me)
+        welcome = [f"{ATTEMPT}/{token}/welcome/{me}"]
+        while not store.check(welcome):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {wait_s} s waiting for rank 0 in torchrun's store")
+            time.sleep(POLL_S)
+            if store.get(ATTEMPT).decode() != token:
+                break                  # a token of an attempt before: this attempt's rank 0 has written its own
+        else:
+            return token
+
+
+def _agent_store(rank: int, size: int, wait_s: float) -> Any:
+    """This attempt's namespace of torchrun's store (`_attempt`), for the process group; None where torchrun keeps
+    no store of its own for the ranks (rank 0 starts one each attempt, with nothing of an attempt before in it)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import datetime
+
+    from torch.distributed import PrefixStore, TCPStore
+
+    agent = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size, False,
+                     timeout=datetime.timedelta(seconds=wait_s))
+    return PrefixStore(f"{ATTEMPT}/{_attempt(agent, rank, size, wait_s)}/", agent)
+
+
 def connect(backend: str, rank: int, size: int) -> None:
     """Start the process group of this run's `size` ranks (torch's env:// rendezvous), waiting at most
     `world.connect_timeout_s` for all of them. Before, torch's default wait (30 minutes) was the only one: a
@@ -112,7 +179,9 @@ def connect(backend: str, rank: int, size: int) -> None:
     timeout = {} if wait is None else {"timeout": datetime.timedelta(seconds=wait)}
     try:
         with ended_while_connecting():     # a rank lost before: torchrun's SIGTERM ends the others now
-            torch.distributed.init_process_group(backend, rank=rank, world_size=size, **timeout)
+            # torch's default wait for the store as for the group (30 minutes): `default_pg_timeout`
+            store = _agent_store(rank, size, wait or torch.distributed.default_pg_timeout.total_seconds())
+            torch.distributed.init_process_group(backend, rank=rank, world_size=size, store=store, **timeout)
     except RuntimeError as exc:           # DistNetworkError, DistStoreError (timeouts); gloo's own
         where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
         why = first_line(exc, 200)
