@@ -288,3 +288,43 @@ def test_torchruns_restart_of_a_rank_lost_continues_a_resumed_run(tmp_path):
     assert "rendezvous_failed" not in err and "Connection refused" not in err
     assert out.count(f"resumed {run} at step") == 2, out[-3000:]      # the command, then torchrun's restart
     assert "step 40/40" in out and load_checkpoint(run)["step"] == 40
+
+
+def test_torchruns_restart_of_a_rank_lost_continues_the_run_it_started(tmp_path):
+    """`torchrun --max-restarts=1 -m sigma train CONFIG ...`, a rank SIGKILLed mid-run: torchrun's restart runs the
+    same command, which refused the run folder (`already holds a run; use --resume`), so the restart torchrun offers
+    ended at once, a person had to continue it. Now the restart of the run that torchrun started there continues
+    it from its checkpoint, to the last step."""
+    from test_synth import make_photos
+
+    from sigma.training.checkpoint import load_checkpoint
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    run = tmp_path / "runs" / "ddp"
+    status, out, err = _restarted(tmp_path, "train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}",
+                                  "name=ddp", "steps=40", "eval.at_start=false", "eval.val_size=0")
+    assert status == 0, err[-3000:]
+    assert "already holds a run" not in err
+    assert f"torchrun restart 1: continuing {run}" in out and f"resumed {run} at step" in out, out[-3000:]
+    assert "step 40/40" in out and load_checkpoint(run)["step"] == 40
+
+
+def test_torchruns_restart_does_not_continue_a_run_another_command_started(tmp_path):
+    """The run folder held a run before torchrun started (`name=` of an earlier run): the first attempt refuses it,
+    and so does torchrun's restart — it continues only a run its own first attempt started — leaving it as it was."""
+    from test_synth import make_photos
+
+    from sigma.training.checkpoint import load_checkpoint
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    run = tmp_path / "runs" / "ddp"
+    args = [STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=ddp", "eval.at_start=false",
+            "eval.val_size=0"]
+    first = subprocess.run([sys.executable, "-m", "sigma", "train", *args, "steps=1"], capture_output=True, text=True,
+                           timeout=90, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert first.returncode == 0, first.stderr[-2000:]
+    status, _, err = _restarted(tmp_path, "train", *args, "steps=40")
+    assert status != 0
+    said = [line for line in err.splitlines() if line.startswith("sigma: error")]    # rank 0's, each attempt
+    assert len(said) == 2 and all("[invalid_config]" in s and "already holds a run" in s for s in said), err[-3000:]
+    assert "torchrun restart" not in err and load_checkpoint(run)["step"] == 1

@@ -193,6 +193,52 @@ def connect(backend: str, rank: int, size: int) -> None:
                                f"{shown(where, 80)}: {why}") from exc
 
 
+#: in a run folder: which torchrun started the run (`launcher`), for its own restarts to continue it (`restarted_here`)
+LAUNCHER = ".torchrun"
+
+
+def launcher() -> str | None:
+    """This process's torchrun, one line: its run id, host, agent pid and the agent's start time (a run id alone is
+    `none` for every torchrun without `--rdzv-id`); None outside torchrun or where the agent cannot be read."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    agent = os.getppid()
+    try:
+        started = Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{run_id} {socket.gethostname()} {agent} {started}"
+
+
+def mark_launcher(run_dir: Path) -> None:
+    """Rank 0 of a run started under torchrun keeps its `launcher` in the run folder; best effort."""
+    this = launcher()
+    if this is None:
+        return
+    try:
+        tmp = run_dir / f"{LAUNCHER}.tmp"
+        tmp.write_text(this + "\n")
+        tmp.replace(run_dir / LAUNCHER)
+    except OSError:
+        pass
+
+
+def restarted_here(run_dir: Path) -> bool:
+    """Whether this process is torchrun's restart (`--max-restarts`, after a rank was lost) of the run it started
+    in `run_dir`: the restart runs the same `sigma train CONFIG` command, which refused the run folder ("already
+    holds a run; use --resume"), so every restart failed at once and the fault tolerance torchrun offers was none.
+    The torchrun that started the run, not any other (a run id alone repeats), and on rank 0's host only (a rank of
+    another host refuses as before)."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0"):
+        return False
+    this = launcher()
+    try:
+        return this is not None and (run_dir / LAUNCHER).read_text().strip() == this
+    except OSError:
+        return False
+
+
 def _running(pid: int) -> bool:
     """Whether `pid` is a process not yet dead (a zombie, SIGKILLed but not yet reaped by torchrun, is dead)."""
     try:
