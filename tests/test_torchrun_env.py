@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -305,6 +306,11 @@ def test_torchruns_restart_of_a_rank_lost_continues_the_run_it_started(tmp_path)
                                   "name=ddp", "steps=40", "eval.at_start=false", "eval.val_size=0")
     assert status == 0, err[-3000:]
     assert "already holds a run" not in err
+    # the rank left said what torchrun does next, not "the run stopped; continue with: sigma train --resume"
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    assert len(said) == 1 and re.fullmatch(r"sigma: error \[rank_lost\]: rank 1 of 2 was lost \(connection "
+                                            r"(reset|closed) by peer\); torchrun restarts the ranks \(restart 1 of "
+                                            r"1\): the run continues from step \d+", said[0]), err[-3000:]
     assert f"torchrun restart 1: continuing {run}" in out and f"resumed {run} at step" in out, out[-3000:]
     assert "step 40/40" in out and load_checkpoint(run)["step"] == 40
 

@@ -297,6 +297,17 @@ def _named(ranks: list[int], size: int) -> str:
     return f"ranks {', '.join(map(str, ranks))} of {size} were"
 
 
+def _restarts_left() -> tuple[int, int] | None:
+    """(restarts torchrun has made, the most it makes: `--max-restarts`) when it will restart the ranks after this
+    failure; None when it will not (none left, or not under torchrun)."""
+    try:
+        done = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        most = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    except ValueError:
+        return None
+    return (done, most) if done < most else None
+
+
 def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
     """The one line for `exc`, a collective that failed because a peer is gone: which rank (known with two; with
     more, the ranks of this host whose process is dead: `_lost_here`), the last complete checkpoint's step, how to
@@ -322,6 +333,15 @@ def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
                         f"unreadable, so `sigma train --resume {run_dir}` refuses {'them' if len(found) > 1 else 'it'}"
                         " (checkpoint_unreadable): start the run again from its best/ or model/ with init_from",
                         said_here)
+    left = _restarts_left()
+    if left:
+        # torchrun restarts every rank by itself: "the run stopped; continue with: sigma train --resume" sent a
+        # person to start a second run over the one torchrun is restarting (refused: run_locked)
+        done, most = left
+        again = f"from step {step}" if step is not None else "from its start" if run_dir.is_dir() else \
+            "from the last checkpoint rank 0 wrote"
+        return RankLost(f"{who} lost ({why}); torchrun restarts the ranks (restart {done + 1} of {most}): the run "
+                        f"continues {again}", said_here)
     if step is not None:
         kept = f"the last complete checkpoint (step {step}) is kept; continue with"
     elif run_dir.is_dir():
