@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,112 @@ def test_a_rank_0_whose_port_is_taken_is_one_rendezvous_failed_line(tmp_path):
     assert last.startswith(f"sigma: error [rendezvous_failed]: rank 0 of 2: the ranks could not connect; rank 0's "
                            f"store at 127.0.0.1:{port}: ") and "EADDRINUSE" in last, last
     assert "Traceback" not in proc.stderr
+
+
+def _rank_pid(torchrun: int, rank: int) -> int:
+    """The pid of the process torchrun (`torchrun`, its pid) started as `rank`."""
+    from procfs import children_of
+
+    for pid in children_of(torchrun):
+        try:
+            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"torchrun {torchrun} has no rank {rank} among {children_of(torchrun)}")
+
+
+def _restarted(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    """(torchrun's status, its stdout, its stderr) of `torchrun --nproc_per_node=2 --max-restarts=1` running
+    `sigma ARGS` (tests/ddp_restart_worker.py: rank 1 of the restart starts late), whose rank 1 is SIGKILLed once
+    rank 0 has logged step 3 (after the checkpoint of step 2)."""
+    import signal
+
+    from procfs import env
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           str(ROOT / "tests" / "ddp_restart_worker.py"), *args]
+    proc = subprocess.Popen(cmd, env={**env(), "SIGMA_DDP_TIMEOUT_S": "30"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path)
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("step 3/"):
+                os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
+                break
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, "".join(out) + rest, err
+
+
+def test_torchruns_restart_of_a_rank_lost_continues_a_resumed_run(tmp_path):
+    """`torchrun --max-restarts=1 -m sigma train --resume RUN`, a rank SIGKILLed mid-run: torchrun restarts both
+    ranks, but rank 0 of the restart, connecting first, read rank 1's address of the attempt before (torchrun's
+    store outlives its restarts, gloo's keys are the same each attempt): `rendezvous_failed ... Connection
+    refused`, and the run stopped for good. Now each attempt connects in a namespace of its own: the restart
+    continues from the checkpoint to the last step."""
+    from test_synth import make_photos
+
+    from sigma.training.checkpoint import load_checkpoint
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    run = tmp_path / "runs" / "ddp"
+    first = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"data.photos={photos}",
+                            f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=1", "eval.at_start=false",
+                            "eval.val_size=0"], capture_output=True, text=True, timeout=90, cwd=tmp_path,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert first.returncode == 0, first.stderr[-2000:]
+    status, out, err = _restarted(tmp_path, "train", "--resume", str(run), "steps=40")
+    assert status == 0, err[-3000:]
+    assert "rendezvous_failed" not in err and "Connection refused" not in err
+    assert out.count(f"resumed {run} at step") == 2, out[-3000:]      # the command, then torchrun's restart
+    assert "step 40/40" in out and load_checkpoint(run)["step"] == 40
+
+
+def test_torchruns_restart_of_a_rank_lost_continues_the_run_it_started(tmp_path):
+    """`torchrun --max-restarts=1 -m sigma train CONFIG ...`, a rank SIGKILLed mid-run: torchrun's restart runs the
+    same command, which refused the run folder (`already holds a run; use --resume`), so the restart torchrun offers
+    ended at once, a person had to continue it. Now the restart of the run that torchrun started there continues
+    it from its checkpoint, to the last step."""
+    from test_synth import make_photos
+
+    from sigma.training.checkpoint import load_checkpoint
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    run = tmp_path / "runs" / "ddp"
+    status, out, err = _restarted(tmp_path, "train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}",
+                                  "name=ddp", "steps=40", "eval.at_start=false", "eval.val_size=0")
+    assert status == 0, err[-3000:]
+    assert "already holds a run" not in err
+    # the rank left said what torchrun does next, not "the run stopped; continue with: sigma train --resume"
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    assert len(said) == 1 and re.fullmatch(r"sigma: error \[rank_lost\]: rank 1 of 2 was lost \(connection "
+                                            r"(reset|closed) by peer\); torchrun restarts the ranks \(restart 1 of "
+                                            r"1\): the run continues from step \d+", said[0]), err[-3000:]
+    assert f"torchrun restart 1: continuing {run}" in out and f"resumed {run} at step" in out, out[-3000:]
+    assert "step 40/40" in out and load_checkpoint(run)["step"] == 40
+
+
+def test_torchruns_restart_does_not_continue_a_run_another_command_started(tmp_path):
+    """The run folder held a run before torchrun started (`name=` of an earlier run): the first attempt refuses it,
+    and so does torchrun's restart — it continues only a run its own first attempt started — leaving it as it was."""
+    from test_synth import make_photos
+
+    from sigma.training.checkpoint import load_checkpoint
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    run = tmp_path / "runs" / "ddp"
+    args = [STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=ddp", "eval.at_start=false",
+            "eval.val_size=0"]
+    first = subprocess.run([sys.executable, "-m", "sigma", "train", *args, "steps=1"], capture_output=True, text=True,
+                           timeout=90, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert first.returncode == 0, first.stderr[-2000:]
+    status, _, err = _restarted(tmp_path, "train", *args, "steps=40")
+    assert status != 0
+    said = [line for line in err.splitlines() if line.startswith("sigma: error")]    # rank 0's, each attempt
+    assert len(said) == 2 and all("[invalid_config]" in s and "already holds a run" in s for s in said), err[-3000:]
+    assert "torchrun restart" not in err and load_checkpoint(run)["step"] == 1

@@ -47,7 +47,7 @@ from .checkpoint import CKPT, PREV, load_checkpoint, refuse_lost_checkpoints, sa
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .datawait import DataWait, DataWaitCut
-from .ranks import connect, lost_ranks_said, register_rank
+from .ranks import connect, lost_ranks_said, mark_launcher, register_rank, restarted_here
 from .regions import sample_regions
 from .validate import ValidationAbandoned, evaluate_real, validate_synthetic
 
@@ -1397,6 +1397,11 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         cfg = cfg.model_copy(update={"workdir": str(Path(cfg.workdir or ".").absolute())})
         run_dir = Path(cfg.out_dir) / cfg.name
         _refuse_nesting(Path(cfg.out_dir), cfg.name)
+        if any((run_dir / name).is_file() for name in (CKPT, PREV)) and restarted_here(run_dir):
+            # torchrun's restart of the run it started here (--max-restarts, a rank lost): it continues the run
+            if world.rank() == 0:
+                log(f"torchrun restart {os.environ.get('TORCHELASTIC_RESTART_COUNT')}: continuing {run_dir}")
+            return start(None, overrides, resume=str(run_dir), log=log, terminated=terminated)
     _check_model(cfg)
     inputs = resolve_inputs(cfg, log=log)     # what the run reads: relative paths from where it started
     if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).is_dir():
@@ -1423,6 +1428,8 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
         if rank0:
             save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
+            if not resume:
+                mark_launcher(run_dir)      # for torchrun's own restarts to continue it (`restarted_here`)
         # under DDP, every collective of the run is the trainer's: a rank lost mid-run is said here, once (rank_lost)
         with lost_ranks_said(run_dir):
             return Trainer(inputs, run_dir, log=log, terminated=terminated).run()

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,72 @@ class RendezvousFailed(SigmaError):
     code = "rendezvous_failed"
 
 
+#: in torchrun's store: the token of the latest attempt's rank 0, under which that attempt's ranks connect (`_attempt`)
+ATTEMPT = "sigma/attempt"
+#: how often a rank looks again at the store while it waits for the others to connect
+POLL_S = 0.05
+
+
+def _waited(store: Any, keys: list[str], deadline: float, wait_s: float | None) -> None:
+    """Until every key of `keys` is in `store`, or torch's own words for a wait that ran out (`connect` says it as
+    `rendezvous_failed`). Polled: torch's own `wait` prints a C++ warning each time a short wait runs out."""
+    while not store.check(keys):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {wait_s} s waiting for the other ranks in torchrun's store")
+        time.sleep(POLL_S)
+
+
+def _attempt(store: Any, rank: int, size: int, wait_s: float) -> str:
+    """A token that this attempt's ranks, and only they, share: a fresh namespace of torchrun's store to connect in.
+
+    torchrun's agent keeps one store for the whole job (`TORCHELASTIC_USE_AGENT_STORE=True`, torch >= 2.5), across
+    the restarts `--max-restarts` allows, and each rank's process group writes its address under the same key every
+    attempt. A rank of a restart that connects before its peer has written its new address read the address of the
+    peer's process of the attempt before, dead: gloo's `Connection refused` (NCCL's alike), so every restart failed
+    once the ranks did not arrive together (torch's issue 135712; its former per-attempt prefix,
+    $TORCHELASTIC_RESTART_COUNT, is per node: a node whose ranks did not fail restarts them without counting, so it
+    cannot name an attempt).
+    Here rank 0 writes a token of its own (`ATTEMPT`); each other rank answers the token it reads with a nonce of its
+    own, and takes the token once rank 0 has welcomed that nonce under it — a token rank 0 of a dead attempt wrote
+    is never welcomed, and the rank asks again when rank 0 writes a new one."""
+    me = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    if rank == 0:
+        store.set(ATTEMPT, me)
+        hello = [f"{ATTEMPT}/{me}/hello/{other}" for other in range(1, size)]
+        _waited(store, hello, deadline, wait_s)
+        for nonce in store.multi_get(hello):
+            store.set(f"{ATTEMPT}/{me}/welcome/{nonce.decode()}", "1")
+        return me
+    while True:
+        _waited(store, [ATTEMPT], deadline, wait_s)
+        token = store.get(ATTEMPT).decode()
+        store.set(f"{ATTEMPT}/{token}/hello/{rank}", me)
+        welcome = [f"{ATTEMPT}/{token}/welcome/{me}"]
+        while not store.check(welcome):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {wait_s} s waiting for rank 0 in torchrun's store")
+            time.sleep(POLL_S)
+            if store.get(ATTEMPT).decode() != token:
+                break                  # a token of an attempt before: this attempt's rank 0 has written its own
+        else:
+            return token
+
+
+def _agent_store(rank: int, size: int, wait_s: float) -> Any:
+    """This attempt's namespace of torchrun's store (`_attempt`), for the process group; None where torchrun keeps
+    no store of its own for the ranks (rank 0 starts one each attempt, with nothing of an attempt before in it)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import datetime
+
+    from torch.distributed import PrefixStore, TCPStore
+
+    agent = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size, False,
+                     timeout=datetime.timedelta(seconds=wait_s))
+    return PrefixStore(f"{ATTEMPT}/{_attempt(agent, rank, size, wait_s)}/", agent)
+
+
 def connect(backend: str, rank: int, size: int) -> None:
     """Start the process group of this run's `size` ranks (torch's env:// rendezvous), waiting at most
     `world.connect_timeout_s` for all of them. Before, torch's default wait (30 minutes) was the only one: a
@@ -112,7 +179,9 @@ def connect(backend: str, rank: int, size: int) -> None:
     timeout = {} if wait is None else {"timeout": datetime.timedelta(seconds=wait)}
     try:
         with ended_while_connecting():     # a rank lost before: torchrun's SIGTERM ends the others now
-            torch.distributed.init_process_group(backend, rank=rank, world_size=size, **timeout)
+            # torch's default wait for the store as for the group (30 minutes): `default_pg_timeout`
+            store = _agent_store(rank, size, wait or torch.distributed.default_pg_timeout.total_seconds())
+            torch.distributed.init_process_group(backend, rank=rank, world_size=size, store=store, **timeout)
     except RuntimeError as exc:           # DistNetworkError, DistStoreError (timeouts); gloo's own
         where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
         why = first_line(exc, 200)
@@ -122,6 +191,52 @@ def connect(backend: str, rank: int, size: int) -> None:
                 f" (waited torch's default for {backend}: $SIGMA_DDP_TIMEOUT_S sets it)"
         raise RendezvousFailed(f"rank {rank} of {size}: the ranks could not connect{waited}; rank 0's store at "
                                f"{shown(where, 80)}: {why}") from exc
+
+
+#: in a run folder: which torchrun started the run (`launcher`), for its own restarts to continue it (`restarted_here`)
+LAUNCHER = ".torchrun"
+
+
+def launcher() -> str | None:
+    """This process's torchrun, one line: its run id, host, agent pid and the agent's start time (a run id alone is
+    `none` for every torchrun without `--rdzv-id`); None outside torchrun or where the agent cannot be read."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    agent = os.getppid()
+    try:
+        started = Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{run_id} {socket.gethostname()} {agent} {started}"
+
+
+def mark_launcher(run_dir: Path) -> None:
+    """Rank 0 of a run started under torchrun keeps its `launcher` in the run folder; best effort."""
+    this = launcher()
+    if this is None:
+        return
+    try:
+        tmp = run_dir / f"{LAUNCHER}.tmp"
+        tmp.write_text(this + "\n")
+        tmp.replace(run_dir / LAUNCHER)
+    except OSError:
+        pass
+
+
+def restarted_here(run_dir: Path) -> bool:
+    """Whether this process is torchrun's restart (`--max-restarts`, after a rank was lost) of the run it started
+    in `run_dir`: the restart runs the same `sigma train CONFIG` command, which refused the run folder ("already
+    holds a run; use --resume"), so every restart failed at once and the fault tolerance torchrun offers was none.
+    The torchrun that started the run, not any other (a run id alone repeats), and on rank 0's host only (a rank of
+    another host refuses as before)."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0"):
+        return False
+    this = launcher()
+    try:
+        return this is not None and (run_dir / LAUNCHER).read_text().strip() == this
+    except OSError:
+        return False
 
 
 def _running(pid: int) -> bool:
@@ -182,6 +297,17 @@ def _named(ranks: list[int], size: int) -> str:
     return f"ranks {', '.join(map(str, ranks))} of {size} were"
 
 
+def _restarts_left() -> tuple[int, int] | None:
+    """(restarts torchrun has made, the most it makes: `--max-restarts`) when it will restart the ranks after this
+    failure; None when it will not (none left, or not under torchrun)."""
+    try:
+        done = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        most = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    except ValueError:
+        return None
+    return (done, most) if done < most else None
+
+
 def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
     """The one line for `exc`, a collective that failed because a peer is gone: which rank (known with two; with
     more, the ranks of this host whose process is dead: `_lost_here`), the last complete checkpoint's step, how to
@@ -207,6 +333,15 @@ def rank_lost(exc: BaseException, run_dir: Path) -> RankLost:
                         f"unreadable, so `sigma train --resume {run_dir}` refuses {'them' if len(found) > 1 else 'it'}"
                         " (checkpoint_unreadable): start the run again from its best/ or model/ with init_from",
                         said_here)
+    left = _restarts_left()
+    if left:
+        # torchrun restarts every rank by itself: "the run stopped; continue with: sigma train --resume" sent a
+        # person to start a second run over the one torchrun is restarting (refused: run_locked)
+        done, most = left
+        again = f"from step {step}" if step is not None else "from its start" if run_dir.is_dir() else \
+            "from the last checkpoint rank 0 wrote"
+        return RankLost(f"{who} lost ({why}); torchrun restarts the ranks (restart {done + 1} of {most}): the run "
+                        f"continues {again}", said_here)
     if step is not None:
         kept = f"the last complete checkpoint (step {step}) is kept; continue with"
     elif run_dir.is_dir():
