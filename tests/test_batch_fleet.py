@@ -2011,3 +2011,60 @@ def test_a_redis_url_the_client_refuses_is_invalid_config_not_a_traceback(corpus
     assert main(["batch", "status", str(out), "--redis", url]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sigma: error [invalid_config]") and "not a Redis URL" in err[0], err
+
+
+def _big_thread_stacks() -> None:
+    """Every thread of the process reserves a 2 GB stack (glibc sizes new threads by the RLIMIT_STACK read at start):
+    a RLIMIT_AS set on it later from outside, below VmSize + one stack, refuses every new thread and leaves its heap
+    room (as tests/test_service_faults.py's decode pool test)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_STACK, (2_000_000 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+
+def _vm_size(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_shards_a_workers_machine_would_start_no_thread_for_are_deferred_and_done_once_the_limit_is_lifted(
+        redis_server, tmp_path):
+    """A real `sigma worker --batch` whose machine refuses every new thread for a while (a RLIMIT_AS under one thread
+    stack, set on the running worker): each task failed `RuntimeError: can't start new thread` as the shard's fault,
+    a delivery spent per lease, and a limit that lasted `queue.max_deliveries` leases dead-lettered good shards (the
+    run failed) though the worker ran the next task fine once the limit was gone. Now such a task is deferred (no
+    delivery spent) and done after the limit is lifted."""
+    import resource
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=32))
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    env = {**os.environ, "SIGMA_REDIS_URL": redis_server.url, "SIGMA__REDIS__KEY_PREFIX": prefix,
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
+    log = tmp_path / "worker.log"
+    with open(log, "w") as handle:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "sigma", "worker", "--batch", "--consumer", "w1", "--set", "queue.block_ms=100",
+             "--set", "queue.lease_ms=700", "--set", "queue.heartbeat_interval_ms=100",
+             "--set", "queue.reclaim_interval_ms=100", "--set", "queue.max_deliveries=2"],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, text=True, preexec_fn=_big_thread_stacks)
+    try:
+        r = redis_server.client()
+        assert wait_for(lambda: r.exists(Keys(prefix).batch_worker("w1")), 30), log.read_text()
+        hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (_vm_size(worker.pid) + 2**30, hard))
+        cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 3},
+                                          "annotator": "pixel-diff", "workers": 1})
+        assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+        # past max_deliveries (2) leases of 0.7 s with every thread refused
+        assert wait_for(lambda: log.read_text().count("can't start new thread") >= 6, 30), log.read_text()
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
+        statuses = out / "status"
+        assert wait_for(lambda: len([p for p in statuses.glob("*.json")
+                                     if json.loads(p.read_text())["status"] == "done"]) == 2, 60), log.read_text()
+        said = log.read_text()
+        assert "deferred (delivery 1 not counted" in said and "Traceback" not in said, said
+        status = queue_status(redis_server.url, prefix)
+        assert status["dead"] == 0, status
+    finally:
+        stop_batch_workers([worker], [log])

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 from modelsavers import end_saver, stopped_saver
-from redisproxy import ReplyLosingProxy
+from redisproxy import GarblingProxy, ReplyLosingProxy
 from servicekit import ServiceUnderTest, make_pair, running_service, wait_until
 
 from sigma.service.jobs import (
@@ -820,3 +820,52 @@ def test_a_job_whose_model_met_no_memory_is_noted_out_of_memory_and_done_once_me
         assert svc.wait_jobs([job], 60)[job]["status"] == "done"
         assert svc.raw_job(job)["completions"] == "1"
         assert worker.alive(), worker.output()
+
+
+def _beat_is_fresh(r, key: str) -> bool:
+    last = r.hget(key, "last_beat")
+    return last is not None and time.time() - float(last) < 1.0
+
+
+def test_a_heartbeat_whose_reply_redis_py_cannot_parse_beats_on_once_redis_answers_again(redis_server, tmp_path):
+    """A real worker whose Redis answers its heartbeat with a reply redis-py's parser fails on with a TypeError (a
+    RESP3 map keyed by an array, from a proxy in front of the real server): no RedisError, so the heartbeat thread
+    ended without a word and the worker, still taking and doing jobs, looked dead for good (its key expired; /readyz
+    no worker; its leases ran out). Now the error is said once, the next beats try again, and once Redis answers
+    again the heartbeat is back."""
+    proxy = GarblingProxy(redis_server.port)
+    try:
+        with running_service(redis_server, tmp_path) as svc:
+            worker = svc.start_worker(env={"SIGMA_REDIS_URL": proxy.url})
+            r = redis_server.client()
+            beat = f"{svc.prefix}:worker:{worker.consumer}"
+            proxy.garble = beat.encode()
+            wait_until(lambda: proxy.garbled >= 3, 10, "three beats answered with garbage")
+            proxy.garble = None
+            time.sleep(2.0)                    # past queue.heartbeat_ttl_ms (1.5 s): a dead heartbeat's key is gone
+            wait_until(lambda: _beat_is_fresh(r, beat), 5, f"the heartbeat back\n{worker.output()}")
+            assert worker.output().count("a beat failed (TypeError") == 1, worker.output()
+            ids = submit_many(svc, 2, "pixel-diff")
+            svc.wait_jobs(ids, 60)
+            assert_exactly_once(svc, ids, "pixel-diff")
+            assert worker.alive() and _beat_is_fresh(r, beat), worker.output()
+    finally:
+        proxy.close()
+
+
+def test_a_heartbeat_that_keeps_failing_past_its_ttl_ends_the_worker_rather_than_leaving_a_zombie(redis_server,
+                                                                                                tmp_path):
+    """The same garbage for good: the worker looked dead while it worked on (a zombie: its jobs re-leased to others).
+    Now, once no beat has gone through for longer than queue.heartbeat_ttl_ms, it says why (heartbeat_failed) and
+    exits with status 1, for its supervisor to start a fresh process."""
+    proxy = GarblingProxy(redis_server.port)
+    try:
+        with running_service(redis_server, tmp_path) as svc:
+            worker = svc.start_worker(env={"SIGMA_REDIS_URL": proxy.url})
+            proxy.garble = f"{svc.prefix}:worker:{worker.consumer}".encode()
+            wait_until(lambda: not worker.alive(), 10, f"the worker to exit\n{worker.output()}")
+            assert worker.p.returncode == 1, worker.output()
+            assert "heartbeat_failed" in worker.output(), worker.output()
+            assert "Traceback" not in worker.output(), worker.output()
+    finally:
+        proxy.close()

@@ -739,3 +739,34 @@ def test_a_second_signal_during_a_long_native_call_exits_at_once(redis_server, t
     assert "SIGTERM: stopping" in log and "stopped (second SIGTERM" in log, log
     assert r.hget(f"{prefix}:job:{job_id}", "status") == b"running"
     assert r.xpending(f"{prefix}:stream:native-slow", "sigma-workers")["pending"] == 1
+
+
+def test_serve_all_restarts_a_worker_it_could_not_start_for_a_while(redis_server, tmp_path):
+    """`sigma serve all` whose worker died while the server could open no file descriptor (RLIMIT_NOFILE lowered on
+    the running server from outside, as fd exhaustion does): starting the child failed (EMFILE from Popen's pipe) and
+    the supervisor thread ended without a word, so the API served on with no worker for good, not restarted, the
+    server not stopped either. Now the failed start is said and counted as a death, and tried again after the
+    backoff: once descriptors are free the worker is back."""
+    import resource
+
+    prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    proc = Proc(["serve", "all", "--port", str(port), "--annotator", "pixel-diff", "--log-level", "warning",
+                 *sets([*FAST, f"redis.key_prefix={prefix}", "worker.restart_backoff_s=0.2"])],
+                base_env(redis_server.url), tmp_path / "serve-all.log")
+    r = redis_server.client()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
+            wait_until(lambda: http.get("/readyz").status_code == 200, 60, f"serve all ready\n{proc.output()}", 0.2)
+        (first,) = worker_heartbeats(r, prefix)
+        soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (3, hard))     # stdin, stdout, stderr: no new one
+        os.kill(first, signal.SIGKILL)
+        time.sleep(1.5)                        # the death noticed and a start tried after the 0.2 s backoff, refused
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        wait_until(lambda: [p for p in worker_heartbeats(r, prefix) if p != first], 60,
+                   f"a new worker\n{proc.output()}", 0.2)
+        assert proc.alive(), proc.output()
+        assert "could not be started again (OSError: [Errno 24] Too many open files)" in proc.output(), proc.output()
+    finally:
+        code = proc.stop(timeout=30)
+    assert code == 0, proc.output()

@@ -310,7 +310,14 @@ class Pipeline:
         warm: list = []
         if self.workers > 0:
             self.pool = self._new_pool()
-            warm = [self.pool.submit(decode_items, [], self.io_config) for _ in range(self.workers)]
+            try:
+                warm = [self.pool.submit(decode_items, [], self.io_config) for _ in range(self.workers)]
+            except BaseException:
+                # the machine refused the pool's manager thread (`threads_refused`) after its processes were
+                # started: they were left behind, each dying on the freed pool's semaphore with a traceback, one
+                # more set per try of a fleet worker (`sigma.service.fleet.ThreadsRefused`) until the limit passed
+                self._drop_pool()
+                raise
         try:
             if annotator is None:
                 from sigma.batch.runner import build_annotator_for
@@ -352,6 +359,14 @@ class Pipeline:
         over. The shard whose chunk hung is failed (--resume redoes it); the other chunks handed to the old pool
         are decoded again by the new one (`_decoded`)."""
         self._replace_pool()
+
+    def _drop_pool(self) -> None:
+        """The pool given up without waiting on it: its processes killed, its work cancelled."""
+        if self._pool_context is not None:
+            self._pool_context.kill_all()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = None
 
     def close(self) -> None:
         if self.pool is not None:

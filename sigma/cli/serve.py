@@ -333,9 +333,32 @@ class WorkerSupervisor:
                 self.proc = subprocess.Popen(self.cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
 
     def _run(self) -> None:
+        """The supervising thread. It ended without a word on any exception (`subprocess.Popen` failing to start
+        the child: EMFILE with every descriptor in use, EAGAIN/ENOMEM under a pids or memory limit): the API served
+        on with no worker, never restarted, and the server did not stop either. A child that cannot be started is
+        now a death like any other (said, backed off, counted towards worker.max_restarts); anything else ends the
+        server with status 1 (`on_give_up`), said, rather than leaving it workerless."""
+        try:
+            self._supervise()
+        except BaseException as exc:  # noqa: BLE001 - a dead supervisor left a server without a worker for good
+            print(f"sigma serve all: the worker supervisor failed ({type(exc).__name__}: {exc}); stopping the "
+                  "server", file=sys.stderr, flush=True)
+            self.gave_up = True
+            self.on_give_up()
+
+    def _respawn(self) -> str | None:
+        """`_spawn`, or why the child could not be started (an OSError: no descriptor, no process, no memory)."""
+        try:
+            self._spawn()
+        except OSError as exc:
+            return f"could not be started again ({type(exc).__name__}: {exc})"
+        return None
+
+    def _supervise(self) -> None:
         from sigma.workers.lifecycle import RECYCLE_EXIT_STATUS
 
         backoff = self.settings.restart_backoff_s
+        unstarted: str | None = None       # why the last start failed; the child before it is long dead
         while not self._stop.is_set():
             proc = self.proc
             if proc is None:
@@ -346,32 +369,35 @@ class WorkerSupervisor:
                 return
             now = time.monotonic()
             ran = now - started
-            if code == RECYCLE_EXIT_STATUS:
+            if code == RECYCLE_EXIT_STATUS and unstarted is None:
                 self.recycles += 1
                 print(f"sigma serve all: the worker (pid {proc.pid}) recycled itself after {ran:.1f} s (past "
                       f"worker.max_rss_mb, status {code}); starting a fresh one (recycle {self.recycles})",
                       file=sys.stderr, flush=True)
-                self._spawn()
+                unstarted = self._respawn()
                 continue
             window = self.settings.restart_window_s
-            if ran >= window:
+            if ran >= window and unstarted is None:
                 backoff = self.settings.restart_backoff_s      # it had been healthy: start over
             self._deaths = [t for t in self._deaths if now - t < window] + [now]
             how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
+            who = f"the worker (pid {proc.pid}) {how} after {ran:.1f} s"
+            if unstarted is not None:
+                who = f"the worker {unstarted}"
             if len(self._deaths) > self.settings.max_restarts:
-                print(f"sigma serve all: the worker (pid {proc.pid}) {how} after {ran:.1f} s: {len(self._deaths)} "
+                print(f"sigma serve all: {who}: {len(self._deaths)} "
                       f"deaths within {window:.15g} s (worker.max_restarts={self.settings.max_restarts}); giving up, "
                       "stopping the server", file=sys.stderr, flush=True)
                 self.gave_up = True
                 self.on_give_up()
                 return
             self.restarts += 1
-            print(f"sigma serve all: the worker (pid {proc.pid}) {how} after {ran:.1f} s; restarting it in "
+            print(f"sigma serve all: {who}; restarting it in "
                   f"{backoff:.1f} s (restart {self.restarts})", file=sys.stderr, flush=True)
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, self.settings.restart_max_backoff_s)
-            self._spawn()
+            unstarted = self._respawn()
 
     def stop_supervising(self) -> None:
         """The server is shutting down (a signal that may have reached the child too): no more restarts."""

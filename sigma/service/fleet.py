@@ -28,7 +28,7 @@ from sigma.batch.config import BatchConfig
 from sigma.batch.layout import DEAD_READ, TASK_READ, RunDir
 from sigma.batch.record import check_options, check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run, with_default_annotator
-from sigma.errors import ConfigError, InputError, SigmaError, WeightsBusyError
+from sigma.errors import ConfigError, InputError, SigmaError, WeightsBusyError, threads_refused
 from sigma.folderlock import LockWait
 from sigma.io.corpora import CORPUS_READERS
 from sigma.io.corpora.base import Shard, resolved_under
@@ -542,6 +542,25 @@ class ModelBusy(RunBusy):
             f"({_deferred(deferral, max_defer_s)}): {self}. Resume or end that process; then {_AGAIN}")
 
 
+class ThreadsRefused(RunBusy):
+    """This machine would start no thread the shard needs (`threads_refused`: the pipeline's writer or reader, its
+    decode pool's manager; a pids limit, `ulimit -u`, or no memory left for a thread's stack): a state of the machine,
+    mostly brief, no fault of the task's. It was the shard's failure (`shard_failed`, a delivery spent each lease), so a
+    limit that lasted `queue.max_deliveries` leases dead-lettered good shards and failed the run, though the next
+    task after the limit was lifted ran; now it is deferred as a held run folder is (after the lease, no delivery
+    spent, for this worker or another), and dead-lettered (`out_of_threads`) only when no shard has been written in
+    the run folder for `worker.max_defer_s`."""
+
+    code = "out_of_threads"
+
+    def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
+        return "out_of_threads", (
+            f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: the machine of each worker that took "
+            f"it would start no thread for it for {deferral.last - deferral.since:.0f} s "
+            f"({_deferred(deferral, max_defer_s)}): {self}. Raise the limit on processes (`ulimit -u`, the "
+            f"container's pids limit) or the memory for thread stacks (`ulimit -v`, `ulimit -s`); then {_AGAIN}")
+
+
 class RunTooLarge(RunBusy):
     """The run's run.json is over this worker's `$SIGMA_MAX_RUN_BYTES`: a limit of this machine's, not a fault of the
     task's, and a worker with a higher one (a mixed fleet) can run it. It was dead-lettered at once (`run_too_large`),
@@ -962,6 +981,10 @@ class FleetHandler:
                 outcomes.append(Outcome(entry, "retry", error={"code": "run_unreadable", "message": str(exc)}))
                 continue
             except Exception as exc:  # noqa: BLE001 - e.g. the corpus is briefly unreachable: retried via the lease
+                if threads_refused(exc):       # the machine's state, not the task's: deferred, no delivery spent
+                    outcomes.append(self._defer(entry, ThreadsRefused(
+                        f"{type(exc).__name__}: {exc}", Path(entry.fields.get("run_dir") or "."))))
+                    continue
                 outcome, pairs, error = "failed", 0, task_error(f"{type(exc).__name__}: {exc}")
             finally:
                 self.current.clear()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -277,6 +278,18 @@ class StreamQueue:
         return QueueStats(self.depth(), self.pending_count(), self.dead_count())
 
 
+# The status a process ends with when its heartbeat cannot go on (`Heartbeat._dead`), as a hung batch's (1): its
+# supervisor starts a fresh one.
+HEARTBEAT_DEAD_STATUS = 1
+
+
+def _end_process(reason: str) -> None:
+    """`Heartbeat.on_dead` by default: the log flushed, the process ended at once from the heartbeat thread (the
+    main thread may be inside a model for minutes, so raising there is no way to stop it)."""
+    logging.shutdown()
+    os._exit(HEARTBEAT_DEAD_STATUS)
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -287,11 +300,20 @@ class Heartbeat:
 
     Its own failures (Redis briefly down) are swallowed and retried on the next beat: a heartbeat
     that misses a beat makes the worker look dead, which is the truth while Redis is unreachable.
+
+    Any other exception from a beat (a reply redis-py cannot parse, a MemoryError, a thread the connection pool could
+    not start, an `info` that raised) ended the thread without a word: the worker went on taking and doing jobs while
+    it looked dead (/readyz: no worker) and its leases ran out, so its jobs were handed to others and done twice. Now
+    such an error is said once per kind and the next beat tries again; when beats keep failing that way for longer
+    than the heartbeat's TTL (the worker has looked dead that long), or the thread itself cannot go on, `on_dead`
+    is called with the reason (the workers: say it, forget the heartbeat key, exit 1 for the supervisor to start a
+    fresh process), by default the process ends with status 1 (`HEARTBEAT_DEAD_STATUS`): never a zombie worker.
     """
 
     def __init__(self, client: redis.Redis, key: str, interval_ms: int, ttl_ms: int,
                  info: Callable[[], dict[str, Any]], queue: StreamQueue | None = None,
-                 watch: Callable[[], None] | None = None, registry: str | None = None):
+                 watch: Callable[[], None] | None = None, registry: str | None = None,
+                 on_dead: Callable[[str], None] | None = None):
         self.r = client
         self.key = key
         # the sorted set readers find this key in (`sigma.service.heartbeats`); None: the hash alone. Its script
@@ -303,12 +325,16 @@ class Heartbeat:
         self.info = info
         self.queue = queue
         self.watch = watch              # called after every beat, in this thread (the consumer's stuck-batch check)
+        self.on_dead = on_dead          # the heartbeat cannot go on: end the process (default: `_end_process`)
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sigma-heartbeat", daemon=True)
         self.beats = 0
         self.last_error: str | None = None
+        self.unexpected_errors = 0      # beats failed by something other than Redis (each kind said once)
+        self._kinds_said: set[str] = set()
+        self._failing_since: float | None = None    # monotonic time of the first such failure in a row
 
     def track(self, ids: list[str]) -> None:
         with self._lock:
@@ -352,18 +378,56 @@ class Heartbeat:
                             type(exc).__name__, exc, self.interval)
             self.last_error = f"{type(exc).__name__}: {exc}"
             return
+        except Exception as exc:  # noqa: BLE001 - a beat that fails otherwise is retried too (class docstring)
+            self._unexpected(exc)
+            return
         if self.last_error is not None:
             log.info("heartbeat %s: beating again", self.key)
         self.last_error = None
+        self._failing_since = None
+
+    def _unexpected(self, exc: Exception) -> None:
+        """A beat failed by something other than Redis being away: said once per kind, tried again next beat, and
+        the process ended (`_dead`) once beats have failed so for longer than the TTL: it has looked dead that
+        long, its leases are running out, and it cannot say why to anyone reading Redis."""
+        self.unexpected_errors += 1
+        kind = type(exc).__name__
+        self.last_error = f"{kind}: {exc}"
+        if kind not in self._kinds_said:
+            self._kinds_said.add(kind)
+            log.error("heartbeat %s: a beat failed (%s: %s), not a Redis outage; trying again every %.1f s, and "
+                      "ending the worker if it keeps failing for %.1f s (queue.heartbeat_ttl_ms)", self.key, kind,
+                      exc, self.interval, self.ttl_ms / 1000.0)
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > self.ttl_ms / 1000.0:
+            self._dead(f"heartbeat {self.key}: no beat for {now - self._failing_since:.1f} s (longer than "
+                       f"queue.heartbeat_ttl_ms), every try failing with {self.last_error}; the worker looks dead "
+                       f"and its jobs go to others, so it exits with status {HEARTBEAT_DEAD_STATUS} to be started "
+                       f"afresh (heartbeat_failed)")
+
+    def _dead(self, reason: str) -> None:
+        """The heartbeat cannot go on: stop beating and end the process (`on_dead`, else `_end_process`)."""
+        self._stop.set()
+        try:
+            log.critical("%s", reason)
+        finally:
+            (self.on_dead or _end_process)(reason)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._beat_once()
-            if self.watch is not None:
-                try:
-                    self.watch()
-                except Exception as exc:  # noqa: BLE001 - a failing check must not stop the beats
-                    log.warning("heartbeat %s: watch failed: %s: %s", self.key, type(exc).__name__, exc)
+        try:
+            while not self._stop.wait(self.interval):
+                self._beat_once()
+                if self.watch is not None:
+                    try:
+                        self.watch()
+                    except Exception as exc:  # noqa: BLE001 - a failing check must not stop the beats
+                        log.warning("heartbeat %s: watch failed: %s: %s", self.key, type(exc).__name__, exc)
+        except BaseException as exc:  # noqa: BLE001 - the thread ending silently left a zombie worker
+            self._dead(f"heartbeat {self.key}: its thread failed ({type(exc).__name__}: {exc}); the worker would "
+                       f"look dead while working, so it exits with status {HEARTBEAT_DEAD_STATUS} to be started "
+                       f"afresh (heartbeat_failed)")
 
     def start(self) -> None:
         """The first beat now (a Redis error is retried by the thread: starting never fails on Redis)."""
