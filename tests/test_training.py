@@ -435,8 +435,9 @@ def test_a_resume_does_not_need_the_init_from_model_any_more(photos, tmp_path, c
     with the source deleted (or the run folder copied to another machine) the run could not be resumed at all
     (invalid_config: no saved model). Now it resumes and ends with the uninterrupted run's weights."""
     runs = tmp_path / "runs"
-    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=3", "batch_size=2", "eval.val_size=0"]
-    assert main(["train", STAGE1, *common, "name=src", "steps=1"]) == 0
+    shared = [f"data.photos={photos}", f"out_dir={runs}", "batch_size=2", "eval.val_size=0"]
+    common = [*shared, "steps=3"]
+    assert main(["train", STAGE1, *shared, "name=src", "steps=1"]) == 0
     shutil.copytree(runs / "src", tmp_path / "init")
     init = [f"init_from={tmp_path / 'init'}"]
     assert main(["train", STAGE1, *common, *init, "name=ref"]) == 0
@@ -701,7 +702,8 @@ def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_pat
     the mkdir of the run folder; `eval.val_dir` the same at the first validation. Refused with the key; a
     surrogate that stands for a non-UTF-8 file-name byte (`\\udcff`, how such an argument arrives) is a name."""
     runs = tmp_path / "runs"
-    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "batch_size=2", "eval.val_size=2"]
+    shared = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "batch_size=2"]
+    common = [*shared, "eval.val_size=2"]
     base = yaml.safe_load(Path(STAGE1).read_text())
     for key, tree in (("name", {"name": "r\ud800"}),
                       ("eval.val_dir", {"eval": {**base["eval"], "val_dir": "v\ud800"}})):
@@ -713,7 +715,7 @@ def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_pat
     # a name from non-UTF-8 bytes trains, and is printed as those bytes even where stdout is strict UTF-8 (its last
     # line, "run folder: ...", was a UnicodeEncodeError traceback after the whole run)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8:strict"}
-    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, *common, b"name=r\xff", "eval.val_size=0"],
+    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, *shared, b"name=r\xff", "eval.val_size=0"],
                           env=env, capture_output=True, timeout=300, check=False)
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert (runs / "r\udcff" / "final").is_dir() and f"run folder: {runs}/r".encode() + b"\xff" in proc.stdout
