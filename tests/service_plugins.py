@@ -1,7 +1,8 @@
 """Annotators that only the service's fault tests use, loaded by workers with `--plugin service_plugins`.
 
 `slow-diff` is pixel-diff that takes `delay_ms` per batch, so a test can kill a worker while it holds
-a batch; `poison-diff` raises on every pair whose instruction contains "poison", as a model that
+a batch (with $SIGMA_TEST_BUSY_DIR set, DIR/<pid> exists while it is inside one); `poison-diff` raises on every
+pair whose instruction contains "poison", as a model that
 crashes on one input would; `slow-load` takes `load_delay_ms` to build, as a large model takes to load (with
 `swallow_exceptions`, an exception raised into its load does not stop it, as one raised inside C++ frames or
 caught by a loader's bare `except` does not); `bad-output` breaks the output contract (`defect`: a 0-255 map, NaN, a
@@ -49,8 +50,18 @@ class SlowDiff(PixelDiff):
     config_cls = SlowDiffConfig
 
     def _predict_batch(self, pairs):
-        time.sleep(self.config.delay_ms / 1000.0)
-        return super()._predict_batch(pairs)
+        # $SIGMA_TEST_BUSY_DIR: DIR/<pid> exists while this process is inside a batch, so inside a shard it holds
+        # and has not published; a test stops a process and finds it there to kill one that provably holds a shard
+        busy = os.environ.get("SIGMA_TEST_BUSY_DIR")
+        marker = os.path.join(busy, str(os.getpid())) if busy else None
+        if marker:
+            open(marker, "w").close()
+        try:
+            time.sleep(self.config.delay_ms / 1000.0)
+            return super()._predict_batch(pairs)
+        finally:
+            if marker:
+                os.unlink(marker)
 
 
 class PoisonDiff(PixelDiff):

@@ -62,6 +62,28 @@ def stop_children_mid_run(cfg: BatchConfig, out: Path, first_only: bool):
     return box["s"], stopped
 
 
+def kill_a_child_inside_a_shard(busy: Path, timeout_s: float = 60) -> int:
+    """SIGKILL an inference process (spawned by this one) that provably holds a shard: stopped (SIGSTOP) and found
+    inside slow-diff's batch (its `busy/<pid>` marker, removed by itself on leaving it). A child picked otherwise
+    (the first spawned one once a status exists) could be between shards — it had just published one, the driver
+    had not yet handed it the next (a loaded CPU) — and its death then lost no shard: nothing to retry. Its pid."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for marker in list(busy.iterdir()):
+            pid = int(marker.name)
+            if pid not in children_of(os.getpid(), spawned=True):
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            while alive(pid) and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+                time.sleep(0.001)
+            if marker.exists():                 # stopped inside a batch: its shard is in hand, not published
+                os.kill(pid, signal.SIGKILL)
+                return pid
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError("no inference process was found inside a shard")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("procs")
@@ -81,7 +103,7 @@ def slow_reference(corpus) -> Path:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_reference):
+def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_reference, tmp_path, monkeypatch):
     one = run_batch(cfg_for(corpus / "set"), corpus / "one", progress=False)
     two = run_batch(cfg_for(corpus / "set", procs=2), corpus / "two", progress=False)
     assert (one.backend["procs"], two.backend["procs"], two.backend["threads"]) == (1, 2, 1)
@@ -96,21 +118,18 @@ def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_ref
 
     # SIGKILL one child while it works on a shard: that shard is run again by a child, same bytes
     out = corpus / "killed-child"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    monkeypatch.setenv("SIGMA_TEST_BUSY_DIR", str(busy))     # slow-diff: busy/<pid> while inside a batch
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg_for(corpus / "set", procs=2, **SLOW), out,
                                                                    progress=False)), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((out / "status").glob("*.json")):
-        time.sleep(0.01)
-    victims = children_of(os.getpid())
-    victims = [p for p in victims if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert victims, "no inference process found"
-    os.kill(victims[0], signal.SIGKILL)
+    victim = kill_a_child_inside_a_shard(busy)
     thread.join(120)
     summary = box["s"]
-    # "already_done": the child published its shard just before the signal landed (the ledger reads the status)
-    assert len(summary.retried) == 1 and summary.retried[0]["action"] in ("retried", "already_done")
+    # it was killed inside a batch, so before its shard was published: that shard is retried, never "already_done"
+    assert len(summary.retried) == 1 and summary.retried[0]["action"] == "retried", (victim, summary.retried)
     assert "signal 9" in summary.retried[0]["reason"]
     assert summary.done_now == 5 and summary.failed_now == 0 and summary.backend["processes_started"] == 3
     assert digests(out) == digests(slow_reference)
