@@ -123,18 +123,13 @@ class SnapshotCollector:
         # the worker label is the heartbeat key's name, unique per key (its `consumer` field is not: two samples of
         # one series make Prometheus refuse the whole scrape)
         for name, (_, w) in sorted(self.s.get("heartbeats", {}).items()):
-            if "gpu_memory_bytes" in w:
-                mem = number(w["gpu_memory_bytes"])
-                if mem is None:
-                    note_damage(f"worker {name[:80]!r} has a non-numeric gpu_memory_bytes")
-                else:
-                    gpu.add_metric([name], mem)
-            if "decode_threads" in w:
-                threads = number(w["decode_threads"])
-                if threads is None:
-                    note_damage(f"worker {name[:80]!r} has a non-numeric decode_threads")
-                else:
-                    decode.add_metric([name], threads)
+            for family, field in ((gpu, "gpu_memory_bytes"), (decode, "decode_threads")):
+                if field in w:
+                    value = number(w[field])
+                    if value is None:
+                        note_damage(f"worker {name[:80]!r} has a non-numeric {field}")
+                    else:
+                        family.add_metric([name], value)
         if self.s.get("complete"):       # a partial count (reads cut by the deadline) is left out
             alive = collections.Counter(w.get("annotator", "?") for _, w in self.s["heartbeats"].values())
             # Every served annotator has a sample, 0 when none of its workers is alive: the series of one whose last

@@ -38,6 +38,17 @@ def children_of(pid: int, spawned: bool = False) -> list[int]:
     return out
 
 
+def rank_pid(torchrun: int, rank: int) -> int:
+    """The pid of the process torchrun (`torchrun`, its pid) started as `rank`."""
+    for pid in children_of(torchrun):
+        try:
+            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"torchrun {torchrun} has no rank {rank} among {children_of(torchrun)}")
+
+
 def takes_ctrl_c() -> None:
     """`preexec_fn` for a child that a test stops with Ctrl-C: SIGINT as a terminal's foreground job has it. A shell
     that starts a job in the background (`cmd &`, as a CI runner or `nohup ... &` may) sets SIGINT to ignored, the

@@ -227,26 +227,13 @@ def test_a_rank_0_whose_port_is_taken_is_one_rendezvous_failed_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def _rank_pid(torchrun: int, rank: int) -> int:
-    """The pid of the process torchrun (`torchrun`, its pid) started as `rank`."""
-    from procfs import children_of
-
-    for pid in children_of(torchrun):
-        try:
-            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                return pid
-        except OSError:
-            continue
-    raise AssertionError(f"torchrun {torchrun} has no rank {rank} among {children_of(torchrun)}")
-
-
 def _restarted(tmp_path: Path, *args: str) -> tuple[int, str, str]:
     """(torchrun's status, its stdout, its stderr) of `torchrun --nproc_per_node=2 --max-restarts=1` running
     `sigma ARGS` (tests/ddp_restart_worker.py: rank 1 of the restart starts late), whose rank 1 is SIGKILLed once
     rank 0 has logged step 3 (after the checkpoint of step 2)."""
     import signal
 
-    from procfs import env
+    from procfs import env, rank_pid
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            str(ROOT / "tests" / "ddp_restart_worker.py"), *args]
@@ -257,7 +244,7 @@ def _restarted(tmp_path: Path, *args: str) -> tuple[int, str, str]:
         for line in proc.stdout:
             out.append(line)
             if line.startswith("step 3/"):
-                os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
+                os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)
                 break
         rest, err = proc.communicate(timeout=60)
     finally:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from procfs import children_of, takes_ctrl_c
 from procfs import env as procfs_env
+from procfs import rank_pid, takes_ctrl_c
 from test_synth import make_photos
 
 from sigma.config.loader import load_config
@@ -223,17 +223,6 @@ def test_ddp_ctrl_c_says_interrupted_once(photos, tmp_path):
     assert [line for line in err.splitlines() if line.startswith("sigma: ")] == ["sigma: interrupted"], err[-3000:]
 
 
-def _rank_pid(torchrun: int, rank: int) -> int:
-    """The pid of the process torchrun (`torchrun`, its pid) started as `rank`."""
-    for pid in children_of(torchrun):
-        try:
-            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                return pid
-        except OSError:
-            continue
-    raise AssertionError(f"torchrun {torchrun} has no rank {rank} among {children_of(torchrun)}")
-
-
 def _torchrun_with_a_rank_killed(photos, tmp_path, ranks: int, killed: int,
                                  entry: tuple[str, ...] = ("-m", "sigma")) -> tuple[Path, int, str]:
     """(the run folder, torchrun's status, its stderr) of a tiny Stage I run under `torchrun --nproc_per_node=ranks`
@@ -250,7 +239,7 @@ def _torchrun_with_a_rank_killed(photos, tmp_path, ranks: int, killed: int,
         for line in proc.stdout:          # rank 0's log: step 3 comes after the checkpoint of step 2
             if line.startswith("step 3/"):
                 break
-        os.kill(_rank_pid(proc.pid, killed), signal.SIGKILL)
+        os.kill(rank_pid(proc.pid, killed), signal.SIGKILL)
         _, err = proc.communicate(timeout=60)     # no hang: torchrun's own SIGKILL of a stuck rank waits 30 s
     finally:
         if proc.poll() is None:
@@ -316,25 +305,32 @@ def test_ddp_in_a_group_the_users_script_started_names_the_rank_lost(photos, tmp
                     rf"--resume {re.escape(str(run))} ", said[0]), said[0]
 
 
+def _torchrun_on_a_held_folder(cmd: list[str], run: Path, cwd: Path) -> tuple[subprocess.CompletedProcess, float,
+                                                                               dict[str, str]]:
+    """(the run, how long it took, each rank's exit code from torchrun's report) of torchrun `cmd` while another
+    process holds the run folder `run`'s lock, as `sigma train` takes it."""
+    import fcntl
+    import time
+
+    with open(run / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        began = time.monotonic()
+        proc = subprocess.run(cmd, env=procfs_env(), capture_output=True, text=True, timeout=120, cwd=cwd)
+        took = time.monotonic() - began
+    return proc, took, dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", proc.stderr, re.M))
+
+
 def test_ddp_ranks_left_waiting_to_connect_end_at_torchruns_sigterm(photos, tmp_path):
     """Rank 0 refused before the ranks connect (its run folder held by another process: `run_locked`), with 3
     ranks: ranks 1 and 2 waited inside torch's C++ rendezvous, where the SIGTERM torchrun sent them was only noted
     (sigma's clean stop at the next step), so torchrun SIGKILLed them after its fixed 30 s grace (`-9`). Now SIGTERM
     ends a rank at once while it connects: torchrun ends within seconds, the report's root cause rank 0's line."""
-    import fcntl
-    import time
-
     run = tmp_path / "runs" / "ddp"
     run.mkdir(parents=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "sigma", "train",
            str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.photos={photos}",
            f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=3"]
-    with open(run / ".lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)        # another process's hold, as `sigma train` takes it
-        began = time.monotonic()
-        proc = subprocess.run(cmd, env=procfs_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        took = time.monotonic() - began
-    codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", proc.stderr, re.M))
+    proc, took, codes = _torchrun_on_a_held_folder(cmd, run, tmp_path)
     assert codes == {"0": "2", "1": "-15", "2": "-15"}, proc.stderr[-3000:]
     assert "traceback : sigma: error [run_locked]: " in proc.stderr
     assert took < 30, took
@@ -344,9 +340,6 @@ def test_ddp_ranks_waiting_for_rank_0s_cache_snapshot_end_at_torchruns_sigterm(p
     """On `data.cache`, the ranks other than 0 wait (polling, before they connect) for the cache_index.json rank 0
     snapshots into the run folder; rank 0 refused first (`run_locked`) left rank 1 polling while torchrun's
     SIGTERM was only noted, SIGKILLed after 30 s (`-9`). Now the noted SIGTERM ends the wait: one line, 143."""
-    import fcntl
-    import time
-
     from sigma.cli import main
 
     cache = tmp_path / "cache"
@@ -356,12 +349,7 @@ def test_ddp_ranks_waiting_for_rank_0s_cache_snapshot_end_at_torchruns_sigterm(p
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma", "train",
            str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"data.cache={cache}",
            f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=3"]
-    with open(run / ".lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)        # another process's hold, as `sigma train` takes it
-        began = time.monotonic()
-        proc = subprocess.run(cmd, env=procfs_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        took = time.monotonic() - began
-    codes = dict(re.findall(r"^ +rank +: (\d).*\n +exitcode +: (-?\d+)", proc.stderr, re.M))
+    proc, took, codes = _torchrun_on_a_held_folder(cmd, run, tmp_path)
     assert codes == {"0": "2", "1": "143"}, proc.stderr[-3000:]
     assert "traceback : sigma: terminated while waiting for rank 0's cache_index.json: no step was run" in proc.stderr
     assert took < 30, took
