@@ -298,6 +298,20 @@ def dumps_finite(value: Any, **kwargs: Any) -> str:
     return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
+# Characters JSON lets a string hold raw that break a reader of lines: DEL and the C1 controls (a terminal acts on
+# them; U+0085 is a line break to Python's `str.splitlines`), U+2028/U+2029 (line breaks to JavaScript before ES2019,
+# `splitlines` and many editors). They appear only inside JSON strings, so escaping them is always valid.
+_LINE_BREAKERS = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def json_line(value: Any) -> str:
+    """One JSON line for a line-oriented reader (JSONL files, one object per stdout line): `dumps_finite` that keeps
+    other text readable (ensure_ascii=False: "कुत्ता" stays as written) but writes DEL, C1 controls and U+2028/U+2029
+    as `\\uXXXX`. `sigma parse` passed them raw, so `--file` lines split in two for `splitlines` and JS readers."""
+    text = dumps_finite(value, ensure_ascii=False)
+    return _LINE_BREAKERS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def finite(value: Any) -> Any:
     """NaN and infinities become None, in nested dicts / lists / tuples, numpy scalars included: what a JSON
     file or answer we write may hold (an undefined Spearman rho of a one-pair set is NaN)."""

@@ -922,3 +922,27 @@ def test_cli_parse_a_file_of_no_instructions_says_so(tmp_path, capsys, text):
     assert out.read_text() == '{"kept": true}\n'
     assert main(["parse", "--file", str(f)]) == 2
     assert "[no_instructions]" in capsys.readouterr().err
+
+
+LINE_BREAKERS = "\x7f\x85\x9b\u2028\u2029"
+
+
+def test_cli_parse_json_lines_escape_del_c1_and_line_separators(tmp_path, capsys):
+    """DEL, C1 controls and U+2028/U+2029 in an instruction were written raw into `sigma parse`'s JSON (ensure_ascii
+    off), which is valid JSON but splits the line for `str.splitlines` and JavaScript readers of the JSONL, and makes
+    a terminal act on the C1. They are now `\\uXXXX` in every line the command writes (stdout, --out,
+    --show-errors, the summary); other text ("कुत्ता") stays readable."""
+    text = f"remove the dog{LINE_BREAKERS} and add a कुत्ता"
+    assert main(["parse", text]) == 0
+    out = capsys.readouterr().out
+    assert not set(LINE_BREAKERS) & set(out) and "कुत्ता" in out and len(out.splitlines()) == 1
+    assert json.loads(out)["instruction"] == text
+    f, dest = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    f.write_text(json.dumps({"instruction": text, "edit_type": "add", "source": None, "target": text}) + "\n"
+                 + json.dumps({"instruction": text}) + "\n", encoding="utf-8")
+    assert main(["parse", "--file", str(f), "--out", str(dest), "--show-errors"]) == 0
+    for written in (capsys.readouterr().out, dest.read_text(encoding="utf-8")):
+        assert not set(LINE_BREAKERS) & set(written)
+        lines = written.splitlines()
+        assert all(json.loads(line) for line in lines if line.startswith("{"))
+    assert [json.loads(line)["instruction"] for line in dest.read_text(encoding="utf-8").splitlines()] == [text, text]

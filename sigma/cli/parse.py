@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from sigma.cli.common import integer, path, within
 from sigma.config.schema import MAX_INSTRUCTION_CHARS
 from sigma.errors import InputError, LimitError
-from sigma.text import is_blank
+from sigma.text import is_blank, json_line
 from sigma.text import loads as load_json
 
 HELP = """Parse an editing instruction into (edit_type, source concept, target concept), the input of
@@ -176,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         _check(args.instruction, args.max_chars)
         parser = _parser(args)
         result = parser(args.instruction, images=images) if images is not None else parser(args.instruction)
-        print(json.dumps(result.to_json_dict(), ensure_ascii=False))
+        print(json_line(result.to_json_dict()))
         return 0
 
     from sigma.parse.evaluate import has_expectations, score
@@ -195,18 +194,18 @@ def run(args: argparse.Namespace) -> int:
         _write_out(Path(args.out), parses)
     if not any(has_expectations(r) for r in records):
         for p in parses:
-            print(json.dumps(p.to_json_dict(), ensure_ascii=False))
+            print(json_line(p.to_json_dict()))
         return 0
     summary = score(zip(records, parses))
     errors = summary.pop("errors")
     if args.show_errors:
         for err in errors:
-            print(json.dumps(err, ensure_ascii=False))
+            print(json_line(err))
     print(f"{summary['n']} instructions, backend {args.backend}: edit-type accuracy "
           f"{100 * summary['type_accuracy']:.1f} %, concept match {100 * summary['concept_match']:.1f} % "
           f"(source {100 * summary['source_match']:.1f} %, target {100 * summary['target_match']:.1f} %)",
           file=sys.stderr)
-    print(json.dumps({"backend": args.backend, **summary}, ensure_ascii=False))
+    print(json_line({"backend": args.backend, **summary}))
     return 0
 
 
@@ -220,4 +219,4 @@ def _write_out(out: Path, parses: list) -> None:
 
     if not is_stream(out):
         sweep_dead_writers_of(out.parent, names={out.name})
-    atomic_write_bytes(out, "".join(json.dumps(p.to_json_dict(), ensure_ascii=False) + "\n" for p in parses).encode())
+    atomic_write_bytes(out, "".join(json_line(p.to_json_dict()) + "\n" for p in parses).encode())
