@@ -194,6 +194,23 @@ TOKENS = [
     ("remove the car w/o touching the road", "remove", "car", None),
 ]
 
+# a passive in any tense ('is added', 'is being removed', 'was replaced with', 'has been added', 'gets removed'):
+# only 'be removed/replaced' was read, the rest were attribute edits of the subject ('a hat is added on the man')
+PASSIVE_VOICE = [
+    ("a hat is added on the man", "add", None, "hat"),
+    ("A hat should be added to the man", "add", None, "hat"),
+    ("a cat has been added to the sofa", "add", None, "cat"),
+    ("a lamp is placed on the table", "add", None, "lamp"),
+    ("a boat is inserted in the lake", "add", None, "boat"),
+    ("the dog is being removed", "remove", "dog", None),
+    ("the tree was removed", "remove", "tree", None),
+    ("the dog gets removed", "remove", "dog", None),
+    ("the dog was replaced with a cat", "replace", "dog", "cat"),
+    ("The hat got replaced with a crown.", "replace", "hat", "crown"),
+    ("the bus is being swapped for a tram", "replace", "bus", "tram"),
+    ("the lights are switched off", "attribute", "lights", "lights"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -205,6 +222,7 @@ FORMS = (
     + STYLED_THINGS
     + NEW_THING_PLACED
     + TOKENS
+    + PASSIVE_VOICE
 )
 
 

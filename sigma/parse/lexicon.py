@@ -222,6 +222,11 @@ natural naturally realistic realistically seamless seamlessly unchanged intact u
 coherent believable blend blends blended blending unaltered original same identical
 """)
 MODALS = _words("should must would could will can shall might")
+# Auxiliaries before a passive participle ('is being removed', 'has been added', 'gets replaced'), and the
+# participles that say which edit the passive asks for
+PASSIVE_AUXILIARIES = _words("be is are am was were been being get gets got getting")
+ADDED_PARTICIPLES = _words("added inserted placed put included introduced attached drawn")
+REPLACED_PARTICIPLES = _words("replaced swapped substituted exchanged")
 # Nouns ending in -ly (other -ly words after "and"/"," are adverbs: ", slightly to the right")
 LY_NOUNS = _words("""
 lily lilies fly butterfly dragonfly firefly housefly belly jelly family ally holly rally assembly bully

@@ -480,9 +480,12 @@ class _PhraseReader:
         """For a subject (stop_at_verbs: 'make the man | smile'), an action, wear or be verb ends the
         phrase when what follows reads as its object, particle or complement ('| wear a hat',
         '| look up', '| turn red'); before a plain noun it is part of a compound ('the ski jump ramp')."""
+        nxt = self.toks[self.j + 1].lower() if self.j + 1 < self.n else None
+        if self.words and self.stop_at_verbs and w in ("get", "gets", "got") and nxt is not None \
+                and looks_participle(nxt):
+            return True           # a passive with 'get': 'the dog | gets removed' (was the subject 'dog gets')
         if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):
             return False
-        nxt = self.toks[self.j + 1].lower() if self.j + 1 < self.n else None
         # A wear verb names no part of a compound noun, and a human does what the verb after it says ('let the man
         # | wear sunglasses', 'let the kids | play football'), so a bare plural or mass noun after either is the
         # object (these read as the compound 'man wear sunglasses'), as an article after them already was.

@@ -675,18 +675,29 @@ def _parse_there_be(toks, low, j) -> Parse | None:
 _GONE = ("removed", "deleted", "erased", "gone", "eliminated", "missing")
 
 
+def _passive_participle(low: list[str], k: int, end: int) -> str | None:
+    """The word after the auxiliaries at k ('is', 'was being', 'has been', 'gets'): the participle of a passive
+    ('a hat is added on the man', 'the dog is being removed', 'the dog was replaced with a cat'), whatever tense;
+    None when k holds no auxiliary. Only 'be' followed by 'removed'/'replaced' was read before: every other tense
+    fell to an attribute edit of the subject."""
+    q = k
+    while q < end and low[q] in L.PASSIVE_AUXILIARIES:
+        q += 1
+    return low[q] if k < q < end else None
+
+
 def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
     """What the word after the subject (and its modals) makes of the sentence; None when it names no
     edit, so the sentence may still hold an arrow, a later verb or keywords. A passive participle,
     alone or after 'be', says what happens to the subject ('the cat should be replaced by a dog');
     a state or action verb says what it becomes or does ('the dog were a cat', 'the man wore a hat')."""
     w = low[k]
-    after_be = low[k + 1] if w in ("be", "is", "are") and k + 1 < end else None
+    after_be = _passive_participle(low, k, end)
     if w in _GONE or w in ("disappear", "disappears", "vanish", "vanishes") or after_be in _GONE:
         return "remove"
-    if w in ("replaced", "swapped") or after_be in ("replaced", "swapped"):
+    if w in L.REPLACED_PARTICIPLES or after_be in L.REPLACED_PARTICIPLES:
         return "replace"
-    if w in ("added", "appears", "appear"):
+    if w in ("added", "appears", "appear") or after_be in L.ADDED_PARTICIPLES:
         return "add"
     if low[k:k + 2] == ["instead", "of"]:
         return "instead-of"
