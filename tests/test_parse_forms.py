@@ -211,6 +211,19 @@ PASSIVE_VOICE = [
     ("the lights are switched off", "attribute", "lights", "lights"),
 ]
 
+# a wish with any adverb or tense ('ive always wanted', "we'd really like"): only 'i want' and 'i would like' were
+# known, so 'ive always wanted a dog here' fell to a default add of 'ive always'
+WISHES = [
+    ("ive always wanted a dog here", "add", None, "dog"),
+    ("I've always wanted a pool in the garden", "add", None, "pool"),
+    ("we'd really like a fountain in the park", "add", None, "fountain"),
+    ("i wanted two cats on the bed", "add", None, "cats"),
+    ("i want the dog removed", "remove", "dog", None),
+    ("i wish the sky was blue", "attribute", "sky", "sky"),
+    ("I want the sky purple", "attribute", "sky", "sky"),
+    ("i love this photo, add a hat", "add", None, "hat"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -223,6 +236,7 @@ FORMS = (
     + NEW_THING_PLACED
     + TOKENS
     + PASSIVE_VOICE
+    + WISHES
 )
 
 

@@ -791,21 +791,54 @@ def _connector_path(low: list[str], j: int) -> list[int]:
     return path
 
 
-_WISHES = (("i", "want"), ("i", "would", "like"), ("i'd", "like"), ("we", "want"), ("i", "wish"),
-           ("i", "need"), ("we", "need"))
+_WISHERS = frozenset({"i", "i've", "ive", "i'd", "we", "we've", "weve", "we'd"})
+_WISH_ADVERBS = frozenset({"always", "really", "just", "so", "also", "still", "truly", "actually", "have", "had",
+                           "would", "do", "did", "'ve", "'d"})
+_WISH_VERBS = frozenset({"want", "wants", "wanted", "wish", "wished", "need", "needed", "like", "love", "loved"})
+_DEFINITE = frozenset({"the", "this", "that", "these", "those", "his", "her", "its", "their", "my", "your", "our"})
+
+
+def _wish_lead(low: list[str]) -> int:
+    """How many tokens say a wish ('I want', 'ive always wanted', "we'd really love"): a first-person subject,
+    any adverbs or auxiliaries, a verb of wanting; 0 when the sentence does not start so. Only 'i want', 'i would
+    like', ... were known, so 'ive always wanted a dog here' fell to a default add of 'ive always'."""
+    if not low or low[0] not in _WISHERS:
+        return 0
+    q = 1
+    while q < len(low) and low[q] in _WISH_ADVERBS:
+        q += 1
+    if q >= len(low) or low[q] not in _WISH_VERBS:
+        return 0
+    # 'like'/'love' wish only as 'would like', "i'd love": 'i love this photo, add a hat' states a liking
+    would = low[0].endswith("'d") or "would" in low[1:q] or "'d" in low[1:q]
+    return q + 1 if low[q] not in ("like", "love", "loved") or would else 0
 
 
 def _wish(toks: list[str]) -> list[str]:
-    """'I want the man to be wearing a tie' -> 'let the man be wearing a tie' (the same edit as a
-    'let' request); 'I want to add ...' is a filler handled elsewhere."""
+    """A wish, read as the request it makes: 'I want the man to be wearing a tie' -> 'let the man be wearing a
+    tie'; a new thing ('ive always wanted a dog here') -> 'let there be a dog here', an add; a known one with its
+    outcome ('I want the dog removed', 'i wish the sky was blue') -> the outcome, read as a declarative, or with
+    a value -> 'make the sky blue'. 'I want (you) to add ...' is left (a filler, or the verb after 'to')."""
     low = [t.lower() for t in toks]
-    for lead in _WISHES:
-        n = len(lead)
-        if tuple(low[:n]) == lead and n < len(low) and low[n] in L.DETERMINERS | L.HUMAN_NOUNS:
-            ph = extract_phrase(toks, n, stop_at_verbs=True)
-            if ph.words and ph.end < len(low) and low[ph.end] == "to":
-                return ["let", *toks[n:ph.end], *toks[ph.end + 1:]]
-    return toks
+    n = _wish_lead(low)
+    if n == 0 or n >= len(low):
+        return toks
+    if low[n] in ("to", "you", "u"):
+        q = n + 1 + (low[n] != "to" and low[n + 1:n + 2] == ["to"])
+        return toks[q:] if q < len(low) and _verb_kind(low[q]) is not None else toks
+    if low[n] in ("that", "if"):                 # 'i wish that the sky was blue'
+        n += 1
+    ph = extract_phrase(toks, n, stop_at_verbs=True)
+    if not ph.words:
+        return toks
+    if ph.end < len(low) and low[ph.end] == "to":
+        return ["let", *toks[n:ph.end], *toks[ph.end + 1:]]
+    if low[n] not in _DEFINITE:
+        return ["let", "there", "be", *toks[n:]]
+    nxt = low[ph.end] if ph.end < len(low) else None
+    if nxt is not None and (nxt in L.BE_VERBS or nxt in L.MODALS or nxt in _GONE or looks_participle(nxt)):
+        return toks[n:]
+    return ["make", *toks[n:]] if nxt is not None or is_value_word(low[-1]) else toks   # 'the sky purple'
 
 
 _PRONOUNS = frozenset({"it", "them", "him", "her", "they", "he", "she", "this", "that", "these", "those"})
