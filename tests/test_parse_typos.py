@@ -65,6 +65,15 @@ TYPO_FORMS = [
     ("the cat is delted", "remove", "cat", None, [("delted", "deleted")]),
     ("the tree has been replcaed by a lamp", "replace", "tree", "lamp", [("replcaed", "replaced")]),
     ("the chair should be removee", "remove", "chair", None, [("removee", "removed")]),   # 'remove' where no verb is
+    # inflected forms of the edit verbs, where a verb is expected; participles anywhere
+    ("remvoing the dog", "remove", "dog", None, [("remvoing", "removing")]),
+    ("addding a hat to the man", "add", None, "hat", [("addding", "adding")]),
+    ("replcaed the dog with a cat", "replace", "dog", "cat", [("replcaed", "replaced")]),
+    ("please swappping the car for a bike", "replace", "car", "bike", [("swappping", "swapping")]),
+    ("remvoes the lamp", "remove", "lamp", None, [("remvoes", "removes")]),
+    ("delteing the car", "remove", "car", None, [("delteing", "deleting")]),
+    ("a hat is addded on the man", "add", None, "hat", [("addded", "added")]),
+    ("the cat was isnerted in the box", "add", None, "cat", [("isnerted", "inserted")]),
     # abbreviations
     ("replace the bg with a beach", "replace", "background", "beach", [("bg", "background")]),
     ("make the img brighter", "global", None, None, [("img", "image")]),
@@ -202,3 +211,13 @@ def test_chat_shorthand_is_no_part_of_the_edit(text, edit_type, source, target):
 def test_please_between_two_edits_ends_the_first_object():
     parsed = parse_rules("remove the dog please and add a cat")
     assert [(e.edit_type, e.source, e.target) for e in parsed.edits] == [("remove", "dog", None), ("add", None, "cat")]
+
+
+@pytest.mark.parametrize(("text", "edit_type", "source", "target"), [
+    ("add a watercolor paintng", "add", None, "watercolor paintng"),   # a verb form where no verb is: as written
+    ("add a remvoing sign", "add", None, "remvoing sign"),
+])
+def test_an_inflected_verb_is_read_only_where_a_verb_is(text, edit_type, source, target):
+    parsed = parse_rules(text)
+    assert (parsed.edit_type, parsed.source, parsed.target) == (edit_type, source, target)
+    assert "; read" not in parsed.rule

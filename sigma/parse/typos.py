@@ -3,7 +3,9 @@
 Crowd-written instructions (MagicBrush above all) are full of slips: "remvoe the dog" was an add of 'remvoe' (no
 verb was found), "make teh car red" an attribute of 'teh car', an accented "rémove" no verb, "the bg" a concept
 'bg'. Only the closed classes the rules are keyed on are read through a typo (`EDIT_VERBS`, `FUNCTION_WORDS`,
-`PARTICIPLES`): never a concept noun, since a concept must stay what the user wrote ("bat" is not "cat").
+`PARTICIPLES`, and the inflected verb forms
+`VERB_FORMS`: 'remvoing', 'addding'): never a concept noun, since a concept must stay what the user wrote ("bat"
+is not "cat").
 
 A typo is one slip from a rule word (`_variants`): two adjacent letters swapped, a letter doubled or (words of 4+
 letters) dropped, and in words of 5+ letters one letter changed or inserted. It is read as that word only when it is
@@ -37,8 +39,34 @@ the this that these those some with without into onto from instead behind beside
 inside and background
 """)
 # The participles a declarative edit turns on ("the cat should be remvoed"): read anywhere, as the function words
-PARTICIPLES = L._words("removed deleted erased replaced added")
-RULE_WORDS = EDIT_VERBS | FUNCTION_WORDS | PARTICIPLES
+PARTICIPLES = L._words("removed deleted erased eliminated replaced swapped substituted added inserted placed")
+_IRREGULAR = {"make": ("makes", "making", "made"), "give": ("gives", "giving", "gave", "given"),
+              "draw": ("draws", "drawing", "drew", "drawn")}
+
+
+def _inflections(verb: str) -> set[str]:
+    """The -s, -ing and -ed forms of an edit verb ('removes', 'removing', 'removed'; 'swapping'; 'modifies')."""
+    if verb in _IRREGULAR:
+        return set(_IRREGULAR[verb])
+    if verb.endswith("e") and not verb.endswith("ee"):
+        return {verb + "s", verb[:-1] + "ing", verb + "d"}
+    if verb.endswith("y") and verb[-2:-1] not in "aeiou":
+        return {verb[:-1] + "ies", verb + "ing", verb[:-1] + "ied"}
+    stem = verb + verb[-1] if len(verb) <= 4 and _cvc(verb) else verb       # swap -> swapping, swapped
+    s = verb + "es" if verb.endswith(("s", "x", "z", "ch", "sh")) else verb + "s"
+    return {s, stem + "ing", stem + "ed"}
+
+
+def _cvc(word: str) -> bool:
+    """Consonant, vowel, consonant at the end (not w, x, y): a short verb doubles it ('swap' -> 'swapping')."""
+    vowels = "aeiou"
+    return len(word) >= 3 and word[-1] not in vowels + "wxy" and word[-2] in vowels and word[-3] not in vowels
+
+
+# Every inflected form of an edit verb: read through a typo where a verb is expected, as the verb itself
+# ("remvoing the dog", "addding a hat"; a participle anywhere, as PARTICIPLES)
+VERB_FORMS = frozenset().union(*(_inflections(v) for v in EDIT_VERBS)) - EDIT_VERBS
+RULE_WORDS = EDIT_VERBS | VERB_FORMS | FUNCTION_WORDS | PARTICIPLES
 # Common misspellings no one-slip rule makes: a 4-letter word's inserted letter ("whith"), a 2-letter word's swap
 KNOWN_MISSPELLINGS = {"whith": "with", "ot": "to"}
 # Short forms typed in casual requests, read as the rule word they stand for ('b/w' and 'w/': phrases.tokenize)
@@ -49,17 +77,33 @@ VERB_OPENERS = L._words(", ; : - and then also please pls plz kindly just now si
 # word: a real word is never read as another. Made by: words = the dictionary's lines, lowercased;
 # sorted({v for w in RULE_WORDS for v in _variants(w)} & words - RULE_WORDS).
 REAL_NEAR_MISSES = L._words("""
-abode addend adder addled adjusts adust after aided alder alger altar alters apter aster attack backgrounds bedside
-behinds bellow besides betide blow cerate chance chang changed changer changes charge chose codify colo colon colors
-concert convect convent converts covert crate crease created creates cremate crenate crete dad daw dded delate
-deletes deplete depleted dolor ease eased eliminated eliminates eras eraser erases erose erse exchanged exchanger
-exchanges faint falter form fro fromm gadded generated generates gie halter hat his hose included includes inert
-insect inserts inset insider insides int introduced introduces invert ito lace later mae nad nuder ocreate ono
-onside ont pace padded pain paine pains paints painty palace palter pant peace pint placed placer places placet
-plage plaice plaint plane plate ploce point prase print rase rased raw recolors remote remover removes replacer
-replaces replayed reside rewove rom saint salter sap snitch som somme stitch substituted substitutes sunder swatch
-taint tat thebe thee thees theme there theses thess thole transforms tun twitch udder urn venerate wadded walter
-whose wit witch
+abode addend adder addled addling adjuster ads adust after afters aided aiding alder alders alger altar altars apter
+arawn aster asters attack attacked attacking ave backgrounds bakes baking bedside behinds bellow besides betide blow
+brawn burned burning burns cakes caking cerate cerated cerates chance chanced chances chancing chang changer changers
+chanted chanting charge charged charges charging cheated cheating chose clanged clanging codified codifies codify
+codifying colo colon colons coloreds colorer colorings concert concerted concerting concerts convect convected
+convecting convects convent convents converged converging conversed conversing converter coors covert coverts crate
+crated crates crating craws creaked creaking creamed creaming crease creased creases creasing creatine cremate
+cremated cremates cremating crenate crested cresting crete dad dads daw dawn daws dded dding dds delate deplete
+depleted depletes depleting dew dives diving dolor dolors drabs drags drain drams draping drawings drawl drawling
+drawls drays drown ease eased eases easing eras eraser erasers erises erose eroses erse exchanger exchangers eyases
+faint fainted fainting faints fakes faking falter faltered faltering falters fives form fro fromm gadded gadding gibes
+gibing gie giles gites givens giver givers givings gyves gyving hakes halter haltered haltering halters hanged hanging
+hat his hives hiving hose incudes inert insect insects inset insets insetted insetting insider insides int invert
+inverted inverting inverts ito ives jakes jives jiving lace laced laces lacing lakes later liven lives living maces
+macing mad madding mae mages maker makers makings makos males manes mares marking masking mates mating maxes maxing
+mazes mikes miking modifier modifiers mokes nad nuder ocreate ogives ono onside ont pace paced paces pacing padded
+padding pain paine pained paining pains painter paintings painty palace palaces palter paltered paltering palters pant
+panted panting pants peace peaces pint pints placer placers placet placid placings plage plages plaice plaices plaint
+plaints plane planed planes planing plate plated plates plating played playing ploce point pointed pointing points
+prase prawn print printed printing prints rakes raking rase rased rases rasing raw remote remotes remover removers
+replacer replayed replaying reside rewove riven rives riving rom saint sainted saints sakes salter sap sapped sapping
+saps slapped slapping slaps snapped snapping snaps snitch snitched snitches snitching soaps som somme stitch stitched
+stitches stitching sunder swabs swags swamped swamping swamps swans swapper swatch swatches swats sways switcher
+switchers swopped swopping swops taint tainted tainting taints takes taking tarns tat terns thebe thee thees theme
+there theses thess thole transformer treated treating tun tuned tuning tuns turds turfed turfing turfs turing turks
+turner turnings turps twitch twitched twitches twitching udder urn urns venerate venerated venerates venerating wadded
+wadding wakes waking walter walters whose wit witch witched witches witching wives wiving
 """)
 
 # Words of casual typing no dictionary lists, kept as written: contractions without their apostrophe ("ive always
@@ -134,8 +178,12 @@ def correct(toks: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
         # "an OT sign"): as written
         words = frozenset() if tok.isupper() and len(tok) > 1 and not shouted else _rule_words(tok)
         # a verb where a verb is expected (then it is preferred: "removee the chair" is not 'removed'), else no verb
-        verbs = words & EDIT_VERBS
-        words = verbs if verbs and (k == 0 or toks[k - 1].lower() in VERB_OPENERS) else words - EDIT_VERBS
+        # (of two forms, the base verb: "removee the chair" is remove, not removed; elsewhere only a participle)
+        verbs = words & (EDIT_VERBS | VERB_FORMS)
+        if verbs and (k == 0 or toks[k - 1].lower() in VERB_OPENERS):
+            words = (verbs & EDIT_VERBS) or verbs
+        else:
+            words = words - EDIT_VERBS - (VERB_FORMS - PARTICIPLES)
         word = next(iter(words)) if len(words) == 1 else None     # a slip of two words (of 'these', 'those') is left
         if word is None:
             out.append(tok)
