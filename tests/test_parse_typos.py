@@ -221,3 +221,22 @@ def test_an_inflected_verb_is_read_only_where_a_verb_is(text, edit_type, source,
     parsed = parse_rules(text)
     assert (parsed.edit_type, parsed.source, parsed.target) == (edit_type, source, target)
     assert "; read" not in parsed.rule
+
+
+@pytest.mark.parametrize(("text", "edit_type", "source", "target"), [
+    ("add a ino sign", "add", None, "ino sign"),            # after a determiner: a name, not 'into'
+    ("remove the ino", "remove", "ino", None),
+    ("remove the oto box", "remove", "oto box", None),
+    ("add a sign that says ino", "add", None, "sign"),      # at the end: nothing for a preposition to govern
+    ("put the cat ino box", "add", None, "cat ino box"),    # a short slip only before a determiner or pronoun
+])
+def test_a_preposition_slip_is_read_only_where_a_preposition_can_stand(text, edit_type, source, target):
+    """'ino'/'oto' (into/onto with a letter dropped) were read anywhere: 'add a ino sign' added nothing (the
+    concept 'a into sign' ends at the preposition), 'remove the ino' removed nothing. Where a preposition can
+    stand, the slip is still read: 'put the cat ino the box', 'replace the dog, wiht a cat'."""
+    parsed = parse_rules(text)
+    assert (parsed.edit_type, parsed.source, parsed.target) == (edit_type, source, target)
+    assert "; read" not in parsed.rule
+    for placed, word in (("put the cat ino the box", "into"), ("put the dog oto it", "onto"),
+                         ("replace the dog, wiht a cat", "with")):
+        assert parse_rules(placed).rule.endswith(f"as {word!r}"), placed

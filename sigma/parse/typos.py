@@ -162,6 +162,22 @@ def _rule_words(tok: str) -> frozenset[str]:
     return _typo_table().get(low, frozenset())
 
 
+# The rule words that are prepositions: read only where a preposition can stand (`_preposition_expected`)
+PREPOSITIONS = (FUNCTION_WORDS - L.DETERMINERS - {"and", "background"}) | {"to"}
+# What a noun phrase after a short preposition starts with ('ino the box', 'oto it')
+_PHRASE_OPENERS = L.DETERMINERS | L._words("it them him her me us a an")
+
+
+def _preposition_expected(toks: list[str], k: int) -> bool:
+    """Can the slip of a preposition at k be one? It follows no determiner and comes before more
+    words ('put the cat ino the box'); a short slip (3 letters or fewer: 'ino', 'oto', 'ot'), where a real word or
+    name is likelier, only before a determiner or pronoun. A slip was read anywhere: 'add a ino sign' added
+    nothing ('a into sign'), 'remove the ino' removed nothing."""
+    if k + 1 >= len(toks) or (k > 0 and toks[k - 1].lower() in L.DETERMINERS):
+        return False
+    return len(toks[k]) > 3 or (k > 0 and toks[k + 1].lower() in _PHRASE_OPENERS)
+
+
 def _cased_like(word: str, tok: str) -> str:
     if tok.isupper() and len(tok) > 1:
         return word.upper()
@@ -185,6 +201,8 @@ def correct(toks: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
         else:
             words = words - EDIT_VERBS - (VERB_FORMS - PARTICIPLES)
         word = next(iter(words)) if len(words) == 1 else None     # a slip of two words (of 'these', 'those') is left
+        if word in PREPOSITIONS and not _preposition_expected(toks, k):
+            word = None
         if word is None:
             out.append(tok)
             continue
