@@ -173,6 +173,14 @@ WEAR_VERBS = _words("""
 wear wears wearing wore worn hold holds holding held carry carries carrying carried have has having had put
 """)
 BE_VERBS = _words("be is are was were become becomes became look looks appear appears seem seems")
+# Head nouns that name a look, not a thing: 'into a cartoon version' is a style, 'into a vintage bicycle' a new thing
+STYLE_HEADS = _words("version effect filter aesthetic vibe feel theme rendition render design rendering finish tone")
+# Where in the frame ('in the background', 'on the left'): a place, not the outcome of an edit
+LOCATION_WORDS = _words("""
+foreground background middle center centre corner front back left right top bottom side edge distance
+""")
+# Prepositions that place a new thing ('have a cat in the window'): after 'have/let a X' the X is added
+PLACE_PREPOSITIONS = _words("on in at near beside behind under over above below next inside atop by")
 # Words after which a concept phrase ends: prepositions, relative words, conjunctions of clauses
 BOUNDARY_WORDS = _words("""
 in on at near to from with by beside behind under underneath over above below into onto inside outside

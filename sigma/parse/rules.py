@@ -331,10 +331,6 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     return Parse("replace", x.text, ynp.text, rule + "-thing")
 
 
-_STYLE_HEADS = frozenset({"version", "effect", "filter", "aesthetic", "vibe", "feel", "theme", "rendition", "render",
-                          "design", "rendering", "finish", "tone"})
-
-
 def _styled_thing(y: list[str], ynp: Phrase | None) -> bool:
     """'a vintage bicycle', 'a cartoon dog': a new thing in a style, not a style, for a style word only modifies its
     head noun; 'a vintage look', 'a cartoon version', 'a watercolor painting' stay the object's style."""
@@ -342,7 +338,7 @@ def _styled_thing(y: list[str], ynp: Phrase | None) -> bool:
         return False
     head = ynp.words[-1]
     return head not in L.STYLE_WORDS and head not in L.WHOLE_IMAGE and head not in L.ATTRIBUTE_NOUNS \
-        and head not in _STYLE_HEADS and not is_value_word(head)
+        and head not in L.STYLE_HEADS and not is_value_word(head)
 
 
 def _parse_change(toks, low, j, verb, end) -> Parse:
@@ -382,17 +378,13 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
     return _classify_change(toks, low, x, seg, y_start, end, a, "change")
 
 
-_LOCATIONS = frozenset(["foreground", "background", "middle", "center", "centre", "corner", "front", "back", "left",
-                        "right", "top", "bottom", "side", "edge", "distance"])
-
-
 def _in_is_target(low, k, end, toks=None) -> bool:
     """'in' introduces the new look ('in Van Gogh style', 'in red') or a new place ('in Italy'),
     not a location in the picture ('in the image', 'in the corner')."""
     rest = [w for w in low[k + 1:end] if w not in ("a", "an", "the")]
     if toks is not None and k + 1 < end and toks[k + 1][:1].isupper() and toks[k + 1].lower() not in L.WHOLE_IMAGE:
         return True                                      # a named place
-    if not rest or rest[0] in L.WHOLE_IMAGE or rest[0] in _LOCATIONS:
+    if not rest or rest[0] in L.WHOLE_IMAGE or rest[0] in L.LOCATION_WORDS:
         return False
     return _value_kind(rest) in ("value", "style", "weather") or _has(rest, L.SCENES)
 
@@ -450,10 +442,6 @@ def _actor(x: Phrase) -> str | None:
     return "person" if x.head in L.HUMAN_NOUNS else x.text
 
 
-_PLACE_PREPOSITIONS = frozenset({"on", "in", "at", "near", "beside", "behind", "under", "over", "above", "below",
-                                 "next", "inside", "atop", "by"})
-
-
 def _parse_make(toks, low, j, verb, end) -> Parse:
     """make/let/have/get X Y | X VERB ... | there be X."""
     if j < len(low) and low[j] == "there":
@@ -465,7 +453,7 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     x = extract_phrase(toks, j, stop_at_verbs=True)
     if verb in ("have", "let") and low[j:j + 1] in (["a"], ["an"], ["some"]) and x.words and \
             not _is_whole_image(x) and (not all(is_value_word(w) for w in x.words) if x.end >= end else (
-                low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in _PLACE_PREPOSITIONS)):
+                low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in L.PLACE_PREPOSITIONS)):
         return Parse("add", None, x.text, verb + "-new-thing")   # "have a bird sitting on the fence": it is new
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
@@ -490,7 +478,7 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if k < end and low[k] in ("in", "on", "at") and not any(
             low[q] in L.ACTION_VERBS or low[q] in L.WEAR_VERBS or low[q] in L.BE_VERBS for q in range(k + 1, end)):
         place = extract_phrase(toks, k + 1)
-        if place.words and not _has(place.words, L.WHOLE_IMAGE) and place.head not in _LOCATIONS and \
+        if place.words and not _has(place.words, L.WHOLE_IMAGE) and place.head not in L.LOCATION_WORDS and \
                 not is_value_word(place.head):
             return Parse("replace", "background", place.text, verb + "-placed")   # "make the dog on the moon"
     if k < end and low[k] in ("into", "to", "as", "like", "look"):
