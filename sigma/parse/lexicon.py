@@ -89,6 +89,8 @@ snow snowy snowing snowfall rain rainy raining fog foggy mist misty sunny cloudy
 winter wintry summer autumn autumnal fall spring night nighttime night-time daytime day dusk dawn sunset
 sunrise evening morning twilight midnight noon overcast hazy frosty icy
 """)
+# Light as a mass noun: 'let there be light' changes the lighting of the whole image
+LIGHT_WORDS = _words("light daylight moonlight sunlight sunshine lighting illumination")
 WEATHER_NOUNS = _words("snow rain fog mist snowfall rainfall sunshine sunlight storm thunderstorm hail")
 STYLE_WORDS = _words("""
 style styles painting paintings sketch sketches drawing drawings watercolor watercolour watercolors

@@ -229,6 +229,12 @@ def _located(toks, low, obj: Phrase) -> bool:
         and place.head not in L.BACKGROUND_WORDS and place.head not in L.SCENES
 
 
+def _scene_light(toks, low, obj: Phrase) -> bool:
+    """Light as a mass noun, not placed ('let there be light', 'there should be more sunlight'): the lighting of
+    the whole image, a global edit (it was an add of 'light'); 'a light on the table' is a lamp, a thing."""
+    return obj.head in L.LIGHT_WORDS and not {"a", "an", "one"} & set(obj.seen) and not _located(toks, low, obj)
+
+
 def _nouns_of(obj: Phrase) -> set[str]:
     """The head of each conjunct of a compound phrase ('stain and scratches' -> {stain, scratches})."""
     heads, last = set(), None
@@ -449,6 +455,8 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         obj = extract_phrase(toks, k)
         if (obj.head in L.WEATHER_NOUNS or obj.head in L.WEATHER) and not _located(toks, low, obj):
             return Parse("global", None, None, "let-there-be-weather")
+        if _scene_light(toks, low, obj):
+            return Parse("global", None, None, "let-there-be-light")
         return Parse("add", None, obj.text, "let-there-be")
     x = extract_phrase(toks, j, stop_at_verbs=True)
     if verb in ("have", "let") and low[j:j + 1] in (["a"], ["an"], ["some"]) and x.words and \
@@ -657,6 +665,8 @@ def _parse_there_be(toks, low, j) -> Parse | None:
         return None
     if obj.head in L.WEATHER_NOUNS and not _located(toks, low, obj):  # "there is snow on the roof" is local
         return Parse("global", None, None, "there-be-weather")
+    if _scene_light(toks, low, obj):
+        return Parse("global", None, None, "there-be-light")
     return Parse("add", None, obj.text, "there-be")
 
 
