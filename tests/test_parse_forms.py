@@ -233,6 +233,9 @@ QUESTIONS_AND_STATES = [
     ("let there be light", "global", None, None),
     ("there should be more light", "global", None, None),
     ("let there be a light on the table", "add", None, "light"),
+    ("the clock should show 3 o'clock", "attribute", "clock", "clock"),
+    ("The television should display a football game", "attribute", "television", "television"),
+    ("the man should read a book", "attribute", "person", "person"),
 ]
 
 FORMS = (

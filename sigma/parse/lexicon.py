@@ -183,6 +183,8 @@ foreground background middle center centre corner front back left right top bott
 """)
 # Prepositions that place a new thing ('have a cat in the window'): after 'have/let a X' the X is added
 PLACE_PREPOSITIONS = _words("on in at near beside behind under over above below next inside atop by")
+# Verbs of what a thing displays ('the clock should show 3 o'clock', 'the sign should say SALE'): its look changes
+DISPLAY_VERBS = _words("show shows display displays read reads say says")
 # Words after which a concept phrase ends: prepositions, relative words, conjunctions of clauses
 BOUNDARY_WORDS = _words("""
 in on at near to from with by beside behind under underneath over above below into onto inside outside

@@ -699,6 +699,8 @@ def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
         return "add"
     if low[k:k + 2] == ["instead", "of"]:
         return "instead-of"
+    if w in L.DISPLAY_VERBS and k + 1 < end:
+        return "display"
     if w in L.BE_VERBS or w in ("were", "was", "became", "turned", "wore", "held") or \
             w in L.ACTION_VERBS or w in L.WEAR_VERBS or is_action_form(w):
         return "state-or-action"
@@ -721,6 +723,10 @@ def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: in
         return Parse("replace", subj.text, new.text if new else None, "passive-replace")
     if kind == "add":
         return Parse("add", None, subj.text, "passive-add")
+    if kind == "display" and subj.head not in L.HUMAN_NOUNS:  # 'the clock should show 3 o'clock': what it shows
+        return Parse("attribute", subj.text, subj.text, "declarative-display")
+    if kind == "display":                                  # 'the man should read a book': what he does
+        kind = "state-or-action"
     if kind == "instead-of":
         old = extract_phrase(toks, k + 2)
         return Parse("replace", old.text, subj.text, "instead-of")
