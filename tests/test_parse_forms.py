@@ -236,6 +236,9 @@ QUESTIONS_AND_STATES = [
     ("the clock should show 3 o'clock", "attribute", "clock", "clock"),
     ("The television should display a football game", "attribute", "television", "television"),
     ("the man should read a book", "attribute", "person", "person"),
+    ("put the cat in a spacesuit", "add", None, "spacesuit"),
+    ("Put the dog on a leash", "add", None, "leash"),
+    ("put the cat on the sofa", "add", None, "cat"),
 ]
 
 FORMS = (
@@ -274,6 +277,7 @@ def test_the_forms_through_the_cli_file_reader(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text,edits", [
+    ("put the cat in a box and add a dog", [("add", None, "box"), ("add", None, "dog")]),
 ])
 def test_multi_clause_forms(text, edits):
     """Multi-clause forms of the new rules: each clause its own edit (passive clauses included)."""

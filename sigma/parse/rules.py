@@ -216,6 +216,11 @@ def _parse_add(toks, low, j, verb) -> Parse:
         if _is_whole_image(owner):
             return Parse("global", None, None, "add-value-to-image")
         return Parse("attribute", owner.text, owner.text, "add-value-to-object")
+    if verb in ("put", "place", "set") and low[j:j + 1] and low[j] in _DEFINITE and obj.end + 1 < len(low) and \
+            low[obj.end] in ("in", "into", "on", "onto") and low[obj.end + 1] in ("a", "an"):
+        new = extract_phrase(toks, obj.end + 2)          # 'put the cat in a spacesuit': the cat is there already,
+        if new.words and not _is_whole_image(new):       # what is new is the spacesuit
+            return Parse("add", None, new.text, "put-known-in-new")
     return Parse("add", None, obj.text, "add")
 
 
