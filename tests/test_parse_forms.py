@@ -239,6 +239,15 @@ QUESTIONS_AND_STATES = [
     ("put the cat in a spacesuit", "add", None, "spacesuit"),
     ("Put the dog on a leash", "add", None, "leash"),
     ("put the cat on the sofa", "add", None, "cat"),
+    ("what would it look like if the house were on fire?", "attribute", "house", "house"),
+    ("How would it look if the car were red?", "attribute", "car", "car"),
+    ("what would happen if the dog was a cat", "replace", "dog", "cat"),
+    ("can the dog be removed?", "remove", "dog", None),
+    ("could some flowers be added?", "add", None, "flowers"),
+    ("how about adding a hat to the snowman", "add", None, "hat"),
+    ("Why not add a boat to the lake?", "add", None, "boat"),
+    ("the bench is replaced by a swing and a cat is added", "replace", "bench", "swing"),
+    ("Could you make the sky darker and add some stars?", "attribute", "sky", "sky"),
 ]
 
 FORMS = (
@@ -277,7 +286,10 @@ def test_the_forms_through_the_cli_file_reader(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text,edits", [
+    ("the bench is replaced by a swing and a cat is added", [("replace", "bench", "swing"), ("add", None, "cat")]),
+    ("Could you make the sky darker and add some stars?", [("attribute", "sky", "sky"), ("add", None, "stars")]),
     ("put the cat in a box and add a dog", [("add", None, "box"), ("add", None, "dog")]),
+    ("can the dog be removed and a cat added?", [("remove", "dog", None)]),
 ])
 def test_multi_clause_forms(text, edits):
     """Multi-clause forms of the new rules: each clause its own edit (passive clauses included)."""

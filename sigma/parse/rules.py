@@ -37,6 +37,7 @@ _FILLERS = [
     ("i", "need", "to"), ("let's",), ("let", "us"), ("now",), ("then",), ("also",), ("just",), ("try", "to"),
     ("help", "me"), ("go", "ahead", "and"), ("and",), ("ok",), ("okay",), ("hey",), ("simply",),
     ("instruction",), ("edit",), (":",), ("-",), ("you", "should"), ("we", "need", "to"), ("lets",),
+    ("how", "about"), ("what", "about"), ("why", "not"),
     ("first",), ("firstly",), ("second",), ("secondly",), ("finally",), ("lastly",), ("afterwards",),
     (",",), (";",), ("additionally",), ("plus",),
 ]
@@ -648,6 +649,9 @@ def _parse_declarative(toks, low) -> Parse | None:
     return _parse_late_verb_or_keywords(toks, low, end)
 
 
+_QUESTION_LEAD_MAX = 8      # the most words of a question before its 'if' ('what would it look like if')
+
+
 def _hypothetical_lead(low: list[str]) -> int:
     """How many tokens frame the sentence as a supposition ('what if', 'imagine', 'suppose that'):
     the edit is the state the rest describes, so the rest is read like any declarative."""
@@ -655,6 +659,13 @@ def _hypothetical_lead(low: list[str]) -> int:
         return 2
     if low[:1] in (["imagine"], ["suppose"], ["if"]):
         return 1
+    if len(low) > 2 and low[0] in L.MODALS and low[1] in L.DETERMINERS:
+        return 1                # a yes/no question: 'can the dog be removed?' asks what 'the dog be removed' says
+    # 'what would it look like if', 'how would it look if', 'what would happen if': a question about a state
+    if low[:1] in (["what"], ["how"]) and "if" in low[1:_QUESTION_LEAD_MAX]:
+        q = low.index("if", 1)
+        if not any(_verb_kind(w) is not None for w in low[1:q]):
+            return q + 1
     return 0
 
 
