@@ -514,27 +514,48 @@ def _tiff_16bit_rgb(samples, orientation: int = 1) -> bytes:
     return out + struct.pack("<I", 0) + struct.pack("<3H", 16, 16, 16) + pixels
 
 
-@pytest.mark.parametrize("orientation", [1, 6, 3])
+# EXIF orientation -> how the stored pixels look upright, written out by hand (not sigma's turn_array)
+_UPRIGHT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+            7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
 def test_a_16bit_rgb_tiff_is_scaled_as_the_same_png_is_by_one_rounding_rule(orientation):
     """A 16-bit RGB TIFF was read by Pillow, which keeps each sample's high byte (v >> 8), while the same picture as
     a 16-bit PNG was rounded, round(v / 65535 * 255): the two differed by one level (32896 read 128 from the TIFF,
     128 from the PNG; 65280 read 255 and 254...). Now both are read whole and rounded, turned upright by their
-    Orientation tag alike."""
-    import cv2
-    import numpy as np
-
-    from sigma.io import decode_image
-
+    Orientation tag alike: a tagged TIFF was still left to Pillow and floored (orientations 2-8 read one level off)."""
     samples = np.random.default_rng(3).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
     samples[0, 0] = (65280, 32767, 383)                 # high bytes 255, 127, 1; rounded 254, 127, 1
+    samples[4, 6] = (128, 65407, 33023)                 # high bytes 0, 255, 128; rounded 0, 254, 128
     expected = np.round(samples / 65535 * 255).astype(np.uint8)
     assert (expected != samples >> 8).any()             # the two rules differ on this picture
-    turns = {1: lambda a: a, 6: lambda a: np.rot90(a, -1), 3: lambda a: np.rot90(a, 2)}
     tiff = decode_image(_tiff_16bit_rgb(samples, orientation), "scan.tif")
     assert tiff.notes["bit_depth"] == 16 and tiff.notes.get("exif_orientation", 1) == orientation
-    if orientation == 1:
-        assert (tiff.rgb == expected).all()
-    else:   # left to Pillow (OpenCV turns a TIFF by its tag whatever its flags): upright, within one level
-        assert np.abs(tiff.rgb.astype(int) - turns[orientation](expected)).max() <= 1
+    assert tiff.rgb.shape == _UPRIGHT[orientation](expected).shape
+    assert (tiff.rgb == _UPRIGHT[orientation](expected)).all()
+    assert tuple(tiff.rgb[0, 0]) == tuple(_UPRIGHT[orientation](expected)[0, 0])
     ok, png = cv2.imencode(".png", samples[..., ::-1])
     assert ok and (decode_image(png.tobytes(), "scan.png").rgb == expected).all()
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7])
+def test_a_16bit_rgb_tiff_mask_with_an_orientation_tag_is_read_on_its_own_samples(orientation, tmp_path):
+    """A 16-bit mask is thresholded on its samples rounded to 8 bits (mean > 127.5), as images are scaled; a TIFF
+    with an Orientation tag was floored (v >> 8) instead, so a pixel on the threshold read the other way. Two such
+    pixels, each on its own side, hand-computed: (51200, 0, 46948) rounds to 199 + 0 + 183 = 382 (not marked) and
+    floors to 200 + 0 + 183 = 383 (marked); (129, 65535, 32511) rounds to 1 + 255 + 127 = 383 (marked) and floors
+    to 0 + 255 + 126 = 381 (not)."""
+    values = np.zeros((4, 6, 3), np.uint16)
+    values[0, 1] = (51200, 0, 46948)
+    values[2, 5] = (129, 65535, 32511)
+    values[3, 0] = (65535, 65535, 65535)
+    rounded = np.round(values / 65535 * 255)
+    assert rounded[0, 1].sum() == 382 and (values[0, 1] >> 8).sum() == 383
+    assert rounded[2, 5].sum() == 383 and (values[2, 5] >> 8).sum() == 381
+    path = tmp_path / "mask.tif"
+    path.write_bytes(_tiff_16bit_rgb(values, orientation))
+    expected = _UPRIGHT[orientation](rounded.mean(axis=2) > 127.5)
+    mask = read_mask(path)
+    assert mask.shape == expected.shape and (mask == expected).all()

@@ -363,11 +363,50 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
 
 
-def _read_16bit_colour_rgb(data: bytes) -> np.ndarray | None:
-    """16-bit RGB(A) to 8 bits, rounded (alpha composited on white)."""
-    arr = _read_16bit_colour(data)
-    if arr is None:
+def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
+                      pending: int) -> tuple[np.ndarray, int] | None:
+    """(a 16-bit colour PNG's or TIFF's samples, uint16 [H, W, 3 or 4], the EXIF turn still to apply to them), or
+    None: OpenCV does not read the file as that (the caller keeps Pillow's 8 bits). `img` is the file opened and
+    loaded by Pillow, `pending` the turn Pillow's load() left to do.
+
+    A TIFF with an Orientation tag: OpenCV 5.1 turns a TIFF by its tag whatever its flags say (a PNG never), other
+    versions may not; so which of its samples as given or turned by the tag is the picture is decided against
+    Pillow's own 8 bits of the same file (the high byte, v >> 8), upright. Such a TIFF was left to Pillow, and its
+    samples floored where every other 16-bit file is rounded: the same picture, tagged, read one level darker."""
+    raw = _read_16bit_colour(data)
+    if raw is None:
         return None
+    if fmt != "TIFF" or orientation not in _ORIENTATION_TRANSPOSE:
+        return raw, (orientation if orientation in _ORIENTATION_TRANSPOSE else 1)
+    shown = turn_array(np.asarray(img), pending)
+    for candidate in (raw, turn_array(raw, orientation)):
+        if candidate.shape == shown.shape and np.array_equal(candidate >> 8, shown):
+            return candidate, 1
+    return None
+
+
+def turn_array(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """`arr` [H, W, ...] of any dtype turned upright by EXIF `orientation` (as `ImageOps.exif_transpose`; values
+    other than 2..8 leave it as it is). Numpy, so 16-bit colour samples, which PIL cannot hold, are turned too."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return np.rot90(arr, 2).swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def _16bit_colour_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """16-bit RGB(A) samples to 8 bits, rounded (alpha composited on white)."""
     rgb = arr[..., :3].astype(np.float64) / 65535.0
     if arr.shape[2] == 4:
         alpha = arr[..., 3:4].astype(np.float64) / 65535.0
@@ -470,14 +509,14 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
             icc = None
         depth = _bit_depth(img, data, fmt)
         rgb = None
-        # a TIFF with an Orientation tag stays with Pillow: OpenCV turns a TIFF by it whatever its flags say, a PNG not
-        if fmt in RAW_16BIT_FORMATS and img.mode in ("RGB", "RGBA") and depth == 16 and (
-                fmt == "PNG" or orientation not in _ORIENTATION_TRANSPOSE):
-            rgb = _read_16bit_colour_rgb(data)
-            if rgb is not None and img.mode == "RGBA":
+        raw = None
+        if fmt in RAW_16BIT_FORMATS and img.mode in ("RGB", "RGBA") and depth == 16:
+            raw = _raw_16bit_colour(data, img, fmt, orientation, pending)
+        if raw is not None:
+            rgb, pending = _16bit_colour_to_rgb(raw[0]), raw[1]
+            del raw
+            if img.mode == "RGBA":
                 notes["alpha"] = "composited on white"
-            if rgb is not None:      # as stored: turned by the file's own tag, which Pillow's load() may have used
-                pending = orientation if orientation in _ORIENTATION_TRANSPOSE else 1
         if rgb is None:
             rgb = _to_uint8_rgb(img, notes)
         else:
@@ -644,12 +683,11 @@ def _decode_16bit_mask(data: bytes, decoded: DecodedImage) -> np.ndarray | None:
         pending = img.getexif().get(0x0112, 1) if orientation in _ORIENTATION_TRANSPOSE else 1
         if mode.startswith("I"):
             values = np.asarray(img).astype(np.float64)[..., None]
-        elif mode in ("RGB", "RGBA") and decoded.notes.get("format") in RAW_16BIT_FORMATS and (
-                decoded.notes.get("format") == "PNG" or orientation not in _ORIENTATION_TRANSPOSE):
-            raw = _read_16bit_colour(data)
-            if raw is None:
+        elif mode in ("RGB", "RGBA") and decoded.notes.get("format") in RAW_16BIT_FORMATS:
+            found = _raw_16bit_colour(data, img, str(decoded.notes["format"]), orientation, pending)
+            if found is None:
                 return None
-            pending = orientation if orientation in _ORIENTATION_TRANSPOSE else 1      # its samples as stored
+            raw, pending = found
             values = raw[..., :3].astype(np.float64)
             if raw.shape[2] == 4:
                 values *= raw[..., 3:4] / 65535.0
