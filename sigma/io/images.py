@@ -240,6 +240,21 @@ def check_tiff_strips(data: bytes, name: str) -> None:
                          "decompression bomb", code="decompression_bomb")
 
 
+# Pillow's PNG reader inflates a compressed metadata chunk (iCCP: the colour profile; zTXt, iTXt: text) to at most
+# MAX_TEXT_CHUNK (1 MiB) each and MAX_TEXT_MEMORY (64 MiB) in all, and refuses the file past either with a ValueError.
+# 1 KiB of zlib inflates to 1 MB: a PNG of sound pixels carrying a 200 KB zTXt that inflates to 200 MB was said to be
+# `image_unreadable ... (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)`: an unreadable file, where
+# it is a limit met, the same as a pixel bomb's (HTTP 413, not 422).
+_PNG_METADATA_BOMB = ("Decompressed data too large", "Too much memory used in text chunks")
+
+
+def check_metadata_bomb(exc: BaseException, name: str) -> None:
+    """Raise `decompression_bomb` when `exc` is Pillow refusing a PNG's compressed metadata for its inflated size."""
+    if isinstance(exc, ValueError) and str(exc).startswith(_PNG_METADATA_BOMB):
+        raise LimitError(f"{name}: a PNG metadata chunk (colour profile or text) that inflates past Pillow's limit "
+                         f"({_one_line(exc)}): refused as a decompression bomb", code="decompression_bomb") from exc
+
+
 def check_byte_size(name: str, size: int, max_bytes: int) -> None:
     """file_too_large above `max_bytes`: the one check of bytes in hand, a file's size and a header-only probe."""
     if size > max_bytes:
@@ -550,6 +565,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     except MemoryError as exc:       # the machine's shortage, not the image's fault: `out_of_memory`, never unreadable
         raise OutOfMemoryError.decoding(name, exc) from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
+        check_metadata_bomb(exc, name)
         raise ImageError(f"{name}: unreadable or truncated image ({_one_line(exc)})",
                          code="image_unreadable") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
@@ -613,6 +629,7 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
         raise ImageError(f"{where}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
                          code="image_unreadable") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+        check_metadata_bomb(exc, where)
         raise ImageError(f"{where}: unreadable image ({_one_line(exc)})", code="image_unreadable") from exc
     check_header_size(where, width, height, limits)
     return height, width
