@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
-from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError
+from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.lines import read_at_most
 from sigma.regular import BrokenLink, NotRegularFile, broken_link, open_regular
 from sigma.tempfiles import replace_atomically
@@ -372,7 +372,12 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
         import cv2
     except ImportError:  # pragma: no cover - opencv is a core dependency
         return None
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:     # memory refused is the machine's (out_of_memory); anything else: Pillow's 8 bits
+        if opencv_memory_refused(exc):
+            raise MemoryError(_one_line(exc)) from exc
+        return None
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         return None
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
