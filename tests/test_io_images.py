@@ -559,3 +559,37 @@ def test_a_16bit_rgb_tiff_mask_with_an_orientation_tag_is_read_on_its_own_sample
     expected = _UPRIGHT[orientation](rounded.mean(axis=2) > 127.5)
     mask = read_mask(path)
     assert mask.shape == expected.shape and (mask == expected).all()
+
+
+def _decode_peak_input(size: int, alpha: bool) -> bytes:
+    """A 16-bit RGB(A) PNG of `size` x `size` (a ramp, alpha half-transparent), encoded by OpenCV."""
+    ramp = (np.indices((size, size)).sum(0) * 37 % 65536).astype(np.uint16)
+    planes = [ramp, ramp[::-1], ramp.T] + ([np.full_like(ramp, 30000)] if alpha else [])
+    ok, png = cv2.imencode(".png", np.stack(planes, 2), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    assert ok
+    return png.tobytes()
+
+
+def _decode_16bit(data: bytes) -> tuple[int, int]:
+    """decode_image's output shape, checksummed (the call heap_peak measures)."""
+    rgb = decode_image(data, "wide.png").rgb
+    return rgb.shape[0], int(rgb.sum(dtype=np.int64))
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_a_16bit_colour_png_is_scaled_without_float64_copies_of_the_whole_image(alpha):
+    """16-bit RGB(A) samples were scaled in float64 over the whole image at once: 8-byte copies of every sample
+    alive together, a heap peak of 300 MB (RGB) and 370 MB (RGBA) for a 2000x2000 PNG whose result is 12 MB (a 9-Mpx
+    16-bit pair needed more than 900 MB of address space to annotate). Now in integers, (v + 128) // 257, the same
+    rounding exactly, and RGBA is composited in float64 a band of rows at a time: 80-85 MB. The values are those of
+    the float rule."""
+    data = _decode_peak_input(2000, alpha)
+    measured = heap_peak(_decode_16bit, data)
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)[..., [2, 1, 0, 3] if alpha else [2, 1, 0]]
+    rgb = raw[..., :3] / 65535.0
+    if alpha:
+        rgb = rgb * (raw[..., 3:] / 65535.0) + (1.0 - raw[..., 3:] / 65535.0)
+    expected = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+    assert measured.value == (2000, int(expected.sum(dtype=np.int64)))
+    assert (decode_image(data, "wide.png").rgb == expected).all()
+    assert measured.peak < 100 * 2**20, measured.peak / 2**20      # raw 24 (32) MB, uint32 48 MB, result 12 MB
