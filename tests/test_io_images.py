@@ -593,3 +593,37 @@ def test_a_16bit_colour_png_is_scaled_without_float64_copies_of_the_whole_image(
     assert measured.value == (2000, int(expected.sum(dtype=np.int64)))
     assert (decode_image(data, "wide.png").rgb == expected).all()
     assert measured.peak < 100 * 2**20, measured.peak / 2**20      # raw 24 (32) MB, uint32 48 MB, result 12 MB
+
+
+def _png_with_colour_key(depth: int, pixels: list[tuple[int, int, int]], key: tuple[int, int, int]) -> bytes:
+    """A one-row RGB PNG of `depth` bits (8 or 16) with a tRNS chunk marking `key` transparent, written by hand
+    (PNG spec: colour type 2, filter 0); OpenCV and Pillow write no colour key."""
+    fmt = ">%dH" if depth == 16 else ">%dB"
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" + struct.pack(fmt % (3 * len(pixels)), *[v for p in pixels for v in p])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", len(pixels), 1, depth, 2, 0, 0, 0))
+            + chunk(b"tRNS", struct.pack(">3H", *key)) + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b""))
+
+
+def test_a_png_colour_key_is_ignored_in_16_bits_as_in_8():
+    """A tRNS colour key on an RGB PNG (one colour transparent wherever it is) was ignored in 8 bits (Pillow) but
+    applied in 16 (OpenCV makes it an alpha channel): the same picture read red in 8 bits and white in 16, and a
+    16-bit mask keyed on white, composited on black, read empty where its 8-bit twin was marked. Photos carry a
+    key by accident (12 PNGs of the eval set key pure black), so it is ignored in both, as it was in 8 bits."""
+    from sigma.io.images import decode_mask
+
+    picture = [(255, 0, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)]
+    expected = np.array([picture], np.uint8)
+    for key in ((255, 0, 0), (255, 255, 255)):
+        eight = decode_image(_png_with_colour_key(8, picture, key), "key8.png")
+        sixteen = decode_image(_png_with_colour_key(16, [tuple(v * 257 for v in p) for p in picture],
+                                                    tuple(v * 257 for v in key)), "key16.png")
+        assert (eight.rgb == expected).all() and (sixteen.rgb == expected).all(), (key, sixteen.rgb.tolist())
+        assert "alpha" not in eight.notes and "alpha" not in sixteen.notes
+    mask_picture = [(65535, 65535, 65535), (0, 0, 0)]
+    mask16 = decode_mask(_png_with_colour_key(16, mask_picture, (65535, 65535, 65535)), "mask16.png")
+    mask8 = decode_mask(_png_with_colour_key(8, [(255, 255, 255), (0, 0, 0)], (255, 255, 255)), "mask8.png")
+    assert mask16.tolist() == mask8.tolist() == [[True, False]]

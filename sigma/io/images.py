@@ -283,6 +283,10 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
     mode = img.mode
     notes["mode"] = mode
     if mode == "P":
+        # a palette's tRNS is alpha and composited; a colour key (tRNS on an RGB or gray PNG: one value transparent
+        # wherever it is) is ignored, in 8 bits as in 16 (`_raw_16bit_colour`'s caller): photos carry one by
+        # accident (12 PNGs of the eval set key pure black), and an edit saved without it would differ at every
+        # black pixel
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
@@ -549,8 +553,9 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if fmt in RAW_16BIT_FORMATS and img.mode in ("RGB", "RGBA") and depth == 16:
             raw = _raw_16bit_colour(data, img, fmt, orientation, pending)
         if raw is not None:
-            rgb, pending = _16bit_colour_to_rgb(raw[0]), raw[1]
-            del raw
+            samples = raw[0] if img.mode == "RGBA" else raw[0][..., :3]    # a tRNS colour key is not alpha
+            rgb, pending = _16bit_colour_to_rgb(samples), raw[1]
+            del raw, samples
             if img.mode == "RGBA":
                 notes["alpha"] = "composited on white"
         if rgb is None:
@@ -727,7 +732,7 @@ def _decode_16bit_mask(data: bytes, decoded: DecodedImage) -> np.ndarray | None:
                 return None
             raw, pending = found
             values = raw[..., :3].astype(np.float64)
-            if raw.shape[2] == 4:
+            if raw.shape[2] == 4 and mode == "RGBA":     # alpha; a tRNS colour key is not (decode_image)
                 values *= raw[..., 3:4] / 65535.0
         else:
             return None
