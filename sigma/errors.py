@@ -83,8 +83,20 @@ def memory_refused(exc: BaseException) -> bool:
     """The system gave no memory, said as an OSError (errno ENOMEM, "Cannot allocate memory") rather than a
     MemoryError: an `import` under a low `ulimit -v` whose directory listing (importlib's `os.listdir` of a folder on
     sys.path: opendir's buffer) was refused raised it, and `sigma serve api`, importing uvicorn, said
-    `os_error: Cannot allocate memory` instead of `out_of_memory`. A MemoryError is one too."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+    `os_error: Cannot allocate memory` instead of `out_of_memory`. A MemoryError is one too, and OpenCV's own
+    (`opencv_memory_refused`)."""
+    return (isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+            or opencv_memory_refused(exc))
+
+
+OPENCV_NO_MEMORY = -4          # cv::Error::StsNoMem: "Insufficient memory"
+
+
+def opencv_memory_refused(exc: BaseException) -> bool:
+    """OpenCV's error for an allocation the system refused (`cv2.error`, code StsNoMem: "(-4:Insufficient memory)
+    Failed to allocate N bytes"): an Exception, not a MemoryError, so it passed every handler of memory refused
+    and was a traceback. Told by its type's module and code, without importing OpenCV here."""
+    return type(exc).__module__ == "cv2" and getattr(exc, "code", None) == OPENCV_NO_MEMORY
 
 
 def threads_refused(exc: BaseException) -> bool:

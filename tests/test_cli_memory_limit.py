@@ -238,3 +238,69 @@ def test_an_os_error_of_memory_refused_is_out_of_memory_and_any_other_is_not(tmp
     with pytest.raises(OSError) as missing:
         (tmp_path / "nope").read_bytes()
     assert not memory_refused(missing.value) and _out_of_memory(missing.value) == ""
+
+
+def test_a_command_started_under_an_address_limit_never_dies_loading_opencvs_blas(tmp_path):
+    """`sigma annotate --annotator pixel-diff` started under `prlimit --as` a few hundred MB (the limit set on the
+    process before it runs, as a container or `ulimit -v` sets it) died in `import cv2`: OpenCV's OpenBLAS starts a
+    thread per core as it loads, each reserving its buffer, and with the address space short it SIGSEGVs (a null
+    allocator called when the thread's mmap is refused: exit -11, no message) or raises SIGINT on itself
+    (`sigma: interrupted`, 130). Now a command under such a limit loads OpenBLAS with one thread: every limit from
+    where the libraries no longer fit upward either annotates the pair or says `out_of_memory` in one line."""
+    import numpy as np
+    from PIL import Image
+
+    picture = np.full((64, 64, 3), 90, np.uint8)
+    Image.fromarray(picture).save(tmp_path / "o.png")
+    picture[10:20, 10:20] = 250
+    Image.fromarray(picture).save(tmp_path / "e.png")
+    probe = subprocess.run([sys.executable, "-c", "import sigma.cli; print(next(int(line.split()[1]) for line in "
+                            "open('/proc/self/status') if line.startswith('VmSize:')))"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    base_kb = int(probe.stdout)            # the interpreter and the CLI package: what any limit must leave room for
+    outcomes = {}
+    for spare_mb in range(250, 700, 25):
+        limit = base_kb * 1024 + spare_mb * 2**20
+        proc = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "-m", "sigma", "annotate",
+                               str(tmp_path / "o.png"), str(tmp_path / "e.png"), "--annotator", "pixel-diff",
+                               "-o", str(tmp_path / f"out{spare_mb}")],
+                              capture_output=True, text=True, timeout=120, check=False)
+        outcomes[spare_mb] = proc.returncode
+        assert proc.returncode in (0, 2), (spare_mb, proc.returncode, proc.stderr[-2000:])
+        if proc.returncode == 2:
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("sigma: error [out_of_memory]:"), (spare_mb, proc.stderr)
+        else:
+            assert (tmp_path / f"out{spare_mb}" / "mask.png").exists()
+    assert 0 in outcomes.values(), outcomes          # the sweep reached limits the command runs under
+
+
+def test_memory_opencv_is_refused_reading_a_16_bit_pair_is_out_of_memory_not_a_traceback(tmp_path):
+    """A 16-bit PNG's samples are read whole by OpenCV, whose refused allocation is a `cv2.error` "(-4:Insufficient
+    memory)", not a MemoryError: `sigma annotate` of a 9-megapixel 16-bit pair under `prlimit --as` (540-620 MB
+    here) ended in that traceback, exit 1. Now it is `out_of_memory`, naming the image, at every limit of the sweep;
+    and with room the pair is annotated."""
+    import cv2
+    import numpy as np
+
+    ramp = (np.indices((3000, 3000)).sum(0) % 256).astype(np.uint16) * 257
+    picture = np.stack([ramp, ramp[::-1], ramp.T], 2)
+    assert cv2.imwrite(str(tmp_path / "o.png"), picture, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    picture[100:300, 100:300] = 0
+    assert cv2.imwrite(str(tmp_path / "e.png"), picture, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    probe = subprocess.run([sys.executable, "-c", "import sigma.cli; print(next(int(line.split()[1]) for line in "
+                            "open('/proc/self/status') if line.startswith('VmSize:')))"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    outcomes = {}
+    for spare_mb in (*range(320, 700, 30), 1200):
+        limit = int(probe.stdout) * 1024 + spare_mb * 2**20
+        proc = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "-m", "sigma", "annotate",
+                               str(tmp_path / "o.png"), str(tmp_path / "e.png"), "--annotator", "pixel-diff",
+                               "-o", str(tmp_path / f"out{spare_mb}")],
+                              capture_output=True, text=True, timeout=120, check=False)
+        outcomes[spare_mb] = proc.returncode
+        assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, (spare_mb, proc.stderr[-2000:])
+        if proc.returncode == 2:
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("sigma: error [out_of_memory]:"), (spare_mb, proc.stderr)
+    assert outcomes[1200] == 0, outcomes

@@ -835,3 +835,46 @@ def test_tiff_of_a_million_strips_is_refused_before_pillow_lists_them():
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (5, 6, 7)).save(buf, "TIFF", compression="tiff_deflate")
     assert decode_image(buf.getvalue()).rgb.shape == (48, 64, 3)
+
+
+def _png_with_metadata(kind: bytes, inflated: int) -> bytes:
+    """An 8x8 grey PNG whose `kind` chunk (iCCP, zTXt or iTXt) holds `inflated` zero bytes, zlib-compressed."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, "PNG")
+    png = buf.getvalue()
+    head = {b"iCCP": b"profile\0\0", b"zTXt": b"Comment\0\0", b"iTXt": b"Comment\0\1\0\0\0"}[kind]
+    body = head + zlib.compress(b"\0" * inflated, 9)
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    at = png.index(b"IDAT") - 4
+    return png[:at] + chunk + png[at:]
+
+
+@pytest.mark.parametrize("kind", [b"iCCP", b"zTXt", b"iTXt"])
+def test_a_png_whose_metadata_inflates_past_pillows_limit_is_a_decompression_bomb(kind, tmp_path):
+    """A PNG of sound pixels with a 200 KB metadata chunk that inflates to 200 MB: Pillow refuses it (a ValueError
+    past its 1 MiB per chunk), which was said `image_unreadable` (HTTP 422, "unreadable or truncated image"); it is
+    a limit met, `decompression_bomb` (413), by the file reader, the header probe and the API's check alike. The same
+    chunk inflating to 100 KB is read."""
+    from sigma.api.probe import check_pair
+    from sigma.config.schema import IOConfig
+    from sigma.errors import LimitError
+    from sigma.io.images import decode_image, probe_image_file, read_image
+
+    path = tmp_path / "meta.png"
+    path.write_bytes(_png_with_metadata(kind, 200 << 20))
+    assert path.stat().st_size < 1 << 20
+    for read in (read_image, probe_image_file):
+        with pytest.raises(LimitError) as err:
+            read(path)
+        assert err.value.code == "decompression_bomb" and "PNG metadata chunk" in err.value.message
+    with pytest.raises(LimitError) as err:
+        check_pair(path.read_bytes(), _png_with_metadata(kind, 10), None, IOConfig())
+    assert err.value.code == "decompression_bomb"
+    fine = decode_image(_png_with_metadata(kind, 100_000), "fine.png")
+    assert fine.rgb.shape == (8, 8, 3) and (fine.rgb == 128).all()

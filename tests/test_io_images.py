@@ -514,27 +514,116 @@ def _tiff_16bit_rgb(samples, orientation: int = 1) -> bytes:
     return out + struct.pack("<I", 0) + struct.pack("<3H", 16, 16, 16) + pixels
 
 
-@pytest.mark.parametrize("orientation", [1, 6, 3])
+# EXIF orientation -> how the stored pixels look upright, written out by hand (not sigma's turn_array)
+_UPRIGHT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+            7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
 def test_a_16bit_rgb_tiff_is_scaled_as_the_same_png_is_by_one_rounding_rule(orientation):
     """A 16-bit RGB TIFF was read by Pillow, which keeps each sample's high byte (v >> 8), while the same picture as
     a 16-bit PNG was rounded, round(v / 65535 * 255): the two differed by one level (32896 read 128 from the TIFF,
     128 from the PNG; 65280 read 255 and 254...). Now both are read whole and rounded, turned upright by their
-    Orientation tag alike."""
-    import cv2
-    import numpy as np
-
-    from sigma.io import decode_image
-
+    Orientation tag alike: a tagged TIFF was still left to Pillow and floored (orientations 2-8 read one level off)."""
     samples = np.random.default_rng(3).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
     samples[0, 0] = (65280, 32767, 383)                 # high bytes 255, 127, 1; rounded 254, 127, 1
+    samples[4, 6] = (128, 65407, 33023)                 # high bytes 0, 255, 128; rounded 0, 254, 128
     expected = np.round(samples / 65535 * 255).astype(np.uint8)
     assert (expected != samples >> 8).any()             # the two rules differ on this picture
-    turns = {1: lambda a: a, 6: lambda a: np.rot90(a, -1), 3: lambda a: np.rot90(a, 2)}
     tiff = decode_image(_tiff_16bit_rgb(samples, orientation), "scan.tif")
     assert tiff.notes["bit_depth"] == 16 and tiff.notes.get("exif_orientation", 1) == orientation
-    if orientation == 1:
-        assert (tiff.rgb == expected).all()
-    else:   # left to Pillow (OpenCV turns a TIFF by its tag whatever its flags): upright, within one level
-        assert np.abs(tiff.rgb.astype(int) - turns[orientation](expected)).max() <= 1
+    assert tiff.rgb.shape == _UPRIGHT[orientation](expected).shape
+    assert (tiff.rgb == _UPRIGHT[orientation](expected)).all()
+    assert tuple(tiff.rgb[0, 0]) == tuple(_UPRIGHT[orientation](expected)[0, 0])
     ok, png = cv2.imencode(".png", samples[..., ::-1])
     assert ok and (decode_image(png.tobytes(), "scan.png").rgb == expected).all()
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7])
+def test_a_16bit_rgb_tiff_mask_with_an_orientation_tag_is_read_on_its_own_samples(orientation, tmp_path):
+    """A 16-bit mask is thresholded on its samples rounded to 8 bits (mean > 127.5), as images are scaled; a TIFF
+    with an Orientation tag was floored (v >> 8) instead, so a pixel on the threshold read the other way. Two such
+    pixels, each on its own side, hand-computed: (51200, 0, 46948) rounds to 199 + 0 + 183 = 382 (not marked) and
+    floors to 200 + 0 + 183 = 383 (marked); (129, 65535, 32511) rounds to 1 + 255 + 127 = 383 (marked) and floors
+    to 0 + 255 + 126 = 381 (not)."""
+    values = np.zeros((4, 6, 3), np.uint16)
+    values[0, 1] = (51200, 0, 46948)
+    values[2, 5] = (129, 65535, 32511)
+    values[3, 0] = (65535, 65535, 65535)
+    rounded = np.round(values / 65535 * 255)
+    assert rounded[0, 1].sum() == 382 and (values[0, 1] >> 8).sum() == 383
+    assert rounded[2, 5].sum() == 383 and (values[2, 5] >> 8).sum() == 381
+    path = tmp_path / "mask.tif"
+    path.write_bytes(_tiff_16bit_rgb(values, orientation))
+    expected = _UPRIGHT[orientation](rounded.mean(axis=2) > 127.5)
+    mask = read_mask(path)
+    assert mask.shape == expected.shape and (mask == expected).all()
+
+
+def _decode_peak_input(size: int, alpha: bool) -> bytes:
+    """A 16-bit RGB(A) PNG of `size` x `size` (a ramp, alpha half-transparent), encoded by OpenCV."""
+    ramp = (np.indices((size, size)).sum(0) * 37 % 65536).astype(np.uint16)
+    planes = [ramp, ramp[::-1], ramp.T] + ([np.full_like(ramp, 30000)] if alpha else [])
+    ok, png = cv2.imencode(".png", np.stack(planes, 2), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    assert ok
+    return png.tobytes()
+
+
+def _decode_16bit(data: bytes) -> tuple[int, int]:
+    """decode_image's output shape, checksummed (the call heap_peak measures)."""
+    rgb = decode_image(data, "wide.png").rgb
+    return rgb.shape[0], int(rgb.sum(dtype=np.int64))
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_a_16bit_colour_png_is_scaled_without_float64_copies_of_the_whole_image(alpha):
+    """16-bit RGB(A) samples were scaled in float64 over the whole image at once: 8-byte copies of every sample
+    alive together, a heap peak of 300 MB (RGB) and 370 MB (RGBA) for a 2000x2000 PNG whose result is 12 MB (a 9-Mpx
+    16-bit pair needed more than 900 MB of address space to annotate). Now in integers, (v + 128) // 257, the same
+    rounding exactly, and RGBA is composited in float64 a band of rows at a time: 80-85 MB. The values are those of
+    the float rule."""
+    data = _decode_peak_input(2000, alpha)
+    measured = heap_peak(_decode_16bit, data)
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)[..., [2, 1, 0, 3] if alpha else [2, 1, 0]]
+    rgb = raw[..., :3] / 65535.0
+    if alpha:
+        rgb = rgb * (raw[..., 3:] / 65535.0) + (1.0 - raw[..., 3:] / 65535.0)
+    expected = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+    assert measured.value == (2000, int(expected.sum(dtype=np.int64)))
+    assert (decode_image(data, "wide.png").rgb == expected).all()
+    assert measured.peak < 100 * 2**20, measured.peak / 2**20      # raw 24 (32) MB, uint32 48 MB, result 12 MB
+
+
+def _png_with_colour_key(depth: int, pixels: list[tuple[int, int, int]], key: tuple[int, int, int]) -> bytes:
+    """A one-row RGB PNG of `depth` bits (8 or 16) with a tRNS chunk marking `key` transparent, written by hand
+    (PNG spec: colour type 2, filter 0); OpenCV and Pillow write no colour key."""
+    fmt = ">%dH" if depth == 16 else ">%dB"
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" + struct.pack(fmt % (3 * len(pixels)), *[v for p in pixels for v in p])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", len(pixels), 1, depth, 2, 0, 0, 0))
+            + chunk(b"tRNS", struct.pack(">3H", *key)) + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b""))
+
+
+def test_a_png_colour_key_is_ignored_in_16_bits_as_in_8():
+    """A tRNS colour key on an RGB PNG (one colour transparent wherever it is) was ignored in 8 bits (Pillow) but
+    applied in 16 (OpenCV makes it an alpha channel): the same picture read red in 8 bits and white in 16, and a
+    16-bit mask keyed on white, composited on black, read empty where its 8-bit twin was marked. Photos carry a
+    key by accident (12 PNGs of the eval set key pure black), so it is ignored in both, as it was in 8 bits."""
+    from sigma.io.images import decode_mask
+
+    picture = [(255, 0, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)]
+    expected = np.array([picture], np.uint8)
+    for key in ((255, 0, 0), (255, 255, 255)):
+        eight = decode_image(_png_with_colour_key(8, picture, key), "key8.png")
+        sixteen = decode_image(_png_with_colour_key(16, [tuple(v * 257 for v in p) for p in picture],
+                                                    tuple(v * 257 for v in key)), "key16.png")
+        assert (eight.rgb == expected).all() and (sixteen.rgb == expected).all(), (key, sixteen.rgb.tolist())
+        assert "alpha" not in eight.notes and "alpha" not in sixteen.notes
+    mask_picture = [(65535, 65535, 65535), (0, 0, 0)]
+    mask16 = decode_mask(_png_with_colour_key(16, mask_picture, (65535, 65535, 65535)), "mask16.png")
+    mask8 = decode_mask(_png_with_colour_key(8, [(255, 255, 255), (0, 0, 0)], (255, 255, 255)), "mask8.png")
+    assert mask16.tolist() == mask8.tolist() == [[True, False]]

@@ -11,7 +11,10 @@ import threading
 import warnings
 
 from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
+from sigma.cli.blas import one_blas_thread_under_an_address_limit
 from sigma.errors import SigmaError, Stopped, loading_refused, memory_refused, no_memory, threads_refused
+
+one_blas_thread_under_an_address_limit()     # before any command's module imports numpy or OpenCV
 
 # Each module defines register(subparsers) -> None and run(args) -> int.
 COMMAND_MODULES = (

@@ -7,7 +7,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from sigma.errors import InputError
+from sigma.errors import InputError, opencv_memory_refused
 
 
 def check_aspect(original_hw: tuple[int, int], edited_hw: tuple[int, int], max_change: float,
@@ -34,7 +34,12 @@ def sync_size(edited: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray,
         return edited, None
     enlarging = h * w > eh * ew
     interp = cv2.INTER_CUBIC if enlarging else cv2.INTER_AREA
-    out = cv2.resize(edited, (w, h), interpolation=interp)
+    try:
+        out = cv2.resize(edited, (w, h), interpolation=interp)
+    except cv2.error as exc:     # the machine's shortage: a MemoryError, said `out_of_memory` as any other
+        if opencv_memory_refused(exc):
+            raise MemoryError(" ".join(str(exc).split())) from exc
+        raise
     return out, f"edited resized {ew}x{eh} -> {w}x{h} ({'cubic' if enlarging else 'area'})"
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
-from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError
+from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.lines import read_at_most
 from sigma.regular import BrokenLink, NotRegularFile, broken_link, open_regular
 from sigma.tempfiles import replace_atomically
@@ -240,6 +240,21 @@ def check_tiff_strips(data: bytes, name: str) -> None:
                          "decompression bomb", code="decompression_bomb")
 
 
+# Pillow's PNG reader inflates a compressed metadata chunk (iCCP: the colour profile; zTXt, iTXt: text) to at most
+# MAX_TEXT_CHUNK (1 MiB) each and MAX_TEXT_MEMORY (64 MiB) in all, and refuses the file past either with a ValueError.
+# 1 KiB of zlib inflates to 1 MB: a PNG of sound pixels carrying a 200 KB zTXt that inflates to 200 MB was said to be
+# `image_unreadable ... (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)`: an unreadable file, where
+# it is a limit met, the same as a pixel bomb's (HTTP 413, not 422).
+_PNG_METADATA_BOMB = ("Decompressed data too large", "Too much memory used in text chunks")
+
+
+def check_metadata_bomb(exc: BaseException, name: str) -> None:
+    """Raise `decompression_bomb` when `exc` is Pillow refusing a PNG's compressed metadata for its inflated size."""
+    if isinstance(exc, ValueError) and str(exc).startswith(_PNG_METADATA_BOMB):
+        raise LimitError(f"{name}: a PNG metadata chunk (colour profile or text) that inflates past Pillow's limit "
+                         f"({_one_line(exc)}): refused as a decompression bomb", code="decompression_bomb") from exc
+
+
 def check_byte_size(name: str, size: int, max_bytes: int) -> None:
     """file_too_large above `max_bytes`: the one check of bytes in hand, a file's size and a header-only probe."""
     if size > max_bytes:
@@ -268,6 +283,10 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
     mode = img.mode
     notes["mode"] = mode
     if mode == "P":
+        # a palette's tRNS is alpha and composited; a colour key (tRNS on an RGB or gray PNG: one value transparent
+        # wherever it is) is ignored, in 8 bits as in 16 (`_raw_16bit_colour`'s caller): photos carry one by
+        # accident (12 PNGs of the eval set key pure black), and an edit saved without it would differ at every
+        # black pixel
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
@@ -357,22 +376,82 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
         import cv2
     except ImportError:  # pragma: no cover - opencv is a core dependency
         return None
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:     # memory refused is the machine's (out_of_memory); anything else: Pillow's 8 bits
+        if opencv_memory_refused(exc):
+            raise MemoryError(_one_line(exc)) from exc
+        return None
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         return None
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
 
 
-def _read_16bit_colour_rgb(data: bytes) -> np.ndarray | None:
-    """16-bit RGB(A) to 8 bits, rounded (alpha composited on white)."""
-    arr = _read_16bit_colour(data)
-    if arr is None:
+def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
+                      pending: int) -> tuple[np.ndarray, int] | None:
+    """(a 16-bit colour PNG's or TIFF's samples, uint16 [H, W, 3 or 4], the EXIF turn still to apply to them), or
+    None: OpenCV does not read the file as that (the caller keeps Pillow's 8 bits). `img` is the file opened and
+    loaded by Pillow, `pending` the turn Pillow's load() left to do.
+
+    A TIFF with an Orientation tag: OpenCV 5.1 turns a TIFF by its tag whatever its flags say (a PNG never), other
+    versions may not; so which of its samples as given or turned by the tag is the picture is decided against
+    Pillow's own 8 bits of the same file (the high byte, v >> 8), upright. Such a TIFF was left to Pillow, and its
+    samples floored where every other 16-bit file is rounded: the same picture, tagged, read one level darker."""
+    raw = _read_16bit_colour(data)
+    if raw is None:
         return None
-    rgb = arr[..., :3].astype(np.float64) / 65535.0
-    if arr.shape[2] == 4:
-        alpha = arr[..., 3:4].astype(np.float64) / 65535.0
-        rgb = rgb * alpha + (1.0 - alpha)
-    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+    if fmt != "TIFF" or orientation not in _ORIENTATION_TRANSPOSE:
+        return raw, (orientation if orientation in _ORIENTATION_TRANSPOSE else 1)
+    shown = turn_array(np.asarray(img), pending)
+    for candidate in (raw, turn_array(raw, orientation)):
+        if candidate.shape == shown.shape and np.array_equal(candidate >> 8, shown):
+            return candidate, 1
+    return None
+
+
+def turn_array(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """`arr` [H, W, ...] of any dtype turned upright by EXIF `orientation` (as `ImageOps.exif_transpose`; values
+    other than 2..8 leave it as it is). Numpy, so 16-bit colour samples, which PIL cannot hold, are turned too."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return np.rot90(arr, 2).swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+COMPOSITE_ROWS = 256      # rows of a 16-bit RGBA image composited at a time, in float64
+
+
+def _16bit_colour_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """16-bit RGB(A) samples to 8 bits, round(v / 65535 * 255) (alpha composited on white).
+
+    In integers, (v + 128) // 257, which is that rounding exactly (v / 257 is never a half), and in float64 only a
+    band of COMPOSITE_ROWS rows at a time for alpha. The whole image went through float64 at once, four arrays of
+    8 bytes a sample alive together: a 9-megapixel 16-bit pair, 27 MB an image once decoded, was refused
+    `out_of_memory` by `sigma annotate` under `prlimit --as` 900 MB, where the same pair in 8 bits is annotated at
+    800 MB (as it now is), and a 2000x2000 PNG's decode peaked at 300 MB of heap (now 80)."""
+    if arr.shape[2] == 3:
+        wide = arr.astype(np.uint32)
+        wide += 128
+        wide //= 257
+        return wide.astype(np.uint8)
+    out = np.empty(arr.shape[:2] + (3,), np.uint8)
+    for top in range(0, arr.shape[0], COMPOSITE_ROWS):
+        band = arr[top:top + COMPOSITE_ROWS]
+        rgb = band[..., :3].astype(np.float64) / 65535.0
+        alpha = band[..., 3:4].astype(np.float64) / 65535.0
+        out[top:top + COMPOSITE_ROWS] = np.clip(np.round((rgb * alpha + (1.0 - alpha)) * 255.0), 0, 255)
+    return out
 
 
 # EXIF orientation tag value -> the PIL transpose that shows the picture upright (as ImageOps.exif_transpose).
@@ -470,14 +549,15 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
             icc = None
         depth = _bit_depth(img, data, fmt)
         rgb = None
-        # a TIFF with an Orientation tag stays with Pillow: OpenCV turns a TIFF by it whatever its flags say, a PNG not
-        if fmt in RAW_16BIT_FORMATS and img.mode in ("RGB", "RGBA") and depth == 16 and (
-                fmt == "PNG" or orientation not in _ORIENTATION_TRANSPOSE):
-            rgb = _read_16bit_colour_rgb(data)
-            if rgb is not None and img.mode == "RGBA":
+        raw = None
+        if fmt in RAW_16BIT_FORMATS and img.mode in ("RGB", "RGBA") and depth == 16:
+            raw = _raw_16bit_colour(data, img, fmt, orientation, pending)
+        if raw is not None:
+            samples = raw[0] if img.mode == "RGBA" else raw[0][..., :3]    # a tRNS colour key is not alpha
+            rgb, pending = _16bit_colour_to_rgb(samples), raw[1]
+            del raw, samples
+            if img.mode == "RGBA":
                 notes["alpha"] = "composited on white"
-            if rgb is not None:      # as stored: turned by the file's own tag, which Pillow's load() may have used
-                pending = orientation if orientation in _ORIENTATION_TRANSPOSE else 1
         if rgb is None:
             rgb = _to_uint8_rgb(img, notes)
         else:
@@ -511,6 +591,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     except MemoryError as exc:       # the machine's shortage, not the image's fault: `out_of_memory`, never unreadable
         raise OutOfMemoryError.decoding(name, exc) from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
+        check_metadata_bomb(exc, name)
         raise ImageError(f"{name}: unreadable or truncated image ({_one_line(exc)})",
                          code="image_unreadable") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
@@ -574,6 +655,7 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
         raise ImageError(f"{where}: not an image, or not one of {', '.join(SUPPORTED_FORMATS)}",
                          code="image_unreadable") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+        check_metadata_bomb(exc, where)
         raise ImageError(f"{where}: unreadable image ({_one_line(exc)})", code="image_unreadable") from exc
     check_header_size(where, width, height, limits)
     return height, width
@@ -644,14 +726,13 @@ def _decode_16bit_mask(data: bytes, decoded: DecodedImage) -> np.ndarray | None:
         pending = img.getexif().get(0x0112, 1) if orientation in _ORIENTATION_TRANSPOSE else 1
         if mode.startswith("I"):
             values = np.asarray(img).astype(np.float64)[..., None]
-        elif mode in ("RGB", "RGBA") and decoded.notes.get("format") in RAW_16BIT_FORMATS and (
-                decoded.notes.get("format") == "PNG" or orientation not in _ORIENTATION_TRANSPOSE):
-            raw = _read_16bit_colour(data)
-            if raw is None:
+        elif mode in ("RGB", "RGBA") and decoded.notes.get("format") in RAW_16BIT_FORMATS:
+            found = _raw_16bit_colour(data, img, str(decoded.notes["format"]), orientation, pending)
+            if found is None:
                 return None
-            pending = orientation if orientation in _ORIENTATION_TRANSPOSE else 1      # its samples as stored
+            raw, pending = found
             values = raw[..., :3].astype(np.float64)
-            if raw.shape[2] == 4:
+            if raw.shape[2] == 4 and mode == "RGBA":     # alpha; a tRNS colour key is not (decode_image)
                 values *= raw[..., 3:4] / 65535.0
         else:
             return None
