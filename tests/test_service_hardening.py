@@ -503,6 +503,52 @@ def test_the_budget_comes_back_however_an_upload_ends(budget):
     assert code(full) == "missing_field", full.text
 
 
+@pytest.fixture(scope="module")
+def idle(redis_server, tmp_path_factory):
+    """A 2 MB byte budget, a whole-body timeout of 60 s and an idle-between-chunks timeout of 1.5 s."""
+    s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-idle"),
+                         ["limits.max_request_bytes=2000000", "limits.max_bytes_in_flight=2000000",
+                          "api.body_timeout_s=60", "api.body_idle_timeout_s=1.5", "limits.retry_after_s=1"])
+    try:
+        s.start_api()
+        yield s
+    finally:
+        s.close()
+
+
+def test_a_body_that_stalls_is_cut_at_the_idle_timeout_and_its_bytes_returned(idle):
+    """A client that sends most of its body fast and then stalls held the bytes it sent (and every other upload got
+    429 server_busy) until api.body_timeout_s, 60 s here. Now it is 408 request_timeout once nothing has come for
+    api.body_idle_timeout_s, and its bytes are back in the budget."""
+    s = idle
+    head = (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-user-key\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1900000\r\n\r\n")
+    json_headers = {**s.headers(), "content-type": "application/json"}
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as stalled:
+        t0 = time.monotonic()
+        stalled.sendall(head + b"{" + b" " * 1_500_000)
+        got = b""
+        while chunk := stalled.recv(65536):
+            got += chunk
+        took = time.monotonic() - t0
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+    assert b"request_timeout" in got and b"api.body_idle_timeout_s=1.5" in got, got
+    assert took < 10, took                                  # was cut only at api.body_timeout_s (60 s)
+    assert in_flight(s) == 0
+    ok = s.http.post("/v1/jobs", content=b"{" + b" " * 1_000_000 + b"}", headers=json_headers)
+    assert code(ok) == "missing_field", ok.text
+    # a body that keeps coming, slower than the idle timeout in all but never idle that long, is not cut by it
+    chunks = (b"{" + b" " * 1000 if i == 0 else b" " * 1000 for i in range(4))
+
+    def paced_body():
+        for c in chunks:
+            yield c
+            time.sleep(0.6)
+        yield b"}"
+    slow = s.http.post("/v1/jobs", content=paced_body(), headers=json_headers)
+    assert code(slow) == "missing_field", slow.text
+
+
 def test_public_docs_setting(small, svc):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert svc.http.get(path).status_code == 200, path          # the default: open
