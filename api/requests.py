@@ -288,6 +288,10 @@ class FilePartTooLarge(Exception):
         self.name, self.limit = name, limit
 
 
+class CutShort(Exception):
+    """A multipart body that ended before its closing boundary (`--BOUNDARY--`)."""
+
+
 class TextNotUtf8(Exception):
     """Text fields of a multipart body that are not UTF-8 (one line each), found once the body is read."""
 
@@ -338,15 +342,26 @@ class _LimitedParser(MultiPartParser):
         self.text_problems: list[str] = []
         self._body_charset: str | None = None
         self.before = self.chunk = b""
+        self.ended = False
 
     async def parse(self) -> FormData:
+        """The form; `CutShort` for a body without its closing boundary, whose last part python-multipart drops
+        without a word (its `finalize` checks nothing): the route then said "'edited' file is required" of a part
+        the client had sent."""
         self._body_charset = declared_charset(self.headers.get("content-type"))
         self.stream = self._kept(self.stream)
         form = await super().parse()
+        if not self.ended:
+            await form.close()
+            raise CutShort()
         if self.text_problems:
             await form.close()
             raise TextNotUtf8(self.text_problems)
         return form
+
+    def on_end(self) -> None:
+        """python-multipart's `end`: called only at the closing boundary."""
+        self.ended = True
 
     def on_headers_finished(self) -> None:
         """A part's field name, as UTF-8 whatever the body's charset: Starlette decodes it by that charset and, where
@@ -469,6 +484,9 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
         raise                   # too large / too slow: the middleware that raised it answers
     except ApiError:
         raise   # a refusal made as the body arrived (the byte budget's 429 server_busy), not a parse error
+    except CutShort as exc:
+        raise ApiError(400, "malformed_multipart", "multipart body could not be parsed: it ended before its closing "
+                       "boundary (--BOUNDARY--), so its last part may be cut; send the whole body") from exc
     except TextNotUtf8 as exc:
         raise ApiError(422, "invalid_text", "multipart field names and text fields must be UTF-8, as JSON bodies are: "
                        f"{'; '.join(exc.problems)} (send UTF-8 text, with no charset or charset=utf-8)") from exc
