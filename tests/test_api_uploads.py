@@ -138,3 +138,15 @@ def test_a_multipart_body_cut_before_its_closing_boundary_is_malformed_not_missi
         assert err["code"] == "malformed_multipart" and "closing boundary" in err["message"], err
     assert api.http.post("/v1/jobs", content=whole, headers=headers).status_code == 202
 
+
+def test_an_image_sent_as_a_text_field_is_not_a_file_whatever_its_bytes(api):
+    """`curl -F original=<o.png` sends the image as a text field (no filename): 400 not_a_file when its bytes
+    happened to be UTF-8, but 422 invalid_text "'original' is not UTF-8 text" for a real PNG, blaming the encoding
+    of what is no text. Now not_a_file either way."""
+    headers = {**api.headers(), "content-type": "multipart/form-data; boundary=B"}
+    original, edited = _images()
+    for data in (original[1], b"plain ascii"):
+        as_text = (b'Content-Disposition: form-data; name="original"', data)
+        resp = api.http.post("/v1/jobs", content=_multipart([as_text, edited]), headers=headers)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == "not_a_file" and "'original'" in resp.json()["error"]["message"]
