@@ -282,6 +282,20 @@ def header_line_too_long(line: bytes) -> str:
             f"most {PART_HEADER_LINE_BYTES} bytes; send a shorter one (the API does not use the filename)")
 
 
+# python-multipart's bound on the header lines of one part (Starlette builds the parser with the default)
+PART_HEADER_LINES: int = getattr(python_multipart.multipart, "DEFAULT_MAX_HEADER_COUNT", 8)
+
+
+def parse_error(exc: MultipartParseError) -> str:
+    """What python-multipart found wrong, as a client may read it (one line, bounded): Starlette hid every such
+    error under `Invalid multipart data.`, so a client could not tell a part with too many header lines from a
+    malformed boundary."""
+    if "header count" in str(exc):
+        return (f"a part has more than {PART_HEADER_LINES} header lines (python-multipart's bound; a part needs only "
+                "Content-Disposition and, for a file, Content-Type)")
+    return f"{shown(str(exc))} (python-multipart)"
+
+
 class FilePartTooLarge(Exception):
     def __init__(self, name: str, limit: int):
         super().__init__(name)
@@ -504,6 +518,9 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
         if isinstance(cause, MultipartParseError) and "header size" in str(cause):
             raise ApiError(400, "malformed_multipart", "multipart body could not be parsed: "
                            + header_line_too_long(parser.long_header_line(cause.offset))) from exc
+        if isinstance(cause, MultipartParseError):      # Starlette said only `Invalid multipart data.` of each
+            raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {parse_error(cause)}"
+                           ) from exc
         raise _malformed(exc) from exc
     except StarletteHTTPException as exc:
         raise _malformed(exc) from exc

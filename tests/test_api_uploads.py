@@ -150,3 +150,17 @@ def test_an_image_sent_as_a_text_field_is_not_a_file_whatever_its_bytes(api):
         resp = api.http.post("/v1/jobs", content=_multipart([as_text, edited]), headers=headers)
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["code"] == "not_a_file" and "'original'" in resp.json()["error"]["message"]
+
+
+def test_a_part_python_multipart_refuses_is_told_why(api):
+    """A part with more header lines than python-multipart takes (8), or a header it cannot read: each was 400
+    malformed_multipart "Invalid multipart data." (Starlette's words for every parse error); now the reason."""
+    headers = {**api.headers(), "content-type": "multipart/form-data; boundary=B"}
+    original, edited = _images()
+    many = original[0] + b"".join(b"\r\nX-Extra-%d: 1" % i for i in range(9))
+    bad = original[0] + b"\r\nX Bad: 1"
+    for head, said in ((many, "more than 8 header lines"), (bad, "invalid character")):
+        resp = api.http.post("/v1/jobs", content=_multipart([(head, original[1]), edited]), headers=headers)
+        assert resp.status_code == 400, resp.text
+        err = resp.json()["error"]
+        assert err["code"] == "malformed_multipart" and said in err["message"], err
