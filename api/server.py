@@ -19,7 +19,9 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
   `bad_request` that said "malformed", and the client, still sending, met a reset (ECONNRESET / EPIPE), not the answer;
 - a chunk of a chunked body whose size line declares more than `limits.max_request_bytes` leaves the body room for is
   JSON 413 `request_too_large` at that line, before the chunk is read (`HeadLimitedConnection`): h11 takes sizes of up
-  to 2**80 bytes and hands the chunk on as it arrives, so the API read it until the byte count or a timeout cut it.
+  to 2**80 bytes and hands the chunk on as it arrives, so the API read it until the byte count or a timeout cut it;
+  a chunked body cut into more than `MAX_SMALL_CHUNKS` chunks averaging under `SMALL_CHUNK_BYTES` is JSON 400
+  `bad_request` (each chunk costs the event loop the same whatever its size).
 
 - a connection limit (`api.max_connections`, `connection_limit`): a connection past it is answered 503
   `too_many_connections` and closed at once, before its request is read. Without it every idle, slow or trickling
@@ -70,6 +72,8 @@ BAD_REQUEST = json.dumps({"error": {"code": "bad_request", "message": "the reque
 
 
 HEADERS_TOO_LARGE_REASON = b"Request Header Fields Too Large"
+MAX_SMALL_CHUNKS = 4096         # a chunked body may begin this many chunks of any size...
+SMALL_CHUNK_BYTES = 1024        # ...and more only while they average at least this many bytes
 
 
 def too_many_connections(limit: int) -> bytes:
@@ -145,10 +149,11 @@ class HeadLimitedConnection(h11.Connection):
         self.max_head_bytes = max_head_bytes
         self.max_body_bytes = max_body_bytes
         self.head_refused = False
-        self.body_refused: str | None = None    # why the last refusal was a 413 (a chunk too large), else None
+        self.body_refused: tuple[int, str] | None = None    # a refused body's status (413, 400) and why, else None
         self._received = 0       # bytes received on the connection
         self._head_start = 0     # where in them the request being read began (after the previous one's end)
         self._body_seen = 0      # bytes of the current request's body handed on
+        self._chunks = 0         # chunks of it begun
 
     def receive_data(self, data: bytes) -> None:
         self._received += len(data)
@@ -165,7 +170,7 @@ class HeadLimitedConnection(h11.Connection):
             self.head_refused = reading_head and exc.error_status_hint == 431
             raise
         if isinstance(event, h11.Request):
-            self._body_seen = 0
+            self._body_seen = self._chunks = 0
             size = self._received - self._unparsed() - self._head_start
             if size > self.max_head_bytes:
                 self.head_refused = True
@@ -173,10 +178,23 @@ class HeadLimitedConnection(h11.Connection):
                                               error_status_hint=431)
         elif isinstance(event, h11.Data):
             self._body_seen += len(event.data)
+            self._chunks += bool(event.chunk_start)
         elif isinstance(event, h11.EndOfMessage):
             self._head_start = self._received - self._unparsed()
         self._refuse_declared_chunk()
+        self._refuse_tiny_chunks()
         return event
+
+    def _refuse_tiny_chunks(self) -> None:
+        """400 once a chunked body has begun more than `MAX_SMALL_CHUNKS` chunks averaging under `SMALL_CHUNK_BYTES`:
+        each chunk costs h11 and uvicorn some 10 us of the event loop whatever its size, so 12 MB of one-byte chunks
+        took 21 s of the API process's only thread, every other request (a /healthz) waiting up to 1.2 s at a
+        time, and a 64 MiB body of them would take ten minutes. No client of this API sends a body so cut up."""
+        if self._chunks > MAX_SMALL_CHUNKS and self._body_seen < self._chunks * SMALL_CHUNK_BYTES:
+            self.body_refused = (400, f"a chunked body of more than {MAX_SMALL_CHUNKS} chunks averaging under "
+                                 f"{SMALL_CHUNK_BYTES} bytes ({self._body_seen} bytes in {self._chunks}); send "
+                                 "larger chunks")
+            raise h11.RemoteProtocolError(self.body_refused[1], error_status_hint=400)
 
     def _refuse_declared_chunk(self) -> None:
         """413 (a RemoteProtocolError with that hint, `body_refused` saying why) once a chunk's size line declares
@@ -188,9 +206,9 @@ class HeadLimitedConnection(h11.Connection):
             return
         left = getattr(getattr(self, "_reader", None), "_bytes_in_chunk", None)
         if isinstance(left, int) and self._body_seen + left > self.max_body_bytes:
-            self.body_refused = (f"a chunk declares {left} more bytes after {self._body_seen}, over "
-                                 f"limits.max_request_bytes={self.max_body_bytes}; not read")
-            raise h11.RemoteProtocolError(self.body_refused, error_status_hint=413)
+            self.body_refused = (413, f"request body exceeds limits.max_request_bytes={self.max_body_bytes}: a chunk "
+                                 f"declares {left} more bytes after {self._body_seen}; not read")
+            raise h11.RemoteProtocolError(self.body_refused[1], error_status_hint=413)
 
 
 class _LingeringTransport:
@@ -338,14 +356,14 @@ class GuardedH11Protocol(H11Protocol):
             status, reason, body = 431, HEADERS_TOO_LARGE_REASON, headers_too_large(self.max_head_bytes)
             self.logger.info("request head over %d bytes: 431, closing", self.max_head_bytes)
         elif self.conn.body_refused:
-            status, reason = 413, b"Content Too Large"
-            body = json.dumps({"error": {"code": "request_too_large", "message": "request body exceeds "
-                                         f"limits.max_request_bytes={self.max_body_bytes}: "
-                                         f"{self.conn.body_refused}"}}).encode()
-            self.logger.info("request body: %s: 413, closing", self.conn.body_refused)
+            status, said = self.conn.body_refused
+            code, reason = ("request_too_large", b"Content Too Large") if status == 413 else ("bad_request",
+                                                                                             b"Bad Request")
+            body = json.dumps({"error": {"code": code, "message": said}}).encode()
+            self.logger.info("request body refused (%d, closing): %s", status, said)
             if self.cycle is not None and not self.cycle.response_started:
                 # the route reading this body gets a disconnect (it answers nothing: this is the answer), and the
-                # rest of the chunk is discarded by the lingering close
+                # rest of the body is discarded by the lingering close
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()
         else:
