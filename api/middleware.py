@@ -6,7 +6,7 @@ chunked upload without a length cannot exhaust memory or disk either. A request 
 and Transfer-Encoding) is refused before either is believed: 400 `bad_request`, the connection closed. The read
 timeout starts at the app's first read of the body (the headers are bounded by the server protocol,
 `sigma.api.server`), so a client that trickles its body gets 408 `request_timeout` instead of holding a connection
-and its buffers.
+and its buffers; one that stops sending gets it sooner, after the idle timeout.
 Both raise a `BodyReadAborted` out of `receive`; parsers let it through and the layer that raised it answers.
 """
 from __future__ import annotations
@@ -31,7 +31,11 @@ class BodyTooLarge(BodyReadAborted):
 
 
 class BodyReadTimeout(BodyReadAborted):
-    pass
+    """`idle`: nothing came for `api.body_idle_timeout_s` (rather than the body not all within `body_timeout_s`)."""
+
+    def __init__(self, idle: bool = False):
+        super().__init__()
+        self.idle = idle
 
 
 def _json_error(status: int, code: str, message: str, close: bool = True,
@@ -111,11 +115,16 @@ class BodyLimit:
 
 
 class BodyTimeout:
-    """408 `request_timeout` when the body is not all there `seconds` after the app first asked for it."""
+    """408 `request_timeout` when the body is not all there `seconds` after the app first asked for it, or when
+    nothing of it has come for `idle_seconds` while the app waits for more. The idle bound is what frees the byte
+    budget (`sigma.api.budget`) from a client that sends most of a large body fast and then stalls: it held what it
+    had sent, and every other upload got 429 `server_busy`, for all of `seconds`. Only the time spent waiting on
+    the client counts, not the app's own pauses between reads (a wait for room in the budget)."""
 
-    def __init__(self, app: Any, seconds: float):
+    def __init__(self, app: Any, seconds: float, idle_seconds: float | None = None):
         self.app = app
         self.seconds = seconds
+        self.idle_seconds = seconds if idle_seconds is None else min(idle_seconds, seconds)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -133,10 +142,11 @@ class BodyTimeout:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise BodyReadTimeout()
+            idle = self.idle_seconds < remaining
             try:
-                msg = await asyncio.wait_for(receive(), remaining)
+                msg = await asyncio.wait_for(receive(), self.idle_seconds if idle else remaining)
             except TimeoutError:
-                raise BodyReadTimeout() from None
+                raise BodyReadTimeout(idle) from None
             if msg["type"] != "http.request" or not msg.get("more_body", False):
                 complete = True
             return msg
@@ -144,12 +154,17 @@ class BodyTimeout:
         tracked = _Tracked(send)
         try:
             await self.app(scope, timed_receive, tracked)
-        except BodyReadTimeout:
+        except BodyReadTimeout as exc:
             if tracked.started:
                 raise
-            log.info("request body not received within %.1f s: 408", self.seconds)
-            start, body = _json_error(408, "request_timeout", f"the request body did not arrive within "
-                                      f"api.body_timeout_s={self.seconds:.15g} s")
+            if exc.idle:
+                log.info("request body: nothing more received for %.1f s: 408", self.idle_seconds)
+                message = (f"nothing more of the request body arrived for api.body_idle_timeout_s="
+                           f"{self.idle_seconds:.15g} s")
+            else:
+                log.info("request body not received within %.1f s: 408", self.seconds)
+                message = f"the request body did not arrive within api.body_timeout_s={self.seconds:.15g} s"
+            start, body = _json_error(408, "request_timeout", message)
             await send(start)
             await send(body)
 

@@ -282,10 +282,28 @@ def header_line_too_long(line: bytes) -> str:
             f"most {PART_HEADER_LINE_BYTES} bytes; send a shorter one (the API does not use the filename)")
 
 
+# python-multipart's bound on the header lines of one part (Starlette builds the parser with the default)
+PART_HEADER_LINES: int = getattr(python_multipart.multipart, "DEFAULT_MAX_HEADER_COUNT", 8)
+
+
+def parse_error(exc: MultipartParseError) -> str:
+    """What python-multipart found wrong, as a client may read it (one line, bounded): Starlette hid every such
+    error under `Invalid multipart data.`, so a client could not tell a part with too many header lines from a
+    malformed boundary."""
+    if "header count" in str(exc):
+        return (f"a part has more than {PART_HEADER_LINES} header lines (python-multipart's bound; a part needs only "
+                "Content-Disposition and, for a file, Content-Type)")
+    return f"{shown(str(exc))} (python-multipart)"
+
+
 class FilePartTooLarge(Exception):
     def __init__(self, name: str, limit: int):
         super().__init__(name)
         self.name, self.limit = name, limit
+
+
+class CutShort(Exception):
+    """A multipart body that ended before its closing boundary (`--BOUNDARY--`)."""
 
 
 class TextNotUtf8(Exception):
@@ -338,15 +356,26 @@ class _LimitedParser(MultiPartParser):
         self.text_problems: list[str] = []
         self._body_charset: str | None = None
         self.before = self.chunk = b""
+        self.ended = False
 
     async def parse(self) -> FormData:
+        """The form; `CutShort` for a body without its closing boundary, whose last part python-multipart drops
+        without a word (its `finalize` checks nothing): the route then said "'edited' file is required" of a part
+        the client had sent."""
         self._body_charset = declared_charset(self.headers.get("content-type"))
         self.stream = self._kept(self.stream)
         form = await super().parse()
+        if not self.ended:
+            await form.close()
+            raise CutShort()
         if self.text_problems:
             await form.close()
             raise TextNotUtf8(self.text_problems)
         return form
+
+    def on_end(self) -> None:
+        """python-multipart's `end`: called only at the closing boundary."""
+        self.ended = True
 
     def on_headers_finished(self) -> None:
         """A part's field name, as UTF-8 whatever the body's charset: Starlette decodes it by that charset and, where
@@ -371,6 +400,10 @@ class _LimitedParser(MultiPartParser):
     def _text(self, part: MultipartPart) -> str:
         """A text part's value, strictly as the charset it may declare (its own Content-Type's, else the body's)
         reads it; a problem noted (and "" returned) where it is no UTF-8 text."""
+        if part.field_name in ("original", "edited"):
+            # an image sent as a text field (`curl -F original=<o.png`): the route answers 400 not_a_file; its bytes
+            # are no text to check (a PNG was 422 invalid_text "'original' is not UTF-8 text")
+            return ""
         own = declared_charset(dict(part.item_headers).get(b"content-type"))
         where = repr(part.field_name[:64])         # both client-chosen: a message stays a line
         for charset, whose in ((self._body_charset, "the body's Content-Type"), (own, "its Content-Type")):
@@ -469,6 +502,9 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
         raise                   # too large / too slow: the middleware that raised it answers
     except ApiError:
         raise   # a refusal made as the body arrived (the byte budget's 429 server_busy), not a parse error
+    except CutShort as exc:
+        raise ApiError(400, "malformed_multipart", "multipart body could not be parsed: it ended before its closing "
+                       "boundary (--BOUNDARY--), so its last part may be cut; send the whole body") from exc
     except TextNotUtf8 as exc:
         raise ApiError(422, "invalid_text", "multipart field names and text fields must be UTF-8, as JSON bodies are: "
                        f"{'; '.join(exc.problems)} (send UTF-8 text, with no charset or charset=utf-8)") from exc
@@ -482,6 +518,9 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
         if isinstance(cause, MultipartParseError) and "header size" in str(cause):
             raise ApiError(400, "malformed_multipart", "multipart body could not be parsed: "
                            + header_line_too_long(parser.long_header_line(cause.offset))) from exc
+        if isinstance(cause, MultipartParseError):      # Starlette said only `Invalid multipart data.` of each
+            raise ApiError(400, "malformed_multipart", f"multipart body could not be parsed: {parse_error(cause)}"
+                           ) from exc
         raise _malformed(exc) from exc
     except StarletteHTTPException as exc:
         raise _malformed(exc) from exc

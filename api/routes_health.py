@@ -81,14 +81,16 @@ async def readyz(svc: Service = SERVICE):
         try:
             if checks["redis"].get("error") in ("unreachable", "not answering (timeout)"):
                 raise redis.ConnectionError    # one wait for a frozen server is enough
-            workers = await svc.workers()
+            # across a loss of Redis' data (FLUSHALL) the workers seen before it count until their next beat
+            workers, remembered = await svc.worker_memory.workers(svc)
             served = [w for w in workers if w.get("annotator") in svc.cfg.api.annotators]
             by_annotator = {a: sum(w.get("annotator") == a for w in served) for a in svc.cfg.api.annotators}
             # ready while any served annotator has a worker (a 503 would take the API out of a load balancer and stop
             # the annotators that work too); those without one are named, so a probe or a person reading it sees
             # the degraded state (their jobs queue and wait), as `sigma_workers_alive == 0` alerts on it
             checks["workers"] = {"ok": bool(served), "alive": len(served), "by_annotator": by_annotator,
-                                 "without_worker": sorted(a for a, n in by_annotator.items() if n == 0)}
+                                 "without_worker": sorted(a for a, n in by_annotator.items() if n == 0),
+                                 "remembered": remembered}
             loaded = [w for w in served if w.get("model_loaded") == "1"]
             checks["model"] = {"ok": bool(loaded), "loaded": sorted({w.get("annotator", "") for w in loaded})}
         except (redis.RedisError, OSError):

@@ -16,7 +16,12 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
 - a request head (its line and header fields) over `api.max_header_bytes` is JSON 431 `headers_too_large`, however
   it arrives (`HeadLimitedConnection`). h11 bounds only a head still incomplete when its buffer is checked: a 200 KB
   cookie that arrived in one read was served, a 20 KB one that came in 1 KB segments (a real network's) was a 400
-  `bad_request` that said "malformed", and the client, still sending, met a reset (ECONNRESET / EPIPE), not the answer.
+  `bad_request` that said "malformed", and the client, still sending, met a reset (ECONNRESET / EPIPE), not the answer;
+- a chunk of a chunked body whose size line declares more than `limits.max_request_bytes` leaves the body room for is
+  JSON 413 `request_too_large` at that line, before the chunk is read (`HeadLimitedConnection`): h11 takes sizes of up
+  to 2**80 bytes and hands the chunk on as it arrives, so the API read it until the byte count or a timeout cut it;
+  a chunked body cut into more than `MAX_SMALL_CHUNKS` chunks averaging under `SMALL_CHUNK_BYTES` is JSON 400
+  `bad_request` (each chunk costs the event loop the same whatever its size).
 
 - a connection limit (`api.max_connections`, `connection_limit`): a connection past it is answered 503
   `too_many_connections` and closed at once, before its request is read. Without it every idle, slow or trickling
@@ -67,6 +72,8 @@ BAD_REQUEST = json.dumps({"error": {"code": "bad_request", "message": "the reque
 
 
 HEADERS_TOO_LARGE_REASON = b"Request Header Fields Too Large"
+MAX_SMALL_CHUNKS = 4096         # a chunked body may begin this many chunks of any size...
+SMALL_CHUNK_BYTES = 1024        # ...and more only while they average at least this many bytes
 
 
 def too_many_connections(limit: int) -> bytes:
@@ -137,12 +144,16 @@ class HeadLimitedConnection(h11.Connection):
     RemoteProtocolError with `error_status_hint` 431, and `head_refused` says the last refusal was one (a head
     h11 refuses as incomplete and too long is one too; a chunk-size line too long in a body is a 400)."""
 
-    def __init__(self, max_head_bytes: int):
+    def __init__(self, max_head_bytes: int, max_body_bytes: int | None = None):
         super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
         self.max_head_bytes = max_head_bytes
+        self.max_body_bytes = max_body_bytes
         self.head_refused = False
+        self.body_refused: tuple[int, str] | None = None    # a refused body's status (413, 400) and why, else None
         self._received = 0       # bytes received on the connection
         self._head_start = 0     # where in them the request being read began (after the previous one's end)
+        self._body_seen = 0      # bytes of the current request's body handed on
+        self._chunks = 0         # chunks of it begun
 
     def receive_data(self, data: bytes) -> None:
         self._received += len(data)
@@ -159,14 +170,45 @@ class HeadLimitedConnection(h11.Connection):
             self.head_refused = reading_head and exc.error_status_hint == 431
             raise
         if isinstance(event, h11.Request):
+            self._body_seen = self._chunks = 0
             size = self._received - self._unparsed() - self._head_start
             if size > self.max_head_bytes:
                 self.head_refused = True
                 raise h11.RemoteProtocolError(f"request head of {size} bytes, over {self.max_head_bytes}",
                                               error_status_hint=431)
+        elif isinstance(event, h11.Data):
+            self._body_seen += len(event.data)
+            self._chunks += bool(event.chunk_start)
         elif isinstance(event, h11.EndOfMessage):
             self._head_start = self._received - self._unparsed()
+        self._refuse_declared_chunk()
+        self._refuse_tiny_chunks()
         return event
+
+    def _refuse_tiny_chunks(self) -> None:
+        """400 once a chunked body has begun more than `MAX_SMALL_CHUNKS` chunks averaging under `SMALL_CHUNK_BYTES`:
+        each chunk costs h11 and uvicorn some 10 us of the event loop whatever its size, so 12 MB of one-byte chunks
+        took 21 s of the API process's only thread, every other request (a /healthz) waiting up to 1.2 s at a
+        time, and a 64 MiB body of them would take ten minutes. No client of this API sends a body so cut up."""
+        if self._chunks > MAX_SMALL_CHUNKS and self._body_seen < self._chunks * SMALL_CHUNK_BYTES:
+            self.body_refused = (400, f"a chunked body of more than {MAX_SMALL_CHUNKS} chunks averaging under "
+                                 f"{SMALL_CHUNK_BYTES} bytes ({self._body_seen} bytes in {self._chunks}); send "
+                                 "larger chunks")
+            raise h11.RemoteProtocolError(self.body_refused[1], error_status_hint=400)
+
+    def _refuse_declared_chunk(self) -> None:
+        """413 (a RemoteProtocolError with that hint, `body_refused` saying why) once a chunk's size line declares
+        more than the body may still take: h11 reads sizes of up to 20 hex digits (2**80 bytes) and hands the chunk
+        on as it comes, so such a chunk was read until `limits.max_request_bytes` or a body timeout cut it. h11 keeps
+        the size in its chunked reader's `_bytes_in_chunk` (what is left of the chunk being read); there is no public
+        way to it, and where a release has none this check is skipped and the byte count still cuts the body."""
+        if self.max_body_bytes is None or self.their_state is not h11.SEND_BODY:
+            return
+        left = getattr(getattr(self, "_reader", None), "_bytes_in_chunk", None)
+        if isinstance(left, int) and self._body_seen + left > self.max_body_bytes:
+            self.body_refused = (413, f"request body exceeds limits.max_request_bytes={self.max_body_bytes}: a chunk "
+                                 f"declares {left} more bytes after {self._body_seen}; not read")
+            raise h11.RemoteProtocolError(self.body_refused[1], error_status_hint=413)
 
 
 class _LingeringTransport:
@@ -197,10 +239,11 @@ class GuardedH11Protocol(H11Protocol):
     linger_bytes: int = 8 * 1024 * 1024
     max_head_bytes: int = 16 * 1024
     max_connections: int = 1000
+    max_body_bytes: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.conn: HeadLimitedConnection = HeadLimitedConnection(self.max_head_bytes)
+        self.conn: HeadLimitedConnection = HeadLimitedConnection(self.max_head_bytes, self.max_body_bytes)
         self._refused = False          # a request h11 could not take was answered (send_400_response)
         self._head_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -240,7 +283,7 @@ class GuardedH11Protocol(H11Protocol):
         body is all in, no answer went out, a route is still reading the refused body, lingering is off): then close
         as uvicorn asked."""
         transport = self._socket
-        idle = self.cycle is None or self.cycle.response_complete
+        idle = self.cycle is None or self.cycle.response_complete or self.cycle.disconnected
         answered_early = self.cycle is not None and self.cycle.response_complete \
             and self.conn.their_state is h11.SEND_BODY
         if (self.lingering or transport is None or transport.is_closing() or not idle
@@ -312,6 +355,17 @@ class GuardedH11Protocol(H11Protocol):
         if self.conn.head_refused:
             status, reason, body = 431, HEADERS_TOO_LARGE_REASON, headers_too_large(self.max_head_bytes)
             self.logger.info("request head over %d bytes: 431, closing", self.max_head_bytes)
+        elif self.conn.body_refused:
+            status, said = self.conn.body_refused
+            code, reason = ("request_too_large", b"Content Too Large") if status == 413 else ("bad_request",
+                                                                                             b"Bad Request")
+            body = json.dumps({"error": {"code": code, "message": said}}).encode()
+            self.logger.info("request body refused (%d, closing): %s", status, said)
+            if self.cycle is not None and not self.cycle.response_started:
+                # the route reading this body gets a disconnect (it answers nothing: this is the answer), and the
+                # rest of the body is discarded by the lingering close
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
         else:
             status, reason, body = 400, b"Bad Request", BAD_REQUEST
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -371,10 +425,11 @@ def return_large_buffers_to_os() -> bool:
 
 def guarded_protocol(header_timeout_s: float, drain_timeout_s: float, linger_s: float = 2.0,
                      linger_bytes: int = 8 * 1024 * 1024, max_head_bytes: int = 16 * 1024,
-                     max_connections: int = 1000) -> type[GuardedH11Protocol]:
+                     max_connections: int = 1000, max_body_bytes: int | None = None) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
                 {"header_timeout_s": header_timeout_s, "drain_timeout_s": drain_timeout_s, "linger_s": linger_s,
-                 "linger_bytes": linger_bytes, "max_head_bytes": max_head_bytes, "max_connections": max_connections})
+                 "linger_bytes": linger_bytes, "max_head_bytes": max_head_bytes, "max_connections": max_connections,
+                 "max_body_bytes": max_body_bytes})
 
 
 def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
@@ -383,5 +438,5 @@ def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
     limit = connection_limit(cfg.api.max_connections)
     return {"http": guarded_protocol(cfg.api.header_timeout_s, cfg.api.body_timeout_s, cfg.api.close_linger_s,
                                      cfg.api.close_linger_bytes, cfg.api.max_header_bytes,
-                                     limit),
+                                     limit, cfg.limits.max_request_bytes),
             "timeout_keep_alive": cfg.api.keep_alive_timeout_s, "backlog": accept_backlog(limit)}

@@ -18,6 +18,7 @@ from sigma.api.budget import ByteBudget, charged_request, declared_length
 from sigma.api.errors import ApiError
 from sigma.api.idempotency import Idempotency, request_digest
 from sigma.api.metrics import ApiMetrics, note_damage, number
+from sigma.api.readiness import WorkerMemory
 from sigma.api.requests import AnnotateOptions, Submission, parse_submission
 from sigma.api.withdrawals import Withdrawals
 from sigma.errors import SigmaError
@@ -46,6 +47,7 @@ class Service:
         self.auth = KeyChecker(cfg.auth)
         self.budget = ByteBudget(cfg.limits.max_bytes_in_flight, cfg.limits.retry_after_s)
         self.metrics.bytes_in_flight.set_function(lambda: self.budget.used)
+        self.worker_memory = WorkerMemory(cfg.queue.heartbeat_ttl_ms / 1000)      # /readyz across a FLUSHALL
         self._sync: redis.Redis | None = None
         self._metrics_cut = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 
 import pytest
 from servicekit import make_pair, png_bytes, running_service, wait_until
@@ -107,6 +108,34 @@ def test_a_job_redis_lost_to_flushall_is_404_saying_so_and_the_service_goes_on(p
         wait_until(lambda: s.http.get("/readyz").status_code == 200, 20, "ready again after FLUSHALL")
         again = s.submit(*make_pair(seed=6), path="/v1/annotate")
         assert again.status_code == 200 and again.json()["status"] == "done", again.text
+
+
+def test_readyz_stays_200_across_a_flushall_while_its_workers_live_and_not_after_a_clean_stop(private_redis,
+                                                                                                tmp_path):
+    """FLUSHALL takes the workers' heartbeats with it until their next beat: /readyz was 503 "no worker" meanwhile, on
+    every API process at once (they read the same Redis), so a load balancer took the whole front end out while the
+    workers were alive. Now the workers this process saw are counted until their heartbeats would have expired,
+    named in checks.workers.remembered; a worker that stops (its key deleted) is still no worker at once."""
+    interval_s = 4.0
+    with running_service(private_redis, tmp_path, [f"queue.heartbeat_interval_ms={int(interval_s * 1000)}",
+                                                   "queue.heartbeat_ttl_ms=12000"],
+                         workers=[("pixel-diff", None)]) as s:
+        assert s.http.get("/readyz").status_code == 200
+        private_redis.client().flushall()
+        answers = []
+        t_end = time.monotonic() + interval_s + 1.0        # past the worker's next beat
+        while time.monotonic() < t_end:
+            resp = s.http.get("/readyz")
+            answers.append((resp.status_code, resp.json()["checks"]["workers"]))
+            time.sleep(0.1)
+        assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+        assert answers[0][1]["remembered"] == [s.workers[0].consumer], answers[0]
+        assert answers[-1][1]["remembered"] == [], answers[-1]          # it beat again: read from Redis
+        done = s.submit(*make_pair(seed=7), path="/v1/annotate")
+        assert done.status_code == 200 and done.json()["status"] == "done", done.text
+        s.workers[0].stop()                                             # SIGTERM: it deletes its heartbeat
+        ready = s.http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["workers"]["alive"] == 0, ready.text
 
 
 def test_readyz_is_200_with_one_served_annotator_alive_and_names_those_without_a_worker(svc):

@@ -109,3 +109,58 @@ def test_an_ordinary_client_uploading_a_file_a_little_over_the_limit_gets_the_41
             continue
         assert (status, answer["error"]["code"], connection) == (413, "file_too_large", "close"), answer
     assert not failures, f"{len(failures)} of 20 got no answer: {failures[:3]}"
+
+
+def _multipart(parts: list[tuple[bytes, bytes]], closed: bool = True) -> bytes:
+    body = b"".join(b"--B\r\n" + head + b"\r\n\r\n" + data + b"\r\n" for head, data in parts)
+    return body + (b"--B--\r\n" if closed else b"")
+
+
+def _images() -> list[tuple[bytes, bytes]]:
+    from servicekit import png_bytes
+    o, e = make_pair(seed=5)
+    return [(b'Content-Disposition: form-data; name="original"; filename="o.png"\r\nContent-Type: image/png',
+             png_bytes(o)),
+            (b'Content-Disposition: form-data; name="edited"; filename="e.png"\r\nContent-Type: image/png',
+             png_bytes(e))]
+
+
+def test_a_multipart_body_cut_before_its_closing_boundary_is_malformed_not_missing_a_field(api):
+    """A multipart body that ends before its closing boundary (a proxy or client that cut it, Content-Length
+    matching the cut) lost its last part without a word: 400 missing_field "'edited' file is required", though the
+    client sent it. Now 400 malformed_multipart saying the body was cut; nothing is queued."""
+    headers = {**api.headers(), "content-type": "multipart/form-data; boundary=B"}
+    whole = _multipart(_images())
+    for cut in (_multipart(_images(), closed=False), whole[:-4], whole[: len(whole) // 2]):
+        resp = api.http.post("/v1/jobs", content=cut, headers=headers)
+        assert resp.status_code == 400, resp.text
+        err = resp.json()["error"]
+        assert err["code"] == "malformed_multipart" and "closing boundary" in err["message"], err
+    assert api.http.post("/v1/jobs", content=whole, headers=headers).status_code == 202
+
+
+def test_an_image_sent_as_a_text_field_is_not_a_file_whatever_its_bytes(api):
+    """`curl -F original=<o.png` sends the image as a text field (no filename): 400 not_a_file when its bytes
+    happened to be UTF-8, but 422 invalid_text "'original' is not UTF-8 text" for a real PNG, blaming the encoding
+    of what is no text. Now not_a_file either way."""
+    headers = {**api.headers(), "content-type": "multipart/form-data; boundary=B"}
+    original, edited = _images()
+    for data in (original[1], b"plain ascii"):
+        as_text = (b'Content-Disposition: form-data; name="original"', data)
+        resp = api.http.post("/v1/jobs", content=_multipart([as_text, edited]), headers=headers)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == "not_a_file" and "'original'" in resp.json()["error"]["message"]
+
+
+def test_a_part_python_multipart_refuses_is_told_why(api):
+    """A part with more header lines than python-multipart takes (8), or a header it cannot read: each was 400
+    malformed_multipart "Invalid multipart data." (Starlette's words for every parse error); now the reason."""
+    headers = {**api.headers(), "content-type": "multipart/form-data; boundary=B"}
+    original, edited = _images()
+    many = original[0] + b"".join(b"\r\nX-Extra-%d: 1" % i for i in range(9))
+    bad = original[0] + b"\r\nX Bad: 1"
+    for head, said in ((many, "more than 8 header lines"), (bad, "invalid character")):
+        resp = api.http.post("/v1/jobs", content=_multipart([(head, original[1]), edited]), headers=headers)
+        assert resp.status_code == 400, resp.text
+        err = resp.json()["error"]
+        assert err["code"] == "malformed_multipart" and said in err["message"], err

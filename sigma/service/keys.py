@@ -16,6 +16,8 @@ by choosing different prefixes, and the API, the annotation workers, `sigma batc
     P:idem:<owner>:<key>          idempotency key → job id (+ the request's digest)
     P:metrics:<annotator>         worker histograms (batch size, inference latency)
     P:readyz                      /readyz's write probe (10 s TTL): Redis answers PING when it refuses writes
+    P:epoch                       a random value, no TTL: gone or changed, Redis lost its data (/readyz,
+                                  `sigma.api.readiness`)
     P:batch:tasks                 the fleet's shard tasks {run_dir, shard, run_hash}
     P:batch:tasks:dead            their dead letters
     P:batch:tasks:worker:<c>      a batch worker's heartbeat
@@ -76,6 +78,9 @@ class Keys:
 
     def readiness_probe(self) -> str:
         return f"{self.p}:readyz"
+
+    def epoch(self) -> str:
+        return f"{self.p}:epoch"
 
     # -- the batch fleet ------------------------------------------------------------------------
     def batch_tasks(self) -> str:

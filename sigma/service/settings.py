@@ -184,6 +184,10 @@ class ApiSettings(Strict):
     body_timeout_s: Seconds = Field(60.0, gt=0, description="reading a request body may take this long from the "
                                   "first read; else 408 request_timeout and close (also bounds an unread body "
                                   "still arriving after the answer)")
+    body_idle_timeout_s: Seconds = Field(10.0, gt=0, description="reading a request body may wait this long for "
+                                       "its next bytes; else 408 request_timeout and close, and the bytes it held of "
+                                       "limits.max_bytes_in_flight are given back (a body sent fast that then stalled "
+                                       "held them for all of body_timeout_s). At or above body_timeout_s: no effect")
     close_linger_s: Seconds = Field(2.0, ge=0, description="after an answer that closes the connection before the "
                                   "body was read (413 request_too_large / file_too_large), the rest of the body is "
                                   "read and discarded for up to this long, so that a client that writes its whole "
