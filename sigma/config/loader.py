@@ -701,6 +701,11 @@ def load_config(model: type[M], path: str | Path | None = None,
             # were said as `<root>:` / `io.:` unknown keys, or (`io.align.`) as "not a valid boolean"
             _found(found, key, f"{origin(key)}{key!r}: a key with an empty name in it (a leading, trailing or doubled "
                    "'.'); keys are dotted names, e.g. io.align")
+        elif key.count(".") >= MAX_CONFIG_DEPTH:
+            # a key is as deep as a value may be (`_check_size`): `options.a.a.…` 10000 parts deep was built into the
+            # tree, and the walks after (`non_finite_options`) died in a RecursionError traceback
+            _found(found, key, f"{origin(key)}{shown(key, 80)}: a key of {key.count('.') + 1} dotted parts; a config "
+                   f"is nested at most {MAX_CONFIG_DEPTH} levels deep")
         elif (past := _through_a_setting(model, key)) is not None:
             _found(found, key, f"{origin(key)}{key}: {past[1]}")
         else:
