@@ -3,6 +3,7 @@ misleading line before its fix, and is now one `invalid_config` line (or is read
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 import sigma.cli
 from sigma.config.loader import MAX_CONFIG_DEPTH
@@ -36,3 +37,26 @@ def test_an_environment_key_deeper_than_a_config_nests_names_the_variable():
         load_serve_config(env={name: "1"})
     assert caught.value.message.startswith("SIGMA__WORKER__OPTIONS__A__A"), caught.value.message[:200]
     assert "a key of 5002 dotted parts" in caught.value.message
+
+
+@pytest.mark.parametrize("setting, takes", [
+    ("queue.lease_ms=30s", "queue.lease_ms: Input should be a whole number of milliseconds (e.g. 30000 for 30 s), got "
+                           "'30s': the number alone, without a unit or h:m:s"),
+    ("api.wait_timeout_s=30s", "api.wait_timeout_s: Input should be a number of seconds (e.g. 30, or 0.5 for half a "
+                               "second), got '30s'"),
+    ("queue.job_ttl_s=1h", "queue.job_ttl_s: Input should be a whole number of seconds (e.g. 3600 for an hour), got "
+                           "'1h'"),
+])
+def test_a_time_given_with_a_unit_is_told_the_unit_the_setting_takes_with_an_example(capsys, setting, takes):
+    """`--set queue.lease_ms=30s` said "unable to parse string as an integer": neither that a unit is not read nor
+    which unit the setting is in."""
+    err = refused(capsys, "serve", "api", "--set", "auth.allow_anonymous=true", "--set", setting)
+    assert takes in err and "unable to parse" not in err, err
+
+
+def test_training_minutes_given_as_text_say_minutes():
+    from sigma.training.config import TrainConfig
+
+    with pytest.raises(ValidationError) as caught:
+        TrainConfig.model_validate({"max_minutes": "5 min"})
+    assert "a number of minutes (e.g. 90 for an hour and a half), got '5 min'" in str(caught.value)
