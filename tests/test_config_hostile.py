@@ -60,3 +60,24 @@ def test_training_minutes_given_as_text_say_minutes():
     with pytest.raises(ValidationError) as caught:
         TrainConfig.model_validate({"max_minutes": "5 min"})
     assert "a number of minutes (e.g. 90 for an hour and a half), got '5 min'" in str(caught.value)
+
+
+def test_a_plain_colon_number_is_text_not_yaml_1_1_base_60(tmp_path):
+    """YAML 1.1 reads `1:00` as 60: `queue.lease_ms: 1:00` was a 60 ms lease taken without a word, and a text setting
+    `worker.consumer: 10:30` the number 630 ("Input should be a valid string"). Read as text, as YAML 1.2 does."""
+    config = tmp_path / "serve.yaml"
+    config.write_text("worker:\n  consumer: 10:30\nqueue:\n  lease_ms: 1:00\n")
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(config, env={})
+    assert "queue.lease_ms: Input should be a whole number of milliseconds" in caught.value.message
+    assert "got '1:00'" in caught.value.message and "consumer" not in caught.value.message, caught.value.message
+    config.write_text("worker:\n  consumer: 10:30\n")
+    assert load_serve_config(config, env={}).worker.consumer == "10:30"
+    for given in (["queue.lease_ms=1:00"], ["queue.max_deliveries=1:30"]):
+        with pytest.raises(ConfigError) as caught:
+            load_serve_config(overrides=given, env={})
+        assert "1:" in caught.value.message, caught.value.message
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={"SIGMA__QUEUE__MAX_DELIVERIES": "1:00"})
+    assert caught.value.message.endswith("unable to parse string as an integer ('1:00' is not read as YAML 1.1's "
+                                         "base 60, h:m:s; write the number itself)"), caught.value.message

@@ -49,8 +49,22 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping that names one key twice: PyYAML keeps the last and drops the first without a word."""
 
 
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, refusing a key given twice in one mapping (a merge key `<<` may still be overridden)."""
+    """`yaml.safe_load`, refusing a key given twice in one mapping (a merge key `<<` may still be overridden), and
+    reading a plain `1:00` as the text it is (YAML 1.2), not as YAML 1.1's base 60 (`resolve`)."""
+
+    def resolve(self, kind, value, implicit):
+        """A plain scalar with a ':' is text: YAML 1.1 reads `1:00` and `1:30.5` as base-60 numbers (60, 90.5), so
+        `queue.lease_ms: 1:00` was a lease of 60 ms, taken without a word, and `worker.consumer: 10:30` the number
+        630, "not a valid string". Nobody writes a setting in base 60; YAML 1.2 dropped it. A number field then says
+        what it takes (a duration its unit, `sigma.config.schema.Seconds`); an explicit `!!int 1:00` is still read."""
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag in _NUMBER_TAGS and ":" in value:
+            return "tag:yaml.org,2002:str"
+        return tag
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -812,7 +826,19 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
     if error["type"] == "extra_forbidden":
         return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']))}"
     return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
-            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}")
+            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}")
+
+
+# A plain scalar YAML 1.1 read as a base-60 number (`_StrictLoader.resolve` reads it as text).
+_BASE60 = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+
+
+def _base60_note(error: Any) -> str:
+    """For a number field given `1:00`: why it is text here, where YAML 1.1 (and so this loader, before) read 60."""
+    value = error.get("input")
+    if error["type"] in ("int_parsing", "float_parsing") and isinstance(value, str) and _BASE60.fullmatch(value):
+        return f" ({value!r} is not read as YAML 1.1's base 60, h:m:s; write the number itself)"
+    return ""
 
 
 def _place(loc: tuple) -> str:
