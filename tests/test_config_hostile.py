@@ -2,8 +2,13 @@
 misleading line before its fix, and is now one `invalid_config` line (or is read as the user meant)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
+from servicekit import base_env
 
 import sigma.cli
 from sigma.config.loader import MAX_CONFIG_DEPTH
@@ -81,3 +86,50 @@ def test_a_plain_colon_number_is_text_not_yaml_1_1_base_60(tmp_path):
         load_serve_config(env={"SIGMA__QUEUE__MAX_DELIVERIES": "1:00"})
     assert caught.value.message.endswith("unable to parse string as an integer ('1:00' is not read as YAML 1.1's "
                                          "base 60, h:m:s; write the number itself)"), caught.value.message
+
+
+ALIAS_PLUGIN = """
+from pydantic import Field
+
+from sigma.annotators.pixel_diff import PixelDiff, PixelDiffConfig
+from sigma.registry import ANNOTATORS
+
+
+class CamelConfig(PixelDiffConfig):
+    image_size: int = Field(64, alias="imageSize")
+
+
+class Camel(PixelDiff):
+    name = "camel-config"
+    config_cls = CamelConfig
+
+
+ANNOTATORS.register("camel-config", "test only", config_cls=CamelConfig)(lambda **options: Camel(**options))
+"""
+
+
+def test_an_environment_variable_sets_an_option_whose_name_has_capitals():
+    """Every part of a `SIGMA__...` name was lowered: `SIGMA__WORKER__OPTIONS__imageSize` set `imagesize`, so an option
+    spelt with capitals (a plugin's alias) could not be set from the environment at all."""
+    cfg = load_serve_config(env={"SIGMA__WORKER__OPTIONS__imageSize": "32", "SIGMA__QUEUE__LEASE_MS": "5000",
+                                 "SIGMA__worker__max_batch_size": "3"})
+    assert cfg.worker.options == {"imageSize": 32} and cfg.queue.lease_ms == 5000 and cfg.worker.max_batch_size == 3
+
+
+@pytest.mark.parametrize("variable, said", [
+    ("SIGMA__WORKER__OPTIONS__imageSize", "worker.options.imageSize: Input should be a valid integer"),
+    ("SIGMA__WORKER__OPTIONS__IMAGESIZE", "worker.options.imagesize: Extra inputs are not permitted (did you mean "
+     "'worker.options.imageSize'? A variable's part in capitals is read in lower case: write the key's own capitals, "
+     "SIGMA__WORKER__OPTIONS__imageSize)"),
+])
+def test_a_worker_reads_a_plugins_option_with_capitals_from_the_environment(tmp_path, variable, said):
+    """The real `sigma worker` with a plugin whose option is `imageSize`, Redis unreachable: the option is checked
+    against the plugin's config before any connection."""
+    (tmp_path / "camel_plugin.py").write_text(ALIAS_PLUGIN)
+    env = {**base_env("redis://127.0.0.1:1/0"), variable: "abc"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "sigma", "worker", "--plugin", "camel_plugin", "--annotator",
+                           "camel-config"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"sigma: error [invalid_config]: invalid ServeConfig: {variable}: {said}"), \
+        proc.stderr

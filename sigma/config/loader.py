@@ -540,15 +540,24 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def _meant(model: type[BaseModel], tree: dict, loc: tuple) -> str:
+def _meant(model: type[BaseModel], tree: dict, loc: tuple, variable: str = "") -> str:
     """` (did you mean 'io.limits.max_pixels'?)` for the unknown key at `loc`: the known key beside it nearest to it
-    (`sigma.text.nearest`), named in full; "" for none near."""
+    (`sigma.text.nearest`), named in full; "" for none near. From an environment variable (`variable`) whose last part
+    reads the key in lower case (`SIGMA__WORKER__OPTIONS__IMAGESIZE` for `imageSize`), the variable to write instead
+    (`sigma.service.settings.env_key`)."""
     if not loc or not isinstance(loc[-1], str):
         return ""
     known = [name for m in _models_at(model, tree, loc[:-1]) for name, field in m.model_fields.items()
              for name in (field.alias or name,)]
     close = nearest(loc[-1], dict.fromkeys(known))
-    return f" (did you mean {_place((*loc[:-1], close))!r}?)" if close else ""
+    if not close:
+        return ""
+    head, _, last = variable.rpartition("__")
+    in_capitals = last == last.upper() and last.lower() == loc[-1]
+    if head.startswith("SIGMA_") and in_capitals and close != loc[-1] and close.lower() == loc[-1]:
+        return (f" (did you mean {_place((*loc[:-1], close))!r}? A variable's part in capitals is read in lower case: "
+                f"write the key's own capitals, {head}__{close})")
+    return f" (did you mean {_place((*loc[:-1], close))!r}?)"
 
 
 def utf8_text(raw: bytes, path: Path) -> str:
@@ -738,7 +747,8 @@ def load_config(model: type[M], path: str | Path | None = None,
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
         problems = [(e["loc"][0] if e["loc"] else "",
-                     _sourced(_message(e, given, model, origin, tree), source(_place(e["loc"])))) for e in errors]
+                     _sourced(_message(e, given, model, origin, tree, source(_place(e["loc"]))[:-2]),
+                              source(_place(e["loc"])))) for e in errors]
         raise _one_error(model, [*found, *_unsaid(loose, errors)], problems) from exc
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
@@ -817,14 +827,15 @@ def _prepare(before_validate: Callable[[dict], None], tree: dict, model: type[Ba
 
 
 def _message(error: Any, given: dict[str, Override], model: type[BaseModel], origin: Callable[[str], str],
-             tree: dict | None = None) -> str:
+             tree: dict | None = None, variable: str = "") -> str:
     """One of pydantic's errors as the loader says it: `key: message`, with what YAML made of a `--set` value, or
     (an exponent in a free mapping's model, `ReadsWholeNumbers`) the problem as the loader's own check words it; an
-    unknown key with the known one nearest to it (`_meant`)."""
+    unknown key with the known one nearest to it (`_meant`). `variable`: the environment variable (`sources`) the
+    value came from, if one did."""
     if error["type"] == "whole_number":
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
     if error["type"] == "extra_forbidden":
-        return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']))}"
+        return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
     return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
             f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}")
 

@@ -7,7 +7,8 @@ variables < `--set key=value`. Environment variables:
 - `SIGMA_API_KEYS`                 → extra API keys, `KEY[:scope+scope],...` (hashed at once, never kept)
 - `SIGMA_API_KEY_HASHES`           → extra keys given as SHA-256 hex digests, `HEX[:scope+scope],...`
 - `SIGMA__SECTION__FIELD=value`    → any other field, e.g. `SIGMA__QUEUE__LEASE_MS=5000`
-  (`SIGMA__WORKER__OPTIONS__TAU=0.1` reaches nested dicts; values are YAML scalars).
+  (`SIGMA__WORKER__OPTIONS__TAU=0.1` reaches nested dicts; values are YAML scalars; a part in capitals is read
+  in lower case, one with a lower-case letter as written: `SIGMA__WORKER__OPTIONS__imageSize`, `env_key`).
 
 The API and the workers load the same model so a deployment has one place that says how long a
 lease lasts or how large an upload may be; each process reads only the sections it needs.
@@ -328,13 +329,23 @@ def env_sourced(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]
         taken.add("redis.url", "SIGMA_REDIS_URL")
     for name, value in env.items():
         if name.startswith("SIGMA__") and len(name) > 7:
-            dotted = ".".join(part.lower() for part in name[7:].split("__"))
+            dotted = env_key(name)
             # two variables for one place (SIGMA__WORKER__ANNOTATOR and SIGMA__worker__annotator, SIGMA__WORKER
             # and SIGMA__WORKER__OPTIONS__X, SIGMA_REDIS_URL and SIGMA__REDIS__URL): which won was the environment's
             # order. Named by the variables only: a value may be a credential (a Redis URL's password)
             taken.add(dotted, name)
             overrides[dotted], sources[dotted] = Override.read(value, name), name
     return overrides, sources
+
+
+def env_key(name: str) -> str:
+    """The dotted key a `SIGMA__SECTION__KEY` variable sets: each part written in capitals (or digits) is read in lower
+    case (`SIGMA__QUEUE__LEASE_MS` → `queue.lease_ms`), a part with a lower-case letter as written
+    (`SIGMA__WORKER__OPTIONS__imageSize` → `worker.options.imageSize`). Every part was lowered, so an option whose name
+    has capitals (a plugin's `Field(alias="imageSize")`) could not be set from the environment at all: `imagesize`,
+    an unknown key. A key in capitals only (an option `K`) is set with its mapping whole: `SIGMA__WORKER__OPTIONS='{K:
+    1}'`."""
+    return ".".join(part.lower() if part == part.upper() else part for part in name[7:].split("__"))
 
 
 def _env_keys(env: Mapping[str, str]) -> list[dict]:
