@@ -133,3 +133,21 @@ def test_a_worker_reads_a_plugins_option_with_capitals_from_the_environment(tmp_
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"sigma: error [invalid_config]: invalid ServeConfig: {variable}: {said}"), \
         proc.stderr
+
+
+@pytest.mark.parametrize("how", ["--config", "SIGMA_SERVE_CONFIG"])
+def test_a_serve_config_files_worker_section_error_names_the_file(capsys, tmp_path, monkeypatch, how):
+    """The service reads its file itself and hands the loader its values: the loader's errors about what the file
+    says ("options written for another annotator", an exponent that is no whole number) said "the config file"."""
+    config = tmp_path / "prod-serve.yaml"
+    config.write_text("worker:\n  annotator: pixel-diff\n  options: {threshold: 0.2}\n  max_batch_size: 1.5e0\n"
+                      "auth: {allow_anonymous: true}\n")
+    given = ["--config", str(config)]
+    if how == "SIGMA_SERVE_CONFIG":
+        monkeypatch.setenv("SIGMA_SERVE_CONFIG", str(config))
+        given = []
+    named = f"{config}: " if how == "--config" else f"{config} (SIGMA_SERVE_CONFIG): "
+    err = refused(capsys, "serve", "all", "--port", "0", "--annotator", "sigma-lite", *given)
+    assert f"{named}worker.max_batch_size=1.5e0: not a whole number" in err, err
+    assert f"{named}worker.options.threshold is written for annotator 'pixel-diff'" in err, err
+    assert "the config file" not in err, err

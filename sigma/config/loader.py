@@ -692,14 +692,17 @@ def _unsaid(problems: list[Problem], errors: list[Any]) -> list[Problem]:
 
 def load_config(model: type[M], path: str | Path | None = None,
                 overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None,
-                before_validate: Callable[[dict], None] | None = None, sources: Mapping[str, str] | None = None) -> M:
+                before_validate: Callable[[dict], None] | None = None, sources: Mapping[str, str] | None = None,
+                base_from: str | None = None) -> M:
     """defaults (the model) < `base` < YAML file < overrides; errors name the offending key. `before_validate(tree)`
     sees the merged values just before they are validated: a command imports the plugins they name there, since
     validation checks names those plugins register (a corpus format in the same config file was unknown).
     `sources`: override keys that came from elsewhere than the command line, with where (an environment variable,
     `SIGMA_REDIS_URL`): an error at or under one starts with it, since the key alone (`redis.url`) sent the user
-    looking for a config file that does not set it."""
+    looking for a config file that does not set it. `base_from`: the file `base` was read from, when the caller read
+    it (the service's `--config` or `$SIGMA_SERVE_CONFIG`), named as `path` is: its errors said "the config file"."""
     tree: dict = dict(base or {})
+    named = path if path is not None else base_from
     if path is not None:
         tree = deep_merge(tree, read_yaml(path))
     if isinstance(overrides, list):
@@ -715,7 +718,7 @@ def load_config(model: type[M], path: str | Path | None = None,
             return source(key)
         if any(key == k or key.startswith(k + ".") for k in set_here):
             return "override "
-        return f"{path}: " if path is not None else ""
+        return f"{named}: " if named is not None else ""
 
     found: list[Problem] = []
     placeable = {}
@@ -735,7 +738,7 @@ def load_config(model: type[M], path: str | Path | None = None,
             placeable[key] = value
     written = tree
     tree = apply_overrides(tree, placeable, found, origin)
-    _refuse_options_of_another(model, written, tree, set(placeable), origin, path, found)
+    _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
     whole_numbers(model, tree, origin, problems=found)
     _refuse_nul(tree, found)
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)

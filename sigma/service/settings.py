@@ -386,12 +386,15 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
     from sigma.config.loader import read_overrides
 
     base = _serve_config_file(path, env)
+    # the file named in its errors, as `load_config(model, path)` names it: they said "the config file"
+    base_from = str(path) if path is not None else (
+        f"{env[SERVE_CONFIG_ENV]} ({SERVE_CONFIG_ENV})" if env_text(SERVE_CONFIG_ENV, env) else None)
     given = {**read_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
     # the command line's keys after every variable's, in the order of the layers: `{**env_set, **given}` kept a key
     # both give at the variable's place, so a mapping the command line gives whole, applied after it, replaced it
     # (SIGMA__WORKER__MAX_BATCH_SIZE=3, --set 'worker={...}', --max-batch-size 5: the worker took 8, the default)
     merged = {**{k: v for k, v in env_set.items() if k not in given}, **given}
-    cfg = load_config(model, None, merged, base=base,
+    cfg = load_config(model, None, merged, base=base, base_from=base_from,
                       sources={key: name for key, name in sources.items() if key not in given})
     if env_keys:
         try:
