@@ -151,3 +151,29 @@ def test_a_serve_config_files_worker_section_error_names_the_file(capsys, tmp_pa
     assert f"{named}worker.max_batch_size=1.5e0: not a whole number" in err, err
     assert f"{named}worker.options.threshold is written for annotator 'pixel-diff'" in err, err
     assert "the config file" not in err, err
+
+
+@pytest.mark.parametrize("file, overrides, env, first, second", [
+    ("limits:\n  max_bytes: 1000\n", ["limits.max_image_bytes=2000"], {}, "FILE", "command line"),
+    ("limits:\n  max_bytes: 1000\n", [], {"SIGMA__LIMITS__MAX_IMAGE_BYTES": "5"}, "FILE",
+     "SIGMA__LIMITS__MAX_IMAGE_BYTES"),
+    ("limits:\n  max_bytes: 1000\n  max_image_bytes: 2000\n", [], {}, "FILE", "FILE"),
+    ("", ["limits.max_bytes=1", "limits.max_image_bytes=2"], {}, "command line", "command line"),
+])
+def test_two_spellings_of_one_setting_are_one_line_naming_both_and_where(tmp_path, file, overrides, env, first,
+                                                                         second):
+    """`limits.max_image_bytes` is another name of `limits.max_bytes`; given both (a file's max_bytes under `--set
+    limits.max_image_bytes=...`), pydantic took one and said of the other "Extra inputs are not permitted (did you
+    mean 'limits.max_bytes'?)", which named neither the clash nor where each came from."""
+    config = tmp_path / "serve.yaml"
+    config.write_text(file)
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(config, overrides, env=env)
+    where = {"FILE": str(config)}
+    assert caught.value.message == (
+        f"limits.max_bytes ({where.get(first, first)}) and limits.max_image_bytes ({where.get(second, second)}) are "
+        "two spellings of one setting, limits.max_bytes: give it once, in one spelling (limits.max_bytes in each "
+        "place, so that a later layer overrides an earlier one: file < environment < command line)")
+    config.write_text("limits:\n  max_image_bytes: 1000\n")          # one spelling: read, and overridden as any
+    assert load_serve_config(config, env={}).limits.max_bytes == 1000
+    assert load_serve_config(config, ["limits.max_image_bytes=7"], env={}).limits.max_bytes == 7

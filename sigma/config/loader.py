@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from sigma.config.schema import NamesAnnotator, field_for_key, field_position, item_annotations, type_arms
 from sigma.errors import ConfigError, error_text
@@ -739,6 +739,7 @@ def load_config(model: type[M], path: str | Path | None = None,
     written = tree
     tree = apply_overrides(tree, placeable, found, origin)
     _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
+    _one_spelling(model, tree, origin, found)
     whole_numbers(model, tree, origin, problems=found)
     _refuse_nul(tree, found)
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
@@ -756,6 +757,39 @@ def load_config(model: type[M], path: str | Path | None = None,
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
+
+
+def _one_spelling(model: type[BaseModel], tree: Any, origin: Callable[[str], str], problems: list[Problem],
+                  prefix: str = "") -> None:
+    """A setting given in two of its spellings (a field's `AliasChoices`: `limits.max_bytes`, `max_image_bytes`) is a
+    problem naming both and where each was written: pydantic took one and refused the other as an unknown key,
+    "limits.max_image_bytes: Extra inputs are not permitted (did you mean 'limits.max_bytes'?)", whichever layers gave
+    them (a file's max_bytes under `--set limits.max_image_bytes=...`), so the line said neither what was wrong nor
+    where. The spellings after the first are taken out of the tree (in place), so that the one problem is said once."""
+    if not isinstance(tree, dict):
+        return
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            present = [spelt for spelt in alias.choices if isinstance(spelt, str) and spelt in tree]
+            if len(present) > 1:
+                said = " and ".join(f"{prefix}{spelt} ({_layer(origin(prefix + spelt))})" for spelt in present)
+                _found(problems, f"{prefix}{present[1]}", f"{said} are two spellings of one setting, {prefix}{name}: "
+                       f"give it once, in one spelling ({prefix}{name} in each place, so that a later layer "
+                       "overrides an earlier one: file < environment < command line)")
+                for spelt in present[1:]:
+                    del tree[spelt]
+        key = field.alias or name
+        for arm in type_arms(field.annotation):
+            if _is_model(arm):
+                _one_spelling(arm, tree.get(key), origin, problems, f"{prefix}{key}.")
+
+
+def _layer(said: str) -> str:
+    """Where a value was written, from `load_config`'s `origin`: "override " → the command line, "cfg.yaml: " → the
+    file (an environment variable's name likewise), "" → the config."""
+    said = said.strip().removesuffix(":")
+    return "command line" if said == "override" else said or "config"
 
 
 def _annotator_sections(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
