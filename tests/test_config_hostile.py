@@ -177,3 +177,21 @@ def test_two_spellings_of_one_setting_are_one_line_naming_both_and_where(tmp_pat
     config.write_text("limits:\n  max_image_bytes: 1000\n")          # one spelling: read, and overridden as any
     assert load_serve_config(config, env={}).limits.max_bytes == 1000
     assert load_serve_config(config, ["limits.max_image_bytes=7"], env={}).limits.max_bytes == 7
+
+
+@pytest.mark.parametrize("how", ["--consumer", "SIGMA__WORKER__CONSUMER", "--batch --consumer"])
+def test_a_consumer_name_that_is_not_utf8_is_refused_before_the_worker_starts(tmp_path, how):
+    """`--consumer $'a\\xffb'` (or the variable) was taken: the worker loaded its annotator, reached Redis, and its
+    first heartbeat ended it with `invalid_text` blaming the locale. Now refused with the settings (Redis unreachable
+    here: a worker that got past its settings would wait for it)."""
+    env = base_env("redis://127.0.0.1:1/0")
+    args = ["worker", *(["--batch"] if how.startswith("--batch") else [])]
+    if how.endswith("--consumer"):
+        args += ["--consumer", "a\udcffb"]          # the byte 0xff on the command line (surrogateescape)
+    else:
+        env[how] = "a\udcffb"
+    proc = subprocess.run([sys.executable, "-m", "sigma", *args], capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "worker.consumer: Value error, holds bytes that are not UTF-8 text ('a\\udcffb'); a consumer name is " \
+           "written to Redis as UTF-8" in proc.stderr, proc.stderr

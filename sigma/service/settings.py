@@ -37,7 +37,7 @@ from sigma.config.schema import (
 )
 from sigma.errors import ConfigError
 from sigma.registry import options_model
-from sigma.text import env_text
+from sigma.text import env_text, shown
 
 SCOPES = ("annotate", "metrics", "admin")
 DEFAULT_SCOPES = ["annotate", "metrics"]
@@ -250,6 +250,20 @@ class WorkerSettings(NamesAnnotator):
                               "restart_window_s is not restarted again; the server stops with exit status 1")
     restart_window_s: Seconds = Field(60.0, gt=0, description="deaths older than this are forgiven; a worker that "
                                     "ran this long counts as healthy again")
+
+    @field_validator("consumer")
+    @classmethod
+    def _utf8_consumer(cls, name: str | None) -> str | None:
+        """The name is written to Redis (the group's consumer, the heartbeat key) as UTF-8: one holding bytes that are
+        not UTF-8 (`SIGMA__WORKER__CONSUMER=$'a\\xff'`, `--consumer`; Python reads them as surrogate escapes) was
+        taken, the worker loaded its model, and its first heartbeat ended it with `invalid_text` blaming the locale."""
+        if name is not None:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"holds bytes that are not UTF-8 text ({shown(ascii(name), 80)}); a consumer name is "
+                                 "written to Redis as UTF-8") from None
+        return name
 
 
 class ServeConfig(Strict):
