@@ -195,3 +195,12 @@ def test_a_consumer_name_that_is_not_utf8_is_refused_before_the_worker_starts(tm
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "worker.consumer: Value error, holds bytes that are not UTF-8 text ('a\\udcffb'); a consumer name is " \
            "written to Redis as UTF-8" in proc.stderr, proc.stderr
+
+
+def test_a_setting_holding_bytes_that_are_not_utf8_says_so_and_shows_them():
+    """`SIGMA__QUEUE__GROUP=$'a\\xff'` was "unable to parse raw data as a unicode string" alone."""
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={"SIGMA__QUEUE__GROUP": "a\udcff"})
+    assert caught.value.message.endswith("SIGMA__QUEUE__GROUP: queue.group: Input should be a valid string, unable to "
+                                         "parse raw data as a unicode string (it holds bytes that are not UTF-8 text: "
+                                         "'a\\udcff')"), caught.value.message

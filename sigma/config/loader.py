@@ -874,7 +874,17 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
     if error["type"] == "extra_forbidden":
         return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
     return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
-            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}")
+            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}")
+
+
+def _bytes_note(error: Any) -> str:
+    """For pydantic's "unable to parse raw data as a unicode string": what it means, and the value (escaped). The text
+    holds bytes that are not UTF-8 (an environment variable or argument, which Python reads as surrogate escapes):
+    `SIGMA__QUEUE__GROUP=$'\\xff'` was said that way alone, showing nothing of what was wrong."""
+    value = error.get("input")
+    if error["type"] != "string_unicode" or not isinstance(value, str):
+        return ""
+    return f" (it holds bytes that are not UTF-8 text: {shown(ascii(value), 80)})"
 
 
 # A plain scalar YAML 1.1 read as a base-60 number (`_StrictLoader.resolve` reads it as text).
