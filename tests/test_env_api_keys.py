@@ -36,7 +36,8 @@ def _worker(**env: str) -> tuple[int, list[str]]:
     ({"SIGMA_API_KEYS": "k:bogus+admin"},
      "SIGMA_API_KEYS: entry 1 names unknown scope(s) bogus; known: annotate, metrics, admin"),
     ({"SIGMA_REDIS_URL": "redis://[::1"}, "SIGMA_REDIS_URL: redis.url: Value error, not a Redis URL"),
-    ({"SIGMA__QUEUE__LEASE_MS": "abc"}, "SIGMA__QUEUE__LEASE_MS: queue.lease_ms: Input should be a valid integer"),
+    ({"SIGMA__QUEUE__LEASE_MS": "abc"},
+     "SIGMA__QUEUE__LEASE_MS: queue.lease_ms: Input should be a whole number of milliseconds"),
     ({"SIGMA_SERVE_CONFIG": "/dev/zero"}, "SIGMA_SERVE_CONFIG: /dev/zero: not a regular file"),
     ({"SIGMA_SERVE_CONFIG": "/nonexistent/serve.yaml"}, "SIGMA_SERVE_CONFIG: /nonexistent/serve.yaml: config file"),
 ])

@@ -268,8 +268,10 @@ def load_worker(args: argparse.Namespace, batch: bool, child: bool):
         refuse_unused({"--annotator": args.annotator, "--max-batch-size": args.max_batch_size}, BATCH_PICKS_ITS_OWN)
     if not child:
         refuse_unused_sets(mode, args.overrides, "not with --batch" if batch else "not with `sigma worker`")
-    cfg = load(args) if batch else load(args, runs_worker=True, **{"worker.annotator": args.annotator,
-                                                                    "worker.max_batch_size": args.max_batch_size})
+    # --consumer as the setting it stands for, checked with it (a name Redis cannot take was found at the first beat)
+    cfg = load(args, **{"worker.consumer": args.consumer}) if batch else load(
+        args, runs_worker=True, **{"worker.annotator": args.annotator, "worker.max_batch_size": args.max_batch_size,
+                                   "worker.consumer": args.consumer})
     if not child:
         warn_unused_settings(mode, cfg)
     return cfg

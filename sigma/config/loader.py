@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from sigma.config.schema import NamesAnnotator, field_for_key, field_position, item_annotations, type_arms
 from sigma.errors import ConfigError, error_text
@@ -49,8 +49,22 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping that names one key twice: PyYAML keeps the last and drops the first without a word."""
 
 
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, refusing a key given twice in one mapping (a merge key `<<` may still be overridden)."""
+    """`yaml.safe_load`, refusing a key given twice in one mapping (a merge key `<<` may still be overridden), and
+    reading a plain `1:00` as the text it is (YAML 1.2), not as YAML 1.1's base 60 (`resolve`)."""
+
+    def resolve(self, kind, value, implicit):
+        """A plain scalar with a ':' is text: YAML 1.1 reads `1:00` and `1:30.5` as base-60 numbers (60, 90.5), so
+        `queue.lease_ms: 1:00` was a lease of 60 ms, taken without a word, and `worker.consumer: 10:30` the number
+        630, "not a valid string". Nobody writes a setting in base 60; YAML 1.2 dropped it. A number field then says
+        what it takes (a duration its unit, `sigma.config.schema.Seconds`); an explicit `!!int 1:00` is still read."""
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag in _NUMBER_TAGS and ":" in value:
+            return "tag:yaml.org,2002:str"
+        return tag
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -526,15 +540,24 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def _meant(model: type[BaseModel], tree: dict, loc: tuple) -> str:
+def _meant(model: type[BaseModel], tree: dict, loc: tuple, variable: str = "") -> str:
     """` (did you mean 'io.limits.max_pixels'?)` for the unknown key at `loc`: the known key beside it nearest to it
-    (`sigma.text.nearest`), named in full; "" for none near."""
+    (`sigma.text.nearest`), named in full; "" for none near. From an environment variable (`variable`) whose last part
+    reads the key in lower case (`SIGMA__WORKER__OPTIONS__IMAGESIZE` for `imageSize`), the variable to write instead
+    (`sigma.service.settings.env_key`)."""
     if not loc or not isinstance(loc[-1], str):
         return ""
     known = [name for m in _models_at(model, tree, loc[:-1]) for name, field in m.model_fields.items()
              for name in (field.alias or name,)]
     close = nearest(loc[-1], dict.fromkeys(known))
-    return f" (did you mean {_place((*loc[:-1], close))!r}?)" if close else ""
+    if not close:
+        return ""
+    head, _, last = variable.rpartition("__")
+    in_capitals = last == last.upper() and last.lower() == loc[-1]
+    if head.startswith("SIGMA_") and in_capitals and close != loc[-1] and close.lower() == loc[-1]:
+        return (f" (did you mean {_place((*loc[:-1], close))!r}? A variable's part in capitals is read in lower case: "
+                f"write the key's own capitals, {head}__{close})")
+    return f" (did you mean {_place((*loc[:-1], close))!r}?)"
 
 
 def utf8_text(raw: bytes, path: Path) -> str:
@@ -669,14 +692,17 @@ def _unsaid(problems: list[Problem], errors: list[Any]) -> list[Problem]:
 
 def load_config(model: type[M], path: str | Path | None = None,
                 overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None,
-                before_validate: Callable[[dict], None] | None = None, sources: Mapping[str, str] | None = None) -> M:
+                before_validate: Callable[[dict], None] | None = None, sources: Mapping[str, str] | None = None,
+                base_from: str | None = None) -> M:
     """defaults (the model) < `base` < YAML file < overrides; errors name the offending key. `before_validate(tree)`
     sees the merged values just before they are validated: a command imports the plugins they name there, since
     validation checks names those plugins register (a corpus format in the same config file was unknown).
     `sources`: override keys that came from elsewhere than the command line, with where (an environment variable,
     `SIGMA_REDIS_URL`): an error at or under one starts with it, since the key alone (`redis.url`) sent the user
-    looking for a config file that does not set it."""
+    looking for a config file that does not set it. `base_from`: the file `base` was read from, when the caller read
+    it (the service's `--config` or `$SIGMA_SERVE_CONFIG`), named as `path` is: its errors said "the config file"."""
     tree: dict = dict(base or {})
+    named = path if path is not None else base_from
     if path is not None:
         tree = deep_merge(tree, read_yaml(path))
     if isinstance(overrides, list):
@@ -692,7 +718,7 @@ def load_config(model: type[M], path: str | Path | None = None,
             return source(key)
         if any(key == k or key.startswith(k + ".") for k in set_here):
             return "override "
-        return f"{path}: " if path is not None else ""
+        return f"{named}: " if named is not None else ""
 
     found: list[Problem] = []
     placeable = {}
@@ -701,13 +727,19 @@ def load_config(model: type[M], path: str | Path | None = None,
             # were said as `<root>:` / `io.:` unknown keys, or (`io.align.`) as "not a valid boolean"
             _found(found, key, f"{origin(key)}{key!r}: a key with an empty name in it (a leading, trailing or doubled "
                    "'.'); keys are dotted names, e.g. io.align")
+        elif key.count(".") >= MAX_CONFIG_DEPTH:
+            # a key is as deep as a value may be (`_check_size`): `options.a.a.…` 10000 parts deep was built into the
+            # tree, and the walks after (`non_finite_options`) died in a RecursionError traceback
+            _found(found, key, f"{origin(key)}{shown(key, 80)}: a key of {key.count('.') + 1} dotted parts; a config "
+                   f"is nested at most {MAX_CONFIG_DEPTH} levels deep")
         elif (past := _through_a_setting(model, key)) is not None:
             _found(found, key, f"{origin(key)}{key}: {past[1]}")
         else:
             placeable[key] = value
     written = tree
     tree = apply_overrides(tree, placeable, found, origin)
-    _refuse_options_of_another(model, written, tree, set(placeable), origin, path, found)
+    _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
+    _one_spelling(model, tree, origin, found)
     whole_numbers(model, tree, origin, problems=found)
     _refuse_nul(tree, found)
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
@@ -719,11 +751,45 @@ def load_config(model: type[M], path: str | Path | None = None,
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
         problems = [(e["loc"][0] if e["loc"] else "",
-                     _sourced(_message(e, given, model, origin, tree), source(_place(e["loc"])))) for e in errors]
+                     _sourced(_message(e, given, model, origin, tree, source(_place(e["loc"]))[:-2]),
+                              source(_place(e["loc"])))) for e in errors]
         raise _one_error(model, [*found, *_unsaid(loose, errors)], problems) from exc
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
+
+
+def _one_spelling(model: type[BaseModel], tree: Any, origin: Callable[[str], str], problems: list[Problem],
+                  prefix: str = "") -> None:
+    """A setting given in two of its spellings (a field's `AliasChoices`: `limits.max_bytes`, `max_image_bytes`) is a
+    problem naming both and where each was written: pydantic took one and refused the other as an unknown key,
+    "limits.max_image_bytes: Extra inputs are not permitted (did you mean 'limits.max_bytes'?)", whichever layers gave
+    them (a file's max_bytes under `--set limits.max_image_bytes=...`), so the line said neither what was wrong nor
+    where. The spellings after the first are taken out of the tree (in place), so that the one problem is said once."""
+    if not isinstance(tree, dict):
+        return
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            present = [spelt for spelt in alias.choices if isinstance(spelt, str) and spelt in tree]
+            if len(present) > 1:
+                said = " and ".join(f"{prefix}{spelt} ({_layer(origin(prefix + spelt))})" for spelt in present)
+                _found(problems, f"{prefix}{present[1]}", f"{said} are two spellings of one setting, {prefix}{name}: "
+                       f"give it once, in one spelling ({prefix}{name} in each place, so that a later layer "
+                       "overrides an earlier one: file < environment < command line)")
+                for spelt in present[1:]:
+                    del tree[spelt]
+        key = field.alias or name
+        for arm in type_arms(field.annotation):
+            if _is_model(arm):
+                _one_spelling(arm, tree.get(key), origin, problems, f"{prefix}{key}.")
+
+
+def _layer(said: str) -> str:
+    """Where a value was written, from `load_config`'s `origin`: "override " → the command line, "cfg.yaml: " → the
+    file (an environment variable's name likewise), "" → the config."""
+    said = said.strip().removesuffix(":")
+    return "command line" if said == "override" else said or "config"
 
 
 def _annotator_sections(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
@@ -798,16 +864,39 @@ def _prepare(before_validate: Callable[[dict], None], tree: dict, model: type[Ba
 
 
 def _message(error: Any, given: dict[str, Override], model: type[BaseModel], origin: Callable[[str], str],
-             tree: dict | None = None) -> str:
+             tree: dict | None = None, variable: str = "") -> str:
     """One of pydantic's errors as the loader says it: `key: message`, with what YAML made of a `--set` value, or
     (an exponent in a free mapping's model, `ReadsWholeNumbers`) the problem as the loader's own check words it; an
-    unknown key with the known one nearest to it (`_meant`)."""
+    unknown key with the known one nearest to it (`_meant`). `variable`: the environment variable (`sources`) the
+    value came from, if one did."""
     if error["type"] == "whole_number":
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
     if error["type"] == "extra_forbidden":
-        return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']))}"
+        return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
     return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
-            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}")
+            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}")
+
+
+def _bytes_note(error: Any) -> str:
+    """For pydantic's "unable to parse raw data as a unicode string": what it means, and the value (escaped). The text
+    holds bytes that are not UTF-8 (an environment variable or argument, which Python reads as surrogate escapes):
+    `SIGMA__QUEUE__GROUP=$'\\xff'` was said that way alone, showing nothing of what was wrong."""
+    value = error.get("input")
+    if error["type"] != "string_unicode" or not isinstance(value, str):
+        return ""
+    return f" (it holds bytes that are not UTF-8 text: {shown(ascii(value), 80)})"
+
+
+# A plain scalar YAML 1.1 read as a base-60 number (`_StrictLoader.resolve` reads it as text).
+_BASE60 = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+
+
+def _base60_note(error: Any) -> str:
+    """For a number field given `1:00`: why it is text here, where YAML 1.1 (and so this loader, before) read 60."""
+    value = error.get("input")
+    if error["type"] in ("int_parsing", "float_parsing") and isinstance(value, str) and _BASE60.fullmatch(value):
+        return f" ({value!r} is not read as YAML 1.1's base 60, h:m:s; write the number itself)"
+    return ""
 
 
 def _place(loc: tuple) -> str:

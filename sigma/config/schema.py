@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sigma.text import MAX_DURATION_S, MAX_JSON_DEPTH
+from sigma.text import MAX_DURATION_S, MAX_JSON_DEPTH, shown
 
 # Pairs decoded and held in memory at once by one batch: a bound, so a typo (--batch-size 1000000) is a
 # config error instead of a whole shard decoded into memory.
@@ -118,18 +118,22 @@ LimitOrInfinity = Annotated[float, Field(ge=0.0, allow_inf_nan=True), _no_nan("a
 # (`$SIGMA_FOLDER_LOCK_WAIT_S`, `$SIGMA_MODEL_LOCK_WAIT_S`: `sigma.text.positive_int_env`) read against it too.
 
 
-def _at_most(bound: int, unit: str) -> BeforeValidator:
+def _at_most(bound: int, unit: str, takes: str) -> BeforeValidator:
     """A time past MAX_DURATION_S (`bound` in `unit`) is told the bound in words (`duration_too_long`), the field named
     by its place; NaN and infinity are left to `finite_number`, which says more. Before pydantic's own `le`, whose
     "less than or equal to 2592000" says neither the unit nor why; an integer of thousands of digits is said by its
-    size (str() of it raises past 4300 digits)."""
+    size (str() of it raises past 4300 digits). Text that is no number (`30s`, `1:00`, `5 min`) is told what the
+    field takes, `takes` (`duration_text`): its unit and an example. Pydantic's "unable to parse string as an
+    integer" said neither, so `queue.lease_ms=30s` left the user guessing whether a unit was wanted, and which."""
     def check(value: Any) -> Any:
         number: Any = value
         if isinstance(value, str):
             try:
                 number = float(value)
             except ValueError:
-                return value
+                raise PydanticCustomError("duration_text", f"Input should be {takes}, got {{value}}: the number "
+                                          "alone, without a unit or h:m:s", {"value": shown(repr(value), 80)}) \
+                    from None
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             return value
         if isinstance(number, float) and not math.isfinite(number):
@@ -144,13 +148,17 @@ def _at_most(bound: int, unit: str) -> BeforeValidator:
 
 
 #: a length of time in seconds, at most 30 days (MAX_DURATION_S); each field says its own lower bound
-Seconds = Annotated[float, Field(le=MAX_DURATION_S), _at_most(MAX_DURATION_S, "s")]
+Seconds = Annotated[float, Field(le=MAX_DURATION_S),
+                    _at_most(MAX_DURATION_S, "s", "a number of seconds (e.g. 30, or 0.5 for half a second)")]
 #: ... a whole number of seconds (a Redis TTL: EX, Retry-After)
-WholeSeconds = Annotated[int, Field(le=MAX_DURATION_S), _at_most(MAX_DURATION_S, "s")]
+WholeSeconds = Annotated[int, Field(le=MAX_DURATION_S),
+                         _at_most(MAX_DURATION_S, "s", "a whole number of seconds (e.g. 3600 for an hour)")]
 #: ... a whole number of milliseconds (Redis PX, BLOCK, XAUTOCLAIM's idle time)
-Millis = Annotated[int, Field(le=MAX_DURATION_S * 1000), _at_most(MAX_DURATION_S * 1000, "ms")]
+Millis = Annotated[int, Field(le=MAX_DURATION_S * 1000),
+                   _at_most(MAX_DURATION_S * 1000, "ms", "a whole number of milliseconds (e.g. 30000 for 30 s)")]
 #: ... minutes (a training budget)
-Minutes = Annotated[float, Field(le=MAX_DURATION_S // 60), _at_most(MAX_DURATION_S // 60, "minutes")]
+Minutes = Annotated[float, Field(le=MAX_DURATION_S // 60),
+                    _at_most(MAX_DURATION_S // 60, "minutes", "a number of minutes (e.g. 90 for an hour and a half)")]
 
 
 def _each_once(modules: list[str]) -> list[str]:

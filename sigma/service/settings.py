@@ -7,7 +7,8 @@ variables < `--set key=value`. Environment variables:
 - `SIGMA_API_KEYS`                 → extra API keys, `KEY[:scope+scope],...` (hashed at once, never kept)
 - `SIGMA_API_KEY_HASHES`           → extra keys given as SHA-256 hex digests, `HEX[:scope+scope],...`
 - `SIGMA__SECTION__FIELD=value`    → any other field, e.g. `SIGMA__QUEUE__LEASE_MS=5000`
-  (`SIGMA__WORKER__OPTIONS__TAU=0.1` reaches nested dicts; values are YAML scalars).
+  (`SIGMA__WORKER__OPTIONS__TAU=0.1` reaches nested dicts; values are YAML scalars; a part in capitals is read
+  in lower case, one with a lower-case letter as written: `SIGMA__WORKER__OPTIONS__imageSize`, `env_key`).
 
 The API and the workers load the same model so a deployment has one place that says how long a
 lease lasts or how large an upload may be; each process reads only the sections it needs.
@@ -36,7 +37,7 @@ from sigma.config.schema import (
 )
 from sigma.errors import ConfigError
 from sigma.registry import options_model
-from sigma.text import env_text
+from sigma.text import env_text, shown
 
 SCOPES = ("annotate", "metrics", "admin")
 DEFAULT_SCOPES = ["annotate", "metrics"]
@@ -254,6 +255,20 @@ class WorkerSettings(NamesAnnotator):
     restart_window_s: Seconds = Field(60.0, gt=0, description="deaths older than this are forgiven; a worker that "
                                     "ran this long counts as healthy again")
 
+    @field_validator("consumer")
+    @classmethod
+    def _utf8_consumer(cls, name: str | None) -> str | None:
+        """The name is written to Redis (the group's consumer, the heartbeat key) as UTF-8: one holding bytes that are
+        not UTF-8 (`SIGMA__WORKER__CONSUMER=$'a\\xff'`, `--consumer`; Python reads them as surrogate escapes) was
+        taken, the worker loaded its model, and its first heartbeat ended it with `invalid_text` blaming the locale."""
+        if name is not None:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"holds bytes that are not UTF-8 text ({shown(ascii(name), 80)}); a consumer name is "
+                                 "written to Redis as UTF-8") from None
+        return name
+
 
 class ServeConfig(Strict):
     redis: RedisSettings = RedisSettings()
@@ -332,13 +347,23 @@ def env_sourced(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]
         taken.add("redis.url", "SIGMA_REDIS_URL")
     for name, value in env.items():
         if name.startswith("SIGMA__") and len(name) > 7:
-            dotted = ".".join(part.lower() for part in name[7:].split("__"))
+            dotted = env_key(name)
             # two variables for one place (SIGMA__WORKER__ANNOTATOR and SIGMA__worker__annotator, SIGMA__WORKER
             # and SIGMA__WORKER__OPTIONS__X, SIGMA_REDIS_URL and SIGMA__REDIS__URL): which won was the environment's
             # order. Named by the variables only: a value may be a credential (a Redis URL's password)
             taken.add(dotted, name)
             overrides[dotted], sources[dotted] = Override.read(value, name), name
     return overrides, sources
+
+
+def env_key(name: str) -> str:
+    """The dotted key a `SIGMA__SECTION__KEY` variable sets: each part written in capitals (or digits) is read in lower
+    case (`SIGMA__QUEUE__LEASE_MS` → `queue.lease_ms`), a part with a lower-case letter as written
+    (`SIGMA__WORKER__OPTIONS__imageSize` → `worker.options.imageSize`). Every part was lowered, so an option whose name
+    has capitals (a plugin's `Field(alias="imageSize")`) could not be set from the environment at all: `imagesize`,
+    an unknown key. A key in capitals only (an option `K`) is set with its mapping whole: `SIGMA__WORKER__OPTIONS='{K:
+    1}'`."""
+    return ".".join(part.lower() if part == part.upper() else part for part in name[7:].split("__"))
 
 
 def _env_keys(env: Mapping[str, str]) -> list[dict]:
@@ -379,12 +404,15 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
     from sigma.config.loader import read_overrides
 
     base = _serve_config_file(path, env)
+    # the file named in its errors, as `load_config(model, path)` names it: they said "the config file"
+    base_from = str(path) if path is not None else (
+        f"{env[SERVE_CONFIG_ENV]} ({SERVE_CONFIG_ENV})" if env_text(SERVE_CONFIG_ENV, env) else None)
     given = {**read_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
     # the command line's keys after every variable's, in the order of the layers: `{**env_set, **given}` kept a key
     # both give at the variable's place, so a mapping the command line gives whole, applied after it, replaced it
     # (SIGMA__WORKER__MAX_BATCH_SIZE=3, --set 'worker={...}', --max-batch-size 5: the worker took 8, the default)
     merged = {**{k: v for k, v in env_set.items() if k not in given}, **given}
-    cfg = load_config(model, None, merged, base=base,
+    cfg = load_config(model, None, merged, base=base, base_from=base_from,
                       sources={key: name for key, name in sources.items() if key not in given})
     if env_keys:
         try:

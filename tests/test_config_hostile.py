@@ -1,0 +1,206 @@
+"""Hostile config input, through the real CLI and the real loader on real files: each case was a traceback or a
+misleading line before its fix, and is now one `invalid_config` line (or is read as the user meant)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+from servicekit import base_env
+
+import sigma.cli
+from sigma.config.loader import MAX_CONFIG_DEPTH
+from sigma.errors import ConfigError
+from sigma.service.settings import load_serve_config
+
+
+def refused(capsys, *args: str) -> str:
+    """Run `sigma ARGS`; it must fail with one `invalid_config` line, which is returned."""
+    code = sigma.cli.main(list(args))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("sigma: error [invalid_config]"), (code, err)
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("parts", [MAX_CONFIG_DEPTH + 1, 10_000])
+def test_a_set_key_deeper_than_a_config_nests_is_one_line_not_a_recursion_error(capsys, tmp_path, parts):
+    """`--set options.a.a.….a=1`, 10,000 parts: the key was built into the tree, and the walk for NaN options died in
+    a RecursionError traceback (exit 1). Now refused by its depth, as a value that deep is."""
+    key = "options." + ".".join(["a"] * (parts - 1))
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--set", f"{key}=1")
+    assert f"a key of {parts} dotted parts; a config is nested at most {MAX_CONFIG_DEPTH} levels deep" in err, err
+    assert len(err) < 400 and not (tmp_path / "out").exists()
+
+
+def test_an_environment_key_deeper_than_a_config_nests_names_the_variable():
+    name = "SIGMA__WORKER__OPTIONS__" + "__".join(["A"] * 5000)
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={name: "1"})
+    assert caught.value.message.startswith("SIGMA__WORKER__OPTIONS__A__A"), caught.value.message[:200]
+    assert "a key of 5002 dotted parts" in caught.value.message
+
+
+@pytest.mark.parametrize("setting, takes", [
+    ("queue.lease_ms=30s", "queue.lease_ms: Input should be a whole number of milliseconds (e.g. 30000 for 30 s), got "
+                           "'30s': the number alone, without a unit or h:m:s"),
+    ("api.wait_timeout_s=30s", "api.wait_timeout_s: Input should be a number of seconds (e.g. 30, or 0.5 for half a "
+                               "second), got '30s'"),
+    ("queue.job_ttl_s=1h", "queue.job_ttl_s: Input should be a whole number of seconds (e.g. 3600 for an hour), got "
+                           "'1h'"),
+])
+def test_a_time_given_with_a_unit_is_told_the_unit_the_setting_takes_with_an_example(capsys, setting, takes):
+    """`--set queue.lease_ms=30s` said "unable to parse string as an integer": neither that a unit is not read nor
+    which unit the setting is in."""
+    err = refused(capsys, "serve", "api", "--set", "auth.allow_anonymous=true", "--set", setting)
+    assert takes in err and "unable to parse" not in err, err
+
+
+def test_training_minutes_given_as_text_say_minutes():
+    from sigma.training.config import TrainConfig
+
+    with pytest.raises(ValidationError) as caught:
+        TrainConfig.model_validate({"max_minutes": "5 min"})
+    assert "a number of minutes (e.g. 90 for an hour and a half), got '5 min'" in str(caught.value)
+
+
+def test_a_plain_colon_number_is_text_not_yaml_1_1_base_60(tmp_path):
+    """YAML 1.1 reads `1:00` as 60: `queue.lease_ms: 1:00` was a 60 ms lease taken without a word, and a text setting
+    `worker.consumer: 10:30` the number 630 ("Input should be a valid string"). Read as text, as YAML 1.2 does."""
+    config = tmp_path / "serve.yaml"
+    config.write_text("worker:\n  consumer: 10:30\nqueue:\n  lease_ms: 1:00\n")
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(config, env={})
+    assert "queue.lease_ms: Input should be a whole number of milliseconds" in caught.value.message
+    assert "got '1:00'" in caught.value.message and "consumer" not in caught.value.message, caught.value.message
+    config.write_text("worker:\n  consumer: 10:30\n")
+    assert load_serve_config(config, env={}).worker.consumer == "10:30"
+    for given in (["queue.lease_ms=1:00"], ["queue.max_deliveries=1:30"]):
+        with pytest.raises(ConfigError) as caught:
+            load_serve_config(overrides=given, env={})
+        assert "1:" in caught.value.message, caught.value.message
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={"SIGMA__QUEUE__MAX_DELIVERIES": "1:00"})
+    assert caught.value.message.endswith("unable to parse string as an integer ('1:00' is not read as YAML 1.1's "
+                                         "base 60, h:m:s; write the number itself)"), caught.value.message
+
+
+ALIAS_PLUGIN = """
+from pydantic import Field
+
+from sigma.annotators.pixel_diff import PixelDiff, PixelDiffConfig
+from sigma.registry import ANNOTATORS
+
+
+class CamelConfig(PixelDiffConfig):
+    image_size: int = Field(64, alias="imageSize")
+
+
+class Camel(PixelDiff):
+    name = "camel-config"
+    config_cls = CamelConfig
+
+
+ANNOTATORS.register("camel-config", "test only", config_cls=CamelConfig)(lambda **options: Camel(**options))
+"""
+
+
+def test_an_environment_variable_sets_an_option_whose_name_has_capitals():
+    """Every part of a `SIGMA__...` name was lowered: `SIGMA__WORKER__OPTIONS__imageSize` set `imagesize`, so an option
+    spelt with capitals (a plugin's alias) could not be set from the environment at all."""
+    cfg = load_serve_config(env={"SIGMA__WORKER__OPTIONS__imageSize": "32", "SIGMA__QUEUE__LEASE_MS": "5000",
+                                 "SIGMA__worker__max_batch_size": "3"})
+    assert cfg.worker.options == {"imageSize": 32} and cfg.queue.lease_ms == 5000 and cfg.worker.max_batch_size == 3
+
+
+@pytest.mark.parametrize("variable, said", [
+    ("SIGMA__WORKER__OPTIONS__imageSize", "worker.options.imageSize: Input should be a valid integer"),
+    ("SIGMA__WORKER__OPTIONS__IMAGESIZE", "worker.options.imagesize: Extra inputs are not permitted (did you mean "
+     "'worker.options.imageSize'? A variable's part in capitals is read in lower case: write the key's own capitals, "
+     "SIGMA__WORKER__OPTIONS__imageSize)"),
+])
+def test_a_worker_reads_a_plugins_option_with_capitals_from_the_environment(tmp_path, variable, said):
+    """The real `sigma worker` with a plugin whose option is `imageSize`, Redis unreachable: the option is checked
+    against the plugin's config before any connection."""
+    (tmp_path / "camel_plugin.py").write_text(ALIAS_PLUGIN)
+    env = {**base_env("redis://127.0.0.1:1/0"), variable: "abc"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "sigma", "worker", "--plugin", "camel_plugin", "--annotator",
+                           "camel-config"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"sigma: error [invalid_config]: invalid ServeConfig: {variable}: {said}"), \
+        proc.stderr
+
+
+@pytest.mark.parametrize("how", ["--config", "SIGMA_SERVE_CONFIG"])
+def test_a_serve_config_files_worker_section_error_names_the_file(capsys, tmp_path, monkeypatch, how):
+    """The service reads its file itself and hands the loader its values: the loader's errors about what the file
+    says ("options written for another annotator", an exponent that is no whole number) said "the config file"."""
+    config = tmp_path / "prod-serve.yaml"
+    config.write_text("worker:\n  annotator: pixel-diff\n  options: {threshold: 0.2}\n  max_batch_size: 1.5e0\n"
+                      "auth: {allow_anonymous: true}\n")
+    given = ["--config", str(config)]
+    if how == "SIGMA_SERVE_CONFIG":
+        monkeypatch.setenv("SIGMA_SERVE_CONFIG", str(config))
+        given = []
+    named = f"{config}: " if how == "--config" else f"{config} (SIGMA_SERVE_CONFIG): "
+    err = refused(capsys, "serve", "all", "--port", "0", "--annotator", "sigma-lite", *given)
+    assert f"{named}worker.max_batch_size=1.5e0: not a whole number" in err, err
+    assert f"{named}worker.options.threshold is written for annotator 'pixel-diff'" in err, err
+    assert "the config file" not in err, err
+
+
+@pytest.mark.parametrize("file, overrides, env, first, second", [
+    ("limits:\n  max_bytes: 1000\n", ["limits.max_image_bytes=2000"], {}, "FILE", "command line"),
+    ("limits:\n  max_bytes: 1000\n", [], {"SIGMA__LIMITS__MAX_IMAGE_BYTES": "5"}, "FILE",
+     "SIGMA__LIMITS__MAX_IMAGE_BYTES"),
+    ("limits:\n  max_bytes: 1000\n  max_image_bytes: 2000\n", [], {}, "FILE", "FILE"),
+    ("", ["limits.max_bytes=1", "limits.max_image_bytes=2"], {}, "command line", "command line"),
+])
+def test_two_spellings_of_one_setting_are_one_line_naming_both_and_where(tmp_path, file, overrides, env, first,
+                                                                         second):
+    """`limits.max_image_bytes` is another name of `limits.max_bytes`; given both (a file's max_bytes under `--set
+    limits.max_image_bytes=...`), pydantic took one and said of the other "Extra inputs are not permitted (did you
+    mean 'limits.max_bytes'?)", which named neither the clash nor where each came from."""
+    config = tmp_path / "serve.yaml"
+    config.write_text(file)
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(config, overrides, env=env)
+    where = {"FILE": str(config)}
+    assert caught.value.message == (
+        f"limits.max_bytes ({where.get(first, first)}) and limits.max_image_bytes ({where.get(second, second)}) are "
+        "two spellings of one setting, limits.max_bytes: give it once, in one spelling (limits.max_bytes in each "
+        "place, so that a later layer overrides an earlier one: file < environment < command line)")
+    config.write_text("limits:\n  max_image_bytes: 1000\n")          # one spelling: read, and overridden as any
+    assert load_serve_config(config, env={}).limits.max_bytes == 1000
+    assert load_serve_config(config, ["limits.max_image_bytes=7"], env={}).limits.max_bytes == 7
+
+
+@pytest.mark.parametrize("how", ["--consumer", "SIGMA__WORKER__CONSUMER", "--batch --consumer"])
+def test_a_consumer_name_that_is_not_utf8_is_refused_before_the_worker_starts(tmp_path, how):
+    """`--consumer $'a\\xffb'` (or the variable) was taken: the worker loaded its annotator, reached Redis, and its
+    first heartbeat ended it with `invalid_text` blaming the locale. Now refused with the settings (Redis unreachable
+    here: a worker that got past its settings would wait for it)."""
+    env = base_env("redis://127.0.0.1:1/0")
+    args = ["worker", *(["--batch"] if how.startswith("--batch") else [])]
+    if how.endswith("--consumer"):
+        args += ["--consumer", "a\udcffb"]          # the byte 0xff on the command line (surrogateescape)
+    else:
+        env[how] = "a\udcffb"
+    proc = subprocess.run([sys.executable, "-m", "sigma", *args], capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "worker.consumer: Value error, holds bytes that are not UTF-8 text ('a\\udcffb'); a consumer name is " \
+           "written to Redis as UTF-8" in proc.stderr, proc.stderr
+
+
+def test_a_setting_holding_bytes_that_are_not_utf8_says_so_and_shows_them():
+    """`SIGMA__QUEUE__GROUP=$'a\\xff'` was "unable to parse raw data as a unicode string" alone."""
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={"SIGMA__QUEUE__GROUP": "a\udcff"})
+    assert caught.value.message.endswith("SIGMA__QUEUE__GROUP: queue.group: Input should be a valid string, unable to "
+                                         "parse raw data as a unicode string (it holds bytes that are not UTF-8 text: "
+                                         "'a\\udcff')"), caught.value.message
