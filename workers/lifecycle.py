@@ -110,6 +110,11 @@ class StopSignals:
             os._exit(0)
 
     def _watch(self, fd: int) -> None:
+        """The signals thread's loop. A failure acting on one signal (a `stop` event or a say that raises, a
+        MemoryError under a low RLIMIT_AS) is said once, and the thread goes on: it ended the thread, and from then
+        on every SIGTERM was ignored (the Python-level handler only ends a process already exiting), so the worker
+        could be stopped by SIGKILL alone. The signal was counted first, so a second one still exits at once."""
+        failed: set[str] = set()
         while True:
             try:
                 data = os.read(fd, 64)
@@ -119,7 +124,14 @@ class StopSignals:
                 return
             for signum in data:
                 if signum in (signal.SIGTERM, signal.SIGINT):
-                    self._on_signal(signum)
+                    try:
+                        self._on_signal(signum)
+                    except BaseException as exc:  # noqa: BLE001 - this thread must outlive any one signal
+                        kind = type(exc).__name__
+                        if kind not in failed:
+                            failed.add(kind)
+                            quietly(log.error, "acting on signal %d failed (%s: %s); signals are still handled "
+                                    "(send it again to exit at once)", signum, kind, exc)
 
     def at_hard_exit(self, cleanup: Callable[[], None]) -> None:
         """`cleanup()` runs before a hard exit, in the signal handler: it must be quick, bounded (a timeout on
