@@ -185,6 +185,41 @@ def test_a_child_killed_holding_no_shard_is_recorded_and_the_run_finishes(tmp_pa
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_children_stopped_while_starting_end_the_run_after_stall_s_instead_of_hanging(tmp_path):
+    """Every child SIGSTOPped before it said "ready" (a start-up hung in native code, a stopped process): the stall
+    bound held only for a child with a shard, so the run waited for ever. Now a child silent for `stall_s` since its
+    start is killed as hung too, and with no child started the run fails `worker_failed` saying so."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=40))
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["s"] = run_batch(cfg_for(tmp_path / "set", procs=2, stall_s=3), tmp_path / "run",
+                                 progress=False)
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            box["e"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    stopped: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(stopped) < 2 and time.monotonic() < deadline and thread.is_alive():
+        for pid in set(children_of(os.getpid(), spawned=True)) - stopped:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        time.sleep(0.001)
+    try:
+        thread.join(60)                          # without the change: waits for ever
+        assert not thread.is_alive(), "the run waited for children stopped while starting"
+    finally:
+        for pid in stopped:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    error = box.get("e")
+    assert getattr(error, "code", None) == "worker_failed", box
+    assert "after no progress for 3 s (taken as hung) before it was ready" in error.message, error.message
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_children_die_with_a_killed_driver_and_the_run_resumes(corpus, slow_reference):
     out = corpus / "killed-driver"
     env = {**os.environ,

@@ -174,7 +174,7 @@ class _Child:
     shard: Shard | None = None
     ticked: tuple[int, int] = (0, 0)
     alive: bool = True
-    heard: float = 0.0                 # monotonic time of its last message (or of the shard it was handed)
+    heard: float = 0.0                 # monotonic time of its last message (or of its start, or of its shard)
 
 
 class ProcPool:
@@ -201,7 +201,7 @@ class ProcPool:
         process = self.ctx.Process(target=_child_main, name=f"sigma-{self.spawned}", daemon=True,
                                    args=(theirs, self.config, self.run_dir, self.run_hash, self.threads,
                                          os.getpid(), name))
-        child = _Child(name, process, ours)
+        child = _Child(name, process, ours, heard=time.monotonic())
         self.children.append(child)
         try:
             with stop_signals_deferred():   # a Ctrl-C mid-start left the child with no work ("Ran out of input")
@@ -277,8 +277,10 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
                         _drain(child, ledger, pool)
                     if child.alive and child.process.sentinel in ready and not child.process.is_alive():
                         _died(child, ledger, pool, pool.bury(child))
-                    elif child.alive and child.shard is not None and time.monotonic() - child.heard > cfg.stall_s:
-                        # alive but silent (a deadlock in native code, SIGSTOP): the run must not wait for ever
+                    elif child.alive and (child.shard is not None or not child.ready) \
+                            and time.monotonic() - child.heard > cfg.stall_s:
+                        # alive but silent (a deadlock in native code, SIGSTOP): the run must not wait for ever. Also
+                        # while starting: children stopped or hung before "ready" kept a run waiting for ever
                         child.process.kill()
                         _died(child, ledger, pool, f"{pool.bury(child)} after no progress for {cfg.stall_s:.15g} s "
                                                    "(taken as hung)")
