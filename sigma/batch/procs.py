@@ -359,7 +359,11 @@ def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
 
 
 def _say(line: str) -> None:
-    """A line on stderr above the progress bar (tqdm's write keeps the bar whole)."""
+    """A line on stderr above the progress bar (tqdm's write keeps the bar whole); a stderr nobody reads any more (a
+    closed pipe) must not end the run: the summary keeps the record."""
     from tqdm import tqdm
 
-    tqdm.write(line, file=sys.stderr)
+    try:
+        tqdm.write(line, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
