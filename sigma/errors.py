@@ -99,6 +99,16 @@ def opencv_memory_refused(exc: BaseException) -> bool:
     return type(exc).__module__ == "cv2" and getattr(exc, "code", None) == OPENCV_NO_MEMORY
 
 
+def memory_refusal(exc: BaseException) -> str:
+    """How the system refused memory to `exc`'s work, in one line, or "" when it did not: a MemoryError or an ENOMEM
+    OSError (`memory_refused`), or an error of a native reader whose text, or its cause's, says so (`loading_refused`:
+    safetensors' mmap of a weights file under a low `ulimit -v` is a SafetensorError "unable to mmap ... Cannot
+    allocate memory (12)"). For wrappers that otherwise blame their input for it (a weights file "damaged")."""
+    if memory_refused(exc):
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return loading_refused(exc)
+
+
 def threads_refused(exc: BaseException) -> bool:
     """The system would start no more threads: `threading`'s RuntimeError "can't start new thread" (pthread_create's
     EAGAIN: the limit on processes, `ulimit -u` / a container's pids limit, or no memory for the thread's stack under

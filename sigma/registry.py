@@ -19,6 +19,7 @@ from sigma.errors import (
     loading_refused,
     memory_refused,
     no_memory,
+    threads_refused,
 )
 from sigma.text import nearest, shown
 
@@ -105,6 +106,24 @@ def _import_failed(module: str, where: str, exc: BaseException) -> SigmaError:
     return ConfigError(f"{where}: importing {module!r} failed: {type(exc).__name__}: {exc}")
 
 
+def _build_failed(name: str, exc: Exception) -> SigmaError:
+    """Why building annotator `name` failed. The machine refusing memory (a MemoryError loading the weights under a
+    low `ulimit -v`, a library it could not map) is `out_of_memory`, and refusing a thread `out_of_threads`: no fault
+    of the annotator, and a shortage that passes. Both were `annotator_failed`, the annotator's own fault, so a
+    `sigma worker` started while memory was short exited 2 instead of loading again once it was back
+    (`sigma.workers.lifecycle.load_waiting_out_transient_faults`). Anything else stays `annotator_failed`."""
+    refused = loading_refused(exc) if isinstance(exc, ImportError) else exc if memory_refused(exc) else ""
+    if refused:
+        return OutOfMemoryError(f"annotator {name!r} could not be built: {no_memory(refused, 'to load it')}; not "
+                                "the annotator's fault: raise the limit (`ulimit -v`, the container's memory) or free "
+                                "memory and retry")
+    if threads_refused(exc):
+        return SigmaError(f"annotator {name!r} could not be built: the system started no more threads ({exc}); not "
+                          "the annotator's fault: raise the limit (`ulimit -u`, the pids limit) and retry",
+                          code="out_of_threads")
+    return SigmaError(f"annotator {name!r} could not be built: {type(exc).__name__}: {exc}", code="annotator_failed")
+
+
 def did_you_mean(kind: str, name: str, known: list[str]) -> str:
     close = nearest(name, known)
     hint = f" Did you mean {close!r}?" if close else ""
@@ -166,8 +185,7 @@ def create_annotator(name: str | None = None, **overrides: Any):
     except SigmaError:
         raise
     except Exception as exc:   # a plugin's constructor failing is said, not a traceback
-        raise SigmaError(f"annotator {entry.name!r} could not be built: {type(exc).__name__}: {exc}",
-                         code="annotator_failed") from exc
+        raise _build_failed(entry.name, exc) from exc
     if not callable(getattr(annotator, "predict", None)):
         # a plugin factory returning None (a missing `return`): every pair of a run failed with an AttributeError
         raise SigmaError(f"annotator {entry.name!r} could not be built: its factory returned a "

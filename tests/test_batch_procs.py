@@ -136,6 +136,90 @@ def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_ref
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_child_killed_holding_no_shard_is_recorded_and_the_run_finishes(tmp_path, monkeypatch):
+    """Two shards (3 pairs and 1) for 2 processes: once one shard is published, a child found outside any batch (its
+    shard published and none left to take, or still starting while the other works) is SIGKILLed. Its death was
+    recorded nowhere but `processes_started` (idle), or ended the whole run `worker_failed` (starting) though the
+    other child was working. Now the run finishes every shard, and the death is in `backend.idle_deaths` (with its
+    signal) and `processes_died`, and said on stderr."""
+    import service_plugins  # noqa: F401 - registers slow-diff
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=40))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    monkeypatch.setenv("SIGMA_TEST_BUSY_DIR", str(busy))
+    out = tmp_path / "run"
+    slow = {**SLOW, "options": {"delay_ms": 1500}}
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(s=run_batch(cfg_for(tmp_path / "set", procs=2, **slow), out,
+                                                                   progress=False)), daemon=True)
+    thread.start()
+    victim = None
+    deadline = time.monotonic() + 90
+    while victim is None and time.monotonic() < deadline and thread.is_alive():
+        pids = children_of(os.getpid(), spawned=True)
+        if len(pids) == 2 and (out / "status").is_dir() and list((out / "status").glob("*.json")):
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+                while alive(pid) and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+                    time.sleep(0.001)
+            outside = [pid for pid in pids if not (busy / str(pid)).exists()]
+            # the other inside a batch holds the last shard: the one outside any holds none (both outside: one may be
+            # between a shard's pairs or just handed the last shard; look again)
+            if len(outside) == 1:
+                victim = outside[0]
+                os.kill(victim, signal.SIGKILL)
+            for pid in pids:
+                if pid != victim:
+                    os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01)
+    assert victim is not None, "no child outside a batch was found"
+    thread.join(120)
+    assert not thread.is_alive() and "s" in box, "the run did not finish"
+    summary = box["s"]
+    assert summary.done_now == 2 and summary.failed_now == 0 and summary.pairs == 4, summary
+    assert summary.backend["processes_died"] == 1, summary.backend
+    deaths = summary.backend["idle_deaths"]
+    assert len(deaths) == 1 and "signal 9" in deaths[0]["reason"] and deaths[0]["replaced_by"] is None, deaths
+    assert summary.retried == [], summary.retried
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_children_stopped_while_starting_end_the_run_after_stall_s_instead_of_hanging(tmp_path):
+    """Every child SIGSTOPped before it said "ready" (a start-up hung in native code, a stopped process): the stall
+    bound held only for a child with a shard, so the run waited for ever. Now a child silent for `stall_s` since its
+    start is killed as hung too, and with no child started the run fails `worker_failed` saying so."""
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=40))
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["s"] = run_batch(cfg_for(tmp_path / "set", procs=2, stall_s=3), tmp_path / "run",
+                                 progress=False)
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            box["e"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    stopped: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(stopped) < 2 and time.monotonic() < deadline and thread.is_alive():
+        for pid in set(children_of(os.getpid(), spawned=True)) - stopped:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        time.sleep(0.001)
+    try:
+        thread.join(60)                          # without the change: waits for ever
+        assert not thread.is_alive(), "the run waited for children stopped while starting"
+    finally:
+        for pid in stopped:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    error = box.get("e")
+    assert getattr(error, "code", None) == "worker_failed", box
+    assert "after no progress for 3 s (taken as hung) before it was ready" in error.message, error.message
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_children_die_with_a_killed_driver_and_the_run_resumes(corpus, slow_reference):
     out = corpus / "killed-driver"
     env = {**os.environ,

@@ -259,6 +259,58 @@ def test_a_worker_whose_model_folder_a_stopped_saver_holds_says_so_waits_and_ser
     assert code == 0 and "Traceback" not in proc.output(), proc.output()
 
 
+def _vm_size(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+
+
+@pytest.mark.parametrize("lifted", [True, False], ids=["limit-lifted", "limit-kept"])
+def test_a_worker_refused_memory_while_loading_its_model_loads_again_once_memory_is_back(redis_server, tmp_path,
+                                                                                          lifted):
+    """A real `sigma worker` (sigma-lite, a saved model folder) whose RLIMIT_AS is lowered from outside (prlimit) just
+    before it loads: the load raised MemoryError (then safetensors' mmap ENOMEM), said `annotator_failed` (then
+    `weights_unreadable`: "the file is damaged"), and the worker exited 2, leaving a shortage that passes to a
+    supervisor. Now it is `out_of_memory`, said on one line per try, and loaded again with backoff: once the limit is
+    lifted the worker loads and registers; kept for all of `worker.load_retry_s`, it exits 2 with `out_of_memory`.
+    The window before the load is held open with a saver stopped on the folder (`weights_busy`, waited out)."""
+    import resource
+
+    from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
+
+    model = save_tiny(tmp_path / "model")
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    saver = stopped_saver(model)
+    env = {**base_env(redis_server.url), "SIGMA_MODEL_LOCK_WAIT_S": "1"}
+    proc = Proc(["worker", "--annotator", "sigma-lite", "--consumer", "short",
+                 *sets([*FAST[:5], f"redis.key_prefix={prefix}", f"worker.load_retry_s={600 if lifted else 4}",
+                        f"worker.options={{weights: '{model}', runtime: torch}}"])], env, tmp_path / "worker.log")
+    try:
+        wait_until(lambda: "[weights_busy]" in proc.output() or not proc.alive(), 90, f"busy\n{proc.output()}", 0.2)
+        hard = resource.prlimit(proc.pid, resource.RLIMIT_AS)[1]
+        resource.prlimit(proc.pid, resource.RLIMIT_AS, (_vm_size(proc.pid) + 2**20, hard))
+        resume_saver(saver)
+        wait_until(lambda: proc.output().count("[out_of_memory]") >= 2 or not proc.alive(), 60,
+                   f"two refused tries\n{proc.output()}", 0.2)
+        if lifted:
+            assert proc.alive(), proc.output()          # without the fix: annotator_failed, exit 2
+            line = next(x for x in proc.output().splitlines() if "[out_of_memory]" in x)
+            assert "trying again in" in line and "worker.load_retry_s" in line, line
+            resource.prlimit(proc.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
+            r = redis_server.client()
+            wait_until(lambda: r.hget(f"{prefix}:worker:short", "model_loaded") == b"1", 90,
+                       f"the worker to load the model by itself\n{proc.output()}", 0.2)
+        else:
+            code, log = finished(proc, 60)
+            assert code == 2 and "sigma: error [out_of_memory]" in log and "Traceback" not in log, log
+            assert "weights_unreadable" not in log and "annotator_failed" not in log, log
+    finally:
+        end_saver(saver)
+        code = proc.stop(timeout=30)
+    if lifted:
+        assert code == 0 and "Traceback" not in proc.output() and "weights_unreadable" not in proc.output(), \
+            proc.output()
+
+
 def test_serve_all_whose_workers_model_folder_is_busy_at_start_up_restarts_nothing_and_is_ready_once_it_is_free(
         redis_server, tmp_path):
     """`sigma serve all` with its worker's model folder held by a stopped saver: the worker exited 2 on the first

@@ -44,7 +44,8 @@ Start-up without Redis: one clear line on stderr naming the URL and `SIGMA_REDIS
 (as it waits out any outage once running) — a worker started before its Redis, as compose or a supervisor
 may do, comes up by itself. So does one whose model folder a saver holds (`weights_busy`: a `save_model` stopped or
 hung mid-commit, for all of `$SIGMA_MODEL_LOCK_WAIT_S`): one line on stderr per try, and it loads again
-(`load_waiting_out_busy_weights`).
+(`load_waiting_out_transient_faults`); so does one the machine refused memory or threads to load (for up to
+`worker.load_retry_s`).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -108,6 +110,11 @@ class StopSignals:
             os._exit(0)
 
     def _watch(self, fd: int) -> None:
+        """The signals thread's loop. A failure acting on one signal (a `stop` event or a say that raises, a
+        MemoryError under a low RLIMIT_AS) is said once, and the thread goes on: it ended the thread, and from then
+        on every SIGTERM was ignored (the Python-level handler only ends a process already exiting), so the worker
+        could be stopped by SIGKILL alone. The signal was counted first, so a second one still exits at once."""
+        failed: set[str] = set()
         while True:
             try:
                 data = os.read(fd, 64)
@@ -117,7 +124,14 @@ class StopSignals:
                 return
             for signum in data:
                 if signum in (signal.SIGTERM, signal.SIGINT):
-                    self._on_signal(signum)
+                    try:
+                        self._on_signal(signum)
+                    except BaseException as exc:  # noqa: BLE001 - this thread must outlive any one signal
+                        kind = type(exc).__name__
+                        if kind not in failed:
+                            failed.add(kind)
+                            quietly(log.error, "acting on signal %d failed (%s: %s); signals are still handled "
+                                    "(send it again to exit at once)", signum, kind, exc)
 
     def at_hard_exit(self, cleanup: Callable[[], None]) -> None:
         """`cleanup()` runs before a hard exit, in the signal handler: it must be quick, bounded (a timeout on
@@ -261,28 +275,57 @@ def report_unreachable_redis(settings: RedisSettings, command: str) -> bool:
 
 
 # the pause between two tries of a load that found the model's folder busy (each try first waits
-# $SIGMA_MODEL_LOCK_WAIT_S for it): full jitter, doubled per try up to the cap
+# $SIGMA_MODEL_LOCK_WAIT_S for it) or the machine short of memory or threads: full jitter, doubled per try up to the cap
 BUSY_RETRY_BASE_S = 1.0
 BUSY_RETRY_CAP_S = 30.0
+# the codes of a load refused by the machine, not by its input: a shortage that passes
+SHORTAGES = frozenset({"out_of_memory", "out_of_threads"})
 
 
-def load_waiting_out_busy_weights(load: Callable[[], None], command: str, stop: threading.Event) -> None:
-    """`load()` (the worker's annotator), tried again while it fails `weights_busy`: its model folder held by a
-    saver stopped (Ctrl-Z, SIGSTOP) or hung mid-commit. That ends by itself once the saver goes on or dies, as a Redis
-    that is not up yet does: the worker exited 2 on it (`sigma serve all` counted a death, and a supervisor had to
-    start it again). Now each try says why on one line of stderr (the folder, the holder, what to do) and the next
-    follows a backoff; each try waits the lock's bound first, so it never loops hot. Interrupted when `stop` is set
-    between tries (a signal inside `abrupt_while` ends the process before that). Other errors are raised."""
+def load_waiting_out_transient_faults(load: Callable[[], None], command: str, stop: threading.Event,
+                                      shortage_for_s: float = 600.0) -> None:
+    """`load()` (the worker's annotator), tried again while it fails for a reason that passes by itself:
+    - `weights_busy`: its model folder held by a saver stopped (Ctrl-Z, SIGSTOP) or hung mid-commit, until the saver
+      goes on or dies (each try waits the lock's bound first, so it never loops hot);
+    - `out_of_memory` / `out_of_threads`: the machine refused the load memory or a thread (a low RLIMIT_AS, a
+      container near its limit, a pids limit while others start), for up to `shortage_for_s` from the first such
+      refusal (`worker.load_retry_s`), then raised: the worker exits 2 for its supervisor, as it did at once before
+      (a supervisor that gives up after a few quick deaths, `sigma serve all`'s worker.max_restarts, then stopped
+      for good over a shortage of a minute).
+    Each try says why on one line of stderr (the code, the message, the next try) and the next follows a jittered
+    backoff. Interrupted when `stop` is set between tries (a signal inside `abrupt_while` ends the process before
+    that). Other errors (a missing or corrupt weights file, a bad option) are permanent and raised at once; one that
+    follows a shortage says so, as a MemoryError inside an import can leave that module half-imported for the next
+    try (`module 'sympy' has no attribute 'printing'`), which only a fresh process (the supervisor's) gets past."""
+    from sigma.errors import SigmaError
     from sigma.service.consumer import Backoff
 
     backoff = Backoff(base_s=BUSY_RETRY_BASE_S, cap_s=BUSY_RETRY_CAP_S)
+    short_since: float | None = None
     while True:
         try:
             load()
             return
-        except WeightsBusyError as exc:
+        except SigmaError as exc:
+            if exc.code in SHORTAGES:
+                now = time.monotonic()
+                short_since = now if short_since is None else short_since
+                if now - short_since >= shortage_for_s:
+                    raise
+                left = f"; giving up {shortage_for_s - (now - short_since):.0f} s from now (worker.load_retry_s)"
+            elif isinstance(exc, WeightsBusyError):
+                left = ""
+            else:
+                if short_since is not None:   # e.g. a module half-imported when memory ran out: a fresh process loads
+                    exc.message += ("; after the machine refused this load memory or threads, which can leave a "
+                                    "module half-imported: a fresh process may load it")
+                raise
             delay = backoff.next_delay()
-            print(f"{command}: [{exc.code}] {exc.message}; trying again in {delay:.1f} s (Ctrl-C to stop)",
-                  file=sys.stderr, flush=True)
+            quietly(_say_retry, f"{command}: [{exc.code}] {exc.message}; trying again in {delay:.1f} s{left} "
+                    "(Ctrl-C to stop)")
         if stop.wait(delay):
-            raise Interrupted("stopped while waiting for the model's folder")
+            raise Interrupted("stopped while waiting to load the model")
+
+
+def _say_retry(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

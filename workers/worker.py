@@ -26,7 +26,7 @@ from sigma.workers.lifecycle import (
     StopSignals,
     exit_status,
     forget_worker_key,
-    load_waiting_out_busy_weights,
+    load_waiting_out_transient_faults,
     quietly,
     recycle_past_max_rss,
     report_unreachable_redis,
@@ -59,8 +59,9 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
     """Runs until stopped, then ends the process (`StopSignals.end`: status 0, or 75 when it recycled itself past
     `worker.max_rss_mb`); errors before the loop (a plugin that cannot be imported, an annotator that cannot be
-    built) are raised for the CLI to say, but for a model folder a stopped saver holds (`weights_busy`): said, and
-    loaded again until it is free (`load_waiting_out_busy_weights`), as a Redis not up yet is waited for."""
+    built) are raised for the CLI to say, but for a model folder a stopped saver holds (`weights_busy`) and memory or
+    threads the machine refused the load (for up to `worker.load_retry_s`): said, and loaded again
+    (`load_waiting_out_transient_faults`), as a Redis not up yet is waited for."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     worker = build_worker(cfg, consumer=consumer, stop=stop)
@@ -88,7 +89,7 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
             report_unreachable_redis(cfg.redis, "sigma worker")
         log.info("%s: loading the annotator", worker.describe)
         with signals.abrupt_while("loading the model"):
-            load_waiting_out_busy_weights(handler.predictor.setup, "sigma worker", stop)
+            load_waiting_out_transient_faults(handler.predictor.setup, "sigma worker", stop, cfg.worker.load_retry_s)
         log.info("%s: loaded in %.0f ms, consuming %s", worker.describe, handler.predictor.setup_ms or 0,
                  worker.queue.stream)
         counts = worker.run()

@@ -174,7 +174,7 @@ class _Child:
     shard: Shard | None = None
     ticked: tuple[int, int] = (0, 0)
     alive: bool = True
-    heard: float = 0.0                 # monotonic time of its last message (or of the shard it was handed)
+    heard: float = 0.0                 # monotonic time of its last message (or of its start, or of its shard)
 
 
 class ProcPool:
@@ -189,6 +189,8 @@ class ProcPool:
         self.threads = threads
         self.children: list[_Child] = []
         self.spawned = 0
+        self.died = 0                     # children that died (any way: killed, crashed, taken as hung)
+        self.idle_deaths: list[dict[str, Any]] = []   # those that held no shard: in no `retried` record
 
     def spawn(self) -> _Child:
         """A new child, in `children` before it starts: a Ctrl-C during the start is taken once it has started
@@ -199,7 +201,7 @@ class ProcPool:
         process = self.ctx.Process(target=_child_main, name=f"sigma-{self.spawned}", daemon=True,
                                    args=(theirs, self.config, self.run_dir, self.run_hash, self.threads,
                                          os.getpid(), name))
-        child = _Child(name, process, ours)
+        child = _Child(name, process, ours, heard=time.monotonic())
         self.children.append(child)
         try:
             with stop_signals_deferred():   # a Ctrl-C mid-start left the child with no work ("Ran out of input")
@@ -275,8 +277,10 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
                         _drain(child, ledger, pool)
                     if child.alive and child.process.sentinel in ready and not child.process.is_alive():
                         _died(child, ledger, pool, pool.bury(child))
-                    elif child.alive and child.shard is not None and time.monotonic() - child.heard > cfg.stall_s:
-                        # alive but silent (a deadlock in native code, SIGSTOP): the run must not wait for ever
+                    elif child.alive and (child.shard is not None or not child.ready) \
+                            and time.monotonic() - child.heard > cfg.stall_s:
+                        # alive but silent (a deadlock in native code, SIGSTOP): the run must not wait for ever. Also
+                        # while starting: children stopped or hung before "ready" kept a run waiting for ever
                         child.process.kill()
                         _died(child, ledger, pool, f"{pool.bury(child)} after no progress for {cfg.stall_s:.15g} s "
                                                    "(taken as hung)")
@@ -288,7 +292,8 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
             raise
         pool.close()
     return ledger.summary(total_shards, {"backend": "local", "procs": n, "threads": threads,
-                                         "processes_started": pool.spawned})
+                                         "processes_started": pool.spawned, "processes_died": pool.died,
+                                         "idle_deaths": pool.idle_deaths})
 
 
 def _drain(child: _Child, ledger: ShardLedger, pool: ProcPool) -> None:
@@ -323,13 +328,42 @@ def _drain(child: _Child, ledger: ShardLedger, pool: ProcPool) -> None:
                 ledger.lost(shard, payload, child.name, ticked)
 
 
+# deaths of children holding no shard that the summary lists (`backend.idle_deaths`); `processes_died` counts all
+IDLE_DEATHS_SHOWN = 100
+
+
 def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
-    if not child.ready:
+    """A child is gone. Its shard, if any, is the ledger's (`retried`). One that held none (killed between shards,
+    idle at the end of a run, or still starting while others work) was recorded nowhere but `processes_started`,
+    and one killed while starting ended the whole run `worker_failed` though other children were working: now each
+    is said on stderr and listed in the summary's `backend.idle_deaths`, replaced while shards wait. A run in
+    which no child is working raises as before (a start that fails for every child: an import, no memory)."""
+    pool.died += 1
+    if not child.ready and not any(c.ready for c in pool.live()):
         raise SigmaError(f"{how} before it was ready (its traceback, if any, is above; out of memory? try fewer "
                          "--procs; a script that calls run_batch needs `if __name__ == '__main__':`)",
                          code="worker_failed")
-    if child.shard is not None:
-        ledger.lost(child.shard, how, child.name, child.ticked)
+    held = child.shard
+    if held is not None:
+        ledger.lost(held, how, child.name, child.ticked)
         child.shard, child.ticked = None, (0, 0)
-    if ledger.queue:
-        pool.spawn()
+    replacement = pool.spawn() if ledger.queue else None
+    if held is None:
+        record = {"worker": child.name, "reason": how if child.ready else f"{how} while starting",
+                  "replaced_by": replacement.name if replacement is not None else None}
+        if len(pool.idle_deaths) < IDLE_DEATHS_SHOWN:
+            pool.idle_deaths.append(record)
+        _say(f"sigma batch: {record['reason']} holding no shard (none lost); "
+             + (f"{replacement.name} takes its place" if replacement is not None else
+                f"{len(pool.live())} process(es) finish the run"))
+
+
+def _say(line: str) -> None:
+    """A line on stderr above the progress bar (tqdm's write keeps the bar whole); a stderr nobody reads any more (a
+    closed pipe) must not end the run: the summary keeps the record."""
+    from tqdm import tqdm
+
+    try:
+        tqdm.write(line, file=sys.stderr)
+    except (OSError, ValueError):
+        pass

@@ -151,6 +151,8 @@ def unused_worker_settings(mode: str) -> dict[str, str]:
                                  "max_wait_ms": "it takes whole shards, and gathers no API jobs into micro-batches",
                                  "decode_pool_retry_s": "it decodes shards as `sigma batch run` does, not on a "
                                                         "worker's image decode pool",
+                                 "load_retry_s": "it loads no model at start-up: it builds each run's annotator as "
+                                                 "it takes that run's tasks",
                                  **supervised},
         "sigma serve api": dict.fromkeys(WorkerSettings.model_fields, "it starts no worker (`sigma worker` and `sigma "
                                          "serve all` read worker.*)"),

@@ -327,11 +327,25 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
         with open_regular(path) as handle:
             opened = f"/proc/self/fd/{handle.fileno()}"
             return load_file(opened if os.path.exists(opened) else str(path))
-    except OSError as exc:
-        raise WeightsUnreadableError(f"{path}: cannot read the weights file ({exc.strerror or exc})") from exc
-    except Exception as exc:  # SafetensorError (a Rust exception) and friends: a damaged file
+    except Exception as exc:
+        _unless_memory_refused(exc, f"{path}: reading the weights file")
+        if isinstance(exc, OSError):
+            raise WeightsUnreadableError(f"{path}: cannot read the weights file ({exc.strerror or exc})") from exc
+        # SafetensorError (a Rust exception) and friends: a damaged file
         raise WeightsUnreadableError(f"{path}: not a readable safetensors file ({exc}); the file is damaged or "
                                      "not what it is named — write it again (save_model / the training run)") from exc
+
+
+def _unless_memory_refused(exc: Exception, doing: str) -> None:
+    """`out_of_memory` when the system refused the read its memory (`memory_refusal`): safetensors' mmap under a low
+    `ulimit -v` was said `weights_unreadable`, "the file is damaged ... write it again", of a good file, and a
+    `sigma worker` loading it gave up (exit 2) instead of loading again once memory was back."""
+    from sigma.errors import OutOfMemoryError, memory_refusal, no_memory
+
+    refused = memory_refusal(exc)
+    if refused:
+        raise OutOfMemoryError(f"{doing}: {no_memory(refused)}; not the file's fault: raise the limit (`ulimit -v`, "
+                               "the container's memory) or free memory and retry") from exc
 
 
 def check_state(module, state_dict: dict[str, Any], what: str) -> None:

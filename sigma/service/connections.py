@@ -30,16 +30,21 @@ def sync_client(settings: RedisSettings, *, block_ms: int = 0) -> redis.Redis:
     """For workers and CLI tools; `block_ms`: the longest blocking command the caller issues, so a blocking
     read gets `socket_timeout_s` on top of its BLOCK before a silent (frozen) server counts as a timeout.
 
-    One immediate retry inside the client (a pooled connection the server closed), no more: redis-py's default
-    (3 retries with up to 10 s of backoff) would hide an outage for tens of seconds, while the consumer loop
-    has its own backoff, keeps its results, and says what it is waiting for."""
+    One immediate retry inside the client after a connection error (a pooled connection the server closed), no
+    more, and none after a timeout: redis-py's default (3 retries with up to 10 s of backoff) would hide an outage
+    for tens of seconds, while the consumer loop has its own backoff, keeps its results, and says what it is waiting
+    for. A retried timeout made each command on a frozen Redis (SIGSTOP, a stalled host) cost two socket timeouts:
+    an idle `sigma worker` told to stop took ≈ 37 s (its read, then its heartbeat key's delete), past a supervisor's
+    grace, as `async_client` already knew for the API."""
     import redis
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
 
     return redis.Redis.from_url(settings.url, socket_connect_timeout=settings.connect_timeout_s,
                                 socket_timeout=block_ms / 1000 + settings.socket_timeout_s,
-                                retry=Retry(NoBackoff(), 1), health_check_interval=5)
+                                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                                health_check_interval=5)
 
 
 def async_client(settings: RedisSettings, socket_timeout: float | None) -> aredis.Redis:

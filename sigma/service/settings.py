@@ -247,6 +247,10 @@ class WorkerSettings(NamesAnnotator):
                                        "the machine would not start (a pids limit, no memory for their stacks) is "
                                        "given up, images decoded in the worker's own thread, and tried again this "
                                        "long after; doubled after each refusal in a row, up to 16 times it")
+    load_retry_s: Seconds = Field(600.0, ge=0, description="`sigma worker`: a model load the machine refused memory "
+                                "or threads for (out_of_memory, out_of_threads: a shortage that passes) is tried "
+                                "again with backoff, a line on stderr per try, for this long; then the worker exits 2 "
+                                "for its supervisor. 0: exit 2 on the first refusal")
     restart_backoff_s: Seconds = Field(1.0, gt=0, description="`sigma serve all`: wait before restarting a worker "
                                      "that died; doubled after each quick death, up to restart_max_backoff_s")
     restart_max_backoff_s: Seconds = Field(30.0, gt=0)
