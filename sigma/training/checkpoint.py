@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import resource
 import shutil
 from collections.abc import Callable
@@ -92,25 +93,50 @@ def _keep_previous(current: Path, prev: Path) -> None:
         raise
 
 
+# what torch's zip reader says of a file that is not a whole archive (cut short, bytes changed): its first sentence
+_ZIP_FAILED = re.compile(r"PytorchStreamReader (failed [^.\n]{1,200})")
+
+
 def _read(path: Path, mapped: bool = False) -> dict[str, Any]:
     """The checkpoint at `path`, checked (`_check_fields`); any exception means a damaged one. `mapped`: its tensors
     memory-mapped, not read (`latest_step`: only the step is wanted)."""
     # weights_only: tensors, numbers, strings and containers — everything a checkpoint holds. The full unpickler
     # ran whatever a checkpoint.pt told it to (os.system, at `sigma train --resume` of a run folder from elsewhere)
-    try:
-        with open_regular(path) as handle:    # a FIFO put there after the check: refused, not waited on
-            # torch maps only a file named by path: the one opened here, by its descriptor
-            source = f"/proc/self/fd/{handle.fileno()}" if mapped else handle
+    with open_regular(path) as handle:    # a FIFO put there after the check: refused, not waited on
+        # torch maps only a file named by path: the one opened here, by its descriptor
+        source = f"/proc/self/fd/{handle.fileno()}" if mapped else handle
+        try:
             state = torch.load(source, map_location="cpu", weights_only=True, mmap=mapped)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        except pickle.UnpicklingError as exc:
+            if "Weights only load failed" not in str(exc):
+                raise ValueError(f"{_damaged(handle.fileno())} ({_torch_said(exc)})") from exc
+            raise ValueError("holds objects other than tensors, numbers and text (refused: unpickling them would "
+                             "run code); not a checkpoint sigma train wrote") from exc
+        except MemoryError:
             raise
-        raise ValueError("holds objects other than tensors, numbers and text (refused: unpickling them would run "
-                         "code); not a checkpoint sigma train wrote") from exc
+        except Exception as exc:  # torch's reader on a file cut short or changed: any of its errors
+            raise ValueError(f"{_damaged(handle.fileno())} ({_torch_said(exc)})") from exc
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError("not a training checkpoint (no step)")
     _check_fields(state)
     return state
+
+
+def _damaged(fd: int) -> str:
+    """A checkpoint torch could not read, as the resume's line says it: its size, for the user to compare with the
+    one before (a file cut short by a full disk or a copy that stopped is much smaller)."""
+    return f"cut short or damaged ({os.fstat(fd).st_size} bytes): torch could not read it"
+
+
+def _torch_said(exc: BaseException) -> str:
+    """torch's reason, its first sentence: a file cut short was said in miniz's words, cut by the line's bound
+    mid-sentence ("... failed finding central directory. This is an internal miniz error. If you are seeing this
+    error, there is a high —"), or as a bare `OSError: [Errno 22] Invalid argument` (its seek past the end), which
+    reads as a fault of the system, not of the file."""
+    said = _ZIP_FAILED.search(str(exc))
+    if said:
+        return said.group(1)[:80]
+    return f"{type(exc).__name__}: {first_line(exc, 60)}" if str(exc).strip() else type(exc).__name__
 
 
 def _check_fields(state: dict[str, Any]) -> None:
