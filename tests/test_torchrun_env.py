@@ -280,6 +280,29 @@ def test_a_checkpoint_says_how_many_ranks_wrote_it_and_one_of_an_older_sigma_is_
     assert latest_step(tmp_path) is None                  # damaged: no number of ranks
 
 
+def test_a_restart_whose_run_folder_holds_a_fifo_for_torchruns_mark_is_refused_not_held(tmp_path):
+    """torchrun's restart (`$TORCHELASTIC_RESTART_COUNT` 1) of `sigma train CONFIG name=X` whose run folder holds a
+    FIFO named `.torchrun` (where rank 0 marks which torchrun started the run): rank 0 opened it to compare, and
+    waited in that open for ever, torchrun's SIGTERM only noted. Now it is not read (a regular file only) and the run
+    folder is refused as holding a FIFO, at once."""
+    from procfs import env
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    args = [STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=r", "eval.at_start=false",
+            "eval.val_size=0", "steps=1"]
+    first = subprocess.run([sys.executable, "-m", "sigma", "train", *args], capture_output=True, text=True,
+                           timeout=90, cwd=tmp_path, env=env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    os.mkfifo(tmp_path / "runs" / "r" / ".torchrun")
+    again = subprocess.run([sys.executable, "-m", "sigma", "train", *args], capture_output=True, text=True,
+                           timeout=90, cwd=tmp_path,
+                           env={**env(), "TORCHELASTIC_RESTART_COUNT": "1", "TORCHELASTIC_RUN_ID": "x"})
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert again.stderr.startswith("sigma: error [bad_outdir]: ") and ".torchrun: a FIFO" in again.stderr, \
+        again.stderr
+
+
 def _restarted(tmp_path: Path, *args: str) -> tuple[int, str, str]:
     """(torchrun's status, its stdout, its stderr) of `torchrun --nproc_per_node=2 --max-restarts=1` running
     `sigma ARGS` (tests/ddp_restart_worker.py: rank 1 of the restart starts late), whose rank 1 is SIGKILLed once

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from sigma.errors import SigmaError, first_line
+from sigma.regular import open_regular
 from sigma.tempfiles import pid_alive
 from sigma.text import shown
 
@@ -245,8 +246,13 @@ def restarted_here(run_dir: Path) -> bool:
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0"):
         return False
     this = launcher()
+    if this is None:
+        return False
     try:
-        return this is not None and (run_dir / LAUNCHER).read_text().strip() == this
+        # a regular file only, opened without blocking: a `.torchrun` that was a FIFO held the restart's rank 0 in
+        # its open for ever, torchrun's SIGTERM only noted (the run folder's FIFOs are refused later, bad_outdir)
+        with open_regular(run_dir / LAUNCHER, "r", encoding="utf-8", errors="replace") as handle:
+            return handle.read(4096).strip() == this
     except OSError:
         return False
 
