@@ -103,6 +103,22 @@ def folder_lock_wait_s() -> int:
                             says_most=True)
 
 
+def unrecorded_holder(fd: int) -> str:
+    """Who holds the lock open at `fd` without having written a `holder_line()` into it, as far as Linux's
+    /proc/locks knows (`lock_holders`): `another process holds this folder (pid N)`, `other processes share this
+    folder (pid N, pid M)` (fleet workers of a batch run share its folder), or, unknown, `another process holds this
+    folder`. An empty lock file was said to be held by "fleet workers (sigma worker --batch)" whoever held it: a run
+    folder held by a plain `flock RUN/.lock ...` of another tool sent a `sigma train` user looking for fleet workers,
+    which never touch a training run."""
+    holders = lock_holders(fd)
+    if not holders:          # /proc/locks unread, or it names none (another pid namespace, a network file system)
+        return "another process holds this folder"
+    names = ", ".join(f"pid {pid}" for pid, _ in holders)
+    if all(mode == "READ" for _, mode in holders):
+        return f"{'other processes share' if len(holders) > 1 else 'another process shares'} this folder ({names})"
+    return f"another process holds this folder ({names})"
+
+
 def busy_message(exc: FolderBusy, action: str, env: str, wait_s: float,
                  roles: tuple[str, str] = ("writing", "reading"), midway: str = "mid-write", left: str = "",
                  held: str | None = None, setting: str | None = None) -> str:
@@ -317,12 +333,12 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace").strip() if marker else ""
-            # the holder wrote its line when it took the folder (an empty file is no holder's: fleet workers)
+            # the holder wrote its line when it took the folder (none: fleet workers, or another tool's flock)
             since = f"has held this folder for {max(time.time() - os.fstat(fd).st_mtime, 0):.0f} s" if holder else ""
-            who = (described_holder(holder) if holder
-                   else ("fleet workers (sigma worker --batch)" if marker else "an export"))
-            raise InputError(f"{root}: another run {since or 'holds this folder'} ({who}); wait for it to finish or "
-                             f"choose another {other}", code="run_locked") from None
+            who = (f"another run {since} ({described_holder(holder)})" if holder else unrecorded_holder(fd)
+                   if marker else "another run holds this folder (an export)")
+            raise InputError(f"{root}: {who}; wait for it to finish or choose another {other}",
+                             code="run_locked") from None
         held = True
         if exclusive and marker:
             os.ftruncate(fd, 0)

@@ -94,6 +94,29 @@ class _LostWriter(io.TextIOBase):
         return 1
 
 
+def log_to_stderr() -> bool:
+    """For a command whose stdout is its log, not its result (`stdout_is_a_log`: `sigma train`, `batch run`,
+    `annotate`, `eval`, `synth`, `export`, the services): a stdout closed when the program started (`>&-`) is made
+    a copy of stderr (fd 1 too, `dup2`, so native code and children log there alike), with one line saying so.
+    Returns whether it did: not where stderr is closed too (nowhere to log; the status says how it went).
+
+    Such a command ran on with its log dropped and ended 0: `sigma train --resume RUN >&-` lost the line saying
+    that `checkpoint.pt` was damaged and the run went back to `checkpoint.prev.pt` (a checkpoint interval of work
+    redone, written in no file), and `sigma batch run ... >&-` its summary of the shards written. Its files are its
+    result and it finishes (an `out_no_reader` status 2 read as a failed run), so the log goes where the caller still
+    reads. An output naming the closed stream (`--out /dev/stdout`) is still refused (`closed_stream_named`)."""
+    if 1 not in CLOSED or 2 in CLOSED:
+        return False
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
+                      closefd=False)
+    if os.environ.get("RANK", "").strip() in ("", "0"):     # under torchrun by rank 0 alone, as the log is
+        print("sigma: note: standard output was closed (`>&-`): this command's log goes to standard error",
+              file=sys.stderr, flush=True)
+    return True
+
+
 def lost_output() -> int:
     """How many lines (at least 1 when anything) the program printed to a stdout closed when it started; 0 when
     stdout was open or nothing was printed."""

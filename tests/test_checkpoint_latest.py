@@ -80,3 +80,22 @@ def test_unreadable_checkpoints_are_said_unreadable_not_never_written(tmp_path, 
 def test_a_run_with_no_checkpoint_yet_is_still_said_so(tmp_path):
     line = str(rank_lost(RuntimeError("Connection reset by peer"), tmp_path))
     assert f"no checkpoint was written yet; start it over with: sigma train --resume {tmp_path}" in line, line
+
+
+@pytest.mark.parametrize("cut", [0, 1000, "half"])
+def test_a_checkpoint_cut_short_is_said_so_with_its_size(tmp_path, cut):
+    """checkpoint.pt cut short (a full disk, a copy that stopped): the resume's line gave torch's words, cut by the
+    line's bound mid-sentence (`... This is an internal miniz error. If you are seeing this error, there is a
+    high`), or as a bare `OSError: [Errno 22] Invalid argument`, which reads as a fault of the system. Now: cut short or
+    damaged, its size, torch's first sentence."""
+    torch.save(_state(3), tmp_path / PREV)
+    torch.save(_state(6), tmp_path / CKPT)
+    data = (tmp_path / CKPT).read_bytes()
+    kept = data[: len(data) // 2] if cut == "half" else data[:cut]
+    (tmp_path / CKPT).write_bytes(kept)
+    said: list[str] = []
+    assert load_checkpoint(tmp_path, warn=said.append)["step"] == 3
+    assert len(said) == 1 and said[0].startswith(f"checkpoint.pt: ValueError: cut short or damaged ({len(kept)} "
+                                                 "bytes): torch could not read it ("), said
+    assert said[0].endswith(") — resuming from checkpoint.prev.pt (step 3) instead"), said
+    assert "miniz" not in said[0] and "EOFError: EOFError" not in said[0], said

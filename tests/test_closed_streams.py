@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -86,6 +88,40 @@ def test_a_command_whose_result_is_files_finishes_with_0_under_a_closed_stdout(t
                        str(tmp_path / "eval"), close=1)
     assert evaluated.returncode == 0 and (tmp_path / "eval" / "metrics.json").is_file(), evaluated.stderr
     assert _sigma("models", close=1).returncode == 2
+
+
+NOTE = "sigma: note: standard output was closed (`>&-`): this command's log goes to standard error"
+
+
+def test_the_log_of_a_command_run_with_stdout_closed_goes_to_stderr(tmp_path):
+    """`sigma train --resume RUN >&-` and `sigma batch run ... >&-` finished 0 with their log dropped: the resume's
+    line saying checkpoint.pt was damaged and it went back to checkpoint.prev.pt (a checkpoint interval redone,
+    written in no file), the batch run's summary of shards written. Now the log goes to stderr, after one line
+    saying so, and the run still ends 0."""
+    from test_synth import make_photos
+
+    data = tmp_path / "set"
+    write_pairs_jsonl(data, synthetic_pairs(2, size=48))
+    batch = _sigma("batch", "run", str(data), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff", close=1)
+    assert batch.returncode == 0, batch.stderr
+    assert batch.stderr.startswith(NOTE + "\n") and re.search(r"run: 1 shard\(s\) written, 0 skipped, 0 failed; 2 "
+                                                               r"pairs", batch.stderr), batch.stderr
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    run = tmp_path / "runs" / "t"
+    train = [str(Path(__file__).resolve().parents[1] / "configs/train/tiny-stage1.yaml"), f"data.photos={photos}",
+             f"out_dir={tmp_path / 'runs'}", "name=t", "eval.at_start=false", "eval.val_size=0"]
+    first = subprocess.run([sys.executable, "-m", "sigma", "train", *train, "steps=2", "ckpt_every=1"],
+                           capture_output=True, text=True, timeout=180, check=False)
+    assert first.returncode == 0, first.stderr
+    with open(run / "checkpoint.pt", "r+b") as ckpt:          # cut short, as by a full disk
+        ckpt.truncate(1000)
+    resumed = _sigma("train", "--resume", str(run), "steps=4", close=1)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = resumed.stderr.splitlines()
+    went_back = re.fullmatch(r"checkpoint\.pt: .* — resuming from checkpoint\.prev\.pt \(step (\d)\) instead", lines[1])
+    assert lines[0] == NOTE and went_back, resumed.stderr
+    assert f"resumed {run} at step {went_back.group(1)}" in lines and "step 4/4" in resumed.stderr
+    assert lines[-1] == f"run folder: {run}", resumed.stderr
 
 
 def test_a_reader_that_leaves_the_pipe_stops_the_command_quietly_with_141():

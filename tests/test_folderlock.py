@@ -195,6 +195,66 @@ def test_a_refused_hold_leaves_the_holders_line_for_the_next_one(tmp_path):
         assert (out / ".lock").read_text() == line
 
 
+def _flocked(lock: Path, *flags: str):
+    """A real `flock(1)` of util-linux holding `lock` (another tool's hold: no holder line written), once it holds;
+    in a session of its own, for `_ended` to end it with its command (which inherits the lock)."""
+    import subprocess
+    import time
+
+    from sigma.tempfiles import lock_holders
+
+    proc = subprocess.Popen(["flock", *flags, str(lock), "sleep", "60"], start_new_session=True)
+    deadline = time.monotonic() + 10
+    with open(lock) as handle:
+        while proc.pid not in [pid for pid, _ in lock_holders(handle.fileno())]:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+    return proc
+
+
+def _ended(procs) -> None:
+    import os
+    import signal
+
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_folder_held_by_another_tools_flock_names_its_pid_not_fleet_workers(tmp_path):
+    """`flock RUN/.lock CMD` (another tool, no holder line in the file) while `sigma train --resume RUN` starts: the
+    refusal said the folder was held by "fleet workers (sigma worker --batch)", which never touch a training run.
+    Now what is known: the holding pid as /proc/locks names it (shared holds said as shared)."""
+    import re
+
+    from sigma.folderlock import anonymised
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").touch()
+    procs = [_flocked(run / ".lock")]
+    try:
+        with pytest.raises(InputError) as refused, hold_folder(run, other="name="):
+            pass
+    finally:
+        _ended(procs)
+    message = refused.value.message
+    assert refused.value.code == "run_locked"
+    assert message == f"{run}: another process holds this folder (pid {procs[0].pid}); wait for it to finish or " \
+                      "choose another name=", message
+    assert anonymised(message) == f"{run}: another process holds this folder (another process); wait for it to " \
+                                  "finish or choose another name="
+    procs = [_flocked(run / ".lock", "-s"), _flocked(run / ".lock", "-s")]
+    try:
+        with pytest.raises(InputError) as refused, hold_folder(run):
+            pass
+    finally:
+        _ended(procs)
+    pids = re.search(r"other processes share this folder \(pid (\d+), pid (\d+)\); wait", refused.value.message)
+    assert pids and {int(pid) for pid in pids.groups()} == {proc.pid for proc in procs}, refused.value.message
+    assert "fleet" not in refused.value.message
+
+
 def test_a_refused_hold_says_how_long_the_holder_has_held_it_and_anonymised_drops_who_it_is(tmp_path):
     """The API answered `run_locked` (and a fleet deferral's reason, a dead letter's run_locked_too_long) with the
     holder's pid and host name, the server's internals. `anonymised` says each holder `described_holder` names as
@@ -229,8 +289,8 @@ def test_a_refused_hold_says_how_long_the_holder_has_held_it_and_anonymised_drop
         assert re.search(r"has held this folder for \d+ s \(another process\); wait", said), said
         assert "4321" not in said and "12 ab" not in said and "xxx" not in said, said
     assert anonymised("held (the lock file says 'name.example.org an") == "held (another process"   # cut short
-    shared = "another run holds this folder (fleet workers (sigma worker --batch)); wait"
-    assert anonymised(shared) == shared
+    shared = "another process shares this folder (pid 123); wait"
+    assert anonymised(shared) == "another process shares this folder (another process); wait"
 
 
 def test_the_subfolder_sweep_follows_no_link_and_walks_nothing_unnamed(tmp_path):

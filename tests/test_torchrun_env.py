@@ -227,6 +227,82 @@ def test_a_rank_0_whose_port_is_taken_is_one_rendezvous_failed_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def test_a_resume_on_another_number_of_ranks_is_refused(tmp_path):
+    """A run trained on 1 rank, resumed by `torchrun --nproc_per_node=2 -m sigma train --resume RUN`: taken without
+    a word, though each step then took twice the examples and the examples numbered between step t x batch and
+    step t x batch x 2 were never seen. Now one `invalid_config` line naming both counts, by rank 0 alone; the run
+    folder is left as it was (config.yaml not rewritten, no step past the checkpoint's)."""
+    from procfs import env
+    from test_synth import make_photos
+
+    from sigma.training.checkpoint import load_checkpoint
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    run = tmp_path / "runs" / "one"
+    first = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"data.photos={photos}",
+                            f"out_dir={tmp_path / 'runs'}", "name=one", "steps=1", "eval.at_start=false",
+                            "eval.val_size=0"], capture_output=True, text=True, timeout=90, cwd=tmp_path, env=env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    config, metrics = (run / "config.yaml").read_bytes(), (run / "metrics.jsonl").read_bytes()
+    proc = subprocess.run([*TORCHRUN_2, "-m", "sigma", "train", "--resume", str(run), "steps=2"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=env())
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("sigma: ")]
+    assert said == [f"sigma: error [invalid_config]: {run}: the run was trained on 1 rank (its checkpoint of step 1) "
+                    "and this resume has 2 ranks: the examples of each step (batch_size per rank) and their order "
+                    "depend on the number of ranks; resume it on 1 rank (without torchrun, or torchrun "
+                    "--nproc_per_node 1), or start a new run from its model/ with init_from"], proc.stderr[-3000:]
+    assert "step 2/2" not in proc.stdout and load_checkpoint(run)["step"] == 1
+    assert (run / "config.yaml").read_bytes() == config and (run / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_a_checkpoint_says_how_many_ranks_wrote_it_and_one_of_an_older_sigma_is_resumed(tmp_path):
+    """`world` in a checkpoint is checked like its other fields (a damaged one is passed over); a checkpoint
+    without it (an older sigma's) is resumed on any number of ranks, as before."""
+    import torch
+
+    from sigma.errors import ConfigError
+    from sigma.training.checkpoint import CKPT, latest_step, refuse_other_world
+
+    state = {"step": 3, "model": {"w": torch.zeros(1)}, "opt": {"state": {}, "param_groups": []},
+             "torch_rng": torch.get_rng_state()}
+    torch.save(state, tmp_path / CKPT)
+    refuse_other_world(tmp_path, 2)                       # an older sigma's: not known, not refused
+    torch.save({**state, "world": 2}, tmp_path / CKPT)
+    refuse_other_world(tmp_path, 2)
+    with pytest.raises(ConfigError, match=r"trained on 2 ranks \(its checkpoint of step 3\) and this resume has 1 "
+                                          r"rank: .* resume it on 2 ranks \(torchrun with 2 ranks in all\)"):
+        refuse_other_world(tmp_path, 1)
+    torch.save({**state, "world": 0}, tmp_path / CKPT)
+    assert latest_step(tmp_path) is None                  # damaged: no number of ranks
+
+
+def test_a_restart_whose_run_folder_holds_a_fifo_for_torchruns_mark_is_refused_not_held(tmp_path):
+    """torchrun's restart (`$TORCHELASTIC_RESTART_COUNT` 1) of `sigma train CONFIG name=X` whose run folder holds a
+    FIFO named `.torchrun` (where rank 0 marks which torchrun started the run): rank 0 opened it to compare, and
+    waited in that open for ever, torchrun's SIGTERM only noted. Now it is not read (a regular file only) and the run
+    folder is refused as holding a FIFO, at once."""
+    from procfs import env
+    from test_synth import make_photos
+
+    photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
+    args = [STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=r", "eval.at_start=false",
+            "eval.val_size=0", "steps=1"]
+    first = subprocess.run([sys.executable, "-m", "sigma", "train", *args], capture_output=True, text=True,
+                           timeout=90, cwd=tmp_path, env=env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    os.mkfifo(tmp_path / "runs" / "r" / ".torchrun")
+    again = subprocess.run([sys.executable, "-m", "sigma", "train", *args], capture_output=True, text=True,
+                           timeout=90, cwd=tmp_path,
+                           env={**env(), "TORCHELASTIC_RESTART_COUNT": "1", "TORCHELASTIC_RUN_ID": "x"})
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert again.stderr.startswith("sigma: error [bad_outdir]: ") and ".torchrun: a FIFO" in again.stderr, \
+        again.stderr
+
+
 def _restarted(tmp_path: Path, *args: str) -> tuple[int, str, str]:
     """(torchrun's status, its stdout, its stderr) of `torchrun --nproc_per_node=2 --max-restarts=1` running
     `sigma ARGS` (tests/ddp_restart_worker.py: rank 1 of the restart starts late), whose rank 1 is SIGKILLed once
@@ -260,16 +336,17 @@ def test_torchruns_restart_of_a_rank_lost_continues_a_resumed_run(tmp_path):
     store outlives its restarts, gloo's keys are the same each attempt): `rendezvous_failed ... Connection
     refused`, and the run stopped for good. Now each attempt connects in a namespace of its own: the restart
     continues from the checkpoint to the last step."""
+    from procfs import env
     from test_synth import make_photos
 
     from sigma.training.checkpoint import load_checkpoint
 
     photos = make_photos(tmp_path / "photos", n=4, size=(80, 96))
     run = tmp_path / "runs" / "ddp"
-    first = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, f"data.photos={photos}",
+    # started on 2 ranks too: a resume on another number of ranks is refused (the test below)
+    first = subprocess.run([*TORCHRUN_2, "-m", "sigma", "train", STAGE1, f"data.photos={photos}",
                             f"out_dir={tmp_path / 'runs'}", "name=ddp", "steps=1", "eval.at_start=false",
-                            "eval.val_size=0"], capture_output=True, text=True, timeout=90, cwd=tmp_path,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            "eval.val_size=0"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env())
     assert first.returncode == 0, first.stderr[-2000:]
     status, out, err = _restarted(tmp_path, "train", "--resume", str(run), "steps=40")
     assert status == 0, err[-3000:]

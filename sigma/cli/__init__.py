@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         starting.end()
         parser.print_help()
         return 2
+    if argv is None and getattr(args, "stdout_is_a_log", False):
+        from sigma.stdio import log_to_stderr
+
+        log_to_stderr()            # `>&-`: the log goes to stderr, not nowhere
     try:
         starting.end(stops=bool(getattr(args, "stops_on_sigterm", False)))
         if getattr(args, "needs", None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import resource
 import shutil
 from collections.abc import Callable
@@ -92,25 +93,50 @@ def _keep_previous(current: Path, prev: Path) -> None:
         raise
 
 
+# what torch's zip reader says of a file that is not a whole archive (cut short, bytes changed): its first sentence
+_ZIP_FAILED = re.compile(r"PytorchStreamReader (failed [^.\n]{1,200})")
+
+
 def _read(path: Path, mapped: bool = False) -> dict[str, Any]:
     """The checkpoint at `path`, checked (`_check_fields`); any exception means a damaged one. `mapped`: its tensors
     memory-mapped, not read (`latest_step`: only the step is wanted)."""
     # weights_only: tensors, numbers, strings and containers — everything a checkpoint holds. The full unpickler
     # ran whatever a checkpoint.pt told it to (os.system, at `sigma train --resume` of a run folder from elsewhere)
-    try:
-        with open_regular(path) as handle:    # a FIFO put there after the check: refused, not waited on
-            # torch maps only a file named by path: the one opened here, by its descriptor
-            source = f"/proc/self/fd/{handle.fileno()}" if mapped else handle
+    with open_regular(path) as handle:    # a FIFO put there after the check: refused, not waited on
+        # torch maps only a file named by path: the one opened here, by its descriptor
+        source = f"/proc/self/fd/{handle.fileno()}" if mapped else handle
+        try:
             state = torch.load(source, map_location="cpu", weights_only=True, mmap=mapped)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        except pickle.UnpicklingError as exc:
+            if "Weights only load failed" not in str(exc):
+                raise ValueError(f"{_damaged(handle.fileno())} ({_torch_said(exc)})") from exc
+            raise ValueError("holds objects other than tensors, numbers and text (refused: unpickling them would "
+                             "run code); not a checkpoint sigma train wrote") from exc
+        except MemoryError:
             raise
-        raise ValueError("holds objects other than tensors, numbers and text (refused: unpickling them would run "
-                         "code); not a checkpoint sigma train wrote") from exc
+        except Exception as exc:  # torch's reader on a file cut short or changed: any of its errors
+            raise ValueError(f"{_damaged(handle.fileno())} ({_torch_said(exc)})") from exc
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError("not a training checkpoint (no step)")
     _check_fields(state)
     return state
+
+
+def _damaged(fd: int) -> str:
+    """A checkpoint torch could not read, as the resume's line says it: its size, for the user to compare with the
+    one before (a file cut short by a full disk or a copy that stopped is much smaller)."""
+    return f"cut short or damaged ({os.fstat(fd).st_size} bytes): torch could not read it"
+
+
+def _torch_said(exc: BaseException) -> str:
+    """torch's reason, its first sentence: a file cut short was said in miniz's words, cut by the line's bound
+    mid-sentence ("... failed finding central directory. This is an internal miniz error. If you are seeing this
+    error, there is a high —"), or as a bare `OSError: [Errno 22] Invalid argument` (its seek past the end), which
+    reads as a fault of the system, not of the file."""
+    said = _ZIP_FAILED.search(str(exc))
+    if said:
+        return said.group(1)[:80]
+    return f"{type(exc).__name__}: {first_line(exc, 60)}" if str(exc).strip() else type(exc).__name__
 
 
 def _check_fields(state: dict[str, Any]) -> None:
@@ -130,6 +156,9 @@ def _check_fields(state: dict[str, Any]) -> None:
         raise ValueError("no torch RNG state (a byte tensor)")
     if state.get("teacher") is not None and not isinstance(state["teacher"], dict):
         raise ValueError("an EMA teacher state that is not a mapping")
+    ranks = state.get("world")          # absent from a checkpoint of an older sigma: not known
+    if ranks is not None and (not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1):
+        raise ValueError(f"world {str(ranks)[:40]!r} is not a number of ranks")
 
 
 def checkpoint_files(run_dir: Path) -> list[Path]:
@@ -138,19 +167,49 @@ def checkpoint_files(run_dir: Path) -> list[Path]:
     return [p for p in (run_dir / CKPT, run_dir / PREV) if p.is_file()]
 
 
-def latest_step(run_dir: Path) -> int | None:
-    """The step `load_checkpoint` would resume from, judged the same way (the same candidates in the same order,
-    each read and checked by `_read`), or None when there is none readable. Its tensors are memory-mapped, not
-    loaded: for a process that is leaving (`sigma.training.ranks.rank_lost` names the step). Whether the weights fit
-    the configured model (`load_checkpoint`'s `apply`) is not known here. Before, `ranks` walked the candidates
-    itself and checked only the step: a checkpoint.pt holding a step but no optimiser state was named as kept while
-    the resume passed over it to checkpoint.prev.pt."""
+def _latest(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint `load_checkpoint` would resume from, judged the same way (the same candidates in the same
+    order, each read and checked by `_read`), or None when there is none readable. Its tensors are memory-mapped,
+    not loaded. Whether the weights fit the configured model (`load_checkpoint`'s `apply`) is not known here."""
     for path in checkpoint_files(run_dir):
         try:
-            return int(_read(path, mapped=True)["step"])
+            return _read(path, mapped=True)
         except Exception:  # noqa: BLE001 - damaged, as load_checkpoint judges it: the one before
             continue
     return None
+
+
+def latest_step(run_dir: Path) -> int | None:
+    """The step `load_checkpoint` would resume from (`_latest`), for a process that is leaving
+    (`sigma.training.ranks.rank_lost` names the step). Before, `ranks` walked the candidates itself and checked only
+    the step: a checkpoint.pt holding a step but no optimiser state was named as kept while the resume passed over
+    it to checkpoint.prev.pt."""
+    state = _latest(run_dir)
+    return None if state is None else int(state["step"])
+
+
+def refuse_other_world(run_dir: Path, ranks: int) -> None:
+    """`invalid_config` when the checkpoint a resume would continue from was written by a run of another number of
+    ranks than `ranks` (`Trainer.state` keeps it as `world`; a checkpoint of an older sigma does not: not refused).
+
+    A resume on 2 ranks of a run trained on 1 was taken without a word: each step's batch is `batch_size` per rank
+    (twice the examples per step from then on, under the same learning rate), and step t's examples are numbered
+    from t x batch_size x ranks (`data.StepSampler`), so the examples between the two numberings were never seen
+    (fewer ranks: seen twice). The run would not go on as it started, and nothing said so. Said before the run
+    folder is written (config.yaml stays as it was): every rank reads the same checkpoint, so every rank refuses."""
+    state = _latest(run_dir)
+    saved = None if state is None else state.get("world")
+    if saved is None or saved == ranks:
+        return
+    how = "without torchrun, or torchrun --nproc_per_node 1" if saved == 1 else f"torchrun with {saved} ranks in all"
+    raise ConfigError(f"{run_dir}: the run was trained on {_ranks(saved)} (its checkpoint of step {state['step']}) "
+                      f"and this resume has {_ranks(ranks)}: the examples of each step (batch_size per rank) and "
+                      f"their order depend on the number of ranks; resume it on {_ranks(saved)} ({how}), or start a "
+                      "new run from its model/ with init_from", code="invalid_config")
+
+
+def _ranks(n: int) -> str:
+    return f"{n} rank{'s' if n != 1 else ''}"
 
 
 def load_checkpoint(run_dir: Path, warn: Callable[[str], None] | None = None,

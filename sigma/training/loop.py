@@ -43,7 +43,15 @@ from sigma.text import dumps_finite
 from sigma.training import world
 
 from . import losses as L
-from .checkpoint import CKPT, PREV, load_checkpoint, refuse_lost_checkpoints, save_checkpoint, sweep_checkpoint_temps
+from .checkpoint import (
+    CKPT,
+    PREV,
+    load_checkpoint,
+    refuse_lost_checkpoints,
+    refuse_other_world,
+    save_checkpoint,
+    sweep_checkpoint_temps,
+)
 from .config import TrainConfig
 from .data import StepSampler, TrainDataset, fixed_val_set, freeze_cache_index, load_val_dir, to_float
 from .datawait import DataWait, DataWaitCut
@@ -418,7 +426,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-                "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.cfg)}
+                "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.cfg),
+                "world": self.world}        # a resume on another number of ranks is refused (refuse_other_world)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """The checkpoint's state into this trainer; `ConfigError` when it does not fit the configured model (the
@@ -1383,6 +1392,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if cfg.freeze != saved.freeze:  # the optimizer's state is per trainable parameter: it would not fit
             raise ConfigError(f"{run_dir}: --resume continues the run's own schedule; a freeze override changes "
                               f"what it trains ({saved.freeze} → {cfg.freeze}; start a new run with init_from instead)")
+        refuse_other_world(run_dir, world.world_size())
         frozen = (run_dir / "cache_index.json").absolute()
         if cfg.data.cache_index and frozen.is_file() and "data.cache_index" not in parse_overrides(overrides):
             # the run's own snapshot of the cache index, wherever the run folder is now: config.yaml holds the

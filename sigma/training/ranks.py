@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from sigma.errors import SigmaError, first_line
+from sigma.regular import open_regular
 from sigma.tempfiles import pid_alive
 from sigma.text import shown
 
@@ -51,7 +52,11 @@ LOOK_S = 1.0
 
 
 def _key(name: str) -> str:
-    """A key of this module's in the run's store, apart for each of torchrun's restarts (the store outlives them)."""
+    """A key of this module's in the run's store, apart for each of torchrun's restarts. Not redundant beside the
+    attempt's namespace (`_attempt`): that is the store of a group sigma started (`connect`); a group the user's
+    script started itself with env:// under torchrun (`world.rendezvous` takes it) has torchrun's agent store, which
+    outlives the restarts, under torch's one `default_pg/` prefix: without this one a restart's ranks would find the
+    dead attempt's `said` count, and none would say its lost rank (per node only, as the count is)."""
     return f"sigma/ranks/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
 
 
@@ -106,13 +111,26 @@ ATTEMPT = "sigma/attempt"
 POLL_S = 0.05
 
 
-def _waited(store: Any, keys: list[str], deadline: float, wait_s: float | None) -> None:
-    """Until every key of `keys` is in `store`, or torch's own words for a wait that ran out (`connect` says it as
-    `rendezvous_failed`). Polled: torch's own `wait` prints a C++ warning each time a short wait runs out."""
+def _waited(store: Any, keys: list[str], deadline: float, wait_s: float | None, whom: str = "the other ranks",
+            given_up: Callable[[], bool] | None = None) -> bool:
+    """True once every key of `keys` is in `store`; False when `given_up()` (asked after each pause) says the keys
+    will not come; torch's own words for a wait that ran out (`connect` says it as `rendezvous_failed`) naming
+    `whom` it waited for. Polled: torch's own `wait` prints a C++ warning each time a short wait runs out. The one
+    wait of `_attempt`'s: its wait for rank 0's welcome, which gives up when rank 0 writes a new token, was a loop of
+    its own beside this one."""
     while not store.check(keys):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {wait_s} s waiting for the other ranks in torchrun's store")
+            raise RuntimeError(f"timed out after {wait_s} s waiting for {whom} in torchrun's store")
         time.sleep(POLL_S)
+        if given_up is not None and given_up():
+            return False
+    return True
+
+
+def _token_replaced(store: Any, token: str) -> Callable[[], bool]:
+    """Whether rank 0 has written a token other than `token` (`_attempt`): that of an attempt before is never
+    welcomed."""
+    return lambda: store.get(ATTEMPT).decode() != token
 
 
 def _attempt(store: Any, rank: int, size: int, wait_s: float) -> str:
@@ -141,14 +159,9 @@ def _attempt(store: Any, rank: int, size: int, wait_s: float) -> str:
         _waited(store, [ATTEMPT], deadline, wait_s)
         token = store.get(ATTEMPT).decode()
         store.set(f"{ATTEMPT}/{token}/hello/{rank}", me)
-        welcome = [f"{ATTEMPT}/{token}/welcome/{me}"]
-        while not store.check(welcome):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out after {wait_s} s waiting for rank 0 in torchrun's store")
-            time.sleep(POLL_S)
-            if store.get(ATTEMPT).decode() != token:
-                break                  # a token of an attempt before: this attempt's rank 0 has written its own
-        else:
+        # given up: a token of an attempt before, this attempt's rank 0 has written its own: asked again under it
+        if _waited(store, [f"{ATTEMPT}/{token}/welcome/{me}"], deadline, wait_s, "rank 0",
+                   given_up=_token_replaced(store, token)):
             return token
 
 
@@ -233,8 +246,13 @@ def restarted_here(run_dir: Path) -> bool:
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0"):
         return False
     this = launcher()
+    if this is None:
+        return False
     try:
-        return this is not None and (run_dir / LAUNCHER).read_text().strip() == this
+        # a regular file only, opened without blocking: a `.torchrun` that was a FIFO held the restart's rank 0 in
+        # its open for ever, torchrun's SIGTERM only noted (the run folder's FIFOs are refused later, bad_outdir)
+        with open_regular(run_dir / LAUNCHER, "r", encoding="utf-8", errors="replace") as handle:
+            return handle.read(4096).strip() == this
     except OSError:
         return False
 
