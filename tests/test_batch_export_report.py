@@ -1407,3 +1407,42 @@ def test_every_exports_summary_counts_the_unfinished_shards_for_scripts(run_dir,
     assert summaries("whole") == {"coco": 0, "imdl-benco": 0, "hf": 0}
     sorted((run / "status").glob("*.json"))[1].unlink()      # that shard pending, as a kill before its status leaves it
     assert summaries("part") == {"coco": 1, "imdl-benco": 1, "hf": 1}
+
+
+def test_the_review_pages_rho_reads_the_runs_confidences(run_dir, tmp_path, capsys):
+    """The page's per-set `conf_rho` (Spearman's rho between confidence and F1, as `sigma eval` reports it) was null
+    for every run: the scores it was computed from carried no confidence. It is the rho of the rows now, and still
+    null ("undefined") where every confidence is the same."""
+    import pyarrow as pa
+
+    from sigma.eval.metrics import spearman
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    rows = load_rows(run, RowFilter(include_errors=True))
+    # a confidence that ranks the masks (their F1) but not exactly: rho is neither 0, 1 nor undefined
+    by_key = {(r["shard"], r["index"]): (r["gt_f1"] or 0.0) + 0.2 * ((r["index"] * 7) % 3) for r in rows}
+
+    def ranked(table):
+        keys = zip(table.column("shard").to_pylist(), table.column("index").to_pylist())
+        return pa.array([by_key[k] for k in keys], pa.float64())
+
+    _edit_confidence(run, ranked)
+    rows = load_rows(run, RowFilter(include_errors=True))
+    page = tmp_path / "page.html"
+
+    def page_rho() -> dict:
+        assert main(["report", str(run), "--out", str(page)]) == 0
+        block = page.read_text().split('<script type="application/json" id="data">', 1)[1].split("</script>", 1)[0]
+        return {s: m["conf_rho"] for s, m in json.loads(block)["metrics"].items()}
+
+    scored = [r for r in rows if r["status"] == "ok" and r["gt_fraction"]]
+    want = {s: spearman([r["confidence"] for r in scored if s in ("overall", r["subset"])],
+                        [r["gt_f1"] for r in scored if s in ("overall", r["subset"])])
+            for s in ("alpha", "beta", "overall")}
+    got = page_rho()
+    assert set(got) == set(want) and all(np.isfinite(v) for v in want.values())
+    assert got == pytest.approx(want)
+    _edit_confidence(run, lambda table: pa.array([0.5] * table.num_rows, pa.float64()))
+    assert page_rho() == {"alpha": None, "beta": None, "overall": None}
+    capsys.readouterr()
