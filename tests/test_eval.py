@@ -867,3 +867,26 @@ def test_an_eval_into_a_folder_holding_another_evals_metrics_says_it_replaces_th
     assert f"{out} holds the metrics.json of an earlier eval" in err and "pixel-diff" in err and str(eval_root) in err
     record = json.loads((out / "metrics.json").read_text())["config"]
     assert record["threshold"] == 0.1 and "threshold: 0.1" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("twin", ["s_1", 7])
+def test_an_id_given_to_two_records_of_a_set_is_refused_not_counted_twice(tmp_path, capsys, twin):
+    """A pairs.jsonl naming two records by one id (a manifest concatenated twice; `7` beside `"7"`) was scored as
+    two pairs: `pairs` said 4 for 3, the pair's F1 weighed double, and per_pair held two rows no reader could tell
+    apart. Now bad_manifest, exit 2, naming the set and the id; nothing written. The same id in two sets is fine."""
+    from sigma.cli import main
+
+    root = tmp_path / "eval"
+    first = {"id": twin, "original": "s_0_original.png", "edited": "s_0_edited.png", "mask": "s_0_mask.png"}
+    make_pair_set(root, "s", 2, extra=[first, {**first, "id": "7"}] if twin == 7 else [first])
+    make_pair_set(root, "t", 2, extra=[{**first, "id": "s_1", "original": "t_0_original.png",
+                                        "edited": "t_0_edited.png", "mask": "t_0_mask.png"}])
+    out = tmp_path / "o"
+    assert main(["eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[bad_manifest]" in err and f"s/pairs.jsonl: id '{twin}'" in err
+    assert not out.exists()
+    assert main(["eval", "--data", str(root / "t"), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    assert [r["id"] for r in json.loads((out / "metrics.json").read_text())["per_pair"]["none"]] == \
+        ["t_0", "t_1", "s_1"]
+    capsys.readouterr()

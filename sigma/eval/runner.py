@@ -185,12 +185,31 @@ def _detail(ann, gt, auc: float) -> PairDetail:
                       confidence=conf)
 
 
+def refuse_repeated_ids(records: list[EvalRecord]) -> None:
+    """bad_manifest for a set whose pairs.jsonl gives one id to two records (a manifest concatenated twice, `1` beside
+    `"1"`): both were scored, the pair counted twice in every table (`pairs` 10 for 9 pairs, its F1 weighed double)
+    and metrics.json's per_pair named two rows alike, which no reader could tell apart. A pair is its set and id."""
+    seen: dict[tuple[str, str], int] = {}
+    for rec in records:
+        key = (rec.set_name, rec.pair_id)
+        seen[key] = seen.get(key, 0) + 1
+    repeated = [key for key, n in seen.items() if n > 1]
+    if repeated:
+        set_name, pair_id = repeated[0]
+        more = f" (and {len(repeated) - 1} more id(s) given twice)" if len(repeated) > 1 else ""
+        raise InputError(printable(f"{set_name}/pairs.jsonl: id {pair_id[:200]!r} names {seen[repeated[0]]} "
+                                   f"records{more}; each pair needs its own id, or it counts more than once in "
+                                   "every table and metrics.json cannot say which row is which"),
+                         code="bad_manifest")
+
+
 def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], io_config: IOConfig | None = None,
              batch_size: int = 4, progress: Callable[[int, int], None] | None = None,
              limit: int | None = None) -> EvalResult:
     io_config = io_config or IOConfig()
     perturbations = perturb.expand(perturbations)
     records = [rec for set_dir in find_sets(data) for rec in read_set(set_dir)]
+    refuse_repeated_ids(records)
     if limit:
         records = records[:limit]
     if not records:
