@@ -486,7 +486,7 @@ def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path)
     old_metrics, old_config = pair(old)
     assert old_metrics == old_config and old_config["threshold"] == 0.1
     states = []
-    for kill_at in range(1, 12):
+    for kill_at in range(1, 16):
         out = tmp_path / f"killed{kill_at}"
         shutil.copytree(old, out)
         proc = sigma_eval(out, "0.3", kill_at)
@@ -890,3 +890,59 @@ def test_an_id_given_to_two_records_of_a_set_is_refused_not_counted_twice(tmp_pa
     assert [r["id"] for r in json.loads((out / "metrics.json").read_text())["per_pair"]["none"]] == \
         ["t_0", "t_1", "s_1"]
     capsys.readouterr()
+
+
+
+def _as_one_refused_writes(argv: list[str]) -> list[str]:
+    """`argv` run so that a folder's mode binds: as it is for a user, through `setpriv` without the capabilities
+    that let root write anywhere (skipped where neither is possible)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return argv
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: a folder's mode does not stop this process")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *argv]
+
+
+@pytest.mark.parametrize("how", ["mode", "mount", "full"])
+def test_an_out_that_refuses_writes_is_refused_before_the_evaluation(eval_root, tmp_path, how):
+    """`--out RO`, a folder an earlier eval used (its `.lock` there) whose mode now refuses writes, ran the whole
+    evaluation — 14 minutes on the real set — and then failed with `os_error` naming a hidden
+    `.config.yaml.PID.RANDOM.tmp`; on a read-only mount it was `os_error` of `.lock`, on a full disk `os_error: No
+    space left on device` naming nothing. Now one `bad_outdir` line naming --out and the reason, before any pair is
+    scored (docs: checked before any work)."""
+    import subprocess
+    import sys
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / ".lock").write_bytes(b"")
+    cmd = [sys.executable, "-m", "sigma", "eval", "--data", str(eval_root), "--annotator", "pixel-diff",
+           "--out", str(ro)]
+    if how == "mode":
+        ro.chmod(0o555)
+        cmd, reason = _as_one_refused_writes(cmd), "Permission denied"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(ro)], capture_output=True).returncode:
+            pytest.skip("mount is not allowed here")
+        (ro / ".lock").write_bytes(b"")
+        if how == "mount":
+            subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True, capture_output=True)
+            reason = "Read-only file system"
+        else:
+            with open(ro / "fill", "wb", buffering=0) as fill, pytest.raises(OSError):   # the disk full
+                while True:
+                    fill.write(b"x" * 4096)
+            reason = "No space left on device"
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 2 and "perturbation" not in done.stdout, done
+        assert done.stderr == f"sigma: error [bad_outdir]: {ro}: not a usable output folder ({reason})\n"
+        assert sorted(p.name for p in ro.iterdir()) == [".lock", "fill"][:1 + (how == "full")]
+    finally:
+        if how != "mode":
+            subprocess.run(["umount", str(ro)], check=False, capture_output=True)
+        ro.chmod(0o755)
