@@ -946,3 +946,27 @@ def test_an_out_that_refuses_writes_is_refused_before_the_evaluation(eval_root, 
         if how != "mode":
             subprocess.run(["umount", str(ro)], check=False, capture_output=True)
         ro.chmod(0o755)
+
+
+class ConstantConfidence(Recorder):
+    """A plugin whose confidence is the same for every pair: it ranks nothing."""
+
+    name = "constant-confidence"
+
+    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        return [(prob, {"confidence": 0.5}) for prob, _ in super()._predict_batch(pairs)]
+
+
+def test_a_confidence_that_ranks_nothing_has_no_rho_and_its_cut_keeps_every_tied_pair_saying_so(tmp_path):
+    """One confidence for every pair: Spearman's rho is undefined (n/a, null), not 0; and the "keep the most
+    confident" line printed `top 25% (conf >= 0.5000): F1 x` where the cut kept all four pairs (ties are kept),
+    the F1 of all of them named as the top quarter's. A cell that keeps more than its share says so."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "s", 4)
+    result = evaluate(ConstantConfidence(), root, ["none"])
+    assert result.mask_tables()["none"]["overall"]["rho_confidence_f1"] != result.mask_tables()["none"]["overall"][
+        "rho_confidence_f1"]                                      # NaN: undefined
+    assert result.to_dict()["masks"]["none"]["overall"]["rho_confidence_f1"] is None
+    text = format_tables(result)
+    assert "top 25% (conf >= 0.5000, ties at the cut: 4 of 4 kept): F1" in text
+    assert "top 100% (conf >= 0.5000): F1" in text and "top 25% (conf >= 0.5000): F1" not in text

@@ -264,6 +264,15 @@ def _rho(v: float | None) -> str:
     return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+6.2f}"
 
 
+def _curve_cell(row: dict[str, Any], total: int) -> str:
+    """One "keep the most confident" cell. Pairs tied at the cut are all kept (`confidence_curve`), so a share can
+    keep more than it names: with one confidence for every pair, "top 25 %" kept them all and printed the F1 of all
+    of them as the top quarter's. Such a cell says how many it kept."""
+    meant = max(1, int(round(row["keep"] * total)))
+    ties = f", ties at the cut: {row['pairs']} of {total} kept" if row["pairs"] != meant else ""
+    return f"top {row['keep']:.0%} (conf >= {row['min_confidence']:.4f}{ties}): F1 {100 * row['f1']:.1f}"
+
+
 def format_tables(result: EvalResult) -> str:
     """The tables `sigma eval` prints. A set's name is its folder's: a control character in it is escaped
     (`printable`), or a set named `$'x\\nFAKE'` printed a row of its own and one with an ESC cleared the screen."""
@@ -292,7 +301,6 @@ def format_tables(result: EvalResult) -> str:
         for group, curve in curves.get(name, {}).items():
             if group == "overall" and EDITING_GROUP in curves.get(name, {}):
                 continue
-            cells = ", ".join(f"top {row['keep']:.0%} (conf >= {row['min_confidence']:.4f}): F1 "
-                              f"{100 * row['f1']:.1f}" for row in curve)
+            cells = ", ".join(_curve_cell(row, curve[0]["pairs"]) for row in curve)
             lines.append(f"keep the most confident ({printable(group.split(' (')[0])}): {cells}")
     return "\n".join(lines)
