@@ -360,6 +360,10 @@ def test_a_confidence_that_is_no_finite_number_is_none_and_the_rest_is_scored(tm
     ('{"id": "a", "original": null, "edited": "e.png", "mask": "m.png"}', "no original"),
     ('{"id": "a", "original": "o.png", "edited": 5, "mask": "m.png"}', "edited is a JSON number, not a file name"),
     ('{"id": ["a"], "original": "o.png", "edited": "e.png", "mask": "m.png"}', "id is a JSON array"),
+    # "id is a JSON number, not text or a number" contradicted itself
+    ('{"id": 1.5, "original": "o.png", "edited": "e.png", "mask": "m.png"}',
+     "id is the JSON number 1.5, not a whole one; an id is text or a whole number"),
+    ('{"id": 1e400, "original": "o.png", "edited": "e.png", "mask": "m.png"}', "id is the JSON number inf, not"),
     ('{"original": "o.png", "edited": "e.png", "mask": "m.png"}', "no id"),
     ('{"id": "a", "original": "o.png", "edited": "e.png", "mask": [1]}', "mask is a JSON array, not a file name"),
     ('{"id": "a", "original": "o.png", "edited": "e.png"}', "no mask"),
