@@ -299,6 +299,22 @@ def make_out_folder(root: Path) -> None:
         raise InputError(f"{root}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir") from exc
 
 
+def _probe_writable(root: Path) -> None:
+    """Make and remove one empty file in `root` (its holder's, once held): the only honest test of a folder that is
+    already there (mkdir -p asks nothing of it) — read-only (its mode, a read-only mount, an ACL) or on a full inode
+    table. `sigma eval --out` into a folder whose mode refused writes ran its whole evaluation (14 minutes on the
+    real set) before failing on its first file with `os_error` naming a hidden temporary file. The name is a
+    temporary one (`.NAME.PID.RANDOM.tmp`), which the sweeps of dead writers remove should a kill come between."""
+    import secrets
+
+    probe = root / f".write-probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    try:
+        probe.unlink()
+    except FileNotFoundError:
+        pass
+
+
 @contextmanager
 def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marker: bool = True,
                 created: bool | None = None, lock_wait: LockWait | None = None,
@@ -321,8 +337,8 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
         fd = (os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644) if marker
               else os.open(root, os.O_RDONLY))
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
+        if exc.errno != errno.ELOOP:       # a read-only mount, a folder whose mode refuses us: as a folder not made
+            raise InputError(f"{root}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir") from exc
         raise InputError(f"{root / LOCK_FILE}: is a symbolic link, not the lock file this folder's runs write; "
                          "remove it (nothing is written through it)", code="bad_outdir") from None
     held = False
@@ -340,9 +356,13 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
             raise InputError(f"{root}: {who}; wait for it to finish or choose another {other}",
                              code="run_locked") from None
         held = True
-        if exclusive and marker:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder_line().encode(), 0)
+        try:
+            _probe_writable(root)
+            if exclusive and marker:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, holder_line().encode(), 0)
+        except OSError as exc:
+            raise InputError(f"{root}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir") from exc
         if exclusive and sweep:
             # the one writer of the folder now: what writers killed here left (their temporary files, a set
             # replacement staged but not moved into place) is finished or removed, so crashes leave no junk.

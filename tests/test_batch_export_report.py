@@ -1407,3 +1407,93 @@ def test_every_exports_summary_counts_the_unfinished_shards_for_scripts(run_dir,
     assert summaries("whole") == {"coco": 0, "imdl-benco": 0, "hf": 0}
     sorted((run / "status").glob("*.json"))[1].unlink()      # that shard pending, as a kill before its status leaves it
     assert summaries("part") == {"coco": 1, "imdl-benco": 1, "hf": 1}
+
+
+def test_the_review_pages_rho_reads_the_runs_confidences(run_dir, tmp_path, capsys):
+    """The page's per-set `conf_rho` (Spearman's rho between confidence and F1, as `sigma eval` reports it) was null
+    for every run: the scores it was computed from carried no confidence. It is the rho of the rows now, and still
+    null ("undefined") where every confidence is the same."""
+    import pyarrow as pa
+
+    from sigma.eval.metrics import spearman
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    rows = load_rows(run, RowFilter(include_errors=True))
+    # a confidence that ranks the masks (their F1) but not exactly: rho is neither 0, 1 nor undefined
+    by_key = {(r["shard"], r["index"]): (r["gt_f1"] or 0.0) + 0.2 * ((r["index"] * 7) % 3) for r in rows}
+
+    def ranked(table):
+        keys = zip(table.column("shard").to_pylist(), table.column("index").to_pylist())
+        return pa.array([by_key[k] for k in keys], pa.float64())
+
+    _edit_confidence(run, ranked)
+    rows = load_rows(run, RowFilter(include_errors=True))
+    page = tmp_path / "page.html"
+
+    def page_rho() -> dict:
+        assert main(["report", str(run), "--out", str(page)]) == 0
+        block = page.read_text().split('<script type="application/json" id="data">', 1)[1].split("</script>", 1)[0]
+        return {s: m["conf_rho"] for s, m in json.loads(block)["metrics"].items()}
+
+    scored = [r for r in rows if r["status"] == "ok" and r["gt_fraction"]]
+    want = {s: spearman([r["confidence"] for r in scored if s in ("overall", r["subset"])],
+                        [r["gt_f1"] for r in scored if s in ("overall", r["subset"])])
+            for s in ("alpha", "beta", "overall")}
+    got = page_rho()
+    assert set(got) == set(want) and all(np.isfinite(v) for v in want.values())
+    assert got == pytest.approx(want)
+    _edit_confidence(run, lambda table: pa.array([0.5] * table.num_rows, pa.float64()))
+    assert page_rho() == {"alpha": None, "beta": None, "overall": None}
+    capsys.readouterr()
+
+
+def _edit_column(run: Path, name: str, value) -> None:
+    """Every row of every shard file of `run` given `value` in column `name` (its type kept), and the status files'
+    size and sha256 to match, as someone editing the manifests would."""
+    import pyarrow as pa
+
+    def column(table):
+        return pa.array([value] * table.num_rows, table.schema.field(name).type)
+
+    if name == "confidence":
+        _edit_confidence(run, column)
+        return
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    for shard in sorted((run / "shards").glob("*.parquet")):
+        table = pq.read_table(shard)
+        pq.write_table(table.set_column(table.schema.get_field_index(name), name, column(table)), shard)
+        status = next(p for p in (run / "status").iterdir()
+                      if json.loads(p.read_text()).get("output") == f"shards/{shard.name}")
+        record = json.loads(status.read_text())
+        record.update(bytes=shard.stat().st_size, sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
+        status.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("height", 2 ** 31 - 1, "a mask of 2147483647 x 64 pixels"),       # a segmentation fault in the mask's decode
+    ("width", -5, "a mask of 64 x -5 pixels"),                           # OverflowError
+    ("gt_tp", None, "its ground-truth scores"),                          # TypeError in the page's metrics
+    ("bbox", None, "its mask (rle_counts, bbox, area, area_fraction)"),  # TypeError in the COCO export
+])
+def test_a_row_no_run_writes_is_run_modified_in_every_reader(run_dir, tmp_path, name, value, says):
+    """A shard edited with its status's sha256 made to match passed the column check with values no run writes: the
+    review page and the IMDL-BenCo export died of a segmentation fault on a height of 2**31-1, a negative width was
+    an OverflowError traceback, a null gt_tp a TypeError in the page's metrics, a null bbox one in the COCO
+    export. Each is now one run_modified line naming the shard and the pair, exit 2, in every reader."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    _edit_column(run, name, value)
+    readers = {"report": ["report", str(run), "--out", str(tmp_path / "page.html")],
+               "coco": ["export", "coco", str(run), "--out", str(tmp_path / "c.json")],
+               "imdl-benco": ["export", "imdl-benco", str(run), "--out", str(tmp_path / "b")]}
+    for reader, argv in readers.items():
+        done = subprocess.run([sys.executable, "-m", "sigma", *argv], capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert done.returncode == 2, (reader, done.returncode, done.stderr[-2000:])
+        assert done.stderr.startswith("sigma: error [run_modified]: ") and done.stderr.count("\n") == 1, done.stderr
+        assert says in done.stderr and "not a shard file as the run wrote it" in done.stderr, done.stderr
+    assert not (tmp_path / "page.html").exists() and not (tmp_path / "c.json").exists()

@@ -360,6 +360,10 @@ def test_a_confidence_that_is_no_finite_number_is_none_and_the_rest_is_scored(tm
     ('{"id": "a", "original": null, "edited": "e.png", "mask": "m.png"}', "no original"),
     ('{"id": "a", "original": "o.png", "edited": 5, "mask": "m.png"}', "edited is a JSON number, not a file name"),
     ('{"id": ["a"], "original": "o.png", "edited": "e.png", "mask": "m.png"}', "id is a JSON array"),
+    # "id is a JSON number, not text or a number" contradicted itself
+    ('{"id": 1.5, "original": "o.png", "edited": "e.png", "mask": "m.png"}',
+     "id is the JSON number 1.5, not a whole one; an id is text or a whole number"),
+    ('{"id": 1e400, "original": "o.png", "edited": "e.png", "mask": "m.png"}', "id is the JSON number inf, not"),
     ('{"original": "o.png", "edited": "e.png", "mask": "m.png"}', "no id"),
     ('{"id": "a", "original": "o.png", "edited": "e.png", "mask": [1]}', "mask is a JSON array, not a file name"),
     ('{"id": "a", "original": "o.png", "edited": "e.png"}', "no mask"),
@@ -486,7 +490,7 @@ def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path)
     old_metrics, old_config = pair(old)
     assert old_metrics == old_config and old_config["threshold"] == 0.1
     states = []
-    for kill_at in range(1, 12):
+    for kill_at in range(1, 16):
         out = tmp_path / f"killed{kill_at}"
         shutil.copytree(old, out)
         proc = sigma_eval(out, "0.3", kill_at)
@@ -867,3 +871,106 @@ def test_an_eval_into_a_folder_holding_another_evals_metrics_says_it_replaces_th
     assert f"{out} holds the metrics.json of an earlier eval" in err and "pixel-diff" in err and str(eval_root) in err
     record = json.loads((out / "metrics.json").read_text())["config"]
     assert record["threshold"] == 0.1 and "threshold: 0.1" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("twin", ["s_1", 7])
+def test_an_id_given_to_two_records_of_a_set_is_refused_not_counted_twice(tmp_path, capsys, twin):
+    """A pairs.jsonl naming two records by one id (a manifest concatenated twice; `7` beside `"7"`) was scored as
+    two pairs: `pairs` said 4 for 3, the pair's F1 weighed double, and per_pair held two rows no reader could tell
+    apart. Now bad_manifest, exit 2, naming the set and the id; nothing written. The same id in two sets is fine."""
+    from sigma.cli import main
+
+    root = tmp_path / "eval"
+    first = {"id": twin, "original": "s_0_original.png", "edited": "s_0_edited.png", "mask": "s_0_mask.png"}
+    make_pair_set(root, "s", 2, extra=[first, {**first, "id": "7"}] if twin == 7 else [first])
+    make_pair_set(root, "t", 2, extra=[{**first, "id": "s_1", "original": "t_0_original.png",
+                                        "edited": "t_0_edited.png", "mask": "t_0_mask.png"}])
+    out = tmp_path / "o"
+    assert main(["eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[bad_manifest]" in err and f"s/pairs.jsonl: id '{twin}'" in err
+    assert not out.exists()
+    assert main(["eval", "--data", str(root / "t"), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    assert [r["id"] for r in json.loads((out / "metrics.json").read_text())["per_pair"]["none"]] == \
+        ["t_0", "t_1", "s_1"]
+    capsys.readouterr()
+
+
+
+def _as_one_refused_writes(argv: list[str]) -> list[str]:
+    """`argv` run so that a folder's mode binds: as it is for a user, through `setpriv` without the capabilities
+    that let root write anywhere (skipped where neither is possible)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return argv
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: a folder's mode does not stop this process")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *argv]
+
+
+@pytest.mark.parametrize("how", ["mode", "mount", "full"])
+def test_an_out_that_refuses_writes_is_refused_before_the_evaluation(eval_root, tmp_path, how):
+    """`--out RO`, a folder an earlier eval used (its `.lock` there) whose mode now refuses writes, ran the whole
+    evaluation — 14 minutes on the real set — and then failed with `os_error` naming a hidden
+    `.config.yaml.PID.RANDOM.tmp`; on a read-only mount it was `os_error` of `.lock`, on a full disk `os_error: No
+    space left on device` naming nothing. Now one `bad_outdir` line naming --out and the reason, before any pair is
+    scored (docs: checked before any work)."""
+    import subprocess
+    import sys
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / ".lock").write_bytes(b"")
+    cmd = [sys.executable, "-m", "sigma", "eval", "--data", str(eval_root), "--annotator", "pixel-diff",
+           "--out", str(ro)]
+    if how == "mode":
+        ro.chmod(0o555)
+        cmd, reason = _as_one_refused_writes(cmd), "Permission denied"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(ro)], capture_output=True).returncode:
+            pytest.skip("mount is not allowed here")
+        (ro / ".lock").write_bytes(b"")
+        if how == "mount":
+            subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True, capture_output=True)
+            reason = "Read-only file system"
+        else:
+            with open(ro / "fill", "wb", buffering=0) as fill, pytest.raises(OSError):   # the disk full
+                while True:
+                    fill.write(b"x" * 4096)
+            reason = "No space left on device"
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 2 and "perturbation" not in done.stdout, done
+        assert done.stderr == f"sigma: error [bad_outdir]: {ro}: not a usable output folder ({reason})\n"
+        assert sorted(p.name for p in ro.iterdir()) == [".lock", "fill"][:1 + (how == "full")]
+    finally:
+        if how != "mode":
+            subprocess.run(["umount", str(ro)], check=False, capture_output=True)
+        ro.chmod(0o755)
+
+
+class ConstantConfidence(Recorder):
+    """A plugin whose confidence is the same for every pair: it ranks nothing."""
+
+    name = "constant-confidence"
+
+    def _predict_batch(self, pairs: list[Pair]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        return [(prob, {"confidence": 0.5}) for prob, _ in super()._predict_batch(pairs)]
+
+
+def test_a_confidence_that_ranks_nothing_has_no_rho_and_its_cut_keeps_every_tied_pair_saying_so(tmp_path):
+    """One confidence for every pair: Spearman's rho is undefined (n/a, null), not 0; and the "keep the most
+    confident" line printed `top 25% (conf >= 0.5000): F1 x` where the cut kept all four pairs (ties are kept),
+    the F1 of all of them named as the top quarter's. A cell that keeps more than its share says so."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "s", 4)
+    result = evaluate(ConstantConfidence(), root, ["none"])
+    assert result.mask_tables()["none"]["overall"]["rho_confidence_f1"] != result.mask_tables()["none"]["overall"][
+        "rho_confidence_f1"]                                      # NaN: undefined
+    assert result.to_dict()["masks"]["none"]["overall"]["rho_confidence_f1"] is None
+    text = format_tables(result)
+    assert "top 25% (conf >= 0.5000, ties at the cut: 4 of 4 kept): F1" in text
+    assert "top 100% (conf >= 0.5000): F1" in text and "top 25% (conf >= 0.5000): F1" not in text

@@ -185,12 +185,31 @@ def _detail(ann, gt, auc: float) -> PairDetail:
                       confidence=conf)
 
 
+def refuse_repeated_ids(records: list[EvalRecord]) -> None:
+    """bad_manifest for a set whose pairs.jsonl gives one id to two records (a manifest concatenated twice, `1` beside
+    `"1"`): both were scored, the pair counted twice in every table (`pairs` 10 for 9 pairs, its F1 weighed double)
+    and metrics.json's per_pair named two rows alike, which no reader could tell apart. A pair is its set and id."""
+    seen: dict[tuple[str, str], int] = {}
+    for rec in records:
+        key = (rec.set_name, rec.pair_id)
+        seen[key] = seen.get(key, 0) + 1
+    repeated = [key for key, n in seen.items() if n > 1]
+    if repeated:
+        set_name, pair_id = repeated[0]
+        more = f" (and {len(repeated) - 1} more id(s) given twice)" if len(repeated) > 1 else ""
+        raise InputError(printable(f"{set_name}/pairs.jsonl: id {pair_id[:200]!r} names {seen[repeated[0]]} "
+                                   f"records{more}; each pair needs its own id, or it counts more than once in "
+                                   "every table and metrics.json cannot say which row is which"),
+                         code="bad_manifest")
+
+
 def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], io_config: IOConfig | None = None,
              batch_size: int = 4, progress: Callable[[int, int], None] | None = None,
              limit: int | None = None) -> EvalResult:
     io_config = io_config or IOConfig()
     perturbations = perturb.expand(perturbations)
     records = [rec for set_dir in find_sets(data) for rec in read_set(set_dir)]
+    refuse_repeated_ids(records)
     if limit:
         records = records[:limit]
     if not records:
@@ -245,6 +264,15 @@ def _rho(v: float | None) -> str:
     return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+6.2f}"
 
 
+def _curve_cell(row: dict[str, Any], total: int) -> str:
+    """One "keep the most confident" cell. Pairs tied at the cut are all kept (`confidence_curve`), so a share can
+    keep more than it names: with one confidence for every pair, "top 25 %" kept them all and printed the F1 of all
+    of them as the top quarter's. Such a cell says how many it kept."""
+    meant = max(1, int(round(row["keep"] * total)))
+    ties = f", ties at the cut: {row['pairs']} of {total} kept" if row["pairs"] != meant else ""
+    return f"top {row['keep']:.0%} (conf >= {row['min_confidence']:.4f}{ties}): F1 {100 * row['f1']:.1f}"
+
+
 def format_tables(result: EvalResult) -> str:
     """The tables `sigma eval` prints. A set's name is its folder's: a control character in it is escaped
     (`printable`), or a set named `$'x\\nFAKE'` printed a row of its own and one with an ESC cleared the screen."""
@@ -273,7 +301,6 @@ def format_tables(result: EvalResult) -> str:
         for group, curve in curves.get(name, {}).items():
             if group == "overall" and EDITING_GROUP in curves.get(name, {}):
                 continue
-            cells = ", ".join(f"top {row['keep']:.0%} (conf >= {row['min_confidence']:.4f}): F1 "
-                              f"{100 * row['f1']:.1f}" for row in curve)
+            cells = ", ".join(_curve_cell(row, curve[0]["pairs"]) for row in curve)
             lines.append(f"keep the most confident ({printable(group.split(' (')[0])}): {cells}")
     return "\n".join(lines)

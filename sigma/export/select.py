@@ -5,6 +5,7 @@ run.json and decode only the rows they keep, shard by shard, so memory stays fla
 """
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -142,6 +143,50 @@ def schema_problem(schema) -> str | None:
             return f"no column {expected.name!r}"
         if schema.field(index).type != expected.type:
             return f"column {expected.name!r} is {schema.field(index).type}, not {expected.type}"
+    return None
+
+
+def _whole(value: Any, low: int, high: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+
+
+def _unit(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def row_problem(row: dict[str, Any], max_pixels: int) -> str | None:
+    """What makes a shard row one no run writes, or None: the values the readers compute with, each as `ok_row` /
+    `error_row` (`sigma.batch.rows`) give it. A shard edited with its status's sha256 made to match passed the
+    column check (`schema_problem`) with nulls or numbers out of range in them: a `height` of 2**31-1 crashed
+    the review page and the IMDL-BenCo export with a segmentation fault (the mask's decode), a negative `width`
+    was an OverflowError traceback, a null `gt_tp` beside a `gt_f1` a TypeError in the page's metrics, a null
+    `bbox` one in the COCO export. `max_pixels`: the run's `io.limits.max_pixels`, which every pair it annotated
+    was held to."""
+    if not isinstance(row.get("pair_id"), str):
+        return "a row with no pair_id"
+    if not _whole(row.get("index"), 0):
+        return f"row of pair {row['pair_id']!r}: index {row.get('index')!r} is no row index"
+    if row.get("status") not in ("ok", "error"):
+        return f"row of pair {row['pair_id']!r}: status {row.get('status')!r} is neither ok nor error"
+    if row["status"] != "ok":
+        return None
+    h, w = row.get("height"), row.get("width")
+    if not (_whole(h, 1) and _whole(w, 1) and h * w <= max_pixels):
+        return (f"row of pair {row['pair_id']!r}: a mask of {h!r} x {w!r} pixels (the run's pairs are at most "
+                f"{max_pixels}, io.limits.max_pixels)")
+    area = h * w
+    bbox = row.get("bbox")
+    if (not isinstance(row.get("rle_counts"), str) or not _whole(row.get("area"), 0, area)
+            or not _unit(row.get("area_fraction"))
+            or not (isinstance(bbox, list) and len(bbox) == 4 and all(_whole(v, 0) for v in bbox))):
+        return (f"row of pair {row['pair_id']!r}: its mask (rle_counts, bbox, area, area_fraction) is not one a run "
+                "writes")
+    if row.get("gt_f1") is not None and not (
+            all(_unit(row.get(k)) for k in ("gt_f1", "gt_iou", "gt_fraction"))
+            and (row.get("gt_auc") is None or _unit(row["gt_auc"]) or math.isnan(row["gt_auc"]))
+            and all(_whole(row.get(k), 0, area) for k in ("gt_tp", "gt_fp", "gt_fn"))):
+        return (f"row of pair {row['pair_id']!r}: its ground-truth scores (gt_f1, gt_iou, gt_auc, gt_fraction, "
+                "gt_tp/fp/fn) are not ones a run writes (a null, or a number out of range)")
     return None
 
 
@@ -311,8 +356,15 @@ def iter_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
                 raise InputError(f"{path}: not a readable shard file ({shown(exc, 300)}): changed while the export "
                                  f"read the run; {EXPORT_STOPPED}. Delete its status file and run the shard again "
                                  "(--resume)", code=MODIFIED) from exc
-        rows = [r for r in table.to_pylist() if row_filter.keep(r)]
-        yield shard, rows
+        rows = table.to_pylist()
+        max_pixels = run.cfg.io.limits.max_pixels
+        for row in rows:
+            wrong = row_problem(row, max_pixels)
+            if wrong:
+                raise InputError(f"{path}: {shown(wrong, 300)}: not a shard file as the run wrote it, edited since; "
+                                 f"{EXPORT_STOPPED}. Delete its status file and run the shard again (--resume)",
+                                 code=MODIFIED)
+        yield shard, [r for r in rows if row_filter.keep(r)]
 
 
 def load_rows(run: str | Path | CheckedRun, row_filter: RowFilter | None = None) -> list[dict]:

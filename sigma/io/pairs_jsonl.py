@@ -50,8 +50,10 @@ def _record_problem(rec: object) -> str | None:
     if not isinstance(rec, dict):
         return f"a JSON {_json_type(rec)}, not an object"
     pair_id = rec.get("id")
+    if isinstance(pair_id, float):       # 1.5, 1e400 (read as inf): "a JSON number, not text or a number" said nothing
+        return f"id is the JSON number {pair_id!r}, not a whole one; an id is text or a whole number"
     if isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)):
-        return "no id" if pair_id is None else f"id is a JSON {_json_type(pair_id)}, not text or a number"
+        return "no id" if pair_id is None else f"id is a JSON {_json_type(pair_id)}, not text or a whole number"
     for name in ("original", "edited", "mask"):
         value = rec.get(name)
         if name == "mask" and value in (None, ""):

@@ -37,6 +37,9 @@ def thumbnail_b64(rgb: np.ndarray, max_side: int) -> str:
 
 
 def set_metrics(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per set, the metrics `sigma eval` prints, from the rows' ground-truth scores. Each score carries the row's
+    confidence, which `conf_rho` (Spearman's rho between confidence and F1) reads: without it every set's rho was
+    null, "undefined", for a run whose confidences rank its masks, where `sigma eval` on the same pairs says +0.77."""
     acc = MetricAccumulator()
     for r in rows:
         if r["status"] != "ok" or r["gt_f1"] is None:
@@ -44,7 +47,7 @@ def set_metrics(rows: list[dict]) -> dict[str, dict[str, Any]]:
         score = ImageScore(pair_id=r["pair_id"], manipulated=bool(r["gt_fraction"]), f1=r["gt_f1"], iou=r["gt_iou"],
                            auc=r["gt_auc"] if r["gt_auc"] is not None else float("nan"),
                            gt_fraction=r["gt_fraction"], pred_fraction=r["area_fraction"], tp=r["gt_tp"],
-                           fp=r["gt_fp"], fn=r["gt_fn"])
+                           fp=r["gt_fp"], fn=r["gt_fn"], confidence=confidence_value(r.get("confidence")))
         acc.add(score, set_group(r["subset"] or "(all)"))     # a set named "overall" keeps its own row
     tables = acc.summaries()
     if len(tables) == 2:      # one set: its row and "overall" say the same
