@@ -206,6 +206,13 @@ def has_staged_set(folder: Path, last: str) -> bool:
     return bool(_journals(folder, last))
 
 
+def staged_set_writers(folder: Path, last: str) -> list[int]:
+    """The pids of the live writers (this process included) whose staged sets ending with `last` lie in `folder`:
+    savers mid-commit, whose `last` is missing until their last rename, not a set that is gone. A dead writer's
+    journal is not listed (`finish_replacements` completes it)."""
+    return [pid for _, pid in _journals(folder, last) if pid_alive(pid)]
+
+
 def finish_replacements(folder: Path, last: str | None = None, timeout_s: float | None = None,
                         held: bool = False) -> list[Path]:
     """Complete the set replacements in `folder` (`last`: only those ending with that file) whose writer died after

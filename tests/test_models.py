@@ -1215,3 +1215,95 @@ def test_saved_weights_are_the_bytes_safetensors_writes(tmp_path):
         write_safetensors(each, tmp_path / "ours", metadata={"format": "sigma-net"})
         assert (tmp_path / "ours").read_bytes() == (tmp_path / "theirs").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "theirs"]
+
+
+# what a reader of a saved model's folder makes of it, in a process of its own: `read_config` (training's init_from),
+# `read_saved_meta` (a submission's look at its backbone) and `check_model_files` (a submission's check), each
+# printing `ok` or the SigmaError's code and message
+_READERS = """import sys
+from sigma.errors import SigmaError
+from sigma.models.factory import check_model_files, read_config, read_saved_meta
+for name, read in (("config", read_config), ("meta", read_saved_meta), ("check", check_model_files)):
+    try:
+        read(sys.argv[1])
+        print(name, "ok", flush=True)
+    except SigmaError as exc:
+        print(name, exc.code, exc.message, flush=True)
+"""
+
+
+def test_readers_of_a_folder_a_saver_holds_mid_commit_say_it_is_busy_never_missing(tmp_path):
+    """A real saver stopped mid-commit (its old config.json removed, its own not yet renamed, its flock held):
+    `read_config` (training's `init_from`) read the config with no hold and said `weights_not_found` "no SigmaNet
+    config" of a model being saved (and, racing a live saver, a FileNotFoundError traceback); so did
+    `read_saved_meta`. Now `read_config` reads under the folder's shared hold as `load_model` does (`weights_busy`
+    after $SIGMA_MODEL_LOCK_WAIT_S), and a reader that finds the config missing while a live saver's journal stands
+    for it says `weights_busy` naming the saver; the submission's check passes it. Once the saver goes on, each
+    reads the saved model."""
+    import os
+    import subprocess
+    import sys
+
+    from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
+
+    folder = save_tiny(tmp_path / "m")
+    saver = stopped_saver(folder)
+    env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"}
+    try:
+        run = subprocess.run([sys.executable, "-c", _READERS, str(folder)], capture_output=True, text=True, env=env,
+                             timeout=120)
+        said = {line.split(" ", 1)[0]: line.split(" ", 2)[1:] for line in run.stdout.splitlines()}
+        assert run.returncode == 0 and set(said) == {"config", "meta", "check"}, (run.stdout, run.stderr)
+        assert said["config"][0] == "weights_busy" and f"pid {saver.pid} (saving)" in said["config"][1], said
+        assert said["meta"][0] == "weights_busy" and f"pid {saver.pid} (saving)" in said["meta"][1], said
+        assert "mid-commit" in said["meta"][1] and f"kill -CONT {saver.pid}" in said["meta"][1], said
+        assert said["check"] == ["ok"], said
+        resume_saver(saver)
+    finally:
+        end_saver(saver)
+    run = subprocess.run([sys.executable, "-c", _READERS, str(folder)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.stdout.split() == ["config", "ok", "meta", "ok", "check", "ok"], (run.stdout, run.stderr)
+
+
+# a saver saving one model into a folder again and again for argv[2] seconds
+_SAVING_LOOP = """import sys, time, torch
+from sigma.models import build_model, save_model
+torch.manual_seed(0)
+model, end = build_model("tiny-lite"), time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    save_model(model, sys.argv[1])
+"""
+
+
+def test_readers_racing_a_live_saver_never_find_its_model_missing(tmp_path):
+    """`read_config` and a submission's `check_model_files` looped in this process while a real saver in another
+    saves into the folder again and again: a commit between a reader's look at config.json and its open of it was
+    `weights_not_found` ("is missing"), `weights_unreadable` ("No such file"), or a FileNotFoundError traceback. Now
+    every read sees a whole model."""
+    import subprocess
+    import sys
+
+    from modelsavers import save_tiny
+
+    from sigma.errors import SigmaError
+    from sigma.models.factory import check_model_files, read_config
+
+    folder = save_tiny(tmp_path / "m")
+    saver = subprocess.Popen([sys.executable, "-c", _SAVING_LOOP, str(folder), "8"], stderr=subprocess.PIPE, text=True)
+    failures: dict[str, str] = {}
+    reads = 0
+    try:
+        while saver.poll() is None:
+            for name, read in (("config", read_config), ("check", check_model_files)):
+                try:
+                    read(folder)
+                except (SigmaError, OSError) as exc:
+                    failures[f"{name} {type(exc).__name__}"] = str(exc)
+            reads += 1
+        assert saver.wait(timeout=120) == 0, saver.stderr.read()
+    finally:
+        if saver.poll() is None:
+            saver.kill()
+            saver.wait(timeout=30)
+    assert reads > 100 and not failures, (reads, failures)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import ValidationError
@@ -27,7 +28,15 @@ from sigma.models.weights import (
     strict_load,
 )
 from sigma.regular import NotRegularFile, open_regular
-from sigma.tempfiles import FolderBusy, finish_replacements, has_staged_set, reading_lock, replace_together, time_left
+from sigma.tempfiles import (
+    FolderBusy,
+    finish_replacements,
+    has_staged_set,
+    reading_lock,
+    replace_together,
+    staged_set_writers,
+    time_left,
+)
 from sigma.text import MAX_DURATION_S, positive_int_env, shown_path
 from sigma.text import loads as load_json
 
@@ -203,18 +212,34 @@ def _check_saved_model(given: Path, what: str) -> None:
     if given.is_file() and given.suffix not in (".safetensors", ".json"):
         raise WeightsNotFoundError(f"{what}: {shown_path(given)} is a file, not a saved model ({_SAVED_FORMS})")
     for needed in (weights_path, cfg_path):
-        if needed == cfg_path and not cfg_path.exists() and has_staged_set(cfg_path.parent, cfg_path.name):
+        if needed == cfg_path and _staged_config(cfg_path):
             continue
         if not needed.is_file():
+            # a live saver's commit may have removed the config after the look above and put it back since
+            if needed == cfg_path and (_staged_config(cfg_path) or cfg_path.is_file()):
+                continue
             state = "is not a file" if needed.exists() else "is missing"
             raise WeightsNotFoundError(f"{what}: {shown_path(needed)} {state} ({_SAVED_FORMS})")
         try:
             with open_regular(needed):      # a FIFO put there after the check: refused, not waited on
                 pass
+        except FileNotFoundError as exc:
+            if needed == cfg_path and _staged_config(cfg_path):     # removed by a saver's commit since the look
+                continue
+            raise WeightsUnreadableError(f"{what}: {shown_path(needed)} cannot be read "
+                                         f"({exc.strerror or exc})") from exc
         except OSError as exc:
             raise WeightsUnreadableError(f"{what}: {shown_path(needed)} cannot be read "
                                          f"({exc.strerror or exc})") from exc
 
+
+
+def _staged_config(cfg_path: Path) -> bool:
+    """`cfg_path` is missing and a save's journal stands for it (a saver mid-commit, or one killed there that the load
+    finishes): what a submission passes. Looked at once, the config's absence and then the journal: a live saver's
+    commit between a look that found the config and the open of it was `weights_not_found` ("is missing") or
+    `weights_unreadable` ("No such file") at `sigma batch submit`, of a model being saved."""
+    return not cfg_path.exists() and has_staged_set(cfg_path.parent, cfg_path.name)
 
 
 def lock_wait_s() -> int:
@@ -271,10 +296,13 @@ def lock_deadline() -> float:
 
 
 def read_config(path: str | Path, *, deadline: float | None = None) -> SigmaNetConfig:
-    """The SigmaNetConfig of a saved model; a save killed mid-commit there is finished first. `deadline`
+    """The SigmaNetConfig of a saved model, read under the folder's shared hold as `load_model` reads it
+    (`_read_pair`); a save killed mid-commit there is finished first. It was read with no hold: a saver mid-commit
+    (stopped there, or live: its config is missing between two renames) made `sigma train` with init_from say
+    `weights_not_found` "no SigmaNet config", or a FileNotFoundError traceback, for a model being saved. `deadline`
     (`lock_deadline()`): its wait for the folder ends there, a bound shared with a `load_model` that follows;
     None: a bound of its own, `lock_wait_s()`."""
-    return _read_saved(path, deadline=deadline)[0]
+    return _read_pair(path, deadline, weights=False)[0]
 
 
 def _read_saved(path: str | Path, finish: bool = True,
@@ -286,11 +314,14 @@ def _read_saved(path: str | Path, finish: bool = True,
     cfg_path, _ = model_files(path)
     if finish and not cfg_path.is_file():
         _finish_save(cfg_path, lock_wait_s(), time_left(deadline))
-    if not cfg_path.is_file():
-        raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} ({_SAVED_FORMS})")
     try:
+        if not cfg_path.is_file():
+            raise FileNotFoundError(cfg_path)
         with open_regular(cfg_path) as handle:       # a FIFO put there after the check: refused, not waited on
             data = load_json(handle.read())
+    except FileNotFoundError:        # gone, or gone between the look and the open (a saver's commit)
+        _refuse_mid_commit(cfg_path)
+        raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path} ({_SAVED_FORMS})") from None
     except NotRegularFile:
         raise WeightsNotFoundError(f"no SigmaNet config at {cfg_path}: not a regular file ({_SAVED_FORMS})") from None
     except ValueError as exc:
@@ -302,6 +333,20 @@ def _read_saved(path: str | Path, finish: bool = True,
     return make_config(data["config"]), bool(data.get("backbone_in_file", True))
 
 
+def _refuse_mid_commit(cfg_path: Path) -> None:
+    """`weights_busy` when `cfg_path` is missing because a live saver is mid-commit there (`staged_set_writers`: its
+    journal is there, the old config removed, its own not yet renamed): the model is being saved, not missing. Said
+    `weights_not_found` "no SigmaNet config" by every reader that looked without the folder's hold, or whose hold
+    was not had (a folder flock refused: `reading_lock` is best effort), of a folder a stopped saver held."""
+    writers = [pid for pid in staged_set_writers(cfg_path.parent, cfg_path.name) if pid != os.getpid()]
+    if writers:
+        who = ", ".join(f"pid {pid} (saving)" for pid in writers)
+        raise WeightsBusyError(
+            f"{cfg_path.parent}: cannot load the model from this folder: {who} is mid-commit of a save into it "
+            f"(its {CONFIG_NAME} not yet in place) — running, or stopped (Ctrl-Z, SIGSTOP) or hung mid-save; "
+            f"resume it (`fg`, `kill -CONT {' '.join(map(str, writers))}`) or let it finish, then try again")
+
+
 def read_saved_meta(path: str | Path) -> tuple[SigmaNetConfig, bool]:
     """(config, whether the weights file holds the backbone) of a saved model, its config.json read alone (no tensor,
     no lock, no save finished): what a fleet submission asks to know whether a load would resolve the backbone
@@ -309,7 +354,8 @@ def read_saved_meta(path: str | Path) -> tuple[SigmaNetConfig, bool]:
     return _read_saved(path, finish=False)
 
 
-def _read_pair(path: str | Path, deadline: float | None = None) -> tuple[SigmaNetConfig, bool, dict[str, torch.Tensor]]:
+def _read_pair(path: str | Path, deadline: float | None = None,
+               weights: bool = True) -> tuple[SigmaNetConfig, bool, dict[str, torch.Tensor] | None]:
     """(config, backbone in file, weights) of one save: both files read under a shared flock on their folder
     (`reading_lock`), so a live `save_model` there (whose renames hold it exclusively) commits before or after the
     two reads, never between them — a load gave one saver's config with another's weights, or found the config gone
@@ -319,7 +365,8 @@ def _read_pair(path: str | Path, deadline: float | None = None) -> tuple[SigmaNe
     the shared hold wait against one deadline, `lock_wait_s()` from the load's start: each had the whole bound, and
     a load that finished a killed save late in its wait then waited for the hold again, up to twice the bound — past
     a fleet worker's watchdog set just above it (`sigma.service.fleet.check_batch_timeout`). `deadline`: a caller's
-    (`lock_deadline()`, shared with its `read_config` before), instead of one from here."""
+    (`lock_deadline()`, shared with its `read_config` before), instead of one from here. `weights=False`: the config
+    alone (`read_config`), its weights None."""
     _refuse_hub_reference(path, "weights")
     cfg_path, weights_path = model_files(path)
     wait_s = lock_wait_s()
@@ -328,6 +375,8 @@ def _read_pair(path: str | Path, deadline: float | None = None) -> tuple[SigmaNe
         _finish_save(cfg_path, wait_s, time_left(deadline))
     with _busy_as_error("load the model from", wait_s), reading_lock(cfg_path.parent, time_left(deadline)):
         cfg, backbone_in_file = _read_saved(path, finish=False)
+        if not weights:
+            return cfg, backbone_in_file, None
         if not weights_path.is_file():
             raise WeightsNotFoundError(f"SigmaNet weights not found: {weights_path} (config at {cfg_path})")
         return cfg, backbone_in_file, load_safetensors(weights_path)
@@ -338,7 +387,8 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu", al
     """Strict load. A file saved without its frozen backbone gets it from `backbone_weights` or the
     config's `backbone.weights`, through the usual resolution order. `deadline` (`lock_deadline()`): its waits for
     the folder end there, a bound shared with a `read_config` before it; None: `lock_wait_s()` from here."""
-    cfg, backbone_in_file, state = _read_pair(path, deadline)
+    cfg, backbone_in_file, read = _read_pair(path, deadline)
+    state = cast(dict[str, torch.Tensor], read)
     _, weights_path = model_files(path)
     if backbone_in_file:
         # checked against a skeleton on the meta device first: a config.json that disagrees with its weights
