@@ -2068,3 +2068,56 @@ def test_shards_a_workers_machine_would_start_no_thread_for_are_deferred_and_don
         assert status["dead"] == 0, status
     finally:
         stop_batch_workers([worker], [log])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_shards_whose_model_a_workers_machine_refuses_memory_to_load_are_deferred_and_done_once_it_is_back(
+        redis_server, tmp_path):
+    """A real `sigma worker --batch` whose RLIMIT_AS is lowered from outside (prlimit) just before it loads a run's
+    model (options.weights): the load is `out_of_memory` (`sigma.registry._build_failed`), and it was the shard's
+    failure (`shard_failed`, a delivery spent each lease), so a shortage lasting `queue.max_deliveries` leases
+    dead-lettered good shards and failed the run, where plain `sigma worker` loads again (`worker.load_retry_s`).
+    Now the task is deferred (no delivery spent) and done once the limit is lifted. The window before the load is
+    held open with a saver stopped on the model folder (`weights_busy`, deferred): the worker has imported what the
+    load needs by then, so the refusal falls on the load itself."""
+    import resource
+
+    from modelsavers import end_saver, resume_saver, stopped_saver
+
+    model, cfg = model_run(tmp_path)
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    env = {**os.environ, "SIGMA_REDIS_URL": redis_server.url, "SIGMA__REDIS__KEY_PREFIX": prefix,
+           "SIGMA_MODEL_LOCK_WAIT_S": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MALLOC_ARENA_MAX": "1"}
+    log = tmp_path / "worker.log"
+    saver = stopped_saver(model)
+    with open(log, "w") as handle:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "sigma", "worker", "--batch", "--consumer", "w1", "--set", "queue.block_ms=100",
+             "--set", "queue.lease_ms=1000", "--set", "queue.heartbeat_interval_ms=100",
+             "--set", "queue.reclaim_interval_ms=100", "--set", "queue.max_deliveries=2"],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
+    try:
+        r = redis_server.client()
+        assert wait_for(lambda: r.exists(Keys(prefix).batch_worker("w1")), 60), log.read_text()
+        assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+        assert wait_for(lambda: f"pid {saver.pid} (saving)" in log.read_text(), 60), log.read_text()
+        hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (_vm_size(worker.pid) + 2**20, hard))
+        resume_saver(saver)
+        # past max_deliveries (2) leases with every load refused its memory
+        refused = re.compile(r"(deferred|failed) \(delivery \d+.*(out_of_memory|loading the run's model|memory)")
+        assert wait_for(lambda: len(refused.findall(log.read_text())) >= 5 or worker.poll() is not None, 60), \
+            log.read_text()
+        resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
+        statuses = out / "status"
+        assert wait_for(lambda: len([p for p in statuses.glob("*.json")
+                                     if json.loads(p.read_text())["status"] == "done"]) == 2, 90), log.read_text()
+        said = log.read_text()
+        assert "loading the run's model" in said and "Traceback" not in said, said
+        assert "shard_failed" not in said and "failed (delivery" not in said, said
+        status = queue_status(redis_server.url, prefix)
+        assert status["dead"] == 0, status
+    finally:
+        end_saver(saver)
+        stop_batch_workers([worker], [log])

@@ -28,7 +28,7 @@ from sigma.batch.config import BatchConfig
 from sigma.batch.layout import DEAD_READ, TASK_READ, RunDir
 from sigma.batch.record import check_options, check_record, corpus_problem, record_version, recorded_config
 from sigma.batch.runner import corpus_from_config, prepare_run, with_default_annotator
-from sigma.errors import ConfigError, InputError, SigmaError, WeightsBusyError, threads_refused
+from sigma.errors import ConfigError, InputError, SigmaError, WeightsBusyError, first_line, threads_refused
 from sigma.folderlock import LockWait
 from sigma.io.corpora import CORPUS_READERS
 from sigma.io.corpora.base import Shard, resolved_under
@@ -561,6 +561,24 @@ class ThreadsRefused(RunBusy):
             f"container's pids limit) or the memory for thread stacks (`ulimit -v`, `ulimit -s`); then {_AGAIN}")
 
 
+class MemoryRefused(RunBusy):
+    """This machine refused the memory to load the run's model (`out_of_memory` while its annotator was built: a low
+    RLIMIT_AS, a container near its limit, safetensors' mmap refused): a state of the machine, mostly brief, no fault of
+    the task's — as `sigma worker` loads again (`worker.load_retry_s`). It was the shard's failure (`shard_failed`, a
+    delivery spent each lease), so a shortage lasting `queue.max_deliveries` leases dead-lettered good shards; now it
+    is deferred as `ThreadsRefused` is (after the lease, no delivery spent, for this worker or another), and
+    dead-lettered (`out_of_memory`) only when no shard has been written in the run folder for `worker.max_defer_s`."""
+
+    code = "out_of_memory"
+
+    def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
+        return "out_of_memory", (
+            f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: the machine of each worker that took "
+            f"it refused the memory to load the run's model for {deferral.last - deferral.since:.0f} s "
+            f"({_deferred(deferral, max_defer_s)}): {self}. Raise the memory limit (`ulimit -v`, the container's "
+            f"memory) or free memory; then {_AGAIN}")
+
+
 class RunTooLarge(RunBusy):
     """The run's run.json is over this worker's `$SIGMA_MAX_RUN_BYTES`: a limit of this machine's, not a fault of the
     task's, and a worker with a higher one (a mixed fleet) can run it. It was dead-lettered at once (`run_too_large`),
@@ -873,11 +891,22 @@ class _Beat:
 
 def _pipeline(cache: _RunCache, cfg: BatchConfig, run_hash: str, rundir: RunDir) -> Any:
     """The run's pipeline, its annotator built once per run (`_RunCache`). A model folder a stopped saver holds
-    (`weights_busy`) is ModelBusy: deferred, not the shard's failure."""
+    (`weights_busy`) is ModelBusy, memory or a thread the machine refused the load (`out_of_memory`,
+    `out_of_threads`) MemoryRefused or ThreadsRefused: deferred, not the shard's failure."""
     try:
         return cache.get(cfg, run_hash)
     except WeightsBusyError as exc:
         raise ModelBusy(exc.message, rundir.root) from exc
+    except SigmaError as exc:
+        # the machine refused the load memory or a thread (`sigma.registry._build_failed`): deferred, no delivery
+        # spent; it counted as the shard's failure and a shortage lasting max_deliveries leases dead-lettered it
+        if exc.code == "out_of_memory":
+            raise MemoryRefused(f"loading the run's model: {exc.message}", rundir.root) from exc
+        if exc.code == "out_of_threads":
+            raise ThreadsRefused(f"loading the run's model: {exc.message}", rundir.root) from exc
+        raise
+    except MemoryError as exc:        # refused outside the annotator's build (the pipeline's own set-up)
+        raise MemoryRefused(f"setting up the run's pipeline: {first_line(exc)}", rundir.root) from exc
 
 
 def process_task(fields: dict[str, str], cache: _RunCache, patience_s: float = RUN_READ_RETRY_S,
