@@ -1567,3 +1567,32 @@ def test_an_eval_data_set_that_becomes_unfinished_keeps_the_trained_model_and_sa
     assert (run / "final" / "config.json").is_file() and (run / "final" / "model.safetensors").is_file()
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "val" and last["step"] == 2 and last["real"].startswith("skipped: "), last
+
+
+def test_a_bad_eval_data_manifest_is_refused_before_the_first_step(photos, tmp_path, capsys):
+    """`eval.data`'s pairs.jsonl was read only at its first scoring: a repeated id or a line that is not JSON stopped
+    the run with `bad_manifest` after all its steps (here 2; `eval.data_every` or hours in a real run), and a set whose
+    pairs all lack their files was scored as `"real": {}` and marked best, exit 0. Now each is refused before the
+    run folder is made; a set with some pairs missing is said once and trains."""
+    good = tmp_path / "sets" / "good"
+    assert main(["synth", "--out", str(good), "-n", "3", "--photos", str(photos), "--no-progress", "crop=64"]) == 0
+    lines = (good / "pairs.jsonl").read_text().splitlines(keepends=True)
+    broken = {"repeated": ("".join(lines) + lines[0], "bad_manifest"),
+              "not_json": ("".join(lines) + "{not json\n", "bad_manifest"),
+              "no_masks": ("".join(lines), "no_pairs")}
+    for name, (manifest, _) in broken.items():
+        shutil.copytree(good, tmp_path / name)
+        (tmp_path / name / "pairs.jsonl").write_text(manifest)
+    for mask in (tmp_path / "no_masks").glob("*_mask.png"):
+        mask.unlink()
+    capsys.readouterr()
+    for name, (_, code) in broken.items():
+        assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", f"name={name}",
+                     "steps=2", "eval.val_size=2", f"eval.data={tmp_path / name}"]) == 2, name
+        out, err = capsys.readouterr()
+        assert err.strip().splitlines()[-1].startswith(f"sigma: error [{code}]"), (name, err)
+        assert "step 1/2" not in out and not (tmp_path / "runs" / name).exists(), name
+    (good / lines[1].split('"mask": "')[1].split('"')[0]).unlink()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=some",
+                 "steps=1", "eval.val_size=2", f"eval.data={good}"]) == 0
+    assert "1 of 3 pairs cannot be scored" in capsys.readouterr().out

@@ -39,7 +39,7 @@ from sigma.lifeline import (
     stop_signals_deferred,
 )
 from sigma.tempfiles import has_staged_set, replace_atomically
-from sigma.text import dumps_finite
+from sigma.text import dumps_finite, printable
 from sigma.training import world
 
 from . import losses as L
@@ -1274,6 +1274,29 @@ def _refuse_unfinished_eval_sets(inputs: TrainConfig) -> None:
         refuse_unfinished_sets(Path(inputs.eval.data))
 
 
+def _check_eval_data(inputs: TrainConfig, log=print) -> None:
+    """`eval.data`'s manifests read and checked before the first step, as its first scoring will read them
+    (`sigma.eval.runner.eval_records`; no image decoded): a repeated id, a record that is not JSON or lacks a field
+    stopped the run with `bad_manifest` only at that scoring, after `eval.data_every` steps or the whole run, and a
+    set none of whose pairs can be scored (files missing, masks null) was scored as `"real": {}` every time, marked
+    best, without a word. Now that set is `no_pairs`; some pairs unscoreable are said once, and skipped as before."""
+    from sigma.eval.runner import eval_records, unscoreable
+
+    ev = inputs.eval
+    data = str(shared_eval_dir()) if ev.data == "shared" else ev.data
+    if not data or not Path(data).is_dir():
+        return
+    records = eval_records(data, ev.limit)
+    problems = [why for why in map(unscoreable, records) if why is not None]
+    if len(problems) == len(records):
+        raise InputError(printable(f"eval.data {data}: none of its {len(records)} pair(s) can be scored, so every "
+                                   f"scoring of the real set would be empty (first: {problems[0]}); fix the set or "
+                                   "leave eval.data out"), code="no_pairs")
+    if problems and world.rank() == 0:
+        log(printable(f"eval.data {data}: {len(problems)} of {len(records)} pairs cannot be scored and are skipped "
+                      f"at each scoring (first: {problems[0]})"))
+
+
 # The config's paths that name inputs (read, never written): relative ones are read from `workdir`.
 INPUT_PATHS = ("data.photos", "data.cache", "data.cache_index", "eval.val_dir", "eval.data", "init_from")
 
@@ -1419,6 +1442,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         raise ConfigError(f"eval.data {inputs.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)"
                           f"{_relative_note(cfg, 'eval.data')}")
     _refuse_unfinished_eval_sets(inputs)
+    _check_eval_data(inputs, log=log)
     if cfg.eval.data and (cfg.eval.data != "shared" or shared_eval_dir().is_dir()):
         # what the perturbations need (TAEF2 for vae / regen) is loaded now: a missing module or missing weights
         # ended the run only when the real set was scored, after the last step, with no final/
