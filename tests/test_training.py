@@ -1596,3 +1596,20 @@ def test_a_bad_eval_data_manifest_is_refused_before_the_first_step(photos, tmp_p
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=some",
                  "steps=1", "eval.val_size=2", f"eval.data={good}"]) == 0
     assert "1 of 3 pairs cannot be scored" in capsys.readouterr().out
+
+
+def test_a_resume_changing_batch_size_or_seed_says_what_it_does_to_the_examples(photos, tmp_path, capsys):
+    """`--resume RUN batch_size=N` renumbers the run's examples (step t reads from t x batch_size x ranks) and
+    `seed=N` draws the rest from another stream: both were taken without a word. Each is now one stderr warning
+    naming the old and new value; a resume that changes neither (steps=) says nothing."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2", "batch_size=2",
+                 "ckpt_every=2", "eval.val_size=0"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "r"), "steps=3"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["train", "--resume", str(runs / "r"), "steps=4", "batch_size=4", "seed=5"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sigma: warning:")]
+    assert len(warnings) == 1, warnings
+    assert "batch_size 2 -> 4" in warnings[0] and "from step 3 on the run reads from example 12, not 6" in warnings[0]
+    assert "seed 0 -> 5" in warnings[0]

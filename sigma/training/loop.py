@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
@@ -50,6 +51,7 @@ from .checkpoint import (
     refuse_lost_checkpoints,
     refuse_other_world,
     save_checkpoint,
+    stream_changes,
     sweep_checkpoint_temps,
 )
 from .config import TrainConfig
@@ -1416,6 +1418,9 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             raise ConfigError(f"{run_dir}: --resume continues the run's own schedule; a freeze override changes "
                               f"what it trains ({saved.freeze} → {cfg.freeze}; start a new run with init_from instead)")
         refuse_other_world(run_dir, world.world_size())
+        changed = stream_changes(run_dir, saved.batch_size, cfg.batch_size, saved.seed, cfg.seed, world.world_size())
+        if changed and world.rank() == 0:
+            print(f"sigma: warning: {printable(changed)}", file=sys.stderr, flush=True)
         frozen = (run_dir / "cache_index.json").absolute()
         if cfg.data.cache_index and frozen.is_file() and "data.cache_index" not in parse_overrides(overrides):
             # the run's own snapshot of the cache index, wherever the run folder is now: config.yaml holds the
