@@ -1613,3 +1613,16 @@ def test_a_resume_changing_batch_size_or_seed_says_what_it_does_to_the_examples(
     assert len(warnings) == 1, warnings
     assert "batch_size 2 -> 4" in warnings[0] and "from step 3 on the run reads from example 12, not 6" in warnings[0]
     assert "seed 0 -> 5" in warnings[0]
+
+
+def test_eval_data_may_name_the_sets_pairs_jsonl(photos, tmp_path):
+    """`eval.data=SET/pairs.jsonl`, the form `sigma eval --data` and `sources` take, was refused as "no such folder"
+    (invalid_config) although the file was there. The set is its folder, and it is scored."""
+    good = tmp_path / "good"
+    assert main(["synth", "--out", str(good), "-n", "2", "--photos", str(photos), "--no-progress", "crop=64"]) == 0
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=m", "steps=1", "eval.val_size=0",
+                 f"eval.data={good / 'pairs.jsonl'}"]) == 0
+    rows = [json.loads(line) for line in (runs / "m" / "metrics.jsonl").read_text().splitlines()]
+    real = [row["real"] for row in rows if row.get("event") == "val" and "real" in row]
+    assert real and isinstance(real[-1], dict) and any(key.endswith("/good") for key in real[-1]), real

@@ -1442,6 +1442,10 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             return start(None, overrides, resume=str(run_dir), log=log, terminated=terminated)
     _check_model(cfg)
     inputs = resolve_inputs(cfg, log=log)     # what the run reads: relative paths from where it started
+    manifest = Path(inputs.eval.data) if inputs.eval.data and inputs.eval.data != "shared" else None
+    if manifest is not None and manifest.name == "pairs.jsonl" and manifest.is_file():
+        # the set's manifest named, as `sigma eval --data` and `sources` take it: it was "no such folder"
+        inputs = _replace(inputs, "eval.data", str(manifest.parent))
     if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).is_dir():
         # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
         raise ConfigError(f"eval.data {inputs.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)"
