@@ -1626,3 +1626,21 @@ def test_eval_data_may_name_the_sets_pairs_jsonl(photos, tmp_path):
     rows = [json.loads(line) for line in (runs / "m" / "metrics.jsonl").read_text().splitlines()]
     real = [row["real"] for row in rows if row.get("event") == "val" and "real" in row]
     assert real and isinstance(real[-1], dict) and any(key.endswith("/good") for key in real[-1]), real
+
+
+def test_a_refused_resume_leaves_the_runs_config_as_it_was(photos, tmp_path, capsys):
+    """`--resume RUN data.photos=EMPTY` was refused (no_photos) after config.yaml had been rewritten with it: the
+    run's own photo folder was gone from its folder, and every plain `--resume RUN` after it failed the same way.
+    config.yaml now takes a resume's overrides only once the run has read its data with them."""
+    runs = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2",
+                 "eval.val_size=0"]) == 0
+    before = (runs / "r" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "r"), f"data.photos={empty}", "steps=3"]) == 2
+    assert "[no_photos]" in capsys.readouterr().err
+    assert (runs / "r" / "config.yaml").read_text() == before
+    assert main(["train", "--resume", str(runs / "r"), "steps=3"]) == 0
+    assert yaml.safe_load((runs / "r" / "config.yaml").read_text())["steps"] == 3

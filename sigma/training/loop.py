@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
@@ -359,11 +359,14 @@ def settle_best(run_dir: Path) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print, terminated: Noted | None = None):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print, terminated: Noted | None = None,
+                 inputs_read: Callable[[], None] | None = None):
         """`terminated`: a SIGTERM noted by the caller since the command started (`sigma train` notes it from
-        before its imports, `start`); `run` notes its own without one."""
+        before its imports, `start`); `run` notes its own without one. `inputs_read`: called once the training and
+        validation data are read, before the first step (`start` writes a resume's config.yaml there)."""
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
         self.terminated = terminated
+        self.inputs_read = inputs_read or (lambda: None)
         # the validation a SIGTERM abandoned (step, what, scored, of), for the `paused` row that ends the run
         self.abandoned_validation: dict[str, Any] | None = None
         # the run stopped while it waited for a batch (`DataWait`), for the `paused` row that ends the run
@@ -840,7 +843,9 @@ class Trainer:
             # and exit 0 with no final/, no final validation and no best/ from it, however often resumed
             self.log(f"{self.run_dir}: at step {self.step} of {cfg.steps} but stopped before final/ was written; "
                      "finishing it")
-            return self._finish(self._val_set() if self.is_main else [], time.monotonic())
+            val = self._val_set() if self.is_main else []
+            self.inputs_read()
+            return self._finish(val, time.monotonic())
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
             # replaced whole: written in place, a kill or a full disk mid-write left a torn grow.json behind (a
@@ -853,6 +858,7 @@ class Trainer:
         started = time.monotonic()
         ds = TrainDataset(cfg)
         val = self._val_set() if self.is_main else []
+        self.inputs_read()
         if self._validates_at_start() or owed:
             self.validate(val)
         self._stop_if_terminated(started)     # before the first step: nothing trained since the checkpoint
@@ -1469,10 +1475,13 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not resume:
             inputs = freeze_cache_index(inputs, run_dir, stop=terminated)
             cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
-        if rank0:
+        if rank0 and not resume:
             save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
-            if not resume:
-                mark_launcher(run_dir)      # for torchrun's own restarts to continue it (`restarted_here`)
+            mark_launcher(run_dir)          # for torchrun's own restarts to continue it (`restarted_here`)
+        # a resume's overrides are written into config.yaml only once the run has read its data with them: a
+        # `--resume RUN data.photos=EMPTY` refused (no_photos) had already replaced the run's own photos there, so
+        # every plain `--resume RUN` after it failed the same way, the path the run trained on gone from its folder
+        saved = (lambda: save_resolved(cfg, run_dir)) if rank0 and resume else None
         # under DDP, every collective of the run is the trainer's: a rank lost mid-run is said here, once (rank_lost)
         with lost_ranks_said(run_dir):
-            return Trainer(inputs, run_dir, log=log, terminated=terminated).run()
+            return Trainer(inputs, run_dir, log=log, terminated=terminated, inputs_read=saved).run()
