@@ -1104,7 +1104,7 @@ def test_a_lower_bound_above_its_upper_bound_is_refused(run_dir, tmp_path, capsy
                 continue
             assert main([*argv, low, "0.5", high, "0.1"]) == 2
             err = capsys.readouterr().err
-            assert "[invalid_config]" in err and f"{low} 0.5 is above {high} 0.1" in err, err
+            assert "[bad_arguments]" in err and f"{low} 0.5 is above {high} 0.1" in err, err
     assert not (tmp_path / "p.html").exists() and not (tmp_path / "c.json").exists()
 
 

@@ -340,11 +340,11 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "batch_huge_int_instructions": (["batch", "run", str(tmp / "folder_bad_instructions"), "--out",
                                          str(tmp / "b2"), "--annotator", "pixel-diff"], "bad_manifest"),
         "export_nan_confidence": (["export", "coco", str(tmp), "--out", str(tmp / "c.json"), "--min-confidence",
-                                   "nan"], "invalid_config"),
-        "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "invalid_config"),
-        "hf_max_shard_nan": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "nan"], "invalid_config"),
-        "hf_max_shard_inf": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "inf"], "invalid_config"),
-        "hf_max_shard_zero": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "0"], "invalid_config"),
+                                   "nan"], "bad_arguments"),
+        "report_confidence_range": (["report", str(tmp), "--max-confidence", "2"], "bad_arguments"),
+        "hf_max_shard_nan": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "nan"], "bad_arguments"),
+        "hf_max_shard_inf": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "inf"], "bad_arguments"),
+        "hf_max_shard_zero": (["export", "hf", str(tmp), str(tmp / "hf"), "--max-shard-mb", "0"], "bad_arguments"),
         # output files that are folders, or lie under a file: said before any work, no temporary file left
         "report_out_is_folder": (["report", str(tmp), "--out", str(tmp)], "out_is_a_folder"),
         "coco_out_is_folder": (["export", "coco", str(tmp), "--out", str(tmp)], "out_is_a_folder"),
@@ -1149,8 +1149,30 @@ def test_a_negative_or_infinite_confidence_flag_reaches_its_check(capsys, tmp_pa
     for flag in ("--min-confidence", "--max-confidence"):
         code, _out, err = run_main(capsys, *args, flag, value)
         assert code == 2
-        assert_one_error_line(err, "invalid_config")
-        assert f"{flag} is a confidence in [0, 1], got {float(value)}" in err, err
+        assert_one_error_line(err, "bad_arguments")
+        assert f"argument {flag}: a confidence in [0, 1], got {float(value)}" in err, err
+
+
+@pytest.mark.parametrize("command, flag", [(["report", "RUN"], "--min-confidence"),
+                                           (["export", "coco", "RUN", "--out", "x.json"], "--max-confidence"),
+                                           (["export", "imdl-benco", "RUN", "--out", "x"], "--min-area"),
+                                           (["export", "hf", "RUN", "x"], "--max-area"),
+                                           (["export", "hf", "RUN", "x"], "--max-shard-mb")])
+def test_every_bad_value_of_a_filter_flag_is_bad_arguments(capsys, tmp_path, command, flag):
+    """`sigma report --min-confidence nan` (or 2) was `invalid_config`, `--min-confidence abc` `bad_arguments`: one
+    flag, two codes for one kind of mistake. A flag no config field bounds now answers `bad_arguments` whatever is
+    wrong with its value, before the run is read; so does a --min-X above its --max-X."""
+    args = [str(tmp_path / "run") if a == "RUN" else a for a in command]
+    for value in ("abc", "", "nan", "inf", "-0.5", "0" if flag == "--max-shard-mb" else "2"):
+        code, _out, err = run_main(capsys, *args, flag, value)
+        assert code == 2, (flag, value)
+        assert_one_error_line(err, "bad_arguments")
+        assert f"argument {flag}: " in err, err
+    if flag != "--max-shard-mb":
+        low, high = flag.replace("max-", "min-"), flag.replace("min-", "max-")
+        code, _out, err = run_main(capsys, *args, low, "0.9", high, "0.1")
+        assert code == 2
+        assert_one_error_line(err, "bad_arguments")
 
 
 @pytest.mark.parametrize("argv", [

@@ -155,10 +155,11 @@ def test_cli_refuses_to_mix_two_exports(run, tmp_path, capsys):
     assert main(["export", "hf", str(run), str(out), "--min-confidence", "0.99"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["export", "hf", str(run), "--out", str(out), "--min-confidence", "2", "--overwrite"]) == 2
-    assert "[invalid_config]: --min-confidence is a confidence in [0, 1]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "[bad_arguments]" in err and "argument --min-confidence: a confidence in [0, 1]" in err
     assert main(["export", "hf", str(run), "--out", str(out), "--min-confidence", "0.99", "--max-confidence", "0.01",
                  "--overwrite"]) == 2
-    assert "[invalid_config]: --min-confidence 0.99 is above --max-confidence 0.01" in capsys.readouterr().err
+    assert "[bad_arguments]: --min-confidence 0.99 is above --max-confidence 0.01" in capsys.readouterr().err
     assert len(load(out, tmp_path)) == 8              # a refused export leaves the previous one as it was
     assert main(["export", "hf", str(run), "--out", str(out), "--max-area", "0.05", "--overwrite"]) == 0
     kept = json.loads(capsys.readouterr().out.splitlines()[0])["rows"]

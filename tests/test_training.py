@@ -1567,3 +1567,80 @@ def test_an_eval_data_set_that_becomes_unfinished_keeps_the_trained_model_and_sa
     assert (run / "final" / "config.json").is_file() and (run / "final" / "model.safetensors").is_file()
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "val" and last["step"] == 2 and last["real"].startswith("skipped: "), last
+
+
+def test_a_bad_eval_data_manifest_is_refused_before_the_first_step(photos, tmp_path, capsys):
+    """`eval.data`'s pairs.jsonl was read only at its first scoring: a repeated id or a line that is not JSON stopped
+    the run with `bad_manifest` after all its steps (here 2; `eval.data_every` or hours in a real run), and a set whose
+    pairs all lack their files was scored as `"real": {}` and marked best, exit 0. Now each is refused before the
+    run folder is made; a set with some pairs missing is said once and trains."""
+    good = tmp_path / "sets" / "good"
+    assert main(["synth", "--out", str(good), "-n", "3", "--photos", str(photos), "--no-progress", "crop=64"]) == 0
+    lines = (good / "pairs.jsonl").read_text().splitlines(keepends=True)
+    broken = {"repeated": ("".join(lines) + lines[0], "bad_manifest"),
+              "not_json": ("".join(lines) + "{not json\n", "bad_manifest"),
+              "no_masks": ("".join(lines), "no_pairs")}
+    for name, (manifest, _) in broken.items():
+        shutil.copytree(good, tmp_path / name)
+        (tmp_path / name / "pairs.jsonl").write_text(manifest)
+    for mask in (tmp_path / "no_masks").glob("*_mask.png"):
+        mask.unlink()
+    capsys.readouterr()
+    for name, (_, code) in broken.items():
+        assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", f"name={name}",
+                     "steps=2", "eval.val_size=2", f"eval.data={tmp_path / name}"]) == 2, name
+        out, err = capsys.readouterr()
+        assert err.strip().splitlines()[-1].startswith(f"sigma: error [{code}]"), (name, err)
+        assert "step 1/2" not in out and not (tmp_path / "runs" / name).exists(), name
+    (good / lines[1].split('"mask": "')[1].split('"')[0]).unlink()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=some",
+                 "steps=1", "eval.val_size=2", f"eval.data={good}"]) == 0
+    assert "1 of 3 pairs cannot be scored" in capsys.readouterr().out
+
+
+def test_a_resume_changing_batch_size_or_seed_says_what_it_does_to_the_examples(photos, tmp_path, capsys):
+    """`--resume RUN batch_size=N` renumbers the run's examples (step t reads from t x batch_size x ranks) and
+    `seed=N` draws the rest from another stream: both were taken without a word. Each is now one stderr warning
+    naming the old and new value; a resume that changes neither (steps=) says nothing."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2", "batch_size=2",
+                 "ckpt_every=2", "eval.val_size=0"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "r"), "steps=3"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["train", "--resume", str(runs / "r"), "steps=4", "batch_size=4", "seed=5"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sigma: warning:")]
+    assert len(warnings) == 1, warnings
+    assert "batch_size 2 -> 4" in warnings[0] and "from step 3 on the run reads from example 12, not 6" in warnings[0]
+    assert "seed 0 -> 5" in warnings[0]
+
+
+def test_eval_data_may_name_the_sets_pairs_jsonl(photos, tmp_path):
+    """`eval.data=SET/pairs.jsonl`, the form `sigma eval --data` and `sources` take, was refused as "no such folder"
+    (invalid_config) although the file was there. The set is its folder, and it is scored."""
+    good = tmp_path / "good"
+    assert main(["synth", "--out", str(good), "-n", "2", "--photos", str(photos), "--no-progress", "crop=64"]) == 0
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=m", "steps=1", "eval.val_size=0",
+                 f"eval.data={good / 'pairs.jsonl'}"]) == 0
+    rows = [json.loads(line) for line in (runs / "m" / "metrics.jsonl").read_text().splitlines()]
+    real = [row["real"] for row in rows if row.get("event") == "val" and "real" in row]
+    assert real and isinstance(real[-1], dict) and any(key.endswith("/good") for key in real[-1]), real
+
+
+def test_a_refused_resume_leaves_the_runs_config_as_it_was(photos, tmp_path, capsys):
+    """`--resume RUN data.photos=EMPTY` was refused (no_photos) after config.yaml had been rewritten with it: the
+    run's own photo folder was gone from its folder, and every plain `--resume RUN` after it failed the same way.
+    config.yaml now takes a resume's overrides only once the run has read its data with them."""
+    runs = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2",
+                 "eval.val_size=0"]) == 0
+    before = (runs / "r" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "r"), f"data.photos={empty}", "steps=3"]) == 2
+    assert "[no_photos]" in capsys.readouterr().err
+    assert (runs / "r" / "config.yaml").read_text() == before
+    assert main(["train", "--resume", str(runs / "r"), "steps=3"]) == 0
+    assert yaml.safe_load((runs / "r" / "config.yaml").read_text())["steps"] == 3

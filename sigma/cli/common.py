@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,23 +248,40 @@ class Progress:
         self.close()
 
 
-def check_unit_interval(args: argparse.Namespace, what: dict[str, str]) -> None:
-    """Flags that are fractions in [0, 1] (`what`: flag attribute → what it is, for the message); NaN fails too,
-    where a bare comparison would let it through and filter out every row, unsaid. So does a `min_X` above its
-    `max_X`."""
-    from sigma.errors import ConfigError
+def number_in(meaning: str, low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """argparse `type=` of a float flag that no config field bounds (report and export filters, `--max-shard-mb`):
+    a finite number in [low, high] ((low, high] with `low_open`), `meaning` saying what it is ("a confidence in
+    [0, 1]"). Its value was checked after parsing and refused as `invalid_config` (`--min-confidence nan`) while
+    `--min-confidence abc` was argparse's `bad_arguments`: one flag, two codes for one mistake. Now every bad value
+    of such a flag is one `bad_arguments` line naming it. NaN fails too, where a bare comparison would let it through
+    and filter out every row, unsaid."""
 
-    for name, meaning in what.items():
-        value = getattr(args, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ConfigError(f"--{name.replace('_', '-')} is {meaning} in [0, 1], got {value}")
-    # a lower bound above its upper bound passes no pair: the review page was an empty gallery, exit 0
-    for low in (name for name in what if name.startswith("min_")):
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{meaning}, got {text[:100]!r}") from None
+        above_low = low < value if low_open else low <= value
+        if not (math.isfinite(value) and above_low and value <= high):
+            raise argparse.ArgumentTypeError(f"{meaning}, got {value}")
+        return value
+    return number
+
+
+#: `type=` of a flag that is a confidence, and of one that is a fraction of the image
+CONFIDENCE = number_in("a confidence in [0, 1]", 0.0, 1.0)
+AREA = number_in("a fraction of the image in [0, 1]", 0.0, 1.0)
+
+
+def check_min_max(args: argparse.Namespace, names: list[str]) -> None:
+    """A `min_X` flag above its `max_X` (`names`: the flags' attributes) passes no pair: the review page was an
+    empty gallery, exit 0. One `bad_arguments` line, as any other mistake in a flag is."""
+    for low in (name for name in names if name.startswith("min_")):
         high = "max_" + low[4:]
         lo, hi = getattr(args, low), getattr(args, high, None)
-        if high in what and lo is not None and hi is not None and lo > hi:
-            raise ConfigError(f"--{low.replace('_', '-')} {lo:g} is above --{high.replace('_', '-')} {hi:g}: no pair "
-                              "could pass both")
+        if high in names and lo is not None and hi is not None and lo > hi:
+            raise InputError(f"--{low.replace('_', '-')} {lo:g} is above --{high.replace('_', '-')} {hi:g}: no pair "
+                             "could pass both", code="bad_arguments")
 
 
 def check_outdir(outdir: Path, create: bool = False) -> Path:

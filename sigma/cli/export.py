@@ -5,7 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from sigma.cli.common import path
+from sigma.cli.common import AREA, CONFIDENCE, number_in, path
+
+SHARD_MB = number_in("the largest parquet file in MB, a number > 0", 0.0, float("inf"), low_open=True)
 
 MASKS = ("chosen", "semantic", "footprint")          # sigma.export.select.MASKS (not imported: CLI start-up)
 ORDERS = ("corpus", "confidence", "confidence-asc")  # sigma.export.select.ORDERS
@@ -20,11 +22,11 @@ EXAMPLES = """examples:
 
 def _filters(p: argparse.ArgumentParser, sort: bool = True) -> None:
     p.add_argument("run_dir", type=path, help="a `sigma batch run` folder (finished shards are exported)")
-    p.add_argument("--min-confidence", type=float, help="keep pairs with confidence >= C (pairs without one "
+    p.add_argument("--min-confidence", type=CONFIDENCE, help="keep pairs with confidence >= C (pairs without one "
                    "drop); docs/masks.md gives the expected F1 for each C")
-    p.add_argument("--max-confidence", type=float, help="keep pairs with confidence <= C (e.g. to hand-check)")
-    p.add_argument("--min-area", type=float, help="keep masks covering at least this fraction of the image")
-    p.add_argument("--max-area", type=float, help="keep masks covering at most this fraction of the image")
+    p.add_argument("--max-confidence", type=CONFIDENCE, help="keep pairs with confidence <= C (e.g. to hand-check)")
+    p.add_argument("--min-area", type=AREA, help="keep masks covering at least this fraction of the image")
+    p.add_argument("--max-area", type=AREA, help="keep masks covering at most this fraction of the image")
     p.add_argument("--composite", choices=("only", "exclude"), help="keep only the pairs found to be "
                    "composites (most pixels untouched), or only the others")
     p.add_argument("--mask", choices=MASKS, default="chosen", help="which mask to export: chosen (the run's "
@@ -68,18 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("out", nargs="?", type=path, help="output folder (README.md, data/train-*.parquet)")
     h.add_argument("--out", dest="out_flag", metavar="OUT", type=path, help="the same, as an option")
     h.add_argument("--name", help="the dataset's pretty name in the card")
-    h.add_argument("--max-shard-mb", type=float, default=500, help="start a new parquet file past this size (500)")
+    h.add_argument("--max-shard-mb", type=SHARD_MB, default=500, help="start a new parquet file past this size (500)")
     h.add_argument("--overwrite", action="store_true", help="replace a dataset already exported to OUT")
     h.set_defaults(run=run_hf, needs=("batch",), stdout_is_a_log=True)
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
 
 def _row_filter(args: argparse.Namespace):
-    from sigma.cli.common import check_unit_interval
+    from sigma.cli.common import check_min_max
     from sigma.export.select import RowFilter
 
-    check_unit_interval(args, {"min_area": "a fraction of the image", "max_area": "a fraction of the image",
-                               "min_confidence": "a confidence", "max_confidence": "a confidence"})
+    check_min_max(args, ["min_area", "max_area", "min_confidence", "max_confidence"])
     composite = {"only": True, "exclude": False, None: None}[args.composite]
     return RowFilter(min_confidence=args.min_confidence, max_confidence=args.max_confidence,
                      min_area=args.min_area, max_area=args.max_area, composite=composite)

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sigma.cli.common import integer, path, within
+from sigma.cli.common import CONFIDENCE, integer, path, within
 
 # The gallery inlines two JPEG thumbnails per pair: 10000 pairs at 192 px is ~150 MB of HTML, already more than a
 # page to review; a larger --limit wrote a page no browser opens (and 1e30 was taken). A thumbnail is never enlarged.
@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"pairs in the gallery, lowest confidence first (300; 1 .. {MAX_REPORT_PAIRS})")
     p.add_argument("--thumb", type=integer, action=within(*THUMB_RANGE), default=192,
                    help=f"thumbnail size in pixels (192; {THUMB_RANGE[0]} .. {THUMB_RANGE[1]})")
-    p.add_argument("--min-confidence", type=float, help="show only pairs with confidence >= C")
-    p.add_argument("--max-confidence", type=float, help="show only pairs with confidence <= C")
+    p.add_argument("--min-confidence", type=CONFIDENCE, help="show only pairs with confidence >= C")
+    p.add_argument("--max-confidence", type=CONFIDENCE, help="show only pairs with confidence <= C")
     p.add_argument("--sort", choices=("confidence-asc", "confidence"), default="confidence-asc",
                    help="which pairs fill the gallery: lowest confidence first (default: the ones to check) "
                         "or highest first (what an export at --min-confidence keeps)")
@@ -41,10 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sigma.cli.common import check_outfile, check_unit_interval
+    from sigma.cli.common import check_min_max, check_outfile
     from sigma.report.build import build_report
 
-    check_unit_interval(args, {"min_confidence": "a confidence", "max_confidence": "a confidence"})
+    check_min_max(args, ["min_confidence", "max_confidence"])
     if args.out is not None:    # "" too: it wrote RUN_DIR/report.html, a file not asked for
         check_outfile(Path(args.out))
     print(json.dumps(build_report(args.run_dir, args.out, limit=args.limit, thumb=args.thumb,

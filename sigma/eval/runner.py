@@ -203,17 +203,36 @@ def refuse_repeated_ids(records: list[EvalRecord]) -> None:
                          code="bad_manifest")
 
 
-def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], io_config: IOConfig | None = None,
-             batch_size: int = 4, progress: Callable[[int, int], None] | None = None,
-             limit: int | None = None) -> EvalResult:
-    io_config = io_config or IOConfig()
-    perturbations = perturb.expand(perturbations)
+def eval_records(data: str | Path, limit: int | None = None) -> list[EvalRecord]:
+    """The records `evaluate` scores, in its order: every set's manifest read and checked (bad_manifest, repeated
+    ids), the first `limit`; `no_pairs` when none. No image is opened: `sigma train` calls it before its first step
+    for `eval.data`, which was read only at the first scoring, after minutes to hours of training."""
     records = [rec for set_dir in find_sets(data) for rec in read_set(set_dir)]
     refuse_repeated_ids(records)
     if limit:
         records = records[:limit]
     if not records:
         raise InputError(f"{data}: the pairs.jsonl files hold no pairs", code="no_pairs")
+    return records
+
+
+def unscoreable(rec: EvalRecord) -> str | None:
+    """Why `evaluate` will leave `rec` unscored, as far as a look at its files tells (none opened): its mask null,
+    or a file that is not there. None when its files are there (they may still fail to decode)."""
+    if rec.mask is None:
+        return f"{rec.set_name}/{rec.pair_id}: the record's mask is null (no ground truth)"
+    for name, path in (("original", rec.original), ("edited", rec.edited), ("mask", rec.mask)):
+        if not path.is_file():
+            return f"{rec.set_name}/{rec.pair_id}: its {name} {path} is not a file"
+    return None
+
+
+def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], io_config: IOConfig | None = None,
+             batch_size: int = 4, progress: Callable[[int, int], None] | None = None,
+             limit: int | None = None) -> EvalResult:
+    io_config = io_config or IOConfig()
+    perturbations = perturb.expand(perturbations)
+    records = eval_records(data, limit)
     result = EvalResult()
     total = len(records) * len(perturbations)
     done = 0

@@ -208,6 +208,32 @@ def refuse_other_world(run_dir: Path, ranks: int) -> None:
                       "new run from its model/ with init_from", code="invalid_config")
 
 
+def stream_changes(run_dir: Path, saved_batch: int, batch: int, saved_seed: int, seed: int, ranks: int) -> str | None:
+    """What a `--resume RUN batch_size=N` or `seed=N` changes in the examples the run trains on, in one line (None
+    when neither changed, or the run has no checkpoint and starts over). Both were taken without a word: step t's
+    examples are numbered from t x batch_size x ranks (`data.StepSampler`) and drawn from (seed, number), so another
+    batch size skips or repeats examples from the checkpoint's step on, and another seed draws the rest of the run
+    from another stream. Said, not refused (unlike another number of ranks, `refuse_other_world`): a smaller batch
+    for a smaller machine, or a fresh stream, may be what the user wants, but the run is no longer the one started."""
+    if saved_batch == batch and saved_seed == seed:
+        return None
+    step = latest_step(run_dir)
+    if step is None:
+        return None
+    said = []
+    if saved_batch != batch:
+        old, new = step * saved_batch * ranks, step * batch * ranks
+        gap = (f"examples {old} to {new - 1} are skipped" if new > old else
+               f"examples {new} to {old - 1} are read again" if new < old else "none skipped or read again")
+        said.append(f"batch_size {saved_batch} -> {batch}: step t reads examples from t x batch_size x ranks, so from "
+                    f"step {step} on the run reads from example {new}, not {old} ({gap}), and each step averages "
+                    f"{batch} pair(s) a rank under the same learning-rate schedule")
+    if saved_seed != seed:
+        said.append(f"seed {saved_seed} -> {seed}: the examples from step {step} on are drawn from another stream than "
+                    "the first steps' (the run is no longer the one either seed names)")
+    return f"{run_dir}: --resume changes the run's examples: {'; '.join(said)}"
+
+
 def _ranks(n: int) -> str:
     return f"{n} rank{'s' if n != 1 else ''}"
 

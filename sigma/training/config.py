@@ -88,8 +88,8 @@ class EvalConfig(Section):
                          "every run and every checkpoint is scored on the same pairs ('' = generate in memory)")
     at_start: bool = Field(True, description="validate before the first step of a fresh run (the init_from "
                            "baseline on the same pairs)")
-    data: str = Field("", description="pairs.jsonl folder scored with sigma.eval ('' = none); "
-                      "'shared' = $SIGMA_SHARED/data/eval")
+    data: str = Field("", description="pairs.jsonl folder (or the set's pairs.jsonl) scored with sigma.eval "
+                      "('' = none); 'shared' = $SIGMA_SHARED/data/eval")
     data_every: int = Field(0, ge=0, description="steps between real-set evaluations (0 = only at the end)")
     perturb: list[str] = Field(default_factory=lambda: ["none"])
     image_size: int | None = Field(None, ge=0, le=MAX_WORKING_SIZE,

@@ -14,8 +14,9 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
@@ -39,7 +40,7 @@ from sigma.lifeline import (
     stop_signals_deferred,
 )
 from sigma.tempfiles import has_staged_set, replace_atomically
-from sigma.text import dumps_finite
+from sigma.text import dumps_finite, printable
 from sigma.training import world
 
 from . import losses as L
@@ -50,6 +51,7 @@ from .checkpoint import (
     refuse_lost_checkpoints,
     refuse_other_world,
     save_checkpoint,
+    stream_changes,
     sweep_checkpoint_temps,
 )
 from .config import TrainConfig
@@ -357,11 +359,14 @@ def settle_best(run_dir: Path) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print, terminated: Noted | None = None):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, log=print, terminated: Noted | None = None,
+                 inputs_read: Callable[[], None] | None = None):
         """`terminated`: a SIGTERM noted by the caller since the command started (`sigma train` notes it from
-        before its imports, `start`); `run` notes its own without one."""
+        before its imports, `start`); `run` notes its own without one. `inputs_read`: called once the training and
+        validation data are read, before the first step (`start` writes a resume's config.yaml there)."""
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
         self.terminated = terminated
+        self.inputs_read = inputs_read or (lambda: None)
         # the validation a SIGTERM abandoned (step, what, scored, of), for the `paused` row that ends the run
         self.abandoned_validation: dict[str, Any] | None = None
         # the run stopped while it waited for a batch (`DataWait`), for the `paused` row that ends the run
@@ -838,7 +843,9 @@ class Trainer:
             # and exit 0 with no final/, no final validation and no best/ from it, however often resumed
             self.log(f"{self.run_dir}: at step {self.step} of {cfg.steps} but stopped before final/ was written; "
                      "finishing it")
-            return self._finish(self._val_set() if self.is_main else [], time.monotonic())
+            val = self._val_set() if self.is_main else []
+            self.inputs_read()
+            return self._finish(val, time.monotonic())
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
             # replaced whole: written in place, a kill or a full disk mid-write left a torn grow.json behind (a
@@ -851,6 +858,7 @@ class Trainer:
         started = time.monotonic()
         ds = TrainDataset(cfg)
         val = self._val_set() if self.is_main else []
+        self.inputs_read()
         if self._validates_at_start() or owed:
             self.validate(val)
         self._stop_if_terminated(started)     # before the first step: nothing trained since the checkpoint
@@ -1274,6 +1282,29 @@ def _refuse_unfinished_eval_sets(inputs: TrainConfig) -> None:
         refuse_unfinished_sets(Path(inputs.eval.data))
 
 
+def _check_eval_data(inputs: TrainConfig, log=print) -> None:
+    """`eval.data`'s manifests read and checked before the first step, as its first scoring will read them
+    (`sigma.eval.runner.eval_records`; no image decoded): a repeated id, a record that is not JSON or lacks a field
+    stopped the run with `bad_manifest` only at that scoring, after `eval.data_every` steps or the whole run, and a
+    set none of whose pairs can be scored (files missing, masks null) was scored as `"real": {}` every time, marked
+    best, without a word. Now that set is `no_pairs`; some pairs unscoreable are said once, and skipped as before."""
+    from sigma.eval.runner import eval_records, unscoreable
+
+    ev = inputs.eval
+    data = str(shared_eval_dir()) if ev.data == "shared" else ev.data
+    if not data or not Path(data).is_dir():
+        return
+    records = eval_records(data, ev.limit)
+    problems = [why for why in map(unscoreable, records) if why is not None]
+    if len(problems) == len(records):
+        raise InputError(printable(f"eval.data {data}: none of its {len(records)} pair(s) can be scored, so every "
+                                   f"scoring of the real set would be empty (first: {problems[0]}); fix the set or "
+                                   "leave eval.data out"), code="no_pairs")
+    if problems and world.rank() == 0:
+        log(printable(f"eval.data {data}: {len(problems)} of {len(records)} pairs cannot be scored and are skipped "
+                      f"at each scoring (first: {problems[0]})"))
+
+
 # The config's paths that name inputs (read, never written): relative ones are read from `workdir`.
 INPUT_PATHS = ("data.photos", "data.cache", "data.cache_index", "eval.val_dir", "eval.data", "init_from")
 
@@ -1393,6 +1424,9 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             raise ConfigError(f"{run_dir}: --resume continues the run's own schedule; a freeze override changes "
                               f"what it trains ({saved.freeze} → {cfg.freeze}; start a new run with init_from instead)")
         refuse_other_world(run_dir, world.world_size())
+        changed = stream_changes(run_dir, saved.batch_size, cfg.batch_size, saved.seed, cfg.seed, world.world_size())
+        if changed and world.rank() == 0:
+            print(f"sigma: warning: {printable(changed)}", file=sys.stderr, flush=True)
         frozen = (run_dir / "cache_index.json").absolute()
         if cfg.data.cache_index and frozen.is_file() and "data.cache_index" not in parse_overrides(overrides):
             # the run's own snapshot of the cache index, wherever the run folder is now: config.yaml holds the
@@ -1414,11 +1448,16 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             return start(None, overrides, resume=str(run_dir), log=log, terminated=terminated)
     _check_model(cfg)
     inputs = resolve_inputs(cfg, log=log)     # what the run reads: relative paths from where it started
+    manifest = Path(inputs.eval.data) if inputs.eval.data and inputs.eval.data != "shared" else None
+    if manifest is not None and manifest.name == "pairs.jsonl" and manifest.is_file():
+        # the set's manifest named, as `sigma eval --data` and `sources` take it: it was "no such folder"
+        inputs = _replace(inputs, "eval.data", str(manifest.parent))
     if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).is_dir():
         # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
         raise ConfigError(f"eval.data {inputs.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)"
                           f"{_relative_note(cfg, 'eval.data')}")
     _refuse_unfinished_eval_sets(inputs)
+    _check_eval_data(inputs, log=log)
     if cfg.eval.data and (cfg.eval.data != "shared" or shared_eval_dir().is_dir()):
         # what the perturbations need (TAEF2 for vae / regen) is loaded now: a missing module or missing weights
         # ended the run only when the real set was scored, after the last step, with no final/
@@ -1436,10 +1475,13 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not resume:
             inputs = freeze_cache_index(inputs, run_dir, stop=terminated)
             cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
-        if rank0:
+        if rank0 and not resume:
             save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
-            if not resume:
-                mark_launcher(run_dir)      # for torchrun's own restarts to continue it (`restarted_here`)
+            mark_launcher(run_dir)          # for torchrun's own restarts to continue it (`restarted_here`)
+        # a resume's overrides are written into config.yaml only once the run has read its data with them: a
+        # `--resume RUN data.photos=EMPTY` refused (no_photos) had already replaced the run's own photos there, so
+        # every plain `--resume RUN` after it failed the same way, the path the run trained on gone from its folder
+        saved = (lambda: save_resolved(cfg, run_dir)) if rank0 and resume else None
         # under DDP, every collective of the run is the trainer's: a rank lost mid-run is said here, once (rank_lost)
         with lost_ranks_said(run_dir):
-            return Trainer(inputs, run_dir, log=log, terminated=terminated).run()
+            return Trainer(inputs, run_dir, log=log, terminated=terminated, inputs_read=saved).run()
