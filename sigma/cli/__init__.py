@@ -12,7 +12,15 @@ import warnings
 
 from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
 from sigma.cli.blas import one_blas_thread_under_an_address_limit
-from sigma.errors import SigmaError, Stopped, loading_refused, memory_refused, no_memory, threads_refused
+from sigma.errors import (
+    SigmaError,
+    Stopped,
+    loading_refused,
+    memory_refused,
+    no_memory,
+    opencv_memory_refused,
+    threads_refused,
+)
 
 one_blas_thread_under_an_address_limit()     # before any command's module imports numpy or OpenCV
 
@@ -235,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         if not threads_refused(exc):
             raise
         return _failed(_out_of_threads(), argv)
+    except Exception as exc:        # OpenCV's own refusal (a cv2.error, code StsNoMem) anywhere in a command's work
+        if not memory_refused(exc):
+            raise
+        return _failed(_out_of_memory(exc), argv)
     return _said_all(status, argv, bool(getattr(args, "stdout_is_a_log", False)))
 
 
@@ -265,9 +277,13 @@ def _out_of_memory(exc: BaseException) -> str:
     importing a module, and a library whose dlopen could not map it (`libtorch_cpu.so: failed to map segment from
     shared object`; numpy wraps its own in an ImportError of its advice). Made without importing anything: with no
     memory, the import of the usual line's helpers (`error_line`) failed in its turn. An OSError counts when it is
-    ENOMEM (`memory_refused`: an import's folder listing refused), else it is ""."""
+    ENOMEM (`memory_refused`: an import's folder listing refused), else it is ""; so is OpenCV's `cv2.error` of
+    memory refused (`opencv_memory_refused`), which the finalising steps (the footprint's `residual_map`, the mask
+    extras, resizing the probability map) raised as a traceback, exit 1, under a `prlimit --as` of ~1.6 GB."""
     why = "MemoryError"
-    if isinstance(exc, OSError):
+    if opencv_memory_refused(exc):
+        why = " ".join(str(exc).split()).partition("error: ")[2][:300] or "cv2.error"
+    elif isinstance(exc, OSError):
         if not memory_refused(exc):
             return ""
         why = exc.strerror or "Cannot allocate memory"
