@@ -17,7 +17,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.lines import read_at_most
-from sigma.regular import BrokenLink, NotRegularFile, broken_link, open_regular
+from sigma.regular import BrokenLink, NotRegularFile, broken_link, kind_of, open_regular
 from sigma.tempfiles import replace_atomically
 from sigma.text import shown_path
 
@@ -604,9 +604,17 @@ def _png_is_16bit(data: bytes) -> bool:
     return len(data) > 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16
 
 
+def not_an_image_file(where: str, kind: str) -> ImageError:
+    """The error of an image path that names `kind` (a FIFO, a folder, /dev/zero's character device), not a file:
+    `not_a_regular_file`, saying what is there. It was `file_not_found`, which sent people looking for a missing
+    file; that code stays for a path where nothing is (or a link to nothing)."""
+    return ImageError(f"{where}: not a regular file ({kind}); an image must be a file", code="not_a_regular_file")
+
+
 def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
     """A regular file's bytes, at most `max_bytes` (else file_too_large), with one-line errors: file_not_found,
-    file_unreadable (permissions, a name too long for the file system), invalid_path (a NUL byte)."""
+    not_a_regular_file (a FIFO, a folder, a device), file_unreadable (permissions, a name too long for the file
+    system), invalid_path (a NUL byte)."""
     where = shown_path(path)
     if "\x00" in str(path):
         raise InputError(f"{where}: a path with a NUL byte; refused", code="invalid_path")
@@ -617,13 +625,13 @@ def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
             why = shown_path(gone.strerror) if gone else "file not found"
             raise ImageError(f"{where}: {why}", code="file_not_found")
         if not path.is_file():
-            raise ImageError(f"{where}: not a regular file", code="file_not_found")
+            raise not_an_image_file(where, kind_of(path))
         check_byte_size(where, path.stat().st_size, max_bytes)
         # open_regular: a FIFO swapped in after is_file() is refused, not waited on for ever
         with open_regular(path, "rb") as handle:   # at most one byte past the limit (it may grow, /proc says 0)
             data = read_at_most(handle, max_bytes + 1)
-    except NotRegularFile:
-        raise ImageError(f"{where}: not a regular file", code="file_not_found") from None
+    except NotRegularFile as exc:
+        raise not_an_image_file(where, exc.kind) from None
     except OSError as exc:
         raise ImageError(f"{where}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
     if len(data) > max_bytes:
@@ -647,8 +655,8 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
                 width, height = img.size
     except (LimitError, ImageError):
         raise
-    except NotRegularFile:
-        raise ImageError(f"{where}: not a regular file", code="file_not_found") from None
+    except NotRegularFile as exc:
+        raise not_an_image_file(where, exc.kind) from None
     except BrokenLink as exc:    # "unreadable image ([Errno 2] No such file ...)" of a name `ls` lists
         raise ImageError(f"{where}: {shown_path(exc.strerror)}", code="file_not_found") from None
     except UnidentifiedImageError as exc:
