@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 PLUGIN = textwrap.dedent('''
@@ -31,7 +32,11 @@ PLUGIN = textwrap.dedent('''
             side = int(os.environ.get("SIGMA_TEST_CV_HUGE", "0"))
             results = super()._predict_batch(pairs)
             for pair in pairs:
-                if side and "huge" in (pair.instruction or ""):
+                if side and "torch" in (pair.instruction or ""):    # torch's: a RuntimeError "can't allocate memory"
+                    import torch
+
+                    torch.ones((side, side))
+                elif side and "huge" in (pair.instruction or ""):
                     cv2.resize(results[0][0].astype("float32"), (side, side))   # side*side*4 bytes
             return results
 
@@ -45,7 +50,7 @@ PLUGIN = textwrap.dedent('''
 CHILD = """
 import resource, sys
 import sigma.cli
-import numpy, PIL.Image, cv2, pyarrow, pyarrow.parquet
+import numpy, PIL.Image, cv2, pyarrow, pyarrow.parquet, torch
 import sigma.batch.runner, sigma.batch.pipeline, sigma.cli.annotate
 size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (size + 600 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -70,16 +75,20 @@ def _pair(folder, stem: str, shade: int) -> None:
     Image.fromarray(picture).save(folder / f"{stem}_edited.png")
 
 
-def test_opencv_refusing_memory_in_a_commands_work_is_one_out_of_memory_line(tmp_path):
+@pytest.mark.parametrize(("instruction", "said"), [("make it huge", "Insufficient memory"),
+                                                   ("torch huge", "can't allocate memory")])
+def test_a_library_refusing_memory_in_a_commands_work_is_one_out_of_memory_line(tmp_path, instruction, said):
+    """OpenCV's cv2.error, and torch's RuntimeError `DefaultCPUAllocator: can't allocate memory` (a traceback of
+    `sigma annotate` with sigma-lite under `prlimit --as` 0.9 GB): the one `out_of_memory` line."""
     _pair(tmp_path, "p", 40)
     proc = subprocess.run([sys.executable, "-c", CHILD, "annotate", str(tmp_path / "p_original.png"),
-                           str(tmp_path / "p_edited.png"), "-i", "make it huge", "--plugin", "cv_huge_plugin",
+                           str(tmp_path / "p_edited.png"), "-i", instruction, "--plugin", "cv_huge_plugin",
                            "--annotator", "cv-huge-diff", "-o", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300, check=False, env=_env(tmp_path, huge=True))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("sigma: error [out_of_memory]: the system gave no more memory ("), lines
-    assert "Insufficient memory" in lines[0] and "ulimit -v" in lines[0], lines
+    assert said in lines[0] and "ulimit -v" in lines[0], lines
 
 
 def _rows(out) -> dict[str, tuple[str, str | None]]:

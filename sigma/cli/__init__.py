@@ -16,6 +16,7 @@ from sigma.errors import (
     SigmaError,
     Stopped,
     loading_refused,
+    memory_refusal,
     memory_refused,
     no_memory,
     opencv_memory_refused,
@@ -239,12 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _out_of_memory(exc):
             raise
         return _failed(_out_of_memory(exc), argv)
-    except RuntimeError as exc:
-        if not threads_refused(exc):
-            raise
-        return _failed(_out_of_threads(), argv)
-    except Exception as exc:        # OpenCV's own refusal (a cv2.error, code StsNoMem) anywhere in a command's work
-        if not memory_refused(exc):
+    except Exception as exc:   # the machine's shortage said by a library's own error, anywhere in a command's work
+        if threads_refused(exc):
+            return _failed(_out_of_threads(), argv)
+        if not memory_refusal(exc):   # OpenCV's cv2.error StsNoMem, torch's `can't allocate memory`, ORT's bad_alloc
             raise
         return _failed(_out_of_memory(exc), argv)
     return _said_all(status, argv, bool(getattr(args, "stdout_is_a_log", False)))
@@ -279,10 +278,15 @@ def _out_of_memory(exc: BaseException) -> str:
     memory, the import of the usual line's helpers (`error_line`) failed in its turn. An OSError counts when it is
     ENOMEM (`memory_refused`: an import's folder listing refused), else it is ""; so is OpenCV's `cv2.error` of
     memory refused (`opencv_memory_refused`), which the finalising steps (the footprint's `residual_map`, the mask
-    extras, resizing the probability map) raised as a traceback, exit 1, under a `prlimit --as` of ~1.6 GB."""
+    extras, resizing the probability map) raised as a traceback, exit 1, under a `prlimit --as` of ~1.6 GB, and torch's
+    RuntimeError `DefaultCPUAllocator: can't allocate memory` (`memory_refusal`), a traceback at ~0.9 GB."""
     why = "MemoryError"
     if opencv_memory_refused(exc):
         why = " ".join(str(exc).split()).partition("error: ")[2][:300] or "cv2.error"
+    elif not isinstance(exc, MemoryError | OSError | ImportError):   # a native library's own error (memory_refusal)
+        why = memory_refusal(exc)[:300]
+        if not why:
+            return ""
     elif isinstance(exc, OSError):
         if not memory_refused(exc):
             return ""
