@@ -387,8 +387,24 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
 
 
+TIFF_PLANAR_CONFIGURATION = 284      # 1: samples interleaved (RGBRGB...), 2: one plane per colour (RRR...GGG...BBB...)
+TIFF_COMPRESSION = 259               # 1: none
+
+
+def _separate_planes(img: Image.Image, name: str) -> None:
+    """A 16-bit colour TIFF stored as separate colour planes (PlanarConfiguration=2): OpenCV (5.1) reads the red plane
+    and then noise as if the samples were interleaved, a picture of stripes that was annotated as it was (such a TIFF
+    against itself marked over half of the image changed). Compressed, Pillow's libtiff reads it right, in 8 bits (the
+    high byte): that is used. Uncompressed, Pillow's own reader takes 8 bits of each 16-bit sample, noise as well: the
+    file is refused by name, never annotated as noise."""
+    if getattr(img, "tag_v2", {}).get(TIFF_COMPRESSION, 1) == 1:
+        raise ImageError(f"{name}: an uncompressed 16-bit TIFF with separate colour planes (PlanarConfiguration=2), "
+                         "which the decoders here misread; save it with interleaved samples or compressed (e.g. "
+                         "`tiffcp -p contig IN OUT`)", code="unsupported_format")
+
+
 def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
-                      pending: int) -> tuple[np.ndarray, int] | None:
+                      pending: int, name: str = "image") -> tuple[np.ndarray, int] | None:
     """(a 16-bit colour PNG's or TIFF's samples, uint16 [H, W, 3 or 4], the EXIF turn still to apply to them), or
     None: OpenCV does not read the file as that (the caller keeps Pillow's 8 bits). `img` is the file opened and
     loaded by Pillow, `pending` the turn Pillow's load() left to do.
@@ -397,6 +413,9 @@ def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
     versions may not; so which of its samples as given or turned by the tag is the picture is decided against
     Pillow's own 8 bits of the same file (the high byte, v >> 8), upright. Such a TIFF was left to Pillow, and its
     samples floored where every other 16-bit file is rounded: the same picture, tagged, read one level darker."""
+    if fmt == "TIFF" and getattr(img, "tag_v2", {}).get(TIFF_PLANAR_CONFIGURATION) == 2:
+        _separate_planes(img, name)
+        return None         # Pillow's 8 bits: OpenCV's samples are not the picture
     raw = _read_16bit_colour(data)
     if raw is None:
         return None
@@ -551,7 +570,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         rgb = None
         raw = None
         if fmt in RAW_16BIT_FORMATS and img.mode in ("RGB", "RGBA") and depth == 16:
-            raw = _raw_16bit_colour(data, img, fmt, orientation, pending)
+            raw = _raw_16bit_colour(data, img, fmt, orientation, pending, name)
         if raw is not None:
             samples = raw[0] if img.mode == "RGBA" else raw[0][..., :3]    # a tRNS colour key is not alpha
             rgb, pending = _16bit_colour_to_rgb(samples), raw[1]
