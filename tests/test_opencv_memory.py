@@ -115,3 +115,17 @@ def test_opencv_refusing_memory_to_a_batch_pair_fails_its_shard_and_resume_annot
                              timeout=300, check=False, env=_env(tmp_path, huge=False))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _rows(out) == {pair: ("ok", None) for pair in ("a", "b", "c")}
+
+
+def test_a_workers_job_refused_memory_by_torch_is_out_of_memory_not_model_error():
+    """torch's allocator refusing memory is a RuntimeError "DefaultCPUAllocator: can't allocate memory", not a
+    MemoryError: a worker recorded such a job `model_error` (the model blamed, no redelivery as a shortage). Here a
+    real refusal: 16 TiB asked of the allocator."""
+    import torch
+
+    from sigma.service.annotation import error_record
+
+    with pytest.raises(RuntimeError) as refused:
+        torch.empty((1 << 42,))
+    assert error_record(refused.value)["code"] == "out_of_memory"
+    assert error_record(RuntimeError("model crashed"))["code"] == "model_error"
