@@ -45,6 +45,8 @@ STATUS_BY_CODE = {
     "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,
     "run_locked": 409, "too_many_shards": 422, "link_outside_run": 409, "run_modified": 409, "run_too_large": 409,
     "plan_too_large": 422, "run_options_refused": 409,
+    # a corpus, manifest or image path that names a FIFO, a folder or a device (/dev/zero): the caller's input
+    "not_a_regular_file": 422,
     # a folder a `sigma synth --out` run was killed writing (its synth_unfinished.json mark): the folder's state, which
     # the same synth command run again ends, as corpus_changed is
     "unfinished_synth_set": 409,

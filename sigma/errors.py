@@ -76,7 +76,12 @@ def loading_refused(exc: BaseException) -> str:
     return ""
 
 
-_NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory")
+# the last three: an allocation refused inside a native library, said in its own error's text: ONNX Runtime's
+# `Load model from X failed:std::bad_alloc` / `Exception during initialization: std::bad_alloc` and, running a graph,
+# `BFCArena::AllocateRawInternal ... Failed to allocate memory for requested buffer` (Exceptions of its own), torch's
+# `DefaultCPUAllocator: can't allocate memory` (a RuntimeError)
+_NO_MEMORY_TO_LOAD = ("failed to map segment", "cannot allocate memory", "std::bad_alloc", "can't allocate memory",
+                      "failed to allocate memory")
 
 
 def memory_refused(exc: BaseException) -> bool:
@@ -103,7 +108,8 @@ def memory_refusal(exc: BaseException) -> str:
     """How the system refused memory to `exc`'s work, in one line, or "" when it did not: a MemoryError or an ENOMEM
     OSError (`memory_refused`), or an error of a native reader whose text, or its cause's, says so (`loading_refused`:
     safetensors' mmap of a weights file under a low `ulimit -v` is a SafetensorError "unable to mmap ... Cannot
-    allocate memory (12)"). For wrappers that otherwise blame their input for it (a weights file "damaged")."""
+    allocate memory (12)"; ONNX Runtime's `std::bad_alloc` loading a cached graph). For wrappers that otherwise blame
+    their input for it (a weights file "damaged", a cached ONNX graph "unusable")."""
     if memory_refused(exc):
         return " ".join(str(exc).split()) or type(exc).__name__
     return loading_refused(exc)

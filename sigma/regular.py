@@ -18,7 +18,31 @@ from typing import IO, Any
 
 class NotRegularFile(OSError):
     """What was opened is a FIFO, a device, a folder or a socket, not a regular file. An OSError, so a caller that
-    only reports OSErrors as "cannot read" still reports it; callers with a message of their own catch it first."""
+    only reports OSErrors as "cannot read" still reports it; callers with a message of their own catch it first.
+    `kind` says which ("a FIFO", "a folder", "a character device", ...), for the caller's message."""
+
+    def __init__(self, message: str, kind: str = "not a regular file"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """What a file of `st_mode` `mode` is, in words: "a folder", "a FIFO", "a character device" (/dev/zero), ...
+    A FIFO, a folder or /dev/zero given as an image was said "not a regular file" with the code `file_not_found`, as
+    if nothing were there: the user looked for a missing file."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a file")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def kind_of(path: str | Path) -> str:
+    """`file_kind` of what `path` names (links followed), or "not a regular file" when it cannot be looked at."""
+    try:
+        return file_kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return "not a regular file"
 
 
 class BrokenLink(FileNotFoundError):
@@ -54,8 +78,9 @@ def open_regular(path: str | Path, mode: str = "rb", **kwargs: Any) -> IO:
             raise
         raise gone from exc
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(f"{path}: not a regular file")
+        st_mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(st_mode):
+            raise NotRegularFile(f"{path}: not a regular file", file_kind(st_mode))
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, mode, **kwargs)
     except BaseException:

@@ -99,12 +99,15 @@ def test_a_photo_folder_or_eval_folder_that_is_no_folder_says_so_not_not_found(t
         os.mkfifo(path)
     elif kind == "file":
         path.write_text("not a folder")
+    # a FIFO or a device: not_a_regular_file, saying which (it was file_not_found, as if nothing were there)
+    code, what = {"fifo": ("not_a_regular_file", "a FIFO"), "file": ("file_not_found", "a file"),
+                  "dev_zero": ("not_a_regular_file", "a character device")}[kind]
     train = _cli("train", STAGE1, f"data.photos={path}", f"out_dir={tmp_path / 'runs'}", "steps=1")
     assert train.returncode == 2 and train.stderr.startswith(
-        f"sigma: error [file_not_found]: {path}: not a folder"), train.stderr[-2000:]
+        f"sigma: error [{code}]: {path}: not a folder ({what})"), train.stderr[-2000:]
     ev = _cli("eval", "--data", str(path), "--annotator", "pixel-diff", "--out", str(tmp_path / "o"))
     assert ev.returncode == 2 and ev.stderr.startswith(
-        f"sigma: error [file_not_found]: {path}: not a folder"), ev.stderr[-2000:]
+        f"sigma: error [{code}]: {path}: not a folder ({what})"), ev.stderr[-2000:]
     missing = _cli("eval", "--data", str(tmp_path / "nowhere"), "--annotator", "pixel-diff")
     assert missing.returncode == 2 and "evaluation folder not found" in missing.stderr
 
@@ -114,7 +117,8 @@ def test_eval_given_a_pairs_jsonl_that_is_a_fifo_says_not_a_regular_file(tmp_pat
     os.mkfifo(tmp_path / "pairs.jsonl")
     done = _cli("eval", "--data", str(tmp_path / "pairs.jsonl"), "--annotator", "pixel-diff")
     assert done.returncode == 2 and done.stderr.startswith(
-        f"sigma: error [file_not_found]: {tmp_path / 'pairs.jsonl'}: not a regular file"), done.stderr[-2000:]
+        f"sigma: error [not_a_regular_file]: {tmp_path / 'pairs.jsonl'}: not a regular file (a FIFO)"), \
+        done.stderr[-2000:]
 
 
 def test_an_eval_set_with_fifos_and_devices_for_images_and_masks_skips_those_pairs_without_waiting(tmp_path):
@@ -131,6 +135,7 @@ def test_an_eval_set_with_fifos_and_devices_for_images_and_masks_skips_those_pai
     assert done.returncode == 0, done.stderr[-2000:]
     skipped = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith("skipped")]
     assert len(skipped) == 3 and all("not a regular file" in line for line in skipped), skipped
+    assert sum("[not_a_regular_file]" in line or "not_a_regular_file" in line for line in skipped) >= 2, skipped
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["tables"]["none"]["overall"]["pairs"] == 1, metrics["tables"]["none"]["overall"]
 

@@ -306,7 +306,10 @@ def test_file_errors(tmp_path):
     assert info.value.code == "file_not_found" and "missing.png" in info.value.message
     with pytest.raises(ImageError) as info:
         read_image(tmp_path)
-    assert info.value.code == "file_not_found" and "not a regular file" in info.value.message
+    assert info.value.code == "not_a_regular_file" and "not a regular file (a folder)" in info.value.message
+    with pytest.raises(ImageError) as info:         # a FIFO, /dev/zero: said as what they are, not as missing
+        read_image("/dev/zero")
+    assert info.value.code == "not_a_regular_file" and "(a character device)" in info.value.message
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     with pytest.raises(ImageError) as info:

@@ -530,10 +530,11 @@ def test_cli_parse_file_that_is_no_regular_file_says_what_it_is(tmp_path, capsys
     were there; a link to nothing now says so too."""
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "gone.jsonl").symlink_to(tmp_path / "moved.jsonl")
-    for given in (tmp_path / "fifo", Path("/dev/null"), tmp_path):
+    for given, what in ((tmp_path / "fifo", "a FIFO"), (Path("/dev/null"), "a character device"),
+                        (tmp_path, "a folder")):
         assert main(["parse", "--file", str(given)]) == 2
-        assert capsys.readouterr().err == (f"sigma: error [file_not_found]: --file {given}: not a regular file "
-                                           "(a FIFO, a device or a folder); give a JSONL or text file\n")
+        assert capsys.readouterr().err == (f"sigma: error [not_a_regular_file]: --file {given}: not a regular file "
+                                           f"({what}); give a JSONL or text file\n")
     assert main(["parse", "--file", str(tmp_path / "gone.jsonl")]) == 2
     assert capsys.readouterr().err == (f"sigma: error [file_not_found]: --file {tmp_path / 'gone.jsonl'}: a broken "
                                        f"link to {tmp_path / 'moved.jsonl'} (nothing is there)\n")

@@ -42,7 +42,7 @@ def test_image_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path, raced):
     os.mkfifo(tmp_path / "a.png")
     with pytest.raises(ImageError) as err:
         read_file_bytes(tmp_path / "a.png", 1000)
-    assert err.value.code == "file_not_found" and "not a regular file" in str(err.value)
+    assert err.value.code == "not_a_regular_file" and "not a regular file (a FIFO)" in str(err.value)
 
 
 def test_config_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path, raced):
@@ -55,7 +55,7 @@ def test_pairs_jsonl_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "pairs.jsonl")          # read_set is called on a set find_sets found a moment before
     with pytest.raises(InputError) as err:
         list(read_set(tmp_path))
-    assert err.value.code == "no_pairs"
+    assert err.value.code == "not_a_regular_file" and "(a FIFO)" in err.value.message
 
 
 def test_manifest_shard_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
@@ -67,7 +67,7 @@ def test_manifest_shard_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(manifest)                           # between the plan and the read of its shard
     with pytest.raises(InputError) as err:
         list(corpus.read(shards[0]))
-    assert err.value.code == "no_pairs"
+    assert err.value.code == "not_a_regular_file" and "(a FIFO)" in err.value.message
 
 
 # --- parquet and tar corpora, image headers, config files: each in a subprocess bounded by a timeout, since a
@@ -159,12 +159,13 @@ def test_a_tar_shard_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
 
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("fmt,name,code", [("parquet", "x.parquet", "bad_parquet"), ("wds", "x.tar", "bad_tar"),
-                                           ("auto", "x.parquet", "file_not_found")])
+                                           ("auto", "x.parquet", "not_a_regular_file")])
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
 def test_a_corpus_file_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path, fmt, name, code, kind):
     """`sigma batch run F --format parquet|wds` with F a FIFO or a link to /dev/zero said `no_pairs: F: no *.parquet
     files`, and without --format `unknown_format: F: no pairs.jsonl, parquet, ... files here` (it was searched as a
-    folder); now the reader's own code, or file_not_found when the format is found from the path, saying what F is."""
+    folder); now the reader's own code, or not_a_regular_file when the format is found from the path (it was
+    file_not_found, as if nothing were there), saying what F is."""
     path = tmp_path / name
     os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
     done = _cli("batch", "run", str(path), "--format", fmt, "--out", str(tmp_path / "out"), "--no-progress")
@@ -188,7 +189,8 @@ def test_probe_image_file_refuses_a_fifo_or_device_without_opening_it_blocking(t
         except ImageError as exc:
             print(exc.code, exc)
     """, "probe_image_file")
-    assert out.strip() == f"file_not_found {path}: not a regular file", out
+    kind_said = "a FIFO" if kind == "fifo" else "a character device"
+    assert out.strip() == f"not_a_regular_file {path}: not a regular file ({kind_said}); an image must be a file", out
 
 
 def test_probe_image_file_still_reads_a_header_and_refuses_a_large_file(tmp_path):
@@ -268,7 +270,8 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path, fmt, n
     done = _cli("batch", "run", str(path), "--format", fmt, "--out", str(tmp_path / "out"), "--no-progress")
     assert done.returncode == 2
     shown = path if kind == "fifo" else "/dev/zero"          # the reader is given the resolved input
-    assert done.stderr == (f"sigma: error [no_pairs]: {shown}: not a regular file (a FIFO, a device or a folder); "
+    kind_said = "a FIFO" if kind == "fifo" else "a character device"
+    assert done.stderr == (f"sigma: error [not_a_regular_file]: {shown}: not a regular file ({kind_said}); "
                            "a manifest must be a file\n"), done.stderr
 
 

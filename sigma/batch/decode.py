@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from sigma.config.schema import IOConfig
-from sigma.errors import ImageError, InputError, SigmaError
+from sigma.errors import ImageError, InputError, SigmaError, memory_refused
 from sigma.io.corpora.base import SourceItem, resolved_under, text_value
 from sigma.io.images import decode_mask, read_file_bytes
 from sigma.io.pairs import pair_from_bytes
@@ -121,11 +121,11 @@ def _decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool, root:
         meta["edited_sha256"] = hashlib.sha256(edited).hexdigest()
         pair = pair_from_bytes(original, edited, item.instruction, io_config, pair_id=item.pair_id,
                                names=image_names(item))
-    except MemoryError:                     # the machine's shortage (OutOfMemoryError too): the shard fails unpublished
-        raise
-    except SigmaError as exc:
-        return Decoded(light, meta=meta, error=(exc.code, _located(exc.message, item)))
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one pair, not the run
+    except Exception as exc:     # a decoder bug must cost one pair, not the run
+        if memory_refused(exc):   # the machine's shortage (OutOfMemoryError, OpenCV's): the shard fails unpublished
+            raise
+        if isinstance(exc, SigmaError):
+            return Decoded(light, meta=meta, error=(exc.code, _located(exc.message, item)))
         return Decoded(light, meta=meta, error=("decode_failed", f"{item.source}: {type(exc).__name__}: {exc}"))
     gt = None
     if ground_truth and (item.mask is not None or item.mask_path):

@@ -27,7 +27,7 @@ from sigma.batch.decode import Decoded, decode_items
 from sigma.batch.layout import RunDir
 from sigma.batch.rows import error_row, ok_row, rows_to_table
 from sigma.digest import sha256_file
-from sigma.errors import SigmaError, no_memory
+from sigma.errors import SigmaError, memory_refused, no_memory
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
 from sigma.io.images import write_png
 from sigma.lifeline import ShieldedSpawnProcess, die_with_parent, leave_stop_signals_to_parent
@@ -101,15 +101,21 @@ def read_failure(exc: BaseException) -> str:
     and message (a message that itself fails to print gives the type alone)."""
     if isinstance(exc, SystemExit):
         return f"the corpus reader called sys.exit({exc.code!r})"
-    if isinstance(exc, MemoryError):     # decoding a pair (sigma.batch.decode): no fault of the pair's
-        said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return (f"{no_memory(said, 'decoding this shard')}; nothing of it "
-                f"was published: rerun with --resume with more memory (`ulimit -v`, the container's) or fewer "
-                f"--workers")
+    if memory_refused(exc):     # decoding a pair (sigma.batch.decode): no fault of the pair's
+        return memory_failure(exc, "decoding this shard")
     try:
         return f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
     except Exception:  # noqa: BLE001 - a hostile __str__ must not stop the run
         return type(exc).__name__
+
+
+def memory_failure(exc: BaseException, doing: str) -> str:
+    """A shard's failure for memory the system refused while `doing` its pairs (`memory_refused`: a MemoryError,
+    ENOMEM, OpenCV's `cv2.error` StsNoMem): no fault of a pair, so nothing of the shard is published and
+    `--resume` with more memory redoes it."""
+    said = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}" if str(exc) else type(exc).__name__
+    return (f"{no_memory(said, doing)}; nothing of it was published: rerun with --resume with more memory "
+            f"(`ulimit -v`, the container's) or fewer --workers")
 
 
 class ShardFailed(Exception):
@@ -559,12 +565,12 @@ class Pipeline:
             for d in batch:
                 try:
                     single = self.annotator.predict([d.pair])
-                except SigmaError as exc:
-                    outcomes.append((d, None, (exc.code, exc.message)))
+                except Exception as exc:   # sorted here: the machine's shortage, or the pair's fault
+                    if memory_refused(exc):      # a good pair's error row for good: `--resume` never redoes it
+                        raise ShardFailed(memory_failure(exc, "annotating this shard")) from exc
+                    outcomes.append((d, None, _pair_failure(exc)))
                 except SystemExit as exc:
                     outcomes.append((d, None, ("annotator_failed", f"the model called sys.exit({exc.code!r})")))
-                except Exception as exc:  # noqa: BLE001 - one pair's failure is that pair's error
-                    outcomes.append((d, None, ("annotator_failed", f"{type(exc).__name__}: {exc}")))
                 else:
                     outcomes.append((d, self._annotations(single, 1)[0], None))
         else:
@@ -579,3 +585,11 @@ class Pipeline:
                 mask_rel = str(Path("masks") / shard.key / f"{d.item.index:06d}_{safe_name(d.item.pair_id, 80)}.png")
             writer.put(("ok", shard, (d, ann, mask_rel)))
             self._tick(stats, progress, error=False)
+
+
+def _pair_failure(exc: Exception) -> tuple[str, str]:
+    """One pair's failure in the model as its error row's (code, message): a SigmaError's own, else
+    `annotator_failed`."""
+    if isinstance(exc, SigmaError):
+        return exc.code, exc.message
+    return "annotator_failed", f"{type(exc).__name__}: {exc}"

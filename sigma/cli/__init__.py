@@ -12,7 +12,16 @@ import warnings
 
 from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
 from sigma.cli.blas import one_blas_thread_under_an_address_limit
-from sigma.errors import SigmaError, Stopped, loading_refused, memory_refused, no_memory, threads_refused
+from sigma.errors import (
+    SigmaError,
+    Stopped,
+    loading_refused,
+    memory_refusal,
+    memory_refused,
+    no_memory,
+    opencv_memory_refused,
+    threads_refused,
+)
 
 one_blas_thread_under_an_address_limit()     # before any command's module imports numpy or OpenCV
 
@@ -231,10 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         if not _out_of_memory(exc):
             raise
         return _failed(_out_of_memory(exc), argv)
-    except RuntimeError as exc:
-        if not threads_refused(exc):
+    except Exception as exc:   # the machine's shortage said by a library's own error, anywhere in a command's work
+        if threads_refused(exc):
+            return _failed(_out_of_threads(), argv)
+        if not memory_refusal(exc):   # OpenCV's cv2.error StsNoMem, torch's `can't allocate memory`, ORT's bad_alloc
             raise
-        return _failed(_out_of_threads(), argv)
+        return _failed(_out_of_memory(exc), argv)
     return _said_all(status, argv, bool(getattr(args, "stdout_is_a_log", False)))
 
 
@@ -265,9 +276,18 @@ def _out_of_memory(exc: BaseException) -> str:
     importing a module, and a library whose dlopen could not map it (`libtorch_cpu.so: failed to map segment from
     shared object`; numpy wraps its own in an ImportError of its advice). Made without importing anything: with no
     memory, the import of the usual line's helpers (`error_line`) failed in its turn. An OSError counts when it is
-    ENOMEM (`memory_refused`: an import's folder listing refused), else it is ""."""
+    ENOMEM (`memory_refused`: an import's folder listing refused), else it is ""; so is OpenCV's `cv2.error` of
+    memory refused (`opencv_memory_refused`), which the finalising steps (the footprint's `residual_map`, the mask
+    extras, resizing the probability map) raised as a traceback, exit 1, under a `prlimit --as` of ~1.6 GB, and torch's
+    RuntimeError `DefaultCPUAllocator: can't allocate memory` (`memory_refusal`), a traceback at ~0.9 GB."""
     why = "MemoryError"
-    if isinstance(exc, OSError):
+    if opencv_memory_refused(exc):
+        why = " ".join(str(exc).split()).partition("error: ")[2][:300] or "cv2.error"
+    elif not isinstance(exc, MemoryError | OSError | ImportError):   # a native library's own error (memory_refusal)
+        why = memory_refusal(exc)[:300]
+        if not why:
+            return ""
+    elif isinstance(exc, OSError):
         if not memory_refused(exc):
             return ""
         why = exc.strerror or "Cannot allocate memory"

@@ -89,9 +89,9 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
 
     try:    # opened once, never waited on: a FIFO, a device or a folder was "no such file", as if nothing were there
         fh = open_regular(path, "rb")
-    except NotRegularFile:
-        raise InputError(f"--file {path}: not a regular file (a FIFO, a device or a folder); give a JSONL or text "
-                         "file", code="file_not_found") from None
+    except NotRegularFile as exc:
+        raise InputError(f"--file {path}: not a regular file ({exc.kind}); give a JSONL or text "
+                         "file", code="not_a_regular_file") from None
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:    # ValueError: a NUL in the name
         said = exc.strerror if isinstance(exc, BrokenLink) else "no such file"
         raise InputError(f"--file {path}: {said}", code="file_not_found") from None

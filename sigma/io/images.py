@@ -17,7 +17,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.lines import read_at_most
-from sigma.regular import BrokenLink, NotRegularFile, broken_link, open_regular
+from sigma.regular import BrokenLink, NotRegularFile, broken_link, kind_of, open_regular
 from sigma.tempfiles import replace_atomically
 from sigma.text import shown_path
 
@@ -387,8 +387,24 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
 
 
+TIFF_PLANAR_CONFIGURATION = 284      # 1: samples interleaved (RGBRGB...), 2: one plane per colour (RRR...GGG...BBB...)
+TIFF_COMPRESSION = 259               # 1: none
+
+
+def _separate_planes(img: Image.Image, name: str) -> None:
+    """A 16-bit colour TIFF stored as separate colour planes (PlanarConfiguration=2): OpenCV (5.1) reads the red plane
+    and then noise as if the samples were interleaved, a picture of stripes that was annotated as it was (such a TIFF
+    against itself marked over half of the image changed). Compressed, Pillow's libtiff reads it right, in 8 bits (the
+    high byte): that is used. Uncompressed, Pillow's own reader takes 8 bits of each 16-bit sample, noise as well: the
+    file is refused by name, never annotated as noise."""
+    if getattr(img, "tag_v2", {}).get(TIFF_COMPRESSION, 1) == 1:
+        raise ImageError(f"{name}: an uncompressed 16-bit TIFF with separate colour planes (PlanarConfiguration=2), "
+                         "which the decoders here misread; save it with interleaved samples or compressed (e.g. "
+                         "`tiffcp -p contig IN OUT`)", code="unsupported_format")
+
+
 def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
-                      pending: int) -> tuple[np.ndarray, int] | None:
+                      pending: int, name: str = "image") -> tuple[np.ndarray, int] | None:
     """(a 16-bit colour PNG's or TIFF's samples, uint16 [H, W, 3 or 4], the EXIF turn still to apply to them), or
     None: OpenCV does not read the file as that (the caller keeps Pillow's 8 bits). `img` is the file opened and
     loaded by Pillow, `pending` the turn Pillow's load() left to do.
@@ -397,6 +413,9 @@ def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
     versions may not; so which of its samples as given or turned by the tag is the picture is decided against
     Pillow's own 8 bits of the same file (the high byte, v >> 8), upright. Such a TIFF was left to Pillow, and its
     samples floored where every other 16-bit file is rounded: the same picture, tagged, read one level darker."""
+    if fmt == "TIFF" and getattr(img, "tag_v2", {}).get(TIFF_PLANAR_CONFIGURATION) == 2:
+        _separate_planes(img, name)
+        return None         # Pillow's 8 bits: OpenCV's samples are not the picture
     raw = _read_16bit_colour(data)
     if raw is None:
         return None
@@ -551,7 +570,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         rgb = None
         raw = None
         if fmt in RAW_16BIT_FORMATS and img.mode in ("RGB", "RGBA") and depth == 16:
-            raw = _raw_16bit_colour(data, img, fmt, orientation, pending)
+            raw = _raw_16bit_colour(data, img, fmt, orientation, pending, name)
         if raw is not None:
             samples = raw[0] if img.mode == "RGBA" else raw[0][..., :3]    # a tRNS colour key is not alpha
             rgb, pending = _16bit_colour_to_rgb(samples), raw[1]
@@ -604,9 +623,17 @@ def _png_is_16bit(data: bytes) -> bool:
     return len(data) > 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16
 
 
+def not_an_image_file(where: str, kind: str) -> ImageError:
+    """The error of an image path that names `kind` (a FIFO, a folder, /dev/zero's character device), not a file:
+    `not_a_regular_file`, saying what is there. It was `file_not_found`, which sent people looking for a missing
+    file; that code stays for a path where nothing is (or a link to nothing)."""
+    return ImageError(f"{where}: not a regular file ({kind}); an image must be a file", code="not_a_regular_file")
+
+
 def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
     """A regular file's bytes, at most `max_bytes` (else file_too_large), with one-line errors: file_not_found,
-    file_unreadable (permissions, a name too long for the file system), invalid_path (a NUL byte)."""
+    not_a_regular_file (a FIFO, a folder, a device), file_unreadable (permissions, a name too long for the file
+    system), invalid_path (a NUL byte)."""
     where = shown_path(path)
     if "\x00" in str(path):
         raise InputError(f"{where}: a path with a NUL byte; refused", code="invalid_path")
@@ -617,13 +644,13 @@ def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
             why = shown_path(gone.strerror) if gone else "file not found"
             raise ImageError(f"{where}: {why}", code="file_not_found")
         if not path.is_file():
-            raise ImageError(f"{where}: not a regular file", code="file_not_found")
+            raise not_an_image_file(where, kind_of(path))
         check_byte_size(where, path.stat().st_size, max_bytes)
         # open_regular: a FIFO swapped in after is_file() is refused, not waited on for ever
         with open_regular(path, "rb") as handle:   # at most one byte past the limit (it may grow, /proc says 0)
             data = read_at_most(handle, max_bytes + 1)
-    except NotRegularFile:
-        raise ImageError(f"{where}: not a regular file", code="file_not_found") from None
+    except NotRegularFile as exc:
+        raise not_an_image_file(where, exc.kind) from None
     except OSError as exc:
         raise ImageError(f"{where}: cannot read ({exc.strerror or _one_line(exc)})", code="file_unreadable") from exc
     if len(data) > max_bytes:
@@ -647,8 +674,8 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
                 width, height = img.size
     except (LimitError, ImageError):
         raise
-    except NotRegularFile:
-        raise ImageError(f"{where}: not a regular file", code="file_not_found") from None
+    except NotRegularFile as exc:
+        raise not_an_image_file(where, exc.kind) from None
     except BrokenLink as exc:    # "unreadable image ([Errno 2] No such file ...)" of a name `ls` lists
         raise ImageError(f"{where}: {shown_path(exc.strerror)}", code="file_not_found") from None
     except UnidentifiedImageError as exc:

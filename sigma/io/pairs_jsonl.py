@@ -10,7 +10,7 @@ from typing import BinaryIO
 from sigma.errors import InputError
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
-from sigma.regular import NotRegularFile, open_regular
+from sigma.regular import NotRegularFile, kind_of, open_regular
 from sigma.text import find_surrogate
 from sigma.text import loads as load_json
 
@@ -80,10 +80,11 @@ def find_sets(data: str | Path) -> list[Path]:
         if not data.exists():
             raise InputError(f"{data}: evaluation folder not found", code="file_not_found")
         if data.name == "pairs.jsonl":
-            raise InputError(f"{data}: not a regular file (a FIFO, a device); a manifest must be a file",
-                             code="file_not_found")
-        raise InputError(f"{data}: not a folder (a file, a FIFO or a device); expected a set's folder (holding "
-                         "pairs.jsonl), a folder of sets, or a set's pairs.jsonl", code="file_not_found")
+            raise InputError(f"{data}: not a regular file ({kind_of(data)}); a manifest must be a file",
+                             code="not_a_regular_file")
+        raise InputError(f"{data}: not a folder ({kind_of(data)}); expected a set's folder (holding "
+                         "pairs.jsonl), a folder of sets, or a set's pairs.jsonl",
+                         code="file_not_found" if data.is_file() else "not_a_regular_file")
     refuse_unfinished(data)         # a killed `sigma synth`: no pairs.jsonl, or the one it had not yet withdrawn
     if (data / "pairs.jsonl").is_file():
         return [data]
@@ -103,9 +104,9 @@ def open_manifest(manifest: Path) -> BinaryIO:
     its place after that check hung a plain `open()` for ever; refused here as a set without one is (no_pairs)."""
     try:
         return open_regular(manifest, "rb")
-    except NotRegularFile:
-        raise InputError(f"{manifest}: not a regular file (a FIFO, a device or a folder); a manifest must be a file",
-                         code="no_pairs") from None
+    except NotRegularFile as exc:
+        raise InputError(f"{manifest}: not a regular file ({exc.kind}); a manifest must be a file",
+                         code="not_a_regular_file") from None
 
 
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:

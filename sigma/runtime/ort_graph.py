@@ -185,16 +185,26 @@ def run_session(session, original, edited, prior, edit_type) -> np.ndarray:
     return session.run(["logits"], feed)[0]
 
 
-def verify(model: nn.Module, session, shapes: dict[str, Any], quick: bool = False) -> float:
-    """max |Δ logit| between torch and the session over the probe inputs (`quick`: the smallest one only,
-    the check every load of a cached graph makes)."""
+def references(model: nn.Module, shapes: dict[str, Any], quick: bool = False) -> list[tuple[tuple, np.ndarray]]:
+    """(probe inputs, torch's logits) for `verify` (`quick`: the smallest probe only, the check every load of a
+    cached graph makes). Apart from the session's side, so that torch failing here (oneDNN's "could not create a
+    primitive" under a low `ulimit -v`) is never taken for a fault of the cached graph."""
     wrapper = LogitsOnly(model).eval()
-    worst = 0.0
     probes = _probe_shapes(shapes)
+    out = []
     for i, (batch, hw) in enumerate(probes[-1:] if quick else probes):
         x = _sample_inputs(batch, hw, seed=100 + i)
         with torch.inference_mode():
-            ref = wrapper(*x).float().numpy()
+            out.append((x, wrapper(*x).float().numpy()))
+    return out
+
+
+def verify(model: nn.Module, session, shapes: dict[str, Any], quick: bool = False,
+           refs: list[tuple[tuple, np.ndarray]] | None = None) -> float:
+    """max |Δ logit| between torch and the session over the probe inputs (`quick`: the smallest one only,
+    the check every load of a cached graph makes; `refs`: `references` already computed)."""
+    worst = 0.0
+    for x, ref in refs if refs is not None else references(model, shapes, quick):
         got = run_session(session, *(t.numpy() for t in x))
         if got.shape != ref.shape:
             raise GraphUnavailable(f"ONNX graph returned {got.shape}, torch {ref.shape}")
@@ -267,10 +277,12 @@ def _load_valid(model: nn.Module, shapes: dict[str, Any], graph: Path, manifest_
     manifest = read_manifest(manifest_path)
     problem = entry_is_valid(graph, manifest, key)
     if problem is None:
+        refs = references(model, shapes, quick=True)    # torch's side: its failure is no fault of the graph
         try:
             session = make_session(graph, threads)
-            delta = verify(model, session, shapes, quick=True)
+            delta = verify(model, session, shapes, quick=True, refs=refs)
         except Exception as exc:  # noqa: BLE001 - a file ORT cannot load or run is as bad as a corrupt one
+            _unless_memory_refused(exc, f"loading the cached ONNX graph {graph.name}", "the graph is kept")
             problem = f"onnxruntime cannot load or run it ({exc.__class__.__name__})"
         else:
             if delta <= TOLERANCE:
@@ -305,6 +317,7 @@ def _build(model, label, shapes, fields, key, graph, manifest_path, failed, thre
             # and the next process exports again
             raise
         except Exception as exc:  # any exporter/runtime failure means: run torch
+            _unless_memory_refused(exc, f"exporting the ONNX graph of {label}", "nothing was recorded against it")
             msg = f"{label} does not export to ONNX ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"
             _record_failure(failed, key, msg)
             raise GraphUnavailable(msg) from exc
@@ -341,6 +354,20 @@ def prune(folder: Path, label: str, keep: int) -> list[Path]:
             p.unlink(missing_ok=True)
         removed.append(old)
     return removed
+
+
+def _unless_memory_refused(exc: BaseException, doing: str, kept: str) -> None:
+    """OutOfMemoryError when the system refused memory to `exc`'s work (`memory_refusal`: ONNX Runtime's
+    `std::bad_alloc`, torch's `can't allocate memory`, a MemoryError), else nothing. Under a low `ulimit -v` a good
+    cached graph was declared "unusable ... rebuilding it" (`Fail`), and an export refused memory was recorded as
+    "does not export", so every later run went on torch until someone deleted the marker: the machine's shortage,
+    said as the cache's or the model's fault. `kept` says what was left as it was."""
+    from sigma.errors import OutOfMemoryError, memory_refusal, no_memory
+
+    refused = memory_refusal(exc)
+    if refused:
+        raise OutOfMemoryError(f"{doing}: {no_memory(refused[:300])}; not the graph's fault ({kept}): raise the limit "
+                               "(`ulimit -v`, the container's memory) or run with less") from exc
 
 
 def _record_failure(failed: Path, key: str, reason: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from sigma.errors import memory_refused, threads_refused
+from sigma.errors import memory_refusal, threads_refused
 from sigma.service.consumer import Outcome
 from sigma.service.jobs import JobStore
 from sigma.service.keys import Keys
@@ -90,7 +90,7 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     not the model's (it was `model_error`, in the job's `last_error` and its dead letter)."""
     if threads_refused(exc):
         code = "out_of_threads"
-    elif memory_refused(exc):
+    elif memory_refusal(exc):     # also a native library's own error saying so (torch's `can't allocate memory`)
         code = "out_of_memory"
     else:
         code = getattr(exc, "code", "model_error")

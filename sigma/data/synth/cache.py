@@ -24,6 +24,7 @@ import torch
 from sigma.errors import ImageError, InputError
 from sigma.folderlock import hold_folder
 from sigma.io.images import probe_image_file, read_image
+from sigma.regular import kind_of
 
 from .masks import random_mask
 
@@ -37,7 +38,8 @@ def list_photos(folder: str | Path) -> list[Path]:
     those were dropped without a word, and a folder of links to an unmounted drive said "found 0"."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: {not_a_folder(folder)}", code="file_not_found")
+        raise InputError(f"{folder}: {not_a_folder(folder)}",
+                         code="file_not_found" if not folder.exists() or folder.is_file() else "not_a_regular_file")
     photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and not p.is_dir())
     if len(photos) < 2:
         raise InputError(f"{folder}: need at least 2 photos (found {len(photos)})", code="no_photos")
@@ -47,7 +49,7 @@ def list_photos(folder: str | Path) -> list[Path]:
 def not_a_folder(folder: Path) -> str:
     """Why `folder` is no photo folder, in words: a FIFO, a device or a file given as the folder was "not found"."""
     return ("photo folder not found" if not folder.exists()
-            else "not a folder (a file, a FIFO or a device); photos are read from a folder of them")
+            else f"not a folder ({kind_of(folder)}); photos are read from a folder of them")
 
 
 def readable_photos(photos: list[Path]) -> tuple[list[Path], list[str]]:

@@ -16,6 +16,7 @@ from sigma.io.corpora.parquet import ParquetCorpus
 from sigma.io.corpora.presets import PRESETS, get_preset
 from sigma.io.corpora.webdataset import TAR_SUFFIXES, WebDatasetCorpus
 from sigma.registry import Registry
+from sigma.regular import kind_of
 
 # Corpus readers by format name: `InputConfig.format` validates against this registry, so a reader a plugin
 # registers (`CORPUS_READERS.register("myformat", "...")(MyCorpus)`) is usable with `--format myformat`.
@@ -39,8 +40,8 @@ def detect_format(path: Path) -> str:
     if not path.exists():
         raise InputError(f"{path}: input not found", code="file_not_found")
     if not path.is_file() and not path.is_dir():    # was searched as a folder: "no pairs.jsonl ... here"
-        raise InputError(f"{path}: not a regular file or a folder (a FIFO, a device or a socket); a corpus is a "
-                         "file or a folder", code="file_not_found")
+        raise InputError(f"{path}: not a regular file or a folder ({kind_of(path)}); a corpus is a "
+                         "file or a folder", code="not_a_regular_file")
     name = path.name.lower()
     if path.is_file():
         if name.endswith(".parquet"):
