@@ -250,6 +250,16 @@ QUESTIONS_AND_STATES = [
     ("Could you make the sky darker and add some stars?", "attribute", "sky", "sky"),
 ]
 
+# a display verb in the present ends its subject as after a modal: 'the screen shows a cat' was a default add of
+# 'screen shows' (the subject swallowed the verb), 'the poster shows a mountain' a keyword global edit
+DISPLAYED = [
+    ("the screen shows a cat", "attribute", "screen", "screen"),
+    ("The poster shows a mountain", "attribute", "poster", "poster"),
+    ("the tv displays the news", "attribute", "tv", "tv"),
+    ("the clock shows 5 pm", "attribute", "clock", "clock"),
+    ("the display case is empty", "attribute", "display case", "display case"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -264,6 +274,7 @@ FORMS = (
     + PASSIVE_VOICE
     + WISHES
     + QUESTIONS_AND_STATES
+    + DISPLAYED
 )
 
 

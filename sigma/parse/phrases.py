@@ -488,6 +488,9 @@ class _PhraseReader:
         if self.words and self.stop_at_verbs and w in ("get", "gets", "got") and nxt is not None \
                 and looks_participle(nxt):
             return True           # a passive with 'get': 'the dog | gets removed' (was the subject 'dog gets')
+        if self.words and self.stop_at_verbs and w in L.DISPLAY_VERBS and nxt is not None and (
+                nxt in L.DETERMINERS or nxt[:1].isdigit() or nxt[:1] in "\"'" or self.toks[self.j + 1].isupper()):
+            return True           # 'the screen | shows a cat' (was the subject 'screen shows'); 'the show room' stays
         if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):
             return False
         # A wear verb names no part of a compound noun, and a human does what the verb after it says ('let the man
