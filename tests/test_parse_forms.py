@@ -260,6 +260,13 @@ DISPLAYED = [
     ("the display case is empty", "attribute", "display case", "display case"),
 ]
 
+# 'put it/them in a Y': a pronoun is already in the image as a definite phrase is, so Y is what is new ('put it in a
+# frame' added `it`, a concept no detector finds)
+PUT_A_PRONOUN = [
+    ("put it in a frame", "add", None, "frame"),
+    ("Put them on a plate", "add", None, "plate"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -275,6 +282,7 @@ FORMS = (
     + WISHES
     + QUESTIONS_AND_STATES
     + DISPLAYED
+    + PUT_A_PRONOUN
 )
 
 

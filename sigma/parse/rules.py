@@ -217,7 +217,7 @@ def _parse_add(toks, low, j, verb) -> Parse:
         if _is_whole_image(owner):
             return Parse("global", None, None, "add-value-to-image")
         return Parse("attribute", owner.text, owner.text, "add-value-to-object")
-    if verb in ("put", "place", "set") and low[j:j + 1] and low[j] in _DEFINITE and obj.end + 1 < len(low) and \
+    if verb in ("put", "place", "set") and low[j:j + 1] and low[j] in _KNOWN and obj.end + 1 < len(low) and \
             low[obj.end] in ("in", "into", "on", "onto") and low[obj.end + 1] in ("a", "an"):
         new = extract_phrase(toks, obj.end + 2)          # 'put the cat in a spacesuit': the cat is there already,
         if new.words and not _is_whole_image(new):       # what is new is the spacesuit
@@ -816,6 +816,9 @@ _WISH_ADVERBS = frozenset({"always", "really", "just", "so", "also", "still", "t
                            "would", "do", "did", "'ve", "'d"})
 _WISH_VERBS = frozenset({"want", "wants", "wanted", "wish", "wished", "need", "needed", "like", "love", "loved"})
 _DEFINITE = frozenset({"the", "this", "that", "these", "those", "his", "her", "its", "their", "my", "your", "our"})
+# What 'put X in/on a Y' names as already there: a definite phrase or a pronoun ('put it in a frame' adds the frame;
+# it added `it`, a concept no detector can find)
+_KNOWN = _DEFINITE | {"it", "them", "him"}
 
 
 def _wish_lead(low: list[str]) -> int:
