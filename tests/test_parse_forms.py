@@ -267,6 +267,15 @@ PUT_A_PRONOUN = [
     ("Put them on a plate", "add", None, "plate"),
 ]
 
+# 'have/let' with any count or 'here'/'there' names a new thing ('have two cats on the bed' was a background replace
+# by 'bed', 'have a dog here' an attribute edit of the dog)
+HAVE_A_COUNT = [
+    ("have a dog here", "add", None, "dog"),
+    ("have two cats on the bed", "add", None, "cats"),
+    ("have some flowers there", "add", None, "flowers"),
+    ("let three birds fly over the lake", "add", None, "birds"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -283,6 +292,7 @@ FORMS = (
     + QUESTIONS_AND_STATES
     + DISPLAYED
     + PUT_A_PRONOUN
+    + HAVE_A_COUNT
 )
 
 

@@ -465,9 +465,10 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
             return Parse("global", None, None, "let-there-be-light")
         return Parse("add", None, obj.text, "let-there-be")
     x = extract_phrase(toks, j, stop_at_verbs=True)
-    if verb in ("have", "let") and low[j:j + 1] in (["a"], ["an"], ["some"]) and x.words and \
+    if verb in ("have", "let") and low[j:j + 1] and low[j] in _NEW_THING and x.words and \
             not _is_whole_image(x) and (not all(is_value_word(w) for w in x.words) if x.end >= end else (
-                low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in L.PLACE_PREPOSITIONS)):
+                low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in L.PLACE_PREPOSITIONS
+                or low[x.end] in ("here", "there"))):
         return Parse("add", None, x.text, verb + "-new-thing")   # "have a bird sitting on the fence": it is new
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
@@ -819,6 +820,10 @@ _DEFINITE = frozenset({"the", "this", "that", "these", "those", "his", "her", "i
 # What 'put X in/on a Y' names as already there: a definite phrase or a pronoun ('put it in a frame' adds the frame;
 # it added `it`, a concept no detector can find)
 _KNOWN = _DEFINITE | {"it", "them", "him"}
+# Determiners of something new: 'have a dog here', 'have two cats on the bed' add it
+_NEW_THING = frozenset({"a", "an", "some", "another", "several", "many", "few", "multiple", "numerous", "various",
+                        "extra", "additional", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                        "eleven", "twelve", "dozen"})
 
 
 def _wish_lead(low: list[str]) -> int:
