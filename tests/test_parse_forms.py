@@ -323,3 +323,21 @@ def test_the_forms_through_the_cli_file_reader(tmp_path, capsys):
 def test_multi_clause_forms(text, edits):
     """Multi-clause forms of the new rules: each clause its own edit (passive clauses included)."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits][:len(edits)] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("the flowers should be yellow and the grass taller", [("attribute", "flowers", "flowers"),
+                                                           ("attribute", "grass", "grass")]),
+    ("the sky is blue and the grass green", [("attribute", "sky", "sky"), ("attribute", "grass", "grass")]),
+    ("the bird should be a parrot and the dog a cat", [("replace", "bird", "parrot"), ("replace", "dog", "cat")]),
+    ("the cat should be white, the dog brown and the house red",
+     [("attribute", "cat", "cat"), ("attribute", "dog", "dog"), ("attribute", "house", "house")]),
+    ("what if the car were blue and the sky green", [("attribute", "car", "car"), ("attribute", "sky", "sky")]),
+    ("the car should be red and shiny", [("attribute", "car", "car")]),
+    ("the dog should be removed and the cat", [("remove", "dog", None)]),
+])
+def test_a_declaratives_be_left_out_of_the_next_clause(text, edits):
+    """'the flowers should be yellow and the grass taller': the second clause leaves out 'should be' (gapping after
+    a declarative, as 'make the sky purple and the grass yellow' leaves out 'make'); its edit was lost. Exact lists:
+    'red and shiny' stays one edit."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits

@@ -924,6 +924,9 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
         if r < e and (low[r] in L.MODALS or low[r] in ("is", "are", "was", "were") or low[r] in L.PASSIVE_MARKERS):
             return p, "declarative"
         if not vlen:
+            if _be_value_clause(toks, low, s, p) and (_split_trailing_values(right)[1] or (
+                    r < e and low[r] in ("a", "an"))):
+                return p, "gap-be"                       # 'the flowers should be yellow and the grass | taller'
             continue
         left = extract_phrase(toks[:p], s + vlen, stop_at_verbs=True)
         if not left.words or not _has_complement(low, left, p):
@@ -931,6 +934,20 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
         if _has_complement(low, right, e) or (r >= e and kind in ("add", "remove")):
             return p, "gap"
     return None
+
+
+def _be_value_clause(toks: list[str], low: list[str], s: int, e: int) -> bool:
+    """'SUBJECT [modals] be|is|are|was|were VALUE-or-THING' from s to e: a declarative whose 'be' a gapped clause
+    after it leaves out ('the flowers should be yellow and the grass taller'). Not a participle or action after 'be'
+    ('should be wearing a hat', 'is removed'): that predicate is no value a second subject can take."""
+    s += _hypothetical_lead(low[s:e])                    # 'what if the car were blue and the sky green'
+    subj = extract_phrase(toks[:e], s, stop_at_verbs=True, sentence_start=s)
+    k = subj.end
+    while k < e and low[k] in L.MODALS:
+        k += 1
+    if not subj.words or subj.words[0] in _PRONOUNS or k + 1 >= e or low[k] not in ("be", "is", "are", "was", "were"):
+        return False
+    return not looks_participle(low[k + 1]) and not is_action_form(low[k + 1])
 
 
 def _is_pronoun_value(low: list[str], s: int, vlen: int, e: int) -> bool:
@@ -999,7 +1016,9 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
                 break
         if vlen:
             prev_verb = toks[s:s + vlen]
-        gapped = how == "gap"
+        elif how == "gap-be":
+            prev_verb = ["make"]                          # the gapped '... and the grass taller': make it so
+        gapped = how in ("gap", "gap-be")
         first = first and parse is None
         i = max(ce, s + 1)
         if i < n and low[i] in (".", ";", "!", "?", "while", "but", "plus"):
