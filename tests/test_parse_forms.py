@@ -276,6 +276,18 @@ HAVE_A_COUNT = [
     ("let three birds fly over the lake", "add", None, "birds"),
 ]
 
+# a comparative or superlative of any listed value or weather word ('wetter', 'shinier', 'stormier', 'calmer'): only a
+# closed list of comparatives was known, so 'make the road wetter' made the concept 'road wetter'
+COMPARATIVES = [
+    ("make the road wetter", "attribute", "road", "road"),
+    ("make the sea calmer", "attribute", "sea", "sea"),
+    ("Make the hair curlier", "attribute", "hair", "hair"),
+    ("make the dog fluffier", "attribute", "dog", "dog"),
+    ("make the sky cloudier", "attribute", "sky", "sky"),
+    ("add water to the glass", "add", None, "water"),
+    ("replace the poster with a flower", "replace", "poster", "flower"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -293,6 +305,7 @@ FORMS = (
     + DISPLAYED
     + PUT_A_PRONOUN
     + HAVE_A_COUNT
+    + COMPARATIVES
 )
 
 
@@ -334,6 +347,8 @@ def test_multi_clause_forms(text, edits):
      [("attribute", "cat", "cat"), ("attribute", "dog", "dog"), ("attribute", "house", "house")]),
     ("what if the car were blue and the sky green", [("attribute", "car", "car"), ("attribute", "sky", "sky")]),
     ("the car should be red and shiny", [("attribute", "car", "car")]),
+    ("make the boat bigger and the sea calmer", [("attribute", "boat", "boat"), ("attribute", "sea", "sea")]),
+    ("make the water rougher and the sky stormier", [("attribute", "water", "water"), ("attribute", "sky", "sky")]),
     ("the dog should be removed and the cat", [("remove", "dog", None)]),
 ])
 def test_a_declaratives_be_left_out_of_the_next_clause(text, edits):

@@ -210,7 +210,28 @@ def is_value_word(w: str) -> bool:
         return True
     if w.endswith(("-colored", "-coloured", "-haired", "-eyed", "-skinned", "-toned")):
         return True
+    if _comparative_of_value(w):
+        return True
     return any("-" in w and part in L.COLOURS for part in w.split("-"))
+
+
+def _comparative_of_value(w: str) -> bool:
+    """'calmer', 'rougher', 'shinier', 'rustiest', 'wetter', 'stormier': a comparative or superlative of a listed
+    value or weather word ('calm', 'rough', 'shiny', 'rusty', 'wet', 'stormy'). Only a closed list of comparatives
+    was known, so 'make the boat bigger and the sea calmer' read 'sea calmer' into one compound concept with the
+    boat, and 'make the road wetter' made the concept 'road wetter'."""
+    for suffix in ("er", "est"):
+        if not w.endswith(suffix) or len(w) < len(suffix) + 3:
+            continue
+        stem = w[:-len(suffix)]
+        stems = [stem, stem + "e"]                       # calm-er, wid(e)-er
+        if stem.endswith("i"):
+            stems.append(stem[:-1] + "y")                # shini-er -> shiny
+        if len(stem) > 2 and stem[-1] == stem[-2]:
+            stems.append(stem[:-1])                      # wett-er -> wet
+        if any(x in L.STATE_ADJECTIVES or x in L.COLOURS or x in L.WEATHER for x in stems):
+            return True
+    return False
 
 
 @dataclass
