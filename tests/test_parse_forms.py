@@ -288,6 +288,21 @@ COMPARATIVES = [
     ("replace the poster with a flower", "replace", "poster", "flower"),
 ]
 
+# a pronoun of a person as the object of make/let/have is `person` ('make him bald' was an attribute edit of 'him',
+# 'make her smile' of 'smile', 'make her happy' global, 'let her wear a dress' a replace of 'wear'); 'her' before a
+# noun of hers stays a possessive
+PERSON_PRONOUNS = [
+    ("make him bald", "attribute", "person", "person"),
+    ("Make her smile", "attribute", "person", "person"),
+    ("make her very happy", "attribute", "person", "person"),
+    ("let her wear a dress", "add", None, "dress"),
+    ("have her hold a cup", "add", None, "cup"),
+    ("make her a queen", "replace", "person", "queen"),
+    ("make her hair blonde", "attribute", "hair", "hair"),
+    ("make her smile brighter", "attribute", "smile", "smile"),
+    ("make her red dress blue", "attribute", "red dress", "red dress"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -306,6 +321,7 @@ FORMS = (
     + PUT_A_PRONOUN
     + HAVE_A_COUNT
     + COMPARATIVES
+    + PERSON_PRONOUNS
 )
 
 

@@ -464,7 +464,7 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         if _scene_light(toks, low, obj):
             return Parse("global", None, None, "let-there-be-light")
         return Parse("add", None, obj.text, "let-there-be")
-    x = extract_phrase(toks, j, stop_at_verbs=True)
+    x = _person_pronoun(low, j, end) or extract_phrase(toks, j, stop_at_verbs=True)
     if verb in ("have", "let") and low[j:j + 1] and low[j] in _NEW_THING and x.words and \
             not _is_whole_image(x) and (not all(is_value_word(w) for w in x.words) if x.end >= end else (
                 low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in L.PLACE_PREPOSITIONS
@@ -512,6 +512,32 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         if low[q] in L.ACTION_VERBS or low[q] in L.WEAR_VERBS or low[q] in L.BE_VERBS:
             return _parse_after_subject(toks, low, x, q, end, verb)
     return _classify_change(toks, low, x, low[j:k], None, end, None, verb)
+
+
+_PERSON_PRONOUNS = frozenset({"him", "he", "she", "himself", "herself"})
+_DEGREE_WORDS = frozenset({"very", "more", "less", "really", "so", "too", "slightly", "much", "extremely", "even"})
+_PARTICLE_WORDS = frozenset({"up", "down", "away", "around", "back", "out", "over", "forward", "and", ","})
+
+
+def _person_pronoun(low: list[str], j: int, end: int) -> Phrase | None:
+    """'make him bald', 'make her smile', 'let her wear a dress': a pronoun of a person as the object is the
+    concept `person` (a detector finds no 'him'). 'her' is the object, not a possessive, when no noun of hers
+    follows: the clause ends, or a determiner, a be/wear verb, an action verb ending the clause, a degree word or a
+    value word not before a noun comes next ('make her hair blonde', 'make her smile brighter' stay hers). They
+    were an attribute edit of 'him', of 'smile', a global edit ('make her happy'), a replace of 'wear' by the
+    dress."""
+    w = low[j] if j < end else None
+    if w not in _PERSON_PRONOUNS and w != "her":
+        return None
+    nxt = low[j + 1] if j + 1 < end else None
+    after = low[j + 2] if j + 2 < end else None
+    ends = after is None or after in L.DETERMINERS or after in L.BOUNDARY_WORDS or after in _PARTICLE_WORDS
+    if w == "her" and not (nxt is None or nxt in L.DETERMINERS or nxt in L.BE_VERBS or nxt in L.WEAR_VERBS
+                           or nxt in _DEGREE_WORDS
+                           or (nxt in L.ACTION_VERBS and ends)
+                           or (is_value_word(nxt) and (ends or is_value_word(after or "")))):
+        return None
+    return Phrase(["person"], j + 1, seen=[w])
 
 
 def _parse_paint(toks, low, j, verb, end) -> Parse:
