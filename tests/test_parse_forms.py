@@ -303,6 +303,22 @@ PERSON_PRONOUNS = [
     ("make her red dress blue", "attribute", "red dress", "red dress"),
 ]
 
+# all but X: the changed region is everything else, the background ('remove everything but the dog' removed
+# 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
+# X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
+# constraint.
+ALL_BUT = [
+    ("remove everything but the dog", "remove", "background", None),
+    ("Remove everything except for the two people", "remove", "background", None),
+    ("erase everything apart from the woman", "remove", "background", None),
+    ("keep only the dog", "remove", "background", None),
+    ("Leave only the cat", "remove", "background", None),
+    ("delete all but one of the birds", "remove", "birds", None),
+    ("remove all but two of the cars", "remove", "cars", None),
+    ("remove the cat and keep only the dog", "remove", "cat", None),
+    ("remove all the birds except one", "remove", "birds", None),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -322,6 +338,7 @@ FORMS = (
     + HAVE_A_COUNT
     + COMPARATIVES
     + PERSON_PRONOUNS
+    + ALL_BUT
 )
 
 

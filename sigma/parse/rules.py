@@ -185,9 +185,29 @@ def _strip_connectors(low: list[str], j: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+def _all_but(toks, low, j) -> Parse | None:
+    """'remove everything but the dog', 'erase all except the cat', 'delete everything apart from the woman': what
+    changes is all but X, the background around it (the concept was 'everything', which a detector cannot find); 'all
+    but one of the birds' changes the others of that kind, the birds. None when no exception follows."""
+    if j >= len(low) or low[j] not in ("everything", "all", "anything"):
+        return None
+    q = j + 1 + (low[j + 1:j + 2] == ["else"])
+    n = 2 if tuple(low[q:q + 2]) in (("apart", "from"), ("other", "than"), ("except", "for")) else \
+        1 if low[q:q + 1] in (["but"], ["except"], ["besides"]) else 0
+    kept = extract_phrase(toks, q + n) if n else None
+    if kept is None or not kept.words:
+        return None
+    if low[q + n] in _NEW_THING | {"one"} and "of" in low[q + n:kept.end]:
+        return Parse("remove", kept.text, None, "remove-all-but-some")   # 'all but one of the birds'
+    return Parse("remove", "background", None, "remove-all-but")
+
+
 def _parse_remove(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("away", "out", "off", "up"):
         j += 1
+    all_but = _all_but(toks, low, j)
+    if all_but is not None:
+        return all_but
     obj = extract_phrase(toks, j)
     degradation = obj.head in L.DEGRADATIONS or (_has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2) or \
         obj.text in L.DEGRADATION_PHRASES
@@ -638,6 +658,8 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
     if multi is not None:
         kind, j = multi
         return _DISPATCH[kind](toks, low, j, low[0], end)
+    if low[0] in ("keep", "leave") and low[1:2] in (["only"], ["just"]) and len(low) > 2:
+        return Parse("remove", "background", None, "keep-only")   # a first 'keep only the dog': the rest goes
     kind = _verb_kind(low[0])
     if kind == "add" and low[0] in ("show", "drop", "bring", "set", "draw") and len(low) > 1 \
             and low[1] in ("the", "this", "it", "me"):
@@ -1017,7 +1039,8 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
             clause = clause[:-1]
         constraint = (low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (
             ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (
-            first and low[s] == "without" and not (s + 1 < n and low[s + 1].endswith("ing")))
+            first and low[s] == "without" and not (s + 1 < n and low[s + 1].endswith("ing"))) and not (
+            first and low[s] in ("keep", "leave") and low[s + 1:s + 2] in (["only"], ["just"]))
         # a first "without X" is the edit ("without the people": remove them); "without changing X, ..." is not
         parse: Parse | None = None
         if clause and not constraint:
