@@ -319,6 +319,16 @@ ALL_BUT = [
     ("remove all the birds except one", "remove", "birds", None),
 ]
 
+# make/let X disappear or vanish: X goes ('make the dog disappear' was an attribute edit of 'dog disappear', 'make
+# the person on the right disappear' a background replace by 'right disappear')
+DISAPPEAR = [
+    ("make the dog disappear", "remove", "dog", None),
+    ("make the person on the right disappear", "remove", "person", None),
+    ("Make the trash can on the sidewalk vanish.", "remove", "trash can", None),
+    ("let the car vanish", "remove", "car", None),
+    ("make it disappear", "global", None, None),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -339,6 +349,7 @@ FORMS = (
     + COMPARATIVES
     + PERSON_PRONOUNS
     + ALL_BUT
+    + DISAPPEAR
 )
 
 

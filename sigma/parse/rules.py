@@ -490,6 +490,12 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
                 low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in L.PLACE_PREPOSITIONS
                 or low[x.end] in ("here", "there"))):
         return Parse("add", None, x.text, verb + "-new-thing")   # "have a bird sitting on the fence": it is new
+    if len(x.words) > 1 and x.words[-1] in _VANISH:    # 'make the dog disappear' read 'disappear' into the noun
+        x = Phrase(x.words[:-1], x.end - 1, x.saw_attribute, x.seen[:-1], x.proper)
+    gone = _find(low, x.end, end, _VANISH)
+    if gone is not None and x.words and not _is_whole_image(x) and not any(
+            _verb_kind(w) is not None for w in low[x.end:gone]):
+        return Parse("remove", x.text, None, verb + "-disappear")   # 'make the person on the right disappear'
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
         return Parse("global", None, None, verb + "-whole-image")      # "make the image clearer"
@@ -534,6 +540,8 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     return _classify_change(toks, low, x, low[j:k], None, end, None, verb)
 
 
+# 'make/let X disappear': X goes (it was a background replace by 'right disappear' after 'on the right')
+_VANISH = ("disappear", "vanish", "disappears", "vanishes", "gone")
 _PERSON_PRONOUNS = frozenset({"him", "he", "she", "himself", "herself"})
 _DEGREE_WORDS = frozenset({"very", "more", "less", "really", "so", "too", "slightly", "much", "extremely", "even"})
 _PARTICLE_WORDS = frozenset({"up", "down", "away", "around", "back", "out", "over", "forward", "and", ","})
