@@ -329,6 +329,14 @@ DISAPPEAR = [
     ("make it disappear", "global", None, None),
 ]
 
+# add/put X in place of (instead of) Y replaces Y by X ('add a tiger in place of the dog' was an add of the tiger, so
+# the mask missed the dog's region)
+IN_PLACE_OF = [
+    ("add a tiger in place of the dog", "replace", "dog", "tiger"),
+    ("put a laptop instead of the book", "replace", "book", "laptop"),
+    ("add a cat instead", "add", None, "cat"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -350,6 +358,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + ALL_BUT
     + DISAPPEAR
+    + IN_PLACE_OF
 )
 
 

@@ -237,6 +237,11 @@ def _parse_add(toks, low, j, verb) -> Parse:
         if _is_whole_image(owner):
             return Parse("global", None, None, "add-value-to-image")
         return Parse("attribute", owner.text, owner.text, "add-value-to-object")
+    swap = 3 if low[obj.end:obj.end + 3] == ["in", "place", "of"] else 2 if low[obj.end:obj.end + 2] == [
+        "instead", "of"] else 0
+    old = extract_phrase(toks, obj.end + swap) if swap else None
+    if old is not None and old.words and not _is_whole_image(old):
+        return Parse("replace", old.text, obj.text, "add-in-place-of")   # 'add a tiger in place of the dog'
     if verb in ("put", "place", "set") and low[j:j + 1] and low[j] in _KNOWN and obj.end + 1 < len(low) and \
             low[obj.end] in ("in", "into", "on", "onto") and low[obj.end + 1] in ("a", "an"):
         new = extract_phrase(toks, obj.end + 2)          # 'put the cat in a spacesuit': the cat is there already,
