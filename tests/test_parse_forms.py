@@ -337,6 +337,15 @@ IN_PLACE_OF = [
     ("add a cat instead", "add", None, "cat"),
 ]
 
+# give X some/two Y: the object after the receiver starts at its own determiner ('give the sky some stars' was an
+# attribute edit of 'sky stars'; only a/an/the ended the receiver)
+GIVE_SOME = [
+    ("give the sky some stars", "add", None, "stars"),
+    ("give the tree some red apples", "add", None, "red apples"),
+    ("give the car two more wheels", "add", None, "wheels"),
+    ("give the man a hat", "add", None, "hat"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -359,6 +368,7 @@ FORMS = (
     + ALL_BUT
     + DISAPPEAR
     + IN_PLACE_OF
+    + GIVE_SOME
 )
 
 

@@ -591,6 +591,10 @@ def _parse_give(toks, low, j, verb, end) -> Parse:
         x = Phrase([low[j]], j + 1, seen=[low[j]])        # "give her (a) necklace"; not "give her hair a tint"
     else:
         x = extract_phrase(toks, j)
+        second = next((q for q in range(j + 1, x.end) if low[q] in L.DETERMINERS and low[q - 1] not in L.DETERMINERS
+                       and is_word(low[q - 1])), None)
+        if second is not None:                            # 'give the sky | some stars' (was the concept 'sky stars')
+            x = extract_phrase(toks[:second], j)
     y = extract_phrase(toks, x.end)
     rest = low[x.end:end]
     kind = _value_kind(rest)
