@@ -419,3 +419,15 @@ def test_a_declaratives_be_left_out_of_the_next_clause(text, edits):
     a declarative, as 'make the sky purple and the grass yellow' leaves out 'make'); its edit was lost. Exact lists:
     'red and shiny' stays one edit."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("add a hat on the snowman and a scarf around its neck", [("add", None, "hat"), ("add", None, "scarf")]),
+    ("put a collar around the dog's neck and a bell on the cat", [("add", None, "collar"), ("add", None, "bell")]),
+    ("add a fence around the house and a tree", [("add", None, "fence"), ("add", None, "tree")]),
+    ("make the clouds around the moon pink", [("attribute", "clouds", "clouds")]),
+])
+def test_around_places_a_gapped_object(text, edits):
+    """'around' places an object as 'on' does, so a second object after it is its own edit (gapping): 'add a hat on
+    the snowman and a scarf around its neck' lost the scarf, 'add a fence around the house and a tree' the tree."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits

@@ -250,7 +250,7 @@ PASSIVE_MARKERS = _words("removed deleted erased gone eliminated missing replace
 # "add a ship | on the sea", "the colour of the car | to blue"
 COMPLEMENT_PREPS = _words("""
 with by for to into as on onto in at near under underneath above below beside behind inside over
-across along next atop upon from
+across along next atop upon from around
 """)
 
 # ---- the sky and text: edits with conventions of their own --------------------------------------
