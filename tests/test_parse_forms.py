@@ -346,6 +346,18 @@ GIVE_SOME = [
     ("give the man a hat", "add", None, "hat"),
 ]
 
+# change/turn X to say|show|read|display Y: what X displays changes, its look (an attribute, as 'the sign should say
+# SALE'); they were replaces of the sign by 'say open'. Written text becomes the quoted text, as 'replace the text
+# with HELLO' does
+CHANGE_TO_DISPLAY = [
+    ("change the sign to say OPEN", "attribute", "sign", "sign"),
+    ("change the clock to show 5 o'clock", "attribute", "clock", "clock"),
+    ("edit the banner to read Happy Birthday", "attribute", "banner", "banner"),
+    ("Change the screen to display a map", "attribute", "screen", "screen"),
+    ("change the text to say HELLO", "replace", "text", 'text "HELLO"'),
+    ("change the text on the sign to read SALE", "replace", "text", 'text "SALE"'),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -369,6 +381,7 @@ FORMS = (
     + DISAPPEAR
     + IN_PLACE_OF
     + GIVE_SOME
+    + CHANGE_TO_DISPLAY
 )
 
 

@@ -334,6 +334,8 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
                      a: Phrase | None, rule: str) -> Parse:
     """X (the object) becomes Y: decide the edit type from what Y is."""
     y = low[y_start:end] if y_start is not None else []
+    if y[:1] and y[0] in L.DISPLAY_VERBS and x.words and x.head not in L.HUMAN_NOUNS and not _is_whole_image(x):
+        return Parse("attribute", x.text, x.text, rule + "-display")   # 'change the sign to say OPEN': its look
     kind = _value_kind(y)
     ynp = extract_phrase(toks[:end], y_start) if y_start is not None else None
     bg_in_x = _has(seg, L.BACKGROUND_WORDS)
@@ -409,6 +411,8 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
     if x.end < end and low[x.end] in L.BE_VERBS | L.ACTION_VERBS | L.WEAR_VERBS and k_to is None:
         return _parse_after_subject(toks, low, x, x.end, end, "change")
     if y_start is not None and (_is_text(x) or _is_text(a)):
+        if y_start < end and low[y_start] in L.DISPLAY_VERBS:
+            y_start += 1                                  # 'change the text to say HELLO': the text is HELLO
         text = _text_edit(x, a, extract_phrase(toks[:end], y_start, caps_literal=True), "change")
         if text is not None:
             return text
