@@ -250,6 +250,114 @@ QUESTIONS_AND_STATES = [
     ("Could you make the sky darker and add some stars?", "attribute", "sky", "sky"),
 ]
 
+# a display verb in the present ends its subject as after a modal: 'the screen shows a cat' was a default add of
+# 'screen shows' (the subject swallowed the verb), 'the poster shows a mountain' a keyword global edit
+DISPLAYED = [
+    ("the screen shows a cat", "attribute", "screen", "screen"),
+    ("The poster shows a mountain", "attribute", "poster", "poster"),
+    ("the tv displays the news", "attribute", "tv", "tv"),
+    ("the clock shows 5 pm", "attribute", "clock", "clock"),
+    ("the display case is empty", "attribute", "display case", "display case"),
+]
+
+# 'put it/them in a Y': a pronoun is already in the image as a definite phrase is, so Y is what is new ('put it in a
+# frame' added `it`, a concept no detector finds)
+PUT_A_PRONOUN = [
+    ("put it in a frame", "add", None, "frame"),
+    ("Put them on a plate", "add", None, "plate"),
+]
+
+# 'have/let' with any count or 'here'/'there' names a new thing ('have two cats on the bed' was a background replace
+# by 'bed', 'have a dog here' an attribute edit of the dog)
+HAVE_A_COUNT = [
+    ("have a dog here", "add", None, "dog"),
+    ("have two cats on the bed", "add", None, "cats"),
+    ("have some flowers there", "add", None, "flowers"),
+    ("let three birds fly over the lake", "add", None, "birds"),
+]
+
+# a comparative or superlative of any listed value or weather word ('wetter', 'shinier', 'stormier', 'calmer'): only a
+# closed list of comparatives was known, so 'make the road wetter' made the concept 'road wetter'
+COMPARATIVES = [
+    ("make the road wetter", "attribute", "road", "road"),
+    ("make the sea calmer", "attribute", "sea", "sea"),
+    ("Make the hair curlier", "attribute", "hair", "hair"),
+    ("make the dog fluffier", "attribute", "dog", "dog"),
+    ("make the sky cloudier", "attribute", "sky", "sky"),
+    ("add water to the glass", "add", None, "water"),
+    ("replace the poster with a flower", "replace", "poster", "flower"),
+]
+
+# a pronoun of a person as the object of make/let/have is `person` ('make him bald' was an attribute edit of 'him',
+# 'make her smile' of 'smile', 'make her happy' global, 'let her wear a dress' a replace of 'wear'); 'her' before a
+# noun of hers stays a possessive
+PERSON_PRONOUNS = [
+    ("make him bald", "attribute", "person", "person"),
+    ("Make her smile", "attribute", "person", "person"),
+    ("make her very happy", "attribute", "person", "person"),
+    ("let her wear a dress", "add", None, "dress"),
+    ("have her hold a cup", "add", None, "cup"),
+    ("make her a queen", "replace", "person", "queen"),
+    ("make her hair blonde", "attribute", "hair", "hair"),
+    ("make her smile brighter", "attribute", "smile", "smile"),
+    ("make her red dress blue", "attribute", "red dress", "red dress"),
+]
+
+# all but X: the changed region is everything else, the background ('remove everything but the dog' removed
+# 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
+# X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
+# constraint.
+ALL_BUT = [
+    ("remove everything but the dog", "remove", "background", None),
+    ("Remove everything except for the two people", "remove", "background", None),
+    ("erase everything apart from the woman", "remove", "background", None),
+    ("keep only the dog", "remove", "background", None),
+    ("Leave only the cat", "remove", "background", None),
+    ("delete all but one of the birds", "remove", "birds", None),
+    ("remove all but two of the cars", "remove", "cars", None),
+    ("remove the cat and keep only the dog", "remove", "cat", None),
+    ("remove all the birds except one", "remove", "birds", None),
+]
+
+# make/let X disappear or vanish: X goes ('make the dog disappear' was an attribute edit of 'dog disappear', 'make
+# the person on the right disappear' a background replace by 'right disappear')
+DISAPPEAR = [
+    ("make the dog disappear", "remove", "dog", None),
+    ("make the person on the right disappear", "remove", "person", None),
+    ("Make the trash can on the sidewalk vanish.", "remove", "trash can", None),
+    ("let the car vanish", "remove", "car", None),
+    ("make it disappear", "global", None, None),
+]
+
+# add/put X in place of (instead of) Y replaces Y by X ('add a tiger in place of the dog' was an add of the tiger, so
+# the mask missed the dog's region)
+IN_PLACE_OF = [
+    ("add a tiger in place of the dog", "replace", "dog", "tiger"),
+    ("put a laptop instead of the book", "replace", "book", "laptop"),
+    ("add a cat instead", "add", None, "cat"),
+]
+
+# give X some/two Y: the object after the receiver starts at its own determiner ('give the sky some stars' was an
+# attribute edit of 'sky stars'; only a/an/the ended the receiver)
+GIVE_SOME = [
+    ("give the sky some stars", "add", None, "stars"),
+    ("give the tree some red apples", "add", None, "red apples"),
+    ("give the car two more wheels", "add", None, "wheels"),
+    ("give the man a hat", "add", None, "hat"),
+]
+
+# change/turn X to say|show|read|display Y: what X displays changes, its look (an attribute, as 'the sign should say
+# SALE'); they were replaces of the sign by 'say open'. Written text becomes the quoted text, as 'replace the text
+# with HELLO' does
+CHANGE_TO_DISPLAY = [
+    ("change the sign to say OPEN", "attribute", "sign", "sign"),
+    ("change the clock to show 5 o'clock", "attribute", "clock", "clock"),
+    ("edit the banner to read Happy Birthday", "attribute", "banner", "banner"),
+    ("Change the screen to display a map", "attribute", "screen", "screen"),
+    ("change the text to say HELLO", "replace", "text", 'text "HELLO"'),
+    ("change the text on the sign to read SALE", "replace", "text", 'text "SALE"'),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -264,6 +372,16 @@ FORMS = (
     + PASSIVE_VOICE
     + WISHES
     + QUESTIONS_AND_STATES
+    + DISPLAYED
+    + PUT_A_PRONOUN
+    + HAVE_A_COUNT
+    + COMPARATIVES
+    + PERSON_PRONOUNS
+    + ALL_BUT
+    + DISAPPEAR
+    + IN_PLACE_OF
+    + GIVE_SOME
+    + CHANGE_TO_DISPLAY
 )
 
 
@@ -294,3 +412,35 @@ def test_the_forms_through_the_cli_file_reader(tmp_path, capsys):
 def test_multi_clause_forms(text, edits):
     """Multi-clause forms of the new rules: each clause its own edit (passive clauses included)."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits][:len(edits)] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("the flowers should be yellow and the grass taller", [("attribute", "flowers", "flowers"),
+                                                           ("attribute", "grass", "grass")]),
+    ("the sky is blue and the grass green", [("attribute", "sky", "sky"), ("attribute", "grass", "grass")]),
+    ("the bird should be a parrot and the dog a cat", [("replace", "bird", "parrot"), ("replace", "dog", "cat")]),
+    ("the cat should be white, the dog brown and the house red",
+     [("attribute", "cat", "cat"), ("attribute", "dog", "dog"), ("attribute", "house", "house")]),
+    ("what if the car were blue and the sky green", [("attribute", "car", "car"), ("attribute", "sky", "sky")]),
+    ("the car should be red and shiny", [("attribute", "car", "car")]),
+    ("make the boat bigger and the sea calmer", [("attribute", "boat", "boat"), ("attribute", "sea", "sea")]),
+    ("make the water rougher and the sky stormier", [("attribute", "water", "water"), ("attribute", "sky", "sky")]),
+    ("the dog should be removed and the cat", [("remove", "dog", None)]),
+])
+def test_a_declaratives_be_left_out_of_the_next_clause(text, edits):
+    """'the flowers should be yellow and the grass taller': the second clause leaves out 'should be' (gapping after
+    a declarative, as 'make the sky purple and the grass yellow' leaves out 'make'); its edit was lost. Exact lists:
+    'red and shiny' stays one edit."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("add a hat on the snowman and a scarf around its neck", [("add", None, "hat"), ("add", None, "scarf")]),
+    ("put a collar around the dog's neck and a bell on the cat", [("add", None, "collar"), ("add", None, "bell")]),
+    ("add a fence around the house and a tree", [("add", None, "fence"), ("add", None, "tree")]),
+    ("make the clouds around the moon pink", [("attribute", "clouds", "clouds")]),
+])
+def test_around_places_a_gapped_object(text, edits):
+    """'around' places an object as 'on' does, so a second object after it is its own edit (gapping): 'add a hat on
+    the snowman and a scarf around its neck' lost the scarf, 'add a fence around the house and a tree' the tree."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits

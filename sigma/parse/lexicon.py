@@ -127,7 +127,7 @@ bigger smaller larger taller shorter longer wider narrower thinner fatter thicke
 sadder cleaner dirtier newer heavier lighter darker brighter deeper redder greener bluer whiter blacker
 round square oval triangular flat sharp dull soft hard bent twisted upside-down inverted mirrored
 elderly aged youthful ancient modern futuristic antique luminous illuminated clear clearer sharper crisp
-crisper warmer cooler colder hotter sunnier blurrier bare leafless hollow
+crisper warmer cooler colder hotter sunnier blurrier bare leafless hollow calm fluffy
 """)
 ATTRIBUTE_VALUE_NOUNS = _words("""
 color colour shade tone hue finish texture pattern material look style appearance version tan
@@ -250,7 +250,7 @@ PASSIVE_MARKERS = _words("removed deleted erased gone eliminated missing replace
 # "add a ship | on the sea", "the colour of the car | to blue"
 COMPLEMENT_PREPS = _words("""
 with by for to into as on onto in at near under underneath above below beside behind inside over
-across along next atop upon from
+across along next atop upon from around
 """)
 
 # ---- the sky and text: edits with conventions of their own --------------------------------------

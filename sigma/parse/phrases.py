@@ -210,7 +210,28 @@ def is_value_word(w: str) -> bool:
         return True
     if w.endswith(("-colored", "-coloured", "-haired", "-eyed", "-skinned", "-toned")):
         return True
+    if _comparative_of_value(w):
+        return True
     return any("-" in w and part in L.COLOURS for part in w.split("-"))
+
+
+def _comparative_of_value(w: str) -> bool:
+    """'calmer', 'rougher', 'shinier', 'rustiest', 'wetter', 'stormier': a comparative or superlative of a listed
+    value or weather word ('calm', 'rough', 'shiny', 'rusty', 'wet', 'stormy'). Only a closed list of comparatives
+    was known, so 'make the boat bigger and the sea calmer' read 'sea calmer' into one compound concept with the
+    boat, and 'make the road wetter' made the concept 'road wetter'."""
+    for suffix in ("er", "est"):
+        if not w.endswith(suffix) or len(w) < len(suffix) + 3:
+            continue
+        stem = w[:-len(suffix)]
+        stems = [stem, stem + "e"]                       # calm-er, wid(e)-er
+        if stem.endswith("i"):
+            stems.append(stem[:-1] + "y")                # shini-er -> shiny
+        if len(stem) > 2 and stem[-1] == stem[-2]:
+            stems.append(stem[:-1])                      # wett-er -> wet
+        if any(x in L.STATE_ADJECTIVES or x in L.COLOURS or x in L.WEATHER for x in stems):
+            return True
+    return False
 
 
 @dataclass
@@ -488,6 +509,9 @@ class _PhraseReader:
         if self.words and self.stop_at_verbs and w in ("get", "gets", "got") and nxt is not None \
                 and looks_participle(nxt):
             return True           # a passive with 'get': 'the dog | gets removed' (was the subject 'dog gets')
+        if self.words and self.stop_at_verbs and w in L.DISPLAY_VERBS and nxt is not None and (
+                nxt in L.DETERMINERS or nxt[:1].isdigit() or nxt[:1] in "\"'" or self.toks[self.j + 1].isupper()):
+            return True           # 'the screen | shows a cat' (was the subject 'screen shows'); 'the show room' stays
         if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):
             return False
         # A wear verb names no part of a compound noun, and a human does what the verb after it says ('let the man

@@ -185,9 +185,29 @@ def _strip_connectors(low: list[str], j: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+def _all_but(toks, low, j) -> Parse | None:
+    """'remove everything but the dog', 'erase all except the cat', 'delete everything apart from the woman': what
+    changes is all but X, the background around it (the concept was 'everything', which a detector cannot find); 'all
+    but one of the birds' changes the others of that kind, the birds. None when no exception follows."""
+    if j >= len(low) or low[j] not in ("everything", "all", "anything"):
+        return None
+    q = j + 1 + (low[j + 1:j + 2] == ["else"])
+    n = 2 if tuple(low[q:q + 2]) in (("apart", "from"), ("other", "than"), ("except", "for")) else \
+        1 if low[q:q + 1] in (["but"], ["except"], ["besides"]) else 0
+    kept = extract_phrase(toks, q + n) if n else None
+    if kept is None or not kept.words:
+        return None
+    if low[q + n] in _NEW_THING | {"one"} and "of" in low[q + n:kept.end]:
+        return Parse("remove", kept.text, None, "remove-all-but-some")   # 'all but one of the birds'
+    return Parse("remove", "background", None, "remove-all-but")
+
+
 def _parse_remove(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("away", "out", "off", "up"):
         j += 1
+    all_but = _all_but(toks, low, j)
+    if all_but is not None:
+        return all_but
     obj = extract_phrase(toks, j)
     degradation = obj.head in L.DEGRADATIONS or (_has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2) or \
         obj.text in L.DEGRADATION_PHRASES
@@ -217,7 +237,12 @@ def _parse_add(toks, low, j, verb) -> Parse:
         if _is_whole_image(owner):
             return Parse("global", None, None, "add-value-to-image")
         return Parse("attribute", owner.text, owner.text, "add-value-to-object")
-    if verb in ("put", "place", "set") and low[j:j + 1] and low[j] in _DEFINITE and obj.end + 1 < len(low) and \
+    swap = 3 if low[obj.end:obj.end + 3] == ["in", "place", "of"] else 2 if low[obj.end:obj.end + 2] == [
+        "instead", "of"] else 0
+    old = extract_phrase(toks, obj.end + swap) if swap else None
+    if old is not None and old.words and not _is_whole_image(old):
+        return Parse("replace", old.text, obj.text, "add-in-place-of")   # 'add a tiger in place of the dog'
+    if verb in ("put", "place", "set") and low[j:j + 1] and low[j] in _KNOWN and obj.end + 1 < len(low) and \
             low[obj.end] in ("in", "into", "on", "onto") and low[obj.end + 1] in ("a", "an"):
         new = extract_phrase(toks, obj.end + 2)          # 'put the cat in a spacesuit': the cat is there already,
         if new.words and not _is_whole_image(new):       # what is new is the spacesuit
@@ -309,6 +334,8 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
                      a: Phrase | None, rule: str) -> Parse:
     """X (the object) becomes Y: decide the edit type from what Y is."""
     y = low[y_start:end] if y_start is not None else []
+    if y[:1] and y[0] in L.DISPLAY_VERBS and x.words and x.head not in L.HUMAN_NOUNS and not _is_whole_image(x):
+        return Parse("attribute", x.text, x.text, rule + "-display")   # 'change the sign to say OPEN': its look
     kind = _value_kind(y)
     ynp = extract_phrase(toks[:end], y_start) if y_start is not None else None
     bg_in_x = _has(seg, L.BACKGROUND_WORDS)
@@ -384,6 +411,8 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
     if x.end < end and low[x.end] in L.BE_VERBS | L.ACTION_VERBS | L.WEAR_VERBS and k_to is None:
         return _parse_after_subject(toks, low, x, x.end, end, "change")
     if y_start is not None and (_is_text(x) or _is_text(a)):
+        if y_start < end and low[y_start] in L.DISPLAY_VERBS:
+            y_start += 1                                  # 'change the text to say HELLO': the text is HELLO
         text = _text_edit(x, a, extract_phrase(toks[:end], y_start, caps_literal=True), "change")
         if text is not None:
             return text
@@ -464,11 +493,18 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         if _scene_light(toks, low, obj):
             return Parse("global", None, None, "let-there-be-light")
         return Parse("add", None, obj.text, "let-there-be")
-    x = extract_phrase(toks, j, stop_at_verbs=True)
-    if verb in ("have", "let") and low[j:j + 1] in (["a"], ["an"], ["some"]) and x.words and \
+    x = _person_pronoun(low, j, end) or extract_phrase(toks, j, stop_at_verbs=True)
+    if verb in ("have", "let") and low[j:j + 1] and low[j] in _NEW_THING and x.words and \
             not _is_whole_image(x) and (not all(is_value_word(w) for w in x.words) if x.end >= end else (
-                low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in L.PLACE_PREPOSITIONS)):
+                low[x.end] in L.ACTION_VERBS or looks_participle(low[x.end]) or low[x.end] in L.PLACE_PREPOSITIONS
+                or low[x.end] in ("here", "there"))):
         return Parse("add", None, x.text, verb + "-new-thing")   # "have a bird sitting on the fence": it is new
+    if len(x.words) > 1 and x.words[-1] in _VANISH:    # 'make the dog disappear' read 'disappear' into the noun
+        x = Phrase(x.words[:-1], x.end - 1, x.saw_attribute, x.seen[:-1], x.proper)
+    gone = _find(low, x.end, end, _VANISH)
+    if gone is not None and x.words and not _is_whole_image(x) and not any(
+            _verb_kind(w) is not None for w in low[x.end:gone]):
+        return Parse("remove", x.text, None, verb + "-disappear")   # 'make the person on the right disappear'
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
         return Parse("global", None, None, verb + "-whole-image")      # "make the image clearer"
@@ -513,6 +549,34 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     return _classify_change(toks, low, x, low[j:k], None, end, None, verb)
 
 
+# 'make/let X disappear': X goes (it was a background replace by 'right disappear' after 'on the right')
+_VANISH = ("disappear", "vanish", "disappears", "vanishes", "gone")
+_PERSON_PRONOUNS = frozenset({"him", "he", "she", "himself", "herself"})
+_DEGREE_WORDS = frozenset({"very", "more", "less", "really", "so", "too", "slightly", "much", "extremely", "even"})
+_PARTICLE_WORDS = frozenset({"up", "down", "away", "around", "back", "out", "over", "forward", "and", ","})
+
+
+def _person_pronoun(low: list[str], j: int, end: int) -> Phrase | None:
+    """'make him bald', 'make her smile', 'let her wear a dress': a pronoun of a person as the object is the
+    concept `person` (a detector finds no 'him'). 'her' is the object, not a possessive, when no noun of hers
+    follows: the clause ends, or a determiner, a be/wear verb, an action verb ending the clause, a degree word or a
+    value word not before a noun comes next ('make her hair blonde', 'make her smile brighter' stay hers). They
+    were an attribute edit of 'him', of 'smile', a global edit ('make her happy'), a replace of 'wear' by the
+    dress."""
+    w = low[j] if j < end else None
+    if w not in _PERSON_PRONOUNS and w != "her":
+        return None
+    nxt = low[j + 1] if j + 1 < end else None
+    after = low[j + 2] if j + 2 < end else None
+    ends = after is None or after in L.DETERMINERS or after in L.BOUNDARY_WORDS or after in _PARTICLE_WORDS
+    if w == "her" and not (nxt is None or nxt in L.DETERMINERS or nxt in L.BE_VERBS or nxt in L.WEAR_VERBS
+                           or nxt in _DEGREE_WORDS
+                           or (nxt in L.ACTION_VERBS and ends)
+                           or (is_value_word(nxt) and (ends or is_value_word(after or "")))):
+        return None
+    return Phrase(["person"], j + 1, seen=[w])
+
+
 def _parse_paint(toks, low, j, verb, end) -> Parse:
     if j < len(low) and low[j] in ("a", "an"):
         obj = extract_phrase(toks, j)
@@ -531,6 +595,10 @@ def _parse_give(toks, low, j, verb, end) -> Parse:
         x = Phrase([low[j]], j + 1, seen=[low[j]])        # "give her (a) necklace"; not "give her hair a tint"
     else:
         x = extract_phrase(toks, j)
+        second = next((q for q in range(j + 1, x.end) if low[q] in L.DETERMINERS and low[q - 1] not in L.DETERMINERS
+                       and is_word(low[q - 1])), None)
+        if second is not None:                            # 'give the sky | some stars' (was the concept 'sky stars')
+            x = extract_phrase(toks[:second], j)
     y = extract_phrase(toks, x.end)
     rest = low[x.end:end]
     kind = _value_kind(rest)
@@ -611,6 +679,8 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
     if multi is not None:
         kind, j = multi
         return _DISPATCH[kind](toks, low, j, low[0], end)
+    if low[0] in ("keep", "leave") and low[1:2] in (["only"], ["just"]) and len(low) > 2:
+        return Parse("remove", "background", None, "keep-only")   # a first 'keep only the dog': the rest goes
     kind = _verb_kind(low[0])
     if kind == "add" and low[0] in ("show", "drop", "bring", "set", "draw") and len(low) > 1 \
             and low[1] in ("the", "this", "it", "me"):
@@ -816,6 +886,13 @@ _WISH_ADVERBS = frozenset({"always", "really", "just", "so", "also", "still", "t
                            "would", "do", "did", "'ve", "'d"})
 _WISH_VERBS = frozenset({"want", "wants", "wanted", "wish", "wished", "need", "needed", "like", "love", "loved"})
 _DEFINITE = frozenset({"the", "this", "that", "these", "those", "his", "her", "its", "their", "my", "your", "our"})
+# What 'put X in/on a Y' names as already there: a definite phrase or a pronoun ('put it in a frame' adds the frame;
+# it added `it`, a concept no detector can find)
+_KNOWN = _DEFINITE | {"it", "them", "him"}
+# Determiners of something new: 'have a dog here', 'have two cats on the bed' add it
+_NEW_THING = frozenset({"a", "an", "some", "another", "several", "many", "few", "multiple", "numerous", "various",
+                        "extra", "additional", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                        "eleven", "twelve", "dozen"})
 
 
 def _wish_lead(low: list[str]) -> int:
@@ -916,6 +993,9 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
         if r < e and (low[r] in L.MODALS or low[r] in ("is", "are", "was", "were") or low[r] in L.PASSIVE_MARKERS):
             return p, "declarative"
         if not vlen:
+            if _be_value_clause(toks, low, s, p) and (_split_trailing_values(right)[1] or (
+                    r < e and low[r] in ("a", "an"))):
+                return p, "gap-be"                       # 'the flowers should be yellow and the grass | taller'
             continue
         left = extract_phrase(toks[:p], s + vlen, stop_at_verbs=True)
         if not left.words or not _has_complement(low, left, p):
@@ -923,6 +1003,20 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
         if _has_complement(low, right, e) or (r >= e and kind in ("add", "remove")):
             return p, "gap"
     return None
+
+
+def _be_value_clause(toks: list[str], low: list[str], s: int, e: int) -> bool:
+    """'SUBJECT [modals] be|is|are|was|were VALUE-or-THING' from s to e: a declarative whose 'be' a gapped clause
+    after it leaves out ('the flowers should be yellow and the grass taller'). Not a participle or action after 'be'
+    ('should be wearing a hat', 'is removed'): that predicate is no value a second subject can take."""
+    s += _hypothetical_lead(low[s:e])                    # 'what if the car were blue and the sky green'
+    subj = extract_phrase(toks[:e], s, stop_at_verbs=True, sentence_start=s)
+    k = subj.end
+    while k < e and low[k] in L.MODALS:
+        k += 1
+    if not subj.words or subj.words[0] in _PRONOUNS or k + 1 >= e or low[k] not in ("be", "is", "are", "was", "were"):
+        return False
+    return not looks_participle(low[k + 1]) and not is_action_form(low[k + 1])
 
 
 def _is_pronoun_value(low: list[str], s: int, vlen: int, e: int) -> bool:
@@ -966,7 +1060,8 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
             clause = clause[:-1]
         constraint = (low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (
             ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (
-            first and low[s] == "without" and not (s + 1 < n and low[s + 1].endswith("ing")))
+            first and low[s] == "without" and not (s + 1 < n and low[s + 1].endswith("ing"))) and not (
+            first and low[s] in ("keep", "leave") and low[s + 1:s + 2] in (["only"], ["just"]))
         # a first "without X" is the edit ("without the people": remove them); "without changing X, ..." is not
         parse: Parse | None = None
         if clause and not constraint:
@@ -991,7 +1086,9 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
                 break
         if vlen:
             prev_verb = toks[s:s + vlen]
-        gapped = how == "gap"
+        elif how == "gap-be":
+            prev_verb = ["make"]                          # the gapped '... and the grass taller': make it so
+        gapped = how in ("gap", "gap-be")
         first = first and parse is None
         i = max(ce, s + 1)
         if i < n and low[i] in (".", ";", "!", "?", "while", "but", "plus"):
