@@ -542,7 +542,22 @@ class ModelBusy(RunBusy):
             f"({_deferred(deferral, max_defer_s)}): {self}. Resume or end that process; then {_AGAIN}")
 
 
-class ThreadsRefused(RunBusy):
+class MachineRefused(RunBusy):
+    """A shortage of this machine's (threads, memory) that defers a task instead of failing its shard; the
+    subclasses differ only in what was refused and what to raise, said in one dead-letter message."""
+
+    refused = ""
+    remedy = ""
+
+    def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
+        """The dead letter of a shortage that outlasted `worker.max_defer_s`; the same words for every shortage."""
+        return self.code, (
+            f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: the machine of each worker that took "
+            f"it {self.refused} for {deferral.last - deferral.since:.0f} s "
+            f"({_deferred(deferral, max_defer_s)}): {self}. {self.remedy}; then {_AGAIN}")
+
+
+class ThreadsRefused(MachineRefused):
     """This machine would start no thread the shard needs (`threads_refused`: the pipeline's writer or reader, its
     decode pool's manager; a pids limit, `ulimit -u`, or no memory left for a thread's stack): a state of the machine,
     mostly brief, no fault of the task's. It was the shard's failure (`shard_failed`, a delivery spent each lease), so a
@@ -552,16 +567,12 @@ class ThreadsRefused(RunBusy):
     the run folder for `worker.max_defer_s`."""
 
     code = "out_of_threads"
-
-    def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
-        return "out_of_threads", (
-            f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: the machine of each worker that took "
-            f"it would start no thread for it for {deferral.last - deferral.since:.0f} s "
-            f"({_deferred(deferral, max_defer_s)}): {self}. Raise the limit on processes (`ulimit -u`, the "
-            f"container's pids limit) or the memory for thread stacks (`ulimit -v`, `ulimit -s`); then {_AGAIN}")
+    refused = "would start no thread for it"
+    remedy = ("Raise the limit on processes (`ulimit -u`, the container's pids limit) or the memory for thread stacks "
+              "(`ulimit -v`, `ulimit -s`)")
 
 
-class MemoryRefused(RunBusy):
+class MemoryRefused(MachineRefused):
     """This machine refused the memory to load the run's model (`out_of_memory` while its annotator was built: a low
     RLIMIT_AS, a container near its limit, safetensors' mmap refused): a state of the machine, mostly brief, no fault of
     the task's — as `sigma worker` loads again (`worker.load_retry_s`). It was the shard's failure (`shard_failed`, a
@@ -570,13 +581,8 @@ class MemoryRefused(RunBusy):
     dead-lettered (`out_of_memory`) only when no shard has been written in the run folder for `worker.max_defer_s`."""
 
     code = "out_of_memory"
-
-    def given_up(self, fields: dict[str, str], deferral: Deferral, max_defer_s: float) -> tuple[str, str]:
-        return "out_of_memory", (
-            f"{fields.get('run_dir')}: shard {shown_shard(fields)} was not run: the machine of each worker that took "
-            f"it refused the memory to load the run's model for {deferral.last - deferral.since:.0f} s "
-            f"({_deferred(deferral, max_defer_s)}): {self}. Raise the memory limit (`ulimit -v`, the container's "
-            f"memory) or free memory; then {_AGAIN}")
+    refused = "refused the memory to load the run's model"
+    remedy = "Raise the memory limit (`ulimit -v`, the container's memory) or free memory"
 
 
 class RunTooLarge(RunBusy):
