@@ -61,6 +61,18 @@ def make_pair(h: int = 48, w: int = 64, seed: int = 0, box: tuple[int, int, int,
     return original, edited
 
 
+def read_until_closed(sock: socket.socket, *quiet: type[OSError]) -> bytes:
+    """All a raw socket receives until the server closes it; an error of `quiet` (a reset after a refusal, a
+    timeout once the server goes quiet) ends the read with what came before it, any other is raised."""
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except quiet:
+        pass
+    return got
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from servicekit import ServiceUnderTest, make_pair, wait_until
+from servicekit import ServiceUnderTest, make_pair, read_until_closed, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -18,13 +18,7 @@ def read_answer(port: int, request: bytes, timeout: float) -> bytes:
     """`request` on a new connection, and what comes back until the server closes (or `timeout` passes)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return answer
+        return read_until_closed(sock, TimeoutError, ConnectionResetError)
 
 
 def status_and_error(raw: bytes) -> tuple[int, bytes, dict]:

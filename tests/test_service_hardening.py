@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servicekit import ServiceUnderTest, make_pair, png_bytes, running_service, wait_until
+from servicekit import ServiceUnderTest, make_pair, png_bytes, read_until_closed, running_service, wait_until
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -471,10 +471,7 @@ def test_the_budget_comes_back_however_an_upload_ends(budget):
     def stall_until_timeout() -> None:
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(head + b"{" + b" " * 800_000)
-            got = b""
-            while chunk := sock.recv(65536):
-                got += chunk
-            answers.append(got)
+            answers.append(read_until_closed(sock))
     threads = [threading.Thread(target=stall_until_timeout) for _ in range(2)]
     for t in threads:
         t.start()
@@ -527,9 +524,7 @@ def test_a_body_that_stalls_is_cut_at_the_idle_timeout_and_its_bytes_returned(id
     with socket.create_connection(("127.0.0.1", s.port), timeout=30) as stalled:
         t0 = time.monotonic()
         stalled.sendall(head + b"{" + b" " * 1_500_000)
-        got = b""
-        while chunk := stalled.recv(65536):
-            got += chunk
+        got = read_until_closed(stalled)
         took = time.monotonic() - t0
     assert got.startswith(b"HTTP/1.1 408 "), got[:200]
     assert b"request_timeout" in got and b"api.body_idle_timeout_s=1.5" in got, got
@@ -549,16 +544,6 @@ def test_a_body_that_stalls_is_cut_at_the_idle_timeout_and_its_bytes_returned(id
     assert code(slow) == "missing_field", slow.text
 
 
-def _answer(sock: socket.socket) -> bytes:
-    got = b""
-    try:
-        while chunk := sock.recv(65536):
-            got += chunk
-    except ConnectionResetError:
-        pass
-    return got
-
-
 def test_a_chunk_declared_larger_than_the_body_limit_is_refused_at_its_size_line(idle):
     """`Transfer-Encoding: chunked` with a chunk size over limits.max_request_bytes (2 MB here; h11 reads up to 20 hex
     digits, 2**80 bytes): the API read the chunk until the byte limit or a timeout cut it (here: 408 after the idle
@@ -574,7 +559,7 @@ def test_a_chunk_declared_larger_than_the_body_limit_is_refused_at_its_size_line
         with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
             t0 = time.monotonic()
             sock.sendall(head + first)
-            got = _answer(sock)
+            got = read_until_closed(sock, ConnectionResetError)
             took = time.monotonic() - t0
         assert got.startswith(b"HTTP/1.1 413 "), (first[:30], got[:300])
         assert b"request_too_large" in got and b"limits.max_request_bytes=2000000" in got, got
@@ -596,7 +581,7 @@ def test_a_chunked_body_cut_into_many_tiny_chunks_is_refused(idle):
     with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
         t0 = time.monotonic()
         sock.sendall(head + b"1\r\n{\r\n" + b"1\r\n \r\n" * 200_000 + b"1\r\n}\r\n0\r\n\r\n")
-        got = _answer(sock)
+        got = read_until_closed(sock, ConnectionResetError)
         took = time.monotonic() - t0
     assert got.startswith(b"HTTP/1.1 400 "), got[:300]
     assert b"bad_request" in got and b"send larger chunks" in got, got

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from servicekit import ServiceUnderTest, make_pair, png_bytes, running_service
+from servicekit import ServiceUnderTest, make_pair, png_bytes, read_until_closed, running_service
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
@@ -100,13 +100,7 @@ def raw_request(svc: ServiceUnderTest, head: str, body: bytes, then: bytes = b""
     until it closes or goes quiet for 3 s."""
     with socket.create_connection(("127.0.0.1", svc.port), timeout=3) as sock:
         sock.sendall(head.encode() + b"\r\n\r\n" + body + then)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except TimeoutError:
-            pass
-    return answer
+        return read_until_closed(sock, TimeoutError)
 
 
 def test_content_length_and_chunked_together_are_refused(svc):
@@ -273,10 +267,7 @@ def send_then_read(svc: ServiceUnderTest, request: bytes, segment: int | None) -
             sock.sendall(request[start:start + (segment or len(request))])
             if segment:
                 time.sleep(0.001)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    return answer
+        return read_until_closed(sock)
 
 
 @pytest.mark.parametrize("cookie_bytes, segment", [(20_000, 1024), (20_000, None), (200_000, None)],
