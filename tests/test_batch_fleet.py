@@ -2027,6 +2027,17 @@ def _vm_size(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
 
 
+def _both_shards_done_none_dead(out: Path, log: Path, url: str, prefix: str, timeout: float) -> str:
+    """Wait for both shards of a deferred run to be done, no task dead-lettered; the worker's log, for the caller's
+    checks of what it said."""
+    statuses = out / "status"
+    assert wait_for(lambda: len([p for p in statuses.glob("*.json")
+                                 if json.loads(p.read_text())["status"] == "done"]) == 2, timeout), log.read_text()
+    status = queue_status(url, prefix)
+    assert status["dead"] == 0, status
+    return log.read_text()
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_shards_a_workers_machine_would_start_no_thread_for_are_deferred_and_done_once_the_limit_is_lifted(
         redis_server, tmp_path):
@@ -2059,13 +2070,8 @@ def test_shards_a_workers_machine_would_start_no_thread_for_are_deferred_and_don
         # past max_deliveries (2) leases of 0.7 s with every thread refused
         assert wait_for(lambda: log.read_text().count("can't start new thread") >= 6, 30), log.read_text()
         resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
-        statuses = out / "status"
-        assert wait_for(lambda: len([p for p in statuses.glob("*.json")
-                                     if json.loads(p.read_text())["status"] == "done"]) == 2, 60), log.read_text()
-        said = log.read_text()
+        said = _both_shards_done_none_dead(out, log, redis_server.url, prefix, 60)
         assert "deferred (delivery 1 not counted" in said and "Traceback" not in said, said
-        status = queue_status(redis_server.url, prefix)
-        assert status["dead"] == 0, status
     finally:
         stop_batch_workers([worker], [log])
 
@@ -2110,14 +2116,9 @@ def test_shards_whose_model_a_workers_machine_refuses_memory_to_load_are_deferre
         assert wait_for(lambda: len(refused.findall(log.read_text())) >= 5 or worker.poll() is not None, 60), \
             log.read_text()
         resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
-        statuses = out / "status"
-        assert wait_for(lambda: len([p for p in statuses.glob("*.json")
-                                     if json.loads(p.read_text())["status"] == "done"]) == 2, 90), log.read_text()
-        said = log.read_text()
+        said = _both_shards_done_none_dead(out, log, redis_server.url, prefix, 90)
         assert "loading the run's model" in said and "Traceback" not in said, said
         assert "shard_failed" not in said and "failed (delivery" not in said, said
-        status = queue_status(redis_server.url, prefix)
-        assert status["dead"] == 0, status
     finally:
         end_saver(saver)
         stop_batch_workers([worker], [log])
