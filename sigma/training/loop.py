@@ -152,6 +152,12 @@ def shared_eval_dir() -> Path:
     return root / "data" / "eval"
 
 
+def eval_data_path(data: str | None) -> str | None:
+    """The path `eval.data` names ("shared": `shared_eval_dir()`): one reading for the check before the first step
+    and each scoring."""
+    return str(shared_eval_dir()) if data == "shared" else data
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine to min_lr_ratio."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -657,7 +663,7 @@ class Trainer:
         if val:
             rec["synthetic"] = validate_synthetic(self.model, val, self.device, stop=self._stopping)
         if real_due:
-            data = str(shared_eval_dir()) if ev.data == "shared" else ev.data
+            data = eval_data_path(ev.data)
             if Path(data).is_dir():
                 self.checkpoint()
                 try:
@@ -1291,7 +1297,7 @@ def _check_eval_data(inputs: TrainConfig, log=print) -> None:
     from sigma.eval.runner import eval_records, unscoreable
 
     ev = inputs.eval
-    data = str(shared_eval_dir()) if ev.data == "shared" else ev.data
+    data = eval_data_path(ev.data)
     if not data or not Path(data).is_dir():
         return
     records = eval_records(data, ev.limit)
