@@ -358,6 +358,19 @@ CHANGE_TO_DISPLAY = [
     ("change the text on the sign to read SALE", "replace", "text", 'text "SALE"'),
 ]
 
+# An ordinal says which one of several, which a detector cannot use: dropped like a count ('remove the second car'
+# asked the detector for 'second car'); an ordinal that is part of a noun stays ('first aid kit', 'the second floor')
+ORDINALS = [
+    ("remove the second car", "remove", "car", None),
+    ("delete the third window from the left", "remove", "window", None),
+    ("remove the 2nd bottle", "remove", "bottle", None),
+    ("replace the last chair with a stool", "replace", "chair", "stool"),
+    ("make the first and second cars red", "attribute", "cars", "cars"),
+    ("remove the first aid kit", "remove", "first aid kit", None),
+    ("add a first aid kit on the wall", "add", None, "first aid kit"),
+    ("paint the second floor blue", "attribute", "second floor", "second floor"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -382,6 +395,7 @@ FORMS = (
     + IN_PLACE_OF
     + GIVE_SOME
     + CHANGE_TO_DISPLAY
+    + ORDINALS
 )
 
 

@@ -20,6 +20,14 @@ SIZE_WORDS = _words("""
 small large giant big tiny huge little enormous massive medium-sized small-sized large-sized gigantic
 miniature mini oversized entire whole
 """)
+# Ordinals say which one of several ("the second car", "the 3rd window"), which a detector cannot use: dropped like
+# counts. Not where the ordinal and the next word are one noun ("first aid kit", "second-hand" is one token already).
+ORDINALS = _words("""
+first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth last penultimate
+""")
+ORDINAL_COMPOUNDS = frozenset({("first", "aid"), ("first", "class"), ("first", "place"), ("second", "place"),
+                               ("third", "place"), ("first", "lady"), ("second", "hand"), ("third", "party"),
+                               ("first", "floor"), ("second", "floor"), ("third", "floor"), ("last", "supper")})
 # "a group of people" -> people; "a piece of clothing" -> clothing
 QUANTIFIER_NOUNS = _words("""
 couple group pair bunch lot lots number few set flock herd pile crowd handful piece pieces bit kind sort

@@ -341,6 +341,11 @@ _RELATIVE_WORDS = frozenset(["that", "which", "who", "whose", "where"])
 _SAYING_WORDS = frozenset(["says", "say", "saying", "reads", "reading", "spelling"])
 _CONJUNCTIONS = frozenset(["and", "or", "&"])
 _PARTICLES = frozenset(["up", "down", "away", "around", "back", "out", "over", "forward"])
+_NUMERIC_ORDINAL = re.compile(r"[0-9]+(?:st|nd|rd|th)")
+
+
+def _is_ordinal(w: str) -> bool:
+    return w in L.ORDINALS or bool(_NUMERIC_ORDINAL.fullmatch(w))
 
 
 def _is_edit_verb(w: str) -> bool:
@@ -399,6 +404,12 @@ class _PhraseReader:
         # a size word right after 'and' is read as a word ("red and | big kites"); _tidy drops it
         if w in L.DETERMINERS or w.isdigit() or (w in L.SIZE_WORDS and not (self.words and self.after_and)):
             return self._determiner_or_size(w)
+        ordinal = self._ordinal_says_which(w)
+        if ordinal:                                        # "the second car" is a car
+            self.seen.extend(t.lower() for t in self.toks[self.j:self.j + ordinal])
+            self.j += ordinal
+            self.after_and = False
+            return True
         self.after_and = False
         if w == "of":
             return self._of()
@@ -468,6 +479,21 @@ class _PhraseReader:
         self.seen.append(w)
         self.j += 1
         return True
+
+    def _ordinal_says_which(self, w: str) -> int:
+        """How many tokens an ordinal before the phrase's noun spans ('the second car', 'the 3rd window', 'the
+        first and second cars': 2, the ordinal and the 'and'), 0 where there is none. It picks one of several,
+        which a detector cannot tell, so it is dropped like a count (the concept was 'second car'). Not when it and
+        the next word are one noun ('first aid kit', 'the second floor'), nor as the last word ('the second one')."""
+        if (self.words and not self.after_and) or not _is_ordinal(w):
+            return 0
+        low = [t.lower() for t in self.toks[self.j + 1:self.j + 4]]
+        nxt = low[0] if low else None
+        if nxt in _CONJUNCTIONS or nxt == ",":          # 'the first and (the) second cars': both say which
+            rest = [t for t in low[1:] if t not in ("the", "a", "an")]
+            return 2 if rest and _is_ordinal(rest[0]) else 0
+        return int(nxt is not None and is_word(nxt) and nxt not in L.BOUNDARY_WORDS and nxt not in ("of", "one", "ones")
+                   and (w, nxt) not in L.ORDINAL_COMPOUNDS)
 
     def _of(self) -> bool:
         """'X of Y' names Y when X only counts, describes or locates a part of it ('a pair of | shoes',
