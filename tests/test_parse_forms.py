@@ -371,6 +371,19 @@ ORDINALS = [
     ("paint the second floor blue", "attribute", "second floor", "second floor"),
 ]
 
+# swap/switch/exchange two things (no 'with'/'for'): each shows up where the other was, so the source is the pair and
+# the target the pair in the other order (it was a replace of 'dog and cat' by nothing: the edited image unsearched)
+SWAPPED_PAIRS = [
+    ("swap the dog and the cat", "replace", "dog and cat", "cat and dog"),
+    ("swap the positions of the dog and the cat", "replace", "dog and cat", "cat and dog"),
+    ("switch the lamp and the vase", "replace", "lamp and vase", "vase and lamp"),
+    ("exchange the red car and the blue truck", "replace", "red car and blue truck", "blue truck and red car"),
+    ("swap places of the man and the woman", "replace", "man and woman", "woman and man"),
+    ("the dog and the cat swap places", "replace", "dog and cat", "cat and dog"),
+    ("swap the dog with the cat", "replace", "dog", "cat"),
+    ("swap the coffee mug for a wine glass", "replace", "coffee mug", "wine glass"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -396,6 +409,7 @@ FORMS = (
     + GIVE_SOME
     + CHANGE_TO_DISPLAY
     + ORDINALS
+    + SWAPPED_PAIRS
 )
 
 

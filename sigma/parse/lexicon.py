@@ -246,6 +246,13 @@ MODALS = _words("should must would could will can shall might")
 # participles that say which edit the passive asks for
 PASSIVE_AUXILIARIES = _words("be is are am was were been being get gets got getting")
 ADDED_PARTICIPLES = _words("added inserted placed put included introduced attached drawn")
+# Verbs that trade two things' places: "swap the dog and the cat", "the dog and the cat switched places". Each
+# shows up where the other was, so both are the source and, in the other order, the target
+SWAP_VERBS = _words("""
+swap swaps swapping swapped switch switches switching switched exchange exchanges exchanging exchanged
+trade trades trading traded
+""")
+SWAP_PLACE_NOUNS = _words("positions position places place spots spot locations location sides")
 REPLACED_PARTICIPLES = _words("replaced swapped substituted exchanged")
 # Nouns ending in -ly (other -ly words after "and"/"," are adverbs: ", slightly to the right")
 LY_NOUNS = _words("""

@@ -307,11 +307,36 @@ def _text_edit(x: Phrase, old: Phrase | None, new: Phrase | None, rule: str) -> 
     return Parse("replace", source, target, rule + "-text")
 
 
+def _swap_pair(obj: Phrase, rule: str) -> Parse | None:
+    """'swap the dog and the cat': each shows up where the other was, so both are looked for in both images, the
+    source as named and the target in the other order (it was a replace of 'dog and cat' by nothing, so the edited
+    image was never searched). None when the object is not two or more conjuncts."""
+    parts: list[list[str]] = [[]]
+    for w in obj.words:
+        if w in ("and", "or", ","):
+            if parts[-1]:
+                parts.append([])
+        else:
+            parts[-1].append(w)
+    parts = [p for p in parts if p]
+    if len(parts) < 2:
+        return None
+    return Parse("replace", obj.text, " and ".join(" ".join(p) for p in reversed(parts)), rule)
+
+
 def _parse_replace(toks, low, j, verb, end) -> Parse:
     if j < len(low) and low[j] in ("out",):
         j += 1
+    if verb in L.SWAP_VERBS:                              # 'swap the positions of the dog and the cat'
+        q = j + (low[j:j + 1] in (["the"], ["their"]))
+        if q + 1 < end and low[q] in L.SWAP_PLACE_NOUNS and low[q + 1] == "of":
+            j = q + 2
     obj = extract_phrase(toks, j)
     k = _find(low, obj.end, end, ("with", "by", "to", "into", "for", "using"))
+    if k is None and verb in L.SWAP_VERBS:
+        pair = _swap_pair(obj, "replace-swap-pair")
+        if pair is not None:
+            return pair
     new = extract_phrase(toks, k + 1, caps_literal=_is_text(obj)) if k is not None else None
     if k is not None and low[k + 1:k + 2] in (["one"], ["ones"]) and (
             k + 2 >= end or low[k + 2] in L.BOUNDARY_WORDS or low[k + 2] in ("that", "which")):
@@ -777,6 +802,8 @@ def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
     a state or action verb says what it becomes or does ('the dog were a cat', 'the man wore a hat')."""
     w = low[k]
     after_be = _passive_participle(low, k, end)
+    if w in L.SWAP_VERBS and k + 1 < end and low[k + 1] in L.SWAP_PLACE_NOUNS:
+        return "swap"                                     # 'the dog and the cat swap places'
     if w in _GONE or w in ("disappear", "disappears", "vanish", "vanishes") or after_be in _GONE:
         return "remove"
     if w in L.REPLACED_PARTICIPLES or after_be in L.REPLACED_PARTICIPLES:
@@ -803,6 +830,9 @@ def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: in
         if subj.head in L.DEGRADATIONS:                   # "the blur should be removed": a restoration
             return Parse("global", None, None, "passive-remove-degradation")
         return Parse("remove", subj.text, None, "passive-remove")
+    if kind == "swap":
+        pair = _swap_pair(subj, "declarative-swap-pair")
+        return pair if pair is not None else Parse("attribute", subj.text, subj.text, "declarative-swap")
     if kind == "replace":
         kk = _find(low, k, end, ("with", "by", "for"))
         new = extract_phrase(toks, kk + 1) if kk is not None else None
