@@ -335,6 +335,13 @@ IN_PLACE_OF = [
     ("add a tiger in place of the dog", "replace", "dog", "tiger"),
     ("put a laptop instead of the book", "replace", "book", "laptop"),
     ("add a cat instead", "add", None, "cat"),
+    # 'where the book is' names the thing taken over as 'in place of' does (it was an add of the laptop alone)
+    ("put a laptop where the book is", "replace", "book", "laptop"),
+    ("add a vase where the lamp was", "replace", "lamp", "vase"),
+    ("place a cat where the dog used to be", "replace", "dog", "cat"),
+    ("put a laptop where the book is on the table", "replace", "book", "laptop"),
+    ("add a lamp where the light is dim", "add", None, "lamp"),
+    ("put a cat where the dog is sleeping", "add", None, "cat"),
 ]
 
 # give X some/two Y: the object after the receiver starts at its own determiner ('give the sky some stars' was an

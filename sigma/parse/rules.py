@@ -239,7 +239,7 @@ def _parse_add(toks, low, j, verb) -> Parse:
         return Parse("attribute", owner.text, owner.text, "add-value-to-object")
     swap = 3 if low[obj.end:obj.end + 3] == ["in", "place", "of"] else 2 if low[obj.end:obj.end + 2] == [
         "instead", "of"] else 0
-    old = extract_phrase(toks, obj.end + swap) if swap else None
+    old = extract_phrase(toks, obj.end + swap) if swap else _where_it_stands(toks, low, obj.end)
     if old is not None and old.words and not _is_whole_image(old):
         return Parse("replace", old.text, obj.text, "add-in-place-of")   # 'add a tiger in place of the dog'
     if verb in ("put", "place", "set") and low[j:j + 1] and low[j] in _KNOWN and obj.end + 1 < len(low) and \
@@ -248,6 +248,27 @@ def _parse_add(toks, low, j, verb) -> Parse:
         if new.words and not _is_whole_image(new):       # what is new is the spacesuit
             return Parse("add", None, new.text, "put-known-in-new")
     return Parse("add", None, obj.text, "add")
+
+
+# What may follow 'where X is' and still say only where X stands ('where the book is now', '... used to be')
+_WHERE_TAILS = frozenset({"now", "currently", "right", "standing", "sitting", "lying", "located", "placed", "parked",
+                          "used", "to", "be", "stands", "sits", "stood", "sat", "lies", "lay"})
+
+
+def _where_it_stands(toks, low, k: int) -> Phrase | None:
+    """'where the book is' (or was, stands, used to be) after a new thing names the known thing it takes the place
+    of: 'put a laptop where the book is' replaces the book, as 'in place of the book' does (it was an add of the
+    laptop, whose mask left out the book's region). None for any other 'where' clause ('where the light is dim')."""
+    if k >= len(low) or low[k] != "where" or k + 1 >= len(low) or low[k + 1] not in _DEFINITE:
+        return None
+    old = extract_phrase(toks, k + 1, stop_at_verbs=True)
+    q = old.end
+    if not old.words or q >= len(low) or low[q] not in ("is", "was", "are", "were", "stands", "sits", "stood", "sat",
+                                                          "lies", "lay", "used"):
+        return None
+    rest = [w for w in low[q + 1:] if is_word(w)]
+    cut = next((n for n, w in enumerate(rest) if w in ("and", "then", "but") or w in L.BOUNDARY_WORDS), len(rest))
+    return old if all(w in _WHERE_TAILS for w in rest[:cut]) else None
 
 
 def _located(toks, low, obj: Phrase) -> bool:
