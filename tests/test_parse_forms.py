@@ -391,6 +391,18 @@ SWAPPED_PAIRS = [
     ("swap the coffee mug for a wine glass", "replace", "coffee mug", "wine glass"),
 ]
 
+# A time of day, season or weather as the changed object is the whole scene at that time: global ('turn the daytime
+# scene into night' was an attribute edit of 'daytime', 'turn day into night' of 'day'); a weather thing lying somewhere
+# is still a thing ('turn the snow into grass')
+TIME_SCENES = [
+    ("turn the daytime scene into night", "global", None, None),
+    ("change the daytime scene to night", "global", None, None),
+    ("turn day into night", "global", None, None),
+    ("turn the winter into summer", "global", None, None),
+    ("change the sunny day into a rainy evening", "global", None, None),
+    ("turn the snow into grass", "replace", "snow", "grass"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -417,6 +429,7 @@ FORMS = (
     + CHANGE_TO_DISPLAY
     + ORDINALS
     + SWAPPED_PAIRS
+    + TIME_SCENES
 )
 
 

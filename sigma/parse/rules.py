@@ -137,6 +137,12 @@ def _is_whole_image(ph: Phrase) -> bool:
     return not ph.words or ph.words[-1] in L.WHOLE_IMAGE or all(w in L.WHOLE_IMAGE for w in ph.words)
 
 
+def _is_time_scene(ph: Phrase) -> bool:
+    """The phrase is a time of day, season or kind of weather ('the daytime scene', 'day', 'the sunny day'): the
+    whole scene at that time, not a thing in it. Not a weather thing that lies somewhere ('the snow', 'the fog')."""
+    return bool(ph.words) and all(w in L.WEATHER and w not in L.WEATHER_NOUNS for w in ph.words)
+
+
 def _has(words, vocab) -> bool:
     return any(w in vocab for w in words)
 
@@ -386,7 +392,9 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     ynp = extract_phrase(toks[:end], y_start) if y_start is not None else None
     bg_in_x = _has(seg, L.BACKGROUND_WORDS)
     bg = bg_in_x or kind == "scene" or (a is not None and (a.head in L.SCENES or _has(a.words, L.BACKGROUND_WORDS)))
-    whole = _is_whole_image(x) and not bg_in_x
+    # a time of day, season or weather as the object is the whole scene in it: 'turn the daytime scene into night',
+    # 'change day to night' (an attribute edit of 'daytime', of 'day', which no detector finds)
+    whole = (_is_whole_image(x) or _is_time_scene(x)) and not bg_in_x
     if x.saw_attribute and not whole and kind in ("value", "none", "weather", "thing"):
         if kind != "thing" or not bg:
             who = _actor(x) if _has(seg, L.BODY_ATTRIBUTES) or _has(x.seen, L.BODY_ATTRIBUTES) else x.text
@@ -490,7 +498,7 @@ def _split_trailing_values(x: Phrase) -> tuple[Phrase, list[str]]:
 
 
 def _inline(x: Phrase, values: list[str], seg: list[str], rule: str) -> Parse:
-    if _is_whole_image(x):
+    if _is_whole_image(x) or _is_time_scene(x):
         return Parse("global", None, None, rule + "-whole-image")
     return Parse("attribute", x.text, x.text, rule)
 
