@@ -403,6 +403,21 @@ TIME_SCENES = [
     ("turn the snow into grass", "replace", "snow", "grass"),
 ]
 
+# zoom/crop change the framing of the whole picture: global ('zoom in on the cat' was a default add of 'zoom', 'crop
+# the image to the cat' of 'crop'); 'crop out X' removes X; flip/rotate turn the picture, or a named thing
+FRAMING = [
+    ("zoom in on the cat", "global", None, None),
+    ("zoom out", "global", None, None),
+    ("please zoom into the cat's face", "global", None, None),
+    ("crop the image to the cat", "global", None, None),
+    ("crop out the dog", "remove", "dog", None),
+    ("crop the dog out of the photo", "remove", "dog", None),
+    ("flip the image horizontally", "global", None, None),
+    ("rotate the image 90 degrees", "global", None, None),
+    ("rotate the chair 90 degrees", "attribute", "chair", "chair"),
+    ("add crop circles to the field", "add", None, "crop circles"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -430,6 +445,7 @@ FORMS = (
     + ORDINALS
     + SWAPPED_PAIRS
     + TIME_SCENES
+    + FRAMING
 )
 
 

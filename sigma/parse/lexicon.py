@@ -173,6 +173,10 @@ change changes changing changed turn turns turning transform transforms transfor
 converting modify modifies alter alters adjust adjusts set edit edits update updates render renders
 transfer transfers reimagine recreate redraw stylize stylise morph morphs
 """)
+# Verbs that change the framing of the whole picture ("zoom in on the cat", "crop the image to the dog"): global, as
+# every pixel moves; "crop out X" still removes X. Orientation verbs turn the picture, or a named thing ("flip the cat")
+FRAMING_VERBS = _words("zoom zooms zooming crop crops cropping")
+ORIENTATION_VERBS = _words("flip flips rotate rotates")
 MAKE_VERBS = _words("make makes let have get")
 PAINT_VERBS = _words("""
 paint paints painting repaint recolor recolour color colour dye dyes tint tints tinge shade stain
@@ -221,7 +225,7 @@ CLAUSE_CONNECTORS = _words(", ; and then also please just finally lastly afterwa
 NOUNY_VERBS = _words("""
 plant plants drop set place places show stick paste paint color colour shade stain tint dye switch trade
 exchange turn change fix update edit hide lower raise clear correct trade swap spawn position open close
-shut
+shut crop flip
 """)
 # What may follow such a verb for it to read as a verb: an object start or a particle
 OBJECT_STARTS = _words("""

@@ -125,6 +125,7 @@ VERB_KINDS: tuple[tuple[frozenset[str] | set[str], str], ...] = (
     (L.REMOVE_VERBS, "remove"), (L.REPLACE_VERBS, "replace"), (L.ADD_VERBS, "add"), (L.PAINT_VERBS, "paint"),
     (L.GIVE_VERBS, "give"), (L.MAKE_VERBS, "make"), (L.CHANGE_VERBS, "change"),
     (L.RESTORATION_VERBS, "restore"), (ADJUST_VERBS, "adjust"), (L.STATE_VERBS, "state"),
+    (L.FRAMING_VERBS | L.ORIENTATION_VERBS, "frame"),
 )
 
 
@@ -693,6 +694,28 @@ def _parse_restore(toks, low, j, verb, end) -> Parse:
     return Parse("attribute", obj.text, obj.text, verb + "-object")
 
 
+_TURN_WORDS = frozenset({"horizontally", "vertically", "upside", "clockwise", "counterclockwise", "anticlockwise",
+                         "sideways", "degrees", "left", "right", "around", "over", "by", "to"})
+
+
+def _parse_frame(toks, low, j, verb, end) -> Parse:
+    """zoom/crop: the framing of the whole picture changes, so every pixel does ('zoom in on the cat' was a default
+    add of 'zoom', 'crop the image to the dog' of 'crop'); 'crop out the dog' / 'crop the dog out' removes the dog.
+    flip/rotate turn the picture, or a named thing ('rotate the chair': its pose, an attribute)."""
+    if verb in L.FRAMING_VERBS:
+        if verb.startswith("crop"):
+            obj = extract_phrase(toks, j + (low[j:j + 1] == ["out"]))
+            out = low[j:j + 1] == ["out"] or (obj.end < end and low[obj.end] == "out")
+            if out and obj.words and not _is_whole_image(obj):
+                return Parse("remove", obj.text, None, "crop-out")
+        return Parse("global", None, None, "frame")
+    stop = next((q for q in range(j, end) if low[q][:1].isdigit() or low[q] in _TURN_WORDS), end)
+    obj = extract_phrase(toks[:stop], j)                 # 'rotate the chair | 90 degrees', '| upside down'
+    if not obj.words or _is_whole_image(obj) or obj.words[0] in L.WHOLE_IMAGE:
+        return Parse("global", None, None, "orient-image")
+    return Parse("attribute", obj.text, obj.text, "orient-object")
+
+
 _DISPATCH = {
     "remove": lambda t, lo, j, v, e: _parse_remove(t, lo, j, v),
     "add": lambda t, lo, j, v, e: _parse_add(t, lo, j, v),
@@ -704,6 +727,7 @@ _DISPATCH = {
     "restore": _parse_restore,
     "adjust": _parse_restore,
     "state": _parse_state,
+    "frame": _parse_frame,
 }
 
 
