@@ -301,6 +301,12 @@ PERSON_PRONOUNS = [
     ("make her hair blonde", "attribute", "hair", "hair"),
     ("make her smile brighter", "attribute", "smile", "smile"),
     ("make her red dress blue", "attribute", "red dress", "red dress"),
+    # 'them'/'everyone' doing what only people do (an expression, a gesture) are people: 'make them smile' was an
+    # attribute edit of 'them'; 'make them shiny', 'make them run' say nothing of people and keep 'them'
+    ("make them smile", "attribute", "person", "person"),
+    ("make everyone laugh", "attribute", "person", "person"),
+    ("have them wave", "attribute", "person", "person"),
+    ("make them shiny", "attribute", "them", "them"),
 ]
 
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed

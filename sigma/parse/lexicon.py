@@ -177,6 +177,12 @@ transfer transfers reimagine recreate redraw stylize stylise morph morphs
 # every pixel moves; "crop out X" still removes X. Orientation verbs turn the picture, or a named thing ("flip the cat")
 FRAMING_VERBS = _words("zoom zooms zooming crop crops cropping")
 ORIENTATION_VERBS = _words("flip flips rotate rotates")
+# What only people do (expressions, gestures): "make them smile" is about people, so `person`, whoever "them" is
+HUMAN_ACTIONS = _words("""
+smile smiles smiling laugh laughs laughing cry cries crying frown frowns wink winks blink grin grins pout wave
+waves waving clap claps clapping dance dances dancing sing sings singing shout yell scream cheer cheers hug hugs
+kiss kisses nod nods kneel kneels salute pray pose poses
+""")
 MAKE_VERBS = _words("make makes let have get")
 PAINT_VERBS = _words("""
 paint paints painting repaint recolor recolour color colour dye dyes tint tints tinge shade stain

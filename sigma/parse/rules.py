@@ -607,6 +607,8 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
 # 'make/let X disappear': X goes (it was a background replace by 'right disappear' after 'on the right')
 _VANISH = ("disappear", "vanish", "disappears", "vanishes", "gone")
 _PERSON_PRONOUNS = frozenset({"him", "he", "she", "himself", "herself"})
+# Pronouns of a group that are people when what they do is an expression or gesture only people make
+_GROUP_PRONOUNS = frozenset({"them", "they", "everyone", "everybody", "themselves"})
 _DEGREE_WORDS = frozenset({"very", "more", "less", "really", "so", "too", "slightly", "much", "extremely", "even"})
 _PARTICLE_WORDS = frozenset({"up", "down", "away", "around", "back", "out", "over", "forward", "and", ","})
 
@@ -619,9 +621,11 @@ def _person_pronoun(low: list[str], j: int, end: int) -> Phrase | None:
     were an attribute edit of 'him', of 'smile', a global edit ('make her happy'), a replace of 'wear' by the
     dress."""
     w = low[j] if j < end else None
+    nxt = low[j + 1] if j + 1 < end else None
+    if w in _GROUP_PRONOUNS and nxt in L.HUMAN_ACTIONS:
+        return Phrase(["person"], j + 1, seen=[w])      # 'make them smile', 'make everyone laugh': people's faces
     if w not in _PERSON_PRONOUNS and w != "her":
         return None
-    nxt = low[j + 1] if j + 1 < end else None
     after = low[j + 2] if j + 2 < end else None
     ends = after is None or after in L.DETERMINERS or after in L.BOUNDARY_WORDS or after in _PARTICLE_WORDS
     if w == "her" and not (nxt is None or nxt in L.DETERMINERS or nxt in L.BE_VERBS or nxt in L.WEAR_VERBS
