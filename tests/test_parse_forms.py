@@ -424,6 +424,17 @@ FRAMING = [
     ("add crop circles to the field", "add", None, "crop circles"),
 ]
 
+# change/edit X to VERB: what X does, as 'make X VERB' ('change the man to read a book' was a replace of the man by
+# 'read'); a wear verb adds what is worn
+CHANGE_TO_ACT = [
+    ("change the man to read a book", "attribute", "person", "person"),
+    ("change the woman to be sitting", "attribute", "person", "person"),
+    ("edit the girl to wave her hand", "attribute", "person", "person"),
+    ("change the dog to sit", "attribute", "dog", "dog"),
+    ("change the boy to hold an umbrella", "add", None, "umbrella"),
+    ("turn the man into a cook", "replace", "man", "cook"),
+]
+
 FORMS = (
     RIGHT_BEFORE
     + WEAR_AFTER_A_SUBJECT
@@ -452,6 +463,7 @@ FORMS = (
     + SWAPPED_PAIRS
     + TIME_SCENES
     + FRAMING
+    + CHANGE_TO_ACT
 )
 
 

@@ -389,6 +389,11 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     y = low[y_start:end] if y_start is not None else []
     if y[:1] and y[0] in L.DISPLAY_VERBS and x.words and x.head not in L.HUMAN_NOUNS and not _is_whole_image(x):
         return Parse("attribute", x.text, x.text, rule + "-display")   # 'change the sign to say OPEN': its look
+    if y[:1] and x.words and not x.saw_attribute and not _is_whole_image(x) and low[y_start - 1] in ("to", "be") and (
+            y[0] in L.ACTION_VERBS or y[0] in L.WEAR_VERBS or (y[0].endswith("ing") and is_action_form(y[0]))):
+        # 'change the man to read a book', '... to be sitting': what X does, as 'make the man read a book' (it was a
+        # replace of the man by 'read'); 'change the boy to hold an umbrella' adds the umbrella
+        return _parse_after_subject(toks, low, x, y_start, end, rule)
     kind = _value_kind(y)
     ynp = extract_phrase(toks[:end], y_start) if y_start is not None else None
     bg_in_x = _has(seg, L.BACKGROUND_WORDS)
