@@ -526,3 +526,19 @@ def test_around_places_a_gapped_object(text, edits):
     """'around' places an object as 'on' does, so a second object after it is its own edit (gapping): 'add a hat on
     the snowman and a scarf around its neck' lost the scarf, 'add a fence around the house and a tree' the tree."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("the dog should be wearing a hat and the cat a scarf", [("add", None, "hat"), ("add", None, "scarf")]),
+    ("let the man wear a hat and the woman a scarf", [("add", None, "hat"), ("add", None, "scarf")]),
+    ("the man held a cup and the woman a phone", [("add", None, "cup"), ("add", None, "phone")]),
+    ("have the boy hold a balloon and the girl a kite", [("add", None, "balloon"), ("add", None, "kite")]),
+    ("let the man wear a hat and a scarf", [("add", None, "hat and scarf")]),
+    ("the man should be wearing a hat and the woman should be removed", [("add", None, "hat"),
+                                                                         ("remove", "woman", None)]),
+])
+def test_a_wear_verb_left_out_of_the_next_clause(text, edits):
+    """'the dog should be wearing a hat and the cat a scarf': the second clause leaves out the wear verb (gapping, as
+    '... and the grass taller' leaves out 'should be'); it was one add of 'hat and cat', the scarf lost. Two things
+    worn by one subject stay one edit."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits

@@ -1084,6 +1084,8 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
         r = right.end
         if r < e and (low[r] in L.MODALS or low[r] in ("is", "are", "was", "were") or low[r] in L.PASSIVE_MARKERS):
             return p, "declarative"
+        if r < e and low[r] in _NEW_THING and _wear_verb_of(low, s, p) is not None:
+            return p, "gap-wear"                         # 'the dog should be wearing a hat and the cat | a scarf'
         if not vlen:
             if _be_value_clause(toks, low, s, p) and (_split_trailing_values(right)[1] or (
                     r < e and low[r] in ("a", "an"))):
@@ -1094,6 +1096,21 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
             continue
         if _has_complement(low, right, e) or (r >= e and kind in ("add", "remove")):
             return p, "gap"
+    return None
+
+
+_WEAR_STEMS = (("wear", "wear"), ("wore", "wear"), ("worn", "wear"), ("hold", "hold"), ("held", "hold"),
+               ("carr", "carry"))
+
+
+def _wear_verb_of(low: list[str], s: int, e: int) -> str | None:
+    """The base form of the wear verb ('wearing' -> 'wear', 'held' -> 'hold') after the subject of the clause from s
+    to e ('the dog should be wearing a hat', 'let the man wear a hat'), None when it has none. A gapped clause after
+    it leaves the verb out: '... and the cat a scarf' is 'the cat wears a scarf'."""
+    for q in range(s + 1, e):
+        base = next((b for stem, b in _WEAR_STEMS if low[q].startswith(stem)), None)
+        if base is not None and (low[q] in L.WEAR_VERBS or is_action_form(low[q])) and low[q - 1] not in L.DETERMINERS:
+            return base
     return None
 
 
@@ -1159,6 +1176,9 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
         if clause and not constraint:
             if first or vlen:
                 parse = _parse_tokens(clause)
+            elif gapped and prev_verb and prev_verb[0] == "wear-gap":   # '... and the cat | a scarf'
+                subj = extract_phrase(clause, 0, stop_at_verbs=True)
+                parse = _parse_tokens(["let", *clause[:subj.end], prev_verb[1], *clause[subj.end:]])
             elif gapped and prev_verb:
                 parse = _parse_tokens(prev_verb + clause)
             elif low[s] not in _PRONOUNS and low[s] not in L.WHOLE_IMAGE and low[s] not in ("rest", "result"):
@@ -1176,11 +1196,13 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
             out.append(parse)
             if len(out) >= limit:
                 break
-        if vlen:
+        if how == "gap-wear":
+            prev_verb = ["wear-gap", _wear_verb_of(low, s, ce) or "wear"]   # the gapped '... and the cat a scarf'
+        elif vlen:
             prev_verb = toks[s:s + vlen]
         elif how == "gap-be":
             prev_verb = ["make"]                          # the gapped '... and the grass taller': make it so
-        gapped = how in ("gap", "gap-be")
+        gapped = how in ("gap", "gap-be", "gap-wear")
         first = first and parse is None
         i = max(ce, s + 1)
         if i < n and low[i] in (".", ";", "!", "?", "while", "but", "plus"):
