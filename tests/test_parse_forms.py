@@ -131,6 +131,14 @@ WEATHER_ON_AN_OBJECT = [
     ("there is snow on the roof", "add", None, "snow"),
     ("there should be heavy snow", "global", None, None),
     ("let there be fog", "global", None, None),
+    # snow settles on a scene noun too: the mountains are covered, a local add (it was global); weather in or over a
+    # scene is still the scene's weather
+    ("add snow to the mountains", "add", None, "snow"),
+    ("put snow on the mountains", "add", None, "snow"),
+    ("let there be snow on the hills", "add", None, "snow"),
+    ("add snow in the forest", "global", None, None),
+    ("add rain to the city", "global", None, None),
+    ("add snow to the sky", "global", None, None),
 ]
 
 # materials the lexicon lacked ('chocolate', 'wax', 'bronze'), a state it lacked ('bare'), and 'out of' a material:

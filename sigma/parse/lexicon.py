@@ -99,6 +99,9 @@ sunrise evening morning twilight midnight noon overcast hazy frosty icy
 """)
 # Light as a mass noun: 'let there be light' changes the lighting of the whole image
 LIGHT_WORDS = _words("light daylight moonlight sunlight sunshine lighting illumination")
+# Weather that settles on a surface: "snow on the mountains" lies on them, a local add even on a scene noun (where
+# "rain in the city", "fog over the valley" are the scene's weather)
+SETTLING_WEATHER = _words("snow snowfall hail frost")
 WEATHER_NOUNS = _words("snow rain fog mist snowfall rainfall sunshine sunlight storm thunderstorm hail")
 STYLE_WORDS = _words("""
 style styles painting paintings sketch sketches drawing drawings watercolor watercolour watercolors

@@ -280,12 +280,15 @@ def _where_it_stands(toks, low, k: int) -> Phrase | None:
 
 def _located(toks, low, obj: Phrase) -> bool:
     """The phrase is placed on/in a named object ("snow on the roof", "scratches on the table"),
-    not on the image ("rain in the photo") nor in the sky ("fog in the sky" is still the weather)."""
+    not on the image ("rain in the photo") nor in the sky ("fog in the sky" is still the weather). A scene
+    ("rain in the city") is no object, except for weather that settles on it: "add snow to the mountains" covers
+    the mountains, a local add (it was global)."""
     if obj.end >= len(low) or low[obj.end] not in ("on", "onto", "over", "from", "in", "to", "across", "along"):
         return False
     place = extract_phrase(toks, obj.end + 1)
+    settles = obj.head in L.SETTLING_WEATHER and low[obj.end] in ("on", "onto", "to", "over")
     return bool(place.words) and not _is_whole_image(place) and place.head not in L.SKY_WORDS \
-        and place.head not in L.BACKGROUND_WORDS and place.head not in L.SCENES
+        and place.head not in L.BACKGROUND_WORDS and (place.head not in L.SCENES or settles)
 
 
 def _scene_light(toks, low, obj: Phrase) -> bool:
