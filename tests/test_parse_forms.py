@@ -273,6 +273,11 @@ DISPLAYED = [
 PUT_A_PRONOUN = [
     ("put it in a frame", "add", None, "frame"),
     ("Put them on a plate", "add", None, "plate"),
+    # 'put it on the table': 'it' names nothing, the table is there already, so the changed region is the table's (it
+    # was an add of 'it'); after an add the pronoun is the thing just added, and where it goes is part of that edit
+    ("put it on the table", "attribute", "table", "table"),
+    ("put them in the basket", "attribute", "basket", "basket"),
+    ("put it on a table", "add", None, "table"),
 ]
 
 # 'have/let' with any count or 'here'/'there' names a new thing ('have two cats on the bed' was a background replace
@@ -549,4 +554,15 @@ def test_a_wear_verb_left_out_of_the_next_clause(text, edits):
     """'the dog should be wearing a hat and the cat a scarf': the second clause leaves out the wear verb (gapping, as
     '... and the grass taller' leaves out 'should be'); it was one add of 'hat and cat', the scarf lost. Two things
     worn by one subject stay one edit."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("add a cat and put it on the sofa", [("add", None, "cat")]),
+    ("add a cat. Put it on the sofa.", [("add", None, "cat")]),
+    ("remove the dog and put it on the table", [("remove", "dog", None), ("attribute", "table", "table")]),
+])
+def test_putting_what_was_just_added_is_no_edit(text, edits):
+    """'add a cat and put it on the sofa': 'it' is the cat, and where it goes is part of its add (the mask is the
+    cat on the sofa); it was a second edit, an add of 'it'. After a removal 'it' is not the removed thing."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits

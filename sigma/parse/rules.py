@@ -254,6 +254,15 @@ def _parse_add(toks, low, j, verb) -> Parse:
         new = extract_phrase(toks, obj.end + 2)          # 'put the cat in a spacesuit': the cat is there already,
         if new.words and not _is_whole_image(new):       # what is new is the spacesuit
             return Parse("add", None, new.text, "put-known-in-new")
+    if verb in ("put", "place", "set", "move") and low[j] in _PUT_PRONOUNS and obj.end + 1 < len(low) and \
+            low[obj.end] in ("on", "onto", "in", "into", "inside", "atop", "upon", "under"):
+        q = obj.end + 1
+        place = extract_phrase(toks, q) if low[q] in _DEFINITE else None
+        if place is not None and place.words and not _is_whole_image(place):
+            # 'put it on the table': 'it' names nothing a detector finds, and the table is already there; what
+            # changes is the table's look, with something on or in it (it was an add of 'it'). Not 'next to the
+            # dog': the dog's pixels stay as they were
+            return Parse("attribute", place.text, place.text, "put-pronoun-on-place")
     return Parse("add", None, obj.text, "add")
 
 
@@ -984,6 +993,8 @@ _DEFINITE = frozenset({"the", "this", "that", "these", "those", "his", "her", "i
 # What 'put X in/on a Y' names as already there: a definite phrase or a pronoun ('put it in a frame' adds the frame;
 # it added `it`, a concept no detector can find)
 _KNOWN = _DEFINITE | {"it", "them", "him"}
+# Pronouns put somewhere ('put it on the table'): the thing they stand for is not named
+_PUT_PRONOUNS = frozenset({"it", "them", "this", "that", "these", "those"})
 # Determiners of something new: 'have a dog here', 'have two cats on the bed' add it
 _NEW_THING = frozenset({"a", "an", "some", "another", "several", "many", "few", "multiple", "numerous", "various",
                         "extra", "additional", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -1194,6 +1205,9 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
             elif (context + out) and (context + out)[-1].edit_type in ("add", "replace", "attribute") and \
                     _is_pronoun_value(low, s, vlen, ce):
                 parse = None                              # "add a dog and make it brown": the dog's look
+            elif (context + out) and (context + out)[-1].edit_type in ("add", "replace") and \
+                    parse.rule == "put-pronoun-on-place":
+                parse = None                              # "add a cat and put it on the table": where the cat goes
         if parse is not None and (parse.edit_type, parse.source, parse.target) not in \
                 [(p.edit_type, p.source, p.target) for p in out]:
             out.append(parse)
