@@ -566,3 +566,16 @@ def test_putting_what_was_just_added_is_no_edit(text, edits):
     """'add a cat and put it on the sofa': 'it' is the cat, and where it goes is part of its add (the mask is the
     cat on the sofa); it was a second edit, an add of 'it'. After a removal 'it' is not the removed thing."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("the dog and the cat should be removed", [("remove", "dog and cat", None)]),
+    ("the dog and the cat should be blue", [("attribute", "dog and cat", "dog and cat")]),
+    ("the car, the bus and the bike should be red", [("attribute", "car, bus and bike", "car, bus and bike")]),
+    ("the dog and cat should switch places", [("replace", "dog and cat", "cat and dog")]),
+    ("the dog should be removed and the cat should be blue", [("remove", "dog", None), ("attribute", "cat", "cat")]),
+])
+def test_a_compound_subject_is_one_subject(text, edits):
+    """'the dog and the cat should be removed': 'and the cat should ...' looked like a new subject with its own
+    predicate, so 'the dog' was split off as a clause with none and lost (the parse removed only the cat)."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits

@@ -1097,6 +1097,8 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
             continue
         r = right.end
         if r < e and (low[r] in L.MODALS or low[r] in ("is", "are", "was", "were") or low[r] in L.PASSIVE_MARKERS):
+            if not vlen and _bare_subject(toks, low, s, p):
+                continue                                 # 'the dog and the cat | should be removed': one subject
             return p, "declarative"
         if r < e and low[r] in _NEW_THING and _wear_verb_of(low, s, p) is not None:
             return p, "gap-wear"                         # 'the dog should be wearing a hat and the cat | a scarf'
@@ -1111,6 +1113,20 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
         if _has_complement(low, right, e) or (r >= e and kind in ("add", "remove")):
             return p, "gap"
     return None
+
+
+def _bare_subject(toks: list[str], low: list[str], s: int, p: int) -> bool:
+    """From s to p stands only a noun phrase, no predicate of its own: the first conjunct of a compound subject ('the
+    dog | and the cat should be removed'), which was split off as a clause and lost (the parse removed the cat)."""
+    lead = q = s + _hypothetical_lead(low[s:p])
+    if any(w in L.MODALS or w in L.BE_VERBS for w in low[lead:p]):
+        return False
+    while q < p:                                          # 'the car, the bus | and the bike should be red'
+        subj = extract_phrase(toks[:p], q, stop_at_verbs=True, sentence_start=q)
+        if not subj.words or (subj.end < p and low[subj.end] != ","):
+            return False
+        q = subj.end + 1
+    return True
 
 
 _WEAR_STEMS = (("wear", "wear"), ("wore", "wear"), ("worn", "wear"), ("hold", "hold"), ("held", "hold"),
