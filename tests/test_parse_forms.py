@@ -406,6 +406,8 @@ SWAPPED_PAIRS = [
     ("exchange the red car and the blue truck", "replace", "red car and blue truck", "blue truck and red car"),
     ("swap places of the man and the woman", "replace", "man and woman", "woman and man"),
     ("the dog and the cat swap places", "replace", "dog and cat", "cat and dog"),
+    ("swap the first and second cars", "replace", "cars", "cars"),
+    ("swap the two cars", "replace", "cars", "cars"),
     ("swap the dog with the cat", "replace", "dog", "cat"),
     ("swap the coffee mug for a wine glass", "replace", "coffee mug", "wine glass"),
 ]

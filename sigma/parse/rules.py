@@ -350,7 +350,8 @@ def _text_edit(x: Phrase, old: Phrase | None, new: Phrase | None, rule: str) -> 
 def _swap_pair(obj: Phrase, rule: str) -> Parse | None:
     """'swap the dog and the cat': each shows up where the other was, so both are looked for in both images, the
     source as named and the target in the other order (it was a replace of 'dog and cat' by nothing, so the edited
-    image was never searched). None when the object is not two or more conjuncts."""
+    image was never searched); two of one kind ('swap the two cars') are the same concept on both sides. None when
+    the object names one thing."""
     parts: list[list[str]] = [[]]
     for w in obj.words:
         if w in ("and", "or", ","):
@@ -359,6 +360,8 @@ def _swap_pair(obj: Phrase, rule: str) -> Parse | None:
         else:
             parts[-1].append(w)
     parts = [p for p in parts if p]
+    if len(parts) == 1 and ({"two", "both"} & set(obj.seen) or sum(w in L.ORDINALS for w in obj.seen) > 1):
+        return Parse("replace", obj.text, obj.text, rule)   # 'swap the two cars', 'the first and second cars'
     if len(parts) < 2:
         return None
     return Parse("replace", obj.text, " and ".join(" ".join(p) for p in reversed(parts)), rule)
