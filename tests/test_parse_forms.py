@@ -581,3 +581,16 @@ def test_a_compound_subject_is_one_subject(text, edits):
     """'the dog and the cat should be removed': 'and the cat should ...' looked like a new subject with its own
     predicate, so 'the dog' was split off as a clause with none and lost (the parse removed only the cat)."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("add a dog and make it run", [("add", None, "dog")]),
+    ("replace the cat with a dog and make it jump", [("replace", "cat", "dog")]),
+    ("add a bird and have it fly over the lake", [("add", None, "bird")]),
+    ("add a dog. make it sit.", [("add", None, "dog")]),
+    ("remove the cat and make it snowy", [("remove", "cat", None), ("global", None, None)]),
+])
+def test_what_the_thing_just_added_does_is_no_edit(text, edits):
+    """'add a dog and make it run': 'it' is the dog and its pose belongs to its add, as 'make it brown' does; it was a
+    second, global edit ('it' read as the whole image), so the prior covered every pixel."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits

@@ -1162,9 +1162,14 @@ def _be_value_clause(toks: list[str], low: list[str], s: int, e: int) -> bool:
 
 
 def _is_pronoun_value(low: list[str], s: int, vlen: int, e: int) -> bool:
-    """'make it black' after an edit that made 'it': a value of the object just edited."""
+    """'make it black' after an edit that made 'it': a value of the object just edited. So is what it does, 'add a
+    dog and make it run', 'have it fly over the lake' (a global edit before: 'it' read as the whole image, so the
+    prior covered every pixel)."""
     if not vlen or s + vlen >= e or low[s + vlen] not in ("it", "them"):
         return False
+    nxt = low[s + vlen + 1] if s + vlen + 1 < e else ""
+    if low[s] in L.MAKE_VERBS and (nxt in L.ACTION_VERBS or nxt in L.WEAR_VERBS) and nxt not in L.BE_VERBS:
+        return True
     rest = low[_strip_connectors(low, s + vlen + 1):e]
     return _value_kind(rest) == "value"
 
