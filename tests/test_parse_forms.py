@@ -437,6 +437,9 @@ FRAMING = [
     ("rotate the image 90 degrees", "global", None, None),
     ("rotate the chair 90 degrees", "attribute", "chair", "chair"),
     ("add crop circles to the field", "add", None, "crop circles"),
+    ("crop circles in a wheat field", "add", None, "crop circles"),
+    ("flip flops on the beach", "add", None, "flip flops"),
+    ("zoom closer", "global", None, None),
 ]
 
 # change/edit X to VERB: what X does, as 'make X VERB' ('change the man to read a book' was a replace of the man by

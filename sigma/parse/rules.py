@@ -719,13 +719,22 @@ def _parse_restore(toks, low, j, verb, end) -> Parse:
 
 
 _TURN_WORDS = frozenset({"horizontally", "vertically", "upside", "clockwise", "counterclockwise", "anticlockwise",
-                         "sideways", "degrees", "left", "right", "around", "over", "by", "to"})
+                         "sideways", "degrees", "left", "right", "around", "over", "by", "to", "closer", "further",
+                         "farther", "tighter", "wider", "back"})
 
 
 def _parse_frame(toks, low, j, verb, end) -> Parse:
     """zoom/crop: the framing of the whole picture changes, so every pixel does ('zoom in on the cat' was a default
     add of 'zoom', 'crop the image to the dog' of 'crop'); 'crop out the dog' / 'crop the dog out' removes the dog.
-    flip/rotate turn the picture, or a named thing ('rotate the chair': its pose, an attribute)."""
+    flip/rotate turn the picture, or a named thing ('rotate the chair': its pose, an attribute). Before a bare noun
+    the verb is the first word of a compound ('crop circles in a field', 'flip flops on the beach'): a caption, read
+    as the default add of that noun."""
+    nxt = low[j] if j < end else None
+    if nxt is not None and is_word(nxt) and nxt not in L.OBJECT_STARTS and nxt not in L.BOUNDARY_WORDS and \
+            nxt not in L.WHOLE_IMAGE and not nxt.endswith("ly") and not nxt[:1].isdigit() and nxt not in _TURN_WORDS:
+        caption = extract_phrase(toks, j - 1)
+        if caption.words:
+            return Parse("add", None, caption.text, "frame-compound-noun")
     if verb in L.FRAMING_VERBS:
         if verb.startswith("crop"):
             obj = extract_phrase(toks, j + (low[j:j + 1] == ["out"]))
