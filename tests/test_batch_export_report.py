@@ -1497,3 +1497,31 @@ def test_a_row_no_run_writes_is_run_modified_in_every_reader(run_dir, tmp_path, 
         assert done.stderr.startswith("sigma: error [run_modified]: ") and done.stderr.count("\n") == 1, done.stderr
         assert says in done.stderr and "not a shard file as the run wrote it" in done.stderr, done.stderr
     assert not (tmp_path / "page.html").exists() and not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.chromium
+def test_a_review_link_with_a_value_the_page_lacks_keeps_that_controls_default(run_dir, tmp_path):
+    """`report.html?sort=bogus` (a typo, `area` without its direction, `f1:asc` from a run with ground truth) set
+    the select to a value it has no option for: an empty dropdown, and the sort compared undefined keys. Now the
+    control keeps its default, shown selected; known values still apply. The page's body says the view it applied."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    page = tmp_path / "review.html"
+    assert main(["report", str(run_dir), "--out", str(page), "--limit", "7"]) == 0
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+    def body(query: str) -> str:
+        dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p'}", "--dump-dom", f"{page.as_uri()}?{query}"],
+                             capture_output=True, timeout=90, text=True, check=True).stdout
+        return re.search(r"<body[^>]*>", dom).group(0)
+
+    for query, says in (("sort=bogus", ['data-sort="confidence:asc"']),
+                        ("sort=area&type=remove", ['data-sort="confidence:asc"', 'data-type="remove"']),
+                        ("sort=area%3Adesc", ['data-sort="area:desc"']),
+                        ("type=nosuch&set=nosuch&minconf=abc",
+                         ['data-type=""', 'data-set=""', 'data-minconf="0"', 'data-shown="7"'])):
+        tag = body(query)
+        for said in says:
+            assert said in tag, (query, tag)
