@@ -1525,3 +1525,24 @@ def test_a_review_link_with_a_value_the_page_lacks_keeps_that_controls_default(r
         tag = body(query)
         for said in says:
             assert said in tag, (query, tag)
+
+
+def test_a_confidence_bound_on_a_run_without_confidence_says_why_nothing_is_kept(run_dir, tmp_path, capsys):
+    """pixel-diff gives no confidence, so `--min-confidence 0.5` keeps no pair: every export said only 'no pair of
+    the run passes the export filters', and `sigma report` wrote an empty gallery with exit 0, its summary saying
+    `pairs_ok: 0` of a run of 11 good pairs. Now each says that no pair has a confidence; the page counts the
+    run's good pairs and those within the bounds apart."""
+    for argv in (["export", "imdl-benco", str(run_dir), "--out", str(tmp_path / "b"), "--min-confidence", "0.5"],
+                 ["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json"), "--max-confidence", "0.9"],
+                 ["export", "hf", str(run_dir), str(tmp_path / "h"), "--min-confidence", "0.5"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "[no_results]" in err and "none of the run's 11 pairs has a confidence" in err, err
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r.html"), "--min-confidence", "0.5"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["pairs_ok"] == 11 and summary["pairs_in_bounds"] == 0 and summary["items"] == 0, summary
+    assert "gallery is empty: none of the run's 11 pairs has a confidence" in err, err
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r2.html")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["pairs_in_bounds"] == 11 and "warning" not in err
