@@ -1546,3 +1546,24 @@ def test_a_confidence_bound_on_a_run_without_confidence_says_why_nothing_is_kept
     assert main(["report", str(run_dir), "--out", str(tmp_path / "r2.html")]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out.strip().splitlines()[-1])["pairs_in_bounds"] == 11 and "warning" not in err
+
+
+def test_a_killed_reports_temporary_page_is_swept_by_the_next_report(run_dir, tmp_path, capsys):
+    """`sigma report` killed between writing its page's temporary file and renaming it left `.report.html.PID.
+    RANDOM.tmp` (a whole page, thumbnails inlined: megabytes) beside the page for good, one per kill; the next
+    report did not remove it. Now a report sweeps its page's temporary files whose writer is dead (that name only,
+    never a live writer's: the folder is anyone's), as `export coco` does for its JSON."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = proc.pid
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    left = folder / f".page.html.{dead}.0123abcd.tmp"
+    live = folder / f".page.html.{os.getpid()}.0123abcd.tmp"
+    other = folder / f".other.html.{dead}.0123abcd.tmp"
+    for path in (left, live, other):
+        path.write_text("<html>cut short")
+    assert main(["report", str(run_dir), "--out", str(folder / "page.html")]) == 0
+    capsys.readouterr()
+    assert not left.exists() and live.exists() and other.exists()
+    assert (folder / "page.html").stat().st_size > 1000

@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sigma.batch.layout import atomic_write_bytes, refuse_run_file
+from sigma.batch.layout import atomic_write_bytes, is_stream, refuse_run_file
 from sigma.eval.metrics import ImageScore, MetricAccumulator
 from sigma.eval.runner import set_group
 from sigma.export.select import RowFilter, checked_before_writing, iter_pairs, load_rows, without_confidence
 from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
 from sigma.rle import decode_rle
+from sigma.tempfiles import sweep_dead_writers_of
 from sigma.text import printable
 from sigma.types import confidence_value
 
@@ -116,6 +117,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
              "confidence_bounds": [min_confidence, max_confidence]},
         metrics=set_metrics(rows), items=items,
         errors=[{k: r[k] for k in ("pair_id", "source", "error_code", "error")} for r in errors[:500]])
+    if not is_stream(out):
+        # the page's temporary files (`.report.html.PID.RANDOM.tmp`, megabytes of inlined thumbnails) a report killed
+        # while writing left beside it, one per kill: only that name, only of dead writers (the folder is anyone's)
+        sweep_dead_writers_of(out.parent, names={out.name})
     atomic_write_bytes(out, page.encode("utf-8"))
     return {"out": str(out), "items": len(items), "pairs_ok": good, "pairs_in_bounds": len(ok),
             "pairs_bad": len(errors),
