@@ -1081,3 +1081,27 @@ def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restar
     assert proc.returncode == 0 and scored == 6, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["config"]["threshold"] == 0.3
     assert not (out / "eval_progress.jsonl").exists()
+
+
+@pytest.mark.parametrize("edit", ["index", "score", "errors"])
+def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
+    """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
+    field missing, errors that are no objects) was read back as it was: a traceback, or scores given to the wrong
+    pairs. Now `eval_changed` naming the journal, exit 2; `--restart` still ends the eval."""
+    sigma_eval = _resumable_eval(tmp_path)
+    out = tmp_path / "out"
+    assert sigma_eval(out, 3)[0].returncode == -9
+    path = out / "eval_progress.jsonl"
+    lines = path.read_text().splitlines()
+    batch = json.loads(lines[1])
+    if edit == "index":
+        batch["rows"][0]["index"] = 5
+    elif edit == "score":
+        del batch["rows"][0]["score"]["f1"]
+    else:
+        batch["errors"] = ["x"]
+    path.write_text("\n".join([lines[0], json.dumps(batch), *lines[2:]]) + "\n")
+    proc, _ = sigma_eval(out, 0)
+    assert proc.returncode == 2 and "[eval_changed]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc, scored = sigma_eval(out, 0, "--restart")
+    assert proc.returncode == 0 and scored == 6, proc.stderr

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sigma.config.schema import MAX_BATCH_SIZE
 from sigma.errors import InputError
 from sigma.eval.metrics import ImageScore
 
@@ -124,11 +125,28 @@ def _read(path: Path, fp: str, done: dict[tuple[str, int], dict[str, Any]]) -> i
                                      "those. Run that eval again to finish it, pass --restart to drop its progress "
                                      "and start over, or give another --out", code="eval_changed")
             elif isinstance(entry, dict) and {"perturbation", "start", "rows", "errors"} <= entry.keys():
+                _check_batch(path, entry)
                 done[(entry["perturbation"], entry["start"])] = entry
             else:
                 break
             good += len(raw)
     return good or None
+
+
+def _check_batch(path: Path, entry: dict[str, Any]) -> None:
+    """`eval_changed` for a batch line that is whole JSON but not what `Progress.add` writes (edited by hand): read
+    back as it is, it was a traceback, or scores put on the wrong pairs."""
+    try:
+        if not isinstance(entry["start"], int) or not all(isinstance(e, dict) for e in entry["errors"]):
+            raise TypeError("start or errors")
+        for row in entry["rows"]:
+            index = restored_row(row)[0]
+            if not isinstance(index, int) or not entry["start"] <= index < entry["start"] + MAX_BATCH_SIZE:
+                raise ValueError(f"index {index!r}")
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: a line that is not what an eval writes ({type(exc).__name__}: {str(exc)[:100]}): "
+                         "edited since? Pass --restart to score every pair again, or give another --out",
+                         code="eval_changed") from None
 
 
 def stored_row(index: int, score: ImageScore, detail: Any) -> dict[str, Any]:

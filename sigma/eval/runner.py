@@ -253,6 +253,9 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
             if stored is not None:
                 for row in stored["rows"]:
                     index, score, detail = restored_row(row)
+                    if not start <= index < start + len(chunk):     # checked in range of any batch when read
+                        raise InputError(f"{journal.path}: batch {start} names pair {index}, not one of its own: "
+                                         "edited since? Pass --restart", code="eval_changed")
                     rows.append((records[index], score))
                     details.append(PairDetail(**detail))
                 result.errors.extend(stored["errors"])
