@@ -1497,3 +1497,73 @@ def test_a_row_no_run_writes_is_run_modified_in_every_reader(run_dir, tmp_path, 
         assert done.stderr.startswith("sigma: error [run_modified]: ") and done.stderr.count("\n") == 1, done.stderr
         assert says in done.stderr and "not a shard file as the run wrote it" in done.stderr, done.stderr
     assert not (tmp_path / "page.html").exists() and not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.chromium
+def test_a_review_link_with_a_value_the_page_lacks_keeps_that_controls_default(run_dir, tmp_path):
+    """`report.html?sort=bogus` (a typo, `area` without its direction, `f1:asc` from a run with ground truth) set
+    the select to a value it has no option for: an empty dropdown, and the sort compared undefined keys. Now the
+    control keeps its default, shown selected; known values still apply. The page's body says the view it applied."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    page = tmp_path / "review.html"
+    assert main(["report", str(run_dir), "--out", str(page), "--limit", "7"]) == 0
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+    def body(query: str) -> str:
+        dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p'}", "--dump-dom", f"{page.as_uri()}?{query}"],
+                             capture_output=True, timeout=90, text=True, check=True).stdout
+        return re.search(r"<body[^>]*>", dom).group(0)
+
+    for query, says in (("sort=bogus", ['data-sort="confidence:asc"']),
+                        ("sort=area&type=remove", ['data-sort="confidence:asc"', 'data-type="remove"']),
+                        ("sort=area%3Adesc", ['data-sort="area:desc"']),
+                        ("type=nosuch&set=nosuch&minconf=abc",
+                         ['data-type=""', 'data-set=""', 'data-minconf="0"', 'data-shown="7"'])):
+        tag = body(query)
+        for said in says:
+            assert said in tag, (query, tag)
+
+
+def test_a_confidence_bound_on_a_run_without_confidence_says_why_nothing_is_kept(run_dir, tmp_path, capsys):
+    """pixel-diff gives no confidence, so `--min-confidence 0.5` keeps no pair: every export said only 'no pair of
+    the run passes the export filters', and `sigma report` wrote an empty gallery with exit 0, its summary saying
+    `pairs_ok: 0` of a run of 11 good pairs. Now each says that no pair has a confidence; the page counts the
+    run's good pairs and those within the bounds apart."""
+    for argv in (["export", "imdl-benco", str(run_dir), "--out", str(tmp_path / "b"), "--min-confidence", "0.5"],
+                 ["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json"), "--max-confidence", "0.9"],
+                 ["export", "hf", str(run_dir), str(tmp_path / "h"), "--min-confidence", "0.5"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "[no_results]" in err and "none of the run's 11 pairs has a confidence" in err, err
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r.html"), "--min-confidence", "0.5"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["pairs_ok"] == 11 and summary["pairs_in_bounds"] == 0 and summary["items"] == 0, summary
+    assert "gallery is empty: none of the run's 11 pairs has a confidence" in err, err
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r2.html")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["pairs_in_bounds"] == 11 and "warning" not in err
+
+
+def test_a_killed_reports_temporary_page_is_swept_by_the_next_report(run_dir, tmp_path, capsys):
+    """`sigma report` killed between writing its page's temporary file and renaming it left `.report.html.PID.
+    RANDOM.tmp` (a whole page, thumbnails inlined: megabytes) beside the page for good, one per kill; the next
+    report did not remove it. Now a report sweeps its page's temporary files whose writer is dead (that name only,
+    never a live writer's: the folder is anyone's), as `export coco` does for its JSON."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = proc.pid
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    left = folder / f".page.html.{dead}.0123abcd.tmp"
+    live = folder / f".page.html.{os.getpid()}.0123abcd.tmp"
+    other = folder / f".other.html.{dead}.0123abcd.tmp"
+    for path in (left, live, other):
+        path.write_text("<html>cut short")
+    assert main(["report", str(run_dir), "--out", str(folder / "page.html")]) == 0
+    capsys.readouterr()
+    assert not left.exists() and live.exists() and other.exists()
+    assert (folder / "page.html").stat().st_size > 1000

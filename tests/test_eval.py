@@ -490,7 +490,7 @@ def test_a_killed_eval_never_leaves_metrics_beside_another_runs_config(tmp_path)
     old_metrics, old_config = pair(old)
     assert old_metrics == old_config and old_config["threshold"] == 0.1
     states = []
-    for kill_at in range(1, 16):
+    for kill_at in range(1, 25):        # each write: the lock, the probe, the progress journal, the set
         out = tmp_path / f"killed{kill_at}"
         shutil.copytree(old, out)
         proc = sigma_eval(out, "0.3", kill_at)
@@ -591,7 +591,7 @@ def test_a_killed_eval_loses_no_result_the_next_run_finishes_the_set(tmp_path):
     old = tmp_path / "old"
     assert sigma_eval(old, "0.1", 0).returncode == 0
     seen = set()
-    for kill_at in range(1, 16):
+    for kill_at in range(1, 25):        # each write: the lock, the probe, the progress journal, the set
         out = tmp_path / f"killed{kill_at}"
         shutil.copytree(old, out)
         proc = sigma_eval(out, "0.3", kill_at)
@@ -974,3 +974,134 @@ def test_a_confidence_that_ranks_nothing_has_no_rho_and_its_cut_keeps_every_tied
     text = format_tables(result)
     assert "top 25% (conf >= 0.5000, ties at the cut: 4 of 4 kept): F1" in text
     assert "top 100% (conf >= 0.5000): F1" in text and "top 25% (conf >= 0.5000): F1" not in text
+
+
+# SIGKILL before the `kill_at`-th append to the eval's progress journal (0: never); each append's count is logged to
+# LOG, so a test sees how many batches a run scored itself.
+_KILL_AT_APPEND = r'''
+import os, signal, sys
+log, n = sys.argv[1], int(sys.argv[2])
+seen = [0]
+def hook(event, args):
+    if event == "open" and str(args[0]).endswith("eval_progress.jsonl") and args[1] == "a":
+        seen[0] += 1
+        with open(log, "w") as fh:
+            fh.write(str(seen[0]))
+        if seen[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from sigma.cli import main
+sys.exit(main(sys.argv[3:]))
+'''
+
+
+def _resumable_eval(tmp_path: Path):
+    """`sigma eval` (pixel-diff, `none` and `jpeg75`, 2 pairs a batch, on 6 synthetic pairs: 6 batches) as
+    `sigma_eval(out, kill_at, *more)` → (process, batches it scored itself)."""
+    import subprocess
+    import sys
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data = tmp_path / "data"
+    write_pairs_jsonl(data, synthetic_pairs(6, size=48))
+    script = tmp_path / "kill_at_append.py"
+    script.write_text(_KILL_AT_APPEND)
+
+    def sigma_eval(out: Path, kill_at: int, *more: str) -> tuple[subprocess.CompletedProcess, int]:
+        log = tmp_path / "appends"
+        log.write_text("0")
+        argv = ["eval", "--data", str(data), "--annotator", "pixel-diff", "--perturb", "none,jpeg75",
+                "--set", "batch_size=2", "--out", str(out), *more]
+        proc = subprocess.run([sys.executable, str(script), str(log), str(kill_at), *argv], capture_output=True,
+                              text=True, timeout=120, check=False)
+        return proc, int(log.read_text()) - (1 if proc.returncode == -9 else 0)
+
+    return sigma_eval
+
+
+def _journal_batches(out: Path) -> int:
+    return len((out / "eval_progress.jsonl").read_text().splitlines()) - 1
+
+
+def test_a_killed_eval_continues_where_it_stopped_and_ends_with_the_uninterrupted_metrics(tmp_path):
+    """A killed eval started over (the shared set: 11-14 minutes). Now each batch goes to OUT/eval_progress.jsonl
+    as it ends; the same eval run again scores only the batches it lacks. SIGKILLed before each batch's append in
+    turn, then run again: metrics.json is byte for byte the uninterrupted run's, the rerun scored only what was left,
+    and the journal is gone."""
+    sigma_eval = _resumable_eval(tmp_path)
+    whole, scored = sigma_eval(tmp_path / "whole", 0)
+    assert whole.returncode == 0 and scored == 6, whole.stderr
+    expected = (tmp_path / "whole" / "metrics.json").read_bytes()
+    assert not (tmp_path / "whole" / "eval_progress.jsonl").exists()
+    for kill_at in range(1, 7):
+        out = tmp_path / f"killed{kill_at}"
+        proc, _ = sigma_eval(out, kill_at)
+        assert proc.returncode == -9, proc.stderr
+        kept = _journal_batches(out)
+        assert kept == kill_at - 1
+        proc, scored = sigma_eval(out, 0)
+        assert proc.returncode == 0, proc.stderr
+        assert scored == 6 - kept, (kill_at, scored)
+        assert ("continuing the eval killed" in proc.stderr) == (kept > 0)
+        assert (out / "metrics.json").read_bytes() == expected, kill_at
+        assert not (out / "eval_progress.jsonl").exists()
+
+
+def test_a_journal_line_cut_by_the_kill_is_dropped_and_its_batch_scored_again(tmp_path):
+    sigma_eval = _resumable_eval(tmp_path)
+    assert sigma_eval(tmp_path / "whole", 0)[0].returncode == 0
+    out = tmp_path / "out"
+    assert sigma_eval(out, 4)[0].returncode == -9
+    with open(out / "eval_progress.jsonl", "a") as fh:
+        fh.write('{"perturbation": "jpeg75", "start": 0, "rows": [{"ind')
+    proc, scored = sigma_eval(out, 0)
+    assert proc.returncode == 0 and scored == 3, proc.stderr
+    assert (out / "metrics.json").read_bytes() == (tmp_path / "whole" / "metrics.json").read_bytes()
+
+
+def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restart(tmp_path):
+    """Another threshold (or annotator, perturbations, data) on a killed eval's --out would mix two evals' scores:
+    `eval_changed`, exit 2, nothing scored, the journal as it was; `--restart` scores every pair again."""
+    sigma_eval = _resumable_eval(tmp_path)
+    out = tmp_path / "out"
+    assert sigma_eval(out, 3)[0].returncode == -9
+    journal = (out / "eval_progress.jsonl").read_bytes()
+    proc, scored = sigma_eval(out, 0, "--threshold", "0.3")
+    assert proc.returncode == 2 and scored == 0
+    assert "[eval_changed]" in proc.stderr and "--restart" in proc.stderr, proc.stderr
+    assert (out / "eval_progress.jsonl").read_bytes() == journal and not (out / "metrics.json").exists()
+    # a pair's file changed since the kill is another eval too
+    data = tmp_path / "data"
+    mask = next(data.glob("*mask*.png"))
+    os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))
+    proc, _ = sigma_eval(out, 0)
+    assert proc.returncode == 2 and "[eval_changed]" in proc.stderr, proc.stderr
+    proc, scored = sigma_eval(out, 0, "--threshold", "0.3", "--restart")
+    assert proc.returncode == 0 and scored == 6, proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["config"]["threshold"] == 0.3
+    assert not (out / "eval_progress.jsonl").exists()
+
+
+@pytest.mark.parametrize("edit", ["index", "score", "errors"])
+def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
+    """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
+    field missing, errors that are no objects) was read back as it was: a traceback, or scores given to the wrong
+    pairs. Now `eval_changed` naming the journal, exit 2; `--restart` still ends the eval."""
+    sigma_eval = _resumable_eval(tmp_path)
+    out = tmp_path / "out"
+    assert sigma_eval(out, 3)[0].returncode == -9
+    path = out / "eval_progress.jsonl"
+    lines = path.read_text().splitlines()
+    batch = json.loads(lines[1])
+    if edit == "index":
+        batch["rows"][0]["index"] = 5
+    elif edit == "score":
+        del batch["rows"][0]["score"]["f1"]
+    else:
+        batch["errors"] = ["x"]
+    path.write_text("\n".join([lines[0], json.dumps(batch), *lines[2:]]) + "\n")
+    proc, _ = sigma_eval(out, 0)
+    assert proc.returncode == 2 and "[eval_changed]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc, scored = sigma_eval(out, 0, "--restart")
+    assert proc.returncode == 0 and scored == 6, proc.stderr

@@ -67,7 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perturb", default=None,
                    help="none|vae|jpeg75|jpeg90|resize|color|regen|all, comma-separated (default: none)")
     p.add_argument("--out", default="sigma_eval", type=path,
-                   help="folder for metrics.json and config.yaml (default sigma_eval)")
+                   help="folder for metrics.json and config.yaml (default sigma_eval); an eval killed there is "
+                   "continued by the same eval run again (OUT/eval_progress.jsonl)")
+    p.add_argument("--restart", action="store_true",
+                   help="drop the progress of an unfinished eval in --out and score every pair again")
     add_plugin_arg(p)
     add_config_args(p)
     p.set_defaults(run=run, stdout_is_a_log=True)
@@ -75,7 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sigma.eval import perturb
-    from sigma.eval.runner import evaluate, format_tables
+    from sigma.eval.progress import JOURNAL, fingerprint
+    from sigma.eval.progress import Progress as EvalProgress
+    from sigma.eval.runner import eval_records, evaluate, format_tables
     from sigma.io.outputs import json_record
     from sigma.tempfiles import replace_together
     from sigma.text import printable
@@ -98,25 +103,33 @@ def run(args: argparse.Namespace) -> int:
     # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other; an
     # eval that fails before writing leaves no empty folder it made
     with hold_folder(out, other="--out", created=made):
+        records = eval_records(data, cfg.limit)
+        resolved = cfg.model_dump(mode="json")
+        # the one journal of this eval (sigma.eval.progress): a killed run's batches are read back, not scored again
+        journal = EvalProgress.open(out, fingerprint(resolved, annotator.describe(), records), restart=args.restart)
+        if journal.done:
+            print(printable(f"sigma: continuing the eval killed in {out}: {len(journal.done)} batch(es) of pairs "
+                            f"already scored ({JOURNAL}; --restart scores every pair again)"), file=sys.stderr)
         earlier = earlier_eval(out)
         if earlier:
             print(printable(f"sigma: warning: {out} holds the metrics.json of an earlier eval ({earlier}); this eval "
                             "replaces it and its config.yaml when it ends (give another --out to keep both)"),
                   file=sys.stderr)
         with Progress(f"eval {cfg.annotator}") as bar:
-            result = evaluate(annotator, data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit)
+            result = evaluate(annotator, data, cfg.perturb, cfg.io, cfg.batch_size, bar.update, cfg.limit,
+                              records=records, journal=journal)
         print(f"annotator: {annotator.name}  threshold: {annotator.threshold}  config: {annotator.config_hash}")
         print(format_tables(result))
         for err in result.errors:
             print(printable(f"skipped {err['set']}/{err['id']} ({err['perturbation']}): [{err['code']}] "
                             f"{err['message']}"))
         if not any(result.scores.values()):
+            journal.finish()                   # "nothing written": a rerun scores them all again anyway
             raise nothing_scored(data, result.errors)
         # config.yaml is the EvalConfig alone, a valid `--config` (`sigma eval --config OUT/config.yaml` runs the
         # eval again, on its recorded data); it held the record too and was refused as invalid_config
         # (annotator_config: Extra inputs are not permitted). The record (what the annotator read) is metrics.json's
         # `config`, around the same values.
-        resolved = cfg.model_dump(mode="json")
         record = resolved | {"annotator_config": annotator.describe()}
         # config.yaml first, metrics.json (which carries the config too) last, the old metrics.json removed in
         # between: a kill leaves the old pair, a config.yaml alone, or the new pair, never the metrics of one run
@@ -129,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             replace_together([(out / "config.yaml", resolved_yaml(resolved).encode()),
                               (out / "metrics.json", json_record(result.to_dict() | {"config": record}))],
                              timeout_s=wait_s)
+        journal.finish()
     print(f"\nwrote {printable(out / 'metrics.json')}")
     return 0
 

@@ -14,6 +14,7 @@ from sigma.config.schema import IOConfig
 from sigma.errors import InputError, SigmaError
 from sigma.eval import perturb
 from sigma.eval.metrics import ImageScore, MetricAccumulator, confidence_curve, score_image, spearman
+from sigma.eval.progress import Progress, restored_row, stored_row
 from sigma.io.images import read_mask
 from sigma.io.pairs import load_pair
 from sigma.io.pairs_jsonl import EvalRecord, find_sets, read_set
@@ -229,10 +230,14 @@ def unscoreable(rec: EvalRecord) -> str | None:
 
 def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], io_config: IOConfig | None = None,
              batch_size: int = 4, progress: Callable[[int, int], None] | None = None,
-             limit: int | None = None) -> EvalResult:
+             limit: int | None = None, records: list[EvalRecord] | None = None,
+             journal: Progress | None = None) -> EvalResult:
+    """Score `annotator` on `data` (or on `records`, read from it already) under each perturbation, a batch of
+    `batch_size` pairs at a time. `journal`: each batch's result is appended to it as it ends, and a batch it
+    already holds (an eval killed after it) is read back, not scored again (`sigma.eval.progress`)."""
     io_config = io_config or IOConfig()
     perturbations = perturb.expand(perturbations)
-    records = eval_records(data, limit)
+    records = eval_records(data, limit) if records is None else records
     result = EvalResult()
     total = len(records) * len(perturbations)
     done = 0
@@ -244,8 +249,23 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
         details = result.details.setdefault(name, [])
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
+            stored = journal.done.get((name, start)) if journal is not None else None
+            if stored is not None:
+                for row in stored["rows"]:
+                    index, score, detail = restored_row(row)
+                    if not start <= index < start + len(chunk):     # checked in range of any batch when read
+                        raise InputError(f"{journal.path}: batch {start} names pair {index}, not one of its own: "
+                                         "edited since? Pass --restart", code="eval_changed")
+                    rows.append((records[index], score))
+                    details.append(PairDetail(**detail))
+                result.errors.extend(stored["errors"])
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+                continue
             pairs, gts, kept = [], [], []
-            for rec in chunk:
+            errors_before = len(result.errors)
+            for index, rec in enumerate(chunk, start):
                 try:
                     pair = load_pair(rec.original, rec.edited, rec.instruction, io_config, pair_id=rec.pair_id)
                     if rec.mask is None:
@@ -262,13 +282,17 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
                     continue
                 pairs.append(pair)
                 gts.append(gt)
-                kept.append(rec)
-            for rec, gt, ann in zip(kept, gts, annotator.predict(pairs), strict=True):
+                kept.append((index, rec))
+            stored_rows = []
+            for (index, rec), gt, ann in zip(kept, gts, annotator.predict(pairs), strict=True):
                 score = score_image(rec.pair_id, ann.mask, ann.prob, gt)
                 detail = _detail(ann, gt, score.auc)
                 score.confidence = detail.confidence      # the per-set tables' conf_rho reads it
                 rows.append((rec, score))
                 details.append(detail)
+                stored_rows.append(stored_row(index, score, detail))
+            if journal is not None:
+                journal.add(name, start, stored_rows, result.errors[errors_before:])
             done += len(chunk)
             if progress:
                 progress(done, total)

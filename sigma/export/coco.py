@@ -222,7 +222,7 @@ def _spooled(run: CheckedRun, out: Path, write: OutputWrite, row_filter: RowFilt
                 "composite": json.loads(row["composite"]) if row.get("composite") else None}
         spool.add(image, annotation, key({"confidence": row["confidence"]}) if key is not None else None)
     if not len(spool):
-        raise nothing_to_export(skipped)
+        raise nothing_to_export(skipped, row_filter)
     if images_out is not None and kept_images:
         images_out.place()
         sync_folder(images_out.folder)   # the images' names on disk before the JSON that lists them

@@ -236,8 +236,9 @@ class _ShardedWriter:
 
     ROW_GROUP = 100
 
-    def __init__(self, data_dir: Path, max_bytes: int, skipped: Skipped | None = None):
-        self.dir, self.max_bytes = data_dir, max_bytes
+    def __init__(self, data_dir: Path, max_bytes: int, skipped: Skipped | None = None,
+                 row_filter: RowFilter | None = None):
+        self.dir, self.max_bytes, self.row_filter = data_dir, max_bytes, row_filter
         self.skipped = Skipped() if skipped is None else skipped   # the rows kept but not exported (why, when none is)
         self.schema = arrow_schema()
         self.files: list[Path] = []
@@ -299,7 +300,7 @@ class _ShardedWriter:
         if not self.rows:
             for tmp in self.files:
                 tmp.unlink(missing_ok=True)
-            raise nothing_to_export(self.skipped)
+            raise nothing_to_export(self.skipped, self.row_filter)
         final = [self.dir / f"{SPLIT}-{i:05d}-of-{len(self.files):05d}.parquet" for i in range(len(self.files))]
         # each shard staged by a rename of its finished temporary file (no copy), fsynced by replace_together
         return [(target, lambda path, tmp=tmp: os.replace(tmp, path)) for tmp, target in zip(self.files, final)]
@@ -467,7 +468,7 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
     for stale in sorted(data_dir.glob(".*.tmp")):     # left by an interrupted export (the older `.NAME.tmp` too)
         stale.unlink()
     skipped = Skipped()
-    writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))), skipped)
+    writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))), skipped, row_filter)
     first: dict[str, Any] = {}
     try:
         for rec in iter_records(run, row_filter, weights, skipped, mask):

@@ -267,7 +267,7 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
         write_png(gt_mask.astype(np.uint8) * 255, _staging(out, "Gt") / f"{name}.png", durable=True)
         kept.add(name, bool(gt_mask.any()), key({"confidence": row["confidence"]}) if key is not None else None)
     if not len(kept):
-        raise nothing_to_export(skipped)
+        raise nothing_to_export(skipped, row_filter)
     listing = _Listing(kept, out, relative, sort=key is not None)
     _commit(out, json_name, listing)
     return {"out": str(out), "json": str(out / json_name), "pairs": len(kept), "positives": kept.positives,

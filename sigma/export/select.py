@@ -39,14 +39,21 @@ class RowFilter:
     max_area: float | None = None
     composite: bool | None = None
     include_errors: bool = False
+    # what `keep` saw: the run's good rows, and those a confidence bound dropped for having no confidence at all
+    # (`without_confidence`), so that an export or page left empty by it can say so
+    seen: dict[str, int] = field(default_factory=lambda: {"ok": 0, "no_confidence": 0}, compare=False, hash=False)
 
     def keep(self, row: dict[str, Any]) -> bool:
         if row["status"] != "ok":
             return self.include_errors
+        self.seen["ok"] += 1
         conf = confidence_value(row.get("confidence"))     # NaN < c is False: NaN passed every bound
-        if self.min_confidence is not None and (conf is None or conf < self.min_confidence):
+        if conf is None and (self.min_confidence is not None or self.max_confidence is not None):
+            self.seen["no_confidence"] += 1
             return False
-        if self.max_confidence is not None and (conf is None or conf > self.max_confidence):
+        if self.min_confidence is not None and conf < self.min_confidence:
+            return False
+        if self.max_confidence is not None and conf > self.max_confidence:
             return False
         if self.composite is not None and bool(row.get("is_composite")) != self.composite:
             return False
@@ -87,13 +94,28 @@ class Skipped:
         return {"skipped": self.examples, "skipped_total": self.total, "skipped_by_reason": dict(self.by_reason)}
 
 
-def nothing_to_export(skipped: Skipped) -> InputError:
+def without_confidence(row_filter: RowFilter | None) -> str:
+    """Why a confidence bound kept nothing, when that is why: '' unless some of the rows `row_filter` saw had no
+    confidence. An annotator without one (pixel-diff) and `--min-confidence 0.9` gave only 'no pair passes the export
+    filters', or an empty review page with exit 0, as if no pair were confident enough."""
+    if row_filter is None or not row_filter.seen["no_confidence"]:
+        return ""
+    n, ok = row_filter.seen["no_confidence"], row_filter.seen["ok"]
+    which = f"none of the run's {ok} pairs has" if n == ok else f"{n} of the run's {ok} pairs have no"
+    return (f"{which} a confidence (its annotator gives none{'' if n == ok else ' for them'}), and a confidence bound "
+            "(--min-confidence / --max-confidence) keeps only pairs that have one")
+
+
+def nothing_to_export(skipped: Skipped, row_filter: RowFilter | None = None) -> InputError:
     """The one refusal of an export that would keep no pair (every format: nothing is written, the previous
-    export stays), saying why when kept pairs could not be exported."""
+    export stays), saying why when kept pairs could not be exported, or when a confidence bound met pairs without a
+    confidence (`without_confidence`)."""
     first = skipped.examples[0] if skipped else None
     why = (f"; {len(skipped)} pair(s) passed the filters but were skipped (e.g. {first['pair_id']}: "
            f"{first['reason']})" if first else "")
-    return InputError(f"no pair of the run passes the export filters: nothing to export{why}", code="no_results")
+    unrated = without_confidence(row_filter)
+    return InputError(f"no pair of the run passes the export filters: nothing to export{why}"
+                      f"{'; ' + unrated if unrated else ''}", code="no_results")
 
 
 def row_mask_counts(row: dict[str, Any], which: str = "chosen") -> str | None:

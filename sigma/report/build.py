@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from sigma.batch.layout import atomic_write_bytes, refuse_run_file
+from sigma.batch.layout import atomic_write_bytes, is_stream, refuse_run_file
 from sigma.eval.metrics import ImageScore, MetricAccumulator
 from sigma.eval.runner import set_group
-from sigma.export.select import RowFilter, checked_before_writing, iter_pairs, load_rows
+from sigma.export.select import RowFilter, checked_before_writing, iter_pairs, load_rows, without_confidence
 from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
 from sigma.rle import decode_rle
+from sigma.tempfiles import sweep_dead_writers_of
+from sigma.text import printable
 from sigma.types import confidence_value
 
 
@@ -79,6 +82,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
     ok = sorted((r for r in rows if r["status"] == "ok" and bounds.keep(r)),
                 key=lambda r: _sort_key(r, descending=sort == "confidence"))
     errors = [r for r in rows if r["status"] != "ok"]
+    good = bounds.seen["ok"]
+    if good and not ok:
+        # the export at these bounds is `no_results`; the page was written empty with exit 0, its summary saying
+        # pairs_ok 0 of a run of good pairs, and nothing said why (an annotator without confidence, pixel-diff)
+        why = without_confidence(bounds) or f"no pair's confidence is within {min_confidence} .. {max_confidence}"
+        print(printable(f"sigma: warning: the gallery is empty: {why}"), file=sys.stderr)
     chosen = ok[:limit]
     keys = {(r["shard"], r["index"]) for r in chosen}
     thumbs: dict[tuple[str, int], dict[str, str]] = {}
@@ -103,10 +112,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
         run={"run_dir": str(Path(run_dir).resolve()), "run_hash": record["run_hash"],
              "annotator": record["config"].get("annotator"), "input": record["config"]["input"]["path"],
              "format": record.get("format"), **{k: status[k] for k in ("shards", "done", "failed", "pending")},
-             "pairs_ok": len(ok), "pairs_bad": len(errors), "shown": len(items), "order": sort,
+             "pairs_ok": good, "pairs_in_bounds": len(ok), "pairs_bad": len(errors), "shown": len(items),
+             "order": sort,
              "confidence_bounds": [min_confidence, max_confidence]},
         metrics=set_metrics(rows), items=items,
         errors=[{k: r[k] for k in ("pair_id", "source", "error_code", "error")} for r in errors[:500]])
+    if not is_stream(out):
+        # the page's temporary files (`.report.html.PID.RANDOM.tmp`, megabytes of inlined thumbnails) a report killed
+        # while writing left beside it, one per kill: only that name, only of dead writers (the folder is anyone's)
+        sweep_dead_writers_of(out.parent, names={out.name})
     atomic_write_bytes(out, page.encode("utf-8"))
-    return {"out": str(out), "items": len(items), "pairs_ok": len(ok), "pairs_bad": len(errors),
+    return {"out": str(out), "items": len(items), "pairs_ok": good, "pairs_in_bounds": len(ok),
+            "pairs_bad": len(errors),
             "metric_sets": len(set_metrics(rows)), "unreadable": unreadable}

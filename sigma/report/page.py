@@ -51,13 +51,21 @@ SCRIPT = """
       gallery.appendChild(el);
     }
     count.textContent = shown + ' of ' + items.length + ' shown';
-    document.body.dataset.shown = String(shown);
+    // the view as applied, beside the count: what a link's parameters became (a screenshot or a test reads it)
+    Object.assign(document.body.dataset, {shown: String(shown), sort: sort.value, type: t, set: s,
+                                          minconf: minc.value});
   }
   [q, type, subset, minc, sort].forEach(el => el.addEventListener('input', apply));
   // a link can carry a view: report.html?type=remove&minconf=0.5&sort=area:desc
   const params = new URLSearchParams(location.search);
+  // A value the control does not hold (`sort=` of an order this page lacks: a typo, `f1:asc` from a run with ground
+  // truth; a set or edit type of another run; `minconf=abc`) left a select with nothing selected, an empty dropdown
+  // (the sort then compared `undefined` keys), or the number field empty: the control keeps its default, shown.
   for (const [key, el] of [['q', q], ['type', type], ['set', subset], ['minconf', minc], ['sort', sort]]) {
-    if (params.has(key)) el.value = params.get(key);
+    if (!params.has(key)) continue;
+    const before = el.value, wanted = params.get(key);
+    el.value = wanted;
+    if (el.tagName === 'SELECT' ? el.selectedIndex < 0 : el.value === '' && wanted !== '') el.value = before;
   }
   apply();
 })();

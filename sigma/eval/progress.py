@@ -1,0 +1,165 @@
+"""`sigma eval`'s resume: each batch of pairs scored is appended to `OUT/eval_progress.jsonl` as it ends (fsynced),
+under a first line naming what the eval is (`fingerprint`: the resolved config, the annotator as built, the
+perturbations, and every record with its files' sizes and mtimes). An eval of the shared set takes 11-14 minutes; a
+killed one started over. The next eval on the same `--out` reads the journal and scores only the batches it lacks,
+so its metrics.json is the one an uninterrupted run writes, to the last digit: a batch is resumed whole (the
+annotator sees the same batches), and each score is stored as JSON's shortest round-trip repr of the float.
+A journal of another eval (another config, annotator, data or sigma) is refused (`eval_changed`), never mixed in;
+`--restart` starts over. The journal goes when the eval's metrics are written."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sigma.config.schema import MAX_BATCH_SIZE
+from sigma.errors import InputError
+from sigma.eval.metrics import ImageScore
+
+JOURNAL = "eval_progress.jsonl"
+FORMAT = 1
+#: the largest journal read: a batch line is about 1 KB per pair and perturbation; far over any eval set's size
+MAX_JOURNAL_BYTES = 1 << 30
+
+
+def fingerprint(config: dict[str, Any], annotator: dict[str, Any], records: list[Any]) -> str:
+    """What decides every number of the eval: the resolved config (data, perturbations, batch size, limit, io), the
+    annotator as built (`describe()`: its config hash, weights and sigma version), and each record with its files'
+    size and mtime, so a pair re-drawn or a mask fixed in between is not scored half old, half new."""
+    def files(rec: Any) -> list[Any]:
+        out = []
+        for path in (rec.original, rec.edited, rec.mask):
+            try:
+                st = os.stat(path) if path is not None else None
+            except OSError:
+                st = None
+            out.append([str(path), st.st_size if st else None, st.st_mtime_ns if st else None])
+        return out
+
+    body = {"format": FORMAT, "config": config, "annotator": annotator,
+            "records": [[rec.set_name, rec.pair_id, rec.instruction, rec.whole_image_changed, files(rec)]
+                        for rec in records]}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _score(d: dict[str, Any] | None) -> ImageScore | None:
+    return None if d is None else ImageScore(**d)
+
+
+def _plain(score: ImageScore | None) -> dict[str, Any] | None:
+    return None if score is None else dataclasses.asdict(score)
+
+
+class Progress:
+    """The journal of one eval in `out`: `done` (per (perturbation, start of batch), what that batch gave), `add`
+    appends one. Open it with `Progress.open` while holding `out` (`hold_folder`): one writer."""
+
+    def __init__(self, path: Path, fp: str, done: dict[tuple[str, int], dict[str, Any]], started: bool) -> None:
+        self.path, self.fp, self.done, self.started = path, fp, done, started
+
+    @classmethod
+    def open(cls, out: Path, fp: str, restart: bool = False) -> Progress:
+        """The journal for fingerprint `fp`: read and continued when it is this eval's; `eval_changed` when it is
+        another eval's. None there (or `restart`): it is made when the first batch ends, so an eval refused before
+        scoring anything (a perturbation unavailable) leaves no journal, nor a folder it made. A last line cut by a
+        kill is dropped."""
+        path = out / JOURNAL
+        done: dict[tuple[str, int], dict[str, Any]] = {}
+        if not restart and (path.exists() or path.is_symlink()):
+            good = _read(path, fp, done)
+            if good is not None:
+                with open(path, "r+b") as fh:       # a line a kill cut short: gone before the next is appended
+                    fh.truncate(good)
+                return cls(path, fp, done, started=True)
+        return cls(path, fp, done, started=False)
+
+    def add(self, perturbation: str, start: int, rows: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        """One batch's result, on disk (fsynced) before the next batch starts; the journal's header first."""
+        from sigma.tempfiles import replace_atomically, sync_folder
+
+        if not self.started:
+            header = json.dumps({"sigma_eval_progress": FORMAT, "fingerprint": self.fp}) + "\n"
+            self.path.unlink(missing_ok=True)         # --restart: another eval's journal, or a symbolic link
+            replace_atomically(self.path, header.encode(), durable=True)
+            sync_folder(self.path.parent)
+            self.started = True
+        line = json.dumps({"perturbation": perturbation, "start": start, "rows": rows, "errors": errors}) + "\n"
+        with open(self.path, "ab") as fh:
+            fh.write(line.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def finish(self) -> None:
+        """The eval's metrics are written: its journal is not needed again."""
+        self.path.unlink(missing_ok=True)
+
+
+def _read(path: Path, fp: str, done: dict[tuple[str, int], dict[str, Any]]) -> int | None:
+    """Fill `done` from the journal at `path`; the byte length of its whole lines, or None when it holds no header
+    (killed before the header was written whole: started anew). `eval_changed` when it is another eval's."""
+    if not path.is_file() or path.is_symlink():
+        raise InputError(f"{path}: not the progress journal an eval writes (not a regular file); remove it or give "
+                         "another --out", code="eval_changed")
+    if path.stat().st_size > MAX_JOURNAL_BYTES:
+        raise InputError(f"{path}: over {MAX_JOURNAL_BYTES} bytes, not a journal an eval writes; remove it, pass "
+                         "--restart, or give another --out", code="eval_changed")
+    good = 0
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh):
+            if not raw.endswith(b"\n"):
+                break                                   # cut by a kill mid-write
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                break
+            if n == 0:
+                if not isinstance(entry, dict) or entry.get("sigma_eval_progress") is None:
+                    raise InputError(f"{path}: not the progress journal an eval writes; remove it, pass --restart, "
+                                     "or give another --out", code="eval_changed")
+                if entry.get("fingerprint") != fp:
+                    raise InputError(f"{path}: the progress of an unfinished eval of other settings, annotator or "
+                                     "data (changed since it was killed?); this eval would mix its results with "
+                                     "those. Run that eval again to finish it, pass --restart to drop its progress "
+                                     "and start over, or give another --out", code="eval_changed")
+            elif isinstance(entry, dict) and {"perturbation", "start", "rows", "errors"} <= entry.keys():
+                _check_batch(path, entry)
+                done[(entry["perturbation"], entry["start"])] = entry
+            else:
+                break
+            good += len(raw)
+    return good or None
+
+
+def _check_batch(path: Path, entry: dict[str, Any]) -> None:
+    """`eval_changed` for a batch line that is whole JSON but not what `Progress.add` writes (edited by hand): read
+    back as it is, it was a traceback, or scores put on the wrong pairs."""
+    try:
+        if not isinstance(entry["start"], int) or not all(isinstance(e, dict) for e in entry["errors"]):
+            raise TypeError("start or errors")
+        for row in entry["rows"]:
+            index = restored_row(row)[0]
+            if not isinstance(index, int) or not entry["start"] <= index < entry["start"] + MAX_BATCH_SIZE:
+                raise ValueError(f"index {index!r}")
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: a line that is not what an eval writes ({type(exc).__name__}: {str(exc)[:100]}): "
+                         "edited since? Pass --restart to score every pair again, or give another --out",
+                         code="eval_changed") from None
+
+
+def stored_row(index: int, score: ImageScore, detail: Any) -> dict[str, Any]:
+    """One scored pair as the journal keeps it: the record's index in the eval's order, and every number."""
+    return {"index": index, "score": _plain(score), "semantic": _plain(detail.semantic),
+            "footprint": _plain(detail.footprint), "composite": detail.composite, "mask_source": detail.mask_source,
+            "confidence": detail.confidence}
+
+
+def restored_row(row: dict[str, Any]) -> tuple[int, ImageScore, dict[str, Any]]:
+    """`stored_row` read back: the index, the score and the PairDetail's fields."""
+    score = _score(row["score"])
+    assert score is not None
+    return row["index"], score, {"semantic": _score(row["semantic"]), "footprint": _score(row["footprint"]),
+                                 "composite": row["composite"], "mask_source": row["mask_source"],
+                                 "confidence": row["confidence"]}
