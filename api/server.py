@@ -56,6 +56,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import h11
@@ -72,6 +73,9 @@ BAD_REQUEST = json.dumps({"error": {"code": "bad_request", "message": "the reque
 
 
 HEADERS_TOO_LARGE_REASON = b"Request Header Fields Too Large"
+CONTENT_LENGTH_DIGITS = 20      # h11's bound on a Content-Length's digits (1 billion TB): it refuses a longer one
+_LONG_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([0-9]{%d,})[ \t]*\r?$" % (CONTENT_LENGTH_DIGITS + 1),
+                                  re.IGNORECASE | re.MULTILINE)
 MAX_SMALL_CHUNKS = 4096         # a chunked body may begin this many chunks of any size...
 SMALL_CHUNK_BYTES = 1024        # ...and more only while they average at least this many bytes
 
@@ -164,10 +168,16 @@ class HeadLimitedConnection(h11.Connection):
 
     def next_event(self) -> Any:
         reading_head = self.their_state is h11.IDLE
+        long_length = self._long_content_length() if reading_head else None
         try:
             event = super().next_event()
         except h11.RemoteProtocolError as exc:
             self.head_refused = reading_head and exc.error_status_hint == 431
+            if long_length is not None and not self.head_refused and str(exc) == "bad Content-Length":
+                self.body_refused = (413, f"request body exceeds limits.max_request_bytes={self.max_body_bytes}: its "
+                                     f"Content-Length has {len(long_length)} digits "
+                                     f"({long_length[:24].decode()}{'...' if len(long_length) > 24 else ''}); not read")
+                raise h11.RemoteProtocolError(self.body_refused[1], error_status_hint=413) from exc
             raise
         if isinstance(event, h11.Request):
             self._body_seen = self._chunks = 0
@@ -184,6 +194,19 @@ class HeadLimitedConnection(h11.Connection):
         self._refuse_declared_chunk()
         self._refuse_tiny_chunks()
         return event
+
+    def _long_content_length(self) -> bytes | None:
+        """The digits of a Content-Length of more than `CONTENT_LENGTH_DIGITS` in the head h11 is about to read, else
+        None. h11 refuses such a length as it refuses `abc`, "bad Content-Length", and consumes the head, so it is
+        looked for first: a length no body can reach is 413 `request_too_large`, as the API answers a 20-digit one
+        (a 23-digit length was the generic 400 "not valid HTTP/1.1"). Reads h11's private buffer (as
+        `_refuse_declared_chunk` its reader); where a release has none, such a length stays a 400."""
+        data = getattr(getattr(self, "_receive_buffer", None), "_data", None)
+        if not isinstance(data, bytearray):
+            return None
+        end = data.find(b"\n\r\n", 0, self.max_head_bytes + 4)
+        found = _LONG_CONTENT_LENGTH.search(data, 0, end if end >= 0 else min(len(data), self.max_head_bytes))
+        return bytes(found.group(1)) if found else None
 
     def _refuse_tiny_chunks(self) -> None:
         """400 once a chunked body has begun more than `MAX_SMALL_CHUNKS` chunks averaging under `SMALL_CHUNK_BYTES`:

@@ -571,6 +571,23 @@ def test_a_chunk_declared_larger_than_the_body_limit_is_refused_at_its_size_line
     assert "Traceback" not in s.api.output(), s.api.output()
 
 
+def test_a_content_length_of_more_than_20_digits_is_413_not_a_generic_400(idle):
+    """h11 refuses a Content-Length of more than 20 digits as it refuses `abc` ("bad Content-Length"), so a 23-digit
+    length was the generic 400 "not valid HTTP/1.1", where a 20-digit one is 413 request_too_large. Now any length of
+    digits no body can reach is the 413, naming the limit; one that is not digits stays a 400."""
+    s = idle
+    head = b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-user-key\r\n"
+    for length, status, needle in ((b"1" * 23, b"413", b"limits.max_request_bytes=2000000"),
+                                   (b"9" * 21, b"413", b"21 digits"), (b"1" * 20, b"413", b"request_too_large"),
+                                   (b"12a", b"400", b"bad_request")):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+            sock.sendall(head + b"Content-Length: " + length + b"\r\n\r\n{")
+            got = read_until_closed(sock, ConnectionResetError)
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (length, got[:300])
+        assert needle in got, (length, got)
+    assert in_flight(s) == 0
+
+
 def test_a_chunked_body_cut_into_many_tiny_chunks_is_refused(idle):
     """Each chunk costs the event loop ~10 us whatever its size: 12 MB of one-byte chunks took 21 s of the API
     process's one thread (a /healthz meanwhile waited up to 1.2 s). Now a body of more than 4096 chunks averaging
