@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from sigma.api.metrics import CLIENT_CLOSED, ApiMetrics
+from sigma.api.metrics import ANSWERED_BY_SERVER, CLIENT_CLOSED, ApiMetrics
 
 log = logging.getLogger("sigma.api")
 
@@ -198,7 +198,9 @@ class CatchAll:
 class RequestMetrics:
     """Counts and times every answer by method, route template and status. A request whose client hung up before
     any answer counts as `CLIENT_CLOSED` (499), not 500: nothing failed on this side, and any client could otherwise
-    drive the service's 5xx rate. Label values are bounded whatever a client sends (`sigma.api.metrics`)."""
+    drive the service's 5xx rate. One whose body the server protocol refused as it arrived counts as the status it
+    sent (`ANSWERED_BY_SERVER`): the route saw only a disconnect. Label values are bounded whatever a client sends
+    (`sigma.api.metrics`)."""
 
     def __init__(self, app: Any, metrics: ApiMetrics):
         self.app = app
@@ -229,6 +231,6 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            if status is None:
-                status = CLIENT_CLOSED if client_gone else 500
+            if status is None:      # the server's own refusal of the body (sigma.api.server), else nobody answered
+                status = scope.get(ANSWERED_BY_SERVER) or (CLIENT_CLOSED if client_gone else 500)
             self.metrics.observe(scope.get("method", "?"), path, status, time.perf_counter() - start)

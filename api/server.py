@@ -62,6 +62,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from sigma.api.metrics import ANSWERED_BY_SERVER
 from sigma.service.settings import ServeConfig
 
 _BODY = json.dumps({"error": {"code": "request_timeout", "message": "the request headers did not arrive in "
@@ -386,7 +387,8 @@ class GuardedH11Protocol(H11Protocol):
             self.logger.info("request body refused (%d, closing): %s", status, said)
             if self.cycle is not None and not self.cycle.response_started:
                 # the route reading this body gets a disconnect (it answers nothing: this is the answer), and the
-                # rest of the body is discarded by the lingering close
+                # rest of the body is discarded by the lingering close; the metrics count the status sent here
+                self.cycle.scope[ANSWERED_BY_SERVER] = status
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()
         else:

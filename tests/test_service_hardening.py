@@ -609,6 +609,29 @@ def test_a_chunked_body_cut_into_many_tiny_chunks_is_refused(idle):
     assert in_flight(s) == 0
 
 
+def requests_counted(s: ServiceUnderTest, status: str) -> float:
+    text = s.http.get("/metrics", headers=s.headers("metrics")).text
+    line = f'sigma_http_requests_total{{method="POST",route="/v1/jobs",status="{status}"}}'
+    return sum(float(row.rsplit(" ", 1)[1]) for row in text.splitlines() if row.startswith(line))
+
+
+def test_a_body_the_server_refuses_as_it_arrives_counts_as_the_status_it_sent(idle):
+    """A chunk declared over the limit (413) or a body of tiny chunks (400) is answered by the server protocol while
+    the route still reads: the route saw only a disconnect, and /metrics counted the request as 499 (client closed)
+    although the client read the 413 / 400. Now each counts as the status sent."""
+    s = idle
+    head = (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-user-key\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    before = {status: requests_counted(s, status) for status in ("413", "400", "499")}
+    for body, status in ((b"1\r\n{\r\nFFFFFFFFFF\r\n ", b"413"), (b"1\r\n \r\n" * 5000, b"400")):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+            sock.sendall(head + body)
+            got = read_until_closed(sock, ConnectionResetError)
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), got[:300]
+    after = {status: requests_counted(s, status) for status in ("413", "400", "499")}
+    assert after == {"413": before["413"] + 1, "400": before["400"] + 1, "499": before["499"]}, (before, after)
+
+
 def test_public_docs_setting(small, svc):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert svc.http.get(path).status_code == 200, path          # the default: open
