@@ -348,3 +348,20 @@ def test_each_request_head_on_a_keep_alive_connection_is_measured_alone(svc):
     get = f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {'p' * 12_000}\r\nConnection: close\r\n\r\n"
     answer = send_then_read(svc, head.encode() + job + get.encode(), 4096)
     assert answer.startswith(b"HTTP/1.1 202 ") and answer.count(b"HTTP/1.1 200 OK") == 1, answer[:600]
+
+
+# -- a multipart preamble (RFC 2046 5.1.1) --------------------------------------------------------------------------
+@pytest.mark.parametrize("preamble", [b"This is a multi-part message in MIME format.\r\n", b"x" * 5000 + b"\r\n\r\n",
+                                      b"\r\n"])
+def test_a_multipart_preamble_before_the_first_boundary_is_ignored(svc, preamble):
+    # python-multipart skipped only blank lines there: any other byte was 400 malformed_multipart "Expected boundary
+    # character 45, got 84 at index 2"
+    resp = post_multipart(svc, preamble + multipart_body(b"add a sign"))
+    assert resp.status_code == 202, resp.text
+    assert svc.job(resp.json()["id"])["instruction"] == "add a sign"
+    garbage = post_multipart(svc, b"no boundary anywhere " * 10)
+    assert garbage.status_code == 400, garbage.text
+    error = garbage.json()["error"]
+    assert error["code"] == "malformed_multipart" and "no boundary delimiter" in error["message"], error
+    bad = post_multipart(svc, b"--t3xtb0undaryX\r\n" + multipart_body(b"add a sign"))     # python-multipart's own error
+    assert bad.status_code == 400 and "Did not find CR at end of boundary" in bad.json()["error"]["message"], bad.text
