@@ -502,10 +502,12 @@ def test_the_budget_comes_back_however_an_upload_ends(budget):
 
 @pytest.fixture(scope="module")
 def idle(redis_server, tmp_path_factory):
-    """A 2 MB byte budget, a whole-body timeout of 60 s and an idle-between-chunks timeout of 1.5 s."""
+    """A 2 MB byte budget, a whole-body timeout of 60 s, an idle-between-chunks timeout of 1.5 s and a minimum body
+    rate of 1000 bytes/s over each 2 s of waiting."""
     s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-idle"),
                          ["limits.max_request_bytes=2000000", "limits.max_bytes_in_flight=2000000",
-                          "api.body_timeout_s=60", "api.body_idle_timeout_s=1.5", "limits.retry_after_s=1"])
+                          "api.body_timeout_s=60", "api.body_idle_timeout_s=1.5", "limits.retry_after_s=1",
+                          "api.min_body_rate=1000", "api.body_rate_window_s=2"])
     try:
         s.start_api()
         yield s
@@ -542,6 +544,42 @@ def test_a_body_that_stalls_is_cut_at_the_idle_timeout_and_its_bytes_returned(id
         yield b"}"
     slow = s.http.post("/v1/jobs", content=paced_body(), headers=json_headers)
     assert code(slow) == "missing_field", slow.text
+
+
+def test_a_body_sent_fast_then_trickled_is_cut_by_the_minimum_rate_and_its_bytes_returned(idle):
+    """A client that sends most of its body fast and then a byte every second (each wait under the idle timeout,
+    1.5 s here) held the bytes it sent until api.body_timeout_s (60 s here; with the defaults, 64 MiB held for a
+    minute by a byte every 9 s). Now a window of api.body_rate_window_s (2 s) of waiting that brings less than
+    api.min_body_rate (1000 bytes/s) is 408 request_timeout naming the setting, and the bytes are back;
+    a body that keeps coming at 5000 bytes/s is served."""
+    s = idle
+    head = (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-user-key\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1900000\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        t0 = time.monotonic()
+        sock.sendall(head + b"{" + b" " * 1_500_000)
+        sock.settimeout(1.0)
+        got = b""
+        while not got and time.monotonic() - t0 < 15:
+            try:
+                got = sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b" ")
+        got += read_until_closed(sock, TimeoutError, ConnectionResetError)
+        took = time.monotonic() - t0
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+    assert b"request_timeout" in got and b"api.min_body_rate=1000" in got, got
+    assert took < 10, took                                  # was cut only at api.body_timeout_s (60 s)
+    assert in_flight(s) == 0
+
+    def paced_body():
+        yield b"{"
+        for _ in range(12):
+            yield b" " * 2500
+            time.sleep(0.5)
+        yield b"}"
+    steady = s.http.post("/v1/jobs", content=paced_body(), headers={**s.headers(), "content-type": "application/json"})
+    assert code(steady) == "missing_field", steady.text
 
 
 def test_a_chunk_declared_larger_than_the_body_limit_is_refused_at_its_size_line(idle):
