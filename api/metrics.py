@@ -32,6 +32,9 @@ CLIENT_CLOSED = 499     # the status label of a request whose client hung up bef
 # still reading the body (a chunk declared over the limit: 413; a body of tiny chunks: 400): the route sees only a
 # disconnect, and the request counted as 499 although the client read the refusal
 ANSWERED_BY_SERVER = "sigma.answered_by_server"
+# the scope key of an asyncio.Event the server protocol sets when the client half-closes (shuts down its sending side)
+# after a whole request: the answer still goes out; a route that waits on the client (POST /v1/annotate) stops waiting
+PEER_EOF = "sigma.peer_eof"
 
 
 class ApiMetrics:

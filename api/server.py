@@ -62,7 +62,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sigma.api.metrics import ANSWERED_BY_SERVER
+from sigma.api.metrics import ANSWERED_BY_SERVER, PEER_EOF
 from sigma.service.settings import ServeConfig
 
 _BODY = json.dumps({"error": {"code": "request_timeout", "message": "the request headers did not arrive in "
@@ -276,6 +276,7 @@ class GuardedH11Protocol(H11Protocol):
         self._socket: asyncio.Transport | None = None     # the real transport, under the lingering wrapper
         self.lingering = False
         self._linger_left = 0
+        self._peer_eof = False         # the client half-closed after a whole request (`eof_received`)
 
     # -- timers ----------------------------------------------------------------------------------
     def _cancel(self, name: str) -> None:
@@ -362,11 +363,32 @@ class GuardedH11Protocol(H11Protocol):
                                               or self.conn.their_state is not h11.SEND_BODY):
             self._cancel("_drain_timer")                                      # the unread body is all in
 
+    def eof_received(self) -> bool | None:
+        """The client shut down its sending side (a half-close: `shutdown(SHUT_WR)`, `nc -N`, `curl --no-keepalive`
+        behind some proxies). After a whole request whose answer is still to come, the connection stays open for
+        that answer (True): uvicorn took the FIN as a hang-up, so the client read nothing, although a POST /v1/jobs
+        had queued its job, whose id it never learned. The request's scope gets `PEER_EOF` set, so a route that waits
+        on the client (POST /v1/annotate) stops waiting and answers at once (a FIN cannot tell a half-close from a
+        client that left). Mid-head, mid-body, idle or lingering: closed, as before (None)."""
+        cycle = self.cycle
+        if (self.lingering or cycle is None or cycle.response_complete or cycle.disconnected
+                or self.conn.their_state is not h11.DONE):
+            return None
+        self._peer_eof = True
+        cycle.scope.setdefault(PEER_EOF, asyncio.Event()).set()
+        return True
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.conn.their_state is h11.SEND_BODY and self._drain_timer is None and not self.lingering:
             self._drained = self.cycle
             self._drain_timer = self.loop.call_later(self.drain_timeout_s, self._drain_expired)
+        if self._peer_eof and not self.transport.is_closing():
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and self.conn.their_state is h11.DONE:
+                cycle.scope.setdefault(PEER_EOF, asyncio.Event()).set()     # a whole request pipelined before the FIN
+            else:
+                self.transport.close()       # nothing more can come from the client: the answers are all out
 
     def send_400_response(self, msg: str) -> None:
         """What h11 could not take, answered in the API's error shape (uvicorn's own is text/plain): 431
