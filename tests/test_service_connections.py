@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from servicekit import ServiceUnderTest, make_pair, read_until_closed, wait_until
+from servicekit import ServiceUnderTest, make_pair, post_whole_body_first, read_until_closed, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -170,4 +170,29 @@ def test_a_client_that_half_closes_after_its_request_still_reads_the_answer(redi
         assert half_closed(s.port, raw_post(s, "/v1/jobs", files)[:-20], 10) == b""
         assert s.api is not None and "Traceback" not in s.api.output(), s.api.output() if s.api else ""
     finally:
+        s.close()
+
+
+def test_a_client_still_sending_when_refused_for_too_many_connections_reads_the_503(redis_server, tmp_path):
+    # the refused connection was closed at once: a client still writing its request (a 3 MiB upload, written whole
+    # before reading as http.client does) met a connection reset, 10 times out of 10, and never read the 503
+    s = ServiceUnderTest(redis_server, tmp_path, ["api.max_connections=8", "api.header_timeout_s=30"])
+    idle: list[socket.socket] = []
+    try:
+        s.start_api()
+        idle = open_idle(s.port, 8)
+        time.sleep(0.5)
+        for _ in range(3):
+            status, error, connection = post_whole_body_first(s.url, "/v1/jobs", b" " * (3 * 1024 * 1024),
+                                                              {**s.headers(), "Content-Type": "application/json"},
+                                                              "http.client")
+            assert status == 503 and error["error"]["code"] == "too_many_connections", error
+            assert connection == "close"
+        for sock in idle:
+            sock.close()
+        idle = []
+        wait_until(lambda: read_answer(s.port, HEALTHZ, 5).startswith(b"HTTP/1.1 200"), 10, "a slot once they closed")
+    finally:
+        for sock in idle:
+            sock.close()
         s.close()
