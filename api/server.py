@@ -270,6 +270,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        _quiet_invalid_request(self.logger)
         self.conn: HeadLimitedConnection = HeadLimitedConnection(self.max_head_bytes, self.max_body_bytes)
         self._refused = False          # a request h11 could not take was answered (send_400_response)
         self._head_timer: asyncio.TimerHandle | None = None
@@ -428,6 +429,7 @@ class GuardedH11Protocol(H11Protocol):
                 self.cycle.message_event.set()
         else:
             status, reason, body = 400, b"Bad Request", BAD_REQUEST
+            self.logger.info("request not valid HTTP/1.1: 400, closing")
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         try:
@@ -452,6 +454,24 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel("_drain_timer")
         self._cancel("_linger_timer")
         super().connection_lost(exc)
+
+
+UVICORN_INVALID_REQUEST = "Invalid HTTP request received."
+
+
+class _DropInvalidRequest(logging.Filter):
+    """Drops uvicorn's warning `Invalid HTTP request received.`, which it writes before every `send_400_response`: one
+    line in the API's log (at the default level, warning) per malformed request any client sends, also for a 413 or
+    431 the request was not invalid for; `send_400_response` logs each refusal with its status at info."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != UVICORN_INVALID_REQUEST
+
+
+def _quiet_invalid_request(logger: logging.Logger) -> None:
+    """Install `_DropInvalidRequest` on uvicorn's protocol logger, once (after uvicorn configured its logging)."""
+    if not any(isinstance(f, _DropInvalidRequest) for f in logger.filters):
+        logger.addFilter(_DropInvalidRequest())
 
 
 _refusals = {"last": 0.0, "count": 0, "lingering": 0}     # "lingering": 503 refusals in their lingering close now

@@ -368,3 +368,17 @@ def test_a_multipart_preamble_before_the_first_boundary_is_ignored_and_not_logge
     assert svc.api is not None
     log = svc.api.output()
     assert "Expected boundary" not in log and "Did not find" not in log, log
+
+
+def test_a_malformed_request_is_no_warning_in_the_api_log(svc):
+    # uvicorn wrote "Invalid HTTP request received." as a warning for each one (and for a 413 or 431 it answered
+    # for us): a line in the log, at the default level, per bad request any client sends
+    for request in (b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+                    b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 23 + b"\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 20_000 + b"\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as sock:
+            sock.sendall(request)
+            got = read_until_closed(sock, ConnectionResetError)
+        assert got.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 413 ", b"HTTP/1.1 431 ")), got[:200]
+    assert svc.api is not None
+    assert "Invalid HTTP request received" not in svc.api.output(), svc.api.output()
