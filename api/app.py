@@ -57,7 +57,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     errors.install(app)
     # outermost last: metrics see every answer; CatchAll answers what a route lets out without closing the
     # connection; the body limit and the body read timeout wrap `receive`
-    app.add_middleware(BodyTimeout, seconds=cfg.api.body_timeout_s, idle_seconds=cfg.api.body_idle_timeout_s)
+    app.add_middleware(BodyTimeout, seconds=cfg.api.body_timeout_s, idle_seconds=cfg.api.body_idle_timeout_s,
+                       min_rate=cfg.api.min_body_rate, rate_window=cfg.api.body_rate_window_s)
     app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_request_bytes)
     app.add_middleware(CatchAll)
     app.add_middleware(RequestMetrics, metrics=svc.metrics)

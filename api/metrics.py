@@ -28,6 +28,13 @@ log = logging.getLogger("sigma.api")
 REQUEST_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 CLIENT_CLOSED = 499     # the status label of a request whose client hung up before any answer (nginx's code)
+# the scope key under which the server protocol notes the status it answered itself, for a request whose route was
+# still reading the body (a chunk declared over the limit: 413; a body of tiny chunks: 400): the route sees only a
+# disconnect, and the request counted as 499 although the client read the refusal
+ANSWERED_BY_SERVER = "sigma.answered_by_server"
+# the scope key of an asyncio.Event the server protocol sets when the client half-closes (shuts down its sending side)
+# after a whole request: the answer still goes out; a route that waits on the client (POST /v1/annotate) stops waiting
+PEER_EOF = "sigma.peer_eof"
 
 
 class ApiMetrics:

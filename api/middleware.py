@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from sigma.api.metrics import CLIENT_CLOSED, ApiMetrics
+from sigma.api.metrics import ANSWERED_BY_SERVER, CLIENT_CLOSED, ApiMetrics
 
 log = logging.getLogger("sigma.api")
 
@@ -31,11 +31,13 @@ class BodyTooLarge(BodyReadAborted):
 
 
 class BodyReadTimeout(BodyReadAborted):
-    """`idle`: nothing came for `api.body_idle_timeout_s` (rather than the body not all within `body_timeout_s`)."""
+    """`idle`: nothing came for `api.body_idle_timeout_s` (rather than the body not all within `body_timeout_s`);
+    `slow`: the bytes a rate window brought, under `api.min_body_rate`."""
 
-    def __init__(self, idle: bool = False):
+    def __init__(self, idle: bool = False, slow: int | None = None):
         super().__init__()
         self.idle = idle
+        self.slow = slow
 
 
 def _json_error(status: int, code: str, message: str, close: bool = True,
@@ -114,17 +116,42 @@ class BodyLimit:
             await send(body)
 
 
-class BodyTimeout:
-    """408 `request_timeout` when the body is not all there `seconds` after the app first asked for it, or when
-    nothing of it has come for `idle_seconds` while the app waits for more. The idle bound is what frees the byte
-    budget (`sigma.api.budget`) from a client that sends most of a large body fast and then stalls: it held what it
-    had sent, and every other upload got 429 `server_busy`, for all of `seconds`. Only the time spent waiting on
-    the client counts, not the app's own pauses between reads (a wait for room in the budget)."""
+class _RateWindow:
+    """`api.min_body_rate` over windows of `api.body_rate_window_s` of waiting on the client (its clock runs
+    only while the app waits for the body, as the idle bound's does): each window must bring rate x window bytes."""
 
-    def __init__(self, app: Any, seconds: float, idle_seconds: float | None = None):
+    def __init__(self, rate: int, window: float):
+        self.rate, self.window = rate, window
+        self.end = window          # the waiting clock's reading at which the current window closes
+        self.bytes = 0             # what the current window brought
+
+    def close_before(self, clock: float) -> None:
+        """Close every window that ended by `clock` (seconds waited): BodyReadTimeout(slow=bytes) for one short."""
+        while self.rate > 0 and clock >= self.end:
+            if self.bytes < self.rate * self.window:
+                raise BodyReadTimeout(slow=self.bytes)
+            self.end += self.window
+            self.bytes = 0
+
+    def left(self, clock: float) -> float:
+        return self.end - clock if self.rate > 0 else float("inf")
+
+
+class BodyTimeout:
+    """408 `request_timeout` when the body is not all there `seconds` after the app first asked for it, when nothing
+    of it has come for `idle_seconds` while the app waits for more, or when a window of `rate_window` seconds of
+    that waiting brings fewer than `min_rate` bytes a second. The idle bound is what frees the byte budget
+    (`sigma.api.budget`) from a client that sends most of a large body fast and then stalls: it held what it had
+    sent, and every other upload got 429 `server_busy`, for all of `seconds`; the rate bound does the same for one
+    that then trickles a byte every few seconds, each wait under the idle bound. Only the time spent waiting on the
+    client counts, not the app's own pauses between reads (a wait for room in the budget)."""
+
+    def __init__(self, app: Any, seconds: float, idle_seconds: float | None = None, min_rate: int = 0,
+                 rate_window: float = 10.0):
         self.app = app
         self.seconds = seconds
         self.idle_seconds = seconds if idle_seconds is None else min(idle_seconds, seconds)
+        self.min_rate, self.rate_window = min_rate, rate_window
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -132,23 +159,42 @@ class BodyTimeout:
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         complete = False
+        waited = 0.0                     # seconds spent waiting on the client for the body
+        rate = _RateWindow(self.min_rate, self.rate_window)
 
         async def timed_receive() -> dict:
-            nonlocal deadline, complete
+            nonlocal deadline, complete, waited
             if complete:                 # after the body: waiting for a disconnect is not bounded here
                 return await receive()
             if deadline is None:
                 deadline = loop.time() + self.seconds
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if deadline - loop.time() <= 0:
                 raise BodyReadTimeout()
-            idle = self.idle_seconds < remaining
+            started = loop.time()
+            arrival = asyncio.ensure_future(receive())
             try:
-                msg = await asyncio.wait_for(receive(), self.idle_seconds if idle else remaining)
-            except TimeoutError:
-                raise BodyReadTimeout(idle) from None
+                while True:
+                    now = loop.time()
+                    wait = min(deadline - now, self.idle_seconds - (now - started), rate.left(waited + now - started))
+                    done, _ = await asyncio.wait({arrival}, timeout=max(wait, 0.0))
+                    if done:
+                        break
+                    now = loop.time()
+                    if now >= deadline:
+                        raise BodyReadTimeout()
+                    if now - started >= self.idle_seconds:
+                        raise BodyReadTimeout(idle=True)
+                    rate.close_before(waited + now - started)
+            finally:
+                waited += loop.time() - started
+                if not arrival.done():
+                    arrival.cancel()
+            msg = arrival.result()
             if msg["type"] != "http.request" or not msg.get("more_body", False):
                 complete = True
+            else:                        # the bytes that end the body count in no window: it is all in
+                rate.bytes += len(msg.get("body", b""))
+                rate.close_before(waited)
             return msg
 
         tracked = _Tracked(send)
@@ -157,7 +203,13 @@ class BodyTimeout:
         except BodyReadTimeout as exc:
             if tracked.started:
                 raise
-            if exc.idle:
+            if exc.slow is not None:
+                log.info("request body: %d bytes in %.1f s of waiting, under %d bytes/s: 408", exc.slow,
+                         self.rate_window, self.min_rate)
+                message = (f"the request body came too slowly: {exc.slow} bytes in {self.rate_window:.15g} s, under "
+                           f"api.min_body_rate={self.min_rate} (measured over each "
+                           f"api.body_rate_window_s={self.rate_window:.15g} s of waiting on it)")
+            elif exc.idle:
                 log.info("request body: nothing more received for %.1f s: 408", self.idle_seconds)
                 message = (f"nothing more of the request body arrived for api.body_idle_timeout_s="
                            f"{self.idle_seconds:.15g} s")
@@ -198,7 +250,9 @@ class CatchAll:
 class RequestMetrics:
     """Counts and times every answer by method, route template and status. A request whose client hung up before
     any answer counts as `CLIENT_CLOSED` (499), not 500: nothing failed on this side, and any client could otherwise
-    drive the service's 5xx rate. Label values are bounded whatever a client sends (`sigma.api.metrics`)."""
+    drive the service's 5xx rate. One whose body the server protocol refused as it arrived counts as the status it
+    sent (`ANSWERED_BY_SERVER`): the route saw only a disconnect. Label values are bounded whatever a client sends
+    (`sigma.api.metrics`)."""
 
     def __init__(self, app: Any, metrics: ApiMetrics):
         self.app = app
@@ -229,6 +283,6 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            if status is None:
-                status = CLIENT_CLOSED if client_gone else 500
+            if status is None:      # the server's own refusal of the body (sigma.api.server), else nobody answered
+                status = scope.get(ANSWERED_BY_SERVER) or (CLIENT_CLOSED if client_gone else 500)
             self.metrics.observe(scope.get("method", "?"), path, status, time.perf_counter() - start)

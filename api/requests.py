@@ -31,6 +31,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -285,6 +286,45 @@ def header_line_too_long(line: bytes) -> str:
 # python-multipart's bound on the header lines of one part (Starlette builds the parser with the default)
 PART_HEADER_LINES: int = getattr(python_multipart.multipart, "DEFAULT_MAX_HEADER_COUNT", 8)
 
+# python-multipart logs each parse error it raises as a warning ("Expected boundary character 45, got 84 at index 2"):
+# a line in the API's log per malformed body any client sends, saying what the client is told anyway (the 400
+# `malformed_multipart` carries the reason). Its errors (a temporary file it could not open) are still logged.
+logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
+
+# how much of a multipart body may come before its first boundary delimiter (a preamble, RFC 2046 5.1.1)
+MAX_PREAMBLE_BYTES = 64 * 1024
+
+
+class NoFirstBoundary(Exception):
+    """A multipart body with no boundary delimiter within its first `MAX_PREAMBLE_BYTES` (or in the whole body)."""
+
+
+async def without_preamble(stream: Any, boundary: bytes) -> Any:
+    """`stream` from its first boundary delimiter on: what comes before it is a preamble, which RFC 2046 (5.1.1)
+    lets a body carry and tells the recipient to ignore (a MIME library's "This is a multi-part message in MIME
+    format."). python-multipart skips only blank lines there, and any other byte was 400 `malformed_multipart`
+    "Expected boundary character 45, got 84 at index 2". The first delimiter begins the body or a line;
+    `NoFirstBoundary` when none comes within `MAX_PREAMBLE_BYTES`."""
+    delimiter = b"--" + boundary
+    head = b""
+    found = False
+    async for chunk in stream:
+        if found:
+            yield chunk
+            continue
+        head += chunk
+        at = 0 if head.startswith(delimiter) else head.find(b"\n" + delimiter) + 1
+        if at > 0 or head.startswith(delimiter):
+            found = True
+            yield head[at:]
+            head = b""
+        elif len(head) > MAX_PREAMBLE_BYTES + len(delimiter):
+            raise NoFirstBoundary()
+    if not found:
+        if head.strip(b"\r\n"):
+            raise NoFirstBoundary()
+        yield head
+
 
 def parse_error(exc: MultipartParseError) -> str:
     """What python-multipart found wrong, as a client may read it (one line, bounded): Starlette hid every such
@@ -363,6 +403,9 @@ class _LimitedParser(MultiPartParser):
         without a word (its `finalize` checks nothing): the route then said "'edited' file is required" of a part
         the client had sent."""
         self._body_charset = declared_charset(self.headers.get("content-type"))
+        boundary = parse_options_header(self.headers.get("content-type", ""))[1].get(b"boundary")
+        if boundary:
+            self.stream = without_preamble(self.stream, boundary)
         self.stream = self._kept(self.stream)
         form = await super().parse()
         if not self.ended:
@@ -502,6 +545,10 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
         raise                   # too large / too slow: the middleware that raised it answers
     except ApiError:
         raise   # a refusal made as the body arrived (the byte budget's 429 server_busy), not a parse error
+    except NoFirstBoundary as exc:
+        raise ApiError(400, "malformed_multipart", "multipart body could not be parsed: no boundary delimiter "
+                       f"(--BOUNDARY, as the Content-Type's boundary names it) begins a line within its first "
+                       f"{MAX_PREAMBLE_BYTES} bytes") from exc
     except CutShort as exc:
         raise ApiError(400, "malformed_multipart", "multipart body could not be parsed: it ended before its closing "
                        "boundary (--BOUNDARY--), so its last part may be cut; send the whole body") from exc

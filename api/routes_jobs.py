@@ -1,6 +1,7 @@
 """The job routes: submit a pair (waiting or not), read a job, its mask, cancel or delete it."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.requests import ClientDisconnect
 from sigma.api import errors
 from sigma.api.auth import Principal, require_scope
 from sigma.api.errors import ApiError
+from sigma.api.metrics import PEER_EOF
 from sigma.api.requests import AnnotateJson, AnnotateOptions
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
@@ -67,8 +69,11 @@ async def _wait_while_connected(request: Request, svc: Service, job_id: str, sec
     (BLPOP) for up to `seconds`, so clients that left (a short client timeout, a retry loop) kept theirs, and once
     `redis.max_connections` were held every live /v1/annotate was answered 202 at once, its wait refused
     (MaxConnectionsError logged as "redis did not answer"). The job stays queued and is done as any other; the
-    request counts as 499 (client closed), not as the answer nobody read."""
+    request counts as 499 (client closed), not as the answer nobody read. A client that shuts down only its sending
+    side (`PEER_EOF`: a FIN, which is also how most clients that leave end) ends the wait too, with None: it is
+    answered 202 with the job's id at once, which it can still read, and the Redis connection is free."""
     found: dict[str, dict[str, str] | None] = {}
+    half_closed = request.scope.setdefault(PEER_EOF, asyncio.Event())
     async with anyio.create_task_group() as group:
         async def wait() -> None:
             found["h"] = await svc.wait(job_id, seconds)
@@ -78,8 +83,14 @@ async def _wait_while_connected(request: Request, svc: Service, job_id: str, sec
             while (await request.receive())["type"] != "http.disconnect":
                 pass
             group.cancel_scope.cancel()
+
+        async def watch_half_close() -> None:
+            await half_closed.wait()
+            found["h"] = None        # answered 202 now: the job's id, read by a client that only half-closed
+            group.cancel_scope.cancel()
         group.start_soon(wait)
         group.start_soon(watch)
+        group.start_soon(watch_half_close)
     if "h" not in found:
         raise ClientDisconnect()
     return found["h"]
@@ -93,7 +104,7 @@ async def annotate(request: Request, principal: Principal = ANNOTATE, svc: Servi
     job_id, _, options = await svc.submit(request, principal)
     wait = svc.cfg.api.wait_timeout_s if options.wait is None else options.wait
     h = await _wait_while_connected(request, svc, job_id, min(wait, svc.cfg.api.max_wait_timeout_s))
-    if h is None:       # Redis failed while we waited: the job is queued all the same, so its id is the answer
+    if h is None:       # Redis failed, or the client half-closed: the job is queued all the same, its id the answer
         return _accepted(job_id)
     status = h.get("status")
     if status == "done":

@@ -24,7 +24,10 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
   `bad_request` (each chunk costs the event loop the same whatever its size).
 
 - a connection limit (`api.max_connections`, `connection_limit`): a connection past it is answered 503
-  `too_many_connections` and closed at once, before its request is read. Without it every idle, slow or trickling
+  `too_many_connections` before its request is read, and closed with the lingering close below (it holds no slot
+  meanwhile; at most `accept_backlog` such closes at once, the descriptors the limit keeps for an accept burst, and
+  past that closed at once): closed at once, a client that was still sending its request (a 3 MiB upload) met a
+  reset, 10 times out of 10, and never read the 503. Without it every idle, slow or trickling
   client held a file descriptor: past RLIMIT_NOFILE (1024 soft on many systems) accept() failed with EMFILE, asyncio
   logged the failure with its traceback some 2,000 times a second (92,000 in 30 s), new clients hung unaccepted,
   and the requests in flight failed 500 where they opened a file (a lazy import, a spooled upload);
@@ -56,11 +59,13 @@ import ctypes
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from sigma.api.metrics import ANSWERED_BY_SERVER, PEER_EOF
 from sigma.service.settings import ServeConfig
 
 _BODY = json.dumps({"error": {"code": "request_timeout", "message": "the request headers did not arrive in "
@@ -72,6 +77,9 @@ BAD_REQUEST = json.dumps({"error": {"code": "bad_request", "message": "the reque
 
 
 HEADERS_TOO_LARGE_REASON = b"Request Header Fields Too Large"
+CONTENT_LENGTH_DIGITS = 20      # h11's bound on a Content-Length's digits (1 billion TB): it refuses a longer one
+_LONG_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([0-9]{%d,})[ \t]*\r?$" % (CONTENT_LENGTH_DIGITS + 1),
+                                  re.IGNORECASE | re.MULTILINE)
 MAX_SMALL_CHUNKS = 4096         # a chunked body may begin this many chunks of any size...
 SMALL_CHUNK_BYTES = 1024        # ...and more only while they average at least this many bytes
 
@@ -164,10 +172,16 @@ class HeadLimitedConnection(h11.Connection):
 
     def next_event(self) -> Any:
         reading_head = self.their_state is h11.IDLE
+        long_length = self._long_content_length() if reading_head else None
         try:
             event = super().next_event()
         except h11.RemoteProtocolError as exc:
             self.head_refused = reading_head and exc.error_status_hint == 431
+            if long_length is not None and not self.head_refused and str(exc) == "bad Content-Length":
+                self.body_refused = (413, f"request body exceeds limits.max_request_bytes={self.max_body_bytes}: its "
+                                     f"Content-Length has {len(long_length)} digits "
+                                     f"({long_length[:24].decode()}{'...' if len(long_length) > 24 else ''}); not read")
+                raise h11.RemoteProtocolError(self.body_refused[1], error_status_hint=413) from exc
             raise
         if isinstance(event, h11.Request):
             self._body_seen = self._chunks = 0
@@ -184,6 +198,19 @@ class HeadLimitedConnection(h11.Connection):
         self._refuse_declared_chunk()
         self._refuse_tiny_chunks()
         return event
+
+    def _long_content_length(self) -> bytes | None:
+        """The digits of a Content-Length of more than `CONTENT_LENGTH_DIGITS` in the head h11 is about to read, else
+        None. h11 refuses such a length as it refuses `abc`, "bad Content-Length", and consumes the head, so it is
+        looked for first: a length no body can reach is 413 `request_too_large`, as the API answers a 20-digit one
+        (a 23-digit length was the generic 400 "not valid HTTP/1.1"). Reads h11's private buffer (as
+        `_refuse_declared_chunk` its reader); where a release has none, such a length stays a 400."""
+        data = getattr(getattr(self, "_receive_buffer", None), "_data", None)
+        if not isinstance(data, bytearray):
+            return None
+        end = data.find(b"\n\r\n", 0, self.max_head_bytes + 4)
+        found = _LONG_CONTENT_LENGTH.search(data, 0, end if end >= 0 else min(len(data), self.max_head_bytes))
+        return bytes(found.group(1)) if found else None
 
     def _refuse_tiny_chunks(self) -> None:
         """400 once a chunked body has begun more than `MAX_SMALL_CHUNKS` chunks averaging under `SMALL_CHUNK_BYTES`:
@@ -243,6 +270,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        _quiet_invalid_request(self.logger)
         self.conn: HeadLimitedConnection = HeadLimitedConnection(self.max_head_bytes, self.max_body_bytes)
         self._refused = False          # a request h11 could not take was answered (send_400_response)
         self._head_timer: asyncio.TimerHandle | None = None
@@ -252,6 +280,8 @@ class GuardedH11Protocol(H11Protocol):
         self._socket: asyncio.Transport | None = None     # the real transport, under the lingering wrapper
         self.lingering = False
         self._linger_left = 0
+        self._peer_eof = False         # the client half-closed after a whole request (`eof_received`)
+        self._refused_lingering = False   # a connection past the limit, answered 503, its request being discarded
 
     # -- timers ----------------------------------------------------------------------------------
     def _cancel(self, name: str) -> None:
@@ -290,10 +320,13 @@ class GuardedH11Protocol(H11Protocol):
                 or not (answered_early or self._refused)
                 or self.linger_s <= 0 or self.linger_bytes <= 0 or not transport.can_write_eof()):
             return False
+        try:
+            transport.write_eof()        # the FIN goes out after the buffered answer
+        except OSError:                  # the client is gone already (a reset): nothing to linger for
+            return False
         self.lingering = True
         self._linger_left = self.linger_bytes
         self._cancel("_drain_timer")
-        transport.write_eof()            # the FIN goes out after the buffered answer
         transport.resume_reading()       # uvicorn pauses reading while a body is not being read
         self._linger_timer = self.loop.call_later(self.linger_s, self._linger_expired)
         return True
@@ -321,7 +354,13 @@ class GuardedH11Protocol(H11Protocol):
         if len(self.server_state.connections) > self.max_connections:
             _log_refused_connection(self.logger, self.max_connections)
             transport.write(too_many_connections(self.max_connections))
-            transport.close()            # at once, no lingering: each refused connection must free its descriptor
+            self.server_state.connections.discard(self)      # it holds no slot while what it still sends is read
+            self._refused = True
+            if _refusals["lingering"] < accept_backlog(self.max_connections) and self.start_lingering():
+                self._refused_lingering = True
+                _refusals["lingering"] += 1
+                return
+            transport.close()            # past the bound of lingering refusals: at once, freeing its descriptor
             return
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_expired)
 
@@ -338,11 +377,32 @@ class GuardedH11Protocol(H11Protocol):
                                               or self.conn.their_state is not h11.SEND_BODY):
             self._cancel("_drain_timer")                                      # the unread body is all in
 
+    def eof_received(self) -> bool | None:
+        """The client shut down its sending side (a half-close: `shutdown(SHUT_WR)`, `nc -N`, `curl --no-keepalive`
+        behind some proxies). After a whole request whose answer is still to come, the connection stays open for
+        that answer (True): uvicorn took the FIN as a hang-up, so the client read nothing, although a POST /v1/jobs
+        had queued its job, whose id it never learned. The request's scope gets `PEER_EOF` set, so a route that waits
+        on the client (POST /v1/annotate) stops waiting and answers at once (a FIN cannot tell a half-close from a
+        client that left). Mid-head, mid-body, idle or lingering: closed, as before (None)."""
+        cycle = self.cycle
+        if (self.lingering or cycle is None or cycle.response_complete or cycle.disconnected
+                or self.conn.their_state is not h11.DONE):
+            return None
+        self._peer_eof = True
+        cycle.scope.setdefault(PEER_EOF, asyncio.Event()).set()
+        return True
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.conn.their_state is h11.SEND_BODY and self._drain_timer is None and not self.lingering:
             self._drained = self.cycle
             self._drain_timer = self.loop.call_later(self.drain_timeout_s, self._drain_expired)
+        if self._peer_eof and not self.transport.is_closing():
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and self.conn.their_state is h11.DONE:
+                cycle.scope.setdefault(PEER_EOF, asyncio.Event()).set()     # a whole request pipelined before the FIN
+            else:
+                self.transport.close()       # nothing more can come from the client: the answers are all out
 
     def send_400_response(self, msg: str) -> None:
         """What h11 could not take, answered in the API's error shape (uvicorn's own is text/plain): 431
@@ -363,11 +423,13 @@ class GuardedH11Protocol(H11Protocol):
             self.logger.info("request body refused (%d, closing): %s", status, said)
             if self.cycle is not None and not self.cycle.response_started:
                 # the route reading this body gets a disconnect (it answers nothing: this is the answer), and the
-                # rest of the body is discarded by the lingering close
+                # rest of the body is discarded by the lingering close; the metrics count the status sent here
+                self.cycle.scope[ANSWERED_BY_SERVER] = status
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()
         else:
             status, reason, body = 400, b"Bad Request", BAD_REQUEST
+            self.logger.info("request not valid HTTP/1.1: 400, closing")
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         try:
@@ -385,13 +447,34 @@ class GuardedH11Protocol(H11Protocol):
         super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused_lingering:
+            self._refused_lingering = False
+            _refusals["lingering"] -= 1
         self._cancel("_head_timer")
         self._cancel("_drain_timer")
         self._cancel("_linger_timer")
         super().connection_lost(exc)
 
 
-_refusals = {"last": 0.0, "count": 0}
+UVICORN_INVALID_REQUEST = "Invalid HTTP request received."
+
+
+class _DropInvalidRequest(logging.Filter):
+    """Drops uvicorn's warning `Invalid HTTP request received.`, which it writes before every `send_400_response`: one
+    line in the API's log (at the default level, warning) per malformed request any client sends, also for a 413 or
+    431 the request was not invalid for; `send_400_response` logs each refusal with its status at info."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != UVICORN_INVALID_REQUEST
+
+
+def _quiet_invalid_request(logger: logging.Logger) -> None:
+    """Install `_DropInvalidRequest` on uvicorn's protocol logger, once (after uvicorn configured its logging)."""
+    if not any(isinstance(f, _DropInvalidRequest) for f in logger.filters):
+        logger.addFilter(_DropInvalidRequest())
+
+
+_refusals = {"last": 0.0, "count": 0, "lingering": 0}     # "lingering": 503 refusals in their lingering close now
 
 
 def _log_refused_connection(logger: logging.Logger, limit: int) -> None:

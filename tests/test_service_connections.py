@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from servicekit import ServiceUnderTest, make_pair, read_until_closed, wait_until
+from servicekit import ServiceUnderTest, make_pair, post_whole_body_first, read_until_closed, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -121,10 +121,78 @@ def test_annotate_clients_that_hang_up_while_waiting_free_their_redis_connection
         assert live.status_code == 202 and time.monotonic() - t0 > 1.5, (live.text, time.monotonic() - t0)
 
         def hung_up() -> float:
+            # a client that closes sends a FIN, as one that only half-closes does: the wait ends, answered 202 (the
+            # job's id, for a client that still reads), no longer counted 499
             metrics = s.http.get("/metrics", headers=s.headers("metrics")).text
             return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(
-                'sigma_http_requests_total{method="POST",route="/v1/annotate",status="499"}'))
-        assert wait_until(lambda: hung_up() == 8, 5, "8 annotate requests counted 499")
+                'sigma_http_requests_total{method="POST",route="/v1/annotate",status="202"}'))
+        assert wait_until(lambda: hung_up() == 9, 5, "8 hung-up annotate requests and the live one counted 202")
         assert "MaxConnectionsError" not in s.api.output()
     finally:
+        s.close()
+
+
+def raw_post(s: ServiceUnderTest, path: str, files: dict) -> bytes:
+    """The whole raw request a client library would send for POST `path` with `files`."""
+    request = s.http.build_request("POST", path, files=files, headers=s.headers())
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode() + b"".join(
+        f"{k}: {v}\r\n".encode() for k, v in request.headers.items() if k.lower() != "host") + b"\r\n"
+        + request.read())
+
+
+def half_closed(port: int, request: bytes, timeout: float) -> bytes:
+    """`request`, then the client's sending side shut down (a FIN: `shutdown(SHUT_WR)`, `nc -N`), and what comes
+    back until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        return read_until_closed(sock, TimeoutError, ConnectionResetError)
+
+
+def test_a_client_that_half_closes_after_its_request_still_reads_the_answer(redis_server, tmp_path):
+    # uvicorn took the FIN as a hang-up: the client read nothing, though POST /v1/jobs had queued its job (whose id
+    # it never learned) and POST /v1/annotate kept waiting for nobody
+    s = ServiceUnderTest(redis_server, tmp_path, ["api.wait_timeout_s=20"])
+    try:
+        s.start_api()                                      # no worker: every job stays queued
+        files = s.files(*make_pair(seed=7))
+        status, _, job = status_and_error(half_closed(s.port, raw_post(s, "/v1/jobs", files), 10))
+        assert status == 202, job
+        assert s.job(job["id"])["status"] == "queued"
+        t0 = time.monotonic()
+        status, _, job = status_and_error(half_closed(s.port, raw_post(s, "/v1/annotate", files), 10))
+        assert status == 202 and s.job(job["id"])["status"] == "queued", job
+        assert time.monotonic() - t0 < 5                   # the wait (20 s) ends at the FIN
+        # requests pipelined before the FIN are all answered, then the connection is closed
+        got = half_closed(s.port, raw_post(s, "/v1/jobs", files) + HEALTHZ.replace(b"Connection: close\r\n", b""), 10)
+        assert got.startswith(b"HTTP/1.1 202 ") and got.count(b"HTTP/1.1 200 OK") == 1, got[-300:]
+        # a FIN mid-body is still a hang-up: nothing is answered
+        assert half_closed(s.port, raw_post(s, "/v1/jobs", files)[:-20], 10) == b""
+        assert s.api is not None and "Traceback" not in s.api.output(), s.api.output() if s.api else ""
+    finally:
+        s.close()
+
+
+def test_a_client_still_sending_when_refused_for_too_many_connections_reads_the_503(redis_server, tmp_path):
+    # the refused connection was closed at once: a client still writing its request (a 3 MiB upload, written whole
+    # before reading as http.client does) met a connection reset, 10 times out of 10, and never read the 503
+    s = ServiceUnderTest(redis_server, tmp_path, ["api.max_connections=8", "api.header_timeout_s=30"])
+    idle: list[socket.socket] = []
+    try:
+        s.start_api()
+        idle = open_idle(s.port, 8)
+        time.sleep(0.5)
+        for _ in range(3):
+            status, error, connection = post_whole_body_first(s.url, "/v1/jobs", b" " * (3 * 1024 * 1024),
+                                                              {**s.headers(), "Content-Type": "application/json"},
+                                                              "http.client")
+            assert status == 503 and error["error"]["code"] == "too_many_connections", error
+            assert connection == "close"
+        for sock in idle:
+            sock.close()
+        idle = []
+        wait_until(lambda: read_answer(s.port, HEALTHZ, 5).startswith(b"HTTP/1.1 200"), 10, "a slot once they closed")
+    finally:
+        for sock in idle:
+            sock.close()
         s.close()

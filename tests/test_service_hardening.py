@@ -502,10 +502,12 @@ def test_the_budget_comes_back_however_an_upload_ends(budget):
 
 @pytest.fixture(scope="module")
 def idle(redis_server, tmp_path_factory):
-    """A 2 MB byte budget, a whole-body timeout of 60 s and an idle-between-chunks timeout of 1.5 s."""
+    """A 2 MB byte budget, a whole-body timeout of 60 s, an idle-between-chunks timeout of 1.5 s and a minimum body
+    rate of 1000 bytes/s over each 2 s of waiting."""
     s = ServiceUnderTest(redis_server, tmp_path_factory.mktemp("svc-idle"),
                          ["limits.max_request_bytes=2000000", "limits.max_bytes_in_flight=2000000",
-                          "api.body_timeout_s=60", "api.body_idle_timeout_s=1.5", "limits.retry_after_s=1"])
+                          "api.body_timeout_s=60", "api.body_idle_timeout_s=1.5", "limits.retry_after_s=1",
+                          "api.min_body_rate=1000", "api.body_rate_window_s=2"])
     try:
         s.start_api()
         yield s
@@ -544,6 +546,42 @@ def test_a_body_that_stalls_is_cut_at_the_idle_timeout_and_its_bytes_returned(id
     assert code(slow) == "missing_field", slow.text
 
 
+def test_a_body_sent_fast_then_trickled_is_cut_by_the_minimum_rate_and_its_bytes_returned(idle):
+    """A client that sends most of its body fast and then a byte every second (each wait under the idle timeout,
+    1.5 s here) held the bytes it sent until api.body_timeout_s (60 s here; with the defaults, 64 MiB held for a
+    minute by a byte every 9 s). Now a window of api.body_rate_window_s (2 s) of waiting that brings less than
+    api.min_body_rate (1000 bytes/s) is 408 request_timeout naming the setting, and the bytes are back;
+    a body that keeps coming at 5000 bytes/s is served."""
+    s = idle
+    head = (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-user-key\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1900000\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        t0 = time.monotonic()
+        sock.sendall(head + b"{" + b" " * 1_500_000)
+        sock.settimeout(1.0)
+        got = b""
+        while not got and time.monotonic() - t0 < 15:
+            try:
+                got = sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b" ")
+        got += read_until_closed(sock, TimeoutError, ConnectionResetError)
+        took = time.monotonic() - t0
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+    assert b"request_timeout" in got and b"api.min_body_rate=1000" in got, got
+    assert took < 10, took                                  # was cut only at api.body_timeout_s (60 s)
+    assert in_flight(s) == 0
+
+    def paced_body():
+        yield b"{"
+        for _ in range(12):
+            yield b" " * 2500
+            time.sleep(0.5)
+        yield b"}"
+    steady = s.http.post("/v1/jobs", content=paced_body(), headers={**s.headers(), "content-type": "application/json"})
+    assert code(steady) == "missing_field", steady.text
+
+
 def test_a_chunk_declared_larger_than_the_body_limit_is_refused_at_its_size_line(idle):
     """`Transfer-Encoding: chunked` with a chunk size over limits.max_request_bytes (2 MB here; h11 reads up to 20 hex
     digits, 2**80 bytes): the API read the chunk until the byte limit or a timeout cut it (here: 408 after the idle
@@ -571,6 +609,23 @@ def test_a_chunk_declared_larger_than_the_body_limit_is_refused_at_its_size_line
     assert "Traceback" not in s.api.output(), s.api.output()
 
 
+def test_a_content_length_of_more_than_20_digits_is_413_not_a_generic_400(idle):
+    """h11 refuses a Content-Length of more than 20 digits as it refuses `abc` ("bad Content-Length"), so a 23-digit
+    length was the generic 400 "not valid HTTP/1.1", where a 20-digit one is 413 request_too_large. Now any length of
+    digits no body can reach is the 413, naming the limit; one that is not digits stays a 400."""
+    s = idle
+    head = b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-user-key\r\n"
+    for length, status, needle in ((b"1" * 23, b"413", b"limits.max_request_bytes=2000000"),
+                                   (b"9" * 21, b"413", b"21 digits"), (b"1" * 20, b"413", b"request_too_large"),
+                                   (b"12a", b"400", b"bad_request")):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+            sock.sendall(head + b"Content-Length: " + length + b"\r\n\r\n{")
+            got = read_until_closed(sock, ConnectionResetError)
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (length, got[:300])
+        assert needle in got, (length, got)
+    assert in_flight(s) == 0
+
+
 def test_a_chunked_body_cut_into_many_tiny_chunks_is_refused(idle):
     """Each chunk costs the event loop ~10 us whatever its size: 12 MB of one-byte chunks took 21 s of the API
     process's one thread (a /healthz meanwhile waited up to 1.2 s). Now a body of more than 4096 chunks averaging
@@ -590,6 +645,29 @@ def test_a_chunked_body_cut_into_many_tiny_chunks_is_refused(idle):
                        headers={**s.headers(), "content-type": "application/json"})
     assert code(fine) == "missing_field", fine.text
     assert in_flight(s) == 0
+
+
+def requests_counted(s: ServiceUnderTest, status: str) -> float:
+    text = s.http.get("/metrics", headers=s.headers("metrics")).text
+    line = f'sigma_http_requests_total{{method="POST",route="/v1/jobs",status="{status}"}}'
+    return sum(float(row.rsplit(" ", 1)[1]) for row in text.splitlines() if row.startswith(line))
+
+
+def test_a_body_the_server_refuses_as_it_arrives_counts_as_the_status_it_sent(idle):
+    """A chunk declared over the limit (413) or a body of tiny chunks (400) is answered by the server protocol while
+    the route still reads: the route saw only a disconnect, and /metrics counted the request as 499 (client closed)
+    although the client read the 413 / 400. Now each counts as the status sent."""
+    s = idle
+    head = (b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-user-key\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    before = {status: requests_counted(s, status) for status in ("413", "400", "499")}
+    for body, status in ((b"1\r\n{\r\nFFFFFFFFFF\r\n ", b"413"), (b"1\r\n \r\n" * 5000, b"400")):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+            sock.sendall(head + body)
+            got = read_until_closed(sock, ConnectionResetError)
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), got[:300]
+    after = {status: requests_counted(s, status) for status in ("413", "400", "499")}
+    assert after == {"413": before["413"] + 1, "400": before["400"] + 1, "499": before["499"]}, (before, after)
 
 
 def test_public_docs_setting(small, svc):

@@ -348,3 +348,37 @@ def test_each_request_head_on_a_keep_alive_connection_is_measured_alone(svc):
     get = f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {'p' * 12_000}\r\nConnection: close\r\n\r\n"
     answer = send_then_read(svc, head.encode() + job + get.encode(), 4096)
     assert answer.startswith(b"HTTP/1.1 202 ") and answer.count(b"HTTP/1.1 200 OK") == 1, answer[:600]
+
+
+# -- a multipart preamble (RFC 2046 5.1.1) --------------------------------------------------------------------------
+@pytest.mark.parametrize("preamble", [b"This is a multi-part message in MIME format.\r\n", b"x" * 5000 + b"\r\n\r\n",
+                                      b"\r\n"])
+def test_a_multipart_preamble_before_the_first_boundary_is_ignored_and_not_logged(svc, preamble):
+    # python-multipart skipped only blank lines there: any other byte was 400 malformed_multipart "Expected boundary
+    # character 45, got 84 at index 2", and the same line went to the API's log as a warning for every such body
+    resp = post_multipart(svc, preamble + multipart_body(b"add a sign"))
+    assert resp.status_code == 202, resp.text
+    assert svc.job(resp.json()["id"])["instruction"] == "add a sign"
+    garbage = post_multipart(svc, b"no boundary anywhere " * 10)
+    assert garbage.status_code == 400, garbage.text
+    error = garbage.json()["error"]
+    assert error["code"] == "malformed_multipart" and "no boundary delimiter" in error["message"], error
+    bad = post_multipart(svc, b"--t3xtb0undaryX\r\n" + multipart_body(b"add a sign"))     # python-multipart's own error
+    assert bad.status_code == 400 and "Did not find CR at end of boundary" in bad.json()["error"]["message"], bad.text
+    assert svc.api is not None
+    log = svc.api.output()
+    assert "Expected boundary" not in log and "Did not find" not in log, log
+
+
+def test_a_malformed_request_is_no_warning_in_the_api_log(svc):
+    # uvicorn wrote "Invalid HTTP request received." as a warning for each one (and for a 413 or 431 it answered
+    # for us): a line in the log, at the default level, per bad request any client sends
+    for request in (b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+                    b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 23 + b"\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 20_000 + b"\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as sock:
+            sock.sendall(request)
+            got = read_until_closed(sock, ConnectionResetError)
+        assert got.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 413 ", b"HTTP/1.1 431 ")), got[:200]
+    assert svc.api is not None
+    assert "Invalid HTTP request received" not in svc.api.output(), svc.api.output()

@@ -189,6 +189,13 @@ class ApiSettings(Strict):
                                        "its next bytes; else 408 request_timeout and close, and the bytes it held of "
                                        "limits.max_bytes_in_flight are given back (a body sent fast that then stalled "
                                        "held them for all of body_timeout_s). At or above body_timeout_s: no effect")
+    min_body_rate: int = Field(1024, ge=0, description="bytes a second: a request body must bring at least this "
+                               "many, measured over each body_rate_window_s of waiting on it; else 408 "
+                               "request_timeout and close, its bytes of limits.max_bytes_in_flight given back (a body "
+                               "sent fast that then trickled a byte every few seconds, under body_idle_timeout_s, "
+                               "held them for all of body_timeout_s). 0: no bound")
+    body_rate_window_s: Seconds = Field(10.0, gt=0, description="the window of min_body_rate: each this "
+                                        "long of waiting on a body must bring rate x window bytes")
     close_linger_s: Seconds = Field(2.0, ge=0, description="after an answer that closes the connection before the "
                                   "body was read (413 request_too_large / file_too_large), the rest of the body is "
                                   "read and discarded for up to this long, so that a client that writes its whole "
