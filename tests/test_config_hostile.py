@@ -204,3 +204,24 @@ def test_a_setting_holding_bytes_that_are_not_utf8_says_so_and_shows_them():
     assert caught.value.message.endswith("SIGMA__QUEUE__GROUP: queue.group: Input should be a valid string, unable to "
                                          "parse raw data as a unicode string (it holds bytes that are not UTF-8 text: "
                                          "'a\\udcff')"), caught.value.message
+
+
+@pytest.mark.parametrize("how", ["file", "--set", "top-level"])
+def test_a_key_holding_bytes_that_are_not_utf8_is_named(capsys, tmp_path, how):
+    """An options key `\\udcff` (the byte 0xff of a non-UTF-8 argument, variable name or YAML escape) was refused as
+    "options: Input should be a valid string, unable to parse raw data as a unicode string", the key never named
+    (`<root>:` for a top-level one). Now the key, escaped, alone."""
+    config = tmp_path / "c.yaml"
+    config.write_text('annotator: pixel-diff\n' + ('"\\udcff": 1\n' if how == "top-level" else
+                                                   'options:\n  "\\udcff": 1\n' if how == "file" else ""))
+    given = ["--set", "options.\udcff=1"] if how == "--set" else []
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--config", str(config), *given)
+    key = "'\\udcff'" if how == "top-level" else "'options.\\udcff'"
+    assert err == f"sigma: error [invalid_config]: {key}: a key holding bytes that are not UTF-8 text", err
+
+
+def test_an_environment_key_holding_bytes_that_are_not_utf8_is_named():
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={"SIGMA__WORKER__OPTIONS__\udcff": "1"})
+    assert caught.value.message == "'worker.options.\\udcff': a key holding bytes that are not UTF-8 text", \
+        caught.value.message

@@ -624,11 +624,26 @@ def _unusable(text: str) -> str | None:
     return None
 
 
+def _unusable_key(key: str) -> str | None:
+    """Why `key` can be no config key: what `_unusable` refuses, and bytes that are not UTF-8 (`\udc80`-`\udcff`, a
+    non-UTF-8 environment variable's name or YAML escape): a path may hold them, a key never, since every key is
+    validated as UTF-8 text. Such a key was pydantic's "unable to parse raw data as a unicode string" at the mapping
+    holding it (`options:`, or `<root>:`), the key itself never named."""
+    if why := _unusable(key):
+        return why
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "bytes that are not UTF-8 text"
+    return None
+
+
 def _refuse_nul(tree: dict, problems: list[Problem] | None = None) -> None:
     """No config text may hold a NUL byte or a lone surrogate: every one is a path, a name or a choice, and the first
     `open()` or `mkdir()` of it raised a bare ValueError ("embedded null byte") or UnicodeEncodeError ("surrogates
     not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made). Each
-    one found is added to `problems`, in the order written (without it, the first is raised)."""
+    one found is added to `problems`, in the order written (without it, the first is raised). A key refused
+    (`_unusable_key`) is taken out of the tree (in place): pydantic would say it again, unnamed, at its mapping."""
     stack: list[tuple[str, Any]] = [("", tree)]
     while stack:
         where, node = stack.pop()
@@ -636,12 +651,16 @@ def _refuse_nul(tree: dict, problems: list[Problem] | None = None) -> None:
             _found(problems, where, f"{where or '<root>'}: holds {why} ({node[:80]!r}); no path or name can")
         children: list[tuple[str, Any]] = []
         if isinstance(node, dict):
+            refused = []
             for key, value in node.items():
                 dotted = f"{where}.{key}" if where else str(key)
-                if why := _unusable(str(key)):
+                if why := _unusable_key(str(key)):
                     _found(problems, dotted, f"{dotted!r}: a key holding {why}")
+                    refused.append(key)
                     continue                # its value is not looked into: the key is the problem
                 children.append((dotted, value))
+            for key in refused:
+                del node[key]
         elif isinstance(node, list):
             children = [(f"{where}[{i}]", v) for i, v in enumerate(node)]
         stack.extend(reversed(children))    # popped in the order written
