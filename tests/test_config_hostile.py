@@ -225,3 +225,21 @@ def test_an_environment_key_holding_bytes_that_are_not_utf8_is_named():
         load_serve_config(env={"SIGMA__WORKER__OPTIONS__\udcff": "1"})
     assert caught.value.message == "'worker.options.\\udcff': a key holding bytes that are not UTF-8 text", \
         caught.value.message
+
+
+@pytest.mark.parametrize("tail", ["/", "/x.yaml"])
+def test_a_config_file_named_as_a_folder_is_refused_as_the_system_refuses_it(capsys, tmp_path, monkeypatch, tail):
+    """`--config a.yaml/` read the file a.yaml (`Path` drops a trailing '/'), where `cat a.yaml/` says "Not a
+    directory": a path that names a folder was taken for the file. Now refused, by `--config` and `SIGMA_SERVE_CONFIG`,
+    the path named as given."""
+    config = tmp_path / "a.yaml"
+    config.write_text("annotator: pixel-diff\n")
+    named = f"{config}{tail}"
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--config", named)
+    assert err == (f"sigma: error [invalid_config]: {named}: config file not found: a file is named as a folder there "
+                   "(by a trailing '/', or a path that goes on past it)"), err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("SIGMA_SERVE_CONFIG", named)
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config()
+    assert caught.value.message.startswith(f"SIGMA_SERVE_CONFIG: {named}: config file not found"), caught.value.message

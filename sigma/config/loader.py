@@ -579,12 +579,17 @@ def read_yaml(path: str | Path) -> dict:
     """A config file's top-level mapping. Opened once (`open_regular`): a FIFO, a device or a folder is refused as
     what it is, never waited on or read; a file of more than MAX_CONFIG_BYTES is refused by the size of what was
     opened (not by an earlier look at the path), and no more than that is ever read (a file still growing). Read as
-    UTF-8 (`utf8_text`), not in the locale's encoding."""
+    UTF-8 (`utf8_text`), not in the locale's encoding. Opened by the name as given: `Path` drops a trailing '/', so
+    `--config a.yaml/` read the file a.yaml, where the system (`cat a.yaml/`) refuses a file named as a folder."""
+    given = os.fspath(path)
     path = Path(path)
     try:
-        handle = open_regular(path, "rb")
-    except (FileNotFoundError, NotADirectoryError, ValueError):   # ValueError: a NUL byte, no such name can exist
-        raise ConfigError(f"{path}: config file not found") from None
+        handle = open_regular(given, "rb")
+    except NotADirectoryError:
+        raise ConfigError(f"{given}: config file not found: a file is named as a folder there (by a trailing '/', "
+                          "or a path that goes on past it)") from None
+    except (FileNotFoundError, ValueError):   # ValueError: a NUL byte, no such name can exist
+        raise ConfigError(f"{given}: config file not found") from None
     except NotRegularFile:
         raise ConfigError(f"{path}: not a regular file (a FIFO, a device or a folder); a config must be a YAML "
                           "file") from None
