@@ -97,6 +97,7 @@ from sigma.registry import ANNOTATORS
 
 class CamelConfig(PixelDiffConfig):
     image_size: int = Field(64, alias="imageSize")
+    k_value: int = Field(64, alias="K")
 
 
 class Camel(PixelDiff):
@@ -121,10 +122,13 @@ def test_an_environment_variable_sets_an_option_whose_name_has_capitals():
     ("SIGMA__WORKER__OPTIONS__IMAGESIZE", "worker.options.imagesize: Extra inputs are not permitted (did you mean "
      "'worker.options.imageSize'? A variable's part in capitals is read in lower case: write the key's own capitals, "
      "SIGMA__WORKER__OPTIONS__imageSize)"),
+    # an option all in capitals: its variable's part was read in lower case ('k', unknown), and the did-you-mean told
+    # the user to write SIGMA__WORKER__OPTIONS__K, what they had written; it is now the key the plugin knows
+    ("SIGMA__WORKER__OPTIONS__K", "worker.options.K: Input should be a valid integer"),
 ])
 def test_a_worker_reads_a_plugins_option_with_capitals_from_the_environment(tmp_path, variable, said):
-    """The real `sigma worker` with a plugin whose option is `imageSize`, Redis unreachable: the option is checked
-    against the plugin's config before any connection."""
+    """The real `sigma worker` with a plugin whose options are `imageSize` and `K`, Redis unreachable: the option is
+    checked against the plugin's config before any connection."""
     (tmp_path / "camel_plugin.py").write_text(ALIAS_PLUGIN)
     env = {**base_env("redis://127.0.0.1:1/0"), variable: "abc"}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
@@ -243,3 +247,31 @@ def test_a_config_file_named_as_a_folder_is_refused_as_the_system_refuses_it(cap
     with pytest.raises(ConfigError) as caught:
         load_serve_config()
     assert caught.value.message.startswith(f"SIGMA_SERVE_CONFIG: {named}: config file not found"), caught.value.message
+
+
+def test_a_key_in_capitals_from_the_environment_takes_its_layer_s_place(tmp_path):
+    """A key the config knows only in capitals (`K`), from a variable whose part is read in lower case: it overrides
+    the file's `K` and is overridden by the command line's, as any key of its layer; a key known in lower case keeps
+    it (`SIGMA__K` sets `k` where both are known)."""
+    from sigma.config.loader import Override, load_config
+    from sigma.config.schema import Strict
+
+    class Capitals(Strict):
+        K: int = 1
+        TAU_MS: int = 1
+
+    class Both(Capitals):
+        k: int = 1
+
+    config = tmp_path / "c.yaml"
+    config.write_text("K: 5\nTAU_MS: 6\n")
+    env = {"k": Override.read("7", "SIGMA__K"), "tau_ms": Override.read("1e1", "SIGMA__TAU_MS")}
+    sources = {"k": "SIGMA__K", "tau_ms": "SIGMA__TAU_MS"}
+    assert load_config(Capitals, config, env, sources=sources).model_dump() == {"K": 7, "TAU_MS": 10}
+    given = {**env, "K": Override.read("3", "K")}
+    assert load_config(Capitals, config, given, sources=sources).K == 3
+    assert load_config(Both, config, env, sources=sources).model_dump() == {"K": 5, "TAU_MS": 10, "k": 7}
+    with pytest.raises(ConfigError) as caught:
+        load_config(Capitals, config, {"k": Override.read("x", "SIGMA__K")}, sources={"k": "SIGMA__K"})
+    assert caught.value.message.endswith("SIGMA__K: K: Input should be a valid integer, unable to parse string as an "
+                                         "integer"), caught.value.message

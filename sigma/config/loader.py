@@ -760,6 +760,8 @@ def load_config(model: type[M], path: str | Path | None = None,
             _found(found, key, f"{origin(key)}{key}: {past[1]}")
         else:
             placeable[key] = value
+    if sources:
+        placeable, sources = _capitals_as_known(model, tree, placeable, sources)
     written = tree
     tree = apply_overrides(tree, placeable, found, origin)
     _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
@@ -781,6 +783,41 @@ def load_config(model: type[M], path: str | Path | None = None,
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
+
+
+def _capitals_as_known(model: type[BaseModel], tree: dict, overrides: dict[str, Any],
+                       sources: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`overrides` and their `sources`, each key from a `SIGMA__...` variable (`sigma.service.settings.env_key`, which
+    reads a part written in capitals in lower case) spelt in capitals where the config knows the key only so: a
+    plugin's option `K` (or `TAU_MS`) had no spelling at all, since `SIGMA__WORKER__OPTIONS__K` set `k`, an unknown
+    key (whose did-you-mean told the user to write `SIGMA__WORKER__OPTIONS__K`, what they had written), and the only
+    way was the whole mapping, `SIGMA__WORKER__OPTIONS='{K: 1}'`, which replaced every option of the file. A part is
+    kept in capitals only where the key in lower case is not one the config knows there and the key in capitals is
+    (`_models_at`, on the tree with the overrides in place: an option's model is the annotator's they name), so a
+    config that was taken reads as before. A free mapping, whose keys no model knows, keeps the lower case."""
+    if not any(name.startswith("SIGMA__") for name in sources.values()):
+        return overrides, dict(sources)
+    placed = apply_overrides(tree, overrides, [])           # where each key's models are: problems said later
+    out: dict[str, Any] = {}
+    named = {key: name for key, name in sources.items() if key not in overrides}
+    for key, value in overrides.items():
+        variable = sources.get(key, "")
+        parts, spelt = key.split("."), variable[7:].split("__")
+        if variable.startswith("SIGMA__") and len(spelt) == len(parts):
+            for i, (part, capitals) in enumerate(zip(parts, spelt)):
+                if capitals == part or capitals != capitals.upper():
+                    continue
+                known = {field.alias or name for m in _models_at(model, placed, tuple(parts[:i]))
+                         for name, field in m.model_fields.items()}
+                if part not in known and capitals in known:
+                    parts[i] = capitals
+        dotted = ".".join(parts)
+        if dotted in out and dotted != key:     # a later layer (the command line) gives the key in capitals itself
+            continue
+        out[dotted] = value
+        if key in sources:
+            named[dotted] = sources[key]
+    return out, named
 
 
 def _one_spelling(model: type[BaseModel], tree: Any, origin: Callable[[str], str], problems: list[Problem],

@@ -8,7 +8,8 @@ variables < `--set key=value`. Environment variables:
 - `SIGMA_API_KEY_HASHES`           → extra keys given as SHA-256 hex digests, `HEX[:scope+scope],...`
 - `SIGMA__SECTION__FIELD=value`    → any other field, e.g. `SIGMA__QUEUE__LEASE_MS=5000`
   (`SIGMA__WORKER__OPTIONS__TAU=0.1` reaches nested dicts; values are YAML scalars; a part in capitals is read
-  in lower case, one with a lower-case letter as written: `SIGMA__WORKER__OPTIONS__imageSize`, `env_key`).
+  in lower case, one with a lower-case letter as written: `SIGMA__WORKER__OPTIONS__imageSize`, `env_key`; one the
+  config knows in capitals only, an option `K`, in capitals: `sigma.config.loader._capitals_as_known`).
 
 The API and the workers load the same model so a deployment has one place that says how long a
 lease lasts or how large an upload may be; each process reads only the sections it needs.
@@ -365,8 +366,8 @@ def env_key(name: str) -> str:
     case (`SIGMA__QUEUE__LEASE_MS` → `queue.lease_ms`), a part with a lower-case letter as written
     (`SIGMA__WORKER__OPTIONS__imageSize` → `worker.options.imageSize`). Every part was lowered, so an option whose name
     has capitals (a plugin's `Field(alias="imageSize")`) could not be set from the environment at all: `imagesize`,
-    an unknown key. A key in capitals only (an option `K`) is set with its mapping whole: `SIGMA__WORKER__OPTIONS='{K:
-    1}'`."""
+    an unknown key. A key the config knows in capitals only (an option `K`) is put back in capitals where the config is
+    loaded, against the option's model (`sigma.config.loader._capitals_as_known`)."""
     return ".".join(part.lower() if part == part.upper() else part for part in name[7:].split("__"))
 
 
