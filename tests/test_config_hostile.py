@@ -275,3 +275,29 @@ def test_a_key_in_capitals_from_the_environment_takes_its_layer_s_place(tmp_path
         load_config(Capitals, config, {"k": Override.read("x", "SIGMA__K")}, sources={"k": "SIGMA__K"})
     assert caught.value.message.endswith("SIGMA__K: K: Input should be a valid integer, unable to parse string as an "
                                          "integer"), caught.value.message
+
+
+@pytest.mark.parametrize("text", [
+    "<<: [{threshold: 0.1}, {threshold: 0.2}]\n",
+    "<<: {threshold: 0.1}\n<<: {threshold: 0.2}\n",
+    "a: &a {threshold: 0.1}\nb: &b {threshold: 0.2}\nc:\n  <<: [*a, *b]\n",
+])
+def test_a_key_two_merged_mappings_give_is_refused_not_picked_by_memory(capsys, tmp_path, text):
+    """PyYAML tells merged keys apart by `id()` of their strings: `<<: [{t: 1}, {t: 2}]` gave t 1 and the same with
+    `threshold` 0.2, the other value dropped without a word. Now refused with its line, as a key written twice is."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"annotator: pixel-diff\n{text}")
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--config", str(config))
+    assert f"{config}: not valid YAML at line" in err and "found key 'threshold' in two merged mappings" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_merge_reads_as_the_mapping_merged_reads():
+    """`<<: *b` of `b: {<<: *a, t: 5}` took a's t (1), b's own 5 dropped; a mapping's own key still overrides a merged
+    one, one mapping merged twice or two equal values are no clash."""
+    from sigma.config.loader import load_yaml
+
+    text = ("a: &a {t: 1, u: 2, threshold: 0.1}\nb: &b {<<: *a, t: 5, threshold: 0.3}\nc:\n  <<: *b\n  u: 3\n"
+            "d: {<<: [*a, *a, {t: 1}], u: 4}\n")
+    assert load_yaml(text, "x") == {"a": {"t": 1, "u": 2, "threshold": 0.1}, "b": {"t": 5, "u": 2, "threshold": 0.3},
+                                    "c": {"t": 5, "u": 3, "threshold": 0.3}, "d": {"t": 1, "u": 4, "threshold": 0.1}}

@@ -53,7 +53,8 @@ _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, refusing a key given twice in one mapping (a merge key `<<` may still be overridden), and
+    """`yaml.safe_load`, refusing a key given twice in one mapping (a merged key `<<` may still be overridden; two
+    merged mappings that give one key differently are refused: `flatten_mapping`), and
     reading a plain `1:00` as the text it is (YAML 1.2), not as YAML 1.1's base 60 (`resolve`)."""
 
     def resolve(self, kind, value, implicit):
@@ -68,16 +69,81 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            seen: set[tuple[str, str]] = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise DuplicateKeyError("while constructing a mapping", node.start_mark,
-                                            f"found duplicate key {key_node.value!r}", key_node.start_mark)
-                seen.add(key)
+            _refuse_duplicates(node)
         return super().construct_mapping(node, deep=deep)
+
+    def flatten_mapping(self, node):
+        """YAML's merge (`<<`), in place of PyYAML's, which tells merged keys apart by `id()` of their strings: which
+        value it kept of a key two merged mappings give depended on whether the two strings were one object in memory,
+        so `<<: [{t: 1}, {t: 2}]` gave t 1 and `<<: [{threshold: 0.1}, {threshold: 0.2}]` threshold 0.2, and `<<: *b`
+        of `b: {<<: *a, t: 5}` took a's t, not b's 5; the other value was dropped without a word. Now a mapping merged
+        is what it reads as (its own keys over those it merges), and a key two merged mappings (or two `<<` keys) give
+        with different values is refused (`DuplicateKeyError`); a key of the mapping itself overrides a merged one."""
+        flattened: set[int] = self.__dict__.setdefault("_flattened", set())
+        flattened.add(id(node))
+        merged: dict[Any, tuple[yaml.Node, yaml.Node, yaml.Node]] = {}
+        own = []
+        for key_node, value_node in node.value:
+            if key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.tag == "tag:yaml.org,2002:value":       # as PyYAML: `=` is a plain key
+                    key_node.tag = "tag:yaml.org,2002:str"
+                own.append((key_node, value_node))
+                continue
+            if isinstance(value_node, yaml.MappingNode):
+                subnodes = [value_node]
+            elif isinstance(value_node, yaml.SequenceNode):
+                subnodes = value_node.value
+                for sub in subnodes:
+                    if not isinstance(sub, yaml.MappingNode):
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"expected a mapping for merging, but found {sub.id}", sub.start_mark)
+            else:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"expected a mapping or list of mappings for merging, but found {value_node.id}",
+                    value_node.start_mark)
+            for sub in subnodes:
+                if id(sub) not in flattened:            # an inline mapping is merged, never constructed itself
+                    _refuse_duplicates(sub)
+                    self.flatten_mapping(sub)
+                for key, (k, v) in _effective(sub).items():
+                    first = merged.setdefault(key, (k, v, sub))
+                    if not _same(first[1], v):
+                        raise DuplicateKeyError(
+                            "while constructing a mapping", node.start_mark,
+                            f"found key {getattr(k, 'value', '?')!r} in two merged mappings ({_at(first[2])} and "
+                            f"{_at(sub)}) with different values: which one is kept is not dependable; give the key "
+                            "in this mapping itself", sub.start_mark)
+        if merged:
+            node.value = [(k, v) for k, v, _ in merged.values()] + own
+
+
+def _effective(node: yaml.MappingNode) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
+    """A flattened mapping's pairs by key, as it reads: a later pair (its own key) over an earlier (a merged one)."""
+    return {((k.tag, k.value) if isinstance(k, yaml.ScalarNode) else id(k)): (k, v) for k, v in node.value}
+
+
+def _same(one: yaml.Node, other: yaml.Node) -> bool:
+    return one is other or (isinstance(one, yaml.ScalarNode) and isinstance(other, yaml.ScalarNode)
+                            and (one.tag, one.value) == (other.tag, other.value))
+
+
+def _at(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+
+
+def _refuse_duplicates(node: yaml.MappingNode) -> None:
+    """A key written twice in one mapping (`DuplicateKeyError`); merge keys (`<<`) are `flatten_mapping`'s."""
+    seen: set[tuple[str, str]] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = (key_node.tag, key_node.value)
+        if key in seen:
+            raise DuplicateKeyError("while constructing a mapping", node.start_mark,
+                                    f"found duplicate key {key_node.value!r}", key_node.start_mark)
+        seen.add(key)
 
 
 class _HugeInteger(ValueError):
