@@ -227,8 +227,26 @@ def test_a_key_holding_bytes_that_are_not_utf8_is_named(capsys, tmp_path, how):
 def test_an_environment_key_holding_bytes_that_are_not_utf8_is_named():
     with pytest.raises(ConfigError) as caught:
         load_serve_config(env={"SIGMA__WORKER__OPTIONS__\udcff": "1"})
-    assert caught.value.message == "'worker.options.\\udcff': a key holding bytes that are not UTF-8 text", \
-        caught.value.message
+    assert caught.value.message == ("SIGMA__WORKER__OPTIONS__\udcff: 'worker.options.\\udcff': a key holding bytes "
+                                    "that are not UTF-8 text"), caught.value.message
+
+
+@pytest.mark.parametrize("variable, value, said", [
+    ("SIGMA__QUEUE__GROUP", "a\x00b", "SIGMA__QUEUE__GROUP: queue.group: holds a NUL byte"),
+    ("SIGMA__WORKER__OPTIONS", '{a: "\\0"}', "SIGMA__WORKER__OPTIONS: worker.options.a: holds a NUL byte"),
+    ("SIGMA__WORKER__OPTIONS__X", "\\ud800", None),        # text as written: no surrogate
+    ("SIGMA__WORKER__OPTIONS__X", '"\\ud800"', "SIGMA__WORKER__OPTIONS__X: worker.options.x: holds a lone UTF-16 "
+                                                "surrogate"),
+])
+def test_a_nul_or_surrogate_from_the_environment_names_the_variable(variable, value, said):
+    """A NUL byte or a lone surrogate in a variable's value was said by its key alone (`queue.group: holds a NUL byte`),
+    where every other error of a variable's value starts with the variable (`load_config`'s `sources`)."""
+    if said is None:
+        assert load_serve_config(env={variable: value}).worker.options == {"x": "\\ud800"}
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={variable: value})
+    assert caught.value.message.startswith(said), caught.value.message
 
 
 @pytest.mark.parametrize("tail", ["/", "/x.yaml"])

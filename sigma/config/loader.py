@@ -709,24 +709,28 @@ def _unusable_key(key: str) -> str | None:
     return None
 
 
-def _refuse_nul(tree: dict, problems: list[Problem] | None = None) -> None:
+def _refuse_nul(tree: dict, problems: list[Problem] | None = None,
+                source: Callable[[str], str] = lambda place: "") -> None:
     """No config text may hold a NUL byte or a lone surrogate: every one is a path, a name or a choice, and the first
     `open()` or `mkdir()` of it raised a bare ValueError ("embedded null byte") or UnicodeEncodeError ("surrogates
     not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made). Each
     one found is added to `problems`, in the order written (without it, the first is raised). A key refused
-    (`_unusable_key`) is taken out of the tree (in place): pydantic would say it again, unnamed, at its mapping."""
+    (`_unusable_key`) is taken out of the tree (in place): pydantic would say it again, unnamed, at its mapping.
+    `source(place)`: the environment variable the value came from, as `load_config`'s errors start with it
+    (`SIGMA__QUEUE__GROUP: `), "" for none: these said the key alone, sending the user to a file that did not set it."""
     stack: list[tuple[str, Any]] = [("", tree)]
     while stack:
         where, node = stack.pop()
         if isinstance(node, str) and (why := _unusable(node)):
-            _found(problems, where, f"{where or '<root>'}: holds {why} ({node[:80]!r}); no path or name can")
+            _found(problems, where, f"{source(where)}{where or '<root>'}: holds {why} ({node[:80]!r}); no path or "
+                   "name can")
         children: list[tuple[str, Any]] = []
         if isinstance(node, dict):
             refused = []
             for key, value in node.items():
                 dotted = f"{where}.{key}" if where else str(key)
                 if why := _unusable_key(str(key)):
-                    _found(problems, dotted, f"{dotted!r}: a key holding {why}")
+                    _found(problems, dotted, f"{source(dotted)}{dotted!r}: a key holding {why}")
                     refused.append(key)
                     continue                # its value is not looked into: the key is the problem
                 children.append((dotted, value))
@@ -833,7 +837,7 @@ def load_config(model: type[M], path: str | Path | None = None,
     _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
     _one_spelling(model, tree, origin, found)
     whole_numbers(model, tree, origin, problems=found)
-    _refuse_nul(tree, found)
+    _refuse_nul(tree, found, source)
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
     non_finite_options([model], tree, origin=origin, problems=loose)
     if before_validate is not None:
