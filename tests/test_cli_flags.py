@@ -159,11 +159,13 @@ def test_each_service_mode_says_once_which_worker_settings_it_does_not_use(redis
     batch = started(["worker", "--batch"], lambda p: r.exists(f"{prefix}:batch:tasks:worker:named-by-env"), "batch")
     assert len(batch) == 1 and batch[0].startswith("sigma: warning: sigma worker --batch does not use "
                                                    "worker.max_wait_ms=5, worker.max_restarts=2 "
-                                                   "(from the config file or SIGMA__WORKER__*): "), batch
+                                                   "(from SIGMA__WORKER__MAX_WAIT_MS and "
+                                                   "SIGMA__WORKER__MAX_RESTARTS): "), batch
     online = started(["worker", "--annotator", "pixel-diff"], lambda p: r.hget(f"{prefix}:worker:named-by-env",
                                                                                "model_loaded") == b"1", "online")
     assert len(online) == 1 and "sigma worker does not use worker.run_read_retry_s=1.0, worker.max_restarts=2 " \
-        "(from the config file or SIGMA__WORKER__*): only `sigma worker --batch` reads a run's run.json" in online[0]
+        "(from SIGMA__WORKER__RUN_READ_RETRY_S and SIGMA__WORKER__MAX_RESTARTS): only `sigma worker --batch` reads a " \
+        "run's run.json" in online[0]
     def healthy(s: ServiceUnderTest) -> bool:
         try:
             return s.http.get("/healthz").status_code == 200
@@ -183,8 +185,9 @@ def test_each_service_mode_says_once_which_worker_settings_it_does_not_use(redis
                           "worker.restart_backoff_s=0.2", "--set", "worker.max_restarts=4"],
                          lambda p: any(r.hget(k, "model_loaded") == b"1" for k in r.scan_iter(f"{prefix}:worker:*")),
                          "all")
-    assert everything == ["sigma: warning: sigma serve all does not use worker.run_read_retry_s=1.0 (from the config "
-                          "file or SIGMA__WORKER__*): only `sigma worker --batch` reads a run's run.json"], everything
+    assert everything == ["sigma: warning: sigma serve all does not use worker.run_read_retry_s=1.0 (from "
+                          "SIGMA__WORKER__RUN_READ_RETRY_S): only `sigma worker --batch` reads a run's run.json"], \
+        everything
 
 
 def test_the_unused_worker_settings_warning_cuts_each_value(tmp_path):
@@ -205,7 +208,7 @@ def test_the_unused_worker_settings_warning_cuts_each_value(tmp_path):
     warning = (tmp_path / "err").read_text().splitlines()[0]
     assert warning.startswith("sigma: warning: sigma worker --batch does not use worker.options={'prompt': 'xxx"), \
         warning[:300]
-    assert "(100014 characters) (from the config file or SIGMA__WORKER__*)" in warning and len(warning) < 600, \
+    assert "(100014 characters) (from SIGMA__WORKER__OPTIONS__PROMPT)" in warning and len(warning) < 600, \
         warning[:300]
 
 
@@ -239,16 +242,43 @@ def test_a_worker_takes_the_api_align_it_reads_and_says_which_shared_api_setting
     env = {**base_env("redis://127.0.0.1:1/0"), "SIGMA__API__PORT": "9000", "SIGMA__AUTH__ALLOW_ANONYMOUS": "true"}
     online = stderr_until_it_waits_for_redis(["worker", "--set", "api.align=true"], env, tmp_path / "online")
     warnings = [line for line in online if line.startswith("sigma:")]
-    assert warnings == ["sigma: warning: sigma worker does not use api.port=9000 (from the config file or "
-                        "SIGMA__API__*): api.* and auth.* are the API's settings, read by `sigma serve api` and "
+    assert warnings == ["sigma: warning: sigma worker does not use api.port=9000 (from "
+                        "SIGMA__API__PORT): api.* and auth.* are the API's settings, read by `sigma serve api` and "
                         "`sigma serve all` only"], online
     env["SIGMA__API__ALIGN"] = "true"
     batch = stderr_until_it_waits_for_redis(["worker", "--batch"], env, tmp_path / "batch")
     warnings = [line for line in batch if line.startswith("sigma:")]
     assert len(warnings) == 1 and warnings[0].startswith("sigma: warning: sigma worker --batch does not use "
-                                                         "api.port=9000, api.align=True (from the config file or "
-                                                         "SIGMA__API__*)"), batch
+                                                         "api.port=9000, api.align=True (from "
+                                                         "SIGMA__API__PORT and SIGMA__API__ALIGN)"), batch
     assert "each run's own config names io.align" in warnings[0] and "auth" not in warnings[0].split("(")[0], batch
+
+
+@pytest.mark.parametrize("how", ["--config", "SIGMA_SERVE_CONFIG"])
+def test_the_unused_settings_warning_names_the_file_and_the_variables_they_came_from(tmp_path, how):
+    """The warning said "(from the config file or SIGMA__WORKER__*)" whatever gave the values: neither the file's name
+    (a --config, or $SIGMA_SERVE_CONFIG's) nor the variable. Now each line names the file and the variables its values
+    came from; a variable that gives a whole section replaces the file's, which is then not named."""
+    config = tmp_path / "prod-serve.yaml"
+    config.write_text("worker:\n  max_wait_ms: 7\n  options: {threshold: 0.3}\napi:\n  port: 9001\n")
+    env = {**base_env("redis://127.0.0.1:1/0"), "SIGMA__WORKER__MAX_RESTARTS": "2", "SIGMA__WORKER__OPTIONS__FOO": "1"}
+    args, named = ["worker", "--batch", "--config", str(config)], str(config)
+    if how == "SIGMA_SERVE_CONFIG":
+        args, named = args[:2], f"{config} (SIGMA_SERVE_CONFIG)"
+        env[how] = str(config)
+    lines = stderr_until_it_waits_for_redis(args, env, tmp_path / "err")
+    warnings = [line.split(": each run")[0].split(": api.* and")[0] for line in lines
+                if line.startswith("sigma: warning:")]
+    assert warnings == [
+        "sigma: warning: sigma worker --batch does not use worker.options={'threshold': 0.3, 'foo': 1}, "
+        f"worker.max_wait_ms=7, worker.max_restarts=2 (from {named}, SIGMA__WORKER__OPTIONS__FOO and "
+        "SIGMA__WORKER__MAX_RESTARTS)",
+        f"sigma: warning: sigma worker --batch does not use api.port=9001 (from {named})"], lines
+    env = {key: value for key, value in env.items() if not key.startswith("SIGMA__WORKER__")}
+    env["SIGMA__WORKER"] = "{max_restarts: 3}"       # the file's worker section replaced whole
+    lines = stderr_until_it_waits_for_redis(args, env, tmp_path / "err2")
+    assert any(line.startswith("sigma: warning: sigma worker --batch does not use worker.max_restarts=3 (from "
+                               "SIGMA__WORKER):") for line in lines), lines
 
 
 def test_shared_limits_only_the_other_side_reads_are_said_once_and_the_shared_image_limits_are_taken(tmp_path):
@@ -263,21 +293,22 @@ def test_shared_limits_only_the_other_side_reads_are_said_once_and_the_shared_im
     online = stderr_until_it_waits_for_redis(["worker", "--set", "limits.max_pixels=2000000"], env, tmp_path / "on")
     warnings = [line for line in online if line.startswith("sigma:")]
     assert warnings == ["sigma: warning: sigma worker does not use limits.max_queue_length=5, limits.retry_after_s=3 "
-                        "(from the config file or SIGMA__LIMITS__*): limits.max_request_bytes, max_queue_length, "
-                        "retry_after_s and max_bytes_in_flight bound what the API admits, read by `sigma serve api` "
-                        "and `sigma serve all` only"], online
+                        "(from SIGMA__LIMITS__MAX_QUEUE_LENGTH and SIGMA__LIMITS__RETRY_AFTER_S): "
+                        "limits.max_request_bytes, max_queue_length, retry_after_s and max_bytes_in_flight bound what "
+                        "the API admits, read by `sigma serve api` and `sigma serve all` only"], online
     batch = stderr_until_it_waits_for_redis(["worker", "--batch"], env, tmp_path / "batch")
     warnings = [line for line in batch if line.startswith("sigma:")]
     assert len(warnings) == 1 and warnings[0].startswith(
         "sigma: warning: sigma worker --batch does not use limits.max_queue_length=5, limits.retry_after_s=3, "
-        "limits.max_pixels=1000000, limits.max_json_depth=50 (from the config file or SIGMA__LIMITS__*): each run's "
-        "own config names its limits"), batch
+        "limits.max_pixels=1000000, limits.max_json_depth=50 (from SIGMA__LIMITS__MAX_QUEUE_LENGTH, "
+        "SIGMA__LIMITS__RETRY_AFTER_S, SIGMA__LIMITS__MAX_PIXELS and SIGMA__LIMITS__MAX_JSON_DEPTH): each run's own "
+        "config names its limits"), batch
     api = stderr_until_it_waits_for_redis(["serve", "api", "--port", str(free_port()), "--log-level", "warning"], env,
                                           tmp_path / "api", marker="sigma serve api does not use")
     warnings = [line for line in api if line.startswith("sigma:")]
-    assert warnings == ["sigma: warning: sigma serve api does not use limits.max_json_depth=50 (from the config file "
-                        "or SIGMA__LIMITS__*): limits.max_json_depth bounds the results a worker writes, read by "
-                        "`sigma worker` and `sigma serve all` only"], api
+    assert warnings == ["sigma: warning: sigma serve api does not use limits.max_json_depth=50 (from "
+                        "SIGMA__LIMITS__MAX_JSON_DEPTH): limits.max_json_depth bounds the results a worker writes, "
+                        "read by `sigma worker` and `sigma serve all` only"], api
 
 
 def test_serve_all_serves_its_workers_annotator_or_says_the_settings_disagree(redis_server, tmp_path):

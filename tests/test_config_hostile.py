@@ -97,6 +97,7 @@ from sigma.registry import ANNOTATORS
 
 class CamelConfig(PixelDiffConfig):
     image_size: int = Field(64, alias="imageSize")
+    k_value: int = Field(64, alias="K")
 
 
 class Camel(PixelDiff):
@@ -121,10 +122,13 @@ def test_an_environment_variable_sets_an_option_whose_name_has_capitals():
     ("SIGMA__WORKER__OPTIONS__IMAGESIZE", "worker.options.imagesize: Extra inputs are not permitted (did you mean "
      "'worker.options.imageSize'? A variable's part in capitals is read in lower case: write the key's own capitals, "
      "SIGMA__WORKER__OPTIONS__imageSize)"),
+    # an option all in capitals: its variable's part was read in lower case ('k', unknown), and the did-you-mean told
+    # the user to write SIGMA__WORKER__OPTIONS__K, what they had written; it is now the key the plugin knows
+    ("SIGMA__WORKER__OPTIONS__K", "worker.options.K: Input should be a valid integer"),
 ])
 def test_a_worker_reads_a_plugins_option_with_capitals_from_the_environment(tmp_path, variable, said):
-    """The real `sigma worker` with a plugin whose option is `imageSize`, Redis unreachable: the option is checked
-    against the plugin's config before any connection."""
+    """The real `sigma worker` with a plugin whose options are `imageSize` and `K`, Redis unreachable: the option is
+    checked against the plugin's config before any connection."""
     (tmp_path / "camel_plugin.py").write_text(ALIAS_PLUGIN)
     env = {**base_env("redis://127.0.0.1:1/0"), variable: "abc"}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
@@ -204,3 +208,114 @@ def test_a_setting_holding_bytes_that_are_not_utf8_says_so_and_shows_them():
     assert caught.value.message.endswith("SIGMA__QUEUE__GROUP: queue.group: Input should be a valid string, unable to "
                                          "parse raw data as a unicode string (it holds bytes that are not UTF-8 text: "
                                          "'a\\udcff')"), caught.value.message
+
+
+@pytest.mark.parametrize("how", ["file", "--set", "top-level"])
+def test_a_key_holding_bytes_that_are_not_utf8_is_named(capsys, tmp_path, how):
+    """An options key `\\udcff` (the byte 0xff of a non-UTF-8 argument, variable name or YAML escape) was refused as
+    "options: Input should be a valid string, unable to parse raw data as a unicode string", the key never named
+    (`<root>:` for a top-level one). Now the key, escaped, alone."""
+    config = tmp_path / "c.yaml"
+    config.write_text('annotator: pixel-diff\n' + ('"\\udcff": 1\n' if how == "top-level" else
+                                                   'options:\n  "\\udcff": 1\n' if how == "file" else ""))
+    given = ["--set", "options.\udcff=1"] if how == "--set" else []
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--config", str(config), *given)
+    key = "'\\udcff'" if how == "top-level" else "'options.\\udcff'"
+    assert err == f"sigma: error [invalid_config]: {key}: a key holding bytes that are not UTF-8 text", err
+
+
+def test_an_environment_key_holding_bytes_that_are_not_utf8_is_named():
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={"SIGMA__WORKER__OPTIONS__\udcff": "1"})
+    assert caught.value.message == ("SIGMA__WORKER__OPTIONS__\udcff: 'worker.options.\\udcff': a key holding bytes "
+                                    "that are not UTF-8 text"), caught.value.message
+
+
+@pytest.mark.parametrize("variable, value, said", [
+    ("SIGMA__QUEUE__GROUP", "a\x00b", "SIGMA__QUEUE__GROUP: queue.group: holds a NUL byte"),
+    ("SIGMA__WORKER__OPTIONS", '{a: "\\0"}', "SIGMA__WORKER__OPTIONS: worker.options.a: holds a NUL byte"),
+    ("SIGMA__WORKER__OPTIONS__X", "\\ud800", None),        # text as written: no surrogate
+    ("SIGMA__WORKER__OPTIONS__X", '"\\ud800"', "SIGMA__WORKER__OPTIONS__X: worker.options.x: holds a lone UTF-16 "
+                                                "surrogate"),
+])
+def test_a_nul_or_surrogate_from_the_environment_names_the_variable(variable, value, said):
+    """A NUL byte or a lone surrogate in a variable's value was said by its key alone (`queue.group: holds a NUL byte`),
+    where every other error of a variable's value starts with the variable (`load_config`'s `sources`)."""
+    if said is None:
+        assert load_serve_config(env={variable: value}).worker.options == {"x": "\\ud800"}
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={variable: value})
+    assert caught.value.message.startswith(said), caught.value.message
+
+
+@pytest.mark.parametrize("tail", ["/", "/x.yaml"])
+def test_a_config_file_named_as_a_folder_is_refused_as_the_system_refuses_it(capsys, tmp_path, monkeypatch, tail):
+    """`--config a.yaml/` read the file a.yaml (`Path` drops a trailing '/'), where `cat a.yaml/` says "Not a
+    directory": a path that names a folder was taken for the file. Now refused, by `--config` and `SIGMA_SERVE_CONFIG`,
+    the path named as given."""
+    config = tmp_path / "a.yaml"
+    config.write_text("annotator: pixel-diff\n")
+    named = f"{config}{tail}"
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--config", named)
+    assert err == (f"sigma: error [invalid_config]: {named}: config file not found: a file is named as a folder there "
+                   "(by a trailing '/', or a path that goes on past it)"), err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("SIGMA_SERVE_CONFIG", named)
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config()
+    assert caught.value.message.startswith(f"SIGMA_SERVE_CONFIG: {named}: config file not found"), caught.value.message
+
+
+def test_a_key_in_capitals_from_the_environment_takes_its_layer_s_place(tmp_path):
+    """A key the config knows only in capitals (`K`), from a variable whose part is read in lower case: it overrides
+    the file's `K` and is overridden by the command line's, as any key of its layer; a key known in lower case keeps
+    it (`SIGMA__K` sets `k` where both are known)."""
+    from sigma.config.loader import Override, load_config
+    from sigma.config.schema import Strict
+
+    class Capitals(Strict):
+        K: int = 1
+        TAU_MS: int = 1
+
+    class Both(Capitals):
+        k: int = 1
+
+    config = tmp_path / "c.yaml"
+    config.write_text("K: 5\nTAU_MS: 6\n")
+    env = {"k": Override.read("7", "SIGMA__K"), "tau_ms": Override.read("1e1", "SIGMA__TAU_MS")}
+    sources = {"k": "SIGMA__K", "tau_ms": "SIGMA__TAU_MS"}
+    assert load_config(Capitals, config, env, sources=sources).model_dump() == {"K": 7, "TAU_MS": 10}
+    given = {**env, "K": Override.read("3", "K")}
+    assert load_config(Capitals, config, given, sources=sources).K == 3
+    assert load_config(Both, config, env, sources=sources).model_dump() == {"K": 5, "TAU_MS": 10, "k": 7}
+    with pytest.raises(ConfigError) as caught:
+        load_config(Capitals, config, {"k": Override.read("x", "SIGMA__K")}, sources={"k": "SIGMA__K"})
+    assert caught.value.message.endswith("SIGMA__K: K: Input should be a valid integer, unable to parse string as an "
+                                         "integer"), caught.value.message
+
+
+@pytest.mark.parametrize("text", [
+    "<<: [{threshold: 0.1}, {threshold: 0.2}]\n",
+    "<<: {threshold: 0.1}\n<<: {threshold: 0.2}\n",
+    "a: &a {threshold: 0.1}\nb: &b {threshold: 0.2}\nc:\n  <<: [*a, *b]\n",
+])
+def test_a_key_two_merged_mappings_give_is_refused_not_picked_by_memory(capsys, tmp_path, text):
+    """PyYAML tells merged keys apart by `id()` of their strings: `<<: [{t: 1}, {t: 2}]` gave t 1 and the same with
+    `threshold` 0.2, the other value dropped without a word. Now refused with its line, as a key written twice is."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"annotator: pixel-diff\n{text}")
+    err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--config", str(config))
+    assert f"{config}: not valid YAML at line" in err and "found key 'threshold' in two merged mappings" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_merge_reads_as_the_mapping_merged_reads():
+    """`<<: *b` of `b: {<<: *a, t: 5}` took a's t (1), b's own 5 dropped; a mapping's own key still overrides a merged
+    one, one mapping merged twice or two equal values are no clash."""
+    from sigma.config.loader import load_yaml
+
+    text = ("a: &a {t: 1, u: 2, threshold: 0.1}\nb: &b {<<: *a, t: 5, threshold: 0.3}\nc:\n  <<: *b\n  u: 3\n"
+            "d: {<<: [*a, *a, {t: 1}], u: 4}\n")
+    assert load_yaml(text, "x") == {"a": {"t": 1, "u": 2, "threshold": 0.1}, "b": {"t": 5, "u": 2, "threshold": 0.3},
+                                    "c": {"t": 5, "u": 3, "threshold": 0.3}, "d": {"t": 1, "u": 4, "threshold": 0.1}}

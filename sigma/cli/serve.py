@@ -233,28 +233,34 @@ def refuse_unused_sets(mode: str, overrides: list[str], refused: str) -> None:
     refuse_unused(dict.fromkeys(given, True), f"{refused}: {'; '.join(dict.fromkeys(given.values()))}")
 
 
-def warn_unused_settings(mode: str, cfg) -> None:
+def warn_unused_settings(mode: str, cfg, path: str | None = None) -> None:
     """The worker settings `mode` never reads that differ from their defaults (from a config file or
     SIGMA__WORKER__*: its command line's were refused), said once on stderr; they may be right for another process
     of the deployment, so it starts. So are a worker's api.* settings (SIGMA__API__*) and each mode's unused
     limits.* (SIGMA__LIMITS__*), each section on a line of its own; not
-    auth.*: keys are credentials, and one environment (SIGMA_API_KEYS) serving every process is no mistake to say."""
-    from sigma.service.settings import ServeConfig
+    auth.*: keys are credentials, and one environment (SIGMA_API_KEYS) serving every process is no mistake to say.
+    Each line names where its values came from (`given_by`: the file, `path` or $SIGMA_SERVE_CONFIG's, and the
+    variables): "(from the config file or SIGMA__WORKER__*)" named neither the file nor the variable."""
+    from sigma.service.settings import ServeConfig, given_by
     from sigma.text import shown
 
     default, unused = ServeConfig(), unused_settings(mode)
     for section in ("worker", "api", "limits"):
         now, before = getattr(cfg, section), getattr(default, section)
         said: dict[str, str] = {}
+        sources: list[str] = []
         for dotted, why in unused.items():
             owner, key = dotted.split(".", 1)
             if owner == section and getattr(now, key) != getattr(before, key):
                 # each value cut (shown): a deployment's worker.options may run to megabytes, said whole in one line
                 said[f"{dotted}={shown(repr(getattr(now, key)), 80)}"] = why
+                sources += given_by(dotted, path)
         if said:
-            print(f"sigma: warning: {mode} does not use {', '.join(said)} (from the config file or "
-                  f"SIGMA__{section.upper()}__*): {'; '.join(dict.fromkeys(said.values()))}", file=sys.stderr,
-                  flush=True)
+            named = list(dict.fromkeys(sources))
+            where = (" and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named) if named
+                     else f"the config file or SIGMA__{section.upper()}__*")
+            print(f"sigma: warning: {mode} does not use {', '.join(said)} (from {shown(where, 300)}): "
+                  f"{'; '.join(dict.fromkeys(said.values()))}", file=sys.stderr, flush=True)
 
 
 def load_worker(args: argparse.Namespace, batch: bool, child: bool):
@@ -275,7 +281,7 @@ def load_worker(args: argparse.Namespace, batch: bool, child: bool):
         args, runs_worker=True, **{"worker.annotator": args.annotator, "worker.max_batch_size": args.max_batch_size,
                                    "worker.consumer": args.consumer})
     if not child:
-        warn_unused_settings(mode, cfg)
+        warn_unused_settings(mode, cfg, args.config)
     return cfg
 
 
@@ -486,7 +492,7 @@ def run(args: argparse.Namespace) -> int:
     import_plugin_args(args)
     cfg = load(args, runs_worker=args.what == "all",
                **{"api.host": args.host, "api.port": args.port, "worker.annotator": args.annotator})
-    warn_unused_settings(mode, cfg)
+    warn_unused_settings(mode, cfg, args.config)
     if args.what == "all":
         _serve_the_workers_annotator(cfg, cfg.worker.annotator)
         _check_the_workers_start(cfg, args)

@@ -53,7 +53,8 @@ _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, refusing a key given twice in one mapping (a merge key `<<` may still be overridden), and
+    """`yaml.safe_load`, refusing a key given twice in one mapping (a merged key `<<` may still be overridden; two
+    merged mappings that give one key differently are refused: `flatten_mapping`), and
     reading a plain `1:00` as the text it is (YAML 1.2), not as YAML 1.1's base 60 (`resolve`)."""
 
     def resolve(self, kind, value, implicit):
@@ -68,16 +69,81 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            seen: set[tuple[str, str]] = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise DuplicateKeyError("while constructing a mapping", node.start_mark,
-                                            f"found duplicate key {key_node.value!r}", key_node.start_mark)
-                seen.add(key)
+            _refuse_duplicates(node)
         return super().construct_mapping(node, deep=deep)
+
+    def flatten_mapping(self, node):
+        """YAML's merge (`<<`), in place of PyYAML's, which tells merged keys apart by `id()` of their strings: which
+        value it kept of a key two merged mappings give depended on whether the two strings were one object in memory,
+        so `<<: [{t: 1}, {t: 2}]` gave t 1 and `<<: [{threshold: 0.1}, {threshold: 0.2}]` threshold 0.2, and `<<: *b`
+        of `b: {<<: *a, t: 5}` took a's t, not b's 5; the other value was dropped without a word. Now a mapping merged
+        is what it reads as (its own keys over those it merges), and a key two merged mappings (or two `<<` keys) give
+        with different values is refused (`DuplicateKeyError`); a key of the mapping itself overrides a merged one."""
+        flattened: set[int] = self.__dict__.setdefault("_flattened", set())
+        flattened.add(id(node))
+        merged: dict[Any, tuple[yaml.Node, yaml.Node, yaml.Node]] = {}
+        own = []
+        for key_node, value_node in node.value:
+            if key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.tag == "tag:yaml.org,2002:value":       # as PyYAML: `=` is a plain key
+                    key_node.tag = "tag:yaml.org,2002:str"
+                own.append((key_node, value_node))
+                continue
+            if isinstance(value_node, yaml.MappingNode):
+                subnodes = [value_node]
+            elif isinstance(value_node, yaml.SequenceNode):
+                subnodes = value_node.value
+                for sub in subnodes:
+                    if not isinstance(sub, yaml.MappingNode):
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"expected a mapping for merging, but found {sub.id}", sub.start_mark)
+            else:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"expected a mapping or list of mappings for merging, but found {value_node.id}",
+                    value_node.start_mark)
+            for sub in subnodes:
+                if id(sub) not in flattened:            # an inline mapping is merged, never constructed itself
+                    _refuse_duplicates(sub)
+                    self.flatten_mapping(sub)
+                for key, (k, v) in _effective(sub).items():
+                    first = merged.setdefault(key, (k, v, sub))
+                    if not _same(first[1], v):
+                        raise DuplicateKeyError(
+                            "while constructing a mapping", node.start_mark,
+                            f"found key {getattr(k, 'value', '?')!r} in two merged mappings ({_at(first[2])} and "
+                            f"{_at(sub)}) with different values: which one is kept is not dependable; give the key "
+                            "in this mapping itself", sub.start_mark)
+        if merged:
+            node.value = [(k, v) for k, v, _ in merged.values()] + own
+
+
+def _effective(node: yaml.MappingNode) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
+    """A flattened mapping's pairs by key, as it reads: a later pair (its own key) over an earlier (a merged one)."""
+    return {((k.tag, k.value) if isinstance(k, yaml.ScalarNode) else id(k)): (k, v) for k, v in node.value}
+
+
+def _same(one: yaml.Node, other: yaml.Node) -> bool:
+    return one is other or (isinstance(one, yaml.ScalarNode) and isinstance(other, yaml.ScalarNode)
+                            and (one.tag, one.value) == (other.tag, other.value))
+
+
+def _at(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+
+
+def _refuse_duplicates(node: yaml.MappingNode) -> None:
+    """A key written twice in one mapping (`DuplicateKeyError`); merge keys (`<<`) are `flatten_mapping`'s."""
+    seen: set[tuple[str, str]] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = (key_node.tag, key_node.value)
+        if key in seen:
+            raise DuplicateKeyError("while constructing a mapping", node.start_mark,
+                                    f"found duplicate key {key_node.value!r}", key_node.start_mark)
+        seen.add(key)
 
 
 class _HugeInteger(ValueError):
@@ -579,12 +645,17 @@ def read_yaml(path: str | Path) -> dict:
     """A config file's top-level mapping. Opened once (`open_regular`): a FIFO, a device or a folder is refused as
     what it is, never waited on or read; a file of more than MAX_CONFIG_BYTES is refused by the size of what was
     opened (not by an earlier look at the path), and no more than that is ever read (a file still growing). Read as
-    UTF-8 (`utf8_text`), not in the locale's encoding."""
+    UTF-8 (`utf8_text`), not in the locale's encoding. Opened by the name as given: `Path` drops a trailing '/', so
+    `--config a.yaml/` read the file a.yaml, where the system (`cat a.yaml/`) refuses a file named as a folder."""
+    given = os.fspath(path)
     path = Path(path)
     try:
-        handle = open_regular(path, "rb")
-    except (FileNotFoundError, NotADirectoryError, ValueError):   # ValueError: a NUL byte, no such name can exist
-        raise ConfigError(f"{path}: config file not found") from None
+        handle = open_regular(given, "rb")
+    except NotADirectoryError:
+        raise ConfigError(f"{given}: config file not found: a file is named as a folder there (by a trailing '/', "
+                          "or a path that goes on past it)") from None
+    except (FileNotFoundError, ValueError):   # ValueError: a NUL byte, no such name can exist
+        raise ConfigError(f"{given}: config file not found") from None
     except NotRegularFile:
         raise ConfigError(f"{path}: not a regular file (a FIFO, a device or a folder); a config must be a YAML "
                           "file") from None
@@ -624,24 +695,47 @@ def _unusable(text: str) -> str | None:
     return None
 
 
-def _refuse_nul(tree: dict, problems: list[Problem] | None = None) -> None:
+def _unusable_key(key: str) -> str | None:
+    """Why `key` can be no config key: what `_unusable` refuses, and bytes that are not UTF-8 (`\udc80`-`\udcff`, a
+    non-UTF-8 environment variable's name or YAML escape): a path may hold them, a key never, since every key is
+    validated as UTF-8 text. Such a key was pydantic's "unable to parse raw data as a unicode string" at the mapping
+    holding it (`options:`, or `<root>:`), the key itself never named."""
+    if why := _unusable(key):
+        return why
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "bytes that are not UTF-8 text"
+    return None
+
+
+def _refuse_nul(tree: dict, problems: list[Problem] | None = None,
+                source: Callable[[str], str] = lambda place: "") -> None:
     """No config text may hold a NUL byte or a lone surrogate: every one is a path, a name or a choice, and the first
     `open()` or `mkdir()` of it raised a bare ValueError ("embedded null byte") or UnicodeEncodeError ("surrogates
     not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made). Each
-    one found is added to `problems`, in the order written (without it, the first is raised)."""
+    one found is added to `problems`, in the order written (without it, the first is raised). A key refused
+    (`_unusable_key`) is taken out of the tree (in place): pydantic would say it again, unnamed, at its mapping.
+    `source(place)`: the environment variable the value came from, as `load_config`'s errors start with it
+    (`SIGMA__QUEUE__GROUP: `), "" for none: these said the key alone, sending the user to a file that did not set it."""
     stack: list[tuple[str, Any]] = [("", tree)]
     while stack:
         where, node = stack.pop()
         if isinstance(node, str) and (why := _unusable(node)):
-            _found(problems, where, f"{where or '<root>'}: holds {why} ({node[:80]!r}); no path or name can")
+            _found(problems, where, f"{source(where)}{where or '<root>'}: holds {why} ({node[:80]!r}); no path or "
+                   "name can")
         children: list[tuple[str, Any]] = []
         if isinstance(node, dict):
+            refused = []
             for key, value in node.items():
                 dotted = f"{where}.{key}" if where else str(key)
-                if why := _unusable(str(key)):
-                    _found(problems, dotted, f"{dotted!r}: a key holding {why}")
+                if why := _unusable_key(str(key)):
+                    _found(problems, dotted, f"{source(dotted)}{dotted!r}: a key holding {why}")
+                    refused.append(key)
                     continue                # its value is not looked into: the key is the problem
                 children.append((dotted, value))
+            for key in refused:
+                del node[key]
         elif isinstance(node, list):
             children = [(f"{where}[{i}]", v) for i, v in enumerate(node)]
         stack.extend(reversed(children))    # popped in the order written
@@ -736,12 +830,14 @@ def load_config(model: type[M], path: str | Path | None = None,
             _found(found, key, f"{origin(key)}{key}: {past[1]}")
         else:
             placeable[key] = value
+    if sources:
+        placeable, sources = _capitals_as_known(model, tree, placeable, sources)
     written = tree
     tree = apply_overrides(tree, placeable, found, origin)
     _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
     _one_spelling(model, tree, origin, found)
     whole_numbers(model, tree, origin, problems=found)
-    _refuse_nul(tree, found)
+    _refuse_nul(tree, found, source)
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
     non_finite_options([model], tree, origin=origin, problems=loose)
     if before_validate is not None:
@@ -757,6 +853,41 @@ def load_config(model: type[M], path: str | Path | None = None,
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
+
+
+def _capitals_as_known(model: type[BaseModel], tree: dict, overrides: dict[str, Any],
+                       sources: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`overrides` and their `sources`, each key from a `SIGMA__...` variable (`sigma.service.settings.env_key`, which
+    reads a part written in capitals in lower case) spelt in capitals where the config knows the key only so: a
+    plugin's option `K` (or `TAU_MS`) had no spelling at all, since `SIGMA__WORKER__OPTIONS__K` set `k`, an unknown
+    key (whose did-you-mean told the user to write `SIGMA__WORKER__OPTIONS__K`, what they had written), and the only
+    way was the whole mapping, `SIGMA__WORKER__OPTIONS='{K: 1}'`, which replaced every option of the file. A part is
+    kept in capitals only where the key in lower case is not one the config knows there and the key in capitals is
+    (`_models_at`, on the tree with the overrides in place: an option's model is the annotator's they name), so a
+    config that was taken reads as before. A free mapping, whose keys no model knows, keeps the lower case."""
+    if not any(name.startswith("SIGMA__") for name in sources.values()):
+        return overrides, dict(sources)
+    placed = apply_overrides(tree, overrides, [])           # where each key's models are: problems said later
+    out: dict[str, Any] = {}
+    named = {key: name for key, name in sources.items() if key not in overrides}
+    for key, value in overrides.items():
+        variable = sources.get(key, "")
+        parts, spelt = key.split("."), variable[7:].split("__")
+        if variable.startswith("SIGMA__") and len(spelt) == len(parts):
+            for i, (part, capitals) in enumerate(zip(parts, spelt)):
+                if capitals == part or capitals != capitals.upper():
+                    continue
+                known = {field.alias or name for m in _models_at(model, placed, tuple(parts[:i]))
+                         for name, field in m.model_fields.items()}
+                if part not in known and capitals in known:
+                    parts[i] = capitals
+        dotted = ".".join(parts)
+        if dotted in out and dotted != key:     # a later layer (the command line) gives the key in capitals itself
+            continue
+        out[dotted] = value
+        if key in sources:
+            named[dotted] = sources[key]
+    return out, named
 
 
 def _one_spelling(model: type[BaseModel], tree: Any, origin: Callable[[str], str], problems: list[Problem],

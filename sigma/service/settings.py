@@ -8,7 +8,8 @@ variables < `--set key=value`. Environment variables:
 - `SIGMA_API_KEY_HASHES`           → extra keys given as SHA-256 hex digests, `HEX[:scope+scope],...`
 - `SIGMA__SECTION__FIELD=value`    → any other field, e.g. `SIGMA__QUEUE__LEASE_MS=5000`
   (`SIGMA__WORKER__OPTIONS__TAU=0.1` reaches nested dicts; values are YAML scalars; a part in capitals is read
-  in lower case, one with a lower-case letter as written: `SIGMA__WORKER__OPTIONS__imageSize`, `env_key`).
+  in lower case, one with a lower-case letter as written: `SIGMA__WORKER__OPTIONS__imageSize`, `env_key`; one the
+  config knows in capitals only, an option `K`, in capitals: `sigma.config.loader._capitals_as_known`).
 
 The API and the workers load the same model so a deployment has one place that says how long a
 lease lasts or how large an upload may be; each process reads only the sections it needs.
@@ -372,8 +373,8 @@ def env_key(name: str) -> str:
     case (`SIGMA__QUEUE__LEASE_MS` → `queue.lease_ms`), a part with a lower-case letter as written
     (`SIGMA__WORKER__OPTIONS__imageSize` → `worker.options.imageSize`). Every part was lowered, so an option whose name
     has capitals (a plugin's `Field(alias="imageSize")`) could not be set from the environment at all: `imagesize`,
-    an unknown key. A key in capitals only (an option `K`) is set with its mapping whole: `SIGMA__WORKER__OPTIONS='{K:
-    1}'`."""
+    an unknown key. A key the config knows in capitals only (an option `K`) is put back in capitals where the config is
+    loaded, against the option's model (`sigma.config.loader._capitals_as_known`)."""
     return ".".join(part.lower() if part == part.upper() else part for part in name[7:].split("__"))
 
 
@@ -402,6 +403,54 @@ def _serve_config_file(path: str | Path | None, env: Mapping[str, str]) -> dict:
         raise ConfigError(f"{SERVE_CONFIG_ENV}: {exc.message}") from exc
 
 
+def config_file_named(path: str | Path | None, env: Mapping[str, str]) -> str | None:
+    """The settings file as messages name it: `path` (a command's --config), else `$SIGMA_SERVE_CONFIG`'s value with the
+    variable, None for no file."""
+    if path is not None:
+        return str(path)
+    return f"{env[SERVE_CONFIG_ENV]} ({SERVE_CONFIG_ENV})" if env_text(SERVE_CONFIG_ENV, env) else None
+
+
+def given_by(dotted: str, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> list[str]:
+    """Where the settings file and the environment give the setting `dotted` (`worker.max_wait_ms`, in any of its
+    spellings: `limits.max_image_bytes` for `limits.max_bytes`): the variables that set it, it whole or a key under it
+    (`SIGMA__WORKER__OPTIONS__TAU` for `worker.options`), and the file (`config_file_named`) unless a variable gives it
+    or a mapping above it whole, replacing the file's. For a line that must say where a value came from (`sigma serve`'s
+    settings it does not use): "(from the config file or SIGMA__WORKER__*)" sent the user looking through both."""
+    env = os.environ if env is None else env
+    places = _spellings(dotted)
+    sources = env_sourced(env)[1]
+    whole = [name for key, name in sources.items() for place in places if place == key or place.startswith(f"{key}.")]
+    if whole:
+        return list(dict.fromkeys(whole))
+    under = [name for key, name in sources.items() for place in places if key.startswith(f"{place}.")]
+    try:
+        tree = _serve_config_file(path, env)
+    except ConfigError:         # read a moment ago; gone since: it is no longer where the value came from
+        tree = {}
+    in_file = any(_holds(tree, place.split(".")) for place in places)
+    named = config_file_named(path, env)
+    return list(dict.fromkeys([*([named] if in_file and named else []), *under]))
+
+
+def _spellings(dotted: str) -> list[str]:
+    """`dotted` and the other names of its field (`AliasChoices`: limits.max_bytes, limits.max_image_bytes)."""
+    section, _, key = dotted.partition(".")
+    info = ServeConfig.model_fields.get(section)
+    field = getattr(info.annotation, "model_fields", {}).get(key) if info is not None and key else None
+    alias = field.validation_alias if field is not None else None
+    names = [name for name in alias.choices if isinstance(name, str)] if isinstance(alias, AliasChoices) else []
+    return list(dict.fromkeys([dotted, *(f"{section}.{name}" for name in names)]))
+
+
+def _holds(tree: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
 def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
                       env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None,
                       model: type[ServeConfig] = ServeConfig) -> ServeConfig:
@@ -416,8 +465,7 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
 
     base = _serve_config_file(path, env)
     # the file named in its errors, as `load_config(model, path)` names it: they said "the config file"
-    base_from = str(path) if path is not None else (
-        f"{env[SERVE_CONFIG_ENV]} ({SERVE_CONFIG_ENV})" if env_text(SERVE_CONFIG_ENV, env) else None)
+    base_from = config_file_named(path, env)
     given = {**read_overrides(overrides), **{k: v for k, v in (flags or {}).items() if v is not None}}
     # the command line's keys after every variable's, in the order of the layers: `{**env_set, **given}` kept a key
     # both give at the variable's place, so a mapping the command line gives whole, applied after it, replaced it
