@@ -122,8 +122,9 @@ def test_eval_given_a_pairs_jsonl_that_is_a_fifo_says_not_a_regular_file(tmp_pat
 
 
 def test_an_eval_set_with_fifos_and_devices_for_images_and_masks_skips_those_pairs_without_waiting(tmp_path):
-    """A guard: a FIFO in place of an edited image or a mask, /dev/zero in place of an original is that pair's
-    'not a regular file', the other pairs are scored, and nothing waits on a FIFO."""
+    """A guard: a FIFO in place of an edited image or a mask, a folder in place of an original is that pair's
+    'not a regular file', the other pairs are scored, and nothing waits on a FIFO. A link to /dev/zero lies outside
+    the set's folder: the set is refused (path_outside_root), nothing opened."""
     root = tmp_path / "eval"
     s = make_pair_set(root, "edits", 4)
     for name in ("edits_1_edited.png", "edits_2_mask.png"):
@@ -131,6 +132,10 @@ def test_an_eval_set_with_fifos_and_devices_for_images_and_masks_skips_those_pai
         os.mkfifo(s / name)
     (s / "edits_0_original.png").unlink()
     (s / "edits_0_original.png").symlink_to("/dev/zero")
+    done = _cli("eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "[path_outside_root]" in done.stderr, done.stderr[-2000:]
+    (s / "edits_0_original.png").unlink()
+    (s / "edits_0_original.png").mkdir()
     done = _cli("eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(tmp_path / "o"))
     assert done.returncode == 0, done.stderr[-2000:]
     skipped = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith("skipped")]

@@ -2,16 +2,18 @@
 `sigma eval`, training's labelled folders and the batch corpus reader all find sets and read records here."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from sigma.errors import InputError
+from sigma.io.confine import resolved_under
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
 from sigma.regular import NotRegularFile, kind_of, open_regular
-from sigma.text import find_surrogate
+from sigma.text import find_surrogate, printable
 from sigma.text import loads as load_json
 
 MAX_RECORD_BYTES = 1 << 20     # a record (paths, an id, an instruction) is a few hundred bytes
@@ -109,13 +111,30 @@ def open_manifest(manifest: Path) -> BinaryIO:
                          code="not_a_regular_file") from None
 
 
+def _inside_set(set_dir: Path, real_root: str, name: str, value: str, where: str) -> Path:
+    """`set_dir / value` if it lies inside the set's folder, else `path_outside_root` (nothing read). A set is a
+    folder others hand around (a download, a shared eval set): a record naming `../../home/u/.ssh/id_rsa.png`, an
+    absolute path, or a link in the folder to elsewhere made `sigma eval` and `sigma train` (`eval.data`, `sources`)
+    open that file and score or train on it. The test is the batch API's (`resolved_under`: `..` and links
+    resolved); the path kept is the one the record names, so messages say it as the user wrote it."""
+    path = set_dir / value
+    if resolved_under(str(path), real_root) is None:
+        raise InputError(printable(f"{where}: {name} {value[:300]!r} lies outside the set's folder {set_dir} (`..`, "
+                                   "an absolute path or a link to elsewhere); a pairs.jsonl names files inside its "
+                                   "own folder: move the file in (or copy it), then name it from there"),
+                         code="path_outside_root")
+    return path
+
+
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     """Every record, or an InputError naming the line: a record that is not JSON, lacks a field, holds text
-    that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise) or names a
-    file with a NUL byte stops the read, as a malformed manifest should, instead of failing somewhere later. So
-    does a record longer than MAX_RECORD_BYTES, read no further than that (a 300 MB line took 1.2 GB and became a
-    300 MB pair id in metrics.json; an endless one, a MemoryError traceback)."""
+    that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise), names a
+    file with a NUL byte or a file outside the set's folder (`_inside_set`) stops the read, as a malformed
+    manifest should, instead of failing somewhere later. So does a record longer than MAX_RECORD_BYTES, read no
+    further than that (a 300 MB line took 1.2 GB and became a 300 MB pair id in metrics.json; an endless one, a
+    MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
+    real_root = os.path.realpath(set_dir)
     with open_manifest(manifest) as handle:
         for line_no, raw in enumerate(iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
@@ -145,10 +164,10 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                 for name, value in files.items():
                     if "\x00" in value:
                         raise InputError(f"{where}: {name} names a path with a NUL byte", code="invalid_path")
+                paths = {name: _inside_set(set_dir, real_root, name, value, where) for name, value in files.items()}
                 yield EvalRecord(
-                    set_name=set_dir.name, pair_id=str(rec["id"]), original=set_dir / files["original"],
-                    edited=set_dir / files["edited"],
-                    mask=set_dir / files["mask"] if "mask" in files else None,
+                    set_name=set_dir.name, pair_id=str(rec["id"]), original=paths["original"],
+                    edited=paths["edited"], mask=paths.get("mask"),
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
                     whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:

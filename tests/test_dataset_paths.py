@@ -1,0 +1,89 @@
+"""Paths read from inside data sets: a pairs.jsonl set names files inside its own folder (`sigma eval`, training's
+`eval.data` and `sources`), and a folder-taking input given something else says so with its own code."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_eval import make_pair_set
+from test_synth import make_photos
+
+from sigma.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE1 = str(ROOT / "configs/train/tiny-stage1.yaml")
+
+
+def _point_first_mask_at(set_dir: Path, value: str) -> None:
+    lines = (set_dir / "pairs.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["mask"] = value
+    lines[0] = json.dumps(rec)
+    (set_dir / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _outside_sets(tmp_path: Path) -> dict[str, Path]:
+    """Sets, each of whose first record names a real mask outside the set: by `..`, by an absolute path, and by a
+    link inside the folder to elsewhere."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret_mask.png"
+    sets = {}
+    for how in ("dotdot", "absolute", "link"):
+        d = make_pair_set(tmp_path / how, "s", 2)
+        if not secret.exists():
+            (d / "s_0_mask.png").rename(secret)
+        else:
+            (d / "s_0_mask.png").unlink()
+        if how == "dotdot":
+            _point_first_mask_at(d, "../../outside/secret_mask.png")
+        elif how == "absolute":
+            _point_first_mask_at(d, str(secret))
+        else:
+            (d / "s_0_mask.png").symlink_to(secret)
+        sets[how] = d
+    return sets
+
+
+def test_an_eval_set_naming_files_outside_its_folder_is_refused_and_one_inside_is_scored(tmp_path, capsys):
+    """`sigma eval` opened and scored `../x`, `/abs/x` and a link to elsewhere: a downloaded set could make it read
+    any file the user can. Now path_outside_root naming the record, nothing written; a link inside the set's folder
+    to a file inside it, and a set folder that is itself a link, are read as before."""
+    for how, d in _outside_sets(tmp_path).items():
+        out = tmp_path / f"out_{how}"
+        assert main(["eval", "--data", str(d), "--annotator", "pixel-diff", "--out", str(out)]) == 2, how
+        err = capsys.readouterr().err
+        assert "[path_outside_root]" in err and "pairs.jsonl:1: mask" in err, (how, err)
+        assert not (out / "metrics.json").exists()
+    inside = make_pair_set(tmp_path / "fine", "s", 2)
+    (inside / "sub").mkdir()
+    (inside / "s_0_mask.png").rename(inside / "sub" / "m.png")
+    (inside / "s_0_mask.png").symlink_to(inside / "sub" / "m.png")
+    _point_first_mask_at(inside, "sub/../s_0_mask.png")
+    (tmp_path / "linked").symlink_to(inside)
+    assert main(["eval", "--data", str(tmp_path / "linked"), "--annotator", "pixel-diff",
+                 "--out", str(tmp_path / "out_fine")]) == 0, capsys.readouterr().err
+    scored = json.loads((tmp_path / "out_fine" / "metrics.json").read_text())["per_pair"]["none"]
+    assert [row["id"] for row in scored] == ["s_0", "s_1"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_photos(tmp_path_factory.mktemp("photos"), n=4, size=(80, 96))
+
+
+@pytest.mark.parametrize("key", ["eval.data", "sources"])
+def test_a_training_set_naming_files_outside_its_folder_is_refused_before_the_first_step(photos, tmp_path, capsys,
+                                                                                      key):
+    """`eval.data` and a `sources` set read the same pairs.jsonl: a record naming `../x` was trained on or scored.
+    Now the run is refused at its start, path_outside_root, no run folder made."""
+    d = _outside_sets(tmp_path)["dotdot"]
+    runs = tmp_path / "runs"
+    value = f"eval.data={d}" if key == "eval.data" else f"sources=[{{path: {d}, weight: 1.0}}]"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=1",
+                 "eval.val_size=0", value]) == 2
+    err = capsys.readouterr().err
+    assert "[path_outside_root]" in err and "Traceback" not in err, err
+    assert not (runs / "r" / "checkpoint.pt").exists() and not os.path.exists(runs / "r" / "final")
