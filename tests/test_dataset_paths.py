@@ -87,3 +87,16 @@ def test_a_training_set_naming_files_outside_its_folder_is_refused_before_the_fi
     err = capsys.readouterr().err
     assert "[path_outside_root]" in err and "Traceback" not in err, err
     assert not (runs / "r" / "checkpoint.pt").exists() and not os.path.exists(runs / "r" / "final")
+
+
+@pytest.mark.parametrize("key", ["eval.data", "sources"])
+def test_a_training_set_that_is_a_file_says_not_a_folder(photos, tmp_path, capsys, key):
+    """`eval.data=` naming a file said `invalid_config: ... no such folder` (it is there), a `sources` file
+    `file_not_found`; now not_a_folder saying what is there, as `sigma eval --data` and `data.photos` say it."""
+    path = tmp_path / "set.txt"
+    path.write_text("not a folder")
+    value = f"eval.data={path}" if key == "eval.data" else f"sources=[{{path: {path}, weight: 1.0}}]"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=r", "steps=1",
+                 "eval.val_size=0", value]) == 2
+    err = capsys.readouterr().err
+    assert f"sigma: error [not_a_folder]: {path}: not a folder (a file)" in err and "Traceback" not in err, err

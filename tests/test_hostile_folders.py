@@ -93,15 +93,14 @@ def test_a_photo_folder_of_fifos_devices_and_broken_links_trains_on_its_photos_s
 @pytest.mark.parametrize("kind", ["fifo", "file", "dev_zero"])
 def test_a_photo_folder_or_eval_folder_that_is_no_folder_says_so_not_not_found(tmp_path, kind):
     """`data.photos=` or `sigma eval --data` naming a FIFO, a file or /dev/zero said "folder not found" (it is
-    there); now "not a folder", at once, exit 2, the same error code."""
+    there); then "not a folder" with file_not_found for a file (`ls` showed it) and not_a_regular_file for a FIFO
+    (which a file would not have cured); now not_a_folder, at once, exit 2, saying what is there."""
     path = {"fifo": tmp_path / "photos.jpg", "file": tmp_path / "photos.txt", "dev_zero": Path("/dev/zero")}[kind]
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "file":
         path.write_text("not a folder")
-    # a FIFO or a device: not_a_regular_file, saying which (it was file_not_found, as if nothing were there)
-    code, what = {"fifo": ("not_a_regular_file", "a FIFO"), "file": ("file_not_found", "a file"),
-                  "dev_zero": ("not_a_regular_file", "a character device")}[kind]
+    code, what = "not_a_folder", {"fifo": "a FIFO", "file": "a file", "dev_zero": "a character device"}[kind]
     train = _cli("train", STAGE1, f"data.photos={path}", f"out_dir={tmp_path / 'runs'}", "steps=1")
     assert train.returncode == 2 and train.stderr.startswith(
         f"sigma: error [{code}]: {path}: not a folder ({what})"), train.stderr[-2000:]

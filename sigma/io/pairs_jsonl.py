@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 from sigma.errors import InputError
 from sigma.io.confine import resolved_under
+from sigma.io.folders import require_folder
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
 from sigma.regular import NotRegularFile, kind_of, open_regular
@@ -74,19 +75,16 @@ def _json_type(value: object) -> str:
 
 def find_sets(data: str | Path) -> list[Path]:
     """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name. A `data` that is
-    there but no folder (a file, a FIFO, /dev/zero) is said as such: it was "evaluation folder not found"."""
+    there but no folder (a file, a FIFO, /dev/zero) is `not_a_folder` (`require_folder`): it was "evaluation folder
+    not found", then `file_not_found` for a file and `not_a_regular_file` for a FIFO."""
     data = Path(data)
     if data.is_file() and data.name == "pairs.jsonl":   # the manifest itself: its folder is the set
         data = data.parent
-    if not data.is_dir():
-        if not data.exists():
-            raise InputError(f"{data}: evaluation folder not found", code="file_not_found")
-        if data.name == "pairs.jsonl":
-            raise InputError(f"{data}: not a regular file ({kind_of(data)}); a manifest must be a file",
-                             code="not_a_regular_file")
-        raise InputError(f"{data}: not a folder ({kind_of(data)}); expected a set's folder (holding "
-                         "pairs.jsonl), a folder of sets, or a set's pairs.jsonl",
-                         code="file_not_found" if data.is_file() else "not_a_regular_file")
+    if data.exists() and not data.is_dir() and data.name == "pairs.jsonl":
+        raise InputError(f"{data}: not a regular file ({kind_of(data)}); a manifest must be a file",
+                         code="not_a_regular_file")
+    require_folder(data, "expected a set's folder (holding pairs.jsonl), a folder of sets, or a set's pairs.jsonl",
+                   missing="evaluation folder not found")
     refuse_unfinished(data)         # a killed `sigma synth`: no pairs.jsonl, or the one it had not yet withdrawn
     if (data / "pairs.jsonl").is_file():
         return [data]
