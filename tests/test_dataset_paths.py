@@ -100,3 +100,20 @@ def test_a_training_set_that_is_a_file_says_not_a_folder(photos, tmp_path, capsy
                  "eval.val_size=0", value]) == 2
     err = capsys.readouterr().err
     assert f"sigma: error [not_a_folder]: {path}: not a folder (a file)" in err and "Traceback" not in err, err
+
+
+def test_a_link_loop_is_said_as_a_loop_not_as_a_broken_link(tmp_path, capsys):
+    """`ln -s x x` (or a -> b -> a) as `--data`, or as a set's mask, was "a broken link to x (nothing is there)";
+    `ls -l` shows the target right there. Now "a link loop", with the same code as before (file_not_found)."""
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    assert main(["eval", "--data", str(tmp_path / "a"), "--annotator", "pixel-diff"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sigma: error [file_not_found]: {tmp_path / 'a'}: a link loop (its link to b "), err
+    d = make_pair_set(tmp_path / "eval", "s", 2)
+    (d / "s_0_mask.png").unlink()
+    (d / "s_0_mask.png").symlink_to("s_0_mask.png")
+    assert main(["eval", "--data", str(d), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 0
+    skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "[file_not_found]" in skipped[0] and "s_0_mask.png: a link loop" in skipped[0], \
+        skipped
