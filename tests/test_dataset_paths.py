@@ -117,3 +117,29 @@ def test_a_link_loop_is_said_as_a_loop_not_as_a_broken_link(tmp_path, capsys):
     skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
     assert len(skipped) == 1 and "[file_not_found]" in skipped[0] and "s_0_mask.png: a link loop" in skipped[0], \
         skipped
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "broken", "folder"])
+def test_a_sets_pairs_jsonl_that_is_no_file_is_said_not_passed_over(tmp_path, capsys, kind):
+    """A set whose pairs.jsonl is a FIFO, a link loop, a broken link or a folder was "no pairs.jsonl here or in its
+    sub-folders" (no_pairs) on its own, and beside other sets was passed over without a word by `sigma eval` and
+    `sigma batch run` (its pairs in no table). Now the set's manifest is named, saying what stands there, and
+    nothing is opened (a FIFO's open would block)."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "good", 2)
+    bad = make_pair_set(root, "bad", 2) / "pairs.jsonl"
+    bad.unlink()
+    {"fifo": os.mkfifo, "loop": lambda p: p.symlink_to("pairs.jsonl"),
+     "broken": lambda p: p.symlink_to("gone.jsonl"), "folder": lambda p: p.mkdir()}[kind](bad)
+    code, said = {"fifo": ("not_a_regular_file", "not a regular file (a FIFO)"),
+                  "loop": ("file_not_found", "a link loop"), "broken": ("file_not_found", "a broken link to gone"),
+                  "folder": ("not_a_regular_file", "not a regular file (a folder)")}[kind]
+    for data in (root / "bad", root):
+        assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sigma: error [{code}]: {bad}: {said}"), err
+        assert not (tmp_path / "o" / "metrics.json").exists()
+    if kind == "fifo":
+        assert main(["batch", "run", str(root), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+                     "--no-progress"]) == 2
+        assert f"[not_a_regular_file]: {bad}: not a regular file (a FIFO)" in capsys.readouterr().err

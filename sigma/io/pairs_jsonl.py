@@ -13,7 +13,7 @@ from sigma.io.confine import resolved_under
 from sigma.io.folders import require_folder
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
-from sigma.regular import NotRegularFile, kind_of, open_regular
+from sigma.regular import NotRegularFile, broken_link, kind_of, open_regular
 from sigma.text import find_surrogate, printable
 from sigma.text import loads as load_json
 
@@ -73,6 +73,26 @@ def _json_type(value: object) -> str:
     return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
 
 
+class UnreadableManifest(InputError):
+    """A set's `pairs.jsonl` that is there but is no file to read (`refuse_unreadable_manifest`): the batch's
+    format detection (`sigma.io.corpora.manifest.find_sets`) says it too, rather than look for another format."""
+
+
+def refuse_unreadable_manifest(manifest: Path) -> None:
+    """An UnreadableManifest when something stands at `manifest` that is no regular file: a FIFO, a device, a folder
+    (`not_a_regular_file`), a broken link or a link loop (`file_not_found`, in `broken_link`'s words). Such a set was
+    "no pairs.jsonl here or in its sub-folders" (`no_pairs`) on its own, and in a folder of sets was passed over
+    without a word: its pairs missing from every table. Nothing is opened (a FIFO's open would block)."""
+    if not os.path.lexists(manifest) or manifest.is_file():
+        return
+    gone = broken_link(manifest)
+    if gone is not None:
+        raise UnreadableManifest(f"{manifest}: {gone.strerror}; a set's manifest must be a file",
+                                 code="file_not_found")
+    raise UnreadableManifest(f"{manifest}: not a regular file ({kind_of(manifest)}); a set's manifest must be a "
+                             "file", code="not_a_regular_file")
+
+
 def find_sets(data: str | Path) -> list[Path]:
     """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name. A `data` that is
     there but no folder (a file, a FIFO, /dev/zero) is `not_a_folder` (`require_folder`): it was "evaluation folder
@@ -86,10 +106,14 @@ def find_sets(data: str | Path) -> list[Path]:
     require_folder(data, "expected a set's folder (holding pairs.jsonl), a folder of sets, or a set's pairs.jsonl",
                    missing="evaluation folder not found")
     refuse_unfinished(data)         # a killed `sigma synth`: no pairs.jsonl, or the one it had not yet withdrawn
+    refuse_unreadable_manifest(data / "pairs.jsonl")
     if (data / "pairs.jsonl").is_file():
         return [data]
     for marked in sorted(data.glob(f"*/{UNFINISHED}")):      # one set of the folder unfinished: not passed over
         refuse_unfinished(marked.parent)
+    with os.scandir(data) as entries:     # glob() lists no broken link or link loop: those sets were passed over too
+        for manifest in sorted(Path(entry.path) / "pairs.jsonl" for entry in entries if entry.is_dir()):
+            refuse_unreadable_manifest(manifest)
     # regular files only (as the set itself above): a pairs.jsonl that is a FIFO hung the read for ever, one
     # that links to /dev/zero was read as one endless line
     sets = sorted(p.parent for p in data.glob("*/pairs.jsonl") if p.is_file())
