@@ -143,3 +143,24 @@ def test_a_sets_pairs_jsonl_that_is_no_file_is_said_not_passed_over(tmp_path, ca
         assert main(["batch", "run", str(root), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
                      "--no-progress"]) == 2
         assert f"[not_a_regular_file]: {bad}: not a regular file (a FIFO)" in capsys.readouterr().err
+
+
+def test_the_folder_by_folder_confinement_answers_as_resolving_each_path_whole(tmp_path):
+    """`Confinement` (each folder resolved once, a file only checked for being a link) gives `resolved_under`'s
+    answer on every path a hostile manifest can name: `..` in and out, absolute paths, links to a folder inside and
+    outside, a link loop, a link named `..`'s way up."""
+    from sigma.io.confine import Confinement, resolved_under
+
+    root = tmp_path / "set"
+    (root / "sub").mkdir(parents=True)
+    for name, target in (("out", "/etc"), ("in", "sub"), ("self", "self"), ("up", ".."), ("file", "sub/a.png")):
+        (root / name).symlink_to(target)
+    names = ["a.png", "sub/a.png", "../x", "/etc/passwd", "out/passwd", "out", "in/a.png", "in/../a", "self", "up",
+             "up/set/a.png", "sub/../a", "sub/../../x", ".", "..", "sub/.", "in/../../x", "x/../../set/a", "file",
+             f"{tmp_path}/set/a.png", f"/{tmp_path}/set/in/../../set/a"]
+    confinement = Confinement(root)
+    real_root = os.path.realpath(root)
+    answers = {name: (resolved_under(str(root / name), real_root), confinement.resolved(str(root / name)))
+               for name in names}
+    assert all(whole == by_folder for whole, by_folder in answers.values()), answers
+    assert answers["a.png"][1] and answers["in/a.png"][1] and not answers["out/passwd"][1] and not answers["up"][1]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sigma.errors import InputError
-from sigma.io.confine import resolved_under
+from sigma.io.confine import Confinement
 from sigma.io.folders import require_folder
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
@@ -133,14 +133,14 @@ def open_manifest(manifest: Path) -> BinaryIO:
                          code="not_a_regular_file") from None
 
 
-def _inside_set(set_dir: Path, real_root: str, name: str, value: str, where: str) -> Path:
+def _inside_set(set_dir: Path, confinement: Confinement, name: str, value: str, where: str) -> Path:
     """`set_dir / value` if it lies inside the set's folder, else `path_outside_root` (nothing read). A set is a
     folder others hand around (a download, a shared eval set): a record naming `../../home/u/.ssh/id_rsa.png`, an
     absolute path, or a link in the folder to elsewhere made `sigma eval` and `sigma train` (`eval.data`, `sources`)
-    open that file and score or train on it. The test is the batch API's (`resolved_under`: `..` and links
-    resolved); the path kept is the one the record names, so messages say it as the user wrote it."""
+    open that file and score or train on it. The test is the batch API's (`..` and links resolved, `Confinement`:
+    each folder once); the path kept is the one the record names, so messages say it as the user wrote it."""
     path = set_dir / value
-    if resolved_under(str(path), real_root) is None:
+    if confinement.resolved(str(path)) is None:
         raise InputError(printable(f"{where}: {name} {value[:300]!r} lies outside the set's folder {set_dir} (`..`, "
                                    "an absolute path or a link to elsewhere); a pairs.jsonl names files inside its "
                                    "own folder: move the file in (or copy it), then name it from there"),
@@ -156,7 +156,7 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     further than that (a 300 MB line took 1.2 GB and became a 300 MB pair id in metrics.json; an endless one, a
     MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
-    real_root = os.path.realpath(set_dir)
+    confinement = Confinement(set_dir)
     with open_manifest(manifest) as handle:
         for line_no, raw in enumerate(iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
@@ -186,7 +186,7 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                 for name, value in files.items():
                     if "\x00" in value:
                         raise InputError(f"{where}: {name} names a path with a NUL byte", code="invalid_path")
-                paths = {name: _inside_set(set_dir, real_root, name, value, where) for name, value in files.items()}
+                paths = {name: _inside_set(set_dir, confinement, name, value, where) for name, value in files.items()}
                 yield EvalRecord(
                     set_name=set_dir.name, pair_id=str(rec["id"]), original=paths["original"],
                     edited=paths["edited"], mask=paths.get("mask"),
