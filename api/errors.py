@@ -47,6 +47,8 @@ STATUS_BY_CODE = {
     "plan_too_large": 422, "run_options_refused": 409,
     # a corpus, manifest or image path that names a FIFO, a folder or a device (/dev/zero): the caller's input
     "not_a_regular_file": 422,
+    # a corpus given as `format: folder` that is a file, a FIFO or a device (`sigma.io.folders`): the caller's input
+    "not_a_folder": 422,
     # a folder a `sigma synth --out` run was killed writing (its synth_unfinished.json mark): the folder's state, which
     # the same synth command run again ends, as corpus_changed is
     "unfinished_synth_set": 409,

@@ -50,18 +50,26 @@ class BrokenLink(FileNotFoundError):
     as before, whose words say so: "No such file or directory" of a name `ls` lists sent people looking for a
     missing file. `target` is where the link points, for the caller's message."""
 
-    def __init__(self, path: str | Path, target: str):
-        super().__init__(errno.ENOENT, f"a broken link to {target} (nothing is there)", str(path))
+    def __init__(self, path: str | Path, target: str, loop: bool = False):
+        said = (f"a link loop (its link to {target} leads back round, never to a file)" if loop
+                else f"a broken link to {target} (nothing is there)")
+        super().__init__(errno.ELOOP if loop else errno.ENOENT, said, str(path))
         self.target = target
 
 
 def broken_link(path: str | Path) -> BrokenLink | None:
-    """BrokenLink for `path` when it is a symbolic link whose target is not there, else None."""
+    """BrokenLink for `path` when it is a symbolic link whose target is not there, else None. A link that leads back
+    to itself (`ln -s x x`, a -> b -> a) is said as a loop: it was "a broken link to x (nothing is there)", of a
+    name whose target `ls` shows right beside it."""
     try:
         target = os.readlink(path)
     except (OSError, ValueError):     # not a link, gone, or a NUL in the name
         return None
-    return None if os.path.exists(path) else BrokenLink(path, target)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return BrokenLink(path, target, loop=exc.errno == errno.ELOOP)
+    return None
 
 
 def open_regular(path: str | Path, mode: str = "rb", **kwargs: Any) -> IO:

@@ -115,7 +115,8 @@ def read_set_refused(folder: Path) -> tuple[str, str]:
 def test_an_endless_record_or_a_pairs_jsonl_that_is_not_a_file_is_never_read_whole(tmp_path, capsys):
     """A 300 MB line was read whole (1.2 GB RSS) and became a 300 MB pair id in metrics.json; a pairs.jsonl
     linked to /dev/zero was one endless line (MemoryError traceback), one that is a FIFO hung the eval. A record
-    is read no further than MAX_RECORD_BYTES (bad_manifest at file:line); only regular files are sets."""
+    is read no further than MAX_RECORD_BYTES (bad_manifest at file:line); only regular files are sets, and a set whose
+    pairs.jsonl is anything else is refused, naming it, never opened (it was passed over)."""
     from sigma.cli import main
     from sigma.io.pairs_jsonl import MAX_RECORD_BYTES
 
@@ -135,6 +136,15 @@ def test_an_endless_record_or_a_pairs_jsonl_that_is_not_a_file_is_never_read_who
     os.mkfifo(root / "fifo_set_pairs")
     (root / "fifo").mkdir()
     (root / "fifo" / "pairs.jsonl").symlink_to(root / "fifo_set_pairs")
+    with pytest.raises(InputError) as info:
+        find_sets(root)
+    assert info.value.code == "not_a_regular_file" and info.value.message.startswith(
+        f"{big / 'pairs.jsonl'}: not a regular file (a character device)"), info.value.message
+    (big / "pairs.jsonl").unlink()
+    with pytest.raises(InputError) as info:
+        find_sets(root)
+    assert info.value.message.startswith(f"{root / 'fifo' / 'pairs.jsonl'}: not a regular file (a FIFO)")
+    (root / "fifo" / "pairs.jsonl").unlink()
     assert find_sets(root) == [root / "ok"]
 
 def test_evaluate_scores_groups_and_reports_bad_pairs(eval_root):

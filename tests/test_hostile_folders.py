@@ -93,15 +93,14 @@ def test_a_photo_folder_of_fifos_devices_and_broken_links_trains_on_its_photos_s
 @pytest.mark.parametrize("kind", ["fifo", "file", "dev_zero"])
 def test_a_photo_folder_or_eval_folder_that_is_no_folder_says_so_not_not_found(tmp_path, kind):
     """`data.photos=` or `sigma eval --data` naming a FIFO, a file or /dev/zero said "folder not found" (it is
-    there); now "not a folder", at once, exit 2, the same error code."""
+    there); then "not a folder" with file_not_found for a file (`ls` showed it) and not_a_regular_file for a FIFO
+    (which a file would not have cured); now not_a_folder, at once, exit 2, saying what is there."""
     path = {"fifo": tmp_path / "photos.jpg", "file": tmp_path / "photos.txt", "dev_zero": Path("/dev/zero")}[kind]
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "file":
         path.write_text("not a folder")
-    # a FIFO or a device: not_a_regular_file, saying which (it was file_not_found, as if nothing were there)
-    code, what = {"fifo": ("not_a_regular_file", "a FIFO"), "file": ("file_not_found", "a file"),
-                  "dev_zero": ("not_a_regular_file", "a character device")}[kind]
+    code, what = "not_a_folder", {"fifo": "a FIFO", "file": "a file", "dev_zero": "a character device"}[kind]
     train = _cli("train", STAGE1, f"data.photos={path}", f"out_dir={tmp_path / 'runs'}", "steps=1")
     assert train.returncode == 2 and train.stderr.startswith(
         f"sigma: error [{code}]: {path}: not a folder ({what})"), train.stderr[-2000:]
@@ -122,8 +121,9 @@ def test_eval_given_a_pairs_jsonl_that_is_a_fifo_says_not_a_regular_file(tmp_pat
 
 
 def test_an_eval_set_with_fifos_and_devices_for_images_and_masks_skips_those_pairs_without_waiting(tmp_path):
-    """A guard: a FIFO in place of an edited image or a mask, /dev/zero in place of an original is that pair's
-    'not a regular file', the other pairs are scored, and nothing waits on a FIFO."""
+    """A guard: a FIFO in place of an edited image or a mask, a folder in place of an original is that pair's
+    'not a regular file', the other pairs are scored, and nothing waits on a FIFO. A link to /dev/zero lies outside
+    the set's folder: the set is refused (path_outside_root), nothing opened."""
     root = tmp_path / "eval"
     s = make_pair_set(root, "edits", 4)
     for name in ("edits_1_edited.png", "edits_2_mask.png"):
@@ -131,6 +131,10 @@ def test_an_eval_set_with_fifos_and_devices_for_images_and_masks_skips_those_pai
         os.mkfifo(s / name)
     (s / "edits_0_original.png").unlink()
     (s / "edits_0_original.png").symlink_to("/dev/zero")
+    done = _cli("eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "[path_outside_root]" in done.stderr, done.stderr[-2000:]
+    (s / "edits_0_original.png").unlink()
+    (s / "edits_0_original.png").mkdir()
     done = _cli("eval", "--data", str(root), "--annotator", "pixel-diff", "--out", str(tmp_path / "o"))
     assert done.returncode == 0, done.stderr[-2000:]
     skipped = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith("skipped")]

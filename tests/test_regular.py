@@ -279,7 +279,8 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_named_as_such(tmp_path, fmt, n
 @pytest.mark.parametrize("kind", ["file", "fifo", "dev_null", "missing"])
 def test_a_folder_corpus_that_is_no_folder_is_named_as_such(tmp_path, kind):
     """`sigma batch run F --format folder` with F a file, a FIFO or a device said `os_error: Not a directory: F` (its
-    iterdir()); now no_pairs, as the folder corpus says of a folder with no pairs, naming what a folder corpus is."""
+    iterdir()), then `no_pairs` ("not a folder (a file, a FIFO or a device)"); now not_a_folder saying which, as every
+    reader of a folder says it (`sigma.io.folders`); a missing one stays no_pairs."""
     path = tmp_path / "in"
     if kind == "file":
         path.write_text("x")
@@ -288,10 +289,11 @@ def test_a_folder_corpus_that_is_no_folder_is_named_as_such(tmp_path, kind):
     elif kind == "dev_null":
         path.symlink_to("/dev/null")
     done = _cli("batch", "run", str(path), "--format", "folder", "--out", str(tmp_path / "out"), "--no-progress")
-    why = "no such folder" if kind == "missing" else "not a folder (a file, a FIFO or a device)"
+    what = {"file": "a file", "fifo": "a FIFO", "dev_null": "a character device"}.get(kind)
+    code, why = ("no_pairs", "no such folder") if kind == "missing" else ("not_a_folder", f"not a folder ({what})")
     shown = "/dev/null" if kind == "dev_null" else path          # the reader is given the resolved input
     assert done.returncode == 2 and done.stderr == (
-        f"sigma: error [no_pairs]: {shown}: {why}; a folder corpus is a folder of <id>_original / <id>_edited files or "
+        f"sigma: error [{code}]: {shown}: {why}; a folder corpus is a folder of <id>_original / <id>_edited files or "
         "of original/ + edited/ folders\n"), done.stderr
 
 

@@ -2,16 +2,19 @@
 `sigma eval`, training's labelled folders and the batch corpus reader all find sets and read records here."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from sigma.errors import InputError
+from sigma.io.confine import Confinement
+from sigma.io.folders import require_folder
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
-from sigma.regular import NotRegularFile, kind_of, open_regular
-from sigma.text import find_surrogate
+from sigma.regular import NotRegularFile, broken_link, kind_of, open_regular
+from sigma.text import find_surrogate, printable
 from sigma.text import loads as load_json
 
 MAX_RECORD_BYTES = 1 << 20     # a record (paths, an id, an instruction) is a few hundred bytes
@@ -70,26 +73,47 @@ def _json_type(value: object) -> str:
     return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
 
 
+class UnreadableManifest(InputError):
+    """A set's `pairs.jsonl` that is there but is no file to read (`refuse_unreadable_manifest`): the batch's
+    format detection (`sigma.io.corpora.manifest.find_sets`) says it too, rather than look for another format."""
+
+
+def refuse_unreadable_manifest(manifest: Path) -> None:
+    """An UnreadableManifest when something stands at `manifest` that is no regular file: a FIFO, a device, a folder
+    (`not_a_regular_file`), a broken link or a link loop (`file_not_found`, in `broken_link`'s words). Such a set was
+    "no pairs.jsonl here or in its sub-folders" (`no_pairs`) on its own, and in a folder of sets was passed over
+    without a word: its pairs missing from every table. Nothing is opened (a FIFO's open would block)."""
+    if not os.path.lexists(manifest) or manifest.is_file():
+        return
+    gone = broken_link(manifest)
+    if gone is not None:
+        raise UnreadableManifest(f"{manifest}: {gone.strerror}; a set's manifest must be a file",
+                                 code="file_not_found")
+    raise UnreadableManifest(f"{manifest}: not a regular file ({kind_of(manifest)}); a set's manifest must be a "
+                             "file", code="not_a_regular_file")
+
+
 def find_sets(data: str | Path) -> list[Path]:
     """`data` is one set (holds pairs.jsonl) or a folder of sets; sets are returned sorted by name. A `data` that is
-    there but no folder (a file, a FIFO, /dev/zero) is said as such: it was "evaluation folder not found"."""
+    there but no folder (a file, a FIFO, /dev/zero) is `not_a_folder` (`require_folder`): it was "evaluation folder
+    not found", then `file_not_found` for a file and `not_a_regular_file` for a FIFO."""
     data = Path(data)
     if data.is_file() and data.name == "pairs.jsonl":   # the manifest itself: its folder is the set
         data = data.parent
-    if not data.is_dir():
-        if not data.exists():
-            raise InputError(f"{data}: evaluation folder not found", code="file_not_found")
-        if data.name == "pairs.jsonl":
-            raise InputError(f"{data}: not a regular file ({kind_of(data)}); a manifest must be a file",
-                             code="not_a_regular_file")
-        raise InputError(f"{data}: not a folder ({kind_of(data)}); expected a set's folder (holding "
-                         "pairs.jsonl), a folder of sets, or a set's pairs.jsonl",
-                         code="file_not_found" if data.is_file() else "not_a_regular_file")
+    if data.exists() and not data.is_dir() and data.name == "pairs.jsonl":
+        raise InputError(f"{data}: not a regular file ({kind_of(data)}); a manifest must be a file",
+                         code="not_a_regular_file")
+    require_folder(data, "expected a set's folder (holding pairs.jsonl), a folder of sets, or a set's pairs.jsonl",
+                   missing="evaluation folder not found")
     refuse_unfinished(data)         # a killed `sigma synth`: no pairs.jsonl, or the one it had not yet withdrawn
+    refuse_unreadable_manifest(data / "pairs.jsonl")
     if (data / "pairs.jsonl").is_file():
         return [data]
     for marked in sorted(data.glob(f"*/{UNFINISHED}")):      # one set of the folder unfinished: not passed over
         refuse_unfinished(marked.parent)
+    with os.scandir(data) as entries:     # glob() lists no broken link or link loop: those sets were passed over too
+        for manifest in sorted(Path(entry.path) / "pairs.jsonl" for entry in entries if entry.is_dir()):
+            refuse_unreadable_manifest(manifest)
     # regular files only (as the set itself above): a pairs.jsonl that is a FIFO hung the read for ever, one
     # that links to /dev/zero was read as one endless line
     sets = sorted(p.parent for p in data.glob("*/pairs.jsonl") if p.is_file())
@@ -109,13 +133,30 @@ def open_manifest(manifest: Path) -> BinaryIO:
                          code="not_a_regular_file") from None
 
 
+def _inside_set(set_dir: Path, confinement: Confinement, name: str, value: str, where: str) -> Path:
+    """`set_dir / value` if it lies inside the set's folder, else `path_outside_root` (nothing read). A set is a
+    folder others hand around (a download, a shared eval set): a record naming `../../home/u/.ssh/id_rsa.png`, an
+    absolute path, or a link in the folder to elsewhere made `sigma eval` and `sigma train` (`eval.data`, `sources`)
+    open that file and score or train on it. The test is the batch API's (`..` and links resolved, `Confinement`:
+    each folder once); the path kept is the one the record names, so messages say it as the user wrote it."""
+    path = set_dir / value
+    if confinement.resolved(str(path)) is None:
+        raise InputError(printable(f"{where}: {name} {value[:300]!r} lies outside the set's folder {set_dir} (`..`, "
+                                   "an absolute path or a link to elsewhere); a pairs.jsonl names files inside its "
+                                   "own folder: move the file in (or copy it), then name it from there"),
+                         code="path_outside_root")
+    return path
+
+
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     """Every record, or an InputError naming the line: a record that is not JSON, lacks a field, holds text
-    that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise) or names a
-    file with a NUL byte stops the read, as a malformed manifest should, instead of failing somewhere later. So
-    does a record longer than MAX_RECORD_BYTES, read no further than that (a 300 MB line took 1.2 GB and became a
-    300 MB pair id in metrics.json; an endless one, a MemoryError traceback)."""
+    that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise), names a
+    file with a NUL byte or a file outside the set's folder (`_inside_set`) stops the read, as a malformed
+    manifest should, instead of failing somewhere later. So does a record longer than MAX_RECORD_BYTES, read no
+    further than that (a 300 MB line took 1.2 GB and became a 300 MB pair id in metrics.json; an endless one, a
+    MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
+    confinement = Confinement(set_dir)
     with open_manifest(manifest) as handle:
         for line_no, raw in enumerate(iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
@@ -145,10 +186,10 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                 for name, value in files.items():
                     if "\x00" in value:
                         raise InputError(f"{where}: {name} names a path with a NUL byte", code="invalid_path")
+                paths = {name: _inside_set(set_dir, confinement, name, value, where) for name, value in files.items()}
                 yield EvalRecord(
-                    set_name=set_dir.name, pair_id=str(rec["id"]), original=set_dir / files["original"],
-                    edited=set_dir / files["edited"],
-                    mask=set_dir / files["mask"] if "mask" in files else None,
+                    set_name=set_dir.name, pair_id=str(rec["id"]), original=paths["original"],
+                    edited=paths["edited"], mask=paths.get("mask"),
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
                     whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError, Stopped, first_line
 from sigma.folderlock import folder_lock_wait_s, hold_folder, waiting_lock, watch_stopped_holder
+from sigma.io.folders import require_folder
 from sigma.lifeline import (
     Noted,
     QuickExitSpawnContext,
@@ -1458,10 +1459,13 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
     if manifest is not None and manifest.name == "pairs.jsonl" and manifest.is_file():
         # the set's manifest named, as `sigma eval --data` and `sources` take it: it was "no such folder"
         inputs = _replace(inputs, "eval.data", str(manifest.parent))
-    if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).is_dir():
+    if inputs.eval.data and inputs.eval.data != "shared" and not Path(inputs.eval.data).exists():
         # said now, not as "skipped" in the last log line of an hour-long run ("shared" may be absent: skipped)
         raise ConfigError(f"eval.data {inputs.eval.data}: no such folder (a pairs.jsonl set or a folder of sets)"
                           f"{_relative_note(cfg, 'eval.data')}")
+    if inputs.eval.data and inputs.eval.data != "shared":
+        # there but no folder (a file, a FIFO): said as `sigma eval --data` says it, not as "no such folder"
+        require_folder(Path(inputs.eval.data), "eval.data is a pairs.jsonl set or a folder of sets")
     _refuse_unfinished_eval_sets(inputs)
     _check_eval_data(inputs, log=log)
     if cfg.eval.data and (cfg.eval.data != "shared" or shared_eval_dir().is_dir()):

@@ -23,8 +23,8 @@ import torch
 
 from sigma.errors import ImageError, InputError
 from sigma.folderlock import hold_folder
+from sigma.io.folders import require_folder
 from sigma.io.images import probe_image_file, read_image
-from sigma.regular import kind_of
 
 from .masks import random_mask
 
@@ -37,19 +37,11 @@ def list_photos(folder: str | Path) -> list[Path]:
     so the readers (`readable_photos`, `load_photo`) leave each out and say so. Regular files only were listed:
     those were dropped without a word, and a folder of links to an unmounted drive said "found 0"."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: {not_a_folder(folder)}",
-                         code="file_not_found" if not folder.exists() or folder.is_file() else "not_a_regular_file")
+    require_folder(folder, "photos are read from a folder of them", missing="photo folder not found")
     photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and not p.is_dir())
     if len(photos) < 2:
         raise InputError(f"{folder}: need at least 2 photos (found {len(photos)})", code="no_photos")
     return photos
-
-
-def not_a_folder(folder: Path) -> str:
-    """Why `folder` is no photo folder, in words: a FIFO, a device or a file given as the folder was "not found"."""
-    return ("photo folder not found" if not folder.exists()
-            else f"not a folder ({kind_of(folder)}); photos are read from a folder of them")
 
 
 def readable_photos(photos: list[Path]) -> tuple[list[Path], list[str]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma.errors import InputError
+from sigma.io.confine import resolved_under
 
 
 @dataclass
@@ -85,15 +86,6 @@ def planned_pairs(shards: list[Shard]) -> int | None:
     """How many pairs the shards hold, when every one knows (a progress bar's total, the run record's)."""
     counts = [s.num_items for s in shards]
     return sum(counts) if all(c is not None for c in counts) else None
-
-
-def resolved_under(path: str, real_root: str) -> str | None:
-    """`path` resolved (symlinks, `..`) if it lies under `real_root` (itself resolved), else None: the one test
-    of confinement, for the run's input and links (`runner.check_confined`) and each file a corpus names."""
-    if "\x00" in path:
-        raise InputError("the corpus names a path with a NUL byte; refused", code="invalid_path")
-    real = os.path.realpath(path)
-    return real if os.path.commonpath([real_root, real]) == real_root else None
 
 
 class Corpus(ABC):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sigma.errors import InputError
 from sigma.io.corpora.base import Corpus, Shard, SourceItem, safe_name
+from sigma.io.folders import require_folder
 from sigma.io.lines import read_line
 from sigma.io.pairs_jsonl import MAX_RECORD_BYTES
 from sigma.io.unfinished import refuse_unfinished
@@ -94,10 +95,10 @@ class FolderCorpus(Corpus):
             elif p.suffix.lower() in UNREAD_IMAGE_EXTS and role != "mask":
                 unread.append((pair_id, role, p))
 
-        if not self.path.is_dir():    # --format folder skips detection: iterdir() said `os_error: Not a directory`
-            why = "no such folder" if not os.path.lexists(self.path) else "not a folder (a file, a FIFO or a device)"
-            raise InputError(f"{self.path}: {why}; a folder corpus is a folder of <id>_original / <id>_edited files "
-                             "or of original/ + edited/ folders", code="no_pairs")
+        # --format folder skips detection: iterdir() said `os_error: Not a directory`; a file there was `no_pairs`
+        require_folder(self.path, "a folder corpus is a folder of <id>_original / <id>_edited files or of original/ "
+                       "+ edited/ folders", missing="no such folder; a folder corpus is a folder of <id>_original / "
+                       "<id>_edited files or of original/ + edited/ folders", missing_code="no_pairs")
         refuse_unfinished(self.path)  # a killed `sigma synth` rewrite: a new original beside an earlier edited image
         dirs = self._dirs()
         if dirs:

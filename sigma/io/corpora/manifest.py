@@ -105,10 +105,13 @@ def iter_records(handle, csv_mode: bool, first_line: int = 1, delimiter: bytes =
 
 def find_sets(path: Path) -> list[Path]:
     """The sets of a folder, as `sigma eval` finds them (none: an empty list, the caller says why)."""
+    from sigma.io.pairs_jsonl import UnreadableManifest
     from sigma.io.pairs_jsonl import find_sets as find_eval_sets
 
     try:
         return find_eval_sets(path)
+    except UnreadableManifest:      # a set's pairs.jsonl that is a FIFO, a link loop: said, not passed over
+        raise
     except InputError as exc:
         if exc.code == "unfinished_synth_set":     # said as such, not as a folder with no set (or the other sets)
             raise

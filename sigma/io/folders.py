@@ -1,0 +1,33 @@
+"""A path an input names as a folder (an eval set, a folder of sets, a photo bank, a folder corpus) that is not one.
+
+Each reader said it its own way: `file_not_found` for a regular file ("not a folder (a file)": the user looked for a
+missing file that `ls` showed), `not_a_regular_file` for a FIFO (which a regular file would not have cured), and the
+folder corpus `no_pairs`. One code now says what is wrong, `not_a_folder`, whatever stands there."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sigma.errors import InputError
+from sigma.regular import broken_link, kind_of
+
+
+def not_a_folder(path: Path, expected: str, missing: str = "no such folder",
+                 missing_code: str = "file_not_found") -> InputError | None:
+    """None when `path` is a folder (links followed); else the error to raise: `missing_code` saying `missing` when
+    nothing is there (a broken link said as one, with where it points), `not_a_folder` naming what is there
+    ("a file", "a FIFO", "a character device") followed by `expected`, what the reader takes."""
+    if path.is_dir():
+        return None
+    if not path.exists():
+        gone = broken_link(path)
+        why = gone.strerror if gone is not None else missing
+        return InputError(f"{path}: {why}", code=missing_code)
+    return InputError(f"{path}: not a folder ({kind_of(path)}); {expected}", code="not_a_folder")
+
+
+def require_folder(path: Path, expected: str, missing: str = "no such folder",
+                   missing_code: str = "file_not_found") -> None:
+    """`not_a_folder` raised when it is not None (`os.path` only: nothing is opened, a FIFO never blocks)."""
+    error = not_a_folder(path, expected, missing, missing_code)
+    if error is not None:
+        raise error

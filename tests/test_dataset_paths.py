@@ -1,0 +1,166 @@
+"""Paths read from inside data sets: a pairs.jsonl set names files inside its own folder (`sigma eval`, training's
+`eval.data` and `sources`), and a folder-taking input given something else says so with its own code."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_eval import make_pair_set
+from test_synth import make_photos
+
+from sigma.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE1 = str(ROOT / "configs/train/tiny-stage1.yaml")
+
+
+def _point_first_mask_at(set_dir: Path, value: str) -> None:
+    lines = (set_dir / "pairs.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["mask"] = value
+    lines[0] = json.dumps(rec)
+    (set_dir / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _outside_sets(tmp_path: Path) -> dict[str, Path]:
+    """Sets, each of whose first record names a real mask outside the set: by `..`, by an absolute path, and by a
+    link inside the folder to elsewhere."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret_mask.png"
+    sets = {}
+    for how in ("dotdot", "absolute", "link"):
+        d = make_pair_set(tmp_path / how, "s", 2)
+        if not secret.exists():
+            (d / "s_0_mask.png").rename(secret)
+        else:
+            (d / "s_0_mask.png").unlink()
+        if how == "dotdot":
+            _point_first_mask_at(d, "../../outside/secret_mask.png")
+        elif how == "absolute":
+            _point_first_mask_at(d, str(secret))
+        else:
+            (d / "s_0_mask.png").symlink_to(secret)
+        sets[how] = d
+    return sets
+
+
+def test_an_eval_set_naming_files_outside_its_folder_is_refused_and_one_inside_is_scored(tmp_path, capsys):
+    """`sigma eval` opened and scored `../x`, `/abs/x` and a link to elsewhere: a downloaded set could make it read
+    any file the user can. Now path_outside_root naming the record, nothing written; a link inside the set's folder
+    to a file inside it, and a set folder that is itself a link, are read as before."""
+    for how, d in _outside_sets(tmp_path).items():
+        out = tmp_path / f"out_{how}"
+        assert main(["eval", "--data", str(d), "--annotator", "pixel-diff", "--out", str(out)]) == 2, how
+        err = capsys.readouterr().err
+        assert "[path_outside_root]" in err and "pairs.jsonl:1: mask" in err, (how, err)
+        assert not (out / "metrics.json").exists()
+    inside = make_pair_set(tmp_path / "fine", "s", 2)
+    (inside / "sub").mkdir()
+    (inside / "s_0_mask.png").rename(inside / "sub" / "m.png")
+    (inside / "s_0_mask.png").symlink_to(inside / "sub" / "m.png")
+    _point_first_mask_at(inside, "sub/../s_0_mask.png")
+    (tmp_path / "linked").symlink_to(inside)
+    assert main(["eval", "--data", str(tmp_path / "linked"), "--annotator", "pixel-diff",
+                 "--out", str(tmp_path / "out_fine")]) == 0, capsys.readouterr().err
+    scored = json.loads((tmp_path / "out_fine" / "metrics.json").read_text())["per_pair"]["none"]
+    assert [row["id"] for row in scored] == ["s_0", "s_1"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_photos(tmp_path_factory.mktemp("photos"), n=4, size=(80, 96))
+
+
+@pytest.mark.parametrize("key", ["eval.data", "sources"])
+def test_a_training_set_naming_files_outside_its_folder_is_refused_before_the_first_step(photos, tmp_path, capsys,
+                                                                                      key):
+    """`eval.data` and a `sources` set read the same pairs.jsonl: a record naming `../x` was trained on or scored.
+    Now the run is refused at its start, path_outside_root, no run folder made."""
+    d = _outside_sets(tmp_path)["dotdot"]
+    runs = tmp_path / "runs"
+    value = f"eval.data={d}" if key == "eval.data" else f"sources=[{{path: {d}, weight: 1.0}}]"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=1",
+                 "eval.val_size=0", value]) == 2
+    err = capsys.readouterr().err
+    assert "[path_outside_root]" in err and "Traceback" not in err, err
+    assert not (runs / "r" / "checkpoint.pt").exists() and not os.path.exists(runs / "r" / "final")
+
+
+@pytest.mark.parametrize("key", ["eval.data", "sources"])
+def test_a_training_set_that_is_a_file_says_not_a_folder(photos, tmp_path, capsys, key):
+    """`eval.data=` naming a file said `invalid_config: ... no such folder` (it is there), a `sources` file
+    `file_not_found`; now not_a_folder saying what is there, as `sigma eval --data` and `data.photos` say it."""
+    path = tmp_path / "set.txt"
+    path.write_text("not a folder")
+    value = f"eval.data={path}" if key == "eval.data" else f"sources=[{{path: {path}, weight: 1.0}}]"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=r", "steps=1",
+                 "eval.val_size=0", value]) == 2
+    err = capsys.readouterr().err
+    assert f"sigma: error [not_a_folder]: {path}: not a folder (a file)" in err and "Traceback" not in err, err
+
+
+def test_a_link_loop_is_said_as_a_loop_not_as_a_broken_link(tmp_path, capsys):
+    """`ln -s x x` (or a -> b -> a) as `--data`, or as a set's mask, was "a broken link to x (nothing is there)";
+    `ls -l` shows the target right there. Now "a link loop", with the same code as before (file_not_found)."""
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    assert main(["eval", "--data", str(tmp_path / "a"), "--annotator", "pixel-diff"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sigma: error [file_not_found]: {tmp_path / 'a'}: a link loop (its link to b "), err
+    d = make_pair_set(tmp_path / "eval", "s", 2)
+    (d / "s_0_mask.png").unlink()
+    (d / "s_0_mask.png").symlink_to("s_0_mask.png")
+    assert main(["eval", "--data", str(d), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 0
+    skipped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "[file_not_found]" in skipped[0] and "s_0_mask.png: a link loop" in skipped[0], \
+        skipped
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "broken", "folder"])
+def test_a_sets_pairs_jsonl_that_is_no_file_is_said_not_passed_over(tmp_path, capsys, kind):
+    """A set whose pairs.jsonl is a FIFO, a link loop, a broken link or a folder was "no pairs.jsonl here or in its
+    sub-folders" (no_pairs) on its own, and beside other sets was passed over without a word by `sigma eval` and
+    `sigma batch run` (its pairs in no table). Now the set's manifest is named, saying what stands there, and
+    nothing is opened (a FIFO's open would block)."""
+    root = tmp_path / "eval"
+    make_pair_set(root, "good", 2)
+    bad = make_pair_set(root, "bad", 2) / "pairs.jsonl"
+    bad.unlink()
+    {"fifo": os.mkfifo, "loop": lambda p: p.symlink_to("pairs.jsonl"),
+     "broken": lambda p: p.symlink_to("gone.jsonl"), "folder": lambda p: p.mkdir()}[kind](bad)
+    code, said = {"fifo": ("not_a_regular_file", "not a regular file (a FIFO)"),
+                  "loop": ("file_not_found", "a link loop"), "broken": ("file_not_found", "a broken link to gone"),
+                  "folder": ("not_a_regular_file", "not a regular file (a folder)")}[kind]
+    for data in (root / "bad", root):
+        assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sigma: error [{code}]: {bad}: {said}"), err
+        assert not (tmp_path / "o" / "metrics.json").exists()
+    if kind == "fifo":
+        assert main(["batch", "run", str(root), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+                     "--no-progress"]) == 2
+        assert f"[not_a_regular_file]: {bad}: not a regular file (a FIFO)" in capsys.readouterr().err
+
+
+def test_the_folder_by_folder_confinement_answers_as_resolving_each_path_whole(tmp_path):
+    """`Confinement` (each folder resolved once, a file only checked for being a link) gives `resolved_under`'s
+    answer on every path a hostile manifest can name: `..` in and out, absolute paths, links to a folder inside and
+    outside, a link loop, a link named `..`'s way up."""
+    from sigma.io.confine import Confinement, resolved_under
+
+    root = tmp_path / "set"
+    (root / "sub").mkdir(parents=True)
+    for name, target in (("out", "/etc"), ("in", "sub"), ("self", "self"), ("up", ".."), ("file", "sub/a.png")):
+        (root / name).symlink_to(target)
+    names = ["a.png", "sub/a.png", "../x", "/etc/passwd", "out/passwd", "out", "in/a.png", "in/../a", "self", "up",
+             "up/set/a.png", "sub/../a", "sub/../../x", ".", "..", "sub/.", "in/../../x", "x/../../set/a", "file",
+             f"{tmp_path}/set/a.png", f"/{tmp_path}/set/in/../../set/a"]
+    confinement = Confinement(root)
+    real_root = os.path.realpath(root)
+    answers = {name: (resolved_under(str(root / name), real_root), confinement.resolved(str(root / name)))
+               for name in names}
+    assert all(whole == by_folder for whole, by_folder in answers.values()), answers
+    assert answers["a.png"][1] and answers["in/a.png"][1] and not answers["out/passwd"][1] and not answers["up"][1]
