@@ -1246,6 +1246,8 @@ def test_readers_of_a_folder_a_saver_holds_mid_commit_say_it_is_busy_never_missi
 
     from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
 
+    from sigma.folderlock import anonymised
+
     folder = save_tiny(tmp_path / "m")
     saver = stopped_saver(folder)
     env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"}
@@ -1257,6 +1259,10 @@ def test_readers_of_a_folder_a_saver_holds_mid_commit_say_it_is_busy_never_missi
         assert said["config"][0] == "weights_busy" and f"pid {saver.pid} (saving)" in said["config"][1], said
         assert said["meta"][0] == "weights_busy" and f"pid {saver.pid} (saving)" in said["meta"][1], said
         assert "mid-commit" in said["meta"][1] and f"kill -CONT {saver.pid}" in said["meta"][1], said
+        # as an API caller is told it (a POST /v1/batches whose model is mid-save, a fleet task's status): the shell
+        # remedy for the server was kept, `fg` and `kill -CONT PID`, as only busy_message's wording was anonymised
+        shown = anonymised(said["meta"][1])
+        assert "kill -CONT" not in shown and "`fg`" not in shown and "try again later" in shown, shown
         assert said["check"] == ["ok"], said
         resume_saver(saver)
     finally:
