@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
+from sigma.service.heartbeats import loading
 from sigma.service.jobs import BATCH_BUCKETS, LATENCY_BUCKETS
 
 log = logging.getLogger("sigma.api")
@@ -122,7 +123,11 @@ class SnapshotCollector:
         yield depth
         yield pending
         yield dead
-        workers = GaugeMetricFamily("sigma_workers_alive", "workers with a fresh heartbeat", labels=["annotator"])
+        workers = GaugeMetricFamily("sigma_workers_alive", "workers with a fresh heartbeat and their model loaded",
+                                    labels=["annotator"])
+        loading_now = GaugeMetricFamily("sigma_workers_loading", "workers with a fresh heartbeat still loading their "
+                                        "model (or waiting out memory, threads or a busy model folder to)",
+                                        labels=["annotator"])
         gpu = GaugeMetricFamily("sigma_worker_gpu_memory_bytes", "torch.cuda.memory_allocated per worker",
                                 labels=["worker"])
         decode = GaugeMetricFamily("sigma_worker_decode_threads", "threads decoding a worker's images: its decode "
@@ -138,15 +143,22 @@ class SnapshotCollector:
                     else:
                         family.add_metric([name], value)
         if self.s.get("complete"):       # a partial count (reads cut by the deadline) is left out
-            alive = collections.Counter(w.get("annotator", "?") for _, w in self.s["heartbeats"].values())
+            beats = [w for _, w in self.s["heartbeats"].values()]
+            # a worker loading its model takes no job: counted apart (it beats from before its load; it was absent)
+            alive = collections.Counter(w.get("annotator", "?") for w in beats if not loading(w))
+            starting = collections.Counter(w.get("annotator", "?") for w in beats if loading(w))
             # Every served annotator has a sample, 0 when none of its workers is alive: the series of one whose last
             # worker died (killed, stopped, its heartbeat expired) vanished instead of reading 0, so an alert on
             # `sigma_workers_alive == 0` never fired, while /readyz said 0 for it.
             for name in self.s.get("annotators", ()):
                 alive[name] += 0
+                starting[name] += 0
             for name, n in sorted(alive.items()):
                 workers.add_metric([name], n)
+            for name, n in sorted(starting.items()):
+                loading_now.add_metric([name], n)
         yield workers
+        yield loading_now
         yield gpu
         yield decode
         # one family per name, a sample per annotator: the text format allows one TYPE line per name

@@ -1,6 +1,7 @@
 """Health and metrics: `/healthz` (alive), `/readyz` (Redis, a worker, its model), `/metrics` (Prometheus)."""
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sigma.api.auth import require_scope
 from sigma.api.metrics import render
 from sigma.api.service import Service, get_service
+from sigma.service.heartbeats import loading
 
 log = logging.getLogger("sigma.api")
 router = APIRouter()
@@ -83,14 +85,18 @@ async def readyz(svc: Service = SERVICE):
                 raise redis.ConnectionError    # one wait for a frozen server is enough
             # across a loss of Redis' data (FLUSHALL) the workers seen before it count until their next beat
             workers, remembered = await svc.worker_memory.workers(svc)
-            served = [w for w in workers if w.get("annotator") in svc.cfg.api.annotators]
+            # a worker still loading its model (or waiting out memory, threads or a busy folder to load it) takes no
+            # job: it is no worker for readiness, but named, with its annotator, under `loading` (it was absent)
+            serving = [w for w in workers if w.get("annotator") in svc.cfg.api.annotators]
+            served = [w for w in serving if not loading(w)]
+            loading_by = dict(collections.Counter(w.get("annotator", "") for w in serving if loading(w)))
             by_annotator = {a: sum(w.get("annotator") == a for w in served) for a in svc.cfg.api.annotators}
             # ready while any served annotator has a worker (a 503 would take the API out of a load balancer and stop
             # the annotators that work too); those without one are named, so a probe or a person reading it sees
             # the degraded state (their jobs queue and wait), as `sigma_workers_alive == 0` alerts on it
             checks["workers"] = {"ok": bool(served), "alive": len(served), "by_annotator": by_annotator,
                                  "without_worker": sorted(a for a, n in by_annotator.items() if n == 0),
-                                 "remembered": remembered}
+                                 "loading": loading_by, "remembered": remembered}
             loaded = [w for w in served if w.get("model_loaded") == "1"]
             checks["model"] = {"ok": bool(loaded), "loaded": sorted({w.get("annotator", "") for w in loaded})}
         except (redis.RedisError, OSError):

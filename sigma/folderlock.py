@@ -66,10 +66,11 @@ _DESCRIBED = re.compile(r"pid \d{1,10}(?: on host [A-Za-z0-9][A-Za-z0-9._-]{0,25
 
 # the pids a `weights_busy` message tells its reader to resume (`kill -CONT 123 456`, sigma.models.factory)
 _RESUME = re.compile(r"(kill -CONT )\d{1,10}(?: \d{1,10})*")
-# `busy_message`'s remedy, for a shell user on the server: how to resume or end the holder, and the variable that
+# `busy_message`'s remedy (and `sigma.models.factory._refuse_mid_commit`'s, "or let it finish": a live saver found
+# mid-commit), for a shell user on the server: how to resume or end the holder, and the variable that
 # sets the wait (an environment variable, or the API's `api.lock_wait_s`: `busy_message`'s `setting`; a message cut
 # short inside it keeps what is left, its pids `PID` by `_RESUME`)
-_REMEDY = re.compile(r"resume it \(`fg`, `kill -CONT[^`]*`\) or end it, then try again"
+_REMEDY = re.compile(r"resume it \(`fg`, `kill -CONT[^`]*`\) or (?:end it|let it finish), then try again"
                      r"(?: \((?:\$[A-Z0-9_]+|[a-z][a-z0-9_.]*) sets the wait, now [0-9.e+-]+ s\))?")
 # what an API caller is told instead: the holder is the server's to resume or end
 REMOTE_REMEDY = "try again later"

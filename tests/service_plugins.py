@@ -20,7 +20,8 @@ SIGKILLs its own process on instructions with "die", as the OOM killer does (onl
 in-process it would kill the caller); `weights-diff` loads its saved model (`weights`, a folder) on pairs
 whose instruction contains "weights", as a plugin that loads its model lazily does (a folder a stopped saver
 holds fails them `weights_busy` after `$SIGMA_MODEL_LOCK_WAIT_S`); `native-slow` spends each batch in one native
-call that releases the GIL and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does.
+call that releases the GIL and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does;
+`short-load`'s build is refused memory or a thread by the machine itself until a file (`lifted`) exists.
 """
 from __future__ import annotations
 
@@ -93,6 +94,32 @@ class SlowLoad(PixelDiff):
             except BaseException:
                 if not self.config.swallow_exceptions:
                     raise
+
+
+class ShortLoadConfig(PixelDiffConfig):
+    refuse: Literal["memory", "threads"] = "memory"
+    lifted: str = ""            # a file whose existence ends the refusals ("": never)
+
+
+class ShortLoad(PixelDiff):
+    """Pixel-diff whose build the machine really refuses (`refuse`) until the file `lifted` exists: memory (a
+    bytearray of 2**60 bytes: MemoryError from the allocator), or a thread (one started with a 32 TiB stack:
+    `RuntimeError: can't start new thread` from pthread_create), as a load under a low RLIMIT_AS or a pids limit is."""
+    name = "short-load"
+    config_cls = ShortLoadConfig
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        if self.config.lifted and os.path.exists(self.config.lifted):
+            return
+        if self.config.refuse == "memory":
+            bytearray(1 << 60)
+        else:
+            threading.stack_size(1 << 45)
+            try:
+                threading.Thread(target=lambda: None).start()
+            finally:
+                threading.stack_size(0)
 
 
 class BadOutputConfig(PixelDiffConfig):
@@ -279,6 +306,9 @@ if "hang-diff" not in ANNOTATORS:
 if "bad-output" not in ANNOTATORS:
     ANNOTATORS.register("bad-output", "test only: pixel-diff that breaks the output contract on pairs named *bad*",
                         config_cls=BadOutputConfig)(lambda **kw: BadOutput(**kw))
+if "short-load" not in ANNOTATORS:
+    ANNOTATORS.register("short-load", "test only: pixel-diff whose build the machine refuses memory or a thread",
+                        config_cls=ShortLoadConfig)(lambda **kw: ShortLoad(**kw))
 if "slow-load" not in ANNOTATORS:
     ANNOTATORS.register("slow-load", "test only: pixel-diff that takes load_delay_ms to build")(
         lambda **kw: SlowLoad(**kw))

@@ -2122,3 +2122,74 @@ def test_shards_whose_model_a_workers_machine_refuses_memory_to_load_are_deferre
     finally:
         end_saver(saver)
         stop_batch_workers([worker], [log])
+
+
+def _short_load_run(tmp_path: Path, refuse: str) -> tuple[BatchConfig, Path]:
+    """A run of 2 shards whose annotator's build this machine refuses (`short-load`, tests/service_plugins.py) until
+    the file returned exists."""
+    import service_plugins  # noqa: F401 - registers short-load here, for the plan
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=32))
+    lifted = tmp_path / "lifted"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 3},
+                                      "annotator": "short-load", "workers": 0, "plugins": ["service_plugins"],
+                                      "options": {"refuse": refuse, "lifted": str(lifted)}})
+    return cfg, lifted
+
+
+def test_shards_whose_model_the_machine_starts_no_thread_to_load_are_deferred_and_done_once_it_can(
+        redis_server, tmp_path):
+    """A fleet worker whose machine refuses a thread the run's model starts while it loads (pthread_create failing:
+    `out_of_threads` from `sigma.registry._build_failed`) defers the task, no delivery spent, past
+    `queue.max_deliveries` leases: it was the shard's failure (`shard_failed`), and such a shortage dead-lettered good
+    shards. Once threads are there again both shards are done and nothing is dead-lettered."""
+    cfg, lifted = _short_load_run(tmp_path, "threads")
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    client = redis_server.client()
+    stop = threading.Event()
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(run_batch_worker(
+        redis_server.url, prefix, "w1", block_ms=50, lease_ms=200, reclaim_interval_ms=30, max_deliveries=2,
+        stop=stop, max_defer_s=600.0)))
+    worker.start()
+    try:
+        assert wait_for(lambda: sum(deferrals(client, Keys(prefix))) >= 6, 60), deferrals(client, Keys(prefix))
+        lifted.touch()
+        assert wait_for(lambda: RunDir(out).summary()["done"] == 2, 60), RunDir(out).summary()
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    stats = results[0]
+    assert (stats.done, stats.dead, stats.failed) == (2, 0, 0) and stats.deferred >= 6, stats
+    assert queue_status(redis_server.url, prefix)["dead"] == 0
+
+
+def test_shards_whose_model_the_machine_refuses_memory_to_load_are_dead_lettered_out_of_memory_after_max_defer_s(
+        redis_server, tmp_path):
+    """A load the machine refuses memory for good (a real MemoryError from the allocator) is deferred, then, with no
+    shard written for `worker.max_defer_s`, dead-lettered `out_of_memory` saying what was refused, for how long and
+    what to do, and each shard is failed so; once memory is there, submitting the run again finishes it."""
+    from sigma.api.batches import scrub
+
+    cfg, lifted = _short_load_run(tmp_path, "memory")
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, lease_ms=200, reclaim_interval_ms=30,
+                             max_deliveries=2, exit_when_idle=True, max_defer_s=3.0)
+    assert (stats.done, stats.dead, stats.failed) == (0, 2, 0) and stats.deferred >= 2, stats
+    for entry in make_queue(redis_server.client(), Keys(prefix), "check").dead_entries():
+        error = json.loads(entry.fields["error"])
+        assert error["code"] == "out_of_memory", error
+        assert "loading the run's model" in error["message"] and "worker.max_defer_s=3" in error["message"], error
+        assert "submit the run again" in error["message"], error
+        shown = scrub(error["message"], str(tmp_path))
+        assert str(tmp_path) not in shown, shown
+    summary = RunDir(out).summary()
+    assert summary["failed"] == 2, summary
+    assert all("[out_of_memory]" in f["error"] for f in summary["failed_shards"]), summary["failed_shards"]
+    lifted.touch()
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    stats = run_batch_worker(redis_server.url, prefix, "w2", block_ms=50, exit_when_idle=True)
+    assert (stats.done, stats.dead, stats.deferred) == (2, 0, 0), stats
+    assert RunDir(out).summary()["done"] == 2

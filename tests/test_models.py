@@ -1246,6 +1246,8 @@ def test_readers_of_a_folder_a_saver_holds_mid_commit_say_it_is_busy_never_missi
 
     from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
 
+    from sigma.folderlock import anonymised
+
     folder = save_tiny(tmp_path / "m")
     saver = stopped_saver(folder)
     env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"}
@@ -1257,6 +1259,10 @@ def test_readers_of_a_folder_a_saver_holds_mid_commit_say_it_is_busy_never_missi
         assert said["config"][0] == "weights_busy" and f"pid {saver.pid} (saving)" in said["config"][1], said
         assert said["meta"][0] == "weights_busy" and f"pid {saver.pid} (saving)" in said["meta"][1], said
         assert "mid-commit" in said["meta"][1] and f"kill -CONT {saver.pid}" in said["meta"][1], said
+        # as an API caller is told it (a POST /v1/batches whose model is mid-save, a fleet task's status): the shell
+        # remedy for the server was kept, `fg` and `kill -CONT PID`, as only busy_message's wording was anonymised
+        shown = anonymised(said["meta"][1])
+        assert "kill -CONT" not in shown and "`fg`" not in shown and "try again later" in shown, shown
         assert said["check"] == ["ok"], said
         resume_saver(saver)
     finally:
@@ -1264,6 +1270,47 @@ def test_readers_of_a_folder_a_saver_holds_mid_commit_say_it_is_busy_never_missi
     run = subprocess.run([sys.executable, "-c", _READERS, str(folder)], capture_output=True, text=True, env=env,
                          timeout=120)
     assert run.stdout.split() == ["config", "ok", "meta", "ok", "check", "ok"], (run.stdout, run.stderr)
+
+
+# `sigma.models.grow.grow_from` (training's init_from into another architecture) of the folder argv[1], in a process of
+# its own: `ok` with the tensors it loaded, or the SigmaError's code and message
+_GROWER = """import sys
+from sigma.errors import SigmaError
+from sigma.models import build_model
+from sigma.models.grow import grow_from
+try:
+    print("ok", len(grow_from(build_model("tiny-lite"), sys.argv[1]).loaded), flush=True)
+except SigmaError as exc:
+    print(exc.code, exc.message, flush=True)
+"""
+
+
+def test_grow_from_a_folder_a_saver_holds_mid_commit_waits_for_the_hold_and_says_it_is_busy(tmp_path):
+    """`grow_from` (training's init_from into a grown architecture) read the source's weights with no hold on its
+    folder: with a real saver stopped mid-commit there (its flock held, its weights renamed, its config not), it read
+    them at once, where `load_model` and `read_config` wait for the hold and say `weights_busy`. Now it reads under
+    the same shared hold: `weights_busy` naming the saver after $SIGMA_MODEL_LOCK_WAIT_S, the model once it goes on."""
+    import os
+    import subprocess
+    import sys
+
+    from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
+
+    folder = save_tiny(tmp_path / "m")
+    saver = stopped_saver(folder)
+    env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"}
+    try:
+        run = subprocess.run([sys.executable, "-c", _GROWER, str(folder)], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert run.returncode == 0 and run.stdout.startswith("weights_busy "), (run.stdout, run.stderr)
+        assert f"pid {saver.pid}" in run.stdout, run.stdout
+        resume_saver(saver)
+    finally:
+        end_saver(saver)
+    run = subprocess.run([sys.executable, "-c", _GROWER, str(folder)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("ok ") and int(run.stdout.split()[1]) > 0, \
+        (run.stdout, run.stderr)
 
 
 # a saver saving one model into a folder again and again for argv[2] seconds

@@ -346,6 +346,66 @@ def test_serve_all_whose_workers_model_folder_is_busy_at_start_up_restarts_nothi
     assert code == 0, proc.output()
 
 
+def test_a_worker_retrying_its_load_beats_as_loading_and_readyz_and_metrics_say_so(redis_server, tmp_path):
+    """A worker that cannot load its model yet (here its folder held by a stopped saver: `weights_busy`, tried again
+    as `out_of_memory` and `out_of_threads` are, for up to worker.load_retry_s) wrote no heartbeat until it loaded:
+    /readyz said `without_worker` and /metrics nothing, as for no worker at all. Now it beats from before the load
+    (`state: loading`, `model_loaded: 0`, `load_retries`, `load_error`): /readyz is still 503 and names its annotator
+    under `checks.workers.loading`, /metrics has `sigma_workers_loading` 1 (and `sigma_workers_alive` 0); once loaded
+    it is `ready` and counted alive. A load stopped by SIGTERM leaves no heartbeat behind."""
+    from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
+
+    from sigma.service.keys import Keys
+
+    model = save_tiny(tmp_path / "model")
+    prefix, port = f"t{uuid.uuid4().hex[:10]}", free_port()
+    saver = stopped_saver(model)
+    env = {**base_env(redis_server.url), "SIGMA_MODEL_LOCK_WAIT_S": "1"}
+    settings = sets([*FAST[:5], f"redis.key_prefix={prefix}",
+                     f"worker.options={{weights: '{model}', runtime: torch}}"])
+    api = Proc(["serve", "api", "--port", str(port), "--log-level", "warning",
+                *sets([*FAST[:10], f"redis.key_prefix={prefix}", "api.annotators=[sigma-lite]"])], env,
+               tmp_path / "api.log")
+    worker = Proc(["worker", "--annotator", "sigma-lite", "--consumer", "slow", *settings], env, tmp_path / "w.log")
+    other = Proc(["worker", "--annotator", "sigma-lite", "--consumer", "other", *settings], env, tmp_path / "o.log")
+    r = redis_server.client()
+    key = Keys(prefix).worker("slow")
+    try:
+        wait_until(lambda: worker.output().count("[weights_busy]") >= 2 or not worker.alive(), 90,
+                   f"two tries\n{worker.output()}", 0.2)
+        assert worker.alive(), worker.output()
+        beat = {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
+        assert beat.get("state") == "loading" and beat.get("model_loaded") == "0", beat   # without the fix: {}
+        assert beat["load_error"] == "weights_busy" and int(beat["load_retries"]) >= 1, beat
+        wait_until(lambda: "[weights_busy]" in other.output() or not other.alive(), 90, other.output(), 0.2)
+        other.signal(signal.SIGTERM)                      # stopped while it waits: its heartbeat goes with it
+        code, log = finished(other, 15)
+        assert code == 0 and r.exists(Keys(prefix).worker("other")) == 0, log
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
+            wait_until(lambda: http.get("/healthz").status_code == 200, 60, api.output(), 0.2)
+            ready = http.get("/readyz")
+            workers = ready.json()["checks"]["workers"]
+            assert ready.status_code == 503 and workers["alive"] == 0, ready.text
+            assert workers["loading"] == {"sigma-lite": 1} and workers["without_worker"] == ["sigma-lite"], ready.text
+            text = http.get("/metrics", headers={"X-API-Key": "test-metrics-key"}).text
+            assert 'sigma_workers_loading{annotator="sigma-lite"} 1.0' in text, text
+            assert 'sigma_workers_alive{annotator="sigma-lite"} 0.0' in text, text
+            resume_saver(saver)
+            wait_until(lambda: http.get("/readyz").status_code == 200, 90, f"ready\n{worker.output()}", 0.2)
+            workers = http.get("/readyz").json()["checks"]["workers"]
+            assert workers["loading"] == {} and workers["alive"] == 1, workers
+            text = http.get("/metrics", headers={"X-API-Key": "test-metrics-key"}).text
+            assert 'sigma_workers_loading{annotator="sigma-lite"} 0.0' in text, text
+            assert 'sigma_workers_alive{annotator="sigma-lite"} 1.0' in text, text
+        assert r.hget(key, "state") == b"ready" and r.hget(key, "model_loaded") == b"1"
+    finally:
+        end_saver(saver)
+        other.stop()
+        code = worker.stop(timeout=30)
+        api.stop()
+    assert code == 0 and "Traceback" not in worker.output(), worker.output()
+
+
 @pytest.mark.parametrize("swallow", [False, True], ids=["plain-load", "load-that-cannot-be-unwound"])
 def test_a_signal_while_loading_the_model_exits_0_at_once(redis_server, tmp_path, swallow):
     """Also when an exception raised into the load cannot end it: CI once caught the signal inside torch's import

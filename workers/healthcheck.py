@@ -1,7 +1,8 @@
 """Container health check for a worker: exit 0 when this host's worker has a fresh heartbeat.
 
 `python -m sigma.workers.healthcheck` (Docker HEALTHCHECK): the worker writes `P:worker:<host>-<pid>` with a
-TTL only after its model loaded, so "a key for this host exists" means alive, connected and ready. With
+TTL from before its model loads (`state: loading`, `model_loaded: 0`), so "a key for this host with `model_loaded` 1
+exists" means alive, connected and ready. With
 `worker.consumer` set the key is known and read directly; else this host's keys are looked for among the live
 heartbeats of the registry (`sigma.service.heartbeats`), never by walking the keyspace (a SCAN MATCH of every key
 per check, every few seconds per container), save while no worker of this release registers.

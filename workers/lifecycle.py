@@ -283,7 +283,8 @@ SHORTAGES = frozenset({"out_of_memory", "out_of_threads"})
 
 
 def load_waiting_out_transient_faults(load: Callable[[], None], command: str, stop: threading.Event,
-                                      shortage_for_s: float = 600.0) -> None:
+                                      shortage_for_s: float = 600.0,
+                                      refused: Callable[[str], None] | None = None) -> None:
     """`load()` (the worker's annotator), tried again while it fails for a reason that passes by itself:
     - `weights_busy`: its model folder held by a saver stopped (Ctrl-Z, SIGSTOP) or hung mid-commit, until the saver
       goes on or dies (each try waits the lock's bound first, so it never loops hot);
@@ -296,7 +297,8 @@ def load_waiting_out_transient_faults(load: Callable[[], None], command: str, st
     backoff. Interrupted when `stop` is set between tries (a signal inside `abrupt_while` ends the process before
     that). Other errors (a missing or corrupt weights file, a bad option) are permanent and raised at once; one that
     follows a shortage says so, as a MemoryError inside an import can leave that module half-imported for the next
-    try (`module 'sympy' has no attribute 'printing'`), which only a fresh process (the supervisor's) gets past."""
+    try (`module 'sympy' has no attribute 'printing'`), which only a fresh process (the supervisor's) gets past.
+    `refused(code)` is told of each try refused and tried again (the worker's heartbeat shows it)."""
     from sigma.errors import SigmaError
     from sigma.service.consumer import Backoff
 
@@ -320,6 +322,8 @@ def load_waiting_out_transient_faults(load: Callable[[], None], command: str, st
                     exc.message += ("; after the machine refused this load memory or threads, which can leave a "
                                     "module half-imported: a fresh process may load it")
                 raise
+            if refused is not None:
+                refused(exc.code)
             delay = backoff.next_delay()
             quietly(_say_retry, f"{command}: [{exc.code}] {exc.message}; trying again in {delay:.1f} s{left} "
                     "(Ctrl-C to stop)")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sigma.service.annotation import AnnotationHandler
 from sigma.service.connections import sync_client
@@ -56,6 +58,24 @@ def build_worker(cfg: ServeConfig, predictor: Predictor | None = None, consumer:
                     describe=f"worker {name} ({annotator})", handle_timeout_s=cfg.worker.batch_timeout_s or None)
 
 
+@contextmanager
+def beating_while_loading(worker: Consumer) -> Iterator[None]:
+    """The worker's heartbeat from before its model loads (`state: loading`, `model_loaded: 0`, the tries refused
+    in `load_retries` and `load_error`), so that /readyz and /metrics see a worker loading, or waiting out memory,
+    threads or a busy model folder for up to `worker.load_retry_s`, rather than no worker: it beat only once
+    loaded. The consumer loop goes on with the same heartbeat. A load that fails for good deletes it (the process
+    ends); a heartbeat thread the machine refused is said and left to the consumer loop to start."""
+    try:
+        worker.heartbeat.start()
+    except RuntimeError as exc:       # a thread refused (out of threads): the load's own retries come first
+        log.warning("%s: no heartbeat while loading (%s); it starts with the consumer loop", worker.describe, exc)
+    try:
+        yield
+    except BaseException:
+        worker.heartbeat.stop()
+        raise
+
+
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
     """Runs until stopped, then ends the process (`StopSignals.end`: status 0, or 75 when it recycled itself past
     `worker.max_rss_mb`); errors before the loop (a plugin that cannot be imported, an annotator that cannot be
@@ -71,6 +91,7 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
         log.info("%s: stopped (%s)", worker.describe, reason)
 
     signals = StopSignals(stop, say_stopped).install()
+    signals.at_hard_exit(worker.heartbeat.halt)     # beating from before the load: no beat after the delete
     signals.at_hard_exit(forget_worker_key(cfg.redis, worker.heartbeat.key))
 
     def on_stuck(entries: list[Entry], seconds: float) -> None:
@@ -88,8 +109,9 @@ def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:
         with signals.abrupt_while("checking Redis"):
             report_unreachable_redis(cfg.redis, "sigma worker")
         log.info("%s: loading the annotator", worker.describe)
-        with signals.abrupt_while("loading the model"):
-            load_waiting_out_transient_faults(handler.predictor.setup, "sigma worker", stop, cfg.worker.load_retry_s)
+        with signals.abrupt_while("loading the model"), beating_while_loading(worker):
+            load_waiting_out_transient_faults(handler.predictor.setup, "sigma worker", stop, cfg.worker.load_retry_s,
+                                              refused=handler.load_refused)
         log.info("%s: loaded in %.0f ms, consuming %s", worker.describe, handler.predictor.setup_ms or 0,
                  worker.queue.stream)
         counts = worker.run()

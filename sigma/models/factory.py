@@ -347,6 +347,12 @@ def _refuse_mid_commit(cfg_path: Path) -> None:
             f"resume it (`fg`, `kill -CONT {' '.join(map(str, writers))}`) or let it finish, then try again")
 
 
+def read_weights(path: str | Path, *, deadline: float | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a saved model's weights file, read under the folder's shared hold with its config, as
+    `load_model` reads them (`_read_pair`), without building a network (`sigma.models.grow`)."""
+    return cast(dict[str, torch.Tensor], _read_pair(path, deadline)[2])
+
+
 def read_saved_meta(path: str | Path) -> tuple[SigmaNetConfig, bool]:
     """(config, whether the weights file holds the backbone) of a saved model, its config.json read alone (no tensor,
     no lock, no save finished): what a fleet submission asks to know whether a load would resolve the backbone

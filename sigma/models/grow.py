@@ -60,10 +60,13 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> GrowRepor
     return rep
 
 
-def grow_from(model: nn.Module, source: str) -> GrowReport:
-    """Load a saved SigmaNet's matching tensors into `model` (see the module docstring)."""
-    from sigma.models.factory import model_files
-    from sigma.models.weights import load_safetensors
+def grow_from(model: nn.Module, source: str, *, deadline: float | None = None) -> GrowReport:
+    """Load a saved SigmaNet's matching tensors into `model` (see the module docstring). The weights are read as
+    `load_model` reads them (`sigma.models.factory._read_pair`: under the folder's shared hold, a save killed
+    mid-commit finished first): they were read with no hold, so a saver stopped mid-commit there (Ctrl-Z, SIGSTOP) or
+    committing meanwhile gave one save's weights to a run whose `read_config` had read another's, where every other
+    reader says `weights_busy` after `$SIGMA_MODEL_LOCK_WAIT_S`. `deadline` (`lock_deadline()`): the bound shared with
+    the caller's `read_config` before; None: `lock_wait_s()` from here."""
+    from sigma.models.factory import read_weights
 
-    _, weights = model_files(source)
-    return load_matching(model, load_safetensors(weights))
+    return load_matching(model, read_weights(source, deadline=deadline))

@@ -115,16 +115,31 @@ class AnnotationHandler:
         self.out_of_memory_deliveries = min(OUT_OF_MEMORY_DELIVERIES, max_deliveries)
         self.started_at = time.time()
         self.counts = {"jobs_done": 0, "jobs_failed": 0, "duplicates": 0}
+        # the model's load, as the heartbeat shows it while it is tried again (`sigma.workers.lifecycle`): the tries
+        # refused so far and the last refusal's code (weights_busy, out_of_memory, out_of_threads)
+        self.load_retries = 0
+        self.load_error = ""
+
+    def load_refused(self, code: str) -> None:
+        """A load of the model refused for a reason that passes (`load_waiting_out_transient_faults`): counted, for
+        the heartbeat's `load_retries` and `load_error`."""
+        self.load_retries += 1
+        self.load_error = code
 
     def info(self) -> dict[str, Any]:
+        loaded = self.predictor.annotator is not None
+        # `state`: "loading" while the model is loaded (and tried again), "ready" once it is; a worker beats from
+        # before its load, so /readyz and /metrics see it loading (or refused memory, threads, its folder) rather
+        # than no worker at all. Readers take a hash without `state` (an earlier release: it beat once loaded) as ready
         info: dict[str, Any] = {"consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
                                 "annotator": self.annotator, "config_hash": self.predictor.config_hash,
-                                "model_loaded": int(self.predictor.annotator is not None),
-                                "started_at": f"{self.started_at:.3f}", **self.counts,
-                                # the decode pool's state: 1 while it is given up (threads refused), and how often
-                                "decode_threads": self.predictor.decoding_threads,
-                                "decode_pool_refusals": self.predictor.decode_pool_refusals}
-        mem = gpu_memory_bytes()
+                                "model_loaded": int(loaded), "state": "ready" if loaded else "loading",
+                                "load_retries": self.load_retries, "load_error": self.load_error,
+                                "started_at": f"{self.started_at:.3f}", **self.counts}
+        if loaded:      # the decode pool's state: 1 while it is given up (threads refused), and how often
+            info.update(decode_threads=self.predictor.decoding_threads,
+                        decode_pool_refusals=self.predictor.decode_pool_refusals)
+        mem = gpu_memory_bytes() if loaded else None     # not into a torch the main thread may be importing
         if mem is not None:
             info["gpu_memory_bytes"] = mem
         rss = rss_mb()

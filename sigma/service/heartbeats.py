@@ -63,6 +63,13 @@ return out
 """
 
 
+def loading(heartbeat: dict[str, str]) -> bool:
+    """Whether an annotation worker's heartbeat (decoded) says it is still loading its model (`state: loading`): it
+    beats from before its load, and takes no job until it is `ready`. A hash without `state` (a worker of an earlier
+    release, which beat only once loaded) is ready."""
+    return heartbeat.get("state") == "loading"
+
+
 def beat_args(ttl_ms: int, mapping: dict[str, Any]) -> list[Any]:
     """ARGV of `BEAT` for a hash of `mapping` living `ttl_ms`."""
     args: list[Any] = [int(ttl_ms), REGISTRY_TTL_MS]

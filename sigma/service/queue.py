@@ -328,6 +328,7 @@ class Heartbeat:
         self.on_dead = on_dead          # the heartbeat cannot go on: end the process (default: `_end_process`)
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
+        self._writing = threading.Lock()       # held while a beat writes the key (`halt` waits for it)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sigma-heartbeat", daemon=True)
         self.beats = 0
@@ -360,13 +361,16 @@ class Heartbeat:
                     raise
         info = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self.info().items()}
         info["last_beat"] = f"{time.time():.3f}"
-        if self._beat_script is not None:      # hash, TTL and registry entry in one script: they cannot disagree
-            self._beat_script(keys=[self.key, self.registry], args=beat_args(self.ttl_ms, info))
-        else:
-            pipe = self.r.pipeline(transaction=True)
-            pipe.hset(self.key, mapping=info)
-            pipe.pexpire(self.key, self.ttl_ms)
-            pipe.execute()
+        with self._writing:                    # none after `halt`: it would write a gone worker's key again
+            if self._stop.is_set():
+                return
+            if self._beat_script is not None:      # hash, TTL and registry entry in one script: they cannot disagree
+                self._beat_script(keys=[self.key, self.registry], args=beat_args(self.ttl_ms, info))
+            else:
+                pipe = self.r.pipeline(transaction=True)
+                pipe.hset(self.key, mapping=info)
+                pipe.pexpire(self.key, self.ttl_ms)
+                pipe.execute()
         self.beats += 1
 
     def _beat_once(self) -> None:
@@ -430,9 +434,21 @@ class Heartbeat:
                        f"afresh (heartbeat_failed)")
 
     def start(self) -> None:
-        """The first beat now (a Redis error is retried by the thread: starting never fails on Redis)."""
+        """The first beat now (a Redis error is retried by the thread: starting never fails on Redis). Once only: a
+        worker starts beating before its model loads, and its consumer loop starts it again (nothing then). A thread
+        the machine refused (RuntimeError) is raised, and a later `start` tries again."""
+        if self._thread.is_alive():
+            return
         self._beat_once()
         self._thread.start()
+
+    def halt(self, timeout_s: float = 1.0) -> None:
+        """No beat from now on: a beat in flight is waited for up to `timeout_s`. For a hard exit's cleanup, before it
+        deletes the key on a connection of its own: a beat after that delete wrote the key again, and the worker,
+        gone, looked alive (or loading) until its TTL ran out."""
+        self._stop.set()
+        if self._writing.acquire(timeout=timeout_s):       # a write in flight is done; none starts after this
+            self._writing.release()
 
     def stop(self, delete: bool = True) -> None:
         self._stop.set()

@@ -227,7 +227,7 @@ def _build_model(cfg: TrainConfig, log=print, resuming: bool = False):
     model = build_model(cfg.model, pretrained=True)
     if saved.model_dump(exclude={"name"}) == model.config.model_dump(exclude={"name"}):
         return load_model(src, deadline=time.monotonic() + left), None
-    report = grow_from(model, str(src))
+    report = grow_from(model, str(src), deadline=time.monotonic() + left)
     log(f"init_from {src}: grown to {cfg.model if isinstance(cfg.model, str) else 'the configured model'}: "
         f"{report.summary()}")
     return model, report
