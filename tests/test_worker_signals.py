@@ -66,6 +66,53 @@ def test_the_signals_thread_outlives_a_failure_acting_on_a_signal_and_a_second_s
     assert "Traceback" not in out, out
 
 
+# A process stopped inside `abrupt_while` (as a worker loading its model is), whose hard-exit cleanup takes a while
+# (as deleting the heartbeat key over a fresh Redis connection does) and then leaves a mark. Its main thread is in
+# native calls that release the GIL (hashing, as a model load reads and decodes), so the signal's Python-level
+# handler runs only when one returns: after the signals thread has begun the exit, during the cleanup.
+SLOW_CLEANUP = """import hashlib, sys, threading, time
+from pathlib import Path
+from sigma.workers.lifecycle import StopSignals
+mark = Path(sys.argv[1])
+def cleanup():
+    time.sleep(1.0)
+    mark.write_text("cleaned")
+signals = StopSignals(threading.Event(), lambda reason: print(f"stopped ({reason})", flush=True)).install()
+signals.at_hard_exit(cleanup)
+data = bytes(64 << 20)
+with signals.abrupt_while("loading the model"):
+    print("ready", flush=True)
+    while True:
+        hashlib.sha256(data).digest()
+"""
+
+
+def test_a_hard_exit_runs_its_cleanups_to_the_end_though_the_main_thread_sees_the_same_signal(tmp_path: Path):
+    """The main thread's own handler for a signal ended the process at once whenever a hard exit was under way, to
+    let a second signal cut a slow cleanup short. But it also runs for the first signal, the one the exit acts on,
+    as soon as the main thread next runs bytecode: it then ended the process in the middle of the cleanups. A worker
+    stopped while loading its model left its heartbeat key in Redis about half the time (looking alive, or loading,
+    until the key's TTL ran out). Now only a signal that came after the exit began ends it early."""
+    log, mark = tmp_path / "out.log", tmp_path / "mark"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_CLEANUP, str(mark)], stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "ready" in log.read_text(), log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert code == 0 and "stopped (SIGTERM while loading the model)" in out, out
+    assert mark.exists(), f"the cleanup was cut short (without the fix: os._exit in the main thread's handler)\n{out}"
+
+
 @pytest.mark.redis
 @pytest.mark.timeout(120)
 def test_an_idle_worker_stops_within_two_socket_timeouts_of_a_frozen_redis(private_redis, tmp_path: Path):

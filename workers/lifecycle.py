@@ -87,6 +87,11 @@ class StopSignals:
         self.say = say or (lambda reason: log.info("stopped (%s)", reason))
         self._abrupt: str | None = None
         self._exiting = False
+        # Each SIGTERM/SIGINT reaches both the signals thread (through the wakeup fd) and, whenever the main thread
+        # next runs bytecode, `_in_main_thread`: counted apart, so that the main thread's late call for the very
+        # signal a hard exit is acting on is not taken for a second one (which ends the process at once)
+        self._main_thread_signals = 0
+        self._signals_at_exit = 0
         self._cleanups: list[Callable[[], None]] = []
 
     def install(self) -> StopSignals:
@@ -106,7 +111,11 @@ class StopSignals:
         return self
 
     def _in_main_thread(self, _signum: int, _frame) -> None:
-        if self._exiting:          # a signal while the hard exit says why or cleans up: end now
+        """A signal that comes while the hard exit says why or cleans up ends the process now. Only one that came
+        after the exit began: this call for the signal the exit is acting on ran `os._exit` in the middle of its
+        cleanups (a worker stopped while loading left its heartbeat key behind, looking alive until its TTL)."""
+        self._main_thread_signals += 1
+        if self._exiting and self._main_thread_signals > self._signals_at_exit:
             os._exit(0)
 
     def _watch(self, fd: int) -> None:
@@ -155,6 +164,7 @@ class StopSignals:
     def hard_exit(self, reason: str, code: int = 0) -> None:
         """Say why, run the cleanups (each failure ignored), and end the process with `code` without unwinding
         the main thread. Also from another thread (a stuck batch noticed by the heartbeat: status 1)."""
+        self._signals_at_exit = self.received
         self._exiting = True
         quietly(self.say, reason)
         for cleanup in self._cleanups:
