@@ -304,3 +304,44 @@ def test_memory_opencv_is_refused_reading_a_16_bit_pair_is_out_of_memory_not_a_t
             lines = proc.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("sigma: error [out_of_memory]:"), (spare_mb, proc.stderr)
     assert outcomes[1200] == 0, outcomes
+
+
+# A child that builds an annotator whose load fails as oneDNN does (torch's RuntimeError "could not create a
+# primitive", oneDNN's one message whatever its status) under a real RLIMIT_AS of what it maps plus argv[1] MB, or
+# with no limit at all (argv[1] "none"), and prints the code the registry gave it.
+ONEDNN_CHILD = """
+import resource, sys
+from sigma.errors import SigmaError
+from sigma.registry import ANNOTATORS, Entry, create_annotator
+def primitive_refused(**options):
+    raise RuntimeError("could not create a primitive")
+ANNOTATORS._entries["dnnl"] = Entry("dnnl", primitive_refused, "test only", lambda: "none")
+try:
+    create_annotator("dnnl")       # once with room: the registry's own imports are done before the limit
+except SigmaError:
+    pass
+if sys.argv[1] != "none":
+    size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    create_annotator("dnnl")
+except SigmaError as exc:
+    print("RESULT", exc.code, exc.message)
+"""
+
+
+@pytest.mark.parametrize(("spare", "code"), [("8", "out_of_memory"), ("2048", "annotator_failed"),
+                                             ("none", "annotator_failed")])
+def test_onednns_could_not_create_a_primitive_is_out_of_memory_only_near_the_address_limit(spare, code):
+    """Under `prlimit --as` 950-990 MB `sigma annotate --annotator sigma-lite` said `annotator_failed: ... could not be
+    built: RuntimeError: could not create a primitive` (its process had 0.2 MB left under the limit): oneDNN's words
+    for any failed status, out of memory among them. Now `out_of_memory` within 64 MB of a real address-space limit,
+    and still the annotator's fault with room left or no limit (`sigma.errors.onednn_memory_refused`)."""
+    proc = subprocess.run([sys.executable, "-c", ONEDNN_CHILD, spare], capture_output=True, text=True, timeout=120,
+                          check=False)
+    said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert said and said[0].split()[1] == code, (proc.stdout[-2000:], proc.stderr[-3000:])
+    if code == "out_of_memory":
+        assert "could not create a primitive, with under 64 MB of address space left" in said[0], said
+    else:
+        assert "RuntimeError: could not create a primitive" in said[0], said
