@@ -1,6 +1,7 @@
 """`sigma` under a low address-space limit (`ulimit -v`, RLIMIT_AS; a container's memory): one line, exit 2."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -345,3 +346,49 @@ def test_onednns_could_not_create_a_primitive_is_out_of_memory_only_near_the_add
         assert "could not create a primitive, with under 64 MB of address space left" in said[0], said
     else:
         assert "RuntimeError: could not create a primitive" in said[0], said
+
+
+# A child that builds a torch annotator (sigma.annotators.torch_base.TorchAnnotator, as sigma-lite and feature-diff
+# are) under a real RLIMIT_AS of what it maps plus argv[1] MB, then loads as they do: a parallel op (more than one
+# grain of elements, so torch's OpenMP pool starts its second thread there unless it already has).
+THREADS_CHILD = """
+import resource, sys
+import torch
+from sigma.annotators.torch_base import TorchAnnotator
+from sigma.errors import OutOfMemoryError
+class Tiny(TorchAnnotator):
+    name = "tiny"
+    def working_size(self, pair):
+        return pair.size
+    def _forward(self, original, edited, pairs, contexts):
+        return original[:, :1]
+torch.set_num_threads(1)
+Tiny(cpu_threads=1)                    # with room: every import done, the pool still one thread
+torch.ones(2 ** 18).add_(1)
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    Tiny(cpu_threads=2)
+    torch.ones(2 ** 18).mul_(3)        # the load's first parallel op
+    print("RESULT ok", flush=True)
+except OutOfMemoryError as exc:
+    print("RESULT out_of_memory", exc.message, flush=True)
+except RuntimeError as exc:            # torch's own refusal of the op's tensor: said, not fatal
+    print("RESULT refused", exc, flush=True)
+"""
+
+
+@pytest.mark.parametrize("spare_mb", [6, 8, 10])
+def test_torch_threads_the_limit_leaves_no_room_for_are_out_of_memory_not_libgomps_exit(spare_mb):
+    """`sigma annotate --annotator sigma-lite` under `prlimit --as` 875-880 MB ended with `libgomp: Thread creation
+    failed: Resource temporarily unavailable`, exit 1, no sigma line: torch's OpenMP pool started its thread in the
+    model's load, the stack was refused, and libgomp ends the process (glibc's `cannot allocate memory for
+    thread-local data`, 127, is the same end). A torch annotator now starts the pool as it is built, once it found
+    the address space free (`sigma.annotators.thread_room`): `out_of_memory` when it is not. Here 6-10 MB spare:
+    less than a thread's 8 MB stack and its slack, which is where libgomp ended the child."""
+    proc = subprocess.run([sys.executable, "-c", THREADS_CHILD, str(spare_mb)], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert "libgomp" not in proc.stderr and proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert said and said[0].startswith("RESULT out_of_memory starting torch's 2 threads: the system gave no more "
+                                       "memory for their "), said
