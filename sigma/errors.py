@@ -150,7 +150,22 @@ def memory_refusal(exc: BaseException) -> str:
         return " ".join(str(exc).split()) or type(exc).__name__
     if onednn_memory_refused(exc):
         return f"oneDNN: {ONEDNN_NO_PRIMITIVE}, with under {MEMORY_PRESSURE_MARGIN >> 20} MB of address space left"
+    if system_error_under_pressure(exc):
+        return (f"SystemError: {first_line(exc, 120)}, with under {MEMORY_PRESSURE_MARGIN >> 20} MB of address space "
+                "left")
     return loading_refused(exc)
+
+
+def system_error_under_pressure(exc: BaseException) -> bool:
+    """CPython's SystemError (`error return without exception set`, `<function _find_and_load ...> returned a result
+    with an exception set`) raised within `MEMORY_PRESSURE_MARGIN` of the address-space limit: an extension module
+    whose allocation failed without saying MemoryError, in an import of torch's or the model's. Under `prlimit --as`
+    860-865 MB `sigma annotate --annotator sigma-lite` said `annotator_failed: ... SystemError: ...`, the annotator's
+    fault. With room left, or no limit, a SystemError stays a bug of its own."""
+    if not isinstance(exc, SystemError):
+        return False
+    left = address_space_left()
+    return left is not None and left < MEMORY_PRESSURE_MARGIN
 
 
 def threads_refused(exc: BaseException) -> bool:

@@ -309,13 +309,15 @@ def test_memory_opencv_is_refused_reading_a_16_bit_pair_is_out_of_memory_not_a_t
 
 # A child that builds an annotator whose load fails as oneDNN does (torch's RuntimeError "could not create a
 # primitive", oneDNN's one message whatever its status) under a real RLIMIT_AS of what it maps plus argv[1] MB, or
-# with no limit at all (argv[1] "none"), and prints the code the registry gave it.
+# with no limit at all (argv[1] "none"), and prints the code the registry gave it; with an argv[2], the load fails
+# with CPython's SystemError instead.
 ONEDNN_CHILD = """
 import resource, sys
 from sigma.errors import SigmaError
 from sigma.registry import ANNOTATORS, Entry, create_annotator
 def primitive_refused(**options):
-    raise RuntimeError("could not create a primitive")
+    raise (SystemError("error return without exception set") if len(sys.argv) > 2 else
+           RuntimeError("could not create a primitive"))
 ANNOTATORS._entries["dnnl"] = Entry("dnnl", primitive_refused, "test only", lambda: "none")
 try:
     create_annotator("dnnl")       # once with room: the registry's own imports are done before the limit
@@ -392,3 +394,16 @@ def test_torch_threads_the_limit_leaves_no_room_for_are_out_of_memory_not_libgom
     said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert said and said[0].startswith("RESULT out_of_memory starting torch's 2 threads: the system gave no more "
                                        "memory for their "), said
+
+
+@pytest.mark.parametrize(("spare", "code"), [("8", "out_of_memory"), ("none", "annotator_failed")])
+def test_a_system_error_near_the_address_limit_is_out_of_memory_and_elsewhere_the_annotators(spare, code):
+    """CPython's SystemError of an extension whose allocation failed without a MemoryError (`error return without
+    exception set`, `_find_and_load ... returned a result with an exception set`) made `sigma annotate --annotator
+    sigma-lite` under `prlimit --as` 860-865 MB say `annotator_failed`. Now `out_of_memory` within 64 MB of a real
+    address-space limit (`sigma.errors.system_error_under_pressure`); with no limit still the annotator's error."""
+    proc = subprocess.run([sys.executable, "-c", ONEDNN_CHILD, spare, "system"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert said and said[0].split()[1] == code, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "SystemError: error return without exception set" in said[0], said
