@@ -104,15 +104,68 @@ def opencv_memory_refused(exc: BaseException) -> bool:
     return type(exc).__module__ == "cv2" and getattr(exc, "code", None) == OPENCV_NO_MEMORY
 
 
+ONEDNN_NO_PRIMITIVE = "could not create a primitive"
+# address space left under RLIMIT_AS below which the system, not the model, is taken to have refused oneDNN: at its
+# failures under `prlimit --as` 950-990 MB, sigma-lite's process had 0.2-0.3 MB left; a genuine oneDNN fault (a
+# shape or a CPU it has no kernel for) happens with the space the limit leaves, or with none set
+MEMORY_PRESSURE_MARGIN = 64 * 2**20
+
+
+def address_space_left() -> int | None:
+    """Bytes this process may still map under its RLIMIT_AS (the soft `ulimit -v`, `prlimit --as`) beside what it has
+    mapped now (/proc/self/status VmSize), or None when it has no such limit or the numbers cannot be read."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return soft - size
+
+
+def onednn_memory_refused(exc: BaseException) -> bool:
+    """oneDNN's (torch's CPU convolutions) `RuntimeError: could not create a primitive` raised while this process is
+    within `MEMORY_PRESSURE_MARGIN` of its address-space limit. oneDNN says the same words whatever its status was
+    (out of memory among them), so the words alone are not enough: under `prlimit --as` 950-990 MB `sigma annotate
+    --annotator sigma-lite` said `annotator_failed: ... RuntimeError: could not create a primitive`, the model's
+    fault, and where the load had passed, a traceback. With room left, or no limit, it stays the model's error."""
+    if not isinstance(exc, RuntimeError) or ONEDNN_NO_PRIMITIVE not in str(exc):
+        return False
+    left = address_space_left()
+    return left is not None and left < MEMORY_PRESSURE_MARGIN
+
+
 def memory_refusal(exc: BaseException) -> str:
     """How the system refused memory to `exc`'s work, in one line, or "" when it did not: a MemoryError or an ENOMEM
     OSError (`memory_refused`), or an error of a native reader whose text, or its cause's, says so (`loading_refused`:
     safetensors' mmap of a weights file under a low `ulimit -v` is a SafetensorError "unable to mmap ... Cannot
     allocate memory (12)"; ONNX Runtime's `std::bad_alloc` loading a cached graph). For wrappers that otherwise blame
-    their input for it (a weights file "damaged", a cached ONNX graph "unusable")."""
+    their input for it (a weights file "damaged", a cached ONNX graph "unusable"). oneDNN's "could not create a
+    primitive" counts only under the pressure of an address-space limit (`onednn_memory_refused`)."""
     if memory_refused(exc):
         return " ".join(str(exc).split()) or type(exc).__name__
+    if onednn_memory_refused(exc):
+        return f"oneDNN: {ONEDNN_NO_PRIMITIVE}, with under {MEMORY_PRESSURE_MARGIN >> 20} MB of address space left"
+    if system_error_under_pressure(exc):
+        return (f"SystemError: {first_line(exc, 120)}, with under {MEMORY_PRESSURE_MARGIN >> 20} MB of address space "
+                "left")
     return loading_refused(exc)
+
+
+def system_error_under_pressure(exc: BaseException) -> bool:
+    """CPython's SystemError (`error return without exception set`, `<function _find_and_load ...> returned a result
+    with an exception set`) raised within `MEMORY_PRESSURE_MARGIN` of the address-space limit: an extension module
+    whose allocation failed without saying MemoryError, in an import of torch's or the model's. Under `prlimit --as`
+    860-865 MB `sigma annotate --annotator sigma-lite` said `annotator_failed: ... SystemError: ...`, the annotator's
+    fault. With room left, or no limit, a SystemError stays a bug of its own."""
+    if not isinstance(exc, SystemError):
+        return False
+    left = address_space_left()
+    return left is not None and left < MEMORY_PRESSURE_MARGIN
 
 
 def threads_refused(exc: BaseException) -> bool:

@@ -17,6 +17,7 @@ from sigma.errors import (
     SigmaError,
     UnknownNameError,
     loading_refused,
+    memory_refusal,
     memory_refused,
     no_memory,
     threads_refused,
@@ -111,8 +112,10 @@ def _build_failed(name: str, exc: Exception) -> SigmaError:
     low `ulimit -v`, a library it could not map) is `out_of_memory`, and refusing a thread `out_of_threads`: no fault
     of the annotator, and a shortage that passes. Both were `annotator_failed`, the annotator's own fault, so a
     `sigma worker` started while memory was short exited 2 instead of loading again once it was back
-    (`sigma.workers.lifecycle.load_waiting_out_transient_faults`). Anything else stays `annotator_failed`."""
-    refused = loading_refused(exc) if isinstance(exc, ImportError) else exc if memory_refused(exc) else ""
+    (`sigma.workers.lifecycle.load_waiting_out_transient_faults`). A native library's own error saying so counts
+    too (`memory_refusal`): torch's RuntimeError `DefaultCPUAllocator: can't allocate memory` while sigma-lite's
+    load-time probe ran was `annotator_failed` under `prlimit --as` ~890 MB. Anything else stays `annotator_failed`."""
+    refused = loading_refused(exc) if isinstance(exc, ImportError) else memory_refusal(exc)
     if refused:
         return OutOfMemoryError(f"annotator {name!r} could not be built: {no_memory(refused, 'to load it')}; not "
                                 "the annotator's fault: raise the limit (`ulimit -v`, the container's memory) or free "

@@ -1,6 +1,7 @@
 """`sigma` under a low address-space limit (`ulimit -v`, RLIMIT_AS; a container's memory): one line, exit 2."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -304,3 +305,105 @@ def test_memory_opencv_is_refused_reading_a_16_bit_pair_is_out_of_memory_not_a_t
             lines = proc.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("sigma: error [out_of_memory]:"), (spare_mb, proc.stderr)
     assert outcomes[1200] == 0, outcomes
+
+
+# A child that builds an annotator whose load fails as oneDNN does (torch's RuntimeError "could not create a
+# primitive", oneDNN's one message whatever its status) under a real RLIMIT_AS of what it maps plus argv[1] MB, or
+# with no limit at all (argv[1] "none"), and prints the code the registry gave it; with an argv[2], the load fails
+# with CPython's SystemError instead.
+ONEDNN_CHILD = """
+import resource, sys
+from sigma.errors import SigmaError
+from sigma.registry import ANNOTATORS, Entry, create_annotator
+def primitive_refused(**options):
+    raise (SystemError("error return without exception set") if len(sys.argv) > 2 else
+           RuntimeError("could not create a primitive"))
+ANNOTATORS._entries["dnnl"] = Entry("dnnl", primitive_refused, "test only", lambda: "none")
+try:
+    create_annotator("dnnl")       # once with room: the registry's own imports are done before the limit
+except SigmaError:
+    pass
+if sys.argv[1] != "none":
+    size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    create_annotator("dnnl")
+except SigmaError as exc:
+    print("RESULT", exc.code, exc.message)
+"""
+
+
+@pytest.mark.parametrize(("spare", "code"), [("8", "out_of_memory"), ("2048", "annotator_failed"),
+                                             ("none", "annotator_failed")])
+def test_onednns_could_not_create_a_primitive_is_out_of_memory_only_near_the_address_limit(spare, code):
+    """Under `prlimit --as` 950-990 MB `sigma annotate --annotator sigma-lite` said `annotator_failed: ... could not be
+    built: RuntimeError: could not create a primitive` (its process had 0.2 MB left under the limit): oneDNN's words
+    for any failed status, out of memory among them. Now `out_of_memory` within 64 MB of a real address-space limit,
+    and still the annotator's fault with room left or no limit (`sigma.errors.onednn_memory_refused`)."""
+    proc = subprocess.run([sys.executable, "-c", ONEDNN_CHILD, spare], capture_output=True, text=True, timeout=120,
+                          check=False)
+    said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert said and said[0].split()[1] == code, (proc.stdout[-2000:], proc.stderr[-3000:])
+    if code == "out_of_memory":
+        assert "could not create a primitive, with under 64 MB of address space left" in said[0], said
+    else:
+        assert "RuntimeError: could not create a primitive" in said[0], said
+
+
+# A child that builds a torch annotator (sigma.annotators.torch_base.TorchAnnotator, as sigma-lite and feature-diff
+# are) under a real RLIMIT_AS of what it maps plus argv[1] MB, then loads as they do: a parallel op (more than one
+# grain of elements, so torch's OpenMP pool starts its second thread there unless it already has).
+THREADS_CHILD = """
+import resource, sys
+import torch
+from sigma.annotators.torch_base import TorchAnnotator
+from sigma.errors import OutOfMemoryError
+class Tiny(TorchAnnotator):
+    name = "tiny"
+    def working_size(self, pair):
+        return pair.size
+    def _forward(self, original, edited, pairs, contexts):
+        return original[:, :1]
+torch.set_num_threads(1)
+Tiny(cpu_threads=1)                    # with room: every import done, the pool still one thread
+torch.ones(2 ** 18).add_(1)
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    Tiny(cpu_threads=2)
+    torch.ones(2 ** 18).mul_(3)        # the load's first parallel op
+    print("RESULT ok", flush=True)
+except OutOfMemoryError as exc:
+    print("RESULT out_of_memory", exc.message, flush=True)
+except RuntimeError as exc:            # torch's own refusal of the op's tensor: said, not fatal
+    print("RESULT refused", exc, flush=True)
+"""
+
+
+@pytest.mark.parametrize("spare_mb", [6, 8, 10])
+def test_torch_threads_the_limit_leaves_no_room_for_are_out_of_memory_not_libgomps_exit(spare_mb):
+    """`sigma annotate --annotator sigma-lite` under `prlimit --as` 875-880 MB ended with `libgomp: Thread creation
+    failed: Resource temporarily unavailable`, exit 1, no sigma line: torch's OpenMP pool started its thread in the
+    model's load, the stack was refused, and libgomp ends the process (glibc's `cannot allocate memory for
+    thread-local data`, 127, is the same end). A torch annotator now starts the pool as it is built, once it found
+    the address space free (`sigma.annotators.thread_room`): `out_of_memory` when it is not. Here 6-10 MB spare:
+    less than a thread's 8 MB stack and its slack, which is where libgomp ended the child."""
+    proc = subprocess.run([sys.executable, "-c", THREADS_CHILD, str(spare_mb)], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert "libgomp" not in proc.stderr and proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert said and said[0].startswith("RESULT out_of_memory starting torch's 2 threads: the system gave no more "
+                                       "memory for their "), said
+
+
+@pytest.mark.parametrize(("spare", "code"), [("8", "out_of_memory"), ("none", "annotator_failed")])
+def test_a_system_error_near_the_address_limit_is_out_of_memory_and_elsewhere_the_annotators(spare, code):
+    """CPython's SystemError of an extension whose allocation failed without a MemoryError (`error return without
+    exception set`, `_find_and_load ... returned a result with an exception set`) made `sigma annotate --annotator
+    sigma-lite` under `prlimit --as` 860-865 MB say `annotator_failed`. Now `out_of_memory` within 64 MB of a real
+    address-space limit (`sigma.errors.system_error_under_pressure`); with no limit still the annotator's error."""
+    proc = subprocess.run([sys.executable, "-c", ONEDNN_CHILD, spare, "system"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert said and said[0].split()[1] == code, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "SystemError: error return without exception set" in said[0], said

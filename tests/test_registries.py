@@ -109,6 +109,27 @@ def test_a_plugin_whose_constructor_raises_is_one_error_line(tmp_path, monkeypat
     assert "Traceback" not in err_text
 
 
+def test_an_annotator_whose_load_torch_refused_memory_is_out_of_memory(monkeypatch):
+    """torch's own refusal of an allocation (RuntimeError `DefaultCPUAllocator: can't allocate memory`) while an
+    annotator was built (sigma-lite's load-time probe under `prlimit --as` ~890 MB) was `annotator_failed`, the
+    annotator's fault, where the CLI's top level and the API say `out_of_memory` for it. Here torch really refuses:
+    a tensor larger than any machine's memory."""
+    import torch
+
+    from sigma.errors import SigmaError
+    from sigma.registry import ANNOTATORS, Entry, create_annotator
+
+    def greedy(**options):
+        return torch.empty(2 ** 52, dtype=torch.uint8)
+
+    monkeypatch.setitem(ANNOTATORS._entries, "greedy", Entry("greedy", greedy, "test only", lambda: "none"))
+    with pytest.raises(SigmaError) as err:
+        create_annotator("greedy")
+    assert err.value.code == "out_of_memory", err.value.message
+    assert "annotator 'greedy' could not be built: the system gave no more memory to load it (" in err.value.message
+    assert "can't allocate memory" in err.value.message
+
+
 def _batch_run_with_plugin(source: str, tmp_path, monkeypatch, capsys) -> tuple[str, str]:
     """(the plugin module's name, stderr) of `sigma batch run` in this process with a plugin module of `source`,
     asserting it ended 2."""

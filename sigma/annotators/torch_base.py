@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from sigma.annotators.base import Annotator, AnnotatorConfig, Prediction
+from sigma.annotators.thread_room import start_threads_with_room
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_THREADS
 from sigma.models.device import pick_device
 from sigma.types import Pair
@@ -48,6 +49,17 @@ class TorchAnnotator(Annotator):
 
     config_cls: ClassVar[type[AnnotatorConfig]] = TorchAnnotatorConfig
     default_batch_size: ClassVar[dict[str, int]] = {"cuda": 16, "cpu": 2}   # larger CPU batches add cache misses
+
+    def __init__(self, config: AnnotatorConfig | None = None, **overrides: Any):
+        """The config, then torch's threads, before a subclass loads anything: loading weights runs parallel ops, and
+        under `ulimit -v` a thread started there could end the process (`start_threads_with_room`)."""
+        super().__init__(config, **overrides)
+        import torch
+
+        cpu_threads = getattr(self.config, "cpu_threads", None)
+        if cpu_threads:
+            torch.set_num_threads(cpu_threads)
+        start_threads_with_room(torch)
 
     def _setup_runtime(self) -> None:
         """Call once the network is built: picks the device, threads, precision and batch size."""
