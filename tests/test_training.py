@@ -660,6 +660,23 @@ def test_a_crop_a_vit_backbone_cannot_see_is_refused_before_the_run(photos, tmp_
     assert main(["train", STAGE1, *common, "name=good", "data.crop=56"]) == 0
 
 
+def test_a_run_name_that_is_no_visible_line_or_too_long_is_refused(photos, tmp_path, capsys):
+    """`name=$'run\\n'` (a tab, ESC, a bidi override) trained into a folder no `ls` shows as typed, every line naming
+    it escaped; a part of the name over 255 bytes was `os_error` only once the data had been read. Each is one
+    `invalid_config` line before anything is made; a NUL was refused already."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "eval.val_size=0"]
+    for name, needle in (("run\n", "name 'run\\n' holds a control character"),
+                         ("a\tb", "name 'a\\tb' holds a control character"),
+                         ("a\u202eb", "'a\\u202eb' holds"), ("ok/\x1b[2J", "holds a control character"),
+                         ("a\x00b", "name"), ("x" * 256, "a folder name of 256 bytes"),
+                         ("g/" + "é" * 128, "a folder name of 256 bytes")):
+        assert main(["train", STAGE1, *common, f"name={name}"]) == 2, name
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and needle in err and err.count("\n") == 1, err
+    assert not runs.exists()
+
+
 def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
     """The run folder is <out_dir>/<name>: `name=/` trained into `/` (config.yaml, checkpoints, model/, final/
     at the file system's root), `name=../x` beside out_dir, an absolute name anywhere."""
