@@ -117,7 +117,7 @@ def test_steps_rerun_after_a_kill_are_logged_once(photos, tmp_path, capsys):
     before = (run / "metrics.jsonl").read_text().splitlines()
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 0
-    assert "3 rows after the checkpoint of step 3" in capsys.readouterr().out   # steps 4 and 5, the final validation
+    assert "2 rows after the checkpoint of step 3" in capsys.readouterr().out   # steps 4 and 5 (val_size=0: no val)
     assert steps_logged(run) == [1, 2, 3, 4, 5]
     after = (run / "metrics.jsonl").read_text().splitlines()
     assert after[:3] == before[:3] and not (run / "metrics.jsonl.tmp").exists()
@@ -1661,3 +1661,14 @@ def test_a_refused_resume_leaves_the_runs_config_as_it_was(photos, tmp_path, cap
     assert (runs / "r" / "config.yaml").read_text() == before
     assert main(["train", "--resume", str(runs / "r"), "steps=3"]) == 0
     assert yaml.safe_load((runs / "r" / "config.yaml").read_text())["steps"] == 3
+
+
+def test_a_validation_with_nothing_to_score_writes_no_val_row(photos, tmp_path):
+    """`eval.val_size=0` (no val_dir, no eval.data) wrote `{"event": "val"}` rows holding nothing, at every
+    `eval.every` and at the end, which a reader of metrics.jsonl took for validations. Now there is none."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2", "batch_size=2",
+                 "eval.val_size=0", "eval.every=1"]) == 0
+    rows = [json.loads(line) for line in (runs / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in rows if r["event"] != "train"] == [], rows
+    assert (runs / "r" / "final").is_dir() and not (runs / "r" / "best").exists()

@@ -657,6 +657,11 @@ class Trainer:
         rec: dict[str, Any] = {"event": "val"}
         ev = self.cfg.eval
         real_due = ev.data and (final or (ev.data_every and self.step % ev.data_every == 0))
+        if not val and not real_due:
+            # nothing to score (`eval.val_size=0`, no `eval.val_dir`, no real set due): it wrote a `{"event": "val"}`
+            # row holding nothing, at every `eval.every` and at the end, which readers of metrics.jsonl took for a
+            # validation
+            return
         # said as it starts: a long validation was silent for minutes (and a test knows when it is under way)
         also = " and the real set" if real_due else ""
         self.log(f"[val step {self.step}] scoring {len(val)} synthetic pairs{also}")
