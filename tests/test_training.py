@@ -1663,6 +1663,28 @@ def test_a_refused_resume_leaves_the_runs_config_as_it_was(photos, tmp_path, cap
     assert yaml.safe_load((runs / "r" / "config.yaml").read_text())["steps"] == 3
 
 
+def test_a_fresh_run_refused_while_reading_its_data_leaves_no_run_folder(photos, tmp_path, capsys):
+    """A fresh run refused once its data was read (`no_photos` for an empty photo folder) left `<out_dir>/<name>/`
+    with a config.yaml (and the folder's `.lock`) of a run that never began: `--resume` of it, or a listing of the
+    runs, took it for one. config.yaml is now written once the data is read; a folder the run made is removed again,
+    out_dir too when it made it, and a folder that was there stays as it was."""
+    runs = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", STAGE1, f"data.photos={empty}", f"out_dir={runs}", "name=group/r", "steps=1",
+                 "eval.val_size=0"]) == 2
+    assert "[no_photos]" in capsys.readouterr().err
+    assert not runs.exists()
+    (runs / "mine").mkdir(parents=True)
+    assert main(["train", STAGE1, f"data.photos={empty}", f"out_dir={runs}", "name=mine", "steps=1",
+                 "eval.val_size=0"]) == 2
+    assert "[no_photos]" in capsys.readouterr().err
+    assert (runs / "mine").is_dir() and not (runs / "mine" / "config.yaml").exists()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=mine", "steps=1",
+                 "eval.val_size=0"]) == 0
+    assert yaml.safe_load((runs / "mine" / "config.yaml").read_text())["steps"] == 1
+
+
 def test_a_validation_with_nothing_to_score_writes_no_val_row(photos, tmp_path):
     """`eval.val_size=0` (no val_dir, no eval.data) wrote `{"event": "val"}` rows holding nothing, at every
     `eval.every` and at the end, which a reader of metrics.jsonl took for validations. Now there is none."""
