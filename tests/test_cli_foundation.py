@@ -290,8 +290,8 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "too_many_bytes": (["annotate", o, e, "--set", "io.limits.max_bytes=10", *pd], "file_too_large"),
         "unknown_annotator": (["annotate", o, e, "--annotator", "pixel-dif"], "unknown_name"),
         # `--annotator "$UNSET"` ran the embedded default without a word
-        "empty_annotator": (["annotate", o, e, "--annotator", ""], "invalid_config"),
-        "threshold_range": (["annotate", o, e, *pd, "--threshold", "2"], "invalid_config"),
+        "empty_annotator": (["annotate", o, e, "--annotator", ""], "bad_arguments"),   # the flag's value
+        "threshold_range": (["annotate", o, e, *pd, "--threshold", "2"], "bad_arguments"),
         "threshold_type": (["annotate", o, e, *pd, "--threshold", "x"], "bad_arguments"),
         "unknown_set_key": (["annotate", o, e, *pd, "--set", "io.alignn=true"], "invalid_config"),
         "set_syntax": (["annotate", o, e, *pd, "--set", "threshold"], "invalid_config"),
@@ -355,16 +355,16 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "eval_batch_size_huge": (["eval", "--data", str(tmp), "--annotator", "pixel-diff", "--set",
                                   "batch_size=99999999999999999999"], "invalid_config"),
         "batch_size_huge": (["batch", "run", str(tmp), "--out", str(tmp / "b"), "--annotator", "pixel-diff",
-                             "--batch-size", "100000"], "invalid_config"),
+                             "--batch-size", "100000"], "bad_arguments"),
         # options an API batch may set: a 10^10-pixel working size or 100000 threads would kill its worker
         "working_size_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"), "--set",
                                "options.image_size=100000", "--set", "options.upscale=true"], "invalid_config"),
         "threads_huge": (["annotate", o, e, "--annotator", "sigma-lite", "-o", str(tmp / "out"), "--set",
                           "options.cpu_threads=100000"], "invalid_config"),
         "batch_workers_huge": (["batch", "run", str(tmp), "--out", str(tmp / "b"), "--annotator", "pixel-diff",
-                                "--workers", "100000"], "invalid_config"),
+                                "--workers", "100000"], "bad_arguments"),
         "batch_threads_huge": (["batch", "run", str(tmp), "--out", str(tmp / "b"), "--annotator", "pixel-diff",
-                                "--threads", "100000"], "invalid_config"),
+                                "--threads", "100000"], "bad_arguments"),
         # an instruction limit with no ceiling: 10^12 characters accepted whatever the body limit let through
         "instruction_chars_huge": (["annotate", o, e, *pd, "--set", "io.limits.max_instruction_chars=1000000000000"],
                                    "invalid_config"),
@@ -762,7 +762,7 @@ def test_integer_flags_read_numbers_as_set_and_yaml_files_do(capsys, tmp_path):
     assert rc == 0, err
     config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert (config["input"]["shard_size"], config["batch_size"]) == (2, 16), config
-    for value, needle, code in (("1e300", "at most 100000", "invalid_config"),        # the field's own bound
+    for value, needle, code in (("1e300", "at most 100000", "bad_arguments"),        # the field's own bound
                                 ("1.5e0", "argument --shard-size: '1.5e0': not a whole number", "bad_arguments"),
                                 ("1e999999999", "'1e999999999': more than 4300 digits", "bad_arguments"),
                                 ("1" * 5000, "more than 4300 digits", "bad_arguments"),
@@ -961,6 +961,36 @@ def test_a_threshold_that_is_no_finite_number_is_said_to_be_one(capsys, pair_fil
     assert_one_error_line(err, "invalid_config")
     assert "threshold: Input should be a finite number in [0, 1], got " in err and "less than" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_flag_the_config_refuses_is_bad_arguments_naming_the_flag(capsys, pair_files, tmp_path):
+    """`--threshold nan` and `--batch-size 100000` were `invalid_config` ("threshold: Input should be ..."), while
+    `--threshold abc` was argparse's `bad_arguments`: one flag, two codes for one mistake. A value a flag gave is now
+    `bad_arguments` naming the flag, with the config field's own check and words; `--set` stays `invalid_config`."""
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    orig, edited = pair_files
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    out = tmp_path / "out"
+    cases = [
+        (["annotate", str(orig), str(edited), "-i", "x", "-o", str(out), "--annotator", "pixel-diff",
+          "--threshold", "nan"], "--threshold nan: Input should be a finite number in [0, 1]"),
+        (["eval", "--data", str(tmp_path / "set"), "--annotator", "pixel-diff", "--out", str(out), "--threshold", "2"],
+         "--threshold 2.0: Input should be"),
+        (["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "pixel-diff",
+          "--batch-size", "100000"], "--batch-size 100000: Input should be less than or equal to"),
+        (["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "pixel-diff", "--procs", "0"],
+         "--procs 0: Input should be greater than or equal to 1"),
+    ]
+    for argv, needle in cases:
+        code, _out, err = run_main(capsys, *argv)
+        assert code == 2 and needle in err, (argv, err)
+        assert_one_error_line(err, "bad_arguments")
+        assert not out.exists()
+    code, _out, err = run_main(capsys, "batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator",
+                               "pixel-diff", "--set", "batch_size=100000")
+    assert code == 2 and "batch_size: Input should be less than or equal to" in err, err
+    assert_one_error_line(err, "invalid_config")
 
 
 def test_grounding_thresholds_that_are_no_finite_number_are_said_to_be_one():

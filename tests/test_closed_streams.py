@@ -167,3 +167,16 @@ def test_a_service_started_with_stdout_closed_stops_on_sigterm_with_0(redis_serv
             proc.wait()
     assert proc.returncode == 0, err
     assert "out_no_reader" not in err
+
+
+def test_json_asked_of_a_command_whose_stdout_is_its_log_is_refused_when_stdout_is_closed(tmp_path):
+    """`sigma batch run SET --out RUN --json >&-`: the log goes to stderr when stdout is closed, and the JSON the
+    caller asked for went with it, mixed into the log where no reader of the JSON looks, exit 0. `--json` makes
+    stdout the result: one `out_no_reader` line before any work, exit 2 (the same run without --json finishes, 0)."""
+    data = tmp_path / "set"
+    write_pairs_jsonl(data, synthetic_pairs(2, size=48))
+    run = tmp_path / "run"
+    proc = _sigma("batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--json", close=1)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "[out_no_reader]" in proc.stderr and "--json" in proc.stderr
+    assert "{" not in proc.stderr and not run.exists()

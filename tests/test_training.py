@@ -117,7 +117,7 @@ def test_steps_rerun_after_a_kill_are_logged_once(photos, tmp_path, capsys):
     before = (run / "metrics.jsonl").read_text().splitlines()
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 0
-    assert "3 rows after the checkpoint of step 3" in capsys.readouterr().out   # steps 4 and 5, the final validation
+    assert "2 rows after the checkpoint of step 3" in capsys.readouterr().out   # steps 4 and 5 (val_size=0: no val)
     assert steps_logged(run) == [1, 2, 3, 4, 5]
     after = (run / "metrics.jsonl").read_text().splitlines()
     assert after[:3] == before[:3] and not (run / "metrics.jsonl.tmp").exists()
@@ -658,6 +658,23 @@ def test_a_crop_a_vit_backbone_cannot_see_is_refused_before_the_run(photos, tmp_
     assert "[invalid_config]: data.crop 64 is not a multiple of the DINOv2 patch size 14" in err and "56 or 70" in err
     assert not (tmp_path / "runs" / "bad").exists()
     assert main(["train", STAGE1, *common, "name=good", "data.crop=56"]) == 0
+
+
+def test_a_run_name_that_is_no_visible_line_or_too_long_is_refused(photos, tmp_path, capsys):
+    """`name=$'run\\n'` (a tab, ESC, a bidi override) trained into a folder no `ls` shows as typed, every line naming
+    it escaped; a part of the name over 255 bytes was `os_error` only once the data had been read. Each is one
+    `invalid_config` line before anything is made; a NUL was refused already."""
+    runs = tmp_path / "runs"
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "eval.val_size=0"]
+    for name, needle in (("run\n", "name 'run\\n' holds a control character"),
+                         ("a\tb", "name 'a\\tb' holds a control character"),
+                         ("a\u202eb", "'a\\u202eb' holds"), ("ok/\x1b[2J", "holds a control character"),
+                         ("a\x00b", "name"), ("x" * 256, "a folder name of 256 bytes"),
+                         ("g/" + "é" * 128, "a folder name of 256 bytes")):
+        assert main(["train", STAGE1, *common, f"name={name}"]) == 2, name
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and needle in err and err.count("\n") == 1, err
+    assert not runs.exists()
 
 
 def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
@@ -1644,3 +1661,36 @@ def test_a_refused_resume_leaves_the_runs_config_as_it_was(photos, tmp_path, cap
     assert (runs / "r" / "config.yaml").read_text() == before
     assert main(["train", "--resume", str(runs / "r"), "steps=3"]) == 0
     assert yaml.safe_load((runs / "r" / "config.yaml").read_text())["steps"] == 3
+
+
+def test_a_fresh_run_refused_while_reading_its_data_leaves_no_run_folder(photos, tmp_path, capsys):
+    """A fresh run refused once its data was read (`no_photos` for an empty photo folder) left `<out_dir>/<name>/`
+    with a config.yaml (and the folder's `.lock`) of a run that never began: `--resume` of it, or a listing of the
+    runs, took it for one. config.yaml is now written once the data is read; a folder the run made is removed again,
+    out_dir too when it made it, and a folder that was there stays as it was."""
+    runs = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", STAGE1, f"data.photos={empty}", f"out_dir={runs}", "name=group/r", "steps=1",
+                 "eval.val_size=0"]) == 2
+    assert "[no_photos]" in capsys.readouterr().err
+    assert not runs.exists()
+    (runs / "mine").mkdir(parents=True)
+    assert main(["train", STAGE1, f"data.photos={empty}", f"out_dir={runs}", "name=mine", "steps=1",
+                 "eval.val_size=0"]) == 2
+    assert "[no_photos]" in capsys.readouterr().err
+    assert (runs / "mine").is_dir() and not (runs / "mine" / "config.yaml").exists()
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=mine", "steps=1",
+                 "eval.val_size=0"]) == 0
+    assert yaml.safe_load((runs / "mine" / "config.yaml").read_text())["steps"] == 1
+
+
+def test_a_validation_with_nothing_to_score_writes_no_val_row(photos, tmp_path):
+    """`eval.val_size=0` (no val_dir, no eval.data) wrote `{"event": "val"}` rows holding nothing, at every
+    `eval.every` and at the end, which a reader of metrics.jsonl took for validations. Now there is none."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2", "batch_size=2",
+                 "eval.val_size=0", "eval.every=1"]) == 0
+    rows = [json.loads(line) for line in (runs / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in rows if r["event"] != "train"] == [], rows
+    assert (runs / "r" / "final").is_dir() and not (runs / "r" / "best").exists()

@@ -192,8 +192,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if argv is None and getattr(args, "stdout_is_a_log", False):
-        from sigma.stdio import log_to_stderr
+        from sigma.stdio import CLOSED, log_to_stderr
 
+        if getattr(args, "json", False) and 1 in CLOSED:
+            # `--json` makes stdout the command's result (`sigma batch run --json`): with the log sent to stderr, the
+            # JSON went there too, mixed into the log where no reader of the JSON looks. Refused before any work
+            starting.end()
+            from sigma.cli.common import error_line
+
+            return _failed(error_line("out_no_reader", "--json prints the result to standard output, which was "
+                                      "closed (`>&-`): nothing would read it; give the stream back (`> FILE`) or "
+                                      "drop --json (`sigma batch run` writes the same summary to OUT/summary.json)"),
+                           argv)
         log_to_stderr()            # `>&-`: the log goes to stderr, not nowhere
     try:
         starting.end(stops=bool(getattr(args, "stops_on_sigterm", False)))

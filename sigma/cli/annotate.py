@@ -19,7 +19,7 @@ from sigma.cli.common import (
     import_plugin_args,
     path,
 )
-from sigma.config.loader import load_config, resolved_yaml
+from sigma.config.loader import flags_named, load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import FolderBusyError, InputError, SigmaError
 from sigma.folderlock import hold_folder
@@ -159,8 +159,9 @@ def _few_pairs_skip_export(cfg: AnnotateConfig, n_pairs: int) -> AnnotateConfig:
 def run(args: argparse.Namespace) -> int:
     import_plugin_args(args)          # first: the annotator (and its defaults) may be the plugin's
     # flags are overrides like --set ones, applied before validation (so a bad --threshold is a config error)
-    overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold)
-    cfg = load_config(AnnotateConfig, args.config, overrides)
+    flags = {"annotator": args.annotator, "threshold": args.threshold}
+    overrides = flag_overrides(args.overrides, **flags)
+    cfg = load_config(AnnotateConfig, args.config, overrides, flags=flags_named(flags))
     # the options as the annotator reads them (`--set options.image_size=2.24e2` ran at 224): what result.json and
     # config.yaml record, as a batch run's config does; a bad option is refused here, before any pair is read
     name, options = named_annotator(cfg.annotator, cfg.options)

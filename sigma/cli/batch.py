@@ -225,7 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace):
     from sigma.batch.config import BatchConfig
-    from sigma.config.loader import load_config, read_overrides
+    from sigma.config.loader import flags_named, load_config, read_overrides
 
     # first: --format may name a corpus format the plugin registers, checked as the config is validated (the run
     # imports them again where it builds its annotator); `sigma batch run --plugin M --format F` was invalid_config.
@@ -255,7 +255,8 @@ def build_config(args: argparse.Namespace):
     elif ray_flags and args.backend == "local":
         raise ConfigError(f"{ray_flags[0]} is a Ray option; drop it or use --backend ray")
     overrides.update({k: v for k, v in scale.items() if v is not None})
-    cfg = load_config(BatchConfig, args.config, overrides,
+    given = {**flags, "input.columns": args.columns, **scale}
+    cfg = load_config(BatchConfig, args.config, overrides, flags=flags_named(given, flag_names),
                       before_validate=lambda tree: import_config_plugins(tree, args))
     if cfg.backend == "ray" and cfg.procs is not None:
         raise ConfigError("--procs is for the local backend; on Ray set the number of actors with --actors")

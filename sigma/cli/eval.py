@@ -17,7 +17,7 @@ from sigma.cli.common import (
     import_plugin_args,
     path,
 )
-from sigma.config.loader import load_config, resolved_yaml
+from sigma.config.loader import flags_named, load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError
 from sigma.folderlock import busy_as_error, folder_lock_wait_s, hold_folder
@@ -87,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
 
     import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
     # `--perturb ""` (a variable left empty) is no perturbation named, refused as `--perturb ,` is: it ran `none`
-    overrides = flag_overrides(args.overrides, annotator=args.annotator, threshold=args.threshold,
-                               perturb=[args.perturb] if args.perturb is not None else None, data=args.data)
-    cfg = load_config(EvalConfig, args.config, overrides)
+    flags = {"annotator": args.annotator, "threshold": args.threshold,
+             "perturb": [args.perturb] if args.perturb is not None else None, "data": args.data}
+    overrides = flag_overrides(args.overrides, **flags)
+    cfg = load_config(EvalConfig, args.config, overrides, flags=flags_named(flags))
     data = eval_data(cfg.data, None if args.data is not None else "--set data" if "data" in overrides else args.config)
     # the options as the annotator reads them (`--set options.image_size=2.24e2` ran at 224): what metrics.json and
     # config.yaml record, as a batch run's config does

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sigma.lifeline import signal_noted
 
+    _quiet_torch_warnings()
     with signal_noted(signal.SIGTERM) as terminated:
         from sigma.errors import ConfigError
         from sigma.training.loop import start
@@ -62,3 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"run folder: {printable(run_dir)}")    # the run's name is the user's: a control character escaped
     return 0
+
+
+def _quiet_torch_warnings() -> None:
+    """torch's C++ log at ERROR unless the user chose a level (`$TORCH_CPP_LOG_LEVEL`): a rank whose rank 0 never
+    answered printed c10d's connect-retry warnings (`[W ...TCPStore.cpp] ... retrying`, each with a page of C++
+    frames) before sigma's own `rendezvous_failed` line. Errors are still printed, and the run's own failure is
+    sigma's line. Read by torch's C++ library when it loads, so set before torch is imported (in-process callers that
+    imported it already keep their level)."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")

@@ -25,7 +25,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ValidationError
 
 from sigma.config.schema import NamesAnnotator, field_for_key, field_position, item_annotations, type_arms
-from sigma.errors import ConfigError, error_text
+from sigma.errors import ConfigError, InputError, error_text
 from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically
 from sigma.text import nearest, shown
@@ -787,14 +787,16 @@ def _unsaid(problems: list[Problem], errors: list[Any]) -> list[Problem]:
 def load_config(model: type[M], path: str | Path | None = None,
                 overrides: dict[str, Any] | list[str] | None = None, base: dict | None = None,
                 before_validate: Callable[[dict], None] | None = None, sources: Mapping[str, str] | None = None,
-                base_from: str | None = None) -> M:
+                base_from: str | None = None, flags: Mapping[str, str] | None = None) -> M:
     """defaults (the model) < `base` < YAML file < overrides; errors name the offending key. `before_validate(tree)`
     sees the merged values just before they are validated: a command imports the plugins they name there, since
     validation checks names those plugins register (a corpus format in the same config file was unknown).
     `sources`: override keys that came from elsewhere than the command line, with where (an environment variable,
     `SIGMA_REDIS_URL`): an error at or under one starts with it, since the key alone (`redis.url`) sent the user
     looking for a config file that does not set it. `base_from`: the file `base` was read from, when the caller read
-    it (the service's `--config` or `$SIGMA_SERVE_CONFIG`), named as `path` is: its errors said "the config file"."""
+    it (the service's `--config` or `$SIGMA_SERVE_CONFIG`), named as `path` is: its errors said "the config file".
+    `flags`: override keys a command's own flag gave, with the flag as written (`threshold` → `--threshold`): a value
+    the config refuses there is the flag's mistake, `bad_arguments` naming it (`_flag_error`)."""
     tree: dict = dict(base or {})
     named = path if path is not None else base_from
     if path is not None:
@@ -846,6 +848,9 @@ def load_config(model: type[M], path: str | Path | None = None,
         config = model.model_validate(tree)
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
+        flagged = _flag_error(errors, flags or {})
+        if flagged is not None:
+            raise flagged from exc
         problems = [(e["loc"][0] if e["loc"] else "",
                      _sourced(_message(e, given, model, origin, tree, source(_place(e["loc"]))[:-2]),
                               source(_place(e["loc"])))) for e in errors]
@@ -888,6 +893,35 @@ def _capitals_as_known(model: type[BaseModel], tree: dict, overrides: dict[str, 
         if key in sources:
             named[dotted] = sources[key]
     return out, named
+
+
+def flags_named(flags: Mapping[str, Any], names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`load_config(flags=...)` for the flags given (not None) of `flags` (dotted key → value): each key with its flag
+    as written, `--` and the key's last part, `_` as `-` (`input.shard_size` → `--shard-size`), unless `names` says
+    otherwise. A value the config field refuses is then `bad_arguments` naming the flag, as argparse's own refusal
+    of the same flag is, while `--set` and `KEY=VALUE` stay `invalid_config`."""
+    return {key: (names or {}).get(key) or "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+            for key, value in flags.items() if value is not None}
+
+
+def _flag_error(errors: list[Any], flags: Mapping[str, str]) -> InputError | None:
+    """The errors at keys a command's flag gave (`flags`: key → flag) as one `bad_arguments` line naming each flag,
+    its value and what the field takes, or None when there are none. `--threshold nan` and `--batch-size 100000`
+    were `invalid_config` ("threshold: Input should be ..."), while `--threshold abc`, refused by argparse, was
+    `bad_arguments`: one flag, two codes for one mistake. The check stays the config field's own (pydantic's); only
+    its words name the flag. Said alone, as argparse says a bad flag before the config is read."""
+    said = []
+    for error in errors:
+        place = _place(error["loc"])
+        flag = next((flag for key, flag in flags.items() if _at_or_under(place, key)), None)
+        if flag is not None:
+            value = error.get("input")
+            given = (f" {shown(repr(value), 80)}" if isinstance(value, str) else f" {shown(value, 80)}"
+                     if isinstance(value, (int, float)) else "")
+            said.append(f"{flag}{given}: {error['msg']}")
+    if not said:
+        return None
+    return InputError("; ".join(said), code="bad_arguments")
 
 
 def _one_spelling(model: type[BaseModel], tree: Any, origin: Callable[[str], str], problems: list[Problem],

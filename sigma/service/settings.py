@@ -461,7 +461,7 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
     env = os.environ if env is None else env
     env_set, sources = env_sourced(env)
     env_keys = _env_keys(env)
-    from sigma.config.loader import read_overrides
+    from sigma.config.loader import flags_named, read_overrides
 
     base = _serve_config_file(path, env)
     # the file named in its errors, as `load_config(model, path)` names it: they said "the config file"
@@ -471,7 +471,7 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
     # both give at the variable's place, so a mapping the command line gives whole, applied after it, replaced it
     # (SIGMA__WORKER__MAX_BATCH_SIZE=3, --set 'worker={...}', --max-batch-size 5: the worker took 8, the default)
     merged = {**{k: v for k, v in env_set.items() if k not in given}, **given}
-    cfg = load_config(model, None, merged, base=base, base_from=base_from,
+    cfg = load_config(model, None, merged, base=base, base_from=base_from, flags=flags_named(dict(flags or {})),
                       sources={key: name for key, name in sources.items() if key not in given})
     if env_keys:
         try:

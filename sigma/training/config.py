@@ -29,6 +29,8 @@ class Section(Strict):
 # Seeds feed numpy (non-negative only: a ValueError traceback for -1) and torch.Generator().manual_seed(seed * 1000003
 # + step) (a 64-bit integer: 10^30 was an OverflowError traceback).
 MAX_SEED = 2**32 - 1
+# the longest file or folder name Linux's file systems take, in bytes (NAME_MAX)
+NAME_MAX = 255
 
 
 class SourceConfig(Section):
@@ -197,10 +199,21 @@ class TrainConfig(Section):
     def _name_inside_out_dir(cls, name: str) -> str:
         """`<out_dir>/<name>` must be a folder under out_dir: `name=/` made the run folder `/` (the run wrote its
         checkpoints there), `name=../x` one outside out_dir, `name=.` out_dir itself, among the other runs."""
+        from sigma.text import printable, shown
+
         parts = PurePosixPath(name).parts
         if not parts or parts == (".",) or PurePosixPath(name).is_absolute() or ".." in parts:
             raise ValueError(f"the run folder is <out_dir>/<name>: name must be a relative folder name inside "
-                             f"out_dir (no leading /, no '..', not '.'), got {name!r}")
+                             f"out_dir (no leading /, no '..', not '.'), got {shown(repr(name), 120)}")
+        # a line break, a tab, ESC or a bidi override in the name made a folder no `ls` shows as typed and every line
+        # naming it escaped (`printable`): `name=$'run\n'` trained into `runs/run?` beside `runs/run`
+        if printable(name) != name:
+            raise ValueError(f"name '{shown(printable(name), 120)}' holds a control character, line break or "
+                             "invisible format character; a run folder's name is one visible line")
+        longest = max(len(part.encode("utf-8", "surrogateescape")) for part in parts)
+        if longest > NAME_MAX:      # the run folder was made only after the data was read: `os_error` then
+            raise ValueError(f"name '{shown(name, 80)}': a folder name of {longest} bytes; each part of the name is "
+                             f"at most {NAME_MAX} bytes (the file system's limit)")
         return name
 
 

@@ -658,6 +658,11 @@ class Trainer:
         rec: dict[str, Any] = {"event": "val"}
         ev = self.cfg.eval
         real_due = ev.data and (final or (ev.data_every and self.step % ev.data_every == 0))
+        if not val and not real_due:
+            # nothing to score (`eval.val_size=0`, no `eval.val_dir`, no real set due): it wrote a `{"event": "val"}`
+            # row holding nothing, at every `eval.every` and at the end, which readers of metrics.jsonl took for a
+            # validation
+            return
         # said as it starts: a long validation was silent for minutes (and a test knows when it is under way)
         also = " and the real set" if real_due else ""
         self.log(f"[val step {self.step}] scoring {len(val)} synthetic pairs{also}")
@@ -843,7 +848,6 @@ class Trainer:
         if self.step >= cfg.steps and self._finished():
             self.log(f"{self.run_dir}: already at step {self.step} of {cfg.steps}")
             return self.run_dir
-        self._open_tb()
         if self.step >= cfg.steps:
             # stopped after its last checkpoint, before its end was written (killed in the final validation,
             # which scores a real set for minutes): the end is done now — it used to say "already at step N"
@@ -852,7 +856,15 @@ class Trainer:
                      "finishing it")
             val = self._val_set() if self.is_main else []
             self.inputs_read()
+            self._open_tb()
             return self._finish(val, time.monotonic())
+        started = time.monotonic()
+        ds = TrainDataset(cfg)
+        val = self._val_set() if self.is_main else []
+        # nothing is written into the run folder before this (`start`: a fresh run refused while it read its data
+        # leaves no folder behind), then its config.yaml, the TensorBoard events and grow.json
+        self.inputs_read()
+        self._open_tb()
         if self.grow_report is not None and self.step == 0 and self.is_main:
             rep = self.grow_report
             # replaced whole: written in place, a kill or a full disk mid-write left a torn grow.json behind (a
@@ -862,10 +874,6 @@ class Trainer:
                                    "identity_initialised": rep.identity, "dropped": rep.dropped})
             self.emit({"event": "grow", "loaded": len(rep.loaded), "new": len(rep.new),
                        "identity_initialised": rep.identity})
-        started = time.monotonic()
-        ds = TrainDataset(cfg)
-        val = self._val_set() if self.is_main else []
-        self.inputs_read()
         if self._validates_at_start() or owed:
             self.validate(val)
         self._stop_if_terminated(started)     # before the first step: nothing trained since the checkpoint
@@ -1475,23 +1483,45 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
 
         perturb.prepare(perturb.expand(cfg.eval.perturb))
     rank0 = world.rank() == 0
-    with hold_folder(run_dir, other="name= (or wait and --resume it)") if rank0 else nullcontext():
-        _refuse_links(run_dir)
-        refuse_lost_checkpoints(run_dir)        # saved weights but no checkpoint: never started over unsaid
+    fresh = rank0 and not resume
+    # the folders a fresh run makes (its run folder, an out_dir not there yet): removed again if it never begins
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()] if fresh else []
+    # config.yaml (the paths as given, with the workdir they are read from) is written only once the run has read its
+    # data with them (`inputs_read`). A resume's overrides: a `--resume RUN data.photos=EMPTY` refused (no_photos) had
+    # already replaced the run's own photos there, so every plain `--resume RUN` after it failed the same way. A fresh
+    # run's: one refused there left its folder with a config.yaml (and cache_index.json) of a run that never began
+    begun: list[bool] = []
+
+    def inputs_read() -> None:
         if rank0:
-            sweep_checkpoint_temps(run_dir)     # an older version's `checkpoint.pt.tmp` too, once a day old
-        if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
-            raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
-        if not resume:
-            inputs = freeze_cache_index(inputs, run_dir, stop=terminated)
-            cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
-        if rank0 and not resume:
-            save_resolved(cfg, run_dir)     # the paths as given, with the workdir they are read from
-            mark_launcher(run_dir)          # for torchrun's own restarts to continue it (`restarted_here`)
-        # a resume's overrides are written into config.yaml only once the run has read its data with them: a
-        # `--resume RUN data.photos=EMPTY` refused (no_photos) had already replaced the run's own photos there, so
-        # every plain `--resume RUN` after it failed the same way, the path the run trained on gone from its folder
-        saved = (lambda: save_resolved(cfg, run_dir)) if rank0 and resume else None
-        # under DDP, every collective of the run is the trainer's: a rank lost mid-run is said here, once (rank_lost)
-        with lost_ranks_said(run_dir):
-            return Trainer(inputs, run_dir, log=log, terminated=terminated, inputs_read=saved).run()
+            save_resolved(cfg, run_dir)
+        if fresh:
+            mark_launcher(run_dir)      # for torchrun's own restarts to continue it (`restarted_here`)
+        begun.append(True)
+    try:
+        with hold_folder(run_dir, other="name= (or wait and --resume it)", created=bool(made)) if rank0 \
+                else nullcontext():
+            _refuse_links(run_dir)
+            refuse_lost_checkpoints(run_dir)        # saved weights but no checkpoint: never started over unsaid
+            if rank0:
+                sweep_checkpoint_temps(run_dir)     # an older version's `checkpoint.pt.tmp` too, once a day old
+            if not resume and any((run_dir / name).is_file() for name in (CKPT, PREV)):
+                raise ConfigError(f"{run_dir} already holds a run; use `sigma train --resume {run_dir}` or name=...")
+            if not resume:
+                inputs = freeze_cache_index(inputs, run_dir, stop=terminated)
+                cfg = _replace(cfg, "data.cache_index", inputs.data.cache_index)
+            try:
+                # under DDP, every collective of the run is the trainer's: a rank lost mid-run is said here, once
+                with lost_ranks_said(run_dir):
+                    return Trainer(inputs, run_dir, log=log, terminated=terminated, inputs_read=inputs_read).run()
+            except BaseException:
+                if fresh and not begun and inputs.data.cache_index == str((run_dir / "cache_index.json").absolute()):
+                    (run_dir / "cache_index.json").unlink(missing_ok=True)   # its snapshot (`freeze_cache_index`)
+                raise
+    except BaseException:
+        for folder in made[1:] if not begun else []:      # the run folder itself: `hold_folder(created=)`
+            try:
+                folder.rmdir()          # only while empty: another run may have begun there meanwhile
+            except OSError:
+                break
+        raise
