@@ -1217,6 +1217,17 @@ def test_saved_weights_are_the_bytes_safetensors_writes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "theirs"]
 
 
+def _run_on_folder(program: str, folder: Path):
+    """`program` (one of the readers below) on the model folder `folder` in a process of its own, which waits at most
+    1 s for a held folder ($SIGMA_MODEL_LOCK_WAIT_S): its `subprocess.CompletedProcess`, output as text."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", program, str(folder)], capture_output=True, text=True,
+                          env={**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"}, timeout=120)
+
+
 # what a reader of a saved model's folder makes of it, in a process of its own: `read_config` (training's init_from),
 # `read_saved_meta` (a submission's look at its backbone) and `check_model_files` (a submission's check), each
 # printing `ok` or the SigmaError's code and message
@@ -1240,20 +1251,14 @@ def test_readers_of_a_folder_a_saver_holds_mid_commit_say_it_is_busy_never_missi
     after $SIGMA_MODEL_LOCK_WAIT_S), and a reader that finds the config missing while a live saver's journal stands
     for it says `weights_busy` naming the saver; the submission's check passes it. Once the saver goes on, each
     reads the saved model."""
-    import os
-    import subprocess
-    import sys
-
     from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
 
     from sigma.folderlock import anonymised
 
     folder = save_tiny(tmp_path / "m")
     saver = stopped_saver(folder)
-    env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"}
     try:
-        run = subprocess.run([sys.executable, "-c", _READERS, str(folder)], capture_output=True, text=True, env=env,
-                             timeout=120)
+        run = _run_on_folder(_READERS, folder)
         said = {line.split(" ", 1)[0]: line.split(" ", 2)[1:] for line in run.stdout.splitlines()}
         assert run.returncode == 0 and set(said) == {"config", "meta", "check"}, (run.stdout, run.stderr)
         assert said["config"][0] == "weights_busy" and f"pid {saver.pid} (saving)" in said["config"][1], said
@@ -1267,8 +1272,7 @@ def test_readers_of_a_folder_a_saver_holds_mid_commit_say_it_is_busy_never_missi
         resume_saver(saver)
     finally:
         end_saver(saver)
-    run = subprocess.run([sys.executable, "-c", _READERS, str(folder)], capture_output=True, text=True, env=env,
-                         timeout=120)
+    run = _run_on_folder(_READERS, folder)
     assert run.stdout.split() == ["config", "ok", "meta", "ok", "check", "ok"], (run.stdout, run.stderr)
 
 
@@ -1290,25 +1294,18 @@ def test_grow_from_a_folder_a_saver_holds_mid_commit_waits_for_the_hold_and_says
     folder: with a real saver stopped mid-commit there (its flock held, its weights renamed, its config not), it read
     them at once, where `load_model` and `read_config` wait for the hold and say `weights_busy`. Now it reads under
     the same shared hold: `weights_busy` naming the saver after $SIGMA_MODEL_LOCK_WAIT_S, the model once it goes on."""
-    import os
-    import subprocess
-    import sys
-
     from modelsavers import end_saver, resume_saver, save_tiny, stopped_saver
 
     folder = save_tiny(tmp_path / "m")
     saver = stopped_saver(folder)
-    env = {**os.environ, "SIGMA_MODEL_LOCK_WAIT_S": "1"}
     try:
-        run = subprocess.run([sys.executable, "-c", _GROWER, str(folder)], capture_output=True, text=True, env=env,
-                             timeout=120)
+        run = _run_on_folder(_GROWER, folder)
         assert run.returncode == 0 and run.stdout.startswith("weights_busy "), (run.stdout, run.stderr)
         assert f"pid {saver.pid}" in run.stdout, run.stdout
         resume_saver(saver)
     finally:
         end_saver(saver)
-    run = subprocess.run([sys.executable, "-c", _GROWER, str(folder)], capture_output=True, text=True, env=env,
-                         timeout=120)
+    run = _run_on_folder(_GROWER, folder)
     assert run.returncode == 0 and run.stdout.startswith("ok ") and int(run.stdout.split()[1]) > 0, \
         (run.stdout, run.stderr)
 
