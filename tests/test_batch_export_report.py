@@ -697,16 +697,23 @@ def test_coco_images_into_a_run_made_inside_its_folder_corpus(tmp_path, capsys):
         assert ("[out_not_empty]" if images == corpus else "[out_is_run_file]") in capsys.readouterr().err
 
 
-@pytest.mark.chromium
-def test_review_page_in_chromium(run_dir, tmp_path):
+def _review_page_in_headless_chromium(run_dir: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    """The review page of `run_dir`'s first 7 pairs, and the command line of a headless Chromium to open it with
+    (the test skipped where no Chromium is installed)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
     page = tmp_path / "review.html"
     assert main(["report", str(run_dir), "--out", str(page), "--limit", "7"]) == 0
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--window-size=1200,900"]
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    return flags, page
+
+
+@pytest.mark.chromium
+def test_review_page_in_chromium(run_dir, tmp_path):
+    flags, page = _review_page_in_headless_chromium(run_dir, tmp_path)
+    flags.append("--window-size=1200,900")
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p1'}", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=90, check=True)
@@ -1504,13 +1511,7 @@ def test_a_review_link_with_a_value_the_page_lacks_keeps_that_controls_default(r
     """`report.html?sort=bogus` (a typo, `area` without its direction, `f1:asc` from a run with ground truth) set
     the select to a value it has no option for: an empty dropdown, and the sort compared undefined keys. Now the
     control keeps its default, shown selected; known values still apply. The page's body says the view it applied."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    page = tmp_path / "review.html"
-    assert main(["report", str(run_dir), "--out", str(page), "--limit", "7"]) == 0
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags, page = _review_page_in_headless_chromium(run_dir, tmp_path)
 
     def body(query: str) -> str:
         dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p'}", "--dump-dom", f"{page.as_uri()}?{query}"],
