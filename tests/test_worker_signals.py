@@ -33,19 +33,28 @@ while True:
 """
 
 
+def started(program: str, log: Path, *args: str) -> subprocess.Popen:
+    """`program` run by this Python with `args`, its output in `log`, once it has printed "ready" (60 s at most)."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-c", program, *args], stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 60
+    while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if "ready" not in log.read_text():
+        proc.kill()
+        proc.wait()
+        raise AssertionError(log.read_text())
+    return proc
+
+
 def test_the_signals_thread_outlives_a_failure_acting_on_a_signal_and_a_second_signal_still_exits(tmp_path: Path):
     """A failure inside the signals thread's action on SIGTERM ended that thread: the process then ignored every
     further SIGTERM (only SIGKILL stopped it). Now the failure is logged once, and the next SIGTERM is acted on: a
     second signal exits at once with status 0."""
     log = tmp_path / "out.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-c", PROGRAM], stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = started(PROGRAM, log)
     try:
-        deadline = time.monotonic() + 60
-        while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "ready" in log.read_text(), log.read_text()
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while "acting on signal" not in log.read_text() and time.monotonic() < deadline:
@@ -94,14 +103,8 @@ def test_a_hard_exit_runs_its_cleanups_to_the_end_though_the_main_thread_sees_th
     stopped while loading its model left its heartbeat key in Redis about half the time (looking alive, or loading,
     until the key's TTL ran out). Now only a signal that came after the exit began ends it early."""
     log, mark = tmp_path / "out.log", tmp_path / "mark"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_CLEANUP, str(mark)], stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = started(SLOW_CLEANUP, log, str(mark))
     try:
-        deadline = time.monotonic() + 60
-        while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "ready" in log.read_text(), log.read_text()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     finally:
