@@ -197,7 +197,9 @@ def test_a_consumer_name_that_is_not_utf8_is_refused_before_the_worker_starts(tm
     proc = subprocess.run([sys.executable, "-m", "sigma", *args], capture_output=True, text=True, timeout=120, env=env,
                           check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "worker.consumer: Value error, holds bytes that are not UTF-8 text ('a\\udcffb'); a consumer name is " \
+    # the flag is named as given (`bad_arguments`, 1f02aef), the variable's setting by its key (`invalid_config`)
+    where = "[bad_arguments]: --consumer 'a\\udcffb': " if how.endswith("--consumer") else "worker.consumer: "
+    assert where + "Value error, holds bytes that are not UTF-8 text ('a\\udcffb'); a consumer name is " \
            "written to Redis as UTF-8" in proc.stderr, proc.stderr
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import sigma.cli
 from sigma.config.loader import load_config
-from sigma.errors import ConfigError
+from sigma.errors import ConfigError, InputError
 from sigma.service.settings import load_serve_config
 from sigma.training.config import TrainConfig
 
@@ -92,10 +92,11 @@ def test_a_key_with_an_empty_name_in_it_is_refused_as_such(capsys, tmp_path, key
 
 @pytest.mark.parametrize("host", ["", " "])
 def test_an_empty_host_is_refused_not_every_interface(host):
-    """`sigma serve api --host ''` bound 0.0.0.0 (uvicorn's '' is every interface), not the loopback default."""
-    with pytest.raises(ConfigError) as exc:
+    """`sigma serve api --host ''` bound 0.0.0.0 (uvicorn's '' is every interface), not the loopback default. The
+    flag's refusal names the flag (`bad_arguments`), the variable's the key (`invalid_config`)."""
+    with pytest.raises(InputError) as exc:
         load_serve_config(None, [], env={}, flags={"api.host": host})
-    assert "api.host" in exc.value.message
+    assert exc.value.code == "bad_arguments" and exc.value.message.startswith(f"--host {host!r}: "), exc.value.message
     with pytest.raises(ConfigError):
         load_serve_config(None, [], env={"SIGMA__API__HOST": host})
     assert load_serve_config(None, [], env={}, flags={"api.host": "0.0.0.0"}).api.host == "0.0.0.0"
