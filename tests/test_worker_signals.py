@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,19 +35,23 @@ while True:
 """
 
 
-def started(program: str, log: Path, *args: str) -> subprocess.Popen:
-    """`program` run by this Python with `args`, its output in `log`, once it has printed "ready" (60 s at most)."""
+@contextmanager
+def started(program: str, log: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """`program` run by this Python with `args`, its output in `log`, once it has printed "ready" (60 s at most);
+    killed on the way out if it is still running."""
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-c", program, *args], stdout=fh, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
-    while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if "ready" not in log.read_text():
-        proc.kill()
-        proc.wait()
-        raise AssertionError(log.read_text())
-    return proc
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "ready" in log.read_text(), log.read_text()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_the_signals_thread_outlives_a_failure_acting_on_a_signal_and_a_second_signal_still_exits(tmp_path: Path):
@@ -53,8 +59,7 @@ def test_the_signals_thread_outlives_a_failure_acting_on_a_signal_and_a_second_s
     further SIGTERM (only SIGKILL stopped it). Now the failure is logged once, and the next SIGTERM is acted on: a
     second signal exits at once with status 0."""
     log = tmp_path / "out.log"
-    proc = started(PROGRAM, log)
-    try:
+    with started(PROGRAM, log) as proc:
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while "acting on signal" not in log.read_text() and time.monotonic() < deadline:
@@ -65,10 +70,6 @@ def test_the_signals_thread_outlives_a_failure_acting_on_a_signal_and_a_second_s
             code = proc.wait(timeout=10)          # without the fix: the thread is gone, SIGTERM ignored for ever
         except subprocess.TimeoutExpired:
             raise AssertionError(f"SIGTERM ignored after the failure:\n{log.read_text()}") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     out = log.read_text()
     assert code == 0 and "stopped (second SIGTERM" in out, out
     assert out.count("acting on signal 15 failed (RuntimeError: the stop hook failed)") == 1, out
@@ -103,14 +104,9 @@ def test_a_hard_exit_runs_its_cleanups_to_the_end_though_the_main_thread_sees_th
     stopped while loading its model left its heartbeat key in Redis about half the time (looking alive, or loading,
     until the key's TTL ran out). Now only a signal that came after the exit began ends it early."""
     log, mark = tmp_path / "out.log", tmp_path / "mark"
-    proc = started(SLOW_CLEANUP, log, str(mark))
-    try:
+    with started(SLOW_CLEANUP, log, str(mark)) as proc:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     out = log.read_text()
     assert code == 0 and "stopped (SIGTERM while loading the model)" in out, out
     assert mark.exists(), f"the cleanup was cut short (without the fix: os._exit in the main thread's handler)\n{out}"
