@@ -10,11 +10,16 @@ import os
 from sigma.errors import InputError
 
 
+def refuse_nul(path: str) -> None:
+    """InputError (`invalid_path`) for a path with a NUL byte, which no file can have: said before any resolving."""
+    if "\x00" in path:
+        raise InputError("the corpus names a path with a NUL byte; refused", code="invalid_path")
+
+
 def resolved_under(path: str, real_root: str) -> str | None:
     """`path` resolved (symlinks, `..`) if it lies under `real_root` (itself resolved), else None: the one test
     of confinement, for the run's input and links (`runner.check_confined`) and each file a corpus names."""
-    if "\x00" in path:
-        raise InputError("the corpus names a path with a NUL byte; refused", code="invalid_path")
+    refuse_nul(path)
     real = os.path.realpath(path)
     return real if os.path.commonpath([real_root, real]) == real_root else None
 
@@ -38,8 +43,7 @@ class Confinement:
 
     def resolved(self, path: str) -> str | None:
         """`path` resolved if it lies under the root, else None; InputError (invalid_path) for a NUL byte."""
-        if "\x00" in path:
-            raise InputError("the corpus names a path with a NUL byte; refused", code="invalid_path")
+        refuse_nul(path)
         folder, name = os.path.split(path)
         real_folder = self._folders.get(folder)
         if real_folder is None:
