@@ -19,6 +19,7 @@ from sigma.parse.jsonrepair import repair_json
 from sigma.parse.llm import parse_answer
 from sigma.parse.phrases import extract_phrase, tokenize
 from sigma.parse.rules import parse_rules
+from sigma.text import replace_surrogates
 
 SHARED = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 DEV = SHARED / "data" / "instructions" / "dev.jsonl"
@@ -684,6 +685,24 @@ def test_a_control_character_between_words_is_a_word_break(text, spaced):
     assert [(e.edit_type, e.source, e.target) for e in parsed.edits] == \
         [(e.edit_type, e.source, e.target) for e in plain.edits], (parsed, plain)
     assert parsed.edits
+
+
+@pytest.mark.parametrize("text, spaced", [
+    ("remove the \ud800dog", "remove the dog"),                     # a JSON "\\ud800" given to the library
+    ("remove the \ufffddog", "remove the dog"),                     # ... as the batch path hands it on (U+FFFD)
+    ("remove the \udcff dog", "remove the dog"),                    # a non-UTF-8 byte of argv or a file name
+    ("replace the d\ufffdog with a c\ud800at", "replace the dog with a cat"),   # inside a word: dropped
+    ("re\ufffdmove the cat", "remove the cat"),                     # ... inside a known word too
+])
+def test_an_unreadable_character_is_read_as_a_control_character(text, spaced):
+    """A lone surrogate or U+FFFD (text that could not be decoded) was read as punctuation, which ended the noun
+    phrase before it began: "remove the \\ud800dog" was a remove of nothing. The CLI and the API refuse a surrogate
+    (`invalid_text`), but a batch run goes on with U+FFFD in its place (`sigma.batch.decode.writable`) and a library
+    caller may pass anything: both are now read as a control character is, a word break or dropped inside a word."""
+    parsed, plain = parse_rules(text), parse_rules(spaced)
+    assert [(e.edit_type, e.source, e.target) for e in parsed.edits] == \
+        [(e.edit_type, e.source, e.target) for e in plain.edits], (parsed, plain)
+    assert parse_rules(replace_surrogates(text)).edits == parsed.edits
 
 
 def test_sigma_parse_reads_a_nul_between_words_as_a_break(tmp_path, capsys):

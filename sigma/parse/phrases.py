@@ -39,9 +39,19 @@ def _token_pattern(marks: str = "") -> re.Pattern[str]:
     return re.compile(rf"{word}(?:[-']{word})*'?|[^\s\w]|_")
 
 
+# A character that stands for text that could not be read: U+FFFD (a decoder's replacement character; the batch
+# path puts it for a lone surrogate) and a lone UTF-16 surrogate itself (a JSON "\\ud800", a non-UTF-8 byte of
+# argv). The front ends refuse a surrogate (`invalid_text`) but the parser is a library and a batch goes on.
+_UNREADABLE = "\ufffd"
+
+
 def _control(ch: str) -> bool:
-    """A control character that is no line break or tab (NUL, BEL, ESC, DEL, the C1 controls): not text."""
-    return unicodedata.category(ch) == "Cc" and not ch.isspace()
+    """A control character that is no line break or tab (NUL, BEL, ESC, DEL, the C1 controls), a lone surrogate or
+    U+FFFD: not text, so a word break as a control is (`_split_at_controls`). Read as punctuation, it ended the noun
+    phrase before it began: "remove the \\ud800dog" (or "the \\ufffddog", what the batch path hands on) lost its
+    concept, a remove of nothing."""
+    cat = unicodedata.category(ch)
+    return (cat == "Cc" and not ch.isspace()) or cat == "Cs" or ch == _UNREADABLE
 
 
 # Every word the lexicon knows: a control character between two pieces that make one of these is inside a word
@@ -109,9 +119,9 @@ def clean_text(text: str) -> str:
     """`fold_text` (compatibility forms and ideographic punctuation), quotes made plain (curly, CJK and European ones:
     `_PLAIN_QUOTES`), line breaks and tabs a space, format characters (zero-width joiner, direction mark, soft
     hyphen) dropped, so they neither split a word ("ca<ZWJ>t") nor stand between a verb and its object, and control
-    characters read as word breaks (`_split_at_controls`)."""
+    and unreadable characters (`_control`) read as word breaks (`_split_at_controls`)."""
     text = fold_text(text).translate(_PLAIN_QUOTES)
-    if not text.isprintable():         # a control or format character (or a space other than " "): one by one
+    if not text.isprintable() or _UNREADABLE in text:   # a control, format or unreadable character: one by one
         text = "".join(_CONTROL_MARK if _control(ch) else ch for ch in text if unicodedata.category(ch) != "Cf")
     if _CONTROL_MARK in text:
         return " ".join(" ".join(_split_at_controls(chunk) for chunk in text.split()).split())
