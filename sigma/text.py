@@ -238,6 +238,14 @@ def _place(loc: str, sep: str, part: str) -> str:
     return (loc + sep + part[:PLACE_CHARS])[:PLACE_CHARS]
 
 
+def has_words(text: str) -> bool:
+    """Whether `text` holds a letter or digit of any script: a word some parser can read. Every parser backend
+    (`sigma.parse`) reads text without one ("🐶🐱", "!!!", "→") as no edit at all, the parse of no instruction, so
+    the front ends refuse it as they refuse a blank one (`empty_instruction`), not annotate or print it as if the
+    text had said there is no edit."""
+    return any(ch.isalnum() for ch in text)
+
+
 def is_blank(text: str) -> bool:
     """Whether `text` shows nothing: only whitespace, format characters (zero-width space and joiners, the BOM,
     direction marks: Unicode Cf) and control characters. `str.strip()` keeps U+200B, so an instruction of one

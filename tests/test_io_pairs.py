@@ -75,6 +75,9 @@ def test_aspect_mismatch_is_refused_with_both_sizes():
                                        # zero-width space / joiner, BOM, a direction mark: str.strip() keeps them,
                                        # so they were words to annotate with, parsed into nothing
                                        ("\u200b", "empty_instruction"), (" \u200d\ufeff\u200f ", "empty_instruction"),
+                                       # no letter or digit: every parser reads it as no edit (edit_type null)
+                                       ("\U0001F436\U0001F431", "empty_instruction"), ("?!", "empty_instruction"),
+                                       ("\u2192 \u2728", "empty_instruction"),
                                        ("x" * 1001, "instruction_too_long"), (42, "invalid_instruction")])
 def test_bad_instructions(text, code):
     with pytest.raises(InputError) as info:
@@ -86,6 +89,8 @@ def test_instruction_is_normalised_and_none_allowed():
     assert check_instruction("  remove\n the   boat ", 100) == "remove the boat"
     assert check_instruction("\u200bremove the boat", 100) == "\u200bremove the boat"   # visible words: kept
     assert check_instruction(None, 100) is None
+    assert check_instruction("\U0001F436 2", 100) == "\U0001F436 2"                 # a digit is a word
+    assert check_instruction("\u72ac\U0001F436", 100) == "\u72ac\U0001F436"        # so is a letter of any script
 
 
 def test_empty_instruction_in_a_pair_names_the_pair(tmp_path):

@@ -861,6 +861,22 @@ def test_cli_parse_refuses_an_empty_instruction_as_the_service_does(argv, capsys
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize("text", ["\U0001F436\U0001F431", "!!!", "\u2192", "\U0001F436 \u200d \U0001F431"])
+def test_cli_parse_refuses_text_without_words_as_it_refuses_blank_text(text, tmp_path, capsys):
+    """`sigma parse "🐶🐱"` printed edit_type null and exited 0: every backend reads text without a letter or digit
+    as no edit, the parse the blank refusal exists to prevent. Now empty_instruction, exit 2, as the service answers
+    it (io.pairs.check_instruction); in a --file the line is named with the blank ones."""
+    assert parse_rules(text).edit_type is None
+    assert main(["parse", text]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("sigma: error [empty_instruction]: instruction has no words") and not captured.out
+    f = tmp_path / "x.jsonl"
+    f.write_text("remove the dog\n" + json.dumps({"instruction": text}) + "\n" + text + "\n")
+    assert main(["parse", "--file", str(f)]) == 2
+    assert f"2 line(s) with an empty instruction (nothing but spaces, or no letter or digit): {f}:2, {f}:3" \
+        in capsys.readouterr().err
+
+
 def test_cli_parse_file_skips_blank_lines_and_names_every_empty_instruction(tmp_path, capsys):
     """A blank line of a file is layout, skipped; a JSON line whose instruction is "" or spaces was parsed as no edit
     (scored, written to --out as edit_type null). Every such line is named now, empty_instruction, exit 2, before

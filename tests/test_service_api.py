@@ -169,7 +169,7 @@ def test_auth_401_403_and_scopes(svc):
 @pytest.mark.parametrize("case", ["unknown_route", "method", "bad_json", "media_type", "missing_field", "not_a_file",
                                   "unknown_field", "bad_threshold", "bad_base64", "unreadable", "too_many_pixels",
                                   "too_long", "aspect", "unknown_annotator", "huge_body", "bad_job_id", "jpeg_scans",
-                                  "bool_threshold", "long_job_id", "empty_annotator"])
+                                  "bool_threshold", "long_job_id", "empty_annotator", "no_words"])
 def test_errors_are_json_with_stable_codes(svc, case):
     o, e = make_pair(seed=5)
     h = svc.headers()
@@ -193,6 +193,8 @@ def test_errors_are_json_with_stable_codes(svc, case):
         "too_many_pixels": (413, "too_many_pixels", lambda: svc.submit(
             np.zeros((1100, 1000, 3), np.uint8), np.zeros((1100, 1000, 3), np.uint8))),
         "too_long": (422, "instruction_too_long", lambda: svc.submit(o, e, {"instruction": "x" * 1001})),
+        # no letter or digit: every parser reads it as no edit; it was queued and annotated without one
+        "no_words": (422, "empty_instruction", lambda: svc.submit(o, e, {"instruction": "\U0001F436\U0001F431"})),
         "aspect": (422, "aspect_mismatch", lambda: svc.submit(o, np.zeros((48, 20, 3), np.uint8))),
         "unknown_annotator": (422, "unknown_annotator", lambda: svc.submit(o, e, {"annotator": "sigma-xl"})),
         # "" ran the first of api.annotators, as if no name had been given (a client's unset variable)

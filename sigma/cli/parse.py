@@ -9,7 +9,7 @@ from typing import Any
 from sigma.cli.common import integer, path, within
 from sigma.config.schema import MAX_INSTRUCTION_CHARS
 from sigma.errors import InputError, LimitError
-from sigma.text import is_blank, json_line
+from sigma.text import has_words, is_blank, json_line
 from sigma.text import loads as load_json
 
 HELP = """Parse an editing instruction into (edit_type, source concept, target concept), the input of
@@ -59,6 +59,11 @@ def _check(text: str | None, max_chars: int, where: str = "instruction") -> None
         # the service refuses it so (HTTP 422, empty_instruction); here it was a parse with edit_type null and exit 0,
         # as if the text had said there is no edit
         raise InputError(f"{where} is empty (nothing but spaces): give the words of an edit", code="empty_instruction")
+    if text is not None and not has_words(text):
+        # "🐶🐱": every backend parses text without a letter or digit as no edit (edit_type null), which is what the
+        # refusal above is for; it was printed with exit 0
+        raise InputError(f"{where} has no words (no letter or digit in any script), which every parser reads as no "
+                         "edit: give the words of an edit", code="empty_instruction")
     if text is not None and len(text) > max_chars:
         raise LimitError(f"{where} is {len(text)} characters; at most {max_chars} are accepted (--max-chars)",
                          code="instruction_too_long")
@@ -120,7 +125,7 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
                     raise InputError(f"{path}:{lineno}: \"instruction\" must be a string or null")
             else:
                 rec = {"instruction": line}
-            if isinstance(rec["instruction"], str) and is_blank(rec["instruction"]):
+            if isinstance(rec["instruction"], str) and not has_words(rec["instruction"]):
                 empty.append(f"{path}:{lineno}")
                 continue
             _check(rec["instruction"], max_chars, f"{path}:{lineno}")
@@ -129,7 +134,8 @@ def _read_lines(path: Path, max_chars: int) -> list[dict[str, Any]]:
                 problems.append(f"{path}:{lineno}: {problem}")
             records.append(rec)
     if empty:
-        raise InputError(f"{len(empty)} line(s) with an empty instruction (nothing but spaces): {_some(empty, ', ')}; "
+        raise InputError(f"{len(empty)} line(s) with an empty instruction (nothing but spaces, or no letter or digit):"
+                         f" {_some(empty, ', ')}; "
                          'a line for a pair without an instruction is {"instruction": null}', code="empty_instruction")
     if problems:
         raise InputError(f"{len(problems)} line(s) with expected fields that cannot be scored: {_some(problems, '; ')}")

@@ -9,7 +9,7 @@ from sigma.config.schema import IOConfig
 from sigma.errors import InputError
 from sigma.io.geometry import align, check_aspect, relative_turn, sync_size
 from sigma.io.images import DecodedImage, decode_image, read_image
-from sigma.text import is_blank
+from sigma.text import has_words, is_blank
 from sigma.types import Pair
 
 
@@ -25,6 +25,10 @@ def check_instruction(instruction: str | None, max_chars: int, name: str = "pair
                          code="invalid_instruction")
     if is_blank(instruction):
         raise InputError(f"{name}: instruction is empty (nothing visible); leave it out to annotate without one",
+                         code="empty_instruction")
+    if not has_words(instruction):
+        raise InputError(f"{name}: instruction has no words (no letter or digit in any script), which every parser "
+                         "reads as no edit; write the edit in words, or leave it out to annotate without one",
                          code="empty_instruction")
     if len(instruction) > max_chars:
         raise InputError(f"{name}: instruction has {len(instruction)} characters, more than "
