@@ -315,11 +315,38 @@ PERSON_PRONOUNS = [
     ("make her smile brighter", "attribute", "smile", "smile"),
     ("make her red dress blue", "attribute", "red dress", "red dress"),
     # 'them'/'everyone' doing what only people do (an expression, a gesture) are people: 'make them smile' was an
-    # attribute edit of 'them'; 'make them shiny', 'make them run' say nothing of people and keep 'them'
+    # attribute edit of 'them'; 'make them shiny', 'make them run' say nothing of people, and 'them' names nothing a
+    # detector finds (PRONOUN_ONLY)
     ("make them smile", "attribute", "person", "person"),
     ("make everyone laugh", "attribute", "person", "person"),
     ("have them wave", "attribute", "person", "person"),
-    ("make them shiny", "attribute", "them", "them"),
+    ("make them shiny", "attribute", None, None),
+]
+
+# A pronoun alone as the concept names nothing a detector can look for (the detector was asked for 'it', 'them'), as
+# 'remove this' already left no concept: the edit keeps its type, without a concept. 'make it run' alone: a thing
+# does something, and a picture does not run (it was a global edit); 'make it rain', 'make it look vintage' and 'make
+# it turn red' stay global, 'make it wear a hat' adds the hat.
+PRONOUN_ONLY = [
+    ("make it run", "attribute", None, None),
+    ("make it jump over the fence", "attribute", None, None),
+    ("have it fly over the lake", "attribute", None, None),
+    ("let it sit on the bench", "attribute", None, None),
+    ("make them run", "attribute", None, None),
+    ("put it there", "add", None, None),
+    ("put them over there", "add", None, None),
+    ("place it here", "add", None, None),
+    ("add it", "add", None, None),
+    ("remove it", "remove", None, None),
+    ("get rid of them", "remove", None, None),
+    ("replace it with a cat", "replace", None, "cat"),
+    ("add something", "add", None, None),
+    ("make it wear a hat", "add", None, "hat"),
+    ("make it rain", "global", None, None),
+    ("make it snow", "global", None, None),
+    ("make it look vintage", "global", None, None),
+    ("make it turn red", "global", None, None),
+    ("add a dog and make it run", "add", None, "dog"),
 ]
 
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
@@ -472,6 +499,7 @@ FORMS = (
     + HAVE_A_COUNT
     + COMPARATIVES
     + PERSON_PRONOUNS
+    + PRONOUN_ONLY
     + ALL_BUT
     + DISAPPEAR
     + IN_PLACE_OF

@@ -580,6 +580,12 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if gone is not None and x.words and not _is_whole_image(x) and not any(
             _verb_kind(w) is not None for w in low[x.end:gone]):
         return Parse("remove", x.text, None, verb + "-disappear")   # 'make the person on the right disappear'
+    if _pronoun_acts(x, low, end):
+        if low[x.end] in L.WEAR_VERBS:                    # 'make it wear a hat': the hat is new
+            return _parse_after_subject(toks, low, x, x.end, end, verb)
+        # 'make it run', 'have it fly over the lake': a thing does something, and a picture does not run; which
+        # thing, 'it' does not say (it was a global edit of the whole image)
+        return Parse("attribute", None, None, verb + "-pronoun-action")
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
         return Parse("global", None, None, verb + "-whole-image")      # "make the image clearer"
@@ -622,6 +628,22 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         if low[q] in L.ACTION_VERBS or low[q] in L.WEAR_VERBS or low[q] in L.BE_VERBS:
             return _parse_after_subject(toks, low, x, q, end, verb)
     return _classify_change(toks, low, x, low[j:k], None, end, None, verb)
+
+
+# Verbs after 'make it' that a picture can do as well as a thing: 'make it turn red', 'make it glow', 'make it age'
+_IMAGE_CAN = frozenset({"turn", "get", "have", "has", "age", "glow", "shine", "grow", "shrink", "tilt", "spin", "roll",
+                        "rotate", "move", "fall", "float", "melt", "burn", "lower", "raise", "lift"})
+
+
+def _pronoun_acts(x: Phrase, low: list[str], end: int) -> bool:
+    """'it'/'them' followed by an action verb a picture cannot do ('make it run', 'let it sit', 'have them fly'):
+    the subject is a thing the text does not name, not the whole image. Not a be-verb ('make it look vintage'), the
+    weather ('make it rain': impersonal 'it'), nor a verb a picture can do (`_IMAGE_CAN`)."""
+    if x.words not in (["it"], ["them"]) or x.end >= end:
+        return False
+    w = low[x.end]
+    return (w in L.ACTION_VERBS or w in L.WEAR_VERBS) and w not in L.BE_VERBS and w not in _IMAGE_CAN \
+        and w not in L.WEATHER and w not in L.WEATHER_NOUNS
 
 
 # 'make/let X disappear': X goes (it was a background replace by 'right disappear' after 'on the right')
@@ -1304,13 +1326,28 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             parses = [Parse("add", None, phrase.text, "default-add")]
         else:
             parses = [Parse("global", None, None, "default-global")]
-    edits = [Edit(edit_type=p.edit_type, source=p.source, target=p.target, rule=p.rule) for p in parses[:MAX_EDITS]]
+    edits = [Edit(edit_type=p.edit_type, source=_named(p.source), target=_named(p.target), rule=p.rule)
+             for p in parses[:MAX_EDITS]]
     rule = edits[0].rule if len(parses) <= MAX_EDITS else f"{edits[0].rule}; at most {MAX_EDITS} edits read"
     if cut:
         rule += f"; at most {MAX_SENTENCE_TOKENS} words of a sentence read"
     if read_as:
         rule += _read_as_note(list(read_as))
     return ParsedInstruction(instruction=text, backend="rules", edits=edits, rule=rule)
+
+
+# Words that stand for a thing without naming it: a concept of these alone gives a detector nothing to look for
+_UNNAMED = frozenset({"it", "its", "them", "they", "itself", "themselves", "something", "anything", "stuff"})
+
+
+def _named(concept: str | None) -> str | None:
+    """The concept, or None where it is only a pronoun ('put it there', 'add them', 'make them shiny' asked the
+    detector for 'it', 'them'): which thing is meant the text does not say, as with 'remove this', whose
+    determiner already left no concept. Edits of one sentence that use 'it' for a thing they named are read before
+    this ('add a dog and make it brown')."""
+    if concept is None or not all(w in _UNNAMED for w in concept.split()):
+        return concept
+    return None
 
 
 MAX_READ_AS_SAID = 5     # the most typo readings `rule` lists (a long text of typos would make it as long)
