@@ -88,10 +88,24 @@ def test_the_issue_single_edit_misses(text, edits):
     ("Replace the tree with a tower and keep everything else unchanged", [("replace", "tree", "tower")]),
     ("Add a cat and make it look natural", [("add", None, "cat")]),
     ("Add a dog and make it brown", [("add", None, "dog")]),                  # 'it' is the new dog
+    # how the thing just edited should look, told as a clause about it: no second edit (it was a global one)
+    ("add a hat and make it look like it was always there", [("add", None, "hat")]),
+    ("Add a lamp, then make it seem as if it had always been part of the room", [("add", None, "lamp")]),
+    ("replace the dog with a cat and make it look as though it belongs", [("replace", "dog", "cat")]),
+    ("add a hat and make it look like it's always been there", [("add", None, "hat")]),
+    ("add a vase. Make them look like they belong together", [("add", None, "vase")]),
     ("Add a deer standing near the riverbank, slightly to the right, in the foreground of the image.",
      [("add", None, "deer")]),
 ])
 def test_no_false_splits(text, edits):
+    assert _edits(parse_rules(text)) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("make it look like it was taken at night", [("global", None, None)]),     # first: the whole picture's look
+    ("add a hat and remove the dog", [("add", None, "hat"), ("remove", "dog", None)]),
+])
+def test_a_look_as_if_clause_is_a_constraint_only_after_an_edit(text, edits):
     assert _edits(parse_rules(text)) == edits
 
 

@@ -1205,6 +1205,24 @@ def _is_pronoun_value(low: list[str], s: int, vlen: int, e: int) -> bool:
     return _value_kind(rest) == "value"
 
 
+_AS_IF = (("like",), ("as", "if"), ("as", "though"))
+
+
+def _looks_as_if(low: list[str], s: int, vlen: int, e: int) -> bool:
+    """'make it look like it was always there', 'make them seem as if they belong': after an edit, how the thing it
+    edited should look, told as a clause about that thing (a pronoun subject), not a second edit (it was a global
+    edit of the whole image). 'make it look like a painting' (a noun phrase after 'like') is not this."""
+    if not vlen or low[s] not in L.MAKE_VERBS or s + vlen + 2 >= e or low[s + vlen] not in ("it", "them"):
+        return False
+    q = s + vlen + 1
+    if low[q] not in ("look", "looks", "seem", "seems", "appear", "appears"):
+        return False
+    q += 1
+    how = next((len(a) for a in _AS_IF if tuple(low[q:q + len(a)]) == a), 0)
+    return bool(how) and q + how + 1 < e and low[q + how] in ("it", "it's", "they", "they're") \
+        and is_word(low[q + how + 1])
+
+
 def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = None,
                     limit: int = MAX_EDITS) -> list[Parse]:
     """Every edit of one sentence, clause by clause. The first clause of the instruction may be
@@ -1260,6 +1278,9 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
             elif (context + out) and (context + out)[-1].edit_type in ("add", "replace", "attribute") and \
                     _is_pronoun_value(low, s, vlen, ce):
                 parse = None                              # "add a dog and make it brown": the dog's look
+            elif (context + out) and (context + out)[-1].edit_type in ("add", "replace", "attribute") and \
+                    _looks_as_if(low, s, vlen, ce):
+                parse = None                              # "add a hat and make it look like it was always there"
             elif (context + out) and (context + out)[-1].edit_type in ("add", "replace") and \
                     parse.rule == "put-pronoun-on-place":
                 parse = None                              # "add a cat and put it on the table": where the cat goes
