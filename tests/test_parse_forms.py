@@ -449,6 +449,17 @@ TIME_SCENES = [
     ("turn the winter into summer", "global", None, None),
     ("change the sunny day into a rainy evening", "global", None, None),
     ("turn the snow into grass", "replace", "snow", "grass"),
+    # a place at another time is the whole scene too ('turn the daytime street into night' was an attribute edit of
+    # 'daytime street'); the sky becoming a sunset is still the sky, snow still lies on what it covers
+    ("turn the daytime street into night", "global", None, None),
+    ("turn the street into night", "global", None, None),
+    ("change the city to nighttime", "global", None, None),
+    ("turn the summer meadow into winter", "global", None, None),
+    ("change the beach to a sunset", "global", None, None),
+    ("make the city at night", "global", None, None),
+    ("change the sky to a sunset", "replace", "sky", "sunset"),
+    ("turn the street snowy", "attribute", "street", "street"),
+    ("turn the daytime street into a night market", "replace", "background", "night market"),
 ]
 
 # zoom/crop change the framing of the whole picture: global ('zoom in on the cat' was a default add of 'zoom', 'crop

@@ -415,7 +415,7 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     bg = bg_in_x or kind == "scene" or (a is not None and (a.head in L.SCENES or _has(a.words, L.BACKGROUND_WORDS)))
     # a time of day, season or weather as the object is the whole scene in it: 'turn the daytime scene into night',
     # 'change day to night' (an attribute edit of 'daytime', of 'day', which no detector finds)
-    whole = (_is_whole_image(x) or _is_time_scene(x)) and not bg_in_x
+    whole = (_is_whole_image(x) or _is_time_scene(x) or _scene_at_a_time(x, y, kind)) and not bg_in_x
     if x.saw_attribute and not whole and kind in ("value", "none", "weather", "thing"):
         if kind != "thing" or not bg:
             who = _actor(x) if _has(seg, L.BODY_ATTRIBUTES) or _has(x.seen, L.BODY_ATTRIBUTES) else x.text
@@ -443,6 +443,19 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     if ynp is None or not ynp.words:
         return Parse("attribute", x.text, x.text, rule + "-no-target")
     return Parse("replace", x.text, ynp.text, rule + "-thing")
+
+
+# Weather values that lie on what they cover ('turn the street snowy'): the covered thing's look, not the scene's time
+_SETTLED = frozenset({"snow", "snowy", "snowing", "snowfall", "frost", "frosty", "icy", "hail"})
+
+
+def _scene_at_a_time(x: Phrase, y: list[str], kind: str) -> bool:
+    """A place (street, city, forest, beach) that becomes a time of day, season or weather ('turn the daytime street
+    into night', 'change the park to autumn'): the whole scene at that time, every pixel relit, a global edit as for
+    'turn the daytime scene into night' (it was an attribute edit of 'daytime street'). Not the sky ('change the sky
+    to a sunset' replaces the sky) and not snow or frost, which lie on the place ('turn the street snowy')."""
+    return kind == "weather" and bool(x.words) and x.head in L.SCENES and x.head not in L.SKY_WORDS \
+        and not _has(y, _SETTLED)
 
 
 def _styled_thing(y: list[str], ynp: Phrase | None) -> bool:
