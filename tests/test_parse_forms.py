@@ -139,6 +139,18 @@ WEATHER_ON_AN_OBJECT = [
     ("add snow in the forest", "global", None, None),
     ("add rain to the city", "global", None, None),
     ("add snow to the sky", "global", None, None),
+    # 'cover X with Y' puts Y on X: what 'add Y to X' is (it was a global edit by keyword, whatever covered what)
+    ("cover the mountains with snow", "add", None, "snow"),
+    ("cover the mountains in snow", "add", None, "snow"),
+    ("blanket the field in snow", "add", None, "snow"),
+    ("cover the table in the kitchen with a white cloth", "add", None, "white cloth"),
+    ("sprinkle the cake with sugar", "add", None, "sugar"),
+    ("decorate the tree with lights", "add", None, "lights"),
+    ("cover everything in snow", "global", None, None),
+    ("cover the city with fog", "global", None, None),
+    ("cover the window", "attribute", "window", "window"),
+    ("cover photo of a cat", "add", None, "cover photo"),
+    ("blanket fort in the living room", "add", None, "blanket fort"),
 ]
 
 # materials the lexicon lacked ('chocolate', 'wax', 'bronze'), a state it lacked ('bare'), and 'out of' a material:

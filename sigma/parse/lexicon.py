@@ -234,8 +234,10 @@ CLAUSE_CONNECTORS = _words(", ; and then also please just finally lastly afterwa
 NOUNY_VERBS = _words("""
 plant plants drop set place places show stick paste paint color colour shade stain tint dye switch trade
 exchange turn change fix update edit hide lower raise clear correct trade swap spawn position open close
-shut crop flip
+shut crop flip cover coat blanket sprinkle drape
 """)
+# "cover X with Y": Y is put on X, as in "add Y to X" ("cover the mountains with snow" is "add snow to the mountains")
+COVER_VERBS = _words("cover covers coat coats blanket blankets sprinkle sprinkles drape drapes decorate decorates")
 # What may follow such a verb for it to read as a verb: an object start or a particle
 OBJECT_STARTS = _words("""
 a an the this that these those some any his her its their my your our it them him me all every each

@@ -125,7 +125,7 @@ VERB_KINDS: tuple[tuple[frozenset[str] | set[str], str], ...] = (
     (L.REMOVE_VERBS, "remove"), (L.REPLACE_VERBS, "replace"), (L.ADD_VERBS, "add"), (L.PAINT_VERBS, "paint"),
     (L.GIVE_VERBS, "give"), (L.MAKE_VERBS, "make"), (L.CHANGE_VERBS, "change"),
     (L.RESTORATION_VERBS, "restore"), (ADJUST_VERBS, "adjust"), (L.STATE_VERBS, "state"),
-    (L.FRAMING_VERBS | L.ORIENTATION_VERBS, "frame"),
+    (L.FRAMING_VERBS | L.ORIENTATION_VERBS, "frame"), (L.COVER_VERBS, "cover"),
 )
 
 
@@ -784,6 +784,27 @@ def _parse_frame(toks, low, j, verb, end) -> Parse:
     return Parse("attribute", obj.text, obj.text, "orient-object")
 
 
+def _parse_cover(toks, low, j, verb, end) -> Parse:
+    """'cover X with Y' (coat, blanket, sprinkle, drape, decorate; 'in Y' too) puts Y on X: read as 'add Y to X', so
+    it is what that reads as ('cover the mountains with snow' adds snow, as 'add snow to the mountains' does; 'cover
+    everything in snow', 'cover the city with fog' are the weather, global). It was a global edit by keyword. Without
+    what covers ('cover the window'), X's look changes."""
+    x = extract_phrase(toks[:end], j)
+    # 'in snow', 'in mud' say what covers; 'in the living room' where (a place)
+    k = x.end if x.end + 1 < end and low[x.end] == "in" and low[x.end + 1] not in L.DETERMINERS else \
+        _find(low, x.end, end - 1, ("with",))
+    if k is None and j < end and is_word(low[j]) and low[j] not in L.OBJECT_STARTS:
+        caption = extract_phrase(toks, j - 1)             # 'cover photo of a cat', 'blanket fort': a compound noun
+        if caption.words:
+            return Parse("add", None, caption.text, "cover-compound-noun")
+    if k is None:
+        return Parse("global", None, None, "cover-image") if _is_whole_image(x) else \
+            Parse("attribute", x.text, x.text, "cover-object")
+    parse = _parse_add(["add", *toks[k + 1:end], "to", *toks[j:k]], ["add", *low[k + 1:end], "to", *low[j:k]], 1,
+                       "add")
+    return Parse(parse.edit_type, parse.source, parse.target, "cover-" + parse.rule)
+
+
 _DISPATCH = {
     "remove": lambda t, lo, j, v, e: _parse_remove(t, lo, j, v),
     "add": lambda t, lo, j, v, e: _parse_add(t, lo, j, v),
@@ -796,6 +817,7 @@ _DISPATCH = {
     "adjust": _parse_restore,
     "state": _parse_state,
     "frame": _parse_frame,
+    "cover": _parse_cover,
 }
 
 
