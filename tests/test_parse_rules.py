@@ -705,6 +705,18 @@ def test_an_unreadable_character_is_read_as_a_control_character(text, spaced):
     assert parse_rules(replace_surrogates(text)).edits == parsed.edits
 
 
+def test_a_pile_of_combining_marks_is_cut_to_what_unicode_allows_in_a_row():
+    """A combining mark continues the word before it, so "add a d" and 5,000 acute accents ("zalgo" text) was a
+    5,001-character concept, sent to the detector and stored in every row. Unicode's Stream-Safe Text Format (UAX #15)
+    allows 30 marks in a row; the rest are dropped. Real words keep theirs: Devanagari, a decomposed umlaut."""
+    p = parse_rules("add a d" + "\u0301" * 5000 + " to the wall")
+    assert (p.edit_type, p.target) == ("add", "d" + "\u0301" * 30)
+    p = parse_rules("remove the d" + "\u0308\u0301" * 100 + "og and the cat")   # no precomposed d: NFKC keeps them
+    assert p.source == "d" + "\u0308\u0301" * 15 + "og and cat"
+    assert parse_rules("add a कुत्ता").target == "कुत्ता"
+    assert parse_rules("add a d" + "\u0301" * 30).target == "d" + "\u0301" * 30
+
+
 def test_sigma_parse_reads_a_nul_between_words_as_a_break(tmp_path, capsys):
     """`sigma parse --file` with the line "remove the<NUL>dog" said source "thedog"; now "dog"."""
     (tmp_path / "lines.txt").write_bytes(b"remove the\x00dog\nremove the dog\n")

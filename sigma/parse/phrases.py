@@ -115,12 +115,29 @@ _PLAIN_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u2
                                "\u201e": '"', "\u201f": '"', "\u201a": "'", "\u201b": "'"})
 
 
+# Unicode's Stream-Safe Text Format (UAX #15, section 13) allows at most 30 combining marks in a row: no writing
+# system needs more ("zalgo" text stacks thousands on one letter)
+MAX_MARKS_IN_A_ROW = 30
+
+
+def _stream_safe(text: str) -> str:
+    """`text` with each run of combining marks cut to `MAX_MARKS_IN_A_ROW`. A mark continues the word before it
+    (`_token_pattern`), so "add a d" and 5,000 marks made a 5,001-character concept for the detector and every
+    result row; now the letter and its first 30 marks. Text without an unusual character costs one search."""
+    marks = _marks_in(text)
+    if not marks:
+        return text
+    run = re.compile(f"([{re.escape(marks)}]{{{MAX_MARKS_IN_A_ROW}}})[{re.escape(marks)}]+")
+    return run.sub(r"\1", text)
+
+
 def clean_text(text: str) -> str:
-    """`fold_text` (compatibility forms and ideographic punctuation), quotes made plain (curly, CJK and European ones:
+    """`fold_text` (compatibility forms and ideographic punctuation), at most 30 combining marks in a row
+    (`_stream_safe`), quotes made plain (curly, CJK and European ones:
     `_PLAIN_QUOTES`), line breaks and tabs a space, format characters (zero-width joiner, direction mark, soft
     hyphen) dropped, so they neither split a word ("ca<ZWJ>t") nor stand between a verb and its object, and control
     and unreadable characters (`_control`) read as word breaks (`_split_at_controls`)."""
-    text = fold_text(text).translate(_PLAIN_QUOTES)
+    text = _stream_safe(fold_text(text).translate(_PLAIN_QUOTES))
     if not text.isprintable() or _UNREADABLE in text:   # a control, format or unreadable character: one by one
         text = "".join(_CONTROL_MARK if _control(ch) else ch for ch in text if unicodedata.category(ch) != "Cf")
     if _CONTROL_MARK in text:
