@@ -434,6 +434,17 @@ ORDINALS = [
     ("remove the first aid kit", "remove", "first aid kit", None),
     ("add a first aid kit on the wall", "add", None, "first aid kit"),
     ("paint the second floor blue", "attribute", "second floor", "second floor"),
+    # the nouns an ordinal makes are WordNet's (lexicon.ORDINAL_COMPOUNDS; it was a list of 12), a storey or a rank
+    # with any ordinal; a person is picked by position ('the first lady' kept 'first lady')
+    ("add a first class seat", "add", None, "first class seat"),
+    ("remove the second hand watch", "remove", "second hand watch", None),
+    ("remove the third party logo", "remove", "third party logo", None),
+    ("add a fifth wheel to the trailer", "add", None, "fifth wheel"),
+    ("paint the fifth floor blue", "attribute", "fifth floor", "fifth floor"),
+    ("add a third place medal", "add", None, "third place medal"),
+    ("remove the second person from the left", "remove", "person", None),
+    ("remove the first lady", "remove", "lady", None),
+    ("remove the last word on the sign", "remove", "last word", None),
 ]
 
 # swap/switch/exchange two things (no 'with'/'for'): each shows up where the other was, so the source is the pair and

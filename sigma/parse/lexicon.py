@@ -25,9 +25,47 @@ miniature mini oversized entire whole
 ORDINALS = _words("""
 first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth last penultimate
 """)
-ORDINAL_COMPOUNDS = frozenset({("first", "aid"), ("first", "class"), ("first", "place"), ("second", "place"),
-                               ("third", "place"), ("first", "lady"), ("second", "hand"), ("third", "party"),
-                               ("first", "floor"), ("second", "floor"), ("third", "floor"), ("last", "supper")})
+# Where the ordinal and the next word are one noun: every two-word noun of WordNet 3.0 (index.noun, as Debian's
+# wordnet-base 1:3.0-37 ships it; taken once, 2026-12-06) made of one of ORDINALS and a word, less those naming a
+# person ("first person", "first lady"): "the second person from the left" picks a person. It was a list of 12 picked
+# by hand. Beside it the rule of `ORDINAL_POSITIONS`.
+_ORDINAL_COMPOUND_LINES = """
+first: aid amendment appearance balcony base baseman blush cause class cousin crusade degree derivative estate floor
+    gear half harmonic language lieutenant light mate moment mortgage name offender period principle quarter reading
+    rudiment sacker sergeant state step stomach strike team trimester water
+second: advent adventism adventist balcony banana base baseman best childhood class coming cousin crusade deck
+    empire estate fiddle gear growth half hand joint lieutenant moment mortgage nature period power reading reich
+    sacker sight stomach string thought trimester wind
+third: base baseman class crusade deck degree dimension estate eye eyelid gear house party power rail reich sacker
+    stomach tonsil trimester ventricle world
+fourth: crusade deck dimension estate part power stomach ventricle
+fifth: amendment avenue column columnist crusade part wheel
+sixth: crusade sense
+seventh: avenue chord crusade heaven
+eighth: note
+tenth: part
+eleventh: hour
+twelfth: day night part
+last: day frontier gasp half hurrah judgement judgment laugh mile minute name quarter resort respects rites straw
+    supper word
+"""
+
+
+def _ordinal_compounds(text: str) -> frozenset[tuple[str, str]]:
+    """('first', 'aid'), ... from 'first: aid amendment ...' (a word ending in ':' starts the next ordinal's words)."""
+    pairs, ordinal = set(), ""
+    for word in text.split():
+        if word.endswith(":"):
+            ordinal = word[:-1]
+        else:
+            pairs.add((ordinal, word))
+    return frozenset(pairs)
+
+
+ORDINAL_COMPOUNDS = _ordinal_compounds(_ORDINAL_COMPOUND_LINES)
+# Nouns that are a position in an order themselves (a storey, a rank): the ordinal is what they name ("the second
+# floor", "third place"), with any ordinal, where WordNet lists only "first floor"
+ORDINAL_POSITIONS = _words("floor floors storey storeys story stories place")
 # "a group of people" -> people; "a piece of clothing" -> clothing
 QUANTIFIER_NOUNS = _words("""
 couple group pair bunch lot lots number few set flock herd pile crowd handful piece pieces bit kind sort

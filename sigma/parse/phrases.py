@@ -520,7 +520,7 @@ class _PhraseReader:
             rest = [t for t in low[1:] if t not in ("the", "a", "an")]
             return 2 if rest and _is_ordinal(rest[0]) else 0
         return int(nxt is not None and is_word(nxt) and nxt not in L.BOUNDARY_WORDS and nxt not in ("of", "one", "ones")
-                   and (w, nxt) not in L.ORDINAL_COMPOUNDS)
+                   and (w, nxt) not in L.ORDINAL_COMPOUNDS and nxt not in L.ORDINAL_POSITIONS)
 
     def _of(self) -> bool:
         """'X of Y' names Y when X only counts, describes or locates a part of it ('a pair of | shoes',
