@@ -151,6 +151,9 @@ WEATHER_ON_AN_OBJECT = [
     ("cover the window", "attribute", "window", "window"),
     ("cover photo of a cat", "add", None, "cover photo"),
     ("blanket fort in the living room", "add", None, "blanket fort"),
+    ("sprinkle some snow on the roof", "add", None, "snow"),
+    ("drape a cloth over the table", "add", None, "cloth"),
+    ("cover up the scratch on the car", "remove", "scratch", None),
 ]
 
 # materials the lexicon lacked ('chocolate', 'wax', 'bronze'), a state it lacked ('bare'), and 'out of' a material:

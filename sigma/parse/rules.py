@@ -787,9 +787,16 @@ def _parse_frame(toks, low, j, verb, end) -> Parse:
 def _parse_cover(toks, low, j, verb, end) -> Parse:
     """'cover X with Y' (coat, blanket, sprinkle, drape, decorate; 'in Y' too) puts Y on X: read as 'add Y to X', so
     it is what that reads as ('cover the mountains with snow' adds snow, as 'add snow to the mountains' does; 'cover
-    everything in snow', 'cover the city with fog' are the weather, global). It was a global edit by keyword. Without
-    what covers ('cover the window'), X's look changes."""
+    everything in snow', 'cover the city with fog' are the weather, global). It was a global edit by keyword. 'sprinkle
+    Y on X' is 'add Y on X', 'cover up X' hides X (a remove). Without what covers ('cover the window'), X's look
+    changes."""
+    if low[j:j + 1] == ["up"] and j + 1 < end:           # 'cover up the scratch': hidden, as 'hide the scratch'
+        gone = _parse_remove(toks[:end], low[:end], j + 1, "hide")
+        return Parse(gone.edit_type, gone.source, gone.target, "cover-up-" + gone.rule)
     x = extract_phrase(toks[:end], j)
+    if x.words and x.end < end and low[x.end] in ("on", "onto", "over", "across", "around"):
+        put = _parse_add(toks[:end], low[:end], j, "add")   # 'sprinkle snow on the roof': what is sprinkled is new
+        return Parse(put.edit_type, put.source, put.target, "cover-" + put.rule)
     # 'in snow', 'in mud' say what covers; 'in the living room' where (a place)
     k = x.end if x.end + 1 < end and low[x.end] == "in" and low[x.end + 1] not in L.DETERMINERS else \
         _find(low, x.end, end - 1, ("with",))
