@@ -109,6 +109,17 @@ def test_a_look_as_if_clause_is_a_constraint_only_after_an_edit(text, edits):
     assert _edits(parse_rules(text)) == edits
 
 
+@pytest.mark.parametrize("text,edits", [
+    ("remove it and remove them", [("remove", None, None)]),
+    ("remove it. Remove them.", [("remove", None, None)]),
+    ("remove it and add a cat", [("remove", None, None), ("add", None, "cat")]),
+])
+def test_edits_left_without_a_concept_by_a_pronoun_are_not_repeated(text, edits):
+    """A pronoun alone names no concept (0e37d88), so 'remove it' and 'remove them' are the same edit: it was listed
+    twice, once per pronoun, as (remove, None, None) each."""
+    assert _edits(parse_rules(text)) == edits
+
+
 def test_dev_set_splits_only_its_one_compound_instruction():
     shared = Path(os.environ.get("SIGMA_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
     dev = shared / "data" / "instructions" / "dev.jsonl"

@@ -1379,6 +1379,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         read_as.update(dict.fromkeys(notes))
         for parse in _sentence_edits(toks, first=not parses, before=parses,
                                      limit=read - len(parses)):
+            parse = Parse(parse.edit_type, _named(parse.source), _named(parse.target), parse.rule)
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
     if not parses:
@@ -1390,7 +1391,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         else:
             parses = [Parse("global", None, None, "default-global")]
     edits = [Edit(edit_type=p.edit_type, source=_named(p.source), target=_named(p.target), rule=p.rule)
-             for p in parses[:MAX_EDITS]]
+             for p in parses[:MAX_EDITS]]     # named again: the default-add above ('them')
     rule = edits[0].rule if len(parses) <= MAX_EDITS else f"{edits[0].rule}; at most {MAX_EDITS} edits read"
     if cut:
         rule += f"; at most {MAX_SENTENCE_TOKENS} words of a sentence read"
