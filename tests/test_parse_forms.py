@@ -486,6 +486,14 @@ TIME_SCENES = [
     ("change the sky to a sunset", "replace", "sky", "sunset"),
     ("turn the street snowy", "attribute", "street", "street"),
     ("turn the daytime street into a night market", "replace", "background", "night market"),
+    # said as a state or an inline value: the same scene at another time
+    ("the street should be at night", "global", None, None),
+    ("what if the street were at night", "global", None, None),
+    ("make the street nighttime", "global", None, None),
+    ("make the forest foggy", "global", None, None),
+    ("make the street snowy", "attribute", "street", "street"),
+    ("make the sky sunny", "attribute", "sky", "sky"),
+    ("the dog should be at the door", "attribute", "dog", "dog"),
 ]
 
 # zoom/crop change the framing of the whole picture: global ('zoom in on the cat' was a default add of 'zoom', 'crop

@@ -454,6 +454,9 @@ def _scene_at_a_time(x: Phrase, y: list[str], kind: str) -> bool:
     into night', 'change the park to autumn'): the whole scene at that time, every pixel relit, a global edit as for
     'turn the daytime scene into night' (it was an attribute edit of 'daytime street'). Not the sky ('change the sky
     to a sunset' replaces the sky) and not snow or frost, which lie on the place ('turn the street snowy')."""
+    if y[:1] == ["at"]:                                   # 'the street should be at night'
+        y = y[1:]
+        kind = _value_kind(y)
     return kind == "weather" and bool(x.words) and x.head in L.SCENES and x.head not in L.SKY_WORDS \
         and not _has(y, _SETTLED)
 
@@ -532,7 +535,7 @@ def _split_trailing_values(x: Phrase) -> tuple[Phrase, list[str]]:
 
 
 def _inline(x: Phrase, values: list[str], seg: list[str], rule: str) -> Parse:
-    if _is_whole_image(x) or _is_time_scene(x):
+    if _is_whole_image(x) or _is_time_scene(x) or _scene_at_a_time(x, values, _value_kind(values)):
         return Parse("global", None, None, rule + "-whole-image")
     return Parse("attribute", x.text, x.text, rule)
 
