@@ -145,6 +145,27 @@ def headers_too_large(max_head_bytes: int) -> bytes:
                                  "headers (a large cookie or token)"}}).encode()
 
 
+_ABSOLUTE_FORM = re.compile(rb"^https?://([^/?]*)(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def origin_form(request: h11.Request) -> h11.Request:
+    """`request` with an absolute-form target (`GET http://host:port/healthz?x=1`, as a client configured to talk to
+    a forward proxy sends) turned into origin form (`/healthz?x=1`), its Host field the target's authority: RFC 9112
+    3.2.2 says a server MUST accept the absolute form and MUST then ignore the Host field for the target's. uvicorn
+    took the whole URL as the path, so every route answered 404 `not_found`. An `http` target with no host is
+    invalid (RFC 9110 4.2.1): 400 `bad_request`. Any other target is returned as it is."""
+    found = _ABSOLUTE_FORM.match(request.target)
+    if found is None:
+        return request
+    host = found.group(1).rpartition(b"@")[2]        # userinfo is deprecated, and never the host (RFC 9110 4.2.4)
+    if not host:
+        raise h11.RemoteProtocolError("an absolute-form request target without a host", error_status_hint=400)
+    rest = found.group(2)
+    target = rest if rest.startswith(b"/") else b"/" + rest      # `http://host` and `http://host?x=1`: the root
+    headers = [(name, host if name.lower() == b"host" else value) for name, value in request.headers.raw_items()]
+    return h11.Request(method=request.method, target=target, headers=headers, http_version=request.http_version)
+
+
 class HeadLimitedConnection(h11.Connection):
     """h11's server side, with each request's head (its line and header fields, up to the blank line) held to
     `max_head_bytes` however it arrives: h11 measures only an incomplete head, when a read leaves it unfinished
@@ -190,6 +211,7 @@ class HeadLimitedConnection(h11.Connection):
                 self.head_refused = True
                 raise h11.RemoteProtocolError(f"request head of {size} bytes, over {self.max_head_bytes}",
                                               error_status_hint=431)
+            event = origin_form(event)
         elif isinstance(event, h11.Data):
             self._body_seen += len(event.data)
             self._chunks += bool(event.chunk_start)

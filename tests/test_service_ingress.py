@@ -382,3 +382,19 @@ def test_a_malformed_request_is_no_warning_in_the_api_log(svc):
         assert got.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 413 ", b"HTTP/1.1 431 ")), got[:200]
     assert svc.api is not None
     assert "Invalid HTTP request received" not in svc.api.output(), svc.api.output()
+
+
+# -- request targets and HTTP versions (RFC 9112 3.2, RFC 9110 2.5) --------------------------------------------------
+@pytest.mark.parametrize("target, status, code", [
+    ("http://127.0.0.1:{port}/healthz", 200, None),
+    ("HTTP://example.test/v1/jobs/nosuchjob?x=1", 404, "job_not_found"),      # a route's own 404, not the router's
+    ("http:///healthz", 400, "bad_request"),                                    # an http URI with no host
+])
+def test_an_absolute_form_target_is_served_as_its_path(svc, target, status, code):
+    # RFC 9112 3.2.2: a server MUST accept the absolute form (a client set up for a forward proxy sends it); uvicorn
+    # took the whole URL as the path, so every route was 404 not_found
+    head = (f"GET {target.format(port=svc.port)} HTTP/1.1\r\nHost: elsewhere\r\nConnection: close\r\n"
+            f"Authorization: {svc.headers()['Authorization']}")
+    got, headers, body = answer_of(raw_request(svc, head, b""))
+    assert got == status, body
+    assert body == {"status": "ok"} if code is None else body["error"]["code"] == code, body
