@@ -40,6 +40,9 @@ STATUS_BY_CODE = {
     "storage_unavailable": 503, "missing_dependency": 503,
     # a connection over api.max_connections (`sigma.api.server`): answered before its request is read, then closed
     "too_many_connections": 503,
+    # a request line of another HTTP version (an HTTP/2 connection preface, `PRI * HTTP/2.0`; `sigma.api.server`):
+    # answered at that line, then closed
+    "http_version_not_supported": 505,
     # codes of the batch library a submission can meet (sigma.io.corpora, sigma.batch): all the caller's input
     "unknown_format": 422, "file_not_found": 422, "bad_manifest": 422, "bad_dataset": 422, "bad_parquet": 422,
     "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,

@@ -166,6 +166,22 @@ def origin_form(request: h11.Request) -> h11.Request:
     return h11.Request(method=request.method, target=target, headers=headers, http_version=request.http_version)
 
 
+def unsupported_version(request: h11.Request) -> str | None:
+    """Why `request`'s HTTP version is refused (505), else None. h11 parses any `HTTP/d.d` in a request line and
+    frames the answer as HTTP/1.1, so an HTTP/2 client's connection preface (`PRI * HTTP/2.0`, then `SM` and binary
+    frames: `curl --http2-prior-knowledge`, gRPC) was routed (404) and its next line refused as malformed (400):
+    two answers, neither naming the cause. A major version other than 1 is refused at its request line; HTTP/1.x
+    of a higher minor version is served as 1.1 (RFC 9110 2.5)."""
+    version = request.http_version
+    if version.startswith(b"1."):
+        return None
+    said = version.decode("ascii", "replace")
+    if request.method == b"PRI" and request.target == b"*" and version == b"2.0":
+        return ("an HTTP/2 connection preface (PRI * HTTP/2.0): this server speaks HTTP/1.1 only; send HTTP/1.1 "
+                "requests (HTTP/2 is not negotiated here: drop curl's --http2-prior-knowledge)")
+    return f"HTTP/{said} is not supported: this server speaks HTTP/1.1 (and 1.0)"
+
+
 class HeadLimitedConnection(h11.Connection):
     """h11's server side, with each request's head (its line and header fields, up to the blank line) held to
     `max_head_bytes` however it arrives: h11 measures only an incomplete head, when a read leaves it unfinished
@@ -179,6 +195,7 @@ class HeadLimitedConnection(h11.Connection):
         self.max_body_bytes = max_body_bytes
         self.head_refused = False
         self.body_refused: tuple[int, str] | None = None    # a refused body's status (413, 400) and why, else None
+        self.version_refused: str | None = None     # why a request of another HTTP version was refused (505)
         self._received = 0       # bytes received on the connection
         self._head_start = 0     # where in them the request being read began (after the previous one's end)
         self._body_seen = 0      # bytes of the current request's body handed on
@@ -211,6 +228,9 @@ class HeadLimitedConnection(h11.Connection):
                 self.head_refused = True
                 raise h11.RemoteProtocolError(f"request head of {size} bytes, over {self.max_head_bytes}",
                                               error_status_hint=431)
+            self.version_refused = unsupported_version(event)
+            if self.version_refused is not None:
+                raise h11.RemoteProtocolError(self.version_refused, error_status_hint=505)
             event = origin_form(event)
         elif isinstance(event, h11.Data):
             self._body_seen += len(event.data)
@@ -437,6 +457,11 @@ class GuardedH11Protocol(H11Protocol):
         if self.conn.head_refused:
             status, reason, body = 431, HEADERS_TOO_LARGE_REASON, headers_too_large(self.max_head_bytes)
             self.logger.info("request head over %d bytes: 431, closing", self.max_head_bytes)
+        elif self.conn.version_refused:
+            status, reason = 505, b"HTTP Version Not Supported"
+            body = json.dumps({"error": {"code": "http_version_not_supported",
+                                         "message": self.conn.version_refused}}).encode()
+            self.logger.info("request of another HTTP version refused (505, closing): %s", self.conn.version_refused)
         elif self.conn.body_refused:
             status, said = self.conn.body_refused
             code, reason = ("request_too_large", b"Content Too Large") if status == 413 else ("bad_request",

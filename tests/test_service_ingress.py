@@ -398,3 +398,21 @@ def test_an_absolute_form_target_is_served_as_its_path(svc, target, status, code
     got, headers, body = answer_of(raw_request(svc, head, b""))
     assert got == status, body
     assert body == {"status": "ok"} if code is None else body["error"]["code"] == code, body
+
+
+def test_an_http2_connection_preface_is_answered_once_with_505_and_closed(svc):
+    # `curl --http2-prior-knowledge` (or a gRPC client) opens with PRI * HTTP/2.0, then SM and binary frames: h11 took
+    # the PRI line for a request (404) and the SM line for a malformed one (400), two answers that named neither cause
+    settings = bytes.fromhex("000012040000000000000300000064000400100000000600004000")     # a SETTINGS frame
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as sock:
+        sock.sendall(preface)
+        raw = read_until_closed(sock, ConnectionResetError)
+    status, headers, body = answer_of(raw)
+    assert raw.endswith(json.dumps(body).encode()), raw      # one answer, nothing after it
+    assert status == 505 and b"connection: close" in headers, raw
+    assert body["error"]["code"] == "http_version_not_supported" and "HTTP/2" in body["error"]["message"], body
+    got, _, body = answer_of(raw_request(svc, "GET /healthz HTTP/3.0\r\nHost: x", b""))
+    assert got == 505 and "HTTP/3.0" in body["error"]["message"], body
+    got, _, body = answer_of(raw_request(svc, "GET /healthz HTTP/1.2\r\nHost: x\r\nConnection: close", b""))
+    assert got == 200, body         # a higher minor version is served as 1.1 (RFC 9110 2.5)
