@@ -247,6 +247,26 @@ class CatchAll:
             await send(body)
 
 
+class HeadAsGet:
+    """HEAD is served as GET without its body: RFC 9110 9.1 says a general-purpose server MUST support both, and
+    FastAPI's routes take only the methods they name, so HEAD /healthz (an uptime checker's probe), /readyz, /metrics
+    and /v1/jobs/{id} were 405. The routes see GET on a copy of the scope; uvicorn keeps HEAD on its own, so it
+    sends the headers (Content-Length as GET's) and no body. What routing wrote into the copy (the matched route,
+    for the metrics' label) is copied back; the metrics count the request as HEAD. Added innermost."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            return await self.app(scope, receive, send)
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, send)
+        finally:
+            scope.update({key: value for key, value in inner.items() if key != "method"})
+
+
 class RequestMetrics:
     """Counts and times every answer by method, route template and status. A request whose client hung up before
     any answer counts as `CLIENT_CLOSED` (499), not 500: nothing failed on this side, and any client could otherwise

@@ -416,3 +416,25 @@ def test_an_http2_connection_preface_is_answered_once_with_505_and_closed(svc):
     assert got == 505 and "HTTP/3.0" in body["error"]["message"], body
     got, _, body = answer_of(raw_request(svc, "GET /healthz HTTP/1.2\r\nHost: x\r\nConnection: close", b""))
     assert got == 200, body         # a higher minor version is served as 1.1 (RFC 9110 2.5)
+
+
+# -- methods (RFC 9110 9.1, 15.5.6) ---------------------------------------------------------------------------------
+def test_head_is_served_on_every_get_route_without_a_body(svc):
+    # a general-purpose server MUST support HEAD; FastAPI's routes took only GET, so HEAD /healthz (an uptime checker's
+    # probe) and HEAD /v1/jobs/{id} were 405
+    job_id = svc.http.post("/v1/jobs", content=json_job(), headers={**svc.headers(), "content-type":
+                                                                    "application/json"}).json()["id"]
+    for path, who in (("/healthz", "user"), ("/metrics", "metrics"), (f"/v1/jobs/{job_id}", "user")):
+        got = svc.http.get(path, headers=svc.headers(who))
+        head = raw_request(svc, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                f"Authorization: {svc.headers(who)['Authorization']}", b"")
+        start, _, body = head.partition(b"\r\n\r\n")
+        headers = start.lower() + b"\r\n"
+        assert int(start.split(b" ", 2)[1]) == got.status_code == 200, head
+        assert body == b"" and b"content-type: " + got.headers["content-type"].encode() in headers, head
+        if path != "/metrics":       # the metrics grow between the two requests
+            assert b"content-length: %d\r\n" % len(got.content) in headers, head
+    missing = raw_request(svc, "HEAD /v1/jobs/nosuchjob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                               f"Authorization: {svc.headers()['Authorization']}", b"")
+    assert missing.startswith(b"HTTP/1.1 404 ") and missing.endswith(b"\r\n\r\n"), missing
+
