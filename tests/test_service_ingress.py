@@ -438,3 +438,12 @@ def test_head_is_served_on_every_get_route_without_a_body(svc):
                                f"Authorization: {svc.headers()['Authorization']}", b"")
     assert missing.startswith(b"HTTP/1.1 404 ") and missing.endswith(b"\r\n\r\n"), missing
 
+
+@pytest.mark.parametrize("method, path, allow", [("PUT", "/v1/jobs/abc", "DELETE, GET, HEAD"),
+                                                 ("POST", "/healthz", "GET, HEAD"),
+                                                 ("HEAD", "/v1/jobs", "POST"), ("OPTIONS", "/v1/batches", "POST")])
+def test_a_405_allows_every_method_its_path_takes(svc, method, path, allow):
+    # Starlette named the first matching route's methods only: PUT /v1/jobs/{id} said `Allow: GET`, not DELETE
+    resp = svc.http.request(method, path, headers=svc.headers())
+    assert resp.status_code == 405 and resp.headers["allow"] == allow, (resp.headers, resp.text)
+    assert method == "HEAD" or resp.json()["error"]["code"] == "method_not_allowed"
