@@ -205,6 +205,19 @@ class HeadLimitedConnection(h11.Connection):
         self._received += len(data)
         super().receive_data(data)
 
+    def send(self, event: Any) -> bytes | None:
+        """h11's `send`, but a final answer to a request whose client still waits for `100 Continue` (`Expect:
+        100-continue`, the body not asked for: a 401, 415 or 429 from the head alone) says `Connection: close` and
+        ends the connection (with the lingering close, so a client that sends the body anyway reads the answer).
+        Otherwise the connection stayed open for the declared body, which such a client need not send (RFC 9110
+        10.1.1), and the next request it sent on the connection was read as that body: no answer until
+        `api.body_timeout_s` closed it. RFC 9110 says the server SHOULD say which it does; Go's server closes too."""
+        if (isinstance(event, h11.Response) and self.they_are_waiting_for_100_continue
+                and b"close" not in (value.lower() for name, value in event.headers if name == b"connection")):
+            event = h11.Response(status_code=event.status_code, reason=event.reason, http_version=event.http_version,
+                                 headers=[*event.headers.raw_items(), (b"connection", b"close")])
+        return super().send(event)
+
     def _unparsed(self) -> int:
         return len(self.trailing_data[0])
 

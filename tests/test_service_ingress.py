@@ -447,3 +447,22 @@ def test_a_405_allows_every_method_its_path_takes(svc, method, path, allow):
     resp = svc.http.request(method, path, headers=svc.headers())
     assert resp.status_code == 405 and resp.headers["allow"] == allow, (resp.headers, resp.text)
     assert method == "HEAD" or resp.json()["error"]["code"] == "method_not_allowed"
+
+
+# -- Expect: 100-continue answered before the body is asked for (RFC 9110 10.1.1) ------------------------------------
+@pytest.mark.parametrize("then", [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"x" * 1000])
+def test_a_final_answer_before_100_continue_closes_the_connection(svc, then):
+    # the 401 went out with the connection kept for the 1000 declared bytes, which a client that saw the 401 need
+    # not send: its next request on the connection was read as that body and got no answer until api.body_timeout_s.
+    # Now the 401 says `connection: close` and a FIN follows it; a client that sends the body anyway reads it too
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        time.sleep(0.2)
+        sock.sendall(then)
+        started = time.monotonic()
+        raw = read_until_closed(sock)
+    status, headers, body = answer_of(raw)
+    assert status == 401 and b"connection: close" in headers and body["error"]["code"] == "missing_api_key", raw
+    assert time.monotonic() - started < 3, "the connection was kept open for a body the client did not send"
+    assert not raw.startswith(b"HTTP/1.1 100"), raw
