@@ -466,3 +466,31 @@ def test_a_final_answer_before_100_continue_closes_the_connection(svc, then):
     assert status == 401 and b"connection: close" in headers and body["error"]["code"] == "missing_api_key", raw
     assert time.monotonic() - started < 3, "the connection was kept open for a body the client did not send"
     assert not raw.startswith(b"HTTP/1.1 100"), raw
+
+
+# -- one Content-Type, one boundary -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("path, types, code", [
+    ("/v1/jobs", ["multipart/form-data; boundary=t3xtb0undary", "application/json"], "bad_request"),
+    ("/v1/jobs", ["multipart/form-data; boundary=t3xtb0undary", "multipart/form-data; boundary=other"], "bad_request"),
+    ("/v1/jobs", ["multipart/form-data; boundary=other; boundary=t3xtb0undary"], "malformed_multipart"),
+    ("/v1/batches", ["application/json", "text/plain"], "bad_request"),
+])
+def test_a_content_type_sent_twice_or_a_boundary_named_twice_is_refused(svc, path, types, code):
+    # the API read the first Content-Type field and the last boundary, where a proxy or filter in front may read the
+    # other: `multipart` then `application/json` queued the multipart body (202), `boundary=other; boundary=B` used B
+    body = multipart_body(b"add a sign")
+    fields = "".join(f"\r\nContent-Type: {t}" for t in types)
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers('admin')['Authorization']}{fields}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close")
+    status, _, error = answer_of(raw_request(svc, head, body))
+    assert status == 400 and error["error"]["code"] == code, error
+    assert "Content-Type" in error["error"]["message"], error
+
+
+def test_the_same_content_type_sent_twice_is_read(svc):
+    body = multipart_body(b"add a sign")
+    field = "\r\nContent-Type: multipart/form-data; boundary=t3xtb0undary"
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}{field}{field}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close")
+    status, _, answer = answer_of(raw_request(svc, head, body))
+    assert status == 202, answer
