@@ -494,3 +494,21 @@ def test_the_same_content_type_sent_twice_is_read(svc):
             f"Content-Length: {len(body)}\r\nConnection: close")
     status, _, answer = answer_of(raw_request(svc, head, body))
     assert status == 202, answer
+
+
+# -- numbers a float cannot hold --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path, body, said", [
+    ("/v1/jobs", '{"threshold": -%s}', "threshold: Input should be a finite number in [0, 1], got an integer of 400"),
+    ("/v1/annotate", '{"wait": %s}', "wait: Input should be a finite number >= 0, got an integer of 400 digits"),
+    ("/v1/batches", '{"input": "corpus", "out": "o", "options": {"threshold": %s}}',
+     "options.threshold: Input should be a finite number in [0, 1], got an integer of 400 digits"),
+])
+def test_a_400_digit_integer_is_said_to_be_too_large_not_not_a_number(svc, path, body, said):
+    # JSON reads 400 digits as a Python int, which no float holds: pydantic said "Input should be a valid number"
+    data = json.loads(body % ("9" * 400))
+    if path != "/v1/batches":
+        original, edited = (base64.b64encode(png_bytes(a)).decode() for a in make_pair(16, 16))
+        data.update(original=original, edited=edited)
+    text = json.dumps(data)
+    resp = svc.http.post(path, content=text, headers={**svc.headers("admin"), "content-type": "application/json"})
+    assert resp.status_code == 422 and said in resp.json()["error"]["message"], resp.text
