@@ -65,7 +65,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sigma.api.metrics import ANSWERED_BY_SERVER, PEER_EOF
+from sigma.api.metrics import ANSWERED_BY_SERVER, PEER_EOF, PEER_FATE_S, PEER_GONE
 from sigma.service.settings import ServeConfig
 
 _BODY = json.dumps({"error": {"code": "request_timeout", "message": "the request headers did not arrive in "
@@ -337,6 +337,9 @@ class GuardedH11Protocol(H11Protocol):
         self._linger_left = 0
         self._peer_eof = False         # the client half-closed after a whole request (`eof_received`)
         self._refused_lingering = False   # a connection past the limit, answered 503, its request being discarded
+        self._fate_timer: asyncio.TimerHandle | None = None     # `_check_delivery`'s next look at the socket
+        self._fate: asyncio.Future[bool] | None = None          # `_ask_fate`'s answer: did the client leave
+        self._fate_deadline = 0.0
 
     # -- timers ----------------------------------------------------------------------------------
     def _cancel(self, name: str) -> None:
@@ -448,16 +451,47 @@ class GuardedH11Protocol(H11Protocol):
         return True
 
     def on_response_complete(self) -> None:
+        answered = self.cycle
         super().on_response_complete()
         if self.conn.their_state is h11.SEND_BODY and self._drain_timer is None and not self.lingering:
             self._drained = self.cycle
             self._drain_timer = self.loop.call_later(self.drain_timeout_s, self._drain_expired)
+        if self._peer_eof and answered is not None and self._fate is None:
+            self._ask_fate(answered.scope)
         if self._peer_eof and not self.transport.is_closing():
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete and self.conn.their_state is h11.DONE:
                 cycle.scope.setdefault(PEER_EOF, asyncio.Event()).set()     # a whole request pipelined before the FIN
+            elif self._fate is not None and not self._fate.done():
+                self._fate_timer = self.loop.call_later(0, self._check_delivery)  # closes once the client answers
             else:
                 self.transport.close()       # nothing more can come from the client: the answers are all out
+
+    def _ask_fate(self, scope: dict) -> None:
+        """For the answer to a client that sent a FIN: `scope[PEER_GONE]`, resolved once the client's side has taken
+        the answer (every byte acknowledged: a half-closed client, still reading) or refused it (a reset: a client
+        that closed, whose kernel answers data with a reset), within `PEER_FATE_S`; the request metrics count the
+        latter 499, as before the half-close was answered, when every FIN was a hang-up. A write that already met
+        the reset closed the transport: `connection_lost` resolves it from its error. Nothing where the socket
+        cannot be asked (not Linux): the answer counts as sent."""
+        sock = self._socket.get_extra_info("socket") if self._socket is not None else None
+        if sock is None or _delivery(sock) is _UNKNOWN:
+            return
+        self._fate = self.loop.create_future()
+        scope[PEER_GONE] = self._fate
+        self._fate_deadline = self.loop.time() + PEER_FATE_S
+
+    def _check_delivery(self) -> None:
+        self._fate_timer = None
+        transport = self._socket
+        if transport is None or transport.is_closing() or self._fate is None or self._fate.done():
+            return                           # connection_lost resolves the fate
+        state = _PENDING if transport.get_write_buffer_size() else _delivery(transport.get_extra_info("socket"))
+        if state is _PENDING and self.loop.time() < self._fate_deadline:
+            self._fate_timer = self.loop.call_later(DELIVERY_POLL_S, self._check_delivery)
+            return
+        self._fate.set_result(state is _RESET)
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """What h11 could not take, answered in the API's error shape (uvicorn's own is text/plain): 431
@@ -513,7 +547,33 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel("_head_timer")
         self._cancel("_drain_timer")
         self._cancel("_linger_timer")
+        self._cancel("_fate_timer")
+        if self._fate is not None and not self._fate.done():      # the answer met a reset while still being written
+            self._fate.set_result(isinstance(exc, (ConnectionResetError, BrokenPipeError)))
         super().connection_lost(exc)
+
+
+_UNKNOWN, _PENDING, _DELIVERED, _RESET = "unknown", "pending", "delivered", "reset"
+TCP_CLOSE = 7                  # tcp_info's state once a reset ended the connection (linux/tcp_states.h)
+DELIVERY_POLL_S = 0.005
+
+
+def _delivery(sock: Any) -> str:
+    """Where the bytes written to `sock` stand: `_RESET` (the peer reset the connection), `_DELIVERED` (all of them
+    acknowledged: Linux's SIOCOUTQ counts those sent and not yet acknowledged and those not yet sent), `_PENDING`,
+    or `_UNKNOWN` where the system has no such answer."""
+    import fcntl
+    import socket
+    import struct
+    import termios
+
+    try:
+        if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_CLOSE:
+            return _RESET
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (AttributeError, OSError):
+        return _UNKNOWN
+    return _DELIVERED if queued == 0 else _PENDING
 
 
 UVICORN_INVALID_REQUEST = "Invalid HTTP request received."
