@@ -363,6 +363,24 @@ class FilePartTooLarge(Exception):
         self.name, self.limit = name, limit
 
 
+_PARAM = re.compile(rb';\s*([^\s=;]+)\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;]*)')
+SINGLE_PART_HEADERS = (b"content-disposition", b"content-type")
+
+
+def refuse_ambiguous_part(part: MultipartPart) -> None:
+    """`MultiPartException` (400 `malformed_multipart`) for a part whose headers say two things: a Content-Disposition
+    or Content-Type given twice, or a disposition naming its `name` or `filename` twice. Starlette kept the last of
+    each, so a part headed `name="instruction"` then `name="threshold"` set the threshold, where a proxy or filter in
+    front may read the first (as two Content-Type fields of the body, `media_type`)."""
+    for header in SINGLE_PART_HEADERS:
+        if sum(name == header for name, _ in part.item_headers) > 1:
+            raise MultiPartException(f"a part gives its {header.decode().title()} header twice; give it once")
+    named = [key.lower() for key in _PARAM.findall(part.content_disposition or b"")]
+    for key in (b"name", b"filename"):
+        if named.count(key) > 1:
+            raise MultiPartException(f"a part's Content-Disposition names its {key.decode()} twice; name it once")
+
+
 class CutShort(Exception):
     """A multipart body that ended before its closing boundary (`--BOUNDARY--`)."""
 
@@ -445,6 +463,7 @@ class _LimitedParser(MultiPartParser):
         """A part's field name, as UTF-8 whatever the body's charset: Starlette decodes it by that charset and, where
         that fails, as Latin-1, so a name of bytes that are no UTF-8 (`instr\\xff`) was reported garbled, as an
         unknown field `'instrÿ'`. One that is not is noted as a text field's value is (`TextNotUtf8`)."""
+        refuse_ambiguous_part(self._current_part)
         super().on_headers_finished()
         _, options = parse_options_header(self._current_part.content_disposition)
         raw = options.get(b"name", b"")

@@ -512,3 +512,23 @@ def test_a_400_digit_integer_is_said_to_be_too_large_not_not_a_number(svc, path,
     text = json.dumps(data)
     resp = svc.http.post(path, content=text, headers={**svc.headers("admin"), "content-type": "application/json"})
     assert resp.status_code == 422 and said in resp.json()["error"]["message"], resp.text
+
+
+@pytest.mark.parametrize("headers, said", [
+    ('Content-Disposition: form-data; name="instruction"\r\nContent-Disposition: form-data; name="threshold"',
+     "Content-Disposition header twice"),
+    ('Content-Disposition: form-data; name="instruction"; name="threshold"', "names its name twice"),
+    ('Content-Disposition: form-data; name="threshold"\r\nContent-Type: text/plain; charset=utf-8\r\n'
+     "Content-Type: text/plain; charset=latin-1", "Content-Type header twice"),
+])
+def test_a_multipart_part_whose_headers_say_two_things_is_refused(svc, headers, said):
+    # Starlette kept the last of each: a part headed name="instruction" then name="threshold" set the threshold
+    # (queued 202 with threshold 0.5), where a proxy or filter in front may read the first
+    body = multipart_body(b"add a sign").replace(b"--t3xtb0undary--\r\n", b"") + (
+        f"--t3xtb0undary\r\n{headers}\r\n\r\n0.5\r\n--t3xtb0undary--\r\n").encode()
+    resp = post_multipart(svc, body)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "malformed_multipart" and said in error["message"], error
+    quoted = multipart_body(b"add a sign").replace(b'name="instruction"', b'name="instruction"; x="a;name=b"')
+    assert post_multipart(svc, quoted).status_code == 202     # a name= inside a quoted value is no second name
