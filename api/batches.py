@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sigma.api.auth import require_scope
 from sigma.api.errors import PATH_END, ApiError, retry_after, scrubbed, status_for, validation_message
-from sigma.api.requests import read_json_object
+from sigma.api.requests import media_type, read_json_object
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
 from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ, MAX_FAILED_SHOWN, MAX_TASK_READ, TASK_READ
@@ -292,7 +292,7 @@ BATCH_BODY = {"requestBody": {"required": True, "content": {
 
 
 async def _batch_request(request: Request) -> BatchRequest:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type", f"content type {ctype!r}: send application/json")
     data = await read_json_object(request, MAX_BATCH_BODY_BYTES)

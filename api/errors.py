@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from sigma.api.responses import SafeJSONResponse
 from sigma.errors import SigmaError
@@ -40,6 +41,9 @@ STATUS_BY_CODE = {
     "storage_unavailable": 503, "missing_dependency": 503,
     # a connection over api.max_connections (`sigma.api.server`): answered before its request is read, then closed
     "too_many_connections": 503,
+    # a request line of another HTTP version (an HTTP/2 connection preface, `PRI * HTTP/2.0`; `sigma.api.server`):
+    # answered at that line, then closed
+    "http_version_not_supported": 505,
     # codes of the batch library a submission can meet (sigma.io.corpora, sigma.batch): all the caller's input
     "unknown_format": 422, "file_not_found": 422, "bad_manifest": 422, "bad_dataset": 422, "bad_parquet": 422,
     "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,
@@ -226,6 +230,24 @@ def validation_message(exc: RequestValidationError | ValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+ALLOW_PROBES = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` of a 405: each method some route takes at the request's path, HEAD with GET (`HeadAsGet`).
+    Starlette names only the first such route's methods, so PUT /v1/jobs/{id} said `Allow: GET` although DELETE is
+    served there too (RFC 9110 15.5.6: the methods the target supports). Each method is tried on a fresh scope of the
+    request's path, as the router itself would match it."""
+    base = {key: request.scope[key] for key in ("type", "path", "raw_path", "root_path", "headers", "query_string")
+            if key in request.scope}
+    routes = request.app.router.routes
+    methods = {method for method in ALLOW_PROBES
+               if any(route.matches({**base, "method": method})[0] is Match.FULL for route in routes)}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> SafeJSONResponse:
@@ -240,10 +262,13 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_request", validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
         code = HTTP_CODES.get(exc.status_code, OTHER_HTTP_CODE)
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_response(exc.status_code, code, message, headers)
 
     @app.exception_handler(redis.RedisError)
     async def _redis(_: Request, exc: redis.RedisError) -> SafeJSONResponse:

@@ -36,6 +36,11 @@ ANSWERED_BY_SERVER = "sigma.answered_by_server"
 # the scope key of an asyncio.Event the server protocol sets when the client half-closes (shuts down its sending side)
 # after a whole request: the answer still goes out; a route that waits on the client (POST /v1/annotate) stops waiting
 PEER_EOF = "sigma.peer_eof"
+# the scope key of an asyncio.Future the server protocol resolves, for an answer sent after the client's FIN, once it
+# knows whether the client took it: True when the client's side reset it (the client had closed, not half-closed:
+# counted 499), False when acknowledged or not known within PEER_FATE_S (counted as the status sent)
+PEER_GONE = "sigma.peer_gone"
+PEER_FATE_S = 1.0
 
 
 class ApiMetrics:

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from sigma.api.metrics import ANSWERED_BY_SERVER, CLIENT_CLOSED, ApiMetrics
+from sigma.api.metrics import ANSWERED_BY_SERVER, CLIENT_CLOSED, PEER_FATE_S, PEER_GONE, ApiMetrics
 
 log = logging.getLogger("sigma.api")
 
@@ -247,6 +247,39 @@ class CatchAll:
             await send(body)
 
 
+class HeadAsGet:
+    """HEAD is served as GET without its body: RFC 9110 9.1 says a general-purpose server MUST support both, and
+    FastAPI's routes take only the methods they name, so HEAD /healthz (an uptime checker's probe), /readyz, /metrics
+    and /v1/jobs/{id} were 405. The routes see GET on a copy of the scope; uvicorn keeps HEAD on its own, so it
+    sends the headers (Content-Length as GET's) and no body. What routing wrote into the copy (the matched route,
+    for the metrics' label) is copied back; the metrics count the request as HEAD. Added innermost."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            return await self.app(scope, receive, send)
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, send)
+        finally:
+            scope.update({key: value for key, value in inner.items() if key != "method"})
+
+
+async def peer_gone(scope: dict) -> bool:
+    """Whether the client of a request answered after its FIN had closed rather than half-closed (`PEER_GONE`, set by
+    the server protocol): a FIN cannot tell the two apart, the client's side answering the answer can (an ACK, or a
+    reset from a socket that is closed). Waits at most `PEER_FATE_S`; False where the protocol set nothing."""
+    fate = scope.get(PEER_GONE)
+    if fate is None:
+        return False
+    try:
+        return bool(await asyncio.wait_for(asyncio.shield(fate), PEER_FATE_S + 0.5))
+    except TimeoutError:
+        return False
+
+
 class RequestMetrics:
     """Counts and times every answer by method, route template and status. A request whose client hung up before
     any answer counts as `CLIENT_CLOSED` (499), not 500: nothing failed on this side, and any client could otherwise
@@ -285,4 +318,6 @@ class RequestMetrics:
             path = getattr(route, "path", None) or "unmatched"
             if status is None:      # the server's own refusal of the body (sigma.api.server), else nobody answered
                 status = scope.get(ANSWERED_BY_SERVER) or (CLIENT_CLOSED if client_gone else 500)
+            elif await peer_gone(scope):    # answered after the client's FIN, and its side reset the answer
+                status = CLIENT_CLOSED
             self.metrics.observe(scope.get("method", "?"), path, status, time.perf_counter() - start)

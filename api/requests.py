@@ -217,6 +217,27 @@ def refuse_content_encoding(request: Request) -> None:
                        {"Accept-Encoding": "identity"})
 
 
+def media_type(request: Request) -> str:
+    """The body's media type (`multipart/form-data`, lower-cased; "" for none) from its one Content-Type. Two
+    Content-Type fields of different values, or a multipart type naming its boundary twice, are refused (400
+    `bad_request`, `malformed_multipart`), as a Content-Length beside Transfer-Encoding is: the API read the first
+    field and the last boundary, so `multipart; boundary=A` then `application/json` was read as multipart and
+    `boundary=B; boundary=A` as A, where a proxy or filter in front may read the other one (a JSON body it inspected,
+    a multipart body the API took)."""
+    values = list(dict.fromkeys(line.strip() for line in request.headers.getlist("content-type")))
+    if len(values) > 1:
+        raise ApiError(400, "bad_request", f"Content-Type is sent {len(values)} times with different values "
+                       f"({', '.join(repr(shown(v)) for v in values[:3])}): send it once")
+    value = values[0] if values else ""
+    mime = value.split(";")[0].strip().lower()
+    if mime == "multipart/form-data":
+        named = [param for param in value.split(";")[1:] if param.strip().lower().startswith("boundary=")]
+        if len(named) > 1:
+            raise ApiError(400, "malformed_multipart", f"the Content-Type names its boundary {len(named)} times "
+                           f"({shown(value)!r}): name it once")
+    return mime
+
+
 async def read_body(request: Request, max_bytes: int | None = None) -> bytearray:
     """The whole body in one buffer (no second copy; nothing cached on the request). Over `max_bytes`: 413
     `request_too_large`, the connection closed, refused by its Content-Length before a byte is read (a head that
@@ -342,6 +363,24 @@ class FilePartTooLarge(Exception):
         self.name, self.limit = name, limit
 
 
+_PARAM = re.compile(rb';\s*([^\s=;]+)\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;]*)')
+SINGLE_PART_HEADERS = (b"content-disposition", b"content-type")
+
+
+def refuse_ambiguous_part(part: MultipartPart) -> None:
+    """`MultiPartException` (400 `malformed_multipart`) for a part whose headers say two things: a Content-Disposition
+    or Content-Type given twice, or a disposition naming its `name` or `filename` twice. Starlette kept the last of
+    each, so a part headed `name="instruction"` then `name="threshold"` set the threshold, where a proxy or filter in
+    front may read the first (as two Content-Type fields of the body, `media_type`)."""
+    for header in SINGLE_PART_HEADERS:
+        if sum(name == header for name, _ in part.item_headers) > 1:
+            raise MultiPartException(f"a part gives its {header.decode().title()} header twice; give it once")
+    named = [key.lower() for key in _PARAM.findall(part.content_disposition or b"")]
+    for key in (b"name", b"filename"):
+        if named.count(key) > 1:
+            raise MultiPartException(f"a part's Content-Disposition names its {key.decode()} twice; name it once")
+
+
 class CutShort(Exception):
     """A multipart body that ended before its closing boundary (`--BOUNDARY--`)."""
 
@@ -424,6 +463,7 @@ class _LimitedParser(MultiPartParser):
         """A part's field name, as UTF-8 whatever the body's charset: Starlette decodes it by that charset and, where
         that fails, as Latin-1, so a name of bytes that are no UTF-8 (`instr\\xff`) was reported garbled, as an
         unknown field `'instrÿ'`. One that is not is noted as a text field's value is (`TextNotUtf8`)."""
+        refuse_ambiguous_part(self._current_part)
         super().on_headers_finished()
         _, options = parse_options_header(self._current_part.content_disposition)
         raw = options.get(b"name", b"")
@@ -492,7 +532,7 @@ class _LimitedParser(MultiPartParser):
 async def parse_submission(request: Request, max_text_chars: int, spool_bytes: int = 1024 * 1024,
                            max_file_bytes: int | None = None) -> Submission:
     refuse_content_encoding(request)
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype == "multipart/form-data":
         return await _multipart(request, max_text_chars, spool_bytes, max_file_bytes)
     if ctype in ("application/json", ""):

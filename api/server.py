@@ -65,7 +65,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sigma.api.metrics import ANSWERED_BY_SERVER, PEER_EOF
+from sigma.api.metrics import ANSWERED_BY_SERVER, PEER_EOF, PEER_FATE_S, PEER_GONE
 from sigma.service.settings import ServeConfig
 
 _BODY = json.dumps({"error": {"code": "request_timeout", "message": "the request headers did not arrive in "
@@ -145,6 +145,43 @@ def headers_too_large(max_head_bytes: int) -> bytes:
                                  "headers (a large cookie or token)"}}).encode()
 
 
+_ABSOLUTE_FORM = re.compile(rb"^https?://([^/?]*)(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def origin_form(request: h11.Request) -> h11.Request:
+    """`request` with an absolute-form target (`GET http://host:port/healthz?x=1`, as a client configured to talk to
+    a forward proxy sends) turned into origin form (`/healthz?x=1`), its Host field the target's authority: RFC 9112
+    3.2.2 says a server MUST accept the absolute form and MUST then ignore the Host field for the target's. uvicorn
+    took the whole URL as the path, so every route answered 404 `not_found`. An `http` target with no host is
+    invalid (RFC 9110 4.2.1): 400 `bad_request`. Any other target is returned as it is."""
+    found = _ABSOLUTE_FORM.match(request.target)
+    if found is None:
+        return request
+    host = found.group(1).rpartition(b"@")[2]        # userinfo is deprecated, and never the host (RFC 9110 4.2.4)
+    if not host:
+        raise h11.RemoteProtocolError("an absolute-form request target without a host", error_status_hint=400)
+    rest = found.group(2)
+    target = rest if rest.startswith(b"/") else b"/" + rest      # `http://host` and `http://host?x=1`: the root
+    headers = [(name, host if name.lower() == b"host" else value) for name, value in request.headers.raw_items()]
+    return h11.Request(method=request.method, target=target, headers=headers, http_version=request.http_version)
+
+
+def unsupported_version(request: h11.Request) -> str | None:
+    """Why `request`'s HTTP version is refused (505), else None. h11 parses any `HTTP/d.d` in a request line and
+    frames the answer as HTTP/1.1, so an HTTP/2 client's connection preface (`PRI * HTTP/2.0`, then `SM` and binary
+    frames: `curl --http2-prior-knowledge`, gRPC) was routed (404) and its next line refused as malformed (400):
+    two answers, neither naming the cause. A major version other than 1 is refused at its request line; HTTP/1.x
+    of a higher minor version is served as 1.1 (RFC 9110 2.5)."""
+    version = request.http_version
+    if version.startswith(b"1."):
+        return None
+    said = version.decode("ascii", "replace")
+    if request.method == b"PRI" and request.target == b"*" and version == b"2.0":
+        return ("an HTTP/2 connection preface (PRI * HTTP/2.0): this server speaks HTTP/1.1 only; send HTTP/1.1 "
+                "requests (HTTP/2 is not negotiated here: drop curl's --http2-prior-knowledge)")
+    return f"HTTP/{said} is not supported: this server speaks HTTP/1.1 (and 1.0)"
+
+
 class HeadLimitedConnection(h11.Connection):
     """h11's server side, with each request's head (its line and header fields, up to the blank line) held to
     `max_head_bytes` however it arrives: h11 measures only an incomplete head, when a read leaves it unfinished
@@ -158,6 +195,7 @@ class HeadLimitedConnection(h11.Connection):
         self.max_body_bytes = max_body_bytes
         self.head_refused = False
         self.body_refused: tuple[int, str] | None = None    # a refused body's status (413, 400) and why, else None
+        self.version_refused: str | None = None     # why a request of another HTTP version was refused (505)
         self._received = 0       # bytes received on the connection
         self._head_start = 0     # where in them the request being read began (after the previous one's end)
         self._body_seen = 0      # bytes of the current request's body handed on
@@ -166,6 +204,19 @@ class HeadLimitedConnection(h11.Connection):
     def receive_data(self, data: bytes) -> None:
         self._received += len(data)
         super().receive_data(data)
+
+    def send(self, event: Any) -> bytes | None:
+        """h11's `send`, but a final answer to a request whose client still waits for `100 Continue` (`Expect:
+        100-continue`, the body not asked for: a 401, 415 or 429 from the head alone) says `Connection: close` and
+        ends the connection (with the lingering close, so a client that sends the body anyway reads the answer).
+        Otherwise the connection stayed open for the declared body, which such a client need not send (RFC 9110
+        10.1.1), and the next request it sent on the connection was read as that body: no answer until
+        `api.body_timeout_s` closed it. RFC 9110 says the server SHOULD say which it does; Go's server closes too."""
+        if (isinstance(event, h11.Response) and self.they_are_waiting_for_100_continue
+                and b"close" not in (value.lower() for name, value in event.headers if name == b"connection")):
+            event = h11.Response(status_code=event.status_code, reason=event.reason, http_version=event.http_version,
+                                 headers=[*event.headers.raw_items(), (b"connection", b"close")])
+        return super().send(event)
 
     def _unparsed(self) -> int:
         return len(self.trailing_data[0])
@@ -190,6 +241,10 @@ class HeadLimitedConnection(h11.Connection):
                 self.head_refused = True
                 raise h11.RemoteProtocolError(f"request head of {size} bytes, over {self.max_head_bytes}",
                                               error_status_hint=431)
+            self.version_refused = unsupported_version(event)
+            if self.version_refused is not None:
+                raise h11.RemoteProtocolError(self.version_refused, error_status_hint=505)
+            event = origin_form(event)
         elif isinstance(event, h11.Data):
             self._body_seen += len(event.data)
             self._chunks += bool(event.chunk_start)
@@ -282,6 +337,9 @@ class GuardedH11Protocol(H11Protocol):
         self._linger_left = 0
         self._peer_eof = False         # the client half-closed after a whole request (`eof_received`)
         self._refused_lingering = False   # a connection past the limit, answered 503, its request being discarded
+        self._fate_timer: asyncio.TimerHandle | None = None     # `_check_delivery`'s next look at the socket
+        self._fate: asyncio.Future[bool] | None = None          # `_ask_fate`'s answer: did the client leave
+        self._fate_deadline = 0.0
 
     # -- timers ----------------------------------------------------------------------------------
     def _cancel(self, name: str) -> None:
@@ -393,16 +451,47 @@ class GuardedH11Protocol(H11Protocol):
         return True
 
     def on_response_complete(self) -> None:
+        answered = self.cycle
         super().on_response_complete()
         if self.conn.their_state is h11.SEND_BODY and self._drain_timer is None and not self.lingering:
             self._drained = self.cycle
             self._drain_timer = self.loop.call_later(self.drain_timeout_s, self._drain_expired)
+        if self._peer_eof and answered is not None and self._fate is None:
+            self._ask_fate(answered.scope)
         if self._peer_eof and not self.transport.is_closing():
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete and self.conn.their_state is h11.DONE:
                 cycle.scope.setdefault(PEER_EOF, asyncio.Event()).set()     # a whole request pipelined before the FIN
+            elif self._fate is not None and not self._fate.done():
+                self._fate_timer = self.loop.call_later(0, self._check_delivery)  # closes once the client answers
             else:
                 self.transport.close()       # nothing more can come from the client: the answers are all out
+
+    def _ask_fate(self, scope: dict) -> None:
+        """For the answer to a client that sent a FIN: `scope[PEER_GONE]`, resolved once the client's side has taken
+        the answer (every byte acknowledged: a half-closed client, still reading) or refused it (a reset: a client
+        that closed, whose kernel answers data with a reset), within `PEER_FATE_S`; the request metrics count the
+        latter 499, as before the half-close was answered, when every FIN was a hang-up. A write that already met
+        the reset closed the transport: `connection_lost` resolves it from its error. Nothing where the socket
+        cannot be asked (not Linux): the answer counts as sent."""
+        sock = self._socket.get_extra_info("socket") if self._socket is not None else None
+        if sock is None or _delivery(sock) is _UNKNOWN:
+            return
+        self._fate = self.loop.create_future()
+        scope[PEER_GONE] = self._fate
+        self._fate_deadline = self.loop.time() + PEER_FATE_S
+
+    def _check_delivery(self) -> None:
+        self._fate_timer = None
+        transport = self._socket
+        if transport is None or transport.is_closing() or self._fate is None or self._fate.done():
+            return                           # connection_lost resolves the fate
+        state = _PENDING if transport.get_write_buffer_size() else _delivery(transport.get_extra_info("socket"))
+        if state is _PENDING and self.loop.time() < self._fate_deadline:
+            self._fate_timer = self.loop.call_later(DELIVERY_POLL_S, self._check_delivery)
+            return
+        self._fate.set_result(state is _RESET)
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """What h11 could not take, answered in the API's error shape (uvicorn's own is text/plain): 431
@@ -415,6 +504,11 @@ class GuardedH11Protocol(H11Protocol):
         if self.conn.head_refused:
             status, reason, body = 431, HEADERS_TOO_LARGE_REASON, headers_too_large(self.max_head_bytes)
             self.logger.info("request head over %d bytes: 431, closing", self.max_head_bytes)
+        elif self.conn.version_refused:
+            status, reason = 505, b"HTTP Version Not Supported"
+            body = json.dumps({"error": {"code": "http_version_not_supported",
+                                         "message": self.conn.version_refused}}).encode()
+            self.logger.info("request of another HTTP version refused (505, closing): %s", self.conn.version_refused)
         elif self.conn.body_refused:
             status, said = self.conn.body_refused
             code, reason = ("request_too_large", b"Content Too Large") if status == 413 else ("bad_request",
@@ -453,7 +547,33 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel("_head_timer")
         self._cancel("_drain_timer")
         self._cancel("_linger_timer")
+        self._cancel("_fate_timer")
+        if self._fate is not None and not self._fate.done():      # the answer met a reset while still being written
+            self._fate.set_result(isinstance(exc, (ConnectionResetError, BrokenPipeError)))
         super().connection_lost(exc)
+
+
+_UNKNOWN, _PENDING, _DELIVERED, _RESET = "unknown", "pending", "delivered", "reset"
+TCP_CLOSE = 7                  # tcp_info's state once a reset ended the connection (linux/tcp_states.h)
+DELIVERY_POLL_S = 0.005
+
+
+def _delivery(sock: Any) -> str:
+    """Where the bytes written to `sock` stand: `_RESET` (the peer reset the connection), `_DELIVERED` (all of them
+    acknowledged: Linux's SIOCOUTQ counts those sent and not yet acknowledged and those not yet sent), `_PENDING`,
+    or `_UNKNOWN` where the system has no such answer."""
+    import fcntl
+    import socket
+    import struct
+    import termios
+
+    try:
+        if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_CLOSE:
+            return _RESET
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (AttributeError, OSError):
+        return _UNKNOWN
+    return _DELIVERED if queued == 0 else _PENDING
 
 
 UVICORN_INVALID_REQUEST = "Invalid HTTP request received."

@@ -382,3 +382,153 @@ def test_a_malformed_request_is_no_warning_in_the_api_log(svc):
         assert got.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 413 ", b"HTTP/1.1 431 ")), got[:200]
     assert svc.api is not None
     assert "Invalid HTTP request received" not in svc.api.output(), svc.api.output()
+
+
+# -- request targets and HTTP versions (RFC 9112 3.2, RFC 9110 2.5) --------------------------------------------------
+@pytest.mark.parametrize("target, status, code", [
+    ("http://127.0.0.1:{port}/healthz", 200, None),
+    ("HTTP://example.test/v1/jobs/nosuchjob?x=1", 404, "job_not_found"),      # a route's own 404, not the router's
+    ("http:///healthz", 400, "bad_request"),                                    # an http URI with no host
+])
+def test_an_absolute_form_target_is_served_as_its_path(svc, target, status, code):
+    # RFC 9112 3.2.2: a server MUST accept the absolute form (a client set up for a forward proxy sends it); uvicorn
+    # took the whole URL as the path, so every route was 404 not_found
+    head = (f"GET {target.format(port=svc.port)} HTTP/1.1\r\nHost: elsewhere\r\nConnection: close\r\n"
+            f"Authorization: {svc.headers()['Authorization']}")
+    got, headers, body = answer_of(raw_request(svc, head, b""))
+    assert got == status, body
+    assert body == {"status": "ok"} if code is None else body["error"]["code"] == code, body
+
+
+def test_an_http2_connection_preface_is_answered_once_with_505_and_closed(svc):
+    # `curl --http2-prior-knowledge` (or a gRPC client) opens with PRI * HTTP/2.0, then SM and binary frames: h11 took
+    # the PRI line for a request (404) and the SM line for a malformed one (400), two answers that named neither cause
+    settings = bytes.fromhex("000012040000000000000300000064000400100000000600004000")     # a SETTINGS frame
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as sock:
+        sock.sendall(preface)
+        raw = read_until_closed(sock, ConnectionResetError)
+    status, headers, body = answer_of(raw)
+    assert raw.endswith(json.dumps(body).encode()), raw      # one answer, nothing after it
+    assert status == 505 and b"connection: close" in headers, raw
+    assert body["error"]["code"] == "http_version_not_supported" and "HTTP/2" in body["error"]["message"], body
+    got, _, body = answer_of(raw_request(svc, "GET /healthz HTTP/3.0\r\nHost: x", b""))
+    assert got == 505 and "HTTP/3.0" in body["error"]["message"], body
+    got, _, body = answer_of(raw_request(svc, "GET /healthz HTTP/1.2\r\nHost: x\r\nConnection: close", b""))
+    assert got == 200, body         # a higher minor version is served as 1.1 (RFC 9110 2.5)
+
+
+# -- methods (RFC 9110 9.1, 15.5.6) ---------------------------------------------------------------------------------
+def test_head_is_served_on_every_get_route_without_a_body(svc):
+    # a general-purpose server MUST support HEAD; FastAPI's routes took only GET, so HEAD /healthz (an uptime checker's
+    # probe) and HEAD /v1/jobs/{id} were 405
+    job_id = svc.http.post("/v1/jobs", content=json_job(), headers={**svc.headers(), "content-type":
+                                                                    "application/json"}).json()["id"]
+    for path, who in (("/healthz", "user"), ("/metrics", "metrics"), (f"/v1/jobs/{job_id}", "user")):
+        got = svc.http.get(path, headers=svc.headers(who))
+        head = raw_request(svc, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                f"Authorization: {svc.headers(who)['Authorization']}", b"")
+        start, _, body = head.partition(b"\r\n\r\n")
+        headers = start.lower() + b"\r\n"
+        assert int(start.split(b" ", 2)[1]) == got.status_code == 200, head
+        assert body == b"" and b"content-type: " + got.headers["content-type"].encode() in headers, head
+        if path != "/metrics":       # the metrics grow between the two requests
+            assert b"content-length: %d\r\n" % len(got.content) in headers, head
+    missing = raw_request(svc, "HEAD /v1/jobs/nosuchjob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                               f"Authorization: {svc.headers()['Authorization']}", b"")
+    assert missing.startswith(b"HTTP/1.1 404 ") and missing.endswith(b"\r\n\r\n"), missing
+
+
+@pytest.mark.parametrize("method, path, allow", [("PUT", "/v1/jobs/abc", "DELETE, GET, HEAD"),
+                                                 ("POST", "/healthz", "GET, HEAD"),
+                                                 ("HEAD", "/v1/jobs", "POST"), ("OPTIONS", "/v1/batches", "POST")])
+def test_a_405_allows_every_method_its_path_takes(svc, method, path, allow):
+    # Starlette named the first matching route's methods only: PUT /v1/jobs/{id} said `Allow: GET`, not DELETE
+    resp = svc.http.request(method, path, headers=svc.headers())
+    assert resp.status_code == 405 and resp.headers["allow"] == allow, (resp.headers, resp.text)
+    assert method == "HEAD" or resp.json()["error"]["code"] == "method_not_allowed"
+
+
+# -- Expect: 100-continue answered before the body is asked for (RFC 9110 10.1.1) ------------------------------------
+@pytest.mark.parametrize("then", [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"x" * 1000])
+def test_a_final_answer_before_100_continue_closes_the_connection(svc, then):
+    # the 401 went out with the connection kept for the 1000 declared bytes, which a client that saw the 401 need
+    # not send: its next request on the connection was read as that body and got no answer until api.body_timeout_s.
+    # Now the 401 says `connection: close` and a FIN follows it; a client that sends the body anyway reads it too
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        time.sleep(0.2)
+        sock.sendall(then)
+        started = time.monotonic()
+        raw = read_until_closed(sock)
+    status, headers, body = answer_of(raw)
+    assert status == 401 and b"connection: close" in headers and body["error"]["code"] == "missing_api_key", raw
+    assert time.monotonic() - started < 3, "the connection was kept open for a body the client did not send"
+    assert not raw.startswith(b"HTTP/1.1 100"), raw
+
+
+# -- one Content-Type, one boundary -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("path, types, code", [
+    ("/v1/jobs", ["multipart/form-data; boundary=t3xtb0undary", "application/json"], "bad_request"),
+    ("/v1/jobs", ["multipart/form-data; boundary=t3xtb0undary", "multipart/form-data; boundary=other"], "bad_request"),
+    ("/v1/jobs", ["multipart/form-data; boundary=other; boundary=t3xtb0undary"], "malformed_multipart"),
+    ("/v1/batches", ["application/json", "text/plain"], "bad_request"),
+])
+def test_a_content_type_sent_twice_or_a_boundary_named_twice_is_refused(svc, path, types, code):
+    # the API read the first Content-Type field and the last boundary, where a proxy or filter in front may read the
+    # other: `multipart` then `application/json` queued the multipart body (202), `boundary=other; boundary=B` used B
+    body = multipart_body(b"add a sign")
+    fields = "".join(f"\r\nContent-Type: {t}" for t in types)
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers('admin')['Authorization']}{fields}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close")
+    status, _, error = answer_of(raw_request(svc, head, body))
+    assert status == 400 and error["error"]["code"] == code, error
+    assert "Content-Type" in error["error"]["message"], error
+
+
+def test_the_same_content_type_sent_twice_is_read(svc):
+    body = multipart_body(b"add a sign")
+    field = "\r\nContent-Type: multipart/form-data; boundary=t3xtb0undary"
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}{field}{field}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close")
+    status, _, answer = answer_of(raw_request(svc, head, body))
+    assert status == 202, answer
+
+
+# -- numbers a float cannot hold --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path, body, said", [
+    ("/v1/jobs", '{"threshold": -%s}', "threshold: Input should be a finite number in [0, 1], got an integer of 400"),
+    ("/v1/annotate", '{"wait": %s}', "wait: Input should be a finite number >= 0, got an integer of 400 digits"),
+    ("/v1/batches", '{"input": "corpus", "out": "o", "options": {"threshold": %s}}',
+     "options.threshold: Input should be a finite number in [0, 1], got an integer of 400 digits"),
+])
+def test_a_400_digit_integer_is_said_to_be_too_large_not_not_a_number(svc, path, body, said):
+    # JSON reads 400 digits as a Python int, which no float holds: pydantic said "Input should be a valid number"
+    data = json.loads(body % ("9" * 400))
+    if path != "/v1/batches":
+        original, edited = (base64.b64encode(png_bytes(a)).decode() for a in make_pair(16, 16))
+        data.update(original=original, edited=edited)
+    text = json.dumps(data)
+    resp = svc.http.post(path, content=text, headers={**svc.headers("admin"), "content-type": "application/json"})
+    assert resp.status_code == 422 and said in resp.json()["error"]["message"], resp.text
+
+
+@pytest.mark.parametrize("headers, said", [
+    ('Content-Disposition: form-data; name="instruction"\r\nContent-Disposition: form-data; name="threshold"',
+     "Content-Disposition header twice"),
+    ('Content-Disposition: form-data; name="instruction"; name="threshold"', "names its name twice"),
+    ('Content-Disposition: form-data; name="threshold"\r\nContent-Type: text/plain; charset=utf-8\r\n'
+     "Content-Type: text/plain; charset=latin-1", "Content-Type header twice"),
+])
+def test_a_multipart_part_whose_headers_say_two_things_is_refused(svc, headers, said):
+    # Starlette kept the last of each: a part headed name="instruction" then name="threshold" set the threshold
+    # (queued 202 with threshold 0.5), where a proxy or filter in front may read the first
+    body = multipart_body(b"add a sign").replace(b"--t3xtb0undary--\r\n", b"") + (
+        f"--t3xtb0undary\r\n{headers}\r\n\r\n0.5\r\n--t3xtb0undary--\r\n").encode()
+    resp = post_multipart(svc, body)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "malformed_multipart" and said in error["message"], error
+    quoted = multipart_body(b"add a sign").replace(b'name="instruction"', b'name="instruction"; x="a;name=b"')
+    assert post_multipart(svc, quoted).status_code == 202     # a name= inside a quoted value is no second name

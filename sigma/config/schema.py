@@ -5,6 +5,7 @@ import collections.abc
 import copy
 import functools
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -53,18 +54,34 @@ MAX_JSON_DEPTH_CEILING = 200
 MIN_JSON_DEPTH = 8
 
 
+MAX_FLOAT_INT = int(sys.float_info.max)     # a larger integer has no float: float() raises OverflowError
+
+
 def finite_in(bounds: str) -> BeforeValidator:
     """NaN and the infinities (`--set threshold=nan`, `1e400`, a form's `wait=nan`) said "should be less than or
     equal to 1" or "greater than or equal to 0" (NaN fails every comparison, so whichever bound is checked first
     speaks): misleading. They are told what a number here must be (`finite_number`, "a finite number `bounds`");
     the rest goes on to the field's own checks. One reader for every float option a user gives."""
     def check(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_FLOAT_INT:
+            # a JSON integer of 400 digits is a number, not "not a valid number" (pydantic's words: float() overflows)
+            raise PydanticCustomError("finite_number", f"Input should be a finite number {bounds}, got an integer of "
+                                      "{digits} digits", {"digits": _digits(value)})
         number = _as_number(value)
         if number is not None and not math.isfinite(number):
             raise PydanticCustomError("finite_number", f"Input should be a finite number {bounds}, got {{value}}",
                                       {"value": number})
         return value
     return BeforeValidator(check)
+
+
+def _digits(value: int) -> str:
+    """How many decimal digits `value` has, said without printing it: Python refuses to print an integer of more than
+    `sys.get_int_max_str_digits()` digits (a YAML or --set value may hold one)."""
+    try:
+        return str(len(str(abs(value))))
+    except ValueError:
+        return f"more than {sys.get_int_max_str_digits()}"
 
 
 def _as_number(value: Any) -> float | None:
