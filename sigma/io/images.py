@@ -16,6 +16,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
+from sigma.io.coded_size import check_coded_size
 from sigma.io.lines import read_at_most
 from sigma.regular import BrokenLink, NotRegularFile, broken_link, kind_of, open_regular
 from sigma.tempfiles import replace_atomically
@@ -603,6 +604,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if fmt not in SUPPORTED_FORMATS:  # pragma: no cover - formats= already restricts the plugins
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
                              f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
+        check_coded_size(data, fmt, name)      # a header patched larger than its data: before the decoder allocates
         notes: dict[str, Any] = {"format": fmt, "decoded_size": [height, width]}
         orientation = img.getexif().get(0x0112, 1)
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
