@@ -70,6 +70,23 @@ def test_aspect_mismatch_is_refused_with_both_sizes():
         check_aspect((100, 100), (100, 106), 0.05)
 
 
+def test_extreme_aspect_mismatch_says_how_many_times_not_an_absurd_percentage():
+    """40000x1 against 1x40000 was "by 160000000000.0%", the other way round "by 100.0%": now how many times the
+    original's width / height (height / width) it is; within a factor of 2 the percentage stays."""
+    with pytest.raises(InputError) as wide:
+        pair_from_bytes(png(np.zeros((40000, 1, 3), np.uint8)), png(np.zeros((1, 40000, 3), np.uint8)),
+                        names=("tall.png", "wide.png"))
+    assert "differs from tall.png 1x40000: its width / height is 1,600,000,000 times the original's (>" \
+        in wide.value.message
+    with pytest.raises(InputError) as tall:
+        check_aspect((1, 40000), (40000, 1), 0.05)
+    assert "its height / width is 1,600,000,000 times the original's" in tall.value.message
+    assert "%" not in tall.value.message.split("(>")[0]
+    with pytest.raises(InputError) as near:
+        check_aspect((100, 100), (100, 199), 0.05)
+    assert "differs from original 100x100 by 99.0% (>" in near.value.message
+
+
 # ---------------------------------------------------------------- instruction
 @pytest.mark.parametrize("text,code", [("", "empty_instruction"), ("   \n\t", "empty_instruction"),
                                        # zero-width space / joiner, BOM, a direction mark: str.strip() keeps them,

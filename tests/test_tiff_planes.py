@@ -1,8 +1,8 @@
 """16-bit colour TIFFs stored as separate colour planes (PlanarConfiguration=2), written here byte by byte (no TIFF
 writer installed writes them): OpenCV 5.1 read the red plane and then noise as if interleaved, and that picture of
 stripes was annotated (`sigma annotate X X --annotator pixel-diff` of one such file against itself: 53 % marked).
-Now a compressed one is Pillow's libtiff read (8 bits, right), an uncompressed one (which Pillow misreads too) is read
-from its strips (it was refused `unsupported_format`)."""
+Now an uncompressed one (which Pillow misreads too) is read from its strips (it was refused `unsupported_format`), a
+compressed one plane by plane by Pillow's libtiff as 16-bit grey (it was Pillow's 8 bits): both rounded alike."""
 from __future__ import annotations
 
 import struct
@@ -50,11 +50,24 @@ def _picture() -> np.ndarray:
     return np.stack([ramp, ramp[::-1], 65535 - ramp], 2)
 
 
-def test_a_compressed_16_bit_tiff_of_separate_planes_is_read_as_its_picture():
+@pytest.mark.parametrize("rows", [None, 5, 16])
+def test_a_compressed_16_bit_tiff_of_separate_planes_is_rounded_as_the_uncompressed_one(rows):
+    """A compressed one was Pillow's libtiff read, in 8 bits: the high byte (v >> 8), where the same picture
+    uncompressed is rounded, so the two differed by one level in about half their samples. Now each plane is
+    decoded by libtiff as a 16-bit grey image and rounded as every 16-bit image is."""
     picture = _picture()
-    decoded = decode_image(planar_tiff(picture, deflate=True), "planes.tif")
-    assert decoded.rgb.shape == (48, 64, 3)
-    assert np.array_equal(decoded.rgb, (picture >> 8).astype(np.uint8))   # Pillow's libtiff: the high byte
+    decoded = decode_image(planar_tiff(picture, deflate=True, rows=rows), "planes.tif")
+    assert decoded.rgb.shape == (48, 64, 3) and decoded.notes["bit_depth"] == 16
+    assert np.array_equal(decoded.rgb, ((picture.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    assert np.array_equal(decoded.rgb, decode_image(planar_tiff(picture, deflate=False, rows=rows), "raw.tif").rgb)
+
+
+def test_a_compressed_tiff_of_separate_planes_with_a_damaged_strip_is_unreadable():
+    data = bytearray(planar_tiff(_picture(), deflate=True, rows=16))
+    data[-30:] = b"\xff" * 30                       # the last (blue) strip's deflate stream
+    with pytest.raises(ImageError) as refused:
+        decode_image(bytes(data), "planes.tif")
+    assert refused.value.code == "image_unreadable"
 
 
 @pytest.mark.parametrize("rows", [None, 5, 16])

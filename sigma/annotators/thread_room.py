@@ -11,18 +11,11 @@ keeps its threads for every later op, and what later runs short is an allocation
 """
 from __future__ import annotations
 
-import errno
-import mmap
 import os
-import resource
 from typing import Any
 
-# what each started thread may take beside its stack: its thread-local blocks, its guard page, the first chunk of
-# its malloc arena (a full arena's 64 MB reservation is optional: glibc shares an arena when it is refused)
-PER_THREAD_SLACK = 2 * 2**20
-# beside the threads: the op that starts them (a 1 MiB tensor) and torch's bookkeeping of the pool
-START_SLACK = 8 * 2**20
-DEFAULT_STACK = 8 * 2**20         # glibc's thread stack when RLIMIT_STACK is unlimited
+from sigma.runtime.threads import check_room_for_threads, pthread_stack_bytes
+
 _UNITS = {"B": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 
 
@@ -37,27 +30,17 @@ def thread_stack_bytes() -> int:
                 return int(text[:-1] if unit else text) * (unit or 2**10)
             except ValueError:
                 pass
-    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
-    return DEFAULT_STACK if soft == resource.RLIM_INFINITY else max(int(soft), 16 * 2**10)
+    return pthread_stack_bytes()
 
 
 def start_threads_with_room(torch: Any) -> None:
     """Start torch's intra-op threads now, under a finite RLIMIT_AS, after checking that the address space they need
-    is free (mapped and unmapped again, no page touched): `out_of_memory` (OutOfMemoryError) when it is not, instead
-    of libgomp or glibc ending the process later. With no limit, or one thread, nothing is done."""
-    from sigma.errors import OutOfMemoryError, address_space_left, no_memory
+    is free (`check_room_for_threads`): `out_of_memory` when it is not, instead of libgomp or glibc ending the
+    process later. With no limit, or one thread, nothing is done."""
+    from sigma.errors import address_space_left
 
     threads = torch.get_num_threads()
     if threads <= 1 or address_space_left() is None:
         return
-    need = (threads - 1) * (thread_stack_bytes() + PER_THREAD_SLACK) + START_SLACK
-    try:
-        mmap.mmap(-1, need).close()
-    except (MemoryError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno != errno.ENOMEM:
-            raise
-        raise OutOfMemoryError(f"starting torch's {threads} threads: {no_memory(exc, f'for their {need >> 20} MB')}; "
-                               "raise the limit (`ulimit -v`, the container's memory), or ask for fewer threads "
-                               "(--set options.cpu_threads=1, OMP_NUM_THREADS=1) or smaller stacks (`ulimit -s`, "
-                               "OMP_STACKSIZE)") from exc
+    check_room_for_threads(threads, thread_stack_bytes(), "torch's", "`ulimit -s`, OMP_STACKSIZE")
     torch.ones(2**18).add_(1)       # more than one grain (32768): a parallel op, which starts the pool

@@ -21,9 +21,22 @@ def check_aspect(original_hw: tuple[int, int], edited_hw: tuple[int, int], max_c
     if math.isfinite(max_change) and exact > Fraction(max_change):
         raise InputError(
             f"{names[1]}: aspect ratio {edited_hw[1]}x{edited_hw[0]} differs from {names[0]} "
-            f"{original_hw[1]}x{original_hw[0]} by {change:.1%} (> io.limits.max_aspect_change "
-            f"{max_change:.1%}); crop or pad it to the original's framing", code="aspect_mismatch")
+            f"{original_hw[1]}x{original_hw[0]}{_how_far(Fraction(we * ho, he * wo), change)} (> "
+            f"io.limits.max_aspect_change {max_change:.1%}); crop or pad it to the original's framing",
+            code="aspect_mismatch")
     return change
+
+
+def _how_far(ratio: Fraction, change: float) -> str:
+    """The change of aspect (`ratio`: the edited image's width / height over the original's) for people: a percentage
+    while it is within a factor of 2 either way, else how many times the original's width / height (or height /
+    width) it is. The percentage of an extreme pair said nothing one could use, and said it lopsidedly: 40000x1
+    against 1x40000 was "by 160000000000.0%", the other way round "by 100.0%"."""
+    if Fraction(1, 2) <= ratio <= 2:
+        return f" by {change:.1%}"
+    factor = float(max(ratio, 1 / ratio))
+    times = f"{factor:,.0f}" if factor >= 100 else f"{factor:.3g}"
+    return f": its {'width / height' if ratio > 1 else 'height / width'} is {times} times the original's"
 
 
 def sync_size(edited: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, str | None]:

@@ -16,7 +16,9 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
+from sigma.io.coded_size import check_coded_size
 from sigma.io.lines import read_at_most
+from sigma.io.tiff_planes import TIFF_PLANAR_CONFIGURATION, separate_planes
 from sigma.regular import BrokenLink, NotRegularFile, broken_link, kind_of, open_regular
 from sigma.tempfiles import replace_atomically
 from sigma.text import shown_path
@@ -387,72 +389,6 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
 
 
-TIFF_PLANAR_CONFIGURATION = 284      # 1: samples interleaved (RGBRGB...), 2: one plane per colour (RRR...GGG...BBB...)
-TIFF_COMPRESSION = 259               # 1: none
-
-
-TIFF_STRIP_OFFSETS, TIFF_ROWS_PER_STRIP, TIFF_STRIP_BYTE_COUNTS = 273, 278, 279
-TIFF_EXTRA_SAMPLES, TIFF_SAMPLE_FORMAT = 338, 339
-
-
-def _separate_planes(data: bytes, img: Image.Image, name: str) -> np.ndarray | None:
-    """A 16-bit colour TIFF stored as separate colour planes (PlanarConfiguration=2): OpenCV (5.1) reads the red plane
-    and then noise as if the samples were interleaved, a picture of stripes that was annotated as it was (such a TIFF
-    against itself marked over half of the image changed). Compressed, Pillow's libtiff reads it right, in 8 bits (the
-    high byte): None, Pillow's is used. Uncompressed, Pillow's own reader takes 8 bits of each 16-bit sample, noise
-    as well, so the file was refused: now its samples are read from its strips here (`_planar_strips`), uint16
-    [H, W, 3 or 4] as stored, and scaled as every other 16-bit image is. A layout that reader does not take (tiles,
-    not RGB, signed or associated-alpha samples) is still refused by name, never annotated as noise."""
-    tags = getattr(img, "tag_v2", {})
-    if tags.get(TIFF_COMPRESSION, 1) != 1:
-        return None
-    planes = _planar_strips(data, tags, name)
-    if planes is None:
-        raise ImageError(f"{name}: an uncompressed 16-bit TIFF with separate colour planes (PlanarConfiguration=2) "
-                         "laid out as this reader does not take (tiles, or samples not unsigned RGB(A)); save it with "
-                         "interleaved samples or compressed (e.g. `tiffcp -p contig IN OUT`)",
-                         code="unsupported_format")
-    return planes
-
-
-def _planar_strips(data: bytes, tags: Any, name: str) -> np.ndarray | None:
-    """The samples of an uncompressed 16-bit RGB(A) TIFF of separate planes, read from its strips (plane after plane,
-    each of RowsPerStrip rows) in the file's byte order, uint16 [H, W, 3 or 4]; None for a layout it does not take.
-    A strip the file is too short for is `image_unreadable` (truncated), never read past the end."""
-    width, height, spp = tags.get(256, 0), tags.get(257, 0), tags.get(277, 1)
-    bits = tags.get(258, ())
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    fmt = tags.get(TIFF_SAMPLE_FORMAT, (1,))
-    fmt = fmt if isinstance(fmt, tuple) else (fmt,)
-    extra = tags.get(TIFF_EXTRA_SAMPLES, ())
-    extra = extra if isinstance(extra, tuple) else (extra,)
-    offsets, counts = tags.get(TIFF_STRIP_OFFSETS), tags.get(TIFF_STRIP_BYTE_COUNTS)
-    if (tags.get(262) != 2 or spp not in (3, 4) or set(bits) != {16} or set(fmt) != {1} or not width or not height
-            or (spp == 4 and tuple(extra) != (2,)) or offsets is None or counts is None):
-        return None           # not RGB, not 16-bit unsigned, alpha not straight, or tiled (no strips)
-    offsets = offsets if isinstance(offsets, tuple) else (offsets,)
-    counts = counts if isinstance(counts, tuple) else (counts,)
-    rows = min(int(tags.get(TIFF_ROWS_PER_STRIP, height)) or height, height)
-    per_plane = -(-height // rows)
-    if len(offsets) != spp * per_plane or len(counts) != len(offsets):
-        return None
-    strips = []                     # every strip checked against the file before the image is allocated
-    for index, (offset, count) in enumerate(zip(offsets, counts, strict=True)):
-        plane, top = divmod(index, per_plane)
-        top *= rows
-        n_rows = min(rows, height - top)
-        need = n_rows * width * 2
-        if count < need or offset + need > len(data):
-            raise ImageError(f"{name}: truncated: strip {index} of its colour planes needs bytes {offset}-"
-                             f"{offset + need} of a file of {len(data)}", code="image_unreadable")
-        strips.append((plane, top, n_rows, offset))
-    dtype = np.dtype("<u2" if data[:2] == b"II" else ">u2")
-    out = np.empty((height, width, spp), np.uint16)
-    for plane, top, n_rows, offset in strips:
-        out[top:top + n_rows, :, plane] = np.frombuffer(data, dtype, n_rows * width, offset).reshape(n_rows, width)
-    return out
-
-
 def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
                       pending: int, name: str = "image") -> tuple[np.ndarray, int] | None:
     """(a 16-bit colour PNG's or TIFF's samples, uint16 [H, W, 3 or 4], the EXIF turn still to apply to them), or
@@ -464,9 +400,9 @@ def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
     Pillow's own 8 bits of the same file (the high byte, v >> 8), upright. Such a TIFF was left to Pillow, and its
     samples floored where every other 16-bit file is rounded: the same picture, tagged, read one level darker."""
     if fmt == "TIFF" and getattr(img, "tag_v2", {}).get(TIFF_PLANAR_CONFIGURATION) == 2:
-        planes = _separate_planes(data, img, name)     # OpenCV's samples are not the picture
+        planes = separate_planes(data, img, name)     # OpenCV's samples are not the picture
         if planes is None:
-            return None     # compressed: Pillow's 8 bits
+            return None     # compressed and tiled: Pillow's 8 bits
         return planes, (orientation if orientation in _ORIENTATION_TRANSPOSE else 1)
     raw = _read_16bit_colour(data)
     if raw is None:
@@ -603,6 +539,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if fmt not in SUPPORTED_FORMATS:  # pragma: no cover - formats= already restricts the plugins
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
                              f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
+        check_coded_size(data, fmt, name)      # a header patched larger than its data: before the decoder allocates
         notes: dict[str, Any] = {"format": fmt, "decoded_size": [height, width]}
         orientation = img.getexif().get(0x0112, 1)
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded

@@ -165,8 +165,13 @@ def _quiet_exporter():
 
 
 def make_session(path: Path, threads: int | None):
+    """An ORT session on `path`; its intra-op threads as `ort_threads_with_room` says, which under an address-space
+    limit checks the room for them first: ORT hangs for ever when a thread of its pool is refused."""
     import onnxruntime as ort
 
+    from sigma.runtime.threads import ort_threads_with_room
+
+    threads = ort_threads_with_room(threads)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -364,6 +369,8 @@ def _unless_memory_refused(exc: BaseException, doing: str, kept: str) -> None:
     said as the cache's or the model's fault. `kept` says what was left as it was."""
     from sigma.errors import OutOfMemoryError, memory_refusal, no_memory
 
+    if isinstance(exc, OutOfMemoryError):      # already said (the room for ORT's threads): not said twice
+        raise exc
     refused = memory_refusal(exc)
     if refused:
         raise OutOfMemoryError(f"{doing}: {no_memory(refused[:300])}; not the graph's fault ({kept}): raise the limit "

@@ -1,0 +1,108 @@
+"""The least coded data a JPEG's or lossy WebP's header size needs, checked before a pixel is decoded.
+
+libjpeg fills the part of a picture its data does not reach with flat blocks and only warns (Pillow drops the warning):
+an 8x8 JPEG whose frame header was patched to 6300x6300 (726 bytes, under the pixel limit) decoded as a 40 Mpx grey
+picture that was annotated as one. libwebp decodes the same patched WebP (174 bytes) to its full 40 Mpx (~750 MB at
+its peak) before it finds the data short. Both coders spend a least number of bits on every block whatever the
+picture: Huffman-coded JPEG at least one per 8x8 block (the DC difference's code, in baseline and in progressive's
+first scan alike; a flat 6300x6300 picture at quality 1, optimized, takes two: 233 KB), lossy WebP (VP8) at least
+one per 16x16 macroblock (its key-frame modes are coded with fixed probabilities, ~1.6 bits at best: a flat
+6300x6300 picture at quality 0 takes 71 KB). A file shorter than that cannot hold the picture its header claims.
+Arithmetic-coded JPEG and lossless WebP (VP8L) have no such floor (one symbol can cost next to nothing) and are
+not checked; nor is a file cut short and closed again with an end marker whose length still passes: libjpeg's
+warning is the only sign of it, and Pillow does not pass it on.
+"""
+from __future__ import annotations
+
+from sigma.errors import ImageError
+
+MIN_JPEG_BITS_PER_BLOCK = 1
+MIN_VP8_BITS_PER_MACROBLOCK = 1
+_HUFFMAN_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7))
+_ARITHMETIC_SOF = frozenset((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+MAX_WEBP_CHUNKS = 64          # a still WebP has at most VP8X, ICCP, ALPH, VP8, EXIF, XMP (and unknown chunks)
+
+
+def jpeg_min_bytes(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, the least bytes of coded data) of a Huffman-coded JPEG, from its frame header (SOFn) alone;
+    None for data that is not such a JPEG or whose frame header is not found before the first scan.
+    Callers have already bounded the header walk (`images.check_jpeg_scans`)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i, end = 2, len(data)
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            return None                     # junk where a marker belongs: Pillow says what is wrong
+        marker = data[i + 1]
+        if marker == 0xFF:                  # fill byte
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9) or marker in _ARITHMETIC_SOF:
+            return None
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _HUFFMAN_SOF:
+            return _frame_min_bytes(data[i + 4:i + 2 + length])
+        i += 2 + length
+    return None
+
+
+def _frame_min_bytes(frame: bytes) -> tuple[int, int, int] | None:
+    if len(frame) < 6:
+        return None
+    height, width, count = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+    sampling = [(b >> 4, b & 15) for b in frame[7:6 + 3 * count:3]]
+    if not sampling or len(sampling) != count or width == 0 or height == 0:
+        return None
+    h_max, v_max = max(h for h, _ in sampling) or 1, max(v for _, v in sampling) or 1
+    blocks = sum(_ceil(_ceil(width * h, h_max), 8) * _ceil(_ceil(height * v, v_max), 8) for h, v in sampling)
+    return width, height, _ceil(blocks * MIN_JPEG_BITS_PER_BLOCK, 8)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def vp8_min_bytes(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, the least bytes of its lossy (VP8) frame, the bytes of that frame the file holds) of a still
+    lossy WebP; None for an animated or lossless one, or data that is not a WebP."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    i = 12
+    for _ in range(MAX_WEBP_CHUNKS):
+        if i + 8 > len(data):
+            return None
+        fourcc, size = data[i:i + 4], int.from_bytes(data[i + 4:i + 8], "little")
+        if fourcc in (b"ANIM", b"ANMF", b"VP8L"):
+            return None
+        if fourcc == b"VP8 ":
+            frame = data[i + 8:i + 8 + size]
+            if len(frame) < 10 or frame[3:6] != b"\x9d\x01\x2a":
+                return None
+            width = int.from_bytes(frame[6:8], "little") & 0x3FFF
+            height = int.from_bytes(frame[8:10], "little") & 0x3FFF
+            macroblocks = _ceil(width, 16) * _ceil(height, 16)
+            return width, height, _ceil(macroblocks * MIN_VP8_BITS_PER_MACROBLOCK, 8), len(frame)
+        i += 8 + size + (size & 1)
+    return None
+
+
+def check_coded_size(data: bytes, fmt: str, name: str) -> None:
+    """`image_unreadable` (truncated) for a JPEG or lossy WebP whose data is shorter than the least its header's
+    width x height needs: refused before the decoder allocates or fills a picture it cannot have."""
+    if fmt == "JPEG":
+        found = jpeg_min_bytes(data)
+        if found is None or len(data) >= found[2]:
+            return
+        (width, height, need), have = found, len(data)
+    elif fmt == "WEBP":
+        lossy = vp8_min_bytes(data)
+        if lossy is None or lossy[3] >= lossy[2]:
+            return
+        width, height, need, have = lossy
+    else:
+        return
+    raise ImageError(f"{name}: truncated or damaged {fmt}: a {width}x{height} picture needs at least {need} bytes "
+                     f"of coded data and the file has {have}; refused before decoding", code="image_unreadable")
