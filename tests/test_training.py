@@ -716,8 +716,10 @@ def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, cap
 
 def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_path, capsys):
     """`name: "r\\ud800"` (a YAML escape) made a run name no file system takes: a UnicodeEncodeError traceback at
-    the mkdir of the run folder; `eval.val_dir` the same at the first validation. Refused with the key; a
-    surrogate that stands for a non-UTF-8 file-name byte (`\\udcff`, how such an argument arrives) is a name."""
+    the mkdir of the run folder; `eval.val_dir` the same at the first validation. Refused with the key. A name of
+    bytes that are not UTF-8 (`name=$'r\\xff'`: argv's surrogate escape `\\udcff`) trained into a folder no UTF-8
+    terminal shows, its `run folder:` line writing the raw byte back: now one `invalid_config` line showing the bytes
+    as `\\xff` (also a part of a `group/run` name), before anything is made."""
     runs = tmp_path / "runs"
     shared = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "batch_size=2"]
     common = [*shared, "eval.val_size=2"]
@@ -729,13 +731,15 @@ def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_pat
         err = capsys.readouterr().err
         assert f"[invalid_config]: {key}: holds a lone UTF-16 surrogate" in err, err
     assert not runs.exists()
-    # a name from non-UTF-8 bytes trains, and is printed as those bytes even where stdout is strict UTF-8 (its last
-    # line, "run folder: ...", was a UnicodeEncodeError traceback after the whole run)
+    # the bytes as they come from a shell (`name=$'r\xff'`), said where stderr is strict UTF-8
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8:strict"}
-    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, *shared, b"name=r\xff", "eval.val_size=0"],
-                          env=env, capture_output=True, timeout=300, check=False)
-    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert (runs / "r\udcff" / "final").is_dir() and f"run folder: {runs}/r".encode() + b"\xff" in proc.stdout
+    for name, said in ((b"r\xff", b"'r\\xff'"), (b"g/a\xffb", b"'g/a\\xffb'")):
+        proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, *shared, b"name=" + name,
+                               "eval.val_size=0"], env=env, capture_output=True, timeout=300, check=False)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr[-2000:]
+        assert b"[invalid_config]" in proc.stderr and b"name " + said + b" holds bytes that are not UTF-8" \
+            in proc.stderr, proc.stderr
+    assert not runs.exists()
 
 
 def test_source_weights_that_make_no_probabilities_are_refused_at_load(photos, tmp_path, capsys):
