@@ -1178,6 +1178,34 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
     assert C.load_checkpoint(tmp_path)["step"] == 3
 
 
+def test_a_full_disk_is_one_out_of_space_line_keeping_the_last_checkpoint(photos, tmp_path, capsys):
+    """A run on a disk that fills up (a real 2 MiB tmpfs: one checkpoint of the tiny model fits, the next does not)
+    ended `os_error`, the code of any refused file operation, so a script could not tell "free some space and
+    --resume" from a bad path. Now one `out_of_space` line; the checkpoint before is whole, and once there is room
+    `--resume` goes on from it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mount is not allowed here")
+    try:
+        run = disk / "r"
+        argv = ["train", STAGE1, f"data.photos={photos}", f"out_dir={disk}", "name=r", "steps=6", "ckpt_every=2",
+                "eval.val_size=0"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith(f"sigma: error [out_of_space]: {run / 'checkpoint.pt'}: cannot write the checkpoint "
+                              "(no space left on the device"), err
+        assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2
+        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True, capture_output=True)
+        assert main(["train", "--resume", str(run)]) == 0
+        assert "resumed" in capsys.readouterr().out and steps_logged(run) == [1, 2, 3, 4, 5, 6]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False, capture_output=True)
+
+
 def test_a_checkpoint_over_the_file_size_limit_says_the_limit_and_leaves_no_partial_file(tmp_path):
     """Under `ulimit -f` (RLIMIT_FSIZE) torch's zip writer fails with the same errno-less "unexpected pos" as on a
     full disk: `sigma train` said "the write failed, 78294104 KiB free", with no word of the limit. Now EFBIG naming

@@ -20,6 +20,7 @@ from sigma.errors import (
     memory_refused,
     no_memory,
     opencv_memory_refused,
+    space_refused,
     threads_refused,
 )
 
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         from sigma.cli.common import error_line
 
         where = f": {exc.filename}" if exc.filename else ""
-        return _failed(error_line("os_error", f"{exc.strerror or exc}{where}"), argv)
+        return _failed(error_line("out_of_space" if space_refused(exc) else "os_error",
+                                  f"{exc.strerror or exc}{where}"), argv)
     except UnicodeEncodeError as exc:
         return _failed(_unencodable(exc), argv)
     except (MemoryError, ImportError) as exc:
