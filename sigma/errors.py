@@ -12,6 +12,9 @@ class SigmaError(Exception):
     """Base class: `code` is stable and documented; `message` is for people."""
 
     code = "sigma_error"
+    # errors said after this one, each on its own line (the CLI's `said_lines`): a command's config refused beside
+    # its flags (`sigma.config.loader._flag_error`)
+    also: tuple[SigmaError, ...] = ()
 
     def __init__(self, message: str, code: str | None = None):
         super().__init__(message)
