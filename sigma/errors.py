@@ -12,6 +12,9 @@ class SigmaError(Exception):
     """Base class: `code` is stable and documented; `message` is for people."""
 
     code = "sigma_error"
+    # errors said after this one, each on its own line (the CLI's `said_lines`): a command's config refused beside
+    # its flags (`sigma.config.loader._flag_error`)
+    also: tuple[SigmaError, ...] = ()
 
     def __init__(self, message: str, code: str | None = None):
         super().__init__(message)
@@ -166,6 +169,14 @@ def system_error_under_pressure(exc: BaseException) -> bool:
         return False
     left = address_space_left()
     return left is not None and left < MEMORY_PRESSURE_MARGIN
+
+
+def space_refused(exc: BaseException) -> bool:
+    """A write the file system refused for want of room: a full disk (ENOSPC) or the user's quota (EDQUOT). The CLI
+    says it as `out_of_space`, not the `os_error` of any refused file operation: a script (or a scheduler) tells
+    "free some space, then `--resume`" from a fault it cannot mend by the code alone. A file size limit (`ulimit -f`,
+    EFBIG) stays `os_error`: no room made on the disk lifts it."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def threads_refused(exc: BaseException) -> bool:

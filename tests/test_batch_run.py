@@ -435,14 +435,15 @@ def test_a_tar_with_no_pairs_is_no_pairs_not_an_empty_done_run(tmp_path, capsys,
 
 
 @pytest.mark.parametrize("refusal, line", [
-    (OSError(28, "No space left on device"), "sigma: error [os_error]: No space left on device"),
+    (OSError(28, "No space left on device"), "sigma: error [out_of_space]: No space left on device"),
     # pyarrow under `ulimit -v` (an ArrowMemoryError is a MemoryError): was "RuntimeError: the shard writer failed"
     (MemoryError("malloc of size 256 failed"), "sigma: error [out_of_memory]: the system gave no more memory"),
 ])
-def test_a_full_disk_is_one_os_error_line_and_resume_finishes_the_run(tmp_path, capsys, monkeypatch, refusal, line):
+def test_a_full_disk_is_one_out_of_space_line_and_resume_finishes_the_run(tmp_path, capsys, monkeypatch, refusal, line):
     """The shard writer runs in a thread; a full disk there (a mask PNG, a parquet file) surfaced as a
     RuntimeError traceback, and so did memory the system refused. Now the OSError (MemoryError) itself: one
-    `os_error` (`out_of_memory`) line, exit 2, and once there is room `--resume` finishes the run with every pair."""
+    `out_of_space` (`out_of_memory`) line, exit 2, and once there is room `--resume` finishes the run with every
+    pair."""
     import sigma.batch.pipeline as pipeline
 
     corpus = tmp_path / "set"

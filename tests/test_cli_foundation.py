@@ -993,6 +993,48 @@ def test_a_flag_the_config_refuses_is_bad_arguments_naming_the_flag(capsys, pair
     assert_one_error_line(err, "invalid_config")
 
 
+def test_every_argument_problem_of_one_command_is_said_in_one_run(capsys, pair_files, tmp_path):
+    """A bad flag value was said alone: argparse's refusal (`--threshold abc`) ended the parse, and the config's
+    (`--threshold nan`) dropped the config's other errors, so a `--set` mistake (or a second bad flag) of the same
+    command showed only on the next run. Now each is one line, flags first (`bad_arguments`), then the config's
+    (`invalid_config`), exit 2, and no work done."""
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    orig, edited = pair_files
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(2, size=32))
+    out = tmp_path / "out"
+    annotate = ["annotate", str(orig), str(edited), "-i", "x", "-o", str(out), "--annotator", "pixel-diff"]
+    batch = ["batch", "run", str(tmp_path / "set"), "--out", str(out), "--annotator", "pixel-diff"]
+    cases = [
+        ([*annotate, "--threshold", "abc", "--set", "options.nope=1"],
+         ["[bad_arguments]: sigma annotate: argument --threshold: invalid float value: 'abc'",
+          "[invalid_config]: invalid AnnotateConfig: options.nope: Extra inputs are not permitted"]),
+        ([*annotate, "--threshold", "nan", "--set", "options.nope=1"],
+         ["[bad_arguments]: --threshold nan: Input should be a finite number in [0, 1]",
+          "[invalid_config]: invalid AnnotateConfig: options.nope: Extra inputs are not permitted"]),
+        (["eval", "--data", str(tmp_path / "set"), "--annotator", "pixel-diff", "--out", str(out), "--threshold", "x",
+          "--set", "threshold=y"],
+         ["[bad_arguments]: sigma eval: argument --threshold: invalid float value: 'x'",
+          "[invalid_config]: invalid EvalConfig: threshold: Input should be a valid number"]),
+        ([*batch, "--threshold", "abc", "--shard-size", "x", "--batch-size", "100000", "--set", "png_masks=maybe"],
+         ["[bad_arguments]: sigma batch run: argument --threshold: invalid float value: 'abc'",
+          "[bad_arguments]: sigma batch run: argument --shard-size: 'x': not an integer",
+          "[bad_arguments]: --batch-size 100000: Input should be less than or equal to",
+          "[invalid_config]: invalid BatchConfig: png_masks: Input should be a valid boolean"]),
+        ([*batch, "--threshold", "abc", "--batch-size", "8"],
+         ["[bad_arguments]: sigma batch run: argument --threshold: invalid float value: 'abc'"]),
+        (["serve", "api", "--port", "abc", "--set", "api.nope=1"],
+         ["[bad_arguments]: sigma serve: argument --port: 'abc': not an integer",
+          "[invalid_config]: invalid ServeConfig: api.nope: Extra inputs are not permitted"]),
+    ]
+    for argv, said in cases:
+        code, _out, err = run_main(capsys, *argv)
+        lines = err.splitlines()
+        assert code == 2 and len(lines) == len(said), (argv, err)
+        assert all(line.startswith("sigma: error [") and needle in line for line, needle in zip(lines, said)), err
+        assert not out.exists()
+
+
 def test_grounding_thresholds_that_are_no_finite_number_are_said_to_be_one():
     from pydantic import ValidationError
 

@@ -716,8 +716,10 @@ def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, cap
 
 def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_path, capsys):
     """`name: "r\\ud800"` (a YAML escape) made a run name no file system takes: a UnicodeEncodeError traceback at
-    the mkdir of the run folder; `eval.val_dir` the same at the first validation. Refused with the key; a
-    surrogate that stands for a non-UTF-8 file-name byte (`\\udcff`, how such an argument arrives) is a name."""
+    the mkdir of the run folder; `eval.val_dir` the same at the first validation. Refused with the key. A name of
+    bytes that are not UTF-8 (`name=$'r\\xff'`: argv's surrogate escape `\\udcff`) trained into a folder no UTF-8
+    terminal shows, its `run folder:` line writing the raw byte back: now one `invalid_config` line showing the bytes
+    as `\\xff` (also a part of a `group/run` name), before anything is made."""
     runs = tmp_path / "runs"
     shared = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "batch_size=2"]
     common = [*shared, "eval.val_size=2"]
@@ -729,13 +731,15 @@ def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_pat
         err = capsys.readouterr().err
         assert f"[invalid_config]: {key}: holds a lone UTF-16 surrogate" in err, err
     assert not runs.exists()
-    # a name from non-UTF-8 bytes trains, and is printed as those bytes even where stdout is strict UTF-8 (its last
-    # line, "run folder: ...", was a UnicodeEncodeError traceback after the whole run)
+    # the bytes as they come from a shell (`name=$'r\xff'`), said where stderr is strict UTF-8
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8:strict"}
-    proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, *shared, b"name=r\xff", "eval.val_size=0"],
-                          env=env, capture_output=True, timeout=300, check=False)
-    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert (runs / "r\udcff" / "final").is_dir() and f"run folder: {runs}/r".encode() + b"\xff" in proc.stdout
+    for name, said in ((b"r\xff", b"'r\\xff'"), (b"g/a\xffb", b"'g/a\\xffb'")):
+        proc = subprocess.run([sys.executable, "-m", "sigma", "train", STAGE1, *shared, b"name=" + name,
+                               "eval.val_size=0"], env=env, capture_output=True, timeout=300, check=False)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr[-2000:]
+        assert b"[invalid_config]" in proc.stderr and b"name " + said + b" holds bytes that are not UTF-8" \
+            in proc.stderr, proc.stderr
+    assert not runs.exists()
 
 
 def test_source_weights_that_make_no_probabilities_are_refused_at_load(photos, tmp_path, capsys):
@@ -1172,6 +1176,34 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_and_leaves_no_partia
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     monkeypatch.setattr(torch, "save", real_save)
     assert C.load_checkpoint(tmp_path)["step"] == 3
+
+
+def test_a_full_disk_is_one_out_of_space_line_keeping_the_last_checkpoint(photos, tmp_path, capsys):
+    """A run on a disk that fills up (a real 2 MiB tmpfs: one checkpoint of the tiny model fits, the next does not)
+    ended `os_error`, the code of any refused file operation, so a script could not tell "free some space and
+    --resume" from a bad path. Now one `out_of_space` line; the checkpoint before is whole, and once there is room
+    `--resume` goes on from it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mount is not allowed here")
+    try:
+        run = disk / "r"
+        argv = ["train", STAGE1, f"data.photos={photos}", f"out_dir={disk}", "name=r", "steps=6", "ckpt_every=2",
+                "eval.val_size=0"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith(f"sigma: error [out_of_space]: {run / 'checkpoint.pt'}: cannot write the checkpoint "
+                              "(no space left on the device"), err
+        assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2
+        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True, capture_output=True)
+        assert main(["train", "--resume", str(run)]) == 0
+        assert "resumed" in capsys.readouterr().out and steps_logged(run) == [1, 2, 3, 4, 5, 6]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False, capture_output=True)
 
 
 def test_a_checkpoint_over_the_file_size_limit_says_the_limit_and_leaves_no_partial_file(tmp_path):

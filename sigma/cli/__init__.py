@@ -20,6 +20,7 @@ from sigma.errors import (
     memory_refused,
     no_memory,
     opencv_memory_refused,
+    space_refused,
     threads_refused,
 )
 
@@ -160,6 +161,13 @@ def _failed(line: str, argv: list[str] | None, said_here: bool | None = None) ->
     return 2
 
 
+def _failed_lines(lines: list[str], argv: list[str] | None, said_here: bool | None = None) -> int:
+    """`_failed` for an error said in several lines (a command's bad flags and its config's problems), in order."""
+    for line in lines[:-1]:
+        _say(line, said_here)
+    return _failed(lines[-1], argv, said_here)
+
+
 def main(argv: list[str] | None = None) -> int:
     starting = _SigtermWhileStarting(argv)     # first thing: the imports below take seconds
     if argv is None:
@@ -207,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         log_to_stderr()            # `>&-`: the log goes to stderr, not nowhere
     try:
         starting.end(stops=bool(getattr(args, "stops_on_sigterm", False)))
+        if getattr(args, "refused_flags", None):   # bad flag values, said with the config's problems; no work
+            from sigma.cli.common import refused_said
+
+            return _failed_lines(refused_said(args), argv)
         if getattr(args, "needs", None):
             from sigma.cli.common import check_extras
 
@@ -214,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                          args.needs)
         status = int(args.run(args) or 0)
     except SigmaError as exc:
-        from sigma.cli.common import error_line
+        from sigma.cli.common import said_lines
 
-        return _failed(error_line(exc.code, str(exc.message)), argv, getattr(exc, "said_here", None))
+        return _failed_lines(said_lines(exc), argv, getattr(exc, "said_here", None))
     except KeyboardInterrupt:
         return _interrupted(argv)
     except Stopped as exc:   # a SIGTERM obeyed, the work saved or none done (`sigma train`): one line, 128 + signal
@@ -243,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         from sigma.cli.common import error_line
 
         where = f": {exc.filename}" if exc.filename else ""
-        return _failed(error_line("os_error", f"{exc.strerror or exc}{where}"), argv)
+        return _failed(error_line("out_of_space" if space_refused(exc) else "os_error",
+                                  f"{exc.strerror or exc}{where}"), argv)
     except UnicodeEncodeError as exc:
         return _failed(_unencodable(exc), argv)
     except (MemoryError, ImportError) as exc:

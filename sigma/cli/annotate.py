@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "by a cup of coffee) with its instruction")
     add_plugin_arg(p)
     add_config_args(p)
-    p.set_defaults(run=run, stdout_is_a_log=True)
+    p.set_defaults(run=run, config_of=config_of, stdout_is_a_log=True)
 
 
 MAX_STDIN_BYTES = 32 * 1024 * 1024   # a JSON list of paths; a corpus is `sigma batch run`'s job
@@ -156,12 +156,17 @@ def _few_pairs_skip_export(cfg: AnnotateConfig, n_pairs: int) -> AnnotateConfig:
     return cfg.model_copy(update={"options": {**cfg.options, "build_graph": False}})
 
 
-def run(args: argparse.Namespace) -> int:
+def config_of(args: argparse.Namespace) -> AnnotateConfig:
+    """The command's config: --config, --set, then its flags (`config_of` of the parser: `refused_said`)."""
     import_plugin_args(args)          # first: the annotator (and its defaults) may be the plugin's
     # flags are overrides like --set ones, applied before validation (so a bad --threshold is a config error)
     flags = {"annotator": args.annotator, "threshold": args.threshold}
     overrides = flag_overrides(args.overrides, **flags)
-    cfg = load_config(AnnotateConfig, args.config, overrides, flags=flags_named(flags))
+    return load_config(AnnotateConfig, args.config, overrides, flags=flags_named(flags))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
     # the options as the annotator reads them (`--set options.image_size=2.24e2` ran at 224): what result.json and
     # config.yaml record, as a batch run's config does; a bad option is refused here, before any pair is read
     name, options = named_annotator(cfg.annotator, cfg.options)

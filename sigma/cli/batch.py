@@ -197,13 +197,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_failed_limit(r, "failed shards the summary lists (stderr, --json and OUT/summary.json), first in run "
                          "order (default 100; `failed_now` counts them all, `sigma batch status` lists them), "
                          "and as many lost attempts (`retried`; `retried_omitted` counts the rest)")
-    r.set_defaults(run=run_run, needs=("batch",), stdout_is_a_log=True)
+    r.set_defaults(run=run_run, config_of=build_config, needs=("batch",), stdout_is_a_log=True)
 
     s = bsub.add_parser("submit", help="plan a run and put its shards on the Redis stream for `sigma worker --batch`",
                         epilog=SUBMIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_args(s)
     _add_redis_args(s)
-    s.set_defaults(run=run_submit, needs=("batch", "redis"))
+    s.set_defaults(run=run_submit, config_of=build_config, needs=("batch", "redis"))
 
     st = bsub.add_parser("status", help="shards done/failed/pending of a run folder (and its queue, with --redis)",
                          epilog=STATUS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

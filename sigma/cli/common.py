@@ -43,7 +43,30 @@ class SigmaArgumentParser(argparse.ArgumentParser):
     other error (argparse's default prints the whole usage block first)."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"sigma: error [bad_arguments]: {self.prog}: {message} (see `{self.prog} --help`)\n")
+        said = "".join(f"{line}\n" for line in getattr(self, "refused", []))    # values refused before it
+        self.exit(2, f"{said}{self.bad_arguments(message)}\n")
+
+    def bad_arguments(self, message: str) -> str:
+        """argparse's `message` as this command's `bad_arguments` line."""
+        return f"sigma: error [bad_arguments]: {self.prog}: {message} (see `{self.prog} --help`)"
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        """argparse, but a flag's value its `type=` refuses (`--threshold abc`) does not end the parse: each is
+        recorded (`_get_value`) as one `bad_arguments` line in the namespace's `refused_flags`, the flag's value
+        `REFUSED`, so that every bad flag of the command, and the command's config with the flags that are good
+        (`--set`, `--config`: `refused_said`), are said together. Before, the first bad value was said alone, and a
+        mistake in a `--set` of the same command only on the next run."""
+        self.refused: list[str] = []
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self.refused:
+            namespace.refused_flags = [*getattr(namespace, "refused_flags", []), *self.refused]
+        # said first by `error`: the top parser's (`unrecognized arguments`) follows its sub-command's refusals
+        self.refused = list(getattr(namespace, "refused_flags", []))
+        return namespace, extras
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if value is not REFUSED:        # already said: not "invalid choice" too
+            super()._check_value(action, value)
 
     def _get_value(self, action: argparse.Action, arg_string: str):  # type: ignore[no-untyped-def]
         """An empty path argument (`sigma batch run ''`, `--out ''`, `--data ''`, `-o ''`) is refused here, for every
@@ -54,7 +77,13 @@ class SigmaArgumentParser(argparse.ArgumentParser):
             name = argparse._get_action_name(action) or action.dest
             self.exit(2, f"sigma: error [empty_path]: {self.prog}: {name}: an empty path; name the file or folder "
                          f"(`.` for the current folder)\n")
-        return super()._get_value(action, arg_string)
+        try:
+            return super()._get_value(action, arg_string)
+        except argparse.ArgumentError as exc:
+            if not action.option_strings:       # a positional's: said at once, as before
+                raise
+            self.refused.append(self.bad_arguments(str(exc)))
+            return REFUSED
 
     def _parse_optional(self, arg_string: str):  # type: ignore[no-untyped-def]
         """A value that reads as a negative number is a value, not a flag. argparse's own test knows -1 and -.5
@@ -63,6 +92,50 @@ class SigmaArgumentParser(argparse.ArgumentParser):
         if NEGATIVE_NUMBER.fullmatch(arg_string) and not self._has_negative_number_optionals:
             return None
         return super()._parse_optional(arg_string)
+
+
+class _Refused:
+    """The value of a flag whose `type=` refused what was given (`SigmaArgumentParser.parse_known_args`)."""
+
+    def __repr__(self) -> str:
+        return "REFUSED"
+
+
+REFUSED = _Refused()
+
+
+def refused_said(args: argparse.Namespace) -> list[str]:
+    """The `bad_arguments` lines of the flags whose values the parser refused (none: []), followed by what the
+    command's config says with its other flags, `--set` and `--config` (the command's `config_of(args)`, where it has
+    one: every problem of the command said in one run). The config is only read here, never acted on: the command
+    does not run."""
+    lines = list(getattr(args, "refused_flags", None) or [])
+    config_of = getattr(args, "config_of", None)
+    if not lines or config_of is None:
+        return lines
+    given = argparse.Namespace(**{name: _without_refused(value) for name, value in vars(args).items()})
+    try:
+        config_of(given)
+    except SigmaError as exc:
+        lines.extend(said_lines(exc))
+    except Exception:       # noqa: BLE001 - a config that cannot even be read (an OSError): the flags' lines alone
+        pass
+    return lines
+
+
+def _without_refused(value: Any) -> Any:
+    """A flag's value with the parser's refused ones taken out: as not given (None), or left out of a list."""
+    if value is REFUSED:
+        return None
+    if isinstance(value, list) and REFUSED in value:
+        return [item for item in value if item is not REFUSED] or None
+    return value
+
+
+def said_lines(exc: SigmaError) -> list[str]:
+    """The lines a SigmaError is said in: its own, then those of the errors it carries (`also`: a command's config
+    refused beside its flags)."""
+    return [error_line(exc.code, str(exc.message)), *(line for more in exc.also for line in said_lines(more))]
 
 
 def path(text: str) -> str:
@@ -106,16 +179,20 @@ def within(low: int, high: int) -> type[argparse.Action]:
     """`action=` of an integer flag no config field bounds (`sigma report --limit`, `sigma synth -n`; the others
     get their field's bound through the config): `-5` or `1e30` was taken, a silent no-op, a run that never ends or
     a traceback further on. A value outside [low, high] is one `bad_arguments` line naming the flag and the range,
-    which its --help states too."""
+    which its --help states too, said with the command's other refused flags (`SigmaArgumentParser.refused`)."""
 
     class Within(argparse.Action):
         bounds = (low, high)
 
         def __call__(self, parser, namespace, value, option_string=None):
-            if not low <= value <= high:
+            if value is not REFUSED and not low <= value <= high:
                 text = str(value)
                 said = text if len(text) <= 24 else f"a number of {len(text.lstrip('-'))} digits"
-                raise argparse.ArgumentError(self, f"{said}: must be in {low} .. {high}")
+                refusal = argparse.ArgumentError(self, f"{said}: must be in {low} .. {high}")
+                if not isinstance(parser, SigmaArgumentParser):
+                    raise refusal
+                parser.refused.append(parser.bad_arguments(str(refusal)))
+                value = REFUSED
             setattr(namespace, self.dest, value)
     return Within
 

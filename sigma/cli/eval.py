@@ -17,7 +17,7 @@ from sigma.cli.common import (
     import_plugin_args,
     path,
 )
-from sigma.config.loader import flags_named, load_config, resolved_yaml
+from sigma.config.loader import flags_named, load_config, read_overrides, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
 from sigma.errors import InputError
 from sigma.folderlock import busy_as_error, folder_lock_wait_s, hold_folder
@@ -73,7 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="drop the progress of an unfinished eval in --out and score every pair again")
     add_plugin_arg(p)
     add_config_args(p)
-    p.set_defaults(run=run, stdout_is_a_log=True)
+    p.set_defaults(run=run, config_of=config_of, stdout_is_a_log=True)
+
+
+def config_of(args: argparse.Namespace) -> EvalConfig:
+    """The command's config: --config, --set, then its flags (`config_of` of the parser: `refused_said`)."""
+    import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
+    # `--perturb ""` (a variable left empty) is no perturbation named, refused as `--perturb ,` is: it ran `none`
+    flags = {"annotator": args.annotator, "threshold": args.threshold,
+             "perturb": [args.perturb] if args.perturb is not None else None, "data": args.data}
+    overrides = flag_overrides(args.overrides, **flags)
+    return load_config(EvalConfig, args.config, overrides, flags=flags_named(flags))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,13 +95,9 @@ def run(args: argparse.Namespace) -> int:
     from sigma.tempfiles import replace_together
     from sigma.text import printable
 
-    import_plugin_args(args)          # first: --annotator may name an annotator the plugin registers
-    # `--perturb ""` (a variable left empty) is no perturbation named, refused as `--perturb ,` is: it ran `none`
-    flags = {"annotator": args.annotator, "threshold": args.threshold,
-             "perturb": [args.perturb] if args.perturb is not None else None, "data": args.data}
-    overrides = flag_overrides(args.overrides, **flags)
-    cfg = load_config(EvalConfig, args.config, overrides, flags=flags_named(flags))
-    data = eval_data(cfg.data, None if args.data is not None else "--set data" if "data" in overrides else args.config)
+    cfg = config_of(args)
+    set_data = "data" in read_overrides(args.overrides)
+    data = eval_data(cfg.data, None if args.data is not None else "--set data" if set_data else args.config)
     # the options as the annotator reads them (`--set options.image_size=2.24e2` ran at 224): what metrics.json and
     # config.yaml record, as a batch run's config does
     name, options = named_annotator(cfg.annotator, cfg.options)

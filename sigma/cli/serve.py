@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p, SET_EXAMPLE)
     # a service's stdout is a log (uvicorn's access log), not a result: closed (`>&-`, as daemons are started) it
     # loses nothing a caller waits for, so a SIGTERM's clean stop stays 0 (`sigma.cli._said_all`)
-    p.set_defaults(run=run, needs=("serve",), stdout_is_a_log=True)
+    p.set_defaults(run=run, config_of=serve_config_of, needs=("serve",), stdout_is_a_log=True)
 
     w = sub.add_parser("worker", help="run one annotation worker (consumes the Redis queue)",
                        description="A long-lived worker: loads the annotator once, consumes its Redis stream in "
@@ -94,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "refused with it, and said once on stderr when a config file or SIGMA__WORKER__* "
                    "sets them (docs/service.md)")
     add_config_args(w, SET_EXAMPLE)
-    w.set_defaults(run=run_worker_cmd, needs=("redis",), stdout_is_a_log=True)
+    w.set_defaults(run=run_worker_cmd, config_of=worker_config_of, needs=("redis",), stdout_is_a_log=True)
 
 
 def load(args: argparse.Namespace, *, runs_worker: bool = False, **flags):
@@ -263,7 +263,12 @@ def warn_unused_settings(mode: str, cfg, path: str | None = None) -> None:
                   f"{'; '.join(dict.fromkeys(said.values()))}", file=sys.stderr, flush=True)
 
 
-def load_worker(args: argparse.Namespace, batch: bool, child: bool):
+def worker_config_of(args: argparse.Namespace):
+    """`sigma worker`'s settings, only read (the parser's `config_of`: `refused_said`): no unused-setting warning."""
+    return load_worker(args, getattr(args, "batch", False), child=False, warn=False)
+
+
+def load_worker(args: argparse.Namespace, batch: bool, child: bool, warn: bool = True):
     """`sigma worker [--batch]`'s settings. What it would take and never use is refused when this command line gives
     it (`--batch --annotator`, `--max-batch-size`, `--set worker.KEY=...`, `--set api.KEY=...`, `--set auth.KEY=...`,
     `--set limits.KEY=...` of the API's: one bad_arguments line, whatever the value), and said once on stderr when it
@@ -280,7 +285,7 @@ def load_worker(args: argparse.Namespace, batch: bool, child: bool):
     cfg = load(args, **{"worker.consumer": args.consumer}) if batch else load(
         args, runs_worker=True, **{"worker.annotator": args.annotator, "worker.max_batch_size": args.max_batch_size,
                                    "worker.consumer": args.consumer})
-    if not child:
+    if not child and warn:
         warn_unused_settings(mode, cfg, args.config)
     return cfg
 
@@ -474,11 +479,8 @@ def _check_the_workers_start(cfg, args: argparse.Namespace) -> None:
                         f"worker.annotator, worker.options)", code=exc.code) from exc
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from sigma.api.app import create_app
-    from sigma.api.server import uvicorn_options
+def serve_config_of(args: argparse.Namespace):
+    """`sigma serve`'s settings, checked against the command line (also the parser's `config_of`: `refused_said`)."""
     from sigma.errors import InputError
 
     if args.what == "api" and args.annotator is not None:   # it named a worker's annotator: there is none here
@@ -490,8 +492,18 @@ def run(args: argparse.Namespace) -> int:
     refuse_unused_sets(mode, args.overrides, f"not with `{mode}`")
     # said once, here, before the API starts: a worker child that cannot import it would die at each restart
     import_plugin_args(args)
-    cfg = load(args, runs_worker=args.what == "all",
-               **{"api.host": args.host, "api.port": args.port, "worker.annotator": args.annotator})
+    return load(args, runs_worker=args.what == "all",
+                **{"api.host": args.host, "api.port": args.port, "worker.annotator": args.annotator})
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sigma.api.app import create_app
+    from sigma.api.server import uvicorn_options
+
+    cfg = serve_config_of(args)
+    mode = f"sigma serve {args.what}"
     warn_unused_settings(mode, cfg, args.config)
     if args.what == "all":
         _serve_the_workers_annotator(cfg, cfg.worker.annotator)

@@ -848,13 +848,18 @@ def load_config(model: type[M], path: str | Path | None = None,
         config = model.model_validate(tree)
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
+        rest = [*found, *_unsaid(loose, errors)]
         flagged = _flag_error(errors, flags or {})
-        if flagged is not None:
-            raise flagged from exc
+        if flagged is not None:     # the flags' line, then the rest of the config's problems on their own
+            errors = [e for e in errors if not _at_a_flag(e, flags or {})]
         problems = [(e["loc"][0] if e["loc"] else "",
                      _sourced(_message(e, given, model, origin, tree, source(_place(e["loc"]))[:-2]),
                               source(_place(e["loc"])))) for e in errors]
-        raise _one_error(model, [*found, *_unsaid(loose, errors)], problems) from exc
+        if flagged is None:
+            raise _one_error(model, rest, problems) from exc
+        if rest or any(e["type"] != "checks_skipped" for e in errors):     # not a section's note alone
+            flagged.also = (_one_error(model, rest, problems),)
+        raise flagged from exc
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
@@ -909,11 +914,11 @@ def _flag_error(errors: list[Any], flags: Mapping[str, str]) -> InputError | Non
     its value and what the field takes, or None when there are none. `--threshold nan` and `--batch-size 100000`
     were `invalid_config` ("threshold: Input should be ..."), while `--threshold abc`, refused by argparse, was
     `bad_arguments`: one flag, two codes for one mistake. The check stays the config field's own (pydantic's); only
-    its words name the flag. Said alone, as argparse says a bad flag before the config is read."""
+    its words name the flag. The config's other problems (a `--set`'s) are said after it (`also`), not left for the
+    next run."""
     said = []
     for error in errors:
-        place = _place(error["loc"])
-        flag = next((flag for key, flag in flags.items() if _at_or_under(place, key)), None)
+        flag = _at_a_flag(error, flags)
         if flag is not None:
             value = error.get("input")
             given = (f" {shown(repr(value), 80)}" if isinstance(value, str) else f" {shown(value, 80)}"
@@ -922,6 +927,12 @@ def _flag_error(errors: list[Any], flags: Mapping[str, str]) -> InputError | Non
     if not said:
         return None
     return InputError("; ".join(said), code="bad_arguments")
+
+
+def _at_a_flag(error: Any, flags: Mapping[str, str]) -> str | None:
+    """The flag (of `flags`: key → flag) that gave the value pydantic's `error` is at or under, or None."""
+    place = _place(error["loc"])
+    return next((flag for key, flag in flags.items() if _at_or_under(place, key)), None)
 
 
 def _one_spelling(model: type[BaseModel], tree: Any, origin: Callable[[str], str], problems: list[Problem],

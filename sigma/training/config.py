@@ -205,6 +205,12 @@ class TrainConfig(Section):
         if not parts or parts == (".",) or PurePosixPath(name).is_absolute() or ".." in parts:
             raise ValueError(f"the run folder is <out_dir>/<name>: name must be a relative folder name inside "
                              f"out_dir (no leading /, no '..', not '.'), got {shown(repr(name), 120)}")
+        # bytes that are not UTF-8 (`name=$'\xff'`: argv's surrogate escapes) made a folder no UTF-8 terminal or tool
+        # shows, whose `run folder:` line wrote the raw byte back
+        if not _is_utf8(name):
+            said = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise ValueError(f"name '{shown(printable(said), 120)}' holds bytes that are not UTF-8 text; a run "
+                             "folder's name is UTF-8 text")
         # a line break, a tab, ESC or a bidi override in the name made a folder no `ls` shows as typed and every line
         # naming it escaped (`printable`): `name=$'run\n'` trained into `runs/run?` beside `runs/run`
         if printable(name) != name:
@@ -215,6 +221,15 @@ class TrainConfig(Section):
             raise ValueError(f"name '{shown(name, 80)}': a folder name of {longest} bytes; each part of the name is "
                              f"at most {NAME_MAX} bytes (the file system's limit)")
         return name
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether `text` is UTF-8 text: no lone surrogate, which is how Python carries bytes from argv that are not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def effective_synth(cfg: TrainConfig) -> SynthConfig:
