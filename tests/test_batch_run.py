@@ -435,7 +435,7 @@ def test_a_tar_with_no_pairs_is_no_pairs_not_an_empty_done_run(tmp_path, capsys,
 
 
 @pytest.mark.parametrize("refusal, line", [
-    (OSError(28, "No space left on device"), "sigma: error [os_error]: No space left on device"),
+    (OSError(28, "No space left on device"), "sigma: error [out_of_space]: No space left on device"),
     # pyarrow under `ulimit -v` (an ArrowMemoryError is a MemoryError): was "RuntimeError: the shard writer failed"
     (MemoryError("malloc of size 256 failed"), "sigma: error [out_of_memory]: the system gave no more memory"),
 ])

@@ -78,7 +78,7 @@ class Progress:
 
     def add(self, perturbation: str, start: int, rows: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         """One batch's result, on disk (fsynced) before the next batch starts; the journal's header first."""
-        from sigma.tempfiles import replace_atomically, sync_folder
+        from sigma.tempfiles import no_room_said_of, replace_atomically, sync_folder
 
         if not self.started:
             header = json.dumps({"sigma_eval_progress": FORMAT, "fingerprint": self.fp}) + "\n"
@@ -87,7 +87,8 @@ class Progress:
             sync_folder(self.path.parent)
             self.started = True
         line = json.dumps({"perturbation": perturbation, "start": start, "rows": rows, "errors": errors}) + "\n"
-        with open(self.path, "ab") as fh:
+        # a full disk mid-line leaves a line cut short, which the next run drops (`_read`) and scores again
+        with no_room_said_of(self.path), open(self.path, "ab") as fh:
             fh.write(line.encode())
             fh.flush()
             os.fsync(fh.fileno())
