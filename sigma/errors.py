@@ -171,14 +171,6 @@ def system_error_under_pressure(exc: BaseException) -> bool:
     return left is not None and left < MEMORY_PRESSURE_MARGIN
 
 
-def space_refused(exc: BaseException) -> bool:
-    """A write the file system refused for want of room: a full disk (ENOSPC) or the user's quota (EDQUOT). The CLI
-    says it as `out_of_space`, not the `os_error` of any refused file operation: a script (or a scheduler) tells
-    "free some space, then `--resume`" from a fault it cannot mend by the code alone. A file size limit (`ulimit -f`,
-    EFBIG) stays `os_error`: no room made on the disk lifts it."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
 def threads_refused(exc: BaseException) -> bool:
     """The system would start no more threads: `threading`'s RuntimeError "can't start new thread" (pthread_create's
     EAGAIN: the limit on processes, `ulimit -u` / a container's pids limit, or no memory for the thread's stack under

@@ -491,6 +491,37 @@ def said_of_target(exc: OSError, tmp: Path, path: Path, ours: bool) -> OSError:
     return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
 
 
+_ARROW_ERRNO = re.compile(r"\[errno (\d+)\]")
+
+
+def room_refused(exc: BaseException) -> int | None:
+    """The errno of a write refused for the room it has (`_NO_ROOM`: a full disk, a quota, RLIMIT_FSIZE), or None.
+    pyarrow's OSError carries no errno, only its words (`Error writing bytes to file. Detail: [errno 28] No space
+    left on device`): read from them."""
+    if not isinstance(exc, OSError):
+        return None
+    code = exc.errno
+    if code is None:
+        found = _ARROW_ERRNO.search(str(exc))
+        code = int(found.group(1)) if found else None
+    return code if code in _NO_ROOM else None
+
+
+@contextmanager
+def no_room_said_of(path: Path | str) -> Iterator[None]:
+    """A write refused for room inside (a full disk, a quota) that names no file, said of `path`, the output the
+    user named: a close or a flush on a full disk (`/dev/full`, a full tmpfs) carries no file name, nor does
+    pyarrow's error, and `sigma eval --out`, `sigma report --out` and the exports ended `os_error: No space left on
+    device` with no word of where. An error that names its file is kept as it is."""
+    try:
+        yield
+    except OSError as exc:
+        code = room_refused(exc)
+        if code is None or exc.filename is not None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
 def sync_folder(folder: Path) -> None:
     """A rename in `folder` on disk too (its directory entry): the journal's here, a batch shard's before its status
     (`rename_durably`). Best effort: a file system that cannot sync a folder (some network mounts) refuses, and what
@@ -600,7 +631,13 @@ def replace_together(files: list[tuple[Path, bytes | Callable[[Path], None]]],
         for path, data in files:
             tmp = temp_name(path)
             written.append((tmp, path))
-            _write_staged(tmp, data)
+            try:
+                _write_staged(tmp, data)
+            except OSError as exc:       # a full disk: said of the file being written, not of none or the tmp
+                said = said_of_target(exc, tmp, path, isinstance(data, bytes))
+                if said is exc:
+                    raise
+                raise said from exc
         plan = {"files": [[_relative(tmp, folder), _relative(path, folder)] for tmp, path in written],
                 "remove": [_relative(p, folder) for p in remove]}
         for sub in subfolders:       # the staged files' names on disk before the journal names them

@@ -1568,3 +1568,26 @@ def test_a_killed_reports_temporary_page_is_swept_by_the_next_report(run_dir, tm
     capsys.readouterr()
     assert not left.exists() and live.exists() and other.exists()
     assert (folder / "page.html").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, example", [
+    (["report", "RUN", "--out", "OUT/zz/"], "OUT/zz/report.html"),
+    (["report", "RUN", "--out", "OUT/zz/."], "OUT/zz/./report.html"),
+    (["export", "coco", "RUN", "--out", "OUT/zz/"], "OUT/zz/coco.json"),
+    (["parse", "--file", "TXT", "--out", "OUT/zz/"], "OUT/zz/parses.jsonl"),
+], ids=["report", "report-dot", "coco", "parse"])
+def test_an_output_file_named_with_a_trailing_slash_is_refused_as_a_folder(run_dir, tmp_path, capsys, argv, example):
+    """`sigma report RUN --out run/zz/` wrote a file named `zz` (`Path` drops the trailing slash), as did `export coco
+    --out` and `parse --out`: the slash says a folder. Now `out_is_a_folder` before any work, suggesting a file in
+    it, and nothing is written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    txt = tmp_path / "i.txt"
+    txt.write_text("add a cat to the sofa\n")
+    swap = {"RUN": str(run_dir), "TXT": str(txt)}
+    args = [swap.get(a, a.replace("OUT/", f"{out}/")) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sigma: error [out_is_a_folder]: {out}/zz/"), err
+    assert err.rstrip().endswith(f"e.g. {example.replace('OUT/', f'{out}/')}"), err
+    assert sorted(os.listdir(out)) == []

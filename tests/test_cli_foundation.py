@@ -446,7 +446,9 @@ NOT_AN_API_STATUS = {
     "missing_extra": "a command whose optional dependency is not installed", "file_unreadable": "an image file by path",
     "no_photos": "sigma synth", "no_instructions": "sigma parse --file", "no_results": "sigma export",
     "out_is_a_folder": "an export's output file", "out_no_reader": "an output file that is a FIFO nobody reads",
-    "mask_size_mismatch": "sigma eval", "eval_changed": "sigma eval's resume",
+    "mask_size_mismatch": "sigma eval",
+    # the CLI's line for a write a full disk refused (sigma.cli._out_of_space); the API answers its own storage errors
+    "out_of_space": "a command's output on a full disk", "eval_changed": "sigma eval's resume",
     "perturbation_unavailable": "sigma eval --perturb",
     "ray_unreachable": "sigma batch run --backend ray", "worker_failed": "sigma batch run's --procs / Ray workers",
     "checkpoint_unreadable": "sigma train", "checkpoint_missing": "sigma train", "data_workers_dying": "sigma train",

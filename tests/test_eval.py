@@ -1115,3 +1115,83 @@ def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path,
     assert proc.returncode == 2 and "[eval_changed]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     proc, scored = sigma_eval(out, 0, "--restart")
     assert proc.returncode == 0 and scored == 6, proc.stderr
+
+
+_KILL_AT_JOURNAL_REMOVAL = r'''
+import os, signal, sys
+from pathlib import Path
+def hook(event, args):
+    # the journal's removal once the metrics are written or staged (not the one before its header is first written)
+    if event == "os.remove" and str(args[0]).endswith("eval_progress.jsonl") \
+            and any("metrics.json" in name for name in os.listdir(Path(args[0]).parent)):
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def _eval_killed_at_journal_removal(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A real `sigma eval` SIGKILLed at the removal of its journal, once its metrics are written (or staged):
+    (its --out, the argv of the same eval)."""
+    import subprocess
+    import sys
+
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_pairs_jsonl(data, synthetic_pairs(5, size=48))
+    argv = ["eval", "--data", str(data), "--annotator", "pixel-diff", "--set", "batch_size=2", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-c", _KILL_AT_JOURNAL_REMOVAL, *argv], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == -9, proc.stderr
+    return out, argv
+
+
+def _sigma(*argv: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "sigma", *argv], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_an_eval_killed_at_its_journals_removal_lets_an_eval_of_other_settings_run(tmp_path):
+    """Killed between putting metrics.json in place and removing the journal, an eval left both: a finished eval,
+    whose rerun with another threshold was refused `eval_changed` until --restart. The journal's removal is now part
+    of the metrics' set: the next eval on OUT finishes that set (metrics.json in place, the journal gone) and runs."""
+    out, argv = _eval_killed_at_journal_removal(tmp_path)
+    plans = [json.loads(p.read_text()) for p in out.iterdir() if p.name.endswith(".pending")]
+    assert [plan["remove"] for plan in plans] == [["eval_progress.jsonl"]], sorted(os.listdir(out))
+    proc = _sigma(*argv, "--threshold", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["config"]["threshold"] == 0.3
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml", "metrics.json"]
+
+
+def test_a_finished_evals_journal_left_beside_its_metrics_is_stale_not_eval_changed(tmp_path):
+    """The state an eval of an earlier sigma left when killed between its metrics.json and its journal's removal:
+    the whole journal beside the metrics it gave (the same per-pair numbers, metrics.json no older). An eval of other
+    settings was refused `eval_changed`; that journal is now recognised as stale and replaced. A journal of an
+    unfinished eval beside an earlier eval's metrics.json is still refused."""
+    import shutil
+
+    from sigma.tempfiles import finish_replacements
+
+    out, argv = _eval_killed_at_journal_removal(tmp_path)
+    journal = out / "eval_progress.jsonl"
+    kept = tmp_path / "journal.jsonl"
+    shutil.copy2(journal, kept)                 # its mtime too: written before the metrics
+    finish_replacements(out)                    # metrics.json in place, the journal removed with it
+    assert (out / "metrics.json").is_file() and not journal.exists()
+    shutil.copy2(kept, journal)
+    unfinished = tmp_path / "unfinished.jsonl"  # the same journal, its last batch not written: an unfinished eval
+    unfinished.write_text("".join(kept.read_text().splitlines(keepends=True)[:-1]))
+    proc = _sigma(*argv, "--threshold", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["config"]["threshold"] == 0.3
+    assert not journal.exists()
+    shutil.copy2(unfinished, journal)
+    os.utime(out / "metrics.json")              # newer than the journal: only the rows tell it apart
+    proc = _sigma(*argv, "--threshold", "0.4")
+    assert proc.returncode == 2 and "[eval_changed]" in proc.stderr, proc.stderr

@@ -227,10 +227,19 @@ def output_file(path: Path, *, stream: bool = True) -> Iterator[OutputWrite]:
     # `--out /dev/stdout`, a FIFO, `>(gzip > x.gz)`: written to, never renamed over — a rename replaced the
     # /dev/stdout link itself (as root, in a container) or failed in /dev (os_error), and nothing was written
     with stream_reader_held(path) as fd:
-        yield lambda data: _write_stream(path if fd is None else os.dup(fd), data)   # a FIFO: through the end held
+        yield lambda data: _write_stream(path, data, fd)
 
 
-def _write_stream(target: Path | int, data: bytes | Callable[[Path | int], None]) -> None:
+def _write_stream(path: Path, data: bytes | Callable[[Path | int], None], fd: int | None = None) -> None:
+    """`data` written to the stream `path` (a FIFO: through its write end `fd`, held). A write it refuses for room
+    (`--out /dev/full`) is said of `path`: the write carries no file name (`out_of_space` with no word of where)."""
+    from sigma.tempfiles import no_room_said_of
+
+    with no_room_said_of(path):
+        _write_to(path if fd is None else os.dup(fd), data)
+
+
+def _write_to(target: Path | int, data: bytes | Callable[[Path | int], None]) -> None:
     if not isinstance(data, bytes):
         data(target)
         return

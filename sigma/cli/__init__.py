@@ -20,7 +20,6 @@ from sigma.errors import (
     memory_refused,
     no_memory,
     opencv_memory_refused,
-    space_refused,
     threads_refused,
 )
 
@@ -255,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         from sigma.cli.common import error_line
 
         where = f": {exc.filename}" if exc.filename else ""
-        return _failed(error_line("out_of_space" if space_refused(exc) else "os_error",
-                                  f"{exc.strerror or exc}{where}"), argv)
+        if _out_of_space(exc):
+            return _failed(_out_of_space(exc), argv)
+        return _failed(error_line("os_error", f"{exc.strerror or exc}{where}"), argv)
     except UnicodeEncodeError as exc:
         return _failed(_unencodable(exc), argv)
     except (MemoryError, ImportError) as exc:
@@ -270,6 +270,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _failed(_out_of_memory(exc), argv)
     return _said_all(status, argv, bool(getattr(args, "stdout_is_a_log", False)))
+
+
+def _out_of_space(exc: OSError) -> str:
+    """The one line for a write a full disk or a quota refused (ENOSPC, EDQUOT; pyarrow's error says it in words
+    only), naming the file or folder the write was for, or "" for another OSError. It was `os_error: No space left
+    on device`, often with no path (a close on a full disk carries none): which of a command's outputs, on which
+    disk, was left to guess. What the command had finished stays where it was (an eval's journal, a batch run's
+    shards) and the same command run again once there is room continues it."""
+    import errno
+
+    from sigma.cli.common import error_line
+    from sigma.tempfiles import room_refused
+
+    refused = room_refused(exc)
+    if refused not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    code = "out_of_space"
+    where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
+    said = exc.strerror or os.strerror(refused)
+    return error_line(code, f"{said}{where} (free room on that file system, or write elsewhere)")
 
 
 def _said_all(status: int, argv: list[str] | None, stdout_is_a_log: bool = False) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -374,12 +375,20 @@ def check_outdir(outdir: Path, create: bool = False) -> Path:
     return outdir
 
 
-def check_outfile(path: Path) -> Path:
+def check_outfile(text: str | Path, example: str = "out.json") -> Path:
     """An output *file* (a COCO JSON, the review page) refused before the work when it names a folder, lies
-    under a file, or would overwrite a batch run's own files (run.json, status, shards), instead of after it."""
+    under a file, or would overwrite a batch run's own files (run.json, status, shards), instead of after it.
+    `text` is the path as typed: one ending in `/` (or `/.`, `/..`) names a folder even where none is yet, and
+    `Path` drops that slash — `sigma report RUN --out RUN/zz/` wrote a file named `zz`. `example`: a file name to
+    suggest in it."""
     from sigma.batch.layout import refuse_folder, refuse_run_file
     from sigma.errors import InputError
 
+    raw = os.fspath(text)
+    if raw.endswith(("/", os.sep)) or os.path.basename(raw) in (".", ".."):
+        raise InputError(f"{raw}: names a folder (it ends in {'/' if raw.endswith(('/', os.sep)) else raw[-2:]!r}); "
+                         f"name the file to write, e.g. {os.path.join(raw, example)}", code="out_is_a_folder")
+    path = Path(raw)
     try:
         refuse_folder(path)
         refuse_run_file(path)

@@ -140,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
         record = resolved | {"annotator_config": annotator.describe()}
         # config.yaml first, metrics.json (which carries the config too) last, the old metrics.json removed in
         # between: a kill leaves the old pair, a config.yaml alone, or the new pair, never the metrics of one run
-        # beside the config of another (metrics.json, then config.yaml, each replaced whole, did)
+        # beside the config of another (metrics.json, then config.yaml, each replaced whole, did). The journal is
+        # one of the set's removals: an eval killed once metrics.json was in place but before the journal's removal
+        # left both, and a rerun with other settings was refused (eval_changed) until --restart, its scores done
         # bounded (`folder_busy`, $SIGMA_FOLDER_LOCK_WAIT_S): another process stopped mid-commit in --out (Ctrl-Z,
         # SIGSTOP; a finish_replacements or a writer that does not take the folder's .lock) kept the eval waiting
         # for ever after its whole evaluation, without a word
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         with busy_as_error("write the metrics into", wait_s):
             replace_together([(out / "config.yaml", resolved_yaml(resolved).encode()),
                               (out / "metrics.json", json_record(result.to_dict() | {"config": record}))],
-                             timeout_s=wait_s)
+                             remove=[journal.path], timeout_s=wait_s)
         journal.finish()
     print(f"\nwrote {printable(out / 'metrics.json')}")
     return 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from sigma.cli.common import AREA, CONFIDENCE, number_in, path
 
@@ -115,7 +114,7 @@ def run_coco(args: argparse.Namespace) -> int:
     from sigma.cli.common import check_outfile
     from sigma.export.coco import export_coco
 
-    check_outfile(Path(args.out))
+    check_outfile(args.out, "coco.json")
     _report(export_coco(args.run_dir, args.out, _row_filter(args), images_dir=args.images, mask=args.mask,
                         order=args.sort, overwrite=args.overwrite))
     return 0

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.file:
             raise InputError("--out goes with --file (one instruction is printed)", code="bad_arguments")
         out, src = Path(args.out), Path(args.file)
-        check_outfile(out)
+        check_outfile(args.out, "parses.jsonl")
         if out.exists() and src.exists() and out.samefile(src):
             raise InputError(f"--out {out} is the --file it reads: the instructions (and their expected fields) "
                              "would be replaced by the parses; name another file", code="bad_arguments")

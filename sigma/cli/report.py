@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from sigma.cli.common import CONFIDENCE, integer, path, within
 
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_min_max(args, ["min_confidence", "max_confidence"])
     if args.out is not None:    # "" too: it wrote RUN_DIR/report.html, a file not asked for
-        check_outfile(Path(args.out))
+        check_outfile(args.out, "report.html")
     print(json.dumps(build_report(args.run_dir, args.out, limit=args.limit, thumb=args.thumb,
                                   min_confidence=args.min_confidence, max_confidence=args.max_confidence,
                                   sort=args.sort)))

@@ -78,7 +78,7 @@ class Progress:
 
     def add(self, perturbation: str, start: int, rows: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
         """One batch's result, on disk (fsynced) before the next batch starts; the journal's header first."""
-        from sigma.tempfiles import replace_atomically, sync_folder
+        from sigma.tempfiles import no_room_said_of, replace_atomically, sync_folder
 
         if not self.started:
             header = json.dumps({"sigma_eval_progress": FORMAT, "fingerprint": self.fp}) + "\n"
@@ -87,7 +87,8 @@ class Progress:
             sync_folder(self.path.parent)
             self.started = True
         line = json.dumps({"perturbation": perturbation, "start": start, "rows": rows, "errors": errors}) + "\n"
-        with open(self.path, "ab") as fh:
+        # a full disk mid-line leaves a line cut short, which the next run drops (`_read`) and scores again
+        with no_room_said_of(self.path), open(self.path, "ab") as fh:
             fh.write(line.encode())
             fh.flush()
             os.fsync(fh.fileno())
@@ -120,6 +121,8 @@ def _read(path: Path, fp: str, done: dict[tuple[str, int], dict[str, Any]]) -> i
                     raise InputError(f"{path}: not the progress journal an eval writes; remove it, pass --restart, "
                                      "or give another --out", code="eval_changed")
                 if entry.get("fingerprint") != fp:
+                    if finished_beside(path, path.parent / "metrics.json"):
+                        return None     # an eval's whole journal beside its metrics: started anew, replaced
                     raise InputError(f"{path}: the progress of an unfinished eval of other settings, annotator or "
                                      "data (changed since it was killed?); this eval would mix its results with "
                                      "those. Run that eval again to finish it, pass --restart to drop its progress "
@@ -131,6 +134,46 @@ def _read(path: Path, fp: str, done: dict[tuple[str, int], dict[str, Any]]) -> i
                 break
             good += len(raw)
     return good or None
+
+
+def finished_beside(journal: Path, metrics: Path) -> bool:
+    """Whether `journal` is that of the eval whose `metrics` are written: complete and matching, so it is stale. An
+    eval killed between putting its metrics.json in place and removing its journal (sigma before the journal's
+    removal was part of the metrics' set) left both, and a rerun with other settings was refused `eval_changed`
+    until --restart, for an eval that had finished. Matching: metrics.json is no older than the journal and its
+    per-pair rows are the journal's, perturbation by perturbation, in order, to the digit (F1, IoU, AUC, fractions).
+    Anything else (an unfinished eval beside an earlier eval's metrics, a file that cannot be read): False."""
+    try:
+        if metrics.stat().st_mtime_ns < journal.stat().st_mtime_ns or metrics.stat().st_size > MAX_JOURNAL_BYTES:
+            return False
+        per_pair = json.loads(metrics.read_bytes())["per_pair"]
+        rows: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+        with open(journal, "rb") as fh:
+            next(fh)                                    # the header
+            for raw in fh:
+                entry = json.loads(raw)
+                kept = rows.setdefault(entry["perturbation"], [])
+                kept.extend((entry["start"], row["index"], row["score"]) for row in entry["rows"])
+        if not isinstance(per_pair, dict) or set(per_pair) != set(rows):
+            return False
+        for perturbation, got in rows.items():
+            want = per_pair[perturbation]
+            if len(want) != len(got):
+                return False
+            for wanted, (_, _, score) in zip(want, sorted(got, key=lambda r: r[:2])):
+                if not all(_same(wanted[key], score[key]) for key in ("f1", "iou", "auc", "gt_fraction",
+                                                                       "pred_fraction")):
+                    return False
+        return True
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, StopIteration):
+        return False
+
+
+def _same(written: Any, stored: Any) -> bool:
+    """A number of metrics.json (NaN written as null) and the journal's (NaN as NaN) alike."""
+    def plain(v: Any) -> Any:
+        return None if v is None or (isinstance(v, float) and v != v) else v
+    return plain(written) == plain(stored)
 
 
 def _check_batch(path: Path, entry: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from sigma.export.select import (
 from sigma.folderlock import hold_folder
 from sigma.io.images import encode_png
 from sigma.rle import decode_rle, mask_bbox
-from sigma.tempfiles import sweep_dead_writers_of, sync_folder
+from sigma.tempfiles import no_room_said_of, sweep_dead_writers_of, sync_folder
 from sigma.text import dumps_finite
 
 CATEGORY = {"id": 1, "name": "edited", "supercategory": "manipulation"}
@@ -175,7 +175,8 @@ def _export(run: CheckedRun, out: Path, write: OutputWrite, row_filter: RowFilte
         # said of `out`, the file the user named: a read-only or full folder was `Read-only file system:
         # /data/tmpvub7ugc6`, the spool's random name, which no one asked for and which does not exist
         raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
-    with spool as handle:
+    # the spool lies beside `out` and is written for it: a full disk there (no file name on the error) said of `out`
+    with spool as handle, no_room_said_of(out):
         return _spooled(run, out, write, row_filter, images_out, mask, order, _Spool(handle))
 
 

@@ -38,7 +38,14 @@ from sigma.export.select import (
 from sigma.folderlock import hold_folder, refuse_non_folder
 from sigma.regular import NotRegularFile
 from sigma.rle import decode_rle, mask_bbox
-from sigma.tempfiles import finish_replacements, make_folders_durably, replace_together, sync_folder, temp_name
+from sigma.tempfiles import (
+    finish_replacements,
+    make_folders_durably,
+    no_room_said_of,
+    replace_together,
+    sync_folder,
+    temp_name,
+)
 from sigma.text import escape_surrogates
 
 SPLIT = "train"
@@ -471,10 +478,12 @@ def _export_hf(run: CheckedRun, out: Path, row_filter: RowFilter | None, name: s
     writer = _ShardedWriter(data_dir, max(1, int(max_shard_mb * (1 << 20))), skipped, row_filter)
     first: dict[str, Any] = {}
     try:
-        for rec in iter_records(run, row_filter, weights, skipped, mask):
-            first = first or rec
-            writer.add(rec)
-        shards = writer.close()
+        # pyarrow's error on a full disk names no file (`Error writing bytes to file. Detail: [errno 28] ...`)
+        with no_room_said_of(data_dir):
+            for rec in iter_records(run, row_filter, weights, skipped, mask):
+                first = first or rec
+                writer.add(rec)
+            shards = writer.close()
         card = dataset_card(_card_info(run, name, first, (weights, weights_source), writer, mask, row_filter))
         files = _commit(out, shards, card.encode(), existing)
     except BaseException:

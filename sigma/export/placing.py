@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sigma.errors import InputError
 from sigma.regular import open_regular
-from sigma.tempfiles import make_folders_durably, write_synced
+from sigma.tempfiles import make_folders_durably, said_of_target, write_synced
 
 #: link() errors that mean "this file system has no hard links", not "the name is taken"
 _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
@@ -109,6 +109,12 @@ class PlacedFiles:
         tmp = self._temp(name)
         try:
             write_synced(tmp, data)
+        except OSError as exc:       # a full disk: said of the image's name in DIR, not of none or the tmp
+            tmp.unlink(missing_ok=True)
+            said = said_of_target(exc, tmp, target, True)
+            if said is exc:
+                raise
+            raise said from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

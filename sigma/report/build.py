@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import heapq
 import io
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +14,18 @@ import numpy as np
 from PIL import Image
 
 from sigma.batch.layout import atomic_write_bytes, is_stream, refuse_run_file
-from sigma.eval.metrics import ImageScore, MetricAccumulator
+from sigma.eval.metrics import ImageScore, ScoreColumns
 from sigma.eval.runner import set_group
-from sigma.export.select import RowFilter, checked_before_writing, iter_pairs, load_rows, without_confidence
+from sigma.export.select import RowFilter, checked_before_writing, iter_pairs, iter_rows, without_confidence
 from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
 from sigma.rle import decode_rle
 from sigma.tempfiles import sweep_dead_writers_of
 from sigma.text import printable
 from sigma.types import confidence_value
+
+#: the bad pairs the page lists (all are counted)
+MAX_ERRORS_SHOWN = 500
 
 
 def _sort_key(row: dict, descending: bool = False) -> tuple:
@@ -39,23 +44,41 @@ def thumbnail_b64(rgb: np.ndarray, max_side: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def set_metrics(rows: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per set, the metrics `sigma eval` prints, from the rows' ground-truth scores. Each score carries the row's
-    confidence, which `conf_rho` (Spearman's rho between confidence and F1) reads: without it every set's rho was
-    null, "undefined", for a run whose confidences rank its masks, where `sigma eval` on the same pairs says +0.77."""
-    acc = MetricAccumulator()
-    for r in rows:
+class SetMetrics:
+    """Per set, the metrics `sigma eval` prints, from the rows' ground-truth scores, a row at a time (`add`): a
+    report reads the run shard by shard and keeps each row's numbers only (no pair id, mask or text). Each score
+    carries the row's confidence, which `conf_rho` (Spearman's rho between confidence and F1) reads: without it every
+    set's rho was null, "undefined", for a run whose confidences rank its masks, where `sigma eval` on the same pairs
+    says +0.77."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, ScoreColumns] = {}
+
+    def add(self, r: dict) -> None:
         if r["status"] != "ok" or r["gt_f1"] is None:
-            continue
-        score = ImageScore(pair_id=r["pair_id"], manipulated=bool(r["gt_fraction"]), f1=r["gt_f1"], iou=r["gt_iou"],
+            return
+        score = ImageScore(pair_id="", manipulated=bool(r["gt_fraction"]), f1=r["gt_f1"], iou=r["gt_iou"],
                            auc=r["gt_auc"] if r["gt_auc"] is not None else float("nan"),
                            gt_fraction=r["gt_fraction"], pred_fraction=r["area_fraction"], tp=r["gt_tp"],
                            fp=r["gt_fp"], fn=r["gt_fn"], confidence=confidence_value(r.get("confidence")))
-        acc.add(score, set_group(r["subset"] or "(all)"))     # a set named "overall" keeps its own row
-    tables = acc.summaries()
-    if len(tables) == 2:      # one set: its row and "overall" say the same
-        tables.pop("overall")
-    return tables
+        for group in (set_group(r["subset"] or "(all)"), "overall"):    # a set named "overall" keeps its own row
+            self.groups.setdefault(group, ScoreColumns()).add(score)
+
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """Every set, "overall" last (`MetricAccumulator.summaries`' order)."""
+        names = [g for g in self.groups if g != "overall"] + (["overall"] if "overall" in self.groups else [])
+        tables = {g: self.groups[g].summary() for g in names}
+        if len(tables) == 2:      # one set: its row and "overall" say the same
+            tables.pop("overall")
+        return tables
+
+
+def set_metrics(rows: Iterable[dict]) -> dict[str, dict[str, Any]]:
+    """`SetMetrics` of `rows`, whole."""
+    metrics = SetMetrics()
+    for r in rows:
+        metrics.add(r)
+    return metrics.tables()
 
 
 class _Chosen:
@@ -77,18 +100,34 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
     refuse_run_file(out)
     run = checked_before_writing(run_dir)
     rundir, record = run.rundir, run.record
-    rows = load_rows(run, RowFilter(include_errors=True))
     bounds = RowFilter(min_confidence=min_confidence, max_confidence=max_confidence)
-    ok = sorted((r for r in rows if r["status"] == "ok" and bounds.keep(r)),
-                key=lambda r: _sort_key(r, descending=sort == "confidence"))
-    errors = [r for r in rows if r["status"] != "ok"]
+    metrics = SetMetrics()
+    errors: list[dict] = []          # the first MAX_ERRORS_SHOWN bad pairs, for the page; all of them counted
+    counts = {"bad": 0, "in_bounds": 0}
+
+    def in_bounds() -> Iterator[dict]:
+        """The run's rows a shard at a time (every row of a run held at once was ~4 KB a row: 1 GB for 200k rows),
+        counting the bad ones and scoring the good ones on the way; the good ones within the bounds yielded."""
+        for _, shard_rows in iter_rows(run, RowFilter(include_errors=True)):
+            for r in shard_rows:
+                if r["status"] != "ok":
+                    counts["bad"] += 1
+                    if len(errors) < MAX_ERRORS_SHOWN:
+                        errors.append({k: r[k] for k in ("pair_id", "source", "error_code", "error")})
+                    continue
+                metrics.add(r)
+                if bounds.keep(r):
+                    counts["in_bounds"] += 1
+                    yield r
+
+    # the gallery's `limit` rows, as sorted() then [:limit] gave them (the key ends in shard and index: no ties)
+    chosen = heapq.nsmallest(limit, in_bounds(), key=lambda r: _sort_key(r, descending=sort == "confidence"))
     good = bounds.seen["ok"]
-    if good and not ok:
+    if good and not chosen:
         # the export at these bounds is `no_results`; the page was written empty with exit 0, its summary saying
         # pairs_ok 0 of a run of good pairs, and nothing said why (an annotator without confidence, pixel-diff)
         why = without_confidence(bounds) or f"no pair's confidence is within {min_confidence} .. {max_confidence}"
         print(printable(f"sigma: warning: the gallery is empty: {why}"), file=sys.stderr)
-    chosen = ok[:limit]
     keys = {(r["shard"], r["index"]) for r in chosen}
     thumbs: dict[tuple[str, int], dict[str, str]] = {}
     unreadable = 0
@@ -106,22 +145,21 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
                       "confidence": confidence_value(r.get("confidence")),
                       "mask_source": r.get("mask_source"), "is_composite": r.get("is_composite"),
                       "images": thumbs.get((r["shard"], r["index"]))})
+    tables = metrics.tables()
     status = rundir.summary(record=record)
     page = render_page(
         title=f"SIGMA review: {Path(run_dir).resolve().name}",
         run={"run_dir": str(Path(run_dir).resolve()), "run_hash": record["run_hash"],
              "annotator": record["config"].get("annotator"), "input": record["config"]["input"]["path"],
              "format": record.get("format"), **{k: status[k] for k in ("shards", "done", "failed", "pending")},
-             "pairs_ok": good, "pairs_in_bounds": len(ok), "pairs_bad": len(errors), "shown": len(items),
+             "pairs_ok": good, "pairs_in_bounds": counts["in_bounds"], "pairs_bad": counts["bad"], "shown": len(items),
              "order": sort,
              "confidence_bounds": [min_confidence, max_confidence]},
-        metrics=set_metrics(rows), items=items,
-        errors=[{k: r[k] for k in ("pair_id", "source", "error_code", "error")} for r in errors[:500]])
+        metrics=tables, items=items, errors=errors)
     if not is_stream(out):
         # the page's temporary files (`.report.html.PID.RANDOM.tmp`, megabytes of inlined thumbnails) a report killed
         # while writing left beside it, one per kill: only that name, only of dead writers (the folder is anyone's)
         sweep_dead_writers_of(out.parent, names={out.name})
     atomic_write_bytes(out, page.encode("utf-8"))
-    return {"out": str(out), "items": len(items), "pairs_ok": good, "pairs_in_bounds": len(ok),
-            "pairs_bad": len(errors),
-            "metric_sets": len(set_metrics(rows)), "unreadable": unreadable}
+    return {"out": str(out), "items": len(items), "pairs_ok": good, "pairs_in_bounds": counts["in_bounds"],
+            "pairs_bad": counts["bad"], "metric_sets": len(tables), "unreadable": unreadable}
