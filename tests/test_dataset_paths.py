@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_eval import make_pair_set
 from test_synth import make_photos
@@ -164,3 +165,70 @@ def test_the_folder_by_folder_confinement_answers_as_resolving_each_path_whole(t
                for name in names}
     assert all(whole == by_folder for whole, by_folder in answers.values()), answers
     assert answers["a.png"][1] and answers["in/a.png"][1] and not answers["out/passwd"][1] and not answers["up"][1]
+
+
+def _swap_for_link_outside(set_dir: Path, name: str, outside: Path) -> None:
+    """`set_dir / name` replaced by a link to `outside`, as a hostile process could between a reader's check of the
+    manifest and its open of the file."""
+    (set_dir / name).unlink()
+    (set_dir / name).symlink_to(outside)
+
+
+def test_a_file_swapped_for_a_link_outside_after_the_manifest_was_read_is_not_read_by_eval(tmp_path):
+    """Eval checked each path when it read the manifest and opened the file later: a mask swapped for a link to a
+    file outside the set in between was read and scored. Now the open itself is checked: that pair is refused,
+    path_outside_root, and the others are scored."""
+    from sigma.annotators.pixel_diff import PixelDiff
+    from sigma.eval.runner import eval_records, evaluate
+
+    d = make_pair_set(tmp_path, "s", 3)
+    secret = tmp_path / "secret_mask.png"
+    (d / "s_2_mask.png").rename(secret)
+    records = eval_records(d)[:2]
+    _swap_for_link_outside(d, "s_0_mask.png", secret)
+    result = evaluate(PixelDiff(), d, ["none"], records=records)
+    assert [(e["id"], e["code"]) for e in result.errors] == [("s_0", "path_outside_root")], result.errors
+    assert str(d / "s_0_mask.png") in result.errors[0]["message"]
+    assert [rec.pair_id for rec, _ in result.scores["none"]] == ["s_1"]
+
+
+def test_a_folder_swapped_for_a_link_outside_after_the_manifest_was_read_is_not_trained_on(tmp_path):
+    """Training's `sources` read the manifest at start and the images at each sample: a sub-folder of the set
+    swapped for a link to a folder outside was trained on. Now path_outside_root at the sample."""
+    from sigma.errors import InputError
+    from sigma.training.config import SourceConfig
+    from sigma.training.data import FolderSource
+
+    d = make_pair_set(tmp_path, "s", 1)
+    (d / "sub").mkdir()
+    for kind in ("original", "edited", "mask"):
+        (d / f"s_0_{kind}.png").rename(d / "sub" / f"s_0_{kind}.png")
+    lines = (d / "pairs.jsonl").read_text().replace('"s_0_', '"sub/s_0_')
+    (d / "pairs.jsonl").write_text(lines)
+    source = FolderSource(SourceConfig(path=str(d)), crop=16)
+    assert source.sample(np.random.default_rng(0)).original.shape == (16, 16, 3)
+    (d / "sub").rename(tmp_path / "elsewhere")
+    (d / "sub").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError) as caught:
+        source.sample(np.random.default_rng(0))
+    assert caught.value.code == "path_outside_root" and str(d / "sub" / "s_0_original.png") in caught.value.message
+
+
+def test_the_check_on_an_opened_file_asks_the_kernel_what_was_opened(tmp_path):
+    """`refuse_opened_outside` judges the file the descriptor is open on, not the name: a file opened through a link
+    out of the root is refused even though the name lies inside it, and one inside (a link that stays in) is not."""
+    from sigma.errors import InputError
+    from sigma.io.confine import refuse_opened_outside
+
+    root = tmp_path / "set"
+    root.mkdir()
+    (tmp_path / "secret").write_bytes(b"x")
+    (root / "inside").write_bytes(b"y")
+    (root / "out").symlink_to(tmp_path / "secret")
+    (root / "in").symlink_to(root / "inside")
+    real_root = os.path.realpath(root)
+    with open(root / "in", "rb") as handle:
+        refuse_opened_outside(handle.fileno(), str(root / "in"), real_root, "in")
+    with open(root / "out", "rb") as handle, pytest.raises(InputError) as caught:
+        refuse_opened_outside(handle.fileno(), str(root / "out"), real_root, "out")
+    assert caught.value.code == "path_outside_root"

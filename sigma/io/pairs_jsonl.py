@@ -30,6 +30,7 @@ class EvalRecord:
     instruction: str | None
     edit_type: str | None
     whole_image_changed: bool
+    root: str | None = None        # the set's folder, resolved: each file is opened only inside it (`read_image`)
 
 
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
@@ -191,6 +192,7 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                     set_name=set_dir.name, pair_id=str(rec["id"]), original=paths["original"],
                     edited=paths["edited"], mask=paths.get("mask"),
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
-                    whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"))
+                    whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"),
+                    root=confinement.real_root)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise InputError(f"{where}: bad record ({exc})", code="bad_manifest") from exc

@@ -31,12 +31,12 @@ class FolderSource:
         from sigma.io.images import read_image, read_mask
 
         rec = self.records[int(rng.integers(len(self.records)))]
-        orig = read_image(rec.original).rgb
-        edit = read_image(rec.edited).rgb
+        orig = read_image(rec.original, root=rec.root).rgb      # checked again as opened: a link swapped in since
+        edit = read_image(rec.edited, root=rec.root).rgb
         if edit.shape != orig.shape:
             edit = cv2.resize(edit, (orig.shape[1], orig.shape[0]), interpolation=cv2.INTER_AREA)
         labelled = self.cfg.labelled and rec.mask is not None and rec.mask.is_file()
-        mask = read_mask(rec.mask) if labelled else np.zeros(orig.shape[:2], bool)
+        mask = read_mask(rec.mask, root=rec.root) if labelled else np.zeros(orig.shape[:2], bool)
         c = self.crop
         h, w = orig.shape[:2]
         s = max(c / min(h, w), min(1.0, 2 * c / max(h, w)))  # bring the short side near the crop size
