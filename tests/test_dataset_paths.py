@@ -232,3 +232,36 @@ def test_the_check_on_an_opened_file_asks_the_kernel_what_was_opened(tmp_path):
     with open(root / "out", "rb") as handle, pytest.raises(InputError) as caught:
         refuse_opened_outside(handle.fileno(), str(root / "out"), real_root, "out")
     assert caught.value.code == "path_outside_root"
+
+
+@pytest.mark.parametrize("command", ["eval", "batch"])
+def test_a_set_folder_or_manifest_the_user_may_not_read_is_said_naming_it(tmp_path, command):
+    """Run as a user (`chmod` binds): a set's folder of mode 000 beside a readable set was passed over without a word
+    (eval scored the other set; `batch run` annotated it), alone it was `no_pairs`, and an unreadable pairs.jsonl was
+    `os_error`. Now `permission_denied` naming the folder or the file, exit 2, nothing scored."""
+    import subprocess
+    import sys
+
+    from test_eval import _as_one_refused_writes
+
+    data = tmp_path / "sets"
+    make_pair_set(data, "a", 1)
+    locked = make_pair_set(data, "b", 1)
+    unreadable = make_pair_set(tmp_path / "one", "c", 1) / "pairs.jsonl"
+    base = [sys.executable, "-m", "sigma", *(["eval", "--data"] if command == "eval" else ["batch", "run"])]
+    quiet = ["--no-progress"] if command == "batch" else []
+    cases = [(data, f"{locked}: permission denied (the folder cannot be looked into)"),
+             (locked, f"{locked}: permission denied (the folder cannot be looked into)"),
+             (unreadable.parent, f"{unreadable}: permission denied; a set's pairs.jsonl must be readable")]
+    locked.chmod(0)
+    unreadable.chmod(0)
+    try:
+        for n, (given, said) in enumerate(cases):
+            out = tmp_path / f"out{n}"
+            done = subprocess.run(_as_one_refused_writes([*base, str(given), "--annotator", "pixel-diff", "--out",
+                                                          str(out), *quiet]),
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert done.returncode == 2 and done.stderr.startswith(f"sigma: error [permission_denied]: {said}"), done
+            assert not (out / "metrics.json").exists() and not (out / "run.json").exists()
+    finally:
+        locked.chmod(0o755)

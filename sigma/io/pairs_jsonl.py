@@ -83,8 +83,17 @@ def refuse_unreadable_manifest(manifest: Path) -> None:
     """An UnreadableManifest when something stands at `manifest` that is no regular file: a FIFO, a device, a folder
     (`not_a_regular_file`), a broken link or a link loop (`file_not_found`, in `broken_link`'s words). Such a set was
     "no pairs.jsonl here or in its sub-folders" (`no_pairs`) on its own, and in a folder of sets was passed over
-    without a word: its pairs missing from every table. Nothing is opened (a FIFO's open would block)."""
-    if not os.path.lexists(manifest) or manifest.is_file():
+    without a word: its pairs missing from every table. Nothing is opened (a FIFO's open would block). A set's
+    folder the user may not look into (`chmod 000`, no `x`) is `permission_denied` naming it: `lexists` said "not
+    there", so it was passed over as well, or `no_pairs` alone."""
+    try:
+        os.lstat(manifest)
+    except PermissionError:
+        raise UnreadableManifest(f"{manifest.parent}: permission denied (the folder cannot be looked into); a set's "
+                                 "folder must be readable to you (chmod u+rx)", code="permission_denied") from None
+    except (OSError, ValueError):
+        return
+    if manifest.is_file():
         return
     gone = broken_link(manifest)
     if gone is not None:
@@ -126,9 +135,13 @@ def find_sets(data: str | Path) -> list[Path]:
 
 def open_manifest(manifest: Path) -> BinaryIO:
     """`manifest` opened for reading if it is a regular file. `find_sets` passes over anything else, but a FIFO put in
-    its place after that check hung a plain `open()` for ever; refused here as a set without one is (no_pairs)."""
+    its place after that check hung a plain `open()` for ever; refused here as a set without one is (no_pairs).
+    One the user may not read is `permission_denied`, naming it."""
     try:
         return open_regular(manifest, "rb")
+    except PermissionError:     # was os_error, unlike the set's images (file_unreadable) and folder (above)
+        raise InputError(f"{manifest}: permission denied; a set's pairs.jsonl must be readable to you (chmod u+r)",
+                         code="permission_denied") from None
     except NotRegularFile as exc:
         raise InputError(f"{manifest}: not a regular file ({exc.kind}); a manifest must be a file",
                          code="not_a_regular_file") from None
