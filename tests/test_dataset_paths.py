@@ -265,3 +265,38 @@ def test_a_set_folder_or_manifest_the_user_may_not_read_is_said_naming_it(tmp_pa
             assert not (out / "metrics.json").exists() and not (out / "run.json").exists()
     finally:
         locked.chmod(0o755)
+
+
+def _lone_surrogates(value: object) -> list[str]:
+    """Every string (keys too) of parsed JSON that holds a lone surrogate: what a strict JSON reader refuses."""
+    if isinstance(value, str):
+        return [value] if any(0xD800 <= ord(c) <= 0xDFFF for c in value) else []
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _lone_surrogates(k) + _lone_surrogates(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _lone_surrogates(v)]
+    return []
+
+
+def test_a_set_and_a_data_folder_named_in_non_utf8_bytes_are_written_escaped_to_metrics_and_reports(tmp_path,
+                                                                                                 capsys):
+    """A set folder `s\\xff` (and `--data` under a folder of such bytes) was written to metrics.json as the JSON
+    escape of a lone surrogate, "\\udcff", which strict readers (serde_json) refuse; and `sigma report` of a batch
+    run over it failed `invalid_text` quoting the page's first 200 characters. Now both write the name as the text
+    `\\udcff` (a backslash, then udcff), which every reader takes, and two such names stay two."""
+    data = Path(os.fsdecode(bytes(tmp_path) + b"/data\xff"))
+    for name in ("s\udcff", "s\udcfe"):      # ids of plain text: a record's text holds no lone surrogate
+        make_pair_set(data, "plain", 1).rename(data / name)
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert _lone_surrogates(metrics) == []
+    assert sorted(metrics["tables"]["none"]) == ["overall", "s\\udcfe", "s\\udcff"]
+    assert metrics["config"]["data"].endswith("data\\udcff")
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0, capsys.readouterr().err
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "data\\udcff" in page and "s\\udcfe" in page
+

@@ -14,7 +14,7 @@ from sigma.io.folders import require_folder
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
 from sigma.regular import NotRegularFile, broken_link, kind_of, open_regular
-from sigma.text import find_surrogate, printable
+from sigma.text import escape_surrogates, find_surrogate, printable
 from sigma.text import loads as load_json
 
 MAX_RECORD_BYTES = 1 << 20     # a record (paths, an id, an instruction) is a few hundred bytes
@@ -171,6 +171,10 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
     confinement = Confinement(set_dir)
+    # a folder name of non-UTF-8 bytes (0xFF: Python's lone surrogate U+DCFF) is the set's name escaped, `s\udcff`:
+    # raw, it reached metrics.json as a lone-surrogate escape strict JSON readers refuse, and the printed table
+    # failed `invalid_text` on any stdout that is not surrogate-escaping
+    set_name = escape_surrogates(set_dir.name)
     with open_manifest(manifest) as handle:
         for line_no, raw in enumerate(iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
@@ -202,7 +206,7 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                         raise InputError(f"{where}: {name} names a path with a NUL byte", code="invalid_path")
                 paths = {name: _inside_set(set_dir, confinement, name, value, where) for name, value in files.items()}
                 yield EvalRecord(
-                    set_name=set_dir.name, pair_id=str(rec["id"]), original=paths["original"],
+                    set_name=set_name, pair_id=str(rec["id"]), original=paths["original"],
                     edited=paths["edited"], mask=paths.get("mask"),
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
                     whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"),
