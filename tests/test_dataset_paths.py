@@ -300,3 +300,23 @@ def test_a_set_and_a_data_folder_named_in_non_utf8_bytes_are_written_escaped_to_
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "data\\udcff" in page and "s\\udcfe" in page
 
+
+def test_a_manifest_path_with_windows_separators_says_why_it_is_not_found(tmp_path, capsys):
+    """A pairs.jsonl written on Windows names `sub\\\\a.png`: here that is one file name with a backslash in it, and
+    eval said only `file_not_found`. Now the message adds that `sub/a.png` is there and to write the path with /;
+    a path with a backslash whose slash form is not there, or lies outside the set, gets no hint."""
+    d = make_pair_set(tmp_path, "s", 2)
+    (d / "sub").mkdir()
+    (d / "s_0_original.png").rename(d / "sub" / "s_0_original.png")
+    (tmp_path / "outside.png").write_bytes((d / "s_1_original.png").read_bytes())
+    lines = (d / "pairs.jsonl").read_text().splitlines()
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    first["original"], second["original"] = "sub\\s_0_original.png", "..\\outside.png"
+    (d / "pairs.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    assert main(["eval", "--data", str(d), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 2
+    said = capsys.readouterr()
+    err = said.out + said.err                 # the skipped pairs' lines, then the error
+    hint = (f"{d}/sub\\s_0_original.png: file not found (its path holds a backslash, which is part of a name here, "
+            f"not a separator: {d}/sub/s_0_original.png is there; write the path with /)")
+    assert hint in err, err
+    assert f"{d}/..\\outside.png: file not found\n" in err, err

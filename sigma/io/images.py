@@ -16,7 +16,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
-from sigma.io.confine import refuse_opened_outside, refuse_outside
+from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.regular import BrokenLink, NotRegularFile, broken_link, kind_of, open_regular
 from sigma.tempfiles import replace_atomically
@@ -683,6 +683,20 @@ def not_an_image_file(where: str, kind: str) -> ImageError:
     return ImageError(f"{where}: not a regular file ({kind}); an image must be a file", code="not_a_regular_file")
 
 
+def _slash_hint(path: Path, root: str | None) -> str:
+    """A hint for a missing file whose path holds a backslash when the same path with `/` is there: a manifest written
+    on Windows (`sub\\a.png`) names, here, one file called `sub\\a.png`; its file_not_found said nothing of why.
+    Inside `root` only (a confined run must not learn what exists outside it)."""
+    text = str(path)
+    if "\\" not in text:
+        return ""
+    slashed = text.replace("\\", "/")
+    if (root is not None and resolved_under(slashed, root) is None) or not os.path.isfile(slashed):
+        return ""
+    return (f" (its path holds a backslash, which is part of a name here, not a separator: {shown_path(slashed)} "
+            "is there; write the path with /)")
+
+
 def read_file_bytes(path: str | Path, max_bytes: int, root: str | None = None) -> bytes:
     """A regular file's bytes, at most `max_bytes` (else file_too_large), with one-line errors: file_not_found,
     not_a_regular_file (a FIFO, a folder, a device), file_unreadable (permissions, a name too long for the file
@@ -698,7 +712,7 @@ def read_file_bytes(path: str | Path, max_bytes: int, root: str | None = None) -
     try:
         if not path.exists():
             gone = broken_link(path)      # a link to nothing is said as one, with where it points
-            why = shown_path(gone.strerror) if gone else "file not found"
+            why = shown_path(gone.strerror) if gone else f"file not found{_slash_hint(path, root)}"
             raise ImageError(f"{where}: {why}", code="file_not_found")
         if not path.is_file():
             raise not_an_image_file(where, kind_of(path))
