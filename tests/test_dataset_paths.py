@@ -320,3 +320,27 @@ def test_a_manifest_path_with_windows_separators_says_why_it_is_not_found(tmp_pa
             f"not a separator: {d}/sub/s_0_original.png is there; write the path with /)")
     assert hint in err, err
     assert f"{d}/..\\outside.png: file not found\n" in err, err
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "link"])
+def test_a_validation_folder_naming_files_outside_it_is_refused(tmp_path, how):
+    """`eval.val_dir`'s own reader (`load_val_dir`, not the pairs.jsonl one eval and `sources` share) opened
+    whatever its records named: `../x`, an absolute path, a link out of the folder, scored as validation. Now
+    path_outside_root naming the line, as every other pairs.jsonl reader."""
+    from sigma.errors import InputError
+    from sigma.training.data import load_val_dir
+
+    d = make_pair_set(tmp_path, "val", 2)
+    secret = tmp_path / "secret.png"
+    (d / "val_0_mask.png").rename(secret)
+    if how == "link":
+        (d / "val_0_mask.png").symlink_to(secret)
+    else:
+        _point_first_mask_at(d, "../secret.png" if how == "dotdot" else str(secret))
+    with pytest.raises(InputError) as caught:
+        load_val_dir(d)
+    assert caught.value.code == "path_outside_root" and "pairs.jsonl:1: mask" in caught.value.message
+    (d / "val_0_mask.png").unlink(missing_ok=True)
+    secret.rename(d / "val_0_mask.png")
+    _point_first_mask_at(d, "val_0_mask.png")
+    assert len(load_val_dir(d)) == 2

@@ -147,7 +147,7 @@ def open_manifest(manifest: Path) -> BinaryIO:
                          code="not_a_regular_file") from None
 
 
-def _inside_set(set_dir: Path, confinement: Confinement, name: str, value: str, where: str) -> Path:
+def inside_set(set_dir: Path, confinement: Confinement, name: str, value: str, where: str) -> Path:
     """`set_dir / value` if it lies inside the set's folder, else `path_outside_root` (nothing read). A set is a
     folder others hand around (a download, a shared eval set): a record naming `../../home/u/.ssh/id_rsa.png`, an
     absolute path, or a link in the folder to elsewhere made `sigma eval` and `sigma train` (`eval.data`, `sources`)
@@ -165,7 +165,7 @@ def _inside_set(set_dir: Path, confinement: Confinement, name: str, value: str, 
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     """Every record, or an InputError naming the line: a record that is not JSON, lacks a field, holds text
     that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise), names a
-    file with a NUL byte or a file outside the set's folder (`_inside_set`) stops the read, as a malformed
+    file with a NUL byte or a file outside the set's folder (`inside_set`) stops the read, as a malformed
     manifest should, instead of failing somewhere later. So does a record longer than MAX_RECORD_BYTES, read no
     further than that (a 300 MB line took 1.2 GB and became a 300 MB pair id in metrics.json; an endless one, a
     MemoryError traceback)."""
@@ -204,7 +204,7 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                 for name, value in files.items():
                     if "\x00" in value:
                         raise InputError(f"{where}: {name} names a path with a NUL byte", code="invalid_path")
-                paths = {name: _inside_set(set_dir, confinement, name, value, where) for name, value in files.items()}
+                paths = {name: inside_set(set_dir, confinement, name, value, where) for name, value in files.items()}
                 yield EvalRecord(
                     set_name=set_name, pair_id=str(rec["id"]), original=paths["original"],
                     edited=paths["edited"], mask=paths.get("mask"),

@@ -211,13 +211,18 @@ def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
 def load_val_dir(folder: Path) -> list[SynthSample]:
     """A pairs.jsonl folder as SynthSamples (kind read back from the synth metadata when present)."""
     from sigma.errors import InputError
+    from sigma.io.confine import Confinement
     from sigma.io.images import read_image, read_mask
+    from sigma.io.pairs_jsonl import inside_set
     from sigma.io.unfinished import refuse_unfinished
     from sigma.text import loads
 
     refuse_unfinished(folder)       # a `sigma synth --out` set begun (again) since the run's start
     out = []
     manifest = folder / "pairs.jsonl"
+    # its files lie inside it, as every pairs.jsonl reader's (`sigma eval`, `sources`): a record naming `../x`, an
+    # absolute path or a link out of the folder was read and scored as validation (path_outside_root now)
+    confinement = Confinement(folder)
     for line_no, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -229,9 +234,12 @@ def load_val_dir(folder: Path) -> list[SynthSample]:
                                                 for k in ("id", "original", "edited", "mask")):
             raise InputError(f"{manifest}:{line_no}: a validation record needs text id, original, edited and mask",
                              code="bad_manifest")
-        orig = read_image(folder / rec["original"]).rgb
-        edit = read_image(folder / rec["edited"]).rgb
-        mask = read_mask(folder / rec["mask"])
+        paths = {k: inside_set(folder, confinement, k, rec[k], f"{manifest}:{line_no}")
+                 for k in ("original", "edited", "mask")}
+        root = confinement.real_root
+        orig = read_image(paths["original"], root=root).rgb
+        edit = read_image(paths["edited"], root=root).rgb
+        mask = read_mask(paths["mask"], root=root)
         meta = rec.get("synth") or {}
         kind = meta.get("kind", "folder") if isinstance(meta, dict) else "folder"
         out.append(SynthSample(orig, edit, mask, kind, rec.get("edit_type"),
