@@ -250,11 +250,16 @@ def test_a_set_folder_or_manifest_the_user_may_not_read_is_said_naming_it(tmp_pa
     unreadable = make_pair_set(tmp_path / "one", "c", 1) / "pairs.jsonl"
     base = [sys.executable, "-m", "sigma", *(["eval", "--data"] if command == "eval" else ["batch", "run"])]
     quiet = ["--no-progress"] if command == "batch" else []
+    unlisted = make_pair_set(tmp_path / "unlisted", "d", 1).parent
     cases = [(data, f"{locked}: permission denied (the folder cannot be looked into)"),
              (locked, f"{locked}: permission denied (the folder cannot be looked into)"),
-             (unreadable.parent, f"{unreadable}: permission denied; a set's pairs.jsonl must be readable")]
+             (unreadable.parent, f"{unreadable}: permission denied; a set's pairs.jsonl must be readable"),
+             (unlisted, f"{unlisted}: permission denied (the folder cannot be listed)")]
     locked.chmod(0)
     unreadable.chmod(0)
+    unlisted.chmod(0o311)               # a folder of sets must be listed; a set of mode 311 need not be (below)
+    set311 = make_pair_set(tmp_path / "m", "e", 1)
+    set311.chmod(0o311)
     try:
         for n, (given, said) in enumerate(cases):
             out = tmp_path / f"out{n}"
@@ -263,8 +268,13 @@ def test_a_set_folder_or_manifest_the_user_may_not_read_is_said_naming_it(tmp_pa
                                   capture_output=True, text=True, timeout=120, check=False)
             assert done.returncode == 2 and done.stderr.startswith(f"sigma: error [permission_denied]: {said}"), done
             assert not (out / "metrics.json").exists() and not (out / "run.json").exists()
+        done = subprocess.run(_as_one_refused_writes([*base, str(set311), "--annotator", "pixel-diff",
+                                                      "--out", str(tmp_path / "out311"), *quiet]),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done
     finally:
-        locked.chmod(0o755)
+        for folder in (locked, unlisted, set311):
+            folder.chmod(0o755)
 
 
 def _lone_surrogates(value: object) -> list[str]:

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 from sigma.errors import InputError
 from sigma.io.confine import Confinement
-from sigma.io.folders import require_folder
+from sigma.io.folders import refuse_unreadable_folder, require_folder
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
 from sigma.regular import NotRegularFile, broken_link, kind_of, open_regular
@@ -113,12 +113,14 @@ def find_sets(data: str | Path) -> list[Path]:
     if data.exists() and not data.is_dir() and data.name == "pairs.jsonl":
         raise InputError(f"{data}: not a regular file ({kind_of(data)}); a manifest must be a file",
                          code="not_a_regular_file")
+    # not `listed`: a set's folder is read through its pairs.jsonl (mode 311 will do); a folder of sets is listed below
     require_folder(data, "expected a set's folder (holding pairs.jsonl), a folder of sets, or a set's pairs.jsonl",
-                   missing="evaluation folder not found")
+                   missing="evaluation folder not found", listed=False)
     refuse_unfinished(data)         # a killed `sigma synth`: no pairs.jsonl, or the one it had not yet withdrawn
     refuse_unreadable_manifest(data / "pairs.jsonl")
     if (data / "pairs.jsonl").is_file():
         return [data]
+    refuse_unreadable_folder(data)      # a folder of sets, listed: glob saw none in one of mode 311 (no_pairs)
     for marked in sorted(data.glob(f"*/{UNFINISHED}")):      # one set of the folder unfinished: not passed over
         refuse_unfinished(marked.parent)
     with os.scandir(data) as entries:     # glob() lists no broken link or link loop: those sets were passed over too

@@ -54,7 +54,7 @@ def detect_format(path: Path) -> str:
         if name.endswith(TAR_SUFFIXES):
             return "wds"
         raise InputError(f"{path}: cannot tell the format from the name; pass --format", code="unknown_format")
-    refuse_unreadable_folder(path)     # was os_error naming its state.json, or no_pairs
+    refuse_unreadable_folder(path, listed=False)     # mode 000: was os_error naming its state.json, or no_pairs
     if is_saved_dataset(path):
         return "hf"
     if find_sets(path):
