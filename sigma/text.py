@@ -278,6 +278,21 @@ def escape_surrogates(text: str) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def surrogates_escaped(value: Any) -> Any:
+    """Plain JSON `value` (dicts, lists, text, numbers) with every lone surrogate of its text, keys included, written
+    as the six characters `\\udXXX` (`escape_surrogates`). A name from a file name of non-UTF-8 bytes (a set folder,
+    `--data`: the byte 0xFF is the surrogate U+DCFF in Python) was written to metrics.json as the JSON escape
+    `"\\udcff"`, a lone surrogate that strict readers (serde_json, many JSON Schema validators) refuse, taking the
+    whole file with it; as text (`"s\\\\udcff"` in the file) any reader takes it, and 0xFF and 0xFE stay apart."""
+    if isinstance(value, str):
+        return escape_surrogates(value)
+    if isinstance(value, dict):
+        return {escape_surrogates(k) if isinstance(k, str) else k: surrogates_escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [surrogates_escaped(v) for v in value]
+    return value
+
+
 def loads(text: str | bytes) -> Any:
     """`json.loads`, every failure a ValueError (JSONDecodeError is one). CPython also raises a bare
     ValueError for an integer of more than 4300 digits — with advice about sys.set_int_max_str_digits that

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_eval import make_pair_set
 from test_synth import make_photos
@@ -164,3 +165,192 @@ def test_the_folder_by_folder_confinement_answers_as_resolving_each_path_whole(t
                for name in names}
     assert all(whole == by_folder for whole, by_folder in answers.values()), answers
     assert answers["a.png"][1] and answers["in/a.png"][1] and not answers["out/passwd"][1] and not answers["up"][1]
+
+
+def _swap_for_link_outside(set_dir: Path, name: str, outside: Path) -> None:
+    """`set_dir / name` replaced by a link to `outside`, as a hostile process could between a reader's check of the
+    manifest and its open of the file."""
+    (set_dir / name).unlink()
+    (set_dir / name).symlink_to(outside)
+
+
+def test_a_file_swapped_for_a_link_outside_after_the_manifest_was_read_is_not_read_by_eval(tmp_path):
+    """Eval checked each path when it read the manifest and opened the file later: a mask swapped for a link to a
+    file outside the set in between was read and scored. Now the open itself is checked: that pair is refused,
+    path_outside_root, and the others are scored."""
+    from sigma.annotators.pixel_diff import PixelDiff
+    from sigma.eval.runner import eval_records, evaluate
+
+    d = make_pair_set(tmp_path, "s", 3)
+    secret = tmp_path / "secret_mask.png"
+    (d / "s_2_mask.png").rename(secret)
+    records = eval_records(d)[:2]
+    _swap_for_link_outside(d, "s_0_mask.png", secret)
+    result = evaluate(PixelDiff(), d, ["none"], records=records)
+    assert [(e["id"], e["code"]) for e in result.errors] == [("s_0", "path_outside_root")], result.errors
+    assert str(d / "s_0_mask.png") in result.errors[0]["message"]
+    assert [rec.pair_id for rec, _ in result.scores["none"]] == ["s_1"]
+
+
+def test_a_folder_swapped_for_a_link_outside_after_the_manifest_was_read_is_not_trained_on(tmp_path):
+    """Training's `sources` read the manifest at start and the images at each sample: a sub-folder of the set
+    swapped for a link to a folder outside was trained on. Now path_outside_root at the sample."""
+    from sigma.errors import InputError
+    from sigma.training.config import SourceConfig
+    from sigma.training.data import FolderSource
+
+    d = make_pair_set(tmp_path, "s", 1)
+    (d / "sub").mkdir()
+    for kind in ("original", "edited", "mask"):
+        (d / f"s_0_{kind}.png").rename(d / "sub" / f"s_0_{kind}.png")
+    lines = (d / "pairs.jsonl").read_text().replace('"s_0_', '"sub/s_0_')
+    (d / "pairs.jsonl").write_text(lines)
+    source = FolderSource(SourceConfig(path=str(d)), crop=16)
+    assert source.sample(np.random.default_rng(0)).original.shape == (16, 16, 3)
+    (d / "sub").rename(tmp_path / "elsewhere")
+    (d / "sub").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError) as caught:
+        source.sample(np.random.default_rng(0))
+    assert caught.value.code == "path_outside_root" and str(d / "sub" / "s_0_original.png") in caught.value.message
+
+
+def test_the_check_on_an_opened_file_asks_the_kernel_what_was_opened(tmp_path):
+    """`refuse_opened_outside` judges the file the descriptor is open on, not the name: a file opened through a link
+    out of the root is refused even though the name lies inside it, and one inside (a link that stays in) is not."""
+    from sigma.errors import InputError
+    from sigma.io.confine import refuse_opened_outside
+
+    root = tmp_path / "set"
+    root.mkdir()
+    (tmp_path / "secret").write_bytes(b"x")
+    (root / "inside").write_bytes(b"y")
+    (root / "out").symlink_to(tmp_path / "secret")
+    (root / "in").symlink_to(root / "inside")
+    real_root = os.path.realpath(root)
+    with open(root / "in", "rb") as handle:
+        refuse_opened_outside(handle.fileno(), str(root / "in"), real_root, "in")
+    with open(root / "out", "rb") as handle, pytest.raises(InputError) as caught:
+        refuse_opened_outside(handle.fileno(), str(root / "out"), real_root, "out")
+    assert caught.value.code == "path_outside_root"
+
+
+@pytest.mark.parametrize("command", ["eval", "batch"])
+def test_a_set_folder_or_manifest_the_user_may_not_read_is_said_naming_it(tmp_path, command):
+    """Run as a user (`chmod` binds): a set's folder of mode 000 beside a readable set was passed over without a word
+    (eval scored the other set; `batch run` annotated it), alone it was `no_pairs`, and an unreadable pairs.jsonl was
+    `os_error`. Now `permission_denied` naming the folder or the file, exit 2, nothing scored."""
+    import subprocess
+    import sys
+
+    from test_eval import _as_one_refused_writes
+
+    data = tmp_path / "sets"
+    make_pair_set(data, "a", 1)
+    locked = make_pair_set(data, "b", 1)
+    unreadable = make_pair_set(tmp_path / "one", "c", 1) / "pairs.jsonl"
+    base = [sys.executable, "-m", "sigma", *(["eval", "--data"] if command == "eval" else ["batch", "run"])]
+    quiet = ["--no-progress"] if command == "batch" else []
+    unlisted = make_pair_set(tmp_path / "unlisted", "d", 1).parent
+    cases = [(data, f"{locked}: permission denied (the folder cannot be looked into)"),
+             (locked, f"{locked}: permission denied (the folder cannot be looked into)"),
+             (unreadable.parent, f"{unreadable}: permission denied; a set's pairs.jsonl must be readable"),
+             (unlisted, f"{unlisted}: permission denied (the folder cannot be listed)")]
+    locked.chmod(0)
+    unreadable.chmod(0)
+    unlisted.chmod(0o311)               # a folder of sets must be listed; a set of mode 311 need not be (below)
+    set311 = make_pair_set(tmp_path / "m", "e", 1)
+    set311.chmod(0o311)
+    try:
+        for n, (given, said) in enumerate(cases):
+            out = tmp_path / f"out{n}"
+            done = subprocess.run(_as_one_refused_writes([*base, str(given), "--annotator", "pixel-diff", "--out",
+                                                          str(out), *quiet]),
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert done.returncode == 2 and done.stderr.startswith(f"sigma: error [permission_denied]: {said}"), done
+            assert not (out / "metrics.json").exists() and not (out / "run.json").exists()
+        done = subprocess.run(_as_one_refused_writes([*base, str(set311), "--annotator", "pixel-diff",
+                                                      "--out", str(tmp_path / "out311"), *quiet]),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done
+    finally:
+        for folder in (locked, unlisted, set311):
+            folder.chmod(0o755)
+
+
+def _lone_surrogates(value: object) -> list[str]:
+    """Every string (keys too) of parsed JSON that holds a lone surrogate: what a strict JSON reader refuses."""
+    if isinstance(value, str):
+        return [value] if any(0xD800 <= ord(c) <= 0xDFFF for c in value) else []
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _lone_surrogates(k) + _lone_surrogates(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _lone_surrogates(v)]
+    return []
+
+
+def test_a_set_and_a_data_folder_named_in_non_utf8_bytes_are_written_escaped_to_metrics_and_reports(tmp_path,
+                                                                                                 capsys):
+    """A set folder `s\\xff` (and `--data` under a folder of such bytes) was written to metrics.json as the JSON
+    escape of a lone surrogate, "\\udcff", which strict readers (serde_json) refuse; and `sigma report` of a batch
+    run over it failed `invalid_text` quoting the page's first 200 characters. Now both write the name as the text
+    `\\udcff` (a backslash, then udcff), which every reader takes, and two such names stay two."""
+    data = Path(os.fsdecode(bytes(tmp_path) + b"/data\xff"))
+    for name in ("s\udcff", "s\udcfe"):      # ids of plain text: a record's text holds no lone surrogate
+        make_pair_set(data, "plain", 1).rename(data / name)
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert _lone_surrogates(metrics) == []
+    assert sorted(metrics["tables"]["none"]) == ["overall", "s\\udcfe", "s\\udcff"]
+    assert metrics["config"]["data"].endswith("data\\udcff")
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0, capsys.readouterr().err
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "data\\udcff" in page and "s\\udcfe" in page
+
+
+def test_a_manifest_path_with_windows_separators_says_why_it_is_not_found(tmp_path, capsys):
+    """A pairs.jsonl written on Windows names `sub\\\\a.png`: here that is one file name with a backslash in it, and
+    eval said only `file_not_found`. Now the message adds that `sub/a.png` is there and to write the path with /;
+    a path with a backslash whose slash form is not there, or lies outside the set, gets no hint."""
+    d = make_pair_set(tmp_path, "s", 2)
+    (d / "sub").mkdir()
+    (d / "s_0_original.png").rename(d / "sub" / "s_0_original.png")
+    (tmp_path / "outside.png").write_bytes((d / "s_1_original.png").read_bytes())
+    lines = (d / "pairs.jsonl").read_text().splitlines()
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    first["original"], second["original"] = "sub\\s_0_original.png", "..\\outside.png"
+    (d / "pairs.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    assert main(["eval", "--data", str(d), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 2
+    said = capsys.readouterr()
+    err = said.out + said.err                 # the skipped pairs' lines, then the error
+    hint = (f"{d}/sub\\s_0_original.png: file not found (its path holds a backslash, which is part of a name here, "
+            f"not a separator: {d}/sub/s_0_original.png is there; write the path with /)")
+    assert hint in err, err
+    assert f"{d}/..\\outside.png: file not found\n" in err, err
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "link"])
+def test_a_validation_folder_naming_files_outside_it_is_refused(tmp_path, how):
+    """`eval.val_dir`'s own reader (`load_val_dir`, not the pairs.jsonl one eval and `sources` share) opened
+    whatever its records named: `../x`, an absolute path, a link out of the folder, scored as validation. Now
+    path_outside_root naming the line, as every other pairs.jsonl reader."""
+    from sigma.errors import InputError
+    from sigma.training.data import load_val_dir
+
+    d = make_pair_set(tmp_path, "val", 2)
+    secret = tmp_path / "secret.png"
+    (d / "val_0_mask.png").rename(secret)
+    if how == "link":
+        (d / "val_0_mask.png").symlink_to(secret)
+    else:
+        _point_first_mask_at(d, "../secret.png" if how == "dotdot" else str(secret))
+    with pytest.raises(InputError) as caught:
+        load_val_dir(d)
+    assert caught.value.code == "path_outside_root" and "pairs.jsonl:1: mask" in caught.value.message
+    (d / "val_0_mask.png").unlink(missing_ok=True)
+    secret.rename(d / "val_0_mask.png")
+    _point_first_mask_at(d, "val_0_mask.png")
+    assert len(load_val_dir(d)) == 2

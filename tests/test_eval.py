@@ -919,6 +919,26 @@ def _as_one_refused_writes(argv: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *argv]
 
 
+def test_an_out_under_a_folder_the_user_may_not_look_into_is_bad_outdir(eval_root, tmp_path):
+    """`--out LOCKED/x` with LOCKED of mode 000 was `os_error: Permission denied` (its existence asked with
+    Path.exists, which raises there) where every other unusable --out, and `batch run` / `annotate` with the same
+    path, say `bad_outdir` naming it. Now the same line, before any pair is scored."""
+    import subprocess
+    import sys
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        done = subprocess.run(_as_one_refused_writes([sys.executable, "-m", "sigma", "eval", "--data", str(eval_root),
+                                                      "--annotator", "pixel-diff", "--out", str(locked / "x")]),
+                              capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 2 and "perturbation" not in done.stdout, done
+    assert done.stderr == f"sigma: error [bad_outdir]: {locked / 'x'}: not a usable output folder (Permission denied)\n"
+
+
 @pytest.mark.parametrize("how", ["mode", "mount", "full"])
 def test_an_out_that_refuses_writes_is_refused_before_the_evaluation(eval_root, tmp_path, how):
     """`--out RO`, a folder an earlier eval used (its `.lock` there) whose mode now refuses writes, ran the whole

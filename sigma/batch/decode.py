@@ -44,8 +44,9 @@ def confined(path: str, root: str | None) -> str:
 
 def _read(path: str, max_bytes: int, root: str | None = None) -> bytes:
     """A 6000-character path (ENAMETOOLONG) was a `decode_failed` OSError quoting all of it, and a file that
-    grew after its stat, or a /proc file of size 0, was read whole."""
-    return read_file_bytes(confined(path, root), max_bytes)
+    grew after its stat, or a /proc file of size 0, was read whole. A confined run checks again what was opened
+    (`read_file_bytes(root=...)`): a folder above the file swapped for a link after `confined` resolved it."""
+    return read_file_bytes(confined(path, root), max_bytes, None if root is None else os.path.realpath(root))
 
 
 def source_bytes(data: bytes | None, path: str | None, max_bytes: int, root: str | None = None) -> bytes:

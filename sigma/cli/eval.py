@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -104,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update={"annotator": name, "options": options, "data": str(data),
                                  "perturb": perturb.expand(cfg.perturb)})
     annotator = build_annotator(cfg)
-    made = not Path(args.out).exists()
+    # lexists, not Path.exists: under a folder the user may not look into (mode 000) that raised PermissionError, an
+    # `os_error` before check_outdir could say `bad_outdir` as for every other unusable --out
+    made = not os.path.lexists(args.out)
     out = check_outdir(Path(args.out), create=True)   # before the evaluation, not after it
     # one eval per --out (the default is the same sigma_eval/ for every eval started in a folder): two would
     # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other; an

@@ -267,11 +267,12 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
             errors_before = len(result.errors)
             for index, rec in enumerate(chunk, start):
                 try:
-                    pair = load_pair(rec.original, rec.edited, rec.instruction, io_config, pair_id=rec.pair_id)
+                    pair = load_pair(rec.original, rec.edited, rec.instruction, io_config, pair_id=rec.pair_id,
+                                     root=rec.root)
                     if rec.mask is None:
                         raise InputError(f"{rec.set_name}/{rec.pair_id}: the record's mask is null: no ground truth "
                                          "to score against", code="file_not_found")
-                    gt = read_mask(rec.mask, io_config.limits)
+                    gt = read_mask(rec.mask, io_config.limits, rec.root)
                     if gt.shape != pair.size:
                         raise InputError(f"{rec.mask}: mask {gt.shape} differs from original {pair.size}",
                                          code="mask_size_mismatch")

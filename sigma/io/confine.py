@@ -2,7 +2,8 @@
 
 Used by the batch runs the API submits (`input.root`), the synth cache's index (its cache folder) and the
 `pairs.jsonl` reader of `sigma eval` and training (each set's own folder), so every one resolves `..`, absolute
-paths and symbolic links the same way."""
+paths and symbolic links the same way. `refuse_opened_outside` asks it again of the file actually opened
+(`sigma.io.images.read_file_bytes(root=...)`), so nothing swapped in after the first check is read."""
 from __future__ import annotations
 
 import os
@@ -22,6 +23,36 @@ def resolved_under(path: str, real_root: str) -> str | None:
     refuse_nul(path)
     real = os.path.realpath(path)
     return real if os.path.commonpath([real_root, real]) == real_root else None
+
+
+def opened_real_path(fd: int, path: str) -> str:
+    """The resolved path of the file `fd` is open on: the kernel's own answer (`/proc/self/fd/N`), so a file or a
+    folder above it swapped for a link after any check of `path` cannot change it; `os.path.realpath(path)` where
+    there is no /proc (that answer is as old as the call, not the open)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _moved_outside(where: str) -> InputError:
+    return InputError(f"{where}: lies outside the folder it is read from (a link to elsewhere, or a folder above it, "
+                      "put there since it was checked); refused, nothing was read", code="path_outside_root")
+
+
+def refuse_outside(path: str, real_root: str, where: str) -> None:
+    """InputError (`path_outside_root`) when `path` resolved lies outside `real_root`, asked again as a file is about
+    to be opened (nothing looked at yet, not even its existence); `refuse_opened_outside` then asks what was opened."""
+    if resolved_under(path, real_root) is None:
+        raise _moved_outside(where)
+
+
+def refuse_opened_outside(fd: int, path: str, real_root: str, where: str) -> None:
+    """InputError (`path_outside_root`) when what `fd` opened lies outside `real_root` (resolved). The readers of a
+    set (`sigma eval`, training) check each path the manifest names when they read it and open the file later: a
+    file swapped for a link to elsewhere in between was read. Checked on what was opened, before a byte is read."""
+    if not lies_under(opened_real_path(fd, path), real_root):
+        raise _moved_outside(where)
 
 
 def lies_under(real: str, real_root: str) -> bool:

@@ -17,6 +17,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.coded_size import check_coded_size
+from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.io.tiff_planes import TIFF_PLANAR_CONFIGURATION, separate_planes
 from sigma.regular import BrokenLink, NotRegularFile, broken_link, kind_of, open_regular
@@ -619,24 +620,44 @@ def not_an_image_file(where: str, kind: str) -> ImageError:
     return ImageError(f"{where}: not a regular file ({kind}); an image must be a file", code="not_a_regular_file")
 
 
-def read_file_bytes(path: str | Path, max_bytes: int) -> bytes:
+def _slash_hint(path: Path, root: str | None) -> str:
+    """A hint for a missing file whose path holds a backslash when the same path with `/` is there: a manifest written
+    on Windows (`sub\\a.png`) names, here, one file called `sub\\a.png`; its file_not_found said nothing of why.
+    Inside `root` only (a confined run must not learn what exists outside it)."""
+    text = str(path)
+    if "\\" not in text:
+        return ""
+    slashed = text.replace("\\", "/")
+    if (root is not None and resolved_under(slashed, root) is None) or not os.path.isfile(slashed):
+        return ""
+    return (f" (its path holds a backslash, which is part of a name here, not a separator: {shown_path(slashed)} "
+            "is there; write the path with /)")
+
+
+def read_file_bytes(path: str | Path, max_bytes: int, root: str | None = None) -> bytes:
     """A regular file's bytes, at most `max_bytes` (else file_too_large), with one-line errors: file_not_found,
     not_a_regular_file (a FIFO, a folder, a device), file_unreadable (permissions, a name too long for the file
-    system), invalid_path (a NUL byte)."""
+    system), invalid_path (a NUL byte). `root` (resolved): the file must lie inside it, checked before the file is
+    looked at and again on what was opened (`refuse_opened_outside`), else `path_outside_root`: the set a record
+    came from (eval, training) or a batch's root, whose paths were checked when the manifest was read."""
     where = shown_path(path)
     if "\x00" in str(path):
         raise InputError(f"{where}: a path with a NUL byte; refused", code="invalid_path")
+    if root is not None:
+        refuse_outside(str(path), root, where)
     path = Path(path)
     try:
         if not path.exists():
             gone = broken_link(path)      # a link to nothing is said as one, with where it points
-            why = shown_path(gone.strerror) if gone else "file not found"
+            why = shown_path(gone.strerror) if gone else f"file not found{_slash_hint(path, root)}"
             raise ImageError(f"{where}: {why}", code="file_not_found")
         if not path.is_file():
             raise not_an_image_file(where, kind_of(path))
         check_byte_size(where, path.stat().st_size, max_bytes)
         # open_regular: a FIFO swapped in after is_file() is refused, not waited on for ever
         with open_regular(path, "rb") as handle:   # at most one byte past the limit (it may grow, /proc says 0)
+            if root is not None:
+                refuse_opened_outside(handle.fileno(), str(path), root, where)
             data = read_at_most(handle, max_bytes + 1)
     except NotRegularFile as exc:
         raise not_an_image_file(where, exc.kind) from None
@@ -677,9 +698,10 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
     return height, width
 
 
-def read_image(path: str | Path, limits: LimitsConfig | None = None) -> DecodedImage:
+def read_image(path: str | Path, limits: LimitsConfig | None = None, root: str | None = None) -> DecodedImage:
+    """`path` decoded; `root`: the resolved folder it must lie in (`read_file_bytes`)."""
     limits = limits or LimitsConfig()
-    return decode_image(read_file_bytes(path, limits.max_bytes), shown_path(path), limits)
+    return decode_image(read_file_bytes(path, limits.max_bytes, root), shown_path(path), limits)
 
 
 def binarize_mask(rgb: np.ndarray) -> np.ndarray:
@@ -692,10 +714,10 @@ def binarize_mask(rgb: np.ndarray) -> np.ndarray:
     return values.mean(axis=2) > 127.5
 
 
-def read_mask(path: str | Path, limits: LimitsConfig | None = None) -> np.ndarray:
-    """Ground-truth masks from a file: its bytes, read once, through `decode_mask`."""
+def read_mask(path: str | Path, limits: LimitsConfig | None = None, root: str | None = None) -> np.ndarray:
+    """Ground-truth masks from a file: its bytes, read once, through `decode_mask`; `root` as `read_file_bytes`."""
     limits = limits or LimitsConfig()
-    return decode_mask(read_file_bytes(path, limits.max_bytes), shown_path(path), limits)
+    return decode_mask(read_file_bytes(path, limits.max_bytes, root), shown_path(path), limits)
 
 
 def decode_mask(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None = None) -> np.ndarray:

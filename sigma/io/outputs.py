@@ -10,7 +10,7 @@ import numpy as np
 from sigma.folderlock import busy_as_error, folder_lock_wait_s
 from sigma.io.images import encode_png
 from sigma.tempfiles import replace_atomically, replace_together
-from sigma.text import MAX_JSON_DEPTH, dumps_finite, json_ready
+from sigma.text import MAX_JSON_DEPTH, dumps_finite, json_ready, surrogates_escaped
 from sigma.types import Annotation
 
 TINT_RGB = (255, 32, 32)
@@ -34,8 +34,9 @@ def json_record(data: Any, max_depth: int = MAX_JSON_DEPTH) -> bytes:
     `{"bytes": n}`, a map-sized array as its shape). This file had its own `default=`, which raised TypeError on a
     set, bytes, any other object or a tuple key, and recursed until RecursionError on a dict that contains itself:
     `sigma annotate` ended with a traceback and left the masks without their result.json. Raises `NotWritable` (a
-    ValueError saying where) for what cannot be written, nested past `max_depth` (io.limits.max_json_depth) too."""
-    return dumps_finite(json_ready(data, max_depth=max_depth), indent=2).encode()
+    ValueError saying where) for what cannot be written, nested past `max_depth` (io.limits.max_json_depth) too.
+    Text holding lone surrogates (names from non-UTF-8 file names) is written escaped (`surrogates_escaped`)."""
+    return dumps_finite(surrogates_escaped(json_ready(data, max_depth=max_depth)), indent=2).encode()
 
 
 def write_json(data: Any, path: str | Path) -> Path:

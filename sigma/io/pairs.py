@@ -152,10 +152,11 @@ def pair_from_decoded(original: DecodedImage, edited: DecodedImage, instruction:
 
 
 def load_pair(original: str | Path, edited: str | Path, instruction: str | None = None,
-              io_config: IOConfig | None = None, pair_id: str | None = None) -> Pair:
+              io_config: IOConfig | None = None, pair_id: str | None = None, root: str | None = None) -> Pair:
+    """A pair from two files; `root`: the resolved folder both must lie in (a set's, `EvalRecord.root`)."""
     io_config = io_config or IOConfig()
-    decoded_o = read_image(original, io_config.limits)
-    decoded_e = read_image(edited, io_config.limits)
+    decoded_o = read_image(original, io_config.limits, root)
+    decoded_e = read_image(edited, io_config.limits, root)
     return pair_from_decoded(decoded_o, decoded_e, instruction, io_config,
                              pair_id or Path(original).stem, (str(original), str(edited)))
 

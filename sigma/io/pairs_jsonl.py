@@ -10,11 +10,11 @@ from typing import BinaryIO
 
 from sigma.errors import InputError
 from sigma.io.confine import Confinement
-from sigma.io.folders import require_folder
+from sigma.io.folders import refuse_unreadable_folder, require_folder
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
 from sigma.regular import NotRegularFile, broken_link, kind_of, open_regular
-from sigma.text import find_surrogate, printable
+from sigma.text import escape_surrogates, find_surrogate, printable
 from sigma.text import loads as load_json
 
 MAX_RECORD_BYTES = 1 << 20     # a record (paths, an id, an instruction) is a few hundred bytes
@@ -30,6 +30,7 @@ class EvalRecord:
     instruction: str | None
     edit_type: str | None
     whole_image_changed: bool
+    root: str | None = None        # the set's folder, resolved: each file is opened only inside it (`read_image`)
 
 
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
@@ -82,8 +83,17 @@ def refuse_unreadable_manifest(manifest: Path) -> None:
     """An UnreadableManifest when something stands at `manifest` that is no regular file: a FIFO, a device, a folder
     (`not_a_regular_file`), a broken link or a link loop (`file_not_found`, in `broken_link`'s words). Such a set was
     "no pairs.jsonl here or in its sub-folders" (`no_pairs`) on its own, and in a folder of sets was passed over
-    without a word: its pairs missing from every table. Nothing is opened (a FIFO's open would block)."""
-    if not os.path.lexists(manifest) or manifest.is_file():
+    without a word: its pairs missing from every table. Nothing is opened (a FIFO's open would block). A set's
+    folder the user may not look into (`chmod 000`, no `x`) is `permission_denied` naming it: `lexists` said "not
+    there", so it was passed over as well, or `no_pairs` alone."""
+    try:
+        os.lstat(manifest)
+    except PermissionError:
+        raise UnreadableManifest(f"{manifest.parent}: permission denied (the folder cannot be looked into); a set's "
+                                 "folder must be readable to you (chmod u+rx)", code="permission_denied") from None
+    except (OSError, ValueError):
+        return
+    if manifest.is_file():
         return
     gone = broken_link(manifest)
     if gone is not None:
@@ -103,12 +113,14 @@ def find_sets(data: str | Path) -> list[Path]:
     if data.exists() and not data.is_dir() and data.name == "pairs.jsonl":
         raise InputError(f"{data}: not a regular file ({kind_of(data)}); a manifest must be a file",
                          code="not_a_regular_file")
+    # not `listed`: a set's folder is read through its pairs.jsonl (mode 311 will do); a folder of sets is listed below
     require_folder(data, "expected a set's folder (holding pairs.jsonl), a folder of sets, or a set's pairs.jsonl",
-                   missing="evaluation folder not found")
+                   missing="evaluation folder not found", listed=False)
     refuse_unfinished(data)         # a killed `sigma synth`: no pairs.jsonl, or the one it had not yet withdrawn
     refuse_unreadable_manifest(data / "pairs.jsonl")
     if (data / "pairs.jsonl").is_file():
         return [data]
+    refuse_unreadable_folder(data)      # a folder of sets, listed: glob saw none in one of mode 311 (no_pairs)
     for marked in sorted(data.glob(f"*/{UNFINISHED}")):      # one set of the folder unfinished: not passed over
         refuse_unfinished(marked.parent)
     with os.scandir(data) as entries:     # glob() lists no broken link or link loop: those sets were passed over too
@@ -125,15 +137,19 @@ def find_sets(data: str | Path) -> list[Path]:
 
 def open_manifest(manifest: Path) -> BinaryIO:
     """`manifest` opened for reading if it is a regular file. `find_sets` passes over anything else, but a FIFO put in
-    its place after that check hung a plain `open()` for ever; refused here as a set without one is (no_pairs)."""
+    its place after that check hung a plain `open()` for ever; refused here as a set without one is (no_pairs).
+    One the user may not read is `permission_denied`, naming it."""
     try:
         return open_regular(manifest, "rb")
+    except PermissionError:     # was os_error, unlike the set's images (file_unreadable) and folder (above)
+        raise InputError(f"{manifest}: permission denied; a set's pairs.jsonl must be readable to you (chmod u+r)",
+                         code="permission_denied") from None
     except NotRegularFile as exc:
         raise InputError(f"{manifest}: not a regular file ({exc.kind}); a manifest must be a file",
                          code="not_a_regular_file") from None
 
 
-def _inside_set(set_dir: Path, confinement: Confinement, name: str, value: str, where: str) -> Path:
+def inside_set(set_dir: Path, confinement: Confinement, name: str, value: str, where: str) -> Path:
     """`set_dir / value` if it lies inside the set's folder, else `path_outside_root` (nothing read). A set is a
     folder others hand around (a download, a shared eval set): a record naming `../../home/u/.ssh/id_rsa.png`, an
     absolute path, or a link in the folder to elsewhere made `sigma eval` and `sigma train` (`eval.data`, `sources`)
@@ -151,12 +167,16 @@ def _inside_set(set_dir: Path, confinement: Confinement, name: str, value: str, 
 def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     """Every record, or an InputError naming the line: a record that is not JSON, lacks a field, holds text
     that cannot be written (a lone UTF-16 surrogate: the first print or hash of it would raise), names a
-    file with a NUL byte or a file outside the set's folder (`_inside_set`) stops the read, as a malformed
+    file with a NUL byte or a file outside the set's folder (`inside_set`) stops the read, as a malformed
     manifest should, instead of failing somewhere later. So does a record longer than MAX_RECORD_BYTES, read no
     further than that (a 300 MB line took 1.2 GB and became a 300 MB pair id in metrics.json; an endless one, a
     MemoryError traceback)."""
     manifest = set_dir / "pairs.jsonl"
     confinement = Confinement(set_dir)
+    # a folder name of non-UTF-8 bytes (0xFF: Python's lone surrogate U+DCFF) is the set's name escaped, `s\udcff`:
+    # raw, it reached metrics.json as a lone-surrogate escape strict JSON readers refuse, and the printed table
+    # failed `invalid_text` on any stdout that is not surrogate-escaping
+    set_name = escape_surrogates(set_dir.name)
     with open_manifest(manifest) as handle:
         for line_no, raw in enumerate(iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"
@@ -186,11 +206,12 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
                 for name, value in files.items():
                     if "\x00" in value:
                         raise InputError(f"{where}: {name} names a path with a NUL byte", code="invalid_path")
-                paths = {name: _inside_set(set_dir, confinement, name, value, where) for name, value in files.items()}
+                paths = {name: inside_set(set_dir, confinement, name, value, where) for name, value in files.items()}
                 yield EvalRecord(
-                    set_name=set_dir.name, pair_id=str(rec["id"]), original=paths["original"],
+                    set_name=set_name, pair_id=str(rec["id"]), original=paths["original"],
                     edited=paths["edited"], mask=paths.get("mask"),
                     instruction=rec.get("instruction") or None, edit_type=rec.get("edit_type"),
-                    whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"))
+                    whole_image_changed=_flag(rec.get("whole_image_changed"), "whole_image_changed"),
+                    root=confinement.real_root)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise InputError(f"{where}: bad record ({exc})", code="bad_manifest") from exc

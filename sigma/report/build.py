@@ -21,7 +21,7 @@ from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
 from sigma.rle import decode_rle
 from sigma.tempfiles import sweep_dead_writers_of
-from sigma.text import printable
+from sigma.text import escape_surrogates, printable
 from sigma.types import confidence_value
 
 #: the bad pairs the page lists (all are counted)
@@ -160,6 +160,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
         # the page's temporary files (`.report.html.PID.RANDOM.tmp`, megabytes of inlined thumbnails) a report killed
         # while writing left beside it, one per kill: only that name, only of dead writers (the folder is anyone's)
         sweep_dead_writers_of(out.parent, names={out.name})
-    atomic_write_bytes(out, page.encode("utf-8"))
+    # a run folder or corpus path of non-UTF-8 bytes (lone surrogates in Python) made encode() fail: the report was
+    # `invalid_text` quoting the page's first 200 characters; such names are shown escaped (`\udcff`), as in JSON
+    atomic_write_bytes(out, escape_surrogates(page).encode("utf-8"))
     return {"out": str(out), "items": len(items), "pairs_ok": good, "pairs_in_bounds": counts["in_bounds"],
             "pairs_bad": counts["bad"], "metric_sets": len(tables), "unreadable": unreadable}

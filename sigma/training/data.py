@@ -31,12 +31,12 @@ class FolderSource:
         from sigma.io.images import read_image, read_mask
 
         rec = self.records[int(rng.integers(len(self.records)))]
-        orig = read_image(rec.original).rgb
-        edit = read_image(rec.edited).rgb
+        orig = read_image(rec.original, root=rec.root).rgb      # checked again as opened: a link swapped in since
+        edit = read_image(rec.edited, root=rec.root).rgb
         if edit.shape != orig.shape:
             edit = cv2.resize(edit, (orig.shape[1], orig.shape[0]), interpolation=cv2.INTER_AREA)
         labelled = self.cfg.labelled and rec.mask is not None and rec.mask.is_file()
-        mask = read_mask(rec.mask) if labelled else np.zeros(orig.shape[:2], bool)
+        mask = read_mask(rec.mask, root=rec.root) if labelled else np.zeros(orig.shape[:2], bool)
         c = self.crop
         h, w = orig.shape[:2]
         s = max(c / min(h, w), min(1.0, 2 * c / max(h, w)))  # bring the short side near the crop size
@@ -211,13 +211,18 @@ def write_val_dir(cfg: TrainConfig, folder: Path, size: int) -> None:
 def load_val_dir(folder: Path) -> list[SynthSample]:
     """A pairs.jsonl folder as SynthSamples (kind read back from the synth metadata when present)."""
     from sigma.errors import InputError
+    from sigma.io.confine import Confinement
     from sigma.io.images import read_image, read_mask
+    from sigma.io.pairs_jsonl import inside_set
     from sigma.io.unfinished import refuse_unfinished
     from sigma.text import loads
 
     refuse_unfinished(folder)       # a `sigma synth --out` set begun (again) since the run's start
     out = []
     manifest = folder / "pairs.jsonl"
+    # its files lie inside it, as every pairs.jsonl reader's (`sigma eval`, `sources`): a record naming `../x`, an
+    # absolute path or a link out of the folder was read and scored as validation (path_outside_root now)
+    confinement = Confinement(folder)
     for line_no, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -229,9 +234,12 @@ def load_val_dir(folder: Path) -> list[SynthSample]:
                                                 for k in ("id", "original", "edited", "mask")):
             raise InputError(f"{manifest}:{line_no}: a validation record needs text id, original, edited and mask",
                              code="bad_manifest")
-        orig = read_image(folder / rec["original"]).rgb
-        edit = read_image(folder / rec["edited"]).rgb
-        mask = read_mask(folder / rec["mask"])
+        paths = {k: inside_set(folder, confinement, k, rec[k], f"{manifest}:{line_no}")
+                 for k in ("original", "edited", "mask")}
+        root = confinement.real_root
+        orig = read_image(paths["original"], root=root).rgb
+        edit = read_image(paths["edited"], root=root).rgb
+        mask = read_mask(paths["mask"], root=root)
         meta = rec.get("synth") or {}
         kind = meta.get("kind", "folder") if isinstance(meta, dict) else "folder"
         out.append(SynthSample(orig, edit, mask, kind, rec.get("edit_type"),

@@ -15,6 +15,7 @@ from sigma.io.corpora.manifest import ManifestCorpus, find_sets
 from sigma.io.corpora.parquet import ParquetCorpus
 from sigma.io.corpora.presets import PRESETS, get_preset
 from sigma.io.corpora.webdataset import TAR_SUFFIXES, WebDatasetCorpus
+from sigma.io.folders import refuse_unreadable_folder
 from sigma.registry import Registry
 from sigma.regular import kind_of
 
@@ -53,6 +54,7 @@ def detect_format(path: Path) -> str:
         if name.endswith(TAR_SUFFIXES):
             return "wds"
         raise InputError(f"{path}: cannot tell the format from the name; pass --format", code="unknown_format")
+    refuse_unreadable_folder(path, listed=False)     # mode 000: was os_error naming its state.json, or no_pairs
     if is_saved_dataset(path):
         return "hf"
     if find_sets(path):

@@ -113,7 +113,7 @@ def find_sets(path: Path) -> list[Path]:
     except UnreadableManifest:      # a set's pairs.jsonl that is a FIFO, a link loop: said, not passed over
         raise
     except InputError as exc:
-        if exc.code == "unfinished_synth_set":     # said as such, not as a folder with no set (or the other sets)
+        if exc.code in ("unfinished_synth_set", "permission_denied"):  # said as such, not as a folder with no set
             raise
         return []
 
