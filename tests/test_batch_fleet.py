@@ -1198,6 +1198,32 @@ def test_a_worker_without_a_runs_plugin_says_plugin_missing_and_leaves_the_task_
                         r"plugin.*`sigma worker --batch --plugin MODULE`", failed["error"]), failed
 
 
+def test_a_fleet_shard_refused_memory_says_so_in_words_for_the_fleet_not_the_cli(redis_server, tmp_path):
+    """A shard whose model the machine refuses memory mid-shard (`oom-diff`: a real MemoryError from the allocator)
+    under a fleet worker: its reason, in the worker's log, its dead letter and the run's status, said "rerun with
+    --resume", which is `sigma batch run`'s flag: a fleet worker's shard is delivered again by itself, and a
+    dead-lettered one is submitted again. Now the reason says what was refused and what it needs, and no command."""
+    import service_plugins  # noqa: F401 - registers oom-diff here, for the plan
+
+    pairs = list(synthetic_pairs(4, size=32))
+    pairs[1]["instruction"] = "oom here"
+    write_pairs_jsonl(tmp_path / "set", pairs)
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 2},
+                                      "annotator": "oom-diff", "batch_size": 1, "workers": 0,
+                                      "plugins": ["service_plugins"]})
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
+    stats = run_batch_worker(redis_server.url, prefix, "w1", block_ms=50, lease_ms=200, reclaim_interval_ms=30,
+                             max_deliveries=2, exit_when_idle=True)
+    assert (stats.done, stats.dead) == (1, 1), stats
+    [failed] = RunDir(out).summary()["failed_shards"]
+    error = failed["error"]
+    assert error.startswith("dead-lettered after 2 deliveries: [shard_failed] the system gave no more memory "
+                            "annotating this shard (MemoryError)"), error
+    assert "nothing of it was published" in error and "--workers" in error, error
+    assert "--resume" not in error, error              # without the fix: "rerun with --resume with more memory"
+
+
 def test_a_dead_letter_does_not_wait_for_ever_on_a_shard_status_a_stopped_process_is_writing(redis_server, corpus,
                                                                                              tmp_path, monkeypatch):
     """A dead letter writes the shard's failed status under that shard's status lock, which it waited for without

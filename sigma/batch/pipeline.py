@@ -111,11 +111,14 @@ def read_failure(exc: BaseException) -> str:
 
 def memory_failure(exc: BaseException, doing: str) -> str:
     """A shard's failure for memory the system refused while `doing` its pairs (`memory_refused`: a MemoryError,
-    ENOMEM, OpenCV's `cv2.error` StsNoMem): no fault of a pair, so nothing of the shard is published and
-    `--resume` with more memory redoes it."""
+    ENOMEM, OpenCV's `cv2.error` StsNoMem): no fault of a pair, so nothing of the shard is published and the shard
+    run again with more memory redoes it. The words fit every place the reason is shown: how to run it again is the
+    caller's to say (`sigma batch run` adds "rerun with --resume"; a fleet worker's shard is delivered again, and a
+    dead-lettered one is submitted again), not "rerun with --resume", which a fleet worker's log, its dead letter and
+    `GET /v1/batches/status` said too."""
     said = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}" if str(exc) else type(exc).__name__
-    return (f"{no_memory(said, doing)}; nothing of it was published: rerun with --resume with more memory "
-            f"(`ulimit -v`, the container's) or fewer --workers")
+    return (f"{no_memory(said, doing)}; nothing of it was published, and it is annotated in full when it runs again "
+            f"with more memory (`ulimit -v`, the container's) or fewer decode processes (--workers)")
 
 
 class ShardFailed(Exception):
@@ -513,7 +516,7 @@ class Pipeline:
             for shard in shards:
                 if shard.key not in settled and shard.key not in failed:
                     writer.put(("abort", shard, f"no result from the pipeline: its reading stopped before this "
-                                                f"shard was read{why}; rerun with --resume"))
+                                                f"shard was read{why}"))
         finally:
             stop.set()
             while feeder.is_alive():   # unblock a feeder waiting on a full queue
