@@ -845,11 +845,16 @@ def test_a_damaged_tasks_shard_key_is_cut_and_escaped_in_the_workers_heartbeat(r
 
 def spawned_children() -> list[int]:
     """This process's live children started by multiprocessing's spawn (a decode pool's), from /proc (Linux)."""
+    return spawned_children_of(os.getpid())
+
+
+def spawned_children_of(parent: int) -> list[int]:
+    """The live children of `parent` started by multiprocessing's spawn, from /proc (Linux)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == os.getpid() and fields[0] != "Z" and \
+            if int(fields[1]) == parent and fields[0] != "Z" and \
                     b"spawn_main" in (stat.parent / "cmdline").read_bytes():
                 found.append(int(stat.parent.name))
         except OSError:
@@ -906,6 +911,45 @@ def test_a_hung_decode_pool_under_a_fleet_worker_is_replaced_before_the_worker_i
     assert stuck == [], stuck
     assert (stats.done, stats.failed) == (0, 1), stats
     assert "decode worker hung: no result for 1.5 s" in stats.errors[0], stats.errors
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_decode_process_killed_under_a_fleet_worker_is_said_and_every_shard_is_done(redis_server, tmp_path):
+    """A real `sigma worker --batch` whose decode process (the run's `workers: 1`) is SIGKILLed mid-run, as the OOM
+    killer ends one: the pool was replaced and the chunks decoded again (nothing lost, no hang), but without a word,
+    so a worker whose decoders were killed over and over showed nothing in its log. Now one line names the process
+    and its signal; every shard is done, none failed or dead-lettered, and the worker goes on."""
+    import service_plugins  # noqa: F401 - registers slow-diff, for the plan
+    from servicekit import Proc, base_env, wait_until
+
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(40, size=32))
+    prefix, out = prefix_name(), tmp_path / "fleet"
+    cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 10},
+                                      "annotator": "slow-diff", "options": {"delay_ms": 100}, "batch_size": 1,
+                                      "workers": 1, "plugins": ["service_plugins"]})
+    assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 4
+    settings = [f"redis.key_prefix={prefix}", "queue.lease_ms=2000", "queue.block_ms=200", "queue.max_deliveries=2",
+                "queue.reclaim_interval_ms=300", "queue.heartbeat_interval_ms=300"]
+    proc = Proc(["worker", "--batch", "--plugin", "service_plugins", "--consumer", "k1",
+                 *[arg for item in settings for arg in ("--set", item)]], base_env(redis_server.url),
+                tmp_path / "worker.log")
+    try:
+        # mid-run: a shard done, three to decode
+        victims = wait_until(lambda: RunDir(out).summary()["done"] and spawned_children_of(proc.pid), 120,
+                             f"a shard done and a decoder\n{proc.output()}", 0.05)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: RunDir(out).summary()["done"] == 4 or not proc.alive(), 180,
+                   f"every shard done\n{proc.output()}", 0.2)
+        assert proc.alive(), proc.output()
+        summary = RunDir(out).summary()
+        assert (summary["done"], summary["failed"], summary["pairs"]) == (4, 0, 40), summary
+        assert make_queue(redis_server.client(), Keys(prefix), "check").dead_count() == 0
+        died = [line for line in proc.output().splitlines() if "a decode process died" in line]
+        assert died and f"pid {victims[0]} killed by SIGKILL" in died[0], proc.output()    # without the fix: none
+        assert "Traceback" not in proc.output(), proc.output()
+    finally:
+        proc.stop()
 
 
 def test_tasks_refused_while_a_local_run_holds_the_folder_spend_no_delivery_and_are_done_after_it(redis_server,
