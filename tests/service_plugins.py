@@ -21,7 +21,8 @@ in-process it would kill the caller); `weights-diff` loads its saved model (`wei
 whose instruction contains "weights", as a plugin that loads its model lazily does (a folder a stopped saver
 holds fails them `weights_busy` after `$SIGMA_MODEL_LOCK_WAIT_S`); `native-slow` spends each batch in one native
 call that releases the GIL and never returns to Python meanwhile (PBKDF2 with `iterations`), as a forward pass does;
-`short-load`'s build is refused memory or a thread by the machine itself until a file (`lifted`) exists.
+`short-load`'s build is refused memory or a thread by the machine itself until a file (`lifted`) exists; `oom-diff`
+is refused memory (a real MemoryError) on pairs whose instruction contains "oom".
 """
 from __future__ import annotations
 
@@ -72,6 +73,17 @@ class PoisonDiff(PixelDiff):
         for pair in pairs:
             if pair.instruction and "poison" in pair.instruction:
                 raise RuntimeError(f"model crashed on {pair.pair_id}")
+        return super()._predict_batch(pairs)
+
+
+class OomDiff(PixelDiff):
+    """Pixel-diff the machine refuses memory on pairs whose instruction contains "oom": a real MemoryError from the
+    allocator (2**60 bytes asked), as a model running out of memory mid-shard raises."""
+    name = "oom-diff"
+
+    def _predict_batch(self, pairs):
+        if any(pair.instruction and "oom" in pair.instruction for pair in pairs):
+            bytearray(1 << 60)
         return super()._predict_batch(pairs)
 
 
@@ -315,6 +327,9 @@ if "slow-load" not in ANNOTATORS:
 if "slow-diff" not in ANNOTATORS:
     ANNOTATORS.register("slow-diff", "test only: pixel-diff with a delay per batch", config_cls=SlowDiffConfig)(
         lambda **kw: SlowDiff(**kw))
+if "oom-diff" not in ANNOTATORS:
+    ANNOTATORS.register("oom-diff", "test only: pixel-diff refused memory on instructions with 'oom'",
+                        config_cls=PixelDiffConfig)(lambda **kw: OomDiff(**kw))
 if "poison-diff" not in ANNOTATORS:
     ANNOTATORS.register("poison-diff", "test only: pixel-diff that raises on instructions with 'poison'",
                         config_cls=PixelDiffConfig)(

@@ -471,6 +471,23 @@ def test_a_full_disk_is_one_out_of_space_line_and_resume_finishes_the_run(tmp_pa
     assert len(list((out / "masks").rglob("*.png"))) == 6
 
 
+def test_a_shard_refused_memory_is_said_once_with_the_runs_own_way_to_go_on(tmp_path, capsys):
+    """A shard whose model the machine refuses memory (`oom-diff`: a real MemoryError from the allocator) in a local
+    run: its line said "rerun with --resume" twice, once from the shard's reason and once from the run's summary.
+    Now the reason says what was refused and what it needs, and the run adds "rerun with --resume" once."""
+    import service_plugins  # noqa: F401 - registers oom-diff
+
+    pairs = list(synthetic_pairs(4, size=32))
+    pairs[1]["instruction"] = "oom here"
+    write_pairs_jsonl(tmp_path / "set", pairs)
+    argv = ["batch", "run", str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--annotator", "oom-diff",
+            "--plugin", "service_plugins", "--shard-size", "2", "--batch-size", "1", "--workers", "0", "--no-progress"]
+    assert main(argv) == 1
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "failed:" in x]
+    assert "the system gave no more memory annotating this shard (MemoryError)" in line, line
+    assert line.count("--resume") == 1 and line.endswith("(rerun with --resume)"), line    # without the fix: twice
+
+
 def test_shards_whose_names_collide_keep_their_own_outputs(tmp_path):
     """Shard keys are file names made safe and cut to 120 characters: a manifest with a long name gave every
     shard one key (the record range was cut off), and "a b.parquet" / "a_b.parquet" gave two files one key.

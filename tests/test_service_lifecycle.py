@@ -406,6 +406,48 @@ def test_a_worker_retrying_its_load_beats_as_loading_and_readyz_and_metrics_say_
     assert code == 0 and "Traceback" not in worker.output(), worker.output()
 
 
+def test_a_heartbeat_failing_past_its_ttl_while_the_model_loads_waits_with_the_load_and_ends_it_once_loaded(
+        redis_server, tmp_path):
+    """A worker whose load is refused memory (`short-load`, tried again for up to worker.load_retry_s) while its
+    heartbeat is answered with garbage redis-py cannot parse (a proxy in front of the real Redis): past
+    queue.heartbeat_ttl_ms of failed beats it exited 1 `heartbeat_failed`, cutting the load's retries short, though a
+    worker with no job in hand has no lease to lose. Now it says so once and goes on: the heartbeat comes back when
+    Redis answers, and the worker loads once memory is back. Once loaded (leases to keep), the same garbage past the
+    TTL still ends it with status 1."""
+    from redisproxy import GarblingProxy
+
+    from sigma.service.keys import Keys
+
+    prefix, lifted = f"t{uuid.uuid4().hex[:10]}", tmp_path / "lifted"
+    proxy = GarblingProxy(redis_server.port)
+    key = Keys(prefix).worker("garbled")
+    worker = Proc(["worker", "--annotator", "short-load", "--plugin", "service_plugins", "--consumer", "garbled",
+                   *sets([*FAST[:5], f"redis.key_prefix={prefix}", "worker.load_retry_s=600",
+                          f"worker.options={{lifted: '{lifted}'}}"])], base_env(proxy.url), tmp_path / "w.log")
+    r = redis_server.client()
+    try:
+        wait_until(lambda: "[out_of_memory]" in worker.output() or not worker.alive(), 60,
+                   f"a refused load\n{worker.output()}", 0.2)
+        proxy.garble = key.encode()
+        # 25 beats garbled, 150 ms apart at least: failing for over twice queue.heartbeat_ttl_ms (1.5 s)
+        wait_until(lambda: proxy.garbled >= 25 or not worker.alive(), 60, f"garbled beats\n{worker.output()}", 0.1)
+        assert worker.alive(), worker.output()              # without the fix: exit 1, heartbeat_failed
+        assert "heartbeat_failed" not in worker.output(), worker.output()
+        assert worker.output().count("a beat failed (TypeError") == 1, worker.output()
+        proxy.garble = None
+        wait_until(lambda: r.hget(key, "state") == b"loading", 30, f"beating again\n{worker.output()}", 0.1)
+        lifted.touch()
+        wait_until(lambda: r.hget(key, "model_loaded") == b"1" or not worker.alive(), 90,
+                   f"the model loaded\n{worker.output()}", 0.2)
+        assert worker.alive(), worker.output()
+        proxy.garble = key.encode()                        # loaded: a heartbeat failing past its TTL ends it
+        code, log = finished(worker, 60)
+        assert code == 1 and "heartbeat_failed" in log and "Traceback" not in log, log
+    finally:
+        worker.stop()
+        proxy.close()
+
+
 @pytest.mark.parametrize("swallow", [False, True], ids=["plain-load", "load-that-cannot-be-unwound"])
 def test_a_signal_while_loading_the_model_exits_0_at_once(redis_server, tmp_path, swallow):
     """Also when an exception raised into the load cannot end it: CI once caught the signal inside torch's import

@@ -64,7 +64,11 @@ def beating_while_loading(worker: Consumer) -> Iterator[None]:
     in `load_retries` and `load_error`), so that /readyz and /metrics see a worker loading, or waiting out memory,
     threads or a busy model folder for up to `worker.load_retry_s`, rather than no worker: it beat only once
     loaded. The consumer loop goes on with the same heartbeat. A load that fails for good deletes it (the process
-    ends); a heartbeat thread the machine refused is said and left to the consumer loop to start."""
+    ends); a heartbeat thread the machine refused is said and left to the consumer loop to start. Meanwhile the
+    worker holds no job (`Heartbeat.holds_no_work`): beats that fail past the TTL (a reply redis-py cannot parse, a
+    MemoryError under the limit the load is waiting out) are said and tried again, instead of ending the worker with
+    `heartbeat_failed` and cutting `worker.load_retry_s` short; the TTL counts from the end of the load."""
+    worker.heartbeat.holds_no_work = True
     try:
         worker.heartbeat.start()
     except RuntimeError as exc:       # a thread refused (out of threads): the load's own retries come first
@@ -74,6 +78,8 @@ def beating_while_loading(worker: Consumer) -> Iterator[None]:
     except BaseException:
         worker.heartbeat.stop()
         raise
+    finally:
+        worker.heartbeat.holds_no_work = False
 
 
 def run_worker(cfg: ServeConfig, consumer: str | None = None) -> int:

@@ -14,6 +14,8 @@ import fcntl
 import multiprocessing
 import os
 import queue
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, CancelledError, ProcessPoolExecutor
@@ -111,11 +113,14 @@ def read_failure(exc: BaseException) -> str:
 
 def memory_failure(exc: BaseException, doing: str) -> str:
     """A shard's failure for memory the system refused while `doing` its pairs (`memory_refused`: a MemoryError,
-    ENOMEM, OpenCV's `cv2.error` StsNoMem): no fault of a pair, so nothing of the shard is published and
-    `--resume` with more memory redoes it."""
+    ENOMEM, OpenCV's `cv2.error` StsNoMem): no fault of a pair, so nothing of the shard is published and the shard
+    run again with more memory redoes it. The words fit every place the reason is shown: how to run it again is the
+    caller's to say (`sigma batch run` adds "rerun with --resume"; a fleet worker's shard is delivered again, and a
+    dead-lettered one is submitted again), not "rerun with --resume", which a fleet worker's log, its dead letter and
+    `GET /v1/batches/status` said too."""
     said = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}" if str(exc) else type(exc).__name__
-    return (f"{no_memory(said, doing)}; nothing of it was published: rerun with --resume with more memory "
-            f"(`ulimit -v`, the container's) or fewer --workers")
+    return (f"{no_memory(said, doing)}; nothing of it was published, and it is annotated in full when it runs again "
+            f"with more memory (`ulimit -v`, the container's) or fewer decode processes (--workers)")
 
 
 class ShardFailed(Exception):
@@ -268,6 +273,17 @@ def decode_process_init(parent_pid: int) -> None:
     die_with_parent(parent_pid)
 
 
+def say_above_progress(line: str) -> None:
+    """A line on stderr above the progress bar (tqdm's write keeps the bar whole); a stderr nobody reads any more (a
+    closed pipe) must not end the run: the summary keeps the record."""
+    from tqdm import tqdm
+
+    try:
+        tqdm.write(line, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
 class RecordingContext:
     """The 'spawn' multiprocessing context, with two differences: every process it starts is remembered, and each
     starts with SIGINT/SIGTERM blocked (`ShieldedSpawnProcess`, for `decode_process_init` to ignore them). A
@@ -286,6 +302,22 @@ class RecordingContext:
         with self._lock:
             self.processes.append(process)
         return process
+
+    def deaths(self) -> list[str]:
+        """"pid N killed by SIGKILL" (or "exited with status N") for each process started that ended in failure."""
+        with self._lock:
+            processes = list(self.processes)
+        said = []
+        for process in processes:
+            code = process.exitcode
+            if code is None or code == 0:
+                continue
+            try:
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+            said.append(f"pid {process.pid} {how}")
+        return said
 
     def kill_all(self) -> None:
         """SIGKILL every process started that is still running (one not yet started is left alone)."""
@@ -334,6 +366,7 @@ class Pipeline:
                 try:
                     future.result()
                 except BrokenExecutor:     # a decoder died starting (killed): the run starts with a new pool
+                    self._say_broken_pool()
                     self._replace_pool()
                     break
         except BaseException:
@@ -358,6 +391,14 @@ class Pipeline:
             old_context.kill_all()
         if old is not None:
             old.shutdown(wait=False, cancel_futures=True)
+
+    def _say_broken_pool(self) -> None:
+        """One stderr line when a decode process died (the OOM killer, a SIGKILL) and its pool is replaced: the
+        recovery was silent, so a fleet worker's log or a local run's output never showed a decoder killed over and
+        over (memory too tight for --workers) though each death redecoded chunks."""
+        deaths = self._pool_context.deaths() if self._pool_context is not None else []
+        say_above_progress(f"sigma batch: a decode process died ({', '.join(deaths) or 'how is unknown'}); a new "
+                           "decode pool decodes its chunks again (no pair lost; one that dies again fails its shard)")
 
     def _replace_hung_pool(self) -> None:
         """A decode worker that gives no result for stall_s (stopped, deadlocked in a codec) would keep the run
@@ -409,6 +450,7 @@ class Pipeline:
                 if decoding.pool is None:
                     raise
                 if decoding.pool is self.pool:
+                    self._say_broken_pool()
                     self._replace_pool()
                 if attempt == 2:
                     raise
@@ -513,7 +555,7 @@ class Pipeline:
             for shard in shards:
                 if shard.key not in settled and shard.key not in failed:
                     writer.put(("abort", shard, f"no result from the pipeline: its reading stopped before this "
-                                                f"shard was read{why}; rerun with --resume"))
+                                                f"shard was read{why}"))
         finally:
             stop.set()
             while feeder.is_alive():   # unblock a feeder waiting on a full queue

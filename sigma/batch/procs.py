@@ -349,21 +349,14 @@ def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
         child.shard, child.ticked = None, (0, 0)
     replacement = pool.spawn() if ledger.queue else None
     if held is None:
+        from sigma.batch.pipeline import say_above_progress  # not at import: the driver needs no pipeline else
+
         record = {"worker": child.name, "reason": how if child.ready else f"{how} while starting",
                   "replaced_by": replacement.name if replacement is not None else None}
         if len(pool.idle_deaths) < IDLE_DEATHS_SHOWN:
             pool.idle_deaths.append(record)
-        _say(f"sigma batch: {record['reason']} holding no shard (none lost); "
+        say_above_progress(f"sigma batch: {record['reason']} holding no shard (none lost); "
              + (f"{replacement.name} takes its place" if replacement is not None else
                 f"{len(pool.live())} process(es) finish the run"))
 
 
-def _say(line: str) -> None:
-    """A line on stderr above the progress bar (tqdm's write keeps the bar whole); a stderr nobody reads any more (a
-    closed pipe) must not end the run: the summary keeps the record."""
-    from tqdm import tqdm
-
-    try:
-        tqdm.write(line, file=sys.stderr)
-    except (OSError, ValueError):
-        pass

@@ -153,7 +153,7 @@ class ShardRunner:
         if result is None:
             # failed like any other shard: in its status file, with the reason (it showed as pending, the reason
             # nowhere but this run's summary); `--resume` runs it again. A shard done meanwhile stays done
-            error = "no result from the pipeline (rerun with --resume)"
+            error = "no result from the pipeline"
             if not self.rundir.mark_failed(shard, self.run_hash, error, worker=self.worker):
                 return ShardOutcome(shard.key, "done", stats.pairs, stats.errors, None, seconds, self.worker)
             return ShardOutcome(shard.key, "failed", stats.pairs, stats.errors, error, seconds, self.worker)

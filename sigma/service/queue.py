@@ -336,6 +336,9 @@ class Heartbeat:
         self.unexpected_errors = 0      # beats failed by something other than Redis (each kind said once)
         self._kinds_said: set[str] = set()
         self._failing_since: float | None = None    # monotonic time of the first such failure in a row
+        # set while the worker loads its model (`sigma.workers.worker.beating_while_loading`): it holds no job and no
+        # lease, so beats failing past the TTL lose nothing and do not end it (the TTL is counted once it is cleared)
+        self.holds_no_work = False
 
     def track(self, ids: list[str]) -> None:
         with self._lock:
@@ -397,11 +400,17 @@ class Heartbeat:
         self.unexpected_errors += 1
         kind = type(exc).__name__
         self.last_error = f"{kind}: {exc}"
+        idle = self.holds_no_work
         if kind not in self._kinds_said:
             self._kinds_said.add(kind)
-            log.error("heartbeat %s: a beat failed (%s: %s), not a Redis outage; trying again every %.1f s, and "
-                      "ending the worker if it keeps failing for %.1f s (queue.heartbeat_ttl_ms)", self.key, kind,
-                      exc, self.interval, self.ttl_ms / 1000.0)
+            then = ("the worker holds no job while its model loads, so it loads on; it ends if beats still fail "
+                    "for %.1f s (queue.heartbeat_ttl_ms) once it takes jobs" if idle else
+                    "ending the worker if it keeps failing for %.1f s (queue.heartbeat_ttl_ms)")
+            log.error("heartbeat %s: a beat failed (%s: %s), not a Redis outage; trying again every %.2g s; " + then,
+                      self.key, kind, exc, self.interval, self.ttl_ms / 1000.0)
+        if idle:        # nothing to lose yet: exiting would only cut the load (and its worker.load_retry_s) short
+            self._failing_since = None
+            return
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
