@@ -8,7 +8,11 @@ in a file or a `--set` value was said without the file (and line) or the argumen
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
+
+from servicekit import TESTS, base_env
 
 from sigma.cli.serve import warn_unused_settings
 from sigma.service.settings import load_serve_config
@@ -38,3 +42,39 @@ def test_the_unused_settings_warning_reads_the_settings_file_once(tmp_path, caps
     assert err.count("sigma: warning: sigma worker --batch does not use") == 3, err
     assert err.count(f"(from {path})") == 3, err
     assert len(reads) == 1, reads
+
+
+def sigma(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real CLI; Redis unreachable, so a config that loads would wait for it (the timeout then fails the test)."""
+    return subprocess.run([sys.executable, "-m", "sigma", *args], capture_output=True, text=True, timeout=60,
+                          env={**base_env("redis://127.0.0.1:1/0"), **(env or {})}, cwd=str(cwd or TESTS.parent),
+                          check=False)
+
+
+def refused(proc: subprocess.CompletedProcess, code: str = "invalid_config") -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.startswith(f"sigma: error [{code}]: ") and proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr
+
+
+def test_a_nul_byte_is_said_with_the_file_and_line_or_the_argument_it_came_from(tmp_path):
+    """`"a\\0b"` on line 3 of a settings file was "queue.group: holds a NUL byte", naming no file; a `--set` value
+    likewise named no argument; a raw NUL byte was "(... in "<unicode string>", position 17)". Now the file and its
+    line, the argument as typed, the file and line and column."""
+    escaped = tmp_path / "escaped.yaml"
+    escaped.write_text('queue:\n  lease_ms: 9000\n  group: "a\\0b"\n')
+    err = refused(sigma("worker", "--config", str(escaped)))
+    assert f"[invalid_config]: {escaped}, line 3: queue.group: holds a NUL byte ('a\\x00b')" in err, err
+    err = refused(sigma("worker", env={"SIGMA_SERVE_CONFIG": str(escaped)}))
+    assert f"{escaped} (SIGMA_SERVE_CONFIG), line 3: queue.group: holds a NUL byte" in err, err
+    annotate = tmp_path / "annotate.yaml"
+    annotate.write_text('io:\n  align: false\nannotator: "pix\\0el"\n"k\\0": 1\n')
+    err = refused(sigma("annotate", "a.png", "b.png", "-i", "x", "-o", str(tmp_path / "o"), "--config", str(annotate)))
+    assert f"{annotate}, line 3: annotator: holds a NUL byte" in err and f"{annotate}, line 4: 'k\\x00'" in err, err
+    err = refused(sigma("worker", "--set", 'queue.group="a\\0b"'))
+    assert "[invalid_config]: override queue.group=\"a\\0b\": queue.group: holds a NUL byte" in err, err
+    raw = tmp_path / "raw.yaml"
+    raw.write_bytes(b"queue:\n  group: a\0b\n")
+    err = refused(sigma("worker", "--config", str(raw)))
+    assert f"{raw}: not valid YAML at line 2, column 11 (unacceptable character #x0000 (a NUL byte): " in err, err
+    assert "<unicode string>" not in err and "position" not in err, err

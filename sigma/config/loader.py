@@ -28,7 +28,7 @@ from sigma.config.schema import NamesAnnotator, field_for_key, field_position, i
 from sigma.errors import ConfigError, InputError, error_text
 from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically
-from sigma.text import nearest, shown
+from sigma.text import escape_surrogates, nearest, printable, shown
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -194,8 +194,16 @@ def _check_size(data: Any, where: str) -> None:
 def load_yaml(text: str, where: str) -> Any:
     """`yaml.safe_load` within the bounds above, duplicate keys refused. YAML syntax errors are raised as
     `yaml.YAMLError` (the caller says where); what the parser cannot hold is a ConfigError naming `where`."""
+    return _load_yaml_lines(text, where)[0]
+
+
+def _load_yaml_lines(text: str, where: str) -> tuple[Any, dict[str, int]]:
+    """`load_yaml`, and the line of each text (a key or a value) that no setting may hold (`_unfit`), by the text:
+    where a config file's NUL byte or trailing carriage return is, which a loaded value no longer knows."""
+    loader = _StrictLoader(text)            # a SafeLoader subclass: no python/* tags
     try:
-        data = yaml.load(text, Loader=_StrictLoader)   # a SafeLoader subclass: no python/* tags
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except RecursionError as exc:
         raise ConfigError(f"{where}: nested too deeply for a config") from exc
     except ValueError as exc:   # CPython's bound on int(str), or ours on the other bases: more than 4300 digits
@@ -203,8 +211,30 @@ def load_yaml(text: str, where: str) -> Any:
             raise
         what = str(exc) if isinstance(exc, _HugeInteger) else f"an integer of more than {MAX_INTEGER_DIGITS} digits"
         raise ConfigError(f"{where}: holds {what}") from exc
+    finally:
+        loader.dispose()
     _check_size(data, where)
-    return data
+    return data, _unfit_lines(node)
+
+
+def _unfit_lines(root: yaml.Node | None) -> dict[str, int]:
+    """The first line (1-based) of each scalar of `root` whose text `_unfit` refuses. Each node is visited once: an
+    alias is the node it names, so a billion-laughs file is walked in the size of its text."""
+    lines: dict[str, int] = {}
+    stack, seen = ([root] if root is not None else []), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            if isinstance(node.value, str) and (_unfit(node.value) or _unusable_key(node.value)):
+                lines.setdefault(node.value, node.start_mark.line + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+    return lines
 
 
 def parse_value(text: str, key: str = "value") -> Any:
@@ -669,7 +699,14 @@ def read_yaml(path: str | Path) -> dict:
             said = f"{size} bytes" if size > MAX_CONFIG_BYTES else "still growing"
             raise ConfigError(f"{path}: {said}, more than a config file holds "
                               f"(at most {MAX_CONFIG_BYTES // 2**20} MiB); is it the right file?")
-        data = load_yaml(utf8_text(raw, path), str(path)) or {}
+        text = utf8_text(raw, path)
+        data, lines = _load_yaml_lines(text, str(path))
+    except yaml.reader.ReaderError as exc:     # a character YAML refuses raw (a NUL byte): said at its line
+        before = text[:exc.position]
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ConfigError(f"{path}: not valid YAML at line {before.count(chr(10)) + 1}, column "
+                          f"{exc.position - before.rfind(chr(10))} (unacceptable character {what}"
+                          f"{' (a NUL byte)' if exc.character == 0 else ''}: {exc.reason})") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -677,9 +714,19 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    return ConfigFile(data, lines)
+
+
+class ConfigFile(dict):
+    """A config file's top-level mapping (`read_yaml`), with the line of each text in it no setting may hold
+    (`lines`, by the text): `load_config` names the file and the line of such a value."""
+
+    def __init__(self, data: dict, lines: Mapping[str, int] | None = None) -> None:
+        super().__init__(data)
+        self.lines = dict(lines or {})
 
 
 def _unusable(text: str) -> str | None:
@@ -693,6 +740,11 @@ def _unusable(text: str) -> str | None:
     except UnicodeEncodeError:
         return "a lone UTF-16 surrogate"
     return None
+
+
+def _unfit(text: str) -> str | None:
+    """Why `text` can be no setting's text (`_unusable`)."""
+    return _unusable(text)
 
 
 def _unusable_key(key: str) -> str | None:
@@ -710,27 +762,29 @@ def _unusable_key(key: str) -> str | None:
 
 
 def _refuse_nul(tree: dict, problems: list[Problem] | None = None,
-                source: Callable[[str], str] = lambda place: "") -> None:
+                source: Callable[[str, str], str] = lambda place, text: "") -> None:
     """No config text may hold a NUL byte or a lone surrogate: every one is a path, a name or a choice, and the first
     `open()` or `mkdir()` of it raised a bare ValueError ("embedded null byte") or UnicodeEncodeError ("surrogates
     not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made). Each
     one found is added to `problems`, in the order written (without it, the first is raised). A key refused
     (`_unusable_key`) is taken out of the tree (in place): pydantic would say it again, unnamed, at its mapping.
-    `source(place)`: the environment variable the value came from, as `load_config`'s errors start with it
-    (`SIGMA__QUEUE__GROUP: `), "" for none: these said the key alone, sending the user to a file that did not set it."""
+    `source(place, text)`: where the value came from, as
+    `load_config`'s errors start with it (the environment variable, `SIGMA__QUEUE__GROUP: `; the `--set` argument;
+    the file and the line), "" for none: these said the key alone, sending the user to a file that did not set it,
+    or (a `--set`, a file) giving neither the argument nor the file and line."""
     stack: list[tuple[str, Any]] = [("", tree)]
     while stack:
         where, node = stack.pop()
-        if isinstance(node, str) and (why := _unusable(node)):
-            _found(problems, where, f"{source(where)}{where or '<root>'}: holds {why} ({node[:80]!r}); no path or "
-                   "name can")
+        if isinstance(node, str) and (why := _unfit(node)):
+            _found(problems, where, f"{source(where, node)}{where or '<root>'}: holds {why} ({node[:80]!r}); no "
+                   "path or name can")
         children: list[tuple[str, Any]] = []
         if isinstance(node, dict):
             refused = []
             for key, value in node.items():
                 dotted = f"{where}.{key}" if where else str(key)
                 if why := _unusable_key(str(key)):
-                    _found(problems, dotted, f"{source(dotted)}{dotted!r}: a key holding {why}")
+                    _found(problems, dotted, f"{source(dotted, str(key))}{dotted!r}: a key holding {why}")
                     refused.append(key)
                     continue                # its value is not looked into: the key is the problem
                 children.append((dotted, value))
@@ -799,8 +853,11 @@ def load_config(model: type[M], path: str | Path | None = None,
     the config refuses there is the flag's mistake, `bad_arguments` naming it (`_flag_error`)."""
     tree: dict = dict(base or {})
     named = path if path is not None else base_from
+    lines = dict(getattr(base, "lines", {}))        # where a `base` read by `read_yaml` holds what `_unfit` refuses
     if path is not None:
-        tree = deep_merge(tree, read_yaml(path))
+        read = read_yaml(path)
+        lines = {**lines, **read.lines} if isinstance(read, ConfigFile) else lines
+        tree = deep_merge(tree, read)
     if isinstance(overrides, list):
         overrides = read_overrides(overrides)
     given = {k: v for k, v in (overrides or {}).items() if isinstance(v, Override)}
@@ -815,6 +872,22 @@ def load_config(model: type[M], path: str | Path | None = None,
         if any(key == k or key.startswith(k + ".") for k in set_here):
             return "override "
         return f"{named}: " if named is not None else ""
+
+    def came_from(place: str, text: str) -> str:
+        """Where a text `_refuse_nul` refuses came from: the variable, the `key=value` argument as typed, or the file
+        and its line ("threshold: holds a NUL byte" named none of them)."""
+        if said := source(place):
+            return said
+        key = next((k for k in set_here if _at_or_under(place, k)), None)
+        if key is not None:
+            if key in (flags or {}):
+                return f"{flags[key]}: "
+            typed = given.get(key)
+            return (f"override {shown(escape_surrogates(printable(f'{key}={typed.text}')), 100)}: "
+                    if typed is not None else "override ")
+        if named is None:
+            return ""
+        return f"{named}, line {lines[text]}: " if text in lines else f"{named}: "
 
     found: list[Problem] = []
     placeable = {}
@@ -839,7 +912,7 @@ def load_config(model: type[M], path: str | Path | None = None,
     _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
     _one_spelling(model, tree, origin, found)
     whole_numbers(model, tree, origin, problems=found)
-    _refuse_nul(tree, found, source)
+    _refuse_nul(tree, found, came_from)
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
     non_finite_options([model], tree, origin=origin, problems=loose)
     if before_validate is not None:
