@@ -78,3 +78,27 @@ def test_a_nul_byte_is_said_with_the_file_and_line_or_the_argument_it_came_from(
     err = refused(sigma("worker", "--config", str(raw)))
     assert f"{raw}: not valid YAML at line 2, column 11 (unacceptable character #x0000 (a NUL byte): " in err, err
     assert "<unicode string>" not in err and "position" not in err, err
+
+
+CR = "holds a carriage return at its end ('g\\r'); no setting's text ends in one (a line end of a file saved with " \
+     "Windows line ends, CRLF?): remove it"
+
+
+def test_a_text_ending_in_a_carriage_return_is_refused_from_every_source(tmp_path):
+    """`SIGMA__QUEUE__GROUP=$'g\\r'` (an env file saved with CRLF, sourced by a shell) ran a worker in the consumer
+    group 'g\\r', not 'g'; `--set` and a flag the same. Refused, naming where, from every source alike; a CRLF file
+    and a number with a CR (YAML reads the CR as a line end) load as before."""
+    err = refused(sigma("worker", env={"SIGMA__QUEUE__GROUP": "g\r"}))
+    assert err == f"sigma: error [invalid_config]: SIGMA__QUEUE__GROUP: queue.group: {CR}\n", err
+    err = refused(sigma("worker", "--set", "queue.group=g\r"))
+    assert err == f"sigma: error [invalid_config]: override queue.group=g\\r: queue.group: {CR}\n", err
+    err = refused(sigma("worker", "--consumer", "g\r"), code="bad_arguments")
+    assert err == f"sigma: error [bad_arguments]: --consumer: worker.consumer: {CR}\n", err
+    escaped = tmp_path / "cr.yaml"
+    escaped.write_text('queue:\n  group: "g\\r"\n')
+    err = refused(sigma("worker", "--config", str(escaped)))
+    assert err == f"sigma: error [invalid_config]: {escaped}, line 2: queue.group: {CR}\n", err
+    crlf = tmp_path / "crlf.yaml"
+    crlf.write_bytes(b"queue:\r\n  group: g\r\n  lease_ms: 9000\r\n")
+    cfg = load_serve_config(str(crlf), env={"SIGMA__QUEUE__BLOCK_MS": "700\r"})
+    assert (cfg.queue.group, cfg.queue.lease_ms, cfg.queue.block_ms) == ("g", 9000, 700)

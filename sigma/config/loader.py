@@ -742,9 +742,21 @@ def _unusable(text: str) -> str | None:
     return None
 
 
+CR_ADVICE = "no setting's text ends in one (a line end of a file saved with Windows line ends, CRLF?): remove it"
+
+
 def _unfit(text: str) -> str | None:
-    """Why `text` can be no setting's text (`_unusable`)."""
-    return _unusable(text)
+    """Why `text` can be no setting's text: what `_unusable` refuses, or a trailing carriage return. A variable from
+    an env file saved with Windows line ends (`SIGMA__QUEUE__GROUP=$'g\r'`, a script's `--set` likewise) kept it:
+    a consumer group, a path, a name with an invisible `\r` at its end, another than the one meant (compose strips
+    it, a shell's `source` or a hand-written `$'...\r'` does not). Refused, not stripped, from every source alike
+    (a YAML file's `"g\r"` too): a value is taken as written or not at all. A number or a boolean is YAML, to which
+    a line end is space (`5000\r` is 5000)."""
+    if why := _unusable(text):
+        return why
+    if text.endswith("\r"):
+        return "a carriage return at its end"
+    return None
 
 
 def _unusable_key(key: str) -> str | None:
@@ -768,7 +780,7 @@ def _refuse_nul(tree: dict, problems: list[Problem] | None = None,
     not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made). Each
     one found is added to `problems`, in the order written (without it, the first is raised). A key refused
     (`_unusable_key`) is taken out of the tree (in place): pydantic would say it again, unnamed, at its mapping.
-    `source(place, text)`: where the value came from, as
+    A text ending in a carriage return is refused too (`_unfit`). `source(place, text)`: where the value came from, as
     `load_config`'s errors start with it (the environment variable, `SIGMA__QUEUE__GROUP: `; the `--set` argument;
     the file and the line), "" for none: these said the key alone, sending the user to a file that did not set it,
     or (a `--set`, a file) giving neither the argument nor the file and line."""
@@ -776,8 +788,8 @@ def _refuse_nul(tree: dict, problems: list[Problem] | None = None,
     while stack:
         where, node = stack.pop()
         if isinstance(node, str) and (why := _unfit(node)):
-            _found(problems, where, f"{source(where, node)}{where or '<root>'}: holds {why} ({node[:80]!r}); no "
-                   "path or name can")
+            tail = "no path or name can" if _unusable(node) else CR_ADVICE
+            _found(problems, where, f"{source(where, node)}{where or '<root>'}: holds {why} ({node[:80]!r}); {tail}")
         children: list[tuple[str, Any]] = []
         if isinstance(node, dict):
             refused = []
@@ -912,7 +924,12 @@ def load_config(model: type[M], path: str | Path | None = None,
     _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
     _one_spelling(model, tree, origin, found)
     whole_numbers(model, tree, origin, problems=found)
+    before = len(found)
     _refuse_nul(tree, found, came_from)
+    # a flag's text refused there (`--consumer $'g\r'`) is the flag's mistake, said alone as `_flag_error` says one
+    if by_flag := [message for place, message in found[before:]
+                   if any(_at_or_under(place, key) for key in flags or {})]:
+        raise InputError("; ".join(by_flag), code="bad_arguments")
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
     non_finite_options([model], tree, origin=origin, problems=loose)
     if before_validate is not None:
