@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from servicekit import TESTS, base_env
 
 from sigma.cli.serve import warn_unused_settings
@@ -102,3 +103,20 @@ def test_a_text_ending_in_a_carriage_return_is_refused_from_every_source(tmp_pat
     crlf.write_bytes(b"queue:\r\n  group: g\r\n  lease_ms: 9000\r\n")
     cfg = load_serve_config(str(crlf), env={"SIGMA__QUEUE__BLOCK_MS": "700\r"})
     assert (cfg.queue.group, cfg.queue.lease_ms, cfg.queue.block_ms) == ("g", 9000, 700)
+
+
+@pytest.mark.parametrize("argument, said", [
+    ("threshold=0.\ufeff1", "threshold: Input should be a valid number, unable to parse string as a number (the value "
+                            "is '0.\\ufeff1': it holds U+FEFF ZERO WIDTH NO-BREAK SPACE, which does not show)"),
+    ("io.align=tr\u200bue", "io.align: Input should be a valid boolean, unable to interpret input (the value is "
+                            "'tr\\u200bue': it holds U+200B ZERO WIDTH SPACE, which does not show)"),
+    ("batch_size=1\ufeff0\x01", "batch_size: Input should be a valid integer, unable to parse string as an "
+                                "integer (the value is '1\\ufeff0\\x01': it holds U+FEFF ZERO WIDTH NO-BREAK SPACE, "
+                                "U+0001 a control character, which do not show)"),
+])
+def test_a_value_error_shows_the_characters_that_do_not_show(tmp_path, argument, said):
+    """A BOM inside a number (pasted from a file a Windows editor saved) was "threshold: Input should be a valid
+    number, unable to parse string as a number": the value was not shown, and what the user looked at read as a
+    number. Now the value, escaped, and each invisible character named."""
+    err = refused(sigma("annotate", "a.png", "b.png", "-i", "x", "-o", str(tmp_path / "o"), "--set", argument))
+    assert err == f"sigma: error [invalid_config]: invalid AnnotateConfig: {said}\n", err

@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -1129,7 +1130,26 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
     if error["type"] == "extra_forbidden":
         return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
     return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
-            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}")
+            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
+            f"{_invisible_note(error)}")
+
+
+def _invisible_note(error: Any) -> str:
+    """For an error whose value is text holding characters that do not show (a byte-order mark, a zero-width space,
+    a control character: `printable` escapes them), the value escaped and each such character named. `--set
+    threshold=$'0.\ufeff1'` (a BOM pasted from a Windows file) was "threshold: Input should be a valid number, unable
+    to parse string as a number", and the value the user looked at read as a number. Not where the message shows the
+    value already (escaped, as `repr` writes it), nor for a value of bytes that are not UTF-8 (`_bytes_note`)."""
+    value = error.get("input")
+    if not isinstance(value, str) or error["type"] in ("string_unicode", "extra_forbidden") or value.isprintable():
+        return ""
+    hidden = [c for c in dict.fromkeys(value) if printable(c) != c]
+    if not hidden or repr(value) in error.get("msg", ""):
+        return ""
+    names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'a control character')}" for c in hidden[:4])
+    return (f" (the value is '{shown(printable(value), 80)}': it holds {names}{', …' if len(hidden) > 4 else ''}, "
+            "which do not show)" if len(hidden) > 1 else
+            f" (the value is '{shown(printable(value), 80)}': it holds {names}, which does not show)")
 
 
 def _bytes_note(error: Any) -> str:
