@@ -16,6 +16,7 @@ import pytest
 from servicekit import TESTS, base_env
 
 from sigma.cli.serve import warn_unused_settings
+from sigma.errors import ConfigError
 from sigma.service.settings import load_serve_config
 
 _opened: list[str] = []
@@ -120,3 +121,17 @@ def test_a_value_error_shows_the_characters_that_do_not_show(tmp_path, argument,
     number. Now the value, escaped, and each invisible character named."""
     err = refused(sigma("annotate", "a.png", "b.png", "-i", "x", "-o", str(tmp_path / "o"), "--set", argument))
     assert err == f"sigma: error [invalid_config]: invalid AnnotateConfig: {said}\n", err
+
+
+def test_an_unknown_section_from_the_environment_names_its_variable():
+    """`SIGMA__BOGUS__X=1` was "invalid ServeConfig: bogus: Extra inputs are not permitted", the one error of a
+    variable's value said without the variable (`SIGMA__QUEUE__LEASEMS` names it): the user looked for `bogus` in the
+    config file. A section a file gives too is left unnamed (the file is as much its source)."""
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={"SIGMA__BOGUS__X": "1", "SIGMA__BOGUS__Y": "2"})
+    assert caught.value.message == ("invalid ServeConfig: SIGMA__BOGUS__X, SIGMA__BOGUS__Y: bogus: Extra inputs are "
+                                    "not permitted"), caught.value.message
+    with pytest.raises(ConfigError) as caught:
+        load_serve_config(env={"SIGMA__QUEUEE__LEASE_MS": "1"})
+    assert caught.value.message == ("invalid ServeConfig: SIGMA__QUEUEE__LEASE_MS: queuee: Extra inputs are not "
+                                    "permitted (did you mean 'queue'?)"), caught.value.message

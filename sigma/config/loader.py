@@ -942,13 +942,34 @@ def load_config(model: type[M], path: str | Path | None = None,
         flagged = _flag_error(errors, flags or {})
         if flagged is not None:
             raise flagged from exc
+        def said_by(error: Any) -> str:
+            """`source` of an error's place, and for an unknown key the variables that gave keys under it alone
+            (`SIGMA__BOGUS__X=1` is an unknown `bogus`: it was said without the variable, which every other error
+            of a variable's value names)."""
+            place = _place(error["loc"])
+            if (said := source(place)) or error["type"] != "extra_forbidden":
+                return said
+            if _holds_place(written, error["loc"]) or any(
+                    _at_or_under(key, place) for key in set_here if not source(key)):
+                return ""               # the file or the command line gave keys there too
+            under = [label for key, label in (sources or {}).items() if _at_or_under(key, place)]
+            return f"{', '.join(dict.fromkeys(under))}: " if under else ""
+
         problems = [(e["loc"][0] if e["loc"] else "",
-                     _sourced(_message(e, given, model, origin, tree, source(_place(e["loc"]))[:-2]),
-                              source(_place(e["loc"])))) for e in errors]
+                     _sourced(_message(e, given, model, origin, tree, said_by(e)[:-2]), said_by(e))) for e in errors]
         raise _one_error(model, [*found, *_unsaid(loose, errors)], problems) from exc
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
+
+
+def _holds_place(tree: Any, loc: tuple) -> bool:
+    """Whether `tree` (a file's values, before the overrides) gives the place `loc` of a pydantic error."""
+    for part in loc:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def _capitals_as_known(model: type[BaseModel], tree: dict, overrides: dict[str, Any],
