@@ -135,3 +135,13 @@ def test_an_unknown_section_from_the_environment_names_its_variable():
         load_serve_config(env={"SIGMA__QUEUEE__LEASE_MS": "1"})
     assert caught.value.message == ("invalid ServeConfig: SIGMA__QUEUEE__LEASE_MS: queuee: Extra inputs are not "
                                     "permitted (did you mean 'queue'?)"), caught.value.message
+
+
+
+def test_a_value_is_said_at_its_own_line_among_equal_values(tmp_path):
+    """The line of a refused value was looked up by its text: of two options holding the same "v\\0", both were said
+    at the line of the last one. Now each at its own."""
+    two = tmp_path / "two.yaml"
+    two.write_text('options:\n  k0: "v\\0"\n  k1: "v\\0"\n  k2: x\n')
+    err = refused(sigma("annotate", "a.png", "b.png", "-i", "x", "-o", str(tmp_path / "o"), "--config", str(two)))
+    assert f"{two}, line 2: options.k0: holds a NUL byte" in err and f"{two}, line 3: options.k1: holds" in err, err

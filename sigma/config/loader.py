@@ -199,8 +199,8 @@ def load_yaml(text: str, where: str) -> Any:
 
 
 def _load_yaml_lines(text: str, where: str) -> tuple[Any, dict[str, int]]:
-    """`load_yaml`, and the line of each text (a key or a value) that no setting may hold (`_unfit`), by the text:
-    where a config file's NUL byte or trailing carriage return is, which a loaded value no longer knows."""
+    """`load_yaml`, and the line of each place whose key or text no setting may hold (`_unfit_lines`): where a config
+    file's NUL byte or trailing carriage return is, which a loaded value no longer knows."""
     loader = _StrictLoader(text)            # a SafeLoader subclass: no python/* tags
     try:
         node = loader.get_single_node()
@@ -219,22 +219,30 @@ def _load_yaml_lines(text: str, where: str) -> tuple[Any, dict[str, int]]:
 
 
 def _unfit_lines(root: yaml.Node | None) -> dict[str, int]:
-    """The first line (1-based) of each scalar of `root` whose text `_unfit` refuses. Each node is visited once: an
-    alias is the node it names, so a billion-laughs file is walked in the size of its text."""
+    """The line (1-based) of each place of `root` (written as `_refuse_nul` writes it: `a.b[0]`) whose key or text
+    no setting may hold (`_unusable_key`, `_unfit`). Each node is walked once: an alias is the node it names, so a
+    billion-laughs file is walked in the size of its text (a place reached through an alias has no line)."""
     lines: dict[str, int] = {}
-    stack, seen = ([root] if root is not None else []), set()
+    stack: list[tuple[str, yaml.Node]] = [("", root)] if root is not None else []
+    seen: set[int] = set()
     while stack:
-        node = stack.pop()
+        where, node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
         if isinstance(node, yaml.ScalarNode):
-            if isinstance(node.value, str) and (_unfit(node.value) or _unusable_key(node.value)):
-                lines.setdefault(node.value, node.start_mark.line + 1)
+            if isinstance(node.value, str) and _unfit(node.value):
+                lines.setdefault(where, node.start_mark.line + 1)
         elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(node.value))
         elif isinstance(node, yaml.MappingNode):
-            stack.extend(part for pair in node.value for part in pair)
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                dotted = f"{where}.{key.value}" if where else str(key.value)
+                if _unusable_key(key.value):
+                    lines.setdefault(dotted, key.start_mark.line + 1)
+                stack.append((dotted, value))
     return lines
 
 
@@ -722,8 +730,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 class ConfigFile(dict):
-    """A config file's top-level mapping (`read_yaml`), with the line of each text in it no setting may hold
-    (`lines`, by the text): `load_config` names the file and the line of such a value."""
+    """A config file's top-level mapping (`read_yaml`), with the line of each place in it whose key or text no setting
+    may hold (`lines`, by place): `load_config` names the file and the line of such a value."""
 
     def __init__(self, data: dict, lines: Mapping[str, int] | None = None) -> None:
         super().__init__(data)
@@ -775,13 +783,13 @@ def _unusable_key(key: str) -> str | None:
 
 
 def _refuse_nul(tree: dict, problems: list[Problem] | None = None,
-                source: Callable[[str, str], str] = lambda place, text: "") -> None:
+                source: Callable[[str], str] = lambda place: "") -> None:
     """No config text may hold a NUL byte or a lone surrogate: every one is a path, a name or a choice, and the first
     `open()` or `mkdir()` of it raised a bare ValueError ("embedded null byte") or UnicodeEncodeError ("surrogates
     not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made). Each
     one found is added to `problems`, in the order written (without it, the first is raised). A key refused
     (`_unusable_key`) is taken out of the tree (in place): pydantic would say it again, unnamed, at its mapping.
-    A text ending in a carriage return is refused too (`_unfit`). `source(place, text)`: where the value came from, as
+    A text ending in a carriage return is refused too (`_unfit`). `source(place)`: where the value came from, as
     `load_config`'s errors start with it (the environment variable, `SIGMA__QUEUE__GROUP: `; the `--set` argument;
     the file and the line), "" for none: these said the key alone, sending the user to a file that did not set it,
     or (a `--set`, a file) giving neither the argument nor the file and line."""
@@ -790,14 +798,14 @@ def _refuse_nul(tree: dict, problems: list[Problem] | None = None,
         where, node = stack.pop()
         if isinstance(node, str) and (why := _unfit(node)):
             tail = "no path or name can" if _unusable(node) else CR_ADVICE
-            _found(problems, where, f"{source(where, node)}{where or '<root>'}: holds {why} ({node[:80]!r}); {tail}")
+            _found(problems, where, f"{source(where)}{where or '<root>'}: holds {why} ({node[:80]!r}); {tail}")
         children: list[tuple[str, Any]] = []
         if isinstance(node, dict):
             refused = []
             for key, value in node.items():
                 dotted = f"{where}.{key}" if where else str(key)
                 if why := _unusable_key(str(key)):
-                    _found(problems, dotted, f"{source(dotted, str(key))}{dotted!r}: a key holding {why}")
+                    _found(problems, dotted, f"{source(dotted)}{dotted!r}: a key holding {why}")
                     refused.append(key)
                     continue                # its value is not looked into: the key is the problem
                 children.append((dotted, value))
@@ -886,7 +894,7 @@ def load_config(model: type[M], path: str | Path | None = None,
             return "override "
         return f"{named}: " if named is not None else ""
 
-    def came_from(place: str, text: str) -> str:
+    def came_from(place: str) -> str:
         """Where a text `_refuse_nul` refuses came from: the variable, the `key=value` argument as typed, or the file
         and its line ("threshold: holds a NUL byte" named none of them)."""
         if said := source(place):
@@ -900,7 +908,7 @@ def load_config(model: type[M], path: str | Path | None = None,
                     if typed is not None else "override ")
         if named is None:
             return ""
-        return f"{named}, line {lines[text]}: " if text in lines else f"{named}: "
+        return f"{named}, line {lines[place]}: " if place in lines else f"{named}: "
 
     found: list[Problem] = []
     placeable = {}
