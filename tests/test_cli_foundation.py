@@ -1165,13 +1165,13 @@ def test_the_checks_before_validation_report_with_every_other_error_of_the_confi
     code, _out, err = run_main(capsys, *args)
     assert code == 2
     assert_one_error_line(err, "invalid_config")
-    expected = ["invalid TrainConfig: name: holds a NUL byte ('a\\x00b'); no path or name can",
-                "out_dir: holds a lone UTF-16 surrogate",
+    expected = ["invalid TrainConfig: override name=a\\x00b: name: holds a NUL byte ('a\\x00b'); no path or name can",
+                "override out_dir=\\ud800: out_dir: holds a lone UTF-16 surrogate",
                 "override data.crop=1e999999: more than 4300 digits, too large: data.crop is an integer setting",
                 "data.mix: Input should be a valid dictionary", f"data: {CHECKS_SKIPPED}",
                 "override steps=1e-3: not a whole number, and steps is an integer setting",
                 f"lr: Input should be a valid number, not the boolean True {BOOL_HINT}",
-                "'bad\\x00key': a key holding a NUL byte"]
+                f"{config}, line {TRAIN_TINY.read_text().count(chr(10)) + 1}: 'bad\\x00key': a key holding a NUL byte"]
     places = [err.find(text) for text in expected]
     assert -1 not in places and places == sorted(places), (err, places)
     joins = err.count("; ") - err.count("; no path or name can")     # no second error for steps, data.crop, the key

@@ -223,7 +223,9 @@ def test_a_key_holding_bytes_that_are_not_utf8_is_named(capsys, tmp_path, how):
     given = ["--set", "options.\udcff=1"] if how == "--set" else []
     err = refused(capsys, "annotate", "--example", "-o", str(tmp_path / "out"), "--config", str(config), *given)
     key = "'\\udcff'" if how == "top-level" else "'options.\\udcff'"
-    assert err == f"sigma: error [invalid_config]: {key}: a key holding bytes that are not UTF-8 text", err
+    # where it was written: the file and its line, or the argument (escaped as the key is)
+    where = {"file": f"{config}, line 3: ", "top-level": f"{config}, line 2: ", "--set": "override options.\\udcff=1: "}
+    assert err == f"sigma: error [invalid_config]: {where[how]}{key}: a key holding bytes that are not UTF-8 text", err
 
 
 def test_an_environment_key_holding_bytes_that_are_not_utf8_is_named():

@@ -710,7 +710,8 @@ def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, cap
         cfg.write_text(yaml.safe_dump({**yaml.safe_load(Path(STAGE1).read_text()), **tree}))
         assert main(["train", str(cfg), *[c for c in common if not c.startswith(key)], "name=nul"]) == 2
         err = capsys.readouterr().err
-        assert f"[invalid_config]: {key}: holds a NUL byte" in err, err
+        line = next(n for n, text in enumerate(cfg.read_text().splitlines(), 1) if "\\0" in text)
+        assert f"[invalid_config]: {cfg}, line {line}: {key}: holds a NUL byte" in err, err
     assert not (runs / "nul").exists()
 
 
@@ -729,7 +730,8 @@ def test_a_config_text_with_a_lone_surrogate_is_one_config_error(photos, tmp_pat
         (tmp_path / "s.yaml").write_text(yaml.safe_dump({**base, **tree}))     # written as the escape "\uD800"
         assert main(["train", str(tmp_path / "s.yaml"), *common]) == 2
         err = capsys.readouterr().err
-        assert f"[invalid_config]: {key}: holds a lone UTF-16 surrogate" in err, err
+        line = next(n for n, text in enumerate((tmp_path / "s.yaml").read_text().splitlines(), 1) if "\\uD800" in text)
+        assert f"[invalid_config]: {tmp_path / 's.yaml'}, line {line}: {key}: holds a lone UTF-16 surrogate" in err, err
     assert not runs.exists()
     # the bytes as they come from a shell (`name=$'r\xff'`), said where stderr is strict UTF-8
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8:strict"}

@@ -239,12 +239,13 @@ def warn_unused_settings(mode: str, cfg, path: str | None = None) -> None:
     of the deployment, so it starts. So are a worker's api.* settings (SIGMA__API__*) and each mode's unused
     limits.* (SIGMA__LIMITS__*), each section on a line of its own; not
     auth.*: keys are credentials, and one environment (SIGMA_API_KEYS) serving every process is no mistake to say.
-    Each line names where its values came from (`given_by`: the file, `path` or $SIGMA_SERVE_CONFIG's, and the
+    Each line names where its values came from (`setting_sources`: the file, `path` or $SIGMA_SERVE_CONFIG's, and the
     variables): "(from the config file or SIGMA__WORKER__*)" named neither the file nor the variable."""
-    from sigma.service.settings import ServeConfig, given_by
+    from sigma.service.settings import ServeConfig, setting_sources
     from sigma.text import shown
 
     default, unused = ServeConfig(), unused_settings(mode)
+    given_by = setting_sources(path)      # the file read once for every setting said, not once per setting
     for section in ("worker", "api", "limits"):
         now, before = getattr(cfg, section), getattr(default, section)
         said: dict[str, str] = {}
@@ -254,7 +255,7 @@ def warn_unused_settings(mode: str, cfg, path: str | None = None) -> None:
             if owner == section and getattr(now, key) != getattr(before, key):
                 # each value cut (shown): a deployment's worker.options may run to megabytes, said whole in one line
                 said[f"{dotted}={shown(repr(getattr(now, key)), 80)}"] = why
-                sources += given_by(dotted, path)
+                sources += given_by(dotted)
         if said:
             named = list(dict.fromkeys(sources))
             where = (" and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named) if named

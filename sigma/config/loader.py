@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,7 +29,7 @@ from sigma.config.schema import NamesAnnotator, field_for_key, field_position, i
 from sigma.errors import ConfigError, InputError, error_text
 from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically
-from sigma.text import nearest, shown
+from sigma.text import escape_surrogates, nearest, printable, shown
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -194,8 +195,16 @@ def _check_size(data: Any, where: str) -> None:
 def load_yaml(text: str, where: str) -> Any:
     """`yaml.safe_load` within the bounds above, duplicate keys refused. YAML syntax errors are raised as
     `yaml.YAMLError` (the caller says where); what the parser cannot hold is a ConfigError naming `where`."""
+    return _load_yaml_lines(text, where)[0]
+
+
+def _load_yaml_lines(text: str, where: str) -> tuple[Any, dict[str, int]]:
+    """`load_yaml`, and the line of each place whose key or text no setting may hold (`_unfit_lines`): where a config
+    file's NUL byte or trailing carriage return is, which a loaded value no longer knows."""
+    loader = _StrictLoader(text)            # a SafeLoader subclass: no python/* tags
     try:
-        data = yaml.load(text, Loader=_StrictLoader)   # a SafeLoader subclass: no python/* tags
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except RecursionError as exc:
         raise ConfigError(f"{where}: nested too deeply for a config") from exc
     except ValueError as exc:   # CPython's bound on int(str), or ours on the other bases: more than 4300 digits
@@ -203,8 +212,38 @@ def load_yaml(text: str, where: str) -> Any:
             raise
         what = str(exc) if isinstance(exc, _HugeInteger) else f"an integer of more than {MAX_INTEGER_DIGITS} digits"
         raise ConfigError(f"{where}: holds {what}") from exc
+    finally:
+        loader.dispose()
     _check_size(data, where)
-    return data
+    return data, _unfit_lines(node)
+
+
+def _unfit_lines(root: yaml.Node | None) -> dict[str, int]:
+    """The line (1-based) of each place of `root` (written as `_refuse_nul` writes it: `a.b[0]`) whose key or text
+    no setting may hold (`_unusable_key`, `_unfit`). Each node is walked once: an alias is the node it names, so a
+    billion-laughs file is walked in the size of its text (a place reached through an alias has no line)."""
+    lines: dict[str, int] = {}
+    stack: list[tuple[str, yaml.Node]] = [("", root)] if root is not None else []
+    seen: set[int] = set()
+    while stack:
+        where, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            if isinstance(node.value, str) and _unfit(node.value):
+                lines.setdefault(where, node.start_mark.line + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                dotted = f"{where}.{key.value}" if where else str(key.value)
+                if _unusable_key(key.value):
+                    lines.setdefault(dotted, key.start_mark.line + 1)
+                stack.append((dotted, value))
+    return lines
 
 
 def parse_value(text: str, key: str = "value") -> Any:
@@ -669,7 +708,14 @@ def read_yaml(path: str | Path) -> dict:
             said = f"{size} bytes" if size > MAX_CONFIG_BYTES else "still growing"
             raise ConfigError(f"{path}: {said}, more than a config file holds "
                               f"(at most {MAX_CONFIG_BYTES // 2**20} MiB); is it the right file?")
-        data = load_yaml(utf8_text(raw, path), str(path)) or {}
+        text = utf8_text(raw, path)
+        data, lines = _load_yaml_lines(text, str(path))
+    except yaml.reader.ReaderError as exc:     # a character YAML refuses raw (a NUL byte): said at its line
+        before = text[:exc.position]
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ConfigError(f"{path}: not valid YAML at line {before.count(chr(10)) + 1}, column "
+                          f"{exc.position - before.rfind(chr(10))} (unacceptable character {what}"
+                          f"{' (a NUL byte)' if exc.character == 0 else ''}: {exc.reason})") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -677,9 +723,19 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    return ConfigFile(data, lines)
+
+
+class ConfigFile(dict):
+    """A config file's top-level mapping (`read_yaml`), with the line of each place in it whose key or text no setting
+    may hold (`lines`, by place): `load_config` names the file and the line of such a value."""
+
+    def __init__(self, data: dict, lines: Mapping[str, int] | None = None) -> None:
+        super().__init__(data)
+        self.lines = dict(lines or {})
 
 
 def _unusable(text: str) -> str | None:
@@ -692,6 +748,23 @@ def _unusable(text: str) -> str | None:
         text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return "a lone UTF-16 surrogate"
+    return None
+
+
+CR_ADVICE = "no setting's text ends in one (a line end of a file saved with Windows line ends, CRLF?): remove it"
+
+
+def _unfit(text: str) -> str | None:
+    """Why `text` can be no setting's text: what `_unusable` refuses, or a trailing carriage return. A variable from
+    an env file saved with Windows line ends (`SIGMA__QUEUE__GROUP=$'g\r'`, a script's `--set` likewise) kept it:
+    a consumer group, a path, a name with an invisible `\r` at its end, another than the one meant (compose strips
+    it, a shell's `source` or a hand-written `$'...\r'` does not). Refused, not stripped, from every source alike
+    (a YAML file's `"g\r"` too): a value is taken as written or not at all. A number or a boolean is YAML, to which
+    a line end is space (`5000\r` is 5000)."""
+    if why := _unusable(text):
+        return why
+    if text.endswith("\r"):
+        return "a carriage return at its end"
     return None
 
 
@@ -716,14 +789,16 @@ def _refuse_nul(tree: dict, problems: list[Problem] | None = None,
     not allowed"), a traceback, after the config was taken (`name: "\ud800"` once the run folder was made). Each
     one found is added to `problems`, in the order written (without it, the first is raised). A key refused
     (`_unusable_key`) is taken out of the tree (in place): pydantic would say it again, unnamed, at its mapping.
-    `source(place)`: the environment variable the value came from, as `load_config`'s errors start with it
-    (`SIGMA__QUEUE__GROUP: `), "" for none: these said the key alone, sending the user to a file that did not set it."""
+    A text ending in a carriage return is refused too (`_unfit`). `source(place)`: where the value came from, as
+    `load_config`'s errors start with it (the environment variable, `SIGMA__QUEUE__GROUP: `; the `--set` argument;
+    the file and the line), "" for none: these said the key alone, sending the user to a file that did not set it,
+    or (a `--set`, a file) giving neither the argument nor the file and line."""
     stack: list[tuple[str, Any]] = [("", tree)]
     while stack:
         where, node = stack.pop()
-        if isinstance(node, str) and (why := _unusable(node)):
-            _found(problems, where, f"{source(where)}{where or '<root>'}: holds {why} ({node[:80]!r}); no path or "
-                   "name can")
+        if isinstance(node, str) and (why := _unfit(node)):
+            tail = "no path or name can" if _unusable(node) else CR_ADVICE
+            _found(problems, where, f"{source(where)}{where or '<root>'}: holds {why} ({node[:80]!r}); {tail}")
         children: list[tuple[str, Any]] = []
         if isinstance(node, dict):
             refused = []
@@ -779,9 +854,17 @@ def _unsaid(problems: list[Problem], errors: list[Any]) -> list[Problem]:
     it is unknown. The note that a section's checks across fields were not run (`checks_skipped`, at `options`) is
     about none of its values: it hid `options.grounding_options.x: inf ...` beside another option's error."""
     places = [(_place(e["loc"]), e["type"] == "checks_skipped") for e in errors if e["loc"]]
+    around = {prefix for other, _ in places for prefix in _prefixes(other)}      # a place at or inside one of them
+    plain = {other for other, note in places if not note}
     return [(place, message) for place, message in problems
-            if not any(_at_or_under(other, place) or not note and _at_or_under(place, other)
-                       for other, note in places)]
+            if place not in around and plain.isdisjoint(_prefixes(place))]
+
+
+def _prefixes(place: str) -> list[str]:
+    """Every place `place` is at or under (`_at_or_under`): `a`, `a.b`, `a.b[0]` for `a.b[0]`. The checks of places
+    against places look these up in a set: compared pair by pair, a file of 20000 options holding a NUL byte (20000
+    problems, 20000 unknown keys) took 8 minutes to be refused (500 KB, well inside MAX_CONFIG_BYTES)."""
+    return [place[:i] for i in range(1, len(place)) if place[i] in ".["] + [place]
 
 
 def load_config(model: type[M], path: str | Path | None = None,
@@ -799,8 +882,11 @@ def load_config(model: type[M], path: str | Path | None = None,
     the config refuses there is the flag's mistake, `bad_arguments` naming it (`_flag_error`)."""
     tree: dict = dict(base or {})
     named = path if path is not None else base_from
+    lines = dict(getattr(base, "lines", {}))        # where a `base` read by `read_yaml` holds what `_unfit` refuses
     if path is not None:
-        tree = deep_merge(tree, read_yaml(path))
+        read = read_yaml(path)
+        lines = {**lines, **read.lines} if isinstance(read, ConfigFile) else lines
+        tree = deep_merge(tree, read)
     if isinstance(overrides, list):
         overrides = read_overrides(overrides)
     given = {k: v for k, v in (overrides or {}).items() if isinstance(v, Override)}
@@ -815,6 +901,22 @@ def load_config(model: type[M], path: str | Path | None = None,
         if any(key == k or key.startswith(k + ".") for k in set_here):
             return "override "
         return f"{named}: " if named is not None else ""
+
+    def came_from(place: str) -> str:
+        """Where a text `_refuse_nul` refuses came from: the variable, the `key=value` argument as typed, or the file
+        and its line ("threshold: holds a NUL byte" named none of them)."""
+        if said := source(place):
+            return said
+        key = next((k for k in set_here if _at_or_under(place, k)), None)
+        if key is not None:
+            if key in (flags or {}):
+                return f"{flags[key]}: "
+            typed = given.get(key)
+            return (f"override {shown(escape_surrogates(printable(f'{key}={typed.text}')), 100)}: "
+                    if typed is not None else "override ")
+        if named is None:
+            return ""
+        return f"{named}, line {lines[place]}: " if place in lines else f"{named}: "
 
     found: list[Problem] = []
     placeable = {}
@@ -839,7 +941,12 @@ def load_config(model: type[M], path: str | Path | None = None,
     _refuse_options_of_another(model, written, tree, set(placeable), origin, named, found)
     _one_spelling(model, tree, origin, found)
     whole_numbers(model, tree, origin, problems=found)
-    _refuse_nul(tree, found, source)
+    before = len(found)
+    _refuse_nul(tree, found, came_from)
+    # a flag's text refused there (`--consumer $'g\r'`) is the flag's mistake, said alone as `_flag_error` says one
+    if by_flag := [message for place, message in found[before:]
+                   if any(_at_or_under(place, key) for key in flags or {})]:
+        raise InputError("; ".join(by_flag), code="bad_arguments")
     loose: list[Problem] = []               # said unless a field's own check says it (`_unsaid`)
     non_finite_options([model], tree, origin=origin, problems=loose)
     if before_validate is not None:
@@ -847,14 +954,28 @@ def load_config(model: type[M], path: str | Path | None = None,
     try:
         config = model.model_validate(tree)
     except ValidationError as exc:
-        errors = [e for e in exc.errors() if not any(_at_or_under(_place(e["loc"]), place) for place, _ in found)]
+        taken = {place for place, _ in found}
+        errors = [e for e in exc.errors() if taken.isdisjoint(_prefixes(_place(e["loc"])))]
         rest = [*found, *_unsaid(loose, errors)]
         flagged = _flag_error(errors, flags or {})
         if flagged is not None:     # the flags' line, then the rest of the config's problems on their own
             errors = [e for e in errors if not _at_a_flag(e, flags or {})]
+
+        def said_by(error: Any) -> str:
+            """`source` of an error's place, and for an unknown key the variables that gave keys under it alone
+            (`SIGMA__BOGUS__X=1` is an unknown `bogus`: it was said without the variable, which every other error
+            of a variable's value names)."""
+            place = _place(error["loc"])
+            if (said := source(place)) or error["type"] != "extra_forbidden":
+                return said
+            if _holds_place(written, error["loc"]) or any(
+                    _at_or_under(key, place) for key in set_here if not source(key)):
+                return ""               # the file or the command line gave keys there too
+            under = [label for key, label in (sources or {}).items() if _at_or_under(key, place)]
+            return f"{', '.join(dict.fromkeys(under))}: " if under else ""
+
         problems = [(e["loc"][0] if e["loc"] else "",
-                     _sourced(_message(e, given, model, origin, tree, source(_place(e["loc"]))[:-2]),
-                              source(_place(e["loc"])))) for e in errors]
+                     _sourced(_message(e, given, model, origin, tree, said_by(e)[:-2]), said_by(e))) for e in errors]
         if flagged is None:
             raise _one_error(model, rest, problems) from exc
         if rest or any(e["type"] != "checks_skipped" for e in errors):     # not a section's note alone
@@ -863,6 +984,15 @@ def load_config(model: type[M], path: str | Path | None = None,
     if found or loose:
         raise _one_error(model, [*found, *loose], [])
     return config
+
+
+def _holds_place(tree: Any, loc: tuple) -> bool:
+    """Whether `tree` (a file's values, before the overrides) gives the place `loc` of a pydantic error."""
+    for part in loc:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def _capitals_as_known(model: type[BaseModel], tree: dict, overrides: dict[str, Any],
@@ -1050,7 +1180,26 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
     if error["type"] == "extra_forbidden":
         return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
     return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
-            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}")
+            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
+            f"{_invisible_note(error)}")
+
+
+def _invisible_note(error: Any) -> str:
+    """For an error whose value is text holding characters that do not show (a byte-order mark, a zero-width space,
+    a control character: `printable` escapes them), the value escaped and each such character named. `--set
+    threshold=$'0.\ufeff1'` (a BOM pasted from a Windows file) was "threshold: Input should be a valid number, unable
+    to parse string as a number", and the value the user looked at read as a number. Not where the message shows the
+    value already (escaped, as `repr` writes it), nor for a value of bytes that are not UTF-8 (`_bytes_note`)."""
+    value = error.get("input")
+    if not isinstance(value, str) or error["type"] in ("string_unicode", "extra_forbidden") or value.isprintable():
+        return ""
+    hidden = [c for c in dict.fromkeys(value) if printable(c) != c]
+    if not hidden or repr(value) in error.get("msg", ""):
+        return ""
+    names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'a control character')}" for c in hidden[:4])
+    return (f" (the value is '{shown(printable(value), 80)}': it holds {names}{', …' if len(hidden) > 4 else ''}, "
+            "which do not show)" if len(hidden) > 1 else
+            f" (the value is '{shown(printable(value), 80)}': it holds {names}, which does not show)")
 
 
 def _bytes_note(error: Any) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -411,26 +411,41 @@ def config_file_named(path: str | Path | None, env: Mapping[str, str]) -> str | 
     return f"{env[SERVE_CONFIG_ENV]} ({SERVE_CONFIG_ENV})" if env_text(SERVE_CONFIG_ENV, env) else None
 
 
+def setting_sources(path: str | Path | None = None,
+                    env: Mapping[str, str] | None = None) -> Callable[[str], list[str]]:
+    """Where the settings file and the environment give a setting (`given_by`), the file and the environment read
+    once, here: the function returned answers for each setting from them. `sigma serve`'s warning of settings it does
+    not use asked `given_by` once per setting, and each asked read the file (and walked the environment) again: seven
+    opens of one file for six settings, each able to find another file than the one loaded."""
+    env = os.environ if env is None else env
+    sources = env_sourced(env)[1]
+    try:
+        tree = _serve_config_file(path, env)
+    except ConfigError:         # read a moment ago; gone since: it is no longer where the value came from
+        tree = {}
+    named = config_file_named(path, env)
+
+    def given(dotted: str) -> list[str]:
+        places = _spellings(dotted)
+        whole = [name for key, name in sources.items() for place in places
+                 if place == key or place.startswith(f"{key}.")]
+        if whole:
+            return list(dict.fromkeys(whole))
+        under = [name for key, name in sources.items() for place in places if key.startswith(f"{place}.")]
+        in_file = any(_holds(tree, place.split(".")) for place in places)
+        return list(dict.fromkeys([*([named] if in_file and named else []), *under]))
+
+    return given
+
+
 def given_by(dotted: str, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> list[str]:
     """Where the settings file and the environment give the setting `dotted` (`worker.max_wait_ms`, in any of its
     spellings: `limits.max_image_bytes` for `limits.max_bytes`): the variables that set it, it whole or a key under it
     (`SIGMA__WORKER__OPTIONS__TAU` for `worker.options`), and the file (`config_file_named`) unless a variable gives it
     or a mapping above it whole, replacing the file's. For a line that must say where a value came from (`sigma serve`'s
-    settings it does not use): "(from the config file or SIGMA__WORKER__*)" sent the user looking through both."""
-    env = os.environ if env is None else env
-    places = _spellings(dotted)
-    sources = env_sourced(env)[1]
-    whole = [name for key, name in sources.items() for place in places if place == key or place.startswith(f"{key}.")]
-    if whole:
-        return list(dict.fromkeys(whole))
-    under = [name for key, name in sources.items() for place in places if key.startswith(f"{place}.")]
-    try:
-        tree = _serve_config_file(path, env)
-    except ConfigError:         # read a moment ago; gone since: it is no longer where the value came from
-        tree = {}
-    in_file = any(_holds(tree, place.split(".")) for place in places)
-    named = config_file_named(path, env)
-    return list(dict.fromkeys([*([named] if in_file and named else []), *under]))
+    settings it does not use): "(from the config file or SIGMA__WORKER__*)" sent the user looking through both. For
+    more than one setting, `setting_sources` reads the file once for them all."""
+    return setting_sources(path, env)(dotted)
 
 
 def _spellings(dotted: str) -> list[str]:
