@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, CancelledError, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -284,6 +286,23 @@ def say_above_progress(line: str) -> None:
         pass
 
 
+def _exit_code_of_ended(process: Any, settle_s: float = 1.0) -> int | None:
+    """`process.exitcode`, waiting up to `settle_s` for it when the process has ended (its sentinel ready) but the
+    code is not known yet: the executor's manager thread joins a broken pool's processes as the futures learn of the
+    break, and of two threads reaping one child only one gets its status (the other's `waitpid` fails, `exitcode`
+    None until the first has set it), so a death read at that moment was said "how is unknown"."""
+    code = process.exitcode
+    try:
+        ended = code is None and bool(multiprocessing.connection.wait([process.sentinel], 0))
+    except (ValueError, OSError):        # closed, or never started
+        return code
+    deadline = time.monotonic() + settle_s
+    while ended and code is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        code = process.exitcode
+    return code
+
+
 class RecordingContext:
     """The 'spawn' multiprocessing context, with two differences: every process it starts is remembered, and each
     starts with SIGINT/SIGTERM blocked (`ShieldedSpawnProcess`, for `decode_process_init` to ignore them). A
@@ -309,7 +328,7 @@ class RecordingContext:
             processes = list(self.processes)
         said = []
         for process in processes:
-            code = process.exitcode
+            code = _exit_code_of_ended(process)
             if code is None or code == 0:
                 continue
             try:
