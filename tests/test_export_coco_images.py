@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from killers import at_first_temp_rename
+from tmpfs import mounted_tmpfs
 
 from sigma.batch import BatchConfig, run_batch
 from sigma.cli import main
@@ -232,18 +233,9 @@ def test_images_folder_given_as_the_json_path_too_is_refused_before_anything_is_
 @pytest.fixture
 def read_only_folder(tmp_path):
     """A folder on a tmpfs remounted read-only (EROFS even for root, whom permissions do not stop); root only."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=False,
-                      capture_output=True).returncode:
-        pytest.skip("mount is not allowed here")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "4m") as folder:
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False, capture_output=True)
 
 
 def test_an_out_in_a_read_only_folder_is_said_of_that_path_not_of_a_spool_file(runs, read_only_folder, capsys):

@@ -6,13 +6,13 @@ disk for the outputs that are files."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tmpfs import mounted_tmpfs
 
 from sigma.batch import BatchConfig, run_batch
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
@@ -43,13 +43,7 @@ def run_dir(corpus: Path, tmp_path_factory) -> Path:
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs filled with 4 KiB files, then one removed: one page (4 KiB) of room left."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mount is not allowed here")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "256k") as disk:
         fill = disk / "fill"
         fill.mkdir()
         n = 0
@@ -62,8 +56,6 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         (fill / str(n)).unlink(missing_ok=True)
         (fill / "0").unlink()
         yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=False, capture_output=True)
 
 
 @pytest.mark.parametrize("argv", [["report", "RUN", "--out", "/dev/full"],

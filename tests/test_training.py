@@ -16,6 +16,7 @@ import torch
 import yaml
 from killers import at_first_temp_rename, record_syncs
 from test_synth import make_photos
+from tmpfs import mounted_tmpfs
 
 from sigma.cli import main
 from sigma.training.config import TrainConfig
@@ -1185,13 +1186,7 @@ def test_a_full_disk_is_one_out_of_space_line_keeping_the_last_checkpoint(photos
     ended `os_error`, the code of any refused file operation, so a script could not tell "free some space and
     --resume" from a bad path. Now one `out_of_space` line; the checkpoint before is whole, and once there is room
     `--resume` goes on from it."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mount is not allowed here")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "2m") as disk:
         run = disk / "r"
         argv = ["train", STAGE1, f"data.photos={photos}", f"out_dir={disk}", "name=r", "steps=6", "ckpt_every=2",
                 "eval.val_size=0"]
@@ -1204,8 +1199,6 @@ def test_a_full_disk_is_one_out_of_space_line_keeping_the_last_checkpoint(photos
         subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True, capture_output=True)
         assert main(["train", "--resume", str(run)]) == 0
         assert "resumed" in capsys.readouterr().out and steps_logged(run) == [1, 2, 3, 4, 5, 6]
-    finally:
-        subprocess.run(["umount", str(disk)], check=False, capture_output=True)
 
 
 def test_a_checkpoint_over_the_file_size_limit_says_the_limit_and_leaves_no_partial_file(tmp_path):
