@@ -180,7 +180,9 @@ def _small_blocks(snapshot) -> int:
     """Bytes held in blocks under 1 MiB. The one block left out is a table the interpreter grows once in a while,
     not state kept per image: pathlib interns each path part, and the interned-strings table, grown by every test run
     before in the same process, was now and then reallocated (7.5 MB) during the 2000 stages — this test failed
-    after test_folderlock, test_export_hf and test_regular (3867 bytes "per staged image"), never alone."""
+    after test_folderlock, test_export_hf and test_regular (3867 bytes "per staged image"), never alone. A smaller
+    table's reallocation (~400 KB, "203 bytes per staged image" in the full suite of stop 43) stays under 1 MiB, so
+    the test counts two rounds of stages and keeps the lesser: a table doubles, so it is not grown in both."""
     return sum(trace.size for trace in snapshot.traces if trace.size < 1 << 20)
 
 
@@ -196,15 +198,17 @@ def test_staged_images_hold_their_names_alone_and_every_one_is_removed_however_p
     folder = tmp_path / "img"
     placed = PlacedFiles(folder)
     placed.stage("warm.png", b"x")            # the folder made, imports done: not counted
+    rounds = []     # two of 1000 stages each, the least counted: a table the interpreter grows grows in one at most
     tracemalloc.start()
     try:
-        before = _small_blocks(tracemalloc.take_snapshot())
-        for k in range(2000):
-            placed.stage(f"corpus_q{k:08d}.png", b"image %d" % k)
-        held = _small_blocks(tracemalloc.take_snapshot()) - before
+        for first in (0, 1000):
+            before = _small_blocks(tracemalloc.take_snapshot())
+            for k in range(first, first + 1000):
+                placed.stage(f"corpus_q{k:08d}.png", b"image %d" % k)
+            rounds.append(_small_blocks(tracemalloc.take_snapshot()) - before)
     finally:
         tracemalloc.stop()
-    assert held < 2000 * 64, f"{held / 2000:.0f} bytes per staged image"
+    assert min(rounds) < 1000 * 64, f"{min(rounds) / 1000:.0f} bytes per staged image (rounds: {rounds})"
     assert len(list(placed.staged())) == 2001 and len(os.listdir(folder)) == 2001          # temporary files only
     (folder / "corpus_q00001000.png").write_bytes(b"another export's image")
     with pytest.raises(InputError) as refused:
