@@ -177,13 +177,20 @@ def test_a_file_system_without_hard_links_takes_an_exclusive_copy(runs, tmp_path
 
 
 def _small_blocks(snapshot) -> int:
-    """Bytes held in blocks under 1 MiB. The one block left out is a table the interpreter grows once in a while,
-    not state kept per image: pathlib interns each path part, and the interned-strings table, grown by every test run
-    before in the same process, was now and then reallocated (7.5 MB) during the 2000 stages — this test failed
-    after test_folderlock, test_export_hf and test_regular (3867 bytes "per staged image"), never alone. A smaller
-    table's reallocation (~400 KB, "203 bytes per staged image" in the full suite of stop 43) stays under 1 MiB, so
-    the test counts two rounds of stages and keeps the lesser: a table doubles, so it is not grown in both."""
-    return sum(trace.size for trace in snapshot.traces if trace.size < 1 << 20)
+    """Bytes held in blocks under 1 MiB allocated under this test's own calls (a frame of this file in the block's
+    traceback: `tracemalloc.start(STAGE_FRAMES)`). Left out: what other threads of the process allocate meanwhile
+    (a thread an earlier test left running; in stop 43's clean-clone CI, twice "203 bytes per staged image" in the
+    full suite, never alone), and the one block of a table the interpreter grows once in a while, not state kept
+    per image: pathlib interns each path part, and the interned-strings table, grown by every test run before in
+    the same process, was now and then reallocated (7.5 MB) during the 2000 stages — this test failed after
+    test_folderlock, test_export_hf and test_regular (3867 bytes "per staged image"), never alone."""
+    import tracemalloc
+
+    own = snapshot.filter_traces([tracemalloc.Filter(True, __file__, all_frames=True)])
+    return sum(trace.size for trace in own.traces if trace.size < 1 << 20)
+
+
+STAGE_FRAMES = 32       # deep enough to reach this file's frame from any allocation under `PlacedFiles.stage`
 
 
 def test_staged_images_hold_their_names_alone_and_every_one_is_removed_however_placing_ends(tmp_path):
@@ -198,8 +205,8 @@ def test_staged_images_hold_their_names_alone_and_every_one_is_removed_however_p
     folder = tmp_path / "img"
     placed = PlacedFiles(folder)
     placed.stage("warm.png", b"x")            # the folder made, imports done: not counted
-    rounds = []     # two of 1000 stages each, the least counted: a table the interpreter grows grows in one at most
-    tracemalloc.start()
+    rounds = []     # two of 1000 stages each, the lesser counted: a table the interpreter grows doubles, in one at most
+    tracemalloc.start(STAGE_FRAMES)
     try:
         for first in (0, 1000):
             before = _small_blocks(tracemalloc.take_snapshot())
