@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,15 +21,31 @@ from sigma.cli.serve import warn_unused_settings
 from sigma.errors import ConfigError
 from sigma.service.settings import load_serve_config
 
-_opened: list[str] = []
+# the list each open()'s path is appended to while a test counts opens, else none. An audit hook cannot be removed:
+# installed at import and recording always, it kept every path any later test of the process opened (the whole
+# suite's, since pytest imports every module first), and test_export_coco_images' memory bound failed after it
+_counting: list[list[str]] = []
+_hooked = False
 
 
 def _count_opens(event: str, args: tuple) -> None:
-    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-        _opened.append(os.fsdecode(args[0]))
+    if _counting and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        _counting[-1].append(os.fsdecode(args[0]))
 
 
-sys.addaudithook(_count_opens)      # a real open() of the real file, counted by Python's own audit events
+@contextmanager
+def opens_counted() -> Iterator[list[str]]:
+    """The paths opened (Python's own `open` audit events) inside the block."""
+    global _hooked
+    if not _hooked:
+        sys.addaudithook(_count_opens)
+        _hooked = True
+    opened: list[str] = []
+    _counting.append(opened)
+    try:
+        yield opened
+    finally:
+        _counting.remove(opened)
 
 
 def test_the_unused_settings_warning_reads_the_settings_file_once(tmp_path, capsys):
@@ -37,9 +55,9 @@ def test_the_unused_settings_warning_reads_the_settings_file_once(tmp_path, caps
     path.write_text("worker:\n  max_wait_ms: 7\n  max_batch_size: 3\n  load_retry_s: 9\n  decode_pool_retry_s: 4\n"
                     "api:\n  wait_timeout_s: 9\nlimits:\n  max_queue_length: 7\n")
     cfg = load_serve_config(str(path), env={})
-    _opened.clear()
-    warn_unused_settings("sigma worker --batch", cfg, str(path))
-    reads = [name for name in _opened if name == str(path)]
+    with opens_counted() as opened:
+        warn_unused_settings("sigma worker --batch", cfg, str(path))
+    reads = [name for name in opened if name == str(path)]
     err = capsys.readouterr().err
     assert err.count("sigma: warning: sigma worker --batch does not use") == 3, err
     assert err.count(f"(from {path})") == 3, err

@@ -178,9 +178,8 @@ def test_a_file_system_without_hard_links_takes_an_exclusive_copy(runs, tmp_path
 
 def _small_blocks(snapshot) -> int:
     """Bytes held in blocks under 1 MiB allocated under this test's own calls (a frame of this file in the block's
-    traceback: `tracemalloc.start(STAGE_FRAMES)`). Left out: what other threads of the process allocate meanwhile
-    (a thread an earlier test left running; in stop 43's clean-clone CI, twice "203 bytes per staged image" in the
-    full suite, never alone), and the one block of a table the interpreter grows once in a while, not state kept
+    traceback: `tracemalloc.start(STAGE_FRAMES)`). Left out: what other threads of the process allocate meanwhile,
+    and the one block of a table the interpreter grows once in a while, not state kept
     per image: pathlib interns each path part, and the interned-strings table, grown by every test run before in
     the same process, was now and then reallocated (7.5 MB) during the 2000 stages — this test failed after
     test_folderlock, test_export_hf and test_regular (3867 bytes "per staged image"), never alone."""
