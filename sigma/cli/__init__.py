@@ -254,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         from sigma.cli.common import error_line
 
         where = f": {exc.filename}" if exc.filename else ""
-        if _out_of_space(exc):
-            return _failed(_out_of_space(exc), argv)
+        no_room = _out_of_space(exc)
+        if no_room:
+            return _failed(no_room, argv)
         return _failed(error_line("os_error", f"{exc.strerror or exc}{where}"), argv)
     except UnicodeEncodeError as exc:
         return _failed(_unencodable(exc), argv)
@@ -286,10 +287,9 @@ def _out_of_space(exc: OSError) -> str:
     refused = room_refused(exc)
     if refused not in (errno.ENOSPC, errno.EDQUOT):
         return ""
-    code = "out_of_space"
     where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
     said = exc.strerror or os.strerror(refused)
-    return error_line(code, f"{said}{where} (free room on that file system, or write elsewhere)")
+    return error_line("out_of_space", f"{said}{where} (free room on that file system, or write elsewhere)")
 
 
 def _said_all(status: int, argv: list[str] | None, stdout_is_a_log: bool = False) -> int:
