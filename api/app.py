@@ -17,7 +17,7 @@ from sigma.api import errors
 from sigma.api.auth import require_key
 from sigma.api.batches import router as batches_router
 from sigma.api.errors import ERROR_RESPONSES
-from sigma.api.middleware import BodyLimit, BodyTimeout, CatchAll, HeadAsGet, RequestMetrics
+from sigma.api.middleware import BodyLimit, BodyTimeout, CatchAll, HeadAsGet, RequestMetrics, ServerTargets
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.routes_health import router as health_router
 from sigma.api.routes_jobs import router as jobs_router
@@ -58,6 +58,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     # outermost last: metrics see every answer; CatchAll answers what a route lets out without closing the
     # connection; the body limit and the body read timeout wrap `receive`; innermost, HEAD is served as GET
     app.add_middleware(HeadAsGet)
+    app.add_middleware(ServerTargets)      # OPTIONS * and CONNECT, which name no route
     app.add_middleware(BodyTimeout, seconds=cfg.api.body_timeout_s, idle_seconds=cfg.api.body_idle_timeout_s,
                        min_rate=cfg.api.min_body_rate, rate_window=cfg.api.body_rate_window_s)
     app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_request_bytes)

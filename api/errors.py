@@ -44,6 +44,8 @@ STATUS_BY_CODE = {
     # a request line of another HTTP version (an HTTP/2 connection preface, `PRI * HTTP/2.0`; `sigma.api.server`):
     # answered at that line, then closed
     "http_version_not_supported": 505,
+    # an `Expect` other than 100-continue (`sigma.api.server`): answered at the request's head, then closed
+    "expectation_failed": 417,
     # codes of the batch library a submission can meet (sigma.io.corpora, sigma.batch): all the caller's input
     "unknown_format": 422, "file_not_found": 422, "bad_manifest": 422, "bad_dataset": 422, "bad_parquet": 422,
     "bad_tar": 422, "bad_columns": 422, "corpus_changed": 409, "not_a_run": 409, "bad_run": 409, "run_exists": 409,

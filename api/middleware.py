@@ -267,6 +267,62 @@ class HeadAsGet:
             scope.update({key: value for key, value in inner.items() if key != "method"})
 
 
+def _route_methods(routes: Any) -> set[str]:
+    """Every method the routes take, those of included routers and mounts too (FastAPI keeps an included router as
+    one entry, `original_router`, that has no `methods` of its own)."""
+    methods: set[str] = set()
+    for route in routes:
+        methods |= set(getattr(route, "methods", None) or ())
+        inner = getattr(getattr(route, "original_router", None), "routes", None) or getattr(route, "routes", None)
+        if inner:
+            methods |= _route_methods(inner)
+    return methods
+
+
+class ServerTargets:
+    """The two request forms that name no resource of this server (RFC 9110 9.3.6, 9.3.7; RFC 9112 3.2.3, 3.2.4),
+    which the router answered 404 `not_found` as an unknown path. `OPTIONS *` asks about the server itself: 200 with
+    `Allow` naming every method some route takes (HEAD with GET, OPTIONS for this), no body. Any other method with
+    the `*` target is 400 `bad_request` (only OPTIONS may use it). `CONNECT` (authority form, `host:443`: a proxy's
+    tunnel) is for a proxy, and this is an origin server: 405 `method_not_allowed` with that same `Allow`, and the
+    connection closed, as a tunnelling client may already be sending what it meant for the tunnel (TLS bytes),
+    which would be read as the next request. Added innermost but for `HeadAsGet`; no key is needed."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self._allow: str | None = None
+
+    def allow(self, scope: dict) -> str:
+        """The methods some route of the app takes, computed once from its routes (`scope["app"]`)."""
+        if self._allow is None:
+            methods = _route_methods(getattr(getattr(scope.get("app"), "router", None), "routes", ()))
+            if "GET" in methods:
+                methods.add("HEAD")
+            self._allow = ", ".join(sorted(methods | {"OPTIONS"}))
+        return self._allow
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        method, asterisk = scope.get("method"), scope.get("raw_path") == b"*"
+        if method == "OPTIONS" and asterisk:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"allow", self.allow(scope).encode()), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if method == "CONNECT":
+            start, body = _json_error(405, "method_not_allowed", "CONNECT asks a proxy for a tunnel; this is the "
+                                      "SIGMA API, an origin server, and opens none: send the request itself "
+                                      "(POST /v1/annotate)", headers={"Allow": self.allow(scope)})
+        elif asterisk:
+            start, body = _json_error(400, "bad_request", f"the request target '*' is for OPTIONS only (RFC 9112 "
+                                      f"3.2.4), not {method}: name a path (GET /healthz)")
+        else:
+            return await self.app(scope, receive, send)
+        await send(start)
+        await send(body)
+
+
 async def peer_gone(scope: dict) -> bool:
     """Whether the client of a request answered after its FIN had closed rather than half-closed (`PEER_GONE`, set by
     the server protocol): a FIN cannot tell the two apart, the client's side answering the answer can (an ACK, or a

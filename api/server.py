@@ -13,6 +13,8 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
 - a request h11 cannot parse (a header line without a colon, a bad chunk size) is answered as every error is,
   JSON 400 `bad_request` (`send_400_response`), not uvicorn's text/plain `Invalid HTTP request received.`, which a
   client parsing `{"error": {"code"}}` could not read;
+- an `Expect` other than `100-continue` is JSON 417 `expectation_failed` at the request's head (`unmet_expectation`),
+  then the lingering close: it was served as if absent;
 - a request head (its line and header fields) over `api.max_header_bytes` is JSON 431 `headers_too_large`, however
   it arrives (`HeadLimitedConnection`). h11 bounds only a head still incomplete when its buffer is checked: a 200 KB
   cookie that arrived in one read was served, a 20 KB one that came in 1 KB segments (a real network's) was a 400
@@ -182,6 +184,20 @@ def unsupported_version(request: h11.Request) -> str | None:
     return f"HTTP/{said} is not supported: this server speaks HTTP/1.1 (and 1.0)"
 
 
+def unmet_expectation(request: h11.Request) -> str | None:
+    """Why `request`'s `Expect` cannot be met (417), else None. The one expectation HTTP defines is `100-continue`
+    (h11 handles it, and ignores it in HTTP/1.0 as RFC 9110 10.1.1 says); any other member (`Expect: something-else`,
+    `100-continue; x=1`) was served as if absent, so a client that made its request depend on it had it carried
+    out unmet. RFC 9110 10.1.1: 417 Expectation Failed, as Go's and Node's servers answer; empty members are none."""
+    members = [member.strip() for name, value in request.headers if name == b"expect" for member in value.split(b",")]
+    unmet = [member for member in members if member and member.lower() != b"100-continue"]
+    if not unmet:
+        return None
+    said = b", ".join(unmet).decode("ascii", "replace")
+    return (f"Expect: {said[:64]}{'...' if len(said) > 64 else ''} cannot be met: the only expectation this server "
+            "knows is 100-continue; send the request without it")
+
+
 class HeadLimitedConnection(h11.Connection):
     """h11's server side, with each request's head (its line and header fields, up to the blank line) held to
     `max_head_bytes` however it arrives: h11 measures only an incomplete head, when a read leaves it unfinished
@@ -196,6 +212,7 @@ class HeadLimitedConnection(h11.Connection):
         self.head_refused = False
         self.body_refused: tuple[int, str] | None = None    # a refused body's status (413, 400) and why, else None
         self.version_refused: str | None = None     # why a request of another HTTP version was refused (505)
+        self.expectation_refused: str | None = None     # why a request's `Expect` was refused (417)
         self._received = 0       # bytes received on the connection
         self._head_start = 0     # where in them the request being read began (after the previous one's end)
         self._body_seen = 0      # bytes of the current request's body handed on
@@ -244,6 +261,9 @@ class HeadLimitedConnection(h11.Connection):
             self.version_refused = unsupported_version(event)
             if self.version_refused is not None:
                 raise h11.RemoteProtocolError(self.version_refused, error_status_hint=505)
+            self.expectation_refused = unmet_expectation(event)
+            if self.expectation_refused is not None:
+                raise h11.RemoteProtocolError(self.expectation_refused, error_status_hint=417)
             event = origin_form(event)
         elif isinstance(event, h11.Data):
             self._body_seen += len(event.data)
@@ -509,6 +529,11 @@ class GuardedH11Protocol(H11Protocol):
             body = json.dumps({"error": {"code": "http_version_not_supported",
                                          "message": self.conn.version_refused}}).encode()
             self.logger.info("request of another HTTP version refused (505, closing): %s", self.conn.version_refused)
+        elif self.conn.expectation_refused:
+            status, reason = 417, b"Expectation Failed"
+            body = json.dumps({"error": {"code": "expectation_failed",
+                                         "message": self.conn.expectation_refused}}).encode()
+            self.logger.info("request refused (417, closing): %s", self.conn.expectation_refused)
         elif self.conn.body_refused:
             status, said = self.conn.body_refused
             code, reason = ("request_too_large", b"Content Too Large") if status == 413 else ("bad_request",

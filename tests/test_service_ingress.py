@@ -449,6 +449,41 @@ def test_a_405_allows_every_method_its_path_takes(svc, method, path, allow):
     assert method == "HEAD" or resp.json()["error"]["code"] == "method_not_allowed"
 
 
+SERVER_METHODS = "DELETE, GET, HEAD, OPTIONS, POST"
+
+
+def test_options_asterisk_is_answered_about_the_server_and_the_connection_kept(svc):
+    # RFC 9110 9.3.7: `OPTIONS *` asks about the server itself; the router took `*` for a path and answered 404
+    # not_found, as an unknown one. Now 200 with every method some route takes, no body, no key needed
+    raw = raw_request(svc, "OPTIONS * HTTP/1.1\r\nHost: x", b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                                                     b"Connection: close\r\n\r\n")
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 "), raw
+    assert b"\r\nallow: " + SERVER_METHODS.lower().encode() + b"\r\n" in first.lower() + b"\r\n", raw
+    assert b"\r\ncontent-length: 0\r\n" in first.lower() + b"\r\n", raw
+    status, _, body = answer_of(rest)          # the connection carried the next request
+    assert status == 200 and body == {"status": "ok"}, raw
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+def test_the_asterisk_target_with_another_method_is_bad_request(svc, method):
+    # RFC 9112 3.2.4: the asterisk form is for OPTIONS only; `GET *` was a 404 not_found as an unknown path
+    status, headers, body = answer_of(raw_request(svc, f"{method} * HTTP/1.1\r\nHost: x\r\nContent-Length: 0", b""))
+    assert status == 400 and body["error"]["code"] == "bad_request", body
+    assert "'*' is for OPTIONS only" in body["error"]["message"], body
+
+
+def test_connect_is_405_with_the_servers_methods_and_the_connection_closed(svc):
+    # CONNECT (authority form, a proxy's tunnel) was routed as the path `host:443`: 404 not_found, the connection kept,
+    # and the TLS bytes a tunnelling client sends next would have been read as another request
+    raw = raw_request(svc, "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443", b"",
+                      b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")        # a TLS ClientHello's start
+    status, headers, body = answer_of(raw)
+    assert status == 405 and body["error"]["code"] == "method_not_allowed", raw
+    assert b"\r\nallow: " + SERVER_METHODS.lower().encode() + b"\r\n" in headers + b"\r\n", raw
+    assert b"connection: close" in headers and raw.count(b"HTTP/1.1 ") == 1, raw
+
+
 # -- Expect: 100-continue answered before the body is asked for (RFC 9110 10.1.1) ------------------------------------
 @pytest.mark.parametrize("then", [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"x" * 1000])
 def test_a_final_answer_before_100_continue_closes_the_connection(svc, then):
@@ -466,6 +501,40 @@ def test_a_final_answer_before_100_continue_closes_the_connection(svc, then):
     assert status == 401 and b"connection: close" in headers and body["error"]["code"] == "missing_api_key", raw
     assert time.monotonic() - started < 3, "the connection was kept open for a body the client did not send"
     assert not raw.startswith(b"HTTP/1.1 100"), raw
+
+
+@pytest.mark.parametrize("expect", ["something-else", "100-continue, x-trace", "100-continue; a=1"])
+def test_an_expectation_other_than_100_continue_is_417_before_the_body(svc, expect):
+    # RFC 9110 10.1.1: an Expect the server cannot meet is 417; it was served as if absent (202: the job queued, the
+    # client's condition ignored). Answered at the head, the body not read, the connection closed after it
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 1000\r\nExpect: {expect}")
+    raw = raw_request(svc, head, b"x" * 1000, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = answer_of(raw)
+    assert status == 417 and body["error"]["code"] == "expectation_failed", raw
+    assert expect.split(",")[-1].strip() in body["error"]["message"], body
+    assert b"connection: close" in headers and raw.count(b"HTTP/1.1 ") == 1, raw
+
+
+def test_expect_100_continue_still_gets_its_interim_answer_and_the_job_is_queued(svc):
+    original, edited = (base64.b64encode(png_bytes(a)).decode() for a in make_pair(16, 16))
+    job = json.dumps({"original": original, "edited": edited}).encode()
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(job)}\r\nExpect: 100-Continue\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(4096)         # the body is sent only once the server asked for it
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        sock.sendall(job)
+        raw = interim.partition(b"\r\n\r\n")[2] + read_until_closed(sock)
+    status, _, body = answer_of(raw)
+    assert status == 202 and svc.job(body["id"])["status"] in ("queued", "running", "done"), body
+    # an empty Expect, or 100-continue in HTTP/1.0 (which RFC 9110 says to ignore), is no expectation to refuse
+    for head in ("GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: \r\nConnection: close",
+                 "GET /healthz HTTP/1.0\r\nExpect: 100-continue"):
+        assert answer_of(raw_request(svc, head, b""))[0] == 200, head
 
 
 # -- one Content-Type, one boundary -----------------------------------------------------------------------------------
