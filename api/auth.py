@@ -27,13 +27,25 @@ class Principal:
 ANONYMOUS = Principal("anonymous", frozenset(SCOPES))
 
 
+def _one_field(request: Request, name: str) -> str | None:
+    """The value of header field `name`, which must be sent once (or repeated with one value): two `Authorization`
+    (or `X-API-Key`) fields of different values are 400 `bad_request`, naming neither value. The first was used,
+    where a proxy in front that adds its own (or checks the last) reads another one: a request could pass a check
+    with one key and be served with the other. RFC 9110 11.6.2: Authorization is a single value."""
+    values = list(dict.fromkeys(value.strip() for value in request.headers.getlist(name)))
+    if len(values) > 1:
+        raise ApiError(400, "bad_request", f"{name.title()} is sent {len(values)} times with different values: "
+                       "send one API key, once")
+    return values[0] if values else None
+
+
 def presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
+    auth = _one_field(request, "authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    key = request.headers.get("x-api-key")
+    key = _one_field(request, "x-api-key")
     return key.strip() if key and key.strip() else None
 
 

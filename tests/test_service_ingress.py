@@ -537,6 +537,20 @@ def test_expect_100_continue_still_gets_its_interim_answer_and_the_job_is_queued
         assert answer_of(raw_request(svc, head, b""))[0] == 200, head
 
 
+@pytest.mark.parametrize("name, scheme", [("Authorization", "Bearer "), ("X-API-Key", "")])
+def test_an_api_key_field_sent_twice_with_different_values_is_refused(svc, name, scheme):
+    # the first field was used: `Authorization: Bearer <valid>` then `Authorization: Bearer <other>` was served as the
+    # valid key, where a proxy in front that adds its own key (or checks the last) reads the other one
+    from servicekit import KEYS
+
+    twice = [(name, scheme + KEYS["user"]), (name, scheme + "not-a-key")]
+    resp = svc.http.get("/v1/jobs/nosuchjob", headers=twice)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request", resp.text
+    assert "sent 2 times" in resp.json()["error"]["message"] and KEYS["user"] not in resp.text, resp.text
+    same = [(name, scheme + KEYS["user"]), (name, scheme + KEYS["user"])]
+    assert svc.http.get("/v1/jobs/nosuchjob", headers=same).json()["error"]["code"] == "job_not_found"
+
+
 # -- one Content-Type, one boundary -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("path, types, code", [
     ("/v1/jobs", ["multipart/form-data; boundary=t3xtb0undary", "application/json"], "bad_request"),
