@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import time
 
@@ -199,4 +200,59 @@ def test_a_client_still_sending_when_refused_for_too_many_connections_reads_the_
     finally:
         for sock in idle:
             sock.close()
+        s.close()
+
+
+def server_send_queue(server_port: int, client_port: int) -> int | None:
+    """The bytes the API's socket to `client_port` holds unacknowledged or unsent (`tx_queue` of /proc/net/tcp, the
+    kernel's own count; loopback IPv4), or None when that socket is not (or no longer) listed."""
+    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return int(fields[4].split(":")[0], 16)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO") or not os.path.exists("/proc/net/tcp"),
+                    reason="the API reads a client's reset from Linux's TCP_INFO")
+def test_a_reset_that_comes_while_the_answer_to_a_fin_is_still_unacknowledged_counts_499(redis_server, tmp_path):
+    # the delayed case of 84947b2's 499: the answer to a client that sent a FIN cannot be delivered at once (the
+    # client's receive window is full: a pipelined /openapi.json it does not read), so the API's first look finds it
+    # pending, and the reset of a client that closed comes later. The API must keep looking (up to PEER_FATE_S) and
+    # count it 499; a client that only half-closed and reads it all late is counted as the 202 it read
+    s = ServiceUnderTest(redis_server, tmp_path, ["api.wait_timeout_s=30"])
+    redis = redis_server.client()
+    try:
+        s.start_api()                                      # no worker: each annotate waits until the FIN
+        files = s.files(*make_pair(seed=9))
+        docs = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"     # 40 KB and more: fills a 4 KiB window
+        for nth, client_resets in enumerate((True, False), start=1):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # before connect: the window it offers
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", s.port))
+            port = sock.getsockname()[1]
+            sock.sendall(docs + raw_post(s, "/v1/annotate", files))
+            wait_until(lambda nth=nth: len(redis.keys(f"{s.prefix}:job:*")) == nth, 10, "the annotate job queued")
+            stuck = wait_until(lambda port=port: server_send_queue(s.port, port), 5, "/openapi.json's answer held up")
+            sock.shutdown(socket.SHUT_WR)                  # the FIN ends the wait: the 202 goes out behind the rest
+            wait_until(lambda port=port, stuck=stuck: (server_send_queue(s.port, port) or 0) > stuck, 5,
+                       "the 202 written, not yet taken")
+            if client_resets:
+                sock.close()                               # unread data: the kernel answers with a reset
+            else:
+                got = read_until_closed(sock)
+                sock.close()
+                assert got.count(b"HTTP/1.1 202 ") == 1 and got.startswith(b"HTTP/1.1 200 "), got[-300:]
+
+        def counted(status: str) -> float:
+            metrics = s.http.get("/metrics", headers=s.headers("metrics")).text
+            return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(
+                f'sigma_http_requests_total{{method="POST",route="/v1/annotate",status="{status}"}}'))
+        wait_until(lambda: counted("499") + counted("202") == 2, 10, "both annotate requests counted")
+        assert (counted("499"), counted("202")) == (1, 1), "the reset one 499, the one read 202"
+        assert s.api is not None and "Traceback" not in s.api.output(), s.api.output()
+    finally:
         s.close()
