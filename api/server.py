@@ -164,6 +164,8 @@ def origin_form(request: h11.Request) -> h11.Request:
         raise h11.RemoteProtocolError("an absolute-form request target without a host", error_status_hint=400)
     rest = found.group(2)
     target = rest if rest.startswith(b"/") else b"/" + rest      # `http://host` and `http://host?x=1`: the root
+    if not rest and request.method == b"OPTIONS":     # RFC 9112 3.2.4: `OPTIONS http://host` is `OPTIONS *`
+        target = b"*"
     headers = [(name, host if name.lower() == b"host" else value) for name, value in request.headers.raw_items()]
     return h11.Request(method=request.method, target=target, headers=headers, http_version=request.http_version)
 

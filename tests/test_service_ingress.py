@@ -463,6 +463,10 @@ def test_options_asterisk_is_answered_about_the_server_and_the_connection_kept(s
     assert b"\r\ncontent-length: 0\r\n" in first.lower() + b"\r\n", raw
     status, _, body = answer_of(rest)          # the connection carried the next request
     assert status == 200 and body == {"status": "ok"}, raw
+    # RFC 9112 3.2.4: the absolute form with an empty path, as a forward proxy's client sends it, is `OPTIONS *`
+    proxied = raw_request(svc, "OPTIONS http://example.test:8000 HTTP/1.1\r\nHost: x\r\nConnection: close", b"")
+    assert proxied.startswith(b"HTTP/1.1 200 ") and b"allow: " + SERVER_METHODS.lower().encode() in proxied.lower(), \
+        proxied
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
