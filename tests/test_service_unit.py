@@ -663,3 +663,30 @@ def test_a_config_value_of_30_days_is_said_whole_in_a_refusal_not_in_exponent_fo
     message = str(refused.value)
     assert "worker.batch_timeout_s=2592000 is not above worker.run_read_retry_s=2592000" in message, message
     assert "= 2592001 s" in message and "e+06" not in message, message
+
+
+@pytest.mark.parametrize("root_path", ["", "/api"])
+def test_options_asterisk_is_recognised_behind_a_root_path(root_path):
+    # uvicorn --root-path /api hands `OPTIONS *` on as raw_path b"/api*": it must still be the server-wide OPTIONS,
+    # and a route's path behind the root must still reach the app
+    import asyncio
+
+    from sigma.api.middleware import ServerTargets
+
+    sent: list[dict] = []
+
+    async def inner(scope: dict, receive, send) -> None:
+        await send({"type": "inner"})
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def call(method: str, target: str) -> dict:
+        sent.clear()
+        scope = {"type": "http", "method": method, "raw_path": (root_path + target).encode(), "root_path": root_path}
+        await ServerTargets(inner)(scope, None, send)
+        return sent[0]
+
+    assert asyncio.run(call("OPTIONS", "*"))["status"] == 200
+    assert asyncio.run(call("GET", "*"))["status"] == 400
+    assert asyncio.run(call("OPTIONS", "/healthz")) == {"type": "inner"}
