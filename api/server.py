@@ -474,6 +474,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         answered = self.cycle
+        if answered is not None and not self._peer_eof and _was_reset(self._socket):
+            _mark_gone(answered.scope, self.loop)     # the answer's write met the client's reset: it left before it
         super().on_response_complete()
         if self.conn.their_state is h11.SEND_BODY and self._drain_timer is None and not self.lingering:
             self._drained = self.cycle
@@ -577,6 +579,9 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel("_fate_timer")
         if self._fate is not None and not self._fate.done():      # the answer met a reset while still being written
             self._fate.set_result(isinstance(exc, (ConnectionResetError, BrokenPipeError)))
+        cycle = self.cycle
+        if exc is not None and cycle is not None and not cycle.response_complete:
+            _mark_gone(cycle.scope, self.loop)        # a reset before the answer: the route's answer goes nowhere
         super().connection_lost(exc)
 
 
@@ -601,6 +606,30 @@ def _delivery(sock: Any) -> str:
     except (AttributeError, OSError):
         return _UNKNOWN
     return _DELIVERED if queued == 0 else _PENDING
+
+
+def _was_reset(transport: asyncio.Transport | None) -> bool:
+    """Whether the client reset the connection (Linux's TCP_INFO state CLOSE), as read right after an answer was
+    written: a write that met the reset does not raise, the transport closes later. False where it cannot be told."""
+    import socket
+
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    try:
+        return sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_CLOSE
+    except (AttributeError, OSError):
+        return False
+
+
+def _mark_gone(scope: dict, loop: asyncio.AbstractEventLoop) -> None:
+    """`scope[PEER_GONE]`, already resolved True: the request metrics count the request 499 (client closed), not as
+    the status a route answered into a connection the client had reset. A client that reset after its whole request
+    was read (its job queued by POST /v1/jobs) and before the answer was counted 202, as if it had read its job's id;
+    one that reset a moment earlier, while the body was still read, 499."""
+    fate = scope.get(PEER_GONE)
+    if fate is None:
+        fate = scope[PEER_GONE] = loop.create_future()
+    if not fate.done():
+        fate.set_result(True)
 
 
 UVICORN_INVALID_REQUEST = "Invalid HTTP request received."

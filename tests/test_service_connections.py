@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import socket
+import struct
 import time
 
 import pytest
@@ -253,6 +254,39 @@ def test_a_reset_that_comes_while_the_answer_to_a_fin_is_still_unacknowledged_co
                 f'sigma_http_requests_total{{method="POST",route="/v1/annotate",status="{status}"}}'))
         wait_until(lambda: counted("499") + counted("202") == 2, 10, "both annotate requests counted")
         assert (counted("499"), counted("202")) == (1, 1), "the reset one 499, the one read 202"
+        assert s.api is not None and "Traceback" not in s.api.output(), s.api.output()
+    finally:
+        s.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="the API reads a client's reset from Linux's TCP_INFO")
+def test_a_client_that_resets_after_its_request_was_read_and_before_the_answer_counts_499(redis_server, tmp_path):
+    # a client that reset (SO_LINGER 0) after POST /v1/jobs was read whole, while the route queued the job, was counted
+    # 202, as though it had read its job's id: the route's answer went into a reset connection, uvicorn dropped it
+    # without a word, and the metrics took the status the route meant to send. One that reset a moment earlier,
+    # while the body was read, was 499. The job is queued either way
+    s = ServiceUnderTest(redis_server, tmp_path)
+    redis = redis_server.client()
+    try:
+        s.start_api()                                      # no worker: nothing else of this test blocks in Redis
+
+        def counted(status: str) -> float:
+            metrics = s.http.get("/metrics", headers=s.headers("metrics")).text
+            return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(
+                f'sigma_http_requests_total{{method="POST",route="/v1/jobs",status="{status}"}}'))
+        request = raw_post(s, "/v1/jobs", s.files(*make_pair(seed=13)))
+        redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")    # the job's write waits: the answer is not sent
+        try:
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.sendall(request)
+                wait_until(lambda: redis.info("clients")["blocked_clients"] >= 1, 10, "the job's write held")
+            # closed with SO_LINGER 0: a reset, after the whole request was read and before any answer
+        finally:
+            redis.execute_command("CLIENT", "UNPAUSE")
+        wait_until(lambda: len(redis.keys(f"{s.prefix}:job:*")) == 1, 10, "the job queued all the same")
+        wait_until(lambda: counted("499") + counted("202") == 1, 10, "the request counted")
+        assert (counted("499"), counted("202")) == (1, 0), "a reset before the answer is 499, not the 202 unsent"
         assert s.api is not None and "Traceback" not in s.api.output(), s.api.output()
     finally:
         s.close()
