@@ -49,6 +49,18 @@ def presented_key(request: Request) -> str | None:
     return key.strip() if key and key.strip() else None
 
 
+def key_spellings(key: str) -> list[str]:
+    """The texts a presented key may stand for. Header bytes reach the app decoded as Latin-1 (ASGI), and a key is
+    UTF-8 text (`SIGMA_API_KEYS`, `auth.keys`): `curl -H 'X-API-Key: clé'` from a UTF-8 terminal sends `cl\\xc3\\xa9`,
+    read as `clÃ©`, and a valid non-ASCII key was 401 `invalid_api_key` unless sent in Latin-1. Its bytes read as
+    UTF-8 come first; the Latin-1 reading stays (a client that sends Latin-1 bytes was served, and still is)."""
+    try:
+        utf8 = key.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return [key]
+    return [utf8] if utf8 == key else [utf8, key]
+
+
 class KeyChecker:
     def __init__(self, settings: AuthSettings):
         self.keys = [(k.sha256, Principal(k.name, frozenset(k.scopes))) for k in settings.keys]
@@ -61,11 +73,11 @@ class KeyChecker:
                 return ANONYMOUS
             raise ApiError(401, "missing_api_key", "send an API key as 'Authorization: Bearer KEY' or 'X-API-Key'",
                            {"WWW-Authenticate": "Bearer"})
-        digest = hash_key(key)
         found = None
-        for stored, principal in self.keys:       # compare all, constant time each
-            if hmac.compare_digest(stored, digest):
-                found = principal
+        for digest in {hash_key(spelling) for spelling in key_spellings(key)}:
+            for stored, principal in self.keys:       # compare all, constant time each
+                if hmac.compare_digest(stored, digest):
+                    found = principal
         if found is None:
             if self.anonymous:
                 return ANONYMOUS

@@ -619,3 +619,27 @@ def test_a_multipart_part_whose_headers_say_two_things_is_refused(svc, headers, 
     assert error["code"] == "malformed_multipart" and said in error["message"], error
     quoted = multipart_body(b"add a sign").replace(b'name="instruction"', b'name="instruction"; x="a;name=b"')
     assert post_multipart(svc, quoted).status_code == 202     # a name= inside a quoted value is no second name
+
+
+def test_a_non_ascii_api_key_is_accepted_as_its_utf8_bytes(redis_server, tmp_path):
+    # keys are UTF-8 text (SIGMA_API_KEYS), but header bytes reach the app read as Latin-1: `curl -H 'X-API-Key: clé'`
+    # from a UTF-8 terminal sends cl\xc3\xa9, which was read as 'clÃ©' and refused 401 invalid_api_key; only the
+    # key's Latin-1 bytes, which no UTF-8 terminal sends, were served (and still are)
+    from servicekit import API_KEYS_ENV
+
+    s = ServiceUnderTest(redis_server, tmp_path)
+    s.env["SIGMA_API_KEYS"] = API_KEYS_ENV + ",clé-ü"
+    try:
+        s.start_api()
+        for key in ("clé-ü".encode(), "clé-ü".encode("latin-1")):
+            for field in (b"Authorization: Bearer ", b"X-API-Key: "):
+                with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:    # the bytes as they are
+                    sock.sendall(b"GET /v1/jobs/nosuchjob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + field + key
+                                 + b"\r\n\r\n")
+                    status, _, body = answer_of(read_until_closed(sock))
+                assert status == 404 and body["error"]["code"] == "job_not_found", (field, key, body)
+        _, _, body = answer_of(raw_request(s, "GET /v1/jobs/nosuchjob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                              "X-API-Key: cle-u", b""))
+        assert body["error"]["code"] == "invalid_api_key", body
+    finally:
+        s.close()
