@@ -304,7 +304,9 @@ class ServerTargets:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        method, asterisk = scope.get("method"), scope.get("raw_path") == b"*"
+        method = scope.get("method")
+        # uvicorn prefixes the target with `--root-path` (if any): `*` behind a root path is that root and `*`
+        asterisk = scope.get("raw_path") == str(scope.get("root_path", "")).encode("latin-1", "replace") + b"*"
         if method == "OPTIONS" and asterisk:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"allow", self.allow(scope).encode()), (b"content-length", b"0")]})
