@@ -330,6 +330,7 @@ class _LingeringTransport:
     def close(self) -> None:
         if not self._protocol.start_lingering():
             self._transport.close()
+            self._protocol._bound_close()
 
     def is_closing(self) -> bool:
         """True while lingering too: uvicorn then neither arms its keep-alive timer nor parses a next request."""
@@ -344,6 +345,7 @@ class GuardedH11Protocol(H11Protocol):
     max_head_bytes: int = 16 * 1024
     max_connections: int = 1000
     max_body_bytes: int | None = None
+    send_timeout_s: float = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -362,6 +364,8 @@ class GuardedH11Protocol(H11Protocol):
         self._fate_timer: asyncio.TimerHandle | None = None     # `_check_delivery`'s next look at the socket
         self._fate: asyncio.Future[bool] | None = None          # `_ask_fate`'s answer: did the client leave
         self._fate_deadline = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None     # `_send_expired`: an answer the client does not read
+        self._send_left = 0            # `_unsent()` when that timer was armed
 
     # -- timers ----------------------------------------------------------------------------------
     def _cancel(self, name: str) -> None:
@@ -411,6 +415,64 @@ class GuardedH11Protocol(H11Protocol):
         self._linger_timer = self.loop.call_later(self.linger_s, self._linger_expired)
         return True
 
+    # -- answers the client does not read --------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        """asyncio: the answer's bytes not taken by the client fill the transport's buffer. From here the client must
+        read within `send_timeout_s`, else the connection is cut (`_send_expired`). Nothing bounded a client that
+        asks and never reads (pipelined GET /openapi.json with a full receive window): the route's send waited for
+        ever, no keep-alive timer ran, and each such client held a connection of `api.max_connections` (and megabytes
+        of buffers) for good: three of them behind `api.max_connections=3` had every other client 503 for minutes."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._arm_send_timer()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel("_send_timer")
+
+    def _bound_close(self) -> None:
+        """After a close of the socket transport: asyncio keeps it (and the connection's slot) until what is buffered
+        is written, for ever to a client that does not read; `send_timeout_s` bounds that too."""
+        transport = self._socket
+        if transport is not None and self._send_timer is None and transport.get_write_buffer_size() > 0:
+            self._arm_send_timer()
+
+    def _unsent(self) -> int:
+        """Bytes of answers the client has not taken: the transport's buffer and, on Linux, the kernel's send queue
+        (TIOCOUTQ: not yet acknowledged). The kernel's queue is where a slow reader's progress shows first: asyncio
+        writes again only once a third of a send buffer of megabytes is free."""
+        transport = self._socket
+        if transport is None:
+            return 0
+        sock = transport.get_extra_info("socket")
+        queued = 0
+        try:
+            import fcntl
+            import struct
+            import termios
+
+            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (AttributeError, ImportError, OSError, ValueError):
+            pass
+        return transport.get_write_buffer_size() + queued
+
+    def _arm_send_timer(self) -> None:
+        self._send_left = self._unsent()
+        self._send_timer = self.loop.call_later(self.send_timeout_s, self._send_expired)
+
+    def _send_expired(self) -> None:
+        """No byte taken by the client for `send_timeout_s`: cut. Any taken (a slow reader): wait again (nginx's
+        `send_timeout` is as much: between two successive writes, not for the whole answer)."""
+        self._send_timer = None
+        if self._socket is None or self._socket.get_write_buffer_size() == 0:
+            return
+        if self._unsent() < self._send_left:
+            self._arm_send_timer()
+            return
+        self.logger.info("answer not read by the client for %.1f s (api.send_timeout_s): closing", self.send_timeout_s)
+        self._cancel("_linger_timer")
+        self._socket.abort()             # discards what is buffered: connection_lost frees the slot
+
     def _linger_expired(self) -> None:
         self._linger_timer = None
         self.logger.info("request body still arriving %.1f s after a closing answer: closing", self.linger_s)
@@ -426,6 +488,7 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel("_linger_timer")
         if self._socket is not None:
             self._socket.close()
+            self._bound_close()
 
     # -- uvicorn's protocol hooks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -577,6 +640,7 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel("_drain_timer")
         self._cancel("_linger_timer")
         self._cancel("_fate_timer")
+        self._cancel("_send_timer")
         if self._fate is not None and not self._fate.done():      # the answer met a reset while still being written
             self._fate.set_result(isinstance(exc, (ConnectionResetError, BrokenPipeError)))
         cycle = self.cycle
@@ -684,11 +748,12 @@ def return_large_buffers_to_os() -> bool:
 
 def guarded_protocol(header_timeout_s: float, drain_timeout_s: float, linger_s: float = 2.0,
                      linger_bytes: int = 8 * 1024 * 1024, max_head_bytes: int = 16 * 1024,
-                     max_connections: int = 1000, max_body_bytes: int | None = None) -> type[GuardedH11Protocol]:
+                     max_connections: int = 1000, max_body_bytes: int | None = None,
+                     send_timeout_s: float = 30.0) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
                 {"header_timeout_s": header_timeout_s, "drain_timeout_s": drain_timeout_s, "linger_s": linger_s,
                  "linger_bytes": linger_bytes, "max_head_bytes": max_head_bytes, "max_connections": max_connections,
-                 "max_body_bytes": max_body_bytes})
+                 "max_body_bytes": max_body_bytes, "send_timeout_s": send_timeout_s})
 
 
 def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
@@ -697,5 +762,5 @@ def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
     limit = connection_limit(cfg.api.max_connections)
     return {"http": guarded_protocol(cfg.api.header_timeout_s, cfg.api.body_timeout_s, cfg.api.close_linger_s,
                                      cfg.api.close_linger_bytes, cfg.api.max_header_bytes,
-                                     limit, cfg.limits.max_request_bytes),
+                                     limit, cfg.limits.max_request_bytes, cfg.api.send_timeout_s),
             "timeout_keep_alive": cfg.api.keep_alive_timeout_s, "backlog": accept_backlog(limit)}

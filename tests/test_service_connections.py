@@ -10,6 +10,7 @@ import socket
 import struct
 import time
 
+import httpx
 import pytest
 from servicekit import ServiceUnderTest, make_pair, post_whole_body_first, read_until_closed, wait_until
 
@@ -289,4 +290,66 @@ def test_a_client_that_resets_after_its_request_was_read_and_before_the_answer_c
         assert (counted("499"), counted("202")) == (1, 0), "a reset before the answer is 499, not the 202 unsent"
         assert s.api is not None and "Traceback" not in s.api.output(), s.api.output()
     finally:
+        s.close()
+
+
+def served_connections(server_port: int) -> int:
+    """How many established connections the API's port has (loopback IPv4, /proc/net/tcp)."""
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        return sum(1 for line in table.readlines()[1:] if line.split()[1] == f"0100007F:{server_port:04X}"
+                   and line.split()[3] == "01")
+
+
+def asks_and_never_reads(port: int, requests: bytes) -> socket.socket:
+    """A client that sends `requests` (as much as the kernel takes) with a 2 KiB receive window and reads nothing."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    try:
+        sock.send(requests)
+    except BlockingIOError:
+        pass
+    return sock
+
+
+def test_clients_that_ask_and_never_read_are_cut_after_api_send_timeout_s_and_a_slow_reader_is_not(
+        redis_server, tmp_path):
+    # nothing bounded an answer the client does not take: pipelined GET /openapi.json from clients that read nothing
+    # held their connections (and megabytes of buffers) for good, the route's send waiting for ever and no keep-alive
+    # timer running: with api.max_connections=3, every other client was 503 too_many_connections for minutes
+    s = ServiceUnderTest(redis_server, tmp_path, ["api.max_connections=3", "api.send_timeout_s=3",
+                                                  "api.keep_alive_timeout_s=1"])
+    docs = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+    stalled: list[socket.socket] = []
+    try:
+        s.start_api()
+        s.http.close()                  # the kit's keep-alive connection would hold one of the three places
+        s.http = httpx.Client(base_url=s.url, timeout=30.0)
+        wait_until(lambda: not served_connections(s.port), 10, "the kit's connection closed")
+        stalled = [asks_and_never_reads(s.port, docs * 300) for _ in range(3)]
+        for sock in stalled:            # each one's answers stuck: the kernel's send queue to it holds 1 MB and more
+            port = sock.getsockname()[1]
+            wait_until(lambda port=port: (server_send_queue(s.port, port) or 0) > 1 << 20, 20, "answers not taken")
+        status, _, error = status_and_error(read_answer(s.port, HEALTHZ, 10))
+        assert status == 503 and error["error"]["code"] == "too_many_connections", error    # all three held
+        wait_until(lambda: read_answer(s.port, HEALTHZ, 5).startswith(b"HTTP/1.1 200"), 30,
+                   "a slot once api.send_timeout_s cut the clients that read nothing")
+        assert s.api is not None and "Traceback" not in s.api.output(), s.api.output()
+        for sock in stalled:
+            sock.close()
+        stalled = []
+        # a slow reader that keeps taking bytes is not cut, however long its answers take: 10 answers of 40 KB and
+        # more, 4 KiB at a time with a pause, through a 2 KiB window (about 5 s, past the 3 s bound)
+        slow = asks_and_never_reads(s.port, docs * 9 + HEALTHZ)
+        slow.setblocking(True)
+        got = b""
+        while chunk := slow.recv(4096):
+            got += chunk
+            time.sleep(0.005)
+        slow.close()
+        assert got.count(b"HTTP/1.1 200 OK") == 10 and got.endswith(b'{"status":"ok"}'), got[-200:]
+    finally:
+        for sock in stalled:
+            sock.close()
         s.close()

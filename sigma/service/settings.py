@@ -210,6 +210,10 @@ class ApiSettings(Strict):
                                  "its hard limit where needed) leaves: 4 file descriptors a connection and 64 spare")
     keep_alive_timeout_s: Seconds = Field(5.0, gt=0, description="an idle keep-alive connection is closed after "
                                         "this long (uvicorn timeout_keep_alive)")
+    send_timeout_s: Seconds = Field(30.0, gt=0, description="an answer whose bytes the client stops taking (it "
+                                  "reads nothing while the server's send buffer is full) for this long: the connection "
+                                  "is cut, freeing its place among max_connections (a client that asks and never reads "
+                                  "held it for good)")
     multipart_spool_bytes: int = Field(1024 * 1024, ge=0, description="a multipart file part larger than this "
                                        "is spooled to a temporary file while the body streams in")
     plugins: Modules = Field(default_factory=list, description="modules the API process imports at start-up "
