@@ -342,6 +342,24 @@ def run_warnings(record: dict[str, Any], run_file: Path, root: str) -> list[dict
     return [{**w, "message": scrub(w["message"], root)} for w in record_warnings(record, _relative(root, run_file))]
 
 
+STATUS_QUERY = ("out", "failed_limit", "dead_limit", "task_limit")
+
+
+async def _one_of_each_known(request: Request) -> None:
+    """GET /v1/batches/status's query names only its parameters, each once. FastAPI ignores any other and takes the
+    last of two: `?outt=runs/a` (or `?out_dir=`) was answered with the queue alone, as if no run had been asked
+    about, and `?out=a&out=b` with b's progress. 422 `invalid_request` naming what it got and what it takes."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    unknown = sorted(set(names) - set(STATUS_QUERY))
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown query parameter {', '.join(map(repr, unknown[:5]))}: "
+                       f"GET /v1/batches/status takes {', '.join(STATUS_QUERY)}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ApiError(422, "invalid_request", f"query parameter {', '.join(map(repr, twice))} given more than "
+                       "once: send it once")
+
+
 @router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")
 async def batch_status(out: str | None = None,
                        failed_limit: int | None = Query(None, ge=0, le=MAX_FAILED_SHOWN, description=(
@@ -355,7 +373,7 @@ async def batch_status(out: str | None = None,
                            "with out: task stream entries read, newest first, to find the run's tasks (the read stops "
                            "sooner once every pending shard has its task); queue.tasks_read_all is false when it "
                            "stopped short, queue.unchecked counts the pending shards not found")),
-                       _principal=ANNOTATE, svc: Service = SERVICE):
+                       _principal=ANNOTATE, svc: Service = SERVICE, _query: None = Depends(_one_of_each_known)):
     cfg = svc.cfg
     from sigma.batch.layout import FAILED_SHOWN, RunDir
     from sigma.service.fleet import queue_status

@@ -1107,3 +1107,18 @@ def test_weights_a_path_lookup_refuses_are_4xx_with_a_code_and_a_short_message(r
         assert str(root) not in resp.text and os.path.realpath(root) not in resp.text, resp.text[:400]
         assert not (root / "runs" / "lookup").exists()
         assert redis_server.client().xlen(f"{svc.prefix}:batch:tasks") == 0
+
+
+@pytest.mark.parametrize("query, said", [
+    ({"outt": "runs/r1"}, "unknown query parameter 'outt'"),
+    ({"out_dir": "runs/r1", "x": "1"}, "unknown query parameter 'out_dir', 'x'"),
+    ([("out", "runs/r1"), ("out", "runs/other")], "'out' given more than once"),
+])
+def test_the_status_refuses_a_query_parameter_it_does_not_take_or_one_given_twice(svc, query, said):
+    # FastAPI ignored a parameter it did not know and took the last of two: `?outt=runs/r1` (a typo, or out_dir) was
+    # answered 200 with the queue alone, as though no run had been asked about; `?out=a&out=b` with b's progress
+    resp = svc.http.get("/v1/batches/status", params=query, headers=svc.headers())
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_request", resp.text
+    assert said in resp.json()["error"]["message"], resp.text
+    ok = svc.http.get("/v1/batches/status", params={"dead_limit": "3"}, headers=svc.headers())
+    assert ok.status_code == 200, ok.text
