@@ -417,7 +417,39 @@ def test_an_empty_perturb_flag_is_refused_not_read_as_none(eval_root, tmp_path, 
     out = tmp_path / "o"
     argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
     assert main([*argv, "--perturb", ""]) == 2
-    assert "[invalid_config]" in capsys.readouterr().err and not (out / "metrics.json").exists()
+    assert "[bad_arguments]" in capsys.readouterr().err and not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("given", ["none,", "none,,jpeg75", "none, ,jpeg75", ",none"])
+def test_an_empty_name_in_the_perturb_flag_is_refused_with_the_other_flag_errors(given, eval_root, tmp_path, capsys):
+    """`--perturb none,` (a name left off, or `none,$P` with P empty) and `none,,jpeg75` ran `none` and `none,jpeg75`
+    without a word, while `--perturb ,` was refused: an empty name is `bad_arguments` naming the flag and the item,
+    said in the same run as another flag's mistake (`--threshold nan`), before anything is scored or written."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
+    assert main([*argv, "--threshold", "nan", "--perturb", given]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [bad_arguments]: ") and "--threshold nan" in err
+    assert f"--perturb: an empty perturbation name in {given!r}" in err and not out.exists()
+    assert main([*argv, "--set", f"perturb={given}"]) == 2      # the same from --set: the config's mistake
+    assert f"[invalid_config]: invalid EvalConfig: perturb: an empty perturbation name in {given!r}" in \
+        capsys.readouterr().err and not out.exists()
+
+
+def test_spaces_around_a_perturbation_name_are_read_as_the_name(eval_root, tmp_path, capsys):
+    """`--perturb " none , jpeg75"` (spaces around a name, as lists are written) is `none` and `jpeg75`."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    assert main(["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out),
+                 "--perturb", " none , jpeg75"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["perturb"] == ["none", "jpeg75"]
+    # the flag's form in --set too: it was refused "perturb: Input should be a valid list"
+    assert main(["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(tmp_path / "set"),
+                 "--set", "perturb=jpeg75,none"]) == 0
+    assert json.loads((tmp_path / "set" / "metrics.json").read_text())["config"]["perturb"] == ["jpeg75", "none"]
 
 
 # Runs `sigma eval` and SIGKILLs it, for real, just before its Nth write to a file of --out named metrics.json or

@@ -6,8 +6,9 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sigma.cli.common import (
     Progress,
@@ -55,6 +56,27 @@ class EvalConfig(AnnotatorSpec):
     batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE)
     limit: int | None = Field(None, ge=1, description="score only the first N pairs (smoke runs)")
     io: IOConfig = IOConfig()
+
+    # Checked with the rest of the config (as `eval.perturb` of `sigma train` is): `--perturb none,` or `jpeg50` is then
+    # `bad_arguments` naming the flag, said beside the command's other flag errors in one run, and `invalid_config`
+    # from --set or --config; raised in `run` instead, it was `invalid_config` for the flag and said alone. A text is
+    # the flag's form, comma-separated: `--set perturb=none,jpeg75` was refused "Input should be a valid list"
+    @field_validator("perturb", mode="before")
+    @classmethod
+    def _known_perturbations(cls, names: Any) -> Any:
+        from pydantic_core import PydanticCustomError
+
+        from sigma.errors import ConfigError
+        from sigma.eval.perturb import expand
+
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            return names                  # pydantic's own words for what is not a list of names
+        try:
+            expand(names)
+        except ConfigError as exc:        # said as it is (no "Value error, "); the names given quoted, braces and all
+            raise PydanticCustomError("perturbation", "{message}", {"message": exc.message}) from None
+        return names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
