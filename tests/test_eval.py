@@ -1200,6 +1200,21 @@ def _eval_killed_at_journal_removal(tmp_path: Path) -> tuple[Path, list[str]]:
     return out, argv
 
 
+# `sigma eval`, saying at its exit how many times it opened its --out's journal for reading
+_COUNT_JOURNAL_READS = r'''
+import atexit, sys
+reads = [0]
+def hook(event, args):
+    if event == "open" and str(args[0]).endswith("eval_progress.jsonl") and str(args[1]).startswith("r") \
+            and "+" not in str(args[1]):
+        reads[0] += 1
+sys.addaudithook(hook)
+atexit.register(lambda: print(f"journal opened for reading {reads[0]} time(s)", file=sys.stderr))
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
 def _sigma(*argv: str):
     import subprocess
     import sys
@@ -1227,6 +1242,8 @@ def test_a_finished_evals_journal_left_beside_its_metrics_is_stale_not_eval_chan
     settings was refused `eval_changed`; that journal is now recognised as stale and replaced. A journal of an
     unfinished eval beside an earlier eval's metrics.json is still refused."""
     import shutil
+    import subprocess
+    import sys
 
     from sigma.tempfiles import finish_replacements
 
@@ -1239,10 +1256,13 @@ def test_a_finished_evals_journal_left_beside_its_metrics_is_stale_not_eval_chan
     shutil.copy2(kept, journal)
     unfinished = tmp_path / "unfinished.jsonl"  # the same journal, its last batch not written: an unfinished eval
     unfinished.write_text("".join(kept.read_text().splitlines(keepends=True)[:-1]))
-    proc = _sigma(*argv, "--threshold", "0.3")
+    proc = subprocess.run([sys.executable, "-c", _COUNT_JOURNAL_READS, *argv, "--threshold", "0.3"],
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["config"]["threshold"] == 0.3
     assert not journal.exists()
+    # the stale journal opened (and each line parsed) once: `finished_beside` read it again after `_read`'s header
+    assert proc.stderr.splitlines()[-1] == "journal opened for reading 1 time(s)", proc.stderr
     shutil.copy2(unfinished, journal)
     os.utime(out / "metrics.json")              # newer than the journal: only the rows tell it apart
     proc = _sigma(*argv, "--threshold", "0.4")
