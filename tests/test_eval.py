@@ -1145,11 +1145,12 @@ def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restar
     assert not (out / "eval_progress.jsonl").exists()
 
 
-@pytest.mark.parametrize("edit", ["index", "score", "errors"])
+@pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied"])
 def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
     """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
-    field missing, errors that are no objects) was read back as it was: a traceback, or scores given to the wrong
-    pairs. Now `eval_changed` naming the journal, exit 2; `--restart` still ends the eval."""
+    field missing, errors that are no objects, a row deleted or copied) was read back as it was: a traceback, scores
+    given to the wrong pairs, a pair left out of the metrics or counted twice. Now `eval_changed` naming the journal,
+    exit 2; `--restart` still ends the eval."""
     sigma_eval = _resumable_eval(tmp_path)
     out = tmp_path / "out"
     assert sigma_eval(out, 3)[0].returncode == -9
@@ -1160,6 +1161,10 @@ def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path,
         batch["rows"][0]["index"] = 5
     elif edit == "score":
         del batch["rows"][0]["score"]["f1"]
+    elif edit == "row_dropped":         # the pair neither scored nor skipped: it was left out of the metrics
+        del batch["rows"][1]
+    elif edit == "row_copied":          # the same pair twice: counted twice in the metrics
+        batch["rows"][1] = batch["rows"][0]
     else:
         batch["errors"] = ["x"]
     path.write_text("\n".join([lines[0], json.dumps(batch), *lines[2:]]) + "\n")
