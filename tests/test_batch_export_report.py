@@ -611,6 +611,23 @@ def test_coco_images_never_land_on_the_runs_or_the_corpus_files(run_dir, tmp_pat
     assert len(list((tmp_path / "imgs").glob("*.png"))) == 11
 
 
+def test_folder_exports_never_land_in_the_runs_own_folders(run_dir, tmp_path, capsys):
+    """`sigma export imdl-benco RUN --out RUN/shards` (or `export hf RUN RUN/status`) wrote Tp/, Gt/, the JSON, data/
+    and a card among the run's shards and statuses, exit 0, while `export coco --images RUN/shards` was refused: now
+    `out_is_run_file` too, before any work; a new folder of the run (`RUN/benco`) still takes the export."""
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    for out in (run_dir / "shards", run_dir / "status", run_dir / "status" / "x", run_dir / "masks" / "s"):
+        for argv in (["export", "imdl-benco", str(run_dir), "--out", str(out)],
+                     ["export", "hf", str(run_dir), str(out), "--overwrite"]):
+            assert main(argv) == 2
+            assert f"[out_is_run_file]: {out}: inside the batch run's own {out.relative_to(run_dir).parts[0]}/" \
+                in capsys.readouterr().err
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(run_dir / "benco")]) == 0
+    assert main(["export", "hf", str(run_dir), str(run_dir / "hf")]) == 0
+    assert (run_dir / "benco" / "imdl_benco.json").is_file() and (run_dir / "hf" / "README.md").is_file()
+
+
 def test_exports_write_strict_json_when_a_row_holds_nan(run_dir, tmp_path):
     """A plugin's NaN confidence reached the COCO and IMDL-BenCo JSON as the bare token NaN, which strict JSON
     readers (JSON.parse, jq, Go, Rust) refuse: written as null now."""
