@@ -438,6 +438,23 @@ def test_an_empty_name_in_the_perturb_flag_is_refused_with_the_other_flag_errors
         capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.parametrize("name", ["metrics.json", "config.yaml"])
+def test_an_out_whose_result_file_is_a_folder_is_refused_before_scoring(name, eval_root, tmp_path, capsys):
+    """--out's metrics.json (or config.yaml) a folder: the whole eval ran, then failed `os_error` naming a temporary
+    file ("Is a directory: OUT/.config.yaml.PID.RANDOM.tmp") and left a half-done set's plan that failed every rerun
+    the same way. Now `bad_outdir` naming it, before any pair is scored (no journal), and nothing written."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    (out / name).mkdir(parents=True)
+    argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
+    assert main(argv) == 2
+    assert f"[bad_outdir]: {out / name}: is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted([".lock", name])
+    (out / name).rmdir()
+    assert main(argv) == 0 and (out / "metrics.json").is_file()
+
+
 def test_spaces_around_a_perturbation_name_are_read_as_the_name(eval_root, tmp_path, capsys):
     """`--perturb " none , jpeg75"` (spaces around a name, as lists are written) is `none` and `jpeg75`."""
     from sigma.cli import main

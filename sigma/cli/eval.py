@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other; an
     # eval that fails before writing leaves no empty folder it made
     with hold_folder(out, other="--out", created=made):
+        writable_results(out)
         records = eval_records(data, cfg.limit)
         resolved = cfg.model_dump(mode="json")
         # the one journal of this eval (sigma.eval.progress): a killed run's batches are read back, not scored again
@@ -203,6 +204,18 @@ def eval_data(data: str | None, source: str | None) -> Path:
         raise InputError(f"{path}: the eval data named by `data` of {source} is not there (moved or deleted since it "
                          "was recorded?); give --data", code="file_not_found")
     return path
+
+
+def writable_results(out: Path) -> None:
+    """`bad_outdir` before any pair is scored when --out's metrics.json or config.yaml is a folder (or a FIFO, a
+    device): the whole eval ran, then its write failed `os_error` naming a temporary file ("Is a directory:
+    OUT/.config.yaml.PID.RANDOM.tmp"), and left the half-done set's plan to fail the same way on every rerun."""
+    for name in ("metrics.json", "config.yaml"):
+        target = out / name
+        if target.is_dir() or (target.exists() and not target.is_file()):
+            kind = "a folder" if target.is_dir() else "not a regular file"
+            raise InputError(f"{target}: is {kind}, where the eval writes its {name}; remove it or choose another "
+                             "--out", code="bad_outdir")
 
 
 #: the largest metrics.json read to name the eval that wrote it (a large set's per-pair rows run to megabytes)
