@@ -1415,7 +1415,8 @@ def test_an_export_of_an_unfinished_run_says_so_and_the_card_tells_the_dataset_i
 def test_every_exports_summary_counts_the_unfinished_shards_for_scripts(run_dir, tmp_path, capsys):
     """An export of an unfinished run said so on stderr only: the summary it prints (one JSON line on stdout, what a
     script reads) had no field for it, so a pipeline could not tell a partial dataset from a whole one. Now each
-    format's summary holds `unfinished_shards`: 0 for a finished run, the count of shards not done otherwise."""
+    format's summary holds `unfinished_shards`: 0 for a finished run, the count of shards not done otherwise; and so
+    does the review page's (`sigma report`), which had no such field after the exports got theirs."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
 
@@ -1426,11 +1427,13 @@ def test_every_exports_summary_counts_the_unfinished_shards_for_scripts(run_dir,
                           ("hf", [str(tmp_path / f"{tag}_hf")])):
             assert main(["export", fmt, str(run), *args]) == 0, fmt
             counts[fmt] = json.loads(capsys.readouterr().out.splitlines()[0])["unfinished_shards"]
+        assert main(["report", str(run), "--out", str(tmp_path / f"{tag}.html")]) == 0
+        counts["report"] = json.loads(capsys.readouterr().out.splitlines()[0])["unfinished_shards"]
         return counts
 
-    assert summaries("whole") == {"coco": 0, "imdl-benco": 0, "hf": 0}
+    assert summaries("whole") == {"coco": 0, "imdl-benco": 0, "hf": 0, "report": 0}
     sorted((run / "status").glob("*.json"))[1].unlink()      # that shard pending, as a kill before its status leaves it
-    assert summaries("part") == {"coco": 1, "imdl-benco": 1, "hf": 1}
+    assert summaries("part") == {"coco": 1, "imdl-benco": 1, "hf": 1, "report": 1}
 
 
 def test_the_review_pages_rho_reads_the_runs_confidences(run_dir, tmp_path, capsys):
