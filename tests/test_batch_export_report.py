@@ -611,6 +611,23 @@ def test_coco_images_never_land_on_the_runs_or_the_corpus_files(run_dir, tmp_pat
     assert len(list((tmp_path / "imgs").glob("*.png"))) == 11
 
 
+def test_folder_exports_never_land_in_the_runs_own_folders(run_dir, tmp_path, capsys):
+    """`sigma export imdl-benco RUN --out RUN/shards` (or `export hf RUN RUN/status`) wrote Tp/, Gt/, the JSON, data/
+    and a card among the run's shards and statuses, exit 0, while `export coco --images RUN/shards` was refused: now
+    `out_is_run_file` too, before any work; a new folder of the run (`RUN/benco`) still takes the export."""
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    for out in (run_dir / "shards", run_dir / "status", run_dir / "status" / "x", run_dir / "masks" / "s"):
+        for argv in (["export", "imdl-benco", str(run_dir), "--out", str(out)],
+                     ["export", "hf", str(run_dir), str(out), "--overwrite"]):
+            assert main(argv) == 2
+            assert f"[out_is_run_file]: {out}: inside the batch run's own {out.relative_to(run_dir).parts[0]}/" \
+                in capsys.readouterr().err
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
+    assert main(["export", "imdl-benco", str(run_dir), "--out", str(run_dir / "benco")]) == 0
+    assert main(["export", "hf", str(run_dir), str(run_dir / "hf")]) == 0
+    assert (run_dir / "benco" / "imdl_benco.json").is_file() and (run_dir / "hf" / "README.md").is_file()
+
+
 def test_exports_write_strict_json_when_a_row_holds_nan(run_dir, tmp_path):
     """A plugin's NaN confidence reached the COCO and IMDL-BenCo JSON as the bare token NaN, which strict JSON
     readers (JSON.parse, jq, Go, Rust) refuse: written as null now."""
@@ -1398,7 +1415,8 @@ def test_an_export_of_an_unfinished_run_says_so_and_the_card_tells_the_dataset_i
 def test_every_exports_summary_counts_the_unfinished_shards_for_scripts(run_dir, tmp_path, capsys):
     """An export of an unfinished run said so on stderr only: the summary it prints (one JSON line on stdout, what a
     script reads) had no field for it, so a pipeline could not tell a partial dataset from a whole one. Now each
-    format's summary holds `unfinished_shards`: 0 for a finished run, the count of shards not done otherwise."""
+    format's summary holds `unfinished_shards`: 0 for a finished run, the count of shards not done otherwise; and so
+    does the review page's (`sigma report`), which had no such field after the exports got theirs."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
 
@@ -1409,11 +1427,13 @@ def test_every_exports_summary_counts_the_unfinished_shards_for_scripts(run_dir,
                           ("hf", [str(tmp_path / f"{tag}_hf")])):
             assert main(["export", fmt, str(run), *args]) == 0, fmt
             counts[fmt] = json.loads(capsys.readouterr().out.splitlines()[0])["unfinished_shards"]
+        assert main(["report", str(run), "--out", str(tmp_path / f"{tag}.html")]) == 0
+        counts["report"] = json.loads(capsys.readouterr().out.splitlines()[0])["unfinished_shards"]
         return counts
 
-    assert summaries("whole") == {"coco": 0, "imdl-benco": 0, "hf": 0}
+    assert summaries("whole") == {"coco": 0, "imdl-benco": 0, "hf": 0, "report": 0}
     sorted((run / "status").glob("*.json"))[1].unlink()      # that shard pending, as a kill before its status leaves it
-    assert summaries("part") == {"coco": 1, "imdl-benco": 1, "hf": 1}
+    assert summaries("part") == {"coco": 1, "imdl-benco": 1, "hf": 1, "report": 1}
 
 
 def test_the_review_pages_rho_reads_the_runs_confidences(run_dir, tmp_path, capsys):

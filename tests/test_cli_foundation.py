@@ -323,7 +323,7 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
         "eval_missing_data": (["eval", "--data", str(tmp / "nothing"), "--annotator", "pixel-diff"],
                               "file_not_found"),
         "eval_bad_perturb": (["eval", "--data", str(tmp), "--annotator", "pixel-diff", "--perturb", "jpeg50"],
-                             "invalid_config"),
+                             "bad_arguments"),
         "eval_no_data_flag": (["eval"], "bad_arguments"),
         "eval_surrogate_record": (["eval", "--data", str(tmp / "set_surrogate"), "--annotator", "pixel-diff"],
                                   "invalid_text"),

@@ -417,7 +417,56 @@ def test_an_empty_perturb_flag_is_refused_not_read_as_none(eval_root, tmp_path, 
     out = tmp_path / "o"
     argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
     assert main([*argv, "--perturb", ""]) == 2
-    assert "[invalid_config]" in capsys.readouterr().err and not (out / "metrics.json").exists()
+    assert "[bad_arguments]" in capsys.readouterr().err and not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("given", ["none,", "none,,jpeg75", "none, ,jpeg75", ",none"])
+def test_an_empty_name_in_the_perturb_flag_is_refused_with_the_other_flag_errors(given, eval_root, tmp_path, capsys):
+    """`--perturb none,` (a name left off, or `none,$P` with P empty) and `none,,jpeg75` ran `none` and `none,jpeg75`
+    without a word, while `--perturb ,` was refused: an empty name is `bad_arguments` naming the flag and the item,
+    said in the same run as another flag's mistake (`--threshold nan`), before anything is scored or written."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
+    assert main([*argv, "--threshold", "nan", "--perturb", given]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [bad_arguments]: ") and "--threshold nan" in err
+    assert f"--perturb: an empty perturbation name in {given!r}" in err and not out.exists()
+    assert main([*argv, "--set", f"perturb={given}"]) == 2      # the same from --set: the config's mistake
+    assert f"[invalid_config]: invalid EvalConfig: perturb: an empty perturbation name in {given!r}" in \
+        capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "config.yaml"])
+def test_an_out_whose_result_file_is_a_folder_is_refused_before_scoring(name, eval_root, tmp_path, capsys):
+    """--out's metrics.json (or config.yaml) a folder: the whole eval ran, then failed `os_error` naming a temporary
+    file ("Is a directory: OUT/.config.yaml.PID.RANDOM.tmp") and left a half-done set's plan that failed every rerun
+    the same way. Now `bad_outdir` naming it, before any pair is scored (no journal), and nothing written."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    (out / name).mkdir(parents=True)
+    argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out)]
+    assert main(argv) == 2
+    assert f"[bad_outdir]: {out / name}: is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted([".lock", name])
+    (out / name).rmdir()
+    assert main(argv) == 0 and (out / "metrics.json").is_file()
+
+
+def test_spaces_around_a_perturbation_name_are_read_as_the_name(eval_root, tmp_path, capsys):
+    """`--perturb " none , jpeg75"` (spaces around a name, as lists are written) is `none` and `jpeg75`."""
+    from sigma.cli import main
+
+    out = tmp_path / "o"
+    assert main(["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(out),
+                 "--perturb", " none , jpeg75"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["perturb"] == ["none", "jpeg75"]
+    # the flag's form in --set too: it was refused "perturb: Input should be a valid list"
+    assert main(["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(tmp_path / "set"),
+                 "--set", "perturb=jpeg75,none"]) == 0
+    assert json.loads((tmp_path / "set" / "metrics.json").read_text())["config"]["perturb"] == ["jpeg75", "none"]
 
 
 # Runs `sigma eval` and SIGKILLs it, for real, just before its Nth write to a file of --out named metrics.json or
@@ -1113,11 +1162,12 @@ def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restar
     assert not (out / "eval_progress.jsonl").exists()
 
 
-@pytest.mark.parametrize("edit", ["index", "score", "errors"])
+@pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied"])
 def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
     """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
-    field missing, errors that are no objects) was read back as it was: a traceback, or scores given to the wrong
-    pairs. Now `eval_changed` naming the journal, exit 2; `--restart` still ends the eval."""
+    field missing, errors that are no objects, a row deleted or copied) was read back as it was: a traceback, scores
+    given to the wrong pairs, a pair left out of the metrics or counted twice. Now `eval_changed` naming the journal,
+    exit 2; `--restart` still ends the eval."""
     sigma_eval = _resumable_eval(tmp_path)
     out = tmp_path / "out"
     assert sigma_eval(out, 3)[0].returncode == -9
@@ -1128,6 +1178,10 @@ def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path,
         batch["rows"][0]["index"] = 5
     elif edit == "score":
         del batch["rows"][0]["score"]["f1"]
+    elif edit == "row_dropped":         # the pair neither scored nor skipped: it was left out of the metrics
+        del batch["rows"][1]
+    elif edit == "row_copied":          # the same pair twice: counted twice in the metrics
+        batch["rows"][1] = batch["rows"][0]
     else:
         batch["errors"] = ["x"]
     path.write_text("\n".join([lines[0], json.dumps(batch), *lines[2:]]) + "\n")
@@ -1168,6 +1222,21 @@ def _eval_killed_at_journal_removal(tmp_path: Path) -> tuple[Path, list[str]]:
     return out, argv
 
 
+# `sigma eval`, saying at its exit how many times it opened its --out's journal for reading
+_COUNT_JOURNAL_READS = r'''
+import atexit, sys
+reads = [0]
+def hook(event, args):
+    if event == "open" and str(args[0]).endswith("eval_progress.jsonl") and str(args[1]).startswith("r") \
+            and "+" not in str(args[1]):
+        reads[0] += 1
+sys.addaudithook(hook)
+atexit.register(lambda: print(f"journal opened for reading {reads[0]} time(s)", file=sys.stderr))
+from sigma.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
 def _sigma(*argv: str):
     import subprocess
     import sys
@@ -1195,6 +1264,8 @@ def test_a_finished_evals_journal_left_beside_its_metrics_is_stale_not_eval_chan
     settings was refused `eval_changed`; that journal is now recognised as stale and replaced. A journal of an
     unfinished eval beside an earlier eval's metrics.json is still refused."""
     import shutil
+    import subprocess
+    import sys
 
     from sigma.tempfiles import finish_replacements
 
@@ -1207,10 +1278,13 @@ def test_a_finished_evals_journal_left_beside_its_metrics_is_stale_not_eval_chan
     shutil.copy2(kept, journal)
     unfinished = tmp_path / "unfinished.jsonl"  # the same journal, its last batch not written: an unfinished eval
     unfinished.write_text("".join(kept.read_text().splitlines(keepends=True)[:-1]))
-    proc = _sigma(*argv, "--threshold", "0.3")
+    proc = subprocess.run([sys.executable, "-c", _COUNT_JOURNAL_READS, *argv, "--threshold", "0.3"],
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["config"]["threshold"] == 0.3
     assert not journal.exists()
+    # the stale journal opened (and each line parsed) once: `finished_beside` read it again after `_read`'s header
+    assert proc.stderr.splitlines()[-1] == "journal opened for reading 1 time(s)", proc.stderr
     shutil.copy2(unfinished, journal)
     os.utime(out / "metrics.json")              # newer than the journal: only the rows tell it apart
     proc = _sigma(*argv, "--threshold", "0.4")

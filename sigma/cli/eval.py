@@ -6,8 +6,9 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sigma.cli.common import (
     Progress,
@@ -55,6 +56,27 @@ class EvalConfig(AnnotatorSpec):
     batch_size: int = Field(4, ge=1, le=MAX_BATCH_SIZE)
     limit: int | None = Field(None, ge=1, description="score only the first N pairs (smoke runs)")
     io: IOConfig = IOConfig()
+
+    # Checked with the rest of the config (as `eval.perturb` of `sigma train` is): `--perturb none,` or `jpeg50` is then
+    # `bad_arguments` naming the flag, said beside the command's other flag errors in one run, and `invalid_config`
+    # from --set or --config; raised in `run` instead, it was `invalid_config` for the flag and said alone. A text is
+    # the flag's form, comma-separated: `--set perturb=none,jpeg75` was refused "Input should be a valid list"
+    @field_validator("perturb", mode="before")
+    @classmethod
+    def _known_perturbations(cls, names: Any) -> Any:
+        from pydantic_core import PydanticCustomError
+
+        from sigma.errors import ConfigError
+        from sigma.eval.perturb import expand
+
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            return names                  # pydantic's own words for what is not a list of names
+        try:
+            expand(names)
+        except ConfigError as exc:        # said as it is (no "Value error, "); the names given quoted, braces and all
+            raise PydanticCustomError("perturbation", "{message}", {"message": exc.message}) from None
+        return names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -113,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other; an
     # eval that fails before writing leaves no empty folder it made
     with hold_folder(out, other="--out", created=made):
+        writable_results(out)
         records = eval_records(data, cfg.limit)
         resolved = cfg.model_dump(mode="json")
         # the one journal of this eval (sigma.eval.progress): a killed run's batches are read back, not scored again
@@ -181,6 +204,18 @@ def eval_data(data: str | None, source: str | None) -> Path:
         raise InputError(f"{path}: the eval data named by `data` of {source} is not there (moved or deleted since it "
                          "was recorded?); give --data", code="file_not_found")
     return path
+
+
+def writable_results(out: Path) -> None:
+    """`bad_outdir` before any pair is scored when --out's metrics.json or config.yaml is a folder (or a FIFO, a
+    device): the whole eval ran, then its write failed `os_error` naming a temporary file ("Is a directory:
+    OUT/.config.yaml.PID.RANDOM.tmp"), and left the half-done set's plan to fail the same way on every rerun."""
+    for name in ("metrics.json", "config.yaml"):
+        target = out / name
+        if target.is_dir() or (target.exists() and not target.is_file()):
+            kind = "a folder" if target.is_dir() else "not a regular file"
+            raise InputError(f"{target}: is {kind}, where the eval writes its {name}; remove it or choose another "
+                             "--out", code="bad_outdir")
 
 
 #: the largest metrics.json read to name the eval that wrote it (a large set's per-pair rows run to megabytes)

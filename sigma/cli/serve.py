@@ -245,7 +245,7 @@ def warn_unused_settings(mode: str, cfg, path: str | None = None) -> None:
     from sigma.text import shown
 
     default, unused = ServeConfig(), unused_settings(mode)
-    given_by = setting_sources(path)      # the file read once for every setting said, not once per setting
+    sources_of = setting_sources(path)    # the file read once for every setting said, not once per setting
     for section in ("worker", "api", "limits"):
         now, before = getattr(cfg, section), getattr(default, section)
         said: dict[str, str] = {}
@@ -255,7 +255,7 @@ def warn_unused_settings(mode: str, cfg, path: str | None = None) -> None:
             if owner == section and getattr(now, key) != getattr(before, key):
                 # each value cut (shown): a deployment's worker.options may run to megabytes, said whole in one line
                 said[f"{dotted}={shown(repr(getattr(now, key)), 80)}"] = why
-                sources += given_by(dotted)
+                sources += sources_of(dotted)
         if said:
             named = list(dict.fromkeys(sources))
             where = (" and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named) if named

@@ -93,12 +93,21 @@ def apply(name: str, image: np.ndarray, pair_id: str) -> np.ndarray:
 
 
 def expand(names: list[str] | str) -> list[str]:
-    """'all' → every perturbation, 'none' first; keeps the user's order otherwise."""
+    """'all' → every perturbation, 'none' first; keeps the user's order otherwise. Names are comma-separated, spaces
+    around a name ignored (`none, jpeg75`); an empty one is refused, naming the item: `--perturb none,` (a name left
+    off after the comma, or a shell variable left empty in `none,$P`) and `none,,vae` ran `none` and `none,vae`
+    without a word, while `--perturb ,` was refused."""
     if isinstance(names, str):
         names = [names]
-    names = [n.strip() for item in names for n in str(item).split(",") if n.strip()]
-    if not names:
+    items = [str(item) for item in names]
+    parts = [n.strip() for item in items for n in item.split(",")]
+    if not any(parts):
         raise ConfigError(f"no perturbation given; choose from {', '.join(PERTURBATIONS)} or 'all'")
+    for item in items:
+        if not all(n.strip() for n in item.split(",")):
+            raise ConfigError(f"an empty perturbation name in {item[:200]!r} (comma-separated names, none empty: "
+                              f"drop the extra comma); choose from {', '.join(PERTURBATIONS)} or 'all'")
+    names = parts
     out: list[str] = []
     for name in names:
         for item in (PERTURBATIONS if name == "all" else (name,)):

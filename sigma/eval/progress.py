@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def _read(path: Path, fp: str, done: dict[tuple[str, int], dict[str, Any]]) -> i
                     raise InputError(f"{path}: not the progress journal an eval writes; remove it, pass --restart, "
                                      "or give another --out", code="eval_changed")
                 if entry.get("fingerprint") != fp:
-                    if finished_beside(path, path.parent / "metrics.json"):
+                    if finished_beside(path, path.parent / "metrics.json", fh):
                         return None     # an eval's whole journal beside its metrics: started anew, replaced
                     raise InputError(f"{path}: the progress of an unfinished eval of other settings, annotator or "
                                      "data (changed since it was killed?); this eval would mix its results with "
@@ -136,24 +137,24 @@ def _read(path: Path, fp: str, done: dict[tuple[str, int], dict[str, Any]]) -> i
     return good or None
 
 
-def finished_beside(journal: Path, metrics: Path) -> bool:
-    """Whether `journal` is that of the eval whose `metrics` are written: complete and matching, so it is stale. An
-    eval killed between putting its metrics.json in place and removing its journal (sigma before the journal's
-    removal was part of the metrics' set) left both, and a rerun with other settings was refused `eval_changed`
-    until --restart, for an eval that had finished. Matching: metrics.json is no older than the journal and its
-    per-pair rows are the journal's, perturbation by perturbation, in order, to the digit (F1, IoU, AUC, fractions).
-    Anything else (an unfinished eval beside an earlier eval's metrics, a file that cannot be read): False."""
+def finished_beside(journal: Path, metrics: Path, batches: Iterable[bytes]) -> bool:
+    """Whether `journal` is that of the eval whose `metrics` are written: complete and matching, so it is stale.
+    `batches`: the journal's lines after its header, from the handle `_read` read the header with (the journal was
+    opened again here and its header parsed a second time). An eval killed between putting its metrics.json in place
+    and removing its journal (sigma before the journal's removal was part of the metrics' set) left both, and a rerun
+    with other settings was refused `eval_changed` until --restart, for an eval that had finished. Matching:
+    metrics.json is no older than the journal and its per-pair rows are the journal's, perturbation by perturbation,
+    in order, to the digit (F1, IoU, AUC, fractions). Anything else (an unfinished eval beside an earlier eval's
+    metrics, a file that cannot be read): False."""
     try:
         if metrics.stat().st_mtime_ns < journal.stat().st_mtime_ns or metrics.stat().st_size > MAX_JOURNAL_BYTES:
             return False
         per_pair = json.loads(metrics.read_bytes())["per_pair"]
         rows: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
-        with open(journal, "rb") as fh:
-            next(fh)                                    # the header
-            for raw in fh:
-                entry = json.loads(raw)
-                kept = rows.setdefault(entry["perturbation"], [])
-                kept.extend((entry["start"], row["index"], row["score"]) for row in entry["rows"])
+        for raw in batches:
+            entry = json.loads(raw)
+            kept = rows.setdefault(entry["perturbation"], [])
+            kept.extend((entry["start"], row["index"], row["score"]) for row in entry["rows"])
         if not isinstance(per_pair, dict) or set(per_pair) != set(rows):
             return False
         for perturbation, got in rows.items():
@@ -165,7 +166,7 @@ def finished_beside(journal: Path, metrics: Path) -> bool:
                                                                        "pred_fraction")):
                     return False
         return True
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, StopIteration):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return False
 
 

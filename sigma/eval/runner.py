@@ -251,6 +251,13 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
             chunk = records[start:start + batch_size]
             stored = journal.done.get((name, start)) if journal is not None else None
             if stored is not None:
+                # each pair of the batch is one row or one error: a row deleted or copied by hand dropped that pair
+                # from the metrics, or counted it twice, without a word
+                indices = [row["index"] for row in stored["rows"]]
+                if len(set(indices)) != len(indices) or len(indices) + len(stored["errors"]) != len(chunk):
+                    raise InputError(f"{journal.path}: batch {start} holds {len(indices)} scored and "
+                                     f"{len(stored['errors'])} skipped pair(s), {len(set(indices))} distinct, for its "
+                                     f"{len(chunk)} pairs: edited since? Pass --restart", code="eval_changed")
                 for row in stored["rows"]:
                     index, score, detail = restored_row(row)
                     if not start <= index < start + len(chunk):     # checked in range of any batch when read

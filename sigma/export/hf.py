@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from sigma.batch.decode import source_bytes
+from sigma.batch.layout import refuse_inside_run
 from sigma.digest import sha256_file
 from sigma.errors import ConfigError, InputError, SigmaError
 from sigma.export.select import (
@@ -424,6 +425,9 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
     # exit abort this once also dodged ("terminate called without an active exception") is cured where parquet is
     # read: `sigma.io.corpora.parquet.handle_reader` starts no pyarrow thread
     refuse_non_folder(out, "; choose another OUT folder")
+    # OUT in a run's own folders (`RUN/shards`, `RUN/status`, `RUN/masks/<shard>`) wrote the export among the run's
+    # files, which --resume and the readers of those folders own, while `export coco --images` there was refused
+    refuse_inside_run(out, "OUT folder")
     run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):    # refused before writing: no folder left behind
         return _export_hf(run, out, row_filter, name, max_shard_mb, overwrite, mask)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sigma.batch.layout import atomic_write_bytes
+from sigma.batch.layout import atomic_write_bytes, refuse_inside_run
 from sigma.digest import sha256_file
 from sigma.errors import InputError
 from sigma.export.select import (
@@ -55,6 +55,9 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
     # said of OUT as given: resolved first, `--out /dev/stdout` with stdout a pipe was refused as a missing
     # `/proc/PID/fd/pipe:[N]` (bad_outdir), a name the user never typed
     refuse_non_folder(Path(out), "; choose another OUT folder")
+    # OUT in a run's own folders (`RUN/shards`, `RUN/status`, `RUN/masks/<shard>`) wrote the export among the run's
+    # files, which --resume and the readers of those folders own, while `export coco --images` there was refused
+    refuse_inside_run(out, "OUT folder")
     out = Path(out).resolve()
     run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):

@@ -164,4 +164,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
     # `invalid_text` quoting the page's first 200 characters; such names are shown escaped (`\udcff`), as in JSON
     atomic_write_bytes(out, escape_surrogates(page).encode("utf-8"))
     return {"out": str(out), "items": len(items), "pairs_ok": good, "pairs_in_bounds": counts["in_bounds"],
-            "pairs_bad": counts["bad"], "metric_sets": len(tables), "unreadable": unreadable}
+            "pairs_bad": counts["bad"], "metric_sets": len(tables), "unreadable": unreadable,
+            # the page of an unfinished run was said on stderr only, as the exports' once were (their summaries say it)
+            "unfinished_shards": run.unfinished_shards()}

@@ -417,10 +417,15 @@ def config_file_named(path: str | Path | None, env: Mapping[str, str]) -> str | 
 
 def setting_sources(path: str | Path | None = None,
                     env: Mapping[str, str] | None = None) -> Callable[[str], list[str]]:
-    """Where the settings file and the environment give a setting (`given_by`), the file and the environment read
-    once, here: the function returned answers for each setting from them. `sigma serve`'s warning of settings it does
-    not use asked `given_by` once per setting, and each asked read the file (and walked the environment) again: seven
-    opens of one file for six settings, each able to find another file than the one loaded."""
+    """Where the settings file and the environment give a setting, the file and the environment read once, here: the
+    function returned answers for a setting `dotted` (`worker.max_wait_ms`, in any of its spellings:
+    `limits.max_image_bytes` for `limits.max_bytes`) the variables that set it, it whole or a key under it
+    (`SIGMA__WORKER__OPTIONS__TAU` for `worker.options`), and the file (`config_file_named`) unless a variable gives it
+    or a mapping above it whole, replacing the file's. For a line that must say where a value came from (`sigma serve`'s
+    settings it does not use): "(from the config file or SIGMA__WORKER__*)" sent the user looking through both. Asked
+    once per setting, a one-setting `given_by` read the file (and walked the environment) again each time: seven opens
+    of one file for six settings, each able to find another file than the one loaded; it had no caller left and is
+    gone."""
     env = os.environ if env is None else env
     sources = env_sourced(env)[1]
     try:
@@ -440,16 +445,6 @@ def setting_sources(path: str | Path | None = None,
         return list(dict.fromkeys([*([named] if in_file and named else []), *under]))
 
     return given
-
-
-def given_by(dotted: str, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> list[str]:
-    """Where the settings file and the environment give the setting `dotted` (`worker.max_wait_ms`, in any of its
-    spellings: `limits.max_image_bytes` for `limits.max_bytes`): the variables that set it, it whole or a key under it
-    (`SIGMA__WORKER__OPTIONS__TAU` for `worker.options`), and the file (`config_file_named`) unless a variable gives it
-    or a mapping above it whole, replacing the file's. For a line that must say where a value came from (`sigma serve`'s
-    settings it does not use): "(from the config file or SIGMA__WORKER__*)" sent the user looking through both. For
-    more than one setting, `setting_sources` reads the file once for them all."""
-    return setting_sources(path, env)(dotted)
 
 
 def _spellings(dotted: str) -> list[str]:
