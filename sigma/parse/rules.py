@@ -48,6 +48,12 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+")
 # ', ' after "replace the dog with" took minutes, 10 KB of ', ' 2 s. dev.jsonl's longest sentence has 28 tokens, and a
 # detector reads at most 256 tokens of text anyway.
 MAX_SENTENCE_TOKENS = 256
+# The longest concept (source or target) the rules give, in characters. A word is a token however long, so a
+# 100,000-letter word (or 256 long ones) was a 100,000-character concept: in every edit, result row and job record,
+# and a detector prompt no detector reads (Grounding DINO reads 256 text tokens, and a character is at most one). A
+# longer concept is cut at its last word break within the bound (mid-word for one long word; `rule` says so). The
+# longest concept of dev.jsonl and the eval set has 30 characters.
+MAX_CONCEPT_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -1372,6 +1378,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     tokens = [tokenize(sentence) for sentence in sentences]
     read_as: dict[tuple[str, str], None] = {}  # typos, accents and abbreviations of rule words read (sigma.parse.typos)
     cut = False                # a sentence read was longer than MAX_SENTENCE_TOKENS
+    clipped = False            # a concept was longer than MAX_CONCEPT_CHARS
     parses: list[Parse] = []
     read = MAX_EDITS + 1       # one past the cap: whether an edit was dropped (exactly MAX_EDITS was said to drop)
     for toks in tokens:
@@ -1393,11 +1400,16 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             parses = [Parse("add", None, phrase.text, "default-add")]
         else:
             parses = [Parse("global", None, None, "default-global")]
-    edits = [Edit(edit_type=p.edit_type, source=_named(p.source), target=_named(p.target), rule=p.rule)
-             for p in parses[:MAX_EDITS]]     # named again: the default-add above ('them')
+    edits = []
+    for p in parses[:MAX_EDITS]:      # named again: the default-add above ('them')
+        source, target = _bounded(_named(p.source)), _bounded(_named(p.target))
+        clipped = clipped or source != _named(p.source) or target != _named(p.target)
+        edits.append(Edit(edit_type=p.edit_type, source=source, target=target, rule=p.rule))
     rule = edits[0].rule if len(parses) <= MAX_EDITS else f"{edits[0].rule}; at most {MAX_EDITS} edits read"
     if cut:
         rule += f"; at most {MAX_SENTENCE_TOKENS} words of a sentence read"
+    if clipped:
+        rule += f"; concepts cut to {MAX_CONCEPT_CHARS} characters"
     if read_as:
         rule += _read_as_note(list(read_as))
     return ParsedInstruction(instruction=text, backend="rules", edits=edits, rule=rule)
@@ -1415,6 +1427,18 @@ def _named(concept: str | None) -> str | None:
     if concept is None or not all(w in _UNNAMED for w in concept.split()):
         return concept
     return None
+
+
+def _bounded(concept: str | None) -> str | None:
+    """The concept cut to `MAX_CONCEPT_CHARS`: at the last word break within it (no dangling 'and' or comma) when
+    that keeps at least half of it, else mid-word ('red' alone would be a different concept from 'red xxxx...')."""
+    if concept is None or len(concept) <= MAX_CONCEPT_CHARS:
+        return concept
+    head = concept[:MAX_CONCEPT_CHARS + 1]
+    words = head[:head.rfind(" ")].split() if head.rfind(" ") > MAX_CONCEPT_CHARS // 2 else []
+    while words and words[-1] in ("and", "or", ",", "&"):
+        words.pop()
+    return " ".join(words).rstrip(",") if words else concept[:MAX_CONCEPT_CHARS].rstrip()
 
 
 MAX_READ_AS_SAID = 5     # the most typo readings `rule` lists (a long text of typos would make it as long)
