@@ -364,6 +364,21 @@ PRONOUN_ONLY = [
     ("add a dog and make it run", "add", None, "dog"),
 ]
 
+# 'move' was no editing verb: 'move the dog to the left' was a default add of 'move', 'move it to the left' a global
+# edit. A moved thing is in both images, elsewhere: an attribute edit (as 'rotate the chair'); how far or where it
+# goes is no part of its concept; moving the camera or view moves every pixel; 'move it here' names no thing.
+MOVED = [
+    ("move the dog to the left", "attribute", "dog", "dog"),
+    ("move the dog here", "attribute", "dog", "dog"),
+    ("Please move the vase over to the window", "attribute", "vase", "vase"),
+    ("move the red car closer to the house", "attribute", "red car", "red car"),
+    ("move the dog and the cat closer together", "attribute", "dog and cat", "dog and cat"),
+    ("relocate the lamp next to the sofa", "attribute", "lamp", "lamp"),
+    ("move the camera to the left", "global", None, None),
+    ("move it here", "attribute", None, None),
+    ("move it to the left", "attribute", None, None),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -545,6 +560,7 @@ FORMS = (
     + COMPARATIVES
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
+    + MOVED
     + ALL_BUT
     + DISAPPEAR
     + IN_PLACE_OF
@@ -670,3 +686,15 @@ def test_what_the_thing_just_added_does_is_no_edit(text, edits):
     """'add a dog and make it run': 'it' is the dog and its pose belongs to its add, as 'make it brown' does; it was a
     second, global edit ('it' read as the whole image), so the prior covered every pixel."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+
+
+@pytest.mark.parametrize("text,pronoun", [("move it here", "it"), ("put them over there", "them"),
+                                          ("replace it with a cat", "it")])
+def test_a_pronoun_concept_says_it_names_nothing(text, pronoun, capsys):
+    """`sigma parse "move it here"` gave a global edit with no word of why; an edit whose concept was only a pronoun
+    now keeps its type and says so in `rule`: the detector has nothing to look for, and the reader sees why."""
+    assert main(["parse", text]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["edit_type"] != "global" and out["source"] is None
+    assert out["rule"].endswith(f"no concept: {pronoun!r} names no object"), out["rule"]
+    assert "no concept" not in parse_rules("move the dog here").rule

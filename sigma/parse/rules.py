@@ -131,7 +131,7 @@ VERB_KINDS: tuple[tuple[frozenset[str] | set[str], str], ...] = (
     (L.REMOVE_VERBS, "remove"), (L.REPLACE_VERBS, "replace"), (L.ADD_VERBS, "add"), (L.PAINT_VERBS, "paint"),
     (L.GIVE_VERBS, "give"), (L.MAKE_VERBS, "make"), (L.CHANGE_VERBS, "change"),
     (L.RESTORATION_VERBS, "restore"), (ADJUST_VERBS, "adjust"), (L.STATE_VERBS, "state"),
-    (L.FRAMING_VERBS | L.ORIENTATION_VERBS, "frame"), (L.COVER_VERBS, "cover"),
+    (L.FRAMING_VERBS | L.ORIENTATION_VERBS, "frame"), (L.COVER_VERBS, "cover"), (L.MOVE_VERBS, "move"),
 )
 
 
@@ -821,6 +821,27 @@ def _parse_cover(toks, low, j, verb, end) -> Parse:
     return Parse(parse.edit_type, parse.source, parse.target, "cover-" + parse.rule)
 
 
+# What, moved, moves the view rather than a thing in it ('move the camera to the left')
+_VIEWPOINTS = frozenset({"camera", "view", "viewpoint", "frame", "shot", "angle", "perspective"})
+# Where or how far a thing is moved, read into its phrase ('move the car | closer', '... | further apart')
+_MOVED_TO = frozenset({"closer", "nearer", "further", "farther", "together", "apart", "away", "back", "forward",
+                       "backward", "backwards", "up", "down", "left", "right", "higher", "lower", "aside", "slightly"})
+
+
+def _parse_move(toks, low, j, verb, end) -> Parse:
+    """'move the dog to the left', 'relocate the lamp next to the sofa': the thing is in both images, in another
+    place, so it is looked for in both (an attribute edit, as 'rotate the chair' is); 'move the camera closer'
+    moves the view, every pixel. 'move it here' names no thing: no concept (`_named`). It was a default add of
+    'move' ('move' was no editing verb), or a global edit ('move it to the left')."""
+    obj = extract_phrase(toks[:end], j + (low[j:j + 1] == ["over"]), stop_at_verbs=True)
+    where = next((n for n, w in enumerate(obj.words) if n and w in _MOVED_TO), None)
+    if where is not None:                                 # 'the red car | closer to the house'
+        obj = Phrase(obj.words[:where], obj.end, obj.saw_attribute, obj.seen, obj.proper)
+    if obj.head in _VIEWPOINTS or (obj.words and _is_whole_image(obj) and obj.words != ["it"]):
+        return Parse("global", None, None, "move-view")
+    return Parse("attribute", obj.text or None, obj.text or None, "move")
+
+
 _DISPATCH = {
     "remove": lambda t, lo, j, v, e: _parse_remove(t, lo, j, v),
     "add": lambda t, lo, j, v, e: _parse_add(t, lo, j, v),
@@ -834,6 +855,7 @@ _DISPATCH = {
     "state": _parse_state,
     "frame": _parse_frame,
     "cover": _parse_cover,
+    "move": _parse_move,
 }
 
 
@@ -1389,7 +1411,9 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         read_as.update(dict.fromkeys(notes))
         for parse in _sentence_edits(toks, first=not parses, before=parses,
                                      limit=read - len(parses)):
-            parse = Parse(parse.edit_type, _named(parse.source), _named(parse.target), parse.rule)
+            unnamed = next((c for c in (parse.source, parse.target) if c and _named(c) is None), None)
+            rule = f"{parse.rule}; no concept: {unnamed!r} names no object" if unnamed else parse.rule
+            parse = Parse(parse.edit_type, _named(parse.source), _named(parse.target), rule)
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
     if not parses:
