@@ -235,6 +235,9 @@ def _parse_add(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("on", "in") and verb.startswith("put"):
         j += 1                                            # "put on a hat"
     obj = extract_phrase(toks, j, caps_literal=verb in L.WRITE_VERBS)
+    if len(obj.words) > 1 and obj.words[-1] in ("back", "again"):
+        # 'put the vase back', 'add it back': where it was, no part of the thing (the concept was 'vase back')
+        obj = Phrase(obj.words[:-1], obj.end, obj.saw_attribute, obj.seen, obj.proper)
     if not obj.words:
         return Parse("add", None, None, "add-empty")
     if obj.literal and not obj.nouns:
@@ -1357,6 +1360,12 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
             elif (context + out) and (context + out)[-1].edit_type in ("add", "replace") and \
                     parse.rule == "put-pronoun-on-place":
                 parse = None                              # "add a cat and put it on the table": where the cat goes
+            elif (context + out) and (context + out)[-1].edit_type == "remove" and (context + out)[-1].source and \
+                    (parse.edit_type == "add" and parse.target in ("it", "them") or
+                     parse.rule == "put-pronoun-on-place"):
+                # "remove the dog and add it back", "... put it on the sofa": 'it' is the dog just removed, put
+                # elsewhere (the concept was 'it back'; the sofa's look)
+                parse = Parse("add", None, (context + out)[-1].source, parse.rule + "-the-removed")
         if parse is not None and (parse.edit_type, parse.source, parse.target) not in \
                 [(p.edit_type, p.source, p.target) for p in out]:
             out.append(parse)
