@@ -379,6 +379,20 @@ MOVED = [
     ("move it to the left", "attribute", None, None),
 ]
 
+# 'the roof of the house should be red': the predicate was looked for at 'of', so the sentence fell to a default add of
+# 'roof'; the owner says which roof, as in 'make the roof of the house red'. 'snow should cover the mountains' is
+# 'cover the mountains with snow' (an add of snow, as 'add snow to the mountains'): it was a global edit by keyword.
+OWNED_AND_COVERING = [
+    ("the cover of the book should be red", "attribute", "cover", "cover"),
+    ("the roof of the house is red", "attribute", "roof", "roof"),
+    ("the handle of the door should be golden", "attribute", "handle", "handle"),
+    ("the leg of the chair should be removed", "remove", "leg", None),
+    ("snow should cover the mountains", "add", None, "snow"),
+    ("snow covers the roof", "add", None, "snow"),
+    ("ivy should cover the wall", "add", None, "ivy"),
+    ("a blanket should cover the bed", "add", None, "blanket"),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -561,6 +575,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + OWNED_AND_COVERING
     + ALL_BUT
     + DISAPPEAR
     + IN_PLACE_OF

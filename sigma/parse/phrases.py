@@ -565,6 +565,8 @@ class _PhraseReader:
         if self.words and self.stop_at_verbs and w in L.DISPLAY_VERBS and nxt is not None and (
                 nxt in L.DETERMINERS or nxt[:1].isdigit() or nxt[:1] in "\"'" or self.toks[self.j + 1].isupper()):
             return True           # 'the screen | shows a cat' (was the subject 'screen shows'); 'the show room' stays
+        if self.words and self.stop_at_verbs and w in L.COVER_VERBS and nxt in L.DETERMINERS:
+            return True           # 'snow | covers the roof' (was the subject 'snow covers'); 'the cover of' stays
         if self.words and self.stop_at_verbs and w in L.SWAP_VERBS and nxt in L.SWAP_PLACE_NOUNS:
             return True           # 'the dog and the cat | swap places' (was the subject 'dog and cat swap places')
         if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):

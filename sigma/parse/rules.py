@@ -912,6 +912,12 @@ def _parse_declarative(toks, low) -> Parse | None:
             return parse
     subj = extract_phrase(toks, j, stop_at_verbs=True, sentence_start=j)
     k = subj.end
+    if subj.words and k + 1 < end and low[k] == "of" and is_word(low[k + 1]):
+        # 'the roof | of the house | should be red': the owner says which roof, as 'make the roof of the house red'
+        # reads it (the predicate was looked for at 'of', and the sentence fell to a default add of 'roof')
+        owner = extract_phrase(toks[:end], k + 1, stop_at_verbs=True)
+        if owner.words:
+            k = owner.end
     while k < end and low[k] in L.MODALS:
         k += 1
     if k + 1 < end and low[k] in ("has", "had", "have") and low[k + 1] == "been":
@@ -988,6 +994,8 @@ def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
     after_be = _passive_participle(low, k, end)
     if w in L.SWAP_VERBS and k + 1 < end and low[k + 1] in L.SWAP_PLACE_NOUNS:
         return "swap"                                     # 'the dog and the cat swap places'
+    if w in L.COVER_VERBS and k + 1 < end and low[k + 1] in L.OBJECT_STARTS:
+        return "cover"                                    # 'snow should cover the mountains'
     if w in _GONE or w in ("disappear", "disappears", "vanish", "vanishes") or after_be in _GONE:
         return "remove"
     if w in L.REPLACED_PARTICIPLES or after_be in L.REPLACED_PARTICIPLES:
@@ -1014,6 +1022,10 @@ def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: in
         if subj.head in L.DEGRADATIONS:                   # "the blur should be removed": a restoration
             return Parse("global", None, None, "passive-remove-degradation")
         return Parse("remove", subj.text, None, "passive-remove")
+    if kind == "cover":    # 'snow should cover the mountains' is 'cover the mountains with snow' (was keywords-global)
+        said = ["cover", *toks[k + 1:end], "with", *toks[j:subj.end]]
+        parse = _parse_cover(said, [t.lower() for t in said], 1, "cover", len(said))
+        return Parse(parse.edit_type, parse.source, parse.target, "declarative-" + parse.rule)
     if kind == "swap":
         pair = _swap_pair(subj, "declarative-swap-pair")
         return pair if pair is not None else Parse("attribute", subj.text, subj.text, "declarative-swap")
