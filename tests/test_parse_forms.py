@@ -703,10 +703,16 @@ def test_a_compound_subject_is_one_subject(text, edits):
     ("add a bird and have it fly over the lake", [("add", None, "bird")]),
     ("add a dog. make it sit.", [("add", None, "dog")]),
     ("remove the cat and make it snowy", [("remove", "cat", None), ("global", None, None)]),
+    ("add a hat and make it look like a crown", [("add", None, "hat")]),
+    ("add a box and turn it into a gift", [("add", None, "box")]),
+    ("add a hat. Make it a crown.", [("add", None, "hat")]),
+    ("replace the cat with a dog and make it look like a wolf", [("replace", "cat", "dog")]),
+    ("add a dog and turn it into a painting", [("add", None, "dog"), ("global", None, None)]),
 ])
 def test_what_the_thing_just_added_does_is_no_edit(text, edits):
     """'add a dog and make it run': 'it' is the dog and its pose belongs to its add, as 'make it brown' does; it was a
-    second, global edit ('it' read as the whole image), so the prior covered every pixel."""
+    second, global edit ('it' read as the whole image), so the prior covered every pixel. So is what it should look
+    like: 'add a hat and make it look like a crown' (a style, 'turn it into a painting', is still the picture's)."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
 
 

@@ -1293,6 +1293,18 @@ def _is_pronoun_value(low: list[str], s: int, vlen: int, e: int) -> bool:
     return _value_kind(rest) == "value"
 
 
+def _pronoun_becomes_thing(low: list[str], s: int, vlen: int, e: int) -> bool:
+    """'make it look like a crown', 'turn it into a gift', 'make it a crown' after an add or replace: the thing just
+    put in should look like that, which its edit's mask already covers (it was a second, global edit: 'it' read as
+    the whole image, so the prior covered every pixel). Not a style ('turn it into a painting' is the picture)."""
+    if not vlen or s + vlen >= e or low[s + vlen] not in ("it", "them"):
+        return False
+    if low[s] not in L.MAKE_VERBS and low[s] not in ("turn", "transform", "change", "convert"):
+        return False
+    rest = low[_strip_connectors(low, s + vlen + 1):e]
+    return rest[:1] in (["a"], ["an"]) and _value_kind(rest) == "thing"
+
+
 _AS_IF = (("like",), ("as", "if"), ("as", "though"))
 
 
@@ -1369,6 +1381,9 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
             elif (context + out) and (context + out)[-1].edit_type in ("add", "replace", "attribute") and \
                     _looks_as_if(low, s, vlen, ce):
                 parse = None                              # "add a hat and make it look like it was always there"
+            elif (context + out) and (context + out)[-1].edit_type in ("add", "replace") and \
+                    _pronoun_becomes_thing(low, s, vlen, ce):
+                parse = None                              # "add a hat and make it look like a crown"
             elif (context + out) and (context + out)[-1].edit_type in ("add", "replace") and \
                     parse.rule == "put-pronoun-on-place":
                 parse = None                              # "add a cat and put it on the table": where the cat goes
