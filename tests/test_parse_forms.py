@@ -393,6 +393,30 @@ OWNED_AND_COVERING = [
     ("a blanket should cover the bed", "add", None, "blanket"),
 ]
 
+# A question asked as 'we'/'I' ('can we add a rainbow?') was a default add of 'can we add'; 'X needs (to be) Y' read
+# 'needs' into the subject ('the dog needs a hat': add 'dog needs'); a text that only constrains or negates ('keep
+# the background unchanged', "don't touch the dog") was a default add of 'keep', of "don't touch": it names no edit
+# (global, as an unreadable text), and 'no people' asks for none, as 'without people' does.
+ASKED_NEEDED_NEGATED = [
+    ("can we add a rainbow?", "add", None, "rainbow"),
+    ("could we remove the car?", "remove", "car", None),
+    ("shall we make the sky pink?", "attribute", "sky", "sky"),
+    ("can i add a dog?", "add", None, "dog"),
+    ("why don't you add a cat", "add", None, "cat"),
+    ("the dog needs a hat", "add", None, "hat"),
+    ("the man needs sunglasses", "add", None, "sunglasses"),
+    ("the sky needs to be bluer", "attribute", "sky", "sky"),
+    ("the car needs to be removed", "remove", "car", None),
+    ("there needs to be a cat on the sofa", "add", None, "cat"),
+    ("this photo needs more contrast", "global", None, None),
+    ("we need to remove the dog", "remove", "dog", None),
+    ("keep the background unchanged", "global", None, None),
+    ("don't touch the dog", "global", None, None),
+    ("leave the sky as it is", "global", None, None),
+    ("no changes", "global", None, None),
+    ("no people", "remove", "people", None),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -575,6 +599,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + ASKED_NEEDED_NEGATED
     + OWNED_AND_COVERING
     + ALL_BUT
     + DISAPPEAR

@@ -38,6 +38,9 @@ _FILLERS = [
     ("help", "me"), ("go", "ahead", "and"), ("and",), ("ok",), ("okay",), ("hey",), ("simply",),
     ("instruction",), ("edit",), (":",), ("-",), ("you", "should"), ("we", "need", "to"), ("lets",),
     ("how", "about"), ("what", "about"), ("why", "not"),
+    # a question to the editor asked as 'we'/'I' ('can we add a rainbow?' was a default add of 'can we add')
+    ("can", "we"), ("could", "we"), ("shall", "we"), ("should", "we"), ("can", "i"), ("could", "i"), ("may", "i"),
+    ("should", "i"), ("why", "don't", "you"), ("why", "dont", "you"), ("why", "do", "not", "you"),
     ("first",), ("firstly",), ("second",), ("secondly",), ("finally",), ("lastly",), ("afterwards",),
     (",",), (";",), ("additionally",), ("plus",),
 ]
@@ -562,6 +565,8 @@ def _parse_after_subject(toks, low, x: Phrase, k: int, end: int, rule: str) -> P
         obj = extract_phrase(toks, k + 1)
         if obj.words and all(is_value_word(v) for v in obj.words):   # "the car had a red colour": its look
             return _inline(x, list(obj.words), low[:k], rule + "-has-value")
+        if _is_whole_image(x) and obj.head in L.GLOBAL_ADJUSTMENTS:
+            return Parse("global", None, None, rule + "-has-adjustment")   # 'the photo should have more contrast'
         if obj.words and not _is_whole_image(obj):
             return Parse("add", None, obj.text, rule + "-wear")
     if w in L.BE_VERBS or (w in ("turn", "turns", "turned", "get", "gets") and k + 1 < end
@@ -1412,6 +1417,37 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
     return out
 
 
+_NEEDERS_NOT = frozenset({"i", "we", "you", "u", "i'd", "we'd"})   # 'I need you to ...' is a filler or a wish
+
+
+def _need_as_should(toks: list[str]) -> list[str]:
+    """'X needs to be Y' is 'X should be Y', 'X needs a Y' is 'X should have a Y', 'there needs to be X' is 'there
+    should be X': 'needs' was read into the subject ('the dog needs a hat' was a default add of 'dog needs', 'the
+    sky needs to be bluer' an attribute edit of 'sky needs', 'there needs to be a cat' an add of 'needs')."""
+    low = [t.lower() for t in toks]
+    if "needs" not in low and "need" not in low:
+        return toks
+    out: list[str] = []
+    k = 0
+    while k < len(toks):
+        if low[k] in ("needs", "need") and k > 0 and is_word(low[k - 1]) and low[k - 1] not in _NEEDERS_NOT \
+                and k + 1 < len(toks):
+            if low[k + 1] == "to":
+                out.append("should")
+                k += 2
+                continue
+            nxt = low[k + 1]
+            if nxt in L.DETERMINERS or nxt in _NEW_THING or nxt == "more" or (
+                    is_word(nxt) and nxt not in L.BOUNDARY_WORDS and not looks_participle(nxt)
+                    and _verb_kind(nxt) is None and nxt not in L.MODALS):      # 'the man needs sunglasses'
+                out += ["should", "have"]
+                k += 1
+                continue
+        out.append(toks[k])
+        k += 1
+    return out
+
+
 def _join_lines(text: str) -> str:
     """The text on one line. A line that starts with an editing verb is a new sentence ("remove the cat" /
     "add a dog", one edit per line, no full stops), as after a full stop; any other line break is a wrapped
@@ -1444,6 +1480,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             break
         cut = cut or len(toks) > MAX_SENTENCE_TOKENS
         toks, notes = correct(toks[:MAX_SENTENCE_TOKENS])
+        toks = _need_as_should(toks)
         read_as.update(dict.fromkeys(notes))
         for parse in _sentence_edits(toks, first=not parses, before=parses,
                                      limit=read - len(parses)):
@@ -1456,9 +1493,21 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         # Nothing matched: a caption-like request ("a cat wearing sunglasses") most often asks for the thing.
         toks = _strip_fillers(correct(tokens[0][:MAX_SENTENCE_TOKENS])[0]) if tokens else []
         phrase = extract_phrase(toks, 0) if toks else None
+        low = [t.lower() for t in toks[:2]]
+        if low[:1] and (low[0] in L.CONSTRAINT_STARTS or low[0] in ("nothing", "no", "never") or low == ["do", "not"]):
+            # only a constraint or a negation ('keep the background unchanged', "don't touch the dog", 'no
+            # changes'): no edit is named, and the one that was made may be anywhere (a default add of 'keep', of
+            # "don't touch" asked the detector for them)
+            gone = extract_phrase(toks, 1) if low[0] == "no" else None
+            phrase = None
+            if gone is not None and gone.words and not _is_whole_image(gone) and \
+                    gone.head not in ("change", "changes", "edit", "edits", "difference", "differences"):
+                parses = [Parse("remove", gone.text, None, "no-thing")]     # 'no people': as 'without people'
+            else:
+                parses = [Parse("global", None, None, "no-edit-named")]
         if phrase is not None and phrase.words and not _is_whole_image(phrase):
             parses = [Parse("add", None, phrase.text, "default-add")]
-        else:
+        elif not parses:
             parses = [Parse("global", None, None, "default-global")]
     edits = []
     for p in parses[:MAX_EDITS]:      # named again: the default-add above ('them')
