@@ -417,6 +417,16 @@ ASKED_NEEDED_NEGATED = [
     ("no people", "remove", "people", None),
 ]
 
+# An emoji where a noun is expected names the thing ('remove the 🐶' was a remove of nothing, an emoji being no word);
+# one after a noun is left alone.
+EMOJI_NOUNS = [
+    ("remove the \U0001F436", "remove", "dog", None),
+    ("add a \U0001F3A9 to the man", "add", None, "top hat"),
+    ("replace the \U0001F431 with a \U0001F436", "replace", "cat", "dog"),
+    ("add \U0001F308", "add", None, "rainbow"),
+    ("add a cat \U0001F60A", "add", None, "cat"),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -599,6 +609,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + EMOJI_NOUNS
     + ASKED_NEEDED_NEGATED
     + OWNED_AND_COVERING
     + ALL_BUT

@@ -1417,6 +1417,36 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
     return out
 
 
+# Where a noun is expected: after these an emoji names the thing ('remove the 🐶', 'add a 🎩 to the man')
+_NOUN_SLOT = frozenset({"of", "with", "by", "into", "to", "for"})
+
+
+def _emoji_name(tok: str) -> list[str] | None:
+    """The words of the emoji `tok` ('🎩' -> top hat, '🐶' -> dog: an animal's face emoji is the animal), None when
+    `tok` is no emoji (its first character is no symbol) or has no name."""
+    import unicodedata
+
+    if not tok or unicodedata.category(tok[0]) != "So":
+        return None
+    name = unicodedata.name(tok[0], "").lower()
+    if name.endswith(" face") and 0x1F400 <= ord(tok[0]) <= 0x1F43F:
+        name = name[:-len(" face")]
+    return name.split() or None
+
+
+def _emoji_as_nouns(toks: list[str]) -> list[str]:
+    """An emoji where a noun is expected, after a determiner, count, preposition or editing verb, is the thing its
+    name says: 'remove the 🐶' removes the dog, 'add a 🎩 to the man' adds a top hat (they were a remove and an add of
+    nothing: an emoji is no word). Elsewhere ('add a cat 😊') an emoji says nothing of the edit and is left alone."""
+    out: list[str] = []
+    for k, tok in enumerate(toks):
+        prev = toks[k - 1].lower() if k else ""
+        slot = prev in L.DETERMINERS or prev in _NEW_THING or prev in _NOUN_SLOT or _verb_kind(prev) is not None
+        name = _emoji_name(tok) if slot and not is_word(tok) else None
+        out += name if name else [tok]
+    return out
+
+
 _NEEDERS_NOT = frozenset({"i", "we", "you", "u", "i'd", "we'd"})   # 'I need you to ...' is a filler or a wish
 
 
@@ -1480,7 +1510,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             break
         cut = cut or len(toks) > MAX_SENTENCE_TOKENS
         toks, notes = correct(toks[:MAX_SENTENCE_TOKENS])
-        toks = _need_as_should(toks)
+        toks = _emoji_as_nouns(_need_as_should(toks))
         read_as.update(dict.fromkeys(notes))
         for parse in _sentence_edits(toks, first=not parses, before=parses,
                                      limit=read - len(parses)):
