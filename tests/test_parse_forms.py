@@ -427,6 +427,17 @@ EMOJI_NOUNS = [
     ("add a cat \U0001F60A", "add", None, "cat"),
 ]
 
+# 'a red one' stands for the other phrase's thing ('replace the blue car with a red one' replaced it by 'red', a
+# colour no detector finds); 'everyone' is people ('remove everyone' asked the detector for 'everyone').
+ONE_AND_EVERYONE = [
+    ("replace the blue car with a red one", "replace", "blue car", "red car"),
+    ("replace the old chairs with new ones", "replace", "old chairs", "new chairs"),
+    ("what about a red car instead of the blue one", "replace", "blue car", "red car"),
+    ("replace the sign with one that says ENTER", "replace", "sign", "sign"),
+    ("remove everyone", "remove", "person", None),
+    ("remove everybody from the beach", "remove", "person", None),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -609,6 +620,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + ONE_AND_EVERYONE
     + EMOJI_NOUNS
     + ASKED_NEEDED_NEGATED
     + OWNED_AND_COVERING

@@ -379,6 +379,16 @@ def _swap_pair(obj: Phrase, rule: str) -> Parse | None:
     return Parse("replace", obj.text, " and ".join(" ".join(p) for p in reversed(parts)), rule)
 
 
+def _one_of(ph: Phrase, other: Phrase) -> Phrase:
+    """'a red one', 'the blue ones': 'one' stands for the other phrase's thing, so the concept is the values with its
+    head ('red car'; it was 'red', a colour no detector finds). Unchanged when `ph` names a thing of its own."""
+    words = [w for w in ph.words if w not in ("one", "ones")]
+    if not ph.seen or ph.seen[-1] not in ("one", "ones") or not other.head or \
+            not all(is_value_word(w) for w in words) or other.head in words:
+        return ph
+    return Phrase([*words, other.head], ph.end, ph.saw_attribute, ph.seen, ph.proper)
+
+
 def _parse_replace(toks, low, j, verb, end) -> Parse:
     if j < len(low) and low[j] in ("out",):
         j += 1
@@ -398,6 +408,8 @@ def _parse_replace(toks, low, j, verb, end) -> Parse:
         new = obj                                         # "replace the sign with one that says ENTER"
     if verb.startswith("substitut") and k is not None and low[k] == "for":
         obj, new = new, obj                               # "substitute a cat for the dog"
+    if new is not None and new is not obj:
+        new = _one_of(new, obj)                           # "replace the blue car with a red one": a red car
     text = _text_edit(obj, None, new, "replace") if new is not None else None
     if text is not None:
         return text
@@ -1045,7 +1057,7 @@ def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: in
     if kind == "display":                                  # 'the man should read a book': what he does
         kind = "state-or-action"
     if kind == "instead-of":
-        old = extract_phrase(toks, k + 2)
+        old = _one_of(extract_phrase(toks, k + 2), subj)   # 'a red car instead of the blue one': the blue car
         return Parse("replace", old.text, subj.text, "instead-of")
     if kind == "state-or-action":
         if low[k] in ("were", "was", "became", "turned"):  # a state reached reads as "be": 'X were Y'
@@ -1558,11 +1570,17 @@ def parse_rules(text: str | None) -> ParsedInstruction:
 _UNNAMED = frozenset({"it", "its", "them", "they", "itself", "themselves", "something", "anything", "stuff"})
 
 
+# Words for people in general: a detector finds `person`, not 'everyone' ('remove everyone' asked it for 'everyone')
+_EVERYONE = frozenset({"everyone", "everybody", "someone", "somebody", "anyone", "anybody"})
+
+
 def _named(concept: str | None) -> str | None:
     """The concept, or None where it is only a pronoun ('put it there', 'add them', 'make them shiny' asked the
     detector for 'it', 'them'): which thing is meant the text does not say, as with 'remove this', whose
     determiner already left no concept. Edits of one sentence that use 'it' for a thing they named are read before
     this ('add a dog and make it brown')."""
+    if concept in _EVERYONE:
+        return "person"
     if concept is None or not all(w in _UNNAMED for w in concept.split()):
         return concept
     return None
