@@ -438,6 +438,16 @@ ONE_AND_EVERYONE = [
     ("remove everybody from the beach", "remove", "person", None),
 ]
 
+# An instruction wrapped whole in quotes (pasted from a data set or a chat) was one literal token: a default add of
+# the text '"remove the dog"'. A quoted text that is no instruction stays the text it is.
+QUOTED_WHOLE = [
+    ('"remove the dog"', "remove", "dog", None),
+    ("'add a cat'", "add", None, "cat"),
+    ("\u201cmake the sky red\u201d", "attribute", "sky", "sky"),
+    ('"please remove the dog."', "remove", "dog", None),
+    ('"HELLO"', "add", None, '"HELLO"'),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -620,6 +630,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + QUOTED_WHOLE
     + ONE_AND_EVERYONE
     + EMOJI_NOUNS
     + ASKED_NEEDED_NEGATED

@@ -1490,6 +1490,23 @@ def _need_as_should(toks: list[str]) -> list[str]:
     return out
 
 
+_WHOLE_QUOTES = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"), ("`", "`"))
+
+
+def _unquoted(text: str) -> str:
+    """The instruction inside the quotes that wrap all of it ('"remove the dog"', as pasted from a data set or a
+    chat): one quoted span is one literal token, so it was a default add of the text '"remove the dog"'. Only when
+    the quoted text starts with an editing verb: a quoted 'HELLO' alone stays the text it is."""
+    t = text.strip()
+    for left, right in _WHOLE_QUOTES:
+        if len(t) > 2 and t[0] == left and t[-1] == right and left not in t[1:-1] and right not in t[1:-1]:
+            inner = t[1:-1].strip()
+            words = _strip_fillers([w.lower() for w in tokenize(inner)])
+            if words and (_verb_at(words, 0) or _multiword_verb(words, 0)):
+                return inner
+    return text
+
+
 def _join_lines(text: str) -> str:
     """The text on one line. A line that starts with an editing verb is a new sentence ("remove the cat" /
     "add a dog", one edit per line, no full stops), as after a full stop; any other line break is a wrapped
@@ -1510,7 +1527,8 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
     # folded first: a full-width "．" or an ideographic "。" ends a sentence as "." does
-    sentences = [s for s in _SENTENCE_SPLIT.split(_join_lines(fold_text(text))) if any(c.isalnum() for c in s)]
+    sentences = [s for s in _SENTENCE_SPLIT.split(_unquoted(_join_lines(fold_text(text))))
+                 if any(c.isalnum() for c in s)]
     tokens = [tokenize(sentence) for sentence in sentences]
     read_as: dict[tuple[str, str], None] = {}  # typos, accents and abbreviations of rule words read (sigma.parse.typos)
     cut = False                # a sentence read was longer than MAX_SENTENCE_TOKENS
