@@ -448,6 +448,20 @@ QUOTED_WHOLE = [
     ('"HELLO"', "add", None, '"HELLO"'),
 ]
 
+# 'fill X with Y' puts Y there (a first 'fill' was a constraint: no edit); 'the dog has disappeared' was an add of
+# 'disappeared'; 'take the dog out', 'get the dog out of the picture' were a default add of 'take', an attribute of
+# 'dog'. A later 'and fill the gap with grass' stays a constraint; 'get the cat out of the box' is no removal.
+FILLED_AND_GONE = [
+    ("fill the sky with stars", "add", None, "stars"),
+    ("fill the glass with wine", "add", None, "wine"),
+    ("remove the dog and fill the gap with grass", "remove", "dog", None),
+    ("the dog has disappeared", "remove", "dog", None),
+    ("take the dog out", "remove", "dog", None),
+    ("take the hat off", "remove", "hat", None),
+    ("get the dog out of the picture", "remove", "dog", None),
+    ("get the cat out of the box", "attribute", "cat", "cat"),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -630,6 +644,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + FILLED_AND_GONE
     + QUOTED_WHOLE
     + ONE_AND_EVERYONE
     + EMOJI_NOUNS

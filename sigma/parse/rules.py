@@ -905,6 +905,17 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
     if multi is not None:
         kind, j = multi
         return _DISPATCH[kind](toks, low, j, low[0], end)
+    if low[0] in ("take", "get", "cut") and len(low) > 2:
+        gone = extract_phrase(toks[:end], 1, stop_at_verbs=True)
+        if len(gone.words) > 1 and gone.words[-1] == "out" and gone.end == end:   # 'the dog out' read as one
+            gone = Phrase(gone.words[:-1], gone.end - 1, gone.saw_attribute, gone.seen, gone.proper)
+        rest = low[gone.end:end]
+        if gone.words and not _is_whole_image(gone) and rest[:1] in (["out"], ["away"], ["off"]) and (
+                len(rest) == 1 or rest[1] != "of" or _is_whole_image(extract_phrase(toks[:end], gone.end + 2))):
+            # 'take the dog out', 'get the dog out of the picture' (a default add of 'take', an attribute of 'dog')
+            return Parse("remove", gone.text, None, "remove-" + low[0] + "-out")
+    if low[0] in ("fill", "fills") and "with" in low[1:end]:
+        return _parse_cover(toks, low, 1, "fill", end)   # 'fill the sky with stars' puts stars there
     if low[0] in ("keep", "leave") and low[1:2] in (["only"], ["just"]) and len(low) > 2:
         return Parse("remove", "background", None, "keep-only")   # a first 'keep only the dog': the rest goes
     kind = _verb_kind(low[0])
@@ -1015,6 +1026,8 @@ def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
         return "cover"                                    # 'snow should cover the mountains'
     if w in _GONE or w in ("disappear", "disappears", "vanish", "vanishes") or after_be in _GONE:
         return "remove"
+    if w in ("has", "have", "had") and k + 1 < end and low[k + 1] in ("disappeared", "vanished", "gone", "left"):
+        return "remove"                                   # 'the dog has disappeared' (was an add of 'disappeared')
     if w in L.REPLACED_PARTICIPLES or after_be in L.REPLACED_PARTICIPLES:
         return "replace"
     if w in ("added", "appears", "appear") or after_be in L.ADDED_PARTICIPLES:
@@ -1374,7 +1387,8 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
         constraint = (low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (
             ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (
             first and low[s] == "without" and not (s + 1 < n and low[s + 1].endswith("ing"))) and not (
-            first and low[s] in ("keep", "leave") and low[s + 1:s + 2] in (["only"], ["just"]))
+            first and low[s] in ("keep", "leave") and low[s + 1:s + 2] in (["only"], ["just"])) and not (
+            first and low[s] in ("fill", "fills") and "with" in low[s:ce])
         # a first "without X" is the edit ("without the people": remove them); "without changing X, ..." is not
         parse: Parse | None = None
         if clause and not constraint:
