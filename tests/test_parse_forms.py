@@ -462,6 +462,19 @@ FILLED_AND_GONE = [
     ("get the cat out of the box", "attribute", "cat", "cat"),
 ]
 
+# The frame grows ('extend the image to the left' was a default add of 'extend'): global; 'cut down the tree' was a
+# default add of 'cut down'; a contrast 'not X' after an edit was an attribute edit of 'not'.
+GROWN_CUT_NOT = [
+    ("extend the image to the left", "global", None, None),
+    ("expand the canvas", "global", None, None),
+    ("outpaint the image", "global", None, None),
+    ("extend the table", "attribute", "table", "table"),
+    ("cut down the tree", "remove", "tree", None),
+    ("cut the tree down", "remove", "tree", None),
+    ("chop down the tree", "remove", "tree", None),
+    ("not the dog", "global", None, None),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -644,6 +657,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + GROWN_CUT_NOT
     + FILLED_AND_GONE
     + QUOTED_WHOLE
     + ONE_AND_EVERYONE
@@ -768,6 +782,21 @@ def test_putting_what_was_just_added_is_no_edit(text, edits):
 def test_a_compound_subject_is_one_subject(text, edits):
     """'the dog and the cat should be removed': 'and the cat should ...' looked like a new subject with its own
     predicate, so 'the dog' was split off as a clause with none and lost (the parse removed only the cat)."""
+    assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("add a cat, a dog", [("add", None, "cat"), ("add", None, "dog")]),
+    ("add a cat, a dog, a bird", [("add", None, "cat"), ("add", None, "dog"), ("add", None, "bird")]),
+    ("remove the big dog, the small cat", [("remove", "dog", None), ("remove", "cat", None)]),
+    ("add a red car, a blue bus and a green bike", [("add", None, "red car, blue bus and green bike")]),
+    ("the sky should be red, not blue", [("attribute", "sky", "sky")]),
+    ("make the car red, not blue", [("attribute", "car", "car")]),
+])
+def test_a_list_without_and_and_a_contrast_with_not(text, edits):
+    """'add a cat, a dog' (a list with no 'and') lost the dog: the phrase stops at a comma no 'and' closes; each
+    object is now its own edit of that verb. 'the sky should be red, not blue' gave a second edit, an attribute
+    edit of 'not'; a clause that starts with 'not' is a contrast, no edit."""
     assert [(e.edit_type, e.source, e.target) for e in parse_rules(text).edits] == edits
 
 

@@ -862,6 +862,12 @@ def _parse_move(toks, low, j, verb, end) -> Parse:
     return Parse("attribute", obj.text or None, obj.text or None, "move")
 
 
+# Outpainting: the picture grows past its frame, so every pixel's place changes ('extend the image to the left' was a
+# default add of 'extend'); 'extend the table' lengthens a thing and is not this
+_OUTPAINT_VERBS = frozenset({"extend", "extends", "expand", "expands", "outpaint", "outpaints", "uncrop", "widen"})
+_CANVAS_WORDS = frozenset({"canvas", "frame", "borders", "border", "edges", "edge", "view", "background", "scene"})
+
+
 _DISPATCH = {
     "remove": lambda t, lo, j, v, e: _parse_remove(t, lo, j, v),
     "add": lambda t, lo, j, v, e: _parse_add(t, lo, j, v),
@@ -885,6 +891,7 @@ def _multiword_verb(low: list[str], i: int) -> tuple[str, int] | None:
     if three in (("get", "rid", "of"),):
         return "remove", i + 3
     if two in (("take", "away"), ("take", "out"), ("take", "off"), ("wipe", "out"), ("wipe", "off"),
+               ("cut", "down"), ("chop", "down"),
                ("wipe", "away"), ("cut", "out"), ("clean", "up"), ("clear", "away"), ("clear", "out")):
         return "remove", i + 2
     if two in (("put", "on"),):
@@ -905,15 +912,20 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
     if multi is not None:
         kind, j = multi
         return _DISPATCH[kind](toks, low, j, low[0], end)
-    if low[0] in ("take", "get", "cut") and len(low) > 2:
+    if low[0] in ("take", "get", "cut", "chop") and len(low) > 2:
         gone = extract_phrase(toks[:end], 1, stop_at_verbs=True)
-        if len(gone.words) > 1 and gone.words[-1] == "out" and gone.end == end:   # 'the dog out' read as one
+        if len(gone.words) > 1 and gone.words[-1] in ("out", "down") and gone.end == end:   # 'the dog out': one
             gone = Phrase(gone.words[:-1], gone.end - 1, gone.saw_attribute, gone.seen, gone.proper)
         rest = low[gone.end:end]
-        if gone.words and not _is_whole_image(gone) and rest[:1] in (["out"], ["away"], ["off"]) and (
+        if gone.words and not _is_whole_image(gone) and rest[:1] in (["out"], ["away"], ["off"], ["down"]) and (
                 len(rest) == 1 or rest[1] != "of" or _is_whole_image(extract_phrase(toks[:end], gone.end + 2))):
             # 'take the dog out', 'get the dog out of the picture' (a default add of 'take', an attribute of 'dog')
             return Parse("remove", gone.text, None, "remove-" + low[0] + "-out")
+    if low[0] in _OUTPAINT_VERBS and len(low) > 1:
+        what = extract_phrase(toks[:end], 1)
+        if not what.words or _is_whole_image(what) or what.head in _CANVAS_WORDS:
+            return Parse("global", None, None, "outpaint")   # 'extend the image to the left': the frame grows
+        return Parse("attribute", what.text, what.text, "extend-object")   # 'extend the table': it is longer
     if low[0] in ("fill", "fills") and "with" in low[1:end]:
         return _parse_cover(toks, low, 1, "fill", end)   # 'fill the sky with stars' puts stars there
     if low[0] in ("keep", "leave") and low[1:2] in (["only"], ["just"]) and len(low) > 2:
@@ -1259,6 +1271,9 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
                     r < e and low[r] in ("a", "an"))):
                 return p, "gap-be"                       # 'the flowers should be yellow and the grass | taller'
             continue
+        if low[p] == "," and kind in ("add", "remove") and (r >= e or low[r] == ",") and low[q] in L.DETERMINERS and \
+                extract_phrase(toks[:e], s + vlen).end <= p:
+            return p, "gap"                              # 'add a cat, a dog': a list without 'and' (the dog was lost)
         left = extract_phrase(toks[:p], s + vlen, stop_at_verbs=True)
         if not left.words or not _has_complement(low, left, p):
             continue
@@ -1384,7 +1399,7 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
         clause = toks[s:ce]
         while clause and not is_word(clause[-1]):
             clause = clause[:-1]
-        constraint = (low[s] in L.CONSTRAINT_STARTS or tuple(low[s:s + 2]) in (
+        constraint = (low[s] in L.CONSTRAINT_STARTS or (low[s] == "not" and not first) or tuple(low[s:s + 2]) in (
             ("make", "sure"), ("make", "certain"), ("do", "not"))) and not (
             first and low[s] == "without" and not (s + 1 < n and low[s + 1].endswith("ing"))) and not (
             first and low[s] in ("keep", "leave") and low[s + 1:s + 2] in (["only"], ["just"])) and not (
@@ -1568,7 +1583,8 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         toks = _strip_fillers(correct(tokens[0][:MAX_SENTENCE_TOKENS])[0]) if tokens else []
         phrase = extract_phrase(toks, 0) if toks else None
         low = [t.lower() for t in toks[:2]]
-        if low[:1] and (low[0] in L.CONSTRAINT_STARTS or low[0] in ("nothing", "no", "never") or low == ["do", "not"]):
+        if low[:1] and (low[0] in L.CONSTRAINT_STARTS or low[0] in ("nothing", "no", "never", "not")
+                        or low == ["do", "not"]):
             # only a constraint or a negation ('keep the background unchanged', "don't touch the dog", 'no
             # changes'): no edit is named, and the one that was made may be anywhere (a default add of 'keep', of
             # "don't touch" asked the detector for them)
