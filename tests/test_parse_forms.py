@@ -475,6 +475,17 @@ GROWN_CUT_NOT = [
     ("not the dog", "global", None, None),
 ]
 
+# InstructPix2Pix-style: 'turn him into a cyborg' replaced 'him' (a concept no detector finds), 'turn her into a queen'
+# was global; 'make the people zombies' an attribute edit of 'people zombies'.
+IP2P_STYLE = [
+    ("turn him into a cyborg", "replace", "person", "cyborg"),
+    ("turn her into a queen", "replace", "person", "queen"),
+    ("turn her hair blue", "attribute", "hair", "hair"),
+    ("make the people zombies", "replace", "people", "zombies"),
+    ("make the mountains volcanoes", "replace", "mountains", "volcanoes"),
+    ("make the trees lollipops", "replace", "trees", "lollipops"),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -657,6 +668,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + IP2P_STYLE
     + GROWN_CUT_NOT
     + FILLED_AND_GONE
     + QUOTED_WHOLE
@@ -790,6 +802,7 @@ def test_a_compound_subject_is_one_subject(text, edits):
     ("add a cat, a dog, a bird", [("add", None, "cat"), ("add", None, "dog"), ("add", None, "bird")]),
     ("remove the big dog, the small cat", [("remove", "dog", None), ("remove", "cat", None)]),
     ("add a red car, a blue bus and a green bike", [("add", None, "red car, blue bus and green bike")]),
+    ("make the woman's hair red and her dress blue", [("attribute", "hair", "hair"), ("attribute", "dress", "dress")]),
     ("the sky should be red, not blue", [("attribute", "sky", "sky")]),
     ("make the car red, not blue", [("attribute", "car", "car")]),
 ])

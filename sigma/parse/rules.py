@@ -501,7 +501,9 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
         obj = extract_phrase(toks, j + 1)
         return Parse("attribute", obj.text, obj.text, "turn-on-off") if obj.words else \
             Parse("global", None, None, "turn-on-off-image")
-    x = extract_phrase(toks, j, stop_at_verbs=True)
+    x = _person_pronoun(low, j, end) or (Phrase(["person"], j + 1, seen=["her"]) if low[j:j + 1] == ["her"] and
+                                         low[j + 1:j + 2] in (["into"], ["to"], ["as"]) else None) or \
+        extract_phrase(toks, j, stop_at_verbs=True)     # 'turn him into a cyborg', 'turn her into a queen'
     if x.head in L.GLOBAL_ADJUSTMENTS and x.head not in L.ATTRIBUTE_NOUNS:
         # "adjust the brightness (of the image)" is global; "... of the sky" is the sky's attribute
         owner = extract_phrase(toks, x.end + 1) if x.end < end and low[x.end] == "of" else None
@@ -669,7 +671,16 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     for q in range(k, end):
         if low[q] in L.ACTION_VERBS or low[q] in L.WEAR_VERBS or low[q] in L.BE_VERBS:
             return _parse_after_subject(toks, low, x, q, end, verb)
+    if k >= end and len(x.words) > 1 and _plural(x.words[-1]) and not is_value_word(x.words[-1]) and \
+            (_plural(x.words[-2]) or x.words[-2] in L.HUMAN_NOUNS) and not x.proper:
+        # 'make the people zombies', 'make the mountains volcanoes': two plurals, the second what the first become
+        # (it was an attribute edit of 'people zombies', a thing no detector finds)
+        return Parse("replace", " ".join(x.words[:-1]), x.words[-1], verb + "-plural-thing")
     return _classify_change(toks, low, x, low[j:k], None, end, None, verb)
+
+
+def _plural(w: str) -> bool:
+    return len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is"))
 
 
 # Verbs after 'make it' that a picture can do as well as a thing: 'make it turn red', 'make it glow', 'make it age'
@@ -1214,6 +1225,9 @@ _PRONOUNS = frozenset({"it", "them", "him", "her", "they", "he", "she", "this", 
 def _np_start(low: list[str], q: int) -> bool:
     """Does a subject or object noun phrase start at q (not a value, participle, verb or preposition)?"""
     w = low[q]
+    if w in ("her", "his", "their", "its") and q + 1 < len(low) and is_word(low[q + 1]) and \
+            low[q + 1] not in L.BOUNDARY_WORDS and not is_value_word(low[q + 1]) and not looks_participle(low[q + 1]):
+        return True                                       # '... and her dress blue': a possessive, a phrase's start
     if w in _PRONOUNS:
         return False
     if w in L.DETERMINERS:
