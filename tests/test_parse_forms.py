@@ -842,3 +842,17 @@ def test_a_pronoun_concept_says_it_names_nothing(text, pronoun, capsys):
     assert out["edit_type"] != "global" and out["source"] is None
     assert out["rule"].endswith(f"no concept: {pronoun!r} names no object"), out["rule"]
     assert "no concept" not in parse_rules("move the dog here").rule
+
+
+@pytest.mark.parametrize("text,edit", [
+    ("give the dog ( a bone", ("add", None, "bone")),
+    ("give the dog (a bone", ("add", None, "bone")),
+    ("add a cat (", ("add", None, "cat")),
+    ("remove the dog (the brown one)", ("remove", "dog", None)),
+])
+def test_an_unclosed_parenthesis_is_read_past(text, edit, capsys):
+    """`sigma parse "give the dog ( a bone"` ended in a traceback (IndexError, exit 1): the phrase reader skipped an
+    unclosed '(' to the end of the text and left its position past the tokens. A stray '(' is read past now."""
+    assert main(["parse", text]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["edit_type"], out["source"], out["target"]) == edit

@@ -455,7 +455,9 @@ class _PhraseReader:
         k = self.j
         while k < self.n and self.toks[k] != ")":
             k += 1
-        self.j = k + 1
+        # an unclosed '(' is a stray mark, read past ('give the dog ( a bone'): skipping to the end put `j` past the
+        # tokens, and the caller's index into them raised IndexError (a traceback from `sigma parse`)
+        self.j = k + 1 if k < self.n else self.j + 1
         return True
 
     def _caps_are_text(self, tok: str) -> bool:
