@@ -486,6 +486,25 @@ IP2P_STYLE = [
     ("make the trees lollipops", "replace", "trees", "lollipops"),
 ]
 
+# A supposition of an edit done by us or you is that edit ('what if we added a cat?' was an add of 'we', 'what if i
+# replaced the dog with a cat' a replace of 'i'); a wish told as what would be nice, better or preferred is the edit
+# it asks for (global edits of 'it', a default add of 'i want'/"i'd prefer").
+SUPPOSED_AND_WISHED = [
+    ("what if we added a cat?", "add", None, "cat"),
+    ("what if we removed the car?", "remove", "car", None),
+    ("what if you made the sky red?", "attribute", "sky", "sky"),
+    ("what if i replaced the dog with a cat", "replace", "dog", "cat"),
+    ("imagine we turned the car into a boat", "replace", "car", "boat"),
+    ("do you think you could remove the car?", "remove", "car", None),
+    ("I want the dog gone", "remove", "dog", None),
+    ("I'd prefer the sky to be blue", "attribute", "sky", "sky"),
+    ("I prefer the sky blue", "attribute", "sky", "sky"),
+    ("it would be nice to have a dog here", "add", None, "dog"),
+    ("it would be cool if the car was red", "attribute", "car", "car"),
+    ("it would look better without the car", "remove", "car", None),
+    ("would it look better with a hat on the dog?", "add", None, "hat"),
+]
+
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed
 # 'everything', which a detector cannot find; 'keep only the dog' was a default add of 'keep only'); all but N of the
 # X: the other X ('delete all but one of the birds' removed nothing). A later 'keep only'/'leaving only' stays a
@@ -668,6 +687,7 @@ FORMS = (
     + PERSON_PRONOUNS
     + PRONOUN_ONLY
     + MOVED
+    + SUPPOSED_AND_WISHED
     + IP2P_STYLE
     + GROWN_CUT_NOT
     + FILLED_AND_GONE

@@ -41,6 +41,7 @@ _FILLERS = [
     # a question to the editor asked as 'we'/'I' ('can we add a rainbow?' was a default add of 'can we add')
     ("can", "we"), ("could", "we"), ("shall", "we"), ("should", "we"), ("can", "i"), ("could", "i"), ("may", "i"),
     ("should", "i"), ("why", "don't", "you"), ("why", "dont", "you"), ("why", "do", "not", "you"),
+    ("do", "you", "think", "you", "could"), ("do", "you", "think", "you", "can"), ("do", "you", "think", "we", "could"),
     ("first",), ("firstly",), ("second",), ("secondly",), ("finally",), ("lastly",), ("afterwards",),
     (",",), (";",), ("additionally",), ("plus",),
 ]
@@ -1163,7 +1164,8 @@ def _connector_path(low: list[str], j: int) -> list[int]:
 _WISHERS = frozenset({"i", "i've", "ive", "i'd", "we", "we've", "weve", "we'd"})
 _WISH_ADVERBS = frozenset({"always", "really", "just", "so", "also", "still", "truly", "actually", "have", "had",
                            "would", "do", "did", "'ve", "'d"})
-_WISH_VERBS = frozenset({"want", "wants", "wanted", "wish", "wished", "need", "needed", "like", "love", "loved"})
+_WISH_VERBS = frozenset({"want", "wants", "wanted", "wish", "wished", "need", "needed", "like", "love", "loved",
+                         "prefer"})
 _DEFINITE = frozenset({"the", "this", "that", "these", "those", "his", "her", "its", "their", "my", "your", "our"})
 # What 'put X in/on a Y' names as already there: a definite phrase or a pronoun ('put it in a frame' adds the frame;
 # it added `it`, a concept no detector can find)
@@ -1174,6 +1176,46 @@ _PUT_PRONOUNS = frozenset({"it", "them", "this", "that", "these", "those"})
 _NEW_THING = frozenset({"a", "an", "some", "another", "several", "many", "few", "multiple", "numerous", "various",
                         "extra", "additional", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                         "eleven", "twelve", "dozen"})
+
+
+# Past tenses a supposition uses for an editing verb ('what if we made the sky red'), as the verb that does it
+_PAST_EDITS = {"made": "make", "turned": "turn", "changed": "change", "put": "put", "gave": "give", "got": "get",
+               "painted": "paint", "colored": "color", "coloured": "colour", "swapped": "swap", "moved": "move",
+               "covered": "cover", "filled": "fill", "took": "take", "cut": "cut", "transformed": "transform",
+               "converted": "convert", "let": "let", "had": "have", "erased": "erase", "deleted": "delete"}
+_SUPPOSERS = frozenset({"we", "i", "you", "u", "they", "someone", "somebody"})
+# 'it would be nice if', "it'd be great to": a wish told as what would please
+_PLEASED = frozenset({"nice", "cool", "great", "good", "better", "awesome", "fun", "lovely", "interesting", "best"})
+
+
+def _supposed_act(toks: list[str]) -> list[str]:
+    """'what if we added a cat', 'what if you made the sky red', 'imagine we removed the car': a supposition of an
+    edit done by us or you is that edit, so the rest is read from its verb ('we' was the subject: an add of 'we', a
+    remove of 'we', a replace of 'i'). So is a wish told as what would be nice: 'it would be nice to have a dog here',
+    'it would be cool if the car was red' (they were global edits of 'it'); 'it would look better without the car'
+    removes the car, '... with a hat on the dog' adds the hat."""
+    low = [t.lower() for t in toks]
+    q = _hypothetical_lead(low)
+    if q and q < len(low) and low[q] in _SUPPOSERS:
+        v = q + 1
+        while v < len(low) and low[v] in L.MODALS | {"just", "also", "then", "only"}:
+            v += 1
+        if v < len(low):
+            base = _PAST_EDITS.get(low[v], low[v])
+            if _verb_kind(base) is not None or _verb_kind(low[v]) is not None:
+                return [base if low[v] in _PAST_EDITS else toks[v], *toks[v + 1:]]
+    lead = ["it", "would", "be"] if low[:3] == ["it", "would", "be"] else ["it'd", "be"] if low[:2] == ["it'd", "be"] \
+        else None
+    if lead and len(low) > len(lead) + 1 and low[len(lead)] in _PLEASED:
+        k = len(lead) + 1 + (low[len(lead) + 1:len(lead) + 2] == ["if"])
+        k += low[k:k + 1] == ["to"]
+        if k > len(lead) + 1 and k < len(low):
+            return toks[k:]
+    if low[:1] in (["it"], ["would"]) and ("look", "better") in zip(low, low[1:]):
+        q = next(n for n in range(len(low) - 1) if (low[n], low[n + 1]) == ("look", "better")) + 2
+        if q < len(low) and low[q] in ("with", "without"):
+            return ["add" if low[q] == "with" else "remove", *toks[q + 1:]]
+    return toks
 
 
 def _wish_lead(low: list[str]) -> int:
@@ -1216,6 +1258,8 @@ def _wish(toks: list[str]) -> list[str]:
     nxt = low[ph.end] if ph.end < len(low) else None
     if nxt is not None and (nxt in L.BE_VERBS or nxt in L.MODALS or nxt in _GONE or looks_participle(nxt)):
         return toks[n:]
+    if low[-1] in _GONE and len(ph.words) > 1 and ph.words[-1] == low[-1]:   # 'I want the dog gone': read as one
+        return [*toks[n:-1], "removed"]
     return ["make", *toks[n:]] if nxt is not None or is_value_word(low[-1]) else toks   # 'the sky purple'
 
 
@@ -1388,7 +1432,7 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
     anything the single-edit rules read; a later clause counts only when it starts with an editing
     verb, continues the previous verb (gapping), or is a declarative about a named object, and not
     when it states a constraint ('make sure it looks natural', 'keep the rest')."""
-    toks = _wish(toks[_leading_fillers([t.lower() for t in toks], 0):])
+    toks = _supposed_act(_wish(toks[_leading_fillers([t.lower() for t in toks], 0):]))
     low = [t.lower() for t in toks]
     n = len(low)
     out: list[Parse] = []
