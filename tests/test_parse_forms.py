@@ -503,6 +503,9 @@ SUPPOSED_AND_WISHED = [
     ("it would be cool if the car was red", "attribute", "car", "car"),
     ("it would look better without the car", "remove", "car", None),
     ("would it look better with a hat on the dog?", "add", None, "hat"),
+    ("What would the picture look like with a cat instead of the dog?", "replace", "dog", "cat"),
+    ("how would the room look with a red sofa?", "add", None, "red sofa"),
+    ("how would it look without the car?", "remove", "car", None),
 ]
 
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed

@@ -1211,9 +1211,12 @@ def _supposed_act(toks: list[str]) -> list[str]:
         k += low[k:k + 1] == ["to"]
         if k > len(lead) + 1 and k < len(low):
             return toks[k:]
-    if low[:1] in (["it"], ["would"]) and ("look", "better") in zip(low, low[1:]):
-        q = next(n for n in range(len(low) - 1) if (low[n], low[n + 1]) == ("look", "better")) + 2
-        if q < len(low) and low[q] in ("with", "without"):
+    if low[:1] in (["it"], ["would"], ["what"], ["how"]) and ("look" in low or "looks" in low):
+        # 'would it look better with a hat', 'what would the room look like with a cat instead of the dog'
+        q = low.index("look" if "look" in low else "looks") + 1
+        while q < len(low) and low[q] in ("like", "better", "nicer", "good", "great", "more", "natural"):
+            q += 1
+        if q + 1 < len(low) and low[q] in ("with", "without"):
             return ["add" if low[q] == "with" else "remove", *toks[q + 1:]]
     return toks
 
