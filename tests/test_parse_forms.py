@@ -506,6 +506,9 @@ SUPPOSED_AND_WISHED = [
     ("What would the picture look like with a cat instead of the dog?", "replace", "dog", "cat"),
     ("how would the room look with a red sofa?", "add", None, "red sofa"),
     ("how would it look without the car?", "remove", "car", None),
+    ("instead of a dog, make it a cat", "replace", "dog", "cat"),
+    ("instead of a dog, add a cat", "replace", "dog", "cat"),
+    ("instead of blue, make the sky red", "attribute", "sky", "sky"),
 ]
 
 # all but X: the changed region is everything else, the background ('remove everything but the dog' removed

@@ -1195,6 +1195,16 @@ def _supposed_act(toks: list[str]) -> list[str]:
     'it would be cool if the car was red' (they were global edits of 'it'); 'it would look better without the car'
     removes the car, '... with a hat on the dog' adds the hat."""
     low = [t.lower() for t in toks]
+    if low[:2] == ["instead", "of"] and "," in low[3:]:
+        # 'instead of a dog, make it a cat' / '..., add a cat': X is what goes, 'it' the thing put in its place (it
+        # was a global edit of 'it'); read as 'make the dog a cat', 'add a cat instead of a dog'
+        c = low.index(",", 3)
+        old = [t for t in toks[2:c] if t.lower() not in ("a", "an")]
+        rest = toks[c + 1:]
+        if any(t.lower() in ("it", "them") for t in rest):
+            k = next(n for n, t in enumerate(rest) if t.lower() in ("it", "them"))
+            return [*rest[:k], *(old if old[:1] and old[0].lower() in _DEFINITE else ["the", *old]), *rest[k + 1:]]
+        return [*rest, "instead", "of", *toks[2:c]]
     q = _hypothetical_lead(low)
     if q and q < len(low) and low[q] in _SUPPOSERS:
         v = q + 1
