@@ -800,6 +800,9 @@ def test_a_wear_verb_left_out_of_the_next_clause(text, edits):
     ("remove the cat. Then put it back on the sofa.", [("remove", "cat", None), ("add", None, "cat")]),
     ("remove the dogs and add them again", [("remove", "dogs", None), ("add", None, "dogs")]),
     ("put the vase back", [("add", None, "vase")]),
+    ("remove the cat from the photo and replace it with a dog", [("replace", "cat", "dog")]),
+    ("remove the cars and replace them with bikes", [("replace", "cars", "bikes")]),
+    ("remove the cat. Replace it with a dog.", [("remove", "cat", None), ("replace", "cat", "dog")]),
 ])
 def test_putting_what_was_just_added_is_no_edit(text, edits):
     """'add a cat and put it on the sofa': 'it' is the cat, and where it goes is part of its add (the mask is the

@@ -1510,6 +1510,14 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
                 # "remove the dog and add it back", "... put it on the sofa": 'it' is the dog just removed, put
                 # elsewhere (the concept was 'it back'; the sofa's look)
                 parse = Parse("add", None, (context + out)[-1].source, parse.rule + "-the-removed")
+            elif out and out[-1].edit_type == "remove" and out[-1].source and parse.edit_type == "replace" and \
+                    parse.source in ("it", "them"):
+                # 'remove the cat and replace it with a dog': one replace of the cat (it was a remove of the cat and
+                # a replace of nothing named)
+                parse = Parse("replace", out.pop().source, parse.target, parse.rule + "-the-removed")
+            elif not out and context and context[-1].edit_type == "remove" and context[-1].source and \
+                    parse.edit_type == "replace" and parse.source in ("it", "them"):
+                parse = Parse("replace", context[-1].source, parse.target, parse.rule + "-the-removed")
         if parse is not None and (parse.edit_type, parse.source, parse.target) not in \
                 [(p.edit_type, p.source, p.target) for p in out]:
             out.append(parse)
