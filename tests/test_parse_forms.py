@@ -484,6 +484,11 @@ IP2P_STYLE = [
     ("make the people zombies", "replace", "people", "zombies"),
     ("make the mountains volcanoes", "replace", "mountains", "volcanoes"),
     ("make the trees lollipops", "replace", "trees", "lollipops"),
+    # a mood or texture given is the thing's look, no new thing (an add of 'cozy atmosphere', of 'cozy')
+    ("Give the room a cozy atmosphere", "attribute", "room", "room"),
+    ("Give the room a cozy, warm atmosphere", "attribute", "room", "room"),
+    ("give the wall a rough texture", "attribute", "wall", "wall"),
+    ("give the man a hat", "add", None, "hat"),
 ]
 
 # A supposition of an edit done by us or you is that edit ('what if we added a cat?' was an add of 'we', 'what if i

@@ -743,6 +743,10 @@ def _parse_paint(toks, low, j, verb, end) -> Parse:
     return Parse("attribute", x.text, x.text, "paint")
 
 
+_MOODS = L.STYLE_HEADS | {"atmosphere", "mood", "ambience", "ambiance", "palette", "lighting", "feel", "look", "vibe",
+                          "glow", "tint", "hue", "texture"}
+
+
 def _parse_give(toks, low, j, verb, end) -> Parse:
     her_object = low[j:j + 1] == ["her"] and j + 1 < end and (
         low[j + 1] in L.DETERMINERS or extract_phrase(toks, j + 1).end >= end)
@@ -759,7 +763,8 @@ def _parse_give(toks, low, j, verb, end) -> Parse:
     kind = _value_kind(rest)
     if _is_whole_image(x):
         return Parse("global", None, None, "give-whole-image")
-    if kind in ("value", "style", "weather") or _has(rest, L.ATTRIBUTE_VALUE_NOUNS):
+    if kind in ("value", "style", "weather") or _has(rest, L.ATTRIBUTE_VALUE_NOUNS) or _has(rest, _MOODS):
+        # 'give the room a cozy atmosphere': its look, no new thing (it was an add of 'cozy atmosphere')
         return Parse("attribute", x.text, x.text, "give-value")
     if y.words:
         return Parse("add", None, y.text, "give-object")
