@@ -835,6 +835,8 @@ def test_a_compound_subject_is_one_subject(text, edits):
     ("add a cat, a dog", [("add", None, "cat"), ("add", None, "dog")]),
     ("add a cat, a dog, a bird", [("add", None, "cat"), ("add", None, "dog"), ("add", None, "bird")]),
     ("remove the big dog, the small cat", [("remove", "dog", None), ("remove", "cat", None)]),
+    ("add a cat, then a dog", [("add", None, "cat"), ("add", None, "dog")]),
+    ("remove the car and then the bus", [("remove", "car", None), ("remove", "bus", None)]),
     ("add a red car, a blue bus and a green bike", [("add", None, "red car, blue bus and green bike")]),
     ("make the woman's hair red and her dress blue", [("attribute", "hair", "hair"), ("attribute", "dress", "dress")]),
     ("the sky should be red, not blue", [("attribute", "sky", "sky")]),

@@ -1494,6 +1494,10 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
                 parse = _parse_declarative(clause, [t.lower() for t in clause])
                 if parse is not None and parse.rule in ("keywords-global", "without"):
                     parse = None
+                if parse is None and prev_verb and _verb_kind_at([w.lower() for w in prev_verb], 0) in (
+                        "add", "remove") and low[s] in L.DETERMINERS and \
+                        extract_phrase(clause, 0).end >= len(clause):
+                    parse = _parse_tokens(prev_verb + clause)   # 'add a cat, then a dog' (the dog was lost)
         if parse is not None and not first:
             if any(w in L.QUALITY_WORDS for w in low[s:ce]):
                 parse = None                              # "and make it look natural"
