@@ -1348,7 +1348,7 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
                 return p, "gap-be"                       # 'the flowers should be yellow and the grass | taller'
             continue
         if low[p] == "," and kind in ("add", "remove") and (r >= e or low[r] == ",") and low[q] in L.DETERMINERS and \
-                extract_phrase(toks[:e], s + vlen).end <= p:
+                extract_phrase(toks[:e], s + vlen).end <= p and extract_phrase(toks[:p], s + vlen).words:
             return p, "gap"                              # 'add a cat, a dog': a list without 'and' (the dog was lost)
         left = extract_phrase(toks[:p], s + vlen, stop_at_verbs=True)
         if not left.words or not _has_complement(low, left, p):
