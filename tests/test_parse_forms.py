@@ -489,6 +489,12 @@ IP2P_STYLE = [
     ("Give the room a cozy, warm atmosphere", "attribute", "room", "room"),
     ("give the wall a rough texture", "attribute", "wall", "wall"),
     ("give the man a hat", "add", None, "hat"),
+    # an attribute noun before the value ('the car colour | blue') and a colour in -ish ('bluish') were read into the
+    # concept ('car colour', 'sky bluish')
+    ("make the car colour blue", "attribute", "car", "car"),
+    ("make the shirt color red", "attribute", "shirt", "shirt"),
+    ("make the sky bluish", "attribute", "sky", "sky"),
+    ("make the walls reddish", "attribute", "walls", "walls"),
 ]
 
 # A supposition of an edit done by us or you is that edit ('what if we added a cat?' was an add of 'we', 'what if i

@@ -239,6 +239,10 @@ def is_value_word(w: str) -> bool:
         return True
     if _comparative_of_value(w):
         return True
+    if w.endswith("ish") and len(w) > 5:                 # 'bluish', 'reddish', 'pinkish' (was read as a noun)
+        base = w[:-3]
+        if any(b in L.COLOURS for b in (base, base + "e", base[:-1] if base[-1:] == base[-2:-1] else base)):
+            return True
     return any("-" in w and part in L.COLOURS for part in w.split("-"))
 
 

@@ -558,7 +558,11 @@ def _split_trailing_values(x: Phrase) -> tuple[Phrase, list[str]]:
         tail.insert(0, words.pop())                       # "the sky dark and stormy" -> sky
     if not tail:
         return x, []
-    return Phrase(words, x.end, x.saw_attribute, x.seen, x.proper), tail
+    saw_attribute = x.saw_attribute
+    while len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:   # 'the car colour | blue': the car itself
+        words.pop()
+        saw_attribute = True
+    return Phrase(words, x.end, saw_attribute, x.seen, x.proper), tail
 
 
 def _inline(x: Phrase, values: list[str], seg: list[str], rule: str) -> Parse:
