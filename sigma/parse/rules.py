@@ -559,7 +559,8 @@ def _split_trailing_values(x: Phrase) -> tuple[Phrase, list[str]]:
     if not tail:
         return x, []
     saw_attribute = x.saw_attribute
-    while len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS:   # 'the car colour | blue': the car itself
+    while len(words) > 1 and words[-1] in L.ATTRIBUTE_NOUNS and words[-1] not in L.SURFACE_NOUNS:   # 'car colour'
+        # 'the car colour | blue' is the car itself; 'the white wall | red' is a wall
         words.pop()
         saw_attribute = True
     return Phrase(words, x.end, saw_attribute, x.seen, x.proper), tail
