@@ -361,7 +361,7 @@ def test_a_long_sentence_after_an_edit_verb_parses_in_linear_time(unit):
 
     from sigma.parse.rules import MAX_SENTENCE_TOKENS
     assert (parse.edit_type, parse.source) == ("replace", "dog") and parse.instruction == text
-    assert parse.rule.endswith(f"at most {MAX_SENTENCE_TOKENS} words of a sentence read")
+    assert f"at most {MAX_SENTENCE_TOKENS} words of a sentence read" in parse.rule
     assert "words of a sentence" not in parse_rules("replace the dog with a cat " + unit * 20).rule
 
 
@@ -375,3 +375,21 @@ def test_the_second_edit_after_ideographic_punctuation(sep, old, new):
     nouns plays no part: "remove the 猫 and add a собака" gave both edits already."""
     p = parse_rules(f"remove the {old}{sep}add a {new}")
     assert [(e.edit_type, e.source, e.target) for e in p.edits] == [("remove", old, None), ("add", None, new)], p
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("text", ["a" * 100_000, "remove the red " + "x" * 99_000, "add " + "cat " * 24_000,
+                                  "make the " + "red" * 33_000])
+def test_a_concept_is_at_most_max_concept_chars(text, capsys):
+    """`sigma parse --max-chars 100000` of one 100,000-letter word answered a 100,000-character concept (256 long
+    words: the same), for the detector prompt and every result row. A concept is cut to MAX_CONCEPT_CHARS now, at a
+    word break that keeps at least half of it or mid-word, and `rule` says so; a real concept is left whole."""
+    from sigma.parse.rules import MAX_CONCEPT_CHARS
+
+    assert main(["parse", "--max-chars", "100000", text]) == 0
+    out = json.loads(capsys.readouterr().out)
+    concepts = [c for e in out["edits"] for c in (e["source"], e["target"]) if c]
+    assert concepts and all(0 < len(c) <= MAX_CONCEPT_CHARS for c in concepts), [len(c) for c in concepts]
+    assert all(c.split()[0] in text for c in concepts)
+    assert out["rule"].endswith(f"concepts cut to {MAX_CONCEPT_CHARS} characters")
+    assert "cut" not in parse_rules("remove the red car").rule

@@ -289,6 +289,8 @@ don't dont without retain retaining fill filling match matching
 """)
 # Verbs of a state change of the object itself ("open the curtains"): attribute edits
 STATE_VERBS = _words("open opens close closes shut shuts")
+# Verbs that move a thing within the picture ("move the dog to the left"): the same thing in both images, another place
+MOVE_VERBS = _words("move moves relocate relocates reposition repositions")
 # A clause (after the first) mentioning these is about how the result should look, not another edit
 QUALITY_WORDS = _words("""
 natural naturally realistic realistically seamless seamlessly unchanged intact untouched consistent

@@ -239,6 +239,10 @@ def is_value_word(w: str) -> bool:
         return True
     if _comparative_of_value(w):
         return True
+    if w.endswith("ish") and len(w) > 5:                 # 'bluish', 'reddish', 'pinkish' (was read as a noun)
+        base = w[:-3]
+        if any(b in L.COLOURS for b in (base, base + "e", base[:-1] if base[-1:] == base[-2:-1] else base)):
+            return True
     return any("-" in w and part in L.COLOURS for part in w.split("-"))
 
 
@@ -455,7 +459,9 @@ class _PhraseReader:
         k = self.j
         while k < self.n and self.toks[k] != ")":
             k += 1
-        self.j = k + 1
+        # an unclosed '(' is a stray mark, read past ('give the dog ( a bone'): skipping to the end put `j` past the
+        # tokens, and the caller's index into them raised IndexError (a traceback from `sigma parse`)
+        self.j = k + 1 if k < self.n else self.j + 1
         return True
 
     def _caps_are_text(self, tok: str) -> bool:
@@ -565,6 +571,8 @@ class _PhraseReader:
         if self.words and self.stop_at_verbs and w in L.DISPLAY_VERBS and nxt is not None and (
                 nxt in L.DETERMINERS or nxt[:1].isdigit() or nxt[:1] in "\"'" or self.toks[self.j + 1].isupper()):
             return True           # 'the screen | shows a cat' (was the subject 'screen shows'); 'the show room' stays
+        if self.words and self.stop_at_verbs and w in L.COVER_VERBS and nxt in L.DETERMINERS:
+            return True           # 'snow | covers the roof' (was the subject 'snow covers'); 'the cover of' stays
         if self.words and self.stop_at_verbs and w in L.SWAP_VERBS and nxt in L.SWAP_PLACE_NOUNS:
             return True           # 'the dog and the cat | swap places' (was the subject 'dog and cat swap places')
         if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):
