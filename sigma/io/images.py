@@ -16,7 +16,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
-from sigma.io.coded_size import check_coded_size
+from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short
 from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.io.tiff_planes import TIFF_PLANAR_CONFIGURATION, separate_planes
@@ -546,6 +546,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
             notes["multi_frame"] = "first frame used"   # (is_animated, not n_frames: that walks every frame)
         img.load()
+        if fmt == "JPEG":
+            check_jpeg_cut_short(data, img, name)      # closed again with an end marker: the rest decoded flat grey
         # Pillow (11.1 on) turns a TIFF upright in load() and drops its Orientation tag; every other format, and
         # a TIFF in older Pillow, still carries the tag and is ours to turn (turning it again showed a TIFF upside
         # down or lying on its side: a mask 90 degrees off the picture the user sees)
