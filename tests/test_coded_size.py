@@ -121,3 +121,28 @@ def test_a_complete_jpeg_whose_lower_part_is_grey_128_still_decodes_as_it_is(sav
     decoded = decode_image(buf.getvalue(), "half grey")
     assert np.array_equal(decoded.rgb, np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
     assert (decoded.rgb[-8:, -8:] == 128).all()
+
+
+def _arithmetic_jpeg(size: int, coded: bytes) -> bytes:
+    """A JPEG made arithmetic-coded by hand (Pillow writes none): an 8x8 one's segments without its Huffman tables,
+    its frame header SOF9 of `size` x `size`, and `coded` as its scan's data."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG", quality=90)
+    data, i, out = buf.getvalue(), 2, b"\xff\xd8"
+    while True:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        segment, i = bytearray(data[i:i + 2 + length]), i + 2 + length
+        if marker == 0xC0:
+            segment[1] = 0xC9
+            struct.pack_into(">HH", segment, 5, size, size)
+        out += b"" if marker == 0xC4 else bytes(segment)
+        if marker == 0xDA:
+            return out + coded + b"\xff\xd9"
+
+
+def test_an_arithmetic_jpeg_that_ends_on_the_zeros_its_decoder_reads_is_read_as_it_is():
+    """libjpeg's arithmetic encoder drops the zero bytes that would end its data (the decoder reads zeros past it):
+    a flat grey picture is a scan of no bytes at all. It is grey 128 in the corner, as a cut file is, but it is
+    complete, and read as it is (putting bytes before its end marker would tell nothing about it)."""
+    decoded = decode_image(_arithmetic_jpeg(8, b""), "arithmetic")
+    assert decoded.rgb.shape == (8, 8, 3) and (decoded.rgb == 128).all()

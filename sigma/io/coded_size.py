@@ -8,8 +8,11 @@ picture: Huffman-coded JPEG at least one per 8x8 block (the DC difference's code
 first scan alike; a flat 6300x6300 picture at quality 1, optimized, takes two: 233 KB), lossy WebP (VP8) at least
 one per 16x16 macroblock (its key-frame modes are coded with fixed probabilities, ~1.6 bits at best: a flat
 6300x6300 picture at quality 0 takes 71 KB). A file shorter than that cannot hold the picture its header claims.
-Arithmetic-coded JPEG and lossless WebP (VP8L) have no such floor (one symbol can cost next to nothing) and are
-not checked here.
+Arithmetic-coded JPEG and lossless WebP (VP8L) have no such floor (one symbol can cost next to nothing: a flat
+6000x6000 lossless WebP is 1.4 KB) and are not checked. libwebp refuses a VP8L whose data is short before it returns
+a picture. libjpeg's arithmetic decoder reads zeros past the end of its data, as its encoder expects (it drops the
+final zero bytes of what it writes), so a 197-byte arithmetic JPEG whose header says 6000x6000 is a real file of a
+36 Mpx picture, as a PNG of zeros is: the pixel limit bounds it, and nothing else can tell it from one.
 
 A JPEG cut short and closed again with an end marker (EOI), whose length still passes, is found after decoding
 (`check_jpeg_cut_short`): libjpeg fills every block its data does not reach with zero coefficients, flat grey 128,
@@ -36,6 +39,12 @@ def jpeg_min_bytes(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, the least bytes of coded data) of a Huffman-coded JPEG, from its frame header (SOFn) alone;
     None for data that is not such a JPEG or whose frame header is not found before the first scan.
     Callers have already bounded the header walk (`images.check_jpeg_scans`)."""
+    found = _jpeg_frame(data)
+    return _frame_min_bytes(found[1]) if found is not None and found[0] in _HUFFMAN_SOF else None
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, bytes] | None:
+    """(the SOFn marker, its segment's bytes) of JPEG `data`; None when not found before the first scan."""
     if not data.startswith(b"\xff\xd8"):
         return None
     i, end = 2, len(data)
@@ -46,14 +55,14 @@ def jpeg_min_bytes(data: bytes) -> tuple[int, int, int] | None:
         if marker == 0xFF:                  # fill byte
             i += 1
             continue
-        if marker in (0xDA, 0xD9) or marker in _ARITHMETIC_SOF:
+        if marker in (0xDA, 0xD9):
             return None
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
         length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in _HUFFMAN_SOF:
-            return _frame_min_bytes(data[i + 4:i + 2 + length])
+        if marker in _HUFFMAN_SOF or marker in _ARITHMETIC_SOF:
+            return marker, data[i + 4:i + 2 + length]
         i += 2 + length
     return None
 
@@ -183,6 +192,9 @@ def check_jpeg_cut_short(data: bytes, img: Image.Image, name: str) -> None:
     end marker: `img` is it decoded by Pillow (libjpeg filled the rest flat grey without a word)."""
     if not _corner_is_grey(img):
         return
+    frame = _jpeg_frame(data)
+    if frame is None or frame[0] not in _HUFFMAN_SOF:
+        return       # arithmetic-coded: a complete file may end early, on the zeros its decoder reads past its data
     eoi = jpeg_end_marker(data)
     if eoi is None:
         return
