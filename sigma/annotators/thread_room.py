@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sigma.runtime.threads import check_room_for_threads, pthread_stack_bytes
+from sigma.runtime.threads import check_room_for_threads, pthread_stack_bytes, threads_that_fit
 
 _UNITS = {"B": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 
@@ -36,10 +36,18 @@ def thread_stack_bytes() -> int:
 def start_threads_with_room(torch: Any) -> None:
     """Start torch's intra-op threads now, under a finite RLIMIT_AS, after checking that the address space they need
     is free (`check_room_for_threads`): `out_of_memory` when it is not, instead of libgomp or glibc ending the
-    process later. With no limit, or one thread, nothing is done."""
+    process later. With no limit, or one thread, nothing is done.
+
+    Under a low limit on the user's processes and threads (`prlimit --nproc`) torch is given the threads that fit
+    (`threads_that_fit`, one at least, which starts none): libgomp ended `sigma annotate` (sigma-lite) under
+    `--nproc 1` the same way, `Thread creation failed`, exit 1."""
     from sigma.errors import address_space_left
 
     threads = torch.get_num_threads()
+    fit = threads_that_fit(threads)
+    if fit < threads:
+        threads = fit
+        torch.set_num_threads(threads)
     if threads <= 1 or address_space_left() is None:
         return
     check_room_for_threads(threads, thread_stack_bytes(), "torch's", "`ulimit -s`, OMP_STACKSIZE")
