@@ -16,6 +16,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
+from sigma.io.bmp_rle import check_bmp_rle
 from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short
 from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
@@ -530,6 +531,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     check_byte_size(name, len(data), limits.max_bytes)
     check_png_chunks(data, name)
     check_tiff_strips(data, name)
+    check_bmp_rle(data, name)
     if data.startswith(b"\xff\xd8"):
         check_jpeg_scans(data, name)         # before Image.open, which walks the header
     try:
