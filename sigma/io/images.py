@@ -244,6 +244,20 @@ def check_tiff_strips(data: bytes, name: str) -> None:
                          "decompression bomb", code="decompression_bomb")
 
 
+def check_tiff_tile_size(img: Image.Image, name: str, limits: LimitsConfig) -> None:
+    """`too_many_pixels` for a TIFF whose tiles (TileWidth x TileLength) are larger than the pixel limit: libtiff
+    decodes a compressed tile whole into a buffer of its size, whatever the image's. A 64x64 picture in one deflated
+    16384x16384 tile of 1 KB took 6.5 s and 860 MB before failing; with the tile's data there (~800 KB of zlib, under
+    max_bytes) it decodes it all. Real tiles are 256 or 512 pixels a side; a tile may pass the image's edge, never
+    the limit that an image of its size would meet."""
+    tags = getattr(img, "tag_v2", {})
+    width, height = tags.get(322), tags.get(323)              # TileWidth, TileLength
+    if isinstance(width, int) and isinstance(height, int) and width * height > limits.max_pixels:
+        raise LimitError(f"{name}: a TIFF of {width}x{height} tiles = {width * height} pixels each exceeds the limit "
+                         f"of {limits.max_pixels} (io.limits.max_pixels), decoded a whole tile at a time; refused "
+                         "before decoding", code="too_many_pixels")
+
+
 # Pillow's PNG reader inflates a compressed metadata chunk (iCCP: the colour profile; zTXt, iTXt: text) to at most
 # MAX_TEXT_CHUNK (1 MiB) each and MAX_TEXT_MEMORY (64 MiB) in all, and refuses the file past either with a ValueError.
 # 1 KiB of zlib inflates to 1 MB: a PNG of sound pixels carrying a 200 KB zTXt that inflates to 200 MB was said to be
@@ -539,6 +553,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         fmt = "JPEG" if img.format == "MPO" else img.format   # camera JPEGs with a preview open as MPO
         width, height = stored_size(img)
         check_header_size(name, width, height, limits)
+        if fmt == "TIFF":
+            check_tiff_tile_size(img, name, limits)
         if fmt not in SUPPORTED_FORMATS:  # pragma: no cover - formats= already restricts the plugins
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
                              f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
@@ -686,6 +702,8 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
             check_byte_size(where, os.fstat(handle.fileno()).st_size, limits.max_bytes)
             with Image.open(handle, formats=_PIL_FORMATS) as img:
                 width, height = img.size
+                if img.format == "TIFF":
+                    check_tiff_tile_size(img, where, limits)
     except (LimitError, ImageError):
         raise
     except NotRegularFile as exc:
