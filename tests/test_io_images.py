@@ -630,3 +630,16 @@ def test_a_png_colour_key_is_ignored_in_16_bits_as_in_8():
     mask16 = decode_mask(_png_with_colour_key(16, mask_picture, (65535, 65535, 65535)), "mask16.png")
     mask8 = decode_mask(_png_with_colour_key(8, [(255, 255, 255), (0, 0, 0)], (255, 255, 255)), "mask8.png")
     assert mask16.tolist() == mask8.tolist() == [[True, False]]
+
+
+@pytest.mark.parametrize(("fmt", "said"), [("PPM", "Netpbm (PPM/PGM/PBM)"), ("TGA", "TGA"), ("PCX", "PCX"),
+                                           ("QOI", "QOI"), ("DDS", "DDS"), ("JPEG2000", "JPEG 2000"),
+                                           ("ICNS", "ICNS")])
+def test_a_format_people_try_is_named_as_unsupported_not_as_damaged(fmt, said):
+    """Files Pillow writes in formats not read here were `image_unreadable` ("not an image, or not one of ..."), as if
+    they were damaged; now `unsupported_format`, naming the format."""
+    data = encode(RGB, fmt) if fmt != "ICNS" else encode(np.zeros((64, 64, 3), np.uint8), fmt)
+    with pytest.raises(ImageError) as info:
+        decode_image(data, f"x.{fmt.lower()}")
+    assert info.value.code == "unsupported_format"
+    assert info.value.message.startswith(f"x.{fmt.lower()}: {said} is not supported"), info.value.message

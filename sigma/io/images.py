@@ -500,13 +500,24 @@ def stored_size(img: Image.Image) -> tuple[int, int]:
 # Magic bytes of formats people try that we refuse, so the error can say what the file is.
 _KNOWN_MAGIC = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"%PDF", "PDF"), (b"%!PS", "PostScript"),
                 (b"8BPS", "PSD"), (b"\x00\x00\x01\x00", "ICO"), (b"\xff\x0a", "JPEG XL"),
-                (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"<svg", "SVG"), (b"<?xml", "XML/SVG"))
+                (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"<svg", "SVG"), (b"<?xml", "XML/SVG"),
+                (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+                (b"qoif", "QOI"), (b"DDS ", "DDS"), (b"icns", "ICNS"), (b"v/1\x01", "OpenEXR"),
+                (b"#?RADIANCE", "Radiance HDR"), (b"#?RGBE", "Radiance HDR"), (b"SIMPLE  =", "FITS"))
 
 
 def _sniff_format(data: bytes) -> str | None:
+    """The name of a format people try that is not read here, from its magic bytes (a TGA's from its footer); they
+    were `image_unreadable` (`not an image`), as if the file were damaged."""
     for magic, fmt in _KNOWN_MAGIC:
         if data.startswith(magic):
             return fmt
+    if data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"7") and data[2:3] in (b" \t\r\n"):
+        return "Netpbm (PPM/PGM/PBM)"
+    if data[-18:] == b"TRUEVISION-XFILE.\x00":
+        return "TGA"
+    if len(data) > 128 and data[0] == 0x0A and data[1] in (0, 2, 3, 4, 5) and data[2] == 1 and data[3] in (1, 2, 4, 8):
+        return "PCX"
     if data[4:8] == b"ftyp":
         brand = data[8:12].decode("ascii", "replace").strip()
         return "AVIF" if brand.startswith("avi") else "HEIF" if brand.startswith(("hei", "mif", "hev")) else None
