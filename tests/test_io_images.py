@@ -643,3 +643,30 @@ def test_a_format_people_try_is_named_as_unsupported_not_as_damaged(fmt, said):
         decode_image(data, f"x.{fmt.lower()}")
     assert info.value.code == "unsupported_format"
     assert info.value.message.startswith(f"x.{fmt.lower()}: {said} is not supported"), info.value.message
+
+
+def _zero_sized(fmt: str, field: str) -> bytes:
+    """An 8x8 file written by Pillow, its header's width or height set to 0 as a broken writer leaves it."""
+    data = bytearray(encode(np.zeros((8, 8, 3), np.uint8), fmt))
+    if fmt == "BMP":
+        struct.pack_into("<i", data, 18 if field == "width" else 22, 0)
+    elif fmt == "JPEG":
+        struct.pack_into(">H", data, data.find(b"\xff\xc0") + (7 if field == "width" else 5), 0)
+    else:
+        ifd = struct.unpack_from("<I", data, 4)[0]
+        for i in range(struct.unpack_from("<H", data, ifd)[0]):
+            tag, kind = struct.unpack_from("<HH", data, ifd + 2 + 12 * i)
+            if tag == (256 if field == "width" else 257):
+                struct.pack_into("<I" if kind == 4 else "<H", data, ifd + 10 + 12 * i, 0)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "JPEG", "TIFF"])
+@pytest.mark.parametrize("field", ["width", "height"])
+def test_a_header_of_zero_width_or_height_is_image_empty_in_every_format(fmt, field):
+    """Such a BMP, JPEG or TIFF was `image_unreadable`, "not an image, or not one of PNG, JPEG, ...": it is one, of
+    no pixels, as a PNG so was already said to be."""
+    with pytest.raises(ImageError) as info:
+        decode_image(_zero_sized(fmt, field), f"zero.{fmt.lower()}")
+    assert info.value.code == "image_empty"
+    assert info.value.message == f"zero.{fmt.lower()}: zero-size image ({fmt} header says width or height 0)"

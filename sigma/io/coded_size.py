@@ -39,11 +39,11 @@ def jpeg_min_bytes(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, the least bytes of coded data) of a Huffman-coded JPEG, from its frame header (SOFn) alone;
     None for data that is not such a JPEG or whose frame header is not found before the first scan.
     Callers have already bounded the header walk (`images.check_jpeg_scans`)."""
-    found = _jpeg_frame(data)
+    found = jpeg_frame(data)
     return _frame_min_bytes(found[1]) if found is not None and found[0] in _HUFFMAN_SOF else None
 
 
-def _jpeg_frame(data: bytes) -> tuple[int, bytes] | None:
+def jpeg_frame(data: bytes) -> tuple[int, bytes] | None:
     """(the SOFn marker, its segment's bytes) of JPEG `data`; None when not found before the first scan."""
     if not data.startswith(b"\xff\xd8"):
         return None
@@ -192,7 +192,7 @@ def check_jpeg_cut_short(data: bytes, img: Image.Image, name: str) -> None:
     end marker: `img` is it decoded by Pillow (libjpeg filled the rest flat grey without a word)."""
     if not _corner_is_grey(img):
         return
-    frame = _jpeg_frame(data)
+    frame = jpeg_frame(data)
     if frame is None or frame[0] not in _HUFFMAN_SOF:
         return       # arithmetic-coded: a complete file may end early, on the zeros its decoder reads past its data
     eoi = jpeg_end_marker(data)

@@ -17,7 +17,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.bmp_rle import check_bmp_rle
-from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short
+from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short, jpeg_frame
 from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.io.tiff_planes import TIFF_PLANAR_CONFIGURATION, separate_planes
@@ -618,9 +618,9 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         raise LimitError(f"{name}: refused before decoding as a decompression bomb ({_one_line(exc)})",
                          code="decompression_bomb") from exc
     except UnidentifiedImageError as exc:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and (
-                data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
-            raise ImageError(f"{name}: zero-size image (PNG header says width or height 0)",
+        empty = _zero_size_header(data)
+        if empty:
+            raise ImageError(f"{name}: zero-size image ({empty} header says width or height 0)",
                              code="image_empty") from exc
         known = _sniff_format(data)
         if known:
@@ -637,6 +637,36 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(f"{name}: zero-size image", code="image_empty")
     return DecodedImage(np.ascontiguousarray(rgb), notes)
+
+
+def _zero_size_header(data: bytes) -> str | None:
+    """The format whose header in `data` says width or height 0 (Pillow does not open it), else None. A BMP, JPEG
+    or TIFF so was `image_unreadable`, "not an image", where a PNG was already `image_empty`."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and (
+            data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
+        return "PNG"
+    if data[:2] == b"BM" and len(data) >= 26:
+        header = int.from_bytes(data[14:18], "little")
+        sizes = (data[18:20], data[20:22]) if header == 12 else (data[18:22], data[22:26])
+        return "BMP" if any(not any(size) for size in sizes) else None
+    frame = jpeg_frame(data) if data[:2] == b"\xff\xd8" else None
+    if frame is not None and len(frame[1]) >= 5:
+        return "JPEG" if frame[1][1:3] == b"\0\0" or frame[1][3:5] == b"\0\0" else None
+    kind = _TIFF_HEADERS.get(data[:4])
+    if kind is None or kind[1]:
+        return None
+    try:
+        order = kind[0]
+        ifd = struct.unpack_from(order + "I", data, 4)[0]
+        for i in range(min(struct.unpack_from(order + "H", data, ifd)[0], MAX_TIFF_IFD_ENTRIES)):
+            tag, kind_, count = struct.unpack_from(order + "HHI", data, ifd + 2 + 12 * i)
+            if tag in (256, 257) and count == 1:
+                value = struct.unpack_from(order + ("H" if kind_ == 3 else "I"), data, ifd + 10 + 12 * i)[0]
+                if value == 0:
+                    return "TIFF"
+    except struct.error:
+        pass
+    return None
 
 
 def _png_is_16bit(data: bytes) -> bool:
