@@ -68,3 +68,81 @@ def test_a_slightly_damaged_but_complete_jpeg_still_decodes():
     data = bytearray(buf.getvalue())
     data[len(data) // 2:len(data) // 2 + 40] = b"\x00" * 40
     assert decode_image(bytes(data), "damaged").rgb.shape == (480, 640, 3)
+
+
+def _photo_jpeg(mode: str, **save: object) -> bytes:
+    """A smooth picture with detail (a photo's kind of data), 480x640, as a JPEG."""
+    y, x = np.mgrid[0:480, 0:640].astype(np.float64)
+    rgb = np.stack([x / 640 * 255, y / 480 * 255, (np.sin(x / 9) * np.cos(y / 13) + 1) * 127], axis=2)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).convert(mode).save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def _cut(data: bytes, kept: float) -> bytes:
+    """`data` cut after `kept` of its bytes (a progressive file: of its first scan) and closed with an end marker."""
+    first, second = data.find(b"\xff\xda"), data.find(b"\xff\xda", data.find(b"\xff\xda") + 2)
+    cut = first + int((second - first) * kept) if second > 0 else int(len(data) * kept)
+    return data[:cut] + b"\xff\xd9"
+
+
+_SEQUENTIAL = [("RGB", {}), ("L", {}), ("CMYK", {}), ("RGB", {"subsampling": 0}), ("RGB", {"restart_marker_blocks": 4}),
+               ("L", {"restart_marker_blocks": 1})]
+
+
+@pytest.mark.parametrize(("mode", "save", "kept"), [(*kind, kept) for kind in _SEQUENTIAL for kept in (0.15, 0.5, 0.99)]
+                         + [("RGB", {"progressive": True}, kept) for kept in (0.15, 0.5)])
+def test_a_jpeg_cut_short_and_closed_again_with_an_end_marker_is_refused(mode, save, kept):
+    """Half a photo's bytes and an end marker (FF D9): libjpeg filled the other half flat grey and only warned, which
+    Pillow drops, so the pair was annotated as half changed (pixel-diff: 51.8 % of a real photo marked). Now it is
+    `image_unreadable`, naming the truncation, as a file cut without the marker already was. (A progressive file
+    cut near the end of its first scan is not told: libjpeg smooths its few grey blocks into their neighbours.)"""
+    with pytest.raises(ImageError) as caught:
+        decode_image(_cut(_photo_jpeg(mode, **save), kept), "cut")
+    assert caught.value.code == "image_unreadable"
+    assert "cut: truncated JPEG: its coded data ends before the picture does" in str(caught.value)
+
+
+def test_a_progressive_jpeg_cut_after_its_first_scan_is_read_blurred_as_before():
+    """Cut after its first (DC) scan a progressive file's every block has its colour; it reads blurred, not grey,
+    and is not refused (what it lacks cannot be told from a picture that is only soft)."""
+    data = _photo_jpeg("RGB", progressive=True)
+    assert decode_image(data[:int(len(data) * 0.5)] + b"\xff\xd9", "cut").rgb.shape == (480, 640, 3)
+
+
+@pytest.mark.parametrize("save", [{}, {"restart_marker_blocks": 1}, {"progressive": True}])
+def test_a_complete_jpeg_whose_lower_part_is_grey_128_still_decodes_as_it_is(save):
+    """Grey 128 in the bottom right corner is what a cut file shows, so such a complete file is looked at twice
+    (its data with bytes put in before the end marker decodes the same): it is read as it always was."""
+    rgb = np.full((300, 400, 3), 128, np.uint8)
+    rgb[:150] = np.random.default_rng(2).integers(0, 255, (150, 400, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90, **save)
+    decoded = decode_image(buf.getvalue(), "half grey")
+    assert np.array_equal(decoded.rgb, np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    assert (decoded.rgb[-8:, -8:] == 128).all()
+
+
+def _arithmetic_jpeg(size: int, coded: bytes) -> bytes:
+    """A JPEG made arithmetic-coded by hand (Pillow writes none): an 8x8 one's segments without its Huffman tables,
+    its frame header SOF9 of `size` x `size`, and `coded` as its scan's data."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG", quality=90)
+    data, i, out = buf.getvalue(), 2, b"\xff\xd8"
+    while True:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        segment, i = bytearray(data[i:i + 2 + length]), i + 2 + length
+        if marker == 0xC0:
+            segment[1] = 0xC9
+            struct.pack_into(">HH", segment, 5, size, size)
+        out += b"" if marker == 0xC4 else bytes(segment)
+        if marker == 0xDA:
+            return out + coded + b"\xff\xd9"
+
+
+def test_an_arithmetic_jpeg_that_ends_on_the_zeros_its_decoder_reads_is_read_as_it_is():
+    """libjpeg's arithmetic encoder drops the zero bytes that would end its data (the decoder reads zeros past it):
+    a flat grey picture is a scan of no bytes at all. It is grey 128 in the corner, as a cut file is, but it is
+    complete, and read as it is (putting bytes before its end marker would tell nothing about it)."""
+    decoded = decode_image(_arithmetic_jpeg(8, b""), "arithmetic")
+    assert decoded.rgb.shape == (8, 8, 3) and (decoded.rgb == 128).all()

@@ -630,3 +630,43 @@ def test_a_png_colour_key_is_ignored_in_16_bits_as_in_8():
     mask16 = decode_mask(_png_with_colour_key(16, mask_picture, (65535, 65535, 65535)), "mask16.png")
     mask8 = decode_mask(_png_with_colour_key(8, [(255, 255, 255), (0, 0, 0)], (255, 255, 255)), "mask8.png")
     assert mask16.tolist() == mask8.tolist() == [[True, False]]
+
+
+@pytest.mark.parametrize(("fmt", "said"), [("PPM", "Netpbm (PPM/PGM/PBM)"), ("TGA", "TGA"), ("PCX", "PCX"),
+                                           ("QOI", "QOI"), ("DDS", "DDS"), ("JPEG2000", "JPEG 2000"),
+                                           ("ICNS", "ICNS")])
+def test_a_format_people_try_is_named_as_unsupported_not_as_damaged(fmt, said):
+    """Files Pillow writes in formats not read here were `image_unreadable` ("not an image, or not one of ..."), as if
+    they were damaged; now `unsupported_format`, naming the format."""
+    data = encode(RGB, fmt) if fmt != "ICNS" else encode(np.zeros((64, 64, 3), np.uint8), fmt)
+    with pytest.raises(ImageError) as info:
+        decode_image(data, f"x.{fmt.lower()}")
+    assert info.value.code == "unsupported_format"
+    assert info.value.message.startswith(f"x.{fmt.lower()}: {said} is not supported"), info.value.message
+
+
+def _zero_sized(fmt: str, field: str) -> bytes:
+    """An 8x8 file written by Pillow, its header's width or height set to 0 as a broken writer leaves it."""
+    data = bytearray(encode(np.zeros((8, 8, 3), np.uint8), fmt))
+    if fmt == "BMP":
+        struct.pack_into("<i", data, 18 if field == "width" else 22, 0)
+    elif fmt == "JPEG":
+        struct.pack_into(">H", data, data.find(b"\xff\xc0") + (7 if field == "width" else 5), 0)
+    else:
+        ifd = struct.unpack_from("<I", data, 4)[0]
+        for i in range(struct.unpack_from("<H", data, ifd)[0]):
+            tag, kind = struct.unpack_from("<HH", data, ifd + 2 + 12 * i)
+            if tag == (256 if field == "width" else 257):
+                struct.pack_into("<I" if kind == 4 else "<H", data, ifd + 10 + 12 * i, 0)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "JPEG", "TIFF"])
+@pytest.mark.parametrize("field", ["width", "height"])
+def test_a_header_of_zero_width_or_height_is_image_empty_in_every_format(fmt, field):
+    """Such a BMP, JPEG or TIFF was `image_unreadable`, "not an image, or not one of PNG, JPEG, ...": it is one, of
+    no pixels, as a PNG so was already said to be."""
+    with pytest.raises(ImageError) as info:
+        decode_image(_zero_sized(fmt, field), f"zero.{fmt.lower()}")
+    assert info.value.code == "image_empty"
+    assert info.value.message == f"zero.{fmt.lower()}: zero-size image ({fmt} header says width or height 0)"

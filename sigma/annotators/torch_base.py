@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from sigma.annotators.base import Annotator, AnnotatorConfig, Prediction
-from sigma.annotators.thread_room import start_threads_with_room
+from sigma.annotators.thread_room import import_torch_with_room, start_threads_with_room
 from sigma.config.schema import MAX_BATCH_SIZE, MAX_THREADS
 from sigma.models.device import pick_device
 from sigma.types import Pair
@@ -54,7 +54,7 @@ class TorchAnnotator(Annotator):
         """The config, then torch's threads, before a subclass loads anything: loading weights runs parallel ops, and
         under `ulimit -v` a thread started there could end the process (`start_threads_with_room`)."""
         super().__init__(config, **overrides)
-        import torch
+        torch = import_torch_with_room()
 
         cpu_threads = getattr(self.config, "cpu_threads", None)
         if cpu_threads:

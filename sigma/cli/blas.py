@@ -1,4 +1,5 @@
-"""One OpenBLAS thread for a command run under an address-space limit, chosen before numpy or OpenCV load it."""
+"""One OpenBLAS thread for a command run under an address-space limit or a low limit on threads, chosen before numpy or
+OpenCV load it."""
 from __future__ import annotations
 
 import os
@@ -21,11 +22,26 @@ def one_blas_thread_under_an_address_limit() -> bool:
     Ctrl-C); with sigma-lite's imports the same window sits near 1 GB. One thread reserves nothing up front, and
     what memory is short is then said by the command as `out_of_memory`. Only under a limit: elsewhere numpy keeps
     its threads. The environment is read once, when the library loads, so this runs before anything imports
-    numpy (the CLI package imports none), and a value the user set is kept."""
+    numpy (the CLI package imports none), and a value the user set is kept.
+
+    The same under a low limit on processes and threads (`ulimit -u`, `prlimit --nproc`: `threads_limited`): OpenBLAS
+    that cannot start its threads raises SIGINT on itself as well (`sigma annotate ... --annotator pixel-diff` as a
+    user under `prlimit --nproc` 1 or 2: `sigma: interrupted`, 130, before any work)."""
     if BLAS_THREADS_VAR in os.environ or "numpy" in sys.modules or "cv2" in sys.modules:
         return False
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
+    if soft == resource.RLIM_INFINITY and not threads_limited():
         return False
     os.environ[BLAS_THREADS_VAR] = "1"
     return True
+
+
+def threads_limited() -> bool:
+    """True when this process's RLIMIT_NPROC binds (it never binds root) and is below what a command's libraries may
+    start: a thread per core in each of OpenBLAS's two copies, OpenCV and torch, and room for the user's other
+    processes. A usual `ulimit -u` (thousands) is far above it: numpy keeps its threads there."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    return soft != resource.RLIM_INFINITY and os.geteuid() != 0 and soft < THREADS_PER_CORE * (os.cpu_count() or 1) + 64
+
+
+THREADS_PER_CORE = 4

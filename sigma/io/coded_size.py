@@ -8,11 +8,23 @@ picture: Huffman-coded JPEG at least one per 8x8 block (the DC difference's code
 first scan alike; a flat 6300x6300 picture at quality 1, optimized, takes two: 233 KB), lossy WebP (VP8) at least
 one per 16x16 macroblock (its key-frame modes are coded with fixed probabilities, ~1.6 bits at best: a flat
 6300x6300 picture at quality 0 takes 71 KB). A file shorter than that cannot hold the picture its header claims.
-Arithmetic-coded JPEG and lossless WebP (VP8L) have no such floor (one symbol can cost next to nothing) and are
-not checked; nor is a file cut short and closed again with an end marker whose length still passes: libjpeg's
-warning is the only sign of it, and Pillow does not pass it on.
+Arithmetic-coded JPEG and lossless WebP (VP8L) have no such floor (one symbol can cost next to nothing: a flat
+6000x6000 lossless WebP is 1.4 KB) and are not checked. libwebp refuses a VP8L whose data is short before it returns
+a picture. libjpeg's arithmetic decoder reads zeros past the end of its data, as its encoder expects (it drops the
+final zero bytes of what it writes), so a 197-byte arithmetic JPEG whose header says 6000x6000 is a real file of a
+36 Mpx picture, as a PNG of zeros is: the pixel limit bounds it, and nothing else can tell it from one.
+
+A JPEG cut short and closed again with an end marker (EOI), whose length still passes, is found after decoding
+(`check_jpeg_cut_short`): libjpeg fills every block its data does not reach with zero coefficients, flat grey 128,
+and only warns, which Pillow drops; half a photo decoded so was annotated as half changed.
 """
 from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+from PIL import Image
 
 from sigma.errors import ImageError
 
@@ -27,6 +39,12 @@ def jpeg_min_bytes(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, the least bytes of coded data) of a Huffman-coded JPEG, from its frame header (SOFn) alone;
     None for data that is not such a JPEG or whose frame header is not found before the first scan.
     Callers have already bounded the header walk (`images.check_jpeg_scans`)."""
+    found = jpeg_frame(data)
+    return _frame_min_bytes(found[1]) if found is not None and found[0] in _HUFFMAN_SOF else None
+
+
+def jpeg_frame(data: bytes) -> tuple[int, bytes] | None:
+    """(the SOFn marker, its segment's bytes) of JPEG `data`; None when not found before the first scan."""
     if not data.startswith(b"\xff\xd8"):
         return None
     i, end = 2, len(data)
@@ -37,14 +55,14 @@ def jpeg_min_bytes(data: bytes) -> tuple[int, int, int] | None:
         if marker == 0xFF:                  # fill byte
             i += 1
             continue
-        if marker in (0xDA, 0xD9) or marker in _ARITHMETIC_SOF:
+        if marker in (0xDA, 0xD9):
             return None
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
         length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in _HUFFMAN_SOF:
-            return _frame_min_bytes(data[i + 4:i + 2 + length])
+        if marker in _HUFFMAN_SOF or marker in _ARITHMETIC_SOF:
+            return marker, data[i + 4:i + 2 + length]
         i += 2 + length
     return None
 
@@ -106,3 +124,86 @@ def check_coded_size(data: bytes, fmt: str, name: str) -> None:
         return
     raise ImageError(f"{name}: truncated or damaged {fmt}: a {width}x{height} picture needs at least {need} bytes "
                      f"of coded data and the file has {have}; refused before decoding", code="image_unreadable")
+
+
+# A JPEG cut short and closed again with EOI. Every block past the cut decodes to 128 flat (Y = Cb = Cr = 128 is
+# grey 128 in RGB; 127 in an Adobe CMYK file, stored inverted), the last one, bottom right, included: that corner
+# flat at 128 is the sign to look further, which few real pictures show. Then the question is whether the coded data
+# ends before the picture does: bytes put in just before the end marker are skipped by libjpeg after a complete
+# picture, and decoded as the missing blocks of a cut one, which then differ (a file of restart intervals cut at the end
+# of one resumes at the next restart marker: they are put in, RST0 to RST7, and libjpeg resyncs to the one it
+# expects, as it skips them after a complete picture). Both are decoded at 1/8 scale (libjpeg's
+# DCT scaling: the coded data is read whole, and the blocks' DC is what differs), only when the corner is grey.
+_CUT_CORNER = 4
+_CUT_GREYS = (127, 128)
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff\x01]")    # not stuffed 0xFF00, fill, RSTn, TEM
+
+
+def _fill(seed: int) -> bytes:
+    """512 bytes of mixed bits, never 0xFF (a marker): zero bits decode to a DC difference of 0, flat grey again."""
+    return bytes((i * 73 + seed * 151 + 41) % 255 for i in range(512))
+
+
+# with each restart marker between: a file of restart intervals cut at one's end goes on only at the next RSTn
+_FILLER = b"".join(_fill(n) + bytes((0xFF, 0xD0 + n)) for n in range(8)) + _fill(8)
+
+
+def jpeg_end_marker(data: bytes) -> int | None:
+    """The offset of the end marker (EOI) of the first picture in JPEG `data` (a camera's MPO holds more after it),
+    walking its segments and skipping each scan's coded data; None when there is none."""
+    i, end = 2, len(data)
+    while i + 2 <= end:
+        if data[i] != 0xFF or data[i + 1] in (0x00, 0xFF, 0x01) or 0xD0 <= data[i + 1] <= 0xD7:
+            found = _NEXT_MARKER.search(data, i + 1)
+            if found is None:
+                return None
+            i = found.start()
+            continue
+        marker = data[i + 1]
+        if marker == 0xD9:
+            return i
+        if i + 4 > end:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:
+            found = _NEXT_MARKER.search(data, i)
+            if found is None:
+                return None
+            i = found.start()
+    return None
+
+
+def _corner_is_grey(img: Image.Image) -> bool:
+    width, height = img.size
+    corner = np.asarray(img.crop((max(0, width - _CUT_CORNER), max(0, height - _CUT_CORNER), width, height)))
+    return corner.size > 0 and int(corner.min()) == int(corner.max()) and int(corner.min()) in _CUT_GREYS
+
+
+def _draft_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data), formats=["JPEG", "MPO"]) as img:
+        width, height = img.size
+        img.draft(img.mode, (-(-width // 8), -(-height // 8)))
+        img.load()
+        return np.asarray(img)
+
+
+def check_jpeg_cut_short(data: bytes, img: Image.Image, name: str) -> None:
+    """`image_unreadable` (truncated) for a JPEG whose coded data ends before its picture does, closed again with an
+    end marker: `img` is it decoded by Pillow (libjpeg filled the rest flat grey without a word)."""
+    if not _corner_is_grey(img):
+        return
+    frame = jpeg_frame(data)
+    if frame is None or frame[0] not in _HUFFMAN_SOF:
+        return       # arithmetic-coded: a complete file may end early, on the zeros its decoder reads past its data
+    eoi = jpeg_end_marker(data)
+    if eoi is None:
+        return
+    try:
+        as_given, filled = _draft_pixels(data), _draft_pixels(data[:eoi] + _FILLER + data[eoi:])
+    except (OSError, ValueError, SyntaxError):
+        return       # it decoded once as given; a second reading that fails tells nothing
+    if as_given.shape == filled.shape and np.array_equal(as_given, filled):
+        return
+    raise ImageError(f"{name}: truncated JPEG: its coded data ends before the picture does (cut short and closed "
+                     "again with an end marker; the decoder fills the rest flat grey); refused",
+                     code="image_unreadable")

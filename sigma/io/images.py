@@ -16,7 +16,8 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
-from sigma.io.coded_size import check_coded_size
+from sigma.io.bmp_rle import check_bmp_rle
+from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short, jpeg_frame
 from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.io.tiff_planes import TIFF_PLANAR_CONFIGURATION, separate_planes
@@ -241,6 +242,20 @@ def check_tiff_strips(data: bytes, name: str) -> None:
         raise LimitError(f"{name}: a TIFF of more than {MAX_TIFF_STRIPS} strips or tiles in a page (or of more than "
                          f"{MAX_TIFF_IFD_ENTRIES} tags), each set up one by one: refused before decoding as a "
                          "decompression bomb", code="decompression_bomb")
+
+
+def check_tiff_tile_size(img: Image.Image, name: str, limits: LimitsConfig) -> None:
+    """`too_many_pixels` for a TIFF whose tiles (TileWidth x TileLength) are larger than the pixel limit: libtiff
+    decodes a compressed tile whole into a buffer of its size, whatever the image's. A 64x64 picture in one deflated
+    16384x16384 tile of 1 KB took 6.5 s and 860 MB before failing; with the tile's data there (~800 KB of zlib, under
+    max_bytes) it decodes it all. Real tiles are 256 or 512 pixels a side; a tile may pass the image's edge, never
+    the limit that an image of its size would meet."""
+    tags = getattr(img, "tag_v2", {})
+    width, height = tags.get(322), tags.get(323)              # TileWidth, TileLength
+    if isinstance(width, int) and isinstance(height, int) and width * height > limits.max_pixels:
+        raise LimitError(f"{name}: a TIFF of {width}x{height} tiles = {width * height} pixels each exceeds the limit "
+                         f"of {limits.max_pixels} (io.limits.max_pixels), decoded a whole tile at a time; refused "
+                         "before decoding", code="too_many_pixels")
 
 
 # Pillow's PNG reader inflates a compressed metadata chunk (iCCP: the colour profile; zTXt, iTXt: text) to at most
@@ -485,13 +500,24 @@ def stored_size(img: Image.Image) -> tuple[int, int]:
 # Magic bytes of formats people try that we refuse, so the error can say what the file is.
 _KNOWN_MAGIC = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"%PDF", "PDF"), (b"%!PS", "PostScript"),
                 (b"8BPS", "PSD"), (b"\x00\x00\x01\x00", "ICO"), (b"\xff\x0a", "JPEG XL"),
-                (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"<svg", "SVG"), (b"<?xml", "XML/SVG"))
+                (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"<svg", "SVG"), (b"<?xml", "XML/SVG"),
+                (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+                (b"qoif", "QOI"), (b"DDS ", "DDS"), (b"icns", "ICNS"), (b"v/1\x01", "OpenEXR"),
+                (b"#?RADIANCE", "Radiance HDR"), (b"#?RGBE", "Radiance HDR"), (b"SIMPLE  =", "FITS"))
 
 
 def _sniff_format(data: bytes) -> str | None:
+    """The name of a format people try that is not read here, from its magic bytes (a TGA's from its footer); they
+    were `image_unreadable` (`not an image`), as if the file were damaged."""
     for magic, fmt in _KNOWN_MAGIC:
         if data.startswith(magic):
             return fmt
+    if data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"7") and data[2:3] in (b" \t\r\n"):
+        return "Netpbm (PPM/PGM/PBM)"
+    if data[-18:] == b"TRUEVISION-XFILE.\x00":
+        return "TGA"
+    if len(data) > 128 and data[0] == 0x0A and data[1] in (0, 2, 3, 4, 5) and data[2] == 1 and data[3] in (1, 2, 4, 8):
+        return "PCX"
     if data[4:8] == b"ftyp":
         brand = data[8:12].decode("ascii", "replace").strip()
         return "AVIF" if brand.startswith("avi") else "HEIF" if brand.startswith(("hei", "mif", "hev")) else None
@@ -530,6 +556,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     check_byte_size(name, len(data), limits.max_bytes)
     check_png_chunks(data, name)
     check_tiff_strips(data, name)
+    check_bmp_rle(data, name)
     if data.startswith(b"\xff\xd8"):
         check_jpeg_scans(data, name)         # before Image.open, which walks the header
     try:
@@ -537,6 +564,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         fmt = "JPEG" if img.format == "MPO" else img.format   # camera JPEGs with a preview open as MPO
         width, height = stored_size(img)
         check_header_size(name, width, height, limits)
+        if fmt == "TIFF":
+            check_tiff_tile_size(img, name, limits)
         if fmt not in SUPPORTED_FORMATS:  # pragma: no cover - formats= already restricts the plugins
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
                              f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
@@ -546,6 +575,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
             notes["multi_frame"] = "first frame used"   # (is_animated, not n_frames: that walks every frame)
         img.load()
+        if fmt == "JPEG":
+            check_jpeg_cut_short(data, img, name)      # closed again with an end marker: the rest decoded flat grey
         # Pillow (11.1 on) turns a TIFF upright in load() and drops its Orientation tag; every other format, and
         # a TIFF in older Pillow, still carries the tag and is ours to turn (turning it again showed a TIFF upside
         # down or lying on its side: a mask 90 degrees off the picture the user sees)
@@ -587,9 +618,9 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         raise LimitError(f"{name}: refused before decoding as a decompression bomb ({_one_line(exc)})",
                          code="decompression_bomb") from exc
     except UnidentifiedImageError as exc:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and (
-                data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
-            raise ImageError(f"{name}: zero-size image (PNG header says width or height 0)",
+        empty = _zero_size_header(data)
+        if empty:
+            raise ImageError(f"{name}: zero-size image ({empty} header says width or height 0)",
                              code="image_empty") from exc
         known = _sniff_format(data)
         if known:
@@ -606,6 +637,36 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(f"{name}: zero-size image", code="image_empty")
     return DecodedImage(np.ascontiguousarray(rgb), notes)
+
+
+def _zero_size_header(data: bytes) -> str | None:
+    """The format whose header in `data` says width or height 0 (Pillow does not open it), else None. A BMP, JPEG
+    or TIFF so was `image_unreadable`, "not an image", where a PNG was already `image_empty`."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and (
+            data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
+        return "PNG"
+    if data[:2] == b"BM" and len(data) >= 26:
+        header = int.from_bytes(data[14:18], "little")
+        sizes = (data[18:20], data[20:22]) if header == 12 else (data[18:22], data[22:26])
+        return "BMP" if any(not any(size) for size in sizes) else None
+    frame = jpeg_frame(data) if data[:2] == b"\xff\xd8" else None
+    if frame is not None and len(frame[1]) >= 5:
+        return "JPEG" if frame[1][1:3] == b"\0\0" or frame[1][3:5] == b"\0\0" else None
+    kind = _TIFF_HEADERS.get(data[:4])
+    if kind is None or kind[1]:
+        return None
+    try:
+        order = kind[0]
+        ifd = struct.unpack_from(order + "I", data, 4)[0]
+        for i in range(min(struct.unpack_from(order + "H", data, ifd)[0], MAX_TIFF_IFD_ENTRIES)):
+            tag, kind_, count = struct.unpack_from(order + "HHI", data, ifd + 2 + 12 * i)
+            if tag in (256, 257) and count == 1:
+                value = struct.unpack_from(order + ("H" if kind_ == 3 else "I"), data, ifd + 10 + 12 * i)[0]
+                if value == 0:
+                    return "TIFF"
+    except struct.error:
+        pass
+    return None
 
 
 def _png_is_16bit(data: bytes) -> bool:
@@ -682,6 +743,8 @@ def probe_image_file(path: str | Path, limits: LimitsConfig | None = None) -> tu
             check_byte_size(where, os.fstat(handle.fileno()).st_size, limits.max_bytes)
             with Image.open(handle, formats=_PIL_FORMATS) as img:
                 width, height = img.size
+                if img.format == "TIFF":
+                    check_tiff_tile_size(img, where, limits)
     except (LimitError, ImageError):
         raise
     except NotRegularFile as exc:

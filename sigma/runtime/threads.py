@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 import resource
 
 # what each started thread may take beside its stack: its thread-local blocks, its guard page, the first chunk of
@@ -17,6 +18,42 @@ PER_THREAD_SLACK = 2 * 2**20
 # beside the threads: the op that starts them (a 1 MiB tensor) and torch's bookkeeping of the pool
 START_SLACK = 8 * 2**20
 DEFAULT_STACK = 8 * 2**20         # glibc's thread stack when RLIMIT_STACK is unlimited
+
+
+# RLIMIT_NPROC (`ulimit -u`, `prlimit --nproc`) counts every process and thread of the real user, and a thread it
+# refuses ends the process as a refused stack does. Below NPROC_SCANNED the user's tasks are counted (/proc) and a
+# pool is given no more threads than fit, NPROC_SPARE kept for the rest (OpenCV's pool, whose refusal is harmless,
+# a decode thread); a limit of thousands (a desktop's `ulimit -u`) is never near.
+NPROC_SCANNED = 4096
+NPROC_SPARE = 2
+
+
+def tasks_left() -> int | None:
+    """The processes and threads this process's real user may still start under its RLIMIT_NPROC; None when no such
+    limit binds (none, one of NPROC_SCANNED or more, or root, whom it never binds)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    uid = os.getuid()
+    if soft == resource.RLIM_INFINITY or soft >= NPROC_SCANNED or uid == 0:
+        return None
+    used = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", encoding="ascii", errors="replace") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                used += int(fields["Threads"])
+        except (OSError, KeyError, ValueError, IndexError):
+            continue                         # a process that ended meanwhile, or one not ours to read
+    return max(0, soft - used)
+
+
+def threads_that_fit(threads: int) -> int:
+    """`threads` (a pool's size, itself included), or fewer, at least 1, so that its new threads fit under the user's
+    RLIMIT_NPROC with NPROC_SPARE left over (`tasks_left`)."""
+    left = tasks_left() if threads > 1 else None
+    return threads if left is None else max(1, min(threads, left + 1 - NPROC_SPARE))
 
 
 def pthread_stack_bytes() -> int:
@@ -56,6 +93,12 @@ def ort_threads_with_room(threads: int | None) -> int | None:
     8-thread session made with 40 MB of address space left never returned, where one with 80 MB did."""
     from sigma.errors import address_space_left
 
+    if tasks_left() is not None:            # a low `ulimit -u`: ORT hangs as well when a thread is refused
+        if not threads:
+            import torch
+
+            threads = torch.get_num_threads()
+        threads = threads_that_fit(threads)
     if address_space_left() is None:
         return threads
     if not threads:
