@@ -354,3 +354,33 @@ def test_a_validation_folder_naming_files_outside_it_is_refused(tmp_path, how):
     secret.rename(d / "val_0_mask.png")
     _point_first_mask_at(d, "val_0_mask.png")
     assert len(load_val_dir(d)) == 2
+
+
+def test_a_set_named_in_plain_text_as_an_escaped_byte_stays_apart_from_the_byte(tmp_path, capsys):
+    """Two set folders, `s\\xff` (non-UTF-8: U+DCFF in Python) and one named in plain text `s\\udcff` (a backslash,
+    then udcff), holding records of the same ids: both became the name `s\\udcff`, so `sigma eval` scored them as
+    one table row and a batch run gave both one subset and the same pair ids. Now the plain one is `s\\\\udcff`
+    (`escape_name`); the export, which reads the corpus again and matches it to the rows, finds every pair."""
+    import pyarrow.parquet as pq
+
+    from sigma.text import escape_name
+
+    data = tmp_path / "sets"
+    for name in ("s\udcff", "s\\udcff"):
+        make_pair_set(data, "same", 1).rename(data / name)
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    tables = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["tables"]["none"]
+    assert sorted(tables) == ["overall", "s\\\\udcff", "s\\udcff"] and tables["overall"]["pairs"] == 2
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--no-progress"]) == 0
+    rows = [r for f in sorted((run / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["subset"] for r in rows) == ["s\\\\udcff", "s\\udcff"]
+    assert len({r["pair_id"] for r in rows}) == 2
+    capsys.readouterr()
+    assert main(["export", "hf", str(run), "--out", str(tmp_path / "hf")]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["rows"] == 2 and said["skipped"] == 0, said
+    names = ["s\udcff", "s\\udcff", "s\\\udcff", "s\\\\udcff", "\\u", "\\\\u", "a\\b", "\\", "u\udcfe", "plain"]
+    assert len({escape_name(n) for n in names}) == len(names)
+    assert escape_name("a\\b") == "a\\b" and escape_name("plain") == "plain"
