@@ -384,3 +384,32 @@ def test_a_set_named_in_plain_text_as_an_escaped_byte_stays_apart_from_the_byte(
     names = ["s\udcff", "s\\udcff", "s\\\udcff", "s\\\\udcff", "\\u", "\\\\u", "a\\b", "\\", "u\udcfe", "plain"]
     assert len({escape_name(n) for n in names}) == len(names)
     assert escape_name("a\\b") == "a\\b" and escape_name("plain") == "plain"
+
+
+def test_config_and_run_records_keep_a_non_utf8_path_as_plain_json_and_yaml_read_it_back(tmp_path, capsys):
+    """`--data $'d\\xff'`: config.yaml (eval's, a batch run's) and run.json hold the path as YAML's / JSON's
+    surrogate escape, which plain `yaml.safe_load` / `json.loads` read back to the same folder and `--resume` reopens;
+    config.yaml held it without a word (other tools show U+FFFD): its first line now says what `\\uDCXX` is."""
+    import yaml
+
+    from sigma.config.loader import NOT_UTF8_NOTE
+
+    data = Path(os.fsdecode(bytes(tmp_path) + b"/d\xff"))
+    make_pair_set(data, "s", 1)
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    text = (out / "config.yaml").read_text(encoding="utf-8")
+    assert text.startswith(NOT_UTF8_NOTE) and os.fsencode(yaml.safe_load(text)["data"]) == os.fsencode(data)
+    run = tmp_path / "run"
+    argv = ["batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--no-progress"]
+    assert main(argv) == 0
+    text = (run / "config.yaml").read_text(encoding="utf-8")
+    assert text.startswith(NOT_UTF8_NOTE) and os.fsencode(yaml.safe_load(text)["input"]["path"]) == os.fsencode(data)
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert os.fsencode(record["config"]["input"]["path"]) == os.fsencode(data)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0 and "already done" in capsys.readouterr().out
+    plain = tmp_path / "plain"
+    make_pair_set(plain, "s", 1)
+    assert main(["eval", "--data", str(plain), "--annotator", "pixel-diff", "--out", str(tmp_path / "e2")]) == 0
+    assert not (tmp_path / "e2" / "config.yaml").read_text(encoding="utf-8").startswith("#")
