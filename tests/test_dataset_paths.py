@@ -413,3 +413,18 @@ def test_config_and_run_records_keep_a_non_utf8_path_as_plain_json_and_yaml_read
     make_pair_set(plain, "s", 1)
     assert main(["eval", "--data", str(plain), "--annotator", "pixel-diff", "--out", str(tmp_path / "e2")]) == 0
     assert not (tmp_path / "e2" / "config.yaml").read_text(encoding="utf-8").startswith("#")
+
+
+def test_two_long_set_names_alike_but_for_their_end_print_as_two(tmp_path, capsys):
+    """The eval table's set column cut a name at 46 characters: sets `<60 x>-v1` and `<60 x>-v2` printed two rows of
+    one name. Now a long name is cut in the middle (`…`), its end kept; metrics.json keeps every name whole."""
+    data = tmp_path / "sets"
+    names = ["x" * 60 + "-v1", "x" * 60 + "-v2"]
+    for n, name in enumerate(names):
+        make_pair_set(data, f"s{n}", 1).rename(data / name)
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 0
+    rows = [line.split(" ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("xxx")]
+    assert len(rows) == 2 and rows[0] != rows[1] and rows[0].endswith("-v1") and "…" in rows[0], rows
+    assert len(rows[0]) == 46
+    tables = json.loads((tmp_path / "o" / "metrics.json").read_text())["tables"]["none"]
+    assert set(names) < set(tables)
