@@ -278,6 +278,22 @@ def escape_surrogates(text: str) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+# a run of backslashes just before a `u` or a lone surrogate (`escape_name`), or a lone surrogate itself
+_NAME_ESCAPED = re.compile(r"(\\+)(?=[u\ud800-\udfff])|[\ud800-\udfff]")
+
+
+def escape_name(text: str) -> str:
+    """A name (a set's folder, a pair id, a source) as text any reader takes, two names always two: each lone
+    surrogate as `\\udXXX` (`escape_surrogates`), and each run of backslashes just before a `u` or a surrogate
+    doubled. `escape_surrogates` alone made the folder `s\\xff` (U+DCFF in Python) and a folder named, in plain
+    text, `s\\udcff` one name: `sigma eval` scored the two sets as one table row, a batch run gave both one subset.
+    Now the text one is `s\\\\udcff` (an even run of backslashes before `u` is text, an odd one ends in an escape);
+    names holding no `\\u` and no surrogate are unchanged."""
+    if "\\" not in text and not _SURROGATE.search(text):
+        return text
+    return _NAME_ESCAPED.sub(lambda m: m.group(1) * 2 if m.group(1) else f"\\u{ord(m.group()):04x}", text)
+
+
 def surrogates_escaped(value: Any) -> Any:
     """Plain JSON `value` (dicts, lists, text, numbers) with every lone surrogate of its text, keys included, written
     as the six characters `\\udXXX` (`escape_surrogates`). A name from a file name of non-UTF-8 bytes (a set folder,

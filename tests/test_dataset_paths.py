@@ -354,3 +354,77 @@ def test_a_validation_folder_naming_files_outside_it_is_refused(tmp_path, how):
     secret.rename(d / "val_0_mask.png")
     _point_first_mask_at(d, "val_0_mask.png")
     assert len(load_val_dir(d)) == 2
+
+
+def test_a_set_named_in_plain_text_as_an_escaped_byte_stays_apart_from_the_byte(tmp_path, capsys):
+    """Two set folders, `s\\xff` (non-UTF-8: U+DCFF in Python) and one named in plain text `s\\udcff` (a backslash,
+    then udcff), holding records of the same ids: both became the name `s\\udcff`, so `sigma eval` scored them as
+    one table row and a batch run gave both one subset and the same pair ids. Now the plain one is `s\\\\udcff`
+    (`escape_name`); the export, which reads the corpus again and matches it to the rows, finds every pair."""
+    import pyarrow.parquet as pq
+
+    from sigma.text import escape_name
+
+    data = tmp_path / "sets"
+    for name in ("s\udcff", "s\\udcff"):
+        make_pair_set(data, "same", 1).rename(data / name)
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    tables = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["tables"]["none"]
+    assert sorted(tables) == ["overall", "s\\\\udcff", "s\\udcff"] and tables["overall"]["pairs"] == 2
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--no-progress"]) == 0
+    rows = [r for f in sorted((run / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["subset"] for r in rows) == ["s\\\\udcff", "s\\udcff"]
+    assert len({r["pair_id"] for r in rows}) == 2
+    capsys.readouterr()
+    assert main(["export", "hf", str(run), "--out", str(tmp_path / "hf")]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["rows"] == 2 and said["skipped"] == 0, said
+    names = ["s\udcff", "s\\udcff", "s\\\udcff", "s\\\\udcff", "\\u", "\\\\u", "a\\b", "\\", "u\udcfe", "plain"]
+    assert len({escape_name(n) for n in names}) == len(names)
+    assert escape_name("a\\b") == "a\\b" and escape_name("plain") == "plain"
+
+
+def test_config_and_run_records_keep_a_non_utf8_path_as_plain_json_and_yaml_read_it_back(tmp_path, capsys):
+    """`--data $'d\\xff'`: config.yaml (eval's, a batch run's) and run.json hold the path as YAML's / JSON's
+    surrogate escape, which plain `yaml.safe_load` / `json.loads` read back to the same folder and `--resume` reopens;
+    config.yaml held it without a word (other tools show U+FFFD): its first line now says what `\\uDCXX` is."""
+    import yaml
+
+    from sigma.config.loader import NOT_UTF8_NOTE
+
+    data = Path(os.fsdecode(bytes(tmp_path) + b"/d\xff"))
+    make_pair_set(data, "s", 1)
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(out)]) == 0
+    text = (out / "config.yaml").read_text(encoding="utf-8")
+    assert text.startswith(NOT_UTF8_NOTE) and os.fsencode(yaml.safe_load(text)["data"]) == os.fsencode(data)
+    run = tmp_path / "run"
+    argv = ["batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--no-progress"]
+    assert main(argv) == 0
+    text = (run / "config.yaml").read_text(encoding="utf-8")
+    assert text.startswith(NOT_UTF8_NOTE) and os.fsencode(yaml.safe_load(text)["input"]["path"]) == os.fsencode(data)
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert os.fsencode(record["config"]["input"]["path"]) == os.fsencode(data)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0 and "already done" in capsys.readouterr().out
+    plain = tmp_path / "plain"
+    make_pair_set(plain, "s", 1)
+    assert main(["eval", "--data", str(plain), "--annotator", "pixel-diff", "--out", str(tmp_path / "e2")]) == 0
+    assert not (tmp_path / "e2" / "config.yaml").read_text(encoding="utf-8").startswith("#")
+
+
+def test_two_long_set_names_alike_but_for_their_end_print_as_two(tmp_path, capsys):
+    """The eval table's set column cut a name at 46 characters: sets `<60 x>-v1` and `<60 x>-v2` printed two rows of
+    one name. Now a long name is cut in the middle (`…`), its end kept; metrics.json keeps every name whole."""
+    data = tmp_path / "sets"
+    names = ["x" * 60 + "-v1", "x" * 60 + "-v2"]
+    for n, name in enumerate(names):
+        make_pair_set(data, f"s{n}", 1).rename(data / name)
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 0
+    rows = [line.split(" ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("xxx")]
+    assert len(rows) == 2 and rows[0] != rows[1] and rows[0].endswith("-v1") and "…" in rows[0], rows
+    assert len(rows[0]) == 46
+    tables = json.loads((tmp_path / "o" / "metrics.json").read_text())["tables"]["none"]
+    assert set(names) < set(tables)

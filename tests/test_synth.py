@@ -122,6 +122,27 @@ def test_sigma_synth_writes_the_eval_layout(photos, tmp_path):
     assert (out / recs[2].edited.name).read_bytes() == (again / recs[2].edited.name).read_bytes()
 
 
+def test_sigma_synth_into_a_set_it_did_not_write_is_refused_and_the_set_is_kept(photos, tmp_path, capsys):
+    """`sigma synth --out SET` where SET is a set of the user's (a pairs.jsonl of its own, no synth_config.yaml)
+    removed its pairs.jsonl and wrote the synthetic pairs' in its place: the set's manifest gone, its images listed by
+    nothing. Now out_not_empty, nothing written (no .lock either); a set synth wrote is rewritten as before."""
+    from test_eval import make_pair_set
+
+    from sigma.cli import main
+
+    real = make_pair_set(tmp_path, "real", 2)
+    before = {p.name: p.read_bytes() for p in real.iterdir()}
+    assert main(["synth", "--out", str(real), "-n", "1", "--photos", str(photos), "--no-progress", "crop=48"]) == 2
+    err = capsys.readouterr().err
+    assert "[out_not_empty]" in err and "holds a pairs.jsonl that sigma synth did not write" in err, err
+    assert {p.name: p.read_bytes() for p in real.iterdir()} == before
+    out = tmp_path / "synth"
+    for n in (2, 1):
+        assert main(["synth", "--out", str(out), "-n", str(n), "--photos", str(photos), "--no-progress",
+                     "crop=48"]) == 0
+    assert len((out / "pairs.jsonl").read_text().splitlines()) == 1
+
+
 def test_sigma_synth_pngs_are_on_disk_before_the_pairs_jsonl_that_names_them(photos, tmp_path):
     """`sigma synth` renamed its PNGs from the page cache (no fsync), then pairs.jsonl, and synced nothing: a power cut
     after "N pairs in OUT/pairs.jsonl" could leave a pairs.jsonl naming PNGs empty, cut short or missing, or lose

@@ -701,6 +701,65 @@ def test_a_run_folder_outside_out_dir_is_refused(photos, tmp_path, capsys):
     assert not (runs / "group" / "one" / "inner").exists() and not (runs / "group" / "config.yaml").exists()
 
 
+def test_a_new_run_into_another_commands_output_folder_is_refused_and_touches_nothing(photos, tmp_path, capsys):
+    """`out_dir=RUNS name=batch1` where RUNS/batch1 is a batch run (or an eval's --out, or any folder whose
+    config.yaml is no training config) trained into it: its config.yaml was replaced by the training config, a
+    checkpoint and model/ put beside run.json. Now invalid_config naming what it holds, nothing written; a folder
+    holding a training run's own config.yaml (a run stopped before its first checkpoint) is started as before."""
+    from test_eval import make_pair_set
+
+    runs = tmp_path / "runs"
+    data = make_pair_set(tmp_path / "data", "s", 1)
+    assert main(["batch", "run", str(data), "--out", str(runs / "batch1"), "--annotator", "pixel-diff",
+                 "--no-progress"]) == 0
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(runs / "eval1")]) == 0
+    (runs / "mine").mkdir()
+    (runs / "mine" / "config.yaml").write_text("notes: my own\n")
+    capsys.readouterr()
+    common = [f"data.photos={photos}", f"out_dir={runs}", "steps=1", "eval.val_size=0"]
+    for name, said in (("batch1", "holds run.json"), ("eval1", "holds metrics.json"),
+                       ("mine", "holds config.yaml: not a training run's")):
+        before = {p: p.read_bytes() for p in (runs / name).rglob("*") if p.is_file()}
+        assert main(["train", STAGE1, *common, f"name={name}"]) == 2, name
+        err = capsys.readouterr().err
+        assert "[invalid_config]" in err and said in err, err
+        assert {p: p.read_bytes() for p in (runs / name).rglob("*") if p.is_file()} == before
+    stopped = runs / "stopped"
+    stopped.mkdir()
+    own = TrainConfig(**yaml.safe_load(Path(STAGE1).read_text())).model_dump(mode="json")
+    (stopped / "config.yaml").write_text(yaml.safe_dump(own))
+    assert main(["train", STAGE1, *common, "name=stopped"]) == 0
+    assert (stopped / "checkpoint.pt").is_file()
+
+
+def test_eval_and_annotate_into_a_run_folder_are_refused_and_the_run_resumes(photos, tmp_path, capsys):
+    """`sigma eval --out RUN` (or `sigma annotate -o RUN`) on a training run's folder wrote the eval's config.yaml over
+    the run's, and `sigma train --resume RUN` then failed invalid_config (the eval's keys): the run could not be
+    continued. A batch run's config.yaml was replaced the same way. Now out_is_run_file, nothing written; a new
+    folder inside the run is fine."""
+    from test_eval import make_pair_set
+
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=1",
+                 "eval.val_size=0"]) == 0
+    data = make_pair_set(tmp_path / "data", "s", 1)
+    batch = tmp_path / "batch"
+    assert main(["batch", "run", str(data), "--out", str(batch), "--annotator", "pixel-diff", "--no-progress"]) == 0
+    pair = [str(data / "s_0_original.png"), str(data / "s_0_edited.png")]
+    capsys.readouterr()
+    for run, what in ((runs / "r", "training run (it holds checkpoint.pt)"), (batch, "batch run (it holds run.json)")):
+        config = (run / "config.yaml").read_bytes()
+        for argv in (["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(run)],
+                     ["annotate", *pair, "--annotator", "pixel-diff", "-o", str(run)]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert "[out_is_run_file]" in err and f"the folder of a {what}" in err, err
+        assert (run / "config.yaml").read_bytes() == config
+        assert not (run / "metrics.json").exists() and not (run / "result.json").exists()
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(runs / "r" / "eval")]) == 0
+    assert main(["train", "--resume", str(runs / "r"), "steps=2"]) == 0
+
+
 def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, capsys):
     """A NUL byte in a config path (a YAML string can hold one) was a ValueError traceback from the first mkdir."""
     runs = tmp_path / "runs"

@@ -16,7 +16,7 @@ from sigma.errors import ImageError, InputError, SigmaError, memory_refused
 from sigma.io.corpora.base import SourceItem, resolved_under, text_value
 from sigma.io.images import decode_mask, read_file_bytes
 from sigma.io.pairs import pair_from_bytes
-from sigma.text import escape_surrogates, find_surrogate, replace_surrogates, shown_path
+from sigma.text import escape_name, escape_surrogates, find_surrogate, replace_surrogates, shown_path
 from sigma.types import Pair
 
 
@@ -63,12 +63,13 @@ def writable(item: SourceItem) -> SourceItem:
     """The item with text that a row can hold. A lone surrogate (a JSON `"\\ud800"` in a manifest, a file
     name that is not UTF-8) cannot be encoded: it made the shard writer fail and the whole run stop. Names
     (id, source, subset, error message) get it escaped, so two ids stay two; the instruction and edit type
-    get U+FFFD, the text a parser can read."""
+    get U+FFFD, the text a parser can read. Names are escaped by `escape_name` (a name written `\\udcff` in plain
+    text stays apart from the byte 0xFF), which is no idempotent step: an item is made writable once."""
     changes: dict[str, Any] = {}
     for name in ("pair_id", "source", "subset"):
         value = getattr(item, name)
-        if isinstance(value, str) and find_surrogate(value):
-            changes[name] = escape_surrogates(value)
+        if isinstance(value, str) and (escaped := escape_name(value)) != value:
+            changes[name] = escaped
     for name in ("instruction", "edit_type"):
         value = getattr(item, name)
         if value is not None and not isinstance(value, str):    # a reader (a plugin's) that gave a dict or a number
@@ -80,8 +81,10 @@ def writable(item: SourceItem) -> SourceItem:
     return replace(item, **changes) if changes else item
 
 
-def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True, root: str | None = None) -> Decoded:
-    decoded = _decode_one(writable(item), io_config, ground_truth, root)
+def decode_one(item: SourceItem, io_config: IOConfig, ground_truth: bool = True, root: str | None = None,
+               made_writable: bool = False) -> Decoded:
+    """`item` (`made_writable`: already passed through `writable`, whose names must not be escaped twice) decoded."""
+    decoded = _decode_one(item if made_writable else writable(item), io_config, ground_truth, root)
     if decoded.error and find_surrogate(decoded.error[1]):      # a path with a surrogate, quoted by an error
         decoded.error = (decoded.error[0], escape_surrogates(decoded.error[1]))
     if find_surrogate(decoded.meta):

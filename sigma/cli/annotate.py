@@ -18,6 +18,7 @@ from sigma.cli.common import (
     flag_overrides,
     import_plugin_args,
     path,
+    refuse_run_folder,
 )
 from sigma.config.loader import flags_named, load_config, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
@@ -182,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     resolved["annotator_config"] = annotator.describe()
 
     outdir = check_outdir(Path(args.outdir))      # said before any pair is read (a path through a file: by the hold)
+    refuse_run_folder(outdir, "-o OUTDIR")
     # one annotate per OUTDIR (the default sigma_out/ is every run's in a folder): two at once, each set written
     # whole, still left one run's pairs beside the other's (another --threshold) and each said all of its own were
     # written; the second is refused at once (run_locked), as `sigma eval --out` is. A run that writes nothing

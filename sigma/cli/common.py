@@ -375,6 +375,23 @@ def check_outdir(outdir: Path, create: bool = False) -> Path:
     return outdir
 
 
+# files that make a folder a run whose config.yaml is its record: a batch run's (`--resume`, `sigma report`), a
+# training run's (`sigma train --resume` reads its config.yaml back)
+_RUN_MARKS = (("run.json", "a batch run"), ("checkpoint.pt", "a training run"),
+              ("checkpoint.prev.pt", "a training run"), ("metrics.jsonl", "a training run"))
+
+
+def refuse_run_folder(outdir: Path, flag: str) -> None:
+    """`out_is_run_file` when `outdir` is a batch or training run's own folder (`_RUN_MARKS`): `sigma eval --out RUN`
+    and `sigma annotate -o RUN` wrote their config.yaml over the run's, and `sigma train --resume RUN` then failed
+    `invalid_config` (an eval's keys in a training config): the run could not be continued. A folder inside is fine."""
+    for name, what in _RUN_MARKS:
+        if (outdir / name).is_file():
+            raise InputError(f"{outdir}: the folder of {what} (it holds {name}); this command's config.yaml would "
+                             f"replace the run's. Choose another {flag} (a new folder inside the run is fine)",
+                             code="out_is_run_file")
+
+
 def check_outfile(text: str | Path, example: str = "out.json") -> Path:
     """An output *file* (a COCO JSON, the review page) refused before the work when it names a folder, lies
     under a file, or would overwrite a batch run's own files (run.json, status, shards), instead of after it.

@@ -18,6 +18,7 @@ from sigma.cli.common import (
     flag_overrides,
     import_plugin_args,
     path,
+    refuse_run_folder,
 )
 from sigma.config.loader import flags_named, load_config, read_overrides, resolved_yaml
 from sigma.config.schema import MAX_BATCH_SIZE, AnnotatorSpec, IOConfig
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     # `os_error` before check_outdir could say `bad_outdir` as for every other unusable --out
     made = not os.path.lexists(args.out)
     out = check_outdir(Path(args.out), create=True)   # before the evaluation, not after it
+    refuse_run_folder(out, "--out")
     # one eval per --out (the default is the same sigma_eval/ for every eval started in a folder): two would
     # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other; an
     # eval that fails before writing leaves no empty folder it made

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --out DIR (pairs) or --build-cache DIR")
     from sigma.data.synth.engine import SynthConfig, SynthEngine
     from sigma.data.synth.pairs_out import write_synth_pair
-    from sigma.data.synth.set_out import begin_set, end_set
+    from sigma.data.synth.set_out import begin_set, end_set, refuse_foreign_set
 
     overrides = [o[5:] if o.startswith("data.") else o for o in args.overrides]
     cfg = load_config(SynthConfig, None, overrides)
@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     # one writer per folder: two (other seeds, other -n) would leave a pairs.jsonl naming a mix of both; held
     # before the photo folder is read, so an unusable --out is said first
+    refuse_foreign_set(out)          # before the hold: a refused run leaves no .lock in the user's set
     with hold_folder(out, other="--out"):
         engine = SynthEngine(cfg, seed=args.seed)
         lines = []

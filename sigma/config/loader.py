@@ -29,7 +29,7 @@ from sigma.config.schema import NamesAnnotator, field_for_key, field_position, i
 from sigma.errors import ConfigError, InputError, error_text
 from sigma.regular import NotRegularFile, open_regular
 from sigma.tempfiles import replace_atomically
-from sigma.text import escape_surrogates, nearest, printable, shown
+from sigma.text import escape_surrogates, find_surrogate, nearest, printable, shown
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -1293,8 +1293,17 @@ def save_resolved(config: BaseModel | dict, directory: str | Path, name: str = "
     return replace_atomically(target, text.encode("utf-8"), durable=durable)
 
 
+# the first line of a resolved config holding a name that is not UTF-8 (docs/foundation.md, `sigma eval`)
+NOT_UTF8_NOTE = ("# a \\uDCXX in a value below is the byte 0xXX of a file or folder name that is not UTF-8 (Python's "
+                 "surrogate escape, os.fsencode): sigma and Python's yaml read the name back exactly\n")
+
+
 def resolved_yaml(config: BaseModel | dict) -> str:
     """The text of a resolved config file (`save_resolved`), for a writer that puts it down with other files at
-    once (`sigma eval`: metrics.json and config.yaml, `sigma.io.outputs.replace_together`)."""
+    once (`sigma eval`: metrics.json and config.yaml, `sigma.io.outputs.replace_together`). A path of bytes that are
+    not UTF-8 (`--data $'d\\xff'`) is kept as YAML writes its surrogate escape, `"d\\uDCFF"`: the one form that
+    reads back to the same folder (`sigma train --resume`, `batch run --resume` reopen it). Other tools show it as
+    U+FFFD or refuse it, without a word on why: the file now says what it is in its first line (`NOT_UTF8_NOTE`)."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
-    return yaml.safe_dump(data, sort_keys=False)
+    text = yaml.safe_dump(data, sort_keys=False)
+    return NOT_UTF8_NOTE + text if find_surrogate(data) else text

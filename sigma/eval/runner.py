@@ -324,6 +324,19 @@ def _curve_cell(row: dict[str, Any], total: int) -> str:
     return f"top {row['keep']:.0%} (conf >= {row['min_confidence']:.4f}{ties}): F1 {100 * row['f1']:.1f}"
 
 
+SET_CELL = 46       # the width of a table's set column
+
+
+def _set_cell(group: str) -> str:
+    """A set's name in its table column (`printable`), cut in the middle with `…` when longer: cut at its end, two
+    sets named alike but for the end (`...-2024-v1`, `...-2024-v2`) printed as one name twice."""
+    name = printable(group)
+    if len(name) > SET_CELL:
+        head = (SET_CELL - 1) // 2
+        name = f"{name[:head]}…{name[-(SET_CELL - 1 - head):]}"
+    return f"{name:<{SET_CELL}}"
+
+
 def format_tables(result: EvalResult) -> str:
     """The tables `sigma eval` prints. A set's name is its folder's: a control character in it is escaped
     (`printable`), or a set named `$'x\\nFAKE'` printed a row of its own and one with an ESC cleared the screen."""
@@ -335,7 +348,7 @@ def format_tables(result: EvalResult) -> str:
         lines.append(f"{'set':<46} {'pairs':>5} {'manip':>5} {'F1':>6} {'IoU':>6} {'AUC':>6} "
                      f"{'pF1':>6} {'cIoU':>6} {'gIoU':>6} {'ρconf':>6}")
         for group, row in table.items():
-            lines.append(f"{printable(group)[:46]:<46} {row['pairs']:>5} {row['manipulated']:>5} {_pct(row['f1'])} "
+            lines.append(f"{_set_cell(group)} {row['pairs']:>5} {row['manipulated']:>5} {_pct(row['f1'])} "
                          f"{_pct(row['iou'])} {_pct(row['auc'])} {_pct(row['pooled_f1'])} {_pct(row['ciou'])} "
                          f"{_pct(row['giou'])} {_rho(row.get('conf_rho'))}")
         mt = masks.get(name, {})
@@ -346,7 +359,7 @@ def format_tables(result: EvalResult) -> str:
                          f"{'sem@comp':>8} {'rho':>6}")
             for group, row in mt.items():
                 comp = f"{row['composites']}" if row["tested"] else "-"
-                lines.append(f"{printable(group)[:46]:<46} {row['manipulated']:>5} {comp:>5} {_pct(row['f1'])} "
+                lines.append(f"{_set_cell(group)} {row['manipulated']:>5} {comp:>5} {_pct(row['f1'])} "
                              f"{_pct(row['semantic_f1'])} {_pct(row['footprint_f1'])} "
                              f"{_pct(row['semantic_f1_on_composites']):>8} {_rho(row['rho_confidence_f1'])}")
         for group, curve in curves.get(name, {}).items():

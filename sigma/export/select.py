@@ -438,7 +438,7 @@ def iter_pairs(run: str | Path | CheckedRun, row_filter: RowFilter | None = None
         if item is None:
             yield row, None, error
             continue
-        decoded = decode_one(item, cfg.io, ground_truth=False, root=cfg.input.root)
+        decoded = decode_one(item, cfg.io, ground_truth=False, root=cfg.input.root, made_writable=True)
         if decoded.pair is None:
             yield row, None, decoded.error[1]
             continue

@@ -14,7 +14,7 @@ from sigma.io.folders import refuse_unreadable_folder, require_folder
 from sigma.io.lines import read_line
 from sigma.io.unfinished import UNFINISHED, refuse_unfinished
 from sigma.regular import NotRegularFile, broken_link, kind_of, open_regular
-from sigma.text import escape_surrogates, find_surrogate, printable
+from sigma.text import escape_name, find_surrogate, printable
 from sigma.text import loads as load_json
 
 MAX_RECORD_BYTES = 1 << 20     # a record (paths, an id, an instruction) is a few hundred bytes
@@ -175,8 +175,9 @@ def read_set(set_dir: Path) -> Iterator[EvalRecord]:
     confinement = Confinement(set_dir)
     # a folder name of non-UTF-8 bytes (0xFF: Python's lone surrogate U+DCFF) is the set's name escaped, `s\udcff`:
     # raw, it reached metrics.json as a lone-surrogate escape strict JSON readers refuse, and the printed table
-    # failed `invalid_text` on any stdout that is not surrogate-escaping
-    set_name = escape_surrogates(set_dir.name)
+    # failed `invalid_text` on any stdout that is not surrogate-escaping; a folder named `s\udcff` in plain text is
+    # `s\\udcff` (`escape_name`), or its set and the 0xFF one were scored as one
+    set_name = escape_name(set_dir.name)
     with open_manifest(manifest) as handle:
         for line_no, raw in enumerate(iter(lambda: read_line(handle, MAX_RECORD_BYTES + 1), b""), 1):
             where = f"{manifest}:{line_no}"

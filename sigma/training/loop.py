@@ -1284,6 +1284,39 @@ def _refuse_nesting(out_dir: Path, name: str) -> None:
                               "around another run (choose another name)")
 
 
+# files other commands leave in their output folders (a batch run's, `sigma eval --out`'s, `sigma annotate -o`'s, a
+# `sigma synth --out` set's); a training run writes none of them
+_OTHER_OUTPUTS = ("run.json", "metrics.json", "result.json", "pairs.jsonl", "synth_config.yaml")
+_MAX_CONFIG_READ = 1 << 20
+
+
+def _refuse_foreign_folder(run_dir: Path) -> None:
+    """A new run's folder (no checkpoint in it) must be empty or a training run's: `out_dir=RUNS name=batch1`, the
+    folder of a batch run, an eval's --out or a data set, was trained into, its config.yaml replaced by the training
+    config (the batch run's, the eval's record of what ran: gone) and a checkpoint, model/ and metrics.jsonl put
+    beside its files. Refused, before anything is read or written, when it holds a file another command writes
+    (`_OTHER_OUTPUTS`) or a config.yaml that is no training config (a mapping with `stage` and `steps`); a folder a
+    run was started in and stopped before its first checkpoint (its own config.yaml) is started over as before."""
+    if not run_dir.is_dir():
+        return
+    other = next((name for name in _OTHER_OUTPUTS if (run_dir / name).exists()), None)
+    said = f"{other}: the output of another sigma command" if other else None
+    config = run_dir / "config.yaml"
+    if said is None and config.is_file():
+        import yaml
+
+        try:
+            with open(config, "rb") as handle:
+                saved = yaml.safe_load(handle.read(_MAX_CONFIG_READ + 1)[:_MAX_CONFIG_READ])
+        except (OSError, ValueError, yaml.YAMLError):
+            saved = None
+        if not (isinstance(saved, dict) and "stage" in saved and "steps" in saved):
+            said = "config.yaml: not a training run's"
+    if said is not None:
+        raise ConfigError(printable(f"{run_dir}: holds {said}; a new training run would replace its files (choose "
+                                    "another name= or out_dir=)"))
+
+
 def _refuse_unfinished_eval_sets(inputs: TrainConfig) -> None:
     """`unfinished_synth_set` before the first step when `eval.val_dir` or `eval.data` is a `sigma synth --out`
     folder still being written or left by a killed run (`sigma.io.unfinished`). `eval.val_dir` was read without the
@@ -1456,6 +1489,8 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         cfg = cfg.model_copy(update={"workdir": str(Path(cfg.workdir or ".").absolute())})
         run_dir = Path(cfg.out_dir) / cfg.name
         _refuse_nesting(Path(cfg.out_dir), cfg.name)
+        if not any((run_dir / name).is_file() for name in (CKPT, PREV)):
+            _refuse_foreign_folder(run_dir)
         if any((run_dir / name).is_file() for name in (CKPT, PREV)) and restarted_here(run_dir):
             # torchrun's restart of the run it started here (--max-restarts, a rank lost): it continues the run
             if world.rank() == 0:

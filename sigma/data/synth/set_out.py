@@ -81,6 +81,20 @@ def _covered(out: Path, runs: Iterable[tuple[int, int]]) -> set[str]:
     return names
 
 
+def refuse_foreign_set(out: Path) -> None:
+    """`out_not_empty` when OUT holds a pairs.jsonl that no `sigma synth` wrote (neither its synth_config.yaml nor
+    the mark of a killed run beside it): a set of the user's, whose pairs.jsonl `begin_set` removed and replaced by
+    the synthetic pairs' — the set's manifest (ids, instructions, which mask is whose) gone, its images left
+    unlisted. Said before the photos are read."""
+    if os.path.lexists(out / "pairs.jsonl") and not os.path.lexists(out / "synth_config.yaml") \
+            and not os.path.lexists(out / UNFINISHED):
+        from sigma.errors import InputError
+
+        raise InputError(f"{out}: holds a pairs.jsonl that sigma synth did not write (no synth_config.yaml beside "
+                         "it): a set of yours, whose manifest this run would replace. Choose another --out",
+                         code="out_not_empty")
+
+
 def begin_set(out: Path, seed: int, pairs: int, command: str) -> None:
     """Called once the first pair is made (a run that cannot make one leaves the earlier set be): the mark
     `UNFINISHED` put down, then the PNGs of the earlier set this run will not write removed, then the earlier set's
