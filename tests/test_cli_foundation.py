@@ -1271,6 +1271,31 @@ def test_an_empty_path_argument_is_refused_before_any_work(capsys, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, said", [
+    (("eval", "--data", "", "--threshold", "abc", "--set", "bogus=1"),
+     ["empty_path]: sigma eval: --data", "bad_arguments]: sigma eval: argument --threshold", "invalid_config]: "
+      "invalid EvalConfig: bogus"]),
+    (("batch", "run", "", "--out", "", "--set", "bogus=1"),
+     ["empty_path]: sigma batch run: input", "empty_path]: sigma batch run: --out", "invalid_config]: invalid "
+      "BatchConfig: bogus"]),
+    (("train", "", "--resume", ""), ["empty_path]: sigma train: config", "empty_path]: sigma train: --resume"]),
+    (("annotate", "A", "B", "-o", "", "--threshold", "x"),
+     ["empty_path]: sigma annotate: -o/--outdir", "bad_arguments]: sigma annotate: argument --threshold"]),
+])
+def test_an_empty_path_is_said_together_with_the_other_refused_values(capsys, tmp_path, monkeypatch, argv, said):
+    """`sigma eval --data '' --threshold abc --set bogus=1` said the empty path alone and stopped parsing there: the
+    bad --threshold and --set came one run at a time, while every other refused value is said together. Now the
+    empty path is one of them, in command-line order, followed by the config's problems; nothing made."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_main(capsys, *argv)
+    assert rc == 2 and out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == len(said), err
+    for line, want in zip(lines, said):
+        assert line.startswith(f"sigma: error [{want}"), (line, want)
+    assert list(tmp_path.iterdir()) == []
+
+
 # String arguments of the CLI that name no file or folder (command, dest): every other one is `type=path`.
 NOT_PATHS = {
     "instruction", "annotator", "plugin", "overrides", "perturb", "prepare", "host", "consumer", "format", "columns",

@@ -73,11 +73,14 @@ class SigmaArgumentParser(argparse.ArgumentParser):
         """An empty path argument (`sigma batch run ''`, `--out ''`, `--data ''`, `-o ''`) is refused here, for every
         command, before any work: Python's `Path('')` is `.`, so it meant the current folder — an output written
         into wherever the shell stood, a corpus or eval set read from there — which nobody types on purpose (an
-        unset shell variable, `--out "$OUT"`). `.` still names the current folder."""
+        unset shell variable, `--out "$OUT"`). `.` still names the current folder. Gathered as a refused value is
+        (`refused`), not said alone at once: `--out '' --threshold abc` said only the first and the second came on
+        the next run, while two refused values were said together."""
         if action.type is path and arg_string == "":
             name = argparse._get_action_name(action) or action.dest
-            self.exit(2, f"sigma: error [empty_path]: {self.prog}: {name}: an empty path; name the file or folder "
-                         f"(`.` for the current folder)\n")
+            self.refused.append(f"sigma: error [empty_path]: {self.prog}: {name}: an empty path; name the file or "
+                                f"folder (`.` for the current folder)")
+            return REFUSED
         try:
             return super()._get_value(action, arg_string)
         except argparse.ArgumentError as exc:
