@@ -44,8 +44,14 @@ class SigmaArgumentParser(argparse.ArgumentParser):
     other error (argparse's default prints the whole usage block first)."""
 
     def error(self, message: str):  # type: ignore[override]
-        said = "".join(f"{line}\n" for line in getattr(self, "refused", []))    # values refused before it
-        self.exit(2, f"{said}{self.bad_arguments(message)}\n")
+        """The lines said as every error's are (`sigma.cli._say_lines`): under torchrun once, by rank 0, and in
+        torchrun's report. Each rank printed them, and the report said `To enable traceback see: ...`."""
+        from sigma.cli import elastic
+
+        lines = [*getattr(self, "refused", []), self.bad_arguments(message)]   # values refused before it, first
+        if elastic.record("\n".join(lines)):
+            self._print_message("".join(f"{line}\n" for line in lines), sys.stderr)
+        self.exit(2)
 
     def bad_arguments(self, message: str) -> str:
         """argparse's `message` as this command's `bad_arguments` line."""
