@@ -1321,6 +1321,24 @@ def test_synth_and_train_say_their_overrides_with_the_refused_flags(capsys, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, said", [
+    (("train", "--config", "x.yaml"), "sigma train: unrecognized arguments: --config (see `sigma train --help`)"),
+    (("export", "coco", "RUN", "--out", "x.json", "--zz"),
+     "sigma export coco: unrecognized arguments: --zz (see `sigma export coco --help`)"),
+    (("--zz",), "sigma: unrecognized arguments: --zz (see `sigma --help`)"),
+])
+def test_an_unknown_flag_of_a_command_names_the_command_and_its_help(capsys, tmp_path, monkeypatch, argv, said):
+    """`sigma train --config FILE` (every other command takes --config) was `sigma: unrecognized arguments: --config
+    (see `sigma --help`)`: the top parser said it, naming no command, and its help lists the commands, not the flags
+    of this one. A command's own unknown flag is now said by the command; nothing made."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_main(capsys, *argv)
+    assert rc == 2 and out == ""
+    assert_one_error_line(err, "bad_arguments")
+    assert err == f"sigma: error [bad_arguments]: {said}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 # String arguments of the CLI that name no file or folder (command, dest): every other one is `type=path`.
 NOT_PATHS = {
     "instruction", "annotator", "plugin", "overrides", "perturb", "prepare", "host", "consumer", "format", "columns",

@@ -69,6 +69,10 @@ class SigmaArgumentParser(argparse.ArgumentParser):
             namespace.refused_flags = [*getattr(namespace, "refused_flags", []), *self.refused]
         # said first by `error`: the top parser's (`unrecognized arguments`) follows its sub-command's refusals
         self.refused = list(getattr(namespace, "refused_flags", []))
+        if extras and self._subparsers is None and self.prog != "sigma":
+            # a command's own (`sigma train --config FILE`): said by the top parser, it named `sigma` and sent the
+            # user to `sigma --help`, which lists the commands, not the flags this one takes
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
