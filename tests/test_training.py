@@ -1680,6 +1680,19 @@ def test_a_resume_of_a_run_whose_config_was_edited_says_what_it_does_to_the_exam
     assert "warning" not in capsys.readouterr().err
 
 
+def test_an_empty_out_dir_is_refused_not_taken_for_the_current_folder(photos, tmp_path, capsys, monkeypatch):
+    """`sigma train CONFIG out_dir=$RUNS` with the variable unset (`out_dir=`) trained into the current folder, as
+    `--out ''` did before every command refused it (`empty_path`). Now one `invalid_config` line; nothing made."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", STAGE1, f"data.photos={photos}", "out_dir=", "name=z", "steps=1", "eval.val_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("sigma: error [invalid_config]: out_dir: an empty path; name the folder the runs go in (`.` for "
+                   "the current folder)\n"), err
+    assert list(work.iterdir()) == []
+
+
 def test_eval_data_may_name_the_sets_pairs_jsonl(photos, tmp_path):
     """`eval.data=SET/pairs.jsonl`, the form `sigma eval --data` and `sources` take, was refused as "no such folder"
     (invalid_config) although the file was there. The set is its folder, and it is scored."""

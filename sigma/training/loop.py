@@ -1457,6 +1457,10 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not config_path:
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
         cfg = load_config(TrainConfig, config_path, overrides or [])
+        if cfg.out_dir == "":
+            # `out_dir=$RUNS` with the variable unset trained into the current folder, as `--out ''` did before every
+            # command refused it (`empty_path`); a fresh run only: a run made so is still resumed from its folder
+            raise ConfigError("out_dir: an empty path; name the folder the runs go in (`.` for the current folder)")
         # recorded in config.yaml, absolute: a --resume from elsewhere reads the same inputs
         cfg = cfg.model_copy(update={"workdir": str(Path(cfg.workdir or ".").absolute())})
         run_dir = Path(cfg.out_dir) / cfg.name
