@@ -120,6 +120,10 @@ class _SigtermWhileStarting:
     def _note(self, signum: int, frame: object) -> None:
         self.noted = True
 
+    def forget(self) -> None:
+        """Nothing to answer or put back: the process is leaving with its own error and has set its own rule."""
+        self.old, self.noted = None, False
+
     def end(self, stops: bool = False) -> None:
         """The disposition put back, then a SIGTERM noted meanwhile answered: `Stopped` (one line, 143) when the
         command `stops` on SIGTERM, else the signal raised again (killed, as before)."""
@@ -190,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: an exit code, also when called in-process
-        starting.end()
-        if argv is None and exc.code == 2:      # a usage error: under torchrun the rank keeps its status (`_failed`)
+        if argv is None and exc.code == 2 and elastic.under_torchrun():
+            # a usage error: the rank keeps its status (`_failed`), also when torchrun's SIGTERM (another rank failed
+            # first) came while it parsed: noted, then raised again by `end`, it ended the rank -15
             elastic.leaving_quietly()
+            starting.forget()
+        starting.end()
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:
         starting.end()
