@@ -1271,6 +1271,74 @@ def test_an_empty_path_argument_is_refused_before_any_work(capsys, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, said", [
+    (("eval", "--data", "", "--threshold", "abc", "--set", "bogus=1"),
+     ["empty_path]: sigma eval: --data", "bad_arguments]: sigma eval: argument --threshold", "invalid_config]: "
+      "invalid EvalConfig: bogus"]),
+    (("batch", "run", "", "--out", "", "--set", "bogus=1"),
+     ["empty_path]: sigma batch run: input", "empty_path]: sigma batch run: --out", "invalid_config]: invalid "
+      "BatchConfig: bogus"]),
+    (("train", "", "--resume", ""), ["empty_path]: sigma train: config", "empty_path]: sigma train: --resume"]),
+    (("annotate", "A", "B", "-o", "", "--threshold", "x"),
+     ["empty_path]: sigma annotate: -o/--outdir", "bad_arguments]: sigma annotate: argument --threshold"]),
+])
+def test_an_empty_path_is_said_together_with_the_other_refused_values(capsys, tmp_path, monkeypatch, argv, said):
+    """`sigma eval --data '' --threshold abc --set bogus=1` said the empty path alone and stopped parsing there: the
+    bad --threshold and --set came one run at a time, while every other refused value is said together. Now the
+    empty path is one of them, in command-line order, followed by the config's problems; nothing made."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_main(capsys, *argv)
+    assert rc == 2 and out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == len(said), err
+    for line, want in zip(lines, said):
+        assert line.startswith(f"sigma: error [{want}"), (line, want)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, said", [
+    (("synth", "--out", "OUT", "-n", "abc", "data.crop=abc"),
+     ["bad_arguments]: sigma synth: argument -n", "invalid_config]: invalid SynthConfig: crop"]),
+    (("synth", "--out", "OUT", "--seed", "-1", "--max-side", "64"),
+     ["bad_arguments]: sigma synth: argument --seed", "bad_arguments]: --max-side: only with --build-cache"]),
+    (("synth", "--build-cache", "OUT", "-n", "abc", "--scales", "9"),
+     ["bad_arguments]: sigma synth: argument -n", "bad_arguments]: --scales: "]),
+    (("train", "configs/train/tiny-stage1.yaml", "steps=abc", "--resume", ""),
+     ["empty_path]: sigma train: --resume", "invalid_config]: invalid TrainConfig: steps"]),
+])
+def test_synth_and_train_say_their_overrides_with_the_refused_flags(capsys, tmp_path, argv, said):
+    """`sigma synth --out DIR -n abc data.crop=abc` said the bad -n alone, and the bad override (or a flag of the other
+    mode) only on the next run; so did `sigma train CONFIG steps=abc --resume ''`: unlike eval, annotate, batch and
+    serve, neither checked its config beside the refused flags. Now both do; nothing made."""
+    root = Path(sigma.__file__).parent.parent
+    args = [str(tmp_path / "out") if a == "OUT" else str(root / a) if a.startswith("configs/") else a for a in argv]
+    rc, out, err = run_main(capsys, *args)
+    assert rc == 2 and out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == len(said), err
+    for line, want in zip(lines, said):
+        assert line.startswith(f"sigma: error [{want}"), (line, want)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, said", [
+    (("train", "--config", "x.yaml"), "sigma train: unrecognized arguments: --config (see `sigma train --help`)"),
+    (("export", "coco", "RUN", "--out", "x.json", "--zz"),
+     "sigma export coco: unrecognized arguments: --zz (see `sigma export coco --help`)"),
+    (("--zz",), "sigma: unrecognized arguments: --zz (see `sigma --help`)"),
+])
+def test_an_unknown_flag_of_a_command_names_the_command_and_its_help(capsys, tmp_path, monkeypatch, argv, said):
+    """`sigma train --config FILE` (every other command takes --config) was `sigma: unrecognized arguments: --config
+    (see `sigma --help`)`: the top parser said it, naming no command, and its help lists the commands, not the flags
+    of this one. A command's own unknown flag is now said by the command; nothing made."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_main(capsys, *argv)
+    assert rc == 2 and out == ""
+    assert_one_error_line(err, "bad_arguments")
+    assert err == f"sigma: error [bad_arguments]: {said}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 # String arguments of the CLI that name no file or folder (command, dest): every other one is `type=path`.
 NOT_PATHS = {
     "instruction", "annotator", "plugin", "overrides", "perturb", "prepare", "host", "consumer", "format", "columns",

@@ -1718,6 +1718,40 @@ def test_a_resume_changing_batch_size_or_seed_says_what_it_does_to_the_examples(
     assert "seed 0 -> 5" in warnings[0]
 
 
+def test_a_resume_of_a_run_whose_config_was_edited_says_what_it_does_to_the_examples(photos, tmp_path, capsys):
+    """A run's config.yaml edited by hand (`batch_size: 4`, `seed: 5` in a run trained with 2 and 0), then `--resume
+    RUN`: the same renumbering of the examples as `--resume RUN batch_size=4 seed=5`, which is said, was taken
+    without a word, since the resume compared its values with config.yaml alone. The checkpoint now keeps the run's
+    batch_size and seed, and the resume says the change from them."""
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=2", "batch_size=2",
+                 "ckpt_every=2", "eval.val_size=0"]) == 0
+    config = runs / "r" / "config.yaml"
+    tree = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**tree, "batch_size": 4, "seed": 5}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(runs / "r"), "steps=3"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sigma: warning:")]
+    assert len(warnings) == 1, warnings
+    assert "batch_size 2 -> 4" in warnings[0] and "from step 2 on the run reads from example 8, not 4" in warnings[0]
+    assert "seed 0 -> 5" in warnings[0]
+    assert main(["train", "--resume", str(runs / "r"), "steps=4"]) == 0     # its checkpoint now of batch 4, seed 5
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_an_empty_out_dir_is_refused_not_taken_for_the_current_folder(photos, tmp_path, capsys, monkeypatch):
+    """`sigma train CONFIG out_dir=$RUNS` with the variable unset (`out_dir=`) trained into the current folder, as
+    `--out ''` did before every command refused it (`empty_path`). Now one `invalid_config` line; nothing made."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", STAGE1, f"data.photos={photos}", "out_dir=", "name=z", "steps=1", "eval.val_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("sigma: error [invalid_config]: out_dir: an empty path; name the folder the runs go in (`.` for "
+                   "the current folder)\n"), err
+    assert list(work.iterdir()) == []
+
+
 def test_eval_data_may_name_the_sets_pairs_jsonl(photos, tmp_path):
     """`eval.data=SET/pairs.jsonl`, the form `sigma eval --data` and `sources` take, was refused as "no such folder"
     (invalid_config) although the file was there. The set is its folder, and it is scored."""

@@ -199,6 +199,28 @@ def test_ddp_user_error_is_one_line_and_torchruns_report_carries_it(tmp_path):
     assert all("torch" in f or "runpy" in f for f in frames), frames
 
 
+@pytest.mark.parametrize("args", [("steps=abc", "--resume", ""), ("--bogus",)])
+def test_ddp_an_error_of_several_lines_or_of_the_parser_is_said_whole_once(tmp_path, args):
+    """An error said in several lines under torchrun (`--resume ''` beside a bad override: `empty_path`, then
+    `invalid_config`): each line was written over the one before in torchrun's error file, so its report showed the
+    last alone. A usage error (`--bogus`) was printed by every rank, and the report said `To enable traceback see:
+    ...`. Now both are said once, by rank 0, and each rank's report carries every line; each rank ends 2."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sigma",
+           "train", str(ROOT / "configs" / "train" / "tiny-stage1.yaml"), f"out_dir={tmp_path / 'runs'}", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    err = proc.stderr
+    said = [line for line in err.splitlines() if line.startswith("sigma: ")]
+    codes = ["empty_path", "invalid_config"] if "--resume" in args else ["bad_arguments"]
+    assert [line.split("]")[0] for line in said] == [f"sigma: error [{code}" for code in codes], err[-3000:]
+    # each rank's report: `traceback : LINE1`, then the next lines indented by torchrun under it
+    report = "\n".join([f"  traceback : {said[0]}", *(f"  {line}" for line in said[1:])])
+    assert err.count(report) == 2 and "To enable traceback" not in err, err[-3000:]
+    assert re.findall(r"^ +exitcode +: (-?\d+)", err, re.M) == ["2", "2"], err[-3000:]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_ddp_ctrl_c_says_interrupted_once(photos, tmp_path):
     """A Ctrl-C to a torchrun in a terminal reaches every rank (the terminal's process group, and torchrun passes
     it on): each rank printed `sigma: interrupted`. Now rank 0 alone says it; torchrun ends with its own report."""

@@ -120,6 +120,10 @@ class _SigtermWhileStarting:
     def _note(self, signum: int, frame: object) -> None:
         self.noted = True
 
+    def forget(self) -> None:
+        """Nothing to answer or put back: the process is leaving with its own error and has set its own rule."""
+        self.old, self.noted = None, False
+
     def end(self, stops: bool = False) -> None:
         """The disposition put back, then a SIGTERM noted meanwhile answered: `Stopped` (one line, 143) when the
         command `stops` on SIGTERM, else the signal raised again (killed, as before)."""
@@ -144,27 +148,33 @@ def _say(line: str, said_here: bool | None = None) -> None:
     """A command's last line, on stderr; under torchrun once for all ranks (rank 0's, or the rank's the error names
     by `said_here`: a lost rank, which may be rank 0, is said by the first rank left), and in torchrun's report
     (`sigma.cli.elastic`)."""
-    says = elastic.record(line)           # the error file written either way
+    _say_lines([line], said_here)
+
+
+def _say_lines(lines: list[str], said_here: bool | None = None) -> None:
+    """`_say` for an error said in several lines, in order: torchrun's error file holds them all, as one report.
+    Each line used to be written over the one before, so the report showed only the last (the config's problem,
+    not the `empty_path` or `bad_arguments` lines before it)."""
+    says = elastic.record("\n".join(lines))           # the error file written either way
     if said_here is not None:
         says = said_here
     if says:
-        print(line, file=sys.stderr)
+        for line in lines:
+            print(line, file=sys.stderr)
 
 
 def _failed(line: str, argv: list[str] | None, said_here: bool | None = None) -> int:
     """An error's one line said (`_say`) and exit status 2; under torchrun the rank then keeps that status while
     torchrun stops the others with SIGTERM (it was killed in its exit: -15). Only for the program itself."""
-    _say(line, said_here)
-    if argv is None:
-        elastic.leaving_quietly()
-    return 2
+    return _failed_lines([line], argv, said_here)
 
 
 def _failed_lines(lines: list[str], argv: list[str] | None, said_here: bool | None = None) -> int:
     """`_failed` for an error said in several lines (a command's bad flags and its config's problems), in order."""
-    for line in lines[:-1]:
-        _say(line, said_here)
-    return _failed(lines[-1], argv, said_here)
+    _say_lines(lines, said_here)
+    if argv is None:
+        elastic.leaving_quietly()
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: an exit code, also when called in-process
+        if argv is None and exc.code == 2 and elastic.under_torchrun():
+            # a usage error: the rank keeps its status (`_failed`), also when torchrun's SIGTERM (another rank failed
+            # first) came while it parsed: noted, then raised again by `end`, it ended the rank -15
+            elastic.leaving_quietly()
+            starting.forget()
         starting.end()
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:

@@ -233,7 +233,9 @@ def build_config(args: argparse.Namespace):
     # where --plugin adds to them.
     import_plugin_args(args)
     overrides: dict[str, Any] = dict(read_overrides(args.overrides))
-    overrides["input.path"] = args.input
+    # None: the INPUT given was refused at parsing (`''`, `empty_path`), said already; the config is checked with `.`
+    # in its place (only read: `refused_said`), not refused again as `input.path: Input should be a valid string`
+    overrides["input.path"] = args.input if args.input is not None else "."
     flags = {"input.preset": args.preset, "input.format": args.format, "input.shard_size": args.shard_size,
              "annotator": args.annotator, "threshold": args.threshold, "batch_size": args.batch_size,
              "workers": args.workers, "backend": args.backend}

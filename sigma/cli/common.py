@@ -44,8 +44,14 @@ class SigmaArgumentParser(argparse.ArgumentParser):
     other error (argparse's default prints the whole usage block first)."""
 
     def error(self, message: str):  # type: ignore[override]
-        said = "".join(f"{line}\n" for line in getattr(self, "refused", []))    # values refused before it
-        self.exit(2, f"{said}{self.bad_arguments(message)}\n")
+        """The lines said as every error's are (`sigma.cli._say_lines`): under torchrun once, by rank 0, and in
+        torchrun's report. Each rank printed them, and the report said `To enable traceback see: ...`."""
+        from sigma.cli import elastic
+
+        lines = [*getattr(self, "refused", []), self.bad_arguments(message)]   # values refused before it, first
+        if elastic.record("\n".join(lines)):
+            self._print_message("".join(f"{line}\n" for line in lines), sys.stderr)
+        self.exit(2)
 
     def bad_arguments(self, message: str) -> str:
         """argparse's `message` as this command's `bad_arguments` line."""
@@ -63,6 +69,10 @@ class SigmaArgumentParser(argparse.ArgumentParser):
             namespace.refused_flags = [*getattr(namespace, "refused_flags", []), *self.refused]
         # said first by `error`: the top parser's (`unrecognized arguments`) follows its sub-command's refusals
         self.refused = list(getattr(namespace, "refused_flags", []))
+        if extras and self._subparsers is None and self.prog != "sigma":
+            # a command's own (`sigma train --config FILE`): said by the top parser, it named `sigma` and sent the
+            # user to `sigma --help`, which lists the commands, not the flags this one takes
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
@@ -73,11 +83,14 @@ class SigmaArgumentParser(argparse.ArgumentParser):
         """An empty path argument (`sigma batch run ''`, `--out ''`, `--data ''`, `-o ''`) is refused here, for every
         command, before any work: Python's `Path('')` is `.`, so it meant the current folder — an output written
         into wherever the shell stood, a corpus or eval set read from there — which nobody types on purpose (an
-        unset shell variable, `--out "$OUT"`). `.` still names the current folder."""
+        unset shell variable, `--out "$OUT"`). `.` still names the current folder. Gathered as a refused value is
+        (`refused`), not said alone at once: `--out '' --threshold abc` said only the first and the second came on
+        the next run, while two refused values were said together."""
         if action.type is path and arg_string == "":
             name = argparse._get_action_name(action) or action.dest
-            self.exit(2, f"sigma: error [empty_path]: {self.prog}: {name}: an empty path; name the file or folder "
-                         f"(`.` for the current folder)\n")
+            self.refused.append(f"sigma: error [empty_path]: {self.prog}: {name}: an empty path; name the file or "
+                                f"folder (`.` for the current folder)")
+            return REFUSED
         try:
             return super()._get_value(action, arg_string)
         except argparse.ArgumentError as exc:

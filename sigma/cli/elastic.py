@@ -45,7 +45,8 @@ def _rank() -> int:
 
 
 def record(line: str) -> bool:
-    """Write `line` to this rank's error file when torchrun gave one; True when the process should print it too:
+    """Write `line` (an error said in several lines: all of them, one per line) to this rank's error file when
+    torchrun gave one; True when the process should print it too:
     always outside torchrun, on rank 0, and on a rank whose error file could not be written (its line would be lost).
     `py_callstack` is what torchrun's report shows as the failure's `traceback`: sigma's line, not a stack."""
     path = _error_file()

@@ -68,7 +68,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="no progress bar on stderr (pairs written, or photos cached)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig overrides of the pairs, e.g. "
                    "data.crop=256; not with --build-cache")
-    p.set_defaults(run=run, stdout_is_a_log=True)
+    p.set_defaults(run=run, config_of=config_of, stdout_is_a_log=True)
+
+
+def config_of(args: argparse.Namespace) -> None:
+    """What `run` checks before any work, only read, for the parser's `refused_said`: `sigma synth --out DIR -n abc
+    data.crop=abc` said the bad -n alone, and the bad override (or a flag of the other mode) only on the next run."""
+    from sigma.config.loader import load_config
+    from sigma.data.synth.engine import SynthConfig
+
+    _refuse_other_modes_flags(args)
+    if args.build_cache:
+        _cache_arguments(args)
+    else:
+        load_config(SynthConfig, None, _synth_overrides(args))
+
+
+def _synth_overrides(args: argparse.Namespace) -> list[str]:
+    """The pairs' `key=value` overrides as SynthConfig reads them (`data.crop` is its `crop`)."""
+    return [o[5:] if o.startswith("data.") else o for o in args.overrides]
 
 
 def _default_photos() -> Path:
@@ -178,8 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from sigma.data.synth.pairs_out import write_synth_pair
     from sigma.data.synth.set_out import begin_set, end_set, refuse_foreign_set
 
-    overrides = [o[5:] if o.startswith("data.") else o for o in args.overrides]
-    cfg = load_config(SynthConfig, None, overrides)
+    cfg = load_config(SynthConfig, None, _synth_overrides(args))
     # --photos beside --cache serves the photos the cache does not hold (yet), as data.photos does in training;
     # it was dropped when --cache was given
     given = {key: value for key, value in (("cache", args.cache), ("photos", args.photos)) if value}

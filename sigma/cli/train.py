@@ -31,7 +31,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"config overrides, e.g. steps=500 lr=1e-3. {VALUE_RULE}")
     p.add_argument("--resume", metavar="RUN_DIR", type=path, help="continue a run from its last checkpoint")
     # a SIGTERM while `sigma` starts, before `run`: one line and 143 (`sigma.cli._SigtermWhileStarting`)
-    p.set_defaults(run=run, stops_on_sigterm=True, stdout_is_a_log=True)
+    p.set_defaults(run=run, config_of=config_of, stops_on_sigterm=True, stdout_is_a_log=True)
+
+
+def config_of(args: argparse.Namespace) -> None:
+    """The stage config with the overrides, only read, for the parser's `refused_said`: `sigma train CONFIG steps=abc
+    --resume ''` said the empty path alone, and the bad override only on the next run. Checked where the config is
+    known: CONFIG given, or RUN's config.yaml under --resume; a refused CONFIG (`''`) leaves nothing to check them
+    against. A `key=value` in CONFIG's place is the first override, as `run` takes it beside --resume."""
+    from pathlib import Path
+
+    from sigma.config.loader import load_config
+    from sigma.training.config import TrainConfig
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and (args.resume or not Path(config).is_file()):
+        overrides.insert(0, config)
+        config = None
+    if args.resume and not config and (Path(args.resume) / "config.yaml").is_file():
+        config = str(Path(args.resume) / "config.yaml")
+    if config:
+        load_config(TrainConfig, config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:

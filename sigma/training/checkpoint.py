@@ -188,6 +188,20 @@ def latest_step(run_dir: Path) -> int | None:
     return None if state is None else int(state["step"])
 
 
+def saved_stream(run_dir: Path) -> tuple[int, int] | None:
+    """(batch_size, seed) of the run that wrote the checkpoint a resume continues from (`Trainer.state` keeps them),
+    or None: none readable, or one of an older sigma. `stream_changes` compared the resume's values with the run's
+    config.yaml only, so a config.yaml edited by hand (`batch_size: 2` in a run trained with 4) renumbered the
+    examples from the checkpoint's step on without a word, while the same change as an override was said."""
+    state = _latest(run_dir)
+    if state is None:
+        return None
+    batch, seed = state.get("batch_size"), state.get("seed")
+    if type(batch) is int and type(seed) is int:
+        return batch, seed
+    return None
+
+
 def refuse_other_world(run_dir: Path, ranks: int) -> None:
     """`invalid_config` when the checkpoint a resume would continue from was written by a run of another number of
     ranks than `ranks` (`Trainer.state` keeps it as `world`; a checkpoint of an older sigma does not: not refused).

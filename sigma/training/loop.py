@@ -52,6 +52,7 @@ from .checkpoint import (
     refuse_lost_checkpoints,
     refuse_other_world,
     save_checkpoint,
+    saved_stream,
     stream_changes,
     sweep_checkpoint_temps,
 )
@@ -439,7 +440,9 @@ class Trainer:
         return {"step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "teacher": self.teacher.state_dict() if self.teacher is not None else None,
                 "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.cfg),
-                "world": self.world}        # a resume on another number of ranks is refused (refuse_other_world)
+                "world": self.world,        # a resume on another number of ranks is refused (refuse_other_world)
+                # what the run's examples were numbered and drawn by, said when a resume changes it (stream_changes)
+                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """The checkpoint's state into this trainer; `ConfigError` when it does not fit the configured model (the
@@ -1472,7 +1475,9 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
             raise ConfigError(f"{run_dir}: --resume continues the run's own schedule; a freeze override changes "
                               f"what it trains ({saved.freeze} → {cfg.freeze}; start a new run with init_from instead)")
         refuse_other_world(run_dir, world.world_size())
-        changed = stream_changes(run_dir, saved.batch_size, cfg.batch_size, saved.seed, cfg.seed, world.world_size())
+        # the checkpoint's own, where it keeps them: config.yaml edited by hand changed them without a word
+        saved_batch, saved_seed = saved_stream(run_dir) or (saved.batch_size, saved.seed)
+        changed = stream_changes(run_dir, saved_batch, cfg.batch_size, saved_seed, cfg.seed, world.world_size())
         if changed and world.rank() == 0:
             print(f"sigma: warning: {printable(changed)}", file=sys.stderr, flush=True)
         frozen = (run_dir / "cache_index.json").absolute()
@@ -1485,6 +1490,10 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not config_path:
             raise ConfigError("give a config (sigma train configs/train/sigma-lite-stage1.yaml) or --resume RUN_DIR")
         cfg = load_config(TrainConfig, config_path, overrides or [])
+        if cfg.out_dir == "":
+            # `out_dir=$RUNS` with the variable unset trained into the current folder, as `--out ''` did before every
+            # command refused it (`empty_path`); a fresh run only: a run made so is still resumed from its folder
+            raise ConfigError("out_dir: an empty path; name the folder the runs go in (`.` for the current folder)")
         # recorded in config.yaml, absolute: a --resume from elsewhere reads the same inputs
         cfg = cfg.model_copy(update={"workdir": str(Path(cfg.workdir or ".").absolute())})
         run_dir = Path(cfg.out_dir) / cfg.name
