@@ -221,6 +221,25 @@ def test_a_child_killed_holding_no_shard_is_recorded_and_the_run_finishes(tmp_pa
     assert summary.retried == [], summary.retried
 
 
+def test_a_child_killed_while_every_child_starts_leaves_the_run_to_the_others(tmp_path, monkeypatch):
+    """`--procs 2`, one child SIGKILLed while starting (the OOM killer during the imports) before any child was ready:
+    the whole run failed `worker_failed` though the other child was about to work (`sigma batch run --procs 2`, a
+    child killed at once: exit 2). Now it is an idle death while starting, not replaced (no child is ready), and the
+    other child runs every shard. (`startdeath_plugin`: a real SIGKILL in the child, the other held until then.)"""
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    monkeypatch.setenv("SIGMA_TEST_START_DEATHS", str(starts))
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=40))
+    summary = run_batch(cfg_for(tmp_path / "set", procs=2, plugins=["startdeath_plugin"]), tmp_path / "run",
+                        progress=False)
+    assert (starts / "victim").read_text()              # the death happened
+    assert summary.done_now == 2 and summary.failed_now == 0 and summary.pairs == 6, summary
+    assert summary.backend["processes_started"] == 2 and summary.backend["processes_died"] == 1, summary.backend
+    deaths = summary.backend["idle_deaths"]
+    assert len(deaths) == 1 and "signal 9 while starting" in deaths[0]["reason"], deaths
+    assert deaths[0]["replaced_by"] is None and summary.retried == [], (deaths, summary.retried)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_children_stopped_while_starting_end_the_run_after_stall_s_instead_of_hanging(tmp_path):
     """Every child SIGSTOPped before it said "ready" (a start-up hung in native code, a stopped process): the stall
