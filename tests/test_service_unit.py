@@ -165,6 +165,36 @@ def test_reclaim_counts_deliveries_and_dead_letters(queue_factory):
 
 
 @pytest.mark.redis
+def test_a_dead_workers_entries_among_many_a_live_worker_holds_are_reclaimed_not_dead_lettered(queue_factory,
+                                                                                             redis_server):
+    """A worker killed holding two entries, with 100 entries a live worker holds (its heartbeat keeping their leases)
+    between them in the stream: the reclaim read the delivery counters with one XPENDING from the lowest claimed id to
+    the highest, cut at 64 rows, so the second entry's counter was not among them, and it was taken for delivered too
+    often: dead-lettered (its job failed `worker_lost`) on its second delivery, with max_deliveries 3."""
+    dead, live, reaper = (queue_factory(name, lease_ms=1000, max_deliveries=3) for name in ("dead", "live", "reaper"))
+    for n in range(102):
+        dead.add({"job": str(n)})
+    assert len(dead.read(1, None)) == 1                  # entry 0: the dead worker's
+    held = live.read(100, None)                          # entries 1..100: the live worker's
+    assert len(held) == 100 and len(dead.read(1, None)) == 1       # entry 101: the dead worker's
+    hb = Heartbeat(redis_server.client(), f"{live.stream}:hb", interval_ms=100, ttl_ms=2000, info=lambda: {},
+                   queue=live)
+    hb.track([e.id for e in held])
+    hb.start()
+    reclaimed: list = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(reclaimed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got, exhausted = reaper.reclaim(count=16)
+            assert not exhausted, [(e.fields["job"], e.deliveries) for e in exhausted]
+            reclaimed += got
+    finally:
+        hb.stop()
+    assert sorted((e.fields["job"], e.deliveries) for e in reclaimed) == [("0", 2), ("101", 2)]
+
+
+@pytest.mark.redis
 def test_worker_healthcheck_counts_only_this_hosts_worker(redis_server):
     """`python -m sigma.workers.healthcheck` matched `P:worker:<consumer or host>*`: a worker named w1 (or on host
     gpu1) was healthy while only w10 (gpu10-…, gpu1-b-…) had a heartbeat."""
