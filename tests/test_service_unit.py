@@ -69,6 +69,33 @@ def test_bad_settings_are_config_errors(env, overrides):
         load_serve_config(None, overrides, env=env)
 
 
+@pytest.mark.parametrize("sets, said", [
+    (["queue.lease_ms=1000"], "queue.lease_ms=1000 must be at least twice queue.heartbeat_interval_ms=2000"),
+    (["queue.heartbeat_interval_ms=20000"], "queue.lease_ms=30000 must be at least twice "
+                                            "queue.heartbeat_interval_ms=20000"),
+    (["queue.heartbeat_ttl_ms=2000"], "queue.heartbeat_ttl_ms=2000 must be above queue.heartbeat_interval_ms=2000")])
+@pytest.mark.parametrize("command", [["worker", "--annotator", "pixel-diff"], ["worker", "--batch"],
+                                     ["serve", "all", "--port", "0"]])
+def test_a_lease_or_heartbeat_key_shorter_than_the_beats_that_keep_it_is_refused_at_start_up(command, sets, said):
+    """`sigma worker --set queue.lease_ms=1000` (the default beat is 2 s) was taken: every job longer than a second was
+    reclaimed by each idle worker in turn while its first worker was on it (3 workers, a 10 s job: attempts 3, done
+    by all three at once; a 4th worker dead-letters it, its job failed though no worker died). Now one `invalid_config`
+    line naming both settings, exit 2, before any Redis is tried (none runs at this URL: a worker that took the
+    settings would wait for it, and is killed after 60 s); `sigma serve all` too, before its API or worker starts."""
+    import os
+    import sys
+
+    env = {**os.environ, "SIGMA_REDIS_URL": "redis://127.0.0.1:1/0", "PYTHONPATH": str(ROOT), "SIGMA_API_KEYS": "k"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "sigma", *command, *[a for item in sets for a in ("--set", item)]],
+                              env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker took the settings and waited for Redis")
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, (done.returncode, err)
+    assert err[0].startswith("sigma: error [invalid_config]: ") and said in err[0], err
+
+
 def test_shipped_yaml_documents_the_defaults():
     assert load_serve_config(ROOT / "configs" / "serve.yaml", env={}) == ServeConfig()
 
