@@ -1000,7 +1000,7 @@ def test_a_shard_whose_reader_gives_up_under_a_fleet_worker_is_failed_with_its_r
                                       "annotator": "pixel-diff", "workers": 0, "plugins": ["service_plugins"]})
     assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 4
     settings = [f"redis.key_prefix={prefix}", "queue.lease_ms=300", "queue.block_ms=100",
-                "queue.reclaim_interval_ms=100", "queue.max_deliveries=2"]
+                "queue.reclaim_interval_ms=100", "queue.heartbeat_interval_ms=100", "queue.max_deliveries=2"]
     sets = [arg for item in settings for arg in ("--set", item)]
     check = make_queue(redis_server.client(), Keys(prefix), "check")
 
@@ -1196,7 +1196,8 @@ def test_a_worker_without_a_runs_plugin_says_plugin_missing_and_leaves_the_task_
     with_plugin = base_env(redis_server.url)
     without = {**with_plugin, "PYTHONPATH": with_plugin["PYTHONPATH"].replace(str(TESTS), "").strip(os.pathsep)}
     sets = [arg for item in [f"redis.key_prefix={prefix}", "queue.lease_ms=300", "queue.block_ms=100",
-                             "queue.reclaim_interval_ms=100"] for arg in ("--set", item)]
+                             "queue.reclaim_interval_ms=100", "queue.heartbeat_interval_ms=100"]
+            for arg in ("--set", item)]
     check = make_queue(client, keys, "check")
 
     def errors() -> list[dict]:

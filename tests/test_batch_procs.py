@@ -141,15 +141,41 @@ def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_ref
     assert digests(out) == digests(slow_reference)
 
 
+def stopped(pid: int) -> None:
+    """SIGSTOP `pid` and wait until it is stopped (or gone)."""
+    os.kill(pid, signal.SIGSTOP)
+    while alive(pid) and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        time.sleep(0.001)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_child_killed_holding_no_shard_is_recorded_and_the_run_finishes(tmp_path, monkeypatch):
-    """Two shards (3 pairs and 1) for 2 processes: once one shard is published, a child found outside any batch (its
-    shard published and none left to take, or still starting while the other works) is SIGKILLed. Its death was
-    recorded nowhere but `processes_started` (idle), or ended the whole run `worker_failed` (starting) though the
-    other child was working. Now the run finishes every shard, and the death is in `backend.idle_deaths` (with its
-    signal) and `processes_died`, and said on stderr."""
+    """Two shards (3 pairs and 1) for 2 processes: once both are handed out and the driver has heard one back, the
+    child that holds none is SIGKILLed while the other is inside its shard. Its death was recorded nowhere but
+    `processes_started`. Now the run finishes every shard, and the death is in `backend.idle_deaths` (with its signal)
+    and `processes_died`, and said on stderr.
+
+    The victim is chosen from the driver's own state (its pool and ledger, recorded as the run builds them), not from
+    the files: a child that has written its status is not yet known to the driver as free (its "done" still in the
+    pipe), and killed then it held a shard (recorded as `already_done`, rightly, but not an idle death)."""
     import service_plugins  # noqa: F401 - registers slow-diff
 
+    from sigma.batch import procs
+
+    seen: dict = {}
+
+    class SeenPool(procs.ProcPool):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            seen["pool"] = self
+
+    class SeenLedger(procs.ShardLedger):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            seen["ledger"] = self
+
+    monkeypatch.setattr(procs, "ProcPool", SeenPool)
+    monkeypatch.setattr(procs, "ShardLedger", SeenLedger)
     write_pairs_jsonl(tmp_path / "set", synthetic_pairs(4, size=40))
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -163,23 +189,28 @@ def test_a_child_killed_holding_no_shard_is_recorded_and_the_run_finishes(tmp_pa
     victim = None
     deadline = time.monotonic() + 90
     while victim is None and time.monotonic() < deadline and thread.is_alive():
-        pids = children_of(os.getpid(), spawned=True)
-        if len(pids) == 2 and (out / "status").is_dir() and list((out / "status").glob("*.json")):
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
-                while alive(pid) and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
-                    time.sleep(0.001)
-            outside = [pid for pid in pids if not (busy / str(pid)).exists()]
-            # the other inside a batch holds the last shard: the one outside any holds none (both outside: one may be
-            # between a shard's pairs or just handed the last shard; look again)
-            if len(outside) == 1:
-                victim = outside[0]
-                os.kill(victim, signal.SIGKILL)
-            for pid in pids:
-                if pid != victim:
-                    os.kill(pid, signal.SIGCONT)
         time.sleep(0.01)
-    assert victim is not None, "no child outside a batch was found"
+        pool, ledger = seen.get("pool"), seen.get("ledger")
+        if pool is None or ledger is None or ledger.queue or len(ledger.outcomes) != 1:
+            continue
+        # every shard handed out, one heard back: the child that holds none can be given nothing more
+        free = [c for c in pool.live() if c.ready and c.shard is None]
+        holding = [c for c in pool.live() if c.shard is not None]
+        if len(free) != 1 or len(holding) != 1:
+            continue
+        worker = holding[0].process.pid
+        stopped(worker)                      # it cannot finish (and end the run) before the death is seen
+        try:
+            # inside its batch: it has not sent its shard back, so the driver still holds the run open
+            if (busy / str(worker)).exists() and free[0].alive and free[0].shard is None and not ledger.finished:
+                victim = free[0].process.pid
+                os.kill(victim, signal.SIGKILL)
+                deadline = time.monotonic() + 60
+                while free[0].alive and time.monotonic() < deadline:     # the driver has buried it
+                    time.sleep(0.01)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+    assert victim is not None, "no free child was found while the other worked"
     thread.join(120)
     assert not thread.is_alive() and "s" in box, "the run did not finish"
     summary = box["s"]
@@ -188,6 +219,25 @@ def test_a_child_killed_holding_no_shard_is_recorded_and_the_run_finishes(tmp_pa
     deaths = summary.backend["idle_deaths"]
     assert len(deaths) == 1 and "signal 9" in deaths[0]["reason"] and deaths[0]["replaced_by"] is None, deaths
     assert summary.retried == [], summary.retried
+
+
+def test_a_child_killed_while_every_child_starts_leaves_the_run_to_the_others(tmp_path, monkeypatch):
+    """`--procs 2`, one child SIGKILLed while starting (the OOM killer during the imports) before any child was ready:
+    the whole run failed `worker_failed` though the other child was about to work (`sigma batch run --procs 2`, a
+    child killed at once: exit 2). Now it is an idle death while starting, not replaced (no child is ready), and the
+    other child runs every shard. (`startdeath_plugin`: a real SIGKILL in the child, the other held until then.)"""
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    monkeypatch.setenv("SIGMA_TEST_START_DEATHS", str(starts))
+    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=40))
+    summary = run_batch(cfg_for(tmp_path / "set", procs=2, plugins=["startdeath_plugin"]), tmp_path / "run",
+                        progress=False)
+    assert (starts / "victim").read_text()              # the death happened
+    assert summary.done_now == 2 and summary.failed_now == 0 and summary.pairs == 6, summary
+    assert summary.backend["processes_started"] == 2 and summary.backend["processes_died"] == 1, summary.backend
+    deaths = summary.backend["idle_deaths"]
+    assert len(deaths) == 1 and "signal 9 while starting" in deaths[0]["reason"], deaths
+    assert deaths[0]["replaced_by"] is None and summary.retried == [], (deaths, summary.retried)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")

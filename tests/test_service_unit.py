@@ -69,6 +69,33 @@ def test_bad_settings_are_config_errors(env, overrides):
         load_serve_config(None, overrides, env=env)
 
 
+@pytest.mark.parametrize("sets, said", [
+    (["queue.lease_ms=1000"], "queue.lease_ms=1000 must be at least twice queue.heartbeat_interval_ms=2000"),
+    (["queue.heartbeat_interval_ms=20000"], "queue.lease_ms=30000 must be at least twice "
+                                            "queue.heartbeat_interval_ms=20000"),
+    (["queue.heartbeat_ttl_ms=2000"], "queue.heartbeat_ttl_ms=2000 must be above queue.heartbeat_interval_ms=2000")])
+@pytest.mark.parametrize("command", [["worker", "--annotator", "pixel-diff"], ["worker", "--batch"],
+                                     ["serve", "all", "--port", "0"]])
+def test_a_lease_or_heartbeat_key_shorter_than_the_beats_that_keep_it_is_refused_at_start_up(command, sets, said):
+    """`sigma worker --set queue.lease_ms=1000` (the default beat is 2 s) was taken: every job longer than a second was
+    reclaimed by each idle worker in turn while its first worker was on it (3 workers, a 10 s job: attempts 3, done
+    by all three at once; a 4th worker dead-letters it, its job failed though no worker died). Now one `invalid_config`
+    line naming both settings, exit 2, before any Redis is tried (none runs at this URL: a worker that took the
+    settings would wait for it, and is killed after 60 s); `sigma serve all` too, before its API or worker starts."""
+    import os
+    import sys
+
+    env = {**os.environ, "SIGMA_REDIS_URL": "redis://127.0.0.1:1/0", "PYTHONPATH": str(ROOT), "SIGMA_API_KEYS": "k"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "sigma", *command, *[a for item in sets for a in ("--set", item)]],
+                              env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker took the settings and waited for Redis")
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, (done.returncode, err)
+    assert err[0].startswith("sigma: error [invalid_config]: ") and said in err[0], err
+
+
 def test_shipped_yaml_documents_the_defaults():
     assert load_serve_config(ROOT / "configs" / "serve.yaml", env={}) == ServeConfig()
 
@@ -162,6 +189,36 @@ def test_reclaim_counts_deliveries_and_dead_letters(queue_factory):
     assert reaper.depth() == 0 and reaper.pending_count() == 0 and reaper.dead_count() == 1
     dead = reaper.dead_entries()[0].fields
     assert dead["job"] == "j1" and dead["error"] == "boom" and dead["deliveries"] == "3"
+
+
+@pytest.mark.redis
+def test_a_dead_workers_entries_among_many_a_live_worker_holds_are_reclaimed_not_dead_lettered(queue_factory,
+                                                                                             redis_server):
+    """A worker killed holding two entries, with 100 entries a live worker holds (its heartbeat keeping their leases)
+    between them in the stream: the reclaim read the delivery counters with one XPENDING from the lowest claimed id to
+    the highest, cut at 64 rows, so the second entry's counter was not among them, and it was taken for delivered too
+    often: dead-lettered (its job failed `worker_lost`) on its second delivery, with max_deliveries 3."""
+    dead, live, reaper = (queue_factory(name, lease_ms=1000, max_deliveries=3) for name in ("dead", "live", "reaper"))
+    for n in range(102):
+        dead.add({"job": str(n)})
+    assert len(dead.read(1, None)) == 1                  # entry 0: the dead worker's
+    held = live.read(100, None)                          # entries 1..100: the live worker's
+    assert len(held) == 100 and len(dead.read(1, None)) == 1       # entry 101: the dead worker's
+    hb = Heartbeat(redis_server.client(), f"{live.stream}:hb", interval_ms=100, ttl_ms=2000, info=lambda: {},
+                   queue=live)
+    hb.track([e.id for e in held])
+    hb.start()
+    reclaimed: list = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(reclaimed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got, exhausted = reaper.reclaim(count=16)
+            assert not exhausted, [(e.fields["job"], e.deliveries) for e in exhausted]
+            reclaimed += got
+    finally:
+        hb.stop()
+    assert sorted((e.fields["job"], e.deliveries) for e in reclaimed) == [("0", 2), ("101", 2)]
 
 
 @pytest.mark.redis

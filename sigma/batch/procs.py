@@ -336,10 +336,14 @@ def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
     """A child is gone. Its shard, if any, is the ledger's (`retried`). One that held none (killed between shards,
     idle at the end of a run, or still starting while others work) was recorded nowhere but `processes_started`,
     and one killed while starting ended the whole run `worker_failed` though other children were working: now each
-    is said on stderr and listed in the summary's `backend.idle_deaths`, replaced while shards wait. A run in
-    which no child is working raises as before (a start that fails for every child: an import, no memory)."""
+    is said on stderr and listed in the summary's `backend.idle_deaths`, replaced while shards wait. One killed while
+    every child was still starting (the OOM killer during the imports of `--procs 4`) ended the whole run
+    `worker_failed` though the others were about to work: now it is such an idle death too, not replaced while no child
+    is ready (a start that fails for every child must end, not respawn for ever). The run raises when no child is
+    left and none was ready (a start that fails for every child: an import, no memory)."""
     pool.died += 1
-    if not child.ready and not any(c.ready for c in pool.live()):
+    starting_only = not child.ready and not any(c.ready for c in pool.live())
+    if starting_only and not pool.live():
         raise SigmaError(f"{how} before it was ready (its traceback, if any, is above; out of memory? try fewer "
                          "--procs; a script that calls run_batch needs `if __name__ == '__main__':`)",
                          code="worker_failed")
@@ -347,7 +351,7 @@ def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
     if held is not None:
         ledger.lost(held, how, child.name, child.ticked)
         child.shard, child.ticked = None, (0, 0)
-    replacement = pool.spawn() if ledger.queue else None
+    replacement = pool.spawn() if ledger.queue and not starting_only else None
     if held is None:
         from sigma.batch.pipeline import say_above_progress  # not at import: the driver needs no pipeline else
 

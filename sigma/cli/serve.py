@@ -288,6 +288,9 @@ def load_worker(args: argparse.Namespace, batch: bool, child: bool, warn: bool =
                                    "worker.consumer": args.consumer})
     if not child and warn:
         warn_unused_settings(mode, cfg, args.config)
+    from sigma.service.settings import check_heartbeat_fits
+
+    check_heartbeat_fits(cfg.queue)         # before Redis: a lease its beats cannot keep hands work in progress over
     return cfg
 
 
@@ -469,7 +472,9 @@ def _check_the_workers_start(cfg, args: argparse.Namespace) -> None:
     server exited 1 minutes later; now it is one line, exit 2, and no child is started."""
     from sigma.errors import ConfigError, SigmaError
     from sigma.registry import annotator_config_cls, import_plugins, validate_annotator_options
+    from sigma.service.settings import check_heartbeat_fits
 
+    check_heartbeat_fits(cfg.queue)
     import_plugins(with_plugin_args(cfg.worker.plugins, args), "worker.plugins")
     name = cfg.worker.annotator
     try:

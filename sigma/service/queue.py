@@ -212,19 +212,25 @@ class StreamQueue:
         counts = self.delivery_counts([e.id for e in entries])
         live, exhausted = [], []
         for entry in entries:
-            entry.deliveries = counts.get(entry.id, self.max_deliveries + 1)
+            if entry.id not in counts:      # settled since the claim (its first worker acknowledged it late)
+                continue
+            entry.deliveries = counts[entry.id]
             entry.claimed = True
             (exhausted if entry.deliveries > self.max_deliveries else live).append(entry)
         return live, exhausted
 
     def delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        """Redis' delivery counter of each id still pending (an id not pending is left out). Each id is asked for
+        alone, in one pipeline: one XPENDING over the range from the lowest id to the highest, cut at a count, left
+        out the ids past the cut when other consumers' entries lay between (a dead worker's entries among a live
+        one's batch), and `reclaim` took those for delivered too often: dead-lettered on their second delivery."""
         if not ids:
             return {}
-        rows = self.r.xpending_range(self.stream, self.group, min=min(ids, key=_id_key),
-                                     max=max(ids, key=_id_key), count=max(len(ids) * 4, 64))
-        wanted = set(ids)
-        return {stream_text(row["message_id"]): int(row["times_delivered"]) for row in rows
-                if stream_text(row["message_id"]) in wanted}
+        pipe = self.r.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        return {stream_text(row["message_id"]): int(row["times_delivered"]) for rows in pipe.execute()
+                for row in rows}
 
     def extend(self, ids: list[str]) -> None:
         """Reset the idle time of entries this consumer still works on (no delivery is counted)."""
@@ -288,11 +294,6 @@ def _end_process(reason: str) -> None:
     main thread may be inside a model for minutes, so raising there is no way to stop it)."""
     logging.shutdown()
     os._exit(HEARTBEAT_DEAD_STATUS)
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class Heartbeat:

@@ -85,6 +85,25 @@ class QueueSettings(Strict):
     result_ttl_s: WholeSeconds = Field(3_600, ge=1, description="life of a finished job's result")
 
 
+def check_heartbeat_fits(queue: QueueSettings) -> None:
+    """For a process that runs a worker (`sigma worker [--batch]`, `sigma serve all`), before Redis: its heartbeat
+    extends the leases of the work in hand, and with `--set queue.lease_ms=1000` and the default beat (2 s) every job
+    longer than a second was reclaimed by each idle worker in turn while its first worker was on it (worked on by all
+    at once, a delivery spent each time: dead-lettered, its job failed, past max_deliveries though no worker died). So a
+    lease holds at least two beats (one late or lost beat hands nothing over), and a heartbeat key outlives the gap
+    between two beats (or a live worker looks dead between them: /readyz 503, the fleet's live workers miscounted).
+    Not a check of the model's own: a section with a check across fields adds a note to each of its field errors."""
+    beat = queue.heartbeat_interval_ms
+    if 2 * beat > queue.lease_ms:
+        raise ConfigError(f"queue.lease_ms={queue.lease_ms} must be at least twice queue.heartbeat_interval_ms={beat}: "
+                          "a worker's heartbeat extends the lease of the work in hand, and a shorter lease hands work "
+                          "in progress to other workers; raise queue.lease_ms or lower queue.heartbeat_interval_ms")
+    if queue.heartbeat_ttl_ms <= beat:
+        raise ConfigError(f"queue.heartbeat_ttl_ms={queue.heartbeat_ttl_ms} must be above "
+                          f"queue.heartbeat_interval_ms={beat}: a worker's heartbeat key would expire between two "
+                          "beats, and a live worker look dead")
+
+
 class ServiceLimits(LimitsConfig):
     """The library's image limits (`LimitsConfig`: max_pixels, max_bytes, max_instruction_chars,
     max_aspect_change) with a service's tighter defaults, plus the limits only a service has."""
