@@ -1225,9 +1225,30 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
     if error["type"] == "extra_forbidden":
         return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
-    return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
-            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
-            f"{_invisible_note(error)}")
+    notes = (f"{_yaml_note(error['loc'], given, model)}"
+             f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
+             f"{_invisible_note(error)}")
+    return f"{error_text(error)}{notes or _value_note(error)}"
+
+
+# pydantic's errors that say the text could not be read without saying the text
+_UNREAD_TEXT = frozenset({"int_parsing", "float_parsing", "bool_parsing", "int_from_float", "decimal_parsing",
+                          "date_parsing", "datetime_parsing", "time_parsing", "timedelta_parsing", "url_parsing"})
+VALUE_SHOWN = 160       # as every CLI error line cuts a value (docs/foundation.md: more than 320 characters, to 160)
+
+
+def _value_note(error: Any) -> str:
+    """The text a field could not read, as written: `--set threshold=O.5` (a letter O) or `batch_size: four` in a
+    file was "Input should be a valid number, unable to parse string as a number", and the user, seeing a number in
+    the file, could not tell which value was meant. A long one is cut in the middle, its length said. Not where
+    another note shows it already (`_message`)."""
+    value = error.get("input")
+    if error["type"] not in _UNREAD_TEXT or not isinstance(value, str) or repr(value) in error.get("msg", ""):
+        return ""
+    if len(value) <= VALUE_SHOWN:
+        return f", got {value!r}"
+    half = VALUE_SHOWN // 2
+    return f", got {value[:half]!r}…{value[-half:]!r} ({len(value)} characters)"
 
 
 def _invisible_note(error: Any) -> str:

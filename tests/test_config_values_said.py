@@ -1,0 +1,37 @@
+"""What a config error shows of the value it refuses, through the real CLI: a printable value a field could not read
+was not echoed ("unable to parse string as a number", and the user saw a number in the file)."""
+from __future__ import annotations
+
+import sigma.cli
+
+
+def refused(capsys, tmp_path, *args: str) -> str:
+    code = sigma.cli.main(["annotate", "--example", "-o", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("sigma: error [invalid_config]: "), err
+    assert not (tmp_path / "out").exists()
+    return err
+
+
+def test_a_value_a_field_cannot_read_is_echoed(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("threshold: O.5\nbatch_size: four\nio:\n  align: maybe\n")     # a letter O, not a zero
+    err = refused(capsys, tmp_path, "--config", str(config))
+    assert "threshold: Input should be a valid number, unable to parse string as a number, got 'O.5'; " in err, err
+    assert "batch_size: Input should be a valid integer, unable to parse string as an integer, got 'four'; " in err
+    assert "io.align: Input should be a valid boolean, unable to interpret input, got 'maybe'" in err, err
+    err = refused(capsys, tmp_path, "--set", "threshold=1,5")
+    assert err.endswith("threshold: Input should be a valid number, unable to parse string as a number, got '1,5'\n")
+
+
+def test_a_long_value_is_cut_as_every_error_line_cuts_one(capsys, tmp_path):
+    """A value of spaces and words (which the CLI's own cut of runs without a space leaves whole) is cut here."""
+    value = "one two " * 5000
+    err = refused(capsys, tmp_path, "--set", f"batch_size={value}")
+    assert f"got {value[:80]!r}…{value[-80:]!r} ({len(value)} characters)" in err, err[:600]
+    assert len(err) < 600, len(err)
+
+
+def test_a_value_another_note_shows_is_not_said_twice(capsys, tmp_path):
+    err = refused(capsys, tmp_path, "--set", "batch_size=1:00")
+    assert err.count("'1:00'") == 1 and "got" not in err, err
