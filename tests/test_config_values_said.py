@@ -35,3 +35,15 @@ def test_a_long_value_is_cut_as_every_error_line_cuts_one(capsys, tmp_path):
 def test_a_value_another_note_shows_is_not_said_twice(capsys, tmp_path):
     err = refused(capsys, tmp_path, "--set", "batch_size=1:00")
     assert err.count("'1:00'") == 1 and "got" not in err, err
+
+
+def test_two_keys_alike_to_the_eye_are_told_apart(capsys, tmp_path):
+    """`café` composed (U+00E9) and decomposed (e + U+0301, as macOS and some editors write it) are two keys to YAML
+    and to the config: both unknown, they were said "io.café: Extra inputs are not permitted" twice, alike."""
+    config = tmp_path / "c.yaml"
+    config.write_text("io:\n  caf\u00e9: 1\n  cafe\u0301: 2\n", encoding="utf-8")
+    err = refused(capsys, tmp_path, "--config", str(config))
+    assert "io.caf\u00e9: Extra inputs are not permitted; " in err, err
+    assert ("io.cafe\\u0301: Extra inputs are not permitted (cafe\\u0301 is written decomposed, with U+0301 COMBINING "
+            "ACUTE ACCENT: a key other than its composed form 'caf\u00e9')") in err, err
+    assert "cafe\u0301" not in err, err

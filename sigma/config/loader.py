@@ -1224,7 +1224,8 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
     if error["type"] == "whole_number":
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
     if error["type"] == "extra_forbidden":
-        return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
+        return (f"{error_text(_decomposed_shown(error))}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
+                f"{_decomposed_note(error['loc'])}")
     notes = (f"{_yaml_note(error['loc'], given, model)}"
              f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
              f"{_invisible_note(error)}")
@@ -1249,6 +1250,33 @@ def _value_note(error: Any) -> str:
         return f", got {value!r}"
     half = VALUE_SHOWN // 2
     return f", got {value[:half]!r}…{value[-half:]!r} ({len(value)} characters)"
+
+
+def _decomposed(part: Any) -> bool:
+    return isinstance(part, str) and not unicodedata.is_normalized("NFC", part)
+
+
+def _decomposed_shown(error: Any) -> Any:
+    """`error` with each key of its place that is not in Unicode's composed form (NFC) escaped (`cafe\\u0301`): a
+    file (or two `--set`s) with `café` and `cafe\u0301` (e + a combining accent, as macOS and some editors write it),
+    two keys to YAML and to the config, said "options.café: Extra inputs are not permitted" twice, alike to the eye."""
+    if not any(_decomposed(part) for part in error["loc"]):
+        return error
+    loc = tuple(part.encode("ascii", "backslashreplace").decode() if _decomposed(part) else part
+                for part in error["loc"])
+    return {**error, "loc": loc}
+
+
+def _decomposed_note(loc: tuple) -> str:
+    """What a decomposed key (`_decomposed_shown`) holds, by code point, and the composed key it is not."""
+    part = next((part for part in loc if _decomposed(part)), None)
+    if part is None:
+        return ""
+    marks = dict.fromkeys(c for c in part if unicodedata.combining(c))
+    names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, '?')}" for c in list(marks)[:3])
+    escaped = shown(part.encode("ascii", "backslashreplace").decode(), 80)
+    return (f" ({escaped} is written decomposed, with {names or 'characters NFC composes'}: a key other than its "
+            f"composed form {shown(unicodedata.normalize('NFC', part), 80)!r})")
 
 
 def _invisible_note(error: Any) -> str:
