@@ -47,3 +47,17 @@ def test_two_keys_alike_to_the_eye_are_told_apart(capsys, tmp_path):
     assert ("io.cafe\\u0301: Extra inputs are not permitted (cafe\\u0301 is written decomposed, with U+0301 COMBINING "
             "ACUTE ACCENT: a key other than its composed form 'caf\u00e9')") in err, err
     assert "cafe\u0301" not in err, err
+
+
+def test_a_dotted_key_in_a_file_says_it_is_one_key_not_a_path(capsys, tmp_path):
+    """`io.align: true` in a YAML file is one key with a dot in it (only `--set` reads dots as a path): it was said
+    "io.align: Extra inputs are not permitted", the very setting the user meant, refused without a why."""
+    config = tmp_path / "c.yaml"
+    config.write_text('io.align: true\nio:\n  "limits.max_pixels": 5\n"x.y": 1\n')
+    err = refused(capsys, tmp_path, "--config", str(config))
+    assert ("io.align: Extra inputs are not permitted (the key 'io.align' is one key with dots in it, not a path: in a "
+            "YAML file nest it, io: {align: ...}; on the command line a dotted key is a path, --set io.align=...)") \
+        in err, err
+    assert ("io.limits.max_pixels: Extra inputs are not permitted (the key 'limits.max_pixels' is one key with dots in "
+            "it, not a path: in a YAML file nest it, limits: {max_pixels: ...};") in err, err
+    assert "did you mean" not in err and err.rstrip().endswith("x.y: Extra inputs are not permitted"), err

@@ -1224,8 +1224,9 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
     if error["type"] == "whole_number":
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
     if error["type"] == "extra_forbidden":
-        return (f"{error_text(_decomposed_shown(error))}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
-                f"{_decomposed_note(error['loc'])}")
+        dotted = _dotted_note(model, tuple(error["loc"]))
+        meant = "" if dotted else _meant(model, tree or {}, tuple(error["loc"]), variable)
+        return f"{error_text(_decomposed_shown(error))}{meant}{_decomposed_note(error['loc'])}{dotted}"
     notes = (f"{_yaml_note(error['loc'], given, model)}"
              f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
              f"{_invisible_note(error)}")
@@ -1250,6 +1251,21 @@ def _value_note(error: Any) -> str:
         return f", got {value!r}"
     half = VALUE_SHOWN // 2
     return f", got {value[:half]!r}…{value[-half:]!r} ({len(value)} characters)"
+
+
+def _dotted_note(model: type[BaseModel], loc: tuple) -> str:
+    """For a YAML file's key with dots that names a setting (`io.align: true`, `"io.limits.max_pixels": 9`): YAML
+    reads it as one key, which is not the path `--set` reads it as. It was "io.align: Extra inputs are not
+    permitted", the place read as the setting itself, so the user saw the very key they meant refused."""
+    if not loc or not isinstance(loc[-1], str) or "." not in loc[-1]:
+        return ""
+    dotted = ".".join(str(part) for part in loc)
+    if field_types(model, dotted) is None:
+        return ""
+    head, _, last = loc[-1].partition(".")
+    nested = "".join(f"{{{part}: " for part in last.split(".")) + "..." + "}" * (last.count(".") + 1)
+    return (f" (the key {loc[-1]!r} is one key with dots in it, not a path: in a YAML file nest it, {head}: {nested}; "
+            f"on the command line a dotted key is a path, --set {dotted}=...)")
 
 
 def _decomposed(part: Any) -> bool:
