@@ -71,3 +71,11 @@ def test_an_error_is_still_said_as_pythons_parser_says_it(tmp_path, capsys, text
 def test_a_set_value_of_bytes_that_are_not_utf8_is_still_read():
     """libyaml takes UTF-8 only; a lone surrogate (a non-UTF-8 byte of an argument) is parsed by PyYAML's parser."""
     assert parse_value("a\udcffb") == "a\udcffb"
+
+
+@pytest.mark.parametrize("text", ["a:\tb\n", "a: b\t\n"])
+def test_a_text_with_a_tab_is_read_as_before(text):
+    """libyaml takes a tab after `key:` or after a value; PyYAML's parser refused both, and still does."""
+    with pytest.raises(yaml.YAMLError, match="found character '\\\\t' that cannot start any token"):
+        load_yaml(text, "t.yaml")
+    assert parse_value("run\t") == "run\t"

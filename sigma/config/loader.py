@@ -219,7 +219,11 @@ def _check_size(data: Any, where: str) -> None:
 def _parse(text: str) -> tuple[yaml.Node | None, Any]:
     """The text's root node and its data: by libyaml (`_StrictCLoader`); a text it refuses (or cannot take: a lone
     surrogate is no UTF-8) again by PyYAML's own parser, whose error (its wording, its line and column) is the one
-    said, as before, or whose reading is taken if it has one. Both are SafeLoaders: no python/* tags."""
+    said, as before, or whose reading is taken if it has one. Both are SafeLoaders: no python/* tags. A text with a tab
+    is PyYAML's alone: libyaml takes `a:<TAB>b` and a trailing tab, which PyYAML refuses (and a `--set` value it
+    refuses stays the text as typed, tab and all): the one place where the two read the same text differently."""
+    if "\t" in text:
+        return _parse_with(_StrictLoader, text)
     try:
         return _parse_with(_StrictCLoader, text)
     except (yaml.YAMLError, UnicodeError, ValueError, RecursionError):
