@@ -79,3 +79,10 @@ def test_a_text_with_a_tab_is_read_as_before(text):
     with pytest.raises(yaml.YAMLError, match="found character '\\\\t' that cannot start any token"):
         load_yaml(text, "t.yaml")
     assert parse_value("run\t") == "run\t"
+
+
+@pytest.mark.parametrize(("text", "data"), [("a: !\n", {"a": None}), ("a: ! #c\n", {"a": None}),
+                                            ("a: ! x\n", {"a": "x"}), ("a: [!\n, b]\n", {"a": [None, "b"]})])
+def test_a_bare_tag_is_read_as_before(text, data):
+    """YAML's non-specific tag `!` on an empty value: libyaml reads '', PyYAML's parser null, as it did."""
+    assert load_yaml(text, "t.yaml") == data

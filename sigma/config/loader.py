@@ -216,13 +216,18 @@ def _check_size(data: Any, where: str) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
+_BARE_TAG = re.compile(r"(?:^|[\s\[\]{},])!(?:[\s\[\]{},]|$)")
+
+
 def _parse(text: str) -> tuple[yaml.Node | None, Any]:
     """The text's root node and its data: by libyaml (`_StrictCLoader`); a text it refuses (or cannot take: a lone
     surrogate is no UTF-8) again by PyYAML's own parser, whose error (its wording, its line and column) is the one
     said, as before, or whose reading is taken if it has one. Both are SafeLoaders: no python/* tags. A text with a tab
     is PyYAML's alone: libyaml takes `a:<TAB>b` and a trailing tab, which PyYAML refuses (and a `--set` value it
-    refuses stays the text as typed, tab and all): the one place where the two read the same text differently."""
-    if "\t" in text:
+    refuses stays the text as typed, tab and all); so is one with a bare `!` (YAML's non-specific tag), which libyaml
+    reads `a: !` as '' and PyYAML as null: the places where the two read the same text differently (a differential
+    check of the configs, mutated)."""
+    if "\t" in text or _BARE_TAG.search(text):
         return _parse_with(_StrictLoader, text)
     try:
         return _parse_with(_StrictCLoader, text)
