@@ -296,7 +296,7 @@ def test_a_key_in_capitals_from_the_environment_takes_its_layer_s_place(tmp_path
     with pytest.raises(ConfigError) as caught:
         load_config(Capitals, config, {"k": Override.read("x", "SIGMA__K")}, sources={"k": "SIGMA__K"})
     assert caught.value.message.endswith("SIGMA__K: K: Input should be a valid integer, unable to parse string as an "
-                                         "integer"), caught.value.message
+                                         "integer, got 'x'"), caught.value.message
 
 
 @pytest.mark.parametrize("text", [

@@ -40,12 +40,14 @@ def run_batch_worker_from_serve_config(cfg: ServeConfig, consumer: str | None = 
     stop = threading.Event()
     consumer = consumer or cfg.worker.consumer or default_consumer()   # as `sigma worker` names itself
     stream = Keys(cfg.redis.key_prefix).batch_tasks()
-    print(f"sigma worker --batch: consuming {stream} on {display_url(cfg.redis.url)}", flush=True)
 
     def say_stopped(reason: str) -> None:
         print(f"sigma worker --batch: stopped ({reason})", flush=True)
 
     signals = StopSignals(stop, say_stopped).install()
+    # said once a SIGTERM stops it cleanly: said before, a supervisor (a test) that stopped it on this line could kill
+    # it in between (status -15, not 0: test_cli_flags' shared-settings test under load)
+    print(f"sigma worker --batch: consuming {stream} on {display_url(cfg.redis.url)}", flush=True)
     signals.at_hard_exit(forget_worker_key(cfg.redis, Keys(cfg.redis.key_prefix).batch_worker(consumer)))
 
     def on_stuck(entries: list[Entry], seconds: float) -> None:

@@ -53,7 +53,11 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _TooManyValues(Exception):
+    """More than MAX_CONFIG_VALUES values written in the text (`_Strict.descend_resolver`): refused while parsing."""
+
+
+class _Strict:
     """`yaml.safe_load`, refusing a key given twice in one mapping (a merged key `<<` may still be overridden; two
     merged mappings that give one key differently are refused: `flatten_mapping`), and
     reading a plain `1:00` as the text it is (YAML 1.2), not as YAML 1.1's base 60 (`resolve`)."""
@@ -67,6 +71,17 @@ class _StrictLoader(yaml.SafeLoader):
         if kind is yaml.ScalarNode and implicit[0] and tag in _NUMBER_TAGS and ":" in value:
             return "tag:yaml.org,2002:str"
         return tag
+
+    def descend_resolver(self, current_node, current_index):
+        """Count each value as the parser makes it (not a mapping's keys, not an alias's uses: `_check_size` counts
+        those, on the data), so that a file of more than MAX_CONFIG_VALUES values is refused when the parser reaches
+        that many, not after it has read them all and built every one (150000 values took 19 s to be refused)."""
+        if current_index is not None or current_node is None:
+            count = self.__dict__.get("_values", 0) + 1
+            if count > MAX_CONFIG_VALUES:
+                raise _TooManyValues
+            self.__dict__["_values"] = count
+        return super().descend_resolver(current_node, current_index)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -172,7 +187,17 @@ def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     raise _HugeInteger(f"an integer of more than {MAX_INTEGER_DIGITS} digits")
 
 
-_StrictLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+class _StrictLoader(_Strict, yaml.SafeLoader):
+    """PyYAML's own parser, in Python: the one whose errors a config's message gives (`_parse`)."""
+
+
+class _StrictCLoader(_Strict, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's parser (where PyYAML was built with it), about 15 times faster than PyYAML's own: a 1 MB file of
+    150000 values took 19 s in that one. Only for a text it reads without error (`_parse`)."""
+
+
+for _loader in (_StrictLoader, _StrictCLoader):
+    _loader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
 
 
 def _check_size(data: Any, where: str) -> None:
@@ -182,14 +207,46 @@ def _check_size(data: Any, where: str) -> None:
         node, depth = stack.pop()
         count += 1
         if count > MAX_CONFIG_VALUES:
-            raise ConfigError(f"{where}: expands to more than {MAX_CONFIG_VALUES} values (YAML aliases that "
-                              "repeat themselves?); a config is a few hundred")
+            raise _too_many(where)
         if depth > MAX_CONFIG_DEPTH:
             raise ConfigError(f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep")
         if isinstance(node, dict):
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, (list, tuple)):
             stack.extend((v, depth + 1) for v in node)
+
+
+_BARE_TAG = re.compile(r"(?:^|[\s\[\]{},])!(?:[\s\[\]{},]|$)")
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """The text's root node and its data: by libyaml (`_StrictCLoader`); a text it refuses (or cannot take: a lone
+    surrogate is no UTF-8) again by PyYAML's own parser, whose error (its wording, its line and column) is the one
+    said, as before, or whose reading is taken if it has one. Both are SafeLoaders: no python/* tags. A text with a tab
+    is PyYAML's alone: libyaml takes `a:<TAB>b` and a trailing tab, which PyYAML refuses (and a `--set` value it
+    refuses stays the text as typed, tab and all); so is one with a bare `!` (YAML's non-specific tag), which libyaml
+    reads `a: !` as '' and PyYAML as null: the places where the two read the same text differently (a differential
+    check of the configs, mutated)."""
+    if "\t" in text or _BARE_TAG.search(text):
+        return _parse_with(_StrictLoader, text)
+    try:
+        return _parse_with(_StrictCLoader, text)
+    except (yaml.YAMLError, UnicodeError, ValueError, RecursionError):
+        return _parse_with(_StrictLoader, text)
+
+
+def _parse_with(loader_class: type[_Strict], text: str) -> tuple[yaml.Node | None, Any]:
+    loader = loader_class(text)     # type: ignore[call-arg]
+    try:
+        node = loader.get_single_node()
+        return node, loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
+def _too_many(where: str) -> ConfigError:
+    return ConfigError(f"{where}: expands to more than {MAX_CONFIG_VALUES} values (YAML aliases that repeat "
+                       "themselves?); a config is a few hundred")
 
 
 def load_yaml(text: str, where: str) -> Any:
@@ -201,10 +258,10 @@ def load_yaml(text: str, where: str) -> Any:
 def _load_yaml_lines(text: str, where: str) -> tuple[Any, dict[str, int]]:
     """`load_yaml`, and the line of each place whose key or text no setting may hold (`_unfit_lines`): where a config
     file's NUL byte or trailing carriage return is, which a loaded value no longer knows."""
-    loader = _StrictLoader(text)            # a SafeLoader subclass: no python/* tags
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        node, data = _parse(text)
+    except _TooManyValues as exc:
+        raise _too_many(where) from exc
     except RecursionError as exc:
         raise ConfigError(f"{where}: nested too deeply for a config") from exc
     except ValueError as exc:   # CPython's bound on int(str), or ours on the other bases: more than 4300 digits
@@ -212,8 +269,6 @@ def _load_yaml_lines(text: str, where: str) -> tuple[Any, dict[str, int]]:
             raise
         what = str(exc) if isinstance(exc, _HugeInteger) else f"an integer of more than {MAX_INTEGER_DIGITS} digits"
         raise ConfigError(f"{where}: holds {what}") from exc
-    finally:
-        loader.dispose()
     _check_size(data, where)
     return data, _unfit_lines(node)
 
@@ -1178,10 +1233,75 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
     if error["type"] == "whole_number":
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
     if error["type"] == "extra_forbidden":
-        return f"{error_text(error)}{_meant(model, tree or {}, tuple(error['loc']), variable)}"
-    return (f"{error_text(error)}{_yaml_note(error['loc'], given, model)}"
-            f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
-            f"{_invisible_note(error)}")
+        dotted = _dotted_note(model, tuple(error["loc"]))
+        meant = "" if dotted else _meant(model, tree or {}, tuple(error["loc"]), variable)
+        return f"{error_text(_decomposed_shown(error))}{meant}{_decomposed_note(error['loc'])}{dotted}"
+    notes = (f"{_yaml_note(error['loc'], given, model)}"
+             f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
+             f"{_invisible_note(error)}")
+    return f"{error_text(error)}{notes or _value_note(error)}"
+
+
+# pydantic's errors that say the text could not be read without saying the text
+_UNREAD_TEXT = frozenset({"int_parsing", "float_parsing", "bool_parsing", "int_from_float", "decimal_parsing",
+                          "date_parsing", "datetime_parsing", "time_parsing", "timedelta_parsing", "url_parsing"})
+VALUE_SHOWN = 160       # as every CLI error line cuts a value (docs/foundation.md: more than 320 characters, to 160)
+
+
+def _value_note(error: Any) -> str:
+    """The text a field could not read, as written: `--set threshold=O.5` (a letter O) or `batch_size: four` in a
+    file was "Input should be a valid number, unable to parse string as a number", and the user, seeing a number in
+    the file, could not tell which value was meant. A long one is cut in the middle, its length said. Not where
+    another note shows it already (`_message`)."""
+    value = error.get("input")
+    if error["type"] not in _UNREAD_TEXT or not isinstance(value, str) or repr(value) in error.get("msg", ""):
+        return ""
+    if len(value) <= VALUE_SHOWN:
+        return f", got {value!r}"
+    half = VALUE_SHOWN // 2
+    return f", got {value[:half]!r}…{value[-half:]!r} ({len(value)} characters)"
+
+
+def _dotted_note(model: type[BaseModel], loc: tuple) -> str:
+    """For a YAML file's key with dots that names a setting (`io.align: true`, `"io.limits.max_pixels": 9`): YAML
+    reads it as one key, which is not the path `--set` reads it as. It was "io.align: Extra inputs are not
+    permitted", the place read as the setting itself, so the user saw the very key they meant refused."""
+    if not loc or not isinstance(loc[-1], str) or "." not in loc[-1]:
+        return ""
+    dotted = ".".join(str(part) for part in loc)
+    if field_types(model, dotted) is None:
+        return ""
+    head, _, last = loc[-1].partition(".")
+    nested = "".join(f"{{{part}: " for part in last.split(".")) + "..." + "}" * (last.count(".") + 1)
+    return (f" (the key {loc[-1]!r} is one key with dots in it, not a path: in a YAML file nest it, {head}: {nested}; "
+            f"on the command line a dotted key is a path, --set {dotted}=...)")
+
+
+def _decomposed(part: Any) -> bool:
+    return isinstance(part, str) and not unicodedata.is_normalized("NFC", part)
+
+
+def _decomposed_shown(error: Any) -> Any:
+    """`error` with each key of its place that is not in Unicode's composed form (NFC) escaped (`cafe\\u0301`): a
+    file (or two `--set`s) with `café` and `cafe\u0301` (e + a combining accent, as macOS and some editors write it),
+    two keys to YAML and to the config, said "options.café: Extra inputs are not permitted" twice, alike to the eye."""
+    if not any(_decomposed(part) for part in error["loc"]):
+        return error
+    loc = tuple(part.encode("ascii", "backslashreplace").decode() if _decomposed(part) else part
+                for part in error["loc"])
+    return {**error, "loc": loc}
+
+
+def _decomposed_note(loc: tuple) -> str:
+    """What a decomposed key (`_decomposed_shown`) holds, by code point, and the composed key it is not."""
+    part = next((part for part in loc if _decomposed(part)), None)
+    if part is None:
+        return ""
+    marks = dict.fromkeys(c for c in part if unicodedata.combining(c))
+    names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, '?')}" for c in list(marks)[:3])
+    escaped = shown(part.encode("ascii", "backslashreplace").decode(), 80)
+    return (f" ({escaped} is written decomposed, with {names or 'characters NFC composes'}: a key other than its "
+            f"composed form {shown(unicodedata.normalize('NFC', part), 80)!r})")
 
 
 def _invisible_note(error: Any) -> str:
