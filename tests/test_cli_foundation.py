@@ -1271,6 +1271,18 @@ def test_an_empty_path_argument_is_refused_before_any_work(capsys, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+def _refused_together(capsys, tmp_path, argv, said: list[str]) -> None:
+    """`sigma ARGV` exits 2 saying exactly the lines `said` begins, in order, one per refused value, and makes nothing
+    in `tmp_path`."""
+    rc, out, err = run_main(capsys, *argv)
+    assert rc == 2 and out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == len(said), err
+    for line, want in zip(lines, said, strict=True):
+        assert line.startswith(f"sigma: error [{want}"), (line, want)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("argv, said", [
     (("eval", "--data", "", "--threshold", "abc", "--set", "bogus=1"),
      ["empty_path]: sigma eval: --data", "bad_arguments]: sigma eval: argument --threshold", "invalid_config]: "
@@ -1287,13 +1299,7 @@ def test_an_empty_path_is_said_together_with_the_other_refused_values(capsys, tm
     bad --threshold and --set came one run at a time, while every other refused value is said together. Now the
     empty path is one of them, in command-line order, followed by the config's problems; nothing made."""
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run_main(capsys, *argv)
-    assert rc == 2 and out == "" and "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == len(said), err
-    for line, want in zip(lines, said):
-        assert line.startswith(f"sigma: error [{want}"), (line, want)
-    assert list(tmp_path.iterdir()) == []
+    _refused_together(capsys, tmp_path, argv, said)
 
 
 @pytest.mark.parametrize("argv, said", [
@@ -1312,13 +1318,7 @@ def test_synth_and_train_say_their_overrides_with_the_refused_flags(capsys, tmp_
     serve, neither checked its config beside the refused flags. Now both do; nothing made."""
     root = Path(sigma.__file__).parent.parent
     args = [str(tmp_path / "out") if a == "OUT" else str(root / a) if a.startswith("configs/") else a for a in argv]
-    rc, out, err = run_main(capsys, *args)
-    assert rc == 2 and out == "" and "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == len(said), err
-    for line, want in zip(lines, said):
-        assert line.startswith(f"sigma: error [{want}"), (line, want)
-    assert list(tmp_path.iterdir()) == []
+    _refused_together(capsys, tmp_path, args, said)
 
 
 @pytest.mark.parametrize("argv, said", [
