@@ -118,7 +118,8 @@ def test_readyz_stays_200_across_a_flushall_while_its_workers_live_and_not_after
     named in checks.workers.remembered; a worker that stops (its key deleted) is still no worker at once."""
     interval_s = 4.0
     with running_service(private_redis, tmp_path, [f"queue.heartbeat_interval_ms={int(interval_s * 1000)}",
-                                                   "queue.heartbeat_ttl_ms=12000"],
+                                                   "queue.heartbeat_ttl_ms=12000",
+                                                   f"queue.lease_ms={int(2 * interval_s * 1000)}"],
                          workers=[("pixel-diff", None)]) as s:
         assert s.http.get("/readyz").status_code == 200
         private_redis.client().flushall()
