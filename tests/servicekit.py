@@ -200,8 +200,8 @@ class ServiceUnderTest:
                 out += ["--set", item]
         return out
 
-    def start_api(self, nofile: int | None = None) -> None:
-        self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *self.sets()],
+    def start_api(self, nofile: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *extra, *self.sets()],
                         self.env, self.tmp / f"api-{self.port}.log", nofile=nofile)
         wait_until(lambda: self._healthy(), 20, f"API /healthz\n{self.api.output()}")
 
