@@ -30,7 +30,8 @@ batch, hw = ort_graph._probe_shapes(ort_graph.shape_mode(model, (64, 64)))[-1]  
 with torch.inference_mode():                                                        # side, once, with room
     ort_graph.LogitsOnly(model)(*ort_graph._sample_inputs(batch, hw, seed=100))
 size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
-resource.setrlimit(resource.RLIMIT_AS, (size + int(float(sys.argv[2]) * 2**20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+spare = int(float(sys.argv[2]) * 2**20)
+resource.setrlimit(resource.RLIMIT_AS, (size + spare, resource.getrlimit(resource.RLIMIT_AS)[1]))
 try:
     session, graph = ort_graph.ensure_graph(model, "micro", (64, 64), 1, root=Path(sys.argv[1]))
     print("RESULT ok built" if graph.built else "RESULT ok cached", flush=True)
