@@ -99,17 +99,16 @@ def expand(names: list[str] | str) -> list[str]:
     without a word, while `--perturb ,` was refused."""
     if isinstance(names, str):
         names = [names]
-    items = [str(item) for item in names]
-    parts = [n.strip() for item in items for n in item.split(",")]
+    split = [(item, [n.strip() for n in item.split(",")]) for item in map(str, names)]
+    parts = [n for _, item_parts in split for n in item_parts]
     if not any(parts):
         raise ConfigError(f"no perturbation given; choose from {', '.join(PERTURBATIONS)} or 'all'")
-    for item in items:
-        if not all(n.strip() for n in item.split(",")):
+    for item, item_parts in split:
+        if not all(item_parts):
             raise ConfigError(f"an empty perturbation name in {item[:200]!r} (comma-separated names, none empty: "
                               f"drop the extra comma); choose from {', '.join(PERTURBATIONS)} or 'all'")
-    names = parts
     out: list[str] = []
-    for name in names:
+    for name in parts:
         for item in (PERTURBATIONS if name == "all" else (name,)):
             if item not in PERTURBATIONS:
                 raise ConfigError(f"unknown perturbation {item!r}; choose from {', '.join(PERTURBATIONS)} or 'all'")

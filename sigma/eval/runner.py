@@ -345,7 +345,7 @@ def format_tables(result: EvalResult) -> str:
     curves = result.confidence_tables()
     for name, table in result.tables().items():
         lines.append(f"\n== perturbation: {name} ==")
-        lines.append(f"{'set':<46} {'pairs':>5} {'manip':>5} {'F1':>6} {'IoU':>6} {'AUC':>6} "
+        lines.append(f"{'set':<{SET_CELL}} {'pairs':>5} {'manip':>5} {'F1':>6} {'IoU':>6} {'AUC':>6} "
                      f"{'pF1':>6} {'cIoU':>6} {'gIoU':>6} {'ρconf':>6}")
         for group, row in table.items():
             lines.append(f"{_set_cell(group)} {row['pairs']:>5} {row['manipulated']:>5} {_pct(row['f1'])} "
@@ -355,7 +355,7 @@ def format_tables(result: EvalResult) -> str:
         if any(r["tested"] for r in mt.values()) or any(r["rho_pairs"] for r in mt.values()):
             lines.append(f"\n-- {name}: both masks (F1 = the chosen mask; footprint and 'sem@comp' over the "
                          "composites only) and rho = Spearman(confidence, F1) --")
-            lines.append(f"{'set':<46} {'manip':>5} {'comp':>5} {'F1':>6} {'sem':>6} {'foot':>6} "
+            lines.append(f"{'set':<{SET_CELL}} {'manip':>5} {'comp':>5} {'F1':>6} {'sem':>6} {'foot':>6} "
                          f"{'sem@comp':>8} {'rho':>6}")
             for group, row in mt.items():
                 comp = f"{row['composites']}" if row["tested"] else "-"
