@@ -241,11 +241,13 @@ def test_a_reset_that_comes_while_the_answer_to_a_fin_is_still_unacknowledged_co
             port = sock.getsockname()[1]
             sock.sendall(docs + raw_post(s, "/v1/annotate", files))
             wait_until(lambda nth=nth: len(redis.keys(f"{s.prefix}:job:*")) == nth, 10, "the annotate job queued")
-            stuck = wait_until(lambda port=port: server_send_queue(s.port, port), 5, "/openapi.json's answer held up")
+            wait_until(lambda port=port: server_send_queue(s.port, port), 5, "/openapi.json's answer held up")
             sock.shutdown(socket.SHUT_WR)                  # the FIN ends the wait: the 202 goes out behind the rest
             answered = f':{port} - "POST /v1/annotate HTTP/1.1" 202'
-            wait_until(lambda port=port, stuck=stuck, answered=answered: answered in s.api.output()
-                       and (server_send_queue(s.port, port) or 0) >= stuck, 10, "the 202 written, not yet taken")
+            # not "as much queued as before the FIN": the bytes held up may be counted before the client's kernel
+            # took the part that fits its window, whose acknowledgements shrink the queue (seen: 40028, then 38346)
+            wait_until(lambda port=port, answered=answered: answered in s.api.output()
+                       and (server_send_queue(s.port, port) or 0) > 0, 10, "the 202 written, not yet taken")
             if client_resets:
                 sock.close()                               # unread data: the kernel answers with a reset
             else:
