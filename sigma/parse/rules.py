@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from sigma.parse import lexicon as L
+from sigma.parse.language import not_english
 from sigma.parse.phrases import (
     Phrase,
     extract_phrase,
@@ -1657,11 +1658,16 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     clipped = False            # a concept was longer than MAX_CONCEPT_CHARS
     parses: list[Parse] = []
     read = MAX_EDITS + 1       # one past the cap: whether an edit was dropped (exactly MAX_EDITS was said to drop)
+    unread: str | None = None  # why a sentence was not read as English (sigma.parse.language)
     for toks in tokens:
         if len(parses) >= read:
             break
         cut = cut or len(toks) > MAX_SENTENCE_TOKENS
+        foreign = not_english(toks[:MAX_SENTENCE_TOKENS])    # as written: 'remova' is no typo of 'remove'
         toks, notes = correct(toks[:MAX_SENTENCE_TOKENS])
+        if foreign:                # read as English, its words were a default add of the whole sentence
+            unread = unread or foreign
+            continue
         toks = _emoji_as_nouns(_need_as_should(toks))
         read_as.update(dict.fromkeys(notes))
         for parse in _sentence_edits(toks, first=not parses, before=parses,
@@ -1671,6 +1677,9 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             parse = Parse(parse.edit_type, _named(parse.source), _named(parse.target), rule)
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
+    if not parses and unread:
+        # no sentence is English: no edit is read, rather than one of concepts made of foreign words
+        return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule=f"unknown-language: {unread}")
     if not parses:
         # Nothing matched: a caption-like request ("a cat wearing sunglasses") most often asks for the thing.
         toks = _strip_fillers(correct(tokens[0][:MAX_SENTENCE_TOKENS])[0]) if tokens else []
