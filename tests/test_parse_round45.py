@@ -44,3 +44,46 @@ def test_a_foreign_instruction_through_the_cli(capsys):
     assert main(["parse", "Ersetze den Hund durch eine Katze"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["edit_type"] is None and out["edits"] == [] and out["rule"].startswith("unknown-language")
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("make the dress flowing and elegant", [("attribute", "dress", "dress")]),     # was 'dress flowing and elegant'
+    ("make the dress more elegant", [("attribute", "dress", "dress")]),
+    ("make the car ugly", [("attribute", "car", "car")]),                          # was 'car ugly'
+    ("make the room cozy", [("attribute", "room", "room")]),
+    ("make the woman beautiful", [("attribute", "woman", "woman")]),
+    ("make the girl prettier", [("attribute", "girl", "girl")]),
+    ("make the house look spooky", [("attribute", "house", "house")]),             # was a replace by 'spooky'
+    ("add a cute dog", [("add", None, "cute dog")]),
+    ("replace the plain wall with a rustic brick wall", [("replace", "plain wall", "rustic brick wall")]),
+])
+def test_an_adjective_of_look_is_a_value_not_part_of_the_concept(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("the car is ugly", [("global", None, None)]),                                 # was a replace of the car by 'ugly'
+    ("the car looks so boring", [("global", None, None)]),
+    ("the sky is boring, make it blue", [("attribute", "sky", "sky")]),
+    ("the dog is ugly. replace it with a cat", [("replace", "dog", "cat")]),
+    ("the car should be ugly", [("attribute", "car", "car")]),                    # asked for, not judged
+    ("the car is red", [("attribute", "car", "car")]),
+])
+def test_a_judgement_names_no_edit(text, edits):
+    parse = parse_rules(text)
+    assert [(e.edit_type, e.source, e.target) for e in parse.edits] == edits
+    if edits == [("global", None, None)]:
+        assert parse.rule == "no-edit-named: a judgement"
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("make the car red and turn it into a truck", [("attribute", "car", "car"), ("replace", "car", "truck")]),
+    ("make the car red. Then turn it into a truck", [("attribute", "car", "car"), ("replace", "car", "truck")]),
+    ("paint the wall white and replace it with bricks", [("attribute", "wall", "wall"), ("replace", "wall", "bricks")]),
+    ("make the car red and make it shiny", [("attribute", "car", "car")]),        # the car's look again
+    ("add a dog and make it brown", [("add", None, "dog")]),
+    ("add a hat and turn it into a crown", [("add", None, "hat")]),
+])
+def test_it_after_an_attribute_edit_is_that_object(text, edits):
+    # 'turn it into a truck' was a global edit ('it' read as the picture)
+    assert _edits(text) == edits

@@ -178,6 +178,26 @@ round square oval triangular flat sharp dull soft hard bent twisted upside-down 
 elderly aged youthful ancient modern futuristic antique luminous illuminated clear clearer sharper crisp
 crisper warmer cooler colder hotter sunnier blurrier bare leafless hollow calm fluffy
 """)
+# Adjectives of a thing's look or character, values as the states above are: "make the dress flowing and elegant" is
+# the dress's look (its concept was 'dress flowing and elegant'), "make the house look spooky" too (a replace of the
+# house by 'spooky'). Only adjectives that name no object a detector could be asked for.
+LOOK_ADJECTIVES = _words("""
+ugly beautiful pretty elegant flowing flowy cute adorable scary creepy spooky eerie haunted cozy cosy comfortable
+luxurious fancy plain shabby messy tidy neat cluttered gorgeous handsome stunning cheerful gloomy dreary festive
+vibrant invisible opaque fuzzy blurry wrinkled muscular skinny chubby slim slender delicious tasty juicy healthy
+sick tired excited scared frightened shocked worried serious funny silly goofy friendly fierce menacing majestic
+magical mystical mysterious dramatic romantic peaceful serene tranquil chaotic lively crowded deserted abandoned
+ruined overgrown lush dense sparse feathered spiky bumpy glittery glittering shimmering gleaming weathered mossy
+sandy rocky grassy leafy colorless colourless intricate ornate decorated detailed stylish trendy fashionable
+casual formal sporty rugged classy sleek elaborate glamorous cheap expensive rich poor shiny sparkly sturdy
+fragile delicate elderly puffy swollen fluffier sexy lovely charming gentle mean evil angelic royal rustic
+cartoony realistic
+""")
+# Judgements of how a thing looks now: "the car is ugly" names no edit (it was a replace of the car by 'ugly')
+JUDGEMENT_ADJECTIVES = _words("""
+ugly boring bad terrible awful horrible hideous weird strange odd wrong fine good nice great perfect beautiful
+pretty ok okay cool lovely amazing gross meh dull bland wonderful fantastic awesome stupid silly off
+""")
 ATTRIBUTE_VALUE_NOUNS = _words("""
 color colour shade tone hue finish texture pattern material look style appearance version tan
 """)

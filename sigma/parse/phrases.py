@@ -233,7 +233,8 @@ def looks_participle(w: str) -> bool:
 
 def is_value_word(w: str) -> bool:
     """A word that names a value of an attribute: a colour, material, state or comparative."""
-    if w in L.COLOURS or w in L.MATERIALS or w in L.STATE_ADJECTIVES or w in L.COLOUR_MODIFIERS:
+    if w in L.COLOURS or w in L.MATERIALS or w in L.STATE_ADJECTIVES or w in L.COLOUR_MODIFIERS or \
+            w in L.LOOK_ADJECTIVES:
         return True
     if w.endswith(("-colored", "-coloured", "-haired", "-eyed", "-skinned", "-toned")):
         return True
@@ -260,7 +261,7 @@ def _comparative_of_value(w: str) -> bool:
             stems.append(stem[:-1] + "y")                # shini-er -> shiny
         if len(stem) > 2 and stem[-1] == stem[-2]:
             stems.append(stem[:-1])                      # wett-er -> wet
-        if any(x in L.STATE_ADJECTIVES or x in L.COLOURS or x in L.WEATHER for x in stems):
+        if any(x in L.STATE_ADJECTIVES or x in L.LOOK_ADJECTIVES or x in L.COLOURS or x in L.WEATHER for x in stems):
             return True
     return False
 

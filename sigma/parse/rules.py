@@ -1081,6 +1081,20 @@ def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
     return None
 
 
+_JUDGED = "no-edit-named: a judgement"
+_JUDGING_VERBS = frozenset({"is", "are", "looks", "look", "seems", "seem", "appears", "appear", "'s"})
+
+
+def _judgement(low: list[str], k: int, end: int) -> bool:
+    """'X is ugly', 'X looks so boring': a judgement of X as it is (no modal: 'X should be ugly' asks for it)."""
+    if low[k] not in _JUDGING_VERBS or (k > 0 and low[k - 1] in L.MODALS):
+        return False
+    said = [w for w in low[k + 1:end] if is_word(w) and w not in _DEGREE_WORDS and w not in ("kind", "of", "a", "bit",
+                                                                                               "kinda", "pretty")]
+    return bool(said) and all(w in L.JUDGEMENT_ADJECTIVES for w in said) and \
+        any(w in L.JUDGEMENT_ADJECTIVES for w in low[k + 1:end])
+
+
 def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: int) -> Parse | None:
     """The edit of 'SUBJECT [modal] PREDICATE', the predicate at k being of `kind`."""
     if kind == "remove":
@@ -1107,6 +1121,9 @@ def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: in
     if kind == "instead-of":
         old = _one_of(extract_phrase(toks, k + 2), subj)   # 'a red car instead of the blue one': the blue car
         return Parse("replace", old.text, subj.text, "instead-of")
+    if kind == "state-or-action" and _judgement(low, k, end):
+        # 'the car is ugly': how it looks now, said of no change (it was a replace of the car by 'ugly')
+        return Parse("global", subj.text, None, _JUDGED)     # the subject: what a later 'it' is
     if kind == "state-or-action":
         if low[k] in ("were", "was", "became", "turned"):  # a state reached reads as "be": 'X were Y'
             low = [*low[:k], "be", *low[k + 1:]]
@@ -1504,7 +1521,10 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
                         "add", "remove") and low[s] in L.DETERMINERS and \
                         extract_phrase(clause, 0).end >= len(clause):
                     parse = _parse_tokens(prev_verb + clause)   # 'add a cat, then a dog' (the dog was lost)
-        if parse is not None and not first:
+        named = _it_named(toks, low, s, vlen, ce, context + out) if parse is not None and not first else None
+        if named is not None:
+            parse = named
+        elif parse is not None and not first:
             if any(w in L.QUALITY_WORDS for w in low[s:ce]):
                 parse = None                              # "and make it look natural"
             elif (context + out) and (context + out)[-1].edit_type in ("add", "replace", "attribute") and \
@@ -1550,6 +1570,25 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
         if i < n and low[i] in (".", ";", "!", "?", "while", "but", "plus"):
             i += 1
     return out
+
+
+def _it_named(toks: list[str], low: list[str], s: int, vlen: int, e: int, before: list[Parse]) -> Parse | None:
+    """The edit of a later clause 'VERB it ...' whose 'it' is the object the previous clause named, where that
+    gives an edit of its own: 'make the car red and turn it into a truck' (the car becomes a truck: it was a global
+    edit, 'it' read as the picture), 'the sky is boring, make it blue' (after a judgement, any edit of the sky). None
+    where the clause is not such, or 'it' gives nothing new (the car's look again: the edit already read)."""
+    if not vlen or s + vlen >= e or low[s + vlen] not in ("it", "them") or not before:
+        return None
+    last = before[-1]
+    judged = last.rule == _JUDGED
+    thing = last.source if last.edit_type == "attribute" or judged else None
+    if not thing or thing in ("person", "background"):
+        return None
+    said = [*toks[s:s + vlen], "the", *thing.split(), *toks[s + vlen + 1:e]]
+    parse = _parse_tokens(said)
+    if parse is None or not (judged or (parse.edit_type == "replace" and parse.source == thing)):
+        return None
+    return Parse(parse.edit_type, parse.source, parse.target, parse.rule + "-it-named")
 
 
 # Where a noun is expected: after these an emoji names the thing ('remove the 🐶', 'add a 🎩 to the man')
@@ -1677,6 +1716,9 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             parse = Parse(parse.edit_type, _named(parse.source), _named(parse.target), rule)
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
+    if any(p.rule != _JUDGED for p in parses):
+        parses = [p for p in parses if p.rule != _JUDGED]     # 'the sky is boring, make it blue': the edit is the rest
+    parses = [Parse(p.edit_type, None, None, p.rule) if p.rule == _JUDGED else p for p in parses]
     if not parses and unread:
         # no sentence is English: no edit is read, rather than one of concepts made of foreign words
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule=f"unknown-language: {unread}")
