@@ -87,3 +87,27 @@ def test_a_judgement_names_no_edit(text, edits):
 def test_it_after_an_attribute_edit_is_that_object(text, edits):
     # 'turn it into a truck' was a global edit ('it' read as the picture)
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("make it a cat", [("replace", None, "cat")]),                                # was global
+    ("make it a red sports car", [("replace", None, "red sports car")]),
+    ("turn it into a cat", [("replace", None, "cat")]),
+    ("make it a painting", [("global", None, None)]),
+    ("make it a sunny day", [("global", None, None)]),
+    ("make it a bit brighter", [("global", None, None)]),
+    ("make it a beach", [("global", None, None)]),
+    ("turn it into a photo", [("global", None, None)]),
+    ("add a dog and make it a puppy", [("add", None, "dog")]),
+])
+def test_it_becoming_a_thing_is_a_replace_of_nothing_named(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("no such file", [("global", None, None)]),                                   # was a remove of 'such file'
+    ("No such file or directory", [("global", None, None)]),
+    ("no people", [("remove", "people", None)]),
+])
+def test_no_such_names_no_edit(text, edits):
+    assert _edits(text) == edits

@@ -512,6 +512,9 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
         if owner is None or _is_whole_image(owner):
             return Parse("global", None, None, "change-global-adjustment")
         return Parse("attribute", owner.text, owner.text, "change-adjust-object")
+    thing = _pronoun_becomes(toks, low, x, x.end + 1, end) if low[x.end:x.end + 1] in (["into"], ["to"]) else None
+    if thing is not None:                                 # 'turn it into a cat', as 'make it a cat' (was global)
+        return Parse("replace", None, thing, "change-pronoun-thing")
     x, y_inline = _split_trailing_values(x)
     if y_inline:
         return _inline(x, y_inline, low[j:x.end], "change-inline")
@@ -637,6 +640,11 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         # 'make it run', 'have it fly over the lake': a thing does something, and a picture does not run; which
         # thing, 'it' does not say (it was a global edit of the whole image)
         return Parse("attribute", None, None, verb + "-pronoun-action")
+    thing = _pronoun_becomes(toks, low, x, x.end, end)
+    if thing is not None:
+        # 'make it a cat': what 'it' is becomes a cat (it was a global edit): a replace of nothing named, as
+        # 'replace it with a cat' is
+        return Parse("replace", None, thing, verb + "-pronoun-thing")
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
         return Parse("global", None, None, verb + "-whole-image")      # "make the image clearer"
@@ -684,6 +692,18 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         # (it was an attribute edit of 'people zombies', a thing no detector finds)
         return Parse("replace", " ".join(x.words[:-1]), x.words[-1], verb + "-plural-thing")
     return _classify_change(toks, low, x, low[j:k], None, end, None, verb)
+
+
+def _pronoun_becomes(toks, low, x: Phrase, k: int, end: int) -> str | None:
+    """The thing of 'make it a cat', 'turn it into a cat' (x 'it', 'a'/'an' at k and a noun phrase to the clause's
+    end); None for a look, style, weather, a scene or the picture ('make it a painting', 'a sunny day', 'a beach')."""
+    if x.words not in (["it"], ["them"]) or low[k:k + 1] not in (["a"], ["an"]) or _value_kind(low[k:end]) != "thing":
+        return None
+    ynp = extract_phrase(toks[:end], k)
+    if not ynp.words or ynp.end < end or _is_whole_image(ynp) or ynp.head in L.SCENES or is_value_word(ynp.head) or \
+            ynp.words[0] in ("bit", "lot", "little", "touch", "tad") or _has(ynp.words, L.WEATHER):
+        return None
+    return ynp.text
 
 
 def _plural(w: str) -> bool:
@@ -1732,7 +1752,8 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             # only a constraint or a negation ('keep the background unchanged', "don't touch the dog", 'no
             # changes'): no edit is named, and the one that was made may be anywhere (a default add of 'keep', of
             # "don't touch" asked the detector for them)
-            gone = extract_phrase(toks, 1) if low[0] == "no" else None
+            # 'no such file' (an error message pasted as the instruction) is no 'no people': it removed 'such file'
+            gone = extract_phrase(toks, 1) if low[0] == "no" and low[1:2] != ["such"] else None
             phrase = None
             if gone is not None and gone.words and not _is_whole_image(gone) and \
                     gone.head not in ("change", "changes", "edit", "edits", "difference", "differences"):
