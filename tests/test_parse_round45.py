@@ -111,3 +111,18 @@ def test_it_becoming_a_thing_is_a_replace_of_nothing_named(text, edits):
 ])
 def test_no_such_names_no_edit(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    # the second arrow was lost (read into the first clause, or the end of the text)
+    ("sky -> sunset, car -> truck", [("replace", "sky", "sunset"), ("replace", "car", "truck")]),
+    ("sky -> sunset and car -> truck", [("replace", "sky", "sunset"), ("replace", "car", "truck")]),
+    ("sky → sunset, car → truck", [("replace", "sky", "sunset"), ("replace", "car", "truck")]),
+    ("car → red, sky → purple", [("attribute", "car", "car"), ("attribute", "sky", "sky")]),
+    ("dog => cat", [("replace", "dog", "cat")]),                                   # was an add of 'dog'
+    ("dog = cat", [("add", None, "dog")]),
+    ("sky -> sunset, add a moon", [("replace", "sky", "sunset"), ("add", None, "moon")]),
+    ("add a cat, a dog", [("add", None, "cat"), ("add", None, "dog")]),
+])
+def test_a_list_of_arrows_gives_an_edit_per_arrow(text, edits):
+    assert _edits(text) == edits

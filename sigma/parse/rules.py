@@ -125,7 +125,22 @@ def _clause_end(low: list[str], start: int) -> int:
             q = _skip_connectors(low, j + 1)
             if _verb_at(low, q) or (q + 1 < len(low) and low[q] in L.CONSTRAINT_STARTS and is_word(low[q + 1])):
                 return j
+            if _arrow_in(low, start, j) and _arrow_in(low, q, len(low)):
+                return j                                  # 'sky -> sunset, car -> truck': one edit an arrow
     return len(low)
+
+
+_ARROW_STOPS = frozenset({",", "and", ".", ";", "!", "?"})
+
+
+def _arrow_in(low: list[str], start: int, end: int) -> bool:
+    """Does the stretch from `start` hold an arrow ('->', '=>', '→') before the next comma, 'and' or stop?"""
+    for j in range(start, end):
+        if low[j] in _ARROW_STOPS and j > start:
+            return False
+        if low[j] in ("→", "->") or (low[j] in ("-", "=") and low[j + 1:j + 2] == [">"]):
+            return True
+    return False
 
 
 ADJUST_VERBS = frozenset({"increase", "decrease", "reduce", "boost", "lower", "improve", "fix", "correct", "raise",
@@ -1009,9 +1024,9 @@ def _parse_declarative(toks, low) -> Parse | None:
     kind = _predicate_kind(low, k, end) if k < end and subj.words else None
     if kind is not None:
         return _parse_predicate(kind, toks, low, subj, j, k, end)
-    if k < end and low[k] in ("-", ">", "->") and subj.words:
-        q = k                                             # "the car -> a bus", "the car - > a bus"
-        while q < end and low[q] in ("-", ">"):
+    if k < end and low[k] in ("-", ">", "->", "=") and (low[k] != "=" or low[k + 1:k + 2] == [">"]) and subj.words:
+        q = k                                             # "the car -> a bus", "the car - > a bus", "car => bus"
+        while q < end and low[q] in ("-", ">", "="):
             q += 1
         return _classify_change(toks, low, subj, low[j:k], q, end, None, "arrow")
     return _parse_late_verb_or_keywords(toks, low, end)
