@@ -126,3 +126,19 @@ def test_no_such_names_no_edit(text, edits):
 ])
 def test_a_list_of_arrows_gives_an_edit_per_arrow(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    # a later sentence of a look alone was lost; a first one was a default add of 'brighter', of 'contrast'
+    ("Replace the dog with a cat. Brighter.", [("replace", "dog", "cat"), ("global", None, None)]),
+    ("Replace the dog with a cat. More contrast.", [("replace", "dog", "cat"), ("global", None, None)]),
+    ("remove the car. Black and white.", [("remove", "car", None), ("global", None, None)]),
+    ("remove the car. Less noise.", [("remove", "car", None), ("global", None, None)]),
+    ("Brighter.", [("global", None, None)]),
+    ("More contrast.", [("global", None, None)]),
+    ("add a dog. Brown.", [("add", None, "dog")]),                                 # the dog's colour
+    ("Red car.", [("add", None, "red car")]),
+    ("remove the car. Thanks!", [("remove", "car", None)]),
+])
+def test_a_sentence_of_a_look_alone_is_the_pictures_look(text, edits):
+    assert _edits(text) == edits

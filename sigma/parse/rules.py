@@ -1744,6 +1744,14 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             continue
         toks = _emoji_as_nouns(_need_as_should(toks))
         read_as.update(dict.fromkeys(notes))
+        look = _bare_look(toks)
+        if look is not None:
+            # 'Brighter.', 'More contrast.' (a default add of 'brighter'; after a first sentence, lost): the picture's
+            # look; a colour alone after an edit of a thing ('add a dog. Brown.') is that thing's, no edit of its own
+            thing = parses and parses[-1].edit_type in ("add", "replace", "attribute") and look == "value"
+            if not thing and ("global", None, None) not in [(p.edit_type, p.source, p.target) for p in parses]:
+                parses.append(Parse("global", None, None, "bare-look"))
+            continue
         for parse in _sentence_edits(toks, first=not parses, before=parses,
                                      limit=read - len(parses)):
             unnamed = next((c for c in (parse.source, parse.target) if c and _named(c) is None), None)
@@ -1792,6 +1800,27 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     if read_as:
         rule += _read_as_note(list(read_as))
     return ParsedInstruction(instruction=text, backend="rules", edits=edits, rule=rule)
+
+
+_LOOK_FILLERS = frozenset({"more", "less", "higher", "lower", "increased", "decreased", "increase", "decrease",
+                           "much", "slightly", "very", "a", "bit", "little", "and", "or", "time", "please", "lot",
+                           "overall", "tone", "toned", "way", "even", "too", "some", "add", "with"})
+
+
+def _bare_look(toks: list[str]) -> str | None:
+    """What a sentence of a look alone, no verb, no thing ('Brighter.', 'More contrast.', 'Black and white.') names:
+    'value' (colours, materials, states: a thing's look), 'global' (an adjustment, weather, style, degradation:
+    the picture's); None for any other sentence."""
+    words = [t.lower() for t in toks if is_word(t)]
+    said = [w for w in words if w not in _LOOK_FILLERS]
+    if not said or len(words) > 6 or _verb_at(words, 0):
+        return None
+    picture = L.GLOBAL_ADJUSTMENTS | L.WEATHER | L.STYLE_WORDS | L.DEGRADATIONS | L.WHOLE_IMAGE
+    if not all(is_value_word(w) or w in picture for w in said):
+        return None
+    adjusted = {"brighter", "darker", "sharper", "warmer", "cooler", "clearer", "crisper", "lighter", "softer",
+                "bright", "dark", "sharp", "warm", "cool", "vivid", "vibrant", "saturated", "desaturated"}
+    return "global" if any(w in picture or w in adjusted for w in said) else "value"
 
 
 # Words that stand for a thing without naming it: a concept of these alone gives a detector nothing to look for
