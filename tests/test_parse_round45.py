@@ -142,3 +142,30 @@ def test_a_list_of_arrows_gives_an_edit_per_arrow(text, edits):
 ])
 def test_a_sentence_of_a_look_alone_is_the_pictures_look(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Blur the background", [("attribute", "background", "background")]),        # was global (a keyword)
+    ("blur the license plate", [("attribute", "license plate", "license plate")]),
+    ("blur out the faces", [("attribute", "faces", "faces")]),
+    ("pixelate the face", [("attribute", "face", "face")]),                      # was an add of 'pixelate'
+    ("blur the image", [("global", None, None)]),
+    ("remove the blur", [("global", None, None)]),
+])
+def test_blur_is_a_verb_of_its_object(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    # an adverb was read into the concept ('sky slightly', 'car quickly'), a degree word was the target ('too')
+    ("make the sky slightly brighter", [("attribute", "sky", "sky")]),
+    ("brighten the sky slightly", [("attribute", "sky", "sky")]),
+    ("remove the car quickly", [("remove", "car", None)]),
+    ("sharpen the photo slightly", [("global", None, None)]),
+    ("the car is too big", [("attribute", "car", "car")]),
+    ("make the friendly dog blue", [("attribute", "friendly dog", "friendly dog")]),
+    ("add a butterfly", [("add", None, "butterfly")]),
+    ("remove the family", [("remove", "family", None)]),
+])
+def test_an_adverb_ends_the_concept(text, edits):
+    assert _edits(text) == edits

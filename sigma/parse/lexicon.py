@@ -125,7 +125,10 @@ distortion distortions motion-blur low-light lowlight streaks
 RESTORATION_VERBS = _words("""
 deblur denoise dehaze derain restore enhance sharpen brighten darken colorize colourize lighten
 upscale clarify unblur declutter
+blur blurs pixelate pixelates
 """)
+# ('blur the license plate', 'pixelate the face': the object's look, as 'sharpen the dog' is; they were global edits
+# from the keyword 'blur', or a default add of 'pixelate')
 GLOBAL_ADJUSTMENTS = _words("""
 brightness contrast saturation exposure lighting illumination quality sharpness clarity resolution
 vibrance temperature white-balance gamma hue tone tones colors colours color colour
@@ -191,7 +194,7 @@ ruined overgrown lush dense sparse feathered spiky bumpy glittery glittering shi
 sandy rocky grassy leafy colorless colourless intricate ornate decorated detailed stylish trendy fashionable
 casual formal sporty rugged classy sleek elaborate glamorous cheap expensive rich poor shiny sparkly sturdy
 fragile delicate elderly puffy swollen fluffier sexy lovely charming gentle mean evil angelic royal rustic
-cartoony realistic
+cartoony realistic strong weak intense subtle faint harsh
 """)
 # Judgements of how a thing looks now: "the car is ugly" names no edit (it was a replace of the car by 'ugly')
 JUDGEMENT_ADJECTIVES = _words("""
@@ -292,7 +295,7 @@ CLAUSE_CONNECTORS = _words(", ; and then also please just finally lastly afterwa
 NOUNY_VERBS = _words("""
 plant plants drop set place places show stick paste paint color colour shade stain tint dye switch trade
 exchange turn change fix update edit hide lower raise clear correct trade swap spawn position open close
-shut crop flip cover coat blanket sprinkle drape
+shut crop flip cover coat blanket sprinkle drape blur
 """)
 # "cover X with Y": Y is put on X, as in "add Y to X" ("cover the mountains with snow" is "add snow to the mountains")
 COVER_VERBS = _words("cover covers coat coats blanket blankets sprinkle sprinkles drape drapes decorate decorates")
@@ -333,6 +336,14 @@ REPLACED_PARTICIPLES = _words("replaced swapped substituted exchanged")
 LY_NOUNS = _words("""
 lily lilies fly butterfly dragonfly firefly housefly belly jelly family ally holly rally assembly bully
 anomaly gully trolley pulley valley volley alley
+""")
+# Adjectives in -ly, which a noun phrase keeps ('the friendly dog', 'the lonely tree'); any other -ly word after a
+# noun is an adverb that ends the phrase (phrases.is_adverb)
+LY_ADJECTIVES = _words("""
+ugly curly hilly woolly wooly silly lovely friendly lonely holy jolly chilly frilly bubbly wobbly elderly early
+daily weekly monthly yearly nightly hourly only costly deadly lively cuddly prickly wrinkly sparkly bristly burly
+grisly lowly homely manly knobbly crinkly portly stately ghastly ghostly pearly scaly smelly oily comely kindly
+sickly bully italy supply reply monopoly apply
 """)
 # After a subject these start a predicate: "the cat | should be removed", "the sky | is purple"
 PASSIVE_MARKERS = _words("removed deleted erased gone eliminated missing replaced swapped added")

@@ -231,6 +231,14 @@ def looks_participle(w: str) -> bool:
     return w.endswith("ed") and len(w) > 3 and w not in L.ED_KEEP
 
 
+def is_adverb(w: str) -> bool:
+    """An adverb in -ly ('slightly', 'quickly', 'completely'), which ends a noun phrase: 'make the sky slightly
+    brighter' asked the detector for 'sky slightly', 'remove the car quickly' for 'car quickly'. Not a noun
+    (`LY_NOUNS`: lily, family, butterfly) nor an adjective (`LY_ADJECTIVES`, or a value: curly, ugly, sparkly)."""
+    return len(w) > 4 and w.endswith("ly") and w.isalpha() and w not in L.LY_NOUNS and \
+        w not in L.LY_ADJECTIVES and not is_value_word(w)
+
+
 def is_value_word(w: str) -> bool:
     """A word that names a value of an attribute: a colour, material, state or comparative."""
     if w in L.COLOURS or w in L.MATERIALS or w in L.STATE_ADJECTIVES or w in L.COLOUR_MODIFIERS or \
@@ -453,6 +461,8 @@ class _PhraseReader:
             return False                                   # "the bench | out of stone", "the cat | out of the box"
         if w.endswith("'s") or (w.endswith("'") and len(w) > 1):
             return self._possessive(tok, w)
+        if self.words and is_adverb(w):
+            return False                                   # 'the sky | slightly brighter', 'the car | quickly'
         return self._word(tok, w)
 
     def _parenthetical(self) -> bool:

@@ -179,9 +179,12 @@ def _value_kind(y: list[str]) -> str:
     content = [w for w in y if is_word(w) and w not in ("a", "an", "the", "more", "slightly", "very",
                                                          "much", "bit", "little", "somewhat", "fully",
                                                          "completely", "totally", "entirely", "into",
-                                                         "one", "ones")]
+                                                         "one", "ones", "too", "so", "really", "quite",
+                                                         "rather", "extremely", "way", "less")]
     if not content:
         return "none"
+    if all(w in L.SIZE_WORDS for w in content) and not (y and y[0] in ("a", "an")):
+        return "value"                                   # 'the car is too big' (was a replace of the car by 'too')
     if _has(content, L.STYLE_WORDS) and ("style" in content or "painting" in content
                                           or "drawing" in content or "sketch" in content
                                           or not any(w not in L.STYLE_WORDS for w in content[:1])):
@@ -821,6 +824,8 @@ def _parse_state(toks, low, j, verb, end) -> Parse:
 
 
 def _parse_restore(toks, low, j, verb, end) -> Parse:
+    if low[j:j + 1] == ["out"] and j + 1 < end:
+        j += 1                                            # 'blur out the faces'
     obj = extract_phrase(toks, j)
     if obj.head in L.GLOBAL_ADJUSTMENTS or obj.head in L.DEGRADATIONS:
         k = _find(low, obj.end, end, ("of",))
