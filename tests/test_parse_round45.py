@@ -169,3 +169,34 @@ def test_blur_is_a_verb_of_its_object(text, edits):
 ])
 def test_an_adverb_ends_the_concept(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("turn the apple into an orange", [("replace", "apple", "orange")]),          # was the apple's colour
+    ("make the flower a rose", [("replace", "flower", "rose")]),
+    ("turn the apple orange", [("attribute", "apple", "apple")]),
+    ("change the apple to orange", [("attribute", "apple", "apple")]),
+])
+def test_a_colour_after_a_is_a_thing(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Use a cat instead of the dog", [("replace", "dog", "cat")]),               # was a default add of 'use'
+    ("have a cat instead of the dog", [("replace", "dog", "cat")]),              # was an attribute of the cat
+    ("I want a cat instead of the dog", [("replace", "dog", "cat")]),            # was an add of the cat
+    ("let's have a cat instead of the dog", [("replace", "dog", "cat")]),
+    ("use a red car instead of the blue one", [("replace", "blue car", "red car")]),
+])
+def test_x_instead_of_y_after_a_lead_verb_is_a_replace(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("The sky should be filled with stars", [("add", None, "stars")]),           # was an attribute of the sky
+    ("the table is covered with books", [("add", None, "books")]),
+    ("the field should be covered in snow", [("add", None, "snow")]),
+    ("the room should be full of balloons", [("add", None, "balloons")]),
+])
+def test_filled_with_adds_the_filler(text, edits):
+    assert _edits(text) == edits

@@ -159,6 +159,9 @@ indigo cyan magenta teal turquoise navy maroon crimson scarlet lavender lilac ol
 amber bronze copper khaki coral mint peach burgundy emerald ruby sapphire rainbow multicolored
 multicoloured colorful colourful transparent translucent blonde blond brunette ginger auburn platinum
 """)
+# Colours that are things too: "turn the apple into an orange" is a fruit (it was the apple's colour), "into orange"
+# the colour
+COLOUR_NOUNS = _words("orange peach olive lime lemon rose plum cherry coral ruby emerald sapphire diamond salmon")
 COLOUR_MODIFIERS = _words("""
 dark light bright pale deep pastel neon vivid dull soft rich warm cool darker lighter brighter deeper
 paler vibrant muted hot royal

@@ -199,7 +199,7 @@ def _value_kind(y: list[str]) -> str:
     if first in ("made", "built", "covered", "crafted", "carved") :
         return "value"                                   # "made of gingerbread"
     indefinite = y and y[0] in ("a", "an")
-    if indefinite and len(content) == 1 and first in L.MATERIALS:
+    if indefinite and len(content) == 1 and (first in L.MATERIALS or first in L.COLOUR_NOUNS):
         return "thing"                                   # "to a glass" (a thing) vs "to glass" (a material)
     if is_value_word(first):
         if not indefinite or all(is_value_word(w) for w in content):
@@ -1121,6 +1121,20 @@ def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
     return None
 
 
+_FILLED = frozenset({"filled", "covered", "decorated", "full", "packed", "crowded", "littered", "dotted", "strewn",
+                     "sprinkled", "topped", "lined"})
+
+
+def _filled_with(low: list[str], k: int, end: int) -> int | None:
+    """Where the filler starts in 'X [is/should be] filled with Y' (k at the verb); None for another predicate."""
+    q = k + (low[k] in L.BE_VERBS or low[k] in ("get", "gets"))
+    while q < end and low[q] in _DEGREE_WORDS | {"completely", "entirely", "totally", "all"}:
+        q += 1
+    if q + 2 < end and low[q] in _FILLED and low[q + 1] in ("with", "in", "of"):
+        return q + 2
+    return None
+
+
 _JUDGED = "no-edit-named: a judgement"
 _JUDGING_VERBS = frozenset({"is", "are", "looks", "look", "seems", "seem", "appears", "appear", "'s"})
 
@@ -1161,6 +1175,13 @@ def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: in
     if kind == "instead-of":
         old = _one_of(extract_phrase(toks, k + 2), subj)   # 'a red car instead of the blue one': the blue car
         return Parse("replace", old.text, subj.text, "instead-of")
+    filled = _filled_with(low, k, end)
+    if kind == "state-or-action" and filled is not None:
+        # 'the sky should be filled with stars', 'the table is covered with books': what fills or covers it is new,
+        # as 'fill the sky with stars' and 'cover the table with books' read (it was an attribute edit of the sky)
+        obj = extract_phrase(toks[:end], filled)
+        if obj.words and not _is_whole_image(obj) and obj.head not in L.LIGHT_WORDS:
+            return Parse("add", None, obj.text, "passive-filled-with")
     if kind == "state-or-action" and _judgement(low, k, end):
         # 'the car is ugly': how it looks now, said of no change (it was a replace of the car by 'ugly')
         return Parse("global", subj.text, None, _JUDGED)     # the subject: what a later 'it' is
@@ -1256,6 +1277,10 @@ _SUPPOSERS = frozenset({"we", "i", "you", "u", "they", "someone", "somebody"})
 _PLEASED = frozenset({"nice", "cool", "great", "good", "better", "awesome", "fun", "lovely", "interesting", "best"})
 
 
+_INSTEAD_LEADS = (("let", "there", "be"), ("let's", "have"), ("lets", "have"), ("let's", "use"), ("lets", "use"),
+                  ("use",), ("have",), ("get",))
+
+
 def _supposed_act(toks: list[str]) -> list[str]:
     """'what if we added a cat', 'what if you made the sky red', 'imagine we removed the car': a supposition of an
     edit done by us or you is that edit, so the rest is read from its verb ('we' was the subject: an add of 'we', a
@@ -1263,6 +1288,11 @@ def _supposed_act(toks: list[str]) -> list[str]:
     'it would be cool if the car was red' (they were global edits of 'it'); 'it would look better without the car'
     removes the car, '... with a hat on the dog' adds the hat."""
     low = [t.lower() for t in toks]
+    lead = next((len(w) for w in _INSTEAD_LEADS if tuple(low[:len(w)]) == w), 0)
+    if lead and "instead" in low[lead + 1:] and low[low.index("instead", lead + 1) + 1:][:1] == ["of"]:
+        # 'use a cat instead of the dog', 'have a cat instead of ...', 'I want a cat instead of ...' (as 'let there be
+        # ...'): 'a cat instead of the dog', a replace (a default add of 'use', an attribute of the cat, an add)
+        return toks[lead:]
     if low[:2] == ["instead", "of"] and "," in low[3:]:
         # 'instead of a dog, make it a cat' / '..., add a cat': X is what goes, 'it' the thing put in its place (it
         # was a global edit of 'it'); read as 'make the dog a cat', 'add a cat instead of a dog'
