@@ -200,3 +200,33 @@ def test_x_instead_of_y_after_a_lead_verb_is_a_replace(text, edits):
 ])
 def test_filled_with_adds_the_filler(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    # the place clause was read as the new background, or the new thing as the old one's look
+    ("Make the painting on the wall a mirror", [("replace", "painting", "mirror")]),
+    ("make the dog on the left a cat", [("replace", "dog", "cat")]),
+    ("make the man in the red shirt a woman", [("replace", "man", "woman")]),
+    ("make the cat on the sofa a lion", [("replace", "cat", "lion")]),
+    ("make the lamp next to the bed a candle", [("replace", "lamp", "candle")]),
+    ("make the cup on the table red", [("attribute", "cup", "cup")]),
+    ("make the dog on the beach", [("replace", "background", "beach")]),
+])
+def test_make_x_somewhere_a_y_replaces_x(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Shrink the car", [("attribute", "car", "car")]),                           # was an add of 'shrink'
+    ("Enlarge the moon", [("attribute", "moon", "moon")]),
+    ("resize the image", [("global", None, None)]),
+    ("give the woman long hair", [("attribute", "woman", "woman")]),              # was 'woman long hair'
+    ("give the car red stripes", [("attribute", "car", "car")]),
+    ("give him long hair", [("attribute", "person", "person")]),                  # was 'him'
+    ("give the man a beard", [("add", None, "beard")]),
+    ("Change the style to Van Gogh", [("global", None, None)]),                   # was an attribute of 'style'
+    ("change the art style to anime", [("global", None, None)]),
+    ("change the style of the car to retro", [("attribute", "car", "car")]),
+])
+def test_resize_give_and_style_forms(text, edits):
+    assert _edits(text) == edits

@@ -524,8 +524,10 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
     x = _person_pronoun(low, j, end) or (Phrase(["person"], j + 1, seen=["her"]) if low[j:j + 1] == ["her"] and
                                          low[j + 1:j + 2] in (["into"], ["to"], ["as"]) else None) or \
         extract_phrase(toks, j, stop_at_verbs=True)     # 'turn him into a cyborg', 'turn her into a queen'
-    if x.head in L.GLOBAL_ADJUSTMENTS and x.head not in L.ATTRIBUTE_NOUNS:
-        # "adjust the brightness (of the image)" is global; "... of the sky" is the sky's attribute
+    if x.head in L.GLOBAL_ADJUSTMENTS and x.head not in L.ATTRIBUTE_NOUNS or x.words and all(
+            w in _STYLE_OF for w in x.words) and x.head in ("style", "styles", "aesthetic"):
+        # "adjust the brightness (of the image)" is global; "... of the sky" is the sky's attribute; so is "change the
+        # (art) style (of the car) to Van Gogh" (an attribute edit of 'style', which no detector finds)
         owner = extract_phrase(toks, x.end + 1) if x.end < end and low[x.end] == "of" else None
         if owner is None or _is_whole_image(owner):
             return Parse("global", None, None, "change-global-adjustment")
@@ -557,6 +559,10 @@ def _parse_change(toks, low, j, verb, end) -> Parse:
         if text is not None:
             return text
     return _classify_change(toks, low, x, seg, y_start, end, a, "change")
+
+
+_STYLE_OF = L.WHOLE_IMAGE | {"art", "artistic", "visual", "style", "styles", "aesthetic", "overall", "painting",
+                             "drawing"}
 
 
 def _in_is_target(low, k, end, toks=None) -> bool:
@@ -675,6 +681,11 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if k < end and low[k] in ("a", "an", "the") and not _is_whole_image(x):
         # "make the dog a cat"
         return _classify_change(toks, low, x, low[j:k], k, end, None, verb + "-object")
+    q = _placed_then_object(toks, low, x, k, end)
+    if q is not None:
+        # 'make the painting on the wall a mirror', 'make the dog on the left a cat': the place says which, 'a mirror'
+        # is what it becomes (they were a replace of the background by 'wall', an attribute of the dog)
+        return _classify_change(toks, low, x, low[j:k], q, end, None, verb + "-placed-object")
     if k < end and low[k] in ("in", "at", "on") and _in_is_target(low, k, end, toks):
         y_start = _strip_connectors(low, k + 1)
         rest = low[y_start:end]
@@ -722,6 +733,22 @@ def _pronoun_becomes(toks, low, x: Phrase, k: int, end: int) -> str | None:
             ynp.words[0] in ("bit", "lot", "little", "touch", "tad") or _has(ynp.words, L.WEATHER):
         return None
     return ynp.text
+
+
+def _placed_then_object(toks, low, x: Phrase, k: int, end: int) -> int | None:
+    """In 'make X PLACE a Y' (a place clause at k, then 'a'/'an' and a noun phrase to the clause's end), where 'a'
+    stands; None when the clause is not so (no place, a verb or 'and' in it, the last phrase not reaching the end)."""
+    if not x.words or _is_whole_image(x) or k >= end or low[k] not in L.PLACE_PREPOSITIONS:
+        return None
+    for q in range(end - 1, k + 1, -1):
+        if low[q] in ("a", "an") and extract_phrase(toks[:end], q).end >= end:
+            between = low[k + 1:q]
+            if any(w in ("and", ",", "into", "as") or _verb_kind(w) or w in L.BE_VERBS or w in L.ACTION_VERBS
+                   for w in between):
+                return None
+            place = extract_phrase(toks[:q], k + 1 + (low[k + 1:k + 2] in (["to"], ["of"])))
+            return q if place.words and place.end >= q else None
+    return None
 
 
 def _plural(w: str) -> bool:
@@ -795,11 +822,15 @@ def _parse_give(toks, low, j, verb, end) -> Parse:
     her_object = low[j:j + 1] == ["her"] and j + 1 < end and (
         low[j + 1] in L.DETERMINERS or extract_phrase(toks, j + 1).end >= end)
     if j + 1 < end and (low[j] in ("him", "them", "me", "us") or her_object):
-        x = Phrase([low[j]], j + 1, seen=[low[j]])        # "give her (a) necklace"; not "give her hair a tint"
+        # "give her (a) necklace"; not "give her hair a tint"; a person pronoun is `person` ('give him long hair')
+        x = Phrase(["person"] if low[j] in ("him", "her") else [low[j]], j + 1, seen=[low[j]])
     else:
         x = extract_phrase(toks, j)
         second = next((q for q in range(j + 1, x.end) if low[q] in L.DETERMINERS and low[q - 1] not in L.DETERMINERS
                        and is_word(low[q - 1])), None)
+        if second is None:                                # 'give the woman | long hair' (was 'woman long hair')
+            second = next((q for q in range(j + 1, x.end) if is_value_word(low[q]) and is_word(low[q - 1]) and
+                           low[q - 1] not in L.DETERMINERS and not is_value_word(low[q - 1])), None)
         if second is not None:                            # 'give the sky | some stars' (was the concept 'sky stars')
             x = extract_phrase(toks[:second], j)
     y = extract_phrase(toks, x.end)
