@@ -230,3 +230,22 @@ def test_make_x_somewhere_a_y_replaces_x(text, edits):
 ])
 def test_resize_give_and_style_forms(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    # a request to edit the picture, then the edit: they were global edits of the image
+    ("Edit the image so that the car is red.", [("attribute", "car", "car")]),
+    ("Modify the image to include a dog.", [("add", None, "dog")]),
+    ("Alter the picture by adding a cat.", [("add", None, "cat")]),
+    ("Please edit this image to remove the people.", [("remove", "people", None)]),
+    ("edit the photo by removing the car", [("remove", "car", None)]),
+    ("Update the photo to make the sky blue", [("attribute", "sky", "sky")]),
+    ("Change the image to a painting", [("global", None, None)]),
+    ("edit the image", [("global", None, None)]),
+    # what the picture shows now is no edit (it was an attribute edit of 'image')
+    ("The image shows a kitchen. Add a microwave on the counter.", [("add", None, "microwave")]),
+    ("the photo should show a beach", [("global", None, None)]),
+    ("the sign shows STOP", [("attribute", "sign", "sign")]),
+])
+def test_edit_the_image_so_that_leads_to_the_edit(text, edits):
+    assert _edits(text) == edits

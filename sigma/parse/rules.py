@@ -28,6 +28,7 @@ from sigma.parse.phrases import (
 )
 from sigma.parse.registry import register_parser
 from sigma.parse.types import MAX_EDITS, Edit, ParsedInstruction
+from sigma.parse.typos import EDIT_VERBS as _TYPO_EDIT_VERBS
 from sigma.parse.typos import correct
 
 _FILLERS = [
@@ -1167,6 +1168,7 @@ def _filled_with(low: list[str], k: int, end: int) -> int | None:
 
 
 _JUDGED = "no-edit-named: a judgement"
+_DESCRIBED = "no-edit-named: a description"
 _JUDGING_VERBS = frozenset({"is", "are", "looks", "look", "seems", "seem", "appears", "appear", "'s"})
 
 
@@ -1199,6 +1201,11 @@ def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: in
         return Parse("replace", subj.text, new.text if new else None, "passive-replace")
     if kind == "add":
         return Parse("add", None, subj.text, "passive-add")
+    if kind == "display" and _is_whole_image(subj) and subj.words and not any(w in L.MODALS for w in low[j:k]):
+        # 'The image shows a kitchen. Add a microwave ...': what the picture is now (an attribute edit of 'image')
+        return Parse("global", None, None, _DESCRIBED)
+    if kind == "display" and _is_whole_image(subj) and subj.words:
+        return Parse("global", None, None, "declarative-display-whole-image")   # 'the photo should show a beach'
     if kind == "display" and subj.head not in L.HUMAN_NOUNS:  # 'the clock should show 3 o'clock': what it shows
         return Parse("attribute", subj.text, subj.text, "declarative-display")
     if kind == "display":                                  # 'the man should read a book': what he does
@@ -1306,6 +1313,36 @@ _PAST_EDITS = {"made": "make", "turned": "turn", "changed": "change", "put": "pu
 _SUPPOSERS = frozenset({"we", "i", "you", "u", "they", "someone", "somebody"})
 # 'it would be nice if', "it'd be great to": a wish told as what would please
 _PLEASED = frozenset({"nice", "cool", "great", "good", "better", "awesome", "fun", "lovely", "interesting", "best"})
+
+
+_LEAD_VERBS = frozenset({"edit", "modify", "alter", "change", "adjust", "update", "manipulate", "tweak", "process"})
+_LEAD_IMAGES = frozenset({"image", "picture", "photo", "photograph", "scene", "pic", "img", "shot"})
+_LEAD_JOINS = (("so", "that"), ("such", "that"), ("in", "order", "to"), ("in", "a", "way", "that"), ("so",), ("to",),
+               ("by",), ("and",))
+_GERUNDS = {form: verb for verb in (*sorted(_TYPO_EDIT_VERBS), "put", "get", "have", "let", "fill", "cover", "move")
+            for form in (verb + "ing", verb[:-1] + "ing", verb + verb[-1] + "ing")}
+
+
+def _image_edit_lead(toks: list[str]) -> list[str]:
+    """'Edit the image so that the car is red', 'Modify the image to include a dog', 'Alter the picture by adding a
+    cat': a request to edit the picture that says the edit after it is that edit (they were global edits of the
+    image): the rest, a gerund after 'by' read as its verb ('adding' -> 'add')."""
+    low = [t.lower() for t in toks]
+    k = int(low[:1] != [] and low[0] in _LEAD_VERBS)     # 'edit' itself may have gone already, as a filler
+    k += low[k:k + 1] != [] and low[k] in ("the", "this", "that", "my", "our", "your")
+    if not k or k >= len(low) or low[k] not in _LEAD_IMAGES:
+        return toks
+    k += 1 + (low[k + 1:k + 2] == [","])
+    join = next((w for w in _LEAD_JOINS if tuple(low[k:k + len(w)]) == w), None)
+    if join is None or k + len(join) >= len(low):
+        return toks
+    rest = toks[k + len(join):]
+    if join == ("by",):
+        verb = _GERUNDS.get(rest[0].lower())
+        return [verb, *rest[1:]] if verb else toks
+    if join in (("to",), ("and",)) and not (_verb_kind(rest[0].lower()) or rest[0].lower() in L.MAKE_VERBS):
+        return toks                                   # 'change the image to a painting': the image becomes it
+    return rest
 
 
 _INSTEAD_LEADS = (("let", "there", "be"), ("let's", "have"), ("lets", "have"), ("let's", "use"), ("lets", "use"),
@@ -1574,7 +1611,7 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
     anything the single-edit rules read; a later clause counts only when it starts with an editing
     verb, continues the previous verb (gapping), or is a declarative about a named object, and not
     when it states a constraint ('make sure it looks natural', 'keep the rest')."""
-    toks = _supposed_act(_wish(toks[_leading_fillers([t.lower() for t in toks], 0):]))
+    toks = _supposed_act(_wish(_image_edit_lead(toks[_leading_fillers([t.lower() for t in toks], 0):])))
     low = [t.lower() for t in toks]
     n = len(low)
     out: list[Parse] = []
@@ -1825,8 +1862,9 @@ def parse_rules(text: str | None) -> ParsedInstruction:
             parse = Parse(parse.edit_type, _named(parse.source), _named(parse.target), rule)
             if (parse.edit_type, parse.source, parse.target) not in [(p.edit_type, p.source, p.target) for p in parses]:
                 parses.append(parse)
-    if any(p.rule != _JUDGED for p in parses):
-        parses = [p for p in parses if p.rule != _JUDGED]     # 'the sky is boring, make it blue': the edit is the rest
+    if any(p.rule not in (_JUDGED, _DESCRIBED) for p in parses):
+        # 'the sky is boring, make it blue', 'The image shows a kitchen. Add a microwave': the edit is the rest
+        parses = [p for p in parses if p.rule not in (_JUDGED, _DESCRIBED)]
     parses = [Parse(p.edit_type, None, None, p.rule) if p.rule == _JUDGED else p for p in parses]
     if not parses and unread:
         # no sentence is English: no edit is read, rather than one of concepts made of foreign words
