@@ -249,3 +249,17 @@ def test_resize_give_and_style_forms(text, edits):
 ])
 def test_edit_the_image_so_that_leads_to_the_edit(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Whiten the teeth.", [("attribute", "teeth", "teeth")]),                    # was an add of 'whiten'
+    ("Smooth the skin.", [("attribute", "skin", "skin")]),
+    ("Tidy the desk", [("attribute", "desk", "desk")]),
+    ("Clean up the room", [("attribute", "room", "room")]),                      # was a remove of the room
+    ("clean up the mess", [("remove", "mess", None)]),
+    ("Replace the tree with nothing", [("remove", "tree", None)]),               # was a replace by 'nothing'
+    ("replace the car with empty space", [("remove", "car", None)]),
+    ("replace the man with the background", [("remove", "man", None)]),
+])
+def test_look_verbs_clean_up_and_replace_with_nothing(text, edits):
+    assert _edits(text) == edits

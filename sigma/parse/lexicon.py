@@ -126,9 +126,10 @@ RESTORATION_VERBS = _words("""
 deblur denoise dehaze derain restore enhance sharpen brighten darken colorize colourize lighten
 upscale clarify unblur declutter
 blur blurs pixelate pixelates shrink shrinks enlarge enlarges magnify magnifies resize resizes
+whiten whitens smooth smooths smoothen smoothens soften softens tidy tidies redden reddens
 """)
-# ('blur the license plate', 'pixelate the face', 'shrink the car': the object's look, as 'sharpen the dog' is; they
-# were global edits from the keyword 'blur', or a default add of 'pixelate', of 'shrink')
+# ('blur the license plate', 'pixelate the face', 'shrink the car', 'whiten the teeth': the object's look, as
+# 'sharpen the dog' is; they were global edits from the keyword 'blur', or default adds of the verb)
 GLOBAL_ADJUSTMENTS = _words("""
 brightness contrast saturation exposure lighting illumination quality sharpness clarity resolution
 vibrance temperature white-balance gamma hue tone tones colors colours color colour

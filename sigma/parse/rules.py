@@ -410,6 +410,9 @@ def _one_of(ph: Phrase, other: Phrase) -> Phrase:
     return Phrase([*words, other.head], ph.end, ph.saw_attribute, ph.seen, ph.proper)
 
 
+_NOTHING = frozenset({"nothing", "empty", "emptiness", "void", "blank"})
+
+
 def _parse_replace(toks, low, j, verb, end) -> Parse:
     if j < len(low) and low[j] in ("out",):
         j += 1
@@ -440,6 +443,9 @@ def _parse_replace(toks, low, j, verb, end) -> Parse:
     elif obj.saw_attribute and new is not None and _value_kind(low[k + 1:end]) == "value":
         return Parse("attribute", obj.text, obj.text, "replace-attribute")
     target = new.text if new is not None else None
+    if new is not None and new.words and all(w in _NOTHING or w in ("space", "area", "background") for w in new.words) \
+            and (_has(new.words, _NOTHING) or new.words == ["background"]) and source != "background":
+        return Parse("remove", source, None, "replace-with-nothing")   # 'replace the tree with nothing' (a replace)
     return Parse("replace", source, target, "replace")
 
 
@@ -998,6 +1004,11 @@ def _multiword_verb(low: list[str], i: int) -> tuple[str, int] | None:
     return None
 
 
+# What 'clean up X' takes away; any other X is the place made clean ('clean up the room', 'the desk')
+_MESS = frozenset({"mess", "messes", "clutter", "trash", "litter", "garbage", "rubbish", "debris", "dirt", "dust",
+                   "stains", "stain", "graffiti", "junk", "leaves", "spill", "spills", "crumbs", "papers", "toys"})
+
+
 def _parse_tokens(toks: list[str]) -> Parse | None:
     low = [t.lower() for t in toks]
     if not low:
@@ -1006,6 +1017,11 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
     multi = _multiword_verb(low, 0)
     if multi is not None:
         kind, j = multi
+        if low[:2] == ["clean", "up"]:
+            place = extract_phrase(toks[:end], j)
+            if place.words and place.head not in _MESS:    # 'clean up the room': its look (a remove of the room)
+                return Parse("global", None, None, "clean-up-image") if _is_whole_image(place) else \
+                    Parse("attribute", place.text, place.text, "clean-up-place")
         return _DISPATCH[kind](toks, low, j, low[0], end)
     if low[0] in ("take", "get", "cut", "chop") and len(low) > 2:
         gone = extract_phrase(toks[:end], 1, stop_at_verbs=True)
