@@ -263,3 +263,18 @@ def test_edit_the_image_so_that_leads_to_the_edit(text, edits):
 ])
 def test_look_verbs_clean_up_and_replace_with_nothing(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("The woman's dress should be changed to a red gown.", [("replace", "dress", "red gown")]),   # was the look
+    ("the car should be changed to a truck", [("replace", "car", "truck")]),
+    ("the car should be changed to red", [("attribute", "car", "car")]),
+    ("the dog has been changed to a cat", [("replace", "dog", "cat")]),
+    # a second subject with its wear verb: the object was 'scarf and cat wear', the bow lost
+    ("make the dog wear a scarf and the cat wear a bow", [("add", None, "scarf"), ("add", None, "bow")]),
+    ("have the man hold a cup and the woman hold a phone", [("add", None, "cup"), ("add", None, "phone")]),
+    ("let the man wear a hat and the woman a scarf", [("add", None, "hat"), ("add", None, "scarf")]),
+    ("add a cat and a dog", [("add", None, "cat and dog")]),
+])
+def test_passive_changed_to_and_a_second_wearer(text, edits):
+    assert _edits(text) == edits

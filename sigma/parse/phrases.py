@@ -231,6 +231,17 @@ def looks_participle(w: str) -> bool:
     return w.endswith("ed") and len(w) > 3 and w not in L.ED_KEEP
 
 
+def subject_then_verb(toks: list[str], k: int) -> bool:
+    """Does a new clause start at k, a short subject and its wear or be verb ('... a scarf and | the cat wear a
+    bow': the object was 'scarf and cat wear')?"""
+    low = [t.lower() for t in toks[k:k + 5]]
+    q = 0
+    while q < len(low) and low[q] in L.DETERMINERS:
+        q += 1
+    return 0 < q < len(low) - 1 and any(w in L.WEAR_VERBS or w in ("is", "are", "should", "be")
+                                        for w in low[q + 1:q + 3]) and is_word(low[q])
+
+
 def is_adverb(w: str) -> bool:
     """An adverb in -ly ('slightly', 'quickly', 'completely'), which ends a noun phrase: 'make the sky slightly
     brighter' asked the detector for 'sky slightly', 'remove the car quickly' for 'car quickly'. Not a noun
@@ -562,7 +573,7 @@ class _PhraseReader:
         nxt = _next_word(toks, j + 1)
         compound_value = all(is_value_word(x) for x in words) and _values_then_noun(toks, j + 1)
         if (not words or nxt is None or nxt in L.BOUNDARY_WORDS or _is_edit_verb(nxt) or looks_participle(nxt)
-                or nxt in L.CONSTRAINT_STARTS
+                or nxt in L.CONSTRAINT_STARTS or (not self.stop_at_verbs and subject_then_verb(toks, j + 1))
                 or is_value_word(nxt) and words and is_value_word(words[-1]) and not compound_value):
             return False
         words.append("and")

@@ -24,6 +24,7 @@ from sigma.parse.phrases import (
     is_value_word,
     is_word,
     looks_participle,
+    subject_then_verb,
     tokenize,
 )
 from sigma.parse.registry import register_parser
@@ -128,6 +129,9 @@ def _clause_end(low: list[str], start: int) -> int:
                 return j
             if _arrow_in(low, start, j) and _arrow_in(low, q, len(low)):
                 return j                                  # 'sky -> sunset, car -> truck': one edit an arrow
+            if any(v in L.WEAR_VERBS for v in low[start:j]) and subject_then_verb(low, q):
+                return j                                  # '... wear a scarf and | the cat wear a bow'
+    return len(low)
     return len(low)
 
 
@@ -1169,6 +1173,7 @@ def _predicate_kind(low: list[str], k: int, end: int) -> str | None:
     return None
 
 
+_CHANGED = frozenset({"changed", "turned", "transformed", "converted", "made", "altered", "modified"})
 _FILLED = frozenset({"filled", "covered", "decorated", "full", "packed", "crowded", "littered", "dotted", "strewn",
                      "sprinkled", "topped", "lined"})
 
@@ -1229,6 +1234,10 @@ def _parse_predicate(kind: str, toks, low, subj: Phrase, j: int, k: int, end: in
     if kind == "instead-of":
         old = _one_of(extract_phrase(toks, k + 2), subj)   # 'a red car instead of the blue one': the blue car
         return Parse("replace", old.text, subj.text, "instead-of")
+    if kind == "state-or-action" and low[k] in L.BE_VERBS | {"been", "get", "gets"} and k + 3 < end and \
+            low[k + 1] in _CHANGED and low[k + 2] in ("to", "into"):
+        # 'the dress should be changed to a red gown' (it was the dress's look: 'changed' read as its value)
+        return _classify_change(toks, low, subj, low[j:k], _strip_connectors(low, k + 3), end, None, "passive-to")
     filled = _filled_with(low, k, end)
     if kind == "state-or-action" and filled is not None:
         # 'the sky should be filled with stars', 'the table is covered with books': what fills or covers it is new,
