@@ -278,3 +278,19 @@ def test_look_verbs_clean_up_and_replace_with_nothing(text, edits):
 ])
 def test_passive_changed_to_and_a_second_wearer(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Maybe add some clouds?", [("add", None, "clouds")]),                        # was 'maybe add clouds'
+    ("add clouds maybe", [("add", None, "clouds")]),                              # was 'clouds maybe'
+    ("try adding a bird", [("add", None, "bird")]),                               # was an add of 'try'
+    ("How about making the car red?", [("attribute", "car", "car")]),             # was global
+    ("What about adding a hat to the man?", [("add", None, "hat")]),
+    ("Add: a cat", [("add", None, "cat")]),                                       # was an add of nothing
+    ("Remove: the dog", [("remove", "dog", None)]),
+    ("Task: remove the dog", [("remove", "dog", None)]),                          # was an add of 'task'
+    ("replace cat -> dog", [("replace", "cat", "dog")]),                          # the dog was lost
+    ("replace the cat → a dog", [("replace", "cat", "dog")]),
+])
+def test_chat_wording_leads_to_the_edit(text, edits):
+    assert _edits(text) == edits

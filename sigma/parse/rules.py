@@ -1348,6 +1348,33 @@ _GERUNDS = {form: verb for verb in (*sorted(_TYPO_EDIT_VERBS), "put", "get", "ha
             for form in (verb + "ing", verb[:-1] + "ing", verb + verb[-1] + "ing")}
 
 
+_HEDGES = frozenset({"maybe", "perhaps", "possibly"})
+_GERUND_LEADS = (("try",), ("how", "about"), ("what", "about"), ("consider",), ("start", "by"), ("begin", "by"),
+                 ("i", "suggest"), ("i", "recommend"))
+
+
+def _chat_lead(toks: list[str]) -> list[str]:
+    """The edit in chat-like wording: hedges dropped ('Maybe add some clouds?', 'add clouds maybe': the concept was
+    'maybe add clouds', 'clouds maybe'), a label before a colon dropped ('Task: remove the dog' was an add of 'task';
+    'Add: a cat' an add of nothing), a gerund after 'try', 'how about' read as its verb ('try adding a bird' was an
+    add of 'try', 'How about making the car red?' a global edit), an arrow after 'replace X' read as 'with'."""
+    toks = [t for t in toks if t.lower() not in _HEDGES] or toks
+    low = [t.lower() for t in toks]
+    if len(low) > 2 and low[1] == ":" and is_word(low[0]):
+        toks = toks[2:] if _verb_kind(low[0]) is None else [toks[0], *toks[2:]]
+        low = [t.lower() for t in toks]
+    lead = next((len(w) for w in _GERUND_LEADS if tuple(low[:len(w)]) == w), 0)
+    if lead and lead < len(low) and low[lead] in _GERUNDS:
+        toks = [_GERUNDS[low[lead]], *toks[lead + 1:]]
+        low = [t.lower() for t in toks]
+    if low[:1] and _verb_kind(low[0]) == "replace" and "with" not in low:
+        q = next((q for q in range(2, len(low)) if low[q] in ("->", "→") or low[q - 1:q + 1] in (["-", ">"],
+                                                                                           ["=", ">"])), None)
+        if q is not None:                                 # 'replace cat -> dog' (the dog was lost)
+            toks = [*toks[:q - (low[q] == ">")], "with", *toks[q + 1:]]
+    return toks
+
+
 def _image_edit_lead(toks: list[str]) -> list[str]:
     """'Edit the image so that the car is red', 'Modify the image to include a dog', 'Alter the picture by adding a
     cat': a request to edit the picture that says the edit after it is that edit (they were global edits of the
@@ -1636,6 +1663,7 @@ def _sentence_edits(toks: list[str], first: bool, before: list[Parse] | None = N
     anything the single-edit rules read; a later clause counts only when it starts with an editing
     verb, continues the previous verb (gapping), or is a declarative about a named object, and not
     when it states a constraint ('make sure it looks natural', 'keep the rest')."""
+    toks = _chat_lead(toks)
     toks = _supposed_act(_wish(_image_edit_lead(toks[_leading_fillers([t.lower() for t in toks], 0):])))
     low = [t.lower() for t in toks]
     n = len(low)
