@@ -294,3 +294,14 @@ def test_passive_changed_to_and_a_second_wearer(text, edits):
 ])
 def test_chat_wording_leads_to_the_edit(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("make the table made of glass", [("attribute", "table", "table")]),          # was 'table made'
+    ("add a table made of glass", [("add", None, "table")]),                      # was 'table made'
+    ("replace the chair with one made of wood", [("replace", "chair", "chair")]), # was a replace by 'made'
+    ("make the horse gallop", [("attribute", "horse", "horse")]),                 # was 'horse gallop'
+    ("make the house on fire", [("attribute", "house", "house")]),                # was the background by 'fire'
+])
+def test_made_of_actions_and_on_fire(text, edits):
+    assert _edits(text) == edits

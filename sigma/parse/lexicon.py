@@ -288,6 +288,7 @@ wink bow lean stretch reach clap throw catch kick climb squat crouch grab take r
 spin hug sing shout yell scream blink gaze stare glance move step roll crawl fall float hover sink
 bark meow roar perch flap spread drive pose appear become grow shrink melt burn glow shine age wilt
 bloom have has get
+gallop trot hop leap dive surf skate ski jog sprint skip yawn howl chase graze peek smirk grin pout salute cheer
 """)
 SCENE_PREPOSITIONS = _words("in at on into")
 

@@ -474,6 +474,9 @@ class _PhraseReader:
             return self._possessive(tok, w)
         if self.words and is_adverb(w):
             return False                                   # 'the sky | slightly brighter', 'the car | quickly'
+        if self.words and w == "made" and self.toks[self.j + 1:self.j + 2] and \
+                self.toks[self.j + 1].lower() in ("of", "from", "out", "entirely", "completely", "fully"):
+            return False                                   # 'the table | made of glass' (was 'table made')
         return self._word(tok, w)
 
     def _parenthetical(self) -> bool:

@@ -432,7 +432,8 @@ def _parse_replace(toks, low, j, verb, end) -> Parse:
             return pair
     new = extract_phrase(toks, k + 1, caps_literal=_is_text(obj)) if k is not None else None
     if k is not None and low[k + 1:k + 2] in (["one"], ["ones"]) and (
-            k + 2 >= end or low[k + 2] in L.BOUNDARY_WORDS or low[k + 2] in ("that", "which")):
+            k + 2 >= end or low[k + 2] in L.BOUNDARY_WORDS or low[k + 2] in ("that", "which", "made") or
+            looks_participle(low[k + 2])):     # '... with one made of wood' (the concept was 'made')
         new = obj                                         # "replace the sign with one that says ENTER"
     if verb.startswith("substitut") and k is not None and low[k] == "for":
         obj, new = new, obj                               # "substitute a cat for the dog"
@@ -692,6 +693,8 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if k < end and low[k] in ("a", "an", "the") and not _is_whole_image(x):
         # "make the dog a cat"
         return _classify_change(toks, low, x, low[j:k], k, end, None, verb + "-object")
+    if low[k:k + 2] == ["on", "fire"] and x.words and not _is_whole_image(x):
+        return Parse("attribute", x.text, x.text, verb + "-on-fire")   # a replace of the background by 'fire'
     q = _placed_then_object(toks, low, x, k, end)
     if q is not None:
         # 'make the painting on the wall a mirror', 'make the dog on the left a cat': the place says which, 'a mirror'
