@@ -305,3 +305,17 @@ def test_chat_wording_leads_to_the_edit(text, edits):
 ])
 def test_made_of_actions_and_on_fire(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("same but with a dog", [("add", None, "dog")]),                              # was an add of 'same'
+    ("the same but without the car", [("remove", "car", None)]),
+    ("same but the car is red", [("attribute", "car", "car")]),
+    ("Make a version where the car is red", [("attribute", "car", "car")]),       # was an attribute of 'version'
+    ("give me a version without the people", [("remove", "people", None)]),      # was an add of 'give me'
+    ("make a version of the image with a cat", [("add", None, "cat")]),
+    ("Create a version of this image where the sky is pink", [("attribute", "sky", "sky")]),
+    ("make the dog the same color as the cat", [("attribute", "dog", "dog")]),
+])
+def test_same_but_and_a_version_with(text, edits):
+    assert _edits(text) == edits

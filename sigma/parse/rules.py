@@ -1366,6 +1366,16 @@ def _chat_lead(toks: list[str]) -> list[str]:
     if len(low) > 2 and low[1] == ":" and is_word(low[0]):
         toks = toks[2:] if _verb_kind(low[0]) is None else [toks[0], *toks[2:]]
         low = [t.lower() for t in toks]
+    rest = _version_rest(low)
+    if rest is not None and rest < len(low):
+        # 'same but with a dog', 'Create a version with snow', 'make a version where the car is red' (an add of
+        # 'same', of 'version', an attribute of 'version'): the change asked for
+        toks, low = toks[rest:], low[rest:]
+        if low[0] in ("with", "without"):
+            toks = ["add" if low[0] == "with" else "remove", *toks[1:]]
+        elif low[0] in L.PLACE_PREPOSITIONS or low[0] in ("as", "like"):
+            toks = ["make", "it", *toks]
+        low = [t.lower() for t in toks]
     lead = next((len(w) for w in _GERUND_LEADS if tuple(low[:len(w)]) == w), 0)
     if lead and lead < len(low) and low[lead] in _GERUNDS:
         toks = [_GERUNDS[low[lead]], *toks[lead + 1:]]
@@ -1376,6 +1386,31 @@ def _chat_lead(toks: list[str]) -> list[str]:
         if q is not None:                                 # 'replace cat -> dog' (the dog was lost)
             toks = [*toks[:q - (low[q] == ">")], "with", *toks[q + 1:]]
     return toks
+
+
+_VERSION_VERBS = frozenset({"create", "make", "generate", "give", "show", "render", "produce", "want", "need"})
+
+
+def _version_rest(low: list[str]) -> int | None:
+    """Where the change starts in 'same (image) but X', 'create a version (of this) where/with X'; None if not so."""
+    q = low[:1] == ["the"]
+    if low[q:q + 1] == ["same"]:
+        q += 1 + (low[q + 1:q + 2] != [] and low[q + 1] in _LEAD_IMAGES | {"thing", "one"})
+        q += low[q:q + 1] == [","]
+        return q + 1 if low[q:q + 1] == ["but"] else None
+    q = 0
+    if low[:1] and low[0] in _VERSION_VERBS:
+        q = 1 + (low[1:2] in (["me"], ["us"]))
+    if low[q:q + 2] not in (["a", "version"], ["another", "version"], ["a", "variant"], ["a", "variation"]):
+        return None
+    q += 2
+    if low[q:q + 1] == ["of"]:
+        q += 2 + (low[q + 1:q + 2] in (["the"], ["this"]) and low[q + 2:q + 3] != [] and low[q + 2] in _LEAD_IMAGES)
+    if low[q:q + 2] in (["in", "which"], ["so", "that"]):
+        return q + 2
+    if low[q:q + 1] in (["with"], ["without"]):
+        return q
+    return q + 1 if low[q:q + 1] in (["where"], ["but"]) else None
 
 
 def _image_edit_lead(toks: list[str]) -> list[str]:
