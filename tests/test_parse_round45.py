@@ -319,3 +319,18 @@ def test_made_of_actions_and_on_fire(text, edits):
 ])
 def test_same_but_and_a_version_with(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("make the man in a suit", [("add", None, "suit")]),                         # was the background by 'suit'
+    ("make the woman in a red dress", [("add", None, "red dress")]),
+    ("make the man in the park", [("replace", "background", "park")]),
+    ("show the dog running", [("attribute", "dog", "dog")]),                     # was an add of 'show'
+    ("show the man in a tuxedo", [("add", None, "tuxedo")]),
+    ("Imagine the cat as a lion", [("replace", "cat", "lion")]),                 # was an add of 'imagine'
+    ("imagine the house on fire", [("attribute", "house", "house")]),
+    ("Show the man without glasses", [("remove", "glasses", None)]),
+    ("Depict the house in winter", [("global", None, None)]),
+])
+def test_dressed_in_and_show_imagine_x(text, edits):
+    assert _edits(text) == edits

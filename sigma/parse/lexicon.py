@@ -200,6 +200,12 @@ casual formal sporty rugged classy sleek elaborate glamorous cheap expensive ric
 fragile delicate elderly puffy swollen fluffier sexy lovely charming gentle mean evil angelic royal rustic
 cartoony realistic strong weak intense subtle faint harsh
 """)
+# What one is dressed in: "make the man in a suit" puts a suit on him (it replaced the background by 'suit')
+GARMENTS = _words("""
+suit suits tuxedo dress dresses gown shirt t-shirt tshirt jacket coat sweater hoodie uniform costume hat cap helmet
+scarf jeans pants trousers shorts skirt kimono robe bikini swimsuit armor armour outfit clothes clothing apron vest
+cape cloak mask boots shoes sneakers gloves pajamas pyjamas raincoat overalls sari
+""")
 # Judgements of how a thing looks now: "the car is ugly" names no edit (it was a replace of the car by 'ugly')
 JUDGEMENT_ADJECTIVES = _words("""
 ugly boring bad terrible awful horrible hideous weird strange odd wrong fine good nice great perfect beautiful

@@ -693,6 +693,10 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if k < end and low[k] in ("a", "an", "the") and not _is_whole_image(x):
         # "make the dog a cat"
         return _classify_change(toks, low, x, low[j:k], k, end, None, verb + "-object")
+    if k + 1 < end and low[k] == "in" and x.words and not _is_whole_image(x):
+        worn = extract_phrase(toks[:end], k + 1)
+        if worn.head in L.GARMENTS and worn.end >= end:   # 'make the man in a suit' (a replace of the background)
+            return Parse("add", None, worn.text, verb + "-in-garment")
     if low[k:k + 2] == ["on", "fire"] and x.words and not _is_whole_image(x):
         return Parse("attribute", x.text, x.text, verb + "-on-fire")   # a replace of the background by 'fire'
     q = _placed_then_object(toks, low, x, k, end)
@@ -1048,6 +1052,14 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
         return _parse_cover(toks, low, 1, "fill", end)   # 'fill the sky with stars' puts stars there
     if low[0] in ("keep", "leave") and low[1:2] in (["only"], ["just"]) and len(low) > 2:
         return Parse("remove", "background", None, "keep-only")   # a first 'keep only the dog': the rest goes
+    if low[0] in ("show", "depict", "imagine", "picture", "visualize", "visualise", "envision") and len(low) > 2 and \
+            low[1] in ("the", "this", "it", "him", "her", "them", "these", "those") and "without" not in low[:end] and \
+            not _has(low[:end], L.WEATHER):               # 'depict the house in winter' stays global
+        # 'show the dog running', 'imagine the cat as a lion': X as it should be, as 'make X ...' (adds of 'show',
+        # 'imagine'); 'show the man without glasses' is left to 'without'
+        parse = _parse_tokens(["make", *toks[1:]])
+        if parse is not None:
+            return Parse(parse.edit_type, parse.source, parse.target, low[0] + "-" + parse.rule)
     kind = _verb_kind(low[0])
     if kind == "add" and low[0] in ("show", "drop", "bring", "set", "draw") and len(low) > 1 \
             and low[1] in ("the", "this", "it", "me"):
