@@ -334,3 +334,12 @@ def test_same_but_and_a_version_with(text, edits):
 ])
 def test_dressed_in_and_show_imagine_x(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Make this better", [("global", None, None)]),                               # was an attribute of 'better'
+    ("make the car better", [("attribute", "car", "car")]),
+    ("add a good dog", [("add", None, "good dog")]),
+])
+def test_better_is_a_value(text, edits):
+    assert _edits(text) == edits

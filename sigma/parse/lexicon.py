@@ -198,7 +198,7 @@ ruined overgrown lush dense sparse feathered spiky bumpy glittery glittering shi
 sandy rocky grassy leafy colorless colourless intricate ornate decorated detailed stylish trendy fashionable
 casual formal sporty rugged classy sleek elaborate glamorous cheap expensive rich poor shiny sparkly sturdy
 fragile delicate elderly puffy swollen fluffier sexy lovely charming gentle mean evil angelic royal rustic
-cartoony realistic strong weak intense subtle faint harsh
+cartoony realistic strong weak intense subtle faint harsh good nice better nicer best worse
 """)
 # What one is dressed in: "make the man in a suit" puts a suit on him (it replaced the background by 'suit')
 GARMENTS = _words("""
