@@ -455,6 +455,25 @@ def test_an_out_whose_result_file_is_a_folder_is_refused_before_scoring(name, ev
     assert main(argv) == 0 and (out / "metrics.json").is_file()
 
 
+def test_an_out_inside_a_batch_runs_own_folders_is_refused_before_any_work(eval_root, tmp_path, capsys):
+    """`sigma eval --out RUN/status` (or RUN/shards, RUN/masks/x): the eval wrote its metrics.json, config.yaml and
+    .lock among the batch run's status files and shards, exit 0. Now `out_is_run_file` naming the run's folder, before
+    the folder is made; a new folder beside them in the run is fine."""
+    from sigma.cli import main
+
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(eval_root / "edits"), "--out", str(run), "--annotator", "pixel-diff"]) == 0
+    capsys.readouterr()
+    before = {p: sorted(os.listdir(p)) for p in (run, run / "status", run / "shards")}
+    for inner, own in ((run / "status", "status"), (run / "shards", "shards"), (run / "masks" / "x", "masks")):
+        argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(inner)]
+        assert main(argv) == 2
+        assert f"[out_is_run_file]: {inner}: inside the batch run's own {own}/ in {run}" in capsys.readouterr().err
+    assert {p: sorted(os.listdir(p)) for p in before} == before and not (run / "masks").exists()
+    assert main(["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(run / "eval")]) == 0
+    assert (run / "eval" / "metrics.json").is_file()
+
+
 def test_spaces_around_a_perturbation_name_are_read_as_the_name(eval_root, tmp_path, capsys):
     """`--perturb " none , jpeg75"` (spaces around a name, as lists are written) is `none` and `jpeg75`."""
     from sigma.cli import main
