@@ -715,6 +715,24 @@ def test_a_set_replacement_that_failed_after_staging_is_finished_by_a_reader(tmp
     assert _leftovers(out) == []
 
 
+def test_a_rename_into_place_that_fails_names_the_users_file_not_the_staged_one(tmp_path):
+    """config.yaml made a folder while an eval ran (past the check before scoring): its commit failed `os_error: Is a
+    directory: OUT/.config.yaml.PID.RANDOM.tmp`, a name the user never gave (the rename's filename2 is theirs). Now
+    the error names OUT/config.yaml; the set stays staged, and is finished once the folder is gone."""
+    from sigma.tempfiles import finish_replacements, replace_together
+
+    out = tmp_path / "ev"
+    (out / "config.yaml").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError) as caught:
+        replace_together([(out / "config.yaml", b"new config"), (out / "metrics.json", b"new metrics")])
+    assert caught.value.filename == str(out / "config.yaml") and caught.value.filename2 is None
+    assert str(caught.value) == f"[Errno 21] Is a directory: '{out / 'config.yaml'}'"
+    (out / "config.yaml").rmdir()
+    assert [p.name for p in finish_replacements(out)]
+    assert (out / "metrics.json").read_bytes() == b"new metrics" and (out / "config.yaml").read_bytes() == b"new config"
+    assert _leftovers(out) == []
+
+
 def test_a_set_is_on_disk_before_its_journal_names_it(tmp_path):
     """Kill-safe was not power-safe: the staged files and the journal were written without fsync, so a power cut after
     the journal's rename could leave a journal naming files the page cache had not written, and the next writer would
