@@ -1199,7 +1199,8 @@ def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restar
     assert not (out / "eval_progress.jsonl").exists()
 
 
-@pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied"])
+@pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied", "start_bool", "index_bool",
+                                  "f1_bool", "f1_text", "tp_bool"])
 def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
     """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
     field missing, errors that are no objects, a row deleted or copied) was read back as it was: a traceback, scores
@@ -1219,6 +1220,16 @@ def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path,
         del batch["rows"][1]
     elif edit == "row_copied":          # the same pair twice: counted twice in the metrics
         batch["rows"][1] = batch["rows"][0]
+    elif edit == "start_bool":          # bools pass `isinstance(x, int)`: false was batch 0 (False == 0 as a key)
+        batch["start"] = False
+    elif edit == "index_bool":          # true was pair 1
+        batch["rows"][1]["index"] = True
+    elif edit == "f1_bool":             # averaged as 1.0
+        batch["rows"][0]["score"]["f1"] = True
+    elif edit == "f1_text":             # a traceback at the tables' mean
+        batch["rows"][0]["score"]["f1"] = "0.5"
+    elif edit == "tp_bool":
+        batch["rows"][0]["score"]["tp"] = True
     else:
         batch["errors"] = ["x"]
     path.write_text("\n".join([lines[0], json.dumps(batch), *lines[2:]]) + "\n")
