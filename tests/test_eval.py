@@ -1200,7 +1200,7 @@ def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restar
 
 
 @pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied", "start_bool", "index_bool",
-                                  "f1_bool", "f1_text", "tp_bool"])
+                                  "f1_bool", "f1_text", "tp_bool", "error_no_fields", "error_of_numbers"])
 def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
     """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
     field missing, errors that are no objects, a row deleted or copied) was read back as it was: a traceback, scores
@@ -1230,6 +1230,12 @@ def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path,
         batch["rows"][0]["score"]["f1"] = "0.5"
     elif edit == "tp_bool":
         batch["rows"][0]["score"]["tp"] = True
+    elif edit == "error_no_fields":     # a pair said skipped with no set, id, code or message: a KeyError traceback
+        batch["errors"] = [{}]
+        del batch["rows"][1]
+    elif edit == "error_of_numbers":
+        batch["errors"] = [{"set": 1, "id": 2, "perturbation": 3, "code": 4, "message": 5}]
+        del batch["rows"][1]
     else:
         batch["errors"] = ["x"]
     path.write_text("\n".join([lines[0], json.dumps(batch), *lines[2:]]) + "\n")

@@ -181,7 +181,7 @@ def _check_batch(path: Path, entry: dict[str, Any]) -> None:
     """`eval_changed` for a batch line that is whole JSON but not what `Progress.add` writes (edited by hand): read
     back as it is, it was a traceback, or scores put on the wrong pairs."""
     try:
-        if not _whole(entry["start"]) or not all(isinstance(e, dict) for e in entry["errors"]):
+        if not _whole(entry["start"]) or not all(_skipped(e, entry["perturbation"]) for e in entry["errors"]):
             raise TypeError("start or errors")
         for row in entry["rows"]:
             index = restored_row(row)[0]
@@ -194,6 +194,14 @@ def _check_batch(path: Path, entry: dict[str, Any]) -> None:
         raise InputError(f"{path}: a line that is not what an eval writes ({type(exc).__name__}: {str(exc)[:100]}): "
                          "edited since? Pass --restart to score every pair again, or give another --out",
                          code="eval_changed") from None
+
+
+def _skipped(error: Any, perturbation: Any) -> bool:
+    """A skipped pair as `evaluate` journals it: its set, id, perturbation (the batch's), code and message, texts.
+    `{}` was a KeyError traceback where the eval prints the pairs it skipped, after the whole evaluation."""
+    keys = ("set", "id", "perturbation", "code", "message")
+    return (isinstance(error, dict) and all(isinstance(error.get(k), str) for k in keys)
+            and error["perturbation"] == perturbation)
 
 
 def _check_score(score: Any) -> None:
