@@ -132,8 +132,12 @@ def run(args: argparse.Namespace) -> int:
     # lexists, not Path.exists: under a folder the user may not look into (mode 000) that raised PermissionError, an
     # `os_error` before check_outdir could say `bad_outdir` as for every other unusable --out
     # a folder in a batch run's own files (`RUN/status`, `RUN/shards`, `RUN/masks/x`): the eval's metrics.json,
-    # config.yaml and .lock landed among the run's status files and shards. Before the folder is made
-    refuse_inside_run(args.out, "--out")
+    # config.yaml and .lock landed among the run's status files and shards. Before the folder is made; a folder on the
+    # way the user may not search (mode 000) is check_outdir's `bad_outdir`, as before
+    try:
+        refuse_inside_run(args.out, "--out")
+    except PermissionError:
+        pass
     made = not os.path.lexists(args.out)
     out = check_outdir(Path(args.out), create=True)   # before the evaluation, not after it
     refuse_run_folder(out, "--out")
