@@ -406,7 +406,13 @@ def _move_into_place(moves: list[tuple[Path, Path]], removes: list[Path], folder
             for sub in _subfolders(folder, [target for _, target in moves] + removes):
                 sync_folder(sub)
         if tmp.exists():
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:   # said of `path` (the error's filename2), not of the staged `.NAME.PID.RANDOM.tmp`
+                said = said_of_target(exc, tmp, path, True)
+                if said is exc:
+                    raise
+                raise said from exc
 
 
 def write_synced(path: Path, data: bytes) -> None:

@@ -455,6 +455,25 @@ def test_an_out_whose_result_file_is_a_folder_is_refused_before_scoring(name, ev
     assert main(argv) == 0 and (out / "metrics.json").is_file()
 
 
+def test_an_out_inside_a_batch_runs_own_folders_is_refused_before_any_work(eval_root, tmp_path, capsys):
+    """`sigma eval --out RUN/status` (or RUN/shards, RUN/masks/x): the eval wrote its metrics.json, config.yaml and
+    .lock among the batch run's status files and shards, exit 0. Now `out_is_run_file` naming the run's folder, before
+    the folder is made; a new folder beside them in the run is fine."""
+    from sigma.cli import main
+
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(eval_root / "edits"), "--out", str(run), "--annotator", "pixel-diff"]) == 0
+    capsys.readouterr()
+    before = {p: sorted(os.listdir(p)) for p in (run, run / "status", run / "shards")}
+    for inner, own in ((run / "status", "status"), (run / "shards", "shards"), (run / "masks" / "x", "masks")):
+        argv = ["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(inner)]
+        assert main(argv) == 2
+        assert f"[out_is_run_file]: {inner}: inside the batch run's own {own}/ in {run}" in capsys.readouterr().err
+    assert {p: sorted(os.listdir(p)) for p in before} == before and not (run / "masks").exists()
+    assert main(["eval", "--data", str(eval_root), "--annotator", "pixel-diff", "--out", str(run / "eval")]) == 0
+    assert (run / "eval" / "metrics.json").is_file()
+
+
 def test_spaces_around_a_perturbation_name_are_read_as_the_name(eval_root, tmp_path, capsys):
     """`--perturb " none , jpeg75"` (spaces around a name, as lists are written) is `none` and `jpeg75`."""
     from sigma.cli import main
@@ -691,6 +710,24 @@ def test_a_set_replacement_that_failed_after_staging_is_finished_by_a_reader(tmp
     monkeypatch.setattr(os, "replace", real)
     assert not (out / "metrics.json").exists() and (out / "config.yaml").read_bytes() == b"new config"
     from sigma.tempfiles import finish_replacements
+    assert [p.name for p in finish_replacements(out)]
+    assert (out / "metrics.json").read_bytes() == b"new metrics" and (out / "config.yaml").read_bytes() == b"new config"
+    assert _leftovers(out) == []
+
+
+def test_a_rename_into_place_that_fails_names_the_users_file_not_the_staged_one(tmp_path):
+    """config.yaml made a folder while an eval ran (past the check before scoring): its commit failed `os_error: Is a
+    directory: OUT/.config.yaml.PID.RANDOM.tmp`, a name the user never gave (the rename's filename2 is theirs). Now
+    the error names OUT/config.yaml; the set stays staged, and is finished once the folder is gone."""
+    from sigma.tempfiles import finish_replacements, replace_together
+
+    out = tmp_path / "ev"
+    (out / "config.yaml").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError) as caught:
+        replace_together([(out / "config.yaml", b"new config"), (out / "metrics.json", b"new metrics")])
+    assert caught.value.filename == str(out / "config.yaml") and caught.value.filename2 is None
+    assert str(caught.value) == f"[Errno 21] Is a directory: '{out / 'config.yaml'}'"
+    (out / "config.yaml").rmdir()
     assert [p.name for p in finish_replacements(out)]
     assert (out / "metrics.json").read_bytes() == b"new metrics" and (out / "config.yaml").read_bytes() == b"new config"
     assert _leftovers(out) == []
@@ -1162,7 +1199,9 @@ def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restar
     assert not (out / "eval_progress.jsonl").exists()
 
 
-@pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied"])
+@pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied", "start_bool", "index_bool",
+                                  "f1_bool", "f1_text", "tp_bool", "error_no_fields", "error_of_numbers",
+                                  "rows_swapped", "skipped_beside_its_row"])
 def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
     """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
     field missing, errors that are no objects, a row deleted or copied) was read back as it was: a traceback, scores
@@ -1182,6 +1221,28 @@ def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path,
         del batch["rows"][1]
     elif edit == "row_copied":          # the same pair twice: counted twice in the metrics
         batch["rows"][1] = batch["rows"][0]
+    elif edit == "start_bool":          # bools pass `isinstance(x, int)`: false was batch 0 (False == 0 as a key)
+        batch["start"] = False
+    elif edit == "index_bool":          # true was pair 1
+        batch["rows"][1]["index"] = True
+    elif edit == "f1_bool":             # averaged as 1.0
+        batch["rows"][0]["score"]["f1"] = True
+    elif edit == "f1_text":             # a traceback at the tables' mean
+        batch["rows"][0]["score"]["f1"] = "0.5"
+    elif edit == "tp_bool":
+        batch["rows"][0]["score"]["tp"] = True
+    elif edit == "error_no_fields":     # a pair said skipped with no set, id, code or message: a KeyError traceback
+        batch["errors"] = [{}]
+        del batch["rows"][1]
+    elif edit == "error_of_numbers":
+        batch["errors"] = [{"set": 1, "id": 2, "perturbation": 3, "code": 4, "message": 5}]
+        del batch["rows"][1]
+    elif edit == "rows_swapped":        # each pair's score put on the other pair
+        batch["rows"][0]["index"], batch["rows"][1]["index"] = batch["rows"][1]["index"], batch["rows"][0]["index"]
+    elif edit == "skipped_beside_its_row":      # pair 0 scored and said skipped, pair 1 left out of the metrics
+        batch["errors"] = [{"set": "data", "id": batch["rows"][0]["score"]["pair_id"], "perturbation": "none",
+                            "code": "image_unreadable", "message": "x"}]
+        del batch["rows"][1]
     else:
         batch["errors"] = ["x"]
     path.write_text("\n".join([lines[0], json.dumps(batch), *lines[2:]]) + "\n")

@@ -376,10 +376,12 @@ def test_a_metrics_line_cut_short_by_a_kill_is_removed_before_the_resume_appends
         assert cut_torn_tail(metrics) == len(body) - len(kept) and metrics.read_bytes() == kept
 
 
-@pytest.mark.parametrize("damage", [b"{\"step\": 1, \"f1", b"[]", b"{\"step\": 1, \"f1\": null}", b"\xff\xfe"])
+@pytest.mark.parametrize("damage", [b"{\"step\": 1, \"f1", b"[]", b"{\"step\": 1, \"f1\": null}", b"\xff\xfe",
+                                    b"{\"step\": 1, \"f1\": true}"])
 def test_a_damaged_best_json_is_replaced_not_a_traceback_at_the_first_validation(photos, tmp_path, capsys, damage):
     """best.json cut short, not an object, holding no f1 or not UTF-8: the resume's first validation raised
-    (JSONDecodeError, TypeError, UnicodeDecodeError) after the work of an evaluation interval. Said, and the next
+    (JSONDecodeError, TypeError, UnicodeDecodeError) after the work of an evaluation interval. An f1 of `true` (a bool
+    passes `isinstance(x, int)`) was read as 1.0, a best no validation beat. Said, and the next
     best written in its place."""
     runs = tmp_path / "runs"
     assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=b", "steps=2", "batch_size=2",
@@ -1814,3 +1816,23 @@ def test_a_validation_with_nothing_to_score_writes_no_val_row(photos, tmp_path):
     rows = [json.loads(line) for line in (runs / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in rows if r["event"] != "train"] == [], rows
     assert (runs / "r" / "final").is_dir() and not (runs / "r" / "best").exists()
+
+
+def test_a_metrics_row_or_best_record_whose_step_is_a_bool_is_not_read_as_a_step(tmp_path):
+    """`"step": true` passes `isinstance(x, int)` (True == 1): a resume from step 0 dropped that row of metrics.jsonl
+    as one logged past the checkpoint (a line that holds no integer step is kept as it is), and a best/ record with
+    it was taken for a record of step 1."""
+    from sigma.training.loop import BEST_INFO, _best_record, drop_rows_after
+
+    metrics = tmp_path / "metrics.jsonl"
+    body = b'{"step": true, "event": "train"}\n{"step": 0, "event": "train"}\n{"step": 1, "event": "train"}\n'
+    metrics.write_bytes(body)
+    assert drop_rows_after(metrics, 0) == 1
+    assert metrics.read_bytes() == b'{"step": true, "event": "train"}\n{"step": 0, "event": "train"}\n'
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "config.json").write_text("{}")
+    for record, read in (('{"step": 1, "f1": 0.5}', True), ('{"step": true, "f1": 0.5}', False),
+                         ('{"step": 1, "f1": false}', False)):
+        (best / BEST_INFO).write_text(record)
+        assert (_best_record(best) is not None) is read, record

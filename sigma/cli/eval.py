@@ -111,6 +111,7 @@ def config_of(args: argparse.Namespace) -> EvalConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sigma.batch.layout import refuse_inside_run
     from sigma.eval import perturb
     from sigma.eval.progress import JOURNAL, fingerprint
     from sigma.eval.progress import Progress as EvalProgress
@@ -130,6 +131,13 @@ def run(args: argparse.Namespace) -> int:
     annotator = build_annotator(cfg)
     # lexists, not Path.exists: under a folder the user may not look into (mode 000) that raised PermissionError, an
     # `os_error` before check_outdir could say `bad_outdir` as for every other unusable --out
+    # a folder in a batch run's own files (`RUN/status`, `RUN/shards`, `RUN/masks/x`): the eval's metrics.json,
+    # config.yaml and .lock landed among the run's status files and shards. Before the folder is made; a folder on the
+    # way the user may not search (mode 000) is check_outdir's `bad_outdir`, as before
+    try:
+        refuse_inside_run(args.out, "--out")
+    except PermissionError:
+        pass
     made = not os.path.lexists(args.out)
     out = check_outdir(Path(args.out), create=True)   # before the evaluation, not after it
     refuse_run_folder(out, "--out")

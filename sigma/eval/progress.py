@@ -181,16 +181,47 @@ def _check_batch(path: Path, entry: dict[str, Any]) -> None:
     """`eval_changed` for a batch line that is whole JSON but not what `Progress.add` writes (edited by hand): read
     back as it is, it was a traceback, or scores put on the wrong pairs."""
     try:
-        if not isinstance(entry["start"], int) or not all(isinstance(e, dict) for e in entry["errors"]):
+        if not _whole(entry["start"]) or not all(_skipped(e, entry["perturbation"]) for e in entry["errors"]):
             raise TypeError("start or errors")
         for row in entry["rows"]:
             index = restored_row(row)[0]
-            if not isinstance(index, int) or not entry["start"] <= index < entry["start"] + MAX_BATCH_SIZE:
+            for name in ("score", "semantic", "footprint"):
+                if row[name] is not None:
+                    _check_score(row[name])
+            if not _whole(index) or not entry["start"] <= index < entry["start"] + MAX_BATCH_SIZE:
                 raise ValueError(f"index {index!r}")
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise InputError(f"{path}: a line that is not what an eval writes ({type(exc).__name__}: {str(exc)[:100]}): "
                          "edited since? Pass --restart to score every pair again, or give another --out",
                          code="eval_changed") from None
+
+
+def _skipped(error: Any, perturbation: Any) -> bool:
+    """A skipped pair as `evaluate` journals it: its set, id, perturbation (the batch's), code and message, texts.
+    `{}` was a KeyError traceback where the eval prints the pairs it skipped, after the whole evaluation."""
+    keys = ("set", "id", "perturbation", "code", "message")
+    return (isinstance(error, dict) and all(isinstance(error.get(k), str) for k in keys)
+            and error["perturbation"] == perturbation)
+
+
+def _check_score(score: Any) -> None:
+    """A stored ImageScore's fields of the types `score_image` gives them: `"f1": "0.5"` was a traceback at the
+    tables' mean, and `"f1": true` was averaged as 1.0 (100 %) without a word."""
+    numbers = ("f1", "iou", "auc", "gt_fraction", "pred_fraction")
+    if (not isinstance(score["manipulated"], bool) or not isinstance(score["pair_id"], str)
+            or not all(_number(score[k]) for k in numbers) or not all(_whole(score[k]) for k in ("tp", "fp", "fn"))
+            or not (score.get("confidence") is None or _number(score["confidence"]))):
+        raise TypeError("a score's field of another type")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    """An int as JSON holds one, not a bool: `isinstance(True, int)` holds, and a `"start": true` edited in was read as
+    batch 1 (True == 1 as a key) and its pair `"index": true` as pair 1: another batch's scores put on those pairs."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def stored_row(index: int, score: ImageScore, detail: Any) -> dict[str, Any]:

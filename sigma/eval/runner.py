@@ -258,11 +258,20 @@ def evaluate(annotator: Annotator, data: str | Path, perturbations: list[str], i
                     raise InputError(f"{journal.path}: batch {start} holds {len(indices)} scored and "
                                      f"{len(stored['errors'])} skipped pair(s), {len(set(indices))} distinct, for its "
                                      f"{len(chunk)} pairs: edited since? Pass --restart", code="eval_changed")
-                for row in stored["rows"]:
-                    index, score, detail = restored_row(row)
-                    if not start <= index < start + len(chunk):     # checked in range of any batch when read
+                restored = [restored_row(row) for row in stored["rows"]]
+                for index, score, _ in restored:
+                    # its own pair, by place and by id: two rows' indices swapped put each score on the other pair
+                    if not start <= index < start + len(chunk) or score.pair_id != records[index].pair_id:
                         raise InputError(f"{journal.path}: batch {start} names pair {index}, not one of its own: "
                                          "edited since? Pass --restart", code="eval_changed")
+                # every pair of the batch once, scored or skipped: a pair said skipped beside its own row left
+                # another out of the metrics
+                said = sorted([(records[i].set_name, records[i].pair_id) for i, _, _ in restored]
+                              + [(e["set"], e["id"]) for e in stored["errors"]])
+                if said != sorted((rec.set_name, rec.pair_id) for rec in chunk):
+                    raise InputError(f"{journal.path}: batch {start} does not account for each of its pairs once: "
+                                     "edited since? Pass --restart", code="eval_changed")
+                for index, score, detail in restored:
                     rows.append((records[index], score))
                     details.append(PairDetail(**detail))
                 result.errors.extend(stored["errors"])

@@ -284,7 +284,7 @@ def drop_rows_after(path: Path, step: int, again: frozenset[str] | None = frozen
             row = json.loads(line)
         except ValueError:
             return False
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row["step"], bool):
             return False
         return row["step"] > step or (row["step"] == step and (again is None or row.get("event") in again))
 
@@ -329,7 +329,8 @@ def _best_record(folder: Path) -> dict[str, Any] | None:
         info = json.loads((folder / BEST_INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = isinstance(info, dict) and isinstance(info.get("step"), int) and isinstance(info.get("f1"), (int, float))
+    ok = (isinstance(info, dict) and isinstance(info.get("step"), int) and isinstance(info.get("f1"), (int, float))
+          and not isinstance(info["step"], bool) and not isinstance(info["f1"], bool))     # `true` is no step or F1
     return info if ok and (folder / "config.json").is_file() else None
 
 
@@ -702,7 +703,9 @@ class Trainer:
             return None
         try:
             best = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(best, dict) and isinstance(best.get("f1"), (int, float)) and math.isfinite(best["f1"]):
+            # `"f1": true` (a bool passes as an int) was a best of 1.0 that no later validation beat: best/ frozen
+            if (isinstance(best, dict) and isinstance(best.get("f1"), (int, float)) and not isinstance(best["f1"], bool)
+                    and math.isfinite(best["f1"])):
                 return best
             problem = "no finite f1"
         except (OSError, ValueError) as exc:
