@@ -89,7 +89,7 @@ def test_a_killed_worker_leaves_the_registry_by_itself(redis_server):
     r.delete(keys.worker("deleted"))
     assert sorted(live_heartbeat_keys(r, registry, pattern)) == [keys.worker(n).encode() for n in ("alive", "killed")]
     assert r.zscore(registry, keys.worker("deleted")) is None
-    wait_until(lambda: not r.exists(keys.worker("killed")), 5, "the killed worker's hash to expire")
+    wait_until(lambda: not r.exists(keys.worker("killed")), 30, "the killed worker's hash to expire")
     assert live_heartbeat_keys(r, registry, pattern) == [keys.worker("alive").encode()]
     assert r.zscore(registry, keys.worker("killed")) is None
     assert r.zrange(registry, 0, -1) == [keys.worker("alive").encode(), b""]    # the live one and the sentinel

@@ -141,7 +141,7 @@ def test_serve_all_killed_with_sigkill_takes_its_worker_with_it(redis_server, tm
         (second,) = wait_until(lambda: [p for p in worker_heartbeats(r, prefix) if p != first], 60,
                                f"a new worker\n{proc.output()}", 0.2)
         proc.kill9()
-        wait_until(lambda: gone(second), 10, f"the orphaned worker {second} to go\n{proc.output()}", 0.1)
+        wait_until(lambda: gone(second), 30, f"the orphaned worker {second} to go\n{proc.output()}", 0.1)
     finally:
         proc.stop()
         if second is not None and os.path.exists(f"/proc/{second}"):     # the orphan, when the test failed
