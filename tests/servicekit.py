@@ -186,6 +186,7 @@ class ServiceUnderTest:
         self.tmp = tmp
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
         self.overrides = layered([*FAST, f"redis.key_prefix={self.prefix}"], overrides or [])
+        self._port_was_chosen_here = port is None
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = base_env(redis_server.url)
@@ -214,15 +215,25 @@ class ServiceUnderTest:
         return out
 
     def start_api(self, nofile: int | None = None, extra: tuple[str, ...] = ()) -> None:
-        self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *extra, *self.sets()],
-                        self.env, self.tmp / f"api-{self.port}.log", nofile=nofile)
-        api = self.api
-        try:
-            wait_until(lambda: self._healthy(), STARTUP_S, "API /healthz")
-        except GaveUp:
-            raise
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{api.output()}") from None
+        for attempt in range(3):
+            self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *extra,
+                             *self.sets()], self.env, self.tmp / f"api-{self.port}.log", nofile=nofile)
+            api = self.api
+            try:
+                wait_until(lambda: self._healthy(), STARTUP_S, "API /healthz")
+                return
+            except GaveUp:
+                # `free_port`'s port, free when asked, taken since by another process (other tests run beside on
+                # a shared machine): a new port, not a failed test. A chosen port (`port=`) is the test's own.
+                if attempt == 2 or not self._port_was_chosen_here or "address already in use" not in api.output():
+                    raise
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{api.output()}") from None
+            api.stop()
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.http.close()
+            self.http = httpx.Client(base_url=self.url, timeout=30.0)
 
     def _healthy(self) -> bool:
         if self.api is not None and not self.api.alive():
