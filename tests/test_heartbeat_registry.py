@@ -15,7 +15,7 @@ from sigma.service.heartbeats import live_heartbeat_keys
 from sigma.service.keys import Keys
 from sigma.service.queue import Heartbeat
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 
 def beat(r, keys: Keys, name: str, ttl_ms: int = 60_000, batch: bool = False) -> Heartbeat:

@@ -14,7 +14,7 @@ from test_io_images import jpeg_scan_bomb
 from sigma import create_annotator
 from sigma.io import decode_rle, pair_from_bytes
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from sigma.errors import SigmaError
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 from sigma.service.fleet import run_batch_worker
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 
 @pytest.fixture(scope="module")

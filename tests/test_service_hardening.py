@@ -22,7 +22,7 @@ from servicekit import ServiceUnderTest, make_pair, png_bytes, read_until_closed
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 ORIGINAL, EDITED = make_pair(32, 40, seed=21, box=(4, 4, 12, 20))
 B64_O = base64.b64encode(png_bytes(ORIGINAL)).decode()

@@ -27,7 +27,7 @@ from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 from sigma.service.consumer import is_transient
 from sigma.service.fleet import submit_run
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 LITE = ["worker.options={model: tiny-lite, random_init: true}", "worker.max_batch_size=4"]
 SLOW = ["worker.options={delay_ms: 1500}", "worker.max_batch_size=3"]
