@@ -148,11 +148,14 @@ class Proc:
         if self.alive():
             os.kill(self.p.pid, sig)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited after `timeout` s, at least 60: the wait ends at the exit, and a
+        clean stop (a worker's last batch, an API's shutdown) took over the 15-30 s the tests gave it on a loaded
+        machine, which then failed their `stop() == 0`."""
         if self.alive():
             self.p.send_signal(signal.SIGTERM)
             try:
-                self.p.wait(timeout=timeout)
+                self.p.wait(timeout=max(timeout, 60.0))
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait(timeout=5)
