@@ -473,16 +473,17 @@ def test_annotate_whose_wait_meets_a_redis_failure_answers_202_with_the_queued_j
             wait_until(lambda: r.xlen(stream) == queued, 30, "the job queued")   # no worker: it stays there
             try:
                 fault()
-                thread.join(9)
+                thread.join(40)
             finally:
                 recover()
             thread.join(30)
             return answers[-1]
 
-        # frozen for 9 s: answered once the 2 s wait and the 1 s socket timeout are over, not after the thaw
+        # frozen until answered, 40 s at most: answered once the 2 s wait and the 1 s socket timeout are over, not
+        # after the thaw (it was frozen 9 s against 6 allowed: a loaded machine's upload and queueing came close)
         elapsed, frozen = annotate_while(redis_server.freeze, redis_server.thaw, "2", 1)
         assert frozen.status_code == 202, frozen.text
-        assert elapsed < 6, elapsed
+        assert elapsed < 30, elapsed
         # killed (SIGTERM: the AOF keeps the job): the job is queued, so not a 503
         _, killed = annotate_while(lambda: (time.sleep(0.3), redis_server.stop()), redis_server.start, "5", 2)
         assert killed.status_code == 202, killed.text
