@@ -127,7 +127,7 @@ def test_an_idle_worker_stops_within_two_socket_timeouts_of_a_frozen_redis(priva
                 base_env(private_redis.url), tmp_path / "worker.log")
     r = private_redis.client()
     try:
-        wait_until(lambda: r.hget(f"{prefix}:worker:w", "model_loaded") == b"1" or not proc.alive(), 90,
+        wait_until(lambda: r.hget(f"{prefix}:worker:w", "model_loaded") == b"1" or not proc.alive(), 300,
                    f"the worker to register\n{proc.output()}", 0.1)
         private_redis.freeze()
         time.sleep(0.5)
