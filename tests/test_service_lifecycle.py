@@ -170,7 +170,7 @@ def test_serve_all_gives_up_on_a_worker_that_keeps_dying(redis_server, tmp_path)
                 env, tmp_path / "serve-all.log")
     # a window of 600 s: at the default 60 s, three worker starts (imports) of 30 s each on a loaded machine fell out
     # of it, and the server never gave up
-    code, log = finished(proc, 400)
+    code, log = finished(proc, 540)
     proc.stop()
     assert code == 1, log
     assert log.count("sigma: error [invalid_config]: worker.plugins: cannot import 'dies_in_the_worker'") == 3, log
