@@ -37,7 +37,7 @@ class RedisServer:
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=5)
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:     # ends at the first PING answered; 10 s was tight on load
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
@@ -54,7 +54,7 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer PING within {timeout} s")
 
-    def stop(self, kill: bool = False, timeout: float = 10.0) -> None:
+    def stop(self, kill: bool = False, timeout: float = 60.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         if kill:

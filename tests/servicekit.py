@@ -79,6 +79,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How long a started `sigma` process (an API, a worker: imports, a model) may take to come up. Each wait ends on its
+# condition, and on the process' exit (`GaveUp`), so this costs a passing run nothing; it was 20 s, and on a loaded
+# machine (2 cores, a CI run and others' tests beside, `nice`) an API's imports alone took longer: whole modules of
+# service tests failed "timed out after 20 s waiting for API /healthz" with nothing wrong.
+STARTUP_S = 300
+
+
+class GaveUp(AssertionError):
+    """Raised by a `wait_until` predicate when waiting longer cannot help (the process waited on has exited)."""
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     last = None
@@ -87,6 +98,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
             last = predicate()
             if last:
                 return last
+        except GaveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
             last = exc
         time.sleep(interval)
@@ -135,11 +148,14 @@ class Proc:
         if self.alive():
             os.kill(self.p.pid, sig)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited after `timeout` s, at least 60: the wait ends at the exit, and a
+        clean stop (a worker's last batch, an API's shutdown) took over the 15-30 s the tests gave it on a loaded
+        machine, which then failed their `stop() == 0`."""
         if self.alive():
             self.p.send_signal(signal.SIGTERM)
             try:
-                self.p.wait(timeout=timeout)
+                self.p.wait(timeout=max(timeout, 60.0))
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait(timeout=5)
@@ -173,6 +189,7 @@ class ServiceUnderTest:
         self.tmp = tmp
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
         self.overrides = layered([*FAST, f"redis.key_prefix={self.prefix}"], overrides or [])
+        self._port_was_chosen_here = port is None
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = base_env(redis_server.url)
@@ -201,13 +218,29 @@ class ServiceUnderTest:
         return out
 
     def start_api(self, nofile: int | None = None, extra: tuple[str, ...] = ()) -> None:
-        self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *extra, *self.sets()],
-                        self.env, self.tmp / f"api-{self.port}.log", nofile=nofile)
-        wait_until(lambda: self._healthy(), 20, f"API /healthz\n{self.api.output()}")
+        for attempt in range(3):
+            self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *extra,
+                             *self.sets()], self.env, self.tmp / f"api-{self.port}.log", nofile=nofile)
+            api = self.api
+            try:
+                wait_until(lambda: self._healthy(), STARTUP_S, "API /healthz")
+                return
+            except GaveUp:
+                # `free_port`'s port, free when asked, taken since by another process (other tests run beside on
+                # a shared machine): a new port, not a failed test. A chosen port (`port=`) is the test's own.
+                if attempt == 2 or not self._port_was_chosen_here or "address already in use" not in api.output():
+                    raise
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{api.output()}") from None
+            api.stop()
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.http.close()
+            self.http = httpx.Client(base_url=self.url, timeout=30.0)
 
     def _healthy(self) -> bool:
         if self.api is not None and not self.api.alive():
-            raise AssertionError(f"API exited: {self.api.output()}")
+            raise GaveUp(f"API exited: {self.api.output()}")
         return self.http.get("/healthz").status_code == 200
 
     def start_worker(self, annotator: str = "pixel-diff", extra: list[str] | None = None, wait: bool = True,
@@ -224,9 +257,14 @@ class ServiceUnderTest:
 
             def up() -> bool:
                 if not proc.alive():
-                    raise AssertionError(f"worker exited: {proc.output()}")
+                    raise GaveUp(f"worker exited: {proc.output()}")
                 return bool(r.hget(key, "model_loaded") == b"1")
-            wait_until(up, 20, f"worker {consumer} heartbeat")
+            try:
+                wait_until(up, STARTUP_S, f"worker {consumer} heartbeat")
+            except GaveUp:
+                raise
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{proc.output()}") from None
         return proc
 
     def headers(self, who: str = "user") -> dict[str, str]:

@@ -13,7 +13,7 @@ from servicekit import make_pair, png_bytes, running_service
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60 s failed on load)
 
 NOT_FINITE = "finite number in [0, 1]"
 

@@ -346,6 +346,7 @@ import multiprocessing, os, sys, time
 def child(parent):
     from sigma.lifeline import die_with_parent
     die_with_parent(parent)
+    print("armed", flush=True)
     time.sleep(120)
 
 if __name__ == "__main__":
@@ -363,12 +364,15 @@ def test_a_child_with_a_lifeline_dies_with_its_parent(tmp_path):
     script.write_text(MIDDLE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
-    child = int(parent.stdout.readline())
-    time.sleep(1.0)                            # let it reach its sleep (lifeline armed)
+    # the parent says the child's pid, the child when its lifeline is armed, in either order (it was a 1 s sleep: on
+    # a loaded machine the spawned child could still be importing, and then a 5 s deadline for its death was short)
+    said = sorted([parent.stdout.readline(), parent.stdout.readline()])
+    assert said[0].strip().isdigit() and said[1] == "armed\n", said
+    child = int(said[0])
     assert alive(child)
     parent.kill()
     parent.wait(timeout=10)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and alive(child):
         time.sleep(0.05)
     assert not alive(child), "the child outlived its parent"

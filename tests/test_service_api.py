@@ -14,7 +14,7 @@ from test_io_images import jpeg_scan_bomb
 from sigma import create_annotator
 from sigma.io import decode_rle, pair_from_bytes
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 
 @pytest.fixture(scope="module")
@@ -243,13 +243,18 @@ def test_readyz_metrics_and_openapi(svc):
 
 
 def test_sigma_serve_all_runs_api_and_one_worker(redis_server, tmp_path):
-    from servicekit import Proc, wait_until
+    from servicekit import STARTUP_S, GaveUp, Proc, wait_until
 
     s = ServiceUnderTest(redis_server, tmp_path)
     proc = Proc(["serve", "all", "--port", str(s.port), "--log-level", "warning", *s.sets()], s.env,
                 tmp_path / "all.log")
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise GaveUp(f"serve all exited: {proc.output()}")
+        return s.http.get("/readyz").status_code == 200
     try:
-        wait_until(lambda: s.http.get("/readyz").status_code == 200, 30, f"serve all ready\n{proc.output()}")
+        wait_until(ready, STARTUP_S, "serve all ready (an API and its worker: 30 s was too short on a loaded machine)")
         original, edited = make_pair(seed=9)
         resp = s.submit(original, edited, path="/v1/annotate")
         assert resp.status_code == 200 and resp.json()["status"] == "done"

@@ -25,7 +25,7 @@ from sigma.service.jobs import (
 )
 from sigma.service.keys import Keys
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def _waiting_job_failed_with(svc, redis_server, exc: Exception | dict):
         waiting = pool.submit(svc.submit, original, edited, {"annotator": "pixel-diff", "wait": "30"},
                               path="/v1/annotate")
         r = redis_server.client()
-        [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 10, "the job queued")
+        [(_, fields)] = wait_until(lambda: r.xrange(f"{svc.prefix}:stream:pixel-diff"), 30, "the job queued")
         job_id = fields[b"job"].decode()
         assert JobStore(r, Keys(svc.prefix), 600).finish(job_id, "failed", "a-worker", error=record) == 1
         return waiting.result(timeout=60), job_id
@@ -300,7 +300,7 @@ def test_the_extras_nesting_limit_is_the_workers_limits_max_json_depth(redis_ser
 
 def test_redis_restart_with_queued_jobs_and_readyz(svc):
     worker = svc.start_worker("pixel-diff")
-    wait_until(lambda: svc.http.get("/readyz").status_code == 200, 10, "ready")
+    wait_until(lambda: svc.http.get("/readyz").status_code == 200, 30, "ready")
     worker.signal(signal.SIGSTOP)                                 # jobs pile up while it is frozen
     ids = submit_many(svc, 5, "pixel-diff")
     svc.redis_server.stop()                                       # SIGTERM: AOF is fsynced ("always")
@@ -470,19 +470,20 @@ def test_annotate_whose_wait_meets_a_redis_failure_answers_202_with_the_queued_j
                 answers.append((time.monotonic() - t0, resp))
             thread = threading.Thread(target=call)
             thread.start()
-            wait_until(lambda: r.xlen(stream) == queued, 10, "the job queued")   # no worker: it stays there
+            wait_until(lambda: r.xlen(stream) == queued, 30, "the job queued")   # no worker: it stays there
             try:
                 fault()
-                thread.join(9)
+                thread.join(40)
             finally:
                 recover()
             thread.join(30)
             return answers[-1]
 
-        # frozen for 9 s: answered once the 2 s wait and the 1 s socket timeout are over, not after the thaw
+        # frozen until answered, 40 s at most: answered once the 2 s wait and the 1 s socket timeout are over, not
+        # after the thaw (it was frozen 9 s against 6 allowed: a loaded machine's upload and queueing came close)
         elapsed, frozen = annotate_while(redis_server.freeze, redis_server.thaw, "2", 1)
         assert frozen.status_code == 202, frozen.text
-        assert elapsed < 6, elapsed
+        assert elapsed < 30, elapsed
         # killed (SIGTERM: the AOF keeps the job): the job is queued, so not a 503
         _, killed = annotate_while(lambda: (time.sleep(0.3), redis_server.stop()), redis_server.start, "5", 2)
         assert killed.status_code == 202, killed.text
@@ -560,7 +561,7 @@ def test_a_frozen_redis_is_answered_within_one_socket_timeout(redis_server, tmp_
         assert answers["readyz"][1] == 503 and "not answering (timeout)" in answers["readyz"][2]
         assert answers["metrics"][1] == 200 and "sigma_redis_up 0.0" in answers["metrics"][2]
         assert answers["job"][1] == answers["submit"][1] == 503 and "queue_unavailable" in answers["submit"][2]
-        wait_until(lambda: s.http.get("/readyz").json()["checks"]["redis"]["ok"], 10, "redis ok again")
+        wait_until(lambda: s.http.get("/readyz").json()["checks"]["redis"]["ok"], 30, "redis ok again")
 
 
 def test_a_cancel_that_loses_the_race_with_the_worker_says_the_job_is_done(redis_server, tmp_path):
@@ -728,11 +729,11 @@ def test_a_workers_decode_pool_refused_by_a_thread_limit_comes_back_once_the_lim
         svc.wait_jobs(ids, 60)
         wait_until(lambda: worker.output().count("would not start the image decode pool's 2 threads") == 1, 10,
                    "the refusal on the log")
-        wait_until(lambda: r.hget(beat, "decode_threads") == b"1", 10, "decode_threads 1 in the heartbeat")
+        wait_until(lambda: r.hget(beat, "decode_threads") == b"1", 30, "decode_threads 1 in the heartbeat")
         time.sleep(1.5)                        # past the retry: tried again, still refused, the jobs still done
         ids += submit_many(svc, 2, "pixel-diff")
         svc.wait_jobs(ids, 60)
-        wait_until(lambda: "refusal 2 in a row" in worker.output(), 10, "the second refusal on the log")
+        wait_until(lambda: "refusal 2 in a row" in worker.output(), 30, "the second refusal on the log")
         resource.prlimit(worker.pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, hard))
 
         def back() -> re.Match | None:         # a job a second until the doubled wait has passed and a batch came
@@ -740,7 +741,7 @@ def test_a_workers_decode_pool_refused_by_a_thread_limit_comes_back_once_the_lim
             return re.search(r"decode pool's 2 threads started again after (\d+) refusal", worker.output())
         refusals = wait_until(back, 60, f"the pool back on the log\n{worker.output()}", interval=1.0).group(1)
         svc.wait_jobs(ids, 60)
-        wait_until(lambda: r.hget(beat, "decode_threads") == b"2", 10, "decode_threads 2 in the heartbeat")
+        wait_until(lambda: r.hget(beat, "decode_threads") == b"2", 30, "decode_threads 2 in the heartbeat")
         assert r.hget(beat, "decode_pool_refusals") == refusals.encode() and int(refusals) >= 2
         metrics = svc.http.get("/metrics", headers=svc.headers("metrics")).text
         assert re.search(r'sigma_worker_decode_threads\{worker="[^"]*' + worker.consumer + r'"\} 2\.0', metrics), \
@@ -840,10 +841,10 @@ def test_a_heartbeat_whose_reply_redis_py_cannot_parse_beats_on_once_redis_answe
             r = redis_server.client()
             beat = f"{svc.prefix}:worker:{worker.consumer}"
             proxy.garble = beat.encode()
-            wait_until(lambda: proxy.garbled >= 3, 10, "three beats answered with garbage")
+            wait_until(lambda: proxy.garbled >= 3, 30, "three beats answered with garbage")
             proxy.garble = None
             time.sleep(2.0)                    # past queue.heartbeat_ttl_ms (1.5 s): a dead heartbeat's key is gone
-            wait_until(lambda: _beat_is_fresh(r, beat), 5, f"the heartbeat back\n{worker.output()}")
+            wait_until(lambda: _beat_is_fresh(r, beat), 30, f"the heartbeat back\n{worker.output()}")
             assert worker.output().count("a beat failed (TypeError") == 1, worker.output()
             ids = submit_many(svc, 2, "pixel-diff")
             svc.wait_jobs(ids, 60)
@@ -863,7 +864,7 @@ def test_a_heartbeat_that_keeps_failing_past_its_ttl_ends_the_worker_rather_than
         with running_service(redis_server, tmp_path) as svc:
             worker = svc.start_worker(env={"SIGMA_REDIS_URL": proxy.url})
             proxy.garble = f"{svc.prefix}:worker:{worker.consumer}".encode()
-            wait_until(lambda: not worker.alive(), 10, f"the worker to exit\n{worker.output()}")
+            wait_until(lambda: not worker.alive(), 30, f"the worker to exit\n{worker.output()}")
             assert worker.p.returncode == 1, worker.output()
             assert "heartbeat_failed" in worker.output(), worker.output()
             assert "Traceback" not in worker.output(), worker.output()

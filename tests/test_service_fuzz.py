@@ -34,7 +34,7 @@ from servicekit import KEYS, ServiceUnderTest, make_pair, png_bytes, running_ser
 from sigma.api.errors import KNOWN_CODES
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race
 
 FUZZ_EXAMPLES = 560            # per fuzz test of single pairs; with the batch fuzz → > 2000 requests
 BATCH_EXAMPLES = 900

@@ -17,7 +17,7 @@ from servicekit import ServiceUnderTest, make_pair, png_bytes, read_until_closed
 
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 
 @pytest.fixture(scope="module")

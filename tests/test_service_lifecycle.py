@@ -22,7 +22,7 @@ from sigma.batch.layout import RunDir
 from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 from sigma.service.fleet import submit_run
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (120 s failed on load)
 
 
 def sets(items: list[str]) -> list[str]:
@@ -141,7 +141,7 @@ def test_serve_all_killed_with_sigkill_takes_its_worker_with_it(redis_server, tm
         (second,) = wait_until(lambda: [p for p in worker_heartbeats(r, prefix) if p != first], 60,
                                f"a new worker\n{proc.output()}", 0.2)
         proc.kill9()
-        wait_until(lambda: gone(second), 10, f"the orphaned worker {second} to go\n{proc.output()}", 0.1)
+        wait_until(lambda: gone(second), 30, f"the orphaned worker {second} to go\n{proc.output()}", 0.1)
     finally:
         proc.stop()
         if second is not None and os.path.exists(f"/proc/{second}"):     # the orphan, when the test failed
@@ -166,13 +166,15 @@ def test_serve_all_gives_up_on_a_worker_that_keeps_dying(redis_server, tmp_path)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "mods"), env["PYTHONPATH"]])
     proc = Proc(["serve", "all", "--port", str(port), "--log-level", "warning",
                  *sets([*FAST, f"redis.key_prefix={prefix}", "worker.plugins=[dies_in_the_worker]",
-                        "worker.restart_backoff_s=0.1", "worker.max_restarts=2"])],
+                        "worker.restart_backoff_s=0.1", "worker.max_restarts=2", "worker.restart_window_s=600"])],
                 env, tmp_path / "serve-all.log")
-    code, log = finished(proc, 90)
+    # a window of 600 s: at the default 60 s, three worker starts (imports) of 30 s each on a loaded machine fell out
+    # of it, and the server never gave up
+    code, log = finished(proc, 540)
     proc.stop()
     assert code == 1, log
     assert log.count("sigma: error [invalid_config]: worker.plugins: cannot import 'dies_in_the_worker'") == 3, log
-    assert "restart 2)" in log and "3 deaths within 60 s (worker.max_restarts=2); giving up" in log, log
+    assert "restart 2)" in log and "3 deaths within 600 s (worker.max_restarts=2); giving up" in log, log
     assert "Traceback" not in log, log
 
 
@@ -200,7 +202,7 @@ def test_worker_without_redis_names_the_url_waits_and_stops_cleanly(tmp_path):
         time.sleep(1.0)
         assert annotation.alive() and fleet.alive()                  # waiting, not exiting
         fleet.signal(signal.SIGTERM)                                 # stopped while waiting for Redis
-        code, log = finished(fleet, 15)
+        code, log = finished(fleet, 60)
         assert code == 0 and "Traceback" not in log, log
         server.start()                                               # Redis comes up: the waiting worker serves
         r = server.client()
@@ -209,7 +211,7 @@ def test_worker_without_redis_names_the_url_waits_and_stops_cleanly(tmp_path):
         server.stop()
         time.sleep(0.5)
         annotation.signal(signal.SIGINT)                             # Ctrl-C while waiting out an outage
-        code, log = finished(annotation, 20)
+        code, log = finished(annotation, 60)
         assert code == 0 and "Traceback" not in log, log
     finally:
         annotation.stop()
@@ -245,7 +247,7 @@ def test_a_worker_whose_model_folder_a_stopped_saver_holds_says_so_waits_and_ser
         other = Proc(args[:4] + ["other"] + args[5:], env, tmp_path / "other.log")
         wait_until(lambda: "[weights_busy]" in other.output(), 90, f"the other's try\n{other.output()}", 0.2)
         other.signal(signal.SIGTERM)                       # stopped while it waits for the folder
-        code, log = finished(other, 15)
+        code, log = finished(other, 60)
         assert code == 0 and "Traceback" not in log, log
         resume_saver(saver)
         r = redis_server.client()
@@ -379,7 +381,7 @@ def test_a_worker_retrying_its_load_beats_as_loading_and_readyz_and_metrics_say_
         assert beat["load_error"] == "weights_busy" and int(beat["load_retries"]) >= 1, beat
         wait_until(lambda: "[weights_busy]" in other.output() or not other.alive(), 90, other.output(), 0.2)
         other.signal(signal.SIGTERM)                      # stopped while it waits: its heartbeat goes with it
-        code, log = finished(other, 15)
+        code, log = finished(other, 60)
         assert code == 0 and r.exists(Keys(prefix).worker("other")) == 0, log
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
             wait_until(lambda: http.get("/healthz").status_code == 200, 60, api.output(), 0.2)
@@ -461,7 +463,7 @@ def test_a_signal_while_loading_the_model_exits_0_at_once(redis_server, tmp_path
     time.sleep(0.3)
     t0 = time.monotonic()
     proc.signal(signal.SIGTERM)
-    code, log = finished(proc, 15)
+    code, log = finished(proc, 60)
     assert code == 0 and time.monotonic() - t0 < 10, log              # not after the 120 s load
     assert "stopped (SIGTERM while loading the model)" in log and "Traceback" not in log, log
 
@@ -501,7 +503,7 @@ def test_fleet_worker_sigint_mid_shard_finishes_the_shard_and_exits_0(redis_serv
     """Ctrl-C while a shard is annotated: the shard is finished and acknowledged, then exit 0."""
     proc, r, prefix = fleet_worker_in_a_shard(redis_server, tmp_path, pairs=4, delay_ms=1000)
     proc.signal(signal.SIGINT)
-    code, log = finished(proc, 30)
+    code, log = finished(proc, 60)
     assert code == 0 and "Traceback" not in log, log
     summary = RunDir(tmp_path / "run").summary()
     assert summary["done"] == 1 and summary["pending"] == 1, summary     # the one in hand, not the next
@@ -521,7 +523,7 @@ def test_fleet_worker_second_signal_inside_the_model_leaves_the_shard_unpublishe
     proc.signal(signal.SIGTERM)
     time.sleep(0.2)
     proc.signal(signal.SIGTERM)
-    code, log = finished(proc, 30)
+    code, log = finished(proc, 60)
     assert code == 0 and "Traceback" not in log, log
     assert time.monotonic() - t0 < 2.9, log            # not after the batch (3 s) nor the pair-by-pair retry
     assert "second SIGTERM" in log, log
@@ -556,7 +558,7 @@ def test_a_run_folder_deleted_under_a_fleet_worker_stays_deleted(redis_server, t
         assert not run.exists(), sorted(str(p.relative_to(run)) for p in run.rglob("*"))
     finally:
         proc.signal(signal.SIGTERM)
-        code, log = finished(proc, 30)
+        code, log = finished(proc, 60)
     assert code == 0 and "Traceback" not in log and "0 shard(s) done" in log, log
     assert not run.exists()
     try:
@@ -654,7 +656,7 @@ def test_a_burst_of_signals_mid_batch_always_exits_0_without_a_traceback(redis_s
                 break
             proc.signal(signal.SIGINT if n % 3 == 2 else signal.SIGTERM)
             time.sleep(gap_s)
-        code, log = finished(proc, 30)
+        code, log = finished(proc, 60)
     finally:
         proc.stop()
     assert code == 0, log
@@ -838,7 +840,7 @@ def test_a_worker_that_leaks_is_recycled_between_batches(redis_server, tmp_path)
                 break
             except subprocess.TimeoutExpired:
                 pass
-        code, log = finished(proc, 30)
+        code, log = finished(proc, 60)
     finally:
         proc.stop()
     assert code == RECYCLE_EXIT_STATUS == 75 and "Traceback" not in log, (code, log)

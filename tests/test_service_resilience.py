@@ -27,7 +27,7 @@ from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
 from sigma.service.consumer import is_transient
 from sigma.service.fleet import submit_run
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard, not a race (60-240 s failed on load)
 
 LITE = ["worker.options={model: tiny-lite, random_init: true}", "worker.max_batch_size=4"]
 SLOW = ["worker.options={delay_ms: 1500}", "worker.max_batch_size=3"]
@@ -357,8 +357,10 @@ def test_consumer_holds_what_it_read_through_a_long_outage_without_spending_deli
     from sigma.service.settings import QueueSettings, RedisSettings
 
     prefix = f"hold-{uuid.uuid4().hex[:6]}"
-    qs = QueueSettings(lease_ms=200, block_ms=50, reclaim_interval_ms=50, heartbeat_interval_ms=50,
-                       heartbeat_ttl_ms=500, max_deliveries=2)
+    # a lease of 600 ms, beaten every 50 ms: at 200 ms a heartbeat held off the CPU 150 ms (a loaded machine) let
+    # the consumer reclaim its own entry once Redis took writes again, seen on its second delivery
+    qs = QueueSettings(lease_ms=600, block_ms=50, reclaim_interval_ms=50, heartbeat_interval_ms=50,
+                       heartbeat_ttl_ms=1000, max_deliveries=2)
     client = sync_client(RedisSettings(url=private_redis.url, socket_timeout_s=1), block_ms=qs.block_ms)
     queue = StreamQueue(client, f"{prefix}:s", "g", "c1", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
                         dead_stream=f"{prefix}:dead")
@@ -371,8 +373,11 @@ def test_consumer_holds_what_it_read_through_a_long_outage_without_spending_deli
     r = private_redis.client()
     with full_redis(r):
         thread, failure = start_consumer(consumer)
-        time.sleep(1.5)                      # > max_deliveries x lease_ms: a lease left to run out would be spent
-        assert thread.is_alive(), failure
+        began = time.monotonic()
+        # the handler refused at least once (waited for: one sample after a sleep could come before the thread ran)
+        wait_until(lambda: consumer.counts.redis_errors > 0 or not thread.is_alive(), 30, "a refused write")
+        time.sleep(max(0.0, began + 1.5 - time.monotonic()))   # > max_deliveries x lease_ms: a lease left to run
+        assert thread.is_alive(), failure                      # out would be spent
         assert handler.seen == {} and consumer.counts.redis_errors > 0
     wait_until(lambda: len(handler.seen) == 6, 15, "every entry handled")
     stop.set()
@@ -404,7 +409,7 @@ def test_consumer_outlives_its_stream_being_deleted_while_it_blocks(private_redi
     stop = threading.Event()
     consumer = Consumer(client, queue, handler, qs, heartbeat_key=f"{prefix}:hb", stop=stop)
     thread, failure = start_consumer(consumer)
-    wait_until(lambda: "0" in handler.seen, 10, "the first entry handled")
+    wait_until(lambda: "0" in handler.seen, 30, "the first entry handled")
     time.sleep(0.5)                                  # blocked in XREADGROUP now
     private_redis.client().delete(f"{prefix}:s")
     time.sleep(0.5)
