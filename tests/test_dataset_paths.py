@@ -277,6 +277,42 @@ def test_a_set_folder_or_manifest_the_user_may_not_read_is_said_naming_it(tmp_pa
             folder.chmod(0o755)
 
 
+@pytest.mark.parametrize("command", ["eval", "batch"])
+def test_a_folder_of_sets_on_a_disks_root_passes_over_its_lost_and_found(tmp_path, command):
+    """A folder of sets that is a disk's mount point holds the file system's `lost+found` (root's, mode 700). Run as
+    a user, `sigma eval --data /mnt/sets` and `sigma batch run /mnt/sets` (a folder of sets, or a folder of pairs)
+    failed `permission_denied` on it, however good the sets beside it. Now it is passed over; another folder of
+    the same mode is still said (above)."""
+    import subprocess
+    import sys
+
+    from test_eval import _as_one_refused_writes
+
+    if os.geteuid() != 0:
+        pytest.skip("a lost+found the user may not read is made by chown, which needs root")
+    sets = tmp_path / "sets"
+    make_pair_set(sets, "a", 1)
+    make_pair_set(sets, "b", 1)
+    pairs = make_pair_set(tmp_path, "pairs", 1)
+    (pairs / "pairs.jsonl").unlink()
+    base = [sys.executable, "-m", "sigma", *(["eval", "--data"] if command == "eval" else ["batch", "run"])]
+    quiet = ["--no-progress"] if command == "batch" else []
+    for n, data in enumerate([sets, pairs] if command == "batch" else [sets]):
+        lost = data / "lost+found"
+        lost.mkdir()
+        os.chown(lost, 65534, 65534)        # not the runner's: the mode binds it as root's binds a user
+        lost.chmod(0o700)
+        out = tmp_path / f"out{n}"
+        done = subprocess.run(_as_one_refused_writes([*base, str(data), "--annotator", "pixel-diff", "--out", str(out),
+                                                      *quiet]), capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert done.returncode == 0, done
+        if command == "eval":
+            assert sorted(json.loads((out / "metrics.json").read_text())["tables"]["none"]) == ["a", "b", "overall"]
+        else:
+            assert "0 failed" in done.stdout and "0 bad pairs" in done.stdout, done
+
+
 def _lone_surrogates(value: object) -> list[str]:
     """Every string (keys too) of parsed JSON that holds a lone surrogate: what a strict JSON reader refuses."""
     if isinstance(value, str):
