@@ -422,6 +422,46 @@ def test_a_set_named_in_plain_text_as_an_escaped_byte_stays_apart_from_the_byte(
     assert escape_name("a\\b") == "a\\b" and escape_name("plain") == "plain"
 
 
+def test_a_file_and_a_run_named_in_plain_text_as_an_escaped_byte_stay_apart_in_the_export_and_the_report(tmp_path,
+                                                                                                        capsys):
+    """`sigma export hf` named a pair's images by `escape_surrogates` of their file names, the review page its run and
+    corpus folders: the file `a\\xff_original.png` and one named in plain text `a\\udcff_original.png` were one name
+    in the dataset, the folders `d\\xff` and `d\\udcff` one on the page; and the export of a run over `d\\xff` failed
+    `invalid_text` writing its card (the folder's name in it). Now `escape_name`, as the pair ids are."""
+    import html
+
+    import pyarrow.parquet as pq
+
+    from sigma.text import escape_name
+
+    pairs = {}
+    for n, raw in enumerate((b"d\xff", b"d\\udcff")):
+        made = make_pair_set(tmp_path / f"made{n}", "s", 1)
+        data = Path(os.fsdecode(bytes(tmp_path) + b"/" + raw))
+        data.mkdir()
+        stem = os.fsdecode(b"a" + raw[1:])
+        for part in ("original", "edited"):
+            (made / f"s_0_{part}.png").rename(data / f"{stem}_{part}.png")
+        pairs[data] = stem
+    shown = set()
+    for data, stem in pairs.items():
+        run = Path(f"{data}_run")          # made under a plain name: its summary line is printed (pytest's stdout)
+        assert main(["batch", "run", str(data), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+                     "--no-progress"]) == 0
+        (tmp_path / "run").rename(run)
+        hf = tmp_path / f"hf{len(shown)}"
+        assert main(["export", "hf", str(run), "--out", str(hf)]) == 0
+        row = pq.read_table(next((hf / "data").glob("*.parquet"))).to_pylist()[0]
+        assert row["original"]["path"] == escape_name(f"{stem}_original.png"), row["original"]["path"]
+        page = tmp_path / f"r{len(shown)}.html"
+        assert main(["report", str(run), "--out", str(page)]) == 0
+        text = page.read_text(encoding="utf-8")
+        assert f"<title>SIGMA review: {html.escape(escape_name(run.name))}</title>" in text, text[:300]
+        shown.add(row["original"]["path"])
+    capsys.readouterr()
+    assert len(shown) == 2
+
+
 def test_config_and_run_records_keep_a_non_utf8_path_as_plain_json_and_yaml_read_it_back(tmp_path, capsys):
     """`--data $'d\\xff'`: config.yaml (eval's, a batch run's) and run.json hold the path as YAML's / JSON's
     surrogate escape, which plain `yaml.safe_load` / `json.loads` read back to the same folder and `--resume` reopens;
