@@ -419,8 +419,9 @@ def check_outfile(text: str | Path, example: str = "out.json") -> Path:
     `text` is the path as typed: one ending in `/` (or `/.`, `/..`) names a folder even where none is yet, and
     `Path` drops that slash — `sigma report RUN --out RUN/zz/` wrote a file named `zz`. `example`: a file name to
     suggest in it."""
-    from sigma.batch.layout import refuse_folder, refuse_run_file
+    from sigma.batch.layout import is_stream, refuse_folder, refuse_run_file
     from sigma.errors import InputError
+    from sigma.folderlock import probe_writable
 
     raw = os.fspath(text)
     if raw.endswith(("/", os.sep)) or os.path.basename(raw) in (".", ".."):
@@ -435,6 +436,11 @@ def check_outfile(text: str | Path, example: str = "out.json") -> Path:
             parent = parent.parent
         if not parent.is_dir():
             raise InputError(f"{path}: {parent} is not a folder", code="bad_outdir")
+        if not is_stream(path):
+            # the file is written beside itself and renamed (or its folders made here): a read-only mount, a folder
+            # whose mode refuses writes, a full inode table were `os_error` naming `.report.html.PID.RANDOM.tmp` once
+            # the whole page was built (thumbnails of every pair), not `bad_outdir` before any work as a folder is
+            probe_writable(parent)
     except OSError as exc:
         raise InputError(f"{path}: not a usable output file ({exc.strerror or exc})", code="bad_outdir") from exc
     return path
