@@ -338,6 +338,16 @@ def test_an_output_file_on_a_read_only_file_system_is_refused_before_any_work(ru
     assert main([*argv, "--out", os.devnull]) == 0
 
 
+def test_coco_images_with_a_name_too_long_is_bad_outdir_as_out_is(run_dir, tmp_path, capsys):
+    """`sigma export coco RUN --out c.json --images LONG` (a name over the system's limit) said `os_error` naming
+    `LONG/run.json`, a file the user never named, where the same path as `--out` says `bad_outdir`. Now the same."""
+    long = tmp_path / ("d" * 300)
+    assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json"), "--images", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [bad_outdir]: ") and "(File name too long)" in err and "run.json" not in err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
 _KILLED_IMAGE_WRITER = at_first_temp_rename() + """from sigma.cli import main
 main(sys.argv[1:])
 """
