@@ -491,6 +491,23 @@ def test_config_and_run_records_keep_a_non_utf8_path_as_plain_json_and_yaml_read
     assert not (tmp_path / "e2" / "config.yaml").read_text(encoding="utf-8").startswith("#")
 
 
+def test_sets_named_with_a_control_character_and_as_its_escape_in_plain_text_print_as_two_rows(tmp_path, capsys):
+    """A set folder holding a line break (a tab, an RTL override) and one named in plain text `nl\\nx` (a backslash,
+    then n) printed in the eval table as one name, `nl\\nx`, in two rows: which was which could not be told. The
+    table now doubles a name's backslashes, as metrics.json's text does, before escaping what a terminal must not
+    get; metrics.json keeps each name apart as before."""
+    data = tmp_path / "sets"
+    names = {"nl\nx": "nl\\nx", "nl\\nx": "nl\\\\nx", "t\tx": "t\\tx", "t\\tx": "t\\\\tx",
+             "r\u202ex": "r\\u202ex", "r\\u202ex": "r\\\\\\\\u202ex", "plain": "plain"}
+    for n, name in enumerate(names):
+        make_pair_set(data, f"s{n}", 1).rename(data / name)
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 0
+    rows = {line.split(" ")[0] for line in capsys.readouterr().out.splitlines() if line[:1] in ("n", "t", "r", "p")}
+    assert rows >= set(names.values()) and len(set(names.values())) == len(names), rows
+    tables = json.loads((tmp_path / "o" / "metrics.json").read_text())["tables"]["none"]
+    assert len(tables) == len(names) + 1
+
+
 def test_two_long_set_names_alike_but_for_their_end_print_as_two(tmp_path, capsys):
     """The eval table's set column cut a name at 46 characters: sets `<60 x>-v1` and `<60 x>-v2` printed two rows of
     one name. Now a long name is cut in the middle (`…`), its end kept; metrics.json keeps every name whole."""
