@@ -339,6 +339,10 @@ def test_a_set_and_a_data_folder_named_in_non_utf8_bytes_are_written_escaped_to_
     assert _lone_surrogates(metrics) == []
     assert sorted(metrics["tables"]["none"]) == ["overall", "s\\udcfe", "s\\udcff"]
     assert metrics["config"]["data"].endswith("data\\udcff")
+    plain = tmp_path / "data\\udcff"        # named so in plain text: recorded apart from the byte (`escape_name`)
+    make_pair_set(plain, "s", 1)
+    assert main(["eval", "--data", str(plain), "--annotator", "pixel-diff", "--out", str(tmp_path / "e2")]) == 0
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["config"]["data"].endswith("data\\\\udcff")
     run = tmp_path / "run"
     assert main(["batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--no-progress"]) == 0
     capsys.readouterr()
