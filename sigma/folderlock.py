@@ -300,7 +300,7 @@ def make_out_folder(root: Path) -> None:
         raise InputError(f"{root}: not a usable output folder ({exc.strerror or exc})", code="bad_outdir") from exc
 
 
-def _probe_writable(root: Path) -> None:
+def probe_writable(root: Path) -> None:
     """Make and remove one empty file in `root` (its holder's, once held): the only honest test of a folder that is
     already there (mkdir -p asks nothing of it) — read-only (its mode, a read-only mount, an ACL) or on a full inode
     table. `sigma eval --out` into a folder whose mode refused writes ran its whole evaluation (14 minutes on the
@@ -358,7 +358,7 @@ def hold_folder(root: Path, exclusive: bool = True, other: str = "folder", marke
                              code="run_locked") from None
         held = True
         try:
-            _probe_writable(root)
+            probe_writable(root)
             if exclusive and marker:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, holder_line().encode(), 0)

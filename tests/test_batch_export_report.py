@@ -312,6 +312,42 @@ def test_outputs_over_the_runs_own_files_are_refused_before_any_work(run_dir, tm
         assert "[bad_run]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["report", "coco"])
+def test_an_output_file_on_a_read_only_file_system_is_refused_before_any_work(run_dir, tmp_path, capsys, command):
+    """`sigma report RUN --out RO/r.html` (RO a read-only mount) built the whole page, every thumbnail, then failed
+    `os_error` naming `.r.html.PID.RANDOM.tmp`, a file the user never named; `sigma export coco --out RO/c.json`
+    said `os_error` after the export. Every output folder says `bad_outdir` before any work: so does a file's now,
+    in its folder or in one still to be made under it. A stream (`--out /dev/null`) is no folder to test."""
+    import subprocess
+
+    from tmpfs import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "ro", "64k") as ro:
+        (ro / "keep").write_text("x")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True, capture_output=True)
+        for out in (ro / "out.html", ro / "new" / "out.html"):
+            argv = (["report", str(run_dir), "--out", str(out)] if command == "report"
+                    else ["export", "coco", str(run_dir), "--out", str(out)])
+            assert main(argv) == 2
+            captured = capsys.readouterr()
+            assert captured.err == f"sigma: error [bad_outdir]: {out}: not a usable output file (Read-only file " \
+                                   "system)\n", captured.err
+            assert captured.out == ""
+        assert sorted(p.name for p in ro.iterdir()) == ["keep"]
+    argv = ["report", str(run_dir)] if command == "report" else ["export", "coco", str(run_dir)]
+    assert main([*argv, "--out", os.devnull]) == 0
+
+
+def test_coco_images_with_a_name_too_long_is_bad_outdir_as_out_is(run_dir, tmp_path, capsys):
+    """`sigma export coco RUN --out c.json --images LONG` (a name over the system's limit) said `os_error` naming
+    `LONG/run.json`, a file the user never named, where the same path as `--out` says `bad_outdir`. Now the same."""
+    long = tmp_path / ("d" * 300)
+    assert main(["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json"), "--images", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [bad_outdir]: ") and "(File name too long)" in err and "run.json" not in err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
 _KILLED_IMAGE_WRITER = at_first_temp_rename() + """from sigma.cli import main
 main(sys.argv[1:])
 """

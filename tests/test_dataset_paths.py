@@ -277,6 +277,42 @@ def test_a_set_folder_or_manifest_the_user_may_not_read_is_said_naming_it(tmp_pa
             folder.chmod(0o755)
 
 
+@pytest.mark.parametrize("command", ["eval", "batch"])
+def test_a_folder_of_sets_on_a_disks_root_passes_over_its_lost_and_found(tmp_path, command):
+    """A folder of sets that is a disk's mount point holds the file system's `lost+found` (root's, mode 700). Run as
+    a user, `sigma eval --data /mnt/sets` and `sigma batch run /mnt/sets` (a folder of sets, or a folder of pairs)
+    failed `permission_denied` on it, however good the sets beside it. Now it is passed over; another folder of
+    the same mode is still said (above)."""
+    import subprocess
+    import sys
+
+    from test_eval import _as_one_refused_writes
+
+    if os.geteuid() != 0:
+        pytest.skip("a lost+found the user may not read is made by chown, which needs root")
+    sets = tmp_path / "sets"
+    make_pair_set(sets, "a", 1)
+    make_pair_set(sets, "b", 1)
+    pairs = make_pair_set(tmp_path, "pairs", 1)
+    (pairs / "pairs.jsonl").unlink()
+    base = [sys.executable, "-m", "sigma", *(["eval", "--data"] if command == "eval" else ["batch", "run"])]
+    quiet = ["--no-progress"] if command == "batch" else []
+    for n, data in enumerate([sets, pairs] if command == "batch" else [sets]):
+        lost = data / "lost+found"
+        lost.mkdir()
+        os.chown(lost, 65534, 65534)        # not the runner's: the mode binds it as root's binds a user
+        lost.chmod(0o700)
+        out = tmp_path / f"out{n}"
+        done = subprocess.run(_as_one_refused_writes([*base, str(data), "--annotator", "pixel-diff", "--out", str(out),
+                                                      *quiet]), capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert done.returncode == 0, done
+        if command == "eval":
+            assert sorted(json.loads((out / "metrics.json").read_text())["tables"]["none"]) == ["a", "b", "overall"]
+        else:
+            assert "0 failed" in done.stdout and "0 bad pairs" in done.stdout, done
+
+
 def _lone_surrogates(value: object) -> list[str]:
     """Every string (keys too) of parsed JSON that holds a lone surrogate: what a strict JSON reader refuses."""
     if isinstance(value, str):
@@ -303,6 +339,10 @@ def test_a_set_and_a_data_folder_named_in_non_utf8_bytes_are_written_escaped_to_
     assert _lone_surrogates(metrics) == []
     assert sorted(metrics["tables"]["none"]) == ["overall", "s\\udcfe", "s\\udcff"]
     assert metrics["config"]["data"].endswith("data\\udcff")
+    plain = tmp_path / "data\\udcff"        # named so in plain text: recorded apart from the byte (`escape_name`)
+    make_pair_set(plain, "s", 1)
+    assert main(["eval", "--data", str(plain), "--annotator", "pixel-diff", "--out", str(tmp_path / "e2")]) == 0
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["config"]["data"].endswith("data\\\\udcff")
     run = tmp_path / "run"
     assert main(["batch", "run", str(data), "--out", str(run), "--annotator", "pixel-diff", "--no-progress"]) == 0
     capsys.readouterr()
@@ -386,6 +426,46 @@ def test_a_set_named_in_plain_text_as_an_escaped_byte_stays_apart_from_the_byte(
     assert escape_name("a\\b") == "a\\b" and escape_name("plain") == "plain"
 
 
+def test_a_file_and_a_run_named_in_plain_text_as_an_escaped_byte_stay_apart_in_the_export_and_the_report(tmp_path,
+                                                                                                        capsys):
+    """`sigma export hf` named a pair's images by `escape_surrogates` of their file names, the review page its run and
+    corpus folders: the file `a\\xff_original.png` and one named in plain text `a\\udcff_original.png` were one name
+    in the dataset, the folders `d\\xff` and `d\\udcff` one on the page; and the export of a run over `d\\xff` failed
+    `invalid_text` writing its card (the folder's name in it). Now `escape_name`, as the pair ids are."""
+    import html
+
+    import pyarrow.parquet as pq
+
+    from sigma.text import escape_name
+
+    pairs = {}
+    for n, raw in enumerate((b"d\xff", b"d\\udcff")):
+        made = make_pair_set(tmp_path / f"made{n}", "s", 1)
+        data = Path(os.fsdecode(bytes(tmp_path) + b"/" + raw))
+        data.mkdir()
+        stem = os.fsdecode(b"a" + raw[1:])
+        for part in ("original", "edited"):
+            (made / f"s_0_{part}.png").rename(data / f"{stem}_{part}.png")
+        pairs[data] = stem
+    shown = set()
+    for data, stem in pairs.items():
+        run = Path(f"{data}_run")          # made under a plain name: its summary line is printed (pytest's stdout)
+        assert main(["batch", "run", str(data), "--out", str(tmp_path / "run"), "--annotator", "pixel-diff",
+                     "--no-progress"]) == 0
+        (tmp_path / "run").rename(run)
+        hf = tmp_path / f"hf{len(shown)}"
+        assert main(["export", "hf", str(run), "--out", str(hf)]) == 0
+        row = pq.read_table(next((hf / "data").glob("*.parquet"))).to_pylist()[0]
+        assert row["original"]["path"] == escape_name(f"{stem}_original.png"), row["original"]["path"]
+        page = tmp_path / f"r{len(shown)}.html"
+        assert main(["report", str(run), "--out", str(page)]) == 0
+        text = page.read_text(encoding="utf-8")
+        assert f"<title>SIGMA review: {html.escape(escape_name(run.name))}</title>" in text, text[:300]
+        shown.add(row["original"]["path"])
+    capsys.readouterr()
+    assert len(shown) == 2
+
+
 def test_config_and_run_records_keep_a_non_utf8_path_as_plain_json_and_yaml_read_it_back(tmp_path, capsys):
     """`--data $'d\\xff'`: config.yaml (eval's, a batch run's) and run.json hold the path as YAML's / JSON's
     surrogate escape, which plain `yaml.safe_load` / `json.loads` read back to the same folder and `--resume` reopens;
@@ -413,6 +493,23 @@ def test_config_and_run_records_keep_a_non_utf8_path_as_plain_json_and_yaml_read
     make_pair_set(plain, "s", 1)
     assert main(["eval", "--data", str(plain), "--annotator", "pixel-diff", "--out", str(tmp_path / "e2")]) == 0
     assert not (tmp_path / "e2" / "config.yaml").read_text(encoding="utf-8").startswith("#")
+
+
+def test_sets_named_with_a_control_character_and_as_its_escape_in_plain_text_print_as_two_rows(tmp_path, capsys):
+    """A set folder holding a line break (a tab, an RTL override) and one named in plain text `nl\\nx` (a backslash,
+    then n) printed in the eval table as one name, `nl\\nx`, in two rows: which was which could not be told. The
+    table now doubles a name's backslashes, as metrics.json's text does, before escaping what a terminal must not
+    get; metrics.json keeps each name apart as before."""
+    data = tmp_path / "sets"
+    names = {"nl\nx": "nl\\nx", "nl\\nx": "nl\\\\nx", "t\tx": "t\\tx", "t\\tx": "t\\\\tx",
+             "r\u202ex": "r\\u202ex", "r\\u202ex": "r\\\\\\\\u202ex", "plain": "plain"}
+    for n, name in enumerate(names):
+        make_pair_set(data, f"s{n}", 1).rename(data / name)
+    assert main(["eval", "--data", str(data), "--annotator", "pixel-diff", "--out", str(tmp_path / "o")]) == 0
+    rows = {line.split(" ")[0] for line in capsys.readouterr().out.splitlines() if line[:1] in ("n", "t", "r", "p")}
+    assert rows >= set(names.values()) and len(set(names.values())) == len(names), rows
+    tables = json.loads((tmp_path / "o" / "metrics.json").read_text())["tables"]["none"]
+    assert len(tables) == len(names) + 1
 
 
 def test_two_long_set_names_alike_but_for_their_end_print_as_two(tmp_path, capsys):

@@ -762,6 +762,48 @@ def test_eval_and_annotate_into_a_run_folder_are_refused_and_the_run_resumes(pho
     assert main(["train", "--resume", str(runs / "r"), "steps=2"]) == 0
 
 
+def test_report_export_and_synth_over_a_runs_own_files_are_refused_and_the_run_resumes(photos, tmp_path, capsys):
+    """`sigma report BATCH --out TRAIN/config.yaml` wrote the review page over a training run's config and `sigma
+    export coco BATCH --out TRAIN/metrics.jsonl` the JSON over its metrics, exit 0 (`sigma train --resume` then
+    failed); `export imdl-benco --out RUN --json-name run.json --overwrite` replaced a batch run's record, and
+    `sigma synth --out RUN` put its pairs among either run's files. Now out_is_run_file, nothing written; a file
+    of another name beside them, or a new folder inside, is fine, and the run resumes."""
+    from test_eval import make_pair_set
+
+    runs = tmp_path / "runs"
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", "steps=1",
+                 "eval.val_size=0"]) == 0
+    train = runs / "r"
+    data = make_pair_set(tmp_path / "data", "s", 1)
+    batch = tmp_path / "batch"
+    assert main(["batch", "run", str(data), "--out", str(batch), "--annotator", "pixel-diff", "--no-progress"]) == 0
+    capsys.readouterr()
+    files = {run: {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} for run in (train, batch)}
+    link = tmp_path / "link.yaml"
+    link.symlink_to(train / "config.yaml")
+    for argv, said in ((["report", str(batch), "--out", str(train / "config.yaml")], "training run's own config.yaml"),
+                       (["report", str(batch), "--out", str(link)], "training run's own config.yaml"),
+                       (["export", "coco", str(batch), "--out", str(train / "metrics.jsonl")],
+                        "training run's own metrics.jsonl"),
+                       (["export", "coco", str(batch), "--out", str(train / "model" / "config.json")],
+                        "training run's own model"),
+                       (["export", "imdl-benco", str(batch), "--out", str(train), "--json-name", "best.json"],
+                        "training run's own best.json"),
+                       (["export", "imdl-benco", str(batch), "--out", str(batch), "--json-name", "run.json",
+                         "--overwrite"], "batch run's own run.json"),
+                       (["synth", "--out", str(train), "-n", "1", "--photos", str(photos), "--no-progress"],
+                        "the folder of a training run (it holds checkpoint.pt)"),
+                       (["synth", "--out", str(batch), "-n", "1", "--photos", str(photos), "--no-progress"],
+                        "the folder of a batch run (it holds run.json)")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "[out_is_run_file]" in err and said in err, (argv, err)
+    assert {run: {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} for run in (train, batch)} == files
+    assert main(["report", str(batch), "--out", str(train / "report.html")]) == 0
+    assert main(["synth", "--out", str(train / "pairs"), "-n", "1", "--photos", str(photos), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(train), "steps=2"]) == 0
+
+
 def test_a_config_path_with_a_nul_byte_is_one_config_error(photos, tmp_path, capsys):
     """A NUL byte in a config path (a YAML string can hold one) was a ValueError traceback from the first mkdir."""
     runs = tmp_path / "runs"

@@ -94,7 +94,11 @@ RUN_OWN = frozenset({RUN_FILE, "config.yaml", "summary.json", LOCK_FILE, ".locks
 
 def refuse_run_file(path: str | Path) -> None:
     """An output file that would land on a run folder's own record, status or shard files: refused before any
-    work. The folder is found by its run.json one or two levels up (`RUN/run.json`, `RUN/shards/x.parquet`)."""
+    work. The folder is found by its run.json one or two levels up (`RUN/run.json`, `RUN/shards/x.parquet`); a
+    training run's by its checkpoint or metrics (`sigma.io.runmarks.refuse_training_file`)."""
+    from sigma.io.runmarks import refuse_training_file
+
+    refuse_training_file(path)
     target = Path(os.path.abspath(path))
     real = Path(os.path.realpath(path))
     for candidate in {target, real}:

@@ -388,21 +388,29 @@ def check_outdir(outdir: Path, create: bool = False) -> Path:
     return outdir
 
 
-# files that make a folder a run whose config.yaml is its record: a batch run's (`--resume`, `sigma report`), a
-# training run's (`sigma train --resume` reads its config.yaml back)
-_RUN_MARKS = (("run.json", "a batch run"), ("checkpoint.pt", "a training run"),
-              ("checkpoint.prev.pt", "a training run"), ("metrics.jsonl", "a training run"))
-
-
-def refuse_run_folder(outdir: Path, flag: str) -> None:
-    """`out_is_run_file` when `outdir` is a batch or training run's own folder (`_RUN_MARKS`): `sigma eval --out RUN`
+def refuse_run_folder(outdir: Path, flag: str,
+                      why: str = "this command's config.yaml would replace the run's") -> None:
+    """`out_is_run_file` when `outdir` is a batch or training run's own folder (`sigma.io.runmarks.RUN_MARKS`: the
+    files that make a folder a run whose config.yaml is its record, one list with training's): `sigma eval --out RUN`
     and `sigma annotate -o RUN` wrote their config.yaml over the run's, and `sigma train --resume RUN` then failed
-    `invalid_config` (an eval's keys in a training config): the run could not be continued. A folder inside is fine."""
-    for name, what in _RUN_MARKS:
-        if (outdir / name).is_file():
-            raise InputError(f"{outdir}: the folder of {what} (it holds {name}); this command's config.yaml would "
-                             f"replace the run's. Choose another {flag} (a new folder inside the run is fine)",
+    `invalid_config` (an eval's keys in a training config): the run could not be continued. A folder inside is fine.
+    `why`: what the command would do to the run (`sigma synth --out RUN` put its pairs and manifest among its files)."""
+    from sigma.io.runmarks import RUN_MARKS
+
+    for name, what in RUN_MARKS:
+        if _is_file(outdir / name):
+            raise InputError(f"{outdir}: the folder of {what} (it holds {name}); {why}. Choose another {flag} (a new "
+                             "folder inside the run is fine)",
                              code="out_is_run_file")
+
+
+def _is_file(path: Path) -> bool:
+    """`Path.is_file`, False where it raises (a name too long, a folder not to be looked into): the output folder's
+    own check (`check_outdir`, the command's hold) says why in its words (`bad_outdir`), not `os_error` here."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def check_outfile(text: str | Path, example: str = "out.json") -> Path:
@@ -411,8 +419,9 @@ def check_outfile(text: str | Path, example: str = "out.json") -> Path:
     `text` is the path as typed: one ending in `/` (or `/.`, `/..`) names a folder even where none is yet, and
     `Path` drops that slash — `sigma report RUN --out RUN/zz/` wrote a file named `zz`. `example`: a file name to
     suggest in it."""
-    from sigma.batch.layout import refuse_folder, refuse_run_file
+    from sigma.batch.layout import is_stream, refuse_folder, refuse_run_file
     from sigma.errors import InputError
+    from sigma.folderlock import probe_writable
 
     raw = os.fspath(text)
     if raw.endswith(("/", os.sep)) or os.path.basename(raw) in (".", ".."):
@@ -427,6 +436,11 @@ def check_outfile(text: str | Path, example: str = "out.json") -> Path:
             parent = parent.parent
         if not parent.is_dir():
             raise InputError(f"{path}: {parent} is not a folder", code="bad_outdir")
+        if not is_stream(path):
+            # the file is written beside itself and renamed (or its folders made here): a read-only mount, a folder
+            # whose mode refuses writes, a full inode table were `os_error` naming `.report.html.PID.RANDOM.tmp` once
+            # the whole page was built (thumbnails of every pair), not `bad_outdir` before any work as a folder is
+            probe_writable(parent)
     except OSError as exc:
         raise InputError(f"{path}: not a usable output file ({exc.strerror or exc})", code="bad_outdir") from exc
     return path

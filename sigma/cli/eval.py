@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from sigma.eval.runner import eval_records, evaluate, format_tables
     from sigma.io.outputs import json_record
     from sigma.tempfiles import replace_together
-    from sigma.text import printable
+    from sigma.text import escape_name, printable
 
     cfg = config_of(args)
     set_data = "data" in read_overrides(args.overrides)
@@ -173,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
         # eval again, on its recorded data); it held the record too and was refused as invalid_config
         # (annotator_config: Extra inputs are not permitted). The record (what the annotator read) is metrics.json's
         # `config`, around the same values.
-        record = resolved | {"annotator_config": annotator.describe()}
+        # its --data as the sets' names are (`escape_name`): by `surrogates_escaped` alone, the folder `d\xff` and
+        # one named in plain text `d\udcff` were recorded as one
+        record = resolved | {"data": escape_name(resolved["data"]), "annotator_config": annotator.describe()}
         # config.yaml first, metrics.json (which carries the config too) last, the old metrics.json removed in
         # between: a kill leaves the old pair, a config.yaml alone, or the new pair, never the metrics of one run
         # beside the config of another (metrics.json, then config.yaml, each replaced whole, did). The journal is

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sigma.cli.common import integer, path, refuse_unused, within
+from sigma.cli.common import integer, path, refuse_run_folder, refuse_unused, within
 from sigma.config.schema import MAX_WORKING_SIZE
 
 # Pairs one `sigma synth` writes (three PNGs each, their pairs.jsonl lines held until the end): -n 1e30 wrote
@@ -212,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
 
     # one writer per folder: two (other seeds, other -n) would leave a pairs.jsonl naming a mix of both; held
     # before the photo folder is read, so an unusable --out is said first
+    # a batch or training run's folder: the pairs, pairs.jsonl and synth_config.yaml were put among the run's files
+    refuse_run_folder(out, "--out", "the pairs would be written among the run's files")
     refuse_foreign_set(out)          # before the hold: a refused run leaves no .lock in the user's set
     with hold_folder(out, other="--out"):
         engine = SynthEngine(cfg, seed=args.seed)

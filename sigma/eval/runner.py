@@ -336,10 +336,17 @@ def _curve_cell(row: dict[str, Any], total: int) -> str:
 SET_CELL = 46       # the width of a table's set column
 
 
+def _shown(group: str) -> str:
+    """A set's name as a line shows it: each backslash doubled, as in metrics.json's text, then the characters a
+    terminal must not get escaped (`printable`: `\\n`, `\\x1b`, `\\u202e`). Escaped alone, a set folder holding a
+    line break and one named in plain text `nl\\nx` printed as one name, `nl\\nx`, in two rows."""
+    return printable(group.replace("\\", "\\\\"))
+
+
 def _set_cell(group: str) -> str:
-    """A set's name in its table column (`printable`), cut in the middle with `…` when longer: cut at its end, two
+    """A set's name in its table column (`_shown`), cut in the middle with `…` when longer: cut at its end, two
     sets named alike but for the end (`...-2024-v1`, `...-2024-v2`) printed as one name twice."""
-    name = printable(group)
+    name = _shown(group)
     if len(name) > SET_CELL:
         head = (SET_CELL - 1) // 2
         name = f"{name[:head]}…{name[-(SET_CELL - 1 - head):]}"
@@ -375,5 +382,5 @@ def format_tables(result: EvalResult) -> str:
             if group == "overall" and EDITING_GROUP in curves.get(name, {}):
                 continue
             cells = ", ".join(_curve_cell(row, curve[0]["pairs"]) for row in curve)
-            lines.append(f"keep the most confident ({printable(group.split(' (')[0])}): {cells}")
+            lines.append(f"keep the most confident ({_shown(group.split(' (')[0])}): {cells}")
     return "\n".join(lines)

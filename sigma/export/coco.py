@@ -65,7 +65,11 @@ def export_coco(run_dir: str | Path, out: str | Path, row_filter: RowFilter | No
                          "another path for the JSON (e.g. --out coco.json --images images/)", code="bad_arguments")
     run = checked_before_writing(run_dir, corpus=False)      # the corpus too, below, when its images are written
     if images_dir is not None:
-        refuse_images_dir(images_dir, run.record["corpus"].get("path"))
+        try:
+            refuse_images_dir(images_dir, run.record["corpus"].get("path"))
+        except OSError as exc:     # a name too long: `os_error` naming `DIR/run.json`, where --out says bad_outdir
+            raise InputError(f"{images_dir}: not a usable output folder ({exc.strerror or exc})",
+                             code="bad_outdir") from exc
         run.corpus()
     with output_file(Path(out)) as write:
         return _export_to(run, Path(out), write, row_filter, images_dir, mask, order, overwrite)

@@ -47,7 +47,7 @@ from sigma.tempfiles import (
     sync_folder,
     temp_name,
 )
-from sigma.text import escape_surrogates
+from sigma.text import escape_name
 
 SPLIT = "train"
 
@@ -180,8 +180,9 @@ def _png_mask(mask: np.ndarray) -> bytes:
 
 def _file_name(path: str | None) -> str | None:
     """A file name, never the machine's full path (the dataset may be published); a name that is not UTF-8
-    keeps its bytes escaped, as the run's pair ids do (parquet holds UTF-8 only)."""
-    return escape_surrogates(Path(path).name) if path else None
+    keeps its bytes escaped as the run's pair ids do (`escape_name`; parquet holds UTF-8 only): `escape_surrogates`
+    alone gave the file `a\xff.png` and one named in plain text `a\udcff.png` one name."""
+    return escape_name(Path(path).name) if path else None
 
 
 def _rle(size: list[int], counts: str | None) -> dict[str, Any] | None:
@@ -517,8 +518,12 @@ def _card_info(run: CheckedRun, name: str | None, first: dict[str, Any], digest:
     (weights, weights_source), rows, skipped = digest, writer.rows, writer.skipped
     status = run.rundir.summary(record=record)
     cfg = record.get("config") or {}
-    info = {"name": name or f"{Path(str(record.get('corpus', {}).get('path') or run.rundir.root)).name} (SIGMA masks)",
-            "corpus": Path(str((record.get("corpus") or {}).get("path") or cfg.get("input", {}).get("path"))).name,
+    # names escaped as the rows' (`escape_name`): a run or corpus folder of non-UTF-8 bytes made the card's text
+    # unwritable, the whole export `invalid_text` after every row was read
+    default = f"{Path(str(record.get('corpus', {}).get('path') or run.rundir.root)).name} (SIGMA masks)"
+    info = {"name": escape_name(name or default),
+            "corpus": escape_name(Path(str((record.get("corpus") or {}).get("path")
+                                           or cfg.get("input", {}).get("path"))).name),
             "format": record.get("format"), "annotator": first.get("annotator") or cfg.get("annotator"),
             "config_hash": first.get("config_hash") or "n/a", "weights_sha256": weights,
             "weights_source": weights_source, "threshold": first.get("threshold", cfg.get("threshold")),

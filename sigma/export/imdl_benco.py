@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sigma.batch.layout import atomic_write_bytes, refuse_inside_run
+from sigma.batch.layout import atomic_write_bytes, refuse_inside_run, refuse_run_file
 from sigma.digest import sha256_file
 from sigma.errors import InputError
 from sigma.export.select import (
@@ -58,6 +58,9 @@ def export_imdl_benco(run_dir: str | Path, out: str | Path, row_filter: RowFilte
     # OUT in a run's own folders (`RUN/shards`, `RUN/status`, `RUN/masks/<shard>`) wrote the export among the run's
     # files, which --resume and the readers of those folders own, while `export coco --images` there was refused
     refuse_inside_run(out, "OUT folder")
+    # and its JSON on a run's own file: `--out RUN --json-name run.json --overwrite` replaced a batch run's record,
+    # `--out TRAIN --json-name best.json` a training run's best step
+    refuse_run_file(Path(out) / json_name)
     out = Path(out).resolve()
     run = checked_before_writing(run_dir)          # before OUT is held or made
     with hold_folder(out, other="OUT folder", marker=False):

@@ -18,6 +18,11 @@ from sigma.text import escape_name, find_surrogate, printable
 from sigma.text import loads as load_json
 
 MAX_RECORD_BYTES = 1 << 20     # a record (paths, an id, an instruction) is a few hundred bytes
+# the folder mkfs puts at the root of an ext2/3/4 file system, root's and mode 700: never a set. A folder of sets
+# that is a disk's mount point holds one, and `sigma eval --data /mnt/sets` and `sigma batch run /mnt/sets` failed
+# `permission_denied` on it whatever the sets; passed over when the user may not look into it (a readable one holds
+# no pairs.jsonl and is passed over as any folder without one)
+FILE_SYSTEMS_OWN = "lost+found"
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,11 @@ def find_sets(data: str | Path) -> list[Path]:
         refuse_unfinished(marked.parent)
     with os.scandir(data) as entries:     # glob() lists no broken link or link loop: those sets were passed over too
         for manifest in sorted(Path(entry.path) / "pairs.jsonl" for entry in entries if entry.is_dir()):
-            refuse_unreadable_manifest(manifest)
+            try:
+                refuse_unreadable_manifest(manifest)
+            except UnreadableManifest as exc:
+                if not (exc.code == "permission_denied" and manifest.parent.name == FILE_SYSTEMS_OWN):
+                    raise
     # regular files only (as the set itself above): a pairs.jsonl that is a FIFO hung the read for ever, one
     # that links to /dev/zero was read as one endless line
     sets = sorted(p.parent for p in data.glob("*/pairs.jsonl") if p.is_file())

@@ -21,7 +21,7 @@ from sigma.io.outputs import overlay_image
 from sigma.report.page import render_page
 from sigma.rle import decode_rle
 from sigma.tempfiles import sweep_dead_writers_of
-from sigma.text import escape_surrogates, printable
+from sigma.text import escape_name, escape_surrogates, printable
 from sigma.types import confidence_value
 
 #: the bad pairs the page lists (all are counted)
@@ -148,9 +148,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, limit: int 
     tables = metrics.tables()
     status = rundir.summary(record=record)
     page = render_page(
-        title=f"SIGMA review: {Path(run_dir).resolve().name}",
-        run={"run_dir": str(Path(run_dir).resolve()), "run_hash": record["run_hash"],
-             "annotator": record["config"].get("annotator"), "input": record["config"]["input"]["path"],
+        # the paths as the run's names are (`escape_name`): `escape_surrogates` of the page alone showed the folder
+        # `d\xff` and one named in plain text `d\udcff` as one
+        title=f"SIGMA review: {escape_name(Path(run_dir).resolve().name)}",
+        run={"run_dir": escape_name(str(Path(run_dir).resolve())), "run_hash": record["run_hash"],
+             "annotator": record["config"].get("annotator"),
+             "input": escape_name(str(record["config"]["input"]["path"])),
              "format": record.get("format"), **{k: status[k] for k in ("shards", "done", "failed", "pending")},
              "pairs_ok": good, "pairs_in_bounds": counts["in_bounds"], "pairs_bad": counts["bad"], "shown": len(items),
              "order": sort,

@@ -29,6 +29,7 @@ from sigma.config.loader import config_hash, load_config, parse_overrides, save_
 from sigma.errors import ConfigError, InputError, SigmaError, Stopped, first_line
 from sigma.folderlock import folder_lock_wait_s, hold_folder, waiting_lock, watch_stopped_holder
 from sigma.io.folders import require_folder
+from sigma.io.runmarks import OTHER_THAN_TRAINING
 from sigma.lifeline import (
     Noted,
     QuickExitSpawnContext,
@@ -1292,7 +1293,7 @@ def _refuse_nesting(out_dir: Path, name: str) -> None:
 
 # files other commands leave in their output folders (a batch run's, `sigma eval --out`'s, `sigma annotate -o`'s, a
 # `sigma synth --out` set's); a training run writes none of them
-_OTHER_OUTPUTS = ("run.json", "metrics.json", "result.json", "pairs.jsonl", "synth_config.yaml")
+_OTHER_OUTPUTS = OTHER_THAN_TRAINING      # one list with the CLI's refusal of run folders (`sigma.io.runmarks`)
 _MAX_CONFIG_READ = 1 << 20
 
 
