@@ -48,11 +48,15 @@ from . import losses as L
 from .checkpoint import (
     CKPT,
     PREV,
+    latest_checkpoint,
     load_checkpoint,
+    refuse_changed_shaping,
     refuse_lost_checkpoints,
     refuse_other_world,
     save_checkpoint,
     saved_stream,
+    shaping_changes,
+    shaping_of,
     stream_changes,
     sweep_checkpoint_temps,
 )
@@ -442,12 +446,21 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.cfg),
                 "world": self.world,        # a resume on another number of ranks is refused (refuse_other_world)
                 # what the run's examples were numbered and drawn by, said when a resume changes it (stream_changes)
-                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed}
+                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
+                # model, what trains, optimizer schedule: a resume may not change them (refuse_changed_shaping)
+                "shaping": shaping_of(self.cfg.model_dump(mode="json"))}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """The checkpoint's state into this trainer; `ConfigError` when it does not fit the configured model (the
         checkpoint loader then tries the one before it). Every load is strict and whole, so a later restore replaces
-        whatever a failed one had copied before its mismatch."""
+        whatever a failed one had copied before its mismatch. A checkpoint that keeps what shaped its run
+        (`shaping`) fits only a config with the same: the run's config.yaml edited to another lr or model size was
+        taken (two schedules mixed), or refused by the strict load naming no key."""
+        kept = ckpt.get("shaping")
+        changed = shaping_changes(kept, shaping_of(self.cfg.model_dump(mode="json"))) if isinstance(kept, dict) else []
+        if changed:
+            raise ConfigError(f"was trained with other values than the run's config.yaml: {'; '.join(changed)} (the "
+                              "config.yaml edited, or the checkpoint of another run)")
         try:
             self.model.load_state_dict(ckpt["model"], strict=True)
             self.opt.load_state_dict(ckpt["opt"])
@@ -1468,16 +1481,14 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         overrides = _absolute_overrides(overrides or [])
         cfg = load_config(TrainConfig, run_dir / "config.yaml", overrides)
         saved = load_config(TrainConfig, run_dir / "config.yaml", [])
-        if cfg.model != saved.model:   # refused before config.yaml is rewritten: the run stays resumable
-            raise ConfigError(f"{run_dir}: --resume continues the run's own model; a model.* override changes its "
-                              "architecture (start a new run with init_from instead)")
-        if cfg.freeze != saved.freeze:  # the optimizer's state is per trainable parameter: it would not fit
-            raise ConfigError(f"{run_dir}: --resume continues the run's own schedule; a freeze override changes "
-                              f"what it trains ({saved.freeze} → {cfg.freeze}; start a new run with init_from instead)")
-        refuse_other_world(run_dir, world.world_size())
+        # refused before config.yaml is rewritten: the run stays resumable
+        refuse_changed_shaping(run_dir, cfg.model_dump(mode="json"), saved.model_dump(mode="json"))
+        latest = latest_checkpoint(run_dir)     # read once: every check below judges this one checkpoint
+        refuse_other_world(run_dir, world.world_size(), latest)
         # the checkpoint's own, where it keeps them: config.yaml edited by hand changed them without a word
-        saved_batch, saved_seed = saved_stream(run_dir) or (saved.batch_size, saved.seed)
-        changed = stream_changes(run_dir, saved_batch, cfg.batch_size, saved_seed, cfg.seed, world.world_size())
+        saved_batch, saved_seed = saved_stream(run_dir, latest) or (saved.batch_size, saved.seed)
+        changed = stream_changes(run_dir, saved_batch, cfg.batch_size, saved_seed, cfg.seed, world.world_size(),
+                                 None if latest is None else int(latest["step"]))
         if changed and world.rank() == 0:
             print(f"sigma: warning: {printable(changed)}", file=sys.stderr, flush=True)
         frozen = (run_dir / "cache_index.json").absolute()
