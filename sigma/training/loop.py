@@ -477,12 +477,30 @@ class Trainer:
         self.step = int(ckpt["step"])
 
     def checkpoint(self) -> None:
+        self._refuse_non_finite_weights()     # on every rank: DDP keeps the weights equal, so every rank stops
         if not self.is_main:
             return
         from sigma.models import save_model
 
         save_checkpoint(self.run_dir, self.state())
         save_model(self.model, self.run_dir / "model")
+
+    def _refuse_non_finite_weights(self) -> None:
+        """`training_diverged` instead of a checkpoint of weights that hold inf or NaN. The NaN guard judges each
+        step's loss and gradient, not what the optimizer step made of the weights: `weight_decay=1e300` (or any
+        lr x weight_decay far above 1) made them inf at the first step from a finite loss and gradient, and the run
+        wrote them over checkpoint.pt, model/ and final/ and ended 0. The checkpoint before is kept."""
+        bad = [name for name, t in self.model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            from .checkpoint import latest_step
+
+            kept = latest_step(self.run_dir)
+            raise TrainingDiverged(f"the weights hold non-finite values at step {self.step} ({len(bad)} tensor(s), "
+                                   f"{bad[0]} first): an optimizer step made them so (lr {self.cfg.lr:g}, weight_decay "
+                                   f"{self.cfg.weight_decay:g}); not saved, "
+                                   + (f"the checkpoint of step {kept} is kept" if kept is not None else
+                                      "no checkpoint was written") + "; lower lr or weight_decay")
 
     def emit(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -893,7 +911,7 @@ class Trainer:
         if self._validates_at_start() or owed:
             self.validate(val)
         self._stop_if_terminated(started)     # before the first step: nothing trained since the checkpoint
-        bad = 0
+        bad = finite = 0          # non-finite steps in a row; finite steps of this stretch
         t_data = t_model = 0.0
         n_pairs = 0
         t_last = time.perf_counter()
@@ -921,7 +939,7 @@ class Trainer:
                         raise TrainingDiverged(f"{bad} non-finite steps in a row at step {self.step}; "
                                                "lower lr or check the data")
                 else:
-                    bad = 0
+                    bad, finite = 0, finite + 1
                     for k, v in res.items():
                         window.setdefault(k, []).append(v)
                 self.step += 1
@@ -954,6 +972,12 @@ class Trainer:
         if reason:
             return self._pause(val, started, window, n_pairs, t_data, t_model, reason)
         self.checkpoint()
+        if bad and not finite:
+            # every step skipped, fewer than max_bad_steps (a short run, the last steps of a resume): it ended 0
+            # with a final/ that no step had trained
+            raise TrainingDiverged(f"every step of this run ({bad}, to step {self.step}) had a non-finite loss or "
+                                   "gradient and was skipped: nothing was trained (the checkpoint is kept, no final/ "
+                                   "written); lower lr or check the data and the loss weights")
         return self._finish(val, started)
 
     def _data_waits(self, started: float) -> DataWait | None:
