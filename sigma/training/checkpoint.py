@@ -179,6 +179,18 @@ def _latest(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint a resume continues from (`_latest`: memory-mapped, checked), read once for every check a
+    resume makes before it starts (`refuse_other_world`, `refuse_changed_shaping`, `saved_stream`,
+    `stream_changes`). Each of them read it again: three reads of a checkpoint of several GB, and a checkpoint
+    written between two of them (a run still going) had the checks judge different ones."""
+    return _latest(run_dir)
+
+
+#: read from the run folder by the function itself (the callers that judge one checkpoint pass it)
+_UNREAD: Any = object()
+
+
 def latest_step(run_dir: Path) -> int | None:
     """The step `load_checkpoint` would resume from (`_latest`), for a process that is leaving
     (`sigma.training.ranks.rank_lost` names the step). Before, `ranks` walked the candidates itself and checked only
@@ -188,12 +200,13 @@ def latest_step(run_dir: Path) -> int | None:
     return None if state is None else int(state["step"])
 
 
-def saved_stream(run_dir: Path) -> tuple[int, int] | None:
+def saved_stream(run_dir: Path, state: dict[str, Any] | None = _UNREAD) -> tuple[int, int] | None:
     """(batch_size, seed) of the run that wrote the checkpoint a resume continues from (`Trainer.state` keeps them),
     or None: none readable, or one of an older sigma. `stream_changes` compared the resume's values with the run's
     config.yaml only, so a config.yaml edited by hand (`batch_size: 2` in a run trained with 4) renumbered the
-    examples from the checkpoint's step on without a word, while the same change as an override was said."""
-    state = _latest(run_dir)
+    examples from the checkpoint's step on without a word, while the same change as an override was said. `state`:
+    the checkpoint `latest_checkpoint` read (by default read here)."""
+    state = _latest(run_dir) if state is _UNREAD else state
     if state is None:
         return None
     batch, seed = state.get("batch_size"), state.get("seed")
@@ -202,7 +215,7 @@ def saved_stream(run_dir: Path) -> tuple[int, int] | None:
     return None
 
 
-def refuse_other_world(run_dir: Path, ranks: int) -> None:
+def refuse_other_world(run_dir: Path, ranks: int, state: dict[str, Any] | None = _UNREAD) -> None:
     """`invalid_config` when the checkpoint a resume would continue from was written by a run of another number of
     ranks than `ranks` (`Trainer.state` keeps it as `world`; a checkpoint of an older sigma does not: not refused).
 
@@ -210,8 +223,9 @@ def refuse_other_world(run_dir: Path, ranks: int) -> None:
     (twice the examples per step from then on, under the same learning rate), and step t's examples are numbered
     from t x batch_size x ranks (`data.StepSampler`), so the examples between the two numberings were never seen
     (fewer ranks: seen twice). The run would not go on as it started, and nothing said so. Said before the run
-    folder is written (config.yaml stays as it was): every rank reads the same checkpoint, so every rank refuses."""
-    state = _latest(run_dir)
+    folder is written (config.yaml stays as it was): every rank reads the same checkpoint, so every rank refuses.
+    `state`: the checkpoint `latest_checkpoint` read (by default read here)."""
+    state = _latest(run_dir) if state is _UNREAD else state
     saved = None if state is None else state.get("world")
     if saved is None or saved == ranks:
         return
@@ -222,16 +236,63 @@ def refuse_other_world(run_dir: Path, ranks: int) -> None:
                       "new run from its model/ with init_from", code="invalid_config")
 
 
-def stream_changes(run_dir: Path, saved_batch: int, batch: int, saved_seed: int, seed: int, ranks: int) -> str | None:
+#: the keys of a TrainConfig a resume keeps as the run's own (`refuse_changed_shaping`): the architecture, what trains,
+#: and the optimizer with its learning-rate schedule. `steps` is not among them (a run is lengthened by a resume)
+SHAPING = ("model", "freeze", "lr", "weight_decay", "warmup_steps", "min_lr_ratio")
+
+
+def shaping_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The `SHAPING` values of a config (its `model_dump(mode="json")`), as `Trainer.state` keeps them."""
+    return {key: config[key] for key in SHAPING if key in config}
+
+
+def shaping_changes(kept: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """Each `SHAPING` key whose value differs between `kept` (the run's) and `ours`, as `key OLD -> NEW`."""
+    return [f"{key} {_value(kept[key])} -> {_value(ours[key])}" for key in SHAPING
+            if key in kept and key in ours and kept[key] != ours[key]]
+
+
+def refuse_changed_shaping(run_dir: Path, resumed: dict[str, Any], started: dict[str, Any]) -> None:
+    """`invalid_config` naming each `SHAPING` key a resume's overrides change (`resumed` against the run's
+    config.yaml, `started`; both `model_dump(mode="json")`), with the run's value and the new one, before anything
+    in the run folder is written. What the checkpoint keeps is checked as it is restored (`Trainer.restore`: a
+    config.yaml edited by hand, a checkpoint of another run copied in, which the one before may replace).
+
+    `--resume RUN lr=0.1` went on at lr 0.1 from the checkpoint's step, mixing two schedules without a word, and wrote
+    lr 0.1 into config.yaml; `weight_decay=` was dropped without a word (the optimizer's saved state brings its own).
+    Only `model` and `freeze` overrides were refused, naming neither value for the model."""
+    changed = shaping_changes(shaping_of(started), shaping_of(resumed))
+    if changed:
+        raise ConfigError(f"{run_dir}: --resume changes what the run was trained with: {'; '.join(changed)}. "
+                          f"{KEPT_ON_RESUME}", code="invalid_config")
+
+
+#: what a refused resume is told (`refuse_changed_shaping`)
+KEPT_ON_RESUME = ("A resume keeps the run's model, freeze, and optimizer and learning-rate schedule (lr, weight_decay, "
+                  "warmup_steps, min_lr_ratio): resume without changing them, or start a new run from it with "
+                  "init_from=RUN name=...")
+
+
+def _value(value: Any) -> str:
+    """A config value as the refusal shows it: one line, bounded (a `model:` mapping can be long)."""
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def stream_changes(run_dir: Path, saved_batch: int, batch: int, saved_seed: int, seed: int, ranks: int,
+                   step: int | None = _UNREAD) -> str | None:
     """What a `--resume RUN batch_size=N` or `seed=N` changes in the examples the run trains on, in one line (None
     when neither changed, or the run has no checkpoint and starts over). Both were taken without a word: step t's
     examples are numbered from t x batch_size x ranks (`data.StepSampler`) and drawn from (seed, number), so another
     batch size skips or repeats examples from the checkpoint's step on, and another seed draws the rest of the run
     from another stream. Said, not refused (unlike another number of ranks, `refuse_other_world`): a smaller batch
-    for a smaller machine, or a fresh stream, may be what the user wants, but the run is no longer the one started."""
+    for a smaller machine, or a fresh stream, may be what the user wants, but the run is no longer the one started.
+    `step`: that of the checkpoint `latest_checkpoint` read (by default read here)."""
     if saved_batch == batch and saved_seed == seed:
         return None
-    step = latest_step(run_dir)
+    step = latest_step(run_dir) if step is _UNREAD else step
     if step is None:
         return None
     said = []

@@ -49,11 +49,15 @@ from . import losses as L
 from .checkpoint import (
     CKPT,
     PREV,
+    latest_checkpoint,
     load_checkpoint,
+    refuse_changed_shaping,
     refuse_lost_checkpoints,
     refuse_other_world,
     save_checkpoint,
     saved_stream,
+    shaping_changes,
+    shaping_of,
     stream_changes,
     sweep_checkpoint_temps,
 )
@@ -444,12 +448,21 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.cfg),
                 "world": self.world,        # a resume on another number of ranks is refused (refuse_other_world)
                 # what the run's examples were numbered and drawn by, said when a resume changes it (stream_changes)
-                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed}
+                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
+                # model, what trains, optimizer schedule: a resume may not change them (refuse_changed_shaping)
+                "shaping": shaping_of(self.cfg.model_dump(mode="json"))}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """The checkpoint's state into this trainer; `ConfigError` when it does not fit the configured model (the
         checkpoint loader then tries the one before it). Every load is strict and whole, so a later restore replaces
-        whatever a failed one had copied before its mismatch."""
+        whatever a failed one had copied before its mismatch. A checkpoint that keeps what shaped its run
+        (`shaping`) fits only a config with the same: the run's config.yaml edited to another lr or model size was
+        taken (two schedules mixed), or refused by the strict load naming no key."""
+        kept = ckpt.get("shaping")
+        changed = shaping_changes(kept, shaping_of(self.cfg.model_dump(mode="json"))) if isinstance(kept, dict) else []
+        if changed:
+            raise ConfigError(f"was trained with other values than the run's config.yaml: {'; '.join(changed)} (the "
+                              "config.yaml edited, or the checkpoint of another run)")
         try:
             self.model.load_state_dict(ckpt["model"], strict=True)
             self.opt.load_state_dict(ckpt["opt"])
@@ -466,12 +479,30 @@ class Trainer:
         self.step = int(ckpt["step"])
 
     def checkpoint(self) -> None:
+        self._refuse_non_finite_weights()     # on every rank: DDP keeps the weights equal, so every rank stops
         if not self.is_main:
             return
         from sigma.models import save_model
 
         save_checkpoint(self.run_dir, self.state())
         save_model(self.model, self.run_dir / "model")
+
+    def _refuse_non_finite_weights(self) -> None:
+        """`training_diverged` instead of a checkpoint of weights that hold inf or NaN. The NaN guard judges each
+        step's loss and gradient, not what the optimizer step made of the weights: `weight_decay=1e300` (or any
+        lr x weight_decay far above 1) made them inf at the first step from a finite loss and gradient, and the run
+        wrote them over checkpoint.pt, model/ and final/ and ended 0. The checkpoint before is kept."""
+        bad = [name for name, t in self.model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            from .checkpoint import latest_step
+
+            kept = latest_step(self.run_dir)
+            raise TrainingDiverged(f"the weights hold non-finite values at step {self.step} ({len(bad)} tensor(s), "
+                                   f"{bad[0]} first): an optimizer step made them so (lr {self.cfg.lr:g}, weight_decay "
+                                   f"{self.cfg.weight_decay:g}); not saved, "
+                                   + (f"the checkpoint of step {kept} is kept" if kept is not None else
+                                      "no checkpoint was written") + "; lower lr or weight_decay")
 
     def emit(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -884,7 +915,7 @@ class Trainer:
         if self._validates_at_start() or owed:
             self.validate(val)
         self._stop_if_terminated(started)     # before the first step: nothing trained since the checkpoint
-        bad = 0
+        bad = finite = 0          # non-finite steps in a row; finite steps of this stretch
         t_data = t_model = 0.0
         n_pairs = 0
         t_last = time.perf_counter()
@@ -912,7 +943,7 @@ class Trainer:
                         raise TrainingDiverged(f"{bad} non-finite steps in a row at step {self.step}; "
                                                "lower lr or check the data")
                 else:
-                    bad = 0
+                    bad, finite = 0, finite + 1
                     for k, v in res.items():
                         window.setdefault(k, []).append(v)
                 self.step += 1
@@ -945,6 +976,12 @@ class Trainer:
         if reason:
             return self._pause(val, started, window, n_pairs, t_data, t_model, reason)
         self.checkpoint()
+        if bad and not finite:
+            # every step skipped, fewer than max_bad_steps (a short run, the last steps of a resume): it ended 0
+            # with a final/ that no step had trained
+            raise TrainingDiverged(f"every step of this run ({bad}, to step {self.step}) had a non-finite loss or "
+                                   "gradient and was skipped: nothing was trained (the checkpoint is kept, no final/ "
+                                   "written); lower lr or check the data and the loss weights")
         return self._finish(val, started)
 
     def _data_waits(self, started: float) -> DataWait | None:
@@ -1271,6 +1308,21 @@ def _refuse_links(run_dir: Path) -> None:
         raise InputError(f"{run_dir}: holds files that are no regular files ({names}: a FIFO, a device or a "
                          "socket) where the run reads and writes; replace them with the files themselves",
                          code="bad_outdir")
+    # nor the other kind of entry under a name the run writes: a folder named checkpoint.pt was passed over as a
+    # missing checkpoint, the resume went on from checkpoint.prev.pt and trained to its next checkpoint, which then
+    # failed (`os_error: Is a directory: .checkpoint.pt.<pid>.<hex>.tmp`, a temporary name); a file named model the
+    # same at model/'s save (`File exists`)
+    wrong = [f"{name}: a folder" for name in _RUN_FILES if (run_dir / name).is_dir()]
+    wrong += [f"{name}: a file" for name in _RUN_FOLDERS if (run_dir / name).is_file()]
+    if wrong:
+        raise InputError(f"{run_dir}: holds entries of the other kind where the run writes ({', '.join(wrong)}; "
+                         f"{', '.join(_RUN_FILES)} are files, {', '.join(_RUN_FOLDERS)} folders): the run would fail "
+                         "there after its steps; move them away", code="bad_outdir")
+
+
+#: the files and folders a run writes at its folder's top level (`_refuse_links`: never of the other kind)
+_RUN_FILES = (CKPT, PREV, "metrics.jsonl", "best.json", "grow.json")
+_RUN_FOLDERS = ("model", "best", "final", "tb")
 
 
 def _refuse_nesting(out_dir: Path, name: str) -> None:
@@ -1472,16 +1524,14 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         overrides = _absolute_overrides(overrides or [])
         cfg = load_config(TrainConfig, run_dir / "config.yaml", overrides)
         saved = load_config(TrainConfig, run_dir / "config.yaml", [])
-        if cfg.model != saved.model:   # refused before config.yaml is rewritten: the run stays resumable
-            raise ConfigError(f"{run_dir}: --resume continues the run's own model; a model.* override changes its "
-                              "architecture (start a new run with init_from instead)")
-        if cfg.freeze != saved.freeze:  # the optimizer's state is per trainable parameter: it would not fit
-            raise ConfigError(f"{run_dir}: --resume continues the run's own schedule; a freeze override changes "
-                              f"what it trains ({saved.freeze} → {cfg.freeze}; start a new run with init_from instead)")
-        refuse_other_world(run_dir, world.world_size())
+        # refused before config.yaml is rewritten: the run stays resumable
+        refuse_changed_shaping(run_dir, cfg.model_dump(mode="json"), saved.model_dump(mode="json"))
+        latest = latest_checkpoint(run_dir)     # read once: every check below judges this one checkpoint
+        refuse_other_world(run_dir, world.world_size(), latest)
         # the checkpoint's own, where it keeps them: config.yaml edited by hand changed them without a word
-        saved_batch, saved_seed = saved_stream(run_dir) or (saved.batch_size, saved.seed)
-        changed = stream_changes(run_dir, saved_batch, cfg.batch_size, saved_seed, cfg.seed, world.world_size())
+        saved_batch, saved_seed = saved_stream(run_dir, latest) or (saved.batch_size, saved.seed)
+        changed = stream_changes(run_dir, saved_batch, cfg.batch_size, saved_seed, cfg.seed, world.world_size(),
+                                 None if latest is None else int(latest["step"]))
         if changed and world.rank() == 0:
             print(f"sigma: warning: {printable(changed)}", file=sys.stderr, flush=True)
         frozen = (run_dir / "cache_index.json").absolute()
