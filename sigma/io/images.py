@@ -17,7 +17,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.bmp_rle import check_bmp_rle
-from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short, jpeg_frame
+from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short, check_jpeg_scans_complete, jpeg_frame
 from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.io.tiff_planes import TIFF_PLANAR_CONFIGURATION, separate_planes
@@ -570,6 +570,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
                              f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
         check_coded_size(data, fmt, name)      # a header patched larger than its data: before the decoder allocates
+        if fmt == "JPEG":
+            check_jpeg_scans_complete(data, name)     # scans end before the picture is whole, then an end marker
         notes: dict[str, Any] = {"format": fmt, "decoded_size": [height, width]}
         orientation = img.getexif().get(0x0112, 1)
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
