@@ -394,6 +394,7 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
         import cv2
     except ImportError:  # pragma: no cover - opencv is a core dependency
         return None
+    _opencv_warnings_off(cv2)
     try:
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:     # memory refused is the machine's (out_of_memory); anything else: Pillow's 8 bits
@@ -403,6 +404,16 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         return None
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
+
+
+@lru_cache(maxsize=1)
+def _opencv_warnings_off(cv2: Any) -> None:
+    """OpenCV's log to errors only, unless the user set `OPENCV_LOG_LEVEL`: its libtiff printed each warning about a
+    file into the command's output, `[ WARN:0@0.9] global grfmt_tiff.cpp:123 TIFF_Warning TIFFReadDirectory: Unknown
+    field with tag 65000 (0xfde8) encountered` twice above `sigma annotate`'s line for a 16-bit TIFF with a private
+    tag (an editor's), and into the API's and workers' logs, unasked. What is wrong with a file is said by its error."""
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
