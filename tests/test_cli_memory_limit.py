@@ -396,3 +396,19 @@ def test_a_system_error_near_the_address_limit_is_out_of_memory_and_elsewhere_th
     said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert said and said[0].split()[1] == code, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert "SystemError: error return without exception set" in said[0], said
+
+
+def test_a_command_under_an_address_limit_gives_opencv_one_thread():
+    """sigma-lite under `prlimit --as` 914-920 MB annotated the pair but printed OpenCV's `[ERROR:0@14.2] global
+    parallel_impl.cpp:246 WorkerThread 0: Can't spawn new thread: res = 11` into its output: its pool's threads
+    (a stack of 8 MB each) found no room. Under an address-space limit OpenCV now loads with one thread, which starts
+    none, as OpenBLAS does; a value the user set is kept."""
+    script = ("import os, sys; import sigma.cli, cv2; "
+              "print(os.environ.get('OPENCV_FOR_THREADS_NUM'), cv2.getNumThreads())")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FOR_THREADS_NUM"}
+    limited = subprocess.run(["prlimit", f"--as={8 * 2**30}", sys.executable, "-c", script],
+                             capture_output=True, text=True, timeout=120, check=True, env=env)
+    assert limited.stdout.split() == ["1", "1"], limited.stdout + limited.stderr
+    chosen = subprocess.run(["prlimit", f"--as={8 * 2**30}", sys.executable, "-c", script], capture_output=True,
+                            text=True, timeout=120, check=True, env={**env, "OPENCV_FOR_THREADS_NUM": "2"})
+    assert chosen.stdout.split()[0] == "2", chosen.stdout + chosen.stderr
