@@ -214,8 +214,9 @@ def check_jpeg_cut_short(data: bytes, img: Image.Image, name: str) -> None:
 # present and leaves the rest zero, without a word. Cut after its first (DC) scan and closed again, a photo decoded as
 # its 8x8-block blur, one colour a block, and was annotated as a whole picture (the edit of a sharp original read as
 # changed everywhere); cut in a later scan, it decoded without its chroma detail or its last bits. Every encoder sends
-# every coefficient of every component down to Al = 0 (libjpeg's, mozjpeg's and jpegtran's progressions all do), and
-# a sequential file every component in some scan; a file whose scans, up to its end marker, do not is refused.
+# every coefficient of every component down to Al = 0, and a sequential file every component in some scan: libjpeg's
+# own encoder refuses a scan script that does not (`validate_script`, JERR_MISSING_DATA "Scan script does not transmit
+# all data"), mozjpeg's and jpegtran's with it; a file whose scans, up to its end marker, do not is refused.
 _PROGRESSIVE_SOF = frozenset((0xC2, 0xCA))
 _SEQUENTIAL_SOF = frozenset((0xC0, 0xC1, 0xC3, 0xC9, 0xCB))     # baseline, extended, lossless (each coding)
 
