@@ -17,7 +17,13 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.bmp_rle import check_bmp_rle
-from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short, check_jpeg_scans_complete, jpeg_frame
+from sigma.io.coded_size import (
+    check_coded_size,
+    check_jpeg_cut_short,
+    check_jpeg_scans_complete,
+    jpeg_frame,
+    vp8_min_bytes,
+)
 from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.io.tiff_planes import TIFF_PLANAR_CONFIGURATION, separate_planes
@@ -647,6 +653,10 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         raise OutOfMemoryError.decoding(name, exc) from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
         check_metadata_bomb(exc, name)
+        empty = _zero_size_header(data)     # a lossy WebP so: Pillow's "could not create decoder object"
+        if empty:
+            raise ImageError(f"{name}: zero-size image ({empty} header says width or height 0)",
+                             code="image_empty") from exc
         raise ImageError(f"{name}: unreadable or truncated image ({_one_line(exc)})",
                          code="image_unreadable") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
@@ -656,7 +666,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
 
 def _zero_size_header(data: bytes) -> str | None:
     """The format whose header in `data` says width or height 0 (Pillow does not open it), else None. A BMP, JPEG
-    or TIFF so was `image_unreadable`, "not an image", where a PNG was already `image_empty`."""
+    or TIFF so was `image_unreadable`, "not an image", where a PNG was already `image_empty`; a lossy WebP, "unreadable
+    or truncated image (could not create decoder object)"."""
     if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and (
             data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
         return "PNG"
@@ -664,6 +675,9 @@ def _zero_size_header(data: bytes) -> str | None:
         header = int.from_bytes(data[14:18], "little")
         sizes = (data[18:20], data[20:22]) if header == 12 else (data[18:22], data[22:26])
         return "BMP" if any(not any(size) for size in sizes) else None
+    lossy = vp8_min_bytes(data)
+    if lossy is not None:
+        return "WEBP" if lossy[0] == 0 or lossy[1] == 0 else None
     frame = jpeg_frame(data) if data[:2] == b"\xff\xd8" else None
     if frame is not None and len(frame[1]) >= 5:
         return "JPEG" if frame[1][1:3] == b"\0\0" or frame[1][3:5] == b"\0\0" else None
