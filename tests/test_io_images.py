@@ -673,3 +673,16 @@ def test_a_header_of_zero_width_or_height_is_image_empty_in_every_format(fmt, fi
         decode_image(_zero_sized(fmt, field), f"zero.{fmt.lower()}")
     assert info.value.code == "image_empty"
     assert info.value.message == f"zero.{fmt.lower()}: zero-size image ({fmt} header says width or height 0)"
+
+
+def test_a_lab_tiff_with_its_lab_profile_is_not_said_to_carry_a_wrong_profile():
+    """A CIE Lab TIFF (Pillow writes its Lab profile into it) was read right, but its notes said `icc_profile: ignored
+    (a Lab profile on a RGB image)`, as if the file carried a profile of the wrong colour space; Lab samples are
+    absolute and need none. The picture reads as before."""
+    lab = Image.fromarray(RGB).convert("LAB")
+    buf = io.BytesIO()
+    lab.save(buf, "TIFF")
+    assert Image.open(io.BytesIO(buf.getvalue())).info.get("icc_profile")       # the profile is in the file
+    decoded = decode_image(buf.getvalue(), "lab.tif")
+    assert decoded.notes["mode"] == "LAB" and decoded.notes["icc_profile"].startswith("not needed (CIE Lab")
+    assert np.array_equal(decoded.rgb, np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))

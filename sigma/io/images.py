@@ -608,6 +608,9 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
             converted = _to_srgb(img, icc, notes)
             img = img if converted is None else converted
             icc = None
+        elif icc is not None and img.mode == "LAB":    # CIE Lab is absolute: Pillow reads it to sRGB by definition
+            notes["icc_profile"] = "not needed (CIE Lab samples, read to sRGB by their definition)"
+            icc = None
         depth = _bit_depth(img, data, fmt)
         rgb = None
         raw = None
