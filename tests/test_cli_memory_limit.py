@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from addresslimits import mapped_kb_after, small_changed_pair
 
 # The real CLI (`main()` with the process's own argv) in a child whose RLIMIT_AS is set, once `sigma.cli` itself is
 # imported, to what the child then maps plus a few MB: the next imports (pydantic's, numpy's or torch's libraries,
@@ -248,23 +249,13 @@ def test_a_command_started_under_an_address_limit_never_dies_loading_opencvs_bla
     allocator called when the thread's mmap is refused: exit -11, no message) or raises SIGINT on itself
     (`sigma: interrupted`, 130). Now a command under such a limit loads OpenBLAS with one thread: every limit from
     where the libraries no longer fit upward either annotates the pair or says `out_of_memory` in one line."""
-    import numpy as np
-    from PIL import Image
-
-    picture = np.full((64, 64, 3), 90, np.uint8)
-    Image.fromarray(picture).save(tmp_path / "o.png")
-    picture[10:20, 10:20] = 250
-    Image.fromarray(picture).save(tmp_path / "e.png")
-    probe = subprocess.run([sys.executable, "-c", "import sigma.cli; print(next(int(line.split()[1]) for line in "
-                            "open('/proc/self/status') if line.startswith('VmSize:')))"],
-                           capture_output=True, text=True, timeout=60, check=True)
-    base_kb = int(probe.stdout)            # the interpreter and the CLI package: what any limit must leave room for
+    original, edited = small_changed_pair(tmp_path)
+    base_kb = mapped_kb_after("sigma.cli")    # the interpreter and the CLI package: what any limit must leave room for
     outcomes = {}
     for spare_mb in range(250, 700, 25):
         limit = base_kb * 1024 + spare_mb * 2**20
-        proc = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "-m", "sigma", "annotate",
-                               str(tmp_path / "o.png"), str(tmp_path / "e.png"), "--annotator", "pixel-diff",
-                               "-o", str(tmp_path / f"out{spare_mb}")],
+        proc = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "-m", "sigma", "annotate", original, edited,
+                               "--annotator", "pixel-diff", "-o", str(tmp_path / f"out{spare_mb}")],
                               capture_output=True, text=True, timeout=120, check=False)
         outcomes[spare_mb] = proc.returncode
         assert proc.returncode in (0, 2), (spare_mb, proc.returncode, proc.stderr[-2000:])
@@ -289,12 +280,10 @@ def test_memory_opencv_is_refused_reading_a_16_bit_pair_is_out_of_memory_not_a_t
     assert cv2.imwrite(str(tmp_path / "o.png"), picture, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     picture[100:300, 100:300] = 0
     assert cv2.imwrite(str(tmp_path / "e.png"), picture, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    probe = subprocess.run([sys.executable, "-c", "import sigma.cli; print(next(int(line.split()[1]) for line in "
-                            "open('/proc/self/status') if line.startswith('VmSize:')))"],
-                           capture_output=True, text=True, timeout=60, check=True)
+    base_kb = mapped_kb_after("sigma.cli")
     outcomes = {}
     for spare_mb in (*range(320, 700, 30), 1200):
-        limit = int(probe.stdout) * 1024 + spare_mb * 2**20
+        limit = base_kb * 1024 + spare_mb * 2**20
         proc = subprocess.run(["prlimit", f"--as={limit}", sys.executable, "-m", "sigma", "annotate",
                                str(tmp_path / "o.png"), str(tmp_path / "e.png"), "--annotator", "pixel-diff",
                                "-o", str(tmp_path / f"out{spare_mb}")],
@@ -407,3 +396,19 @@ def test_a_system_error_near_the_address_limit_is_out_of_memory_and_elsewhere_th
     said = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert said and said[0].split()[1] == code, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert "SystemError: error return without exception set" in said[0], said
+
+
+def test_a_command_under_an_address_limit_gives_opencv_one_thread():
+    """sigma-lite under `prlimit --as` 914-920 MB annotated the pair but printed OpenCV's `[ERROR:0@14.2] global
+    parallel_impl.cpp:246 WorkerThread 0: Can't spawn new thread: res = 11` into its output: its pool's threads
+    (a stack of 8 MB each) found no room. Under an address-space limit OpenCV now loads with one thread, which starts
+    none, as OpenBLAS does; a value the user set is kept."""
+    script = ("import os, sys; import sigma.cli, cv2; "
+              "print(os.environ.get('OPENCV_FOR_THREADS_NUM'), cv2.getNumThreads())")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FOR_THREADS_NUM"}
+    limited = subprocess.run(["prlimit", f"--as={8 * 2**30}", sys.executable, "-c", script],
+                             capture_output=True, text=True, timeout=120, check=True, env=env)
+    assert limited.stdout.split() == ["1", "1"], limited.stdout + limited.stderr
+    chosen = subprocess.run(["prlimit", f"--as={8 * 2**30}", sys.executable, "-c", script], capture_output=True,
+                            text=True, timeout=120, check=True, env={**env, "OPENCV_FOR_THREADS_NUM": "2"})
+    assert chosen.stdout.split()[0] == "2", chosen.stdout + chosen.stderr

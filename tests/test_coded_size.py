@@ -95,19 +95,51 @@ _SEQUENTIAL = [("RGB", {}), ("L", {}), ("CMYK", {}), ("RGB", {"subsampling": 0})
 def test_a_jpeg_cut_short_and_closed_again_with_an_end_marker_is_refused(mode, save, kept):
     """Half a photo's bytes and an end marker (FF D9): libjpeg filled the other half flat grey and only warned, which
     Pillow drops, so the pair was annotated as half changed (pixel-diff: 51.8 % of a real photo marked). Now it is
-    `image_unreadable`, naming the truncation, as a file cut without the marker already was. (A progressive file
-    cut near the end of its first scan is not told: libjpeg smooths its few grey blocks into their neighbours.)"""
+    `image_unreadable`, naming the truncation, as a file cut without the marker already was (a progressive file cut
+    in its first scan: by the scans it lacks, `test_a_progressive_jpeg_cut_at_any_scan_and_closed_again_is_refused`)."""
     with pytest.raises(ImageError) as caught:
         decode_image(_cut(_photo_jpeg(mode, **save), kept), "cut")
     assert caught.value.code == "image_unreadable"
-    assert "cut: truncated JPEG: its coded data ends before the picture does" in str(caught.value)
+    said = "its scans end before the picture is complete" if save.get("progressive") else \
+        "its coded data ends before the picture does"
+    assert f"cut: truncated JPEG: {said}" in str(caught.value)
 
 
-def test_a_progressive_jpeg_cut_after_its_first_scan_is_read_blurred_as_before():
-    """Cut after its first (DC) scan a progressive file's every block has its colour; it reads blurred, not grey,
-    and is not refused (what it lacks cannot be told from a picture that is only soft)."""
-    data = _photo_jpeg("RGB", progressive=True)
-    assert decode_image(data[:int(len(data) * 0.5)] + b"\xff\xd9", "cut").rgb.shape == (480, 640, 3)
+def _scan_starts(data: bytes) -> list[int]:
+    return [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_a_progressive_jpeg_cut_at_any_scan_and_closed_again_is_refused(mode):
+    """Cut after its first (DC) scan and closed with an end marker, a progressive photo decoded as its 8x8-block blur
+    (every block its colour, no corner grey) and passed as a whole picture, annotated against a sharp edit as changed
+    everywhere; cut after a later scan, without its chroma detail or its last bits. Its scans say what they code:
+    a file whose scans leave coefficients uncoded, or not to their last bit, is `image_unreadable`, before decoding."""
+    data = _photo_jpeg(mode, progressive=True)
+    starts = _scan_starts(data)
+    assert len(starts) >= 6
+    for start in starts[1:]:
+        with pytest.raises(ImageError) as caught:
+            decode_image(data[:start] + b"\xff\xd9", "cut")
+        assert caught.value.code == "image_unreadable"
+        assert "cut: truncated JPEG: its scans end before the picture is complete" in str(caught.value)
+    complete = decode_image(data, "whole").rgb       # the file as written still reads, as Pillow reads it
+    assert np.array_equal(complete, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_a_sequential_jpeg_whose_scans_leave_out_a_component_is_refused():
+    """A sequential JPEG may send its components in separate scans; cut after the luma scan and closed again it decoded
+    as a grey picture of a colour photo. Made here by dropping the colour of an interleaved file's one scan: its frame
+    names three components, its scan one."""
+    data = bytearray(_photo_jpeg("RGB"))
+    sos = data.find(b"\xff\xda")
+    count = data[sos + 4]
+    assert count == 3
+    header = bytes((1,)) + bytes(data[sos + 5:sos + 7]) + bytes(data[sos + 5 + 2 * count:sos + 8 + 2 * count])
+    patched = bytes(data[:sos + 2]) + (2 + len(header)).to_bytes(2, "big") + header + bytes(data[sos + 8 + 2 * count:])
+    with pytest.raises(ImageError) as caught:
+        decode_image(patched, "grey")
+    assert caught.value.code == "image_unreadable" and "component 2 is in no scan" in str(caught.value)
 
 
 @pytest.mark.parametrize("save", [{}, {"restart_marker_blocks": 1}, {"progressive": True}])

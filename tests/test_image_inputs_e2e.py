@@ -247,3 +247,36 @@ def test_an_int32_tiff_pair_is_read_on_one_scale_when_the_edit_brings_in_one_bri
     Image.fromarray(dark).save(tmp_path / "dark.tif")
     decoded = decode_image((tmp_path / "dark.tif").read_bytes())
     assert decoded.notes["white_point"] == 65535 and "clipped_samples" not in decoded.notes
+
+
+def test_a_16_bit_tiff_with_a_private_tag_is_annotated_without_libtiffs_warnings_in_the_output(tmp_path):
+    """A 16-bit RGB TIFF carrying a tag libtiff does not know (an editor's private tag; here SampleFormat renumbered
+    65000): its samples are read by OpenCV, whose libtiff printed `[ WARN:0@0.9] global grfmt_tiff.cpp:123 TIFF_Warning
+    TIFFReadDirectory: Unknown field with tag 65000 (0xfde8) encountered` into `sigma annotate`'s output, once per
+    read. Now OpenCV logs errors only (unless OPENCV_LOG_LEVEL is set): the pair is annotated, stderr is empty."""
+    import os
+    import struct
+    import subprocess
+    import sys
+
+    import cv2
+
+    ramp = (np.indices((32, 48)).sum(0) * 1000 % 65535).astype(np.uint16)
+    for name in ("o.tif", "e.tif"):
+        picture = np.stack([ramp, ramp, ramp], 2)
+        if name == "e.tif":
+            picture[4:12, 4:12] = 65535
+        ok, buf = cv2.imencode(".tif", picture)
+        data = bytearray(buf.tobytes())
+        ifd = struct.unpack_from("<I", data, 4)[0]
+        tags = [ifd + 2 + 12 * i for i in range(struct.unpack_from("<H", data, ifd)[0])]
+        last = tags[-1]
+        assert ok and struct.unpack_from("<H", data, last)[0] == 339     # SampleFormat, the last tag, unsigned
+        struct.pack_into("<H", data, last, 65000)
+        (tmp_path / name).write_bytes(bytes(data))
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "sigma", "annotate", str(tmp_path / "o.tif"), str(tmp_path / "e.tif"),
+                           "--annotator", "pixel-diff", "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    assert "pixel-diff" in proc.stdout and (tmp_path / "out" / "mask.png").exists()

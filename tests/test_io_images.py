@@ -652,6 +652,8 @@ def _zero_sized(fmt: str, field: str) -> bytes:
         struct.pack_into("<i", data, 18 if field == "width" else 22, 0)
     elif fmt == "JPEG":
         struct.pack_into(">H", data, data.find(b"\xff\xc0") + (7 if field == "width" else 5), 0)
+    elif fmt == "WEBP":                      # lossy (VP8): 14 bits each after the start code; lossless cannot say 0
+        struct.pack_into("<H", data, data.find(b"\x9d\x01\x2a") + (3 if field == "width" else 5), 0)
     else:
         ifd = struct.unpack_from("<I", data, 4)[0]
         for i in range(struct.unpack_from("<H", data, ifd)[0]):
@@ -661,12 +663,26 @@ def _zero_sized(fmt: str, field: str) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("fmt", ["BMP", "JPEG", "TIFF"])
+@pytest.mark.parametrize("fmt", ["BMP", "JPEG", "TIFF", "WEBP"])
 @pytest.mark.parametrize("field", ["width", "height"])
 def test_a_header_of_zero_width_or_height_is_image_empty_in_every_format(fmt, field):
     """Such a BMP, JPEG or TIFF was `image_unreadable`, "not an image, or not one of PNG, JPEG, ...": it is one, of
-    no pixels, as a PNG so was already said to be."""
+    no pixels, as a PNG so was already said to be; a lossy WebP was `image_unreadable`, "unreadable or truncated image
+    (could not create decoder object)"."""
     with pytest.raises(ImageError) as info:
         decode_image(_zero_sized(fmt, field), f"zero.{fmt.lower()}")
     assert info.value.code == "image_empty"
     assert info.value.message == f"zero.{fmt.lower()}: zero-size image ({fmt} header says width or height 0)"
+
+
+def test_a_lab_tiff_with_its_lab_profile_is_not_said_to_carry_a_wrong_profile():
+    """A CIE Lab TIFF (Pillow writes its Lab profile into it) was read right, but its notes said `icc_profile: ignored
+    (a Lab profile on a RGB image)`, as if the file carried a profile of the wrong colour space; Lab samples are
+    absolute and need none. The picture reads as before."""
+    lab = Image.fromarray(RGB).convert("LAB")
+    buf = io.BytesIO()
+    lab.save(buf, "TIFF")
+    assert Image.open(io.BytesIO(buf.getvalue())).info.get("icc_profile")       # the profile is in the file
+    decoded = decode_image(buf.getvalue(), "lab.tif")
+    assert decoded.notes["mode"] == "LAB" and decoded.notes["icc_profile"].startswith("not needed (CIE Lab")
+    assert np.array_equal(decoded.rgb, np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))

@@ -60,3 +60,16 @@ def test_a_torch_annotator_under_a_low_limit_on_threads_runs_on_the_threads_that
     proc = _annotate_as_nobody(shared_dir, 1, "sigma-lite", blas="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (shared_dir / "out-sigma-lite-1" / "mask.png").exists()
+
+
+def test_opencvs_pool_under_a_low_limit_on_threads_prints_nothing_into_the_output(shared_dir):
+    """A 600x800 pair under `prlimit --nproc` 1: OpenCV's pool, started at pixel-diff's first parallel call, printed
+    `[ERROR:0@1.1] global parallel_impl.cpp:246 WorkerThread 0: Can't spawn new thread: res = 11` above the command's
+    own line. Now OpenCV is given one thread there (it starts none): the pair is annotated and stderr is empty."""
+    picture = np.random.default_rng(0).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(shared_dir / "o.png")
+    picture[100:400, 100:400] = 0
+    Image.fromarray(picture).save(shared_dir / "e.png")
+    proc = _annotate_as_nobody(shared_dir, 1, "pixel-diff")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    assert (shared_dir / "out-pixel-diff-1" / "mask.png").exists()

@@ -1,12 +1,10 @@
 """A torch annotator started under an address-space limit too low for `import torch` itself (`prlimit --as`)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-import numpy as np
-from PIL import Image
+from addresslimits import mapped_kb_after, small_changed_pair
 
 
 def test_a_limit_too_low_to_import_torch_is_one_out_of_memory_line_not_an_abort(tmp_path):
@@ -15,18 +13,12 @@ def test_a_limit_too_low_to_import_torch_is_one_out_of_memory_line_not_an_abort(
     no line of sigma's. Now, over a sweep of limits across that window, every run says `out_of_memory` in one line.
     (Higher, a run may still end in glibc when a thread starts later with no room for its thread-local data: not
     covered here.)"""
-    picture = np.full((64, 64, 3), 90, np.uint8)
-    Image.fromarray(picture).save(tmp_path / "o.png")
-    picture[10:20, 10:20] = 250
-    Image.fromarray(picture).save(tmp_path / "e.png")
-    probe = subprocess.run([sys.executable, "-c", "import sigma.cli, numpy, cv2, PIL.Image; print(next(int(line.split()"
-                            "[1]) for line in open('/proc/self/status') if line.startswith('VmSize:')))"],
-                           capture_output=True, text=True, timeout=60, check=True,
-                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})      # as under a limit (sigma.cli.blas)
-    base_kb = int(probe.stdout)            # the interpreter, the CLI and the image libraries, before torch
+    original, edited = small_changed_pair(tmp_path)
+    # the interpreter, the CLI and the image libraries, before torch; OpenBLAS with one thread, as under a limit
+    base_kb = mapped_kb_after("sigma.cli, numpy, cv2, PIL.Image", {"OPENBLAS_NUM_THREADS": "1"})   # (sigma.cli.blas)
     for spare_mb in range(330, 440, 10):
         proc = subprocess.run(["prlimit", f"--as={base_kb * 1024 + spare_mb * 2**20}", sys.executable, "-m", "sigma",
-                               "annotate", str(tmp_path / "o.png"), str(tmp_path / "e.png"), "--annotator",
+                               "annotate", original, edited, "--annotator",
                                "sigma-lite", "-o", str(tmp_path / f"out{spare_mb}")],
                               capture_output=True, text=True, timeout=180, check=False)
         lines = proc.stderr.strip().splitlines()

@@ -11,7 +11,7 @@ import threading
 import warnings
 
 from sigma.cli import elastic  # here, not where an error is said: with no memory left, that import failed too
-from sigma.cli.blas import one_blas_thread_under_an_address_limit
+from sigma.cli.blas import one_blas_thread_under_an_address_limit, one_opencv_thread_under_a_limit
 from sigma.errors import (
     SigmaError,
     Stopped,
@@ -24,6 +24,7 @@ from sigma.errors import (
 )
 
 one_blas_thread_under_an_address_limit()     # before any command's module imports numpy or OpenCV
+one_opencv_thread_under_a_limit()     # the same for OpenCV's own pool (and a low `ulimit -u`)
 
 # Each module defines register(subparsers) -> None and run(args) -> int.
 COMMAND_MODULES = (

@@ -45,3 +45,22 @@ def threads_limited() -> bool:
 
 
 THREADS_PER_CORE = 4
+OPENCV_THREADS_VAR = "OPENCV_FOR_THREADS_NUM"
+
+
+def one_opencv_thread_under_a_limit() -> bool:
+    """Set OPENCV_FOR_THREADS_NUM=1 under an address-space limit or a low limit on threads (`threads_limited`) when
+    neither the user nor an import has settled it yet; True when it was set here.
+
+    OpenCV's pool starts a thread per core at its first parallel call, each with its stack (8 MB of address space);
+    one it cannot start is printed raw into the command's output (`[ERROR:0@1.0] global parallel_impl.cpp:246
+    WorkerThread 0: Can't spawn new thread: res = 11` above `sigma annotate`'s own line: a 600x800 pair under
+    `prlimit --nproc` 1, sigma-lite under `prlimit --as` 914-920 MB), the work then done on the threads that did
+    start. With one thread OpenCV starts none. Read once, when the library loads: before any import of cv2."""
+    if OPENCV_THREADS_VAR in os.environ or "cv2" in sys.modules:
+        return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY and not threads_limited():
+        return False
+    os.environ[OPENCV_THREADS_VAR] = "1"
+    return True

@@ -207,3 +207,93 @@ def check_jpeg_cut_short(data: bytes, img: Image.Image, name: str) -> None:
     raise ImageError(f"{name}: truncated JPEG: its coded data ends before the picture does (cut short and closed "
                      "again with an end marker; the decoder fills the rest flat grey); refused",
                      code="image_unreadable")
+
+
+# A JPEG whose scans stop before its picture is complete, closed with an end marker. A progressive file is sent in
+# scans that each code some coefficients (Ss..Se) of some components to some precision (Al): libjpeg decodes the ones
+# present and leaves the rest zero, without a word. Cut after its first (DC) scan and closed again, a photo decoded as
+# its 8x8-block blur, one colour a block, and was annotated as a whole picture (the edit of a sharp original read as
+# changed everywhere); cut in a later scan, it decoded without its chroma detail or its last bits. Every encoder sends
+# every coefficient of every component down to Al = 0, and a sequential file every component in some scan: libjpeg's
+# own encoder refuses a scan script that does not (`validate_script`, JERR_MISSING_DATA "Scan script does not transmit
+# all data"), mozjpeg's and jpegtran's with it; a file whose scans, up to its end marker, do not is refused.
+_PROGRESSIVE_SOF = frozenset((0xC2, 0xCA))
+_SEQUENTIAL_SOF = frozenset((0xC0, 0xC1, 0xC3, 0xC9, 0xCB))     # baseline, extended, lossless (each coding)
+
+
+def jpeg_scans(data: bytes) -> list[tuple[tuple[int, ...], int, int, int]] | None:
+    """(component ids, Ss, Se, Al) of each scan (SOS header) of the first picture of JPEG `data` up to its end marker
+    (EOI); None when there is no end marker (a file cut without one is refused by its decoder) or a scan header is
+    short. Callers have already bounded the number of scans (`images.check_jpeg_scans`)."""
+    scans: list[tuple[tuple[int, ...], int, int, int]] = []
+    i, end = 2, len(data)
+    while i + 2 <= end:
+        if data[i] != 0xFF or data[i + 1] in (0x00, 0xFF, 0x01) or 0xD0 <= data[i + 1] <= 0xD7:
+            found = _NEXT_MARKER.search(data, i + 1)
+            if found is None:
+                return None
+            i = found.start()
+            continue
+        marker = data[i + 1]
+        if marker == 0xD9:
+            return scans
+        if i + 4 > end:
+            return None
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:
+            header = data[i + 4:i + 2 + length]
+            count = header[0] if header else 0
+            if length < 6 + 2 * count or len(header) < 4 + 2 * count:
+                return None
+            ss, se, al = header[1 + 2 * count], header[2 + 2 * count], header[3 + 2 * count] & 15
+            scans.append((tuple(header[1:1 + 2 * count:2]), ss, se, al))
+        i += 2 + length
+        if marker == 0xDA:
+            found = _NEXT_MARKER.search(data, i)
+            if found is None:
+                return None
+            i = found.start()
+    return None
+
+
+def jpeg_scans_missing(data: bytes) -> str | None:
+    """What the scans of JPEG `data` leave uncoded (a component never sent, coefficients never sent or not to their
+    last bit), or None: they code the whole picture, or the file is not one this can tell (no end marker, hierarchical
+    coding, a frame or scan header it cannot read: its decoder says what is wrong)."""
+    frame = jpeg_frame(data)
+    if frame is None or (frame[0] not in _PROGRESSIVE_SOF and frame[0] not in _SEQUENTIAL_SOF) or len(frame[1]) < 6:
+        return None
+    components = tuple(frame[1][6:6 + 3 * frame[1][5]:3])
+    scans = jpeg_scans(data)
+    if scans is None or not components:
+        return None
+    if frame[0] in _SEQUENTIAL_SOF:
+        sent = {c for ids, *_ in scans for c in ids}
+        lost = [c for c in components if c not in sent]
+        return f"component {lost[0]} is in no scan" if lost else None
+    precision = {c: [16] * 64 for c in components}             # the least Al each coefficient was coded to (16: never)
+    for ids, ss, se, al in scans:
+        for c in ids:
+            coded = precision.get(c)
+            if coded is not None:
+                for k in range(ss, min(se, 63) + 1):
+                    coded[k] = min(coded[k], al)
+    for c in components:
+        never = [k for k, al in enumerate(precision[c]) if al == 16]
+        if never:
+            return f"component {c}'s coefficients {never[0]}-{never[-1]} are in no scan" if len(never) > 1 \
+                else f"component {c}'s coefficient {never[0]} is in no scan"
+        short = [k for k, al in enumerate(precision[c]) if al > 0]
+        if short:
+            return f"component {c}'s coefficients are not coded to their last bit"
+    return None
+
+
+def check_jpeg_scans_complete(data: bytes, name: str) -> None:
+    """`image_unreadable` (truncated) for a JPEG whose scans, up to its end marker, leave part of the picture uncoded
+    (`jpeg_scans_missing`): checked on the header walk alone, before decoding."""
+    missing = jpeg_scans_missing(data)
+    if missing is not None:
+        raise ImageError(f"{name}: truncated JPEG: its scans end before the picture is complete ({missing}: cut short "
+                         "and closed again with an end marker; the decoder leaves the rest blurred or grey); refused",
+                         code="image_unreadable")

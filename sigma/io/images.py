@@ -17,7 +17,13 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
 from sigma.io.bmp_rle import check_bmp_rle
-from sigma.io.coded_size import check_coded_size, check_jpeg_cut_short, jpeg_frame
+from sigma.io.coded_size import (
+    check_coded_size,
+    check_jpeg_cut_short,
+    check_jpeg_scans_complete,
+    jpeg_frame,
+    vp8_min_bytes,
+)
 from sigma.io.confine import refuse_opened_outside, refuse_outside, resolved_under
 from sigma.io.lines import read_at_most
 from sigma.io.tiff_planes import TIFF_PLANAR_CONFIGURATION, separate_planes
@@ -206,9 +212,11 @@ def _to_srgb(image: Image.Image, icc: bytes, notes: dict[str, Any]) -> Image.Ima
 # an image one pixel wide with one row per strip, 1 million strips in 10 MB, took 2.2 s to open, 5 s and 350 MB
 # to decode (later pages are not set up: `is_animated` only reads the next IFD's offset). Writers use strips of
 # ~8 KB or tiles of 256 x 256: 65536 of them is a 512 MB image; a scanner's one-row strips fit too. An IFD of more
-# than 65535 entries (possible only in BigTIFF) is refused as well: Pillow walks them one by one.
+# than 4096 entries (tags) is refused as well: Pillow reads each in Python, three times over (the header, then the
+# EXIF orientation before and after load): 15000 private tags (180 KB) took 1.7 s to decode a 16x16 picture, a
+# classic TIFF's most, 65535 (790 KB), ~7 s. A real file has a few dozen tags (a DNG or a GeoTIFF ~100).
 MAX_TIFF_STRIPS = 65_536
-MAX_TIFF_IFD_ENTRIES = 65_535
+MAX_TIFF_IFD_ENTRIES = 4_096
 _TIFF_HEADERS = {b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True)}
 
 
@@ -394,6 +402,7 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
         import cv2
     except ImportError:  # pragma: no cover - opencv is a core dependency
         return None
+    _opencv_warnings_off(cv2)
     try:
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:     # memory refused is the machine's (out_of_memory); anything else: Pillow's 8 bits
@@ -403,6 +412,16 @@ def _read_16bit_colour(data: bytes) -> np.ndarray | None:
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         return None
     return arr[..., [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[..., ::-1]
+
+
+@lru_cache(maxsize=1)
+def _opencv_warnings_off(cv2: Any) -> None:
+    """OpenCV's log to errors only, unless the user set `OPENCV_LOG_LEVEL`: its libtiff printed each warning about a
+    file into the command's output, `[ WARN:0@0.9] global grfmt_tiff.cpp:123 TIFF_Warning TIFFReadDirectory: Unknown
+    field with tag 65000 (0xfde8) encountered` twice above `sigma annotate`'s line for a 16-bit TIFF with a private
+    tag (an editor's), and into the API's and workers' logs, unasked. What is wrong with a file is said by its error."""
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def _raw_16bit_colour(data: bytes, img: Image.Image, fmt: str, orientation: int,
@@ -570,6 +589,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
             raise ImageError(f"{name}: format {fmt} is not supported (use one of "
                              f"{', '.join(SUPPORTED_FORMATS)})", code="unsupported_format")
         check_coded_size(data, fmt, name)      # a header patched larger than its data: before the decoder allocates
+        if fmt == "JPEG":
+            check_jpeg_scans_complete(data, name)     # scans end before the picture is whole, then an end marker
         notes: dict[str, Any] = {"format": fmt, "decoded_size": [height, width]}
         orientation = img.getexif().get(0x0112, 1)
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
@@ -586,6 +607,9 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         if icc is not None and img.mode == "CMYK":     # through its profile, not PIL's naive CMYK formula
             converted = _to_srgb(img, icc, notes)
             img = img if converted is None else converted
+            icc = None
+        elif icc is not None and img.mode == "LAB":    # CIE Lab is absolute: Pillow reads it to sRGB by definition
+            notes["icc_profile"] = "not needed (CIE Lab samples, read to sRGB by their definition)"
             icc = None
         depth = _bit_depth(img, data, fmt)
         rgb = None
@@ -632,6 +656,10 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         raise OutOfMemoryError.decoding(name, exc) from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as exc:
         check_metadata_bomb(exc, name)
+        empty = _zero_size_header(data)     # a lossy WebP so: Pillow's "could not create decoder object"
+        if empty:
+            raise ImageError(f"{name}: zero-size image ({empty} header says width or height 0)",
+                             code="image_empty") from exc
         raise ImageError(f"{name}: unreadable or truncated image ({_one_line(exc)})",
                          code="image_unreadable") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
@@ -641,7 +669,8 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
 
 def _zero_size_header(data: bytes) -> str | None:
     """The format whose header in `data` says width or height 0 (Pillow does not open it), else None. A BMP, JPEG
-    or TIFF so was `image_unreadable`, "not an image", where a PNG was already `image_empty`."""
+    or TIFF so was `image_unreadable`, "not an image", where a PNG was already `image_empty`; a lossy WebP, "unreadable
+    or truncated image (could not create decoder object)"."""
     if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and (
             data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
         return "PNG"
@@ -649,6 +678,9 @@ def _zero_size_header(data: bytes) -> str | None:
         header = int.from_bytes(data[14:18], "little")
         sizes = (data[18:20], data[20:22]) if header == 12 else (data[18:22], data[22:26])
         return "BMP" if any(not any(size) for size in sizes) else None
+    lossy = vp8_min_bytes(data)
+    if lossy is not None:
+        return "WEBP" if lossy[0] == 0 or lossy[1] == 0 else None
     frame = jpeg_frame(data) if data[:2] == b"\xff\xd8" else None
     if frame is not None and len(frame[1]) >= 5:
         return "JPEG" if frame[1][1:3] == b"\0\0" or frame[1][3:5] == b"\0\0" else None
