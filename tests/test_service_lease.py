@@ -152,3 +152,29 @@ def test_an_outcome_for_an_entry_redis_lost_is_dropped_and_said(redis_server, ca
     assert handler.dead == [] and handler.gone == [entries[0].id] and consumer.counts.lost == 1
     assert a.dead_count() == 0
     assert any("no longer pending" in rec.getMessage() for rec in caplog.records), caplog.text
+
+
+def test_a_job_lost_with_redis_data_mid_batch_is_said_and_the_worker_goes_on(redis_server, tmp_path):
+    """Redis restarted without its data (here: its keys deleted, as FLUSHALL or an empty restart leaves them) while a
+    real worker was inside a job: the job's record and its entry are gone, so its result has nowhere to go. The worker
+    says so in one line (it used to drop it without a word), stays up, and does the next job."""
+    slow = ["worker.options={delay_ms: 2500}", "worker.max_batch_size=1"]
+    with running_service(redis_server, tmp_path) as svc:
+        worker = svc.start_worker("slow-diff", slow)
+        r = svc.redis_server.client()
+        original, edited = make_pair(seed=8)
+        resp = svc.submit(original, edited, {"annotator": "slow-diff"})
+        assert resp.status_code == 202, resp.text
+        first = resp.json()["id"]
+        wait_until(lambda: svc.raw_job(first).get("status") == "running", 30, "the worker to start the job")
+        # every key of this service (the session's Redis is shared: not FLUSHALL), the worker's heartbeat too
+        for key in list(r.scan_iter(match=f"{svc.prefix}:*")):
+            r.delete(key)
+        wait_until(lambda: "is no longer pending" in worker.output(), 30, "the worker to say the job was lost")
+        assert svc.raw_job(first) == {}                  # not re-created by a late result
+        resp = svc.submit(original, edited, {"annotator": "slow-diff"})
+        assert resp.status_code == 202, resp.text
+        second = resp.json()["id"]
+        wait_until(lambda: svc.raw_job(second).get("status") == "done", 60, "the next job to be done")
+        assert worker.alive(), worker.output()
+        assert "Traceback" not in worker.output(), worker.output()
