@@ -155,7 +155,9 @@ def test_a_replacement_that_fails_to_start_is_tried_again_and_no_shard_is_lost(t
     monkeypatch.setenv("SIGMA_TEST_START_FAILS", str(starts))
     monkeypatch.setenv("SIGMA_TEST_BUSY_DIR", str(busy))
     write_pairs_jsonl(tmp_path / "set", synthetic_pairs(8, size=40))
-    cfg = cfg_for(tmp_path / "set", procs=2, **{**SLOW, "plugins": ["service_plugins", "startfail_plugin"]})
+    # 1 s a pair: a child is caught inside its batch (`busy/<pid>`) by a poll that is slow on a loaded machine
+    cfg = cfg_for(tmp_path / "set", procs=2, **{**SLOW, "options": {"delay_ms": 1000},
+                                                 "plugins": ["service_plugins", "startfail_plugin"]})
     cfg.input.shard_size = 2
     box: dict = {}
 
