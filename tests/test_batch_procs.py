@@ -141,65 +141,6 @@ def test_two_processes_same_bytes_and_a_killed_child_is_retried(corpus, slow_ref
     assert digests(out) == digests(slow_reference)
 
 
-def test_a_replacement_that_fails_to_start_is_tried_again_and_no_shard_is_lost(tmp_path, monkeypatch):
-    """`--procs 2`, a child SIGKILLed inside a shard, and its next two replacements fail at import
-    (`startfail_plugin`, as a start that ran out of memory does): the first replacement's `init_error` ended the whole
-    run (and a replacement the machine refused to start, `prlimit --nofile` on the driver, `os_error`). Now each
-    failed start is said and tried again after a backoff while the other child goes on; a later one starts, and
-    every shard is done. The other child is held (SIGSTOP) until then, so the run cannot end before the retries."""
-    import service_plugins  # noqa: F401 - registers slow-diff
-
-    starts, busy = tmp_path / "starts", tmp_path / "busy"
-    starts.mkdir()
-    busy.mkdir()
-    monkeypatch.setenv("SIGMA_TEST_START_FAILS", str(starts))
-    monkeypatch.setenv("SIGMA_TEST_BUSY_DIR", str(busy))
-    write_pairs_jsonl(tmp_path / "set", synthetic_pairs(8, size=40))
-    # 1 s a pair: a child is caught inside its batch (`busy/<pid>`) by a poll that is slow on a loaded machine
-    cfg = cfg_for(tmp_path / "set", procs=2, **{**SLOW, "options": {"delay_ms": 1000},
-                                                 "plugins": ["service_plugins", "startfail_plugin"]})
-    cfg.input.shard_size = 2
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["s"] = run_batch(cfg, tmp_path / "run", progress=False)
-        except BaseException as exc:  # noqa: BLE001 - shown by the assertion below
-            box["error"] = exc
-
-    def started_after_the_failures() -> bool:
-        failed = [int(p.name.split("-")[1]) for p in starts.glob("failed-*")]
-        last = max((int(p.name.split("-")[1]) for p in starts.glob("start-*")), default=0)
-        return len(failed) == 2 and last > max(failed)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    victim = stop_a_child_inside_a_shard(busy)
-    others = [pid for pid in children_of(os.getpid(), spawned=True) if pid != victim]
-    assert len(others) == 1, others
-    stopped(others[0])
-    try:
-        for n in (1, 2):
-            (starts / f"fail-{n}").write_text("")
-        os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 90
-        while not started_after_the_failures() and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        if alive(others[0]):
-            os.kill(others[0], signal.SIGCONT)
-    thread.join(120)
-    assert not thread.is_alive(), "the run did not finish"
-    assert "error" not in box, box.get("error")
-    summary = box["s"]
-    assert started_after_the_failures(), sorted(p.name for p in starts.iterdir())
-    assert summary.done_now == 4 and summary.failed_now == 0 and summary.pairs == 8, summary
-    assert [r["action"] for r in summary.retried] == ["retried"], summary.retried
-    deaths = summary.backend["idle_deaths"]
-    assert len(deaths) == 2 and all("while starting" in d["reason"] and "fails at import" in d["reason"]
-                                    for d in deaths), deaths
-
-
 def stopped(pid: int) -> None:
     """SIGSTOP `pid` and wait until it is stopped (or gone)."""
     os.kill(pid, signal.SIGSTOP)
