@@ -30,6 +30,14 @@ from sigma.io.corpora.base import Shard, planned_pairs
 from sigma.lifeline import ShieldedSpawnContext, interrupts_ignored, stop_signals_deferred
 
 TICK_INTERVAL_S = 0.25
+# A replacement inference process that cannot be started (fork or spawn refused: a pids or nproc limit, no file
+# descriptor left, no memory), or that dies or fails before it is ready once the run has had a ready child, is tried
+# again after START_RETRY_S, doubled after each such failure in a row up to START_RETRY_MAX_S; the other children go on
+# meanwhile. With no child left, the run waits for those tries, and fails the shards left only after START_TRIES
+# failures in a row (about a minute). A child that says "ready" resets the count.
+START_RETRY_S = 0.5
+START_RETRY_MAX_S = 10.0
+START_TRIES = 8
 
 
 def has_gpu() -> bool:
@@ -191,6 +199,10 @@ class ProcPool:
         self.spawned = 0
         self.died = 0                     # children that died (any way: killed, crashed, taken as hung)
         self.idle_deaths: list[dict[str, Any]] = []   # those that held no shard: in no `retried` record
+        self.ever_ready = False           # a child of this run said "ready": a start can work here
+        self.start_failures = 0           # starts failed in a row (`start_failed`), reset by a "ready"
+        self.retry_at: float | None = None    # when a failed start is tried again (None: none is due)
+        self.last_start_error = ""
 
     def spawn(self) -> _Child:
         """A new child, in `children` before it starts: a Ctrl-C during the start is taken once it has started
@@ -206,9 +218,58 @@ class ProcPool:
         try:
             with stop_signals_deferred():   # a Ctrl-C mid-start left the child with no work ("Ran out of input")
                 process.start()
+        except BaseException:
+            self.children.remove(child)     # never started: nothing to wait for or bury
+            self.spawned -= 1
+            ours.close()
+            raise
         finally:
             theirs.close()
         return child
+
+    def try_spawn(self) -> _Child | None:
+        """A replacement child, unless a failed start is not due to be tried again yet, or this start fails (fork or
+        spawn refused: `start_failed`): None then, and the run goes on with the children it has."""
+        if self.retry_at is not None and time.monotonic() < self.retry_at:
+            return None
+        try:
+            return self.spawn()
+        except OSError as exc:
+            self.start_failed(f"could not start an inference process ({type(exc).__name__}: {exc})")
+            return None
+
+    def start_failed(self, reason: str) -> None:
+        """A start failed (refused, or the child died or failed before it was ready): tried again after a backoff."""
+        from sigma.batch.pipeline import say_above_progress  # not at import: the driver needs no pipeline else
+
+        self.start_failures += 1
+        delay = min(START_RETRY_MAX_S, START_RETRY_S * 2 ** (self.start_failures - 1))
+        self.retry_at = time.monotonic() + delay
+        self.last_start_error = reason
+        left = len(self.live())
+        say_above_progress(f"sigma batch: {reason}; trying again in {delay:.1f} s"
+                           + (f" ({left} process(es) go on meanwhile)" if left else
+                              f" (try {self.start_failures} of {START_TRIES} with no process left)"))
+
+    def started(self) -> None:
+        """A child said "ready": starts work here; the failures in a row are over."""
+        self.ever_ready = True
+        self.start_failures, self.retry_at = 0, None
+
+    def top_up(self, wanted: int, ledger: ShardLedger) -> None:
+        """Children that could not be started are tried again once due, while shards wait for them."""
+        while self.retry_at is not None and len(self.live()) < wanted and len(ledger.queue) > self._idle() \
+                and time.monotonic() >= self.retry_at:
+            if self.try_spawn() is None:
+                return
+
+    def _idle(self) -> int:
+        """Children that hold no shard (ready or still starting): the shards waiting they will take."""
+        return sum(1 for c in self.live() if c.shard is None)
+
+    def may_retry_start(self) -> bool:
+        """With no child left: whether a failed start is still to be tried again (else the run gives up)."""
+        return self.retry_at is not None and self.start_failures < START_TRIES
 
     def live(self) -> list[_Child]:
         return [c for c in self.children if c.alive]
@@ -257,9 +318,11 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
         ledger = ShardLedger(rundir, run_hash, pending, cfg.attempts, bar)
         pool = ProcPool(cfg, rundir, run_hash, threads)
         try:
-            for _ in range(n):
-                pool.spawn()
+            pool.spawn()                # the first: a start refused before any child ran is the run's error
+            for _ in range(n - 1):
+                pool.try_spawn()        # the others: refused, tried again (`top_up`) while the first works
             while not ledger.finished:
+                pool.top_up(n, ledger)
                 for child in pool.live():
                     if child.ready and child.shard is None and ledger.queue:
                         child.shard, child.ticked, child.heard = ledger.next(), (0, 0), time.monotonic()
@@ -268,8 +331,12 @@ def run_with_procs(cfg: BatchConfig, rundir: RunDir, run_hash: str, pending: lis
                         except OSError:      # it died since the last look
                             _died(child, ledger, pool, pool.bury(child))
                 live = pool.live()
+                if not live and pool.may_retry_start():
+                    time.sleep(max(0.0, min(1.0, (pool.retry_at or 0.0) - time.monotonic())))
+                    continue
                 if not live:
-                    ledger.fail_remaining("no inference process left (each one died; see the log above)")
+                    why = f"; the last start: {pool.last_start_error}" if pool.last_start_error else ""
+                    ledger.fail_remaining(f"no inference process left (each one died; see the log above){why}")
                     break
                 ready = set(wait([c.conn for c in live] + [c.process.sentinel for c in live], timeout=1.0))
                 for child in live:
@@ -311,8 +378,13 @@ def _drain(child: _Child, ledger: ShardLedger, pool: ProcPool) -> None:
         child.heard = time.monotonic()
         if kind == "ready":
             child.ready = True
+            pool.started()
         elif kind == "init_error":
-            raise_error_record(payload, f"{child.name} could not start")
+            if not pool.ever_ready:     # no child of this run could start: a configuration to fix, said at once
+                raise_error_record(payload, f"{child.name} could not start")
+            # a replacement failed where others started (an import that ran out of memory): tried again later
+            _died(child, ledger, pool, f"{pool.bury(child)} ({payload.get('code')}: {payload.get('message')})")
+            return
         elif kind == "tick":
             ledger.tick(*payload)
             child.ticked = (child.ticked[0] + payload[0], child.ticked[1] + payload[1])
@@ -343,7 +415,7 @@ def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
     left and none was ready (a start that fails for every child: an import, no memory)."""
     pool.died += 1
     starting_only = not child.ready and not any(c.ready for c in pool.live())
-    if starting_only and not pool.live():
+    if starting_only and not pool.live() and not pool.ever_ready:
         raise SigmaError(f"{how} before it was ready (its traceback, if any, is above; out of memory? try fewer "
                          "--procs; a script that calls run_batch needs `if __name__ == '__main__':`)",
                          code="worker_failed")
@@ -351,7 +423,9 @@ def _died(child: _Child, ledger: ShardLedger, pool: ProcPool, how: str) -> None:
     if held is not None:
         ledger.lost(held, how, child.name, child.ticked)
         child.shard, child.ticked = None, (0, 0)
-    replacement = pool.spawn() if ledger.queue and not starting_only else None
+    if not child.ready and pool.ever_ready:    # a replacement that died starting: tried again after a backoff
+        pool.start_failed(f"{how} while starting")
+    replacement = pool.try_spawn() if ledger.queue and not starting_only else None
     if held is None:
         from sigma.batch.pipeline import say_above_progress  # not at import: the driver needs no pipeline else
 

@@ -36,6 +36,7 @@ import redis.exceptions as redis_errors
 
 from sigma.service.queue import Entry, Heartbeat, StreamQueue
 from sigma.service.settings import QueueSettings
+from sigma.text import shown
 
 log = logging.getLogger("sigma.service.consumer")
 
@@ -116,6 +117,7 @@ class ConsumerCounts:
     deferred: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
+    lost: int = 0                 # outcomes dropped: their entry was another consumer's by then, or gone
     redis_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -352,12 +354,46 @@ class Consumer:
         self._handle_kept()
 
     def _store_all(self) -> None:
-        """Store, then ack (or retry, or dead-letter) every outcome in hand; a Redis error keeps the rest."""
+        """Store, then ack (or retry, or dead-letter) every outcome in hand; a Redis error keeps the rest. Outcomes of
+        entries this consumer holds no more are dropped first (`_drop_lost`)."""
+        self._drop_lost()
         while self._unstored:
             outcome = self._unstored[0]
             self._settle(outcome)
             self._unstored.pop(0)
             self.heartbeat.untrack([outcome.entry.id])
+
+    def _drop_lost(self) -> None:
+        """Drop the outcomes that must not be settled by this consumer any more. Its lease ran out while it worked
+        (the process paused by SIGSTOP, a stalled host, past `queue.lease_ms`) and another worker reclaimed the entry:
+        a dead letter would fail the job that worker is doing, and a defer (an XCLAIM) took the entry back from it, so
+        both did the job. Those are dropped; a result ("ack") and a retry's note are still settled: a job's result is
+        stored only if it has none yet (`FINISH`), a shard is the same bytes whoever writes it, and neither moves the
+        entry. An entry no longer pending at all (settled by another worker, or lost by Redis: a restart without its
+        data, a FLUSHALL, which took the job's record too) has nothing left to settle: its outcome is dropped, said
+        in one line, and the handler's `on_gone` told."""
+        if not self._unstored:
+            return
+        owners = self.queue.owners([o.entry.id for o in self._unstored])
+        kept = []
+        for outcome in self._unstored:
+            owner = owners.get(outcome.entry.id)
+            action = outcome.action     # a retry on the last delivery is a dead letter (`_settle`)
+            if action == "retry" and outcome.entry.deliveries >= self.settings.max_deliveries:
+                action = "dead"
+            if owner == self.queue.consumer or (owner is not None and action in ("ack", "retry")):
+                kept.append(outcome)
+                continue
+            self.counts.lost += 1
+            self.heartbeat.untrack([outcome.entry.id])
+            where = (f"held by {owner} now (this worker's lease ran out while it worked: it was paused or stalled)"
+                     if owner is not None else "no longer pending (settled by another worker, or Redis lost it: a "
+                     "restart without its data, a FLUSHALL)")
+            log.warning("%s: entry %s (%s) is %s; its outcome here (%s) is dropped", self.describe,
+                        outcome.entry.id, shown(json.dumps(outcome.entry.fields), 120), where, action)
+            if owner is None and hasattr(self.handler, "on_gone"):
+                self.handler.on_gone(outcome.entry)
+        self._unstored[:] = kept
 
     def _settle(self, outcome: Outcome) -> None:
         entry = outcome.entry

@@ -12,7 +12,7 @@ through this module, so the delivery rules are written once:
     live, exhausted = q.reclaim(count=16)     # XAUTOCLAIM entries idle past the lease (Redis >= 6.2)
     q.dead_letter(entry, error="...")         # XACK, then XADD dead stream + XDEL: one script, at most once
     q.ack([e.id for e in batch])              # XACK + XDEL in one script: only after the result is stored
-    q.extend(ids)                             # XCLAIM JUSTID: refresh the lease of work in progress
+    q.extend(ids)                             # XCLAIM JUSTID of those still ours: refresh their lease
     q.defer(entry)                            # XCLAIM RETRYCOUNT: retried after the lease, no delivery spent
     q.depth(), q.pending_count(), q.dead_count()
 
@@ -61,6 +61,23 @@ if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
 redis.call('XDEL', KEYS[1], ARGV[2])
 return id
+"""
+
+EXTEND = """
+-- KEYS: stream; ARGV: group, consumer, id, id, ... Reset the idle time of the entries still pending to this consumer;
+-- returns the ids that are not (another consumer claimed them after this one's lease ran out, or they are settled).
+-- A plain XCLAIM took an entry back from whoever held it: a worker paused (SIGSTOP, a stalled VM) past its lease,
+-- whose entry another worker had reclaimed, claimed it back with its first beat on waking, and both did the job.
+local lost = {}
+for i = 3, #ARGV do
+  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if row[1] ~= nil and row[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
 """
 
 ADD_IF_SHORTER = """
@@ -137,6 +154,7 @@ class StreamQueue:
         self._add = client.register_script(ADD_IF_SHORTER)
         self._ack = client.register_script(ACK)
         self._dead_letter = client.register_script(DEAD_LETTER)
+        self._extend = client.register_script(EXTEND)
 
     # -- producing ---------------------------------------------------------------------------
     def ensure_group(self) -> None:
@@ -232,10 +250,22 @@ class StreamQueue:
         return {stream_text(row["message_id"]): int(row["times_delivered"]) for rows in pipe.execute()
                 for row in rows}
 
-    def extend(self, ids: list[str]) -> None:
-        """Reset the idle time of entries this consumer still works on (no delivery is counted)."""
-        if ids:
-            self.r.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
+    def extend(self, ids: list[str]) -> list[str]:
+        """Reset the idle time of entries this consumer still works on (no delivery is counted); returns the ids it
+        holds no more (`EXTEND`): another consumer took them after this one's lease ran out, or they are settled."""
+        if not ids:
+            return []
+        return [stream_text(i) for i in self._extend(keys=[self.stream], args=[self.group, self.consumer, *ids])]
+
+    def owners(self, ids: list[str]) -> dict[str, str]:
+        """The consumer each id is pending to (an id not pending is left out), in one pipeline."""
+        if not ids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        return {stream_text(row["message_id"]): stream_text(row["consumer"]) for rows in pipe.execute()
+                for row in rows}
 
     def defer(self, entry: Entry) -> bool:
         """Leave the entry pending for a retry after a full lease, with this delivery not counted: its counter set
@@ -356,7 +386,12 @@ class Heartbeat:
             ids = sorted(self._in_flight)
         if ids and self.queue is not None:
             try:
-                self.queue.extend(ids)
+                lost = self.queue.extend(ids)
+                if lost:            # taken over after our lease ran out: not extended again (the consumer drops them)
+                    self.untrack(lost)
+                    log.warning("heartbeat %s: %d entries in hand are held by another consumer now (this worker's "
+                                "lease on them ran out: it was paused or stalled) or settled; their outcome here "
+                                "will be dropped: %s", self.key, len(lost), ", ".join(lost[:5]))
             except redis.ResponseError as exc:
                 # NOGROUP: the stream went (FLUSHALL, a restart without its data) with the entries in hand: no
                 # lease is left to extend, but the worker is alive; its heartbeat was skipped until the batch

@@ -1,0 +1,107 @@
+"""A worker that loses its lease, with real `sigma worker` processes, real signals and a real Redis.
+
+A worker paused (SIGSTOP: a stalled VM, a debugger, a laptop lid) for longer than `queue.lease_ms` has its entry
+reclaimed by another worker. When it resumes, its heartbeat used to XCLAIM the entry back from that worker (a plain
+XCLAIM takes an entry from whoever holds it), so the two did the job at once and handed the entry back and forth.
+Now a beat extends only the entries still pending to its own consumer, and an outcome the worker may no longer settle
+is dropped (`Consumer._drop_lost`): each job is answered once.
+"""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
+
+
+class Decided:
+    """A handler whose outcome for every entry is `action` (the consumer's settling is what is under test)."""
+
+    batch_size = 1
+    max_wait_ms = 0
+
+    def __init__(self, action: str):
+        self.action = action
+        self.retried: list[str] = []
+        self.dead: list[str] = []
+        self.gone: list[str] = []
+
+    def handle(self, entries):
+        from sigma.service.consumer import Outcome
+
+        return [Outcome(e, self.action, error={"code": "x", "message": "x"}) for e in entries]
+
+    def on_retry(self, entry, error) -> None:
+        self.retried.append(entry.id)
+
+    def on_dead(self, entry, error):
+        self.dead.append(entry.id)
+        return error or {}
+
+    def on_gone(self, entry) -> None:
+        self.gone.append(entry.id)
+
+    def info(self):
+        return {}
+
+
+@pytest.mark.parametrize(("action", "max_deliveries"), [("dead", 3), ("defer", 3), ("retry", 3), ("ack", 3),
+                                                       ("retry", 1)])
+def test_an_outcome_for_an_entry_another_worker_reclaimed_moves_it_no_more(redis_server, action, max_deliveries):
+    """Worker a's lease ran out while it worked and worker b reclaimed the entry: a's dead letter failed the job b was
+    doing, and its defer (an XCLAIM) took the entry back from b. Those are dropped now (a retry on the last delivery is
+    a dead letter: dropped too); a result (ack) and a retry's note move nothing and are still settled (a job's result
+    is stored only when it has none: FINISH)."""
+    import uuid
+
+    from sigma.service.consumer import Consumer
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings
+
+    prefix = f"lease-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=max_deliveries)
+    a, b = (StreamQueue(client, f"{prefix}:s", "g", name, lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                        dead_stream=f"{prefix}:dead") for name in ("a", "b"))
+    a.ensure_group()
+    a.add({"job": "j"})
+    entries = a.read(1, None)
+    client.xclaim(a.stream, "g", "b", 0, [entries[0].id])        # b reclaims it
+    handler = Decided(action)
+    consumer = Consumer(client, a, handler, qs, heartbeat_key=f"{prefix}:hb")
+    consumer.process(entries)
+    settled = action == "ack" or (action == "retry" and max_deliveries > 1)
+    assert a.dead_count() == 0 and handler.dead == []
+    assert handler.retried == ([entries[0].id] if action == "retry" and settled else [])
+    assert consumer.counts.lost == (0 if settled else 1)
+    owners = a.owners([entries[0].id])
+    assert owners == ({} if action == "ack" else {entries[0].id: "b"}), owners
+
+
+def test_an_outcome_for_an_entry_redis_lost_is_dropped_and_said(redis_server, caplog):
+    """Redis restarted without its data (or FLUSHALL) while a worker held an entry: the entry, its group and the
+    job's record are gone. The outcome in hand is dropped, said in one line, and the worker goes on."""
+    import logging
+    import uuid
+
+    from sigma.service.consumer import Consumer
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings
+
+    prefix = f"lease-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=1)
+    a = StreamQueue(client, f"{prefix}:s", "g", "a", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                    dead_stream=f"{prefix}:dead")
+    a.ensure_group()
+    a.add({"job": "j"})
+    entries = a.read(1, None)
+    client.delete(a.stream)          # what a restart without persistence leaves: no stream, no group
+    a.ensure_group()                 # made again by whichever worker reconnects first
+    handler = Decided("dead")
+    consumer = Consumer(client, a, handler, qs, heartbeat_key=f"{prefix}:hb")
+    with caplog.at_level(logging.WARNING, logger="sigma.service.consumer"):
+        consumer.process(entries)
+    assert handler.dead == [] and handler.gone == [entries[0].id] and consumer.counts.lost == 1
+    assert a.dead_count() == 0
+    assert any("no longer pending" in rec.getMessage() for rec in caplog.records), caplog.text
+
