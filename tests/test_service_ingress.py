@@ -418,6 +418,14 @@ def test_an_http2_connection_preface_is_answered_once_with_505_and_closed(svc):
     assert got == 200, body         # a higher minor version is served as 1.1 (RFC 9110 2.5)
 
 
+def answer_then_close(svc: ServiceUnderTest, head: str, body: bytes = b"") -> bytes:
+    """All the server answers to `head` + `body` until it closes the connection (each request here closes it: a
+    refusal, or `Connection: close`), however long a loaded machine takes."""
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        return read_until_closed(sock, ConnectionResetError)
+
+
 WEBSOCKET_HEAD = ("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13")
 
@@ -427,7 +435,7 @@ def test_a_websocket_upgrade_is_refused_at_its_head_and_closed(svc):
     # WebSocket protocol, past the connection limit and header timeout and into the app as a `websocket` scope the HTTP
     # middleware does not check; where it is not, it served the request and logged two warnings each time
     frame = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"        # a masked text frame "Hello", as a client sends next
-    raw = raw_request(svc, WEBSOCKET_HEAD, frame)
+    raw = answer_then_close(svc, WEBSOCKET_HEAD, frame)
     status, headers, body = answer_of(raw)
     assert status == 400 and b"connection: close" in headers, raw
     assert body["error"]["code"] == "bad_request" and "WebSocket" in body["error"]["message"], body
@@ -442,11 +450,9 @@ def test_another_upgrade_is_ignored_and_served_without_a_warning(svc):
     # but uvicorn logged "Unsupported upgrade request." and advised installing uvicorn[standard], for each one
     head = ("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
             "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA")
-    status, _, body = answer_of(raw_request(svc, head + "\r\nConnection: close", b""))
+    status, _, body = answer_of(answer_then_close(svc, head + "\r\nConnection: close"))
     assert status == 200 and body == {"status": "ok"}, body
-    with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as sock:
-        sock.sendall(head.encode() + b"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        raw = read_until_closed(sock, ConnectionResetError)
+    raw = answer_then_close(svc, head + "\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close")
     assert raw.count(b"HTTP/1.1 200 ") == 2, raw      # the keep-alive connection went on in HTTP/1.1
     assert svc.api is not None
     log = svc.api.output()
@@ -461,7 +467,7 @@ def test_a_fragment_or_a_target_that_is_not_utf8_is_400(svc, target, said):
     # RFC 9112 3.2: a request target has no fragment (uvicorn kept it in the path: GET /healthz#x was 404 not_found);
     # percent-encoded bytes that are not UTF-8 became U+FFFD, so a route saw another name than the one sent
     head = f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}"
-    raw = raw_request(svc, head, b"")
+    raw = answer_then_close(svc, head)
     status, headers, body = answer_of(raw)
     assert status == 400 and b"connection: close" in headers, raw
     assert body["error"]["code"] == "bad_request" and said in body["error"]["message"], body
@@ -469,7 +475,7 @@ def test_a_fragment_or_a_target_that_is_not_utf8_is_400(svc, target, said):
 
 @pytest.mark.parametrize("target", ["/healthz?x=%C3%A9+a%2B&y=%e2%9c%93", "/healthz?a=b%2", "/heal%74hz"])
 def test_a_utf8_or_plain_target_is_served(svc, target):
-    status, _, body = answer_of(raw_request(svc, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close", b""))
+    status, _, body = answer_of(answer_then_close(svc, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close"))
     assert status == 200 and body == {"status": "ok"}, body
 
 
