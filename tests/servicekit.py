@@ -31,6 +31,9 @@ FAST = ["queue.lease_ms=800", "queue.block_ms=200", "queue.reclaim_interval_ms=1
         "api.wait_timeout_s=10", "api.annotators=[pixel-diff,slow-diff,poison-diff]"]
 
 
+API_START_S = 60      # an API's start (its imports, Redis) on a loaded 2-core CI machine: it took over 20 s here
+
+
 def layered(*layers: list[str]) -> list[str]:
     """`--set` items of several layers (FAST, then a test's own), a later layer's key replacing an earlier one's at,
     under or over it: one command line sets each place once (`sigma.config.loader.OverrideKeys`)."""
@@ -203,7 +206,7 @@ class ServiceUnderTest:
     def start_api(self, nofile: int | None = None, extra: tuple[str, ...] = ()) -> None:
         self.api = Proc(["serve", "api", "--port", str(self.port), "--log-level", "warning", *extra, *self.sets()],
                         self.env, self.tmp / f"api-{self.port}.log", nofile=nofile)
-        wait_until(lambda: self._healthy(), 20, f"API /healthz\n{self.api.output()}")
+        wait_until(lambda: self._healthy(), API_START_S, f"API /healthz\n{self.api.output()}")
 
     def _healthy(self) -> bool:
         if self.api is not None and not self.api.alive():

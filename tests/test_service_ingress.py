@@ -479,6 +479,17 @@ def test_a_utf8_or_plain_target_is_served(svc, target):
     assert status == 200 and body == {"status": "ok"}, body
 
 
+@pytest.mark.parametrize("method, path", [("GET", "/v1/jobs/"), ("POST", "/v1/jobs/"), ("GET", "/healthz/")])
+def test_a_trailing_slash_is_a_404_that_names_the_path_not_a_redirect_to_the_clients_host(svc, method, path):
+    # Starlette redirected it (307, no body) to a Location built from the client's Host header: `Host: evil.example`
+    # sent the client to http://evil.example/v1/jobs (and to http:// behind a TLS proxy)
+    head = (f"{method} {path} HTTP/1.1\r\nHost: evil.example\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+            "Content-Length: 0\r\nConnection: close")
+    status, headers, body = answer_of(answer_then_close(svc, head))
+    assert status == 404 and b"location:" not in headers and b"evil.example" not in headers, headers
+    assert body["error"]["code"] == "not_found" and f"({path.rstrip('/')!r})" in body["error"]["message"], body
+
+
 # -- methods (RFC 9110 9.1, 15.5.6) ---------------------------------------------------------------------------------
 def test_head_is_served_on_every_get_route_without_a_body(svc):
     # a general-purpose server MUST support HEAD; FastAPI's routes took only GET, so HEAD /healthz (an uptime checker's
