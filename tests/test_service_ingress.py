@@ -191,6 +191,18 @@ def post_multipart(svc: ServiceUnderTest, body: bytes, body_charset: str | None 
     return svc.http.post("/v1/jobs", content=body, headers={**svc.headers(), "content-type": ctype})
 
 
+@pytest.mark.parametrize("chars, status", [(256, 202), (257, 400), (5000, 400)])
+def test_a_multipart_boundary_over_the_parsers_bound_is_said(svc, chars, status):
+    # python-multipart refuses a boundary over 256 characters in its constructor, which Starlette answered with its
+    # catch-all "Invalid multipart data."; RFC 2046 allows 70, and up to 256 is read as before
+    boundary = "b" * chars
+    resp = post_multipart(svc, multipart_body(b"add a sign", boundary=boundary), boundary=boundary)
+    assert resp.status_code == status, resp.text
+    if status == 400:
+        error = resp.json()["error"]
+        assert error["code"] == "malformed_multipart" and f"has {chars} characters" in error["message"], error
+
+
 @pytest.mark.parametrize("instruction, part_type, body_charset", [
     (b"add a \xff\xfe sign", None, None),                           # queued as "add a ÿþ sign"
     (b"add a caf\xe9", None, None),                                 # Latin-1 bytes with no word about them
