@@ -294,6 +294,12 @@ class HeadLimitedConnection(h11.Connection):
             event = super().next_event()
         except h11.RemoteProtocolError as exc:
             self.head_refused = reading_head and exc.error_status_hint == 431
+            if not reading_head and exc.error_status_hint == 431 and self.body_refused is None:
+                # h11's bound on a line of a chunked body (a size line, the trailer section) still incomplete: it was
+                # the generic 400, and the connection closed at once, so a client still sending met a reset
+                self.body_refused = (400, "a chunk-size line or the trailer fields of the chunked body run over "
+                                     f"{self.max_head_bytes} bytes (api.max_header_bytes); send smaller trailers")
+                raise h11.RemoteProtocolError(self.body_refused[1], error_status_hint=400) from exc
             if long_length is not None and not self.head_refused and str(exc) == "bad Content-Length":
                 self.body_refused = (413, f"request body exceeds limits.max_request_bytes={self.max_body_bytes}: its "
                                      f"Content-Length has {len(long_length)} digits "
