@@ -52,7 +52,11 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                   "masks back (COCO RLE with SA-1B field names). Errors: {\"error\": {\"code\", \"message\"}}.",
                   lifespan=lifespan, responses=ERROR_RESPONSES, default_response_class=SafeJSONResponse,
                   openapi_url="/openapi.json" if public else None, docs_url="/docs" if public else None,
-                  redoc_url="/redoc" if public else None)
+                  redoc_url="/redoc" if public else None,
+                  # a path with a trailing slash (`POST /v1/jobs/`) was a 307 to the path without it, with no body and
+                  # a Location built from the client's Host header (`Host: evil.example` -> http://evil.example/...,
+                  # and http:// behind a TLS proxy): now a 404 `not_found` that names the path to use
+                  redirect_slashes=False)
     app.state.service = svc
     errors.install(app)
     # outermost last: metrics see every answer; CatchAll answers what a route lets out without closing the

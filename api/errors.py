@@ -270,6 +270,9 @@ def install(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        path = request.url.path
+        if exc.status_code == 404 and "route" not in request.scope and len(path) > 1 and path.endswith("/"):
+            message = f"Not Found: no route is {path!r}; paths take no trailing slash ({path.rstrip('/') or '/'!r})"
         return error_response(exc.status_code, code, message, headers)
 
     @app.exception_handler(redis.RedisError)

@@ -235,7 +235,16 @@ def media_type(request: Request) -> str:
         if len(named) > 1:
             raise ApiError(400, "malformed_multipart", f"the Content-Type names its boundary {len(named)} times "
                            f"({shown(value)!r}): name it once")
+        boundary = parse_options_header(value)[1].get(b"boundary", b"")
+        if len(boundary) > MAX_BOUNDARY_CHARS:
+            # python-multipart refuses it in its constructor, which Starlette answered "Invalid multipart data."
+            raise ApiError(400, "malformed_multipart", f"the Content-Type's boundary has {len(boundary)} characters, "
+                           f"over the {MAX_BOUNDARY_CHARS} this server reads (RFC 2046 5.1.1 allows 1 to 70): send a "
+                           "shorter one")
     return mime
+
+
+MAX_BOUNDARY_CHARS = getattr(python_multipart.multipart, "MAX_BOUNDARY_LENGTH", 256)    # python-multipart's bound
 
 
 async def read_body(request: Request, max_bytes: int | None = None) -> bytearray:

@@ -15,6 +15,9 @@ and trickles its headers, or keeps sending a body nobody reads after its answer 
   client parsing `{"error": {"code"}}` could not read;
 - an `Expect` other than `100-continue` is JSON 417 `expectation_failed` at the request's head (`unmet_expectation`),
   then the lingering close: it was served as if absent;
+- a WebSocket upgrade is JSON 400 `bad_request` at its head (`websocket_upgrade`; uvicorn loads no WebSocket protocol,
+  `ws="none"`), any other upgrade ignored; so is a target with a fragment or percent-encoded bytes not UTF-8
+  (`bad_target`);
 - a request head (its line and header fields) over `api.max_header_bytes` is JSON 431 `headers_too_large`, however
   it arrives (`HeadLimitedConnection`). h11 bounds only a head still incomplete when its buffer is checked: a 200 KB
   cookie that arrived in one read was served, a 20 KB one that came in 1 KB segments (a real network's) was a 400
@@ -186,6 +189,49 @@ def unsupported_version(request: h11.Request) -> str | None:
     return f"HTTP/{said} is not supported: this server speaks HTTP/1.1 (and 1.0)"
 
 
+def websocket_upgrade(request: h11.Request) -> str | None:
+    """Why `request` is refused (400) for asking to become a WebSocket (`Connection: Upgrade`, `Upgrade: websocket`),
+    else None. No route of the API is a WebSocket. Where `websockets` or `wsproto` is installed (`uvicorn[standard]`),
+    uvicorn handed such a connection to its WebSocket protocol, past this protocol's bounds (the connection limit, the
+    header timeout) and into the app as a `websocket` scope, which the HTTP middleware lets through unchecked; where
+    neither is, it served the request as HTTP and logged two warnings for each (one telling the operator to install
+    `uvicorn[standard]`). Refused at its head, whatever is installed; another upgrade (`h2c`, `curl --http2`) is
+    ignored, as RFC 9110 7.8 allows: the request is served in HTTP/1.1."""
+    tokens = [token.strip().lower() for name, value in request.headers if name == b"connection"
+              for token in value.split(b",")]
+    if b"upgrade" not in tokens:
+        return None
+    protocols = [p.strip().lower().split(b"/")[0] for name, value in request.headers if name == b"upgrade"
+                 for p in value.split(b",")]
+    if b"websocket" not in protocols:
+        return None
+    return ("a WebSocket upgrade (Upgrade: websocket): the SIGMA API serves no WebSocket; send plain HTTP/1.1 "
+            "requests (POST /v1/jobs, then GET /v1/jobs/{id})")
+
+
+def bad_target(target: bytes) -> str | None:
+    """Why a request target (in any form) is refused (400), else None. A fragment (`#x`) is no
+    part of a request target (RFC 9112 3.2; a client never sends it, a broken proxy may): uvicorn took it into the
+    path, so `GET /healthz#x` was a 404 `not_found`. A path or query whose percent-encoding decodes to bytes that are
+    not UTF-8 (`/v1/jobs/%ff`, `?out=%ff%fe`) was decoded with each bad byte replaced by U+FFFD, so the route saw
+    another name than the one sent (a job id `\ufffd`, a query value that could match another)."""
+    from urllib.parse import unquote_to_bytes
+
+    if b"#" in target:
+        return ("the request target holds a fragment ('#'), which is no part of a request (RFC 9112 3.2): send the "
+                "path and query without it")
+    path, _, query = target.partition(b"?")
+    for part, what in ((path, "path"), (query.replace(b"+", b" "), "query")):
+        if b"%" not in part:
+            continue
+        try:
+            unquote_to_bytes(part).decode("utf-8")
+        except UnicodeDecodeError:
+            return (f"the request target's {what} is percent-encoded bytes that are not UTF-8 "
+                    f"({part[:64].decode('ascii', 'replace')!r}): encode its text as UTF-8 before percent-encoding")
+    return None
+
+
 def unmet_expectation(request: h11.Request) -> str | None:
     """Why `request`'s `Expect` cannot be met (417), else None. The one expectation HTTP defines is `100-continue`
     (h11 handles it, and ignores it in HTTP/1.0 as RFC 9110 10.1.1 says); any other member (`Expect: something-else`,
@@ -215,6 +261,7 @@ class HeadLimitedConnection(h11.Connection):
         self.body_refused: tuple[int, str] | None = None    # a refused body's status (413, 400) and why, else None
         self.version_refused: str | None = None     # why a request of another HTTP version was refused (505)
         self.expectation_refused: str | None = None     # why a request's `Expect` was refused (417)
+        self.request_refused: str | None = None     # why a request was refused at its head (400 bad_request)
         self._received = 0       # bytes received on the connection
         self._head_start = 0     # where in them the request being read began (after the previous one's end)
         self._body_seen = 0      # bytes of the current request's body handed on
@@ -247,6 +294,12 @@ class HeadLimitedConnection(h11.Connection):
             event = super().next_event()
         except h11.RemoteProtocolError as exc:
             self.head_refused = reading_head and exc.error_status_hint == 431
+            if not reading_head and exc.error_status_hint == 431 and self.body_refused is None:
+                # h11's bound on a line of a chunked body (a size line, the trailer section) still incomplete: it was
+                # the generic 400, and the connection closed at once, so a client still sending met a reset
+                self.body_refused = (400, "a chunk-size line or the trailer fields of the chunked body run over "
+                                     f"{self.max_head_bytes} bytes (api.max_header_bytes); send smaller trailers")
+                raise h11.RemoteProtocolError(self.body_refused[1], error_status_hint=400) from exc
             if long_length is not None and not self.head_refused and str(exc) == "bad Content-Length":
                 self.body_refused = (413, f"request body exceeds limits.max_request_bytes={self.max_body_bytes}: its "
                                      f"Content-Length has {len(long_length)} digits "
@@ -266,6 +319,12 @@ class HeadLimitedConnection(h11.Connection):
             self.expectation_refused = unmet_expectation(event)
             if self.expectation_refused is not None:
                 raise h11.RemoteProtocolError(self.expectation_refused, error_status_hint=417)
+            self.request_refused = websocket_upgrade(event)
+            if self.request_refused is not None:
+                raise h11.RemoteProtocolError(self.request_refused, error_status_hint=400)
+            self.request_refused = bad_target(event.target)
+            if self.request_refused is not None:
+                raise h11.RemoteProtocolError(self.request_refused, error_status_hint=400)
             event = origin_form(event)
         elif isinstance(event, h11.Data):
             self._body_seen += len(event.data)
@@ -366,6 +425,11 @@ class GuardedH11Protocol(H11Protocol):
         self._fate_deadline = 0.0
         self._send_timer: asyncio.TimerHandle | None = None     # `_send_expired`: an answer the client does not read
         self._send_left = 0            # `_unsent()` when that timer was armed
+
+    def _should_upgrade(self) -> bool:
+        """Never: a WebSocket upgrade is refused at its head (`websocket_upgrade`), and any other is ignored, served as
+        HTTP/1.1 without uvicorn's two warnings per request ("Unsupported upgrade request.")."""
+        return False
 
     # -- timers ----------------------------------------------------------------------------------
     def _cancel(self, name: str) -> None:
@@ -601,6 +665,10 @@ class GuardedH11Protocol(H11Protocol):
             body = json.dumps({"error": {"code": "expectation_failed",
                                          "message": self.conn.expectation_refused}}).encode()
             self.logger.info("request refused (417, closing): %s", self.conn.expectation_refused)
+        elif self.conn.request_refused:
+            status, reason = 400, b"Bad Request"
+            body = json.dumps({"error": {"code": "bad_request", "message": self.conn.request_refused}}).encode()
+            self.logger.info("request refused (400, closing): %s", self.conn.request_refused)
         elif self.conn.body_refused:
             status, said = self.conn.body_refused
             code, reason = ("request_too_large", b"Content Too Large") if status == 413 else ("bad_request",
@@ -763,4 +831,5 @@ def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
     return {"http": guarded_protocol(cfg.api.header_timeout_s, cfg.api.body_timeout_s, cfg.api.close_linger_s,
                                      cfg.api.close_linger_bytes, cfg.api.max_header_bytes,
                                      limit, cfg.limits.max_request_bytes, cfg.api.send_timeout_s),
-            "timeout_keep_alive": cfg.api.keep_alive_timeout_s, "backlog": accept_backlog(limit)}
+            "timeout_keep_alive": cfg.api.keep_alive_timeout_s, "backlog": accept_backlog(limit),
+            "ws": "none"}      # no WebSocket protocol is loaded, whatever is installed (`websocket_upgrade`)

@@ -191,6 +191,18 @@ def post_multipart(svc: ServiceUnderTest, body: bytes, body_charset: str | None 
     return svc.http.post("/v1/jobs", content=body, headers={**svc.headers(), "content-type": ctype})
 
 
+@pytest.mark.parametrize("chars, status", [(256, 202), (257, 400), (5000, 400)])
+def test_a_multipart_boundary_over_the_parsers_bound_is_said(svc, chars, status):
+    # python-multipart refuses a boundary over 256 characters in its constructor, which Starlette answered with its
+    # catch-all "Invalid multipart data."; RFC 2046 allows 70, and up to 256 is read as before
+    boundary = "b" * chars
+    resp = post_multipart(svc, multipart_body(b"add a sign", boundary=boundary), boundary=boundary)
+    assert resp.status_code == status, resp.text
+    if status == 400:
+        error = resp.json()["error"]
+        assert error["code"] == "malformed_multipart" and f"has {chars} characters" in error["message"], error
+
+
 @pytest.mark.parametrize("instruction, part_type, body_charset", [
     (b"add a \xff\xfe sign", None, None),                           # queued as "add a ÿþ sign"
     (b"add a caf\xe9", None, None),                                 # Latin-1 bytes with no word about them
@@ -416,6 +428,89 @@ def test_an_http2_connection_preface_is_answered_once_with_505_and_closed(svc):
     assert got == 505 and "HTTP/3.0" in body["error"]["message"], body
     got, _, body = answer_of(raw_request(svc, "GET /healthz HTTP/1.2\r\nHost: x\r\nConnection: close", b""))
     assert got == 200, body         # a higher minor version is served as 1.1 (RFC 9110 2.5)
+
+
+def answer_then_close(svc: ServiceUnderTest, head: str, body: bytes = b"") -> bytes:
+    """All the server answers to `head` + `body` until it closes the connection (each request here closes it: a
+    refusal, or `Connection: close`), however long a loaded machine takes."""
+    with socket.create_connection(("127.0.0.1", svc.port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        return read_until_closed(sock, ConnectionResetError)
+
+
+WEBSOCKET_HEAD = ("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13")
+
+
+def test_a_websocket_upgrade_is_refused_at_its_head_and_closed(svc):
+    # no route is a WebSocket: where `websockets` is installed (uvicorn[standard]) uvicorn handed the connection to its
+    # WebSocket protocol, past the connection limit and header timeout and into the app as a `websocket` scope the HTTP
+    # middleware does not check; where it is not, it served the request and logged two warnings each time
+    frame = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"        # a masked text frame "Hello", as a client sends next
+    raw = answer_then_close(svc, WEBSOCKET_HEAD, frame)
+    status, headers, body = answer_of(raw)
+    assert status == 400 and b"connection: close" in headers, raw
+    assert body["error"]["code"] == "bad_request" and "WebSocket" in body["error"]["message"], body
+    assert raw.endswith(json.dumps(body).encode()), raw      # one answer: the frame was not read as a request
+    from sigma.api.server import uvicorn_options
+    from sigma.service.settings import ServeConfig
+    assert uvicorn_options(ServeConfig())["ws"] == "none"      # no WebSocket protocol loaded, whatever is installed
+
+
+def test_another_upgrade_is_ignored_and_served_without_a_warning(svc):
+    # `curl --http2` over http:// asks for h2c; RFC 9110 7.8 lets a server ignore it: served in HTTP/1.1, as before,
+    # but uvicorn logged "Unsupported upgrade request." and advised installing uvicorn[standard], for each one
+    head = ("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA")
+    status, _, body = answer_of(answer_then_close(svc, head + "\r\nConnection: close"))
+    assert status == 200 and body == {"status": "ok"}, body
+    raw = answer_then_close(svc, head + "\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close")
+    assert raw.count(b"HTTP/1.1 200 ") == 2, raw      # the keep-alive connection went on in HTTP/1.1
+    assert svc.api is not None
+    log = svc.api.output()
+    assert "upgrade request" not in log and "WebSocket library" not in log, log
+
+
+@pytest.mark.parametrize("target, said", [
+    ("/healthz#x", "fragment"), ("/v1/jobs/0123#frag", "fragment"), ("http://127.0.0.1/healthz#x", "fragment"),
+    ("/v1/jobs/%ff", "path"), ("/v1/jobs/%c3", "path"), ("/healthz?out=%ff%fe", "query"), ("/healthz?a=%e9+b", "query"),
+])
+def test_a_fragment_or_a_target_that_is_not_utf8_is_400(svc, target, said):
+    # RFC 9112 3.2: a request target has no fragment (uvicorn kept it in the path: GET /healthz#x was 404 not_found);
+    # percent-encoded bytes that are not UTF-8 became U+FFFD, so a route saw another name than the one sent
+    head = f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}"
+    raw = answer_then_close(svc, head)
+    status, headers, body = answer_of(raw)
+    assert status == 400 and b"connection: close" in headers, raw
+    assert body["error"]["code"] == "bad_request" and said in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("target", ["/healthz?x=%C3%A9+a%2B&y=%e2%9c%93", "/healthz?a=b%2", "/heal%74hz"])
+def test_a_utf8_or_plain_target_is_served(svc, target):
+    status, _, body = answer_of(answer_then_close(svc, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close"))
+    assert status == 200 and body == {"status": "ok"}, body
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/v1/jobs/"), ("POST", "/v1/jobs/"), ("GET", "/healthz/")])
+def test_a_trailing_slash_is_a_404_that_names_the_path_not_a_redirect_to_the_clients_host(svc, method, path):
+    # Starlette redirected it (307, no body) to a Location built from the client's Host header: `Host: evil.example`
+    # sent the client to http://evil.example/v1/jobs (and to http:// behind a TLS proxy)
+    head = (f"{method} {path} HTTP/1.1\r\nHost: evil.example\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+            "Content-Length: 0\r\nConnection: close")
+    status, headers, body = answer_of(answer_then_close(svc, head))
+    assert status == 404 and b"location:" not in headers and b"evil.example" not in headers, headers
+    assert body["error"]["code"] == "not_found" and f"({path.rstrip('/')!r})" in body["error"]["message"], body
+
+
+def test_a_chunked_body_with_trailer_fields_over_the_head_bound_is_said_and_read(svc):
+    # h11 bounds a trailer section still incomplete at max_header_bytes: that was the generic 400 "not valid HTTP/1.1"
+    # and a close at once, so a client still sending met a reset (EPIPE) instead of the answer
+    trailer = b"".join(b"X-T%d: %s\r\n" % (i, b"a" * 1000) for i in range(200)) + b"\r\n"
+    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close")
+    status, headers, body = answer_of(answer_then_close(svc, head, b"2\r\n{}\r\n0\r\n" + trailer))
+    assert status == 400 and b"connection: close" in headers, body
+    assert body["error"]["code"] == "bad_request" and "trailer" in body["error"]["message"], body
 
 
 # -- methods (RFC 9110 9.1, 15.5.6) ---------------------------------------------------------------------------------
