@@ -31,7 +31,6 @@ FAST = ["queue.lease_ms=800", "queue.block_ms=200", "queue.reclaim_interval_ms=1
         "api.wait_timeout_s=10", "api.annotators=[pixel-diff,slow-diff,poison-diff]"]
 
 
-
 def layered(*layers: list[str]) -> list[str]:
     """`--set` items of several layers (FAST, then a test's own), a later layer's key replacing an earlier one's at,
     under or over it: one command line sets each place once (`sigma.config.loader.OverrideKeys`)."""
