@@ -27,10 +27,7 @@ def one_blas_thread_under_an_address_limit() -> bool:
     The same under a low limit on processes and threads (`ulimit -u`, `prlimit --nproc`: `threads_limited`): OpenBLAS
     that cannot start its threads raises SIGINT on itself as well (`sigma annotate ... --annotator pixel-diff` as a
     user under `prlimit --nproc` 1 or 2: `sigma: interrupted`, 130, before any work)."""
-    if BLAS_THREADS_VAR in os.environ or "numpy" in sys.modules or "cv2" in sys.modules:
-        return False
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY and not threads_limited():
+    if BLAS_THREADS_VAR in os.environ or "numpy" in sys.modules or "cv2" in sys.modules or not _thread_pools_bound():
         return False
     os.environ[BLAS_THREADS_VAR] = "1"
     return True
@@ -42,6 +39,13 @@ def threads_limited() -> bool:
     processes. A usual `ulimit -u` (thousands) is far above it: numpy keeps its threads there."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
     return soft != resource.RLIM_INFINITY and os.geteuid() != 0 and soft < THREADS_PER_CORE * (os.cpu_count() or 1) + 64
+
+
+def _thread_pools_bound() -> bool:
+    """Whether a library's pool of a thread per core may fail to start here: an address-space limit (each thread's
+    stack is reserved from it) or a low limit on threads (`threads_limited`)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return soft != resource.RLIM_INFINITY or threads_limited()
 
 
 THREADS_PER_CORE = 4
@@ -57,10 +61,7 @@ def one_opencv_thread_under_a_limit() -> bool:
     WorkerThread 0: Can't spawn new thread: res = 11` above `sigma annotate`'s own line: a 600x800 pair under
     `prlimit --nproc` 1, sigma-lite under `prlimit --as` 914-920 MB), the work then done on the threads that did
     start. With one thread OpenCV starts none. Read once, when the library loads: before any import of cv2."""
-    if OPENCV_THREADS_VAR in os.environ or "cv2" in sys.modules:
-        return False
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY and not threads_limited():
+    if OPENCV_THREADS_VAR in os.environ or "cv2" in sys.modules or not _thread_pools_bound():
         return False
     os.environ[OPENCV_THREADS_VAR] = "1"
     return True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -148,29 +149,38 @@ def _fill(seed: int) -> bytes:
 _FILLER = b"".join(_fill(n) + bytes((0xFF, 0xD0 + n)) for n in range(8)) + _fill(8)
 
 
-def jpeg_end_marker(data: bytes) -> int | None:
-    """The offset of the end marker (EOI) of the first picture in JPEG `data` (a camera's MPO holds more after it),
-    walking its segments and skipping each scan's coded data; None when there is none."""
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(offset, marker, length) of each marker segment of the first picture in JPEG `data`, skipping each scan's coded
+    data, up to and with its end marker (EOI, length 0); it stops early, without the EOI, where the data ends. One walk
+    for `jpeg_end_marker` and `jpeg_scans`, which must agree on where a picture ends."""
     i, end = 2, len(data)
     while i + 2 <= end:
         if data[i] != 0xFF or data[i + 1] in (0x00, 0xFF, 0x01) or 0xD0 <= data[i + 1] <= 0xD7:
             found = _NEXT_MARKER.search(data, i + 1)
             if found is None:
-                return None
+                return
             i = found.start()
             continue
         marker = data[i + 1]
         if marker == 0xD9:
-            return i
+            yield i, marker, 0
+            return
         if i + 4 > end:
-            return None
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            return
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        yield i, marker, length
+        i += 2 + length
         if marker == 0xDA:
             found = _NEXT_MARKER.search(data, i)
             if found is None:
-                return None
+                return
             i = found.start()
-    return None
+
+
+def jpeg_end_marker(data: bytes) -> int | None:
+    """The offset of the end marker (EOI) of the first picture in JPEG `data` (a camera's MPO holds more after it),
+    walking its segments and skipping each scan's coded data; None when there is none."""
+    return next((i for i, marker, _ in _jpeg_segments(data) if marker == 0xD9), None)
 
 
 def _corner_is_grey(img: Image.Image) -> bool:
@@ -226,20 +236,9 @@ def jpeg_scans(data: bytes) -> list[tuple[tuple[int, ...], int, int, int]] | Non
     (EOI); None when there is no end marker (a file cut without one is refused by its decoder) or a scan header is
     short. Callers have already bounded the number of scans (`images.check_jpeg_scans`)."""
     scans: list[tuple[tuple[int, ...], int, int, int]] = []
-    i, end = 2, len(data)
-    while i + 2 <= end:
-        if data[i] != 0xFF or data[i + 1] in (0x00, 0xFF, 0x01) or 0xD0 <= data[i + 1] <= 0xD7:
-            found = _NEXT_MARKER.search(data, i + 1)
-            if found is None:
-                return None
-            i = found.start()
-            continue
-        marker = data[i + 1]
+    for i, marker, length in _jpeg_segments(data):
         if marker == 0xD9:
             return scans
-        if i + 4 > end:
-            return None
-        length = int.from_bytes(data[i + 2:i + 4], "big")
         if marker == 0xDA:
             header = data[i + 4:i + 2 + length]
             count = header[0] if header else 0
@@ -247,12 +246,6 @@ def jpeg_scans(data: bytes) -> list[tuple[tuple[int, ...], int, int, int]] | Non
                 return None
             ss, se, al = header[1 + 2 * count], header[2 + 2 * count], header[3 + 2 * count] & 15
             scans.append((tuple(header[1:1 + 2 * count:2]), ss, se, al))
-        i += 2 + length
-        if marker == 0xDA:
-            found = _NEXT_MARKER.search(data, i)
-            if found is None:
-                return None
-            i = found.start()
     return None
 
 

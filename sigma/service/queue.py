@@ -242,13 +242,7 @@ class StreamQueue:
         alone, in one pipeline: one XPENDING over the range from the lowest id to the highest, cut at a count, left
         out the ids past the cut when other consumers' entries lay between (a dead worker's entries among a live
         one's batch), and `reclaim` took those for delivered too often: dead-lettered on their second delivery."""
-        if not ids:
-            return {}
-        pipe = self.r.pipeline(transaction=False)
-        for entry_id in ids:
-            pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
-        return {stream_text(row["message_id"]): int(row["times_delivered"]) for rows in pipe.execute()
-                for row in rows}
+        return {stream_text(row["message_id"]): int(row["times_delivered"]) for row in self._pending_rows(ids)}
 
     def extend(self, ids: list[str]) -> list[str]:
         """Reset the idle time of entries this consumer still works on (no delivery is counted); returns the ids it
@@ -259,13 +253,17 @@ class StreamQueue:
 
     def owners(self, ids: list[str]) -> dict[str, str]:
         """The consumer each id is pending to (an id not pending is left out), in one pipeline."""
+        return {stream_text(row["message_id"]): stream_text(row["consumer"]) for row in self._pending_rows(ids)}
+
+    def _pending_rows(self, ids: list[str]) -> list[dict]:
+        """XPENDING's row of each id still pending, each id asked for alone (see `delivery_counts`), in one
+        pipeline; none for an id not pending."""
         if not ids:
-            return {}
+            return []
         pipe = self.r.pipeline(transaction=False)
         for entry_id in ids:
             pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
-        return {stream_text(row["message_id"]): stream_text(row["consumer"]) for rows in pipe.execute()
-                for row in rows}
+        return [row for rows in pipe.execute() for row in rows]
 
     def defer(self, entry: Entry) -> bool:
         """Leave the entry pending for a retry after a full lease, with this delivery not counted: its counter set
