@@ -1532,6 +1532,7 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         saved_batch, saved_seed = saved_stream(run_dir, latest) or (saved.batch_size, saved.seed)
         changed = stream_changes(run_dir, saved_batch, cfg.batch_size, saved_seed, cfg.seed, world.world_size(),
                                  None if latest is None else int(latest["step"]))
+        del latest          # not held through the run: its tensors map the checkpoint file, which later saves replace
         if changed and world.rank() == 0:
             print(f"sigma: warning: {printable(changed)}", file=sys.stderr, flush=True)
         frozen = (run_dir / "cache_index.json").absolute()
