@@ -250,8 +250,9 @@ def read_only_folder(tmp_path):
 
 def test_an_out_in_a_read_only_folder_is_said_of_that_path_not_of_a_spool_file(runs, read_only_folder, capsys):
     """`--out RO/coco.json` in a read-only folder said `[os_error]: Read-only file system: RO/tmpvub7ugc6`: the
-    export's unnamed spool, a name the user never gave and that is nowhere. Now the path given, with the reason."""
+    export's unnamed spool, a name the user never gave and that is nowhere. Now the path given, with the reason,
+    before any work (`check_outfile` probes the folder: `bad_outdir`, as for an output folder)."""
     out = read_only_folder / "coco.json"
     assert main(["export", "coco", str(runs["one"]), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"sigma: error [os_error]: Read-only file system: {out}", err
+    assert err == f"sigma: error [bad_outdir]: {out}: not a usable output file (Read-only file system)", err
