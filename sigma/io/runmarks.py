@@ -33,8 +33,11 @@ OTHER_THAN_TRAINING = tuple(name for name, what in OUTPUT_MARKS if what != TRAIN
 # what a training run's folder holds for itself (`sigma.training.loop`): its record, checkpoints, metrics, best
 # step, the cache index it froze, and the folders of its weights and logs. report.html or coco.json beside them is
 # fine; config.yaml or metrics.jsonl written over, the run can neither be resumed nor read.
-TRAINING_OWN = frozenset({"config.yaml", "checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "best.json",
-                          "grow.json", "cache_index.json", "model", "best", "final", "tb"})
+#: of those, the files and the folders it writes at its top level after its steps (`sigma.training.loop` refuses an
+#: entry of the other kind under these names before any step)
+TRAINING_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "best.json", "grow.json")
+TRAINING_FOLDERS = ("model", "best", "final", "tb")
+TRAINING_OWN = frozenset({"config.yaml", "cache_index.json", *TRAINING_FILES, *TRAINING_FOLDERS})
 
 
 def is_training_run(folder: Path) -> bool:

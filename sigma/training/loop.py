@@ -29,7 +29,7 @@ from sigma.config.loader import config_hash, load_config, parse_overrides, save_
 from sigma.errors import ConfigError, InputError, SigmaError, Stopped, first_line
 from sigma.folderlock import folder_lock_wait_s, hold_folder, waiting_lock, watch_stopped_holder
 from sigma.io.folders import require_folder
-from sigma.io.runmarks import OTHER_THAN_TRAINING
+from sigma.io.runmarks import OTHER_THAN_TRAINING, TRAINING_FILES, TRAINING_FOLDERS
 from sigma.lifeline import (
     Noted,
     QuickExitSpawnContext,
@@ -1321,8 +1321,7 @@ def _refuse_links(run_dir: Path) -> None:
 
 
 #: the files and folders a run writes at its folder's top level (`_refuse_links`: never of the other kind)
-_RUN_FILES = (CKPT, PREV, "metrics.jsonl", "best.json", "grow.json")
-_RUN_FOLDERS = ("model", "best", "final", "tb")
+_RUN_FILES, _RUN_FOLDERS = TRAINING_FILES, TRAINING_FOLDERS     # one list with the CLI's (`sigma.io.runmarks`)
 
 
 def _refuse_nesting(out_dir: Path, name: str) -> None:
