@@ -213,6 +213,8 @@ def _stem_candidates(w: str, suffix: str) -> list[str]:
         out.append(base[:-1])           # sitting -> sit
     if base.endswith("i"):
         out.append(base[:-1] + "y")     # carried -> carry
+    if suffix == "s" and base.endswith("ie"):
+        out.append(base[:-2] + "y")     # flies -> fly
     return out
 
 
@@ -392,6 +394,23 @@ _RELATIVE_WORDS = frozenset(["that", "which", "who", "whose", "where"])
 _SAYING_WORDS = frozenset(["says", "say", "saying", "reads", "reading", "spelling"])
 _CONJUNCTIONS = frozenset(["and", "or", "&"])
 _PARTICLES = frozenset(["up", "down", "away", "around", "back", "out", "over", "forward"])
+
+# Plurals that are also the -s form of an action verb ('the ocean waves', 'bread rolls', 'the stairs steps'): a noun
+_S_FORM_NOUNS = frozenset("""waves rolls falls steps stands faces points drinks plays lies rests turns folds shakes
+throws reads looks kicks dives floats skates skis hops bows crosses catches reaches bends sinks drives spins flaps
+tilts""".split())
+
+
+def _third_person_action(w: str, prev: str, nxt: str | None) -> bool:
+    """'the dog | jumps over the fence', 'the cat | sleeps on the sofa': a singular subject then the -s form of an
+    action verb, then its place, object or nothing: the subject does it. A plural before it ('the ocean waves'),
+    a noun after it, or an -s form that is a common plural noun keeps the compound."""
+    if not w.endswith("s") or w in _S_FORM_NOUNS or w in L.BE_VERBS or prev.endswith("s") or not is_action_form(w):
+        return False
+    return nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS \
+        or nxt in _PARTICLES or nxt in _PRONOUNS or nxt.endswith("ly")
+
+
 _NUMERIC_ORDINAL = re.compile(r"[0-9]+(?:st|nd|rd|th)")
 
 
@@ -600,6 +619,8 @@ class _PhraseReader:
             return True           # 'snow | covers the roof' (was the subject 'snow covers'); 'the cover of' stays
         if self.words and self.stop_at_verbs and w in L.SWAP_VERBS and nxt in L.SWAP_PLACE_NOUNS:
             return True           # 'the dog and the cat | swap places' (was the subject 'dog and cat swap places')
+        if self.words and self.stop_at_verbs and _third_person_action(w, self.words[-1], nxt):
+            return True           # 'the dog | jumps over the fence' (was the subject 'dog jumps', a default add)
         if not (self.words and self.stop_at_verbs and (w in L.ACTION_VERBS or w in L.WEAR_VERBS or w in L.BE_VERBS)):
             return False
         # A wear verb names no part of a compound noun, and a human does what the verb after it says ('let the man

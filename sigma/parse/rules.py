@@ -527,12 +527,22 @@ def _styled_thing(y: list[str], ynp: Phrase | None) -> bool:
         and head not in L.STYLE_HEADS and not is_value_word(head)
 
 
+# What a turn verb says when it turns a thing over, not into something ('turn it upside down', 'turn the car sideways')
+_TURNED_OVER = frozenset({"upside", "upside-down", "sideways", "clockwise", "counterclockwise", "anticlockwise",
+                          "degrees"})
+
+
 def _parse_change(toks, low, j, verb, end) -> Parse:
     """change/turn/transform/convert X [from A] (to|into|as) Y; turn/make X Y."""
     if verb in ("turn",) and j < len(low) and low[j] in ("on", "off"):
         obj = extract_phrase(toks, j + 1)
         return Parse("attribute", obj.text, obj.text, "turn-on-off") if obj.words else \
             Parse("global", None, None, "turn-on-off-image")
+    turned = next((q for q in range(j, end) if low[q] in _TURNED_OVER), None)
+    if verb in ("turn", "turns") and turned is not None and not _has(low[j:turned], ("into", "to", "as")):
+        # 'turn it upside down', 'turn the chair sideways': it is flipped or rotated, as 'flip it upside down' reads
+        # (global for the picture, the thing's pose otherwise); it was an attribute edit of 'it upside down'
+        return _parse_frame(toks, low, j, "rotate", end)
     x = _person_pronoun(low, j, end) or (Phrase(["person"], j + 1, seen=["her"]) if low[j:j + 1] == ["her"] and
                                          low[j + 1:j + 2] in (["into"], ["to"], ["as"]) else None) or \
         extract_phrase(toks, j, stop_at_verbs=True)     # 'turn him into a cyborg', 'turn her into a queen'
