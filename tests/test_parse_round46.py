@@ -39,3 +39,68 @@ def test_a_turn_that_flips_or_rotates_reads_as_flip(text, edits):
 ])
 def test_a_present_tense_action_ends_the_subject(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("give the red car racing stripes", [("add", None, "racing stripes")]),   # was 'red car racing stripes'
+    ("give the dog sunglasses", [("add", None, "sunglasses")]),                # was attribute 'dog sunglasses'
+    ("give the house solar panels", [("add", None, "solar panels")]),
+    ("give the old man glasses", [("add", None, "glasses")]),
+    ("give the car racing stripes and make the sky blue", [("add", None, "racing stripes"),
+                                                            ("attribute", "sky", "sky")]),
+    ("give the woman long hair", [("attribute", "woman", "woman")]),           # a look stays the woman's
+    ("give the woman curly hair", [("attribute", "woman", "woman")]),
+    ("give the image more contrast", [("global", None, None)]),
+    ("give the photo vintage vibes", [("global", None, None)]),
+    ("give the sky some stars", [("add", None, "stars")]),
+])
+def test_give_with_two_bare_objects_adds_the_second(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("red car → blue car", [("replace", "red car", "blue car")]),              # was attribute 'red car'
+    ("red car -> blue car", [("replace", "red car", "blue car")]),
+    ("red car => blue car", [("replace", "red car", "blue car")]),
+    ("red car to blue car", [("replace", "red car", "blue car")]),
+    ("car -> blue truck", [("replace", "car", "blue truck")]),                 # was attribute 'car'
+    ("change the red car to blue car", [("replace", "red car", "blue car")]),  # as '... to a blue car'
+    ("car -> red", [("attribute", "car", "car")]),                             # a value alone stays one
+    ("change the wall to light blue", [("attribute", "wall", "wall")]),
+    ("change the shirt to dark green color", [("attribute", "shirt", "shirt")]),
+    ("change the dress to red velvet", [("attribute", "dress", "dress")]),
+    ("turn the hair golden brown", [("attribute", "hair", "hair")]),
+    ("sky -> sunset, car -> truck", [("replace", "sky", "sunset"), ("replace", "car", "truck")]),
+])
+def test_values_before_a_noun_name_a_new_thing(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Put the house on fire", [("attribute", "house", "house")]),              # was an add of 'house'
+    ("set fire to the house", [("attribute", "house", "house")]),              # was a replace of 'fire' by 'house'
+    ("light the house on fire", [("attribute", "house", "house")]),            # was a default add of 'light'
+    ("set the house on fire", [("attribute", "house", "house")]),
+    ("put the image on fire", [("global", None, None)]),
+    ("light the candles", [("attribute", "candles", "candles")]),              # was a default add of 'light'
+    ("light up the room", [("attribute", "room", "room")]),
+    ("light up the image", [("global", None, None)]),
+    ("light the fireplace and add a cat", [("attribute", "fireplace", "fireplace"), ("add", None, "cat")]),
+    ("light rain over the city", [("global", None, None)]),                    # 'light' as an adjective
+    ("put a hat on the man", [("add", None, "hat")]),
+])
+def test_setting_a_thing_on_fire_or_lighting_it_is_its_look(text, edits):
+    assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("make it a cat wearing a hat", [("replace", None, "cat")]),               # was global
+    ("make it a cat with a hat", [("replace", None, "cat")]),
+    ("turn it into a cat wearing a hat", [("replace", None, "cat")]),
+    ("make it a cat sitting on a sofa", [("replace", None, "cat")]),
+    ("make it a cat wearing a hat and add a dog", [("replace", None, "cat"), ("add", None, "dog")]),
+    ("make it a cat in the style of van gogh", [("global", None, None)]),      # a style said after stays global
+    ("make it a painting", [("global", None, None)]),
+])
+def test_make_it_a_thing_described_replaces_it(text, edits):
+    assert _edits(text) == edits

@@ -396,9 +396,10 @@ _CONJUNCTIONS = frozenset(["and", "or", "&"])
 _PARTICLES = frozenset(["up", "down", "away", "around", "back", "out", "over", "forward"])
 
 # Plurals that are also the -s form of an action verb ('the ocean waves', 'bread rolls', 'the stairs steps'): a noun
-_S_FORM_NOUNS = frozenset("""waves rolls falls steps stands faces points drinks plays lies rests turns folds shakes
-throws reads looks kicks dives floats skates skis hops bows crosses catches reaches bends sinks drives spins flaps
-tilts""".split())
+_S_FORM_NOUNS = frozenset({"waves", "rolls", "falls", "steps", "stands", "faces", "points", "drinks", "plays",
+                           "lies", "rests", "turns", "folds", "shakes", "throws", "reads", "looks", "kicks", "dives",
+                           "floats", "skates", "skis", "hops", "bows", "crosses", "catches", "reaches", "bends",
+                           "sinks", "drives", "spins", "flaps", "tilts"})
 
 
 def _third_person_action(w: str, prev: str, nxt: str | None) -> bool:

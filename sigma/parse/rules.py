@@ -286,6 +286,8 @@ def _parse_add(toks, low, j, verb) -> Parse:
     old = extract_phrase(toks, obj.end + swap) if swap else _where_it_stands(toks, low, obj.end)
     if old is not None and old.words and not _is_whole_image(old):
         return Parse("replace", old.text, obj.text, "add-in-place-of")   # 'add a tiger in place of the dog'
+    if verb in ("put", "place", "set") and low[obj.end:obj.end + 2] == ["on", "fire"]:
+        return _on_fire(obj, verb)                        # 'put the house on fire' (it was an add of the house)
     if verb in ("put", "place", "set") and low[j:j + 1] and low[j] in _KNOWN and obj.end + 1 < len(low) and \
             low[obj.end] in ("in", "into", "on", "onto") and low[obj.end + 1] in ("a", "an"):
         new = extract_phrase(toks, obj.end + 2)          # 'put the cat in a spacesuit': the cat is there already,
@@ -301,6 +303,13 @@ def _parse_add(toks, low, j, verb) -> Parse:
             # dog': the dog's pixels stay as they were
             return Parse("attribute", place.text, place.text, "put-pronoun-on-place")
     return Parse("add", None, obj.text, "add")
+
+
+def _on_fire(obj: Phrase, verb: str) -> Parse:
+    """X set burning is X's look, as 'make the house on fire' reads; the picture burning is the whole picture."""
+    if not obj.words or _is_whole_image(obj):
+        return Parse("global", None, None, verb + "-image-on-fire")
+    return Parse("attribute", obj.text, obj.text, verb + "-on-fire")
 
 
 # What may follow 'where X is' and still say only where X stands ('where the book is now', '... used to be')
@@ -467,6 +476,8 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
         return _parse_after_subject(toks, low, x, y_start, end, rule)
     kind = _value_kind(y)
     ynp = extract_phrase(toks[:end], y_start) if y_start is not None else None
+    if kind == "value" and _valued_noun(ynp):
+        kind = "thing"                                    # 'red car -> blue car', 'car to blue truck': a new thing
     bg_in_x = _has(seg, L.BACKGROUND_WORDS)
     bg = bg_in_x or kind == "scene" or (a is not None and (a.head in L.SCENES or _has(a.words, L.BACKGROUND_WORDS)))
     # a time of day, season or weather as the object is the whole scene in it: 'turn the daytime scene into night',
@@ -499,6 +510,19 @@ def _classify_change(toks, low, x: Phrase, seg: list[str], y_start: int | None, 
     if ynp is None or not ynp.words:
         return Parse("attribute", x.text, x.text, rule + "-no-target")
     return Parse("replace", x.text, ynp.text, rule + "-thing")
+
+
+def _valued_noun(ynp: Phrase | None) -> bool:
+    """'blue car', 'red sports car': values before a noun that names a thing, which the object becomes, as 'a blue
+    car' does ('red car -> blue car' was an attribute edit of the red car, 'blue' read as its new value); a noun of
+    look, material or colour ('blue colour', 'red velvet', 'light blue') keeps it a value."""
+    if ynp is None or len(ynp.words) < 2 or not is_value_word(ynp.words[0]):
+        return False
+    head = ynp.words[-1]
+    return is_word(head) and head.isalpha() and not is_value_word(head) and not looks_participle(head) and \
+        head not in L.ATTRIBUTE_VALUE_NOUNS and head not in L.ATTRIBUTE_NOUNS and head not in L.STYLE_HEADS and \
+        head not in L.MATERIALS and head not in L.WEATHER and head not in L.LIGHT_WORDS and head not in L.STYLE_WORDS \
+        and head not in _MOODS and head not in L.WHOLE_IMAGE and not head.endswith("ly")
 
 
 # Weather values that lie on what they cover ('turn the street snowy'): the covered thing's look, not the scene's time
@@ -757,10 +781,22 @@ def _pronoun_becomes(toks, low, x: Phrase, k: int, end: int) -> str | None:
     if x.words not in (["it"], ["them"]) or low[k:k + 1] not in (["a"], ["an"]) or _value_kind(low[k:end]) != "thing":
         return None
     ynp = extract_phrase(toks[:end], k)
+    if ynp.words and ynp.end < end and _describes_new_thing(low, ynp.end, end):
+        ynp = Phrase(ynp.words, end, ynp.saw_attribute, ynp.seen, ynp.proper)   # 'a cat | wearing a hat' (global)
     if not ynp.words or ynp.end < end or _is_whole_image(ynp) or ynp.head in L.SCENES or is_value_word(ynp.head) or \
             ynp.words[0] in ("bit", "lot", "little", "touch", "tad") or _has(ynp.words, L.WEATHER):
         return None
     return ynp.text
+
+
+def _describes_new_thing(low: list[str], q: int, end: int) -> bool:
+    """'(a cat) wearing a hat', '(a cat) with a hat', '(a dog) sitting on a sofa': what the new thing wears, has or
+    does, part of the thing; not a style, weather or the picture said after it ('in the style of Van Gogh')."""
+    w = low[q]
+    rest = low[q:end]
+    return (w in ("with", "wearing", "holding", "carrying", "who", "that") or (
+        w.endswith("ing") and is_action_form(w))) and not _has(rest, L.STYLE_WORDS) and not _has(rest, L.WEATHER) \
+        and not _has(rest, L.WHOLE_IMAGE) and not any(_verb_kind(t) for t in rest if t not in ("wearing", "holding"))
 
 
 def _placed_then_object(toks, low, x: Phrase, k: int, end: int) -> int | None:
@@ -859,11 +895,20 @@ def _parse_give(toks, low, j, verb, end) -> Parse:
         if second is None:                                # 'give the woman | long hair' (was 'woman long hair')
             second = next((q for q in range(j + 1, x.end) if is_value_word(low[q]) and is_word(low[q - 1]) and
                            low[q - 1] not in L.DETERMINERS and not is_value_word(low[q - 1])), None)
+        if second is None and not any(w in ("and", "or", ",", "of", "&") for w in low[j:x.end]):
+            # 'give the red car | racing stripes', 'give the dog | sunglasses': two bare objects, the thing given
+            # after the first noun (they were attribute edits of 'red car racing stripes', 'dog sunglasses')
+            second = next((q for q in range(j + 1, x.end) if is_word(low[q - 1]) and is_word(low[q]) and
+                           low[q - 1] not in L.DETERMINERS and low[q - 1] not in L.SIZE_WORDS and
+                           not is_value_word(low[q - 1]) and not low[q - 1].endswith("'s")), None)
         if second is not None:                            # 'give the sky | some stars' (was the concept 'sky stars')
             x = extract_phrase(toks[:second], j)
     y = extract_phrase(toks, x.end)
     rest = low[x.end:end]
     kind = _value_kind(rest)
+    if kind == "value" and rest[:1] and looks_participle(rest[0]) and len(y.words) > 1 and \
+            y.head not in L.ATTRIBUTE_VALUE_NOUNS and not is_value_word(y.head or ""):
+        kind = "thing"                                    # 'racing stripes': a participle before its noun
     if _is_whole_image(x):
         return Parse("global", None, None, "give-whole-image")
     if kind in ("value", "style", "weather") or _has(rest, L.ATTRIBUTE_VALUE_NOUNS) or _has(rest, _MOODS):
@@ -1053,6 +1098,16 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
                 len(rest) == 1 or rest[1] != "of" or _is_whole_image(extract_phrase(toks[:end], gone.end + 2))):
             # 'take the dog out', 'get the dog out of the picture' (a default add of 'take', an attribute of 'dog')
             return Parse("remove", gone.text, None, "remove-" + low[0] + "-out")
+    if low[:2] in (["set", "fire"], ["sets", "fire"]) and low[2:3] in (["to"], ["on"]):
+        return _on_fire(extract_phrase(toks[:end], 3), "set")   # 'set fire to the house' (a replace of 'fire')
+    if low[0] in ("light", "lights") and len(low) > 2:
+        up = int(low[1] == "up")                          # 'light up the room'
+        lit = extract_phrase(toks[:end], 1 + up)
+        if lit.words and low[lit.end:lit.end + 2] == ["on", "fire"]:
+            return _on_fire(lit, "light")                 # 'light the house on fire' (a default add of 'light')
+        if lit.words and low[1 + up] in _DEFINITE:       # 'light the candles': lit, a look (a default add of 'light')
+            return Parse("global", None, None, "light-image") if _is_whole_image(lit) else \
+                Parse("attribute", lit.text, lit.text, "light-object")
     if low[0] in _OUTPAINT_VERBS and len(low) > 1:
         what = extract_phrase(toks[:end], 1)
         if not what.words or _is_whole_image(what) or what.head in _CANVAS_WORDS:
