@@ -174,7 +174,7 @@ furry fluffy golden silvery glossy matte matt satin lace linen granite jade diam
 chocolate cardboard bamboo wicker copper bronze brass wax sandstone tin aluminum aluminium titanium
 """)
 STATE_ADJECTIVES = _words("""
-smooth rough shiny polished rusty old new worn broken cracked dirty clean wet dry frozen burning melting
+electric smooth rough shiny polished rusty old new worn broken cracked dirty clean wet dry frozen burning melting
 glowing sparkly sparkling striped spotted dotted checkered plaid floral hairy bald happy sad angry
 smiling surprised open closed lit empty full ripe rotten withered blooming young fat thin tall long
 curly straight wavy short-haired long-haired bearded shaved muddy dusty snowy icy bloody fresh wilted
@@ -295,6 +295,7 @@ spin hug sing shout yell scream blink gaze stare glance move step roll crawl fal
 bark meow roar perch flap spread drive pose appear become grow shrink melt burn glow shine age wilt
 bloom have has get
 gallop trot hop leap dive surf skate ski jog sprint skip yawn howl chase graze peek smirk grin pout salute cheer
+sail drift soar glide flutter wag sniff splash paddle reflect
 """)
 SCENE_PREPOSITIONS = _words("in at on into")
 

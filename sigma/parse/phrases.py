@@ -402,6 +402,12 @@ _S_FORM_NOUNS = frozenset({"waves", "rolls", "falls", "steps", "stands", "faces"
                            "sinks", "drives", "spins", "flaps", "tilts"})
 
 
+# Past participles not in -ed that open a passive clause after a noun ('the umbrella held by the woman')
+_IRREGULAR_PARTICIPLES = frozenset({"held", "worn", "ridden", "driven", "drawn", "eaten", "thrown", "made", "built",
+                                    "taken", "caught", "bitten", "shot", "hit", "left", "brought", "sent", "kept",
+                                    "painted", "written", "grown", "blown", "shaken", "hidden", "sung", "swum"})
+
+
 def _third_person_action(w: str, prev: str, nxt: str | None) -> bool:
     """'the dog | jumps over the fence', 'the cat | sleeps on the sofa': a singular subject then the -s form of an
     action verb, then its place, object or nothing: the subject does it. A plural before it ('the ocean waves'),
@@ -614,7 +620,11 @@ class _PhraseReader:
                 and looks_participle(nxt):
             return True           # a passive with 'get': 'the dog | gets removed' (was the subject 'dog gets')
         if self.words and self.stop_at_verbs and w in L.DISPLAY_VERBS and nxt is not None and (
-                nxt in L.DETERMINERS or nxt[:1].isdigit() or nxt[:1] in "\"'" or self.toks[self.j + 1].isupper()):
+                nxt in L.DETERMINERS or nxt[:1].isdigit() or nxt[:1] in "\"'" or self.toks[self.j + 1].isupper()
+                or (w in _SAYING_WORDS and is_word(nxt)) or (is_word(nxt) and (
+                    self.j + 2 >= self.n or not is_word(self.toks[self.j + 2])
+                    or self.toks[self.j + 2].lower() in L.BOUNDARY_WORDS))):
+            # 'make the sign | say hello', 'make the clock | show noon' (the concepts 'sign say', 'clock show noon')
             return True           # 'the screen | shows a cat' (was the subject 'screen shows'); 'the show room' stays
         if self.words and self.stop_at_verbs and w in L.COVER_VERBS and nxt in L.DETERMINERS:
             return True           # 'snow | covers the roof' (was the subject 'snow covers'); 'the cover of' stays
@@ -634,9 +644,11 @@ class _PhraseReader:
     def _participle_ends_phrase(self, w: str) -> bool:
         """A participle after a noun opens a clause about it ('the boy | sitting on the bench', 'the
         man | wearing a hat'); one right before a noun modifies it ('the sun dried tomatoes')."""
+        nxt = self.toks[self.j + 1].lower() if self.j + 1 < self.n else None
+        if self.words and nxt == "by" and w in _IRREGULAR_PARTICIPLES:
+            return True           # 'the umbrella | held by the woman' (was the concept 'umbrella held')
         if not (self.words and looks_participle(w)):
             return False
-        nxt = self.toks[self.j + 1].lower() if self.j + 1 < self.n else None
         return (nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS
                 or is_action_form(w))
 

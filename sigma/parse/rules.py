@@ -659,6 +659,14 @@ def _parse_after_subject(toks, low, x: Phrase, k: int, end: int, rule: str) -> P
         obj = extract_phrase(toks, k + 1)
         if obj.words and all(is_value_word(v) for v in obj.words):   # "the car had a red colour": its look
             return _inline(x, list(obj.words), low[:k], rule + "-has-value")
+        if w in ("have", "has", "had", "having") and low[k + 1:k + 2] == ["no"] and obj.words and \
+                not _is_whole_image(obj):
+            gone = extract_phrase(toks[:end], k + 2)
+            return Parse("remove", gone.text, None, rule + "-has-no")   # 'the tree has no leaves' (an add of them)
+        if w in ("have", "has", "had", "having") and obj.words and not _is_whole_image(x) and \
+                _value_kind(low[k + 1:end]) == "value" and is_value_word(low[k + 1]):
+            # 'the woman should have red hair': her look, as 'give the woman red hair' (it added 'red hair')
+            return _inline(x, [low[k + 1]], low[:k], rule + "-has-value")
         if _is_whole_image(x) and obj.head in L.GLOBAL_ADJUSTMENTS:
             return Parse("global", None, None, rule + "-has-adjustment")   # 'the photo should have more contrast'
         if obj.words and not _is_whole_image(obj):
@@ -718,8 +726,10 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if x.words and x.words[0] in L.WHOLE_IMAGE and x.words[0] not in ("this",) and \
             not _has(low[j:end], L.BACKGROUND_WORDS):
         return Parse("global", None, None, verb + "-whole-image")      # "make the image clearer"
-    x, tail = _split_trailing_values(x)
-    if tail:
+    acts = x.end < end and low[x.end] in L.ACTION_VERBS and low[x.end] not in L.BE_VERBS | {"turn", "get", "have",
+                                                                                            "has"}
+    x, tail = _split_trailing_values(x) if not acts else (x, [])   # 'make the ice cream | melt' (was 'ice', 'cream'
+    if tail:                                                         # read as its new colour)
         return _inline(x, tail, low[j:x.end], verb + "-inline")
     k = x.end
     if k < end and (low[k] in L.ACTION_VERBS or low[k] in L.WEAR_VERBS or low[k] in L.BE_VERBS):
