@@ -140,3 +140,28 @@ def test_blind_batch_of_round46(row):
     parse = parse_rules(row["instruction"])
     assert (parse.edit_type, parse.source, parse.target) == (row["edit_type"], row["source"], row["target"])
     assert [[e.edit_type, e.source, e.target] for e in parse.edits] == row["edits"]
+
+
+@pytest.mark.parametrize("text,edits", [
+    # each was one edit of 'dog add' (or the second edit lost): a run-on with no comma, or a mark in its place
+    ("remove the dog add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("remove the dog add a cat make the sky blue", [("remove", "dog", None), ("add", None, "cat"),
+                                                    ("attribute", "sky", "sky")]),
+    ("replace the car with a bike remove the tree", [("replace", "car", "bike"), ("remove", "tree", None)]),
+    ("the dog should be removed add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("add a 🐶 add a 🐱", [("add", None, "dog"), ("add", None, "cat")]),
+    ("remove the dog - add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("remove the dog / add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("remove the dog | add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("remove the dog & add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("remove the dog + add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("* remove the dog * add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    # no split: the verb is what someone is made to do, or it follows a word that leads it
+    ("make the kid paint the fence and add a dog", [("attribute", "kid", "kid"), ("add", None, "dog")]),
+    ("I want you to add a cat", [("add", None, "cat")]),
+    ("help me remove the dog", [("remove", "dog", None)]),
+    ("can you remove the dog", [("remove", "dog", None)]),
+    ("make the black and white photo colorful", [("global", None, None)]),
+])
+def test_edits_run_on_without_a_comma_are_split(text, edits):
+    assert _edits(text) == edits

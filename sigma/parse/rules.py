@@ -1937,6 +1937,45 @@ def _emoji_as_nouns(toks: list[str]) -> list[str]:
     return out
 
 
+# Edit verbs that start a new clause after a noun with no comma or 'and' ('remove the dog add a cat'), and the marks
+# typed between two edits in their place ('remove the dog - add a cat', '... / add a cat', '... | add a cat')
+_RUN_ON_VERBS = frozenset({"add", "remove", "delete", "erase", "replace", "insert", "eliminate", "make", "change",
+                           "put", "paint", "swap", "turn", "give"})
+_RUN_ON_MARKS = frozenset({"-", "/", "|", "&", "+", "*", "\u2013", "\u2014", "\u2022", "//", "--"})
+_RUN_ON_OBJECTS = frozenset({"a", "an", "the", "this", "that", "these", "those", "some", "his", "her", "its", "their",
+                             "my", "your", "our", "all", "every", "more", "another", "it", "them", "him"})
+_RUN_ON_NOT_AFTER = L.DETERMINERS | L.BOUNDARY_WORDS | L.MODALS | L.CLAUSE_CONNECTORS | _PRONOUNS | {
+    "you", "u", "me", "us", "i", "we", "let's", "lets", "not", "don't", "dont", "never", "can", "help", "try", "and",
+    "or", "also", "just", "why", "how", "what", "shall", "did", "do", "does"}
+
+
+def _run_on_split(toks: list[str]) -> list[str]:
+    """'remove the dog add a cat', 'remove the dog - add a cat': two edits run on, the second verb after a noun
+    with no comma (crowd-written instructions often have none), or a dash, slash, bar, '&' or '+' where the comma
+    was; a comma is put there (the cat was lost: a remove of 'dog add'). Not inside 'make/let/have X VERB ...'
+    ('let the man paint the fence'), and only before an object ('the', 'a', 'it', ...)."""
+    out: list[str] = []
+    caused = False                                # a make/let/have/help earlier in the clause: its VERB is an action
+    for i, tok in enumerate(toks):
+        w = tok.lower()
+        nxt = toks[i + 1].lower() if i + 1 < len(toks) else None
+        starts = w in _RUN_ON_VERBS and nxt in _RUN_ON_OBJECTS
+        if w in _RUN_ON_MARKS and nxt in _RUN_ON_VERBS and i + 2 < len(toks) and toks[i + 2].lower() in _RUN_ON_OBJECTS:
+            if out and out[-1] != ",":
+                out.append(",")                   # a mark between two edits is their comma; a leading one no word
+            caused = False
+            continue
+        if starts and out and not caused and is_word(out[-1]) and out[-1].lower() not in _RUN_ON_NOT_AFTER \
+                and not out[-1].isdigit():
+            out.append(",")
+        if w in L.MAKE_VERBS or w in ("help", "helps", "watch", "see") or w in _WISH_VERBS:
+            caused = True
+        elif w in (",", ";", "and", "then"):
+            caused = False
+        out.append(tok)
+    return out
+
+
 _NEEDERS_NOT = frozenset({"i", "we", "you", "u", "i'd", "we'd"})   # 'I need you to ...' is a filler or a wish
 
 
@@ -2023,7 +2062,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         if foreign:                # read as English, its words were a default add of the whole sentence
             unread = unread or foreign
             continue
-        toks = _emoji_as_nouns(_need_as_should(toks))
+        toks = _run_on_split(_emoji_as_nouns(_need_as_should(toks)))
         read_as.update(dict.fromkeys(notes))
         look = _bare_look(toks)
         if look is not None:
