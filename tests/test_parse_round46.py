@@ -165,3 +165,20 @@ def test_blind_batch_of_round46(row):
 ])
 def test_edits_run_on_without_a_comma_are_split(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("remove the [dog]", [("remove", "dog", None)]),                           # each was an edit of nothing
+    ("remove the {dog}", [("remove", "dog", None)]),
+    ("replace [the dog] with [a cat]", [("replace", "dog", "cat")]),
+    ("replace [[[dog]]] with {{cat}}", [("replace", "dog", "cat")]),
+    ("add a <cat>", [("add", None, "cat")]),
+    ("car - > bus", [("replace", "car", "bus")]),                              # an arrow's '>' stays one
+    ("remove the (brown) dog", [("remove", "dog", None)]),                     # a parenthetical stays dropped
+])
+def test_brackets_around_a_concept_are_markup(text, edits):
+    assert _edits(text) == edits
+
+
+def test_brackets_keep_the_instruction_as_given():
+    assert parse_rules("add a <cat>").instruction == "add a <cat>"

@@ -2024,6 +2024,17 @@ def _unquoted(text: str) -> str:
     return text
 
 
+_BRACKETS = str.maketrans({"[": " ", "]": " ", "{": " ", "}": " "})
+_ANGLED = re.compile(r"<([^<>=\-]*)>")
+
+
+def _unbracketed(text: str) -> str:
+    """The text without the square, curly and angle brackets that a template or a data set's markup puts around a
+    concept ('replace [the dog] with [a cat]', 'remove the {dog}', 'add a <cat>'): they were read as punctuation
+    that ends the phrase, so the edit had no concept. Parentheses stay a parenthetical; an arrow's '>' stays."""
+    return _ANGLED.sub(r" \1 ", text.translate(_BRACKETS))
+
+
 def _join_lines(text: str) -> str:
     """The text on one line. A line that starts with an editing verb is a new sentence ("remove the cat" /
     "add a dog", one edit per line, no full stops), as after a full stop; any other line break is a wrapped
@@ -2044,7 +2055,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
     if text is None or not any(ch.isalnum() for ch in text):
         return ParsedInstruction(instruction=text, edit_type=None, backend="rules", rule="empty")
     # folded first: a full-width "．" or an ideographic "。" ends a sentence as "." does
-    sentences = [s for s in _SENTENCE_SPLIT.split(_unquoted(_join_lines(fold_text(text))))
+    sentences = [s for s in _SENTENCE_SPLIT.split(_unquoted(_join_lines(_unbracketed(fold_text(text)))))
                  if any(c.isalnum() for c in s)]
     tokens = [tokenize(sentence) for sentence in sentences]
     read_as: dict[tuple[str, str], None] = {}  # typos, accents and abbreviations of rule words read (sigma.parse.typos)
