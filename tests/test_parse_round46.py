@@ -182,3 +182,17 @@ def test_brackets_around_a_concept_are_markup(text, edits):
 
 def test_brackets_keep_the_instruction_as_given():
     assert parse_rules("add a <cat>").instruction == "add a <cat>"
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("i'd love to see a dragon flying over the castle", [("add", None, "dragon")]),   # a replace of "i'd love" by 'see'
+    ("I'd like to have a dog here", [("add", None, "dog")]),
+    ("we would like to see the dog removed", [("remove", "dog", None)]),
+    ("I want to add a cat", [("add", None, "cat")]),
+    ("the car is red now", [("attribute", "car", "car")]),                     # was a replace of the car by 'red now'
+    ("make the sky blue again", [("attribute", "sky", "sky")]),                # was 'sky blue again'
+    ("the car should be blue instead", [("attribute", "car", "car")]),
+    ("the dog is now a cat", [("replace", "dog", "cat")]),
+])
+def test_wishes_to_see_and_when_words(text, edits):
+    assert _edits(text) == edits

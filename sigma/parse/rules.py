@@ -179,13 +179,18 @@ def _has(words, vocab) -> bool:
     return any(w in vocab for w in words)
 
 
+# When words after a value ('the car is red now', 'make the sky blue again'): no part of the value or the thing
+_WHEN_WORDS = frozenset({"now", "again", "already", "instead", "anymore"})
+
+
 def _value_kind(y: list[str]) -> str:
     """What `y` (the words after 'to'/'into'/'be') names: value, style, weather, scene or thing."""
     content = [w for w in y if is_word(w) and w not in ("a", "an", "the", "more", "slightly", "very",
                                                          "much", "bit", "little", "somewhat", "fully",
                                                          "completely", "totally", "entirely", "into",
                                                          "one", "ones", "too", "so", "really", "quite",
-                                                         "rather", "extremely", "way", "less")]
+                                                         "rather", "extremely", "way", "less")
+               and w not in _WHEN_WORDS]
     if not content:
         return "none"
     if all(w in L.SIZE_WORDS for w in content) and not (y and y[0] in ("a", "an")):
@@ -516,9 +521,10 @@ def _valued_noun(ynp: Phrase | None) -> bool:
     """'blue car', 'red sports car': values before a noun that names a thing, which the object becomes, as 'a blue
     car' does ('red car -> blue car' was an attribute edit of the red car, 'blue' read as its new value); a noun of
     look, material or colour ('blue colour', 'red velvet', 'light blue') keeps it a value."""
-    if ynp is None or len(ynp.words) < 2 or not is_value_word(ynp.words[0]):
+    words = [w for w in ynp.words if w not in _WHEN_WORDS] if ynp is not None else []
+    if len(words) < 2 or not is_value_word(words[0]):
         return False
-    head = ynp.words[-1]
+    head = words[-1]
     return is_word(head) and head.isalpha() and not is_value_word(head) and not looks_participle(head) and \
         head not in L.ATTRIBUTE_VALUE_NOUNS and head not in L.ATTRIBUTE_NOUNS and head not in L.STYLE_HEADS and \
         head not in L.MATERIALS and head not in L.WEATHER and head not in L.LIGHT_WORDS and head not in L.STYLE_WORDS \
@@ -626,6 +632,8 @@ def _split_trailing_values(x: Phrase) -> tuple[Phrase, list[str]]:
     """'the car red' -> ('car', ['red']): a phrase that swallowed its new value."""
     words = list(x.words)
     tail: list[str] = []
+    while len(words) > 2 and words[-1] in _WHEN_WORDS and is_value_word(words[-2]):
+        words.pop()                                       # 'the sky blue | again' (the concept was 'sky blue again')
     while len(words) > 1 and (is_value_word(words[-1]) or words[-1] in L.WEATHER or (
             tail and words[-1] in ("and", "or", ",") and len(words) > 2
             and (is_value_word(words[-2]) or words[-2] in L.WEATHER))):
@@ -1599,6 +1607,8 @@ def _wish(toks: list[str]) -> list[str]:
     n = _wish_lead(low)
     if n == 0 or n >= len(low):
         return toks
+    if low[n:n + 2] in (["to", "see"], ["to", "have"], ["to", "get"]) and n + 2 < len(low):
+        n += 2             # "i'd love to see a dragon ...": the wish is the dragon (it replaced "i'd love" by 'see')
     if low[n] in ("to", "you", "u"):
         q = n + 1 + (low[n] != "to" and low[n + 1:n + 2] == ["to"])
         return toks[q:] if q < len(low) and _verb_kind(low[q]) is not None else toks
