@@ -196,3 +196,13 @@ def test_brackets_keep_the_instruction_as_given():
 ])
 def test_wishes_to_see_and_when_words(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("remove the dog " * 200, [("remove", "dog", None)]),                      # and a remove of 'dog remove'
+    ("replace the dog with a cat and " * 100, [("replace", "dog", "cat")]),    # and a replace of the dog by nothing
+])
+def test_a_sentence_cut_at_its_word_limit_ends_at_a_clause_break(text, edits):
+    parse = parse_rules(text)
+    assert _edits(text) == edits
+    assert parse.rule.endswith("at most 256 words of a sentence read")

@@ -2045,6 +2045,18 @@ def _unbracketed(text: str) -> str:
     return _ANGLED.sub(r" \1 ", text.translate(_BRACKETS))
 
 
+def _cut_sentence(toks: list[str]) -> list[str]:
+    """The first MAX_SENTENCE_TOKENS tokens of a sentence, ended at the last clause break among them when it is longer:
+    a clause cut in the middle was read as an edit of its stump ('... remove the dog remove' a remove of 'dog
+    remove', '... and replace the dog with' a replace by nothing)."""
+    if len(toks) <= MAX_SENTENCE_TOKENS:
+        return toks
+    head = toks[:MAX_SENTENCE_TOKENS]
+    last = max((i for i, t in enumerate(head) if t.lower() in (",", ";", "and", "then") or t.lower() in _RUN_ON_VERBS),
+               default=0)
+    return head[:last] if last > 0 else head
+
+
 def _join_lines(text: str) -> str:
     """The text on one line. A line that starts with an editing verb is a new sentence ("remove the cat" /
     "add a dog", one edit per line, no full stops), as after a full stop; any other line break is a wrapped
@@ -2078,8 +2090,9 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         if len(parses) >= read:
             break
         cut = cut or len(toks) > MAX_SENTENCE_TOKENS
-        foreign = not_english(toks[:MAX_SENTENCE_TOKENS])    # as written: 'remova' is no typo of 'remove'
-        toks, notes = correct(toks[:MAX_SENTENCE_TOKENS])
+        toks = _cut_sentence(toks)
+        foreign = not_english(toks)                          # as written: 'remova' is no typo of 'remove'
+        toks, notes = correct(toks)
         if foreign:                # read as English, its words were a default add of the whole sentence
             unread = unread or foreign
             continue
