@@ -395,6 +395,10 @@ _SAYING_WORDS = frozenset(["says", "say", "saying", "reads", "reading", "spellin
 _CONJUNCTIONS = frozenset(["and", "or", "&"])
 _PARTICLES = frozenset(["up", "down", "away", "around", "back", "out", "over", "forward"])
 
+# How or where a thing moves after an action verb ('make the plane fly | higher'; the concept was 'plane fly higher')
+_HOW_IT_MOVES = frozenset({"higher", "lower", "faster", "slower", "closer", "farther", "further", "high", "low", "fast",
+                           "upward", "upwards", "downward", "downwards", "backward", "backwards", "together", "apart"})
+
 # Plurals that are also the -s form of an action verb ('the ocean waves', 'bread rolls', 'the stairs steps'): a noun
 _S_FORM_NOUNS = frozenset({"waves", "rolls", "falls", "steps", "stands", "faces", "points", "drinks", "plays",
                            "lies", "rests", "turns", "folds", "shakes", "throws", "reads", "looks", "kicks", "dives",
@@ -415,7 +419,7 @@ def _third_person_action(w: str, prev: str, nxt: str | None) -> bool:
     if not w.endswith("s") or w in _S_FORM_NOUNS or w in L.BE_VERBS or prev.endswith("s") or not is_action_form(w):
         return False
     return nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS \
-        or nxt in _PARTICLES or nxt in _PRONOUNS or nxt.endswith("ly")
+        or nxt in _PARTICLES or nxt in _PRONOUNS or nxt.endswith("ly") or nxt in _HOW_IT_MOVES
 
 
 _NUMERIC_ORDINAL = re.compile(r"[0-9]+(?:st|nd|rd|th)")
@@ -639,7 +643,7 @@ class _PhraseReader:
         # object (these read as the compound 'man wear sunglasses'), as an article after them already was.
         return (w in L.BE_VERBS or w in L.WEAR_VERBS or self.words[-1] in L.HUMAN_NOUNS or nxt is None
                 or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS or nxt in _PRONOUNS
-                or nxt.endswith("ly") or is_value_word(nxt) or nxt in _PARTICLES)
+                or nxt.endswith("ly") or is_value_word(nxt) or nxt in _PARTICLES or nxt in _HOW_IT_MOVES)
 
     def _participle_ends_phrase(self, w: str) -> bool:
         """A participle after a noun opens a clause about it ('the boy | sitting on the bench', 'the
