@@ -217,3 +217,22 @@ def test_a_sentence_cut_at_its_word_limit_ends_at_a_clause_break(text, edits):
 ])
 def test_how_a_thing_moves_ends_the_subject(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("there should be no people", [("remove", "people", None)]),               # was an add of 'no people'
+    ("What if there were no people?", [("remove", "people", None)]),
+    ("there are no cars on the road", [("remove", "cars", None)]),
+    ("there shouldn't be any cars", [("remove", "cars", None)]),               # was an add of "shouldn't"
+    ("there should not be any cars", [("remove", "cars", None)]),
+    ("there should be some birds", [("add", None, "birds")]),
+    ("The cat, which is sitting on the sofa, should be removed", [("remove", "cat", None)]),   # a default add
+    ("remove the dog, which is brown, and add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("replace the car, which is parked, with a bike", [("replace", "car", "bike")]),
+    ("add a cat, which should be black", [("add", None, "cat")]),
+    ("Let's see the cat wearing a crown", [("add", None, "crown")]),           # was a default add of 'see'
+    ("let's see the dog running on the beach", [("attribute", "dog", "dog")]),
+    ("see the dog? remove it", [("remove", None, None)]),
+])
+def test_there_be_none_asides_and_see_x_doing(text, edits):
+    assert _edits(text) == edits

@@ -1093,6 +1093,15 @@ _MESS = frozenset({"mess", "messes", "clutter", "trash", "litter", "garbage", "r
                    "stains", "stain", "graffiti", "junk", "leaves", "spill", "spills", "crumbs", "papers", "toys"})
 
 
+def _seen_doing(toks: list[str], low: list[str], end: int) -> bool:
+    """"(let's) see the cat wearing a crown": 'see X' then what X does or wears, read as 'show X ...' (a default add
+    of 'see'); 'see the dog?' alone asks nothing."""
+    if low[0] != "see" or len(low) < 3:
+        return False
+    seen = extract_phrase(toks[:end], 1, stop_at_verbs=True)
+    return bool(seen.words) and seen.end < end and (low[seen.end].endswith("ing") and is_action_form(low[seen.end]))
+
+
 def _parse_tokens(toks: list[str]) -> Parse | None:
     low = [t.lower() for t in toks]
     if not low:
@@ -1135,7 +1144,8 @@ def _parse_tokens(toks: list[str]) -> Parse | None:
         return _parse_cover(toks, low, 1, "fill", end)   # 'fill the sky with stars' puts stars there
     if low[0] in ("keep", "leave") and low[1:2] in (["only"], ["just"]) and len(low) > 2:
         return Parse("remove", "background", None, "keep-only")   # a first 'keep only the dog': the rest goes
-    if low[0] in ("show", "depict", "imagine", "picture", "visualize", "visualise", "envision") and len(low) > 2 and \
+    if (low[0] in ("show", "depict", "imagine", "picture", "visualize", "visualise", "envision") or _seen_doing(
+            toks, low, end)) and len(low) > 2 and \
             low[1] in ("the", "this", "it", "him", "her", "them", "these", "those") and "without" not in low[:end] and \
             not _has(low[:end], L.WEATHER):               # 'depict the house in winter' stays global
         # 'show the dog running', 'imagine the cat as a lion': X as it should be, as 'make X ...' (adds of 'show',
@@ -1207,16 +1217,27 @@ def _hypothetical_lead(low: list[str]) -> int:
     return 0
 
 
+# 'there should not be any X', "there shouldn't be any X": X is to go
+_NEGATED_BE = frozenset({"not", "shouldn't", "shouldnt", "mustn't", "isn't", "aren't", "wasn't", "weren't", "won't",
+                         "wouldn't", "never"})
+
+
 def _parse_there_be(toks, low, j) -> Parse | None:
     """'there should be X' asks for X to appear, unless X is weather, which changes the whole image.
     None when no object follows, so the other patterns still get their turn."""
     n = len(low)
     k = _strip_connectors(low, j + 1)
-    while k < n and low[k] in ("should", "must", "would", "could", "will", "was", "were", "be", "is", "are"):
+    negated = False
+    while k < n and (low[k] in ("should", "must", "would", "could", "will", "was", "were", "be", "is", "are") or
+                     low[k] in _NEGATED_BE):
+        negated = negated or low[k] in _NEGATED_BE
         k += 1
-    obj = extract_phrase(toks, k)
+    none = low[k:k + 1] == ["no"] or (negated and low[k:k + 1] == ["any"])
+    obj = extract_phrase(toks, k + none)
     if not obj.words:
         return None
+    if none and not _is_whole_image(obj):
+        return Parse("remove", obj.text, None, "there-be-none")   # 'there should be no people' (an add of them)
     if obj.head in L.WEATHER_NOUNS and not _located(toks, low, obj):  # "there is snow on the roof" is local
         return Parse("global", None, None, "there-be-weather")
     if _scene_light(toks, low, obj):
@@ -1947,6 +1968,26 @@ def _emoji_as_nouns(toks: list[str]) -> list[str]:
     return out
 
 
+_ASIDE_STARTS = frozenset({"which", "who", "whose", "whom"})
+
+
+def _without_asides(toks: list[str]) -> list[str]:
+    """The sentence without its asides, ', which/who ... ,' between commas: 'The cat, which is sitting on the sofa,
+    should be removed' is 'The cat should be removed' (the aside's verb was read as the subject's predicate, and the
+    sentence fell to a default add of the cat). An aside not closed by a comma (', which should be black') stays."""
+    out: list[str] = []
+    i, n = 0, len(toks)
+    while i < n:
+        if toks[i] == "," and out and i + 1 < n and toks[i + 1].lower() in _ASIDE_STARTS:
+            close = next((q for q in range(i + 2, n) if toks[q] in (",", ";")), None)
+            if close is not None and toks[close] == "," and close + 1 < n:
+                i = close + 1
+                continue
+        out.append(toks[i])
+        i += 1
+    return out
+
+
 # Edit verbs that start a new clause after a noun with no comma or 'and' ('remove the dog add a cat'), and the marks
 # typed between two edits in their place ('remove the dog - add a cat', '... / add a cat', '... | add a cat')
 _RUN_ON_VERBS = frozenset({"add", "remove", "delete", "erase", "replace", "insert", "eliminate", "make", "change",
@@ -2096,7 +2137,7 @@ def parse_rules(text: str | None) -> ParsedInstruction:
         if foreign:                # read as English, its words were a default add of the whole sentence
             unread = unread or foreign
             continue
-        toks = _run_on_split(_emoji_as_nouns(_need_as_should(toks)))
+        toks = _run_on_split(_without_asides(_emoji_as_nouns(_need_as_should(toks))))
         read_as.update(dict.fromkeys(notes))
         look = _bare_look(toks)
         if look is not None:
