@@ -236,3 +236,27 @@ def test_how_a_thing_moves_ends_the_subject(text, edits):
 ])
 def test_there_be_none_asides_and_see_x_doing(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    # was an attribute edit of the woman, the hat lost
+    ("Make the woman in the red dress wear a hat", [("add", None, "hat")]),
+    ("Make the woman in the red dress, who is standing next to the fountain, wear a hat and hold a bouquet of flowers",
+     [("add", None, "hat"), ("add", None, "flowers")]),
+    ("make the dog on the left bark", [("attribute", "dog", "dog")]),
+    ("make the man in a suit", [("add", None, "suit")]),
+    ("make the dog on the left a cat", [("replace", "dog", "cat")]),
+    ("remove everything in the background", [("remove", "background", None)]),          # was 'everything'
+    ("Replace everything in the background with a jungle", [("replace", "background", "jungle")]),
+    ("remove everything in the box", [("remove", "everything", None)]),
+    ("add more light", [("global", None, None)]),                                       # was an add of 'light'
+    ("add a little bit more light", [("global", None, None)]),                          # was 'bit light'
+    ("Can you add a little bit more light to the left side of the picture?", [("global", None, None)]),
+    ("add more light to the left side", [("global", None, None)]),                      # was 'left side'
+    ("add a light on the table", [("add", None, "light")]),                             # a lamp (was the table's)
+    ("add light to the room", [("attribute", "room", "room")]),
+    ("add a touch of red to the dress", [("attribute", "dress", "dress")]),             # was an add of 'touch'
+    ("add a hint of pink to the sky", [("attribute", "sky", "sky")]),
+])
+def test_make_x_placed_doing_everything_in_and_light(text, edits):
+    assert _edits(text) == edits

@@ -70,7 +70,7 @@ ORDINAL_POSITIONS = _words("floor floors storey storeys story stories place")
 QUANTIFIER_NOUNS = _words("""
 couple group pair bunch lot lots number few set flock herd pile crowd handful piece pieces bit kind sort
 type cluster row swarm school pack bouquet collection series stack bundle heap slice slices chunk chunks
-scoop scoops sheet sheets
+scoop scoops sheet sheets touch hint tinge
 """)
 # "the colour of the chair" / "the chair's colour" / "the lake surface" -> the owner
 ATTRIBUTE_NOUNS = _words("""

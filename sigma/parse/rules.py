@@ -248,13 +248,24 @@ def _all_but(toks, low, j) -> Parse | None:
     return Parse("remove", "background", None, "remove-all-but")
 
 
+def _everything_in(toks, low, obj: Phrase) -> Phrase:
+    """'everything (all, anything) in the background' is the background, which a detector finds (it asked for
+    'everything', which none does); any other phrase is itself."""
+    if obj.words not in (["everything"], ["all"], ["anything"], ["stuff"]) or low[obj.end:obj.end + 1] != ["in"]:
+        return obj
+    place = extract_phrase(toks, obj.end + 1)
+    if place.words and place.head in L.BACKGROUND_WORDS:
+        return Phrase(list(place.words), place.end, place.saw_attribute, place.seen, place.proper)
+    return obj
+
+
 def _parse_remove(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("away", "out", "off", "up"):
         j += 1
     all_but = _all_but(toks, low, j)
     if all_but is not None:
         return all_but
-    obj = extract_phrase(toks, j)
+    obj = _everything_in(toks, low, extract_phrase(toks, j))
     degradation = obj.head in L.DEGRADATIONS or (_has(obj.words, L.DEGRADATIONS) and len(obj.words) <= 2) or \
         obj.text in L.DEGRADATION_PHRASES
     if degradation and not _located(toks, low, obj) and _nouns_of(obj) <= L.DEGRADATIONS | {"low-light", "light"}:
@@ -268,6 +279,9 @@ def _parse_add(toks, low, j, verb) -> Parse:
     if j < len(low) and low[j] in ("on", "in") and verb.startswith("put"):
         j += 1                                            # "put on a hat"
     obj = extract_phrase(toks, j, caps_literal=verb in L.WRITE_VERBS)
+    if len(obj.words) > 1 and obj.words[0] in ("bit", "touch", "tad", "lot"):
+        # 'add a little bit more light': an amount (the concept was 'bit light')
+        obj = Phrase(obj.words[1:], obj.end, obj.saw_attribute, obj.seen, obj.proper)
     if len(obj.words) > 1 and obj.words[-1] in ("back", "again"):
         # 'put the vase back', 'add it back': where it was, no part of the thing (the concept was 'vase back')
         obj = Phrase(obj.words[:-1], obj.end, obj.saw_attribute, obj.seen, obj.proper)
@@ -280,10 +294,14 @@ def _parse_add(toks, low, j, verb) -> Parse:
         return Parse("global", None, None, "add-weather")       # "add snow" (but "snow on the roof" is local)
     if obj.head in L.STYLE_WORDS and obj.head in ("filter", "style", "effect"):
         return Parse("global", None, None, "add-style")
-    if (obj.head in L.ATTRIBUTE_NOUNS or all(is_value_word(w) for w in obj.words)) and \
-            obj.end < len(low) and low[obj.end] in ("to", "on"):
+    if _scene_light(toks, low, obj) and not (obj.end < len(low) and low[obj.end] in ("to", "on")):
+        return Parse("global", None, None, "add-light")   # 'add more light', as 'there should be more light' (an add)
+    a_lamp = obj.head in L.LIGHT_WORDS and bool({"a", "an", "one"} & set(obj.seen)) and not _a_bit(obj)
+    if (obj.head in L.ATTRIBUTE_NOUNS or all(is_value_word(w) for w in obj.words)) and not a_lamp and \
+            obj.end < len(low) and low[obj.end] in ("to", "on"):   # 'add a light on the table' adds a lamp
         owner = extract_phrase(toks, obj.end + 1)
-        if _is_whole_image(owner):
+        if _is_whole_image(owner) or (owner.words and all(w in L.LOCATION_WORDS for w in owner.words)):
+            # 'add more light to the left side': a part of the picture, no thing (the concept was 'left side')
             return Parse("global", None, None, "add-value-to-image")
         return Parse("attribute", owner.text, owner.text, "add-value-to-object")
     swap = 3 if low[obj.end:obj.end + 3] == ["in", "place", "of"] else 2 if low[obj.end:obj.end + 2] == [
@@ -354,7 +372,13 @@ def _located(toks, low, obj: Phrase) -> bool:
 def _scene_light(toks, low, obj: Phrase) -> bool:
     """Light as a mass noun, not placed ('let there be light', 'there should be more sunlight'): the lighting of
     the whole image, a global edit (it was an add of 'light'); 'a light on the table' is a lamp, a thing."""
-    return obj.head in L.LIGHT_WORDS and not {"a", "an", "one"} & set(obj.seen) and not _located(toks, low, obj)
+    return obj.head in L.LIGHT_WORDS and (not {"a", "an", "one"} & set(obj.seen) or _a_bit(obj)) and \
+        not _located(toks, low, obj)
+
+
+def _a_bit(obj: Phrase) -> bool:
+    """'a (little) bit (more) light', 'a little more light': an amount, not 'a light' (a lamp)."""
+    return bool({"bit", "little", "lot", "touch", "tad"} & set(obj.seen))
 
 
 def _nouns_of(obj: Phrase) -> set[str]:
@@ -438,7 +462,7 @@ def _parse_replace(toks, low, j, verb, end) -> Parse:
         q = j + (low[j:j + 1] in (["the"], ["their"]))
         if q + 1 < end and low[q] in L.SWAP_PLACE_NOUNS and low[q + 1] == "of":
             j = q + 2
-    obj = extract_phrase(toks, j)
+    obj = _everything_in(toks, low, extract_phrase(toks, j))
     k = _find(low, obj.end, end, ("with", "by", "to", "into", "for", "using"))
     if k is None and verb in L.SWAP_VERBS:
         pair = _swap_pair(obj, "replace-swap-pair")
@@ -745,6 +769,14 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
     if k < end and low[k] in ("a", "an", "the") and not _is_whole_image(x):
         # "make the dog a cat"
         return _classify_change(toks, low, x, low[j:k], k, end, None, verb + "-object")
+    if k + 1 < end and low[k] in L.PLACE_PREPOSITIONS | {"with"} and x.words and not _is_whole_image(x):
+        where = extract_phrase(toks[:end], k + 1, stop_at_verbs=True)
+        q = where.end
+        if where.words and q < end and (low[q] in L.WEAR_VERBS or low[q] in L.ACTION_VERBS) and \
+                low[q] not in L.BE_VERBS:
+            # 'make the woman in the red dress | wear a hat': which woman, then what she does (an attribute edit of
+            # the woman, the hat lost)
+            return _parse_after_subject(toks, low, x, q, end, verb)
     if k + 1 < end and low[k] == "in" and x.words and not _is_whole_image(x):
         worn = extract_phrase(toks[:end], k + 1)
         if worn.head in L.GARMENTS and worn.end >= end:   # 'make the man in a suit' (a replace of the background)
