@@ -260,3 +260,18 @@ def test_there_be_none_asides_and_see_x_doing(text, edits):
 ])
 def test_make_x_placed_doing_everything_in_and_light(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("the dog on the left should be removed", [("remove", "dog", None)]),              # was a default add of 'dog'
+    ("The man in the car should be smiling", [("attribute", "person", "person")]),     # a default add of 'man'
+    ("the man with the hat should be removed", [("remove", "man", None)]),             # was an add of 'hat'
+    ("the cat on the sofa should be a dog", [("replace", "cat", "dog")]),
+    ("the car in the background should be red", [("attribute", "car", "car")]),
+    ("the man in the car on the left should be removed", [("remove", "man", None)]),
+    ("a cat with a hat", [("add", None, "hat")]),                                      # a caption stays
+    ("a dog on the beach", [("add", None, "dog")]),
+    ("What if the bridge collapsed?", [("attribute", "bridge", "bridge")]),            # a default add of 'what'
+])
+def test_a_place_after_the_subject_says_which(text, edits):
+    assert _edits(text) == edits

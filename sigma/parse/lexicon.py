@@ -295,7 +295,7 @@ spin hug sing shout yell scream blink gaze stare glance move step roll crawl fal
 bark meow roar perch flap spread drive pose appear become grow shrink melt burn glow shine age wilt
 bloom have has get
 gallop trot hop leap dive surf skate ski jog sprint skip yawn howl chase graze peek smirk grin pout salute cheer
-sail drift soar glide flutter wag sniff splash paddle reflect
+sail drift soar glide flutter wag sniff splash paddle reflect collapse crumble explode shatter
 """)
 SCENE_PREPOSITIONS = _words("in at on into")
 

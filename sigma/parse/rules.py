@@ -1213,6 +1213,7 @@ def _parse_declarative(toks, low) -> Parse | None:
         owner = extract_phrase(toks[:end], k + 1, stop_at_verbs=True)
         if owner.words:
             k = owner.end
+    k = _past_subject_place(toks, low, subj, k, end)
     while k < end and low[k] in L.MODALS:
         k += 1
     if k + 1 < end and low[k] in ("has", "had", "have") and low[k + 1] == "been":
@@ -1227,6 +1228,27 @@ def _parse_declarative(toks, low) -> Parse | None:
             q += 1
         return _classify_change(toks, low, subj, low[j:k], q, end, None, "arrow")
     return _parse_late_verb_or_keywords(toks, low, end)
+
+
+_SUBJECT_PLACES = L.PLACE_PREPOSITIONS | {"with", "from", "of", "inside", "outside", "between", "across", "along",
+                                          "around", "against"}
+
+
+def _past_subject_place(toks, low, subj: Phrase, k: int, end: int) -> int:
+    """Past the places and 'with' phrases that say which subject ('the dog | on the left | should be removed', 'the
+    man | with the hat | should be removed'; at most 3), when a modal or 'be' follows them; k otherwise. They were
+    read as the sentence's end: a default add of the dog, an add of the hat."""
+    q = k
+    for _ in range(3):
+        if not subj.words or q + 1 >= end or low[q] not in _SUBJECT_PLACES:
+            break
+        where = extract_phrase(toks[:end], q + 1, stop_at_verbs=True)
+        if not where.words or where.end <= q + 1:
+            break
+        q = where.end
+        if q < end and (low[q] in L.MODALS or low[q] in L.BE_VERBS or low[q] in L.PASSIVE_AUXILIARIES):
+            return q
+    return k
 
 
 _QUESTION_LEAD_MAX = 8      # the most words of a question before its 'if' ('what would it look like if')
