@@ -275,3 +275,13 @@ def test_make_x_placed_doing_everything_in_and_light(text, edits):
 ])
 def test_a_place_after_the_subject_says_which(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Could we possibly make the dog look a bit more like a wolf?", [("replace", "dog", "wolf")]),  # by 'bit'
+    ("make the dog look a little like a wolf", [("replace", "dog", "wolf")]),   # was attribute, no target
+    ("make the sky a bit brighter", [("attribute", "sky", "sky")]),
+    ("make it look a bit like a painting", [("global", None, None)]),
+])
+def test_a_degree_before_like_is_no_thing(text, edits):
+    assert _edits(text) == edits

@@ -227,6 +227,12 @@ def _strip_connectors(low: list[str], j: int) -> int:
                                        "like", "appear", "seem", "turn", "in", "more", "so", "that",
                                        "it", "is", "are", "now"):
         j += 1
+    # 'look a bit (more) like a wolf', 'a little more like': a degree (the new thing was 'bit')
+    q = j + (low[j:j + 1] == ["a"])
+    while q < len(low) and low[q] in ("bit", "little", "lot", "tad", "touch", "more", "slightly", "much"):
+        q += 1
+    if q > j + (low[j:j + 1] == ["a"]) and low[q:q + 1] in (["like"], ["as"]):
+        return _strip_connectors(low, q)
     return j
 
 
