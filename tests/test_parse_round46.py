@@ -285,3 +285,17 @@ def test_a_place_after_the_subject_says_which(text, edits):
 ])
 def test_a_degree_before_like_is_no_thing(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("the girl is now jumping", [("attribute", "person", "person")]),                  # was attribute 'girl'
+    ("the man is still wearing a hat", [("add", None, "hat")]),
+    ("Replace the content of the painting with a landscape", [("replace", "painting", "landscape")]),  # 'content'
+    ("increase the size of the moon", [("attribute", "moon", "moon")]),                # was attribute 'size'
+    ("change the size of the car", [("attribute", "car", "car")]),
+    ("the boy kicks the ball", [("attribute", "person", "person")]),                   # a default add of 'boy kicks'
+    ("have the sun rise", [("attribute", "sun", "sun")]),                              # was 'sun rise'
+    ("the sun rises over the hills", [("attribute", "sun", "sun")]),
+])
+def test_now_jumping_size_of_and_kicks_the(text, edits):
+    assert _edits(text) == edits

@@ -76,7 +76,7 @@ scoop scoops sheet sheets touch hint tinge
 ATTRIBUTE_NOUNS = _words("""
 color colour colors colours texture textures material materials shade hue tone tint pattern finish
 appearance look surface exterior fur hull facade façade wall walls shell skin paint paintwork coat
-coating expression pose posture hairstyle gesture stance
+coating expression pose posture hairstyle gesture stance size height width length
 """)
 # Attribute nouns that are also things of their own: "a stone wall", "a leather coat" name a wall and a coat
 SURFACE_NOUNS = _words("surface exterior fur hull facade façade wall walls shell skin paint paintwork coat coating")
@@ -94,7 +94,7 @@ toddler adult adults worker athlete
 DEGRADATION_PHRASES = frozenset({"low light", "poor light", "poor lighting", "bad lighting", "motion blur",
                                  "rain streaks", "jpeg artifacts", "compression artifacts", "low-light"})
 # "the entire face of the cube", "the top of the desk" -> the owner (a part that is the owner's surface)
-PART_OF_NOUNS = _words("face side sides top front back body outside")
+PART_OF_NOUNS = _words("face side sides top front back body outside content contents")
 # Scene wording that names the background rather than an object
 BACKGROUND_WORDS = _words("""
 background backdrop setting settings environment environments scenery surroundings surrounding
@@ -295,7 +295,7 @@ spin hug sing shout yell scream blink gaze stare glance move step roll crawl fal
 bark meow roar perch flap spread drive pose appear become grow shrink melt burn glow shine age wilt
 bloom have has get
 gallop trot hop leap dive surf skate ski jog sprint skip yawn howl chase graze peek smirk grin pout salute cheer
-sail drift soar glide flutter wag sniff splash paddle reflect collapse crumble explode shatter
+sail drift soar glide flutter wag sniff splash paddle reflect collapse crumble explode shatter rise
 """)
 SCENE_PREPOSITIONS = _words("in at on into")
 

@@ -416,7 +416,8 @@ def _third_person_action(w: str, prev: str, nxt: str | None) -> bool:
     """'the dog | jumps over the fence', 'the cat | sleeps on the sofa': a singular subject then the -s form of an
     action verb, then its place, object or nothing: the subject does it. A plural before it ('the ocean waves'),
     a noun after it, or an -s form that is a common plural noun keeps the compound."""
-    if not w.endswith("s") or w in _S_FORM_NOUNS or w in L.BE_VERBS or prev.endswith("s") or not is_action_form(w):
+    if not w.endswith("s") or (w in _S_FORM_NOUNS and nxt not in L.DETERMINERS) or w in L.BE_VERBS or \
+            prev.endswith("s") or not is_action_form(w):   # 'the boy kicks | the ball': a noun takes no article
         return False
     return nxt is None or not is_word(nxt) or nxt in L.BOUNDARY_WORDS or nxt in L.DETERMINERS \
         or nxt in _PARTICLES or nxt in _PRONOUNS or nxt.endswith("ly") or nxt in _HOW_IT_MOVES

@@ -687,6 +687,9 @@ def _inline(x: Phrase, values: list[str], seg: list[str], rule: str) -> Parse:
 def _parse_after_subject(toks, low, x: Phrase, k: int, end: int, rule: str) -> Parse:
     """X followed by a verb: 'make the man | wear a hat', 'have the dog | sit', 'the sky | be sunset'."""
     w = low[k]
+    if w in L.BE_VERBS and k + 2 < end and low[k + 1] in _WHEN_WORDS | {"still", "also"} and (
+            low[k + 2] in L.WEAR_VERBS or is_action_form(low[k + 2])):
+        k += 1                                           # 'the girl is now | jumping' (an attribute edit of 'girl')
     if w in L.BE_VERBS and k + 1 < end and (low[k + 1] in L.WEAR_VERBS or is_action_form(low[k + 1])) \
             and low[k + 1] not in L.BE_VERBS:
         k += 1                                           # "should be | wearing sunglasses", "be | playing"
