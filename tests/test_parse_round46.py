@@ -299,3 +299,22 @@ def test_a_degree_before_like_is_no_thing(text, edits):
 ])
 def test_now_jumping_size_of_and_kicks_the(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("make the dog a cat and the bird a plane", [("replace", "dog", "cat"), ("replace", "bird", "plane")]),
+    ("make the dog a cat 🐱 and the bird a plane ✈️", [("replace", "dog", "cat"), ("replace", "bird", "plane")]),
+    ("make the dog a cat, the bird a plane, and the car a boat", [("replace", "dog", "cat"),
+                                                                   ("replace", "bird", "plane"),
+                                                                   ("replace", "car", "boat")]),
+    ("make the dog a cat and a mouse", [("replace", "dog", "cat and mouse")]),     # one object, two things
+    ("I HATE THE CAR, REMOVE IT", [("remove", "car", None)]),                      # was a remove of nothing named
+    ("i don't like the hat. replace it with a crown", [("replace", "hat", "crown")]),
+    ("I hate the car", [("global", None, None)]),
+    ("plz make the car go faster", [("attribute", "car", "car")]),                 # was 'car go faster'
+    ("the go kart", [("add", None, "go kart")]),
+    ("make the man go away", [("remove", "man", None)]),                           # was an action of 'person'
+    ("put the cat ontop of the table", [("add", None, "cat")]),                    # was 'cat ontop'
+])
+def test_make_gapping_dislikes_and_go(text, edits):
+    assert _edits(text) == edits

@@ -284,7 +284,7 @@ along across around between towards toward next within against through throughou
 upon off for so that which who where while whose as than like instead via leaving ensuring making
 keeping but then until when if because is are was were be should would could will must has have
 had looks look appears appear seems seem becomes become being there here except excluding without
-please pls plz thanks thx
+please pls plz thanks thx ontop
 """)
 # Verbs that end a noun phrase after "make the man ..." / "have the dog ..." (actions, poses)
 ACTION_VERBS = _words("""
@@ -295,7 +295,7 @@ spin hug sing shout yell scream blink gaze stare glance move step roll crawl fal
 bark meow roar perch flap spread drive pose appear become grow shrink melt burn glow shine age wilt
 bloom have has get
 gallop trot hop leap dive surf skate ski jog sprint skip yawn howl chase graze peek smirk grin pout salute cheer
-sail drift soar glide flutter wag sniff splash paddle reflect collapse crumble explode shatter rise
+sail drift soar glide flutter wag sniff splash paddle reflect collapse crumble explode shatter rise go
 """)
 SCENE_PREPOSITIONS = _words("in at on into")
 

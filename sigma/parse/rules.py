@@ -749,7 +749,7 @@ def _parse_make(toks, low, j, verb, end) -> Parse:
         return Parse("add", None, x.text, verb + "-new-thing")   # "have a bird sitting on the fence": it is new
     if len(x.words) > 1 and x.words[-1] in _VANISH:    # 'make the dog disappear' read 'disappear' into the noun
         x = Phrase(x.words[:-1], x.end - 1, x.saw_attribute, x.seen[:-1], x.proper)
-    gone = _find(low, x.end, end, _VANISH)
+    gone = _find(low, x.end, end, _VANISH) if low[x.end:x.end + 2] != ["go", "away"] else x.end   # 'go away'
     if gone is not None and x.words and not _is_whole_image(x) and not any(
             _verb_kind(w) is not None for w in low[x.end:gone]):
         return Parse("remove", x.text, None, verb + "-disappear")   # 'make the person on the right disappear'
@@ -1209,6 +1209,12 @@ def _parse_declarative(toks, low) -> Parse | None:
     first, so the subject is read up to its verb, and the word after it (past any modal) decides
     which pattern the rest follows."""
     end = _clause_end(low, 0)
+    disliked = next((len(lead) for lead in _DISLIKES if tuple(low[:len(lead)]) == lead), 0)
+    if disliked:
+        hated = extract_phrase(toks[:end], disliked)
+        if hated.words and hated.end >= end and not _is_whole_image(hated):
+            # 'I hate the car, remove it': a judgement, the car what a later 'it' is (it removed nothing named)
+            return Parse("global", hated.text, None, _JUDGED)
     j = _hypothetical_lead(low)
     if low[j:j + 1] == ["there"]:
         parse = _parse_there_be(toks, low, j)
@@ -1260,6 +1266,8 @@ def _past_subject_place(toks, low, subj: Phrase, k: int, end: int) -> int:
     return k
 
 
+_DISLIKES = (("i", "hate"), ("i", "dislike"), ("i", "don't", "like"), ("i", "dont", "like"), ("i", "do", "not", "like"),
+             ("we", "hate"), ("we", "don't", "like"), ("i", "can't", "stand"))
 _QUESTION_LEAD_MAX = 8      # the most words of a question before its 'if' ('what would it look like if')
 
 
@@ -1783,6 +1791,10 @@ def _inner_split(toks: list[str], low: list[str], s: int, e: int, vlen: int) -> 
                 extract_phrase(toks[:e], s + vlen).end <= p and extract_phrase(toks[:p], s + vlen).words:
             return p, "gap"                              # 'add a cat, a dog': a list without 'and' (the dog was lost)
         left = extract_phrase(toks[:p], s + vlen, stop_at_verbs=True)
+        if kind == "make" and left.words and left.end < p and low[left.end] in ("a", "an") and r < e and \
+                low[r] in ("a", "an") and not _is_whole_image(left):
+            return p, "gap"                              # 'make the dog a cat and the bird | a plane' (one replace
+            #                                              of the dog by 'cat and bird')
         if not left.words or not _has_complement(low, left, p):
             continue
         if _has_complement(low, right, e) or (r >= e and kind in ("add", "remove")):
