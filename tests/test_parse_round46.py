@@ -318,3 +318,15 @@ def test_now_jumping_size_of_and_kicks_the(text, edits):
 ])
 def test_make_gapping_dislikes_and_go(text, edits):
     assert _edits(text) == edits
+
+
+@pytest.mark.parametrize("text,edits", [
+    ("Give me a version in black and white", [("global", None, None)]),           # was an attribute edit of 'me'
+    ("give me a vintage look", [("global", None, None)]),
+    ("give me a cat", [("add", None, "cat")]),
+    ("give me a version without the people", [("remove", "people", None)]),
+    ("the apple should be half eaten", [("attribute", "apple", "apple")]),        # a replace by 'half eaten'
+    ("the glass should be half full", [("attribute", "glass", "glass")]),
+])
+def test_give_me_a_look_and_half_a_state(text, edits):
+    assert _edits(text) == edits

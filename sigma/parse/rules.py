@@ -206,6 +206,8 @@ def _value_kind(y: list[str]) -> str:
     if _has(content, L.ATTRIBUTE_VALUE_NOUNS) and not _has(content, L.SCENES):
         return "value"
     first = content[0]
+    if first in ("half", "partly", "partially", "halfway") and not (y and y[0] in ("a", "an")):
+        return "value"                                   # 'half eaten' (a replace of the apple by 'half eaten')
     if first in ("made", "built", "covered", "crafted", "carved") :
         return "value"                                   # "made of gingerbread"
     indefinite = y and y[0] in ("a", "an")
@@ -965,6 +967,9 @@ def _parse_give(toks, low, j, verb, end) -> Parse:
     y = extract_phrase(toks, x.end)
     rest = low[x.end:end]
     kind = _value_kind(rest)
+    if x.words in (["me"], ["us"]) and y.words and (y.head in L.STYLE_HEADS or _is_whole_image(y) or kind in (
+            "value", "style", "weather")):
+        return Parse("global", None, None, "give-me-version")   # 'give me a version in black and white' (of 'me')
     if kind == "value" and rest[:1] and looks_participle(rest[0]) and len(y.words) > 1 and \
             y.head not in L.ATTRIBUTE_VALUE_NOUNS and not is_value_word(y.head or ""):
         kind = "thing"                                    # 'racing stripes': a participle before its noun
