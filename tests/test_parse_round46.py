@@ -157,7 +157,10 @@ def test_blind_batch_of_round46(row):
     ("remove the dog & add a cat", [("remove", "dog", None), ("add", None, "cat")]),
     ("remove the dog + add a cat", [("remove", "dog", None), ("add", None, "cat")]),
     ("* remove the dog * add a cat", [("remove", "dog", None), ("add", None, "cat")]),
+    ("make the sky blue make the grass green", [("attribute", "sky", "sky"), ("attribute", "grass", "grass")]),
+    ("make the dog a cat add a bird", [("replace", "dog", "cat"), ("add", None, "bird")]),
     # no split: the verb is what someone is made to do, or it follows a word that leads it
+    ("let the man paint the fence", [("attribute", "man", "man")]),
     ("make the kid paint the fence and add a dog", [("attribute", "kid", "kid"), ("add", None, "dog")]),
     ("I want you to add a cat", [("add", None, "cat")]),
     ("help me remove the dog", [("remove", "dog", None)]),

@@ -2080,13 +2080,21 @@ _RUN_ON_NOT_AFTER = L.DETERMINERS | L.BOUNDARY_WORDS | L.MODALS | L.CLAUSE_CONNE
     "or", "also", "just", "why", "how", "what", "shall", "did", "do", "does"}
 
 
+def _caused(toks: list[str], cause: int, i: int) -> bool:
+    """Is the verb at i what the one made/let/had at `cause` does ('let the man | paint the fence'): only a short
+    noun phrase between them, with no value, second article or mark ('make the sky blue | make ...' is two edits)."""
+    between = [t.lower() for t in toks[cause + 1:i]] if cause >= 0 else []
+    return 0 < len(between) <= 5 and all(is_word(t) and not is_value_word(t) for t in between) and \
+        not any(t in L.DETERMINERS for t in between[1:])
+
+
 def _run_on_split(toks: list[str]) -> list[str]:
     """'remove the dog add a cat', 'remove the dog - add a cat': two edits run on, the second verb after a noun
     with no comma (crowd-written instructions often have none), or a dash, slash, bar, '&' or '+' where the comma
     was; a comma is put there (the cat was lost: a remove of 'dog add'). Not inside 'make/let/have X VERB ...'
     ('let the man paint the fence'), and only before an object ('the', 'a', 'it', ...)."""
     out: list[str] = []
-    caused = False                                # a make/let/have/help earlier in the clause: its VERB is an action
+    caused = -1                                   # where the VERB of 'make/let/have X VERB' stands: an action
     for i, tok in enumerate(toks):
         w = tok.lower()
         nxt = toks[i + 1].lower() if i + 1 < len(toks) else None
@@ -2094,15 +2102,12 @@ def _run_on_split(toks: list[str]) -> list[str]:
         if w in _RUN_ON_MARKS and nxt in _RUN_ON_VERBS and i + 2 < len(toks) and toks[i + 2].lower() in _RUN_ON_OBJECTS:
             if out and out[-1] != ",":
                 out.append(",")                   # a mark between two edits is their comma; a leading one no word
-            caused = False
             continue
-        if starts and out and not caused and is_word(out[-1]) and out[-1].lower() not in _RUN_ON_NOT_AFTER \
-                and not out[-1].isdigit():
+        if starts and out and not _caused(toks, caused, i) and is_word(out[-1]) and \
+                out[-1].lower() not in _RUN_ON_NOT_AFTER and not out[-1].isdigit():
             out.append(",")
         if w in L.MAKE_VERBS or w in ("help", "helps", "watch", "see") or w in _WISH_VERBS:
-            caused = True
-        elif w in (",", ";", "and", "then"):
-            caused = False
+            caused = i
         out.append(tok)
     return out
 
