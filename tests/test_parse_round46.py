@@ -140,7 +140,7 @@ def test_blind_batch_of_round46(row):
     # convention are not in the file, see docs/parsing-grounding.md)
     parse = parse_rules(row["instruction"])
     assert (parse.edit_type, parse.source, parse.target) == (row["edit_type"], row["source"], row["target"])
-    assert [[e.edit_type, e.source, e.target] for e in parse.edits] == row["edits"]
+    assert [{"edit_type": e.edit_type, "source": e.source, "target": e.target} for e in parse.edits] == row["edits"]
 
 
 @pytest.mark.parametrize("text,edits", [
