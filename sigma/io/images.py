@@ -16,6 +16,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
+from sigma.io.apng import hidden_default_first_frame
 from sigma.io.bmp_rle import check_bmp_rle
 from sigma.io.coded_size import (
     check_coded_size,
@@ -588,6 +589,9 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         raise ImageError(f"{name}: empty file (0 bytes)", code="image_empty")
     check_byte_size(name, len(data), limits.max_bytes)
     check_png_chunks(data, name)
+    first_frame = hidden_default_first_frame(data, name)     # an APNG's default image outside its animation
+    if first_frame is not None:
+        data = first_frame[0]
     check_tiff_strips(data, name)
     check_bmp_rle(data, name)
     if data.startswith(b"\xff\xd8"):
@@ -609,6 +613,10 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         orientation = img.getexif().get(0x0112, 1)
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
             notes["multi_frame"] = "first frame used"   # (is_animated, not n_frames: that walks every frame)
+        if first_frame is not None:
+            notes["apng_default_image"] = "not part of the animation: ignored (the first animation frame used)"
+            if first_frame[1] > 1:
+                notes["multi_frame"] = "first frame used"
         img.load()
         if fmt == "JPEG":
             check_jpeg_cut_short(data, img, name)      # closed again with an end marker: the rest decoded flat grey
@@ -844,6 +852,8 @@ def decode_mask(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None 
     """
     limits = limits or LimitsConfig()
     decoded = decode_image(data, name, limits)
+    if "apng_default_image" in decoded.notes:      # the bytes read again below are those of the frame decoded
+        data = hidden_default_first_frame(data, name)[0]  # type: ignore[index]
     if decoded.notes.get("bit_depth") == 16:
         mask = _decode_16bit_mask(data, decoded)
         if mask is not None:
