@@ -219,6 +219,44 @@ def check_jpeg_cut_short(data: bytes, img: Image.Image, name: str) -> None:
                      code="image_unreadable")
 
 
+# A progressive JPEG cut inside its last scan and closed again with an end marker: every scan header is there, so
+# `jpeg_scans_missing` finds nothing to miss, and the blocks past the cut keep the last scan's bits uncoded (libjpeg
+# reads zeros where the data ends, and only warns): a photo cut at 90 % of its last refinement scan decoded with 10 %
+# of its pixels off by a level or more, no corner grey, and was annotated as whole. The same data with bytes put in
+# before the end marker decodes differently when the scan was cut (they are decoded as its missing blocks) and alike
+# when it was whole (libjpeg skips them after the last block), as in `check_jpeg_cut_short`, at full scale: the last
+# scan refines AC coefficients that a scaled decode leaves out. One more decode of each progressive Huffman JPEG.
+_PROGRESSIVE_HUFFMAN_SOF = 0xC2
+COMPARE_ROWS = 256
+
+
+def check_progressive_jpeg_cut(data: bytes, img: Image.Image, name: str) -> None:
+    """`image_unreadable` (truncated) for a progressive Huffman JPEG whose last scan's coded data ends before the
+    picture does, closed again with an end marker: `img` is it decoded by Pillow. Compared COMPARE_ROWS rows at a
+    time, so no whole-image copy is made beside the second decode."""
+    frame = jpeg_frame(data)
+    if frame is None or frame[0] != _PROGRESSIVE_HUFFMAN_SOF:
+        return       # sequential: `check_jpeg_cut_short`; arithmetic-coded: may end early on the zeros it reads on
+    eoi = jpeg_end_marker(data)
+    if eoi is None:
+        return
+    try:
+        with Image.open(io.BytesIO(data[:eoi] + _FILLER + data[eoi:]), formats=["JPEG", "MPO"]) as filled:
+            filled.load()
+            if filled.size != img.size or filled.mode != img.mode:
+                return
+            width, height = img.size
+            whole = all(img.crop((0, top, width, min(height, top + COMPARE_ROWS))).tobytes()
+                        == filled.crop((0, top, width, min(height, top + COMPARE_ROWS))).tobytes()
+                        for top in range(0, height, COMPARE_ROWS))
+    except (OSError, ValueError, SyntaxError):
+        return       # it decoded once as given; a second reading that fails tells nothing
+    if not whole:
+        raise ImageError(f"{name}: truncated JPEG: its last scan's coded data ends before the picture does (cut "
+                         "short and closed again with an end marker; the decoder leaves the rest of that scan's "
+                         "detail out); refused", code="image_unreadable")
+
+
 # A JPEG whose scans stop before its picture is complete, closed with an end marker. A progressive file is sent in
 # scans that each code some coefficients (Ss..Se) of some components to some precision (Al): libjpeg decodes the ones
 # present and leaves the rest zero, without a word. Cut after its first (DC) scan and closed again, a photo decoded as
