@@ -346,23 +346,29 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
     return np.asarray(img.convert("RGB")).copy()
 
 
-ALPHA_ROWS = 256          # rows of an image with alpha converted and composited at a time
+ALPHA_BAND_PIXELS = 1 << 18     # pixels of an image with alpha converted and composited at a time (whole rows)
+
+
+def _band_rows(width: int) -> int:
+    """Rows of a band of about ALPHA_BAND_PIXELS: a fixed 256 rows made an image 1 pixel wide and 4 million tall
+    15625 bands of Python calls (4 s to decode, 11 s as a mask, where one band takes 0.1 s)."""
+    return max(1, ALPHA_BAND_PIXELS // max(1, width))
 
 
 def _composited_on_white(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
     """An image with alpha (RGBA, LA, PA, RGBa, La) as 8-bit RGB, composited on white where any pixel is not opaque
-    (`notes["alpha"]`), ALPHA_ROWS rows at a time into the one output array: the same per-pixel conversion and
+    (`notes["alpha"]`), a band of `_band_rows` at a time into the one output array: the same per-pixel conversion and
     `Image.alpha_composite` as on the whole image (compositing an opaque pixel leaves it as it is). The whole image
     went through RGBA, a white RGBA image, their composite, RGB and two array copies at once: a 40 Mpx RGBA PNG
     (160 MB once decoded) peaked at ~990 MB over the process's start, where its RGB result is 120 MB."""
     width, height = img.size
-    out = np.empty((height, width, 3), np.uint8)
-    for top in range(0, height, ALPHA_ROWS):
-        band = img.crop((0, top, width, min(height, top + ALPHA_ROWS))).convert("RGBA")
+    out, rows = np.empty((height, width, 3), np.uint8), _band_rows(width)
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows))).convert("RGBA")
         if band.getextrema()[3][0] < 255:
             notes["alpha"] = "composited on white"
             band = Image.alpha_composite(Image.new("RGBA", band.size, (255, 255, 255, 255)), band)
-        out[top:top + ALPHA_ROWS] = np.asarray(band.convert("RGB"))
+        out[top:top + rows] = np.asarray(band.convert("RGB"))
     return out
 
 
@@ -870,20 +876,20 @@ def decode_mask(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None 
 
 
 def _binarize_on_black(img: Image.Image) -> np.ndarray:
-    """`binarize_mask` of `img` (with alpha) composited on black, ALPHA_ROWS rows at a time: the same float32 values
-    band by band, the 0/1 label-map rule decided on the whole. The whole mask went through float32 at once (RGBA,
+    """`binarize_mask` of `img` (with alpha) composited on black, a band of `_band_rows` at a time: the same float32
+    values band by band, the 0/1 label-map rule decided on the whole. The whole mask went through float32 at once (RGBA,
     its product, binarize_mask's copy): a 40 Mpx RGBA mask peaked at ~2 GB over the process's start, 18 s."""
     width, height = img.size
     marked, label_marked = np.empty((height, width), bool), np.empty((height, width), bool)
-    peak, only_01 = 0.0, True
-    for top in range(0, height, ALPHA_ROWS):
-        rgba = np.asarray(img.crop((0, top, width, min(height, top + ALPHA_ROWS))).convert("RGBA"), dtype=np.float32)
+    peak, only_01, rows = 0.0, True, _band_rows(width)
+    for top in range(0, height, rows):
+        rgba = np.asarray(img.crop((0, top, width, min(height, top + rows))).convert("RGBA"), dtype=np.float32)
         values = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
         peak = max(peak, float(values.max(initial=0.0)))
         only_01 = only_01 and bool(np.isin(values, (0.0, 1.0)).all())
         mean = values.mean(axis=2)
-        marked[top:top + ALPHA_ROWS] = mean > 127.5
-        label_marked[top:top + ALPHA_ROWS] = mean > 0.5
+        marked[top:top + rows] = mean > 127.5
+        label_marked[top:top + rows] = mean > 0.5
     return label_marked if peak == 1.0 and only_01 else marked
 
 
