@@ -100,3 +100,21 @@ def test_annotate_a_still_against_its_apng_with_a_hidden_poster_marks_nothing(tm
     assert code == 0, capsys.readouterr().err
     assert not (np.asarray(Image.open(tmp_path / "out" / "mask.png")) > 127).any()
     assert "only its first frame was annotated" in capsys.readouterr().err
+
+
+def test_an_actl_after_the_image_data_is_no_animation_the_idat_is_read():
+    """acTL must come before IDAT; after it, browsers and Pillow show the IDAT image as a still PNG."""
+    hidden, first = _scene(10, 12, 0), _scene(10, 12, 1)
+    data = _apng(hidden, [first])
+    chunks, i = [], 8
+    while i < len(data):
+        length = int.from_bytes(data[i:i + 4], "big")
+        chunks.append(data[i:i + 12 + length])
+        i += 12 + length
+    actl = next(c for c in chunks if c[4:8] == b"acTL")
+    rest = [c for c in chunks if c is not actl]
+    moved = data[:8] + b"".join(rest[:-1]) + actl + rest[-1]         # just before IEND
+    with Image.open(io.BytesIO(moved)) as img:
+        assert not getattr(img, "is_animated", False)
+    decoded = decode_image(moved, "late.png")
+    assert np.array_equal(decoded.rgb, hidden) and "apng_default_image" not in decoded.notes

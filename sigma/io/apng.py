@@ -50,6 +50,8 @@ def hidden_default_first_frame(data: bytes, name: str) -> tuple[bytes, int] | No
     if b"acTL" not in kinds or b"IDAT" not in kinds or len(chunks[0][1]) < 8 or chunks[0][0] != b"IHDR":
         return None
     first_idat = kinds.index(b"IDAT")
+    if b"acTL" not in kinds[:first_idat]:
+        return None                              # an acTL after the image data: a still PNG, to browsers as to Pillow
     if b"fcTL" in kinds[:first_idat]:
         return None                              # the default image is the first frame: Pillow reads it as such
     actl = chunks[kinds.index(b"acTL")][1]
