@@ -219,26 +219,29 @@ def check_jpeg_cut_short(data: bytes, img: Image.Image, name: str) -> None:
                      code="image_unreadable")
 
 
-# A progressive JPEG cut inside its last scan and closed again with an end marker: every scan header is there, so
-# `jpeg_scans_missing` finds nothing to miss, and the blocks past the cut keep the last scan's bits uncoded (libjpeg
-# reads zeros where the data ends, and only warns): a photo cut at 90 % of its last refinement scan decoded with 10 %
-# of its pixels off by a level or more, no corner grey, and was annotated as whole. The same data with bytes put in
-# before the end marker decodes differently when the scan was cut (they are decoded as its missing blocks) and alike
-# when it was whole (libjpeg skips them after the last block), as in `check_jpeg_cut_short`, at full scale: the last
-# scan refines AC coefficients that a scaled decode leaves out. One more decode of each progressive Huffman JPEG.
-_PROGRESSIVE_HUFFMAN_SOF = 0xC2
+# A JPEG of several scans (progressive; or sequential with a scan per component, as jpegtran and mozjpeg can write)
+# cut inside its last scan and closed again with an end marker: every scan header is there, so `jpeg_scans_missing`
+# finds nothing to miss, and the blocks past the cut keep that scan's part uncoded (libjpeg reads zeros where the data
+# ends, and only warns): a photo cut at 90 % of its last refinement scan decoded with 10 % of its pixels off by a level
+# or more, one cut in its Cr scan with the colours of the rest shifted; no corner grey, annotated as whole. The same
+# data with bytes put in before the end marker decodes differently when the scan was cut (they are decoded as its
+# missing blocks) and alike when it was whole (libjpeg skips them after the last block), as in
+# `check_jpeg_cut_short`, at full scale: a refinement scan's AC bits are left out of a scaled decode. One more decode
+# of each such JPEG; a single-scan one (most sequential files) is `check_jpeg_cut_short`'s, whose corner goes grey.
+_LAST_SCAN_SOF = frozenset((0xC0, 0xC1, 0xC2))         # Huffman-coded, sequential or progressive (not lossless)
 COMPARE_ROWS = 256
 
 
-def check_progressive_jpeg_cut(data: bytes, img: Image.Image, name: str) -> None:
-    """`image_unreadable` (truncated) for a progressive Huffman JPEG whose last scan's coded data ends before the
-    picture does, closed again with an end marker: `img` is it decoded by Pillow. Compared COMPARE_ROWS rows at a
-    time, so no whole-image copy is made beside the second decode."""
+def check_last_scan_cut(data: bytes, img: Image.Image, name: str) -> None:
+    """`image_unreadable` (truncated) for a Huffman JPEG of more than one scan whose last scan's coded data ends
+    before the picture does, closed again with an end marker: `img` is it decoded by Pillow. Compared COMPARE_ROWS
+    rows at a time, so no whole-image copy is made beside the second decode."""
     frame = jpeg_frame(data)
-    if frame is None or frame[0] != _PROGRESSIVE_HUFFMAN_SOF:
-        return       # sequential: `check_jpeg_cut_short`; arithmetic-coded: may end early on the zeros it reads on
+    if frame is None or frame[0] not in _LAST_SCAN_SOF:
+        return       # arithmetic-coded: may end early on the zeros its decoder reads past its data
+    scans = jpeg_scans(data)
     eoi = jpeg_end_marker(data)
-    if eoi is None:
+    if scans is None or len(scans) < 2 or eoi is None:
         return
     try:
         with Image.open(io.BytesIO(data[:eoi] + _FILLER + data[eoi:]), formats=["JPEG", "MPO"]) as filled:
@@ -253,8 +256,8 @@ def check_progressive_jpeg_cut(data: bytes, img: Image.Image, name: str) -> None
         return       # it decoded once as given; a second reading that fails tells nothing
     if not whole:
         raise ImageError(f"{name}: truncated JPEG: its last scan's coded data ends before the picture does (cut "
-                         "short and closed again with an end marker; the decoder leaves the rest of that scan's "
-                         "detail out); refused", code="image_unreadable")
+                         "short and closed again with an end marker; the decoder leaves the rest of that scan out); "
+                         "refused", code="image_unreadable")
 
 
 # A JPEG whose scans stop before its picture is complete, closed with an end marker. A progressive file is sent in

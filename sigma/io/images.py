@@ -22,7 +22,7 @@ from sigma.io.coded_size import (
     check_coded_size,
     check_jpeg_cut_short,
     check_jpeg_scans_complete,
-    check_progressive_jpeg_cut,
+    check_last_scan_cut,
     jpeg_frame,
     vp8_min_bytes,
 )
@@ -627,7 +627,7 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         img.load()
         if fmt == "JPEG":
             check_jpeg_cut_short(data, img, name)      # closed again with an end marker: the rest decoded flat grey
-            check_progressive_jpeg_cut(data, img, name)    # cut inside its last scan: that scan's detail left out
+            check_last_scan_cut(data, img, name)       # cut inside its last of several scans: that scan left out
         # Pillow (11.1 on) turns a TIFF upright in load() and drops its Orientation tag; every other format, and
         # a TIFF in older Pillow, still carries the tag and is ours to turn (turning it again showed a TIFF upside
         # down or lying on its side: a mask 90 degrees off the picture the user sees)
