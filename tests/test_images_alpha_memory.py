@@ -107,3 +107,15 @@ def test_a_16_bit_label_map_keeps_its_0_1_rule_across_bands():
     raw[1400:, :, :3] = 1                           # the 1s in the last band only
     mask = decode_mask(_png16(raw), "labels16.png")
     assert mask[1400:].all() and not mask[:1400].any()
+
+
+def test_a_16_bit_grey_image_decodes_as_before_without_whole_image_float64_copies():
+    """16-bit grey went to 8 bits through whole-image float64 arrays: a 40 Mpx one peaked at ~1 GB over the process's
+    start (0.3 GB now). The same round(v / 65535 * 255), band by band."""
+    raw = np.random.default_rng(12).integers(0, 65536, (1500, 2000), np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(raw).save(buf, format="PNG")
+    decoded, peak = _peak(decode_image, buf.getvalue(), "g16.png")
+    gray = np.clip(np.round(raw.astype(np.float64) / 65535.0 * 255.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(decoded.rgb, np.repeat(gray[..., None], 3, axis=2)) and decoded.notes["bit_depth"] == 16
+    assert peak < 4 * decoded.rgb.nbytes, peak      # 2 times the RGB (9 MB); it was 8 times

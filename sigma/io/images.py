@@ -318,7 +318,7 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
-        arr = np.asarray(img).astype(np.float64)
+        arr = np.asarray(img)        # integers: to float64 a band at a time below (whole, 8 bytes a sample, 4 times)
         if mode == "I":
             # 32-bit integer samples: the white point is guessed from the values, by the float TIFFs' robust rule
             # (`_white_point`). It was the image's own maximum: one sample above 255 that an edit brought in read
@@ -335,7 +335,9 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
             peak = 65535.0
         if peak > 255:
             notes["bit_depth"] = 16
-        gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+        gray, rows = np.empty(arr.shape, np.uint8), _band_rows(arr.shape[1])
+        for top in range(0, arr.shape[0], rows):
+            gray[top:top + rows] = np.clip(np.round(arr[top:top + rows] / peak * 255.0), 0, 255)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
         return np.repeat(_float_to_uint8(np.asarray(img), notes)[..., None], 3, axis=2)
