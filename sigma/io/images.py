@@ -315,7 +315,9 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
         # wherever it is) is ignored, in 8 bits as in 16 (`_raw_16bit_colour`'s caller): photos carry one by
         # accident (12 PNGs of the eval set key pure black), and an edit saved without it would differ at every
         # black pixel
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if "transparency" in img.info:      # each band converted to RGBA: no whole-image RGBA copy (4 bytes a pixel)
+            return _composited_on_white(img, notes)
+        img = img.convert("RGB")
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
         arr = np.asarray(img)        # integers: to float64 a band at a time below (whole, 8 bytes a sample, 4 times)
