@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -252,8 +253,8 @@ def check_last_scan_cut(data: bytes, img: Image.Image, name: str) -> None:
             whole = all(img.crop((0, top, width, min(height, top + COMPARE_ROWS))).tobytes()
                         == filled.crop((0, top, width, min(height, top + COMPARE_ROWS))).tobytes()
                         for top in range(0, height, COMPARE_ROWS))
-    except (OSError, ValueError, SyntaxError):
-        return       # it decoded once as given; a second reading that fails tells nothing
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError):
+        return       # it decoded once as given; a second reading that fails (an MPO's index, shifted) tells nothing
     if not whole:
         raise ImageError(f"{name}: truncated JPEG: its last scan's coded data ends before the picture does (cut "
                          "short and closed again with an end marker; the decoder leaves the rest of that scan out); "
