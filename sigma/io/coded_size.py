@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -217,6 +218,47 @@ def check_jpeg_cut_short(data: bytes, img: Image.Image, name: str) -> None:
     raise ImageError(f"{name}: truncated JPEG: its coded data ends before the picture does (cut short and closed "
                      "again with an end marker; the decoder fills the rest flat grey); refused",
                      code="image_unreadable")
+
+
+# A JPEG of several scans (progressive; or sequential with a scan per component, as jpegtran and mozjpeg can write)
+# cut inside its last scan and closed again with an end marker: every scan header is there, so `jpeg_scans_missing`
+# finds nothing to miss, and the blocks past the cut keep that scan's part uncoded (libjpeg reads zeros where the data
+# ends, and only warns): a photo cut at 90 % of its last refinement scan decoded with 10 % of its pixels off by a level
+# or more, one cut in its Cr scan with the colours of the rest shifted; no corner grey, annotated as whole. The same
+# data with bytes put in before the end marker decodes differently when the scan was cut (they are decoded as its
+# missing blocks) and alike when it was whole (libjpeg skips them after the last block), as in
+# `check_jpeg_cut_short`, at full scale: a refinement scan's AC bits are left out of a scaled decode. One more decode
+# of each such JPEG; a single-scan one (most sequential files) is `check_jpeg_cut_short`'s, whose corner goes grey.
+_LAST_SCAN_SOF = frozenset((0xC0, 0xC1, 0xC2))         # Huffman-coded, sequential or progressive (not lossless)
+COMPARE_ROWS = 256
+
+
+def check_last_scan_cut(data: bytes, img: Image.Image, name: str) -> None:
+    """`image_unreadable` (truncated) for a Huffman JPEG of more than one scan whose last scan's coded data ends
+    before the picture does, closed again with an end marker: `img` is it decoded by Pillow. Compared COMPARE_ROWS
+    rows at a time, so no whole-image copy is made beside the second decode."""
+    frame = jpeg_frame(data)
+    if frame is None or frame[0] not in _LAST_SCAN_SOF:
+        return       # arithmetic-coded: may end early on the zeros its decoder reads past its data
+    scans = jpeg_scans(data)
+    eoi = jpeg_end_marker(data)
+    if scans is None or len(scans) < 2 or eoi is None:
+        return
+    try:
+        with Image.open(io.BytesIO(data[:eoi] + _FILLER + data[eoi:]), formats=["JPEG", "MPO"]) as filled:
+            filled.load()
+            if filled.size != img.size or filled.mode != img.mode:
+                return
+            width, height = img.size
+            whole = all(img.crop((0, top, width, min(height, top + COMPARE_ROWS))).tobytes()
+                        == filled.crop((0, top, width, min(height, top + COMPARE_ROWS))).tobytes()
+                        for top in range(0, height, COMPARE_ROWS))
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError):
+        return       # it decoded once as given; a second reading that fails (an MPO's index, shifted) tells nothing
+    if not whole:
+        raise ImageError(f"{name}: truncated JPEG: its last scan's coded data ends before the picture does (cut "
+                         "short and closed again with an end marker; the decoder leaves the rest of that scan out); "
+                         "refused", code="image_unreadable")
 
 
 # A JPEG whose scans stop before its picture is complete, closed with an end marker. A progressive file is sent in

@@ -16,11 +16,13 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from sigma.config.schema import LimitsConfig
 from sigma.errors import ImageError, InputError, LimitError, OutOfMemoryError, opencv_memory_refused
+from sigma.io.apng import hidden_default_first_frame
 from sigma.io.bmp_rle import check_bmp_rle
 from sigma.io.coded_size import (
     check_coded_size,
     check_jpeg_cut_short,
     check_jpeg_scans_complete,
+    check_last_scan_cut,
     jpeg_frame,
     vp8_min_bytes,
 )
@@ -313,10 +315,12 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
         # wherever it is) is ignored, in 8 bits as in 16 (`_raw_16bit_colour`'s caller): photos carry one by
         # accident (12 PNGs of the eval set key pure black), and an edit saved without it would differ at every
         # black pixel
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if "transparency" in img.info:      # each band converted to RGBA: no whole-image RGBA copy (4 bytes a pixel)
+            return _composited_on_white(img, notes)
+        img = img.convert("RGB")
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
-        arr = np.asarray(img).astype(np.float64)
+        arr = np.asarray(img)        # integers: to float64 a band at a time below (whole, 8 bytes a sample, 4 times)
         if mode == "I":
             # 32-bit integer samples: the white point is guessed from the values, by the float TIFFs' robust rule
             # (`_white_point`). It was the image's own maximum: one sample above 255 that an edit brought in read
@@ -333,21 +337,43 @@ def _to_uint8_rgb(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
             peak = 65535.0
         if peak > 255:
             notes["bit_depth"] = 16
-        gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+        gray, rows = np.empty(arr.shape, np.uint8), _band_rows(arr.shape[1])
+        for top in range(0, arr.shape[0], rows):
+            gray[top:top + rows] = np.clip(np.round(arr[top:top + rows] / peak * 255.0), 0, 255)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
         return np.repeat(_float_to_uint8(np.asarray(img), notes)[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        alpha = np.asarray(rgba)[..., 3]
-        if alpha.min() < 255:
-            notes["alpha"] = "composited on white"
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            rgba = Image.alpha_composite(white, rgba)
-        return np.asarray(rgba.convert("RGB")).copy()
+        return _composited_on_white(img, notes)
     if mode == "RGB":
         return np.array(img)     # one writable copy (convert + asarray + copy made three: 48 MB each at 16 Mpx)
     return np.asarray(img.convert("RGB")).copy()
+
+
+ALPHA_BAND_PIXELS = 1 << 18     # pixels of an image with alpha converted and composited at a time (whole rows)
+
+
+def _band_rows(width: int) -> int:
+    """Rows of a band of about ALPHA_BAND_PIXELS: a fixed 256 rows made an image 1 pixel wide and 4 million tall
+    15625 bands of Python calls (4 s to decode, 11 s as a mask, where one band takes 0.1 s)."""
+    return max(1, ALPHA_BAND_PIXELS // max(1, width))
+
+
+def _composited_on_white(img: Image.Image, notes: dict[str, Any]) -> np.ndarray:
+    """An image with alpha (RGBA, LA, PA, RGBa, La) as 8-bit RGB, composited on white where any pixel is not opaque
+    (`notes["alpha"]`), a band of `_band_rows` at a time into the one output array: the same per-pixel conversion and
+    `Image.alpha_composite` as on the whole image (compositing an opaque pixel leaves it as it is). The whole image
+    went through RGBA, a white RGBA image, their composite, RGB and two array copies at once: a 40 Mpx RGBA PNG
+    (160 MB once decoded) peaked at ~990 MB over the process's start, where its RGB result is 120 MB."""
+    width, height = img.size
+    out, rows = np.empty((height, width, 3), np.uint8), _band_rows(width)
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows))).convert("RGBA")
+        if band.getextrema()[3][0] < 255:
+            notes["alpha"] = "composited on white"
+            band = Image.alpha_composite(Image.new("RGBA", band.size, (255, 255, 255, 255)), band)
+        out[top:top + rows] = np.asarray(band.convert("RGB"))
+    return out
 
 
 FLOAT_WHITE_POINTS = (1.0, 255.0, 65535.0)
@@ -574,6 +600,9 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         raise ImageError(f"{name}: empty file (0 bytes)", code="image_empty")
     check_byte_size(name, len(data), limits.max_bytes)
     check_png_chunks(data, name)
+    first_frame = hidden_default_first_frame(data, name)     # an APNG's default image outside its animation
+    if first_frame is not None:
+        data = first_frame[0]
     check_tiff_strips(data, name)
     check_bmp_rle(data, name)
     if data.startswith(b"\xff\xd8"):
@@ -595,9 +624,14 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None
         orientation = img.getexif().get(0x0112, 1)
         if getattr(img, "is_animated", False):   # APNG, animated WebP, multi-page TIFF: frame 1 is decoded
             notes["multi_frame"] = "first frame used"   # (is_animated, not n_frames: that walks every frame)
+        if first_frame is not None:
+            notes["apng_default_image"] = "not part of the animation: ignored (the first animation frame used)"
+            if first_frame[1] > 1:
+                notes["multi_frame"] = "first frame used"
         img.load()
         if fmt == "JPEG":
             check_jpeg_cut_short(data, img, name)      # closed again with an end marker: the rest decoded flat grey
+            check_last_scan_cut(data, img, name)       # cut inside its last of several scans: that scan left out
         # Pillow (11.1 on) turns a TIFF upright in load() and drops its Orientation tag; every other format, and
         # a TIFF in older Pillow, still carries the tag and is ours to turn (turning it again showed a TIFF upside
         # down or lying on its side: a mask 90 degrees off the picture the user sees)
@@ -830,6 +864,8 @@ def decode_mask(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None 
     """
     limits = limits or LimitsConfig()
     decoded = decode_image(data, name, limits)
+    if "apng_default_image" in decoded.notes:      # the bytes read again below are those of the frame decoded
+        data = hidden_default_first_frame(data, name)[0]  # type: ignore[index]
     if decoded.notes.get("bit_depth") == 16:
         mask = _decode_16bit_mask(data, decoded)
         if mask is not None:
@@ -837,10 +873,28 @@ def decode_mask(data: bytes, name: str = "<bytes>", limits: LimitsConfig | None 
     rgb = decoded.rgb
     if "alpha" in decoded.notes:
         with Image.open(io.BytesIO(data)) as img:
-            rgba = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"), dtype=np.float32)
-        if rgba.shape[:2] == rgb.shape[:2]:
-            rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
+            upright = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) in _ORIENTATION_TRANSPOSE else img
+            if upright.size == (rgb.shape[1], rgb.shape[0]):
+                return _binarize_on_black(upright)
     return binarize_mask(rgb)
+
+
+def _binarize_on_black(img: Image.Image) -> np.ndarray:
+    """`binarize_mask` of `img` (with alpha) composited on black, a band of `_band_rows` at a time: the same float32
+    values band by band, the 0/1 label-map rule decided on the whole. The whole mask went through float32 at once (RGBA,
+    its product, binarize_mask's copy): a 40 Mpx RGBA mask peaked at ~2 GB over the process's start, 18 s."""
+    width, height = img.size
+    marked, label_marked = np.empty((height, width), bool), np.empty((height, width), bool)
+    peak, only_01, rows = 0.0, True, _band_rows(width)
+    for top in range(0, height, rows):
+        rgba = np.asarray(img.crop((0, top, width, min(height, top + rows))).convert("RGBA"), dtype=np.float32)
+        values = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
+        peak = max(peak, float(values.max(initial=0.0)))
+        only_01 = only_01 and bool(np.isin(values, (0.0, 1.0)).all())
+        mean = values.mean(axis=2)
+        marked[top:top + rows] = mean > 127.5
+        label_marked[top:top + rows] = mean > 0.5
+    return label_marked if peak == 1.0 and only_01 else marked
 
 
 def _decode_16bit_mask(data: bytes, decoded: DecodedImage) -> np.ndarray | None:
@@ -858,24 +912,40 @@ def _decode_16bit_mask(data: bytes, decoded: DecodedImage) -> np.ndarray | None:
         img.load()
         pending = img.getexif().get(0x0112, 1) if orientation in _ORIENTATION_TRANSPOSE else 1
         if mode.startswith("I"):
-            values = np.asarray(img).astype(np.float64)[..., None]
+            samples, alpha = np.asarray(img)[..., None], False
         elif mode in ("RGB", "RGBA") and decoded.notes.get("format") in RAW_16BIT_FORMATS:
             found = _raw_16bit_colour(data, img, str(decoded.notes["format"]), orientation, pending)
             if found is None:
                 return None
-            raw, pending = found
-            values = raw[..., :3].astype(np.float64)
-            if raw.shape[2] == 4 and mode == "RGBA":     # alpha; a tRNS colour key is not (decode_image)
-                values *= raw[..., 3:4] / 65535.0
+            samples, pending = found
+            alpha = samples.shape[2] == 4 and mode == "RGBA"     # alpha; a tRNS colour key is not (decode_image)
         else:
             return None
-    if values.max(initial=0.0) == 1.0 and bool(np.isin(values, (0.0, 1.0)).all()):
-        mask = values.mean(axis=2) > 0.5
-    else:
-        mask = np.clip(np.round(values / 65535.0 * 255.0), 0, 255).mean(axis=2) > 127.5
+    mask = _binarize_16bit(samples, alpha)
+    del samples
     if pending in _ORIENTATION_TRANSPOSE:
         mask = np.asarray(Image.fromarray(mask).transpose(_ORIENTATION_TRANSPOSE[pending]))
     return mask if mask.shape == decoded.rgb.shape[:2] else None
+
+
+def _binarize_16bit(samples: np.ndarray, alpha: bool) -> np.ndarray:
+    """`_decode_16bit_mask`'s rule on `samples` [H, W, 1, 3 or 4] (`alpha`: the 4th is alpha, composited on black), a
+    band of `_band_rows` at a time in float64, the 0/1 label-map rule decided on the whole. The whole mask went through
+    float64 at once (the samples, their product, the rounding, the clip: 8 bytes a sample each): a 20 Mpx 16-bit RGBA
+    mask peaked at 1.7 GB over the process's start, a 40 Mpx 16-bit grey one at 1 GB."""
+    height, width = samples.shape[:2]
+    marked, label_marked = np.empty((height, width), bool), np.empty((height, width), bool)
+    peak, only_01, rows = 0.0, True, _band_rows(width)
+    for top in range(0, height, rows):
+        band = samples[top:top + rows]
+        values = band[..., :3].astype(np.float64)
+        if alpha:
+            values *= band[..., 3:4] / 65535.0
+        peak = max(peak, float(values.max(initial=0.0)))
+        only_01 = only_01 and bool(np.isin(values, (0.0, 1.0)).all())
+        label_marked[top:top + rows] = values.mean(axis=2) > 0.5
+        marked[top:top + rows] = np.clip(np.round(values / 65535.0 * 255.0), 0, 255).mean(axis=2) > 127.5
+    return label_marked if peak == 1.0 and only_01 else marked
 
 
 def encode_png(array: np.ndarray) -> bytes:
