@@ -25,7 +25,7 @@ from sigma.api.routes_health import router as health_router
 from sigma.api.routes_jobs import router as jobs_router
 from sigma.api.server import guard_uvicorn_config, return_large_buffers_to_os, uvicorn_loading
 from sigma.api.service import Service
-from sigma.errors import ConfigError
+from sigma.errors import ConfigError, SigmaError
 from sigma.service.settings import ServeConfig, load_serve_config
 
 
@@ -101,8 +101,14 @@ def app_from_env() -> FastAPI:
     limit and timeout, connection limit, no WebSocket, bad targets): they are now given to the `uvicorn.Config`
     that calls this factory (`guard_uvicorn_config`). Called by anything else (gunicorn's UvicornWorker, hypercorn,
     a script), nothing can be given: that is logged as an error, once, naming what is missing."""
-    cfg = load_serve_config()
-    app = create_app(cfg)
+    try:
+        cfg = load_serve_config()
+        app = create_app(cfg)
+    except SigmaError as exc:
+        # the one line and exit 2 of `sigma serve api`: uvicorn printed the ConfigError's traceback (a bad
+        # SIGMA_API_KEYS scope, no key at all) and exited 1
+        print(f"sigma: error [{exc.code}]: {exc.message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     config = uvicorn_loading(sys._getframe(1))
     if config is not None:
         guard_uvicorn_config(config, cfg)

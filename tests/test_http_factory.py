@@ -80,3 +80,14 @@ def test_factory_outside_uvicorn_says_the_guards_are_missing(monkeypatch, caplog
     with caplog.at_level(logging.ERROR, logger="sigma.api"):
         app_from_env()
     assert any("none of the API's connection guards" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_factory_config_error_is_one_line_and_exit_2(tmp_path):
+    # uvicorn printed the ConfigError's traceback and exited 1; `sigma serve api` says one line and exits 2
+    env = {**base_env("redis://127.0.0.1:1/0"), "SIGMA_API_KEYS": "k1:annotate+nosuchscope"}
+    done = subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "sigma.api.app:app_from_env",
+                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=str(TESTS.parent))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "sigma: error [invalid_config]: SIGMA_API_KEYS" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
