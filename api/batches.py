@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sigma.api.auth import require_scope
 from sigma.api.errors import PATH_END, ApiError, retry_after, scrubbed, status_for, validation_message
-from sigma.api.requests import media_type, plain_number, read_json_object
+from sigma.api.requests import media_type, plain_number, read_json_object, refuse_query
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
 from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ, MAX_FAILED_SHOWN, MAX_TASK_READ, TASK_READ
@@ -308,6 +308,7 @@ async def submit_batch(request: Request, _principal=ANNOTATE, svc: Service = SER
     cfg = svc.cfg
     root = _root(cfg)
     real_root = os.path.realpath(root)
+    refuse_query(request, "the run's fields (input, out, ...) as JSON keys")
     body = await _batch_request(request)
     input_path = resolve_under(root, body.input, "input")
     out_path = resolve_under(root, body.out, "out")

@@ -556,8 +556,20 @@ class _LimitedParser(MultiPartParser):
         super().on_part_data(data, start, end)
 
 
+def refuse_query(request: Request, fields: str) -> None:
+    """A submission takes its options from its body; a query string was ignored without a word, so
+    `POST /v1/annotate?wait=30` waited the default and `POST /v1/jobs?threshold=0.9` masked at the annotator's
+    threshold. 422 `invalid_request` naming the parameters and where they go."""
+    names = list(dict.fromkeys(name for name, _ in request.query_params.multi_items()))
+    if names or request.url.query:
+        said = ", ".join(repr(shown(name)) for name in names[:5]) or repr(shown(request.url.query))
+        raise ApiError(422, "invalid_request", f"{request.method} {request.url.path} takes no query parameters "
+                       f"(got {said}): send {fields} in the body")
+
+
 async def parse_submission(request: Request, max_text_chars: int, spool_bytes: int = 1024 * 1024,
                            max_file_bytes: int | None = None) -> Submission:
+    refuse_query(request, f"the options ({', '.join(OPTION_FIELDS)}) as form fields or JSON keys")
     refuse_content_encoding(request)
     ctype = media_type(request)
     if ctype == "multipart/form-data":

@@ -146,3 +146,21 @@ def test_batch_status_limits_are_decimal_digits(svc, text):
     assert (status, code) == (422, "invalid_request"), resp.text
     assert message.startswith("failed_limit: ") and "decimal digits" in message, message
     assert svc.http.get("/v1/batches/status", params={"task_limit": "5"}, headers=svc.headers()).status_code == 200
+
+
+@pytest.mark.parametrize("path, query", [("/v1/jobs", {"threshold": "0.9"}), ("/v1/annotate", {"wait": "30"}),
+                                         ("/v1/jobs", {"x": "1", "y": "2"})])
+def test_a_submission_with_a_query_string_is_refused_not_ignored(svc, pair, path, query):
+    # the options are read from the body: `POST /v1/jobs?threshold=0.9` queued the job at the annotator's threshold
+    resp = svc.http.post(path, params=query, files=svc.files(*pair), headers=svc.headers())
+    status, code, message = _error(resp)
+    assert (status, code) == (422, "invalid_request"), resp.text
+    assert "takes no query parameters" in message and all(repr(name) in message for name in query), message
+
+
+def test_a_batch_with_a_query_string_is_refused_not_ignored(svc):
+    resp = svc.http.post("/v1/batches", params={"shard_size": "5"}, headers=svc.headers(),
+                         json={"input": "corpus", "out": "runs/query"})
+    status, code, message = _error(resp)
+    assert (status, code) == (422, "invalid_request"), resp.text
+    assert "takes no query parameters" in message and "'shard_size'" in message, message
