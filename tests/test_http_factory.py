@@ -13,9 +13,9 @@ import uuid
 
 import httpx
 import pytest
-from servicekit import TESTS, base_env, free_port, read_until_closed, wait_until
+from servicekit import STARTUP_S, TESTS, base_env, free_port, read_until_closed, wait_until
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]  # a hang guard: STARTUP_S for the start on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def factory_api(redis_server, tmp_path_factory):
                 return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
             except httpx.HTTPError:
                 return False
-        wait_until(up, 60, "uvicorn --factory /healthz")
+        wait_until(up, STARTUP_S, "uvicorn --factory /healthz")   # a loaded machine took over 60 s
         if proc.poll() is None:
             break
         if attempt == 2 or "address already in use" not in log.read_text(errors="replace"):
@@ -86,7 +86,7 @@ def test_factory_config_error_is_one_line_and_exit_2(tmp_path):
     # uvicorn printed the ConfigError's traceback and exited 1; `sigma serve api` says one line and exits 2
     env = {**base_env("redis://127.0.0.1:1/0"), "SIGMA_API_KEYS": "k1:annotate+nosuchscope"}
     done = subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "sigma.api.app:app_from_env",
-                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=120,
+                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=STARTUP_S,
                           cwd=str(TESTS.parent))
     assert done.returncode == 2, done.stderr[-2000:]
     assert "sigma: error [invalid_config]: SIGMA_API_KEYS" in done.stderr, done.stderr[-2000:]
