@@ -8,6 +8,8 @@ Routes live in `routes_jobs.py`, `routes_health.py` and `batches.py`; the state 
 """
 from __future__ import annotations
 
+import logging
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -21,9 +23,9 @@ from sigma.api.middleware import BodyLimit, BodyTimeout, CatchAll, HeadAsGet, Re
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.routes_health import router as health_router
 from sigma.api.routes_jobs import router as jobs_router
-from sigma.api.server import return_large_buffers_to_os
+from sigma.api.server import guard_uvicorn_config, return_large_buffers_to_os, uvicorn_loading
 from sigma.api.service import Service
-from sigma.errors import ConfigError
+from sigma.errors import ConfigError, SigmaError
 from sigma.service.settings import ServeConfig, load_serve_config
 
 
@@ -93,6 +95,27 @@ def _keyed_docs(app: FastAPI) -> None:
 
 
 def app_from_env() -> FastAPI:
-    """`uvicorn --factory sigma.api.app:app_from_env`: config file from SIGMA_SERVE_CONFIG, then env vars."""
+    """`uvicorn --factory sigma.api.app:app_from_env`: config file from SIGMA_SERVE_CONFIG, then env vars.
 
-    return create_app(load_serve_config())
+    Run so, uvicorn served the app with its own protocol, none of the guards `sigma serve api` installs (header
+    limit and timeout, connection limit, no WebSocket, bad targets): they are now given to the `uvicorn.Config`
+    that calls this factory (`guard_uvicorn_config`). Called by anything else (gunicorn's UvicornWorker, hypercorn,
+    a script), nothing can be given: that is logged as an error, once, naming what is missing."""
+    try:
+        cfg = load_serve_config()
+        app = create_app(cfg)
+    except SigmaError as exc:
+        # the one line and exit 2 of `sigma serve api`: uvicorn printed the ConfigError's traceback (a bad
+        # SIGMA_API_KEYS scope, no key at all) and exited 1
+        print(f"sigma: error [{exc.code}]: {exc.message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    config = uvicorn_loading(sys._getframe(1))
+    if config is not None:
+        guard_uvicorn_config(config, cfg)
+    else:
+        logging.getLogger("sigma.api").error(
+            "the API app was made by app_from_env outside `uvicorn --factory` and `sigma serve api`: the server "
+            "that runs it applies none of the API's connection guards (api.max_header_bytes, api.header_timeout_s, "
+            "api.max_connections, api.keep_alive_timeout_s, the WebSocket and bad-target refusals); run "
+            "`sigma serve api` or `uvicorn --factory sigma.api.app:app_from_env`")
+    return app

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sigma.api.auth import require_scope
 from sigma.api.errors import PATH_END, ApiError, retry_after, scrubbed, status_for, validation_message
-from sigma.api.requests import media_type, read_json_object
+from sigma.api.requests import media_type, plain_number, read_json_object, refuse_query
 from sigma.api.responses import SafeJSONResponse
 from sigma.api.service import Service, get_service
 from sigma.batch.layout import DEAD_READ, MAX_DEAD_READ, MAX_FAILED_SHOWN, MAX_TASK_READ, TASK_READ
@@ -308,6 +308,7 @@ async def submit_batch(request: Request, _principal=ANNOTATE, svc: Service = SER
     cfg = svc.cfg
     root = _root(cfg)
     real_root = os.path.realpath(root)
+    refuse_query(request, "the run's fields (input, out, ...) as JSON keys")
     body = await _batch_request(request)
     input_path = resolve_under(root, body.input, "input")
     out_path = resolve_under(root, body.out, "out")
@@ -348,7 +349,8 @@ STATUS_QUERY = ("out", "failed_limit", "dead_limit", "task_limit")
 async def _one_of_each_known(request: Request) -> None:
     """GET /v1/batches/status's query names only its parameters, each once. FastAPI ignores any other and takes the
     last of two: `?outt=runs/a` (or `?out_dir=`) was answered with the queue alone, as if no run had been asked
-    about, and `?out=a&out=b` with b's progress. 422 `invalid_request` naming what it got and what it takes."""
+    about, and `?out=a&out=b` with b's progress. 422 `invalid_request` naming what it got and what it takes. A limit
+    is decimal digits (`plain_number`)."""
     names = [name for name, _ in request.query_params.multi_items()]
     unknown = sorted(set(names) - set(STATUS_QUERY))
     if unknown:
@@ -358,6 +360,9 @@ async def _one_of_each_known(request: Request) -> None:
     if twice:
         raise ApiError(422, "invalid_request", f"query parameter {', '.join(map(repr, twice))} given more than "
                        "once: send it once")
+    for name, value in request.query_params.multi_items():
+        if name != "out":      # the limits: `?failed_limit=1_000` and `+5` were numbers (Python's int syntax)
+            plain_number(name, value, integer=True)
 
 
 @router.get("/v1/batches/status", tags=["batches"], summary="the batch queue, and a run folder's progress")

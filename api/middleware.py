@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -279,6 +280,12 @@ def _route_methods(routes: Any) -> set[str]:
     return methods
 
 
+# `%2F` in a path: the server decodes it to `/` before routing, so `/v1/jobs/{id}%2Fmask.png` was served as the
+# mask route (what a proxy that routes on the raw path saw as a job) and `/v1/jobs/a%2Fb` as an unknown path, a 404
+# `not_found` that said nothing of why
+_ENCODED_SLASH = re.compile(rb"%2f", re.IGNORECASE)
+
+
 class ServerTargets:
     """The two request forms that name no resource of this server (RFC 9110 9.3.6, 9.3.7; RFC 9112 3.2.3, 3.2.4),
     which the router answered 404 `not_found` as an unknown path. `OPTIONS *` asks about the server itself: 200 with
@@ -286,7 +293,8 @@ class ServerTargets:
     the `*` target is 400 `bad_request` (only OPTIONS may use it). `CONNECT` (authority form, `host:443`: a proxy's
     tunnel) is for a proxy, and this is an origin server: 405 `method_not_allowed` with that same `Allow`, and the
     connection closed, as a tunnelling client may already be sending what it meant for the tunnel (TLS bytes),
-    which would be read as the next request. Added innermost but for `HeadAsGet`; no key is needed."""
+    which would be read as the next request. A path with a percent-encoded slash (`%2F`) is 400 `bad_request`
+    (`_ENCODED_SLASH`). Added innermost but for `HeadAsGet`; no key is needed."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -319,6 +327,10 @@ class ServerTargets:
         elif asterisk:
             start, body = _json_error(400, "bad_request", f"the request target '*' is for OPTIONS only (RFC 9112 "
                                       f"3.2.4), not {method}: name a path (GET /healthz)")
+        elif _ENCODED_SLASH.search(scope.get("raw_path") or b""):
+            start, body = _json_error(400, "bad_request", "the request path holds a percent-encoded '/' (%2F): no "
+                                      "path segment of this API holds a slash (a job id is 32 hex digits); send the "
+                                      "path as the route spells it (GET /v1/jobs/{id}/mask.png)")
         else:
             return await self.app(scope, receive, send)
         await send(start)

@@ -98,6 +98,24 @@ def _options(raw: dict, strict: bool = False) -> AnnotateOptions:
         raise ApiError(422, "invalid_request", validation_message(exc)) from exc
 
 
+FORM_NUMBERS = ("threshold", "wait")
+# a number as text (a form field, a query parameter) is plain decimal: pydantic parses text with Python's rules, so
+# `wait=0_5` waited 5 s, `threshold=0.1_0` was 0.1, `+0.5`, ` 0.5 ` and `1_000` were numbers; ASCII digits only
+PLAIN_DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+PLAIN_INTEGER = re.compile(r"-?[0-9]+")
+_NOT_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)    # left to the field's own "finite" message
+
+
+def plain_number(name: str, text: str, integer: bool = False) -> None:
+    """Refuse `text` (422 `invalid_request`) unless it is a number written in plain decimal: ASCII digits, a leading
+    `-`, for a float one `.` and an exponent. `nan` / `inf` are left to the field, which says it wants a finite one."""
+    if (PLAIN_INTEGER if integer else PLAIN_DECIMAL).fullmatch(text) or (not integer and _NOT_FINITE.fullmatch(text)):
+        return
+    example = "an integer in decimal digits (5)" if integer else "a number in plain decimal (0.5, 1e-1)"
+    raise ApiError(422, "invalid_request", f"{name}: Input should be a valid number, {example}, got {shown(text)!r} "
+                   "('_' separators, a '+' sign, spaces, hex and digits other than 0-9 are refused)")
+
+
 def _b64(text: Any, name: str) -> bytes:
     if not isinstance(text, str):
         raise ApiError(422, "invalid_request", f"{name}: Input should be a valid string (base64)")
@@ -538,8 +556,20 @@ class _LimitedParser(MultiPartParser):
         super().on_part_data(data, start, end)
 
 
+def refuse_query(request: Request, fields: str) -> None:
+    """A submission takes its options from its body; a query string was ignored without a word, so
+    `POST /v1/annotate?wait=30` waited the default and `POST /v1/jobs?threshold=0.9` masked at the annotator's
+    threshold. 422 `invalid_request` naming the parameters and where they go."""
+    names = list(dict.fromkeys(name for name, _ in request.query_params.multi_items()))
+    if names or request.url.query:
+        said = ", ".join(repr(shown(name)) for name in names[:5]) or repr(shown(request.url.query))
+        raise ApiError(422, "invalid_request", f"{request.method} {request.url.path} takes no query parameters "
+                       f"(got {said}): send {fields} in the body")
+
+
 async def parse_submission(request: Request, max_text_chars: int, spool_bytes: int = 1024 * 1024,
                            max_file_bytes: int | None = None) -> Submission:
+    refuse_query(request, f"the options ({', '.join(OPTION_FIELDS)}) as form fields or JSON keys")
     refuse_content_encoding(request)
     ctype = media_type(request)
     if ctype == "multipart/form-data":
@@ -652,6 +682,8 @@ async def _multipart(request: Request, max_text_chars: int, spool_bytes: int, ma
             elif len(values) > 1:
                 raise ApiError(422, "invalid_request", f"'{name}' given {len(values)} times")
             else:
+                if name in FORM_NUMBERS:
+                    plain_number(name, str(values[0]))
                 raw[name] = values[0]
         return Submission(images["original"], images["edited"], _options(raw))
     finally:

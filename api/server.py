@@ -833,3 +833,34 @@ def uvicorn_options(cfg: ServeConfig) -> dict[str, Any]:
                                      limit, cfg.limits.max_request_bytes, cfg.api.send_timeout_s),
             "timeout_keep_alive": cfg.api.keep_alive_timeout_s, "backlog": accept_backlog(limit),
             "ws": "none"}      # no WebSocket protocol is loaded, whatever is installed (`websocket_upgrade`)
+
+
+def guard_uvicorn_config(config: Any, cfg: ServeConfig) -> None:
+    """Give a `uvicorn.Config` that is loading the app (`uvicorn --factory sigma.api.app:app_from_env`) the protocol
+    and options `sigma serve api` passes (`uvicorn_options`). uvicorn picks its protocol classes before it calls the
+    factory and makes each connection's protocol from `config.http_protocol_class` after, so they are replaced here.
+    Run by hand, the app was served by uvicorn's own h11/httptools protocol: no header timeout, no bound on a request's
+    head (a 100 KB header was served), no connection limit, a WebSocket upgrade served as HTTP with two warnings, a
+    fragment in the target routed; uvicorn's --http, --ws, --timeout-keep-alive and --backlog are replaced by the
+    api.* settings, which the service's config says."""
+    options = uvicorn_options(cfg)
+    config.http = config.http_protocol_class = options["http"]
+    config.ws = "none"
+    config.ws_protocol_class = None
+    config.timeout_keep_alive = options["timeout_keep_alive"]
+    config.backlog = options["backlog"]
+    logging.getLogger("sigma.api").info(
+        "serving with the API's guarded HTTP/1.1 protocol (api.max_header_bytes, api.header_timeout_s, "
+        "api.max_connections, api.keep_alive_timeout_s; no WebSocket): uvicorn's --http, --ws, --timeout-keep-alive "
+        "and --backlog are replaced by the service config's api.* settings")
+
+
+def uvicorn_loading(frame: Any) -> Any:
+    """The `uvicorn.Config` whose `load()` is `frame` (the factory's caller), else None: a server other than uvicorn
+    (gunicorn's worker, hypercorn) or a direct call."""
+    try:
+        import uvicorn
+    except ImportError:        # pragma: no cover - the serve extra installs it
+        return None
+    owner = frame.f_locals.get("self") if frame is not None and frame.f_code.co_name == "load" else None
+    return owner if isinstance(owner, uvicorn.Config) else None

@@ -207,7 +207,9 @@ class Service:
     # -- reading ---------------------------------------------------------------------------
     async def job(self, job_id: str, principal: Principal) -> dict[str, str]:
         if not JOB_ID.fullmatch(job_id):   # not a job id: said without echoing it (a 60 KB path came back whole)
-            raise ApiError(404, "job_not_found", f"no job {shown(job_id)!r}: job ids are 32 hex digits")
+            # an id in capitals (a client that normalises case) was told ids are "32 hex digits", which it was
+            raise ApiError(404, "job_not_found", f"no job {shown(job_id)!r}: job ids are 32 hex digits, in lower "
+                           "case, as POST /v1/jobs answers them")
         h = decode_hash(await self.r.hgetall(self.keys.job(job_id)))
         if not h or (h.get("owner") != principal.name and not principal.admin):
             # one answer for every way a job is not there, its owner's or not (no job's existence is told to another

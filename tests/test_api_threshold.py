@@ -119,3 +119,48 @@ def test_json_wait(svc, pair, text, says):
 def test_a_finite_wait_is_taken(svc, pair):
     resp = svc.submit(*pair, {"wait": "0"}, path="/v1/annotate")
     assert resp.status_code in (200, 202), resp.text
+
+
+# a form field is text, which pydantic parsed with Python's rules: `wait=0_5` waited 5 s, `threshold=0.1_0` was 0.1
+PYTHON_ONLY = ["0_5", "0.1_0", "+0.5", " 0.5", "0.5 ", "\uff10.\uff15", "\u0660", "0x1", "1_000", ""]
+
+
+@pytest.mark.parametrize("field", ["threshold", "wait"])
+@pytest.mark.parametrize("text", PYTHON_ONLY)
+def test_form_numbers_are_plain_decimal(svc, pair, field, text):
+    status, code, message = _error(svc.submit(*pair, {field: text}))
+    assert (status, code) == (422, "invalid_request")
+    assert message.startswith(f"{field}: ") and "plain decimal" in message, message
+
+
+@pytest.mark.parametrize("text", ["0.5", ".5", "1.", "5e-1", "0", "1E-3"])
+def test_plain_decimal_form_numbers_are_taken(svc, pair, text):
+    resp = svc.submit(*pair, {"threshold": text, "wait": text})
+    assert resp.status_code == 202, resp.text
+
+
+@pytest.mark.parametrize("text", ["1_0", "+5", " 5", "\uff15", "5.0", "0x5"])
+def test_batch_status_limits_are_decimal_digits(svc, text):
+    resp = svc.http.get("/v1/batches/status", params={"failed_limit": text}, headers=svc.headers())
+    status, code, message = _error(resp)
+    assert (status, code) == (422, "invalid_request"), resp.text
+    assert message.startswith("failed_limit: ") and "decimal digits" in message, message
+    assert svc.http.get("/v1/batches/status", params={"task_limit": "5"}, headers=svc.headers()).status_code == 200
+
+
+@pytest.mark.parametrize("path, query", [("/v1/jobs", {"threshold": "0.9"}), ("/v1/annotate", {"wait": "30"}),
+                                         ("/v1/jobs", {"x": "1", "y": "2"})])
+def test_a_submission_with_a_query_string_is_refused_not_ignored(svc, pair, path, query):
+    # the options are read from the body: `POST /v1/jobs?threshold=0.9` queued the job at the annotator's threshold
+    resp = svc.http.post(path, params=query, files=svc.files(*pair), headers=svc.headers())
+    status, code, message = _error(resp)
+    assert (status, code) == (422, "invalid_request"), resp.text
+    assert "takes no query parameters" in message and all(repr(name) in message for name in query), message
+
+
+def test_a_batch_with_a_query_string_is_refused_not_ignored(svc):
+    resp = svc.http.post("/v1/batches", params={"shard_size": "5"}, headers=svc.headers(),
+                         json={"input": "corpus", "out": "runs/query"})
+    status, code, message = _error(resp)
+    assert (status, code) == (422, "invalid_request"), resp.text
+    assert "takes no query parameters" in message and "'shard_size'" in message, message

@@ -289,3 +289,10 @@ def test_a_job_id_with_a_trailing_newline_is_not_a_job_id(svc, method):
     err = resp.json()["error"]
     assert err["code"] == "job_not_found" and "job ids are 32 hex digits" in err["message"], err
     assert svc.http.get(f"/v1/jobs/{job_id}", headers=svc.headers()).status_code == 200   # still there
+
+
+def test_a_job_id_in_capitals_is_told_ids_are_lower_case(svc):
+    # it was told "job ids are 32 hex digits", which `ABCD...` is
+    job_id = svc.submit(*make_pair(seed=12)).json()["id"]
+    resp = svc.http.get(f"/v1/jobs/{job_id.upper()}", headers=svc.headers())
+    assert resp.status_code == 404 and "in lower case" in resp.json()["error"]["message"], resp.text

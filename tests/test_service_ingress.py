@@ -485,6 +485,22 @@ def test_a_fragment_or_a_target_that_is_not_utf8_is_400(svc, target, said):
     assert body["error"]["code"] == "bad_request" and said in body["error"]["message"], body
 
 
+def test_a_percent_encoded_slash_in_a_path_is_400_not_another_route(svc):
+    # `%2F` was decoded to `/` before routing: `/v1/jobs/{id}%2Fmask.png` was served as the mask route (a 409
+    # `mask_not_available` for a queued job), `/v1/jobs/a%2Fb` was a 404 `not_found` saying only "Not Found"
+    resp = svc.submit(*make_pair(seed=21))
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    for method, target in [("GET", f"/v1/jobs/{job_id}%2Fmask.png"), ("GET", f"/v1/jobs/{job_id}%2fmask.png"),
+                           ("GET", "/v1/jobs/a%2Fb"), ("DELETE", "/v1/jobs/a%2Fb"), ("GET", "/healthz%2F")]:
+        head = (f"{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {svc.headers()['Authorization']}\r\n"
+                "Connection: close")
+        status, _, body = answer_of(answer_then_close(svc, head))
+        assert status == 400 and body["error"]["code"] == "bad_request", (target, body)
+        assert "%2F" in body["error"]["message"], body
+    assert svc.job(job_id)["status"] in ("queued", "running", "done", "failed"), "the job is still there"
+
+
 @pytest.mark.parametrize("target", ["/healthz?x=%C3%A9+a%2B&y=%e2%9c%93", "/healthz?a=b%2", "/heal%74hz"])
 def test_a_utf8_or_plain_target_is_served(svc, target):
     status, _, body = answer_of(answer_then_close(svc, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close"))
