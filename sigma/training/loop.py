@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError, Stopped, first_line
@@ -111,6 +111,21 @@ def _stall_for_tests() -> None:
         return sample(index, *args, **kwargs)
 
     info.dataset.sample = stalling
+
+
+class _SampleChecked(Dataset):
+    """`dataset`, `check()` called before each sample: a batch built in the main thread (`num_workers=0`) is cut
+    between two samples by a stop (`DataWait.between_samples`), not only once it is whole."""
+
+    def __init__(self, dataset: Dataset, check: Callable[[], None]) -> None:
+        self.dataset, self.check = dataset, check
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        self.check()
+        return self.dataset[index]
 
 
 def _until_cut(batches: Iterator[Any], cut: list[DataWaitCut]) -> Iterator[Any]:
@@ -991,24 +1006,32 @@ class Trainer:
         (a hung mount) held the trainer in that wait: the SIGTERM was noted but never acted on, the scheduler's
         SIGKILL came, and max_minutes overshot without bound.
 
-        None — the wait is not cut, as before — without data workers (the batch is read in the main thread, where a
-        cut would land inside the dataset's own code) and under DDP: the other ranks wait for this one inside the
-        step's collectives, which a rank that left the loop would never join (torchrun's ranks then wait for the
+        Without data workers the batch is built in the main thread, where a raise from the handler would land inside
+        the dataset's own code: the stop is looked for between two samples instead (`in_process`). A SIGTERM was only
+        noted there, and the run stopped after the batch and its step: minutes for 1024 crops at 192 px, past a
+        scheduler's grace period.
+
+        None — the wait is not cut, as before — under DDP: the other ranks wait for this one inside the step's
+        collectives, which a rank that left the loop would never join (torchrun's ranks then wait for the
         scheduler's SIGKILL, and `--resume` continues from the last checkpoint)."""
-        if not self.cfg.num_workers or self.world > 1:
+        if self.world > 1:
             return None
         minutes = self.cfg.max_minutes
         first = self.step
         return DataWait(self.terminated, None if minutes is None else started + 60.0 * minutes,
-                        timed=lambda: first < self.step < self.cfg.steps)
+                        timed=lambda: first < self.step < self.cfg.steps, in_process=not self.cfg.num_workers)
 
     def _waited_out(self, cut: DataWaitCut) -> str:
         """The wait for the next batch was cut (`_data_waits`): the model stands at the end of step `self.step`,
         which the pause checkpoints; the data workers are killed by now (`_data_workers`). The reason, said."""
         self.waited_for_data = True
         stop = "a SIGTERM came" if cut.reason == "sigterm" else f"max_minutes={self.cfg.max_minutes:.15g} ran out"
-        self.log(f"{stop} while the run waited for its data workers' batch for step {self.step + 1} (a worker "
-                 f"stuck in a read?); pausing at step {self.step}")
+        if self.cfg.num_workers:
+            self.log(f"{stop} while the run waited for its data workers' batch for step {self.step + 1} (a worker "
+                     f"stuck in a read?); pausing at step {self.step}")
+        else:
+            self.log(f"{stop} while the run built its batch for step {self.step + 1} (num_workers=0: the samples "
+                     f"built so far are dropped); pausing at step {self.step}")
         return cut.reason
 
     def _finish(self, val, started: float) -> Path:
@@ -1114,7 +1137,8 @@ class Trainer:
         cut = drained = False
         try:
             with stop_signals_deferred():
-                iterator = self._loader_iter(ds)
+                iterator = self._loader_iter(_SampleChecked(ds, waits.between_samples)
+                                             if waits is not None and waits.in_process else ds)
             yield waits.around(iterator) if waits is not None else iterator
             drained = True
         except DataWaitCut:
