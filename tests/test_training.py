@@ -645,6 +645,26 @@ def test_numbers_a_run_cannot_use_are_config_errors(photos, tmp_path, capsys, ov
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(("overrides", "said"), [
+    (["lr=1", "weight_decay=1"], "weight_decay: Value error, lr x weight_decay is 1 (lr 1, weight_decay 1)"),
+    (["lr=0.5", "weight_decay=3"], "weight_decay: Value error, lr x weight_decay is 1.5 (lr 0.5, weight_decay 3)"),
+    (["weight_decay=1000"], "lr x weight_decay is 2 (lr 0.002, weight_decay 1000)"),
+    (["ema.hi=0.3", "ema.lo=0.7"], "ema.lo: Value error, ema.lo 0.7 is above ema.hi 0.3"),
+])
+def test_optimiser_values_that_wreck_the_weights_are_config_errors(photos, tmp_path, capsys, overrides, said):
+    """lr x weight_decay >= 1: AdamW's decoupled decay multiplies each weight by (1 - lr x weight_decay) a step, so
+    `lr=1 weight_decay=1` zeroed every weight and trained to exit 0 with a final/ of zeros (above 1: signs flipped
+    each step). ema.lo above ema.hi labelled the teacher's unsure pixels as edits. Each is one invalid_config line
+    naming the values, before any run folder; a product just below 1 is taken."""
+    rc = main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path}", "name=r", "steps=1", *overrides])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[invalid_config]" in err and said in err, err[-600:]
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+    from sigma.config.loader import load_config
+
+    assert load_config(TrainConfig, STAGE1, ["lr=0.5", "weight_decay=1.99", "ema.hi=0.5", "ema.lo=0.5"]).lr == 0.5
+
+
 def test_a_crop_a_vit_backbone_cannot_see_is_refused_before_the_run(photos, tmp_path, capsys):
     """A DINOv2 model sees whole 14-px patches: data.crop=64 was a ValueError traceback at the first training step,
     after the run folder, the backbone load and the first validation."""
