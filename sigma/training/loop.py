@@ -1555,7 +1555,14 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         saved_batch, saved_seed = saved_stream(run_dir, latest) or (saved.batch_size, saved.seed)
         changed = stream_changes(run_dir, saved_batch, cfg.batch_size, saved_seed, cfg.seed, world.world_size(),
                                  None if latest is None else int(latest["step"]))
+        at = None if latest is None else int(latest["step"])
         del latest          # not held through the run: its tensors map the checkpoint file, which later saves replace
+        if at is not None and cfg.steps < at:
+            # `--resume RUN steps=1` on a run at step 2 of 4 wrote steps: 1 into config.yaml, dropped its `paused`
+            # row and wrote final/ at step 2: the run ended for good, at 2 of what said 1, by a typo
+            raise ConfigError(f"steps={cfg.steps} is below the step {run_dir} stands at ({at}): a resume cannot "
+                              f"undo steps; give steps={at} or more ({at} ends the run there), or start a new run "
+                              f"from it with init_from={run_dir} (nothing in the run folder was changed)")
         if changed and world.rank() == 0:
             print(f"sigma: warning: {printable(changed)}", file=sys.stderr, flush=True)
         frozen = (run_dir / "cache_index.json").absolute()
