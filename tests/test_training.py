@@ -1441,6 +1441,18 @@ def test_freeze_holds_the_named_parameters_and_their_batchnorm_statistics(photos
     assert "freeze [\"backbone\"] -> []" in capsys.readouterr().err
 
 
+def test_freezing_every_parameter_is_one_config_error_and_no_run_folder(photos, tmp_path, capsys):
+    """`freeze` naming every top-level module left AdamW an empty parameter list: a ValueError traceback ("optimizer
+    got an empty parameter list"). Now one invalid_config line, before any run folder."""
+    args = ["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=all", "steps=1",
+            "eval.val_size=0", "freeze=[backbone, decoder, difference, heads, refine]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [invalid_config]: freeze: 'backbone', 'decoder', 'difference', 'heads', "
+                          "'refine' holds every parameter of this model fixed: nothing would train"), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs" / "all").exists()
+
+
 # `python -c` of a `sigma train` that, at its first rename of a temporary file of the validation set (the set is being
 # written, its lock held), prints `holding PID` and then runs ACTION (stops itself; or waits, running, for a file)
 _HOLD_VAL = """import os, signal, sys, time

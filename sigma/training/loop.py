@@ -207,6 +207,10 @@ def _freeze(model: torch.nn.Module, prefixes: list[str]) -> int:
             if p.requires_grad:
                 p.requires_grad_(False)
                 held += p.numel()
+    if prefixes and not any(p.requires_grad for p in model.parameters()):
+        # every module named: AdamW's "optimizer got an empty parameter list" ValueError traceback
+        raise ConfigError(f"freeze: {', '.join(map(repr, prefixes))} holds every parameter of this model fixed: "
+                          "nothing would train; freeze fewer modules")
     return held
 
 
