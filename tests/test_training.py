@@ -665,6 +665,21 @@ def test_optimiser_values_that_wreck_the_weights_are_config_errors(photos, tmp_p
     assert load_config(TrainConfig, STAGE1, ["lr=0.5", "weight_decay=1.99", "ema.hi=0.5", "ema.lo=0.5"]).lr == 0.5
 
 
+def test_one_pair_a_step_on_a_crop_the_backbone_shrinks_to_one_cell_is_refused_before_the_run(photos, tmp_path,
+                                                                                             capsys):
+    """batch_size=1 at data.crop=32: the compact backbone's 5 stride-2 stages leave a 1x1 grid, one value per
+    channel, and BatchNorm's training forward raised "Expected more than 1 value per channel when training" (a
+    traceback at the first step, after the run folder and the first validation). Now one invalid_config line and no
+    run folder; crop 33 (a 2x2 grid) still trains."""
+    common = [f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "steps=1", "batch_size=1", "eval.val_size=1"]
+    assert main(["train", STAGE1, *common, "name=one", "data.crop=32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [invalid_config]: batch_size=1 at data.crop=32: the backbone's last stage "
+                          "sees a 1x1 grid"), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs" / "one").exists()
+    assert main(["train", STAGE1, *common, "name=two", "data.crop=33"]) == 0
+
+
 def test_a_crop_a_vit_backbone_cannot_see_is_refused_before_the_run(photos, tmp_path, capsys):
     """A DINOv2 model sees whole 14-px patches: data.crop=64 was a ValueError traceback at the first training step,
     after the run folder, the backbone load and the first validation."""

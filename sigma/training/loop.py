@@ -1524,11 +1524,20 @@ def _check_model(cfg: TrainConfig) -> None:
     """The configured architecture, validated and its size checked (`sigma.models.size`) before the run folder is
     made: a `model:` mapping with an absurd width was built, and failed, after config.yaml had been written."""
     from sigma.models import make_config, preset_config
-    from sigma.models.config import Dinov2BackboneConfig
+    from sigma.models.config import CompactBackboneConfig, Dinov2BackboneConfig
     from sigma.models.size import check_model_size
 
     model = preset_config(cfg.model) if isinstance(cfg.model, str) else make_config(cfg.model)
     check_model_size(model)
+    if isinstance(model.backbone, CompactBackboneConfig) and cfg.batch_size == 1:
+        side = cfg.data.crop
+        for _ in model.backbone.widths:     # each stage halves the grid (a stride-2 conv, padded)
+            side = (side - 1) // 2 + 1
+        if side == 1:
+            # BatchNorm in train mode needs more than one value per channel: a ValueError traceback at the first step
+            raise ConfigError(f"batch_size=1 at data.crop={cfg.data.crop}: the backbone's last stage sees a 1x1 grid, "
+                              "one value per channel, which BatchNorm cannot train on; use batch_size=2 or more, or a "
+                              "larger data.crop")
     if isinstance(model.backbone, Dinov2BackboneConfig):
         # a ViT sees whole patches: a crop of 64 for patch 14 was a ValueError traceback at the first step
         patch = int((model.backbone.hf_config or {}).get("patch_size") or model.size_multiple)
