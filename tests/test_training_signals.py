@@ -590,9 +590,10 @@ def test_sigterm_while_the_trainer_builds_a_batch_without_data_workers_pauses_be
     """num_workers=0: the batch is built in the main thread, sample by sample. A scheduler's SIGTERM there was only
     noted, and obeyed once the whole batch was built and its step done: 1024 crops at 192 px took minutes (past any
     grace period, then SIGKILL and the steps since the last checkpoint lost). Now the stop is looked for between two
-    samples: held in sample 2 of 4 of step 3's batch until the SIGTERM's handler has run (tests/train_term_mid_batch.py),
-    the run pauses at step 2 (its checkpoint), not after step 3: one line, 143, a `paused` row with
-    `waiting_for_data`. `--resume` ends the run with the uninterrupted run's weights, each step logged once."""
+    samples: held in sample 2 of 4 of step 3's batch until the SIGTERM's handler has run
+    (tests/train_term_mid_batch.py), the run pauses at step 2 (its checkpoint), not after step 3: one line, 143, a
+    `paused` row with `waiting_for_data`. `--resume` ends the run with the uninterrupted run's weights, each step
+    logged once."""
     run = tmp_path / "runs" / "cut"
     common = [f"data.photos={photos}", "steps=4", "batch_size=4", "num_workers=0", "ckpt_every=2",
               "eval.at_start=false", "eval.val_size=2", "warmup_steps=2", "log_every=1"]
