@@ -645,6 +645,41 @@ def test_numbers_a_run_cannot_use_are_config_errors(photos, tmp_path, capsys, ov
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(("overrides", "said"), [
+    (["lr=1", "weight_decay=1"], "weight_decay: Value error, lr x weight_decay is 1 (lr 1, weight_decay 1)"),
+    (["lr=0.5", "weight_decay=3"], "weight_decay: Value error, lr x weight_decay is 1.5 (lr 0.5, weight_decay 3)"),
+    (["weight_decay=1000"], "lr x weight_decay is 2 (lr 0.002, weight_decay 1000)"),
+    (["ema.hi=0.3", "ema.lo=0.7"], "ema.lo: Value error, ema.lo 0.7 is above ema.hi 0.3"),
+])
+def test_optimiser_values_that_wreck_the_weights_are_config_errors(photos, tmp_path, capsys, overrides, said):
+    """lr x weight_decay >= 1: AdamW's decoupled decay multiplies each weight by (1 - lr x weight_decay) a step, so
+    `lr=1 weight_decay=1` zeroed every weight and trained to exit 0 with a final/ of zeros (above 1: signs flipped
+    each step). ema.lo above ema.hi labelled the teacher's unsure pixels as edits. Each is one invalid_config line
+    naming the values, before any run folder; a product just below 1 is taken."""
+    rc = main(["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path}", "name=r", "steps=1", *overrides])
+    err = capsys.readouterr().err
+    assert rc == 2 and "[invalid_config]" in err and said in err, err[-600:]
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+    from sigma.config.loader import load_config
+
+    assert load_config(TrainConfig, STAGE1, ["lr=0.5", "weight_decay=1.99", "ema.hi=0.5", "ema.lo=0.5"]).lr == 0.5
+
+
+def test_one_pair_a_step_on_a_crop_the_backbone_shrinks_to_one_cell_is_refused_before_the_run(photos, tmp_path,
+                                                                                             capsys):
+    """batch_size=1 at data.crop=32: the compact backbone's 5 stride-2 stages leave a 1x1 grid, one value per
+    channel, and BatchNorm's training forward raised "Expected more than 1 value per channel when training" (a
+    traceback at the first step, after the run folder and the first validation). Now one invalid_config line and no
+    run folder; crop 33 (a 2x2 grid) still trains."""
+    common = [f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "steps=1", "batch_size=1", "eval.val_size=1"]
+    assert main(["train", STAGE1, *common, "name=one", "data.crop=32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [invalid_config]: batch_size=1 at data.crop=32: the backbone's last stage "
+                          "sees a 1x1 grid"), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs" / "one").exists()
+    assert main(["train", STAGE1, *common, "name=two", "data.crop=33"]) == 0
+
+
 def test_a_crop_a_vit_backbone_cannot_see_is_refused_before_the_run(photos, tmp_path, capsys):
     """A DINOv2 model sees whole 14-px patches: data.crop=64 was a ValueError traceback at the first training step,
     after the run folder, the backbone load and the first validation."""
@@ -1419,6 +1454,18 @@ def test_freeze_holds_the_named_parameters_and_their_batchnorm_statistics(photos
     # what trains is the run's: its optimizer state fits those parameters only
     assert main(["train", "--resume", str(runs / "tuned"), "freeze=[]"]) == 2
     assert "freeze [\"backbone\"] -> []" in capsys.readouterr().err
+
+
+def test_freezing_every_parameter_is_one_config_error_and_no_run_folder(photos, tmp_path, capsys):
+    """`freeze` naming every top-level module left AdamW an empty parameter list: a ValueError traceback ("optimizer
+    got an empty parameter list"). Now one invalid_config line, before any run folder."""
+    args = ["train", STAGE1, f"data.photos={photos}", f"out_dir={tmp_path / 'runs'}", "name=all", "steps=1",
+            "eval.val_size=0", "freeze=[backbone, decoder, difference, heads, refine]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma: error [invalid_config]: freeze: 'backbone', 'decoder', 'difference', 'heads', "
+                          "'refine' holds every parameter of this model fixed: nothing would train"), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs" / "all").exists()
 
 
 # `python -c` of a `sigma train` that, at its first rename of a temporary file of the validation set (the set is being

@@ -92,3 +92,26 @@ def test_a_resume_reads_the_checkpoint_it_judges_once(photos, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "batch_size 4 -> 2" in err and "from step 2 on the run reads from example 4, not 8" in err, err
     assert reads.count(True) == 1 and reads.count(False) == 1, reads
+
+
+def test_a_resume_to_fewer_steps_than_the_run_has_made_is_refused_with_nothing_changed(photos, tmp_path, capsys):
+    """`--resume RUN steps=1` on a run paused at step 2 of 4: it wrote steps: 1 into config.yaml, dropped the run's
+    `paused` row and wrote final/ at step 2 ("at step 2 of 1 ... finishing it", exit 0): the run ended for good, by
+    a typo. Now `invalid_config` naming the step, the run folder untouched; steps=2 (the step it stands at) still
+    ends the run there, as asked."""
+    runs = tmp_path / "runs"
+    run = runs / "r"
+    # max_minutes that the first step outlasts: each stretch pauses after its one step
+    common = ["steps=4", "eval.val_size=0", "max_minutes=0.0001"]
+    assert main(["train", STAGE1, f"data.photos={photos}", f"out_dir={runs}", "name=r", *common]) == 0
+    assert main(["train", "--resume", str(run), "max_minutes=0.0001"]) == 0
+    assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 2
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt")}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert f"[invalid_config]: steps=1 is below the step {run} stands at (2): a resume cannot undo steps" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert {name: (run / name).read_bytes() for name in before} == before and not (run / "final").exists()
+    assert main(["train", "--resume", str(run), "steps=2"]) == 0
+    assert (run / "final" / "config.json").is_file() and _train_steps(run) == [1, 2]

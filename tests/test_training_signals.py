@@ -586,6 +586,42 @@ def test_sigterm_while_the_trainer_waits_for_a_stuck_data_worker_pauses_at_once_
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
 
 
+def test_sigterm_while_the_trainer_builds_a_batch_without_data_workers_pauses_between_two_samples(photos, tmp_path):
+    """num_workers=0: the batch is built in the main thread, sample by sample. A scheduler's SIGTERM there was only
+    noted, and obeyed once the whole batch was built and its step done: 1024 crops at 192 px took minutes (past any
+    grace period, then SIGKILL and the steps since the last checkpoint lost). Now the stop is looked for between two
+    samples: held in sample 2 of 4 of step 3's batch until the SIGTERM's handler has run
+    (tests/train_term_mid_batch.py), the run pauses at step 2 (its checkpoint), not after step 3: one line, 143, a
+    `paused` row with `waiting_for_data`. `--resume` ends the run with the uninterrupted run's weights, each step
+    logged once."""
+    run = tmp_path / "runs" / "cut"
+    common = [f"data.photos={photos}", "steps=4", "batch_size=4", "num_workers=0", "ckpt_every=2",
+              "eval.at_start=false", "eval.val_size=2", "warmup_steps=2", "log_every=1"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "train_term_mid_batch.py"), STAGE1, *common,
+                             f"out_dir={run.parent}", f"name={run.name}"],
+                            env={**_env(), "SIGMA_TEST_TERM_SAMPLE": str(2 * 4 + 1)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    lines = Lines(proc.stdout)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and lines.when("READY") is None:
+        time.sleep(0.02)
+    assert proc.poll() is None and lines.when("READY") is not None, lines.text()[-3000:]
+    os.kill(proc.pid, signal.SIGTERM)
+    err = _ended(proc, lines, 120)
+    assert proc.returncode == 143, lines.text()[-3000:] + err[-3000:]
+    assert _terminated_at(err, run) == 2, lines.text()[-3000:]         # step 3 was done first before
+    assert "a SIGTERM came while the run built its batch for step 3 (num_workers=0" in lines.text()
+    assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 2
+    paused = _rows(run)[-1]
+    assert {k: paused.get(k) for k in ("event", "step", "reason", "waiting_for_data")} == \
+        {"event": "paused", "step": 2, "reason": "sigterm", "waiting_for_data": True}, paused
+
+    ref = tmp_path / "runs" / "ref"
+    assert main(["train", STAGE1, *common, f"out_dir={ref.parent}", "name=ref"]) == 0
+    _resume_ends_like(run, ref, _env())
+    assert steps_logged(run) == [1, 2, 3, 4]
+
+
 def test_max_minutes_while_the_trainer_waits_for_a_stuck_data_worker_pauses_the_run(photos, tmp_path):
     """`max_minutes` passing while the trainer waits for a batch a stuck data worker never delivers: before, the
     budget was checked between steps only, and the run overshot it without bound (until killed). Now the wait is cut

@@ -5,7 +5,7 @@ import math
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import InitErrorDetails
 
 from sigma.config.schema import (
@@ -67,6 +67,18 @@ class EmaConfig(Section):
     withhold_latent_labels: bool = Field(True, description="latent-edit pairs become unlabelled pairs")
     strong_noise: float = Field(0.02, ge=0, description="σ of Gaussian noise on the student's edited view")
     strong_jitter: float = Field(0.05, ge=0, description="brightness/contrast jitter of the student view")
+
+    @field_validator("lo")
+    @classmethod
+    def _lo_not_above_hi(cls, lo: float, info: ValidationInfo) -> float:
+        """A pixel is a confident edit above `hi` and confidently unedited below `lo`: with lo above hi the pixels
+        between were both, and labelled edits (`pseudo_label_loss`), unsaid. (`hi` is checked first: declared
+        before.)"""
+        hi = info.data.get("hi")
+        if hi is not None and lo > hi:
+            raise ValueError(f"ema.lo {lo:g} is above ema.hi {hi:g}: a teacher probability between them would be both "
+                             "a confident edit (above hi) and confidently unedited (below lo); keep lo <= hi")
+        return lo
 
 
 class DisentangleConfig(Section):
@@ -193,6 +205,20 @@ class TrainConfig(Section):
         if not math.isfinite(1.0 + sum(s.weight for s in sources)):
             raise ValueError("the sources' weights must add up to a finite number")
         return sources
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _decay_below_one(cls, weight_decay: float, info: ValidationInfo) -> float:
+        """AdamW's decoupled decay multiplies every weight by (1 - lr x weight_decay) each step: at 1 it zeroed them at
+        the peak learning rate, above 1 it flipped their sign every step. `lr=1 weight_decay=1` trained so to exit 0
+        with a final/ of zeros; now refused before anything runs. (`lr` is checked first: declared before.)"""
+        lr = info.data.get("lr")
+        if lr is not None and lr * weight_decay >= 1:
+            raise ValueError(f"lr x weight_decay is {lr * weight_decay:.6g} (lr {lr:g}, weight_decay "
+                             f"{weight_decay:g}): AdamW multiplies every weight by (1 - lr x weight_decay) each "
+                             "step, so at 1 or more it zeroes or flips the weights; keep the product below 1 "
+                             "(weight_decay is usually 0.01 to 0.1)")
+        return weight_decay
 
     @field_validator("name")
     @classmethod

@@ -7,6 +7,11 @@ nothing else, is cut: while the main thread is inside the data loader's `__next_
 handler, or the deadline (a watch thread asks the main thread to run the SIGALRM handler), raises `DataWaitCut`
 there. The model then stands at the end of the last completed step, and the trainer pauses as between steps.
 
+Without data workers (`num_workers=0`) the batch is built in the main thread, sample by sample, inside the
+dataset's own code: a SIGTERM was only noted there, and one batch of 1024 crops at 192 px (minutes) outlasted a
+scheduler's grace period. There the handler raises nothing (it would land anywhere in that code); the stop is looked
+for between two samples (`DataWait.between_samples`, `in_process`), and the wait is cut there the same way.
+
 Bounded: torch's loader waits on its result queue in slices of `MP_STATUS_CHECK_INTERVAL` (5 s), and Python runs a
 signal's handler in the main thread at the latest when a slice ends (at once when the kernel hands the signal to the
 main thread: its poll is interrupted).
@@ -39,8 +44,10 @@ class DataWait:
     """The cuttable wait. `terminated` (truthy once a SIGTERM was noted), `deadline` (a `time.monotonic()` value, or
     None) and `timed` (asked as each wait begins: whether the deadline counts for it) come from the trainer."""
 
-    def __init__(self, terminated: Any, deadline: float | None, timed: Callable[[], bool]) -> None:
+    def __init__(self, terminated: Any, deadline: float | None, timed: Callable[[], bool],
+                 in_process: bool = False) -> None:
         self.terminated, self.deadline, self._timed_now = terminated, deadline, timed
+        self.in_process = in_process    # the batch is built in this thread: stops are looked for between samples
         self._waiting = False           # the main thread is inside the loader's __next__
         self._timed = False             # ... and the deadline counts for this wait
         self._enabled = False           # armed: the handlers are ours (main thread only)
@@ -67,6 +74,13 @@ class DataWait:
         term = signal.getsignal(signal.SIGTERM)
         if threading.current_thread() is not threading.main_thread() or not callable(term):
             yield self
+            return
+        if self.in_process:             # no handler raises: `between_samples` looks, at a sample's edge
+            self._enabled = True
+            try:
+                yield self
+            finally:
+                self._enabled = self._waiting = False
             return
 
         def on_term(signum: int, frame: Any) -> None:
@@ -115,9 +129,18 @@ class DataWait:
         self._waiting = True
         try:
             self._raise_if_due()
-            return next(iterator)
+            batch = next(iterator)
+            if self.in_process:         # a stop in the batch's last sample or its collation: the step is not run
+                self._raise_if_due()
+            return batch
         finally:
             self._waiting = False
+
+    def between_samples(self) -> None:
+        """Called before each sample of a batch built in this thread (`in_process`): `DataWaitCut` when a stop came
+        while the batch was being built. Outside `next` (the batch of a validation, say) it does nothing."""
+        if self._waiting:
+            self._raise_if_due()
 
     def around(self, iterator: Iterator[Any]) -> Iterator[Any]:
         """The batches of `iterator`, each waited for through `next`."""

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from sigma.config.loader import config_hash, load_config, parse_overrides, save_resolved
 from sigma.errors import ConfigError, InputError, SigmaError, Stopped, first_line
@@ -113,6 +113,21 @@ def _stall_for_tests() -> None:
     info.dataset.sample = stalling
 
 
+class _SampleChecked(Dataset):
+    """`dataset`, `check()` called before each sample: a batch built in the main thread (`num_workers=0`) is cut
+    between two samples by a stop (`DataWait.between_samples`), not only once it is whole."""
+
+    def __init__(self, dataset: Dataset, check: Callable[[], None]) -> None:
+        self.dataset, self.check = dataset, check
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        self.check()
+        return self.dataset[index]
+
+
 def _until_cut(batches: Iterator[Any], cut: list[DataWaitCut]) -> Iterator[Any]:
     """The batches, until the wait for one is cut short (`DataWait`): the cut is put in `cut` and the iteration
     ends. Only a wait for a batch is caught here, never the loop body's own work (exceptions raised there do not
@@ -192,6 +207,10 @@ def _freeze(model: torch.nn.Module, prefixes: list[str]) -> int:
             if p.requires_grad:
                 p.requires_grad_(False)
                 held += p.numel()
+    if prefixes and not any(p.requires_grad for p in model.parameters()):
+        # every module named: AdamW's "optimizer got an empty parameter list" ValueError traceback
+        raise ConfigError(f"freeze: {', '.join(map(repr, prefixes))} holds every parameter of this model fixed: "
+                          "nothing would train; freeze fewer modules")
     return held
 
 
@@ -991,24 +1010,32 @@ class Trainer:
         (a hung mount) held the trainer in that wait: the SIGTERM was noted but never acted on, the scheduler's
         SIGKILL came, and max_minutes overshot without bound.
 
-        None — the wait is not cut, as before — without data workers (the batch is read in the main thread, where a
-        cut would land inside the dataset's own code) and under DDP: the other ranks wait for this one inside the
-        step's collectives, which a rank that left the loop would never join (torchrun's ranks then wait for the
+        Without data workers the batch is built in the main thread, where a raise from the handler would land inside
+        the dataset's own code: the stop is looked for between two samples instead (`in_process`). A SIGTERM was only
+        noted there, and the run stopped after the batch and its step: minutes for 1024 crops at 192 px, past a
+        scheduler's grace period.
+
+        None — the wait is not cut, as before — under DDP: the other ranks wait for this one inside the step's
+        collectives, which a rank that left the loop would never join (torchrun's ranks then wait for the
         scheduler's SIGKILL, and `--resume` continues from the last checkpoint)."""
-        if not self.cfg.num_workers or self.world > 1:
+        if self.world > 1:
             return None
         minutes = self.cfg.max_minutes
         first = self.step
         return DataWait(self.terminated, None if minutes is None else started + 60.0 * minutes,
-                        timed=lambda: first < self.step < self.cfg.steps)
+                        timed=lambda: first < self.step < self.cfg.steps, in_process=not self.cfg.num_workers)
 
     def _waited_out(self, cut: DataWaitCut) -> str:
         """The wait for the next batch was cut (`_data_waits`): the model stands at the end of step `self.step`,
         which the pause checkpoints; the data workers are killed by now (`_data_workers`). The reason, said."""
         self.waited_for_data = True
         stop = "a SIGTERM came" if cut.reason == "sigterm" else f"max_minutes={self.cfg.max_minutes:.15g} ran out"
-        self.log(f"{stop} while the run waited for its data workers' batch for step {self.step + 1} (a worker "
-                 f"stuck in a read?); pausing at step {self.step}")
+        if self.cfg.num_workers:
+            self.log(f"{stop} while the run waited for its data workers' batch for step {self.step + 1} (a worker "
+                     f"stuck in a read?); pausing at step {self.step}")
+        else:
+            self.log(f"{stop} while the run built its batch for step {self.step + 1} (num_workers=0: the samples "
+                     f"built so far are dropped); pausing at step {self.step}")
         return cut.reason
 
     def _finish(self, val, started: float) -> Path:
@@ -1114,7 +1141,8 @@ class Trainer:
         cut = drained = False
         try:
             with stop_signals_deferred():
-                iterator = self._loader_iter(ds)
+                iterator = self._loader_iter(_SampleChecked(ds, waits.between_samples)
+                                             if waits is not None and waits.in_process else ds)
             yield waits.around(iterator) if waits is not None else iterator
             drained = True
         except DataWaitCut:
@@ -1496,11 +1524,20 @@ def _check_model(cfg: TrainConfig) -> None:
     """The configured architecture, validated and its size checked (`sigma.models.size`) before the run folder is
     made: a `model:` mapping with an absurd width was built, and failed, after config.yaml had been written."""
     from sigma.models import make_config, preset_config
-    from sigma.models.config import Dinov2BackboneConfig
+    from sigma.models.config import CompactBackboneConfig, Dinov2BackboneConfig
     from sigma.models.size import check_model_size
 
     model = preset_config(cfg.model) if isinstance(cfg.model, str) else make_config(cfg.model)
     check_model_size(model)
+    if isinstance(model.backbone, CompactBackboneConfig) and cfg.batch_size == 1:
+        side = cfg.data.crop
+        for _ in model.backbone.widths:     # each stage halves the grid (a stride-2 conv, padded)
+            side = (side - 1) // 2 + 1
+        if side == 1:
+            # BatchNorm in train mode needs more than one value per channel: a ValueError traceback at the first step
+            raise ConfigError(f"batch_size=1 at data.crop={cfg.data.crop}: the backbone's last stage sees a 1x1 grid, "
+                              "one value per channel, which BatchNorm cannot train on; use batch_size=2 or more, or a "
+                              "larger data.crop")
     if isinstance(model.backbone, Dinov2BackboneConfig):
         # a ViT sees whole patches: a crop of 64 for patch 14 was a ValueError traceback at the first step
         patch = int((model.backbone.hf_config or {}).get("patch_size") or model.size_multiple)
@@ -1531,7 +1568,14 @@ def start(config_path: str | None, overrides: list[str] | None = None, resume: s
         saved_batch, saved_seed = saved_stream(run_dir, latest) or (saved.batch_size, saved.seed)
         changed = stream_changes(run_dir, saved_batch, cfg.batch_size, saved_seed, cfg.seed, world.world_size(),
                                  None if latest is None else int(latest["step"]))
+        at = None if latest is None else int(latest["step"])
         del latest          # not held through the run: its tensors map the checkpoint file, which later saves replace
+        if at is not None and cfg.steps < at:
+            # `--resume RUN steps=1` on a run at step 2 of 4 wrote steps: 1 into config.yaml, dropped its `paused`
+            # row and wrote final/ at step 2: the run ended for good, at 2 of what said 1, by a typo
+            raise ConfigError(f"steps={cfg.steps} is below the step {run_dir} stands at ({at}): a resume cannot "
+                              f"undo steps; give steps={at} or more ({at} ends the run there), or start a new run "
+                              f"from it with init_from={run_dir} (nothing in the run folder was changed)")
         if changed and world.rank() == 0:
             print(f"sigma: warning: {printable(changed)}", file=sys.stderr, flush=True)
         frozen = (run_dir / "cache_index.json").absolute()
