@@ -105,3 +105,66 @@ def test_an_outcome_for_an_entry_redis_lost_is_dropped_and_said(redis_server, ca
     assert a.dead_count() == 0
     assert any("no longer pending" in rec.getMessage() for rec in caplog.records), caplog.text
 
+
+
+def test_a_defer_takes_no_entry_back_from_the_consumer_that_reclaimed_it(redis_server):
+    """`defer` was a plain XCLAIM: worker a, whose lease had lapsed and whose entry worker b had reclaimed, took it
+    back by deferring it (and set its delivery counter back under b). It is ownership-checked now, as the heartbeat's
+    EXTEND is: a's defer leaves the entry with b (-1), an entry settled meanwhile is said gone (0), a's own is
+    deferred (1) with its counter set back."""
+    import uuid
+
+    from sigma.service.queue import DEFER_GONE, DEFER_HELD, StreamQueue
+
+    prefix = f"lease-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    a, b = (StreamQueue(client, f"{prefix}:s", "g", name, lease_ms=60_000, max_deliveries=3,
+                        dead_stream=f"{prefix}:dead") for name in ("a", "b"))
+    a.ensure_group()
+    for n in range(3):
+        a.add({"job": str(n)})
+    mine, taken, settled = a.read(3, None)
+    client.xclaim(a.stream, "g", "b", 0, [taken.id])             # b reclaims it (a's lease ran out)
+    b.ack([settled.id])                                          # settled by another consumer
+    counted = a.delivery_counts([taken.id])
+    assert a.defer(taken) == DEFER_HELD
+    assert a.owners([taken.id]) == {taken.id: "b"}
+    assert a.delivery_counts([taken.id]) == counted
+    assert a.defer(settled) == DEFER_GONE and a.owners([settled.id]) == {}
+    assert a.defer(mine) == 1
+    assert a.owners([mine.id]) == {mine.id: "a"} and a.delivery_counts([mine.id]) == {mine.id: 0}
+
+
+def test_a_lease_lost_while_a_batch_is_settled_drops_its_defer(redis_server):
+    """The consumer looks at who holds its entries before it settles a batch's outcomes (`_drop_lost`), but a lease
+    can lapse while it settles them (a result's store is slow, the process is paused): entry 2, reclaimed by b while
+    entry 1's result was stored, was still deferred by a (taken back from b). Now its defer is dropped and counted
+    lost, the entry left with b."""
+    import uuid
+
+    from sigma.service.consumer import Consumer, Outcome
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings
+
+    prefix = f"lease-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=3)
+    a = StreamQueue(client, f"{prefix}:s", "g", "a", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                    dead_stream=f"{prefix}:dead")
+    a.ensure_group()
+    a.add({"job": "1"})
+    a.add({"job": "2"})
+    first, second = a.read(2, None)
+
+    class StoreThenDefer(Decided):
+        batch_size = 2
+
+        def handle(self, entries):
+            steal = lambda: client.xclaim(a.stream, "g", "b", 0, [second.id])   # noqa: E731 - b reclaims it
+            return [Outcome(entries[0], "ack", store=steal), Outcome(entries[1], "defer")]
+
+    handler = StoreThenDefer("defer")
+    consumer = Consumer(client, a, handler, qs, heartbeat_key=f"{prefix}:hb")
+    consumer.process([first, second])
+    assert a.owners([first.id, second.id]) == {second.id: "b"}
+    assert consumer.counts.lost == 1 and consumer.counts.deferred == 0 and handler.gone == []

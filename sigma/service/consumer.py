@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 import redis
 import redis.exceptions as redis_errors
 
-from sigma.service.queue import Entry, Heartbeat, StreamQueue
+from sigma.service.queue import DEFER_GONE, DEFER_HELD, Entry, Heartbeat, StreamQueue
 from sigma.service.settings import QueueSettings
 from sigma.text import shown
 
@@ -403,9 +403,17 @@ class Consumer:
             self._dead_letter(outcome)
             return
         if outcome.action == "defer":
-            # idempotent (sets the counter): settled again after a Redis error
-            if not self.queue.defer(entry) and hasattr(self.handler, "on_gone"):
+            # idempotent (sets the counter): settled again after a Redis error. Only while the entry is still this
+            # consumer's: `_drop_lost` looked before the outcomes were settled, and a lease can lapse in between
+            done = self.queue.defer(entry)
+            if done == DEFER_GONE and hasattr(self.handler, "on_gone"):
                 self.handler.on_gone(entry)
+            if done == DEFER_HELD:
+                self.counts.lost += 1
+                log.warning("%s: entry %s is held by another consumer now (this worker's lease ran out while it "
+                            "worked: it was paused or stalled); its outcome here (defer) is dropped", self.describe,
+                            entry.id)
+                return
             self.counts.deferred += 1
             return
         if outcome.action == "retry":
