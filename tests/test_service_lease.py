@@ -168,3 +168,49 @@ def test_a_lease_lost_while_a_batch_is_settled_drops_its_defer(redis_server):
     consumer.process([first, second])
     assert a.owners([first.id, second.id]) == {second.id: "b"}
     assert consumer.counts.lost == 1 and consumer.counts.deferred == 0 and handler.gone == []
+
+
+def test_entries_lost_while_a_batch_is_worked_are_skipped_in_the_rest_of_it(redis_server, caplog):
+    """A consumer holding more entries than one handler batch (a reclaim takes up to `reclaim_count`) whose lease ran
+    out while it worked on the first (paused): its heartbeat found the others held by another consumer, and it still
+    handled them, one batch after another, starting jobs that worker was doing and storing results for them. Now
+    the entries a beat found lost are skipped, said in one line, and left with the consumer that holds them."""
+    import logging
+    import uuid
+
+    from sigma.service.consumer import Consumer, Outcome
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings
+
+    prefix = f"lease-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=3)
+    a = StreamQueue(client, f"{prefix}:s", "g", "a", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                    dead_stream=f"{prefix}:dead")
+    a.ensure_group()
+    for n in range(3):
+        a.add({"job": str(n)})
+    entries = a.read(3, None)
+    consumer: Consumer
+
+    class LosesTheRest(Decided):
+        def __init__(self, action: str):
+            super().__init__(action)
+            self.handled: list[str] = []
+
+        def handle(self, batch):
+            self.handled += [e.id for e in batch]
+            if len(self.handled) == 1:       # inside the first: b reclaims the others, and a beat notices
+                client.xclaim(a.stream, "g", "b", 0, [e.id for e in entries[1:]])
+                consumer.heartbeat.beat()
+            return [Outcome(e, "ack") for e in batch]
+
+    handler = LosesTheRest("ack")
+    consumer = Consumer(client, a, handler, qs, heartbeat_key=f"{prefix}:hb")
+    with caplog.at_level(logging.WARNING, logger="sigma.service.consumer"):
+        consumer.process(entries)
+    assert handler.handled == [entries[0].id]
+    assert a.owners([e.id for e in entries]) == {e.id: "b" for e in entries[1:]}
+    assert consumer.counts.lost == 2 and consumer.counts.acked == 1
+    assert any("they are skipped" in rec.getMessage() for rec in caplog.records), caplog.text
+    assert consumer.heartbeat.take_lost([e.id for e in entries]) == set()

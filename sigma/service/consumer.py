@@ -298,6 +298,9 @@ class Consumer:
         first = True
         while self._unhandled and (first or not self.stop.is_set()):   # on stop: finish the batch in hand only
             first = False
+            self._skip_lost()
+            if not self._unhandled:
+                break
             chunk = self._unhandled[:self.handler.batch_size]
             self._handling, self._stuck_reported = (time.monotonic(), chunk), False
             try:
@@ -315,6 +318,22 @@ class Consumer:
             self._stored_unchecked = True
             self._store_all()
             self._after_stored()
+
+    def _skip_lost(self) -> None:
+        """Leave out of the entries not yet handled those the heartbeat found held by another consumer or settled
+        (this worker's lease ran out: it was paused or stalled past `queue.lease_ms`). A worker that lost its lease
+        went on through the rest of what it held (a reclaim takes up to `reclaim_count` entries, handled a batch at a
+        time), starting jobs another worker was doing and storing results for them: that work is skipped now."""
+        if not self._unhandled:
+            return
+        lost = self.heartbeat.take_lost([e.id for e in self._unhandled])
+        if not lost:
+            return
+        self.counts.lost += len(lost)
+        log.warning("%s: %d entries in hand are held by another consumer now or settled (this worker's lease ran "
+                    "out: it was paused or stalled); they are skipped, not handled here: %s", self.describe,
+                    len(lost), ", ".join(sorted(lost)[:5]))
+        self._unhandled[:] = [e for e in self._unhandled if e.id not in lost]
 
     def _after_stored(self) -> None:
         """Every outcome in hand is stored: `after_batch` once for the batch they came from, whether they were

@@ -375,6 +375,9 @@ class Heartbeat:
         self.watch = watch              # called after every beat, in this thread (the consumer's stuck-batch check)
         self.on_dead = on_dead          # the heartbeat cannot go on: end the process (default: `_end_process`)
         self._in_flight: set[str] = set()
+        # ids a beat found held by another consumer or settled (`extend`): the consumer skips those it has not handed
+        # to its handler yet (`Consumer._skip_lost`) instead of doing work another worker does now
+        self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._writing = threading.Lock()       # held while a beat writes the key (`halt` waits for it)
         self._stop = threading.Event()
@@ -391,10 +394,19 @@ class Heartbeat:
     def track(self, ids: list[str]) -> None:
         with self._lock:
             self._in_flight.update(ids)
+            self._lost.difference_update(ids)       # claimed again by this consumer: its own once more
+
+    def take_lost(self, ids: list[str]) -> set[str]:
+        """Those of `ids` a beat found this consumer holds no more, forgotten here (each is reported once)."""
+        with self._lock:
+            found = self._lost.intersection(ids)
+            self._lost.difference_update(found)
+        return found
 
     def untrack(self, ids: list[str]) -> None:
         with self._lock:
             self._in_flight.difference_update(ids)
+            self._lost.difference_update(ids)        # settled (or dropped) by the consumer: nothing left to skip
 
     def beat(self) -> None:
         """Extend the leases first: XCLAIM is allowed when Redis is over `maxmemory` and the HSET is not, and
@@ -405,7 +417,10 @@ class Heartbeat:
             try:
                 lost = self.queue.extend(ids)
                 if lost:            # taken over after our lease ran out: not extended again (the consumer drops them)
-                    self.untrack(lost)
+                    with self._lock:
+                        still = self._in_flight.intersection(lost)     # not settled or re-tracked meanwhile
+                        self._in_flight.difference_update(lost)
+                        self._lost.update(still)
                     log.warning("heartbeat %s: %d entries in hand are held by another consumer now (this worker's "
                                 "lease on them ran out: it was paused or stalled) or settled; their outcome here "
                                 "will be dropped: %s", self.key, len(lost), ", ".join(lost[:5]))
