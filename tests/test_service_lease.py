@@ -8,9 +8,104 @@ is dropped (`Consumer._drop_lost`): each job is answered once.
 """
 from __future__ import annotations
 
-import pytest
+import signal
+from pathlib import Path
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
+import pytest
+from servicekit import make_pair, running_service, wait_until
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
+
+GROUP = "sigma-workers"
+# long enough that the worker is still inside the job after it is stopped and let go again, on a loaded machine
+# too: a stopped process's sleep runs on, so the job ends soon after SIGCONT only when the stop lasted this long
+JOB_MS = 20_000
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def stop_inside_the_job(svc, worker, job_id: str) -> None:
+    """SIGSTOP the worker once the job is running, and wait until it is stopped: the job must still be running
+    then (the worker is frozen with it in hand, no result stored), else the test could not show anything."""
+    wait_until(lambda: svc.raw_job(job_id).get("status") == "running", 60, "the worker to start the job")
+    worker.signal(signal.SIGSTOP)
+    wait_until(lambda: _state(worker.pid) in ("T", "t"), 30, "the worker to be stopped")
+    assert svc.raw_job(job_id).get("status") == "running", svc.raw_job(job_id)
+
+
+def test_a_worker_paused_past_its_lease_does_not_claim_its_entry_back(redis_server, tmp_path):
+    """A real `sigma worker` stopped inside a job past its lease, the entry reclaimed by another consumer, then let go
+    (SIGCONT): its heartbeat used to claim the entry back (a plain XCLAIM). Now the entry is never the resumed
+    worker's again (sampled until the job is done), the job is answered once, by the resumed worker (the other
+    consumer here does nothing), and the worker goes on. Conditions only: no timing is assumed."""
+    slow = [f"worker.options={{delay_ms: {JOB_MS}}}", "worker.max_batch_size=1"]
+    with running_service(redis_server, tmp_path) as svc:
+        worker = svc.start_worker("slow-diff", slow)
+        original, edited = make_pair(seed=7)
+        resp = svc.submit(original, edited, {"annotator": "slow-diff"})
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["id"]
+        r = svc.redis_server.client()
+        stream = f"{svc.prefix}:stream:slow-diff"
+        stop_inside_the_job(svc, worker, job_id)
+        try:
+            # its lease (queue.lease_ms=800) runs out while it is stopped: another consumer reclaims the entry
+            claimed = wait_until(lambda: r.xautoclaim(stream, GROUP, "thief", 800, start_id="0-0", count=10)[1], 60,
+                                 "the stopped worker's lease to run out")
+            assert len(claimed) == 1, claimed
+            entry_id = claimed[0][0]
+        finally:
+            worker.signal(signal.SIGCONT)
+        owners = []
+
+        def done() -> bool:
+            owners.extend(row["consumer"] for row in r.xpending_range(stream, GROUP, entry_id, entry_id, 1))
+            return svc.raw_job(job_id).get("status") == "done"
+
+        wait_until(done, 120, "the job to be done", interval=0.02)
+        # without the fix the resumed worker's first beat took it back and held it until the job ended
+        assert set(owners) <= {b"thief"}, owners
+        raw = svc.raw_job(job_id)
+        assert raw["completions"] == "1" and raw["worker"] == worker.consumer, raw
+        # its result stored, the worker acknowledged the entry: nothing is left for the thief to settle
+        wait_until(lambda: not r.xpending_range(stream, GROUP, "-", "+", 10), 30, "the entry to be acknowledged")
+        assert worker.alive(), worker.output()
+        assert "Traceback" not in worker.output(), worker.output()
+
+
+def test_a_job_lost_with_redis_data_mid_batch_is_said_and_the_worker_goes_on(redis_server, tmp_path):
+    """Redis restarted without its data (here: the service's keys deleted, as FLUSHALL or an empty restart leaves
+    them) while a real worker was inside a job: the job's record and its entry are gone, so its result has nowhere to
+    go. The worker says so in one line (it used to drop it without a word), re-creates no record, stays up, and does
+    the next job. The keys go while the worker is stopped inside the job, so it cannot have finished first."""
+    slow = [f"worker.options={{delay_ms: {JOB_MS}}}", "worker.max_batch_size=1"]
+    with running_service(redis_server, tmp_path) as svc:
+        worker = svc.start_worker("slow-diff", slow)
+        r = svc.redis_server.client()
+        original, edited = make_pair(seed=8)
+        resp = svc.submit(original, edited, {"annotator": "slow-diff"})
+        assert resp.status_code == 202, resp.text
+        first = resp.json()["id"]
+        stop_inside_the_job(svc, worker, first)
+        try:
+            # every key of this service (the session's Redis is shared: not FLUSHALL), the worker's heartbeat too
+            for key in list(r.scan_iter(match=f"{svc.prefix}:*")):
+                r.delete(key)
+        finally:
+            worker.signal(signal.SIGCONT)
+        wait_until(lambda: "is no longer pending" in worker.output(), 120, "the worker to say the job was lost")
+        assert svc.raw_job(first) == {}                  # not re-created by a late result
+        resp = svc.submit(original, edited, {"annotator": "slow-diff"})
+        assert resp.status_code == 202, resp.text
+        second = resp.json()["id"]
+        wait_until(lambda: svc.raw_job(second).get("status") == "done", 120, "the next job to be done")
+        assert worker.alive(), worker.output()
+        assert "Traceback" not in worker.output(), worker.output()
 
 
 class Decided:
