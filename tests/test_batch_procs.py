@@ -340,6 +340,40 @@ def test_scale_flags_that_do_not_fit(corpus, tmp_path, capsys):
     assert "no_such_module_here" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize(("setting", "said"), [
+    ("start_retry.first_s=0", "start_retry.first_s"), ("start_retry.max_s=-1", "start_retry.max_s"),
+    ("start_retry.tries=0", "start_retry.tries"), ("start_retry.tries=100000", "start_retry.tries"),
+    ("start_retry.first_s=1e300", "start_retry.first_s"), ("start_retry.first_s=nan", "start_retry.first_s")])
+def test_start_retry_settings_out_of_bounds_are_invalid_config(corpus, tmp_path, capsys, setting, said):
+    """`start_retry.*` (how a failed `--procs` replacement start is tried again) are settings, each positive and
+    bounded: refused before anything runs, naming the setting."""
+    out = tmp_path / "x"
+    assert main(["batch", "run", str(corpus / "set"), "--out", str(out), "--annotator", "pixel-diff", "--procs",
+                 "2", "--no-progress", "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_config]" in err and said in err, err
+    assert not (out / "shards").exists()
+
+
+def test_a_failed_start_is_tried_again_as_start_retry_says(tmp_path, capsys):
+    """The wait after a failed replacement start and the tries with no process left are `start_retry`'s (they were
+    module constants: 0.5 s doubled up to 10 s, 8 tries): 2 s, 4 s, then 5 s at most, and no try after the third."""
+    from sigma.batch.layout import RunDir
+    from sigma.batch.procs import ProcPool
+
+    cfg = cfg_for(tmp_path, procs=2, start_retry={"first_s": 2, "max_s": 5, "tries": 3})
+    pool = ProcPool(cfg, RunDir(tmp_path / "run"), "hash", threads=1)
+    said = []
+    for _ in range(3):
+        assert pool.may_retry_start() or pool.retry_at is None
+        pool.start_failed("could not start an inference process (OSError: test)")
+        said.append(capsys.readouterr().err)
+    assert [line.split("trying again in ")[1].split(" s")[0] for line in said] == ["2.0", "4.0", "5.0"], said
+    assert "(try 3 of 3 with no process left)" in said[2], said
+    assert not pool.may_retry_start()
+    assert BatchConfig.model_validate({"input": {"path": "x"}}).start_retry.tries == 8
+
 MIDDLE = '''
 import multiprocessing, os, sys, time
 

@@ -75,8 +75,26 @@ class RayConfig(Strict):
                                    "(none could be placed): the remaining shards are failed")
 
 
+# the most tries `start_retry.tries` may set (a wait is a time: at most 30 days, as every time setting)
+START_RETRY_MAX_TRIES = 1000
+
+
+class StartRetryConfig(Strict):
+    """`--procs N`: how a replacement inference process that could not be started (fork or spawn refused, or it
+    failed before it was ready) is tried again. Were module constants (`sigma.batch.procs`): a machine whose limits
+    clear slowly (a pids cgroup, memory freed by another job) could not wait longer, nor a test shorter."""
+
+    first_s: Seconds = Field(0.5, gt=0, description="the wait after a first failed "
+                             "start; doubled after each failure in a row")
+    max_s: Seconds = Field(10.0, gt=0, description="the longest wait between two tries "
+                           "(the cap: below first_s, every wait is max_s)")
+    tries: int = Field(8, ge=1, le=START_RETRY_MAX_TRIES, description="with no inference process left: failed "
+                       "starts in a row before the shards left are failed (for --resume)")
+
+
 # Options that change speed or placement, never a byte of output: outside the run hash.
-NOT_HASHED = {"workers", "backend", "input", "procs", "threads", "attempts", "stall_s", "plugins", "ray"}
+NOT_HASHED = {"workers", "backend", "input", "procs", "threads", "attempts", "stall_s", "plugins", "ray",
+              "start_retry"}
 
 
 class BatchConfig(AnnotatorSpec):
@@ -102,6 +120,7 @@ class BatchConfig(AnnotatorSpec):
                            "chunk with no result for this long replaces the decode pool and fails the shards it held "
                            "(under `sigma worker --batch` at most half of worker.batch_timeout_s, so the pool "
                            "recovers before the worker is taken for hung)")
+    start_retry: StartRetryConfig = StartRetryConfig()
     attempts: int = Field(3, ge=1, description="a shard whose process or Ray actor dies is run again by another "
                           "one, up to this many tries in all; then it is failed (rerun with --resume)")
     plugins: Modules = Field(default_factory=list, description="modules imported before the annotator is built, "

@@ -32,12 +32,9 @@ from sigma.lifeline import ShieldedSpawnContext, interrupts_ignored, stop_signal
 TICK_INTERVAL_S = 0.25
 # A replacement inference process that cannot be started (fork or spawn refused: a pids or nproc limit, no file
 # descriptor left, no memory), or that dies or fails before it is ready once the run has had a ready child, is tried
-# again after START_RETRY_S, doubled after each such failure in a row up to START_RETRY_MAX_S; the other children go on
-# meanwhile. With no child left, the run waits for those tries, and fails the shards left only after START_TRIES
-# failures in a row (about a minute). A child that says "ready" resets the count.
-START_RETRY_S = 0.5
-START_RETRY_MAX_S = 10.0
-START_TRIES = 8
+# again after `start_retry.first_s`, doubled after each such failure in a row up to `start_retry.max_s`; the other
+# children go on meanwhile. With no child left, the run waits for those tries, and fails the shards left only after
+# `start_retry.tries` failures in a row (about a minute by default). A child that says "ready" resets the count.
 
 
 def has_gpu() -> bool:
@@ -203,6 +200,7 @@ class ProcPool:
         self.start_failures = 0           # starts failed in a row (`start_failed`), reset by a "ready"
         self.retry_at: float | None = None    # when a failed start is tried again (None: none is due)
         self.last_start_error = ""
+        self.start_retry = cfg.start_retry
 
     def spawn(self) -> _Child:
         """A new child, in `children` before it starts: a Ctrl-C during the start is taken once it has started
@@ -243,13 +241,14 @@ class ProcPool:
         from sigma.batch.pipeline import say_above_progress  # not at import: the driver needs no pipeline else
 
         self.start_failures += 1
-        delay = min(START_RETRY_MAX_S, START_RETRY_S * 2 ** (self.start_failures - 1))
+        retry = self.start_retry
+        delay = min(retry.max_s, retry.first_s * 2 ** min(self.start_failures - 1, 64))
         self.retry_at = time.monotonic() + delay
         self.last_start_error = reason
         left = len(self.live())
         say_above_progress(f"sigma batch: {reason}; trying again in {delay:.1f} s"
                            + (f" ({left} process(es) go on meanwhile)" if left else
-                              f" (try {self.start_failures} of {START_TRIES} with no process left)"))
+                              f" (try {self.start_failures} of {self.start_retry.tries} with no process left)"))
 
     def started(self) -> None:
         """A child said "ready": starts work here; the failures in a row are over."""
@@ -269,7 +268,7 @@ class ProcPool:
 
     def may_retry_start(self) -> bool:
         """With no child left: whether a failed start is still to be tried again (else the run gives up)."""
-        return self.retry_at is not None and self.start_failures < START_TRIES
+        return self.retry_at is not None and self.start_failures < self.start_retry.tries
 
     def live(self) -> list[_Child]:
         return [c for c in self.children if c.alive]

@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 import redis
 import redis.exceptions as redis_errors
 
-from sigma.service.queue import Entry, Heartbeat, StreamQueue
+from sigma.service.queue import DEFER_GONE, DEFER_HELD, Entry, Heartbeat, StreamQueue
 from sigma.service.settings import QueueSettings
 from sigma.text import shown
 
@@ -298,6 +298,9 @@ class Consumer:
         first = True
         while self._unhandled and (first or not self.stop.is_set()):   # on stop: finish the batch in hand only
             first = False
+            self._skip_lost()
+            if not self._unhandled:
+                break
             chunk = self._unhandled[:self.handler.batch_size]
             self._handling, self._stuck_reported = (time.monotonic(), chunk), False
             try:
@@ -315,6 +318,22 @@ class Consumer:
             self._stored_unchecked = True
             self._store_all()
             self._after_stored()
+
+    def _skip_lost(self) -> None:
+        """Leave out of the entries not yet handled those the heartbeat found held by another consumer or settled
+        (this worker's lease ran out: it was paused or stalled past `queue.lease_ms`). A worker that lost its lease
+        went on through the rest of what it held (a reclaim takes up to `reclaim_count` entries, handled a batch at a
+        time), starting jobs another worker was doing and storing results for them: that work is skipped now."""
+        if not self._unhandled:
+            return
+        lost = self.heartbeat.take_lost([e.id for e in self._unhandled])
+        if not lost:
+            return
+        self.counts.lost += len(lost)
+        log.warning("%s: %d entries in hand are held by another consumer now or settled (this worker's lease ran "
+                    "out: it was paused or stalled); they are skipped, not handled here: %s", self.describe,
+                    len(lost), ", ".join(sorted(lost)[:5]))
+        self._unhandled[:] = [e for e in self._unhandled if e.id not in lost]
 
     def _after_stored(self) -> None:
         """Every outcome in hand is stored: `after_batch` once for the batch they came from, whether they were
@@ -403,9 +422,17 @@ class Consumer:
             self._dead_letter(outcome)
             return
         if outcome.action == "defer":
-            # idempotent (sets the counter): settled again after a Redis error
-            if not self.queue.defer(entry) and hasattr(self.handler, "on_gone"):
+            # idempotent (sets the counter): settled again after a Redis error. Only while the entry is still this
+            # consumer's: `_drop_lost` looked before the outcomes were settled, and a lease can lapse in between
+            done = self.queue.defer(entry)
+            if done == DEFER_GONE and hasattr(self.handler, "on_gone"):
                 self.handler.on_gone(entry)
+            if done == DEFER_HELD:
+                self.counts.lost += 1
+                log.warning("%s: entry %s is held by another consumer now (this worker's lease ran out while it "
+                            "worked: it was paused or stalled); its outcome here (defer) is dropped", self.describe,
+                            entry.id)
+                return
             self.counts.deferred += 1
             return
         if outcome.action == "retry":

@@ -13,7 +13,7 @@ through this module, so the delivery rules are written once:
     q.dead_letter(entry, error="...")         # XACK, then XADD dead stream + XDEL: one script, at most once
     q.ack([e.id for e in batch])              # XACK + XDEL in one script: only after the result is stored
     q.extend(ids)                             # XCLAIM JUSTID of those still ours: refresh their lease
-    q.defer(entry)                            # XCLAIM RETRYCOUNT: retried after the lease, no delivery spent
+    q.defer(entry)                            # XCLAIM RETRYCOUNT if still ours: retried after the lease, no delivery
     q.depth(), q.pending_count(), q.dead_count()
 
     hb = Heartbeat(client, key="sigma:worker:host-123", interval_ms=2000, ttl_ms=10_000,
@@ -80,6 +80,19 @@ end
 return lost
 """
 
+DEFER = """
+-- KEYS: stream; ARGV: group, consumer, id, retry count. Hand the entry back for a retry after a full lease, its
+-- delivery counter set to the retry count, only while it is pending to this consumer: 1 deferred, 0 pending no more
+-- (settled), -1 held by another consumer. A plain XCLAIM (as EXTEND's note says) took the entry from whoever held it:
+-- a worker whose lease had lapsed (paused past queue.lease_ms) took back, by deferring it, the entry another worker
+-- had reclaimed and was doing, and its counter was set back under that worker.
+local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if row[1] == nil then return 0 end
+if row[1][2] ~= ARGV[2] then return -1 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'RETRYCOUNT', ARGV[4], 'JUSTID')
+return 1
+"""
+
 ADD_IF_SHORTER = """
 local limit = tonumber(ARGV[1])
 if limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then return false end
@@ -91,6 +104,10 @@ def stream_text(value: Any) -> str:
     """A stream field, id or name as Redis returned it (bytes without decode_responses) as text."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
+
+# `StreamQueue.defer`'s answers other than 1 (deferred)
+DEFER_GONE = 0
+DEFER_HELD = -1
 
 # A dead letter's error (a JSON record) is kept to this many characters.
 DEAD_ERROR_LIMIT = 4000
@@ -155,6 +172,7 @@ class StreamQueue:
         self._ack = client.register_script(ACK)
         self._dead_letter = client.register_script(DEAD_LETTER)
         self._extend = client.register_script(EXTEND)
+        self._defer = client.register_script(DEFER)
 
     # -- producing ---------------------------------------------------------------------------
     def ensure_group(self) -> None:
@@ -265,15 +283,16 @@ class StreamQueue:
             pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
         return [row for rows in pipe.execute() for row in rows]
 
-    def defer(self, entry: Entry) -> bool:
+    def defer(self, entry: Entry) -> int:
         """Leave the entry pending for a retry after a full lease, with this delivery not counted: its counter set
         back to what it was before it reached us (XCLAIM RETRYCOUNT; the next XAUTOCLAIM adds it again). For work
         refused for a reason that is not the entry's (its run folder held by a local run): a retry spent a delivery
-        each time, and a long wait dead-lettered entries nothing was wrong with. False: the entry is pending no
-        more (another consumer, whose lease on it had lapsed, acknowledged or dead-lettered it meanwhile)."""
-        claimed = self.r.xclaim(self.stream, self.group, self.consumer, 0, [entry.id],
-                                retrycount=max(entry.deliveries - 1, 0), justid=True)
-        return bool(claimed)
+        each time, and a long wait dead-lettered entries nothing was wrong with. Only while the entry is still this
+        consumer's (`DEFER`): 1 deferred; 0 (`DEFER_GONE`) the entry is pending no more (another consumer, whose
+        lease on it had lapsed, acknowledged or dead-lettered it meanwhile); -1 (`DEFER_HELD`) another consumer
+        holds it (this one's lease lapsed and it was reclaimed): left with that one."""
+        return int(self._defer(keys=[self.stream],
+                               args=[self.group, self.consumer, entry.id, max(entry.deliveries - 1, 0)]))
 
     def ack(self, ids: list[str]) -> None:
         """Acknowledge and delete: call only after the entry's result is stored."""
@@ -356,6 +375,9 @@ class Heartbeat:
         self.watch = watch              # called after every beat, in this thread (the consumer's stuck-batch check)
         self.on_dead = on_dead          # the heartbeat cannot go on: end the process (default: `_end_process`)
         self._in_flight: set[str] = set()
+        # ids a beat found held by another consumer or settled (`extend`): the consumer skips those it has not handed
+        # to its handler yet (`Consumer._skip_lost`) instead of doing work another worker does now
+        self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._writing = threading.Lock()       # held while a beat writes the key (`halt` waits for it)
         self._stop = threading.Event()
@@ -372,10 +394,19 @@ class Heartbeat:
     def track(self, ids: list[str]) -> None:
         with self._lock:
             self._in_flight.update(ids)
+            self._lost.difference_update(ids)       # claimed again by this consumer: its own once more
+
+    def take_lost(self, ids: list[str]) -> set[str]:
+        """Those of `ids` a beat found this consumer holds no more, forgotten here (each is reported once)."""
+        with self._lock:
+            found = self._lost.intersection(ids)
+            self._lost.difference_update(found)
+        return found
 
     def untrack(self, ids: list[str]) -> None:
         with self._lock:
             self._in_flight.difference_update(ids)
+            self._lost.difference_update(ids)        # settled (or dropped) by the consumer: nothing left to skip
 
     def beat(self) -> None:
         """Extend the leases first: XCLAIM is allowed when Redis is over `maxmemory` and the HSET is not, and
@@ -386,7 +417,10 @@ class Heartbeat:
             try:
                 lost = self.queue.extend(ids)
                 if lost:            # taken over after our lease ran out: not extended again (the consumer drops them)
-                    self.untrack(lost)
+                    with self._lock:
+                        still = self._in_flight.intersection(lost)     # not settled or re-tracked meanwhile
+                        self._in_flight.difference_update(lost)
+                        self._lost.update(still)
                     log.warning("heartbeat %s: %d entries in hand are held by another consumer now (this worker's "
                                 "lease on them ran out: it was paused or stalled) or settled; their outcome here "
                                 "will be dropped: %s", self.key, len(lost), ", ".join(lost[:5]))
