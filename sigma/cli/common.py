@@ -394,9 +394,17 @@ def refuse_run_folder(outdir: Path, flag: str,
     files that make a folder a run whose config.yaml is its record, one list with training's): `sigma eval --out RUN`
     and `sigma annotate -o RUN` wrote their config.yaml over the run's, and `sigma train --resume RUN` then failed
     `invalid_config` (an eval's keys in a training config): the run could not be continued. A folder inside is fine.
-    `why`: what the command would do to the run (`sigma synth --out RUN` put its pairs and manifest among its files)."""
+    `why`: what the command would do to the run (`sigma synth --out RUN` put its pairs and manifest among its files).
+    A folder inside a run's own folders (`RUN/status`, `RUN/masks/x`, `TRAIN/best`) is refused too
+    (`refuse_inside_run`): `sigma annotate -o RUN/status` put its result.json and config.yaml among the shards'
+    status files."""
+    from sigma.batch.layout import refuse_inside_run
     from sigma.io.runmarks import RUN_MARKS
 
+    try:
+        refuse_inside_run(outdir, flag)
+    except OSError:     # a folder on the way not to be looked into: the output folder's own check says why
+        pass
     for name, what in RUN_MARKS:
         if _is_file(outdir / name):
             raise InputError(f"{outdir}: the folder of {what} (it holds {name}); {why}. Choose another {flag} (a new "

@@ -1,0 +1,77 @@
+"""Where the CLI front ends write: a run's own folders refused as any command's output folder, names put into the
+files an export writes (the dataset card) and the review page escaped, over-long paths said as bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sigma.batch import BatchConfig, run_batch
+from sigma.cli import main
+from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """One set of three synthetic pairs (a folder with pairs.jsonl: `sigma eval --data` and `sigma batch run`)."""
+    root = tmp_path_factory.mktemp("corpus")
+    write_pairs_jsonl(root / "alpha", synthetic_pairs(3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 4}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    assert run_batch(cfg, out, progress=False).status["ok"] == 3
+    return out
+
+
+def _training_run(folder: Path) -> Path:
+    """A training run's folder as every reader knows one (`sigma.io.runmarks`: its checkpoint and metrics), with the
+    folders of its saved weights."""
+    for sub in ("best", "model", "final"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "config.json").write_text("{}")
+    for name in ("checkpoint.pt", "metrics.jsonl", "config.yaml"):
+        (folder / name).write_bytes(b"x")
+    return folder
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
+
+
+def test_no_output_folder_lands_in_a_runs_own_folders(corpus, run_dir, tmp_path, capsys):
+    """`sigma annotate -o RUN/status` wrote result.json, config.yaml and the masks among the batch run's shard status
+    files; `sigma export hf RUN TRAIN/model` a README.md and data/ into a training run's saved model;
+    `sigma eval --out TRAIN/best` and `sigma annotate -o TRAIN/best/x` their files among the best weights'. Each is
+    `out_is_run_file` now, before any work, nothing written; a new folder of either run is still fine."""
+    train = _training_run(tmp_path / "train")
+    runs_before, train_before = _tree(run_dir), _tree(train)
+    cases = [
+        (["annotate", "--example", "--annotator", "pixel-diff", "-o", str(run_dir / "status")],
+         run_dir / "status", "batch run's own status/"),
+        (["annotate", "--example", "--annotator", "pixel-diff", "-o", str(run_dir / "masks" / "x")],
+         run_dir / "masks" / "x", "batch run's own masks/"),
+        (["annotate", "--example", "--annotator", "pixel-diff", "-o", str(train / "best" / "x")],
+         train / "best" / "x", "training run's own best/"),
+        (["eval", "--data", str(corpus), "--annotator", "pixel-diff", "--out", str(train / "best")],
+         train / "best", "training run's own best/"),
+        (["export", "hf", str(run_dir), str(train / "model")], train / "model", "training run's own model/"),
+        (["export", "imdl-benco", str(run_dir), "--out", str(train / "final" / "benco")],
+         train / "final" / "benco", "training run's own final/"),
+        (["export", "coco", str(run_dir), "--out", str(tmp_path / "c.json"), "--images", str(train / "model")],
+         train / "model", "training run's own model/"),
+        (["batch", "run", str(corpus), "--out", str(train / "model" / "r"), "--annotator", "pixel-diff"],
+         train / "model" / "r", "training run's own model/"),
+    ]
+    for argv, out, what in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"[out_is_run_file]: {out}: inside the {what}" in err, (argv, err)
+    assert _tree(run_dir) == runs_before and _tree(train) == train_before
+    # a new folder of the training run is not one of its own
+    assert main(["annotate", "--example", "--annotator", "pixel-diff", "-o", str(train / "notes")]) == 0
+    assert (train / "notes" / "result.json").is_file()
