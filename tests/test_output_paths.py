@@ -75,3 +75,38 @@ def test_no_output_folder_lands_in_a_runs_own_folders(corpus, run_dir, tmp_path,
     # a new folder of the training run is not one of its own
     assert main(["annotate", "--example", "--annotator", "pixel-diff", "-o", str(train / "notes")]) == 0
     assert (train / "notes" / "result.json").is_file()
+
+
+def _rendered(card: str) -> str:
+    """The card's Markdown body as the Hub renders it (CommonMark), below its YAML front matter."""
+    markdown_it = pytest.importorskip("markdown_it")
+    return markdown_it.MarkdownIt("commonmark").render(card.split("---\n", 2)[2])
+
+
+def test_the_dataset_card_shows_names_as_text_never_as_markup(tmp_path, capsys):
+    """`sigma export hf RUN OUT --name '[x](javascript:alert(1)) <script>...'` put the name into the card's Markdown as
+    it was: a javascript: link and a raw <script> on the Hub's page; a name with a line break began a heading (or the
+    YAML front matter's `---`) of its own, and a corpus folder named `a<img src=x onerror=...>` was HTML in the card's
+    text. Names are escaped in the card now (shown as typed); a --name holding a control character, a line break or a
+    bidi override is refused before any work (`bad_arguments`), nothing written."""
+    import yaml
+
+    corpus = tmp_path / "c<img src=x onerror=alert(2)>`x"
+    write_pairs_jsonl(corpus / "alpha", synthetic_pairs(2))
+    run = tmp_path / "run"
+    cfg = BatchConfig.model_validate({"input": {"path": str(corpus), "shard_size": 4}, "annotator": "pixel-diff",
+                                      "workers": 0})
+    assert run_batch(cfg, run, progress=False).status["ok"] == 2
+    for bad in ("x\n# Heading", "x\n---\nlicense: evil", "abc\u202edef", "a\x1b[2Jb", " "):
+        assert main(["export", "hf", str(run), str(tmp_path / "refused"), "--name", bad]) == 2
+        assert "[bad_arguments]: --name" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    name = "x</a><script>alert(1)</script> [y](javascript:alert(1)) my_set & *b* `c` #1 | <!--"
+    assert main(["export", "hf", str(run), str(tmp_path / "hf"), "--name", name]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert yaml.safe_load(card.split("---\n")[1])["pretty_name"] == name
+    html = _rendered(card)
+    assert "<script" not in html and "<a " not in html and "<img" not in html and "<em>" not in html, html
+    heading = html.split("</h1>")[0]
+    assert heading == "<h1>" + name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), heading
+    assert html.count("<h1>") == 1 and "onerror=alert(2)&gt;`x" in html, html
