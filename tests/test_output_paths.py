@@ -110,3 +110,50 @@ def test_the_dataset_card_shows_names_as_text_never_as_markup(tmp_path, capsys):
     heading = html.split("</h1>")[0]
     assert heading == "<h1>" + name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), heading
     assert html.count("<h1>") == 1 and "onerror=alert(2)&gt;`x" in html, html
+
+
+def test_the_review_page_shows_bidi_and_control_characters_visibly(tmp_path, capsys):
+    """`sigma report`: a pair id, set folder or instruction holding U+202E (right-to-left override) was put on the
+    page as it was, so the text after it showed reversed (`id\\u202ecba` read `idabc`), and an ESC or another control
+    character showed as nothing. The page's text shows each as `repr` writes it (`\\u202e`, `\\x1b`); the pair, the
+    set and the filters are still the same (attribute values are kept)."""
+    import html.parser
+    import json
+    import shutil
+
+    corpus = tmp_path / "bidi"
+    folder = corpus / "s\u202eab"
+    write_pairs_jsonl(folder, synthetic_pairs(2))
+    records = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    shutil.move(folder / records[0]["edited"], folder / "evil\u202egnp.exe")
+    records[0].update(id="id\u202ecba", edited="evil\u202egnp.exe", instruction="remove the \u202eboat\x1b[2J")
+    records.append({"id": "bad\u202e1", "original": "gone\u202e.png", "edited": "x.png"})
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = tmp_path / "run"
+    assert main(["batch", "run", str(corpus), "--out", str(run), "--annotator", "pixel-diff"]) == 0
+    page = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(page)]) == 0
+    capsys.readouterr()
+
+    class Text(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text: list[str] = []
+            self.values: list[str] = []
+            self.tag = ""
+
+        def handle_starttag(self, tag, attrs):
+            self.tag = tag
+            self.values += [v for _, v in attrs if v]
+
+        def handle_data(self, data):
+            if self.tag != "script":
+                self.text.append(data)
+
+    parser = Text()
+    parser.feed(page.read_text(encoding="utf-8"))
+    shown = "".join(parser.text)
+    assert "\u202e" not in shown and "\x1b" not in shown, [t for t in parser.text if "\u202e" in t or "\x1b" in t]
+    for visible in ("id\\u202ecba", "remove the \\u202eboat\\x1b[2J", "s\\u202eab", "bad\\u202e1"):
+        assert visible in shown, visible
+    assert "s\u202eab" in parser.values      # the set filter's value is the set's own name, as each figure's
