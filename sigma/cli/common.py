@@ -412,6 +412,36 @@ def refuse_run_folder(outdir: Path, flag: str,
                              code="out_is_run_file")
 
 
+# what POSIX promises at the least when the system cannot say (`os.pathconf` of a folder that is not there)
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def path_too_long(filename: str | bytes | os.PathLike) -> str:
+    """The message of `path_too_long` (ENAMETOOLONG on a path no check of a command's own named first: `sigma eval
+    --data`, `sigma batch run CORPUS`, `sigma report RUN`, `sigma export ... RUN`, `sigma parse --file`): which limit
+    the path is over, the part of it over NAME_MAX or the whole over PATH_MAX, in bytes as the system counts them.
+    It was `os_error` ("File name too long"), the code for a machine's refusal, naming neither limit."""
+    raw = os.fsencode(filename)
+    longest = max(raw.split(b"/"), key=len)
+    where = os.path.dirname(os.path.abspath(raw)) or b"/"
+    while where != b"/" and not os.path.isdir(where):
+        where = os.path.dirname(where)
+    name_max, path_max = (_limit(where, "PC_NAME_MAX", NAME_MAX), _limit(where, "PC_PATH_MAX", PATH_MAX))
+    if len(longest) > name_max:
+        part = "its name" if longest == os.path.basename(raw) else "a folder's name in it"
+        return (f"{os.fsdecode(raw)}: too long a path for this system: {part} is {len(longest)} bytes, over the "
+                f"{name_max} a file or folder name may have (NAME_MAX); name a shorter one")
+    return (f"{os.fsdecode(raw)}: too long a path for this system: it is {len(os.fsencode(os.path.abspath(raw)))} "
+            f"bytes from the root, over the {path_max} a path may have (PATH_MAX); name a shorter one")
+
+
+def _limit(folder: bytes, name: str, default: int) -> int:
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
+
+
 def _is_file(path: Path) -> bool:
     """`Path.is_file`, False where it raises (a name too long, a folder not to be looked into): the output folder's
     own check (`check_outdir`, the command's hold) says why in its words (`bad_outdir`), not `os_error` here."""
