@@ -157,3 +157,25 @@ def test_the_review_page_shows_bidi_and_control_characters_visibly(tmp_path, cap
     for visible in ("id\\u202ecba", "remove the \\u202eboat\\x1b[2J", "s\\u202eab", "bad\\u202e1"):
         assert visible in shown, visible
     assert "s\u202eab" in parser.values      # the set filter's value is the set's own name, as each figure's
+
+
+def test_eval_and_annotate_never_replace_each_others_record(corpus, tmp_path, capsys):
+    """`sigma eval --out X` where `sigma annotate -o X` had written a pair put the eval's config.yaml over the
+    annotation's (`sigma annotate ... --config X/config.yaml` then ran an eval's settings, and result.json sat beside a
+    config that was not its own); `sigma annotate -o X` into an eval's X replaced the eval's config.yaml. Both are
+    `out_is_run_file` now, nothing written; each command again into its own folder is still fine."""
+    ann, ev = tmp_path / "ann", tmp_path / "ev"
+    annotate = ["annotate", "--example", "--annotator", "pixel-diff"]
+    assert main([*annotate, "-o", str(ann)]) == 0
+    assert main(["eval", "--data", str(corpus), "--annotator", "pixel-diff", "--out", str(ev)]) == 0
+    capsys.readouterr()
+    before = {folder: _tree(folder) for folder in (ann, ev)}
+    assert main(["eval", "--data", str(corpus), "--annotator", "pixel-diff", "--out", str(ann)]) == 2
+    assert f"[out_is_run_file]: {ann}: the output folder of a `sigma annotate -o` (it holds result.json)" \
+        in capsys.readouterr().err
+    assert main([*annotate, "-o", str(ev), "--threshold", "0.2"]) == 2
+    assert f"[out_is_run_file]: {ev}: the output folder of a `sigma eval --out` (it holds metrics.json)" \
+        in capsys.readouterr().err
+    assert {folder: _tree(folder) for folder in (ann, ev)} == before
+    assert main([*annotate, "-o", str(ann), "--threshold", "0.2"]) == 0
+    assert main(["eval", "--data", str(corpus), "--annotator", "pixel-diff", "--out", str(ev)]) == 0

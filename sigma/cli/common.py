@@ -388,8 +388,8 @@ def check_outdir(outdir: Path, create: bool = False) -> Path:
     return outdir
 
 
-def refuse_run_folder(outdir: Path, flag: str,
-                      why: str = "this command's config.yaml would replace the run's") -> None:
+def refuse_run_folder(outdir: Path, flag: str, why: str = "this command's config.yaml would replace the run's",
+                      others: tuple[str, ...] = ()) -> None:
     """`out_is_run_file` when `outdir` is a batch or training run's own folder (`sigma.io.runmarks.RUN_MARKS`: the
     files that make a folder a run whose config.yaml is its record, one list with training's): `sigma eval --out RUN`
     and `sigma annotate -o RUN` wrote their config.yaml over the run's, and `sigma train --resume RUN` then failed
@@ -397,9 +397,17 @@ def refuse_run_folder(outdir: Path, flag: str,
     `why`: what the command would do to the run (`sigma synth --out RUN` put its pairs and manifest among its files).
     A folder inside a run's own folders (`RUN/status`, `RUN/masks/x`, `TRAIN/best`) is refused too
     (`refuse_inside_run`): `sigma annotate -o RUN/status` put its result.json and config.yaml among the shards'
-    status files."""
+    status files. `others`: the marks (`OUTPUT_MARKS`) of the other commands whose config.yaml this one's would
+    replace: `sigma eval --out` into a `sigma annotate -o` folder (its result.json) put the eval's config.yaml over the
+    annotation's, which `--config OUT/config.yaml` no longer reran; `sigma annotate -o` into an eval's (metrics.json)
+    replaced the eval's, which `sigma eval --config OUT/config.yaml` then refused."""
     from sigma.batch.layout import refuse_inside_run
-    from sigma.io.runmarks import RUN_MARKS
+    from sigma.io.runmarks import OUTPUT_MARKS, RUN_MARKS
+
+    for name, what in OUTPUT_MARKS:
+        if name in others and _is_file(outdir / name):
+            raise InputError(f"{outdir}: the output folder of {what} (it holds {name}); this command's config.yaml "
+                             f"would replace its record. Choose another {flag}", code="out_is_run_file")
 
     try:
         refuse_inside_run(outdir, flag)
