@@ -316,8 +316,9 @@ def _bad_cases(tmp: Path, orig: Path, edited: Path) -> dict[str, tuple[list[str]
                               "out_not_a_folder"),
         "train_run_folder_is_file": (["train", str(TRAIN_TINY), f"out_dir={tmp}", "name=afile"], "out_not_a_folder"),
         "train_run_folder_under_file": (["train", str(TRAIN_TINY), f"out_dir={tmp / 'afile'}"], "bad_outdir"),
+        # an input path over the system's limits is bad input naming the limit (it was os_error "File name too long")
         "eval_data_name_too_long": (["eval", "--data", str(tmp / ("e" * 300)), "--annotator", "pixel-diff"],
-                                    "os_error"),
+                                    "path_too_long"),
         "example_and_paths": (["annotate", "--example", o, e], "bad_arguments"),
         "unknown_flag": (["annotate", o, e, "--treshold", "0.1"], "bad_arguments"),
         "eval_missing_data": (["eval", "--data", str(tmp / "nothing"), "--annotator", "pixel-diff"],
@@ -452,6 +453,7 @@ NOT_AN_API_STATUS = {
     # the CLI's line for a write a full disk refused (sigma.cli._out_of_space); the API answers its own storage errors
     "out_of_space": "a command's output on a full disk",
     "os_error": "the CLI's line for an OSError no SigmaError named (the API answers those 500 internal_error)",
+    "path_too_long": "the CLI's line for an ENAMETOOLONG no SigmaError named (as os_error, the API answers 500)",
     "eval_changed": "sigma eval's resume",
     "perturbation_unavailable": "sigma eval --perturb",
     "ray_unreachable": "sigma batch run --backend ray", "worker_failed": "sigma batch run's --procs / Ray workers",

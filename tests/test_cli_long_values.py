@@ -59,15 +59,24 @@ def test_batch_submit_says_a_long_value_cut_with_the_projects_code(corpus, args,
     assert not (corpus / "o1").exists()
 
 
-@pytest.mark.parametrize("args, code", [
-    (["batch", "status", LONG], "os_error"),
-    (["batch", "run", "pairs.jsonl", "--out", LONG], "bad_outdir"),
-    (["eval", "--annotator", "pixel-diff", "--data", LONG], "os_error"),
-    (["eval", "--annotator", "pixel-diff", "--data", DEEP], "os_error"),
+@pytest.mark.parametrize("args, code, limit", [
+    (["batch", "status", LONG], "path_too_long", "over the 255 a file or folder name may have (NAME_MAX)"),
+    (["batch", "run", "pairs.jsonl", "--out", LONG], "bad_outdir", "File name too long"),
+    (["eval", "--annotator", "pixel-diff", "--data", LONG], "path_too_long", "its name is 5000 bytes, over the 255"),
+    (["eval", "--annotator", "pixel-diff", "--data", DEEP], "path_too_long",
+     "bytes from the root, over the 4096 a path may have (PATH_MAX)"),
+    (["batch", "run", f"{LONG[:400]}/pairs.jsonl", "--out", "o2"], "path_too_long",
+     "a folder's name in it is 400 bytes, over the 255"),
+    (["report", DEEP], "path_too_long", "over the 4096 a path may have (PATH_MAX)"),
+    (["export", "coco", LONG, "--out", "c.json"], "path_too_long", "over the 255 a file or folder name may have"),
 ])
-def test_other_commands_cut_a_long_path_in_their_error_line(corpus, args, code):
-    """`os_error` (the CLI's line for any OSError) and the project's own errors printed a 5000-character path whole."""
-    assert_short_line(sigma_cli(*args, cwd=corpus), code, "characters)")
+def test_other_commands_cut_a_long_path_in_their_error_line(corpus, args, code, limit):
+    """`os_error` (the CLI's line for any OSError) and the project's own errors printed a 5000-character path whole.
+    An input path over the system's limits (a name over NAME_MAX, the whole over PATH_MAX) was `os_error` "File name
+    too long", the code of a machine's refusal, naming no limit: now `path_too_long`, saying which limit and by how
+    much (bad input, as a too-long --out folder is `bad_outdir`)."""
+    assert_short_line(sigma_cli(*args, cwd=corpus), code, "characters)", limit)
+    assert not (corpus / "o2").exists()
 
 
 def test_annotate_cuts_a_long_pair_id_in_each_pairs_error_line(corpus):

@@ -89,7 +89,7 @@ def test_a_full_disk_under_eval_names_the_file_keeps_the_scored_pairs_and_the_re
     assert len(json.loads((out / "metrics.json").read_text())["per_pair"]["none"]) == 3
 
 
-@pytest.mark.parametrize("how", ["report", "coco", "coco-images", "hf"])
+@pytest.mark.parametrize("how", ["report", "coco", "coco-images", "hf", "imdl-benco"])
 def test_a_full_disk_under_report_and_exports_names_the_output(run_dir, full_disk, how):
     """A full disk at the review page, the COCO JSON (its spool beside it), the images of `--images` and a HF
     export's parquet: `os_error: No space left on device` with no path (pyarrow's: `Error writing bytes to file.
@@ -100,6 +100,8 @@ def test_a_full_disk_under_report_and_exports_names_the_output(run_dir, full_dis
         "coco-images": (["export", "coco", str(run_dir), "--out", str(run_dir.parent / "c.json"), "--images",
                          str(full_disk / "im")], None),
         "hf": (["export", "hf", str(run_dir), str(full_disk / "hf")], full_disk / "hf" / "data"),
+        # an image named in OUT/Tp or OUT/Gt, where the user looks: it named the hidden staging OUT/.Tp.tmp/NAME.png
+        "imdl-benco": (["export", "imdl-benco", str(run_dir), "--out", str(full_disk / "b")], None),
     }[how]
     done = sigma(*argv)
     assert done.returncode == 2, done
@@ -107,7 +109,8 @@ def test_a_full_disk_under_report_and_exports_names_the_output(run_dir, full_dis
     assert done.stderr.endswith(f"{HINT}\n")
     if named is not None:
         assert done.stderr == f"sigma: error [out_of_space]: No space left on device: {named}{HINT}\n"
-    else:   # one of the images, under its name in --images
-        assert f": {full_disk / 'im'}/" in done.stderr and done.stderr.count(".tmp") == 0
+    else:   # one of the images, under its name in --images (IMDL-BenCo: in OUT/Tp or OUT/Gt)
+        folder = full_disk / "im" if how == "coco-images" else full_disk / "b"
+        assert f": {folder}/" in done.stderr and done.stderr.count(".tmp") == 0, done.stderr
     left = sorted(str(p.relative_to(full_disk)) for p in full_disk.rglob("*") if p.parent.name != "fill")
     assert [p for p in left if p.endswith(".tmp")] == [], left

@@ -114,14 +114,22 @@ def refuse_inside_run(folder: str | Path, out_name: str = "--out") -> None:
     """A new run folder may not lie in another run's own files (`RUN/status/x`, `RUN/masks/<shard>`, `RUN/shards`):
     the two runs wrote into each other (a shard keyed `run` put its status over the inner run's run.json, the outer
     run's masks landed in the inner run, and a sweep of `RUN/shards` took the inner run's files). Checked when a
-    run is planned (`sigma batch run`, `sigma batch submit`, POST /v1/batches); a run inside `RUN/other` is fine."""
+    run is planned (`sigma batch run`, `sigma batch submit`, POST /v1/batches); a run inside `RUN/other` is fine.
+    A training run's own folders (`TRAIN/best`, `TRAIN/model`, `TRAIN/final`, `TRAIN/tb`: `sigma.io.runmarks`) are
+    refused alike: `sigma export hf RUN TRAIN/model` put a README.md and data/ in the saved model's folder, and
+    `sigma eval --out TRAIN/best` (or `sigma annotate -o TRAIN/best/x`) its files among the best weights'."""
+    from sigma.io.runmarks import TRAINING_FOLDERS, is_training_run
+
     real = Path(os.path.realpath(folder))
     for up in real.parents:
+        first = real.relative_to(up).parts[0]
         if (up / RUN_FILE).is_file():
-            first = real.relative_to(up).parts[0]
             if first in RUN_OWN:
                 raise InputError(f"{folder}: inside the batch run's own {first}/ in {up}; choose another {out_name}",
                                  code="out_is_run_file")
+        elif first in TRAINING_FOLDERS and is_training_run(up):
+            raise InputError(f"{folder}: inside the training run's own {first}/ in {up}; choose another {out_name}",
+                             code="out_is_run_file")
 
 
 def refuse_images_dir(folder: str | Path, corpus: str | None) -> None:
@@ -135,6 +143,7 @@ def refuse_images_dir(folder: str | Path, corpus: str | None) -> None:
         if (up / RUN_FILE).is_file() and up != real and real.relative_to(up).parts[0] in RUN_OWN:
             raise InputError(f"{folder}: inside the batch run's own {real.relative_to(up).parts[0]}/ in {up}; "
                              "write the images elsewhere", code="out_is_run_file")
+    refuse_inside_run(folder, "--images folder")        # a training run's own (`TRAIN/model`: its saved weights)
     if not corpus:
         return
     source = Path(os.path.realpath(corpus))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import io
 import os
@@ -273,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         no_room = _out_of_space(exc)
         if no_room:
             return _failed(no_room, argv)
+        if exc.errno == errno.ENAMETOOLONG and exc.filename:
+            from sigma.cli.common import path_too_long
+
+            return _failed(error_line("path_too_long", path_too_long(exc.filename)), argv)
         return _failed(error_line("os_error", f"{exc.strerror or exc}{where}"), argv)
     except UnicodeEncodeError as exc:
         return _failed(_unencodable(exc), argv)

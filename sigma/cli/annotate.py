@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     resolved["annotator_config"] = annotator.describe()
 
     outdir = check_outdir(Path(args.outdir))      # said before any pair is read (a path through a file: by the hold)
-    refuse_run_folder(outdir, "-o OUTDIR")
+    # one pair writes config.yaml in OUTDIR itself, over an eval's (a list of pairs writes OUTDIR/<id>/)
+    refuse_run_folder(outdir, "-o OUTDIR", others=() if multi else ("metrics.json",))
     # one annotate per OUTDIR (the default sigma_out/ is every run's in a folder): two at once, each set written
     # whole, still left one run's pairs beside the other's (another --threshold) and each said all of its own were
     # written; the second is refused at once (run_locked), as `sigma eval --out` is. A run that writes nothing

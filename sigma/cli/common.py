@@ -388,20 +388,66 @@ def check_outdir(outdir: Path, create: bool = False) -> Path:
     return outdir
 
 
-def refuse_run_folder(outdir: Path, flag: str,
-                      why: str = "this command's config.yaml would replace the run's") -> None:
+def refuse_run_folder(outdir: Path, flag: str, why: str = "this command's config.yaml would replace the run's",
+                      others: tuple[str, ...] = ()) -> None:
     """`out_is_run_file` when `outdir` is a batch or training run's own folder (`sigma.io.runmarks.RUN_MARKS`: the
     files that make a folder a run whose config.yaml is its record, one list with training's): `sigma eval --out RUN`
     and `sigma annotate -o RUN` wrote their config.yaml over the run's, and `sigma train --resume RUN` then failed
     `invalid_config` (an eval's keys in a training config): the run could not be continued. A folder inside is fine.
-    `why`: what the command would do to the run (`sigma synth --out RUN` put its pairs and manifest among its files)."""
-    from sigma.io.runmarks import RUN_MARKS
+    `why`: what the command would do to the run (`sigma synth --out RUN` put its pairs and manifest among its files).
+    A folder inside a run's own folders (`RUN/status`, `RUN/masks/x`, `TRAIN/best`) is refused too
+    (`refuse_inside_run`): `sigma annotate -o RUN/status` put its result.json and config.yaml among the shards'
+    status files. `others`: the marks (`OUTPUT_MARKS`) of the other commands whose config.yaml this one's would
+    replace: `sigma eval --out` into a `sigma annotate -o` folder (its result.json) put the eval's config.yaml over the
+    annotation's, which `--config OUT/config.yaml` no longer reran; `sigma annotate -o` into an eval's (metrics.json)
+    replaced the eval's, which `sigma eval --config OUT/config.yaml` then refused."""
+    from sigma.batch.layout import refuse_inside_run
+    from sigma.io.runmarks import OUTPUT_MARKS, RUN_MARKS
 
+    for name, what in OUTPUT_MARKS:
+        if name in others and _is_file(outdir / name):
+            raise InputError(f"{outdir}: the output folder of {what} (it holds {name}); this command's config.yaml "
+                             f"would replace its record. Choose another {flag}", code="out_is_run_file")
+
+    try:
+        refuse_inside_run(outdir, flag)
+    except OSError:     # a folder on the way not to be looked into: the output folder's own check says why
+        pass
     for name, what in RUN_MARKS:
         if _is_file(outdir / name):
             raise InputError(f"{outdir}: the folder of {what} (it holds {name}); {why}. Choose another {flag} (a new "
                              "folder inside the run is fine)",
                              code="out_is_run_file")
+
+
+# what POSIX promises at the least when the system cannot say (`os.pathconf` of a folder that is not there)
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def path_too_long(filename: str | bytes | os.PathLike) -> str:
+    """The message of `path_too_long` (ENAMETOOLONG on a path no check of a command's own named first: `sigma eval
+    --data`, `sigma batch run CORPUS`, `sigma report RUN`, `sigma export ... RUN`, `sigma parse --file`): which limit
+    the path is over, the part of it over NAME_MAX or the whole over PATH_MAX, in bytes as the system counts them.
+    It was `os_error` ("File name too long"), the code for a machine's refusal, naming neither limit."""
+    raw = os.fsencode(filename)
+    longest = max(raw.split(b"/"), key=len)
+    where = os.path.dirname(os.path.abspath(raw)) or b"/"
+    while where != b"/" and not os.path.isdir(where):
+        where = os.path.dirname(where)
+    name_max, path_max = (_limit(where, "PC_NAME_MAX", NAME_MAX), _limit(where, "PC_PATH_MAX", PATH_MAX))
+    if len(longest) > name_max:
+        part = "its name" if longest == os.path.basename(raw) else "a folder's name in it"
+        return (f"{os.fsdecode(raw)}: too long a path for this system: {part} is {len(longest)} bytes, over the "
+                f"{name_max} a file or folder name may have (NAME_MAX); name a shorter one")
+    return (f"{os.fsdecode(raw)}: too long a path for this system: it is {len(os.fsencode(os.path.abspath(raw)))} "
+            f"bytes from the root, over the {path_max} a path may have (PATH_MAX); name a shorter one")
+
+
+def _limit(folder: bytes, name: str, default: int) -> int:
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
 
 
 def _is_file(path: Path) -> bool:

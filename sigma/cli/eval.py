@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         pass
     made = not os.path.lexists(args.out)
     out = check_outdir(Path(args.out), create=True)   # before the evaluation, not after it
-    refuse_run_folder(out, "--out")
+    refuse_run_folder(out, "--out", others=("result.json",))
     # one eval per --out (the default is the same sigma_eval/ for every eval started in a folder): two would
     # write one metrics.json.tmp at once, or leave the metrics of one beside the config of the other; an
     # eval that fails before writing leaves no empty folder it made

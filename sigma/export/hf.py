@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from sigma.tempfiles import (
     sync_folder,
     temp_name,
 )
-from sigma.text import escape_name
+from sigma.text import escape_name, printable
 
 SPLIT = "train"
 
@@ -343,6 +344,29 @@ def _yaml_feature(name: str, feature: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "struct": [_yaml_feature(k, v) for k, v in feature.items()]}
 
 
+# the characters CommonMark (and the Hub's renderer) reads as markup inline: each is written after a backslash in the
+# card's text, which every CommonMark reader shows as the character itself
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#!|~&])")
+
+
+def markdown_text(text: Any) -> str:
+    """`text` (a name: the dataset's, the corpus folder's, the annotator's) as Markdown that shows it and nothing
+    else: controls, line breaks and bidi overrides made visible (`printable`), markup escaped. `--name '[x](javascript:
+    alert(1))'` was a link on the Hub's page, `<script>` raw HTML in the card, and a newline in it began a heading
+    or a table row of its own."""
+    return _MARKDOWN.sub(r"\\\1", printable(text))
+
+
+def check_card_name(name: str | None) -> None:
+    """`--name` is one line of visible text: a control character, line break or invisible format character (a bidi
+    override, which shows the name reversed) is refused before any work, `bad_arguments`, as a blank name is."""
+    if name is None:
+        return
+    if not name.strip() or printable(name) != name:
+        raise InputError(f"--name '{printable(name)}': the dataset's name is one line of visible text (no control "
+                         "characters, line breaks or bidi overrides); give another", code="bad_arguments")
+
+
 def dataset_card(info: dict[str, Any]) -> str:
     import yaml
 
@@ -367,14 +391,15 @@ def dataset_card(info: dict[str, Any]) -> str:
 {yaml.safe_dump(front, sort_keys=False).rstrip()}
 ---
 
-# {info["name"]}
+# {markdown_text(info["name"])}
 
-Pixel-level manipulation masks for the image-editing pairs of `{info["corpus"]}` ({info["format"]}),
-made by SIGMA (`sigma batch run`, package `sigma-masks`) and exported with `sigma export hf`.
+Pixel-level manipulation masks for the image-editing pairs of {markdown_text(info["corpus"])}
+({markdown_text(info["format"])}), made by SIGMA (`sigma batch run`, package `sigma-masks`) and exported with
+`sigma export hf`.
 
 ## How the masks were made
 
-- Annotator: **{info["annotator"]}** (config hash `{info["config_hash"]}`), weights sha256
+- Annotator: **{markdown_text(info["annotator"])}** (config hash `{info["config_hash"]}`), weights sha256
   `{info["weights_sha256"] or "none"}` ({info["weights_source"]}); threshold {info["threshold"]}.
 - Batch run `{info["run_hash"]}`: {info["run_pairs"]} pairs annotated, {info["run_errors"]} bad pairs
   (unreadable images, mismatched sizes, ...) left out.{unfinished}
@@ -421,6 +446,7 @@ def export_hf(run_dir: str | Path, out: str | Path, row_filter: RowFilter | None
     if not (isinstance(max_shard_mb, (int, float)) and math.isfinite(max_shard_mb) and max_shard_mb > 0):
         # NaN or inf was a ValueError / OverflowError traceback after the folder was made; 0 or less, one file a row
         raise ConfigError(f"--max-shard-mb is the largest parquet file in MB, a number > 0; got {max_shard_mb}")
+    check_card_name(name)
     out = Path(out)
     # a device or a FIFO as OUT refused before the run is read (no work before a refusal), as imdl-benco does. The
     # exit abort this once also dodged ("terminate called without an active exception") is cured where parquet is

@@ -269,8 +269,8 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
         name = names(row)
         gt_mask = decode_rle({"size": [row["height"], row["width"]], "counts": counts})
         # fsynced: the journal `_commit` writes vouches for them (`_sync_staged`)
-        write_png(pair.edited, _staging(out, "Tp") / f"{name}.png", durable=True)
-        write_png(gt_mask.astype(np.uint8) * 255, _staging(out, "Gt") / f"{name}.png", durable=True)
+        for folder, image in (("Tp", pair.edited), ("Gt", gt_mask.astype(np.uint8) * 255)):
+            _write_staged(image, out, folder, f"{name}.png")
         kept.add(name, bool(gt_mask.any()), key({"confidence": row["confidence"]}) if key is not None else None)
     if not len(kept):
         raise nothing_to_export(skipped, row_filter)
@@ -279,6 +279,18 @@ def _write(run: CheckedRun, out: Path, row_filter: RowFilter | None, relative: b
     return {"out": str(out), "json": str(out / json_name), "pairs": len(kept), "positives": kept.positives,
             "negatives": len(kept) - kept.positives, "mask": mask, "order": order,
             "unfinished_shards": run.unfinished_shards(), **skipped.report()}
+
+
+def _write_staged(image: np.ndarray, out: Path, folder: str, name: str) -> None:
+    """One PNG into the staged `folder`; a write the system refuses (a full disk, a quota, a file size limit) is said
+    of the file the user will find, `OUT/Tp/NAME.png`: it named the hidden staging folder
+    (`out_of_space: No space left on device: OUT/.Tp.tmp/NAME.png`), a path that is gone once the export has failed."""
+    try:
+        write_png(image, _staging(out, folder) / name, durable=True)
+    except OSError as exc:
+        if exc.filename is None or not str(exc.filename).startswith(str(_staging(out, folder))):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(out / folder / name)) from exc
 
 
 class _Kept:

@@ -9,7 +9,7 @@ import math
 from html import escape
 from typing import Any
 
-from sigma.text import dumps_finite
+from sigma.text import dumps_finite, printable
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;background:#fafafa;color:#222}
@@ -72,12 +72,20 @@ SCRIPT = """
 """
 
 
+def _text(value: Any) -> str:
+    """A name or text the page shows (a pair id, an instruction, a file or set name, a reason): HTML-escaped, with its
+    control characters, line breaks and invisible format characters shown as `repr` writes them (`printable`: `\\n`,
+    `\\u202e`). A file name holding U+202E (right-to-left override) showed reversed on the page (`gpj.exe` for
+    `exe.jpg`), a NUL or an ESC as nothing at all. Attribute values (the filters' keys) stay as they are."""
+    return escape(printable(value))
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return escape(str(value))
+    return _text(value)
 
 
 def _attr(value: Any) -> str:
@@ -101,26 +109,26 @@ def _figure(item: dict[str, Any]) -> str:
         f'<figure class="item" data-confidence="{_attr(conf)}" data-area="{_attr(item["area_fraction"])}" '
         f'data-f1="{_attr(item.get("gt_f1"))}" data-edit-type="{_attr(item["edit_type"])}" '
         f'data-subset="{_attr(item["subset"])}" data-text="{_attr(text)}">'
-        f'<div class="imgs">{pics}</div><figcaption><b>{escape(item["pair_id"])}</b><br>'
+        f'<div class="imgs">{pics}</div><figcaption><b>{_text(item["pair_id"])}</b><br>'
         f'<span class="conf{low}">confidence {_fmt(conf)}</span> · area {_fmt(item["area_fraction"] * 100, 1)}% · '
-        f'{escape(item["edit_type"] or "edit type ?")}{gt}<br>'
-        f'<i>{escape(item["instruction"] or "(no instruction)")}</i><br>'
-        f'<span class="meta">{escape(item["source"] or "")}</span></figcaption></figure>')
+        f'{_text(item["edit_type"] or "edit type ?")}{gt}<br>'
+        f'<i>{_text(item["instruction"] or "(no instruction)")}</i><br>'
+        f'<span class="meta">{_text(item["source"] or "")}</span></figcaption></figure>')
 
 
 def _options(values: list[str]) -> str:
-    return "".join(f'<option value="{_attr(v)}">{escape(v)}</option>' for v in values)
+    return "".join(f'<option value="{_attr(v)}">{_text(v)}</option>' for v in values)
 
 
 def render_page(title: str, run: dict[str, Any], metrics: dict[str, dict[str, Any]], items: list[dict[str, Any]],
                 errors: list[dict[str, Any]]) -> str:
-    run_rows = ("<tr>" + "".join(f"<th>{escape(k)}</th>" for k in run) + "</tr><tr>"
+    run_rows = ("<tr>" + "".join(f"<th>{_text(k)}</th>" for k in run) + "</tr><tr>"
                 + "".join(f"<td>{_fmt(v)}</td>" for v in run.values()) + "</tr>")
     metric_html = ""
     if metrics:
         cols = ["pairs", "manipulated", "f1", "iou", "auc", "pooled_f1", "ciou", "giou"]
         head = "".join(f"<th>{c}</th>" for c in cols)
-        body = "".join(f"<tr><td>{escape(name)}</td>" + "".join(f"<td>{_fmt(m[c])}</td>" for c in cols) + "</tr>"
+        body = "".join(f"<tr><td>{_text(name)}</td>" + "".join(f"<td>{_fmt(m[c])}</td>" for c in cols) + "</tr>"
                        for name, m in metrics.items())
         metric_html = (f'<h2>Metrics against the corpus ground truth</h2><table id="metrics"><tr><th>set</th>{head}'
                        f"</tr>{body}</table>")
@@ -128,8 +136,8 @@ def render_page(title: str, run: dict[str, Any], metrics: dict[str, dict[str, An
     subsets = sorted({i["subset"] for i in items if i["subset"]})
     error_html = ""
     if errors:
-        body = "".join(f"<tr><td>{escape(e['pair_id'])}</td><td>{escape(e['error_code'] or '')}</td>"
-                       f"<td style='text-align:left'>{escape(e['error'] or '')}</td></tr>" for e in errors)
+        body = "".join(f"<tr><td>{_text(e['pair_id'])}</td><td>{_text(e['error_code'] or '')}</td>"
+                       f"<td style='text-align:left'>{_text(e['error'] or '')}</td></tr>" for e in errors)
         error_html = (f'<h2>Bad pairs ({len(errors)} listed)</h2><table id="errors"><tr><th>pair</th><th>code</th>'
                       f"<th>reason</th></tr>{body}</table>")
     has_f1 = any(i.get("gt_f1") is not None for i in items)
@@ -145,10 +153,10 @@ def render_page(title: str, run: dict[str, Any], metrics: dict[str, dict[str, An
     data = (dumps_finite({"run": run, "metrics": metrics}, default=str)
             .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{_text(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body data-shown="{len(items)}">
-<h1>{escape(title)}</h1>
+<h1>{_text(title)}</h1>
 <table id="run">{run_rows}</table>
 {metric_html}
 <h2>Gallery (mask overlaid in red on the edited image; original on the left)</h2>
