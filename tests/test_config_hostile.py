@@ -323,3 +323,45 @@ def test_a_merge_reads_as_the_mapping_merged_reads():
             "d: {<<: [*a, *a, {t: 1}], u: 4}\n")
     assert load_yaml(text, "x") == {"a": {"t": 1, "u": 2, "threshold": 0.1}, "b": {"t": 5, "u": 2, "threshold": 0.3},
                                     "c": {"t": 5, "u": 3, "threshold": 0.3}, "d": {"t": 1, "u": 4, "threshold": 0.1}}
+
+
+@pytest.mark.parametrize("key, said", [("1.5", "io.1.5"), ("1.50", "io.1.50"), ("~", "io.~"), ("yes", "io.yes"),
+                                       ("0x10", "io.0x10"), ("2026-01-01", "io.2026-01-01")])
+def test_a_key_yaml_reads_as_a_number_a_date_or_null_is_named_as_written(capsys, tmp_path, key, said):
+    """A key YAML reads as another type went through the merge's JSON: `1.50:` was named `io.1.5`, `~:` `io.null`,
+    `yes:` `io.true`, `0x10:` `io.16` (none of them written so), and a date key (`2026-01-01:`) ended the command in
+    a TypeError traceback. Every key is now its text as written."""
+    (tmp_path / "c.yaml").write_text(f"io:\n  {key}: 3\n")
+    err = refused(capsys, "eval", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path), "--annotator",
+                  "pixel-diff", "--out", str(tmp_path / "out"))
+    assert f"{said}: Extra inputs are not permitted" in err, err
+
+
+@pytest.mark.parametrize("text", ["io:\n  1: 3\n  '1': 4\n", "io:\n  yes: 3\n  'yes': 4\n",
+                                  "options:\n  0x10: 3\n  '0x10': 4\n"])
+def test_a_key_written_once_plain_and_once_quoted_is_a_duplicate(capsys, tmp_path, text):
+    """`1:` and `'1':` in one mapping were two keys to YAML (a number and a text), one after the merge: the first
+    value was dropped without a word. The same key written twice is refused, as any duplicate key is."""
+    (tmp_path / "c.yaml").write_text(text)
+    err = refused(capsys, "eval", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path), "--annotator",
+                  "pixel-diff", "--out", str(tmp_path / "out"))
+    assert "not valid YAML at line 3, column 3 (found duplicate key" in err, err
+
+
+def test_a_free_mapping_with_number_keys_keeps_them_as_the_same_text(tmp_path):
+    """A free mapping whose keys are numbers (an HF config's `id2label: {0: a}`) has the text keys it had."""
+    from sigma.config.loader import load_yaml
+
+    assert load_yaml("a: {0: x, 1: y, '2': z}", "t") == {"a": {"0": "x", "1": "y", "2": "z"}}
+    assert load_yaml("b: &m {0: x}\nc: {<<: *m, 1: y}", "t") == {"b": {"0": "x"}, "c": {"0": "x", "1": "y"}}
+
+
+@pytest.mark.parametrize("value, what", [("!!binary MC41", "!!binary data (bytes)"), ("!!set {a, b}", "a !!set")])
+def test_binary_data_or_a_set_in_a_config_file_is_refused_at_its_line(capsys, tmp_path, value, what):
+    """`threshold: !!binary MC41` went on as the bytes' Python repr: "threshold: ... got "b'0.5'"", a text nobody
+    wrote; a `!!set` as `{'a', 'b'}`. Now the file's line and column say what it is."""
+    (tmp_path / "c.yaml").write_text(f"annotator: pixel-diff\nthreshold: {value}\n")
+    err = refused(capsys, "eval", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path), "--out",
+                  str(tmp_path / "out"))
+    assert f"c.yaml: not valid YAML at line 2, column 12 ({what} is no config value" in err, err
+    assert "b'" not in err

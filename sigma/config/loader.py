@@ -187,6 +187,14 @@ def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     raise _HugeInteger(f"an integer of more than {MAX_INTEGER_DIGITS} digits")
 
 
+def _no_bytes(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """`!!binary` (and `!!set`): no setting holds bytes or a set. The bytes went on as their Python repr (`threshold:
+    !!binary MC41` was "got "b'0.5'"", a text nobody wrote), a set as `{'a'}`; now the file's line says what it is."""
+    what = "!!binary data (bytes)" if node.tag.endswith(":binary") else "a !!set"
+    raise yaml.constructor.ConstructorError(None, None, f"{what} is no config value: write the text, number, list or "
+                                            "mapping itself", node.start_mark)
+
+
 class _StrictLoader(_Strict, yaml.SafeLoader):
     """PyYAML's own parser, in Python: the one whose errors a config's message gives (`_parse`)."""
 
@@ -198,6 +206,8 @@ class _StrictCLoader(_Strict, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  #
 
 for _loader in (_StrictLoader, _StrictCLoader):
     _loader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+    _loader.add_constructor("tag:yaml.org,2002:binary", _no_bytes)
+    _loader.add_constructor("tag:yaml.org,2002:set", _no_bytes)
 
 
 def _check_size(data: Any, where: str) -> None:
@@ -217,6 +227,34 @@ def _check_size(data: Any, where: str) -> None:
 
 
 _BARE_TAG = re.compile(r"(?:^|[\s\[\]{},])!(?:[\s\[\]{},]|$)")
+
+
+_KEPT_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
+
+
+def _keys_as_written(root: yaml.Node | None) -> None:
+    """Every scalar key of `root` made the text it is written as (in place, each node once): a config's keys are
+    names. YAML made `1.5:`, `1.50:`, `~:`, `yes:` and `2026-01-01:` a float, None, True and a date, which the merge
+    (`apply_overrides`, through JSON) turned into '1.5', 'null', 'true' — not what was written — and a date key
+    into a TypeError traceback; `1:` beside `'1':` (or `yes:` beside `true:`) were two keys to YAML and one after,
+    the first dropped without a word. As text, such a pair is a duplicate key (`_refuse_duplicates`), and an
+    unknown one is named as written. A free mapping whose keys are numbers (an HF config's `id2label: {0: a}`) gets
+    the same text keys it got through JSON."""
+    stack, seen = [root] if root is not None else [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag not in _KEPT_TAGS:
+                    key.tag = "tag:yaml.org,2002:str"
+                else:
+                    stack.append(key)
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _parse(text: str) -> tuple[yaml.Node | None, Any]:
@@ -239,6 +277,7 @@ def _parse_with(loader_class: type[_Strict], text: str) -> tuple[yaml.Node | Non
     loader = loader_class(text)     # type: ignore[call-arg]
     try:
         node = loader.get_single_node()
+        _keys_as_written(node)
         return node, loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
